@@ -1,0 +1,45 @@
+//! x86-64 layer of dprobe: can an instruction be probed, and how is it executed out of line?
+//!
+//! The interface mirrors the kernel's four verbs between the generic and the arch layer:
+//!
+//! * [`analyze`] decodes the instruction at a probe address (checking that the address is on an
+//!   instruction boundary of its function) and classifies it once: emulated in the trap handler,
+//!   copied to an out-of-line slot (with a RIP-relative operand fixed up), or refused with a
+//!   written reason ([`Unsupported`]);
+//! * [`prepare_slot`] writes the relocated copy for a slot address: a *boosted* copy that jumps
+//!   back to the original stream (one trap per hit), or a copy that ends in `int3` so that a
+//!   post-handler can run after the instruction;
+//! * [`arm`] and [`disarm`] return the [`Patch`] an engine writes at the probe address;
+//! * [`emulate`] and [`SlotCode::finish_step`] update [`Regs`] after the instruction ran.
+//!
+//! This crate never touches the running process: memory is reached through the [`Memory`]
+//! trait, and addresses are plain numbers ([`Addr`]), never pointers.
+//!
+//! ```
+//! use dprobe_arch::{analyze, plan, Addr, ExecPlan, Emulation};
+//! // push %rbp at 0x1000: emulated in the trap handler, no slot needed.
+//! let insn = analyze(&[0x55, 0x48, 0x89, 0xe5], Addr(0x1000), Addr(0x1000)).unwrap();
+//! assert_eq!(plan(&insn, false), ExecPlan::Emulate(Emulation::Push { value: dprobe_arch::PushValue::Reg(dprobe_arch::Gpr::Rbp) }));
+//! ```
+#![forbid(unsafe_code)]
+
+mod addr;
+mod analyze;
+mod emulate;
+mod error;
+mod memory;
+mod patch;
+mod regs;
+mod slot;
+
+pub use addr::Addr;
+pub use analyze::{
+    analyze, decode_len, describe, plan, Condition, Emulation, ExecClass, ExecPlan, Insn, MemOperand, PushValue,
+    RipRelative,
+};
+pub use emulate::emulate;
+pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
+pub use memory::{Memory, MemoryFault};
+pub use patch::{arm, disarm, Patch, INT3};
+pub use regs::{Gpr, Regs};
+pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};

@@ -1,0 +1,208 @@
+//! Prepare: the relocated copy of an instruction, written into an out-of-line (XOL) slot.
+//!
+//! A slot is [`SLOT_SIZE`] bytes. Near slots (within ±2 GiB of a RIP-relative target) hold the
+//! instruction with its displacement re-targeted; far slots use the uprobes-style rewrite
+//! through a scratch register, which the slot saves and restores around the instruction:
+//!
+//! ```text
+//! lea  rsp, [rsp-128]      ; step over the red zone the code may be using
+//! push scratch
+//! mov  scratch, TARGET
+//! <insn with [scratch] instead of [rip+disp]>
+//! pop  scratch
+//! lea  rsp, [rsp+128]
+//! jmp  back | int3
+//! ```
+
+use iced_x86::{Encoder, Register};
+
+use crate::{analyze::ExecClass, Addr, Gpr, Insn, Memory, MemoryFault, PrepareError, Regs, INT3};
+
+/// Size of one slot in bytes (enough for the longest far-slot sequence).
+pub const SLOT_SIZE: usize = 80;
+
+/// How a slot ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotEnding {
+    /// "Boosted": jump back to the instruction after the original. One trap per hit.
+    JumpBack,
+    /// `int3`, so the engine regains control after the instruction to run post-handlers.
+    Trap,
+}
+
+/// A prepared slot: the bytes to write at `addr`, and how to map states inside it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotCode {
+    /// Where the slot is.
+    pub addr: Addr,
+    /// Its code (the first `len` bytes).
+    pub bytes: [u8; SLOT_SIZE],
+    /// Length of the code.
+    pub len: usize,
+    /// Offset of the relocated instruction in the slot.
+    pub insn_offset: usize,
+    /// How the slot ends.
+    pub ending: SlotEnding,
+    /// The scratch register a far slot saved on the stack, if it is one.
+    pub far_scratch: Option<Gpr>,
+    /// The original instruction's address.
+    pub original: Addr,
+    /// The address after the original instruction.
+    pub original_next: Addr,
+}
+
+impl SlotCode {
+    /// The slot's code.
+    pub fn code(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Where the relocated instruction starts: where an engine points RIP on a hit.
+    pub fn entry(&self) -> Addr {
+        self.addr.add(self.insn_offset as u64)
+    }
+
+    /// Address of the final `int3` of a [`SlotEnding::Trap`] slot.
+    pub fn trap_addr(&self) -> Option<Addr> {
+        (self.ending == SlotEnding::Trap).then(|| self.addr.add(self.len as u64 - 1))
+    }
+
+    /// The post-step fixup: after the slot's final `int3` trapped, continue after the original
+    /// instruction (the kernel's `resume_singlestep`).
+    pub fn finish_step(&self, regs: &mut Regs) {
+        regs.rip = self.original_next.0;
+    }
+
+    /// Whether `rip` lies in this slot's code.
+    pub fn contains(&self, rip: Addr) -> bool {
+        rip >= self.addr && rip < self.addr.add(self.len as u64)
+    }
+
+    /// A fault was raised at `regs.rip` inside the slot: turn `regs` into the state in which
+    /// the original instruction would have raised it (RIP at the original, a far slot's
+    /// scratch register and stack pointer restored), so that fault handlers and the program's
+    /// own signal handlers see the program as if it had never been probed.
+    pub fn map_fault<M: Memory + ?Sized>(&self, regs: &mut Regs, mem: &mut M) -> Result<(), MemoryFault> {
+        if let Some(scratch) = self.far_scratch {
+            if Addr(regs.rip) == self.entry() {
+                let saved = mem.read_u64(Addr(regs.rsp))?;
+                regs.set(scratch, saved);
+                regs.rsp = regs.rsp.wrapping_add(8 + 128);
+            }
+        }
+        regs.rip = self.original.0;
+        Ok(())
+    }
+}
+
+/// Write the out-of-line copy of `insn` for a slot at `slot`.
+///
+/// Emulated instructions take no slot, except an absolute indirect `jmp`/`ret` whose boosted
+/// copy is also correct (see [`crate::plan`]).
+pub fn prepare_slot(insn: &Insn, slot: Addr, ending: SlotEnding) -> Result<SlotCode, PrepareError> {
+    let rip_relative = match insn.class {
+        ExecClass::Copy { rip_relative } => rip_relative,
+        ExecClass::Emulate { copyable: true, .. } => None,
+        ExecClass::Emulate { .. } => return Err(PrepareError::Emulated(insn.addr)),
+    };
+    let mut out = SlotWriter {
+        code: SlotCode {
+            addr: slot,
+            bytes: [0; SLOT_SIZE],
+            len: 0,
+            insn_offset: 0,
+            ending,
+            far_scratch: None,
+            original: insn.addr,
+            original_next: insn.next(),
+        },
+    };
+    match rip_relative {
+        None => out.emit(insn.code()),
+        Some(rel) => {
+            let disp = rel.target.0 as i128 - (slot.0 as i128 + insn.len as i128);
+            if let Ok(disp) = i32::try_from(disp) {
+                let mut bytes = insn.bytes;
+                let at = rel.disp_offset as usize;
+                bytes[at..at + 4].copy_from_slice(&disp.to_le_bytes());
+                out.emit(&bytes[..insn.len]);
+            } else {
+                let scratch = rel.scratch.ok_or(PrepareError::OutOfReach {
+                    addr: insn.addr,
+                    target: rel.target,
+                    why: "it uses the stack pointer or every scratch register",
+                })?;
+                out.far_copy(insn, rel.target, scratch)?;
+            }
+        }
+    }
+    match ending {
+        SlotEnding::Trap => out.emit(&[INT3]),
+        SlotEnding::JumpBack => out.jump(insn.next()),
+    }
+    Ok(out.code)
+}
+
+struct SlotWriter {
+    code: SlotCode,
+}
+
+impl SlotWriter {
+    fn here(&self) -> Addr {
+        self.code.addr.add(self.code.len as u64)
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        let at = self.code.len;
+        self.code.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+        self.code.len += bytes.len();
+    }
+
+    /// `jmp rel32` when in reach, else `jmp [rip+0]` followed by the absolute target.
+    fn jump(&mut self, to: Addr) {
+        let rel = to.0 as i128 - (self.here().0 as i128 + 5);
+        match i32::try_from(rel) {
+            Ok(rel) => {
+                self.emit(&[0xe9]);
+                self.emit(&rel.to_le_bytes());
+            }
+            Err(_) => {
+                self.emit(&[0xff, 0x25, 0, 0, 0, 0]);
+                self.emit(&to.0.to_le_bytes());
+            }
+        }
+    }
+
+    fn far_copy(&mut self, insn: &Insn, target: Addr, scratch: Gpr) -> Result<(), PrepareError> {
+        let n = scratch.number() as u8;
+        let rex_b = if n >= 8 { 0x41 } else { 0 };
+        self.emit(&[0x48, 0x8d, 0x64, 0x24, 0x80]); // lea rsp, [rsp-128]
+        if rex_b != 0 {
+            self.emit(&[rex_b]);
+        }
+        self.emit(&[0x50 + (n & 7)]); // push scratch
+        self.emit(&[0x48 | (rex_b & 1), 0xb8 + (n & 7)]); // mov scratch, imm64
+        self.emit(&target.0.to_le_bytes());
+        self.code.insn_offset = self.code.len;
+        self.code.far_scratch = Some(scratch);
+
+        let mut instr = insn.decode();
+        instr.set_memory_base(scratch.to_iced());
+        instr.set_memory_index(Register::None);
+        instr.set_memory_displacement64(0);
+        instr.set_memory_displ_size(0);
+        let mut encoder = Encoder::new(64);
+        encoder
+            .encode(&instr, self.here().0)
+            .map_err(|e| PrepareError::Encode { addr: insn.addr, why: e.to_string() })?;
+        let bytes = encoder.take_buffer();
+        self.emit(&bytes);
+
+        if rex_b != 0 {
+            self.emit(&[rex_b]);
+        }
+        self.emit(&[0x58 + (n & 7)]); // pop scratch
+        self.emit(&[0x48, 0x8d, 0xa4, 0x24, 0x80, 0, 0, 0]); // lea rsp, [rsp+128]
+        Ok(())
+    }
+}
