@@ -1,1 +1,32 @@
-//! x
+//! The kprobe programming model, independent of how an engine reaches the probed code.
+//!
+//! * [`Kprobe`]: where to probe and the optional pre/post/fault handlers. A pre-handler returns
+//!   [`PreAction`]: go on, or "I changed RIP, skip the instruction" (the kernel's non-zero
+//!   return).
+//! * [`Site`]: one probed address with its aggregate of probes, run in registration order;
+//!   the dispatch functions catch handler panics and keep the statistics.
+//! * [`SiteTable`]: the address → site map the trap handler reads while other threads
+//!   register probes. Reads are lock-free and async-signal-safe ([`dprobe_rcu::Rcu`]).
+//! * [`ProbeError`]: the typed errors engines return.
+//!
+//! ```
+//! use dprobe_core::{Kprobe, PreAction};
+//! let probe = Kprobe::symbol("getpid")
+//!     .pre(|regs| { regs.rax = 0; PreAction::Continue })
+//!     .post(|_regs| {});
+//! assert!(probe.has_post());
+//! ```
+#![forbid(unsafe_code)]
+
+mod error;
+mod probe;
+mod site;
+mod stats;
+mod table;
+
+pub use dprobe_arch::{Addr, Regs};
+pub use error::ProbeError;
+pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
+pub use site::{HandlerCall, PreOutcome, ProbeEntry, ProbeId, Site};
+pub use stats::{ProbeStats, StatsSnapshot};
+pub use table::{HitKind, SiteTable, TableEntry};

@@ -1,0 +1,84 @@
+//! Typed errors of probe registration, shared by the engines.
+
+use dprobe_arch::{Addr, AnalyzeError, PrepareError};
+
+/// Why a probe could not be registered (or unregistered). Nothing was patched when one of
+/// these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No symbol of that name in any loaded object.
+    #[error("symbol `{symbol}` not found in any loaded object")]
+    SymbolNotFound {
+        /// The name asked for.
+        symbol: String,
+    },
+    /// `symbol+offset` points past the end of the function.
+    #[error("offset {offset:#x} is past the end of `{symbol}` ({size} bytes)")]
+    OffsetOutOfFunction {
+        /// The function.
+        symbol: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The function's size.
+        size: u64,
+    },
+    /// The address is not executable code of a loaded object.
+    #[error("{addr} is not probe-able code: {reason}")]
+    InvalidAddress {
+        /// The address.
+        addr: Addr,
+        /// Why (unmapped, not executable, ...).
+        reason: String,
+    },
+    /// Decoding or classifying the instruction failed (not on an instruction boundary, or an
+    /// instruction that cannot be executed out of line).
+    #[error(transparent)]
+    Analyze(#[from] AnalyzeError),
+    /// The out-of-line copy cannot be built.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// The address belongs to dprobe's own hit path (kprobe rule 2).
+    #[error("{addr} is in {region}, which dprobe runs when a probe hits; probing it would recurse")]
+    Blacklisted {
+        /// The address.
+        addr: Addr,
+        /// The part of dprobe it belongs to.
+        region: String,
+    },
+    /// Registration or unregistration was called from inside a probe handler.
+    #[error("probes cannot be registered or unregistered from inside a handler")]
+    InHandler,
+    /// No memory for an out-of-line slot could be mapped.
+    #[error("no out-of-line slot for {addr}: {reason}")]
+    NoSlot {
+        /// The probe address.
+        addr: Addr,
+        /// Why.
+        reason: String,
+    },
+    /// The code could not be written.
+    #[error("cannot patch {addr}: {reason}")]
+    Patch {
+        /// Where.
+        addr: Addr,
+        /// Why.
+        reason: String,
+    },
+    /// The code at the address holds a breakpoint that is not dprobe's.
+    #[error("{addr} already holds a breakpoint that is not dprobe's (a debugger's, or the program's own int3)")]
+    ForeignBreakpoint {
+        /// Where.
+        addr: Addr,
+    },
+    /// The probe handle does not belong to this engine or was already unregistered.
+    #[error("probe {0} is not registered")]
+    NotRegistered(u64),
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What dprobe was doing.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,128 @@
+//! What a user registers: a target and up to three handlers.
+
+use dprobe_arch::{Addr, Regs};
+
+/// What a pre-handler asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreAction {
+    /// Execute the probed instruction, then the post-handlers.
+    Continue,
+    /// The handler set `regs.rip` (and whatever else) itself: do not execute the probed
+    /// instruction and run no post-handler. Used to override a function or inject a fault.
+    /// Later probes of the same address are not called either.
+    SkipInstruction,
+}
+
+/// Where a fault happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStage {
+    /// Inside a pre-handler.
+    PreHandler,
+    /// Inside a post-handler.
+    PostHandler,
+    /// In the probed instruction, executed out of line or emulated.
+    Instruction,
+}
+
+/// A fault reported to a fault handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultInfo {
+    /// The signal (`SIGSEGV`, `SIGBUS`, ...).
+    pub signal: i32,
+    /// The faulting data address, when the kernel reported one.
+    pub fault_addr: Option<Addr>,
+    /// Where it happened.
+    pub stage: FaultStage,
+}
+
+/// A pre-handler: runs before the probed instruction with its registers.
+pub type PreHandler = Box<dyn Fn(&mut Regs) -> PreAction + Send + Sync>;
+/// A post-handler: runs after the probed instruction.
+pub type PostHandler = Box<dyn Fn(&mut Regs) + Send + Sync>;
+/// A fault handler: returns `true` when it handled the fault. For a fault in the instruction,
+/// "handled" means the handler changed the registers so the program can go on (e.g. set
+/// `rip` past the instruction); otherwise the program receives the fault as it would have
+/// without the probe.
+pub type FaultHandler = Box<dyn Fn(&mut Regs, &FaultInfo) -> bool + Send + Sync>;
+
+/// Where a probe goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// An address in the probed process.
+    Addr(Addr),
+    /// `symbol+offset`.
+    Symbol {
+        /// Function name (plain, or versioned like `open@@GLIBC_2.2.5`).
+        name: String,
+        /// Byte offset from the function's start.
+        offset: u64,
+    },
+}
+
+/// A kprobe: a target and optional handlers. Every handler is optional.
+///
+/// Handlers run in the probed thread, in signal context for the in-process engine: they must
+/// be async-signal-safe (no locks, no allocation, no blocking I/O).
+pub struct Kprobe {
+    pub(crate) target: ProbeTarget,
+    pub(crate) pre: Option<PreHandler>,
+    pub(crate) post: Option<PostHandler>,
+    pub(crate) fault: Option<FaultHandler>,
+    pub(crate) enabled: bool,
+}
+
+impl Kprobe {
+    /// A probe at an address.
+    pub fn addr(addr: Addr) -> Self {
+        Self::at(ProbeTarget::Addr(addr))
+    }
+
+    /// A probe at the first instruction of a function.
+    pub fn symbol(name: &str) -> Self {
+        Self::at(ProbeTarget::Symbol { name: name.to_owned(), offset: 0 })
+    }
+
+    /// A probe at `offset` bytes into a function.
+    pub fn symbol_offset(name: &str, offset: u64) -> Self {
+        Self::at(ProbeTarget::Symbol { name: name.to_owned(), offset })
+    }
+
+    /// A probe at a target.
+    pub fn at(target: ProbeTarget) -> Self {
+        Kprobe { target, pre: None, post: None, fault: None, enabled: true }
+    }
+
+    /// Set the pre-handler.
+    pub fn pre(mut self, f: impl Fn(&mut Regs) -> PreAction + Send + Sync + 'static) -> Self {
+        self.pre = Some(Box::new(f));
+        self
+    }
+
+    /// Set the post-handler.
+    pub fn post(mut self, f: impl Fn(&mut Regs) + Send + Sync + 'static) -> Self {
+        self.post = Some(Box::new(f));
+        self
+    }
+
+    /// Set the fault handler.
+    pub fn fault(mut self, f: impl Fn(&mut Regs, &FaultInfo) -> bool + Send + Sync + 'static) -> Self {
+        self.fault = Some(Box::new(f));
+        self
+    }
+
+    /// Register the probe disabled (the kernel's `KPROBE_FLAG_DISABLED`).
+    pub fn disabled(mut self) -> Self {
+        self.enabled = false;
+        self
+    }
+
+    /// The target.
+    pub fn target(&self) -> &ProbeTarget {
+        &self.target
+    }
+
+    /// Whether it has a post-handler (which needs a trap after the instruction).
+    pub fn has_post(&self) -> bool {
+        self.post.is_some()
+    }
+}

@@ -1,0 +1,108 @@
+//! The aggregate dispatch: order, skip, enable, miss, panic.
+use std::sync::{Arc, Mutex};
+
+use dprobe_core::*;
+
+fn site(probes: Vec<Kprobe>) -> Site<()> {
+    Site {
+        addr: Addr(0x1000),
+        arch: (),
+        probes: probes.into_iter().enumerate().map(|(i, p)| Arc::new(ProbeEntry::new(ProbeId(i as u64), p))).collect(),
+    }
+}
+
+#[test]
+fn pre_handlers_run_in_registration_order() {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let probes = (0..3)
+        .map(|i| {
+            let order = order.clone();
+            Kprobe::addr(Addr(0x1000)).pre(move |_| {
+                order.lock().unwrap().push(i);
+                PreAction::Continue
+            })
+        })
+        .collect();
+    let s = site(probes);
+    assert_eq!(s.run_pre(&mut Regs::default(), &mut ()), PreOutcome::Execute { post: false });
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+}
+
+#[test]
+fn skip_stops_later_probes_and_the_instruction() {
+    let s = site(vec![
+        Kprobe::addr(Addr(0x1000)).pre(|r| {
+            r.rip = 0x2000;
+            PreAction::SkipInstruction
+        }),
+        Kprobe::addr(Addr(0x1000)).pre(|_| panic!("must not run")).post(|_| {}),
+    ]);
+    let mut regs = Regs::default();
+    assert_eq!(s.run_pre(&mut regs, &mut ()), PreOutcome::Skip);
+    assert_eq!(regs.rip, 0x2000);
+    assert_eq!(s.probes[1].stats.snapshot().hits, 0);
+}
+
+#[test]
+fn disabled_probes_neither_run_nor_count() {
+    let s = site(vec![
+        Kprobe::addr(Addr(0x1000)).pre(|_| panic!("disabled")).disabled(),
+        Kprobe::addr(Addr(0x1000)).post(|_| {}),
+    ]);
+    assert!(s.any_enabled());
+    assert_eq!(s.run_pre(&mut Regs::default(), &mut ()), PreOutcome::Execute { post: true });
+    assert_eq!(s.probes[0].stats.snapshot().hits, 0);
+    assert_eq!(s.probes[1].stats.snapshot().hits, 1);
+}
+
+#[test]
+fn handler_changes_are_visible() {
+    let s = site(vec![
+        Kprobe::addr(Addr(0x1000)).pre(|r| {
+            r.rdi += 1;
+            PreAction::Continue
+        }),
+        Kprobe::addr(Addr(0x1000)).pre(|r| {
+            r.rdi *= 10;
+            PreAction::Continue
+        }),
+    ]);
+    let mut regs = Regs { rdi: 4, ..Regs::default() };
+    s.run_pre(&mut regs, &mut ());
+    assert_eq!(regs.rdi, 50);
+}
+
+#[test]
+fn miss_counts_enabled_probes_only() {
+    let s = site(vec![Kprobe::addr(Addr(0x1000)), Kprobe::addr(Addr(0x1000)).disabled()]);
+    s.miss();
+    assert_eq!(s.probes[0].stats.snapshot().nmissed, 1);
+    assert_eq!(s.probes[1].stats.snapshot().nmissed, 0);
+}
+
+#[test]
+fn panicking_handler_is_caught_counted_and_disabled() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let s = site(vec![Kprobe::addr(Addr(0x1000)).pre(|_| panic!("boom"))]);
+    assert_eq!(s.run_pre(&mut Regs::default(), &mut ()), PreOutcome::Execute { post: false });
+    std::panic::set_hook(prev);
+    let st = s.probes[0].stats.snapshot();
+    assert_eq!((st.hits, st.handler_panics), (1, 1));
+    assert!(!s.any_enabled());
+}
+
+#[test]
+fn fault_handlers_are_offered_in_order_until_one_handles() {
+    let s = site(vec![
+        Kprobe::addr(Addr(0x1000)).fault(|_, _| false),
+        Kprobe::addr(Addr(0x1000)).fault(|r, i| {
+            r.rax = i.signal as u64;
+            true
+        }),
+    ]);
+    let mut regs = Regs::default();
+    let info = FaultInfo { signal: 11, fault_addr: None, stage: FaultStage::Instruction };
+    assert!(s.run_fault(&mut regs, &info));
+    assert_eq!(regs.rax, 11);
+}

@@ -1,0 +1,83 @@
+//! A writer never frees a snapshot a reader still sees.
+use dprobe_rcu::Rcu;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A value that records whether it has been dropped: a reader seeing `dead == true` would be a
+/// use after free.
+struct Canary {
+    generation: u64,
+    dead: Arc<AtomicBool>,
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.dead.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn readers_never_see_a_retired_snapshot() {
+    let cell = Arc::new(Rcu::new(Canary { generation: 0, dead: Arc::new(AtomicBool::new(false)) }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (cell, stop, reads) = (cell.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    cell.read(|c| {
+                        assert!(!c.dead.load(Ordering::SeqCst), "read a retired snapshot");
+                        assert!(c.generation >= last, "generations went backwards");
+                        last = c.generation;
+                        std::hint::spin_loop();
+                        assert!(!c.dead.load(Ordering::SeqCst), "snapshot retired during a read");
+                    });
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for generation in 1..=2000 {
+        let old = cell.replace(Canary { generation, dead: Arc::new(AtomicBool::new(false)) });
+        assert_eq!(old.generation, generation - 1);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert_eq!(cell.read(|c| c.generation), 2000);
+}
+
+#[test]
+fn replace_waits_for_a_reader_in_progress() {
+    let cell = Arc::new(Rcu::new(1u32));
+    let entered = Arc::new(AtomicBool::new(false));
+    let released = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (cell, entered, released) = (cell.clone(), entered.clone(), released.clone());
+        std::thread::spawn(move || {
+            cell.read(|_| {
+                entered.store(true, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                released.store(true, Ordering::SeqCst);
+            })
+        })
+    };
+    while !entered.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    cell.replace(2);
+    assert!(released.load(Ordering::SeqCst), "replace returned while a reader still held the old snapshot");
+    reader.join().unwrap();
+}
+
+#[test]
+fn update_sees_current_value() {
+    let cell = Rcu::new(vec![1]);
+    let old = cell.update(|v| v.iter().chain([&2]).copied().collect());
+    assert_eq!(old, vec![1]);
+    assert_eq!(cell.read(|v| v.clone()), vec![1, 2]);
+}
