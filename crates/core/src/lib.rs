@@ -27,6 +27,6 @@ mod table;
 pub use dprobe_arch::{Addr, Regs};
 pub use error::ProbeError;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
-pub use site::{HandlerCall, PreOutcome, ProbeEntry, ProbeId, Site};
+pub use site::{HandlerCall, HandlerFault, PreOutcome, ProbeEntry, ProbeId, Site};
 pub use stats::{ProbeStats, StatsSnapshot};
 pub use table::{HitKind, SiteTable, TableEntry};

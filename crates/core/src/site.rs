@@ -40,19 +40,27 @@ impl ProbeEntry {
     }
 }
 
-/// Runs a handler on behalf of the dispatch loop, so an engine can arm its fault recovery
-/// around it. Returns `false` when the handler did not complete (it faulted and the engine
-/// abandoned it).
+/// A fault that ended a handler call (reported by an engine's [`HandlerCall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerFault {
+    /// The signal.
+    pub signal: i32,
+    /// The faulting data address, if known.
+    pub addr: Option<Addr>,
+}
+
+/// Runs a handler on behalf of the dispatch loop, so that an engine can arm its fault
+/// recovery around it.
 pub trait HandlerCall {
-    /// Run `f`, a handler of `entry` at `stage`.
-    fn call(&mut self, entry: &ProbeEntry, stage: FaultStage, f: &mut dyn FnMut()) -> bool;
+    /// Run `f`; `Err` when it faulted and the engine abandoned it.
+    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault>;
 }
 
 /// Calls handlers directly (no fault recovery).
 impl HandlerCall for () {
-    fn call(&mut self, _entry: &ProbeEntry, _stage: FaultStage, f: &mut dyn FnMut()) -> bool {
+    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
         f();
-        true
+        Ok(())
     }
 }
 
@@ -108,12 +116,15 @@ impl<A> Site<A> {
             post |= p.post.is_some();
             let Some(pre) = &p.pre else { continue };
             let mut action = PreAction::Continue;
-            let completed =
-                caller.call(p, FaultStage::PreHandler, &mut || match catch_unwind(AssertUnwindSafe(|| pre(regs))) {
-                    Ok(a) => action = a,
-                    Err(_) => p.stats.panicked(),
-                });
-            if completed && action == PreAction::SkipInstruction {
+            let called = caller.call(&mut || match catch_unwind(AssertUnwindSafe(|| pre(regs))) {
+                Ok(a) => action = a,
+                Err(_) => p.stats.panicked(),
+            });
+            if let Err(fault) = called {
+                handler_faulted(p, regs, fault, FaultStage::PreHandler);
+                continue;
+            }
+            if action == PreAction::SkipInstruction {
                 return PreOutcome::Skip;
             }
         }
@@ -124,11 +135,14 @@ impl<A> Site<A> {
     pub fn run_post<C: HandlerCall>(&self, regs: &mut Regs, caller: &mut C) {
         for p in self.probes.iter().filter(|p| p.stats.is_enabled()) {
             let Some(post) = &p.post else { continue };
-            caller.call(p, FaultStage::PostHandler, &mut || {
+            let called = caller.call(&mut || {
                 if catch_unwind(AssertUnwindSafe(|| post(regs))).is_err() {
                     p.stats.panicked();
                 }
             });
+            if let Err(fault) = called {
+                handler_faulted(p, regs, fault, FaultStage::PostHandler);
+            }
         }
     }
 
@@ -141,9 +155,15 @@ impl<A> Site<A> {
             })
         })
     }
+}
 
-    /// Offer a fault to one probe's fault handler.
-    pub fn run_fault_of(&self, entry: &ProbeEntry, regs: &mut Regs, info: &FaultInfo) -> bool {
-        entry.fault.as_ref().is_some_and(|f| catch_unwind(AssertUnwindSafe(|| f(regs, info))).unwrap_or(false))
+/// A handler of `p` faulted and was abandoned: count it, tell the probe's fault handler, and
+/// disable the probe unless the fault handler says it handled the fault.
+fn handler_faulted(p: &ProbeEntry, regs: &mut Regs, fault: HandlerFault, stage: FaultStage) {
+    p.stats.faulted();
+    let info = FaultInfo { signal: fault.signal, fault_addr: fault.addr, stage };
+    let handled = p.fault.as_ref().is_some_and(|f| catch_unwind(AssertUnwindSafe(|| f(regs, &info))).unwrap_or(false));
+    if !handled {
+        p.stats.set_enabled(false);
     }
 }

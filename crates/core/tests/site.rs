@@ -106,3 +106,33 @@ fn fault_handlers_are_offered_in_order_until_one_handles() {
     assert!(s.run_fault(&mut regs, &info));
     assert_eq!(regs.rax, 11);
 }
+
+/// An engine whose handlers "fault": the dispatcher counts it, asks the fault handler, and
+/// disables the probe when nobody handled it.
+struct AlwaysFaults;
+impl HandlerCall for AlwaysFaults {
+    fn call(&mut self, _f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+        Err(HandlerFault { signal: 11, addr: Some(Addr(0x8)) })
+    }
+}
+
+#[test]
+fn faulting_handler_goes_to_its_fault_handler() {
+    let seen = Arc::new(Mutex::new(None));
+    let seen2 = seen.clone();
+    let s = site(vec![
+        Kprobe::addr(Addr(0x1000)).pre(|_| PreAction::Continue).fault(move |_, info| {
+            *seen2.lock().unwrap() = Some(*info);
+            true
+        }),
+        Kprobe::addr(Addr(0x1000)).pre(|_| PreAction::Continue),
+    ]);
+    s.run_pre(&mut Regs::default(), &mut AlwaysFaults);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(FaultInfo { signal: 11, fault_addr: Some(Addr(0x8)), stage: FaultStage::PreHandler })
+    );
+    assert_eq!(s.probes[0].stats.snapshot().handler_faults, 1);
+    assert!(s.probes[0].stats.is_enabled(), "handled: stays enabled");
+    assert!(!s.probes[1].stats.is_enabled(), "unhandled: disabled");
+}

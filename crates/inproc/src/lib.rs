@@ -1,1 +1,53 @@
-//! x
+//! In-process kprobes: probes on any instruction of the current process, whose handlers are
+//! Rust closures that see and may change the registers.
+//!
+//! A probe replaces the first byte of an instruction with `int3`. When a thread reaches it,
+//! dprobe's `SIGTRAP` handler runs the probe's pre-handlers with the thread's registers, then
+//! executes the displaced instruction: emulated in the handler (branches, calls, returns,
+//! pushes, nops), or from a relocated copy in an out-of-line slot that jumps back ("boosted":
+//! one trap per hit), or that ends in a second `int3` when a post-handler must run after it.
+//!
+//! ```no_run
+//! use dprobe_inproc::{register, Kprobe, PreAction};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! static CALLS: AtomicU64 = AtomicU64::new(0);
+//! let probe = register(Kprobe::symbol("getppid").pre(|_regs| {
+//!     CALLS.fetch_add(1, Ordering::Relaxed);
+//!     PreAction::Continue
+//! }))?;
+//! // SAFETY: getppid has no preconditions.
+//! unsafe { libc::getppid() };
+//! assert_eq!(probe.hits(), 1);
+//! drop(probe); // unregisters; the original byte is back
+//! # Ok::<(), dprobe_inproc::ProbeError>(())
+//! ```
+//!
+//! # Rules for handlers
+//! Handlers run in signal context on the probed thread: they must be async-signal-safe (no
+//! locks, no allocation, no blocking I/O). A probe hit inside a handler runs no handler and
+//! counts as missed. A handler that panics is caught and its probe disabled; a handler that
+//! faults is abandoned (its destructors do not run), its probe's fault handler is told, and
+//! the probe is disabled unless the fault handler handled it.
+//!
+//! # Limits
+//! A thread that blocks `SIGTRAP` with `sigprocmask` and hits a probe is killed by the
+//! kernel (synchronous traps cannot be blocked). A program that replaces dprobe's `SIGTRAP`
+//! handler after probes are registered loses them.
+
+mod context;
+mod engine;
+mod guard;
+mod maps;
+mod probe;
+mod signals;
+mod slots;
+mod symbols;
+mod sys;
+mod trap;
+
+pub use dprobe_arch::{Addr, Gpr, Regs};
+pub use dprobe_core::{FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, StatsSnapshot};
+pub use engine::ProbeInfo;
+pub use probe::{blacklist, list, register, register_all, resolve, unregister_all, Probe};
+pub use trap::in_handler;

@@ -1,0 +1,451 @@
+//! The in-process registry: where probes are placed, how their code is patched, and in which
+//! order, so that threads running the probed code at the same time never see a broken state.
+//!
+//! # The patching protocol
+//!
+//! A probe changes one byte of the program: the first byte of the probed instruction becomes
+//! `int3`. A one-byte store is atomic, so a thread fetching the instruction sees either the
+//! original or the `int3`, never a mixture; after each store every thread is made to execute a
+//! serializing instruction (`membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`). The order of the other
+//! steps is what keeps a trapping thread safe:
+//!
+//! * **arm**: publish the site in the table first, then write the `int3`. A thread can only
+//!   trap once the site is there to be found.
+//! * **disarm** (last enabled probe of a site gone): write the original byte back first, then
+//!   publish the site without its probes, then wait for the table's grace period. A thread
+//!   that trapped just before the write finds either the old site (its handlers still run:
+//!   unregister has not returned) or the site without probes, whose hit path sees the original
+//!   byte back and re-executes the instruction. A site is never removed from the table, so
+//!   such a late trap is never mistaken for a foreign one.
+//! * **slots** are written before they are published and never reused for other code, so a
+//!   thread that is still inside a slot after its probe went away finishes there correctly.
+//!
+//! Unregistration returns after the grace period: from then on no handler of the probe runs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use dprobe_arch::{analyze, plan, prepare_slot, Addr, ExecPlan, Insn, SlotCode, SlotEnding, INT3};
+use dprobe_core::{
+    HitKind, Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, StatsSnapshot, TableEntry,
+};
+use dprobe_rcu::Rcu;
+
+use crate::maps::{read_maps, Mapping};
+use crate::slots::SlotPool;
+use crate::symbols::{Function, Symbols};
+use crate::{guard, signals, sys, trap};
+
+/// How the engine executes the displaced instruction of a site (the arch data of a
+/// [`Site`]).
+pub struct SiteExec {
+    /// The original instruction.
+    pub insn: Insn,
+    /// Emulate it, or run it in `slot`.
+    pub plan: ExecPlan,
+    /// The slot for `plan`, if it takes one.
+    pub slot: Option<SlotCode>,
+}
+
+/// The process-wide in-process engine.
+pub struct Engine {
+    pub(crate) table: SiteTable<SiteExec>,
+    /// Every slot ever written, sorted by address (for mapping faults back).
+    slots: Rcu<Vec<SlotCode>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    sites: BTreeMap<Addr, SiteState>,
+    pool: SlotPool,
+    next_id: u64,
+    symbols: Option<Symbols>,
+}
+
+struct SiteState {
+    insn: Insn,
+    probes: Vec<Arc<ProbeEntry>>,
+    /// Slots built for this site, at most one per ending; kept for re-registration.
+    slots: Vec<SlotCode>,
+    armed: bool,
+}
+
+/// One row of [`Engine::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// The probe.
+    pub id: ProbeId,
+    /// Where it is.
+    pub addr: Addr,
+    /// `function+offset`, when a symbol covers it.
+    pub symbol: Option<String>,
+    /// Enabled?
+    pub enabled: bool,
+    /// Whether its `int3` is in the code now.
+    pub armed: bool,
+    /// How the displaced instruction is executed: `emulated`, `boosted` or `post-step`.
+    pub execution: &'static str,
+    /// Counters.
+    pub stats: StatsSnapshot,
+}
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+impl Engine {
+    /// The engine, if any probe was ever registered. Async-signal-safe.
+    pub fn get() -> Option<&'static Engine> {
+        ENGINE.get()
+    }
+
+    /// The engine, installing dprobe's signal handlers on first use.
+    pub fn global() -> Result<&'static Engine, ProbeError> {
+        let engine = ENGINE.get_or_init(|| Engine {
+            table: SiteTable::new(),
+            slots: Rcu::new(Vec::new()),
+            state: Mutex::default(),
+        });
+        let os = |source| ProbeError::Os { what: "installing dprobe's signal handlers", source };
+        signals::install(libc::SIGTRAP, trap::on_sigtrap).map_err(os)?;
+        for sig in signals::FAULT_SIGNALS {
+            signals::install(sig, trap::on_fault).map_err(os)?;
+        }
+        Ok(engine)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot containing `rip`, if any. Async-signal-safe.
+    pub fn slot_containing(&self, rip: Addr) -> Option<SlotCode> {
+        self.slots.read(|slots| {
+            let i = slots.partition_point(|s| s.addr <= rip);
+            i.checked_sub(1).map(|i| &slots[i]).filter(|s| s.contains(rip)).cloned()
+        })
+    }
+
+    /// Resolve a target to an address without registering anything.
+    pub fn resolve(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
+        let maps = maps()?;
+        let mut st = self.lock();
+        Ok(locate(&mut st, &maps, target)?.0)
+    }
+
+    /// Register probes, all or nothing: on error nothing is patched and no probe remains.
+    pub fn register(
+        &self,
+        probes: Vec<Kprobe>,
+    ) -> Result<Vec<(ProbeId, Addr, Arc<dprobe_core::ProbeStats>)>, ProbeError> {
+        if trap::in_handler() {
+            return Err(ProbeError::InHandler);
+        }
+        let maps = maps()?;
+        let mut st = self.lock();
+        let mut placed = Vec::with_capacity(probes.len());
+        for p in &probes {
+            placed.push(locate(&mut st, &maps, p.target())?);
+        }
+        let mut lists = BTreeMap::new();
+        let mut out = Vec::new();
+        for (probe, (addr, insn)) in probes.into_iter().zip(placed) {
+            st.next_id += 1;
+            let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
+            out.push((entry.id, addr, entry.stats.clone()));
+            let site = st.sites.entry(addr).or_insert_with(|| SiteState {
+                insn,
+                probes: Vec::new(),
+                slots: Vec::new(),
+                armed: false,
+            });
+            lists.entry(addr).or_insert_with(|| site.probes.clone()).push(entry);
+        }
+        let new_sites: Vec<Addr> =
+            lists.keys().copied().filter(|a| st.sites[a].probes.is_empty() && !st.sites[a].armed).collect();
+        if let Err(e) = self.apply(&mut st, &maps, lists) {
+            for a in new_sites {
+                if st.sites.get(&a).is_some_and(|s| s.slots.is_empty() && s.probes.is_empty()) {
+                    st.sites.remove(&a);
+                }
+            }
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Unregister probes; returns their final counters. When this returns, no handler of
+    /// these probes runs any more and each site without probes has its original bytes back.
+    pub fn unregister(&self, ids: &[ProbeId]) -> Result<Vec<StatsSnapshot>, ProbeError> {
+        if trap::in_handler() {
+            return Err(ProbeError::InHandler);
+        }
+        let maps = maps()?;
+        let mut st = self.lock();
+        let mut lists = BTreeMap::new();
+        let mut finals = Vec::new();
+        for id in ids {
+            let (addr, entry) = st
+                .sites
+                .iter()
+                .find_map(|(a, s)| s.probes.iter().find(|p| p.id == *id).map(|p| (*a, p.clone())))
+                .ok_or(ProbeError::NotRegistered(id.0))?;
+            let list: &mut Vec<Arc<ProbeEntry>> = lists.entry(addr).or_insert_with(|| st.sites[&addr].probes.clone());
+            list.retain(|p| p.id != *id);
+            finals.push(entry);
+        }
+        self.apply(&mut st, &maps, lists)?;
+        Ok(finals.iter().map(|e| e.stats.snapshot()).collect())
+    }
+
+    /// Enable or disable a probe: its handlers stop or start running at once, and its site is
+    /// disarmed when no enabled probe is left there (the kernel's `disable_kprobe`).
+    pub fn set_enabled(&self, id: ProbeId, on: bool) -> Result<(), ProbeError> {
+        if trap::in_handler() {
+            return Err(ProbeError::InHandler);
+        }
+        let maps = maps()?;
+        let mut st = self.lock();
+        let (addr, entry) = st
+            .sites
+            .iter()
+            .find_map(|(a, s)| s.probes.iter().find(|p| p.id == id).map(|p| (*a, p.clone())))
+            .ok_or(ProbeError::NotRegistered(id.0))?;
+        let was = entry.stats.set_enabled(on);
+        let list = st.sites[&addr].probes.clone();
+        if let Err(e) = self.apply(&mut st, &maps, BTreeMap::from([(addr, list)])) {
+            entry.stats.set_enabled(was);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The registered probes.
+    pub fn list(&self) -> Vec<ProbeInfo> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for (addr, site) in &st.sites {
+            let symbol = st
+                .symbols
+                .as_ref()
+                .and_then(|s| s.containing(*addr))
+                .map(|f| format!("{}+{:#x}", f.name, addr.0 - f.start.0));
+            let needs_post = site.probes.iter().any(|p| p.has_post());
+            let execution = match plan(&site.insn, needs_post) {
+                ExecPlan::Emulate(_) => "emulated",
+                ExecPlan::Slot(SlotEnding::JumpBack) => "boosted",
+                ExecPlan::Slot(SlotEnding::Trap) => "post-step",
+            };
+            for p in &site.probes {
+                out.push(ProbeInfo {
+                    id: p.id,
+                    addr: *addr,
+                    symbol: symbol.clone(),
+                    enabled: p.stats.is_enabled(),
+                    armed: site.armed,
+                    execution,
+                    stats: p.stats.snapshot(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Address ranges that can never be probed: dprobe's own hit path in the loaded objects,
+    /// with the reason (the kernel's `kprobes/blacklist`).
+    pub fn blacklist(&self) -> Result<Vec<(Addr, Addr, String)>, ProbeError> {
+        let maps = maps()?;
+        let mut st = self.lock();
+        let symbols = st.symbols.insert(Symbols::load(&maps));
+        Ok(symbols
+            .functions()
+            .iter()
+            .filter_map(|f| hit_path_region(&f.name).map(|why| (f.start, f.start.add(f.size), why)))
+            .collect())
+    }
+
+    /// Make the code and the table say what `lists` (the new probe list of each site) says.
+    fn apply(
+        &self,
+        st: &mut State,
+        maps: &[Mapping],
+        lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>>,
+    ) -> Result<(), ProbeError> {
+        // 1. Everything that can fail without side effects on the program: plans and slots.
+        let mut execs = Vec::with_capacity(lists.len());
+        for (addr, probes) in &lists {
+            let needs_post = probes.iter().any(|p| p.has_post());
+            let insn = st.sites[addr].insn.clone();
+            let plan = plan(&insn, needs_post);
+            let slot = match plan {
+                ExecPlan::Slot(ending) => Some(self.slot_for(st, maps, *addr, ending)?),
+                ExecPlan::Emulate(_) => None,
+            };
+            execs.push(SiteExec { insn, plan, slot });
+        }
+        // 2. Disarm sites left without an enabled probe, before they are published so.
+        for (addr, probes) in &lists {
+            let site = st.sites.get_mut(addr).expect("site of a list");
+            if site.armed && !probes.iter().any(|p| p.stats.is_enabled()) {
+                patch(*addr, INT3, site.insn.bytes[0])?;
+                site.armed = false;
+            }
+        }
+        // 3. Publish, and wait for readers of the old rows.
+        let rows: Vec<TableEntry<SiteExec>> = lists
+            .iter()
+            .zip(execs)
+            .flat_map(|((addr, probes), exec)| {
+                let traps: Vec<u64> = st.sites[addr].slots.iter().filter_map(|s| s.trap_addr()).map(|a| a.0).collect();
+                let site = Arc::new(Site { addr: *addr, arch: exec, probes: probes.clone() });
+                let entry = TableEntry { key: addr.0, kind: HitKind::Entry, site: site.clone() };
+                std::iter::once(entry).chain(traps.into_iter().map(move |key| TableEntry {
+                    key,
+                    kind: HitKind::PostStep,
+                    site: site.clone(),
+                }))
+            })
+            .collect();
+        let old_rows = self.table.change(|table| {
+            table.retain(|r| !lists.contains_key(&r.site.addr));
+            table.extend(rows);
+        });
+        drop(old_rows);
+        // 4. Arm sites that have an enabled probe now.
+        let mut failure = None;
+        for (addr, probes) in &lists {
+            let site = st.sites.get_mut(addr).expect("site of a list");
+            site.probes = probes.clone();
+            if !site.armed && probes.iter().any(|p| p.stats.is_enabled()) && failure.is_none() {
+                match patch(*addr, site.insn.bytes[0], INT3) {
+                    Ok(()) => site.armed = true,
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// The slot of `addr` with `ending`: the one built before, or a new one near the site.
+    fn slot_for(
+        &self,
+        st: &mut State,
+        maps: &[Mapping],
+        addr: Addr,
+        ending: SlotEnding,
+    ) -> Result<SlotCode, ProbeError> {
+        if let Some(s) = st.sites[&addr].slots.iter().find(|s| s.ending == ending) {
+            return Ok(s.clone());
+        }
+        let no_slot = |reason: String| ProbeError::NoSlot { addr, reason };
+        let at = st.pool.alloc_near(addr, maps).map_err(|e| no_slot(e.to_string()))?;
+        let slot = prepare_slot(&st.sites[&addr].insn, at, ending)?;
+        sys::write_code(slot.addr, slot.code()).map_err(|e| no_slot(format!("writing the slot: {e}")))?;
+        self.slots.update(|slots| {
+            let mut next = slots.clone();
+            next.push(slot.clone());
+            next.sort_by_key(|s| s.addr);
+            next
+        });
+        st.sites.get_mut(&addr).expect("site").slots.push(slot.clone());
+        Ok(slot)
+    }
+}
+
+fn maps() -> Result<Vec<Mapping>, ProbeError> {
+    read_maps().map_err(|source| ProbeError::Os { what: "reading /proc/self/maps", source })
+}
+
+/// Replace the byte at `addr`, checking first that it is `old`.
+fn patch(addr: Addr, old: u8, new: u8) -> Result<(), ProbeError> {
+    let mut now = [0u8];
+    sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
+    if now[0] != old {
+        return Err(ProbeError::Patch {
+            addr,
+            reason: format!("expected byte {old:#04x}, found {:#04x}: the code changed under dprobe", now[0]),
+        });
+    }
+    sys::write_code(addr, &[new]).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
+}
+
+/// Find the address of a target and analyze its instruction.
+fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Addr, Insn), ProbeError> {
+    let addr = match target {
+        ProbeTarget::Addr(a) => *a,
+        ProbeTarget::Symbol { name, offset } => {
+            let f = function_named(st, maps, name)?;
+            if *offset >= f.size {
+                return Err(ProbeError::OffsetOutOfFunction { symbol: name.clone(), offset: *offset, size: f.size });
+            }
+            f.start.add(*offset)
+        }
+    };
+    let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
+    let mapping = maps.iter().find(|m| m.contains(addr)).ok_or_else(|| invalid("nothing is mapped there".into()))?;
+    if !mapping.exec {
+        let what = mapping.path.as_deref().unwrap_or("anonymous memory");
+        return Err(invalid(format!("it is data, not code (a {} mapping of {what})", mapping.perms())));
+    }
+    if st.pool.owns(addr) {
+        return Err(ProbeError::Blacklisted { addr, region: "dprobe's out-of-line slots".into() });
+    }
+    if guard::guard_code_contains(addr.0) {
+        return Err(ProbeError::Blacklisted { addr, region: "dprobe's handler fault guard".into() });
+    }
+    let f = function_containing(st, maps, addr).ok_or_else(|| {
+        invalid("no function symbol covers it, so dprobe cannot check that it is on an instruction boundary".into())
+    })?;
+    if let Some(region) = hit_path_region(&f.name) {
+        return Err(ProbeError::Blacklisted { addr, region });
+    }
+    let mut code = vec![0u8; f.size as usize];
+    sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
+    // Analyze the original bytes, never an armed probe's int3.
+    for (a, site) in st.sites.range(f.start..f.start.add(f.size)) {
+        if site.armed {
+            code[(a.0 - f.start.0) as usize] = site.insn.bytes[0];
+        }
+    }
+    if let Some(site) = st.sites.get(&addr) {
+        return Ok((addr, site.insn.clone()));
+    }
+    let insn = analyze(&code, f.start, addr)?;
+    Ok((addr, insn))
+}
+
+fn function_named(st: &mut State, maps: &[Mapping], name: &str) -> Result<Function, ProbeError> {
+    if let Some(f) = st.symbols.get_or_insert_with(|| Symbols::load(maps)).find(name) {
+        return Ok(f.clone());
+    }
+    // A library may have been loaded since the symbols were read.
+    st.symbols
+        .insert(Symbols::load(maps))
+        .find(name)
+        .cloned()
+        .ok_or_else(|| ProbeError::SymbolNotFound { symbol: name.to_owned() })
+}
+
+fn function_containing(st: &mut State, maps: &[Mapping], addr: Addr) -> Option<Function> {
+    if let Some(f) = st.symbols.get_or_insert_with(|| Symbols::load(maps)).containing(addr) {
+        return Some(f.clone());
+    }
+    st.symbols.insert(Symbols::load(maps)).containing(addr).cloned()
+}
+
+/// Whether a function belongs to dprobe's hit path (kprobe rule 2): dprobe's own crates, its
+/// assembly, and the C library's signal return trampoline. Functions of other libraries that
+/// the hit path calls (e.g. `memcpy`) may be probed: a hit on them from inside dprobe runs no
+/// handler and counts as missed, like any hit inside a handler.
+fn hit_path_region(name: &str) -> Option<String> {
+    const CRATES: [&str; 4] = ["dprobe_inproc", "dprobe_core", "dprobe_rcu", "dprobe_arch"];
+    if name.starts_with("__dprobe_") {
+        return Some(format!("dprobe's hit path (`{name}`)"));
+    }
+    if let Some(c) = CRATES.iter().find(|c| name.contains(*c)) {
+        return Some(format!("dprobe's hit path (crate {c}, `{name}`)"));
+    }
+    if name == "__restore_rt" {
+        return Some("the signal return trampoline `__restore_rt`, which every handler returns through".into());
+    }
+    None
+}

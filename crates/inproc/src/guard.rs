@@ -1,0 +1,106 @@
+//! Fault recovery around handler calls.
+//!
+//! A handler that dereferences a bad pointer raises `SIGSEGV` inside dprobe's `SIGTRAP`
+//! handler. Instead of killing the program, the fault handler of the engine resumes execution
+//! at a recovery point saved by [`call_guarded`], abandoning the faulting handler where it
+//! stood, and the probe's fault handler is told (the kernel's fixup of faulting kprobe
+//! handlers). The abandoned handler's destructors do not run, as with `longjmp`; a handler
+//! that faults while holding a resource leaks it. That is the price of not crashing.
+
+use std::cell::Cell;
+
+use dprobe_core::{Addr, HandlerFault};
+
+std::arch::global_asm!(
+    ".text",
+    ".globl __dprobe_guarded_call",
+    ".type __dprobe_guarded_call,@function",
+    "__dprobe_guarded_call:",
+    // Save the callee-saved registers: the recovery path restores them from here.
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    // point[0] = stack pointer to resume with, point[1] = where to resume.
+    "mov [rdx], rsp",
+    "lea rax, [rip + 2f]",
+    "mov [rdx + 8], rax",
+    "sub rsp, 8",
+    "mov rax, rdi",
+    "mov rdi, rsi",
+    "call rax",
+    "add rsp, 8",
+    "xor eax, eax",
+    "jmp 3f",
+    "2:",
+    "mov eax, 1",
+    "3:",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size __dprobe_guarded_call, . - __dprobe_guarded_call",
+);
+
+extern "C" {
+    /// Call `f(arg)`; returns 0 when it returned, 1 when a fault resumed at the recovery point.
+    fn __dprobe_guarded_call(f: extern "C" fn(*mut u8), arg: *mut u8, point: *mut [u64; 2]) -> u64;
+}
+
+thread_local! {
+    /// The recovery point of the guarded call running on this thread, or null.
+    static POINT: Cell<*mut [u64; 2]> = const { Cell::new(std::ptr::null_mut()) };
+    static FAULT: Cell<Option<HandlerFault>> = const { Cell::new(None) };
+}
+
+extern "C" fn trampoline(arg: *mut u8) {
+    // SAFETY: `arg` is the `&mut &mut dyn FnMut()` that `call_guarded` passed, alive for the
+    // duration of this call. `f` catches panics itself (it is the dispatch closure of
+    // dprobe-core), so nothing unwinds through this extern "C" frame.
+    let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+    f();
+}
+
+/// Run `f`; if it faults, resume here and return the fault. Async-signal-safe; nests.
+pub fn call_guarded(f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+    let mut point = [0u64; 2];
+    let outer = POINT.with(|p| p.replace(&mut point));
+    let mut f = f;
+    // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
+    // calls `trampoline(&mut f)` with an aligned stack, and returns 0; or, when the fault
+    // handler redirected the faulting thread to the recovery label with `point`'s stack
+    // pointer, restores the callee-saved registers from that frame and returns 1. Either
+    // way it returns to this frame as a normal call would.
+    let faulted = unsafe { __dprobe_guarded_call(trampoline, (&mut f as *mut &mut dyn FnMut()).cast(), &mut point) };
+    POINT.with(|p| p.set(outer));
+    if faulted == 0 {
+        Ok(())
+    } else {
+        Err(FAULT.with(|c| c.take()).unwrap_or(HandlerFault { signal: 0, addr: None }))
+    }
+}
+
+/// Called from the fault signal handler: if this thread is inside a guarded call, record the
+/// fault and return the `(rsp, rip)` to resume with.
+pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
+    let p = POINT.with(|p| p.get());
+    if p.is_null() {
+        return None;
+    }
+    FAULT.with(|c| c.set(Some(HandlerFault { signal, addr: Some(Addr(addr)) })));
+    // SAFETY: a non-null POINT is the `point` array of a `call_guarded` frame that is still
+    // live on this thread's stack (it is reset before that frame returns).
+    let [rsp, rip] = unsafe { *p };
+    Some((rsp, rip))
+}
+
+/// Whether `rip` is inside the guarded-call assembly (dprobe's own hit path).
+pub fn guard_code_contains(rip: u64) -> bool {
+    let start = __dprobe_guarded_call as *const () as u64;
+    rip >= start && rip < start + 64
+}

@@ -1,0 +1,130 @@
+//! The handle of a registered probe.
+
+use std::sync::Arc;
+
+use dprobe_core::{Addr, Kprobe, ProbeError, ProbeId, ProbeStats, ProbeTarget, StatsSnapshot};
+
+use crate::engine::{Engine, ProbeInfo};
+
+/// A registered in-process probe. Dropping it unregisters the probe.
+#[must_use = "dropping the handle unregisters the probe"]
+pub struct Probe {
+    id: ProbeId,
+    addr: Addr,
+    stats: Arc<ProbeStats>,
+    engine: &'static Engine,
+    registered: bool,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").field("id", &self.id).field("addr", &self.addr).field("stats", &self.stats()).finish()
+    }
+}
+
+/// Register one probe (the kernel's `register_kprobe`).
+///
+/// The target is checked (mapped, executable, covered by a function symbol, on an instruction
+/// boundary, not on dprobe's hit path, an instruction dprobe can execute out of line); any
+/// failure returns a typed error and patches nothing.
+pub fn register(probe: Kprobe) -> Result<Probe, ProbeError> {
+    Ok(register_all(vec![probe])?.pop().expect("one probe registered"))
+}
+
+/// Register several probes, all or nothing, with one table update (the kernel's
+/// `register_kprobes`).
+pub fn register_all(probes: Vec<Kprobe>) -> Result<Vec<Probe>, ProbeError> {
+    let engine = Engine::global()?;
+    Ok(engine
+        .register(probes)?
+        .into_iter()
+        .map(|(id, addr, stats)| Probe { id, addr, stats, engine, registered: true })
+        .collect())
+}
+
+/// Unregister several probes with one grace period (the kernel's `unregister_kprobes`);
+/// returns their final counters.
+pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<StatsSnapshot>, ProbeError> {
+    let Some(engine) = Engine::get() else { return Ok(Vec::new()) };
+    let ids: Vec<ProbeId> = probes.iter().map(|p| p.id).collect();
+    let stats = engine.unregister(&ids)?;
+    for mut probe in probes {
+        probe.registered = false;
+        drop(probe);
+    }
+    Ok(stats)
+}
+
+/// The address a target resolves to in this process.
+pub fn resolve(target: &ProbeTarget) -> Result<Addr, ProbeError> {
+    Engine::global()?.resolve(target)
+}
+
+/// The registered probes (the kernel's `kprobes/list`).
+pub fn list() -> Vec<ProbeInfo> {
+    Engine::get().map(Engine::list).unwrap_or_default()
+}
+
+/// Code that can never be probed, with the reason (the kernel's `kprobes/blacklist`).
+pub fn blacklist() -> Result<Vec<(Addr, Addr, String)>, ProbeError> {
+    Engine::global()?.blacklist()
+}
+
+impl Probe {
+    /// Its identity.
+    pub fn id(&self) -> ProbeId {
+        self.id
+    }
+
+    /// The probed address.
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+
+    /// Its counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Hits whose handlers ran.
+    pub fn hits(&self) -> u64 {
+        self.stats().hits
+    }
+
+    /// Hits inside handlers, which ran no handler.
+    pub fn nmissed(&self) -> u64 {
+        self.stats().nmissed
+    }
+
+    /// Whether its handlers run.
+    pub fn is_enabled(&self) -> bool {
+        self.stats.is_enabled()
+    }
+
+    /// Stop running its handlers; the `int3` is removed when no enabled probe is left at the
+    /// address.
+    pub fn disable(&self) -> Result<(), ProbeError> {
+        self.engine.set_enabled(self.id, false)
+    }
+
+    /// Run its handlers again.
+    pub fn enable(&self) -> Result<(), ProbeError> {
+        self.engine.set_enabled(self.id, true)
+    }
+
+    /// Unregister it and return its final counters. When this returns no handler of the probe
+    /// runs any more, and if it was the last probe at its address the original bytes are back.
+    pub fn unregister(mut self) -> Result<StatsSnapshot, ProbeError> {
+        self.registered = false;
+        Ok(self.engine.unregister(&[self.id])?.pop().unwrap_or_default())
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if self.registered {
+            // Errors cannot be reported from drop; `unregister` returns them.
+            let _ = self.engine.unregister(&[self.id]);
+        }
+    }
+}

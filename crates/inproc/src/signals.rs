@@ -1,0 +1,118 @@
+//! Installing dprobe's signal handlers and chaining to the ones they replace.
+//!
+//! `SIGTRAP` finds probe hits; `SIGSEGV`, `SIGBUS`, `SIGILL` and `SIGFPE` catch faults inside
+//! handlers and inside out-of-line slots. Signals that are not dprobe's go to whatever the
+//! program had installed before (a handler, the default action, or "ignore"), so the
+//! program's own `int3` and its own fault handlers keep working.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// The signals dprobe handles.
+pub const FAULT_SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+
+/// A handler with the `SA_SIGINFO` signature.
+pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+const MAX_SIG: usize = 32;
+
+/// The dispositions dprobe replaced, read by the chaining code in signal context. Written
+/// once per signal, before dprobe's handler for that signal is installed.
+static mut PREVIOUS: [libc::sigaction; MAX_SIG] = [const {
+    // SAFETY: `sigaction` is plain old data; all-zero is SIG_DFL with no flags.
+    unsafe { std::mem::zeroed() }
+}; MAX_SIG];
+static INSTALLED: [AtomicBool; MAX_SIG] = [const { AtomicBool::new(false) }; MAX_SIG];
+static INSTALL_LOCK: Mutex<()> = Mutex::new(());
+
+/// Install `handler` for `sig` (once; later calls do nothing), remembering the previous
+/// disposition for [`chain`].
+pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()> {
+    let _one = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if INSTALLED[sig as usize].load(Ordering::Acquire) {
+        return Ok(());
+    }
+    // SAFETY: zeroed sigaction is valid; we fill in handler, flags and an empty mask.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler as usize;
+    // NODEFER: a probe hit inside a handler raises SIGTRAP again; blocked, the kernel would
+    // kill the process instead of delivering it. ONSTACK: use the thread's alternate stack
+    // when it has one.
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK | libc::SA_RESTART;
+    // SAFETY: `action.sa_mask` is a valid sigset to initialize.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    let mut old: libc::sigaction = unsafe_zeroed();
+    // SAFETY: both pointers are valid sigaction structs. PREVIOUS[sig] is written before
+    // INSTALLED is set, under the install lock, and only read by `chain` for signals whose
+    // handler is dprobe's, i.e. after this store.
+    unsafe {
+        if libc::sigaction(sig, &action, &mut old) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        (*std::ptr::addr_of_mut!(PREVIOUS))[sig as usize] = old;
+    }
+    INSTALLED[sig as usize].store(true, Ordering::Release);
+    Ok(())
+}
+
+fn unsafe_zeroed() -> libc::sigaction {
+    // SAFETY: `sigaction` is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// How a signal that falls to the default action is delivered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeliver {
+    /// Return: the faulting instruction runs again and faults under the default action.
+    Refault,
+    /// `raise` it: the trap or emulated fault is behind us.
+    Raise,
+}
+
+/// Whether the program had a handler function (not the default, not "ignore") for `sig`.
+pub fn has_program_handler(sig: libc::c_int) -> bool {
+    // SAFETY: PREVIOUS[sig] is written once before our handler is installed (see `install`).
+    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS))[sig as usize] };
+    prev.sa_sigaction != libc::SIG_DFL && prev.sa_sigaction != libc::SIG_IGN
+}
+
+/// Pass a signal that is not dprobe's to the disposition the program had before.
+///
+/// For the default action on a synchronous trap or fault, the default is restored and the
+/// signal delivered again, so the program ends exactly as it would have without dprobe.
+///
+/// # Safety
+/// Call only from a dprobe signal handler, with a valid `info` for `sig` and the kernel's
+/// `uc`.
+pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void, redeliver: Redeliver) {
+    // SAFETY: PREVIOUS[sig] was written before our handler for `sig` was installed (see
+    // `install`) and is never written again.
+    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS))[sig as usize] };
+    match prev.sa_sigaction {
+        libc::SIG_DFL | libc::SIG_IGN => {
+            // A synchronous fault or trap cannot be ignored: restore the default and deliver
+            // it again.
+            let mut dfl = unsafe_zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            // SAFETY: valid sigaction; raise is async-signal-safe.
+            unsafe {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                if redeliver == Redeliver::Raise {
+                    libc::raise(sig);
+                }
+            }
+        }
+        handler if prev.sa_flags & libc::SA_SIGINFO != 0 => {
+            // SAFETY: the program installed this SA_SIGINFO handler for `sig`; we call it as
+            // the kernel would have, with the same arguments.
+            let f: SigInfoHandler = unsafe { std::mem::transmute::<usize, SigInfoHandler>(handler) };
+            f(sig, info, uc);
+        }
+        handler => {
+            // SAFETY: a plain `void (*)(int)` handler installed by the program.
+            let f: extern "C" fn(libc::c_int) =
+                unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(handler) };
+            f(sig);
+        }
+    }
+}

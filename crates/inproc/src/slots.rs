@@ -1,0 +1,90 @@
+//! Out-of-line slots: pages of executable memory mapped near the probed code, so that
+//! RIP-relative copies keep a 32-bit displacement and the jump back is a 5-byte `jmp rel32`.
+//!
+//! Slots are written through `/proc/self/mem` (the pages are `r-x` from the start) and are
+//! never unmapped or given to another address: a thread preempted inside a slot after its
+//! probe was removed still finds the same code there and jumps back to the original stream.
+//! A probe registered again at the same address reuses its old slot.
+
+use std::io;
+
+use dprobe_arch::{Addr, SLOT_SIZE};
+
+use crate::maps::Mapping;
+
+const PAGE: u64 = 4096;
+/// How far from the probe a slot page may be: well inside the ±2 GiB of a rel32.
+const REACH: u64 = 1 << 30;
+/// Lowest address the kernel lets us map (the usual `vm.mmap_min_addr`).
+const MIN_ADDR: u64 = 0x10000;
+
+struct SlotPage {
+    base: Addr,
+    used: u64,
+}
+
+/// Allocates slots near probe addresses.
+#[derive(Default)]
+pub struct SlotPool {
+    pages: Vec<SlotPage>,
+}
+
+impl SlotPool {
+    /// A slot within [`REACH`] of `near`, mapping a new page if needed.
+    pub fn alloc_near(&mut self, near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
+        let per_page = PAGE / SLOT_SIZE as u64;
+        if let Some(page) = self.pages.iter_mut().find(|p| p.used < per_page && p.base.0.abs_diff(near.0) < REACH) {
+            page.used += 1;
+            return Ok(page.base.add((page.used - 1) * SLOT_SIZE as u64));
+        }
+        let base = map_page_near(near, maps)?;
+        self.pages.push(SlotPage { base, used: 1 });
+        Ok(base)
+    }
+
+    /// Whether `addr` is inside one of the slot pages (dprobe's own code: never probed).
+    pub fn owns(&self, addr: Addr) -> bool {
+        self.pages.iter().any(|p| addr >= p.base && addr.0 < p.base.0 + PAGE)
+    }
+}
+
+/// Map a page in the free gap closest to `near`.
+fn map_page_near(near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
+    let mut candidates: Vec<u64> = Vec::new();
+    let mut prev_end = MIN_ADDR;
+    for m in maps.iter().chain(std::iter::once(&Mapping {
+        start: Addr(0x7fff_ffff_f000),
+        end: Addr(0x7fff_ffff_f000),
+        read: false,
+        write: false,
+        exec: false,
+        offset: 0,
+        path: None,
+    })) {
+        let (gap_start, gap_end) = (prev_end.max(MIN_ADDR), m.start.0);
+        prev_end = prev_end.max(m.end.0);
+        if gap_end < gap_start + PAGE {
+            continue;
+        }
+        // The page of the gap nearest to `near`.
+        let best = if near.0 < gap_start {
+            gap_start
+        } else if near.0 >= gap_end {
+            gap_end - PAGE
+        } else {
+            near.0 & !(PAGE - 1)
+        };
+        if best.abs_diff(near.0) < REACH {
+            candidates.push(best);
+        }
+    }
+    candidates.sort_by_key(|c| c.abs_diff(near.0));
+    let mut last = io::Error::other("no free address range within 1 GiB of the probe");
+    for c in candidates {
+        match crate::sys::map_code_page_at(Addr(c), PAGE as usize) {
+            Ok(a) => return Ok(a),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,105 @@
+//! The one seam between the in-process engine and the operating system: writing code,
+//! mapping slot pages, reading memory without faulting, synchronizing instruction streams.
+//!
+//! Everything here is callable from registration paths; the functions marked
+//! *async-signal-safe* are also used on the hit path.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+
+use dprobe_arch::{Addr, MemoryFault};
+
+/// Write `bytes` at `addr` in this process's code through `/proc/self/mem`, which writes
+/// through page protections (as a debugger's `PTRACE_POKETEXT` does) without ever making the
+/// code writable: the pages stay `r-x` for the program, and no thread can see a W+X window.
+///
+/// A one-byte write is seen by other threads either before or after, never torn.
+pub fn write_code(addr: Addr, bytes: &[u8]) -> io::Result<()> {
+    static MEM: OnceLock<io::Result<File>> = OnceLock::new();
+    let file = MEM.get_or_init(|| File::options().read(true).write(true).open("/proc/self/mem"));
+    let file = file.as_ref().map_err(|e| io::Error::new(e.kind(), format!("opening /proc/self/mem: {e}")))?;
+    file.write_all_at(bytes, addr.0)?;
+    sync_cores();
+    Ok(())
+}
+
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 6;
+
+/// Make every thread of the process execute a serializing instruction before it runs user
+/// code again, so that a code change is seen by all (the user-space `sync_core()` of the
+/// kernel's `text_poke_bp`). Without membarrier support this is a no-op, which x86's
+/// coherent instruction fetch tolerates for the single-byte `int3` protocol.
+pub fn sync_cores() {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0) == 0 }
+    });
+    if ok {
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0) };
+    }
+}
+
+/// Read `buf.len()` bytes at `addr` without faulting: a bad address returns an error instead
+/// of raising `SIGSEGV`. Async-signal-safe (one `process_vm_readv` system call).
+pub fn read_memory(addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+    let fault = MemoryFault { addr, len: buf.len(), write: false };
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, which we own mutably; the kernel validates `remote` and
+    // reports EFAULT for unmapped addresses instead of faulting.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n == buf.len() as isize {
+        Ok(())
+    } else {
+        Err(fault)
+    }
+}
+
+/// Write `data` at `addr` without faulting (see [`read_memory`]). Async-signal-safe.
+pub fn write_memory(addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+    let fault = MemoryFault { addr, len: data.len(), write: true };
+    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let remote = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: `local` describes `data`, which the kernel only reads; `remote` is validated by
+    // the kernel (EFAULT instead of a fault).
+    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n == data.len() as isize {
+        Ok(())
+    } else {
+        Err(fault)
+    }
+}
+
+/// Map one page of `r-x` memory at exactly `addr` (never replacing an existing mapping).
+pub fn map_code_page_at(addr: Addr, len: usize) -> io::Result<Addr> {
+    // SAFETY: anonymous mapping with MAP_FIXED_NOREPLACE: the kernel refuses instead of
+    // replacing anything already mapped there, so no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            addr.0 as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if p as u64 != addr.0 {
+        // Old kernels treat the flag as a hint: give the page back.
+        // SAFETY: `p` is the mapping just created, of `len` bytes, used by nobody.
+        unsafe { libc::munmap(p, len) };
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(Addr(p as u64))
+}

@@ -1,0 +1,248 @@
+//! The hit path: dprobe's `SIGTRAP` and fault handlers.
+//!
+//! Everything reachable from here is async-signal-safe: table lookups are RCU reads (atomics
+//! only), registers are copied on the stack, emulation writes the stack directly or goes
+//! through one `process_vm_readv`, and nothing allocates or locks (a handler that panics is
+//! the exception: the panic machinery allocates). These functions and everything in
+//! dprobe's crates are refused as probe targets.
+
+use std::cell::Cell;
+
+use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, INT3};
+use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, HitKind, PreOutcome, Regs, Site};
+
+use crate::context::SignalContext;
+use crate::engine::{Engine, SiteExec};
+use crate::signals::{chain, Redeliver};
+use crate::{guard, sys};
+
+thread_local! {
+    /// Set while this thread runs probe handlers: a probe hit then runs no handler and counts
+    /// as missed (kprobe rule 6). Const-initialized and without destructor: signal-safe.
+    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is running a probe handler.
+pub fn in_handler() -> bool {
+    IN_HANDLER.with(|c| c.get())
+}
+
+/// `SIGTRAP`: a probe's `int3`, the `int3` ending a slot, or somebody else's trap.
+pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
+    let mut ctx = unsafe { SignalContext::new(uc) };
+    let key = ctx.rip().wrapping_sub(1);
+    let handled = Engine::get().is_some_and(|engine| {
+        engine.table.lookup(key, |found| match found {
+            Some((site, HitKind::Entry)) => on_entry(site, &mut ctx),
+            Some((site, HitKind::PostStep)) => {
+                on_post_step(site, &mut ctx);
+                true
+            }
+            None => false,
+        })
+    });
+    if !handled {
+        // SAFETY: this is dprobe's SIGTRAP handler, called with the kernel's arguments.
+        unsafe { chain(sig, info, uc, Redeliver::Raise) };
+    }
+}
+
+/// A probe's `int3` at `site.addr` trapped.
+fn on_entry(site: &Site<SiteExec>, ctx: &mut SignalContext) -> bool {
+    if site.probes.is_empty() {
+        // Every probe here was unregistered after this thread trapped. If the original byte
+        // is back, run the original instruction; an int3 still there is not ours.
+        if code_byte(site.addr) == INT3 {
+            return false;
+        }
+        ctx.set_rip(site.addr.0);
+        return true;
+    }
+    let mut regs = ctx.regs();
+    regs.rip = site.addr.0;
+    if in_handler() {
+        site.miss();
+        execute(site, &mut regs, false, ctx);
+    } else {
+        IN_HANDLER.with(|c| c.set(true));
+        match site.run_pre(&mut regs, &mut Guarded) {
+            PreOutcome::Skip => ctx.set_regs(&regs),
+            PreOutcome::Execute { post } => execute(site, &mut regs, post, ctx),
+        }
+        IN_HANDLER.with(|c| c.set(false));
+    }
+    true
+}
+
+/// Execute the displaced instruction: emulate it (then run the post-handlers), or send the
+/// thread to its slot. Writes the resulting registers to `ctx`.
+fn execute(site: &Site<SiteExec>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
+    match site.arch.plan {
+        ExecPlan::Emulate(emulation) => {
+            let mut mem = InprocMemory { rsp: regs.rsp };
+            match emulate(emulation, site.arch.insn.next(), regs, &mut mem) {
+                Ok(()) => {
+                    if post {
+                        site.run_post(regs, &mut Guarded);
+                    }
+                    ctx.set_regs(regs);
+                }
+                Err(EmulateError::Fault(fault)) => emulated_fault(site, regs, fault, ctx),
+            }
+        }
+        ExecPlan::Slot(_) => {
+            regs.rip = site.arch.slot.as_ref().map_or(site.addr.0, |s| s.entry().0);
+            ctx.set_regs(regs);
+        }
+    }
+}
+
+/// The slot's final `int3`: the instruction has run; continue after the original and run the
+/// post-handlers.
+fn on_post_step(site: &Site<SiteExec>, ctx: &mut SignalContext) {
+    let mut regs = ctx.regs();
+    regs.rip = site.arch.insn.next().0;
+    if !in_handler() {
+        IN_HANDLER.with(|c| c.set(true));
+        site.run_post(&mut regs, &mut Guarded);
+        IN_HANDLER.with(|c| c.set(false));
+    }
+    ctx.set_regs(&regs);
+}
+
+/// The emulated instruction's memory access failed, so the original would have faulted:
+/// offer the fault to the fault handlers, else deliver `SIGSEGV` as the original would have,
+/// with RIP at the probed instruction.
+fn emulated_fault(site: &Site<SiteExec>, regs: &mut Regs, fault: MemoryFault, ctx: &mut SignalContext) {
+    let info = FaultInfo { signal: libc::SIGSEGV, fault_addr: Some(fault.addr), stage: FaultStage::Instruction };
+    if site.run_fault(regs, &info) {
+        ctx.set_regs(regs);
+        return;
+    }
+    regs.rip = site.addr.0;
+    ctx.set_regs(regs);
+    let mut si = segv_info(fault.addr);
+    // SAFETY: we are in dprobe's SIGTRAP handler; `si` is a valid siginfo for SIGSEGV and
+    // `ctx` the interrupted context. A program handler that returns re-executes the probed
+    // instruction (RIP is at it), as after a real fault.
+    unsafe { chain(libc::SIGSEGV, &mut si, ctx.raw(), Redeliver::Raise) };
+}
+
+fn segv_info(addr: Addr) -> libc::siginfo_t {
+    #[repr(C)]
+    struct SegvInfo {
+        signo: i32,
+        errno: i32,
+        code: i32,
+        pad: i32,
+        addr: u64,
+    }
+    // SAFETY: all-zero is a valid siginfo_t (plain old data).
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let fields = SegvInfo { signo: libc::SIGSEGV, errno: 0, code: 1 /* SEGV_MAPERR */, pad: 0, addr: addr.0 };
+    // SAFETY: `SegvInfo` is the x86-64 layout of siginfo_t's first fields for SIGSEGV
+    // (si_signo, si_errno, si_code, padding, si_addr) and is smaller than siginfo_t.
+    unsafe { std::ptr::write_unaligned((&mut si as *mut libc::siginfo_t).cast::<SegvInfo>(), fields) };
+    si
+}
+
+/// `SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`: a fault in a handler (recover), in a slot (map it
+/// back to the original instruction), or the program's own (chain).
+pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes valid `info` and `uc` to an SA_SIGINFO handler.
+    let (mut ctx, fault_addr) = unsafe { (SignalContext::new(uc), (*info).si_addr() as u64) };
+    if let Some((rsp, rip)) = guard::recovery_point(sig, fault_addr) {
+        ctx.set_rsp(rsp);
+        ctx.set_rip(rip);
+        return;
+    }
+    let rip = ctx.rip();
+    if let Some(engine) = Engine::get() {
+        if let Some(slot) = engine.slot_containing(Addr(rip)) {
+            let mut regs = ctx.regs();
+            let mut mem = InprocMemory { rsp: regs.rsp };
+            if slot.map_fault(&mut regs, &mut mem).is_ok() {
+                let info_for_probe =
+                    FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
+                let handled = !in_handler()
+                    && engine.table.lookup(slot.original.0, |found| match found {
+                        Some((site, HitKind::Entry)) => site.run_fault(&mut regs, &info_for_probe),
+                        _ => false,
+                    });
+                if handled {
+                    ctx.set_regs(&regs);
+                    return;
+                }
+                if crate::signals::has_program_handler(sig) {
+                    // Show the program its fault at the original instruction; if its handler
+                    // returns without moving RIP, run the slot again from its start.
+                    ctx.set_regs(&regs);
+                    // SAFETY: dprobe's handler for `sig`, kernel arguments.
+                    unsafe { chain(sig, info, uc, Redeliver::Refault) };
+                    if ctx.rip() == slot.original.0 {
+                        ctx.set_rip(slot.addr.0);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    // SAFETY: dprobe's handler for `sig`, kernel arguments.
+    unsafe { chain(sig, info, uc, Redeliver::Refault) };
+}
+
+/// Runs each handler under the fault guard.
+struct Guarded;
+
+impl HandlerCall for Guarded {
+    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+        guard::call_guarded(f)
+    }
+}
+
+fn code_byte(addr: Addr) -> u8 {
+    // SAFETY: `addr` is a probe site: executable code of a loaded object that dprobe checked
+    // at registration, and code is never unmapped while its site is in the table.
+    unsafe { std::ptr::read_volatile(addr.0 as *const u8) }
+}
+
+/// Memory as seen by the emulator: the few bytes around the stack pointer are accessed
+/// directly (the kernel has just written the signal frame below them, so they are mapped),
+/// anything else through the non-faulting `process_vm_readv`/`writev`.
+pub struct InprocMemory {
+    /// The interrupted thread's stack pointer.
+    pub rsp: u64,
+}
+
+impl InprocMemory {
+    fn near_stack(&self, addr: Addr, len: usize) -> bool {
+        addr.0 >= self.rsp.wrapping_sub(64) && addr.0.wrapping_add(len as u64) <= self.rsp.wrapping_add(64)
+    }
+}
+
+impl Memory for InprocMemory {
+    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        if self.near_stack(addr, buf.len()) {
+            for (i, b) in buf.iter_mut().enumerate() {
+                // SAFETY: within 64 bytes of the interrupted stack pointer, on the stack the
+                // signal frame was pushed to (see the type's comment).
+                *b = unsafe { std::ptr::read_volatile((addr.0 + i as u64) as *const u8) };
+            }
+            return Ok(());
+        }
+        sys::read_memory(addr, buf)
+    }
+
+    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+        if self.near_stack(addr, data.len()) {
+            for (i, b) in data.iter().enumerate() {
+                // SAFETY: as in `read`; the bytes just below the stack pointer are the red
+                // zone the kernel skipped, which the emulated push owns.
+                unsafe { std::ptr::write_volatile((addr.0 + i as u64) as *mut u8, *b) };
+            }
+            return Ok(());
+        }
+        sys::write_memory(addr, data)
+    }
+}
