@@ -50,4 +50,4 @@ pub use dprobe_arch::{Addr, Gpr, Regs};
 pub use dprobe_core::{FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, StatsSnapshot};
 pub use engine::ProbeInfo;
 pub use probe::{blacklist, list, register, register_all, resolve, unregister_all, Probe};
-pub use trap::in_handler;
+pub use trap::{in_handler, in_hit_path};

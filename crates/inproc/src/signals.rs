@@ -36,9 +36,12 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handler as usize;
     // NODEFER: a probe hit inside a handler raises SIGTRAP again; blocked, the kernel would
-    // kill the process instead of delivering it. ONSTACK: use the thread's alternate stack
-    // when it has one.
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK | libc::SA_RESTART;
+    // kill the process instead of delivering it. ONSTACK only for faults (a stack overflow
+    // must be handled on the alternate stack): the trap handler runs on the thread's own
+    // stack, because the small alternate stacks threads get (Rust's std installs one per
+    // thread) cannot hold a trap frame, the handlers and a nested fault frame.
+    let onstack = if sig == libc::SIGTRAP { 0 } else { libc::SA_ONSTACK };
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART | onstack;
     // SAFETY: `action.sa_mask` is a valid sigset to initialize.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
     let mut old: libc::sigaction = unsafe_zeroed();

@@ -20,6 +20,30 @@ thread_local! {
     /// Set while this thread runs probe handlers: a probe hit then runs no handler and counts
     /// as missed (kprobe rule 6). Const-initialized and without destructor: signal-safe.
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// Depth of dprobe's signal handlers on this thread (nested when a handler hits a probe).
+    static IN_HIT_PATH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is inside dprobe's hit path (a `SIGTRAP` or fault handler of
+/// dprobe). Async-signal-safe. Tests use it to prove that the hit path does not allocate.
+pub fn in_hit_path() -> bool {
+    IN_HIT_PATH.with(|c| c.get()) > 0
+}
+
+/// Marks the hit path for the duration of a signal handler.
+struct HitPath;
+
+impl HitPath {
+    fn enter() -> HitPath {
+        IN_HIT_PATH.with(|c| c.set(c.get() + 1));
+        HitPath
+    }
+}
+
+impl Drop for HitPath {
+    fn drop(&mut self) {
+        IN_HIT_PATH.with(|c| c.set(c.get() - 1));
+    }
 }
 
 /// Whether the calling thread is running a probe handler.
@@ -29,6 +53,7 @@ pub fn in_handler() -> bool {
 
 /// `SIGTRAP`: a probe's `int3`, the `int3` ending a slot, or somebody else's trap.
 pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let _hit_path = HitPath::enter();
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
     let key = ctx.rip().wrapping_sub(1);
@@ -150,6 +175,7 @@ fn segv_info(addr: Addr) -> libc::siginfo_t {
 /// `SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`: a fault in a handler (recover), in a slot (map it
 /// back to the original instruction), or the program's own (chain).
 pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let _hit_path = HitPath::enter();
     // SAFETY: the kernel passes valid `info` and `uc` to an SA_SIGINFO handler.
     let (mut ctx, fault_addr) = unsafe { (SignalContext::new(uc), (*info).si_addr() as u64) };
     if let Some((rsp, rip)) = guard::recovery_point(sig, fault_addr) {

@@ -1,0 +1,69 @@
+//! Faults in handlers and in the displaced instruction.
+mod fixtures;
+use fixtures::*;
+
+use dprobe_inproc::{register, FaultInfo, FaultStage, Kprobe, PreAction};
+use std::sync::Mutex;
+
+static SEEN: Mutex<Vec<FaultInfo>> = Mutex::new(Vec::new());
+
+#[test]
+fn a_faulting_handler_is_abandoned_and_reported() {
+    let p = register(
+        Kprobe::addr(dprobe_inproc::Addr(fx_inner as usize as u64))
+            .pre(|_| {
+                // SAFETY: deliberately not safe: this read faults, and dprobe must recover.
+                let v = unsafe { std::ptr::read_volatile(16 as *const u64) };
+                std::hint::black_box(v);
+                PreAction::Continue
+            })
+            .fault(|_, info| {
+                if let Ok(mut seen) = SEEN.try_lock() {
+                    seen.push(*info);
+                }
+                false
+            }),
+    )
+    .unwrap();
+    // SAFETY: fx_inner adds one to its argument.
+    assert_eq!(unsafe { fx_inner(std::hint::black_box(41)) }, 42, "the program went on");
+    let seen = SEEN.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![FaultInfo {
+            signal: libc::SIGSEGV,
+            fault_addr: Some(dprobe_inproc::Addr(16)),
+            stage: FaultStage::PreHandler
+        }]
+    );
+    let st = p.stats();
+    assert_eq!((st.hits, st.handler_faults), (1, 1));
+    assert!(!p.is_enabled(), "an unhandled handler fault disables the probe");
+    // SAFETY: as above.
+    assert_eq!(unsafe { fx_inner(std::hint::black_box(1)) }, 2);
+    assert_eq!(p.hits(), 1);
+}
+
+#[test]
+fn a_fault_in_the_displaced_instruction_goes_to_the_fault_handler() {
+    // fx_load: mov (%rdi),%rax; ret. Executed from a boosted slot; on a bad pointer the
+    // fault handler makes it return 0xdead instead.
+    let at = dprobe_inproc::Addr(fx_load as usize as u64);
+    let p = register(Kprobe::addr(at).pre(|_| PreAction::Continue).fault(move |r, info| {
+        if info.stage != FaultStage::Instruction || r.rip != at.0 {
+            return false;
+        }
+        r.rax = 0xdead;
+        r.rip = at.0 + 3;
+        true
+    }))
+    .unwrap();
+    let good = 77u64;
+    // SAFETY: a valid pointer, then one the fault handler deals with.
+    unsafe {
+        assert_eq!(fx_load(std::hint::black_box(&good)), 77);
+        assert_eq!(fx_load(std::hint::black_box(8 as *const u64)), 0xdead);
+        assert_eq!(fx_load(std::hint::black_box(&good)), 77);
+    }
+    assert_eq!(p.hits(), 3);
+}

@@ -1,0 +1,130 @@
+//! What handlers can do: change arguments, override a function, aggregate, nest.
+mod fixtures;
+use fixtures::*;
+
+use dprobe_inproc::{register, Kprobe, PreAction};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[test]
+fn changing_an_argument_register_changes_the_result() {
+    let p = register(Kprobe::addr(addr(fx_mov_add)).pre(|r| {
+        r.rsi = 100;
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(call2(fx_mov_add, 1, 2), 101);
+    p.unregister().unwrap();
+    assert_eq!(call2(fx_mov_add, 1, 2), 3);
+}
+
+#[test]
+fn skipping_the_instruction_overrides_the_function() {
+    // Fault injection: return 42 straight from the entry, as the kernel's
+    // override_function_with_return does.
+    static POST_CALLS: AtomicU64 = AtomicU64::new(0);
+    let p = register(
+        Kprobe::addr(addr(fx_spare1))
+            .pre(|r| {
+                // SAFETY: at the entry of a called function, rsp points at the return address.
+                r.rip = unsafe { *(r.rsp as *const u64) };
+                r.rsp += 8;
+                r.rax = 42;
+                PreAction::SkipInstruction
+            })
+            .post(|_| {
+                POST_CALLS.fetch_add(1, Relaxed);
+            }),
+    )
+    .unwrap();
+    for i in 0..100 {
+        assert_eq!(call2(fx_spare1, i, 3), 42);
+    }
+    assert_eq!(p.hits(), 100);
+    assert_eq!(POST_CALLS.load(Relaxed), 0, "a skipped instruction runs no post-handler");
+    drop(p);
+    assert_eq!(call2(fx_spare1, 5, 3), 15);
+}
+
+#[test]
+fn two_probes_at_one_address_run_in_registration_order() {
+    let first = register(Kprobe::addr(addr(fx_push_add)).pre(|r| {
+        r.rdi += 1;
+        PreAction::Continue
+    }))
+    .unwrap();
+    let second = register(Kprobe::addr(addr(fx_push_add)).pre(|r| {
+        r.rdi *= 10;
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(call2(fx_push_add, 4, 0), 50, "(4 + 1) * 10: first runs first");
+    assert_eq!((first.hits(), second.hits()), (1, 1));
+    let original = code(addr(fx_push_add), 1);
+    assert_eq!(original, [0xcc]);
+    first.unregister().unwrap();
+    assert_eq!(call2(fx_push_add, 4, 0), 40, "the second alone");
+    assert_eq!(code(addr(fx_push_add), 1), [0xcc], "still armed for the second");
+    second.unregister().unwrap();
+    assert_eq!(code(addr(fx_push_add), 1), [0x55], "push %rbp is back");
+    assert_eq!(call2(fx_push_add, 4, 0), 4);
+}
+
+#[test]
+fn a_probe_hit_inside_a_handler_runs_no_handler_and_counts_as_missed() {
+    static INNER_HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+    let inner = register(Kprobe::addr(addr1(fx_inner)).pre(|_| {
+        INNER_HANDLER_RUNS.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    let outer = register(Kprobe::addr(addr1(fx_outer)).pre(|r| {
+        // SAFETY: fx_inner computes on its argument only.
+        r.rdi = unsafe { fx_inner(std::hint::black_box(r.rdi)) };
+        PreAction::Continue
+    }))
+    .unwrap();
+    for i in 0..10 {
+        // SAFETY: as above.
+        assert_eq!(unsafe { fx_outer(std::hint::black_box(i)) }, i + 3, "inner still executed: +1, then +2");
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { fx_inner(std::hint::black_box(1)) }, 2);
+    assert_eq!(outer.hits(), 10);
+    assert_eq!((inner.hits(), inner.nmissed()), (1, 10));
+    assert_eq!(INNER_HANDLER_RUNS.load(Relaxed), 1);
+}
+
+#[test]
+fn disable_and_enable() {
+    let p = register(Kprobe::addr(addr1(fx_riprel)).pre(|_| PreAction::Continue)).unwrap();
+    // SAFETY: fx_riprel reads a static and adds its argument.
+    let call = || unsafe { fx_riprel(std::hint::black_box(1)) };
+    call();
+    p.disable().unwrap();
+    assert_eq!(code(p.addr(), 1), [0x48], "disarmed while disabled");
+    call();
+    assert_eq!(p.hits(), 1);
+    p.enable().unwrap();
+    assert_eq!(code(p.addr(), 1), [0xcc]);
+    call();
+    assert_eq!(p.hits(), 2);
+}
+
+#[test]
+fn registration_from_inside_a_handler_is_refused() {
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    let p = register(Kprobe::addr(addr(fx_spare2)).pre(|_| {
+        if matches!(register(Kprobe::addr(addr(fx_mov_add))), Err(dprobe_inproc::ProbeError::InHandler)) {
+            REFUSED.fetch_add(1, Relaxed);
+        }
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(call2(fx_spare2, 5, 3), 2);
+    assert_eq!(REFUSED.load(Relaxed), 1);
+    drop(p);
+}
+
+fn addr1(f: unsafe extern "C" fn(u64) -> u64) -> dprobe_inproc::Addr {
+    dprobe_inproc::Addr(f as usize as u64)
+}
