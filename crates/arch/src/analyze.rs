@@ -54,6 +54,9 @@ pub enum ExecClass {
         /// A boosted copy in a slot is also correct (absolute control transfers), and is
         /// preferred when emulation would have to read memory the engine reaches slowly.
         copyable: bool,
+        /// The RIP-relative operand a copy must re-target (`jmp *disp(%rip)`). Such a copy
+        /// needs a near slot: the far rewrite cannot restore its scratch register after a jump.
+        rip_relative: Option<RipRelative>,
     },
     /// A copy executes it: verbatim, or with its RIP-relative operand re-targeted.
     Copy {
@@ -202,7 +205,7 @@ pub enum ExecPlan {
 /// boosted copy avoids reading the program's memory from the trap handler.
 pub fn plan(insn: &Insn, needs_post: bool) -> ExecPlan {
     match insn.class {
-        ExecClass::Emulate { emulation: emulation @ Emulation::JmpMem { .. }, copyable: true } => {
+        ExecClass::Emulate { emulation: emulation @ Emulation::JmpMem { .. }, copyable: true, .. } => {
             if needs_post {
                 ExecPlan::Emulate(emulation)
             } else {
@@ -279,7 +282,7 @@ fn classify(i: &Instruction, decoder: &Decoder<'_>) -> Result<ExecClass, Unsuppo
     if i.is_invalid() {
         return Err(Unsupported::Undefined);
     }
-    let emulate = |emulation| Ok(ExecClass::Emulate { emulation, copyable: false });
+    let emulate = |emulation| Ok(ExecClass::Emulate { emulation, copyable: false, rip_relative: None });
     let target = Addr(i.near_branch_target());
     match i.flow_control() {
         FlowControl::Interrupt => match i.code() {
@@ -296,7 +299,7 @@ fn classify(i: &Instruction, decoder: &Decoder<'_>) -> Result<ExecClass, Unsuppo
             _ => Err(Unsupported::FarTransfer),
         },
         FlowControl::IndirectCall => match i.code() {
-            Code::Call_rm64 => indirect(i, true),
+            Code::Call_rm64 => indirect(i, decoder, true),
             Code::Call_rm16 | Code::Call_rm32 => Err(Unsupported::SizeOverriddenBranch),
             _ => Err(Unsupported::FarTransfer),
         },
@@ -308,16 +311,20 @@ fn classify(i: &Instruction, decoder: &Decoder<'_>) -> Result<ExecClass, Unsuppo
             _ => Err(Unsupported::FarTransfer),
         },
         FlowControl::IndirectBranch => match i.code() {
-            Code::Jmp_rm64 => indirect(i, false),
+            Code::Jmp_rm64 => indirect(i, decoder, false),
             Code::Jmp_rm16 | Code::Jmp_rm32 => Err(Unsupported::SizeOverriddenBranch),
             _ => Err(Unsupported::FarTransfer),
         },
         FlowControl::ConditionalBranch => conditional(i, target),
         FlowControl::Return => match i.code() {
-            Code::Retnq => Ok(ExecClass::Emulate { emulation: Emulation::Ret { pop: 0 }, copyable: true }),
-            Code::Retnq_imm16 => {
-                Ok(ExecClass::Emulate { emulation: Emulation::Ret { pop: i.immediate16() }, copyable: true })
+            Code::Retnq => {
+                Ok(ExecClass::Emulate { emulation: Emulation::Ret { pop: 0 }, copyable: true, rip_relative: None })
             }
+            Code::Retnq_imm16 => Ok(ExecClass::Emulate {
+                emulation: Emulation::Ret { pop: i.immediate16() },
+                copyable: true,
+                rip_relative: None,
+            }),
             Code::Retnw | Code::Retnw_imm16 | Code::Retnd | Code::Retnd_imm16 => Err(Unsupported::SizeOverriddenBranch),
             c if c.is_privileged() => Err(Unsupported::Privileged),
             _ => Err(Unsupported::FarTransfer),
@@ -337,7 +344,7 @@ fn conditional(i: &Instruction, target: Addr) -> Result<ExecClass, Unsupported> 
         }
         _ => return Err(Unsupported::SizeOverriddenBranch),
     };
-    Ok(ExecClass::Emulate { emulation, copyable: false })
+    Ok(ExecClass::Emulate { emulation, copyable: false, rip_relative: None })
 }
 
 fn condition(cc: ConditionCode) -> Option<Condition> {
@@ -363,18 +370,23 @@ fn condition(cc: ConditionCode) -> Option<Condition> {
 }
 
 /// `call`/`jmp` through a register or memory operand.
-fn indirect(i: &Instruction, is_call: bool) -> Result<ExecClass, Unsupported> {
+fn indirect(i: &Instruction, decoder: &Decoder<'_>, is_call: bool) -> Result<ExecClass, Unsupported> {
     if i.op0_kind() == OpKind::Register {
         let reg = Gpr::from_iced(i.op0_register()).ok_or(Unsupported::Undefined)?;
         let emulation = if is_call { Emulation::CallReg { reg } } else { Emulation::JmpReg { reg } };
-        return Ok(ExecClass::Emulate { emulation, copyable: !is_call });
+        return Ok(ExecClass::Emulate { emulation, copyable: !is_call, rip_relative: None });
     }
     if matches!(i.memory_segment(), Register::FS | Register::GS) {
         return Err(Unsupported::SegmentIndirectBranch);
     }
     let mem = mem_operand(i);
     let emulation = if is_call { Emulation::CallMem { mem } } else { Emulation::JmpMem { mem } };
-    Ok(ExecClass::Emulate { emulation, copyable: !is_call })
+    let rip_relative = i.is_ip_rel_memory_operand().then(|| RipRelative {
+        target: Addr(i.ip_rel_memory_address()),
+        disp_offset: decoder.get_constant_offsets(i).displacement_offset() as u8,
+        scratch: None,
+    });
+    Ok(ExecClass::Emulate { emulation, copyable: !is_call, rip_relative })
 }
 
 fn mem_operand(i: &Instruction) -> MemOperand {
@@ -397,7 +409,7 @@ fn sequential(i: &Instruction, decoder: &Decoder<'_>) -> Result<ExecClass, Unsup
     if i.mnemonic() == Mnemonic::Mov && i.op0_kind() == OpKind::Register && i.op0_register() == Register::SS {
         return Err(Unsupported::StackSegmentLoad);
     }
-    let emulate = |emulation| Ok(ExecClass::Emulate { emulation, copyable: false });
+    let emulate = |emulation| Ok(ExecClass::Emulate { emulation, copyable: false, rip_relative: None });
     match i.code() {
         Code::Nopw | Code::Nopd | Code::Nopq | Code::Endbr64 => return emulate(Emulation::Nop),
         // Plain 0x90 only: with REX.B it is `xchg r8, rax` and iced decodes it as such.

@@ -57,8 +57,14 @@ impl SlotCode {
         &self.bytes[..self.len]
     }
 
-    /// Where the relocated instruction starts: where an engine points RIP on a hit.
+    /// Where an engine points RIP on a hit: the start of the slot (a far slot sets up its
+    /// scratch register before the instruction).
     pub fn entry(&self) -> Addr {
+        self.addr
+    }
+
+    /// Where the relocated instruction itself is (after a far slot's prologue).
+    pub fn insn_addr(&self) -> Addr {
         self.addr.add(self.insn_offset as u64)
     }
 
@@ -84,7 +90,7 @@ impl SlotCode {
     /// own signal handlers see the program as if it had never been probed.
     pub fn map_fault<M: Memory + ?Sized>(&self, regs: &mut Regs, mem: &mut M) -> Result<(), MemoryFault> {
         if let Some(scratch) = self.far_scratch {
-            if Addr(regs.rip) == self.entry() {
+            if Addr(regs.rip) == self.insn_addr() {
                 let saved = mem.read_u64(Addr(regs.rsp))?;
                 regs.set(scratch, saved);
                 regs.rsp = regs.rsp.wrapping_add(8 + 128);
@@ -102,7 +108,7 @@ impl SlotCode {
 pub fn prepare_slot(insn: &Insn, slot: Addr, ending: SlotEnding) -> Result<SlotCode, PrepareError> {
     let rip_relative = match insn.class {
         ExecClass::Copy { rip_relative } => rip_relative,
-        ExecClass::Emulate { copyable: true, .. } => None,
+        ExecClass::Emulate { copyable: true, rip_relative, .. } => rip_relative,
         ExecClass::Emulate { .. } => return Err(PrepareError::Emulated(insn.addr)),
     };
     let mut out = SlotWriter {

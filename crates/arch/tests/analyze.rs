@@ -88,6 +88,15 @@ fn plt_jmp_through_rip_relative_memory() {
     // jmp *0x2fe2(%rip): the GOT slot is resolved to an absolute address.
     let e = emulated(&[0xff, 0x25, 0xe2, 0x2f, 0x00, 0x00]);
     assert_eq!(e, Emulation::JmpMem { mem: MemOperand { base: None, index: None, scale: 1, disp: AT.0 + 6 + 0x2fe2 } });
+    // Its boosted copy must re-target the displacement (and cannot use a far slot).
+    let insn = analyze(&[0xff, 0x25, 0xe2, 0x2f, 0, 0], AT, AT).unwrap();
+    let slot = prepare_slot(&insn, Addr(0x50_0000), SlotEnding::JumpBack).unwrap();
+    let disp = (AT.0 + 6 + 0x2fe2) as i64 - (0x50_0000 + 6);
+    assert_eq!(&slot.code()[2..6], &(disp as i32).to_le_bytes());
+    assert!(matches!(
+        prepare_slot(&insn, Addr(0x7f00_0000_0000), SlotEnding::JumpBack),
+        Err(PrepareError::OutOfReach { .. })
+    ));
     assert_eq!(
         plan(&analyze(&[0xff, 0x25, 0xe2, 0x2f, 0, 0], AT, AT).unwrap(), false),
         ExecPlan::Slot(SlotEnding::JumpBack)
@@ -185,7 +194,7 @@ fn address_inside_an_instruction_is_refused() {
     );
     assert_eq!(
         analyze(&code, AT, AT.add(10)).unwrap().class,
-        ExecClass::Emulate { emulation: Emulation::Ret { pop: 0 }, copyable: true }
+        ExecClass::Emulate { emulation: Emulation::Ret { pop: 0 }, copyable: true, rip_relative: None }
     );
 }
 

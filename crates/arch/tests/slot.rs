@@ -62,7 +62,8 @@ fn rip_relative_far_slot_goes_through_scratch_register() {
     want.extend_from_slice(&[0x48, 0x8d, 0xa4, 0x24, 0x80, 0, 0, 0 /* lea 0x80(%rsp),%rsp */, 0xcc]);
     assert_eq!(slot.code(), &want[..]);
     assert_eq!(slot.far_scratch, Some(Gpr::Rcx));
-    assert_eq!(slot.entry(), far.add(16));
+    assert_eq!(slot.entry(), far);
+    assert_eq!(slot.insn_addr(), far.add(16));
 }
 
 #[test]
@@ -112,7 +113,7 @@ mod mod_common {
         let program_rsp = 0x1800;
         let rsp_in_slot = program_rsp - 128 - 8;
         mem.write_u64(Addr(rsp_in_slot), 0xdead_beef).unwrap();
-        let mut regs = Regs { rip: slot.entry().0, rsp: rsp_in_slot, rcx: AT.0 + 0x16, ..Regs::default() };
+        let mut regs = Regs { rip: slot.insn_addr().0, rsp: rsp_in_slot, rcx: AT.0 + 0x16, ..Regs::default() };
         slot.map_fault(&mut regs, &mut mem).unwrap();
         assert_eq!((regs.rip, regs.rsp, regs.rcx), (AT.0, program_rsp, 0xdead_beef));
     }

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use dprobe_arch::{analyze, plan, prepare_slot, Addr, ExecPlan, Insn, SlotCode, SlotEnding, INT3};
+use dprobe_arch::{analyze, plan, prepare_slot, Addr, ExecClass, ExecPlan, Insn, SlotCode, SlotEnding, INT3};
 use dprobe_core::{
     HitKind, Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, StatsSnapshot, TableEntry,
 };
@@ -223,25 +223,26 @@ impl Engine {
     pub fn list(&self) -> Vec<ProbeInfo> {
         let st = self.lock();
         let mut out = Vec::new();
-        for (addr, site) in &st.sites {
+        for row in self.table.rows().iter().filter(|r| r.kind == HitKind::Entry) {
+            let (addr, site) = (row.site.addr, &row.site);
             let symbol = st
                 .symbols
                 .as_ref()
-                .and_then(|s| s.containing(*addr))
+                .and_then(|s| s.containing(addr))
                 .map(|f| format!("{}+{:#x}", f.name, addr.0 - f.start.0));
-            let needs_post = site.probes.iter().any(|p| p.has_post());
-            let execution = match plan(&site.insn, needs_post) {
+            let execution = match site.arch.plan {
                 ExecPlan::Emulate(_) => "emulated",
                 ExecPlan::Slot(SlotEnding::JumpBack) => "boosted",
                 ExecPlan::Slot(SlotEnding::Trap) => "post-step",
             };
+            let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
             for p in &site.probes {
                 out.push(ProbeInfo {
                     id: p.id,
-                    addr: *addr,
+                    addr,
                     symbol: symbol.clone(),
                     enabled: p.stats.is_enabled(),
-                    armed: site.armed,
+                    armed,
                     execution,
                     stats: p.stats.snapshot(),
                 });
@@ -275,10 +276,14 @@ impl Engine {
         for (addr, probes) in &lists {
             let needs_post = probes.iter().any(|p| p.has_post());
             let insn = st.sites[addr].insn.clone();
-            let plan = plan(&insn, needs_post);
-            let slot = match plan {
-                ExecPlan::Slot(ending) => Some(self.slot_for(st, maps, *addr, ending)?),
-                ExecPlan::Emulate(_) => None,
+            let (plan, slot) = match plan(&insn, needs_post) {
+                ExecPlan::Slot(ending) => match (self.slot_for(st, maps, *addr, ending), insn.class) {
+                    (Ok(slot), _) => (ExecPlan::Slot(ending), Some(slot)),
+                    // A boosted copy of an absolute branch is only faster than emulation.
+                    (Err(_), ExecClass::Emulate { emulation, .. }) => (ExecPlan::Emulate(emulation), None),
+                    (Err(e), _) => return Err(e),
+                },
+                emulated => (emulated, None),
             };
             execs.push(SiteExec { insn, plan, slot });
         }

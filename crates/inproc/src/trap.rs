@@ -200,6 +200,9 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
                     ctx.set_regs(&regs);
                     return;
                 }
+                // SIGFPE and SIGILL report the instruction's own address: show the original.
+                // SAFETY: `info` is the kernel's siginfo for this signal, writable by its handler.
+                unsafe { map_fault_address(info, &slot) };
                 if crate::signals::has_program_handler(sig) {
                     // Show the program its fault at the original instruction; if its handler
                     // returns without moving RIP, run the slot again from its start.
@@ -216,6 +219,23 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
     }
     // SAFETY: dprobe's handler for `sig`, kernel arguments.
     unsafe { chain(sig, info, uc, Redeliver::Refault) };
+}
+
+/// Rewrite `si_addr` when it points into the slot (instruction faults report the faulting
+/// instruction's address).
+///
+/// # Safety
+/// `info` must be the siginfo the kernel passed to the running handler.
+unsafe fn map_fault_address(info: *mut libc::siginfo_t, slot: &dprobe_arch::SlotCode) {
+    // SAFETY: per the contract; si_addr sits at offset 16 of the x86-64 siginfo_t for fault
+    // signals, the field `si_addr()` reads.
+    unsafe {
+        let addr = (*info).si_addr() as u64;
+        if slot.contains(Addr(addr)) {
+            let field = (info as *mut u8).add(16).cast::<u64>();
+            field.write_unaligned(slot.original.0);
+        }
+    }
 }
 
 /// Runs each handler under the fault guard.
