@@ -1,1 +1,156 @@
-fn main() {}
+//! Per-hit cost of dprobe's in-process paths against the raw `int3` -> `SIGTRAP` -> return
+//! round trip, measured in the same run.
+//!
+//! `cargo bench -p dprobe-inproc --bench hit_cost` prints criterion's figures for each path,
+//! then a table of medians over interleaved rounds with the ratio to the floor.
+//!
+//! * floor: a function that starts with `int3`, under a `SIGTRAP` handler that only returns
+//!   (the cheapest possible trap round trip; installed only while it is measured);
+//! * emulated: probe on `push %rbp` (emulated in the handler, one trap);
+//! * boosted: probe on `mov %rdi,%rax` (copy + jump back, one trap);
+//! * post-step: the same with a post-handler (copy + a second trap).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dprobe_inproc::{register, Kprobe, PreAction, Probe};
+
+std::arch::global_asm!(
+    ".text",
+    ".globl bench_floor",
+    ".type bench_floor,@function",
+    "bench_floor:",
+    "int3",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_floor, . - bench_floor",
+    ".globl bench_push",
+    ".type bench_push,@function",
+    "bench_push:",
+    "push rbp",
+    "mov rax, rdi",
+    "pop rbp",
+    "ret",
+    ".size bench_push, . - bench_push",
+    ".globl bench_mov",
+    ".type bench_mov,@function",
+    "bench_mov:",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_mov, . - bench_mov",
+    ".globl bench_post",
+    ".type bench_post,@function",
+    "bench_post:",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_post, . - bench_post",
+);
+
+extern "C" {
+    fn bench_floor(x: u64) -> u64;
+    fn bench_push(x: u64) -> u64;
+    fn bench_mov(x: u64) -> u64;
+    fn bench_post(x: u64) -> u64;
+}
+
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn floor_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    HITS.fetch_add(1, Relaxed);
+}
+
+/// Runs `f` with the floor's own SIGTRAP handler, then puts back dprobe's.
+fn with_floor_handler<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: swapping SIGTRAP dispositions on a benchmark process; dprobe's action is saved
+    // and restored before any probe is hit again.
+    unsafe {
+        let mut floor: libc::sigaction = std::mem::zeroed();
+        floor.sa_sigaction = floor_handler as usize;
+        floor.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        let mut saved: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGTRAP, &floor, &mut saved);
+        let r = f();
+        libc::sigaction(libc::SIGTRAP, &saved, std::ptr::null_mut());
+        r
+    }
+}
+
+fn count(_: &mut dprobe_inproc::Regs) -> PreAction {
+    HITS.fetch_add(1, Relaxed);
+    PreAction::Continue
+}
+
+fn probes() -> Vec<Probe> {
+    let at = |f: unsafe extern "C" fn(u64) -> u64| dprobe_inproc::Addr(f as usize as u64);
+    vec![
+        register(Kprobe::addr(at(bench_push)).pre(count)).expect("emulated probe"),
+        register(Kprobe::addr(at(bench_mov)).pre(count)).expect("boosted probe"),
+        register(Kprobe::addr(at(bench_post)).pre(count).post(|_| {})).expect("post-step probe"),
+    ]
+}
+
+type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
+const TARGETS: [Target; 4] = [
+    ("floor (raw int3 round trip)", bench_floor),
+    ("emulated", bench_push),
+    ("boosted", bench_mov),
+    ("post-step", bench_post),
+];
+
+fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
+    let t = Instant::now();
+    for i in 0..n {
+        // SAFETY: the bench functions return their argument.
+        black_box(unsafe { black_box(f)(black_box(i)) });
+    }
+    t.elapsed()
+}
+
+fn measure(name: &str, f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
+    if name.starts_with("floor") {
+        with_floor_handler(|| call_n(f, n))
+    } else {
+        call_n(f, n)
+    }
+}
+
+fn criterion_paths(c: &mut Criterion) {
+    let _probes = probes();
+    let mut g = c.benchmark_group("inproc hit");
+    for (name, f) in TARGETS {
+        g.bench_function(name, |b| b.iter_custom(|n| measure(name, f, n)));
+    }
+    g.finish();
+}
+
+/// Interleaved rounds, so drift on a shared machine hits every path alike; medians and ratios.
+fn ratio_table(_: &mut Criterion) {
+    let _probes = probes();
+    const ROUNDS: usize = 15;
+    const N: u64 = 50_000;
+    let mut samples = vec![Vec::new(); TARGETS.len()];
+    for _ in 0..ROUNDS {
+        for (k, (name, f)) in TARGETS.iter().enumerate() {
+            samples[k].push(measure(name, *f, N).as_nanos() as f64 / N as f64);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = samples.iter_mut().map(median).collect();
+    println!("\nper-hit cost, median of {ROUNDS} interleaved rounds of {N} calls:");
+    println!("{:<30} {:>10} {:>10}", "path", "ns/hit", "x floor");
+    for ((name, _), m) in TARGETS.iter().zip(&medians) {
+        println!("{:<30} {:>10.0} {:>10.2}", name, m, m / medians[0]);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    targets = criterion_paths, ratio_table
+}
+criterion_main!(benches);

@@ -78,7 +78,7 @@ pub struct ProbeInfo {
     pub id: ProbeId,
     /// Where it is.
     pub addr: Addr,
-    /// `function+offset`, when a symbol covers it.
+    /// `object:function+offset`, when a symbol covers it.
     pub symbol: Option<String>,
     /// Enabled?
     pub enabled: bool,
@@ -225,11 +225,9 @@ impl Engine {
         let mut out = Vec::new();
         for row in self.table.rows().iter().filter(|r| r.kind == HitKind::Entry) {
             let (addr, site) = (row.site.addr, &row.site);
-            let symbol = st
-                .symbols
-                .as_ref()
-                .and_then(|s| s.containing(addr))
-                .map(|f| format!("{}+{:#x}", f.name, addr.0 - f.start.0));
+            let symbol = st.symbols.as_ref().and_then(|s| s.containing(addr)).map(|f| {
+                format!("{}:{}+{:#x}", f.object.rsplit('/').next().unwrap_or(&f.object), f.name, addr.0 - f.start.0)
+            });
             let execution = match site.arch.plan {
                 ExecPlan::Emulate(_) => "emulated",
                 ExecPlan::Slot(SlotEnding::JumpBack) => "boosted",
