@@ -11,7 +11,7 @@ pub struct Addr(pub u64);
 
 impl Addr {
     /// This address plus `bytes` (wrapping, as the CPU's address arithmetic does).
-    pub fn add(self, bytes: u64) -> Addr {
+    pub fn offset(self, bytes: u64) -> Addr {
         Addr(self.0.wrapping_add(bytes))
     }
 

@@ -30,7 +30,7 @@ impl Insn {
 
     /// The address right after it.
     pub fn next(&self) -> Addr {
-        self.addr.add(self.len as u64)
+        self.addr.offset(self.len as u64)
     }
 
     /// The instruction in AT&T syntax, for messages.
@@ -246,7 +246,7 @@ pub fn describe(bytes: &[u8], addr: Addr) -> String {
 ///
 /// The bytes must be the original ones, never an armed probe's `int3`.
 pub fn analyze(code: &[u8], code_start: Addr, addr: Addr) -> Result<Insn, AnalyzeError> {
-    let end = code_start.add(code.len() as u64);
+    let end = code_start.offset(code.len() as u64);
     if addr < code_start || addr >= end {
         return Err(AnalyzeError::OutsideCode { addr, start: code_start, end });
     }
@@ -264,7 +264,7 @@ pub fn analyze(code: &[u8], code_start: Addr, addr: Addr) -> Result<Insn, Analyz
         if instr.is_invalid() {
             return Err(AnalyzeError::UndecodableBefore { addr, start: code_start, at });
         }
-        let next = at.add(instr.len() as u64);
+        let next = at.offset(instr.len() as u64);
         if next > addr {
             return Err(AnalyzeError::NotInstructionBoundary { addr, insn_start: at, insn_len: instr.len() });
         }

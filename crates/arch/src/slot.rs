@@ -65,12 +65,12 @@ impl SlotCode {
 
     /// Where the relocated instruction itself is (after a far slot's prologue).
     pub fn insn_addr(&self) -> Addr {
-        self.addr.add(self.insn_offset as u64)
+        self.addr.offset(self.insn_offset as u64)
     }
 
     /// Address of the final `int3` of a [`SlotEnding::Trap`] slot.
     pub fn trap_addr(&self) -> Option<Addr> {
-        (self.ending == SlotEnding::Trap).then(|| self.addr.add(self.len as u64 - 1))
+        (self.ending == SlotEnding::Trap).then(|| self.addr.offset(self.len as u64 - 1))
     }
 
     /// The post-step fixup: after the slot's final `int3` trapped, continue after the original
@@ -81,7 +81,7 @@ impl SlotCode {
 
     /// Whether `rip` lies in this slot's code.
     pub fn contains(&self, rip: Addr) -> bool {
-        rip >= self.addr && rip < self.addr.add(self.len as u64)
+        rip >= self.addr && rip < self.addr.offset(self.len as u64)
     }
 
     /// A fault was raised at `regs.rip` inside the slot: turn `regs` into the state in which
@@ -155,7 +155,7 @@ struct SlotWriter {
 
 impl SlotWriter {
     fn here(&self) -> Addr {
-        self.code.addr.add(self.code.len as u64)
+        self.code.addr.offset(self.code.len as u64)
     }
 
     fn emit(&mut self, bytes: &[u8]) {

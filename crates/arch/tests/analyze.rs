@@ -189,18 +189,18 @@ fn address_inside_an_instruction_is_refused() {
     // movabs $0x1122334455667788,%rax (10 bytes), then ret.
     let code = [0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xc3];
     assert_eq!(
-        analyze(&code, AT, AT.add(3)),
-        Err(AnalyzeError::NotInstructionBoundary { addr: AT.add(3), insn_start: AT, insn_len: 10 })
+        analyze(&code, AT, AT.offset(3)),
+        Err(AnalyzeError::NotInstructionBoundary { addr: AT.offset(3), insn_start: AT, insn_len: 10 })
     );
     assert_eq!(
-        analyze(&code, AT, AT.add(10)).unwrap().class,
+        analyze(&code, AT, AT.offset(10)).unwrap().class,
         ExecClass::Emulate { emulation: Emulation::Ret { pop: 0 }, copyable: true, rip_relative: None }
     );
 }
 
 #[test]
 fn address_outside_code_and_truncated_code() {
-    assert!(matches!(analyze(&[0x90], AT, AT.add(1)), Err(AnalyzeError::OutsideCode { .. })));
+    assert!(matches!(analyze(&[0x90], AT, AT.offset(1)), Err(AnalyzeError::OutsideCode { .. })));
     assert_eq!(analyze(&[0x48, 0xb8, 0x88], AT, AT), Err(AnalyzeError::Truncated { addr: AT }));
 }
 

@@ -63,7 +63,7 @@ fn rip_relative_far_slot_goes_through_scratch_register() {
     assert_eq!(slot.code(), &want[..]);
     assert_eq!(slot.far_scratch, Some(Gpr::Rcx));
     assert_eq!(slot.entry(), far);
-    assert_eq!(slot.insn_addr(), far.add(16));
+    assert_eq!(slot.insn_addr(), far.offset(16));
 }
 
 #[test]

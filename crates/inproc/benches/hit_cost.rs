@@ -10,6 +10,8 @@
 //! * boosted: probe on `mov %rdi,%rax` (copy + jump back, one trap);
 //! * post-step: the same with a post-handler (copy + a second trap).
 
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -67,7 +69,7 @@ fn with_floor_handler<R>(f: impl FnOnce() -> R) -> R {
     // and restored before any probe is hit again.
     unsafe {
         let mut floor: libc::sigaction = std::mem::zeroed();
-        floor.sa_sigaction = floor_handler as usize;
+        floor.sa_sigaction = floor_handler as *const () as usize;
         floor.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
         let mut saved: libc::sigaction = std::mem::zeroed();
         libc::sigaction(libc::SIGTRAP, &floor, &mut saved);

@@ -258,7 +258,7 @@ impl Engine {
         Ok(symbols
             .functions()
             .iter()
-            .filter_map(|f| hit_path_region(&f.name).map(|why| (f.start, f.start.add(f.size), why)))
+            .filter_map(|f| hit_path_region(&f.name).map(|why| (f.start, f.start.offset(f.size), why)))
             .collect())
     }
 
@@ -380,7 +380,7 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Add
             if *offset >= f.size {
                 return Err(ProbeError::OffsetOutOfFunction { symbol: name.clone(), offset: *offset, size: f.size });
             }
-            f.start.add(*offset)
+            f.start.offset(*offset)
         }
     };
     let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
@@ -404,7 +404,7 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Add
     let mut code = vec![0u8; f.size as usize];
     sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
     // Analyze the original bytes, never an armed probe's int3.
-    for (a, site) in st.sites.range(f.start..f.start.add(f.size)) {
+    for (a, site) in st.sites.range(f.start..f.start.offset(f.size)) {
         if site.armed {
             code[(a.0 - f.start.0) as usize] = site.insn.bytes[0];
         }

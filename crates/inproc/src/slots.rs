@@ -35,7 +35,7 @@ impl SlotPool {
         let per_page = PAGE / SLOT_SIZE as u64;
         if let Some(page) = self.pages.iter_mut().find(|p| p.used < per_page && p.base.0.abs_diff(near.0) < REACH) {
             page.used += 1;
-            return Ok(page.base.add((page.used - 1) * SLOT_SIZE as u64));
+            return Ok(page.base.offset((page.used - 1) * SLOT_SIZE as u64));
         }
         let base = map_page_near(near, maps)?;
         self.pages.push(SlotPage { base, used: 1 });

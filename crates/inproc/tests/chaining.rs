@@ -16,7 +16,7 @@ fn the_programs_own_int3_reaches_the_programs_handler() {
     // SAFETY: installing a plain SA_SIGINFO handler for SIGTRAP, before dprobe's.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = program_handler as usize;
+        sa.sa_sigaction = program_handler as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO;
         assert_eq!(libc::sigaction(libc::SIGTRAP, &sa, std::ptr::null_mut()), 0);
     }

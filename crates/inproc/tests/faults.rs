@@ -10,7 +10,7 @@ static SEEN: Mutex<Vec<FaultInfo>> = Mutex::new(Vec::new());
 #[test]
 fn a_faulting_handler_is_abandoned_and_reported() {
     let p = register(
-        Kprobe::addr(dprobe_inproc::Addr(fx_inner as usize as u64))
+        Kprobe::addr(dprobe_inproc::Addr(fx_inner as *const () as usize as u64))
             .pre(|_| {
                 // SAFETY: deliberately not safe: this read faults, and dprobe must recover.
                 let v = unsafe { std::ptr::read_volatile(16 as *const u64) };
@@ -48,7 +48,7 @@ fn a_faulting_handler_is_abandoned_and_reported() {
 fn a_fault_in_the_displaced_instruction_goes_to_the_fault_handler() {
     // fx_load: mov (%rdi),%rax; ret. Executed from a boosted slot; on a bad pointer the
     // fault handler makes it return 0xdead instead.
-    let at = dprobe_inproc::Addr(fx_load as usize as u64);
+    let at = dprobe_inproc::Addr(fx_load as *const () as usize as u64);
     let p = register(Kprobe::addr(at).pre(|_| PreAction::Continue).fault(move |r, info| {
         if info.stage != FaultStage::Instruction || r.rip != at.0 {
             return false;
@@ -62,7 +62,7 @@ fn a_fault_in_the_displaced_instruction_goes_to_the_fault_handler() {
     // SAFETY: a valid pointer, then one the fault handler deals with.
     unsafe {
         assert_eq!(fx_load(std::hint::black_box(&good)), 77);
-        assert_eq!(fx_load(std::hint::black_box(8 as *const u64)), 0xdead);
+        assert_eq!(fx_load(std::hint::black_box(std::ptr::dangling::<u64>())), 0xdead);
         assert_eq!(fx_load(std::hint::black_box(&good)), 77);
     }
     assert_eq!(p.hits(), 3);

@@ -57,7 +57,7 @@ fn post_handler_path_counts_exactly_and_sees_the_result() {
     static POST_HITS: AtomicU64 = AtomicU64::new(0);
     static BAD_POST: AtomicU64 = AtomicU64::new(0);
     // Probe `add rax, rsi` (offset 3): the post-handler sees rax = rdi + rsi and rip after it.
-    let at = addr(fx_spare2).add(4); // push rbx (1) + mov rax, rdi (3)
+    let at = addr(fx_spare2).offset(4); // push rbx (1) + mov rax, rdi (3)
     let p = register(Kprobe::addr(at).pre(|_| PreAction::Continue).post(move |r| {
         POST_HITS.fetch_add(1, Relaxed);
         if r.rax != r.rdi.wrapping_sub(r.rsi) || r.rip != at.0 + 3 {

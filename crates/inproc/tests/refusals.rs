@@ -23,7 +23,7 @@ fn refused(probe: Kprobe, watch: Option<Addr>) -> ProbeError {
 #[test]
 fn address_inside_an_instruction() {
     let f = fn_addr(fx_movabs);
-    let e = refused(Kprobe::addr(f.add(3)), Some(f));
+    let e = refused(Kprobe::addr(f.offset(3)), Some(f));
     assert!(
         matches!(e, ProbeError::Analyze(AnalyzeError::NotInstructionBoundary { insn_start, insn_len: 10, .. }) if insn_start == f),
         "{e:?}"
@@ -40,8 +40,7 @@ fn unmapped_address() {
 
 #[test]
 fn data_address() {
-    // SAFETY: only the address of the static is taken.
-    let data = Addr(unsafe { std::ptr::addr_of!(fx_data) } as u64);
+    let data = Addr(std::ptr::addr_of!(fx_data) as u64);
     let e = refused(Kprobe::addr(data), None);
     assert!(matches!(e, ProbeError::InvalidAddress { .. }), "{e:?}");
     assert!(e.to_string().contains("data, not code"), "{e}");
@@ -51,7 +50,7 @@ fn data_address() {
 
 #[test]
 fn an_int3_instruction() {
-    let at = Addr(fx_own_int3 as usize as u64).add(1);
+    let at = Addr(fx_own_int3 as *const () as usize as u64).offset(1);
     let e = refused(Kprobe::addr(at), Some(at));
     assert!(
         matches!(e, ProbeError::Analyze(AnalyzeError::Unsupported { reason: Unsupported::Breakpoint, .. })),
@@ -61,7 +60,7 @@ fn an_int3_instruction() {
 
 #[test]
 fn a_syscall_instruction() {
-    let at = fn_addr(fx_syscall).add(5);
+    let at = fn_addr(fx_syscall).offset(5);
     let e = refused(Kprobe::addr(at), Some(at));
     assert!(
         matches!(e, ProbeError::Analyze(AnalyzeError::Unsupported { reason: Unsupported::SystemCall, .. })),
@@ -72,7 +71,7 @@ fn a_syscall_instruction() {
 
 #[test]
 fn dprobe_own_functions() {
-    let own = Addr(register as usize as u64);
+    let own = Addr(register as *const () as usize as u64);
     let e = refused(Kprobe::addr(own), Some(own));
     assert!(matches!(e, ProbeError::Blacklisted { .. }), "{e:?}");
     let list = dprobe_inproc::blacklist().unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 
 use iced_x86::{Decoder, DecoderOptions, Encoder, Formatter, GasFormatter, Instruction, Mnemonic, OpKind, Register};
@@ -108,7 +108,7 @@ impl Harvester {
     }
 }
 
-fn compile(compiler: &str, flags: &[&str], out_dir: &PathBuf, harvester: &mut Harvester) {
+fn compile(compiler: &str, flags: &[&str], out_dir: &Path, harvester: &mut Harvester) {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/differential/workload.c");
     let out = out_dir.join(format!("{}{}.o", compiler, flags.join("").replace(['-', '='], "_")));
     let ok = Command::new(compiler).args(flags).args(["-c", src, "-o"]).arg(&out).status().is_ok_and(|s| s.success());

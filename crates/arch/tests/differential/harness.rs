@@ -176,7 +176,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
         }
         let fault_addr = if sig == libc::SIGTRAP { 0 } else { (*info).si_addr() as u64 };
         *LAST.0.get() = Some(Outcome { signal: sig, fault_addr, regs });
-        g[libc::REG_RIP as usize] = dx_return as usize as i64;
+        g[libc::REG_RIP as usize] = dx_return as *const () as usize as i64;
         // Clear TF/DF/AC so the host resumes sane.
         g[libc::REG_EFL as usize] &= !(0x100 | 0x400 | 0x40000);
     }
@@ -193,7 +193,7 @@ pub fn install() {
         assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
         for sig in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as usize;
+            sa.sa_sigaction = on_signal as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
             assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
         }
