@@ -122,7 +122,12 @@ impl SignalContext {
             // SAFETY: as in `regs`; this thread owns its signal frame.
             let xmm = unsafe { &mut (*fp)._xmm };
             for (dst, src) in xmm.iter_mut().zip(regs.xmm.iter()) {
-                dst.element = [*src as u32, (*src >> 32) as u32, (*src >> 64) as u32, (*src >> 96) as u32];
+                let new = [*src as u32, (*src >> 32) as u32, (*src >> 64) as u32, (*src >> 96) as u32];
+                // Handlers rarely change vector registers: leave the kernel's save area alone
+                // unless they did.
+                if dst.element != new {
+                    dst.element = new;
+                }
             }
         }
     }
