@@ -18,6 +18,20 @@ fn changing_an_argument_register_changes_the_result() {
 }
 
 #[test]
+fn changing_a_vector_register_changes_a_floating_point_result() {
+    let at = dprobe_inproc::Addr(fx_fadd as *const () as usize as u64);
+    let p = register(Kprobe::addr(at).pre(|r| {
+        // The second double argument arrives in xmm1: make it 40.0.
+        r.xmm[1] = u128::from(40.0f64.to_bits());
+        PreAction::Continue
+    }))
+    .unwrap();
+    // SAFETY: fx_fadd adds its two double arguments.
+    assert_eq!(unsafe { fx_fadd(std::hint::black_box(2.0), std::hint::black_box(1.0)) }, 42.0);
+    assert_eq!(p.hits(), 1);
+}
+
+#[test]
 fn skipping_the_instruction_overrides_the_function() {
     // Fault injection: return 42 straight from the entry, as the kernel's
     // override_function_with_return does.

@@ -229,7 +229,7 @@ pub fn harvest() -> Catalog {
         compile(&cc, flags, &dir, &mut h);
     }
     if Command::new("clang").arg("--version").output().is_ok() {
-        for flags in [&["-O0"][..], &["-O2"], &["-O3", "-march=native"]] {
+        for flags in [&["-O0"][..], &["-O1"], &["-O2"], &["-O3"], &["-O3", "-march=native"]] {
             compile("clang", flags, &dir, &mut h);
         }
     }
