@@ -47,34 +47,38 @@ pub fn sync_cores() {
 /// Read `buf.len()` bytes at `addr` without faulting: a bad address returns an error instead
 /// of raising `SIGSEGV`. Async-signal-safe (one `process_vm_readv` system call).
 pub fn read_memory(addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
-    let fault = MemoryFault { addr, len: buf.len(), write: false };
-    if buf.is_empty() {
-        return Ok(());
-    }
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: `local` describes `buf`, which we own mutably; the kernel validates `remote` and
-    // reports EFAULT for unmapped addresses instead of faulting.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    if n == buf.len() as isize {
-        Ok(())
-    } else {
-        Err(fault)
-    }
+    copy_own_memory(addr, local, false)
 }
 
 /// Write `data` at `addr` without faulting (see [`read_memory`]). Async-signal-safe.
 pub fn write_memory(addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
-    let fault = MemoryFault { addr, len: data.len(), write: true };
+    // The kernel only reads `data` for a write; the iovec type is shared with reads.
     let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-    let remote = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: data.len() };
-    // SAFETY: `local` describes `data`, which the kernel only reads; `remote` is validated by
-    // the kernel (EFAULT instead of a fault).
-    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
-    if n == data.len() as isize {
+    copy_own_memory(addr, local, true)
+}
+
+/// Copy between `local` and this process's memory at `addr` with `process_vm_readv`/`writev`,
+/// which validate `addr` and report EFAULT instead of faulting.
+fn copy_own_memory(addr: Addr, local: libc::iovec, write: bool) -> Result<(), MemoryFault> {
+    let len = local.iov_len;
+    if len == 0 {
+        return Ok(());
+    }
+    let remote = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: len };
+    // SAFETY: `local` describes a buffer the caller owns for the duration of the call
+    // (mutably for reads); the kernel validates `remote`.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
+        } else {
+            libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+        }
+    };
+    if n == len as isize {
         Ok(())
     } else {
-        Err(fault)
+        Err(MemoryFault { addr, len, write })
     }
 }
 
