@@ -45,6 +45,23 @@ pub enum ProbeError {
         /// The part of dprobe it belongs to.
         region: String,
     },
+    /// A probe that needs a function's first instruction (typed entry and return probes) was
+    /// given another address.
+    #[error("{addr} is not the first instruction of a function ({function} starts at {start})")]
+    NotFunctionEntry {
+        /// The address.
+        addr: Addr,
+        /// The function containing it.
+        function: String,
+        /// Where that function starts.
+        start: Addr,
+    },
+    /// Return probes cannot work in this process.
+    #[error("return probes are not possible here: {reason}")]
+    ReturnProbesUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// Registration or unregistration was called from inside a probe handler.
     #[error("probes cannot be registered or unregistered from inside a handler")]
     InHandler,

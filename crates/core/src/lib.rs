@@ -7,6 +7,7 @@
 //!   the dispatch functions catch handler panics and keep the statistics.
 //! * [`SiteTable`]: the address → site map the trap handler reads while other threads
 //!   register probes. Reads are lock-free and async-signal-safe ([`dprobe_rcu::Rcu`]).
+//! * [`EventRing`]: a lock-free ring through which handlers hand records to a normal thread.
 //! * [`ProbeError`]: the typed errors engines return.
 //!
 //! ```
@@ -20,6 +21,7 @@
 
 mod error;
 mod probe;
+mod ring;
 mod site;
 mod stats;
 mod table;
@@ -27,6 +29,7 @@ mod table;
 pub use dprobe_arch::{Addr, Regs};
 pub use error::ProbeError;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
+pub use ring::{Event, EventRing, PAYLOAD_BYTES, VALUES};
 pub use site::{HandlerCall, HandlerFault, PreOutcome, ProbeEntry, ProbeId, Site};
 pub use stats::{ProbeStats, StatsSnapshot};
 pub use table::{HitKind, SiteTable, TableEntry};

@@ -132,6 +132,23 @@ impl Engine {
         Ok(locate(&mut st, &maps, target)?.0)
     }
 
+    /// Resolve `target` and check that it is the first instruction of a function (after an
+    /// `endbr64`, the instruction after it counts as the entry too).
+    pub fn function_entry(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
+        let maps = maps()?;
+        let mut st = self.lock();
+        let (addr, _) = locate(&mut st, &maps, target)?;
+        let f = function_containing(&mut st, &maps, addr).expect("locate found a function");
+        let endbr = [0xf3, 0x0f, 0x1e, 0xfa];
+        let mut first = [0u8; 4];
+        let starts_with_endbr = sys::read_memory(f.start, &mut first).is_ok() && first == endbr;
+        if addr == f.start || (starts_with_endbr && addr == f.start.offset(4)) {
+            Ok(addr)
+        } else {
+            Err(ProbeError::NotFunctionEntry { addr, function: f.name, start: f.start })
+        }
+    }
+
     /// Register probes, all or nothing: on error nothing is patched and no probe remains.
     pub fn register(
         &self,

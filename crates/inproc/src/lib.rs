@@ -35,10 +35,14 @@
 //! kernel (synchronous traps cannot be blocked). A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them.
 
+mod args;
 mod context;
 mod engine;
+mod events;
 mod guard;
+mod kretprobe;
 mod maps;
+mod memory;
 mod probe;
 mod signals;
 mod slots;
@@ -46,8 +50,18 @@ mod symbols;
 mod sys;
 mod trap;
 
+pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use dprobe_arch::{Addr, Gpr, Regs};
-pub use dprobe_core::{FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, StatsSnapshot};
+pub use dprobe_core::{
+    Event, EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, StatsSnapshot,
+    PAYLOAD_BYTES,
+};
 pub use engine::ProbeInfo;
-pub use probe::{blacklist, list, register, register_all, resolve, unregister_all, Probe};
+pub use events::emit;
+pub use kretprobe::{
+    default_maxactive, real_return_address, register_kretprobe, trampoline_addr, EntryAction, InstanceData, Kretprobe,
+    ReturnProbe, ReturnStats, PENDING_CAPACITY,
+};
+pub use memory::{read_bytes, read_c_string};
+pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};
 pub use trap::{in_handler, in_hit_path};

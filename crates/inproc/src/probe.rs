@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use dprobe_core::{Addr, Kprobe, ProbeError, ProbeId, ProbeStats, ProbeTarget, StatsSnapshot};
+use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeId, ProbeStats, ProbeTarget, Regs, StatsSnapshot};
+
+use crate::args::Args;
 
 use crate::engine::{Engine, ProbeInfo};
 
@@ -40,6 +42,30 @@ pub fn register_all(probes: Vec<Kprobe>) -> Result<Vec<Probe>, ProbeError> {
         .into_iter()
         .map(|(id, addr, stats)| Probe { id, addr, stats, engine, registered: true })
         .collect())
+}
+
+/// Register a typed entry probe (the kernel's jprobe): `handler` receives the arguments of the
+/// function at `target` decoded as `A` by the System V x86-64 calling convention (a tuple of
+/// integers, pointers, `bool`, `f32`, `f64`), and the registers. The target must be a
+/// function's first instruction.
+///
+/// ```no_run
+/// use dprobe_inproc::{register_jprobe, ProbeTarget};
+/// let probe = register_jprobe(ProbeTarget::Symbol { name: "libc:openat".into(), offset: 0 },
+///     |(dirfd, path, flags): (i32, *const u8, i32), _regs| {
+///         let _ = (dirfd, path, flags); // read `path` with dprobe_inproc::read_c_string
+///     })?;
+/// # Ok::<(), dprobe_inproc::ProbeError>(())
+/// ```
+pub fn register_jprobe<A: Args + 'static>(
+    target: ProbeTarget,
+    handler: impl Fn(A, &mut Regs) + Send + Sync + 'static,
+) -> Result<Probe, ProbeError> {
+    let addr = Engine::global()?.function_entry(&target)?;
+    register(Kprobe::addr(addr).pre(move |regs| {
+        handler(A::decode(regs), regs);
+        PreAction::Continue
+    }))
 }
 
 /// Unregister several probes with one grace period (the kernel's `unregister_kprobes`);

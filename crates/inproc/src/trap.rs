@@ -24,6 +24,17 @@ thread_local! {
     static IN_HIT_PATH: Cell<u32> = const { Cell::new(0) };
 }
 
+/// Mark the calling thread as running handlers (the return trampoline's dispatcher, which is
+/// not a signal handler, uses this around return handlers).
+pub(crate) fn enter_handler() {
+    IN_HANDLER.with(|c| c.set(true));
+}
+
+/// The end of [`enter_handler`].
+pub(crate) fn leave_handler() {
+    IN_HANDLER.with(|c| c.set(false));
+}
+
 /// Whether the calling thread is inside dprobe's hit path (a `SIGTRAP` or fault handler of
 /// dprobe). Async-signal-safe. Tests use it to prove that the hit path does not allocate.
 pub fn in_hit_path() -> bool {

@@ -1,0 +1,768 @@
+//! Return probes (kretprobes): a handler that runs when the probed function returns, with the
+//! return value in `rax`/`xmm0` (writable), and optionally an entry handler that sees the
+//! arguments, may veto the instance and fills per-instance private data.
+//!
+//! # How
+//! The entry is an ordinary probe on the function's first instruction. Its handler takes an
+//! instance from the probe's pool (`maxactive` of them, allocated at registration; none free:
+//! the hit is missed and counted), records the stack pointer and the return address on the
+//! thread's pending stack, and writes the address of an assembly trampoline over the return
+//! address. When the function returns, it returns into the trampoline (no trap): it saves the
+//! registers and calls the dispatcher, which pops the matching entry, runs the handler and
+//! returns the real address to jump to.
+//!
+//! # Unbalanced calls and returns (kprobe rule 11)
+//! * `longjmp` (and anything that abandons frames without unwinding): a pending entry whose
+//!   stack pointer lies below the current one belongs to a frame that no longer exists, and
+//!   so does one whose return-address slot a new call has reused; it is reclaimed (and
+//!   counted as stale) at the thread's next entry or return.
+//! * C++ exceptions, Rust panics, `pthread_exit` and thread cancellation unwind through
+//!   `_Unwind_RaiseException` / `_Unwind_ForcedUnwind`. dprobe probes both: before the
+//!   unwinder walks the stack, every return address the thread has hijacked is put back, so
+//!   the unwinder sees the real call chain; those instances are reclaimed and counted as
+//!   unwound (their functions may still return, untraced).
+//! * A thread that exits with pending instances (`exit`, `pthread_exit` without unwinding)
+//!   leaves them owned by a dead thread id; when a pool runs dry it reclaims those.
+//! * A function that never returns leaves only its (reclaimable) instance behind.
+//!
+//! # Foreign stacks (kprobe rule 12)
+//! A function entered on the thread's alternate signal stack is not traced (counted as
+//! missed): its frames are not ordered with the thread's own. Code that switches stacks by
+//! itself (coroutines, green threads) is not detected; should a pending entry be reclaimed
+//! by mistake, the dispatcher still finds its return address in a per-thread record of the
+//! last reclaimed entries, so the program returns correctly; only the handler call is lost.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use dprobe_arch::{Addr, Regs};
+use dprobe_core::{Kprobe, PreAction, ProbeError, ProbeTarget};
+use dprobe_rcu::Rcu;
+
+use crate::probe::{register, Probe};
+use crate::{engine::Engine, guard, sys, trap};
+
+/// Private data carried from a return probe's entry handler to its return handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceData(pub [u64; 8]);
+
+/// What an entry handler decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryAction {
+    /// Trace this call's return.
+    Track,
+    /// Do not trace it (the kernel's non-zero `entry_handler` return): the instance goes back
+    /// to the pool and nothing is counted.
+    Skip,
+}
+
+type EntryHandler = Box<dyn Fn(&mut Regs, &mut InstanceData) -> EntryAction + Send + Sync>;
+type ReturnHandler = Box<dyn Fn(&mut Regs, &InstanceData) + Send + Sync>;
+
+/// A return probe: a function, a return handler, an optional entry handler, and how many
+/// calls can be in flight at once.
+pub struct Kretprobe {
+    target: ProbeTarget,
+    maxactive: Option<usize>,
+    entry: Option<EntryHandler>,
+    handler: Option<ReturnHandler>,
+}
+
+impl Kretprobe {
+    /// A return probe on a function (`[object:]name`).
+    pub fn symbol(name: &str) -> Self {
+        Self::at(ProbeTarget::Symbol { name: name.to_owned(), offset: 0 })
+    }
+
+    /// A return probe on the function starting at `addr`.
+    pub fn addr(addr: Addr) -> Self {
+        Self::at(ProbeTarget::Addr(addr))
+    }
+
+    /// A return probe on a target (which must be a function's first instruction).
+    pub fn at(target: ProbeTarget) -> Self {
+        Kretprobe { target, maxactive: None, entry: None, handler: None }
+    }
+
+    /// How many activations can be traced at once (threads × recursion depth). Default:
+    /// [`default_maxactive`].
+    pub fn maxactive(mut self, n: usize) -> Self {
+        self.maxactive = Some(n);
+        self
+    }
+
+    /// The return handler: sees the registers at the return (`rax`/`rdx`/`xmm0` hold the
+    /// return value; changes are what the caller sees) and the instance's private data.
+    pub fn handler(mut self, f: impl Fn(&mut Regs, &InstanceData) + Send + Sync + 'static) -> Self {
+        self.handler = Some(Box::new(f));
+        self
+    }
+
+    /// The entry handler: sees the registers at the function's entry, fills the private data,
+    /// and may skip the instance.
+    pub fn entry_handler(
+        mut self,
+        f: impl Fn(&mut Regs, &mut InstanceData) -> EntryAction + Send + Sync + 'static,
+    ) -> Self {
+        self.entry = Some(Box::new(f));
+        self
+    }
+}
+
+/// The default `maxactive`: `max(16, 4 × online CPUs)`, twice the kernel's
+/// `max(10, 2 × NR_CPUS)` because user-space threads outnumber CPUs more often than tasks
+/// in a kernel function do.
+pub fn default_maxactive() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cpus).max(16)
+}
+
+/// Counters of a return probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnStats {
+    /// Returns whose handler ran.
+    pub hits: u64,
+    /// Calls not traced: no free instance, the thread's pending stack full, an alternate
+    /// signal stack, or a call made inside another handler.
+    pub nmissed: u64,
+    /// Instances reclaimed because their frame was abandoned (`longjmp`, a dead thread).
+    pub stale: u64,
+    /// Instances given up because an exception or cancellation unwound through them.
+    pub unwound: u64,
+    /// Instances in flight now.
+    pub pending: u64,
+}
+
+struct Instance {
+    in_use: AtomicBool,
+    owner: AtomicU32,
+    data: [AtomicU64; 8],
+}
+
+/// The part of a return probe the hit path sees.
+struct KretInner {
+    id: u64,
+    entry: Option<EntryHandler>,
+    handler: Option<ReturnHandler>,
+    pool: Box<[Instance]>,
+    next_free_hint: AtomicUsize,
+    hits: AtomicU64,
+    nmissed: AtomicU64,
+    stale: AtomicU64,
+    unwound: AtomicU64,
+    last_dead_thread_scan: AtomicU64,
+    /// Set when the return handler panicked: it is not called again.
+    handler_panicked: AtomicBool,
+}
+
+impl KretInner {
+    /// Take a free instance. Lock-free: a scan of CAS attempts from a rotating start.
+    fn take(&self, tid: u32) -> Option<usize> {
+        let n = self.pool.len();
+        let start = self.next_free_hint.fetch_add(1, Relaxed);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let inst = &self.pool[i];
+            if inst.in_use.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
+                inst.owner.store(tid, Relaxed);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn release(&self, slot: usize) {
+        if let Some(inst) = self.pool.get(slot) {
+            inst.in_use.store(false, Release);
+        }
+    }
+
+    fn pending(&self) -> u64 {
+        self.pool.iter().filter(|i| i.in_use.load(Relaxed)).count() as u64
+    }
+
+    /// The pool is empty: give back instances held by threads that no longer exist. At most
+    /// every 10 ms, since it costs a system call per instance.
+    fn reclaim_dead_threads(&self) {
+        let now = monotonic_ms();
+        let last = self.last_dead_thread_scan.load(Relaxed);
+        if now < last + 10 || self.last_dead_thread_scan.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            return;
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        for inst in self.pool.iter().filter(|i| i.in_use.load(Acquire)) {
+            let tid = inst.owner.load(Relaxed) as libc::pid_t;
+            // SAFETY: signal 0 only checks that the thread exists.
+            let gone = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone && inst.owner.load(Relaxed) as libc::pid_t == tid {
+                inst.in_use.store(false, Release);
+                self.stale.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Every live return probe, by id, for the dispatcher.
+fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
+    static REGISTRY: OnceLock<Rcu<Vec<Arc<KretInner>>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Rcu::new(Vec::new()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The per-thread pending stack. Const-initialized, without destructors: signal-safe.
+
+/// How many calls one thread can have in flight at once across all return probes.
+pub const PENDING_CAPACITY: usize = 256;
+const GRAVE: usize = 64;
+
+struct Pending {
+    sp: Cell<u64>,
+    ret: Cell<u64>,
+    probe: Cell<u64>,
+    slot: Cell<u32>,
+}
+
+impl Pending {
+    const fn new() -> Self {
+        Pending { sp: Cell::new(0), ret: Cell::new(0), probe: Cell::new(0), slot: Cell::new(0) }
+    }
+}
+
+struct ThreadReturns {
+    depth: Cell<usize>,
+    stack: [Pending; PENDING_CAPACITY],
+    /// The last reclaimed entries' `(sp, return address)`: a safety net (see the module docs).
+    grave: [(Cell<u64>, Cell<u64>); GRAVE],
+    grave_next: Cell<usize>,
+}
+
+thread_local! {
+    static RETURNS: ThreadReturns = const {
+        ThreadReturns {
+            depth: Cell::new(0),
+            stack: [const { Pending::new() }; PENDING_CAPACITY],
+            grave: [const { (Cell::new(0), Cell::new(0)) }; GRAVE],
+            grave_next: Cell::new(0),
+        }
+    };
+}
+
+/// Why a pending entry is dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    Stale,
+    Unwound,
+}
+
+/// Drop the top entry, giving its instance back and remembering its return address.
+fn drop_top(t: &ThreadReturns, kind: Reclaim, probes: &[Arc<KretInner>]) {
+    let d = t.depth.get() - 1;
+    let e = &t.stack[d];
+    if let Some(p) = find(probes, e.probe.get()) {
+        p.release(e.slot.get() as usize);
+        match kind {
+            Reclaim::Stale => p.stale.fetch_add(1, Relaxed),
+            Reclaim::Unwound => p.unwound.fetch_add(1, Relaxed),
+        };
+    }
+    let g = t.grave_next.get();
+    t.grave[g % GRAVE].0.set(e.sp.get());
+    t.grave[g % GRAVE].1.set(e.ret.get());
+    t.grave_next.set(g + 1);
+    t.depth.set(d);
+}
+
+fn find(probes: &[Arc<KretInner>], id: u64) -> Option<&KretInner> {
+    probes.binary_search_by_key(&id, |p| p.id).ok().map(|i| &*probes[i])
+}
+
+/// Entries below `sp` belong to frames that are gone.
+fn reclaim_below(t: &ThreadReturns, sp: u64, probes: &[Arc<KretInner>]) {
+    while t.depth.get() > 0 && t.stack[t.depth.get() - 1].sp.get() < sp {
+        drop_top(t, Reclaim::Stale, probes);
+    }
+}
+
+/// Whether `sp` is on the thread's alternate signal stack.
+fn on_alternate_stack(sp: u64) -> bool {
+    // SAFETY: sigaltstack with a null new stack only reads the current one into `ss`.
+    let mut ss: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaltstack(std::ptr::null(), &mut ss) } != 0 || ss.ss_flags & libc::SS_DISABLE != 0 {
+        return false;
+    }
+    let base = ss.ss_sp as u64;
+    sp >= base && sp < base + ss.ss_size as u64
+}
+
+/// The entry half, run as the pre-handler of the entry probe (in the trap handler).
+fn on_entry(inner: &KretInner, regs: &mut Regs) {
+    registry().read(|probes| {
+        RETURNS.with(|t| {
+            let sp = regs.rsp;
+            // At a function's first instruction the return address is at rsp, on this
+            // thread's own stack.
+            let ret_slot = regs.rsp as *mut u64;
+            // SAFETY: see above; the kernel pushed the signal frame below it on the same
+            // stack, so it is mapped.
+            let already_hijacked = unsafe { ret_slot.read_volatile() } == trampoline_addr();
+            // Entries below the stack pointer belong to abandoned frames; so does one at this
+            // very slot, unless the slot still holds the trampoline (then it is this same call,
+            // seen by another return probe on the function).
+            reclaim_below(t, if already_hijacked { sp } else { sp + 1 }, probes);
+            if t.depth.get() == PENDING_CAPACITY || on_alternate_stack(sp) {
+                inner.nmissed.fetch_add(1, Relaxed);
+                return;
+            }
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            let slot = match inner.take(tid) {
+                Some(s) => s,
+                None => {
+                    inner.reclaim_dead_threads();
+                    match inner.take(tid) {
+                        Some(s) => s,
+                        None => {
+                            inner.nmissed.fetch_add(1, Relaxed);
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut data = InstanceData::default();
+            if let Some(entry) = &inner.entry {
+                if entry(regs, &mut data) == EntryAction::Skip {
+                    inner.release(slot);
+                    return;
+                }
+            }
+            for (dst, v) in inner.pool[slot].data.iter().zip(data.0) {
+                dst.store(v, Relaxed);
+            }
+            // SAFETY: as above; the slot is writable stack.
+            let ret = unsafe { ret_slot.read_volatile() };
+            let d = t.depth.get();
+            let e = &t.stack[d];
+            e.sp.set(sp);
+            e.ret.set(ret);
+            e.probe.set(inner.id);
+            e.slot.set(slot as u32);
+            t.depth.set(d + 1);
+            // SAFETY: as above.
+            unsafe { ret_slot.write_volatile(trampoline_addr()) };
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trampoline.
+
+/// Registers the trampoline saved, in memory order from its stack pointer up. Only 8-byte
+/// aligned (the trampoline's stack pointer is at 8 mod 16 when it calls the dispatcher's
+/// frame), so the vector registers are stored as pairs of `u64`.
+#[repr(C)]
+struct TrampolineFrame {
+    xmm: [[u64; 2]; 16],
+    r15: u64,
+    r14: u64,
+    r13: u64,
+    r12: u64,
+    r11: u64,
+    r10: u64,
+    r9: u64,
+    r8: u64,
+    rdi: u64,
+    rsi: u64,
+    rbp: u64,
+    rbx: u64,
+    rdx: u64,
+    rcx: u64,
+    rax: u64,
+    rflags: u64,
+    /// The hijacked return-address slot itself; the trampoline's final `ret` pops it, so the
+    /// dispatcher writes the real return address here.
+    ret_slot: u64,
+}
+
+std::arch::global_asm!(
+    ".text",
+    ".globl __dprobe_kret_trampoline",
+    ".type __dprobe_kret_trampoline,@function",
+    "__dprobe_kret_trampoline:",
+    // The probed function's `ret` brought us here: rsp is one slot above the hijacked one.
+    "push rax", // re-occupy the return-address slot (overwritten below)
+    "pushfq",
+    "push rax",
+    "push rcx",
+    "push rdx",
+    "push rbx",
+    "push rbp",
+    "push rsi",
+    "push rdi",
+    "push r8",
+    "push r9",
+    "push r10",
+    "push r11",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "sub rsp, 256",
+    "movdqu [rsp + 0], xmm0",
+    "movdqu [rsp + 16], xmm1",
+    "movdqu [rsp + 32], xmm2",
+    "movdqu [rsp + 48], xmm3",
+    "movdqu [rsp + 64], xmm4",
+    "movdqu [rsp + 80], xmm5",
+    "movdqu [rsp + 96], xmm6",
+    "movdqu [rsp + 112], xmm7",
+    "movdqu [rsp + 128], xmm8",
+    "movdqu [rsp + 144], xmm9",
+    "movdqu [rsp + 160], xmm10",
+    "movdqu [rsp + 176], xmm11",
+    "movdqu [rsp + 192], xmm12",
+    "movdqu [rsp + 208], xmm13",
+    "movdqu [rsp + 224], xmm14",
+    "movdqu [rsp + 240], xmm15",
+    "mov rdi, rsp",
+    "mov rbx, rsp",
+    "and rsp, -16",
+    "call {dispatch}",
+    "mov rsp, rbx",
+    "mov [rsp + 384], rax", // TrampolineFrame::ret_slot
+    "movdqu xmm0, [rsp + 0]",
+    "movdqu xmm1, [rsp + 16]",
+    "movdqu xmm2, [rsp + 32]",
+    "movdqu xmm3, [rsp + 48]",
+    "movdqu xmm4, [rsp + 64]",
+    "movdqu xmm5, [rsp + 80]",
+    "movdqu xmm6, [rsp + 96]",
+    "movdqu xmm7, [rsp + 112]",
+    "movdqu xmm8, [rsp + 128]",
+    "movdqu xmm9, [rsp + 144]",
+    "movdqu xmm10, [rsp + 160]",
+    "movdqu xmm11, [rsp + 176]",
+    "movdqu xmm12, [rsp + 192]",
+    "movdqu xmm13, [rsp + 208]",
+    "movdqu xmm14, [rsp + 224]",
+    "movdqu xmm15, [rsp + 240]",
+    "add rsp, 256",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop r11",
+    "pop r10",
+    "pop r9",
+    "pop r8",
+    "pop rdi",
+    "pop rsi",
+    "pop rbp",
+    "pop rbx",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "popfq",
+    "ret",
+    ".size __dprobe_kret_trampoline, . - __dprobe_kret_trampoline",
+    dispatch = sym dispatch,
+);
+
+// The assembly writes the return address at this offset.
+const _: () = assert!(std::mem::offset_of!(TrampolineFrame, ret_slot) == 384);
+const _: () = assert!(std::mem::align_of::<TrampolineFrame>() == 8);
+
+extern "C" {
+    fn __dprobe_kret_trampoline();
+}
+
+/// The trampoline's address: what hijacked return-address slots hold.
+pub fn trampoline_addr() -> u64 {
+    __dprobe_kret_trampoline as *const () as u64
+}
+
+/// Called by the trampoline with its saved registers; returns where to go.
+extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
+    let slot_addr = &frame.ret_slot as *const u64 as u64;
+    registry().read(|probes| {
+        RETURNS.with(|t| {
+            reclaim_below(t, slot_addr, probes);
+            let d = t.depth.get();
+            if d == 0 || t.stack[d - 1].sp.get() != slot_addr {
+                return from_grave(t, slot_addr);
+            }
+            let e = &t.stack[d - 1];
+            let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
+            t.depth.set(d - 1);
+            let Some(inner) = find(probes, probe) else { return ret };
+            let mut data = InstanceData::default();
+            for (v, src) in data.0.iter_mut().zip(&inner.pool[slot].data) {
+                *v = src.load(Relaxed);
+            }
+            inner.release(slot);
+            let Some(handler) = inner.handler.as_ref().filter(|_| !inner.handler_panicked.load(Relaxed)) else {
+                inner.hits.fetch_add(1, Relaxed);
+                return ret;
+            };
+            let mut regs = frame_regs(frame, ret, slot_addr + 8);
+            trap::enter_handler();
+            let called = guard::call_guarded(&mut || {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut regs, &data))).is_err() {
+                    inner.handler_panicked.store(true, Relaxed);
+                }
+            });
+            trap::leave_handler();
+            inner.hits.fetch_add(1, Relaxed);
+            if called.is_ok() {
+                write_frame(frame, &regs);
+                regs.rip
+            } else {
+                ret
+            }
+        })
+    })
+}
+
+/// No pending entry for this return: find the address among the reclaimed ones. Not finding
+/// it means dprobe lost a return address it hijacked, which must never happen; the program
+/// cannot continue correctly, so it stops here with a message rather than jump anywhere.
+fn from_grave(t: &ThreadReturns, slot_addr: u64) -> u64 {
+    let n = t.grave_next.get();
+    for k in (n.saturating_sub(GRAVE)..n).rev() {
+        let (sp, ret) = &t.grave[k % GRAVE];
+        if sp.get() == slot_addr {
+            sp.set(0);
+            return ret.get();
+        }
+    }
+    const MSG: &[u8] = b"dprobe: a return through the kretprobe trampoline has no recorded return address; aborting\n";
+    // SAFETY: write to stderr and abort are async-signal-safe.
+    unsafe {
+        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::abort()
+    }
+}
+
+fn frame_regs(f: &TrampolineFrame, ret: u64, rsp: u64) -> Regs {
+    Regs {
+        rax: f.rax,
+        rcx: f.rcx,
+        rdx: f.rdx,
+        rbx: f.rbx,
+        rsp,
+        rbp: f.rbp,
+        rsi: f.rsi,
+        rdi: f.rdi,
+        r8: f.r8,
+        r9: f.r9,
+        r10: f.r10,
+        r11: f.r11,
+        r12: f.r12,
+        r13: f.r13,
+        r14: f.r14,
+        r15: f.r15,
+        rip: ret,
+        rflags: f.rflags,
+        xmm: f.xmm.map(|[lo, hi]| u128::from(lo) | u128::from(hi) << 64),
+    }
+}
+
+/// What a return handler may change: every register but the stack pointer.
+fn write_frame(f: &mut TrampolineFrame, r: &Regs) {
+    (f.rax, f.rcx, f.rdx, f.rbx, f.rbp, f.rsi, f.rdi) = (r.rax, r.rcx, r.rdx, r.rbx, r.rbp, r.rsi, r.rdi);
+    (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15);
+    f.rflags = (f.rflags & !0xcd5) | (r.rflags & 0xcd5);
+    f.xmm = r.xmm.map(|x| [x as u64, (x >> 64) as u64]);
+}
+
+/// The real return address for a return address `addr` found at stack address `sp` while
+/// unwinding the *calling thread's* stack: `addr` itself unless it is the trampoline's (kprobe
+/// rule 10: what `__builtin_return_address` and unwinders would otherwise see).
+pub fn real_return_address(addr: u64, sp: u64) -> u64 {
+    if addr != trampoline_addr() {
+        return addr;
+    }
+    RETURNS.with(|t| {
+        (0..t.depth.get()).rev().map(|i| &t.stack[i]).find(|e| e.sp.get() == sp).map_or(addr, |e| e.ret.get())
+    })
+}
+
+/// Put back every return address this thread has hijacked (an unwinder is about to walk the
+/// stack). Runs as the pre-handler of the probes on `_Unwind_RaiseException` and
+/// `_Unwind_ForcedUnwind`.
+fn restore_thread_returns() {
+    registry().read(|probes| {
+        RETURNS.with(|t| {
+            while t.depth.get() > 0 {
+                let e = &t.stack[t.depth.get() - 1];
+                let slot = e.sp.get() as *mut u64;
+                // SAFETY: a pending entry's slot is on this thread's stack; if the frame is
+                // still live (unwinding has not started yet), it holds the trampoline address.
+                // A slot that no longer does belongs to an abandoned frame and is left alone.
+                unsafe {
+                    if sys::read_memory(Addr(e.sp.get()), &mut [0u8; 8]).is_ok()
+                        && slot.read_volatile() == trampoline_addr()
+                    {
+                        slot.write_volatile(e.ret.get());
+                    }
+                }
+                drop_top(t, Reclaim::Unwound, probes);
+            }
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration.
+
+/// A registered return probe. Dropping it unregisters it.
+#[must_use = "dropping the handle unregisters the probe"]
+pub struct ReturnProbe {
+    entry: Option<Probe>,
+    inner: Arc<KretInner>,
+}
+
+impl std::fmt::Debug for ReturnProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReturnProbe").field("stats", &self.stats()).finish()
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static UNWIND_PROBES: Mutex<Vec<Probe>> = Mutex::new(Vec::new());
+
+/// Register a return probe (the kernel's `register_kretprobe`).
+pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
+    if trap::in_handler() {
+        return Err(ProbeError::InHandler);
+    }
+    check_shadow_stack()?;
+    let engine = Engine::global()?;
+    let addr = engine.function_entry(&probe.target)?;
+    let maxactive = probe.maxactive.unwrap_or_else(default_maxactive).max(1);
+    install_unwind_probes();
+    let inner = Arc::new(KretInner {
+        id: NEXT_ID.fetch_add(1, Relaxed),
+        entry: probe.entry,
+        handler: probe.handler,
+        pool: (0..maxactive)
+            .map(|_| Instance { in_use: AtomicBool::new(false), owner: AtomicU32::new(0), data: Default::default() })
+            .collect(),
+        next_free_hint: AtomicUsize::new(0),
+        hits: AtomicU64::new(0),
+        nmissed: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        unwound: AtomicU64::new(0),
+        last_dead_thread_scan: AtomicU64::new(0),
+        handler_panicked: AtomicBool::new(false),
+    });
+    registry().update(|list| {
+        let mut next = list.clone();
+        next.push(inner.clone());
+        next.sort_by_key(|p| p.id);
+        next
+    });
+    let for_entry = inner.clone();
+    let entry = register(Kprobe::addr(addr).pre(move |regs| {
+        on_entry(&for_entry, regs);
+        PreAction::Continue
+    }));
+    match entry {
+        Ok(entry) => Ok(ReturnProbe { entry: Some(entry), inner }),
+        Err(e) => {
+            remove_from_registry(inner.id);
+            Err(e)
+        }
+    }
+}
+
+fn remove_from_registry(id: u64) {
+    registry().update(|list| list.iter().filter(|p| p.id != id).cloned().collect());
+}
+
+/// Probes on the unwinder entry points, placed once, when the first return probe is.
+fn install_unwind_probes() {
+    let mut probes = UNWIND_PROBES.lock().unwrap_or_else(|e| e.into_inner());
+    if !probes.is_empty() {
+        return;
+    }
+    for name in ["_Unwind_RaiseException", "_Unwind_ForcedUnwind"] {
+        if let Ok(p) = register(Kprobe::symbol(name).pre(|_| {
+            restore_thread_returns();
+            PreAction::Continue
+        })) {
+            probes.push(p);
+        }
+    }
+}
+
+/// With a CET shadow stack, a hijacked return address would kill the process at `ret`.
+fn check_shadow_stack() -> Result<(), ProbeError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let shadow_stack = status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"));
+    if shadow_stack {
+        return Err(ProbeError::ReturnProbesUnavailable {
+            reason: "the process runs with a CET shadow stack, which forbids rewriting return addresses".into(),
+        });
+    }
+    Ok(())
+}
+
+impl ReturnProbe {
+    /// Its counters now.
+    pub fn stats(&self) -> ReturnStats {
+        let missed_in_handlers = self.entry.as_ref().map_or(0, |e| e.nmissed());
+        ReturnStats {
+            hits: self.inner.hits.load(Relaxed),
+            nmissed: self.inner.nmissed.load(Relaxed) + missed_in_handlers,
+            stale: self.inner.stale.load(Relaxed),
+            unwound: self.inner.unwound.load(Relaxed),
+            pending: self.inner.pending(),
+        }
+    }
+
+    /// The function's address.
+    pub fn addr(&self) -> Addr {
+        self.entry.as_ref().map_or(Addr(0), |e| e.addr())
+    }
+
+    /// The size of its instance pool.
+    pub fn maxactive(&self) -> usize {
+        self.inner.pool.len()
+    }
+
+    /// Unregister: no new call is traced, no handler runs after this returns. Calls in flight
+    /// still return correctly through the trampoline (their return addresses are kept per
+    /// thread), without running the handler.
+    pub fn unregister(mut self) -> Result<ReturnStats, ProbeError> {
+        self.unregister_now()?;
+        Ok(self.stats())
+    }
+
+    fn unregister_now(&mut self) -> Result<(), ProbeError> {
+        if let Some(entry) = self.entry.take() {
+            let final_entry = entry.unregister()?;
+            // Keep the calls missed inside handlers in the totals.
+            self.inner.nmissed.fetch_add(final_entry.nmissed, Relaxed);
+            remove_from_registry(self.inner.id);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ReturnProbe {
+    fn drop(&mut self) {
+        // Errors cannot be reported from drop; `unregister` returns them.
+        let _ = self.unregister_now();
+    }
+}

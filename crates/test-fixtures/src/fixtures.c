@@ -1,0 +1,51 @@
+/* Functions dprobe's return-probe and typed-entry tests probe. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stddef.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static __thread jmp_buf env;
+
+/* Probed: never returns when x >= 0, it longjmps out. */
+__attribute__((noinline, noipa)) long fxc_victim(long x) {
+    if (x >= 0)
+        longjmp(env, 1);
+    return x;
+}
+
+/* Returns -1 when fxc_victim longjmped, else its result. */
+long fxc_jump_out(long x) {
+    if (setjmp(env))
+        return -1;
+    return fxc_victim(x);
+}
+
+/* Recursion the compiler cannot turn into a loop: the call goes through a volatile pointer. */
+long fxc_recurse(long n);
+static long (*volatile recurse_ptr)(long) = fxc_recurse;
+__attribute__((noinline, noipa)) long fxc_recurse(long n) {
+    if (n == 0)
+        return 0;
+    return recurse_ptr(n - 1) + 1;
+}
+
+/* Probed: with code >= 0 it ends the calling thread without unwinding, leaving its return
+ * pending; with code < 0 it returns code. */
+__attribute__((noinline, noipa)) long fxc_exit_thread(long code) {
+    if (code >= 0)
+        syscall(SYS_exit, code);
+    return code;
+}
+
+/* Eight integers and two doubles: a0..a5 in registers, a6 and a7 on the stack, x and y in
+ * xmm0 and xmm1. */
+__attribute__((noinline, noipa)) double fxc_many_args(long a0, int a1, short a2, signed char a3, unsigned long a4,
+                                                     long a5, long a6, long a7, double x, float y) {
+    return (double)(a0 + a1 + a2 + a3 + (long)a4 + a5 + a6 + a7) + x + (double)y;
+}
+
+/* A plain function for return-value tests. */
+__attribute__((noinline, noipa)) long fxc_add(long a, long b) {
+    return a + b;
+}
