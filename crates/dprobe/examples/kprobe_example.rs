@@ -2,52 +2,47 @@
 //!
 //! The kernel module probed `schedule()` and printed, from its pre- and post-handlers, which
 //! task was on which CPU. Here worker threads call libc's `sched_yield`, which dprobe probes
-//! in this very process. Handlers run in signal context and must not print, so they keep a
-//! few samples in a fixed lock-free buffer that the main thread prints afterwards.
+//! in this very process. Handlers run in signal context and must not print: they emit
+//! records into a lock-free event ring, and the main thread prints them.
 //!
 //! Run: `cargo run --release --example kprobe_example [MILLISECONDS]`
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use dprobe::inproc::{register, Kprobe, PreAction};
+use common::{register_thread_name, thread_name};
+use dprobe::inproc::{emit, register, Event, EventRing, Kprobe, PreAction, ProbeId};
 
 const WORKERS: usize = 4;
-const SAMPLES: usize = 8;
+const BEFORE: u32 = 0;
+const AFTER: u32 = 1;
+/// Lines printed; the rest are counted.
+const SHOWN: usize = 8;
 
-/// One sample: thread id, CPU, and whether it was taken before or after the instruction.
-static SAMPLE: [AtomicU64; SAMPLES] = [const { AtomicU64::new(0) }; SAMPLES];
-static NEXT_SAMPLE: AtomicUsize = AtomicUsize::new(0);
+static RING: OnceLock<EventRing> = OnceLock::new();
+static PROBE: OnceLock<ProbeId> = OnceLock::new();
 
-/// Record a sample if there is room. Async-signal-safe: atomics and two system calls.
-fn sample(after: bool) {
-    let i = NEXT_SAMPLE.fetch_add(1, Relaxed);
-    if i < SAMPLES {
-        // SAFETY: gettid and sched_getcpu take no arguments and have no preconditions.
-        let (tid, cpu) = unsafe { (libc::gettid() as u64, libc::sched_getcpu() as u64) };
-        SAMPLE[i].store(tid << 32 | (cpu & 0xffff) << 1 | u64::from(after), Relaxed);
+fn record(kind: u32) {
+    if let (Some(ring), Some(id)) = (RING.get(), PROBE.get()) {
+        emit(ring, *id, kind, &mut Event::default());
     }
-}
-
-/// Thread ids and names, recorded by each worker when it starts (outside any handler).
-static NAMES: std::sync::Mutex<Vec<(u64, String)>> = std::sync::Mutex::new(Vec::new());
-
-fn thread_name(tid: u64) -> String {
-    let names = NAMES.lock().expect("names");
-    names.iter().find(|(t, _)| *t == tid).map(|(_, n)| n.clone()).unwrap_or_else(|| format!("tid {tid}"))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let millis: u64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
+    let ring = RING.get_or_init(|| EventRing::new(4096));
     let probe = register(
         Kprobe::symbol("libc:sched_yield")
             .pre(|_| {
-                sample(false);
+                record(BEFORE);
                 PreAction::Continue
             })
-            .post(|_| sample(true)),
+            .post(|_| record(AFTER)),
     )?;
+    PROBE.set(probe.id()).expect("set once");
     let info = dprobe::inproc::list().into_iter().find(|p| p.id == probe.id()).expect("listed");
     println!(
         "Planted kprobe at {} ({}), executed {}",
@@ -62,9 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| {
             let stop = stop.clone();
             std::thread::Builder::new().name(format!("worker-{n}")).spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::gettid() } as u64;
-                NAMES.lock().expect("names").push((tid, format!("worker-{n}")));
+                register_thread_name(&format!("worker-{n}"));
                 let mut calls = 0u64;
                 while !stop.load(Relaxed) {
                     // SAFETY: sched_yield has no preconditions.
@@ -75,23 +68,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect::<Result<_, _>>()?;
-    std::thread::sleep(Duration::from_millis(millis));
+
+    let (mut shown, mut drained) = (0usize, 0u64);
+    let mut event = Event::default();
+    let mut drain = |shown: &mut usize, drained: &mut u64| {
+        while ring.pop_into(&mut event) {
+            *drained += 1;
+            if *shown < SHOWN {
+                *shown += 1;
+                let when = if event.kind == BEFORE { "before" } else { "after" };
+                println!("current thread on CPU#{}: {} ({when} scheduling)", event.cpu, thread_name(event.tid));
+            }
+        }
+    };
+    while started.elapsed() < Duration::from_millis(millis) {
+        drain(&mut shown, &mut drained);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     stop.store(true, Relaxed);
     let made: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
     let elapsed = started.elapsed().as_millis();
-    let hits = probe.hits();
-    let keep: Vec<u64> = SAMPLE.iter().map(|s| s.load(Relaxed)).filter(|s| *s != 0).collect();
+    drain(&mut shown, &mut drained);
     let stats = probe.unregister()?;
-
-    for s in keep {
-        let (tid, cpu, after) = (s >> 32, (s >> 1) & 0xffff, s & 1 == 1);
-        let when = if after { "after" } else { "before" };
-        println!("current thread on CPU#{cpu}: {} ({when} scheduling)", thread_name(tid));
-    }
-    println!("Workers called sched_yield {made} times; the probe counted {hits} hits, {} missed.", stats.nmissed);
-    println!("Scheduling times is {hits} during of {elapsed} milliseconds.");
-    if hits != made {
-        return Err(format!("hit count {hits} differs from the {made} calls made").into());
+    println!(
+        "... {} more events not printed; {} dropped because the ring was full",
+        drained - shown as u64,
+        ring.dropped()
+    );
+    println!(
+        "Workers called sched_yield {made} times; the probe counted {} hits, {} missed.",
+        stats.hits, stats.nmissed
+    );
+    println!("Scheduling times is {} during of {elapsed} milliseconds.", stats.hits);
+    if stats.hits != made {
+        return Err(format!("hit count {} differs from the {made} calls made", stats.hits).into());
     }
     Ok(())
 }

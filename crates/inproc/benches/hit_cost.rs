@@ -8,7 +8,12 @@
 //!   (the cheapest possible trap round trip; installed only while it is measured);
 //! * emulated: probe on `push %rbp` (emulated in the handler, one trap);
 //! * boosted: probe on `mov %rdi,%rax` (copy + jump back, one trap);
-//! * post-step: the same with a post-handler (copy + a second trap).
+//! * post-step: the same with a post-handler (copy + a second trap);
+//! * kretprobe: a return probe on a function starting with the same `mov`: its entry is the
+//!   boosted kprobe;
+//! * kretprobe entry only: the same with an entry handler that vetoes every call: all the
+//!   entry's bookkeeping, no return through the trampoline. The difference between the two
+//!   kretprobe rows is the return side.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -17,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dprobe_inproc::{register, Kprobe, PreAction, Probe};
+use dprobe_inproc::{register, register_kretprobe, EntryAction, Kprobe, Kretprobe, PreAction, Probe, ReturnProbe};
 
 std::arch::global_asm!(
     ".text",
@@ -42,6 +47,18 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size bench_mov, . - bench_mov",
+    ".globl bench_ret",
+    ".type bench_ret,@function",
+    "bench_ret:",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_ret, . - bench_ret",
+    ".globl bench_veto",
+    ".type bench_veto,@function",
+    "bench_veto:",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_veto, . - bench_veto",
     ".globl bench_post",
     ".type bench_post,@function",
     "bench_post:",
@@ -55,6 +72,8 @@ extern "C" {
     fn bench_push(x: u64) -> u64;
     fn bench_mov(x: u64) -> u64;
     fn bench_post(x: u64) -> u64;
+    fn bench_ret(x: u64) -> u64;
+    fn bench_veto(x: u64) -> u64;
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -84,21 +103,37 @@ fn count(_: &mut dprobe_inproc::Regs) -> PreAction {
     PreAction::Continue
 }
 
-fn probes() -> Vec<Probe> {
-    let at = |f: unsafe extern "C" fn(u64) -> u64| dprobe_inproc::Addr(f as usize as u64);
-    vec![
+fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
+    let at = |f: unsafe extern "C" fn(u64) -> u64| dprobe_inproc::Addr(f as *const () as usize as u64);
+    let kprobes = vec![
         register(Kprobe::addr(at(bench_push)).pre(count)).expect("emulated probe"),
         register(Kprobe::addr(at(bench_mov)).pre(count)).expect("boosted probe"),
         register(Kprobe::addr(at(bench_post)).pre(count).post(|_| {})).expect("post-step probe"),
-    ]
+    ];
+    // The same first instruction as the boosted kprobe's function: the difference between
+    // the two is the return side (trampoline, dispatcher, handler).
+    let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).handler(|_, _| {
+        HITS.fetch_add(1, Relaxed);
+    }))
+    .expect("return probe");
+    // The same again, but the entry handler vetoes every call: all of the entry's work,
+    // no return through the trampoline.
+    let vetoed =
+        register_kretprobe(Kretprobe::addr(at(bench_veto)).entry_handler(|_, _| EntryAction::Skip).handler(|_, _| {
+            HITS.fetch_add(1, Relaxed);
+        }))
+        .expect("vetoed return probe");
+    (kprobes, vec![kret, vetoed])
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 6] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
     ("post-step", bench_post),
+    ("kretprobe (entry + return)", bench_ret),
+    ("kretprobe entry only (vetoed)", bench_veto),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -148,6 +183,8 @@ fn ratio_table(_: &mut Criterion) {
     for ((name, _), m) in TARGETS.iter().zip(&medians) {
         println!("{:<30} {:>10.0} {:>10.2}", name, m, m / medians[0]);
     }
+    println!("kretprobe entry bookkeeping (vetoed entry - boosted kprobe): {:.0} ns", medians[5] - medians[2]);
+    println!("kretprobe return side (entry + return - vetoed entry): {:.0} ns", medians[4] - medians[5]);
 }
 
 criterion_group! {

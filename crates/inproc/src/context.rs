@@ -41,6 +41,13 @@ impl SignalContext {
         (!p.is_null()).then_some(p)
     }
 
+    /// Whether the interrupted code was running on the thread's alternate signal stack (the
+    /// kernel records it in the frame's `uc_stack`).
+    pub fn on_alternate_stack(&self) -> bool {
+        // SAFETY: as in `gregs`.
+        unsafe { (*self.uc).uc_stack.ss_flags & libc::SS_ONSTACK != 0 }
+    }
+
     /// The instruction pointer.
     pub fn rip(&self) -> u64 {
         self.gregs()[libc::REG_RIP as usize] as u64

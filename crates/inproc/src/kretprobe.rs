@@ -293,16 +293,24 @@ fn reclaim_below(t: &ThreadReturns, sp: u64, probes: &[Arc<KretInner>]) {
     }
 }
 
-/// Whether `sp` is on the thread's alternate signal stack.
-fn on_alternate_stack(sp: u64) -> bool {
-    // SAFETY: sigaltstack with a null new stack only reads the current one into `ss`.
-    let mut ss: libc::stack_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::sigaltstack(std::ptr::null(), &mut ss) } != 0 || ss.ss_flags & libc::SS_DISABLE != 0 {
-        return false;
-    }
-    let base = ss.ss_sp as u64;
-    sp >= base && sp < base + ss.ss_size as u64
+thread_local! {
+    /// This thread's id, cached (0: not yet known). Reset in a fork child.
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The calling thread's id without a system call after the first.
+fn current_tid() -> u32 {
+    TID.with(|c| {
+        if c.get() == 0 {
+            // SAFETY: gettid has no preconditions.
+            c.set(unsafe { libc::gettid() } as u32);
+        }
+        c.get()
+    })
+}
+
+extern "C" fn forget_tid_in_child() {
+    TID.with(|c| c.set(0));
 }
 
 /// The entry half, run as the pre-handler of the entry probe (in the trap handler).
@@ -320,12 +328,11 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
             // very slot, unless the slot still holds the trampoline (then it is this same call,
             // seen by another return probe on the function).
             reclaim_below(t, if already_hijacked { sp } else { sp + 1 }, probes);
-            if t.depth.get() == PENDING_CAPACITY || on_alternate_stack(sp) {
+            if t.depth.get() == PENDING_CAPACITY || trap::trapped_on_alternate_stack() {
                 inner.nmissed.fetch_add(1, Relaxed);
                 return;
             }
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() } as u32;
+            let tid = current_tid();
             let slot = match inner.take(tid) {
                 Some(s) => s,
                 None => {
@@ -651,6 +658,11 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     let addr = engine.function_entry(&probe.target)?;
     let maxactive = probe.maxactive.unwrap_or_else(default_maxactive).max(1);
     install_unwind_probes();
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain C-ABI function that only resets a const thread-local.
+    ATFORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forget_tid_in_child));
+    });
     let inner = Arc::new(KretInner {
         id: NEXT_ID.fetch_add(1, Relaxed),
         entry: probe.entry,

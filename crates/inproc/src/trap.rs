@@ -22,6 +22,14 @@ thread_local! {
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
     /// Depth of dprobe's signal handlers on this thread (nested when a handler hits a probe).
     static IN_HIT_PATH: Cell<u32> = const { Cell::new(0) };
+    /// Whether the code the current trap interrupted ran on the alternate signal stack.
+    static TRAPPED_ON_ALTERNATE_STACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the code the running handler probes was interrupted on the thread's alternate
+/// signal stack. Meaningful inside a handler only.
+pub(crate) fn trapped_on_alternate_stack() -> bool {
+    TRAPPED_ON_ALTERNATE_STACK.with(|c| c.get())
 }
 
 /// Mark the calling thread as running handlers (the return trampoline's dispatcher, which is
@@ -97,6 +105,7 @@ fn on_entry(site: &Site<SiteExec>, ctx: &mut SignalContext) -> bool {
     }
     let mut regs = ctx.regs();
     regs.rip = site.addr.0;
+    TRAPPED_ON_ALTERNATE_STACK.with(|c| c.set(ctx.on_alternate_stack()));
     if in_handler() {
         site.miss();
         execute(site, &mut regs, false, ctx);
