@@ -41,11 +41,17 @@ impl SignalContext {
         (!p.is_null()).then_some(p)
     }
 
-    /// Whether the interrupted code was running on the thread's alternate signal stack (the
-    /// kernel records it in the frame's `uc_stack`).
+    /// Whether the interrupted code was running on the thread's alternate signal stack. The
+    /// kernel copies the thread's alternate-stack settings into the frame's `uc_stack` (its
+    /// flags are the configured ones, not "on stack"), so compare the stack pointer with them.
     pub fn on_alternate_stack(&self) -> bool {
         // SAFETY: as in `gregs`.
-        unsafe { (*self.uc).uc_stack.ss_flags & libc::SS_ONSTACK != 0 }
+        let ss = unsafe { (*self.uc).uc_stack };
+        if ss.ss_flags & libc::SS_DISABLE != 0 || ss.ss_size == 0 {
+            return false;
+        }
+        let (base, sp) = (ss.ss_sp as u64, self.gregs()[libc::REG_RSP as usize] as u64);
+        sp > base && sp <= base + ss.ss_size as u64
     }
 
     /// The instruction pointer.

@@ -599,8 +599,14 @@ pub fn real_return_address(addr: u64, sp: u64) -> u64 {
     if addr != trampoline_addr() {
         return addr;
     }
+    // With several return probes on one function the slot was hijacked several times: the
+    // later entries saved the trampoline's address, the first one the real address.
     RETURNS.with(|t| {
-        (0..t.depth.get()).rev().map(|i| &t.stack[i]).find(|e| e.sp.get() == sp).map_or(addr, |e| e.ret.get())
+        (0..t.depth.get())
+            .rev()
+            .map(|i| &t.stack[i])
+            .find(|e| e.sp.get() == sp && e.ret.get() != addr)
+            .map_or(addr, |e| e.ret.get())
     })
 }
 

@@ -36,6 +36,7 @@
 //! handler after probes are registered loses them.
 
 mod args;
+mod backtrace;
 mod context;
 mod engine;
 mod events;
@@ -51,6 +52,7 @@ mod sys;
 mod trap;
 
 pub use args::{Arg, ArgClass, ArgCursor, Args};
+pub use backtrace::backtrace;
 pub use dprobe_arch::{Addr, Gpr, Regs};
 pub use dprobe_core::{
     Event, EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, StatsSnapshot,

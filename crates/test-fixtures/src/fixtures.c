@@ -49,3 +49,17 @@ __attribute__((noinline, noipa)) double fxc_many_args(long a0, int a1, short a2,
 __attribute__((noinline, noipa)) long fxc_add(long a, long b) {
     return a + b;
 }
+
+/* A two-level call chain with frame pointers: fxc_outer calls fxc_middle calls fxc_add. */
+__attribute__((noinline, noipa)) long fxc_middle(long a) {
+    return fxc_add(a, 1) + 1;
+}
+
+__attribute__((noinline, noipa)) long fxc_outer(long a) {
+    return fxc_middle(a) + 1;
+}
+
+/* Probed: exits the process from inside, so its return never comes. */
+__attribute__((noinline, noipa)) long fxc_exit_process(long code) {
+    _exit((int)code);
+}
