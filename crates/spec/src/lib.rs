@@ -1,0 +1,32 @@
+//! The probe spec language of `dprobe trace`. It reads like the kernel's own dynamic-event
+//! definitions (`uprobe_events`, `kprobe_events`), so one language serves every engine:
+//!
+//! ```text
+//! [BINARY:]FUNCTION[+OFFSET][%return] [NAME=]FETCHARG[:TYPE] ...
+//! kernel:FUNCTION[+OFFSET][%return] ...
+//! tracepoint:SUBSYSTEM:EVENT
+//! ```
+//!
+//! Fetch arguments: `%REG` (`%di`, `%rdi`, `%ax`, `%ip`, `%sp`, ...), `$argN` (1-based),
+//! `$retval`, `$comm`, `$stackN`, `@ADDR`, `\IMM`, and `+|-OFFSET(FETCHARG)` to dereference.
+//! Types: `s8`..`s64`, `u8`..`u64`, `x8`..`x64`, `string` (the value is the address of a
+//! NUL-terminated string). Filters (`--filter`) compare fetched values:
+//! `ret < 0 && path ~ "/etc/*"`.
+//!
+//! ```
+//! use dprobe_spec::{parse_probe, ProbeKind, Fetch, ArgType};
+//! let p = parse_probe("libc:openat path=+0($arg2):string flags=$arg3:x32").unwrap();
+//! assert_eq!(p.kind, ProbeKind::Entry);
+//! assert_eq!(p.args[0].name, "path");
+//! assert_eq!(p.args[0].ty, ArgType::String);
+//! assert!(matches!(p.args[1].fetch, Fetch::Arg(3)));
+//! ```
+#![forbid(unsafe_code)]
+
+mod error;
+mod filter;
+mod probe;
+
+pub use error::{SpecError, SpecErrorKind};
+pub use filter::{parse_filter, CmpOp, Filter, Literal, Value};
+pub use probe::{parse_probe, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register, Target};

@@ -1,0 +1,436 @@
+//! Probe specs: where to probe and what to fetch.
+
+use std::collections::HashSet;
+
+use crate::error::{SpecError, SpecErrorKind as K};
+
+/// Entry or return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// At the address (a function's entry, or `+OFFSET` into it).
+    Entry,
+    /// At the function's return (`%return`).
+    Return,
+}
+
+/// What to probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A function (or a virtual address, `0x...`) in a user-space binary or library.
+    User {
+        /// The binary or library (`libc`, `./app`, `/usr/bin/cat`); `None`: the traced program
+        /// and its libraries.
+        binary: Option<String>,
+        /// The function's name (possibly versioned or demangled) or `0x` address.
+        function: String,
+        /// Bytes into the function.
+        offset: u64,
+    },
+    /// A kernel function (`kernel:FUNCTION`).
+    Kernel {
+        /// Its name.
+        function: String,
+        /// Bytes into it.
+        offset: u64,
+    },
+    /// A static tracepoint (`tracepoint:SUBSYSTEM:EVENT`).
+    Tracepoint {
+        /// Its subsystem (`sched`, `syscalls`).
+        subsystem: String,
+        /// Its event (`sched_switch`).
+        event: String,
+    },
+}
+
+/// A register, by its kernel fetch-arg name (`di`, `si`, `ax`, `ip`, `r8`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register(pub &'static str);
+
+const REGISTERS: [&str; 19] = [
+    "ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "flags", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15", "orig_ax",
+];
+
+/// How a value is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// A register.
+    Reg(Register),
+    /// The N-th argument (1-based) by the calling convention.
+    Arg(u32),
+    /// The return value.
+    RetVal,
+    /// The process (thread) name.
+    Comm,
+    /// The N-th stack entry.
+    Stack(u32),
+    /// The stack pointer.
+    StackPointer,
+    /// Memory at an absolute address.
+    Memory(u64),
+    /// An immediate value.
+    Immediate(i64),
+    /// Memory at `inner + offset`.
+    Deref {
+        /// Added to the inner value.
+        offset: i64,
+        /// The address base.
+        inner: Box<Fetch>,
+    },
+}
+
+/// How a fetched value is typed and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgType {
+    /// Signed integer of this many bits.
+    S(u8),
+    /// Unsigned integer, decimal.
+    U(u8),
+    /// Unsigned integer, hexadecimal.
+    X(u8),
+    /// The value is the address of a NUL-terminated string.
+    String,
+}
+
+/// `NAME=FETCHARG:TYPE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedArg {
+    /// Its name (given, or derived: `arg2`, `ret`, `comm`, `di`).
+    pub name: String,
+    /// How to fetch it.
+    pub fetch: Fetch,
+    /// How to type it.
+    pub ty: ArgType,
+}
+
+/// A parsed probe spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// What to probe.
+    pub target: Target,
+    /// Entry or return.
+    pub kind: ProbeKind,
+    /// What to fetch at each hit, in order.
+    pub args: Vec<NamedArg>,
+}
+
+/// Words of `text` with their byte offsets.
+fn words(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        match (c.is_whitespace(), start) {
+            (true, Some(s)) => {
+                out.push((s, &text[s..i]));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, &text[s..]));
+    }
+    out
+}
+
+/// Parse a probe spec.
+pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
+    let ws = words(text);
+    let Some(&(at, first)) = ws.first() else {
+        return Err(SpecError::new(
+            K::Empty,
+            text,
+            0..text.len(),
+            "a probe such as `libc:openat` or `kernel:do_sys_openat2%return`",
+        ));
+    };
+    let p = Parser { text };
+    let (target, kind) = p.target(at, first)?;
+    let mut args = Vec::new();
+    let mut names = HashSet::new();
+    for (i, &(at, word)) in ws.iter().enumerate().skip(1) {
+        if matches!(target, Target::Tracepoint { .. }) {
+            return Err(SpecError::new(
+                K::ArgsOnTracepoint,
+                text,
+                at..at + word.len(),
+                "nothing after the tracepoint: its fields are fetched for you",
+            ));
+        }
+        let arg = p.arg(at, word, i, kind)?;
+        if !names.insert(arg.name.clone()) {
+            let end = at + word.find('=').unwrap_or(word.len());
+            return Err(SpecError::new(K::DuplicateName, text, at..end, "a different name (NAME=FETCHARG)"));
+        }
+        args.push(arg);
+    }
+    Ok(ProbeSpec { target, kind, args })
+}
+
+struct Parser<'a> {
+    text: &'a str,
+}
+
+fn number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        None => None,
+    }
+}
+
+fn signed_number(s: &str) -> Option<i64> {
+    match s.strip_prefix('-') {
+        Some(rest) => number(rest).and_then(|n| i64::try_from(n).ok()).map(|n| -n),
+        None => number(s.strip_prefix('+').unwrap_or(s)).and_then(|n| i64::try_from(n).ok()),
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The first `:` that is not part of a C++ `::`.
+fn binary_separator(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    (0..b.len()).find(|&i| b[i] == b':' && b.get(i + 1) != Some(&b':') && (i == 0 || b[i - 1] != b':'))
+}
+
+impl Parser<'_> {
+    fn err(&self, kind: K, span: std::ops::Range<usize>, expected: &str) -> SpecError {
+        SpecError::new(kind, self.text, span, expected)
+    }
+
+    fn target(&self, at: usize, word: &str) -> Result<(Target, ProbeKind), SpecError> {
+        if let Some(rest) = word.strip_prefix("tracepoint:") {
+            let base = at + "tracepoint:".len();
+            if rest.is_empty() {
+                return Err(self.err(
+                    K::MissingFunction,
+                    at..base,
+                    "SUBSYSTEM:EVENT, e.g. tracepoint:sched:sched_switch",
+                ));
+            }
+            if let Some(i) = rest.find(['%', '+']) {
+                return Err(self.err(
+                    K::TracepointModifier,
+                    base + i..at + word.len(),
+                    "tracepoint:SUBSYSTEM:EVENT alone",
+                ));
+            }
+            return match rest.split_once(':') {
+                Some((sub, ev)) if is_identifier(sub) && is_identifier(ev) => {
+                    Ok((Target::Tracepoint { subsystem: sub.into(), event: ev.into() }, ProbeKind::Entry))
+                }
+                _ => Err(self.err(K::BadTracepoint, base..at + word.len(), "SUBSYSTEM:EVENT, e.g. sched:sched_switch")),
+            };
+        }
+        // Suffix: %return.
+        let (body, kind) = match word.rfind('%') {
+            Some(i) if &word[i..] == "%return" => (&word[..i], ProbeKind::Return),
+            Some(i) => {
+                return Err(self.err(
+                    K::UnknownSuffix,
+                    at + i..at + word.len(),
+                    "%return, or nothing for an entry probe",
+                ))
+            }
+            None => (word, ProbeKind::Entry),
+        };
+        // Offset: +N.
+        let (body, offset) = match body.rfind('+') {
+            Some(i) => {
+                let off = &body[i + 1..];
+                let n = number(off).ok_or_else(|| {
+                    self.err(K::BadOffset, at + i + 1..at + i + 1 + off.len(), "a byte offset such as +4 or +0x1c")
+                })?;
+                if kind == ProbeKind::Return && n != 0 {
+                    return Err(self.err(
+                        K::OffsetOnReturn,
+                        at + i..at + body.len(),
+                        "FUNCTION%return, on the function's entry",
+                    ));
+                }
+                (&body[..i], n)
+            }
+            None => (body, 0),
+        };
+        if let Some(function) = body.strip_prefix("kernel:") {
+            if function.is_empty() {
+                return Err(self.err(
+                    K::MissingFunction,
+                    at..at + "kernel:".len(),
+                    "a kernel function, e.g. kernel:do_sys_openat2",
+                ));
+            }
+            return Ok((Target::Kernel { function: function.into(), offset }, kind));
+        }
+        let (binary, function, fn_at) = match binary_separator(body) {
+            Some(i) => (Some(&body[..i]), &body[i + 1..], at + i + 1),
+            None => (None, body, at),
+        };
+        if binary == Some("") || function.is_empty() {
+            let span = if function.is_empty() { at..fn_at } else { at..at + 1 };
+            let kind = if body.is_empty() { K::MissingTarget } else { K::MissingFunction };
+            return Err(self.err(kind, span, "[BINARY:]FUNCTION, e.g. libc:openat or ./app:main+4"));
+        }
+        Ok((Target::User { binary: binary.map(str::to_owned), function: function.into(), offset }, kind))
+    }
+
+    /// `[NAME=]FETCHARG[:TYPE]`, the `index`-th word.
+    fn arg(&self, at: usize, word: &str, index: usize, kind: ProbeKind) -> Result<NamedArg, SpecError> {
+        let (name, fetch_at, rest) = match word.find('=') {
+            Some(i) => {
+                let name = &word[..i];
+                if !is_identifier(name) {
+                    return Err(self.err(
+                        K::BadName,
+                        at..at + i,
+                        "a name of letters, digits and _ (not starting with a digit)",
+                    ));
+                }
+                (Some(name), at + i + 1, &word[i + 1..])
+            }
+            None => (None, at, word),
+        };
+        let (fetch_text, ty_text) = split_type(rest);
+        let fetch = self.fetch(fetch_at, fetch_text, kind)?;
+        let ty = match ty_text {
+            None => default_type(&fetch),
+            Some(t) => {
+                let t_at = fetch_at + fetch_text.len() + 1;
+                parse_type(t).ok_or_else(|| {
+                    self.err(K::UnknownType, t_at..t_at + t.len(), "s8, s16, s32, s64, u8..u64, x8..x64 or string")
+                })?
+            }
+        };
+        let name = name.map_or_else(|| default_name(&fetch, index), str::to_owned);
+        Ok(NamedArg { name, fetch, ty })
+    }
+
+    fn fetch(&self, at: usize, s: &str, kind: ProbeKind) -> Result<Fetch, SpecError> {
+        let span = at..at + s.len();
+        let bad = |kind, expected: &str| self.err(kind, span.clone(), expected);
+        if let Some(reg) = s.strip_prefix('%') {
+            let name = canonical_register(reg)
+                .ok_or_else(|| bad(K::UnknownRegister, "a register such as %di, %si, %dx, %cx, %ax, %ip, %sp, %r8"))?;
+            return Ok(Fetch::Reg(Register(name)));
+        }
+        if let Some(var) = s.strip_prefix('$') {
+            return match var {
+                "retval" if kind == ProbeKind::Return => Ok(Fetch::RetVal),
+                "retval" => Err(bad(K::RetvalOnEntry, "FUNCTION%return to fetch $retval")),
+                "comm" => Ok(Fetch::Comm),
+                "stack" => Ok(Fetch::StackPointer),
+                _ => {
+                    if let Some(n) = var.strip_prefix("arg") {
+                        let n = number(n)
+                            .filter(|n| (1..=16).contains(n))
+                            .ok_or_else(|| bad(K::BadArgIndex, "$arg1 .. $arg16"))?;
+                        Ok(Fetch::Arg(n as u32))
+                    } else if let Some(n) = var.strip_prefix("stack") {
+                        let n =
+                            number(n).filter(|n| *n < 64).ok_or_else(|| bad(K::BadArgIndex, "$stack0 .. $stack63"))?;
+                        Ok(Fetch::Stack(n as u32))
+                    } else {
+                        Err(bad(K::UnknownVariable, "$argN, $retval, $comm, $stack or $stackN"))
+                    }
+                }
+            };
+        }
+        if let Some(addr) = s.strip_prefix('@') {
+            return number(addr).map(Fetch::Memory).ok_or_else(|| bad(K::BadAddress, "an address such as @0x601040"));
+        }
+        if let Some(imm) = s.strip_prefix('\\') {
+            return signed_number(imm)
+                .map(Fetch::Immediate)
+                .ok_or_else(|| bad(K::BadImmediate, "a number such as \\42 or \\-1"));
+        }
+        if s.starts_with(['+', '-']) {
+            let open = s.find('(').ok_or_else(|| bad(K::BadDereference, "+OFFSET(FETCHARG), e.g. +0(%si)"))?;
+            if !s.ends_with(')') {
+                return Err(bad(K::BadDereference, "a closing parenthesis: +OFFSET(FETCHARG)"));
+            }
+            let offset = signed_number(&s[..open]).ok_or_else(|| {
+                self.err(K::BadDereference, at..at + open, "a number before the parenthesis: +8(%di), -0x10(%bp)")
+            })?;
+            let inner = self.fetch(at + open + 1, &s[open + 1..s.len() - 1], kind)?;
+            return Ok(Fetch::Deref { offset, inner: Box::new(inner) });
+        }
+        Err(bad(K::BadFetchArg, "%REG, $argN, $retval, $comm, @ADDR, \\IMM or +OFFSET(FETCHARG)"))
+    }
+}
+
+/// Split `FETCHARG:TYPE` at the last `:` outside parentheses.
+fn split_type(s: &str) -> (&str, Option<&str>) {
+    let mut depth = 0i32;
+    let mut split = None;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ':' if depth == 0 => split = Some(i),
+            _ => {}
+        }
+    }
+    match split {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    }
+}
+
+fn parse_type(t: &str) -> Option<ArgType> {
+    if t == "string" {
+        return Some(ArgType::String);
+    }
+    let (kind, bits) = t.split_at_checked(1)?;
+    let bits: u8 = bits.parse().ok().filter(|b| matches!(b, 8 | 16 | 32 | 64))?;
+    match kind {
+        "s" => Some(ArgType::S(bits)),
+        "u" => Some(ArgType::U(bits)),
+        "x" => Some(ArgType::X(bits)),
+        _ => None,
+    }
+}
+
+/// `$retval` is shown signed (errors are negative), `$comm` as a string, the rest in hex.
+fn default_type(f: &Fetch) -> ArgType {
+    match f {
+        Fetch::RetVal => ArgType::S(64),
+        Fetch::Comm => ArgType::String,
+        _ => ArgType::X(64),
+    }
+}
+
+fn default_name(f: &Fetch, index: usize) -> String {
+    match f {
+        Fetch::RetVal => "ret".into(),
+        Fetch::Comm => "comm".into(),
+        Fetch::Arg(n) => format!("arg{n}"),
+        Fetch::Reg(r) => r.0.into(),
+        _ => format!("arg{index}"),
+    }
+}
+
+/// `rdi`, `edi` and `di` all name the kernel's `di`.
+fn canonical_register(r: &str) -> Option<&'static str> {
+    let r = r.to_ascii_lowercase();
+    let short = match r.as_str() {
+        "rax" | "eax" => "ax",
+        "rbx" | "ebx" => "bx",
+        "rcx" | "ecx" => "cx",
+        "rdx" | "edx" => "dx",
+        "rsi" | "esi" => "si",
+        "rdi" | "edi" => "di",
+        "rbp" | "ebp" => "bp",
+        "rsp" | "esp" => "sp",
+        "rip" | "eip" => "ip",
+        "rflags" | "eflags" => "flags",
+        other => other,
+    };
+    REGISTERS.iter().copied().find(|n| *n == short)
+}

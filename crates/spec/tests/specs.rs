@@ -1,0 +1,129 @@
+//! Probe specs: what parses to what, and every bad spec's specific message.
+use dprobe_spec::*;
+
+#[test]
+fn user_function_with_typed_arguments() {
+    let p = parse_probe("libc:openat path=+0($arg2):string flags=$arg3:x32 mode=$arg4:u16").unwrap();
+    assert_eq!(p.target, Target::User { binary: Some("libc".into()), function: "openat".into(), offset: 0 });
+    assert_eq!(p.kind, ProbeKind::Entry);
+    assert_eq!(
+        p.args,
+        vec![
+            NamedArg {
+                name: "path".into(),
+                fetch: Fetch::Deref { offset: 0, inner: Box::new(Fetch::Arg(2)) },
+                ty: ArgType::String
+            },
+            NamedArg { name: "flags".into(), fetch: Fetch::Arg(3), ty: ArgType::X(32) },
+            NamedArg { name: "mode".into(), fetch: Fetch::Arg(4), ty: ArgType::U(16) },
+        ]
+    );
+}
+
+#[test]
+fn return_probe_with_default_names_and_types() {
+    let p = parse_probe("openat%return $retval $comm").unwrap();
+    assert_eq!(p.target, Target::User { binary: None, function: "openat".into(), offset: 0 });
+    assert_eq!(p.kind, ProbeKind::Return);
+    assert_eq!(p.args[0], NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
+    assert_eq!(p.args[1], NamedArg { name: "comm".into(), fetch: Fetch::Comm, ty: ArgType::String });
+}
+
+#[test]
+fn offsets_registers_and_nested_dereferences() {
+    let p = parse_probe("./app:main+0x1c %rdi x=-8(+16(%bp)):s32 \\-1 @0x601040:u8").unwrap();
+    assert_eq!(p.target, Target::User { binary: Some("./app".into()), function: "main".into(), offset: 0x1c });
+    assert_eq!(p.args[0], NamedArg { name: "di".into(), fetch: Fetch::Reg(Register("di")), ty: ArgType::X(64) });
+    assert_eq!(
+        p.args[1].fetch,
+        Fetch::Deref {
+            offset: -8,
+            inner: Box::new(Fetch::Deref { offset: 16, inner: Box::new(Fetch::Reg(Register("bp"))) })
+        }
+    );
+    assert_eq!(p.args[1].ty, ArgType::S(32));
+    assert_eq!(p.args[2].fetch, Fetch::Immediate(-1));
+    assert_eq!(p.args[3], NamedArg { name: "arg4".into(), fetch: Fetch::Memory(0x601040), ty: ArgType::U(8) });
+}
+
+#[test]
+fn cpp_names_keep_their_double_colons() {
+    let p = parse_probe("./app:ns::Widget::draw+4").unwrap();
+    assert_eq!(p.target, Target::User { binary: Some("./app".into()), function: "ns::Widget::draw".into(), offset: 4 });
+    let p = parse_probe("ns::free_function").unwrap();
+    assert_eq!(p.target, Target::User { binary: None, function: "ns::free_function".into(), offset: 0 });
+}
+
+#[test]
+fn kernel_functions_and_tracepoints() {
+    let p = parse_probe("kernel:do_sys_openat2%return ret=$retval").unwrap();
+    assert_eq!(p.target, Target::Kernel { function: "do_sys_openat2".into(), offset: 0 });
+    assert_eq!(p.kind, ProbeKind::Return);
+    let p = parse_probe("tracepoint:sched:sched_switch").unwrap();
+    assert_eq!(p.target, Target::Tracepoint { subsystem: "sched".into(), event: "sched_switch".into() });
+}
+
+#[test]
+fn versioned_symbols_and_addresses_are_function_names() {
+    let p = parse_probe("libc:open@@GLIBC_2.2.5").unwrap();
+    assert!(matches!(p.target, Target::User { ref function, .. } if function == "open@@GLIBC_2.2.5"));
+    let p = parse_probe("/usr/bin/cat:0x2f40").unwrap();
+    assert!(matches!(p.target, Target::User { ref function, .. } if function == "0x2f40"));
+}
+
+/// (spec, kind, the fragment the error points at, a phrase the message must contain)
+const BAD: &[(&str, SpecErrorKind, &str, &str)] = &[
+    ("", SpecErrorKind::Empty, "", "empty probe spec"),
+    ("libc:", SpecErrorKind::MissingFunction, "libc:", "[BINARY:]FUNCTION"),
+    (":openat", SpecErrorKind::MissingFunction, ":", "[BINARY:]FUNCTION"),
+    ("openat+zz", SpecErrorKind::BadOffset, "zz", "`zz` is not an offset"),
+    ("openat+", SpecErrorKind::BadOffset, "", "is not an offset"),
+    ("openat+4%return", SpecErrorKind::OffsetOnReturn, "+4", "return probe cannot have an offset"),
+    ("openat%ret", SpecErrorKind::UnknownSuffix, "%ret", "unknown suffix `%ret`"),
+    ("tracepoint:", SpecErrorKind::MissingFunction, "tracepoint:", "SUBSYSTEM:EVENT"),
+    ("tracepoint:sched", SpecErrorKind::BadTracepoint, "sched", "is not a tracepoint"),
+    ("tracepoint:sched:switch%return", SpecErrorKind::TracepointModifier, "%return", "takes no offset or %return"),
+    ("tracepoint:sched:sched_switch x=%di", SpecErrorKind::ArgsOnTracepoint, "x=%di", "take no fetch arguments"),
+    ("kernel:", SpecErrorKind::MissingFunction, "kernel:", "kernel function"),
+    ("openat x=%foo", SpecErrorKind::UnknownRegister, "%foo", "unknown register `%foo`"),
+    ("openat path=+0(%foo):string", SpecErrorKind::UnknownRegister, "%foo", "expected a register"),
+    ("openat $bogus", SpecErrorKind::UnknownVariable, "$bogus", "unknown variable"),
+    ("openat $arg0", SpecErrorKind::BadArgIndex, "$arg0", "$arg1 .. $arg16"),
+    ("openat $arg17", SpecErrorKind::BadArgIndex, "$arg17", "out of range"),
+    ("openat $stack99", SpecErrorKind::BadArgIndex, "$stack99", "$stack0 .. $stack63"),
+    ("openat ret=$retval", SpecErrorKind::RetvalOnEntry, "$retval", "only known at a function's return"),
+    ("openat p=+0($arg2", SpecErrorKind::BadDereference, "+0($arg2", "closing parenthesis"),
+    ("openat p=+x($arg2)", SpecErrorKind::BadDereference, "+x", "a number before the parenthesis"),
+    ("openat p=+8", SpecErrorKind::BadDereference, "+8", "+OFFSET(FETCHARG)"),
+    ("openat g=@main", SpecErrorKind::BadAddress, "@main", "not an address"),
+    ("openat k=\\abc", SpecErrorKind::BadImmediate, "\\abc", "not a number"),
+    ("openat x=%di:u7", SpecErrorKind::UnknownType, "u7", "unknown type `u7`"),
+    ("openat x=%di:str", SpecErrorKind::UnknownType, "str", "string"),
+    ("openat x=di", SpecErrorKind::BadFetchArg, "di", "not a fetch argument"),
+    ("openat x=", SpecErrorKind::BadFetchArg, "", "not a fetch argument"),
+    ("openat 9x=%di", SpecErrorKind::BadName, "9x", "not a valid argument name"),
+    ("openat a=%di a=%si", SpecErrorKind::DuplicateName, "a", "used twice"),
+    ("openat $arg1 $arg1", SpecErrorKind::DuplicateName, "$arg1", "used twice"),
+];
+
+#[test]
+fn every_bad_spec_gets_its_specific_message() {
+    assert!(BAD.len() >= 20);
+    for (spec, kind, fragment, phrase) in BAD {
+        let e = parse_probe(spec).expect_err(spec);
+        assert_eq!(&e.kind, kind, "{spec}: {e}");
+        assert_eq!(e.fragment(), *fragment, "{spec}: wrong span in\n{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(phrase), "{spec}: message lacks `{phrase}`:\n{msg}");
+        assert!(msg.contains(spec), "{spec}: the message quotes the spec:\n{msg}");
+    }
+}
+
+#[test]
+fn the_message_points_at_the_wrong_part() {
+    let e = parse_probe("libc:openat path=+0(%foo):string").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "bad probe spec: unknown register `%foo`\n  libc:openat path=+0(%foo):string\n                      ^^^^ expected a register such as %di, %si, %dx, %cx, %ax, %ip, %sp, %r8"
+    );
+}
