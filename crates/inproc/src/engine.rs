@@ -105,6 +105,8 @@ impl Engine {
             slots: Rcu::new(Vec::new()),
             state: Mutex::default(),
         });
+        static QUIET_PANICS: std::sync::Once = std::sync::Once::new();
+        QUIET_PANICS.call_once(install_quiet_panic_hook);
         let os = |source| ProbeError::Os { what: "installing dprobe's signal handlers", source };
         signals::install(libc::SIGTRAP, trap::on_sigtrap).map_err(os)?;
         for sig in signals::FAULT_SIGNALS {
@@ -369,6 +371,20 @@ impl Engine {
         st.sites.get_mut(&addr).expect("site").slots.push(slot.clone());
         Ok(slot)
     }
+}
+
+/// A handler that panics is caught by the dispatcher (counted, its probe disabled), but the
+/// panic hook runs first, on the hit path, where printing would take the stderr lock the
+/// interrupted thread may hold. Wrap the program's hook so that it stays silent there; the
+/// panic shows in the probe's `handler_panics` counter instead. Outside dprobe's hit path the
+/// program's hook runs as before.
+fn install_quiet_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !trap::in_hit_path() && !trap::in_handler() {
+            previous(info);
+        }
+    }));
 }
 
 fn maps() -> Result<Vec<Mapping>, ProbeError> {
