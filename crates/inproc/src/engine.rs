@@ -31,10 +31,9 @@ use dprobe_core::{
 };
 use dprobe_rcu::Rcu;
 
-use crate::maps::{read_maps, Mapping};
 use crate::slots::SlotPool;
-use crate::symbols::{Function, Symbols};
 use crate::{guard, signals, sys, trap};
+use dprobe_sym::{read_maps, Function, Mapping, Symbols};
 
 /// How the engine executes the displaced instruction of a site (the arch data of a
 /// [`Site`]).

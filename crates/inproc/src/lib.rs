@@ -42,12 +42,10 @@ mod engine;
 mod events;
 mod guard;
 mod kretprobe;
-mod maps;
 mod memory;
 mod probe;
 mod signals;
 mod slots;
-mod symbols;
 mod sys;
 mod trap;
 

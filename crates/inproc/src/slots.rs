@@ -10,7 +10,7 @@ use std::io;
 
 use dprobe_arch::{Addr, SLOT_SIZE};
 
-use crate::maps::Mapping;
+use dprobe_sym::Mapping;
 
 const PAGE: u64 = 4096;
 /// How far from the probe a slot page may be: well inside the ±2 GiB of a rel32.

@@ -70,7 +70,8 @@ fn a_fault_in_the_displaced_instruction_goes_to_the_fault_handler() {
 
 #[test]
 fn a_panicking_handler_is_caught_counted_and_disabled() {
-    let p = register(Kprobe::addr(dprobe_inproc::Addr(fx_outer as *const () as u64)).pre(|_| panic!("handler bug"))).unwrap();
+    let p = register(Kprobe::addr(dprobe_inproc::Addr(fx_outer as *const () as u64)).pre(|_| panic!("handler bug")))
+        .unwrap();
     // SAFETY: fx_outer adds two to its argument.
     assert_eq!(unsafe { fx_outer(std::hint::black_box(1)) }, 3, "the program went on");
     // SAFETY: as above.

@@ -12,3 +12,14 @@ extern "C" long fxcpp_catch(long x) {
         return -v - 1;
     }
 }
+
+// A C++ function with a mangled name, for demangled-name lookups.
+namespace dprobe_fixtures {
+__attribute__((noinline)) long widget_area(long w, long h) {
+    return w * h;
+}
+}  // namespace dprobe_fixtures
+
+extern "C" long fxcpp_area(long w, long h) {
+    return dprobe_fixtures::widget_area(w, h);
+}

@@ -14,6 +14,7 @@ extern "C" {
     pub fn fxc_exit_process(code: i64) -> i64;
     pub fn fxcpp_thrower(x: i64) -> i64;
     pub fn fxcpp_catch(x: i64) -> i64;
+    pub fn fxcpp_area(w: i64, h: i64) -> i64;
 }
 
 /// A fixture's address.

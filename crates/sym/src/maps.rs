@@ -45,6 +45,11 @@ pub fn read_maps() -> io::Result<Vec<Mapping>> {
     Ok(parse_maps(&std::fs::read_to_string("/proc/self/maps")?))
 }
 
+/// The current mappings of process `pid`, in address order.
+pub fn read_maps_of(pid: u32) -> io::Result<Vec<Mapping>> {
+    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+}
+
 /// Parse the text of a maps file; malformed lines are skipped.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()

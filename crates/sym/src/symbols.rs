@@ -1,0 +1,219 @@
+//! Function symbols of the ELF objects a process has mapped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dprobe_arch::Addr;
+use object::read::elf::ElfFile64;
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::demangle::{demangle, without_parameters};
+use crate::maps::Mapping;
+
+/// A function of a loaded object, at its run-time address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// Its symbol name as in the symbol table (mangled for Rust and C++).
+    pub name: String,
+    /// The demangled name, for Rust and C++ symbols.
+    pub demangled: Option<String>,
+    /// Its symbol version (`GLIBC_2.2.5`), for versioned dynamic symbols.
+    pub version: Option<String>,
+    /// Whether that version is the default one (`@@`) rather than a hidden one (`@`).
+    pub default_version: bool,
+    /// Run-time address of its first instruction.
+    pub start: Addr,
+    /// Size in bytes.
+    pub size: u64,
+    /// Path of the object that defines it.
+    pub object: Arc<str>,
+    /// Run-time address minus link-time address for its object.
+    pub bias: u64,
+    /// File offset of its first instruction in `object`.
+    pub file_offset: u64,
+}
+
+impl Function {
+    /// Whether `addr` is inside the function.
+    pub fn contains(&self, addr: Addr) -> bool {
+        addr >= self.start && addr.0 < self.start.0 + self.size
+    }
+
+    /// The file offset of `addr` inside the function (for `uprobe_events`' `PATH:OFFSET`).
+    pub fn file_offset_of(&self, addr: Addr) -> Option<u64> {
+        self.contains(addr).then(|| self.file_offset + (addr.0 - self.start.0))
+    }
+
+    /// `name@@VERSION` / `name@VERSION`, or the plain name.
+    pub fn versioned_name(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}{}{v}", self.name, if self.default_version { "@@" } else { "@" }),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The object's file name (`libc.so.6`).
+    pub fn object_file_name(&self) -> &str {
+        self.object.rsplit('/').next().unwrap_or(&self.object)
+    }
+}
+
+/// The functions of all loaded objects of a process.
+#[derive(Debug, Default)]
+pub struct Symbols {
+    by_addr: Vec<Function>,
+    by_name: HashMap<String, Vec<usize>>,
+    objects: Vec<Arc<str>>,
+}
+
+impl Symbols {
+    /// Read the symbols of every ELF file mapped executable in `maps`. Objects that cannot be
+    /// read (deleted files, the vDSO) are skipped. For another process, pass its maps: the
+    /// files are read through the paths it mapped.
+    pub fn load(maps: &[Mapping]) -> Symbols {
+        let mut paths: Vec<&str> = Vec::new();
+        for m in maps.iter().filter(|m| m.exec) {
+            if let Some(p) = m.path.as_deref().filter(|p| p.starts_with('/')) {
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
+            }
+        }
+        let mut funcs = Vec::new();
+        let mut objects = Vec::new();
+        for path in paths {
+            let object: Arc<str> = Arc::from(path);
+            let Ok(data) = std::fs::read(path) else { continue };
+            if let Some(bias) = load_bias(maps, path, &data) {
+                read_functions(&object, &data, bias, &mut funcs);
+                objects.push(object);
+            }
+        }
+        // A symbol in both .symtab and .dynsym appears twice: keep the versioned copy.
+        funcs.sort_by(|a, b| {
+            a.start.cmp(&b.start).then(a.name.cmp(&b.name)).then(a.version.is_none().cmp(&b.version.is_none()))
+        });
+        funcs.dedup_by(|later, kept| later.start == kept.start && later.name == kept.name);
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, f) in funcs.iter().enumerate() {
+            by_name.entry(f.name.clone()).or_default().push(i);
+            if let Some(d) = &f.demangled {
+                let short = without_parameters(d);
+                by_name.entry(short.to_owned()).or_default().push(i);
+                if short != d {
+                    by_name.entry(d.clone()).or_default().push(i);
+                }
+            }
+        }
+        Symbols { by_addr: funcs, by_name, objects }
+    }
+
+    /// Find a function by `[OBJECT:]NAME[@VERSION|@@VERSION]`. NAME is the symbol name or a
+    /// demangled path (`my_crate::parse`, `ns::Widget::draw`); OBJECT is a file name or its
+    /// stem (`libc` for `libc.so.6`) or a path. Without a version, the default version wins.
+    /// The executable's definition wins over a library's, then libraries in load order.
+    pub fn find(&self, spec: &str) -> Option<&Function> {
+        let (object, name) = split_object(spec);
+        let (name, version) = match name.split_once('@') {
+            Some((n, v)) => (n, Some(v.trim_start_matches('@'))),
+            None => (name, None),
+        };
+        let candidates = self.by_name.get(name)?;
+        let matches_object = |f: &Function| {
+            object.is_none_or(|o| {
+                let file = f.object_file_name();
+                file == o
+                    || file.starts_with(&format!("{o}.so"))
+                    || file.starts_with(&format!("{o}-"))
+                    || *f.object == *o
+            })
+        };
+        let matches_version = |f: &Function| version.is_none_or(|v| f.version.as_deref() == Some(v));
+        let rank = |f: &Function| {
+            let object_rank = self.objects.iter().position(|o| *o == f.object).unwrap_or(usize::MAX);
+            (object_rank, !f.default_version && f.version.is_some())
+        };
+        candidates
+            .iter()
+            .map(|&i| &self.by_addr[i])
+            .filter(|f| matches_object(f) && matches_version(f))
+            .min_by_key(|f| rank(f))
+    }
+
+    /// The function containing `addr`.
+    pub fn containing(&self, addr: Addr) -> Option<&Function> {
+        let i = self.by_addr.partition_point(|f| f.start <= addr);
+        self.by_addr[..i].iter().rev().take(16).find(|f| f.contains(addr))
+    }
+
+    /// Every function, in address order.
+    pub fn functions(&self) -> &[Function] {
+        &self.by_addr
+    }
+
+    /// The objects whose symbols were read, in load order.
+    pub fn objects(&self) -> &[Arc<str>] {
+        &self.objects
+    }
+}
+
+/// `OBJECT:NAME`, where the `:` is not part of a C++ `::`.
+fn split_object(spec: &str) -> (Option<&str>, &str) {
+    let b = spec.as_bytes();
+    let sep = (0..b.len()).find(|&i| b[i] == b':' && b.get(i + 1) != Some(&b':') && (i == 0 || b[i - 1] != b':'));
+    match sep {
+        Some(i) if i > 0 => (Some(&spec[..i]), &spec[i + 1..]),
+        _ => (None, spec),
+    }
+}
+
+/// Run-time address minus link-time address for the object at `path`: where its first
+/// loadable segment (file offset 0) was mapped, minus that segment's page-aligned address.
+fn load_bias(maps: &[Mapping], path: &str, data: &[u8]) -> Option<u64> {
+    let first = maps.iter().find(|m| m.path.as_deref() == Some(path) && m.offset == 0)?;
+    let file = object::File::parse(data).ok()?;
+    let seg = file.segments().find(|s| s.file_range().0 == 0)?;
+    let link = seg.address() & !0xfff;
+    Some(first.start.0.wrapping_sub(link))
+}
+
+fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Function>) {
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else { return };
+    let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.size(), s.file_range().0)).collect();
+    let file_offset = |vaddr: u64| {
+        segments.iter().find(|(a, size, _)| vaddr >= *a && vaddr < a + size).map(|(a, _, off)| off + (vaddr - a))
+    };
+    let endian = file.endian();
+    let versions = file.elf_section_table().versions(endian, data).ok().flatten();
+    let dynsym_section = file.elf_dynamic_symbol_table().section();
+    for (dynamic, table) in [(false, file.symbols()), (true, file.dynamic_symbols())] {
+        for sym in table {
+            if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.size() == 0 {
+                continue;
+            }
+            let Ok(name) = sym.name() else { continue };
+            let (mut version, mut default_version) = (None, false);
+            if dynamic && dynsym_section.0 != 0 {
+                if let Some(table) = &versions {
+                    let index = table.version_index(endian, sym.index());
+                    if let Ok(Some(v)) = table.version(index) {
+                        version = Some(String::from_utf8_lossy(v.name()).into_owned());
+                        default_version = !index.is_hidden();
+                    }
+                }
+            }
+            let vaddr = sym.address();
+            out.push(Function {
+                name: name.to_owned(),
+                demangled: demangle(name),
+                version,
+                default_version,
+                start: Addr(vaddr.wrapping_add(bias)),
+                size: sym.size(),
+                object: object.clone(),
+                bias,
+                file_offset: file_offset(vaddr).unwrap_or(vaddr),
+            });
+        }
+    }
+}
