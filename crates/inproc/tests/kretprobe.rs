@@ -112,7 +112,7 @@ fn recursion_two_hundred_deep() {
 #[inline(never)]
 pub extern "C" fn slow_identity(x: u64) -> u64 {
     let mut acc = x;
-    for i in 0..200 {
+    for i in 0..2000 {
         acc = black_box(acc.wrapping_add(i)).wrapping_sub(i);
     }
     acc
@@ -123,9 +123,12 @@ fn maxactive_one_with_four_threads_misses_and_accounts_for_every_call() {
     let p =
         register_kretprobe(Kretprobe::addr(at(slow_identity as *const ())).maxactive(1).handler(|_, _| {})).unwrap();
     const CALLS: u64 = 20_000;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            std::thread::spawn(|| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
                 for i in 0..CALLS {
                     assert_eq!(slow_identity(black_box(i)), i);
                 }

@@ -18,10 +18,12 @@ fn unregister_while_four_threads_hammer_the_function() {
     let original_f = code(f, 16);
     let original_g = code(g, 16);
     let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(std::sync::Barrier::new(5));
     let workers: Vec<_> = (0..4)
         .map(|t| {
-            let stop = stop.clone();
+            let (stop, running) = (stop.clone(), running.clone());
             std::thread::spawn(move || {
+                running.wait();
                 let mut n = 0u64;
                 while !stop.load(SeqCst) {
                     assert_eq!(call2(fx_push_add, t, n), t + n);
@@ -32,6 +34,7 @@ fn unregister_while_four_threads_hammer_the_function() {
             })
         })
         .collect();
+    running.wait();
     for round in 0..20 {
         UNREGISTERED.store(false, SeqCst);
         let handler = |_: &mut dprobe_inproc::Regs| {
