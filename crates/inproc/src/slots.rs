@@ -10,13 +10,11 @@ use std::io;
 
 use dprobe_arch::{Addr, SLOT_SIZE};
 
-use dprobe_sym::Mapping;
+use dprobe_sym::{free_pages_near, Mapping};
 
 const PAGE: u64 = 4096;
 /// How far from the probe a slot page may be: well inside the ±2 GiB of a rel32.
 const REACH: u64 = 1 << 30;
-/// Lowest address the kernel lets us map (the usual `vm.mmap_min_addr`).
-const MIN_ADDR: u64 = 0x10000;
 
 struct SlotPage {
     base: Addr,
@@ -50,38 +48,9 @@ impl SlotPool {
 
 /// Map a page in the free gap closest to `near`.
 fn map_page_near(near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
-    let mut candidates: Vec<u64> = Vec::new();
-    let mut prev_end = MIN_ADDR;
-    for m in maps.iter().chain(std::iter::once(&Mapping {
-        start: Addr(0x7fff_ffff_f000),
-        end: Addr(0x7fff_ffff_f000),
-        read: false,
-        write: false,
-        exec: false,
-        offset: 0,
-        path: None,
-    })) {
-        let (gap_start, gap_end) = (prev_end.max(MIN_ADDR), m.start.0);
-        prev_end = prev_end.max(m.end.0);
-        if gap_end < gap_start + PAGE {
-            continue;
-        }
-        // The page of the gap nearest to `near`.
-        let best = if near.0 < gap_start {
-            gap_start
-        } else if near.0 >= gap_end {
-            gap_end - PAGE
-        } else {
-            near.0 & !(PAGE - 1)
-        };
-        if best.abs_diff(near.0) < REACH {
-            candidates.push(best);
-        }
-    }
-    candidates.sort_by_key(|c| c.abs_diff(near.0));
     let mut last = io::Error::other("no free address range within 1 GiB of the probe");
-    for c in candidates {
-        match crate::sys::map_code_page_at(Addr(c), PAGE as usize) {
+    for candidate in free_pages_near(maps, near, REACH) {
+        match crate::sys::map_code_page_at(candidate, PAGE as usize) {
             Ok(a) => return Ok(a),
             Err(e) => last = e,
         }

@@ -22,5 +22,5 @@ mod maps;
 mod symbols;
 
 pub use demangle::demangle;
-pub use maps::{parse_maps, read_maps, read_maps_of, Mapping};
+pub use maps::{free_pages_near, parse_maps, read_maps, read_maps_of, Mapping};
 pub use symbols::{Function, Symbols};

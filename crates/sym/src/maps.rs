@@ -50,6 +50,39 @@ pub fn read_maps_of(pid: u32) -> io::Result<Vec<Mapping>> {
     Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
 }
 
+/// Page-aligned addresses of free pages within `reach` bytes of `near`, nearest first: the
+/// page of each gap between mappings that is closest to `near`. Used to place out-of-line
+/// slots where a `rel32` from the probed code reaches them.
+pub fn free_pages_near(maps: &[Mapping], near: Addr, reach: u64) -> Vec<Addr> {
+    const PAGE: u64 = 4096;
+    // The lowest address the kernel lets programs map (the usual `vm.mmap_min_addr`) and the
+    // top of user space.
+    const MIN_ADDR: u64 = 0x10000;
+    const TOP: u64 = 0x7fff_ffff_f000;
+    let mut candidates = Vec::new();
+    let mut prev_end = MIN_ADDR;
+    let starts = maps.iter().map(|m| (m.start.0, m.end.0)).chain(std::iter::once((TOP, TOP)));
+    for (start, end) in starts {
+        let (gap_start, gap_end) = (prev_end.max(MIN_ADDR), start.min(TOP));
+        prev_end = prev_end.max(end);
+        if gap_end < gap_start + PAGE {
+            continue;
+        }
+        let best = if near.0 < gap_start {
+            gap_start
+        } else if near.0 >= gap_end {
+            gap_end - PAGE
+        } else {
+            near.0 & !(PAGE - 1)
+        };
+        if best.abs_diff(near.0) < reach {
+            candidates.push(Addr(best));
+        }
+    }
+    candidates.sort_by_key(|c| c.0.abs_diff(near.0));
+    candidates
+}
+
 /// Parse the text of a maps file; malformed lines are skipped.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
@@ -77,6 +110,19 @@ fn parse_line(line: &str) -> Option<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_pages_nearest_first() {
+        let m = parse_maps(
+            "400000-401000 r-xp 00000000 fe:01 1 /a\n\
+             403000-500000 rw-p 00000000 00:00 0\n",
+        );
+        let free = free_pages_near(&m, Addr(0x400800), 1 << 30);
+        assert_eq!(free[0], Addr(0x401000), "the gap right after the code");
+        assert_eq!(free[1], Addr(0x3ff000), "then the page below it");
+        assert!(free.iter().all(|a| !m.iter().any(|x| x.contains(*a))));
+        assert!(free_pages_near(&m, Addr(0x400800), 0x100).is_empty(), "nothing that close");
+    }
 
     #[test]
     fn parses_file_and_anonymous_lines() {

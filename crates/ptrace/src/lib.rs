@@ -1,0 +1,27 @@
+//! The ptrace engine: the kprobe model applied to another process.
+//!
+//! A traced program is spawned stopped before its first instruction; probes are `int3`s
+//! written through `/proc/PID/mem`. At each hit the thread stops once: the tracer runs the
+//! probe's handlers with the thread's registers and memory, then executes the displaced
+//! instruction the way the in-process engine does: emulated (branches, calls, returns,
+//! pushes, nops), or by pointing the thread at a relocated copy in an out-of-line page
+//! mapped into the tracee (by an injected `mmap` system call) that jumps back. The
+//! breakpoint is never lifted to step over it, so another thread can never run past it.
+//!
+//! All threads are followed (`PTRACE_O_TRACECLONE`); signals that are not the tracer's are
+//! delivered unchanged, the program's own `SIGTRAP` included; a forked child gets its
+//! original code back before it is let go; an `exec` drops the probes with the old image.
+//!
+//! ```no_run
+//! use dprobe_ptrace::Tracee;
+//! let mut t = Tracee::spawn("/usr/bin/cat", &["/etc/hostname"])?;
+//! t.run_to_entry()?; // the program's libraries are loaded now
+//! let opens = t.add_probe("libc:openat", Box::new(|hit| { let _ = hit.regs.rsi; }))?;
+//! let exit = t.run()?;
+//! println!("{} opens, {exit:?}", t.hits(opens));
+//! # Ok::<(), dprobe_ptrace::TraceError>(())
+//! ```
+mod sys;
+mod tracee;
+
+pub use tracee::{Exit, Handler, Hit, TraceError, Tracee};

@@ -1,0 +1,129 @@
+//! The ptrace engine against a real program: exact counts under threads, a libc function,
+//! exit statuses, the program's own signals, fork and exec.
+use dprobe_ptrace::{Exit, Tracee};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+/// The target program, compiled once per test run.
+fn target() -> &'static str {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dprobe-ptrace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("target");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/target.c");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let ok = std::process::Command::new(cc)
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&out)
+            .arg(src)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "compiling the target");
+        out
+    })
+    .to_str()
+    .unwrap()
+}
+
+fn counter() -> (Arc<AtomicU64>, dprobe_ptrace::Handler) {
+    let c = Arc::new(AtomicU64::new(0));
+    let c2 = c.clone();
+    (
+        c,
+        Box::new(move |_hit| {
+            c2.fetch_add(1, Relaxed);
+        }),
+    )
+}
+
+#[test]
+fn eight_threads_hundred_thousand_calls_each_counted_exactly() {
+    let mut t = Tracee::spawn(target(), &["threads", "8", "100000"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (boosted_count, h1) = counter();
+    let (emulated_count, h2) = counter();
+    let boosted = t.add_probe("probed", h1).unwrap();
+    let emulated = t.add_probe("probed_push", h2).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "the program computed its results correctly");
+    assert_eq!((t.hits(boosted), boosted_count.load(Relaxed)), (800_000, 800_000));
+    assert_eq!((t.hits(emulated), emulated_count.load(Relaxed)), (800_000, 800_000));
+}
+
+#[test]
+fn a_libc_function_and_handlers_that_read_registers() {
+    let mut t = Tracee::spawn(target(), &["libc", "1000"]).unwrap();
+    t.run_to_entry().unwrap();
+    let seen_pid = Arc::new(AtomicU64::new(0));
+    let s = seen_pid.clone();
+    let p = t
+        .add_probe(
+            "libc:getppid",
+            Box::new(move |hit| {
+                s.store(hit.tid as u64, Relaxed);
+            }),
+        )
+        .unwrap();
+    let pid = t.pid();
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+    assert_eq!(t.hits(p), 1001, "1000 calls in the loop and one before it");
+    assert_eq!(seen_pid.load(Relaxed), pid as u64, "the main thread made the calls");
+}
+
+#[test]
+fn the_exit_status_is_the_programs() {
+    let mut t = Tracee::spawn(target(), &["exit", "7"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (c, h) = counter();
+    t.add_probe("probed", h).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(7));
+    assert_eq!(c.load(Relaxed), 1);
+}
+
+#[test]
+fn the_programs_own_traps_and_signals_reach_it() {
+    let mut t = Tracee::spawn(target(), &["signals"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (c, h) = counter();
+    t.add_probe("probed", h).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "its SIGTRAP and SIGUSR1 handlers ran three times each");
+    assert_eq!(c.load(Relaxed), 3);
+}
+
+#[test]
+fn a_forked_child_gets_its_code_back_and_execs() {
+    let mut t = Tracee::spawn(target(), &["fork"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (c, h) = counter();
+    let (e, h2) = counter();
+    t.add_probe("probed", h).unwrap();
+    t.add_probe("probed_push", h2).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "the child ran its calls untraced and exec'd");
+    assert_eq!((c.load(Relaxed), e.load(Relaxed)), (1, 0), "only the parent's call is traced");
+}
+
+#[test]
+fn bad_targets_are_refused() {
+    let mut t = Tracee::spawn(target(), &["exit", "0"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (_, h) = counter();
+    let e = t.add_probe("no_such_function", h).unwrap_err();
+    assert!(e.to_string().contains("symbol `no_such_function` not found"), "{e}");
+    let (_, h) = counter();
+    let e = t.add_probe("probed+4096", h).unwrap_err();
+    assert!(e.to_string().contains("past the end"), "{e}");
+    let addr = t.resolve("probed").unwrap();
+    let before = t.read_code(addr, 8).unwrap();
+    let (_, h) = counter();
+    assert!(t.add_probe(&format!("{:#x}", addr.0 + 1), h).is_err(), "inside an instruction");
+    assert_eq!(t.read_code(addr, 8).unwrap(), before, "nothing patched");
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+}
+
+#[test]
+fn spawning_a_missing_program_is_an_error() {
+    let e = Tracee::spawn("/no/such/program", &[]).err().expect("must fail");
+    assert!(e.to_string().contains("/no/such/program"), "{e}");
+}
