@@ -70,6 +70,32 @@ pub fn wait(tid: i32) -> io::Result<(i32, i32)> {
     }
 }
 
+/// Like [`wait`] for any traced thread, but returns `None` at once when none has changed
+/// state.
+pub fn try_wait_any() -> io::Result<Option<(i32, i32)>> {
+    let mut status = 0;
+    // SAFETY: writes the status we own.
+    let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::__WNOTHREAD | libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r > 0 => Ok(Some((r, status))),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Send `signal` to thread `tid` of process `pid`.
+pub fn tgkill(pid: i32, tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signal) }, "tgkill").map(drop)
+}
+
 /// Converting between the kernel's `user_regs_struct` and [`Regs`] (no vector registers).
 pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
     Regs {

@@ -304,75 +304,167 @@ impl Tracee {
 
     /// Resume the program and trace it until it ends; returns how it ended.
     pub fn run(&mut self) -> Result<Exit, TraceError> {
+        self.resume_stopped()?;
+        loop {
+            let (tid, status) = sys::wait(-1)?;
+            if let Some(exit) = self.handle(tid, status)? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Trace for at most `duration`: `Some` when the program ended within it, `None` when it
+    /// still runs (traced, until [`Tracee::detach`] or another `run`).
+    pub fn run_for(&mut self, duration: std::time::Duration) -> Result<Option<Exit>, TraceError> {
+        self.resume_stopped()?;
+        let deadline = std::time::Instant::now() + duration;
+        while std::time::Instant::now() < deadline {
+            match sys::try_wait_any()? {
+                Some((tid, status)) => {
+                    if let Some(exit) = self.handle(tid, status)? {
+                        return Ok(Some(exit));
+                    }
+                }
+                None => std::thread::sleep(std::time::Duration::from_micros(200)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn resume_stopped(&mut self) -> Result<(), TraceError> {
         for tid in std::mem::take(&mut self.stopped) {
             sys::cont(tid, 0)?;
         }
-        loop {
+        Ok(())
+    }
+
+    /// One wait status; `Some` when the process is gone.
+    fn handle(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            self.threads.remove(&tid);
+            if tid == self.pid {
+                self.exit = Some(if libc::WIFEXITED(status) {
+                    Exit::Code(libc::WEXITSTATUS(status))
+                } else {
+                    Exit::Signal(libc::WTERMSIG(status))
+                });
+            }
+            if self.threads.is_empty() {
+                return Ok(Some(self.exit.unwrap_or(Exit::Code(0))));
+            }
+            return Ok(None);
+        }
+        if !libc::WIFSTOPPED(status) {
+            return Ok(None);
+        }
+        let signal = libc::WSTOPSIG(status);
+        match (status >> 16) & 0xff {
+            0 => {}
+            libc::PTRACE_EVENT_CLONE => {
+                let new = sys::event_message(tid)? as i32;
+                if self.threads.insert(new) {
+                    self.fresh.insert(new);
+                }
+                sys::cont(tid, 0)?;
+                return Ok(None);
+            }
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                let child = sys::event_message(tid)? as i32;
+                self.release_child(child)?;
+                sys::cont(tid, 0)?;
+                return Ok(None);
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                // A new program image: the probes went with the old one.
+                self.sites.clear();
+                self.pages.clear();
+                self.threads.retain(|t| *t == tid);
+                self.memory = RemoteMemory::open(self.pid)?;
+                sys::cont(tid, 0)?;
+                return Ok(None);
+            }
+            _ => {
+                sys::cont(tid, 0)?;
+                return Ok(None);
+            }
+        }
+        if !self.threads.contains(&tid) {
+            // A new thread's first stop came before its parent's clone event.
+            self.threads.insert(tid);
+            self.fresh.insert(tid);
+        }
+        if signal == libc::SIGSTOP && self.fresh.remove(&tid) {
+            sys::cont(tid, 0)?;
+            return Ok(None);
+        }
+        if signal == libc::SIGTRAP {
+            let deliver = self.on_trap(tid)?;
+            sys::cont(tid, deliver)?;
+            return Ok(None);
+        }
+        sys::cont(tid, signal)?;
+        Ok(None)
+    }
+
+    /// Stop tracing and let the program go on as if it had never been traced: the original
+    /// code is written back first (while threads may run: one byte per probe), then every
+    /// thread is stopped; a thread that trapped on a probe just before is moved back onto
+    /// the original instruction, a thread inside an out-of-line copy onto the original
+    /// code; then each thread is detached, with any signal it was about to receive.
+    pub fn detach(mut self) -> Result<(), TraceError> {
+        self.detach_all()
+    }
+
+    fn detach_all(&mut self) -> Result<(), TraceError> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
+        let sites: Vec<(Addr, u8)> = self.sites.iter().map(|(a, s)| (*a, s.insn.bytes[0])).collect();
+        for (addr, original) in &sites {
+            self.write(*addr, &[*original])?;
+        }
+        let mut pending: BTreeMap<i32, i32> = BTreeMap::new();
+        let mut to_stop: BTreeSet<i32> = self.threads.iter().copied().filter(|t| !self.stopped.contains(t)).collect();
+        for tid in &to_stop {
+            let _ = sys::tgkill(self.pid, *tid, libc::SIGSTOP);
+        }
+        while !to_stop.is_empty() {
             let (tid, status) = sys::wait(-1)?;
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 self.threads.remove(&tid);
-                if tid == self.pid {
-                    self.exit = Some(if libc::WIFEXITED(status) {
-                        Exit::Code(libc::WEXITSTATUS(status))
-                    } else {
-                        Exit::Signal(libc::WTERMSIG(status))
-                    });
-                }
-                if self.threads.is_empty() {
-                    return Ok(self.exit.unwrap_or(Exit::Code(0)));
-                }
+                to_stop.remove(&tid);
                 continue;
             }
-            if !libc::WIFSTOPPED(status) {
+            if !libc::WIFSTOPPED(status) || !to_stop.contains(&tid) {
                 continue;
             }
             let signal = libc::WSTOPSIG(status);
-            match (status >> 16) & 0xff {
-                0 => {}
-                libc::PTRACE_EVENT_CLONE => {
-                    let new = sys::event_message(tid)? as i32;
-                    if self.threads.insert(new) {
-                        self.fresh.insert(new);
-                    }
-                    sys::cont(tid, 0)?;
-                    continue;
-                }
-                libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
-                    let child = sys::event_message(tid)? as i32;
-                    self.release_child(child)?;
-                    sys::cont(tid, 0)?;
-                    continue;
-                }
-                libc::PTRACE_EVENT_EXEC => {
-                    // A new program image: the probes went with the old one.
-                    self.sites.clear();
-                    self.pages.clear();
-                    self.threads.retain(|t| *t == tid);
-                    self.memory = RemoteMemory::open(self.pid)?;
-                    sys::cont(tid, 0)?;
-                    continue;
-                }
-                _ => {
-                    sys::cont(tid, 0)?;
-                    continue;
-                }
-            }
-            if !self.threads.contains(&tid) {
-                // A new thread's first stop came before its parent's clone event.
-                self.threads.insert(tid);
-                self.fresh.insert(tid);
-            }
-            if signal == libc::SIGSTOP && self.fresh.remove(&tid) {
-                sys::cont(tid, 0)?;
+            if signal == libc::SIGSTOP && (status >> 16) == 0 {
+                to_stop.remove(&tid);
+                self.stopped.push(tid);
                 continue;
             }
-            if signal == libc::SIGTRAP {
-                let deliver = self.on_trap(tid)?;
-                sys::cont(tid, deliver)?;
-                continue;
+            if signal == libc::SIGTRAP && (status >> 16) == 0 {
+                let mut r = sys::get_regs(tid)?;
+                if sites.iter().any(|(a, _)| a.0 == r.rip.wrapping_sub(1)) {
+                    r.rip -= 1; // the probe is gone: run the original instruction
+                    sys::set_regs(tid, &r)?;
+                } else {
+                    pending.insert(tid, signal);
+                }
+            } else if (status >> 16) == 0 {
+                pending.insert(tid, signal);
             }
-            sys::cont(tid, signal)?;
+            sys::cont(tid, 0)?;
         }
+        for tid in std::mem::take(&mut self.stopped) {
+            self.leave_slots(tid)?;
+            let signal = pending.get(&tid).copied().unwrap_or(0);
+            sys::ptrace(libc::PTRACE_DETACH, tid, 0, signal as u64, "PTRACE_DETACH")?;
+        }
+        self.threads.clear();
+        self.sites.clear();
+        Ok(())
     }
 
     /// A `SIGTRAP` stop: a probe hit (returns 0: consumed), or the program's own trap (returns
@@ -431,6 +523,35 @@ impl Tracee {
             .find(target)
             .map(|f| f.start)
             .ok_or_else(|| ProbeError::SymbolNotFound { symbol: target.to_owned() }.into())
+    }
+}
+
+impl Tracee {
+    /// Move a stopped thread out of the out-of-line copies: at a copy's start it has not run
+    /// the instruction yet and goes back to the original one; further in, it is stepped until
+    /// the copy has jumped back.
+    fn leave_slots(&mut self, tid: i32) -> Result<(), TraceError> {
+        let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        for _ in 0..64 {
+            let mut r = sys::get_regs(tid)?;
+            let Some(slot) = slots.iter().find(|s| s.contains(Addr(r.rip))) else { return Ok(()) };
+            if r.rip == slot.entry().0 && slot.far_scratch.is_none() {
+                r.rip = slot.original.0;
+                return Ok(sys::set_regs(tid, &r)?);
+            }
+            sys::single_step(tid)?;
+            sys::wait(tid)?;
+        }
+        Err(TraceError::Os(io::Error::other("a thread did not leave an out-of-line copy")))
+    }
+}
+
+impl Drop for Tracee {
+    /// A tracee that is dropped while traced is detached (see [`Tracee::detach`]).
+    fn drop(&mut self) {
+        if self.exit.is_none() || !self.threads.is_empty() {
+            let _ = self.detach_all();
+        }
     }
 }
 

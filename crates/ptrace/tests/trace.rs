@@ -127,3 +127,38 @@ fn spawning_a_missing_program_is_an_error() {
     let e = Tracee::spawn("/no/such/program", &[]).err().expect("must fail");
     assert!(e.to_string().contains("/no/such/program"), "{e}");
 }
+
+#[test]
+fn detaching_mid_run_leaves_the_program_intact() {
+    let mut t = Tracee::spawn(target(), &["until-usr2"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (c, h) = counter();
+    let (e, h2) = counter();
+    let boosted = t.resolve("probed").unwrap();
+    let emulated = t.resolve("probed_push").unwrap();
+    let original = (t.read_code(boosted, 16).unwrap(), t.read_code(emulated, 16).unwrap());
+    t.add_probe("probed", h).unwrap();
+    t.add_probe("probed_push", h2).unwrap();
+    let pid = t.pid();
+    assert_eq!(t.run_for(std::time::Duration::from_millis(300)).unwrap(), None, "still running");
+    assert!(c.load(Relaxed) > 0 && e.load(Relaxed) > 0);
+    t.detach().unwrap();
+    // The code reads back as it was, through the process's own memory file.
+    let read = |addr: dprobe_arch::Addr| {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; 16];
+        std::fs::File::open(format!("/proc/{pid}/mem")).unwrap().read_exact_at(&mut b, addr.0).unwrap();
+        b
+    };
+    assert_eq!((read(boosted), read(emulated)), original, "original bytes after detach");
+    let hits_at_detach = (c.load(Relaxed), e.load(Relaxed));
+    // It goes on untraced, checking every result, until told to finish.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    assert_eq!((c.load(Relaxed), e.load(Relaxed)), hits_at_detach, "no hit after detach");
+}
