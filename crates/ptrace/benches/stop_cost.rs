@@ -9,6 +9,7 @@
 //!   original byte back, steps the instruction with `PTRACE_SINGLESTEP`, re-arms the `int3`
 //!   and continues;
 //! * dprobe: one stop per hit (the displaced instruction runs from a boosted copy).
+//!
 //! ns/hit = (traced - untraced) / N; medians of interleaved rounds.
 
 use std::ffi::CString;
