@@ -160,7 +160,8 @@ impl Tracee {
                 self.stopped.push(t);
                 return Ok(());
             }
-            sys::cont(t, if sig == libc::SIGTRAP { 0 } else { sig })?;
+            // Anything else (a library constructor's own int3 included) is the program's.
+            sys::cont(t, sig)?;
         }
     }
 
