@@ -32,8 +32,8 @@ pub(crate) fn trapped_on_alternate_stack() -> bool {
     TRAPPED_ON_ALTERNATE_STACK.with(|c| c.get())
 }
 
-/// Mark the calling thread as running handlers (the return trampoline's dispatcher, which is
-/// not a signal handler, uses this around return handlers).
+/// Mark the calling thread as running handlers (the trap handlers and the return
+/// trampoline's dispatcher use this around handler calls).
 pub(crate) fn enter_handler() {
     IN_HANDLER.with(|c| c.set(true));
 }
@@ -110,12 +110,12 @@ fn on_entry(site: &Site<SiteExec>, ctx: &mut SignalContext) -> bool {
         site.miss();
         execute(site, &mut regs, false, ctx);
     } else {
-        IN_HANDLER.with(|c| c.set(true));
+        enter_handler();
         match site.run_pre(&mut regs, &mut Guarded) {
             PreOutcome::Skip => ctx.set_regs(&regs),
             PreOutcome::Execute { post } => execute(site, &mut regs, post, ctx),
         }
-        IN_HANDLER.with(|c| c.set(false));
+        leave_handler();
     }
     true
 }
@@ -149,9 +149,9 @@ fn on_post_step(site: &Site<SiteExec>, ctx: &mut SignalContext) {
     let mut regs = ctx.regs();
     regs.rip = site.arch.insn.next().0;
     if !in_handler() {
-        IN_HANDLER.with(|c| c.set(true));
+        enter_handler();
         site.run_post(&mut regs, &mut Guarded);
-        IN_HANDLER.with(|c| c.set(false));
+        leave_handler();
     }
     ctx.set_regs(&regs);
 }
