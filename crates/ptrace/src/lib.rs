@@ -1,16 +1,19 @@
 //! The ptrace engine: the kprobe model applied to another process.
 //!
-//! A traced program is spawned stopped before its first instruction; probes are `int3`s
-//! written through `/proc/PID/mem`. At each hit the thread stops once: the tracer runs the
-//! probe's handlers with the thread's registers and memory, then executes the displaced
-//! instruction the way the in-process engine does: emulated (branches, calls, returns,
-//! pushes, nops), or by pointing the thread at a relocated copy in an out-of-line page
-//! mapped into the tracee (by an injected `mmap` system call) that jumps back. The
-//! breakpoint is never lifted to step over it, so another thread can never run past it.
+//! A traced program is spawned stopped before its first instruction, or a running one is
+//! attached (every thread, `PTRACE_SEIZE`); probes are `int3`s written through
+//! `/proc/PID/mem`. At each hit the thread stops once: the tracer runs the probe's handlers
+//! with the thread's registers and memory, then executes the displaced instruction the way
+//! the in-process engine does: emulated (branches, calls, returns, pushes, nops), or by
+//! pointing the thread at a relocated copy in an out-of-line page mapped into the tracee (by
+//! an injected `mmap` system call) that jumps back. The breakpoint is never lifted to step
+//! over it, so another thread can never run past it. Return probes replace the return
+//! address with a trampoline in that page.
 //!
 //! All threads are followed (`PTRACE_O_TRACECLONE`); signals that are not the tracer's are
 //! delivered unchanged, the program's own `SIGTRAP` included; a forked child gets its
-//! original code back before it is let go; an `exec` drops the probes with the old image.
+//! original code back before it is let go; an `exec` drops the probes with the old image; a
+//! probe on a library loaded later waits for it ([`ProbeDef::when_loaded`]).
 //!
 //! ```no_run
 //! use dprobe_ptrace::Tracee;
@@ -21,7 +24,15 @@
 //! println!("{} opens, {exit:?}", t.hits(opens));
 //! # Ok::<(), dprobe_ptrace::TraceError>(())
 //! ```
+mod detach;
+mod error;
+mod loader;
+mod probes;
+mod returns;
 mod sys;
 mod tracee;
+mod xol;
 
-pub use tracee::{Exit, Handler, Hit, TraceError, Tracee};
+pub use error::{Exit, Stopped, TraceError};
+pub use probes::{Handler, Hit, HitKind, ProbeDef, ProbeStats, DEFAULT_MAXACTIVE};
+pub use tracee::Tracee;

@@ -70,6 +70,23 @@ pub fn wait(tid: i32) -> io::Result<(i32, i32)> {
     }
 }
 
+/// Like [`wait`], but a signal that interrupts the wait returns `None` (so that the caller can
+/// look at what its signal handlers recorded: Ctrl-C, the end of `--duration`).
+pub fn wait_interruptible(tid: i32) -> io::Result<Option<(i32, i32)>> {
+    let mut status = 0;
+    // SAFETY: writes the status we own.
+    let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::__WNOTHREAD) };
+    if r >= 0 {
+        return Ok(Some((r, status)));
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::Interrupted {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
 /// Like [`wait`] for any traced thread, but returns `None` at once when none has changed
 /// state.
 pub fn try_wait_any() -> io::Result<Option<(i32, i32)>> {
@@ -88,6 +105,36 @@ pub fn try_wait_any() -> io::Result<Option<(i32, i32)>> {
             }
         }
     }
+}
+
+/// Attach to thread `tid` without stopping it, with ptrace `options`.
+pub fn seize(tid: i32, options: u64) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, std::ptr::null_mut::<libc::c_void>(), options as usize) };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stop a seized thread (it reports a `PTRACE_EVENT_STOP`).
+pub fn interrupt(tid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0, "PTRACE_INTERRUPT").map(drop)
+}
+
+/// Let a seized thread in group-stop stay stopped while still reporting events.
+pub fn listen(tid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_LISTEN, tid, 0, 0, "PTRACE_LISTEN").map(drop)
+}
+
+/// Detach from a stopped thread, delivering `signal` (0 for none).
+pub fn detach(tid: i32, signal: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, tid, 0, signal as u64, "PTRACE_DETACH").map(drop)
+}
+
+/// The event of a ptrace stop status (`PTRACE_EVENT_*`), 0 for a plain signal stop.
+pub fn event_of(status: i32) -> i32 {
+    (status >> 16) & 0xff
 }
 
 /// Send `signal` to thread `tid` of process `pid`.

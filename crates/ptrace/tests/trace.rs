@@ -1,43 +1,11 @@
 //! The ptrace engine against a real program: exact counts under threads, a libc function,
 //! exit statuses, the program's own signals, fork and exec.
+mod common;
+
+use common::{counter, target};
 use dprobe_ptrace::{Exit, Tracee};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-
-/// The target program, compiled once per test run.
-fn target() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dprobe-ptrace-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("target");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/target.c");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let ok = std::process::Command::new(cc)
-            .args(["-O2", "-pthread", "-o"])
-            .arg(&out)
-            .arg(src)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "compiling the target");
-        out
-    })
-    .to_str()
-    .unwrap()
-}
-
-fn counter() -> (Arc<AtomicU64>, dprobe_ptrace::Handler) {
-    let c = Arc::new(AtomicU64::new(0));
-    let c2 = c.clone();
-    (
-        c,
-        Box::new(move |_hit| {
-            c2.fetch_add(1, Relaxed);
-        }),
-    )
-}
+use std::sync::Arc;
 
 #[test]
 fn eight_threads_hundred_thousand_calls_each_counted_exactly() {

@@ -1,0 +1,72 @@
+//! Following the dynamic linker: a probe on a library that is not loaded yet waits, and is
+//! placed when the program loads the library (at start or by `dlopen`). dprobe watches the
+//! dynamic linker's `_dl_debug_state`, the function it calls after every change to the list
+//! of loaded objects (the `r_brk` of the `r_debug` protocol that debuggers use).
+
+use dprobe_core::ProbeId;
+use dprobe_sym::{read_maps_of, Symbols};
+
+use crate::error::TraceError;
+use crate::probes::resolve;
+use crate::tracee::Tracee;
+
+const HOOK: &str = "_dl_debug_state";
+
+impl Tracee {
+    /// Make sure the dynamic linker's notification function is watched; `false` when the
+    /// program has no dynamic linker (a static binary), so nothing can be loaded later.
+    pub(crate) fn watch_loads(&mut self) -> Result<bool, TraceError> {
+        if self.sites.values().any(|s| s.loader_hook) {
+            return Ok(true);
+        }
+        let tid = *self.stopped.first().ok_or(TraceError::NotStopped)?;
+        let maps = read_maps_of(self.pid as u32)?;
+        let symbols = Symbols::load(&maps);
+        let Some(f) = symbols.functions().iter().find(|f| f.name == HOOK && f.object_file_name().starts_with("ld-"))
+        else {
+            return Ok(false);
+        };
+        let (f, addr) = (f.clone(), f.start);
+        if let Some(site) = self.sites.get_mut(&addr) {
+            site.loader_hook = true;
+            return Ok(true);
+        }
+        self.new_site(tid, addr, &f, &maps, None)?;
+        Ok(true)
+    }
+
+    /// The dynamic linker changed the list of loaded objects (thread `tid` is stopped in its
+    /// notification function): place the waiting probes whose library is there now.
+    pub(crate) fn on_loads_changed(&mut self, tid: i32) -> Result<(), TraceError> {
+        let waiting: Vec<ProbeId> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.stats.addr.is_none() && p.stats.failed.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let maps = read_maps_of(self.pid as u32)?;
+        let symbols = Symbols::load(&maps);
+        let stopped = std::mem::replace(&mut self.stopped, vec![tid]);
+        for id in waiting {
+            let (target, is_return) = {
+                let p = &self.probes[&id];
+                (p.def.target.clone(), p.def.on_return.is_some())
+            };
+            let placed = match resolve(&symbols, &maps, &target) {
+                Ok(at) => self.place_at(id, at, is_return, &maps).map(Some),
+                Err(dprobe_core::ProbeError::SymbolNotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+            let p = self.probes.get_mut(&id).expect("waiting probe");
+            match placed {
+                Ok(addr) => p.stats.addr = addr,
+                Err(e) => p.stats.failed = Some(e.to_string()),
+            }
+        }
+        self.stopped = stopped;
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! Probes in the tracee: what a user asks for ([`ProbeDef`]), what a handler sees ([`Hit`]),
+//! and placing a probe: resolving its target, checking the instruction, choosing emulation
+//! or an out-of-line copy, writing the `int3`.
+
+use std::time::Duration;
+
+use dprobe_arch::{analyze, plan, Addr, ExecClass, ExecPlan, Insn, Memory, Regs, SlotCode, INT3};
+use dprobe_core::{ProbeError, ProbeId};
+use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
+
+use crate::error::TraceError;
+use crate::tracee::Tracee;
+
+/// What a handler sees at a hit.
+pub struct Hit<'a> {
+    /// Which probe.
+    pub probe: ProbeId,
+    /// The thread that hit it.
+    pub tid: i32,
+    /// Its general registers (changes are written back). At a return, `rip` is where the
+    /// function returns to and `rax` its return value.
+    pub regs: &'a mut Regs,
+    /// The thread's `fs` base (its thread pointer, for thread-local variables such as `errno`).
+    pub fs_base: u64,
+    /// The process's memory (writes allowed).
+    pub memory: &'a mut dyn Memory,
+    /// Entry or return.
+    pub kind: HitKind<'a>,
+}
+
+/// Which side of a function a hit is on.
+#[derive(Clone, Copy)]
+pub enum HitKind<'a> {
+    /// The probed instruction is about to run.
+    Entry,
+    /// The function is returning.
+    Return {
+        /// The registers at its entry (its arguments).
+        entry_regs: &'a Regs,
+        /// Time from the entry stop to the return stop, as the tracer saw them.
+        elapsed: Duration,
+        /// The function's first instruction.
+        function: Addr,
+    },
+}
+
+/// A handler, run in the tracer while the thread is stopped.
+pub type Handler = Box<dyn FnMut(&mut Hit<'_>)>;
+
+/// A probe to place: where, and what to run at entry and at return.
+pub struct ProbeDef {
+    pub(crate) target: String,
+    pub(crate) on_entry: Option<Handler>,
+    pub(crate) on_return: Option<Handler>,
+    pub(crate) maxactive: usize,
+    pub(crate) when_loaded: bool,
+}
+
+impl ProbeDef {
+    /// A probe on `[OBJECT:]FUNCTION[+OFFSET]` (or a `0x` address) running `handler` before
+    /// the instruction there.
+    pub fn entry(target: &str, handler: Handler) -> ProbeDef {
+        ProbeDef { target: target.into(), on_entry: Some(handler), on_return: None, maxactive: 0, when_loaded: false }
+    }
+
+    /// A return probe on function `[OBJECT:]FUNCTION` running `handler` as it returns.
+    pub fn on_return(target: &str, handler: Handler) -> ProbeDef {
+        ProbeDef { target: target.into(), on_entry: None, on_return: Some(handler), maxactive: 0, when_loaded: false }
+    }
+
+    /// Also run `handler` at the entry of a return probe.
+    pub fn with_entry(mut self, handler: Handler) -> ProbeDef {
+        self.on_entry = Some(handler);
+        self
+    }
+
+    /// How many calls of a return probe's function may be pending at once, over all threads
+    /// (default: 64); entries beyond are counted as missed.
+    pub fn maxactive(mut self, n: usize) -> ProbeDef {
+        self.maxactive = n;
+        self
+    }
+
+    /// If the target's library is not loaded yet, place the probe when the program loads it
+    /// (`dlopen`) instead of failing.
+    pub fn when_loaded(mut self) -> ProbeDef {
+        self.when_loaded = true;
+        self
+    }
+}
+
+/// Default number of pending returns per return probe.
+pub const DEFAULT_MAXACTIVE: usize = 64;
+
+/// A probe's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Times the probed instruction was hit.
+    pub hits: u64,
+    /// Returns seen (return probes).
+    pub returns: u64,
+    /// Entries whose return could not be watched: `maxactive` returns were already pending.
+    pub missed: u64,
+    /// Pending returns abandoned by the program (`longjmp`, exceptions) or by a thread that
+    /// exited inside the function.
+    pub abandoned: u64,
+    /// Where it is placed; `None` while it waits for its library.
+    pub addr: Option<Addr>,
+    /// Why a probe that waited for its library could not be placed when it appeared.
+    pub failed: Option<String>,
+}
+
+pub(crate) struct Probe {
+    pub def: ProbeDef,
+    pub active: usize,
+    pub stats: ProbeStats,
+}
+
+pub(crate) struct Site {
+    pub insn: Insn,
+    pub plan: ExecPlan,
+    pub slot: Option<SlotCode>,
+    pub probes: Vec<ProbeId>,
+    /// dprobe's own probe on the dynamic linker's notification function.
+    pub loader_hook: bool,
+}
+
+/// Where a target resolves, and the function around it.
+pub(crate) struct Resolved {
+    pub addr: Addr,
+    pub function: Option<Function>,
+}
+
+/// Resolve `[OBJECT:]FUNCTION[+OFFSET]` or `0xADDR[+OFFSET]`.
+pub(crate) fn resolve(symbols: &Symbols, maps: &[Mapping], target: &str) -> Result<Resolved, ProbeError> {
+    let (name, offset) = match target.rsplit_once('+') {
+        Some((n, off)) => (
+            n,
+            parse_number(off).ok_or_else(|| ProbeError::InvalidAddress {
+                addr: Addr(0),
+                reason: format!("`{off}` in `{target}` is not an offset"),
+            })?,
+        ),
+        None => (target, 0),
+    };
+    let (addr, function) = match parse_number(name) {
+        Some(a) => (Addr(a + offset), symbols.containing(Addr(a + offset)).cloned()),
+        None => {
+            let f = symbols.find(name).ok_or_else(|| ProbeError::SymbolNotFound { symbol: name.to_owned() })?;
+            if offset >= f.size {
+                return Err(ProbeError::OffsetOutOfFunction { symbol: name.to_owned(), offset, size: f.size });
+            }
+            (f.start.offset(offset), Some(f.clone()))
+        }
+    };
+    let invalid = |reason: &str| ProbeError::InvalidAddress { addr, reason: reason.to_owned() };
+    let mapping = maps.iter().find(|m| m.contains(addr)).ok_or_else(|| invalid("nothing is mapped there"))?;
+    if !mapping.exec {
+        return Err(invalid("it is data, not code"));
+    }
+    Ok(Resolved { addr, function })
+}
+
+impl Tracee {
+    /// Place a probe on `[OBJECT:]FUNCTION[+OFFSET]` (or a `0x` address) that runs `handler`.
+    /// The tracee must be stopped (after `spawn`, `attach`, `run_to_entry`).
+    pub fn add_probe(&mut self, target: &str, handler: Handler) -> Result<ProbeId, TraceError> {
+        self.add(ProbeDef::entry(target, handler))
+    }
+
+    /// Place a probe. Nothing is written when it is refused.
+    pub fn add(&mut self, mut def: ProbeDef) -> Result<ProbeId, TraceError> {
+        if def.on_return.is_some() && def.maxactive == 0 {
+            def.maxactive = DEFAULT_MAXACTIVE;
+        }
+        self.next_id += 1;
+        let id = ProbeId(self.next_id);
+        match self.place(id, &def) {
+            Ok(addr) => {
+                let stats = ProbeStats { addr: Some(addr), ..ProbeStats::default() };
+                self.probes.insert(id, Probe { def, active: 0, stats });
+                Ok(id)
+            }
+            Err(TraceError::Probe(ProbeError::SymbolNotFound { .. })) if def.when_loaded && self.watch_loads()? => {
+                self.probes.insert(id, Probe { def, active: 0, stats: ProbeStats::default() });
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Place probe `id` at its target; returns the address.
+    pub(crate) fn place(&mut self, id: ProbeId, def: &ProbeDef) -> Result<Addr, TraceError> {
+        let maps = read_maps_of(self.pid as u32)?;
+        let symbols = Symbols::load(&maps);
+        let at = resolve(&symbols, &maps, &def.target)?;
+        self.place_at(id, at, def.on_return.is_some(), &maps)
+    }
+
+    pub(crate) fn place_at(
+        &mut self,
+        id: ProbeId,
+        at: Resolved,
+        is_return: bool,
+        maps: &[Mapping],
+    ) -> Result<Addr, TraceError> {
+        let tid = *self.stopped.first().ok_or(TraceError::NotStopped)?;
+        let addr = at.addr;
+        let f = at.function.ok_or_else(|| ProbeError::InvalidAddress {
+            addr,
+            reason: "no function symbol covers it, so its instruction boundaries cannot be checked".into(),
+        })?;
+        if is_return && f.start != addr {
+            return Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start }.into());
+        }
+        if is_return {
+            self.xol.trampoline(tid, &mut self.memory, addr, maps)?;
+        }
+        if let Some(site) = self.sites.get_mut(&addr) {
+            site.probes.push(id);
+            return Ok(addr);
+        }
+        self.new_site(tid, addr, &f, maps, Some(id))?;
+        Ok(addr)
+    }
+
+    /// Analyze the instruction at `addr` in function `f`, prepare its execution, and arm it.
+    pub(crate) fn new_site(
+        &mut self,
+        tid: i32,
+        addr: Addr,
+        f: &Function,
+        maps: &[Mapping],
+        probe: Option<ProbeId>,
+    ) -> Result<(), TraceError> {
+        let mut code = vec![0u8; f.size as usize];
+        self.read(f.start, &mut code)?;
+        for (a, s) in self.sites.range(f.start..f.start.offset(f.size)) {
+            code[(a.0 - f.start.0) as usize] = s.insn.bytes[0];
+        }
+        let insn = analyze(&code, f.start, addr).map_err(ProbeError::from)?;
+        let (exec_plan, slot) = match plan(&insn, false) {
+            ExecPlan::Slot(ending) => match self.xol.slot_for(tid, &mut self.memory, &insn, ending, maps) {
+                Ok(slot) => (ExecPlan::Slot(ending), Some(slot)),
+                Err(e) => match insn.class {
+                    ExecClass::Emulate { emulation, .. } => (ExecPlan::Emulate(emulation), None),
+                    _ => return Err(e),
+                },
+            },
+            emulated => (emulated, None),
+        };
+        let mut now = [0u8];
+        self.read(addr, &mut now)?;
+        if now[0] != insn.bytes[0] {
+            return Err(ProbeError::ForeignBreakpoint { addr }.into());
+        }
+        let probes = probe.into_iter().collect();
+        self.sites.insert(addr, Site { insn, plan: exec_plan, slot, probes, loader_hook: probe.is_none() });
+        self.write(addr, &[INT3])?;
+        Ok(())
+    }
+
+    /// A probe's counters.
+    pub fn stats(&self, id: ProbeId) -> ProbeStats {
+        self.probes.get(&id).map(|p| p.stats.clone()).unwrap_or_default()
+    }
+
+    /// Hits of a probe so far.
+    pub fn hits(&self, id: ProbeId) -> u64 {
+        self.stats(id).hits
+    }
+
+    /// Where a probe target resolves in the tracee.
+    pub fn resolve(&self, target: &str) -> Result<Addr, TraceError> {
+        let maps = read_maps_of(self.pid as u32)?;
+        Ok(resolve(&Symbols::load(&maps), &maps, target)?.addr)
+    }
+}
+
+pub(crate) fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}

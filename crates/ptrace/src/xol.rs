@@ -1,0 +1,131 @@
+//! The out-of-line pages: mapped into the tracee by making one of its stopped threads run an
+//! `mmap` system call, holding the relocated copies of probed instructions and the return
+//! trampoline; unmapped the same way when dprobe lets the process go.
+
+use dprobe_arch::{prepare_slot, Addr, Insn, Memory, SlotCode, SlotEnding, INT3, SLOT_SIZE};
+use dprobe_core::ProbeError;
+use dprobe_sym::{free_pages_near, Mapping};
+
+use crate::error::TraceError;
+use crate::sys::{self, RemoteMemory};
+
+pub const PAGE: usize = 4096;
+/// How far a slot may be from its instruction: a RIP-relative displacement reaches ±2 GiB;
+/// staying within 1 GiB leaves room for the displacement itself.
+const REACH: u64 = 1 << 30;
+
+struct Page {
+    base: Addr,
+    used: usize,
+}
+
+/// The tracee's out-of-line pages.
+#[derive(Default)]
+pub struct Xol {
+    pages: Vec<Page>,
+    trampoline: Option<Addr>,
+}
+
+impl Xol {
+    /// A slot for `insn` in a page within reach of it, mapping a page if needed (thread `tid`
+    /// must be stopped).
+    pub fn slot_for(
+        &mut self,
+        tid: i32,
+        memory: &mut RemoteMemory,
+        insn: &Insn,
+        ending: SlotEnding,
+        maps: &[Mapping],
+    ) -> Result<SlotCode, TraceError> {
+        let page = self.page_near(tid, memory, insn.addr, maps)?;
+        let at = self.pages[page].base.offset((self.pages[page].used * SLOT_SIZE) as u64);
+        let slot = prepare_slot(insn, at, ending).map_err(ProbeError::from)?;
+        write(memory, slot.addr, slot.code())?;
+        self.pages[page].used += 1;
+        Ok(slot)
+    }
+
+    /// The return trampoline: one `int3` in the first page (mapped near `near` if there is no
+    /// page yet). A return probe's entry replaces the return address with it.
+    pub fn trampoline(
+        &mut self,
+        tid: i32,
+        memory: &mut RemoteMemory,
+        near: Addr,
+        maps: &[Mapping],
+    ) -> Result<Addr, TraceError> {
+        if let Some(t) = self.trampoline {
+            return Ok(t);
+        }
+        let page = self.page_near(tid, memory, near, maps)?;
+        let at = self.pages[page].base.offset((self.pages[page].used * SLOT_SIZE) as u64);
+        write(memory, at, &[INT3])?;
+        self.pages[page].used += 1;
+        self.trampoline = Some(at);
+        Ok(at)
+    }
+
+    /// Where the return trampoline is, if there is one.
+    pub fn trampoline_addr(&self) -> Option<Addr> {
+        self.trampoline
+    }
+
+    /// Forget the pages (the program image they belonged to is gone).
+    pub fn clear(&mut self) {
+        *self = Xol::default();
+    }
+
+    /// Unmap every page through thread `tid` (stopped, and no thread inside a page any more).
+    pub fn unmap_all(&mut self, tid: i32, memory: &mut RemoteMemory) -> Result<(), TraceError> {
+        for page in std::mem::take(&mut self.pages) {
+            inject_syscall(tid, memory, libc::SYS_munmap as u64, [page.base.0, PAGE as u64, 0, 0, 0, 0])?;
+        }
+        self.trampoline = None;
+        Ok(())
+    }
+
+    fn page_near(
+        &mut self,
+        tid: i32,
+        memory: &mut RemoteMemory,
+        near: Addr,
+        maps: &[Mapping],
+    ) -> Result<usize, TraceError> {
+        let per_page = PAGE / SLOT_SIZE;
+        if let Some(i) = self.pages.iter().position(|p| p.used < per_page && p.base.0.abs_diff(near.0) < REACH) {
+            return Ok(i);
+        }
+        for hint in free_pages_near(maps, near, REACH).into_iter().take(8) {
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+            let args = [hint.0, PAGE as u64, (libc::PROT_READ | libc::PROT_EXEC) as u64, flags as u64, u64::MAX, 0];
+            if inject_syscall(tid, memory, libc::SYS_mmap as u64, args)? == hint.0 {
+                self.pages.push(Page { base: hint, used: 0 });
+                return Ok(self.pages.len() - 1);
+            }
+        }
+        Err(ProbeError::NoSlot { addr: near, reason: "no free address range within 1 GiB of it".into() }.into())
+    }
+}
+
+fn write(memory: &mut RemoteMemory, addr: Addr, data: &[u8]) -> Result<(), TraceError> {
+    memory.write(addr, data).map_err(|e| TraceError::other(e.to_string()))
+}
+
+/// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
+/// registers and the two bytes at its RIP are saved, a `syscall` instruction is written there
+/// and single-stepped, and everything is put back. A thread stopped inside an interrupted
+/// system call keeps its restart state: the saved registers carry it.
+pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 6]) -> Result<u64, TraceError> {
+    let saved = sys::get_regs(tid)?;
+    let at = Addr(saved.rip);
+    let mut original = [0u8; 2];
+    memory.read(at, &mut original).map_err(|e| TraceError::other(e.to_string()))?;
+    write(memory, at, &[0x0f, 0x05])?;
+    let mut r = saved;
+    (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
+    let stepped = sys::set_regs(tid, &r).and_then(|()| sys::single_step(tid)).and_then(|()| sys::wait(tid));
+    let result = stepped.and_then(|_| sys::get_regs(tid)).map(|r| r.rax);
+    write(memory, at, &original)?;
+    sys::set_regs(tid, &saved)?;
+    Ok(result?)
+}

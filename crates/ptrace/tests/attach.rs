@@ -1,0 +1,71 @@
+//! Attaching to a running program and letting it go: every thread traced, then the code,
+//! the stacks and the address space as they were, and the program finishing with the result
+//! it computes untraced.
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{counter, read_mem, target};
+use dprobe_ptrace::{ProbeDef, Stopped, Tracee};
+use std::sync::atomic::Ordering::Relaxed;
+
+fn maps(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
+#[test]
+fn attach_trace_every_thread_and_detach_with_returns_pending() {
+    let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    let maps_before = maps(pid);
+    let mut t = Tracee::attach(pid).unwrap();
+    let (entries, h) = counter();
+    let (returns, r) = counter();
+    let (workers, w) = counter();
+    let probed = t.resolve("probed").unwrap();
+    let pair = t.resolve("pair").unwrap();
+    let original = (read_mem(pid, probed.0, 16), read_mem(pid, pair.0, 16));
+    t.add_probe("probed", h).unwrap();
+    // `pair` returns constantly; `until_told` (each worker's start function) never returns
+    // while traced: its hijacked return address must be put back at detach.
+    t.add(ProbeDef::on_return("pair", r)).unwrap();
+    let until = t.add(ProbeDef::on_return("until_told", w)).unwrap();
+    let mut rounds = 0;
+    assert_eq!(
+        t.run_until(&mut || {
+            rounds += 1;
+            rounds > 20_000
+        })
+        .unwrap(),
+        Stopped::Asked
+    );
+    assert!(entries.load(Relaxed) > 1000 && returns.load(Relaxed) > 1000);
+    assert_eq!(t.stats(until).hits, 0, "the workers were already inside it");
+    assert_eq!(workers.load(Relaxed), 0);
+    t.detach().unwrap();
+    assert_eq!((read_mem(pid, probed.0, 16), read_mem(pid, pair.0, 16)), original, "original code");
+    assert_eq!(maps(pid), maps_before, "the out-of-line page is gone");
+    std::thread::sleep(Duration::from_millis(100)); // untraced, still checking every result
+                                                    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "it finished with the results it computes untraced");
+}
+
+#[test]
+fn attaching_to_a_missing_or_traced_process_says_why() {
+    let e = Tracee::attach(999_999_999).err().expect("no such process");
+    assert_eq!(e.to_string(), "cannot trace process 999999999: no such process");
+    let mut child = Command::new(target()).arg("until-usr2").spawn().unwrap();
+    let pid = child.id() as i32;
+    let first = Tracee::attach(pid).unwrap();
+    // A second tracer (another thread, as ptrace sees tracers per thread).
+    let e = std::thread::spawn(move || Tracee::attach(pid).err().expect("already traced").to_string()).join().unwrap();
+    assert!(e.contains("already traced by process"), "{e}");
+    first.detach().unwrap();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
