@@ -99,7 +99,8 @@ impl Filter {
     }
 }
 
-fn glob(pattern: &[u8], s: &[u8]) -> bool {
+/// Whether `s` matches the glob `pattern` (`*` any run of bytes, `?` one byte).
+pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
     match (pattern.first(), s.first()) {
         (None, None) => true,
         (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Fetch arguments: `%REG` (`%di`, `%rdi`, `%ax`, `%ip`, `%sp`, ...), `$argN` (1-based),
-//! `$retval`, `$comm`, `$stackN`, `@ADDR`, `\IMM`, and `+|-OFFSET(FETCHARG)` to dereference.
+//! `$retval`, `$comm`, `$errno` (user space), `$stackN`, `@ADDR`, `\IMM`, and `+|-OFFSET(FETCHARG)` to dereference.
 //! Types: `s8`..`s64`, `u8`..`u64`, `x8`..`x64`, `string` (the value is the address of a
 //! NUL-terminated string). Filters (`--filter`) compare fetched values:
 //! `ret < 0 && path ~ "/etc/*"`.
@@ -28,5 +28,5 @@ mod filter;
 mod probe;
 
 pub use error::{SpecError, SpecErrorKind};
-pub use filter::{parse_filter, CmpOp, Filter, Literal, Value};
+pub use filter::{glob, parse_filter, CmpOp, Filter, Literal, Value};
 pub use probe::{parse_probe, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register, Target};

@@ -62,6 +62,9 @@ pub enum Fetch {
     RetVal,
     /// The process (thread) name.
     Comm,
+    /// The thread's C `errno` (user-space probes; a dprobe extension, mostly for return
+    /// probes on libc functions, which report errors through it).
+    Errno,
     /// The N-th stack entry.
     Stack(u32),
     /// The stack pointer.
@@ -325,6 +328,7 @@ impl Parser<'_> {
                 "retval" if kind == ProbeKind::Return => Ok(Fetch::RetVal),
                 "retval" => Err(bad(K::RetvalOnEntry, "FUNCTION%return to fetch $retval")),
                 "comm" => Ok(Fetch::Comm),
+                "errno" => Ok(Fetch::Errno),
                 "stack" => Ok(Fetch::StackPointer),
                 _ => {
                     if let Some(n) = var.strip_prefix("arg") {
@@ -337,7 +341,7 @@ impl Parser<'_> {
                             number(n).filter(|n| *n < 64).ok_or_else(|| bad(K::BadArgIndex, "$stack0 .. $stack63"))?;
                         Ok(Fetch::Stack(n as u32))
                     } else {
-                        Err(bad(K::UnknownVariable, "$argN, $retval, $comm, $stack or $stackN"))
+                        Err(bad(K::UnknownVariable, "$argN, $retval, $comm, $errno, $stack or $stackN"))
                     }
                 }
             };
@@ -401,6 +405,7 @@ fn parse_type(t: &str) -> Option<ArgType> {
 fn default_type(f: &Fetch) -> ArgType {
     match f {
         Fetch::RetVal => ArgType::S(64),
+        Fetch::Errno => ArgType::S(32),
         Fetch::Comm => ArgType::String,
         _ => ArgType::X(64),
     }
@@ -410,6 +415,7 @@ fn default_name(f: &Fetch, index: usize) -> String {
     match f {
         Fetch::RetVal => "ret".into(),
         Fetch::Comm => "comm".into(),
+        Fetch::Errno => "errno".into(),
         Fetch::Arg(n) => format!("arg{n}"),
         Fetch::Reg(r) => r.0.into(),
         _ => format!("arg{index}"),

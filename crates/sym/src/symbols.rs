@@ -89,6 +89,22 @@ impl Symbols {
                 objects.push(object);
             }
         }
+        Symbols::index(funcs, objects)
+    }
+
+    /// Read the symbols of one ELF file, at its link-time addresses (nothing is running it).
+    pub fn load_file(path: &str) -> std::io::Result<Symbols> {
+        let data = std::fs::read(path)?;
+        if object::File::parse(&*data).is_err() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ELF file"));
+        }
+        let object: Arc<str> = Arc::from(path);
+        let mut funcs = Vec::new();
+        read_functions(&object, &data, 0, &mut funcs);
+        Ok(Symbols::index(funcs, vec![object]))
+    }
+
+    fn index(mut funcs: Vec<Function>, objects: Vec<Arc<str>>) -> Symbols {
         // A symbol in both .symtab and .dynsym appears twice: keep the versioned copy.
         funcs.sort_by(|a, b| {
             a.start.cmp(&b.start).then(a.name.cmp(&b.name)).then(a.version.is_none().cmp(&b.version.is_none()))

@@ -1,0 +1,125 @@
+//! `dprobe list`: the functions that can be probed, in a running process or an ELF file; or,
+//! for one place, whether it can be probed, how, and if not, why not.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+
+use anyhow::{bail, Context as _, Result};
+use dprobe_arch::{analyze, describe, plan, Addr, ExecPlan, SlotEnding};
+use dprobe_spec::glob;
+use dprobe_sym::{read_maps_of, Function, Symbols};
+
+use crate::options::ListArgs;
+
+/// Run `dprobe list`; returns the exit status (1 when the place asked about cannot be probed).
+pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
+    let (symbols, code) = match (&args.pid, &args.file) {
+        (Some(pid), _) => {
+            let maps = read_maps_of(*pid as u32).with_context(|| format!("cannot read the maps of process {pid}"))?;
+            let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+                .with_context(|| format!("cannot read the memory of process {pid}"))?;
+            (Symbols::load(&maps), Code::Process(mem))
+        }
+        (None, Some(file)) => {
+            let symbols = Symbols::load_file(file).with_context(|| format!("cannot read `{file}`"))?;
+            (symbols, Code::File(std::fs::File::open(file)?))
+        }
+        (None, None) => bail!("give `-p PID` or a FILE"),
+    };
+    match args.pattern.as_deref() {
+        Some(p) if p.starts_with("0x") || p.contains('+') => check(&symbols, &code, p, out),
+        pattern => {
+            let names: BTreeSet<String> = symbols
+                .functions()
+                .iter()
+                .filter(|f| pattern.is_none_or(|p| matches(f, p)))
+                .map(|f| format!("{}:{}", f.object_file_name(), shown_name(f)))
+                .collect();
+            for n in &names {
+                writeln!(out, "{n}")?;
+            }
+            if names.is_empty() {
+                if let Some(p) = pattern {
+                    bail!("no function matches `{p}`");
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn matches(f: &Function, pattern: &str) -> bool {
+    let p = pattern.as_bytes();
+    glob(p, f.name.as_bytes()) || f.demangled.as_deref().is_some_and(|d| glob(p, d.as_bytes()))
+}
+
+fn shown_name(f: &Function) -> String {
+    match &f.demangled {
+        Some(d) => d.clone(),
+        None => f.versioned_name(),
+    }
+}
+
+enum Code {
+    Process(std::fs::File),
+    File(std::fs::File),
+}
+
+impl Code {
+    /// The bytes of function `f`.
+    fn read(&self, f: &Function) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; f.size as usize];
+        match self {
+            Code::Process(mem) => mem.read_exact_at(&mut buf, f.start.0)?,
+            Code::File(file) => file.read_exact_at(&mut buf, f.file_offset)?,
+        }
+        Ok(buf)
+    }
+}
+
+/// Say whether `[OBJECT:]FUNCTION+OFFSET` or `0xADDRESS` can be probed.
+fn check(symbols: &Symbols, code: &Code, place: &str, out: &mut dyn std::io::Write) -> Result<i32> {
+    let (name, offset) = match place.rsplit_once('+') {
+        Some((n, o)) => (n, parse_number(o).with_context(|| format!("`{o}` in `{place}` is not an offset"))?),
+        None => (place, 0),
+    };
+    let (f, addr) = match parse_number(name) {
+        Some(a) => {
+            let addr = Addr(a + offset);
+            let f = symbols.containing(addr).with_context(|| format!("no function contains {addr}"))?;
+            (f, addr)
+        }
+        None => {
+            let f = symbols.find(name).with_context(|| format!("no function `{name}`"))?;
+            if offset >= f.size {
+                bail!("offset {offset:#x} is past the end of `{name}` ({} bytes)", f.size);
+            }
+            (f, f.start.offset(offset))
+        }
+    };
+    let bytes = code.read(f).with_context(|| format!("cannot read the code of `{}`", f.name))?;
+    let at = (addr.0 - f.start.0) as usize;
+    let here = format!("{addr} ({}:{}+{:#x})", f.object_file_name(), shown_name(f), addr.0 - f.start.0);
+    match analyze(&bytes, f.start, addr) {
+        Ok(insn) => {
+            let how = match plan(&insn, false) {
+                ExecPlan::Emulate(_) => "emulated at the hit (one stop, no copy)",
+                ExecPlan::Slot(SlotEnding::JumpBack) => "copied out of line, jumping back (one stop)",
+                ExecPlan::Slot(SlotEnding::Trap) => "copied out of line, trapping after",
+            };
+            writeln!(out, "{here}: `{}` can be probed: {how}", describe(&bytes[at..], addr))?;
+            Ok(0)
+        }
+        Err(e) => {
+            writeln!(out, "{here}: cannot be probed: {e}")?;
+            Ok(1)
+        }
+    }
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}

@@ -1,0 +1,35 @@
+//! `dprobe`, the tracer: kprobe-style probes on the functions of a running or started
+//! program, with their arguments and return values, filters, counts and histograms.
+//!
+//! ```text
+//! dprobe trace 'libc:openat path=+0($arg2):string flags=$arg3:x32' -- cat /etc/hostname
+//! dprobe trace --count -p 1234 'libc:nanosleep'
+//! dprobe list -p 1234 '*open*'
+//! ```
+
+mod errno;
+mod fetch;
+mod histogram;
+mod list;
+mod options;
+mod output;
+mod signals;
+mod summary;
+mod trace;
+
+use clap::Parser;
+
+fn main() {
+    let cli = options::Cli::parse();
+    let result = match cli.command {
+        options::Command::Trace(args) => trace::run(args),
+        options::Command::List(args) => list::run(args, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("dprobe: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

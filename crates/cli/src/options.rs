@@ -1,0 +1,113 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// dprobe: kprobe-style dynamic probes on any function of a Linux program.
+#[derive(Parser, Debug)]
+#[command(name = "dprobe", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace a program: print, count or summarize what its functions are called with and
+    /// return.
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+    /// List the functions that can be probed, or say whether one place can be and why not.
+    List(ListArgs),
+}
+
+const TRACE_EXAMPLES: &str = "\
+Probe specs (the kernel's dynamic-event syntax):
+  [BINARY:]FUNCTION[+OFFSET][%return] [NAME=]FETCHARG[:TYPE] ...
+  FETCHARG: %REG  $argN  $retval  $comm  $errno  $stackN  @ADDR  \\IMM  +|-OFF(FETCHARG)
+  TYPE:     s8..s64  u8..u64  x8..x64  string
+
+Examples:
+  dprobe trace 'libc:openat path=+0($arg2):string flags=$arg3:x32 mode=$arg4:x32' -- cat /etc/hostname
+  dprobe trace 'libc:openat%return ret=$retval err=$errno' --filter 'ret < 0' -- ls /nonexistent
+  dprobe trace --count --duration 5s -p 1234 'libc:nanosleep' 'libc:sched_yield'
+  dprobe trace --latency 'libc:write' -- dd if=/dev/zero of=/dev/null count=1000";
+
+/// `dprobe trace`.
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Probe specs, one per argument (see below).
+    #[arg(required = true, value_name = "PROBE")]
+    pub probes: Vec<String>,
+    /// Trace this running process (every thread) instead of starting a command.
+    #[arg(short = 'p', long = "pid", value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<i32>,
+    /// The command to start and trace, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Only events whose fetched values match: `ret < 0`, `path ~ "/etc/*" && flags != 0`.
+    #[arg(short = 'f', long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// One JSON object per event (fields: time, pid, tid, comm, probe, function, kind, args,
+    /// and for returns retval, errno, latency_ns).
+    #[arg(long, conflicts_with_all = ["count", "hist", "latency"])]
+    pub json: bool,
+    /// Count hits per probe, print the table at the end instead of each event.
+    #[arg(short = 'c', long)]
+    pub count: bool,
+    /// A log2 histogram of the fetched value NAME, instead of each event.
+    #[arg(long, value_name = "NAME")]
+    pub hist: Option<String>,
+    /// A log2 histogram of each function's time from entry to return, instead of each event.
+    #[arg(long)]
+    pub latency: bool,
+    /// Stop tracing after this long (`10`, `2.5s`, `500ms`, `1m`) and detach.
+    #[arg(short = 'd', long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Pending returns per return probe, over all threads; more are counted as missed.
+    #[arg(long, value_name = "N", default_value_t = dprobe_ptrace::DEFAULT_MAXACTIVE)]
+    pub maxactive: usize,
+    /// Write events and the summary here instead of standard error (which keeps them apart
+    /// from the traced program's own output).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `dprobe list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// The functions of this running process and its libraries.
+    #[arg(short = 'p', long = "pid", value_name = "PID", conflicts_with = "file")]
+    pub pid: Option<i32>,
+    /// An ELF file (a program or a library).
+    #[arg(value_name = "FILE", required_unless_present = "pid")]
+    pub file: Option<String>,
+    /// A glob on function names (`*open*`), or one place to check: `FUNCTION+OFFSET` or
+    /// `0xADDRESS`.
+    #[arg(value_name = "PATTERN")]
+    pub pattern: Option<String>,
+}
+
+/// `10`, `2.5s`, `500ms`, `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (10, 2.5s, 500ms, 1m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}` (ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("`{text}` is not a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
