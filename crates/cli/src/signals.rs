@@ -8,9 +8,17 @@ use std::time::Duration;
 
 /// The signal that asked dprobe to stop (0: none yet).
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
+/// How many stop signals came.
+static COUNT: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     REQUESTED.store(signal, Ordering::Relaxed);
+    COUNT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether a second stop signal came (the user insists: stop waiting).
+pub fn insisted() -> bool {
+    COUNT.load(Ordering::Relaxed) >= 2
 }
 
 extern "C" fn on_tick(_: libc::c_int) {}

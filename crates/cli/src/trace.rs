@@ -137,7 +137,7 @@ struct Planned {
 fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     let mut planned = Vec::new();
     for text in &args.probes {
-        let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("bad probe spec:\n{e}"))?;
+        let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (binary, function, offset) = match &spec.target {
             Target::User { binary, function, offset } => (binary.clone(), function.clone(), *offset),
             Target::Kernel { .. } | Target::Tracepoint { .. } => bail!(
@@ -190,7 +190,7 @@ fn parse_the_filter(args: &TraceArgs, planned: &[Planned]) -> Result<Option<Filt
     let mut fields: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
     fields.sort_unstable();
     fields.dedup();
-    Ok(Some(parse_filter(text, &fields).map_err(|e| anyhow::anyhow!("bad filter:\n{e}"))?))
+    Ok(Some(parse_filter(text, &fields).map_err(|e| anyhow::anyhow!("{e}"))?))
 }
 
 /// Find `program` the way a shell would (`PATH` unless it has a `/`).
@@ -254,7 +254,17 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     }));
     let mut ids = Vec::new();
     for (index, p) in planned.into_iter().enumerate() {
-        let id = place(&mut tracee, &p, index, &session, &args)?;
+        let id = match place(&mut tracee, &p, index, &session, &args) {
+            Ok(id) => id,
+            Err(e) => {
+                if spawned {
+                    // The command never ran a line of its own: it goes with the error.
+                    // SAFETY: kills the child dprobe started.
+                    unsafe { libc::kill(tracee.pid(), libc::SIGKILL) };
+                }
+                return Err(e);
+            }
+        };
         ids.push(id);
         let state =
             ProbeState { info: p.info, shown: 0, hist: Log2Histogram::default(), latency: Log2Histogram::default() };
@@ -323,22 +333,24 @@ struct Status {
     exit: Option<Exit>,
 }
 
-/// dprobe's exit status: the traced command's. A spawned command that was let go (Ctrl-C,
-/// `--duration`) is waited for (it got the same Ctrl-C from the terminal; a `SIGTERM` or
-/// `SIGHUP` sent to dprobe is passed on to it).
+/// dprobe's exit status: the traced command's when it ended, 0 when dprobe let it go.
 fn finish(ending: &Ending, spawned: bool, pid: i32, detached: &Result<(), TraceError>) -> Status {
     match ending {
         Ending::Exited(exit) => Status { code: exit_code(*exit), exit: Some(*exit) },
-        Ending::Detached(signal) if spawned && detached.is_ok() => {
-            if let Some(s) = signal.filter(|s| *s != libc::SIGINT) {
+        // A spawned program let go by a signal to dprobe is waited for: it got the same Ctrl-C
+        // from the terminal, and a `SIGTERM` or `SIGHUP` is passed on to it. One let go at the
+        // end of `--duration` keeps running on its own.
+        Ending::Detached(Some(signal)) if spawned && detached.is_ok() => {
+            if *signal != libc::SIGINT {
                 // SAFETY: signals the child dprobe started.
-                unsafe { libc::kill(pid, s) };
+                unsafe { libc::kill(pid, *signal) };
             }
             let mut status = 0;
             let waited = loop {
                 // SAFETY: waits for the child dprobe started, writing a status we own.
                 let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-                if r >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                let interrupted = std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+                if r >= 0 || !interrupted || signals::insisted() {
                     break r;
                 }
             };
@@ -373,7 +385,10 @@ fn ending_text(ending: &Ending, pid: i32, exit: Option<Exit>, elapsed: Duration)
         (Ending::Exited(e), _) => format!("process {pid} {} after {after}", how(*e)),
         (Ending::Detached(signal), exit) => {
             let why = signal.map_or_else(|| "--duration is over".to_owned(), signals::signal_name);
-            let then = exit.map(|e| format!("; it then {}", how(e))).unwrap_or_default();
+            let then = match exit {
+                Some(e) => format!("; it then {}", how(e)),
+                None => "; it goes on untraced".into(),
+            };
             format!("detached from process {pid} after {after} ({why}){then}")
         }
         (Ending::Failed(e), _) => format!("tracing process {pid} stopped after {after}: {e}"),

@@ -8,12 +8,12 @@ use dprobe_core::ProbeError;
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// Starting the program failed.
-    #[error("cannot start `{program}`: {source}")]
+    #[error("cannot start `{program}`: {reason}")]
     Spawn {
         /// The program.
         program: String,
         /// Why.
-        source: io::Error,
+        reason: io::Error,
     },
     /// Attaching to a running process failed.
     #[error("cannot trace process {pid}: {reason}")]

@@ -64,7 +64,7 @@ impl Tracee {
     /// Start `program` with `args`, stopped before its first instruction (right after
     /// `execve`). If dprobe dies, the program is killed with it.
     pub fn spawn(program: &str, args: &[&str]) -> Result<Tracee, TraceError> {
-        let spawn_err = |source| TraceError::Spawn { program: program.to_owned(), source };
+        let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
         let c_program = CString::new(program).map_err(|e| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let c_args: Vec<CString> = std::iter::once(program)
             .chain(args.iter().copied())

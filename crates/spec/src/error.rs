@@ -111,7 +111,11 @@ impl fmt::Display for SpecError {
                 format!("the filter names `{}`, which the probe does not fetch", self.fragment())
             }
         };
-        writeln!(f, "bad probe spec: {what}")?;
+        let subject = match self.kind {
+            SpecErrorKind::BadFilter | SpecErrorKind::UnknownField => "bad filter",
+            _ => "bad probe spec",
+        };
+        writeln!(f, "{subject}: {what}")?;
         writeln!(f, "  {}", self.text)?;
         let pad = self.text[..self.span.start].chars().count();
         let width = self.fragment().chars().count().max(1);

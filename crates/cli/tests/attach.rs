@@ -1,0 +1,62 @@
+//! `dprobe trace -p PID`: attach to a running program, trace every thread, and let it go on
+//! Ctrl-C or at the end of `--duration`, as if it had never been traced.
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{function_addr, hits, out_file, read_mem, target};
+
+fn start_target() -> Child {
+    let child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    child
+}
+
+fn finish(mut child: Child) -> Option<i32> {
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) }, 0);
+    child.wait().unwrap().code()
+}
+
+#[test]
+fn ctrl_c_detaches_and_the_program_finishes_with_its_own_result() {
+    let child = start_target();
+    let pid = child.id() as i32;
+    let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let code_before: Vec<Vec<u8>> =
+        ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
+    let out = out_file("attach-sigint");
+    let p = pid.to_string();
+    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--count", "-o", out.to_str().unwrap(), "-p", &p])
+        .args(["probed", "probed_push x=$arg1", "pair%return", "until_told%return"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: signals the dprobe we started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    let status = dprobe.wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("detached from process {pid}")) && text.contains("(SIGINT)"), "{text}");
+    assert!(hits(&text, "probed") > 100 && hits(&text, "pair%return") > 100, "{text}");
+    let code_after: Vec<Vec<u8>> =
+        ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
+    assert_eq!(code_after, code_before, "the original code, byte for byte");
+    let maps_after = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert_eq!(maps_after, maps_before, "no page of dprobe's left behind");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(finish(child), Some(0), "it finished with the results it computes untraced");
+}
+
+#[test]
+fn duration_ends_the_trace_and_leaves_the_program_running() {
+    let child = start_target();
+    let p = child.id().to_string();
+    let (code, out) = common::trace("attach-duration", &["--count", "--duration", "300ms", "-p", &p, "pair%return"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("(--duration is over)"), "{out}");
+    assert!(hits(&out, "pair%return") > 0);
+    assert_eq!(finish(child), Some(0));
+}

@@ -1,0 +1,91 @@
+//! Every bad spec, filter or option gets its own message, naming the wrong part and what was
+//! expected; never a panic, exit status 2.
+mod common;
+
+use common::{dprobe, target};
+
+#[test]
+fn each_bad_input_gets_its_specific_message() {
+    let t = target();
+    let cases: &[(&[&str], &str)] = &[
+        (&["", "--", t], "empty probe spec"),
+        (&["libc:", "--", t], "bad probe spec: nothing after `libc:`"),
+        (
+            &["probed+zz", "--", t],
+            "bad probe spec: `zz` is not an offset\n  probed+zz\n         ^^ expected a byte offset",
+        ),
+        (&["probed+4%return", "--", t], "a return probe cannot have an offset"),
+        (&["probed%ret", "--", t], "unknown suffix `%ret`"),
+        (&["probed x=%zz", "--", t], "unknown register `%zz`\n  probed x=%zz\n           ^^^ expected a register"),
+        (&["probed x=$foo", "--", t], "unknown variable `$foo`"),
+        (&["probed x=$arg0", "--", t], "`$arg0` is out of range"),
+        (&["probed x=$retval", "--", t], "$retval is only known at a function's return"),
+        (&["probed x=+4($arg1", "--", t], "bad dereference `+4($arg1`"),
+        (&["probed x=@zz", "--", t], "`@zz` is not an address"),
+        (&["probed x=$arg1:q32", "--", t], "unknown type `q32`"),
+        (&["probed 9x=$arg1", "--", t], "`9x` is not a valid argument name"),
+        (&["probed x=$arg1 x=$arg2", "--", t], "argument name `x` is used twice"),
+        (&["kernel:do_sys_open", "--", t], "kernel functions and tracepoints are traced by the kernel engine"),
+        (&["no_such_fn", "--", t], "`no_such_fn`: symbol `no_such_fn` not found"),
+        (&["probed+4096", "--", t], "offset 0x1000 is past the end of `probed`"),
+        (&["probed+1", "--", t], "is not on an instruction boundary"),
+        (&["--filter", "nosuch == 1", "probed x=$arg1", "--", t], "bad filter: the filter names `nosuch`"),
+        (&["--filter", "x == ", "probed x=$arg1", "--", t], "bad filter:"),
+        (&["--duration", "abc", "probed", "--", t], "`abc` is not a duration"),
+        (&["--duration", "5y", "probed", "--", t], "unknown unit `y`"),
+        (&["-p", "1", "probed", "--", t], "'--pid <PID>' cannot be used with"),
+        (&["probed"], "nothing to trace: give `-p PID` or a command after `--`"),
+        (&["--hist", "y", "probed x=$arg1", "--", t], "--hist y: no probe fetches a value named `y` (fetched: x)"),
+        (&["--latency", "probed+4", "--", t], "`probed+4` is not at a function's entry"),
+        (&["-p", "999999999", "probed"], "cannot trace process 999999999: no such process"),
+        (&["probed", "--", "/no/such/program"], "cannot start `/no/such/program`: it could not be executed"),
+        (&["probed", "--", "no-such-program-anywhere"], "cannot start `no-such-program-anywhere`: not found in PATH"),
+        (&["--json", "--count", "probed", "--", t], "'--json' cannot be used with '--count'"),
+    ];
+    assert!(cases.len() >= 20);
+    for (args, expected) in cases {
+        let mut all = vec!["trace"];
+        all.extend_from_slice(args);
+        let o = dprobe(&all);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_refused_probe_on_a_spawned_command_leaves_nothing_running() {
+    let o = dprobe(&["trace", "probed", "probed+1", "--", target(), "until-usr2"]);
+    assert_eq!(o.status.code(), Some(2));
+    // The command was killed with the error: no process of it is left.
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path().join("exe")).ok())
+        .filter(|exe| exe.to_str() == Some(target()))
+        .count();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn list_shows_functions_and_says_why_a_place_cannot_be_probed() {
+    let o = dprobe(&["list", target(), "probed*"]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let names: Vec<&str> = text.lines().collect();
+    assert_eq!(names, ["target:probed", "target:probed_push"], "{text}");
+
+    let o = dprobe(&["list", target(), "probed_push+0"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("`push %rbp` can be probed: emulated at the hit"), "{text}");
+
+    let o = dprobe(&["list", target(), "probed_push+2"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot be probed:") && text.contains("not on an instruction boundary"), "{text}");
+
+    let o = dprobe(&["list", target(), "nothing_like_this*"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no function matches `nothing_like_this*`"));
+}

@@ -1,0 +1,155 @@
+//! `dprobe trace` against real programs: `cat`, `ls -R`, threads, fork and exec, a program
+//! with its own `SIGTRAP` handler, `dlopen`, exit statuses, a killed tracee.
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{hits, out_file, plugin, target, trace};
+
+#[test]
+fn every_open_that_cat_makes_with_path_and_flags() {
+    let file = out_file("hello.txt");
+    std::fs::write(&file, "hello\n").unwrap();
+    let path = file.to_str().unwrap();
+    let (code, out) = trace("cat-opens", &["libc:open path=+0($arg1):string flags=$arg2:x32", "--", "cat", path]);
+    assert_eq!(code, Some(0), "cat's status\n{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("process 'cat'")).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].ends_with(&format!(" call open(path=\"{path}\", flags=0x0)")), "{out}");
+    assert!(out.contains("exited with status 0"), "{out}");
+}
+
+#[test]
+fn failed_opens_with_the_errno_name_and_the_exit_status_of_cat() {
+    let (code, out) = trace(
+        "cat-fails",
+        &[
+            "libc:open%return ret=$retval:s32 err=$errno",
+            "--filter",
+            "ret < 0",
+            "--",
+            "cat",
+            "/nonexistent",
+            "/etc/hostname",
+        ],
+    );
+    assert_eq!(code, Some(1), "cat failed on one file\n{out}");
+    let failed: Vec<&str> = out.lines().filter(|l| l.contains(" returns ")).collect();
+    assert_eq!(failed.len(), 1, "only the failed open passes the filter\n{out}");
+    assert!(failed[0].ends_with(" open returns -1 (ENOENT)"), "{out}");
+    assert_eq!(hits(&out, "libc:open%return"), 2);
+}
+
+#[test]
+fn ls_recursive_opens_each_directory_once() {
+    let root = out_file("tree");
+    let _ = std::fs::remove_dir_all(&root);
+    let dirs = ["a", "a/b", "a/b/c", "d", "e"];
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join("f"), "x").unwrap();
+    }
+    let r = root.to_str().unwrap();
+    let (code, out) = trace("ls", &["libc:opendir path=+0($arg1):string", "--", "ls", "-R", r]);
+    assert_eq!(code, Some(0), "{out}");
+    let opened: BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| l.split("call opendir(path=\"").nth(1))
+        .map(|p| p.trim_end_matches("\")").to_owned())
+        .collect();
+    let expected: BTreeSet<String> =
+        std::iter::once(r.to_owned()).chain(dirs.iter().map(|d| format!("{r}/{d}"))).collect();
+    assert_eq!(opened, expected);
+    assert_eq!(hits(&out, "libc:opendir"), 6);
+}
+
+#[test]
+fn eight_threads_counted_exactly() {
+    let (code, out) = trace("threads", &["--count", "probed", "probed_push", "--", target(), "threads", "8", "20000"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!((hits(&out, "probed"), hits(&out, "probed_push")), (160_000, 160_000), "{out}");
+    assert!(!out.contains("process '"), "--count prints no events");
+}
+
+#[test]
+fn the_exit_status_is_the_traced_commands() {
+    let (code, out) = trace("exit7", &["probed", "--", target(), "exit", "7"]);
+    assert_eq!(code, Some(7), "{out}");
+    assert!(out.contains("exited with status 7"));
+}
+
+#[test]
+fn fork_exec_and_the_programs_own_sigtrap_handler() {
+    let (code, out) = trace("fork", &["--count", "probed", "--", target(), "fork"]);
+    assert_eq!((code, hits(&out, "probed")), (Some(0), 1), "the parent's call; the child runs untraced\n{out}");
+    let (code, out) = trace("signals", &["--count", "probed", "--", target(), "signals"]);
+    assert_eq!((code, hits(&out, "probed")), (Some(0), 3), "its own int3s reached its handler\n{out}");
+}
+
+#[test]
+fn a_library_loaded_later_is_probed_when_it_appears() {
+    let (code, out) =
+        trace("dlopen", &["--count", "libdprobe_plugin:plugin_twice", "--", target(), "dlopen", plugin(), "1000"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(hits(&out, "libdprobe_plugin:plugin_twice"), 1000, "{out}");
+}
+
+#[test]
+fn return_values_histograms_and_latency() {
+    let (code, out) = trace("hist", &["--hist", "x", "probed x=$arg1:s64", "--", target(), "loop", "1000"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("@x of probed:"), "{out}");
+    let bucket = |label: &str| -> u64 {
+        let l = out.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{label} in\n{out}"));
+        l[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    // x = 0..999: 1 zero, 1 one, then 2^k values in [2^k, 2^(k+1)), the last bucket cut at 999.
+    assert_eq!((bucket("[0]"), bucket("[1]"), bucket("[2, 4)"), bucket("[256, 512)")), (1, 1, 2, 256));
+    assert_eq!(bucket("[512, 1K)"), 488);
+
+    let (code, out) = trace("latency", &["--latency", "recurse", "--", target(), "recurse", "5"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("@latency of recurse (ns):"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("recurse")).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>()[1..3], ["6", "6"], "6 calls, 6 returns timed\n{out}");
+}
+
+#[test]
+fn json_events_are_one_object_per_line() {
+    let (code, out) = trace(
+        "json",
+        &["--json", "recurse%return depth=$arg1:u8", "--filter", "depth >= 2", "--", target(), "recurse", "3"],
+    );
+    assert_eq!(code, Some(0));
+    let events: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(events.len(), 2, "{out}");
+    assert!(
+        events[0]
+            .contains("\"function\":\"recurse\",\"kind\":\"return\",\"args\":{\"ret\":2,\"depth\":2},\"retval\":2"),
+        "{}",
+        events[0]
+    );
+    assert!(events[1].contains("\"args\":{\"ret\":3,\"depth\":3}"), "{}", events[1]);
+}
+
+#[test]
+fn killing_the_tracee_ends_dprobe_with_its_summary() {
+    let out = out_file("killed");
+    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--count", "-o", out.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dprobe.id())).unwrap();
+    let tracee: i32 = children.split_whitespace().next().expect("the tracee").parse().unwrap();
+    // SAFETY: kills the program dprobe started.
+    assert_eq!(unsafe { libc::kill(tracee, libc::SIGKILL) }, 0);
+    let status = dprobe.wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status.code(), Some(128 + 9), "{text}");
+    assert!(text.contains(&format!("process {tracee} was killed by SIGKILL")), "{text}");
+    assert!(hits(&text, "probed") > 0, "{text}");
+}
