@@ -31,4 +31,4 @@ run() { # label, dprobe args...
     echo "$label: peak RSS after 1 s $early, after 10 s $ten, at the end (${secs} s) $last; $events hits"
 }
 run latency --latency probed
-run json --json 'probed x=$arg1 ret=$retval' 'probed%return'
+run json --json 'probed x=$arg1:s64' 'probed%return'

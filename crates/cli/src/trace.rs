@@ -416,7 +416,12 @@ fn place(
         } else {
             ProbeDef::entry(&p.target, handler(session))
         };
-        def.maxactive(args.maxactive)
+        let def = def.maxactive(args.maxactive);
+        if returns_without_stop(&p.info.args) {
+            def.no_return_stop()
+        } else {
+            def
+        }
     };
     match tracee.add(make()) {
         Ok(id) => Ok(id),
@@ -433,6 +438,22 @@ fn place(
         }
         Err(e) => Err(anyhow::anyhow!("`{}`: {e}", p.info.spec)),
     }
+}
+
+/// Whether a return probe's values can all be had without stopping the thread at the return
+/// (see `ProbeDef::no_return_stop`): the return value, entry arguments in registers, the
+/// thread's name, and registers a return stub records or the function keeps. Anything read
+/// from memory at the return needs the stop.
+fn returns_without_stop(args: &[dprobe_spec::NamedArg]) -> bool {
+    args.iter().all(|a| match &a.fetch {
+        Fetch::Comm => true,
+        Fetch::RetVal | Fetch::Immediate(_) => a.ty != dprobe_spec::ArgType::String,
+        Fetch::Arg(n) => *n <= 6 && a.ty != dprobe_spec::ArgType::String,
+        Fetch::Reg(r) => {
+            matches!(r.0, "ax" | "dx" | "bx" | "bp" | "sp" | "ip" | "r12" | "r13" | "r14" | "r15")
+        }
+        _ => false,
+    })
 }
 
 /// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is loaded.

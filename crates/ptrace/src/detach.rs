@@ -35,6 +35,7 @@ impl Tracee {
         let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
         for tid in self.stopped.clone() {
             self.leave_slots(tid, &slots)?;
+            self.leave_stubs(tid)?;
             if let Some(trampoline) = trampoline {
                 let mut r = sys::get_regs(tid)?;
                 if r.rip == trampoline.0 {
@@ -43,12 +44,17 @@ impl Tracee {
                     self.on_return_trap(tid, &mut r, false)?;
                     sys::set_regs(tid, &r)?;
                 }
-                self.returns.restore_stack(tid, trampoline, &mut self.memory);
             }
+        }
+        // Returns whose stubs ran are reported; the others get their real address back.
+        self.collect_returns();
+        for tid in self.stopped.clone() {
+            self.returns.restore_stack(tid, trampoline, &self.stubs, &mut self.memory);
         }
         if let Some(&tid) = self.stopped.first() {
             // Best effort: a page left mapped is harmless, so a failure here is not fatal.
             let _ = self.xol.unmap_all(tid, &mut self.memory);
+            let _ = self.stubs.unmap_all(tid, &mut self.memory);
         }
         for tid in std::mem::take(&mut self.stopped) {
             let signal = self.pending_signals.remove(&tid).unwrap_or(0);
@@ -79,7 +85,7 @@ impl Tracee {
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 self.threads.remove(&tid);
                 to_stop.remove(&tid);
-                self.returns.forget_thread(tid, &mut self.probes);
+                self.forget_thread_returns(tid);
                 continue;
             }
             if !libc::WIFSTOPPED(status) {
@@ -129,6 +135,19 @@ impl Tracee {
         }
         self.pending_signals.extend(pending);
         Ok(())
+    }
+
+    /// Let a stopped thread that is inside a return stub finish it (a few `mov`s and a jump to
+    /// the real return address).
+    fn leave_stubs(&mut self, tid: i32) -> Result<(), TraceError> {
+        for _ in 0..16 {
+            if !self.stubs.contains(Addr(sys::get_regs(tid)?.rip)) {
+                return Ok(());
+            }
+            sys::single_step(tid)?;
+            sys::wait(tid)?;
+        }
+        Err(TraceError::other("a thread did not leave a return stub"))
     }
 
     /// Move a stopped thread out of the out-of-line copies: at a copy's start it has not run

@@ -29,6 +29,7 @@ mod error;
 mod loader;
 mod probes;
 mod returns;
+mod stubs;
 mod sys;
 mod tracee;
 mod xol;

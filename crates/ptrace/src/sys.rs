@@ -201,6 +201,30 @@ impl Memory for RemoteMemory {
     }
 }
 
+/// Write two pieces of process `pid`'s memory in one system call (`process_vm_writev`, which
+/// honours page protections: for data and stacks).
+pub fn write_two(pid: i32, first: (Addr, &[u8]), second: (Addr, &[u8])) -> io::Result<()> {
+    let local = [
+        libc::iovec { iov_base: first.1.as_ptr() as *mut libc::c_void, iov_len: first.1.len() },
+        libc::iovec { iov_base: second.1.as_ptr() as *mut libc::c_void, iov_len: second.1.len() },
+    ];
+    let remote = [
+        libc::iovec { iov_base: first.0 .0 as *mut libc::c_void, iov_len: first.1.len() },
+        libc::iovec { iov_base: second.0 .0 as *mut libc::c_void, iov_len: second.1.len() },
+    ];
+    // SAFETY: the local iovecs point into live slices that the kernel only reads; the remote
+    // ones are addresses in the other process, checked by the kernel.
+    let n = unsafe { libc::process_vm_writev(pid, local.as_ptr(), 2, remote.as_ptr(), 2, 0) };
+    let want = (first.1.len() + second.1.len()) as isize;
+    if n == want {
+        Ok(())
+    } else if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Err(io::Error::other(format!("process_vm_writev wrote {n} of {want} bytes")))
+    }
+}
+
 /// Fork a child that asks to be traced and executes `program` with `args` (`args[0]` is the
 /// program name). Everything the child does between `fork` and `execv` is async-signal-safe:
 /// the strings are prepared before.

@@ -10,6 +10,7 @@ use dprobe_core::ProbeId;
 use crate::error::{Exit, Stopped, TraceError};
 use crate::probes::{Hit, HitKind, Probe, Site};
 use crate::returns::Returns;
+use crate::stubs::Stubs;
 use crate::sys::{self, RemoteMemory};
 use crate::xol::Xol;
 
@@ -35,6 +36,7 @@ pub struct Tracee {
     pub(crate) probes: BTreeMap<ProbeId, Probe>,
     pub(crate) xol: Xol,
     pub(crate) returns: Returns,
+    pub(crate) stubs: Stubs,
     pub(crate) next_id: u64,
     pub(crate) exit: Option<Exit>,
     /// Not `Send`: see above.
@@ -55,6 +57,7 @@ impl Tracee {
             probes: BTreeMap::new(),
             xol: Xol::default(),
             returns: Returns::default(),
+            stubs: Stubs::default(),
             next_id: 0,
             exit: None,
             _tracer_thread: std::marker::PhantomData,
@@ -80,6 +83,7 @@ impl Tracee {
             | libc::PTRACE_O_TRACEFORK
             | libc::PTRACE_O_TRACEVFORK
             | libc::PTRACE_O_TRACEEXEC
+            | libc::PTRACE_O_TRACEEXIT
             | libc::PTRACE_O_EXITKILL;
         sys::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as u64, "PTRACE_SETOPTIONS")?;
         Tracee::new(pid, false, BTreeSet::from([pid]))
@@ -99,7 +103,8 @@ impl Tracee {
         let options = (libc::PTRACE_O_TRACECLONE
             | libc::PTRACE_O_TRACEFORK
             | libc::PTRACE_O_TRACEVFORK
-            | libc::PTRACE_O_TRACEEXEC) as u64;
+            | libc::PTRACE_O_TRACEEXEC
+            | libc::PTRACE_O_TRACEEXIT) as u64;
         let mut threads = BTreeSet::new();
         // Threads may be created while we attach: list again until no new one appears.
         loop {
@@ -220,10 +225,13 @@ impl Tracee {
             if should_stop() {
                 return Ok(Stopped::Asked);
             }
-            if let Some((tid, status)) = sys::wait_interruptible(-1)? {
-                if let Some(exit) = self.handle(tid, status)? {
-                    return Ok(Stopped::Exited(exit));
+            match sys::wait_interruptible(-1)? {
+                Some((tid, status)) => {
+                    if let Some(exit) = self.handle(tid, status)? {
+                        return Ok(Stopped::Exited(exit));
+                    }
                 }
+                None => self.collect_returns(),
             }
         }
     }
@@ -256,9 +264,11 @@ impl Tracee {
 
     /// One wait status; `Some` when the process is gone.
     pub(crate) fn handle(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
+        // Returns recorded by stubs happened before this stop: report them first.
+        self.collect_returns();
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.threads.remove(&tid);
-            self.returns.forget_thread(tid, &mut self.probes);
+            self.forget_thread_returns(tid);
             if tid == self.pid {
                 self.exit = Some(if libc::WIFEXITED(status) {
                     Exit::Code(libc::WEXITSTATUS(status))
@@ -296,6 +306,7 @@ impl Tracee {
                 self.sites.clear();
                 self.xol.clear();
                 self.returns.clear();
+                self.stubs.clear();
                 for p in self.probes.values_mut() {
                     p.stats.addr = None;
                     p.stats.failed.get_or_insert_with(|| "the program executed another program".into());
@@ -374,7 +385,7 @@ impl Tracee {
         let loader_hook = site.loader_hook;
         if has_return {
             let ids = site.probes.clone();
-            self.hijack_return(tid, &regs, key, &ids)?;
+            self.hijack_return(tid, &regs, r.fs_base, key, &ids)?;
         }
         let site = &self.sites[&key];
         let mut deliver = 0;
@@ -405,9 +416,7 @@ impl Tracee {
             for (addr, site) in &self.sites {
                 let _ = mem.write(*addr, &site.insn.bytes[..1]);
             }
-            if let Some(trampoline) = self.xol.trampoline_addr() {
-                self.returns.restore_stack(parent, trampoline, &mut mem);
-            }
+            self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
             sys::detach(child, 0)?;
         }
         Ok(())

@@ -32,6 +32,9 @@ fn attach_trace_every_thread_and_detach_with_returns_pending() {
     // while traced: its hijacked return address must be put back at detach.
     t.add(ProbeDef::on_return("pair", r)).unwrap();
     let until = t.add(ProbeDef::on_return("until_told", w)).unwrap();
+    // The same through return stubs, on another function the workers are in: `probed_push`.
+    let (stubbed, s) = counter();
+    t.add(ProbeDef::on_return("probed_push", s).no_return_stop()).unwrap();
     let mut rounds = 0;
     assert_eq!(
         t.run_until(&mut || {
@@ -41,7 +44,7 @@ fn attach_trace_every_thread_and_detach_with_returns_pending() {
         .unwrap(),
         Stopped::Asked
     );
-    assert!(entries.load(Relaxed) > 1000 && returns.load(Relaxed) > 1000);
+    assert!(entries.load(Relaxed) > 1000 && returns.load(Relaxed) > 1000 && stubbed.load(Relaxed) > 1000);
     assert_eq!(t.stats(until).hits, 0, "the workers were already inside it");
     assert_eq!(workers.load(Relaxed), 0);
     t.detach().unwrap();

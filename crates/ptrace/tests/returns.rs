@@ -80,3 +80,67 @@ fn a_return_probe_must_be_on_a_function_entry() {
     assert_eq!(t.read_code(addr, 16).unwrap(), before, "nothing patched");
     assert_eq!(t.run().unwrap(), Exit::Code(0));
 }
+
+/// The same rules for returns that do not stop the thread (return stubs).
+mod without_a_stop {
+    use super::*;
+
+    #[test]
+    fn every_return_of_eight_threads_is_recorded_with_its_value() {
+        let mut t = Tracee::spawn(target(), &["threads", "8", "20000"]).unwrap();
+        t.run_to_entry().unwrap();
+        let wrong = Rc::new(RefCell::new((0u64, 0u64)));
+        let w = wrong.clone();
+        let p = t
+            .add(
+                ProbeDef::on_return(
+                    "probed",
+                    Box::new(move |hit| {
+                        let HitKind::Return { entry_regs, elapsed, .. } = hit.kind else { panic!("a return") };
+                        let mut w = w.borrow_mut();
+                        w.0 += u64::from(hit.regs.rax != 2 * entry_regs.rdi + 1);
+                        w.1 += u64::from(elapsed.is_zero() || elapsed.as_secs() > 10);
+                    }),
+                )
+                .no_return_stop(),
+            )
+            .unwrap();
+        assert_eq!(t.run().unwrap(), Exit::Code(0), "the program computed its results correctly");
+        let s = t.stats(p);
+        assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (160_000, 160_000, 0, 0));
+        assert_eq!(*wrong.borrow(), (0, 0), "every value matched its argument; every latency was plausible");
+    }
+
+    #[test]
+    fn maxactive_and_missed() {
+        let mut t = Tracee::spawn(target(), &["recurse", "10"]).unwrap();
+        t.run_to_entry().unwrap();
+        let values = Rc::new(RefCell::new(Vec::new()));
+        let v = values.clone();
+        let p = t
+            .add(
+                ProbeDef::on_return("recurse", Box::new(move |hit| v.borrow_mut().push(hit.regs.rax)))
+                    .maxactive(4)
+                    .no_return_stop(),
+            )
+            .unwrap();
+        assert_eq!(t.run().unwrap(), Exit::Code(0));
+        let s = t.stats(p);
+        assert_eq!((s.hits, s.returns, s.missed), (11, 4, 7));
+        assert_eq!(*values.borrow(), vec![7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn longjmp_abandons_and_later_returns_still_work() {
+        let mut t = Tracee::spawn(target(), &["longjmp", "50"]).unwrap();
+        t.run_to_entry().unwrap();
+        let escape =
+            t.add(ProbeDef::on_return("escape", Box::new(|_| panic!("never returns"))).no_return_stop()).unwrap();
+        let (returns, h) = counter();
+        let probed = t.add(ProbeDef::on_return("probed", h).no_return_stop()).unwrap();
+        assert_eq!(t.run().unwrap(), Exit::Code(0));
+        let s = t.stats(escape);
+        assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (50, 0, 0, 50));
+        assert_eq!((returns.load(std::sync::atomic::Ordering::Relaxed), t.stats(probed).returns), (50, 50));
+    }
+}

@@ -1,0 +1,271 @@
+//! Return stubs: return probes that do not stop the thread at the return.
+//!
+//! At a return probe's entry stop the return address is replaced with the address of a
+//! stub of dprobe's, one per pending return (a record). When the function returns there, the
+//! stub stores `rax`, `rdx` and the time stamp counter into its record, marks it done and
+//! jumps to the real return address that the tracer stored in the record: no stop, no
+//! signal, a few nanoseconds. The tracer collects done records before it handles the next
+//! stop of any thread (so events keep their order), when its wait is interrupted, and at
+//! thread exit, and runs the return handlers then.
+//!
+//! Records live in a read-write page; the stubs in a read-execute page just before it
+//! (mapped by an injected `mmap`, made executable by an injected `mprotect`).
+
+use dprobe_arch::{Addr, Memory};
+
+use crate::error::TraceError;
+use crate::sys::RemoteMemory;
+use crate::xol::{inject_syscall, PAGE};
+
+/// Bytes per stub and per record; records per page.
+const STRIDE: usize = 64;
+const PER_PAGE: usize = PAGE / STRIDE;
+
+/// Offsets in a record.
+const RET: u64 = 0;
+const RAX: u64 = 8;
+const RDX: u64 = 16;
+const TSC: u64 = 24;
+const DONE: u64 = 32;
+/// Bytes of a record the tracer reads and writes.
+const RECORD: usize = 40;
+
+/// A done record, read back.
+pub struct Returned {
+    pub index: usize,
+    pub rax: u64,
+    pub rdx: u64,
+    pub tsc: u64,
+}
+
+/// The stubs and records of one process.
+#[derive(Default)]
+pub struct Stubs {
+    /// `(stub page, record page)` pairs.
+    pages: Vec<(Addr, Addr)>,
+    free: Vec<usize>,
+    in_flight: Vec<bool>,
+    in_flight_count: usize,
+}
+
+impl Stubs {
+    /// A free record, mapping a new page pair through stopped thread `tid` if none is left.
+    pub fn take(&mut self, tid: i32, memory: &mut RemoteMemory) -> Result<usize, TraceError> {
+        if self.free.is_empty() {
+            self.grow(tid, memory)?;
+        }
+        let index = self.free.pop().expect("grown");
+        self.in_flight[index] = true;
+        self.in_flight_count += 1;
+        Ok(index)
+    }
+
+    /// Give a record back (collected, or its return abandoned).
+    pub fn release(&mut self, index: usize) {
+        if std::mem::replace(&mut self.in_flight[index], false) {
+            self.in_flight_count -= 1;
+            self.free.push(index);
+        }
+    }
+
+    /// Whether any record is pending.
+    pub fn busy(&self) -> bool {
+        self.in_flight_count > 0
+    }
+
+    /// Where record `index`'s stub starts (the hijacked return address).
+    pub fn stub(&self, index: usize) -> Addr {
+        self.pages[index / PER_PAGE].0.offset(((index % PER_PAGE) * STRIDE) as u64)
+    }
+
+    fn record(&self, index: usize) -> Addr {
+        self.pages[index / PER_PAGE].1.offset(((index % PER_PAGE) * STRIDE) as u64)
+    }
+
+    /// Arm record `index` for a return to `real`: the stack slot at `slot` gets the stub's
+    /// address. Both writes go out in one system call.
+    pub fn arm(&self, pid: i32, index: usize, real: Addr, slot: Addr) -> Result<(), TraceError> {
+        let mut record = [0u8; RECORD];
+        record[..8].copy_from_slice(&real.0.to_le_bytes());
+        let stub = self.stub(index).0.to_le_bytes();
+        crate::sys::write_two(pid, (self.record(index), &record), (slot, &stub))?;
+        Ok(())
+    }
+
+    /// The records whose stubs have run since the last call, in the order they ran; they stay
+    /// taken until released.
+    pub fn collect(&mut self, memory: &mut RemoteMemory) -> Vec<Returned> {
+        let mut out = Vec::new();
+        if self.in_flight_count == 0 {
+            return out;
+        }
+        let mut buf = vec![0u8; PAGE];
+        for (page, &(_, data)) in self.pages.iter().enumerate() {
+            let first = page * PER_PAGE;
+            let Some(last) = (first..first + PER_PAGE).rev().find(|&i| self.in_flight[i]) else { continue };
+            let len = (last - first) * STRIDE + RECORD;
+            if memory.read(data, &mut buf[..len]).is_err() {
+                continue;
+            }
+            let done: Vec<usize> = (first..=last)
+                .filter(|&i| self.in_flight[i] && buf[(i - first) * STRIDE + DONE as usize] == 1)
+                .collect();
+            let Some(&last_done) = done.last() else { continue };
+            // The copy above may have read a record's values before its stub stored them and
+            // its flag after: read the done records again, now that their flags are set (a
+            // stub writes its flag last and never again until the record is re-armed).
+            let len = (last_done - first) * STRIDE + RECORD;
+            if memory.read(data, &mut buf[..len]).is_err() {
+                continue;
+            }
+            for i in done {
+                let r = &buf[(i - first) * STRIDE..];
+                let word = |o: u64| u64::from_le_bytes(r[o as usize..o as usize + 8].try_into().expect("8"));
+                out.push(Returned { index: i, rax: word(RAX), rdx: word(RDX), tsc: word(TSC) });
+            }
+        }
+        // In the order the returns happened.
+        out.sort_by_key(|r| r.tsc);
+        out
+    }
+
+    /// Whether `addr` is inside a stub (a thread stopped there has not finished returning).
+    pub fn contains(&self, addr: Addr) -> bool {
+        self.pages.iter().any(|(code, _)| addr >= *code && addr.0 < code.0 + PAGE as u64)
+    }
+
+    /// Unmap the pages through stopped thread `tid`.
+    pub fn unmap_all(&mut self, tid: i32, memory: &mut RemoteMemory) -> Result<(), TraceError> {
+        for (code, _) in std::mem::take(&mut self.pages) {
+            inject_syscall(tid, memory, libc::SYS_munmap as u64, [code.0, 2 * PAGE as u64, 0, 0, 0, 0])?;
+        }
+        *self = Stubs::default();
+        Ok(())
+    }
+
+    /// Forget the pages (the program image they belonged to is gone).
+    pub fn clear(&mut self) {
+        *self = Stubs::default();
+    }
+
+    fn grow(&mut self, tid: i32, memory: &mut RemoteMemory) -> Result<(), TraceError> {
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let code = inject_syscall(tid, memory, libc::SYS_mmap as u64, [0, 2 * PAGE as u64, rw, flags, u64::MAX, 0])?;
+        if code > u64::MAX - 4096 {
+            return Err(TraceError::other(format!("mapping return stubs failed: errno {}", code.wrapping_neg())));
+        }
+        let (code, data) = (Addr(code), Addr(code + PAGE as u64));
+        let mut page = vec![0xccu8; PAGE]; // int3 between stubs
+        for i in 0..PER_PAGE {
+            let at = code.offset((i * STRIDE) as u64);
+            let stub = stub_code(at, data.offset((i * STRIDE) as u64));
+            page[i * STRIDE..i * STRIDE + stub.len()].copy_from_slice(&stub);
+        }
+        memory.write(code, &page).map_err(|e| TraceError::other(e.to_string()))?;
+        let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+        let r = inject_syscall(tid, memory, libc::SYS_mprotect as u64, [code.0, PAGE as u64, rx, 0, 0, 0])?;
+        if r != 0 {
+            return Err(TraceError::other(format!(
+                "making return stubs executable failed: errno {}",
+                r.wrapping_neg()
+            )));
+        }
+        let base = self.pages.len() * PER_PAGE;
+        self.pages.push((code, data));
+        self.in_flight.resize(base + PER_PAGE, false);
+        self.free.extend((base..base + PER_PAGE).rev());
+        Ok(())
+    }
+}
+
+/// The stub at `at` for the record at `record`:
+///
+/// ```text
+/// mov %rax, RAX(record)    mov %rdx, RDX(record)    rdtsc
+/// mov %eax, TSC(record)    mov %edx, TSC+4(record)
+/// mov RAX(record), %rax    mov RDX(record), %rdx    movl $1, DONE(record)
+/// jmp *RET(record)
+/// ```
+///
+/// Only `mov`, `rdtsc` and an indirect `jmp`: the flags and every register but the two
+/// restored ones are untouched.
+fn stub_code(at: Addr, record: Addr) -> Vec<u8> {
+    let mut code: Vec<u8> = Vec::with_capacity(STRIDE);
+    // Append `opcode rel32 [imm]` where rel32 reaches `target` from the end of the instruction.
+    let insn = |code: &mut Vec<u8>, opcode: &[u8], target: u64, imm: &[u8]| {
+        let end = at.0 + (code.len() + opcode.len() + 4 + imm.len()) as u64;
+        let rel = target.wrapping_sub(end) as i64 as i32;
+        code.extend_from_slice(opcode);
+        code.extend_from_slice(&rel.to_le_bytes());
+        code.extend_from_slice(imm);
+    };
+    let r = record.0;
+    insn(&mut code, &[0x48, 0x89, 0x05], r + RAX, &[]);
+    insn(&mut code, &[0x48, 0x89, 0x15], r + RDX, &[]);
+    code.extend_from_slice(&[0x0f, 0x31]);
+    insn(&mut code, &[0x89, 0x05], r + TSC, &[]);
+    insn(&mut code, &[0x89, 0x15], r + TSC + 4, &[]);
+    insn(&mut code, &[0x48, 0x8b, 0x05], r + RAX, &[]);
+    insn(&mut code, &[0x48, 0x8b, 0x15], r + RDX, &[]);
+    insn(&mut code, &[0xc7, 0x05], r + DONE, &1u32.to_le_bytes());
+    insn(&mut code, &[0xff, 0x25], r + RET, &[]);
+    debug_assert!(code.len() <= STRIDE);
+    code
+}
+
+/// The time stamp counter, read in the tracer (the same counter the stubs read: it is
+/// constant-rate and shared by all CPUs on the machines dprobe runs on).
+pub fn tsc() -> u64 {
+    // SAFETY: `rdtsc` has no preconditions on x86-64.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Time stamp counter ticks per nanosecond, measured once against the monotonic clock.
+pub fn ticks_per_ns() -> f64 {
+    static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        let (t0, c0) = (std::time::Instant::now(), tsc());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (ns, ticks) = (t0.elapsed().as_nanos() as f64, tsc().wrapping_sub(c0) as f64);
+        if ns > 0.0 && ticks > 0.0 {
+            ticks / ns
+        } else {
+            1.0
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stub_decodes_to_the_documented_instructions_and_reaches_its_record() {
+        let at = Addr(0x7000_0000_0040);
+        let record = Addr(0x7000_0000_1040);
+        let code = stub_code(at, record);
+        assert!(code.len() <= STRIDE);
+        let mut texts = Vec::new();
+        let mut off = 0;
+        while off < code.len() {
+            let len = dprobe_arch::decode_len(&code[off..]).expect("decodes");
+            texts.push(dprobe_arch::describe(&code[off..], at.offset(off as u64)));
+            off += len;
+        }
+        let joined = texts.join("; ").to_lowercase();
+        for needle in [
+            "mov %rax,0x700000001048",
+            "mov %rdx,0x700000001050",
+            "rdtsc",
+            "mov %eax,0x700000001058",
+            "mov %edx,0x70000000105c",
+            "mov 0x700000001048,%rax",
+            "mov 0x700000001050,%rdx",
+            "movl $1,0x700000001060",
+            "jmpq *0x700000001040",
+        ] {
+            assert!(joined.contains(needle), "{needle} in {joined}");
+        }
+    }
+}
