@@ -81,6 +81,13 @@ fn the_exit_status_is_the_traced_commands() {
 }
 
 #[test]
+fn the_command_starts_with_default_signal_dispositions() {
+    // dprobe itself ignores SIGPIPE (as Rust programs do); the command must not inherit that.
+    let (code, out) = trace("dispositions", &["--count", "probed", "--", target(), "dispositions"]);
+    assert_eq!((code, hits(&out, "probed")), (Some(0), 1), "{out}");
+}
+
+#[test]
 fn fork_exec_and_the_programs_own_sigtrap_handler() {
     let (code, out) = trace("fork", &["--count", "probed", "--", target(), "fork"]);
     assert_eq!((code, hits(&out, "probed")), (Some(0), 1), "the parent's call; the child runs untraced\n{out}");

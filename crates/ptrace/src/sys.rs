@@ -237,6 +237,9 @@ pub fn fork_traced(program: &std::ffi::CStr, args: &[std::ffi::CString]) -> io::
     if pid == 0 {
         // SAFETY: see above.
         unsafe {
+            // The Rust runtime ignores SIGPIPE; an ignored signal stays ignored across exec,
+            // and the program must start with the default disposition, as from a shell.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::ptrace(
                 libc::PTRACE_TRACEME,
                 0,
