@@ -42,7 +42,8 @@ pub fn render(lines: &[ProbeLine], hists: &[(String, String)], ending: &str, fil
         }
         if s.abandoned > 0 {
             notes.push(format!(
-                "{target}: {} calls never returned normally (longjmp, an exception, or their thread exited)",
+                "{target}: {} returns not seen: longjmp, an exception, their thread exited, or the process \
+                 executed another program first",
                 s.abandoned
             ));
         }

@@ -69,4 +69,34 @@ impl Tracee {
         self.stopped = stopped;
         Ok(())
     }
+
+    /// The process executed a new program (thread `tid`, stopped, is all that is left): the
+    /// probes went with the old image. They wait for their targets in the new one, as probes
+    /// on libraries not loaded yet do: placed now if the new executable has them, or when
+    /// the new program's dynamic linker loads their library.
+    pub(crate) fn on_exec(&mut self, tid: i32) -> Result<(), TraceError> {
+        self.forget_all_returns();
+        self.sites.clear();
+        self.xol.clear();
+        self.stubs.clear();
+        self.memory = crate::sys::RemoteMemory::open(self.pid)?;
+        for p in self.probes.values_mut() {
+            p.active = 0;
+            p.stats.addr = None;
+            p.stats.failed = None;
+        }
+        let stopped = std::mem::replace(&mut self.stopped, vec![tid]);
+        let result = self.watch_loads().and_then(|dynamic| {
+            self.on_loads_changed(tid)?;
+            if !dynamic {
+                // A static program: what is not in it now never will be.
+                for p in self.probes.values_mut().filter(|p| p.stats.addr.is_none()) {
+                    p.stats.failed = Some("not in the program the process executed".into());
+                }
+            }
+            Ok(())
+        });
+        self.stopped = stopped;
+        result
+    }
 }

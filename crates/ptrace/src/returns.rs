@@ -105,6 +105,17 @@ impl Tracee {
         }
     }
 
+    /// The process executed a new program: every pending return is gone with the old image
+    /// (counted as abandoned, including returns a stub recorded after the last stop: the old
+    /// memory cannot be read any more).
+    pub(crate) fn forget_all_returns(&mut self) {
+        let threads: Vec<i32> = self.returns.by_thread.keys().copied().collect();
+        for tid in threads {
+            self.forget_thread_returns(tid);
+        }
+        self.returns.clear();
+    }
+
     /// At the entry of a function with return probes: drop pending returns of frames the
     /// program abandoned, then hijack the return address for each probe with room.
     pub(crate) fn hijack_return(

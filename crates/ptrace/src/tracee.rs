@@ -302,17 +302,8 @@ impl Tracee {
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC => {
-                // A new program image: the probes went with the old one.
-                self.sites.clear();
-                self.xol.clear();
-                self.returns.clear();
-                self.stubs.clear();
-                for p in self.probes.values_mut() {
-                    p.stats.addr = None;
-                    p.stats.failed.get_or_insert_with(|| "the program executed another program".into());
-                }
                 self.threads.retain(|t| *t == tid);
-                self.memory = RemoteMemory::open(self.pid)?;
+                self.on_exec(tid)?;
                 sys::cont(tid, 0)?;
                 return Ok(None);
             }

@@ -130,3 +130,29 @@ fn detaching_mid_run_leaves_the_program_intact() {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
     assert_eq!((c.load(Relaxed), e.load(Relaxed)), hits_at_detach, "no hit after detach");
 }
+
+#[test]
+fn probes_follow_the_process_into_the_program_it_executes() {
+    let mut t = Tracee::spawn(target(), &["exec", "10"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (c, h) = counter();
+    let (r, h2) = counter();
+    let p = t.add_probe("probed", h).unwrap();
+    let ret = t.add(dprobe_ptrace::ProbeDef::on_return("probed", h2)).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "the new program computed its results correctly");
+    assert_eq!((c.load(Relaxed), t.hits(p)), (11, 11), "one call before exec, ten after");
+    assert_eq!((r.load(Relaxed), t.stats(ret).returns), (11, 11), "returns that stop");
+}
+
+#[test]
+fn returns_recorded_by_stubs_across_exec() {
+    let mut t = Tracee::spawn(target(), &["exec", "10"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (s, h) = counter();
+    let stub = t.add(dprobe_ptrace::ProbeDef::on_return("probed", h).no_return_stop()).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+    // The return before `exec` was recorded by a stub after the last stop: it is lost with
+    // the old memory and counted as abandoned. The ten after are all there.
+    let st = t.stats(stub);
+    assert_eq!((s.load(Relaxed), st.hits, st.returns, st.abandoned), (10, 11, 10, 1));
+}
