@@ -13,8 +13,11 @@ mod histogram;
 mod list;
 mod options;
 mod output;
+mod plan;
+mod report;
 mod signals;
 mod summary;
+mod system;
 mod trace;
 
 use clap::Parser;

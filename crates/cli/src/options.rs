@@ -46,7 +46,7 @@ pub struct TraceArgs {
     /// Trace this running process (every thread) instead of starting a command.
     #[arg(short = 'p', long = "pid", value_name = "PID", conflicts_with = "command")]
     pub pid: Option<i32>,
-    /// The command to start and trace, after `--`.
+    /// The command to start and trace, after `--` (with --system-wide: to run while tracing).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
     /// Only events whose fetched values match: `ret < 0`, `path ~ "/etc/*" && flags != 0`.
@@ -71,10 +71,33 @@ pub struct TraceArgs {
     /// Pending returns per return probe, over all threads; more are counted as missed.
     #[arg(long, value_name = "N", default_value_t = dprobe_ptrace::DEFAULT_MAXACTIVE)]
     pub maxactive: usize,
+    /// Trace every process on the machine through the kernel's own probes (uprobes,
+    /// kprobes, tracepoints); with a command, for as long as it runs.
+    #[arg(short = 'a', long = "system-wide")]
+    pub system_wide: bool,
+    /// With --system-wide: only threads with this name.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Which engine: ptrace (one program, handlers see the stopped thread) or kernel
+    /// (system-wide, kernel functions, tracepoints). Default: what the probes need.
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// Say which engine was picked, and why.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Write events and the summary here instead of standard error (which keeps them apart
     /// from the traced program's own output).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+/// The engines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// ptrace: one program, spawned or attached.
+    Ptrace,
+    /// The kernel's uprobes, kprobes and tracepoints.
+    Kernel,
 }
 
 /// `dprobe list`.

@@ -10,6 +10,7 @@ use crate::errno;
 use crate::fetch::{Fetched, MAX_STRING};
 
 /// What the output needs to know about a probe.
+#[derive(Clone)]
 pub struct ProbeInfo {
     /// The spec as written.
     pub spec: String,
@@ -23,6 +24,8 @@ pub struct ProbeInfo {
     pub retval_index: Option<usize>,
     /// See `retval_index`.
     pub errno_index: Option<usize>,
+    /// A tracepoint (an event, not a call).
+    pub tracepoint: bool,
 }
 
 /// One hit, fetched.
@@ -50,7 +53,7 @@ pub fn human(e: &Event<'_>, out: &mut String) {
     let p = e.probe;
     let shown: Vec<usize> =
         (0..p.args.len()).filter(|&i| Some(i) != p.retval_index && Some(i) != p.errno_index).collect();
-    if !p.is_return {
+    if !p.is_return && !p.tracepoint {
         out.push_str("call ");
     }
     out.push_str(&p.label);
@@ -212,6 +215,7 @@ mod tests {
             args: p.args,
             retval_index,
             errno_index,
+            tracepoint: false,
         }
     }
 

@@ -15,7 +15,13 @@ pub struct ProbeLine {
 }
 
 /// The whole summary: histograms first, then the table, the reasons, and how it ended.
-pub fn render(lines: &[ProbeLine], hists: &[(String, String)], ending: &str, filtered: bool) -> String {
+pub fn render(
+    lines: &[ProbeLine],
+    hists: &[(String, String)],
+    extra_notes: &[String],
+    ending: &str,
+    filtered: bool,
+) -> String {
     let mut out = String::new();
     for (title, table) in hists {
         let _ = writeln!(out, "\n@{title}:\n{table}");
@@ -53,7 +59,7 @@ pub fn render(lines: &[ProbeLine], hists: &[(String, String)], ending: &str, fil
             notes.push(format!("{target}: its library was never loaded"));
         }
     }
-    for n in notes {
+    for n in notes.iter().chain(extra_notes) {
         let _ = writeln!(out, "  {n}");
     }
     let _ = writeln!(out, "dprobe: {ending}");
@@ -90,7 +96,7 @@ mod tests {
             },
             ProbeLine { spec: "libplugin:f".into(), stats: ProbeStats::default(), shown: 0 },
         ];
-        let text = render(&lines, &[], "process 1 exited with status 0 after 5 ms", false);
+        let text = render(&lines, &[], &[], "process 1 exited with status 0 after 5 ms", false);
         assert!(text.contains("\nlibc:openat             3          -        0\n"), "{text}");
         assert!(text.contains("\nrecurse%return         11          4        7\n"), "{text}");
         assert!(text.contains("recurse%return: 7 returns not watched"), "{text}");

@@ -10,70 +10,38 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use dprobe_arch::Addr;
 use dprobe_ptrace::{Exit, Hit, HitKind, ProbeDef, Stopped, TraceError, Tracee};
-use dprobe_spec::{parse_filter, parse_probe, Fetch, Filter, ProbeKind, Target};
+use dprobe_spec::Fetch;
 
 use crate::errno;
 use crate::fetch::{fetch, FetchContext, Fetched};
-use crate::histogram::Log2Histogram;
-use crate::options::TraceArgs;
-use crate::output::{self, Event, ProbeInfo};
+use crate::options::{Engine, TraceArgs};
+use crate::output;
+use crate::plan::{check_hist, parse_the_filter, plan_probes, Planned};
+use crate::report::{Mode, Report};
 use crate::signals;
 use crate::summary::{self, ProbeLine};
 
-/// How events are shown.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Human,
-    Json,
-    /// Only aggregates (`--count`, `--hist`, `--latency`).
-    Quiet,
-}
-
-/// What the handlers share: the output and the aggregates. Sizes are bounded: one entry per
-/// probe, fixed-size histograms, a thread-name cache that is emptied when it grows large.
-struct Session {
-    out: Box<dyn Write>,
-    line: String,
+/// What the ptrace engine's handlers share: the report, and what fetching needs.
+struct PtraceSession {
+    report: Report,
     values: Vec<Fetched>,
-    mode: Mode,
-    filter: Option<Filter>,
-    hist_field: Option<String>,
-    start: Instant,
     pid: i32,
     comms: HashMap<i32, Vec<u8>>,
     errno_offset: Option<u64>,
-    probes: Vec<ProbeState>,
-    write_failed: bool,
-}
-
-struct ProbeState {
-    info: ProbeInfo,
-    shown: u64,
-    hist: Log2Histogram,
-    latency: Log2Histogram,
 }
 
 const COMM_CACHE: usize = 4096;
 
-impl Session {
+impl PtraceSession {
     fn comm(&mut self, tid: i32) -> Vec<u8> {
         if self.comms.len() >= COMM_CACHE {
             self.comms.clear();
         }
         let pid = self.pid;
-        self.comms
-            .entry(tid)
-            .or_insert_with(|| {
-                let mut c = std::fs::read(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
-                while c.last() == Some(&b'\n') {
-                    c.pop();
-                }
-                c
-            })
-            .clone()
+        self.comms.entry(tid).or_insert_with(|| thread_name(pid, tid)).clone()
     }
 
-    /// A hit of probe `index`: fetch, filter, then print or aggregate.
+    /// A hit of probe `index`: fetch, then report.
     fn on_hit(&mut self, index: usize, hit: &mut Hit<'_>) {
         let comm = self.comm(hit.tid);
         let (entry_regs, latency) = match hit.kind {
@@ -84,113 +52,19 @@ impl Session {
         let mut cx = FetchContext { regs: hit.regs, entry_regs, memory: hit.memory, comm: &comm, errno_addr };
         let mut values = std::mem::take(&mut self.values);
         values.clear();
-        values.extend(self.probes[index].info.args.iter().map(|a| fetch(a, &mut cx)));
-        let probe = &mut self.probes[index];
-        let passes = self.filter.as_ref().is_none_or(|f| {
-            f.matches(&|name| {
-                let i = probe.info.args.iter().position(|a| a.name == name)?;
-                values[i].filter_value()
-            })
-        });
-        if passes {
-            probe.shown += 1;
-            if let Some(field) = &self.hist_field {
-                if let Some(v) = probe.info.args.iter().position(|a| &a.name == field).and_then(|i| values[i].as_i64())
-                {
-                    probe.hist.add(v);
-                }
-            }
-            if let Some(l) = latency {
-                probe.latency.add(l.as_nanos().min(i64::MAX as u128) as i64);
-            }
-            if self.mode != Mode::Quiet && !self.write_failed {
-                let event = Event {
-                    time: self.start.elapsed().as_secs_f64(),
-                    pid: self.pid,
-                    tid: hit.tid,
-                    comm: &comm,
-                    probe: &probe.info,
-                    values: &values,
-                    latency,
-                };
-                self.line.clear();
-                match self.mode {
-                    Mode::Json => output::json(&event, &mut self.line),
-                    _ => output::human(&event, &mut self.line),
-                }
-                // A closed output (`| head`) ends printing, not tracing: the summary says so.
-                self.write_failed = self.out.write_all(self.line.as_bytes()).is_err();
-            }
-        }
+        values.extend(self.report.probes[index].info.args.iter().map(|a| fetch(a, &mut cx)));
+        self.report.record(index, self.pid, hit.tid, &comm, &values, latency);
         self.values = values;
     }
 }
 
-/// A parsed probe, ready to place.
-struct Planned {
-    info: ProbeInfo,
-    target: String,
-    object: Option<String>,
-    is_function_entry: bool,
-}
-
-fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
-    let mut planned = Vec::new();
-    for text in &args.probes {
-        let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (binary, function, offset) = match &spec.target {
-            Target::User { binary, function, offset } => (binary.clone(), function.clone(), *offset),
-            Target::Kernel { .. } | Target::Tracepoint { .. } => bail!(
-                "`{text}`: kernel functions and tracepoints are traced by the kernel engine, which this dprobe \
-                 does not include yet; `dprobe trace` probes user-space programs (`-p PID` or `-- CMD`)"
-            ),
-        };
-        let is_return = spec.kind == ProbeKind::Return;
-        if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
-            // A return probe shows its return value unless told otherwise.
-            spec.args.insert(
-                0,
-                dprobe_spec::NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: dprobe_spec::ArgType::S(64) },
-            );
-        }
-        let label = if offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
-        let target = match &binary {
-            Some(b) => format!("{b}:{function}+{offset}"),
-            None => format!("{function}+{offset}"),
-        };
-        let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);
-        let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
-        let info = ProbeInfo { spec: text.clone(), label, args: spec.args, is_return, retval_index, errno_index };
-        planned.push(Planned { info, target, object: binary, is_function_entry: offset == 0 });
+/// A thread's name, from `/proc`.
+pub fn thread_name(pid: i32, tid: i32) -> Vec<u8> {
+    let mut c = std::fs::read(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+    while c.last() == Some(&b'\n') {
+        c.pop();
     }
-    if args.latency {
-        if let Some(p) = planned.iter().find(|p| !p.is_function_entry) {
-            bail!("--latency times functions from entry to return; `{}` is not at a function's entry", p.info.spec);
-        }
-    }
-    if let Some(field) = &args.hist {
-        if !planned.iter().any(|p| p.info.args.iter().any(|a| &a.name == field)) {
-            let known: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
-            bail!("--hist {field}: no probe fetches a value named `{field}` (fetched: {})", list_or_none(&known));
-        }
-    }
-    Ok(planned)
-}
-
-fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-fn parse_the_filter(args: &TraceArgs, planned: &[Planned]) -> Result<Option<Filter>> {
-    let Some(text) = &args.filter else { return Ok(None) };
-    let mut fields: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
-    fields.sort_unstable();
-    fields.dedup();
-    Ok(Some(parse_filter(text, &fields).map_err(|e| anyhow::anyhow!("{e}"))?))
+    c
 }
 
 /// Find `program` the way a shell would (`PATH` unless it has a `/`).
@@ -208,16 +82,59 @@ fn find_program(program: &str) -> Result<String> {
     bail!("cannot start `{program}`: not found in PATH")
 }
 
-/// Run `dprobe trace`; returns dprobe's exit status.
-pub fn run(args: TraceArgs) -> Result<i32> {
-    let planned = plan_probes(&args)?;
-    let filter = parse_the_filter(&args, &planned)?;
-    let out: Box<dyn Write> = match &args.output {
+/// The events' destination: `-o FILE` or standard error.
+pub fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
+    Ok(match &args.output {
         Some(path) => Box::new(std::io::LineWriter::new(
             std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
         )),
         None => Box::new(std::io::LineWriter::new(std::io::stderr())),
+    })
+}
+
+/// How events are shown, from the options.
+pub fn mode(args: &TraceArgs) -> Mode {
+    if args.count || args.hist.is_some() || args.latency {
+        Mode::Quiet
+    } else if args.json {
+        Mode::Json
+    } else {
+        Mode::Human
+    }
+}
+
+/// Run `dprobe trace`; returns dprobe's exit status.
+pub fn run(args: TraceArgs) -> Result<i32> {
+    let planned = plan_probes(&args)?;
+    let kernel_targets = planned.iter().filter(|p| p.needs_kernel()).count();
+    let engine = match args.engine {
+        Some(Engine::Ptrace) if args.system_wide => bail!("--system-wide needs the kernel engine, not ptrace"),
+        Some(Engine::Ptrace) if kernel_targets > 0 => {
+            let p = planned.iter().find(|p| p.needs_kernel()).expect("counted");
+            bail!("`{}`: kernel functions and tracepoints need the kernel engine, not ptrace", p.info.spec)
+        }
+        Some(e) => e,
+        None if args.system_wide || kernel_targets > 0 => Engine::Kernel,
+        None => Engine::Ptrace,
     };
+    if args.verbose {
+        let why = match (args.engine, args.system_wide, kernel_targets) {
+            (Some(_), _, _) => "as asked (--engine)",
+            (None, true, _) => "--system-wide",
+            (None, false, n) if n > 0 => "kernel functions or tracepoints are probed",
+            _ => "one program is traced (-p or a command)",
+        };
+        eprintln!("dprobe: engine: {} ({why})", if engine == Engine::Kernel { "kernel" } else { "ptrace" });
+    }
+    if engine == Engine::Kernel {
+        return crate::system::run(&args, planned);
+    }
+    if args.comm.is_some() {
+        bail!("--comm filters system-wide traces (--system-wide); the ptrace engine traces one process");
+    }
+    check_hist(&args, &planned)?;
+    let filter = parse_the_filter(&args, &planned)?;
+    let out = output(&args)?;
     let (mut tracee, spawned) = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => (Tracee::attach(pid)?, false),
         (None, Some((program, rest))) => {
@@ -227,30 +144,17 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             t.run_to_entry()?;
             (t, true)
         }
-        (None, None) => bail!("nothing to trace: give `-p PID` or a command after `--`"),
-    };
-    let mode = if args.count || args.hist.is_some() || args.latency {
-        Mode::Quiet
-    } else if args.json {
-        Mode::Json
-    } else {
-        Mode::Human
+        (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };
     let errno_offset =
         if planned.iter().any(|p| p.info.errno_index.is_some()) { errno_offset(&mut tracee) } else { None };
-    let session = Rc::new(RefCell::new(Session {
-        out,
-        line: String::new(),
+    let report = Report::new(out, mode(&args), filter, args.hist.clone(), args.latency);
+    let session = Rc::new(RefCell::new(PtraceSession {
+        report,
         values: Vec::new(),
-        mode,
-        filter,
-        hist_field: args.hist.clone(),
-        start: Instant::now(),
         pid: tracee.pid(),
         comms: HashMap::new(),
         errno_offset,
-        probes: Vec::new(),
-        write_failed: false,
     }));
     let mut ids = Vec::new();
     for (index, p) in planned.into_iter().enumerate() {
@@ -266,13 +170,11 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             }
         };
         ids.push(id);
-        let state =
-            ProbeState { info: p.info, shown: 0, hist: Log2Histogram::default(), latency: Log2Histogram::default() };
-        session.borrow_mut().probes.push(state);
+        session.borrow_mut().report.add_probe(p.info);
     }
     signals::install().context("installing signal handlers")?;
     let deadline = args.duration.map(|d| Instant::now() + d);
-    session.borrow_mut().start = Instant::now();
+    session.borrow_mut().report.start = Instant::now();
     let outcome =
         tracee.run_until(&mut || signals::requested().is_some() || deadline.is_some_and(|d| Instant::now() >= d));
     let ending = match outcome {
@@ -283,7 +185,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let lines: Vec<ProbeLine> = {
         let s = session.borrow();
         ids.iter()
-            .zip(&s.probes)
+            .zip(&s.report.probes)
             .map(|(id, p)| ProbeLine { spec: p.info.spec.clone(), stats: tracee.stats(*id), shown: p.shown })
             .collect()
     };
@@ -292,25 +194,16 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     signals::stop_tick();
     let status = finish(&ending, spawned, pid, &detached);
     let mut s = session.borrow_mut();
-    let elapsed = s.start.elapsed();
-    let hists: Vec<(String, String)> = s
-        .probes
-        .iter()
-        .filter(|p| args.hist.is_some() && p.hist.total() > 0)
-        .map(|p| {
-            let target = p.info.spec.split_whitespace().next().unwrap_or_default();
-            (format!("{} of {target}", args.hist.as_deref().unwrap_or("")), p.hist.render(""))
-        })
-        .chain(
-            s.probes
-                .iter()
-                .filter(|p| args.latency && p.latency.total() > 0)
-                .map(|p| (format!("latency of {} (ns)", p.info.label), p.latency.render(""))),
-        )
-        .collect();
-    let text = summary::render(&lines, &hists, &ending_text(&ending, pid, status.exit, elapsed), s.filter.is_some());
-    let _ = s.out.write_all(text.as_bytes());
-    let _ = s.out.flush();
+    let report = &mut s.report;
+    let elapsed = report.start.elapsed();
+    let text = summary::render(
+        &lines,
+        &report.histograms(),
+        &[],
+        &ending_text(&ending, pid, status.exit, elapsed),
+        report.filtered(),
+    );
+    report.finish(&text);
     if let Err(e) = detached {
         eprintln!("dprobe: detaching from process {pid} failed: {e}");
         return Ok(1);
@@ -400,10 +293,10 @@ fn place(
     tracee: &mut Tracee,
     p: &Planned,
     index: usize,
-    session: &Rc<RefCell<Session>>,
+    session: &Rc<RefCell<PtraceSession>>,
     args: &TraceArgs,
 ) -> Result<dprobe_core::ProbeId> {
-    let handler = |session: &Rc<RefCell<Session>>| -> dprobe_ptrace::Handler {
+    let handler = |session: &Rc<RefCell<PtraceSession>>| -> dprobe_ptrace::Handler {
         let s = session.clone();
         Box::new(move |hit: &mut Hit<'_>| s.borrow_mut().on_hit(index, hit))
     };

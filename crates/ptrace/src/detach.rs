@@ -33,6 +33,15 @@ impl Tracee {
         self.stop_all(&sites)?;
         let trampoline = self.xol.trampoline_addr();
         let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        // A thread killed meanwhile is dropped from the list (nothing to restore in it).
+        let mut alive = Vec::new();
+        for tid in std::mem::take(&mut self.stopped) {
+            match sys::get_regs(tid) {
+                Err(e) if sys::gone(&e) => {}
+                _ => alive.push(tid),
+            }
+        }
+        self.stopped = alive;
         for tid in self.stopped.clone() {
             self.leave_slots(tid, &slots)?;
             self.leave_stubs(tid)?;
@@ -131,7 +140,10 @@ impl Tracee {
                 }
                 _ => {}
             }
-            sys::cont(tid, 0)?;
+            match sys::cont(tid, 0) {
+                Err(e) if sys::gone(&e) => {} // killed meanwhile: its exit comes next
+                other => other?,
+            }
         }
         self.pending_signals.extend(pending);
         Ok(())

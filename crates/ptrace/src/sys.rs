@@ -10,6 +10,9 @@ use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
 fn check(r: libc::c_long, what: &str) -> io::Result<libc::c_long> {
     if r == -1 {
         let e = io::Error::last_os_error();
+        if gone(&e) {
+            return Err(e); // kept as is, so that callers can tell (see `gone`)
+        }
         Err(io::Error::new(e.kind(), format!("{what}: {e}")))
     } else {
         Ok(r)
@@ -21,6 +24,12 @@ pub fn ptrace(request: libc::c_uint, tid: i32, addr: u64, data: u64, what: &str)
     // SAFETY: the requests used here take integers or pointers to buffers the callers own
     // (`regs`), never anything the kernel keeps.
     check(unsafe { libc::ptrace(request, tid, addr as *mut libc::c_void, data as *mut libc::c_void) }, what)
+}
+
+/// Whether an error says the thread is gone (killed or exited while the tracer looked at it):
+/// its exit is reported by `wait` later.
+pub fn gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ESRCH)
 }
 
 /// Continue a stopped thread, delivering `signal` (0 for none).

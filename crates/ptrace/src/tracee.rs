@@ -262,8 +262,17 @@ impl Tracee {
         Ok(())
     }
 
-    /// One wait status; `Some` when the process is gone.
+    /// One wait status; `Some` when the process is gone. A thread killed while the tracer
+    /// handles its stop (`SIGKILL` needs no tracer's leave) is not an error: its exit comes
+    /// next.
     pub(crate) fn handle(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
+        match self.handle_status(tid, status) {
+            Err(TraceError::Os(e)) if sys::gone(&e) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn handle_status(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
         // Returns recorded by stubs happened before this stop: report them first.
         self.collect_returns();
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {

@@ -1,0 +1,104 @@
+//! From the command line's probe specs to what the engines place: parsed specs, how each
+//! prints, and the checks that do not depend on an engine.
+
+use anyhow::{bail, Result};
+use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbeSpec, Target};
+
+use crate::options::TraceArgs;
+use crate::output::ProbeInfo;
+
+/// A parsed probe.
+pub struct Planned {
+    /// How it prints.
+    pub info: ProbeInfo,
+    /// The spec (with a default `ret=$retval` for return probes that fetch nothing of it).
+    pub spec: ProbeSpec,
+    /// For the ptrace engine: `[OBJECT:]FUNCTION+OFFSET`.
+    pub target: String,
+    /// The `BINARY:` part, if any.
+    pub object: Option<String>,
+    /// At a function's first instruction.
+    pub is_function_entry: bool,
+}
+
+impl Planned {
+    /// A kernel function or a tracepoint: only the kernel engine can place it.
+    pub fn needs_kernel(&self) -> bool {
+        !matches!(self.spec.target, Target::User { .. })
+    }
+}
+
+/// Parse every `PROBE` argument.
+pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
+    let mut planned = Vec::new();
+    for text in &args.probes {
+        let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (object, label, target, is_function_entry) = match &spec.target {
+            Target::User { binary, function, offset } => {
+                let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
+                let target = match binary {
+                    Some(b) => format!("{b}:{function}+{offset}"),
+                    None => format!("{function}+{offset}"),
+                };
+                (binary.clone(), label, target, *offset == 0)
+            }
+            Target::Kernel { function, offset } => {
+                let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
+                (None, label, String::new(), *offset == 0)
+            }
+            Target::Tracepoint { event, .. } => (None, event.clone(), String::new(), false),
+        };
+        let is_return = spec.kind == ProbeKind::Return;
+        if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
+            // A return probe shows its return value unless told otherwise.
+            spec.args.insert(0, NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
+        }
+        let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);
+        let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
+        let tracepoint = matches!(spec.target, Target::Tracepoint { .. });
+        let info = ProbeInfo {
+            spec: text.clone(),
+            label,
+            args: spec.args.clone(),
+            is_return,
+            retval_index,
+            errno_index,
+            tracepoint,
+        };
+        planned.push(Planned { info, spec, target, object, is_function_entry });
+    }
+    if args.latency {
+        if let Some(p) = planned.iter().find(|p| !p.is_function_entry) {
+            bail!("--latency times functions from entry to return; `{}` is not at a function's entry", p.info.spec);
+        }
+    }
+    Ok(planned)
+}
+
+/// `--hist NAME` must name a fetched value (tracepoint fields are checked once known).
+pub fn check_hist(args: &TraceArgs, planned: &[Planned]) -> Result<()> {
+    if let Some(field) = &args.hist {
+        if !planned.iter().any(|p| p.info.args.iter().any(|a| &a.name == field)) {
+            let known: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
+            bail!("--hist {field}: no probe fetches a value named `{field}` (fetched: {})", list_or_none(&known));
+        }
+    }
+    Ok(())
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Parse `--filter` against the fields the probes fetch.
+pub fn parse_the_filter(args: &TraceArgs, planned: &[Planned]) -> Result<Option<Filter>> {
+    let Some(text) = &args.filter else { return Ok(None) };
+    let mut fields: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
+    fields.sort_unstable();
+    fields.dedup();
+    Ok(Some(parse_filter(text, &fields).map_err(|e| anyhow::anyhow!("{e}"))?))
+}

@@ -1,0 +1,167 @@
+//! `dprobe trace --system-wide`: the kernel engine from the command line, on this machine's
+//! kernel (as root): uprobes in every process, tracepoints, filters in the kernel, clean
+//! removal of the kernel events on every exit path.
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use common::{dprobe, hits, out_file, trace};
+
+/// The tests compare the kernel's event files before and after: one at a time.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn greet() -> &'static str {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = out_file("greet");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/greet.c");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        assert!(Command::new(cc).args(["-O2", "-o"]).arg(&out).arg(src).status().unwrap().success());
+        out
+    })
+    .to_str()
+    .unwrap()
+}
+
+fn tracefs(file: &str) -> String {
+    let _ = std::fs::create_dir_all("/sys/kernel/tracing");
+    std::fs::read_to_string(format!("/sys/kernel/tracing/{file}")).unwrap_or_default()
+}
+
+#[test]
+fn a_system_wide_probe_sees_every_call_of_a_program_with_its_string() {
+    let _x = exclusive();
+    let spec = format!("{}:greet name=+0($arg1):string i=$arg2:s64", greet());
+    let (code, out) = trace("system-greet", &["-a", &spec, "--", greet(), "dprobe-test", "20"]);
+    assert_eq!(code, Some(0), "the command's status\n{out}");
+    let calls: Vec<&str> = out.lines().filter(|l| l.contains(" call greet(")).collect();
+    assert_eq!(calls.len(), 20, "{out}");
+    for (i, l) in calls.iter().enumerate() {
+        assert!(l.starts_with("process 'greet' ("), "{l}");
+        assert!(l.ends_with(&format!("call greet(name=\"dprobe-test\", i={i})")), "{l}");
+    }
+    assert_eq!(hits(&out, spec.split_whitespace().next().unwrap()), 20);
+    assert!(!tracefs("uprobe_events").contains(greet()), "its events are gone");
+}
+
+#[test]
+fn return_values_filtered_in_the_kernel_and_latency() {
+    let _x = exclusive();
+    let target = format!("{}:greet", greet());
+    let spec = format!("{target}%return ret=$retval:s32");
+    let (code, out) = trace("system-ret", &["-a", &spec, "--filter", "ret < 0", "--", greet(), "x", "70"]);
+    assert_eq!(code, Some(0), "{out}");
+    // greet returns i % 7 - 3: negative for 30 of the 70 calls.
+    let negative = out.lines().filter(|l| l.contains(" greet returns -")).count();
+    assert_eq!(negative, 30, "{out}");
+    let (code, out) = trace("system-latency", &["-a", "--latency", &target, "--", greet(), "x", "40"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("@latency of greet (ns):"), "{out}");
+    let line = out.lines().find(|l| l.starts_with(&target)).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>()[1..3], ["40", "40"], "{out}");
+}
+
+#[test]
+fn tracepoints_with_a_kernel_filter_and_a_command_filter() {
+    let _x = exclusive();
+    let (code, out) = trace(
+        "system-openat",
+        &[
+            "-a",
+            "--comm",
+            "cat",
+            "tracepoint:syscalls:sys_exit_openat",
+            "--filter",
+            "ret < 0",
+            "--",
+            "cat",
+            "/no/such/file",
+        ],
+    );
+    assert_eq!(code, Some(1), "cat's status\n{out}");
+    let events: Vec<&str> = out.lines().filter(|l| l.starts_with("process '")).collect();
+    assert!(!events.is_empty(), "{out}");
+    assert!(events.iter().all(|l| l.starts_with("process 'cat' (") && l.contains(" sys_exit_openat(")), "{out}");
+    assert!(events.iter().all(|l| l.contains("ret=-")), "only failures passed the kernel's filter\n{out}");
+    assert!(events.iter().any(|l| l.ends_with("ret=-2)")), "ENOENT for the missing file\n{out}");
+
+    let (code, out) = trace("system-sched", &["-a", "--count", "--duration", "300ms", "tracepoint:sched:sched_switch"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(hits(&out, "tracepoint:sched:sched_switch") > 0, "{out}");
+    assert!(out.contains("(--duration is over)"), "{out}");
+}
+
+#[test]
+fn kernel_functions_work_where_the_kernel_has_kprobe_events_and_say_why_not_elsewhere() {
+    let _x = exclusive();
+    let o = dprobe(&["trace", "-a", "--count", "kernel:do_sys_openat2", "--", "cat", "/etc/hostname"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists() {
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        assert!(hits(&stderr, "kernel:do_sys_openat2") > 0, "{stderr}");
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("CONFIG_KPROBE_EVENTS"), "{stderr}");
+        assert!(stderr.contains("tracepoints") && stderr.contains("still work"), "what works instead: {stderr}");
+    }
+}
+
+#[test]
+fn ctrl_c_and_sigkill_leave_no_event_behind() {
+    let _x = exclusive();
+    let before = tracefs("uprobe_events");
+    let spec = format!("{}:greet", greet());
+    for signal in [libc::SIGINT, libc::SIGKILL] {
+        let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .args(["trace", "-a", "--count", "-o", out_file("system-signal").to_str().unwrap(), &spec])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tracefs("uprobe_events").contains(&format!("dprobe_{}_", d.id())) {
+            assert!(std::time::Instant::now() < deadline, "the probe never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: signals the dprobe we started.
+        unsafe { libc::kill(d.id() as i32, signal) };
+        let status = d.wait().unwrap();
+        if signal == libc::SIGINT {
+            assert_eq!(status.code(), Some(0));
+            assert_eq!(tracefs("uprobe_events"), before, "removed on Ctrl-C");
+        } else {
+            assert!(tracefs("uprobe_events").contains(&format!("dprobe_{}_", d.id())), "SIGKILL cannot clean up");
+            // The next session removes the dead one's events.
+            let o = dprobe(&["trace", "-a", "--count", "--duration", "100ms", "tracepoint:sched:sched_switch"]);
+            assert_eq!(o.status.code(), Some(0));
+            assert_eq!(tracefs("uprobe_events"), before, "removed by the next session");
+        }
+    }
+}
+
+#[test]
+fn what_the_kernel_engine_cannot_do_is_said() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-a", "libc:open%return a=$arg1"], "$arg1 at a return"),
+        (&["-a", "libc:open%return e=$errno"], "cannot read a thread's C errno"),
+        (&["-a", "greet"], "a system-wide probe needs BINARY:FUNCTION"),
+        (&["-a", "libnosuchlib:f"], "`libnosuchlib`: no such file"),
+        (&["--engine", "ptrace", "tracepoint:sched:sched_switch", "--", "true"], "need the kernel engine, not ptrace"),
+        (&["--engine", "ptrace", "-a", "libc:open"], "--system-wide needs the kernel engine"),
+        (&["-a", "tracepoint:sched:no_such_event"], "event `sched:no_such_event`: the kernel has no such event"),
+        (&["-a", "tracepoint:sched:sched_switch", "--hist", "nope"], "--hist nope: no probe fetches"),
+        (&["--comm", "cat", "libc:open", "--", "true"], "--comm filters system-wide traces"),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["trace"];
+        all.extend_from_slice(args);
+        let o = dprobe(&all);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
+}

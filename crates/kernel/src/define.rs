@@ -1,0 +1,260 @@
+//! From dprobe's probe specs to the kernel's dynamic-event definitions: the same language,
+//! with the parts the kernel does not take translated (`$argN` becomes the register or stack
+//! slot of the x86-64 calling convention; a user function becomes `PATH:FILE_OFFSET`).
+
+use dprobe_arch::{analyze, Addr};
+use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Target};
+use dprobe_sym::Symbols;
+
+use crate::error::KernelError;
+
+/// Which kernel file takes a definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `uprobe_events`.
+    Uprobe,
+    /// `kprobe_events`.
+    Kprobe,
+    /// An existing static tracepoint.
+    Tracepoint,
+}
+
+/// A probe, ready for the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// Which file.
+    pub kind: EventKind,
+    /// For dynamic events, the text after `p:GROUP/NAME` / `r:GROUP/NAME`: place and args.
+    pub body: String,
+    /// A return probe.
+    pub is_return: bool,
+    /// For tracepoints, `SUBSYSTEM/EVENT`.
+    pub tracepoint: Option<String>,
+    /// Where a user probe sits (for messages): `path:function+offset`.
+    pub place: String,
+}
+
+/// The kernel's definition of `spec`.
+pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
+    let is_return = spec.kind == ProbeKind::Return;
+    let args = spec.args.iter().map(|a| fetch_arg(a, is_return)).collect::<Result<Vec<_>, _>>()?.join(" ");
+    match &spec.target {
+        Target::Tracepoint { subsystem, event } => Ok(Definition {
+            kind: EventKind::Tracepoint,
+            body: String::new(),
+            is_return: false,
+            tracepoint: Some(format!("{subsystem}/{event}")),
+            place: format!("{subsystem}:{event}"),
+        }),
+        Target::Kernel { function, offset } => {
+            let place = if *offset == 0 { function.clone() } else { format!("{function}+{offset}") };
+            Ok(Definition {
+                kind: EventKind::Kprobe,
+                body: format!("{place} {args}").trim_end().to_owned(),
+                is_return,
+                tracepoint: None,
+                place: format!("kernel:{place}"),
+            })
+        }
+        Target::User { binary, function, offset } => {
+            let (path, file_offset, shown) = user_place(binary.as_deref(), function, *offset)?;
+            Ok(Definition {
+                kind: EventKind::Uprobe,
+                body: format!("{path}:{file_offset:#x} {args}").trim_end().to_owned(),
+                is_return,
+                tracepoint: None,
+                place: shown,
+            })
+        }
+    }
+}
+
+/// One fetch argument in the kernel's syntax.
+fn fetch_arg(a: &NamedArg, is_return: bool) -> Result<String, KernelError> {
+    let ty = match a.ty {
+        ArgType::S(b) => format!("s{b}"),
+        ArgType::U(b) => format!("u{b}"),
+        ArgType::X(b) => format!("x{b}"),
+        ArgType::String => "string".into(),
+    };
+    Ok(format!("{}={}:{ty}", a.name, fetch(&a.fetch, is_return, &a.name)?))
+}
+
+fn fetch(f: &Fetch, is_return: bool, name: &str) -> Result<String, KernelError> {
+    Ok(match f {
+        Fetch::Reg(r) => format!("%{}", r.0),
+        Fetch::Arg(n) if is_return => {
+            return Err(KernelError::Unsupported {
+                what: format!("`{name}`: $arg{n} at a return"),
+                why: "the kernel's return probes do not keep the arguments; use the ptrace engine, or \
+                      fetch it with an entry probe"
+                    .into(),
+            })
+        }
+        Fetch::Arg(n) => match n {
+            1 => "%di".into(),
+            2 => "%si".into(),
+            3 => "%dx".into(),
+            4 => "%cx".into(),
+            5 => "%r8".into(),
+            6 => "%r9".into(),
+            // At a function's entry the return address is at the stack pointer; the 7th
+            // argument is just above it.
+            n => format!("+{}(%sp)", 8 * (n - 6)),
+        },
+        Fetch::RetVal => "$retval".into(),
+        Fetch::Comm => "$comm".into(),
+        Fetch::Errno => {
+            return Err(KernelError::Unsupported {
+                what: format!("`{name}`: $errno"),
+                why: "the kernel engine cannot read a thread's C errno; use the ptrace engine".into(),
+            })
+        }
+        Fetch::Stack(n) => format!("$stack{n}"),
+        Fetch::StackPointer => "$stack".into(),
+        Fetch::Memory(a) => format!("@{a:#x}"),
+        Fetch::Immediate(i) => format!("\\{i}"),
+        Fetch::Deref { offset, inner } => {
+            let sign = if *offset < 0 { "-" } else { "+" };
+            format!("{sign}{}({})", offset.unsigned_abs(), fetch(inner, is_return, name)?)
+        }
+    })
+}
+
+/// The file and file offset of `[BINARY:]FUNCTION+OFFSET`, checked to be on an instruction
+/// boundary. BINARY is a path, or a library name (`libc`) found among the libraries dprobe
+/// itself has loaded or in the usual library directories.
+fn user_place(binary: Option<&str>, function: &str, offset: u64) -> Result<(String, u64, String), KernelError> {
+    let binary = binary.ok_or_else(|| KernelError::Unsupported {
+        what: format!("`{function}` without a binary"),
+        why: "a system-wide probe needs BINARY:FUNCTION (a path, or a library such as libc)".into(),
+    })?;
+    let path = find_object(binary).ok_or_else(|| KernelError::NotFound {
+        what: format!("`{binary}`"),
+        why: "no such file, and no library of that name is loaded or in the library directories".into(),
+    })?;
+    let symbols = Symbols::load_file(&path).map_err(|e| KernelError::NotFound {
+        what: format!("`{path}`"),
+        why: format!("cannot read its symbols: {e}"),
+    })?;
+    let (f, addr) = match function.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+        Some(a) => {
+            let addr = Addr(a + offset);
+            let f = symbols.containing(addr).ok_or_else(|| KernelError::NotFound {
+                what: format!("{addr} in `{path}`"),
+                why: "no function symbol covers it".into(),
+            })?;
+            (f, addr)
+        }
+        None => {
+            let f = symbols.find(function).ok_or_else(|| KernelError::NotFound {
+                what: format!("`{function}`"),
+                why: format!("no such function in `{path}`"),
+            })?;
+            if offset >= f.size {
+                return Err(KernelError::NotFound {
+                    what: format!("`{function}+{offset}`"),
+                    why: format!("past the end of the function ({} bytes)", f.size),
+                });
+            }
+            (f, f.start.offset(offset))
+        }
+    };
+    let code = read_at(&path, f.file_offset, f.size as usize)?;
+    analyze(&code, f.start, addr).map_err(|e| KernelError::Unsupported {
+        what: format!("`{}+{:#x}` in `{path}`", f.name, addr.0 - f.start.0),
+        why: e.to_string(),
+    })?;
+    let file_offset = f.file_offset_of(addr).expect("inside the function");
+    Ok((path.clone(), file_offset, format!("{path}:{}+{:#x}", f.name, addr.0 - f.start.0)))
+}
+
+fn read_at(path: &str, offset: u64, len: usize) -> Result<Vec<u8>, KernelError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut buf, offset))
+        .map_err(|e| KernelError::NotFound { what: format!("`{path}`"), why: e.to_string() })?;
+    Ok(buf)
+}
+
+/// A path as is; a library name through dprobe's own maps (it is linked with libc), then the
+/// usual directories.
+pub fn find_object(name: &str) -> Option<String> {
+    if name.contains('/') {
+        return std::fs::canonicalize(name).ok().map(|p| p.to_string_lossy().into_owned());
+    }
+    let matches = |file: &str| {
+        file == name
+            || file.starts_with(&format!("{name}.so"))
+            || file.starts_with(&format!("lib{name}.so"))
+            || file.starts_with(&format!("{name}-"))
+    };
+    if let Ok(maps) = dprobe_sym::read_maps() {
+        if let Some(p) =
+            maps.iter().filter_map(|m| m.path.as_deref()).find(|p| matches(p.rsplit('/').next().unwrap_or(p)))
+        {
+            return Some(p.to_owned());
+        }
+    }
+    for dir in ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut found: Vec<String> =
+            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|f| matches(f)).collect();
+        found.sort();
+        if let Some(f) = found.first() {
+            return std::fs::canonicalize(format!("{dir}/{f}")).ok().map(|p| p.to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dprobe_spec::parse_probe;
+
+    fn def(text: &str) -> Result<Definition, KernelError> {
+        definition(&parse_probe(text).unwrap())
+    }
+
+    #[test]
+    fn kernel_probes_pass_through_with_arguments_in_registers() {
+        let d = def("kernel:do_sys_openat2 dfd=$arg1:s32 path=+0($arg2):string how=$arg3 c=$comm").unwrap();
+        assert_eq!(d.kind, EventKind::Kprobe);
+        assert_eq!(d.body, "do_sys_openat2 dfd=%di:s32 path=+0(%si):string how=%dx:x64 c=$comm:string");
+        let d = def("kernel:do_sys_openat2%return ret=$retval").unwrap();
+        assert_eq!((d.body.as_str(), d.is_return), ("do_sys_openat2 ret=$retval:s64", true));
+        let d = def("kernel:vfs_read+4 x=$arg8:u32 y=-8(+16(%sp)):x8").unwrap();
+        assert_eq!(d.body, "vfs_read+4 x=+16(%sp):u32 y=-8(+16(%sp)):x8");
+    }
+
+    #[test]
+    fn user_probes_become_path_and_file_offset() {
+        let d = def("libc:open path=+0($arg1):string").unwrap();
+        assert_eq!(d.kind, EventKind::Uprobe);
+        let (place, args) = d.body.split_once(' ').unwrap();
+        let (path, offset) = place.rsplit_once(':').unwrap();
+        assert!(path.contains("libc.so"), "{path}");
+        let symbols = Symbols::load_file(path).unwrap();
+        let f = symbols.find("open").unwrap();
+        assert_eq!(offset, format!("{:#x}", f.file_offset));
+        assert_eq!(args, "path=+0(%di):string");
+    }
+
+    #[test]
+    fn what_the_kernel_cannot_do_is_refused_with_the_reason() {
+        let e = def("libc:open%return a=$arg1").unwrap_err().to_string();
+        assert!(e.contains("$arg1 at a return"), "{e}");
+        let e = def("libc:open%return e=$errno").unwrap_err().to_string();
+        assert!(e.contains("$errno"), "{e}");
+        let e = def("open").unwrap_err().to_string();
+        assert!(e.contains("needs BINARY:FUNCTION"), "{e}");
+        let e = def("libnosuchthing:f").unwrap_err().to_string();
+        assert!(e.contains("`libnosuchthing`"), "{e}");
+        let e = def("libc:no_such_function_here").unwrap_err().to_string();
+        assert!(e.contains("no such function"), "{e}");
+        let e = def("libc:open+1000000").unwrap_err().to_string();
+        assert!(e.contains("past the end"), "{e}");
+    }
+}

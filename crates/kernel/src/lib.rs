@@ -1,0 +1,28 @@
+//! The kernel engine: system-wide and kernel-function probes through the kernel's own
+//! probing machinery. dprobe's probe specs become tracefs dynamic events (`uprobe_events`
+//! for user code, `kprobe_events` for kernel functions) or name existing tracepoints; their
+//! records are read from per-CPU perf ring buffers and decoded with each event's `format`
+//! file. Everything dprobe defines lives in a group of its own and is removed on every exit
+//! path; nothing global (`tracing_on`, the trace buffer, other users' events) is touched.
+//!
+//! ```no_run
+//! use dprobe_kernel::Session;
+//! let spec = dprobe_spec::parse_probe("libc:open path=+0($arg1):string").unwrap();
+//! let mut s = Session::new()?;
+//! s.add(&spec, None, None)?;
+//! s.start(None)?; // every process
+//! s.poll(1000, &mut |hit| println!("{} {:?}", hit.tid, hit.field("path")))?;
+//! # Ok::<(), dprobe_kernel::KernelError>(())
+//! ```
+mod define;
+mod error;
+mod format;
+mod perf;
+mod session;
+mod tracefs;
+
+pub use define::{definition, find_object, Definition, EventKind};
+pub use error::KernelError;
+pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
+pub use session::{Event, Hit, KernelCounts, Session};
+pub use tracefs::Tracefs;

@@ -1,0 +1,173 @@
+//! The kernel engine on this machine's kernel (as root): system-wide uprobes on a program
+//! started after the probe was placed, tracepoints, and the kernel's event files left as they
+//! were on every exit path.
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use dprobe_kernel::{FieldValue, Session, Tracefs};
+use dprobe_spec::parse_probe;
+
+/// Tests that compare `uprobe_events` before and after must not overlap with other sessions:
+/// every test takes this lock.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+fn greet() -> &'static str {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dprobe-kernel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("greet");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/greet.c");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        assert!(Command::new(cc).args(["-O2", "-o"]).arg(&out).arg(src).status().unwrap().success());
+        out
+    })
+    .to_str()
+    .unwrap()
+}
+
+fn uprobe_events() -> String {
+    std::fs::read_to_string(Tracefs::open().unwrap().path("uprobe_events")).unwrap()
+}
+
+/// Poll until `done` says so or 5 s pass.
+fn poll_until(s: &mut Session, mut each: impl FnMut(dprobe_kernel::Hit<'_>), done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() && std::time::Instant::now() < deadline {
+        s.poll(100, &mut each).unwrap();
+    }
+    s.poll(0, &mut each).unwrap();
+}
+
+#[test]
+fn a_system_wide_uprobe_sees_a_process_started_after_it_with_exact_counts_and_strings() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = uprobe_events();
+    let mut s = Session::new().unwrap();
+    let entry = parse_probe(&format!("{}:greet name=+0($arg1):string i=$arg2:s64 c=$comm", greet())).unwrap();
+    let ret = parse_probe(&format!("{}:greet%return ret=$retval:s32", greet())).unwrap();
+    s.add(&entry, None, None).unwrap();
+    s.add(&ret, Some("ret < 0"), None).unwrap();
+    assert!(uprobe_events().contains(s.group()), "defined in the session's own group");
+    s.start(None).unwrap();
+    let child = Command::new(greet()).args(["dprobe-test", "50"]).status().unwrap();
+    assert!(child.success());
+    let mut entries = Vec::new();
+    let mut negative = 0;
+    let pid = std::cell::Cell::new(0u32);
+    let count = std::cell::Cell::new(0usize);
+    poll_until(
+        &mut s,
+        |hit| {
+            count.set(count.get() + 1);
+            if hit.event == 0 {
+                pid.set(hit.pid);
+                entries.push((hit.field("name"), hit.field("i"), hit.field("c")));
+            } else {
+                assert!(
+                    matches!(hit.field("ret"), Some(FieldValue::Signed(r)) if r < 0),
+                    "the filter ran in the kernel"
+                );
+                negative += 1;
+            }
+        },
+        || count.get() >= 50 + 150 / 7,
+    );
+    assert_eq!(entries.len(), 50, "every call, exactly");
+    for (i, (name, n, comm)) in entries.iter().enumerate() {
+        assert_eq!(name, &Some(FieldValue::Str(b"dprobe-test".to_vec())));
+        assert_eq!(n, &Some(FieldValue::Signed(i as i64)));
+        assert_eq!(comm, &Some(FieldValue::Str(b"greet".to_vec())));
+    }
+    // greet returns i % 7 - 3: negative for i % 7 in 0..3.
+    let expected = (0..50).filter(|i| i % 7 < 3).count();
+    assert_eq!(negative, expected);
+    assert_eq!(s.events()[0].received, 50);
+    let counts = s.kernel_counts(0).unwrap();
+    assert_eq!(counts.hits, 50, "uprobe_profile agrees");
+    assert_eq!(s.lost, 0);
+    drop(s);
+    assert_eq!(uprobe_events(), before, "the session's events are gone");
+}
+
+#[test]
+fn tracepoint_events_decode() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Session::new().unwrap();
+    s.add(&parse_probe("tracepoint:sched:sched_process_exec").unwrap(), None, None).unwrap();
+    s.start(None).unwrap();
+    let child = Command::new(greet()).args(["x", "1"]).spawn().unwrap();
+    let child_pid = child.id();
+    let mut child = child;
+    child.wait().unwrap();
+    let seen = std::cell::RefCell::new(Vec::new());
+    poll_until(
+        &mut s,
+        |hit| {
+            if hit.pid == child_pid {
+                seen.borrow_mut().push((hit.field("filename"), hit.field("pid")));
+            }
+        },
+        || !seen.borrow().is_empty(),
+    );
+    let seen = seen.into_inner();
+    assert_eq!(
+        seen,
+        vec![(Some(FieldValue::Str(greet().as_bytes().to_vec())), Some(FieldValue::Signed(child_pid as i64)))]
+    );
+}
+
+#[test]
+fn every_exit_path_leaves_the_event_files_as_they_were() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = uprobe_events();
+    let spec = parse_probe(&format!("{}:greet", greet())).unwrap();
+    // Drop while recording.
+    let mut s = Session::new().unwrap();
+    s.add(&spec, None, None).unwrap();
+    s.start(None).unwrap();
+    drop(s);
+    assert_eq!(uprobe_events(), before);
+    // A panic while recording.
+    let r = std::panic::catch_unwind(|| {
+        let mut s = Session::new().unwrap();
+        s.add(&spec, None, None).unwrap();
+        s.start(None).unwrap();
+        panic!("in the middle of a session");
+    });
+    assert!(r.is_err());
+    assert_eq!(uprobe_events(), before);
+    // A refused definition leaves nothing half-made.
+    let mut s = Session::new().unwrap();
+    s.add(&spec, None, None).unwrap();
+    let bad = parse_probe(&format!("{}:greet x=+0(%zz9):u8", greet()));
+    assert!(bad.is_err(), "the spec parser refuses it first");
+    drop(s);
+    assert_eq!(uprobe_events(), before);
+    // A session killed without cleaning up: the next one removes its events.
+    let tracefs = Tracefs::open().unwrap();
+    let dead = dead_pid();
+    let line = format!("p:dprobe_{dead}_0/p0 {}:0x0", greet());
+    tracefs.define("uprobe_events", &line).unwrap();
+    assert!(uprobe_events().contains(&format!("dprobe_{dead}_0")));
+    drop(Session::new().unwrap());
+    assert_eq!(uprobe_events(), before, "a dead session's group is removed at start");
+}
+
+/// A process id that is not in use.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn a_filter_the_kernel_refuses_is_an_error_with_its_reason() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Session::new().unwrap();
+    s.add(&parse_probe(&format!("{}:greet i=$arg2:s64", greet())).unwrap(), Some("nosuchfield == 1"), None).unwrap();
+    let e = s.start(None).unwrap_err().to_string();
+    assert!(e.contains("filter `nosuchfield == 1`"), "{e}");
+}
