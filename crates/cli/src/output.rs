@@ -26,6 +26,8 @@ pub struct ProbeInfo {
     pub errno_index: Option<usize>,
     /// A tracepoint (an event, not a call).
     pub tracepoint: bool,
+    /// A kernel function: a return value from -4095 to -1 is an error number.
+    pub errno_in_retval: bool,
 }
 
 /// One hit, fetched.
@@ -71,8 +73,13 @@ pub fn human(e: &Event<'_>, out: &mut String) {
     if let Some(r) = p.retval_index {
         out.push_str(" returns ");
         human_value(&e.values[r], out);
-        let errno_value = p.errno_index.and_then(|i| e.values[i].as_i64());
-        if let (Some(ret), Some(err)) = (e.values[r].as_i64(), errno_value) {
+        let ret = e.values[r].as_i64();
+        let errno_value = match p.errno_index {
+            Some(i) => e.values[i].as_i64(),
+            None if p.errno_in_retval => ret.filter(|v| (-4095..0).contains(v)).map(|v| -v),
+            None => None,
+        };
+        if let (Some(ret), Some(err)) = (ret, errno_value) {
             if ret < 0 {
                 let _ = write!(out, " ({})", errno::name(err).map_or_else(|| format!("errno {err}"), str::to_owned));
             }
@@ -216,6 +223,7 @@ mod tests {
             retval_index,
             errno_index,
             tracepoint: false,
+            errno_in_retval: false,
         }
     }
 
@@ -241,6 +249,12 @@ mod tests {
         let mut s = String::new();
         human(&event(&p, &values), &mut s);
         assert_eq!(s, "process 'cat' (11) openat returns 3\n", "errno is stale when the call succeeded");
+
+        let mut p = info("kernel:do_sys_openat2%return ret=$retval:s32");
+        p.errno_in_retval = true;
+        let mut s = String::new();
+        human(&event(&p, &[Fetched::Int(0xffff_fffe, ArgType::S(32))]), &mut s);
+        assert_eq!(s, "process 'cat' (11) openat returns -2 (ENOENT)\n", "kernel functions return -errno");
     }
 
     #[test]

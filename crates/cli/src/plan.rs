@@ -64,6 +64,7 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
             retval_index,
             errno_index,
             tracepoint,
+            errno_in_retval: matches!(spec.target, Target::Kernel { .. }),
         };
         planned.push(Planned { info, spec, target, object, is_function_entry });
     }

@@ -66,12 +66,14 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
     }
     check_hist(args, &planned)?;
     let filter = parse_the_filter(args, &planned)?;
+    let mut kernel_filtered = Vec::new();
     if let (Some(text), Some(f)) = (&args.filter, &filter) {
         // The kernel filters what it can: each event whose fields cover the filter's.
         let names = f.fields();
         for (p, k) in planned.iter().zip(&probes) {
             if names.iter().all(|n| p.info.args.iter().any(|a| a.name == *n)) {
                 session.set_filter(k.event, Some(text));
+                kernel_filtered.push(p.info.spec.split_whitespace().next().unwrap_or_default().to_owned());
             }
         }
     }
@@ -175,6 +177,9 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
     let mut notes = Vec::new();
     if session.lost > 0 {
         notes.push(format!("{} records lost: the kernel's buffers were full (it dropped them)", session.lost));
+    }
+    for target in &kernel_filtered {
+        notes.push(format!("{target}: filtered in the kernel; its RETURNS count the returns that passed"));
     }
     if pending_dropped > 0 {
         notes.push(format!("{pending_dropped} entries not timed: {MAX_PENDING} calls were already pending"));

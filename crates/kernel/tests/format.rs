@@ -95,6 +95,27 @@ fn return_probe_events() {
 }
 
 #[test]
+fn kprobe_events() {
+    // Captured from Debian's 6.1 kernel (kprobe events built in), booted by the kprobe VM
+    // test (`.ci/kprobe-vm`).
+    let f = format("kprobe_openat2");
+    let own: Vec<(&str, FieldKind)> = f.own_fields().map(|x| (x.name.as_str(), x.kind)).collect();
+    assert_eq!(own, [("dfd", FieldKind::Int { signed: true }), ("path", FieldKind::DataLocString)]);
+    let mut raw = record(f.id as u16, 88, &0xffff_ffff_8130_0000u64.to_le_bytes());
+    raw.extend_from_slice(&(-100i32).to_le_bytes()); // dfd at 16: AT_FDCWD
+    raw.extend_from_slice(&(24u32 | (10 << 16)).to_le_bytes()); // path at 20
+    raw.extend_from_slice(b"/etc/motd\0");
+    assert_eq!(value(&f, &raw, "dfd"), FieldValue::Signed(-100));
+    assert_eq!(value(&f, &raw, "path"), FieldValue::Str(b"/etc/motd".to_vec()));
+    let f = format("kretprobe_openat2");
+    let own: Vec<&str> = f.own_fields().map(|x| x.name.as_str()).collect();
+    assert_eq!(own, ["ret"]);
+    let mut raw = record(f.id as u16, 88, &[0; 16]);
+    raw.extend_from_slice(&(-2i64).to_le_bytes());
+    assert_eq!(value(&f, &raw, "ret"), FieldValue::Signed(-2));
+}
+
+#[test]
 fn bad_format_files_are_errors() {
     assert!(EventFormat::parse("name: x\nformat:\n").is_err(), "no ID");
     assert!(EventFormat::parse("ID: 1\n").is_err(), "no name");
