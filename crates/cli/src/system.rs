@@ -39,11 +39,14 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
         bail!("give -p PID or a command, not both");
     }
     let mut session = Session::new()?;
+    // The thread's name comes with each event when something shows or filters it (it costs
+    // the kernel a string copy per event).
+    let with_comm = mode(args) != crate::report::Mode::Quiet || args.comm.is_some();
     let mut probes = Vec::new();
     for p in &mut planned {
         let mut spec = p.spec.clone();
         let dynamic = !matches!(spec.target, Target::Tracepoint { .. });
-        if dynamic {
+        if dynamic && with_comm {
             spec.args.push(NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String });
         }
         let event =
@@ -56,7 +59,10 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
         let return_event = if args.latency && p.spec.kind == ProbeKind::Entry {
             let mut ret = p.spec.clone();
             ret.kind = ProbeKind::Return;
-            ret.args = vec![NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String }];
+            ret.args = Vec::new();
+            if with_comm {
+                ret.args.push(NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String });
+            }
             Some(session.add(&ret, None, Some(args.maxactive)).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?)
         } else {
             None
@@ -165,7 +171,8 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
             let counts = session.kernel_counts(k.event).unwrap_or_default();
             let returns = k.return_event.map(|r| session.events()[r].received);
             let stats = ProbeStats {
-                hits: if p.info.is_return { counts.hits.max(received) } else { received },
+                // The kernel counts every hit, also those its filter dropped or a full buffer lost.
+                hits: counts.hits.max(received),
                 returns: if p.info.is_return { received } else { returns.unwrap_or(0) },
                 missed: counts.missed,
                 addr: Some(dprobe_arch::Addr(0)),
