@@ -55,6 +55,11 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
             // A tracepoint's fields are its arguments.
             let format = &session.events()[event].format;
             p.info.args = format.own_fields().map(tracepoint_arg).collect();
+            if format.name.starts_with("sys_exit_") {
+                // A system call's return value: negative error numbers get their names.
+                p.info.retval_index = p.info.args.iter().position(|a| a.name == "ret");
+                p.info.errno_in_retval = true;
+            }
         }
         let return_event = if args.latency && p.spec.kind == ProbeKind::Entry {
             let mut ret = p.spec.clone();
@@ -186,7 +191,7 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
         notes.push(format!("{} records lost: the kernel's buffers were full (it dropped them)", session.lost));
     }
     for target in &kernel_filtered {
-        notes.push(format!("{target}: filtered in the kernel; its RETURNS count the returns that passed"));
+        notes.push(format!("{target}: filtered in the kernel: only the events that passed reached dprobe"));
     }
     if pending_dropped > 0 {
         notes.push(format!("{pending_dropped} entries not timed: {MAX_PENDING} calls were already pending"));
