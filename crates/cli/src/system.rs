@@ -187,6 +187,16 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
         })
         .collect();
     let mut notes = Vec::new();
+    for ((p, k), line) in planned.iter().zip(&probes).zip(&lines) {
+        let target = p.info.spec.split_whitespace().next().unwrap_or_default();
+        let received = session.events()[k.event].received;
+        if !kernel_filtered.iter().any(|t| t == target) && line.stats.hits > received {
+            notes.push(format!(
+                "{target}: {} hits not received: the kernel's buffers were full",
+                line.stats.hits - received
+            ));
+        }
+    }
     if session.lost > 0 {
         notes.push(format!("{} records lost: the kernel's buffers were full (it dropped them)", session.lost));
     }

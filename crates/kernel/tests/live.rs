@@ -171,3 +171,22 @@ fn a_filter_the_kernel_refuses_is_an_error_with_its_reason() {
     let e = s.start(None).unwrap_err().to_string();
     assert!(e.contains("filter `nosuchfield == 1`"), "{e}");
 }
+
+#[test]
+fn a_slow_consumer_loses_records_and_counts_every_one() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Session::new().unwrap();
+    s.add(&parse_probe(&format!("{}:greet name=+0($arg1):string", greet())).unwrap(), None, None).unwrap();
+    s.start(None).unwrap();
+    // 100,000 records while nobody reads: far more than the buffers hold. The kernel reports
+    // what it dropped before the next record it writes: one more call brings the report.
+    assert!(Command::new(greet()).args(["slow-consumer", "100000"]).status().unwrap().success());
+    let received = std::cell::Cell::new(0u64);
+    s.poll(0, &mut |_| received.set(received.get() + 1)).unwrap();
+    assert!(Command::new(greet()).args(["slow-consumer", "1"]).status().unwrap().success());
+    poll_until(&mut s, |_| received.set(received.get() + 1), || false); // its full time
+    let (received, lost) = (received.get(), s.lost);
+    assert!(lost > 0 && received < 100_001, "the buffers overflowed: {received} received, {lost} lost");
+    assert_eq!(received + lost, 100_001, "every record is either read or counted as lost");
+    assert_eq!(s.kernel_counts(0).unwrap().hits, 100_001);
+}
