@@ -13,7 +13,10 @@ use crate::options::ListArgs;
 
 /// Run `dprobe list`; returns the exit status (1 when the place asked about cannot be probed).
 pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
-    let (symbols, code) = match (&args.pid, &args.file) {
+    if args.pid.is_some() && args.rest.len() > 1 {
+        bail!("with -p PID, give at most a PATTERN (no FILE)");
+    }
+    let (symbols, code) = match (&args.pid, args.file()) {
         (Some(pid), _) => {
             let maps = read_maps_of(*pid as u32).with_context(|| format!("cannot read the maps of process {pid}"))?;
             let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
@@ -26,7 +29,7 @@ pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
         }
         (None, None) => bail!("give `-p PID` or a FILE"),
     };
-    match args.pattern.as_deref() {
+    match args.pattern() {
         Some(p) if p.starts_with("0x") || p.contains('+') => check(&symbols, &code, p, out),
         pattern => {
             let names: BTreeSet<String> = symbols

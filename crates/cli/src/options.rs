@@ -104,15 +104,30 @@ pub enum Engine {
 #[derive(Args, Debug)]
 pub struct ListArgs {
     /// The functions of this running process and its libraries.
-    #[arg(short = 'p', long = "pid", value_name = "PID", conflicts_with = "file")]
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pid: Option<i32>,
-    /// An ELF file (a program or a library).
-    #[arg(value_name = "FILE", required_unless_present = "pid")]
-    pub file: Option<String>,
-    /// A glob on function names (`*open*`), or one place to check: `FUNCTION+OFFSET` or
+    /// `FILE [PATTERN]` (an ELF program or library), or with `-p` just `[PATTERN]`. PATTERN is
+    /// a glob on function names (`*open*`), or one place to check: `FUNCTION+OFFSET` or
     /// `0xADDRESS`.
-    #[arg(value_name = "PATTERN")]
-    pub pattern: Option<String>,
+    #[arg(value_name = "FILE | PATTERN", num_args = 0..=2)]
+    pub rest: Vec<String>,
+}
+
+impl ListArgs {
+    /// The file (without `-p`).
+    pub fn file(&self) -> Option<&str> {
+        if self.pid.is_some() {
+            None
+        } else {
+            self.rest.first().map(String::as_str)
+        }
+    }
+
+    /// The pattern.
+    pub fn pattern(&self) -> Option<&str> {
+        let skip = usize::from(self.pid.is_none());
+        self.rest.get(skip).map(String::as_str)
+    }
 }
 
 /// `10`, `2.5s`, `500ms`, `1m`.

@@ -7,16 +7,32 @@ use std::time::Duration;
 
 use common::{function_addr, hits, out_file, read_mem, target};
 
-fn start_target() -> Child {
-    let child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
-    child
+/// The running target; killed if a test fails before it finishes it.
+struct Running(Child);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
 }
 
-fn finish(mut child: Child) -> Option<i32> {
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_target() -> Running {
+    let child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    Running(child)
+}
+
+fn finish(mut child: Running) -> Option<i32> {
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) }, 0);
-    child.wait().unwrap().code()
+    child.0.wait().unwrap().code()
 }
 
 #[test]
@@ -58,5 +74,20 @@ fn duration_ends_the_trace_and_leaves_the_program_running() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("(--duration is over)"), "{out}");
     assert!(hits(&out, "pair%return") > 0);
+    assert_eq!(finish(child), Some(0));
+}
+
+#[test]
+fn list_shows_the_functions_of_a_running_process() {
+    let child = start_target();
+    let p = child.id().to_string();
+    let o = common::dprobe(&["list", "-p", &p, "probed*"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["target:probed", "target:probed_push"], "{text}");
+    let o = common::dprobe(&["list", "-p", &p, "libc:open+0"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("(libc.so.6:open@@GLIBC_2.2.5+0x0): `"), "{text}");
+    assert!(text.contains("` can be probed: "), "{text}");
     assert_eq!(finish(child), Some(0));
 }

@@ -91,6 +91,9 @@ fn tracepoints_with_a_kernel_filter_and_a_command_filter() {
     assert!(events.iter().all(|l| l.contains("ret=-")), "only failures passed the kernel's filter\n{out}");
     assert!(events.iter().any(|l| l.ends_with("ret=-2)")), "ENOENT for the missing file\n{out}");
 
+    let o = dprobe(&["trace", "-v", "--count", "--duration", "300ms", "tracepoint:sched:sched_switch"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("dprobe: engine: kernel (kernel functions or tracepoints are probed)"), "{stderr}");
     let (code, out) = trace("system-sched", &["-a", "--count", "--duration", "300ms", "tracepoint:sched:sched_switch"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(hits(&out, "tracepoint:sched:sched_switch") > 0, "{out}");

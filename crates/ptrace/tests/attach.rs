@@ -10,6 +10,16 @@ use common::{counter, read_mem, target};
 use dprobe_ptrace::{ProbeDef, Stopped, Tracee};
 use std::sync::atomic::Ordering::Relaxed;
 
+/// Kills the untraced target if a test fails before it finishes it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signals a child of this test (already reaped is harmless: ESRCH).
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 fn maps(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
@@ -17,6 +27,7 @@ fn maps(pid: i32) -> String {
 #[test]
 fn attach_trace_every_thread_and_detach_with_returns_pending() {
     let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
     std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
     let maps_before = maps(pid);
@@ -62,6 +73,7 @@ fn attaching_to_a_missing_or_traced_process_says_why() {
     let e = Tracee::attach(999_999_999).err().expect("no such process");
     assert_eq!(e.to_string(), "cannot trace process 999999999: no such process");
     let mut child = Command::new(target()).arg("until-usr2").spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
     let first = Tracee::attach(pid).unwrap();
     // A second tracer (another thread, as ptrace sees tracers per thread).
