@@ -88,8 +88,8 @@ fn tracepoints_with_a_kernel_filter_and_a_command_filter() {
     let events: Vec<&str> = out.lines().filter(|l| l.starts_with("process '")).collect();
     assert!(!events.is_empty(), "{out}");
     assert!(events.iter().all(|l| l.starts_with("process 'cat' (") && l.contains(" sys_exit_openat(")), "{out}");
-    assert!(events.iter().all(|l| l.contains("ret=-")), "only failures passed the kernel's filter\n{out}");
-    assert!(events.iter().any(|l| l.ends_with("ret=-2)")), "ENOENT for the missing file\n{out}");
+    assert!(events.iter().all(|l| l.contains(") returns -")), "only failures passed the kernel's filter\n{out}");
+    assert!(events.iter().any(|l| l.ends_with(" returns -2 (ENOENT)")), "ENOENT for the missing file\n{out}");
 
     let o = dprobe(&["trace", "-v", "--count", "--duration", "300ms", "tracepoint:sched:sched_switch"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
