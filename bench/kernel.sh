@@ -3,28 +3,17 @@
 # against bpftrace with the same probe on the same target, in one run; then dprobe's peak
 # memory while the target calls the probed function as fast as it can. Needs root.
 #   bench/kernel.sh            N=1000000, REPS=3 (medians), SECONDS_PER_RUN=30 for memory
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-out=${BENCH_OUT:-$root/target/bench}
-mkdir -p "$out"
+. "$(dirname "$0")/lib.sh"
 N=${N:-1000000}
 REPS=${REPS:-3}
 secs=${SECONDS_PER_RUN:-30}
 
-cc -O2 -g -o "$out/target_str" "$here/target_str.c"
-(cd "$root" && cargo build --release -q -p dprobe-cli)
-dprobe="$root/target/release/dprobe"
-t="$out/target_str"
+t=$target
 
-total() { sed -n 's/.*TARGET n=[0-9]* ns_total=\([0-9]*\).*/\1/p' | tail -n1; }
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-per_hit() { awk -v p="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f", (p - b) / n }'; }
-
-base=$(for _ in $(seq "$REPS"); do "$t" "$N" | total; done | median)
+base=$(for _ in $(seq "$REPS"); do "$t" "$N" str | total; done | median)
 
 dprobe_run() {
-    "$dprobe" trace -a --count -o "$out/kernel.summary" "$t:probed_str s=+0(\$arg1):string" -- "$t" "$N"
+    "$dprobe" trace -a --count -o "$out/kernel.summary" "$t:probed_str s=+0(\$arg1):string" -- "$t" "$N" str
 }
 dp=$(for _ in $(seq "$REPS"); do dprobe_run | total; done | median)
 hits=$(awk '$1 ~ /probed_str$/ {print $2}' "$out/kernel.summary")
@@ -33,7 +22,7 @@ hits=$(awk '$1 ~ /probed_str$/ {print $2}' "$out/kernel.summary")
 bt=skip
 if command -v bpftrace >/dev/null; then
     bt_run() {
-        bpftrace -q -e "uprobe:$t:probed_str { @[str(arg0)] = count(); }" -c "$t $N" 2>/dev/null
+        bpftrace -q -e "uprobe:$t:probed_str { @[str(arg0)] = count(); }" -c "$t $N str" 2>/dev/null
     }
     bt_total=$(for _ in $(seq "$REPS"); do bt_run | total; done | median)
     # Every hit counts once, under its string (the first can read empty: bpf_probe_read_user_str
@@ -50,13 +39,13 @@ printf '%-44s %6s\n' "bpftrace (uprobe + str(), map count)" "$bt"
 
 # Memory at the highest rate: the target loops forever; dprobe reads and decodes every
 # record as fast as it can, and whatever it cannot keep up with is lost and counted.
-"$t" 1 0 &
+"$t" 0 str &
 loop=$!
 "$dprobe" trace -a --count --duration "${secs}s" -o "$out/kernel.memory" "$t:probed_str s=+0(\$arg1):string" &
 d=$!
-sleep 1; early=$(awk '/VmHWM/ {print $2}' /proc/$d/status)
+sleep 1; early=$(peak_rss $d)
 last=$early
-while kill -0 $d 2>/dev/null; do last=$(awk '/VmHWM/ {print $2}' /proc/$d/status 2>/dev/null || echo "$last"); sleep 1; done
+while kill -0 $d 2>/dev/null; do last=$(peak_rss $d || echo "$last"); sleep 1; done
 wait $d || true
 kill $loop
 echo "memory: peak RSS after 1 s ${early} kB, at the end (${secs} s) ${last} kB"

@@ -4,31 +4,21 @@
 # loop timed inside the target; every hit count is checked against N.
 #   bench/run.sh            N=100000 (N_SLOW=20000 for gdb and ltrace); REPS=3 runs each, median
 #   PIN=1 bench/run.sh      tracer and target on CPU 0
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-out=${BENCH_OUT:-$root/target/bench}
-mkdir -p "$out"
+. "$(dirname "$0")/lib.sh"
 N=${N:-100000}
 N_SLOW=${N_SLOW:-20000}
 REPS=${REPS:-3}
 pin=()
 [ "${PIN:-0}" = 1 ] && pin=(taskset -c 0)
 
-cc -O2 -g -o "$out/target" "$here/target.c"
 cc -O2 -o "$out/floor_ptrace" "$here/floor_ptrace.c"
-(cd "$root" && cargo build --release -q -p dprobe-cli)
-dprobe="$root/target/release/dprobe"
 addr=$(nm "$out/target" | awk '$3=="probed" {print $1}')
 
-total() { sed -n 's/.*TARGET n=[0-9]* ns_total=\([0-9]*\).*/\1/p' | tail -n1; }
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 # rep CMD...: median loop total of REPS runs
 rep() { for _ in $(seq "$REPS"); do "$@" 2>/dev/null | total; done | median; }
 check() { # name got want
     if [ "$2" != "$3" ]; then echo "# $1: $2 hits, expected $3" >&2; exit 1; fi
 }
-per_hit() { awk -v p="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f", (p - b) / n }'; }
 
 base=$(rep "${pin[@]}" "$out/target" "$N")
 base_slow=$(rep "${pin[@]}" "$out/target" "$N_SLOW")

@@ -1,8 +1,11 @@
-/* The benchmark target: N calls of probed(), timed inside the program around the loop only
- * (start-up, attach and detach are not counted). Prints `TARGET n=N ns_total=T`.
- * `target N 0` runs the loop forever (for the memory run), printing nothing. */
+/* The benchmark target: N calls of a probed function, timed inside the program around the
+ * loop only (start-up, attach and detach are not counted). Prints `TARGET n=N ns_total=T`.
+ *   target N            probed(i)
+ *   target N str        probed_str("/etc/dprobe-benchmark", i): a string for fetch arguments
+ * N = 0 runs the loop forever (for the memory runs), printing nothing. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 volatile long sink;
@@ -10,6 +13,11 @@ volatile long sink;
 __attribute__((noinline)) long probed(long x) {
     sink += x;
     return x + 1;
+}
+
+__attribute__((noinline)) long probed_str(const char *s, long i) {
+    sink += s[0] + i;
+    return i;
 }
 
 static long long now_ns(void) {
@@ -20,15 +28,12 @@ static long long now_ns(void) {
 
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 100000;
-    if (argc > 2 && atoi(argv[2]) == 0) {
-        for (long i = 0;; i++)
-            probed(i);
-    }
+    int str = argc > 2 && !strcmp(argv[2], "str");
+    const char *name = "/etc/dprobe-benchmark";
     long long start = now_ns();
     long sum = 0;
-    for (long i = 0; i < n; i++)
-        sum += probed(i);
-    long long total = now_ns() - start;
-    printf("TARGET n=%ld ns_total=%lld\n", n, total);
-    return sum == n * (n + 1) / 2 ? 0 : 1;
+    for (long i = 0; n == 0 || i < n; i++)
+        sum += str ? probed_str(name, i) : probed(i);
+    printf("TARGET n=%ld ns_total=%lld\n", n, now_ns() - start);
+    return str || sum == n * (n + 1) / 2 ? 0 : 1;
 }

@@ -192,7 +192,7 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
         let received = session.events()[k.event].received;
         if !kernel_filtered.iter().any(|t| t == target) && line.stats.hits > received {
             notes.push(format!(
-                "{target}: {} hits not received: the kernel's buffers were full",
+                "{target}: {} hits not received: they came as tracing stopped, or the kernel's buffers were full",
                 line.stats.hits - received
             ));
         }

@@ -43,15 +43,7 @@ fn each_bad_input_gets_its_specific_message() {
         (&["--json", "--count", "probed", "--", t], "'--json' cannot be used with '--count'"),
     ];
     assert!(cases.len() >= 20);
-    for (args, expected) in cases {
-        let mut all = vec!["trace"];
-        all.extend_from_slice(args);
-        let o = dprobe(&all);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    }
+    common::assert_refused(cases);
 }
 
 #[test]

@@ -3,30 +3,16 @@
 //! removal of the kernel events on every exit path.
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{dprobe, hits, out_file, trace};
+use common::{dprobe, greet, hits, out_file, trace};
 
 /// The tests compare the kernel's event files before and after: one at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn greet() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = out_file("greet");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/greet.c");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        assert!(Command::new(cc).args(["-O2", "-o"]).arg(&out).arg(src).status().unwrap().success());
-        out
-    })
-    .to_str()
-    .unwrap()
 }
 
 fn tracefs(file: &str) -> String {
@@ -159,12 +145,5 @@ fn what_the_kernel_engine_cannot_do_is_said() {
         (&["-a", "tracepoint:sched:sched_switch", "--hist", "nope"], "--hist nope: no probe fetches"),
         (&["--comm", "cat", "libc:open", "--", "true"], "--comm filters system-wide traces"),
     ];
-    for (args, expected) in cases {
-        let mut all = vec!["trace"];
-        all.extend_from_slice(args);
-        let o = dprobe(&all);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
-    }
+    common::assert_refused(cases);
 }

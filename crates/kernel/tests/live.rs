@@ -1,9 +1,8 @@
 //! The kernel engine on this machine's kernel (as root): system-wide uprobes on a program
 //! started after the probe was placed, tracepoints, and the kernel's event files left as they
 //! were on every exit path.
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use dprobe_kernel::{FieldValue, Session, Tracefs};
 use dprobe_spec::parse_probe;
@@ -13,18 +12,8 @@ use dprobe_spec::parse_probe;
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 fn greet() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dprobe-kernel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("greet");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/greet.c");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        assert!(Command::new(cc).args(["-O2", "-o"]).arg(&out).arg(src).status().unwrap().success());
-        out
-    })
-    .to_str()
-    .unwrap()
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/greet.c");
+    dprobe_test_fixtures::c_program(src, "greet", &["-O2"])
 }
 
 fn uprobe_events() -> String {

@@ -75,6 +75,7 @@ fn attaching_to_a_missing_or_traced_process_says_why() {
     let mut child = Command::new(target()).arg("until-usr2").spawn().unwrap();
     let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(200)); // its SIGUSR2 handler is installed
     let first = Tracee::attach(pid).unwrap();
     // A second tracer (another thread, as ptrace sees tracers per thread).
     let e = std::thread::spawn(move || Tracee::attach(pid).err().expect("already traced").to_string()).join().unwrap();

@@ -21,3 +21,32 @@ extern "C" {
 pub fn addr_of(f: *const ()) -> u64 {
     f as u64
 }
+
+/// Compile the C program `source` with `flags` into `name`, once per test process (the
+/// result is kept in a directory of this process's own under the temporary directory), and
+/// return its path. Panics when the compiler fails: a test cannot run without its program.
+pub fn c_program(source: &str, name: &str, flags: &[&str]) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<Option<HashMap<String, &'static str>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get_or_insert_with(HashMap::new).get(name) {
+        return path;
+    }
+    let dir = std::env::temp_dir().join(format!("dprobe-fixtures-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating the fixtures directory");
+    let out = dir.join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let ok = std::process::Command::new(&cc)
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(source)
+        .status()
+        .unwrap_or_else(|e| panic!("running {cc}: {e}"))
+        .success();
+    assert!(ok, "compiling {source}");
+    let path: &'static str = Box::leak(out.to_string_lossy().into_owned().into_boxed_str());
+    built.as_mut().expect("initialized").insert(name.to_owned(), path);
+    path
+}

@@ -1,49 +1,49 @@
 //! What the command-line tests share: the fixture programs and running `dprobe`.
 #![allow(dead_code)]
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn build_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dprobe-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn compile(args: &[&str], out: &Path, src: &str) {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let src = format!("{}/../ptrace/tests/fixtures/{src}", env!("CARGO_MANIFEST_DIR"));
-    let ok = Command::new(cc).args(args).arg("-o").arg(out).arg(src).status().unwrap().success();
-    assert!(ok, "compiling {}", out.display());
-}
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ptrace/tests/fixtures");
 
 /// The target program of the ptrace engine's tests (its modes check their own results).
 pub fn target() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = build_dir().join("target");
-        compile(&["-O2", "-pthread"], &out, "target.c");
-        out
-    })
-    .to_str()
-    .unwrap()
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/target.c"), "target", &["-O2", "-pthread"])
 }
 
 /// The library the target loads with `dlopen`.
 pub fn plugin() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = build_dir().join("libdprobe_plugin.so");
-        compile(&["-O2", "-shared", "-fPIC"], &out, "plugin.c");
-        out
-    })
-    .to_str()
-    .unwrap()
+    dprobe_test_fixtures::c_program(
+        &format!("{FIXTURES}/plugin.c"),
+        "libdprobe_plugin.so",
+        &["-O2", "-shared", "-fPIC"],
+    )
+}
+
+/// The program the kernel engine's tests probe system-wide: `greet NAME N`.
+pub fn greet() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/greet.c");
+    dprobe_test_fixtures::c_program(src, "greet", &["-O2"])
+}
+
+/// Run `dprobe trace ARGS` for each case and check that it is refused with exit status 2
+/// and a message containing the expected text, never a panic.
+pub fn assert_refused(cases: &[(&[&str], &str)]) {
+    for (args, expected) in cases {
+        let mut all = vec!["trace"];
+        all.extend_from_slice(args);
+        let o = dprobe(&all);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 /// A fresh file path for `-o`.
 pub fn out_file(name: &str) -> PathBuf {
-    build_dir().join(name)
+    let dir = std::env::temp_dir().join(format!("dprobe-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
 
 /// `dprobe ARGS`, waited for.

@@ -1,45 +1,23 @@
 //! What the ptrace engine's tests share: the target program (compiled once per test run)
 //! and counting handlers.
 #![allow(dead_code)]
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-fn build_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dprobe-ptrace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn compile(args: &[&str], out: &std::path::Path, src: &str) {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let src = format!("{}/tests/fixtures/{src}", env!("CARGO_MANIFEST_DIR"));
-    let ok = std::process::Command::new(cc).args(args).arg("-o").arg(out).arg(src).status().unwrap().success();
-    assert!(ok, "compiling {}", out.display());
-}
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// The target program.
 pub fn target() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = build_dir().join("target");
-        compile(&["-O2", "-pthread"], &out, "target.c");
-        out
-    })
-    .to_str()
-    .unwrap()
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/target.c"), "target", &["-O2", "-pthread"])
 }
 
 /// The library the target loads with `dlopen`.
 pub fn plugin() -> &'static str {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = build_dir().join("libdprobe_plugin.so");
-        compile(&["-O2", "-shared", "-fPIC"], &out, "plugin.c");
-        out
-    })
-    .to_str()
-    .unwrap()
+    dprobe_test_fixtures::c_program(
+        &format!("{FIXTURES}/plugin.c"),
+        "libdprobe_plugin.so",
+        &["-O2", "-shared", "-fPIC"],
+    )
 }
 
 /// A counter and a handler that increments it.
