@@ -118,6 +118,11 @@ impl Engine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The registration lock, held (see [`crate::hold_registration_locks`]).
+    pub(crate) fn hold_lock() -> Option<MutexGuard<'static, impl Sized>> {
+        ENGINE.get().map(|e| e.lock())
+    }
+
     /// The slot containing `rip`, if any. Async-signal-safe.
     pub fn slot_containing(&self, rip: Addr) -> Option<SlotCode> {
         self.slots.read(|slots| {

@@ -654,6 +654,11 @@ impl std::fmt::Debug for ReturnProbe {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static UNWIND_PROBES: Mutex<Vec<Probe>> = Mutex::new(Vec::new());
 
+/// The unwinder-probe lock, held (see [`crate::hold_registration_locks`]).
+pub(crate) fn hold_unwind_lock() -> std::sync::MutexGuard<'static, impl Sized> {
+    UNWIND_PROBES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Register a return probe (the kernel's `register_kretprobe`).
 pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     if trap::in_handler() {

@@ -65,3 +65,16 @@ pub use kretprobe::{
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};
 pub use trap::{in_handler, in_hit_path};
+
+/// Every lock of dprobe's registration side, held for as long as the value lives. For tests:
+/// probes hit meanwhile must still run (the hit path takes no lock), which
+/// `tests/no_lock.rs` checks. Registering or unregistering from the same thread meanwhile
+/// would deadlock.
+#[doc(hidden)]
+pub fn hold_registration_locks() -> impl Drop {
+    struct Held<A, B, C>(A, B, C);
+    impl<A, B, C> Drop for Held<A, B, C> {
+        fn drop(&mut self) {}
+    }
+    Held(engine::Engine::hold_lock(), kretprobe::hold_unwind_lock(), signals::hold_install_lock())
+}

@@ -25,6 +25,11 @@ static mut PREVIOUS: [libc::sigaction; MAX_SIG] = [const {
 static INSTALLED: [AtomicBool; MAX_SIG] = [const { AtomicBool::new(false) }; MAX_SIG];
 static INSTALL_LOCK: Mutex<()> = Mutex::new(());
 
+/// The handler-installation lock, held (see [`crate::hold_registration_locks`]).
+pub(crate) fn hold_install_lock() -> std::sync::MutexGuard<'static, ()> {
+    INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Install `handler` for `sig` (once; later calls do nothing), remembering the previous
 /// disposition for [`chain`].
 pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()> {
