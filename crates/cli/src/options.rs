@@ -32,10 +32,13 @@ Probe specs (the kernel's dynamic-event syntax):
   TYPE:     s8..s64  u8..u64  x8..x64  string
 
 Examples:
-  dprobe trace 'libc:openat path=+0($arg2):string flags=$arg3:x32 mode=$arg4:x32' -- cat /etc/hostname
-  dprobe trace 'libc:openat%return ret=$retval err=$errno' --filter 'ret < 0' -- ls /nonexistent
+  dprobe trace 'libc:open path=+0($arg1):string flags=$arg2:x32' -- cat /etc/hostname
+  dprobe trace 'libc:open%return ret=$retval:s32 err=$errno' --filter 'ret < 0' -- cat /nonexistent
   dprobe trace --count --duration 5s -p 1234 'libc:nanosleep' 'libc:sched_yield'
-  dprobe trace --latency 'libc:write' -- dd if=/dev/zero of=/dev/null count=1000";
+  dprobe trace --latency 'libc:write' -- dd if=/dev/zero of=/dev/null count=1000
+  dprobe trace -a 'libc:open path=+0($arg1):string' --duration 10s       (every process)
+  dprobe trace -a tracepoint:syscalls:sys_exit_openat --filter 'ret < 0'
+  dprobe trace -a 'kernel:do_sys_openat2%return ret=$retval:s32'          (kprobe events)";
 
 /// `dprobe trace`.
 #[derive(Args, Debug)]
@@ -53,7 +56,7 @@ pub struct TraceArgs {
     #[arg(short = 'f', long, value_name = "EXPR")]
     pub filter: Option<String>,
     /// One JSON object per event (fields: time, pid, tid, comm, probe, function, kind, args,
-    /// and for returns retval, errno, latency_ns).
+    /// and for returns retval, errno, errno_name, latency_ns).
     #[arg(long, conflicts_with_all = ["count", "hist", "latency"])]
     pub json: bool,
     /// Count hits per probe, print the table at the end instead of each event.
