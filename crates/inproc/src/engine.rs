@@ -70,7 +70,7 @@ struct SiteState {
     armed: bool,
 }
 
-/// One row of [`Engine::list`].
+/// One row of [`crate::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeInfo {
     /// The probe.
