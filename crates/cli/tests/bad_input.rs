@@ -38,6 +38,7 @@ fn each_bad_input_gets_its_specific_message() {
         (&["--hist", "y", "probed x=$arg1", "--", t], "--hist y: no probe fetches a value named `y` (fetched: x)"),
         (&["--latency", "probed+4", "--", t], "`probed+4` is not at a function's entry"),
         (&["-p", "999999999", "probed"], "cannot trace process 999999999: no such process"),
+        (&["-p", "2", "probed"], "cannot trace process 2: it is a kernel thread"),
         (&["probed", "--", "/no/such/program"], "cannot start `/no/such/program`: it could not be executed"),
         (&["probed", "--", "no-such-program-anywhere"], "cannot start `no-such-program-anywhere`: not found in PATH"),
         (&["--json", "--count", "probed", "--", t], "'--json' cannot be used with '--count'"),

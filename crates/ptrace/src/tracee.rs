@@ -118,12 +118,7 @@ impl Tracee {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        let reason = match tracer_of(pid) {
-                            Some(t) if t != 0 => format!("it is already traced by process {t}"),
-                            _ => "permission denied (another user's process, or kernel.yama.ptrace_scope \
-                                  forbids it: run as root or set it to 0)"
-                                .into(),
-                        };
+                        let reason = refusal_reason(pid);
                         return Err(attach_err(reason));
                     }
                     Err(e) => return Err(attach_err(e.to_string())),
@@ -443,6 +438,26 @@ fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
         }
     }
     Ok(out)
+}
+
+/// Why the kernel refused to let us trace `pid`, in words.
+fn refusal_reason(pid: i32) -> String {
+    if let Some(t) = tracer_of(pid).filter(|t| *t != 0) {
+        return format!("it is already traced by process {t}");
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.is_empty() {
+        return "it is a kernel thread (kernel functions are probed with the kernel engine: --system-wide)".into();
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return "the kernel refused even to root (the init process, or a security policy: \
+                kernel.yama.ptrace_scope = 3 or a security module)"
+            .into();
+    }
+    "permission denied (another user's process, or kernel.yama.ptrace_scope forbids it: run as root or set \
+     it to 0)"
+        .into()
 }
 
 /// The process tracing `pid` (0: none), from `/proc/PID/status`.
