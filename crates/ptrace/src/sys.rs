@@ -132,8 +132,14 @@ pub fn interrupt(tid: i32) -> io::Result<()> {
 }
 
 /// Let a seized thread in group-stop stay stopped while still reporting events.
+/// The error is the raw one: EIO says the thread's last stop was not a group-stop.
 pub fn listen(tid: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_LISTEN, tid, 0, 0, "PTRACE_LISTEN").map(drop)
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: integer arguments only.
+    if unsafe { libc::ptrace(libc::PTRACE_LISTEN, tid, null, null) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Detach from a stopped thread, delivering `signal` (0 for none).

@@ -31,6 +31,8 @@ pub struct Tracee {
     pub(crate) stopped: Vec<i32>,
     /// Signals a stopped thread is to receive when it resumes.
     pub(crate) pending_signals: BTreeMap<i32, i32>,
+    /// Attached threads that were in a group-stop (the program was stopped): not resumed.
+    pub(crate) group_stopped: BTreeSet<i32>,
     pub(crate) memory: RemoteMemory,
     pub(crate) sites: BTreeMap<Addr, Site>,
     pub(crate) probes: BTreeMap<ProbeId, Probe>,
@@ -52,6 +54,7 @@ impl Tracee {
             threads,
             fresh: BTreeSet::new(),
             pending_signals: BTreeMap::new(),
+            group_stopped: BTreeSet::new(),
             memory: RemoteMemory::open(pid)?,
             sites: BTreeMap::new(),
             probes: BTreeMap::new(),
@@ -138,6 +141,10 @@ impl Tracee {
                     break;
                 }
                 if sys::event_of(status) == EVENT_STOP {
+                    if is_stop_signal(libc::WSTOPSIG(status)) {
+                        // It was stopped (Ctrl-Z, SIGSTOP) before we came: it stays stopped.
+                        tracee.group_stopped.insert(tid);
+                    }
                     tracee.stopped.push(tid);
                     break;
                 }
@@ -250,11 +257,29 @@ impl Tracee {
     }
 
     fn resume_stopped(&mut self) -> Result<(), TraceError> {
-        for tid in std::mem::take(&mut self.stopped) {
-            let signal = self.pending_signals.remove(&tid).unwrap_or(0);
-            sys::cont(tid, signal)?;
+        let threads = std::mem::take(&mut self.stopped);
+        for (i, &tid) in threads.iter().enumerate() {
+            if let Err(e) = self.resume(tid) {
+                // The ones not resumed are still stopped: detaching must know.
+                self.stopped.extend_from_slice(&threads[i..]);
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    fn resume(&mut self, tid: i32) -> Result<(), TraceError> {
+        if self.group_stopped.remove(&tid) {
+            // Traced but left stopped until the program is continued (SIGCONT). A thread
+            // dprobe made run since (to map its page) is no longer in its group-stop:
+            // SIGSTOP puts it back into it.
+            return match sys::listen(tid) {
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(sys::cont(tid, libc::SIGSTOP)?),
+                other => Ok(other?),
+            };
+        }
+        let signal = self.pending_signals.remove(&tid).unwrap_or(0);
+        Ok(sys::cont(tid, signal)?)
     }
 
     /// One wait status; `Some` when the process is gone. A thread killed while the tracer

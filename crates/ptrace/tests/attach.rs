@@ -85,3 +85,33 @@ fn attaching_to_a_missing_or_traced_process_says_why() {
     unsafe { libc::kill(pid, libc::SIGUSR2) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_stopped_program_stays_stopped_while_traced_and_after() {
+    let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(") ").next().unwrap().chars().next().unwrap()
+    };
+    while state() != 'T' {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut t = Tracee::attach(pid).unwrap();
+    let (hits, h) = counter();
+    t.add_probe("probed", h).unwrap();
+    assert_eq!(t.run_for(Duration::from_millis(300)).unwrap(), None);
+    assert_eq!(hits.load(Relaxed), 0, "a stopped program runs no code");
+    t.detach().unwrap();
+    assert_eq!(state(), 'T', "still stopped after detach");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
