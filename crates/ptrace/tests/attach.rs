@@ -107,7 +107,15 @@ fn a_stopped_program_stays_stopped_while_traced_and_after() {
     assert_eq!(t.run_for(Duration::from_millis(300)).unwrap(), None);
     assert_eq!(hits.load(Relaxed), 0, "a stopped program runs no code");
     t.detach().unwrap();
-    assert_eq!(state(), 'T', "still stopped after detach");
+    std::thread::sleep(Duration::from_millis(100));
+    let states: String = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| {
+            let stat = std::fs::read_to_string(e.unwrap().path().join("stat")).unwrap();
+            stat.rsplit(") ").next().unwrap().chars().next().unwrap()
+        })
+        .collect();
+    assert!(states.chars().all(|c| c == 'T'), "every thread still stopped after detach: {states}");
     // SAFETY: signals our own child.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     std::thread::sleep(Duration::from_millis(100));
