@@ -301,10 +301,8 @@ fn place(
         Box::new(move |hit: &mut Hit<'_>| s.borrow_mut().on_hit(index, hit))
     };
     let make = || {
-        let def = if p.info.is_return {
-            ProbeDef::on_return(&p.target, handler(session))
-        } else if args.latency {
-            // Entries are timed to their returns; the entry itself is not an event.
+        // With --latency, entries are timed to their returns; the entry itself is no event.
+        let def = if p.info.is_return || args.latency {
             ProbeDef::on_return(&p.target, handler(session))
         } else {
             ProbeDef::entry(&p.target, handler(session))
