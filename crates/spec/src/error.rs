@@ -50,6 +50,10 @@ pub enum SpecErrorKind {
     BadFilter,
     /// A filter naming a field that the probe does not fetch.
     UnknownField,
+    /// A filter nested deeper than [`crate::MAX_FILTER_DEPTH`].
+    FilterTooDeep,
+    /// A filter with more than [`crate::MAX_FILTER_COMPARISONS`] comparisons.
+    FilterTooLong,
 }
 
 /// A spec error: the kind, the text and the span of the offending part, what was expected.
@@ -110,9 +114,14 @@ impl fmt::Display for SpecError {
             SpecErrorKind::UnknownField => {
                 format!("the filter names `{}`, which the probe does not fetch", self.fragment())
             }
+            SpecErrorKind::FilterTooDeep => "the filter is nested too deeply".to_owned(),
+            SpecErrorKind::FilterTooLong => "the filter has too many comparisons".to_owned(),
         };
         let subject = match self.kind {
-            SpecErrorKind::BadFilter | SpecErrorKind::UnknownField => "bad filter",
+            SpecErrorKind::BadFilter
+            | SpecErrorKind::UnknownField
+            | SpecErrorKind::FilterTooDeep
+            | SpecErrorKind::FilterTooLong => "bad filter",
             _ => "bad probe spec",
         };
         writeln!(f, "{subject}: {what}")?;

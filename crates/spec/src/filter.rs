@@ -100,14 +100,38 @@ impl Filter {
 }
 
 /// Whether `s` matches the glob `pattern` (`*` any run of bytes, `?` one byte).
+///
+/// The pieces between stars are matched left to right, each at its leftmost place: with only
+/// `*` and `?` that is always the best choice, so nothing is ever retried and the cost is at
+/// most `pattern.len() * s.len()` byte comparisons, whatever the pattern (`"*a*a*a*a*b"` on a
+/// long run of `a` included).
 pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
-    match (pattern.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &s[1..]),
-        (Some(p), Some(c)) if p == c => glob(&pattern[1..], &s[1..]),
-        _ => false,
+    glob_with(pattern, s, &mut |p, c| p == c)
+}
+
+/// [`glob`], comparing bytes with `same` (which tests count).
+fn glob_with(pattern: &[u8], s: &[u8], same: &mut dyn FnMut(u8, u8) -> bool) -> bool {
+    let mut fits = |piece: &[u8], window: &[u8]| piece.iter().zip(window).all(|(&p, &c)| p == b'?' || same(p, c));
+    let Some(first_star) = pattern.iter().position(|&c| c == b'*') else {
+        return pattern.len() == s.len() && fits(pattern, s);
+    };
+    let last_star = pattern.iter().rposition(|&c| c == b'*').expect("there is a star");
+    let (head, tail) = (&pattern[..first_star], &pattern[last_star + 1..]);
+    if s.len() < head.len() + tail.len() || !fits(head, &s[..head.len()]) || !fits(tail, &s[s.len() - tail.len()..]) {
+        return false;
     }
+    let mut rest = &s[head.len()..s.len() - tail.len()];
+    let middle = if first_star < last_star { &pattern[first_star + 1..last_star] } else { &[][..] };
+    for piece in middle.split(|&c| c == b'*').filter(|p| !p.is_empty()) {
+        if rest.len() < piece.len() {
+            return false;
+        }
+        match (0..=rest.len() - piece.len()).find(|&i| fits(piece, &rest[i..i + piece.len()])) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -183,11 +207,20 @@ fn parse_int(s: &str) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+/// How deep parentheses and `!` may nest. Parsing, evaluating and dropping a filter recurse
+/// once per level; a bound keeps any input from overflowing the stack.
+pub const MAX_FILTER_DEPTH: usize = 100;
+/// How many comparisons a filter may have (each `&&` or `||` adds a level to the tree).
+pub const MAX_FILTER_COMPARISONS: usize = 256;
+
 struct P<'a> {
     text: &'a str,
     toks: Vec<(usize, usize, Tok)>,
     pos: usize,
     fields: &'a [&'a str],
+    /// Parentheses and `!` open around the current token.
+    depth: usize,
+    comparisons: usize,
 }
 
 impl P<'_> {
@@ -226,28 +259,51 @@ impl P<'_> {
     }
 
     fn unary(&mut self) -> Result<Filter, SpecError> {
-        match self.peek() {
-            Some(Tok::Not) => {
-                self.pos += 1;
-                Ok(Filter::Not(Box::new(self.unary()?)))
+        if matches!(self.peek(), Some(Tok::Not | Tok::Open)) {
+            if self.depth == MAX_FILTER_DEPTH {
+                return Err(SpecError::new(
+                    K::FilterTooDeep,
+                    self.text,
+                    self.span(),
+                    format!("at most {MAX_FILTER_DEPTH} levels of parentheses and `!`"),
+                ));
             }
-            Some(Tok::Open) => {
-                self.pos += 1;
-                let inner = self.or()?;
-                if self.peek() != Some(&Tok::Close) {
-                    return Err(self.bad("a closing parenthesis"));
-                }
-                self.pos += 1;
-                Ok(inner)
-            }
-            _ => self.cmp(),
+            self.depth += 1;
+            let inner = self.nested();
+            self.depth -= 1;
+            return inner;
         }
+        self.cmp()
+    }
+
+    /// `!UNARY` or `(OR)`.
+    fn nested(&mut self) -> Result<Filter, SpecError> {
+        let open = self.peek() == Some(&Tok::Open);
+        self.pos += 1;
+        if !open {
+            return Ok(Filter::Not(Box::new(self.unary()?)));
+        }
+        let inner = self.or()?;
+        if self.peek() != Some(&Tok::Close) {
+            return Err(self.bad("a closing parenthesis"));
+        }
+        self.pos += 1;
+        Ok(inner)
     }
 
     fn cmp(&mut self) -> Result<Filter, SpecError> {
         let Some(Tok::Ident(field)) = self.peek().cloned() else {
             return Err(self.bad("a field name (one of the probe's fetched arguments)"));
         };
+        if self.comparisons == MAX_FILTER_COMPARISONS {
+            return Err(SpecError::new(
+                K::FilterTooLong,
+                self.text,
+                self.span(),
+                format!("at most {MAX_FILTER_COMPARISONS} comparisons"),
+            ));
+        }
+        self.comparisons += 1;
         if !self.fields.contains(&field.as_str()) {
             let span = self.span();
             let known =
@@ -278,7 +334,7 @@ impl P<'_> {
 /// Parse a filter over the probe's fetched argument names `fields`.
 pub fn parse_filter(text: &str, fields: &[&str]) -> Result<Filter, SpecError> {
     let toks = tokenize(text)?;
-    let mut p = P { text, toks, pos: 0, fields };
+    let mut p = P { text, toks, pos: 0, fields, depth: 0, comparisons: 0 };
     if p.toks.is_empty() {
         return Err(SpecError::new(K::BadFilter, text, 0..text.len(), "a comparison such as `ret < 0`"));
     }
@@ -287,4 +343,74 @@ pub fn parse_filter(text: &str, fields: &[&str]) -> Result<Filter, SpecError> {
         return Err(p.bad("&&, || or the end of the filter"));
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The obvious recursive matcher, exponential on some patterns: the reference on small inputs.
+    fn reference(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => reference(&p[1..], s) || (!s.is_empty() && reference(p, &s[1..])),
+            (Some(b'?'), Some(_)) => reference(&p[1..], &s[1..]),
+            (Some(p0), Some(c)) if p0 == c => reference(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+
+    /// Every word of up to `n` letters of `alphabet`.
+    fn words(alphabet: &[u8], n: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..n {
+            last = last
+                .iter()
+                .flat_map(|w: &Vec<u8>| alphabet.iter().map(move |&c| [w.as_slice(), &[c]].concat()))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn glob_agrees_with_the_recursive_definition() {
+        let patterns = words(b"ab*?", 5);
+        let strings = words(b"ab", 6);
+        let mut checked = 0;
+        for p in &patterns {
+            for s in &strings {
+                assert_eq!(
+                    glob(p, s),
+                    reference(p, s),
+                    "{:?} on {:?}",
+                    String::from_utf8_lossy(p),
+                    String::from_utf8_lossy(s)
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 1365 * 127);
+    }
+
+    #[test]
+    fn glob_costs_at_most_pattern_times_text_comparisons() {
+        let cases: &[(&str, usize, bool)] = &[
+            ("*a*a*a*a*a*a*a*a*b", 40, false),
+            ("*a*a*a*a*a*a*a*a*a", 40, true),
+            ("a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b", 4096, false),
+            ("*aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab*", 4096, false),
+        ];
+        for &(pattern, n, expected) in cases {
+            let text = vec![b'a'; n];
+            let mut comparisons = 0usize;
+            let matched = glob_with(pattern.as_bytes(), &text, &mut |p, c| {
+                comparisons += 1;
+                p == c
+            });
+            assert_eq!(matched, expected, "{pattern}");
+            assert!(comparisons <= pattern.len() * n, "{pattern}: {comparisons} comparisons on {n} bytes");
+        }
+    }
 }

@@ -28,5 +28,5 @@ mod filter;
 mod probe;
 
 pub use error::{SpecError, SpecErrorKind};
-pub use filter::{glob, parse_filter, CmpOp, Filter, Literal, Value};
+pub use filter::{glob, parse_filter, CmpOp, Filter, Literal, Value, MAX_FILTER_COMPARISONS, MAX_FILTER_DEPTH};
 pub use probe::{parse_probe, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register, Target};

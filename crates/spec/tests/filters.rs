@@ -50,3 +50,47 @@ fn bad_filters_point_at_the_wrong_part() {
     let e = parse_filter("errno < 0", &fields).unwrap_err();
     assert!(e.to_string().contains("one of the fetched arguments: ret, path"), "{e}");
 }
+
+#[test]
+fn inputs_that_nest_without_end_are_refused_not_a_stack_overflow() {
+    let fields = ["ret", "path"];
+    let many = |unit: &str, n: usize, inner: &str, close: &str| format!("{}{inner}{}", unit.repeat(n), close.repeat(n));
+    let cases: Vec<(String, SpecErrorKind, usize)> = vec![
+        (many("(", 60_000, "ret < 0", ")"), SpecErrorKind::FilterTooDeep, MAX_FILTER_DEPTH),
+        (many("!", 100_000, "ret < 0", ""), SpecErrorKind::FilterTooDeep, MAX_FILTER_DEPTH),
+        (many("!(", 30_000, "ret < 0", ")"), SpecErrorKind::FilterTooDeep, MAX_FILTER_DEPTH),
+        (
+            vec!["ret < 0"; 100_000].join(" && "),
+            SpecErrorKind::FilterTooLong,
+            MAX_FILTER_COMPARISONS * "ret < 0 && ".len(),
+        ),
+        (
+            vec!["ret < 0"; 100_000].join(" || "),
+            SpecErrorKind::FilterTooLong,
+            MAX_FILTER_COMPARISONS * "ret < 0 || ".len(),
+        ),
+    ];
+    for (text, kind, at) in &cases {
+        let e = parse_filter(text, &fields).expect_err(&text[..20]);
+        assert_eq!(&e.kind, kind, "{}", &text[..20]);
+        // The error points at the first token past the bound.
+        assert_eq!(e.span.start, *at, "{}", &text[..20]);
+        assert!(e.to_string().starts_with("bad filter: the filter "), "{}", e.to_string().lines().next().unwrap());
+    }
+    // At the bounds, filters parse and evaluate.
+    let f = parse_filter(&many("(", MAX_FILTER_DEPTH, "ret < 0", ")"), &fields).unwrap();
+    assert!(eval(&f, -1, "") && !eval(&f, 1, ""));
+    let f = parse_filter(&many("!", MAX_FILTER_DEPTH, "ret < 0", ""), &fields).unwrap();
+    assert!(eval(&f, -1, "") && !eval(&f, 1, ""), "an even number of `!`");
+    let f = parse_filter(&vec!["ret < 0"; MAX_FILTER_COMPARISONS].join(" && "), &fields).unwrap();
+    assert!(eval(&f, -1, "") && !eval(&f, 1, ""));
+}
+
+#[test]
+fn a_glob_with_many_stars_matches_a_long_path() {
+    let f = parse_filter("path ~ \"*a*a*a*a*a*a*a*a*b\"", &["path"]).unwrap();
+    let path: &'static str = "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    assert_eq!(path.len(), 40);
+    assert!(!eval(&f, 0, path));
+    assert!(eval(&f, 0, "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"));
+}
