@@ -38,6 +38,11 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
     if args.pid.is_some() && !args.command.is_empty() {
         bail!("give -p PID or a command, not both");
     }
+    // The output first (opening a FIFO waits for its reader: a Ctrl-C then simply ends
+    // dprobe, nothing is defined yet); then the stop signals are caught, before the first
+    // event is defined, so that every later exit path removes what was defined.
+    let out = output(args)?;
+    signals::install().context("installing signal handlers")?;
     let mut session = Session::new()?;
     // The thread's name comes with each event when something shows or filters it (it costs
     // the kernel a string copy per event).
@@ -88,12 +93,11 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
             }
         }
     }
-    let mut report = Report::new(output(args)?, mode(args), filter, args.hist.clone(), args.latency);
+    let mut report = Report::new(out, mode(args), filter, args.hist.clone(), args.latency);
     for p in &planned {
         report.add_probe(p.info.clone());
     }
     session.start(None)?;
-    signals::install().context("installing signal handlers")?;
     let mut child = match args.command.split_first() {
         Some((program, rest)) => Some(
             std::process::Command::new(program)
