@@ -37,7 +37,7 @@ impl Tracee {
         let mut alive = Vec::new();
         for tid in std::mem::take(&mut self.stopped) {
             match sys::get_regs(tid) {
-                Err(e) if sys::gone(&e) => {}
+                Err(e) if e.gone() => {}
                 _ => alive.push(tid),
             }
         }
@@ -69,7 +69,7 @@ impl Tracee {
             let signal = self.pending_signals.remove(&tid).unwrap_or(0);
             match sys::detach(tid, signal) {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {} // it was killed meanwhile
+                Err(e) if e.gone() => {} // it was killed meanwhile
                 Err(e) => return Err(e.into()),
             }
         }
@@ -141,7 +141,7 @@ impl Tracee {
                 _ => {}
             }
             match sys::cont(tid, 0) {
-                Err(e) if sys::gone(&e) => {} // killed meanwhile: its exit comes next
+                Err(e) if e.gone() => {} // killed meanwhile: its exit comes next
                 other => other?,
             }
         }
@@ -159,7 +159,7 @@ impl Tracee {
             sys::single_step(tid)?;
             sys::wait(tid)?;
         }
-        Err(TraceError::other("a thread did not leave a return stub"))
+        Err(TraceError::Stuck { tid, place: "a return stub" })
     }
 
     /// Move a stopped thread out of the out-of-line copies: at a copy's start it has not run
@@ -176,7 +176,7 @@ impl Tracee {
             sys::single_step(tid)?;
             sys::wait(tid)?;
         }
-        Err(TraceError::other("a thread did not leave an out-of-line copy"))
+        Err(TraceError::Stuck { tid, place: "an out-of-line copy" })
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::io;
 
+use dprobe_arch::MemoryFault;
 use dprobe_core::ProbeError;
 
 /// Why tracing failed.
@@ -15,6 +16,12 @@ pub enum TraceError {
         /// Why.
         reason: io::Error,
     },
+    /// The program was started but could not be executed (`execve` failed in the child).
+    #[error("cannot start `{program}`: it could not be executed (not found, or not a program)")]
+    NotExecutable {
+        /// The program.
+        program: String,
+    },
     /// Attaching to a running process failed.
     #[error("cannot trace process {pid}: {reason}")]
     Attach {
@@ -23,7 +30,28 @@ pub enum TraceError {
         /// Why, in words (no such process, permission, already traced).
         reason: String,
     },
-    /// A ptrace or memory operation failed.
+    /// A ptrace, wait or memory system call failed.
+    #[error(transparent)]
+    Sys(SysError),
+    /// The thread is gone: killed or exited while the tracer looked at it. Its exit is
+    /// reported by `wait` later; it never ends a trace.
+    #[error("thread {tid} is gone")]
+    Gone {
+        /// The thread.
+        tid: i32,
+    },
+    /// The traced process's memory refused a read or a write.
+    #[error("in the traced process: {0}")]
+    Memory(#[from] MemoryFault),
+    /// A system call dprobe made the tracee run (to map or protect its pages) failed.
+    #[error("the traced process's `{call}` failed: {}", io::Error::from_raw_os_error(*errno))]
+    Injected {
+        /// The system call.
+        call: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+    /// Reading the process's description in `/proc` failed.
     #[error("{0}")]
     Os(#[from] io::Error),
     /// The probe cannot be placed.
@@ -32,6 +60,23 @@ pub enum TraceError {
     /// The tracee is not stopped where the operation needs it to be.
     #[error("the traced process is not stopped")]
     NotStopped,
+    /// `run_to_entry` was asked for while a probe is on the entry point.
+    #[error("a probe is on the entry point already: place it after run_to_entry")]
+    EntryProbed,
+    /// The program has no entry point in its auxiliary vector.
+    #[error("no AT_ENTRY in the auxiliary vector")]
+    NoEntry,
+    /// The program ended before it reached its entry point.
+    #[error("the program ended before its entry point ({0:?})")]
+    EndedBeforeEntry(Exit),
+    /// A thread stepped out of dprobe's code did not leave it in the steps it takes.
+    #[error("thread {tid} did not leave {place}")]
+    Stuck {
+        /// The thread.
+        tid: i32,
+        /// Which code: "a return stub", "an out-of-line copy".
+        place: &'static str,
+    },
     /// A thread came back through the return trampoline with no return pending for it: the
     /// program copied or rewrote a hijacked return address.
     #[error("thread {tid} returned through the return trampoline with no return probe pending")]
@@ -39,11 +84,45 @@ pub enum TraceError {
         /// The thread.
         tid: i32,
     },
+    /// A return probe was hit with no return trampoline mapped.
+    #[error("no return trampoline is mapped")]
+    NoTrampoline,
+}
+
+/// A system call that failed, on which thread, with which errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{call} (thread {tid}): {}", io::Error::from_raw_os_error(*errno))]
+pub struct SysError {
+    /// The call (`PTRACE_CONT`, `waitpid`, ...).
+    pub call: &'static str,
+    /// The thread (or process) it was about.
+    pub tid: i32,
+    /// The errno.
+    pub errno: i32,
+}
+
+impl SysError {
+    /// Whether the thread it was about is gone (`ESRCH`).
+    pub fn gone(&self) -> bool {
+        self.errno == libc::ESRCH
+    }
+}
+
+impl From<SysError> for TraceError {
+    /// `ESRCH` says the thread vanished: [`TraceError::Gone`], never an error that ends a trace.
+    fn from(e: SysError) -> TraceError {
+        if e.gone() {
+            TraceError::Gone { tid: e.tid }
+        } else {
+            TraceError::Sys(e)
+        }
+    }
 }
 
 impl TraceError {
-    pub(crate) fn other(text: impl Into<String>) -> TraceError {
-        TraceError::Os(io::Error::other(text.into()))
+    /// Whether it says a thread vanished (its exit comes through `wait`).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, TraceError::Gone { .. })
     }
 }
 

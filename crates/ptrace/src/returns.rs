@@ -151,7 +151,7 @@ impl Tracee {
             return Ok(());
         }
         let mut word = [0u8; 8];
-        self.memory.read(Addr(sp), &mut word).map_err(|e| TraceError::other(e.to_string()))?;
+        self.memory.read(Addr(sp), &mut word)?;
         let real = Addr(u64::from_le_bytes(word));
         let no_stop = with_room.iter().all(|id| self.probes[id].def.no_return_stop);
         let record = if no_stop {
@@ -160,8 +160,8 @@ impl Tracee {
             self.returns.owner.insert(index, tid);
             Some(index)
         } else {
-            let trampoline = self.xol.trampoline_addr().ok_or_else(|| TraceError::other("no return trampoline"))?;
-            self.memory.write(Addr(sp), &trampoline.0.to_le_bytes()).map_err(|e| TraceError::other(e.to_string()))?;
+            let trampoline = self.xol.trampoline_addr().ok_or(TraceError::NoTrampoline)?;
+            self.memory.write(Addr(sp), &trampoline.0.to_le_bytes())?;
             None
         };
         let (entered, entered_tsc) = (Instant::now(), stubs::tsc());

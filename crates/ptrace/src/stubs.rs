@@ -153,7 +153,7 @@ impl Stubs {
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let code = inject_syscall(tid, memory, libc::SYS_mmap as u64, [0, 2 * PAGE as u64, rw, flags, u64::MAX, 0])?;
         if code > u64::MAX - 4096 {
-            return Err(TraceError::other(format!("mapping return stubs failed: errno {}", code.wrapping_neg())));
+            return Err(TraceError::Injected { call: "mmap", errno: code.wrapping_neg() as i32 });
         }
         let (code, data) = (Addr(code), Addr(code + PAGE as u64));
         let mut page = vec![0xccu8; PAGE]; // int3 between stubs
@@ -162,14 +162,11 @@ impl Stubs {
             let stub = stub_code(at, data.offset((i * STRIDE) as u64));
             page[i * STRIDE..i * STRIDE + stub.len()].copy_from_slice(&stub);
         }
-        memory.write(code, &page).map_err(|e| TraceError::other(e.to_string()))?;
+        memory.write(code, &page)?;
         let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
         let r = inject_syscall(tid, memory, libc::SYS_mprotect as u64, [code.0, PAGE as u64, rx, 0, 0, 0])?;
         if r != 0 {
-            return Err(TraceError::other(format!(
-                "making return stubs executable failed: errno {}",
-                r.wrapping_neg()
-            )));
+            return Err(TraceError::Injected { call: "mprotect", errno: r.wrapping_neg() as i32 });
         }
         let base = self.pages.len() * PER_PAGE;
         self.pages.push((code, data));

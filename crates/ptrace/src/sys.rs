@@ -1,5 +1,7 @@
 //! The one seam between the ptrace engine and the kernel: ptrace requests, waiting, and the
-//! tracee's memory.
+//! tracee's memory. Every call goes through [`Kernel`]; the engine's own tests put a fake
+//! kernel in its place (per test thread, as aya's `override_syscall` does), so the stop loop
+//! is tested without a real process.
 
 use std::fs::File;
 use std::io;
@@ -7,144 +9,244 @@ use std::os::unix::fs::FileExt;
 
 use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
 
-fn check(r: libc::c_long, what: &str) -> io::Result<libc::c_long> {
-    if r == -1 {
-        let e = io::Error::last_os_error();
-        if gone(&e) {
-            return Err(e); // kept as is, so that callers can tell (see `gone`)
+use crate::error::{SysError, TraceError};
+
+/// One ptrace request on a thread.
+pub(crate) enum Request<'a> {
+    Cont { signal: i32 },
+    Step,
+    GetRegs(&'a mut libc::user_regs_struct),
+    SetRegs(&'a libc::user_regs_struct),
+    EventMessage,
+    Seize { options: u64 },
+    SetOptions { options: u64 },
+    Interrupt,
+    Listen,
+    Detach { signal: i32 },
+}
+
+impl Request<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Cont { .. } => "PTRACE_CONT",
+            Request::Step => "PTRACE_SINGLESTEP",
+            Request::GetRegs(_) => "PTRACE_GETREGS",
+            Request::SetRegs(_) => "PTRACE_SETREGS",
+            Request::EventMessage => "PTRACE_GETEVENTMSG",
+            Request::Seize { .. } => "PTRACE_SEIZE",
+            Request::SetOptions { .. } => "PTRACE_SETOPTIONS",
+            Request::Interrupt => "PTRACE_INTERRUPT",
+            Request::Listen => "PTRACE_LISTEN",
+            Request::Detach { .. } => "PTRACE_DETACH",
         }
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        Ok(r)
     }
 }
 
-/// `ptrace(request, tid, addr, data)`.
-pub fn ptrace(request: libc::c_uint, tid: i32, addr: u64, data: u64, what: &str) -> io::Result<libc::c_long> {
-    // SAFETY: the requests used here take integers or pointers to buffers the callers own
-    // (`regs`), never anything the kernel keeps.
-    check(unsafe { libc::ptrace(request, tid, addr as *mut libc::c_void, data as *mut libc::c_void) }, what)
+/// What the engine asks of the kernel. Errors are errnos.
+pub(crate) trait Kernel {
+    /// A ptrace request on thread `tid`; returns the event message for `EventMessage`.
+    fn ptrace(&mut self, tid: i32, request: Request<'_>) -> Result<u64, i32>;
+    /// `waitpid(tid, __WALL | __WNOTHREAD [| WNOHANG])`: `Ok(None)` when `nohang` and no
+    /// thread changed state; `Err(EINTR)` when a signal interrupted it.
+    fn wait(&mut self, tid: i32, nohang: bool) -> Result<Option<(i32, i32)>, i32>;
+    /// `tgkill(pid, tid, signal)`.
+    fn tgkill(&mut self, pid: i32, tid: i32, signal: i32) -> Result<(), i32>;
+    /// Process `pid`'s memory file, or `None` when memory goes through `read`/`write` here.
+    fn memory_file(&mut self, pid: i32) -> io::Result<Option<File>>;
+    /// Read process memory (when there is no memory file).
+    fn read(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> bool;
+    /// Write process memory (when there is no memory file).
+    fn write(&mut self, pid: i32, addr: u64, data: &[u8]) -> bool;
 }
 
-/// Whether an error says the thread is gone (killed or exited while the tracer looked at it):
-/// its exit is reported by `wait` later.
-pub fn gone(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ESRCH)
+/// The kernel itself.
+struct Real;
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl Kernel for Real {
+    fn ptrace(&mut self, tid: i32, request: Request<'_>) -> Result<u64, i32> {
+        let mut message: libc::c_ulong = 0;
+        let (req, addr, data): (libc::c_uint, u64, u64) = match request {
+            Request::Cont { signal } => (libc::PTRACE_CONT, 0, signal as u64),
+            Request::Step => (libc::PTRACE_SINGLESTEP, 0, 0),
+            Request::GetRegs(r) => (libc::PTRACE_GETREGS, 0, r as *mut _ as u64),
+            Request::SetRegs(r) => (libc::PTRACE_SETREGS, 0, r as *const _ as u64),
+            Request::EventMessage => (libc::PTRACE_GETEVENTMSG, 0, &mut message as *mut _ as u64),
+            Request::Seize { options } => (libc::PTRACE_SEIZE, 0, options),
+            Request::SetOptions { options } => (libc::PTRACE_SETOPTIONS, 0, options),
+            Request::Interrupt => (libc::PTRACE_INTERRUPT, 0, 0),
+            Request::Listen => (libc::PTRACE_LISTEN, 0, 0),
+            Request::Detach { signal } => (libc::PTRACE_DETACH, 0, signal as u64),
+        };
+        // SAFETY: the requests used here take integers or pointers to buffers that live for
+        // the call (`regs`, `message`), never anything the kernel keeps.
+        let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
+        if r == -1 {
+            return Err(errno());
+        }
+        Ok(message)
+    }
+
+    fn wait(&mut self, tid: i32, nohang: bool) -> Result<Option<(i32, i32)>, i32> {
+        let mut status = 0;
+        let flags = libc::__WALL | libc::__WNOTHREAD | if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: writes the status we own.
+        match unsafe { libc::waitpid(tid, &mut status, flags) } {
+            0 => Ok(None),
+            r if r > 0 => Ok(Some((r, status))),
+            _ => Err(errno()),
+        }
+    }
+
+    fn tgkill(&mut self, pid: i32, tid: i32, signal: i32) -> Result<(), i32> {
+        // SAFETY: plain integer arguments.
+        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signal) } == -1 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    fn memory_file(&mut self, pid: i32) -> io::Result<Option<File>> {
+        File::options().read(true).write(true).open(format!("/proc/{pid}/mem")).map(Some)
+    }
+
+    fn read(&mut self, _: i32, _: u64, _: &mut [u8]) -> bool {
+        false
+    }
+
+    fn write(&mut self, _: i32, _: u64, _: &[u8]) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static FAKE: std::cell::RefCell<Option<Box<dyn Kernel>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with the kernel (or, in the engine's tests, the fake one this thread installed).
+fn kernel<R>(f: impl FnOnce(&mut dyn Kernel) -> R) -> R {
+    #[cfg(test)]
+    {
+        FAKE.with(|fake| match fake.borrow_mut().as_mut() {
+            Some(k) => f(k.as_mut()),
+            None => f(&mut Real),
+        })
+    }
+    #[cfg(not(test))]
+    {
+        f(&mut Real)
+    }
+}
+
+/// While the guard lives, this thread's system calls go to `fake`.
+#[cfg(test)]
+pub(crate) fn install_fake(fake: Box<dyn Kernel>) -> FakeGuard {
+    FAKE.with(|f| *f.borrow_mut() = Some(fake));
+    FakeGuard
+}
+
+#[cfg(test)]
+pub(crate) struct FakeGuard;
+
+#[cfg(test)]
+impl Drop for FakeGuard {
+    fn drop(&mut self) {
+        FAKE.with(|f| *f.borrow_mut() = None);
+    }
+}
+
+fn request(tid: i32, request: Request<'_>) -> Result<u64, SysError> {
+    let call = request.name();
+    kernel(|k| k.ptrace(tid, request)).map_err(|errno| SysError { call, tid, errno })
 }
 
 /// Continue a stopped thread, delivering `signal` (0 for none).
-pub fn cont(tid: i32, signal: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_CONT, tid, 0, signal as u64, "PTRACE_CONT").map(drop)
+pub fn cont(tid: i32, signal: i32) -> Result<(), SysError> {
+    request(tid, Request::Cont { signal }).map(drop)
 }
 
 /// Execute one instruction of a stopped thread.
-pub fn single_step(tid: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_SINGLESTEP, tid, 0, 0, "PTRACE_SINGLESTEP").map(drop)
+pub fn single_step(tid: i32) -> Result<(), SysError> {
+    request(tid, Request::Step).map(drop)
 }
 
 /// The registers of a stopped thread.
-pub fn get_regs(tid: i32) -> io::Result<libc::user_regs_struct> {
+pub fn get_regs(tid: i32) -> Result<libc::user_regs_struct, SysError> {
     // SAFETY: all-zero is a valid user_regs_struct.
     let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    ptrace(libc::PTRACE_GETREGS, tid, 0, &mut r as *mut _ as u64, "PTRACE_GETREGS")?;
+    request(tid, Request::GetRegs(&mut r))?;
     Ok(r)
 }
 
 /// Set the registers of a stopped thread.
-pub fn set_regs(tid: i32, r: &libc::user_regs_struct) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETREGS, tid, 0, r as *const _ as u64, "PTRACE_SETREGS").map(drop)
+pub fn set_regs(tid: i32, r: &libc::user_regs_struct) -> Result<(), SysError> {
+    request(tid, Request::SetRegs(r)).map(drop)
 }
 
 /// The message of the last ptrace event (a new thread's or child's id).
-pub fn event_message(tid: i32) -> io::Result<u64> {
-    let mut msg: libc::c_ulong = 0;
-    ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut msg as *mut _ as u64, "PTRACE_GETEVENTMSG")?;
-    Ok(msg)
+pub fn event_message(tid: i32) -> Result<u64, SysError> {
+    request(tid, Request::EventMessage)
+}
+
+/// Set the ptrace options of a thread traced with `PTRACE_TRACEME`.
+pub fn set_options(tid: i32, options: u64) -> Result<(), SysError> {
+    request(tid, Request::SetOptions { options }).map(drop)
 }
 
 /// Wait for any thread this tracer thread traces (`-1`) or one; returns `(tid, status)`.
 /// `__WNOTHREAD`: stops of processes other tracer threads of this process trace are theirs.
-pub fn wait(tid: i32) -> io::Result<(i32, i32)> {
-    let mut status = 0;
+pub fn wait(tid: i32) -> Result<(i32, i32), SysError> {
     loop {
-        // SAFETY: writes the status we own.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::__WNOTHREAD) };
-        if r >= 0 {
-            return Ok((r, status));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match wait_interruptible(tid)? {
+            Some(got) => return Ok(got),
+            None => continue,
         }
     }
 }
 
 /// Like [`wait`], but a signal that interrupts the wait returns `None` (so that the caller can
 /// look at what its signal handlers recorded: Ctrl-C, the end of `--duration`).
-pub fn wait_interruptible(tid: i32) -> io::Result<Option<(i32, i32)>> {
-    let mut status = 0;
-    // SAFETY: writes the status we own.
-    let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::__WNOTHREAD) };
-    if r >= 0 {
-        return Ok(Some((r, status)));
-    }
-    let e = io::Error::last_os_error();
-    if e.kind() == io::ErrorKind::Interrupted {
-        Ok(None)
-    } else {
-        Err(e)
+pub fn wait_interruptible(tid: i32) -> Result<Option<(i32, i32)>, SysError> {
+    match kernel(|k| k.wait(tid, false)) {
+        Ok(got) => Ok(got),
+        Err(libc::EINTR) => Ok(None),
+        Err(errno) => Err(SysError { call: "waitpid", tid, errno }),
     }
 }
 
 /// Like [`wait`] for any traced thread, but returns `None` at once when none has changed
 /// state.
-pub fn try_wait_any() -> io::Result<Option<(i32, i32)>> {
-    let mut status = 0;
-    // SAFETY: writes the status we own.
-    let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::__WNOTHREAD | libc::WNOHANG) };
-    match r {
-        0 => Ok(None),
-        r if r > 0 => Ok(Some((r, status))),
-        _ => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
+pub fn try_wait_any() -> Result<Option<(i32, i32)>, SysError> {
+    match kernel(|k| k.wait(-1, true)) {
+        Ok(got) => Ok(got),
+        Err(libc::EINTR) => Ok(None),
+        Err(errno) => Err(SysError { call: "waitpid", tid: -1, errno }),
     }
 }
 
 /// Attach to thread `tid` without stopping it, with ptrace `options`.
-pub fn seize(tid: i32, options: u64) -> io::Result<()> {
-    // SAFETY: integer arguments only.
-    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, std::ptr::null_mut::<libc::c_void>(), options as usize) };
-    if r == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+pub fn seize(tid: i32, options: u64) -> Result<(), SysError> {
+    request(tid, Request::Seize { options }).map(drop)
 }
 
 /// Stop a seized thread (it reports a `PTRACE_EVENT_STOP`).
-pub fn interrupt(tid: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0, "PTRACE_INTERRUPT").map(drop)
+pub fn interrupt(tid: i32) -> Result<(), SysError> {
+    request(tid, Request::Interrupt).map(drop)
 }
 
 /// Let a seized thread in group-stop stay stopped while still reporting events.
-/// The error is the raw one: EIO says the thread's last stop was not a group-stop.
-pub fn listen(tid: i32) -> io::Result<()> {
-    let null = std::ptr::null_mut::<libc::c_void>();
-    // SAFETY: integer arguments only.
-    if unsafe { libc::ptrace(libc::PTRACE_LISTEN, tid, null, null) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// `EIO` says the thread's last stop was not a group-stop.
+pub fn listen(tid: i32) -> Result<(), SysError> {
+    request(tid, Request::Listen).map(drop)
 }
 
 /// Detach from a stopped thread, delivering `signal` (0 for none).
-pub fn detach(tid: i32, signal: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_DETACH, tid, 0, signal as u64, "PTRACE_DETACH").map(drop)
+pub fn detach(tid: i32, signal: i32) -> Result<(), SysError> {
+    request(tid, Request::Detach { signal }).map(drop)
 }
 
 /// The event of a ptrace stop status (`PTRACE_EVENT_*`), 0 for a plain signal stop.
@@ -153,9 +255,8 @@ pub fn event_of(status: i32) -> i32 {
 }
 
 /// Send `signal` to thread `tid` of process `pid`.
-pub fn tgkill(pid: i32, tid: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    check(unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signal) }, "tgkill").map(drop)
+pub fn tgkill(pid: i32, tid: i32, signal: i32) -> Result<(), SysError> {
+    kernel(|k| k.tgkill(pid, tid, signal)).map_err(|errno| SysError { call: "tgkill", tid, errno })
 }
 
 /// Converting between the kernel's `user_regs_struct` and [`Regs`] (no vector registers).
@@ -196,29 +297,38 @@ pub fn from_regs(regs: &Regs, r: &mut libc::user_regs_struct) {
 /// The tracee's memory through `/proc/PID/mem`, which reads and writes through page
 /// protections (code included) and reports bad addresses as errors.
 pub struct RemoteMemory {
-    file: File,
+    pid: i32,
+    file: Option<File>,
 }
 
 impl RemoteMemory {
     /// Open process `pid`'s memory.
     pub fn open(pid: i32) -> io::Result<Self> {
-        Ok(RemoteMemory { file: File::options().read(true).write(true).open(format!("/proc/{pid}/mem"))? })
+        Ok(RemoteMemory { pid, file: kernel(|k| k.memory_file(pid))? })
     }
 }
 
 impl Memory for RemoteMemory {
     fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
-        self.file.read_exact_at(buf, addr.0).map_err(|_| MemoryFault { addr, len: buf.len(), write: false })
+        let ok = match &self.file {
+            Some(file) => file.read_exact_at(buf, addr.0).is_ok(),
+            None => kernel(|k| k.read(self.pid, addr.0, buf)),
+        };
+        ok.then_some(()).ok_or(MemoryFault { addr, len: buf.len(), write: false })
     }
 
     fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
-        self.file.write_all_at(data, addr.0).map_err(|_| MemoryFault { addr, len: data.len(), write: true })
+        let ok = match &self.file {
+            Some(file) => file.write_all_at(data, addr.0).is_ok(),
+            None => kernel(|k| k.write(self.pid, addr.0, data)),
+        };
+        ok.then_some(()).ok_or(MemoryFault { addr, len: data.len(), write: true })
     }
 }
 
 /// Write two pieces of process `pid`'s memory in one system call (`process_vm_writev`, which
 /// honours page protections: for data and stacks).
-pub fn write_two(pid: i32, first: (Addr, &[u8]), second: (Addr, &[u8])) -> io::Result<()> {
+pub fn write_two(pid: i32, first: (Addr, &[u8]), second: (Addr, &[u8])) -> Result<(), TraceError> {
     let local = [
         libc::iovec { iov_base: first.1.as_ptr() as *mut libc::c_void, iov_len: first.1.len() },
         libc::iovec { iov_base: second.1.as_ptr() as *mut libc::c_void, iov_len: second.1.len() },
@@ -230,13 +340,18 @@ pub fn write_two(pid: i32, first: (Addr, &[u8]), second: (Addr, &[u8])) -> io::R
     // SAFETY: the local iovecs point into live slices that the kernel only reads; the remote
     // ones are addresses in the other process, checked by the kernel.
     let n = unsafe { libc::process_vm_writev(pid, local.as_ptr(), 2, remote.as_ptr(), 2, 0) };
-    let want = (first.1.len() + second.1.len()) as isize;
-    if n == want {
-        Ok(())
-    } else if n < 0 {
-        Err(io::Error::last_os_error())
+    if n < 0 {
+        return Err(SysError { call: "process_vm_writev", tid: pid, errno: errno() }.into());
+    }
+    // A short write stopped at the first byte it could not write.
+    let n = n as usize;
+    if n < first.1.len() {
+        Err(MemoryFault { addr: first.0.offset(n as u64), len: first.1.len() - n, write: true }.into())
+    } else if n < first.1.len() + second.1.len() {
+        let done = n - first.1.len();
+        Err(MemoryFault { addr: second.0.offset(done as u64), len: second.1.len() - done, write: true }.into())
     } else {
-        Err(io::Error::other(format!("process_vm_writev wrote {n} of {want} bytes")))
+        Ok(())
     }
 }
 
@@ -269,4 +384,51 @@ pub fn fork_traced(program: &std::ffi::CStr, args: &[std::ffi::CString]) -> io::
         return Err(io::Error::last_os_error());
     }
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel where every thread has vanished and no memory is readable.
+    struct Vanished;
+
+    impl Kernel for Vanished {
+        fn ptrace(&mut self, _: i32, _: Request<'_>) -> Result<u64, i32> {
+            Err(libc::ESRCH)
+        }
+        fn wait(&mut self, _: i32, _: bool) -> Result<Option<(i32, i32)>, i32> {
+            Err(libc::ECHILD)
+        }
+        fn tgkill(&mut self, _: i32, _: i32, _: i32) -> Result<(), i32> {
+            Err(libc::ESRCH)
+        }
+        fn memory_file(&mut self, _: i32) -> io::Result<Option<File>> {
+            Ok(None)
+        }
+        fn read(&mut self, _: i32, _: u64, _: &mut [u8]) -> bool {
+            false
+        }
+        fn write(&mut self, _: i32, _: u64, _: &[u8]) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_vanished_thread_is_gone_and_other_errnos_stay_typed() {
+        let _fake = install_fake(Box::new(Vanished));
+        let e: TraceError = cont(42, 0).unwrap_err().into();
+        assert!(matches!(e, TraceError::Gone { tid: 42 }), "{e:?}");
+        let e: TraceError = wait(7).unwrap_err().into();
+        assert!(matches!(e, TraceError::Sys(SysError { call: "waitpid", tid: 7, errno: libc::ECHILD })), "{e:?}");
+    }
+
+    #[test]
+    fn a_memory_fault_stays_a_memory_fault() {
+        let _fake = install_fake(Box::new(Vanished));
+        let mut memory = RemoteMemory::open(1).unwrap();
+        let mut buf = [0u8; 8];
+        let e: TraceError = memory.read(Addr(0x1000), &mut buf).unwrap_err().into();
+        assert!(matches!(e, TraceError::Memory(MemoryFault { addr: Addr(0x1000), len: 8, write: false })), "{e:?}");
+    }
 }

@@ -80,7 +80,7 @@ impl Tracee {
         let pid = sys::fork_traced(&c_program, &c_args).map_err(spawn_err)?;
         let (_, status) = sys::wait(pid)?;
         if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
-            return Err(spawn_err(io::Error::other("it could not be executed (not found, or not a program)")));
+            return Err(TraceError::NotExecutable { program: program.to_owned() });
         }
         let options = libc::PTRACE_O_TRACECLONE
             | libc::PTRACE_O_TRACEFORK
@@ -88,7 +88,7 @@ impl Tracee {
             | libc::PTRACE_O_TRACEEXEC
             | libc::PTRACE_O_TRACEEXIT
             | libc::PTRACE_O_EXITKILL;
-        sys::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as u64, "PTRACE_SETOPTIONS")?;
+        sys::set_options(pid, options as u64)?;
         Tracee::new(pid, false, BTreeSet::from([pid]))
     }
 
@@ -119,8 +119,8 @@ impl Tracee {
             for tid in new {
                 match sys::seize(tid, options) {
                     Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    Err(e) if e.gone() => continue,
+                    Err(e) if e.errno == libc::EPERM => {
                         let reason = refusal_reason(pid);
                         return Err(attach_err(reason));
                     }
@@ -177,7 +177,7 @@ impl Tracee {
         let mut original = [0u8];
         self.read(entry, &mut original)?;
         if self.sites.contains_key(&entry) {
-            return Err(TraceError::other("a probe is on the entry point already: place it after run_to_entry"));
+            return Err(TraceError::EntryProbed);
         }
         self.write(entry, &[INT3])?;
         self.resume_stopped()?;
@@ -194,17 +194,17 @@ impl Tracee {
                 }
             }
             if let Some(exit) = self.handle(t, status)? {
-                return Err(TraceError::other(format!("the program ended before its entry point ({exit:?})")));
+                return Err(TraceError::EndedBeforeEntry(exit));
             }
         }
     }
 
     pub(crate) fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), TraceError> {
-        self.memory.read(addr, buf).map_err(|e| TraceError::other(e.to_string()))
+        Ok(self.memory.read(addr, buf)?)
     }
 
     pub(crate) fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), TraceError> {
-        self.memory.write(addr, data).map_err(|e| TraceError::other(e.to_string()))
+        Ok(self.memory.write(addr, data)?)
     }
 
     /// Resume the program and trace it until it ends; returns how it ended.
@@ -274,7 +274,7 @@ impl Tracee {
             // dprobe made run since (to map its page) is no longer in its group-stop:
             // SIGSTOP puts it back into it.
             return match sys::listen(tid) {
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(sys::cont(tid, libc::SIGSTOP)?),
+                Err(e) if e.errno == libc::EIO => Ok(sys::cont(tid, libc::SIGSTOP)?),
                 other => Ok(other?),
             };
         }
@@ -287,7 +287,7 @@ impl Tracee {
     /// next.
     pub(crate) fn handle(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
         match self.handle_status(tid, status) {
-            Err(TraceError::Os(e)) if sys::gone(&e) => Ok(None),
+            Err(TraceError::Gone { .. }) => Ok(None),
             other => other,
         }
     }
@@ -498,5 +498,5 @@ fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
         .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
         .find(|(k, _)| *k == libc::AT_ENTRY)
         .map(|(_, v)| Addr(v))
-        .ok_or_else(|| TraceError::other("no AT_ENTRY in the auxiliary vector"))
+        .ok_or(TraceError::NoEntry)
 }

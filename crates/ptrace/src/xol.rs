@@ -108,7 +108,7 @@ impl Xol {
 }
 
 fn write(memory: &mut RemoteMemory, addr: Addr, data: &[u8]) -> Result<(), TraceError> {
-    memory.write(addr, data).map_err(|e| TraceError::other(e.to_string()))
+    Ok(memory.write(addr, data)?)
 }
 
 /// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
@@ -119,7 +119,7 @@ pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 
     let saved = sys::get_regs(tid)?;
     let at = Addr(saved.rip);
     let mut original = [0u8; 2];
-    memory.read(at, &mut original).map_err(|e| TraceError::other(e.to_string()))?;
+    memory.read(at, &mut original)?;
     write(memory, at, &[0x0f, 0x05])?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
