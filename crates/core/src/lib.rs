@@ -8,6 +8,7 @@
 //! * [`SiteTable`]: the address → site map the trap handler reads while other threads
 //!   register probes. Reads are lock-free and async-signal-safe ([`dprobe_rcu::Rcu`]).
 //! * [`EventRing`]: a lock-free ring through which handlers hand records to a normal thread.
+//! * [`returns`]: return instances and the one rule that says which are still alive.
 //! * [`ProbeError`]: the typed errors engines return.
 //!
 //! ```
@@ -21,6 +22,7 @@
 
 mod error;
 mod probe;
+pub mod returns;
 mod ring;
 mod site;
 mod stats;
