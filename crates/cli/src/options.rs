@@ -72,8 +72,9 @@ pub struct TraceArgs {
     #[arg(short = 'd', long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Pending returns per return probe, over all threads; more are counted as missed.
-    #[arg(long, value_name = "N", default_value_t = dprobe_ptrace::DEFAULT_MAXACTIVE)]
-    pub maxactive: usize,
+    /// Default: no limit (the kernel engine: the kernel's default).
+    #[arg(long, value_name = "N")]
+    pub maxactive: Option<usize>,
     /// Trace every process on the machine through the kernel's own probes (uprobes,
     /// kprobes, tracepoints); with a command, for as long as it runs.
     #[arg(short = 'a', long = "system-wide")]

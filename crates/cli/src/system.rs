@@ -54,8 +54,7 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
         if dynamic && with_comm {
             spec.args.push(NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String });
         }
-        let event =
-            session.add(&spec, None, Some(args.maxactive)).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?;
+        let event = session.add(&spec, None, args.maxactive).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?;
         if !dynamic {
             // A tracepoint's fields are its arguments.
             let format = &session.events()[event].format;
@@ -73,7 +72,7 @@ pub fn run(args: &TraceArgs, mut planned: Vec<Planned>) -> Result<i32> {
             if with_comm {
                 ret.args.push(NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String });
             }
-            Some(session.add(&ret, None, Some(args.maxactive)).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?)
+            Some(session.add(&ret, None, args.maxactive).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?)
         } else {
             None
         };

@@ -307,7 +307,7 @@ fn place(
         } else {
             ProbeDef::entry(&p.target, handler(session))
         };
-        let def = def.maxactive(args.maxactive);
+        let def = def.maxactive(args.maxactive.unwrap_or(0));
         if returns_without_stop(&p.info.args) {
             def.no_return_stop()
         } else {

@@ -35,5 +35,5 @@ mod tracee;
 mod xol;
 
 pub use error::{Exit, Stopped, TraceError};
-pub use probes::{Handler, Hit, HitKind, ProbeDef, ProbeStats, DEFAULT_MAXACTIVE};
+pub use probes::{Handler, Hit, HitKind, ProbeDef, ProbeStats};
 pub use tracee::Tracee;

@@ -81,7 +81,7 @@ impl Tracee {
         self.stubs.clear();
         self.memory = crate::sys::RemoteMemory::open(self.pid)?;
         for p in self.probes.values_mut() {
-            p.active = 0;
+            p.pool.reset();
             p.stats.addr = None;
             p.stats.failed = None;
         }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use dprobe_arch::{analyze, plan, Addr, ExecClass, ExecPlan, Insn, Memory, Regs, SlotCode, INT3};
+use dprobe_core::returns::InstancePool;
 use dprobe_core::{ProbeError, ProbeId};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
@@ -89,8 +90,8 @@ impl ProbeDef {
         self
     }
 
-    /// How many calls of a return probe's function may be pending at once, over all threads
-    /// (default: 64); entries beyond are counted as missed.
+    /// How many calls of a return probe's function may be pending at once, over all threads;
+    /// entries beyond are counted as missed. Default (and 0): no limit.
     pub fn maxactive(mut self, n: usize) -> ProbeDef {
         self.maxactive = n;
         self
@@ -115,9 +116,6 @@ impl ProbeDef {
     }
 }
 
-/// Default number of pending returns per return probe.
-pub const DEFAULT_MAXACTIVE: usize = 64;
-
 /// A probe's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeStats {
@@ -138,7 +136,8 @@ pub struct ProbeStats {
 
 pub(crate) struct Probe {
     pub def: ProbeDef,
-    pub active: usize,
+    /// Its pending returns, against `maxactive`.
+    pub pool: InstancePool,
     pub stats: ProbeStats,
 }
 
@@ -195,20 +194,18 @@ impl Tracee {
     }
 
     /// Place a probe. Nothing is written when it is refused.
-    pub fn add(&mut self, mut def: ProbeDef) -> Result<ProbeId, TraceError> {
-        if def.on_return.is_some() && def.maxactive == 0 {
-            def.maxactive = DEFAULT_MAXACTIVE;
-        }
+    pub fn add(&mut self, def: ProbeDef) -> Result<ProbeId, TraceError> {
+        let pool = InstancePool::new(Some(def.maxactive));
         self.next_id += 1;
         let id = ProbeId(self.next_id);
         match self.place(id, &def) {
             Ok(addr) => {
                 let stats = ProbeStats { addr: Some(addr), ..ProbeStats::default() };
-                self.probes.insert(id, Probe { def, active: 0, stats });
+                self.probes.insert(id, Probe { def, pool, stats });
                 Ok(id)
             }
             Err(TraceError::Probe(ProbeError::SymbolNotFound { .. })) if def.when_loaded && self.watch_loads()? => {
-                self.probes.insert(id, Probe { def, active: 0, stats: ProbeStats::default() });
+                self.probes.insert(id, Probe { def, pool, stats: ProbeStats::default() });
                 Ok(id)
             }
             Err(e) => Err(e),

@@ -8,30 +8,35 @@
 //!   with a return stub that records the return value and time without stopping (see
 //!   `stubs`); the handlers run when the tracer collects the record.
 //!
-//! The rules are the kernel's uretprobe rules: at most `maxactive` returns pending per
-//! probe (further entries are counted as missed); a pending return whose stack slot is at
-//! or below the stack pointer at a later entry belongs to a frame the program abandoned
-//! (`longjmp`, an exception) and is dropped; probes on one function share one hijack.
+//! Which pending returns are still alive is `dprobe_core::returns`' rule, the one every
+//! engine uses: stacks are told apart by the mapping that holds them (an alternate signal
+//! stack is not the thread's own), a pending return below the current slot on the same stack
+//! was abandoned (`longjmp`, an exception), and an entry whose return slot is still hijacked
+//! was reached by a tail call and returns with its caller. There is no limit on pending
+//! returns unless `maxactive` sets one.
+//!
+//! Should the rule ever drop a return whose frame is alive (a program that keeps its
+//! alternate signal stack inside its own stack mapping, or switches stacks by itself), the
+//! program still returns correctly: a dropped trampoline return is remembered for a while,
+//! and a dropped stub's record is not reused while the stack slot still points at it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dprobe_arch::{Addr, Memory, Regs};
+use dprobe_core::returns::{At, Instance, ReturnStack, ThreadStacks};
 use dprobe_core::ProbeId;
+use dprobe_sym::read_maps_of;
 
 use crate::error::TraceError;
-use crate::probes::{Hit, HitKind, Probe};
+use crate::probes::{Hit, HitKind};
 use crate::stubs::{self, Stubs};
 use crate::sys::{self, RemoteMemory};
 use crate::tracee::Tracee;
 
-/// One pending return.
+/// What the tracer keeps with one probe's pending return.
 pub(crate) struct Pending {
     probe: ProbeId,
-    /// The stack slot holding the (hijacked) return address.
-    slot: Addr,
-    /// The real return address.
-    ret: Addr,
     function: Addr,
     entered: Instant,
     entered_tsc: u64,
@@ -39,27 +44,90 @@ pub(crate) struct Pending {
     entry_regs: Regs,
     /// The return stub's record, when the return does not stop.
     record: Option<usize>,
+    /// Which entry pushed it (probes on one function share an entry).
+    entry: u64,
 }
 
-/// Pending returns, per thread, innermost last.
+/// How many dropped trampoline returns a thread remembers.
+const GRAVE: usize = 64;
+
+/// One thread's pending returns.
+#[derive(Default)]
+struct ThreadReturns {
+    pending: ReturnStack<Pending>,
+    /// `(slot, real return address)` of trampoline returns the rule dropped, newest last.
+    grave: VecDeque<(u64, u64)>,
+}
+
+/// Pending returns, per thread.
 #[derive(Default)]
 pub(crate) struct Returns {
-    by_thread: HashMap<i32, Vec<Pending>>,
+    by_thread: HashMap<i32, ThreadReturns>,
     /// The thread of each taken stub record.
     owner: HashMap<usize, i32>,
+    /// Records of dropped returns whose stack slot still held the stub: `(record, thread,
+    /// slot, real return address)`, released once the slot no longer points at the stub.
+    quarantine: Vec<(usize, i32, u64, u64)>,
+    stacks: StackMaps,
+    entries: u64,
 }
 
-/// Count a dropped pending return against its probe and free its record.
-fn abandon(p: &Pending, probes: &mut BTreeMap<ProbeId, Probe>, stubs: &mut Stubs, owner: &mut HashMap<usize, i32>) {
-    if let Some(probe) = probes.get_mut(&p.probe) {
-        probe.active -= 1;
-        probe.stats.abandoned += 1;
+/// Which mapping holds an address, from a copy of the process's maps read again when an
+/// address is not in it. A stack is named by its mapping's end, which stays put as the stack
+/// grows down.
+#[derive(Default)]
+struct StackMaps {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl StackMaps {
+    fn find(&self, addr: u64) -> Option<u64> {
+        let i = self.ranges.partition_point(|&(_, end)| end <= addr);
+        self.ranges.get(i).filter(|&&(start, _)| start <= addr).map(|&(_, end)| end)
     }
-    if let Some(index) = p.record {
-        if owner.remove(&index).is_some() {
-            stubs.release(index);
+
+    fn stack_of(&mut self, pid: i32, addr: u64) -> u64 {
+        if let Some(end) = self.find(addr) {
+            return end;
         }
+        if let Ok(maps) = read_maps_of(pid as u32) {
+            self.ranges = maps.iter().map(|m| (m.start.0, m.end.0)).collect();
+            self.ranges.sort_unstable();
+        }
+        self.find(addr).unwrap_or(0)
     }
+}
+
+/// The rule's questions, answered from the stopped thread's process.
+struct View<'a> {
+    pid: i32,
+    stacks: &'a mut StackMaps,
+    memory: &'a mut RemoteMemory,
+    trampoline: Option<Addr>,
+    stubs: &'a Stubs,
+}
+
+impl ThreadStacks for View<'_> {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        self.stacks.stack_of(self.pid, addr)
+    }
+
+    fn hijacked(&mut self, slot: u64) -> bool {
+        read_word(self.memory, slot).is_some_and(|w| Some(Addr(w)) == self.trampoline || self.stubs.contains(Addr(w)))
+    }
+}
+
+fn read_word(memory: &mut dyn Memory, addr: u64) -> Option<u64> {
+    let mut word = [0u8; 8];
+    memory.read(Addr(addr), &mut word).ok().map(|()| u64::from_le_bytes(word))
+}
+
+/// Instances that return together, in the order their handlers run: the innermost entry
+/// first, probes of one entry in the order they were placed.
+fn handler_order(mut returning: Vec<Instance<Pending>>) -> Vec<Instance<Pending>> {
+    returning.reverse();
+    returning.sort_by_key(|i| std::cmp::Reverse(i.data.entry));
+    returning
 }
 
 impl Returns {
@@ -67,41 +135,89 @@ impl Returns {
     pub fn clear(&mut self) {
         self.by_thread.clear();
         self.owner.clear();
+        self.quarantine.clear();
+        self.stacks = StackMaps::default();
     }
 
     /// Put the real return addresses back into the stack of thread `tid`, in `memory` (the
     /// process's, at detach, or a forked child's, which inherits the hijacked stack).
     pub fn restore_stack(&self, tid: i32, trampoline: Option<Addr>, stubs: &Stubs, memory: &mut dyn Memory) {
-        for p in self.by_thread.get(&tid).map(Vec::as_slice).unwrap_or_default() {
-            let hijacked = match p.record {
+        let Some(thread) = self.by_thread.get(&tid) else { return };
+        let pending = thread.pending.iter().map(|i| {
+            let hijacked = match i.data.record {
                 Some(index) => Some(stubs.stub(index)),
                 None => trampoline,
             };
-            let mut now = [0u8; 8];
-            if memory.read(p.slot, &mut now).is_ok() && Some(Addr(u64::from_le_bytes(now))) == hijacked {
-                let _ = memory.write(p.slot, &p.ret.0.to_le_bytes());
+            (i.slot, i.ret, hijacked)
+        });
+        let dropped = thread.grave.iter().map(|&(slot, ret)| (slot, ret, trampoline));
+        let quarantined = self
+            .quarantine
+            .iter()
+            .filter(|q| q.1 == tid)
+            .map(|&(index, _, slot, ret)| (slot, ret, Some(stubs.stub(index))));
+        for (slot, ret, hijacked) in pending.chain(dropped).chain(quarantined) {
+            if hijacked.is_some() && read_word(memory, slot).map(Addr) == hijacked {
+                let _ = memory.write(Addr(slot), &ret.to_le_bytes());
             }
         }
-    }
-
-    /// Take the pending returns a thread at the trampoline with stack pointer `sp` is
-    /// making: every pending return whose slot is below `sp`; the outermost slot is the
-    /// function returning now (with every probe sharing it), the ones below were
-    /// abandoned. Returns (returning, abandoned), each in entry order.
-    fn take_returning(&mut self, tid: i32, sp: u64) -> (Vec<Pending>, Vec<Pending>) {
-        let stack = self.by_thread.entry(tid).or_default();
-        let keep = stack.iter().rposition(|p| p.slot.0 >= sp).map_or(0, |i| i + 1);
-        let taken: Vec<Pending> = stack.drain(keep..).collect();
-        let outer = taken.iter().filter(|p| p.record.is_none()).map(|p| p.slot).max();
-        taken.into_iter().partition(|p| Some(p.slot) == outer && p.record.is_none())
     }
 }
 
 impl Tracee {
+    /// A dropped pending return: counted against its probe, its record given back unless the
+    /// stack may still return through it (`thread_alive`).
+    fn abandon(&mut self, tid: i32, gone: Instance<Pending>, thread_alive: bool) {
+        if let Some(probe) = self.probes.get_mut(&gone.data.probe) {
+            probe.pool.give_back();
+            probe.stats.abandoned += 1;
+        }
+        let Some(index) = gone.data.record else {
+            if thread_alive {
+                let thread = self.returns.by_thread.entry(tid).or_default();
+                if !thread.grave.contains(&(gone.slot, gone.ret)) {
+                    if thread.grave.len() == GRAVE {
+                        thread.grave.pop_front();
+                    }
+                    thread.grave.push_back((gone.slot, gone.ret));
+                }
+            }
+            return;
+        };
+        if self.returns.owner.remove(&index).is_none() {
+            return; // another probe of the same entry gave it back already
+        }
+        let stub = self.stubs.stub(index);
+        if thread_alive && read_word(&mut self.memory, gone.slot) == Some(stub.0) {
+            self.returns.quarantine.push((index, tid, gone.slot, gone.ret));
+        } else {
+            self.stubs.release(index);
+        }
+    }
+
+    /// Give back quarantined records whose slots no longer point at their stubs.
+    fn sweep_quarantine(&mut self) {
+        let quarantine = std::mem::take(&mut self.returns.quarantine);
+        for q in quarantine {
+            if read_word(&mut self.memory, q.2) == Some(self.stubs.stub(q.0).0) {
+                self.returns.quarantine.push(q);
+            } else {
+                self.stubs.release(q.0);
+            }
+        }
+    }
+
     /// A thread exited: its pending returns will never come.
     pub(crate) fn forget_thread_returns(&mut self, tid: i32) {
-        for p in self.returns.by_thread.remove(&tid).unwrap_or_default() {
-            abandon(&p, &mut self.probes, &mut self.stubs, &mut self.returns.owner);
+        let Some(mut thread) = self.returns.by_thread.remove(&tid) else { return };
+        for gone in thread.pending.drain() {
+            self.abandon(tid, gone, false);
+        }
+        let (theirs, others) = std::mem::take(&mut self.returns.quarantine).into_iter().partition(|q| q.1 == tid);
+        self.returns.quarantine = others;
+        let theirs: Vec<(usize, i32, u64, u64)> = theirs;
+        for (index, ..) in theirs {
+            self.stubs.release(index);
         }
     }
 
@@ -117,7 +233,8 @@ impl Tracee {
     }
 
     /// At the entry of a function with return probes: drop pending returns of frames the
-    /// program abandoned, then hijack the return address for each probe with room.
+    /// program abandoned, then hijack the return address for each probe with room (or join
+    /// the pending return of the caller that tail-called this function).
     pub(crate) fn hijack_return(
         &mut self,
         tid: i32,
@@ -127,10 +244,15 @@ impl Tracee {
         probe_ids: &[ProbeId],
     ) -> Result<(), TraceError> {
         let sp = regs.rsp;
-        let stack = self.returns.by_thread.entry(tid).or_default();
-        while stack.last().is_some_and(|p| p.slot.0 <= sp) {
-            let dead = stack.pop().expect("checked");
-            abandon(&dead, &mut self.probes, &mut self.stubs, &mut self.returns.owner);
+        let trampoline = self.xol.trampoline_addr();
+        let Returns { by_thread, stacks, .. } = &mut self.returns;
+        let mut view = View { pid: self.pid, stacks, memory: &mut self.memory, trampoline, stubs: &self.stubs };
+        let thread = by_thread.entry(tid).or_default();
+        let stale = thread.pending.reclaim(At::Entry { sp }, &mut view);
+        let chained = thread.pending.chained(sp, &mut view).map(|i| (i.ret, i.data.record));
+        let stack = view.stack_of(sp);
+        for gone in stale {
+            self.abandon(tid, gone, true);
         }
         let with_room: Vec<ProbeId> = probe_ids
             .iter()
@@ -140,7 +262,7 @@ impl Tracee {
                 if probe.def.on_return.is_none() {
                     return false;
                 }
-                if probe.active >= probe.def.maxactive {
+                if !probe.pool.take() {
                     probe.stats.missed += 1;
                     return false;
                 }
@@ -150,37 +272,54 @@ impl Tracee {
         if with_room.is_empty() {
             return Ok(());
         }
-        let mut word = [0u8; 8];
-        self.memory.read(Addr(sp), &mut word)?;
-        let real = Addr(u64::from_le_bytes(word));
         let no_stop = with_room.iter().all(|id| self.probes[id].def.no_return_stop);
-        let record = if no_stop {
-            let index = self.stubs.take(tid, &mut self.memory)?;
-            self.stubs.arm(self.pid, index, real, Addr(sp))?;
-            self.returns.owner.insert(index, tid);
-            Some(index)
-        } else {
-            let trampoline = self.xol.trampoline_addr().ok_or(TraceError::NoTrampoline)?;
-            self.memory.write(Addr(sp), &trampoline.0.to_le_bytes())?;
-            None
+        let (real, record) = match chained {
+            // A tail call: the slot already returns through the caller's stub or trampoline.
+            Some((real, Some(index))) if no_stop => (Addr(real), Some(index)),
+            Some((real, Some(index))) => {
+                // This return needs a stop: the whole chain returns through the trampoline.
+                self.write_trampoline(sp)?;
+                for i in self.returns.by_thread.entry(tid).or_default().pending.at_slot_mut(sp) {
+                    i.data.record = None;
+                }
+                if self.returns.owner.remove(&index).is_some() {
+                    self.stubs.release(index);
+                }
+                (Addr(real), None)
+            }
+            Some((real, None)) => (Addr(real), None),
+            None => {
+                let mut word = [0u8; 8];
+                self.memory.read(Addr(sp), &mut word)?;
+                let real = Addr(u64::from_le_bytes(word));
+                if no_stop {
+                    if !self.stubs.has_free() {
+                        self.sweep_quarantine();
+                    }
+                    let index = self.stubs.take(tid, &mut self.memory)?;
+                    self.stubs.arm(self.pid, index, real, Addr(sp))?;
+                    self.returns.owner.insert(index, tid);
+                    (real, Some(index))
+                } else {
+                    self.write_trampoline(sp)?;
+                    (real, None)
+                }
+            }
         };
         let (entered, entered_tsc) = (Instant::now(), stubs::tsc());
-        let stack = self.returns.by_thread.entry(tid).or_default();
-        for id in with_room {
-            self.probes.get_mut(&id).expect("filtered").active += 1;
-            stack.push(Pending {
-                probe: id,
-                slot: Addr(sp),
-                ret: real,
-                function,
-                entered,
-                entered_tsc,
-                fs_base,
-                entry_regs: *regs,
-                record,
-            });
+        self.returns.entries += 1;
+        let entry = self.returns.entries;
+        let thread = self.returns.by_thread.entry(tid).or_default();
+        for probe in with_room {
+            let data = Pending { probe, function, entered, entered_tsc, fs_base, entry_regs: *regs, record, entry };
+            thread.pending.push(sp, stack, real.0, data);
         }
         Ok(())
+    }
+
+    fn write_trampoline(&mut self, slot: u64) -> Result<(), TraceError> {
+        let trampoline = self.xol.trampoline_addr().ok_or(TraceError::NoTrampoline)?;
+        Ok(self.memory.write(Addr(slot), &trampoline.0.to_le_bytes())?)
     }
 
     /// Thread `tid` stopped on the trampoline (`r.rip` is just past its `int3`): run the
@@ -191,24 +330,38 @@ impl Tracee {
         r: &mut libc::user_regs_struct,
         run_handlers: bool,
     ) -> Result<(), TraceError> {
-        let (returning, abandoned) = self.returns.take_returning(tid, r.rsp);
-        for p in &abandoned {
-            abandon(p, &mut self.probes, &mut self.stubs, &mut self.returns.owner);
+        let trampoline = self.xol.trampoline_addr();
+        let Returns { by_thread, stacks, .. } = &mut self.returns;
+        let mut view = View { pid: self.pid, stacks, memory: &mut self.memory, trampoline, stubs: &self.stubs };
+        let thread = by_thread.entry(tid).or_default();
+        let (stale, returning) = thread.pending.pop_for(r.rsp, &mut view);
+        let slot = r.rsp.wrapping_sub(8);
+        let from_grave = match returning.first() {
+            Some(_) => None,
+            None => thread.grave.iter().rposition(|g| g.0 == slot).and_then(|i| thread.grave.remove(i)),
+        };
+        for gone in stale {
+            self.abandon(tid, gone, true);
         }
-        let Some(real) = returning.first().map(|p| p.ret) else { return Err(TraceError::LostReturn { tid }) };
+        let real = match (returning.first(), from_grave) {
+            (Some(i), _) => i.ret,
+            (None, Some((_, ret))) => ret,
+            (None, None) => return Err(TraceError::LostReturn { tid }),
+        };
         let mut regs = sys::to_regs(r);
-        regs.rip = real.0;
-        for p in &returning {
-            let elapsed = p.entered.elapsed();
-            self.run_return(p, tid, &mut regs, elapsed, run_handlers);
+        regs.rip = real;
+        for i in handler_order(returning) {
+            let elapsed = i.data.entered.elapsed();
+            self.run_return(&i, tid, &mut regs, elapsed, run_handlers);
         }
         sys::from_regs(&regs, r);
         Ok(())
     }
 
-    fn run_return(&mut self, p: &Pending, tid: i32, regs: &mut Regs, elapsed: Duration, run_handler: bool) {
+    fn run_return(&mut self, i: &Instance<Pending>, tid: i32, regs: &mut Regs, elapsed: Duration, run_handler: bool) {
+        let p = &i.data;
         let Some(probe) = self.probes.get_mut(&p.probe) else { return };
-        probe.active -= 1;
+        probe.pool.give_back();
         probe.stats.returns += 1;
         if let (true, Some(handler)) = (run_handler, probe.def.on_return.as_mut()) {
             let kind = HitKind::Return { entry_regs: &p.entry_regs, elapsed, function: p.function };
@@ -223,22 +376,20 @@ impl Tracee {
             return;
         }
         for done in self.stubs.collect(&mut self.memory) {
-            let Some(tid) = self.returns.owner.remove(&done.index) else { continue };
-            let stack = self.returns.by_thread.entry(tid).or_default();
-            let mut returned = Vec::new();
-            let mut i = 0;
-            while i < stack.len() {
-                if stack[i].record == Some(done.index) {
-                    returned.push(stack.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
+            let Some(tid) = self.returns.owner.remove(&done.index) else {
+                // A quarantined record: its return was counted as abandoned, and it went
+                // where it should.
+                self.returns.quarantine.retain(|q| q.0 != done.index);
+                self.stubs.release(done.index);
+                continue;
+            };
+            let thread = self.returns.by_thread.entry(tid).or_default();
+            let returned = thread.pending.take_where(|i| i.data.record == Some(done.index));
             self.stubs.release(done.index);
-            for p in &returned {
+            for i in handler_order(returned) {
                 // What the return saw: the return value, the callee-saved registers (kept by
                 // the function, as at its entry), the stack pointer past the return address.
-                let e = &p.entry_regs;
+                let e = &i.data.entry_regs;
                 let mut regs = Regs {
                     rax: done.rax,
                     rdx: done.rdx,
@@ -248,13 +399,13 @@ impl Tracee {
                     r13: e.r13,
                     r14: e.r14,
                     r15: e.r15,
-                    rsp: p.slot.0 + 8,
-                    rip: p.ret.0,
+                    rsp: i.slot + 8,
+                    rip: i.ret,
                     ..Regs::default()
                 };
-                let ticks = done.tsc.wrapping_sub(p.entered_tsc) as f64;
+                let ticks = done.tsc.wrapping_sub(i.data.entered_tsc) as f64;
                 let elapsed = Duration::from_nanos((ticks / stubs::ticks_per_ns()) as u64);
-                self.run_return(p, tid, &mut regs, elapsed, true);
+                self.run_return(&i, tid, &mut regs, elapsed, true);
             }
         }
     }

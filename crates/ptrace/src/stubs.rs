@@ -68,6 +68,11 @@ impl Stubs {
         }
     }
 
+    /// Whether a record can be taken without mapping a new page.
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
     /// Whether any record is pending.
     pub fn busy(&self) -> bool {
         self.in_flight_count > 0

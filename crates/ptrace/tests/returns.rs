@@ -144,3 +144,106 @@ mod without_a_stop {
         assert_eq!((returns.load(std::sync::atomic::Ordering::Relaxed), t.stats(probed).returns), (50, 50));
     }
 }
+
+/// A return probe whose handler counts returns whose `rax` is not `expected(entry rdi)`.
+fn checked(target: &str, expected: fn(u64) -> u64, no_stop: bool) -> (ProbeDef, Rc<RefCell<u64>>) {
+    let wrong = Rc::new(RefCell::new(0u64));
+    let w = wrong.clone();
+    let def = ProbeDef::on_return(
+        target,
+        Box::new(move |hit| {
+            let HitKind::Return { entry_regs, .. } = hit.kind else { panic!("a return") };
+            *w.borrow_mut() += u64::from(hit.regs.rax != expected(entry_regs.rdi));
+        }),
+    );
+    (if no_stop { def.no_return_stop() } else { def }, wrong)
+}
+
+/// `tail_outer` ends in `jmp tail_inner`, both return-probed: each call returns once from
+/// each, with its own value, and the program goes on.
+fn tail_calls(outer_no_stop: bool, inner_no_stop: bool) {
+    let mut t = Tracee::spawn(target(), &["tailcall", "1000"]).unwrap();
+    t.run_to_entry().unwrap();
+    // tail_outer(x) returns tail_inner(x + 1) = 3(x + 1).
+    let (outer_def, outer_wrong) = checked("tail_outer", |x| 3 * (x + 1), outer_no_stop);
+    let (inner_def, inner_wrong) = checked("tail_inner", |x| 3 * x, inner_no_stop);
+    let outer = t.add(outer_def).unwrap();
+    let inner = t.add(inner_def).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "every tail call returned to the right place");
+    for p in [outer, inner] {
+        let s = t.stats(p);
+        assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (1000, 1000, 0, 0));
+    }
+    assert_eq!((*outer_wrong.borrow(), *inner_wrong.borrow()), (0, 0), "each return saw its value");
+}
+
+#[test]
+fn a_tail_call_between_two_return_probed_functions_returns_once_from_each() {
+    tail_calls(false, false);
+}
+
+#[test]
+fn a_tail_call_between_return_probes_that_do_not_stop() {
+    tail_calls(true, true);
+}
+
+#[test]
+fn a_tail_call_from_a_return_that_does_not_stop_into_one_that_does() {
+    tail_calls(true, false);
+}
+
+/// A signal handler on an alternate stack calls a return-probed function while another waits
+/// for the signal: both return, counted, with their values.
+fn alternate_stack(place: &str, no_stop: bool) {
+    let mut t = Tracee::spawn(target(), &["altstack", "200", place]).unwrap();
+    t.run_to_entry().unwrap();
+    let (outer_def, outer_wrong) = checked("alt_outer", |x| 5 * x + 1, no_stop);
+    let (nested_def, nested_wrong) = checked("alt_nested", |x| 5 * x, no_stop);
+    let outer = t.add(outer_def).unwrap();
+    let nested = t.add(nested_def).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "the handler and the interrupted function returned correctly");
+    for p in [outer, nested] {
+        let s = t.stats(p);
+        assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (200, 200, 0, 0));
+    }
+    assert_eq!((*outer_wrong.borrow(), *nested_wrong.borrow()), (0, 0));
+}
+
+#[test]
+fn an_alternate_signal_stack_above_the_interrupted_frames() {
+    alternate_stack("above", false);
+}
+
+#[test]
+fn an_alternate_signal_stack_above_the_interrupted_frames_without_a_stop() {
+    alternate_stack("above", true);
+}
+
+#[test]
+fn an_alternate_signal_stack_below_the_interrupted_frames() {
+    alternate_stack("below", false);
+}
+
+/// Recursion 10,000 deep: no default limit on pending returns, none missed.
+fn deep_recursion(no_stop: bool) {
+    let mut t = Tracee::spawn(target(), &["recurse", "10000"]).unwrap();
+    t.run_to_entry().unwrap();
+    let values = Rc::new(RefCell::new(Vec::new()));
+    let v = values.clone();
+    let def = ProbeDef::on_return("recurse", Box::new(move |hit| v.borrow_mut().push(hit.regs.rax)));
+    let p = t.add(if no_stop { def.no_return_stop() } else { def }).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+    let s = t.stats(p);
+    assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (10_001, 10_001, 0, 0));
+    assert_eq!(*values.borrow(), (0..=10_000).collect::<Vec<u64>>(), "innermost first, each with its value");
+}
+
+#[test]
+fn recursion_ten_thousand_deep_is_traced_whole() {
+    deep_recursion(false);
+}
+
+#[test]
+fn recursion_ten_thousand_deep_without_a_stop() {
+    deep_recursion(true);
+}
