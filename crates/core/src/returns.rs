@@ -111,7 +111,7 @@ pub trait InstanceStack {
 
 /// Reclaim every stale instance of a thread at `at`, innermost first, stopping at the first
 /// outer frame of the current stack. Returns how many were reclaimed. The stack of the
-/// current slot is asked for only when an instance is not at the current slot.
+/// current slot is asked for only when no instance lies at the current slot.
 pub fn reclaim(stack: &mut (impl InstanceStack + ?Sized), at: At, stacks: &mut (impl ThreadStacks + ?Sized)) -> usize {
     let mut here_stack = None;
     let mut reclaimed = 0;
@@ -119,7 +119,8 @@ pub fn reclaim(stack: &mut (impl InstanceStack + ?Sized), at: At, stacks: &mut (
         let slot = stack.slot(i);
         let here = match here_stack {
             Some(s) => s,
-            None if slot == at.slot() => 0, // not consulted for the current slot
+            // An instance at the current slot is on the current stack.
+            None if slot == at.slot() => *here_stack.insert(stack.stack(i)),
             None => *here_stack.insert(stacks.stack_of(at.slot())),
         };
         match judge(slot, stack.stack(i), at, here, stacks) {
@@ -134,14 +135,19 @@ pub fn reclaim(stack: &mut (impl InstanceStack + ?Sized), at: At, stacks: &mut (
     reclaimed
 }
 
-/// The innermost instance at `slot` on stack `slot_stack`, if any (after [`reclaim`]: the one
-/// returning, or the one an entry chains to). The search ends at the first outer frame.
-pub fn innermost_at(stack: &(impl InstanceStack + ?Sized), slot: u64, slot_stack: u64) -> Option<usize> {
+/// The innermost instance at `slot`, if any (after [`reclaim`]: the one returning, or the one
+/// an entry chains to). The search ends at the first outer frame of the slot's stack.
+pub fn innermost_at(
+    stack: &(impl InstanceStack + ?Sized),
+    slot: u64,
+    stacks: &mut (impl ThreadStacks + ?Sized),
+) -> Option<usize> {
+    let mut slot_stack = None;
     for i in (0..stack.depth()).rev() {
         if stack.slot(i) == slot {
             return Some(i);
         }
-        if stack.slot(i) > slot && stack.stack(i) == slot_stack {
+        if stack.slot(i) > slot && stack.stack(i) == *slot_stack.get_or_insert_with(|| stacks.stack_of(slot)) {
             return None;
         }
     }
@@ -234,9 +240,7 @@ impl<T> ReturnStack<T> {
     /// The innermost instance an entry at `sp` chains to (call [`ReturnStack::reclaim`]
     /// first): its real return address is the new call's.
     pub fn chained(&self, sp: u64, stacks: &mut (impl ThreadStacks + ?Sized)) -> Option<&Instance<T>> {
-        let top = self.instances.last()?;
-        let here_stack = if top.slot == sp { top.stack } else { stacks.stack_of(sp) };
-        innermost_at(self, sp, here_stack).map(|i| &self.instances[i])
+        innermost_at(self, sp, stacks).map(|i| &self.instances[i])
     }
 
     /// Every instance chained at `slot`, to change what they keep (a shared return record).
@@ -265,6 +269,7 @@ impl<T> ReturnStack<T> {
         for i in (0..self.instances.len()).rev() {
             let inst = &self.instances[i];
             if inst.slot == slot {
+                here_stack.get_or_insert(inst.stack);
                 returning.push(self.instances.remove(i));
             } else if inst.slot > slot && inst.stack == *here_stack.get_or_insert_with(|| stacks.stack_of(slot)) {
                 break;
