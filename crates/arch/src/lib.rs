@@ -12,6 +12,10 @@
 //! * [`arm`] and [`disarm`] return the [`Patch`] an engine writes at the probe address;
 //! * [`emulate`] and [`SlotCode::finish_step`] update [`Regs`] after the instruction ran.
 //!
+//! Every byte of machine code dprobe writes into a process (slots, return stubs, injected
+//! system calls, trampolines) comes from one [`CodeWriter`], which lays instructions out with
+//! iced-x86's block encoder.
+//!
 //! This crate never touches the running process: memory is reached through the [`Memory`]
 //! trait, and addresses are plain numbers ([`Addr`]), never pointers.
 //!
@@ -31,6 +35,7 @@ mod memory;
 mod patch;
 mod regs;
 mod slot;
+mod writer;
 
 pub use addr::Addr;
 pub use analyze::{
@@ -43,3 +48,4 @@ pub use memory::{Memory, MemoryFault};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use regs::{Gpr, Regs};
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
+pub use writer::{syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

@@ -14,9 +14,10 @@
 //! jmp  back | int3
 //! ```
 
-use iced_x86::{Encoder, Register};
+use iced_x86::Register;
 
-use crate::{analyze::ExecClass, Addr, Gpr, Insn, Memory, MemoryFault, PrepareError, Regs, INT3};
+use crate::writer::CodeWriter;
+use crate::{analyze::ExecClass, Addr, Gpr, Insn, Memory, MemoryFault, PrepareError, Regs};
 
 /// Size of one slot in bytes (enough for the longest far-slot sequence).
 pub const SLOT_SIZE: usize = 80;
@@ -93,7 +94,7 @@ impl SlotCode {
             if Addr(regs.rip) == self.insn_addr() {
                 let saved = mem.read_u64(Addr(regs.rsp))?;
                 regs.set(scratch, saved);
-                regs.rsp = regs.rsp.wrapping_add(8 + 128);
+                regs.rsp = regs.rsp.wrapping_add(8 + RED_ZONE as u64);
             }
         }
         regs.rip = self.original.0;
@@ -111,104 +112,70 @@ pub fn prepare_slot(insn: &Insn, slot: Addr, ending: SlotEnding) -> Result<SlotC
         ExecClass::Emulate { copyable: true, rip_relative, .. } => rip_relative,
         ExecClass::Emulate { .. } => return Err(PrepareError::Emulated(insn.addr)),
     };
-    let mut out = SlotWriter {
-        code: SlotCode {
-            addr: slot,
-            bytes: [0; SLOT_SIZE],
-            len: 0,
-            insn_offset: 0,
-            ending,
-            far_scratch: None,
-            original: insn.addr,
-            original_next: insn.next(),
-        },
-    };
+    let mut w = CodeWriter::new();
+    let mut far_scratch = None;
+    let mut at_insn = w.mark();
     match rip_relative {
-        None => out.emit(insn.code()),
+        // Copied verbatim: the copy is the first instruction of the slot.
+        None => w.copy_bytes(insn.code()),
         Some(rel) => {
             let disp = rel.target.0 as i128 - (slot.0 as i128 + insn.len as i128);
             if let Ok(disp) = i32::try_from(disp) {
                 let mut bytes = insn.bytes;
                 let at = rel.disp_offset as usize;
                 bytes[at..at + 4].copy_from_slice(&disp.to_le_bytes());
-                out.emit(&bytes[..insn.len]);
+                w.copy_bytes(&bytes[..insn.len]);
             } else {
                 let scratch = rel.scratch.ok_or(PrepareError::OutOfReach {
                     addr: insn.addr,
                     target: rel.target,
                     why: "it uses the stack pointer or every scratch register",
                 })?;
-                out.far_copy(insn, rel.target, scratch)?;
+                far_scratch = Some(scratch);
+                at_insn = far_copy(&mut w, insn, rel.target, scratch);
             }
         }
     }
     match ending {
-        SlotEnding::Trap => out.emit(&[INT3]),
-        SlotEnding::JumpBack => out.jump(insn.next()),
+        SlotEnding::Trap => w.int3(),
+        SlotEnding::JumpBack => w.jmp(insn.next()),
     }
-    Ok(out.code)
+    let written = w.finish(slot).map_err(|e| PrepareError::Encode { addr: insn.addr, why: e.0 })?;
+    let len = written.bytes.len();
+    if len > SLOT_SIZE {
+        return Err(PrepareError::Encode { addr: insn.addr, why: format!("the copy takes {len} bytes") });
+    }
+    let mut bytes = [0; SLOT_SIZE];
+    bytes[..len].copy_from_slice(&written.bytes);
+    Ok(SlotCode {
+        addr: slot,
+        bytes,
+        len,
+        insn_offset: written.offsets[at_insn] as usize,
+        ending,
+        far_scratch,
+        original: insn.addr,
+        original_next: insn.next(),
+    })
 }
 
-struct SlotWriter {
-    code: SlotCode,
+/// The far form: the operand re-addressed through `scratch`, which holds the target. Returns
+/// the writer's index of the rewritten instruction.
+fn far_copy(w: &mut CodeWriter, insn: &Insn, target: Addr, scratch: Gpr) -> usize {
+    w.move_rsp(-RED_ZONE);
+    w.push(scratch);
+    w.mov_imm64(scratch, target.0);
+    let mut instr = insn.decode();
+    instr.set_memory_base(scratch.to_iced());
+    instr.set_memory_index(Register::None);
+    instr.set_memory_displacement64(0);
+    instr.set_memory_displ_size(0);
+    let at = w.mark();
+    w.relocate(instr);
+    w.pop(scratch);
+    w.move_rsp(RED_ZONE);
+    at
 }
 
-impl SlotWriter {
-    fn here(&self) -> Addr {
-        self.code.addr.offset(self.code.len as u64)
-    }
-
-    fn emit(&mut self, bytes: &[u8]) {
-        let at = self.code.len;
-        self.code.bytes[at..at + bytes.len()].copy_from_slice(bytes);
-        self.code.len += bytes.len();
-    }
-
-    /// `jmp rel32` when in reach, else `jmp [rip+0]` followed by the absolute target.
-    fn jump(&mut self, to: Addr) {
-        let rel = to.0 as i128 - (self.here().0 as i128 + 5);
-        match i32::try_from(rel) {
-            Ok(rel) => {
-                self.emit(&[0xe9]);
-                self.emit(&rel.to_le_bytes());
-            }
-            Err(_) => {
-                self.emit(&[0xff, 0x25, 0, 0, 0, 0]);
-                self.emit(&to.0.to_le_bytes());
-            }
-        }
-    }
-
-    fn far_copy(&mut self, insn: &Insn, target: Addr, scratch: Gpr) -> Result<(), PrepareError> {
-        let n = scratch.number() as u8;
-        let rex_b = if n >= 8 { 0x41 } else { 0 };
-        self.emit(&[0x48, 0x8d, 0x64, 0x24, 0x80]); // lea rsp, [rsp-128]
-        if rex_b != 0 {
-            self.emit(&[rex_b]);
-        }
-        self.emit(&[0x50 + (n & 7)]); // push scratch
-        self.emit(&[0x48 | (rex_b & 1), 0xb8 + (n & 7)]); // mov scratch, imm64
-        self.emit(&target.0.to_le_bytes());
-        self.code.insn_offset = self.code.len;
-        self.code.far_scratch = Some(scratch);
-
-        let mut instr = insn.decode();
-        instr.set_memory_base(scratch.to_iced());
-        instr.set_memory_index(Register::None);
-        instr.set_memory_displacement64(0);
-        instr.set_memory_displ_size(0);
-        let mut encoder = Encoder::new(64);
-        encoder
-            .encode(&instr, self.here().0)
-            .map_err(|e| PrepareError::Encode { addr: insn.addr, why: e.to_string() })?;
-        let bytes = encoder.take_buffer();
-        self.emit(&bytes);
-
-        if rex_b != 0 {
-            self.emit(&[rex_b]);
-        }
-        self.emit(&[0x58 + (n & 7)]); // pop scratch
-        self.emit(&[0x48, 0x8d, 0xa4, 0x24, 0x80, 0, 0, 0]); // lea rsp, [rsp+128]
-        Ok(())
-    }
-}
+/// The System V red zone below the stack pointer, which the probed code may be using.
+const RED_ZONE: i32 = 128;

@@ -30,9 +30,13 @@ fn trap_ending_copy_and_fixup() {
 fn far_jump_back_uses_absolute_form() {
     let insn = analyze(&[0x90 + 1 /* xchg %eax,%ecx */], AT, AT).unwrap();
     let slot = prepare_slot(&insn, Addr(0x7f00_0000_0000), SlotEnding::JumpBack).unwrap();
-    let mut want = vec![0x91, 0xff, 0x25, 0, 0, 0, 0];
-    want.extend_from_slice(&(AT.0 + 1).to_le_bytes());
-    assert_eq!(slot.code(), &want[..]);
+    let code = slot.code();
+    // xchg, then jmp *disp(%rip) whose pointer, stored after the code, is the instruction after
+    // the original.
+    assert_eq!(&code[..3], &[0x91, 0xff, 0x25]);
+    let disp = i32::from_le_bytes(code[3..7].try_into().unwrap()) as usize;
+    assert_eq!(&code[7 + disp..7 + disp + 8], &(AT.0 + 1).to_le_bytes());
+    assert_eq!(code.len(), 7 + disp + 8);
 }
 
 #[test]

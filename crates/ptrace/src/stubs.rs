@@ -11,7 +11,7 @@
 //! Records live in a read-write page; the stubs in a read-execute page just before it
 //! (mapped by an injected `mmap`, made executable by an injected `mprotect`).
 
-use dprobe_arch::{Addr, Memory};
+use dprobe_arch::{Addr, CodeWriter, Gpr, Memory, INT3};
 
 use crate::error::TraceError;
 use crate::sys::RemoteMemory;
@@ -161,7 +161,7 @@ impl Stubs {
             return Err(TraceError::Injected { call: "mmap", errno: code.wrapping_neg() as i32 });
         }
         let (code, data) = (Addr(code), Addr(code + PAGE as u64));
-        let mut page = vec![0xccu8; PAGE]; // int3 between stubs
+        let mut page = vec![INT3; PAGE]; // int3 between stubs
         for i in 0..PER_PAGE {
             let at = code.offset((i * STRIDE) as u64);
             let stub = stub_code(at, data.offset((i * STRIDE) as u64));
@@ -193,25 +193,19 @@ impl Stubs {
 /// Only `mov`, `rdtsc` and an indirect `jmp`: the flags and every register but the two
 /// restored ones are untouched.
 fn stub_code(at: Addr, record: Addr) -> Vec<u8> {
-    let mut code: Vec<u8> = Vec::with_capacity(STRIDE);
-    // Append `opcode rel32 [imm]` where rel32 reaches `target` from the end of the instruction.
-    let insn = |code: &mut Vec<u8>, opcode: &[u8], target: u64, imm: &[u8]| {
-        let end = at.0 + (code.len() + opcode.len() + 4 + imm.len()) as u64;
-        let rel = target.wrapping_sub(end) as i64 as i32;
-        code.extend_from_slice(opcode);
-        code.extend_from_slice(&rel.to_le_bytes());
-        code.extend_from_slice(imm);
-    };
-    let r = record.0;
-    insn(&mut code, &[0x48, 0x89, 0x05], r + RAX, &[]);
-    insn(&mut code, &[0x48, 0x89, 0x15], r + RDX, &[]);
-    code.extend_from_slice(&[0x0f, 0x31]);
-    insn(&mut code, &[0x89, 0x05], r + TSC, &[]);
-    insn(&mut code, &[0x89, 0x15], r + TSC + 4, &[]);
-    insn(&mut code, &[0x48, 0x8b, 0x05], r + RAX, &[]);
-    insn(&mut code, &[0x48, 0x8b, 0x15], r + RDX, &[]);
-    insn(&mut code, &[0xc7, 0x05], r + DONE, &1u32.to_le_bytes());
-    insn(&mut code, &[0xff, 0x25], r + RET, &[]);
+    let field = |offset: u64| record.offset(offset);
+    let mut w = CodeWriter::new();
+    w.store(field(RAX), Gpr::Rax);
+    w.store(field(RDX), Gpr::Rdx);
+    w.rdtsc();
+    w.store32(field(TSC), Gpr::Rax);
+    w.store32(field(TSC + 4), Gpr::Rdx);
+    w.load(Gpr::Rax, field(RAX));
+    w.load(Gpr::Rdx, field(RDX));
+    w.store_imm32(field(DONE), 1);
+    w.jmp_through(field(RET));
+    // The record is a page after its stub: every operand is in reach.
+    let code = w.finish(at).expect("a stub reaches its record").bytes;
     debug_assert!(code.len() <= STRIDE);
     code
 }

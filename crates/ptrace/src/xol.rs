@@ -2,7 +2,7 @@
 //! `mmap` system call, holding the relocated copies of probed instructions and the return
 //! trampoline; unmapped the same way when dprobe lets the process go.
 
-use dprobe_arch::{prepare_slot, Addr, Insn, Memory, SlotCode, SlotEnding, INT3, SLOT_SIZE};
+use dprobe_arch::{prepare_slot, syscall_code, trampoline_code, Addr, Insn, Memory, SlotCode, SlotEnding, SLOT_SIZE};
 use dprobe_core::ProbeError;
 use dprobe_sym::{free_pages_near, Mapping};
 
@@ -59,7 +59,7 @@ impl Xol {
         }
         let page = self.page_near(tid, memory, near, maps)?;
         let at = self.pages[page].base.offset((self.pages[page].used * SLOT_SIZE) as u64);
-        write(memory, at, &[INT3])?;
+        write(memory, at, &trampoline_code())?;
         self.pages[page].used += 1;
         self.trampoline = Some(at);
         Ok(at)
@@ -112,15 +112,16 @@ fn write(memory: &mut RemoteMemory, addr: Addr, data: &[u8]) -> Result<(), Trace
 }
 
 /// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
-/// registers and the two bytes at its RIP are saved, a `syscall` instruction is written there
+/// registers and the bytes at its RIP are saved, a `syscall` instruction is written there
 /// and single-stepped, and everything is put back. A thread stopped inside an interrupted
 /// system call keeps its restart state: the saved registers carry it.
 pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 6]) -> Result<u64, TraceError> {
     let saved = sys::get_regs(tid)?;
     let at = Addr(saved.rip);
-    let mut original = [0u8; 2];
+    let syscall = syscall_code();
+    let mut original = vec![0u8; syscall.len()];
     memory.read(at, &mut original)?;
-    write(memory, at, &[0x0f, 0x05])?;
+    write(memory, at, &syscall)?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
     let stepped = sys::set_regs(tid, &r).and_then(|()| sys::single_step(tid)).and_then(|()| sys::wait(tid));

@@ -1,0 +1,186 @@
+//! The code writer: every piece of machine code dprobe puts into a process (slots, relocated
+//! runs, return stubs, injected system calls, trampolines) is built here, as a list of
+//! instructions that iced-x86's `BlockEncoder` lays out at the address it will run from.
+//!
+//! Relocated instructions keep their original address, so the block encoder re-targets their
+//! relative branches and RIP-relative operands (a branch to another instruction of the same
+//! block goes to its copy; a jump out of rel32 reach becomes `jmp [rip+x]` with the target
+//! stored after the code). Instructions dprobe writes itself carry no address.
+
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Code, IcedError, Instruction, InstructionBlock, MemoryOperand, Register,
+};
+
+use crate::{Addr, Gpr};
+
+/// The encoder refused the code (e.g. a RIP-relative operand out of reach of where the code
+/// is to run).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EncodeError(pub String);
+
+impl From<IcedError> for EncodeError {
+    fn from(e: IcedError) -> Self {
+        EncodeError(e.to_string())
+    }
+}
+
+/// Encoded code: its bytes and where each instruction of the writer landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Where the code runs from.
+    pub addr: Addr,
+    /// The code (any out-of-reach jump targets follow it, aligned to 8).
+    pub bytes: Vec<u8>,
+    /// Offset in `bytes` of each instruction, in the order they were written.
+    pub offsets: Vec<u32>,
+}
+
+/// Collects instructions, then encodes them at one address.
+#[derive(Debug, Default)]
+pub struct CodeWriter {
+    insns: Vec<Instruction>,
+    error: Option<EncodeError>,
+}
+
+impl CodeWriter {
+    /// An empty writer.
+    pub fn new() -> CodeWriter {
+        CodeWriter::default()
+    }
+
+    /// Index the next instruction will have in [`Written::offsets`].
+    pub fn mark(&self) -> usize {
+        self.insns.len()
+    }
+
+    fn add(&mut self, insn: Result<Instruction, IcedError>) {
+        match insn {
+            Ok(i) => self.insns.push(i),
+            Err(e) => {
+                self.error.get_or_insert(e.into());
+            }
+        }
+    }
+
+    /// An original instruction's bytes, copied verbatim (it must not depend on its address).
+    pub fn copy_bytes(&mut self, bytes: &[u8]) {
+        self.add(Instruction::with_declare_byte(bytes));
+    }
+
+    /// A decoded instruction at its original address: the encoder re-targets it.
+    pub fn relocate(&mut self, insn: Instruction) {
+        self.insns.push(insn);
+    }
+
+    /// `jmp to` (rel8/rel32, or through a stored pointer when out of reach).
+    pub fn jmp(&mut self, to: Addr) {
+        self.add(Instruction::with_branch(Code::Jmp_rel32_64, to.0));
+    }
+
+    /// `jmp qword ptr [at]`: to the address stored at `at`.
+    pub fn jmp_through(&mut self, at: Addr) {
+        self.add(Instruction::with1(Code::Jmp_rm64, rip_relative(at)));
+    }
+
+    /// `int3`.
+    pub fn int3(&mut self) {
+        self.add(Ok(Instruction::with(Code::Int3)));
+    }
+
+    /// `syscall`.
+    pub fn syscall(&mut self) {
+        self.add(Ok(Instruction::with(Code::Syscall)));
+    }
+
+    /// `rdtsc`.
+    pub fn rdtsc(&mut self) {
+        self.add(Ok(Instruction::with(Code::Rdtsc)));
+    }
+
+    /// `lea rsp, [rsp + delta]`: moves the stack pointer without touching the flags.
+    pub fn move_rsp(&mut self, delta: i32) {
+        self.add(Instruction::with2(
+            Code::Lea_r64_m,
+            Register::RSP,
+            MemoryOperand::with_base_displ(Register::RSP, i64::from(delta)),
+        ));
+    }
+
+    /// `push reg`.
+    pub fn push(&mut self, reg: Gpr) {
+        self.add(Instruction::with1(Code::Push_r64, reg.to_iced()));
+    }
+
+    /// `pop reg`.
+    pub fn pop(&mut self, reg: Gpr) {
+        self.add(Instruction::with1(Code::Pop_r64, reg.to_iced()));
+    }
+
+    /// `mov reg, imm64` (always the 10-byte form).
+    pub fn mov_imm64(&mut self, reg: Gpr, value: u64) {
+        self.add(Instruction::with2(Code::Mov_r64_imm64, reg.to_iced(), value));
+    }
+
+    /// `mov dword ptr [rsp + disp], imm32`.
+    pub fn store_imm32_on_stack(&mut self, disp: i32, value: u32) {
+        self.add(Instruction::with2(
+            Code::Mov_rm32_imm32,
+            MemoryOperand::with_base_displ(Register::RSP, i64::from(disp)),
+            value,
+        ));
+    }
+
+    /// `mov [at], reg`, RIP-relative.
+    pub fn store(&mut self, at: Addr, reg: Gpr) {
+        self.add(Instruction::with2(Code::Mov_rm64_r64, rip_relative(at), reg.to_iced()));
+    }
+
+    /// `mov [at], reg32`: the register's low 32 bits, RIP-relative.
+    pub fn store32(&mut self, at: Addr, reg: Gpr) {
+        self.add(Instruction::with2(Code::Mov_rm32_r32, rip_relative(at), reg.to_iced().full_register32()));
+    }
+
+    /// `mov reg, [at]` with a 64-bit register, RIP-relative.
+    pub fn load(&mut self, reg: Gpr, at: Addr) {
+        self.add(Instruction::with2(Code::Mov_r64_rm64, reg.to_iced(), rip_relative(at)));
+    }
+
+    /// `mov dword ptr [at], imm32`, RIP-relative.
+    pub fn store_imm32(&mut self, at: Addr, value: u32) {
+        self.add(Instruction::with2(Code::Mov_rm32_imm32, rip_relative(at), value));
+    }
+
+    /// Encode everything to run at `addr`.
+    pub fn finish(self, addr: Addr) -> Result<Written, EncodeError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let block = InstructionBlock::new(&self.insns, addr.0);
+        let result = BlockEncoder::encode(64, block, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+        Ok(Written { addr, bytes: result.code_buffer, offsets: result.new_instruction_offsets })
+    }
+}
+
+fn rip_relative(at: Addr) -> MemoryOperand {
+    // iced keeps the absolute target as the displacement of a RIP-relative operand.
+    MemoryOperand::with_base_displ(Register::RIP, at.0 as i64)
+}
+
+/// The code of one instruction written by `write`, for code injected a few bytes at a time.
+fn one(write: impl FnOnce(&mut CodeWriter)) -> Vec<u8> {
+    let mut w = CodeWriter::new();
+    write(&mut w);
+    w.finish(Addr(0)).expect("a fixed instruction encodes").bytes
+}
+
+/// The `syscall` instruction, written over a stopped thread's instruction pointer to make it
+/// run one system call.
+pub fn syscall_code() -> Vec<u8> {
+    one(CodeWriter::syscall)
+}
+
+/// The return trampoline: an `int3` that hijacked return addresses point to.
+pub fn trampoline_code() -> Vec<u8> {
+    one(CodeWriter::int3)
+}
