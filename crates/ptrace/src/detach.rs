@@ -3,13 +3,13 @@
 //! rewritten, the out-of-line pages unmapped, and each thread detached with the signal it
 //! was about to receive.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use dprobe_arch::{Addr, SlotCode};
 
 use crate::error::TraceError;
+use crate::inject;
 use crate::sys;
-use crate::tracee::{Tracee, EVENT_STOP};
+use crate::thread::{State, Stop};
+use crate::tracee::Tracee;
 
 impl Tracee {
     /// Stop tracing and let the program go on as if it had never been traced. The original
@@ -30,122 +30,65 @@ impl Tracee {
         for (addr, original) in &sites {
             self.write(*addr, &[*original])?;
         }
-        self.stop_all(&sites)?;
-        let trampoline = self.xol.trampoline_addr();
+        self.stop_all()?;
         let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
-        // A thread killed meanwhile is dropped from the list (nothing to restore in it).
-        let mut alive = Vec::new();
-        for tid in std::mem::take(&mut self.stopped) {
-            match sys::get_regs(tid) {
-                Err(e) if e.gone() => {}
-                _ => alive.push(tid),
-            }
-        }
-        self.stopped = alive;
-        for tid in self.stopped.clone() {
-            self.leave_slots(tid, &slots)?;
-            self.leave_stubs(tid)?;
-            if let Some(trampoline) = trampoline {
-                let mut r = sys::get_regs(tid)?;
-                if r.rip == trampoline.0 {
-                    // It returned to the trampoline and has not trapped yet.
-                    r.rip += 1;
-                    self.on_return_trap(tid, &mut r, false)?;
-                    sys::set_regs(tid, &r)?;
+        for tid in self.threads.keys().copied().collect::<Vec<_>>() {
+            match self.leave_dprobe_code(tid, &slots) {
+                // A thread killed meanwhile: nothing to restore in it.
+                Err(TraceError::Gone { .. }) => {
+                    self.threads.remove(&tid);
                 }
+                other => other?,
             }
         }
         // Returns whose stubs ran are reported; the others get their real address back.
         self.collect_returns();
-        for tid in self.stopped.clone() {
-            self.returns.restore_stack(tid, trampoline, &self.stubs, &mut self.memory);
+        let trampoline = self.xol.trampoline_addr();
+        for tid in self.threads.keys() {
+            self.returns.restore_stack(*tid, trampoline, &self.stubs, &mut self.memory);
         }
-        if let Some(&tid) = self.stopped.first() {
+        if let Some(&tid) = self.threads.keys().next() {
             // Best effort: a page left mapped is harmless, so a failure here is not fatal.
             let _ = self.xol.unmap_all(tid, &mut self.memory);
             let _ = self.stubs.unmap_all(tid, &mut self.memory);
         }
-        for tid in std::mem::take(&mut self.stopped) {
-            let signal = self.pending_signals.remove(&tid).unwrap_or(0);
-            match sys::detach(tid, signal) {
+        for (tid, thread) in std::mem::take(&mut self.threads) {
+            match sys::detach(tid, thread.signal()) {
                 Ok(()) => {}
                 Err(e) if e.gone() => {} // it was killed meanwhile
                 Err(e) => return Err(e.into()),
             }
         }
-        self.threads.clear();
         self.sites.clear();
         Ok(())
     }
 
-    /// Bring every running thread to a stop the tracer controls. Stops that come first are
-    /// dealt with: a probe hit (the probe is gone: the thread is moved back to the original
-    /// instruction), a return to the trampoline (to the real return address), the program's
-    /// own signals (kept, to be delivered at detach), new threads (stopped too).
-    fn stop_all(&mut self, sites: &[(Addr, u8)]) -> Result<(), TraceError> {
-        let mut to_stop: BTreeSet<i32> = self.threads.iter().copied().filter(|t| !self.stopped.contains(t)).collect();
-        for tid in &to_stop {
-            let _ = if self.seized { sys::interrupt(*tid) } else { sys::tgkill(self.pid, *tid, libc::SIGSTOP) };
-        }
-        let trampoline = self.xol.trampoline_addr();
-        let mut pending: BTreeMap<i32, i32> = BTreeMap::new();
-        while !to_stop.is_empty() {
-            let (tid, status) = sys::wait(-1)?;
-            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-                self.threads.remove(&tid);
-                to_stop.remove(&tid);
-                self.forget_thread_returns(tid);
-                continue;
-            }
-            if !libc::WIFSTOPPED(status) {
-                continue;
-            }
-            let signal = libc::WSTOPSIG(status);
-            let event = sys::event_of(status);
-            let ours = if self.seized { event == EVENT_STOP } else { event == 0 && signal == libc::SIGSTOP };
-            if ours && (to_stop.contains(&tid) || !self.threads.contains(&tid)) {
-                self.threads.insert(tid);
-                to_stop.remove(&tid);
-                self.fresh.remove(&tid);
-                self.stopped.push(tid);
-                continue;
-            }
-            match event {
-                libc::PTRACE_EVENT_CLONE => {
-                    let new = sys::event_message(tid)? as i32;
-                    if self.threads.insert(new) {
-                        // Its first stop is the one we wait for.
-                        to_stop.insert(new);
-                    }
-                }
-                libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
-                    let child = sys::event_message(tid)? as i32;
-                    self.release_child(tid, child)?;
-                }
-                0 if signal == libc::SIGTRAP => {
-                    let mut r = sys::get_regs(tid)?;
-                    let at = r.rip.wrapping_sub(1);
-                    if sites.iter().any(|(a, _)| a.0 == at) {
-                        r.rip = at; // the probe is gone: run the original instruction
-                        sys::set_regs(tid, &r)?;
-                    } else if Some(Addr(at)) == trampoline {
-                        self.on_return_trap(tid, &mut r, false)?;
-                        sys::set_regs(tid, &r)?;
-                    } else {
-                        pending.insert(tid, signal);
-                    }
-                }
-                0 => {
-                    pending.insert(tid, signal);
-                }
-                _ => {}
-            }
-            match sys::cont(tid, 0) {
-                Err(e) if e.gone() => {} // killed meanwhile: its exit comes next
-                other => other?,
+    /// Move held thread `tid` out of dprobe's code: the out-of-line copies, the return stubs,
+    /// the return trampoline.
+    fn leave_dprobe_code(&mut self, tid: i32, slots: &[SlotCode]) -> Result<(), TraceError> {
+        self.leave_slots(tid, slots)?;
+        self.leave_stubs(tid)?;
+        if let Some(trampoline) = self.xol.trampoline_addr() {
+            let mut r = sys::get_regs(tid)?;
+            if r.rip == trampoline.0 {
+                // It returned to the trampoline and has not trapped yet.
+                r.rip += 1;
+                self.on_return_trap(tid, &mut r, false)?;
+                sys::set_regs(tid, &r)?;
             }
         }
-        self.pending_signals.extend(pending);
+        Ok(())
+    }
+
+    /// Execute one instruction of held thread `tid`: it is at a single-step stop then (a
+    /// signal-delivery stop of its own, whose signal is kept).
+    fn step(&mut self, tid: i32) -> Result<(), TraceError> {
+        inject::step(self.pid, tid)?;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            if t.state == State::Stopped(Stop::Event) {
+                t.state = State::Stopped(Stop::Signal(0));
+            }
+        }
         Ok(())
     }
 
@@ -156,8 +99,7 @@ impl Tracee {
             if !self.stubs.contains(Addr(sys::get_regs(tid)?.rip)) {
                 return Ok(());
             }
-            sys::single_step(tid)?;
-            sys::wait(tid)?;
+            self.step(tid)?;
         }
         Err(TraceError::Stuck { tid, place: "a return stub" })
     }
@@ -173,8 +115,7 @@ impl Tracee {
                 r.rip = slot.original.0;
                 return Ok(sys::set_regs(tid, &r)?);
             }
-            sys::single_step(tid)?;
-            sys::wait(tid)?;
+            self.step(tid)?;
         }
         Err(TraceError::Stuck { tid, place: "an out-of-line copy" })
     }

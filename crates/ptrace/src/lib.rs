@@ -26,11 +26,14 @@
 //! ```
 mod detach;
 mod error;
+mod inject;
 mod loader;
 mod probes;
 mod returns;
+mod stop;
 mod stubs;
 mod sys;
+mod thread;
 mod tracee;
 mod xol;
 

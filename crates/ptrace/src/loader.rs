@@ -13,13 +13,13 @@ use crate::tracee::Tracee;
 const HOOK: &str = "_dl_debug_state";
 
 impl Tracee {
-    /// Make sure the dynamic linker's notification function is watched; `false` when the
-    /// program has no dynamic linker (a static binary), so nothing can be loaded later.
-    pub(crate) fn watch_loads(&mut self) -> Result<bool, TraceError> {
+    /// Make sure the dynamic linker's notification function is watched (placed through held
+    /// thread `tid`); `false` when the program has no dynamic linker (a static binary), so
+    /// nothing can be loaded later.
+    pub(crate) fn watch_loads(&mut self, tid: i32) -> Result<bool, TraceError> {
         if self.sites.values().any(|s| s.loader_hook) {
             return Ok(true);
         }
-        let tid = *self.stopped.first().ok_or(TraceError::NotStopped)?;
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
         let Some(f) = symbols.functions().iter().find(|f| f.name == HOOK && f.object_file_name().starts_with("ld-"))
@@ -49,14 +49,13 @@ impl Tracee {
         }
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
-        let stopped = std::mem::replace(&mut self.stopped, vec![tid]);
         for id in waiting {
             let (target, is_return) = {
                 let p = &self.probes[&id];
                 (p.def.target.clone(), p.def.on_return.is_some())
             };
             let placed = match resolve(&symbols, &maps, &target) {
-                Ok(at) => self.place_at(id, at, is_return, &maps).map(Some),
+                Ok(at) => self.place_at(tid, id, at, is_return, &maps).map(Some),
                 Err(dprobe_core::ProbeError::SymbolNotFound { .. }) => Ok(None),
                 Err(e) => Err(e.into()),
             };
@@ -66,7 +65,6 @@ impl Tracee {
                 Err(e) => p.stats.failed = Some(e.to_string()),
             }
         }
-        self.stopped = stopped;
         Ok(())
     }
 
@@ -85,18 +83,14 @@ impl Tracee {
             p.stats.addr = None;
             p.stats.failed = None;
         }
-        let stopped = std::mem::replace(&mut self.stopped, vec![tid]);
-        let result = self.watch_loads().and_then(|dynamic| {
-            self.on_loads_changed(tid)?;
-            if !dynamic {
-                // A static program: what is not in it now never will be.
-                for p in self.probes.values_mut().filter(|p| p.stats.addr.is_none()) {
-                    p.stats.failed = Some("not in the program the process executed".into());
-                }
+        let dynamic = self.watch_loads(tid)?;
+        self.on_loads_changed(tid)?;
+        if !dynamic {
+            // A static program: what is not in it now never will be.
+            for p in self.probes.values_mut().filter(|p| p.stats.addr.is_none()) {
+                p.stats.failed = Some("not in the program the process executed".into());
             }
-            Ok(())
-        });
-        self.stopped = stopped;
-        result
+        }
+        Ok(())
     }
 }

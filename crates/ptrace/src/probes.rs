@@ -198,13 +198,16 @@ impl Tracee {
         let pool = InstancePool::new(Some(def.maxactive));
         self.next_id += 1;
         let id = ProbeId(self.next_id);
-        match self.place(id, &def) {
+        let tid = self.a_stopped_thread()?;
+        match self.place(tid, id, &def) {
             Ok(addr) => {
                 let stats = ProbeStats { addr: Some(addr), ..ProbeStats::default() };
                 self.probes.insert(id, Probe { def, pool, stats });
                 Ok(id)
             }
-            Err(TraceError::Probe(ProbeError::SymbolNotFound { .. })) if def.when_loaded && self.watch_loads()? => {
+            Err(TraceError::Probe(ProbeError::SymbolNotFound { .. }))
+                if def.when_loaded && self.watch_loads(tid)? =>
+            {
                 self.probes.insert(id, Probe { def, pool, stats: ProbeStats::default() });
                 Ok(id)
             }
@@ -212,22 +215,24 @@ impl Tracee {
         }
     }
 
-    /// Place probe `id` at its target; returns the address.
-    pub(crate) fn place(&mut self, id: ProbeId, def: &ProbeDef) -> Result<Addr, TraceError> {
+    /// Place probe `id` at its target through held thread `tid`; returns the address.
+    pub(crate) fn place(&mut self, tid: i32, id: ProbeId, def: &ProbeDef) -> Result<Addr, TraceError> {
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
         let at = resolve(&symbols, &maps, &def.target)?;
-        self.place_at(id, at, def.on_return.is_some(), &maps)
+        self.place_at(tid, id, at, def.on_return.is_some(), &maps)
     }
 
+    /// Place probe `id` at resolved `at` through held thread `tid` (which runs the system
+    /// call that maps an out-of-line page, when one is needed); returns the address.
     pub(crate) fn place_at(
         &mut self,
+        tid: i32,
         id: ProbeId,
         at: Resolved,
         is_return: bool,
         maps: &[Mapping],
     ) -> Result<Addr, TraceError> {
-        let tid = *self.stopped.first().ok_or(TraceError::NotStopped)?;
         let addr = at.addr;
         let f = at.function.ok_or_else(|| ProbeError::InvalidAddress {
             addr,

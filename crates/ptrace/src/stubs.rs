@@ -14,8 +14,9 @@
 use dprobe_arch::{Addr, CodeWriter, Gpr, Memory, INT3};
 
 use crate::error::TraceError;
+use crate::inject::inject_syscall;
 use crate::sys::RemoteMemory;
-use crate::xol::{inject_syscall, PAGE};
+use crate::xol::PAGE;
 
 /// Bytes per stub and per record; records per page.
 const STRIDE: usize = 64;

@@ -23,6 +23,7 @@ pub(crate) enum Request<'a> {
     Interrupt,
     Listen,
     Detach { signal: i32 },
+    GetSigInfo(&'a mut libc::siginfo_t),
 }
 
 impl Request<'_> {
@@ -38,6 +39,7 @@ impl Request<'_> {
             Request::Interrupt => "PTRACE_INTERRUPT",
             Request::Listen => "PTRACE_LISTEN",
             Request::Detach { .. } => "PTRACE_DETACH",
+            Request::GetSigInfo(_) => "PTRACE_GETSIGINFO",
         }
     }
 }
@@ -51,6 +53,12 @@ pub(crate) trait Kernel {
     fn wait(&mut self, tid: i32, nohang: bool) -> Result<Option<(i32, i32)>, i32>;
     /// `tgkill(pid, tid, signal)`.
     fn tgkill(&mut self, pid: i32, tid: i32, signal: i32) -> Result<(), i32>;
+    /// `rt_tgsigqueueinfo(pid, tid, signal, info)`: a signal queued again with its
+    /// information.
+    fn queue(&mut self, pid: i32, tid: i32, info: &libc::siginfo_t) -> Result<(), i32>;
+    /// The signals pending for thread `tid` alone (not the process), as a mask (bit N-1:
+    /// signal N).
+    fn pending(&mut self, pid: i32, tid: i32) -> u64;
     /// Process `pid`'s memory file, or `None` when memory goes through `read`/`write` here.
     fn memory_file(&mut self, pid: i32) -> io::Result<Option<File>>;
     /// Read process memory (when there is no memory file).
@@ -80,6 +88,7 @@ impl Kernel for Real {
             Request::Interrupt => (libc::PTRACE_INTERRUPT, 0, 0),
             Request::Listen => (libc::PTRACE_LISTEN, 0, 0),
             Request::Detach { signal } => (libc::PTRACE_DETACH, 0, signal as u64),
+            Request::GetSigInfo(info) => (libc::PTRACE_GETSIGINFO, 0, info as *mut _ as u64),
         };
         // SAFETY: the requests used here take integers or pointers to buffers that live for
         // the call (`regs`, `message`), never anything the kernel keeps.
@@ -107,6 +116,24 @@ impl Kernel for Real {
             return Err(errno());
         }
         Ok(())
+    }
+
+    fn queue(&mut self, pid: i32, tid: i32, info: &libc::siginfo_t) -> Result<(), i32> {
+        // SAFETY: `info` is a live siginfo the kernel only reads.
+        let r = unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, info.si_signo, info as *const _) };
+        if r == -1 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    fn pending(&mut self, pid: i32, tid: i32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
     }
 
     fn memory_file(&mut self, pid: i32) -> io::Result<Option<File>> {
@@ -259,6 +286,30 @@ pub fn tgkill(pid: i32, tid: i32, signal: i32) -> Result<(), SysError> {
     kernel(|k| k.tgkill(pid, tid, signal)).map_err(|errno| SysError { call: "tgkill", tid, errno })
 }
 
+/// Whether `signal` is pending for thread `tid` of process `pid` itself.
+pub fn is_pending(pid: i32, tid: i32, signal: i32) -> bool {
+    kernel(|k| k.pending(pid, tid)) & (1 << (signal - 1)) != 0
+}
+
+/// The information of the signal a thread is stopped for (in a signal-delivery stop).
+pub fn siginfo(tid: i32) -> Result<libc::siginfo_t, SysError> {
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    request(tid, Request::GetSigInfo(&mut info))?;
+    Ok(info)
+}
+
+/// Make a signal the tracer held back pending again for thread `tid` of process `pid`: with
+/// its information when the kernel allows it (signals sent with `sigqueue`), or as sent by
+/// `tgkill` (it refuses to forge a `kill` from another process).
+pub fn queue_again(pid: i32, tid: i32, info: &libc::siginfo_t) -> Result<(), SysError> {
+    kernel(|k| match k.queue(pid, tid, info) {
+        Err(libc::EPERM) => k.tgkill(pid, tid, info.si_signo),
+        other => other,
+    })
+    .map_err(|errno| SysError { call: "rt_tgsigqueueinfo", tid, errno })
+}
+
 /// Converting between the kernel's `user_regs_struct` and [`Regs`] (no vector registers).
 pub fn to_regs(r: &libc::user_regs_struct) -> Regs {
     Regs {
@@ -305,6 +356,11 @@ impl RemoteMemory {
     /// Open process `pid`'s memory.
     pub fn open(pid: i32) -> io::Result<Self> {
         Ok(RemoteMemory { pid, file: kernel(|k| k.memory_file(pid))? })
+    }
+
+    /// Whose memory it is.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 }
 
@@ -402,6 +458,12 @@ mod tests {
         }
         fn tgkill(&mut self, _: i32, _: i32, _: i32) -> Result<(), i32> {
             Err(libc::ESRCH)
+        }
+        fn queue(&mut self, _: i32, _: i32, _: &libc::siginfo_t) -> Result<(), i32> {
+            Err(libc::ESRCH)
+        }
+        fn pending(&mut self, _: i32, _: i32) -> u64 {
+            0
         }
         fn memory_file(&mut self, _: i32) -> io::Result<Option<File>> {
             Ok(None)

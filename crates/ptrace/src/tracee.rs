@@ -1,6 +1,6 @@
 //! A traced process: spawning or attaching, the stop loop, and each kind of stop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 
@@ -12,6 +12,7 @@ use crate::probes::{Hit, HitKind, Probe, Site};
 use crate::returns::Returns;
 use crate::stubs::Stubs;
 use crate::sys::{self, RemoteMemory};
+use crate::thread::{is_stop_signal, resume, State, Stop, Thread};
 use crate::xol::Xol;
 
 /// `PTRACE_EVENT_STOP`: a seized thread stopped by `PTRACE_INTERRUPT`, a new thread's first
@@ -24,15 +25,8 @@ pub struct Tracee {
     pub(crate) pid: i32,
     /// Attached with `PTRACE_SEIZE` (a running process) rather than spawned.
     pub(crate) seized: bool,
-    pub(crate) threads: BTreeSet<i32>,
-    /// Spawned-mode threads whose first stop (the `SIGSTOP` of a new traced thread) is to come.
-    pub(crate) fresh: BTreeSet<i32>,
-    /// Threads that are stopped and must be resumed by `run`.
-    pub(crate) stopped: Vec<i32>,
-    /// Signals a stopped thread is to receive when it resumes.
-    pub(crate) pending_signals: BTreeMap<i32, i32>,
-    /// Attached threads that were in a group-stop (the program was stopped): not resumed.
-    pub(crate) group_stopped: BTreeSet<i32>,
+    /// Every thread, with its state.
+    pub(crate) threads: BTreeMap<i32, Thread>,
     pub(crate) memory: RemoteMemory,
     pub(crate) sites: BTreeMap<Addr, Site>,
     pub(crate) probes: BTreeMap<ProbeId, Probe>,
@@ -46,15 +40,11 @@ pub struct Tracee {
 }
 
 impl Tracee {
-    fn new(pid: i32, seized: bool, threads: BTreeSet<i32>) -> Result<Tracee, TraceError> {
+    pub(crate) fn new(pid: i32, seized: bool, threads: BTreeMap<i32, Thread>) -> Result<Tracee, TraceError> {
         Ok(Tracee {
             pid,
             seized,
-            stopped: threads.iter().copied().collect(),
             threads,
-            fresh: BTreeSet::new(),
-            pending_signals: BTreeMap::new(),
-            group_stopped: BTreeSet::new(),
             memory: RemoteMemory::open(pid)?,
             sites: BTreeMap::new(),
             probes: BTreeMap::new(),
@@ -89,7 +79,7 @@ impl Tracee {
             | libc::PTRACE_O_TRACEEXIT
             | libc::PTRACE_O_EXITKILL;
         sys::set_options(pid, options as u64)?;
-        Tracee::new(pid, false, BTreeSet::from([pid]))
+        Tracee::new(pid, false, BTreeMap::from([(pid, Thread::stopped(Stop::Signal(0)))]))
     }
 
     /// Attach to running process `pid`: every thread is seized and stopped, threads it
@@ -108,11 +98,11 @@ impl Tracee {
             | libc::PTRACE_O_TRACEVFORK
             | libc::PTRACE_O_TRACEEXEC
             | libc::PTRACE_O_TRACEEXIT) as u64;
-        let mut threads = BTreeSet::new();
+        let mut threads = BTreeMap::new();
         // Threads may be created while we attach: list again until no new one appears.
         loop {
             let listed = list_threads(pid).map_err(|e| attach_err(e.to_string()))?;
-            let new: Vec<i32> = listed.into_iter().filter(|t| !threads.contains(t)).collect();
+            let new: Vec<i32> = listed.into_iter().filter(|t| !threads.contains_key(t)).collect();
             if new.is_empty() {
                 break;
             }
@@ -120,42 +110,14 @@ impl Tracee {
                 match sys::seize(tid, options) {
                     Ok(()) => {}
                     Err(e) if e.gone() => continue,
-                    Err(e) if e.errno == libc::EPERM => {
-                        let reason = refusal_reason(pid);
-                        return Err(attach_err(reason));
-                    }
+                    Err(e) if e.errno == libc::EPERM => return Err(attach_err(refusal_reason(pid))),
                     Err(e) => return Err(attach_err(e.to_string())),
                 }
-                let _ = sys::interrupt(tid);
-                threads.insert(tid);
+                threads.insert(tid, Thread::running());
             }
         }
-        let mut tracee = Tracee::new(pid, true, BTreeSet::new())?;
-        tracee.stopped.clear();
-        for tid in threads {
-            tracee.threads.insert(tid);
-            loop {
-                let (_, status) = sys::wait(tid)?;
-                if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-                    tracee.threads.remove(&tid);
-                    break;
-                }
-                if sys::event_of(status) == EVENT_STOP {
-                    if is_stop_signal(libc::WSTOPSIG(status)) {
-                        // It was stopped (Ctrl-Z, SIGSTOP) before we came: it stays stopped.
-                        tracee.group_stopped.insert(tid);
-                    }
-                    tracee.stopped.push(tid);
-                    break;
-                }
-                if sys::event_of(status) == 0 {
-                    // A signal arrived first: it is the program's; deliver it later, and
-                    // wait for the interrupt stop, which is still to come.
-                    tracee.pending_signals.insert(tid, libc::WSTOPSIG(status));
-                }
-                sys::cont(tid, 0)?;
-            }
-        }
+        let mut tracee = Tracee::new(pid, true, threads)?;
+        tracee.stop_all()?;
         if tracee.threads.is_empty() {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
         }
@@ -170,9 +132,7 @@ impl Tracee {
     /// Run until the program reaches its entry point, where the dynamic loader has mapped its
     /// libraries (probes on them can then be placed).
     pub fn run_to_entry(&mut self) -> Result<(), TraceError> {
-        if self.stopped.is_empty() {
-            return Err(TraceError::NotStopped);
-        }
+        self.a_stopped_thread()?;
         let entry = auxv_entry(self.pid)?;
         let mut original = [0u8];
         self.read(entry, &mut original)?;
@@ -189,7 +149,7 @@ impl Tracee {
                     self.write(entry, &original)?;
                     r.rip = entry.0;
                     sys::set_regs(t, &r)?;
-                    self.stopped.push(t);
+                    self.threads.insert(t, Thread::stopped(Stop::Signal(0)));
                     return Ok(());
                 }
             }
@@ -197,6 +157,11 @@ impl Tracee {
                 return Err(TraceError::EndedBeforeEntry(exit));
             }
         }
+    }
+
+    /// A thread the tracer holds stopped, to act through (placing a probe, mapping a page).
+    pub(crate) fn a_stopped_thread(&self) -> Result<i32, TraceError> {
+        self.threads.iter().find(|(_, t)| t.is_stopped()).map(|(tid, _)| *tid).ok_or(TraceError::NotStopped)
     }
 
     pub(crate) fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), TraceError> {
@@ -256,30 +221,30 @@ impl Tracee {
         Ok(None)
     }
 
+    /// Resume every held thread. One whose resumption fails stays held (detaching must
+    /// know); one that is gone is left to report its exit.
     fn resume_stopped(&mut self) -> Result<(), TraceError> {
-        let threads = std::mem::take(&mut self.stopped);
-        for (i, &tid) in threads.iter().enumerate() {
-            if let Err(e) = self.resume(tid) {
-                // The ones not resumed are still stopped: detaching must know.
-                self.stopped.extend_from_slice(&threads[i..]);
-                return Err(e);
+        let held: Vec<(i32, Stop)> = self
+            .threads
+            .iter()
+            .filter_map(|(tid, t)| match t.state {
+                State::Stopped(stop) => Some((*tid, stop)),
+                _ => None,
+            })
+            .collect();
+        for (tid, stop) in held {
+            match resume(tid, stop) {
+                Ok(()) | Err(TraceError::Gone { .. }) => self.set_running(tid),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 
-    fn resume(&mut self, tid: i32) -> Result<(), TraceError> {
-        if self.group_stopped.remove(&tid) {
-            // Traced but left stopped until the program is continued (SIGCONT). A thread
-            // dprobe made run since (to map its page) is no longer in its group-stop:
-            // SIGSTOP puts it back into it.
-            return match sys::listen(tid) {
-                Err(e) if e.errno == libc::EIO => Ok(sys::cont(tid, libc::SIGSTOP)?),
-                other => Ok(other?),
-            };
+    fn set_running(&mut self, tid: i32) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.state = State::Running;
         }
-        let signal = self.pending_signals.remove(&tid).unwrap_or(0);
-        Ok(sys::cont(tid, signal)?)
     }
 
     /// One wait status; `Some` when the process is gone. A thread killed while the tracer
@@ -296,15 +261,7 @@ impl Tracee {
         // Returns recorded by stubs happened before this stop: report them first.
         self.collect_returns();
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            self.threads.remove(&tid);
-            self.forget_thread_returns(tid);
-            if tid == self.pid {
-                self.exit = Some(if libc::WIFEXITED(status) {
-                    Exit::Code(libc::WEXITSTATUS(status))
-                } else {
-                    Exit::Signal(libc::WTERMSIG(status))
-                });
-            }
+            self.thread_exited(tid, status);
             if self.threads.is_empty() {
                 return Ok(Some(self.exit.unwrap_or(Exit::Code(0))));
             }
@@ -318,9 +275,8 @@ impl Tracee {
             0 => {}
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
-                if self.threads.insert(new) && !self.seized {
-                    self.fresh.insert(new);
-                }
+                let starting = if self.seized { State::Running } else { State::Starting };
+                self.threads.entry(new).or_insert(Thread { state: starting });
                 sys::cont(tid, 0)?;
                 return Ok(None);
             }
@@ -331,7 +287,7 @@ impl Tracee {
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC => {
-                self.threads.retain(|t| *t == tid);
+                self.threads.retain(|t, _| *t == tid);
                 self.on_exec(tid)?;
                 sys::cont(tid, 0)?;
                 return Ok(None);
@@ -339,10 +295,10 @@ impl Tracee {
             EVENT_STOP => {
                 // A seized thread's first stop, or a group-stop: a stopped program stays
                 // stopped (`PTRACE_LISTEN`) until it is continued.
+                self.threads.entry(tid).or_insert(Thread::running());
                 if self.seized && is_stop_signal(signal) {
                     sys::listen(tid)?;
                 } else {
-                    self.threads.insert(tid);
                     sys::cont(tid, 0)?;
                 }
                 return Ok(None);
@@ -352,14 +308,11 @@ impl Tracee {
                 return Ok(None);
             }
         }
-        if !self.threads.contains(&tid) {
-            // A new thread's first stop came before its parent's clone event.
-            self.threads.insert(tid);
-            if !self.seized {
-                self.fresh.insert(tid);
-            }
-        }
-        if signal == libc::SIGSTOP && self.fresh.remove(&tid) {
+        // A new thread's first stop may come before its parent's clone event.
+        let starting = if self.seized { State::Running } else { State::Starting };
+        let thread = self.threads.entry(tid).or_insert(Thread { state: starting });
+        if signal == libc::SIGSTOP && thread.state == State::Starting {
+            thread.state = State::Running;
             sys::cont(tid, 0)?;
             return Ok(None);
         }
@@ -370,6 +323,20 @@ impl Tracee {
         }
         sys::cont(tid, signal)?;
         Ok(None)
+    }
+
+    /// Thread `tid` ended with wait `status`: forget it; the process's exit when it is the
+    /// main thread.
+    pub(crate) fn thread_exited(&mut self, tid: i32, status: i32) {
+        self.threads.remove(&tid);
+        self.forget_thread_returns(tid);
+        if tid == self.pid {
+            self.exit = Some(if libc::WIFEXITED(status) {
+                Exit::Code(libc::WEXITSTATUS(status))
+            } else {
+                Exit::Signal(libc::WTERMSIG(status))
+            });
+        }
     }
 
     /// A `SIGTRAP` stop: a probe hit or a return (returns 0: consumed), or the program's own
@@ -448,10 +415,6 @@ impl Tracee {
         self.read(addr, &mut buf)?;
         Ok(buf)
     }
-}
-
-fn is_stop_signal(signal: i32) -> bool {
-    matches!(signal, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
 }
 
 /// The threads of process `pid`.

@@ -2,12 +2,13 @@
 //! `mmap` system call, holding the relocated copies of probed instructions and the return
 //! trampoline; unmapped the same way when dprobe lets the process go.
 
-use dprobe_arch::{prepare_slot, syscall_code, trampoline_code, Addr, Insn, Memory, SlotCode, SlotEnding, SLOT_SIZE};
+use dprobe_arch::{prepare_slot, trampoline_code, Addr, Insn, Memory, SlotCode, SlotEnding, SLOT_SIZE};
 use dprobe_core::ProbeError;
 use dprobe_sym::{free_pages_near, Mapping};
 
 use crate::error::TraceError;
-use crate::sys::{self, RemoteMemory};
+use crate::inject::inject_syscall;
+use crate::sys::RemoteMemory;
 
 pub const PAGE: usize = 4096;
 /// How far a slot may be from its instruction: a RIP-relative displacement reaches ±2 GiB;
@@ -109,24 +110,4 @@ impl Xol {
 
 fn write(memory: &mut RemoteMemory, addr: Addr, data: &[u8]) -> Result<(), TraceError> {
     Ok(memory.write(addr, data)?)
-}
-
-/// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
-/// registers and the bytes at its RIP are saved, a `syscall` instruction is written there
-/// and single-stepped, and everything is put back. A thread stopped inside an interrupted
-/// system call keeps its restart state: the saved registers carry it.
-pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 6]) -> Result<u64, TraceError> {
-    let saved = sys::get_regs(tid)?;
-    let at = Addr(saved.rip);
-    let syscall = syscall_code();
-    let mut original = vec![0u8; syscall.len()];
-    memory.read(at, &mut original)?;
-    write(memory, at, &syscall)?;
-    let mut r = saved;
-    (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
-    let stepped = sys::set_regs(tid, &r).and_then(|()| sys::single_step(tid)).and_then(|()| sys::wait(tid));
-    let result = stepped.and_then(|_| sys::get_regs(tid)).map(|r| r.rax);
-    write(memory, at, &original)?;
-    sys::set_regs(tid, &saved)?;
-    Ok(result?)
 }

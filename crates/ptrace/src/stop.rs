@@ -1,0 +1,165 @@
+//! Bringing every thread of the traced process to a stop the tracer holds: at attach (every
+//! thread seized, then interrupted) and at detach.
+//!
+//! A seized thread's interrupt (`PTRACE_INTERRUPT`) is consumed by whatever stop the thread
+//! reports next (the kernel clears a pending interrupt at any ptrace stop): a signal, a
+//! clone, a fork, its exit. So the first stop a thread reports after the interrupt is its
+//! stop, whatever its kind, and the kind is kept: the signal of a signal-delivery stop is
+//! delivered when the thread leaves it, nothing is given from an event stop (the kernel
+//! would drop it). A spawned program's threads are not seized: they are stopped with a
+//! `SIGSTOP` each, and every other stop is dealt with and continued until it comes.
+//!
+//! A thread that executed one of dprobe's `int3`s may report the interrupt before the
+//! `SIGTRAP` (still pending then): it is let go on to report the trap, so that the trap is
+//! recognised as dprobe's and consumed, never left to the program.
+
+use std::collections::BTreeSet;
+
+use dprobe_arch::Addr;
+
+use crate::error::TraceError;
+use crate::sys;
+use crate::thread::{is_stop_signal, Stop, Thread};
+use crate::tracee::{Tracee, EVENT_STOP};
+
+impl Tracee {
+    /// Stop every thread that is not held yet; new threads are stopped too, exited ones
+    /// forgotten.
+    pub(crate) fn stop_all(&mut self) -> Result<(), TraceError> {
+        let mut waiting: BTreeSet<i32> =
+            self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
+        for tid in waiting.clone() {
+            let asked = if self.seized { sys::interrupt(tid) } else { sys::tgkill(self.pid, tid, libc::SIGSTOP) };
+            if let Err(e) = asked {
+                if !e.gone() {
+                    return Err(e.into());
+                }
+                // Gone: its exit is still to be reported.
+            }
+        }
+        while !waiting.is_empty() {
+            let (tid, status) = sys::wait(-1)?;
+            if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                waiting.remove(&tid);
+                self.thread_exited(tid, status);
+                continue;
+            }
+            if !libc::WIFSTOPPED(status) {
+                continue;
+            }
+            if let std::collections::btree_map::Entry::Vacant(new) = self.threads.entry(tid) {
+                // A thread created meanwhile, reporting its first stop: stopped too.
+                new.insert(Thread::running());
+                waiting.insert(tid);
+            }
+            let outcome = if self.seized { self.seized_stop(tid, status) } else { self.spawned_stop(tid, status) };
+            match outcome {
+                Ok(Some(stop)) => {
+                    waiting.remove(&tid);
+                    self.threads.insert(tid, Thread::stopped(stop));
+                }
+                Ok(None) => {}
+                // Killed meanwhile: its exit comes next.
+                Err(TraceError::Gone { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            // Threads created by a clone just seen are waited for as well.
+            waiting.extend(self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid));
+        }
+        Ok(())
+    }
+
+    /// A seized thread's stop while stopping every thread: `Some` with the kind of stop it
+    /// is held in, `None` when it was let go on to report another.
+    fn seized_stop(&mut self, tid: i32, status: i32) -> Result<Option<Stop>, TraceError> {
+        let signal = libc::WSTOPSIG(status);
+        match sys::event_of(status) {
+            EVENT_STOP if is_stop_signal(signal) => Ok(Some(Stop::Group)),
+            EVENT_STOP => {
+                if self.trap_pending(tid)? {
+                    sys::cont(tid, 0)?;
+                    return Ok(None);
+                }
+                Ok(Some(Stop::Event))
+            }
+            0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => Ok(Some(Stop::Signal(0))),
+            0 => {
+                if self.trap_pending(tid)? {
+                    // Our trap comes next (see above): deliver this one first.
+                    sys::cont(tid, signal)?;
+                    return Ok(None);
+                }
+                Ok(Some(Stop::Signal(signal)))
+            }
+            event => {
+                self.on_new_task(tid, event)?;
+                Ok(Some(Stop::Event))
+            }
+        }
+    }
+
+    /// A spawned program's thread's stop while stopping every thread: its `SIGSTOP` is the
+    /// one it is held at; other stops are dealt with and let go on.
+    fn spawned_stop(&mut self, tid: i32, status: i32) -> Result<Option<Stop>, TraceError> {
+        let signal = libc::WSTOPSIG(status);
+        let deliver = match sys::event_of(status) {
+            0 if signal == libc::SIGSTOP => return Ok(Some(Stop::Signal(0))),
+            0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => 0,
+            0 => signal,
+            event => {
+                self.on_new_task(tid, event)?;
+                0
+            }
+        };
+        sys::cont(tid, deliver)?;
+        Ok(None)
+    }
+
+    /// A clone or fork seen while stopping every thread: a new thread is to be stopped as
+    /// well (its first stop comes: it is not interrupted or signalled), a forked child is
+    /// given its original code back and let go.
+    fn on_new_task(&mut self, tid: i32, event: i32) -> Result<(), TraceError> {
+        match event {
+            libc::PTRACE_EVENT_CLONE => {
+                let new = sys::event_message(tid)? as i32;
+                self.threads.entry(new).or_insert(Thread::running());
+            }
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                let child = sys::event_message(tid)? as i32;
+                self.release_child(tid, child)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Where thread `tid` would be after executing one of dprobe's `int3`s: just past a probe
+    /// site or the return trampoline.
+    fn past_our_int3(&self, rip: u64) -> Option<Addr> {
+        let at = Addr(rip.wrapping_sub(1));
+        (self.sites.contains_key(&at) || Some(at) == self.xol.trampoline_addr()).then_some(at)
+    }
+
+    /// Whether thread `tid` executed one of dprobe's `int3`s and its `SIGTRAP` is still to be
+    /// reported.
+    fn trap_pending(&self, tid: i32) -> Result<bool, TraceError> {
+        let r = sys::get_regs(tid)?;
+        Ok(self.past_our_int3(r.rip).is_some() && sys::is_pending(self.pid, tid, libc::SIGTRAP))
+    }
+
+    /// A `SIGTRAP` stop while every thread is being stopped: when it is one of dprobe's
+    /// `int3`s, it is consumed: at a probe (whose original byte is back) the thread goes back
+    /// onto the original instruction, at the return trampoline on to the real return address
+    /// (the return is counted, its handlers are not run). `false`: the program's own trap.
+    fn take_our_trap(&mut self, tid: i32) -> Result<bool, TraceError> {
+        let mut r = sys::get_regs(tid)?;
+        let Some(at) = self.past_our_int3(r.rip) else { return Ok(false) };
+        if Some(at) == self.xol.trampoline_addr() {
+            self.on_return_trap(tid, &mut r, false)?;
+        } else {
+            r.rip = at.0;
+        }
+        sys::set_regs(tid, &r)?;
+        Ok(true)
+    }
+}
