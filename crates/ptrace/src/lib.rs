@@ -40,3 +40,8 @@ mod xol;
 pub use error::{Exit, Stopped, TraceError};
 pub use probes::{Handler, Hit, HitKind, ProbeDef, ProbeStats};
 pub use tracee::Tracee;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod stop_loop_tests;

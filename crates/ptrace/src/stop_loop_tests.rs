@@ -1,0 +1,202 @@
+//! The stop loop, attach and detach against the fake kernel: each test scripts what the
+//! threads report and checks what the tracer asked of the kernel.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use dprobe_arch::{analyze, plan, Addr};
+use dprobe_core::ProbeId;
+
+use crate::error::{Exit, TraceError};
+use crate::fake::{event_stop, exited, interrupt_stop, killed, signal_stop, Call, Fake, World};
+use crate::inject::inject_syscall;
+use crate::probes::{Probe, ProbeDef, ProbeStats, Site};
+use crate::sys::{self, RemoteMemory};
+use crate::thread::{State, Stop, Thread};
+use crate::tracee::{Tracee, EVENT_STOP};
+
+const PID: i32 = 100;
+/// A probe on a `push %rbp` (emulated by the tracer).
+const SITE: u64 = 0x1000;
+const STACK: u64 = 0x8000;
+
+/// A seized process with `threads` (all running) and one probe at `SITE` counting its hits.
+fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u64>>) {
+    {
+        let mut w = world.borrow_mut();
+        w.poke(SITE, &[0xcc, 0x48, 0x89, 0xe5, 0xc3]); // int3 (push %rbp); mov %rsp,%rbp; ret
+        w.poke(STACK - 16, &[0; 32]);
+        for &tid in threads {
+            w.regs(tid).rsp = STACK;
+        }
+    }
+    let map: BTreeMap<i32, Thread> = threads.iter().map(|t| (*t, Thread::running())).collect();
+    let mut t = Tracee::new(PID, true, map).unwrap();
+    let insn = analyze(&[0x55, 0x48, 0x89, 0xe5, 0xc3], Addr(SITE), Addr(SITE)).unwrap();
+    let id = ProbeId(1);
+    let site = Site { plan: plan(&insn, false), insn, slot: None, probes: vec![id], loader_hook: false };
+    t.sites.insert(Addr(SITE), site);
+    let hits = Rc::new(RefCell::new(0));
+    let h = hits.clone();
+    let def = ProbeDef::entry("push", Box::new(move |_| *h.borrow_mut() += 1));
+    let pool = dprobe_core::returns::InstancePool::new(None);
+    t.probes.insert(id, Probe { def, pool, stats: ProbeStats::default() });
+    (t, hits)
+}
+
+fn calls(world: &Rc<RefCell<World>>) -> Vec<Call> {
+    world.borrow().calls.clone()
+}
+
+#[test]
+fn a_hit_stops_once_runs_its_handler_and_executes_the_instruction() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, hits) = traced(&world, &[PID]);
+    {
+        let mut w = world.borrow_mut();
+        w.regs(PID).rip = SITE + 1;
+        w.regs(PID).rbp = 0x1234;
+        w.stops.extend([(PID, signal_stop(libc::SIGTRAP)), (PID, exited(3))]);
+    }
+    assert_eq!(t.run().unwrap(), Exit::Code(3));
+    assert_eq!(*hits.borrow(), 1);
+    let w = world.borrow();
+    assert_eq!(w.calls, [Call::Cont(PID, 0)], "the trap is consumed, not delivered");
+    let r = w.regs[&PID];
+    assert_eq!((r.rip, r.rsp), (SITE + 1, STACK - 8), "push %rbp emulated");
+    assert_eq!(w.peek(STACK - 8), 0x34);
+}
+
+#[test]
+fn the_programs_signal_is_delivered_from_its_own_stop() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID]);
+    world.borrow_mut().stops.extend([(PID, signal_stop(libc::SIGUSR1)), (PID, exited(0))]);
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+    assert_eq!(calls(&world), [Call::Cont(PID, libc::SIGUSR1)]);
+}
+
+#[test]
+fn a_thread_killed_during_its_stop_is_gone_and_the_trace_goes_on() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, hits) = traced(&world, &[PID, 101]);
+    {
+        let mut w = world.borrow_mut();
+        w.gone.insert(101); // SIGKILL came while the tracer looked at its hit
+        w.stops.extend([(101, signal_stop(libc::SIGTRAP)), (101, killed(libc::SIGKILL)), (PID, exited(0))]);
+    }
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+    assert_eq!(*hits.borrow(), 0);
+    assert!(t.threads.is_empty());
+}
+
+#[test]
+fn a_group_stop_is_kept_with_listen() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID]);
+    world.borrow_mut().stops.extend([(PID, event_stop(EVENT_STOP, libc::SIGSTOP)), (PID, exited(0))]);
+    t.run().unwrap();
+    assert_eq!(calls(&world), [Call::Listen(PID)]);
+}
+
+#[test]
+fn detach_recognises_a_trap_still_pending_behind_the_interrupt_stop() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, hits) = traced(&world, &[PID]);
+    {
+        let mut w = world.borrow_mut();
+        // It executed the int3, and reports the interrupt before the SIGTRAP.
+        w.regs(PID).rip = SITE + 1;
+        w.pending.insert(PID, 1 << (libc::SIGTRAP - 1));
+        w.stops.push_back((PID, interrupt_stop()));
+    }
+    t.detach_all().unwrap();
+    let w = world.borrow();
+    assert_eq!(w.peek(SITE), 0x55, "original byte back");
+    assert_eq!(w.regs[&PID].rip, SITE, "back onto the original instruction");
+    assert_eq!(w.calls, [Call::Interrupt(PID), Call::Cont(PID, 0), Call::Detach(PID, 0)]);
+    assert_eq!(*hits.borrow(), 0);
+}
+
+#[test]
+fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID]);
+    {
+        let mut w = world.borrow_mut();
+        w.messages.insert(PID, 101);
+        // The clone stop consumes the interrupt; the new thread reports its first stop.
+        w.stops.extend([(PID, event_stop(libc::PTRACE_EVENT_CLONE, libc::SIGTRAP)), (101, interrupt_stop())]);
+    }
+    t.detach_all().unwrap();
+    assert_eq!(calls(&world), [Call::Interrupt(PID), Call::Detach(PID, 0), Call::Detach(101, 0)]);
+}
+
+#[test]
+fn a_signal_met_while_stopping_is_delivered_at_detach_and_an_exit_is_forgotten() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID, 101, 102]);
+    let rt = libc::SIGRTMIN();
+    world.borrow_mut().stops.extend([(101, exited(0)), (PID, signal_stop(rt)), (102, interrupt_stop())]);
+    t.detach_all().unwrap();
+    let detached: Vec<Call> = calls(&world).into_iter().filter(|c| matches!(c, Call::Detach(..))).collect();
+    assert_eq!(detached, [Call::Detach(PID, rt), Call::Detach(102, 0)]);
+}
+
+#[test]
+fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resuming() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID, 101]);
+    let rt = libc::SIGRTMIN() + 1;
+    world.borrow_mut().stops.extend([(PID, signal_stop(rt)), (101, event_stop(EVENT_STOP, libc::SIGSTOP))]);
+    t.stop_all().unwrap();
+    assert_eq!(t.threads[&PID].state, State::Stopped(Stop::Signal(rt)));
+    assert_eq!(t.threads[&101].state, State::Stopped(Stop::Group));
+    world.borrow_mut().stops.push_back((PID, exited(0)));
+    world.borrow_mut().stops.push_back((101, exited(0)));
+    t.run().unwrap();
+    let resumed: Vec<Call> = calls(&world).into_iter().skip(2).collect();
+    assert_eq!(resumed, [Call::Cont(PID, rt), Call::Listen(101)], "from the signal's own stop; the group-stop kept");
+}
+
+#[test]
+fn a_signal_during_an_injected_system_call_is_queued_again_not_swallowed() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let rt = libc::SIGRTMIN();
+    {
+        let mut w = world.borrow_mut();
+        w.poke(0x2000, &[0x90, 0x90]);
+        w.regs(PID).rip = 0x2000;
+        w.regs(PID).rax = 7;
+        w.after_step.insert(PID, [signal_stop(rt)].into());
+    }
+    let mut memory = RemoteMemory::open(PID).unwrap();
+    let result = inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
+    assert_eq!(result, libc::SYS_getpid as u64, "the fake runs no system call: rax as set");
+    let w = world.borrow();
+    assert_eq!(w.calls, [Call::Step(PID), Call::Step(PID), Call::Queue(PID, rt)]);
+    assert_eq!((w.peek(0x2000), w.peek(0x2001)), (0x90, 0x90), "code put back");
+    assert_eq!((w.regs[&PID].rip, w.regs[&PID].rax), (0x2000, 7), "registers put back");
+}
+
+#[test]
+fn a_vanished_thread_ends_no_detach() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID, 101]);
+    // Killed while the tracer stops it: every request about it fails, its exit comes last.
+    world.borrow_mut().stops.extend([(PID, interrupt_stop()), (101, interrupt_stop()), (101, killed(9))]);
+    world.borrow_mut().gone.insert(101);
+    assert!(!matches!(t.detach_all(), Err(TraceError::Gone { .. })));
+    assert_eq!(calls(&world).last(), Some(&Call::Detach(PID, 0)));
+}
