@@ -10,6 +10,10 @@
 //! * [`EventRing`]: a lock-free ring through which handlers hand records to a normal thread.
 //! * [`returns`]: return instances and the one rule that says which are still alive.
 //! * [`ProbeError`]: the typed errors engines return.
+//! * [`fetch::FetchPlan`]: what a probe reads at each hit, compiled once from its spec and
+//!   evaluated through the hit's registers and memory.
+//! * [`Engine`], [`ProbeEvent`], [`Stats`]: the seam every engine implements, the event it
+//!   delivers at each hit and the figures it reports; [`Pairing`] times calls from them.
 //!
 //! ```
 //! use dprobe_core::{Kprobe, PreAction};
@@ -20,7 +24,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod comm;
+mod engine;
 mod error;
+mod event;
+pub mod fetch;
+mod pairing;
 mod probe;
 pub mod returns;
 mod ring;
@@ -33,5 +42,9 @@ pub use error::ProbeError;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
 pub use ring::{Event, EventRing, PAYLOAD_BYTES, VALUES};
 pub use site::{HandlerCall, HandlerFault, PreOutcome, ProbeEntry, ProbeId, Site};
-pub use stats::{ProbeStats, StatsSnapshot};
+pub use comm::ThreadNames;
+pub use engine::{Engine, Ending, Exit, Placed, ProbeRequest};
+pub use event::{ProbeEvent, Side};
+pub use pairing::Pairing;
+pub use stats::{Placement, ProbeStats, Stats, StatsSnapshot};
 pub use table::{HitKind, SiteTable, TableEntry};

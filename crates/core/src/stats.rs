@@ -1,6 +1,9 @@
-//! Per-probe counters, updated on the hit path with relaxed atomics.
+//! Per-probe counters: the in-process engine's, updated on the hit path with relaxed atomics,
+//! and [`Stats`], what every engine reports at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use dprobe_arch::Addr;
 
 /// Counters and the enabled flag of one probe. Shared between the handle the user holds and
 /// the site the trap handler reads.
@@ -75,6 +78,55 @@ impl ProbeStats {
             nmissed: self.nmissed.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_faults: self.handler_faults.load(Relaxed),
+        }
+    }
+}
+
+/// What became of a probe's hits, the same for every engine: the figures a trace's summary
+/// shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Times the probed place was reached (for the kernel engine, also those its filter
+    /// dropped).
+    pub hits: u64,
+    /// Returns seen (return probes, and entries timed to their returns).
+    pub returns: u64,
+    /// Entries whose return could not be watched: `maxactive` returns were already pending
+    /// (the kernel's kretprobe `nmissed`).
+    pub missed: u64,
+    /// Hits that ran no handler because they came while a handler ran (the kernel's kprobe
+    /// `nmissed`).
+    pub reentered: u64,
+    /// Pending returns the program abandoned (`longjmp`, exceptions), or lost with a thread
+    /// that exited or a program image that was replaced.
+    pub abandoned: u64,
+    /// Hits that happened but never reached the tracer as events (full buffers, or they came
+    /// as tracing stopped).
+    pub lost: u64,
+    /// Where the probe is.
+    pub placement: Placement,
+}
+
+/// Whether and where a probe is placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// At this address of the traced process.
+    At(Addr),
+    /// Placed by the kernel, which keeps the address (a dynamic event, a tracepoint).
+    InKernel,
+    /// Waiting for its library to be loaded.
+    #[default]
+    Waiting,
+    /// It waited for its library, which came, but the probe could not be placed there.
+    Failed(String),
+}
+
+impl Stats {
+    /// The address, when the probe is placed at one.
+    pub fn addr(&self) -> Option<Addr> {
+        match self.placement {
+            Placement::At(a) => Some(a),
+            _ => None,
         }
     }
 }

@@ -1,0 +1,92 @@
+//! The seam between a tracer and an engine: place probes, run until an ending while events
+//! flow to a sink, report each probe's [`Stats`], let go. The ptrace engine (one program,
+//! stopped at each hit) and the kernel engine (the kernel's own probes, read from perf
+//! buffers) both implement it, so a tracer is written once.
+
+use dprobe_spec::{NamedArg, ProbeSpec};
+
+use crate::event::ProbeEvent;
+use crate::fetch::FetchPlan;
+use crate::stats::Stats;
+
+/// One probe to place.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeRequest<'a> {
+    /// Where, and entry or return.
+    pub spec: &'a ProbeSpec,
+    /// What to fetch at each hit (at the return for a return probe).
+    pub plan: &'a FetchPlan,
+    /// Time each call from its entry to its return: an entry probe then delivers its entries
+    /// and its returns (return events carry the entry's time when the engine pairs them).
+    pub timed: bool,
+    /// Returns that may be pending at once for a return or timed probe; more are missed.
+    pub maxactive: usize,
+}
+
+/// What placing a probe told.
+#[derive(Debug, Clone, Default)]
+pub struct Placed {
+    /// The fields the engine fetches instead of the plan's, when the probed thing defines
+    /// them (a tracepoint's own fields); events then carry these values, in this order.
+    pub fields: Option<Vec<NamedArg>>,
+    /// Said to the user (a probe waiting for its library).
+    pub note: Option<String>,
+}
+
+/// How a traced program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl Exit {
+    /// The status a shell reports for it (`128 + N` for signal N).
+    pub fn shell_status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Why [`Engine::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The traced program (or the command run alongside) ended.
+    Exited(Exit),
+    /// The caller asked (its `stop` said so).
+    Asked,
+}
+
+/// An engine.
+pub trait Engine {
+    /// Its errors.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Place one probe; its events carry its index, the order of the calls from 0.
+    fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, Self::Error>;
+
+    /// Trace until the program ends or `stop` returns true (asked between events, and at
+    /// least every tenth of a second), handing every event to `sink` in order.
+    fn run(
+        &mut self,
+        stop: &mut dyn FnMut() -> bool,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) -> Result<Ending, Self::Error>;
+
+    /// Probe `index`'s figures so far.
+    fn stats(&self, index: usize) -> Stats;
+
+    /// What the summary should say about the trace as a whole (records the kernel dropped).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Remove every probe and let go. `stopped_by` is the signal that ended the trace, if
+    /// one did: a program the engine started is passed it and waited for, unless
+    /// `give_up` says to stop waiting. Returns how that program ended, when it did.
+    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error>;
+}

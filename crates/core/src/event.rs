@@ -1,0 +1,36 @@
+//! What every engine delivers at a hit: one [`ProbeEvent`], whatever reached the probed code
+//! (a ptrace stop, a kernel perf record). Its values borrow the engine's storage: a consumer
+//! copies what it keeps.
+
+use crate::fetch::Values;
+
+/// Which side of a call an event is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The probed instruction (a function's entry, an offset into it, a tracepoint).
+    Entry,
+    /// The function's return.
+    Return,
+}
+
+/// One hit, fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeEvent<'a> {
+    /// Which probe: its index in the order the engine placed them.
+    pub probe: usize,
+    /// Entry or return.
+    pub side: Side,
+    /// The process (thread group).
+    pub pid: u32,
+    /// The thread.
+    pub tid: u32,
+    /// When, in nanoseconds of the engine's clock (only differences mean something).
+    pub time_ns: u64,
+    /// At a return whose entry the engine paired itself (it watched the call): when that
+    /// entry was, on the same clock.
+    pub entry_time_ns: Option<u64>,
+    /// The thread's name (empty when the engine was not asked for it).
+    pub comm: &'a [u8],
+    /// The values of the probe's fetch plan, in its order.
+    pub values: &'a Values,
+}
