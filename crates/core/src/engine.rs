@@ -20,7 +20,8 @@ pub struct ProbeRequest<'a> {
     /// and its returns (return events carry the entry's time when the engine pairs them).
     pub timed: bool,
     /// Returns that may be pending at once for a return or timed probe; more are missed.
-    pub maxactive: usize,
+    /// `None`: the engine's default.
+    pub maxactive: Option<usize>,
 }
 
 /// What placing a probe told.
@@ -69,6 +70,14 @@ pub trait Engine {
     /// Place one probe; its events carry its index, the order of the calls from 0.
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, Self::Error>;
 
+    /// Let the engine drop events that fail `filter` (its text, the kernel's filter syntax)
+    /// before they reach the tracer, for the probes that fetch every field it uses. The
+    /// tracer still tests each event it receives; this only saves the transport. Called
+    /// after every probe is placed and before [`Engine::run`]; by default it does nothing.
+    fn prefilter(&mut self, filter: &dprobe_spec::Filter, text: &str) {
+        let _ = (filter, text);
+    }
+
     /// Trace until the program ends or `stop` returns true (asked between events, and at
     /// least every tenth of a second), handing every event to `sink` in order.
     fn run(
@@ -80,6 +89,12 @@ pub trait Engine {
     /// Probe `index`'s figures so far.
     fn stats(&self, index: usize) -> Stats;
 
+    /// What the summary should say about probe `index` beyond its figures.
+    fn remarks(&self, index: usize) -> Vec<String> {
+        let _ = index;
+        Vec::new()
+    }
+
     /// What the summary should say about the trace as a whole (records the kernel dropped).
     fn notes(&self) -> Vec<String> {
         Vec::new()
@@ -89,4 +104,8 @@ pub trait Engine {
     /// one did: a program the engine started is passed it and waited for, unless
     /// `give_up` says to stop waiting. Returns how that program ended, when it did.
     fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error>;
+
+    /// Give up before tracing (a probe could not be placed): remove what was placed and let
+    /// go; a program the engine started, which has not run yet, goes too.
+    fn abandon(self);
 }

@@ -37,14 +37,14 @@ mod site;
 mod stats;
 mod table;
 
+pub use comm::ThreadNames;
 pub use dprobe_arch::{Addr, Regs};
+pub use engine::{Ending, Engine, Exit, Placed, ProbeRequest};
 pub use error::ProbeError;
+pub use event::{ProbeEvent, Side};
+pub use pairing::Pairing;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
 pub use ring::{Event, EventRing, PAYLOAD_BYTES, VALUES};
 pub use site::{HandlerCall, HandlerFault, PreOutcome, ProbeEntry, ProbeId, Site};
-pub use comm::ThreadNames;
-pub use engine::{Engine, Ending, Exit, Placed, ProbeRequest};
-pub use event::{ProbeEvent, Side};
-pub use pairing::Pairing;
 pub use stats::{Placement, ProbeStats, Stats, StatsSnapshot};
 pub use table::{HitKind, SiteTable, TableEntry};

@@ -15,6 +15,7 @@
 //! # Ok::<(), dprobe_kernel::KernelError>(())
 //! ```
 mod define;
+mod engine;
 mod error;
 mod format;
 mod perf;
@@ -22,6 +23,7 @@ mod session;
 mod tracefs;
 
 pub use define::{definition, find_object, Definition, EventKind};
+pub use engine::{KernelEngine, KernelOptions};
 pub use error::KernelError;
 pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
 pub use session::{Event, Hit, KernelCounts, Session};

@@ -126,14 +126,7 @@ impl TraceError {
     }
 }
 
-/// How the traced process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// It exited with this status.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
+pub use dprobe_core::Exit;
 
 /// Why [`crate::Tracee::run_until`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

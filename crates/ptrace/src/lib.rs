@@ -25,6 +25,7 @@
 //! # Ok::<(), dprobe_ptrace::TraceError>(())
 //! ```
 mod detach;
+mod engine;
 mod error;
 mod inject;
 mod loader;
@@ -34,11 +35,13 @@ mod stop;
 mod stubs;
 mod sys;
 mod thread;
+mod tick;
 mod tracee;
 mod xol;
 
+pub use engine::PtraceEngine;
 pub use error::{Exit, Stopped, TraceError};
-pub use probes::{Handler, Hit, HitKind, ProbeDef, ProbeStats};
+pub use probes::{Handler, Hit, HitKind, ProbeDef};
 pub use tracee::Tracee;
 
 #[cfg(test)]

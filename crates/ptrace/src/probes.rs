@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dprobe_arch::{analyze, plan, Addr, ExecClass, ExecPlan, Insn, Memory, Regs, SlotCode, INT3};
 use dprobe_core::returns::InstancePool;
-use dprobe_core::{ProbeError, ProbeId};
+use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
 use crate::error::TraceError;
@@ -116,9 +116,10 @@ impl ProbeDef {
     }
 }
 
-/// A probe's counters.
+/// A probe's counters, as the stop loop keeps them ([`Tracee::stats`] reports them as
+/// [`Stats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProbeStats {
+pub(crate) struct ProbeStats {
     /// Times the probed instruction was hit.
     pub hits: u64,
     /// Returns seen (return probes).
@@ -288,9 +289,22 @@ impl Tracee {
         Ok(())
     }
 
-    /// A probe's counters.
-    pub fn stats(&self, id: ProbeId) -> ProbeStats {
-        self.probes.get(&id).map(|p| p.stats.clone()).unwrap_or_default()
+    /// A probe's figures.
+    pub fn stats(&self, id: ProbeId) -> Stats {
+        let Some(s) = self.probes.get(&id).map(|p| &p.stats) else { return Stats::default() };
+        let placement = match (s.addr, &s.failed) {
+            (Some(a), _) => Placement::At(a),
+            (None, Some(why)) => Placement::Failed(why.clone()),
+            (None, None) => Placement::Waiting,
+        };
+        Stats {
+            hits: s.hits,
+            returns: s.returns,
+            missed: s.missed,
+            abandoned: s.abandoned,
+            placement,
+            ..Stats::default()
+        }
     }
 
     /// Hits of a probe so far.

@@ -13,10 +13,10 @@ fn a_probe_on_a_library_loaded_later_waits_for_it() {
     let (_, h2) = counter();
     assert!(t.add_probe("libdprobe_plugin:plugin_twice", h2).is_err(), "not loaded yet");
     let p = t.add(ProbeDef::entry("libdprobe_plugin:plugin_twice", h).when_loaded()).unwrap();
-    assert_eq!(t.stats(p).addr, None, "waiting");
+    assert_eq!(t.stats(p).addr(), None, "waiting");
     assert_eq!(t.run().unwrap(), Exit::Code(0), "the plugin computed its results correctly");
     assert_eq!((t.hits(p), c.load(Relaxed)), (1000, 1000));
-    assert!(t.stats(p).addr.is_some(), "placed when the library appeared");
+    assert!(t.stats(p).addr().is_some(), "placed when the library appeared");
 }
 
 #[test]

@@ -1,0 +1,274 @@
+//! The kernel engine behind the [`Engine`] seam: each probe becomes a dynamic event (or names
+//! a tracepoint) whose fields are the plan's fetches, computed by the kernel; records read
+//! from the perf buffers become [`ProbeEvent`]s. A timed probe gets a second event at its
+//! return, which carries no values: the tracer pairs it with its entry.
+
+use std::process::{Child, Command};
+
+use dprobe_core::fetch::Values;
+use dprobe_core::{Ending, Engine, Exit, Placed, ProbeEvent, ProbeRequest, Side, Stats, ThreadNames};
+use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, Target};
+
+use crate::error::KernelError;
+use crate::format::{Field, FieldKind, FieldValue};
+use crate::session::{Hit, Session};
+
+/// The hidden argument that brings the thread's name with each dynamic event.
+const COMM_FIELD: &str = "dprobe_comm";
+
+/// What the kernel engine is asked to do besides placing probes.
+#[derive(Debug, Clone, Default)]
+pub struct KernelOptions {
+    /// Only this process's events.
+    pub pid: Option<i32>,
+    /// Only threads with this name.
+    pub comm: Option<String>,
+    /// Bring each event's thread name (it costs the kernel a string copy per event): when
+    /// events are shown, or filtered by name.
+    pub with_comm: bool,
+    /// A command to start once tracing runs, traced as long as it runs.
+    pub command: Vec<String>,
+}
+
+/// What one placed probe reads from the kernel.
+struct Probe {
+    event: usize,
+    return_event: Option<usize>,
+    is_return: bool,
+    /// Field names and types, in the order of the probe's values.
+    fields: Vec<(String, ArgType)>,
+    values: Values,
+    filtered_in_kernel: bool,
+}
+
+/// System-wide tracing through the kernel's uprobes, kprobes and tracepoints.
+pub struct KernelEngine {
+    session: Session,
+    options: KernelOptions,
+    probes: Vec<Probe>,
+    child: Option<Child>,
+    names: ThreadNames,
+}
+
+impl KernelEngine {
+    /// A session (tracefs found, leftovers of dead sessions removed), nothing placed yet.
+    pub fn new(options: KernelOptions) -> Result<KernelEngine, KernelError> {
+        Ok(KernelEngine {
+            session: Session::new()?,
+            options,
+            probes: Vec::new(),
+            child: None,
+            names: ThreadNames::default(),
+        })
+    }
+
+    fn comm_arg() -> NamedArg {
+        NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String }
+    }
+
+    /// Hand `hit` to `sink` as the events of the probes it belongs to.
+    fn deliver(
+        probes: &mut [Probe],
+        options: &KernelOptions,
+        names: &mut ThreadNames,
+        hit: &Hit<'_>,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) {
+        if options.pid.is_some_and(|p| p as u32 != hit.pid) {
+            return;
+        }
+        let field = hit.field(COMM_FIELD);
+        let comm: &[u8] = match &field {
+            Some(FieldValue::Str(c)) => c,
+            _ if options.with_comm => names.get(hit.pid, hit.tid),
+            _ => b"",
+        };
+        if options.comm.as_deref().is_some_and(|c| c.as_bytes() != comm) {
+            return;
+        }
+        for (index, p) in probes.iter_mut().enumerate() {
+            let side = if p.return_event == Some(hit.event) {
+                p.values.clear();
+                for _ in &p.fields {
+                    p.values.push_fault(0);
+                }
+                Side::Return
+            } else if p.event == hit.event {
+                p.values.clear();
+                for (name, ty) in &p.fields {
+                    match hit.field(name) {
+                        Some(FieldValue::Signed(x)) => p.values.push_int(x as u64, *ty),
+                        Some(FieldValue::Unsigned(x)) => p.values.push_int(x, *ty),
+                        Some(FieldValue::Str(s)) | Some(FieldValue::Bytes(s)) => p.values.push_str(&s),
+                        None => p.values.push_fault(0),
+                    }
+                }
+                if p.is_return {
+                    Side::Return
+                } else {
+                    Side::Entry
+                }
+            } else {
+                continue;
+            };
+            sink(&ProbeEvent {
+                probe: index,
+                side,
+                pid: hit.pid,
+                tid: hit.tid,
+                time_ns: hit.time,
+                entry_time_ns: None,
+                comm,
+                values: &p.values,
+            });
+        }
+    }
+
+    fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
+        let (probes, options, names) = (&mut self.probes, &self.options, &mut self.names);
+        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, &hit, sink))?;
+        Ok(())
+    }
+}
+
+/// A tracepoint field as an argument: its name, and a type that shows it well.
+fn tracepoint_arg(f: &Field) -> NamedArg {
+    let bits = (f.size.min(8) * 8) as u8;
+    let ty = match f.kind {
+        FieldKind::Int { signed: true } => ArgType::S(bits),
+        FieldKind::Int { signed: false } if f.size == 8 => ArgType::X(64),
+        FieldKind::Int { signed: false } => ArgType::U(bits),
+        _ => ArgType::String,
+    };
+    NamedArg { name: f.name.clone(), fetch: Fetch::Immediate(0), ty }
+}
+
+impl Engine for KernelEngine {
+    type Error = KernelError;
+
+    fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, KernelError> {
+        let mut spec = probe.spec.clone();
+        spec.args = probe.plan.args().to_vec();
+        let dynamic = !matches!(spec.target, Target::Tracepoint { .. });
+        if dynamic && self.options.with_comm {
+            spec.args.push(Self::comm_arg());
+        }
+        let maxactive = probe.maxactive;
+        let event = self.session.add(&spec, None, maxactive)?;
+        let mut placed = Placed::default();
+        let args = if dynamic {
+            probe.plan.args().to_vec()
+        } else {
+            // A tracepoint's fields are its values.
+            let fields: Vec<NamedArg> = self.session.events()[event].format.own_fields().map(tracepoint_arg).collect();
+            placed.fields = Some(fields.clone());
+            fields
+        };
+        let return_event = if probe.timed && spec.kind == ProbeKind::Entry {
+            let mut ret = spec.clone();
+            ret.kind = ProbeKind::Return;
+            ret.args = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
+            Some(self.session.add(&ret, None, maxactive)?)
+        } else {
+            None
+        };
+        self.probes.push(Probe {
+            event,
+            return_event,
+            is_return: spec.kind == ProbeKind::Return,
+            values: Values::with_capacity(args.len()),
+            fields: args.into_iter().map(|a| (a.name, a.ty)).collect(),
+            filtered_in_kernel: false,
+        });
+        Ok(placed)
+    }
+
+    /// The kernel filters each event whose fields cover the filter's.
+    fn prefilter(&mut self, filter: &Filter, text: &str) {
+        let names = filter.fields();
+        for p in &mut self.probes {
+            if names.iter().all(|n| p.fields.iter().any(|(f, _)| f == n)) {
+                self.session.set_filter(p.event, Some(text));
+                p.filtered_in_kernel = true;
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        stop: &mut dyn FnMut() -> bool,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) -> Result<Ending, KernelError> {
+        self.session.start(None)?;
+        if let Some((program, rest)) = self.options.command.split_first() {
+            let child = Command::new(program)
+                .args(rest)
+                .spawn()
+                .map_err(|e| KernelError::os(format!("cannot start `{program}`"), e))?;
+            self.child = Some(child);
+        }
+        let ending = loop {
+            self.poll(100, sink)?;
+            if stop() {
+                break Ending::Asked;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait().map_err(|e| KernelError::os("waiting for the command", e))? {
+                    use std::os::unix::process::ExitStatusExt;
+                    let exit = match (status.code(), status.signal()) {
+                        (Some(code), _) => Exit::Code(code),
+                        (None, signal) => Exit::Signal(signal.unwrap_or(0)),
+                    };
+                    break Ending::Exited(exit);
+                }
+            }
+        };
+        self.poll(0, sink)?;
+        Ok(ending)
+    }
+
+    fn stats(&self, index: usize) -> Stats {
+        let Some(p) = self.probes.get(index) else { return Stats::default() };
+        let received = self.session.events()[p.event].received;
+        let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        // The kernel counts every hit, also those its filter dropped or a full buffer lost.
+        let hits = counts.hits.max(received);
+        let returns = match p.return_event {
+            Some(r) => self.session.events()[r].received,
+            None if p.is_return => received,
+            None => 0,
+        };
+        // The kernel's misses: for a return probe, no free instance (`maxactive`); for an
+        // entry, a hit while another kprobe ran.
+        let (missed, reentered) = if p.is_return { (counts.missed, 0) } else { (0, counts.missed) };
+        let lost = if p.filtered_in_kernel { 0 } else { hits - received };
+        Stats { hits, returns, missed, reentered, abandoned: 0, lost, placement: dprobe_core::Placement::InKernel }
+    }
+
+    fn remarks(&self, index: usize) -> Vec<String> {
+        match self.probes.get(index) {
+            Some(p) if p.filtered_in_kernel => {
+                vec!["filtered in the kernel: only the events that passed reached dprobe".into()]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn notes(&self) -> Vec<String> {
+        match self.session.lost {
+            0 => Vec::new(),
+            n => vec![format!("{n} records lost: the kernel's buffers were full (it dropped them)")],
+        }
+    }
+
+    /// Remove every event. A command started alongside keeps running if it still does (it
+    /// got the same Ctrl-C from the terminal).
+    fn finish(mut self, _stopped_by: Option<i32>, _give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, KernelError> {
+        self.session.close()?;
+        Ok(None)
+    }
+
+    fn abandon(mut self) {
+        let _ = self.session.close();
+    }
+}

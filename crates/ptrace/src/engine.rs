@@ -1,0 +1,310 @@
+//! The ptrace engine behind the [`Engine`] seam: each probe's handler evaluates its fetch plan
+//! on the stopped thread and queues the event; [`Engine::run`] hands the queue to the sink
+//! after every stop, so events keep their order and the queue never holds more than one
+//! stop's worth (a stop that collects stub returns brings several).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Instant;
+
+use dprobe_arch::{Addr, Memory, MemoryFault};
+use dprobe_core::fetch::{errno_tls_offset, FetchContext, FetchPlan, Values};
+use dprobe_core::{
+    Ending, Engine, Exit, Placed, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, Stats, ThreadNames,
+};
+use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Target};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{Stopped, TraceError};
+use crate::probes::{Hit, HitKind, ProbeDef};
+use crate::tick::Tick;
+use crate::tracee::Tracee;
+
+/// An event waiting for the sink.
+struct Queued {
+    probe: usize,
+    side: Side,
+    tid: u32,
+    time_ns: u64,
+    entry_time_ns: Option<u64>,
+    values: Values,
+}
+
+/// What the handlers and the run loop share.
+struct Shared {
+    pid: u32,
+    start: Instant,
+    queue: VecDeque<Queued>,
+    /// Value storage to reuse, per probe (each plan has its own size).
+    spare: Vec<Vec<Values>>,
+    names: ThreadNames,
+}
+
+/// One program traced through ptrace, spawned or attached.
+pub struct PtraceEngine {
+    tracee: Tracee,
+    spawned: bool,
+    shared: Rc<RefCell<Shared>>,
+    ids: Vec<ProbeId>,
+    /// The offset of `errno` from the thread pointer, once looked for.
+    errno_offset: Option<Option<u64>>,
+}
+
+impl PtraceEngine {
+    /// Start `program` with `args`, stopped once its libraries are loaded.
+    pub fn spawn(program: &str, args: &[&str]) -> Result<PtraceEngine, TraceError> {
+        let mut tracee = Tracee::spawn(program, args)?;
+        tracee.run_to_entry()?;
+        Ok(PtraceEngine::new(tracee, true))
+    }
+
+    /// Trace the running process `pid` (every thread).
+    pub fn attach(pid: i32) -> Result<PtraceEngine, TraceError> {
+        Ok(PtraceEngine::new(Tracee::attach(pid)?, false))
+    }
+
+    fn new(tracee: Tracee, spawned: bool) -> PtraceEngine {
+        let shared = Shared {
+            pid: tracee.pid() as u32,
+            start: Instant::now(),
+            queue: VecDeque::new(),
+            spare: Vec::new(),
+            names: ThreadNames::default(),
+        };
+        PtraceEngine { tracee, spawned, shared: Rc::new(RefCell::new(shared)), ids: Vec::new(), errno_offset: None }
+    }
+
+    /// The traced process.
+    pub fn pid(&self) -> i32 {
+        self.tracee.pid()
+    }
+
+    /// The offset of `errno` from the thread pointer, through libc's `__errno_location`.
+    fn errno_offset(&mut self) -> Result<u64, String> {
+        let at = self.tracee.resolve("libc:__errno_location").map_err(|e| e.to_string())?;
+        errno_tls_offset(&mut CodeReader(&mut self.tracee), at).map_err(|e| e.to_string())
+    }
+
+    fn handler(&self, index: usize, plan: &FetchPlan, errno_offset: Option<u64>) -> crate::Handler {
+        let shared = self.shared.clone();
+        let plan = plan.clone();
+        Box::new(move |hit: &mut Hit<'_>| {
+            let mut guard = shared.borrow_mut();
+            let s = &mut *guard;
+            let now = s.start.elapsed().as_nanos() as u64;
+            let (side, entry_regs, entry_time_ns) = match hit.kind {
+                HitKind::Entry => (Side::Entry, None, None),
+                HitKind::Return { entry_regs, elapsed, .. } => {
+                    (Side::Return, Some(entry_regs), Some(now.saturating_sub(elapsed.as_nanos() as u64)))
+                }
+            };
+            let mut values = s.spare[index].pop().unwrap_or_else(|| plan.values());
+            let cx = FetchContext {
+                regs: hit.regs,
+                entry_regs,
+                comm: s.names.get(s.pid, hit.tid as u32),
+                errno_addr: errno_offset.map(|o| hit.fs_base.wrapping_add(o)),
+            };
+            plan.evaluate(&cx, hit.memory, &mut values);
+            s.queue.push_back(Queued { probe: index, side, tid: hit.tid as u32, time_ns: now, entry_time_ns, values });
+        })
+    }
+
+    /// Hand every queued event to `sink`.
+    fn deliver(&self, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+        loop {
+            let Some(q) = self.shared.borrow_mut().queue.pop_front() else { return };
+            {
+                let mut s = self.shared.borrow_mut();
+                let pid = s.pid;
+                let comm = s.names.get(pid, q.tid);
+                let event = ProbeEvent {
+                    probe: q.probe,
+                    side: q.side,
+                    pid,
+                    tid: q.tid,
+                    time_ns: q.time_ns,
+                    entry_time_ns: q.entry_time_ns,
+                    comm,
+                    values: &q.values,
+                };
+                sink(&event);
+            }
+            self.shared.borrow_mut().spare[q.probe].push(q.values);
+        }
+    }
+
+    fn kill_spawned(&self) {
+        if self.spawned {
+            let _ = kill(Pid::from_raw(self.tracee.pid()), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The tracee's memory, for reading code before tracing starts.
+struct CodeReader<'a>(&'a mut Tracee);
+
+impl Memory for CodeReader<'_> {
+    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        let bytes =
+            self.0.read_code(addr, buf.len()).map_err(|_| MemoryFault { addr, len: buf.len(), write: false })?;
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+        Err(MemoryFault { addr, len: data.len(), write: true })
+    }
+}
+
+/// How the ptrace engine names a user-space target: `[OBJECT:]FUNCTION+OFFSET`.
+fn target_text(spec: &dprobe_spec::ProbeSpec) -> Result<(String, Option<&str>), TraceError> {
+    match &spec.target {
+        Target::User { binary: Some(b), function, offset } => Ok((format!("{b}:{function}+{offset}"), Some(b))),
+        Target::User { binary: None, function, offset } => Ok((format!("{function}+{offset}"), None)),
+        _ => Err(TraceError::Probe(ProbeError::InvalidAddress {
+            addr: Addr(0),
+            reason: "kernel functions and tracepoints need the kernel engine, not ptrace".into(),
+        })),
+    }
+}
+
+/// Whether a return probe's values can all be had without stopping the thread at the return
+/// (see [`ProbeDef::no_return_stop`]): the return value, entry arguments in registers, the
+/// thread's name, and registers a return stub records or the function keeps. Anything read
+/// from memory at the return needs the stop.
+fn returns_without_stop(args: &[NamedArg]) -> bool {
+    args.iter().all(|a| match &a.fetch {
+        Fetch::Comm => true,
+        Fetch::RetVal | Fetch::Immediate(_) => a.ty != ArgType::String,
+        Fetch::Arg(n) => *n <= 6 && a.ty != ArgType::String,
+        Fetch::Reg(r) => {
+            matches!(r.0, "ax" | "dx" | "bx" | "bp" | "sp" | "ip" | "r12" | "r13" | "r14" | "r15")
+        }
+        _ => false,
+    })
+}
+
+/// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is loaded.
+fn object_loaded(pid: i32, name: &str) -> bool {
+    let Ok(maps) = dprobe_sym::read_maps_of(pid as u32) else { return true };
+    maps.iter().filter_map(|m| m.path.as_deref()).any(|path| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        path == name || file == name || file.starts_with(&format!("{name}.so")) || file.starts_with(&format!("{name}-"))
+    })
+}
+
+impl Engine for PtraceEngine {
+    type Error = TraceError;
+
+    /// Place a probe; one on a library that is not loaded yet waits for it.
+    fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, TraceError> {
+        let (target, object) = target_text(probe.spec)?;
+        let mut placed = Placed::default();
+        let needs_errno = probe.plan.args().iter().any(|a| a.fetch == Fetch::Errno);
+        if needs_errno && self.errno_offset.is_none() {
+            let found = self.errno_offset();
+            if let Err(e) = &found {
+                placed.note = Some(format!("$errno cannot be fetched: {e}"));
+            }
+            self.errno_offset = Some(found.ok());
+        }
+        let index = self.ids.len();
+        let errno_offset = self.errno_offset.flatten();
+        let make = |engine: &PtraceEngine| {
+            let handler = engine.handler(index, probe.plan, errno_offset);
+            // A timed entry is seen at its return, paired by the engine's own return watch.
+            let def = if probe.spec.kind == ProbeKind::Return || probe.timed {
+                ProbeDef::on_return(&target, handler)
+            } else {
+                ProbeDef::entry(&target, handler)
+            };
+            let def = def.maxactive(probe.maxactive.unwrap_or(0));
+            if returns_without_stop(probe.plan.args()) {
+                def.no_return_stop()
+            } else {
+                def
+            }
+        };
+        let added = match self.tracee.add(make(self)) {
+            Err(TraceError::Probe(ProbeError::SymbolNotFound { .. }))
+                if object.is_some_and(|o| !object_loaded(self.tracee.pid(), o)) =>
+            {
+                let object = object.unwrap_or_default();
+                placed.note =
+                    Some(format!("`{object}` is not loaded yet; the probe will be placed when the program loads it"));
+                self.tracee.add(make(self).when_loaded())
+            }
+            other => other,
+        };
+        let id = added?;
+        self.ids.push(id);
+        self.shared.borrow_mut().spare.push(Vec::new());
+        Ok(placed)
+    }
+
+    fn run(
+        &mut self,
+        stop: &mut dyn FnMut() -> bool,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) -> Result<Ending, TraceError> {
+        self.shared.borrow_mut().start = Instant::now();
+        let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
+        loop {
+            let shared = self.shared.clone();
+            let mut asked = false;
+            let outcome = self.tracee.run_until(&mut || {
+                // Return after every stop that queued events, to deliver them in order.
+                if !shared.borrow().queue.is_empty() {
+                    return true;
+                }
+                asked = stop();
+                asked
+            });
+            self.deliver(sink);
+            match outcome? {
+                Stopped::Exited(exit) => return Ok(Ending::Exited(exit)),
+                Stopped::Asked if asked => return Ok(Ending::Asked),
+                Stopped::Asked => {}
+            }
+        }
+    }
+
+    fn stats(&self, index: usize) -> Stats {
+        self.ids.get(index).map(|id| self.tracee.stats(*id)).unwrap_or_default()
+    }
+
+    /// Detach. A program dprobe started and let go because a signal stopped the trace is
+    /// waited for: it got the same Ctrl-C from the terminal, and a `SIGTERM` or `SIGHUP` is
+    /// passed on to it. One let go at the end of a duration keeps running on its own.
+    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
+        let pid = Pid::from_raw(self.tracee.pid());
+        let spawned = self.spawned;
+        self.tracee.detach()?;
+        let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
+        let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
+        if signal != libc::SIGINT {
+            if let Ok(signal) = Signal::try_from(signal) {
+                let _ = kill(pid, signal);
+            }
+        }
+        loop {
+            match waitpid(pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Exit::Code(code))),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Some(Exit::Signal(signal as i32))),
+                Ok(_) => {}
+                Err(Errno::EINTR) if !give_up() => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// A program dprobe started, which has not run a line of its own yet, goes with the error.
+    fn abandon(self) {
+        self.kill_spawned();
+    }
+}
