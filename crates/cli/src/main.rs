@@ -7,8 +7,7 @@
 //! dprobe list -p 1234 '*open*'
 //! ```
 
-mod errno;
-mod fetch;
+mod drive;
 mod histogram;
 mod list;
 mod options;
@@ -17,7 +16,6 @@ mod plan;
 mod report;
 mod signals;
 mod summary;
-mod system;
 mod trace;
 
 use clap::Parser;

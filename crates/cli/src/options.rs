@@ -134,22 +134,41 @@ impl ListArgs {
     }
 }
 
-/// `10`, `2.5s`, `500ms`, `1m`.
+/// `10`, `2.5s`, `500ms`, `1m`: a number of seconds, or a duration as `humantime` reads it
+/// in the units that make sense for a trace (ns, us, ms, s, m, min, h).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (10, 2.5s, 500ms, 1m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}` (ms, s, m, h)")),
-    };
-    if !seconds.is_finite() || seconds <= 0.0 {
+    const UNITS: [&str; 9] = ["ns", "us", "ms", "s", "sec", "m", "min", "h", "hr"];
+    let not_a_duration = || format!("`{text}` is not a duration (10, 2.5s, 500ms, 1m)");
+    let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let unit = &text[number_end..];
+    if number_end == 0 {
+        return Err(not_a_duration());
+    }
+    if !unit.is_empty() && !UNITS.contains(&unit) {
+        return Err(format!("unknown unit `{unit}` in `{text}` (ms, s, m, h)"));
+    }
+    let with_unit = if unit.is_empty() { format!("{text}s") } else { text.to_owned() };
+    let d = humantime::parse_duration(&with_unit).map_err(|_| not_a_duration())?;
+    if d.is_zero() {
         return Err(format!("`{text}` is not a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_seconds_or_with_a_unit() {
+        let ok = |t: &str| parse_duration(t).unwrap();
+        assert_eq!(ok("10"), Duration::from_secs(10));
+        assert_eq!(ok("2.5s"), Duration::from_millis(2500));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("1m"), Duration::from_secs(60));
+        assert!(parse_duration("abc").unwrap_err().contains("`abc` is not a duration"));
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit `y`"));
+        assert!(parse_duration("0").unwrap_err().contains("not a positive duration"));
+        assert!(parse_duration("1.2.3s").is_err());
+    }
 }

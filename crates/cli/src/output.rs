@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use dprobe_core::fetch::{Fetched, Values, MAX_STRING};
+use dprobe_core::Side;
 use dprobe_spec::{ArgType, NamedArg};
-
-use crate::errno;
-use crate::fetch::{Fetched, MAX_STRING};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// What the output needs to know about a probe.
 #[derive(Clone)]
@@ -30,27 +30,35 @@ pub struct ProbeInfo {
     pub errno_in_retval: bool,
 }
 
-/// One hit, fetched.
-pub struct Event<'a> {
+/// One event, ready to be written.
+pub struct Line<'a> {
     /// Seconds since tracing started.
     pub time: f64,
     /// Process and thread.
-    pub pid: i32,
+    pub pid: u32,
     /// See `pid`.
-    pub tid: i32,
+    pub tid: u32,
     /// The thread's name.
     pub comm: &'a [u8],
     /// The probe.
     pub probe: &'a ProbeInfo,
+    /// Entry or return.
+    pub side: Side,
     /// The values, in the order of the probe's arguments.
-    pub values: &'a [Fetched],
+    pub values: &'a Values,
     /// At a return: time since the entry.
     pub latency: Option<Duration>,
 }
 
+impl Line<'_> {
+    fn value(&self, i: usize) -> Fetched<'_> {
+        self.values.get(i).unwrap_or(Fetched::Fault(0))
+    }
+}
+
 /// `process 'cat' (1234) call openat(path="/etc/hostname", flags=0x0)` or
 /// `process 'cat' (1234) openat returns -1 (ENOENT)`.
-pub fn human(e: &Event<'_>, out: &mut String) {
+pub fn human(e: &Line<'_>, out: &mut String) {
     let _ = write!(out, "process '{}' ({}) ", String::from_utf8_lossy(e.comm), e.tid);
     let p = e.probe;
     let shown: Vec<usize> =
@@ -66,29 +74,29 @@ pub fn human(e: &Event<'_>, out: &mut String) {
                 out.push_str(", ");
             }
             let _ = write!(out, "{}=", p.args[i].name);
-            human_value(&e.values[i], out);
+            human_value(e.value(i), out);
         }
         out.push(')');
     }
     if let Some(r) = p.retval_index {
         out.push_str(" returns ");
-        human_value(&e.values[r], out);
-        let ret = e.values[r].as_i64();
+        human_value(e.value(r), out);
+        let ret = e.value(r).as_i64();
         let errno_value = match p.errno_index {
-            Some(i) => e.values[i].as_i64(),
+            Some(i) => e.value(i).as_i64(),
             None if p.errno_in_retval => ret.filter(|v| (-4095..0).contains(v)).map(|v| -v),
             None => None,
         };
         if let (Some(ret), Some(err)) = (ret, errno_value) {
             if ret < 0 {
-                let _ = write!(out, " ({})", errno::name(err).map_or_else(|| format!("errno {err}"), str::to_owned));
+                let _ = write!(out, " ({})", errno_name(err).unwrap_or_else(|| format!("errno {err}")));
             }
         }
     }
     out.push('\n');
 }
 
-fn human_value(v: &Fetched, out: &mut String) {
+fn human_value(v: Fetched<'_>, out: &mut String) {
     match v {
         Fetched::Int(raw, ty) => match ty {
             ArgType::X(_) => {
@@ -135,75 +143,122 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// The name of error number `n` (`ENOENT`), as the C library names it.
+pub fn errno_name(n: i64) -> Option<String> {
+    let n = i32::try_from(n).ok().filter(|n| *n > 0)?;
+    match nix::errno::Errno::from_raw(n) {
+        nix::errno::Errno::UnknownErrno => None,
+        e => Some(format!("{e:?}")),
+    }
+}
+
 /// One JSON object (one line). Fields: `time` (seconds since tracing started), `pid`, `tid`,
 /// `comm`, `probe` (the spec's target), `function`, `kind` (`entry` or `return`), `args` (an
 /// object: numbers for integer types, strings for `string`, `null` for a fault), and at a
-/// return `retval`, `errno` and `errno_name` when fetched, and `latency_ns`.
-pub fn json(e: &Event<'_>, out: &mut String) {
+/// return `retval`, `errno` and `errno_name` when fetched, and `latency_ns`. Strings are the
+/// bytes read: where they are not UTF-8, each such byte is written `\xNN`.
+pub fn json(e: &Line<'_>, out: &mut String) {
     let p = e.probe;
-    let _ = write!(out, "{{\"time\":{:.6},\"pid\":{},\"tid\":{},\"comm\":", e.time, e.pid, e.tid);
-    json_string(e.comm, out);
-    out.push_str(",\"probe\":");
-    json_string(p.spec.split_whitespace().next().unwrap_or("").as_bytes(), out);
-    out.push_str(",\"function\":");
-    json_string(p.label.as_bytes(), out);
-    let _ = write!(out, ",\"kind\":\"{}\",\"args\":{{", if p.is_return { "return" } else { "entry" });
-    for (n, (arg, v)) in p.args.iter().zip(e.values).enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        json_string(arg.name.as_bytes(), out);
-        out.push(':');
-        json_value(v, out);
-    }
-    out.push('}');
-    if let Some(r) = p.retval_index {
-        out.push_str(",\"retval\":");
-        json_value(&e.values[r], out);
-    }
-    if let Some(i) = p.errno_index {
-        out.push_str(",\"errno\":");
-        json_value(&e.values[i], out);
-        if let Some(name) = e.values[i].as_i64().and_then(errno::name) {
-            let _ = write!(out, ",\"errno_name\":\"{name}\"");
-        }
-    }
-    if let Some(l) = e.latency {
-        let _ = write!(out, ",\"latency_ns\":{}", l.as_nanos());
-    }
-    out.push_str("}\n");
+    let errno = p.errno_index.map(|i| e.value(i));
+    let object = JsonEvent {
+        time: (e.time * 1e6).round() / 1e6,
+        pid: e.pid,
+        tid: e.tid,
+        comm: Bytes(e.comm),
+        probe: p.spec.split_whitespace().next().unwrap_or(""),
+        function: &p.label,
+        kind: if e.side == Side::Return || p.is_return { "return" } else { "entry" },
+        args: Args(e),
+        retval: p.retval_index.map(|i| JsonValue(e.value(i))),
+        errno: errno.map(JsonValue),
+        errno_name: errno.and_then(|v| v.as_i64()).and_then(errno_name),
+        latency_ns: e.latency.map(|l| l.as_nanos() as u64),
+    };
+    // Writing to a String cannot fail, and every value is representable.
+    out.push_str(&serde_json::to_string(&object).unwrap_or_default());
+    out.push('\n');
 }
 
-fn json_value(v: &Fetched, out: &mut String) {
-    match v {
-        Fetched::Int(raw, ArgType::S(_)) => {
-            let _ = write!(out, "{}", v.as_i64().unwrap_or(*raw as i64));
+#[derive(serde::Serialize)]
+struct JsonEvent<'a> {
+    time: f64,
+    pid: u32,
+    tid: u32,
+    comm: Bytes<'a>,
+    probe: &'a str,
+    function: &'a str,
+    kind: &'static str,
+    args: Args<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retval: Option<JsonValue<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<JsonValue<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ns: Option<u64>,
+}
+
+/// The fetched values by name, in the probe's order.
+struct Args<'a>(&'a Line<'a>);
+
+impl Serialize for Args<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut map = s.serialize_map(Some(e.probe.args.len()))?;
+        for (i, arg) in e.probe.args.iter().enumerate() {
+            map.serialize_entry(&arg.name, &JsonValue(e.value(i)))?;
         }
-        Fetched::Int(raw, _) => {
-            let _ = write!(out, "{raw}");
-        }
-        Fetched::Str(s) => json_string(s, out),
-        Fetched::Fault(_) => out.push_str("null"),
+        map.end()
     }
 }
 
-/// A JSON string; bytes that are not UTF-8 become U+FFFD.
-pub fn json_string(bytes: &[u8], out: &mut String) {
-    out.push('"');
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+/// A value: a number by its type's sign, a string, or `null` for a fault.
+struct JsonValue<'a>(Fetched<'a>);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Fetched::Int(raw, ArgType::S(_)) => s.serialize_i64(self.0.as_i64().unwrap_or(raw as i64)),
+            Fetched::Int(raw, _) => s.serialize_u64(raw),
+            Fetched::Str(b) => Bytes(b).serialize(s),
+            Fetched::Fault(_) => s.serialize_none(),
+        }
+    }
+}
+
+/// Bytes as a JSON string: UTF-8 as it is, any other byte as `\xNN` (never replaced).
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_str(&escape_non_utf8(self.0)),
+        }
+    }
+}
+
+fn escape_non_utf8(mut bytes: &[u8]) -> String {
+    let mut out = String::new();
+    while !bytes.is_empty() {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                out.push_str(text);
+                break;
             }
-            c => out.push(c),
+            Err(e) => {
+                let (good, rest) = bytes.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                let bad = e.error_len().unwrap_or(rest.len());
+                for b in &rest[..bad] {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+                bytes = &rest[bad..];
+            }
         }
     }
-    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -227,60 +282,103 @@ mod tests {
         }
     }
 
-    fn event<'a>(probe: &'a ProbeInfo, values: &'a [Fetched]) -> Event<'a> {
-        Event { time: 0.5, pid: 10, tid: 11, comm: b"cat", probe, values, latency: None }
+    enum V<'a> {
+        I(u64, ArgType),
+        S(&'a [u8]),
+        F,
+    }
+
+    fn values(vs: &[V<'_>]) -> Values {
+        let mut v = Values::with_capacity(vs.len());
+        for x in vs {
+            match x {
+                V::I(n, ty) => v.push_int(*n, *ty),
+                V::S(s) => v.push_str(s),
+                V::F => v.push_fault(0),
+            }
+        }
+        v
+    }
+
+    fn line<'a>(probe: &'a ProbeInfo, values: &'a Values) -> Line<'a> {
+        let side = if probe.is_return { Side::Return } else { Side::Entry };
+        Line { time: 0.5, pid: 10, tid: 11, comm: b"cat", probe, side, values, latency: None }
+    }
+
+    fn human_text(p: &ProbeInfo, v: &Values) -> String {
+        let mut s = String::new();
+        human(&line(p, v), &mut s);
+        s
     }
 
     #[test]
     fn entries_and_returns_read_like_the_article() {
         let p = info("libc:openat path=+0($arg2):string flags=$arg3:x32");
-        let values = [Fetched::Str(b"/etc/hostname".to_vec()), Fetched::Int(0, ArgType::X(32))];
-        let mut s = String::new();
-        human(&event(&p, &values), &mut s);
-        assert_eq!(s, "process 'cat' (11) call openat(path=\"/etc/hostname\", flags=0x0)\n");
+        let v = values(&[V::S(b"/etc/hostname"), V::I(0, ArgType::X(32))]);
+        assert_eq!(human_text(&p, &v), "process 'cat' (11) call openat(path=\"/etc/hostname\", flags=0x0)\n");
 
         let p = info("libc:openat%return ret=$retval err=$errno");
-        let values = [Fetched::Int(u64::MAX, ArgType::S(64)), Fetched::Int(2, ArgType::S(32))];
-        let mut s = String::new();
-        human(&event(&p, &values), &mut s);
-        assert_eq!(s, "process 'cat' (11) openat returns -1 (ENOENT)\n");
+        let v = values(&[V::I(u64::MAX, ArgType::S(64)), V::I(2, ArgType::S(32))]);
+        assert_eq!(human_text(&p, &v), "process 'cat' (11) openat returns -1 (ENOENT)\n");
 
-        let values = [Fetched::Int(3, ArgType::S(64)), Fetched::Int(2, ArgType::S(32))];
-        let mut s = String::new();
-        human(&event(&p, &values), &mut s);
-        assert_eq!(s, "process 'cat' (11) openat returns 3\n", "errno is stale when the call succeeded");
+        let v = values(&[V::I(3, ArgType::S(64)), V::I(2, ArgType::S(32))]);
+        assert_eq!(
+            human_text(&p, &v),
+            "process 'cat' (11) openat returns 3\n",
+            "errno is stale when the call succeeded"
+        );
 
         let mut p = info("kernel:do_sys_openat2%return ret=$retval:s32");
         p.errno_in_retval = true;
-        let mut s = String::new();
-        human(&event(&p, &[Fetched::Int(0xffff_fffe, ArgType::S(32))]), &mut s);
-        assert_eq!(s, "process 'cat' (11) openat returns -2 (ENOENT)\n", "kernel functions return -errno");
+        let v = values(&[V::I(0xffff_fffe, ArgType::S(32))]);
+        assert_eq!(
+            human_text(&p, &v),
+            "process 'cat' (11) openat returns -2 (ENOENT)\n",
+            "kernel functions return -errno"
+        );
     }
 
     #[test]
     fn strings_are_escaped_and_faults_named() {
         let p = info("libc:openat path=+0($arg2):string flags=$arg3:x32");
-        let values = [Fetched::Str(b"a\"b\n\x01".to_vec()), Fetched::Fault(0)];
-        let mut s = String::new();
-        human(&event(&p, &values), &mut s);
-        assert_eq!(s, "process 'cat' (11) call openat(path=\"a\\\"b\\n\\x01\", flags=(fault))\n");
+        let v = values(&[V::S(b"a\"b\n\x01"), V::F]);
+        assert_eq!(human_text(&p, &v), "process 'cat' (11) call openat(path=\"a\\\"b\\n\\x01\", flags=(fault))\n");
         let mut j = String::new();
-        json(&event(&p, &values), &mut j);
+        json(&line(&p, &v), &mut j);
         assert_eq!(
             j,
-            "{\"time\":0.500000,\"pid\":10,\"tid\":11,\"comm\":\"cat\",\"probe\":\"libc:openat\",\
+            "{\"time\":0.5,\"pid\":10,\"tid\":11,\"comm\":\"cat\",\"probe\":\"libc:openat\",\
              \"function\":\"openat\",\"kind\":\"entry\",\"args\":{\"path\":\"a\\\"b\\n\\u0001\",\"flags\":null}}\n"
         );
     }
 
     #[test]
+    fn bytes_that_are_not_utf8_are_escaped_in_json_not_replaced() {
+        let p = info("libc:openat path=+0($arg2):string");
+        let v = values(&[V::S(b"caf\xc3\xa9-\xff\xfe.txt")]);
+        let mut j = String::new();
+        json(&line(&p, &v), &mut j);
+        assert!(j.contains("\"args\":{\"path\":\"café-\\\\xff\\\\xfe.txt\"}"), "{j}");
+        let parsed: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(parsed["args"]["path"], "café-\\xff\\xfe.txt");
+    }
+
+    #[test]
     fn returns_in_json_carry_the_value_errno_and_latency() {
         let p = info("libc:openat%return ret=$retval err=$errno");
-        let values = [Fetched::Int(u64::MAX, ArgType::S(64)), Fetched::Int(13, ArgType::S(32))];
-        let mut e = event(&p, &values);
+        let v = values(&[V::I(u64::MAX, ArgType::S(64)), V::I(13, ArgType::S(32))]);
+        let mut e = line(&p, &v);
         e.latency = Some(Duration::from_nanos(1500));
         let mut j = String::new();
         json(&e, &mut j);
         assert!(j.contains("\"kind\":\"return\",\"args\":{\"ret\":-1,\"err\":13},\"retval\":-1,\"errno\":13,\"errno_name\":\"EACCES\",\"latency_ns\":1500}"), "{j}");
+    }
+
+    #[test]
+    fn errno_names_come_from_the_c_library() {
+        assert_eq!(errno_name(2).as_deref(), Some("ENOENT"));
+        assert_eq!(errno_name(13).as_deref(), Some("EACCES"));
+        assert_eq!(errno_name(131).as_deref(), Some("ENOTRECOVERABLE"));
+        assert_eq!((errno_name(0), errno_name(41), errno_name(134), errno_name(-2)), (None, None, None, None));
     }
 }

@@ -13,10 +13,6 @@ pub struct Planned {
     pub info: ProbeInfo,
     /// The spec (with a default `ret=$retval` for return probes that fetch nothing of it).
     pub spec: ProbeSpec,
-    /// For the ptrace engine: `[OBJECT:]FUNCTION+OFFSET`.
-    pub target: String,
-    /// The `BINARY:` part, if any.
-    pub object: Option<String>,
     /// At a function's first instruction.
     pub is_function_entry: bool,
 }
@@ -33,20 +29,12 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     let mut planned = Vec::new();
     for text in &args.probes {
         let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (object, label, target, is_function_entry) = match &spec.target {
-            Target::User { binary, function, offset } => {
+        let (label, is_function_entry) = match &spec.target {
+            Target::User { function, offset, .. } | Target::Kernel { function, offset } => {
                 let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
-                let target = match binary {
-                    Some(b) => format!("{b}:{function}+{offset}"),
-                    None => format!("{function}+{offset}"),
-                };
-                (binary.clone(), label, target, *offset == 0)
+                (label, *offset == 0)
             }
-            Target::Kernel { function, offset } => {
-                let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
-                (None, label, String::new(), *offset == 0)
-            }
-            Target::Tracepoint { event, .. } => (None, event.clone(), String::new(), false),
+            Target::Tracepoint { event, .. } => (event.clone(), false),
         };
         let is_return = spec.kind == ProbeKind::Return;
         if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
@@ -66,7 +54,7 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
             tracepoint,
             errno_in_retval: matches!(spec.target, Target::Kernel { .. }),
         };
-        planned.push(Planned { info, spec, target, object, is_function_entry });
+        planned.push(Planned { info, spec, is_function_entry });
     }
     if args.latency {
         if let Some(p) = planned.iter().find(|p| !p.is_function_entry) {

@@ -1,15 +1,19 @@
-//! What every engine's hits go through: the filter, then an event line (human or JSON) or
-//! the aggregates (counts, histograms, latencies), and at the end the summary. Sizes are
-//! bounded: one entry per probe, fixed-size histograms, one reused line buffer.
+//! The sink every engine's events go through: the probe's filter, then an event line (human
+//! or JSON) or the aggregates (counts, histograms, latencies). Entries of timed probes are
+//! paired with their returns here, whatever the engine. Sizes are bounded: one entry per
+//! probe, fixed-size histograms, one reused line buffer, a bounded set of pending entries.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dprobe_spec::Filter;
+use dprobe_core::fetch::FetchPlan;
+use dprobe_core::{Pairing, ProbeEvent, Side};
 
-use crate::fetch::Fetched;
 use crate::histogram::Log2Histogram;
-use crate::output::{self, Event, ProbeInfo};
+use crate::output::{self, Line, ProbeInfo};
+
+/// Pending entries kept for `--latency`, over all threads; more are dropped and counted.
+const MAX_PENDING: usize = 65_536;
 
 /// How events are shown.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,6 +30,10 @@ pub enum Mode {
 pub struct ProbeState {
     /// How it prints.
     pub info: ProbeInfo,
+    /// Its fetches and the filter.
+    pub plan: FetchPlan,
+    /// Timed from entry to return: its entries are paired, its returns shown.
+    pub timed: bool,
     /// Events that passed the filter.
     pub shown: u64,
     hist: Log2Histogram,
@@ -37,9 +45,10 @@ pub struct Report {
     out: Box<dyn Write>,
     line: String,
     mode: Mode,
-    filter: Option<Filter>,
+    filtered: bool,
     hist_field: Option<String>,
     latency: bool,
+    pairing: Pairing,
     /// When tracing started.
     pub start: Instant,
     /// The probes, in the order given.
@@ -49,20 +58,15 @@ pub struct Report {
 
 impl Report {
     /// A report writing to `out`.
-    pub fn new(
-        out: Box<dyn Write>,
-        mode: Mode,
-        filter: Option<Filter>,
-        hist_field: Option<String>,
-        latency: bool,
-    ) -> Report {
+    pub fn new(out: Box<dyn Write>, mode: Mode, filtered: bool, hist_field: Option<String>, latency: bool) -> Report {
         Report {
             out,
             line: String::new(),
             mode,
-            filter,
+            filtered,
             hist_field,
             latency,
+            pairing: Pairing::new(MAX_PENDING),
             start: Instant::now(),
             probes: Vec::new(),
             write_failed: false,
@@ -70,38 +74,36 @@ impl Report {
     }
 
     /// Add a probe; its index is the order of the calls.
-    pub fn add_probe(&mut self, info: ProbeInfo) {
+    pub fn add_probe(&mut self, info: ProbeInfo, plan: FetchPlan, timed: bool) {
         self.probes.push(ProbeState {
             info,
+            plan,
+            timed,
             shown: 0,
             hist: Log2Histogram::default(),
             latency: Log2Histogram::default(),
         });
     }
 
-    /// One hit of probe `index` with its fetched `values`.
-    pub fn record(
-        &mut self,
-        index: usize,
-        pid: i32,
-        tid: i32,
-        comm: &[u8],
-        values: &[Fetched],
-        latency: Option<Duration>,
-    ) {
-        let probe = &mut self.probes[index];
-        let passes = self.filter.as_ref().is_none_or(|f| {
-            f.matches(&|name| {
-                let i = probe.info.args.iter().position(|a| a.name == name)?;
-                values[i].filter_value()
-            })
-        });
-        if !passes {
+    /// One event.
+    pub fn event(&mut self, e: &ProbeEvent<'_>) {
+        let Some(probe) = self.probes.get_mut(e.probe) else { return };
+        let latency = match e.side {
+            Side::Entry if !probe.timed => None,
+            _ => self.pairing.latency(e),
+        };
+        if probe.timed && latency.is_none() {
+            // A timed probe's entry waits for its return; a return whose entry was not seen
+            // is no call to time.
+            return;
+        }
+        if !probe.plan.passes(e.values) {
             return;
         }
         probe.shown += 1;
         if let Some(field) = &self.hist_field {
-            if let Some(v) = probe.info.args.iter().position(|a| &a.name == field).and_then(|i| values[i].as_i64()) {
+            let index = probe.info.args.iter().position(|a| &a.name == field);
+            if let Some(v) = index.and_then(|i| e.values.get(i)).and_then(|v| v.as_i64()) {
                 probe.hist.add(v);
             }
         }
@@ -112,11 +114,20 @@ impl Report {
             return;
         }
         let time = self.start.elapsed().as_secs_f64();
-        let event = Event { time, pid, tid, comm, probe: &probe.info, values, latency };
+        let line = Line {
+            time,
+            pid: e.pid,
+            tid: e.tid,
+            comm: e.comm,
+            probe: &probe.info,
+            side: e.side,
+            values: e.values,
+            latency,
+        };
         self.line.clear();
         match self.mode {
-            Mode::Json => output::json(&event, &mut self.line),
-            _ => output::human(&event, &mut self.line),
+            Mode::Json => output::json(&line, &mut self.line),
+            _ => output::human(&line, &mut self.line),
         }
         // A closed output (`| head`) ends printing, not tracing.
         self.write_failed = self.out.write_all(self.line.as_bytes()).is_err();
@@ -139,6 +150,14 @@ impl Report {
         out
     }
 
+    /// What the summary says about the report itself: entries that could not be timed.
+    pub fn notes(&self) -> Vec<String> {
+        match self.pairing.dropped {
+            0 => Vec::new(),
+            n => vec![format!("{n} entries not timed: {} calls were already pending", self.pairing.limit())],
+        }
+    }
+
     /// Write the closing text.
     pub fn finish(&mut self, text: &str) {
         let _ = self.out.write_all(text.as_bytes());
@@ -147,6 +166,6 @@ impl Report {
 
     /// Whether a filter is set.
     pub fn filtered(&self) -> bool {
-        self.filter.is_some()
+        self.filtered
     }
 }

@@ -2,16 +2,18 @@
 
 use std::fmt::Write as _;
 
-use dprobe_ptrace::ProbeStats;
+use dprobe_core::{Placement, Stats};
 
 /// One probe's line.
 pub struct ProbeLine {
     /// The spec as written.
     pub spec: String,
-    /// The engine's counters.
-    pub stats: ProbeStats,
+    /// The engine's figures.
+    pub stats: Stats,
     /// Events that passed the filter.
     pub shown: u64,
+    /// What the engine says about it beyond its figures.
+    pub remarks: Vec<String>,
 }
 
 /// The whole summary: histograms first, then the table, the reasons, and how it ended.
@@ -37,7 +39,8 @@ pub fn render(
         let s = &l.stats;
         let returns =
             if s.returns > 0 || target_of(&l.spec).ends_with("%return") { s.returns.to_string() } else { "-".into() };
-        let _ = write!(out, "{:<width$} {:>10} {:>10} {:>8}", target_of(&l.spec), s.hits, returns, s.missed);
+        let missed = s.missed + s.reentered;
+        let _ = write!(out, "{:<width$} {:>10} {:>10} {:>8}", target_of(&l.spec), s.hits, returns, missed);
         if filtered {
             let _ = write!(out, " {:>10}", l.shown);
         }
@@ -53,11 +56,21 @@ pub fn render(
                 s.abandoned
             ));
         }
-        if let Some(why) = &s.failed {
-            notes.push(format!("{target}: not placed: {why}"));
-        } else if s.addr.is_none() {
-            notes.push(format!("{target}: its library was never loaded"));
+        if s.reentered > 0 {
+            notes.push(format!("{target}: {} hits not handled: they came while another probe ran", s.reentered));
         }
+        if s.lost > 0 {
+            notes.push(format!(
+                "{target}: {} hits not received: they came as tracing stopped, or the kernel's buffers were full",
+                s.lost
+            ));
+        }
+        match &s.placement {
+            Placement::Failed(why) => notes.push(format!("{target}: not placed: {why}")),
+            Placement::Waiting => notes.push(format!("{target}: its library was never loaded")),
+            Placement::At(_) | Placement::InKernel => {}
+        }
+        notes.extend(l.remarks.iter().map(|r| format!("{target}: {r}")));
     }
     for n in notes.iter().chain(extra_notes) {
         let _ = writeln!(out, "  {n}");
@@ -76,31 +89,37 @@ mod tests {
 
     #[test]
     fn misses_and_their_reasons_are_listed() {
+        let at = |a| Placement::At(dprobe_core::Addr(a));
         let lines = [
             ProbeLine {
                 spec: "libc:openat path=+0($arg2):string".into(),
-                stats: ProbeStats { hits: 3, addr: Some(dprobe_arch::Addr(1)), ..ProbeStats::default() },
+                stats: Stats { hits: 3, placement: at(1), ..Stats::default() },
                 shown: 3,
+                remarks: Vec::new(),
             },
             ProbeLine {
                 spec: "recurse%return".into(),
-                stats: ProbeStats {
-                    hits: 11,
-                    returns: 4,
-                    missed: 7,
-                    abandoned: 0,
-                    addr: Some(dprobe_arch::Addr(2)),
-                    failed: None,
-                },
+                stats: Stats { hits: 11, returns: 4, missed: 7, placement: at(2), ..Stats::default() },
                 shown: 4,
+                remarks: Vec::new(),
             },
-            ProbeLine { spec: "libplugin:f".into(), stats: ProbeStats::default(), shown: 0 },
+            ProbeLine { spec: "libplugin:f".into(), stats: Stats::default(), shown: 0, remarks: Vec::new() },
+            ProbeLine {
+                spec: "kernel:f".into(),
+                stats: Stats { hits: 9, reentered: 1, lost: 2, placement: Placement::InKernel, ..Stats::default() },
+                shown: 6,
+                remarks: vec!["filtered in the kernel".into()],
+            },
         ];
         let text = render(&lines, &[], &[], "process 1 exited with status 0 after 5 ms", false);
         assert!(text.contains("\nlibc:openat             3          -        0\n"), "{text}");
         assert!(text.contains("\nrecurse%return         11          4        7\n"), "{text}");
         assert!(text.contains("recurse%return: 7 returns not watched"), "{text}");
         assert!(text.contains("libplugin:f: its library was never loaded"), "{text}");
+        assert!(text.contains("\nkernel:f                9          -        1\n"), "{text}");
+        assert!(text.contains("kernel:f: 1 hits not handled"), "{text}");
+        assert!(text.contains("kernel:f: 2 hits not received"), "{text}");
+        assert!(text.contains("kernel:f: filtered in the kernel\n"), "{text}");
         assert!(text.ends_with("dprobe: process 1 exited with status 0 after 5 ms\n"));
     }
 }

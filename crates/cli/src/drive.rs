@@ -1,0 +1,172 @@
+//! Plan → engine → sinks, the same for every engine: place the probes, run until the program
+//! ends, a signal or `--duration`, feed each event to the report, and end with a summary,
+//! whatever ended the trace.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use dprobe_core::fetch::FetchPlan;
+use dprobe_core::{Ending, Engine, Exit, ProbeRequest};
+use dprobe_spec::{Filter, ProbeKind, Target};
+
+use crate::options::TraceArgs;
+use crate::output;
+use crate::plan::{check_hist, parse_the_filter, Planned};
+use crate::report::Report;
+use crate::signals;
+use crate::summary::{self, ProbeLine};
+use crate::trace::mode;
+
+/// What is traced, for the closing line.
+pub enum Scope {
+    /// One process.
+    Process(i32),
+    /// Every process, with a command run alongside or not.
+    SystemWide {
+        /// The command's program.
+        command: Option<String>,
+    },
+}
+
+/// The events' destination: `-o FILE` or standard error.
+fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
+    Ok(match &args.output {
+        Some(path) => Box::new(std::io::LineWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => Box::new(std::io::LineWriter::new(std::io::stderr())),
+    })
+}
+
+/// Place every probe, then check what depends on the fields they fetch; returns the report.
+fn prepare<E: Engine>(engine: &mut E, planned: &mut [Planned], args: &TraceArgs) -> Result<Report> {
+    for p in planned.iter_mut() {
+        let plan = FetchPlan::compile(&p.spec.args, None);
+        let request = ProbeRequest { spec: &p.spec, plan: &plan, timed: args.latency, maxactive: args.maxactive };
+        let placed = engine.place(request).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?;
+        if let Some(note) = placed.note {
+            eprintln!("dprobe: `{}`: {note}", p.info.spec);
+        }
+        if let Some(fields) = placed.fields {
+            p.info.args = fields;
+            if matches!(&p.spec.target, Target::Tracepoint { event, .. } if event.starts_with("sys_exit_")) {
+                // A system call's return value: negative error numbers get their names.
+                p.info.retval_index = p.info.args.iter().position(|a| a.name == "ret");
+                p.info.errno_in_retval = true;
+            }
+        }
+    }
+    check_hist(args, planned)?;
+    let filter: Option<Filter> = parse_the_filter(args, planned)?;
+    if let (Some(text), Some(f)) = (&args.filter, &filter) {
+        engine.prefilter(f, text);
+    }
+    let mut report = Report::new(output(args)?, mode(args), filter.is_some(), args.hist.clone(), args.latency);
+    for p in planned.iter() {
+        let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
+        let timed = args.latency && p.spec.kind == ProbeKind::Entry;
+        report.add_probe(p.info.clone(), plan, timed);
+    }
+    Ok(report)
+}
+
+/// Trace with `engine`; returns dprobe's exit status.
+pub fn drive<E: Engine>(mut engine: E, mut planned: Vec<Planned>, args: &TraceArgs, scope: Scope) -> Result<i32> {
+    let mut report = match prepare(&mut engine, &mut planned, args) {
+        Ok(r) => r,
+        Err(e) => {
+            engine.abandon();
+            return Err(e);
+        }
+    };
+    if let Err(e) = signals::install() {
+        engine.abandon();
+        return Err(e).context("installing signal handlers");
+    }
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    report.start = Instant::now();
+    let outcome = engine
+        .run(&mut || signals::requested().is_some() || deadline.is_some_and(|d| Instant::now() >= d), &mut |event| {
+            report.event(event)
+        });
+    let lines: Vec<ProbeLine> = (report.probes.iter().enumerate())
+        .map(|(i, p)| ProbeLine {
+            spec: p.info.spec.clone(),
+            stats: engine.stats(i),
+            shown: p.shown,
+            remarks: engine.remarks(i),
+        })
+        .collect();
+    let mut notes = engine.notes();
+    notes.extend(report.notes());
+    let stopped_by = match outcome {
+        Ok(Ending::Asked) => signals::requested(),
+        _ => None,
+    };
+    let finished = engine.finish(stopped_by, &signals::insisted);
+    let exit = match (&outcome, &finished) {
+        (Ok(Ending::Exited(exit)), _) => Some(*exit),
+        (_, Ok(exit)) => *exit,
+        _ => None,
+    };
+    let elapsed = report.start.elapsed();
+    let failure = outcome.as_ref().err().map(|e| e as &dyn Display);
+    let ending = ending_text(&scope, failure, stopped_by, exit, elapsed);
+    let text = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());
+    report.finish(&text);
+    if let Err(e) = finished {
+        match scope {
+            Scope::Process(pid) => eprintln!("dprobe: detaching from process {pid} failed: {e}"),
+            Scope::SystemWide { .. } => eprintln!("dprobe: removing dprobe's kernel events failed: {e}"),
+        }
+        return Ok(1);
+    }
+    if let Err(e) = outcome {
+        eprintln!("dprobe: {e}");
+        return Ok(1);
+    }
+    Ok(exit.map_or(0, Exit::shell_status))
+}
+
+fn how(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exited with status {c}"),
+        Exit::Signal(s) => format!("was killed by {}", signals::signal_name(s)),
+    }
+}
+
+/// The closing line: what was traced, for how long, and what ended it.
+fn ending_text(
+    scope: &Scope,
+    failure: Option<&dyn Display>,
+    stopped_by: Option<i32>,
+    exit: Option<Exit>,
+    elapsed: Duration,
+) -> String {
+    let after = output::human_duration(elapsed);
+    match (scope, failure) {
+        (Scope::Process(pid), Some(e)) => format!("tracing process {pid} stopped after {after}: {e}"),
+        (Scope::SystemWide { .. }, Some(e)) => format!("system-wide trace stopped after {after}: {e}"),
+        (Scope::Process(pid), None) => match (stopped_by, exit) {
+            (None, Some(e)) => format!("process {pid} {} after {after}", how(e)),
+            (signal, exit) => {
+                let why = signal.map_or_else(|| "--duration is over".to_owned(), signals::signal_name);
+                let then = match exit {
+                    Some(e) => format!("; it then {}", how(e)),
+                    None => "; it goes on untraced".into(),
+                };
+                format!("detached from process {pid} after {after} ({why}){then}")
+            }
+        },
+        (Scope::SystemWide { command }, None) => {
+            let why = match (stopped_by, exit, command) {
+                (Some(s), _, _) => format!("stopped by {}", signals::signal_name(s)),
+                (None, Some(e), Some(c)) => format!("`{c}` {}", how(e)),
+                _ => "--duration is over".into(),
+            };
+            format!("system-wide trace ended after {after} ({why})")
+        }
+    }
+}
