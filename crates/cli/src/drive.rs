@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Ending, Engine, Exit, ProbeRequest};
 use dprobe_spec::{Filter, ProbeKind, Target};
@@ -30,18 +30,13 @@ pub enum Scope {
     },
 }
 
-/// The events' destination: `-o FILE` or standard error.
-fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
-    Ok(match &args.output {
-        Some(path) => Box::new(std::io::LineWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
-        )),
-        None => Box::new(std::io::LineWriter::new(std::io::stderr())),
-    })
-}
-
 /// Place every probe, then check what depends on the fields they fetch; returns the report.
-fn prepare<E: Engine>(engine: &mut E, planned: &mut [Planned], args: &TraceArgs) -> Result<Report> {
+fn prepare<E: Engine>(
+    engine: &mut E,
+    planned: &mut [Planned],
+    args: &TraceArgs,
+    out: Box<dyn Write>,
+) -> Result<Report> {
     for p in planned.iter_mut() {
         let plan = FetchPlan::compile(&p.spec.args, None);
         let request = ProbeRequest { spec: &p.spec, plan: &plan, timed: args.latency, maxactive: args.maxactive };
@@ -63,7 +58,7 @@ fn prepare<E: Engine>(engine: &mut E, planned: &mut [Planned], args: &TraceArgs)
     if let (Some(text), Some(f)) = (&args.filter, &filter) {
         engine.prefilter(f, text);
     }
-    let mut report = Report::new(output(args)?, mode(args), filter.is_some(), args.hist.clone(), args.latency);
+    let mut report = Report::new(out, mode(args), filter.is_some(), args.hist.clone(), args.latency);
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
         let timed = args.latency && p.spec.kind == ProbeKind::Entry;
@@ -73,18 +68,20 @@ fn prepare<E: Engine>(engine: &mut E, planned: &mut [Planned], args: &TraceArgs)
 }
 
 /// Trace with `engine`; returns dprobe's exit status.
-pub fn drive<E: Engine>(mut engine: E, mut planned: Vec<Planned>, args: &TraceArgs, scope: Scope) -> Result<i32> {
-    let mut report = match prepare(&mut engine, &mut planned, args) {
+pub fn drive<E: Engine>(
+    mut engine: E,
+    mut planned: Vec<Planned>,
+    args: &TraceArgs,
+    out: Box<dyn Write>,
+    scope: Scope,
+) -> Result<i32> {
+    let mut report = match prepare(&mut engine, &mut planned, args, out) {
         Ok(r) => r,
         Err(e) => {
             engine.abandon();
             return Err(e);
         }
     };
-    if let Err(e) = signals::install() {
-        engine.abandon();
-        return Err(e).context("installing signal handlers");
-    }
     let deadline = args.duration.map(|d| Instant::now() + d);
     report.start = Instant::now();
     let outcome = engine

@@ -1,7 +1,9 @@
 //! `dprobe trace`: parse the specs, pick an engine and start it (a program spawned or
 //! attached for ptrace, a session for the kernel), then hand it to the driver.
 
-use anyhow::{bail, Result};
+use std::io::Write;
+
+use anyhow::{bail, Context as _, Result};
 use dprobe_kernel::{KernelEngine, KernelOptions};
 use dprobe_ptrace::PtraceEngine;
 
@@ -9,6 +11,7 @@ use crate::drive::{drive, Scope};
 use crate::options::{Engine, TraceArgs};
 use crate::plan::{check_hist, parse_the_filter, plan_probes};
 use crate::report::Mode;
+use crate::signals;
 
 /// Find `program` the way a shell would (`PATH` unless it has a `/`).
 fn find_program(program: &str) -> Result<String> {
@@ -23,6 +26,16 @@ fn find_program(program: &str) -> Result<String> {
         }
     }
     bail!("cannot start `{program}`: not found in PATH")
+}
+
+/// The events' destination: `-o FILE` or standard error.
+fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
+    Ok(match &args.output {
+        Some(path) => Box::new(std::io::LineWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => Box::new(std::io::LineWriter::new(std::io::stderr())),
+    })
 }
 
 /// How events are shown, from the options.
@@ -65,10 +78,18 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         check_hist(&args, &planned)?;
         parse_the_filter(&args, &planned)?;
     }
+    if engine == Engine::Kernel && args.pid.is_some() && !args.command.is_empty() {
+        bail!("give -p PID or a command, not both");
+    }
+    if engine == Engine::Ptrace && args.comm.is_some() {
+        bail!("--comm filters system-wide traces (--system-wide); the ptrace engine traces one process");
+    }
+    // The output first (opening a FIFO waits for its reader: a Ctrl-C then simply ends
+    // dprobe, nothing is placed yet); then the stop signals are caught, before the first
+    // probe is placed, so that every later exit path removes what was placed.
+    let out = output(&args)?;
+    signals::install().context("installing signal handlers")?;
     if engine == Engine::Kernel {
-        if args.pid.is_some() && !args.command.is_empty() {
-            bail!("give -p PID or a command, not both");
-        }
         let options = KernelOptions {
             pid: args.pid,
             comm: args.comm.clone(),
@@ -77,10 +98,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             command: args.command.clone(),
         };
         let scope = Scope::SystemWide { command: args.command.first().cloned() };
-        return drive(KernelEngine::new(options)?, planned, &args, scope);
-    }
-    if args.comm.is_some() {
-        bail!("--comm filters system-wide traces (--system-wide); the ptrace engine traces one process");
+        return drive(KernelEngine::new(options)?, planned, &args, out, scope);
     }
     let engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
@@ -92,5 +110,5 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };
     let pid = engine.pid();
-    drive(engine, planned, &args, Scope::Process(pid))
+    drive(engine, planned, &args, out, Scope::Process(pid))
 }
