@@ -29,4 +29,7 @@ mod probe;
 
 pub use error::{SpecError, SpecErrorKind};
 pub use filter::{glob, parse_filter, CmpOp, Filter, Literal, Value, MAX_FILTER_COMPARISONS, MAX_FILTER_DEPTH};
-pub use probe::{parse_probe, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register, Target};
+pub use probe::{
+    parse_probe, parse_target, split_binary, split_offset, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register,
+    Target,
+};

@@ -197,15 +197,70 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The first `:` that is not part of a C++ `::`.
-fn binary_separator(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    (0..b.len()).find(|&i| b[i] == b':' && b.get(i + 1) != Some(&b':') && (i == 0 || b[i - 1] != b':'))
+/// `BINARY:REST` split at the first `:` that is not part of a C++ `::`: the binary (a
+/// library name or a path; a `+` in it is part of it, as in `libstdc++`) and the rest.
+pub fn split_binary(word: &str) -> (Option<&str>, &str) {
+    let b = word.as_bytes();
+    let sep = (0..b.len()).find(|&i| b[i] == b':' && b.get(i + 1) != Some(&b':') && (i == 0 || b[i - 1] != b':'));
+    match sep {
+        Some(i) => (Some(&word[..i]), &word[i + 1..]),
+        None => (None, word),
+    }
+}
+
+/// `FUNCTION[+OFFSET]` split into the name and the offset. Only a trailing `+NUMBER`
+/// (decimal or `0x` hex) is an offset; a `+` of a C++ operator name (`operator+`,
+/// `operator++`, `operator+=`) is part of the name, so `operator++4` is `operator+` at 4.
+/// Any other `+` is a malformed offset: `Err` holds its byte index.
+pub fn split_offset(function: &str) -> Result<(&str, Option<u64>), usize> {
+    let Some(plus) = function.rfind('+') else { return Ok((function, None)) };
+    if let Some(n) = number(&function[plus + 1..]) {
+        return Ok((&function[..plus], Some(n)));
+    }
+    let in_operator = |i: usize| function[..i].ends_with("operator") || function[..i].ends_with("operator+");
+    match function.match_indices('+').map(|(i, _)| i).find(|&i| !in_operator(i)) {
+        None => Ok((function, None)),
+        Some(_) => Err(plus),
+    }
+}
+
+/// Parse the target of a probe spec alone (`[BINARY:]FUNCTION[+OFFSET]`, `kernel:...`,
+/// `tracepoint:...`), as the in-process and ptrace APIs take it; a `%return` is refused.
+pub fn parse_target(text: &str) -> Result<Target, SpecError> {
+    let p = Parser { text };
+    match p.target(0, text)? {
+        (target, ProbeKind::Entry) => Ok(target),
+        (_, ProbeKind::Return) => Err(p.err(
+            K::UnknownSuffix,
+            text.rfind('%').unwrap_or(0)..text.len(),
+            "the target alone; the API says whether the probe is at the return",
+        )),
+    }
 }
 
 impl Parser<'_> {
     fn err(&self, kind: K, span: std::ops::Range<usize>, expected: &str) -> SpecError {
         SpecError::new(kind, self.text, span, expected)
+    }
+
+    /// `FUNCTION[+OFFSET]` starting at `at`: the name and the offset (0 when none).
+    fn offset<'w>(&self, at: usize, function: &'w str, kind: ProbeKind) -> Result<(&'w str, u64), SpecError> {
+        match split_offset(function) {
+            Ok((name, None)) => Ok((name, 0)),
+            Ok((name, Some(n))) => {
+                if kind == ProbeKind::Return && n != 0 {
+                    return Err(self.err(
+                        K::OffsetOnReturn,
+                        at + name.len()..at + function.len(),
+                        "FUNCTION%return, on the function's entry",
+                    ));
+                }
+                Ok((name, n))
+            }
+            Err(plus) => {
+                Err(self.err(K::BadOffset, at + plus + 1..at + function.len(), "a byte offset such as +4 or +0x1c"))
+            }
+        }
     }
 
     fn target(&self, at: usize, word: &str) -> Result<(Target, ProbeKind), SpecError> {
@@ -244,41 +299,22 @@ impl Parser<'_> {
             }
             None => (word, ProbeKind::Entry),
         };
-        // Offset: +N.
-        let (body, offset) = match body.rfind('+') {
-            Some(i) => {
-                let off = &body[i + 1..];
-                let n = number(off).ok_or_else(|| {
-                    self.err(K::BadOffset, at + i + 1..at + i + 1 + off.len(), "a byte offset such as +4 or +0x1c")
-                })?;
-                if kind == ProbeKind::Return && n != 0 {
-                    return Err(self.err(
-                        K::OffsetOnReturn,
-                        at + i..at + body.len(),
-                        "FUNCTION%return, on the function's entry",
-                    ));
-                }
-                (&body[..i], n)
-            }
-            None => (body, 0),
-        };
         if let Some(function) = body.strip_prefix("kernel:") {
+            let base = at + "kernel:".len();
+            let (function, offset) = self.offset(base, function, kind)?;
             if function.is_empty() {
-                return Err(self.err(
-                    K::MissingFunction,
-                    at..at + "kernel:".len(),
-                    "a kernel function, e.g. kernel:do_sys_openat2",
-                ));
+                return Err(self.err(K::MissingFunction, at..base, "a kernel function, e.g. kernel:do_sys_openat2"));
             }
             return Ok((Target::Kernel { function: function.into(), offset }, kind));
         }
-        let (binary, function, fn_at) = match binary_separator(body) {
-            Some(i) => (Some(&body[..i]), &body[i + 1..], at + i + 1),
-            None => (None, body, at),
+        let (binary, rest, fn_at) = match split_binary(body) {
+            (Some(b), rest) => (Some(b), rest, at + b.len() + 1),
+            (None, rest) => (None, rest, at),
         };
+        let (function, offset) = self.offset(fn_at, rest, kind)?;
         if binary == Some("") || function.is_empty() {
             let span = if function.is_empty() { at..fn_at } else { at..at + 1 };
-            let kind = if body.is_empty() { K::MissingTarget } else { K::MissingFunction };
+            let kind = if binary.is_none() && function.is_empty() { K::MissingTarget } else { K::MissingFunction };
             return Err(self.err(kind, span, "[BINARY:]FUNCTION, e.g. libc:openat or ./app:main+4"));
         }
         Ok((Target::User { binary: binary.map(str::to_owned), function: function.into(), offset }, kind))

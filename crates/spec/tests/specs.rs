@@ -71,6 +71,39 @@ fn versioned_symbols_and_addresses_are_function_names() {
     assert!(matches!(p.target, Target::User { ref function, .. } if function == "0x2f40"));
 }
 
+/// (spec, binary, function, offset): a `+` inside a library, a path or a C++ operator name is
+/// part of the name; only a trailing `+NUMBER` is an offset.
+const NAMES_WITH_PLUS: &[(&str, Option<&str>, &str, u64)] = &[
+    ("libstdc++:__cxa_throw", Some("libstdc++"), "__cxa_throw", 0),
+    ("libstdc++:__cxa_throw+4", Some("libstdc++"), "__cxa_throw", 4),
+    ("/opt/g++-13/lib/libstdc++.so.6:__cxa_throw+0x10", Some("/opt/g++-13/lib/libstdc++.so.6"), "__cxa_throw", 0x10),
+    ("./a+b/prog:main", Some("./a+b/prog"), "main", 0),
+    ("operator+", None, "operator+", 0),
+    ("./app:ns::operator+", Some("./app"), "ns::operator+", 0),
+    ("ns::operator++", None, "ns::operator++", 0),
+    ("ns::operator+=", None, "ns::operator+=", 0),
+    ("operator++4", None, "operator+", 4),
+    ("operator+++0x8", None, "operator++", 8),
+    ("libc:open+12", Some("libc"), "open", 12),
+    ("0x2f40+4", None, "0x2f40", 4),
+];
+
+#[test]
+fn a_plus_in_a_name_is_part_of_it() {
+    for &(text, binary, function, offset) in NAMES_WITH_PLUS {
+        let p = parse_probe(text).unwrap_or_else(|e| panic!("`{text}`: {e}"));
+        let want = Target::User { binary: binary.map(Into::into), function: function.into(), offset };
+        assert_eq!(p.target, want, "`{text}`");
+        assert_eq!(parse_target(text).unwrap(), want, "`{text}` alone");
+    }
+    let p = parse_probe("operator+%return").unwrap();
+    assert_eq!(
+        (p.target, p.kind),
+        (Target::User { binary: None, function: "operator+".into(), offset: 0 }, ProbeKind::Return)
+    );
+    assert_eq!(parse_probe("kernel:f+0x20").unwrap().target, Target::Kernel { function: "f".into(), offset: 0x20 });
+}
+
 /// (spec, kind, the fragment the error points at, a phrase the message must contain)
 const BAD: &[(&str, SpecErrorKind, &str, &str)] = &[
     ("", SpecErrorKind::Empty, "", "empty probe spec"),
