@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context as _, Result};
-use dprobe_arch::{analyze, describe, plan, Addr, ExecPlan, SlotEnding};
-use dprobe_spec::glob;
-use dprobe_sym::{read_maps_of, Function, Symbols};
+use dprobe_arch::{analyze, describe, plan, ExecPlan, SlotEnding};
+use dprobe_spec::{glob, parse_target, split_binary, split_offset};
+use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
 use crate::options::ListArgs;
 
@@ -16,21 +16,21 @@ pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
     if args.pid.is_some() && args.rest.len() > 1 {
         bail!("with -p PID, give at most a PATTERN (no FILE)");
     }
-    let (symbols, code) = match (&args.pid, args.file()) {
+    let (symbols, maps, code) = match (&args.pid, args.file()) {
         (Some(pid), _) => {
             let maps = read_maps_of(*pid as u32).with_context(|| format!("cannot read the maps of process {pid}"))?;
             let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
                 .with_context(|| format!("cannot read the memory of process {pid}"))?;
-            (Symbols::load(&maps), Code::Process(mem))
+            (Symbols::load(&maps), maps, Code::Process(mem))
         }
         (None, Some(file)) => {
             let symbols = Symbols::load_file(file).with_context(|| format!("cannot read `{file}`"))?;
-            (symbols, Code::File(std::fs::File::open(file)?))
+            (symbols, Vec::new(), Code::File(std::fs::File::open(file)?))
         }
         (None, None) => bail!("give `-p PID` or a FILE"),
     };
     match args.pattern() {
-        Some(p) if p.starts_with("0x") || p.contains('+') => check(&symbols, &code, p, out),
+        Some(p) if names_one_place(p) => check(&symbols, &maps, &code, p, out),
         pattern => {
             let names: BTreeSet<String> = symbols
                 .functions()
@@ -80,29 +80,20 @@ impl Code {
     }
 }
 
-/// Say whether `[OBJECT:]FUNCTION+OFFSET` or `0xADDRESS` can be probed.
-fn check(symbols: &Symbols, code: &Code, place: &str, out: &mut dyn std::io::Write) -> Result<i32> {
-    let (name, offset) = match place.rsplit_once('+') {
-        Some((n, o)) => (n, parse_number(o).with_context(|| format!("`{o}` in `{place}` is not an offset"))?),
-        None => (place, 0),
-    };
-    let (f, addr) = match parse_number(name) {
-        Some(a) => {
-            let addr = Addr(a + offset);
-            let f = symbols.containing(addr).with_context(|| format!("no function contains {addr}"))?;
-            (f, addr)
-        }
-        None => {
-            let f = symbols.find(name).with_context(|| format!("no function `{name}`"))?;
-            if offset >= f.size {
-                bail!("offset {offset:#x} is past the end of `{name}` ({} bytes)", f.size);
-            }
-            (f, f.start.offset(offset))
-        }
-    };
+/// Whether a pattern names one place (`FUNCTION+OFFSET`, `0xADDRESS`) rather than functions.
+fn names_one_place(pattern: &str) -> bool {
+    let (_, rest) = split_binary(pattern);
+    rest.starts_with("0x") || !matches!(split_offset(rest), Ok((_, None)))
+}
+
+/// Say whether `[OBJECT:]FUNCTION+OFFSET` or `[OBJECT:]0xADDRESS` can be probed.
+fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mut dyn std::io::Write) -> Result<i32> {
+    let wanted = parse_target(place).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let target = symbols.resolve(maps, &wanted)?;
+    let (f, addr) = (&target.function, target.addr);
     let bytes = code.read(f).with_context(|| format!("cannot read the code of `{}`", f.name))?;
-    let at = (addr.0 - f.start.0) as usize;
-    let here = format!("{addr} ({}:{}+{:#x})", f.object_file_name(), shown_name(f), addr.0 - f.start.0);
+    let at = target.offset as usize;
+    let here = format!("{addr} ({}:{}+{:#x})", f.object_file_name(), shown_name(f), target.offset);
     match analyze(&bytes, f.start, addr) {
         Ok(insn) => {
             let how = match plan(&insn, false) {
@@ -117,12 +108,5 @@ fn check(symbols: &Symbols, code: &Code, place: &str, out: &mut dyn std::io::Wri
             writeln!(out, "{here}: cannot be probed: {e}")?;
             Ok(1)
         }
-    }
-}
-
-fn parse_number(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbeSpec, Target};
+use dprobe_sym::ObjectName;
 
 use crate::options::TraceArgs;
 use crate::output::ProbeInfo;
@@ -30,7 +31,15 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     for text in &args.probes {
         let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (label, is_function_entry) = match &spec.target {
-            Target::User { function, offset, .. } | Target::Kernel { function, offset } => {
+            Target::User { binary, function, offset } => {
+                if let Some(b) = binary {
+                    // A path that names no file is a typo, not a library to wait for.
+                    ObjectName::new(b).map_err(|e| anyhow::anyhow!("`{text}`: {e}"))?;
+                }
+                let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
+                (label, *offset == 0)
+            }
+            Target::Kernel { function, offset } => {
                 let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
                 (label, *offset == 0)
             }

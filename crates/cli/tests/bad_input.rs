@@ -29,6 +29,7 @@ fn each_bad_input_gets_its_specific_message() {
         (&["no_such_fn", "--", t], "`no_such_fn`: symbol `no_such_fn` not found"),
         (&["probed+4096", "--", t], "offset 0x1000 is past the end of `probed`"),
         (&["probed+1", "--", t], "is not on an instruction boundary"),
+        (&["./no/such/program:main", "--", t], "`./no/such/program`: no such file"),
         (&["--filter", "nosuch == 1", "probed x=$arg1", "--", t], "bad filter: the filter names `nosuch`"),
         (&["--filter", "x == ", "probed x=$arg1", "--", t], "bad filter:"),
         (&["--duration", "abc", "probed", "--", t], "`abc` is not a duration"),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{hits, out_file, plugin, target, trace};
+use common::{hits, operators, out_file, plugin, target, trace};
 
 #[test]
 fn every_open_that_cat_makes_with_path_and_flags() {
@@ -71,6 +71,19 @@ fn eight_threads_counted_exactly() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!((hits(&out, "probed"), hits(&out, "probed_push")), (160_000, 160_000), "{out}");
     assert!(!out.contains("process '"), "--count prints no events");
+}
+
+#[test]
+fn a_cpp_operator_plus_by_name_by_path_and_by_address() {
+    let prog = operators();
+    let f = dprobe_sym::Symbols::load_file(prog).unwrap().find("operator+").unwrap().clone();
+    let by_path = format!("{prog}:operator+%return");
+    let by_address = format!("operators:{:#x}", f.start.0);
+    let (code, out) = trace("operator-plus", &["--count", "operator+", &by_path, &by_address, "--", prog, "1000"]);
+    assert_eq!(code, Some(0), "the program added correctly\n{out}");
+    assert_eq!(hits(&out, "operator+"), 1000, "{out}");
+    assert_eq!(hits(&out, &by_path), 1000, "{out}");
+    assert_eq!(hits(&out, &by_address), 1000, "{out}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Typed errors of probe registration, shared by the engines.
 
 use dprobe_arch::{Addr, AnalyzeError, PrepareError};
+use dprobe_sym::ResolveError;
 
 /// Why a probe could not be registered (or unregistered). Nothing was patched when one of
 /// these is returned.
@@ -22,6 +23,10 @@ pub enum ProbeError {
         /// The function's size.
         size: u64,
     },
+    /// The target does not name code that can be found: its text does not parse, its
+    /// binary does not exist or is not loaded, or it is not in user space.
+    #[error(transparent)]
+    Target(ResolveError),
     /// The address is not executable code of a loaded object.
     #[error("{addr} is not probe-able code: {reason}")]
     InvalidAddress {
@@ -98,4 +103,33 @@ pub enum ProbeError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl ProbeError {
+    /// Whether the target may appear later: its library, or the library that defines it,
+    /// is not loaded yet.
+    pub fn may_load_later(&self) -> bool {
+        match self {
+            ProbeError::SymbolNotFound { .. } => true,
+            ProbeError::Target(e) => e.may_load_later(),
+            _ => false,
+        }
+    }
+}
+
+impl From<ResolveError> for ProbeError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::SymbolNotFound { symbol } => ProbeError::SymbolNotFound { symbol },
+            ResolveError::OffsetOutOfFunction { symbol, offset, size } => {
+                ProbeError::OffsetOutOfFunction { symbol, offset, size }
+            }
+            ResolveError::NotMapped { addr }
+            | ResolveError::NotCode { addr, .. }
+            | ResolveError::NoFunction { addr } => {
+                ProbeError::InvalidAddress { addr, reason: e.why_not_code().unwrap_or_default() }
+            }
+            other => ProbeError::Target(other),
+        }
+    }
 }

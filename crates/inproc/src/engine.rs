@@ -33,7 +33,7 @@ use dprobe_rcu::Rcu;
 
 use crate::slots::SlotPool;
 use crate::{guard, signals, sys, trap};
-use dprobe_sym::{read_maps, Function, Mapping, Symbols};
+use dprobe_sym::{read_maps, Mapping, ResolveError, Symbols, Target};
 
 /// How the engine executes the displaced instruction of a site (the arch data of a
 /// [`Site`]).
@@ -144,7 +144,7 @@ impl Engine {
         let maps = maps()?;
         let mut st = self.lock();
         let (addr, _) = locate(&mut st, &maps, target)?;
-        let f = function_containing(&mut st, &maps, addr).expect("locate found a function");
+        let f = resolve(&mut st, &maps, &ProbeTarget::Addr(addr))?.function;
         let endbr = [0xf3, 0x0f, 0x1e, 0xfa];
         let mut first = [0u8; 4];
         let starts_with_endbr = sys::read_memory(f.start, &mut first).is_ok() && first == endbr;
@@ -410,34 +410,15 @@ fn patch(addr: Addr, old: u8, new: u8) -> Result<(), ProbeError> {
 
 /// Find the address of a target and analyze its instruction.
 fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Addr, Insn), ProbeError> {
-    let addr = match target {
-        ProbeTarget::Addr(a) => *a,
-        ProbeTarget::Symbol { name, offset } => {
-            let f = function_named(st, maps, name)?;
-            if *offset >= f.size {
-                return Err(ProbeError::OffsetOutOfFunction { symbol: name.clone(), offset: *offset, size: f.size });
-            }
-            f.start.offset(*offset)
-        }
-    };
-    let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
-    let mapping = maps.iter().find(|m| m.contains(addr)).ok_or_else(|| invalid("nothing is mapped there".into()))?;
-    if !mapping.exec {
-        let what = mapping.path.as_deref().unwrap_or("anonymous memory");
-        return Err(invalid(format!("it is data, not code (a {} mapping of {what})", mapping.perms())));
+    if let ProbeTarget::Addr(addr) = target {
+        refuse_own_code(st, *addr)?;
     }
-    if st.pool.owns(addr) {
-        return Err(ProbeError::Blacklisted { addr, region: "dprobe's out-of-line slots".into() });
-    }
-    if guard::guard_code_contains(addr.0) {
-        return Err(ProbeError::Blacklisted { addr, region: "dprobe's handler fault guard".into() });
-    }
-    let f = function_containing(st, maps, addr).ok_or_else(|| {
-        invalid("no function symbol covers it, so dprobe cannot check that it is on an instruction boundary".into())
-    })?;
+    let Target { addr, function: f, .. } = resolve(st, maps, target)?;
+    refuse_own_code(st, addr)?;
     if let Some(region) = hit_path_region(&f.name) {
         return Err(ProbeError::Blacklisted { addr, region });
     }
+    let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
     let mut code = vec![0u8; f.size as usize];
     sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
     // Analyze the original bytes, never an armed probe's int3.
@@ -453,23 +434,38 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Add
     Ok((addr, insn))
 }
 
-fn function_named(st: &mut State, maps: &[Mapping], name: &str) -> Result<Function, ProbeError> {
-    if let Some(f) = st.symbols.get_or_insert_with(|| Symbols::load(maps)).find(name) {
-        return Ok(f.clone());
+/// dprobe's slots and fault guard are never probed.
+fn refuse_own_code(st: &State, addr: Addr) -> Result<(), ProbeError> {
+    if st.pool.owns(addr) {
+        return Err(ProbeError::Blacklisted { addr, region: "dprobe's out-of-line slots".into() });
     }
-    // A library may have been loaded since the symbols were read.
-    st.symbols
-        .insert(Symbols::load(maps))
-        .find(name)
-        .cloned()
-        .ok_or_else(|| ProbeError::SymbolNotFound { symbol: name.to_owned() })
+    if guard::guard_code_contains(addr.0) {
+        return Err(ProbeError::Blacklisted { addr, region: "dprobe's handler fault guard".into() });
+    }
+    Ok(())
 }
 
-fn function_containing(st: &mut State, maps: &[Mapping], addr: Addr) -> Option<Function> {
-    if let Some(f) = st.symbols.get_or_insert_with(|| Symbols::load(maps)).containing(addr) {
-        return Some(f.clone());
+/// Resolve `target` with the symbols read before, or read again when they do not have it
+/// (a library may have been loaded since).
+fn resolve(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Target, ProbeError> {
+    let attempt = |symbols: &Symbols| -> Result<Target, ResolveError> {
+        match target {
+            ProbeTarget::Addr(addr) => symbols.resolve_addr(maps, *addr),
+            ProbeTarget::Symbol { name, offset } => {
+                let mut wanted = dprobe_spec::parse_target(name)?;
+                if let dprobe_spec::Target::User { offset: o, .. } = &mut wanted {
+                    *o += offset;
+                }
+                symbols.resolve(maps, &wanted)
+            }
+        }
+    };
+    match attempt(st.symbols.get_or_insert_with(|| Symbols::load(maps))) {
+        Err(e) if e.may_load_later() || matches!(e, ResolveError::NoFunction { .. }) => {
+            Ok(attempt(st.symbols.insert(Symbols::load(maps)))?)
+        }
+        result => Ok(result?),
     }
-    st.symbols.insert(Symbols::load(maps)).containing(addr).cloned()
 }
 
 /// Whether a function belongs to dprobe's hit path (kprobe rule 2): dprobe's own crates, its

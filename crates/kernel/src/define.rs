@@ -2,9 +2,9 @@
 //! with the parts the kernel does not take translated (`$argN` becomes the register or stack
 //! slot of the x86-64 calling convention; a user function becomes `PATH:FILE_OFFSET`).
 
-use dprobe_arch::{analyze, Addr};
+use dprobe_arch::analyze;
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Target};
-use dprobe_sym::Symbols;
+use dprobe_sym::{ObjectName, ResolveError, Symbols};
 
 use crate::error::KernelError;
 
@@ -121,52 +121,45 @@ fn fetch(f: &Fetch, is_return: bool, name: &str) -> Result<String, KernelError> 
     })
 }
 
-/// The file and file offset of `[BINARY:]FUNCTION+OFFSET`, checked to be on an instruction
-/// boundary. BINARY is a path, or a library name (`libc`) found among the libraries dprobe
-/// itself has loaded or in the usual library directories.
+/// The file and file offset of `[BINARY:]FUNCTION+OFFSET` (or `BINARY:0xADDR`), checked to be
+/// on an instruction boundary. BINARY is a path, or a library name (`libc`) found among the
+/// libraries dprobe itself has loaded or in the usual library directories.
 fn user_place(binary: Option<&str>, function: &str, offset: u64) -> Result<(String, u64, String), KernelError> {
     let binary = binary.ok_or_else(|| KernelError::Unsupported {
         what: format!("`{function}` without a binary"),
         why: "a system-wide probe needs BINARY:FUNCTION (a path, or a library such as libc)".into(),
     })?;
-    let path = find_object(binary).ok_or_else(|| KernelError::NotFound {
-        what: format!("`{binary}`"),
-        why: "no such file, and no library of that name is loaded or in the library directories".into(),
+    let not_found = |why: String| KernelError::NotFound { what: format!("`{binary}`"), why };
+    let object = ObjectName::new(binary).map_err(|e| not_found(e.to_string()))?;
+    let path = object.find_file().ok_or_else(|| {
+        not_found("no such file, and no library of that name is loaded or in the library directories".into())
     })?;
     let symbols = Symbols::load_file(&path).map_err(|e| KernelError::NotFound {
         what: format!("`{path}`"),
         why: format!("cannot read its symbols: {e}"),
     })?;
-    let (f, addr) = match function.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()) {
-        Some(a) => {
-            let addr = Addr(a + offset);
-            let f = symbols.containing(addr).ok_or_else(|| KernelError::NotFound {
-                what: format!("{addr} in `{path}`"),
-                why: "no function symbol covers it".into(),
-            })?;
-            (f, addr)
+    let target = symbols.resolve_name(&[], None, function, offset).map_err(|e| match e {
+        ResolveError::SymbolNotFound { .. } => {
+            KernelError::NotFound { what: format!("`{function}`"), why: format!("no such function in `{path}`") }
         }
-        None => {
-            let f = symbols.find(function).ok_or_else(|| KernelError::NotFound {
-                what: format!("`{function}`"),
-                why: format!("no such function in `{path}`"),
-            })?;
-            if offset >= f.size {
-                return Err(KernelError::NotFound {
-                    what: format!("`{function}+{offset}`"),
-                    why: format!("past the end of the function ({} bytes)", f.size),
-                });
-            }
-            (f, f.start.offset(offset))
+        ResolveError::OffsetOutOfFunction { size, .. } => KernelError::NotFound {
+            what: format!("`{function}+{offset}`"),
+            why: format!("past the end of the function ({size} bytes)"),
+        },
+        ResolveError::NoFunction { addr } => {
+            KernelError::NotFound { what: format!("{addr} in `{path}`"), why: "no function symbol covers it".into() }
         }
-    };
+        other => KernelError::NotFound { what: format!("`{function}` in `{path}`"), why: other.to_string() },
+    })?;
+    let f = &target.function;
+    let path = target.object().to_owned();
     let code = read_at(&path, f.file_offset, f.size as usize)?;
-    analyze(&code, f.start, addr).map_err(|e| KernelError::Unsupported {
-        what: format!("`{}+{:#x}` in `{path}`", f.name, addr.0 - f.start.0),
+    analyze(&code, f.start, target.addr).map_err(|e| KernelError::Unsupported {
+        what: format!("`{}+{:#x}` in `{path}`", f.name, target.offset),
         why: e.to_string(),
     })?;
-    let file_offset = f.file_offset_of(addr).expect("inside the function");
-    Ok((path.clone(), file_offset, format!("{path}:{}+{:#x}", f.name, addr.0 - f.start.0)))
+    let shown = format!("{path}:{}+{:#x}", f.name, target.offset);
+    Ok((path, target.file_offset, shown))
 }
 
 fn read_at(path: &str, offset: u64, len: usize) -> Result<Vec<u8>, KernelError> {
@@ -176,37 +169,6 @@ fn read_at(path: &str, offset: u64, len: usize) -> Result<Vec<u8>, KernelError> 
         .and_then(|f| f.read_exact_at(&mut buf, offset))
         .map_err(|e| KernelError::NotFound { what: format!("`{path}`"), why: e.to_string() })?;
     Ok(buf)
-}
-
-/// A path as is; a library name through dprobe's own maps (it is linked with libc), then the
-/// usual directories.
-pub fn find_object(name: &str) -> Option<String> {
-    if name.contains('/') {
-        return std::fs::canonicalize(name).ok().map(|p| p.to_string_lossy().into_owned());
-    }
-    let matches = |file: &str| {
-        file == name
-            || file.starts_with(&format!("{name}.so"))
-            || file.starts_with(&format!("lib{name}.so"))
-            || file.starts_with(&format!("{name}-"))
-    };
-    if let Ok(maps) = dprobe_sym::read_maps() {
-        if let Some(p) =
-            maps.iter().filter_map(|m| m.path.as_deref()).find(|p| matches(p.rsplit('/').next().unwrap_or(p)))
-        {
-            return Some(p.to_owned());
-        }
-    }
-    for dir in ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"] {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let mut found: Vec<String> =
-            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|f| matches(f)).collect();
-        found.sort();
-        if let Some(f) = found.first() {
-            return std::fs::canonicalize(format!("{dir}/{f}")).ok().map(|p| p.to_string_lossy().into_owned());
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -256,5 +218,36 @@ mod tests {
         assert!(e.contains("no such function"), "{e}");
         let e = def("libc:open+1000000").unwrap_err().to_string();
         assert!(e.contains("past the end"), "{e}");
+        let e = def("./no/such/program:main").unwrap_err().to_string();
+        assert!(e.contains("`./no/such/program`") && e.contains("no such file"), "{e}");
+    }
+
+    /// The C++ program whose `operator+` the other engines' tests probe.
+    fn operators() -> String {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../ptrace/tests/fixtures/operators.cpp");
+        let path = dprobe_test_fixtures::c_program(src, "operators", &["-O2"]);
+        std::fs::canonicalize(path).unwrap().to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_cpp_operator_plus_becomes_its_file_offset() {
+        let prog = operators();
+        let f = Symbols::load_file(&prog).unwrap().find("operator+").unwrap().clone();
+        let d = def(&format!("{prog}:operator+ a=$arg1")).unwrap();
+        assert_eq!(d.body, format!("{prog}:{:#x} a=%di:x64", f.file_offset));
+        let d = def(&format!("{prog}:operator+%return")).unwrap();
+        assert_eq!((d.body, d.is_return), (format!("{prog}:{:#x}", f.file_offset), true));
+        // The same place by its address in the binary.
+        let d = def(&format!("{prog}:{:#x}", f.start.0)).unwrap();
+        assert_eq!(d.body, format!("{prog}:{:#x}", f.file_offset));
+    }
+
+    #[test]
+    fn a_library_with_a_plus_in_its_name() {
+        let d = def("libstdc++:__cxa_throw").unwrap();
+        let (place, offset) = d.body.rsplit_once(':').unwrap();
+        assert!(place.rsplit('/').next().unwrap().starts_with("libstdc++.so"), "{place}");
+        let f = Symbols::load_file(place).unwrap().find("__cxa_throw").unwrap().clone();
+        assert_eq!(offset, format!("{:#x}", f.file_offset));
     }
 }

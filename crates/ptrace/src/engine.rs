@@ -14,6 +14,7 @@ use dprobe_core::{
     Ending, Engine, Exit, Placed, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, Stats, ThreadNames,
 };
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Target};
+use dprobe_sym::ResolveError;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -161,11 +162,10 @@ impl Memory for CodeReader<'_> {
     }
 }
 
-/// How the ptrace engine names a user-space target: `[OBJECT:]FUNCTION+OFFSET`.
-fn target_text(spec: &dprobe_spec::ProbeSpec) -> Result<(String, Option<&str>), TraceError> {
+/// The ptrace engine places user-space targets only.
+fn user_target(spec: &dprobe_spec::ProbeSpec) -> Result<&Target, TraceError> {
     match &spec.target {
-        Target::User { binary: Some(b), function, offset } => Ok((format!("{b}:{function}+{offset}"), Some(b))),
-        Target::User { binary: None, function, offset } => Ok((format!("{function}+{offset}"), None)),
+        t @ Target::User { .. } => Ok(t),
         _ => Err(TraceError::Probe(ProbeError::InvalidAddress {
             addr: Addr(0),
             reason: "kernel functions and tracepoints need the kernel engine, not ptrace".into(),
@@ -189,21 +189,12 @@ fn returns_without_stop(args: &[NamedArg]) -> bool {
     })
 }
 
-/// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is loaded.
-fn object_loaded(pid: i32, name: &str) -> bool {
-    let Ok(maps) = dprobe_sym::read_maps_of(pid as u32) else { return true };
-    maps.iter().filter_map(|m| m.path.as_deref()).any(|path| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        path == name || file == name || file.starts_with(&format!("{name}.so")) || file.starts_with(&format!("{name}-"))
-    })
-}
-
 impl Engine for PtraceEngine {
     type Error = TraceError;
 
     /// Place a probe; one on a library that is not loaded yet waits for it.
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, TraceError> {
-        let (target, object) = target_text(probe.spec)?;
+        let target = user_target(probe.spec)?;
         let mut placed = Placed::default();
         let needs_errno = probe.plan.args().iter().any(|a| a.fetch == Fetch::Errno);
         if needs_errno && self.errno_offset.is_none() {
@@ -219,9 +210,9 @@ impl Engine for PtraceEngine {
             let handler = engine.handler(index, probe.plan, errno_offset);
             // A timed entry is seen at its return, paired by the engine's own return watch.
             let def = if probe.spec.kind == ProbeKind::Return || probe.timed {
-                ProbeDef::on_return(&target, handler)
+                ProbeDef::on_return(target.clone(), handler)
             } else {
-                ProbeDef::entry(&target, handler)
+                ProbeDef::entry(target.clone(), handler)
             };
             let def = def.maxactive(probe.maxactive.unwrap_or(0));
             if returns_without_stop(probe.plan.args()) {
@@ -231,10 +222,7 @@ impl Engine for PtraceEngine {
             }
         };
         let added = match self.tracee.add(make(self)) {
-            Err(TraceError::Probe(ProbeError::SymbolNotFound { .. }))
-                if object.is_some_and(|o| !object_loaded(self.tracee.pid(), o)) =>
-            {
-                let object = object.unwrap_or_default();
+            Err(TraceError::Probe(ProbeError::Target(ResolveError::ObjectNotLoaded { object }))) => {
                 placed.note =
                     Some(format!("`{object}` is not loaded yet; the probe will be placed when the program loads it"));
                 self.tracee.add(make(self).when_loaded())

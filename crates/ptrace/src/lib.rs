@@ -41,7 +41,7 @@ mod xol;
 
 pub use engine::PtraceEngine;
 pub use error::{Exit, Stopped, TraceError};
-pub use probes::{Handler, Hit, HitKind, ProbeDef};
+pub use probes::{Handler, Hit, HitKind, IntoTarget, ProbeDef};
 pub use tracee::Tracee;
 
 #[cfg(test)]

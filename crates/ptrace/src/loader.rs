@@ -50,13 +50,13 @@ impl Tracee {
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
         for id in waiting {
-            let (target, is_return) = {
+            let (resolved, is_return) = {
                 let p = &self.probes[&id];
-                (p.def.target.clone(), p.def.on_return.is_some())
+                (p.def.target().and_then(|t| resolve(&symbols, &maps, t)), p.def.on_return.is_some())
             };
-            let placed = match resolve(&symbols, &maps, &target) {
+            let placed = match resolved {
                 Ok(at) => self.place_at(tid, id, at, is_return, &maps).map(Some),
-                Err(dprobe_core::ProbeError::SymbolNotFound { .. }) => Ok(None),
+                Err(e) if e.may_load_later() => Ok(None),
                 Err(e) => Err(e.into()),
             };
             let p = self.probes.get_mut(&id).expect("waiting probe");

@@ -7,7 +7,8 @@ use std::time::Duration;
 use dprobe_arch::{analyze, plan, Addr, ExecClass, ExecPlan, Insn, Memory, Regs, SlotCode, INT3};
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
-use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
+use dprobe_spec::SpecError;
+use dprobe_sym::{read_maps_of, Function, Mapping, ResolveError, Symbols, Target};
 
 use crate::error::TraceError;
 use crate::tracee::Tracee;
@@ -48,9 +49,36 @@ pub enum HitKind<'a> {
 /// A handler, run in the tracer while the thread is stopped.
 pub type Handler = Box<dyn FnMut(&mut Hit<'_>)>;
 
+/// What a [`ProbeDef`] is placed on: a target of the spec language
+/// (`[OBJECT:]FUNCTION[+OFFSET]`, `OBJECT:0xADDR`, or a `0x` address in the process), parsed
+/// or as text.
+pub trait IntoTarget {
+    /// The parsed target.
+    fn into_target(self) -> Result<dprobe_spec::Target, SpecError>;
+}
+
+impl IntoTarget for dprobe_spec::Target {
+    fn into_target(self) -> Result<dprobe_spec::Target, SpecError> {
+        Ok(self)
+    }
+}
+
+impl IntoTarget for &str {
+    fn into_target(self) -> Result<dprobe_spec::Target, SpecError> {
+        dprobe_spec::parse_target(self)
+    }
+}
+
+impl IntoTarget for &String {
+    fn into_target(self) -> Result<dprobe_spec::Target, SpecError> {
+        dprobe_spec::parse_target(self)
+    }
+}
+
 /// A probe to place: where, and what to run at entry and at return.
 pub struct ProbeDef {
-    pub(crate) target: String,
+    /// Where; a target whose text does not parse is refused when the probe is added.
+    pub(crate) target: Result<dprobe_spec::Target, SpecError>,
     pub(crate) on_entry: Option<Handler>,
     pub(crate) on_return: Option<Handler>,
     pub(crate) maxactive: usize,
@@ -61,9 +89,9 @@ pub struct ProbeDef {
 impl ProbeDef {
     /// A probe on `[OBJECT:]FUNCTION[+OFFSET]` (or a `0x` address) running `handler` before
     /// the instruction there.
-    pub fn entry(target: &str, handler: Handler) -> ProbeDef {
+    pub fn entry(target: impl IntoTarget, handler: Handler) -> ProbeDef {
         ProbeDef {
-            target: target.into(),
+            target: target.into_target(),
             on_entry: Some(handler),
             on_return: None,
             maxactive: 0,
@@ -73,9 +101,9 @@ impl ProbeDef {
     }
 
     /// A return probe on function `[OBJECT:]FUNCTION` running `handler` as it returns.
-    pub fn on_return(target: &str, handler: Handler) -> ProbeDef {
+    pub fn on_return(target: impl IntoTarget, handler: Handler) -> ProbeDef {
         ProbeDef {
-            target: target.into(),
+            target: target.into_target(),
             on_entry: None,
             on_return: Some(handler),
             maxactive: 0,
@@ -106,6 +134,11 @@ impl ProbeDef {
     pub fn no_return_stop(mut self) -> ProbeDef {
         self.no_return_stop = true;
         self
+    }
+
+    /// The target, parsed.
+    pub(crate) fn target(&self) -> Result<&dprobe_spec::Target, ProbeError> {
+        self.target.as_ref().map_err(|e| ResolveError::from(e.clone()).into())
     }
 
     /// If the target's library is not loaded yet, place the probe when the program loads it
@@ -151,46 +184,15 @@ pub(crate) struct Site {
     pub loader_hook: bool,
 }
 
-/// Where a target resolves, and the function around it.
-pub(crate) struct Resolved {
-    pub addr: Addr,
-    pub function: Option<Function>,
-}
-
-/// Resolve `[OBJECT:]FUNCTION[+OFFSET]` or `0xADDR[+OFFSET]`.
-pub(crate) fn resolve(symbols: &Symbols, maps: &[Mapping], target: &str) -> Result<Resolved, ProbeError> {
-    let (name, offset) = match target.rsplit_once('+') {
-        Some((n, off)) => (
-            n,
-            parse_number(off).ok_or_else(|| ProbeError::InvalidAddress {
-                addr: Addr(0),
-                reason: format!("`{off}` in `{target}` is not an offset"),
-            })?,
-        ),
-        None => (target, 0),
-    };
-    let (addr, function) = match parse_number(name) {
-        Some(a) => (Addr(a + offset), symbols.containing(Addr(a + offset)).cloned()),
-        None => {
-            let f = symbols.find(name).ok_or_else(|| ProbeError::SymbolNotFound { symbol: name.to_owned() })?;
-            if offset >= f.size {
-                return Err(ProbeError::OffsetOutOfFunction { symbol: name.to_owned(), offset, size: f.size });
-            }
-            (f.start.offset(offset), Some(f.clone()))
-        }
-    };
-    let invalid = |reason: &str| ProbeError::InvalidAddress { addr, reason: reason.to_owned() };
-    let mapping = maps.iter().find(|m| m.contains(addr)).ok_or_else(|| invalid("nothing is mapped there"))?;
-    if !mapping.exec {
-        return Err(invalid("it is data, not code"));
-    }
-    Ok(Resolved { addr, function })
+/// Resolve a probe's target in the tracee, through the one resolver.
+pub(crate) fn resolve(symbols: &Symbols, maps: &[Mapping], target: &dprobe_spec::Target) -> Result<Target, ProbeError> {
+    Ok(symbols.resolve(maps, target)?)
 }
 
 impl Tracee {
     /// Place a probe on `[OBJECT:]FUNCTION[+OFFSET]` (or a `0x` address) that runs `handler`.
     /// The tracee must be stopped (after `spawn`, `attach`, `run_to_entry`).
-    pub fn add_probe(&mut self, target: &str, handler: Handler) -> Result<ProbeId, TraceError> {
+    pub fn add_probe(&mut self, target: impl IntoTarget, handler: Handler) -> Result<ProbeId, TraceError> {
         self.add(ProbeDef::entry(target, handler))
     }
 
@@ -206,9 +208,7 @@ impl Tracee {
                 self.probes.insert(id, Probe { def, pool, stats });
                 Ok(id)
             }
-            Err(TraceError::Probe(ProbeError::SymbolNotFound { .. }))
-                if def.when_loaded && self.watch_loads(tid)? =>
-            {
+            Err(TraceError::Probe(e)) if e.may_load_later() && def.when_loaded && self.watch_loads(tid)? => {
                 self.probes.insert(id, Probe { def, pool, stats: ProbeStats::default() });
                 Ok(id)
             }
@@ -220,7 +220,7 @@ impl Tracee {
     pub(crate) fn place(&mut self, tid: i32, id: ProbeId, def: &ProbeDef) -> Result<Addr, TraceError> {
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
-        let at = resolve(&symbols, &maps, &def.target)?;
+        let at = resolve(&symbols, &maps, def.target()?)?;
         self.place_at(tid, id, at, def.on_return.is_some(), &maps)
     }
 
@@ -230,15 +230,11 @@ impl Tracee {
         &mut self,
         tid: i32,
         id: ProbeId,
-        at: Resolved,
+        at: Target,
         is_return: bool,
         maps: &[Mapping],
     ) -> Result<Addr, TraceError> {
-        let addr = at.addr;
-        let f = at.function.ok_or_else(|| ProbeError::InvalidAddress {
-            addr,
-            reason: "no function symbol covers it, so its instruction boundaries cannot be checked".into(),
-        })?;
+        let (addr, f) = (at.addr, at.function);
         if is_return && f.start != addr {
             return Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start }.into());
         }
@@ -313,15 +309,9 @@ impl Tracee {
     }
 
     /// Where a probe target resolves in the tracee.
-    pub fn resolve(&self, target: &str) -> Result<Addr, TraceError> {
+    pub fn resolve(&self, target: impl IntoTarget) -> Result<Addr, TraceError> {
+        let target = target.into_target().map_err(|e| ProbeError::from(ResolveError::from(e)))?;
         let maps = read_maps_of(self.pid as u32)?;
-        Ok(resolve(&Symbols::load(&maps), &maps, target)?.addr)
-    }
-}
-
-pub(crate) fn parse_number(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
+        Ok(resolve(&Symbols::load(&maps), &maps, &target)?.addr)
     }
 }

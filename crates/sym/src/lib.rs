@@ -6,21 +6,33 @@
 //!   `.dynsym` (with the `object` crate), placed at their load addresses, with symbol versions
 //!   (`open@@GLIBC_2.2.5`) and demangled Rust and C++ names;
 //! * [`Function::file_offset`]: where an address is in its file, for the kernel's
-//!   `uprobe_events` (`PATH:OFFSET`).
+//!   `uprobe_events` (`PATH:OFFSET`);
+//! * [`Symbols::resolve`]: the one resolver, from a probe spec's target
+//!   (`[BINARY:]FUNCTION[+OFFSET]`, `BINARY:0xADDR`) or an address to a [`Target`]
+//!   (object, function and bounds, offset, run-time address, file offset), used by every
+//!   engine and by `dprobe list`; [`ObjectName`]: the one rule for what `BINARY` names.
 //!
 //! ```no_run
 //! use dprobe_sym::{read_maps, Symbols};
-//! let symbols = Symbols::load(&read_maps()?);
+//! let maps = read_maps()?;
+//! let symbols = Symbols::load(&maps);
 //! let getpid = symbols.find("libc:getpid").expect("libc is loaded");
 //! println!("{} at {} in {} ({} bytes)", getpid.name, getpid.start, getpid.object, getpid.size);
+//! let target = dprobe_spec::parse_target("libc:getpid+1").expect("a target");
+//! let at = symbols.resolve(&maps, &target).expect("resolves");
+//! println!("{} at {}, file offset {:#x}", at.label(), at.addr, at.file_offset);
 //! # Ok::<(), std::io::Error>(())
 //! ```
 #![forbid(unsafe_code)]
 
 mod demangle;
 mod maps;
+mod object_name;
+mod resolve;
 mod symbols;
 
 pub use demangle::demangle;
 pub use maps::{free_pages_near, parse_maps, read_maps, read_maps_of, Mapping};
+pub use object_name::{library_name_matches, ObjectName};
+pub use resolve::{ResolveError, Target};
 pub use symbols::{Function, Symbols};

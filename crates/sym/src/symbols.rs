@@ -9,6 +9,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::demangle::{demangle, without_parameters};
 use crate::maps::Mapping;
+use crate::object_name::ObjectName;
 
 /// A function of a loaded object, at its run-time address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +64,10 @@ impl Function {
 pub struct Symbols {
     by_addr: Vec<Function>,
     by_name: HashMap<String, Vec<usize>>,
-    objects: Vec<Arc<str>>,
+    /// Each object's path and bias, in load order.
+    objects: Vec<(Arc<str>, u64)>,
+    /// Read from one file, at link-time addresses (no process maps it).
+    file: bool,
 }
 
 impl Symbols {
@@ -86,25 +90,27 @@ impl Symbols {
             let Ok(data) = std::fs::read(path) else { continue };
             if let Some(bias) = load_bias(maps, path, &data) {
                 read_functions(&object, &data, bias, &mut funcs);
-                objects.push(object);
+                objects.push((object, bias));
             }
         }
-        Symbols::index(funcs, objects)
+        Symbols::index(funcs, objects, false)
     }
 
     /// Read the symbols of one ELF file, at its link-time addresses (nothing is running it).
+    /// The object is named by its canonical path, as a process's maps would name it.
     pub fn load_file(path: &str) -> std::io::Result<Symbols> {
         let data = std::fs::read(path)?;
         if object::File::parse(&*data).is_err() {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ELF file"));
         }
-        let object: Arc<str> = Arc::from(path);
+        let canonical = std::fs::canonicalize(path)?;
+        let object: Arc<str> = Arc::from(canonical.to_string_lossy().as_ref());
         let mut funcs = Vec::new();
         read_functions(&object, &data, 0, &mut funcs);
-        Ok(Symbols::index(funcs, vec![object]))
+        Ok(Symbols::index(funcs, vec![(object, 0)], true))
     }
 
-    fn index(mut funcs: Vec<Function>, objects: Vec<Arc<str>>) -> Symbols {
+    fn index(mut funcs: Vec<Function>, objects: Vec<(Arc<str>, u64)>, file: bool) -> Symbols {
         // A symbol in both .symtab and .dynsym appears twice: keep the versioned copy.
         funcs.sort_by(|a, b| {
             a.start.cmp(&b.start).then(a.name.cmp(&b.name)).then(a.version.is_none().cmp(&b.version.is_none()))
@@ -121,7 +127,7 @@ impl Symbols {
                 }
             }
         }
-        Symbols { by_addr: funcs, by_name, objects }
+        Symbols { by_addr: funcs, by_name, objects, file }
     }
 
     /// Find a function by `[OBJECT:]NAME[@VERSION|@@VERSION]`. NAME is the symbol name or a
@@ -129,24 +135,25 @@ impl Symbols {
     /// stem (`libc` for `libc.so.6`) or a path. Without a version, the default version wins.
     /// The executable's definition wins over a library's, then libraries in load order.
     pub fn find(&self, spec: &str) -> Option<&Function> {
-        let (object, name) = split_object(spec);
+        let (object, name) = dprobe_spec::split_binary(spec);
+        match object {
+            Some(o) => self.find_in(Some(&ObjectName::new(o).ok()?), name),
+            None => self.find_in(None, name),
+        }
+    }
+
+    /// Find function `NAME[@VERSION|@@VERSION]` in `object` (any object when `None`), as
+    /// [`Symbols::find`] does.
+    pub fn find_in(&self, object: Option<&ObjectName>, name: &str) -> Option<&Function> {
         let (name, version) = match name.split_once('@') {
             Some((n, v)) => (n, Some(v.trim_start_matches('@'))),
             None => (name, None),
         };
         let candidates = self.by_name.get(name)?;
-        let matches_object = |f: &Function| {
-            object.is_none_or(|o| {
-                let file = f.object_file_name();
-                file == o
-                    || file.starts_with(&format!("{o}.so"))
-                    || file.starts_with(&format!("{o}-"))
-                    || *f.object == *o
-            })
-        };
+        let matches_object = |f: &Function| object.is_none_or(|o| o.matches(&f.object));
         let matches_version = |f: &Function| version.is_none_or(|v| f.version.as_deref() == Some(v));
         let rank = |f: &Function| {
-            let object_rank = self.objects.iter().position(|o| *o == f.object).unwrap_or(usize::MAX);
+            let object_rank = self.objects.iter().position(|(o, _)| *o == f.object).unwrap_or(usize::MAX);
             (object_rank, !f.default_version && f.version.is_some())
         };
         candidates
@@ -168,18 +175,18 @@ impl Symbols {
     }
 
     /// The objects whose symbols were read, in load order.
-    pub fn objects(&self) -> &[Arc<str>] {
-        &self.objects
+    pub fn objects(&self) -> Vec<Arc<str>> {
+        self.objects.iter().map(|(o, _)| o.clone()).collect()
     }
-}
 
-/// `OBJECT:NAME`, where the `:` is not part of a C++ `::`.
-fn split_object(spec: &str) -> (Option<&str>, &str) {
-    let b = spec.as_bytes();
-    let sep = (0..b.len()).find(|&i| b[i] == b':' && b.get(i + 1) != Some(&b':') && (i == 0 || b[i - 1] != b':'));
-    match sep {
-        Some(i) if i > 0 => (Some(&spec[..i]), &spec[i + 1..]),
-        _ => (None, spec),
+    /// Run-time minus link-time address of the first object `object` names.
+    pub(crate) fn bias_of(&self, object: &ObjectName) -> Option<u64> {
+        self.objects.iter().find(|(o, _)| object.matches(o)).map(|(_, bias)| *bias)
+    }
+
+    /// Whether these are the symbols of one file, at link-time addresses.
+    pub fn is_file(&self) -> bool {
+        self.file
     }
 }
 

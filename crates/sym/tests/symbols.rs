@@ -67,3 +67,48 @@ fn another_processs_functions_match_their_files_byte_for_byte() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn names_with_a_plus_resolve() {
+    // SAFETY: adds two numbers.
+    assert_eq!(unsafe { dprobe_test_fixtures::fxcpp_add_money(2, 3) }, 5);
+    let maps = read_maps().unwrap();
+    let s = Symbols::load(&maps);
+    let resolve = |text: &str| s.resolve(&maps, &dprobe_spec::parse_target(text).unwrap());
+    let op = resolve("operator+").expect("the C++ operator+");
+    assert_eq!(op.function.demangled.as_deref(), Some("operator+(FxMoney, FxMoney)"));
+    assert_eq!((op.offset, op.addr), (0, op.function.start));
+    assert_eq!(resolve("operator++1").unwrap().addr, op.addr.offset(1), "operator+ at 1");
+    let throw = resolve("libstdc++:__cxa_throw").expect("libstdc++'s __cxa_throw");
+    assert!(throw.function.object_file_name().starts_with("libstdc++.so"), "{}", throw.object());
+    let path = format!("{}:__cxa_throw+1", throw.object());
+    assert_eq!(resolve(&path).unwrap().addr, throw.addr.offset(1), "{path}");
+}
+
+#[test]
+fn an_address_in_a_binary_is_its_link_time_address() {
+    let maps = read_maps().unwrap();
+    let s = Symbols::load(&maps);
+    let getpid = s.find("libc:getpid").unwrap();
+    let link = getpid.start.0 - getpid.bias;
+    let t = s.resolve(&maps, &dprobe_spec::parse_target(&format!("libc:{link:#x}+1")).unwrap()).unwrap();
+    assert_eq!((t.addr, t.offset, &t.function.name), (getpid.start.offset(1), 1, &getpid.name));
+    assert_eq!(t.file_offset, getpid.file_offset + 1);
+    let run_time = s.resolve(&maps, &dprobe_spec::parse_target(&format!("{:#x}", getpid.start.0)).unwrap()).unwrap();
+    assert_eq!(run_time.addr, getpid.start, "without a binary, an address in the process");
+}
+
+#[test]
+fn what_does_not_resolve_says_why() {
+    let maps = read_maps().unwrap();
+    let s = Symbols::load(&maps);
+    let resolve = |text: &str| s.resolve(&maps, &dprobe_spec::parse_target(text).unwrap()).unwrap_err();
+    assert!(matches!(resolve("libnothing:f"), ResolveError::ObjectNotLoaded { object } if object == "libnothing"));
+    assert!(matches!(resolve("./no/such/prog:f"), ResolveError::NoSuchFile { path, .. } if path == "./no/such/prog"));
+    assert!(
+        matches!(resolve("libc:no_such_function"), ResolveError::SymbolNotFound { symbol } if symbol == "libc:no_such_function")
+    );
+    assert!(matches!(resolve("libc:getpid+100000"), ResolveError::OffsetOutOfFunction { offset: 100000, .. }));
+    assert!(matches!(resolve("0x10"), ResolveError::NotMapped { addr: Addr(0x10) }));
+    assert!(matches!(resolve("kernel:schedule"), ResolveError::NotUserCode { .. }));
+}

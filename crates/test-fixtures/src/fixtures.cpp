@@ -23,3 +23,17 @@ __attribute__((noinline)) long widget_area(long w, long h) {
 extern "C" long fxcpp_area(long w, long h) {
     return dprobe_fixtures::widget_area(w, h);
 }
+
+// A C++ operator, whose name has a `+` in it (`operator+(FxMoney, FxMoney)`).
+struct FxMoney {
+    long cents;
+};
+
+__attribute__((noinline)) FxMoney operator+(FxMoney a, FxMoney b) {
+    asm volatile("" ::: "memory");
+    return FxMoney{a.cents + b.cents};
+}
+
+extern "C" long fxcpp_add_money(long a, long b) {
+    return (FxMoney{a} + FxMoney{b}).cents;
+}

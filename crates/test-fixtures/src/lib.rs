@@ -15,6 +15,7 @@ extern "C" {
     pub fn fxcpp_thrower(x: i64) -> i64;
     pub fn fxcpp_catch(x: i64) -> i64;
     pub fn fxcpp_area(w: i64, h: i64) -> i64;
+    pub fn fxcpp_add_money(a: i64, b: i64) -> i64;
 }
 
 /// A fixture's address.

@@ -19,6 +19,11 @@ pub fn plugin() -> &'static str {
     )
 }
 
+/// A C++ program that adds with its own `operator+` (`operators N`).
+pub fn operators() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/operators.cpp"), "operators", &["-O2"])
+}
+
 /// The program the kernel engine's tests probe system-wide: `greet NAME N`.
 pub fn greet() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/greet.c");

@@ -11,6 +11,11 @@ pub fn target() -> &'static str {
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/target.c"), "target", &["-O2", "-pthread"])
 }
 
+/// A C++ program that adds with its own `operator+` (`operators N`).
+pub fn operators() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/operators.cpp"), "operators", &["-O2"])
+}
+
 /// The library the target loads with `dlopen`.
 pub fn plugin() -> &'static str {
     dprobe_test_fixtures::c_program(

@@ -1,0 +1,121 @@
+//! What object a user means by `BINARY` in `BINARY:FUNCTION`: a path (one file), or a library
+//! name (`libc` for `libc.so.6`, `libstdc++` for `libstdc++.so.6`). The one place where such
+//! names are matched, for every engine and for `dprobe list`.
+
+use crate::resolve::ResolveError;
+
+/// A `BINARY` as the user wrote it, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectName {
+    /// A path (it has a `/`): the file it names, canonical.
+    Path(String),
+    /// A file name or a library name, matched against loaded objects' file names.
+    Name(String),
+}
+
+impl ObjectName {
+    /// Read `binary`: a path must name an existing file (a relative path is taken from the
+    /// current directory), so that a typo is an error at once and not a library that is
+    /// "never loaded".
+    pub fn new(binary: &str) -> Result<ObjectName, ResolveError> {
+        if !binary.contains('/') {
+            return Ok(ObjectName::Name(binary.to_owned()));
+        }
+        match std::fs::canonicalize(binary) {
+            Ok(p) if p.is_file() => Ok(ObjectName::Path(p.to_string_lossy().into_owned())),
+            Ok(_) => Err(ResolveError::NoSuchFile { path: binary.into(), reason: "it is not a file".into() }),
+            Err(e) => Err(ResolveError::NoSuchFile { path: binary.into(), reason: e.to_string() }),
+        }
+    }
+
+    /// Whether the object at `path` (as the kernel shows it in `/proc/PID/maps`: absolute,
+    /// symbolic links resolved) is this one.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            ObjectName::Path(p) => p == path,
+            ObjectName::Name(name) => library_name_matches(path.rsplit('/').next().unwrap_or(path), name),
+        }
+    }
+
+    /// The file of this object for probes that no running process resolves (the kernel
+    /// engine): a path as is; a library name through this process's own maps (dprobe is
+    /// linked with libc), then the usual library directories.
+    pub fn find_file(&self) -> Option<String> {
+        let name = match self {
+            ObjectName::Path(p) => return Some(p.clone()),
+            ObjectName::Name(n) => n,
+        };
+        if let Ok(maps) = crate::read_maps() {
+            if let Some(p) =
+                maps.iter().filter_map(|m| m.path.as_deref()).find(|p| p.starts_with('/') && self.matches(p))
+            {
+                return Some(p.to_owned());
+            }
+        }
+        for dir in ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"] {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let mut found: Vec<String> = entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|f| library_name_matches(f, name))
+                .collect();
+            found.sort();
+            if let Some(f) = found.first() {
+                return std::fs::canonicalize(format!("{dir}/{f}")).ok().map(|p| p.to_string_lossy().into_owned());
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectName::Path(p) | ObjectName::Name(p) => f.write_str(p),
+        }
+    }
+}
+
+/// Whether file `file` is the library a user calls `name`: the file name itself, or a
+/// versioned shared object of that name (`libc` → `libc.so.6`, `libc-2.31.so`; `c` →
+/// `libc.so.6`, as the linker's `-lc`).
+pub fn library_name_matches(file: &str, name: &str) -> bool {
+    let after = |prefix: &str| file.strip_prefix(prefix);
+    file == name
+        || after(name).is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-'))
+        || after("lib").and_then(|f| f.strip_prefix(name)).is_some_and(|rest| rest.starts_with(".so"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_names() {
+        for (file, name) in [
+            ("libc.so.6", "libc"),
+            ("libc.so.6", "libc.so.6"),
+            ("libc.so.6", "c"),
+            ("libc-2.31.so", "libc"),
+            ("libstdc++.so.6", "libstdc++"),
+            ("ld-linux-x86-64.so.2", "ld"),
+        ] {
+            assert!(library_name_matches(file, name), "{name} names {file}");
+        }
+        for (file, name) in
+            [("libcrypt.so.1", "libc"), ("libc.so.6", "lib"), ("libstdc++.so.6", "libstdc"), ("libm.so.6", "c")]
+        {
+            assert!(!library_name_matches(file, name), "{name} does not name {file}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_does_not_exist_is_an_error() {
+        let e = ObjectName::new("./no/such/program").unwrap_err();
+        assert!(matches!(e, ResolveError::NoSuchFile { ref path, .. } if path == "./no/such/program"), "{e:?}");
+        assert!(e.to_string().contains("./no/such/program"), "{e}");
+        assert!(matches!(ObjectName::new("libc"), Ok(ObjectName::Name(_))));
+        let exe = std::env::current_exe().unwrap();
+        let here = ObjectName::new(exe.to_str().unwrap()).unwrap();
+        assert!(here.matches(&std::fs::canonicalize(&exe).unwrap().to_string_lossy()));
+    }
+}

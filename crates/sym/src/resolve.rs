@@ -1,0 +1,207 @@
+//! The resolver: from what a user names (`[BINARY:]FUNCTION[+OFFSET]`, `[BINARY:]0xADDR`, or
+//! an address) to one place in code, a [`Target`]. Every engine and `dprobe list` resolve
+//! through here, against a process's maps and symbols or against one file.
+
+use dprobe_arch::Addr;
+use dprobe_spec::SpecError;
+
+use crate::maps::Mapping;
+use crate::object_name::ObjectName;
+use crate::symbols::{Function, Symbols};
+
+/// A resolved probe target: the object, the function around it, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The function that holds it: its object, symbol and bounds (`start`, `size`).
+    pub function: Function,
+    /// Bytes from the function's first instruction.
+    pub offset: u64,
+    /// Its run-time address (its link-time address when resolved in a file).
+    pub addr: Addr,
+    /// Where it is in the object's file (for `uprobe_events`' `PATH:OFFSET`).
+    pub file_offset: u64,
+}
+
+impl Target {
+    /// The object's path.
+    pub fn object(&self) -> &str {
+        &self.function.object
+    }
+
+    /// Whether it is a function's first instruction.
+    pub fn is_function_entry(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// `libc.so.6:open+0x4`, for messages.
+    pub fn label(&self) -> String {
+        let f = &self.function;
+        format!("{}:{}+{:#x}", f.object_file_name(), f.demangled.as_deref().unwrap_or(&f.name), self.offset)
+    }
+}
+
+/// Why a target does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The target's text does not parse.
+    #[error(transparent)]
+    BadName(#[from] SpecError),
+    /// A kernel function or tracepoint, which only the kernel engine places.
+    #[error("`{what}` is not in user space: only the kernel engine (`-a`) probes it")]
+    NotUserCode {
+        /// The target.
+        what: String,
+    },
+    /// `BINARY` is a path, and there is no such file.
+    #[error("`{path}`: no such file ({reason})")]
+    NoSuchFile {
+        /// The path as given.
+        path: String,
+        /// What the system said.
+        reason: String,
+    },
+    /// No loaded object has that name (a library may load it later).
+    #[error("`{object}` is not loaded")]
+    ObjectNotLoaded {
+        /// The name asked for.
+        object: String,
+    },
+    /// No function of that name.
+    #[error("symbol `{symbol}` not found in any loaded object")]
+    SymbolNotFound {
+        /// `[BINARY:]NAME` as asked for.
+        symbol: String,
+    },
+    /// `FUNCTION+OFFSET` past the end of the function.
+    #[error("offset {offset:#x} is past the end of `{symbol}` ({size} bytes)")]
+    OffsetOutOfFunction {
+        /// The function.
+        symbol: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The function's size.
+        size: u64,
+    },
+    /// Nothing is mapped at the address.
+    #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
+    NotMapped {
+        /// The address.
+        addr: Addr,
+    },
+    /// The address is mapped, but not executable.
+    #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
+    NotCode {
+        /// The address.
+        addr: Addr,
+        /// The mapping's permissions (`rw-p`).
+        perms: String,
+        /// Its file, or `anonymous memory`.
+        what: String,
+    },
+    /// No function symbol covers the address, so its instruction boundaries are unknown.
+    #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
+    NoFunction {
+        /// The address.
+        addr: Addr,
+    },
+}
+
+impl ResolveError {
+    /// For an address that is not probe-able code, why not.
+    pub fn why_not_code(&self) -> Option<String> {
+        match self {
+            ResolveError::NotMapped { .. } => Some("nothing is mapped there".into()),
+            ResolveError::NotCode { perms, what, .. } => {
+                Some(format!("it is data, not code (a {perms} mapping of {what})"))
+            }
+            ResolveError::NoFunction { .. } => Some(
+                "no function symbol covers it, so dprobe cannot check that it is on an instruction boundary".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether the object may still appear (a library the program has not loaded yet).
+    pub fn may_load_later(&self) -> bool {
+        matches!(self, ResolveError::ObjectNotLoaded { .. } | ResolveError::SymbolNotFound { .. })
+    }
+}
+
+fn hex_address(s: &str) -> Option<u64> {
+    s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+impl Symbols {
+    /// Resolve a target of the spec language. A user target is `[BINARY:]FUNCTION[+OFFSET]`
+    /// or `[BINARY:]0xADDR[+OFFSET]`: with a `BINARY` the address is the one in that file
+    /// (as `objdump` shows it), without, an address in the process.
+    pub fn resolve(&self, maps: &[Mapping], target: &dprobe_spec::Target) -> Result<Target, ResolveError> {
+        match target {
+            dprobe_spec::Target::User { binary, function, offset } => {
+                self.resolve_name(maps, binary.as_deref(), function, *offset)
+            }
+            dprobe_spec::Target::Kernel { function, .. } => Err(ResolveError::NotUserCode { what: function.clone() }),
+            dprobe_spec::Target::Tracepoint { subsystem, event } => {
+                Err(ResolveError::NotUserCode { what: format!("tracepoint:{subsystem}:{event}") })
+            }
+        }
+    }
+
+    /// Resolve `[BINARY:]FUNCTION` (or `0xADDR`) plus `offset`.
+    pub fn resolve_name(
+        &self,
+        maps: &[Mapping],
+        binary: Option<&str>,
+        function: &str,
+        offset: u64,
+    ) -> Result<Target, ResolveError> {
+        let object = binary.map(ObjectName::new).transpose()?;
+        if let Some(object) = &object {
+            if self.bias_of(object).is_none() {
+                return Err(ResolveError::ObjectNotLoaded { object: object.to_string() });
+            }
+        }
+        if let Some(a) = hex_address(function) {
+            let addr = match &object {
+                Some(o) => Addr(a.wrapping_add(self.bias_of(o).unwrap_or(0)).wrapping_add(offset)),
+                None => Addr(a.wrapping_add(offset)),
+            };
+            let target = self.resolve_addr(maps, addr)?;
+            if object.as_ref().is_some_and(|o| !o.matches(target.object())) {
+                return Err(ResolveError::NoFunction { addr });
+            }
+            return Ok(target);
+        }
+        let symbol = || binary.map_or_else(|| function.to_owned(), |b| format!("{b}:{function}"));
+        let f =
+            self.find_in(object.as_ref(), function).ok_or_else(|| ResolveError::SymbolNotFound { symbol: symbol() })?;
+        if offset >= f.size {
+            return Err(ResolveError::OffsetOutOfFunction { symbol: function.to_owned(), offset, size: f.size });
+        }
+        let addr = f.start.offset(offset);
+        self.check_code(maps, addr)?;
+        Ok(Target { function: f.clone(), offset, addr, file_offset: f.file_offset + offset })
+    }
+
+    /// Resolve an address in the process (in the file, for symbols of a file): it must be
+    /// code, inside a function whose bounds are known.
+    pub fn resolve_addr(&self, maps: &[Mapping], addr: Addr) -> Result<Target, ResolveError> {
+        self.check_code(maps, addr)?;
+        let f = self.containing(addr).ok_or(ResolveError::NoFunction { addr })?;
+        let offset = addr.0 - f.start.0;
+        Ok(Target { function: f.clone(), offset, addr, file_offset: f.file_offset + offset })
+    }
+
+    /// For a process, that `addr` is mapped and executable.
+    fn check_code(&self, maps: &[Mapping], addr: Addr) -> Result<(), ResolveError> {
+        if self.is_file() {
+            return Ok(());
+        }
+        let mapping = maps.iter().find(|m| m.contains(addr)).ok_or(ResolveError::NotMapped { addr })?;
+        if !mapping.exec {
+            let what = mapping.path.clone().unwrap_or_else(|| "anonymous memory".into());
+            return Err(ResolveError::NotCode { addr, perms: mapping.perms(), what });
+        }
+        Ok(())
+    }
+}
