@@ -2,58 +2,23 @@
 //! events of a CPU all writing into that CPU's first buffer (`PERF_EVENT_IOC_SET_OUTPUT`),
 //! read without copies through `mmap`. A buffer that fills up makes the kernel drop records
 //! and report how many (`PERF_RECORD_LOST`): memory stays bounded whatever the event rate.
+//! `perf_event_attr`, the ioctls and the control page's layout come from `perf-event-open-sys`,
+//! generated from the kernel's headers.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use perf_event_open_sys::{bindings as sys, ioctls, perf_event_open};
+
 use crate::error::KernelError;
 
-const PERF_TYPE_TRACEPOINT: u32 = 2;
-const SAMPLE_TID: u64 = 1 << 1;
-const SAMPLE_TIME: u64 = 1 << 2;
-const SAMPLE_CPU: u64 = 1 << 7;
-const SAMPLE_RAW: u64 = 1 << 10;
-const FLAG_DISABLED: u64 = 1 << 0;
-const FLAG_WATERMARK: u64 = 1 << 14;
-const IOC_ENABLE: libc::c_ulong = 0x2400;
-const IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
-const IOC_SET_FILTER: libc::c_ulong = 0x4008_2406;
-const RECORD_LOST: u32 = 2;
-const RECORD_SAMPLE: u32 = 9;
+const RECORD_LOST: u32 = sys::PERF_RECORD_LOST;
+const RECORD_SAMPLE: u32 = sys::PERF_RECORD_SAMPLE;
 
 /// Data pages per CPU buffer (a power of two): 256 KiB.
 const DATA_PAGES: usize = 64;
 const PAGE: usize = 4096;
-
-/// The kernel's `perf_event_attr` (version 8, 136 bytes), the fields dprobe sets.
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_watermark: u32,
-    bp_type: u32,
-    config1: u64,
-    config2: u64,
-    branch_sample_type: u64,
-    sample_regs_user: u64,
-    sample_stack_user: u32,
-    clockid: i32,
-    sample_regs_intr: u64,
-    aux_watermark: u32,
-    sample_max_stack: u16,
-    reserved_2: u16,
-    aux_sample_size: u32,
-    reserved_3: u32,
-    sig_data: u64,
-    config3: u64,
-}
 
 /// One record.
 #[derive(Debug)]
@@ -109,28 +74,32 @@ fn online_cpus() -> Vec<i32> {
 }
 
 fn open_event(id: u64, cpu: i32, pid: i32) -> io::Result<OwnedFd> {
-    let attr = PerfEventAttr {
-        kind: PERF_TYPE_TRACEPOINT,
-        size: std::mem::size_of::<PerfEventAttr>() as u32,
+    let mut attr = sys::perf_event_attr {
+        type_: sys::PERF_TYPE_TRACEPOINT,
+        size: std::mem::size_of::<sys::perf_event_attr>() as u32,
         config: id,
-        sample_period: 1,
-        sample_type: SAMPLE_TID | SAMPLE_TIME | SAMPLE_CPU | SAMPLE_RAW,
-        flags: FLAG_DISABLED | FLAG_WATERMARK,
-        wakeup_watermark: (DATA_PAGES * PAGE / 8) as u32,
-        ..PerfEventAttr::default()
+        sample_type: u64::from(
+            sys::PERF_SAMPLE_TID | sys::PERF_SAMPLE_TIME | sys::PERF_SAMPLE_CPU | sys::PERF_SAMPLE_RAW,
+        ),
+        ..Default::default()
     };
-    // SAFETY: perf_event_open reads the attribute struct we own; it returns a new fd.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, pid, cpu, -1, 0) };
+    attr.__bindgen_anon_1.sample_period = 1;
+    attr.__bindgen_anon_2.wakeup_watermark = (DATA_PAGES * PAGE / 8) as u32;
+    attr.set_disabled(1);
+    attr.set_watermark(1);
+    // SAFETY: perf_event_open reads (and may write the expected size into) the attribute
+    // struct we own; it returns a new fd.
+    let fd = unsafe { perf_event_open(&mut attr, pid, cpu, -1, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn ioctl(fd: &OwnedFd, request: libc::c_ulong, arg: libc::c_ulong) -> io::Result<()> {
-    // SAFETY: perf ioctls on a perf fd; pointer arguments (SET_FILTER) point to live memory.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) } != 0 {
+/// The result of a perf ioctl.
+fn checked(r: libc::c_int) -> io::Result<()> {
+    if r != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -149,15 +118,19 @@ impl Rings {
                 let fd = open_event(id, cpu, pid).map_err(|e| perf_error(e, id))?;
                 if let Some(f) = filter {
                     let text = std::ffi::CString::new(f).map_err(|e| KernelError::os("filter", io::Error::other(e)))?;
-                    ioctl(&fd, IOC_SET_FILTER, text.as_ptr() as libc::c_ulong).map_err(|e| KernelError::Refused {
-                        definition: format!("filter `{f}`"),
-                        reason: format!("{e} (the kernel's filter syntax: FIELD OP VALUE joined by && and ||)"),
+                    // SAFETY: a perf fd we own, and a NUL-terminated string that outlives the call.
+                    checked(unsafe { ioctls::SET_FILTER(fd.as_raw_fd(), text.as_ptr().cast_mut()) }).map_err(|e| {
+                        KernelError::Refused {
+                            definition: format!("filter `{f}`"),
+                            reason: format!("{e} (the kernel's filter syntax: FIELD OP VALUE joined by && and ||)"),
+                        }
                     })?;
                 }
                 match &leader {
                     None => leader = Some(Ring::map(fd)?),
                     Some(l) => {
-                        ioctl(&fd, IOC_SET_OUTPUT, l.fd.as_raw_fd() as libc::c_ulong)
+                        // SAFETY: both are perf fds we own; the leader's buffer is mapped.
+                        checked(unsafe { ioctls::SET_OUTPUT(fd.as_raw_fd(), l.fd.as_raw_fd()) })
                             .map_err(|e| KernelError::os("PERF_EVENT_IOC_SET_OUTPUT", e))?;
                         others.push(fd);
                     }
@@ -171,7 +144,9 @@ impl Rings {
     /// Start recording.
     pub fn enable(&self) -> Result<(), KernelError> {
         for fd in self.rings.iter().map(|r| &r.fd).chain(&self.others) {
-            ioctl(fd, IOC_ENABLE, 0).map_err(|e| KernelError::os("PERF_EVENT_IOC_ENABLE", e))?;
+            // SAFETY: a perf fd we own.
+            checked(unsafe { ioctls::ENABLE(fd.as_raw_fd(), 0) })
+                .map_err(|e| KernelError::os("PERF_EVENT_IOC_ENABLE", e))?;
         }
         Ok(())
     }
@@ -238,10 +213,12 @@ impl Ring {
 
     /// `data_head` (written by the kernel) and `data_tail` (by us), in the control page.
     fn head_tail(&self) -> (&AtomicU64, &AtomicU64) {
-        // SAFETY: offsets 1024 and 1032 of the mapped control page are the u64 data_head and
-        // data_tail of `struct perf_event_mmap_page`, 8-byte aligned; the mapping lives as
-        // long as `self`.
-        unsafe { (&*(self.base.add(1024) as *const AtomicU64), &*(self.base.add(1032) as *const AtomicU64)) }
+        let head = std::mem::offset_of!(sys::perf_event_mmap_page, data_head);
+        let tail = std::mem::offset_of!(sys::perf_event_mmap_page, data_tail);
+        // SAFETY: `data_head` and `data_tail` of the mapped control page (a
+        // `struct perf_event_mmap_page`) are 8-byte aligned u64s the kernel and we update
+        // atomically; the mapping lives as long as `self`.
+        unsafe { (&*(self.base.add(head) as *const AtomicU64), &*(self.base.add(tail) as *const AtomicU64)) }
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Record<'_>)) -> usize {
