@@ -46,5 +46,5 @@ pub use pairing::Pairing;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
 pub use ring::{Event, EventRing, PAYLOAD_BYTES, VALUES};
 pub use site::{HandlerCall, HandlerFault, PreOutcome, ProbeEntry, ProbeId, Site};
-pub use stats::{Placement, ProbeStats, Stats, StatsSnapshot};
-pub use table::{HitKind, SiteTable, TableEntry};
+pub use stats::{Placement, ProbeStats, Stats};
+pub use table::{SiteTable, TableEntry, TrapKind};

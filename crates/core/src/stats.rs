@@ -16,19 +16,6 @@ pub struct ProbeStats {
     enabled: AtomicBool,
 }
 
-/// A copy of a probe's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatsSnapshot {
-    /// Hits whose handlers ran.
-    pub hits: u64,
-    /// Hits that ran no handler because they happened inside a handler (kprobe rule 6).
-    pub nmissed: u64,
-    /// Handler calls that panicked (the probe is disabled after the first).
-    pub handler_panics: u64,
-    /// Handler calls that faulted (SIGSEGV/SIGBUS inside a handler).
-    pub handler_faults: u64,
-}
-
 impl ProbeStats {
     /// Fresh counters; `enabled` as given.
     pub fn new(enabled: bool) -> Self {
@@ -71,13 +58,14 @@ impl ProbeStats {
         self.handler_faults.fetch_add(1, Relaxed);
     }
 
-    /// Current values.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
+    /// Current values, as every engine reports them (`nmissed` is [`Stats::reentered`]).
+    pub fn snapshot(&self) -> Stats {
+        Stats {
             hits: self.hits.load(Relaxed),
-            nmissed: self.nmissed.load(Relaxed),
+            reentered: self.nmissed.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_faults: self.handler_faults.load(Relaxed),
+            ..Stats::default()
         }
     }
 }
@@ -103,6 +91,10 @@ pub struct Stats {
     /// Hits that happened but never reached the tracer as events (full buffers, or they came
     /// as tracing stopped).
     pub lost: u64,
+    /// Handler calls that panicked (in-process: the probe is disabled after the first).
+    pub handler_panics: u64,
+    /// Handler calls that faulted (in-process: `SIGSEGV`/`SIGBUS` inside a handler).
+    pub handler_faults: u64,
     /// Where the probe is.
     pub placement: Placement,
 }

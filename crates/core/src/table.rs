@@ -8,7 +8,7 @@ use crate::Site;
 
 /// Why an address is in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitKind {
+pub enum TrapKind {
     /// The probed address itself: its `int3` trapped.
     Entry,
     /// The `int3` at the end of the site's out-of-line slot: the instruction has run and the
@@ -21,7 +21,7 @@ pub struct TableEntry<A> {
     /// The trapping address (of the `int3`).
     pub key: u64,
     /// What a trap there means.
-    pub kind: HitKind,
+    pub kind: TrapKind,
     /// The site.
     pub site: Arc<Site<A>>,
 }
@@ -53,7 +53,7 @@ impl<A> SiteTable<A> {
 
     /// Run `f` on the site trapping at `key`, if any. Async-signal-safe; the site stays valid
     /// (and no change to the table completes) until `f` returns.
-    pub fn lookup<R>(&self, key: u64, f: impl FnOnce(Option<(&Site<A>, HitKind)>) -> R) -> R {
+    pub fn lookup<R>(&self, key: u64, f: impl FnOnce(Option<(&Site<A>, TrapKind)>) -> R) -> R {
         self.rows.read(|rows| match rows.binary_search_by_key(&key, |r| r.key) {
             Ok(i) => f(Some((&rows[i].site, rows[i].kind))),
             Err(_) => f(None),

@@ -76,8 +76,8 @@ fn handler_changes_are_visible() {
 fn miss_counts_enabled_probes_only() {
     let s = site(vec![Kprobe::addr(Addr(0x1000)), Kprobe::addr(Addr(0x1000)).disabled()]);
     s.miss();
-    assert_eq!(s.probes[0].stats.snapshot().nmissed, 1);
-    assert_eq!(s.probes[1].stats.snapshot().nmissed, 0);
+    assert_eq!(s.probes[0].stats.snapshot().reentered, 1);
+    assert_eq!(s.probes[1].stats.snapshot().reentered, 0);
 }
 
 #[test]

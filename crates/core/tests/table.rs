@@ -4,16 +4,16 @@ use std::sync::Arc;
 
 use dprobe_core::*;
 
-fn row(key: u64, kind: HitKind) -> TableEntry<u64> {
+fn row(key: u64, kind: TrapKind) -> TableEntry<u64> {
     TableEntry { key, kind, site: Arc::new(Site { addr: Addr(key), arch: key * 2, probes: vec![] }) }
 }
 
 #[test]
 fn lookup_finds_exact_keys_only() {
     let t = SiteTable::new();
-    t.change(|rows| rows.extend([row(0x30, HitKind::Entry), row(0x10, HitKind::PostStep)]));
-    assert_eq!(t.lookup(0x10, |s| s.map(|(s, k)| (s.arch, k))), Some((0x20, HitKind::PostStep)));
-    assert_eq!(t.lookup(0x30, |s| s.map(|(s, k)| (s.arch, k))), Some((0x60, HitKind::Entry)));
+    t.change(|rows| rows.extend([row(0x30, TrapKind::Entry), row(0x10, TrapKind::PostStep)]));
+    assert_eq!(t.lookup(0x10, |s| s.map(|(s, k)| (s.arch, k))), Some((0x20, TrapKind::PostStep)));
+    assert_eq!(t.lookup(0x30, |s| s.map(|(s, k)| (s.arch, k))), Some((0x60, TrapKind::Entry)));
     assert!(t.lookup(0x20, |s| s.is_none()));
 }
 
@@ -39,7 +39,7 @@ fn concurrent_lookups_see_whole_snapshots() {
         .collect();
     for i in 0..500 {
         if i % 2 == 0 {
-            t.change(|rows| rows.extend([row(1, HitKind::Entry), row(2, HitKind::Entry)]));
+            t.change(|rows| rows.extend([row(1, TrapKind::Entry), row(2, TrapKind::Entry)]));
         } else {
             t.change(|rows| rows.retain(|r| r.key > 2));
         }

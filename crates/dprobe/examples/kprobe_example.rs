@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "Workers called sched_yield {made} times; the probe counted {} hits, {} missed.",
-        stats.hits, stats.nmissed
+        stats.hits, stats.reentered
     );
     println!("Scheduling times is {} during of {elapsed} milliseconds.", stats.hits);
     if stats.hits != made {

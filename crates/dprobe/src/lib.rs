@@ -21,9 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub use dprobe_arch as arch;
-pub use dprobe_core::{
-    Addr, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, Regs, StatsSnapshot,
-};
+pub use dprobe_core::{Addr, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, Regs, Stats};
 
 /// The in-process engine (see [`dprobe_inproc`]).
 pub mod inproc {

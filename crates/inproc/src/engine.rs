@@ -26,9 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{analyze, plan, prepare_slot, Addr, ExecClass, ExecPlan, Insn, SlotCode, SlotEnding, INT3};
-use dprobe_core::{
-    HitKind, Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, StatsSnapshot, TableEntry,
-};
+use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
 use crate::slots::SlotPool;
@@ -86,7 +84,7 @@ pub struct ProbeInfo {
     /// How the displaced instruction is executed: `emulated`, `boosted` or `post-step`.
     pub execution: &'static str,
     /// Counters.
-    pub stats: StatsSnapshot,
+    pub stats: Stats,
 }
 
 static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -198,7 +196,7 @@ impl Engine {
 
     /// Unregister probes; returns their final counters. When this returns, no handler of
     /// these probes runs any more and each site without probes has its original bytes back.
-    pub fn unregister(&self, ids: &[ProbeId]) -> Result<Vec<StatsSnapshot>, ProbeError> {
+    pub fn unregister(&self, ids: &[ProbeId]) -> Result<Vec<Stats>, ProbeError> {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
@@ -246,7 +244,7 @@ impl Engine {
     pub fn list(&self) -> Vec<ProbeInfo> {
         let st = self.lock();
         let mut out = Vec::new();
-        for row in self.table.rows().iter().filter(|r| r.kind == HitKind::Entry) {
+        for row in self.table.rows().iter().filter(|r| r.kind == TrapKind::Entry) {
             let (addr, site) = (row.site.addr, &row.site);
             let symbol = st.symbols.as_ref().and_then(|s| s.containing(addr)).map(|f| {
                 format!("{}:{}+{:#x}", f.object.rsplit('/').next().unwrap_or(&f.object), f.name, addr.0 - f.start.0)
@@ -323,10 +321,10 @@ impl Engine {
             .flat_map(|((addr, probes), exec)| {
                 let traps: Vec<u64> = st.sites[addr].slots.iter().filter_map(|s| s.trap_addr()).map(|a| a.0).collect();
                 let site = Arc::new(Site { addr: *addr, arch: exec, probes: probes.clone() });
-                let entry = TableEntry { key: addr.0, kind: HitKind::Entry, site: site.clone() };
+                let entry = TableEntry { key: addr.0, kind: TrapKind::Entry, site: site.clone() };
                 std::iter::once(entry).chain(traps.into_iter().map(move |key| TableEntry {
                     key,
-                    kind: HitKind::PostStep,
+                    kind: TrapKind::PostStep,
                     site: site.clone(),
                 }))
             })

@@ -776,7 +776,7 @@ impl ReturnProbe {
         if let Some(entry) = self.entry.take() {
             let final_entry = entry.unregister()?;
             // Keep the calls missed inside handlers in the totals.
-            self.inner.nmissed.fetch_add(final_entry.nmissed, Relaxed);
+            self.inner.nmissed.fetch_add(final_entry.reentered, Relaxed);
             remove_from_registry(self.inner.id);
         }
         Ok(())

@@ -53,8 +53,7 @@ pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
 pub use dprobe_arch::{Addr, Gpr, Regs};
 pub use dprobe_core::{
-    Event, EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, StatsSnapshot,
-    PAYLOAD_BYTES,
+    Event, EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, Stats, PAYLOAD_BYTES,
 };
 pub use engine::ProbeInfo;
 pub use events::emit;

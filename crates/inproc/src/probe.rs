@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeId, ProbeStats, ProbeTarget, Regs, StatsSnapshot};
+use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeId, ProbeStats, ProbeTarget, Regs, Stats};
 
 use crate::args::Args;
 
@@ -70,7 +70,7 @@ pub fn register_jprobe<A: Args + 'static>(
 
 /// Unregister several probes with one grace period (the kernel's `unregister_kprobes`);
 /// returns their final counters.
-pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<StatsSnapshot>, ProbeError> {
+pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<Stats>, ProbeError> {
     let Some(engine) = Engine::get() else { return Ok(Vec::new()) };
     let ids: Vec<ProbeId> = probes.iter().map(|p| p.id).collect();
     let stats = engine.unregister(&ids)?;
@@ -108,7 +108,7 @@ impl Probe {
     }
 
     /// Its counters now.
-    pub fn stats(&self) -> StatsSnapshot {
+    pub fn stats(&self) -> Stats {
         self.stats.snapshot()
     }
 
@@ -119,7 +119,7 @@ impl Probe {
 
     /// Hits inside handlers, which ran no handler.
     pub fn nmissed(&self) -> u64 {
-        self.stats().nmissed
+        self.stats().reentered
     }
 
     /// Whether its handlers run.
@@ -140,7 +140,7 @@ impl Probe {
 
     /// Unregister it and return its final counters. When this returns no handler of the probe
     /// runs any more, and if it was the last probe at its address the original bytes are back.
-    pub fn unregister(mut self) -> Result<StatsSnapshot, ProbeError> {
+    pub fn unregister(mut self) -> Result<Stats, ProbeError> {
         self.registered = false;
         Ok(self.engine.unregister(&[self.id])?.pop().unwrap_or_default())
     }

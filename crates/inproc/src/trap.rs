@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, INT3};
-use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, HitKind, PreOutcome, Regs, Site};
+use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, PreOutcome, Regs, Site, TrapKind};
 
 use crate::context::SignalContext;
 use crate::engine::{Engine, SiteExec};
@@ -78,8 +78,8 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
     let key = ctx.rip().wrapping_sub(1);
     let handled = Engine::get().is_some_and(|engine| {
         engine.table.lookup(key, |found| match found {
-            Some((site, HitKind::Entry)) => on_entry(site, &mut ctx),
-            Some((site, HitKind::PostStep)) => {
+            Some((site, TrapKind::Entry)) => on_entry(site, &mut ctx),
+            Some((site, TrapKind::PostStep)) => {
                 on_post_step(site, &mut ctx);
                 true
             }
@@ -213,7 +213,7 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
                     FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
                 let handled = !in_handler()
                     && engine.table.lookup(slot.original.0, |found| match found {
-                        Some((site, HitKind::Entry)) => site.run_fault(&mut regs, &info_for_probe),
+                        Some((site, TrapKind::Entry)) => site.run_fault(&mut regs, &info_for_probe),
                         _ => false,
                     });
                 if handled {

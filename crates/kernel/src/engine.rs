@@ -242,7 +242,15 @@ impl Engine for KernelEngine {
         // entry, a hit while another kprobe ran.
         let (missed, reentered) = if p.is_return { (counts.missed, 0) } else { (0, counts.missed) };
         let lost = if p.filtered_in_kernel { 0 } else { hits - received };
-        Stats { hits, returns, missed, reentered, abandoned: 0, lost, placement: dprobe_core::Placement::InKernel }
+        Stats {
+            hits,
+            returns,
+            missed,
+            reentered,
+            lost,
+            placement: dprobe_core::Placement::InKernel,
+            ..Stats::default()
+        }
     }
 
     fn remarks(&self, index: usize) -> Vec<String> {
