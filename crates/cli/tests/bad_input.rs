@@ -83,3 +83,19 @@ fn list_shows_functions_and_says_why_a_place_cannot_be_probed() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no function matches `nothing_like_this*`"));
 }
+
+#[test]
+fn a_crafted_elf_with_a_huge_symbol_is_listed_within_its_section() {
+    let path = common::out_file("crafted.o");
+    dprobe_test_fixtures::crafted_elf(&path);
+    let file = path.to_str().unwrap();
+    let o = dprobe(&["list", file, "huge+0"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("(crafted.o:huge+0x0): `push %rbp` can be probed"), "{text}");
+    let o = dprobe(&["list", file, "huge+0x20"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("past the end of `huge` (16 bytes)"));
+    let o = dprobe(&["list", file, "past+4"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(crafted.o:past+0x4): `nop` can be probed"));
+}

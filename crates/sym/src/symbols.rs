@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dprobe_arch::Addr;
 use object::read::elf::ElfFile64;
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionIndex, SymbolKind};
 
 use crate::demangle::{demangle, without_parameters};
 use crate::maps::Mapping;
@@ -24,7 +24,8 @@ pub struct Function {
     pub default_version: bool,
     /// Run-time address of its first instruction.
     pub start: Addr,
-    /// Size in bytes.
+    /// Size in bytes, never past the end of the section that holds it (whatever the symbol
+    /// table claims).
     pub size: u64,
     /// Path of the object that defines it.
     pub object: Arc<str>,
@@ -202,10 +203,16 @@ fn load_bias(maps: &[Mapping], path: &str, data: &[u8]) -> Option<u64> {
 
 fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Function>) {
     let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else { return };
-    let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.size(), s.file_range().0)).collect();
-    let file_offset = |vaddr: u64| {
-        segments.iter().find(|(a, size, _)| vaddr >= *a && vaddr < a + size).map(|(a, _, off)| off + (vaddr - a))
-    };
+    // Where each section with contents is: (address, size, file offset). A section without
+    // bytes in the file (`.bss`) or whose bytes run past the end of the file holds no code.
+    let sections: HashMap<SectionIndex, (u64, u64, u64)> = file
+        .sections()
+        .filter_map(|s| {
+            let (offset, size) = s.file_range()?;
+            let in_file = offset.checked_add(size).is_some_and(|end| end <= data.len() as u64);
+            in_file.then_some((s.index(), (s.address(), size.min(s.size()), offset)))
+        })
+        .collect();
     let endian = file.endian();
     let versions = file.elf_section_table().versions(endian, data).ok().flatten();
     let dynsym_section = file.elf_dynamic_symbol_table().section();
@@ -214,6 +221,13 @@ fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Funct
             if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.size() == 0 {
                 continue;
             }
+            let Some(&(section_addr, section_size, section_offset)) =
+                sym.section_index().and_then(|i| sections.get(&i))
+            else {
+                continue;
+            };
+            let vaddr = sym.address();
+            let Some(into) = vaddr.checked_sub(section_addr).filter(|into| *into < section_size) else { continue };
             let Ok(name) = sym.name() else { continue };
             let (mut version, mut default_version) = (None, false);
             if dynamic && dynsym_section.0 != 0 {
@@ -225,17 +239,18 @@ fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Funct
                     }
                 }
             }
-            let vaddr = sym.address();
             out.push(Function {
                 name: name.to_owned(),
                 demangled: demangle(name),
                 version,
                 default_version,
                 start: Addr(vaddr.wrapping_add(bias)),
-                size: sym.size(),
+                // What the symbol table says, but never past its section: a crafted or
+                // damaged file cannot make dprobe read (or allocate) more than the file holds.
+                size: sym.size().min(section_size - into),
                 object: object.clone(),
                 bias,
-                file_offset: file_offset(vaddr).unwrap_or(vaddr),
+                file_offset: section_offset + into,
             });
         }
     }

@@ -51,3 +51,31 @@ pub fn c_program(source: &str, name: &str, flags: &[&str]) -> &'static str {
     built.as_mut().expect("initialized").insert(name.to_owned(), path);
     path
 }
+
+/// The code of [`crafted_elf`]'s `.text`: `push %rbp; mov %rsp,%rbp; nop` x10`; pop %rbp; ret`.
+pub const CRAFTED_CODE: [u8; 16] =
+    [0x55, 0x48, 0x89, 0xe5, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x5d, 0xc3];
+
+/// Write a crafted ELF object file to `path`: its `.text` holds [`CRAFTED_CODE`] (16 bytes),
+/// and its symbol table claims a function `huge` at 0 of 2^40 bytes and a function `past` at
+/// 8 of 108 bytes (running past the section's end).
+pub fn crafted_elf(path: &std::path::Path) {
+    use object::write::{Object, StandardSection, Symbol, SymbolSection};
+    use object::{Architecture, BinaryFormat, Endianness, SymbolFlags, SymbolKind, SymbolScope};
+    let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let text = obj.section_id(StandardSection::Text);
+    obj.append_section_data(text, &CRAFTED_CODE, 16);
+    for (name, value, size) in [("huge", 0, 1u64 << 40), ("past", 8, 108)] {
+        obj.add_symbol(Symbol {
+            name: name.as_bytes().to_vec(),
+            value,
+            size,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: SymbolSection::Section(text),
+            flags: SymbolFlags::None,
+        });
+    }
+    std::fs::write(path, obj.write().expect("writing the crafted ELF")).expect("saving the crafted ELF");
+}
