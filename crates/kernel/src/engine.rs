@@ -238,18 +238,15 @@ impl Engine for KernelEngine {
             None if p.is_return => received,
             None => 0,
         };
-        // The kernel's misses: for a return probe, no free instance (`maxactive`); for an
-        // entry, a hit while another kprobe ran.
-        let (missed, reentered) = if p.is_return { (counts.missed, 0) } else { (0, counts.missed) };
-        let lost = if p.filtered_in_kernel { 0 } else { hits - received };
+        // A timed entry's returns are missed at its return event (no free instance).
+        let return_missed = p.return_event.and_then(|r| self.session.kernel_counts(r)).map_or(0, |c| c.missed);
         Stats {
             hits,
             returns,
-            missed,
-            reentered,
-            lost,
+            missed: counts.missed + return_missed,
+            lost: if p.filtered_in_kernel { 0 } else { hits - received },
             placement: dprobe_core::Placement::InKernel,
-            ..Stats::default()
+            ..counts
         }
     }
 

@@ -26,5 +26,5 @@ pub use define::{definition, Definition, EventKind};
 pub use engine::{KernelEngine, KernelOptions};
 pub use error::KernelError;
 pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
-pub use session::{Event, Hit, KernelCounts, Session};
+pub use session::{Event, Hit, Session};
 pub use tracefs::Tracefs;

@@ -3,6 +3,7 @@
 //! exit path. Groups left by sessions that died without cleaning up (`SIGKILL`) are removed
 //! when the next session starts.
 
+use dprobe_core::{Placement, Stats};
 use dprobe_spec::ProbeSpec;
 
 use crate::define::{definition, Definition, EventKind};
@@ -52,16 +53,6 @@ impl Hit<'_> {
         let f = self.format.field(name)?;
         self.format.decode(f, self.raw)
     }
-}
-
-/// The kernel's own counts for a dynamic event (`uprobe_profile`, `kprobe_profile`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelCounts {
-    /// Hits.
-    pub hits: u64,
-    /// Misses (kprobes: hits while another kprobe ran; kretprobes: no free instance, the
-    /// `maxactive` limit).
-    pub missed: u64,
 }
 
 /// A session.
@@ -163,8 +154,11 @@ impl Session {
         })
     }
 
-    /// The kernel's hit and miss counts of event `index` (dynamic events only).
-    pub fn kernel_counts(&self, index: usize) -> Option<KernelCounts> {
+    /// The kernel's own counts of event `index` (dynamic events only, from `uprobe_profile`
+    /// or `kprobe_profile`): its hits, and its misses, which for a return probe are calls
+    /// with no free instance (`maxactive`, [`Stats::missed`]) and for an entry hits while
+    /// another kprobe ran ([`Stats::reentered`]).
+    pub fn kernel_counts(&self, index: usize) -> Option<Stats> {
         let e = self.events.get(index)?;
         let file = match e.definition.kind {
             EventKind::Uprobe => "uprobe_profile",
@@ -176,7 +170,14 @@ impl Session {
             let words: Vec<&str> = line.split_whitespace().collect();
             let at = words.iter().position(|w| *w == e.name || *w == format!("{}/{}", e.group, e.name))?;
             let number = |i: usize| words.get(i).and_then(|w| w.parse().ok());
-            Some(KernelCounts { hits: number(at + 1)?, missed: number(at + 2).unwrap_or(0) })
+            let (hits, missed) = (number(at + 1)?, number(at + 2).unwrap_or(0));
+            let mut stats = Stats { hits, placement: Placement::InKernel, ..Stats::default() };
+            if e.definition.is_return {
+                stats.missed = missed;
+            } else {
+                stats.reentered = missed;
+            }
+            Some(stats)
         })
     }
 
