@@ -169,3 +169,82 @@ impl Report {
         self.filtered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use dprobe_core::fetch::Values;
+    use dprobe_spec::{parse_filter, parse_probe, ArgType};
+
+    /// What the report wrote.
+    #[derive(Clone, Default)]
+    struct Written(Rc<RefCell<Vec<u8>>>);
+    impl Write for Written {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn info(spec: &str) -> (ProbeInfo, Vec<dprobe_spec::NamedArg>) {
+        let p = parse_probe(spec).unwrap();
+        let info = ProbeInfo {
+            spec: spec.into(),
+            label: "f".into(),
+            args: p.args.clone(),
+            is_return: false,
+            retval_index: None,
+            errno_index: None,
+            tracepoint: false,
+            errno_in_retval: false,
+        };
+        (info, p.args)
+    }
+
+    fn event(values: &Values, side: Side, tid: u32, time_ns: u64) -> ProbeEvent<'_> {
+        ProbeEvent { probe: 0, side, pid: 1, tid, time_ns, entry_time_ns: None, comm: b"t", values }
+    }
+
+    #[test]
+    fn entries_of_an_engine_that_does_not_pair_are_timed_to_their_returns() {
+        let (i, args) = info("f x=$arg1:s64");
+        let mut r = Report::new(Box::new(Written::default()), Mode::Quiet, false, None, true);
+        r.add_probe(i, FetchPlan::compile(&args, None), true);
+        let mut v = Values::with_capacity(1);
+        v.push_int(1, ArgType::S(64));
+        r.event(&event(&v, Side::Entry, 7, 100));
+        r.event(&event(&v, Side::Entry, 7, 150));
+        r.event(&event(&v, Side::Return, 7, 158)); // 8 ns: the inner call
+        r.event(&event(&v, Side::Return, 7, 400)); // 300 ns: the outer one
+        r.event(&event(&v, Side::Return, 8, 500)); // no entry seen on thread 8
+        assert_eq!(r.probes[0].shown, 2, "two calls timed, the unpaired return dropped");
+        let hists = r.histograms();
+        assert_eq!(hists.len(), 1);
+        assert_eq!(hists[0].0, "latency of f (ns)");
+        let table = &hists[0].1;
+        assert!(table.starts_with("[8, 16) ") && table.contains("\n[256, 512) "), "{table}");
+    }
+
+    #[test]
+    fn the_filter_decides_what_is_shown_and_counted() {
+        let (i, args) = info("f x=$arg1:s64");
+        let filter = parse_filter("x > 1", &["x"]).unwrap();
+        let written = Written::default();
+        let mut r = Report::new(Box::new(written.clone()), Mode::Human, true, None, false);
+        r.add_probe(i, FetchPlan::compile(&args, Some(&filter)), false);
+        for x in [1, 2, 3] {
+            let mut v = Values::with_capacity(1);
+            v.push_int(x, ArgType::S(64));
+            r.event(&event(&v, Side::Entry, 7, 0));
+        }
+        assert_eq!(r.probes[0].shown, 2);
+        let text = String::from_utf8(written.0.borrow().clone()).unwrap();
+        assert_eq!(text, "process 't' (7) call f(x=2)\nprocess 't' (7) call f(x=3)\n");
+    }
+}
