@@ -13,6 +13,20 @@ use crate::options::ListArgs;
 
 /// Run `dprobe list`; returns the exit status (1 when the place asked about cannot be probed).
 pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
+    let listed = list(args, out).and_then(|code| {
+        out.flush()?;
+        Ok(code)
+    });
+    match listed {
+        // A reader that has read enough (`dprobe list ... | head`) is no error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            Ok(0)
+        }
+        other => other,
+    }
+}
+
+fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
     if args.pid.is_some() && args.rest.len() > 1 {
         bail!("with -p PID, give at most a PATTERN (no FILE)");
     }

@@ -99,3 +99,22 @@ fn a_crafted_elf_with_a_huge_symbol_is_listed_within_its_section() {
     let o = dprobe(&["list", file, "past+4"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("(crafted.o:past+0x4): `nop` can be probed"));
 }
+
+#[test]
+fn a_list_read_by_head_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["list", "-p", &std::process::id().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains(':'), "{first}");
+    // The reading end is closed: dprobe's next writes fail with EPIPE.
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "", "no error for a reader that stopped reading");
+}
