@@ -30,6 +30,7 @@ fn each_bad_input_gets_its_specific_message() {
         (&["probed+4096", "--", t], "offset 0x1000 is past the end of `probed`"),
         (&["probed+1", "--", t], "is not on an instruction boundary"),
         (&["./no/such/program:main", "--", t], "`./no/such/program`: no such file"),
+        (&["puts@plt", "--", t], "`puts@plt` is a PLT stub, which dprobe does not probe: probe `puts` itself"),
         (&["--filter", "nosuch == 1", "probed x=$arg1", "--", t], "bad filter: the filter names `nosuch`"),
         (&["--filter", "x == ", "probed x=$arg1", "--", t], "bad filter:"),
         (&["--duration", "abc", "probed", "--", t], "`abc` is not a duration"),

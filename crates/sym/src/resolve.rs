@@ -98,6 +98,23 @@ pub enum ResolveError {
         /// Its file, or `anonymous memory`.
         what: String,
     },
+    /// A PLT stub named as `NAME@plt`.
+    #[error(
+        "`{name}@plt` is a PLT stub, which dprobe does not probe: probe `{name}` itself (e.g. `libc:{name}`), \
+         which every call through the stub reaches"
+    )]
+    PltStub {
+        /// The function the stub jumps to.
+        name: String,
+    },
+    /// The address is in a PLT.
+    #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
+    InPlt {
+        /// The address.
+        addr: Addr,
+        /// The object whose PLT it is.
+        object: String,
+    },
     /// No function symbol covers the address, so its instruction boundaries are unknown.
     #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
     NoFunction {
@@ -114,6 +131,10 @@ impl ResolveError {
             ResolveError::NotCode { perms, what, .. } => {
                 Some(format!("it is data, not code (a {perms} mapping of {what})"))
             }
+            ResolveError::InPlt { object, .. } => Some(format!(
+                "it is a PLT stub of `{object}`, which dprobe does not probe: probe the function the stub jumps \
+                 to, which every call through it reaches"
+            )),
             ResolveError::NoFunction { .. } => Some(
                 "no function symbol covers it, so dprobe cannot check that it is on an instruction boundary".into(),
             ),
@@ -172,6 +193,9 @@ impl Symbols {
             }
             return Ok(target);
         }
+        if let Some(name) = function.strip_suffix("@plt") {
+            return Err(ResolveError::PltStub { name: name.to_owned() });
+        }
         let symbol = || binary.map_or_else(|| function.to_owned(), |b| format!("{b}:{function}"));
         let f =
             self.find_in(object.as_ref(), function).ok_or_else(|| ResolveError::SymbolNotFound { symbol: symbol() })?;
@@ -187,7 +211,12 @@ impl Symbols {
     /// code, inside a function whose bounds are known.
     pub fn resolve_addr(&self, maps: &[Mapping], addr: Addr) -> Result<Target, ResolveError> {
         self.check_code(maps, addr)?;
-        let f = self.containing(addr).ok_or(ResolveError::NoFunction { addr })?;
+        let Some(f) = self.containing(addr) else {
+            return Err(match self.plt_containing(addr) {
+                Some(object) => ResolveError::InPlt { addr, object: object.to_string() },
+                None => ResolveError::NoFunction { addr },
+            });
+        };
         let offset = addr.0 - f.start.0;
         Ok(Target { function: f.clone(), offset, addr, file_offset: f.file_offset + offset })
     }

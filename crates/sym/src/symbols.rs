@@ -67,6 +67,8 @@ pub struct Symbols {
     by_name: HashMap<String, Vec<usize>>,
     /// Each object's path and bias, in load order.
     objects: Vec<(Arc<str>, u64)>,
+    /// The PLT sections (`.plt`, `.plt.sec`, `.plt.got`) of each object: start, end, object.
+    plt: Vec<(Addr, Addr, Arc<str>)>,
     /// Read from one file, at link-time addresses (no process maps it).
     file: bool,
 }
@@ -86,15 +88,17 @@ impl Symbols {
         }
         let mut funcs = Vec::new();
         let mut objects = Vec::new();
+        let mut plt = Vec::new();
         for path in paths {
             let object: Arc<str> = Arc::from(path);
             let Ok(data) = std::fs::read(path) else { continue };
             if let Some(bias) = load_bias(maps, path, &data) {
                 read_functions(&object, &data, bias, &mut funcs);
+                plt.extend(plt_sections(&object, &data, bias));
                 objects.push((object, bias));
             }
         }
-        Symbols::index(funcs, objects, false)
+        Symbols::index(funcs, objects, plt, false)
     }
 
     /// Read the symbols of one ELF file, at its link-time addresses (nothing is running it).
@@ -108,10 +112,16 @@ impl Symbols {
         let object: Arc<str> = Arc::from(canonical.to_string_lossy().as_ref());
         let mut funcs = Vec::new();
         read_functions(&object, &data, 0, &mut funcs);
-        Ok(Symbols::index(funcs, vec![(object, 0)], true))
+        let plt = plt_sections(&object, &data, 0);
+        Ok(Symbols::index(funcs, vec![(object, 0)], plt, true))
     }
 
-    fn index(mut funcs: Vec<Function>, objects: Vec<(Arc<str>, u64)>, file: bool) -> Symbols {
+    fn index(
+        mut funcs: Vec<Function>,
+        objects: Vec<(Arc<str>, u64)>,
+        plt: Vec<(Addr, Addr, Arc<str>)>,
+        file: bool,
+    ) -> Symbols {
         // A symbol in both .symtab and .dynsym appears twice: keep the versioned copy.
         funcs.sort_by(|a, b| {
             a.start.cmp(&b.start).then(a.name.cmp(&b.name)).then(a.version.is_none().cmp(&b.version.is_none()))
@@ -128,7 +138,7 @@ impl Symbols {
                 }
             }
         }
-        Symbols { by_addr: funcs, by_name, objects, file }
+        Symbols { by_addr: funcs, by_name, objects, plt, file }
     }
 
     /// Find a function by `[OBJECT:]NAME[@VERSION|@@VERSION]`. NAME is the symbol name or a
@@ -185,6 +195,11 @@ impl Symbols {
         self.objects.iter().find(|(o, _)| object.matches(o)).map(|(_, bias)| *bias)
     }
 
+    /// The object whose PLT holds `addr`, if a PLT does.
+    pub(crate) fn plt_containing(&self, addr: Addr) -> Option<&Arc<str>> {
+        self.plt.iter().find(|(start, end, _)| *start <= addr && addr < *end).map(|(_, _, object)| object)
+    }
+
     /// Whether these are the symbols of one file, at link-time addresses.
     pub fn is_file(&self) -> bool {
         self.file
@@ -199,6 +214,19 @@ fn load_bias(maps: &[Mapping], path: &str, data: &[u8]) -> Option<u64> {
     let seg = file.segments().find(|s| s.file_range().0 == 0)?;
     let link = seg.address() & !0xfff;
     Some(first.start.0.wrapping_sub(link))
+}
+
+/// Where the PLT stubs of an object are: its `.plt`, `.plt.sec` and `.plt.got` sections, at
+/// run-time addresses. They have no symbols, so no function covers them.
+fn plt_sections(object: &Arc<str>, data: &[u8], bias: u64) -> Vec<(Addr, Addr, Arc<str>)> {
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else { return Vec::new() };
+    file.sections()
+        .filter(|s| matches!(s.name(), Ok(".plt" | ".plt.sec" | ".plt.got")))
+        .map(|s| {
+            let start = s.address().wrapping_add(bias);
+            (Addr(start), Addr(start.saturating_add(s.size())), object.clone())
+        })
+        .collect()
 }
 
 fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Function>) {

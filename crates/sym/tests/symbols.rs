@@ -112,3 +112,22 @@ fn what_does_not_resolve_says_why() {
     assert!(matches!(resolve("0x10"), ResolveError::NotMapped { addr: Addr(0x10) }));
     assert!(matches!(resolve("kernel:schedule"), ResolveError::NotUserCode { .. }));
 }
+
+#[test]
+fn plt_stubs_are_refused_with_the_reason() {
+    use object::{Object, ObjectSection};
+    let maps = read_maps().unwrap();
+    let s = Symbols::load(&maps);
+    let e = s.resolve(&maps, &dprobe_spec::parse_target("puts@plt").unwrap()).unwrap_err();
+    assert!(matches!(e, ResolveError::PltStub { ref name } if name == "puts"), "{e:?}");
+    assert!(e.to_string().contains("probe `puts` itself"), "{e}");
+    // An address inside libc's own PLT.
+    let getpid = s.find("libc:getpid").unwrap();
+    let data = std::fs::read(&*getpid.object).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let plt = file.sections().find(|s| s.name() == Ok(".plt")).expect("libc has a PLT");
+    let in_plt = Addr(plt.address() + getpid.bias + 16);
+    let e = s.resolve_addr(&maps, in_plt).unwrap_err();
+    assert!(matches!(e, ResolveError::InPlt { addr, .. } if addr == in_plt), "{e:?}");
+    assert!(e.to_string().contains("PLT stub of `"), "{e}");
+}
