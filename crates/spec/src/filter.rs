@@ -68,24 +68,7 @@ impl Filter {
             Filter::And(a, b) => a.matches(field) && b.matches(field),
             Filter::Or(a, b) => a.matches(field) || b.matches(field),
             Filter::Not(a) => !a.matches(field),
-            Filter::Cmp { field: name, op, value } => match (field(name), value) {
-                (Some(Value::Int(v)), Literal::Int(w)) => match op {
-                    CmpOp::Eq => v == *w,
-                    CmpOp::Ne => v != *w,
-                    CmpOp::Lt => v < *w,
-                    CmpOp::Le => v <= *w,
-                    CmpOp::Gt => v > *w,
-                    CmpOp::Ge => v >= *w,
-                    CmpOp::Glob => false,
-                },
-                (Some(Value::Str(s)), Literal::Str(w)) => match op {
-                    CmpOp::Eq => s == w.as_bytes(),
-                    CmpOp::Ne => s != w.as_bytes(),
-                    CmpOp::Glob => glob(w.as_bytes(), s),
-                    _ => false,
-                },
-                _ => false,
-            },
+            Filter::Cmp { field: name, op, value } => compare(field(name), *op, value),
         }
     }
 
@@ -96,6 +79,29 @@ impl Filter {
             Filter::And(a, b) | Filter::Or(a, b) => [a.fields(), b.fields()].concat(),
             Filter::Not(a) => a.fields(),
         }
+    }
+}
+
+/// One comparison of a filter: `got OP literal`. A missing value (an unknown field, a fault)
+/// or a string compared with a number is false.
+pub fn compare(got: Option<Value<'_>>, op: CmpOp, literal: &Literal) -> bool {
+    match (got, literal) {
+        (Some(Value::Int(v)), Literal::Int(w)) => match op {
+            CmpOp::Eq => v == *w,
+            CmpOp::Ne => v != *w,
+            CmpOp::Lt => v < *w,
+            CmpOp::Le => v <= *w,
+            CmpOp::Gt => v > *w,
+            CmpOp::Ge => v >= *w,
+            CmpOp::Glob => false,
+        },
+        (Some(Value::Str(s)), Literal::Str(w)) => match op {
+            CmpOp::Eq => s == w.as_bytes(),
+            CmpOp::Ne => s != w.as_bytes(),
+            CmpOp::Glob => glob(w.as_bytes(), s),
+            _ => false,
+        },
+        _ => false,
     }
 }
 

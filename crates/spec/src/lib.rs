@@ -28,7 +28,9 @@ mod filter;
 mod probe;
 
 pub use error::{SpecError, SpecErrorKind};
-pub use filter::{glob, parse_filter, CmpOp, Filter, Literal, Value, MAX_FILTER_COMPARISONS, MAX_FILTER_DEPTH};
+pub use filter::{
+    compare, glob, parse_filter, CmpOp, Filter, Literal, Value, MAX_FILTER_COMPARISONS, MAX_FILTER_DEPTH,
+};
 pub use probe::{
     parse_probe, parse_target, split_binary, split_offset, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register,
     Target,

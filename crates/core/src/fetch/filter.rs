@@ -1,7 +1,7 @@
 //! A `--filter` compiled against one plan: field names become indices into its values, so a
 //! hit is tested without looking names up.
 
-use dprobe_spec::{glob, CmpOp, Filter, Literal, Value};
+use dprobe_spec::{compare, CmpOp, Filter, Literal};
 
 use super::values::Values;
 
@@ -36,24 +36,7 @@ impl Test {
             Test::Not(a) => !a.passes(values),
             Test::Cmp { index, op, value } => {
                 let got = index.and_then(|i| values.get(i));
-                match (got.as_ref().and_then(|v| v.filter_value()), value) {
-                    (Some(Value::Int(v)), Literal::Int(w)) => match op {
-                        CmpOp::Eq => v == *w,
-                        CmpOp::Ne => v != *w,
-                        CmpOp::Lt => v < *w,
-                        CmpOp::Le => v <= *w,
-                        CmpOp::Gt => v > *w,
-                        CmpOp::Ge => v >= *w,
-                        CmpOp::Glob => false,
-                    },
-                    (Some(Value::Str(s)), Literal::Str(w)) => match op {
-                        CmpOp::Eq => s == w.as_bytes(),
-                        CmpOp::Ne => s != w.as_bytes(),
-                        CmpOp::Glob => glob(w.as_bytes(), s),
-                        _ => false,
-                    },
-                    _ => false,
-                }
+                compare(got.as_ref().and_then(|v| v.filter_value()), *op, value)
             }
         }
     }
