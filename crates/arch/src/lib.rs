@@ -1,16 +1,19 @@
 //! x86-64 layer of dprobe: can an instruction be probed, and how is it executed out of line?
 //!
-//! The interface mirrors the kernel's four verbs between the generic and the arch layer:
+//! The interface mirrors the kernel's verbs between the generic and the arch layer:
 //!
 //! * [`analyze`] decodes the instruction at a probe address (checking that the address is on an
 //!   instruction boundary of its function) and classifies it once: emulated in the trap handler,
 //!   copied to an out-of-line slot (with a RIP-relative operand fixed up), or refused with a
 //!   written reason ([`Unsupported`]);
-//! * [`prepare_slot`] writes the relocated copy for a slot address: a *boosted* copy that jumps
-//!   back to the original stream (one trap per hit), or a copy that ends in `int3` so that a
-//!   post-handler can run after the instruction;
-//! * [`arm`] and [`disarm`] return the [`Patch`] an engine writes at the probe address;
-//! * [`emulate`] and [`SlotCode::finish_step`] update [`Regs`] after the instruction ran.
+//! * [`prepare`] decides, once, how a hit executes it ([`ExecPlan`]: emulated, or a copy in an
+//!   out-of-line slot that is *boosted* (jumps back to the original stream, one trap per hit)
+//!   or *post-step* (ends in `int3` so that a post-handler runs after the instruction)),
+//!   builds that slot's code ([`prepare_slot`]) at an address the engine supplies, and falls
+//!   back to emulation when a copy is only an optimization. The [`Prepared`] result carries
+//!   the [`Patch`]es that arm and disarm the probe ([`arm`], [`disarm`]); an engine applies
+//!   them, and undoes them in the code it analyzes ([`Patch::revert_in`]);
+//! * [`emulate`] and [`Prepared::finish_step`] update [`Regs`] after the instruction ran.
 //!
 //! Every byte of machine code dprobe writes into a process (slots, return stubs, injected
 //! system calls, trampolines) comes from one [`CodeWriter`], which lays instructions out with
@@ -33,6 +36,7 @@ mod emulate;
 mod error;
 mod memory;
 mod patch;
+mod prepare;
 mod regs;
 mod slot;
 mod writer;
@@ -46,6 +50,7 @@ pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use memory::{Memory, MemoryFault};
 pub use patch::{arm, disarm, Patch, INT3};
+pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
 pub use writer::{syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

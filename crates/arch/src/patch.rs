@@ -26,3 +26,17 @@ pub fn arm(insn: &Insn) -> Patch {
 pub fn disarm(insn: &Insn) -> Patch {
     Patch { addr: insn.addr, old: vec![INT3], new: vec![insn.bytes[0]] }
 }
+
+impl Patch {
+    /// Undo this patch in a copy of the code that starts at `code_start`, so that analysis
+    /// sees the original bytes and never an armed probe's `int3`. Bytes outside `code` are
+    /// left alone.
+    pub fn revert_in(&self, code: &mut [u8], code_start: Addr) {
+        for (i, &b) in self.old.iter().enumerate() {
+            let at = self.addr.0.wrapping_add(i as u64).wrapping_sub(code_start.0);
+            if let Some(byte) = usize::try_from(at).ok().and_then(|at| code.get_mut(at)) {
+                *byte = b;
+            }
+        }
+    }
+}

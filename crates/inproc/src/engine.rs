@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use dprobe_arch::{analyze, plan, prepare_slot, Addr, ExecClass, ExecPlan, Insn, SlotCode, SlotEnding, INT3};
+use dprobe_arch::{analyze, arm, disarm, prepare, Addr, Insn, Patch, Prepared, SlotCode, SlotEnding};
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
@@ -33,20 +33,9 @@ use crate::slots::SlotPool;
 use crate::{guard, signals, sys, trap};
 use dprobe_sym::{read_maps, Mapping, ResolveError, Symbols, Target};
 
-/// How the engine executes the displaced instruction of a site (the arch data of a
-/// [`Site`]).
-pub struct SiteExec {
-    /// The original instruction.
-    pub insn: Insn,
-    /// Emulate it, or run it in `slot`.
-    pub plan: ExecPlan,
-    /// The slot for `plan`, if it takes one.
-    pub slot: Option<SlotCode>,
-}
-
 /// The process-wide in-process engine.
 pub struct Engine {
-    pub(crate) table: SiteTable<SiteExec>,
+    pub(crate) table: SiteTable<Prepared>,
     /// Every slot ever written, sorted by address (for mapping faults back).
     slots: Rcu<Vec<SlotCode>>,
     state: Mutex<State>,
@@ -249,11 +238,7 @@ impl Engine {
             let symbol = st.symbols.as_ref().and_then(|s| s.containing(addr)).map(|f| {
                 format!("{}:{}+{:#x}", f.object.rsplit('/').next().unwrap_or(&f.object), f.name, addr.0 - f.start.0)
             });
-            let execution = match site.arch.plan {
-                ExecPlan::Emulate(_) => "emulated",
-                ExecPlan::Slot(SlotEnding::JumpBack) => "boosted",
-                ExecPlan::Slot(SlotEnding::Trap) => "post-step",
-            };
+            let execution = site.arch.execution();
             let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
             for p in &site.probes {
                 out.push(ProbeInfo {
@@ -295,27 +280,22 @@ impl Engine {
         for (addr, probes) in &lists {
             let needs_post = probes.iter().any(|p| p.has_post());
             let insn = st.sites[addr].insn.clone();
-            let (plan, slot) = match plan(&insn, needs_post) {
-                ExecPlan::Slot(ending) => match (self.slot_for(st, maps, *addr, ending), insn.class) {
-                    (Ok(slot), _) => (ExecPlan::Slot(ending), Some(slot)),
-                    // A boosted copy of an absolute branch is only faster than emulation.
-                    (Err(_), ExecClass::Emulate { emulation, .. }) => (ExecPlan::Emulate(emulation), None),
-                    (Err(e), _) => return Err(e),
-                },
-                emulated => (emulated, None),
-            };
-            execs.push(SiteExec { insn, plan, slot });
+            let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
+            if let Some(slot) = &prepared.slot {
+                self.install_slot(st, slot)?;
+            }
+            execs.push(prepared);
         }
         // 2. Disarm sites left without an enabled probe, before they are published so.
         for (addr, probes) in &lists {
             let site = st.sites.get_mut(addr).expect("site of a list");
             if site.armed && !probes.iter().any(|p| p.stats.is_enabled()) {
-                patch(*addr, INT3, site.insn.bytes[0])?;
+                apply_patch(&disarm(&site.insn))?;
                 site.armed = false;
             }
         }
         // 3. Publish, and wait for readers of the old rows.
-        let rows: Vec<TableEntry<SiteExec>> = lists
+        let rows: Vec<TableEntry<Prepared>> = lists
             .iter()
             .zip(execs)
             .flat_map(|((addr, probes), exec)| {
@@ -340,7 +320,7 @@ impl Engine {
             let site = st.sites.get_mut(addr).expect("site of a list");
             site.probes = probes.clone();
             if !site.armed && probes.iter().any(|p| p.stats.is_enabled()) && failure.is_none() {
-                match patch(*addr, site.insn.bytes[0], INT3) {
+                match apply_patch(&arm(&site.insn)) {
                     Ok(()) => site.armed = true,
                     Err(e) => failure = Some(e),
                 }
@@ -349,20 +329,23 @@ impl Engine {
         failure.map_or(Ok(()), Err)
     }
 
-    /// The slot of `addr` with `ending`: the one built before, or a new one near the site.
-    fn slot_for(
-        &self,
-        st: &mut State,
-        maps: &[Mapping],
-        addr: Addr,
-        ending: SlotEnding,
-    ) -> Result<SlotCode, ProbeError> {
+    /// Where the slot of `addr` with `ending` is: the one built before, or a new one near the
+    /// site.
+    fn slot_for(&self, st: &mut State, maps: &[Mapping], addr: Addr, ending: SlotEnding) -> Result<Addr, ProbeError> {
         if let Some(s) = st.sites[&addr].slots.iter().find(|s| s.ending == ending) {
-            return Ok(s.clone());
+            return Ok(s.addr);
         }
-        let no_slot = |reason: String| ProbeError::NoSlot { addr, reason };
-        let at = st.pool.alloc_near(addr, maps).map_err(|e| no_slot(e.to_string()))?;
-        let slot = prepare_slot(&st.sites[&addr].insn, at, ending)?;
+        st.pool.alloc_near(addr, maps).map_err(|e| ProbeError::NoSlot { addr, reason: e.to_string() })
+    }
+
+    /// Write a slot prepared for a new slot address and publish it; one built before is
+    /// there already.
+    fn install_slot(&self, st: &mut State, slot: &SlotCode) -> Result<(), ProbeError> {
+        let site = st.sites.get_mut(&slot.original).expect("site of a slot");
+        if site.slots.iter().any(|s| s.addr == slot.addr) {
+            return Ok(());
+        }
+        let no_slot = |reason: String| ProbeError::NoSlot { addr: slot.original, reason };
         sys::write_code(slot.addr, slot.code()).map_err(|e| no_slot(format!("writing the slot: {e}")))?;
         self.slots.update(|slots| {
             let mut next = slots.clone();
@@ -370,8 +353,8 @@ impl Engine {
             next.sort_by_key(|s| s.addr);
             next
         });
-        st.sites.get_mut(&addr).expect("site").slots.push(slot.clone());
-        Ok(slot)
+        site.slots.push(slot.clone());
+        Ok(())
     }
 }
 
@@ -393,17 +376,18 @@ fn maps() -> Result<Vec<Mapping>, ProbeError> {
     read_maps().map_err(|source| ProbeError::Os { what: "reading /proc/self/maps", source })
 }
 
-/// Replace the byte at `addr`, checking first that it is `old`.
-fn patch(addr: Addr, old: u8, new: u8) -> Result<(), ProbeError> {
-    let mut now = [0u8];
+/// Apply an arm or disarm patch, checking first that the code holds what the patch replaces.
+fn apply_patch(patch: &Patch) -> Result<(), ProbeError> {
+    let addr = patch.addr;
+    let mut now = vec![0u8; patch.old.len()];
     sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
-    if now[0] != old {
+    if now != patch.old {
         return Err(ProbeError::Patch {
             addr,
-            reason: format!("expected byte {old:#04x}, found {:#04x}: the code changed under dprobe", now[0]),
+            reason: format!("expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe", patch.old),
         });
     }
-    sys::write_code(addr, &[new]).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
+    sys::write_code(addr, &patch.new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
 }
 
 /// Find the address of a target and analyze its instruction.
@@ -420,9 +404,9 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Add
     let mut code = vec![0u8; f.size as usize];
     sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
     // Analyze the original bytes, never an armed probe's int3.
-    for (a, site) in st.sites.range(f.start..f.start.offset(f.size)) {
+    for site in st.sites.range(f.start..f.start.offset(f.size)).map(|(_, s)| s) {
         if site.armed {
-            code[(a.0 - f.start.0) as usize] = site.insn.bytes[0];
+            arm(&site.insn).revert_in(&mut code, f.start);
         }
     }
     if let Some(site) = st.sites.get(&addr) {

@@ -8,11 +8,11 @@
 
 use std::cell::Cell;
 
-use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, INT3};
+use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, Prepared, INT3};
 use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, PreOutcome, Regs, Site, TrapKind};
 
 use crate::context::SignalContext;
-use crate::engine::{Engine, SiteExec};
+use crate::engine::Engine;
 use crate::signals::{chain, Redeliver};
 use crate::{guard, sys};
 
@@ -93,7 +93,7 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
 }
 
 /// A probe's `int3` at `site.addr` trapped.
-fn on_entry(site: &Site<SiteExec>, ctx: &mut SignalContext) -> bool {
+fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
     if site.probes.is_empty() {
         // Every probe here was unregistered after this thread trapped. If the original byte
         // is back, run the original instruction; an int3 still there is not ours.
@@ -122,7 +122,7 @@ fn on_entry(site: &Site<SiteExec>, ctx: &mut SignalContext) -> bool {
 
 /// Execute the displaced instruction: emulate it (then run the post-handlers), or send the
 /// thread to its slot. Writes the resulting registers to `ctx`.
-fn execute(site: &Site<SiteExec>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
+fn execute(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
     match site.arch.plan {
         ExecPlan::Emulate(emulation) => {
             let mut mem = InprocMemory { rsp: regs.rsp };
@@ -137,7 +137,7 @@ fn execute(site: &Site<SiteExec>, regs: &mut Regs, post: bool, ctx: &mut SignalC
             }
         }
         ExecPlan::Slot(_) => {
-            regs.rip = site.arch.slot.as_ref().map_or(site.addr.0, |s| s.entry().0);
+            regs.rip = site.arch.slot_entry().map_or(site.addr.0, |a| a.0);
             ctx.set_regs(regs);
         }
     }
@@ -145,9 +145,9 @@ fn execute(site: &Site<SiteExec>, regs: &mut Regs, post: bool, ctx: &mut SignalC
 
 /// The slot's final `int3`: the instruction has run; continue after the original and run the
 /// post-handlers.
-fn on_post_step(site: &Site<SiteExec>, ctx: &mut SignalContext) {
+fn on_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
     let mut regs = ctx.regs();
-    regs.rip = site.arch.insn.next().0;
+    site.arch.finish_step(&mut regs);
     if !in_handler() {
         enter_handler();
         site.run_post(&mut regs, &mut Guarded);
@@ -159,7 +159,7 @@ fn on_post_step(site: &Site<SiteExec>, ctx: &mut SignalContext) {
 /// The emulated instruction's memory access failed, so the original would have faulted:
 /// offer the fault to the fault handlers, else deliver `SIGSEGV` as the original would have,
 /// with RIP at the probed instruction.
-fn emulated_fault(site: &Site<SiteExec>, regs: &mut Regs, fault: MemoryFault, ctx: &mut SignalContext) {
+fn emulated_fault(site: &Site<Prepared>, regs: &mut Regs, fault: MemoryFault, ctx: &mut SignalContext) {
     let info = FaultInfo { signal: libc::SIGSEGV, fault_addr: Some(fault.addr), stage: FaultStage::Instruction };
     if site.run_fault(regs, &info) {
         ctx.set_regs(regs);

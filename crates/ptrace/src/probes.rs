@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dprobe_arch::{analyze, plan, Addr, ExecClass, ExecPlan, Insn, Memory, Regs, SlotCode, INT3};
+use dprobe_arch::{analyze, arm, prepare, Addr, ExecPlan, Insn, Memory, Prepared, Regs, SlotCode};
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
 use dprobe_spec::SpecError;
@@ -260,28 +260,25 @@ impl Tracee {
     ) -> Result<(), TraceError> {
         let mut code = vec![0u8; f.size as usize];
         self.read(f.start, &mut code)?;
-        for (a, s) in self.sites.range(f.start..f.start.offset(f.size)) {
-            code[(a.0 - f.start.0) as usize] = s.insn.bytes[0];
+        for s in self.sites.range(f.start..f.start.offset(f.size)).map(|(_, s)| s) {
+            arm(&s.insn).revert_in(&mut code, f.start);
         }
         let insn = analyze(&code, f.start, addr).map_err(ProbeError::from)?;
-        let (exec_plan, slot) = match plan(&insn, false) {
-            ExecPlan::Slot(ending) => match self.xol.slot_for(tid, &mut self.memory, &insn, ending, maps) {
-                Ok(slot) => (ExecPlan::Slot(ending), Some(slot)),
-                Err(e) => match insn.class {
-                    ExecClass::Emulate { emulation, .. } => (ExecPlan::Emulate(emulation), None),
-                    _ => return Err(e),
-                },
-            },
-            emulated => (emulated, None),
-        };
-        let mut now = [0u8];
+        let (xol, memory) = (&mut self.xol, &mut self.memory);
+        let prepared = prepare(&insn, false, |_| xol.slot_at(tid, memory, addr, maps))?;
+        let patch = prepared.arm();
+        let mut now = vec![0u8; patch.old.len()];
         self.read(addr, &mut now)?;
-        if now[0] != insn.bytes[0] {
+        if now != patch.old {
             return Err(ProbeError::ForeignBreakpoint { addr }.into());
         }
+        if let Some(slot) = &prepared.slot {
+            self.xol.install(&mut self.memory, slot)?;
+        }
         let probes = probe.into_iter().collect();
-        self.sites.insert(addr, Site { insn, plan: exec_plan, slot, probes, loader_hook: probe.is_none() });
-        self.write(addr, &[INT3])?;
+        let Prepared { insn, plan, slot } = prepared;
+        self.sites.insert(addr, Site { insn, plan, slot, probes, loader_hook: probe.is_none() });
+        self.write(addr, &patch.new)?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! `mmap` system call, holding the relocated copies of probed instructions and the return
 //! trampoline; unmapped the same way when dprobe lets the process go.
 
-use dprobe_arch::{prepare_slot, trampoline_code, Addr, Insn, Memory, SlotCode, SlotEnding, SLOT_SIZE};
+use dprobe_arch::{trampoline_code, Addr, Memory, PrepareError, SlotCode, SLOT_SIZE};
 use dprobe_core::ProbeError;
 use dprobe_sym::{free_pages_near, Mapping};
 
@@ -28,22 +28,24 @@ pub struct Xol {
 }
 
 impl Xol {
-    /// A slot for `insn` in a page within reach of it, mapping a page if needed (thread `tid`
-    /// must be stopped).
-    pub fn slot_for(
+    /// The address of a new slot in a page within reach of `near`, mapping a page if needed
+    /// (thread `tid` must be stopped).
+    pub fn slot_at(
         &mut self,
         tid: i32,
         memory: &mut RemoteMemory,
-        insn: &Insn,
-        ending: SlotEnding,
+        near: Addr,
         maps: &[Mapping],
-    ) -> Result<SlotCode, TraceError> {
-        let page = self.page_near(tid, memory, insn.addr, maps)?;
+    ) -> Result<Addr, TraceError> {
+        let page = self.page_near(tid, memory, near, maps)?;
         let at = self.pages[page].base.offset((self.pages[page].used * SLOT_SIZE) as u64);
-        let slot = prepare_slot(insn, at, ending).map_err(ProbeError::from)?;
-        write(memory, slot.addr, slot.code())?;
         self.pages[page].used += 1;
-        Ok(slot)
+        Ok(at)
+    }
+
+    /// Write a prepared slot's code.
+    pub fn install(&mut self, memory: &mut RemoteMemory, slot: &SlotCode) -> Result<(), TraceError> {
+        write(memory, slot.addr, slot.code())
     }
 
     /// The return trampoline: one `int3` in the first page (mapped near `near` if there is no
@@ -105,6 +107,13 @@ impl Xol {
             }
         }
         Err(ProbeError::NoSlot { addr: near, reason: "no free address range within 1 GiB of it".into() }.into())
+    }
+}
+
+/// A slot that cannot be built refuses the probe.
+impl From<PrepareError> for TraceError {
+    fn from(e: PrepareError) -> Self {
+        TraceError::Probe(e.into())
     }
 }
 
