@@ -1,7 +1,7 @@
-//! analyze + prepare + emulate never panic, whatever the bytes and addresses.
+//! analyze + prepare + relocate + emulate never panic, whatever the bytes and addresses.
 #![no_main]
 
-use dprobe_arch::{analyze, emulate, prepare_slot, Addr, ExecClass, Memory, MemoryFault, Regs, SlotEnding};
+use dprobe_arch::{analyze, analyze_run, emulate, prepare_slot, relocate, Addr, ExecClass, Memory, MemoryFault, Regs, SlotEnding};
 use libfuzzer_sys::fuzz_target;
 
 struct NoMemory;
@@ -25,6 +25,9 @@ fuzz_target!(|input: &[u8]| {
     let Ok(insn) = analyze(code, Addr(base), Addr(base.wrapping_add(offset))) else { return };
     for ending in [SlotEnding::JumpBack, SlotEnding::Trap] {
         let _ = prepare_slot(&insn, Addr(slot), ending);
+    }
+    if let Ok(run) = analyze_run(code, Addr(base), insn.addr, 5) {
+        let _ = relocate(&run, Addr(slot));
     }
     if let ExecClass::Emulate { emulation, .. } = insn.class {
         let _ = emulate(emulation, insn.next(), &mut Regs::default(), &mut NoMemory);

@@ -278,6 +278,16 @@ pub fn analyze(code: &[u8], code_start: Addr, addr: Addr) -> Result<Insn, Analyz
     Ok(Insn { addr, len, bytes, class })
 }
 
+/// Analyze the instructions from `addr` on that cover at least `len` bytes: the window a
+/// jump of `len` bytes at `addr` displaces. Each is checked as [`analyze`] checks one.
+pub fn analyze_run(code: &[u8], code_start: Addr, addr: Addr, len: usize) -> Result<Vec<Insn>, AnalyzeError> {
+    let mut run = vec![analyze(code, code_start, addr)?];
+    while let Some(next) = run.last().map(Insn::next).filter(|n| n.0.wrapping_sub(addr.0) < len as u64) {
+        run.push(analyze(code, code_start, next)?);
+    }
+    Ok(run)
+}
+
 fn classify(i: &Instruction, decoder: &Decoder<'_>) -> Result<ExecClass, Unsupported> {
     if i.is_invalid() {
         return Err(Unsupported::Undefined);

@@ -13,7 +13,10 @@
 //!   back to emulation when a copy is only an optimization. The [`Prepared`] result carries
 //!   the [`Patch`]es that arm and disarm the probe ([`arm`], [`disarm`]); an engine applies
 //!   them, and undoes them in the code it analyzes ([`Patch::revert_in`]);
-//! * [`emulate`] and [`Prepared::finish_step`] update [`Regs`] after the instruction ran.
+//! * [`emulate`] and [`Prepared::finish_step`] update [`Regs`] after the instruction ran;
+//! * [`relocate`] copies a run of consecutive instructions ([`analyze_run`]: those a
+//!   jump-optimized probe displaces) to run elsewhere, re-targeting RIP-relative operands and
+//!   relative branches, or refuses with a [`RelocateError`].
 //!
 //! Every byte of machine code dprobe writes into a process (slots, return stubs, injected
 //! system calls, trampolines) comes from one [`CodeWriter`], which lays instructions out with
@@ -38,13 +41,14 @@ mod memory;
 mod patch;
 mod prepare;
 mod regs;
+mod relocate;
 mod slot;
 mod writer;
 
 pub use addr::Addr;
 pub use analyze::{
-    analyze, decode_len, describe, plan, Condition, Emulation, ExecClass, ExecPlan, Insn, MemOperand, PushValue,
-    RipRelative,
+    analyze, analyze_run, decode_len, describe, plan, Condition, Emulation, ExecClass, ExecPlan, Insn, MemOperand,
+    PushValue, RipRelative,
 };
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
@@ -52,5 +56,6 @@ pub use memory::{Memory, MemoryFault};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};
+pub use relocate::{relocate, RelocateError, Relocated};
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
 pub use writer::{syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

@@ -117,14 +117,14 @@ pub fn prepare_slot(insn: &Insn, slot: Addr, ending: SlotEnding) -> Result<SlotC
     let mut at_insn = w.mark();
     match rip_relative {
         // Copied verbatim: the copy is the first instruction of the slot.
-        None => w.copy_bytes(insn.code()),
+        None => w.copy_bytes(insn.code(), insn.addr),
         Some(rel) => {
             let disp = rel.target.0 as i128 - (slot.0 as i128 + insn.len as i128);
             if let Ok(disp) = i32::try_from(disp) {
                 let mut bytes = insn.bytes;
                 let at = rel.disp_offset as usize;
                 bytes[at..at + 4].copy_from_slice(&disp.to_le_bytes());
-                w.copy_bytes(&bytes[..insn.len]);
+                w.copy_bytes(&bytes[..insn.len], insn.addr);
             } else {
                 let scratch = rel.scratch.ok_or(PrepareError::OutOfReach {
                     addr: insn.addr,

@@ -63,9 +63,13 @@ impl CodeWriter {
         }
     }
 
-    /// An original instruction's bytes, copied verbatim (it must not depend on its address).
-    pub fn copy_bytes(&mut self, bytes: &[u8]) {
-        self.add(Instruction::with_declare_byte(bytes));
+    /// The bytes of the original instruction at `original`, copied verbatim (it must not
+    /// depend on its address). A branch of the same block to `original` goes to the copy.
+    pub fn copy_bytes(&mut self, bytes: &[u8], original: Addr) {
+        self.add(Instruction::with_declare_byte(bytes).map(|mut i| {
+            i.set_ip(original.0);
+            i
+        }));
     }
 
     /// A decoded instruction at its original address: the encoder re-targets it.

@@ -119,7 +119,7 @@ fn a_rip_relative_operand_out_of_reach_is_an_error() {
 fn copied_bytes_stay_as_they_were() {
     let bytes = [0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0]; // a long nop with redundant prefixes
     let mut w = CodeWriter::new();
-    w.copy_bytes(&bytes);
+    w.copy_bytes(&bytes, Addr(0x40_0000));
     assert_eq!(w.finish(AT).unwrap().bytes, bytes);
 }
 

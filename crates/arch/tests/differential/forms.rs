@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use iced_x86::{Decoder, DecoderOptions, Encoder, Formatter, GasFormatter, Instruction, Mnemonic, OpKind, Register};
-use object::{Object, ObjectSection, SectionKind};
+use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 
 use crate::harness::Ctx;
 use crate::{Arena, REGION};
@@ -19,9 +19,18 @@ pub struct Form {
     pub text: String,
 }
 
-/// Every distinct form, and where they came from.
+/// Consecutive instructions as a compiler laid them out, the first seen of its forms.
+pub struct Run {
+    /// Each instruction's bytes and address.
+    pub insns: Vec<(Vec<u8>, u64)>,
+    pub source: String,
+    pub text: String,
+}
+
+/// Every distinct form and run, and where they came from.
 pub struct Catalog {
     pub forms: Vec<Form>,
+    pub runs: Vec<Run>,
     pub sources: Vec<String>,
 }
 
@@ -61,20 +70,54 @@ fn form_key(i: &Instruction) -> u64 {
 struct Harvester {
     seen: HashSet<u64>,
     forms: Vec<Form>,
+    seen_runs: HashSet<u64>,
+    runs: Vec<Run>,
     sources: Vec<String>,
 }
 
+/// The longest run a jump-optimized probe displaces that the test harvests.
+const LONGEST_RUN: usize = 4;
+
 impl Harvester {
-    fn add_code(&mut self, source: &str, code: &[u8], ip: u64) {
+    /// Harvest the forms of `code`, and its runs: every run when `entries` is `None`, else
+    /// the runs starting at those addresses (function entries).
+    fn add_code(&mut self, source: &str, code: &[u8], ip: u64, entries: Option<&HashSet<u64>>) {
         let before = self.forms.len();
         let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
         let mut instr = Instruction::default();
         let mut fmt = GasFormatter::new();
+        let mut window: Vec<(u64, usize, Instruction)> = Vec::new();
         while d.can_decode() {
             let at = d.position();
             d.decode_out(&mut instr);
             if instr.is_invalid() {
+                window.clear();
                 continue;
+            }
+            window.push((form_key(&instr), at, instr));
+            if window.len() > LONGEST_RUN {
+                window.remove(0);
+            }
+            for n in 2..=window.len() {
+                let run = &window[window.len() - n..];
+                if entries.is_some_and(|e| !e.contains(&run[0].2.ip())) {
+                    continue;
+                }
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                run.iter().for_each(|(key, _, _)| key.hash(&mut h));
+                if self.seen_runs.insert(h.finish()) {
+                    let mut text = Vec::new();
+                    for (_, _, i) in run {
+                        let mut t = String::new();
+                        fmt.format(i, &mut t);
+                        text.push(t);
+                    }
+                    self.runs.push(Run {
+                        insns: run.iter().map(|(_, at, i)| (code[*at..*at + i.len()].to_vec(), i.ip())).collect(),
+                        source: source.into(),
+                        text: text.join("; "),
+                    });
+                }
             }
             if self.seen.insert(form_key(&instr)) {
                 let mut text = String::new();
@@ -90,8 +133,15 @@ impl Harvester {
         self.sources.push(format!("{source}: {} new", self.forms.len() - before));
     }
 
-    fn add_object(&mut self, source: &str, data: &[u8]) {
+    /// Harvest an object's code; `all_runs`: every run, else only those at function entries.
+    fn add_object(&mut self, source: &str, data: &[u8], all_runs: bool) {
         let Ok(file) = object::File::parse(data) else { return };
+        let entries: HashSet<u64> = file
+            .symbols()
+            .chain(file.dynamic_symbols())
+            .filter(|s| s.kind() == SymbolKind::Text)
+            .map(|s| s.address())
+            .collect();
         let mut merged = Vec::new();
         for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
             if let Ok(bytes) = section.data() {
@@ -101,7 +151,7 @@ impl Harvester {
         let before = self.forms.len();
         let sources_before = self.sources.len();
         for (addr, bytes) in merged {
-            self.add_code(source, &bytes, addr);
+            self.add_code(source, &bytes, addr, (!all_runs).then_some(&entries));
         }
         self.sources.truncate(sources_before);
         self.sources.push(format!("{source}: {} new", self.forms.len() - before));
@@ -117,7 +167,7 @@ fn compile(compiler: &str, flags: &[&str], out_dir: &Path, harvester: &mut Harve
         return;
     }
     let data = std::fs::read(&out).expect("compiled object");
-    harvester.add_object(&format!("{compiler} {}", flags.join(" ")), &data);
+    harvester.add_object(&format!("{compiler} {}", flags.join(" ")), &data, true);
 }
 
 fn loaded_object(needle: &str) -> Option<String> {
@@ -215,10 +265,16 @@ const HAND_PICKED: &[&[u8]] = &[
 
 /// Every form, from compilers, libc, this binary, and the hand-picked list.
 pub fn harvest() -> Catalog {
-    let mut h = Harvester { seen: HashSet::new(), forms: Vec::new(), sources: Vec::new() };
+    let mut h = Harvester {
+        seen: HashSet::new(),
+        forms: Vec::new(),
+        seen_runs: HashSet::new(),
+        runs: Vec::new(),
+        sources: Vec::new(),
+    };
     for (i, bytes) in HAND_PICKED.iter().enumerate() {
         let before = h.sources.len();
-        h.add_code("hand-picked", bytes, 0x10_0000 + (i as u64) * 0x100);
+        h.add_code("hand-picked", bytes, 0x10_0000 + (i as u64) * 0x100, None);
         h.sources.truncate(before);
     }
     h.sources.push(format!("hand-picked: {}", h.forms.len()));
@@ -235,10 +291,10 @@ pub fn harvest() -> Catalog {
     }
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(libc) = loaded_object("libc.so") {
-        h.add_object("libc", &std::fs::read(libc).expect("libc"));
+        h.add_object("libc", &std::fs::read(libc).expect("libc"), false);
     }
-    h.add_object("this test binary (LLVM)", &std::fs::read("/proc/self/exe").expect("own binary"));
-    Catalog { forms: h.forms, sources: h.sources }
+    h.add_object("this test binary (LLVM)", &std::fs::read("/proc/self/exe").expect("own binary"), false);
+    Catalog { forms: h.forms, runs: h.runs, sources: h.sources }
 }
 
 /// Why a form cannot run deterministically in the harness.
@@ -272,24 +328,59 @@ fn not_runnable(i: &Instruction) -> Option<&'static str> {
 /// Re-encode `form` at `at` with its memory operand and branch target inside the arena, and
 /// the register state that makes its memory operand valid.
 pub fn normalize(form: &Form, at: u64, arena: &Arena) -> Option<Prepared> {
-    let mut d = Decoder::with_ip(64, &form.bytes, form.ip, DecoderOptions::NONE);
+    let (bytes, i) = retarget(&form.bytes, form.ip, at, at + 0x100, arena)?;
+    let mut ctx = initial_ctx(arena);
+    point_memory_at_data(&i, &mut ctx, arena);
+    Some(Prepared { bytes, ctx, not_runnable: not_runnable(&i) })
+}
+
+/// Re-encode `run` at `at`, instruction after instruction, as [`normalize`] does one: every
+/// memory operand into data, branches past the run's end but within rel8 reach of each of its
+/// instructions (short branches are what compilers emit most).
+pub fn normalize_run(run: &Run, at: u64, arena: &Arena) -> Option<Prepared> {
+    let mut ctx = initial_ctx(arena);
+    let mut bytes = Vec::new();
+    let mut why = None;
+    for (code, ip) in &run.insns {
+        let (encoded, i) = retarget(code, *ip, at + bytes.len() as u64, at + RUN_BRANCH_TARGET, arena)?;
+        point_memory_at_data(&i, &mut ctx, arena);
+        why = why.or(not_runnable(&i));
+        bytes.extend(encoded);
+    }
+    Some(Prepared { bytes, ctx, not_runnable: why })
+}
+
+/// Where a run's branches go, from its start: after the longest run (4 x 15 bytes).
+const RUN_BRANCH_TARGET: u64 = 0x60;
+
+/// The instruction `code` (from `ip`) encoded at `here`: a RIP-relative operand refers to
+/// data, a branch to `target`.
+fn retarget(code: &[u8], ip: u64, here: u64, target: u64, arena: &Arena) -> Option<(Vec<u8>, Instruction)> {
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut i = d.decode();
     let data_mid = arena.data + (REGION / 2) as u64;
-    let stack_mid = arena.stack + (REGION / 2) as u64;
-    let int3_area = arena.code + 0x2000;
     if i.is_ip_rel_memory_operand() {
         i.set_memory_displacement64(data_mid + 0x40);
     }
     if i.op_kinds().any(|k| k == OpKind::NearBranch64) {
-        i.set_near_branch64(at + 0x100);
+        i.set_near_branch64(target);
     }
     let mut enc = Encoder::new(64);
-    enc.encode(&i, at).ok()?;
+    enc.encode(&i, here).ok()?;
     let bytes = enc.take_buffer();
-    let again = Decoder::with_ip(64, &bytes, at, DecoderOptions::NONE).decode();
+    let again = Decoder::with_ip(64, &bytes, here, DecoderOptions::NONE).decode();
     if again.code() != i.code() {
         return None;
     }
+    Some((bytes, again))
+}
+
+/// Registers pointing at int3s in the code area, a small count in rcx, string pointers and
+/// the stack in their areas, and distinct xmm values.
+fn initial_ctx(arena: &Arena) -> Ctx {
+    let data_mid = arena.data + (REGION / 2) as u64;
+    let stack_mid = arena.stack + (REGION / 2) as u64;
+    let int3_area = arena.code + 0x2000;
     let mut ctx = Ctx { gpr: [0; 16], rflags: 0x247, avx512: 0, xmm: [0; 16] };
     for (n, g) in ctx.gpr.iter_mut().enumerate() {
         *g = int3_area + 0x800 + n as u64 * 8;
@@ -298,6 +389,15 @@ pub fn normalize(form: &Form, at: u64, arena: &Arena) -> Option<Prepared> {
     ctx.gpr[6] = data_mid + 0x100; // rsi, rdi: string sources and destinations in data
     ctx.gpr[7] = data_mid + 0x200;
     ctx.gpr[4] = stack_mid;
+    for (n, x) in ctx.xmm.iter_mut().enumerate() {
+        *x = 0x0102_0304_0506_0708_1112_1314_1516_1718u128.wrapping_mul(n as u128 + 3);
+    }
+    ctx
+}
+
+/// Make `i`'s memory operand valid: its base points into data, its index is small.
+fn point_memory_at_data(i: &Instruction, ctx: &mut Ctx, arena: &Arena) {
+    let data_mid = arena.data + (REGION / 2) as u64;
     let index_of = |r: Register| -> Option<usize> {
         let full = r.full_register();
         (full.is_gpr64()).then(|| full.number())
@@ -312,8 +412,4 @@ pub fn normalize(form: &Form, at: u64, arena: &Arena) -> Option<Prepared> {
             ctx.gpr[x] = 2;
         }
     }
-    for (n, x) in ctx.xmm.iter_mut().enumerate() {
-        *x = 0x0102_0304_0506_0708_1112_1314_1516_1718u128.wrapping_mul(n as u128 + 3);
-    }
-    Some(Prepared { bytes, ctx, not_runnable: not_runnable(&i) })
 }

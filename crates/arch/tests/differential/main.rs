@@ -6,12 +6,15 @@
 //! and memory state, and compare every general register, the flags, RIP after, xmm0-15 and
 //! the memory it could touch.
 //!
-//! The test prints how many forms it executed and how many were refused.
+//! The test prints how many forms it executed and how many were refused; `runs` does the same
+//! for runs of consecutive instructions, relocated.
 
 mod forms;
 mod harness;
+mod runs;
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use dprobe_arch::{
     analyze, emulate, prepare_slot, Addr, AnalyzeError, ExecClass, Gpr, Memory, MemoryFault, Regs, SlotCode, SlotEnding,
@@ -20,6 +23,15 @@ use harness::{Ctx, Outcome};
 
 const PAGE: usize = 4096;
 const REGION: usize = 64 * 1024;
+
+/// The harness runs one piece of code at a time in the whole process.
+static HARNESS: Mutex<()> = Mutex::new(());
+
+/// The harvested forms and runs, harvested once for both tests.
+fn catalog() -> &'static forms::Catalog {
+    static CATALOG: OnceLock<forms::Catalog> = OnceLock::new();
+    CATALOG.get_or_init(forms::harvest)
+}
 
 /// Memory of the test: an executable code area, slot pages near and far, data and stack.
 struct Arena {
@@ -227,9 +239,10 @@ fn describe_diff(a: &Result_, b: &Result_) -> String {
 
 #[test]
 fn differential_execution_of_harvested_forms() {
+    let _alone = HARNESS.lock().unwrap_or_else(|e| e.into_inner());
     harness::install();
     let arena = Arena::new();
-    let catalog = forms::harvest();
+    let catalog = catalog();
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
 
     let mut executed = 0usize;

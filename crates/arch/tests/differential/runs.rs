@@ -1,0 +1,123 @@
+//! Differential execution of runs: the 2-4 consecutive instructions a jump-optimized probe
+//! displaces, harvested from the same compiler output as the forms, each executed in place and
+//! from its relocated copy ([`dprobe_arch::relocate`]) from the same state, and compared:
+//! every general register, the flags, RIP after (a fault in the copy mapped back to its
+//! original instruction), xmm0-15, and the memory it could touch.
+
+use std::collections::BTreeMap;
+
+use dprobe_arch::{analyze_run, relocate, Addr, AnalyzeError, RelocateError, Relocated};
+
+use crate::harness::{self, Ctx};
+use crate::{bytes_at, describe_diff, finish, forms, hex, Arena, Result_, PAGE};
+
+/// The code pages, but for the run itself (which only the in-place execution has there).
+fn code_outside(arena: &Arena, run_len: usize) -> Vec<u8> {
+    let mut code = bytes_at(arena.code, 4 * PAGE).to_vec();
+    let at = (arena.insn_addr() - arena.code) as usize;
+    code[at..at + run_len].fill(0);
+    code
+}
+
+fn run_in_place(arena: &Arena, ctx: &Ctx, code: &[u8]) -> (Result_, Vec<u8>) {
+    arena.reset();
+    bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
+    let o = harness::run(ctx, arena.insn_addr());
+    (finish(arena, o), code_outside(arena, code.len()))
+}
+
+fn run_relocated(arena: &Arena, ctx: &Ctx, copy: &Relocated, run_len: usize) -> (Result_, Vec<u8>) {
+    arena.reset();
+    bytes_at(copy.addr.0, copy.code.len()).copy_from_slice(&copy.code);
+    let mut o = harness::run(ctx, copy.addr.0);
+    // A fault inside the copy is reported at the original instruction, as the engine will.
+    if let Some(original) = copy.original_of(Addr(o.regs.rip)) {
+        o.regs.rip = original.0;
+    }
+    if let Some(original) = copy.original_of(Addr(o.fault_addr)) {
+        o.fault_addr = original.0;
+    }
+    (finish(arena, o), code_outside(arena, run_len))
+}
+
+fn refusal(e: &RelocateError) -> &'static str {
+    match e {
+        RelocateError::Empty => "empty",
+        RelocateError::NotConsecutive { .. } => "not consecutive",
+        RelocateError::CallNotLast { .. } => "a call before the end",
+        RelocateError::TransferNotLast { .. } => "a jump or return before the end",
+        RelocateError::StackRelativeCall { .. } => "a call through the stack pointer",
+        RelocateError::BranchIntoInstruction { .. } => "a branch into an instruction",
+        RelocateError::OutOfReach { .. } => "RIP-relative target out of reach",
+        RelocateError::Encode(_) => "encoder refused",
+    }
+}
+
+#[test]
+fn differential_execution_of_harvested_runs() {
+    let _alone = crate::HARNESS.lock().unwrap_or_else(|e| e.into_inner());
+    harness::install();
+    let arena = Arena::new();
+    let catalog = crate::catalog();
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+
+    let mut executed: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    let mut not_runnable: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut mismatches = Vec::new();
+
+    for run in &catalog.runs {
+        let at = arena.insn_addr();
+        let Some(prepared) = forms::normalize_run(run, at, &arena) else {
+            *not_runnable.entry("cannot be re-encoded at the test address").or_default() += 1;
+            continue;
+        };
+        if let Some(why) = prepared.not_runnable {
+            *not_runnable.entry(why).or_default() += 1;
+            continue;
+        }
+        let code = &prepared.bytes;
+        let insns = match analyze_run(code, Addr(at), Addr(at), code.len()) {
+            Ok(i) => i,
+            Err(AnalyzeError::Unsupported { reason, .. }) => {
+                *refused.entry(format!("probe refused: {reason:?}")).or_default() += 1;
+                continue;
+            }
+            Err(e) => panic!("{}: {e}", run.text),
+        };
+        assert_eq!(insns.len(), run.insns.len(), "{}", run.text);
+        let copy = match relocate(&insns, Addr(arena.near)) {
+            Ok(c) => c,
+            Err(e) => {
+                *refused.entry(refusal(&e).to_owned()).or_default() += 1;
+                continue;
+            }
+        };
+        let mut ctx = prepared.ctx;
+        ctx.avx512 = u64::from(avx512);
+        let (original, original_code) = run_in_place(&arena, &ctx, code);
+        let (moved, moved_code) = run_relocated(&arena, &ctx, &copy, code.len());
+        if moved != original || moved_code != original_code {
+            let mut diff = describe_diff(&original, &moved);
+            if moved_code != original_code {
+                diff.push_str(", code-page memory differs");
+            }
+            mismatches.push(format!("{} [{}] ({}): {diff}", run.text, hex(code), run.source));
+        }
+        *executed.entry(insns.len()).or_default() += 1;
+    }
+
+    let total: usize = executed.values().sum();
+    let refused_total: usize = refused.values().sum();
+    println!("differential execution: {} distinct runs of 2-4 instructions harvested", catalog.runs.len());
+    println!(
+        "differential execution: {total} runs executed in place and relocated (by length {executed:?}), \
+         {refused_total} refused {refused:?}"
+    );
+    println!("differential execution: runs not runnable in this harness: {not_runnable:?}");
+    for m in mismatches.iter().take(40) {
+        println!("MISMATCH {m}");
+    }
+    assert!(mismatches.is_empty(), "{} runs behave differently relocated", mismatches.len());
+    assert!(total >= 500, "only {total} runs executed");
+}
