@@ -15,6 +15,7 @@ mod output;
 mod plan;
 mod report;
 mod signals;
+mod sinks;
 mod summary;
 mod trace;
 

@@ -1,7 +1,8 @@
-//! The sink every engine's events go through: the probe's filter, then an event line (human
-//! or JSON) or the aggregates (counts, histograms, latencies). Entries of timed probes are
-//! paired with their returns here, whatever the engine. Sizes are bounded: one entry per
-//! probe, fixed-size histograms, one reused line buffer, a bounded set of pending entries.
+//! What every engine's events go through: entries of timed probes paired with their returns
+//! (one place for every engine), the probe's filter, the count of what passed, then the
+//! sinks: lines (human or JSON), value histograms, latency histograms. Sizes are bounded: one
+//! entry per probe, fixed-size histograms, one reused line buffer, a bounded set of pending
+//! entries.
 
 use std::io::Write;
 use std::time::Instant;
@@ -9,8 +10,8 @@ use std::time::Instant;
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Pairing, ProbeEvent, Side};
 
-use crate::histogram::Log2Histogram;
-use crate::output::{self, Line, ProbeInfo};
+use crate::output::ProbeInfo;
+use crate::sinks::{Aggregate, Format, LatencyHistograms, Lines, Passed, ValueHistograms};
 
 /// Pending entries kept for `--latency`, over all threads; more are dropped and counted.
 const MAX_PENDING: usize = 65_536;
@@ -36,53 +37,48 @@ pub struct ProbeState {
     pub timed: bool,
     /// Events that passed the filter.
     pub shown: u64,
-    hist: Log2Histogram,
-    latency: Log2Histogram,
 }
 
-/// The output and the aggregates.
+/// The pairing, the filter, the counts and the sinks.
 pub struct Report {
-    out: Box<dyn Write>,
-    line: String,
-    mode: Mode,
+    lines: Lines,
+    aggregates: Vec<Box<dyn Aggregate>>,
     filtered: bool,
-    hist_field: Option<String>,
-    latency: bool,
     pairing: Pairing,
     /// When tracing started.
     pub start: Instant,
     /// The probes, in the order given.
     pub probes: Vec<ProbeState>,
-    write_failed: bool,
 }
 
 impl Report {
     /// A report writing to `out`.
     pub fn new(out: Box<dyn Write>, mode: Mode, filtered: bool, hist_field: Option<String>, latency: bool) -> Report {
+        let format = match mode {
+            Mode::Human => Some(Format::Human),
+            Mode::Json => Some(Format::Json),
+            Mode::Quiet => None,
+        };
+        let mut aggregates: Vec<Box<dyn Aggregate>> = Vec::new();
+        if let Some(field) = hist_field {
+            aggregates.push(Box::new(ValueHistograms::new(field)));
+        }
+        if latency {
+            aggregates.push(Box::new(LatencyHistograms::default()));
+        }
         Report {
-            out,
-            line: String::new(),
-            mode,
+            lines: Lines::new(out, format),
+            aggregates,
             filtered,
-            hist_field,
-            latency,
             pairing: Pairing::new(MAX_PENDING),
             start: Instant::now(),
             probes: Vec::new(),
-            write_failed: false,
         }
     }
 
     /// Add a probe; its index is the order of the calls.
     pub fn add_probe(&mut self, info: ProbeInfo, plan: FetchPlan, timed: bool) {
-        self.probes.push(ProbeState {
-            info,
-            plan,
-            timed,
-            shown: 0,
-            hist: Log2Histogram::default(),
-            latency: Log2Histogram::default(),
-        });
+        self.probes.push(ProbeState { info, plan, timed, shown: 0 });
     }
 
     /// One event.
@@ -101,53 +97,18 @@ impl Report {
             return;
         }
         probe.shown += 1;
-        if let Some(field) = &self.hist_field {
-            let index = probe.info.args.iter().position(|a| &a.name == field);
-            if let Some(v) = index.and_then(|i| e.values.get(i)).and_then(|v| v.as_i64()) {
-                probe.hist.add(v);
-            }
-        }
-        if let Some(l) = latency {
-            probe.latency.add(l.as_nanos().min(i64::MAX as u128) as i64);
-        }
-        if self.mode == Mode::Quiet || self.write_failed {
-            return;
-        }
         let time = self.start.elapsed().as_secs_f64();
-        let line = Line {
-            time,
-            pid: e.pid,
-            tid: e.tid,
-            comm: e.comm,
-            probe: &probe.info,
-            side: e.side,
-            values: e.values,
-            latency,
-        };
-        self.line.clear();
-        match self.mode {
-            Mode::Json => output::json(&line, &mut self.line),
-            _ => output::human(&line, &mut self.line),
+        let passed = Passed { index: e.probe, probe: &probe.info, event: e, latency, time };
+        for a in &mut self.aggregates {
+            a.take(&passed);
         }
-        // A closed output (`| head`) ends printing, not tracing.
-        self.write_failed = self.out.write_all(self.line.as_bytes()).is_err();
+        self.lines.take(&passed);
     }
 
-    /// The histograms asked for, titled.
+    /// The aggregates' tables, titled.
     pub fn histograms(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if let Some(field) = &self.hist_field {
-            for p in self.probes.iter().filter(|p| p.hist.total() > 0) {
-                let target = p.info.spec.split_whitespace().next().unwrap_or_default();
-                out.push((format!("{field} of {target}"), p.hist.render("")));
-            }
-        }
-        if self.latency {
-            for p in self.probes.iter().filter(|p| p.latency.total() > 0) {
-                out.push((format!("latency of {} (ns)", p.info.label), p.latency.render("")));
-            }
-        }
-        out
+        let infos: Vec<&ProbeInfo> = self.probes.iter().map(|p| &p.info).collect();
+        self.aggregates.iter().flat_map(|a| a.tables(&infos)).collect()
     }
 
     /// What the summary says about the report itself: entries that could not be timed.
@@ -160,8 +121,7 @@ impl Report {
 
     /// Write the closing text.
     pub fn finish(&mut self, text: &str) {
-        let _ = self.out.write_all(text.as_bytes());
-        let _ = self.out.flush();
+        self.lines.finish(text);
     }
 
     /// Whether a filter is set.
