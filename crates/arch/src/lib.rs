@@ -16,7 +16,9 @@
 //! * [`emulate`] and [`Prepared::finish_step`] update [`Regs`] after the instruction ran;
 //! * [`relocate`] copies a run of consecutive instructions ([`analyze_run`]: those a
 //!   jump-optimized probe displaces) to run elsewhere, re-targeting RIP-relative operands and
-//!   relative branches, or refuses with a [`RelocateError`].
+//!   relative branches, or refuses with a [`RelocateError`];
+//! * [`can_optimize`] decides, from the whole function, whether a probe can be a jump instead
+//!   of an `int3`, or says why not ([`NotOptimized`]).
 //!
 //! Every byte of machine code dprobe writes into a process (slots, return stubs, injected
 //! system calls, trampolines) comes from one [`CodeWriter`], which lays instructions out with
@@ -38,6 +40,7 @@ mod analyze;
 mod emulate;
 mod error;
 mod memory;
+mod optimize;
 mod patch;
 mod prepare;
 mod regs;
@@ -53,6 +56,7 @@ pub use analyze::{
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use memory::{Memory, MemoryFault};
+pub use optimize::{can_optimize, NotOptimized, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};

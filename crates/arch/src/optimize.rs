@@ -1,0 +1,157 @@
+//! Can a probe be jump-optimized? Decided once, when the probe is registered, from the code of
+//! its whole function (the kernel's `can_optimize` for optprobes).
+//!
+//! A jump-optimized probe replaces the 5 bytes at its address with `jmp rel32` to a detour.
+//! The instructions covering those bytes (the *window*) are relocated into the detour. That is
+//! only correct when nothing in the program can reach the replaced bytes except by falling into
+//! the first one:
+//!
+//! * the function's bounds are known and the whole function decodes, so that every branch in it
+//!   is seen (an `int3` in it is another debugger's breakpoint hiding the byte it replaced);
+//! * no direct branch of the function targets bytes +1..+4 of the window: it would land in the
+//!   middle of the jump;
+//! * no indirect jump lives in the function: a jump table's targets are not known and may be
+//!   inside the window (the kernel refuses these too);
+//! * the window ends inside the function, and every instruction of it can be relocated
+//!   ([`relocate`]: e.g. a call may only end the window, so that no return address points into
+//!   the replaced bytes).
+//!
+//! Branches from other functions into the middle of this one are not seen; compilers do not
+//! emit them to anything but a function's entry, which is byte 0 of a window, never +1..+4.
+//! Whether a detour page can be had within ±2 GiB is decided by the engine, which maps it.
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use crate::{analyze_run, describe, relocate, Addr, AnalyzeError, Insn, RelocateError};
+
+/// The length of the `jmp rel32` a jump-optimized probe writes.
+pub const JUMP_LEN: usize = 5;
+
+/// Why a probe stays on `int3` instead of a jump.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotOptimized {
+    /// The probe was asked to stay on `int3` (`no_optimize`).
+    #[error("jump optimization is turned off for this probe")]
+    Disabled,
+    /// No symbol gives the function's size, so its branches cannot all be checked.
+    #[error("the bounds of the function containing {addr} are unknown, so its branches cannot be checked")]
+    UnknownBounds {
+        /// The probe address.
+        addr: Addr,
+    },
+    /// The function does not decode as a whole.
+    #[error("the function does not decode as a whole: invalid bytes at {at}")]
+    Undecodable {
+        /// Where decoding failed.
+        at: Addr,
+    },
+    /// The 5 bytes of the jump would reach past the function's end.
+    #[error("the {JUMP_LEN}-byte jump at {addr} would cross the function's end at {end}")]
+    CrossesFunctionEnd {
+        /// The probe address.
+        addr: Addr,
+        /// The function's end (exclusive).
+        end: Addr,
+    },
+    /// A direct branch of the function lands inside the bytes the jump replaces.
+    #[error("`{text}` at {from} branches to {target}, inside the bytes the jump replaces")]
+    BranchIntoWindow {
+        /// The branch.
+        from: Addr,
+        /// The instruction, disassembled.
+        text: String,
+        /// Its target.
+        target: Addr,
+    },
+    /// An indirect jump (a jump table, or a computed tail call) whose targets are not known.
+    #[error("`{text}` at {at} is an indirect jump (a jump table?) whose targets cannot be bounded")]
+    IndirectJump {
+        /// The jump.
+        at: Addr,
+        /// The instruction, disassembled.
+        text: String,
+    },
+    /// An `int3` in the function: a breakpoint of another debugger hides the byte it replaced.
+    #[error("an int3 at {at} in the function hides an instruction the branch check cannot see")]
+    ForeignBreakpoint {
+        /// Where it is.
+        at: Addr,
+    },
+    /// An instruction of the window cannot be probed at all.
+    #[error("the window cannot be analyzed: {0}")]
+    Analyze(#[from] AnalyzeError),
+    /// The window cannot be relocated.
+    #[error("the window cannot be relocated: {0}")]
+    Relocate(#[from] RelocateError),
+    /// No page for the detour within reach of the probe.
+    #[error("no page for the detour within ±2 GiB of {addr}: {reason}")]
+    NoDetourPage {
+        /// The probe address.
+        addr: Addr,
+        /// Why.
+        reason: String,
+    },
+    /// The engine that placed the probe has no jump path.
+    #[error("this engine places probes with int3 only")]
+    Unsupported,
+}
+
+/// Decide whether the probe at `addr` can be jump-optimized; on success, the window (the
+/// instructions covering [`JUMP_LEN`] bytes at `addr`) that the detour relocates.
+///
+/// `function` holds the original bytes of the whole function (never a probe's patch), from its
+/// first instruction at `start`; an empty slice means its bounds are unknown.
+pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn>, NotOptimized> {
+    if function.is_empty() {
+        return Err(NotOptimized::UnknownBounds { addr });
+    }
+    let end = start.offset(function.len() as u64);
+    if addr < start || addr >= end {
+        return Err(AnalyzeError::OutsideCode { addr, start, end }.into());
+    }
+    if addr.offset(JUMP_LEN as u64) > end {
+        return Err(NotOptimized::CrossesFunctionEnd { addr, end });
+    }
+    let window = analyze_run(function, start, addr, JUMP_LEN)?;
+    if window.last().map_or(addr, Insn::next) > end {
+        return Err(NotOptimized::CrossesFunctionEnd { addr, end });
+    }
+    check_branches(function, start, addr)?;
+    // Relocating to the window's own address decides everything but reach, which depends
+    // on where the engine finds a detour page.
+    relocate(&window, addr)?;
+    Ok(window)
+}
+
+/// Decode the whole function and refuse any branch into bytes +1..+4 of the window, any
+/// indirect jump and any foreign breakpoint.
+fn check_branches(function: &[u8], start: Addr, addr: Addr) -> Result<(), NotOptimized> {
+    let inside = |t: u64| t > addr.0 && t < addr.0 + JUMP_LEN as u64;
+    let mut decoder = Decoder::with_ip(64, function, start.0, DecoderOptions::NONE);
+    let mut i = Instruction::default();
+    while decoder.can_decode() {
+        let at = Addr(decoder.ip());
+        decoder.decode_out(&mut i);
+        if i.is_invalid() {
+            return Err(NotOptimized::Undecodable { at });
+        }
+        let text = || describe(&function[(at.0 - start.0) as usize..], at);
+        match i.flow_control() {
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call
+                if inside(i.near_branch_target()) =>
+            {
+                return Err(NotOptimized::BranchIntoWindow {
+                    from: at,
+                    text: text(),
+                    target: Addr(i.near_branch_target()),
+                });
+            }
+            FlowControl::IndirectBranch => return Err(NotOptimized::IndirectJump { at, text: text() }),
+            FlowControl::Interrupt if i.mnemonic() == Mnemonic::Int3 => {
+                return Err(NotOptimized::ForeignBreakpoint { at });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! When a probe can be jump-optimized, and each refusal with its reason.
+use dprobe_arch::*;
+
+const F: Addr = Addr(0x40_1000);
+
+/// push %rbp; mov %rsp,%rbp; sub $0x10,%rsp; xor %eax,%eax; leave; ret
+const PROLOGUE: [u8; 13] = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0x31, 0xc0, 0xc9, 0xc3, 0x90];
+
+#[test]
+fn a_plain_prologue_is_optimized_with_the_instructions_covering_five_bytes() {
+    let window = can_optimize(&PROLOGUE, F, F).unwrap();
+    assert_eq!(
+        window.iter().map(|i| (i.addr, i.len)).collect::<Vec<_>>(),
+        [(F, 1), (F.offset(1), 3), (F.offset(4), 4)]
+    );
+}
+
+#[test]
+fn a_branch_into_bytes_one_to_four_of_the_window_is_refused() {
+    // The prologue, then `jne F+4` (back into the window) before the epilogue.
+    let mut code = PROLOGUE[..10].to_vec();
+    code.extend([0x75, (4i8 - 12) as u8, 0xc9, 0xc3]);
+    assert_eq!(
+        can_optimize(&code, F, F),
+        Err(NotOptimized::BranchIntoWindow {
+            from: F.offset(10),
+            text: "jne 0x0000000000401004".into(),
+            target: F.offset(4)
+        })
+    );
+    // A branch to byte 0 is a branch to the jump itself: harmless.
+    code[11] = (0i8 - 12) as u8;
+    assert!(can_optimize(&code, F, F).is_ok());
+    // Probed at +8, the jne (back to +8) is in the window itself and goes to its copy.
+    code[11] = (8i8 - 12) as u8;
+    assert!(can_optimize(&code, F, F.offset(8)).is_ok());
+}
+
+#[test]
+fn a_jump_table_in_the_function_is_refused() {
+    // The prologue, then `notrack jmp *%rax` (a switch's jump table), then the epilogue.
+    let mut code = PROLOGUE[..10].to_vec();
+    code.extend([0x3e, 0xff, 0xe0, 0xc9, 0xc3]);
+    match can_optimize(&code, F, F) {
+        Err(NotOptimized::IndirectJump { at, text }) => {
+            assert_eq!(at, F.offset(10));
+            assert!(text.contains("jmp"), "{text}");
+        }
+        other => panic!("expected an indirect jump refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_function_too_short_for_five_bytes_is_refused() {
+    // xor %eax,%eax; ret
+    let code = [0x31, 0xc0, 0xc3];
+    assert_eq!(can_optimize(&code, F, F), Err(NotOptimized::CrossesFunctionEnd { addr: F, end: F.offset(3) }));
+    // Near the end of a longer function.
+    assert_eq!(
+        can_optimize(&PROLOGUE, F, F.offset(10)),
+        Err(NotOptimized::CrossesFunctionEnd { addr: F.offset(10), end: F.offset(13) })
+    );
+}
+
+#[test]
+fn a_window_whose_last_instruction_crosses_the_end_is_refused() {
+    // nop; nop; nop; nop; mov $1,%eax (5 bytes) but the function is 6 bytes long: the window
+    // from +0 covers 5 bytes and ends inside the mov, past the end.
+    let code = [0x90, 0x90, 0x90, 0x90, 0xb8, 0x01];
+    assert!(matches!(can_optimize(&code, F, F), Err(NotOptimized::Analyze(AnalyzeError::Truncated { .. }))));
+}
+
+#[test]
+fn unknown_bounds_undecodable_code_and_foreign_breakpoints_are_refused() {
+    assert_eq!(can_optimize(&[], F, F), Err(NotOptimized::UnknownBounds { addr: F }));
+    let mut code = PROLOGUE.to_vec();
+    code[11] = 0x06; // invalid in 64-bit mode
+    assert_eq!(can_optimize(&code, F, F), Err(NotOptimized::Undecodable { at: F.offset(11) }));
+    code[11] = 0xcc;
+    assert_eq!(can_optimize(&code, F, F), Err(NotOptimized::ForeignBreakpoint { at: F.offset(11) }));
+}
+
+#[test]
+fn a_window_that_cannot_be_relocated_is_refused_with_the_relocation_reason() {
+    // call F+0x100 (5 bytes) is fine when it ends the window ...
+    let mut code = vec![0xe8, 0xfb, 0x00, 0x00, 0x00, 0xc3];
+    code.resize(0x200, 0x90);
+    assert!(can_optimize(&code, F, F).is_ok());
+    // ... but `xor %eax,%eax; call ...` puts a call before the end of the window: its return
+    // address would be inside the replaced bytes.
+    let mut code = vec![0x31, 0xc0, 0xe8, 0xfb, 0x00, 0x00, 0x00, 0x90, 0xc3];
+    code.resize(0x200, 0x90);
+    assert!(matches!(can_optimize(&code, F, F), Ok(w) if w.len() == 2), "a call ending the window is allowed");
+    let code = [0x31, 0xc0, 0xc3, 0x90, 0x90, 0x90, 0xc3];
+    assert!(matches!(can_optimize(&code, F, F), Err(NotOptimized::Relocate(RelocateError::TransferNotLast { .. }))));
+    // An instruction that cannot be probed at all.
+    let code = [0x0f, 0x05, 0x90, 0x90, 0x90, 0xc3];
+    assert!(matches!(can_optimize(&code, F, F), Err(NotOptimized::Analyze(AnalyzeError::Unsupported { .. }))));
+}
+
+#[test]
+fn every_refusal_reads_as_a_sentence() {
+    let code = [0x31, 0xc0, 0xc3];
+    let why = can_optimize(&code, F, F).unwrap_err().to_string();
+    assert!(why.contains("cross the function's end"), "{why}");
+}
