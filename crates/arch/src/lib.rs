@@ -37,6 +37,7 @@
 
 mod addr;
 mod analyze;
+mod detour;
 mod emulate;
 mod error;
 mod memory;
@@ -53,6 +54,7 @@ pub use analyze::{
     analyze, analyze_run, decode_len, describe, plan, Condition, Emulation, ExecClass, ExecPlan, Insn, MemOperand,
     PushValue, RipRelative,
 };
+pub use detour::{detour_code, Detour, DETOUR_ENTRY, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW};
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use memory::{Memory, MemoryFault};

@@ -91,6 +91,21 @@ pub enum NotOptimized {
         /// Why.
         reason: String,
     },
+    /// A probe at the address has a post-handler: it runs after the instruction, with a second
+    /// trap (the kernel's optprobes do not optimize these either).
+    #[error("a probe at the address has a post-handler, which needs a trap after the instruction")]
+    PostHandler,
+    /// The jump would replace several instructions. A thread stopped between two of them
+    /// would resume inside the jump; the engine does not move such threads into the detour,
+    /// so it optimizes windows of one instruction only.
+    #[error("the jump would replace {count} instructions, and a thread stopped between them would resume inside it")]
+    SeveralInstructions {
+        /// How many.
+        count: usize,
+    },
+    /// No enabled probe at the address: the original code runs.
+    #[error("no enabled probe at the address")]
+    Disarmed,
     /// The engine that placed the probe has no jump path.
     #[error("this engine places probes with int3 only")]
     Unsupported,

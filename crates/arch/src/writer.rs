@@ -87,6 +87,16 @@ impl CodeWriter {
         self.add(Instruction::with1(Code::Jmp_rm64, rip_relative(at)));
     }
 
+    /// `call qword ptr [at]`: to the address stored at `at`.
+    pub fn call_through(&mut self, at: Addr) {
+        self.add(Instruction::with1(Code::Call_rm64, rip_relative(at)));
+    }
+
+    /// `ret imm16`: return, then drop `pop` more bytes of stack.
+    pub fn ret_pop(&mut self, pop: u16) {
+        self.add(Instruction::with1(Code::Retnq_imm16, u32::from(pop)));
+    }
+
     /// `int3`.
     pub fn int3(&mut self) {
         self.add(Ok(Instruction::with(Code::Int3)));

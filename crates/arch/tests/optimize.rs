@@ -104,3 +104,37 @@ fn every_refusal_reads_as_a_sentence() {
     let why = can_optimize(&code, F, F).unwrap_err().to_string();
     assert!(why.contains("cross the function's end"), "{why}");
 }
+
+#[test]
+fn a_detour_skips_the_red_zone_calls_the_stub_and_runs_the_window_then_jumps_back() {
+    // lea 0x1000(%rdi,%rsi),%rax; ret
+    let code = [0x48, 0x8d, 0x84, 0x37, 0x00, 0x10, 0x00, 0x00, 0xc3];
+    let window = can_optimize(&code, F, F).unwrap();
+    let at = Addr(0x40_8000);
+    let stub = Addr(0x7f00_0000_1000);
+    let d = detour_code(F, &window, at, stub).unwrap();
+    assert_eq!(d.code[..8], F.0.to_le_bytes(), "the probe address, for the dispatcher");
+    assert_eq!(d.code[8..16], stub.0.to_le_bytes(), "the stub, called through memory");
+    assert_eq!(d.code[16..19], [0xc2, 0x80, 0x00], "redirect: ret $128");
+    let texts: Vec<String> = {
+        let mut out = Vec::new();
+        let mut off = DETOUR_ENTRY as usize;
+        while off < d.code.len() {
+            let len = decode_len(&d.code[off..]).unwrap();
+            out.push(describe(&d.code[off..off + len], at.offset(off as u64)));
+            off += len;
+        }
+        out
+    };
+    assert_eq!(texts[0], "lea -0x88(%rsp),%rsp");
+    assert_eq!(texts[1], format!("callq *{:#x}", at.0 + 8), "through the stored stub address");
+    assert_eq!(texts[2], "lea 0x88(%rsp),%rsp");
+    assert_eq!(texts[3], "lea 0x1000(%rdi,%rsi),%rax");
+    assert_eq!(texts[4], format!("jmp {:#018x}", F.0 + 8), "back after the window");
+    assert_eq!(d.window.addr, at.offset(DETOUR_WINDOW));
+    let rel = (d.entry().0 as i64 - (F.0 as i64 + 5)) as i32;
+    assert_eq!(d.jump()[0], 0xe9);
+    assert_eq!(d.jump()[1..], rel.to_le_bytes());
+    // A detour out of a jump's reach is refused.
+    assert!(matches!(detour_code(F, &window, Addr(0x7f00_0000_0000), stub), Err(NotOptimized::NoDetourPage { .. })));
+}

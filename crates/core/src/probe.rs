@@ -69,6 +69,7 @@ pub struct Kprobe {
     pub(crate) post: Option<PostHandler>,
     pub(crate) fault: Option<FaultHandler>,
     pub(crate) enabled: bool,
+    pub(crate) optimize: bool,
 }
 
 impl Kprobe {
@@ -89,7 +90,7 @@ impl Kprobe {
 
     /// A probe at a target.
     pub fn at(target: ProbeTarget) -> Self {
-        Kprobe { target, pre: None, post: None, fault: None, enabled: true }
+        Kprobe { target, pre: None, post: None, fault: None, enabled: true, optimize: true }
     }
 
     /// Set the pre-handler.
@@ -113,6 +114,13 @@ impl Kprobe {
     /// Register the probe disabled (the kernel's `KPROBE_FLAG_DISABLED`).
     pub fn disabled(mut self) -> Self {
         self.enabled = false;
+        self
+    }
+
+    /// Keep the probe on `int3` even where a jump could replace it (the kernel's
+    /// `debug.kprobes-optimization` off, for one probe).
+    pub fn no_optimize(mut self) -> Self {
+        self.optimize = false;
         self
     }
 

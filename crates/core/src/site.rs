@@ -20,6 +20,8 @@ pub struct ProbeEntry {
     pre: Option<PreHandler>,
     post: Option<PostHandler>,
     fault: Option<FaultHandler>,
+    /// Whether an engine may replace its `int3` with a jump (`Kprobe::no_optimize`).
+    pub optimize: bool,
 }
 
 impl ProbeEntry {
@@ -31,6 +33,7 @@ impl ProbeEntry {
             pre: probe.pre,
             post: probe.post,
             fault: probe.fault,
+            optimize: probe.optimize,
         }
     }
 

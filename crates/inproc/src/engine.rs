@@ -20,17 +20,24 @@
 //! * **slots** are written before they are published and never reused for other code, so a
 //!   thread that is still inside a slot after its probe went away finishes there correctly.
 //!
+//! * **jumps**: an armed site whose displaced instruction covers the 5 bytes of a `jmp rel32`
+//!   then becomes a jump to its detour (no trap per hit), and turns back into an `int3` before
+//!   anything else changes at the site; the order of those writes is in `optimizer.rs`.
+//!
 //! Unregistration returns after the grace period: from then on no handler of the probe runs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use dprobe_arch::{analyze, arm, disarm, prepare, Addr, Insn, Patch, Prepared, SlotCode, SlotEnding};
+use dprobe_arch::{
+    analyze, arm, can_optimize, detour_code, disarm, prepare, Addr, Detour, Insn, NotOptimized, Patch, Prepared,
+    SlotCode, SlotEnding, SLOT_SIZE,
+};
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
 use crate::slots::SlotPool;
-use crate::{guard, signals, sys, trap};
+use crate::{guard, jump, optimizer, signals, sys, trap};
 use dprobe_sym::{read_maps, Mapping, ResolveError, Symbols, Target};
 
 /// The process-wide in-process engine.
@@ -55,6 +62,14 @@ struct SiteState {
     /// Slots built for this site, at most one per ending; kept for re-registration.
     slots: Vec<SlotCode>,
     armed: bool,
+    /// The window a jump would replace, or why there can be no jump here.
+    window: Result<Vec<Insn>, NotOptimized>,
+    /// The detour, once built; kept (never freed) and reused.
+    detour: Option<Detour>,
+    /// Whether the jump is in the code now (byte 0 is `e9`).
+    jumping: bool,
+    /// Why the site is not a jump now, if it is not.
+    jump_status: Result<(), NotOptimized>,
 }
 
 /// One row of [`crate::list`].
@@ -72,6 +87,8 @@ pub struct ProbeInfo {
     pub armed: bool,
     /// How the displaced instruction is executed: `emulated`, `boosted` or `post-step`.
     pub execution: &'static str,
+    /// Whether hits take the jump path, or why not.
+    pub jump: Result<(), NotOptimized>,
     /// Counters.
     pub stats: Stats,
 }
@@ -130,7 +147,7 @@ impl Engine {
     pub fn function_entry(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
         let maps = maps()?;
         let mut st = self.lock();
-        let (addr, _) = locate(&mut st, &maps, target)?;
+        let (addr, _, _) = locate(&mut st, &maps, target)?;
         let f = resolve(&mut st, &maps, &ProbeTarget::Addr(addr))?.function;
         let endbr = [0xf3, 0x0f, 0x1e, 0xfa];
         let mut first = [0u8; 4];
@@ -156,9 +173,10 @@ impl Engine {
         for p in &probes {
             placed.push(locate(&mut st, &maps, p.target())?);
         }
+        let placed: Vec<(Addr, Insn, Result<Vec<Insn>, NotOptimized>)> = placed;
         let mut lists = BTreeMap::new();
         let mut out = Vec::new();
-        for (probe, (addr, insn)) in probes.into_iter().zip(placed) {
+        for (probe, (addr, insn, window)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
             let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
             out.push((entry.id, addr, entry.stats.clone()));
@@ -167,6 +185,10 @@ impl Engine {
                 probes: Vec::new(),
                 slots: Vec::new(),
                 armed: false,
+                window,
+                detour: None,
+                jumping: false,
+                jump_status: Err(NotOptimized::Disarmed),
             });
             lists.entry(addr).or_insert_with(|| site.probes.clone()).push(entry);
         }
@@ -240,6 +262,7 @@ impl Engine {
             });
             let execution = site.arch.execution();
             let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
+            let jump = st.sites.get(&addr).map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone());
             for p in &site.probes {
                 out.push(ProbeInfo {
                     id: p.id,
@@ -248,6 +271,7 @@ impl Engine {
                     enabled: p.stats.is_enabled(),
                     armed,
                     execution,
+                    jump: jump.clone(),
                     stats: p.stats.snapshot(),
                 });
             }
@@ -275,6 +299,15 @@ impl Engine {
         maps: &[Mapping],
         lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>>,
     ) -> Result<(), ProbeError> {
+        // 0. Sites whose jump must go (no enabled probe left, a post-handler or a probe that
+        //    asks for int3 added) are turned back into int3 probes first.
+        for (addr, probes) in &lists {
+            let site = st.sites.get_mut(addr).expect("site of a list");
+            if site.jumping && optimizer::wanted(&site.window, probes).is_err() {
+                optimizer::unoptimize(&site.insn, site.detour.as_ref().expect("a jumping site has a detour"))?;
+                site.jumping = false;
+            }
+        }
         // 1. Everything that can fail without side effects on the program: plans and slots.
         let mut execs = Vec::with_capacity(lists.len());
         for (addr, probes) in &lists {
@@ -326,7 +359,48 @@ impl Engine {
                 }
             }
         }
+        // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
+        //    cannot become one stays a working int3 probe: this never fails the call.
+        for (addr, probes) in &lists {
+            let status = match optimizer::wanted(&st.sites[addr].window, probes) {
+                Ok(()) if st.sites[addr].jumping => Ok(()),
+                Ok(()) if st.sites[addr].armed => self.make_jump(st, maps, *addr),
+                Ok(()) => Err(NotOptimized::Disarmed),
+                Err(why) => Err(why),
+            };
+            st.sites.get_mut(addr).expect("site of a list").jump_status = status;
+        }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Build (once) and write the detour of an armed site, then put its jump in place.
+    fn make_jump(&self, st: &mut State, maps: &[Mapping], addr: Addr) -> Result<(), NotOptimized> {
+        if st.sites[&addr].detour.is_none() {
+            let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
+            let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
+            let window = st.sites[&addr].window.clone()?;
+            let detour = detour_code(addr, &window, at, jump::entry_stub())?;
+            if detour.code.len() > DETOUR_SLOTS as usize * SLOT_SIZE {
+                return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
+            }
+            sys::write_code(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
+            st.sites.get_mut(&addr).expect("site").detour = Some(detour);
+        }
+        let site = st.sites.get_mut(&addr).expect("site");
+        let detour = site.detour.as_ref().expect("built above");
+        optimizer::optimize(&site.insn, detour)
+            .map_err(|e| NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") })?;
+        site.jumping = true;
+        Ok(())
+    }
+
+    /// Whether the probe `id` takes the jump path, or why not.
+    pub fn optimized(&self, id: ProbeId) -> Result<(), NotOptimized> {
+        let st = self.lock();
+        st.sites
+            .values()
+            .find(|s| s.probes.iter().any(|p| p.id == id))
+            .map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone())
     }
 
     /// Where the slot of `addr` with `ending` is: the one built before, or a new one near the
@@ -357,6 +431,9 @@ impl Engine {
         Ok(())
     }
 }
+
+/// Slots a detour takes (its head and a relocated window of one instruction fit in two).
+const DETOUR_SLOTS: u64 = 2;
 
 /// A handler that panics is caught by the dispatcher (counted, its probe disabled), but the
 /// panic hook runs first, on the hit path, where printing would take the stderr lock the
@@ -391,7 +468,11 @@ fn apply_patch(patch: &Patch) -> Result<(), ProbeError> {
 }
 
 /// Find the address of a target and analyze its instruction.
-fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Addr, Insn), ProbeError> {
+type Located = (Addr, Insn, Result<Vec<Insn>, NotOptimized>);
+
+/// Find the address of a target, analyze its instruction and decide whether a jump can
+/// replace it.
+fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Located, ProbeError> {
     if let ProbeTarget::Addr(addr) = target {
         refuse_own_code(st, *addr)?;
     }
@@ -405,15 +486,19 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<(Add
     sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
     // Analyze the original bytes, never an armed probe's int3.
     for site in st.sites.range(f.start..f.start.offset(f.size)).map(|(_, s)| s) {
-        if site.armed {
+        if site.jumping {
+            Patch { addr: site.insn.addr, old: site.insn.bytes[..5].to_vec(), new: Vec::new() }
+                .revert_in(&mut code, f.start);
+        } else if site.armed {
             arm(&site.insn).revert_in(&mut code, f.start);
         }
     }
     if let Some(site) = st.sites.get(&addr) {
-        return Ok((addr, site.insn.clone()));
+        return Ok((addr, site.insn.clone(), site.window.clone()));
     }
     let insn = analyze(&code, f.start, addr)?;
-    Ok((addr, insn))
+    let window = can_optimize(&code, f.start, addr);
+    Ok((addr, insn, window))
 }
 
 /// dprobe's slots and fault guard are never probed.

@@ -41,8 +41,10 @@ mod context;
 mod engine;
 mod events;
 mod guard;
+mod jump;
 mod kretprobe;
 mod memory;
+mod optimizer;
 mod probe;
 mod signals;
 mod slots;
@@ -51,7 +53,7 @@ mod trap;
 
 pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
-pub use dprobe_arch::{Addr, Gpr, Regs};
+pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
 pub use dprobe_core::{
     Event, EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, Stats, PAYLOAD_BYTES,
 };

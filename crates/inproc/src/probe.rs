@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use dprobe_arch::NotOptimized;
 use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeId, ProbeStats, ProbeTarget, Regs, Stats};
 
 use crate::args::Args;
@@ -120,6 +121,13 @@ impl Probe {
     /// Hits inside handlers, which ran no handler.
     pub fn nmissed(&self) -> u64 {
         self.stats().reentered
+    }
+
+    /// Whether its hits take a jump to a detour instead of a trap, or why not: decided at
+    /// registration, and again whenever the probes at its address change (a post-handler, a
+    /// probe registered with `Kprobe::no_optimize`, or no enabled probe there keep `int3`).
+    pub fn optimized(&self) -> Result<(), NotOptimized> {
+        self.engine.optimized(self.id)
     }
 
     /// Whether its handlers run.

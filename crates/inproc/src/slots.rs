@@ -30,13 +30,19 @@ pub struct SlotPool {
 impl SlotPool {
     /// A slot within [`REACH`] of `near`, mapping a new page if needed.
     pub fn alloc_near(&mut self, near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
+        self.alloc_run_near(near, maps, 1)
+    }
+
+    /// `n` consecutive slots within [`REACH`] of `near` (a detour takes more than one).
+    pub fn alloc_run_near(&mut self, near: Addr, maps: &[Mapping], n: u64) -> io::Result<Addr> {
         let per_page = PAGE / SLOT_SIZE as u64;
-        if let Some(page) = self.pages.iter_mut().find(|p| p.used < per_page && p.base.0.abs_diff(near.0) < REACH) {
-            page.used += 1;
-            return Ok(page.base.offset((page.used - 1) * SLOT_SIZE as u64));
+        if let Some(page) = self.pages.iter_mut().find(|p| p.used + n <= per_page && p.base.0.abs_diff(near.0) < REACH)
+        {
+            page.used += n;
+            return Ok(page.base.offset((page.used - n) * SLOT_SIZE as u64));
         }
         let base = map_page_near(near, maps)?;
-        self.pages.push(SlotPage { base, used: 1 });
+        self.pages.push(SlotPage { base, used: n });
         Ok(base)
     }
 

@@ -49,11 +49,11 @@ pub fn in_hit_path() -> bool {
     IN_HIT_PATH.with(|c| c.get()) > 0
 }
 
-/// Marks the hit path for the duration of a signal handler.
-struct HitPath;
+/// Marks the hit path for the duration of a signal handler or a jump path dispatch.
+pub(crate) struct HitPath;
 
 impl HitPath {
-    fn enter() -> HitPath {
+    pub(crate) fn enter() -> HitPath {
         IN_HIT_PATH.with(|c| c.set(c.get() + 1));
         HitPath
     }
@@ -105,19 +105,41 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
     }
     let mut regs = ctx.regs();
     regs.rip = site.addr.0;
-    TRAPPED_ON_ALTERNATE_STACK.with(|c| c.set(ctx.on_alternate_stack()));
+    dispatch_entry(site, &mut regs, ctx.on_alternate_stack(), |regs, d| match d {
+        Dispatch::Missed => execute(site, regs, false, ctx),
+        Dispatch::Ran(PreOutcome::Skip) => ctx.set_regs(regs),
+        Dispatch::Ran(PreOutcome::Execute { post }) => execute(site, regs, post, ctx),
+    });
+    true
+}
+
+/// What the entry dispatch did.
+pub(crate) enum Dispatch {
+    /// The hit came from inside a handler: no handler ran, the probes counted it as missed.
+    Missed,
+    /// The pre-handlers ran.
+    Ran(PreOutcome),
+}
+
+/// The entry of a hit, for the trap and the jump path alike: run the pre-handlers under the
+/// fault guard (or count a hit inside a handler as missed), then `then` with the outcome, still
+/// marked as inside handlers (post-handlers run there).
+pub(crate) fn dispatch_entry<R>(
+    site: &Site<Prepared>,
+    regs: &mut Regs,
+    on_alternate_stack: bool,
+    then: impl FnOnce(&mut Regs, Dispatch) -> R,
+) -> R {
+    TRAPPED_ON_ALTERNATE_STACK.with(|c| c.set(on_alternate_stack));
     if in_handler() {
         site.miss();
-        execute(site, &mut regs, false, ctx);
-    } else {
-        enter_handler();
-        match site.run_pre(&mut regs, &mut Guarded) {
-            PreOutcome::Skip => ctx.set_regs(&regs),
-            PreOutcome::Execute { post } => execute(site, &mut regs, post, ctx),
-        }
-        leave_handler();
+        return then(regs, Dispatch::Missed);
     }
-    true
+    enter_handler();
+    let outcome = site.run_pre(regs, &mut Guarded);
+    let result = then(regs, Dispatch::Ran(outcome));
+    leave_handler();
+    result
 }
 
 /// Execute the displaced instruction: emulate it (then run the post-handlers), or send the

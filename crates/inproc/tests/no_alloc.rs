@@ -44,6 +44,7 @@ fn no_allocation_on_any_hit_path() {
     let post_step = register(Kprobe::addr(addr(fx_spare1)).pre(count).post(|_| {})).unwrap();
     let riprel =
         register(Kprobe::addr(dprobe_inproc::Addr(fx_riprel as *const () as usize as u64)).pre(count)).unwrap();
+    assert_eq!(riprel.optimized(), Ok(()), "one probe takes the jump path");
     for i in 0..10_000 {
         call2(fx_push_add, i, 1);
         call2(fx_mov_add, i, 1);

@@ -22,6 +22,8 @@ fn probes_hit_while_every_registration_lock_is_held() {
     let emulated = register(Kprobe::addr(addr(fx_push_add)).pre(count)).unwrap();
     let boosted = register(Kprobe::addr(addr(fx_mov_add)).pre(count)).unwrap();
     let post_step = register(Kprobe::addr(addr(fx_spare1)).pre(count).post(|_| {})).unwrap();
+    let jump = register(Kprobe::addr(dprobe_inproc::Addr(fx_riprel as *const () as u64)).pre(count)).unwrap();
+    assert_eq!(jump.optimized(), Ok(()), "the jump path is tested here");
     let returns = register_kretprobe(Kretprobe::addr(addr(fx_spare2)).handler(|_, _| {
         RETURNS.fetch_add(1, Relaxed);
     }))
@@ -44,6 +46,8 @@ fn probes_hit_while_every_registration_lock_is_held() {
             call2(fx_mov_add, i, 1);
             call2(fx_spare1, i, 1);
             call2(fx_spare2, i, 1);
+            // SAFETY: reads a static.
+            unsafe { fx_riprel(std::hint::black_box(i)) };
         }
         done_tx.send(()).unwrap();
     });
@@ -52,8 +56,8 @@ fn probes_hit_while_every_registration_lock_is_held() {
     holder.join().unwrap();
     hitter.join().unwrap();
     assert!(finished, "hits waited for a lock the other thread held");
-    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (3_000, 1_000));
-    for p in [&emulated, &boosted, &post_step] {
+    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (4_000, 1_000));
+    for p in [&emulated, &boosted, &post_step, &jump] {
         assert_eq!(p.hits(), 1_000);
     }
     drop(returns);

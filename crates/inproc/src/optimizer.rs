@@ -1,0 +1,86 @@
+//! Turning an armed `int3` probe into a jump to its detour, and back.
+//!
+//! # The protocol
+//!
+//! The kernel's `text_poke_bp` order, with every thread made to serialize
+//! (`membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`, done by each `sys::write_code`) after each step:
+//!
+//! * **optimize** (the site is armed: byte 0 is `int3`, its row in the table):
+//!   1. write the detour (fresh memory, not yet reachable);
+//!   2. write bytes +1..+4 with the jump's displacement. A thread fetching at the probe still
+//!      meets the `int3` first and takes the trap path, which never executes bytes +1..+4
+//!      (its slot runs the whole displaced instruction and jumps back after it);
+//!   3. write byte 0 as `e9`: from now on a hit jumps to the detour.
+//! * **unoptimize** reverses it: byte 0 back to `int3` (hits trap again), then the original
+//!   bytes +1..+4.
+//!
+//! A thread must never resume *strictly inside* the five bytes while they change: only probes
+//! whose window is **one instruction** of five bytes or more are optimized
+//! ([`NotOptimized::SeveralInstructions`] otherwise), so the only instruction boundary in the
+//! window is byte 0, where a thread sees either the `int3` or the jump, both correct. Moving
+//! threads stopped between the instructions of a longer window into the detour (as the
+//! kernel does for optprobes) is not done.
+//!
+//! A thread may still be inside a detour after its probe was unoptimized (preempted there, or
+//! running a handler). Detours are therefore never freed nor given to other code: a site
+//! keeps its detour and reuses it when it is optimized again, so no thread can ever find
+//! other code under its instruction pointer.
+
+use std::sync::Arc;
+
+use dprobe_arch::{Detour, Insn, NotOptimized, INT3};
+use dprobe_core::{ProbeEntry, ProbeError};
+
+use crate::sys;
+
+/// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
+pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<ProbeEntry>]) -> Result<(), NotOptimized> {
+    let window = window.as_ref().map_err(Clone::clone)?;
+    if window.len() > 1 {
+        return Err(NotOptimized::SeveralInstructions { count: window.len() });
+    }
+    let enabled: Vec<_> = probes.iter().filter(|p| p.stats.is_enabled()).collect();
+    if enabled.is_empty() {
+        return Err(NotOptimized::Disarmed);
+    }
+    if probes.iter().any(|p| !p.optimize) {
+        return Err(NotOptimized::Disabled);
+    }
+    if probes.iter().any(|p| p.has_post()) {
+        return Err(NotOptimized::PostHandler);
+    }
+    Ok(())
+}
+
+/// Replace the armed `int3` of `insn` with the jump to `detour` (already written).
+pub(crate) fn optimize(insn: &Insn, detour: &Detour) -> Result<(), ProbeError> {
+    let jump = detour.jump();
+    replace(insn, 1, &insn.bytes[1..5], &jump[1..])?;
+    if let Err(e) = replace(insn, 0, &[INT3], &jump[..1]) {
+        // Put the original tail back: the site stays a plain int3 probe.
+        let _ = replace(insn, 1, &jump[1..], &insn.bytes[1..5]);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Turn the jump of `insn` back into its `int3`, then restore bytes +1..+4.
+pub(crate) fn unoptimize(insn: &Insn, detour: &Detour) -> Result<(), ProbeError> {
+    let jump = detour.jump();
+    replace(insn, 0, &jump[..1], &[INT3])?;
+    replace(insn, 1, &jump[1..], &insn.bytes[1..5])
+}
+
+/// Write `new` at `insn.addr + offset`, checking first that `old` is there.
+fn replace(insn: &Insn, offset: u64, old: &[u8], new: &[u8]) -> Result<(), ProbeError> {
+    let addr = insn.addr.offset(offset);
+    let mut now = vec![0u8; old.len()];
+    sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
+    if now != old {
+        return Err(ProbeError::Patch {
+            addr,
+            reason: format!("expected bytes {old:02x?}, found {now:02x?}: the code changed under dprobe"),
+        });
+    }
+    sys::write_code(addr, new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
+}
