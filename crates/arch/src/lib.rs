@@ -58,7 +58,7 @@ pub use detour::{detour_code, Detour, DETOUR_ENTRY, DETOUR_REDIRECT, DETOUR_RETU
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use memory::{Memory, MemoryFault};
-pub use optimize::{can_optimize, NotOptimized, JUMP_LEN};
+pub use optimize::{can_optimize, one_instruction, NotOptimized, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};

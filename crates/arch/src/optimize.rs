@@ -138,6 +138,17 @@ pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn
     Ok(window)
 }
 
+/// Whether dprobe's engines can put a jump over `window` (as [`can_optimize`] returned it):
+/// only a window of one instruction, because a thread stopped between two instructions of a
+/// longer one would resume inside the jump, and moving such threads into the detour is not
+/// done.
+pub fn one_instruction(window: &[Insn]) -> Result<(), NotOptimized> {
+    match window.len() {
+        1 => Ok(()),
+        count => Err(NotOptimized::SeveralInstructions { count }),
+    }
+}
+
 /// Decode the whole function and refuse any branch into bytes +1..+4 of the window, any
 /// indirect jump and any foreign breakpoint.
 fn check_branches(function: &[u8], start: Addr, addr: Addr) -> Result<(), NotOptimized> {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context as _, Result};
-use dprobe_arch::{analyze, describe, plan, ExecPlan, SlotEnding};
+use dprobe_arch::{analyze, can_optimize, describe, one_instruction, plan, ExecPlan, SlotEnding};
 use dprobe_spec::{glob, parse_target, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
@@ -115,7 +115,11 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
                 ExecPlan::Slot(SlotEnding::JumpBack) => "copied out of line, jumping back (one stop)",
                 ExecPlan::Slot(SlotEnding::Trap) => "copied out of line, trapping after",
             };
-            writeln!(out, "{here}: `{}` can be probed: {how}", describe(&bytes[at..], addr))?;
+            let jump = match can_optimize(&bytes, f.start, addr).and_then(|w| one_instruction(&w)) {
+                Ok(()) => "; in process, jump-optimized (no trap)".to_owned(),
+                Err(why) => format!("; in process, not jump-optimized: {why}"),
+            };
+            writeln!(out, "{here}: `{}` can be probed: {how}{jump}", describe(&bytes[at..], addr))?;
             Ok(0)
         }
         Err(e) => {

@@ -28,17 +28,14 @@
 
 use std::sync::Arc;
 
-use dprobe_arch::{Detour, Insn, NotOptimized, INT3};
+use dprobe_arch::{one_instruction, Detour, Insn, NotOptimized, INT3};
 use dprobe_core::{ProbeEntry, ProbeError};
 
 use crate::sys;
 
 /// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
 pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<ProbeEntry>]) -> Result<(), NotOptimized> {
-    let window = window.as_ref().map_err(Clone::clone)?;
-    if window.len() > 1 {
-        return Err(NotOptimized::SeveralInstructions { count: window.len() });
-    }
+    one_instruction(window.as_ref().map_err(Clone::clone)?)?;
     let enabled: Vec<_> = probes.iter().filter(|p| p.stats.is_enabled()).collect();
     if enabled.is_empty() {
         return Err(NotOptimized::Disarmed);
