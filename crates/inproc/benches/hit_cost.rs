@@ -13,7 +13,10 @@
 //!   boosted kprobe;
 //! * kretprobe entry only: the same with an entry handler that vetoes every call: all the
 //!   entry's bookkeeping, no return through the trampoline. The difference between the two
-//!   kretprobe rows is the return side.
+//!   kretprobe rows is the return side;
+//! * plain call: a function starting with a 5-byte nop and no probe;
+//! * jump-optimized: a probe on that nop, which becomes a jump to a detour (no trap);
+//! * the same probe on int3: the same function and probe, registered with `no_optimize`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -65,6 +68,27 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size bench_post, . - bench_post",
+    ".globl bench_plain",
+    ".type bench_plain,@function",
+    "bench_plain:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_plain, . - bench_plain",
+    ".globl bench_jump",
+    ".type bench_jump,@function",
+    "bench_jump:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump, . - bench_jump",
+    ".globl bench_jump_int3",
+    ".type bench_jump_int3,@function",
+    "bench_jump_int3:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump_int3, . - bench_jump_int3",
 );
 
 extern "C" {
@@ -74,6 +98,9 @@ extern "C" {
     fn bench_post(x: u64) -> u64;
     fn bench_ret(x: u64) -> u64;
     fn bench_veto(x: u64) -> u64;
+    fn bench_plain(x: u64) -> u64;
+    fn bench_jump(x: u64) -> u64;
+    fn bench_jump_int3(x: u64) -> u64;
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -109,7 +136,10 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         register(Kprobe::addr(at(bench_push)).pre(count)).expect("emulated probe"),
         register(Kprobe::addr(at(bench_mov)).pre(count)).expect("boosted probe"),
         register(Kprobe::addr(at(bench_post)).pre(count).post(|_| {})).expect("post-step probe"),
+        register(Kprobe::addr(at(bench_jump)).pre(count)).expect("jump-optimized probe"),
+        register(Kprobe::addr(at(bench_jump_int3)).pre(count).no_optimize()).expect("the same on int3"),
     ];
+    assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).handler(|_, _| {
@@ -127,13 +157,16 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 9] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
     ("post-step", bench_post),
     ("kretprobe (entry + return)", bench_ret),
     ("kretprobe entry only (vetoed)", bench_veto),
+    ("plain call (no probe)", bench_plain),
+    ("jump-optimized", bench_jump),
+    ("same probe on int3", bench_jump_int3),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -185,6 +218,8 @@ fn ratio_table(_: &mut Criterion) {
     }
     println!("kretprobe entry bookkeeping (vetoed entry - boosted kprobe): {:.0} ns", medians[5] - medians[2]);
     println!("kretprobe return side (entry + return - vetoed entry): {:.0} ns", medians[4] - medians[5]);
+    println!("jump-optimized hit (jump-optimized - plain call): {:.1} ns", medians[7] - medians[6]);
+    println!("int3 / jump-optimized: {:.0}x", medians[8] / medians[7]);
 }
 
 criterion_group! {
