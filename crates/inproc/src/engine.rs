@@ -45,7 +45,20 @@ pub struct Engine {
     pub(crate) table: SiteTable<Prepared>,
     /// Every slot ever written, sorted by address (for mapping faults back).
     slots: Rcu<Vec<SlotCode>>,
+    /// Every detour's relocated instruction, sorted by address (for mapping faults back).
+    windows: Rcu<Vec<WindowCopy>>,
     state: Mutex<State>,
+}
+
+/// Where a detour runs its copy of a probed instruction.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowCopy {
+    /// The copy.
+    pub copy: Addr,
+    /// The end of the copy (its jump back included).
+    pub end: Addr,
+    /// The probed instruction.
+    pub original: Addr,
 }
 
 #[derive(Default)]
@@ -106,6 +119,7 @@ impl Engine {
         let engine = ENGINE.get_or_init(|| Engine {
             table: SiteTable::new(),
             slots: Rcu::new(Vec::new()),
+            windows: Rcu::new(Vec::new()),
             state: Mutex::default(),
         });
         static QUIET_PANICS: std::sync::Once = std::sync::Once::new();
@@ -132,6 +146,14 @@ impl Engine {
         self.slots.read(|slots| {
             let i = slots.partition_point(|s| s.addr <= rip);
             i.checked_sub(1).map(|i| &slots[i]).filter(|s| s.contains(rip)).cloned()
+        })
+    }
+
+    /// The detour copy containing `rip`, if any. Async-signal-safe.
+    pub fn window_containing(&self, rip: Addr) -> Option<WindowCopy> {
+        self.windows.read(|windows| {
+            let i = windows.partition_point(|w| w.copy <= rip);
+            i.checked_sub(1).map(|i| windows[i]).filter(|w| rip < w.end)
         })
     }
 
@@ -384,6 +406,17 @@ impl Engine {
                 return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
             }
             sys::write_code(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
+            let copy = WindowCopy {
+                copy: detour.window.addr,
+                end: detour.window.addr.offset(detour.window.code.len() as u64),
+                original: addr,
+            };
+            self.windows.update(|windows| {
+                let mut next = windows.clone();
+                next.push(copy);
+                next.sort_by_key(|w| w.copy);
+                next
+            });
             st.sites.get_mut(&addr).expect("site").detour = Some(detour);
         }
         let site = st.sites.get_mut(&addr).expect("site");

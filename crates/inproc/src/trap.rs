@@ -259,8 +259,61 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
             }
         }
     }
+    if let Some(window) = Engine::get().and_then(|e| e.window_containing(Addr(rip))) {
+        // SAFETY: dprobe's handler for `sig`, kernel arguments.
+        if unsafe { window_fault(sig, info, uc, &mut ctx, window, fault_addr) } {
+            return;
+        }
+    }
     // SAFETY: dprobe's handler for `sig`, kernel arguments.
     unsafe { chain(sig, info, uc, Redeliver::Refault) };
+}
+
+/// The copy of a jump-optimized probe's instruction faulted: the original would have, at its
+/// own address. Offer the fault to the probes' fault handlers, then to the program's handler
+/// with RIP at the original instruction; if that handler returns without moving RIP, the copy
+/// runs again (not the jump, which would count a second hit). Returns false when neither
+/// exists: the fault is then delivered where it happened.
+///
+/// # Safety
+/// The arguments are the kernel's for dprobe's handler of `sig`.
+unsafe fn window_fault(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    uc: *mut libc::c_void,
+    ctx: &mut SignalContext,
+    window: crate::engine::WindowCopy,
+    fault_addr: u64,
+) -> bool {
+    let Some(engine) = Engine::get() else { return false };
+    let mut regs = ctx.regs();
+    regs.rip = window.original.0;
+    let for_probe = FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
+    let handled = !in_handler()
+        && engine.table.lookup(window.original.0, |found| match found {
+            Some((site, TrapKind::Entry)) => site.run_fault(&mut regs, &for_probe),
+            _ => false,
+        });
+    if handled {
+        ctx.set_regs(&regs);
+        return true;
+    }
+    if !crate::signals::has_program_handler(sig) {
+        return false;
+    }
+    // SAFETY: `info` is the kernel's siginfo; si_addr sits at offset 16 for fault signals.
+    unsafe {
+        if (window.copy.0..window.end.0).contains(&fault_addr) {
+            (info as *mut u8).add(16).cast::<u64>().write_unaligned(window.original.0);
+        }
+    }
+    ctx.set_regs(&regs);
+    // SAFETY: per this function's contract.
+    unsafe { chain(sig, info, uc, Redeliver::Refault) };
+    if ctx.rip() == window.original.0 {
+        ctx.set_rip(window.copy.0);
+    }
+    true
 }
 
 /// Rewrite `si_addr` when it points into the slot (instruction faults report the faulting

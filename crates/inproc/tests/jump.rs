@@ -64,6 +64,13 @@ std::arch::global_asm!(
     "2:",
     "ret",
     ".size fxj_table, . - fxj_table",
+    // A load through the first argument, 7 bytes: faults on a bad pointer.
+    ".globl fxj_load",
+    ".type fxj_load,@function",
+    "fxj_load:",
+    "mov rax, qword ptr [rdi + 0x100]",
+    "ret",
+    ".size fxj_load, . - fxj_load",
     // Too short for a 5-byte jump.
     ".globl fxj_short",
     ".type fxj_short,@function",
@@ -82,6 +89,7 @@ extern "C" {
     fn fxj_branch_in(a: u64, b: u64) -> u64;
     fn fxj_table(a: u64, b: u64) -> u64;
     fn fxj_short(a: u64, b: u64) -> u64;
+    fn fxj_load(p: *const u64) -> u64;
 }
 
 const LEA: [u8; 8] = [0x48, 0x8d, 0x84, 0x37, 0x00, 0x10, 0x00, 0x00];
@@ -297,4 +305,30 @@ fn four_threads_call_while_another_optimizes_and_unoptimizes_a_thousand_times() 
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (calls, calls, 0));
     drop(p);
     assert_eq!(code(a, 7), original, "original bytes back");
+}
+
+#[test]
+fn a_fault_in_the_relocated_instruction_is_reported_at_the_probe_to_the_fault_handler() {
+    let at = Addr(fxj_load as *const () as u64);
+    let p = register(Kprobe::addr(at).pre(|_| PreAction::Continue).fault(move |r, info| {
+        if info.stage != dprobe_inproc::FaultStage::Instruction || r.rip != at.0 {
+            return false;
+        }
+        r.rax = 0xdead;
+        r.rip = at.0 + 7;
+        true
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Ok(()));
+    let good = [0u64; 0x21];
+    let mut with_77 = good;
+    with_77[0x20] = 77;
+    // SAFETY: a valid pointer (0x100 bytes in is the 0x21st word), then one the fault handler
+    // deals with.
+    unsafe {
+        assert_eq!(fxj_load(std::hint::black_box(with_77.as_ptr())), 77);
+        assert_eq!(fxj_load(std::hint::black_box(std::ptr::dangling::<u64>())), 0xdead);
+        assert_eq!(fxj_load(std::hint::black_box(with_77.as_ptr())), 77);
+    }
+    assert_eq!(p.hits(), 3);
 }
