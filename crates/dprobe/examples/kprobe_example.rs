@@ -45,10 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     PROBE.set(probe.id()).expect("set once");
     let info = dprobe::inproc::list().into_iter().find(|p| p.id == probe.id()).expect("listed");
     println!(
-        "Planted kprobe at {} ({}), executed {}",
+        "Planted kprobe at {} ({}), executed {}, {}",
         probe.addr(),
         info.symbol.as_deref().unwrap_or("?"),
-        info.execution
+        info.execution,
+        match probe.optimized() {
+            Ok(()) => "jump-optimized".to_owned(),
+            Err(why) => format!("not jump-optimized: {why}"),
+        }
     );
 
     let stop = Arc::new(AtomicBool::new(false));
