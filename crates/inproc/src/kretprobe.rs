@@ -696,10 +696,16 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
         next
     });
     let for_entry = inner.clone();
-    let entry = register(Kprobe::addr(addr).pre(move |regs| {
-        on_entry(&for_entry, regs);
-        PreAction::Continue
-    }));
+    // The entry stays on int3: the trap tells whether the function was entered on the
+    // alternate signal stack (such calls are not traced), which the jump path cannot see.
+    let entry = register(
+        Kprobe::addr(addr)
+            .pre(move |regs| {
+                on_entry(&for_entry, regs);
+                PreAction::Continue
+            })
+            .no_optimize(),
+    );
     match entry {
         Ok(entry) => Ok(ReturnProbe { entry: Some(entry), inner }),
         Err(e) => {
