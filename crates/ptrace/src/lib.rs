@@ -28,6 +28,7 @@ mod detach;
 mod engine;
 mod error;
 mod inject;
+mod library;
 mod loader;
 mod probes;
 mod returns;
@@ -41,6 +42,7 @@ mod xol;
 
 pub use engine::PtraceEngine;
 pub use error::{Exit, Stopped, TraceError};
+pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoTarget, ProbeDef};
 pub use tracee::Tracee;
 

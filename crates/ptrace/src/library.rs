@@ -1,0 +1,466 @@
+//! Loading a shared library into another process: one of its threads is held stopped at a
+//! point where calling into the C library is safe, made to call the process's own `dlopen`
+//! and then a function of the loaded library, and given back exactly as it was (general
+//! registers, the extended FPU state and `errno`).
+//!
+//! For a started program the point is its entry: the dynamic loader has run, no other
+//! thread exists, no lock is held. For a running process one thread is seized and
+//! interrupted until it stops outside the C library and the loader, or inside a system
+//! call that waits (the C library holds no lock there); a thread stopped inside `malloc`
+//! would deadlock `dlopen`.
+//!
+//! A call returns to an address below the lowest mappable page: the fault stops the thread
+//! there, and the tracer reads the result in `rax`.
+
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use dprobe_arch::{Addr, Memory};
+use dprobe_sym::{read_maps_of, Symbols};
+
+use crate::error::TraceError;
+use crate::sys::{self, RemoteMemory};
+
+/// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
+const RETURN_TRAP: u64 = 0x320;
+/// Bytes below the stack pointer a function may use without moving it (the System V red zone).
+const RED_ZONE: u64 = 128;
+/// `RTLD_NOW`.
+const RTLD_NOW: u64 = 2;
+/// How long a remote call may take before the process is declared stuck.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interruptions of a running thread before another thread is tried.
+const SAFE_POINT_TRIES: u32 = 200;
+/// Room for the extended state (`NT_X86_XSTATE`): AVX-512 and AMX included.
+const XSTATE_BYTES: usize = 16 * 1024;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+
+/// Why a library could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A ptrace or memory operation failed.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The process cannot load a library, for this reason.
+    #[error("process {pid} cannot load dprobe's agent: {reason}")]
+    Refused {
+        /// The process.
+        pid: i32,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The process's `dlopen` failed (with `dlerror`'s text when it could be read).
+    #[error("process {pid} could not load `{path}`: {reason}")]
+    Dlopen {
+        /// The process.
+        pid: i32,
+        /// The library.
+        path: String,
+        /// `dlerror()`.
+        reason: String,
+    },
+}
+
+impl From<crate::error::SysError> for LoadError {
+    fn from(e: crate::error::SysError) -> Self {
+        LoadError::Trace(e.into())
+    }
+}
+
+/// One thread of a process held stopped by the tracer, to call functions through.
+pub struct Injector {
+    pid: i32,
+    tid: i32,
+    memory: RemoteMemory,
+    saved: libc::user_regs_struct,
+    xstate: Vec<u8>,
+    /// Started by dprobe (and killed if dprobe gives up before letting it run).
+    spawned: bool,
+    released: bool,
+}
+
+impl Injector {
+    /// Start `program` with `args` and hold it at its entry point, its libraries loaded.
+    pub fn spawn(program: &str, args: &[&str]) -> Result<Injector, LoadError> {
+        let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
+        let invalid = |e| spawn_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+        let c_program = CString::new(program).map_err(invalid)?;
+        let c_args: Vec<CString> = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(CString::new)
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        let pid = sys::fork_traced(&c_program, &c_args).map_err(spawn_err)?;
+        let (_, status) = sys::wait(pid)?;
+        if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
+            return Err(TraceError::NotExecutable { program: program.to_owned() }.into());
+        }
+        sys::set_options(pid, (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64)?;
+        let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
+        run_to_entry(pid, &mut memory)?;
+        Injector::hold(pid, pid, memory, true)
+    }
+
+    /// Seize one thread of running process `pid` and hold it stopped at a safe point.
+    pub fn attach(pid: i32) -> Result<Injector, LoadError> {
+        let refused = |reason: String| LoadError::Refused { pid, reason };
+        let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
+        for tid in tids {
+            if let Err(e) = sys::seize(tid, 0) {
+                if e.gone() {
+                    continue;
+                }
+                return Err(TraceError::Attach { pid, reason: e.to_string() }.into());
+            }
+            match stop_at_safe_point(pid, tid)? {
+                true => {
+                    let memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
+                    return Injector::hold(pid, tid, memory, false);
+                }
+                false => {
+                    let _ = sys::detach(tid, 0);
+                }
+            }
+        }
+        Err(refused("no thread stopped outside the C library and the loader (each was tried)".into()))
+    }
+
+    fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
+        let saved = sys::get_regs(tid)?;
+        let xstate = get_xstate(tid)?;
+        Ok(Injector { pid, tid, memory, saved, xstate, spawned, released: false })
+    }
+
+    /// The process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Load the library at `path` with the process's `dlopen`, then call its function `entry`
+    /// with the C string `arg`; returns what `entry` returned.
+    pub fn load_library(&mut self, path: &str, entry: &str, arg: &str) -> Result<u64, LoadError> {
+        let maps = read_maps_of(self.pid as u32).map_err(TraceError::from)?;
+        let pid = self.pid;
+        let refused = |reason: &str| LoadError::Refused { pid, reason: reason.to_owned() };
+        if !maps.iter().filter_map(|m| m.path.as_deref()).any(|p| p.contains("/ld-linux") || p.contains("/ld-")) {
+            return Err(refused("it has no dynamic loader (a static program)"));
+        }
+        let symbols = Symbols::load(&maps);
+        let find = |names: &[&str]| names.iter().find_map(|n| symbols.find(n)).map(|f| f.start.0);
+        let dlopen = find(&["libc:dlopen", "libdl:dlopen"]).ok_or_else(|| refused("its C library has no `dlopen`"))?;
+        let dlsym = find(&["libc:dlsym", "libdl:dlsym"]).ok_or_else(|| refused("its C library has no `dlsym`"))?;
+        let dlerror = find(&["libc:dlerror", "libdl:dlerror"]);
+        let errno_location = find(&["libc:__errno_location"]);
+        let errno_addr = match errno_location {
+            Some(f) => Some(self.call(f, &[], &[])?),
+            None => None,
+        };
+        let mut errno = [0u8; 4];
+        if let Some(a) = errno_addr {
+            self.memory.read(Addr(a), &mut errno).map_err(TraceError::from)?;
+        }
+        let handle = self.call(dlopen, &[path.as_bytes()], &[RTLD_NOW])?;
+        if handle == 0 {
+            let reason = match dlerror {
+                Some(f) => {
+                    let at = self.call(f, &[], &[])?;
+                    self.read_c_string(at).unwrap_or_else(|| "dlopen returned NULL".into())
+                }
+                None => "dlopen returned NULL".into(),
+            };
+            return Err(LoadError::Dlopen { pid: self.pid, path: path.to_owned(), reason });
+        }
+        let function = self.call_with_handle(dlsym, handle, entry.as_bytes())?;
+        if function == 0 {
+            return Err(refused(&format!("`{path}` has no function `{entry}`")));
+        }
+        let result = self.call(function, &[arg.as_bytes()], &[])?;
+        if let Some(a) = errno_addr {
+            self.memory.write(Addr(a), &errno).map_err(TraceError::from)?;
+        }
+        Ok(result)
+    }
+
+    /// Give the thread back as it was and stop tracing it: the program runs on.
+    pub fn release(mut self) -> Result<(), LoadError> {
+        self.released = true;
+        self.restore()?;
+        sys::detach(self.tid, 0)?;
+        Ok(())
+    }
+
+    /// Kill a program dprobe started (it has not run a line of its own); let go of any other.
+    pub fn abandon(mut self) {
+        self.released = true;
+        if self.spawned {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+        } else {
+            let _ = self.restore();
+            let _ = sys::detach(self.tid, 0);
+        }
+    }
+
+    fn restore(&mut self) -> Result<(), TraceError> {
+        set_xstate(self.tid, &mut self.xstate)?;
+        sys::set_regs(self.tid, &self.saved)?;
+        Ok(())
+    }
+
+    fn read_c_string(&mut self, at: u64) -> Option<String> {
+        if at == 0 {
+            return None;
+        }
+        let mut buf = [0u8; 256];
+        self.memory.read(Addr(at), &mut buf).ok()?;
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+
+    /// `dlsym(handle, name)`.
+    fn call_with_handle(&mut self, dlsym: u64, handle: u64, name: &[u8]) -> Result<u64, LoadError> {
+        let (top, addrs) = self.push_strings(&[name])?;
+        self.call_at(dlsym, &[handle, addrs[0]], top)
+    }
+
+    /// Call `function` with the strings (copied to the stack) as its first arguments, then
+    /// `numbers`.
+    fn call(&mut self, function: u64, strings: &[&[u8]], numbers: &[u64]) -> Result<u64, LoadError> {
+        let (top, mut args) = self.push_strings(strings)?;
+        args.extend_from_slice(numbers);
+        self.call_at(function, &args, top)
+    }
+
+    /// Copy NUL-terminated strings below the thread's red zone; returns the lowest address
+    /// used and each string's address.
+    fn push_strings(&mut self, strings: &[&[u8]]) -> Result<(u64, Vec<u64>), LoadError> {
+        let mut top = self.saved.rsp - RED_ZONE;
+        let mut addrs = Vec::new();
+        for s in strings {
+            let mut bytes = s.to_vec();
+            bytes.push(0);
+            top = (top - bytes.len() as u64) & !15;
+            self.memory.write(Addr(top), &bytes).map_err(TraceError::from)?;
+            addrs.push(top);
+        }
+        Ok((top, addrs))
+    }
+
+    /// Run `function(args...)` on the held thread with its stack below `top`; the thread is
+    /// stopped again when it returns. Signals that come meanwhile are the program's: they
+    /// are queued again for it.
+    fn call_at(&mut self, function: u64, args: &[u64], top: u64) -> Result<u64, LoadError> {
+        let mut r = self.saved;
+        let mut sp = (top - 64) & !15;
+        sp -= 8; // as after a `call`: rsp % 16 == 8 at the function's entry
+        self.memory.write(Addr(sp), &RETURN_TRAP.to_le_bytes()).map_err(TraceError::from)?;
+        r.rsp = sp;
+        r.rip = function;
+        // Not inside a system call any more: the kernel must not restart one on resume.
+        r.orig_rax = u64::MAX;
+        r.rax = 0;
+        // Direction and trap flags clear, as the ABI promises a callee.
+        r.eflags &= !(0x400 | 0x100);
+        let slots = [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9];
+        for (slot, v) in slots.into_iter().zip(args) {
+            *slot = *v;
+        }
+        sys::set_regs(self.tid, &r)?;
+        let mut clean = self.xstate.clone();
+        clean_fpu_control(&mut clean);
+        set_xstate(self.tid, &mut clean)?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut held = Vec::new();
+        let mut signal = 0;
+        let result = loop {
+            sys::cont(self.tid, signal)?;
+            signal = 0;
+            let (_, status) = sys::wait(self.tid)?;
+            if !libc::WIFSTOPPED(status) {
+                return Err(TraceError::Gone { tid: self.tid }.into());
+            }
+            let sig = libc::WSTOPSIG(status);
+            if sys::event_of(status) != 0 {
+                continue;
+            }
+            let now = sys::get_regs(self.tid)?;
+            if sig == libc::SIGSEGV && now.rip == RETURN_TRAP {
+                break now.rax;
+            }
+            if sig == libc::SIGSEGV || sig == libc::SIGBUS || sig == libc::SIGILL {
+                // A fault inside the call: the program's state is not ours to repair.
+                let reason = format!("signal {sig} at {:#x} during the call at {function:#x}", now.rip);
+                return Err(LoadError::Refused { pid: self.pid, reason });
+            }
+            held.push(sys::siginfo(self.tid)?);
+            if Instant::now() > deadline {
+                return Err(LoadError::Refused { pid: self.pid, reason: "a call into it did not return".into() });
+            }
+        };
+        for info in &held {
+            sys::queue_again(self.pid, self.tid, info)?;
+        }
+        Ok(result)
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        if !self.released {
+            self.released = true;
+            if self.spawned {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            } else {
+                let _ = self.restore();
+                let _ = sys::detach(self.tid, 0);
+            }
+        }
+    }
+}
+
+/// The threads of process `pid`, the main thread first.
+fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_by_key(|t| (*t != pid, *t));
+    Ok(tids)
+}
+
+/// System calls during which a thread holds no lock of the C library or the loader: a
+/// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock.
+const WAITING_SYSCALLS: [i64; 16] = [
+    libc::SYS_read,
+    libc::SYS_poll,
+    libc::SYS_select,
+    libc::SYS_nanosleep,
+    libc::SYS_pause,
+    libc::SYS_wait4,
+    libc::SYS_epoll_wait,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_ppoll,
+    libc::SYS_pselect6,
+    libc::SYS_epoll_pwait,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_rt_sigtimedwait,
+];
+
+/// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up.
+fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
+    for attempt in 0..SAFE_POINT_TRIES {
+        sys::interrupt(tid)?;
+        let status = loop {
+            let (_, status) = sys::wait(tid)?;
+            if !libc::WIFSTOPPED(status) {
+                return Ok(false);
+            }
+            if sys::event_of(status) != 0 {
+                break status;
+            }
+            // The program's signal, arrived first: deliver it and wait for the interrupt.
+            sys::cont(tid, libc::WSTOPSIG(status))?;
+        };
+        let _ = status;
+        let r = sys::get_regs(tid)?;
+        if is_safe(pid, &r)? {
+            return Ok(true);
+        }
+        sys::cont(tid, 0)?;
+        std::thread::sleep(Duration::from_micros(50 + u64::from(attempt % 20) * 47));
+    }
+    Ok(false)
+}
+
+fn is_safe(pid: i32, r: &libc::user_regs_struct) -> Result<bool, TraceError> {
+    let in_syscall = r.orig_rax as i64 >= 0;
+    if in_syscall {
+        // Waiting, and to be restarted (or interrupted) when resumed.
+        let restartable = matches!(r.rax as i64, -516..=-512);
+        return Ok(restartable && WAITING_SYSCALLS.contains(&(r.orig_rax as i64)));
+    }
+    let maps = read_maps_of(pid as u32)?;
+    let inside = maps.iter().find(|m| m.contains(Addr(r.rip))).and_then(|m| m.path.clone());
+    let file = inside.as_deref().map(|p| p.rsplit('/').next().unwrap_or(p)).unwrap_or("");
+    Ok(!(file.starts_with("libc") || file.starts_with("ld-") || file.starts_with("libpthread")))
+}
+
+/// Resume a program stopped after `execve` until its entry point (its libraries loaded and
+/// initialised), and leave it stopped there.
+fn run_to_entry(pid: i32, memory: &mut RemoteMemory) -> Result<(), LoadError> {
+    let entry = auxv_entry(pid)?;
+    let mut original = [0u8];
+    memory.read(entry, &mut original).map_err(TraceError::from)?;
+    memory.write(entry, &[dprobe_arch::INT3]).map_err(TraceError::from)?;
+    let mut signal = 0;
+    loop {
+        sys::cont(pid, signal)?;
+        signal = 0;
+        let (_, status) = sys::wait(pid)?;
+        if !libc::WIFSTOPPED(status) {
+            return Err(LoadError::Refused { pid, reason: "it ended before its entry point".into() });
+        }
+        let sig = libc::WSTOPSIG(status);
+        if sys::event_of(status) != 0 {
+            continue;
+        }
+        if sig == libc::SIGTRAP {
+            let mut r = sys::get_regs(pid)?;
+            if r.rip == entry.0 + 1 {
+                memory.write(entry, &original).map_err(TraceError::from)?;
+                r.rip = entry.0;
+                sys::set_regs(pid, &r)?;
+                return Ok(());
+            }
+        }
+        signal = sig;
+    }
+}
+
+fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv"))?;
+    auxv.chunks_exact(16)
+        .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
+        .find(|(k, _)| *k == libc::AT_ENTRY)
+        .map(|(_, v)| Addr(v))
+        .ok_or(TraceError::NoEntry)
+}
+
+fn get_xstate(tid: i32) -> Result<Vec<u8>, TraceError> {
+    let mut buf = vec![0u8; XSTATE_BYTES];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: the iovec describes `buf`, which outlives the call; the kernel shortens iov_len
+    // to what it wrote.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec) };
+    if rc < 0 {
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return Err(crate::error::SysError { call: "PTRACE_GETREGSET", tid, errno }.into());
+    }
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+fn set_xstate(tid: i32, state: &mut [u8]) -> Result<(), TraceError> {
+    let mut iov = libc::iovec { iov_base: state.as_mut_ptr().cast(), iov_len: state.len() };
+    // SAFETY: the iovec describes `state`, which outlives the call; the kernel only reads it.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec) };
+    if rc < 0 {
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return Err(crate::error::SysError { call: "PTRACE_SETREGSET", tid, errno }.into());
+    }
+    Ok(())
+}
+
+/// The control words a called function expects (the legacy FXSAVE area's first bytes): x87
+/// control word 0x37f, MXCSR 0x1f80, the x87 stack empty.
+fn clean_fpu_control(xstate: &mut [u8]) {
+    if xstate.len() >= 32 {
+        xstate[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        xstate[4] = 0; // abridged tag word: every register empty
+        xstate[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    }
+}
