@@ -1,0 +1,395 @@
+//! The agent engine, the tracer's side: the agent library is loaded into the program (held
+//! by ptrace at its entry, or a running process's thread held at a safe point), the probes
+//! are sent to it, and ptrace lets go before the program runs on. From then on the program
+//! is not stopped at any hit: events come through the shared ring, figures from the shared
+//! counters.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dprobe_core::fetch::Values;
+use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
+use dprobe_ptrace::{Injector, LoadError};
+use dprobe_spec::{ArgType, ProbeKind, Target};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::record::decode;
+use crate::shm::{Counter, Shm, MAX_PROBES};
+use crate::wire::{self, Message, PlaceProbe};
+
+/// The agent engine's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The library could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The agent library was not found.
+    #[error("dprobe's agent library is not installed next to dprobe ({0}); use --engine ptrace")]
+    NoLibrary(String),
+    /// Talking to the agent failed.
+    #[error("the agent in process {pid}: {source}")]
+    Agent {
+        /// The process.
+        pid: i32,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The agent refused a probe.
+    #[error("{0}")]
+    Refused(String),
+    /// Only user-space functions.
+    #[error("kernel functions and tracepoints need the kernel engine, not the agent")]
+    NotUser,
+    /// A process dprobe did not start ended; only its parent learns how.
+    #[error("process {0} ended (how, only its parent can tell)")]
+    Ended(i32),
+    /// More probes than the shared memory has counters for.
+    #[error("the agent engine places at most {MAX_PROBES} probes")]
+    TooMany,
+}
+
+/// How long the agent has to connect and to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct ProbeInfo {
+    types: Vec<ArgType>,
+    placement: Placement,
+}
+
+/// One program traced through the agent, spawned or attached.
+pub struct AgentEngine {
+    pid: i32,
+    spawned: bool,
+    /// Held until the trace runs (the program waits for its probes).
+    injector: Option<Injector>,
+    sock: UnixStream,
+    shm: Shm,
+    probes: Vec<ProbeInfo>,
+    events: bool,
+    names: ThreadNames,
+    stopped: bool,
+    values: Vec<Values>,
+}
+
+/// Where the agent library is: next to the `dprobe` binary, or in its `deps/` directory as
+/// Cargo lays out a build (where a build of dprobe alone refreshes it: the newest wins).
+pub fn agent_library() -> Result<PathBuf, AgentError> {
+    const NAME: &str = "libdprobe_agent.so";
+    let exe = std::env::current_exe().map_err(|e| AgentError::NoLibrary(e.to_string()))?;
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let candidates = [dir.join(NAME), dir.join("deps").join(NAME), dir.join("../lib").join(NAME)];
+    candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok().filter(|m| m.is_file())?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| AgentError::NoLibrary(format!("looked for {}", candidates[0].display())))
+}
+
+impl AgentEngine {
+    /// Start `program` with `args` and load the agent at its entry. `events`: the probes'
+    /// events are wanted (not for counts alone).
+    pub fn spawn(program: &str, args: &[&str], events: bool) -> Result<AgentEngine, AgentError> {
+        let library = agent_library()?;
+        AgentEngine::start(Injector::spawn(program, args)?, &library, true, events)
+    }
+
+    /// Load the agent into running process `pid`.
+    pub fn attach(pid: i32, events: bool) -> Result<AgentEngine, AgentError> {
+        let library = agent_library()?;
+        AgentEngine::start(Injector::attach(pid)?, &library, false, events)
+    }
+
+    fn start(
+        mut injector: Injector,
+        library: &std::path::Path,
+        spawned: bool,
+        events: bool,
+    ) -> Result<Self, AgentError> {
+        let pid = injector.pid();
+        let agent_err = |source| AgentError::Agent { pid, source };
+        static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
+        let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
+            .map_err(agent_err)?;
+        let path = library.to_string_lossy();
+        let started = injector.load_library(&path, "dprobe_agent_start", &name)?;
+        if started != 0 {
+            let reason =
+                if started as i32 == -2 { "another dprobe traces it with the agent" } else { "it did not start" };
+            return Err(AgentError::Refused(format!("process {pid}: the agent {reason}")));
+        }
+        let sock = accept_within(&listener, ANSWER_TIMEOUT).map_err(agent_err)?;
+        sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
+        let fd = receive_fd(&sock).map_err(agent_err)?;
+        let shm = Shm::open(fd).map_err(agent_err)?;
+        Ok(AgentEngine {
+            pid,
+            spawned,
+            injector: Some(injector),
+            sock,
+            shm,
+            probes: Vec::new(),
+            events,
+            names: ThreadNames::default(),
+            stopped: false,
+            values: Vec::new(),
+        })
+    }
+
+    /// The traced process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn agent_err(&self, source: io::Error) -> AgentError {
+        AgentError::Agent { pid: self.pid, source }
+    }
+
+    /// Let the program run (it waited at its entry, or one thread at a safe point).
+    fn release(&mut self) -> Result<(), AgentError> {
+        match self.injector.take() {
+            Some(i) => Ok(i.release()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Hand every record in the ring to `sink`.
+    fn drain(&mut self, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> usize {
+        let mut n = 0;
+        loop {
+            let (probes, values) = (&self.probes, &mut self.values);
+            let mut got = None;
+            let popped = self.shm.pop(|record| {
+                let probe = u32::from_le_bytes(record.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 4]));
+                if let Some(p) = probes.get(probe as usize) {
+                    got = decode(record, &p.types, &mut values[probe as usize]);
+                }
+            });
+            if !popped {
+                return n;
+            }
+            n += 1;
+            let Some(h) = got else { continue };
+            let comm = if h.comm[0] != 0 { h.comm() } else { self.names.get(h.pid, h.tid) };
+            let event = ProbeEvent {
+                probe: h.probe as usize,
+                side: h.side,
+                pid: h.pid,
+                tid: h.tid,
+                time_ns: h.time_ns,
+                entry_time_ns: h.entry_time_ns,
+                comm,
+                values: &self.values[h.probe as usize],
+            };
+            sink(&event);
+        }
+    }
+
+    /// Tell the agent to remove its probes and wait until it has.
+    fn stop_agent(&mut self) -> Result<(), AgentError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        wire::send(&mut self.sock, &Message::Stop).map_err(|e| self.agent_err(e))?;
+        loop {
+            match wire::receive(&mut self.sock) {
+                Ok(Some(Message::Stopped)) | Ok(None) => return Ok(()),
+                Ok(Some(_)) => {}
+                // Gone meanwhile: its probes went with it.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(self.agent_err(e)),
+            }
+        }
+    }
+
+    /// How the program ended, if it did (a started one: its status).
+    fn ended(&mut self) -> Result<Option<Exit>, AgentError> {
+        if self.spawned {
+            return Ok(match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Some(Exit::Code(code)),
+                Ok(WaitStatus::Signaled(_, signal, _)) => Some(Exit::Signal(signal as i32)),
+                _ => None,
+            });
+        }
+        match kill(Pid::from_raw(self.pid), None) {
+            Err(Errno::ESRCH) => Err(AgentError::Ended(self.pid)),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn accept_within(listener: &UnixListener, limit: Duration) -> io::Result<UnixStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "it did not connect"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn receive_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "the agent sent no shared memory"))
+}
+
+impl Engine for AgentEngine {
+    type Error = AgentError;
+
+    fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
+        let Target::User { binary, function, offset } = &probe.spec.target else { return Err(AgentError::NotUser) };
+        if self.probes.len() >= MAX_PROBES {
+            return Err(AgentError::TooMany);
+        }
+        let target = match binary {
+            Some(b) => format!("{b}:{function}"),
+            None => function.clone(),
+        };
+        let request = PlaceProbe {
+            target: target.clone(),
+            offset: *offset,
+            kind: probe.spec.kind,
+            timed: probe.timed && probe.spec.kind == ProbeKind::Entry,
+            maxactive: probe.maxactive.unwrap_or(0) as u64,
+            events: self.events,
+            args: probe.plan.args().to_vec(),
+            filter: None,
+        };
+        wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
+        let answer = match wire::receive(&mut self.sock) {
+            Ok(Some(Message::Placed(p))) => p,
+            Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
+            Err(e) => return Err(self.agent_err(e)),
+        };
+        let mut placed = Placed::default();
+        let placement = match answer {
+            wire::Placement::At(a) => Placement::At(Addr(a)),
+            wire::Placement::Waiting => {
+                let object = binary.clone().unwrap_or_default();
+                placed.note = Some(format!("`{object}` is not loaded; the agent does not follow later loads yet"));
+                Placement::Waiting
+            }
+            wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
+        };
+        self.values.push(probe.plan.values());
+        self.probes.push(ProbeInfo { types: probe.plan.args().iter().map(|a| a.ty).collect(), placement });
+        Ok(placed)
+    }
+
+    fn prefilter(&mut self, _filter: &dprobe_spec::Filter, _text: &str) {}
+
+    fn run(
+        &mut self,
+        stop: &mut dyn FnMut() -> bool,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) -> Result<Ending, AgentError> {
+        self.release()?;
+        loop {
+            if stop() {
+                self.stop_agent()?;
+                self.drain(sink);
+                return Ok(Ending::Asked);
+            }
+            if let Some(ended) = self.ended().transpose() {
+                // Every event the program made is in the ring already; its probes went with it.
+                self.stopped = true;
+                self.drain(sink);
+                return ended.map(Ending::Exited);
+            }
+            if self.drain(sink) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn stats(&self, index: usize) -> Stats {
+        let Some(p) = self.probes.get(index) else { return Stats::default() };
+        let get = |c| self.shm.get(index, c);
+        Stats {
+            hits: get(Counter::Hits) + get(Counter::Missed) + get(Counter::Reentered),
+            returns: get(Counter::Returns),
+            missed: get(Counter::Missed),
+            reentered: get(Counter::Reentered),
+            abandoned: get(Counter::Abandoned),
+            lost: get(Counter::Lost),
+            placement: p.placement.clone(),
+            ..Stats::default()
+        }
+    }
+
+    fn notes(&self) -> Vec<String> {
+        match self.shm.dropped() {
+            0 => Vec::new(),
+            n => vec![format!("{n} events dropped: the agent's ring was full")],
+        }
+    }
+
+    fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
+        let stopped = self.stop_agent();
+        self.release()?;
+        stopped?;
+        let pid = Pid::from_raw(self.pid);
+        let Some(signal) = stopped_by.filter(|_| self.spawned) else { return Ok(None) };
+        if signal != libc::SIGINT {
+            if let Ok(signal) = Signal::try_from(signal) {
+                let _ = kill(pid, signal);
+            }
+        }
+        loop {
+            match waitpid(pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Exit::Code(code))),
+                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Some(Exit::Signal(signal as i32))),
+                Ok(_) => {}
+                Err(Errno::EINTR) if !give_up() => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    fn abandon(mut self) {
+        match self.injector.take() {
+            Some(i) if self.spawned => i.abandon(),
+            Some(i) => {
+                // The socket's end makes the agent remove what it placed.
+                let _ = self.stop_agent();
+                i.abandon();
+            }
+            None => {
+                let _ = self.stop_agent();
+            }
+        }
+    }
+}

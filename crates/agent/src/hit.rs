@@ -1,0 +1,150 @@
+//! The hit path inside the traced program: a probe's fetch plan evaluated in the thread that
+//! hit it, its filter tested, and the event written into the shared ring. No allocation, no
+//! lock: value storage comes from a pool made when the probe is placed, claimed with an
+//! atomic flag; with none free (more threads inside at once than the pool holds) the event is
+//! lost and counted, never waited for.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
+use dprobe_core::fetch::{FetchContext, FetchPlan, Values};
+use dprobe_core::Side;
+
+use crate::record::{encode, Header};
+use crate::shm::{Counter, Shm};
+
+/// Value storages per probe: hits in flight at once on different threads.
+const POOL: usize = 64;
+
+struct Storage {
+    busy: AtomicBool,
+    values: UnsafeCell<Values>,
+}
+
+/// One placed probe, as its handlers see it.
+pub struct HitProbe {
+    index: usize,
+    plan: FetchPlan,
+    filtered: bool,
+    events: bool,
+    pid: u32,
+    shm: Arc<Shm>,
+    pool: Box<[Storage]>,
+}
+
+// SAFETY: a storage's values are only touched by the thread that set its `busy` flag.
+unsafe impl Sync for HitProbe {}
+
+/// The lowest and highest stack address of the agent's own thread: its hits are dprobe's
+/// (reading the control socket through a probed `read`), not the program's.
+static AGENT_STACK: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Record the agent thread's stack (around `sp`, a local's address in its first frame).
+pub fn set_agent_stack(sp: u64, size: u64) {
+    AGENT_STACK[0].store(sp.saturating_sub(size), Relaxed);
+    AGENT_STACK[1].store(sp.saturating_add(64 * 1024), Relaxed);
+}
+
+/// Whether a hit with stack pointer `sp` is the agent's own thread.
+pub fn on_agent_thread(sp: u64) -> bool {
+    (AGENT_STACK[0].load(Relaxed)..AGENT_STACK[1].load(Relaxed)).contains(&sp)
+}
+
+/// The process the agent's probes were placed for. A child forked from it inherits them
+/// (their `int3`s still execute correctly) but not the agent's thread: its hits are not
+/// counted nor sent, as with the ptrace engine, which lets a child go untraced.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Record the process the probes are placed for (at a session's start).
+pub fn set_pid() {
+    PID.store(std::process::id(), Relaxed);
+}
+
+/// In a forked child (async-signal-safe: `getpid` and an atomic store).
+pub extern "C" fn forget_probes_in_child() {
+    // SAFETY: getpid has no preconditions.
+    PID.store(unsafe { libc::getpid() } as u32, Relaxed);
+}
+
+/// The process's own memory, read without risking a fault.
+struct OwnMemory;
+
+impl Memory for OwnMemory {
+    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        dprobe_inproc::read_bytes(addr.0, buf)
+    }
+    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+        Err(MemoryFault { addr, len: data.len(), write: true })
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the vDSO: no system call).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl HitProbe {
+    /// A probe with index `index`, its plan (its filter compiled in when `filtered`).
+    pub fn new(index: usize, plan: FetchPlan, filtered: bool, events: bool, shm: Arc<Shm>) -> HitProbe {
+        let pool = (0..POOL).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
+        HitProbe { index, filtered, events, pid: std::process::id(), shm, pool: pool.collect(), plan }
+    }
+
+    /// Whether this probe belongs to this process (not a forked child).
+    pub fn live(&self) -> bool {
+        PID.load(Relaxed) == self.pid
+    }
+
+    /// Count a hit.
+    pub fn count(&self, counter: Counter) {
+        self.shm.add(self.index, counter, 1);
+    }
+
+    /// Fetch, filter and send one event. Async-signal-safe; `errno` is left as it was.
+    pub fn event(&self, regs: &Regs, entry: Option<&Regs>, side: Side, entry_time_ns: Option<u64>) {
+        if !self.events {
+            return;
+        }
+        // SAFETY: the calling thread's errno location.
+        let errno = unsafe { *libc::__errno_location() };
+        let Some(storage) = self.pool.iter().find(|s| s.busy.compare_exchange(false, true, Acquire, Relaxed).is_ok())
+        else {
+            self.count(Counter::Lost);
+            return;
+        };
+        // SAFETY: the flag just taken makes this thread the storage's only user.
+        let values = unsafe { &mut *storage.values.get() };
+        let mut name = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into `name`.
+        unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+        let end = name.iter().position(|b| *b == 0).unwrap_or(16);
+        let comm = &name[..end];
+        // `$errno` reads the value the program had, saved before anything here could change it.
+        let cx = FetchContext { regs, entry_regs: entry, comm, errno_addr: Some(&errno as *const i32 as u64) };
+        self.plan.evaluate(&cx, &mut OwnMemory, values);
+        if !self.filtered || self.plan.passes(values) {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            let header = Header {
+                probe: self.index as u32,
+                side,
+                pid: self.pid,
+                tid,
+                time_ns: now_ns(),
+                entry_time_ns,
+                comm: name,
+            };
+            if !self.shm.push(|out| encode(&header, values, out)) {
+                self.count(Counter::Lost);
+            }
+        }
+        storage.busy.store(false, Release);
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
+    }
+}

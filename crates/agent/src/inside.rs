@@ -1,0 +1,248 @@
+//! The agent inside the traced program: its entry point, called by the tracer once the
+//! library is loaded, starts one thread (`dprobe-agent`) that connects to the tracer, creates
+//! the shared memory, places the probes it is sent, keeps the counters the in-process engine
+//! holds copied into the shared memory, and removes every probe when told to, or when the
+//! control socket ends: the tracer is gone, even killed, and the program goes on as it was.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::Arc;
+
+use dprobe_core::fetch::FetchPlan;
+use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeTarget, Regs, Side};
+use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe, ReturnProbe};
+use dprobe_spec::ProbeKind;
+
+use crate::hit::{forget_probes_in_child, now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
+use crate::shm::{Counter, Shm};
+use crate::wire::{receive, send, Message, PlaceProbe, Placement};
+
+/// A session is running (one at a time; a new tracer may start one after it ends).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// The stack size of the agent's thread.
+const STACK: usize = 1 << 20;
+
+/// Start the agent: connect to the tracer listening on the abstract unix socket named
+/// `socket`. Returns 0, or a negative number when a session is already running (-2), the
+/// name is missing (-1) or no thread could be started (-3).
+///
+/// # Safety
+/// `socket` must be a NUL-terminated string (or null).
+#[no_mangle]
+pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
+    if socket.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let name = unsafe { CStr::from_ptr(socket) }.to_bytes().to_vec();
+    if RUNNING.swap(true, AcqRel) {
+        return -2;
+    }
+    set_pid();
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a C-ABI function that only makes an atomic store.
+    ATFORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forget_probes_in_child));
+    });
+    let started = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(move || {
+        let here = 0u8;
+        set_agent_stack(&here as *const u8 as u64, STACK as u64);
+        block_signals();
+        let _ = session(&name);
+        RUNNING.store(false, Release);
+    });
+    match started {
+        Ok(_) => 0,
+        Err(_) => {
+            RUNNING.store(false, Release);
+            -3
+        }
+    }
+}
+
+/// The program's signals are for its own threads: the agent's blocks all but those a fault or
+/// a probe raises synchronously.
+fn block_signals() {
+    // SAFETY: a sigset_t we own, filled by sigfillset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            libc::sigdelset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+enum Placed {
+    Entry { probe: Probe, index: usize },
+    Return { probe: ReturnProbe, index: usize },
+}
+
+fn session(name: &[u8]) -> io::Result<()> {
+    let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
+    let shm = Arc::new(Shm::create()?);
+    send_fd(&sock, shm.fd().as_raw_fd())?;
+    let mut placed: Vec<Placed> = Vec::new();
+    let mut count = 0usize;
+    let result = loop {
+        if !readable(&sock, 20)? {
+            refresh(&placed, &shm);
+            continue;
+        }
+        match receive(&mut sock) {
+            Ok(Some(Message::Place(p))) => {
+                let answer = place(count, p, &shm, &mut placed);
+                count += 1;
+                send(&mut sock, &Message::Placed(answer))?;
+            }
+            Ok(Some(Message::Stop)) => {
+                remove(&mut placed, &shm);
+                send(&mut sock, &Message::Stopped)?;
+            }
+            Ok(Some(_)) => break Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected message")),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    // However the session ended: nothing of dprobe's stays in the program's code.
+    remove(&mut placed, &shm);
+    result
+}
+
+/// Wait up to `ms` milliseconds for the socket to have something to read (or its end).
+fn readable(sock: &UnixStream, ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd we own.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(n > 0)
+}
+
+fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    let iov = [io::IoSlice::new(b"R")];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Copy the figures the in-process engine keeps into the shared memory.
+fn refresh(placed: &[Placed], shm: &Shm) {
+    for p in placed {
+        match p {
+            Placed::Return { probe, index } => {
+                let s = probe.stats();
+                shm.set(*index, Counter::Missed, s.nmissed);
+                shm.set(*index, Counter::Abandoned, s.stale + s.unwound);
+            }
+            Placed::Entry { probe, index } => shm.set(*index, Counter::Reentered, probe.nmissed()),
+        }
+    }
+}
+
+/// Unregister every probe (their original bytes are back when this returns) and record
+/// their last figures.
+fn remove(placed: &mut Vec<Placed>, shm: &Shm) {
+    refresh(placed, shm);
+    let mut entries = Vec::new();
+    for p in placed.drain(..) {
+        match p {
+            Placed::Entry { probe, .. } => entries.push(probe),
+            Placed::Return { probe, index } => {
+                if let Ok(s) = probe.unregister() {
+                    shm.set(index, Counter::Missed, s.nmissed);
+                    shm.set(index, Counter::Abandoned, s.stale + s.unwound);
+                }
+            }
+        }
+    }
+    let _ = dprobe_inproc::unregister_all(entries);
+}
+
+fn target(p: &PlaceProbe) -> ProbeTarget {
+    match p.target.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+        Some(a) => ProbeTarget::Addr(Addr(a + p.offset)),
+        None => ProbeTarget::Symbol { name: p.target.clone(), offset: p.offset },
+    }
+}
+
+fn place(index: usize, p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
+    let names: Vec<&str> = p.args.iter().map(|a| a.name.as_str()).collect();
+    let filter = p.filter.as_deref().and_then(|f| dprobe_spec::parse_filter(f, &names).ok());
+    let plan = FetchPlan::compile(&p.args, filter.as_ref());
+    let hit = Arc::new(HitProbe::new(index, plan, filter.is_some(), p.events, shm.clone()));
+    let result = if p.kind == ProbeKind::Return || p.timed {
+        let mut k = Kretprobe::at(target(&p));
+        if p.maxactive > 0 {
+            k = k.maxactive(p.maxactive as usize);
+        }
+        let on_entry = hit.clone();
+        let k = k
+            .entry_handler(move |regs, data| {
+                if !on_entry.live() || on_agent_thread(regs.rsp) {
+                    return EntryAction::Skip;
+                }
+                on_entry.count(Counter::Hits);
+                data.0 = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9, regs.rsp, now_ns()];
+                EntryAction::Track
+            })
+            .handler(move |regs, data| {
+                hit.count(Counter::Returns);
+                let d = data.0;
+                let entry = Regs {
+                    rdi: d[0],
+                    rsi: d[1],
+                    rdx: d[2],
+                    rcx: d[3],
+                    r8: d[4],
+                    r9: d[5],
+                    rsp: d[6],
+                    ..Regs::default()
+                };
+                hit.event(regs, Some(&entry), Side::Return, Some(d[7]));
+            });
+        register_kretprobe(k).map(|probe| {
+            let addr = probe.addr();
+            placed.push(Placed::Return { probe, index });
+            addr
+        })
+    } else {
+        register(Kprobe::at(target(&p)).pre(move |regs| {
+            if hit.live() && !on_agent_thread(regs.rsp) {
+                hit.count(Counter::Hits);
+                hit.event(regs, None, Side::Entry, None);
+            }
+            PreAction::Continue
+        }))
+        .map(|probe| {
+            let addr = probe.addr();
+            placed.push(Placed::Entry { probe, index });
+            addr
+        })
+    };
+    match result {
+        Ok(addr) => Placement::At(addr.0),
+        Err(ProbeError::SymbolNotFound { .. }) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => {
+            Placement::Waiting
+        }
+        Err(e) => Placement::Failed(e.to_string()),
+    }
+}
+
+/// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is mapped.
+fn loaded(name: &str) -> bool {
+    let Ok(maps) = dprobe_sym::read_maps_of(std::process::id()) else { return true };
+    maps.iter().filter_map(|m| m.path.as_deref()).any(|path| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        path == name || file == name || file.starts_with(&format!("{name}.so")) || file.starts_with(&format!("{name}-"))
+    })
+}

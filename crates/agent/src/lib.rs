@@ -1,0 +1,25 @@
+//! dprobe's agent: the in-process engine put inside a traced program, so that a hit costs
+//! what it costs in-process instead of a ptrace stop.
+//!
+//! This crate is both sides of it:
+//! * the shared library (`libdprobe_agent.so`) the tracer loads into the program: its entry
+//!   point starts a thread that receives the probes over a unix socket, places them with the
+//!   in-process engine, evaluates each probe's fetch plan and filter in the thread that hit
+//!   it, writes events into a ring in memory shared with the tracer, and removes every probe
+//!   when the socket ends (dprobe stopped, or died);
+//! * [`AgentEngine`], the [`dprobe_core::Engine`] the tracer drives: it loads the library
+//!   (at a started program's entry, or into a running process through an injected `dlopen`),
+//!   sends the probes, lets ptrace go, and reads events and figures from the shared memory.
+//!
+//! Counts cost no event traffic: every probe's figures are counters in the shared memory,
+//! readable even after the program ended.
+
+mod engine;
+mod hit;
+mod inside;
+pub mod record;
+pub mod shm;
+pub mod wire;
+
+pub use engine::{agent_library, AgentEngine, AgentError};
+pub use inside::dprobe_agent_start;

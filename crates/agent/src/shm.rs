@@ -1,0 +1,249 @@
+//! The memory the agent shares with the tracer: a `memfd` mapped by both processes, holding
+//! each probe's counters and a lock-free ring of event records.
+//!
+//! The ring is Dmitry Vyukov's bounded queue (as [`dprobe_core::EventRing`]), laid out in the
+//! shared pages: every slot starts with a sequence number that says whether it is free for the
+//! producer of a position or full for the consumer of that position. Producers (probed
+//! threads, many) claim positions with a compare-and-swap on the tail; the consumer (the
+//! tracer, one) advances the head. A full ring drops the record and counts it: a probed
+//! thread never waits for the tracer. Counters live outside the ring so that they stay
+//! readable after the traced program ends, and cost no record.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+/// Bytes of one slot, its sequence word included.
+pub const SLOT_BYTES: usize = 2048;
+/// Slots in the ring.
+pub const SLOTS: usize = 8192;
+/// Probes a session can have (their counters are preallocated).
+pub const MAX_PROBES: usize = 256;
+
+const MAGIC: u64 = 0x6470_726f_6265_7231; // "dprober1"
+const HEADER_BYTES: usize = 64;
+const COUNTER_WORDS: usize = 8;
+const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
+/// Total size of the shared memory.
+pub const SHM_BYTES: usize = HEADER_BYTES + COUNTERS_BYTES + SLOTS * SLOT_BYTES;
+
+/// One counter of a probe, as indexes into its counter words.
+#[derive(Debug, Clone, Copy)]
+pub enum Counter {
+    /// Times the probed place was reached.
+    Hits = 0,
+    /// Returns seen.
+    Returns = 1,
+    /// Entries whose return could not be watched (no instance free).
+    Missed = 2,
+    /// Hits inside a handler, which ran none.
+    Reentered = 3,
+    /// Pending returns abandoned (`longjmp`, exceptions, exited threads).
+    Abandoned = 4,
+    /// Hits whose event did not reach the ring (full, or no value storage free).
+    Lost = 5,
+}
+
+/// The shared memory, mapped in this process.
+pub struct Shm {
+    base: *mut u8,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only accessed through atomics and through slots a producer owns
+// exclusively between claiming and publishing them (see `push`).
+unsafe impl Send for Shm {}
+// SAFETY: as above.
+unsafe impl Sync for Shm {}
+
+impl Shm {
+    /// Make a new shared memory (a `memfd`), initialised empty.
+    pub fn create() -> std::io::Result<Shm> {
+        // SAFETY: the name is a NUL-terminated literal.
+        let fd = unsafe { libc::memfd_create(c"dprobe-agent-ring".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), SHM_BYTES as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let shm = Shm::map(fd)?;
+        for i in 0..SLOTS {
+            shm.sequence(i).store(i as u64, Relaxed);
+        }
+        shm.word(3).store(SLOTS as u64, Relaxed);
+        shm.word(0).store(MAGIC, Release);
+        Ok(shm)
+    }
+
+    /// Map shared memory received from the other side; checks that it is one.
+    pub fn open(fd: OwnedFd) -> std::io::Result<Shm> {
+        let shm = Shm::map(fd)?;
+        if shm.word(0).load(Acquire) != MAGIC || shm.word(3).load(Relaxed) != SLOTS as u64 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not dprobe's agent ring"));
+        }
+        Ok(shm)
+    }
+
+    fn map(fd: OwnedFd) -> std::io::Result<Shm> {
+        // SAFETY: a new shared mapping of the whole file; nothing else is at the address the
+        // kernel picks.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SHM_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Shm { base: base.cast(), fd })
+    }
+
+    /// The descriptor, to send to the other side.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        debug_assert!(i < HEADER_BYTES / 8);
+        // SAFETY: inside the mapping, 8-byte aligned (the mapping is page-aligned), and only
+        // ever accessed atomically.
+        unsafe { &*(self.base.add(i * 8) as *const AtomicU64) }
+    }
+
+    fn counter_word(&self, probe: usize, counter: Counter) -> Option<&AtomicU64> {
+        (probe < MAX_PROBES).then(|| {
+            let at = HEADER_BYTES + (probe * COUNTER_WORDS + counter as usize) * 8;
+            // SAFETY: inside the counters area, aligned, only accessed atomically.
+            unsafe { &*(self.base.add(at) as *const AtomicU64) }
+        })
+    }
+
+    fn slot(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < SLOTS (callers mask it), so the slot is inside the mapping.
+        unsafe { self.base.add(HEADER_BYTES + COUNTERS_BYTES + i * SLOT_BYTES) }
+    }
+
+    fn sequence(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: a slot's first word, aligned, only accessed atomically.
+        unsafe { &*(self.slot(i) as *const AtomicU64) }
+    }
+
+    /// Add `n` to a counter of `probe`. Lock-free, async-signal-safe.
+    pub fn add(&self, probe: usize, counter: Counter, n: u64) {
+        if let Some(w) = self.counter_word(probe, counter) {
+            w.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Set a counter of `probe` (the agent's copy of a figure the engine keeps).
+    pub fn set(&self, probe: usize, counter: Counter, n: u64) {
+        if let Some(w) = self.counter_word(probe, counter) {
+            w.store(n, Relaxed);
+        }
+    }
+
+    /// A counter of `probe`.
+    pub fn get(&self, probe: usize, counter: Counter) -> u64 {
+        self.counter_word(probe, counter).map_or(0, |w| w.load(Relaxed))
+    }
+
+    /// Records dropped because the ring was full.
+    pub fn dropped(&self) -> u64 {
+        self.word(5).load(Relaxed)
+    }
+
+    /// Write one record with `fill` (given the slot's payload, returns the bytes used).
+    /// `false` when the ring is full: the record is dropped and counted. Lock-free and
+    /// async-signal-safe: never blocks, never allocates.
+    pub fn push(&self, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let tail = self.word(4);
+        let mut pos = tail.load(Relaxed);
+        let index = loop {
+            let i = pos as usize & (SLOTS - 1);
+            let seq = self.sequence(i).load(Acquire);
+            let diff = seq as i64 - pos as i64;
+            if diff == 0 {
+                match tail.compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
+                    Ok(_) => break i,
+                    Err(now) => pos = now,
+                }
+            } else if diff < 0 {
+                self.word(5).fetch_add(1, Relaxed);
+                return false;
+            } else {
+                pos = tail.load(Relaxed);
+            }
+        };
+        // SAFETY: the slot is ours from the successful compare-and-swap until its sequence is
+        // published below; its payload follows the sequence word and the length word.
+        let payload = unsafe { std::slice::from_raw_parts_mut(self.slot(index).add(16), SLOT_BYTES - 16) };
+        let used = fill(payload).min(SLOT_BYTES - 16);
+        // SAFETY: the length word, inside the slot we own.
+        unsafe { (self.slot(index).add(8) as *mut u64).write(used as u64) };
+        self.sequence(index).store(pos + 1, Release);
+        true
+    }
+
+    /// Take the oldest record: `read` is given its payload. `false` when the ring is empty.
+    /// One consumer only.
+    pub fn pop(&self, read: impl FnOnce(&[u8])) -> bool {
+        let head = self.word(2);
+        let pos = head.load(Relaxed);
+        let index = pos as usize & (SLOTS - 1);
+        if self.sequence(index).load(Acquire) != pos + 1 {
+            return false;
+        }
+        // SAFETY: the producer published this slot (the sequence said so) and no producer
+        // writes it again until the sequence is moved on below.
+        let len = unsafe { (self.slot(index).add(8) as *const u64).read() } as usize;
+        // SAFETY: as above; the length is clamped to the slot.
+        let payload = unsafe { std::slice::from_raw_parts(self.slot(index).add(16), len.min(SLOT_BYTES - 16)) };
+        read(payload);
+        head.store(pos + 1, Relaxed);
+        self.sequence(index).store(pos + SLOTS as u64, Release);
+        true
+    }
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`; nothing uses it after the owner drops it (the
+        // agent drops it only after every probe is unregistered).
+        unsafe { libc::munmap(self.base.cast(), SHM_BYTES) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_come_out_in_order_and_a_full_ring_counts_its_drops() {
+        let shm = Shm::create().unwrap();
+        for i in 0..SLOTS as u64 + 3 {
+            shm.push(|p| {
+                p[..8].copy_from_slice(&i.to_le_bytes());
+                8
+            });
+        }
+        assert_eq!(shm.dropped(), 3);
+        let other = Shm::open(shm.fd().try_clone().unwrap()).unwrap();
+        for i in 0..SLOTS as u64 {
+            let mut got = 0;
+            assert!(other.pop(|p| got = u64::from_le_bytes(p.try_into().unwrap())));
+            assert_eq!(got, i);
+        }
+        assert!(!other.pop(|_| {}));
+        shm.add(3, Counter::Hits, 5);
+        assert_eq!(other.get(3, Counter::Hits), 5);
+        assert_eq!(other.get(MAX_PROBES, Counter::Hits), 0, "past the last probe: nothing");
+    }
+}

@@ -1,0 +1,294 @@
+//! What the tracer and the agent say to each other over the control socket: length-prefixed
+//! messages, the first byte saying which. The tracer asks to place a probe (its target, side,
+//! fetch arguments and filter) and to stop; the agent answers each. The socket's end is the
+//! agent's signal to remove everything: the tracer is gone, however it ended.
+
+use std::io::{self, Read, Write};
+
+use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Register};
+
+/// A probe to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceProbe {
+    /// `[OBJECT:]FUNCTION` or a `0x` address.
+    pub target: String,
+    /// Bytes into the function.
+    pub offset: u64,
+    /// Entry or return.
+    pub kind: ProbeKind,
+    /// An entry probe timed to its return (delivered at the return with the entry's time).
+    pub timed: bool,
+    /// Returns pending at once; 0: the engine's default.
+    pub maxactive: u64,
+    /// Send events (a count needs none: the agent counts).
+    pub events: bool,
+    /// What to fetch.
+    pub args: Vec<NamedArg>,
+    /// A filter to apply before sending (the tracer's syntax), when it names only fetched fields.
+    pub filter: Option<String>,
+}
+
+/// The agent's answer to [`PlaceProbe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Placed at this address.
+    At(u64),
+    /// Its object is not loaded.
+    Waiting,
+    /// Refused, with the reason.
+    Failed(String),
+}
+
+/// A message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Tracer → agent.
+    Place(PlaceProbe),
+    /// Agent → tracer.
+    Placed(Placement),
+    /// Tracer → agent: remove every probe.
+    Stop,
+    /// Agent → tracer: every probe is removed; no event comes after this.
+    Stopped,
+}
+
+const MAX_MESSAGE: u32 = 1 << 20;
+
+/// Write one message.
+pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
+    let mut b = Vec::new();
+    match m {
+        Message::Place(p) => {
+            b.push(b'P');
+            put_str(&mut b, &p.target);
+            b.extend_from_slice(&p.offset.to_le_bytes());
+            b.push(matches!(p.kind, ProbeKind::Return) as u8);
+            b.push(p.timed as u8);
+            b.extend_from_slice(&p.maxactive.to_le_bytes());
+            b.push(p.events as u8);
+            b.extend_from_slice(&(p.args.len() as u32).to_le_bytes());
+            for a in &p.args {
+                put_str(&mut b, &a.name);
+                put_fetch(&mut b, &a.fetch);
+                put_type(&mut b, a.ty);
+            }
+            match &p.filter {
+                Some(f) => {
+                    b.push(1);
+                    put_str(&mut b, f);
+                }
+                None => b.push(0),
+            }
+        }
+        Message::Placed(Placement::At(a)) => {
+            b.push(b'A');
+            b.extend_from_slice(&a.to_le_bytes());
+        }
+        Message::Placed(Placement::Waiting) => b.push(b'W'),
+        Message::Placed(Placement::Failed(why)) => {
+            b.push(b'F');
+            put_str(&mut b, why);
+        }
+        Message::Stop => b.push(b'S'),
+        Message::Stopped => b.push(b's'),
+    }
+    w.write_all(&(b.len() as u32).to_le_bytes())?;
+    w.write_all(&b)
+}
+
+/// Read one message; `None` at the end of the stream.
+pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len);
+    if len == 0 || len > MAX_MESSAGE {
+        return Err(bad());
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    let mut c = Cursor(&body[1..]);
+    let m = match body[0] {
+        b'P' => {
+            let target = c.str()?;
+            let offset = c.u64()?;
+            let kind = if c.u8()? == 1 { ProbeKind::Return } else { ProbeKind::Entry };
+            let timed = c.u8()? == 1;
+            let maxactive = c.u64()?;
+            let events = c.u8()? == 1;
+            let n = c.u32()?;
+            let mut args = Vec::new();
+            for _ in 0..n.min(1024) {
+                args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()? });
+            }
+            let filter = if c.u8()? == 1 { Some(c.str()?) } else { None };
+            Message::Place(PlaceProbe { target, offset, kind, timed, maxactive, events, args, filter })
+        }
+        b'A' => Message::Placed(Placement::At(c.u64()?)),
+        b'W' => Message::Placed(Placement::Waiting),
+        b'F' => Message::Placed(Placement::Failed(c.str()?)),
+        b'S' => Message::Stop,
+        b's' => Message::Stopped,
+        _ => return Err(bad()),
+    };
+    Ok(Some(m))
+}
+
+fn bad() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "not a dprobe agent message")
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_type(b: &mut Vec<u8>, ty: ArgType) {
+    let (tag, bits) = match ty {
+        ArgType::S(n) => (0, n),
+        ArgType::U(n) => (1, n),
+        ArgType::X(n) => (2, n),
+        ArgType::String => (3, 0),
+    };
+    b.extend_from_slice(&[tag, bits]);
+}
+
+fn put_fetch(b: &mut Vec<u8>, f: &Fetch) {
+    match f {
+        Fetch::Reg(r) => {
+            b.push(0);
+            put_str(b, r.0);
+        }
+        Fetch::Arg(n) => {
+            b.push(1);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        Fetch::RetVal => b.push(2),
+        Fetch::Comm => b.push(3),
+        Fetch::Errno => b.push(4),
+        Fetch::Stack(n) => {
+            b.push(5);
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        Fetch::StackPointer => b.push(6),
+        Fetch::Memory(a) => {
+            b.push(7);
+            b.extend_from_slice(&a.to_le_bytes());
+        }
+        Fetch::Immediate(i) => {
+            b.push(8);
+            b.extend_from_slice(&i.to_le_bytes());
+        }
+        Fetch::Deref { offset, inner } => {
+            b.push(9);
+            b.extend_from_slice(&offset.to_le_bytes());
+            put_fetch(b, inner);
+        }
+    }
+}
+
+/// The register names the spec knows, as `'static` strings for [`Register`].
+const REGISTERS: [&str; 19] = [
+    "ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "flags", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15", "orig_ax",
+];
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(bad());
+        }
+        let (a, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(a)
+    }
+    fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn str(&mut self) -> io::Result<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| bad())
+    }
+    fn ty(&mut self) -> io::Result<ArgType> {
+        let (tag, bits) = (self.u8()?, self.u8()?);
+        Ok(match tag {
+            0 => ArgType::S(bits),
+            1 => ArgType::U(bits),
+            2 => ArgType::X(bits),
+            3 => ArgType::String,
+            _ => return Err(bad()),
+        })
+    }
+    fn fetch(&mut self, depth: u32) -> io::Result<Fetch> {
+        if depth > 16 {
+            return Err(bad());
+        }
+        Ok(match self.u8()? {
+            0 => {
+                let name = self.str()?;
+                Fetch::Reg(Register(REGISTERS.iter().find(|r| **r == name).ok_or_else(bad)?))
+            }
+            1 => Fetch::Arg(self.u32()?),
+            2 => Fetch::RetVal,
+            3 => Fetch::Comm,
+            4 => Fetch::Errno,
+            5 => Fetch::Stack(self.u32()?),
+            6 => Fetch::StackPointer,
+            7 => Fetch::Memory(self.u64()?),
+            8 => Fetch::Immediate(self.u64()? as i64),
+            9 => {
+                let offset = self.u64()? as i64;
+                Fetch::Deref { offset, inner: Box::new(self.fetch(depth + 1)?) }
+            }
+            _ => return Err(bad()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_reads_back_as_written() {
+        let spec = dprobe_spec::parse_probe("libc:openat path=+8(%si):string fl=$arg3:x32 r=%r12 e=$errno").unwrap();
+        let messages = [
+            Message::Place(PlaceProbe {
+                target: "libc:openat".into(),
+                offset: 4,
+                kind: ProbeKind::Return,
+                timed: true,
+                maxactive: 7,
+                events: false,
+                args: spec.args,
+                filter: Some("fl == 0".into()),
+            }),
+            Message::Placed(Placement::At(0x1234)),
+            Message::Placed(Placement::Waiting),
+            Message::Placed(Placement::Failed("why".into())),
+            Message::Stop,
+            Message::Stopped,
+        ];
+        let mut buf = Vec::new();
+        for m in &messages {
+            send(&mut buf, m).unwrap();
+        }
+        let mut r = &buf[..];
+        for m in &messages {
+            assert_eq!(receive(&mut r).unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(receive(&mut r).unwrap(), None);
+        assert!(receive(&mut &[1u8, 0, 0, 0, b'?'][..]).is_err(), "an unknown message is an error");
+    }
+}
