@@ -82,7 +82,8 @@ pub struct TraceArgs {
     /// With --system-wide: only threads with this name.
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
-    /// Which engine: ptrace (one program, handlers see the stopped thread) or kernel
+    /// Which engine: ptrace (one program, handlers see the stopped thread), agent (one
+    /// program, dprobe's in-process engine loaded into it: no stop per hit) or kernel
     /// (system-wide, kernel functions, tracepoints). Default: what the probes need.
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
@@ -100,6 +101,8 @@ pub struct TraceArgs {
 pub enum Engine {
     /// ptrace: one program, spawned or attached.
     Ptrace,
+    /// dprobe's agent library loaded into one program, spawned or attached.
+    Agent,
     /// The kernel's uprobes, kprobes and tracepoints.
     Kernel,
 }

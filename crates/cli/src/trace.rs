@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context as _, Result};
+use dprobe_agent::AgentEngine;
 use dprobe_kernel::{KernelEngine, KernelOptions};
 use dprobe_ptrace::PtraceEngine;
 
@@ -55,9 +56,11 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let kernel_targets = planned.iter().filter(|p| p.needs_kernel()).count();
     let engine = match args.engine {
         Some(Engine::Ptrace) if args.system_wide => bail!("--system-wide needs the kernel engine, not ptrace"),
-        Some(Engine::Ptrace) if kernel_targets > 0 => {
+        Some(Engine::Agent) if args.system_wide => bail!("--system-wide needs the kernel engine, not the agent"),
+        Some(e @ (Engine::Ptrace | Engine::Agent)) if kernel_targets > 0 => {
             let p = planned.iter().find(|p| p.needs_kernel()).expect("counted");
-            bail!("`{}`: kernel functions and tracepoints need the kernel engine, not ptrace", p.info.spec)
+            let name = if e == Engine::Agent { "the agent" } else { "ptrace" };
+            bail!("`{}`: kernel functions and tracepoints need the kernel engine, not {name}", p.info.spec)
         }
         Some(e) => e,
         None if args.system_wide || kernel_targets > 0 => Engine::Kernel,
@@ -70,7 +73,12 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             (None, false, n) if n > 0 => "kernel functions or tracepoints are probed",
             _ => "one program is traced (-p or a command)",
         };
-        eprintln!("dprobe: engine: {} ({why})", if engine == Engine::Kernel { "kernel" } else { "ptrace" });
+        let name = match engine {
+            Engine::Kernel => "kernel",
+            Engine::Agent => "agent",
+            Engine::Ptrace => "ptrace",
+        };
+        eprintln!("dprobe: engine: {name} ({why})");
     }
     // Every field is known before placing unless a tracepoint brings its own: check what
     // can be checked before anything starts.
@@ -81,8 +89,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     if engine == Engine::Kernel && args.pid.is_some() && !args.command.is_empty() {
         bail!("give -p PID or a command, not both");
     }
-    if engine == Engine::Ptrace && args.comm.is_some() {
-        bail!("--comm filters system-wide traces (--system-wide); the ptrace engine traces one process");
+    if engine != Engine::Kernel && args.comm.is_some() {
+        let name = if engine == Engine::Agent { "agent" } else { "ptrace" };
+        bail!("--comm filters system-wide traces (--system-wide); the {name} engine traces one process");
     }
     // The output first (opening a FIFO waits for its reader: a Ctrl-C then simply ends
     // dprobe, nothing is placed yet); then the stop signals are caught, before the first
@@ -99,6 +108,21 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         };
         let scope = Scope::SystemWide { command: args.command.first().cloned() };
         return drive(KernelEngine::new(options)?, planned, &args, out, scope);
+    }
+    if engine == Engine::Agent {
+        // A count alone needs no events: the agent counts in place.
+        let events = mode(&args) != Mode::Quiet || args.hist.is_some() || args.latency || args.filter.is_some();
+        let engine = match (args.pid, args.command.split_first()) {
+            (Some(pid), _) => AgentEngine::attach(pid, events)?,
+            (None, Some((program, rest))) => {
+                let program = find_program(program)?;
+                let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+                AgentEngine::spawn(&program, &rest, events)?
+            }
+            (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
+        };
+        let pid = engine.pid();
+        return drive(engine, planned, &args, out, Scope::Process(pid));
     }
     let engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
