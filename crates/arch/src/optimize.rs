@@ -106,6 +106,10 @@ pub enum NotOptimized {
     /// No enabled probe at the address: the original code runs.
     #[error("no enabled probe at the address")]
     Disarmed,
+    /// The process runs with a CET shadow stack: a pre-handler that moves RIP is honoured
+    /// through a return the shadow stack did not see, which would kill the process.
+    #[error("the process runs with a CET shadow stack, which the detour's redirect would violate")]
+    ShadowStack,
     /// The engine that placed the probe has no jump path.
     #[error("this engine places probes with int3 only")]
     Unsupported,

@@ -397,6 +397,9 @@ impl Engine {
 
     /// Build (once) and write the detour of an armed site, then put its jump in place.
     fn make_jump(&self, st: &mut State, maps: &[Mapping], addr: Addr) -> Result<(), NotOptimized> {
+        if shadow_stack() {
+            return Err(NotOptimized::ShadowStack);
+        }
         if st.sites[&addr].detour.is_none() {
             let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
             let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
@@ -463,6 +466,15 @@ impl Engine {
         site.slots.push(slot.clone());
         Ok(())
     }
+}
+
+/// Whether the process runs with a CET shadow stack (read once: it is enabled at start-up).
+fn shadow_stack() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
+    })
 }
 
 /// Slots a detour takes (its head and a relocated window of one instruction fit in two).
