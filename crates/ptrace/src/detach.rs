@@ -49,8 +49,8 @@ impl Tracee {
         }
         if let Some(&tid) = self.threads.keys().next() {
             // Best effort: a page left mapped is harmless, so a failure here is not fatal.
-            let _ = self.xol.unmap_all(tid, &mut self.memory);
-            let _ = self.stubs.unmap_all(tid, &mut self.memory);
+            let _ =
+                self.xol.unmap_all(tid, &mut self.memory).and_then(|()| self.stubs.unmap_all(tid, &mut self.memory));
         }
         for (tid, thread) in std::mem::take(&mut self.threads) {
             match sys::detach(tid, thread.signal()) {

@@ -39,6 +39,8 @@ pub struct World {
     pub messages: HashMap<i32, u64>,
     /// Threads that vanished: every request about them fails with `ESRCH`.
     pub gone: HashSet<i32>,
+    /// Threads that exited and were reaped.
+    pub exited: HashSet<i32>,
     pub calls: Vec<Call>,
     last_signal: HashMap<i32, i32>,
 }
@@ -143,6 +145,8 @@ impl Kernel for Fake {
         let (t, status) = w.stops.remove(i).expect("found");
         if libc::WIFSTOPPED(status) {
             w.last_signal.insert(t, libc::WSTOPSIG(status));
+        } else {
+            w.exited.insert(t);
         }
         Ok(Some((t, status)))
     }
@@ -159,6 +163,10 @@ impl Kernel for Fake {
 
     fn pending(&mut self, _pid: i32, tid: i32) -> u64 {
         self.0.borrow().pending.get(&tid).copied().unwrap_or(0)
+    }
+
+    fn exists(&mut self, _pid: i32, tid: i32) -> bool {
+        !self.0.borrow().exited.contains(&tid)
     }
 
     fn memory_file(&mut self, _pid: i32) -> io::Result<Option<File>> {

@@ -7,10 +7,14 @@ use dprobe_arch::{syscall_code, Addr, Memory};
 
 use crate::error::TraceError;
 use crate::sys::{self, RemoteMemory};
+use crate::tracee::EVENT_STOP;
 
 /// Execute one instruction of stopped thread `tid`; signals that arrive meanwhile are added
 /// to `held`.
 fn step_holding(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+    // Each signal met is taken off the program's queue (until the step is done), so the
+    // signals end; interrupts are bounded.
+    let mut interrupts = 0;
     loop {
         sys::single_step(tid)?;
         let (_, status) = sys::wait(tid)?;
@@ -18,6 +22,19 @@ fn step_holding(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceEr
             return Err(TraceError::Gone { tid });
         }
         let signal = libc::WSTOPSIG(status);
+        if sys::event_of(status) == libc::PTRACE_EVENT_EXIT {
+            // Killed meanwhile (or the program exits): it will not step again.
+            return Err(TraceError::Gone { tid });
+        }
+        if sys::event_of(status) == EVENT_STOP {
+            // An interrupt still pending from stopping every thread (or a group-stop) came
+            // before the instruction ran: step again.
+            interrupts += 1;
+            if interrupts > 16 {
+                return Err(TraceError::Stuck { tid, place: "a single step" });
+            }
+            continue;
+        }
         if sys::event_of(status) != 0 || signal == libc::SIGTRAP {
             return Ok(());
         }

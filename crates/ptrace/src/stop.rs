@@ -3,10 +3,10 @@
 //!
 //! A seized thread's interrupt (`PTRACE_INTERRUPT`) is consumed by whatever stop the thread
 //! reports next (the kernel clears a pending interrupt at any ptrace stop): a signal, a
-//! clone, a fork, its exit. So the first stop a thread reports after the interrupt is its
-//! stop, whatever its kind, and the kind is kept: the signal of a signal-delivery stop is
-//! delivered when the thread leaves it, nothing is given from an event stop (the kernel
-//! would drop it). A spawned program's threads are not seized: they are stopped with a
+//! clone, a fork, its exit. A signal-delivery stop is kept as the thread's stop, with its
+//! signal, delivered when the thread leaves it. A clone, fork or exec stop is inside a system
+//! call that has yet to return: the thread is let finish it and interrupted again. A thread
+//! on its way out is let go. A spawned program's threads are not seized: they are stopped with a
 //! `SIGSTOP` each, and every other stop is dealt with and continued until it comes.
 //!
 //! A thread that executed one of dprobe's `int3`s may report the interrupt before the
@@ -58,6 +58,9 @@ impl Tracee {
                     waiting.remove(&tid);
                     self.threads.insert(tid, Thread::stopped(stop));
                 }
+                Ok(None) if !self.threads.contains_key(&tid) => {
+                    waiting.remove(&tid);
+                }
                 Ok(None) => {}
                 // Killed meanwhile: its exit comes next.
                 Err(TraceError::Gone { .. }) => {}
@@ -82,6 +85,7 @@ impl Tracee {
                 }
                 Ok(Some(Stop::Event))
             }
+            libc::PTRACE_EVENT_EXIT => self.let_exiting_go(tid).map(|()| None),
             0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => Ok(Some(Stop::Signal(0))),
             0 => {
                 if self.trap_pending(tid)? {
@@ -92,8 +96,13 @@ impl Tracee {
                 Ok(Some(Stop::Signal(signal)))
             }
             event => {
+                // A clone, fork or exec stop is inside the system call, which still has to
+                // return (its result overwrites `rax`): no place to hold a thread the tracer
+                // may make run a system call. It finishes it, and is interrupted again.
                 self.on_new_task(tid, event)?;
-                Ok(Some(Stop::Event))
+                sys::cont(tid, 0)?;
+                sys::interrupt(tid)?;
+                Ok(None)
             }
         }
     }
@@ -104,6 +113,7 @@ impl Tracee {
         let signal = libc::WSTOPSIG(status);
         let deliver = match sys::event_of(status) {
             0 if signal == libc::SIGSTOP => return Ok(Some(Stop::Signal(0))),
+            libc::PTRACE_EVENT_EXIT => return self.let_exiting_go(tid).map(|()| None),
             0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => 0,
             0 => signal,
             event => {
@@ -115,6 +125,18 @@ impl Tracee {
         Ok(None)
     }
 
+    /// A thread stopped on its way out (`PTRACE_EVENT_EXIT`) is let go at once: it runs no
+    /// more of the program's code, and the exit of a main thread is not reported while other
+    /// threads live, so waiting for it could wait for ever.
+    fn let_exiting_go(&mut self, tid: i32) -> Result<(), TraceError> {
+        self.threads.remove(&tid);
+        self.forget_thread_returns(tid);
+        match sys::detach(tid, 0) {
+            Err(e) if !e.gone() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// A clone or fork seen while stopping every thread: a new thread is to be stopped as
     /// well (its first stop comes: it is not interrupted or signalled), a forked child is
     /// given its original code back and let go.
@@ -122,7 +144,9 @@ impl Tracee {
         match event {
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
-                self.threads.entry(new).or_insert(Thread::running());
+                if sys::exists(self.pid, new) {
+                    self.threads.entry(new).or_insert(Thread::running());
+                }
             }
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::event_message(tid)? as i32;

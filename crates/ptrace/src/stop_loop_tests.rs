@@ -132,11 +132,16 @@ fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
     {
         let mut w = world.borrow_mut();
         w.messages.insert(PID, 101);
-        // The clone stop consumes the interrupt; the new thread reports its first stop.
+        // The clone stop consumes the interrupt; the new thread reports its first stop; the
+        // parent, once out of `clone`, the interrupt sent again.
         w.stops.extend([(PID, event_stop(libc::PTRACE_EVENT_CLONE, libc::SIGTRAP)), (101, interrupt_stop())]);
+        w.after_cont.insert(PID, [interrupt_stop()].into());
     }
     t.detach_all().unwrap();
-    assert_eq!(calls(&world), [Call::Interrupt(PID), Call::Detach(PID, 0), Call::Detach(101, 0)]);
+    assert_eq!(
+        calls(&world),
+        [Call::Interrupt(PID), Call::Cont(PID, 0), Call::Interrupt(PID), Call::Detach(PID, 0), Call::Detach(101, 0)]
+    );
 }
 
 #[test]
@@ -199,4 +204,20 @@ fn a_vanished_thread_ends_no_detach() {
     world.borrow_mut().gone.insert(101);
     assert!(!matches!(t.detach_all(), Err(TraceError::Gone { .. })));
     assert_eq!(calls(&world).last(), Some(&Call::Detach(PID, 0)));
+}
+
+#[test]
+fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    {
+        let mut w = world.borrow_mut();
+        w.poke(0x2000, &[0x90, 0x90]);
+        w.regs(PID).rip = 0x2000;
+        // The first step stops at the interrupt before the instruction runs.
+        w.after_step.insert(PID, [interrupt_stop()].into());
+    }
+    let mut memory = RemoteMemory::open(PID).unwrap();
+    inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
+    assert_eq!(calls(&world), [Call::Step(PID), Call::Step(PID)], "stepped until the step's own trap");
 }

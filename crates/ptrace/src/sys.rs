@@ -59,6 +59,8 @@ pub(crate) trait Kernel {
     /// The signals pending for thread `tid` alone (not the process), as a mask (bit N-1:
     /// signal N).
     fn pending(&mut self, pid: i32, tid: i32) -> u64;
+    /// Whether thread `tid` of process `pid` still exists (not reaped).
+    fn exists(&mut self, pid: i32, tid: i32) -> bool;
     /// Process `pid`'s memory file, or `None` when memory goes through `read`/`write` here.
     fn memory_file(&mut self, pid: i32) -> io::Result<Option<File>>;
     /// Read process memory (when there is no memory file).
@@ -134,6 +136,10 @@ impl Kernel for Real {
             .find_map(|l| l.strip_prefix("SigPnd:"))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0)
+    }
+
+    fn exists(&mut self, pid: i32, tid: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
     }
 
     fn memory_file(&mut self, pid: i32) -> io::Result<Option<File>> {
@@ -289,6 +295,12 @@ pub fn tgkill(pid: i32, tid: i32, signal: i32) -> Result<(), SysError> {
 /// Whether `signal` is pending for thread `tid` of process `pid` itself.
 pub fn is_pending(pid: i32, tid: i32, signal: i32) -> bool {
     kernel(|k| k.pending(pid, tid)) & (1 << (signal - 1)) != 0
+}
+
+/// Whether thread `tid` of process `pid` still exists: a new thread may have run, exited and
+/// been reaped before its parent's clone event is read.
+pub fn exists(pid: i32, tid: i32) -> bool {
+    kernel(|k| k.exists(pid, tid))
 }
 
 /// The information of the signal a thread is stopped for (in a signal-delivery stop).
@@ -464,6 +476,9 @@ mod tests {
         }
         fn pending(&mut self, _: i32, _: i32) -> u64 {
             0
+        }
+        fn exists(&mut self, _: i32, _: i32) -> bool {
+            false
         }
         fn memory_file(&mut self, _: i32) -> io::Result<Option<File>> {
             Ok(None)

@@ -99,17 +99,26 @@ impl Tracee {
             | libc::PTRACE_O_TRACEEXEC
             | libc::PTRACE_O_TRACEEXIT) as u64;
         let mut threads = BTreeMap::new();
+        // Threads that exited before they could be seized (listed until they are reaped).
+        let mut exiting = std::collections::BTreeSet::new();
         // Threads may be created while we attach: list again until no new one appears.
         loop {
             let listed = list_threads(pid).map_err(|e| attach_err(e.to_string()))?;
-            let new: Vec<i32> = listed.into_iter().filter(|t| !threads.contains_key(t)).collect();
+            let mut new: Vec<i32> =
+                listed.into_iter().filter(|t| !threads.contains_key(t) && !exiting.contains(t)).collect();
+            // The main thread first: whether the kernel lets us trace the process is its answer.
+            new.sort_by_key(|t| (*t != pid, *t));
             if new.is_empty() {
                 break;
             }
             for tid in new {
                 match sys::seize(tid, options) {
                     Ok(()) => {}
-                    Err(e) if e.gone() => continue,
+                    // Another thread refused once the main thread was seized is exiting.
+                    Err(e) if e.gone() || (e.errno == libc::EPERM && tid != pid && threads.contains_key(&pid)) => {
+                        exiting.insert(tid);
+                        continue;
+                    }
                     Err(e) if e.errno == libc::EPERM => return Err(attach_err(refusal_reason(pid))),
                     Err(e) => return Err(attach_err(e.to_string())),
                 }
@@ -276,7 +285,9 @@ impl Tracee {
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
                 let starting = if self.seized { State::Running } else { State::Starting };
-                self.threads.entry(new).or_insert(Thread { state: starting });
+                if sys::exists(self.pid, new) {
+                    self.threads.entry(new).or_insert(Thread { state: starting });
+                }
                 sys::cont(tid, 0)?;
                 return Ok(None);
             }

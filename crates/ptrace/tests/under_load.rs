@@ -1,0 +1,149 @@
+//! Attaching and detaching again and again while the program works hard: its threads inside
+//! probes at every moment, threads created and joined, signals queued. The program checks
+//! its own sums and must end with the untraced ones, having received every signal.
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::counter;
+use dprobe_ptrace::{ProbeDef, Tracee};
+
+fn load() -> &'static str {
+    dprobe_test_fixtures::c_program(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/load.c"),
+        "load",
+        &["-O2", "-pthread"],
+    )
+}
+
+/// The program in `mode`, killed if the test fails before it ends.
+struct Program(Child);
+
+impl Program {
+    fn start(mode: &str) -> Program {
+        let child = Command::new(load()).arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // its handlers installed, its threads running
+        Program(child)
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Its output and exit code, once it ends.
+    fn finish(mut self) -> (String, Option<i32>) {
+        let mut out = String::new();
+        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let status = self.0.wait().unwrap();
+        (out, status.code())
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// A watchdog for tests whose failure would be a hang: the program is killed (ending any
+/// wait on it) if the test is not done in `limit`, and the test then fails on its output.
+fn watchdog(pid: i32, limit: Duration) -> Arc<AtomicBool> {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !d.load(Relaxed) && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !d.load(Relaxed) {
+            // SAFETY: signals the test's child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    done
+}
+
+/// Attach, place entry, offset and return probes (one in an out-of-line copy), trace for
+/// `traced`, detach. Returns the hits seen.
+fn one_attach(pid: i32, traced: Duration) -> u64 {
+    let mut t = Tracee::attach(pid).unwrap();
+    let (entries, e) = counter();
+    let (offsets, o) = counter();
+    let (returns, r) = counter();
+    let (copies, c) = counter();
+    t.add_probe("mix", e).unwrap();
+    t.add_probe("mix+4", o).unwrap();
+    t.add(ProbeDef::on_return("mix", r)).unwrap();
+    t.add_probe("biased", c).unwrap();
+    assert_eq!(t.run_for(traced).unwrap(), None, "the program goes on");
+    t.detach().unwrap();
+    entries.load(Relaxed) + offsets.load(Relaxed) + returns.load(Relaxed) + copies.load(Relaxed)
+}
+
+#[test]
+fn two_hundred_attach_detach_cycles_under_a_four_thread_load_leave_its_sums_untouched() {
+    let program = Program::start("busy");
+    let done = watchdog(program.pid(), Duration::from_secs(300));
+    let mut hits = 0;
+    for _ in 0..200 {
+        hits += one_attach(program.pid(), Duration::from_millis(2));
+    }
+    done.store(true, Relaxed);
+    assert!(hits > 0);
+    program.signal(libc::SIGUSR2);
+    assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
+}
+
+#[test]
+fn detaching_while_threads_are_created_and_joined_never_hangs() {
+    let program = Program::start("churn");
+    let done = watchdog(program.pid(), Duration::from_secs(300));
+    for _ in 0..60 {
+        one_attach(program.pid(), Duration::from_millis(3));
+    }
+    done.store(true, Relaxed);
+    program.signal(libc::SIGUSR2);
+    assert_eq!(program.finish(), ("sums right\n".into(), Some(0)));
+}
+
+#[test]
+fn three_thousand_queued_signals_across_fifty_attaches_all_arrive() {
+    let program = Program::start("signals");
+    let pid = program.pid();
+    let done = watchdog(pid, Duration::from_secs(300));
+    let queue = move |signal: i32| {
+        // SAFETY: queues a signal to the test's child.
+        let r = unsafe { libc::sigqueue(pid, signal, libc::sigval { sival_ptr: std::ptr::null_mut() }) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    };
+    let sending = Arc::new(AtomicBool::new(true));
+    let still = sending.clone();
+    let sender = std::thread::spawn(move || {
+        for i in 0..3000 {
+            queue(libc::SIGRTMIN());
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        still.store(false, Relaxed);
+    });
+    let mut attaches = 0;
+    while attaches < 50 || sending.load(Relaxed) {
+        one_attach(pid, Duration::from_millis(1));
+        attaches += 1;
+    }
+    sender.join().unwrap();
+    done.store(true, Relaxed);
+    // Queued after every SIGRTMIN, and delivered after them (lower real-time signals first).
+    queue(libc::SIGRTMIN() + 1);
+    assert_eq!(program.finish(), ("3000 sums right\n".into(), Some(0)), "every signal received");
+}
