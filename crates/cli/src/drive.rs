@@ -102,7 +102,11 @@ pub fn drive<E: Engine>(
         Ok(Ending::Asked) => signals::requested(),
         _ => None,
     };
-    let finished = engine.finish(stopped_by, &signals::insisted);
+    // A started command is waited for when it got the same signal: a terminal's Ctrl-C, or a
+    // SIGTERM or SIGHUP (which the engine passes on). A SIGINT sent to dprobe alone ends
+    // dprobe now; the command goes on.
+    let pass_on = stopped_by.filter(|s| signals::reached_the_command(*s));
+    let finished = engine.finish(pass_on, &signals::insisted);
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),
         (_, Ok(exit)) => *exit,

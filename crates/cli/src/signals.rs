@@ -3,23 +3,29 @@
 //! at least every tenth of a second.
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::low_level::siginfo::Cause;
 
 /// The signal that asked dprobe to stop (0: none yet).
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
 /// How many stop signals came.
 static COUNT: AtomicI32 = AtomicI32::new(0);
+/// Whether the last one came from the terminal (Ctrl-C: the whole foreground process group,
+/// a command dprobe started included, received it), not from a process's `kill`.
+static FROM_TERMINAL: AtomicBool = AtomicBool::new(false);
 
 /// Catch the stop signals.
 pub fn install() -> io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new().name("dprobe-signals".into()).spawn(move || {
-        for signal in signals.forever() {
-            REQUESTED.store(signal, Ordering::Relaxed);
+        for origin in signals.forever() {
+            FROM_TERMINAL.store(origin.cause == Cause::Kernel, Ordering::Relaxed);
+            REQUESTED.store(origin.signal, Ordering::Relaxed);
             COUNT.fetch_add(1, Ordering::Relaxed);
         }
     })?;
@@ -32,6 +38,13 @@ pub fn requested() -> Option<i32> {
         0 => None,
         s => Some(s),
     }
+}
+
+/// Whether stop signal `signal` reached a command dprobe started as well: a SIGTERM or SIGHUP
+/// is passed on to it; a SIGINT did when it came from the terminal (the kernel sends the
+/// terminal's Ctrl-C to the whole foreground process group), not from a `kill` of dprobe.
+pub fn reached_the_command(signal: i32) -> bool {
+    signal != SIGINT || FROM_TERMINAL.load(Ordering::Relaxed)
 }
 
 /// Whether a second stop signal came (the user insists: stop waiting).

@@ -19,10 +19,18 @@ impl Tracee {
     /// the return trampoline to its real return address; the real return addresses go back
     /// into every stack; then each thread is detached.
     pub fn detach(mut self) -> Result<(), TraceError> {
-        self.detach_all()
+        self.detach_all(&|| false)
     }
 
-    pub(crate) fn detach_all(&mut self) -> Result<(), TraceError> {
+    /// [`Tracee::detach`], giving up the wait for threads to stop when a signal interrupts it
+    /// and `give_up` says so (a second Ctrl-C): the original code is back by then; the
+    /// threads that stopped are let go, the others when dprobe exits
+    /// ([`TraceError::GaveUp`]).
+    pub fn detach_giving_up(mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
+        self.detach_all(give_up)
+    }
+
+    pub(crate) fn detach_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         if self.threads.is_empty() {
             return Ok(());
         }
@@ -30,7 +38,12 @@ impl Tracee {
         for (addr, original) in &sites {
             self.write(*addr, &[*original])?;
         }
-        self.stop_all()?;
+        if let Err(e) = self.stop_all(give_up) {
+            if matches!(e, TraceError::GaveUp { .. }) {
+                self.let_held_go();
+            }
+            return Err(e);
+        }
         let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
         for tid in self.threads.keys().copied().collect::<Vec<_>>() {
             match self.leave_dprobe_code(tid, &slots) {
@@ -61,6 +74,27 @@ impl Tracee {
         }
         self.sites.clear();
         Ok(())
+    }
+
+    /// Restore and go: every thread stopped so far is moved out of dprobe's code (as far as
+    /// it can be), given its real return addresses back and detached; the ones still running
+    /// are forgotten (the kernel lets them go when dprobe exits). Best effort throughout.
+    fn let_held_go(&mut self) {
+        let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        let held: Vec<i32> = self.threads.iter().filter(|(_, t)| t.is_stopped()).map(|(tid, _)| *tid).collect();
+        for &tid in &held {
+            let _ = self.leave_dprobe_code(tid, &slots);
+        }
+        let trampoline = self.xol.trampoline_addr();
+        for tid in &held {
+            self.returns.restore_stack(*tid, trampoline, &self.stubs, &mut self.memory);
+        }
+        for (tid, thread) in std::mem::take(&mut self.threads) {
+            if thread.is_stopped() {
+                let _ = sys::detach(tid, thread.signal());
+            }
+        }
+        self.sites.clear();
     }
 
     /// Move held thread `tid` out of dprobe's code: the out-of-line copies, the return stubs,
@@ -125,7 +159,7 @@ impl Drop for Tracee {
     /// A tracee that is dropped while traced is detached (see [`Tracee::detach`]).
     fn drop(&mut self) {
         if !self.threads.is_empty() {
-            let _ = self.detach_all();
+            let _ = self.detach_all(&|| false);
         }
     }
 }

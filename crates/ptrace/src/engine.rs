@@ -272,9 +272,10 @@ impl Engine for PtraceEngine {
     fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
         let pid = Pid::from_raw(self.tracee.pid());
         let spawned = self.spawned;
-        self.tracee.detach()?;
-        let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
+        // The tick interrupts the waits of detaching too, so that a second signal ends them.
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
+        self.tracee.detach_giving_up(give_up)?;
+        let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
         if signal != libc::SIGINT {
             if let Ok(signal) = Signal::try_from(signal) {
                 let _ = kill(pid, signal);

@@ -84,6 +84,14 @@ pub enum TraceError {
         /// The thread.
         tid: i32,
     },
+    /// Detaching was given up while threads were still to stop (the user insisted): the
+    /// probes' original code is back, the threads that had stopped are let go, the others
+    /// are let go when dprobe exits.
+    #[error("gave up waiting for {waiting} thread(s) to stop; the original code is restored")]
+    GaveUp {
+        /// How many threads had not stopped.
+        waiting: usize,
+    },
     /// A return probe was hit with no return trampoline mapped.
     #[error("no return trampoline is mapped")]
     NoTrampoline,

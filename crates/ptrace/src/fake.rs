@@ -42,6 +42,8 @@ pub struct World {
     /// Threads that exited and were reaped.
     pub exited: HashSet<i32>,
     pub calls: Vec<Call>,
+    /// When no status is left: a signal interrupts the wait (`EINTR`) rather than `ECHILD`.
+    pub interrupted_when_idle: bool,
     last_signal: HashMap<i32, i32>,
 }
 
@@ -141,7 +143,8 @@ impl Kernel for Fake {
 
     fn wait(&mut self, tid: i32, _nohang: bool) -> Result<Option<(i32, i32)>, i32> {
         let mut w = self.0.borrow_mut();
-        let i = w.stops.iter().position(|(t, _)| tid == -1 || *t == tid).ok_or(libc::ECHILD)?;
+        let idle = if w.interrupted_when_idle { libc::EINTR } else { libc::ECHILD };
+        let i = w.stops.iter().position(|(t, _)| tid == -1 || *t == tid).ok_or(idle)?;
         let (t, status) = w.stops.remove(i).expect("found");
         if libc::WIFSTOPPED(status) {
             w.last_signal.insert(t, libc::WSTOPSIG(status));

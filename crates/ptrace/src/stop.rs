@@ -24,8 +24,8 @@ use crate::tracee::{Tracee, EVENT_STOP};
 
 impl Tracee {
     /// Stop every thread that is not held yet; new threads are stopped too, exited ones
-    /// forgotten.
-    pub(crate) fn stop_all(&mut self) -> Result<(), TraceError> {
+    /// forgotten. The wait is given up when a signal interrupts it and `give_up` says so.
+    pub(crate) fn stop_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
         for tid in waiting.clone() {
@@ -38,7 +38,12 @@ impl Tracee {
             }
         }
         while !waiting.is_empty() {
-            let (tid, status) = sys::wait(-1)?;
+            let Some((tid, status)) = sys::wait_interruptible(-1)? else {
+                if give_up() {
+                    return Err(TraceError::GaveUp { waiting: waiting.len() });
+                }
+                continue;
+            };
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 waiting.remove(&tid);
                 self.thread_exited(tid, status);

@@ -116,7 +116,7 @@ fn detach_recognises_a_trap_still_pending_behind_the_interrupt_stop() {
         w.pending.insert(PID, 1 << (libc::SIGTRAP - 1));
         w.stops.push_back((PID, interrupt_stop()));
     }
-    t.detach_all().unwrap();
+    t.detach_all(&|| false).unwrap();
     let w = world.borrow();
     assert_eq!(w.peek(SITE), 0x55, "original byte back");
     assert_eq!(w.regs[&PID].rip, SITE, "back onto the original instruction");
@@ -137,7 +137,7 @@ fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
         w.stops.extend([(PID, event_stop(libc::PTRACE_EVENT_CLONE, libc::SIGTRAP)), (101, interrupt_stop())]);
         w.after_cont.insert(PID, [interrupt_stop()].into());
     }
-    t.detach_all().unwrap();
+    t.detach_all(&|| false).unwrap();
     assert_eq!(
         calls(&world),
         [Call::Interrupt(PID), Call::Cont(PID, 0), Call::Interrupt(PID), Call::Detach(PID, 0), Call::Detach(101, 0)]
@@ -151,7 +151,7 @@ fn a_signal_met_while_stopping_is_delivered_at_detach_and_an_exit_is_forgotten()
     let (mut t, _) = traced(&world, &[PID, 101, 102]);
     let rt = libc::SIGRTMIN();
     world.borrow_mut().stops.extend([(101, exited(0)), (PID, signal_stop(rt)), (102, interrupt_stop())]);
-    t.detach_all().unwrap();
+    t.detach_all(&|| false).unwrap();
     let detached: Vec<Call> = calls(&world).into_iter().filter(|c| matches!(c, Call::Detach(..))).collect();
     assert_eq!(detached, [Call::Detach(PID, rt), Call::Detach(102, 0)]);
 }
@@ -163,7 +163,7 @@ fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resum
     let (mut t, _) = traced(&world, &[PID, 101]);
     let rt = libc::SIGRTMIN() + 1;
     world.borrow_mut().stops.extend([(PID, signal_stop(rt)), (101, event_stop(EVENT_STOP, libc::SIGSTOP))]);
-    t.stop_all().unwrap();
+    t.stop_all(&|| false).unwrap();
     assert_eq!(t.threads[&PID].state, State::Stopped(Stop::Signal(rt)));
     assert_eq!(t.threads[&101].state, State::Stopped(Stop::Group));
     world.borrow_mut().stops.push_back((PID, exited(0)));
@@ -202,7 +202,7 @@ fn a_vanished_thread_ends_no_detach() {
     // Killed while the tracer stops it: every request about it fails, its exit comes last.
     world.borrow_mut().stops.extend([(PID, interrupt_stop()), (101, interrupt_stop()), (101, killed(9))]);
     world.borrow_mut().gone.insert(101);
-    assert!(!matches!(t.detach_all(), Err(TraceError::Gone { .. })));
+    assert!(!matches!(t.detach_all(&|| false), Err(TraceError::Gone { .. })));
     assert_eq!(calls(&world).last(), Some(&Call::Detach(PID, 0)));
 }
 
@@ -220,4 +220,23 @@ fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() 
     let mut memory = RemoteMemory::open(PID).unwrap();
     inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     assert_eq!(calls(&world), [Call::Step(PID), Call::Step(PID)], "stepped until the step's own trap");
+}
+
+#[test]
+fn a_second_signal_gives_up_waiting_restores_the_code_and_lets_the_stopped_threads_go() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (mut t, _) = traced(&world, &[PID, 101]);
+    {
+        let mut w = world.borrow_mut();
+        // 101 never stops (a vfork parent waiting for its child); the tick interrupts.
+        w.stops.push_back((PID, interrupt_stop()));
+        w.interrupted_when_idle = true;
+    }
+    let e = t.detach_all(&|| true).unwrap_err();
+    assert!(matches!(e, TraceError::GaveUp { waiting: 1 }), "{e:?}");
+    let w = world.borrow();
+    assert_eq!(w.peek(SITE), 0x55, "original byte back");
+    assert_eq!(w.calls, [Call::Interrupt(PID), Call::Interrupt(101), Call::Detach(PID, 0)]);
+    assert!(t.threads.is_empty(), "nothing left for a later detach to wait for");
 }

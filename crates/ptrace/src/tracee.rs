@@ -126,7 +126,7 @@ impl Tracee {
             }
         }
         let mut tracee = Tracee::new(pid, true, threads)?;
-        tracee.stop_all()?;
+        tracee.stop_all(&|| false)?;
         if tracee.threads.is_empty() {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
         }

@@ -1,0 +1,47 @@
+//! Stopping dprobe with a signal while it traces a command it started: a `SIGINT` sent to
+//! dprobe alone (not the terminal's Ctrl-C, which the command receives too) detaches and ends
+//! dprobe at once; the command goes on, untraced, to its own end.
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{out_file, target};
+
+/// The command dprobe started (its only child).
+fn child_of(pid: u32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children.split_whitespace().next().expect("a started command").parse().unwrap()
+}
+
+#[test]
+fn sigint_to_dprobe_alone_detaches_and_exits_without_waiting_for_the_command() {
+    let out = out_file("sigint-alone");
+    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--count", "-o", out.to_str().unwrap(), "probed", "pair%return", "--", target(), "until-usr2"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // traced and hitting
+    let command = child_of(dprobe.id());
+    // SAFETY: signals the dprobe we started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    // A dprobe that waited for the command would wait for ever: the command ends only at
+    // SIGUSR2, sent below once dprobe is gone (or, if dprobe hangs, by the watchdog).
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        // SAFETY: ends the command the test started through dprobe, if it still runs.
+        unsafe { libc::kill(command, libc::SIGUSR2) };
+    });
+    let status = dprobe.wait().unwrap();
+    // SAFETY: probes whether the command still runs (signal 0 sends nothing).
+    let running = unsafe { libc::kill(command, 0) } == 0;
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(running, "dprobe ended before the command: {text}");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("detached from process {command}")) && text.contains("(SIGINT)"), "{text}");
+    assert!(text.contains("goes on untraced"), "{text}");
+    // SAFETY: ends the command, which goes on untraced.
+    assert_eq!(unsafe { libc::kill(command, libc::SIGUSR2) }, 0);
+    drop(watchdog);
+}
