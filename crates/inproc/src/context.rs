@@ -41,17 +41,15 @@ impl SignalContext {
         (!p.is_null()).then_some(p)
     }
 
-    /// Whether the interrupted code was running on the thread's alternate signal stack. The
-    /// kernel copies the thread's alternate-stack settings into the frame's `uc_stack` (its
-    /// flags are the configured ones, not "on stack"), so compare the stack pointer with them.
-    pub fn on_alternate_stack(&self) -> bool {
+    /// The thread's alternate signal stack `(base, size)` (size 0: none). The kernel copies
+    /// the thread's alternate-stack settings into the frame's `uc_stack`.
+    pub fn alternate_stack(&self) -> (u64, u64) {
         // SAFETY: as in `gregs`.
         let ss = unsafe { (*self.uc).uc_stack };
-        if ss.ss_flags & libc::SS_DISABLE != 0 || ss.ss_size == 0 {
-            return false;
+        if ss.ss_flags & libc::SS_DISABLE != 0 {
+            return (0, 0);
         }
-        let (base, sp) = (ss.ss_sp as u64, self.gregs()[libc::REG_RSP as usize] as u64);
-        sp > base && sp <= base + ss.ss_size as u64
+        (ss.ss_sp as u64, ss.ss_size as u64)
     }
 
     /// The instruction pointer.

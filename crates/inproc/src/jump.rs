@@ -214,7 +214,7 @@ extern "C" fn jump_dispatch(frame: *mut JumpFrame) -> *mut JumpFrame {
 
 /// The trap path's entry dispatch; whether a pre-handler moved RIP (skip the window).
 fn run_handlers(site: &Site<Prepared>, regs: &mut Regs) -> bool {
-    trap::dispatch_entry(site, regs, false, |_, d| matches!(d, Dispatch::Ran(PreOutcome::Skip)))
+    trap::dispatch_entry(site, regs, None, |_, d| matches!(d, Dispatch::Ran(PreOutcome::Skip)))
 }
 
 /// Continue at `target` with the stack pointer a handler chose: move the frame so that it

@@ -12,10 +12,15 @@
 //! returns the real address to jump to.
 //!
 //! # Unbalanced calls and returns (kprobe rule 11)
-//! * `longjmp` (and anything that abandons frames without unwinding): a pending entry whose
-//!   stack pointer lies below the current one belongs to a frame that no longer exists, and
-//!   so does one whose return-address slot a new call has reused; it is reclaimed (and
-//!   counted as stale) at the thread's next entry or return.
+//! Which pending entries are still alive is `dprobe_core::returns`' rule, the one every engine
+//! uses, applied to the thread's pending stack at each entry and each return:
+//! * `longjmp` (and anything that abandons frames without unwinding): a pending entry below
+//!   the current return-address slot on the same stack belongs to a frame that no longer
+//!   exists, and so does one whose slot a new call has reused; it is reclaimed (and counted
+//!   as stale).
+//! * A tail call between return-probed functions (`outer: jmp inner`), or a second return
+//!   probe on one function: the entry finds its slot already hijacked and chains to the
+//!   pending entry there; each returns once, innermost first, through the trampoline again.
 //! * C++ exceptions, Rust panics, `pthread_exit` and thread cancellation unwind through
 //!   `_Unwind_RaiseException` / `_Unwind_ForcedUnwind`. dprobe probes both: before the
 //!   unwinder walks the stack, every return address the thread has hijacked is put back, so
@@ -26,17 +31,20 @@
 //! * A function that never returns leaves only its (reclaimable) instance behind.
 //!
 //! # Foreign stacks (kprobe rule 12)
-//! A function entered on the thread's alternate signal stack is not traced (counted as
-//! missed): its frames are not ordered with the thread's own. Code that switches stacks by
-//! itself (coroutines, green threads) is not detected; should a pending entry be reclaimed
-//! by mistake, the dispatcher still finds its return address in a per-thread record of the
-//! last reclaimed entries, so the program returns correctly; only the handler call is lost.
+//! A function entered on the thread's alternate signal stack is traced: the rule tells the
+//! alternate stack (its range, from the signal frame or `sigaltstack`) from the thread's own,
+//! and never judges an entry on one from the other, whichever lies higher. Code that switches
+//! stacks by itself (coroutines, green threads) is not told apart; should a pending entry be
+//! reclaimed by mistake, the dispatcher still finds its return address in a per-thread record
+//! of the last reclaimed entries, so the program returns correctly; only the handler call is
+//! lost.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
+use dprobe_core::returns::{self, At, InstanceStack, ThreadStacks};
 use dprobe_core::{Kprobe, PreAction, ProbeError, ProbeTarget};
 use dprobe_rcu::Rcu;
 
@@ -123,8 +131,8 @@ pub fn default_maxactive() -> usize {
 pub struct ReturnStats {
     /// Returns whose handler ran.
     pub hits: u64,
-    /// Calls not traced: no free instance, the thread's pending stack full, an alternate
-    /// signal stack, or a call made inside another handler.
+    /// Calls not traced: no free instance, the thread's pending stack full, or a call made
+    /// inside another handler.
     pub nmissed: u64,
     /// Instances reclaimed because their frame was abandoned (`longjmp`, a dead thread).
     pub stale: u64,
@@ -230,11 +238,21 @@ struct Pending {
     ret: Cell<u64>,
     probe: Cell<u64>,
     slot: Cell<u32>,
+    /// Which stack `sp` lies on ([`OwnStacks`]).
+    stack: Cell<u64>,
 }
 
 impl Pending {
     const fn new() -> Self {
-        Pending { sp: Cell::new(0), ret: Cell::new(0), probe: Cell::new(0), slot: Cell::new(0) }
+        Pending { sp: Cell::new(0), ret: Cell::new(0), probe: Cell::new(0), slot: Cell::new(0), stack: Cell::new(0) }
+    }
+
+    fn copy_from(&self, other: &Pending) {
+        self.sp.set(other.sp.get());
+        self.ret.set(other.ret.get());
+        self.probe.set(other.probe.get());
+        self.slot.set(other.slot.get());
+        self.stack.set(other.stack.get());
     }
 }
 
@@ -264,10 +282,18 @@ enum Reclaim {
     Unwound,
 }
 
-/// Drop the top entry, giving its instance back and remembering its return address.
-fn drop_top(t: &ThreadReturns, kind: Reclaim, probes: &[Arc<KretInner>]) {
-    let d = t.depth.get() - 1;
-    let e = &t.stack[d];
+/// Remove entry `i`, the ones above it moving down.
+fn remove_at(t: &ThreadReturns, i: usize) {
+    let d = t.depth.get();
+    for j in i..d - 1 {
+        t.stack[j].copy_from(&t.stack[j + 1]);
+    }
+    t.depth.set(d - 1);
+}
+
+/// Drop entry `i`, giving its instance back and remembering its return address.
+fn drop_at(t: &ThreadReturns, i: usize, kind: Reclaim, probes: &[Arc<KretInner>]) {
+    let e = &t.stack[i];
     if let Some(p) = find(probes, e.probe.get()) {
         p.release(e.slot.get() as usize);
         match kind {
@@ -279,17 +305,68 @@ fn drop_top(t: &ThreadReturns, kind: Reclaim, probes: &[Arc<KretInner>]) {
     t.grave[g % GRAVE].0.set(e.sp.get());
     t.grave[g % GRAVE].1.set(e.ret.get());
     t.grave_next.set(g + 1);
-    t.depth.set(d);
+    remove_at(t, i);
 }
 
 fn find(probes: &[Arc<KretInner>], id: u64) -> Option<&KretInner> {
     probes.binary_search_by_key(&id, |p| p.id).ok().map(|i| &*probes[i])
 }
 
-/// Entries below `sp` belong to frames that are gone.
-fn reclaim_below(t: &ThreadReturns, sp: u64, probes: &[Arc<KretInner>]) {
-    while t.depth.get() > 0 && t.stack[t.depth.get() - 1].sp.get() < sp {
-        drop_top(t, Reclaim::Stale, probes);
+/// A thread's pending stack as the rule sees it; reclaiming counts the entry as stale.
+struct Live<'a> {
+    t: &'a ThreadReturns,
+    probes: &'a [Arc<KretInner>],
+}
+
+impl InstanceStack for Live<'_> {
+    fn depth(&self) -> usize {
+        self.t.depth.get()
+    }
+    fn slot(&self, i: usize) -> u64 {
+        self.t.stack[i].sp.get()
+    }
+    fn stack(&self, i: usize) -> u64 {
+        self.t.stack[i].stack.get()
+    }
+    fn reclaim(&mut self, i: usize) {
+        drop_at(self.t, i, Reclaim::Stale, self.probes);
+    }
+}
+
+/// The calling thread's stacks: its own (named 0) and its alternate signal stack (named by
+/// its end). The alternate stack's range comes from the trap's signal frame at an entry, and
+/// from `sigaltstack` at a return, asked only when the rule needs it.
+struct OwnStacks {
+    alternate: Option<(u64, u64)>,
+}
+
+impl OwnStacks {
+    /// In an entry handler: the interrupted code's alternate stack, from its signal frame
+    /// (asked of the kernel when needed on the jump path, which has none).
+    fn at_trap() -> Self {
+        OwnStacks { alternate: trap::trapped_alternate_stack() }
+    }
+
+    /// Elsewhere (the trampoline's dispatcher): asked of the kernel when needed.
+    fn unknown() -> Self {
+        OwnStacks { alternate: None }
+    }
+}
+
+impl ThreadStacks for OwnStacks {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        let (base, size) = *self.alternate.get_or_insert_with(sys::alternate_stack);
+        if size != 0 && addr >= base && addr - base < size {
+            base + size
+        } else {
+            0
+        }
+    }
+
+    fn hijacked(&mut self, slot: u64) -> bool {
+        // SAFETY: the rule asks only about the current return-address slot, on this thread's
+        // live stack.
+        unsafe { (slot as *const u64).read_volatile() == trampoline_addr() }
     }
 }
 
@@ -319,16 +396,11 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
         RETURNS.with(|t| {
             let sp = regs.rsp;
             // At a function's first instruction the return address is at rsp, on this
-            // thread's own stack.
+            // thread's stack (own or alternate).
             let ret_slot = regs.rsp as *mut u64;
-            // SAFETY: see above; the kernel pushed the signal frame below it on the same
-            // stack, so it is mapped.
-            let already_hijacked = unsafe { ret_slot.read_volatile() } == trampoline_addr();
-            // Entries below the stack pointer belong to abandoned frames; so does one at this
-            // very slot, unless the slot still holds the trampoline (then it is this same call,
-            // seen by another return probe on the function).
-            reclaim_below(t, if already_hijacked { sp } else { sp + 1 }, probes);
-            if t.depth.get() == PENDING_CAPACITY || trap::trapped_on_alternate_stack() {
+            let mut stacks = OwnStacks::at_trap();
+            returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
+            if t.depth.get() == PENDING_CAPACITY {
                 inner.nmissed.fetch_add(1, Relaxed);
                 return;
             }
@@ -356,7 +428,9 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
             for (dst, v) in inner.pool[slot].data.iter().zip(data.0) {
                 dst.store(v, Relaxed);
             }
-            // SAFETY: as above; the slot is writable stack.
+            // SAFETY: the slot is writable stack (the kernel pushed the signal frame below it
+            // on the same stack). When the entry chains to a pending one at this slot (a tail
+            // call), this is the trampoline's address: the return comes through twice.
             let ret = unsafe { ret_slot.read_volatile() };
             let d = t.depth.get();
             let e = &t.stack[d];
@@ -364,6 +438,7 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
             e.ret.set(ret);
             e.probe.set(inner.id);
             e.slot.set(slot as u32);
+            e.stack.set(stacks.stack_of(sp));
             t.depth.set(d + 1);
             // SAFETY: as above.
             unsafe { ret_slot.write_volatile(trampoline_addr()) };
@@ -503,14 +578,14 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
     let slot_addr = &frame.ret_slot as *const u64 as u64;
     registry().read(|probes| {
         RETURNS.with(|t| {
-            reclaim_below(t, slot_addr, probes);
-            let d = t.depth.get();
-            if d == 0 || t.stack[d - 1].sp.get() != slot_addr {
+            let mut stacks = OwnStacks::unknown();
+            returns::reclaim(&mut Live { t, probes }, At::Return { sp: slot_addr + 8 }, &mut stacks);
+            let Some(i) = returns::innermost_at(&Live { t, probes }, slot_addr, &mut stacks) else {
                 return from_grave(t, slot_addr);
-            }
-            let e = &t.stack[d - 1];
+            };
+            let e = &t.stack[i];
             let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
-            t.depth.set(d - 1);
+            remove_at(t, i);
             let Some(inner) = find(probes, probe) else { return ret };
             let mut data = InstanceData::default();
             for (v, src) in data.0.iter_mut().zip(&inner.pool[slot].data) {
@@ -629,7 +704,7 @@ fn restore_thread_returns() {
                         slot.write_volatile(e.ret.get());
                     }
                 }
-                drop_top(t, Reclaim::Unwound, probes);
+                drop_at(t, t.depth.get() - 1, Reclaim::Unwound, probes);
             }
         })
     })

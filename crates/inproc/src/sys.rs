@@ -107,3 +107,14 @@ pub fn map_code_page_at(addr: Addr, len: usize) -> io::Result<Addr> {
     }
     Ok(Addr(p as u64))
 }
+
+/// The calling thread's alternate signal stack `(base, size)` (size 0: none).
+/// Async-signal-safe: one system call.
+pub fn alternate_stack() -> (u64, u64) {
+    let mut old = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    // SAFETY: with no new stack, sigaltstack only writes the current one into `old`.
+    if unsafe { libc::sigaltstack(std::ptr::null(), &mut old) } != 0 || old.ss_flags & libc::SS_DISABLE != 0 {
+        return (0, 0);
+    }
+    (old.ss_sp as u64, old.ss_size as u64)
+}

@@ -22,14 +22,15 @@ thread_local! {
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
     /// Depth of dprobe's signal handlers on this thread (nested when a handler hits a probe).
     static IN_HIT_PATH: Cell<u32> = const { Cell::new(0) };
-    /// Whether the code the current trap interrupted ran on the alternate signal stack.
-    static TRAPPED_ON_ALTERNATE_STACK: Cell<bool> = const { Cell::new(false) };
+    /// The thread's alternate signal stack `(base, size)` at the current hit (size 0: none;
+    /// `None`: not known without asking the kernel, as on the jump path).
+    static TRAPPED_ALTERNATE_STACK: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
 }
 
-/// Whether the code the running handler probes was interrupted on the thread's alternate
-/// signal stack. Meaningful inside a handler only.
-pub(crate) fn trapped_on_alternate_stack() -> bool {
-    TRAPPED_ON_ALTERNATE_STACK.with(|c| c.get())
+/// The thread's alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
+/// running handler probes trapped. Meaningful inside a handler only.
+pub(crate) fn trapped_alternate_stack() -> Option<(u64, u64)> {
+    TRAPPED_ALTERNATE_STACK.with(|c| c.get())
 }
 
 /// Mark the calling thread as running handlers (the trap handlers and the return
@@ -105,7 +106,7 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
     }
     let mut regs = ctx.regs();
     regs.rip = site.addr.0;
-    dispatch_entry(site, &mut regs, ctx.on_alternate_stack(), |regs, d| match d {
+    dispatch_entry(site, &mut regs, Some(ctx.alternate_stack()), |regs, d| match d {
         Dispatch::Missed => execute(site, regs, false, ctx),
         Dispatch::Ran(PreOutcome::Skip) => ctx.set_regs(regs),
         Dispatch::Ran(PreOutcome::Execute { post }) => execute(site, regs, post, ctx),
@@ -127,10 +128,10 @@ pub(crate) enum Dispatch {
 pub(crate) fn dispatch_entry<R>(
     site: &Site<Prepared>,
     regs: &mut Regs,
-    on_alternate_stack: bool,
+    alternate_stack: Option<(u64, u64)>,
     then: impl FnOnce(&mut Regs, Dispatch) -> R,
 ) -> R {
-    TRAPPED_ON_ALTERNATE_STACK.with(|c| c.set(on_alternate_stack));
+    TRAPPED_ALTERNATE_STACK.with(|c| c.set(alternate_stack));
     if in_handler() {
         site.miss();
         return then(regs, Dispatch::Missed);

@@ -63,3 +63,23 @@ __attribute__((noinline, noipa)) long fxc_outer(long a) {
 __attribute__((noinline, noipa)) long fxc_exit_process(long code) {
     _exit((int)code);
 }
+
+/* A tail call between two functions: fxc_tail_outer ends in `jmp fxc_tail_inner`, so
+ * fxc_tail_inner returns straight to fxc_tail_outer's caller. fxc_tail_outer(x) = 3(x + 1). */
+__attribute__((noinline, noipa)) long fxc_tail_inner(long x) { return 3 * x; }
+__asm__(".globl fxc_tail_outer\n.type fxc_tail_outer,@function\nfxc_tail_outer:\n"
+        "add $1,%rdi\njmp fxc_tail_inner@PLT\n.size fxc_tail_outer, .-fxc_tail_outer\n");
+
+/* fxc_alt_outer(x, sig) raises `sig`, whose handler (fxc_on_alt_signal, installed by the
+ * test, on an alternate stack) calls fxc_alt_nested(x) = 5x; it returns that plus one. */
+static volatile long alt_arg, alt_result;
+__attribute__((noinline, noipa)) long fxc_alt_nested(long x) { return 5 * x; }
+void fxc_on_alt_signal(int sig) {
+    (void)sig;
+    alt_result = fxc_alt_nested(alt_arg);
+}
+__attribute__((noinline, noipa)) long fxc_alt_outer(long x, int sig) {
+    alt_arg = x;
+    syscall(SYS_tgkill, getpid(), gettid(), sig);
+    return alt_result + 1;
+}

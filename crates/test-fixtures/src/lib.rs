@@ -12,6 +12,11 @@ extern "C" {
     pub fn fxc_middle(a: i64) -> i64;
     pub fn fxc_outer(a: i64) -> i64;
     pub fn fxc_exit_process(code: i64) -> i64;
+    pub fn fxc_tail_outer(x: i64) -> i64;
+    pub fn fxc_tail_inner(x: i64) -> i64;
+    pub fn fxc_alt_outer(x: i64, sig: i32) -> i64;
+    pub fn fxc_alt_nested(x: i64) -> i64;
+    pub fn fxc_on_alt_signal(sig: i32);
     pub fn fxcpp_thrower(x: i64) -> i64;
     pub fn fxcpp_catch(x: i64) -> i64;
     pub fn fxcpp_area(w: i64, h: i64) -> i64;

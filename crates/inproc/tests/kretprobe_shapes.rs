@@ -1,0 +1,115 @@
+//! Return probes and stack shapes that break return-address hijacking when it is done
+//! naively: tail calls between probed functions, a signal handler on an alternate stack that
+//! lies above the frames it interrupted, recursion deeper than the pool.
+use dprobe_inproc::*;
+use dprobe_test_fixtures as c;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+fn at(f: *const ()) -> Addr {
+    Addr(f as u64)
+}
+
+/// A return probe on `f` counting the returns whose value is not `expected(entry rdi)`.
+fn checked(f: *const (), expected: fn(u64) -> u64, wrong: &'static AtomicU64) -> ReturnProbe {
+    register_kretprobe(
+        Kretprobe::addr(at(f))
+            .entry_handler(|regs, data| {
+                data.0[0] = regs.rdi;
+                EntryAction::Track
+            })
+            .handler(move |regs, data| {
+                if regs.rax != expected(data.0[0]) {
+                    wrong.fetch_add(1, Relaxed);
+                }
+            }),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_tail_call_between_two_return_probed_functions_returns_once_from_each() {
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    let outer = checked(c::fxc_tail_outer as *const (), |x| 3 * (x + 1), &WRONG);
+    let inner = checked(c::fxc_tail_inner as *const (), |x| 3 * x, &WRONG);
+    for i in 0..1000 {
+        // SAFETY: plain arithmetic functions.
+        assert_eq!(unsafe { c::fxc_tail_outer(black_box(i)) }, 3 * (i + 1));
+    }
+    for p in [&outer, &inner] {
+        let st = p.stats();
+        assert_eq!((st.hits, st.nmissed, st.stale, st.pending), (1000, 0, 0, 0), "{st:?}");
+    }
+    assert_eq!(WRONG.load(Relaxed), 0, "each return saw its own value");
+}
+
+/// `size` bytes of fresh memory above `here` (a stack address of the calling thread).
+fn map_above(here: usize, size: usize) -> usize {
+    for step in 1..64usize {
+        let hint = (here + (step << 24)) & !0xfff;
+        // SAFETY: a new private mapping where nothing is mapped (FIXED_NOREPLACE).
+        let p = unsafe {
+            libc::mmap(
+                hint as *mut libc::c_void,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p as usize == hint {
+            return hint;
+        }
+    }
+    panic!("no room above the thread's stack");
+}
+
+#[test]
+fn an_alternate_signal_stack_above_the_interrupted_frames_keeps_their_return() {
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    let outer = checked(c::fxc_alt_outer as *const (), |x| 5 * x + 1, &WRONG);
+    let nested = checked(c::fxc_alt_nested as *const (), |x| 5 * x, &WRONG);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let size = 64 * 1024;
+            let base = map_above(&size as *const usize as usize, size);
+            // SAFETY: this thread's alternate stack is the fresh mapping; the handler is a C
+            // function that calls a probed function; the signal goes to this thread only.
+            unsafe {
+                let ss = libc::stack_t { ss_sp: base as *mut libc::c_void, ss_flags: 0, ss_size: size };
+                assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = c::fxc_on_alt_signal as *const () as usize;
+                sa.sa_flags = libc::SA_ONSTACK;
+                assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+                for i in 0..200 {
+                    assert_eq!(c::fxc_alt_outer(black_box(i), libc::SIGUSR2), 5 * i + 1);
+                }
+                let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+                assert_eq!(libc::sigaltstack(&off, std::ptr::null_mut()), 0);
+            }
+        });
+    });
+    for p in [&outer, &nested] {
+        let st = p.stats();
+        assert_eq!((st.hits, st.nmissed, st.stale, st.pending), (200, 0, 0, 0), "{st:?}");
+    }
+    assert_eq!(WRONG.load(Relaxed), 0);
+}
+
+#[test]
+fn recursion_deeper_than_the_pool_returns_correctly_and_counts_every_call() {
+    static DEPTHS: AtomicU64 = AtomicU64::new(0);
+    let p = register_kretprobe(Kretprobe::addr(at(c::fxc_recurse as *const ())).handler(|r, _| {
+        DEPTHS.fetch_add(r.rax, Relaxed);
+    }))
+    .unwrap();
+    // SAFETY: fxc_recurse(n) recurses n deep and returns n.
+    assert_eq!(unsafe { c::fxc_recurse(black_box(10_000)) }, 10_000);
+    let st = p.stats();
+    let traced = p.maxactive() as u64;
+    assert_eq!((st.hits, st.nmissed, st.stale, st.pending), (traced, 10_001 - traced, 0, 0), "{st:?}");
+    // The outermost calls were traced: they return 10000, 9999, ...
+    assert_eq!(DEPTHS.load(Relaxed), (10_001 - traced..=10_000).sum::<u64>());
+}
