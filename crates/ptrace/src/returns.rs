@@ -292,17 +292,22 @@ impl Tracee {
                 let mut word = [0u8; 8];
                 self.memory.read(Addr(sp), &mut word)?;
                 let real = Addr(u64::from_le_bytes(word));
-                if no_stop {
-                    if !self.stubs.has_free() {
-                        self.sweep_quarantine();
+                if !self.stubs.has_free() && no_stop {
+                    self.sweep_quarantine();
+                }
+                match no_stop.then(|| self.stubs.take(tid, &mut self.memory)) {
+                    Some(Ok(index)) => {
+                        self.stubs.arm(self.pid, index, real, Addr(sp))?;
+                        self.returns.owner.insert(index, tid);
+                        (real, Some(index))
                     }
-                    let index = self.stubs.take(tid, &mut self.memory)?;
-                    self.stubs.arm(self.pid, index, real, Addr(sp))?;
-                    self.returns.owner.insert(index, tid);
-                    (real, Some(index))
-                } else {
-                    self.write_trampoline(sp)?;
-                    (real, None)
+                    Some(Err(e)) if e.is_gone() => return Err(e),
+                    // No room for another stub page (or no stub wanted): the trampoline
+                    // needs none, so the return is still watched, with a stop.
+                    Some(Err(_)) | None => {
+                        self.write_trampoline(sp)?;
+                        (real, None)
+                    }
                 }
             }
         };

@@ -224,6 +224,34 @@ fn an_alternate_signal_stack_below_the_interrupted_frames() {
     alternate_stack("below", false);
 }
 
+/// An alternate stack inside the thread's own stack mapping, above the frames it interrupts:
+/// the stacks cannot be told apart by their mappings, so the interrupted return may be counted
+/// as abandoned, but the program still returns correctly and every call is accounted for.
+fn alternate_stack_in_the_same_mapping(no_stop: bool) {
+    let mut t = Tracee::spawn(target(), &["altstack", "200", "own"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (outer_def, outer_wrong) = checked("alt_outer", |x| 5 * x + 1, no_stop);
+    let (nested_def, nested_wrong) = checked("alt_nested", |x| 5 * x, no_stop);
+    let outer = t.add(outer_def).unwrap();
+    let nested = t.add(nested_def).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0), "the handler and the interrupted function returned correctly");
+    let s = t.stats(nested);
+    assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (200, 200, 0, 0));
+    let s = t.stats(outer);
+    assert_eq!((s.hits, s.returns + s.abandoned, s.missed), (200, 200, 0), "{s:?}");
+    assert_eq!((*outer_wrong.borrow(), *nested_wrong.borrow()), (0, 0));
+}
+
+#[test]
+fn an_alternate_signal_stack_in_the_threads_own_stack_mapping() {
+    alternate_stack_in_the_same_mapping(false);
+}
+
+#[test]
+fn an_alternate_signal_stack_in_the_threads_own_stack_mapping_without_a_stop() {
+    alternate_stack_in_the_same_mapping(true);
+}
+
 /// Recursion 10,000 deep: no default limit on pending returns, none missed.
 fn deep_recursion(no_stop: bool) {
     let mut t = Tracee::spawn(target(), &["recurse", "10000"]).unwrap();
