@@ -225,6 +225,17 @@ pub fn decode_len(bytes: &[u8]) -> Option<usize> {
     (!i.is_invalid()).then(|| i.len())
 }
 
+/// The length of the `endbr64` at the start of `code` (a function entry marked for indirect
+/// branch tracking: the instruction after it counts as the entry too), or 0 if there is none.
+pub fn endbr64_len(code: &[u8]) -> usize {
+    let i = Decoder::new(64, code, DecoderOptions::NONE).decode();
+    if i.code() == Code::Endbr64 {
+        i.len()
+    } else {
+        0
+    }
+}
+
 /// The instruction at the start of `bytes`, in AT&T syntax.
 pub fn describe(bytes: &[u8], addr: Addr) -> String {
     let mut d = Decoder::with_ip(64, bytes, addr.0, DecoderOptions::NONE);

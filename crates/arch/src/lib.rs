@@ -51,8 +51,8 @@ mod writer;
 
 pub use addr::Addr;
 pub use analyze::{
-    analyze, analyze_run, decode_len, describe, plan, Condition, Emulation, ExecClass, ExecPlan, Insn, MemOperand,
-    PushValue, RipRelative,
+    analyze, analyze_run, decode_len, describe, endbr64_len, plan, Condition, Emulation, ExecClass, ExecPlan, Insn,
+    MemOperand, PushValue, RipRelative,
 };
 pub use detour::{detour_code, Detour, DETOUR_ENTRY, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW};
 pub use emulate::emulate;

@@ -210,3 +210,11 @@ fn arm_and_disarm_patch_the_first_byte() {
     assert_eq!(arm(&insn), Patch { addr: AT, old: vec![0x48], new: vec![INT3] });
     assert_eq!(disarm(&insn), Patch { addr: AT, old: vec![INT3], new: vec![0x48] });
 }
+
+#[test]
+fn an_endbr64_at_a_function_entry_is_recognized_by_its_length() {
+    assert_eq!(endbr64_len(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55]), 4);
+    assert_eq!(endbr64_len(&[0x55, 0xf3, 0x0f, 0x1e, 0xfa]), 0);
+    assert_eq!(endbr64_len(&[0xf3, 0x0f, 0x1e, 0xfb /* endbr32 */]), 0);
+    assert_eq!(endbr64_len(&[0xf3, 0x0f]), 0);
+}

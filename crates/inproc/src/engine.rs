@@ -30,8 +30,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize, detour_code, disarm, prepare, Addr, Detour, Insn, NotOptimized, Patch, Prepared,
-    SlotCode, SlotEnding, SLOT_SIZE,
+    analyze, arm, can_optimize, detour_code, disarm, endbr64_len, prepare, Addr, Detour, Insn, NotOptimized, Patch,
+    Prepared, SlotCode, SlotEnding, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -171,10 +171,9 @@ impl Engine {
         let mut st = self.lock();
         let (addr, _, _) = locate(&mut st, &maps, target)?;
         let f = resolve(&mut st, &maps, &ProbeTarget::Addr(addr))?.function;
-        let endbr = [0xf3, 0x0f, 0x1e, 0xfa];
-        let mut first = [0u8; 4];
-        let starts_with_endbr = sys::read_memory(f.start, &mut first).is_ok() && first == endbr;
-        if addr == f.start || (starts_with_endbr && addr == f.start.offset(4)) {
+        let mut first = [0u8; 15];
+        let endbr = if sys::read_memory(f.start, &mut first).is_ok() { endbr64_len(&first) } else { 0 };
+        if addr == f.start || (endbr > 0 && addr == f.start.offset(endbr as u64)) {
             Ok(addr)
         } else {
             Err(ProbeError::NotFunctionEntry { addr, function: f.name, start: f.start })

@@ -3,7 +3,7 @@
 //! rewritten, the out-of-line pages unmapped, and each thread detached with the signal it
 //! was about to receive.
 
-use dprobe_arch::{Addr, SlotCode};
+use dprobe_arch::{disarm, Addr, Patch, SlotCode};
 
 use crate::error::TraceError;
 use crate::inject;
@@ -34,9 +34,9 @@ impl Tracee {
         if self.threads.is_empty() {
             return Ok(());
         }
-        let sites: Vec<(Addr, u8)> = self.sites.iter().map(|(a, s)| (*a, s.insn.bytes[0])).collect();
-        for (addr, original) in &sites {
-            self.write(*addr, &[*original])?;
+        let disarms: Vec<Patch> = self.sites.values().map(|s| disarm(&s.insn)).collect();
+        for patch in &disarms {
+            self.write(patch.addr, &patch.new)?;
         }
         if let Err(e) = self.stop_all(give_up) {
             if matches!(e, TraceError::GaveUp { .. }) {

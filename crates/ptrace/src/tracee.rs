@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 
-use dprobe_arch::{emulate, Addr, ExecPlan, Memory, INT3};
+use dprobe_arch::{disarm, emulate, Addr, ExecPlan, Memory, INT3};
 use dprobe_core::ProbeId;
 
 use crate::error::{Exit, Stopped, TraceError};
@@ -411,8 +411,8 @@ impl Tracee {
         let (_, status) = sys::wait(child)?;
         if libc::WIFSTOPPED(status) {
             let mut mem = RemoteMemory::open(child)?;
-            for (addr, site) in &self.sites {
-                let _ = mem.write(*addr, &site.insn.bytes[..1]);
+            for patch in self.sites.values().map(|s| disarm(&s.insn)) {
+                let _ = mem.write(patch.addr, &patch.new);
             }
             self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
             sys::detach(child, 0)?;

@@ -2,7 +2,7 @@
 //! `mov GOT(%rip),%rax; add %fs:0,%rax; ret`, so `errno` lives at the thread pointer plus the
 //! offset stored in that GOT entry, the same for every thread.
 
-use dprobe_arch::{Addr, Memory, MemoryFault};
+use dprobe_arch::{endbr64_len, Addr, Memory, MemoryFault};
 
 /// Why the offset of `errno` could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum ErrnoError {
 pub fn errno_tls_offset(memory: &mut dyn Memory, errno_location: Addr) -> Result<u64, ErrnoError> {
     let mut code = [0u8; 20];
     memory.read(errno_location, &mut code)?;
-    let start = if code[..4] == [0xf3, 0x0f, 0x1e, 0xfa] { 4 } else { 0 }; // endbr64
+    let start = endbr64_len(&code);
     let c = &code[start..];
     let add_fs = [0x64, 0x48, 0x03, 0x04, 0x25, 0, 0, 0, 0];
     if c[..3] != [0x48, 0x8b, 0x05] || c[7..16] != add_fs {
