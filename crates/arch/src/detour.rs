@@ -54,9 +54,7 @@ impl Detour {
 
     /// The `jmp rel32` that replaces the window's first five bytes.
     pub fn jump(&self) -> [u8; 5] {
-        let rel = self.entry().0.wrapping_sub(self.site.offset(5).0) as u32;
-        let r = rel.to_le_bytes();
-        [0xe9, r[0], r[1], r[2], r[3]]
+        crate::jmp_rel32(self.site, self.entry()).expect("the entry is in reach: checked when the detour was built")
     }
 }
 

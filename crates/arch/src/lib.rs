@@ -64,4 +64,4 @@ pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};
 pub use relocate::{relocate, RelocateError, Relocated};
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
-pub use writer::{syscall_code, trampoline_code, CodeWriter, EncodeError, Written};
+pub use writer::{jmp_rel32, syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

@@ -8,7 +8,7 @@
 //! stored after the code). Instructions dprobe writes itself carry no address.
 
 use iced_x86::{
-    BlockEncoder, BlockEncoderOptions, Code, IcedError, Instruction, InstructionBlock, MemoryOperand, Register,
+    BlockEncoder, BlockEncoderOptions, Code, Encoder, IcedError, Instruction, InstructionBlock, MemoryOperand, Register,
 };
 
 use crate::{Addr, Gpr};
@@ -186,6 +186,16 @@ fn one(write: impl FnOnce(&mut CodeWriter)) -> Vec<u8> {
     let mut w = CodeWriter::new();
     write(&mut w);
     w.finish(Addr(0)).expect("a fixed instruction encodes").bytes
+}
+
+/// The `jmp rel32` at `at` to `to`, always 5 bytes (the block encoder would shorten a near
+/// jump, and a patch must cover exactly the bytes it replaces).
+pub fn jmp_rel32(at: Addr, to: Addr) -> Result<[u8; 5], EncodeError> {
+    let jump = Instruction::with_branch(Code::Jmp_rel32_64, to.0)?;
+    let mut encoder = Encoder::new(64);
+    encoder.encode(&jump, at.0)?;
+    let bytes = encoder.take_buffer();
+    bytes.try_into().map_err(|b: Vec<u8>| EncodeError(format!("a jmp rel32 took {} bytes", b.len())))
 }
 
 /// The `syscall` instruction, written over a stopped thread's instruction pointer to make it

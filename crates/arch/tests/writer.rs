@@ -1,5 +1,5 @@
 //! The code writer: what it writes, decoded back with iced-x86.
-use dprobe_arch::{syscall_code, trampoline_code, Addr, CodeWriter, Gpr};
+use dprobe_arch::{jmp_rel32, syscall_code, trampoline_code, Addr, CodeWriter, Gpr};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
 
 const AT: Addr = Addr(0x7000_0000_1000);
@@ -129,4 +129,14 @@ fn injected_code_is_one_syscall_or_one_int3() {
     assert_eq!((s.len(), s[0].code()), (1, Code::Syscall));
     let t = decode_all(&trampoline_code(), AT);
     assert_eq!((t.len(), t[0].code()), (1, Code::Int3));
+}
+
+#[test]
+fn a_jump_patch_is_always_five_bytes() {
+    for to in [AT.offset(5), AT.offset(0x10), Addr(AT.0 - 0x7000_0000)] {
+        let bytes = jmp_rel32(AT, to).unwrap();
+        let i = Decoder::with_ip(64, &bytes, AT.0, DecoderOptions::NONE).decode();
+        assert_eq!((i.code(), i.len(), i.near_branch_target()), (Code::Jmp_rel32_64, 5, to.0));
+    }
+    assert!(jmp_rel32(AT, Addr(0x10_0000)).is_err(), "out of rel32 reach");
 }
