@@ -147,3 +147,27 @@ fn what_the_kernel_engine_cannot_do_is_said() {
     ];
     common::assert_refused(cases);
 }
+
+#[test]
+fn counts_are_of_the_traced_threads_only_with_the_reason_for_any_gap() {
+    let _x = exclusive();
+    let target = format!("{}:greet", greet());
+    // (options, calls by the command, expected HITS)
+    let cases: &[(&[&str], &str, u64)] =
+        &[(&["--comm", "greet"], "30", 30), (&["--comm", "nosuchcomm"], "30", 0), (&[], "25", 25)];
+    for (options, calls, expected) in cases {
+        let mut args = vec!["-a", "-c"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[&target, "--", greet(), "x", calls]);
+        let (code, out) = trace("system-counts", &args);
+        assert_eq!(code, Some(0), "{out}");
+        assert_eq!(hits(&out, &target), *expected, "{options:?}\n{out}");
+        if options.contains(&"nosuchcomm") {
+            assert!(
+                out.contains("HITS counts of threads named nosuchcomm received; the kernel counted 30 hits"),
+                "{out}"
+            );
+        }
+        assert!(!out.contains("buffers were full"), "no loss to speak of: {out}");
+    }
+}

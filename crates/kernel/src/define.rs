@@ -34,10 +34,22 @@ pub struct Definition {
     pub place: String,
 }
 
+/// The hidden last argument of events that fetch strings. The kernel keeps a record's
+/// strings in one area of bounded size, in the order of the arguments, and gives a string
+/// longer than its limit the whole room left: the arguments after it then get no room (a
+/// length of 0). This one (the thread's name, never unreadable, never empty) tells such a
+/// record apart: when it has no room, the string that took it was cut.
+pub const END_FIELD: &str = "dprobe_end";
+
 /// The kernel's definition of `spec`.
 pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
     let is_return = spec.kind == ProbeKind::Return;
-    let args = spec.args.iter().map(|a| fetch_arg(a, is_return)).collect::<Result<Vec<_>, _>>()?.join(" ");
+    let mut args = spec.args.iter().map(|a| fetch_arg(a, is_return)).collect::<Result<Vec<_>, _>>()?;
+    // `$comm` is never unreadable, and no longer than 16 bytes: it needs no marker.
+    if spec.args.iter().any(|a| a.ty == ArgType::String && a.fetch != Fetch::Comm) {
+        args.push(format!("{END_FIELD}=$comm:string"));
+    }
+    let args = args.join(" ");
     match &spec.target {
         Target::Tracepoint { subsystem, event } => Ok(Definition {
             kind: EventKind::Tracepoint,
@@ -184,7 +196,10 @@ mod tests {
     fn kernel_probes_pass_through_with_arguments_in_registers() {
         let d = def("kernel:do_sys_openat2 dfd=$arg1:s32 path=+0($arg2):string how=$arg3 c=$comm").unwrap();
         assert_eq!(d.kind, EventKind::Kprobe);
-        assert_eq!(d.body, "do_sys_openat2 dfd=%di:s32 path=+0(%si):string how=%dx:x64 c=$comm:string");
+        assert_eq!(
+            d.body,
+            "do_sys_openat2 dfd=%di:s32 path=+0(%si):string how=%dx:x64 c=$comm:string dprobe_end=$comm:string"
+        );
         let d = def("kernel:do_sys_openat2%return ret=$retval").unwrap();
         assert_eq!((d.body.as_str(), d.is_return), ("do_sys_openat2 ret=$retval:s64", true));
         let d = def("kernel:vfs_read+4 x=$arg8:u32 y=-8(+16(%sp)):x8").unwrap();
@@ -201,7 +216,7 @@ mod tests {
         let symbols = Symbols::load_file(path).unwrap();
         let f = symbols.find("open").unwrap();
         assert_eq!(offset, format!("{:#x}", f.file_offset));
-        assert_eq!(args, "path=+0(%di):string");
+        assert_eq!(args, "path=+0(%di):string dprobe_end=$comm:string");
     }
 
     #[test]

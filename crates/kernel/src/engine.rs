@@ -39,6 +39,9 @@ struct Probe {
     fields: Vec<(String, ArgType)>,
     values: Values,
     filtered_in_kernel: bool,
+    /// Records delivered (past `-p` and `--comm`): of the event, of its return event.
+    delivered: u64,
+    returns_delivered: u64,
 }
 
 /// System-wide tracing through the kernel's uprobes, kprobes and tracepoints.
@@ -88,19 +91,24 @@ impl KernelEngine {
         }
         for (index, p) in probes.iter_mut().enumerate() {
             let side = if p.return_event == Some(hit.event) {
+                p.returns_delivered += 1;
                 p.values.clear();
                 for _ in &p.fields {
                     p.values.push_fault(0);
                 }
                 Side::Return
             } else if p.event == hit.event {
+                p.delivered += 1;
                 p.values.clear();
                 for (name, ty) in &p.fields {
                     match hit.field(name) {
                         Some(FieldValue::Signed(x)) => p.values.push_int(x as u64, *ty),
                         Some(FieldValue::Unsigned(x)) => p.values.push_int(x, *ty),
                         Some(FieldValue::Str(s)) | Some(FieldValue::Bytes(s)) => p.values.push_str(&s),
-                        None => p.values.push_fault(0),
+                        // Cut by the kernel: shown with the `...` of a string at the longest
+                        // dprobe keeps when it is as long.
+                        Some(FieldValue::Truncated(s)) => p.values.push_str(&s),
+                        Some(FieldValue::Fault) | None => p.values.push_fault(0),
                     }
                 }
                 if p.is_return {
@@ -151,10 +159,18 @@ impl Engine for KernelEngine {
         spec.args = probe.plan.args().to_vec();
         let dynamic = !matches!(spec.target, Target::Tracepoint { .. });
         if dynamic && self.options.with_comm {
-            spec.args.push(Self::comm_arg());
+            // First: the kernel keeps strings in the order of the arguments, and one too long
+            // takes the room of those after it.
+            spec.args.insert(0, Self::comm_arg());
         }
         let maxactive = probe.maxactive;
-        let event = self.session.add(&spec, None, maxactive)?;
+        // User and kernel probes are defined together when tracing starts (one write to the
+        // kernel whatever their number); a tracepoint's fields are needed now.
+        let event = if dynamic {
+            self.session.add_later(&spec, maxactive)?
+        } else {
+            self.session.add(&spec, None, maxactive)?
+        };
         let mut placed = Placed::default();
         let args = if dynamic {
             probe.plan.args().to_vec()
@@ -168,7 +184,7 @@ impl Engine for KernelEngine {
             let mut ret = spec.clone();
             ret.kind = ProbeKind::Return;
             ret.args = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
-            Some(self.session.add(&ret, None, maxactive)?)
+            Some(self.session.add_later(&ret, maxactive)?)
         } else {
             None
         };
@@ -179,6 +195,8 @@ impl Engine for KernelEngine {
             values: Values::with_capacity(args.len()),
             fields: args.into_iter().map(|a| (a.name, a.ty)).collect(),
             filtered_in_kernel: false,
+            delivered: 0,
+            returns_delivered: 0,
         });
         Ok(placed)
     }
@@ -227,15 +245,20 @@ impl Engine for KernelEngine {
         Ok(ending)
     }
 
+    /// The figures of this session's own events as delivered (past the kernel's filter, and
+    /// `-p` and `--comm`; dprobe's own threads are filtered out in the kernel). The kernel's
+    /// count covers every process and every record, filtered or lost: it stands for the hits
+    /// only where nothing but the kernel's filter stood between (said in a remark), and
+    /// gives the entries of return probes.
     fn stats(&self, index: usize) -> Stats {
         let Some(p) = self.probes.get(index) else { return Stats::default() };
-        let received = self.session.events()[p.event].received;
         let counts = self.session.kernel_counts(p.event).unwrap_or_default();
-        // The kernel counts every hit, also those its filter dropped or a full buffer lost.
-        let hits = counts.hits.max(received);
+        let restricted = self.options.pid.is_some() || self.options.comm.is_some();
+        let unrestricted_kernel_count = !restricted && (p.is_return || p.filtered_in_kernel);
+        let hits = if unrestricted_kernel_count { counts.hits.max(p.delivered) } else { p.delivered };
         let returns = match p.return_event {
-            Some(r) => self.session.events()[r].received,
-            None if p.is_return => received,
+            Some(_) => p.returns_delivered,
+            None if p.is_return => p.delivered,
             None => 0,
         };
         // A timed entry's returns are missed at its return event (no free instance).
@@ -244,19 +267,51 @@ impl Engine for KernelEngine {
             hits,
             returns,
             missed: counts.missed + return_missed,
-            lost: if p.filtered_in_kernel { 0 } else { hits - received },
             placement: dprobe_core::Placement::InKernel,
             ..counts
         }
     }
 
     fn remarks(&self, index: usize) -> Vec<String> {
-        match self.probes.get(index) {
-            Some(p) if p.filtered_in_kernel => {
-                vec!["filtered in the kernel: only the events that passed reached dprobe".into()]
-            }
-            _ => Vec::new(),
+        let Some(p) = self.probes.get(index) else { return Vec::new() };
+        let mut remarks = Vec::new();
+        let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        let restricted = self.options.pid.is_some() || self.options.comm.is_some();
+        if p.filtered_in_kernel {
+            remarks.push("filtered in the kernel: only the events that passed reached dprobe".into());
         }
+        if p.is_return && !restricted {
+            let stats = self.stats(index);
+            let gap = stats.hits.saturating_sub(stats.returns + stats.missed);
+            if gap > 0 && !p.filtered_in_kernel {
+                let lost = if self.session.lost > 0 { ", or their records were lost (full buffers)" } else { "" };
+                remarks.push(format!(
+                    "{gap} entries (the kernel's count) without a return received: they had not returned when \
+                     tracing stopped, left by longjmp or exit, or were nested deeper than the kernel watches \
+                     returns (64 per thread){lost}"
+                ));
+            }
+        } else if restricted && counts.hits > p.delivered {
+            let whose = match (&self.options.pid, &self.options.comm) {
+                (Some(pid), _) => format!("process {pid}"),
+                (None, Some(c)) => format!("threads named {c}"),
+                _ => unreachable!("restricted"),
+            };
+            let what = if p.is_return { "HITS and RETURNS count returns" } else { "HITS counts" };
+            remarks.push(format!(
+                "{what} of {whose} received; the kernel counted {} {} in every process",
+                counts.hits,
+                if p.is_return { "entries" } else { "hits" }
+            ));
+        } else if !p.filtered_in_kernel && counts.hits > p.delivered {
+            let lost = if self.session.lost > 0 { " and the records lost (full buffers)" } else { "" };
+            remarks.push(format!(
+                "HITS counts the events received; the kernel counted {}, with dprobe's own calls (left out), the \
+                 hits as tracing stopped{lost}",
+                counts.hits
+            ));
+        }
+        remarks
     }
 
     fn notes(&self) -> Vec<String> {

@@ -64,6 +64,11 @@ pub enum FieldValue {
     Str(Vec<u8>),
     /// Other bytes.
     Bytes(Vec<u8>),
+    /// A string the kernel could not read (a NULL or unmapped pointer): `(fault)`.
+    Fault,
+    /// The first bytes of a string longer than the kernel keeps (its `MAX_STRING_SIZE`, or
+    /// the room left in the record): shown with a `...` marker.
+    Truncated(Vec<u8>),
 }
 
 /// Why a format file did not parse.
@@ -121,13 +126,18 @@ impl EventFormat {
             }
             FieldKind::Chars => FieldValue::Str(until_nul(bytes).to_vec()),
             FieldKind::DataLocString => {
-                let loc = u32::from_le_bytes(bytes[..4].try_into().ok()?);
-                let (start, len) = ((loc & 0xffff) as usize, (loc >> 16) as usize);
+                let (start, len) = data_loc(bytes)?;
                 FieldValue::Str(until_nul(raw.get(start..start + len)?).to_vec())
             }
             FieldKind::Bytes => FieldValue::Bytes(bytes.to_vec()),
         })
     }
+}
+
+/// A `__data_loc` word: the offset of the data in the record and its length.
+pub(crate) fn data_loc(field_bytes: &[u8]) -> Option<(usize, usize)> {
+    let loc = u32::from_le_bytes(field_bytes.get(..4)?.try_into().ok()?);
+    Some(((loc & 0xffff) as usize, (loc >> 16) as usize))
 }
 
 fn until_nul(b: &[u8]) -> &[u8] {

@@ -6,9 +6,9 @@
 use dprobe_core::{Placement, Stats};
 use dprobe_spec::ProbeSpec;
 
-use crate::define::{definition, Definition, EventKind};
+use crate::define::{definition, Definition, EventKind, END_FIELD};
 use crate::error::KernelError;
-use crate::format::{EventFormat, FieldValue};
+use crate::format::{data_loc, EventFormat, FieldKind, FieldValue};
 use crate::perf::{Record, Rings};
 use crate::tracefs::Tracefs;
 
@@ -48,10 +48,36 @@ pub struct Hit<'a> {
 }
 
 impl Hit<'_> {
-    /// The value of field `name`.
+    /// The value of field `name`. A string the kernel could not read is
+    /// [`FieldValue::Fault`]; one it cut is [`FieldValue::Truncated`].
     pub fn field(&self, name: &str) -> Option<FieldValue> {
         let f = self.format.field(name)?;
-        self.format.decode(f, self.raw)
+        let value = self.format.decode(f, self.raw)?;
+        let Some(end) = self.format.field(END_FIELD) else { return Some(value) };
+        if f.kind != FieldKind::DataLocString || f.name == END_FIELD {
+            return Some(value);
+        }
+        let loc = |f: &crate::format::Field| self.raw.get(f.offset..f.offset + 4).and_then(data_loc);
+        let (start, len) = loc(f)?;
+        // The end marker had room: every string fitted; a length of 0 is the kernel's mark of
+        // a string it could not read. Otherwise the string whose data reaches the end of the
+        // strings' area took the room of those after it: it was cut (and those after it, of
+        // length 0, were not fetched at all).
+        let all_fitted = loc(end).is_some_and(|(_, l)| l > 0);
+        let area_end = self
+            .format
+            .fields
+            .iter()
+            .filter(|g| g.kind == FieldKind::DataLocString)
+            .filter_map(|g| loc(g).map(|(s, l)| s + l))
+            .max()
+            .unwrap_or(0);
+        Some(match (all_fitted, len, value) {
+            (true, 0, _) => FieldValue::Fault,
+            (false, 0, _) => FieldValue::Truncated(Vec::new()),
+            (false, _, FieldValue::Str(s)) if start + len == area_end => FieldValue::Truncated(s),
+            (_, _, value) => value,
+        })
     }
 }
 
@@ -61,6 +87,9 @@ pub struct Session {
     group: String,
     events: Vec<Event>,
     rings: Option<Rings>,
+    /// Events to define in the next batch ([`Session::add_later`]): definition, `maxactive`,
+    /// filter.
+    pending: Vec<(Definition, Option<usize>, Option<String>)>,
     /// Records the kernel dropped because a buffer was full.
     pub lost: u64,
 }
@@ -75,7 +104,7 @@ impl Session {
         static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let group = format!("{GROUP_PREFIX}{}_{n}", std::process::id());
-        Ok(Session { tracefs, group, events: Vec::new(), rings: None, lost: 0 })
+        Ok(Session { tracefs, group, events: Vec::new(), rings: None, pending: Vec::new(), lost: 0 })
     }
 
     /// The tracefs group of this session's dynamic events.
@@ -91,48 +120,179 @@ impl Session {
         filter: Option<&str>,
         maxactive: Option<usize>,
     ) -> Result<usize, KernelError> {
-        let definition = definition(spec)?;
-        let (group, name) = match (&definition.kind, &definition.tracepoint) {
-            (EventKind::Tracepoint, Some(tp)) => {
-                let (g, n) = tp.split_once('/').expect("SUBSYSTEM/EVENT");
-                (g.to_owned(), n.to_owned())
+        self.flush()?;
+        let index = self.add_all(&[(spec, maxactive)]).map_err(|(_, e)| e)?[0];
+        self.set_filter(index, filter);
+        Ok(index)
+    }
+
+    /// Define the events for `probes` (each with its `maxactive`, for kernel return probes)
+    /// with one write per event file, whatever their number; their indexes, in order. On an
+    /// error, none of them stays defined, and the error comes with the index in `probes` of
+    /// the probe it is about (0 when the kernel did not say which).
+    pub fn add_all(&mut self, probes: &[(&ProbeSpec, Option<usize>)]) -> Result<Vec<usize>, (usize, KernelError)> {
+        self.flush().map_err(|e| (0, e))?;
+        for (k, (spec, maxactive)) in probes.iter().enumerate() {
+            if let Err(e) = self.add_later(spec, *maxactive) {
+                self.pending.clear();
+                return Err((k, e));
             }
-            _ => {
-                let name = format!("p{}", self.events.len());
-                let file = if definition.kind == EventKind::Uprobe { "uprobe_events" } else { "kprobe_events" };
-                if !self.tracefs.has(file) {
-                    return Err(missing_dynamic_events(definition.kind));
+        }
+        let first = self.events.len();
+        self.define_pending()?;
+        Ok((first..self.events.len()).collect())
+    }
+
+    /// Check `spec` and keep its event for the next batch, defined at the next
+    /// [`Session::add`], [`Session::flush`] or [`Session::start`]; the index it will have.
+    pub fn add_later(&mut self, spec: &ProbeSpec, maxactive: Option<usize>) -> Result<usize, KernelError> {
+        let definition = definition(spec)?;
+        if definition.kind != EventKind::Tracepoint && !self.tracefs.has(event_file(definition.kind)) {
+            return Err(missing_dynamic_events(definition.kind));
+        }
+        self.pending.push((definition, maxactive, None));
+        Ok(self.events.len() + self.pending.len() - 1)
+    }
+
+    /// Define the events kept by [`Session::add_later`], in one batch.
+    pub fn flush(&mut self) -> Result<(), KernelError> {
+        self.define_pending().map_err(|(_, e)| e)
+    }
+
+    fn define_pending(&mut self) -> Result<(), (usize, KernelError)> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut planned = Vec::new();
+        let mut filters = Vec::new();
+        let mut lines: [Vec<(usize, String)>; 2] = Default::default();
+        for (k, (definition, maxactive, filter)) in pending.into_iter().enumerate() {
+            let (group, name) = match (&definition.kind, &definition.tracepoint) {
+                (EventKind::Tracepoint, Some(tp)) => {
+                    let (g, n) = tp.split_once('/').expect("SUBSYSTEM/EVENT");
+                    (g.to_owned(), n.to_owned())
                 }
-                let prefix = match (definition.is_return, maxactive, definition.kind) {
-                    (false, _, _) => "p".to_owned(),
-                    (true, Some(n), EventKind::Kprobe) => format!("r{n}"),
-                    (true, _, _) => "r".to_owned(),
+                _ => {
+                    // The kernel's profile files name events without their group: the name
+                    // carries the session too, so that two sessions never read each other's.
+                    let name = format!("{}_p{}", self.group, self.events.len() + k);
+                    let prefix = match (definition.is_return, maxactive, definition.kind) {
+                        (false, _, _) => "p".to_owned(),
+                        (true, Some(n), EventKind::Kprobe) => format!("r{n}"),
+                        (true, _, _) => "r".to_owned(),
+                    };
+                    let line = format!("{prefix}:{}/{name} {}", self.group, definition.body);
+                    lines[usize::from(definition.kind == EventKind::Kprobe)].push((k, line));
+                    (self.group.clone(), name)
+                }
+            };
+            planned.push((definition, group, name));
+            filters.push(filter);
+        }
+        let names: Vec<&str> = planned.iter().map(|(_, _, n)| n.as_str()).collect();
+        let mut defined = Vec::new();
+        let mut result = Ok(());
+        for (file, lines) in ["uprobe_events", "kprobe_events"].into_iter().zip(&lines) {
+            if lines.is_empty() {
+                continue;
+            }
+            let text: Vec<String> = lines.iter().map(|(_, l)| l.clone()).collect();
+            result = self.tracefs.define_all(file, &text).map_err(|e| {
+                let k = match &e {
+                    KernelError::Refused { definition, .. } => {
+                        lines.iter().find(|(_, l)| l == definition).map(|(k, _)| *k)
+                    }
+                    _ => None,
                 };
-                self.tracefs.define(file, &format!("{prefix}:{}/{name} {}", self.group, definition.body))?;
-                (self.group.clone(), name)
+                (k.unwrap_or(0), e)
+            });
+            defined.push(file);
+            if result.is_err() {
+                break;
+            }
+        }
+        let formats = result.and_then(|()| {
+            planned
+                .iter()
+                .enumerate()
+                .map(|(k, (_, group, name))| self.tracefs.format(group, name).map_err(|e| (k, e)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let formats = match formats {
+            Ok(f) => f,
+            Err(e) => {
+                for file in defined {
+                    let _ = self.remove(file, &names);
+                }
+                return Err(e);
             }
         };
-        let format = self.tracefs.format(&group, &name)?;
-        self.events.push(Event { definition, format, group, name, filter: filter.map(str::to_owned), received: 0 });
-        Ok(self.events.len() - 1)
+        for (((definition, group, name), format), filter) in planned.into_iter().zip(formats).zip(filters) {
+            self.events.push(Event { definition, format, group, name, filter, received: 0 });
+        }
+        Ok(())
+    }
+
+    /// Remove this session's events among `names` from `file`, in one write; those already
+    /// gone are skipped.
+    fn remove(&self, file: &str, names: &[&str]) -> Result<(), KernelError> {
+        let lines: Vec<String> = defined_events(&self.tracefs, file)
+            .into_iter()
+            .filter(|(group, name)| *group == self.group && names.contains(&name.as_str()))
+            .map(|(group, name)| format!("-:{group}/{name}"))
+            .collect();
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.tracefs.define_all(file, &lines)
     }
 
     /// Set (or replace) the kernel filter of event `index`; it takes effect at [`Session::start`].
     pub fn set_filter(&mut self, index: usize, filter: Option<&str>) {
-        if let Some(e) = self.events.get_mut(index) {
-            e.filter = filter.map(str::to_owned);
+        let filter = filter.map(str::to_owned);
+        match index.checked_sub(self.events.len()) {
+            None => self.events[index].filter = filter,
+            Some(k) => {
+                if let Some(p) = self.pending.get_mut(k) {
+                    p.2 = filter;
+                }
+            }
         }
     }
 
-    /// The events, in the order they were added.
+    /// The events defined so far, in the order they were added.
     pub fn events(&self) -> &[Event] {
         &self.events
     }
 
     /// Open the perf buffers and start recording, system-wide or for one thread (`pid`).
+    ///
+    /// dprobe's own threads are left out of user-space probes (a `common_pid` condition,
+    /// the thread id, added to their kernel filter): its own calls (`malloc` while reading
+    /// the buffers) would otherwise feed the buffers with its own events, without end.
     pub fn start(&mut self, pid: Option<i32>) -> Result<(), KernelError> {
-        let ids: Vec<(u64, Option<&str>)> = self.events.iter().map(|e| (e.format.id, e.filter.as_deref())).collect();
-        let rings = Rings::open(&ids, pid.unwrap_or(-1))?;
+        self.flush()?;
+        let own = own_threads().iter().map(|t| format!("common_pid != {t}")).collect::<Vec<_>>().join(" && ");
+        let filters: Vec<Option<String>> = self
+            .events
+            .iter()
+            .map(|e| match (e.definition.kind, &e.filter) {
+                (EventKind::Uprobe, Some(f)) => Some(format!("({f}) && {own}")),
+                (EventKind::Uprobe, None) => Some(own.clone()),
+                (_, f) => f.clone(),
+            })
+            .collect();
+        let ids: Vec<(u64, Option<&str>)> =
+            self.events.iter().zip(&filters).map(|(e, f)| (e.format.id, f.as_deref())).collect();
+        let rings = Rings::open(&ids, pid.unwrap_or(-1)).map_err(|e| match e {
+            // Say what the user wrote, not what dprobe added.
+            KernelError::Refused { definition, reason } => KernelError::Refused {
+                definition: self.events.iter().zip(&filters).fold(definition, |d, (e, f)| match (&e.filter, f) {
+                    (Some(user), Some(f)) if *user != *f => d.replace(f.as_str(), user),
+                    _ => d,
+                }),
+                reason,
+            },
+            e => e,
+        })?;
         rings.enable()?;
         self.rings = Some(rings);
         Ok(())
@@ -159,55 +319,103 @@ impl Session {
     /// with no free instance (`maxactive`, [`Stats::missed`]) and for an entry hits while
     /// another kprobe ran ([`Stats::reentered`]).
     pub fn kernel_counts(&self, index: usize) -> Option<Stats> {
-        let e = self.events.get(index)?;
-        let file = match e.definition.kind {
-            EventKind::Uprobe => "uprobe_profile",
-            EventKind::Kprobe => "kprobe_profile",
-            EventKind::Tracepoint => return None,
-        };
-        // uprobe_profile: `PATH EVENT HITS`; kprobe_profile: `EVENT HITS MISSES`.
-        self.tracefs.lines(file).iter().find_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == e.name || *w == format!("{}/{}", e.group, e.name))?;
-            let number = |i: usize| words.get(i).and_then(|w| w.parse().ok());
-            let (hits, missed) = (number(at + 1)?, number(at + 2).unwrap_or(0));
-            let mut stats = Stats { hits, placement: Placement::InKernel, ..Stats::default() };
-            if e.definition.is_return {
-                stats.missed = missed;
-            } else {
-                stats.reentered = missed;
-            }
-            Some(stats)
-        })
+        self.all_kernel_counts().get(index).cloned().flatten()
+    }
+
+    /// [`Session::kernel_counts`] of every event, in order, reading each profile file once.
+    /// The kernel counts every hit of a probe, in every process: also those its filters
+    /// dropped, a full buffer lost, and for a return probe, entries (returned or not).
+    pub fn all_kernel_counts(&self) -> Vec<Option<Stats>> {
+        let mut profiles: [Option<Vec<String>>; 2] = Default::default();
+        self.events
+            .iter()
+            .map(|e| {
+                let (slot, file) = match e.definition.kind {
+                    EventKind::Uprobe => (0, "uprobe_profile"),
+                    EventKind::Kprobe => (1, "kprobe_profile"),
+                    EventKind::Tracepoint => return None,
+                };
+                let lines = profiles[slot].get_or_insert_with(|| self.tracefs.lines(file));
+                // uprobe_profile: `PATH EVENT HITS`; kprobe_profile: `EVENT HITS MISSES`. EVENT
+                // is the name alone, which is unique to the session.
+                lines.iter().find_map(|line| {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let at = words.iter().position(|w| *w == e.name)?;
+                    let number = |i: usize| words.get(i).and_then(|w| w.parse().ok());
+                    let (hits, missed) = (number(at + 1)?, number(at + 2).unwrap_or(0));
+                    let mut stats = Stats { hits, placement: Placement::InKernel, ..Stats::default() };
+                    if e.definition.is_return {
+                        stats.missed = missed;
+                    } else {
+                        stats.reentered = missed;
+                    }
+                    Some(stats)
+                })
+            })
+            .collect()
     }
 
     /// Stop recording and remove every event of the session (also done on drop).
     pub fn close(&mut self) -> Result<(), KernelError> {
+        // The kernel removes a user-space probe at the close of its last perf user, waiting
+        // for a grace period (about a tenth of a second, one removal at a time).
         self.rings = None;
         let mut first_error = None;
-        for e in self.events.drain(..) {
-            let file = match e.definition.kind {
-                EventKind::Uprobe => "uprobe_events",
-                EventKind::Kprobe => "kprobe_events",
-                EventKind::Tracepoint => continue,
-            };
-            // The kernel may still be letting go of the event's perf users (EBUSY): retry a
+        for kind in [EventKind::Uprobe, EventKind::Kprobe] {
+            let names: Vec<&str> =
+                self.events.iter().filter(|e| e.definition.kind == kind).map(|e| e.name.as_str()).collect();
+            if names.is_empty() {
+                continue;
+            }
+            // The kernel may still be letting go of an event's perf users (EBUSY): retry a
             // little before reporting.
-            let line = format!("-:{}/{}", e.group, e.name);
-            let mut result = self.tracefs.define(file, &line);
+            let mut result = self.remove(event_file(kind), &names);
             for _ in 0..20 {
                 if result.is_ok() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                result = self.tracefs.define(file, &line);
+                result = self.remove(event_file(kind), &names);
             }
             if let Err(err) = result {
                 first_error.get_or_insert(err);
             }
         }
+        self.events.clear();
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The threads of this process (the process id alone if they cannot be listed).
+fn own_threads() -> Vec<u32> {
+    let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    if tids.is_empty() {
+        tids.push(std::process::id());
+    }
+    tids.sort_unstable();
+    tids
+}
+
+fn event_file(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Kprobe => "kprobe_events",
+        _ => "uprobe_events",
+    }
+}
+
+/// The `(group, name)` of each event defined in `file`: `p:GROUP/NAME ...` or `r...`.
+fn defined_events(tracefs: &Tracefs, file: &str) -> Vec<(String, String)> {
+    tracefs
+        .lines(file)
+        .iter()
+        .filter_map(|line| {
+            let event = line.split_whitespace().next()?.split_once(':')?.1;
+            let (group, name) = event.split_once('/')?;
+            Some((group.to_owned(), name.to_owned()))
+        })
+        .collect()
 }
 
 impl Drop for Session {
@@ -236,17 +444,18 @@ fn missing_dynamic_events(kind: EventKind) -> KernelError {
 /// Remove the dynamic events of groups `dprobe_PID_N` whose process is gone.
 fn remove_stale_groups(tracefs: &Tracefs) {
     for file in ["uprobe_events", "kprobe_events"] {
-        for line in tracefs.lines(file) {
-            // `p:dprobe_1234/p0 /path:0x...` or `r:...`
-            let Some(event) = line.split_whitespace().next().and_then(|w| w.split_once(':')).map(|(_, e)| e) else {
-                continue;
-            };
-            let Some((group, _)) = event.split_once('/') else { continue };
-            let owner = group.strip_prefix(GROUP_PREFIX).and_then(|rest| rest.split('_').next());
-            let Some(pid) = owner.and_then(|p| p.parse::<u32>().ok()) else { continue };
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = tracefs.define(file, &format!("-:{event}"));
-            }
+        let stale: Vec<String> = defined_events(tracefs, file)
+            .into_iter()
+            .filter(|(group, _)| {
+                let owner = group.strip_prefix(GROUP_PREFIX).and_then(|rest| rest.split('_').next());
+                owner
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            })
+            .map(|(group, name)| format!("-:{group}/{name}"))
+            .collect();
+        if !stale.is_empty() {
+            let _ = tracefs.define_all(file, &stale);
         }
     }
 }

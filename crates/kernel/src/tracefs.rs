@@ -47,6 +47,26 @@ impl Tracefs {
         })
     }
 
+    /// Append definition lines to `file` in one write: the kernel takes them in order and
+    /// stops at the first it refuses (those before it stay defined). A refusal names the
+    /// line refused and carries the kernel's explanation.
+    pub fn define_all(&self, file: &str, lines: &[String]) -> Result<(), KernelError> {
+        let path = self.path(file);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| self.open_error(&path, e))?;
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        f.write_all(text.as_bytes()).map_err(|e| {
+            let reason = self.last_error().unwrap_or_else(|| e.to_string());
+            // The kernel's log quotes the command it refused.
+            let definition = lines
+                .iter()
+                .find(|l| self.last_command().is_some_and(|c| c.trim() == l.trim()))
+                .or(lines.first().filter(|_| lines.len() == 1))
+                .cloned()
+                .unwrap_or_else(|| format!("{} definitions", lines.len()));
+            KernelError::Refused { definition, reason }
+        })
+    }
+
     /// The format of event `group/name`.
     pub fn format(&self, group: &str, name: &str) -> Result<EventFormat, KernelError> {
         let path = self.path(&format!("events/{group}/{name}/format"));
@@ -75,6 +95,13 @@ impl Tracefs {
         let i = lines.iter().rposition(|l| l.contains("error:"))?;
         let message = lines[i].split_once("error:").map(|(_, m)| m.trim().to_owned())?;
         Some(message)
+    }
+
+    /// The command quoted under the last message of `error_log` (`  Command: p:...`).
+    fn last_command(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.path("error_log")).ok()?;
+        let line = log.lines().rev().find(|l| l.trim_start().starts_with("Command:"))?;
+        Some(line.trim_start().trim_start_matches("Command:").trim().to_owned())
     }
 
     fn open_error(&self, path: &Path, e: std::io::Error) -> KernelError {

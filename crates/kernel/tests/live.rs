@@ -181,3 +181,77 @@ fn a_slow_consumer_loses_records_and_counts_every_one() {
     assert_eq!(received + lost, 100_001, "every record is either read or counted as lost");
     assert_eq!(s.kernel_counts(0).unwrap().hits, 100_001);
 }
+
+#[test]
+fn strings_the_kernel_cuts_or_cannot_read_are_told_apart() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/strings.c");
+    let prog = dprobe_test_fixtures::c_program(src, "strings", &["-O2"]);
+    let mut s = Session::new().unwrap();
+    // The thread's name before and after the string: the one after has no room left when the
+    // string is too long.
+    let spec = format!("{prog}:show c=$comm s=+0($arg1):string i=$arg2:s64 after=$comm");
+    s.add(&parse_probe(&spec).unwrap(), None, None).unwrap();
+    s.start(None).unwrap();
+    // show("", 0), show(NULL, 1), show(10 MB of 'A', 2), show("short", 3).
+    assert!(Command::new(prog).arg("10000000").status().unwrap().success());
+    let seen = std::cell::RefCell::new(Vec::new());
+    poll_until(
+        &mut s,
+        |hit| seen.borrow_mut().push((hit.field("i"), hit.field("c"), hit.field("s"), hit.field("after"))),
+        || seen.borrow().len() >= 4,
+    );
+    let seen = seen.into_inner();
+    let name = || Some(FieldValue::Str(b"strings".to_vec()));
+    let ints: Vec<_> = seen.iter().map(|v| v.0.clone()).collect();
+    assert_eq!(ints, (0..4).map(|i| Some(FieldValue::Signed(i))).collect::<Vec<_>>());
+    assert!(seen.iter().all(|v| v.1 == name()), "the name first always fits: {seen:?}");
+    assert_eq!(seen[0].2, Some(FieldValue::Str(Vec::new())), "empty");
+    assert_eq!(seen[1].2, Some(FieldValue::Fault), "NULL");
+    match &seen[2].2 {
+        Some(FieldValue::Truncated(a)) => assert!(a.iter().all(|&c| c == b'A'), "{a:?}"),
+        other => panic!("10 MB: {other:?}"),
+    }
+    assert_eq!(seen[3].2, Some(FieldValue::Str(b"short".to_vec())));
+    let afters: Vec<_> = seen.iter().map(|v| v.3.clone()).collect();
+    assert_eq!(afters, vec![name(), name(), Some(FieldValue::Truncated(Vec::new())), name()]);
+}
+
+#[test]
+fn two_sessions_at_once_each_count_their_own_hits() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = parse_probe(&format!("{}:greet", greet())).unwrap();
+    let mut first = Session::new().unwrap();
+    first.add(&spec, None, None).unwrap();
+    first.start(None).unwrap();
+    assert!(Command::new(greet()).args(["a", "70"]).status().unwrap().success());
+    let mut second = Session::new().unwrap();
+    second.add(&spec, None, None).unwrap();
+    second.start(None).unwrap();
+    assert!(Command::new(greet()).args(["b", "20"]).status().unwrap().success());
+    assert_eq!(first.kernel_counts(0).unwrap().hits, 90);
+    assert_eq!(second.kernel_counts(0).unwrap().hits, 20);
+    let received = |s: &mut Session, n: u64| {
+        let count = std::cell::Cell::new(0u64);
+        poll_until(s, |_| count.set(count.get() + 1), || count.get() >= n);
+        count.get()
+    };
+    assert_eq!((received(&mut first, 90), received(&mut second, 20)), (90, 20));
+}
+
+#[test]
+fn dprobe_own_calls_are_left_out_of_system_wide_probes() {
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Session::new().unwrap();
+    s.add(&parse_probe("libc:getpid").unwrap(), None, None).unwrap();
+    s.start(None).unwrap();
+    for _ in 0..1000 {
+        // SAFETY: getpid has no preconditions.
+        std::hint::black_box(unsafe { libc::getpid() });
+    }
+    let own = std::process::id();
+    let mut from_self = 0;
+    s.poll(0, &mut |hit| from_self += u32::from(hit.pid == own)).unwrap();
+    assert!(s.kernel_counts(0).unwrap().hits >= 1000, "the probe was hit in this process");
+    assert_eq!(from_self, 0, "but its events were filtered out in the kernel");
+}
