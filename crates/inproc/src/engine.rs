@@ -159,6 +159,7 @@ impl Engine {
 
     /// Resolve a target to an address without registering anything.
     pub fn resolve(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
+        let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
         Ok(locate(&mut st, &maps, target)?.0)
@@ -167,6 +168,7 @@ impl Engine {
     /// Resolve `target` and check that it is the first instruction of a function (after an
     /// `endbr64`, the instruction after it counts as the entry too).
     pub fn function_entry(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
+        let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
         let (addr, _, _) = locate(&mut st, &maps, target)?;
@@ -188,6 +190,7 @@ impl Engine {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
+        let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
         let mut placed = Vec::with_capacity(probes.len());
@@ -232,6 +235,7 @@ impl Engine {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
+        let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
         let mut lists = BTreeMap::new();
@@ -256,6 +260,7 @@ impl Engine {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
+        let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
         let (addr, entry) = st
@@ -303,6 +308,7 @@ impl Engine {
     /// Address ranges that can never be probed: dprobe's own hit path in the loaded objects,
     /// with the reason (the kernel's `kprobes/blacklist`).
     pub fn blacklist(&self) -> Result<Vec<(Addr, Addr, String)>, ProbeError> {
+        let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
         let symbols = st.symbols.insert(Symbols::load(&maps));

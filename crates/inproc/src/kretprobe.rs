@@ -198,13 +198,12 @@ impl KretInner {
         if now < last + 10 || self.last_dead_thread_scan.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
             return;
         }
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
+        let pid = sys::own_pid();
         for inst in self.pool.iter().filter(|i| i.in_use.load(Acquire)) {
             let tid = inst.owner.load(Relaxed) as libc::pid_t;
             // SAFETY: signal 0 only checks that the thread exists.
-            let gone = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            let gone = unsafe { sys::raw_syscall6(libc::SYS_tgkill, [pid as u64, tid as u64, 0, 0, 0, 0]) }
+                == -i64::from(libc::ESRCH);
             if gone && inst.owner.load(Relaxed) as libc::pid_t == tid {
                 inst.in_use.store(false, Release);
                 self.stale.fetch_add(1, Relaxed);
@@ -739,6 +738,7 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     if trap::in_handler() {
         return Err(ProbeError::InHandler);
     }
+    let _own = trap::OwnWork::enter();
     check_shadow_stack()?;
     let engine = Engine::global()?;
     let addr = engine.function_entry(&probe.target)?;
@@ -854,6 +854,7 @@ impl ReturnProbe {
     }
 
     fn unregister_now(&mut self) -> Result<(), ProbeError> {
+        let _own = trap::OwnWork::enter();
         if let Some(entry) = self.entry.take() {
             let final_entry = entry.unregister()?;
             // Keep the calls missed inside handlers in the totals.

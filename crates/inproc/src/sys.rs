@@ -66,20 +66,53 @@ fn copy_own_memory(addr: Addr, local: libc::iovec, write: bool) -> Result<(), Me
         return Ok(());
     }
     let remote = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: len };
+    let (number, pid) = (if write { libc::SYS_process_vm_writev } else { libc::SYS_process_vm_readv }, own_pid());
     // SAFETY: `local` describes a buffer the caller owns for the duration of the call
     // (mutably for reads); the kernel validates `remote`.
     let n = unsafe {
-        if write {
-            libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
-        } else {
-            libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
-        }
+        raw_syscall6(
+            number,
+            [pid as u64, &local as *const libc::iovec as u64, 1, &remote as *const libc::iovec as u64, 1, 0],
+        )
     };
-    if n == len as isize {
+    if n == len as i64 {
         Ok(())
     } else {
         Err(MemoryFault { addr, len, write })
     }
+}
+
+/// This process's id, from the kernel itself: the hit path calls no C library function,
+/// which the user may have probed (`getpid`). Async-signal-safe.
+pub fn own_pid() -> libc::pid_t {
+    // SAFETY: getpid takes no argument and touches no memory.
+    unsafe { raw_syscall6(libc::SYS_getpid, [0; 6]) as libc::pid_t }
+}
+
+/// A system call made by the `syscall` instruction itself, not through the C library's
+/// wrappers (which a probe may sit on); returns the kernel's result (`-errno` on failure).
+///
+/// # Safety
+/// As for the system call `number` with these arguments.
+pub(crate) unsafe fn raw_syscall6(number: libc::c_long, args: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller vouches for the call; `syscall` clobbers rcx and r11 only.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
 }
 
 /// Map one page of `r-x` memory at exactly `addr` (never replacing an existing mapping).

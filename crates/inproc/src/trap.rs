@@ -25,6 +25,30 @@ thread_local! {
     /// The thread's alternate signal stack `(base, size)` at the current hit (size 0: none;
     /// `None`: not known without asking the kernel, as on the jump path).
     static TRAPPED_ALTERNATE_STACK: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+    /// Depth of dprobe's own work (registering, unregistering) on this thread: the probes it
+    /// passes through (its `open` of `/proc/self/maps`, a `getpid`) run no handler and count
+    /// nothing, so that the user's figures are the program's alone.
+    static OWN_WORK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as doing dprobe's own work while it lives.
+pub(crate) struct OwnWork;
+
+impl OwnWork {
+    pub(crate) fn enter() -> OwnWork {
+        OWN_WORK.with(|c| c.set(c.get() + 1));
+        OwnWork
+    }
+}
+
+impl Drop for OwnWork {
+    fn drop(&mut self) {
+        OWN_WORK.with(|c| c.set(c.get() - 1));
+    }
+}
+
+fn in_own_work() -> bool {
+    OWN_WORK.with(|c| c.get()) > 0
 }
 
 /// The thread's alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
@@ -116,7 +140,8 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
 
 /// What the entry dispatch did.
 pub(crate) enum Dispatch {
-    /// The hit came from inside a handler: no handler ran, the probes counted it as missed.
+    /// No handler ran: the hit came from inside a handler (the probes counted it as missed),
+    /// or from dprobe's own work (not counted).
     Missed,
     /// The pre-handlers ran.
     Ran(PreOutcome),
@@ -132,6 +157,10 @@ pub(crate) fn dispatch_entry<R>(
     then: impl FnOnce(&mut Regs, Dispatch) -> R,
 ) -> R {
     TRAPPED_ALTERNATE_STACK.with(|c| c.set(alternate_stack));
+    if in_own_work() {
+        // dprobe's own call: not the program's, not a hit (nothing counted).
+        return then(regs, Dispatch::Missed);
+    }
     if in_handler() {
         site.miss();
         return then(regs, Dispatch::Missed);
