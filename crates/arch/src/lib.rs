@@ -40,6 +40,7 @@ mod analyze;
 mod detour;
 mod emulate;
 mod error;
+mod kernel_uprobe;
 mod memory;
 mod optimize;
 mod patch;
@@ -57,6 +58,7 @@ pub use analyze::{
 pub use detour::{detour_code, Detour, DETOUR_ENTRY, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW};
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
+pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault};
 pub use optimize::{can_optimize, one_instruction, NotOptimized, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};

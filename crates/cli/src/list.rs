@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context as _, Result};
-use dprobe_arch::{analyze, can_optimize, describe, one_instruction, plan, ExecPlan, SlotEnding};
+use dprobe_arch::{
+    analyze, can_optimize, describe, kernel_uprobe_refusal, one_instruction, plan, ExecPlan, SlotEnding,
+};
 use dprobe_spec::{glob, parse_target, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
@@ -120,6 +122,9 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
                 Err(why) => format!("; in process, not jump-optimized: {why}"),
             };
             writeln!(out, "{here}: `{}` can be probed: {how}{jump}", describe(&bytes[at..], addr))?;
+            if let Some(why) = kernel_uprobe_refusal(&bytes, f.start, addr, dprobe_kernel::kernel_optimizes_nop5()) {
+                writeln!(out, "  but not by the kernel engine (-a): {why}")?;
+            }
             Ok(0)
         }
         Err(e) => {

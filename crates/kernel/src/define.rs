@@ -2,7 +2,7 @@
 //! with the parts the kernel does not take translated (`$argN` becomes the register or stack
 //! slot of the x86-64 calling convention; a user function becomes `PATH:FILE_OFFSET`).
 
-use dprobe_arch::analyze;
+use dprobe_arch::{analyze, kernel_uprobe_refusal};
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Target};
 use dprobe_sym::{ObjectName, ResolveError, Symbols};
 
@@ -170,8 +170,23 @@ fn user_place(binary: Option<&str>, function: &str, offset: u64) -> Result<(Stri
         what: format!("`{}+{:#x}` in `{path}`", f.name, target.offset),
         why: e.to_string(),
     })?;
+    // What the kernel would refuse only once a process maps the file (the probe would then
+    // never fire) is refused here, with the reason.
+    if let Some(why) = kernel_uprobe_refusal(&code, f.start, target.addr, kernel_optimizes_nop5()) {
+        return Err(KernelError::Unsupported {
+            what: format!("`{}+{:#x}` in `{path}`", f.name, target.offset),
+            why: why.to_string(),
+        });
+    }
     let shown = format!("{path}:{}+{:#x}", f.name, target.offset);
     Ok((path, target.file_offset, shown))
+}
+
+/// Whether this kernel turns a uprobe on a 5-byte nop into a call (Linux 6.18 and later).
+pub fn kernel_optimizes_nop5() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 18)
 }
 
 fn read_at(path: &str, offset: u64, len: usize) -> Result<Vec<u8>, KernelError> {

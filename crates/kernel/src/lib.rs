@@ -22,7 +22,7 @@ mod perf;
 mod session;
 mod tracefs;
 
-pub use define::{definition, Definition, EventKind};
+pub use define::{definition, kernel_optimizes_nop5, Definition, EventKind};
 pub use engine::{KernelEngine, KernelOptions};
 pub use error::KernelError;
 pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
