@@ -137,8 +137,13 @@ impl ListArgs {
     }
 }
 
+/// The longest `--duration`: far beyond any trace, far below where adding it to the clock
+/// would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// `10`, `2.5s`, `500ms`, `1m`: a number of seconds, or a duration as `humantime` reads it
-/// in the units that make sense for a trace (ns, us, ms, s, m, min, h).
+/// in the units that make sense for a trace (ns, us, ms, s, m, min, h), up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     const UNITS: [&str; 9] = ["ns", "us", "ms", "s", "sec", "m", "min", "h", "hr"];
     let not_a_duration = || format!("`{text}` is not a duration (10, 2.5s, 500ms, 1m)");
@@ -151,9 +156,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("unknown unit `{unit}` in `{text}` (ms, s, m, h)"));
     }
     let with_unit = if unit.is_empty() { format!("{text}s") } else { text.to_owned() };
-    let d = humantime::parse_duration(&with_unit).map_err(|_| not_a_duration())?;
+    let too_long = || format!("`{text}` is too long (at most 100 years)");
+    let d = humantime::parse_duration(&with_unit).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => too_long(),
+        _ => not_a_duration(),
+    })?;
     if d.is_zero() {
         return Err(format!("`{text}` is not a positive duration"));
+    }
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(d)
 }
@@ -173,5 +185,22 @@ mod tests {
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit `y`"));
         assert!(parse_duration("0").unwrap_err().contains("not a positive duration"));
         assert!(parse_duration("1.2.3s").is_err());
+    }
+
+    #[test]
+    fn durations_past_the_bound_are_refused_not_a_panic() {
+        let cases = [
+            "18446744073709551615s",
+            "18446744073709551616s",
+            "9300000000000000000s",
+            "3153600001s",
+            "99999999999999999999999999h",
+            "5000000000000000000000000000000000000000ms",
+        ];
+        for text in cases {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.contains("is too long (at most 100 years)"), "{text}: {e}");
+        }
+        assert_eq!(parse_duration("3153600000s"), Ok(MAX_DURATION));
     }
 }

@@ -35,6 +35,10 @@ fn each_bad_input_gets_its_specific_message() {
         (&["--filter", "x == ", "probed x=$arg1", "--", t], "bad filter:"),
         (&["--duration", "abc", "probed", "--", t], "`abc` is not a duration"),
         (&["--duration", "5y", "probed", "--", t], "unknown unit `y`"),
+        (&["-d", "18446744073709551615s", "probed", "--", t], "is too long (at most 100 years)"),
+        (&["-d", "9300000000000000000s", "probed", "--", t], "is too long (at most 100 years)"),
+        (&["-f", &"(".repeat(60_000), "probed x=$arg1", "--", t], "the filter is nested too deeply"),
+        (&["-f", &"!".repeat(100_000), "probed x=$arg1", "--", t], "the filter is nested too deeply"),
         (&["-p", "1", "probed", "--", t], "'--pid <PID>' cannot be used with"),
         (&["probed"], "nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
         (&["--hist", "y", "probed x=$arg1", "--", t], "--hist y: no probe fetches a value named `y` (fetched: x)"),
@@ -119,4 +123,21 @@ fn a_list_read_by_head_ends_quietly() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&o.stderr), "", "no error for a reader that stopped reading");
+}
+
+#[test]
+fn list_says_which_places_the_kernel_engine_cannot_probe() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/refused.c");
+    let program = dprobe_test_fixtures::c_program(src, "refused", &["-O2"]);
+    let cases: &[(&str, Option<&str>)] =
+        &[("vex_first+0", Some("VEX/EVEX-encoded")), ("lock_first+0", Some("`lock`-prefixed")), ("plain+0", None)];
+    for (place, refusal) in cases {
+        let o = dprobe(&["list", program, place]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "the other engines can: {text}");
+        match refusal {
+            Some(why) => assert!(text.contains("but not by the kernel engine (-a): ") && text.contains(why), "{text}"),
+            None => assert!(!text.contains("kernel engine"), "{text}"),
+        }
+    }
 }
