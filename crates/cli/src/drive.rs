@@ -84,10 +84,18 @@ pub fn drive<E: Engine>(
     };
     let deadline = args.duration.map(|d| Instant::now() + d);
     report.start = Instant::now();
-    let outcome = engine
-        .run(&mut || signals::requested().is_some() || deadline.is_some_and(|d| Instant::now() >= d), &mut |event| {
-            report.event(event)
-        });
+    // An output that cannot be written ends the trace (the program is let go as on Ctrl-C).
+    let output_failed = std::cell::Cell::new(false);
+    let outcome = engine.run(
+        &mut || signals::requested().is_some() || output_failed.get() || deadline.is_some_and(|d| Instant::now() >= d),
+        &mut |event| {
+            report.event(event);
+            output_failed.set(report.write_error().is_some());
+        },
+    );
+    // The trace's own time: removing probes afterwards (the kernel's, a tenth of a second
+    // each) is not part of it.
+    let elapsed = report.start.elapsed();
     let lines: Vec<ProbeLine> = (report.probes.iter().enumerate())
         .map(|(i, p)| ProbeLine {
             spec: p.info.spec.clone(),
@@ -112,11 +120,20 @@ pub fn drive<E: Engine>(
         (_, Ok(exit)) => *exit,
         _ => None,
     };
-    let elapsed = report.start.elapsed();
     let failure = outcome.as_ref().err().map(|e| e as &dyn Display);
     let ending = ending_text(&scope, failure, stopped_by, exit, elapsed);
     let text = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());
-    report.finish(&text);
+    let write_error = report.finish(&text);
+    if let Some(e) = write_error {
+        // A reader that went away (`| head`) ends the trace quietly; any other failure
+        // (a full disk) is an error, said where it can still be read.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(exit.map_or(0, Exit::shell_status));
+        }
+        let to = args.output.as_ref().map_or_else(|| "standard error".to_owned(), |p| p.display().to_string());
+        eprintln!("dprobe: cannot write to {to}: {e}; the trace was ended and every probe removed");
+        return Ok(1);
+    }
     if let Err(e) = finished {
         match scope {
             Scope::Process(pid) => eprintln!("dprobe: detaching from process {pid} failed: {e}"),

@@ -119,9 +119,14 @@ impl Report {
         }
     }
 
-    /// Write the closing text.
-    pub fn finish(&mut self, text: &str) {
-        self.lines.finish(text);
+    /// Write the closing text; the first error writing the output, if any.
+    pub fn finish(&mut self, text: &str) -> Option<std::io::Error> {
+        self.lines.finish(text)
+    }
+
+    /// The error that made writing the output fail, if one did (the trace then ends).
+    pub fn write_error(&self) -> Option<&std::io::Error> {
+        self.lines.error()
     }
 
     /// Whether a filter is set.

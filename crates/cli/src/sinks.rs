@@ -46,18 +46,19 @@ pub struct Lines {
     out: Box<dyn Write>,
     format: Option<Format>,
     line: String,
-    failed: bool,
+    /// The first error writing `out`: it ends the trace.
+    error: Option<std::io::Error>,
 }
 
 impl Lines {
     /// Lines in `format` (none: only the summary) to `out`.
     pub fn new(out: Box<dyn Write>, format: Option<Format>) -> Lines {
-        Lines { out, format, line: String::new(), failed: false }
+        Lines { out, format, line: String::new(), error: None }
     }
 
     /// Write one event.
     pub fn take(&mut self, e: &Passed<'_>) {
-        let Some(format) = self.format.filter(|_| !self.failed) else { return };
+        let Some(format) = self.format.filter(|_| self.error.is_none()) else { return };
         let ev = e.event;
         let line = Line {
             time: e.time,
@@ -74,14 +75,24 @@ impl Lines {
             Format::Json => output::json(&line, &mut self.line),
             Format::Human => output::human(&line, &mut self.line),
         }
-        // A closed output (`| head`) ends printing, not tracing.
-        self.failed = self.out.write_all(self.line.as_bytes()).is_err();
+        if let Err(e) = self.out.write_all(self.line.as_bytes()) {
+            self.error = Some(e);
+        }
     }
 
-    /// Write the closing text.
-    pub fn finish(&mut self, text: &str) {
-        let _ = self.out.write_all(text.as_bytes());
-        let _ = self.out.flush();
+    /// The error that made writing fail, if one did (the trace then ends).
+    pub fn error(&self) -> Option<&std::io::Error> {
+        self.error.as_ref()
+    }
+
+    /// Write the closing text (unless writing already failed); the first write error, if any.
+    pub fn finish(&mut self, text: &str) -> Option<std::io::Error> {
+        if self.error.is_none() {
+            if let Err(e) = self.out.write_all(text.as_bytes()).and_then(|()| self.out.flush()) {
+                self.error = Some(e);
+            }
+        }
+        self.error.take()
     }
 }
 

@@ -158,11 +158,17 @@ fn json_events_are_one_object_per_line() {
 fn killing_the_tracee_ends_dprobe_with_its_summary() {
     let out = out_file("killed");
     let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
-        .args(["trace", "--count", "-o", out.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
+        .args(["trace", "-o", out.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Kill it once it is traced and its calls seen, however long that takes; the deadline
+    // only keeps a broken run from hanging.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains(" call probed(") {
+        assert!(std::time::Instant::now() < deadline, "no call came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dprobe.id())).unwrap();
     let tracee: i32 = children.split_whitespace().next().expect("the tracee").parse().unwrap();
     // SAFETY: kills the program dprobe started.
@@ -172,4 +178,36 @@ fn killing_the_tracee_ends_dprobe_with_its_summary() {
     assert_eq!(status.code(), Some(128 + 9), "{text}");
     assert!(text.contains(&format!("process {tracee} was killed by SIGKILL")), "{text}");
     assert!(hits(&text, "probed") > 0, "{text}");
+}
+
+#[test]
+fn an_output_that_cannot_be_written_ends_the_trace_with_an_error() {
+    for mode in [&[][..], &["--count"][..]] {
+        let mut args = vec!["trace", "-o", "/dev/full"];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["probed", "--", target(), "loop", "1000"]);
+        let o = common::dprobe(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{mode:?}: {stderr}");
+        assert!(stderr.contains("dprobe: cannot write to /dev/full: No space left on device"), "{mode:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_trace_quietly() {
+    use std::io::BufRead;
+    let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "-o", "/dev/stdout", "probed", "--", target(), "loop", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(d.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains(" call probed("), "{first}");
+    // The reader is gone (its end of the pipe closed when it was dropped).
+    let o = d.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("Broken pipe") && !stderr.contains("dprobe:"), "{stderr}");
 }
