@@ -141,3 +141,17 @@ fn list_says_which_places_the_kernel_engine_cannot_probe() {
         }
     }
 }
+
+#[test]
+fn a_zombie_is_called_a_zombie() {
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    let pid = zombie.id();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z") {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let o = dprobe(&["trace", "-p", &pid.to_string(), "main"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    zombie.wait().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("cannot trace process {pid}: it has exited (a zombie")), "{stderr}");
+}

@@ -171,3 +171,17 @@ fn counts_are_of_the_traced_threads_only_with_the_reason_for_any_gap() {
         assert!(!out.contains("buffers were full"), "no loss to speak of: {out}");
     }
 }
+
+#[test]
+fn a_user_without_root_is_told_tracefs_is_for_root() {
+    use std::os::unix::process::CommandExt;
+    let o = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "-a", "--count", "-d", "100ms", "tracepoint:sched:sched_switch"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tracefs is mounted on /sys/kernel/tracing but only root may use it"), "{stderr}");
+}

@@ -18,8 +18,16 @@ impl Tracefs {
     /// Find tracefs, mounting it on `/sys/kernel/tracing` when it is not mounted.
     pub fn open() -> Result<Tracefs, KernelError> {
         for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-            if Path::new(root).join("events").is_dir() {
-                return Ok(Tracefs { root: root.into() });
+            match std::fs::metadata(Path::new(root).join("events")) {
+                Ok(m) if m.is_dir() => return Ok(Tracefs { root: root.into() }),
+                // Mounted, but closed to this user (tracefs is mode 0700 by default).
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(KernelError::Permission(format!(
+                        "tracefs is mounted on {root} but only root may use it: the kernel engine needs root \
+                         (CAP_SYS_ADMIN and CAP_PERFMON)"
+                    )))
+                }
+                _ => {}
             }
         }
         mount("/sys/kernel/tracing")?;

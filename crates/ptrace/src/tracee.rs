@@ -444,6 +444,11 @@ fn refusal_reason(pid: i32) -> String {
     if let Some(t) = tracer_of(pid).filter(|t| *t != 0) {
         return format!("it is already traced by process {t}");
     }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+        return "it has exited (a zombie: its parent has not collected its status yet): nothing is left to trace"
+            .into();
+    }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if cmdline.is_empty() {
         return "it is a kernel thread (kernel functions are probed with the kernel engine: --system-wide)".into();
