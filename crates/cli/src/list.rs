@@ -69,7 +69,9 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
 
 fn matches(f: &Function, pattern: &str) -> bool {
     let p = pattern.as_bytes();
-    glob(p, f.name.as_bytes()) || f.demangled.as_deref().is_some_and(|d| glob(p, d.as_bytes()))
+    glob(p, f.name.as_bytes())
+        || f.demangled.as_deref().is_some_and(|d| glob(p, d.as_bytes()))
+        || f.short_name().is_some_and(|d| glob(p, d.as_bytes()))
 }
 
 fn shown_name(f: &Function) -> String {

@@ -155,3 +155,11 @@ fn a_zombie_is_called_a_zombie() {
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("cannot trace process {pid}: it has exited (a zombie")), "{stderr}");
 }
+
+#[test]
+fn list_finds_cpp_functions_by_the_name_probes_use() {
+    let o = dprobe(&["list", common::operators(), "operator+"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["operators:operator+(Money, Money)"], "{text}");
+}

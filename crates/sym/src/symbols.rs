@@ -54,6 +54,11 @@ impl Function {
         }
     }
 
+    /// The demangled name without its parameter list (`ns::Widget::draw`), as probes name it.
+    pub fn short_name(&self) -> Option<&str> {
+        self.demangled.as_deref().map(without_parameters)
+    }
+
     /// The object's file name (`libc.so.6`).
     pub fn object_file_name(&self) -> &str {
         self.object.rsplit('/').next().unwrap_or(&self.object)
