@@ -110,6 +110,14 @@ pub enum NotOptimized {
     /// through a return the shadow stack did not see, which would kill the process.
     #[error("the process runs with a CET shadow stack, which the detour's redirect would violate")]
     ShadowStack,
+    /// Inside a function on a CPU with AVX: the code may hold live `ymm`/`zmm` values, and the
+    /// detour saves `xmm0`-`xmm15` only, while a handler's library calls (`memcpy`, ...) may
+    /// change the upper halves. At a function's entry only arguments are live, in `xmm`.
+    #[error("{addr} is inside its function and the CPU has AVX: live ymm/zmm values would not survive the detour, which saves xmm0-15 only")]
+    LiveVectorState {
+        /// The probe address.
+        addr: Addr,
+    },
     /// The engine that placed the probe has no jump path.
     #[error("this engine places probes with int3 only")]
     Unsupported,
@@ -140,6 +148,15 @@ pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn
     // on where the engine finds a detour page.
     relocate(&window, addr)?;
     Ok(window)
+}
+
+/// Whether a detour that keeps `xmm0`-`xmm15` only may replace the code at `addr` of the
+/// function at `start`, on a CPU with AVX or without (see [`NotOptimized::LiveVectorState`]).
+pub fn keeps_vector_state(addr: Addr, start: Addr, cpu_has_avx: bool) -> Result<(), NotOptimized> {
+    if addr != start && cpu_has_avx {
+        return Err(NotOptimized::LiveVectorState { addr });
+    }
+    Ok(())
 }
 
 /// Whether dprobe's engines can put a jump over `window` (as [`can_optimize`] returned it):

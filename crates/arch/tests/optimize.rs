@@ -138,3 +138,13 @@ fn a_detour_skips_the_red_zone_calls_the_stub_and_runs_the_window_then_jumps_bac
     // A detour out of a jump's reach is refused.
     assert!(matches!(detour_code(F, &window, Addr(0x7f00_0000_0000), stub), Err(NotOptimized::NoDetourPage { .. })));
 }
+
+#[test]
+fn inside_a_function_on_an_avx_cpu_the_vector_state_keeps_the_probe_on_int3() {
+    let (start, inside) = (Addr(0x1000), Addr(0x1008));
+    assert_eq!(keeps_vector_state(start, start, true), Ok(()));
+    assert_eq!(keeps_vector_state(inside, start, false), Ok(()));
+    let refused = keeps_vector_state(inside, start, true).unwrap_err();
+    assert_eq!(refused, NotOptimized::LiveVectorState { addr: inside });
+    assert!(refused.to_string().contains("saves xmm0-15 only"), "{refused}");
+}

@@ -30,8 +30,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize, detour_code, disarm, endbr64_len, prepare, Addr, Detour, Insn, NotOptimized, Patch,
-    Prepared, SlotCode, SlotEnding, SLOT_SIZE,
+    analyze, arm, can_optimize, detour_code, disarm, endbr64_len, keeps_vector_state, prepare, Addr, Detour, Insn,
+    NotOptimized, Patch, Prepared, SlotCode, SlotEnding, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -547,7 +547,8 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Loca
         return Ok((addr, site.insn.clone(), site.window.clone()));
     }
     let insn = analyze(&code, f.start, addr)?;
-    let window = can_optimize(&code, f.start, addr);
+    let window = can_optimize(&code, f.start, addr)
+        .and_then(|w| keeps_vector_state(addr, f.start, std::arch::is_x86_feature_detected!("avx")).map(|()| w));
     Ok((addr, insn, window))
 }
 
