@@ -16,6 +16,7 @@ use crate::output;
 use crate::plan::{check_hist, parse_the_filter, Planned};
 use crate::report::Report;
 use crate::signals;
+use crate::sinks;
 use crate::summary::{self, ProbeLine};
 use crate::trace::mode;
 
@@ -58,7 +59,10 @@ fn prepare<E: Engine>(
     if let (Some(text), Some(f)) = (&args.filter, &filter) {
         engine.prefilter(f, text);
     }
-    let mut report = Report::new(out, mode(args), filter.is_some(), args.hist.clone(), args.latency);
+    let known: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
+    let by = crate::keys::parse_by(&args.by, &known)?;
+    let aggregates = sinks::aggregates(args.count, &args.hist, args.latency, &by, args.top);
+    let mut report = Report::new(out, mode(args), filter.is_some(), aggregates);
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
         let timed = args.latency && p.spec.kind == ProbeKind::Entry;

@@ -7,8 +7,11 @@
 //! dprobe list -p 1234 '*open*'
 //! ```
 
+mod aggregates;
+mod distribution;
 mod drive;
 mod histogram;
+mod keys;
 mod list;
 mod options;
 mod output;

@@ -62,12 +62,21 @@ pub struct TraceArgs {
     /// Count hits per probe, print the table at the end instead of each event.
     #[arg(short = 'c', long)]
     pub count: bool,
-    /// A log2 histogram of the fetched value NAME, instead of each event.
+    /// A histogram of the fetched value NAME (count, min, p50, p90, p99, max and log2
+    /// buckets), instead of each event. May be repeated.
     #[arg(long, value_name = "NAME")]
-    pub hist: Option<String>,
-    /// A log2 histogram of each function's time from entry to return, instead of each event.
+    pub hist: Vec<String>,
+    /// A histogram of each function's time from entry to return (count, min, p50, p90, p99,
+    /// max and log2 buckets, in ns), instead of each event.
     #[arg(long)]
     pub latency: bool,
+    /// Split --count, --hist and --latency by key: comm (thread name), pid, tid or a fetched
+    /// value's NAME, several with commas (`--by comm,tid`).
+    #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
+    pub by: Vec<String>,
+    /// With --by: keep the N keys with the most hits (per probe).
+    #[arg(long, value_name = "N", requires = "by")]
+    pub top: Option<usize>,
     /// Stop tracing after this long (`10`, `2.5s`, `500ms`, `1m`) and detach.
     #[arg(short = 'd', long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,

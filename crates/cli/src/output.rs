@@ -96,7 +96,8 @@ pub fn human(e: &Line<'_>, out: &mut String) {
     out.push('\n');
 }
 
-fn human_value(v: Fetched<'_>, out: &mut String) {
+/// A value as the human lines write it (strings quoted and escaped).
+pub fn human_value(v: Fetched<'_>, out: &mut String) {
     match v {
         Fetched::Int(raw, ty) => match ty {
             ArgType::X(_) => {

@@ -73,14 +73,20 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     Ok(planned)
 }
 
-/// `--hist NAME` must name a fetched value (tracepoint fields are checked once known).
+/// `--hist NAME` must name a fetched value, and so must `--by NAME` (tracepoint fields are
+/// checked once known); `--by` splits an aggregate.
 pub fn check_hist(args: &TraceArgs, planned: &[Planned]) -> Result<()> {
-    if let Some(field) = &args.hist {
-        if !planned.iter().any(|p| p.info.args.iter().any(|a| &a.name == field)) {
-            let known: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
+    let known: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
+    for field in &args.hist {
+        if !known.contains(&field.as_str()) {
             bail!("--hist {field}: no probe fetches a value named `{field}` (fetched: {})", list_or_none(&known));
         }
     }
+    let aggregates = args.count || args.latency || !args.hist.is_empty();
+    if !args.by.is_empty() && !aggregates {
+        bail!("--by splits --count, --hist or --latency; give one of them");
+    }
+    crate::keys::parse_by(&args.by, &known)?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Pairing, ProbeEvent, Side};
 
 use crate::output::ProbeInfo;
-use crate::sinks::{Aggregate, Format, LatencyHistograms, Lines, Passed, ValueHistograms};
+use crate::sinks::{Aggregate, Format, Lines, Passed};
 
 /// Pending entries kept for `--latency`, over all threads; more are dropped and counted.
 const MAX_PENDING: usize = 65_536;
@@ -53,19 +53,12 @@ pub struct Report {
 
 impl Report {
     /// A report writing to `out`.
-    pub fn new(out: Box<dyn Write>, mode: Mode, filtered: bool, hist_field: Option<String>, latency: bool) -> Report {
+    pub fn new(out: Box<dyn Write>, mode: Mode, filtered: bool, aggregates: Vec<Box<dyn Aggregate>>) -> Report {
         let format = match mode {
             Mode::Human => Some(Format::Human),
             Mode::Json => Some(Format::Json),
             Mode::Quiet => None,
         };
-        let mut aggregates: Vec<Box<dyn Aggregate>> = Vec::new();
-        if let Some(field) = hist_field {
-            aggregates.push(Box::new(ValueHistograms::new(field)));
-        }
-        if latency {
-            aggregates.push(Box::new(LatencyHistograms::default()));
-        }
         Report {
             lines: Lines::new(out, format),
             aggregates,
@@ -179,7 +172,12 @@ mod tests {
     #[test]
     fn entries_of_an_engine_that_does_not_pair_are_timed_to_their_returns() {
         let (i, args) = info("f x=$arg1:s64");
-        let mut r = Report::new(Box::new(Written::default()), Mode::Quiet, false, None, true);
+        let mut r = Report::new(
+            Box::new(Written::default()),
+            Mode::Quiet,
+            false,
+            crate::sinks::aggregates(false, &[], true, &[], None),
+        );
         r.add_probe(i, FetchPlan::compile(&args, None), true);
         let mut v = Values::with_capacity(1);
         v.push_int(1, ArgType::S(64));
@@ -193,7 +191,8 @@ mod tests {
         assert_eq!(hists.len(), 1);
         assert_eq!(hists[0].0, "latency of f (ns)");
         let table = &hists[0].1;
-        assert!(table.starts_with("[8, 16) ") && table.contains("\n[256, 512) "), "{table}");
+        assert!(table.starts_with("count 2, min 8, p50 8, p90 300, p99 300, max 300\n[8, 16) "), "{table}");
+        assert!(table.contains("\n[256, 512) "), "{table}");
     }
 
     #[test]
@@ -201,7 +200,7 @@ mod tests {
         let (i, args) = info("f x=$arg1:s64");
         let filter = parse_filter("x > 1", &["x"]).unwrap();
         let written = Written::default();
-        let mut r = Report::new(Box::new(written.clone()), Mode::Human, true, None, false);
+        let mut r = Report::new(Box::new(written.clone()), Mode::Human, true, Vec::new());
         r.add_probe(i, FetchPlan::compile(&args, Some(&filter)), false);
         for x in [1, 2, 3] {
             let mut v = Values::with_capacity(1);

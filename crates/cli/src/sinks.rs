@@ -1,13 +1,13 @@
 //! Where an event goes once it passed its probe's filter: a line (for people, or a JSON
-//! object), a histogram of one fetched value, a histogram of call latencies. Each keeps
-//! bounded state: one reused line buffer, one fixed-size histogram per probe.
+//! object), or an aggregate (see `aggregates`). Lines keep one reused buffer.
 
 use std::io::Write;
 use std::time::Duration;
 
 use dprobe_core::ProbeEvent;
 
-use crate::histogram::Log2Histogram;
+use crate::aggregates::{KeyCounts, LatencyHistograms, ValueHistograms};
+use crate::keys::KeyPart;
 use crate::output::{self, Line, ProbeInfo};
 
 /// An event that passed its probe's filter.
@@ -96,60 +96,24 @@ impl Lines {
     }
 }
 
-/// Grow `hists` to hold `index`.
-fn slot(hists: &mut Vec<Log2Histogram>, index: usize) -> &mut Log2Histogram {
-    if hists.len() <= index {
-        hists.resize_with(index + 1, Log2Histogram::default);
+/// The aggregates the options ask for: counts by key (`--count` alone is the summary's own
+/// table), a histogram per `--hist` value, call times; each split by `by`.
+pub fn aggregates(
+    count: bool,
+    hists: &[String],
+    latency: bool,
+    by: &[KeyPart],
+    top: Option<usize>,
+) -> Vec<Box<dyn Aggregate>> {
+    let mut all: Vec<Box<dyn Aggregate>> = Vec::new();
+    if count && !by.is_empty() {
+        all.push(Box::new(KeyCounts::new(by.to_vec(), top)));
     }
-    &mut hists[index]
-}
-
-/// `--hist NAME`: a histogram of the value `NAME` per probe.
-pub struct ValueHistograms {
-    field: String,
-    hists: Vec<Log2Histogram>,
-}
-
-impl ValueHistograms {
-    /// Histograms of the value named `field`.
-    pub fn new(field: String) -> ValueHistograms {
-        ValueHistograms { field, hists: Vec::new() }
+    for field in hists {
+        all.push(Box::new(ValueHistograms::new(field.clone(), by.to_vec(), top)));
     }
-}
-
-impl Aggregate for ValueHistograms {
-    fn take(&mut self, e: &Passed<'_>) {
-        let at = e.probe.args.iter().position(|a| a.name == self.field);
-        if let Some(v) = at.and_then(|i| e.event.values.get(i)).and_then(|v| v.as_i64()) {
-            slot(&mut self.hists, e.index).add(v);
-        }
+    if latency {
+        all.push(Box::new(LatencyHistograms::new(by.to_vec(), top)));
     }
-
-    fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
-        let used = self.hists.iter().zip(probes).filter(|(h, _)| h.total() > 0);
-        used.map(|(h, p)| {
-            let target = p.spec.split_whitespace().next().unwrap_or_default();
-            (format!("{} of {target}", self.field), h.render(""))
-        })
-        .collect()
-    }
-}
-
-/// `--latency`: a histogram of call times per probe, in nanoseconds.
-#[derive(Default)]
-pub struct LatencyHistograms {
-    hists: Vec<Log2Histogram>,
-}
-
-impl Aggregate for LatencyHistograms {
-    fn take(&mut self, e: &Passed<'_>) {
-        if let Some(l) = e.latency {
-            slot(&mut self.hists, e.index).add(l.as_nanos().min(i64::MAX as u128) as i64);
-        }
-    }
-
-    fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
-        let used = self.hists.iter().zip(probes).filter(|(h, _)| h.total() > 0);
-        used.map(|(h, p)| (format!("latency of {} (ns)", p.label), h.render(""))).collect()
-    }
+    all
 }

@@ -41,7 +41,7 @@ fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
 
 /// How events are shown, from the options.
 pub fn mode(args: &TraceArgs) -> Mode {
-    if args.count || args.hist.is_some() || args.latency {
+    if args.count || !args.hist.is_empty() || args.latency {
         Mode::Quiet
     } else if args.json {
         Mode::Json
@@ -103,7 +103,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             pid: args.pid,
             comm: args.comm.clone(),
             // The thread's name comes with each event when something shows or filters it.
-            with_comm: mode(&args) != Mode::Quiet || args.comm.is_some(),
+            with_comm: mode(&args) != Mode::Quiet || args.comm.is_some() || args.by.iter().any(|k| k == "comm"),
             command: args.command.clone(),
         };
         let scope = Scope::SystemWide { command: args.command.first().cloned() };

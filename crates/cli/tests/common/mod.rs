@@ -89,3 +89,9 @@ pub fn function_addr(pid: i32, name: &str) -> u64 {
     let maps = dprobe_sym::read_maps_of(pid as u32).unwrap();
     dprobe_sym::Symbols::load(&maps).find(name).unwrap().start.0
 }
+
+/// Four named threads calling `work(size)` known numbers of times (`workers.c` says which).
+pub fn workers() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/workers.c");
+    dprobe_test_fixtures::c_program(src, "workers", &["-O2", "-pthread"])
+}

@@ -1,0 +1,190 @@
+//! The aggregating sinks: counts by key (`--count --by`), histograms of a fetched value
+//! (`--hist NAME`) and of call times (`--latency`), each one per probe and key. The keys are
+//! bounded: past `MAX_KEYS` per probe, new keys are counted together as `(other)`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::distribution::Distribution;
+use crate::keys::{bracketed, key_of, KeyPart};
+use crate::output::ProbeInfo;
+use crate::sinks::{Aggregate, Passed};
+
+/// Distinct keys kept per probe.
+const MAX_KEYS: usize = 65_536;
+
+/// The key that stands for every key past `MAX_KEYS`.
+const OTHER: &str = "(other)";
+
+/// What each probe gathers, by key.
+struct Keyed<T> {
+    by: Vec<KeyPart>,
+    top: Option<usize>,
+    per_probe: Vec<HashMap<String, T>>,
+    key: String,
+}
+
+impl<T: Default> Keyed<T> {
+    fn new(by: Vec<KeyPart>, top: Option<usize>) -> Self {
+        Keyed { by, top, per_probe: Vec::new(), key: String::new() }
+    }
+
+    /// What `e`'s key has gathered so far.
+    fn entry(&mut self, e: &Passed<'_>) -> &mut T {
+        if self.per_probe.len() <= e.index {
+            self.per_probe.resize_with(e.index + 1, HashMap::new);
+        }
+        key_of(&self.by, e, &mut self.key);
+        let map = &mut self.per_probe[e.index];
+        let key = if map.contains_key(self.key.as_str()) || map.len() < MAX_KEYS { self.key.as_str() } else { OTHER };
+        if !map.contains_key(key) {
+            map.insert(key.to_owned(), T::default());
+        }
+        map.get_mut(key).expect("inserted")
+    }
+
+    /// Probe `index`'s keys, largest `weight` first (then by key), the `--top` ones.
+    fn ranked(&self, index: usize, weight: impl Fn(&T) -> u64) -> Vec<(&str, &T)> {
+        let Some(map) = self.per_probe.get(index) else { return Vec::new() };
+        let mut all: Vec<(&str, &T)> = map.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        all.sort_by(|a, b| weight(b.1).cmp(&weight(a.1)).then_with(|| a.0.cmp(b.0)));
+        all.truncate(self.top.unwrap_or(usize::MAX));
+        all
+    }
+
+    /// ` by comm, tid` for titles.
+    fn by_text(&self) -> String {
+        let names: Vec<String> = self.by.iter().map(|p| p.title().to_lowercase()).collect();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", names.join(", "))
+        }
+    }
+}
+
+fn target(p: &ProbeInfo) -> &str {
+    p.spec.split_whitespace().next().unwrap_or_default()
+}
+
+/// `--count --by KEYS`: hits per probe and key.
+pub struct KeyCounts(Keyed<u64>);
+
+impl KeyCounts {
+    /// Counts split by `by`, the `top` largest kept.
+    pub fn new(by: Vec<KeyPart>, top: Option<usize>) -> KeyCounts {
+        KeyCounts(Keyed::new(by, top))
+    }
+}
+
+impl Aggregate for KeyCounts {
+    fn take(&mut self, e: &Passed<'_>) {
+        *self.0.entry(e) += 1;
+    }
+
+    fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
+        let mut tables = Vec::new();
+        for (i, p) in probes.iter().enumerate() {
+            let rows = self.0.ranked(i, |n| *n);
+            if rows.is_empty() {
+                continue;
+            }
+            let titles: Vec<String> = self.0.by.iter().map(KeyPart::title).collect();
+            let split: Vec<Vec<&str>> = rows.iter().map(|(k, _)| k.split('\t').collect()).collect();
+            let widths: Vec<usize> = (0..titles.len())
+                .map(|c| {
+                    split
+                        .iter()
+                        .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                        .chain([titles[c].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let mut table = String::new();
+            for (c, t) in titles.iter().enumerate() {
+                let _ = write!(table, "{t:<w$} ", w = widths[c]);
+            }
+            let _ = writeln!(table, "{:>10}", "COUNT");
+            for (parts, (_, n)) in split.iter().zip(&rows) {
+                for (c, s) in parts.iter().enumerate() {
+                    let _ = write!(table, "{s:<w$} ", w = widths.get(c).copied().unwrap_or(0));
+                }
+                let _ = writeln!(table, "{n:>10}");
+            }
+            tables.push((format!("hits of {}{}", target(p), self.0.by_text()), table));
+        }
+        tables
+    }
+}
+
+/// `--hist NAME`: a histogram of the value `NAME` per probe and key.
+pub struct ValueHistograms {
+    field: String,
+    hists: Keyed<Distribution>,
+}
+
+impl ValueHistograms {
+    /// Histograms of the value named `field`, split by `by`.
+    pub fn new(field: String, by: Vec<KeyPart>, top: Option<usize>) -> ValueHistograms {
+        ValueHistograms { field, hists: Keyed::new(by, top) }
+    }
+}
+
+impl Aggregate for ValueHistograms {
+    fn take(&mut self, e: &Passed<'_>) {
+        let at = e.probe.args.iter().position(|a| a.name == self.field);
+        if let Some(v) = at.and_then(|i| e.event.values.get(i)).and_then(|v| v.as_i64()) {
+            self.hists.entry(e).add(v);
+        }
+    }
+
+    fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
+        let mut tables = Vec::new();
+        for (i, p) in probes.iter().enumerate() {
+            for (key, d) in self.hists.ranked(i, Distribution::count) {
+                let title = format!("{} of {}", self.field, target(p));
+                tables.push((titled(title, key, &self.hists), d.render()));
+            }
+        }
+        tables
+    }
+}
+
+/// `--latency`: a histogram of call times per probe and key, in nanoseconds.
+pub struct LatencyHistograms(Keyed<Distribution>);
+
+impl LatencyHistograms {
+    /// Call times split by `by`.
+    pub fn new(by: Vec<KeyPart>, top: Option<usize>) -> LatencyHistograms {
+        LatencyHistograms(Keyed::new(by, top))
+    }
+}
+
+impl Aggregate for LatencyHistograms {
+    fn take(&mut self, e: &Passed<'_>) {
+        if let Some(l) = e.latency {
+            self.0.entry(e).add(l.as_nanos().min(i64::MAX as u128) as i64);
+        }
+    }
+
+    fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
+        let mut tables = Vec::new();
+        for (i, p) in probes.iter().enumerate() {
+            for (key, d) in self.0.ranked(i, Distribution::count) {
+                let title = format!("latency of {} (ns)", p.label);
+                tables.push((titled(title, key, &self.0), d.render()));
+            }
+        }
+        tables
+    }
+}
+
+/// `size of libc:malloc` or, split by key, `size of libc:malloc [worker-1]`.
+fn titled<T>(title: String, key: &str, keyed: &Keyed<T>) -> String {
+    if keyed.by.is_empty() {
+        title
+    } else {
+        format!("{title} {}", bracketed(key))
+    }
+}

@@ -1,0 +1,110 @@
+//! `--by comm|pid|tid|NAME[,…]`: what splits a count or a histogram, and each event's key.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Result};
+
+use crate::output;
+use crate::sinks::Passed;
+
+/// One part of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPart {
+    /// The thread's name.
+    Comm,
+    /// The process.
+    Pid,
+    /// The thread.
+    Tid,
+    /// A fetched value, by its name.
+    Value(String),
+}
+
+impl KeyPart {
+    /// Its column's title.
+    pub fn title(&self) -> String {
+        match self {
+            KeyPart::Comm => "COMM".into(),
+            KeyPart::Pid => "PID".into(),
+            KeyPart::Tid => "TID".into(),
+            KeyPart::Value(name) => name.to_uppercase(),
+        }
+    }
+}
+
+/// The parts of `--by`, checked against the names the probes fetch.
+pub fn parse_by(words: &[String], fetched: &[&str]) -> Result<Vec<KeyPart>> {
+    let mut parts = Vec::new();
+    for w in words.iter().map(|w| w.trim()) {
+        let part = match w {
+            "comm" => KeyPart::Comm,
+            "pid" => KeyPart::Pid,
+            "tid" => KeyPart::Tid,
+            "" => bail!("--by: an empty key (keys: comm, pid, tid or a fetched value's name)"),
+            name if fetched.contains(&name) => KeyPart::Value(name.to_owned()),
+            name => bail!(
+                "--by {name}: not comm, pid, tid nor a fetched value's name (fetched: {})",
+                if fetched.is_empty() { "none".to_owned() } else { fetched.join(", ") }
+            ),
+        };
+        if parts.contains(&part) {
+            bail!("--by: `{w}` is given twice");
+        }
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+/// The key of `e`: one text per part, joined by tabs (which no part holds: strings are
+/// written escaped).
+pub fn key_of(by: &[KeyPart], e: &Passed<'_>, out: &mut String) {
+    out.clear();
+    for (n, part) in by.iter().enumerate() {
+        if n > 0 {
+            out.push('\t');
+        }
+        match part {
+            KeyPart::Comm => {
+                for c in String::from_utf8_lossy(e.event.comm).chars() {
+                    out.push(if c.is_control() { '?' } else { c });
+                }
+            }
+            KeyPart::Pid => {
+                let _ = write!(out, "{}", e.event.pid);
+            }
+            KeyPart::Tid => {
+                let _ = write!(out, "{}", e.event.tid);
+            }
+            KeyPart::Value(name) => match e.probe.args.iter().position(|a| &a.name == name) {
+                Some(i) => {
+                    output::human_value(e.event.values.get(i).unwrap_or(dprobe_core::fetch::Fetched::Fault(0)), out)
+                }
+                // This probe does not fetch it.
+                None => out.push('-'),
+            },
+        }
+    }
+}
+
+/// A key as printed in a histogram's title: `[worker-1, 1234]`.
+pub fn bracketed(key: &str) -> String {
+    format!("[{}]", key.replace('\t', ", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_known_words_or_fetched_names() {
+        let words = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            parse_by(&words("comm,tid,size"), &["size"]).unwrap(),
+            vec![KeyPart::Comm, KeyPart::Tid, KeyPart::Value("size".into())]
+        );
+        let err = |s: &str| parse_by(&words(s), &["size"]).unwrap_err().to_string();
+        assert!(err("cpu").contains("--by cpu: not comm, pid, tid nor a fetched value's name (fetched: size)"));
+        assert!(err("comm,comm").contains("given twice"));
+        assert!(err("comm,").contains("empty key"));
+    }
+}
