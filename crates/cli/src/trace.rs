@@ -110,8 +110,12 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         return drive(KernelEngine::new(options)?, planned, &args, out, scope);
     }
     if engine == Engine::Agent {
-        // A count alone needs no events: the agent counts in place.
-        let events = mode(&args) != Mode::Quiet || args.hist.is_some() || args.latency || args.filter.is_some();
+        // A count alone needs no events: the agent counts in place (not by key).
+        let events = mode(&args) != Mode::Quiet
+            || !args.hist.is_empty()
+            || !args.by.is_empty()
+            || args.latency
+            || args.filter.is_some();
         let engine = match (args.pid, args.command.split_first()) {
             (Some(pid), _) => AgentEngine::attach(pid, events)?,
             (None, Some((program, rest))) => {

@@ -99,3 +99,10 @@ fn by_must_name_a_key_and_split_an_aggregate() {
         (&["--count", "--top", "3", "work", "--", "true"], "--by"),
     ]);
 }
+
+#[test]
+fn the_agent_engine_splits_by_key_alike() {
+    let (text, printed) = run("agent-by-comm", &["--engine", "agent", "--count", "--by", "comm", "work"]);
+    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
+    assert_eq!(table(&text, "hits of work by comm"), expected, "{text}");
+}
