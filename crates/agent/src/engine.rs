@@ -16,7 +16,7 @@ use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, Pro
 use dprobe_ptrace::{Injector, LoadError};
 use dprobe_spec::{ArgType, ProbeKind, Target};
 use nix::errno::Errno;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -361,22 +361,8 @@ impl Engine for AgentEngine {
         let stopped = self.stop_agent();
         self.release()?;
         stopped?;
-        let pid = Pid::from_raw(self.pid);
         let Some(signal) = stopped_by.filter(|_| self.spawned) else { return Ok(None) };
-        if signal != libc::SIGINT {
-            if let Ok(signal) = Signal::try_from(signal) {
-                let _ = kill(pid, signal);
-            }
-        }
-        loop {
-            match waitpid(pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Exit::Code(code))),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Some(Exit::Signal(signal as i32))),
-                Ok(_) => {}
-                Err(Errno::EINTR) if !give_up() => {}
-                Err(_) => return Ok(None),
-            }
-        }
+        Ok(dprobe_ptrace::wait_for_command(self.pid, signal, give_up))
     }
 
     fn abandon(mut self) {

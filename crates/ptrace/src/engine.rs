@@ -276,24 +276,32 @@ impl Engine for PtraceEngine {
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
         self.tracee.detach_giving_up(give_up)?;
         let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
-        if signal != libc::SIGINT {
-            if let Ok(signal) = Signal::try_from(signal) {
-                let _ = kill(pid, signal);
-            }
-        }
-        loop {
-            match waitpid(pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Exit::Code(code))),
-                Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Some(Exit::Signal(signal as i32))),
-                Ok(_) => {}
-                Err(Errno::EINTR) if !give_up() => {}
-                Err(_) => return Ok(None),
-            }
-        }
+        Ok(wait_for_command(pid.as_raw(), signal, give_up))
     }
 
     /// A program dprobe started, which has not run a line of its own yet, goes with the error.
     fn abandon(self) {
         self.kill_spawned();
+    }
+}
+
+/// A command dprobe started and let go because `signal` stopped the trace: pass the signal on
+/// (a `SIGINT` came from the terminal to the whole group already) and wait for its end, until
+/// `give_up` says so. `None` when it cannot be waited for.
+pub fn wait_for_command(pid: i32, signal: i32, give_up: &dyn Fn() -> bool) -> Option<Exit> {
+    let pid = Pid::from_raw(pid);
+    if signal != libc::SIGINT {
+        if let Ok(signal) = Signal::try_from(signal) {
+            let _ = kill(pid, signal);
+        }
+    }
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(Exit::Code(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Some(Exit::Signal(signal as i32)),
+            Ok(_) => {}
+            Err(Errno::EINTR) if !give_up() => {}
+            Err(_) => return None,
+        }
     }
 }

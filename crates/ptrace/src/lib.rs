@@ -40,7 +40,7 @@ mod tick;
 mod tracee;
 mod xol;
 
-pub use engine::PtraceEngine;
+pub use engine::{wait_for_command, PtraceEngine};
 pub use error::{Exit, Stopped, TraceError};
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoTarget, ProbeDef};
