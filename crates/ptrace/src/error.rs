@@ -51,6 +51,13 @@ pub enum TraceError {
         /// Its errno.
         errno: i32,
     },
+    /// The process has no `syscall` instruction in code that dprobe could make one of its
+    /// threads run (dprobe never writes one into code that other threads may be running).
+    #[error("process {pid} has no `syscall` instruction in its code through which dprobe could map its pages")]
+    NoSyscallInsn {
+        /// The process.
+        pid: i32,
+    },
     /// Reading the process's description in `/proc` failed.
     #[error("{0}")]
     Os(#[from] io::Error),

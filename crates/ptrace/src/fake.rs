@@ -44,6 +44,10 @@ pub struct World {
     pub calls: Vec<Call>,
     /// When no status is left: a signal interrupts the wait (`EINTR`) rather than `ECHILD`.
     pub interrupted_when_idle: bool,
+    /// Where each single step started.
+    pub stepped_at: Vec<u64>,
+    /// Memory writes made through the fake.
+    pub writes: usize,
     last_signal: HashMap<i32, i32>,
 }
 
@@ -125,6 +129,8 @@ impl Kernel for Fake {
             }
             Request::Step => {
                 w.calls.push(Call::Step(tid));
+                let rip = w.regs(tid).rip;
+                w.stepped_at.push(rip);
                 let next =
                     w.after_step.get_mut(&tid).and_then(VecDeque::pop_front).unwrap_or(signal_stop(libc::SIGTRAP));
                 w.report(tid, next, true);
@@ -193,6 +199,7 @@ impl Kernel for Fake {
             return false;
         }
         w.poke(addr, data);
+        w.writes += 1;
         true
     }
 }

@@ -1,9 +1,11 @@
 //! Making a stopped thread execute something for the tracer: one instruction (to leave
-//! dprobe's code), or a system call (to map or unmap dprobe's pages). A signal that arrives
+//! dprobe's code), or a system call (to map or unmap dprobe's pages) through a `syscall`
+//! instruction the process already has. A signal that arrives
 //! meanwhile is the program's: it is held back while the tracer works and queued again
 //! afterwards, so that the program receives it when it resumes, never swallowed.
 
 use dprobe_arch::{syscall_code, Addr, Memory};
+use dprobe_sym::read_maps_of;
 
 use crate::error::TraceError;
 use crate::sys::{self, RemoteMemory};
@@ -61,26 +63,71 @@ pub fn step(pid: i32, tid: i32) -> Result<(), TraceError> {
 }
 
 /// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
-/// registers and the bytes at its RIP are saved, a `syscall` instruction is written there
-/// and single-stepped, and everything is put back. A thread stopped inside an interrupted
-/// system call keeps its restart state: the saved registers carry it. A signal that arrives
-/// during the step stays pending for the program.
+/// registers are saved, it is pointed at a `syscall` instruction already in the process's
+/// code ([`syscall_insn`]) and single-stepped, and its registers are put back. No code is
+/// written: another thread running the code around the stopped one's RIP must never meet a
+/// `syscall` there. A thread stopped inside an interrupted system call keeps its restart
+/// state: the saved registers carry it. A signal that arrives during the step stays pending
+/// for the program.
 pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 6]) -> Result<u64, TraceError> {
+    let at = syscall_insn(memory)?;
     let saved = sys::get_regs(tid)?;
-    let at = Addr(saved.rip);
-    let syscall = syscall_code();
-    let mut original = vec![0u8; syscall.len()];
-    memory.read(at, &mut original)?;
-    memory.write(at, &syscall)?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
+    r.rip = at.0;
     let mut held = Vec::new();
     let result = sys::set_regs(tid, &r)
         .map_err(TraceError::from)
         .and_then(|()| step_holding(tid, &mut held))
         .and_then(|()| Ok(sys::get_regs(tid)?.rax));
-    memory.write(at, &original)?;
     sys::set_regs(tid, &saved)?;
     release(memory.pid(), tid, &held)?;
     result
+}
+
+/// A `syscall` instruction in the process's code, which no one writes: the vDSO's first,
+/// else one in a mapped file's read-only code (the C library has many). Any two bytes
+/// `0f 05` will do, even inside a longer instruction: the thread is pointed at them and
+/// executes exactly one instruction. Found once per image and checked before each use (the
+/// program may unload a library, or dprobe place a probe there).
+pub(crate) fn syscall_insn(memory: &mut RemoteMemory) -> Result<Addr, TraceError> {
+    let code = syscall_code();
+    if let Some(at) = memory.syscall_insn {
+        let mut now = vec![0u8; code.len()];
+        if memory.read(at, &mut now).is_ok() && now == code {
+            return Ok(at);
+        }
+    }
+    let pid = memory.pid();
+    let maps = read_maps_of(pid as u32)?;
+    let vdso = maps.iter().filter(|m| m.path.as_deref() == Some("[vdso]"));
+    let files =
+        maps.iter().filter(|m| m.exec && m.read && !m.write && m.path.as_deref().is_some_and(|p| p.starts_with('/')));
+    for m in vdso.chain(files) {
+        if let Some(at) = find_in(memory, m.start, m.end, &code) {
+            memory.syscall_insn = Some(at);
+            return Ok(at);
+        }
+    }
+    Err(TraceError::NoSyscallInsn { pid })
+}
+
+/// The first `needle` in `[start, end)` of the process's memory.
+fn find_in(memory: &mut RemoteMemory, start: Addr, end: Addr, needle: &[u8]) -> Option<Addr> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = start.0;
+    while at < end.0 {
+        let len = CHUNK.min(end.0 - at) as usize;
+        memory.read(Addr(at), &mut buf[..len]).ok()?;
+        if let Some(i) = buf[..len].windows(needle.len()).position(|w| w == needle) {
+            return Some(Addr(at + i as u64));
+        }
+        if at + len as u64 >= end.0 {
+            break;
+        }
+        // Chunks overlap by one byte less than the needle, so a pair across two is seen.
+        at += (len - (needle.len() - 1)) as u64;
+    }
+    None
 }

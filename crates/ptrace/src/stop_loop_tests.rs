@@ -20,6 +20,8 @@ const PID: i32 = 100;
 /// A probe on a `push %rbp` (emulated by the tracer).
 const SITE: u64 = 0x1000;
 const STACK: u64 = 0x8000;
+/// A `syscall` instruction of the process's.
+const SYSCALL: u64 = 0x5000;
 
 /// A seized process with `threads` (all running) and one probe at `SITE` counting its hits.
 fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u64>>) {
@@ -185,13 +187,49 @@ fn a_signal_during_an_injected_system_call_is_queued_again_not_swallowed() {
         w.regs(PID).rax = 7;
         w.after_step.insert(PID, [signal_stop(rt)].into());
     }
-    let mut memory = RemoteMemory::open(PID).unwrap();
+    let mut memory = with_syscall_insn(&world);
     let result = inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     assert_eq!(result, libc::SYS_getpid as u64, "the fake runs no system call: rax as set");
     let w = world.borrow();
     assert_eq!(w.calls, [Call::Step(PID), Call::Step(PID), Call::Queue(PID, rt)]);
-    assert_eq!((w.peek(0x2000), w.peek(0x2001)), (0x90, 0x90), "code put back");
     assert_eq!((w.regs[&PID].rip, w.regs[&PID].rax), (0x2000, 7), "registers put back");
+}
+
+/// The process's memory, with a `syscall` instruction at `SYSCALL` known to it.
+fn with_syscall_insn(world: &Rc<RefCell<World>>) -> RemoteMemory {
+    world.borrow_mut().poke(SYSCALL, &[0x0f, 0x05]);
+    let mut memory = RemoteMemory::open(PID).unwrap();
+    memory.syscall_insn = Some(Addr(SYSCALL));
+    memory
+}
+
+#[test]
+fn an_injected_system_call_runs_at_the_process_s_own_syscall_and_writes_no_code() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    {
+        let mut w = world.borrow_mut();
+        w.poke(0x2000, &[0x90, 0x90]);
+        w.regs(PID).rip = 0x2000;
+    }
+    let mut memory = with_syscall_insn(&world);
+    world.borrow_mut().writes = 0;
+    inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
+    let w = world.borrow();
+    assert_eq!(w.stepped_at, [SYSCALL], "stepped through the process's own `syscall`");
+    assert_eq!(w.writes, 0, "no code written");
+    assert_eq!(w.regs[&PID].rip, 0x2000, "registers put back");
+}
+
+#[test]
+fn a_syscall_instruction_that_changed_is_not_used() {
+    let world = World::new();
+    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let mut memory = with_syscall_insn(&world);
+    world.borrow_mut().poke(SYSCALL, &[0xcc, 0x05]); // a probe placed there since
+                                                     // The fake has no maps to search: the process then has no usable `syscall`.
+    let e = crate::inject::syscall_insn(&mut memory);
+    assert!(!matches!(e, Ok(Addr(SYSCALL))), "{e:?}");
 }
 
 #[test]
@@ -217,7 +255,7 @@ fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() 
         // The first step stops at the interrupt before the instruction runs.
         w.after_step.insert(PID, [interrupt_stop()].into());
     }
-    let mut memory = RemoteMemory::open(PID).unwrap();
+    let mut memory = with_syscall_insn(&world);
     inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     assert_eq!(calls(&world), [Call::Step(PID), Call::Step(PID)], "stepped until the step's own trap");
 }

@@ -362,12 +362,15 @@ pub fn from_regs(regs: &Regs, r: &mut libc::user_regs_struct) {
 pub struct RemoteMemory {
     pid: i32,
     file: Option<File>,
+    /// Where the process's code has a `syscall` instruction that dprobe makes a thread run
+    /// (found once per program image, checked before each use).
+    pub(crate) syscall_insn: Option<Addr>,
 }
 
 impl RemoteMemory {
     /// Open process `pid`'s memory.
     pub fn open(pid: i32) -> io::Result<Self> {
-        Ok(RemoteMemory { pid, file: kernel(|k| k.memory_file(pid))? })
+        Ok(RemoteMemory { pid, file: kernel(|k| k.memory_file(pid))?, syscall_insn: None })
     }
 
     /// Whose memory it is.

@@ -103,6 +103,33 @@ fn two_hundred_attach_detach_cycles_under_a_four_thread_load_leave_its_sums_unto
     assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
 }
 
+/// Attach with a return probe that does not stop at the return: its stub page is mapped by an
+/// injected system call at the first return-probed entry, while the other threads run on
+/// through the same function (one resumed at `mix+1`, just past its emulated `push`, is where
+/// the injecting thread stopped).
+fn one_attach_with_stubs(pid: i32, traced: Duration) -> u64 {
+    let mut t = Tracee::attach(pid).unwrap();
+    let (returns, r) = counter();
+    t.add(ProbeDef::on_return("mix", r).no_return_stop()).unwrap();
+    assert_eq!(t.run_for(traced).unwrap(), None, "the program goes on");
+    t.detach().unwrap();
+    returns.load(Relaxed)
+}
+
+#[test]
+fn system_calls_injected_while_other_threads_run_the_same_code_never_reach_them() {
+    let program = Program::start("busy");
+    let done = watchdog(program.pid(), Duration::from_secs(300));
+    let mut returns = 0;
+    for _ in 0..200 {
+        returns += one_attach_with_stubs(program.pid(), Duration::from_millis(2));
+    }
+    done.store(true, Relaxed);
+    assert!(returns > 0);
+    program.signal(libc::SIGUSR2);
+    assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
+}
+
 #[test]
 fn detaching_while_threads_are_created_and_joined_never_hangs() {
     let program = Program::start("churn");
