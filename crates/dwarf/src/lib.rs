@@ -1,0 +1,20 @@
+//! DWARF for dprobe: where a binary's debug information is ([`DebugInfo::load`]: in the
+//! binary, by build-id under `/usr/lib/debug/.build-id/`, through `.gnu_debuglink`, in a
+//! local debuginfod cache), and what it says about the code.
+//!
+//! ```no_run
+//! use dprobe_dwarf::DebugInfo;
+//! match DebugInfo::load("/usr/bin/ls")? {
+//!     Some(info) => println!("DWARF {}", info.origin()),
+//!     None => println!("no DWARF for /usr/bin/ls"),
+//! }
+//! # Ok::<(), dprobe_dwarf::DwarfError>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod debuginfo;
+mod error;
+
+pub use debuginfo::{hex, CallFrames, DebugInfo, Origin, Reader, Search};
+pub use error::DwarfError;
+pub use gimli;
