@@ -99,7 +99,7 @@ impl Tracee {
 
     /// Move held thread `tid` out of dprobe's code: the out-of-line copies, the return stubs,
     /// the return trampoline.
-    fn leave_dprobe_code(&mut self, tid: i32, slots: &[SlotCode]) -> Result<(), TraceError> {
+    pub(crate) fn leave_dprobe_code(&mut self, tid: i32, slots: &[SlotCode]) -> Result<(), TraceError> {
         self.leave_slots(tid, slots)?;
         self.leave_stubs(tid)?;
         if let Some(trampoline) = self.xol.trampoline_addr() {

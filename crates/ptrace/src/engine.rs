@@ -29,6 +29,7 @@ use crate::tracee::Tracee;
 struct Queued {
     probe: usize,
     side: Side,
+    pid: u32,
     tid: u32,
     time_ns: u64,
     entry_time_ns: Option<u64>,
@@ -37,7 +38,6 @@ struct Queued {
 
 /// What the handlers and the run loop share.
 struct Shared {
-    pid: u32,
     start: Instant,
     queue: VecDeque<Queued>,
     /// Value storage to reuse, per probe (each plan has its own size).
@@ -69,13 +69,8 @@ impl PtraceEngine {
     }
 
     fn new(tracee: Tracee, spawned: bool) -> PtraceEngine {
-        let shared = Shared {
-            pid: tracee.pid() as u32,
-            start: Instant::now(),
-            queue: VecDeque::new(),
-            spare: Vec::new(),
-            names: ThreadNames::default(),
-        };
+        let shared =
+            Shared { start: Instant::now(), queue: VecDeque::new(), spare: Vec::new(), names: ThreadNames::default() };
         PtraceEngine { tracee, spawned, shared: Rc::new(RefCell::new(shared)), ids: Vec::new(), errno_offset: None }
     }
 
@@ -107,11 +102,19 @@ impl PtraceEngine {
             let cx = FetchContext {
                 regs: hit.regs,
                 entry_regs,
-                comm: s.names.get(s.pid, hit.tid as u32),
+                comm: s.names.get(hit.pid as u32, hit.tid as u32),
                 errno_addr: errno_offset.map(|o| hit.fs_base.wrapping_add(o)),
             };
             plan.evaluate(&cx, hit.memory, &mut values);
-            s.queue.push_back(Queued { probe: index, side, tid: hit.tid as u32, time_ns: now, entry_time_ns, values });
+            s.queue.push_back(Queued {
+                probe: index,
+                side,
+                pid: hit.pid as u32,
+                tid: hit.tid as u32,
+                time_ns: now,
+                entry_time_ns,
+                values,
+            });
         })
     }
 
@@ -121,7 +124,7 @@ impl PtraceEngine {
             let Some(q) = self.shared.borrow_mut().queue.pop_front() else { return };
             {
                 let mut s = self.shared.borrow_mut();
-                let pid = s.pid;
+                let pid = q.pid;
                 let comm = s.names.get(pid, q.tid);
                 let event = ProbeEvent {
                     probe: q.probe,

@@ -12,7 +12,8 @@
 //!
 //! All threads are followed (`PTRACE_O_TRACECLONE`); signals that are not the tracer's are
 //! delivered unchanged, the program's own `SIGTRAP` included; a forked child gets its
-//! original code back before it is let go; an `exec` drops the probes with the old image; a
+//! original code back before it is let go, a `vfork` child (sharing the program's memory and
+//! probes) is traced until it executes or exits; an `exec` drops the probes with the old image; a
 //! probe on a library loaded later waits for it ([`ProbeDef::when_loaded`]).
 //!
 //! ```no_run
@@ -27,6 +28,7 @@
 mod detach;
 mod engine;
 mod error;
+mod family;
 mod inject;
 mod library;
 mod loader;

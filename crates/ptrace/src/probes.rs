@@ -17,6 +17,9 @@ use crate::tracee::Tracee;
 pub struct Hit<'a> {
     /// Which probe.
     pub probe: ProbeId,
+    /// The process of the thread: the program's, or a child's that shares its memory (a
+    /// `vfork` child before it executes).
+    pub pid: i32,
     /// The thread that hit it.
     pub tid: i32,
     /// Its general registers (changes are written back). At a return, `rip` is where the

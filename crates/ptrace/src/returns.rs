@@ -364,6 +364,7 @@ impl Tracee {
     }
 
     fn run_return(&mut self, i: &Instance<Pending>, tid: i32, regs: &mut Regs, elapsed: Duration, run_handler: bool) {
+        let pid = self.process_of(tid);
         let p = &i.data;
         let Some(probe) = self.probes.get_mut(&p.probe) else { return };
         probe.pool.give_back();
@@ -371,7 +372,7 @@ impl Tracee {
         if let (true, Some(handler)) = (run_handler, probe.def.on_return.as_mut()) {
             let kind = HitKind::Return { entry_regs: &p.entry_regs, elapsed, function: p.function };
             let memory: &mut RemoteMemory = &mut self.memory;
-            handler(&mut Hit { probe: p.probe, tid, regs, fs_base: p.fs_base, memory, kind });
+            handler(&mut Hit { probe: p.probe, pid, tid, regs, fs_base: p.fs_base, memory, kind });
         }
     }
 

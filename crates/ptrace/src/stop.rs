@@ -9,6 +9,9 @@
 //! on its way out is let go. A spawned program's threads are not seized: they are stopped with a
 //! `SIGSTOP` each, and every other stop is dealt with and continued until it comes.
 //!
+//! A `vfork` child traced with the program (see `family`) is let go as soon as it stops: its
+//! parent waits for it in `vfork` and cannot stop while it is held.
+//!
 //! A thread that executed one of dprobe's `int3`s may report the interrupt before the
 //! `SIGTRAP` (still pending then): it is let go on to report the trap, so that the trap is
 //! recognised as dprobe's and consumed, never left to the program.
@@ -29,7 +32,8 @@ impl Tracee {
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
         for tid in waiting.clone() {
-            let asked = if self.seized { sys::interrupt(tid) } else { sys::tgkill(self.pid, tid, libc::SIGSTOP) };
+            let asked =
+                if self.seized { sys::interrupt(tid) } else { sys::tgkill(self.process_of(tid), tid, libc::SIGSTOP) };
             if let Err(e) = asked {
                 if !e.gone() {
                     return Err(e.into());
@@ -52,6 +56,15 @@ impl Tracee {
             if !libc::WIFSTOPPED(status) {
                 continue;
             }
+            if self.guests.contains(&tid) && sys::event_of(status) == libc::PTRACE_EVENT_EXEC {
+                // A vfork child's new program: nothing of dprobe's in it.
+                waiting.remove(&tid);
+                self.guest_executed(tid)?;
+                continue;
+            }
+            if self.early_child(tid, status) {
+                continue;
+            }
             if let std::collections::btree_map::Entry::Vacant(new) = self.threads.entry(tid) {
                 // A thread created meanwhile, reporting its first stop: stopped too.
                 new.insert(Thread::running());
@@ -59,6 +72,10 @@ impl Tracee {
             }
             let outcome = if self.seized { self.seized_stop(tid, status) } else { self.spawned_stop(tid, status) };
             match outcome {
+                Ok(Some(stop)) if self.guests.contains(&tid) => {
+                    waiting.remove(&tid);
+                    self.let_guest_go(tid, stop)?;
+                }
                 Ok(Some(stop)) => {
                     waiting.remove(&tid);
                     self.threads.insert(tid, Thread::stopped(stop));
@@ -143,19 +160,21 @@ impl Tracee {
     }
 
     /// A clone or fork seen while stopping every thread: a new thread is to be stopped as
-    /// well (its first stop comes: it is not interrupted or signalled), a forked child is
-    /// given its original code back and let go.
+    /// well (its first stop comes: it is not interrupted or signalled), a new process is let
+    /// go (see `family`: no probe is in the code while every thread is being stopped).
     fn on_new_task(&mut self, tid: i32, event: i32) -> Result<(), TraceError> {
         match event {
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
                 if sys::exists(self.pid, new) {
                     self.threads.entry(new).or_insert(Thread::running());
+                } else if self.early.contains_key(&new) || sys::exists(new, new) {
+                    self.on_child(tid, new, event, false)?;
                 }
             }
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::event_message(tid)? as i32;
-                self.release_child(tid, child)?;
+                self.on_child(tid, child, event, false)?;
             }
             _ => {}
         }

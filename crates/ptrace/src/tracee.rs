@@ -1,10 +1,10 @@
 //! A traced process: spawning or attaching, the stop loop, and each kind of stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::io;
 
-use dprobe_arch::{disarm, emulate, Addr, ExecPlan, Memory, INT3};
+use dprobe_arch::{emulate, Addr, ExecPlan, Memory, INT3};
 use dprobe_core::ProbeId;
 
 use crate::error::{Exit, Stopped, TraceError};
@@ -35,6 +35,10 @@ pub struct Tracee {
     pub(crate) stubs: Stubs,
     pub(crate) next_id: u64,
     pub(crate) exit: Option<Exit>,
+    /// Children sharing the program's memory (`vfork`), traced until they execute or exit.
+    pub(crate) guests: BTreeSet<i32>,
+    /// New children stopped before their parent's fork event was read, with that stop.
+    pub(crate) early: BTreeMap<i32, i32>,
     /// Not `Send`: see above.
     _tracer_thread: std::marker::PhantomData<*const ()>,
 }
@@ -53,6 +57,8 @@ impl Tracee {
             stubs: Stubs::default(),
             next_id: 0,
             exit: None,
+            guests: BTreeSet::new(),
+            early: BTreeMap::new(),
             _tracer_thread: std::marker::PhantomData,
         })
     }
@@ -279,6 +285,9 @@ impl Tracee {
         if !libc::WIFSTOPPED(status) {
             return Ok(None);
         }
+        if self.early_child(tid, status) {
+            return Ok(None);
+        }
         let signal = libc::WSTOPSIG(status);
         match sys::event_of(status) {
             0 => {}
@@ -287,14 +296,21 @@ impl Tracee {
                 let starting = if self.seized { State::Running } else { State::Starting };
                 if sys::exists(self.pid, new) {
                     self.threads.entry(new).or_insert(Thread { state: starting });
+                } else if self.early.contains_key(&new) || sys::exists(new, new) {
+                    // A clone that made a process, not a thread.
+                    self.on_child(tid, new, libc::PTRACE_EVENT_CLONE, true)?;
                 }
                 sys::cont(tid, 0)?;
                 return Ok(None);
             }
-            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+            event @ (libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK) => {
                 let child = sys::event_message(tid)? as i32;
-                self.release_child(tid, child)?;
+                self.on_child(tid, child, event, true)?;
                 sys::cont(tid, 0)?;
+                return Ok(None);
+            }
+            libc::PTRACE_EVENT_EXEC if self.guests.contains(&tid) => {
+                self.guest_executed(tid)?;
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC => {
@@ -339,6 +355,7 @@ impl Tracee {
     /// Thread `tid` ended with wait `status`: forget it; the process's exit when it is the
     /// main thread.
     pub(crate) fn thread_exited(&mut self, tid: i32, status: i32) {
+        self.guests.remove(&tid);
         self.threads.remove(&tid);
         self.forget_thread_returns(tid);
         if tid == self.pid {
@@ -360,6 +377,7 @@ impl Tracee {
             sys::set_regs(tid, &r)?;
             return Ok(0);
         }
+        let pid = self.process_of(tid);
         let Some(site) = self.sites.get_mut(&key) else { return Ok(libc::SIGTRAP) };
         let mut regs = sys::to_regs(&r);
         regs.rip = key.0;
@@ -372,6 +390,7 @@ impl Tracee {
                 let memory: &mut RemoteMemory = &mut self.memory;
                 handler(&mut Hit {
                     probe: *id,
+                    pid,
                     tid,
                     regs: &mut regs,
                     fs_base: r.fs_base,
@@ -403,21 +422,6 @@ impl Tracee {
             self.on_loads_changed(tid)?;
         }
         Ok(deliver)
-    }
-
-    /// A forked child inherits the probes' `int3`s and hijacked return addresses but not the
-    /// tracer: give it its original code and return addresses back, then let it go.
-    pub(crate) fn release_child(&mut self, parent: i32, child: i32) -> Result<(), TraceError> {
-        let (_, status) = sys::wait(child)?;
-        if libc::WIFSTOPPED(status) {
-            let mut mem = RemoteMemory::open(child)?;
-            for patch in self.sites.values().map(|s| disarm(&s.insn)) {
-                let _ = mem.write(patch.addr, &patch.new);
-            }
-            self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
-            sys::detach(child, 0)?;
-        }
-        Ok(())
     }
 
     /// The bytes at `addr` now (to check that probes are gone).

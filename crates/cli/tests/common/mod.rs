@@ -95,3 +95,8 @@ pub fn workers() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/workers.c");
     dprobe_test_fixtures::c_program(src, "workers", &["-O2", "-pthread"])
 }
+
+/// A program that makes children in every way around calls of `work` (`family MODE N M`).
+pub fn family() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/family.c"), "family", &["-O2", "-pthread"])
+}

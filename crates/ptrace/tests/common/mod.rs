@@ -44,3 +44,8 @@ pub fn read_mem(pid: i32, addr: u64, len: usize) -> Vec<u8> {
     std::fs::File::open(format!("/proc/{pid}/mem")).unwrap().read_exact_at(&mut b, addr).unwrap();
     b
 }
+
+/// A program that makes children in every way around calls of `work` (`family MODE N M`).
+pub fn family() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/family.c"), "family", &["-O2", "-pthread"])
+}

@@ -1,0 +1,137 @@
+//! The traced program's children: what each kind of new process gets from dprobe.
+//!
+//! - A child with a copy of the program's memory (`fork`, or `clone` without `CLONE_VM`)
+//!   inherits the probes' `int3`s and the hijacked return addresses of the thread that forked
+//!   but not the tracer: its copy gets the original code and return addresses back, and it is
+//!   let go (as the kernel's uprobes do in `uprobe_dup_mmap`, and gdb's `detach_breakpoints`).
+//! - A child that shares the program's memory (`vfork`, `posix_spawn`, `system()`, `clone`
+//!   with `CLONE_VM`) runs over the very `int3`s the program's other threads need: nothing may
+//!   be written for it. It is traced like one more thread of the program until it executes a
+//!   new program (let go then: the new image has none of dprobe's code) or exits. Its hits are
+//!   handled and counted like any other (it runs the program's code, in the program's memory,
+//!   as the kernel's uprobes count it), and carry its own process id.
+//!
+//! A child's first stop may be reported before its parent's fork event: it is kept stopped
+//! until the event says what kind of child it is.
+
+use dprobe_arch::{disarm, Memory};
+
+use crate::error::TraceError;
+use crate::sys::{self, RemoteMemory};
+use crate::thread::{Stop, Thread};
+use crate::tracee::Tracee;
+
+/// `kcmp` type: whether two processes share their memory (`KCMP_VM`).
+const KCMP_VM: i32 = 1;
+
+impl Tracee {
+    /// The process thread `tid` belongs to: the program, or a child sharing its memory.
+    pub(crate) fn process_of(&self, tid: i32) -> i32 {
+        if self.guests.contains(&tid) {
+            tid
+        } else {
+            self.pid
+        }
+    }
+
+    /// A stop of `tid` that is neither a known thread nor one of the program's: a new child
+    /// whose parent's fork event has not been read yet. Kept stopped until it is.
+    pub(crate) fn early_child(&mut self, tid: i32, status: i32) -> bool {
+        if self.threads.contains_key(&tid) || sys::exists(self.pid, tid) || !is_process(tid) {
+            return false;
+        }
+        self.early.insert(tid, status);
+        true
+    }
+
+    /// Thread `parent` created process `child` (a fork, vfork or clone event). With the
+    /// probes in the program's code (`armed`), a child sharing its memory is traced until it
+    /// executes or exits; without (while attaching or detaching), it is let go at once.
+    pub(crate) fn on_child(&mut self, parent: i32, child: i32, event: i32, armed: bool) -> Result<(), TraceError> {
+        let status = match self.early.remove(&child) {
+            Some(status) => status,
+            None => sys::wait(child)?.1,
+        };
+        if !libc::WIFSTOPPED(status) {
+            return Ok(()); // killed before it ran
+        }
+        let shared = shares_memory(self.process_of(parent), child).unwrap_or(event == libc::PTRACE_EVENT_VFORK);
+        if shared && armed {
+            self.guests.insert(child);
+            self.threads.insert(child, Thread::running());
+            return match sys::cont(child, 0) {
+                Err(e) if e.gone() => Ok(()),
+                other => Ok(other?),
+            };
+        }
+        if !shared {
+            let mut mem = RemoteMemory::open(child)?;
+            for patch in self.sites.values().map(|s| disarm(&s.insn)) {
+                let _ = mem.write(patch.addr, &patch.new);
+            }
+            self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
+        }
+        match sys::detach(child, 0) {
+            Err(e) if !e.gone() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A child sharing the program's memory executed a new program: none of dprobe's code is
+    /// in it, it goes on untraced. Its pending returns went with the old image.
+    pub(crate) fn guest_executed(&mut self, tid: i32) -> Result<(), TraceError> {
+        self.forget_guest(tid);
+        match sys::detach(tid, 0) {
+            Err(e) if !e.gone() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forget child `tid` (it exited, executed or was let go).
+    pub(crate) fn forget_guest(&mut self, tid: i32) {
+        self.guests.remove(&tid);
+        self.threads.remove(&tid);
+        self.forget_thread_returns(tid);
+    }
+
+    /// A child sharing the program's memory, held while dprobe lets the program go (the probes
+    /// are out of the code already): moved out of dprobe's code, its return addresses put
+    /// back, let go with its signal. It is not kept held with the others: its parent waits in
+    /// `vfork` and cannot stop until the child executes or exits.
+    pub(crate) fn let_guest_go(&mut self, tid: i32, stop: Stop) -> Result<(), TraceError> {
+        self.threads.insert(tid, Thread::stopped(stop));
+        let slots: Vec<_> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        match self.leave_dprobe_code(tid, &slots) {
+            Err(TraceError::Gone { .. }) => {
+                self.forget_guest(tid);
+                return Ok(());
+            }
+            other => other?,
+        }
+        let trampoline = self.xol.trampoline_addr();
+        self.returns.restore_stack(tid, trampoline, &self.stubs, &mut self.memory);
+        let signal = self.threads.get(&tid).map_or(0, |t| t.signal());
+        self.forget_guest(tid);
+        match sys::detach(tid, signal) {
+            Err(e) if !e.gone() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `pid` is a process (a thread group's leader), not a thread of another.
+fn is_process(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok()) == Some(pid)
+}
+
+/// Whether processes `a` and `b` share one memory; `None` when the kernel cannot say (built
+/// without `kcmp`: the kind of fork event decides then, a `vfork` sharing it).
+fn shares_memory(a: i32, b: i32) -> Option<bool> {
+    // SAFETY: kcmp takes integers and reads nothing of ours.
+    match unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) } {
+        0 => Some(true),
+        1 | 2 => Some(false),
+        _ => None,
+    }
+}
