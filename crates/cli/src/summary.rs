@@ -68,7 +68,7 @@ pub fn render(
         match &s.placement {
             Placement::Failed(why) => notes.push(format!("{target}: not placed: {why}")),
             Placement::Waiting => notes.push(format!("{target}: its library was never loaded")),
-            Placement::At(_) | Placement::InKernel => {}
+            Placement::At(_) | Placement::InKernel | Placement::Unloaded => {}
         }
         notes.extend(l.remarks.iter().map(|r| format!("{target}: {r}")));
     }

@@ -111,6 +111,9 @@ pub enum Placement {
     Waiting,
     /// It waited for its library, which came, but the probe could not be placed there.
     Failed(String),
+    /// It was placed in its library each time that was loaded; the library has been unloaded
+    /// since (`dlclose`), and the probe waits for it to be loaded again.
+    Unloaded,
 }
 
 impl Stats {

@@ -56,10 +56,11 @@ pub struct PtraceEngine {
 }
 
 impl PtraceEngine {
-    /// Start `program` with `args`, stopped once its libraries are loaded.
+    /// Start `program` with `args`, stopped once its libraries are loaded, before any
+    /// constructor runs.
     pub fn spawn(program: &str, args: &[&str]) -> Result<PtraceEngine, TraceError> {
         let mut tracee = Tracee::spawn(program, args)?;
-        tracee.run_to_entry()?;
+        tracee.run_to_start()?;
         Ok(PtraceEngine::new(tracee, true))
     }
 

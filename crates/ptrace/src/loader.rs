@@ -2,15 +2,48 @@
 //! placed when the program loads the library (at start or by `dlopen`). dprobe watches the
 //! dynamic linker's `_dl_debug_state`, the function it calls after every change to the list
 //! of loaded objects (the `r_brk` of the `r_debug` protocol that debuggers use).
+//!
+//! A started program is held at the linker's first notification of a consistent list of
+//! objects (`r_state == RT_CONSISTENT`, read through the program's `DT_DEBUG` entry): every
+//! library it needs is mapped and relocated there, and no constructor has run yet (the linker
+//! runs them after, then jumps to the program's entry point). The same holds for `dlopen`:
+//! the notification comes before the new library's constructors.
+//!
+//! A library unloaded (`dlclose`) takes its probes' sites with it: at each notification the
+//! sites whose file is no longer mapped where it was are forgotten, never written to again
+//! (the range may hold something else by then), and their probes wait for the next load.
 
+use dprobe_arch::{Addr, Memory};
 use dprobe_core::ProbeId;
-use dprobe_sym::{read_maps_of, Symbols};
+use dprobe_sym::{read_maps_of, Mapping, Symbols};
 
 use crate::error::TraceError;
-use crate::probes::resolve;
+use crate::probes::{origin_at, resolve};
+use crate::sys;
+use crate::thread::{Stop, Thread};
 use crate::tracee::Tracee;
 
 const HOOK: &str = "_dl_debug_state";
+
+/// `r_debug.r_state` when the list of objects is consistent (`RT_CONSISTENT`).
+const RT_CONSISTENT: i32 = 0;
+/// The dynamic section's tag of the `r_debug` address the linker fills in (`DT_DEBUG`).
+const DT_DEBUG: u64 = 21;
+const PT_DYNAMIC: u32 = 2;
+const PT_PHDR: u32 = 6;
+
+/// Waiting for a started program's start ([`Tracee::run_to_start`]).
+#[derive(Default)]
+pub(crate) struct StartWatch {
+    /// Still waiting for it.
+    awaiting: bool,
+    /// Notifications seen while waiting.
+    notifications: u32,
+    /// The thread held at the start, with the signal it is to get when it resumes.
+    pub reached: Option<(i32, i32)>,
+    /// Where the linker's `r_debug` is, once found.
+    r_debug: Option<Addr>,
+}
 
 impl Tracee {
     /// Make sure the dynamic linker's notification function is watched (placed through held
@@ -35,9 +68,67 @@ impl Tracee {
         Ok(true)
     }
 
+    /// Run a program stopped at its `execve` until its libraries are mapped and before any
+    /// constructor has run (the program's or a library's): probes placed then see every call.
+    /// A program without a dynamic linker (static) runs to its entry point: its constructors
+    /// run after it.
+    pub fn run_to_start(&mut self) -> Result<(), TraceError> {
+        let tid = self.a_stopped_thread()?;
+        if !self.watch_loads(tid)? {
+            return self.run_to_entry();
+        }
+        self.start = StartWatch { awaiting: true, ..StartWatch::default() };
+        self.resume_stopped()?;
+        loop {
+            let (t, status) = sys::wait(-1)?;
+            if let Some(exit) = self.handle(t, status)? {
+                return Err(TraceError::EndedBeforeEntry(exit));
+            }
+            if let Some((t, signal)) = self.start.reached.take() {
+                self.threads.insert(t, Thread::stopped(Stop::Signal(signal)));
+                return Ok(());
+            }
+        }
+    }
+
+    /// At the dynamic linker's notification: whether this is the program's start (the first
+    /// consistent list of objects) that [`Tracee::run_to_start`] waits for.
+    pub(crate) fn at_start(&mut self) -> bool {
+        if !self.start.awaiting {
+            return false;
+        }
+        self.start.notifications += 1;
+        let consistent = match self.loader_state() {
+            Some(state) => state == RT_CONSISTENT,
+            // No `r_debug` to read: the linker says "adding" first, then "consistent".
+            None => self.start.notifications >= 2,
+        };
+        self.start.awaiting = !consistent;
+        consistent
+    }
+
+    /// The dynamic linker's `r_state`, through the `r_debug` address in the program's
+    /// dynamic section.
+    fn loader_state(&mut self) -> Option<i32> {
+        let r_debug = match self.start.r_debug {
+            Some(a) => a,
+            None => {
+                let a = r_debug_addr(self.pid, &mut self.memory)?;
+                self.start.r_debug = Some(a);
+                a
+            }
+        };
+        let mut state = [0u8; 4];
+        self.memory.read(r_debug.offset(24), &mut state).ok()?;
+        Some(i32::from_le_bytes(state))
+    }
+
     /// The dynamic linker changed the list of loaded objects (thread `tid` is stopped in its
-    /// notification function): place the waiting probes whose library is there now.
+    /// notification function): forget the sites of unloaded code, place the waiting probes
+    /// whose library is there now.
     pub(crate) fn on_loads_changed(&mut self, tid: i32) -> Result<(), TraceError> {
+        let maps = read_maps_of(self.pid as u32)?;
+        self.forget_unloaded(&maps);
         let waiting: Vec<ProbeId> = self
             .probes
             .iter()
@@ -47,7 +138,6 @@ impl Tracee {
         if waiting.is_empty() {
             return Ok(());
         }
-        let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
         for id in waiting {
             let (resolved, is_return) = {
@@ -61,11 +151,35 @@ impl Tracee {
             };
             let p = self.probes.get_mut(&id).expect("waiting probe");
             match placed {
-                Ok(addr) => p.stats.addr = addr,
+                Ok(addr) => {
+                    p.stats.placed += u64::from(addr.is_some());
+                    p.stats.addr = addr;
+                }
                 Err(e) => p.stats.failed = Some(e.to_string()),
             }
         }
         Ok(())
+    }
+
+    /// Probes on code that is no longer mapped where it was (a library unloaded by
+    /// `dlclose`, the range perhaps mapped again by something else): their sites are
+    /// forgotten, never written to again, and the probes wait for their library's next load
+    /// (at the same address or another).
+    fn forget_unloaded(&mut self, maps: &[Mapping]) {
+        let gone: Vec<Addr> = self
+            .sites
+            .iter()
+            .filter(|(addr, s)| s.origin.is_some() && origin_at(maps, **addr) != s.origin)
+            .map(|(addr, _)| *addr)
+            .collect();
+        for addr in gone {
+            let Some(site) = self.sites.remove(&addr) else { continue };
+            for id in site.probes {
+                if let Some(p) = self.probes.get_mut(&id).filter(|p| p.stats.addr == Some(addr)) {
+                    p.stats.addr = None;
+                }
+            }
+        }
     }
 
     /// The process executed a new program (thread `tid`, stopped, is all that is left): the
@@ -77,6 +191,7 @@ impl Tracee {
         self.sites.clear();
         self.xol.clear();
         self.stubs.clear();
+        self.start = StartWatch::default();
         self.memory = crate::sys::RemoteMemory::open(self.pid)?;
         for p in self.probes.values_mut() {
             p.pool.reset();
@@ -93,4 +208,45 @@ impl Tracee {
         }
         Ok(())
     }
+}
+
+/// A value of process `pid`'s auxiliary vector.
+fn auxv(pid: i32, key: u64) -> Option<u64> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16)
+        .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// The address of the dynamic linker's `r_debug`, from the `DT_DEBUG` entry of the program's
+/// dynamic section (found through its program headers, `AT_PHDR`); `None` before the linker
+/// filled it in, or for a program without one.
+fn r_debug_addr(pid: i32, memory: &mut dyn Memory) -> Option<Addr> {
+    let (phdr, phnum) = (auxv(pid, libc::AT_PHDR)?, auxv(pid, libc::AT_PHNUM)?);
+    let word = |memory: &mut dyn Memory, at: u64| -> Option<u64> {
+        let mut w = [0u8; 8];
+        memory.read(Addr(at), &mut w).ok().map(|()| u64::from_le_bytes(w))
+    };
+    let (mut bias, mut dynamic) = (None, None);
+    for i in 0..phnum.min(64) {
+        let at = phdr + i * 56;
+        let p_type = word(memory, at)? as u32;
+        let vaddr = word(memory, at + 16)?;
+        match p_type {
+            PT_PHDR => bias = Some(phdr.wrapping_sub(vaddr)),
+            PT_DYNAMIC => dynamic = Some(vaddr),
+            _ => {}
+        }
+    }
+    let mut at = bias?.wrapping_add(dynamic?);
+    for _ in 0..512 {
+        let (tag, value) = (word(memory, at)?, word(memory, at + 8)?);
+        match tag {
+            0 => return None,
+            DT_DEBUG if value != 0 => return Some(Addr(value)),
+            _ => at += 16,
+        }
+    }
+    None
 }

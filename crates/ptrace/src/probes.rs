@@ -169,6 +169,8 @@ pub(crate) struct ProbeStats {
     pub addr: Option<Addr>,
     /// Why a probe that waited for its library could not be placed when it appeared.
     pub failed: Option<String>,
+    /// Times it was placed (once, or once per load of its library).
+    pub placed: u64,
 }
 
 pub(crate) struct Probe {
@@ -185,6 +187,15 @@ pub(crate) struct Site {
     pub probes: Vec<ProbeId>,
     /// dprobe's own probe on the dynamic linker's notification function.
     pub loader_hook: bool,
+    /// The file and offset of the code it is on, while that file is mapped there (`None`:
+    /// code that is no file's).
+    pub origin: Option<(String, u64)>,
+}
+
+/// The file and the offset in it that `addr` shows, in `maps`.
+pub(crate) fn origin_at(maps: &[Mapping], addr: Addr) -> Option<(String, u64)> {
+    let m = maps.iter().find(|m| m.contains(addr))?;
+    Some((m.path.clone()?, addr.0 - m.start.0 + m.offset))
 }
 
 /// Resolve a probe's target in the tracee, through the one resolver.
@@ -207,8 +218,10 @@ impl Tracee {
         let tid = self.a_stopped_thread()?;
         match self.place(tid, id, &def) {
             Ok(addr) => {
-                let stats = ProbeStats { addr: Some(addr), ..ProbeStats::default() };
+                let stats = ProbeStats { addr: Some(addr), placed: 1, ..ProbeStats::default() };
                 self.probes.insert(id, Probe { def, pool, stats });
+                // Its library may be unloaded, and loaded again: the linker is watched.
+                self.watch_loads(tid)?;
                 Ok(id)
             }
             Err(TraceError::Probe(e)) if e.may_load_later() && def.when_loaded && self.watch_loads(tid)? => {
@@ -280,7 +293,8 @@ impl Tracee {
         }
         let probes = probe.into_iter().collect();
         let Prepared { insn, plan, slot } = prepared;
-        self.sites.insert(addr, Site { insn, plan, slot, probes, loader_hook: probe.is_none() });
+        let origin = origin_at(maps, addr);
+        self.sites.insert(addr, Site { insn, plan, slot, probes, loader_hook: probe.is_none(), origin });
         self.write(addr, &patch.new)?;
         Ok(())
     }
@@ -291,6 +305,7 @@ impl Tracee {
         let placement = match (s.addr, &s.failed) {
             (Some(a), _) => Placement::At(a),
             (None, Some(why)) => Placement::Failed(why.clone()),
+            (None, None) if s.placed > 0 => Placement::Unloaded,
             (None, None) => Placement::Waiting,
         };
         Stats {

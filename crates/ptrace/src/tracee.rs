@@ -8,6 +8,7 @@ use dprobe_arch::{emulate, Addr, ExecPlan, Memory, INT3};
 use dprobe_core::ProbeId;
 
 use crate::error::{Exit, Stopped, TraceError};
+use crate::loader::StartWatch;
 use crate::probes::{Hit, HitKind, Probe, Site};
 use crate::returns::Returns;
 use crate::stubs::Stubs;
@@ -39,6 +40,7 @@ pub struct Tracee {
     pub(crate) guests: BTreeSet<i32>,
     /// New children stopped before their parent's fork event was read, with that stop.
     pub(crate) early: BTreeMap<i32, i32>,
+    pub(crate) start: StartWatch,
     /// Not `Send`: see above.
     _tracer_thread: std::marker::PhantomData<*const ()>,
 }
@@ -59,6 +61,7 @@ impl Tracee {
             exit: None,
             guests: BTreeSet::new(),
             early: BTreeMap::new(),
+            start: StartWatch::default(),
             _tracer_thread: std::marker::PhantomData,
         })
     }
@@ -238,7 +241,7 @@ impl Tracee {
 
     /// Resume every held thread. One whose resumption fails stays held (detaching must
     /// know); one that is gone is left to report its exit.
-    fn resume_stopped(&mut self) -> Result<(), TraceError> {
+    pub(crate) fn resume_stopped(&mut self) -> Result<(), TraceError> {
         let held: Vec<(i32, Stop)> = self
             .threads
             .iter()
@@ -345,7 +348,9 @@ impl Tracee {
         }
         if signal == libc::SIGTRAP {
             let deliver = self.on_trap(tid)?;
-            sys::cont(tid, deliver)?;
+            if self.start.reached.is_none_or(|(held, _)| held != tid) {
+                sys::cont(tid, deliver)?;
+            }
             return Ok(None);
         }
         sys::cont(tid, signal)?;
@@ -420,6 +425,9 @@ impl Tracee {
         sys::set_regs(tid, &r)?;
         if loader_hook {
             self.on_loads_changed(tid)?;
+            if self.at_start() {
+                self.start.reached = Some((tid, deliver));
+            }
         }
         Ok(deliver)
     }

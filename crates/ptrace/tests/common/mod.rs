@@ -49,3 +49,27 @@ pub fn read_mem(pid: i32, addr: u64, len: usize) -> Vec<u8> {
 pub fn family() -> &'static str {
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/family.c"), "family", &["-O2", "-pthread"])
 }
+
+/// A program with constructors, linked with a library that has one (`loads ctors PLUGIN`), and
+/// that loads and unloads a library again and again (`loads reload LIBRARY N`).
+pub fn loads() -> &'static str {
+    let lib = dprobe_test_fixtures::c_program(
+        &format!("{FIXTURES}/ctorlib.c"),
+        "libdprobe_ctor.so",
+        &["-O2", "-shared", "-fPIC"],
+    );
+    let dir = std::path::Path::new(lib).parent().unwrap().to_str().unwrap();
+    let (search, rpath) = (format!("-L{dir}"), format!("-Wl,-rpath,{dir}"));
+    // Named before the source that uses it: kept without --as-needed.
+    let flags = ["-O2", &search, &rpath, "-Wl,--no-as-needed", "-ldprobe_ctor", "-ldl"];
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/loads.c"), "loads", &flags)
+}
+
+/// A library whose constructor calls its `plugin_ctor_work` 4 times, loaded with `dlopen`.
+pub fn ctor_plugin() -> &'static str {
+    dprobe_test_fixtures::c_program(
+        &format!("{FIXTURES}/ctorplugin.c"),
+        "libdprobe_ctorplugin.so",
+        &["-O2", "-shared", "-fPIC"],
+    )
+}

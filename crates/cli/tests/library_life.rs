@@ -1,0 +1,24 @@
+//! `dprobe trace` of code that runs before `main` and of a library loaded again and again.
+mod common;
+
+use common::{ctor_plugin, hits, loads, plugin, trace};
+
+#[test]
+fn constructors_are_probed() {
+    let probes = ["libdprobe_ctor:ctor_work", "main_work", "libdprobe_ctorplugin:plugin_ctor_work"];
+    let mut args = vec!["--count"];
+    args.extend(probes);
+    args.extend(["--", loads(), "ctors", ctor_plugin()]);
+    let (code, out) = trace("ctors", &args);
+    assert_eq!(code, Some(0), "{out}");
+    let counts: Vec<u64> = probes.iter().map(|p| hits(&out, p)).collect();
+    assert_eq!(counts, [6, 4, 4], "calls from the constructors and from main\n{out}");
+}
+
+#[test]
+fn every_load_of_a_library_is_probed() {
+    let probe = "libdprobe_plugin:plugin_twice";
+    let (code, out) = trace("reload", &["--count", probe, "--", loads(), "reload", plugin(), "100"]);
+    assert_eq!((code, hits(&out, probe)), (Some(0), 100), "{out}");
+    assert!(!out.contains("never loaded"), "{out}");
+}
