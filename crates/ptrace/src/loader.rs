@@ -25,6 +25,12 @@ use crate::tracee::Tracee;
 
 const HOOK: &str = "_dl_debug_state";
 
+/// Where an unwinder starts walking a thread's stack: a C++ `throw` (or a Rust panic), and
+/// thread cancellation and `pthread_exit`.
+const UNWINDERS: [&str; 2] = ["_Unwind_RaiseException", "_Unwind_ForcedUnwind"];
+/// Where a C++ exception is caught.
+const CATCH: &str = "__cxa_begin_catch";
+
 /// `r_debug.r_state` when the list of objects is consistent (`RT_CONSISTENT`).
 const RT_CONSISTENT: i32 = 0;
 /// The dynamic section's tag of the `r_debug` address the linker fills in (`DT_DEBUG`).
@@ -65,7 +71,30 @@ impl Tracee {
             return Ok(true);
         }
         self.new_site(tid, addr, &f, &maps, None)?;
+        self.sites.get_mut(&addr).expect("placed").loader_hook = true;
         Ok(true)
+    }
+
+    /// With return probes, watch the entries of every unwinder loaded, and where C++ catches
+    /// exceptions (placed through held thread `tid`): see `returns`.
+    pub(crate) fn watch_unwinders(&mut self, tid: i32, maps: &[Mapping], symbols: &Symbols) -> Result<(), TraceError> {
+        self.unwinders_watched = true;
+        let entries: Vec<_> = symbols
+            .functions()
+            .iter()
+            .filter(|f| UNWINDERS.contains(&f.name.as_str()) || f.name == CATCH)
+            .cloned()
+            .collect();
+        for f in entries {
+            // One dprobe cannot probe leaves exceptions as they were (see `returns`).
+            if !self.sites.contains_key(&f.start) && self.new_site(tid, f.start, &f, maps, None).is_err() {
+                continue;
+            }
+            let site = self.sites.get_mut(&f.start).expect("placed");
+            site.unwinder |= f.name != CATCH;
+            site.catcher |= f.name == CATCH;
+        }
+        Ok(())
     }
 
     /// Run a program stopped at its `execve` until its libraries are mapped and before any
@@ -135,10 +164,14 @@ impl Tracee {
             .filter(|(_, p)| p.stats.addr.is_none() && p.stats.failed.is_none())
             .map(|(id, _)| *id)
             .collect();
-        if waiting.is_empty() {
+        if waiting.is_empty() && !self.unwinders_watched {
             return Ok(());
         }
         let symbols = Symbols::load(&maps);
+        if self.unwinders_watched {
+            // An unwinder loaded now (`pthread_cancel` loads libgcc_s on its first use).
+            self.watch_unwinders(tid, &maps, &symbols)?;
+        }
         for id in waiting {
             let (resolved, is_return) = {
                 let p = &self.probes[&id];
@@ -192,6 +225,7 @@ impl Tracee {
         self.xol.clear();
         self.stubs.clear();
         self.start = StartWatch::default();
+        self.unwinders_watched = false;
         self.memory = crate::sys::RemoteMemory::open(self.pid)?;
         for p in self.probes.values_mut() {
             p.pool.reset();

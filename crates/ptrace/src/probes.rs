@@ -187,6 +187,12 @@ pub(crate) struct Site {
     pub probes: Vec<ProbeId>,
     /// dprobe's own probe on the dynamic linker's notification function.
     pub loader_hook: bool,
+    /// dprobe's own probe on an unwinder's entry (`_Unwind_RaiseException`,
+    /// `_Unwind_ForcedUnwind`): the thread's return addresses go back before it walks the
+    /// stack.
+    pub unwinder: bool,
+    /// dprobe's own probe on `__cxa_begin_catch`: where an exception is caught.
+    pub catcher: bool,
     /// The file and offset of the code it is on, while that file is mapped there (`None`:
     /// code that is no file's).
     pub origin: Option<(String, u64)>,
@@ -256,6 +262,9 @@ impl Tracee {
         }
         if is_return {
             self.xol.trampoline(tid, &mut self.memory, addr, maps)?;
+            if !self.unwinders_watched {
+                self.watch_unwinders(tid, maps, &Symbols::load(maps))?;
+            }
         }
         if let Some(site) = self.sites.get_mut(&addr) {
             site.probes.push(id);
@@ -265,7 +274,8 @@ impl Tracee {
         Ok(addr)
     }
 
-    /// Analyze the instruction at `addr` in function `f`, prepare its execution, and arm it.
+    /// Analyze the instruction at `addr` in function `f`, prepare its execution, and arm it
+    /// (for probe `probe`, or none: one of dprobe's own).
     pub(crate) fn new_site(
         &mut self,
         tid: i32,
@@ -294,7 +304,8 @@ impl Tracee {
         let probes = probe.into_iter().collect();
         let Prepared { insn, plan, slot } = prepared;
         let origin = origin_at(maps, addr);
-        self.sites.insert(addr, Site { insn, plan, slot, probes, loader_hook: probe.is_none(), origin });
+        let site = Site { insn, plan, slot, probes, loader_hook: false, unwinder: false, catcher: false, origin };
+        self.sites.insert(addr, site);
         self.write(addr, &patch.new)?;
         Ok(())
     }

@@ -57,6 +57,10 @@ struct ThreadReturns {
     pending: ReturnStack<Pending>,
     /// `(slot, real return address)` of trampoline returns the rule dropped, newest last.
     grave: VecDeque<(u64, u64)>,
+    /// Pending returns whose real addresses went back when the thread entered an unwinder,
+    /// oldest first: those of frames the exception does not unwind are watched again where
+    /// it is caught, the others are abandoned.
+    unwound: Vec<Instance<Pending>>,
 }
 
 /// Pending returns, per thread.
@@ -210,7 +214,7 @@ impl Tracee {
     /// A thread exited: its pending returns will never come.
     pub(crate) fn forget_thread_returns(&mut self, tid: i32) {
         let Some(mut thread) = self.returns.by_thread.remove(&tid) else { return };
-        for gone in thread.pending.drain() {
+        for gone in thread.pending.drain().into_iter().chain(thread.unwound) {
             self.abandon(tid, gone, false);
         }
         let (theirs, others) = std::mem::take(&mut self.returns.quarantine).into_iter().partition(|q| q.1 == tid);
@@ -218,6 +222,66 @@ impl Tracee {
         let theirs: Vec<(usize, i32, u64, u64)> = theirs;
         for (index, ..) in theirs {
             self.stubs.release(index);
+        }
+    }
+
+    /// Thread `tid` entered an unwinder (a C++ exception, a Rust panic, thread
+    /// cancellation), which reads the return addresses on its stack to find each frame's
+    /// unwind information (none for dprobe's trampoline or stubs): every address the thread
+    /// has hijacked goes back before it walks the stack. Those pending returns are counted as
+    /// abandoned: the frames may be unwound, or return untraced (as the in-process engine
+    /// does).
+    pub(crate) fn unwinding(&mut self, tid: i32) {
+        let trampoline = self.xol.trampoline_addr();
+        self.collect_returns();
+        self.unwinding_over(tid);
+        self.returns.restore_stack(tid, trampoline, &self.stubs, &mut self.memory);
+        let Some(thread) = self.returns.by_thread.get_mut(&tid) else { return };
+        let mut all = thread.pending.drain();
+        all.reverse();
+        thread.unwound = all;
+        // Dropped returns are restored: nothing is left to return through the trampoline.
+        thread.grave.clear();
+    }
+
+    /// Thread `tid` catches an exception (it entered `__cxa_begin_catch`, with stack pointer
+    /// `sp`): the frames above it were not unwound, and their returns are watched again (the
+    /// trampoline or their stub back in their slots); the others are abandoned.
+    pub(crate) fn caught(&mut self, tid: i32, sp: u64) -> Result<(), TraceError> {
+        let trampoline = self.xol.trampoline_addr();
+        let Some(thread) = self.returns.by_thread.get_mut(&tid) else { return Ok(()) };
+        let unwound = std::mem::take(&mut thread.unwound);
+        let mut since = thread.pending.drain();
+        since.reverse();
+        let mut alive = Vec::new();
+        for i in unwound {
+            let hijack = match i.data.record {
+                Some(index) => Some(self.stubs.stub(index).0),
+                None => trampoline.map(|t| t.0),
+            };
+            let now = read_word(&mut self.memory, i.slot);
+            let keep = i.slot > sp && hijack.is_some() && (now == Some(i.ret) || now == hijack);
+            if keep {
+                self.memory.write(Addr(i.slot), &hijack.expect("checked").to_le_bytes())?;
+                alive.push(i);
+            } else {
+                self.abandon(tid, i, false);
+            }
+        }
+        let thread = self.returns.by_thread.entry(tid).or_default();
+        for i in alive.into_iter().chain(since) {
+            thread.pending.push(i.slot, i.stack, i.ret, i.data);
+        }
+        Ok(())
+    }
+
+    /// Thread `tid` did something other than unwinding or catching since it entered an
+    /// unwinder (the exception was caught without `__cxa_begin_catch`, a Rust panic for
+    /// one): the returns it had pending then are abandoned, whichever frames survived.
+    pub(crate) fn unwinding_over(&mut self, tid: i32) {
+        let Some(thread) = self.returns.by_thread.get_mut(&tid) else { return };
+        for i in std::mem::take(&mut thread.unwound) {
+            self.abandon(tid, i, false);
         }
     }
 

@@ -37,7 +37,16 @@ fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u6
     let mut t = Tracee::new(PID, true, map).unwrap();
     let insn = analyze(&[0x55, 0x48, 0x89, 0xe5, 0xc3], Addr(SITE), Addr(SITE)).unwrap();
     let id = ProbeId(1);
-    let site = Site { plan: plan(&insn, false), insn, slot: None, probes: vec![id], loader_hook: false, origin: None };
+    let site = Site {
+        plan: plan(&insn, false),
+        insn,
+        slot: None,
+        probes: vec![id],
+        loader_hook: false,
+        unwinder: false,
+        catcher: false,
+        origin: None,
+    };
     t.sites.insert(Addr(SITE), site);
     let hits = Rc::new(RefCell::new(0));
     let h = hits.clone();

@@ -41,6 +41,8 @@ pub struct Tracee {
     /// New children stopped before their parent's fork event was read, with that stop.
     pub(crate) early: BTreeMap<i32, i32>,
     pub(crate) start: StartWatch,
+    /// Whether unwinders are watched (there are return probes).
+    pub(crate) unwinders_watched: bool,
     /// Not `Send`: see above.
     _tracer_thread: std::marker::PhantomData<*const ()>,
 }
@@ -62,6 +64,7 @@ impl Tracee {
             guests: BTreeSet::new(),
             early: BTreeMap::new(),
             start: StartWatch::default(),
+            unwinders_watched: false,
             _tracer_thread: std::marker::PhantomData,
         })
     }
@@ -378,12 +381,18 @@ impl Tracee {
         let mut r = sys::get_regs(tid)?;
         let key = Addr(r.rip.wrapping_sub(1));
         if Some(key) == self.xol.trampoline_addr() {
+            self.unwinding_over(tid);
             self.on_return_trap(tid, &mut r, true)?;
             sys::set_regs(tid, &r)?;
             return Ok(0);
         }
         let pid = self.process_of(tid);
-        let Some(site) = self.sites.get_mut(&key) else { return Ok(libc::SIGTRAP) };
+        let Some(site) = self.sites.get(&key) else { return Ok(libc::SIGTRAP) };
+        let (loader_hook, unwinder, catcher) = (site.loader_hook, site.unwinder, site.catcher);
+        if !unwinder && !catcher {
+            self.unwinding_over(tid);
+        }
+        let site = self.sites.get_mut(&key).expect("looked up");
         let mut regs = sys::to_regs(&r);
         regs.rip = key.0;
         let mut has_return = false;
@@ -404,7 +413,6 @@ impl Tracee {
                 });
             }
         }
-        let loader_hook = site.loader_hook;
         if has_return {
             let ids = site.probes.clone();
             self.hijack_return(tid, &regs, r.fs_base, key, &ids)?;
@@ -423,6 +431,11 @@ impl Tracee {
         }
         sys::from_regs(&regs, &mut r);
         sys::set_regs(tid, &r)?;
+        if unwinder {
+            self.unwinding(tid);
+        } else if catcher {
+            self.caught(tid, r.rsp)?;
+        }
         if loader_hook {
             self.on_loads_changed(tid)?;
             if self.at_start() {

@@ -73,3 +73,11 @@ pub fn ctor_plugin() -> &'static str {
         &["-O2", "-shared", "-fPIC"],
     )
 }
+
+/// A C++ program that throws through `inner` and `middle` and catches in `outer`, every third
+/// call (`throws N`).
+pub fn throws() -> &'static str {
+    // No cold clones (`inner.cold`): the functions stay whole.
+    let flags = ["-O2", "-fno-reorder-blocks-and-partition", "-Wl,--no-as-needed", "-lstdc++"];
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/throws.cpp"), "throws", &flags)
+}
