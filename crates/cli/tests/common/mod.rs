@@ -132,3 +132,8 @@ pub fn throws() -> &'static str {
     let flags = ["-O2", "-fno-reorder-blocks-and-partition", "-Wl,--no-as-needed", "-lstdc++"];
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/throws.cpp"), "throws", &flags)
 }
+
+/// Functions that leave by `exit`, `_exit`, `longjmp` and `pthread_exit` (`exits MODE N`).
+pub fn exits() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/exits.c"), "exits", &["-O2", "-pthread"])
+}
