@@ -80,6 +80,12 @@ pub struct TraceArgs {
     /// Stop tracing after this long (`10`, `2.5s`, `500ms`, `1m`) and detach.
     #[arg(short = 'd', long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Follow children: a forked child (and the program a child executes) is traced too, its
+    /// events carrying its pid, its hits counted with the rest. Without it children run
+    /// untraced; a `vfork` child (`system`, `posix_spawn`), which runs in the program's own
+    /// memory, until it executes its program.
+    #[arg(long)]
+    pub follow: bool,
     /// Pending returns per return probe, over all threads; more are counted as missed.
     /// Default: no limit (the kernel engine: the kernel's default).
     #[arg(long, value_name = "N")]

@@ -89,6 +89,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     if engine == Engine::Kernel && args.pid.is_some() && !args.command.is_empty() {
         bail!("give -p PID or a command, not both");
     }
+    if engine != Engine::Ptrace && args.follow {
+        bail!("--follow is for the ptrace engine (the default for one program)");
+    }
     if engine != Engine::Kernel && args.comm.is_some() {
         let name = if engine == Engine::Agent { "agent" } else { "ptrace" };
         bail!("--comm filters system-wide traces (--system-wide); the {name} engine traces one process");
@@ -128,7 +131,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         let pid = engine.pid();
         return drive(engine, planned, &args, out, Scope::Process(pid));
     }
-    let engine = match (args.pid, args.command.split_first()) {
+    let mut engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
         (None, Some((program, rest))) => {
             let program = find_program(program)?;
@@ -137,6 +140,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         }
         (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };
+    if args.follow {
+        engine.follow();
+    }
     let pid = engine.pid();
     drive(engine, planned, &args, out, Scope::Process(pid))
 }

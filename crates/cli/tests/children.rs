@@ -21,3 +21,52 @@ fn a_fork_child_runs_untraced_and_right() {
     assert_eq!(code, Some(0), "the child's own sum was right\n{out}");
     assert_eq!((hits(&out, "work"), hits(&out, "forker%return")), (30, 1), "{out}");
 }
+
+/// The COUNT of `key` in the table of `probe` split by pid.
+fn by_pid(out: &str, probe: &str) -> Vec<(i32, u64)> {
+    let table = out.split(&format!("@hits of {probe} by pid:")).nth(1).unwrap_or_else(|| panic!("no table\n{out}"));
+    table
+        .lines()
+        .skip(2)
+        .map_while(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn followed_fork_children_are_counted_with_their_pids() {
+    let (code, out) = trace(
+        "follow-fork",
+        &["--follow", "--count", "--by", "pid", "work", "forker%return", "--", family(), "fork", "30", "40"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let mut pids = by_pid(&out, "work");
+    pids.sort_by_key(|p| p.1);
+    assert_eq!(pids.iter().map(|p| p.1).collect::<Vec<_>>(), [30, 40], "the program's and its child's\n{out}");
+    assert_ne!(pids[0].0, pids[1].0);
+    assert_eq!(hits(&out, "work"), 70, "{out}");
+}
+
+#[test]
+fn a_shell_and_its_three_children_followed() {
+    let script = format!("{f} spawn 3; {f} vfork 4; {f} fork 2 3", f = family());
+    let probe = "family:work";
+    let (code, out) = trace("follow-sh", &["--follow", "--count", probe, "--", "/bin/sh", "-c", &script]);
+    assert_eq!(code, Some(0), "{out}");
+    // 3; 4 and their 4 vfork children's; 2 and the fork child's 3.
+    assert_eq!(hits(&out, probe), 16, "{out}");
+    assert!(!out.contains("never loaded"), "placed in the children\n{out}");
+    let (code, out) = trace("unfollowed-sh", &["--count", probe, "--", "/bin/sh", "-c", &script]);
+    assert_eq!((code, hits(&out, probe)), (Some(0), 0), "without --follow the children run untraced\n{out}");
+}
+
+#[test]
+fn a_program_executed_by_the_program_is_probed_and_its_child_followed() {
+    // work 5 times, then the same program again: work 6 times in it, 6 in its fork child.
+    let (code, out) = trace("follow-exec", &["--follow", "--count", "work", "--", family(), "exec", "5", "6"]);
+    assert_eq!((code, hits(&out, "work")), (Some(0), 17), "{out}");
+    let (code, out) = trace("exec", &["--count", "work", "--", family(), "exec", "5", "6"]);
+    assert_eq!((code, hits(&out, "work")), (Some(0), 11), "the process's exec is followed, not its child\n{out}");
+}

@@ -11,7 +11,7 @@ use std::time::Instant;
 use dprobe_arch::{Addr, Memory, MemoryFault};
 use dprobe_core::fetch::{errno_tls_offset, FetchContext, FetchPlan, Values};
 use dprobe_core::{
-    Ending, Engine, Exit, Placed, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, Stats, ThreadNames,
+    Ending, Engine, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, Stats, ThreadNames,
 };
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Target};
 use dprobe_sym::ResolveError;
@@ -48,6 +48,10 @@ struct Shared {
 /// One program traced through ptrace, spawned or attached.
 pub struct PtraceEngine {
     tracee: Tracee,
+    /// The children followed ([`PtraceEngine::follow`]), each a process of its own.
+    children: Vec<Tracee>,
+    /// The figures of followed children that ended, per probe.
+    ended: Vec<Stats>,
     spawned: bool,
     shared: Rc<RefCell<Shared>>,
     ids: Vec<ProbeId>,
@@ -72,12 +76,90 @@ impl PtraceEngine {
     fn new(tracee: Tracee, spawned: bool) -> PtraceEngine {
         let shared =
             Shared { start: Instant::now(), queue: VecDeque::new(), spare: Vec::new(), names: ThreadNames::default() };
-        PtraceEngine { tracee, spawned, shared: Rc::new(RefCell::new(shared)), ids: Vec::new(), errno_offset: None }
+        PtraceEngine {
+            tracee,
+            children: Vec::new(),
+            ended: Vec::new(),
+            spawned,
+            shared: Rc::new(RefCell::new(shared)),
+            ids: Vec::new(),
+            errno_offset: None,
+        }
     }
 
     /// The traced process.
     pub fn pid(&self) -> i32 {
         self.tracee.pid()
+    }
+
+    /// Follow the program's children: a forked child is traced with its copy of the probes,
+    /// a program a child executes is probed as the program itself is; events carry each
+    /// process's id and the figures count them all. Without it, children run untraced (a
+    /// `vfork` child, which shares the program's memory and probes, until it executes).
+    pub fn follow(&mut self) {
+        self.tracee.follow = true;
+    }
+
+    /// The traced process thread `tid` belongs to: 0 the program, `i + 1` child `i`.
+    fn owner_of(&self, tid: i32) -> usize {
+        let all = || std::iter::once(&self.tracee).chain(&self.children).enumerate();
+        all().find(|(_, t)| t.claims(tid)).or_else(|| all().find(|(_, t)| t.may_claim(tid))).map_or(0, |(i, _)| i)
+    }
+
+    /// One wait status, handled by the process it belongs to; `Some` when the program ended.
+    fn handle(&mut self, tid: i32, status: i32) -> Result<Option<dprobe_core::Exit>, TraceError> {
+        let owner = self.owner_of(tid);
+        let t = if owner == 0 { &mut self.tracee } else { &mut self.children[owner - 1] };
+        let ended = t.handle(tid, status)?;
+        let new = std::mem::take(&mut t.followed);
+        for mut child in new {
+            child.resume_stopped()?;
+            self.children.push(child);
+        }
+        match ended {
+            Some(exit) if owner == 0 => return Ok(Some(exit)),
+            Some(_) => {
+                let child = self.children.remove(owner - 1);
+                for (index, id) in self.ids.iter().enumerate() {
+                    add_stats(&mut self.ended[index], &child.stats(*id));
+                }
+            }
+            None => {}
+        }
+        Ok(None)
+    }
+
+    /// Run every traced process until the program ends or `stop` says so (asked after every
+    /// stop that queued no event, and when a signal interrupts the wait).
+    fn run_all(
+        &mut self,
+        stop: &mut dyn FnMut() -> bool,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) -> Result<Ending, TraceError> {
+        self.tracee.resume_stopped()?;
+        for child in &mut self.children {
+            child.resume_stopped()?;
+        }
+        loop {
+            self.deliver(sink);
+            if stop() {
+                return Ok(Ending::Asked);
+            }
+            match crate::sys::wait_interruptible(-1)? {
+                Some((tid, status)) => {
+                    if let Some(exit) = self.handle(tid, status)? {
+                        self.deliver(sink);
+                        return Ok(Ending::Exited(exit));
+                    }
+                }
+                None => {
+                    self.tracee.collect_returns();
+                    for child in &mut self.children {
+                        child.collect_returns();
+                    }
+                }
+            }
+        }
     }
 
     /// The offset of `errno` from the thread pointer, through libc's `__errno_location`.
@@ -235,6 +317,7 @@ impl Engine for PtraceEngine {
         };
         let id = added?;
         self.ids.push(id);
+        self.ended.push(Stats::default());
         self.shared.borrow_mut().spare.push(Vec::new());
         Ok(placed)
     }
@@ -246,6 +329,9 @@ impl Engine for PtraceEngine {
     ) -> Result<Ending, TraceError> {
         self.shared.borrow_mut().start = Instant::now();
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
+        if self.tracee.follow {
+            return self.run_all(stop, sink);
+        }
         loop {
             let shared = self.shared.clone();
             let mut asked = false;
@@ -267,7 +353,15 @@ impl Engine for PtraceEngine {
     }
 
     fn stats(&self, index: usize) -> Stats {
-        self.ids.get(index).map(|id| self.tracee.stats(*id)).unwrap_or_default()
+        let Some(id) = self.ids.get(index) else { return Stats::default() };
+        let mut stats = self.tracee.stats(*id);
+        for child in &self.children {
+            add_stats(&mut stats, &child.stats(*id));
+        }
+        if let Some(ended) = self.ended.get(index) {
+            add_stats(&mut stats, ended);
+        }
+        stats
     }
 
     /// Detach. A program dprobe started and let go because a signal stopped the trace is
@@ -278,6 +372,11 @@ impl Engine for PtraceEngine {
         let spawned = self.spawned;
         // The tick interrupts the waits of detaching too, so that a second signal ends them.
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
+        for child in self.children {
+            // Followed children are let go as the program is; one that fails does not keep
+            // the others (or the program) traced.
+            let _ = child.detach_giving_up(give_up);
+        }
         self.tracee.detach_giving_up(give_up)?;
         let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
         Ok(wait_for_command(pid.as_raw(), signal, give_up))
@@ -286,6 +385,18 @@ impl Engine for PtraceEngine {
     /// A program dprobe started, which has not run a line of its own yet, goes with the error.
     fn abandon(self) {
         self.kill_spawned();
+    }
+}
+
+/// Add the counts of `more` to `stats` (the same probe in another process).
+fn add_stats(stats: &mut Stats, more: &Stats) {
+    stats.hits += more.hits;
+    stats.returns += more.returns;
+    stats.missed += more.missed;
+    stats.abandoned += more.abandoned;
+    // A probe waiting in the program was placed in a child (the program it executed).
+    if stats.placement == Placement::Waiting && matches!(more.placement, Placement::At(_) | Placement::Unloaded) {
+        stats.placement = more.placement.clone();
     }
 }
 

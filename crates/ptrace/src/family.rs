@@ -11,12 +11,22 @@
 //!   handled and counted like any other (it runs the program's code, in the program's memory,
 //!   as the kernel's uprobes count it), and carry its own process id.
 //!
+//! Followed (`follow`), a forked child is traced as a process of its own, its copy of the
+//! probes kept (the pending returns of the thread that forked are not watched in it); a
+//! `vfork` child is traced on when it executes a new program, whose probes are placed as
+//! after any `exec`. Hits carry the child's process id.
+//!
 //! A child's first stop may be reported before its parent's fork event: it is kept stopped
 //! until the event says what kind of child it is.
 
+use std::collections::BTreeMap;
+
 use dprobe_arch::{disarm, Memory};
+use dprobe_core::returns::InstancePool;
+use dprobe_core::ProbeId;
 
 use crate::error::TraceError;
+use crate::probes::{Probe, ProbeStats};
 use crate::sys::{self, RemoteMemory};
 use crate::thread::{Stop, Thread};
 use crate::tracee::Tracee;
@@ -56,6 +66,15 @@ impl Tracee {
             return Ok(()); // killed before it ran
         }
         let shared = shares_memory(self.process_of(parent), child).unwrap_or(event == libc::PTRACE_EVENT_VFORK);
+        if !shared && armed && self.follow {
+            // Its copy keeps the probes; returns pending in the forking thread are not
+            // watched in it.
+            let mut mem = RemoteMemory::open(child)?;
+            self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
+            let forked = self.forked(child)?;
+            self.followed.push(forked);
+            return Ok(());
+        }
         if shared && armed {
             self.guests.insert(child);
             self.threads.insert(child, Thread::running());
@@ -81,6 +100,12 @@ impl Tracee {
     /// in it, it goes on untraced. Its pending returns went with the old image.
     pub(crate) fn guest_executed(&mut self, tid: i32) -> Result<(), TraceError> {
         self.forget_guest(tid);
+        if self.follow {
+            let mut executed = self.executed(tid)?;
+            let resumed = executed.resume_stopped();
+            self.followed.push(executed);
+            return resumed;
+        }
         match sys::detach(tid, 0) {
             Err(e) if !e.gone() => Err(e.into()),
             _ => Ok(()),
@@ -116,6 +141,65 @@ impl Tracee {
             Err(e) if !e.gone() => Err(e.into()),
             _ => Ok(()),
         }
+    }
+}
+
+impl Tracee {
+    /// Whether thread `tid` is one of this process's (or of a child sharing its memory).
+    pub(crate) fn claims(&self, tid: i32) -> bool {
+        self.threads.contains_key(&tid) || self.guests.contains(&tid) || self.early.contains_key(&tid)
+    }
+
+    /// Whether thread `tid`, not known yet, is a new thread of this process or a new child of
+    /// it (its parent is this process, or a child sharing its memory).
+    pub(crate) fn may_claim(&self, tid: i32) -> bool {
+        if sys::exists(self.pid, tid) {
+            return true;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+        let parent = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok());
+        parent.is_some_and(|p| p == self.pid || self.guests.contains(&p))
+    }
+
+    /// The probes, for a process followed from this one: the same handlers, figures of its
+    /// own; placed where they are here when `placed` (a copy of this memory).
+    fn shared_probes(&self, placed: bool) -> BTreeMap<ProbeId, Probe> {
+        self.probes
+            .iter()
+            .map(|(id, p)| {
+                let def = p.def.share();
+                let pool = InstancePool::new(Some(def.maxactive));
+                let addr = p.stats.addr.filter(|_| placed);
+                let stats = ProbeStats { addr, placed: u64::from(addr.is_some()), ..ProbeStats::default() };
+                (*id, Probe { def, pool, stats })
+            })
+            .collect()
+    }
+
+    /// Child `child`, stopped at its start with a copy of this process's memory (a fork): the
+    /// same probes, in the same places, through the same out-of-line pages.
+    fn forked(&self, child: i32) -> Result<Tracee, TraceError> {
+        let threads = BTreeMap::from([(child, Thread::stopped(Stop::Signal(0)))]);
+        let mut t = Tracee::new(child, self.seized, threads)?;
+        t.sites = self.sites.clone();
+        t.xol = self.xol.clone();
+        t.probes = self.shared_probes(true);
+        t.next_id = self.next_id;
+        t.unwinders_watched = self.unwinders_watched;
+        t.follow = true;
+        Ok(t)
+    }
+
+    /// Child `child`, stopped at the `execve` of a new program after sharing this process's
+    /// memory: the probes wait for their targets in the new program, as after any `exec`.
+    fn executed(&self, child: i32) -> Result<Tracee, TraceError> {
+        let threads = BTreeMap::from([(child, Thread::stopped(Stop::Event))]);
+        let mut t = Tracee::new(child, self.seized, threads)?;
+        t.probes = self.shared_probes(false);
+        t.next_id = self.next_id;
+        t.follow = true;
+        t.on_exec(child)?;
+        Ok(t)
     }
 }
 

@@ -52,6 +52,13 @@ pub enum HitKind<'a> {
 /// A handler, run in the tracer while the thread is stopped.
 pub type Handler = Box<dyn FnMut(&mut Hit<'_>)>;
 
+/// A handler as the tracer keeps it: one for the probe in every process it follows.
+pub(crate) type SharedHandler = std::rc::Rc<std::cell::RefCell<Handler>>;
+
+fn shared(handler: Handler) -> SharedHandler {
+    std::rc::Rc::new(std::cell::RefCell::new(handler))
+}
+
 /// What a [`ProbeDef`] is placed on: a target of the spec language
 /// (`[OBJECT:]FUNCTION[+OFFSET]`, `OBJECT:0xADDR`, or a `0x` address in the process), parsed
 /// or as text.
@@ -82,8 +89,8 @@ impl IntoTarget for &String {
 pub struct ProbeDef {
     /// Where; a target whose text does not parse is refused when the probe is added.
     pub(crate) target: Result<dprobe_spec::Target, SpecError>,
-    pub(crate) on_entry: Option<Handler>,
-    pub(crate) on_return: Option<Handler>,
+    pub(crate) on_entry: Option<SharedHandler>,
+    pub(crate) on_return: Option<SharedHandler>,
     pub(crate) maxactive: usize,
     pub(crate) when_loaded: bool,
     pub(crate) no_return_stop: bool,
@@ -95,7 +102,7 @@ impl ProbeDef {
     pub fn entry(target: impl IntoTarget, handler: Handler) -> ProbeDef {
         ProbeDef {
             target: target.into_target(),
-            on_entry: Some(handler),
+            on_entry: Some(shared(handler)),
             on_return: None,
             maxactive: 0,
             when_loaded: false,
@@ -108,7 +115,7 @@ impl ProbeDef {
         ProbeDef {
             target: target.into_target(),
             on_entry: None,
-            on_return: Some(handler),
+            on_return: Some(shared(handler)),
             maxactive: 0,
             when_loaded: false,
             no_return_stop: false,
@@ -117,7 +124,7 @@ impl ProbeDef {
 
     /// Also run `handler` at the entry of a return probe.
     pub fn with_entry(mut self, handler: Handler) -> ProbeDef {
-        self.on_entry = Some(handler);
+        self.on_entry = Some(shared(handler));
         self
     }
 
@@ -137,6 +144,18 @@ impl ProbeDef {
     pub fn no_return_stop(mut self) -> ProbeDef {
         self.no_return_stop = true;
         self
+    }
+
+    /// The same probe, sharing its handlers (for a process the tracer follows).
+    pub(crate) fn share(&self) -> ProbeDef {
+        ProbeDef {
+            target: self.target.clone(),
+            on_entry: self.on_entry.clone(),
+            on_return: self.on_return.clone(),
+            maxactive: self.maxactive,
+            when_loaded: self.when_loaded,
+            no_return_stop: self.no_return_stop,
+        }
     }
 
     /// The target, parsed.
@@ -180,6 +199,7 @@ pub(crate) struct Probe {
     pub stats: ProbeStats,
 }
 
+#[derive(Clone)]
 pub(crate) struct Site {
     pub insn: Insn,
     pub plan: ExecPlan,

@@ -433,10 +433,10 @@ impl Tracee {
         let Some(probe) = self.probes.get_mut(&p.probe) else { return };
         probe.pool.give_back();
         probe.stats.returns += 1;
-        if let (true, Some(handler)) = (run_handler, probe.def.on_return.as_mut()) {
+        if let (true, Some(handler)) = (run_handler, probe.def.on_return.as_ref()) {
             let kind = HitKind::Return { entry_regs: &p.entry_regs, elapsed, function: p.function };
             let memory: &mut RemoteMemory = &mut self.memory;
-            handler(&mut Hit { probe: p.probe, pid, tid, regs, fs_base: p.fs_base, memory, kind });
+            (handler.borrow_mut())(&mut Hit { probe: p.probe, pid, tid, regs, fs_base: p.fs_base, memory, kind });
         }
     }
 

@@ -43,6 +43,10 @@ pub struct Tracee {
     pub(crate) start: StartWatch,
     /// Whether unwinders are watched (there are return probes).
     pub(crate) unwinders_watched: bool,
+    /// Follow the program's children: each is traced as a process of its own.
+    pub(crate) follow: bool,
+    /// Children to follow, made since the tracer last took them.
+    pub(crate) followed: Vec<Tracee>,
     /// Not `Send`: see above.
     _tracer_thread: std::marker::PhantomData<*const ()>,
 }
@@ -65,6 +69,8 @@ impl Tracee {
             early: BTreeMap::new(),
             start: StartWatch::default(),
             unwinders_watched: false,
+            follow: false,
+            followed: Vec::new(),
             _tracer_thread: std::marker::PhantomData,
         })
     }
@@ -400,9 +406,9 @@ impl Tracee {
             let Some(p) = self.probes.get_mut(id) else { continue };
             p.stats.hits += 1;
             has_return |= p.def.on_return.is_some();
-            if let Some(handler) = p.def.on_entry.as_mut() {
+            if let Some(handler) = p.def.on_entry.as_ref() {
                 let memory: &mut RemoteMemory = &mut self.memory;
-                handler(&mut Hit {
+                (handler.borrow_mut())(&mut Hit {
                     probe: *id,
                     pid,
                     tid,

@@ -15,13 +15,14 @@ pub const PAGE: usize = 4096;
 /// staying within 1 GiB leaves room for the displacement itself.
 const REACH: u64 = 1 << 30;
 
+#[derive(Clone)]
 struct Page {
     base: Addr,
     used: usize,
 }
 
 /// The tracee's out-of-line pages.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Xol {
     pages: Vec<Page>,
     trampoline: Option<Addr>,
