@@ -13,6 +13,8 @@
 //! sites whose file is no longer mapped where it was are forgotten, never written to again
 //! (the range may hold something else by then), and their probes wait for the next load.
 
+use std::collections::BTreeSet;
+
 use dprobe_arch::{Addr, Memory};
 use dprobe_core::ProbeId;
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
@@ -158,6 +160,18 @@ impl Tracee {
     pub(crate) fn on_loads_changed(&mut self, tid: i32) -> Result<(), TraceError> {
         let maps = read_maps_of(self.pid as u32)?;
         self.forget_unloaded(&maps);
+        // Nothing new is mapped (the notification before a load, or after an unload): the
+        // symbols would be the same.
+        let objects: BTreeSet<(u64, String)> = maps
+            .iter()
+            .filter_map(|m| Some((m.start.0, m.path.clone()?)))
+            .filter(|(_, p)| p.starts_with('/'))
+            .collect();
+        let new = !objects.is_subset(&self.objects);
+        self.objects = objects;
+        if !new {
+            return Ok(());
+        }
         let waiting: Vec<ProbeId> = self
             .probes
             .iter()
@@ -226,6 +240,7 @@ impl Tracee {
         self.stubs.clear();
         self.start = StartWatch::default();
         self.unwinders_watched = false;
+        self.objects.clear();
         self.memory = crate::sys::RemoteMemory::open(self.pid)?;
         for p in self.probes.values_mut() {
             p.pool.reset();

@@ -43,6 +43,8 @@ pub struct Tracee {
     pub(crate) start: StartWatch,
     /// Whether unwinders are watched (there are return probes).
     pub(crate) unwinders_watched: bool,
+    /// The files mapped at the dynamic linker's last notification, with where.
+    pub(crate) objects: BTreeSet<(u64, String)>,
     /// Follow the program's children: each is traced as a process of its own.
     pub(crate) follow: bool,
     /// Children to follow, made since the tracer last took them.
@@ -69,6 +71,7 @@ impl Tracee {
             early: BTreeMap::new(),
             start: StartWatch::default(),
             unwinders_watched: false,
+            objects: BTreeSet::new(),
             follow: false,
             followed: Vec::new(),
             _tracer_thread: std::marker::PhantomData,
