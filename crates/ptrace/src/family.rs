@@ -96,11 +96,12 @@ impl Tracee {
         }
     }
 
-    /// A child sharing the program's memory executed a new program: none of dprobe's code is
-    /// in it, it goes on untraced. Its pending returns went with the old image.
-    pub(crate) fn guest_executed(&mut self, tid: i32) -> Result<(), TraceError> {
+    /// A child sharing the program's memory executed a new program (thread `tid` is at the
+    /// exec stop): none of dprobe's code is in it, it goes on untraced, or traced as a
+    /// process of its own when followed. Its pending returns went with the old image.
+    pub(crate) fn guest_executed(&mut self, tid: i32, follow: bool) -> Result<(), TraceError> {
         self.forget_guest(tid);
-        if self.follow {
+        if follow {
             let mut executed = self.executed(tid)?;
             let resumed = executed.resume_stopped();
             self.followed.push(executed);
@@ -110,6 +111,28 @@ impl Tracee {
             Err(e) if !e.gone() => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// A child sharing the program's memory executed a new program while every thread is
+    /// being stopped: the `SIGSTOP` sent to stop it (a spawned program's threads are not
+    /// seized) is still to come, and must not stop the new program once it is let go.
+    pub(crate) fn guest_executed_while_stopping(&mut self, tid: i32) -> Result<(), TraceError> {
+        if !self.seized {
+            let mut signal = 0;
+            loop {
+                sys::cont(tid, signal)?;
+                let (_, status) = sys::wait(tid)?;
+                if !libc::WIFSTOPPED(status) {
+                    self.forget_guest(tid);
+                    return Ok(());
+                }
+                signal = if sys::event_of(status) == 0 { libc::WSTOPSIG(status) } else { 0 };
+                if signal == libc::SIGSTOP {
+                    break;
+                }
+            }
+        }
+        self.guest_executed(tid, false)
     }
 
     /// Forget child `tid` (it exited, executed or was let go).

@@ -59,7 +59,10 @@ impl Tracee {
             if self.guests.contains(&tid) && sys::event_of(status) == libc::PTRACE_EVENT_EXEC {
                 // A vfork child's new program: nothing of dprobe's in it.
                 waiting.remove(&tid);
-                self.guest_executed(tid)?;
+                match self.guest_executed_while_stopping(tid) {
+                    Err(TraceError::Gone { .. }) => self.forget_guest(tid),
+                    other => other?,
+                }
                 continue;
             }
             if self.early_child(tid, status) {

@@ -325,7 +325,7 @@ impl Tracee {
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC if self.guests.contains(&tid) => {
-                self.guest_executed(tid)?;
+                self.guest_executed(tid, self.follow)?;
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC => {

@@ -86,3 +86,22 @@ fn other_threads_keep_every_hit_while_a_thread_waits_in_system() {
     assert_eq!(t.run().unwrap(), Exit::Code(0));
     assert_eq!((t.hits(work), c.load(Relaxed)), (20000, 20000));
 }
+
+#[test]
+fn detaching_while_vfork_children_run_lets_everything_go_right() {
+    // Detach at moments spread over a program that starts a shell 300 times while a thread
+    // calls the probed function: some detaches find a vfork child running in the program's
+    // memory.
+    for round in 0..12u64 {
+        let mut t = started(&["threads-system", "3000000", "300"]);
+        let (_, h) = counter();
+        t.add_probe("work", h).unwrap();
+        t.add_probe("libc:execve", Box::new(|_| {})).unwrap();
+        let pid = t.pid();
+        let exit = t.run_for(std::time::Duration::from_millis(20 + round * 13)).unwrap();
+        assert_eq!(exit, None, "still running");
+        t.detach().unwrap();
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0), "round {round}");
+    }
+}
