@@ -70,3 +70,29 @@ fn a_program_executed_by_the_program_is_probed_and_its_child_followed() {
     let (code, out) = trace("exec", &["--count", "work", "--", family(), "exec", "5", "6"]);
     assert_eq!((code, hits(&out, "work")), (Some(0), 11), "the process's exec is followed, not its child\n{out}");
 }
+
+#[test]
+fn a_followed_child_that_outlives_the_traced_shell_is_let_go_and_finishes_right() {
+    // The shell exits at once; its background child, caught anywhere between its fork and
+    // its work, is let go when the trace ends. Its output comes through dprobe's standard
+    // output, which stays open until it ends.
+    for round in 0..5 {
+        let out = common::out_file(&format!("follow-background-{round}"));
+        let script = format!("{} threads-system 300000 20 &", family());
+        let args = [
+            "trace",
+            "-o",
+            out.to_str().unwrap(),
+            "--follow",
+            "--count",
+            "family:work",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ];
+        let o = common::dprobe(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "right 134999850000\n", "round {round}");
+    }
+}

@@ -3,7 +3,7 @@
 //! rewritten, the out-of-line pages unmapped, and each thread detached with the signal it
 //! was about to receive.
 
-use dprobe_arch::{disarm, Addr, Patch, SlotCode};
+use dprobe_arch::{Addr, SlotCode};
 
 use crate::error::TraceError;
 use crate::inject;
@@ -34,10 +34,7 @@ impl Tracee {
         if self.threads.is_empty() {
             return Ok(());
         }
-        let disarms: Vec<Patch> = self.sites.values().map(|s| disarm(&s.insn)).collect();
-        for patch in &disarms {
-            self.write(patch.addr, &patch.new)?;
-        }
+        self.disarm_sites()?;
         if let Err(e) = self.stop_all(give_up) {
             if matches!(e, TraceError::GaveUp { .. }) {
                 self.let_held_go();

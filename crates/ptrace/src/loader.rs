@@ -208,6 +208,21 @@ impl Tracee {
         Ok(())
     }
 
+    /// The process executed a new program, thread `tid` is all that is left: everything
+    /// dprobe put in the old image (sites, pages, hijacked returns) went with it.
+    pub(crate) fn image_replaced(&mut self, tid: i32) -> Result<(), TraceError> {
+        self.threads.retain(|t, _| *t == tid);
+        self.forget_all_returns();
+        self.sites.clear();
+        self.xol.clear();
+        self.stubs.clear();
+        self.start = StartWatch::default();
+        self.unwinders_watched = false;
+        self.objects.clear();
+        self.memory = crate::sys::RemoteMemory::open(self.pid)?;
+        Ok(())
+    }
+
     /// Probes on code that is no longer mapped where it was (a library unloaded by
     /// `dlclose`, the range perhaps mapped again by something else): their sites are
     /// forgotten, never written to again, and the probes wait for their library's next load
@@ -234,14 +249,7 @@ impl Tracee {
     /// on libraries not loaded yet do: placed now if the new executable has them, or when
     /// the new program's dynamic linker loads their library.
     pub(crate) fn on_exec(&mut self, tid: i32) -> Result<(), TraceError> {
-        self.forget_all_returns();
-        self.sites.clear();
-        self.xol.clear();
-        self.stubs.clear();
-        self.start = StartWatch::default();
-        self.unwinders_watched = false;
-        self.objects.clear();
-        self.memory = crate::sys::RemoteMemory::open(self.pid)?;
+        self.image_replaced(tid)?;
         for p in self.probes.values_mut() {
             p.pool.reset();
             p.stats.addr = None;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dprobe_arch::{analyze, arm, prepare, Addr, ExecPlan, Insn, Memory, Prepared, Regs, SlotCode};
+use dprobe_arch::{analyze, arm, disarm, prepare, Addr, ExecPlan, Insn, Memory, Prepared, Regs, SlotCode};
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
 use dprobe_spec::SpecError;
@@ -327,6 +327,24 @@ impl Tracee {
         let site = Site { insn, plan, slot, probes, loader_hook: false, unwinder: false, catcher: false, origin };
         self.sites.insert(addr, site);
         self.write(addr, &patch.new)?;
+        Ok(())
+    }
+
+    /// Put the original code back at every site that is still mapped as it was when placed.
+    /// A site whose file is no longer mapped there (its library unloaded, or the process
+    /// executing another program that dprobe has not heard of yet) is left alone: the range
+    /// is not its any more.
+    pub(crate) fn disarm_sites(&mut self) -> Result<(), TraceError> {
+        let maps = read_maps_of(self.pid as u32).ok();
+        let still_there = |addr: Addr, site: &Site| match (&maps, &site.origin) {
+            (Some(maps), Some(_)) => origin_at(maps, addr) == site.origin,
+            _ => true,
+        };
+        let patches: Vec<_> =
+            self.sites.iter().filter(|(a, s)| still_there(**a, s)).map(|(_, s)| disarm(&s.insn)).collect();
+        for patch in &patches {
+            self.write(patch.addr, &patch.new)?;
+        }
         Ok(())
     }
 

@@ -68,6 +68,12 @@ impl Tracee {
             if self.early_child(tid, status) {
                 continue;
             }
+            if sys::event_of(status) == libc::PTRACE_EVENT_EXEC {
+                // The program executed another: nothing of dprobe's is left to restore, and
+                // the other threads are gone.
+                self.image_replaced(tid)?;
+                waiting.retain(|t| *t == tid);
+            }
             if let std::collections::btree_map::Entry::Vacant(new) = self.threads.entry(tid) {
                 // A thread created meanwhile, reporting its first stop: stopped too.
                 new.insert(Thread::running());
