@@ -10,7 +10,9 @@
 //! * [`Symbols::resolve`]: the one resolver, from a probe spec's target
 //!   (`[BINARY:]FUNCTION[+OFFSET]`, `BINARY:0xADDR`) or an address to a [`Target`]
 //!   (object, function and bounds, offset, run-time address, file offset), used by every
-//!   engine and by `dprobe list`; [`ObjectName`]: the one rule for what `BINARY` names.
+//!   engine and by `dprobe list`; [`ObjectName`]: the one rule for what `BINARY` names;
+//! * [`usdt_probes`]: the static probes (`<sys/sdt.h>`) of a file, with their semaphores and
+//!   their arguments as fetch arguments.
 //!
 //! ```no_run
 //! use dprobe_sym::{read_maps, Symbols};
@@ -30,9 +32,11 @@ mod maps;
 mod object_name;
 mod resolve;
 mod symbols;
+mod usdt;
 
 pub use demangle::demangle;
 pub use maps::{free_pages_near, parse_maps, read_maps, read_maps_of, Mapping};
 pub use object_name::{library_name_matches, ObjectName};
 pub use resolve::{ResolveError, Target};
-pub use symbols::{Function, Symbols};
+pub use symbols::{load_bias_of, Function, Symbols};
+pub use usdt::{parse_arg as parse_usdt_arg, usdt_probes, Semaphore, UsdtArg, UsdtError, UsdtProbe};

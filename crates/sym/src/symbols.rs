@@ -59,6 +59,15 @@ impl Function {
         self.demangled.as_deref().map(without_parameters)
     }
 
+    /// Whether the glob `pattern` (`*`, `?`) matches its symbol name, its demangled name or
+    /// that without its parameter list: the one matcher of `dprobe list` and of probe specs.
+    pub fn matches_glob(&self, pattern: &str) -> bool {
+        let p = pattern.as_bytes();
+        dprobe_spec::glob(p, self.name.as_bytes())
+            || self.demangled.as_deref().is_some_and(|d| dprobe_spec::glob(p, d.as_bytes()))
+            || self.short_name().is_some_and(|d| dprobe_spec::glob(p, d.as_bytes()))
+    }
+
     /// The object's file name (`libc.so.6`).
     pub fn object_file_name(&self) -> &str {
         self.object.rsplit('/').next().unwrap_or(&self.object)
@@ -219,6 +228,13 @@ fn load_bias(maps: &[Mapping], path: &str, data: &[u8]) -> Option<u64> {
     let seg = file.segments().find(|s| s.file_range().0 == 0)?;
     let link = seg.address() & !0xfff;
     Some(first.start.0.wrapping_sub(link))
+}
+
+/// Run-time address minus link-time address for the object at `path` in a process with
+/// `maps`, reading the file; `None` when the process has not mapped it.
+pub fn load_bias_of(maps: &[Mapping], path: &str) -> Option<u64> {
+    maps.iter().find(|m| m.path.as_deref() == Some(path) && m.offset == 0)?;
+    load_bias(maps, path, &std::fs::read(path).ok()?)
 }
 
 /// Where the PLT stubs of an object are: its `.plt`, `.plt.sec` and `.plt.got` sections, at
