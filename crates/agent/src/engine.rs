@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::Values;
 use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
-use dprobe_ptrace::{Injector, LoadError};
+use dprobe_ptrace::{Injector, LoadError, Semaphores};
 use dprobe_spec::{ArgType, ProbeKind, Target};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -76,6 +76,8 @@ pub struct AgentEngine {
     names: ThreadNames,
     stopped: bool,
     values: Vec<Values>,
+    /// Static probes' semaphores raised in the program.
+    semaphores: Semaphores,
 }
 
 /// Where the agent library is: next to the `dprobe` binary, or in its `deps/` directory as
@@ -142,6 +144,7 @@ impl AgentEngine {
             names: ThreadNames::default(),
             stopped: false,
             values: Vec::new(),
+            semaphores: Semaphores::default(),
         })
     }
 
@@ -304,6 +307,12 @@ impl Engine for AgentEngine {
             }
             wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
         };
+        if let (Some(semaphore), Placement::At(_)) = (probe.semaphore, &placement) {
+            // Raised once the agent has placed the probe.
+            if let Err(why) = self.semaphores.raise(self.pid, semaphore) {
+                placed.note = Some(format!("its semaphore is not set, the program may skip the probe: {why}"));
+            }
+        }
         self.values.push(probe.plan.values());
         self.probes.push(ProbeInfo { types: probe.plan.args().iter().map(|a| a.ty).collect(), placement });
         Ok(placed)
@@ -358,6 +367,8 @@ impl Engine for AgentEngine {
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
+        // Lowered before the probes go: the program stops preparing arguments first.
+        self.semaphores.lower_all(self.pid);
         let stopped = self.stop_agent();
         self.release()?;
         stopped?;
@@ -366,6 +377,7 @@ impl Engine for AgentEngine {
     }
 
     fn abandon(mut self) {
+        self.semaphores.lower_all(self.pid);
         match self.injector.take() {
             Some(i) if self.spawned => i.abandon(),
             Some(i) => {

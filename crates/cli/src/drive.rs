@@ -34,14 +34,35 @@ pub enum Scope {
 /// Place every probe, then check what depends on the fields they fetch; returns the report.
 fn prepare<E: Engine>(
     engine: &mut E,
-    planned: &mut [Planned],
+    planned: &mut Vec<Planned>,
     args: &TraceArgs,
     out: Box<dyn Write>,
 ) -> Result<Report> {
-    for p in planned.iter_mut() {
+    // The engine numbers probes in the order they are placed: a glob's function that cannot
+    // be placed is left out of the list (and said so), as if never asked for.
+    let mut kept = Vec::with_capacity(planned.len());
+    let mut left_out: Vec<(String, usize)> = Vec::new();
+    for mut p in std::mem::take(planned) {
         let plan = FetchPlan::compile(&p.spec.args, None);
-        let request = ProbeRequest { spec: &p.spec, plan: &plan, timed: args.latency, maxactive: args.maxactive };
-        let placed = engine.place(request).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.info.spec))?;
+        let request = ProbeRequest {
+            spec: &p.spec,
+            plan: &plan,
+            timed: args.latency,
+            maxactive: args.maxactive,
+            semaphore: p.semaphore.as_ref(),
+        };
+        let placed = match (engine.place(request), &p.glob) {
+            (Ok(placed), _) => placed,
+            (Err(e), Some(glob)) => {
+                eprintln!("dprobe: `{glob}`: {} left out: {e}", p.info.label);
+                match left_out.iter_mut().find(|(g, _)| g == glob) {
+                    Some((_, n)) => *n += 1,
+                    None => left_out.push((glob.clone(), 1)),
+                }
+                continue;
+            }
+            (Err(e), None) => return Err(anyhow::anyhow!("`{}`: {e}", p.info.spec)),
+        };
         if let Some(note) = placed.note {
             eprintln!("dprobe: `{}`: {note}", p.info.spec);
         }
@@ -52,6 +73,13 @@ fn prepare<E: Engine>(
                 p.info.retval_index = p.info.args.iter().position(|a| a.name == "ret");
                 p.info.errno_in_retval = true;
             }
+        }
+        kept.push(p);
+    }
+    *planned = kept;
+    for (glob, n) in left_out {
+        if !planned.iter().any(|p| p.glob.as_ref() == Some(&glob)) {
+            anyhow::bail!("`{glob}`: none of its {n} probes could be placed");
         }
     }
     check_hist(args, planned)?;

@@ -9,7 +9,7 @@ use dprobe_arch::{
     analyze, can_optimize, describe, keeps_vector_state, kernel_uprobe_refusal, one_instruction, plan, ExecPlan,
     SlotEnding,
 };
-use dprobe_spec::{glob, parse_target, split_binary, split_offset};
+use dprobe_spec::{parse_target, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
 use crate::options::ListArgs;
@@ -33,6 +33,11 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
     if args.pid.is_some() && args.rest.len() > 1 {
         bail!("with -p PID, give at most a PATTERN (no FILE)");
     }
+    if let (Some(file), Some(pattern)) = (args.file(), args.pattern()) {
+        if let Some(glob) = pattern.strip_prefix("usdt:") {
+            return crate::usdt::list(file, glob, out);
+        }
+    }
     let (symbols, maps, code) = match (&args.pid, args.file()) {
         (Some(pid), _) => {
             let maps = read_maps_of(*pid as u32).with_context(|| format!("cannot read the maps of process {pid}"))?;
@@ -52,7 +57,7 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
             let names: BTreeSet<String> = symbols
                 .functions()
                 .iter()
-                .filter(|f| pattern.is_none_or(|p| matches(f, p)))
+                .filter(|f| pattern.is_none_or(|p| f.matches_glob(p)))
                 .map(|f| format!("{}:{}", f.object_file_name(), shown_name(f)))
                 .collect();
             for n in &names {
@@ -68,14 +73,8 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
     }
 }
 
-fn matches(f: &Function, pattern: &str) -> bool {
-    let p = pattern.as_bytes();
-    glob(p, f.name.as_bytes())
-        || f.demangled.as_deref().is_some_and(|d| glob(p, d.as_bytes()))
-        || f.short_name().is_some_and(|d| glob(p, d.as_bytes()))
-}
-
-fn shown_name(f: &Function) -> String {
+/// A function's name as `dprobe list` shows it.
+pub fn shown_name(f: &Function) -> String {
     match &f.demangled {
         Some(d) => d.clone(),
         None => f.versioned_name(),

@@ -10,6 +10,7 @@
 mod aggregates;
 mod distribution;
 mod drive;
+mod expand;
 mod histogram;
 mod keys;
 mod list;
@@ -21,6 +22,7 @@ mod signals;
 mod sinks;
 mod summary;
 mod trace;
+mod usdt;
 
 use clap::Parser;
 

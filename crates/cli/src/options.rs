@@ -15,6 +15,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per run: the size of a variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Trace a program: print, count or summarize what its functions are called with and
@@ -28,6 +30,8 @@ pub enum Command {
 const TRACE_EXAMPLES: &str = "\
 Probe specs (the kernel's dynamic-event syntax):
   [BINARY:]FUNCTION[+OFFSET][%return] [NAME=]FETCHARG[:TYPE] ...
+  usdt:BINARY:[PROVIDER:]NAME [NAME=]FETCHARG[:TYPE] ...   (static probes, $argN their arguments)
+  FUNCTION may be a glob (libc:str*, ./app:handle_*): one probe per matching function.
   FETCHARG: %REG  $argN  $retval  $comm  $errno  $stackN  @ADDR  \\IMM  +|-OFF(FETCHARG)
   TYPE:     s8..s64  u8..u64  x8..x64  string
 
@@ -36,6 +40,8 @@ Examples:
   dprobe trace 'libc:open%return ret=$retval:s32 err=$errno' --filter 'ret < 0' -- cat /nonexistent
   dprobe trace --count --duration 5s -p 1234 'libc:nanosleep' 'libc:sched_yield'
   dprobe trace --latency 'libc:write' -- dd if=/dev/zero of=/dev/null count=1000
+  dprobe trace --count 'libc:str*' -- ls
+  dprobe trace 'usdt:./app:server:request id=$arg1 path=+0($arg2):string' -- ./app
   dprobe trace -a 'libc:open path=+0($arg1):string' --duration 10s       (every process)
   dprobe trace -a tracepoint:syscalls:sys_exit_openat --filter 'ret < 0'
   dprobe trace -a 'kernel:do_sys_openat2%return ret=$retval:s32'          (kprobe events)";
@@ -90,6 +96,10 @@ pub struct TraceArgs {
     /// Default: no limit (the kernel engine: the kernel's default).
     #[arg(long, value_name = "N")]
     pub maxactive: Option<usize>,
+    /// The most probes the specs may come to, globs (`libc:str*`) and static probes with
+    /// several sites expanded.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_probes: usize,
     /// Trace every process on the machine through the kernel's own probes (uprobes,
     /// kprobes, tracepoints); with a command, for as long as it runs.
     #[arg(short = 'a', long = "system-wide")]
@@ -129,8 +139,8 @@ pub struct ListArgs {
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pid: Option<i32>,
     /// `FILE [PATTERN]` (an ELF program or library), or with `-p` just `[PATTERN]`. PATTERN is
-    /// a glob on function names (`*open*`), or one place to check: `FUNCTION+OFFSET` or
-    /// `0xADDRESS`.
+    /// a glob on function names (`*open*`), `usdt:GLOB` for the file's static probes with
+    /// their arguments, or one place to check: `FUNCTION+OFFSET` or `0xADDRESS`.
     #[arg(value_name = "FILE | PATTERN", num_args = 0..=2)]
     pub rest: Vec<String>,
 }

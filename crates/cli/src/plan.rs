@@ -3,9 +3,10 @@
 
 use anyhow::{bail, Result};
 use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbeSpec, Target};
-use dprobe_sym::ObjectName;
+use dprobe_sym::Semaphore;
 
-use crate::options::TraceArgs;
+use crate::expand::{expand, Context, Named};
+use crate::options::{Engine, TraceArgs};
 use crate::output::ProbeInfo;
 
 /// A parsed probe.
@@ -16,6 +17,10 @@ pub struct Planned {
     pub spec: ProbeSpec,
     /// At a function's first instruction.
     pub is_function_entry: bool,
+    /// A static probe's semaphore, raised while the probe is placed.
+    pub semaphore: Option<Semaphore>,
+    /// The glob it is one match of: when it cannot be placed, it is left out, not fatal.
+    pub glob: Option<String>,
 }
 
 impl Planned {
@@ -25,45 +30,27 @@ impl Planned {
     }
 }
 
-/// Parse every `PROBE` argument.
+/// Parse every `PROBE` argument, and expand each into the probes it names.
 pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
+    let cx = Context {
+        kernel: args.system_wide || args.engine == Some(Engine::Kernel),
+        program: traced_program(args),
+        max_probes: args.max_probes,
+    };
     let mut planned = Vec::new();
     for text in &args.probes {
-        let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (label, is_function_entry) = match &spec.target {
-            Target::User { binary, function, offset } => {
-                if let Some(b) = binary {
-                    // A path that names no file is a typo, not a library to wait for.
-                    ObjectName::new(b).map_err(|e| anyhow::anyhow!("`{text}`: {e}"))?;
-                }
-                let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
-                (label, *offset == 0)
-            }
-            Target::Kernel { function, offset } => {
-                let label = if *offset == 0 { function.clone() } else { format!("{function}+{offset:#x}") };
-                (label, *offset == 0)
-            }
-            Target::Tracepoint { event, .. } => (event.clone(), false),
-        };
-        let is_return = spec.kind == ProbeKind::Return;
-        if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
-            // A return probe shows its return value unless told otherwise.
-            spec.args.insert(0, NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
+        let spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for named in expand(text, spec, &cx)? {
+            planned.push(plan_one(named));
         }
-        let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);
-        let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
-        let tracepoint = matches!(spec.target, Target::Tracepoint { .. });
-        let info = ProbeInfo {
-            spec: text.clone(),
-            label,
-            args: spec.args.clone(),
-            is_return,
-            retval_index,
-            errno_index,
-            tracepoint,
-            errno_in_retval: matches!(spec.target, Target::Kernel { .. }),
-        };
-        planned.push(Planned { info, spec, is_function_entry });
+        if planned.len() > args.max_probes {
+            bail!(
+                "`{text}`: the probes come to {}, more than --max-probes ({}); narrow the globs or raise \
+                 --max-probes",
+                planned.len(),
+                args.max_probes
+            );
+        }
     }
     if args.latency {
         if let Some(p) = planned.iter().find(|p| !p.is_function_entry) {
@@ -71,6 +58,39 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
         }
     }
     Ok(planned)
+}
+
+/// The traced program's file: the command's, or the process's (`-p`).
+fn traced_program(args: &TraceArgs) -> Option<String> {
+    if let Some(pid) = args.pid {
+        return std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
+    }
+    let program = crate::trace::find_program(args.command.first()?).ok()?;
+    std::fs::canonicalize(program).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
+fn plan_one(named: Named) -> Planned {
+    let Named { mut spec, text, label, semaphore, glob, at_entry: is_function_entry } = named;
+    let is_return = spec.kind == ProbeKind::Return;
+    if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
+        // A return probe shows its return value unless told otherwise.
+        spec.args.insert(0, NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
+        spec.typed.insert(0, true);
+    }
+    let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);
+    let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
+    let tracepoint = matches!(spec.target, Target::Tracepoint { .. });
+    let info = ProbeInfo {
+        spec: text,
+        label,
+        args: spec.args.clone(),
+        is_return,
+        retval_index,
+        errno_index,
+        tracepoint,
+        errno_in_retval: matches!(spec.target, Target::Kernel { .. }),
+    };
+    Planned { info, spec, is_function_entry, semaphore, glob }
 }
 
 /// `--hist NAME` must name a fetched value, and so must `--by NAME` (tracepoint fields are

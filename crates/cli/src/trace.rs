@@ -15,7 +15,7 @@ use crate::report::Mode;
 use crate::signals;
 
 /// Find `program` the way a shell would (`PATH` unless it has a `/`).
-fn find_program(program: &str) -> Result<String> {
+pub fn find_program(program: &str) -> Result<String> {
     if program.contains('/') {
         return Ok(program.to_owned());
     }

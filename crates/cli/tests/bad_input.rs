@@ -2,7 +2,7 @@
 //! expected; never a panic, exit status 2.
 mod common;
 
-use common::{dprobe, target};
+use common::{dprobe, handlers, target, usdt};
 
 #[test]
 fn each_bad_input_gets_its_specific_message() {
@@ -51,6 +51,61 @@ fn each_bad_input_gets_its_specific_message() {
     ];
     assert!(cases.len() >= 20);
     common::assert_refused(cases);
+}
+
+/// Every name that cannot be found is an error before anything runs, naming the part of the
+/// spec that is wrong: binaries, prefixes, functions, globs, static probes and their arguments.
+#[test]
+fn every_name_that_cannot_be_found_is_an_error_that_says_which() {
+    let t = target();
+    let (prog, optimized, h) = (usdt("-O0"), usdt("-O2"), handlers());
+    let own = |s: &str| s.replace("PROG", prog).replace("OPT", optimized).replace("HANDLERS", h).replace("TARGET", t);
+    let cases: Vec<(Vec<String>, String)> = [
+        ("./no/such/dir/prog:work", "`./no/such/dir/prog:work`: `./no/such/dir/prog`: no such file"),
+        ("/no/such/prog:work", "`/no/such/prog`: no such file"),
+        ("/tmp:work", "`/tmp`: no such file (it is not a file)"),
+        ("/etc/hostname:work", "`/etc/hostname` is not an ELF file (a program or a shared library)"),
+        ("TARGET:no_such_function", "`TARGET:no_such_function`: no function `no_such_function` in `TARGET`"),
+        ("kernal:schedule", "`kernal:schedule`: unknown prefix `kernal:` (did you mean `kernel:`?)"),
+        ("tracepiont:sched:sched_switch", "unknown prefix `tracepiont:` (did you mean `tracepoint:`?)"),
+        ("usd:PROG:app:req", "unknown prefix `usd:` (did you mean `usdt:`?)"),
+        (
+            "usdt:PROG:app:nosuch",
+            "no static probe `app:nosuch` in `PROG`; it has: app:indexed, app:konst, app:req, app:tick",
+        ),
+        ("usdt:PROG:web:req", "no static probe `web:req` in `PROG`; it has: app:indexed"),
+        ("usdt:PROG:nosuch", "no static probe `nosuch` in `PROG`; it has: app:indexed"),
+        ("usdt:TARGET:app:req", "`TARGET` has no static probes (no .note.stapsdt section)"),
+        ("usdt:./no/such/prog:app:req", "`./no/such/prog`: no such file"),
+        ("usdt:/etc/hostname:app:req", "`/etc/hostname` is not an ELF file"),
+        ("usdt:libnosuchlibrary:app:req", "no library `libnosuchlibrary` is loaded or in the library directories"),
+        (
+            "usdt:PROG:app:req x=$arg4",
+            "`$arg4`: the static probe app:req has 3 arguments (-4@-4(%rbp) 8@%rax -8@-16(%rbp))",
+        ),
+        ("usdt:PROG:app:konst x=+0($arg2):string", "`$arg2`: the static probe app:konst has 1 argument (-4@$5)"),
+        ("usdt:OPT:app:indexed x=$arg1", "`$arg1` of app:indexed is `-4@(%r"),
+        ("usdt:PROG:app:req%return", "a static probe (usdt:) takes no offset or %return"),
+        ("usdt:PROG", "bad probe spec: `usdt:PROG` is not a static probe"),
+        ("HANDLERS:nomatch_*", "`HANDLERS:nomatch_*`: no function matches `nomatch_*` in `HANDLERS`"),
+        ("nomatch_*", "`nomatch_*`: no function matches `nomatch_*` in "),
+        ("libnosuchlibrary:str*", "cannot list the functions of `libnosuchlibrary`"),
+        ("HANDLERS:handle_raw*", "none of the 1 functions that match `handle_raw*` can be probed"),
+    ]
+    .iter()
+    .map(|(spec, message)| (vec![own(spec), "--".into(), own("HANDLERS")], own(message)))
+    .collect();
+    let mut cases = cases;
+    cases.push((vec!["-a".into(), "handle_*".into()], "a glob without BINARY: matches the traced program's".into()));
+    cases.push((
+        vec!["--max-probes".into(), "10".into(), "libc:*".into(), "--".into(), t.into()],
+        "`libc:*`: `*` matches ".into(),
+    ));
+    assert!(cases.len() >= 15);
+    let borrowed: Vec<(Vec<&str>, &str)> =
+        cases.iter().map(|(a, m)| (a.iter().map(String::as_str).collect(), m.as_str())).collect();
+    let table: Vec<(&[&str], &str)> = borrowed.iter().map(|(a, m)| (a.as_slice(), *m)).collect();
+    common::assert_refused(&table);
 }
 
 #[test]

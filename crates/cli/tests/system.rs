@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{dprobe, greet, hits, out_file, trace};
+use common::{dprobe, greet, handlers, hits, out_file, trace, usdt};
 
 /// The tests compare the kernel's event files before and after: one at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -184,4 +184,48 @@ fn a_user_without_root_is_told_tracefs_is_for_root() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tracefs is mounted on /sys/kernel/tracing but only root may use it"), "{stderr}");
+}
+
+#[test]
+fn static_probes_through_the_kernel_set_their_semaphore_and_carry_their_arguments() {
+    let _x = exclusive();
+    let prog = usdt("-O2");
+    let out = out_file("system-usdt");
+    let req = format!("usdt:{prog}:app:req id=$arg1 name=+0($arg2):string delta=$arg3");
+    let tick = format!("usdt:{prog}:tick a=$arg1 b=$arg2");
+    let o = dprobe(&["trace", "-a", "-o", out.to_str().unwrap(), &req, &tick, "--", prog, "run", "4"]);
+    let trace = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}\n{trace}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // The kernel raised the semaphore (its reference counter) in the program: every round
+    // saw it set and fired the guarded probe.
+    let rounds: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rounds.len(), 4, "{stdout}");
+    for (i, r) in rounds.iter().enumerate() {
+        let i = i as i64 + 1;
+        assert_eq!(*r, format!("round id={} name=req-{i} delta={} sem=1", i * 10, -i * 1000));
+        let req = format!("call app:req(id={}, name=\"req-{i}\", delta={})", i * 10, -i * 1000);
+        assert!(trace.contains(&req), "{req} in\n{trace}");
+        assert!(trace.contains(&format!("call app:tick(a={}, b={})", -i, i + 200)), "{trace}");
+    }
+    assert_eq!(hits(&trace, &format!("usdt:{prog}:app:req")), 4, "{trace}");
+    assert_eq!(hits(&trace, &format!("usdt:{prog}:app:tick")), 4, "{trace}");
+    assert!(!tracefs("uprobe_events").contains(prog), "its events are gone");
+}
+
+#[test]
+fn a_glob_becomes_one_kernel_event_per_function() {
+    let _x = exclusive();
+    let prog = handlers();
+    let glob = format!("{prog}:handle_*");
+    let out = out_file("system-glob");
+    let o = dprobe(&["trace", "-a", "--count", "-o", out.to_str().unwrap(), &glob, "--", prog, "5"]);
+    let trace = std::fs::read_to_string(&out).unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}\n{trace}");
+    assert_eq!(hits(&trace, &format!("{prog}:handle_get")), 5, "{trace}");
+    assert_eq!(hits(&trace, &format!("{prog}:handle_put")), 10, "{trace}");
+    assert_eq!(hits(&trace, &format!("{prog}:handle_delete")), 1, "{trace}");
+    assert!(stderr.contains("  handle_raw: "), "{stderr}");
+    assert!(!tracefs("uprobe_events").contains(prog), "its events are gone");
 }

@@ -22,6 +22,10 @@ pub struct ProbeRequest<'a> {
     /// Returns that may be pending at once for a return or timed probe; more are missed.
     /// `None`: the engine's default.
     pub maxactive: Option<usize>,
+    /// A static probe's semaphore: held above zero in the traced program while the probe is
+    /// placed, and given back when it is removed, so that the program prepares the probe's
+    /// arguments only while it is traced.
+    pub semaphore: Option<&'a dprobe_sym::Semaphore>,
 }
 
 /// What placing a probe told.

@@ -68,6 +68,10 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
                 place: format!("kernel:{place}"),
             })
         }
+        Target::Usdt { .. } => Err(KernelError::Unsupported {
+            what: "a static probe (usdt:) as one event".into(),
+            why: "each of its sites is an address of its binary: define BINARY:0xADDRESS for each".into(),
+        }),
         Target::User { binary, function, offset } => {
             let (path, file_offset, shown) = user_place(binary.as_deref(), function, *offset)?;
             Ok(Definition {
@@ -78,6 +82,19 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
                 place: shown,
             })
         }
+    }
+}
+
+impl Definition {
+    /// The uprobe with a reference counter: a static probe's semaphore, at `file_offset` in
+    /// the probed file, which the kernel increments in every process that maps the file while
+    /// the event is enabled and decrements after (`PATH:OFFSET(REF_CTR_OFFSET)`).
+    pub fn counting(mut self, file_offset: u64) -> Definition {
+        if self.kind == EventKind::Uprobe {
+            let end = self.body.find(' ').unwrap_or(self.body.len());
+            self.body.insert_str(end, &format!("({file_offset:#x})"));
+        }
+        self
     }
 }
 
@@ -270,6 +287,16 @@ mod tests {
         // The same place by its address in the binary.
         let d = def(&format!("{prog}:{:#x}", f.start.0)).unwrap();
         assert_eq!(d.body, format!("{prog}:{:#x}", f.file_offset));
+    }
+
+    #[test]
+    fn a_semaphore_becomes_the_reference_counter_after_the_offset() {
+        let d = def("libc:open a=$arg1").unwrap().counting(0x3048);
+        let (place, args) = d.body.split_once(' ').unwrap();
+        assert!(place.ends_with(")") && place.contains(":0x") && place.ends_with("(0x3048)"), "{place}");
+        assert_eq!(args, "a=%di:x64");
+        let d = def("libc:open").unwrap().counting(0x10);
+        assert!(d.body.ends_with("(0x10)") && !d.body.contains(' '), "{}", d.body);
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl Engine for KernelEngine {
         // User and kernel probes are defined together when tracing starts (one write to the
         // kernel whatever their number); a tracepoint's fields are needed now.
         let event = if dynamic {
-            self.session.add_later(&spec, maxactive)?
+            self.session.add_later_counting(&spec, maxactive, probe.semaphore.map(|s| s.file_offset))?
         } else {
             self.session.add(&spec, None, maxactive)?
         };

@@ -146,7 +146,21 @@ impl Session {
     /// Check `spec` and keep its event for the next batch, defined at the next
     /// [`Session::add`], [`Session::flush`] or [`Session::start`]; the index it will have.
     pub fn add_later(&mut self, spec: &ProbeSpec, maxactive: Option<usize>) -> Result<usize, KernelError> {
-        let definition = definition(spec)?;
+        self.add_later_counting(spec, maxactive, None)
+    }
+
+    /// [`Session::add_later`] for a user probe whose semaphore (a static probe's) is at
+    /// `ref_ctr` in the probed file, if it has one: the kernel sets it while the event is on.
+    pub fn add_later_counting(
+        &mut self,
+        spec: &ProbeSpec,
+        maxactive: Option<usize>,
+        ref_ctr: Option<u64>,
+    ) -> Result<usize, KernelError> {
+        let mut definition = definition(spec)?;
+        if let Some(offset) = ref_ctr {
+            definition = definition.counting(offset);
+        }
         if definition.kind != EventKind::Tracepoint && !self.tracefs.has(event_file(definition.kind)) {
             return Err(missing_dynamic_events(definition.kind));
         }

@@ -34,6 +34,7 @@ mod library;
 mod loader;
 mod probes;
 mod returns;
+mod semaphores;
 mod stop;
 mod stubs;
 mod sys;
@@ -46,6 +47,7 @@ pub use engine::{wait_for_command, PtraceEngine};
 pub use error::{Exit, Stopped, TraceError};
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoTarget, ProbeDef};
+pub use semaphores::Semaphores;
 pub use tracee::Tracee;
 
 #[cfg(test)]

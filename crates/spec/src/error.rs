@@ -22,6 +22,10 @@ pub enum SpecErrorKind {
     BadTracepoint,
     /// Tracepoints take no `%return` or offset.
     TracepointModifier,
+    /// `usdt:` without `BINARY:[PROVIDER:]NAME`.
+    BadUsdt,
+    /// Static probes take no `%return` or offset.
+    UsdtModifier,
     /// An unknown register.
     UnknownRegister,
     /// An unknown `$variable`.
@@ -98,6 +102,8 @@ impl fmt::Display for SpecError {
             SpecErrorKind::UnknownSuffix => format!("unknown suffix `{}`", self.fragment()),
             SpecErrorKind::BadTracepoint => format!("`{}` is not a tracepoint", self.fragment()),
             SpecErrorKind::TracepointModifier => "a tracepoint takes no offset or %return".to_owned(),
+            SpecErrorKind::BadUsdt => format!("`{}` is not a static probe", self.fragment()),
+            SpecErrorKind::UsdtModifier => "a static probe (usdt:) takes no offset or %return".to_owned(),
             SpecErrorKind::UnknownRegister => format!("unknown register `{}`", self.fragment()),
             SpecErrorKind::UnknownVariable => format!("unknown variable `{}`", self.fragment()),
             SpecErrorKind::BadArgIndex => format!("`{}` is out of range", self.fragment()),

@@ -33,6 +33,16 @@ pub enum Target {
         /// Bytes into it.
         offset: u64,
     },
+    /// A static probe of a program or library (USDT, `<sys/sdt.h>`):
+    /// `usdt:BINARY:[PROVIDER:]NAME`; provider and name may be globs.
+    Usdt {
+        /// The binary or library that holds it.
+        binary: String,
+        /// Its provider; `None`: any.
+        provider: Option<String>,
+        /// Its name.
+        name: String,
+    },
     /// A static tracepoint (`tracepoint:SUBSYSTEM:EVENT`).
     Tracepoint {
         /// Its subsystem (`sched`, `syscalls`).
@@ -115,6 +125,9 @@ pub struct ProbeSpec {
     pub kind: ProbeKind,
     /// What to fetch at each hit, in order.
     pub args: Vec<NamedArg>,
+    /// For each of `args`, whether its `:TYPE` was written (otherwise it is the fetch's
+    /// default, which a static probe's own argument types replace).
+    pub typed: Vec<bool>,
 }
 
 /// Words of `text` with their byte offsets.
@@ -151,6 +164,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
     let p = Parser { text };
     let (target, kind) = p.target(at, first)?;
     let mut args = Vec::new();
+    let mut typed = Vec::new();
     let mut names = HashSet::new();
     for (i, &(at, word)) in ws.iter().enumerate().skip(1) {
         if matches!(target, Target::Tracepoint { .. }) {
@@ -166,9 +180,10 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
             let end = at + word.find('=').unwrap_or(word.len());
             return Err(SpecError::new(K::DuplicateName, text, at..end, "a different name (NAME=FETCHARG)"));
         }
+        typed.push(split_type(word).1.is_some());
         args.push(arg);
     }
-    Ok(ProbeSpec { target, kind, args })
+    Ok(ProbeSpec { target, kind, args, typed })
 }
 
 struct Parser<'a> {
@@ -287,6 +302,9 @@ impl Parser<'_> {
                 _ => Err(self.err(K::BadTracepoint, base..at + word.len(), "SUBSYSTEM:EVENT, e.g. sched:sched_switch")),
             };
         }
+        if let Some(rest) = word.strip_prefix("usdt:") {
+            return self.usdt(at, at + "usdt:".len(), rest).map(|t| (t, ProbeKind::Entry));
+        }
         // Suffix: %return.
         let (body, kind) = match word.rfind('%') {
             Some(i) if &word[i..] == "%return" => (&word[..i], ProbeKind::Return),
@@ -318,6 +336,27 @@ impl Parser<'_> {
             return Err(self.err(kind, span, "[BINARY:]FUNCTION, e.g. libc:openat or ./app:main+4"));
         }
         Ok((Target::User { binary: binary.map(str::to_owned), function: function.into(), offset }, kind))
+    }
+
+    /// `usdt:BINARY:[PROVIDER:]NAME` after its prefix (`rest`, at `base`).
+    fn usdt(&self, at: usize, base: usize, rest: &str) -> Result<Target, SpecError> {
+        const EXPECTED: &str = "usdt:BINARY:[PROVIDER:]NAME, e.g. usdt:./app:server:request";
+        if let Some(i) = rest.find(['%', '+']) {
+            return Err(self.err(K::UsdtModifier, base + i..base + rest.len(), "usdt:BINARY:[PROVIDER:]NAME alone"));
+        }
+        if rest.is_empty() {
+            return Err(self.err(K::MissingFunction, at..base, EXPECTED));
+        }
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (binary, provider, name) = match parts[..] {
+            [binary, name] => (binary, None, name),
+            [binary, provider, name] => (binary, Some(provider), name),
+            _ => return Err(self.err(K::BadUsdt, at..base + rest.len(), EXPECTED)),
+        };
+        if binary.is_empty() || name.is_empty() || provider == Some("") {
+            return Err(self.err(K::BadUsdt, at..base + rest.len(), EXPECTED));
+        }
+        Ok(Target::Usdt { binary: binary.into(), provider: provider.map(str::to_owned), name: name.into() })
     }
 
     /// `[NAME=]FETCHARG[:TYPE]`, the `index`-th word.

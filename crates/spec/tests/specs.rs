@@ -160,3 +160,26 @@ fn the_message_points_at_the_wrong_part() {
         "bad probe spec: unknown register `%foo`\n  libc:openat path=+0(%foo):string\n                      ^^^^ expected a register such as %di, %si, %dx, %cx, %ax, %ip, %sp, %r8"
     );
 }
+
+#[test]
+fn static_probes_with_and_without_provider() {
+    let p = parse_probe("usdt:./prog:app:req id=$arg1 name=+0($arg2):string").unwrap();
+    assert_eq!(p.target, Target::Usdt { binary: "./prog".into(), provider: Some("app".into()), name: "req".into() });
+    assert_eq!(p.args[0].fetch, Fetch::Arg(1));
+    assert_eq!(p.typed, [false, true]);
+    let p = parse_probe("usdt:libc:setjmp").unwrap();
+    assert_eq!(p.target, Target::Usdt { binary: "libc".into(), provider: None, name: "setjmp".into() });
+    let p = parse_probe("usdt:/usr/bin/python3:python:function__*").unwrap();
+    assert!(matches!(p.target, Target::Usdt { ref name, .. } if name == "function__*"));
+    for (text, message) in [
+        ("usdt:", "nothing after `usdt:`"),
+        ("usdt:./prog", "`usdt:./prog` is not a static probe"),
+        ("usdt:./prog:a:b:c", "`usdt:./prog:a:b:c` is not a static probe"),
+        ("usdt::app:req", "is not a static probe"),
+        ("usdt:./prog:app:req%return", "a static probe (usdt:) takes no offset or %return"),
+        ("usdt:./prog:app:req+4", "a static probe (usdt:) takes no offset or %return"),
+    ] {
+        let e = parse_probe(text).unwrap_err().to_string();
+        assert!(e.contains(message), "{text}: {e}");
+    }
+}

@@ -52,6 +52,13 @@ pub enum ResolveError {
         /// The target.
         what: String,
     },
+    /// A static probe (`usdt:`), which may have several sites: [`crate::usdt_probes`] lists
+    /// them, each one an address.
+    #[error("`{what}` is a static probe: its sites come from the binary's notes, not from one symbol")]
+    StaticProbe {
+        /// The target.
+        what: String,
+    },
     /// `BINARY` is a path, and there is no such file.
     #[error("`{path}`: no such file ({reason})")]
     NoSuchFile {
@@ -162,6 +169,10 @@ impl Symbols {
                 self.resolve_name(maps, binary.as_deref(), function, *offset)
             }
             dprobe_spec::Target::Kernel { function, .. } => Err(ResolveError::NotUserCode { what: function.clone() }),
+            dprobe_spec::Target::Usdt { binary, provider, name } => {
+                let provider = provider.as_deref().map(|p| format!("{p}:")).unwrap_or_default();
+                Err(ResolveError::StaticProbe { what: format!("usdt:{binary}:{provider}{name}") })
+            }
             dprobe_spec::Target::Tracepoint { subsystem, event } => {
                 Err(ResolveError::NotUserCode { what: format!("tracepoint:{subsystem}:{event}") })
             }

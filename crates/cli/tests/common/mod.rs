@@ -137,3 +137,17 @@ pub fn throws() -> &'static str {
 pub fn exits() -> &'static str {
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/exits.c"), "exits", &["-O2", "-pthread"])
 }
+
+/// A program with static probes (`usdt run N`, `usdt serve`; `usdt.c` says what it prints),
+/// built at `opt` (`-O0`: arguments on the stack; `-O2`: in registers).
+pub fn usdt(opt: &str) -> &'static str {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let plain = format!("{dir}/usdt_plain.c");
+    dprobe_test_fixtures::c_program(&format!("{dir}/usdt.c"), &format!("usdt{opt}"), &[opt, plain.as_str()])
+}
+
+/// Request handlers for globs (`handlers N`; `handlers.c` says how often each runs).
+pub fn handlers() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/handlers.c");
+    dprobe_test_fixtures::c_program(src, "handlers", &["-O2"])
+}

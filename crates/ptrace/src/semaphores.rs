@@ -1,0 +1,87 @@
+//! The semaphores of static probes (USDT) in a traced process: each one placed raises its
+//! counter by one, and removing the probes lowers it again, whoever else counts on it (another
+//! tracer, the kernel): a program tests its semaphore to prepare a probe's arguments only
+//! while something traces it.
+
+use dprobe_arch::{Addr, Memory};
+use dprobe_sym::{load_bias_of, read_maps_of, Semaphore};
+
+use crate::sys::RemoteMemory;
+
+/// The counters raised in one process.
+#[derive(Debug, Default)]
+pub struct Semaphores {
+    raised: Vec<Addr>,
+}
+
+impl Semaphores {
+    /// Raise `semaphore` in process `pid`: where its object is mapped now. Returns the
+    /// counter's run-time address, or why it could not be raised.
+    pub fn raise(&mut self, pid: i32, semaphore: &Semaphore) -> Result<Addr, String> {
+        let maps = read_maps_of(pid as u32).map_err(|e| format!("cannot read the maps of process {pid}: {e}"))?;
+        let bias = load_bias_of(&maps, &semaphore.object)
+            .ok_or_else(|| format!("`{}` is not mapped in process {pid}", semaphore.object))?;
+        let addr = Addr(semaphore.addr.wrapping_add(bias));
+        let mut memory =
+            RemoteMemory::open(pid).map_err(|e| format!("cannot open the memory of process {pid}: {e}"))?;
+        add(&mut memory, addr, 1).map_err(|()| format!("cannot write the semaphore at {addr}"))?;
+        self.raised.push(addr);
+        Ok(addr)
+    }
+
+    /// Lower every counter raised (a process that is gone has nothing to lower).
+    pub fn lower_all(&mut self, pid: i32) {
+        let raised = std::mem::take(&mut self.raised);
+        if raised.is_empty() {
+            return;
+        }
+        let Ok(mut memory) = RemoteMemory::open(pid) else { return };
+        for addr in raised {
+            let _ = add(&mut memory, addr, -1);
+        }
+    }
+}
+
+/// Add `delta` to the 16-bit counter at `addr`, never past 0 or 0xffff.
+fn add(memory: &mut dyn Memory, addr: Addr, delta: i32) -> Result<(), ()> {
+    let mut bytes = [0u8; 2];
+    memory.read(addr, &mut bytes).map_err(|_| ())?;
+    let now = i32::from(u16::from_le_bytes(bytes));
+    let new = (now + delta).clamp(0, i32::from(u16::MAX)) as u16;
+    memory.write(addr, &new.to_le_bytes()).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dprobe_arch::MemoryFault;
+
+    struct Two([u8; 2]);
+
+    impl Memory for Two {
+        fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+            buf.copy_from_slice(&self.0[..buf.len()]);
+            let _ = addr;
+            Ok(())
+        }
+        fn write(&mut self, _addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+            self.0[..data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn counters_go_up_and_down_by_one_and_stay_in_range() {
+        let mut m = Two(2u16.to_le_bytes());
+        add(&mut m, Addr(0), 1).unwrap();
+        assert_eq!(u16::from_le_bytes(m.0), 3, "another tracer's 2, and ours");
+        add(&mut m, Addr(0), -1).unwrap();
+        assert_eq!(u16::from_le_bytes(m.0), 2, "theirs stays");
+        let mut m = Two([0, 0]);
+        add(&mut m, Addr(0), -1).unwrap();
+        assert_eq!(m.0, [0, 0]);
+        let mut m = Two([0xff, 0xff]);
+        add(&mut m, Addr(0), 1).unwrap();
+        assert_eq!(m.0, [0xff, 0xff]);
+    }
+}
