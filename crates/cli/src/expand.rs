@@ -185,11 +185,22 @@ fn expand_glob(
         );
     }
     let code = std::fs::read(&path).map_err(|e| anyhow!("`{text}`: cannot read `{path}`: {e}"))?;
+    let short = |f: &Function| f.short_name().map_or_else(|| f.name.clone(), str::to_owned);
+    let mut times: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for f in &matched {
+        *times.entry(short(f)).or_default() += 1;
+    }
     let shown_binary = binary.map_or_else(|| path.rsplit('/').next().unwrap_or(&path).to_owned(), str::to_owned);
     let mut named = Vec::new();
     let mut skipped = Vec::new();
     for f in matched {
-        let name = f.short_name().map_or_else(|| f.name.clone(), str::to_owned);
+        // Two functions of one name (two versions, two static functions): told apart by
+        // version, or else by address.
+        let name = match (times[&short(f)], &f.version) {
+            (1, _) => short(f),
+            (_, Some(_)) => f.versioned_name(),
+            (_, None) => format!("{}@{:#x}", short(f), f.start.0),
+        };
         if let Err(why) = probe_able(f, offset, &code, cx.kernel) {
             skipped.push(format!("{name}: {why}"));
             continue;

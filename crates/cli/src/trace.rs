@@ -112,6 +112,14 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         let scope = Scope::SystemWide { command: args.command.first().cloned() };
         return drive(KernelEngine::new(options)?, planned, &args, out, scope);
     }
+    if engine == Engine::Agent && planned.len() > dprobe_agent::shm::MAX_PROBES {
+        bail!(
+            "the agent engine places at most {} probes; the specs come to {} (narrow the globs, or use \
+             --engine ptrace)",
+            dprobe_agent::shm::MAX_PROBES,
+            planned.len()
+        );
+    }
     if engine == Engine::Agent {
         // A count alone needs no events: the agent counts in place (not by key).
         let events = mode(&args) != Mode::Quiet
