@@ -33,10 +33,23 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
     if args.pid.is_some() && args.rest.len() > 1 {
         bail!("with -p PID, give at most a PATTERN (no FILE)");
     }
-    if let (Some(file), Some(pattern)) = (args.file(), args.pattern()) {
-        if let Some(glob) = pattern.strip_prefix("usdt:") {
-            return crate::usdt::list(file, glob, out);
-        }
+    if let Some(glob) = args.pattern().and_then(|p| p.strip_prefix("usdt:")) {
+        let files = match (&args.pid, args.file()) {
+            (Some(pid), _) => {
+                let maps =
+                    read_maps_of(*pid as u32).with_context(|| format!("cannot read the maps of process {pid}"))?;
+                let mut files: Vec<String> = Vec::new();
+                for path in maps.iter().filter(|m| m.exec).filter_map(|m| m.path.clone()) {
+                    if path.starts_with('/') && !files.contains(&path) {
+                        files.push(path);
+                    }
+                }
+                files
+            }
+            (None, Some(file)) => vec![file.to_owned()],
+            (None, None) => bail!("give `-p PID` or a FILE"),
+        };
+        return crate::usdt::list(&files, glob, out);
     }
     let (symbols, maps, code) = match (&args.pid, args.file()) {
         (Some(pid), _) => {

@@ -110,28 +110,37 @@ fn site_arg(text: &str, p: &UsdtProbe, n: u32) -> Result<(Fetch, ArgType)> {
     a.fetch.clone().map_err(|why| anyhow!("`{text}`: `$arg{n}` of {} is `{}`: {why}", p.full_name(), a.text))
 }
 
-/// `dprobe list FILE 'usdt:GLOB'`: each static probe with its arguments and semaphore.
-pub fn list(path: &str, pattern: &str, out: &mut dyn std::io::Write) -> Result<i32> {
-    let (_, probes) = probes_of(path, path)?;
-    let file = path.rsplit('/').next().unwrap_or(path);
+/// `dprobe list FILE 'usdt:GLOB'` (or `-p PID`: every file the process maps): each static
+/// probe with its arguments and semaphore.
+pub fn list(files: &[String], pattern: &str, out: &mut dyn std::io::Write) -> Result<i32> {
     let mut shown = 0;
-    for p in &probes {
-        let full = p.full_name();
-        if !(glob(pattern.as_bytes(), full.as_bytes()) || glob(pattern.as_bytes(), p.name.as_bytes())) {
-            continue;
+    for path in files {
+        let probes = if files.len() == 1 {
+            probes_of(path, path)?.1
+        } else {
+            // Of a process's files, those without static probes are simply not listed.
+            let Ok(data) = std::fs::read(path) else { continue };
+            usdt_probes(path, &data).unwrap_or_default()
+        };
+        let file = path.rsplit('/').next().unwrap_or(path);
+        for p in &probes {
+            let full = p.full_name();
+            if !(glob(pattern.as_bytes(), full.as_bytes()) || glob(pattern.as_bytes(), p.name.as_bytes())) {
+                continue;
+            }
+            let args: Vec<String> = (p.args.iter().enumerate())
+                .map(|(i, a)| match &a.fetch {
+                    Ok((_, ty)) => format!("$arg{}={}:{}", i + 1, a.text, type_name(*ty)),
+                    Err(why) => format!("$arg{}={} (cannot be fetched: {why})", i + 1, a.text),
+                })
+                .collect();
+            let semaphore = p.semaphore.as_ref().map(|s| format!(" (semaphore at {:#x})", s.addr)).unwrap_or_default();
+            writeln!(out, "usdt:{file}:{full} at {:#x}{semaphore} {}", p.pc, args.join(" "))?;
+            shown += 1;
         }
-        let args: Vec<String> = (p.args.iter().enumerate())
-            .map(|(i, a)| match &a.fetch {
-                Ok((_, ty)) => format!("$arg{}={}:{}", i + 1, a.text, type_name(*ty)),
-                Err(why) => format!("$arg{}={} (cannot be fetched: {why})", i + 1, a.text),
-            })
-            .collect();
-        let semaphore = p.semaphore.as_ref().map(|s| format!(" (semaphore at {:#x})", s.addr)).unwrap_or_default();
-        writeln!(out, "usdt:{file}:{full} at {:#x}{semaphore} {}", p.pc, args.join(" "))?;
-        shown += 1;
     }
     if shown == 0 {
-        bail!("no static probe of `{path}` matches `{pattern}`");
+        bail!("no static probe matches `{pattern}` in {}", files.join(", "));
     }
     Ok(0)
 }

@@ -98,6 +98,9 @@ fn attached_the_semaphore_is_raised_while_traced_and_given_back_after() {
             round(&line)
         };
         assert_eq!(next().sem, 0, "untraced, the semaphore is 0");
+        let listed = dprobe(&["list", "-p", &child.id().to_string(), "usdt:app:req"]);
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.starts_with("usdt:usdt-O2:app:req at "), "{listed}");
         let out = out_file(&format!("usdt-attach-{engine}"));
         let pid = child.id().to_string();
         let spec = format!("usdt:{prog}:app:req id=$arg1");
