@@ -46,6 +46,14 @@ impl Function {
         self.contains(addr).then(|| self.file_offset + (addr.0 - self.start.0))
     }
 
+    /// Whether the compiler split this symbol off a function or specialized a copy of it
+    /// (`f.cold`, `f.part.0`, `f.isra.0`, `f.constprop.0`; demangled `f(long) [clone .cold]`).
+    /// A name that matches both the function and such a part means the function: a `.cold`
+    /// part holds only its unlikely paths, so a probe there misses most calls.
+    pub fn is_compiler_copy(&self) -> bool {
+        [".cold", ".part.", ".isra.", ".constprop.", ".lto_priv."].iter().any(|suffix| self.name.contains(suffix))
+    }
+
     /// `name@@VERSION` / `name@VERSION`, or the plain name.
     pub fn versioned_name(&self) -> String {
         match &self.version {
@@ -159,6 +167,7 @@ impl Symbols {
     /// demangled path (`my_crate::parse`, `ns::Widget::draw`); OBJECT is a file name or its
     /// stem (`libc` for `libc.so.6`) or a path. Without a version, the default version wins.
     /// The executable's definition wins over a library's, then libraries in load order.
+    /// A function wins over the parts and copies the compiler made of it (`f.cold`, `f.isra.0`).
     pub fn find(&self, spec: &str) -> Option<&Function> {
         let (object, name) = dprobe_spec::split_binary(spec);
         match object {
@@ -179,7 +188,7 @@ impl Symbols {
         let matches_version = |f: &Function| version.is_none_or(|v| f.version.as_deref() == Some(v));
         let rank = |f: &Function| {
             let object_rank = self.objects.iter().position(|(o, _)| *o == f.object).unwrap_or(usize::MAX);
-            (object_rank, !f.default_version && f.version.is_some())
+            (object_rank, f.is_compiler_copy(), !f.default_version && f.version.is_some())
         };
         candidates
             .iter()

@@ -131,3 +131,18 @@ fn plt_stubs_are_refused_with_the_reason() {
     assert!(matches!(e, ResolveError::InPlt { addr, .. } if addr == in_plt), "{e:?}");
     assert!(e.to_string().contains("PLT stub of `"), "{e}");
 }
+
+#[test]
+fn a_name_means_the_function_not_the_part_the_compiler_split_off() {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cold_part.cpp");
+    let flags = ["-O2", "-freorder-blocks-and-partition", "-Wl,--no-as-needed", "-lstdc++"];
+    let program = dprobe_test_fixtures::c_program(source, "cold_part", &flags);
+    let s = Symbols::load_file(program).unwrap();
+    let cold = s.find("_Z5innerl.cold").expect("g++ -O2 splits the throw into a .cold part");
+    assert!(cold.is_compiler_copy());
+    for name in ["inner", "inner(long)"] {
+        let f = s.find(name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(f.name, "_Z5innerl", "{name} names the function, not its .cold part at {:?}", cold.start);
+        assert!(!f.is_compiler_copy());
+    }
+}
