@@ -11,6 +11,7 @@ use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Ending, Engine, Exit, ProbeRequest};
 use dprobe_spec::{Filter, ProbeKind, Target};
 
+use crate::clock::Clock;
 use crate::options::TraceArgs;
 use crate::output;
 use crate::plan::{check_hist, parse_the_filter, Planned};
@@ -90,7 +91,7 @@ fn prepare<E: Engine>(
     let known: Vec<&str> = planned.iter().flat_map(|p| p.info.args.iter().map(|a| a.name.as_str())).collect();
     let by = crate::keys::parse_by(&args.by, &known)?;
     let aggregates = sinks::aggregates(args.count, &args.hist, args.latency, &by, args.top);
-    let mut report = Report::new(out, mode(args), filter.is_some(), aggregates);
+    let mut report = Report::new(out, mode(args), args.time, filter.is_some(), aggregates);
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
         let timed = args.latency && p.spec.kind == ProbeKind::Entry;
@@ -116,6 +117,7 @@ pub fn drive<E: Engine>(
     };
     let deadline = args.duration.map(|d| Instant::now() + d);
     report.start = Instant::now();
+    report.clock = Clock::start();
     // An output that cannot be written ends the trace (the program is let go as on Ctrl-C).
     let output_failed = std::cell::Cell::new(false);
     let outcome = engine.run(

@@ -8,6 +8,7 @@
 //! ```
 
 mod aggregates;
+mod clock;
 mod distribution;
 mod drive;
 mod expand;

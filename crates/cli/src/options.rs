@@ -61,8 +61,8 @@ pub struct TraceArgs {
     /// Only events whose fetched values match: `ret < 0`, `path ~ "/etc/*" && flags != 0`.
     #[arg(short = 'f', long, value_name = "EXPR")]
     pub filter: Option<String>,
-    /// One JSON object per event (fields: time, pid, tid, comm, probe, function, kind, args,
-    /// and for returns retval, errno, errno_name, latency_ns).
+    /// One JSON object per event (fields: time, time_ns, wall_time, pid, tid, comm, probe,
+    /// function, kind, args, and for returns retval, errno, errno_name, latency_ns).
     #[arg(long, conflicts_with_all = ["count", "hist", "latency"])]
     pub json: bool,
     /// Count hits per probe, print the table at the end instead of each event.
@@ -115,6 +115,10 @@ pub struct TraceArgs {
     /// Say which engine was picked, and why.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// Print each event's time: its local wall-clock time (`HH:MM:SS.ffffff`), or with
+    /// `--time=rel` the seconds since the trace started.
+    #[arg(short = 'T', long, value_enum, value_name = "wall|rel", num_args = 0..=1, require_equals = true, default_missing_value = "wall")]
+    pub time: Option<crate::clock::TimeFormat>,
     /// Write events and the summary here instead of standard error (which keeps them apart
     /// from the traced program's own output).
     #[arg(short = 'o', long, value_name = "FILE")]

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::clock::{Clock, TimeFormat};
 use dprobe_core::fetch::{Fetched, Values, MAX_STRING};
 use dprobe_core::Side;
 use dprobe_spec::{ArgType, NamedArg};
@@ -32,8 +33,12 @@ pub struct ProbeInfo {
 
 /// One event, ready to be written.
 pub struct Line<'a> {
-    /// Seconds since tracing started.
-    pub time: f64,
+    /// When, in `CLOCK_MONOTONIC` nanoseconds.
+    pub time_ns: u64,
+    /// The trace's time base.
+    pub clock: &'a Clock,
+    /// How the human line shows the time, if it does (`-T`).
+    pub show_time: Option<TimeFormat>,
     /// Process and thread.
     pub pid: u32,
     /// See `pid`.
@@ -59,6 +64,9 @@ impl Line<'_> {
 /// `process 'cat' (1234) call openat(path="/etc/hostname", flags=0x0)` or
 /// `process 'cat' (1234) openat returns -1 (ENOENT)`.
 pub fn human(e: &Line<'_>, out: &mut String) {
+    if let Some(format) = e.show_time {
+        e.clock.show(format, e.time_ns, out);
+    }
     let _ = write!(out, "process '{}' ({}) ", String::from_utf8_lossy(e.comm), e.tid);
     let p = e.probe;
     let shown: Vec<usize> =
@@ -153,7 +161,8 @@ pub fn errno_name(n: i64) -> Option<String> {
     }
 }
 
-/// One JSON object (one line). Fields: `time` (seconds since tracing started), `pid`, `tid`,
+/// One JSON object (one line). Fields: `time` (seconds since tracing started), `time_ns`
+/// (`CLOCK_MONOTONIC` nanoseconds), `wall_time` (RFC 3339, UTC), `pid`, `tid`,
 /// `comm`, `probe` (the spec's target), `function`, `kind` (`entry` or `return`), `args` (an
 /// object: numbers for integer types, strings for `string`, `null` for a fault), and at a
 /// return `retval`, `errno` and `errno_name` when fetched, and `latency_ns`. Strings are the
@@ -161,8 +170,12 @@ pub fn errno_name(n: i64) -> Option<String> {
 pub fn json(e: &Line<'_>, out: &mut String) {
     let p = e.probe;
     let errno = p.errno_index.map(|i| e.value(i));
+    let mut wall_time = String::new();
+    e.clock.rfc3339(e.time_ns, &mut wall_time);
     let object = JsonEvent {
-        time: (e.time * 1e6).round() / 1e6,
+        time: (e.clock.relative(e.time_ns) * 1e6).round() / 1e6,
+        time_ns: e.time_ns,
+        wall_time,
         pid: e.pid,
         tid: e.tid,
         comm: Bytes(e.comm),
@@ -183,6 +196,8 @@ pub fn json(e: &Line<'_>, out: &mut String) {
 #[derive(serde::Serialize)]
 struct JsonEvent<'a> {
     time: f64,
+    time_ns: u64,
+    wall_time: String,
     pid: u32,
     tid: u32,
     comm: Bytes<'a>,
@@ -303,7 +318,19 @@ mod tests {
 
     fn line<'a>(probe: &'a ProbeInfo, values: &'a Values) -> Line<'a> {
         let side = if probe.is_return { Side::Return } else { Side::Entry };
-        Line { time: 0.5, pid: 10, tid: 11, comm: b"cat", probe, side, values, latency: None }
+        let clock = Box::leak(Box::new(Clock::from_parts(0, 0, jiff::tz::TimeZone::UTC)));
+        Line {
+            time_ns: 500_000_000,
+            clock,
+            show_time: None,
+            pid: 10,
+            tid: 11,
+            comm: b"cat",
+            probe,
+            side,
+            values,
+            latency: None,
+        }
     }
 
     fn human_text(p: &ProbeInfo, v: &Values) -> String {
@@ -348,7 +375,7 @@ mod tests {
         json(&line(&p, &v), &mut j);
         assert_eq!(
             j,
-            "{\"time\":0.5,\"pid\":10,\"tid\":11,\"comm\":\"cat\",\"probe\":\"libc:openat\",\
+            "{\"time\":0.5,\"time_ns\":500000000,\"wall_time\":\"1970-01-01T00:00:00.500000000Z\",\"pid\":10,\"tid\":11,\"comm\":\"cat\",\"probe\":\"libc:openat\",\
              \"function\":\"openat\",\"kind\":\"entry\",\"args\":{\"path\":\"a\\\"b\\n\\u0001\",\"flags\":null}}\n"
         );
     }

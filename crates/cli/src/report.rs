@@ -10,6 +10,7 @@ use std::time::Instant;
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Pairing, ProbeEvent, Side};
 
+use crate::clock::{Clock, TimeFormat};
 use crate::output::ProbeInfo;
 use crate::sinks::{Aggregate, Format, Lines, Passed};
 
@@ -47,24 +48,33 @@ pub struct Report {
     pairing: Pairing,
     /// When tracing started.
     pub start: Instant,
+    /// The trace's time base, taken when tracing starts.
+    pub clock: Clock,
     /// The probes, in the order given.
     pub probes: Vec<ProbeState>,
 }
 
 impl Report {
     /// A report writing to `out`.
-    pub fn new(out: Box<dyn Write>, mode: Mode, filtered: bool, aggregates: Vec<Box<dyn Aggregate>>) -> Report {
+    pub fn new(
+        out: Box<dyn Write>,
+        mode: Mode,
+        show_time: Option<TimeFormat>,
+        filtered: bool,
+        aggregates: Vec<Box<dyn Aggregate>>,
+    ) -> Report {
         let format = match mode {
             Mode::Human => Some(Format::Human),
             Mode::Json => Some(Format::Json),
             Mode::Quiet => None,
         };
         Report {
-            lines: Lines::new(out, format),
+            lines: Lines::new(out, format, show_time),
             aggregates,
             filtered,
             pairing: Pairing::new(MAX_PENDING),
             start: Instant::now(),
+            clock: Clock::start(),
             probes: Vec::new(),
         }
     }
@@ -90,8 +100,7 @@ impl Report {
             return;
         }
         probe.shown += 1;
-        let time = self.start.elapsed().as_secs_f64();
-        let passed = Passed { index: e.probe, probe: &probe.info, event: e, latency, time };
+        let passed = Passed { index: e.probe, probe: &probe.info, event: e, latency, clock: &self.clock };
         for a in &mut self.aggregates {
             a.take(&passed);
         }
@@ -175,6 +184,7 @@ mod tests {
         let mut r = Report::new(
             Box::new(Written::default()),
             Mode::Quiet,
+            None,
             false,
             crate::sinks::aggregates(false, &[], true, &[], None),
         );
@@ -200,7 +210,7 @@ mod tests {
         let (i, args) = info("f x=$arg1:s64");
         let filter = parse_filter("x > 1", &["x"]).unwrap();
         let written = Written::default();
-        let mut r = Report::new(Box::new(written.clone()), Mode::Human, true, Vec::new());
+        let mut r = Report::new(Box::new(written.clone()), Mode::Human, None, true, Vec::new());
         r.add_probe(i, FetchPlan::compile(&args, Some(&filter)), false);
         for x in [1, 2, 3] {
             let mut v = Values::with_capacity(1);

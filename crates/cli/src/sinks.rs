@@ -7,6 +7,7 @@ use std::time::Duration;
 use dprobe_core::ProbeEvent;
 
 use crate::aggregates::{KeyCounts, LatencyHistograms, ValueHistograms};
+use crate::clock::{Clock, TimeFormat};
 use crate::keys::KeyPart;
 use crate::output::{self, Line, ProbeInfo};
 
@@ -20,8 +21,8 @@ pub struct Passed<'a> {
     pub event: &'a ProbeEvent<'a>,
     /// At a return paired with its entry: the call's time.
     pub latency: Option<Duration>,
-    /// Seconds since tracing started.
-    pub time: f64,
+    /// The trace's time base (the event's own time is `event.time_ns`).
+    pub clock: &'a Clock,
 }
 
 /// A sink that aggregates, for the summary.
@@ -45,15 +46,17 @@ pub enum Format {
 pub struct Lines {
     out: Box<dyn Write>,
     format: Option<Format>,
+    show_time: Option<TimeFormat>,
     line: String,
     /// The first error writing `out`: it ends the trace.
     error: Option<std::io::Error>,
 }
 
 impl Lines {
-    /// Lines in `format` (none: only the summary) to `out`.
-    pub fn new(out: Box<dyn Write>, format: Option<Format>) -> Lines {
-        Lines { out, format, line: String::new(), error: None }
+    /// Lines in `format` (none: only the summary) to `out`, human ones with their time if
+    /// `show_time` says how.
+    pub fn new(out: Box<dyn Write>, format: Option<Format>, show_time: Option<TimeFormat>) -> Lines {
+        Lines { out, format, show_time, line: String::new(), error: None }
     }
 
     /// Write one event.
@@ -61,7 +64,9 @@ impl Lines {
         let Some(format) = self.format.filter(|_| self.error.is_none()) else { return };
         let ev = e.event;
         let line = Line {
-            time: e.time,
+            time_ns: ev.time_ns,
+            clock: e.clock,
+            show_time: self.show_time,
             pid: ev.pid,
             tid: ev.tid,
             comm: ev.comm,

@@ -229,3 +229,15 @@ fn a_glob_becomes_one_kernel_event_per_function() {
     assert!(stderr.contains("  handle_raw: "), "{stderr}");
     assert!(!tracefs("uprobe_events").contains(prog), "its events are gone");
 }
+
+#[test]
+fn kernel_event_times_are_on_the_monotonic_clock_and_within_the_trace() {
+    let _x = exclusive();
+    let spec = format!("{}:greet i=$arg2:s64", greet());
+    let before = common::wall_now_ns();
+    let (code, out) = trace("system-times", &["-a", "--json", &spec, "--", greet(), "x", "10"]);
+    let after = common::wall_now_ns();
+    assert_eq!(code, Some(0), "{out}");
+    let seen = common::check_event_times(&out, before, after);
+    assert_eq!(seen.len(), 10, "{out}");
+}

@@ -24,7 +24,10 @@ pub struct ProbeEvent<'a> {
     pub pid: u32,
     /// The thread.
     pub tid: u32,
-    /// When, in nanoseconds of the engine's clock (only differences mean something).
+    /// When, in `CLOCK_MONOTONIC` nanoseconds: for the kernel engine the record's perf
+    /// time (asked on that clock), for ptrace when dprobe saw the stop, for the agent when
+    /// the probed thread took the hit. One clock for all, so that one offset taken at the
+    /// start turns any of them into wall-clock time.
     pub time_ns: u64,
     /// At a return whose entry the engine paired itself (it watched the call): when that
     /// entry was, on the same clock.

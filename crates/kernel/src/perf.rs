@@ -23,8 +23,8 @@ const PAGE: usize = 4096;
 /// One record.
 #[derive(Debug)]
 pub enum Record<'a> {
-    /// A sample: the thread group (process), the thread, the CPU, the time (ns, the
-    /// kernel's clock) and the event's raw bytes.
+    /// A sample: the thread group (process), the thread, the CPU, the time (ns of
+    /// `CLOCK_MONOTONIC`) and the event's raw bytes.
     Sample {
         /// Process id.
         pid: u32,
@@ -87,6 +87,10 @@ fn open_event(id: u64, cpu: i32, pid: i32) -> io::Result<OwnedFd> {
     attr.__bindgen_anon_2.wakeup_watermark = (DATA_PAGES * PAGE / 8) as u32;
     attr.set_disabled(1);
     attr.set_watermark(1);
+    // Sample times on CLOCK_MONOTONIC, the clock every engine stamps events with (the
+    // default perf clock is the scheduler's, which need not agree with it).
+    attr.set_use_clockid(1);
+    attr.clockid = libc::CLOCK_MONOTONIC;
     // SAFETY: perf_event_open reads (and may write the expected size into) the attribute
     // struct we own; it returns a new fd.
     let fd = unsafe { perf_event_open(&mut attr, pid, cpu, -1, 0) };

@@ -3,11 +3,6 @@
 //! after every stop, so events keep their order and the queue never holds more than one
 //! stop's worth (a stop that collects stub returns brings several).
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::rc::Rc;
-use std::time::Instant;
-
 use dprobe_arch::{Addr, Memory, MemoryFault};
 use dprobe_core::fetch::{errno_tls_offset, FetchContext, FetchPlan, Values};
 use dprobe_core::{
@@ -19,12 +14,22 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
 
 use crate::error::{Stopped, TraceError};
 use crate::probes::{Hit, HitKind, ProbeDef};
 use crate::semaphores::Semaphores;
 use crate::tick::Tick;
 use crate::tracee::Tracee;
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let t =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
 
 /// An event waiting for the sink.
 struct Queued {
@@ -39,7 +44,6 @@ struct Queued {
 
 /// What the handlers and the run loop share.
 struct Shared {
-    start: Instant,
     queue: VecDeque<Queued>,
     /// Value storage to reuse, per probe (each plan has its own size).
     spare: Vec<Vec<Values>>,
@@ -77,8 +81,7 @@ impl PtraceEngine {
     }
 
     fn new(tracee: Tracee, spawned: bool) -> PtraceEngine {
-        let shared =
-            Shared { start: Instant::now(), queue: VecDeque::new(), spare: Vec::new(), names: ThreadNames::default() };
+        let shared = Shared { queue: VecDeque::new(), spare: Vec::new(), names: ThreadNames::default() };
         PtraceEngine {
             tracee,
             children: Vec::new(),
@@ -178,7 +181,8 @@ impl PtraceEngine {
         Box::new(move |hit: &mut Hit<'_>| {
             let mut guard = shared.borrow_mut();
             let s = &mut *guard;
-            let now = s.start.elapsed().as_nanos() as u64;
+            // When the stop was seen: the clock every engine stamps events with.
+            let now = monotonic_ns();
             let (side, entry_regs, entry_time_ns) = match hit.kind {
                 HitKind::Entry => (Side::Entry, None, None),
                 HitKind::Return { entry_regs, elapsed, .. } => {
@@ -338,7 +342,6 @@ impl Engine for PtraceEngine {
         stop: &mut dyn FnMut() -> bool,
         sink: &mut dyn FnMut(&ProbeEvent<'_>),
     ) -> Result<Ending, TraceError> {
-        self.shared.borrow_mut().start = Instant::now();
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
         if self.tracee.follow {
             return self.run_all(stop, sink);

@@ -151,3 +151,34 @@ pub fn handlers() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/handlers.c");
     dprobe_test_fixtures::c_program(src, "handlers", &["-O2"])
 }
+
+/// The wall clock now, in nanoseconds since 1970.
+pub fn wall_now_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
+}
+
+/// Check the times of `--json` events: each `wall_time` (RFC 3339) between `before` and
+/// `after` (wall-clock nanoseconds read around the trace), `time_ns` never going back on
+/// one thread, `wall_time` and `time_ns` one offset apart, `time` (seconds since the start)
+/// from 0 to the run's length. Returns the events' (tid, kind) in order.
+pub fn check_event_times(json: &str, before: i128, after: i128) -> Vec<(u64, String)> {
+    let mut last: std::collections::HashMap<u64, u64> = Default::default();
+    let mut offset = None;
+    let mut seen = Vec::new();
+    for line in json.lines().filter(|l| l.starts_with('{')) {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let tid = e["tid"].as_u64().unwrap();
+        let mono = e["time_ns"].as_u64().unwrap_or_else(|| panic!("no time_ns: {line}"));
+        let wall: jiff::Timestamp = e["wall_time"].as_str().unwrap().parse().unwrap();
+        let wall = wall.as_nanosecond();
+        assert!(before <= wall && wall <= after, "{line}: not within the trace ({before}..{after})");
+        let this_offset = wall - i128::from(mono);
+        assert_eq!(*offset.get_or_insert(this_offset), this_offset, "one offset for all: {line}");
+        let previous = last.insert(tid, mono).unwrap_or(0);
+        assert!(previous <= mono, "time went back on thread {tid}: {previous} then {line}");
+        let rel = e["time"].as_f64().unwrap();
+        assert!(rel >= 0.0 && rel * 1e9 <= (after - before) as f64, "{line}: relative time");
+        seen.push((tid, e["kind"].as_str().unwrap().to_owned()));
+    }
+    seen
+}
