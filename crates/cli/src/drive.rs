@@ -92,6 +92,10 @@ fn prepare<E: Engine>(
     let by = crate::keys::parse_by(&args.by, &known)?;
     let aggregates = sinks::aggregates(args.count, &args.hist, args.latency, &by, args.top);
     let mut report = Report::new(out, mode(args), args.time, filter.is_some(), aggregates);
+    let infos: Vec<_> = planned.iter().map(|p| p.info.clone()).collect();
+    if let Some(path) = &args.trace_file {
+        report.add_export(crate::export::trace_file(path, &infos, args.count)?);
+    }
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
         let timed = args.latency && p.spec.kind == ProbeKind::Entry;
@@ -120,13 +124,21 @@ pub fn drive<E: Engine>(
     report.clock = Clock::start();
     // An output that cannot be written ends the trace (the program is let go as on Ctrl-C).
     let output_failed = std::cell::Cell::new(false);
+    // The engine asks whether to stop now and then, and hands events over, never both at
+    // once: the report is shared between the two.
+    let shared = std::cell::RefCell::new(report);
     let outcome = engine.run(
-        &mut || signals::requested().is_some() || output_failed.get() || deadline.is_some_and(|d| Instant::now() >= d),
+        &mut || {
+            shared.borrow_mut().tick();
+            signals::requested().is_some() || output_failed.get() || deadline.is_some_and(|d| Instant::now() >= d)
+        },
         &mut |event| {
+            let mut report = shared.borrow_mut();
             report.event(event);
             output_failed.set(report.write_error().is_some());
         },
     );
+    let mut report = shared.into_inner();
     // The trace's own time: removing probes afterwards (the kernel's, a tenth of a second
     // each) is not part of it.
     let elapsed = report.start.elapsed();
@@ -149,6 +161,7 @@ pub fn drive<E: Engine>(
     // dprobe now; the command goes on.
     let pass_on = stopped_by.filter(|s| signals::reached_the_command(*s));
     let finished = engine.finish(pass_on, &signals::insisted);
+    let export_errors = report.finish_exports();
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),
         (_, Ok(exit)) => *exit,
@@ -166,6 +179,12 @@ pub fn drive<E: Engine>(
         }
         let to = args.output.as_ref().map_or_else(|| "standard error".to_owned(), |p| p.display().to_string());
         eprintln!("dprobe: cannot write to {to}: {e}; the trace was ended and every probe removed");
+        return Ok(1);
+    }
+    if !export_errors.is_empty() {
+        for e in export_errors {
+            eprintln!("dprobe: {e:#}");
+        }
         return Ok(1);
     }
     if let Err(e) = finished {

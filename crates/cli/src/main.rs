@@ -12,6 +12,7 @@ mod clock;
 mod distribution;
 mod drive;
 mod expand;
+mod export;
 mod histogram;
 mod keys;
 mod list;
@@ -30,7 +31,7 @@ use clap::Parser;
 fn main() {
     let cli = options::Cli::parse();
     let result = match cli.command {
-        options::Command::Trace(args) => trace::run(args),
+        options::Command::Trace(args) => trace::run(*args),
         options::Command::List(args) => list::run(args, &mut std::io::stdout().lock()),
     };
     match result {

@@ -22,7 +22,7 @@ pub enum Command {
     /// Trace a program: print, count or summarize what its functions are called with and
     /// return.
     #[command(after_help = TRACE_EXAMPLES)]
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
     /// List the functions that can be probed, or say whether one place can be and why not.
     List(ListArgs),
 }
@@ -119,6 +119,12 @@ pub struct TraceArgs {
     /// `--time=rel` the seconds since the trace started.
     #[arg(short = 'T', long, value_enum, value_name = "wall|rel", num_args = 0..=1, require_equals = true, default_missing_value = "wall")]
     pub time: Option<crate::clock::TimeFormat>,
+    /// Write the events as a timeline: `FILE.pftrace` a Perfetto trace (one track per thread
+    /// under its process, calls as slices with their arguments and return values, other hits
+    /// as instants, with --count a counter per probe), `FILE.json` Chrome's trace-event
+    /// format. Events then go to the file only; the summary is still printed.
+    #[arg(long, value_name = "FILE", value_parser = parse_trace_file)]
+    pub trace_file: Option<PathBuf>,
     /// Write events and the summary here instead of standard error (which keeps them apart
     /// from the traced program's own output).
     #[arg(short = 'o', long, value_name = "FILE")]
@@ -163,6 +169,16 @@ impl ListArgs {
     pub fn pattern(&self) -> Option<&str> {
         let skip = usize::from(self.pid.is_none());
         self.rest.get(skip).map(String::as_str)
+    }
+}
+
+/// `--trace-file`: a name whose extension says the format.
+fn parse_trace_file(text: &str) -> Result<PathBuf, String> {
+    let known = [".pftrace", ".perfetto-trace", ".json"];
+    if known.iter().any(|e| text.len() > e.len() && text.ends_with(e)) {
+        Ok(PathBuf::from(text))
+    } else {
+        Err(format!("name it FILE.pftrace (Perfetto) or FILE.json (Chrome trace events), not `{text}`"))
     }
 }
 

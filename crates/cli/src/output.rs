@@ -255,7 +255,8 @@ impl Serialize for Bytes<'_> {
     }
 }
 
-fn escape_non_utf8(mut bytes: &[u8]) -> String {
+/// Bytes as text: UTF-8 as it is, any other byte as `\xNN`.
+pub fn escape_non_utf8(mut bytes: &[u8]) -> String {
     let mut out = String::new();
     while !bytes.is_empty() {
         match std::str::from_utf8(bytes) {

@@ -11,6 +11,7 @@ use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Pairing, ProbeEvent, Side};
 
 use crate::clock::{Clock, TimeFormat};
+use crate::export::Export;
 use crate::output::ProbeInfo;
 use crate::sinks::{Aggregate, Format, Lines, Passed};
 
@@ -44,6 +45,7 @@ pub struct ProbeState {
 pub struct Report {
     lines: Lines,
     aggregates: Vec<Box<dyn Aggregate>>,
+    exports: Vec<Box<dyn Export>>,
     filtered: bool,
     pairing: Pairing,
     /// When tracing started.
@@ -71,6 +73,7 @@ impl Report {
         Report {
             lines: Lines::new(out, format, show_time),
             aggregates,
+            exports: Vec::new(),
             filtered,
             pairing: Pairing::new(MAX_PENDING),
             start: Instant::now(),
@@ -104,7 +107,27 @@ impl Report {
         for a in &mut self.aggregates {
             a.take(&passed);
         }
+        for x in &mut self.exports {
+            x.take(&passed);
+        }
         self.lines.take(&passed);
+    }
+
+    /// Write the events to `export` too.
+    pub fn add_export(&mut self, export: Box<dyn Export>) {
+        self.exports.push(export);
+    }
+
+    /// Now and then while tracing: exports that rewrite their file periodically do.
+    pub fn tick(&mut self) {
+        for x in &mut self.exports {
+            x.tick(&self.clock);
+        }
+    }
+
+    /// Complete every export's file; the errors met writing them.
+    pub fn finish_exports(&mut self) -> Vec<anyhow::Error> {
+        self.exports.iter_mut().filter_map(|x| x.finish(&self.clock).err()).collect()
     }
 
     /// The aggregates' tables, titled.

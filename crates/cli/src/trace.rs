@@ -41,7 +41,7 @@ fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
 
 /// How events are shown, from the options.
 pub fn mode(args: &TraceArgs) -> Mode {
-    if args.count || !args.hist.is_empty() || args.latency {
+    if args.count || !args.hist.is_empty() || args.latency || args.trace_file.is_some() {
         Mode::Quiet
     } else if args.json {
         Mode::Json
@@ -126,7 +126,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             || !args.hist.is_empty()
             || !args.by.is_empty()
             || args.latency
-            || args.filter.is_some();
+            || args.filter.is_some()
+            || args.trace_file.is_some();
         let engine = match (args.pid, args.command.split_first()) {
             (Some(pid), _) => AgentEngine::attach(pid, events)?,
             (None, Some((program, rest))) => {

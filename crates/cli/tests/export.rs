@@ -1,0 +1,208 @@
+//! Exports: a Perfetto trace decoded back with Perfetto's schema (the vendored `.proto`,
+//! through the same prost structs that a unit test checks against it), Chrome's trace-event
+//! JSON read by Python's `json`, and OpenMetrics read by `prometheus_client`'s parser. Each
+//! must say exactly what the program did: four named threads calling `work(size)` 3, 5, 8
+//! and 13 times.
+mod common;
+
+#[path = "../src/export/perfetto_proto.rs"]
+#[allow(dead_code)]
+mod perfetto_proto;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+
+use common::{dprobe, out_file, workers};
+use perfetto_proto::{Trace, TrackEventType};
+use prost::Message;
+
+/// `dprobe trace -o OUT ARGS -- workers`: (what dprobe wrote, what the program printed).
+fn run(name: &str, args: &[&str]) -> (String, String) {
+    let out = out_file(name);
+    let mut all = vec!["trace", "-o", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", workers()]);
+    let o = dprobe(&all);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    (text, String::from_utf8(o.stdout).unwrap())
+}
+
+/// The program's threads: tid -> (name, calls).
+fn threads(printed: &str) -> BTreeMap<i64, (String, u64)> {
+    let rows = printed.lines().filter_map(|l| l.strip_prefix("thread "));
+    rows.map(|r| {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        (f[1].parse().unwrap(), (f[0].to_owned(), f[2].parse().unwrap()))
+    })
+    .collect()
+}
+
+/// The sizes thread number `n` (alpha = 0) passes: (i + 1) * (n + 1) * 7.
+fn sizes(n: usize, calls: u64) -> Vec<i64> {
+    (0..calls as i64).map(|i| (i + 1) * (n as i64 + 1) * 7).collect()
+}
+
+const ENTRY: &str = "work size=$arg1:s64";
+const RETURN: &str = "work%return ret=$retval:s64";
+
+#[test]
+fn perfetto_trace_has_a_slice_per_call_on_each_threads_track_with_arguments_and_return_values() {
+    let file = out_file("workers.pftrace");
+    let (text, printed) = run("pftrace", &["--count", "--trace-file", file.to_str().unwrap(), ENTRY, RETURN]);
+    let bytes = std::fs::read(&file).unwrap();
+    let trace = Trace::decode(bytes.as_slice()).expect("a Trace per Perfetto's schema");
+    let expected = threads(&printed);
+
+    // Tracks: the process, each thread under it with its name.
+    let mut thread_of_track: HashMap<u64, i64> = HashMap::new();
+    let mut process_track = None;
+    let mut counter_tracks = Vec::new();
+    for p in &trace.packet {
+        let Some(d) = &p.track_descriptor else { continue };
+        if let Some(proc) = &d.process {
+            assert_eq!(proc.process_name.as_deref(), Some("workers"));
+            process_track = d.uuid;
+        }
+        if let Some(t) = &d.thread {
+            let tid = t.tid.unwrap();
+            assert_eq!(t.thread_name.as_deref(), Some(expected[&tid].0.as_str()), "thread {tid}'s name");
+            assert_eq!(d.parent_uuid, process_track, "thread {tid} under its process");
+            thread_of_track.insert(d.uuid.unwrap(), tid);
+        }
+        if d.counter.is_some() {
+            counter_tracks.push((d.uuid.unwrap(), d.name.clone().unwrap()));
+        }
+    }
+    assert_eq!(thread_of_track.len(), expected.len(), "one track per thread");
+
+    // Slices: begin with the entry's size, end with the return value, per thread in order.
+    let mut begun: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut returned: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut last_counter = HashMap::new();
+    let mut depth: HashMap<i64, i32> = HashMap::new();
+    let mut previous_time = HashMap::new();
+    for p in &trace.packet {
+        let Some(e) = &p.track_event else { continue };
+        let annotation =
+            |name: &str| e.debug_annotations.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.int_value);
+        match TrackEventType::try_from(e.r#type.unwrap()).unwrap() {
+            TrackEventType::Counter => {
+                last_counter.insert(e.track_uuid.unwrap(), e.counter_value.unwrap());
+                continue;
+            }
+            TrackEventType::SliceBegin => {
+                let tid = thread_of_track[&e.track_uuid.unwrap()];
+                assert_eq!(e.name.as_deref(), Some("work"));
+                begun.entry(tid).or_default().push(annotation("size").expect("size"));
+                *depth.entry(tid).or_default() += 1;
+            }
+            TrackEventType::SliceEnd => {
+                let tid = thread_of_track[&e.track_uuid.unwrap()];
+                returned.entry(tid).or_default().push(annotation("ret").expect("ret"));
+                *depth.entry(tid).or_default() -= 1;
+                assert_eq!(depth[&tid], 0, "work does not recurse: each end closes the one open slice");
+            }
+            other => panic!("no other events: {other:?}"),
+        }
+        let tid = thread_of_track[&e.track_uuid.unwrap()];
+        let t = p.timestamp.unwrap();
+        assert!(previous_time.insert(tid, t).unwrap_or(0) <= t, "time goes on along a thread");
+    }
+    for (n, (tid, (name, calls))) in expected.iter().enumerate() {
+        let want = sizes(n, *calls);
+        assert_eq!(begun[tid], want, "{name}'s calls and their sizes");
+        assert_eq!(returned[tid], want.iter().map(|s| 2 * s).collect::<Vec<_>>(), "{name}'s return values");
+    }
+    let total: u64 = expected.values().map(|(_, c)| c).sum();
+    assert_eq!(counter_tracks.len(), 2, "a hit counter per probe: {counter_tracks:?}");
+    for (uuid, name) in &counter_tracks {
+        assert!(name == "hits of work" || name == "hits of work%return", "{name}");
+        assert_eq!(last_counter[uuid], total as i64, "{name} ends at the number of calls");
+    }
+    assert!(text.contains("PROBE"), "the summary is still printed:\n{text}");
+
+    // protoc, where it is installed, decodes the file with the schema too.
+    match Command::new("protoc").arg("--version").output() {
+        Ok(_) => {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "protoc -I {dir} --decode=perfetto.protos.Trace {dir}/perfetto_trace.proto < {}",
+                    file.display()
+                ))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let decoded = String::from_utf8_lossy(&o.stdout);
+            assert_eq!(decoded.matches("type: TYPE_SLICE_BEGIN").count() as u64, total, "{decoded}");
+        }
+        Err(_) => println!("protoc not installed: the trace was decoded with prost only"),
+    }
+    trace_processor_counts_the_slices(&file, &expected);
+}
+
+/// The `perfetto` Python package's trace processor, where it can run here.
+fn trace_processor_counts_the_slices(file: &std::path::Path, expected: &BTreeMap<i64, (String, u64)>) {
+    let script = format!(
+        "from perfetto.trace_processor import TraceProcessor\n\
+         tp = TraceProcessor(trace='{}')\n\
+         for r in tp.query('select thread.tid as tid, count(*) as n from slice join thread_track on slice.track_id = thread_track.id join thread using(utid) group by thread.tid'):\n\
+         \x20   print(r.tid, r.n)\n",
+        file.display()
+    );
+    let o = Command::new("python3").arg("-c").arg(&script).output();
+    match o {
+        Ok(o) if o.status.success() => {
+            let counts: BTreeMap<i64, u64> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| {
+                    let (t, n) = l.split_once(' ').unwrap();
+                    (t.parse().unwrap(), n.parse().unwrap())
+                })
+                .collect();
+            let want: BTreeMap<i64, u64> = expected.iter().map(|(t, (_, c))| (*t, *c)).collect();
+            assert_eq!(counts, want, "trace_processor's slices per thread");
+            println!("trace_processor: slices per thread as the program made them");
+        }
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stderr);
+            println!(
+                "perfetto's trace processor not checked: it cannot run here ({})",
+                why.lines().last().unwrap_or("no message")
+            );
+        }
+        Err(e) => println!("perfetto's trace processor not checked: no python3 ({e})"),
+    }
+}
+
+#[test]
+fn chrome_json_loads_in_python_with_the_documented_fields() {
+    let file = out_file("workers.json");
+    let (_, printed) = run("chrome", &["--trace-file", file.to_str().unwrap(), ENTRY, RETURN]);
+    let expected = threads(&printed);
+    // Python's own reader, then the fields counted per thread.
+    let script = "import json, sys, collections\n\
+        d = json.load(open(sys.argv[1]))\n\
+        ev = d['traceEvents']\n\
+        names = {e['tid']: e['args']['name'] for e in ev if e['ph'] == 'M' and e['name'] == 'thread_name'}\n\
+        procs = [e['args']['name'] for e in ev if e['ph'] == 'M' and e['name'] == 'process_name']\n\
+        b = collections.Counter(e['tid'] for e in ev if e['ph'] == 'B' and e['name'] == 'work' and 'size' in e['args'] and e['ts'] > 0)\n\
+        e_ = collections.Counter(e['tid'] for e in ev if e['ph'] == 'E' and 'ret' in e['args'])\n\
+        print('process', *procs)\n\
+        for t in sorted(b): print(t, names[t], b[t], e_[t])\n";
+    let o = Command::new("python3").arg("-c").arg(script).arg(&file).output().expect("python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let mut want = "process workers\n".to_owned();
+    for (tid, (name, calls)) in &expected {
+        want.push_str(&format!("{tid} {name} {calls} {calls}\n"));
+    }
+    assert_eq!(out, want);
+}
+
+#[test]
+fn a_trace_file_of_another_kind_is_refused() {
+    common::assert_refused(&[(&["--trace-file", "x.txt", "work", "--", "true"], "name it FILE.pftrace")]);
+}
