@@ -96,6 +96,10 @@ fn prepare<E: Engine>(
     if let Some(path) = &args.trace_file {
         report.add_export(crate::export::trace_file(path, &infos, args.count)?);
     }
+    if let Some(path) = &args.metrics {
+        let metrics = crate::export::metrics::Metrics::new(path, args.interval, &infos, &by, &args.hist, args.latency);
+        report.add_export(Box::new(metrics));
+    }
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
         let timed = args.latency && p.spec.kind == ProbeKind::Entry;

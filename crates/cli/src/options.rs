@@ -125,6 +125,13 @@ pub struct TraceArgs {
     /// format. Events then go to the file only; the summary is still printed.
     #[arg(long, value_name = "FILE", value_parser = parse_trace_file)]
     pub trace_file: Option<PathBuf>,
+    /// Write hits per probe (and key, with --by), the --hist values and --latency as
+    /// OpenMetrics text to FILE at the end (replaced whole, never half-written).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    /// With --metrics: rewrite the file this often while tracing (`10s`, `1m`).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration, requires = "metrics")]
+    pub interval: Option<Duration>,
     /// Write events and the summary here instead of standard error (which keeps them apart
     /// from the traced program's own output).
     #[arg(short = 'o', long, value_name = "FILE")]

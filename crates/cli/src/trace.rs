@@ -127,7 +127,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             || !args.by.is_empty()
             || args.latency
             || args.filter.is_some()
-            || args.trace_file.is_some();
+            || args.trace_file.is_some()
+            || args.metrics.is_some();
         let engine = match (args.pid, args.command.split_first()) {
             (Some(pid), _) => AgentEngine::attach(pid, events)?,
             (None, Some((program, rest))) => {

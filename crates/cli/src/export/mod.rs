@@ -1,10 +1,11 @@
 //! Exports: files that other tools read, fed every event that passed its probe's filter
-//! beside the lines and the aggregates: a timeline (`--trace-file`: Perfetto's protobuf
-//! trace or Chrome's trace-event JSON). An export
+//! beside the lines and the aggregates. A timeline (`--trace-file`: Perfetto's protobuf
+//! trace or Chrome's trace-event JSON) and metrics (`--metrics`: OpenMetrics text). An export
 //! that needs more than the event (folded stacks, once events carry stacks) is one more
 //! [`Export`].
 
 pub mod chrome;
+pub mod metrics;
 pub mod perfetto;
 pub mod perfetto_proto;
 pub mod timeline;

@@ -1,0 +1,190 @@
+//! `--metrics FILE`: OpenMetrics text with the exact figures of a known program (four named
+//! threads calling `work(size)` 3, 5, 8 and 13 times), read back by the `prometheus_client`
+//! Python package's parser where it is installed.
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::{dprobe, out_file, workers};
+
+/// `dprobe trace --metrics FILE ARGS -- workers`: (the metrics file, what the program printed).
+fn run(name: &str, args: &[&str]) -> (String, String) {
+    let metrics = out_file(name);
+    let out = out_file(&format!("{name}.out"));
+    let mut all = vec!["trace", "-o", out.to_str().unwrap(), "--metrics", metrics.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", workers()]);
+    let o = dprobe(&all);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    (std::fs::read_to_string(&metrics).unwrap(), String::from_utf8(o.stdout).unwrap())
+}
+
+/// The program's threads: name -> (calls, its log2 buckets `[LO, HI)` -> count).
+fn threads(printed: &str) -> BTreeMap<String, (u64, BTreeMap<u64, u64>)> {
+    let mut all: BTreeMap<String, (u64, BTreeMap<u64, u64>)> = BTreeMap::new();
+    for l in printed.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["thread", name, _, calls] => all.entry((*name).into()).or_default().0 = calls.parse().unwrap(),
+            ["bucket", name, lo, _, n] => {
+                let lo: u64 = lo.trim_matches(|c| c == '[' || c == ',').parse().unwrap();
+                all.entry((*name).into()).or_default().1.insert(lo, n.parse().unwrap());
+            }
+            _ => {}
+        }
+    }
+    all
+}
+
+/// `name{labels} value` lines: (name, labels) -> value.
+fn samples(text: &str) -> BTreeMap<(String, String), String> {
+    let rows = text.lines().filter(|l| !l.starts_with('#'));
+    rows.map(|l| {
+        let (series, value) = l.rsplit_once(' ').unwrap();
+        let (name, labels) = series.split_once('{').unwrap();
+        ((name.to_owned(), labels.trim_end_matches('}').to_owned()), value.to_owned())
+    })
+    .collect()
+}
+
+#[test]
+fn counts_and_histograms_by_comm_are_the_programs_own_figures() {
+    let (text, printed) = run("by-comm.prom", &["--count", "--hist", "size", "--by", "comm", "work size=$arg1:s64"]);
+    assert!(text.starts_with("# TYPE dprobe_hits counter\n"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let s = samples(&text);
+    for (name, (calls, buckets)) in threads(&printed) {
+        let labels = format!("probe=\"work\",comm=\"{name}\"");
+        assert_eq!(s[&("dprobe_hits_total".into(), labels.clone())], calls.to_string(), "{text}");
+        let labels = format!("{labels},field=\"size\"");
+        assert_eq!(s[&("dprobe_value_count".into(), labels.clone())], calls.to_string());
+        // The sum of (i + 1) * factor * 7 over the thread's calls.
+        let factor = 1 + "abcd".find(&name[..1]).unwrap() as u64;
+        assert_eq!(s[&("dprobe_value_sum".into(), labels.clone())], (7 * factor * calls * (calls + 1) / 2).to_string());
+        // Each cumulative bucket `le 2^(k+1)-1` holds the values below 2^(k+1).
+        let mut cumulative = 0;
+        for (lo, n) in &buckets {
+            cumulative += n;
+            let le = format!("{labels},le=\"{}\"", 2 * lo - 1);
+            assert_eq!(s[&("dprobe_value_bucket".into(), le)], cumulative.to_string(), "{name} below {}", 2 * lo);
+        }
+        assert_eq!(s[&("dprobe_value_bucket".into(), format!("{labels},le=\"+Inf\""))], calls.to_string());
+    }
+    parsed_by_prometheus_client(&text, &threads(&printed));
+}
+
+/// The `prometheus_client` package's OpenMetrics parser, where it is installed (Debian's
+/// `python3-prometheus-client`, or pip's `prometheus-client`).
+fn parsed_by_prometheus_client(text: &str, threads: &BTreeMap<String, (u64, BTreeMap<u64, u64>)>) {
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       if s.name == 'dprobe_hits_total': print(f.type, s.labels['comm'], int(s.value))\n";
+    for python in ["python3", "/usr/bin/python3"] {
+        let has = Command::new(python).args(["-c", "import prometheus_client"]).output();
+        if !has.is_ok_and(|o| o.status.success()) {
+            continue;
+        }
+        let mut child = Command::new(python)
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "prometheus_client refused it: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+        let mut want = String::new();
+        for (name, (calls, _)) in threads {
+            want.push_str(&format!("counter {name} {calls}\n"));
+        }
+        assert_eq!(String::from_utf8(o.stdout).unwrap(), want);
+        println!("prometheus_client ({python}) parsed the metrics");
+        return;
+    }
+    println!("prometheus_client not installed (apt python3-prometheus-client or pip prometheus-client): the metrics were checked in Rust only");
+}
+
+#[test]
+fn latency_is_a_histogram_in_nanoseconds_with_one_count_per_call() {
+    let (text, printed) = run("latency.prom", &["--latency", "work"]);
+    let s = samples(&text);
+    let calls: u64 = threads(&printed).values().map(|(c, _)| c).sum();
+    assert_eq!(s[&("dprobe_hits_total".into(), "probe=\"work\"".into())], calls.to_string(), "{text}");
+    assert_eq!(s[&("dprobe_latency_nanoseconds_count".into(), "probe=\"work\"".into())], calls.to_string());
+    assert!(text.contains("# UNIT dprobe_latency_nanoseconds nanoseconds\n"), "{text}");
+    parsed_by_prometheus_client_only(&text);
+}
+
+fn parsed_by_prometheus_client_only(text: &str) {
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        print(sorted(f.name for f in text_string_to_metric_families(sys.stdin.read())))\n";
+    for python in ["python3", "/usr/bin/python3"] {
+        let has = Command::new(python).args(["-c", "import prometheus_client"]).output();
+        if !has.is_ok_and(|o| o.status.success()) {
+            continue;
+        }
+        let mut child = Command::new(python)
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}\n{text}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8(o.stdout).unwrap(), "['dprobe_hits', 'dprobe_latency_nanoseconds']\n");
+        return;
+    }
+    println!("prometheus_client not installed: the metrics were checked in Rust only");
+}
+
+#[test]
+fn interval_rewrites_the_file_whole_while_tracing() {
+    use std::io::Write as _;
+    let dir = out_file("interval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics = dir.join("cat.prom");
+    let out = out_file("interval.out");
+    // `cat` runs until the test closes its input: the file must be written while it does.
+    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "-o", out.to_str().unwrap(), "--metrics", metrics.to_str().unwrap()])
+        .args(["--interval", "50ms", "libc:read", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = dprobe.stdin.take().unwrap();
+    input.write_all(b"one\n").unwrap();
+    let started = std::time::Instant::now();
+    let first = loop {
+        if let Ok(text) = std::fs::read_to_string(&metrics) {
+            break text;
+        }
+        assert!(started.elapsed().as_secs() < 60, "no metrics file while tracing");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(dprobe.try_wait().unwrap().is_none(), "written while dprobe still traces");
+    assert!(first.starts_with("# TYPE dprobe_hits counter\n") && first.ends_with("# EOF\n"), "{first}");
+    // Every read sees a whole file, never one being written.
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+    drop(input);
+    let o = dprobe.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let last = std::fs::read_to_string(&metrics).unwrap();
+    // cat read its line, then the end of its input: at least two reads at the end.
+    let hits: u64 = samples(&last)[&("dprobe_hits_total".into(), "probe=\"libc:read\"".into())].parse().unwrap();
+    assert!(hits >= 2, "{last}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("cat.prom")], "no temporary file left behind");
+}
