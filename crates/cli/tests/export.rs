@@ -137,6 +137,11 @@ fn perfetto_trace_has_a_slice_per_call_on_each_threads_track_with_arguments_and_
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let decoded = String::from_utf8_lossy(&o.stdout);
             assert_eq!(decoded.matches("type: TYPE_SLICE_BEGIN").count() as u64, total, "{decoded}");
+            assert_eq!(decoded.matches("type: TYPE_SLICE_END").count() as u64, total, "{decoded}");
+            for (name, _) in expected.values() {
+                assert!(decoded.contains(&format!("thread_name: \"{name}\"")), "{decoded}");
+            }
+            println!("protoc decoded the trace with the vendored schema: {total} slices");
         }
         Err(_) => println!("protoc not installed: the trace was decoded with prost only"),
     }
