@@ -41,10 +41,13 @@ fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
 
 /// How events are shown, from the options.
 pub fn mode(args: &TraceArgs) -> Mode {
-    if args.count || !args.hist.is_empty() || args.latency || args.trace_file.is_some() {
+    if args.count || !args.hist.is_empty() || args.latency {
         Mode::Quiet
     } else if args.json {
         Mode::Json
+    } else if args.trace_file.is_some() {
+        // The events go to the file; JSON lines beside it only when asked.
+        Mode::Quiet
     } else {
         Mode::Human
     }
