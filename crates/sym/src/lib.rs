@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod demangle;
+mod ifunc;
 mod maps;
 mod object_name;
 mod resolve;

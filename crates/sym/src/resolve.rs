@@ -5,8 +5,10 @@
 use dprobe_arch::Addr;
 use dprobe_spec::SpecError;
 
+use crate::ifunc::{chosen_implementation, Unchosen};
 use crate::maps::Mapping;
 use crate::object_name::ObjectName;
+use crate::symbols::debug_file_function;
 use crate::symbols::{Function, Symbols};
 
 /// A resolved probe target: the object, the function around it, and where it is.
@@ -122,6 +124,20 @@ pub enum ResolveError {
         /// The object whose PLT it is.
         object: String,
     },
+    /// An indirect function (`STT_GNU_IFUNC`) whose chosen implementation is not known.
+    #[error(
+        "`{symbol}` is an indirect function (the loader chooses its implementation for this CPU) and dprobe \
+         cannot tell which one: {why}; probe an implementation instead{}",
+        if candidates.is_empty() { String::new() } else { format!(": {}", candidates.join(", ")) }
+    )]
+    IndirectFunction {
+        /// `[BINARY:]NAME` as asked for.
+        symbol: String,
+        /// Why the implementation is not known.
+        why: String,
+        /// The object's functions named like implementations of it (`__strlen_avx2`).
+        candidates: Vec<String>,
+    },
     /// No function symbol covers the address, so its instruction boundaries are unknown.
     #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
     NoFunction {
@@ -210,12 +226,57 @@ impl Symbols {
         let symbol = || binary.map_or_else(|| function.to_owned(), |b| format!("{b}:{function}"));
         let f =
             self.find_in(object.as_ref(), function).ok_or_else(|| ResolveError::SymbolNotFound { symbol: symbol() })?;
+        let chosen;
+        let f = if f.ifunc {
+            chosen = self.implementation_of(f, &symbol(), offset)?;
+            &chosen
+        } else {
+            f
+        };
         if offset >= f.size {
             return Err(ResolveError::OffsetOutOfFunction { symbol: function.to_owned(), offset, size: f.size });
         }
         let addr = f.start.offset(offset);
         self.check_code(maps, addr)?;
         Ok(Target { function: f.clone(), offset, addr, file_offset: f.file_offset + offset })
+    }
+
+    /// The function an indirect function's callers run (see [`crate::ifunc`]).
+    fn implementation_of(&self, ifunc: &Function, symbol: &str, offset: u64) -> Result<Function, ResolveError> {
+        let refuse = |why: &str| {
+            // Implementations are named after the function: `__strlen_avx2`, `__memcpy_erms`.
+            let stem = ifunc.name.trim_start_matches('_');
+            let mut candidates: Vec<String> = self
+                .functions()
+                .iter()
+                .filter(|g| g.object == ifunc.object && !g.ifunc)
+                .filter(|g| {
+                    let rest = g.name.strip_prefix("__").and_then(|r| r.strip_prefix(stem));
+                    rest.is_some_and(|r| r.starts_with('_'))
+                })
+                .map(|g| g.name.clone())
+                .collect();
+            candidates.sort();
+            candidates.dedup();
+            ResolveError::IndirectFunction { symbol: symbol.to_owned(), why: why.to_owned(), candidates }
+        };
+        if offset != 0 {
+            return Err(refuse("an offset into its resolver is not code that callers run"));
+        }
+        let data = std::fs::read(&*ifunc.object).map_err(|_| refuse(Unchosen::Unreadable.reason()))?;
+        let resolver = ifunc.start.0.wrapping_sub(ifunc.bias);
+        let chosen = chosen_implementation(&ifunc.object, &data, resolver).map_err(|u| refuse(u.reason()))?;
+        if let Some(g) = self.containing(Addr(chosen.wrapping_add(ifunc.bias))).filter(|g| g.object == ifunc.object) {
+            return Ok(g.clone());
+        }
+        // A stripped library (Debian's libc) names its implementations only in its separate
+        // debug file (`libc6-dbg`).
+        debug_file_function(&ifunc.object, &data, chosen, ifunc.bias).ok_or_else(|| {
+            refuse(
+                "the library names its implementations only in its debug symbols, which are not installed \
+                 (for libc: the libc6-dbg package)",
+            )
+        })
     }
 
     /// Resolve an address in the process (in the file, for symbols of a file): it must be

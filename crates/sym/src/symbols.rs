@@ -33,6 +33,9 @@ pub struct Function {
     pub bias: u64,
     /// File offset of its first instruction in `object`.
     pub file_offset: u64,
+    /// Whether it is a GNU indirect function (`STT_GNU_IFUNC`, e.g. libc's `strlen`): its
+    /// code is a resolver the loader runs once to choose the implementation callers run.
+    pub ifunc: bool,
 }
 
 impl Function {
@@ -260,14 +263,37 @@ fn plt_sections(object: &Arc<str>, data: &[u8], bias: u64) -> Vec<(Addr, Addr, A
 }
 
 fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Function>) {
-    let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else { return };
+    read_symbols(object, data, data, bias, out);
+}
+
+/// The function at link-time address `addr` of `object` (whose bytes are `data`) as its
+/// separate debug file names it (`/usr/lib/debug/.build-id/xx/….debug`, found by build-id):
+/// stripped libraries keep their local functions' names only there.
+pub(crate) fn debug_file_function(object: &Arc<str>, data: &[u8], addr: u64, bias: u64) -> Option<Function> {
+    let file = ElfFile64::<object::Endianness>::parse(data).ok()?;
+    let hex: String = file.build_id().ok()??.iter().map(|b| format!("{b:02x}")).collect();
+    let debug = std::fs::read(format!("/usr/lib/debug/.build-id/{}/{}.debug", hex.get(..2)?, hex.get(2..)?)).ok()?;
+    let mut funcs = Vec::new();
+    read_symbols(object, &debug, data, bias, &mut funcs);
+    funcs.into_iter().filter(|f| !f.ifunc).find(|f| f.contains(Addr(addr.wrapping_add(bias))))
+}
+
+/// The functions named in `symbols` (an object's file, or its debug file, whose section
+/// headers are the object's), with bounds and file offsets from the object's bytes `code`.
+fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias: u64, out: &mut Vec<Function>) {
+    let (Ok(file), Ok(code_file)) =
+        (ElfFile64::<object::Endianness>::parse(symbols), ElfFile64::<object::Endianness>::parse(code))
+    else {
+        return;
+    };
+    let data = symbols;
     // Where each section with contents is: (address, size, file offset). A section without
     // bytes in the file (`.bss`) or whose bytes run past the end of the file holds no code.
-    let sections: HashMap<SectionIndex, (u64, u64, u64)> = file
+    let sections: HashMap<SectionIndex, (u64, u64, u64)> = code_file
         .sections()
         .filter_map(|s| {
             let (offset, size) = s.file_range()?;
-            let in_file = offset.checked_add(size).is_some_and(|end| end <= data.len() as u64);
+            let in_file = offset.checked_add(size).is_some_and(|end| end <= code.len() as u64);
             in_file.then_some((s.index(), (s.address(), size.min(s.size()), offset)))
         })
         .collect();
@@ -276,7 +302,10 @@ fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Funct
     let dynsym_section = file.elf_dynamic_symbol_table().section();
     for (dynamic, table) in [(false, file.symbols()), (true, file.dynamic_symbols())] {
         for sym in table {
-            if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.size() == 0 {
+            let ifunc = sym.elf_symbol().st_type() == object::elf::STT_GNU_IFUNC;
+            // `is_definition` says no to indirect functions: they are defined here all the same.
+            let defined = sym.is_definition() || (ifunc && !sym.is_undefined());
+            if sym.kind() != SymbolKind::Text || !defined || sym.size() == 0 {
                 continue;
             }
             let Some(&(section_addr, section_size, section_offset)) =
@@ -309,6 +338,7 @@ fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Funct
                 object: object.clone(),
                 bias,
                 file_offset: section_offset + into,
+                ifunc,
             });
         }
     }

@@ -146,3 +146,21 @@ fn a_name_means_the_function_not_the_part_the_compiler_split_off() {
         assert!(!f.is_compiler_copy());
     }
 }
+
+#[test]
+fn an_indirect_function_resolves_to_the_implementation_the_loader_chose() {
+    // This process calls strlen through the implementation its loader chose; taking the
+    // function's address gives that implementation, not the resolver.
+    let implementation = libc::strlen as *const () as u64;
+    let maps = read_maps().unwrap();
+    let s = Symbols::load(&maps);
+    let ifunc = s.find("libc:strlen").expect("libc's strlen symbol");
+    assert!(ifunc.ifunc, "strlen is an indirect function in glibc");
+    assert_ne!(ifunc.start.0, implementation, "the symbol is the resolver");
+    let target = s.resolve_name(&maps, Some("libc"), "strlen", 0).unwrap();
+    assert_eq!(target.addr.0, implementation, "{target:?}");
+    assert!(target.function.name.starts_with("__strlen_"), "{target:?}");
+    assert!(!target.function.ifunc);
+    let e = s.resolve_name(&maps, Some("libc"), "strlen", 4).unwrap_err();
+    assert!(matches!(e, ResolveError::IndirectFunction { .. }), "{e:?}");
+}

@@ -182,3 +182,9 @@ pub fn check_event_times(json: &str, before: i128, after: i128) -> Vec<(u64, Str
     }
     seen
 }
+
+/// Calls libc's `strlen` (an indirect function) N times on a marker string (`ifunc N`).
+pub fn ifunc() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ifunc.c");
+    dprobe_test_fixtures::c_program(src, "ifunc", &["-O2"])
+}

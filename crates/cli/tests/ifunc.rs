@@ -1,0 +1,42 @@
+//! Indirect functions (`STT_GNU_IFUNC`, libc's `strlen`, `memcpy`…): a probe on the name
+//! lands on the implementation the loader chose for this CPU, which is the code the program
+//! runs, so it counts every call.
+mod common;
+
+use common::{dprobe, ifunc, out_file};
+
+#[test]
+fn a_probe_on_strlen_counts_every_call_of_the_chosen_implementation() {
+    let prog = ifunc();
+    for engine in ["ptrace", "agent"] {
+        let out = out_file(&format!("ifunc-{engine}"));
+        let o = dprobe(&[
+            "trace",
+            "--engine",
+            engine,
+            "-o",
+            out.to_str().unwrap(),
+            "libc:strlen s=+0($arg1):string",
+            "--filter",
+            "s == \"dprobe-ifunc-marker\"",
+            "--",
+            prog,
+            "250",
+        ]);
+        let trace = std::fs::read_to_string(&out).unwrap_or_default();
+        let what = format!("{engine}\n{}\n{trace}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.status.code(), Some(0), "{what}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{}\n", 250 * "dprobe-ifunc-marker".len()), "{what}");
+        let events = trace.lines().filter(|l| l.contains("s=\"dprobe-ifunc-marker\"")).count();
+        assert_eq!(events, 250, "{what}");
+    }
+}
+
+#[test]
+fn an_offset_into_an_indirect_function_is_refused_with_the_reason() {
+    let o = dprobe(&["trace", "libc:strlen+4", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("`libc:strlen` is an indirect function"), "{stderr}");
+    assert!(stderr.contains("an offset into its resolver is not code that callers run"), "{stderr}");
+}
