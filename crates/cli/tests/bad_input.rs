@@ -2,7 +2,7 @@
 //! expected; never a panic, exit status 2.
 mod common;
 
-use common::{dprobe, handlers, target, usdt};
+use common::{dprobe, handlers, out_file, target, usdt};
 
 #[test]
 fn each_bad_input_gets_its_specific_message() {
@@ -110,13 +110,17 @@ fn every_name_that_cannot_be_found_is_an_error_that_says_which() {
 
 #[test]
 fn a_refused_probe_on_a_spawned_command_leaves_nothing_running() {
-    let o = dprobe(&["trace", "probed", "probed+1", "--", target(), "until-usr2"]);
+    // A copy of its own, so that the fixture started by other tests at the same time is not
+    // counted below.
+    let own = out_file("refused-target");
+    std::fs::copy(target(), &own).unwrap();
+    let o = dprobe(&["trace", "probed", "probed+1", "--", own.to_str().unwrap(), "until-usr2"]);
     assert_eq!(o.status.code(), Some(2));
     // The command was killed with the error: no process of it is left.
     let left = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path().join("exe")).ok())
-        .filter(|exe| exe.to_str() == Some(target()))
+        .filter(|exe| *exe == own)
         .count();
     assert_eq!(left, 0);
 }
