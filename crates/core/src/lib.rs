@@ -13,7 +13,8 @@
 //! * [`fetch::FetchPlan`]: what a probe reads at each hit, compiled once from its spec and
 //!   evaluated through the hit's registers and memory.
 //! * [`Engine`], [`ProbeEvent`], [`Stats`]: the seam every engine implements, the event it
-//!   delivers at each hit and the figures it reports; [`Pairing`] times calls from them.
+//!   delivers at each hit and the figures it reports; [`Pairing`] times calls from them;
+//!   [`MultiSite`] gives any engine probes with several sites (one line, inlined copies).
 //!
 //! ```
 //! use dprobe_core::{Kprobe, PreAction};
@@ -29,6 +30,7 @@ mod engine;
 mod error;
 mod event;
 pub mod fetch;
+mod multi_site;
 mod pairing;
 mod probe;
 pub mod returns;
@@ -42,6 +44,7 @@ pub use dprobe_arch::{Addr, Regs};
 pub use engine::{Ending, Engine, Exit, Placed, ProbeRequest};
 pub use error::ProbeError;
 pub use event::{ProbeEvent, Side};
+pub use multi_site::{merge_stats, MultiSite};
 pub use pairing::Pairing;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
 pub use ring::{Event, EventRing, PAYLOAD_BYTES, VALUES};

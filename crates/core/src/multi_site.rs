@@ -1,0 +1,278 @@
+//! One probe at several places: a source line the compiler duplicated, a function with
+//! inlined copies. [`MultiSite`] wraps any [`Engine`] and places each place of a probe as one
+//! of the engine's own probes; its events and figures come back under the one probe's index,
+//! so a tracer counts the probe once, whichever of its places was hit, and every engine gets
+//! this for free.
+//!
+//! This is not a glob (`handle_*`), which makes one probe per function, each with its own
+//! line in a summary: a probe with several sites is one thing the user named.
+
+use dprobe_spec::Target;
+
+use crate::engine::{Ending, Engine, Exit, Placed, ProbeRequest};
+use crate::event::ProbeEvent;
+use crate::stats::{Placement, Stats};
+
+/// The owner of a site whose probe could not be placed whole.
+const ORPHAN: usize = usize::MAX;
+
+/// An engine whose probes may each have several sites.
+pub struct MultiSite<E> {
+    inner: E,
+    /// For each of the inner engine's probes, the probe it is a site of.
+    owner: Vec<usize>,
+    /// For each probe, its sites' indices in the inner engine.
+    sites: Vec<Vec<usize>>,
+}
+
+impl<E: Engine> MultiSite<E> {
+    /// Wrap `inner`.
+    pub fn new(inner: E) -> Self {
+        MultiSite { inner, owner: Vec::new(), sites: Vec::new() }
+    }
+
+    /// Place one probe at each of `sites` (targets that replace the spec's own; none: the
+    /// spec's target alone). The notes of its sites are said once each. When a site cannot
+    /// be placed, the probe is not counted (the next one takes its index, as with any engine)
+    /// and the sites placed so far deliver nothing.
+    pub fn place_sites(&mut self, probe: ProbeRequest<'_>, sites: &[Target]) -> Result<Placed, E::Error> {
+        let index = self.sites.len();
+        self.sites.push(Vec::new());
+        let placed = self.place_all(index, probe, sites);
+        if placed.is_err() {
+            for inner in self.sites.pop().unwrap_or_default() {
+                self.owner[inner] = ORPHAN;
+            }
+        }
+        placed
+    }
+
+    fn place_all(&mut self, index: usize, probe: ProbeRequest<'_>, sites: &[Target]) -> Result<Placed, E::Error> {
+        if sites.is_empty() {
+            return self.place_one(index, probe);
+        }
+        let mut placed = Placed::default();
+        let mut notes: Vec<String> = Vec::new();
+        for site in sites {
+            let mut spec = probe.spec.clone();
+            spec.target = site.clone();
+            let one = self.place_one(index, ProbeRequest { spec: &spec, ..probe })?;
+            placed.fields = placed.fields.or(one.fields);
+            if let Some(n) = one.note.filter(|n| !notes.contains(n)) {
+                notes.push(n);
+            }
+        }
+        placed.note = (!notes.is_empty()).then(|| notes.join("; "));
+        Ok(placed)
+    }
+
+    fn place_one(&mut self, index: usize, probe: ProbeRequest<'_>) -> Result<Placed, E::Error> {
+        let placed = self.inner.place(probe)?;
+        self.sites[index].push(self.owner.len());
+        self.owner.push(index);
+        Ok(placed)
+    }
+
+    /// How many sites probe `index` has.
+    pub fn site_count(&self, index: usize) -> usize {
+        self.sites.get(index).map_or(0, Vec::len)
+    }
+
+    /// The wrapped engine.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+}
+
+/// The figures of a probe's sites together: their counts summed; placed where its first site
+/// is, unless a site failed or waits for its library.
+pub fn merge_stats(all: impl IntoIterator<Item = Stats>) -> Stats {
+    let mut total: Option<Stats> = None;
+    for s in all {
+        let Some(t) = total.as_mut() else {
+            total = Some(s);
+            continue;
+        };
+        t.hits += s.hits;
+        t.returns += s.returns;
+        t.missed += s.missed;
+        t.reentered += s.reentered;
+        t.abandoned += s.abandoned;
+        t.lost += s.lost;
+        t.handler_panics += s.handler_panics;
+        t.handler_faults += s.handler_faults;
+        let worse = match (&t.placement, &s.placement) {
+            (Placement::Failed(_), _) => false,
+            (_, Placement::Failed(_)) => true,
+            (Placement::Waiting, _) => false,
+            (_, Placement::Waiting) => true,
+            _ => false,
+        };
+        if worse {
+            t.placement = s.placement;
+        }
+    }
+    total.unwrap_or_default()
+}
+
+impl<E: Engine> Engine for MultiSite<E> {
+    type Error = E::Error;
+
+    fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, E::Error> {
+        self.place_sites(probe, &[])
+    }
+
+    fn prefilter(&mut self, filter: &dprobe_spec::Filter, text: &str) {
+        self.inner.prefilter(filter, text);
+    }
+
+    fn run(
+        &mut self,
+        stop: &mut dyn FnMut() -> bool,
+        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+    ) -> Result<Ending, E::Error> {
+        let owner = &self.owner;
+        self.inner.run(stop, &mut |event| match owner.get(event.probe).copied().unwrap_or(event.probe) {
+            ORPHAN => {}
+            probe => sink(&ProbeEvent { probe, ..*event }),
+        })
+    }
+
+    fn stats(&self, index: usize) -> Stats {
+        let sites = self.sites.get(index).map(Vec::as_slice).unwrap_or_default();
+        merge_stats(sites.iter().map(|&i| self.inner.stats(i)))
+    }
+
+    fn remarks(&self, index: usize) -> Vec<String> {
+        let mut remarks: Vec<String> = Vec::new();
+        for &i in self.sites.get(index).map(Vec::as_slice).unwrap_or_default() {
+            for r in self.inner.remarks(i) {
+                if !remarks.contains(&r) {
+                    remarks.push(r);
+                }
+            }
+        }
+        remarks
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.inner.notes()
+    }
+
+    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, E::Error> {
+        self.inner.finish(stopped_by, give_up)
+    }
+
+    fn abandon(self) {
+        self.inner.abandon();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::{FetchPlan, Values};
+    use crate::Side;
+    use dprobe_spec::{parse_probe, parse_target};
+
+    /// An engine that records what it was asked to place and hits each of its probes
+    /// `index + 1` times.
+    #[derive(Default)]
+    struct Recorder {
+        placed: Vec<Target>,
+    }
+
+    impl Engine for Recorder {
+        type Error = std::io::Error;
+
+        fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, Self::Error> {
+            if matches!(&probe.spec.target, Target::User { function, .. } if function == "bad") {
+                return Err(std::io::Error::other("refused"));
+            }
+            self.placed.push(probe.spec.target.clone());
+            Ok(Placed { fields: None, note: Some("waiting".into()) })
+        }
+
+        fn run(
+            &mut self,
+            _stop: &mut dyn FnMut() -> bool,
+            sink: &mut dyn FnMut(&ProbeEvent<'_>),
+        ) -> Result<Ending, Self::Error> {
+            let values = Values::with_capacity(0);
+            for probe in 0..self.placed.len() {
+                for _ in 0..=probe {
+                    let e = ProbeEvent {
+                        probe,
+                        side: Side::Entry,
+                        pid: 1,
+                        tid: 1,
+                        time_ns: 0,
+                        entry_time_ns: None,
+                        comm: b"",
+                        values: &values,
+                    };
+                    sink(&e);
+                }
+            }
+            Ok(Ending::Exited(Exit::Code(0)))
+        }
+
+        fn stats(&self, index: usize) -> Stats {
+            let placement = if index == 2 { Placement::Waiting } else { Placement::At(crate::Addr(index as u64)) };
+            Stats { hits: index as u64 + 1, placement, ..Stats::default() }
+        }
+
+        fn remarks(&self, _index: usize) -> Vec<String> {
+            vec!["same remark".into()]
+        }
+
+        fn finish(self, _: Option<i32>, _: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error> {
+            Ok(None)
+        }
+
+        fn abandon(self) {}
+    }
+
+    #[test]
+    fn a_probe_with_three_sites_counts_as_one() {
+        let mut engine = MultiSite::new(Recorder::default());
+        let one = parse_probe("app:main").unwrap();
+        let three = parse_probe("app:scale").unwrap();
+        let plan = FetchPlan::compile(&[], None);
+        let request = |spec| ProbeRequest { spec, plan: &plan, timed: false, maxactive: None, semaphore: None };
+        engine.place(request(&one)).unwrap();
+        let sites: Vec<Target> = ["app:scale", "app:0x1150", "app:0x1190"].map(|t| parse_target(t).unwrap()).into();
+        let placed = engine.place_sites(request(&three), &sites).unwrap();
+        assert_eq!(placed.note.as_deref(), Some("waiting"), "one note for three sites");
+        assert_eq!(engine.inner().placed[1..], sites[..]);
+        assert_eq!((engine.site_count(0), engine.site_count(1)), (1, 3));
+        let mut seen = [0u64; 2];
+        engine.run(&mut || false, &mut |e| seen[e.probe] += 1).unwrap();
+        // Sites 1, 2, 3 of the inner engine hit 2 + 3 + 4 times.
+        assert_eq!(seen, [1, 9]);
+        let stats = engine.stats(1);
+        assert_eq!(stats.hits, 9);
+        assert_eq!(stats.placement, Placement::Waiting, "a site waiting for its library shows");
+        assert_eq!(engine.stats(0).placement, Placement::At(crate::Addr(0)));
+        assert_eq!(engine.remarks(1), vec!["same remark".to_owned()]);
+    }
+
+    #[test]
+    fn a_site_that_cannot_be_placed_fails_the_probe() {
+        let mut engine = MultiSite::new(Recorder::default());
+        let spec = parse_probe("app:scale").unwrap();
+        let plan = FetchPlan::compile(&[], None);
+        let sites = [parse_target("app:0x10").unwrap(), parse_target("app:bad").unwrap()];
+        let request = ProbeRequest { spec: &spec, plan: &plan, timed: false, maxactive: None, semaphore: None };
+        assert!(engine.place_sites(request, &sites).is_err());
+        // The next probe takes index 0, and the site placed before the failure is silent.
+        let main = parse_probe("app:main").unwrap();
+        let request = ProbeRequest { spec: &main, plan: &plan, timed: false, maxactive: None, semaphore: None };
+        engine.place(request).unwrap();
+        assert_eq!((engine.site_count(0), engine.site_count(1)), (1, 0));
+        let mut seen = Vec::new();
+        engine.run(&mut || false, &mut |e| seen.push(e.probe)).unwrap();
+        // The inner engine's probe 1 (app:main) hits twice; its probe 0 (the orphan) once.
+        assert_eq!(seen, [0, 0]);
+    }
+}
