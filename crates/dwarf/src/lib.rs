@@ -14,7 +14,11 @@
 
 mod debuginfo;
 mod error;
+mod inlined;
+mod lines;
 
 pub use debuginfo::{hex, CallFrames, DebugInfo, Origin, Reader, Search};
 pub use error::DwarfError;
 pub use gimli;
+pub use inlined::{find_function, find_functions, FunctionInfo, InlinedCopy};
+pub use lines::{file_matches, LineError, LineTable};

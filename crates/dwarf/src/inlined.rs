@@ -1,0 +1,247 @@
+//! A function as the debug information knows it: where it was declared, its out-of-line
+//! copies, and every copy the compiler inlined into a caller (`DW_TAG_inlined_subroutine`
+//! whose `DW_AT_abstract_origin` leads to it), in every compilation unit.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use gimli::Reader as _;
+
+use crate::debuginfo::Reader;
+use crate::lines::{file_path, LineTable};
+
+/// A copy of a function inlined into a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlinedCopy {
+    /// Where the copy starts running: its `DW_AT_entry_pc`, else its first address.
+    pub entry: u64,
+    /// Its code (several ranges when the compiler split it).
+    pub ranges: Vec<Range<u64>>,
+}
+
+/// What the debug information says of one function name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionInfo {
+    /// The source file of its definition (a full path where the tables give it).
+    pub decl_file: Option<String>,
+    /// The line where its definition starts.
+    pub decl_line: Option<u32>,
+    /// The code of its out-of-line copies (none when every call was inlined).
+    pub out_of_line: Vec<Range<u64>>,
+    /// Its inlined copies, by entry address.
+    pub inlined: Vec<InlinedCopy>,
+    /// The line where the next function defined in the same file starts, if one does.
+    pub next_decl_line: Option<u32>,
+}
+
+impl FunctionInfo {
+    /// All its code: out of line and inlined.
+    pub fn code(&self) -> Vec<Range<u64>> {
+        let mut all = self.out_of_line.clone();
+        all.extend(self.inlined.iter().flat_map(|c| c.ranges.iter().cloned()));
+        all
+    }
+
+    /// Its source file and its first and last lines: from the line where its definition
+    /// starts to the last line of its code, before the next function of the file (an
+    /// inlined copy's addresses also hold some of its caller's lines).
+    pub fn line_span(&self, table: &LineTable) -> Option<(&str, u32, u32)> {
+        let (file, first) = (self.decl_file.as_deref()?, self.decl_line?);
+        let before = self.next_decl_line.unwrap_or(u32::MAX);
+        let last = table.lines_in(file, &self.code()).range(first..before).next_back().copied().unwrap_or(first);
+        Some((file, first, last))
+    }
+}
+
+/// One subprogram or inlined-subroutine entry of the function, read in full.
+struct Die {
+    inlined: bool,
+    decl: Option<(String, u32)>,
+    ranges: Vec<Range<u64>>,
+    entry_pc: Option<u64>,
+}
+
+/// What the first pass keeps of every subprogram and inlined-subroutine entry: enough to
+/// tell which are the function without reading the rest.
+#[derive(Default)]
+struct Index {
+    /// Each entry's unit (by its place in `units`) and offset in it.
+    place: HashMap<gimli::DebugInfoOffset, (usize, gimli::UnitOffset)>,
+    /// The entries that have an origin, and that origin.
+    origin: HashMap<gimli::DebugInfoOffset, gimli::DebugInfoOffset>,
+    /// The entries named as asked, and the name (its index in the names asked for).
+    named: HashMap<gimli::DebugInfoOffset, usize>,
+    /// For each unit, its named subprograms' `(DW_AT_decl_file, DW_AT_decl_line)`.
+    decls: Vec<Vec<(u64, u64)>>,
+}
+
+/// The function `name` (its `DW_AT_name`, or its linkage name): `None` when the debug
+/// information has no function of that name.
+pub fn find_function(dwarf: &gimli::Dwarf<Reader>, name: &str) -> Result<Option<FunctionInfo>, gimli::Error> {
+    Ok(find_functions(dwarf, &[name])?.remove(name))
+}
+
+/// The functions of these names, in one pass over the debug information (probes on many
+/// functions of one binary read it once); a name it does not have is left out.
+pub fn find_functions(
+    dwarf: &gimli::Dwarf<Reader>,
+    names: &[&str],
+) -> Result<HashMap<String, FunctionInfo>, gimli::Error> {
+    let wanted: HashMap<&[u8], usize> = names.iter().enumerate().map(|(i, n)| (n.as_bytes(), i)).collect();
+    let mut units = Vec::new();
+    let mut index = Index::default();
+    let mut headers = dwarf.units();
+    while let Some(header) = headers.next()? {
+        let unit = dwarf.unit(header)?;
+        index_unit(dwarf, &unit, units.len(), &wanted, &mut index)?;
+        units.push(unit);
+    }
+    // A function's entries: those of its name, and those whose origin chain leads to one
+    // (a concrete copy of an inline function, an inlined copy, a C++ definition of a
+    // declaration); a loop is cut.
+    let whose = |mut at: gimli::DebugInfoOffset| {
+        for _ in 0..8 {
+            if let Some(i) = index.named.get(&at) {
+                return Some(*i);
+            }
+            at = *index.origin.get(&at)?;
+        }
+        None
+    };
+    let mut entries: Vec<(usize, gimli::DebugInfoOffset)> =
+        index.place.keys().filter_map(|o| Some((whose(*o)?, *o))).collect();
+    entries.sort_unstable();
+    let mut found: HashMap<String, FunctionInfo> = HashMap::new();
+    let mut decl_units: HashMap<usize, (usize, gimli::UnitOffset)> = HashMap::new();
+    for (i, offset) in entries {
+        let info = found.entry(names[i].to_owned()).or_default();
+        let (u, at) = index.place[&offset];
+        let unit = &units[u];
+        let entry = unit.entry(at)?;
+        let d = read_die(dwarf, unit, &entry, entry.tag() == gimli::DW_TAG_inlined_subroutine)?;
+        if info.decl_line.is_none() {
+            if let Some((file, line)) = &d.decl {
+                info.decl_file = Some(file.clone());
+                info.decl_line = Some(*line);
+                decl_units.insert(i, (u, at));
+            }
+        }
+        // Code the linker dropped keeps address 0.
+        let ranges: Vec<Range<u64>> = d.ranges.iter().filter(|r| r.start != 0 && r.start < r.end).cloned().collect();
+        let Some(first) = ranges.iter().map(|r| r.start).min() else { continue };
+        if d.inlined {
+            let entry = d.entry_pc.filter(|e| *e != 0).unwrap_or(first);
+            info.inlined.push(InlinedCopy { entry, ranges });
+        } else {
+            info.out_of_line.extend(ranges);
+        }
+    }
+    for (i, (u, at)) in decl_units {
+        let info = found.get_mut(names[i]).expect("found");
+        // The next function of the same file, among those of the unit that declares it.
+        let entry = units[u].entry(at)?;
+        let first = u64::from(info.decl_line.unwrap_or(0));
+        if let Some(file) = entry.attr_value(gimli::DW_AT_decl_file)?.and_then(|v| file_index(&v)) {
+            info.next_decl_line = index.decls[u]
+                .iter()
+                .filter(|(f, line)| *f == file && *line > first)
+                .map(|(_, line)| u32::try_from(*line).unwrap_or(u32::MAX))
+                .min();
+        }
+    }
+    for info in found.values_mut() {
+        info.inlined.sort_by_key(|c| c.entry);
+        info.inlined.dedup_by_key(|c| c.entry);
+        info.out_of_line.sort_by_key(|r| r.start);
+        info.out_of_line.dedup();
+    }
+    Ok(found)
+}
+
+fn file_index(v: &gimli::AttributeValue<Reader>) -> Option<u64> {
+    match v {
+        gimli::AttributeValue::FileIndex(i) => Some(*i),
+        v => v.udata_value(),
+    }
+}
+
+/// The first pass over one unit: names compared in place, origins noted.
+fn index_unit(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    u: usize,
+    wanted: &HashMap<&[u8], usize>,
+    index: &mut Index,
+) -> Result<(), gimli::Error> {
+    let mut decls = Vec::new();
+    let mut entries = unit.entries();
+    while let Some((_, entry)) = entries.next_dfs()? {
+        if !matches!(entry.tag(), gimli::DW_TAG_subprogram | gimli::DW_TAG_inlined_subroutine) {
+            continue;
+        }
+        let Some(offset) = entry.offset().to_debug_info_offset(&unit.header) else { continue };
+        let (mut named, mut origin, mut decl_file, mut decl_line) = (None, None, None, None);
+        let mut attrs = entry.attrs();
+        while let Some(attr) = attrs.next()? {
+            match attr.name() {
+                gimli::DW_AT_name | gimli::DW_AT_linkage_name | gimli::DW_AT_MIPS_linkage_name if named.is_none() => {
+                    if let Ok(s) = dwarf.attr_string(unit, attr.value()) {
+                        named = s.to_slice().ok().and_then(|s| wanted.get(&*s).copied());
+                    }
+                }
+                gimli::DW_AT_abstract_origin | gimli::DW_AT_specification => {
+                    origin = match attr.value() {
+                        gimli::AttributeValue::UnitRef(r) => r.to_debug_info_offset(&unit.header),
+                        gimli::AttributeValue::DebugInfoRef(r) => Some(r),
+                        _ => origin,
+                    };
+                }
+                gimli::DW_AT_decl_file => decl_file = file_index(&attr.value()),
+                gimli::DW_AT_decl_line => decl_line = attr.value().udata_value(),
+                _ => {}
+            }
+        }
+        index.place.insert(offset, (u, entry.offset()));
+        if let Some(o) = origin {
+            index.origin.insert(offset, o);
+        }
+        if let Some(i) = named {
+            index.named.insert(offset, i);
+        }
+        if let (Some(f), Some(l)) = (decl_file, decl_line) {
+            decls.push((f, l));
+        }
+    }
+    index.decls.push(decls);
+    Ok(())
+}
+
+fn read_die(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    entry: &gimli::DebuggingInformationEntry<'_, '_, Reader>,
+    inlined: bool,
+) -> Result<Die, gimli::Error> {
+    let decl_line = match entry.attr_value(gimli::DW_AT_decl_line)? {
+        Some(v) => v.udata_value().and_then(|l| u32::try_from(l).ok()),
+        None => None,
+    };
+    let decl_file = match entry.attr_value(gimli::DW_AT_decl_file)?.and_then(|v| file_index(&v)) {
+        Some(i) => unit.line_program.as_ref().and_then(|p| file_path(dwarf, unit, p.header(), i)),
+        None => None,
+    };
+    let mut ranges = Vec::new();
+    let mut iter = dwarf.die_ranges(unit, entry)?;
+    while let Some(r) = iter.next()? {
+        ranges.push(r.begin..r.end);
+    }
+    let entry_pc = match entry.attr_value(gimli::DW_AT_entry_pc)? {
+        Some(v @ (gimli::AttributeValue::Addr(_) | gimli::AttributeValue::DebugAddrIndex(_))) => {
+            dwarf.attr_address(unit, v)?
+        }
+        // DWARF 5: an offset from the entry's first address.
+        Some(v) => v.udata_value().and_then(|o| ranges.iter().map(|r| r.start).min().map(|s| s + o)),
+        None => None,
+    };
+    Ok(Die { inlined, decl: decl_file.zip(decl_line), ranges, entry_pc })
+}
