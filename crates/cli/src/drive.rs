@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use dprobe_core::fetch::FetchPlan;
-use dprobe_core::{Ending, Engine, Exit, ProbeRequest};
+use dprobe_core::{Ending, Engine, Exit, MultiSite, ProbeRequest};
 use dprobe_spec::{Filter, ProbeKind, Target};
 
 use crate::clock::Clock;
@@ -34,7 +34,7 @@ pub enum Scope {
 
 /// Place every probe, then check what depends on the fields they fetch; returns the report.
 fn prepare<E: Engine>(
-    engine: &mut E,
+    engine: &mut MultiSite<E>,
     planned: &mut Vec<Planned>,
     args: &TraceArgs,
     out: Box<dyn Write>,
@@ -44,6 +44,9 @@ fn prepare<E: Engine>(
     let mut kept = Vec::with_capacity(planned.len());
     let mut left_out: Vec<(String, usize)> = Vec::new();
     for mut p in std::mem::take(planned) {
+        if let Some(note) = &p.note {
+            eprintln!("dprobe: `{}`: {note}", p.info.spec);
+        }
         let plan = FetchPlan::compile(&p.spec.args, None);
         let request = ProbeRequest {
             spec: &p.spec,
@@ -52,7 +55,7 @@ fn prepare<E: Engine>(
             maxactive: args.maxactive,
             semaphore: p.semaphore.as_ref(),
         };
-        let placed = match (engine.place(request), &p.glob) {
+        let placed = match (engine.place_sites(request, &p.sites), &p.glob) {
             (Ok(placed), _) => placed,
             (Err(e), Some(glob)) => {
                 eprintln!("dprobe: `{glob}`: {} left out: {e}", p.info.label);
@@ -110,12 +113,13 @@ fn prepare<E: Engine>(
 
 /// Trace with `engine`; returns dprobe's exit status.
 pub fn drive<E: Engine>(
-    mut engine: E,
+    engine: E,
     mut planned: Vec<Planned>,
     args: &TraceArgs,
     out: Box<dyn Write>,
     scope: Scope,
 ) -> Result<i32> {
+    let mut engine = MultiSite::new(engine);
     let mut report = match prepare(&mut engine, &mut planned, args, out) {
         Ok(r) => r,
         Err(e) => {
@@ -150,6 +154,7 @@ pub fn drive<E: Engine>(
         .map(|(i, p)| ProbeLine {
             spec: p.info.spec.clone(),
             stats: engine.stats(i),
+            sites: engine.site_count(i),
             shown: p.shown,
             remarks: engine.remarks(i),
         })

@@ -65,6 +65,7 @@ fn itself(text: &str, spec: ProbeSpec) -> Named {
         }
         Target::Tracepoint { event, .. } => (event.clone(), false),
         Target::Usdt { name, .. } => (name.clone(), false),
+        Target::Line { line, .. } => (line.to_string(), false),
     };
     Named { spec, text: text.to_owned(), label, semaphore: None, glob: None, at_entry }
 }
@@ -134,6 +135,8 @@ fn check_user(text: &str, binary: &str, function: &str, offset: u64) -> Result<(
     let symbols = Symbols::load_file(&path).map_err(|e| anyhow!("`{text}`: cannot read `{binary}`: {e}"))?;
     match symbols.resolve_name(&[], None, function, offset) {
         Ok(_) => Ok(()),
+        // A function the compiler inlined everywhere has no symbol, only its inlined copies.
+        Err(ResolveError::SymbolNotFound { .. }) if crate::sites::has_inlined_copies(&path, function) => Ok(()),
         Err(ResolveError::SymbolNotFound { .. }) => bail!("`{text}`: no function `{function}` in `{binary}`"),
         Err(e) => bail!("`{text}`: {e}"),
     }

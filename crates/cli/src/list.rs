@@ -51,6 +51,23 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
         };
         return crate::usdt::list(&files, glob, out);
     }
+    if let Some(function) = &args.lines {
+        if args.pattern().is_some() {
+            bail!("--lines FUNCTION lists one function's lines: give no PATTERN");
+        }
+        let (binary, function) = match (args.pid, args.file()) {
+            (Some(pid), _) => {
+                let (binary, function) = split_binary(function);
+                let traced = crate::sites::Traced::Process(pid);
+                let path = crate::sites::object_path(binary, traced)
+                    .with_context(|| format!("cannot find `{}` in process {pid}", binary.unwrap_or("its program")))?;
+                (path, function)
+            }
+            (None, Some(file)) => (file.to_owned(), function.as_str()),
+            (None, None) => bail!("give `-p PID` or a FILE"),
+        };
+        return crate::list_lines::list_lines(&binary, function, out);
+    }
     let (symbols, maps, code) = match (&args.pid, args.file()) {
         (Some(pid), _) => {
             let maps = read_maps_of(*pid as u32).with_context(|| format!("cannot read the maps of process {pid}"))?;

@@ -32,6 +32,7 @@ Probe specs (the kernel's dynamic-event syntax):
   [BINARY:]FUNCTION[+OFFSET][%return] [NAME=]FETCHARG[:TYPE] ...
   usdt:BINARY:[PROVIDER:]NAME [NAME=]FETCHARG[:TYPE] ...   (static probes, $argN their arguments)
   FUNCTION may be a glob (libc:str*, ./app:handle_*): one probe per matching function.
+  [BINARY:]FILE:LINE ...  [BINARY:]FUNCTION:+N ...   (source lines, from DWARF; +N is lines)
   FETCHARG: %REG  $argN  $retval  $comm  $errno  $stackN  @ADDR  \\IMM  +|-OFF(FETCHARG)
   TYPE:     s8..s64  u8..u64  x8..x64  string
 
@@ -160,6 +161,11 @@ pub struct ListArgs {
     /// their arguments, or one place to check: `FUNCTION+OFFSET` or `0xADDRESS`.
     #[arg(value_name = "FILE | PATTERN", num_args = 0..=2)]
     pub rest: Vec<String>,
+    /// The source lines of this function, numbered where they have code (where a probe
+    /// `FILE:LINE` or `FUNCTION:+N` can go); needs the binary's debug information. With
+    /// `-p`, `[BINARY:]FUNCTION` (the program's own by default).
+    #[arg(long, value_name = "FUNCTION")]
+    pub lines: Option<String>,
 }
 
 impl ListArgs {

@@ -8,6 +8,7 @@ use dprobe_sym::Semaphore;
 use crate::expand::{expand, Context, Named};
 use crate::options::{Engine, TraceArgs};
 use crate::output::ProbeInfo;
+use crate::sites::{sites, DebugFiles, Traced};
 
 /// A parsed probe.
 pub struct Planned {
@@ -21,12 +22,17 @@ pub struct Planned {
     pub semaphore: Option<Semaphore>,
     /// The glob it is one match of: when it cannot be placed, it is left out, not fatal.
     pub glob: Option<String>,
+    /// Where it is placed when not at its target alone: each copy of a source line's code,
+    /// or a function's out-of-line and inlined copies.
+    pub sites: Vec<Target>,
+    /// Said to the user before tracing (copies that a return probe does not reach).
+    pub note: Option<String>,
 }
 
 impl Planned {
     /// A kernel function or a tracepoint: only the kernel engine can place it.
     pub fn needs_kernel(&self) -> bool {
-        !matches!(self.spec.target, Target::User { .. })
+        matches!(self.spec.target, Target::Kernel { .. } | Target::Tracepoint { .. })
     }
 }
 
@@ -37,20 +43,36 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
         program: traced_program(args),
         max_probes: args.max_probes,
     };
-    let mut planned = Vec::new();
+    // The traced program, to read its debug information (one not found is said later).
+    let command = args.command.first().and_then(|p| crate::trace::find_program(p).ok());
+    let traced = match (&command, args.pid) {
+        (_, Some(pid)) => Traced::Process(pid),
+        (Some(program), None) => Traced::Command(program),
+        (None, None) => Traced::Nothing,
+    };
+    let mut all = Vec::new();
     for text in &args.probes {
         let spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for named in expand(text, spec, &cx)? {
-            planned.push(plan_one(named));
-        }
-        if planned.len() > args.max_probes {
+        all.extend(expand(text, spec, &cx)?);
+        if all.len() > args.max_probes {
             bail!(
                 "`{text}`: the probes come to {}, more than --max-probes ({}); narrow the globs or raise \
                  --max-probes",
-                planned.len(),
+                all.len(),
                 args.max_probes
             );
         }
+    }
+    // Source lines and inlined copies: each probe's sites, from the debug information.
+    let mut debug_files = DebugFiles::default();
+    debug_files.prefetch(&all.iter().map(|n| &n.spec).collect::<Vec<_>>(), traced);
+    let mut planned = Vec::new();
+    for named in all {
+        let found = sites(&named.spec, args.latency && named.at_entry, traced, &mut debug_files)
+            .map_err(|e| anyhow::anyhow!("`{}`: {e}", named.text))?;
+        let mut p = plan_one(named);
+        (p.sites, p.note) = (found.targets, found.note);
+        planned.push(p);
     }
     if args.latency {
         if let Some(p) = planned.iter().find(|p| !p.is_function_entry) {
@@ -90,7 +112,7 @@ fn plan_one(named: Named) -> Planned {
         tracepoint,
         errno_in_retval: matches!(spec.target, Target::Kernel { .. }),
     };
-    Planned { info, spec, is_function_entry, semaphore, glob }
+    Planned { info, spec, is_function_entry, semaphore, glob, sites: Vec::new(), note: None }
 }
 
 /// `--hist NAME` must name a fetched value, and so must `--by NAME` (tracepoint fields are

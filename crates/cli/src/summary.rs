@@ -10,6 +10,9 @@ pub struct ProbeLine {
     pub spec: String,
     /// The engine's figures.
     pub stats: Stats,
+    /// Where it is placed: more than one for a line the compiler duplicated, or a function
+    /// with inlined copies.
+    pub sites: usize,
     /// Events that passed the filter.
     pub shown: u64,
     /// What the engine says about it beyond its figures.
@@ -28,19 +31,20 @@ pub fn render(
     for (title, table) in hists {
         let _ = writeln!(out, "\n@{title}:\n{table}");
     }
-    let width = lines.iter().map(|l| target_of(&l.spec).len()).max().unwrap_or(5).max(5);
+    let shown: Vec<String> = lines.iter().map(shown_name).collect();
+    let width = shown.iter().map(String::len).max().unwrap_or(5).max(5);
     let _ = write!(out, "\n{:<width$} {:>10} {:>10} {:>8}", "PROBE", "HITS", "RETURNS", "MISSED");
     if filtered {
         let _ = write!(out, " {:>10}", "MATCHED");
     }
     out.push('\n');
     let mut notes = Vec::new();
-    for l in lines {
+    for (l, name) in lines.iter().zip(&shown) {
         let s = &l.stats;
         let returns =
             if s.returns > 0 || target_of(&l.spec).ends_with("%return") { s.returns.to_string() } else { "-".into() };
         let missed = s.missed + s.reentered;
-        let _ = write!(out, "{:<width$} {:>10} {:>10} {:>8}", target_of(&l.spec), s.hits, returns, missed);
+        let _ = write!(out, "{name:<width$} {:>10} {:>10} {:>8}", s.hits, returns, missed);
         if filtered {
             let _ = write!(out, " {:>10}", l.shown);
         }
@@ -79,6 +83,14 @@ pub fn render(
     out
 }
 
+/// A probe's name in the table: its target, and how many sites it has when more than one.
+fn shown_name(l: &ProbeLine) -> String {
+    match l.sites {
+        0 | 1 => target_of(&l.spec).to_owned(),
+        n => format!("{} ({n} sites)", target_of(&l.spec)),
+    }
+}
+
 fn target_of(spec: &str) -> &str {
     spec.split_whitespace().next().unwrap_or(spec)
 }
@@ -94,19 +106,22 @@ mod tests {
             ProbeLine {
                 spec: "libc:openat path=+0($arg2):string".into(),
                 stats: Stats { hits: 3, placement: at(1), ..Stats::default() },
+                sites: 1,
                 shown: 3,
                 remarks: Vec::new(),
             },
             ProbeLine {
                 spec: "recurse%return".into(),
                 stats: Stats { hits: 11, returns: 4, missed: 7, placement: at(2), ..Stats::default() },
+                sites: 1,
                 shown: 4,
                 remarks: Vec::new(),
             },
-            ProbeLine { spec: "libplugin:f".into(), stats: Stats::default(), shown: 0, remarks: Vec::new() },
+            ProbeLine { spec: "libplugin:f".into(), stats: Stats::default(), sites: 1, shown: 0, remarks: Vec::new() },
             ProbeLine {
                 spec: "kernel:f".into(),
                 stats: Stats { hits: 9, reentered: 1, lost: 2, placement: Placement::InKernel, ..Stats::default() },
+                sites: 1,
                 shown: 6,
                 remarks: vec!["filtered in the kernel".into()],
             },
@@ -121,5 +136,19 @@ mod tests {
         assert!(text.contains("kernel:f: 2 hits not received"), "{text}");
         assert!(text.contains("kernel:f: filtered in the kernel\n"), "{text}");
         assert!(text.ends_with("dprobe: process 1 exited with status 0 after 5 ms\n"));
+    }
+
+    #[test]
+    fn a_probe_with_several_sites_says_how_many() {
+        let line = |spec: &str, sites| ProbeLine {
+            spec: spec.into(),
+            stats: Stats { hits: 39, placement: Placement::At(dprobe_core::Addr(1)), ..Stats::default() },
+            sites,
+            shown: 39,
+            remarks: Vec::new(),
+        };
+        let text = render(&[line("app:scale x=%di", 4), line("app:main", 1)], &[], &[], "done", false);
+        assert!(text.contains("\napp:scale (4 sites)         39          -        0\n"), "{text}");
+        assert!(text.contains("\napp:main                    39"), "{text}");
     }
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{dprobe, greet, handlers, hits, out_file, trace, usdt};
+use common::{dprobe, greet, handlers, hits, line_of, lines_program, out_file, trace, usdt};
 
 /// The tests compare the kernel's event files before and after: one at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -240,4 +240,24 @@ fn kernel_event_times_are_on_the_monotonic_clock_and_within_the_trace() {
     assert_eq!(code, Some(0), "{out}");
     let seen = common::check_event_times(&out, before, after);
     assert_eq!(seen.len(), 10, "{out}");
+}
+
+#[test]
+fn line_probes_and_inlined_copies_are_one_uprobe_per_site() {
+    let _x = exclusive();
+    for cc in ["gcc", "clang"] {
+        let p = lines_program(cc, "-O2");
+        let third = format!("{p}:lines.c:{}", line_of("/* THIRD */"));
+        let scale = format!("{p}:scale");
+        let out = out_file(&format!("system-lines-{cc}"));
+        let o = dprobe(&["trace", "-a", "-c", "-o", out.to_str().unwrap(), &third, &scale, "--", p, "20"]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        // The program's own counts: scale ran 39 times, the THIRD line 7 times.
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "scale 39\nthird 7\n");
+        let summary = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(hits(&summary, &third), 7, "{cc}:\n{summary}");
+        assert_eq!(hits(&summary, &scale), 39, "{cc}:\n{summary}");
+        assert!(summary.contains(&format!("{scale} (4 sites)")), "{summary}");
+        assert!(!tracefs("uprobe_events").contains(p), "its events are gone");
+    }
 }

@@ -72,6 +72,10 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
             what: "a static probe (usdt:) as one event".into(),
             why: "each of its sites is an address of its binary: define BINARY:0xADDRESS for each".into(),
         }),
+        Target::Line { line, .. } => Err(KernelError::Unsupported {
+            what: format!("`{line}`"),
+            why: "a source line is placed at the addresses the debug information gives for it".into(),
+        }),
         Target::User { binary, function, offset } => {
             let (path, file_offset, shown) = user_place(binary.as_deref(), function, *offset)?;
             Ok(Definition {

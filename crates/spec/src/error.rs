@@ -16,6 +16,10 @@ pub enum SpecErrorKind {
     BadOffset,
     /// An offset with `%return`: return probes sit on a function's entry.
     OffsetOnReturn,
+    /// `%return` on a source line: return probes sit on functions.
+    ReturnOnLine,
+    /// A line number that is not one (`file.c:0`).
+    BadLine,
     /// A `%` suffix other than `%return`.
     UnknownSuffix,
     /// `tracepoint:` without `SUBSYSTEM:EVENT`.
@@ -99,6 +103,8 @@ impl fmt::Display for SpecError {
             SpecErrorKind::MissingFunction => format!("nothing after `{}`", self.fragment()),
             SpecErrorKind::BadOffset => format!("`{}` is not an offset", self.fragment()),
             SpecErrorKind::OffsetOnReturn => "a return probe cannot have an offset".to_owned(),
+            SpecErrorKind::ReturnOnLine => "a source line has no return".to_owned(),
+            SpecErrorKind::BadLine => format!("`{}` is not a line number", self.fragment()),
             SpecErrorKind::UnknownSuffix => format!("unknown suffix `{}`", self.fragment()),
             SpecErrorKind::BadTracepoint => format!("`{}` is not a tracepoint", self.fragment()),
             SpecErrorKind::TracepointModifier => "a tracepoint takes no offset or %return".to_owned(),

@@ -3,10 +3,15 @@
 //!
 //! ```text
 //! [BINARY:]FUNCTION[+OFFSET][%return] [NAME=]FETCHARG[:TYPE] ...
+//! [BINARY:]FILE:LINE ...          a line of source (its first statement)
+//! [BINARY:]FUNCTION:+N ...        the N-th line after the function's first line
 //! kernel:FUNCTION[+OFFSET][%return] ...
 //! tracepoint:SUBSYSTEM:EVENT
 //! usdt:BINARY:[PROVIDER:]NAME ...
 //! ```
+//!
+//! `FUNCTION+N` is N bytes into the function, `FUNCTION:+N` N lines into it: a target whose
+//! last `:`-separated part is a number names a line.
 //!
 //! Fetch arguments: `%REG` (`%di`, `%rdi`, `%ax`, `%ip`, `%sp`, ...), `$argN` (1-based),
 //! `$retval`, `$comm`, `$errno` (user space), `$stackN`, `@ADDR`, `\IMM`, and `+|-OFFSET(FETCHARG)` to dereference.
@@ -33,6 +38,6 @@ pub use filter::{
     compare, glob, parse_filter, CmpOp, Filter, Literal, Value, MAX_FILTER_COMPARISONS, MAX_FILTER_DEPTH,
 };
 pub use probe::{
-    parse_probe, parse_target, split_binary, split_offset, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register,
-    Target,
+    parse_probe, parse_target, split_binary, split_line, split_offset, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec,
+    Register, SourceLine, Target,
 };

@@ -43,6 +43,14 @@ pub enum Target {
         /// Its name.
         name: String,
     },
+    /// A line of source in a user-space binary (`[BINARY:]FILE:LINE` or
+    /// `[BINARY:]FUNCTION:+N`), found through the binary's debug information.
+    Line {
+        /// The binary or library, as for [`Target::User`].
+        binary: Option<String>,
+        /// Which line.
+        line: SourceLine,
+    },
     /// A static tracepoint (`tracepoint:SUBSYSTEM:EVENT`).
     Tracepoint {
         /// Its subsystem (`sched`, `syscalls`).
@@ -50,6 +58,35 @@ pub enum Target {
         /// Its event (`sched_switch`).
         event: String,
     },
+}
+
+/// A line of source, as a probe names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceLine {
+    /// `FILE:LINE`: a line of a source file, matched by its name or a suffix of its path.
+    File {
+        /// The file as written (`lines.c`, `src/lines.c`).
+        file: String,
+        /// Its line number (from 1).
+        line: u32,
+    },
+    /// `FUNCTION:+N`: the N-th line after the line where the function's definition starts
+    /// (`perf probe`'s relative line numbers; `+0` is that line).
+    InFunction {
+        /// The function.
+        function: String,
+        /// Lines after its first.
+        relative: u32,
+    },
+}
+
+impl std::fmt::Display for SourceLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceLine::File { file, line } => write!(f, "{file}:{line}"),
+            SourceLine::InFunction { function, relative } => write!(f, "{function}:+{relative}"),
+        }
+    }
 }
 
 /// A register, by its kernel fetch-arg name (`di`, `si`, `ax`, `ip`, `r8`, ...).
@@ -239,6 +276,26 @@ pub fn split_offset(function: &str) -> Result<(&str, Option<u64>), usize> {
     }
 }
 
+/// `[BINARY:]FILE:LINE` or `[BINARY:]FUNCTION:+N`: a target whose last part, after a `:`
+/// that is not half of a C++ `::`, is a decimal line number (with `+`, relative to a
+/// function). Returns what comes before that `:`, the number, and whether it had a `+`;
+/// `None` for any other target. `FUNCTION+N` (no `:`) stays a byte offset.
+pub fn split_line(word: &str) -> Option<(&str, u32, bool)> {
+    let colon = word.rfind(':')?;
+    if colon == 0 || word.as_bytes()[colon - 1] == b':' {
+        return None;
+    }
+    let number = &word[colon + 1..];
+    let (digits, relative) = match number.strip_prefix('+') {
+        Some(d) => (d, true),
+        None => (number, false),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((&word[..colon], digits.parse().ok()?, relative))
+}
+
 /// Parse the target of a probe spec alone (`[BINARY:]FUNCTION[+OFFSET]`, `kernel:...`,
 /// `tracepoint:...`), as the in-process and ptrace APIs take it; a `%return` is refused.
 pub fn parse_target(text: &str) -> Result<Target, SpecError> {
@@ -325,6 +382,9 @@ impl Parser<'_> {
             }
             return Ok((Target::Kernel { function: function.into(), offset }, kind));
         }
+        if let Some((place, number, relative)) = split_line(body) {
+            return self.line_target(at, word, place, number, relative, kind);
+        }
         let (binary, rest, fn_at) = match split_binary(body) {
             (Some(b), rest) => (Some(b), rest, at + b.len() + 1),
             (None, rest) => (None, rest, at),
@@ -357,6 +417,43 @@ impl Parser<'_> {
             return Err(self.err(K::BadUsdt, at..base + rest.len(), EXPECTED));
         }
         Ok(Target::Usdt { binary: binary.into(), provider: provider.map(str::to_owned), name: name.into() })
+    }
+
+    /// `[BINARY:]FILE:LINE` or `[BINARY:]FUNCTION:+N` (split by [`split_line`]).
+    fn line_target(
+        &self,
+        at: usize,
+        word: &str,
+        place: &str,
+        number: u32,
+        relative: bool,
+        kind: ProbeKind,
+    ) -> Result<(Target, ProbeKind), SpecError> {
+        let end = at + word.len();
+        if kind == ProbeKind::Return {
+            return Err(self.err(
+                K::ReturnOnLine,
+                at + place.len()..end,
+                "FUNCTION%return for a function's return, or the line alone",
+            ));
+        }
+        if !relative && number == 0 {
+            return Err(self.err(K::BadLine, at + place.len() + 1..end, "a line number from 1, e.g. lines.c:47"));
+        }
+        let (binary, name, name_at) = match split_binary(place) {
+            (Some(b), rest) => (Some(b), rest, at + b.len() + 1),
+            (None, rest) => (None, rest, at),
+        };
+        if binary == Some("") || name.is_empty() {
+            let expected = if relative { "FUNCTION:+N, e.g. main:+3" } else { "FILE:LINE, e.g. lines.c:47" };
+            return Err(self.err(K::MissingFunction, at..name_at.max(at + 1), expected));
+        }
+        let line = if relative {
+            SourceLine::InFunction { function: name.into(), relative: number }
+        } else {
+            SourceLine::File { file: name.into(), line: number }
+        };
+        Ok((Target::Line { binary: binary.map(str::to_owned), line }, kind))
     }
 
     /// `[NAME=]FETCHARG[:TYPE]`, the `index`-th word.

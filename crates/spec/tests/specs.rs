@@ -137,6 +137,9 @@ const BAD: &[(&str, SpecErrorKind, &str, &str)] = &[
     ("openat 9x=%di", SpecErrorKind::BadName, "9x", "not a valid argument name"),
     ("openat a=%di a=%si", SpecErrorKind::DuplicateName, "a", "used twice"),
     ("openat $arg1 $arg1", SpecErrorKind::DuplicateName, "$arg1", "used twice"),
+    ("lines.c:47%return", SpecErrorKind::ReturnOnLine, ":47%return", "a source line has no return"),
+    ("main:+3%return", SpecErrorKind::ReturnOnLine, ":+3%return", "FUNCTION%return"),
+    ("./app:lines.c:0", SpecErrorKind::BadLine, "0", "line number from 1"),
 ];
 
 #[test]
@@ -182,4 +185,28 @@ fn static_probes_with_and_without_provider() {
         let e = parse_probe(text).unwrap_err().to_string();
         assert!(e.contains(message), "{text}: {e}");
     }
+}
+
+#[test]
+fn source_lines_and_lines_relative_to_a_function() {
+    let line = |spec: &str| parse_probe(spec).unwrap().target;
+    let file = |b: Option<&str>, f: &str, l| Target::Line {
+        binary: b.map(Into::into),
+        line: SourceLine::File { file: f.into(), line: l },
+    };
+    let rel = |b: Option<&str>, f: &str, r| Target::Line {
+        binary: b.map(Into::into),
+        line: SourceLine::InFunction { function: f.into(), relative: r },
+    };
+    assert_eq!(line("./app:lines.c:47"), file(Some("./app"), "lines.c", 47));
+    assert_eq!(line("app:src/lines.c:47 x=%di"), file(Some("app"), "src/lines.c", 47));
+    assert_eq!(line("lines.c:47"), file(None, "lines.c", 47));
+    assert_eq!(line("app:step:+4"), rel(Some("app"), "step", 4));
+    assert_eq!(line("step:+0"), rel(None, "step", 0));
+    assert_eq!(line("app:ns::Widget::draw:+2"), rel(Some("app"), "ns::Widget::draw", 2));
+    // A `+` without a `:` is a byte offset, and an address is an address.
+    assert_eq!(line("app:step+4"), Target::User { binary: Some("app".into()), function: "step".into(), offset: 4 });
+    assert!(matches!(line("app:0x1150"), Target::User { ref function, .. } if function == "0x1150"));
+    assert!(matches!(line("ns::f"), Target::User { ref function, .. } if function == "ns::f"));
+    assert_eq!(SourceLine::InFunction { function: "step".into(), relative: 4 }.to_string(), "step:+4");
 }

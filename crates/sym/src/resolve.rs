@@ -107,6 +107,12 @@ pub enum ResolveError {
         /// Its file, or `anonymous memory`.
         what: String,
     },
+    /// A source line: the debug information turns it into addresses before it gets here.
+    #[error("`{line}` is a source line: it is found through the binary's debug information, not its symbols")]
+    SourceLine {
+        /// The line as written.
+        line: String,
+    },
     /// A PLT stub named as `NAME@plt`.
     #[error(
         "`{name}@plt` is a PLT stub, which dprobe does not probe: probe `{name}` itself (e.g. `libc:{name}`), \
@@ -189,6 +195,7 @@ impl Symbols {
                 let provider = provider.as_deref().map(|p| format!("{p}:")).unwrap_or_default();
                 Err(ResolveError::StaticProbe { what: format!("usdt:{binary}:{provider}{name}") })
             }
+            dprobe_spec::Target::Line { line, .. } => Err(ResolveError::SourceLine { line: line.to_string() }),
             dprobe_spec::Target::Tracepoint { subsystem, event } => {
                 Err(ResolveError::NotUserCode { what: format!("tracepoint:{subsystem}:{event}") })
             }

@@ -32,6 +32,12 @@ pub fn addr_of(f: *const ()) -> u64 {
 /// result is kept in a directory of this process's own under the temporary directory), and
 /// return its path. Panics when the compiler fails: a test cannot run without its program.
 pub fn c_program(source: &str, name: &str, flags: &[&str]) -> &'static str {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    c_program_by(&cc, source, name, flags)
+}
+
+/// [`c_program`] with compiler `cc` (`gcc`, `clang`).
+pub fn c_program_by(cc: &str, source: &str, name: &str, flags: &[&str]) -> &'static str {
     use std::collections::HashMap;
     use std::sync::Mutex;
     static BUILT: Mutex<Option<HashMap<String, &'static str>>> = Mutex::new(None);
@@ -42,8 +48,7 @@ pub fn c_program(source: &str, name: &str, flags: &[&str]) -> &'static str {
     let dir = std::env::temp_dir().join(format!("dprobe-fixtures-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("creating the fixtures directory");
     let out = dir.join(name);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let ok = std::process::Command::new(&cc)
+    let ok = std::process::Command::new(cc)
         .args(flags)
         .arg("-o")
         .arg(&out)

@@ -73,7 +73,13 @@ pub fn hits(summary: &str, probe: &str) -> u64 {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(probe))
         .unwrap_or_else(|| panic!("no line for {probe} in:\n{summary}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    // A probe with several sites says how many after its name: `scale (4 sites)`.
+    let rest = line[probe.len()..].trim_start();
+    let rest = match rest.strip_prefix('(') {
+        Some(r) => &r[r.find(')').expect("closed") + 1..],
+        None => rest,
+    };
+    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// The bytes at `addr` in process `pid`, through its memory file.
@@ -187,4 +193,18 @@ pub fn check_event_times(json: &str, before: i128, after: i128) -> Vec<(u64, Str
 pub fn ifunc() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ifunc.c");
     dprobe_test_fixtures::c_program(src, "ifunc", &["-O2"])
+}
+
+/// The source-lines fixture (`lines N`: prints how often `scale` and the THIRD line ran).
+pub const LINES_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dwarf/tests/fixtures/lines.c");
+
+/// The source-lines fixture built with `-g` by `cc` at `opt` (`-O0`, `-O2`).
+pub fn lines_program(cc: &str, opt: &str) -> &'static str {
+    dprobe_test_fixtures::c_program_by(cc, LINES_SOURCE, &format!("lines-{cc}{opt}"), &["-g", opt])
+}
+
+/// The line of the lines fixture whose text contains `marker`.
+pub fn line_of(marker: &str) -> u32 {
+    let text = std::fs::read_to_string(LINES_SOURCE).unwrap();
+    text.lines().position(|l| l.contains(marker)).expect(marker) as u32 + 1
 }
