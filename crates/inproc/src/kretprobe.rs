@@ -49,6 +49,7 @@ use dprobe_core::{Kprobe, PreAction, ProbeError, ProbeTarget};
 use dprobe_rcu::Rcu;
 
 use crate::probe::{register, Probe};
+use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
 use crate::{engine::Engine, guard, sys, trap};
 
 /// Private data carried from a return probe's entry handler to its return handler.
@@ -448,28 +449,10 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
 // ---------------------------------------------------------------------------------------------
 // The trampoline.
 
-/// Registers the trampoline saved, in memory order from its stack pointer up. Only 8-byte
-/// aligned (the trampoline's stack pointer is at 8 mod 16 when it calls the dispatcher's
-/// frame), so the vector registers are stored as pairs of `u64`.
+/// What the trampoline pushed, lowest address first.
 #[repr(C)]
 struct TrampolineFrame {
-    xmm: [[u64; 2]; 16],
-    r15: u64,
-    r14: u64,
-    r13: u64,
-    r12: u64,
-    r11: u64,
-    r10: u64,
-    r9: u64,
-    r8: u64,
-    rdi: u64,
-    rsi: u64,
-    rbp: u64,
-    rbx: u64,
-    rdx: u64,
-    rcx: u64,
-    rax: u64,
-    rflags: u64,
+    saved: SavedRegs,
     /// The hijacked return-address slot itself; the trampoline's final `ret` pops it, so the
     /// dispatcher writes the real return address here.
     ret_slot: u64,
@@ -482,86 +465,22 @@ std::arch::global_asm!(
     "__dprobe_kret_trampoline:",
     // The probed function's `ret` brought us here: rsp is one slot above the hijacked one.
     "push rax", // re-occupy the return-address slot (overwritten below)
-    "pushfq",
-    "push rax",
-    "push rcx",
-    "push rdx",
-    "push rbx",
-    "push rbp",
-    "push rsi",
-    "push rdi",
-    "push r8",
-    "push r9",
-    "push r10",
-    "push r11",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
-    "sub rsp, 256",
-    "movdqu [rsp + 0], xmm0",
-    "movdqu [rsp + 16], xmm1",
-    "movdqu [rsp + 32], xmm2",
-    "movdqu [rsp + 48], xmm3",
-    "movdqu [rsp + 64], xmm4",
-    "movdqu [rsp + 80], xmm5",
-    "movdqu [rsp + 96], xmm6",
-    "movdqu [rsp + 112], xmm7",
-    "movdqu [rsp + 128], xmm8",
-    "movdqu [rsp + 144], xmm9",
-    "movdqu [rsp + 160], xmm10",
-    "movdqu [rsp + 176], xmm11",
-    "movdqu [rsp + 192], xmm12",
-    "movdqu [rsp + 208], xmm13",
-    "movdqu [rsp + 224], xmm14",
-    "movdqu [rsp + 240], xmm15",
+    save_registers!(),
     "mov rdi, rsp",
     "mov rbx, rsp",
     "and rsp, -16",
     "call {dispatch}",
     "mov rsp, rbx",
-    "mov [rsp + 384], rax", // TrampolineFrame::ret_slot
-    "movdqu xmm0, [rsp + 0]",
-    "movdqu xmm1, [rsp + 16]",
-    "movdqu xmm2, [rsp + 32]",
-    "movdqu xmm3, [rsp + 48]",
-    "movdqu xmm4, [rsp + 64]",
-    "movdqu xmm5, [rsp + 80]",
-    "movdqu xmm6, [rsp + 96]",
-    "movdqu xmm7, [rsp + 112]",
-    "movdqu xmm8, [rsp + 128]",
-    "movdqu xmm9, [rsp + 144]",
-    "movdqu xmm10, [rsp + 160]",
-    "movdqu xmm11, [rsp + 176]",
-    "movdqu xmm12, [rsp + 192]",
-    "movdqu xmm13, [rsp + 208]",
-    "movdqu xmm14, [rsp + 224]",
-    "movdqu xmm15, [rsp + 240]",
-    "add rsp, 256",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
-    "pop r11",
-    "pop r10",
-    "pop r9",
-    "pop r8",
-    "pop rdi",
-    "pop rsi",
-    "pop rbp",
-    "pop rbx",
-    "pop rdx",
-    "pop rcx",
-    "pop rax",
-    "popfq",
+    "mov [rsp + {ret_slot}], rax",
+    restore_registers!(),
     "ret",
     ".size __dprobe_kret_trampoline, . - __dprobe_kret_trampoline",
     dispatch = sym dispatch,
+    ret_slot = const SAVED_BYTES,
 );
 
 // The assembly writes the return address at this offset.
-const _: () = assert!(std::mem::offset_of!(TrampolineFrame, ret_slot) == 384);
-const _: () = assert!(std::mem::align_of::<TrampolineFrame>() == 8);
+const _: () = assert!(std::mem::offset_of!(TrampolineFrame, ret_slot) == SAVED_BYTES);
 
 extern "C" {
     fn __dprobe_kret_trampoline();
@@ -595,7 +514,7 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
                 inner.hits.fetch_add(1, Relaxed);
                 return ret;
             };
-            let mut regs = frame_regs(frame, ret, slot_addr + 8);
+            let mut regs = frame.saved.regs(ret, slot_addr + 8);
             trap::enter_handler();
             let called = guard::call_guarded(&mut || {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut regs, &data))).is_err() {
@@ -605,7 +524,7 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
             trap::leave_handler();
             inner.hits.fetch_add(1, Relaxed);
             if called.is_ok() {
-                write_frame(frame, &regs);
+                frame.saved.set(&regs, RETURN_FLAGS);
                 regs.rip
             } else {
                 ret
@@ -634,37 +553,9 @@ fn from_grave(t: &ThreadReturns, slot_addr: u64) -> u64 {
     }
 }
 
-fn frame_regs(f: &TrampolineFrame, ret: u64, rsp: u64) -> Regs {
-    Regs {
-        rax: f.rax,
-        rcx: f.rcx,
-        rdx: f.rdx,
-        rbx: f.rbx,
-        rsp,
-        rbp: f.rbp,
-        rsi: f.rsi,
-        rdi: f.rdi,
-        r8: f.r8,
-        r9: f.r9,
-        r10: f.r10,
-        r11: f.r11,
-        r12: f.r12,
-        r13: f.r13,
-        r14: f.r14,
-        r15: f.r15,
-        rip: ret,
-        rflags: f.rflags,
-        xmm: f.xmm.map(|[lo, hi]| u128::from(lo) | u128::from(hi) << 64),
-    }
-}
-
-/// What a return handler may change: every register but the stack pointer.
-fn write_frame(f: &mut TrampolineFrame, r: &Regs) {
-    (f.rax, f.rcx, f.rdx, f.rbx, f.rbp, f.rsi, f.rdi) = (r.rax, r.rcx, r.rdx, r.rbx, r.rbp, r.rsi, r.rdi);
-    (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15);
-    f.rflags = (f.rflags & !0xcd5) | (r.rflags & 0xcd5);
-    f.xmm = r.xmm.map(|x| [x as u64, (x >> 64) as u64]);
-}
+/// What a return handler may change: every register but the stack pointer, and of the flags
+/// only the arithmetic ones (CF, PF, AF, ZF, SF, OF: what a function's result may set).
+const RETURN_FLAGS: u64 = 0xcd5;
 
 /// The real return address for a return address `addr` found at stack address `sp` while
 /// unwinding the *calling thread's* stack: `addr` itself unless it is the trampoline's (kprobe

@@ -46,6 +46,7 @@ mod kretprobe;
 mod memory;
 mod optimizer;
 mod probe;
+mod saved;
 mod signals;
 mod slots;
 mod sys;
