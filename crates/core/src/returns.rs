@@ -171,31 +171,13 @@ pub struct Instance<T> {
 #[derive(Debug, Clone)]
 pub struct ReturnStack<T> {
     instances: Vec<Instance<T>>,
+    /// What [`InstanceStack::reclaim`] removed, until [`ReturnStack::reclaim`] hands it out.
+    reclaimed: Vec<Instance<T>>,
 }
 
 impl<T> Default for ReturnStack<T> {
     fn default() -> Self {
-        ReturnStack { instances: Vec::new() }
-    }
-}
-
-struct Reclaiming<'a, T> {
-    instances: &'a mut Vec<Instance<T>>,
-    gone: Vec<Instance<T>>,
-}
-
-impl<T> InstanceStack for Reclaiming<'_, T> {
-    fn depth(&self) -> usize {
-        self.instances.len()
-    }
-    fn slot(&self, i: usize) -> u64 {
-        self.instances[i].slot
-    }
-    fn stack(&self, i: usize) -> u64 {
-        self.instances[i].stack
-    }
-    fn reclaim(&mut self, i: usize) {
-        self.gone.push(self.instances.remove(i));
+        ReturnStack { instances: Vec::new(), reclaimed: Vec::new() }
     }
 }
 
@@ -210,7 +192,7 @@ impl<T> InstanceStack for ReturnStack<T> {
         self.instances[i].stack
     }
     fn reclaim(&mut self, i: usize) {
-        self.instances.remove(i);
+        self.reclaimed.push(self.instances.remove(i));
     }
 }
 
@@ -232,9 +214,8 @@ impl<T> ReturnStack<T> {
 
     /// Reclaim the stale instances at `at`; returns them, innermost first.
     pub fn reclaim(&mut self, at: At, stacks: &mut (impl ThreadStacks + ?Sized)) -> Vec<Instance<T>> {
-        let mut r = Reclaiming { instances: &mut self.instances, gone: Vec::new() };
-        reclaim(&mut r, at, stacks);
-        r.gone
+        reclaim(self, at, stacks);
+        std::mem::take(&mut self.reclaimed)
     }
 
     /// The innermost instance an entry at `sp` chains to (call [`ReturnStack::reclaim`]
