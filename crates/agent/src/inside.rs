@@ -231,7 +231,9 @@ fn place(index: usize, p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) 
     };
     match result {
         Ok(addr) => Placement::At(addr.0),
-        Err(ProbeError::SymbolNotFound { .. }) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => {
+        Err(ProbeError::Target(dprobe_sym::ResolveError::SymbolNotFound { .. }))
+            if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) =>
+        {
             Placement::Waiting
         }
         Err(e) => Placement::Failed(e.to_string()),

@@ -7,24 +7,9 @@ use dprobe_sym::ResolveError;
 /// these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// No symbol of that name in any loaded object.
-    #[error("symbol `{symbol}` not found in any loaded object")]
-    SymbolNotFound {
-        /// The name asked for.
-        symbol: String,
-    },
-    /// `symbol+offset` points past the end of the function.
-    #[error("offset {offset:#x} is past the end of `{symbol}` ({size} bytes)")]
-    OffsetOutOfFunction {
-        /// The function.
-        symbol: String,
-        /// The offset asked for.
-        offset: u64,
-        /// The function's size.
-        size: u64,
-    },
     /// The target does not name code that can be found: its text does not parse, its
-    /// binary does not exist or is not loaded, or it is not in user space.
+    /// binary does not exist or is not loaded, no symbol has its name, its offset is past
+    /// the function's end, or it is not in user space.
     #[error(transparent)]
     Target(ResolveError),
     /// The address is not executable code of a loaded object.
@@ -110,7 +95,6 @@ impl ProbeError {
     /// is not loaded yet.
     pub fn may_load_later(&self) -> bool {
         match self {
-            ProbeError::SymbolNotFound { .. } => true,
             ProbeError::Target(e) => e.may_load_later(),
             _ => false,
         }
@@ -120,10 +104,6 @@ impl ProbeError {
 impl From<ResolveError> for ProbeError {
     fn from(e: ResolveError) -> Self {
         match e {
-            ResolveError::SymbolNotFound { symbol } => ProbeError::SymbolNotFound { symbol },
-            ResolveError::OffsetOutOfFunction { symbol, offset, size } => {
-                ProbeError::OffsetOutOfFunction { symbol, offset, size }
-            }
             ResolveError::NotMapped { addr }
             | ResolveError::NotCode { addr, .. }
             | ResolveError::NoFunction { addr } => {

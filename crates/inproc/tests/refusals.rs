@@ -4,6 +4,7 @@ use fixtures::*;
 
 use dprobe_arch::{AnalyzeError, Unsupported};
 use dprobe_inproc::{register, register_all, Addr, Kprobe, ProbeError};
+use dprobe_sym::ResolveError;
 
 fn fn_addr(f: unsafe extern "C" fn() -> u64) -> Addr {
     Addr(f as usize as u64)
@@ -81,13 +82,16 @@ fn dprobe_own_functions() {
 #[test]
 fn a_symbol_that_does_not_exist() {
     let e = refused(Kprobe::symbol("no_such_function_anywhere"), None);
-    assert!(matches!(&e, ProbeError::SymbolNotFound { symbol } if symbol == "no_such_function_anywhere"), "{e:?}");
+    assert!(
+        matches!(&e, ProbeError::Target(ResolveError::SymbolNotFound { symbol }) if symbol == "no_such_function_anywhere"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn an_offset_past_the_end_of_the_function() {
     let e = refused(Kprobe::symbol_offset("fx_mov_add", 100), Some(addr(fx_mov_add)));
-    assert!(matches!(e, ProbeError::OffsetOutOfFunction { offset: 100, size: 7, .. }), "{e:?}");
+    assert!(matches!(e, ProbeError::Target(ResolveError::OffsetOutOfFunction { offset: 100, size: 7, .. })), "{e:?}");
 }
 
 #[test]
@@ -95,7 +99,7 @@ fn a_batch_with_one_bad_probe_registers_nothing() {
     let good = addr(fx_spare1);
     let before = code(good, 8);
     let e = register_all(vec![Kprobe::addr(good), Kprobe::symbol("no_such_function_anywhere")]).expect_err("bad batch");
-    assert!(matches!(e, ProbeError::SymbolNotFound { .. }));
+    assert!(matches!(e, ProbeError::Target(ResolveError::SymbolNotFound { .. })));
     assert_eq!(code(good, 8), before);
     assert!(dprobe_inproc::list().iter().all(|p| p.addr != good));
     assert_eq!(call2(fx_spare1, 6, 7), 42);
