@@ -20,6 +20,7 @@ use dprobe_sym::{read_maps_of, Symbols};
 
 use crate::error::TraceError;
 use crate::sys::{self, RemoteMemory};
+use crate::tracee::auxv_entry;
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
 const RETURN_TRAP: u64 = 0x320;
@@ -419,15 +420,6 @@ fn run_to_entry(pid: i32, memory: &mut RemoteMemory) -> Result<(), LoadError> {
         }
         signal = sig;
     }
-}
-
-fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv"))?;
-    auxv.chunks_exact(16)
-        .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
-        .find(|(k, _)| *k == libc::AT_ENTRY)
-        .map(|(_, v)| Addr(v))
-        .ok_or(TraceError::NoEntry)
 }
 
 fn get_xstate(tid: i32) -> Result<Vec<u8>, TraceError> {

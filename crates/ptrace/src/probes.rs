@@ -12,6 +12,7 @@ use dprobe_sym::{read_maps_of, Function, Mapping, ResolveError, Symbols, Target}
 
 use crate::error::TraceError;
 use crate::tracee::Tracee;
+use crate::xol::Near;
 
 /// What a handler sees at a hit.
 pub struct Hit<'a> {
@@ -281,7 +282,7 @@ impl Tracee {
             return Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start }.into());
         }
         if is_return {
-            self.xol.trampoline(tid, &mut self.memory, addr, maps)?;
+            self.xol.trampoline(&mut self.memory, Near { tid, addr, maps })?;
             if !self.unwinders_watched {
                 self.watch_unwinders(tid, maps, &Symbols::load(maps))?;
             }
@@ -311,7 +312,7 @@ impl Tracee {
         }
         let insn = analyze(&code, f.start, addr).map_err(ProbeError::from)?;
         let (xol, memory) = (&mut self.xol, &mut self.memory);
-        let prepared = prepare(&insn, false, |_| xol.slot_at(tid, memory, addr, maps))?;
+        let prepared = prepare(&insn, false, |_| xol.slot_at(memory, Near { tid, addr, maps }))?;
         let patch = prepared.arm();
         let mut now = vec![0u8; patch.old.len()];
         self.read(addr, &mut now)?;

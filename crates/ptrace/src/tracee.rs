@@ -505,7 +505,7 @@ fn tracer_of(pid: i32) -> Option<i32> {
 }
 
 /// The program's entry point, from its auxiliary vector (`AT_ENTRY`).
-fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
+pub(crate) fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
     let auxv = std::fs::read(format!("/proc/{pid}/auxv"))?;
     auxv.chunks_exact(16)
         .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))

@@ -21,6 +21,15 @@ struct Page {
     used: usize,
 }
 
+/// Where a slot is wanted: near `addr` (within a RIP-relative reach), in the address space
+/// `maps` describes, with stopped thread `tid` to run the `mmap` if a page must be mapped.
+#[derive(Clone, Copy)]
+pub struct Near<'a> {
+    pub tid: i32,
+    pub addr: Addr,
+    pub maps: &'a [Mapping],
+}
+
 /// The tracee's out-of-line pages.
 #[derive(Default, Clone)]
 pub struct Xol {
@@ -29,18 +38,12 @@ pub struct Xol {
 }
 
 impl Xol {
-    /// The address of a new slot in a page within reach of `near`, mapping a page if needed
-    /// (thread `tid` must be stopped).
-    pub fn slot_at(
-        &mut self,
-        tid: i32,
-        memory: &mut RemoteMemory,
-        near: Addr,
-        maps: &[Mapping],
-    ) -> Result<Addr, TraceError> {
-        let page = self.page_near(tid, memory, near, maps)?;
-        let at = self.pages[page].base.offset((self.pages[page].used * SLOT_SIZE) as u64);
-        self.pages[page].used += 1;
+    /// The address of a new slot in a page within reach of `near`, mapping a page if needed.
+    pub fn slot_at(&mut self, memory: &mut RemoteMemory, near: Near<'_>) -> Result<Addr, TraceError> {
+        let page = self.page_near(memory, near)?;
+        let p = &mut self.pages[page];
+        let at = p.base.offset((p.used * SLOT_SIZE) as u64);
+        p.used += 1;
         Ok(at)
     }
 
@@ -51,20 +54,12 @@ impl Xol {
 
     /// The return trampoline: one `int3` in the first page (mapped near `near` if there is no
     /// page yet). A return probe's entry replaces the return address with it.
-    pub fn trampoline(
-        &mut self,
-        tid: i32,
-        memory: &mut RemoteMemory,
-        near: Addr,
-        maps: &[Mapping],
-    ) -> Result<Addr, TraceError> {
+    pub fn trampoline(&mut self, memory: &mut RemoteMemory, near: Near<'_>) -> Result<Addr, TraceError> {
         if let Some(t) = self.trampoline {
             return Ok(t);
         }
-        let page = self.page_near(tid, memory, near, maps)?;
-        let at = self.pages[page].base.offset((self.pages[page].used * SLOT_SIZE) as u64);
+        let at = self.slot_at(memory, near)?;
         write(memory, at, &trampoline_code())?;
-        self.pages[page].used += 1;
         self.trampoline = Some(at);
         Ok(at)
     }
@@ -90,10 +85,8 @@ impl Xol {
 
     fn page_near(
         &mut self,
-        tid: i32,
         memory: &mut RemoteMemory,
-        near: Addr,
-        maps: &[Mapping],
+        Near { tid, addr: near, maps }: Near<'_>,
     ) -> Result<usize, TraceError> {
         let per_page = PAGE / SLOT_SIZE;
         if let Some(i) = self.pages.iter().position(|p| p.used < per_page && p.base.0.abs_diff(near.0) < REACH) {
