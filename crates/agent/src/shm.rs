@@ -1,16 +1,17 @@
 //! The memory the agent shares with the tracer: a `memfd` mapped by both processes, holding
 //! each probe's counters and a lock-free ring of event records.
 //!
-//! The ring is Dmitry Vyukov's bounded queue (as [`dprobe_core::EventRing`]), laid out in the
-//! shared pages: every slot starts with a sequence number that says whether it is free for the
-//! producer of a position or full for the consumer of that position. Producers (probed
-//! threads, many) claim positions with a compare-and-swap on the tail; the consumer (the
-//! tracer, one) advances the head. A full ring drops the record and counts it: a probed
-//! thread never waits for the tracer. Counters live outside the ring so that they stay
+//! The ring is core's ring protocol ([`dprobe_core::ring`], Dmitry Vyukov's bounded queue)
+//! over cells laid out in the shared pages: every slot starts with its sequence number, then
+//! the record's length and bytes. Producers are the probed threads, the consumer is the
+//! tracer. A full ring drops the record and counts it: a probed thread never waits for the
+//! tracer. Counters live outside the ring so that they stay
 //! readable after the traced program ends, and cost no record.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::*};
+
+use dprobe_core::ring::{self, RingCells};
 
 /// Bytes of one slot, its sequence word included.
 pub const SLOT_BYTES: usize = 2048;
@@ -71,7 +72,7 @@ impl Shm {
         }
         let shm = Shm::map(fd)?;
         for i in 0..SLOTS {
-            shm.sequence(i).store(i as u64, Relaxed);
+            RingCells::sequence(&shm, i).store(i as u64, Relaxed);
         }
         shm.word(3).store(SLOTS as u64, Relaxed);
         shm.word(0).store(MAGIC, Release);
@@ -131,11 +132,6 @@ impl Shm {
         unsafe { self.base.add(HEADER_BYTES + COUNTERS_BYTES + i * SLOT_BYTES) }
     }
 
-    fn sequence(&self, i: usize) -> &AtomicU64 {
-        // SAFETY: a slot's first word, aligned, only accessed atomically.
-        unsafe { &*(self.slot(i) as *const AtomicU64) }
-    }
-
     /// Add `n` to a counter of `probe`. Lock-free, async-signal-safe.
     pub fn add(&self, probe: usize, counter: Counter, n: u64) {
         if let Some(w) = self.counter_word(probe, counter) {
@@ -157,59 +153,58 @@ impl Shm {
 
     /// Records dropped because the ring was full.
     pub fn dropped(&self) -> u64 {
-        self.word(5).load(Relaxed)
+        RingCells::dropped(self).load(Relaxed)
     }
 
     /// Write one record with `fill` (given the slot's payload, returns the bytes used).
     /// `false` when the ring is full: the record is dropped and counted. Lock-free and
     /// async-signal-safe: never blocks, never allocates.
     pub fn push(&self, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        let tail = self.word(4);
-        let mut pos = tail.load(Relaxed);
-        let index = loop {
-            let i = pos as usize & (SLOTS - 1);
-            let seq = self.sequence(i).load(Acquire);
-            let diff = seq as i64 - pos as i64;
-            if diff == 0 {
-                match tail.compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
-                    Ok(_) => break i,
-                    Err(now) => pos = now,
-                }
-            } else if diff < 0 {
-                self.word(5).fetch_add(1, Relaxed);
-                return false;
-            } else {
-                pos = tail.load(Relaxed);
-            }
-        };
-        // SAFETY: the slot is ours from the successful compare-and-swap until its sequence is
-        // published below; its payload follows the sequence word and the length word.
-        let payload = unsafe { std::slice::from_raw_parts_mut(self.slot(index).add(16), SLOT_BYTES - 16) };
+        let Some(c) = ring::claim(self) else { return false };
+        let slot = self.slot(c.slot);
+        // SAFETY: the slot is ours from the claim until it is published below; its payload
+        // follows the sequence word and the length word.
+        let payload = unsafe { std::slice::from_raw_parts_mut(slot.add(16), SLOT_BYTES - 16) };
         let used = fill(payload).min(SLOT_BYTES - 16);
         // SAFETY: the length word, inside the slot we own.
-        unsafe { (self.slot(index).add(8) as *mut u64).write(used as u64) };
-        self.sequence(index).store(pos + 1, Release);
+        unsafe { (slot.add(8) as *mut u64).write(used as u64) };
+        ring::publish(self, c);
         true
     }
 
     /// Take the oldest record: `read` is given its payload. `false` when the ring is empty.
-    /// One consumer only.
     pub fn pop(&self, read: impl FnOnce(&[u8])) -> bool {
-        let head = self.word(2);
-        let pos = head.load(Relaxed);
-        let index = pos as usize & (SLOTS - 1);
-        if self.sequence(index).load(Acquire) != pos + 1 {
-            return false;
-        }
-        // SAFETY: the producer published this slot (the sequence said so) and no producer
-        // writes it again until the sequence is moved on below.
-        let len = unsafe { (self.slot(index).add(8) as *const u64).read() } as usize;
+        let Some(c) = ring::take(self) else { return false };
+        let slot = self.slot(c.slot);
+        // SAFETY: the producer published this slot and no producer writes it again until it
+        // is released below.
+        let len = unsafe { (slot.add(8) as *const u64).read() } as usize;
         // SAFETY: as above; the length is clamped to the slot.
-        let payload = unsafe { std::slice::from_raw_parts(self.slot(index).add(16), len.min(SLOT_BYTES - 16)) };
+        let payload = unsafe { std::slice::from_raw_parts(slot.add(16), len.min(SLOT_BYTES - 16)) };
         read(payload);
-        head.store(pos + 1, Relaxed);
-        self.sequence(index).store(pos + SLOTS as u64, Release);
+        ring::release(self, c);
         true
+    }
+}
+
+/// The ring's cells in the header words: 2 the head, 4 the tail, 5 the drops (0 is the magic
+/// number, 3 the slot count).
+impl RingCells for Shm {
+    fn capacity(&self) -> usize {
+        SLOTS
+    }
+    fn sequence(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: a slot's first word, aligned, only accessed atomically.
+        unsafe { &*(self.slot(i) as *const AtomicU64) }
+    }
+    fn tail(&self) -> &AtomicU64 {
+        self.word(4)
+    }
+    fn head(&self) -> &AtomicU64 {
+        self.word(2)
+    }
+    fn dropped(&self) -> &AtomicU64 {
+        self.word(5)
     }
 }
 

@@ -34,7 +34,7 @@ mod multi_site;
 mod pairing;
 mod probe;
 pub mod returns;
-mod ring;
+pub mod ring;
 mod site;
 mod stats;
 mod table;

@@ -4,10 +4,90 @@
 //! The queue is Dmitry Vyukov's bounded MPMC array queue: each slot carries a sequence number
 //! that says whether it is free for the producer of a given position or full for the consumer
 //! of that position; producers claim positions with a compare-and-swap on the tail. A full
-//! ring drops the record and counts it, so a probed thread never waits. Records are stored in
-//! atomics word by word, so the ring needs no `unsafe`.
+//! ring drops the record and counts it, so a probed thread never waits.
+//!
+//! The protocol ([`claim`], [`publish`], [`take`], [`release`]) is written once over
+//! [`RingCells`], wherever the positions and slots are: [`EventRing`] keeps them in this
+//! process's heap, its records stored in atomics word by word (so it needs no `unsafe`); the
+//! in-process agent keeps them in memory it shares with the tracer.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+/// Where a ring keeps its positions and its slots' sequence numbers.
+pub trait RingCells {
+    /// How many slots it has: a power of two. Slot `i`'s sequence number starts at `i`.
+    fn capacity(&self) -> usize;
+    /// Slot `i`'s sequence number.
+    fn sequence(&self, i: usize) -> &AtomicU64;
+    /// The next position to write.
+    fn tail(&self) -> &AtomicU64;
+    /// The next position to read.
+    fn head(&self) -> &AtomicU64;
+    /// Records dropped because the ring was full.
+    fn dropped(&self) -> &AtomicU64;
+}
+
+/// A slot claimed to write ([`claim`]) or to read ([`take`]); the caller owns it until it
+/// hands it back with [`publish`] or [`release`].
+#[derive(Debug)]
+#[must_use = "a claimed slot blocks the ring until it is handed back"]
+pub struct Claimed {
+    /// The slot's index.
+    pub slot: usize,
+    pos: u64,
+}
+
+/// Claim the next slot to write; `None` (the record dropped and counted) when the ring is
+/// full. Lock-free and async-signal-safe.
+pub fn claim(ring: &(impl RingCells + ?Sized)) -> Option<Claimed> {
+    let mask = ring.capacity() as u64 - 1;
+    let mut pos = ring.tail().load(Relaxed);
+    loop {
+        let slot = (pos & mask) as usize;
+        let diff = ring.sequence(slot).load(Acquire) as i64 - pos as i64;
+        if diff == 0 {
+            match ring.tail().compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
+                Ok(_) => return Some(Claimed { slot, pos }),
+                Err(now) => pos = now,
+            }
+        } else if diff < 0 {
+            ring.dropped().fetch_add(1, Relaxed);
+            return None;
+        } else {
+            pos = ring.tail().load(Relaxed);
+        }
+    }
+}
+
+/// Hand a written slot to the consumer.
+pub fn publish(ring: &(impl RingCells + ?Sized), c: Claimed) {
+    ring.sequence(c.slot).store(c.pos + 1, Release);
+}
+
+/// Claim the oldest written slot to read; `None` when the ring is empty.
+pub fn take(ring: &(impl RingCells + ?Sized)) -> Option<Claimed> {
+    let mask = ring.capacity() as u64 - 1;
+    let mut pos = ring.head().load(Relaxed);
+    loop {
+        let slot = (pos & mask) as usize;
+        let diff = ring.sequence(slot).load(Acquire) as i64 - (pos + 1) as i64;
+        if diff == 0 {
+            match ring.head().compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
+                Ok(_) => return Some(Claimed { slot, pos }),
+                Err(now) => pos = now,
+            }
+        } else if diff < 0 {
+            return None;
+        } else {
+            pos = ring.head().load(Relaxed);
+        }
+    }
+}
+
+/// Give a read slot back to the producers.
+pub fn release(ring: &(impl RingCells + ?Sized), c: Claimed) {
+    ring.sequence(c.slot).store(c.pos + ring.capacity() as u64, Release);
+}
 
 /// Bytes of variable payload a record can carry (a path, a buffer's head).
 pub const PAYLOAD_BYTES: usize = 256;
@@ -82,17 +162,34 @@ impl Event {
 }
 
 struct Slot {
-    sequence: AtomicUsize,
+    sequence: AtomicU64,
     words: [AtomicU64; WORDS],
 }
 
 /// The ring. Producers: any thread or signal handler. Consumers: any thread (usually one).
 pub struct EventRing {
     slots: Box<[Slot]>,
-    mask: usize,
-    head: AtomicUsize,
-    tail: AtomicUsize,
+    head: AtomicU64,
+    tail: AtomicU64,
     dropped: AtomicU64,
+}
+
+impl RingCells for EventRing {
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+    fn sequence(&self, i: usize) -> &AtomicU64 {
+        &self.slots[i].sequence
+    }
+    fn tail(&self) -> &AtomicU64 {
+        &self.tail
+    }
+    fn head(&self) -> &AtomicU64 {
+        &self.head
+    }
+    fn dropped(&self) -> &AtomicU64 {
+        &self.dropped
+    }
 }
 
 impl EventRing {
@@ -101,20 +198,14 @@ impl EventRing {
     pub fn new(capacity: usize) -> Self {
         let cap = capacity.max(2).next_power_of_two();
         let slots = (0..cap)
-            .map(|i| Slot { sequence: AtomicUsize::new(i), words: std::array::from_fn(|_| AtomicU64::new(0)) })
+            .map(|i| Slot { sequence: AtomicU64::new(i as u64), words: std::array::from_fn(|_| AtomicU64::new(0)) })
             .collect();
-        EventRing {
-            slots,
-            mask: cap - 1,
-            head: AtomicUsize::new(0),
-            tail: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
-        }
+        EventRing { slots, head: AtomicU64::new(0), tail: AtomicU64::new(0), dropped: AtomicU64::new(0) }
     }
 
     /// Number of records it holds.
     pub fn capacity(&self) -> usize {
-        self.mask + 1
+        self.slots.len()
     }
 
     /// Records dropped because the ring was full.
@@ -125,23 +216,8 @@ impl EventRing {
     /// Append `event`; when the ring is full the record is dropped and counted, and `false`
     /// returned. Lock-free and async-signal-safe: never blocks, never allocates.
     pub fn push(&self, event: &Event) -> bool {
-        let mut pos = self.tail.load(Relaxed);
-        let slot = loop {
-            let slot = &self.slots[pos & self.mask];
-            let seq = slot.sequence.load(Acquire);
-            let diff = seq as isize - pos as isize;
-            if diff == 0 {
-                match self.tail.compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
-                    Ok(_) => break slot,
-                    Err(now) => pos = now,
-                }
-            } else if diff < 0 {
-                self.dropped.fetch_add(1, Relaxed);
-                return false;
-            } else {
-                pos = self.tail.load(Relaxed);
-            }
-        };
+        let Some(c) = claim(self) else { return false };
+        let slot = &self.slots[c.slot];
         let w = &slot.words;
         w[0].store(u64::from(event.kind) | u64::from(event.tid) << 32, Relaxed);
         w[1].store(u64::from(event.cpu) | (event.payload_len as u64) << 32, Relaxed);
@@ -154,28 +230,14 @@ impl EventRing {
         for (i, chunk) in event.payload[..payload_words * 8].chunks_exact(8).enumerate() {
             w[HEADER_WORDS + VALUES + i].store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Relaxed);
         }
-        slot.sequence.store(pos + 1, Release);
+        publish(self, c);
         true
     }
 
     /// Take the oldest record into `out`; `false` when the ring is empty. Allocates nothing.
     pub fn pop_into(&self, out: &mut Event) -> bool {
-        let mut pos = self.head.load(Relaxed);
-        let slot = loop {
-            let slot = &self.slots[pos & self.mask];
-            let seq = slot.sequence.load(Acquire);
-            let diff = seq as isize - (pos + 1) as isize;
-            if diff == 0 {
-                match self.head.compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
-                    Ok(_) => break slot,
-                    Err(now) => pos = now,
-                }
-            } else if diff < 0 {
-                return false;
-            } else {
-                pos = self.head.load(Relaxed);
-            }
-        };
+        let Some(c) = take(self) else { return false };
+        let slot = &self.slots[c.slot];
         let w = &slot.words;
         let (w0, w1) = (w[0].load(Relaxed), w[1].load(Relaxed));
         out.kind = w0 as u32;
@@ -191,7 +253,7 @@ impl EventRing {
             let bytes = w[HEADER_WORDS + VALUES + i].load(Relaxed).to_le_bytes();
             out.payload[i * 8..i * 8 + 8].copy_from_slice(&bytes);
         }
-        slot.sequence.store(pos + self.mask + 1, Release);
+        release(self, c);
         true
     }
 
