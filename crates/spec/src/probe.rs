@@ -98,11 +98,12 @@ const REGISTERS: [&str; 19] = [
     "r15", "orig_ax",
 ];
 
-/// How a value is fetched.
+/// How a value is fetched. `R` is how a register is named: by its [`Register`] name as
+/// parsed, or by what an engine compiled the name to ([`Fetch::map_registers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetch {
+pub enum Fetch<R = Register> {
     /// A register.
-    Reg(Register),
+    Reg(R),
     /// The N-th argument (1-based) by the calling convention.
     Arg(u32),
     /// The return value.
@@ -125,8 +126,26 @@ pub enum Fetch {
         /// Added to the inner value.
         offset: i64,
         /// The address base.
-        inner: Box<Fetch>,
+        inner: Box<Fetch<R>>,
     },
+}
+
+impl<R> Fetch<R> {
+    /// The same fetch with every register named by `f` of its name.
+    pub fn map_registers<S>(&self, f: &impl Fn(&R) -> S) -> Fetch<S> {
+        match self {
+            Fetch::Reg(r) => Fetch::Reg(f(r)),
+            Fetch::Arg(n) => Fetch::Arg(*n),
+            Fetch::RetVal => Fetch::RetVal,
+            Fetch::Comm => Fetch::Comm,
+            Fetch::Errno => Fetch::Errno,
+            Fetch::Stack(n) => Fetch::Stack(*n),
+            Fetch::StackPointer => Fetch::StackPointer,
+            Fetch::Memory(a) => Fetch::Memory(*a),
+            Fetch::Immediate(i) => Fetch::Immediate(*i),
+            Fetch::Deref { offset, inner } => Fetch::Deref { offset: *offset, inner: Box::new(inner.map_registers(f)) },
+        }
+    }
 }
 
 /// How a fetched value is typed and shown.

@@ -65,35 +65,10 @@ enum Register {
 }
 
 /// A fetch with its register names resolved.
-#[derive(Debug, Clone)]
-enum Op {
-    Reg(Register),
-    Arg(u32),
-    RetVal,
-    Comm,
-    Errno,
-    Stack(u32),
-    StackPointer,
-    Memory(u64),
-    Immediate(u64),
-    Deref { offset: i64, inner: Box<Op> },
-}
+type Op = Fetch<Register>;
 
-impl Op {
-    fn compile(f: &Fetch) -> Op {
-        match f {
-            Fetch::Reg(r) => Op::Reg(register(r.0)),
-            Fetch::Arg(n) => Op::Arg(*n),
-            Fetch::RetVal => Op::RetVal,
-            Fetch::Comm => Op::Comm,
-            Fetch::Errno => Op::Errno,
-            Fetch::Stack(n) => Op::Stack(*n),
-            Fetch::StackPointer => Op::StackPointer,
-            Fetch::Memory(a) => Op::Memory(*a),
-            Fetch::Immediate(i) => Op::Immediate(*i as u64),
-            Fetch::Deref { offset, inner } => Op::Deref { offset: *offset, inner: Box::new(Op::compile(inner)) },
-        }
-    }
+fn compile(f: &Fetch) -> Op {
+    f.map_registers(&|r| register(r.0))
 }
 
 fn register(name: &str) -> Register {
@@ -135,7 +110,7 @@ impl FetchPlan {
     pub fn compile(args: &[NamedArg], filter: Option<&Filter>) -> FetchPlan {
         let names: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
         FetchPlan {
-            ops: args.iter().map(|a| Op::compile(&a.fetch)).collect(),
+            ops: args.iter().map(|a| compile(&a.fetch)).collect(),
             filter: filter.map(|f| Test::compile(f, &names)),
             args: args.to_vec(),
         }
@@ -210,7 +185,7 @@ fn value(op: &Op, cx: &FetchContext<'_>, memory: &mut dyn Memory, size: usize) -
         Op::Stack(n) => read(memory, sp.wrapping_add(8 * u64::from(*n)), 8),
         Op::StackPointer => Ok(sp),
         Op::Memory(a) => read(memory, *a, size),
-        Op::Immediate(i) => Ok(*i),
+        Op::Immediate(i) => Ok(*i as u64),
         Op::Deref { offset, inner } => {
             let base = value(inner, cx, memory, 8)?;
             read(memory, base.wrapping_add(*offset as u64), size)
