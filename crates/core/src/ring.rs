@@ -98,9 +98,10 @@ const HEADER_WORDS: usize = 4;
 const PAYLOAD_WORDS: usize = PAYLOAD_BYTES / 8;
 const WORDS: usize = HEADER_WORDS + VALUES + PAYLOAD_WORDS;
 
-/// One event, as a handler writes it and the consumer reads it.
+/// One record of the ring, as a handler writes it and the consumer reads it (the in-process
+/// API's raw record; what engines deliver to sinks is a [`crate::ProbeEvent`]).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct RingRecord {
     /// What kind of event (the producer's own numbering).
     pub kind: u32,
     /// The thread it happened on.
@@ -117,9 +118,9 @@ pub struct Event {
     payload: [u8; PAYLOAD_BYTES],
 }
 
-impl Default for Event {
+impl Default for RingRecord {
     fn default() -> Self {
-        Event {
+        RingRecord {
             kind: 0,
             tid: 0,
             cpu: 0,
@@ -132,9 +133,9 @@ impl Default for Event {
     }
 }
 
-impl std::fmt::Debug for Event {
+impl std::fmt::Debug for RingRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Event")
+        f.debug_struct("RingRecord")
             .field("kind", &self.kind)
             .field("tid", &self.tid)
             .field("cpu", &self.cpu)
@@ -146,7 +147,7 @@ impl std::fmt::Debug for Event {
     }
 }
 
-impl Event {
+impl RingRecord {
     /// The payload bytes.
     pub fn payload(&self) -> &[u8] {
         &self.payload[..self.payload_len]
@@ -215,7 +216,7 @@ impl EventRing {
 
     /// Append `event`; when the ring is full the record is dropped and counted, and `false`
     /// returned. Lock-free and async-signal-safe: never blocks, never allocates.
-    pub fn push(&self, event: &Event) -> bool {
+    pub fn push(&self, event: &RingRecord) -> bool {
         let Some(c) = claim(self) else { return false };
         let slot = &self.slots[c.slot];
         let w = &slot.words;
@@ -235,7 +236,7 @@ impl EventRing {
     }
 
     /// Take the oldest record into `out`; `false` when the ring is empty. Allocates nothing.
-    pub fn pop_into(&self, out: &mut Event) -> bool {
+    pub fn pop_into(&self, out: &mut RingRecord) -> bool {
         let Some(c) = take(self) else { return false };
         let slot = &self.slots[c.slot];
         let w = &slot.words;
@@ -258,8 +259,8 @@ impl EventRing {
     }
 
     /// Take the oldest record.
-    pub fn pop(&self) -> Option<Event> {
-        let mut e = Event::default();
+    pub fn pop(&self) -> Option<RingRecord> {
+        let mut e = RingRecord::default();
         self.pop_into(&mut e).then_some(e)
     }
 }

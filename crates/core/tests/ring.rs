@@ -1,9 +1,9 @@
 //! The event ring: order, payloads, full-ring drops, and concurrent producers.
-use dprobe_core::{Event, EventRing};
+use dprobe_core::{EventRing, RingRecord};
 use std::sync::Arc;
 
-fn event(probe: u64, payload: &[u8]) -> Event {
-    let mut e = Event::default();
+fn event(probe: u64, payload: &[u8]) -> RingRecord {
+    let mut e = RingRecord::default();
     (e.probe, e.kind, e.tid, e.cpu, e.time_ns, e.values) = (probe, 7, 42, 1, 99, [probe; 8]);
     e.set_payload(payload);
     e
@@ -23,7 +23,7 @@ fn records_come_out_in_order_with_their_payload() {
 
 #[test]
 fn long_payloads_are_truncated() {
-    let mut e = Event::default();
+    let mut e = RingRecord::default();
     assert_eq!(e.set_payload(&[b'x'; 1000]), dprobe_core::PAYLOAD_BYTES);
     let ring = EventRing::new(2);
     ring.push(&e);
@@ -63,7 +63,7 @@ fn concurrent_producers_lose_nothing_that_was_accepted() {
         .collect();
     let mut seen = 0u64;
     let mut last = [None::<u64>; 4];
-    let mut e = Event::default();
+    let mut e = RingRecord::default();
     let mut done = false;
     while !done {
         done = producers.iter().all(|p| p.is_finished());

@@ -12,14 +12,16 @@ mod common;
 use std::sync::OnceLock;
 
 use common::{register_thread_name, thread_name};
-use dprobe::inproc::{emit, read_c_string, register_jprobe, resolve, Event, EventRing, ProbeTarget, PAYLOAD_BYTES};
+use dprobe::inproc::{
+    emit, read_c_string, register_jprobe, resolve, EventRing, ProbeTarget, RingRecord, PAYLOAD_BYTES,
+};
 
 static RING: OnceLock<EventRing> = OnceLock::new();
 
 /// Record one call: which function, flags, mode, and the path.
 fn record(function: u32, path: *const u8, flags: i32, mode: u32) {
     let Some(ring) = RING.get() else { return };
-    let mut event = Event::default();
+    let mut event = RingRecord::default();
     let mut buf = [0u8; PAYLOAD_BYTES];
     let path = read_c_string(path as u64, &mut buf).unwrap_or(b"<unreadable>");
     event.set_payload(path);

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{register_thread_name, thread_name};
-use dprobe::inproc::{emit, register, Event, EventRing, Kprobe, PreAction, ProbeId};
+use dprobe::inproc::{emit, register, EventRing, Kprobe, PreAction, ProbeId, RingRecord};
 
 const WORKERS: usize = 4;
 const BEFORE: u32 = 0;
@@ -27,7 +27,7 @@ static PROBE: OnceLock<ProbeId> = OnceLock::new();
 
 fn record(kind: u32) {
     if let (Some(ring), Some(id)) = (RING.get(), PROBE.get()) {
-        emit(ring, *id, kind, &mut Event::default());
+        emit(ring, *id, kind, &mut RingRecord::default());
     }
 }
 
@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
 
     let (mut shown, mut drained) = (0usize, 0u64);
-    let mut event = Event::default();
+    let mut event = RingRecord::default();
     let mut drain = |shown: &mut usize, drained: &mut u64| {
         while ring.pop_into(&mut event) {
             *drained += 1;

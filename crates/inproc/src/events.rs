@@ -1,11 +1,11 @@
 //! Emitting events from handlers into an [`EventRing`].
 
-use dprobe_core::{Event, EventRing, ProbeId};
+use dprobe_core::{EventRing, ProbeId, RingRecord};
 
 /// Fill in the thread, CPU and time of `event` and push it into `ring`; `false` when the
 /// ring was full (the record is dropped and counted). Async-signal-safe: `gettid`,
 /// `sched_getcpu` and `clock_gettime` are, and the ring never blocks.
-pub fn emit(ring: &EventRing, probe: ProbeId, kind: u32, event: &mut Event) -> bool {
+pub fn emit(ring: &EventRing, probe: ProbeId, kind: u32, event: &mut RingRecord) -> bool {
     // SAFETY: gettid and sched_getcpu take no arguments; clock_gettime writes the timespec
     // we own.
     let (tid, cpu, ts) = unsafe {

@@ -14,8 +14,9 @@ use crate::tracefs::Tracefs;
 
 const GROUP_PREFIX: &str = "dprobe_";
 
-/// One event of the session.
-pub struct Event {
+/// One event the session defined in tracefs (its definition, format and counts; the events
+/// it delivers are `dprobe_core::ProbeEvent`s).
+pub struct DefinedEvent {
     /// How it was defined.
     pub definition: Definition,
     /// Its format.
@@ -85,7 +86,7 @@ impl Hit<'_> {
 pub struct Session {
     tracefs: Tracefs,
     group: String,
-    events: Vec<Event>,
+    events: Vec<DefinedEvent>,
     rings: Option<Rings>,
     /// Events to define in the next batch ([`Session::add_later`]): definition, `maxactive`,
     /// filter.
@@ -240,7 +241,7 @@ impl Session {
             }
         };
         for (((definition, group, name), format), filter) in planned.into_iter().zip(formats).zip(filters) {
-            self.events.push(Event { definition, format, group, name, filter, received: 0 });
+            self.events.push(DefinedEvent { definition, format, group, name, filter, received: 0 });
         }
         Ok(())
     }
@@ -273,7 +274,7 @@ impl Session {
     }
 
     /// The events defined so far, in the order they were added.
-    pub fn events(&self) -> &[Event] {
+    pub fn events(&self) -> &[DefinedEvent] {
         &self.events
     }
 
