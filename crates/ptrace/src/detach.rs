@@ -41,7 +41,7 @@ impl Tracee {
             }
             return Err(e);
         }
-        let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.prepared.slot.clone()).collect();
         for tid in self.threads.keys().copied().collect::<Vec<_>>() {
             match self.leave_dprobe_code(tid, &slots) {
                 // A thread killed meanwhile: nothing to restore in it.
@@ -77,7 +77,7 @@ impl Tracee {
     /// it can be), given its real return addresses back and detached; the ones still running
     /// are forgotten (the kernel lets them go when dprobe exits). Best effort throughout.
     fn let_held_go(&mut self) {
-        let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.prepared.slot.clone()).collect();
         let held: Vec<i32> = self.threads.iter().filter(|(_, t)| t.is_stopped()).map(|(tid, _)| *tid).collect();
         for &tid in &held {
             let _ = self.leave_dprobe_code(tid, &slots);

@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 
 use dprobe_arch::{disarm, Memory};
 use dprobe_core::returns::InstancePool;
-use dprobe_core::ProbeId;
+use dprobe_core::{Placement, ProbeId, Stats};
 
 use crate::error::TraceError;
-use crate::probes::{Probe, ProbeStats};
+use crate::probes::Probe;
 use crate::sys::{self, RemoteMemory};
 use crate::thread::{Stop, Thread};
 use crate::tracee::Tracee;
@@ -85,7 +85,7 @@ impl Tracee {
         }
         if !shared {
             let mut mem = RemoteMemory::open(child)?;
-            for patch in self.sites.values().map(|s| disarm(&s.insn)) {
+            for patch in self.sites.values().map(|s| s.prepared.disarm()) {
                 let _ = mem.write(patch.addr, &patch.new);
             }
             self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
@@ -148,7 +148,7 @@ impl Tracee {
     /// `vfork` and cannot stop until the child executes or exits.
     pub(crate) fn let_guest_go(&mut self, tid: i32, stop: Stop) -> Result<(), TraceError> {
         self.threads.insert(tid, Thread::stopped(stop));
-        let slots: Vec<_> = self.sites.values().filter_map(|s| s.slot.clone()).collect();
+        let slots: Vec<_> = self.sites.values().filter_map(|s| s.prepared.slot.clone()).collect();
         match self.leave_dprobe_code(tid, &slots) {
             Err(TraceError::Gone { .. }) => {
                 self.forget_guest(tid);
@@ -192,8 +192,11 @@ impl Tracee {
             .map(|(id, p)| {
                 let def = p.def.share();
                 let pool = InstancePool::new(Some(def.maxactive));
-                let addr = p.stats.addr.filter(|_| placed);
-                let stats = ProbeStats { addr, placed: u64::from(addr.is_some()), ..ProbeStats::default() };
+                let placement = match p.stats.addr() {
+                    Some(addr) if placed => Placement::At(addr),
+                    _ => Placement::Waiting,
+                };
+                let stats = Stats { placement, ..Stats::default() };
                 (*id, Probe { def, pool, stats })
             })
             .collect()

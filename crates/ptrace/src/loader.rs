@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use dprobe_arch::{Addr, Memory};
-use dprobe_core::ProbeId;
+use dprobe_core::{Placement, ProbeId};
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
 
 use crate::error::TraceError;
@@ -175,7 +175,7 @@ impl Tracee {
         let waiting: Vec<ProbeId> = self
             .probes
             .iter()
-            .filter(|(_, p)| p.stats.addr.is_none() && p.stats.failed.is_none())
+            .filter(|(_, p)| matches!(p.stats.placement, Placement::Waiting | Placement::Unloaded))
             .map(|(id, _)| *id)
             .collect();
         if waiting.is_empty() && !self.unwinders_watched {
@@ -198,11 +198,10 @@ impl Tracee {
             };
             let p = self.probes.get_mut(&id).expect("waiting probe");
             match placed {
-                Ok(addr) => {
-                    p.stats.placed += u64::from(addr.is_some());
-                    p.stats.addr = addr;
-                }
-                Err(e) => p.stats.failed = Some(e.to_string()),
+                Ok(Some(addr)) => p.stats.placement = Placement::At(addr),
+                // Still waiting (or unloaded, waiting for the next load).
+                Ok(None) => {}
+                Err(e) => p.stats.placement = Placement::Failed(e.to_string()),
             }
         }
         Ok(())
@@ -237,8 +236,8 @@ impl Tracee {
         for addr in gone {
             let Some(site) = self.sites.remove(&addr) else { continue };
             for id in site.probes {
-                if let Some(p) = self.probes.get_mut(&id).filter(|p| p.stats.addr == Some(addr)) {
-                    p.stats.addr = None;
+                if let Some(p) = self.probes.get_mut(&id).filter(|p| p.stats.placement == Placement::At(addr)) {
+                    p.stats.placement = Placement::Unloaded;
                 }
             }
         }
@@ -252,15 +251,18 @@ impl Tracee {
         self.image_replaced(tid)?;
         for p in self.probes.values_mut() {
             p.pool.reset();
-            p.stats.addr = None;
-            p.stats.failed = None;
+            // Placed before: its code went with the old image.
+            p.stats.placement = match p.stats.placement {
+                Placement::At(_) | Placement::Unloaded => Placement::Unloaded,
+                _ => Placement::Waiting,
+            };
         }
         let dynamic = self.watch_loads(tid)?;
         self.on_loads_changed(tid)?;
         if !dynamic {
             // A static program: what is not in it now never will be.
-            for p in self.probes.values_mut().filter(|p| p.stats.addr.is_none()) {
-                p.stats.failed = Some("not in the program the process executed".into());
+            for p in self.probes.values_mut().filter(|p| p.stats.addr().is_none()) {
+                p.stats.placement = Placement::Failed("not in the program the process executed".into());
             }
         }
         Ok(())

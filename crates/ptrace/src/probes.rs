@@ -172,39 +172,18 @@ impl ProbeDef {
     }
 }
 
-/// A probe's counters, as the stop loop keeps them ([`Tracee::stats`] reports them as
-/// [`Stats`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ProbeStats {
-    /// Times the probed instruction was hit.
-    pub hits: u64,
-    /// Returns seen (return probes).
-    pub returns: u64,
-    /// Entries whose return could not be watched: `maxactive` returns were already pending.
-    pub missed: u64,
-    /// Pending returns abandoned by the program (`longjmp`, exceptions) or by a thread that
-    /// exited inside the function.
-    pub abandoned: u64,
-    /// Where it is placed; `None` while it waits for its library.
-    pub addr: Option<Addr>,
-    /// Why a probe that waited for its library could not be placed when it appeared.
-    pub failed: Option<String>,
-    /// Times it was placed (once, or once per load of its library).
-    pub placed: u64,
-}
-
 pub(crate) struct Probe {
     pub def: ProbeDef,
     /// Its pending returns, against `maxactive`.
     pub pool: InstancePool,
-    pub stats: ProbeStats,
+    /// Its figures; `placement` says whether and where it is placed.
+    pub stats: Stats,
 }
 
 #[derive(Clone)]
 pub(crate) struct Site {
-    pub insn: Insn,
-    pub plan: ExecPlan,
-    pub slot: Option<SlotCode>,
+    /// The instruction, how it runs and its out-of-line copy.
+    pub prepared: Prepared,
     pub probes: Vec<ProbeId>,
     /// dprobe's own probe on the dynamic linker's notification function.
     pub loader_hook: bool,
@@ -245,14 +224,14 @@ impl Tracee {
         let tid = self.a_stopped_thread()?;
         match self.place(tid, id, &def) {
             Ok(addr) => {
-                let stats = ProbeStats { addr: Some(addr), placed: 1, ..ProbeStats::default() };
+                let stats = Stats { placement: Placement::At(addr), ..Stats::default() };
                 self.probes.insert(id, Probe { def, pool, stats });
                 // Its library may be unloaded, and loaded again: the linker is watched.
                 self.watch_loads(tid)?;
                 Ok(id)
             }
             Err(TraceError::Probe(e)) if e.may_load_later() && def.when_loaded && self.watch_loads(tid)? => {
-                self.probes.insert(id, Probe { def, pool, stats: ProbeStats::default() });
+                self.probes.insert(id, Probe { def, pool, stats: Stats::default() });
                 Ok(id)
             }
             Err(e) => Err(e),
@@ -308,7 +287,7 @@ impl Tracee {
         let mut code = vec![0u8; f.size as usize];
         self.read(f.start, &mut code)?;
         for s in self.sites.range(f.start..f.start.offset(f.size)).map(|(_, s)| s) {
-            arm(&s.insn).revert_in(&mut code, f.start);
+            s.prepared.arm().revert_in(&mut code, f.start);
         }
         let insn = analyze(&code, f.start, addr).map_err(ProbeError::from)?;
         let (xol, memory) = (&mut self.xol, &mut self.memory);
@@ -323,9 +302,8 @@ impl Tracee {
             self.xol.install(&mut self.memory, slot)?;
         }
         let probes = probe.into_iter().collect();
-        let Prepared { insn, plan, slot } = prepared;
         let origin = origin_at(maps, addr);
-        let site = Site { insn, plan, slot, probes, loader_hook: false, unwinder: false, catcher: false, origin };
+        let site = Site { prepared, probes, loader_hook: false, unwinder: false, catcher: false, origin };
         self.sites.insert(addr, site);
         self.write(addr, &patch.new)?;
         Ok(())
@@ -342,7 +320,7 @@ impl Tracee {
             _ => true,
         };
         let patches: Vec<_> =
-            self.sites.iter().filter(|(a, s)| still_there(**a, s)).map(|(_, s)| disarm(&s.insn)).collect();
+            self.sites.iter().filter(|(a, s)| still_there(**a, s)).map(|(_, s)| s.prepared.disarm()).collect();
         for patch in &patches {
             self.write(patch.addr, &patch.new)?;
         }
@@ -351,21 +329,7 @@ impl Tracee {
 
     /// A probe's figures.
     pub fn stats(&self, id: ProbeId) -> Stats {
-        let Some(s) = self.probes.get(&id).map(|p| &p.stats) else { return Stats::default() };
-        let placement = match (s.addr, &s.failed) {
-            (Some(a), _) => Placement::At(a),
-            (None, Some(why)) => Placement::Failed(why.clone()),
-            (None, None) if s.placed > 0 => Placement::Unloaded,
-            (None, None) => Placement::Waiting,
-        };
-        Stats {
-            hits: s.hits,
-            returns: s.returns,
-            missed: s.missed,
-            abandoned: s.abandoned,
-            placement,
-            ..Stats::default()
-        }
+        self.probes.get(&id).map(|p| p.stats.clone()).unwrap_or_default()
     }
 
     /// Hits of a probe so far.

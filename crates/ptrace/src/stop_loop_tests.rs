@@ -5,13 +5,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use dprobe_arch::{analyze, plan, Addr};
-use dprobe_core::ProbeId;
+use dprobe_arch::{analyze, plan, Addr, Prepared};
+use dprobe_core::{ProbeId, Stats};
 
 use crate::error::{Exit, TraceError};
 use crate::fake::{event_stop, exited, interrupt_stop, killed, signal_stop, Call, Fake, World};
 use crate::inject::inject_syscall;
-use crate::probes::{Probe, ProbeDef, ProbeStats, Site};
+use crate::probes::{Probe, ProbeDef, Site};
 use crate::sys::{self, RemoteMemory};
 use crate::thread::{State, Stop, Thread};
 use crate::tracee::{Tracee, EVENT_STOP};
@@ -38,9 +38,7 @@ fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u6
     let insn = analyze(&[0x55, 0x48, 0x89, 0xe5, 0xc3], Addr(SITE), Addr(SITE)).unwrap();
     let id = ProbeId(1);
     let site = Site {
-        plan: plan(&insn, false),
-        insn,
-        slot: None,
+        prepared: Prepared { plan: plan(&insn, false), insn, slot: None },
         probes: vec![id],
         loader_hook: false,
         unwinder: false,
@@ -52,7 +50,7 @@ fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u6
     let h = hits.clone();
     let def = ProbeDef::entry("push", Box::new(move |_| *h.borrow_mut() += 1));
     let pool = dprobe_core::returns::InstancePool::new(None);
-    t.probes.insert(id, Probe { def, pool, stats: ProbeStats::default() });
+    t.probes.insert(id, Probe { def, pool, stats: Stats::default() });
     (t, hits)
 }
 

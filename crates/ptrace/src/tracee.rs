@@ -428,15 +428,15 @@ impl Tracee {
         }
         let site = &self.sites[&key];
         let mut deliver = 0;
-        match site.plan {
+        match site.prepared.plan {
             ExecPlan::Emulate(e) => {
-                if emulate(e, site.insn.next(), &mut regs, &mut self.memory).is_err() {
+                if emulate(e, site.prepared.insn.next(), &mut regs, &mut self.memory).is_err() {
                     // The original would have faulted: let the program see the fault there.
                     regs.rip = key.0;
                     deliver = libc::SIGSEGV;
                 }
             }
-            ExecPlan::Slot(_) => regs.rip = site.slot.as_ref().map_or(key.0, |s| s.entry().0),
+            ExecPlan::Slot(_) => regs.rip = site.prepared.slot.as_ref().map_or(key.0, |s| s.entry().0),
         }
         sys::from_regs(&regs, &mut r);
         sys::set_regs(tid, &r)?;
