@@ -140,13 +140,17 @@ fn refresh(placed: &[Placed], shm: &Shm) {
     for p in placed {
         match p {
             Placed::Return { probe, index } => {
-                let s = probe.stats();
-                shm.set(*index, Counter::Missed, s.nmissed);
-                shm.set(*index, Counter::Abandoned, s.stale + s.unwound);
+                set_return_figures(shm, *index, &probe.stats());
             }
             Placed::Entry { probe, index } => shm.set(*index, Counter::Reentered, probe.nmissed()),
         }
     }
+}
+
+fn set_return_figures(shm: &Shm, index: usize, s: &dprobe_core::Stats) {
+    shm.set(index, Counter::Missed, s.missed);
+    shm.set(index, Counter::Reentered, s.reentered);
+    shm.set(index, Counter::Abandoned, s.abandoned);
 }
 
 /// Unregister every probe (their original bytes are back when this returns) and record
@@ -159,8 +163,7 @@ fn remove(placed: &mut Vec<Placed>, shm: &Shm) {
             Placed::Entry { probe, .. } => entries.push(probe),
             Placed::Return { probe, index } => {
                 if let Ok(s) = probe.unregister() {
-                    shm.set(index, Counter::Missed, s.nmissed);
-                    shm.set(index, Counter::Abandoned, s.stale + s.unwound);
+                    set_return_figures(shm, index, &s);
                 }
             }
         }

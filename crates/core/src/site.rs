@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dprobe_arch::{Addr, Regs};
 
-use crate::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeStats};
+use crate::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeCounters};
 
 /// Identity of a registered probe, unique within an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,7 +16,7 @@ pub struct ProbeEntry {
     /// Its identity.
     pub id: ProbeId,
     /// Its counters, shared with the user's handle.
-    pub stats: Arc<ProbeStats>,
+    pub stats: Arc<ProbeCounters>,
     pre: Option<PreHandler>,
     post: Option<PostHandler>,
     fault: Option<FaultHandler>,
@@ -29,7 +29,7 @@ impl ProbeEntry {
     pub fn new(id: ProbeId, probe: Kprobe) -> Self {
         ProbeEntry {
             id,
-            stats: Arc::new(ProbeStats::new(probe.enabled)),
+            stats: Arc::new(ProbeCounters::new(probe.enabled)),
             pre: probe.pre,
             post: probe.post,
             fault: probe.fault,

@@ -8,7 +8,7 @@ use dprobe_arch::Addr;
 /// Counters and the enabled flag of one probe. Shared between the handle the user holds and
 /// the site the trap handler reads.
 #[derive(Debug)]
-pub struct ProbeStats {
+pub struct ProbeCounters {
     hits: AtomicU64,
     nmissed: AtomicU64,
     handler_panics: AtomicU64,
@@ -16,10 +16,10 @@ pub struct ProbeStats {
     enabled: AtomicBool,
 }
 
-impl ProbeStats {
+impl ProbeCounters {
     /// Fresh counters; `enabled` as given.
     pub fn new(enabled: bool) -> Self {
-        ProbeStats {
+        ProbeCounters {
             hits: AtomicU64::new(0),
             nmissed: AtomicU64::new(0),
             handler_panics: AtomicU64::new(0),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 use common::errno_name;
-use dprobe::inproc::{emit, register_kretprobe, Event, EventRing, Kretprobe};
+use dprobe::inproc::{emit, register_kretprobe, EventRing, Kretprobe, RingRecord};
 
 static RING: OnceLock<EventRing> = OnceLock::new();
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // SAFETY: __errno_location returns this thread's errno; reading it is
             // async-signal-safe.
             let errno = unsafe { *libc::__errno_location() };
-            let mut event = Event::default();
+            let mut event = RingRecord::default();
             event.values[0] = ret as i64 as u64;
             event.values[1] = errno as u64;
             if let Some(ring) = RING.get() {
@@ -70,14 +70,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("... and {} more failed opens", shown - 5);
     }
     let calls = CALLS.load(Relaxed);
-    println!(
-        "{calls} calls: {} traced returns + {} missed = {}",
-        stats.hits,
-        stats.nmissed,
-        stats.hits + stats.nmissed
-    );
-    println!("Missed {} openat probe instances.", stats.nmissed);
-    if stats.hits + stats.nmissed != calls {
+    let missed = stats.missed + stats.reentered;
+    println!("{calls} calls: {} traced returns + {missed} missed = {}", stats.returns, stats.returns + missed);
+    println!("Missed {missed} openat probe instances.");
+    if stats.returns + missed != calls {
         return Err("traced + missed does not add up to the calls made".into());
     }
     Ok(())

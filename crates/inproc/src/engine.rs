@@ -186,7 +186,7 @@ impl Engine {
     pub fn register(
         &self,
         probes: Vec<Kprobe>,
-    ) -> Result<Vec<(ProbeId, Addr, Arc<dprobe_core::ProbeStats>)>, ProbeError> {
+    ) -> Result<Vec<(ProbeId, Addr, Arc<dprobe_core::ProbeCounters>)>, ProbeError> {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
 use dprobe_core::returns::{self, At, InstanceStack, ThreadStacks};
-use dprobe_core::{Kprobe, PreAction, ProbeError, ProbeTarget};
+use dprobe_core::{Kprobe, PreAction, ProbeError, ProbeTarget, Stats};
 use dprobe_rcu::Rcu;
 
 use crate::probe::{register, Probe};
@@ -125,22 +125,6 @@ impl Kretprobe {
 pub fn default_maxactive() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     (4 * cpus).max(16)
-}
-
-/// Counters of a return probe.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReturnStats {
-    /// Returns whose handler ran.
-    pub hits: u64,
-    /// Calls not traced: no free instance, the thread's pending stack full, or a call made
-    /// inside another handler.
-    pub nmissed: u64,
-    /// Instances reclaimed because their frame was abandoned (`longjmp`, a dead thread).
-    pub stale: u64,
-    /// Instances given up because an exception or cancellation unwound through them.
-    pub unwound: u64,
-    /// Instances in flight now.
-    pub pending: u64,
 }
 
 struct Instance {
@@ -607,6 +591,8 @@ fn restore_thread_returns() {
 #[must_use = "dropping the handle unregisters the probe"]
 pub struct ReturnProbe {
     entry: Option<Probe>,
+    /// The entry probe's figures once it is unregistered.
+    final_entry: Stats,
     inner: Arc<KretInner>,
 }
 
@@ -673,7 +659,7 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
             .no_optimize(),
     );
     match entry {
-        Ok(entry) => Ok(ReturnProbe { entry: Some(entry), inner }),
+        Ok(entry) => Ok(ReturnProbe { entry: Some(entry), final_entry: Stats::default(), inner }),
         Err(e) => {
             remove_from_registry(inner.id);
             Err(e)
@@ -715,15 +701,24 @@ fn check_shadow_stack() -> Result<(), ProbeError> {
 
 impl ReturnProbe {
     /// Its counters now.
-    pub fn stats(&self) -> ReturnStats {
-        let missed_in_handlers = self.entry.as_ref().map_or(0, |e| e.nmissed());
-        ReturnStats {
-            hits: self.inner.hits.load(Relaxed),
-            nmissed: self.inner.nmissed.load(Relaxed) + missed_in_handlers,
-            stale: self.inner.stale.load(Relaxed),
-            unwound: self.inner.unwound.load(Relaxed),
-            pending: self.inner.pending(),
+    /// Its figures: `hits` are the calls its entry saw, `returns` the returns traced,
+    /// `missed` the calls not traced for want of an instance (or of room in the thread's
+    /// pending stack), `reentered` the calls made inside a handler, `abandoned` the
+    /// instances reclaimed because their frame was abandoned (`longjmp`, a dead thread) or
+    /// unwound (an exception, a cancellation).
+    pub fn stats(&self) -> Stats {
+        let entry = self.entry.as_ref().map_or_else(|| self.final_entry.clone(), |e| e.stats());
+        Stats {
+            returns: self.inner.hits.load(Relaxed),
+            missed: self.inner.nmissed.load(Relaxed),
+            abandoned: self.inner.stale.load(Relaxed) + self.inner.unwound.load(Relaxed),
+            ..entry
         }
+    }
+
+    /// Instances in flight now.
+    pub fn pending(&self) -> u64 {
+        self.inner.pending()
     }
 
     /// The function's address.
@@ -739,7 +734,7 @@ impl ReturnProbe {
     /// Unregister: no new call is traced, no handler runs after this returns. Calls in flight
     /// still return correctly through the trampoline (their return addresses are kept per
     /// thread), without running the handler.
-    pub fn unregister(mut self) -> Result<ReturnStats, ProbeError> {
+    pub fn unregister(mut self) -> Result<Stats, ProbeError> {
         self.unregister_now()?;
         Ok(self.stats())
     }
@@ -747,9 +742,8 @@ impl ReturnProbe {
     fn unregister_now(&mut self) -> Result<(), ProbeError> {
         let _own = trap::OwnWork::enter();
         if let Some(entry) = self.entry.take() {
-            let final_entry = entry.unregister()?;
-            // Keep the calls missed inside handlers in the totals.
-            self.inner.nmissed.fetch_add(final_entry.reentered, Relaxed);
+            // Keep the entry's figures in the totals.
+            self.final_entry = entry.unregister()?;
             remove_from_registry(self.inner.id);
         }
         Ok(())

@@ -56,13 +56,14 @@ pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
 pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
 pub use dprobe_core::{
-    Event, EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, Stats, PAYLOAD_BYTES,
+    EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, RingRecord, Stats,
+    PAYLOAD_BYTES,
 };
 pub use engine::ProbeInfo;
 pub use events::emit;
 pub use kretprobe::{
     default_maxactive, real_return_address, register_kretprobe, trampoline_addr, EntryAction, InstanceData, Kretprobe,
-    ReturnProbe, ReturnStats, PENDING_CAPACITY,
+    ReturnProbe, PENDING_CAPACITY,
 };
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};

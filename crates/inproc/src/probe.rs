@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use dprobe_arch::NotOptimized;
-use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeId, ProbeStats, ProbeTarget, Regs, Stats};
+use dprobe_core::{Addr, Kprobe, PreAction, ProbeCounters, ProbeError, ProbeId, ProbeTarget, Regs, Stats};
 
 use crate::args::Args;
 
@@ -14,7 +14,7 @@ use crate::engine::{Engine, ProbeInfo};
 pub struct Probe {
     id: ProbeId,
     addr: Addr,
-    stats: Arc<ProbeStats>,
+    stats: Arc<ProbeCounters>,
     engine: &'static Engine,
     registered: bool,
 }

@@ -36,7 +36,7 @@ fn return_values_are_observed_exactly_under_four_threads() {
     }
     let expected: i64 = (0..4).map(|t| (0..CALLS).map(|i| t + i).sum::<i64>()).sum();
     let st = p.stats();
-    assert_eq!((st.hits, st.nmissed, st.pending), (4 * CALLS as u64, 0, 0));
+    assert_eq!((st.returns, (st.missed + st.reentered), p.pending()), (4 * CALLS as u64, 0, 0));
     assert_eq!(SUM.load(Relaxed), expected as u64);
 }
 
@@ -71,7 +71,7 @@ fn entry_handler_data_reaches_the_return_handler_and_can_veto() {
     assert_eq!(call2(fx_spare2, 13, 4), 9, "vetoed: returns normally");
     assert_eq!(SEEN.load(Relaxed), 9005, "vetoed: no return handler");
     let st = p.stats();
-    assert_eq!((st.hits, st.nmissed, st.pending), (1, 0, 0));
+    assert_eq!((st.returns, (st.missed + st.reentered), p.pending()), (1, 0, 0));
 }
 
 #[test]
@@ -89,8 +89,8 @@ fn two_return_probes_on_one_function_both_run() {
     .unwrap();
     assert_eq!(call2(fx_push_add, 1, 2), 1103);
     assert_eq!(ORDER.load(Relaxed), 21, "the last hijack returns first");
-    assert_eq!((a.stats().hits, b.stats().hits), (1, 1));
-    assert_eq!((a.stats().stale, b.stats().stale), (0, 0));
+    assert_eq!((a.stats().returns, b.stats().returns), (1, 1));
+    assert_eq!((a.stats().abandoned, b.stats().abandoned), (0, 0));
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn recursion_two_hundred_deep() {
     // SAFETY: fxc_recurse(n) recurses n deep and returns n.
     assert_eq!(unsafe { c::fxc_recurse(black_box(200)) }, 200);
     let st = p.stats();
-    assert_eq!((st.hits, st.nmissed, st.pending), (201, 0, 0));
+    assert_eq!((st.returns, (st.missed + st.reentered), p.pending()), (201, 0, 0));
     assert_eq!(DEPTHS.load(Relaxed), (0..=200).sum::<u64>(), "every level saw its own return value");
 }
 
@@ -139,9 +139,9 @@ fn maxactive_one_with_four_threads_misses_and_accounts_for_every_call() {
         t.join().unwrap();
     }
     let st = p.stats();
-    assert!(st.nmissed > 0, "maxactive = 1 with four threads must miss some calls: {st:?}");
-    assert_eq!(st.hits + st.nmissed, 4 * CALLS, "{st:?}");
-    assert_eq!(st.pending, 0);
+    assert!((st.missed + st.reentered) > 0, "maxactive = 1 with four threads must miss some calls: {st:?}");
+    assert_eq!(st.returns + (st.missed + st.reentered), 4 * CALLS, "{st:?}");
+    assert_eq!(p.pending(), 0);
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn longjmp_out_of_a_probed_function_ten_thousand_times() {
     // SAFETY: with a negative argument fxc_victim returns it.
     assert_eq!(unsafe { c::fxc_victim(black_box(-5)) }, -5);
     let st = p.stats();
-    assert_eq!((st.hits, st.nmissed, st.stale, st.pending), (1, 0, 10_000, 0), "{st:?}");
+    assert_eq!((st.returns, (st.missed + st.reentered), st.abandoned, p.pending()), (1, 0, 10_000, 0), "{st:?}");
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn a_cpp_exception_through_a_probed_function_ten_thousand_times() {
     // SAFETY: a negative argument returns normally.
     assert_eq!(unsafe { c::fxcpp_catch(black_box(-3)) }, -3);
     let st = p.stats();
-    assert_eq!((st.hits, st.nmissed, st.unwound, st.pending), (1, 0, 10_000, 0), "{st:?}");
+    assert_eq!((st.returns, (st.missed + st.reentered), st.abandoned, p.pending()), (1, 0, 10_000, 0), "{st:?}");
 }
 
 extern "C" fn exit_in_probed_function(_: *mut libc::c_void) -> *mut libc::c_void {
@@ -189,12 +189,12 @@ fn a_thread_that_exits_with_a_pending_instance_gives_it_back() {
         assert_eq!(libc::pthread_create(&mut t, std::ptr::null(), exit_in_probed_function, std::ptr::null_mut()), 0);
         assert_eq!(libc::pthread_join(t, std::ptr::null_mut()), 0);
     }
-    assert_eq!(p.stats().pending, 1, "the dead thread's instance is still held");
+    assert_eq!(p.pending(), 1, "the dead thread's instance is still held");
     std::thread::sleep(std::time::Duration::from_millis(20));
     // SAFETY: a negative code returns it.
     assert_eq!(unsafe { c::fxc_exit_thread(black_box(-1)) }, -1);
     let st = p.stats();
-    assert_eq!((st.hits, st.nmissed, st.stale, st.pending), (1, 0, 1, 0), "{st:?}");
+    assert_eq!((st.returns, (st.missed + st.reentered), st.abandoned, p.pending()), (1, 0, 1, 0), "{st:?}");
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn the_real_return_address_behind_the_trampoline() {
     assert_eq!(SEEN.load(Relaxed), trampoline_addr());
     assert_ne!(BEFORE.load(Relaxed), 0);
     assert_eq!(MAPPED.load(Relaxed), BEFORE.load(Relaxed));
-    assert_eq!(ret.stats().hits, 1);
+    assert_eq!(ret.stats().returns, 1);
     drop((first, inside));
 }
 
