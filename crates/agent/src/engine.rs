@@ -21,7 +21,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::record::decode;
-use crate::shm::{Counter, Shm, MAX_PROBES};
+use crate::shm::{Counter, Shm, MAX_PROBES, SLOTS};
 use crate::wire::{self, Message, PlaceProbe};
 
 /// The agent engine's errors.
@@ -165,10 +165,12 @@ impl AgentEngine {
         }
     }
 
-    /// Hand every record in the ring to `sink`.
+    /// Hand the records in the ring to `sink`, at most a ring's worth: while the program
+    /// writes as fast as they are read, the ring never empties, and the caller must still
+    /// look at its stop request between batches.
     fn drain(&mut self, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> usize {
         let mut n = 0;
-        loop {
+        while n < SLOTS {
             let (probes, values) = (&self.probes, &mut self.values);
             let mut got = None;
             let popped = self.shm.pop(|record| {
@@ -195,6 +197,7 @@ impl AgentEngine {
             };
             sink(&event);
         }
+        n
     }
 
     /// Tell the agent to remove its probes and wait until it has.
@@ -329,13 +332,14 @@ impl Engine for AgentEngine {
         loop {
             if stop() {
                 self.stop_agent()?;
-                self.drain(sink);
+                // No record comes after the agent stopped: the ring empties.
+                while self.drain(sink) > 0 {}
                 return Ok(Ending::Asked);
             }
             if let Some(ended) = self.ended().transpose() {
                 // Every event the program made is in the ring already; its probes went with it.
                 self.stopped = true;
-                self.drain(sink);
+                while self.drain(sink) > 0 {}
                 return ended.map(Ending::Exited);
             }
             if self.drain(sink) == 0 {

@@ -1,0 +1,112 @@
+//! Ctrl-C at any moment of `dprobe trace -p`'s startup: whether it comes before dprobe has
+//! caught the stop signals (it then ends as any program does, by the signal, having changed
+//! nothing), while it attaches, or while it places its probes, dprobe ends, and the program
+//! goes on with its code, its pages and its results as if it had never been traced.
+//!
+//! No moment is timed: the signal is sent at 100 points spread over the startup (every 2 ms
+//! from the start), and every one of them must end the same way.
+mod common;
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{function_addr, read_mem, target};
+
+/// The running target; killed if a test fails before it finishes it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait for `child`; a run that never ends is killed and reported (with where its threads
+/// wait), rather than left to hang the test suite.
+fn wait_or_report(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let pid = child.id();
+            let mut waits = String::new();
+            for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+                let path = task.path();
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
+                waits.push_str(&format!("  {} in {wchan}\n", comm.trim()));
+            }
+            let _ = child.kill();
+            panic!("{what}: dprobe did not end after SIGINT; its threads:\n{waits}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `SIGINT` to a `dprobe trace ENGINE_ARGS -p PID` at 100 moments of its startup. `same_maps`:
+/// whether the program's mappings are as before too (the agent's library stays loaded).
+fn interrupt_startup_many_times(engine_args: &[&str], same_maps: bool) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    // The program runs: its four workers are started.
+    while std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let functions = ["probed", "pair", "until_told"];
+    let code = || -> Vec<Vec<u8>> { functions.iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect() };
+    let code_before = code();
+    let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let p = pid.to_string();
+    let (mut caught, mut early) = (0, 0);
+    for i in 0..100u64 {
+        let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .arg("trace")
+            .args(engine_args)
+            .args(["-o", "/dev/null", "-p", &p, "pair", "pair%return", "until_told%return"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2 * i));
+        // SAFETY: signals the dprobe we started (still our unreaped child).
+        assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+        let status = wait_or_report(&mut dprobe, &format!("try {i}"));
+        let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
+        match (status.code(), status.signal()) {
+            // Caught: the trace ended and dprobe detached.
+            (Some(0), None) => caught += 1,
+            // Before dprobe caught the stop signals: it had changed nothing.
+            (None, Some(libc::SIGINT)) => early += 1,
+            other => panic!("try {i}: dprobe ended with {other:?}: {stderr}"),
+        }
+        assert!(!stderr.contains("panicked"), "try {i}: {stderr}");
+        // The program is alive, running (not left stopped), and unchanged.
+        assert!(child.0.try_wait().unwrap().is_none(), "try {i}: the program died: {stderr}");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = state.rsplit_once(") ").unwrap().1.chars().next().unwrap();
+        assert!(matches!(state, 'R' | 'S'), "try {i}: the program is in state {state}");
+        assert_eq!(code(), code_before, "try {i}: the original code, byte for byte");
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        if same_maps {
+            assert_eq!(maps, maps_before, "try {i}: no page of dprobe's left behind");
+        }
+    }
+    eprintln!("{caught} caught, {early} before dprobe caught the stop signals");
+    assert!(caught > 0, "no SIGINT came after dprobe caught the stop signals ({early} came before)");
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "it finished with the results it computes untraced");
+}
+
+#[test]
+fn sigint_at_any_moment_of_a_ptrace_attach_leaves_the_program_as_it_was() {
+    interrupt_startup_many_times(&[], true);
+}
+
+#[test]
+fn sigint_at_any_moment_of_an_agent_attach_leaves_the_program_as_it_was() {
+    interrupt_startup_many_times(&["--engine", "agent"], false);
+}
