@@ -108,6 +108,10 @@ pub struct TraceArgs {
     /// With --system-wide: only threads with this name.
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
+    /// With the kernel engine: the size of each CPU's perf buffer (`256K`, `4M`; a power of
+    /// two from 4K to 1G; default 1M). A larger one loses fewer events in bursts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_buffer_size)]
+    pub buffer_size: Option<usize>,
     /// Which engine: ptrace (one program, handlers see the stopped thread), agent (one
     /// program, dprobe's in-process engine loaded into it: no stop per hit) or kernel
     /// (system-wide, kernel functions, tracepoints). Default: what the probes need.
@@ -195,6 +199,27 @@ fn parse_trace_file(text: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `4096`, `256K`, `4M`, `1G` (K, M, G are KiB, MiB, GiB): a perf buffer's size, checked as
+/// the kernel engine wants it.
+pub fn parse_buffer_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("`{text}` is not a size (4096, 256K, 4M, 1G)")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("`{text}` is not a size (4096, 256K, 4M, 1G)"))?;
+    let bytes = n.checked_shl(shift).filter(|b| b >> shift == n).ok_or_else(|| format!("`{text}` is too large"))?;
+    dprobe_kernel::check_buffer_size(bytes)?;
+    Ok(bytes)
+}
+
 /// The longest `--duration`: far beyond any trace, far below where adding it to the clock
 /// would overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -231,6 +256,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_sizes_are_powers_of_two_of_pages() {
+        assert_eq!(parse_buffer_size("4096"), Ok(4096));
+        assert_eq!(parse_buffer_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_buffer_size("4m"), Ok(4 << 20));
+        assert_eq!(parse_buffer_size("1GiB"), Ok(1 << 30));
+        for bad in ["", "K", "3K", "100", "2G", "1T", "-4K", "99999999999999999999G", "18014398509481984K"] {
+            assert!(parse_buffer_size(bad).is_err(), "{bad}");
+        }
+        assert!(parse_buffer_size("3K").unwrap_err().contains("power of two"));
+    }
 
     #[test]
     fn durations_in_seconds_or_with_a_unit() {

@@ -95,6 +95,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     if engine != Engine::Ptrace && args.follow {
         bail!("--follow is for the ptrace engine (the default for one program)");
     }
+    if engine != Engine::Kernel && args.buffer_size.is_some() {
+        bail!("--buffer-size sets the kernel engine's perf buffers (--system-wide or --engine kernel)");
+    }
     if engine != Engine::Kernel && args.comm.is_some() {
         let name = if engine == Engine::Agent { "agent" } else { "ptrace" };
         bail!("--comm filters system-wide traces (--system-wide); the {name} engine traces one process");
@@ -111,6 +114,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             // The thread's name comes with each event when something shows or filters it.
             with_comm: mode(&args) != Mode::Quiet || args.comm.is_some() || args.by.iter().any(|k| k == "comm"),
             command: args.command.clone(),
+            buffer_size: args.buffer_size,
         };
         let scope = Scope::SystemWide { command: args.command.first().cloned() };
         return drive(KernelEngine::new(options)?, planned, &args, out, scope);

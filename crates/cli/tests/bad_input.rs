@@ -48,6 +48,9 @@ fn each_bad_input_gets_its_specific_message() {
         (&["probed", "--", "/no/such/program"], "cannot start `/no/such/program`: it could not be executed"),
         (&["probed", "--", "no-such-program-anywhere"], "cannot start `no-such-program-anywhere`: not found in PATH"),
         (&["--json", "--count", "probed", "--", t], "'--json' cannot be used with '--count'"),
+        (&["-a", "--buffer-size", "3K", "probed"], "a perf buffer holds a power of two of 4 KiB pages"),
+        (&["-a", "--buffer-size", "lots", "probed"], "`lots` is not a size"),
+        (&["--buffer-size", "1M", "probed", "--", t], "--buffer-size sets the kernel engine's perf buffers"),
     ];
     assert!(cases.len() >= 20);
     common::assert_refused(cases);

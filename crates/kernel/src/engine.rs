@@ -28,6 +28,9 @@ pub struct KernelOptions {
     pub with_comm: bool,
     /// A command to start once tracing runs, traced as long as it runs.
     pub command: Vec<String>,
+    /// Bytes of each CPU's perf buffer (`None`: [`crate::DEFAULT_BUFFER_BYTES`]); checked
+    /// with [`crate::check_buffer_size`].
+    pub buffer_size: Option<usize>,
 }
 
 /// What one placed probe reads from the kernel.
@@ -56,13 +59,12 @@ pub struct KernelEngine {
 impl KernelEngine {
     /// A session (tracefs found, leftovers of dead sessions removed), nothing placed yet.
     pub fn new(options: KernelOptions) -> Result<KernelEngine, KernelError> {
-        Ok(KernelEngine {
-            session: Session::new()?,
-            options,
-            probes: Vec::new(),
-            child: None,
-            names: ThreadNames::default(),
-        })
+        if let Some(bytes) = options.buffer_size {
+            crate::check_buffer_size(bytes).map_err(|e| KernelError::os("--buffer-size", std::io::Error::other(e)))?;
+        }
+        let mut session = Session::new()?;
+        session.set_buffer_size(options.buffer_size.unwrap_or(crate::DEFAULT_BUFFER_BYTES));
+        Ok(KernelEngine { session, options, probes: Vec::new(), child: None, names: ThreadNames::default() })
     }
 
     fn comm_arg() -> NamedArg {
@@ -105,9 +107,9 @@ impl KernelEngine {
                         Some(FieldValue::Signed(x)) => p.values.push_int(x as u64, *ty),
                         Some(FieldValue::Unsigned(x)) => p.values.push_int(x, *ty),
                         Some(FieldValue::Str(s)) | Some(FieldValue::Bytes(s)) => p.values.push_str(&s),
-                        // Cut by the kernel: shown with the `...` of a string at the longest
-                        // dprobe keeps when it is as long.
-                        Some(FieldValue::Truncated(s)) => p.values.push_str(&s),
+                        // Cut by the kernel (its record had no more room): shown with `...`
+                        // whatever its length.
+                        Some(FieldValue::Truncated(s)) => p.values.push_str_cut(&s, true),
                         Some(FieldValue::Fault) | None => p.values.push_fault(0),
                     }
                 }
@@ -317,7 +319,11 @@ impl Engine for KernelEngine {
     fn notes(&self) -> Vec<String> {
         match self.session.lost {
             0 => Vec::new(),
-            n => vec![format!("{n} records lost: the kernel's buffers were full (it dropped them)")],
+            n => vec![format!(
+                "{n} records lost: the kernel's buffers ({} KiB per CPU) were full (it dropped them); a larger \
+                 --buffer-size keeps more",
+                self.session.buffer_size() / 1024
+            )],
         }
     }
 

@@ -16,9 +16,22 @@ use crate::error::KernelError;
 const RECORD_LOST: u32 = sys::PERF_RECORD_LOST;
 const RECORD_SAMPLE: u32 = sys::PERF_RECORD_SAMPLE;
 
-/// Data pages per CPU buffer (a power of two): 256 KiB.
-const DATA_PAGES: usize = 64;
+/// Bytes of data per CPU buffer unless asked otherwise: 1 MiB.
+pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
+/// The smallest and largest data sizes a CPU buffer may have (the kernel wants a power of two
+/// of pages).
+pub const BUFFER_BYTES: std::ops::RangeInclusive<usize> = PAGE..=(1 << 30);
 const PAGE: usize = 4096;
+
+/// Whether `bytes` can be a CPU buffer's data size; the reason when not.
+pub fn check_buffer_size(bytes: usize) -> Result<(), String> {
+    if !bytes.is_power_of_two() || !BUFFER_BYTES.contains(&bytes) {
+        return Err(format!(
+            "a perf buffer holds a power of two of 4 KiB pages, from 4K to 1G per CPU (not {bytes} bytes)"
+        ));
+    }
+    Ok(())
+}
 
 /// One record.
 #[derive(Debug)]
@@ -73,7 +86,7 @@ fn online_cpus() -> Vec<i32> {
     cpus
 }
 
-fn open_event(id: u64, cpu: i32, pid: i32) -> io::Result<OwnedFd> {
+fn open_event(id: u64, cpu: i32, pid: i32, data_bytes: usize) -> io::Result<OwnedFd> {
     let mut attr = sys::perf_event_attr {
         type_: sys::PERF_TYPE_TRACEPOINT,
         size: std::mem::size_of::<sys::perf_event_attr>() as u32,
@@ -84,7 +97,7 @@ fn open_event(id: u64, cpu: i32, pid: i32) -> io::Result<OwnedFd> {
         ..Default::default()
     };
     attr.__bindgen_anon_1.sample_period = 1;
-    attr.__bindgen_anon_2.wakeup_watermark = (DATA_PAGES * PAGE / 8) as u32;
+    attr.__bindgen_anon_2.wakeup_watermark = (data_bytes / 8) as u32;
     attr.set_disabled(1);
     attr.set_watermark(1);
     // Sample times on CLOCK_MONOTONIC, the clock every engine stamps events with (the
@@ -111,15 +124,17 @@ fn checked(r: libc::c_int) -> io::Result<()> {
 
 impl Rings {
     /// Open `events` (tracepoint ids with their filters) on every CPU, for every process
-    /// (`pid` -1) or one thread.
-    pub fn open(events: &[(u64, Option<&str>)], pid: i32) -> Result<Rings, KernelError> {
+    /// (`pid` -1) or one thread, each CPU's buffer holding `data_bytes` (see
+    /// [`check_buffer_size`]).
+    pub fn open(events: &[(u64, Option<&str>)], pid: i32, data_bytes: usize) -> Result<Rings, KernelError> {
+        check_buffer_size(data_bytes).map_err(|e| KernelError::os("--buffer-size", io::Error::other(e)))?;
         let mut rings = Vec::new();
         let mut others = Vec::new();
         let cpus = if pid == -1 { online_cpus() } else { vec![-1] };
         for cpu in cpus {
             let mut leader: Option<Ring> = None;
             for &(id, filter) in events {
-                let fd = open_event(id, cpu, pid).map_err(|e| perf_error(e, id))?;
+                let fd = open_event(id, cpu, pid, data_bytes).map_err(|e| perf_error(e, id))?;
                 if let Some(f) = filter {
                     let text = std::ffi::CString::new(f).map_err(|e| KernelError::os("filter", io::Error::other(e)))?;
                     // SAFETY: a perf fd we own, and a NUL-terminated string that outlives the call.
@@ -131,7 +146,7 @@ impl Rings {
                     })?;
                 }
                 match &leader {
-                    None => leader = Some(Ring::map(fd)?),
+                    None => leader = Some(Ring::map(fd, data_bytes)?),
                     Some(l) => {
                         // SAFETY: both are perf fds we own; the leader's buffer is mapped.
                         checked(unsafe { ioctls::SET_OUTPUT(fd.as_raw_fd(), l.fd.as_raw_fd()) })
@@ -196,8 +211,8 @@ fn perf_error(e: io::Error, id: u64) -> KernelError {
 }
 
 impl Ring {
-    fn map(fd: OwnedFd) -> Result<Ring, KernelError> {
-        let len = (1 + DATA_PAGES) * PAGE;
+    fn map(fd: OwnedFd, data_bytes: usize) -> Result<Ring, KernelError> {
+        let len = PAGE + data_bytes;
         // SAFETY: maps the perf buffer of a perf fd we own; checked for failure below.
         let base = unsafe {
             libc::mmap(
@@ -210,7 +225,12 @@ impl Ring {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(KernelError::os("mapping a perf buffer", io::Error::last_os_error()));
+            let what = format!(
+                "mapping a perf buffer of {} KiB per CPU (a smaller --buffer-size, or a larger \
+                 kernel.perf_event_mlock_kb, may fit)",
+                data_bytes / 1024
+            );
+            return Err(KernelError::os(what, io::Error::last_os_error()));
         }
         Ok(Ring { fd, base: base.cast(), len, scratch: Vec::with_capacity(PAGE) })
     }
@@ -231,9 +251,9 @@ impl Ring {
             (head.load(Ordering::Acquire), tail.load(Ordering::Relaxed))
         };
         let mut scratch = std::mem::take(&mut self.scratch);
-        let size = (DATA_PAGES * PAGE) as u64;
+        let size = (self.len - PAGE) as u64;
         // SAFETY: the data area follows the control page, `size` bytes, mapped with `self`.
-        let data = unsafe { std::slice::from_raw_parts(self.base.add(PAGE), DATA_PAGES * PAGE) };
+        let data = unsafe { std::slice::from_raw_parts(self.base.add(PAGE), self.len - PAGE) };
         let mut n = 0;
         while at < head {
             let off = (at % size) as usize;

@@ -9,7 +9,7 @@ use dprobe_spec::ProbeSpec;
 use crate::define::{definition, Definition, EventKind, END_FIELD};
 use crate::error::KernelError;
 use crate::format::{data_loc, EventFormat, FieldKind, FieldValue};
-use crate::perf::{Record, Rings};
+use crate::perf::{Record, Rings, DEFAULT_BUFFER_BYTES};
 use crate::tracefs::Tracefs;
 
 const GROUP_PREFIX: &str = "dprobe_";
@@ -93,6 +93,8 @@ pub struct Session {
     pending: Vec<(Definition, Option<usize>, Option<String>)>,
     /// Records the kernel dropped because a buffer was full.
     pub lost: u64,
+    /// Bytes of data of each CPU's perf buffer.
+    buffer_bytes: usize,
 }
 
 impl Session {
@@ -105,7 +107,26 @@ impl Session {
         static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let group = format!("{GROUP_PREFIX}{}_{n}", std::process::id());
-        Ok(Session { tracefs, group, events: Vec::new(), rings: None, pending: Vec::new(), lost: 0 })
+        Ok(Session {
+            tracefs,
+            group,
+            events: Vec::new(),
+            rings: None,
+            pending: Vec::new(),
+            lost: 0,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+        })
+    }
+
+    /// The data size of each CPU's perf buffer, from the next [`Session::start`] on (see
+    /// [`crate::check_buffer_size`]; the default is [`DEFAULT_BUFFER_BYTES`]).
+    pub fn set_buffer_size(&mut self, bytes: usize) {
+        self.buffer_bytes = bytes;
+    }
+
+    /// See [`Session::set_buffer_size`].
+    pub fn buffer_size(&self) -> usize {
+        self.buffer_bytes
     }
 
     /// The tracefs group of this session's dynamic events.
@@ -297,7 +318,7 @@ impl Session {
             .collect();
         let ids: Vec<(u64, Option<&str>)> =
             self.events.iter().zip(&filters).map(|(e, f)| (e.format.id, f.as_deref())).collect();
-        let rings = Rings::open(&ids, pid.unwrap_or(-1)).map_err(|e| match e {
+        let rings = Rings::open(&ids, pid.unwrap_or(-1), self.buffer_bytes).map_err(|e| match e {
             // Say what the user wrote, not what dprobe added.
             KernelError::Refused { definition, reason } => KernelError::Refused {
                 definition: self.events.iter().zip(&filters).fold(definition, |d, (e, f)| match (&e.filter, f) {
