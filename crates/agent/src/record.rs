@@ -10,6 +10,8 @@ const HEADER: usize = 48;
 const INT: u8 = 0;
 const STR: u8 = 1;
 const FAULT: u8 = 2;
+/// A string cut short (by the reader, or here for want of room).
+const STR_CUT: u8 = 3;
 const NO_TIME: u64 = u64::MAX;
 
 /// The header of a record.
@@ -63,9 +65,9 @@ pub fn encode(header: &Header, values: &Values, out: &mut [u8]) -> usize {
                 out[at + 1..at + 9].copy_from_slice(&n.to_le_bytes());
                 at += 9;
             }
-            Fetched::Str(s) if room >= 3 => {
+            Fetched::Str { bytes: s, cut } if room >= 3 => {
                 let len = s.len().min(room - 3);
-                out[at] = STR;
+                out[at] = if cut || len < s.len() { STR_CUT } else { STR };
                 out[at + 1..at + 3].copy_from_slice(&(len as u16).to_le_bytes());
                 out[at + 3..at + 3 + len].copy_from_slice(&s[..len]);
                 at += 3 + len;
@@ -109,10 +111,10 @@ pub fn decode(record: &[u8], types: &[ArgType], values: &mut Values) -> Option<H
                 }
                 at += 9;
             }
-            STR if record.len() >= at + 3 => {
+            STR | STR_CUT if record.len() >= at + 3 => {
                 let len = usize::from(u16::from_le_bytes([record[at + 1], record[at + 2]]));
                 let bytes = record.get(at + 3..at + 3 + len)?;
-                values.push_str(bytes);
+                values.push_str_cut(bytes, record[at] == STR_CUT);
                 at += 3 + len;
             }
             _ => return None,
@@ -157,6 +159,6 @@ mod tests {
         let n = encode(&h, &v, &mut buf);
         let mut back = Values::with_capacity(1);
         decode(&buf[..n], &[ArgType::String], &mut back).unwrap();
-        assert_eq!(back.get(0), Some(Fetched::Str(&[b'a'; 50])));
+        assert_eq!(back.get(0), Some(Fetched::Str { bytes: &[b'a'; 50], cut: true }));
     }
 }

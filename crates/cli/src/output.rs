@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::clock::{Clock, TimeFormat};
-use dprobe_core::fetch::{Fetched, Values, MAX_STRING};
+use dprobe_core::fetch::{Fetched, Values};
 use dprobe_core::Side;
 use dprobe_spec::{ArgType, NamedArg};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -118,9 +118,9 @@ pub fn human_value(v: Fetched<'_>, out: &mut String) {
                 let _ = write!(out, "{}", v.as_i64().unwrap_or(0));
             }
         },
-        Fetched::Str(s) => {
+        Fetched::Str { bytes, cut } => {
             out.push('"');
-            for &b in s {
+            for &b in bytes {
                 match b {
                     b'"' => out.push_str("\\\""),
                     b'\\' => out.push_str("\\\\"),
@@ -133,7 +133,7 @@ pub fn human_value(v: Fetched<'_>, out: &mut String) {
                 }
             }
             out.push('"');
-            if s.len() >= MAX_STRING {
+            if cut {
                 out.push_str("...");
             }
         }
@@ -237,7 +237,7 @@ impl Serialize for JsonValue<'_> {
         match self.0 {
             Fetched::Int(raw, ArgType::S(_)) => s.serialize_i64(self.0.as_i64().unwrap_or(raw as i64)),
             Fetched::Int(raw, _) => s.serialize_u64(raw),
-            Fetched::Str(b) => Bytes(b).serialize(s),
+            Fetched::Str { bytes, .. } => Bytes(bytes).serialize(s),
             Fetched::Fault(_) => s.serialize_none(),
         }
     }

@@ -82,7 +82,7 @@ fn evaluating_a_plan_and_its_filter_allocates_nothing() {
 
     assert_eq!(WHILE_WATCHED.load(Relaxed), 0, "allocations while evaluating");
     assert_eq!(passed, 100);
-    assert_eq!(values.get(1), Some(Fetched::Str(b"/etc/hosts")));
+    assert_eq!(values.get(1), Some(Fetched::Str { bytes: b"/etc/hosts", cut: false }));
     assert_eq!(values.get(3).and_then(|v| v.as_i64()), Some(2));
     assert_eq!(values.get(6), Some(Fetched::Fault(0x10)));
 }

@@ -231,6 +231,11 @@ fn read_string(memory: &mut dyn Memory, addr: u64, out: &mut Values) {
         }
         at = at.wrapping_add(n as u64);
     }
+    // Full without a NUL: cut, unless the NUL comes right after.
+    let mut next = [0u8; 1];
+    if memory.read(Addr(at), &mut next).is_err() || next[0] != 0 {
+        out.cut_str(index);
+    }
 }
 
 #[cfg(test)]

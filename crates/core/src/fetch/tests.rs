@@ -29,7 +29,7 @@ fn owned(values: &Values) -> Vec<Owned> {
         .iter()
         .map(|v| match v {
             Fetched::Int(x, ty) => Owned::Int(x, ty),
-            Fetched::Str(s) => Owned::Str(s.to_vec()),
+            Fetched::Str { bytes, .. } => Owned::Str(bytes.to_vec()),
             Fetched::Fault(a) => Owned::Fault(a),
         })
         .collect()
@@ -102,8 +102,19 @@ fn strings_stop_at_the_limit_and_faults_name_the_address() {
     let got = fetch_all("f s=@0x1000:string t=@0x2f80:string", &Regs::default(), None, &mut mem);
     // The second runs off the end of memory without a NUL: it faults where reading failed.
     assert_eq!(owned(&got), vec![Owned::Str(vec![b'a'; MAX_STRING]), Owned::Fault(0x3000)]);
+    assert!(matches!(got.get(0), Some(Fetched::Str { cut: true, .. })), "longer than the limit: cut");
     let got = fetch_all("f e=$errno", &Regs::default(), None, &mut Fake(vec![]));
     assert_eq!(owned(&got), vec![Owned::Fault(0x1100)]);
+}
+
+#[test]
+fn a_string_exactly_at_the_limit_is_whole() {
+    let mut exact = vec![b'a'; MAX_STRING];
+    exact.push(0);
+    let got = fetch_all("f s=@0x1000:string", &Regs::default(), None, &mut Fake(exact));
+    assert_eq!(got.get(0), Some(Fetched::Str { bytes: &[b'a'; MAX_STRING], cut: false }));
+    let got = fetch_all("f s=@0x1000:string", &Regs::default(), None, &mut Fake(vec![b'a'; MAX_STRING + 1]));
+    assert!(matches!(got.get(0), Some(Fetched::Str { cut: true, .. })), "one more byte: cut");
 }
 
 #[test]

@@ -11,8 +11,14 @@ pub const MAX_STRING: usize = 256;
 pub enum Fetched<'a> {
     /// An integer, with its type (already truncated to the type's width).
     Int(u64, ArgType),
-    /// A string, without its NUL, cut at [`MAX_STRING`] bytes.
-    Str(&'a [u8]),
+    /// A string, without its NUL.
+    Str {
+        /// Its bytes, at most [`MAX_STRING`].
+        bytes: &'a [u8],
+        /// Whether it was cut: longer than [`MAX_STRING`], or than the room the kernel's
+        /// record had for it (shown with `...`).
+        cut: bool,
+    },
     /// Reading memory at this address failed (the kernel prints `(fault)`).
     Fault(u64),
 }
@@ -22,7 +28,7 @@ impl Fetched<'_> {
     pub fn filter_value(&self) -> Option<Value<'_>> {
         match *self {
             Fetched::Int(v, ty) => Some(Value::Int(signed(v, ty))),
-            Fetched::Str(s) => Some(Value::Str(s)),
+            Fetched::Str { bytes, .. } => Some(Value::Str(bytes)),
             Fetched::Fault(_) => None,
         }
     }
@@ -47,7 +53,7 @@ pub(crate) fn signed(v: u64, ty: ArgType) -> i64 {
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Int(u64, ArgType),
-    Str { at: usize, len: usize },
+    Str { at: usize, len: usize, cut: bool },
     Fault(u64),
 }
 
@@ -117,22 +123,34 @@ impl Values {
 
     /// Add a string (cut at [`MAX_STRING`] bytes).
     pub fn push_str(&mut self, s: &[u8]) {
+        self.push_str_cut(s, false);
+    }
+
+    /// Add a string that was cut already (`cut`) or is cut here (longer than [`MAX_STRING`]).
+    pub fn push_str_cut(&mut self, s: &[u8], cut: bool) {
         let at = self.used;
         let len = s.len().min(MAX_STRING).min(self.bytes.len() - at);
         self.bytes[at..at + len].copy_from_slice(&s[..len]);
         self.used += len;
-        self.push(Slot::Str { at, len });
+        self.push(Slot::Str { at, len, cut: cut || len < s.len() });
     }
 
     /// Start a string that is filled piece by piece ([`Values::extend_str`]); returns its index.
     pub(crate) fn begin_str(&mut self) -> usize {
-        self.push(Slot::Str { at: self.used, len: 0 });
+        self.push(Slot::Str { at: self.used, len: 0, cut: false });
         self.len - 1
+    }
+
+    /// Mark the string at `index` as cut.
+    pub(crate) fn cut_str(&mut self, index: usize) {
+        if let Some(Slot::Str { cut, .. }) = self.slots.get_mut(index) {
+            *cut = true;
+        }
     }
 
     /// Add bytes to the string at `index` (begun last); returns how many more fit.
     pub(crate) fn extend_str(&mut self, index: usize, piece: &[u8]) -> usize {
-        let Some(Slot::Str { at, len }) = self.slots.get_mut(index) else { return 0 };
+        let Some(Slot::Str { at, len, .. }) = self.slots.get_mut(index) else { return 0 };
         let room = MAX_STRING.saturating_sub(*len).min(self.bytes.len() - (*at + *len));
         let n = piece.len().min(room);
         let start = *at + *len;
@@ -157,7 +175,7 @@ impl Values {
         let slot = self.slots[..self.len].get(index)?;
         Some(match *slot {
             Slot::Int(v, ty) => Fetched::Int(v, ty),
-            Slot::Str { at, len } => Fetched::Str(&self.bytes[at..at + len]),
+            Slot::Str { at, len, cut } => Fetched::Str { bytes: &self.bytes[at..at + len], cut },
             Slot::Fault(a) => Fetched::Fault(a),
         })
     }
@@ -181,11 +199,15 @@ mod tests {
         v.push_int(1, ArgType::U(8)); // past the capacity: ignored
         assert_eq!(v.len(), 3);
         assert_eq!(v.get(0), Some(Fetched::Int(0xff, ArgType::U(8))));
-        assert_eq!(v.get(1), Some(Fetched::Str(&[b'a'; MAX_STRING])));
+        assert_eq!(v.get(1), Some(Fetched::Str { bytes: &[b'a'; MAX_STRING], cut: true }));
         assert_eq!(v.get(2), Some(Fetched::Fault(16)));
         assert_eq!(v.get(3), None);
         v.clear();
         assert!(v.is_empty());
+        v.push_str(&[b'b'; MAX_STRING]);
+        v.push_str_cut(b"short", true);
+        assert_eq!(v.get(0), Some(Fetched::Str { bytes: &[b'b'; MAX_STRING], cut: false }), "exactly as long: whole");
+        assert_eq!(v.get(1), Some(Fetched::Str { bytes: b"short", cut: true }), "cut by whoever read it");
         assert_eq!(Fetched::Int(0xfe, ArgType::S(8)).as_i64(), Some(-2));
     }
 }
