@@ -3,6 +3,7 @@
 //! nothing left of dprobe in the program's code when dprobe stops, even killed.
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -109,9 +110,10 @@ fn code_of(pid: i32) -> Vec<Vec<u8>> {
 
 /// Attach to the target's 4 busy workers, then end dprobe with `signal` once events flow.
 fn attach_and_end_with(name: &str, signal: i32, extra: &[&str]) -> (Running, Vec<Vec<u8>>, Child, String) {
-    let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
+    let mut child =
+        Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap());
     let pid = child.0.id() as i32;
-    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    wait_until("its 4 workers running", || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() == 5);
     let before = code_of(pid);
     let out = out_file(name);
     let p = pid.to_string();
@@ -122,8 +124,13 @@ fn attach_and_end_with(name: &str, signal: i32, extra: &[&str]) -> (Running, Vec
         .spawn()
         .unwrap();
     wait_until("the agent's thread in the program", || has_agent_thread(pid));
-    wait_until("hits on every probe", || code_of(pid).iter().zip(&before).all(|(now, was)| now[0] != was[0]));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("every probe placed", || code_of(pid).iter().zip(&before).all(|(now, was)| now[0] != was[0]));
+    // Every worker makes 1000 calls with the probes in place (the program says when).
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "1000 calls each\n");
     // SAFETY: signals the dprobe we started.
     assert_eq!(unsafe { libc::kill(dprobe.id() as i32, signal) }, 0);
     let status = dprobe.wait().unwrap();

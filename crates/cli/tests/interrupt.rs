@@ -8,10 +8,20 @@ use std::time::Duration;
 
 use common::{out_file, target};
 
-/// The command dprobe started (its only child).
-fn child_of(pid: u32) -> i32 {
+/// The first byte of `probed` in process `pid`, once it runs the target program.
+fn first_byte_of_probed(pid: i32) -> Option<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = dprobe_sym::read_maps_of(pid as u32).ok()?;
+    let at = dprobe_sym::Symbols::load(&maps).find("probed")?.start.0;
+    let mut b = [0u8];
+    std::fs::File::open(format!("/proc/{pid}/mem")).ok()?.read_exact_at(&mut b, at).ok()?;
+    Some(b[0])
+}
+
+/// The command dprobe started (its only child), once it has.
+fn started_command(pid: u32) -> Option<i32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.split_whitespace().next().expect("a started command").parse().unwrap()
+    children.split_whitespace().next().map(|c| c.parse().unwrap())
 }
 
 #[test]
@@ -22,8 +32,18 @@ fn sigint_to_dprobe_alone_detaches_and_exits_without_waiting_for_the_command() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700)); // traced and hitting
-    let command = child_of(dprobe.id());
+    // Traced: the command started, and dprobe's breakpoint is in `probed` (read through
+    // /proc, which shows the code as the command runs it). The deadline only keeps a broken
+    // run from hanging the tests.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let command = loop {
+        let command = started_command(dprobe.id());
+        if let Some(c) = command.filter(|&c| first_byte_of_probed(c) == Some(0xcc)) {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "the command was never traced");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     // SAFETY: signals the dprobe we started.
     assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
     // A dprobe that waited for the command would wait for ever: the command ends only at

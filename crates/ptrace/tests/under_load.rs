@@ -3,8 +3,8 @@
 //! its own sums and must end with the untraced ones, having received every signal.
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +21,17 @@ fn load() -> &'static str {
 }
 
 /// The program in `mode`, killed if the test fails before it ends.
-struct Program(Child);
+struct Program(Child, BufReader<ChildStdout>);
 
 impl Program {
+    /// Start it, and wait until it says its handlers are installed and its threads run.
     fn start(mode: &str) -> Program {
-        let child = Command::new(load()).arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(100)); // its handlers installed, its threads running
-        Program(child)
+        let mut child = Command::new(load()).arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        Program(child, out)
     }
 
     fn pid(&self) -> i32 {
@@ -42,7 +46,7 @@ impl Program {
     /// Its output and exit code, once it ends.
     fn finish(mut self) -> (String, Option<i32>) {
         let mut out = String::new();
-        self.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        self.1.read_to_string(&mut out).unwrap();
         let status = self.0.wait().unwrap();
         (out, status.code())
     }
@@ -72,9 +76,18 @@ fn watchdog(pid: i32, limit: Duration) -> Arc<AtomicBool> {
     done
 }
 
-/// Attach, place entry, offset and return probes (one in an out-of-line copy), trace for
-/// `traced`, detach. Returns the hits seen.
-fn one_attach(pid: i32, traced: Duration) -> u64 {
+/// How long one attach traces.
+#[derive(Clone, Copy)]
+enum Trace {
+    /// This long (the hits, if any, are not counted on).
+    For(Duration),
+    /// Until every probe was hit (the program calls them all, always).
+    UntilEachHit,
+}
+
+/// Attach, place entry, offset and return probes (one in an out-of-line copy), trace, detach.
+/// Returns the hits seen.
+fn one_attach(pid: i32, trace: Trace) -> u64 {
     let mut t = Tracee::attach(pid).unwrap();
     let (entries, e) = counter();
     let (offsets, o) = counter();
@@ -84,9 +97,16 @@ fn one_attach(pid: i32, traced: Duration) -> u64 {
     t.add_probe("mix+4", o).unwrap();
     t.add(ProbeDef::on_return("mix", r)).unwrap();
     t.add_probe("biased", c).unwrap();
-    assert_eq!(t.run_for(traced).unwrap(), None, "the program goes on");
+    let all = [&entries, &offsets, &returns, &copies];
+    match trace {
+        Trace::For(traced) => assert_eq!(t.run_for(traced).unwrap(), None, "the program goes on"),
+        Trace::UntilEachHit => {
+            let stopped = t.run_until(&mut || all.iter().all(|n| n.load(Relaxed) > 0)).unwrap();
+            assert!(matches!(stopped, dprobe_ptrace::Stopped::Asked), "the program goes on");
+        }
+    }
     t.detach().unwrap();
-    entries.load(Relaxed) + offsets.load(Relaxed) + returns.load(Relaxed) + copies.load(Relaxed)
+    all.iter().map(|n| n.load(Relaxed)).sum()
 }
 
 #[test]
@@ -95,10 +115,10 @@ fn two_hundred_attach_detach_cycles_under_a_four_thread_load_leave_its_sums_unto
     let done = watchdog(program.pid(), Duration::from_secs(300));
     let mut hits = 0;
     for _ in 0..200 {
-        hits += one_attach(program.pid(), Duration::from_millis(2));
+        hits += one_attach(program.pid(), Trace::UntilEachHit);
     }
     done.store(true, Relaxed);
-    assert!(hits > 0);
+    assert!(hits >= 4 * 200);
     program.signal(libc::SIGUSR2);
     assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
 }
@@ -106,12 +126,13 @@ fn two_hundred_attach_detach_cycles_under_a_four_thread_load_leave_its_sums_unto
 /// Attach with a return probe that does not stop at the return: its stub page is mapped by an
 /// injected system call at the first return-probed entry, while the other threads run on
 /// through the same function (one resumed at `mix+1`, just past its emulated `push`, is where
-/// the injecting thread stopped).
-fn one_attach_with_stubs(pid: i32, traced: Duration) -> u64 {
+/// the injecting thread stopped). Traces until a return was seen.
+fn one_attach_with_stubs(pid: i32) -> u64 {
     let mut t = Tracee::attach(pid).unwrap();
     let (returns, r) = counter();
     t.add(ProbeDef::on_return("mix", r).no_return_stop()).unwrap();
-    assert_eq!(t.run_for(traced).unwrap(), None, "the program goes on");
+    let stopped = t.run_until(&mut || returns.load(Relaxed) > 0).unwrap();
+    assert!(matches!(stopped, dprobe_ptrace::Stopped::Asked), "the program goes on");
     t.detach().unwrap();
     returns.load(Relaxed)
 }
@@ -122,10 +143,10 @@ fn system_calls_injected_while_other_threads_run_the_same_code_never_reach_them(
     let done = watchdog(program.pid(), Duration::from_secs(300));
     let mut returns = 0;
     for _ in 0..200 {
-        returns += one_attach_with_stubs(program.pid(), Duration::from_millis(2));
+        returns += one_attach_with_stubs(program.pid());
     }
     done.store(true, Relaxed);
-    assert!(returns > 0);
+    assert!(returns >= 200);
     program.signal(libc::SIGUSR2);
     assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
 }
@@ -135,7 +156,7 @@ fn detaching_while_threads_are_created_and_joined_never_hangs() {
     let program = Program::start("churn");
     let done = watchdog(program.pid(), Duration::from_secs(300));
     for _ in 0..60 {
-        one_attach(program.pid(), Duration::from_millis(3));
+        one_attach(program.pid(), Trace::For(Duration::from_millis(3)));
     }
     done.store(true, Relaxed);
     program.signal(libc::SIGUSR2);
@@ -165,7 +186,7 @@ fn three_thousand_queued_signals_across_fifty_attaches_all_arrive() {
     });
     let mut attaches = 0;
     while attaches < 50 || sending.load(Relaxed) {
-        one_attach(pid, Duration::from_millis(1));
+        one_attach(pid, Trace::For(Duration::from_millis(1)));
         attaches += 1;
     }
     sender.join().unwrap();
