@@ -7,6 +7,7 @@
 //! dprobe's crates are refused as probe targets.
 
 use std::cell::Cell;
+use std::thread::LocalKey;
 
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, Prepared, INT3};
 use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, PreOutcome, Regs, Site, TrapKind};
@@ -31,19 +32,28 @@ thread_local! {
     static OWN_WORK: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as doing dprobe's own work while it lives.
-pub(crate) struct OwnWork;
+/// One level of a thread-local depth counter, while it lives.
+struct Depth(&'static LocalKey<Cell<u32>>);
 
-impl OwnWork {
-    pub(crate) fn enter() -> OwnWork {
-        OWN_WORK.with(|c| c.set(c.get() + 1));
-        OwnWork
+impl Depth {
+    fn enter(key: &'static LocalKey<Cell<u32>>) -> Depth {
+        key.with(|c| c.set(c.get() + 1));
+        Depth(key)
     }
 }
 
-impl Drop for OwnWork {
+impl Drop for Depth {
     fn drop(&mut self) {
-        OWN_WORK.with(|c| c.set(c.get() - 1));
+        self.0.with(|c| c.set(c.get() - 1));
+    }
+}
+
+/// Marks the calling thread as doing dprobe's own work while it lives.
+pub(crate) struct OwnWork(#[allow(dead_code)] Depth);
+
+impl OwnWork {
+    pub(crate) fn enter() -> OwnWork {
+        OwnWork(Depth::enter(&OWN_WORK))
     }
 }
 
@@ -75,18 +85,11 @@ pub fn in_hit_path() -> bool {
 }
 
 /// Marks the hit path for the duration of a signal handler or a jump path dispatch.
-pub(crate) struct HitPath;
+pub(crate) struct HitPath(#[allow(dead_code)] Depth);
 
 impl HitPath {
     pub(crate) fn enter() -> HitPath {
-        IN_HIT_PATH.with(|c| c.set(c.get() + 1));
-        HitPath
-    }
-}
-
-impl Drop for HitPath {
-    fn drop(&mut self) {
-        IN_HIT_PATH.with(|c| c.set(c.get() - 1));
+        HitPath(Depth::enter(&IN_HIT_PATH))
     }
 }
 

@@ -247,19 +247,24 @@ impl P<'_> {
     }
 
     fn or(&mut self) -> Result<Filter, SpecError> {
-        let mut left = self.and()?;
-        while self.peek() == Some(&Tok::Or) {
-            self.pos += 1;
-            left = Filter::Or(Box::new(left), Box::new(self.and()?));
-        }
-        Ok(left)
+        self.chain(&Tok::Or, Self::and, Filter::Or)
     }
 
     fn and(&mut self) -> Result<Filter, SpecError> {
-        let mut left = self.unary()?;
-        while self.peek() == Some(&Tok::And) {
+        self.chain(&Tok::And, Self::unary, Filter::And)
+    }
+
+    /// `next (op next)*`, joined from the left.
+    fn chain(
+        &mut self,
+        op: &Tok,
+        next: fn(&mut Self) -> Result<Filter, SpecError>,
+        join: fn(Box<Filter>, Box<Filter>) -> Filter,
+    ) -> Result<Filter, SpecError> {
+        let mut left = next(self)?;
+        while self.peek() == Some(op) {
             self.pos += 1;
-            left = Filter::And(Box::new(left), Box::new(self.unary()?));
+            left = join(Box::new(left), Box::new(next(self)?));
         }
         Ok(left)
     }
