@@ -49,7 +49,7 @@ chmod 755 "$initrd/init" "$initrd/bin/busybox" "$initrd/dprobe"
 (cd "$initrd" && find . | "$R/bin/busybox" cpio -o -H newc 2>/dev/null) | gzip -1 >initrd.cpio.gz
 rm -rf "$initrd"
 
-timeout 120 "$R/usr/bin/qemu-system-x86_64" -L "$R/usr/share/qemu" -L "$R/usr/share/seabios" \
+timeout 400 "$R/usr/bin/qemu-system-x86_64" -L "$R/usr/share/qemu" -L "$R/usr/share/seabios" \
     -accel tcg -cpu max -M pc -m 512M -smp 1 -kernel vmlinux -initrd initrd.cpio.gz \
     -append "console=ttyS0 panic=-1 quiet" \
     -nodefaults -display none -serial stdio -no-reboot -nic none </dev/null | tr -d '\r' >serial.log || true
@@ -63,6 +63,12 @@ check "^OPEN: process 'cat' \([0-9]+\) call do_sys_openat2\(path=\"/etc/hostname
 check '^OPEN: hello'
 check "^FAIL: process 'cat' \([0-9]+\) do_sys_openat2 returns -2 \(ENOENT\)"
 check '^FAIL: kernel:do_sys_openat2%return +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+'
+check '^STRINGS: .* call do_sys_openat2\(path="/tmp/a{251}"\.\.\., bad=\(fault\)\)'
+check '^CTRLC: try 19 '
+if grep -E '^CTRLC: ' serial.log | grep -Ev 'status (0|130) left \[\]$'; then
+    echo "MISSING: every Ctrl-C ends dprobe (0, or 130 before it caught it) and leaves no event"
+    ok=0
+fi
 check '^GUEST: kprobe_events left: \[\]'
 check '^GUEST: DONE'
 echo "kprobe VM test: $(( $(date +%s) - start )) s"

@@ -133,6 +133,44 @@ fn ctrl_c_and_sigkill_leave_no_event_behind() {
 }
 
 #[test]
+fn sigint_at_any_moment_of_startup_leaves_no_event_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let _x = exclusive();
+    let before = tracefs("uprobe_events");
+    let spec = format!("{}:greet", greet());
+    // No moment is timed: 100 points every 2 ms from the start, each of which must end the
+    // same way (caught: exit 0; or before dprobe caught the stop signals: killed by it,
+    // having defined nothing).
+    for i in 0..100u64 {
+        let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .args(["trace", "-a", "--count", "-o", "/dev/null", &spec])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2 * i));
+        // SAFETY: signals the dprobe we started (still our unreaped child).
+        assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = d.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = d.kill();
+                panic!("try {i}: dprobe did not end after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let stderr = std::io::read_to_string(d.stderr.take().unwrap()).unwrap();
+        assert!(
+            matches!((status.code(), status.signal()), (Some(0), None) | (None, Some(libc::SIGINT))),
+            "try {i}: {status:?} {stderr}"
+        );
+        assert_eq!(tracefs("uprobe_events"), before, "try {i}: every event removed");
+    }
+}
+
+#[test]
 fn what_the_kernel_engine_cannot_do_is_said() {
     let cases: &[(&[&str], &str)] = &[
         (&["-a", "libc:open%return a=$arg1"], "$arg1 at a return"),
