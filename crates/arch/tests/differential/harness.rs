@@ -191,7 +191,7 @@ pub fn install() {
         let stack = Box::leak(vec![0u8; 256 * 1024].into_boxed_slice());
         let ss = libc::stack_t { ss_sp: stack.as_mut_ptr().cast(), ss_flags: 0, ss_size: stack.len() };
         assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
-        for sig in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+        for sig in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, RUNAWAY] {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
@@ -200,14 +200,53 @@ pub fn install() {
     }
 }
 
-/// Run the code at `entry` from `ctx` until it traps or faults.
+/// The signal that ends code which runs away (a branch that loops back with random
+/// registers): after a second of this thread's CPU time, so that a loop ends in an outcome
+/// instead of hanging the test, whatever the machine's load.
+pub const RUNAWAY: libc::c_int = libc::SIGALRM;
+
+/// This thread's CPU-time timer, sending [`RUNAWAY`] to this thread alone.
+fn watchdog() -> libc::timer_t {
+    thread_local! {
+        static TIMER: libc::timer_t = {
+            // SAFETY: a zeroed sigevent is valid; the timer is created once per thread and
+            // never deleted (the harness thread lives as long as the test).
+            unsafe {
+                let mut ev: libc::sigevent = std::mem::zeroed();
+                ev.sigev_notify = libc::SIGEV_THREAD_ID;
+                ev.sigev_signo = RUNAWAY;
+                ev.sigev_notify_thread_id = libc::gettid();
+                let mut t: libc::timer_t = std::ptr::null_mut();
+                assert_eq!(libc::timer_create(libc::CLOCK_THREAD_CPUTIME_ID, &mut ev, &mut t), 0);
+                t
+            }
+        };
+    }
+    TIMER.with(|t| *t)
+}
+
+fn arm(timer: libc::timer_t, secs: i64) {
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: secs, tv_nsec: 0 },
+    };
+    // SAFETY: a timer of this thread and a valid itimerspec.
+    assert_eq!(unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) }, 0);
+}
+
+/// Run the code at `entry` from `ctx` until it traps or faults (or runs away: [`RUNAWAY`]).
 pub fn run(ctx: &Ctx, entry: u64) -> Outcome {
+    let timer = watchdog();
+    arm(timer, 1);
     // SAFETY: `entry` is code the caller wrote into an executable test page, which ends in
-    // int3 or faults; `dx_run` restores the host's callee-saved registers and stack pointer
-    // when the handler resumes it at `dx_return`, so it returns like a normal call.
-    unsafe {
+    // int3 or faults (or is stopped by the watchdog); `dx_run` restores the host's
+    // callee-saved registers and stack pointer when the handler resumes it at `dx_return`,
+    // so it returns like a normal call.
+    let outcome = unsafe {
         *LAST.0.get() = None;
         dx_run(ctx, entry);
         (*LAST.0.get()).take().expect("the run ended without a signal")
-    }
+    };
+    arm(timer, 0);
+    outcome
 }
