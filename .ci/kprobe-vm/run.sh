@@ -65,8 +65,8 @@ check "^FAIL: process 'cat' \([0-9]+\) do_sys_openat2 returns -2 \(ENOENT\)"
 check '^FAIL: kernel:do_sys_openat2%return +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+'
 check '^STRINGS: .* call do_sys_openat2\(path="/tmp/a{251}"\.\.\., bad=\(fault\)\)'
 check '^CTRLC: try 19 '
-if grep -E '^CTRLC: ' serial.log | grep -Ev 'status (0|130) left \[\]$'; then
-    echo "MISSING: every Ctrl-C ends dprobe (0, or 130 before it caught it) and leaves no event"
+if grep -E '^CTRLC: ' serial.log | grep -Ev 'status (0|143) left \[\]$'; then
+    echo "MISSING: every SIGTERM ends dprobe (0, or 143 before it caught it) and leaves no event"
     ok=0
 fi
 check '^GUEST: kprobe_events left: \[\]'

@@ -2,6 +2,7 @@
 //! attached for ptrace, a session for the kernel), then hand it to the driver.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{bail, Context as _, Result};
 use dprobe_agent::AgentEngine;
@@ -29,14 +30,40 @@ pub fn find_program(program: &str) -> Result<String> {
     bail!("cannot start `{program}`: not found in PATH")
 }
 
-/// The events' destination: `-o FILE` or standard error.
-fn output(args: &TraceArgs) -> Result<Box<dyn Write>> {
-    Ok(match &args.output {
-        Some(path) => Box::new(std::io::LineWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
-        )),
-        None => Box::new(std::io::LineWriter::new(std::io::stderr())),
-    })
+/// The events' destination: `-o FILE` or standard error. `None` when a stop signal came
+/// while a FIFO waited for its reader (nothing is placed yet).
+fn output(args: &TraceArgs) -> Result<Option<Box<dyn Write>>> {
+    let Some(path) = &args.output else { return Ok(Some(Box::new(std::io::LineWriter::new(std::io::stderr())))) };
+    let cannot = || format!("cannot write {}", path.display());
+    let fifo = std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    let file = if fifo {
+        // Opening a FIFO for writing waits for a reader, and the stop signals (caught already,
+        // with restarting system calls) would not end that wait: ask without waiting until a
+        // reader comes or a stop signal does.
+        loop {
+            let nonblocking = std::fs::OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(path);
+            match nonblocking {
+                Ok(f) => break blocking(f).with_context(cannot)?,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
+                Err(e) => return Err(e).with_context(cannot),
+            }
+            if signals::requested().is_some() {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    } else {
+        std::fs::File::create(path).with_context(cannot)?
+    };
+    Ok(Some(Box::new(std::io::LineWriter::new(file))))
+}
+
+/// `file` with blocking writes (a full pipe waits for its reader, as any program's output).
+fn blocking(file: std::fs::File) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(file)
 }
 
 /// How events are shown, from the options.
@@ -54,7 +81,14 @@ pub fn mode(args: &TraceArgs) -> Mode {
 }
 
 /// Run `dprobe trace`; returns dprobe's exit status.
+///
+/// The stop signals (Ctrl-C, `SIGTERM`, `SIGHUP`) are caught first, before anything else:
+/// from then on every exit path of every engine removes what it placed, and a signal that
+/// comes while the probes are planned, the output opened, the program attached or the probes
+/// placed ends the trace as soon as it runs. One that comes earlier still (in dprobe's first
+/// moments, before `main` runs this) ends dprobe as it ends any program, with nothing changed.
 pub fn run(args: TraceArgs) -> Result<i32> {
+    signals::install().context("installing signal handlers")?;
     let planned = plan_probes(&args)?;
     let kernel_targets = planned.iter().filter(|p| p.needs_kernel()).count();
     let engine = match args.engine {
@@ -102,11 +136,13 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         let name = if engine == Engine::Agent { "agent" } else { "ptrace" };
         bail!("--comm filters system-wide traces (--system-wide); the {name} engine traces one process");
     }
-    // The output first (opening a FIFO waits for its reader: a Ctrl-C then simply ends
-    // dprobe, nothing is placed yet); then the stop signals are caught, before the first
-    // probe is placed, so that every later exit path removes what was placed.
-    let out = output(&args)?;
-    signals::install().context("installing signal handlers")?;
+    // Opening a FIFO waits for its reader; a stop signal meanwhile ends dprobe (nothing is
+    // placed yet) with the status of a program that signal ended.
+    let Some(out) = output(&args)? else {
+        let signal = signals::requested().unwrap_or(nix::libc::SIGINT);
+        eprintln!("dprobe: stopped by {} before tracing started", signals::signal_name(signal));
+        return Ok(128 + signal);
+    };
     if engine == Engine::Kernel {
         let options = KernelOptions {
             pid: args.pid,

@@ -93,9 +93,9 @@ fn has_agent_thread(pid: i32) -> bool {
     tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "dprobe-agent"))
 }
 
-/// Wait (at most 20 s: a bound against hanging, not a measure) until `done`.
+/// Wait (at most 120 s: a bound against hanging, not a measure) until `done`.
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !done() {
         assert!(Instant::now() < deadline, "still waiting: {what}");
         std::thread::sleep(Duration::from_millis(10));

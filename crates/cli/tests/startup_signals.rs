@@ -110,3 +110,35 @@ fn sigint_at_any_moment_of_a_ptrace_attach_leaves_the_program_as_it_was() {
 fn sigint_at_any_moment_of_an_agent_attach_leaves_the_program_as_it_was() {
     interrupt_startup_many_times(&["--engine", "agent"], false);
 }
+
+#[test]
+fn sigint_while_a_fifo_waits_for_its_reader_ends_dprobe_before_anything_starts() {
+    let fifo = common::out_file("startup.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "-o", fifo.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // dprobe caught the stop signals (its signal thread runs) and waits for the FIFO's reader,
+    // which never comes.
+    let pid = dprobe.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let signal_thread = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks
+            .into_iter()
+            .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "dprobe-signals"))
+    };
+    while !signal_thread() {
+        assert!(Instant::now() < deadline, "dprobe never caught the stop signals");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signals the dprobe we started (still our unreaped child).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let status = wait_or_report(&mut dprobe, "FIFO");
+    let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT before tracing started"), "{stderr}");
+}
