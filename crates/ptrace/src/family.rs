@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use dprobe_arch::{disarm, Memory};
+use dprobe_arch::Memory;
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeId, Stats};
 

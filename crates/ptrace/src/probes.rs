@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dprobe_arch::{analyze, arm, disarm, prepare, Addr, ExecPlan, Insn, Memory, Prepared, Regs, SlotCode};
+use dprobe_arch::{analyze, prepare, Addr, Memory, Prepared, Regs};
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
 use dprobe_spec::SpecError;
