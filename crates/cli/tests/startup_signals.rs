@@ -57,7 +57,8 @@ fn interrupt_startup_many_times(engine_args: &[&str], same_maps: bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
     let functions = ["probed", "pair", "until_told"];
-    let code = || -> Vec<Vec<u8>> { functions.iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect() };
+    let addrs: Vec<u64> = functions.iter().map(|f| function_addr(pid, f)).collect();
+    let code = || -> Vec<Vec<u8>> { addrs.iter().map(|&a| read_mem(pid, a, 32)).collect() };
     let code_before = code();
     let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let p = pid.to_string();
