@@ -22,6 +22,21 @@ impl Drop for Running {
     }
 }
 
+/// `dprobe` with `SIGINT` at its default: a test run as a shell's background job inherits
+/// it ignored, and a SIGINT that came before dprobe catches it would then be lost.
+fn dprobe_command() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dprobe"));
+    // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    c
+}
+
 /// Wait for `child`; a run that never ends is killed and reported (with where its threads
 /// wait), rather than left to hang the test suite.
 fn wait_or_report(child: &mut Child, what: &str) -> ExitStatus {
@@ -64,7 +79,7 @@ fn interrupt_startup_many_times(engine_args: &[&str], same_maps: bool) {
     let p = pid.to_string();
     let (mut caught, mut early) = (0, 0);
     for i in 0..100u64 {
-        let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        let mut dprobe = dprobe_command()
             .arg("trace")
             .args(engine_args)
             .args(["-o", "/dev/null", "-p", &p, "pair", "pair%return", "until_told%return"])
@@ -117,7 +132,7 @@ fn sigint_while_a_fifo_waits_for_its_reader_ends_dprobe_before_anything_starts()
     let fifo = common::out_file("startup.fifo");
     let _ = std::fs::remove_file(&fifo);
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+    let mut dprobe = dprobe_command()
         .args(["trace", "-o", fifo.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
         .stderr(Stdio::piped())
         .spawn()

@@ -142,11 +142,17 @@ fn sigint_at_any_moment_of_startup_leaves_no_event_behind() {
     // same way (caught: exit 0; or before dprobe caught the stop signals: killed by it,
     // having defined nothing).
     for i in 0..100u64 {
-        let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"))
-            .args(["trace", "-a", "--count", "-o", "/dev/null", &spec])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"));
+        d.args(["trace", "-a", "--count", "-o", "/dev/null", &spec]).stderr(std::process::Stdio::piped());
+        // SIGINT at its default (a test run as a shell's background job inherits it ignored).
+        // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut d, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut d = d.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(2 * i));
         // SAFETY: signals the dprobe we started (still our unreaped child).
         assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
