@@ -156,7 +156,7 @@ fn arguments(e: &Passed<'_>) -> Vec<Arg> {
     let typed = |v: Fetched<'_>| match v {
         Fetched::Int(raw, ArgType::S(_)) => ArgValue::Int(v.as_i64().unwrap_or(raw as i64)),
         Fetched::Int(raw, _) => ArgValue::Uint(raw),
-        Fetched::Str(s) => ArgValue::Str(output::escape_non_utf8(s)),
+        Fetched::Str { bytes, .. } => ArgValue::Str(output::escape_non_utf8(bytes)),
         Fetched::Fault(_) => ArgValue::Str("(fault)".into()),
     };
     let args = e.probe.args.iter().enumerate();
