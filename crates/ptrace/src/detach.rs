@@ -3,13 +3,15 @@
 //! rewritten, the out-of-line pages unmapped, and each thread detached with the signal it
 //! was about to receive.
 
+use std::collections::BTreeSet;
+
 use dprobe_arch::{Addr, SlotCode};
 
 use crate::error::TraceError;
 use crate::inject;
 use crate::sys;
 use crate::thread::{State, Stop};
-use crate::tracee::Tracee;
+use crate::tracee::{Tracee, EVENT_STOP};
 
 impl Tracee {
     /// Stop tracing and let the program go on as if it had never been traced. The original
@@ -36,7 +38,7 @@ impl Tracee {
         }
         self.disarm_sites()?;
         if let Err(e) = self.stop_all(give_up) {
-            if matches!(e, TraceError::GaveUp { .. }) {
+            if matches!(e, TraceError::GaveUp { .. } | TraceError::Blocked { .. }) {
                 self.let_held_go();
             }
             return Err(e);
@@ -74,24 +76,65 @@ impl Tracee {
     }
 
     /// Restore and go: every thread stopped so far is moved out of dprobe's code (as far as
-    /// it can be), given its real return addresses back and detached; the ones still running
-    /// are forgotten (the kernel lets them go when dprobe exits). Best effort throughout.
-    fn let_held_go(&mut self) {
+    /// it can be) and detached; every thread's stack gets its real return addresses back, the
+    /// stacks of threads that have not stopped too (through memory: such a thread cannot be
+    /// detached, the kernel lets it go when dprobe exits, and it must not return into dprobe's
+    /// trampoline then). dprobe's pages stay mapped: a thread that has not stopped may be in
+    /// an out-of-line copy or a return stub, which take it back to the program's code. Best
+    /// effort throughout.
+    pub(crate) fn let_held_go(&mut self) {
         let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.prepared.slot.clone()).collect();
         let held: Vec<i32> = self.threads.iter().filter(|(_, t)| t.is_stopped()).map(|(tid, _)| *tid).collect();
         for &tid in &held {
             let _ = self.leave_dprobe_code(tid, &slots);
         }
+        self.collect_returns();
         let trampoline = self.xol.trampoline_addr();
-        for tid in &held {
+        for tid in self.threads.keys() {
             self.returns.restore_stack(*tid, trampoline, &self.stubs, &mut self.memory);
         }
+        let mut running = BTreeSet::new();
         for (tid, thread) in std::mem::take(&mut self.threads) {
             if thread.is_stopped() {
                 let _ = sys::detach(tid, thread.signal());
+            } else {
+                running.insert(tid);
             }
         }
+        self.let_stragglers_go(running);
         self.sites.clear();
+    }
+
+    /// Threads given up on that have reported a stop meanwhile (one that trapped on dprobe's
+    /// trampoline before its return address was put back, say) are let go as the held ones
+    /// were, a trap of dprobe's consumed first. Nothing is waited for.
+    fn let_stragglers_go(&mut self, mut running: BTreeSet<i32>) {
+        let mut budget = 4 * running.len() + 16;
+        while !running.is_empty() && budget > 0 {
+            budget -= 1;
+            let Ok(Some((tid, status))) = sys::try_wait_any() else { return };
+            if !libc::WIFSTOPPED(status) {
+                running.remove(&tid);
+                continue;
+            }
+            let signal = libc::WSTOPSIG(status);
+            let deliver = match sys::event_of(status) {
+                0 if signal == libc::SIGTRAP && self.take_our_trap(tid).unwrap_or(false) => 0,
+                0 => signal,
+                EVENT_STOP if self.trap_pending(tid).unwrap_or(false) => {
+                    // Its trap comes next: let it report it.
+                    let _ = sys::cont(tid, 0);
+                    continue;
+                }
+                EVENT_STOP | libc::PTRACE_EVENT_EXIT => 0,
+                event => {
+                    let _ = self.on_new_task(tid, event);
+                    0
+                }
+            };
+            let _ = sys::detach(tid, deliver);
+            running.remove(&tid);
+        }
     }
 
     /// Move held thread `tid` out of dprobe's code: the out-of-line copies, the return stubs,

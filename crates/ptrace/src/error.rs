@@ -99,6 +99,15 @@ pub enum TraceError {
         /// How many threads had not stopped.
         waiting: usize,
     },
+    /// A thread did not stop within a bound because it cannot (asleep in the kernel, a `vfork`
+    /// parent waiting for its child): the threads that stopped are let go.
+    #[error("gave up waiting for {waiting} thread(s) to stop: {reason}")]
+    Blocked {
+        /// How many threads had not stopped.
+        waiting: usize,
+        /// Which, and why, in words.
+        reason: String,
+    },
     /// A return probe was hit with no return trampoline mapped.
     #[error("no return trampoline is mapped")]
     NoTrampoline,

@@ -17,17 +17,61 @@
 //! recognised as dprobe's and consumed, never left to the program.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use dprobe_arch::Addr;
 
+use crate::blocked::blocked;
 use crate::error::TraceError;
 use crate::sys;
 use crate::thread::{is_stop_signal, Stop, Thread};
 use crate::tracee::{Tracee, EVENT_STOP};
 
+/// How long every thread that has not stopped may be one that cannot (see `blocked`) before
+/// stopping is given up: a `vfork` child executes its program within milliseconds.
+pub(crate) const BLOCKED_BOUND: Duration = Duration::from_secs(3);
+/// Idle time before `/proc` is asked why the threads have not stopped.
+const LOOK_AFTER: Duration = Duration::from_millis(50);
+
+/// Waiting with nothing to report: a short sleep that grows (stops usually come within
+/// microseconds), and since when every thread still waited for cannot stop.
+struct Idle {
+    since: Instant,
+    sleep: Duration,
+    blocked_since: Option<Instant>,
+}
+
+impl Default for Idle {
+    fn default() -> Idle {
+        Idle { since: Instant::now(), sleep: Duration::from_micros(20), blocked_since: None }
+    }
+}
+
+impl Idle {
+    /// Sleep a little; `Some(why)` when every thread in `waiting` has been unable to stop
+    /// for [`BLOCKED_BOUND`].
+    fn blocked_too_long(&mut self, pid: i32, waiting: &BTreeSet<i32>) -> Option<String> {
+        std::thread::sleep(self.sleep);
+        self.sleep = (self.sleep * 2).min(Duration::from_millis(5));
+        if self.since.elapsed() < LOOK_AFTER {
+            return None;
+        }
+        let reasons: Vec<String> = waiting.iter().filter_map(|t| blocked(pid, *t)).map(|b| b.reason).collect();
+        if reasons.len() < waiting.len() {
+            self.blocked_since = None;
+            return None;
+        }
+        let since = *self.blocked_since.get_or_insert_with(Instant::now);
+        (since.elapsed() >= BLOCKED_BOUND)
+            .then(|| format!("{} (waited {} s)", reasons.join("; "), BLOCKED_BOUND.as_secs()))
+    }
+}
+
 impl Tracee {
     /// Stop every thread that is not held yet; new threads are stopped too, exited ones
-    /// forgotten. The wait is given up when a signal interrupts it and `give_up` says so.
+    /// forgotten. The wait is given up when `give_up` says so (asked whenever no thread has
+    /// anything to report), or when every thread still waited for has been unable to stop
+    /// for a while ([`TraceError::Blocked`], which names them and says why).
     pub(crate) fn stop_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
@@ -41,13 +85,18 @@ impl Tracee {
                 // Gone: its exit is still to be reported.
             }
         }
+        let mut idle = Idle::default();
         while !waiting.is_empty() {
-            let Some((tid, status)) = sys::wait_interruptible(-1)? else {
+            let Some((tid, status)) = sys::try_wait_any()? else {
                 if give_up() {
                     return Err(TraceError::GaveUp { waiting: waiting.len() });
                 }
+                if let Some(reason) = idle.blocked_too_long(self.pid, &waiting) {
+                    return Err(TraceError::Blocked { waiting: waiting.len(), reason });
+                }
                 continue;
             };
+            idle = Idle::default();
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 waiting.remove(&tid);
                 self.thread_exited(tid, status);
@@ -171,7 +220,7 @@ impl Tracee {
     /// A clone or fork seen while stopping every thread: a new thread is to be stopped as
     /// well (its first stop comes: it is not interrupted or signalled), a new process is let
     /// go (see `family`: no probe is in the code while every thread is being stopped).
-    fn on_new_task(&mut self, tid: i32, event: i32) -> Result<(), TraceError> {
+    pub(crate) fn on_new_task(&mut self, tid: i32, event: i32) -> Result<(), TraceError> {
         match event {
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
@@ -199,7 +248,7 @@ impl Tracee {
 
     /// Whether thread `tid` executed one of dprobe's `int3`s and its `SIGTRAP` is still to be
     /// reported.
-    fn trap_pending(&self, tid: i32) -> Result<bool, TraceError> {
+    pub(crate) fn trap_pending(&self, tid: i32) -> Result<bool, TraceError> {
         let r = sys::get_regs(tid)?;
         Ok(self.past_our_int3(r.rip).is_some() && sys::is_pending(self.pid, tid, libc::SIGTRAP))
     }
@@ -208,7 +257,7 @@ impl Tracee {
     /// `int3`s, it is consumed: at a probe (whose original byte is back) the thread goes back
     /// onto the original instruction, at the return trampoline on to the real return address
     /// (the return is counted, its handlers are not run). `false`: the program's own trap.
-    fn take_our_trap(&mut self, tid: i32) -> Result<bool, TraceError> {
+    pub(crate) fn take_our_trap(&mut self, tid: i32) -> Result<bool, TraceError> {
         let mut r = sys::get_regs(tid)?;
         let Some(at) = self.past_our_int3(r.rip) else { return Ok(false) };
         if Some(at) == self.xol.trampoline_addr() {

@@ -132,6 +132,9 @@ impl Tracee {
             if new.is_empty() {
                 break;
             }
+            if threads.is_empty() {
+                crate::blocked::wait_out_vforks(pid, &new, crate::stop::BLOCKED_BOUND).map_err(attach_err)?;
+            }
             for tid in new {
                 match sys::seize(tid, options) {
                     Ok(()) => {}
@@ -147,7 +150,15 @@ impl Tracee {
             }
         }
         let mut tracee = Tracee::new(pid, true, threads)?;
-        tracee.stop_all(&|| false)?;
+        if let Err(e) = tracee.stop_all(&|| false) {
+            // Nothing is placed yet: the threads that stopped are let go, the others when
+            // dprobe exits.
+            tracee.let_held_go();
+            return Err(match e {
+                TraceError::Blocked { reason, .. } => TraceError::Attach { pid, reason },
+                e => e,
+            });
+        }
         if tracee.threads.is_empty() {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
         }

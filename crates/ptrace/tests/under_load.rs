@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::counter;
-use dprobe_ptrace::{ProbeDef, Tracee};
+use dprobe_ptrace::{ProbeDef, TraceError, Tracee};
 
 fn load() -> &'static str {
     dprobe_test_fixtures::c_program(
@@ -26,7 +26,11 @@ struct Program(Child, BufReader<ChildStdout>);
 impl Program {
     /// Start it, and wait until it says its handlers are installed and its threads run.
     fn start(mode: &str) -> Program {
-        let mut child = Command::new(load()).arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+        Program::start_with(&[mode])
+    }
+
+    fn start_with(args: &[&str]) -> Program {
+        let mut child = Command::new(load()).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -149,6 +153,56 @@ fn system_calls_injected_while_other_threads_run_the_same_code_never_reach_them(
     assert!(returns >= 200);
     program.signal(libc::SIGUSR2);
     assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
+}
+
+/// Attach with return probes (the trampoline's and a stub's) and an out-of-line copy, trace a
+/// moment, then give up the detach at once (as a second Ctrl-C does): the threads that had
+/// not stopped yet are let go by the kernel when the tracing thread ends. None may return into
+/// dprobe's trampoline then.
+fn one_attach_given_up(pid: i32) -> bool {
+    std::thread::spawn(move || {
+        let mut t = Tracee::attach(pid).unwrap();
+        let (_, r) = counter();
+        let (_, s) = counter();
+        let (_, c) = counter();
+        t.add(ProbeDef::on_return("mix", r)).unwrap();
+        t.add(ProbeDef::on_return("biased", s).no_return_stop()).unwrap();
+        t.add_probe("biased", c).unwrap();
+        assert_eq!(t.run_for(Duration::from_millis(2)).unwrap(), None, "the program goes on");
+        match t.detach_giving_up(&|| true) {
+            Ok(()) => false,
+            Err(TraceError::GaveUp { .. }) => true,
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_detach_given_up_leaves_no_thread_returning_into_dprobe() {
+    let program = Program::start("busy");
+    let done = watchdog(program.pid(), Duration::from_secs(300));
+    let mut given_up = 0;
+    for _ in 0..100 {
+        given_up += u32::from(one_attach_given_up(program.pid()));
+    }
+    done.store(true, Relaxed);
+    assert!(given_up > 0, "some detaches gave up on running threads");
+    program.signal(libc::SIGUSR2);
+    assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
+}
+
+#[test]
+fn attaching_while_a_thread_waits_in_vfork_fails_naming_it_and_does_not_hang() {
+    // The child sleeps well past the bound of the wait for threads to stop.
+    let program = Program::start_with(&["vfork", "6000"]);
+    let done = watchdog(program.pid(), Duration::from_secs(60));
+    let e = Tracee::attach(program.pid()).map(|_| ()).unwrap_err();
+    done.store(true, Relaxed);
+    let text = e.to_string();
+    assert!(matches!(e, TraceError::Attach { .. }) && text.contains("waits in vfork for its child"), "{text}");
+    assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "let go untouched");
 }
 
 #[test]
