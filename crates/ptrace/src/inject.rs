@@ -62,6 +62,14 @@ pub fn step(pid: i32, tid: i32) -> Result<(), TraceError> {
     stepped
 }
 
+/// Bring thread `tid` of process `pid`, stopped at an event inside a system call (the exec
+/// stop, inside `execve`), to the next instruction boundary: the system call's own return
+/// would overwrite the result of one injected there (and the instruction never run). One
+/// single step finishes the system call and stops before the next instruction executes.
+pub fn leave_event_stop(pid: i32, tid: i32) -> Result<(), TraceError> {
+    step(pid, tid)
+}
+
 /// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
 /// registers are saved, it is pointed at a `syscall` instruction already in the process's
 /// code ([`syscall_insn`]) and single-stepped, and its registers are put back. No code is
@@ -130,4 +138,31 @@ fn find_in(memory: &mut RemoteMemory, start: Addr, end: Addr, needle: &[u8]) -> 
         at += (len - (needle.len() - 1)) as u64;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracee::Tracee;
+
+    #[test]
+    fn a_system_call_injected_once_the_exec_stop_is_left_runs() {
+        let t = Tracee::spawn("/bin/sh", &["-c", "exec /bin/true"]).unwrap();
+        let pid = t.pid();
+        sys::cont(pid, 0).unwrap();
+        let tid = loop {
+            let (tid, status) = sys::wait(-1).unwrap();
+            assert!(libc::WIFSTOPPED(status), "{status:#x}");
+            if sys::event_of(status) == libc::PTRACE_EVENT_EXEC {
+                break tid;
+            }
+            sys::cont(tid, 0).unwrap();
+        };
+        let mut memory = RemoteMemory::open(pid).unwrap();
+        leave_event_stop(pid, tid).unwrap();
+        let got = inject_syscall(tid, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
+        assert_eq!(got, pid as u64, "getpid ran");
+        // SAFETY: kills the test's own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }

@@ -341,6 +341,9 @@ impl Tracee {
             }
             libc::PTRACE_EVENT_EXEC => {
                 self.threads.retain(|t, _| *t == tid);
+                // Probes are placed (and pages mapped) from the new program's first
+                // instruction, not from inside `execve`.
+                crate::inject::leave_event_stop(self.pid, tid)?;
                 self.on_exec(tid)?;
                 sys::cont(tid, 0)?;
                 return Ok(None);
