@@ -156,7 +156,7 @@ impl Tracee {
 
     /// Execute one instruction of held thread `tid`: it is at a single-step stop then (a
     /// signal-delivery stop of its own, whose signal is kept).
-    fn step(&mut self, tid: i32) -> Result<(), TraceError> {
+    pub(crate) fn step(&mut self, tid: i32) -> Result<(), TraceError> {
         inject::step(self.pid, tid)?;
         if let Some(t) = self.threads.get_mut(&tid) {
             if t.state == State::Stopped(Stop::Event) {

@@ -143,6 +143,9 @@ impl Kernel for Fake {
             Request::Listen => w.calls.push(Call::Listen(tid)),
             Request::Detach { signal } => w.calls.push(Call::Detach(tid, signal)),
             Request::GetSigInfo(info) => info.si_signo = w.last_signal.get(&tid).copied().unwrap_or(0),
+            Request::SetSigInfo(info) => {
+                w.last_signal.insert(tid, info.si_signo);
+            }
         }
         Ok(0)
     }

@@ -36,6 +36,7 @@ mod loader;
 mod probes;
 mod returns;
 mod semaphores;
+mod signals;
 mod stop;
 mod stubs;
 mod sys;

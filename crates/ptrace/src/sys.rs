@@ -24,6 +24,7 @@ pub(crate) enum Request<'a> {
     Listen,
     Detach { signal: i32 },
     GetSigInfo(&'a mut libc::siginfo_t),
+    SetSigInfo(&'a libc::siginfo_t),
 }
 
 impl Request<'_> {
@@ -40,6 +41,7 @@ impl Request<'_> {
             Request::Listen => "PTRACE_LISTEN",
             Request::Detach { .. } => "PTRACE_DETACH",
             Request::GetSigInfo(_) => "PTRACE_GETSIGINFO",
+            Request::SetSigInfo(_) => "PTRACE_SETSIGINFO",
         }
     }
 }
@@ -91,6 +93,7 @@ impl Kernel for Real {
             Request::Listen => (libc::PTRACE_LISTEN, 0, 0),
             Request::Detach { signal } => (libc::PTRACE_DETACH, 0, signal as u64),
             Request::GetSigInfo(info) => (libc::PTRACE_GETSIGINFO, 0, info as *mut _ as u64),
+            Request::SetSigInfo(info) => (libc::PTRACE_SETSIGINFO, 0, info as *const _ as u64),
         };
         // SAFETY: the requests used here take integers or pointers to buffers that live for
         // the call (`regs`, `message`), never anything the kernel keeps.
@@ -309,6 +312,11 @@ pub fn siginfo(tid: i32) -> Result<libc::siginfo_t, SysError> {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     request(tid, Request::GetSigInfo(&mut info))?;
     Ok(info)
+}
+
+/// Set the information of the signal a thread in a signal-delivery stop is to receive.
+pub fn set_siginfo(tid: i32, info: &libc::siginfo_t) -> Result<(), SysError> {
+    request(tid, Request::SetSigInfo(info)).map(drop)
 }
 
 /// Make a signal the tracer held back pending again for thread `tid` of process `pid`: with

@@ -379,7 +379,7 @@ impl Tracee {
             }
             return Ok(None);
         }
-        sys::cont(tid, signal)?;
+        self.deliver_signal(tid, signal)?;
         Ok(None)
     }
 

@@ -206,6 +206,18 @@ fn attaching_while_a_thread_waits_in_vfork_fails_naming_it_and_does_not_hang() {
 }
 
 #[test]
+fn a_signal_storm_whose_handler_calls_the_probed_functions_during_attach_and_detach() {
+    let program = Program::start("storm");
+    let done = watchdog(program.pid(), Duration::from_secs(300));
+    for _ in 0..100 {
+        one_attach(program.pid(), Duration::from_millis(3));
+    }
+    done.store(true, Relaxed);
+    program.signal(libc::SIGUSR2);
+    assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
+}
+
+#[test]
 fn detaching_while_threads_are_created_and_joined_never_hangs() {
     let program = Program::start("churn");
     let done = watchdog(program.pid(), Duration::from_secs(300));
