@@ -48,15 +48,15 @@ impl Default for Idle {
 }
 
 impl Idle {
-    /// Sleep a little; `Some(why)` when every thread in `waiting` has been unable to stop
-    /// for [`BLOCKED_BOUND`].
-    fn blocked_too_long(&mut self, pid: i32, waiting: &BTreeSet<i32>) -> Option<String> {
+    /// Sleep a little; `Some(why)` when every one of the `(process, thread)` pairs still
+    /// waited for has been unable to stop for [`BLOCKED_BOUND`].
+    fn blocked_too_long(&mut self, waiting: &[(i32, i32)]) -> Option<String> {
         std::thread::sleep(self.sleep);
         self.sleep = (self.sleep * 2).min(Duration::from_millis(5));
         if self.since.elapsed() < LOOK_AFTER {
             return None;
         }
-        let reasons: Vec<String> = waiting.iter().filter_map(|t| blocked(pid, *t)).map(|b| b.reason).collect();
+        let reasons: Vec<String> = waiting.iter().filter_map(|&(p, t)| blocked(p, t)).map(|b| b.reason).collect();
         if reasons.len() < waiting.len() {
             self.blocked_since = None;
             return None;
@@ -91,7 +91,8 @@ impl Tracee {
                 if give_up() {
                     return Err(TraceError::GaveUp { waiting: waiting.len() });
                 }
-                if let Some(reason) = idle.blocked_too_long(self.pid, &waiting) {
+                let tasks: Vec<(i32, i32)> = waiting.iter().map(|t| (self.process_of(*t), *t)).collect();
+                if let Some(reason) = idle.blocked_too_long(&tasks) {
                     return Err(TraceError::Blocked { waiting: waiting.len(), reason });
                 }
                 continue;
