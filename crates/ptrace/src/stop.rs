@@ -30,6 +30,9 @@ use crate::tracee::{Tracee, EVENT_STOP};
 /// How long every thread that has not stopped may be one that cannot (see `blocked`) before
 /// stopping is given up: a `vfork` child executes its program within milliseconds.
 pub(crate) const BLOCKED_BOUND: Duration = Duration::from_secs(3);
+/// How long threads that run the program's code are still waited for once stopping is given
+/// up.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(1);
 /// Idle time before `/proc` is asked why the threads have not stopped.
 const LOOK_AFTER: Duration = Duration::from_millis(50);
 
@@ -70,7 +73,8 @@ impl Idle {
 impl Tracee {
     /// Stop every thread that is not held yet; new threads are stopped too, exited ones
     /// forgotten. The wait is given up when `give_up` says so (asked whenever no thread has
-    /// anything to report), or when every thread still waited for has been unable to stop
+    /// anything to report; threads asleep in the kernel are given up on at once, the others
+    /// after a moment), or when every thread still waited for has been unable to stop
     /// for a while ([`TraceError::Blocked`], which names them and says why).
     pub(crate) fn stop_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         let mut waiting: BTreeSet<i32> =
@@ -86,12 +90,28 @@ impl Tracee {
             }
         }
         let mut idle = Idle::default();
+        let mut giving_up: Option<Instant> = None;
         while !waiting.is_empty() {
             let Some((tid, status)) = sys::try_wait_any()? else {
-                if give_up() {
-                    return Err(TraceError::GaveUp { waiting: waiting.len() });
-                }
                 let tasks: Vec<(i32, i32)> = waiting.iter().map(|t| (self.process_of(*t), *t)).collect();
+                if giving_up.is_none() && give_up() {
+                    // A thread that runs the program's code is still waited for a moment
+                    // (asked again, should its interrupt have been lost): left running, it
+                    // could meet dprobe's code with no tracer. One asleep in the kernel runs
+                    // none, and is given up on at once.
+                    giving_up = Some(Instant::now());
+                    if self.seized {
+                        for &(_, t) in &tasks {
+                            let _ = sys::interrupt(t);
+                        }
+                    }
+                }
+                if let Some(since) = giving_up {
+                    let all_asleep = tasks.iter().all(|&(p, t)| blocked(p, t).is_some());
+                    if all_asleep || since.elapsed() >= GIVE_UP_GRACE {
+                        return Err(TraceError::GaveUp { waiting: waiting.len() });
+                    }
+                }
                 if let Some(reason) = idle.blocked_too_long(&tasks) {
                     return Err(TraceError::Blocked { waiting: waiting.len(), reason });
                 }

@@ -282,6 +282,10 @@ fn a_second_signal_gives_up_waiting_restores_the_code_and_lets_the_stopped_threa
     assert!(matches!(e, TraceError::GaveUp { waiting: 1 }), "{e:?}");
     let w = world.borrow();
     assert_eq!(w.peek(SITE), 0x55, "original byte back");
-    assert_eq!(w.calls, [Call::Interrupt(PID), Call::Interrupt(101), Call::Detach(PID, 0)]);
+    assert_eq!(
+        w.calls,
+        [Call::Interrupt(PID), Call::Interrupt(101), Call::Interrupt(101), Call::Detach(PID, 0)],
+        "asked again before it is given up on"
+    );
     assert!(t.threads.is_empty(), "nothing left for a later detach to wait for");
 }

@@ -155,41 +155,31 @@ fn system_calls_injected_while_other_threads_run_the_same_code_never_reach_them(
     assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
 }
 
-/// Attach with return probes (the trampoline's and a stub's) and an out-of-line copy, trace a
-/// moment, then give up the detach at once (as a second Ctrl-C does): the threads that had
-/// not stopped yet are let go by the kernel when the tracing thread ends. None may return into
-/// dprobe's trampoline then.
-fn one_attach_given_up(pid: i32) -> bool {
-    std::thread::spawn(move || {
-        let mut t = Tracee::attach(pid).unwrap();
-        let (_, r) = counter();
-        let (_, s) = counter();
-        let (_, c) = counter();
-        t.add(ProbeDef::on_return("mix", r)).unwrap();
-        t.add(ProbeDef::on_return("biased", s).no_return_stop()).unwrap();
-        t.add_probe("biased", c).unwrap();
-        assert_eq!(t.run_for(Duration::from_millis(2)).unwrap(), None, "the program goes on");
-        match t.detach_giving_up(&|| true) {
-            Ok(()) => false,
-            Err(TraceError::GaveUp { .. }) => true,
-            Err(e) => panic!("{e}"),
-        }
-    })
-    .join()
-    .unwrap()
-}
-
+/// A thread asleep in `vfork` (its child sleeps) with a return address replaced by dprobe's
+/// trampoline: a detach that gives up on it (as a second Ctrl-C does) lets the other threads
+/// go; the kernel lets it go when the tracing thread ends. It must return to its caller then,
+/// not into dprobe's trampoline.
 #[test]
 fn a_detach_given_up_leaves_no_thread_returning_into_dprobe() {
-    let program = Program::start("busy");
-    let done = watchdog(program.pid(), Duration::from_secs(300));
-    let mut given_up = 0;
-    for _ in 0..100 {
-        given_up += u32::from(one_attach_given_up(program.pid()));
-    }
+    // Three vforks, each child sleeping 1.5 s.
+    let program = Program::start_with(&["vfork", "1500", "3"]);
+    let pid = program.pid();
+    let done = watchdog(pid, Duration::from_secs(60));
+    let outcome = std::thread::spawn(move || {
+        let mut t = Tracee::attach(pid).unwrap();
+        let (_, r) = counter();
+        let vforked = t.add(ProbeDef::on_return("vforked", r)).unwrap();
+        while t.stats(vforked).hits == 0 {
+            assert_eq!(t.run_for(Duration::from_millis(10)).unwrap(), None, "the program goes on");
+        }
+        // Now inside `vforked`, its return address replaced, asleep in vfork.
+        assert_eq!(t.run_for(Duration::from_millis(100)).unwrap(), None);
+        t.detach_giving_up(&|| true)
+    })
+    .join()
+    .unwrap();
     done.store(true, Relaxed);
-    assert!(given_up > 0, "some detaches gave up on running threads");
-    program.signal(libc::SIGUSR2);
+    assert!(matches!(outcome, Err(TraceError::GaveUp { waiting: 1 })), "{outcome:?}");
     assert_eq!(program.finish(), ("sums right\n".into(), Some(0)), "no crash, the untraced sums");
 }
 
