@@ -60,6 +60,13 @@ pub fn render(
                 s.abandoned
             ));
         }
+        if s.rearmed > 0 {
+            notes.push(format!(
+                "{target}: its breakpoint was removed by something else {} time(s) (another tool's uprobe on \
+                 it removed, or the program rewrote its code) and put back: hits in between were not seen",
+                s.rearmed
+            ));
+        }
         if s.reentered > 0 {
             notes.push(format!("{target}: {} hits not handled: they came while another probe ran", s.reentered));
         }

@@ -72,7 +72,7 @@ pub enum ProbeError {
         reason: String,
     },
     /// The code at the address holds a breakpoint that is not dprobe's.
-    #[error("{addr} already holds a breakpoint that is not dprobe's (a debugger's, or the program's own int3)")]
+    #[error("{addr} already holds a breakpoint that is not dprobe's (a debugger's, a kernel uprobe's, or the program's own int3)")]
     ForeignBreakpoint {
         /// Where.
         addr: Addr,

@@ -95,6 +95,10 @@ pub struct Stats {
     pub handler_panics: u64,
     /// Handler calls that faulted (in-process: `SIGSEGV`/`SIGBUS` inside a handler).
     pub handler_faults: u64,
+    /// Times the probe's breakpoint was found gone and put back (another tool's uprobe on
+    /// the same instruction was removed, which writes the original instruction back, or the
+    /// program rewrote its code): hits in between were not seen.
+    pub rearmed: u64,
     /// Where the probe is.
     pub placement: Placement,
 }

@@ -34,6 +34,7 @@ mod inject;
 mod library;
 mod loader;
 mod probes;
+mod rearm;
 mod returns;
 mod semaphores;
 mod signals;

@@ -21,7 +21,7 @@ const MAX_STEPS: usize = 64;
 impl Tracee {
     /// Whether `rip` is inside an out-of-line copy.
     pub(crate) fn in_copy(&self, rip: u64) -> bool {
-        self.sites.values().filter_map(|s| s.slot.as_ref()).any(|s| s.contains(Addr(rip)))
+        self.sites.values().filter_map(|s| s.prepared.slot.as_ref()).any(|s| s.contains(Addr(rip)))
     }
 
     /// Resume thread `tid` from the signal-delivery stop of `signal`, delivering it; a thread

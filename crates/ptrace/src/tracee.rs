@@ -51,6 +51,8 @@ pub struct Tracee {
     pub(crate) followed: Vec<Tracee>,
     /// Not `Send`: see above.
     _tracer_thread: std::marker::PhantomData<*const ()>,
+    /// When the breakpoints were last looked at (see `rearm`).
+    pub(crate) breakpoints_checked: std::time::Instant,
 }
 
 impl Tracee {
@@ -75,6 +77,7 @@ impl Tracee {
             follow: false,
             followed: Vec::new(),
             _tracer_thread: std::marker::PhantomData,
+            breakpoints_checked: std::time::Instant::now(),
         })
     }
 
@@ -230,6 +233,7 @@ impl Tracee {
     pub fn run_until(&mut self, should_stop: &mut dyn FnMut() -> bool) -> Result<Stopped, TraceError> {
         self.resume_stopped()?;
         loop {
+            self.check_breakpoints_now_and_then();
             if should_stop() {
                 return Ok(Stopped::Asked);
             }
@@ -250,6 +254,7 @@ impl Tracee {
         self.resume_stopped()?;
         let deadline = std::time::Instant::now() + duration;
         while std::time::Instant::now() < deadline {
+            self.check_breakpoints_now_and_then();
             match sys::try_wait_any()? {
                 Some((tid, status)) => {
                     if let Some(exit) = self.handle(tid, status)? {

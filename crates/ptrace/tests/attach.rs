@@ -123,3 +123,38 @@ fn a_stopped_program_stays_stopped_while_traced_and_after() {
     unsafe { libc::kill(pid, libc::SIGUSR2) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_breakpoint_something_else_removes_is_put_back_and_counted() {
+    let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    let _guard = KillOnDrop(child.id());
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    let mut t = Tracee::attach(pid).unwrap();
+    let at = t.resolve("probed").unwrap();
+    let original = read_mem(pid, at.0, 1);
+    let (hits, h) = counter();
+    let p = t.add_probe("probed", h).unwrap();
+    while hits.load(Relaxed) == 0 {
+        assert_eq!(t.run_for(Duration::from_millis(10)).unwrap(), None);
+    }
+    // What the kernel does when a uprobe on the same instruction is removed: the original
+    // instruction written back over dprobe's int3.
+    write_mem(pid, at.0, &original);
+    assert_eq!(t.run_for(Duration::from_millis(300)).unwrap(), None);
+    assert_eq!(t.stats(p).rearmed, 1, "seen gone once, put back");
+    assert_eq!(read_mem(pid, at.0, 1), [0xcc]);
+    let before = hits.load(Relaxed);
+    assert_eq!(t.run_for(Duration::from_millis(50)).unwrap(), None);
+    assert!(hits.load(Relaxed) > before, "hits seen again");
+    t.detach().unwrap();
+    assert_eq!(read_mem(pid, at.0, 1), original);
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    assert!(child.wait().unwrap().success());
+}
+
+fn write_mem(pid: i32, addr: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).unwrap().write_all_at(data, addr).unwrap();
+}

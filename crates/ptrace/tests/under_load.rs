@@ -200,7 +200,7 @@ fn a_signal_storm_whose_handler_calls_the_probed_functions_during_attach_and_det
     let program = Program::start("storm");
     let done = watchdog(program.pid(), Duration::from_secs(300));
     for _ in 0..100 {
-        one_attach(program.pid(), Duration::from_millis(3));
+        one_attach(program.pid(), Trace::For(Duration::from_millis(3)));
     }
     done.store(true, Relaxed);
     program.signal(libc::SIGUSR2);
