@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use dprobe_arch::{Addr, Memory};
 use dprobe_core::ProbeId;
+use dprobe_sym::read_maps_of;
 
+use crate::probes::origin_at;
 use crate::tracee::Tracee;
 
 /// How often the breakpoints are looked at.
@@ -25,10 +27,18 @@ impl Tracee {
         }
     }
 
-    /// Put back every breakpoint whose original byte is back, counting it against its probes.
+    /// Put back every breakpoint whose original byte is back, counting it against its probes;
+    /// never where its file is no longer mapped (a library unloaded, not yet forgotten).
     pub(crate) fn check_breakpoints(&mut self) {
+        if self.sites.is_empty() {
+            return;
+        }
+        let Ok(maps) = read_maps_of(self.pid as u32) else { return };
         let mut gone: Vec<(Addr, Vec<u8>, Vec<ProbeId>)> = Vec::new();
         for (addr, site) in &self.sites {
+            if site.origin.is_some() && origin_at(&maps, *addr) != site.origin {
+                continue;
+            }
             let patch = site.prepared.arm();
             let mut now = vec![0u8; patch.old.len()];
             if self.memory.read(*addr, &mut now).is_ok() && now == patch.old {
