@@ -187,6 +187,11 @@ fn put_fetch(b: &mut Vec<u8>, f: &Fetch) {
             b.extend_from_slice(&offset.to_le_bytes());
             put_fetch(b, inner);
         }
+        Fetch::Var { path, typed } => {
+            b.push(10);
+            b.push(u8::from(*typed));
+            put_str(b, path);
+        }
     }
 }
 
@@ -250,6 +255,10 @@ impl Cursor<'_> {
             9 => {
                 let offset = self.u64()? as i64;
                 Fetch::Deref { offset, inner: Box::new(self.fetch(depth + 1)?) }
+            }
+            10 => {
+                let typed = self.u8()? != 0;
+                Fetch::Var { path: self.str()?, typed }
             }
             _ => return Err(bad()),
         })

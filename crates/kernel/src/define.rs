@@ -151,6 +151,12 @@ fn fetch(f: &Fetch, is_return: bool, name: &str) -> Result<String, KernelError> 
             let sign = if *offset < 0 { "-" } else { "+" };
             format!("{sign}{}({})", offset.unsigned_abs(), fetch(inner, is_return, name)?)
         }
+        Fetch::Var { path, .. } => {
+            return Err(KernelError::Unsupported {
+                what: format!("`{name}`: the variable `{path}`"),
+                why: "variables by name are turned into registers and memory before placing".into(),
+            })
+        }
     })
 }
 

@@ -14,7 +14,9 @@
 //! last `:`-separated part is a number names a line.
 //!
 //! Fetch arguments: `%REG` (`%di`, `%rdi`, `%ax`, `%ip`, `%sp`, ...), `$argN` (1-based),
-//! `$retval`, `$comm`, `$errno` (user space), `$stackN`, `@ADDR`, `\IMM`, and `+|-OFFSET(FETCHARG)` to dereference.
+//! `$retval`, `$comm`, `$errno` (user space), `$stackN`, `@ADDR`, `\IMM`, and `+|-OFFSET(FETCHARG)` to dereference;
+//! a variable of the program by name (`req`, `req->hdr.len`, `argv[1]`, `$params`), read from
+//! its DWARF by the tracer ([`Fetch::Var`]).
 //! Types: `s8`..`s64`, `u8`..`u64`, `x8`..`x64`, `string` (the value is the address of a
 //! NUL-terminated string). Filters (`--filter`) compare fetched values:
 //! `ret < 0 && path ~ "/etc/*"`.

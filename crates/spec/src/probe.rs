@@ -121,6 +121,14 @@ pub enum Fetch<R = Register> {
     Memory(u64),
     /// An immediate value.
     Immediate(i64),
+    /// A variable of the program by name, from its DWARF (`req`, `req->hdr.len`, `argv[1]`,
+    /// `$params`): the tracer turns it into the other fetches before placing the probe.
+    Var {
+        /// The path as written.
+        path: String,
+        /// Whether a `:TYPE` was given (it then overrides the variable's type).
+        typed: bool,
+    },
     /// Memory at `inner + offset`.
     Deref {
         /// Added to the inner value.
@@ -143,6 +151,7 @@ impl<R> Fetch<R> {
             Fetch::StackPointer => Fetch::StackPointer,
             Fetch::Memory(a) => Fetch::Memory(*a),
             Fetch::Immediate(i) => Fetch::Immediate(*i),
+            Fetch::Var { path, typed } => Fetch::Var { path: path.clone(), typed: *typed },
             Fetch::Deref { offset, inner } => Fetch::Deref { offset: *offset, inner: Box::new(inner.map_registers(f)) },
         }
     }
@@ -492,7 +501,10 @@ impl Parser<'_> {
             None => (None, at, word),
         };
         let (fetch_text, ty_text) = split_type(rest);
-        let fetch = self.fetch(fetch_at, fetch_text, kind)?;
+        let mut fetch = self.fetch(fetch_at, fetch_text, kind)?;
+        if let Fetch::Var { typed, .. } = &mut fetch {
+            *typed = ty_text.is_some();
+        }
         let ty = match ty_text {
             None => default_type(&fetch),
             Some(t) => {
@@ -514,6 +526,9 @@ impl Parser<'_> {
                 .ok_or_else(|| bad(K::UnknownRegister, "a register such as %di, %si, %dx, %cx, %ax, %ip, %sp, %r8"))?;
             return Ok(Fetch::Reg(Register(name)));
         }
+        if s == "$params" || is_var_path(s) {
+            return Ok(Fetch::Var { path: s.to_owned(), typed: false });
+        }
         if let Some(var) = s.strip_prefix('$') {
             return match var {
                 "retval" if kind == ProbeKind::Return => Ok(Fetch::RetVal),
@@ -532,7 +547,7 @@ impl Parser<'_> {
                             number(n).filter(|n| *n < 64).ok_or_else(|| bad(K::BadArgIndex, "$stack0 .. $stack63"))?;
                         Ok(Fetch::Stack(n as u32))
                     } else {
-                        Err(bad(K::UnknownVariable, "$argN, $retval, $comm, $errno, $stack or $stackN"))
+                        Err(bad(K::UnknownVariable, "$argN, $retval, $comm, $errno, $stack, $stackN or $params"))
                     }
                 }
             };
@@ -556,7 +571,10 @@ impl Parser<'_> {
             let inner = self.fetch(at + open + 1, &s[open + 1..s.len() - 1], kind)?;
             return Ok(Fetch::Deref { offset, inner: Box::new(inner) });
         }
-        Err(bad(K::BadFetchArg, "%REG, $argN, $retval, $comm, @ADDR, \\IMM or +OFFSET(FETCHARG)"))
+        Err(bad(
+            K::BadFetchArg,
+            "%REG, $argN, $retval, $comm, @ADDR, \\IMM, +OFFSET(FETCHARG) or a variable (req->hdr.len)",
+        ))
     }
 }
 
@@ -602,8 +620,16 @@ fn default_type(f: &Fetch) -> ArgType {
     }
 }
 
+/// `name`, `req->hdr.len`, `argv[1]`, `a.b[2]`: a variable by its DWARF name, with members
+/// and elements (checked in full against the DWARF later).
+fn is_var_path(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_->.[]".contains(c))
+}
+
 fn default_name(f: &Fetch, index: usize) -> String {
     match f {
+        Fetch::Var { path, .. } => path.clone(),
         Fetch::RetVal => "ret".into(),
         Fetch::Comm => "comm".into(),
         Fetch::Errno => "errno".into(),

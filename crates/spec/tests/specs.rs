@@ -132,7 +132,7 @@ const BAD: &[(&str, SpecErrorKind, &str, &str)] = &[
     ("openat k=\\abc", SpecErrorKind::BadImmediate, "\\abc", "not a number"),
     ("openat x=%di:u7", SpecErrorKind::UnknownType, "u7", "unknown type `u7`"),
     ("openat x=%di:str", SpecErrorKind::UnknownType, "str", "string"),
-    ("openat x=di", SpecErrorKind::BadFetchArg, "di", "not a fetch argument"),
+    ("openat x=1di", SpecErrorKind::BadFetchArg, "1di", "not a fetch argument"),
     ("openat x=", SpecErrorKind::BadFetchArg, "", "not a fetch argument"),
     ("openat 9x=%di", SpecErrorKind::BadName, "9x", "not a valid argument name"),
     ("openat a=%di a=%si", SpecErrorKind::DuplicateName, "a", "used twice"),
@@ -209,4 +209,14 @@ fn source_lines_and_lines_relative_to_a_function() {
     assert!(matches!(line("app:0x1150"), Target::User { ref function, .. } if function == "0x1150"));
     assert!(matches!(line("ns::f"), Target::User { ref function, .. } if function == "ns::f"));
     assert_eq!(SourceLine::InFunction { function: "step".into(), relative: 4 }.to_string(), "step:+4");
+}
+
+#[test]
+fn variables_by_name_are_read_as_paths_with_their_given_types() {
+    let p = parse_probe("prog:parse_request req len=req->hdr.len argv[1]:string $params").unwrap();
+    let vars: Vec<(&str, &Fetch, ArgType)> = p.args.iter().map(|a| (a.name.as_str(), &a.fetch, a.ty)).collect();
+    assert_eq!(vars[0], ("req", &Fetch::Var { path: "req".into(), typed: false }, ArgType::X(64)));
+    assert_eq!(vars[1], ("len", &Fetch::Var { path: "req->hdr.len".into(), typed: false }, ArgType::X(64)));
+    assert_eq!(vars[2], ("argv[1]", &Fetch::Var { path: "argv[1]".into(), typed: true }, ArgType::String));
+    assert_eq!(vars[3].1, &Fetch::Var { path: "$params".into(), typed: false });
 }

@@ -186,6 +186,9 @@ fn value(op: &Op, cx: &FetchContext<'_>, memory: &mut dyn Memory, size: usize) -
         Op::StackPointer => Ok(sp),
         Op::Memory(a) => read(memory, *a, size),
         Op::Immediate(i) => Ok(*i as u64),
+        // A variable by name the tracer did not turn into fetches (it always does before
+        // placing): reads as a fault.
+        Op::Var { .. } => Err(0),
         Op::Deref { offset, inner } => {
             let base = value(inner, cx, memory, 8)?;
             read(memory, base.wrapping_add(*offset as u64), size)
