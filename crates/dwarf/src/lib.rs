@@ -16,9 +16,15 @@ mod debuginfo;
 mod error;
 mod inlined;
 mod lines;
+mod location;
+mod scope;
+mod types;
+mod vars;
 
 pub use debuginfo::{hex, CallFrames, DebugInfo, Origin, Reader, Search};
-pub use error::DwarfError;
+pub use error::{DwarfError, VarError};
 pub use gimli;
 pub use inlined::{find_function, find_functions, FunctionInfo, InlinedCopy};
 pub use lines::{file_matches, LineError, LineTable};
+pub use scope::Function;
+pub use vars::{fetch_text, place_vars, signature, Placed, Request, Shown, Signature, VarFetch, VarInfo};
