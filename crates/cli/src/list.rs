@@ -30,6 +30,9 @@ pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
 }
 
 fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
+    if args.args {
+        return crate::vars::list_args(&args, out);
+    }
     if args.pid.is_some() && args.rest.len() > 1 {
         bail!("with -p PID, give at most a PATTERN (no FILE)");
     }

@@ -27,6 +27,7 @@ mod sites;
 mod summary;
 mod trace;
 mod usdt;
+mod vars;
 
 use clap::Parser;
 

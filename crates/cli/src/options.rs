@@ -160,6 +160,10 @@ pub struct ListArgs {
     /// The functions of this running process and its libraries.
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pid: Option<i32>,
+    /// For `FILE FUNCTION`: its signature from the DWARF, and each variable's type and where
+    /// a probe finds it (as `perf probe -V`).
+    #[arg(long = "args")]
+    pub args: bool,
     /// `FILE [PATTERN]` (an ELF program or library), or with `-p` just `[PATTERN]`. PATTERN is
     /// a glob on function names (`*open*`), `usdt:GLOB` for the file's static probes with
     /// their arguments, or one place to check: `FUNCTION+OFFSET` or `0xADDRESS`.

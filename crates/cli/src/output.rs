@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::clock::{Clock, TimeFormat};
 use dprobe_core::fetch::{Fetched, Values};
 use dprobe_core::Side;
+use dprobe_dwarf::Shown;
 use dprobe_spec::{ArgType, NamedArg};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -19,6 +20,8 @@ pub struct ProbeInfo {
     pub label: String,
     /// Its fetch arguments.
     pub args: Vec<NamedArg>,
+    /// How each is shown (enumerators by name, `bool`s as `true`/`false`); missing: plainly.
+    pub shown: Vec<Shown>,
     /// A return probe.
     pub is_return: bool,
     /// Which argument is the return value, which one `errno`.
@@ -82,7 +85,7 @@ pub fn human(e: &Line<'_>, out: &mut String) {
                 out.push_str(", ");
             }
             let _ = write!(out, "{}=", p.args[i].name);
-            human_value(e.value(i), out);
+            shown_value(e.value(i), p.shown.get(i).unwrap_or(&Shown::Plain), out);
         }
         out.push(')');
     }
@@ -102,6 +105,20 @@ pub fn human(e: &Line<'_>, out: &mut String) {
         }
     }
     out.push('\n');
+}
+
+/// A value as its C type shows it: an enumerator by its name, a `bool` as `true`/`false`.
+pub fn shown_value(v: Fetched<'_>, shown: &Shown, out: &mut String) {
+    match (shown, v.as_i64()) {
+        (Shown::Bool, Some(n)) => out.push_str(if n == 0 { "false" } else { "true" }),
+        (Shown::Enum(names), Some(n)) => match names.iter().find(|(value, _)| *value == n) {
+            Some((_, name)) => out.push_str(name),
+            None => {
+                let _ = write!(out, "{n}");
+            }
+        },
+        _ => human_value(v, out),
+    }
 }
 
 /// A value as the human lines write it (strings quoted and escaped).
@@ -283,6 +300,23 @@ mod tests {
     use super::*;
     use dprobe_spec::parse_probe;
 
+    #[test]
+    fn enums_by_name_and_bools_as_words() {
+        let names = Shown::Enum(vec![(1, "GET".into()), (-3, "PURGE".into())]);
+        let mut out = String::new();
+        for (v, ty, shown) in [
+            (1, ArgType::S(32), &names),
+            (0xffff_fffd, ArgType::S(32), &names),
+            (7, ArgType::S(32), &names),
+            (0, ArgType::U(8), &Shown::Bool),
+            (2, ArgType::U(8), &Shown::Bool),
+        ] {
+            shown_value(Fetched::Int(v, ty), shown, &mut out);
+            out.push(' ');
+        }
+        assert_eq!(out, "GET PURGE 7 false true ");
+    }
+
     fn info(spec: &str) -> ProbeInfo {
         let p = parse_probe(spec).unwrap();
         let retval_index = p.args.iter().position(|a| a.fetch == dprobe_spec::Fetch::RetVal);
@@ -292,6 +326,7 @@ mod tests {
             label: "openat".into(),
             is_return: p.kind == dprobe_spec::ProbeKind::Return,
             args: p.args,
+            shown: Vec::new(),
             retval_index,
             errno_index,
             tracepoint: false,

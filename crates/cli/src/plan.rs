@@ -2,6 +2,7 @@
 //! prints, and the checks that do not depend on an engine.
 
 use anyhow::{bail, Result};
+use dprobe_dwarf::Shown;
 use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbeSpec, Target};
 use dprobe_sym::Semaphore;
 
@@ -52,8 +53,22 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     };
     let mut all = Vec::new();
     for text in &args.probes {
-        let spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        all.extend(expand(text, spec, &cx)?);
+        let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Variables by name become registers and memory; a function-entry probe may move past
+        // the prologue, and is still shown and timed as the function's entry.
+        let entry_function = match &spec.target {
+            Target::User { function, offset: 0, .. } => Some(function.clone()),
+            _ => None,
+        };
+        let shown = crate::vars::resolve(text, &mut spec, args)?;
+        let moved = entry_function.is_some() && !matches!(spec.target, Target::User { offset: 0, .. });
+        for mut named in expand(text, spec, &cx)? {
+            if let (true, Some(f)) = (moved, &entry_function) {
+                named.label = f.clone();
+                named.at_entry = true;
+            }
+            all.push((named, shown.clone()));
+        }
         if all.len() > args.max_probes {
             bail!(
                 "`{text}`: the probes come to {}, more than --max-probes ({}); narrow the globs or raise \
@@ -65,12 +80,12 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     }
     // Source lines and inlined copies: each probe's sites, from the debug information.
     let mut debug_files = DebugFiles::default();
-    debug_files.prefetch(&all.iter().map(|n| &n.spec).collect::<Vec<_>>(), traced);
+    debug_files.prefetch(&all.iter().map(|(n, _)| &n.spec).collect::<Vec<_>>(), traced);
     let mut planned = Vec::new();
-    for named in all {
+    for (named, shown) in all {
         let found = sites(&named.spec, args.latency && named.at_entry, traced, &mut debug_files)
             .map_err(|e| anyhow::anyhow!("`{}`: {e}", named.text))?;
-        let mut p = plan_one(named);
+        let mut p = plan_one(named, shown);
         (p.sites, p.note) = (found.targets, found.note);
         planned.push(p);
     }
@@ -91,13 +106,14 @@ fn traced_program(args: &TraceArgs) -> Option<String> {
     std::fs::canonicalize(program).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
-fn plan_one(named: Named) -> Planned {
+fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
     let Named { mut spec, text, label, semaphore, glob, at_entry: is_function_entry } = named;
     let is_return = spec.kind == ProbeKind::Return;
     if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
         // A return probe shows its return value unless told otherwise.
         spec.args.insert(0, NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
         spec.typed.insert(0, true);
+        shown.insert(0, Shown::Plain);
     }
     let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);
     let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
@@ -106,6 +122,7 @@ fn plan_one(named: Named) -> Planned {
         spec: text,
         label,
         args: spec.args.clone(),
+        shown,
         is_return,
         retval_index,
         errno_index,

@@ -188,6 +188,7 @@ mod tests {
             spec: spec.into(),
             label: "f".into(),
             args: p.args.clone(),
+            shown: Vec::new(),
             is_return: false,
             retval_index: None,
             errno_index: None,

@@ -209,6 +209,7 @@ mod tests {
     fn info(spec: &str, label: &str) -> ProbeInfo {
         let p = parse_probe(spec).unwrap();
         ProbeInfo {
+            shown: Vec::new(),
             spec: spec.into(),
             label: label.into(),
             is_return: p.kind == dprobe_spec::ProbeKind::Return,

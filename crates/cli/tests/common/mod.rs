@@ -208,3 +208,20 @@ pub fn line_of(marker: &str) -> u32 {
     let text = std::fs::read_to_string(LINES_SOURCE).unwrap();
     text.lines().position(|l| l.contains(marker)).expect(marker) as u32 + 1
 }
+
+/// The program of the DWARF variable tests (`vars.c`) built with `compiler` at `opt` with
+/// `-g`, once per test process; `extra` flags are added (and named in the file name).
+pub fn vars_program(compiler: &str, opt: &str, extra: &[&str]) -> String {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../dwarf/tests/fixtures/vars.c");
+    let tag: String = extra.iter().map(|e| e.replace(|c: char| !c.is_ascii_alphanumeric(), "")).collect();
+    let dir = std::env::temp_dir().join(format!("dprobe-vars-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("vars-{compiler}{opt}{tag}"));
+    if !out.exists() {
+        let partial = out.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+        let ok = Command::new(compiler).args(["-g", opt]).args(extra).arg("-o").arg(&partial).arg(src).status();
+        assert!(ok.unwrap().success(), "compiling {src} with {compiler} {opt}");
+        std::fs::rename(&partial, &out).unwrap();
+    }
+    out.to_string_lossy().into_owned()
+}
