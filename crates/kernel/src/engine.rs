@@ -141,6 +141,19 @@ impl KernelEngine {
     }
 }
 
+/// The kernel field of the `index`-th argument, named `name`: the name itself when it is a C
+/// identifier, else the name with every other character made `_` and the index added, so
+/// that two paths never share a field (`req->hdr.len` is `req__hdr_len_3`).
+fn field_name(index: usize, name: &str) -> String {
+    let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if identifier {
+        return name.to_owned();
+    }
+    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("v_{safe}_{index}")
+}
+
 /// A tracepoint field as an argument: its name, and a type that shows it well.
 fn tracepoint_arg(f: &Field) -> NamedArg {
     let bits = (f.size.min(8) * 8) as u8;
@@ -158,7 +171,16 @@ impl Engine for KernelEngine {
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, KernelError> {
         let mut spec = probe.spec.clone();
-        spec.args = probe.plan.args().to_vec();
+        // The kernel's field names are C identifiers; a variable's path (`req->hdr.len`) is
+        // given one, and the values are read back under it.
+        let plan_args: Vec<NamedArg> = probe
+            .plan
+            .args()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| NamedArg { name: field_name(i, &a.name), ..a.clone() })
+            .collect();
+        spec.args = plan_args.clone();
         let dynamic = !matches!(spec.target, Target::Tracepoint { .. });
         if dynamic && self.options.with_comm {
             // First: the kernel keeps strings in the order of the arguments, and one too long
@@ -175,7 +197,7 @@ impl Engine for KernelEngine {
         };
         let mut placed = Placed::default();
         let args = if dynamic {
-            probe.plan.args().to_vec()
+            plan_args
         } else {
             // A tracepoint's fields are its values.
             let fields: Vec<NamedArg> = self.session.events()[event].format.own_fields().map(tracepoint_arg).collect();
@@ -336,5 +358,18 @@ impl Engine for KernelEngine {
 
     fn abandon(mut self) {
         let _ = self.session.close();
+    }
+}
+
+#[cfg(test)]
+mod field_names {
+    use super::field_name;
+
+    #[test]
+    fn paths_become_identifiers_of_their_own() {
+        assert_eq!(field_name(0, "len"), "len");
+        assert_eq!(field_name(3, "req->hdr.len"), "v_req__hdr_len_3");
+        assert_eq!(field_name(4, "argv[1]"), "v_argv_1__4");
+        assert_ne!(field_name(1, "a->b"), field_name(2, "a__b"));
     }
 }
