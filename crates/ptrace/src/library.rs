@@ -28,8 +28,9 @@ const RETURN_TRAP: u64 = 0x320;
 const RED_ZONE: u64 = 128;
 /// `RTLD_NOW`.
 const RTLD_NOW: u64 = 2;
-/// How long a remote call may take before the process is declared stuck.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a remote call may take before the process is declared stuck (its `dlopen`
+/// waiting for a lock another thread holds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interruptions of a running thread before another thread is tried.
 const SAFE_POINT_TRIES: u32 = 200;
 /// Room for the extended state (`NT_X86_XSTATE`): AVX-512 and AMX included.
@@ -182,6 +183,26 @@ impl Injector {
         Ok(result)
     }
 
+    /// Stop the thread of a running process whose call did not return, so that its registers
+    /// can be put back (a started program is killed instead: it never ran a line of its own).
+    fn stop_stuck_call(&mut self) -> Result<(), LoadError> {
+        if self.spawned {
+            return Ok(());
+        }
+        sys::interrupt(self.tid)?;
+        loop {
+            let (_, status) = sys::wait(self.tid)?;
+            if !libc::WIFSTOPPED(status) {
+                return Err(TraceError::Gone { tid: self.tid }.into());
+            }
+            if sys::event_of(status) != 0 {
+                return Ok(());
+            }
+            // A signal of the program's came first: deliver it and wait for the interrupt.
+            sys::cont(self.tid, libc::WSTOPSIG(status))?;
+        }
+    }
+
     /// Give the thread back as it was and stop tracing it: the program runs on.
     pub fn release(mut self) -> Result<(), LoadError> {
         self.released = true;
@@ -277,7 +298,13 @@ impl Injector {
         let result = loop {
             sys::cont(self.tid, signal)?;
             signal = 0;
-            let (_, status) = sys::wait(self.tid)?;
+            let Some((_, status)) = sys::wait_until(self.tid, deadline)? else {
+                // Stuck: stop the thread where it waits; dropping the injector gives it back
+                // as it was before the call (or ends the program dprobe started).
+                self.stop_stuck_call()?;
+                let reason = format!("a call into it (at {function:#x}) did not return within {CALL_TIMEOUT:?}");
+                return Err(LoadError::Refused { pid: self.pid, reason });
+            };
             if !libc::WIFSTOPPED(status) {
                 return Err(TraceError::Gone { tid: self.tid }.into());
             }
@@ -295,9 +322,6 @@ impl Injector {
                 return Err(LoadError::Refused { pid: self.pid, reason });
             }
             held.push(sys::siginfo(self.tid)?);
-            if Instant::now() > deadline {
-                return Err(LoadError::Refused { pid: self.pid, reason: "a call into it did not return".into() });
-            }
         };
         for info in &held {
             sys::queue_again(self.pid, self.tid, info)?;

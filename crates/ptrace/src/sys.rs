@@ -244,6 +244,18 @@ pub fn wait(tid: i32) -> Result<(i32, i32), SysError> {
     }
 }
 
+/// Like [`wait`], but gives up at `deadline` (`None`): polled, a millisecond apart.
+pub fn wait_until(tid: i32, deadline: std::time::Instant) -> Result<Option<(i32, i32)>, SysError> {
+    loop {
+        match kernel(|k| k.wait(tid, true)) {
+            Ok(Some(got)) => return Ok(Some(got)),
+            Ok(None) | Err(libc::EINTR) if std::time::Instant::now() >= deadline => return Ok(None),
+            Ok(None) | Err(libc::EINTR) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(errno) => return Err(SysError { call: "waitpid", tid, errno }),
+        }
+    }
+}
+
 /// Like [`wait`], but a signal that interrupts the wait returns `None` (so that the caller can
 /// look at what its signal handlers recorded: Ctrl-C, the end of `--duration`).
 pub fn wait_interruptible(tid: i32) -> Result<Option<(i32, i32)>, SysError> {
