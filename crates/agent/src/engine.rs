@@ -59,6 +59,7 @@ pub enum AgentError {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct ProbeInfo {
+    names: Vec<String>,
     types: Vec<ArgType>,
     placement: Placement,
 }
@@ -133,10 +134,19 @@ impl AgentEngine {
         sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
         let fd = receive_fd(&sock).map_err(agent_err)?;
         let shm = Shm::open(fd).map_err(agent_err)?;
+        // A started program waits at its entry for its probes. A running process goes on now:
+        // held, it would die with dprobe if dprobe died while placing (a thread left stopped
+        // at an injected call); the agent places the probes while it runs.
+        let injector = if spawned {
+            Some(injector)
+        } else {
+            injector.release()?;
+            None
+        };
         Ok(AgentEngine {
             pid,
             spawned,
-            injector: Some(injector),
+            injector,
             sock,
             shm,
             probes: Vec::new(),
@@ -292,6 +302,7 @@ impl Engine for AgentEngine {
             None => function.clone(),
         };
         let request = PlaceProbe {
+            index: self.probes.len() as u32,
             target: target.clone(),
             offset: *offset,
             kind: probe.spec.kind,
@@ -299,7 +310,6 @@ impl Engine for AgentEngine {
             maxactive: probe.maxactive.unwrap_or(0) as u64,
             events: self.events,
             args: probe.plan.args().to_vec(),
-            filter: None,
         };
         wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
         let answer = match wire::receive(&mut self.sock) {
@@ -324,11 +334,31 @@ impl Engine for AgentEngine {
             }
         }
         self.values.push(probe.plan.values());
-        self.probes.push(ProbeInfo { types: probe.plan.args().iter().map(|a| a.ty).collect(), placement });
+        let args = probe.plan.args();
+        let names = args.iter().map(|a| a.name.clone()).collect();
+        self.probes.push(ProbeInfo { names, types: args.iter().map(|a| a.ty).collect(), placement });
         Ok(placed)
     }
 
-    fn prefilter(&mut self, _filter: &dprobe_spec::Filter, _text: &str) {}
+    /// The filter is tested in the probed thread, by the same evaluator as dprobe's, for the
+    /// probes that fetch every field it names: an event that fails it never enters the ring.
+    fn prefilter(&mut self, filter: &dprobe_spec::Filter, text: &str) {
+        let fields = filter.fields();
+        for (index, p) in self.probes.iter().enumerate() {
+            if !fields.iter().all(|f| p.names.iter().any(|n| n == f)) {
+                continue;
+            }
+            let message = Message::Filter { index: index as u32, text: text.to_owned() };
+            if wire::send(&mut self.sock, &message).is_err() {
+                return;
+            }
+            // The answer: the filter is in place before the program runs on. Not set
+            // (`false`), every event comes and dprobe filters it, as it does anyway.
+            if !matches!(wire::receive(&mut self.sock), Ok(Some(Message::Filtered(_)))) {
+                return;
+            }
+        }
+    }
 
     fn run(
         &mut self,

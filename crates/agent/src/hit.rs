@@ -6,7 +6,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
 use dprobe_core::fetch::{FetchContext, FetchPlan, Values};
@@ -27,7 +27,9 @@ struct Storage {
 pub struct HitProbe {
     index: usize,
     plan: FetchPlan,
-    filtered: bool,
+    /// The same plan with the tracer's filter compiled in, once it is sent (read with one
+    /// atomic load on the hit path).
+    filtered: OnceLock<FetchPlan>,
     events: bool,
     pid: u32,
     shm: Arc<Shm>,
@@ -38,13 +40,32 @@ pub struct HitProbe {
 unsafe impl Sync for HitProbe {}
 
 /// The lowest and highest stack address of the agent's own thread: its hits are dprobe's
-/// (reading the control socket through a probed `read`), not the program's.
+/// (reading the control socket through a probed `read`), not the program's. The thread runs
+/// no signal handler of the program's (it blocks their signals), so the stack pointer of its
+/// hits is always inside this range, and no other thread's is.
 static AGENT_STACK: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
-/// Record the agent thread's stack (around `sp`, a local's address in its first frame).
-pub fn set_agent_stack(sp: u64, size: u64) {
-    AGENT_STACK[0].store(sp.saturating_sub(size), Relaxed);
-    AGENT_STACK[1].store(sp.saturating_add(64 * 1024), Relaxed);
+/// Record the calling thread's stack, as its C library laid it out, as the agent's.
+pub fn set_agent_stack() -> std::io::Result<()> {
+    // SAFETY: pthread_getattr_np fills the attribute object we own, destroyed after use;
+    // pthread_attr_getstack writes the two locals.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        let rc = libc::pthread_getattr_np(libc::pthread_self(), &mut attr);
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        let mut base = std::ptr::null_mut();
+        let mut size = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut base, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        AGENT_STACK[0].store(base as u64, Relaxed);
+        AGENT_STACK[1].store(base as u64 + size as u64, Relaxed);
+    }
+    Ok(())
 }
 
 /// Whether a hit with stack pointer `sp` is the agent's own thread.
@@ -89,10 +110,19 @@ pub fn now_ns() -> u64 {
 }
 
 impl HitProbe {
-    /// A probe with index `index`, its plan (its filter compiled in when `filtered`).
-    pub fn new(index: usize, plan: FetchPlan, filtered: bool, events: bool, shm: Arc<Shm>) -> HitProbe {
+    /// A probe with index `index` and its plan.
+    pub fn new(index: usize, plan: FetchPlan, events: bool, shm: Arc<Shm>) -> HitProbe {
         let pool = (0..POOL).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
+        let filtered = OnceLock::new();
         HitProbe { index, filtered, events, pid: std::process::id(), shm, pool: pool.collect(), plan }
+    }
+
+    /// From now on, send only the events that pass `filter`. `false` when one is set already,
+    /// or it names a field this probe does not fetch.
+    pub fn set_filter(&self, filter: &str) -> bool {
+        let names: Vec<&str> = self.plan.args().iter().map(|a| a.name.as_str()).collect();
+        let Ok(f) = dprobe_spec::parse_filter(filter, &names) else { return false };
+        self.filtered.set(FetchPlan::compile(self.plan.args(), Some(&f))).is_ok()
     }
 
     /// Whether this probe belongs to this process (not a forked child).
@@ -126,8 +156,9 @@ impl HitProbe {
         let comm = &name[..end];
         // `$errno` reads the value the program had, saved before anything here could change it.
         let cx = FetchContext { regs, entry_regs: entry, comm, errno_addr: Some(&errno as *const i32 as u64) };
-        self.plan.evaluate(&cx, &mut OwnMemory, values);
-        if !self.filtered || self.plan.passes(values) {
+        let plan = self.filtered.get().unwrap_or(&self.plan);
+        plan.evaluate(&cx, &mut OwnMemory, values);
+        if !plan.has_filter() || plan.passes(values) {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
             let header = Header {

@@ -18,7 +18,7 @@ use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe,
 use dprobe_spec::ProbeKind;
 
 use crate::hit::{forget_probes_in_child, now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
-use crate::shm::{Counter, Shm};
+use crate::shm::{Counter, Shm, MAX_PROBES};
 use crate::wire::{receive, send, Message, PlaceProbe, Placement};
 
 /// A session is running (one at a time; a new tracer may start one after it ends).
@@ -50,8 +50,10 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
         libc::pthread_atfork(None, None, Some(forget_probes_in_child));
     });
     let started = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(move || {
-        let here = 0u8;
-        set_agent_stack(&here as *const u8 as u64, STACK as u64);
+        if set_agent_stack().is_err() {
+            RUNNING.store(false, Release);
+            return;
+        }
         block_signals();
         let _ = session(&name);
         RUNNING.store(false, Release);
@@ -80,8 +82,16 @@ fn block_signals() {
 }
 
 enum Placed {
-    Entry { probe: Probe, index: usize },
-    Return { probe: ReturnProbe, index: usize },
+    Entry { probe: Probe, index: usize, hit: Arc<HitProbe> },
+    Return { probe: ReturnProbe, index: usize, hit: Arc<HitProbe> },
+}
+
+impl Placed {
+    fn hit(&self, index: usize) -> Option<&HitProbe> {
+        match self {
+            Placed::Entry { index: i, hit, .. } | Placed::Return { index: i, hit, .. } => (*i == index).then_some(hit),
+        }
+    }
 }
 
 fn session(name: &[u8]) -> io::Result<()> {
@@ -89,7 +99,6 @@ fn session(name: &[u8]) -> io::Result<()> {
     let shm = Arc::new(Shm::create()?);
     send_fd(&sock, shm.fd().as_raw_fd())?;
     let mut placed: Vec<Placed> = Vec::new();
-    let mut count = 0usize;
     let result = loop {
         if !readable(&sock, 20)? {
             refresh(&placed, &shm);
@@ -97,9 +106,13 @@ fn session(name: &[u8]) -> io::Result<()> {
         }
         match receive(&mut sock) {
             Ok(Some(Message::Place(p))) => {
-                let answer = place(count, p, &shm, &mut placed);
-                count += 1;
+                let answer = place(p, &shm, &mut placed);
                 send(&mut sock, &Message::Placed(answer))?;
+            }
+            Ok(Some(Message::Filter { index, text })) => {
+                let hit = placed.iter().find_map(|p| p.hit(index as usize));
+                let set = hit.is_some_and(|h| h.set_filter(&text));
+                send(&mut sock, &Message::Filtered(set))?;
             }
             Ok(Some(Message::Stop)) => {
                 remove(&mut placed, &shm);
@@ -139,10 +152,10 @@ fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
 fn refresh(placed: &[Placed], shm: &Shm) {
     for p in placed {
         match p {
-            Placed::Return { probe, index } => {
+            Placed::Return { probe, index, .. } => {
                 set_return_figures(shm, *index, &probe.stats());
             }
-            Placed::Entry { probe, index } => shm.set(*index, Counter::Reentered, probe.nmissed()),
+            Placed::Entry { probe, index, .. } => shm.set(*index, Counter::Reentered, probe.nmissed()),
         }
     }
 }
@@ -161,7 +174,7 @@ fn remove(placed: &mut Vec<Placed>, shm: &Shm) {
     for p in placed.drain(..) {
         match p {
             Placed::Entry { probe, .. } => entries.push(probe),
-            Placed::Return { probe, index } => {
+            Placed::Return { probe, index, .. } => {
                 if let Ok(s) = probe.unregister() {
                     set_return_figures(shm, index, &s);
                 }
@@ -178,11 +191,14 @@ fn target(p: &PlaceProbe) -> ProbeTarget {
     }
 }
 
-fn place(index: usize, p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
-    let names: Vec<&str> = p.args.iter().map(|a| a.name.as_str()).collect();
-    let filter = p.filter.as_deref().and_then(|f| dprobe_spec::parse_filter(f, &names).ok());
-    let plan = FetchPlan::compile(&p.args, filter.as_ref());
-    let hit = Arc::new(HitProbe::new(index, plan, filter.is_some(), p.events, shm.clone()));
+fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
+    let index = p.index as usize;
+    if index >= MAX_PROBES || placed.iter().any(|q| q.hit(index).is_some()) {
+        return Placement::Failed(format!("probe index {index} is out of range or taken"));
+    }
+    let plan = FetchPlan::compile(&p.args, None);
+    let hit = Arc::new(HitProbe::new(index, plan, p.events, shm.clone()));
+    let kept = hit.clone();
     let result = if p.kind == ProbeKind::Return || p.timed {
         let mut k = Kretprobe::at(target(&p));
         if p.maxactive > 0 {
@@ -215,7 +231,7 @@ fn place(index: usize, p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) 
             });
         register_kretprobe(k).map(|probe| {
             let addr = probe.addr();
-            placed.push(Placed::Return { probe, index });
+            placed.push(Placed::Return { probe, index, hit: kept });
             addr
         })
     } else {
@@ -228,7 +244,7 @@ fn place(index: usize, p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) 
         }))
         .map(|probe| {
             let addr = probe.addr();
-            placed.push(Placed::Entry { probe, index });
+            placed.push(Placed::Entry { probe, index, hit: kept });
             addr
         })
     };

@@ -1,7 +1,8 @@
 //! What the tracer and the agent say to each other over the control socket: length-prefixed
-//! messages, the first byte saying which. The tracer asks to place a probe (its target, side,
-//! fetch arguments and filter) and to stop; the agent answers each. The socket's end is the
-//! agent's signal to remove everything: the tracer is gone, however it ended.
+//! messages, the first byte saying which. The tracer asks to place a probe (its index, target,
+//! side and fetch arguments), to filter its events, and to stop; the agent answers each. The
+//! socket's end is the agent's signal to remove everything: the tracer is gone, however it
+//! ended.
 
 use std::io::{self, Read, Write};
 
@@ -10,6 +11,9 @@ use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Register};
 /// A probe to place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaceProbe {
+    /// The probe's index: its events and counters carry it (the tracer's numbering, whatever
+    /// the agent placed or refused before).
+    pub index: u32,
     /// `[OBJECT:]FUNCTION` or a `0x` address.
     pub target: String,
     /// Bytes into the function.
@@ -24,8 +28,6 @@ pub struct PlaceProbe {
     pub events: bool,
     /// What to fetch.
     pub args: Vec<NamedArg>,
-    /// A filter to apply before sending (the tracer's syntax), when it names only fetched fields.
-    pub filter: Option<String>,
 }
 
 /// The agent's answer to [`PlaceProbe`].
@@ -46,6 +48,17 @@ pub enum Message {
     Place(PlaceProbe),
     /// Agent → tracer.
     Placed(Placement),
+    /// Tracer → agent: test this filter (the tracer's syntax, naming only fields probe
+    /// `index` fetches) in the probed thread, and send only the events that pass.
+    Filter {
+        /// The probe.
+        index: u32,
+        /// The filter's text.
+        text: String,
+    },
+    /// Agent → tracer: the filter is in place (or `false`: it could not be read, every
+    /// event is sent).
+    Filtered(bool),
     /// Tracer → agent: remove every probe.
     Stop,
     /// Agent → tracer: every probe is removed; no event comes after this.
@@ -60,6 +73,7 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
     match m {
         Message::Place(p) => {
             b.push(b'P');
+            b.extend_from_slice(&p.index.to_le_bytes());
             put_str(&mut b, &p.target);
             b.extend_from_slice(&p.offset.to_le_bytes());
             b.push(matches!(p.kind, ProbeKind::Return) as u8);
@@ -72,14 +86,13 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
                 put_fetch(&mut b, &a.fetch);
                 put_type(&mut b, a.ty);
             }
-            match &p.filter {
-                Some(f) => {
-                    b.push(1);
-                    put_str(&mut b, f);
-                }
-                None => b.push(0),
-            }
         }
+        Message::Filter { index, text } => {
+            b.push(b'L');
+            b.extend_from_slice(&index.to_le_bytes());
+            put_str(&mut b, text);
+        }
+        Message::Filtered(ok) => b.extend_from_slice(&[b'l', *ok as u8]),
         Message::Placed(Placement::At(a)) => {
             b.push(b'A');
             b.extend_from_slice(&a.to_le_bytes());
@@ -113,6 +126,7 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
     let mut c = Cursor(&body[1..]);
     let m = match body[0] {
         b'P' => {
+            let index = c.u32()?;
             let target = c.str()?;
             let offset = c.u64()?;
             let kind = if c.u8()? == 1 { ProbeKind::Return } else { ProbeKind::Entry };
@@ -124,9 +138,10 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
             for _ in 0..n.min(1024) {
                 args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()? });
             }
-            let filter = if c.u8()? == 1 { Some(c.str()?) } else { None };
-            Message::Place(PlaceProbe { target, offset, kind, timed, maxactive, events, args, filter })
+            Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, args })
         }
+        b'L' => Message::Filter { index: c.u32()?, text: c.str()? },
+        b'l' => Message::Filtered(c.u8()? == 1),
         b'A' => Message::Placed(Placement::At(c.u64()?)),
         b'W' => Message::Placed(Placement::Waiting),
         b'F' => Message::Placed(Placement::Failed(c.str()?)),
@@ -274,6 +289,7 @@ mod tests {
         let spec = dprobe_spec::parse_probe("libc:openat path=+8(%si):string fl=$arg3:x32 r=%r12 e=$errno").unwrap();
         let messages = [
             Message::Place(PlaceProbe {
+                index: 9,
                 target: "libc:openat".into(),
                 offset: 4,
                 kind: ProbeKind::Return,
@@ -281,8 +297,9 @@ mod tests {
                 maxactive: 7,
                 events: false,
                 args: spec.args,
-                filter: Some("fl == 0".into()),
             }),
+            Message::Filter { index: 9, text: "fl == 0".into() },
+            Message::Filtered(true),
             Message::Placed(Placement::At(0x1234)),
             Message::Placed(Placement::Waiting),
             Message::Placed(Placement::Failed("why".into())),

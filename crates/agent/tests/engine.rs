@@ -1,0 +1,107 @@
+//! The agent engine driven directly: what the tracer sends and what comes back, and how the
+//! traced process is held and let go.
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dprobe_agent::AgentEngine;
+use dprobe_core::fetch::FetchPlan;
+use dprobe_core::{Engine, ProbeRequest};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn program() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/program.c"), "agent-program", &["-O1", "-pthread"])
+}
+
+fn hanging_library() -> &'static str {
+    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/hang.c"), "libhang.so", &["-O1", "-shared", "-fPIC"])
+}
+
+/// The running program; killed if a test fails before it finishes it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        Running(Command::new(program()).args(args).stdin(Stdio::null()).spawn().unwrap())
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Ask it to end (SIGUSR2) and return its status: 7 when it ran on as it should.
+    fn finish(mut self) -> Option<i32> {
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGUSR2) }, 0);
+        self.0.wait().unwrap().code()
+    }
+}
+
+fn tracer_of(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("TracerPid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn place(engine: &mut AgentEngine, spec: &str) {
+    let spec = dprobe_spec::parse_probe(spec).unwrap();
+    let plan = FetchPlan::compile(&spec.args, None);
+    engine.place(ProbeRequest { spec: &spec, plan: &plan, timed: false, maxactive: None }).unwrap();
+}
+
+#[test]
+fn an_attached_process_runs_untraced_once_the_agent_is_loaded() {
+    let child = Running::start(&["wait"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let engine = AgentEngine::attach(child.pid(), false).unwrap();
+    // No thread of it is held by ptrace while the probes are placed: dprobe dying now (even
+    // killed) leaves it running.
+    assert_eq!(tracer_of(child.pid()), 0, "released before any probe is placed");
+    let mut engine = engine;
+    place(&mut engine, "probed x=$arg1");
+    drop(engine);
+    assert_eq!(child.finish(), Some(7));
+}
+
+#[test]
+fn events_that_fail_the_filter_are_dropped_in_the_probed_thread() {
+    let mut engine = AgentEngine::spawn(program(), &["calls", "1000"], true).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    let filter = dprobe_spec::parse_filter("x == 3 || x == 700", &["x"]).unwrap();
+    engine.prefilter(&filter, "x == 3 || x == 700");
+    let mut seen = Vec::new();
+    let ending = engine.run(&mut || false, &mut |e| seen.push(e.values.get(0).map(|v| format!("{v:?}")))).unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
+    assert_eq!(seen.len(), 2, "only the events that pass reach dprobe");
+    assert_eq!(seen[0].as_deref(), Some("Int(3, X(64))"));
+    assert_eq!(engine.stats(0).hits, 1000, "every hit is counted");
+}
+
+#[test]
+fn a_call_that_never_returns_is_abandoned_and_the_process_goes_on() {
+    let child = Running::start(&["loader-held", hanging_library()]);
+    let pid = child.pid();
+    // The loading thread is inside the library's constructor, holding the loader's lock.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().contains("libhang.so") {
+        assert!(Instant::now() < deadline, "the library never loaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(AgentEngine::attach(pid, false).err().map(|e| e.to_string()));
+    });
+    // A bound against hanging, not a measure: the call's own limit is a few seconds.
+    let error = rx.recv_timeout(Duration::from_secs(60)).expect("the injected dlopen was waited for forever");
+    let error = error.expect("loading cannot succeed while the loader's lock is held");
+    assert!(error.contains("did not return within"), "{error}");
+    assert_eq!(tracer_of(pid), 0, "let go");
+    assert_eq!(child.finish(), Some(7), "it goes on as it was");
+}
