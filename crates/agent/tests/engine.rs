@@ -105,3 +105,15 @@ fn a_call_that_never_returns_is_abandoned_and_the_process_goes_on() {
     assert_eq!(tracer_of(pid), 0, "let go");
     assert_eq!(child.finish(), Some(7), "it goes on as it was");
 }
+
+#[test]
+fn a_hit_allocates_nothing_even_the_first_in_a_thread() {
+    let mut engine = AgentEngine::spawn(program(), &["thread-mallocs"], true).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    let mut events = 0;
+    let ending = engine.run(&mut || false, &mut |_| events += 1).unwrap();
+    // The program's status is the number of allocations its thread made during its probed
+    // calls (hits included): the agent's hit path made none.
+    assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
+    assert_eq!((engine.stats(0).hits, events), (10, 10));
+}

@@ -7,9 +7,9 @@
 //! handlers). The abandoned handler's destructors do not run, as with `longjmp`; a handler
 //! that faults while holding a resource leaks it. That is the price of not crashing.
 
-use std::cell::Cell;
-
 use dprobe_core::{Addr, HandlerFault};
+
+use crate::thread_state;
 
 std::arch::global_asm!(
     ".text",
@@ -52,12 +52,6 @@ extern "C" {
     fn __dprobe_guarded_call(f: extern "C" fn(*mut u8), arg: *mut u8, point: *mut [u64; 2]) -> u64;
 }
 
-thread_local! {
-    /// The recovery point of the guarded call running on this thread, or null.
-    static POINT: Cell<*mut [u64; 2]> = const { Cell::new(std::ptr::null_mut()) };
-    static FAULT: Cell<Option<HandlerFault>> = const { Cell::new(None) };
-}
-
 extern "C" fn trampoline(arg: *mut u8) {
     // SAFETY: `arg` is the `&mut &mut dyn FnMut()` that `call_guarded` passed, alive for the
     // duration of this call. `f` catches panics itself (it is the dispatch closure of
@@ -68,8 +62,10 @@ extern "C" fn trampoline(arg: *mut u8) {
 
 /// Run `f`; if it faults, resume here and return the fault. Async-signal-safe; nests.
 pub fn call_guarded(f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+    // A thread without state cannot be guarded: `f` does not run.
+    let Some(state) = thread_state::current() else { return Err(HandlerFault { signal: 0, addr: None }) };
     let mut point = [0u64; 2];
-    let outer = POINT.with(|p| p.replace(&mut point));
+    let outer = state.guard_point.replace(&mut point);
     let mut f = f;
     // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
     // calls `trampoline(&mut f)` with an aligned stack, and returns 0; or, when the fault
@@ -77,22 +73,27 @@ pub fn call_guarded(f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
     // pointer, restores the callee-saved registers from that frame and returns 1. Either
     // way it returns to this frame as a normal call would.
     let faulted = unsafe { __dprobe_guarded_call(trampoline, (&mut f as *mut &mut dyn FnMut()).cast(), &mut point) };
-    POINT.with(|p| p.set(outer));
+    state.guard_point.set(outer);
     if faulted == 0 {
         Ok(())
+    } else if state.faulted.replace(false) {
+        let (signal, addr) = state.fault.get();
+        Err(HandlerFault { signal, addr: Some(Addr(addr)) })
     } else {
-        Err(FAULT.with(|c| c.take()).unwrap_or(HandlerFault { signal: 0, addr: None }))
+        Err(HandlerFault { signal: 0, addr: None })
     }
 }
 
 /// Called from the fault signal handler: if this thread is inside a guarded call, record the
 /// fault and return the `(rsp, rip)` to resume with.
 pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
-    let p = POINT.with(|p| p.get());
+    let state = thread_state::existing()?;
+    let p = state.guard_point.get();
     if p.is_null() {
         return None;
     }
-    FAULT.with(|c| c.set(Some(HandlerFault { signal, addr: Some(Addr(addr)) })));
+    state.fault.set((signal, addr));
+    state.faulted.set(true);
     // SAFETY: a non-null POINT is the `point` array of a `call_guarded` frame that is still
     // live on this thread's stack (it is reset before that frame returns).
     let [rsp, rip] = unsafe { *p };

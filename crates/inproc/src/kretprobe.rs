@@ -50,7 +50,7 @@ use dprobe_rcu::Rcu;
 
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
-use crate::{engine::Engine, guard, sys, trap};
+use crate::{engine::Engine, guard, sys, thread_state, trap};
 
 /// Private data carried from a return probe's entry handler to its return handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -227,10 +227,6 @@ struct Pending {
 }
 
 impl Pending {
-    const fn new() -> Self {
-        Pending { sp: Cell::new(0), ret: Cell::new(0), probe: Cell::new(0), slot: Cell::new(0), stack: Cell::new(0) }
-    }
-
     fn copy_from(&self, other: &Pending) {
         self.sp.set(other.sp.get());
         self.ret.set(other.ret.get());
@@ -240,23 +236,14 @@ impl Pending {
     }
 }
 
-struct ThreadReturns {
+/// A thread's pending returns, in its [`crate::thread_state::ThreadState`]: all zeroes is
+/// empty.
+pub(crate) struct ThreadReturns {
     depth: Cell<usize>,
     stack: [Pending; PENDING_CAPACITY],
     /// The last reclaimed entries' `(sp, return address)`: a safety net (see the module docs).
     grave: [(Cell<u64>, Cell<u64>); GRAVE],
     grave_next: Cell<usize>,
-}
-
-thread_local! {
-    static RETURNS: ThreadReturns = const {
-        ThreadReturns {
-            depth: Cell::new(0),
-            stack: [const { Pending::new() }; PENDING_CAPACITY],
-            grave: [const { (Cell::new(0), Cell::new(0)) }; GRAVE],
-            grave_next: Cell::new(0),
-        }
-    };
 }
 
 /// Why a pending entry is dropped.
@@ -354,79 +341,62 @@ impl ThreadStacks for OwnStacks {
     }
 }
 
-thread_local! {
-    /// This thread's id, cached (0: not yet known). Reset in a fork child.
-    static TID: Cell<u32> = const { Cell::new(0) };
-}
-
-/// The calling thread's id without a system call after the first.
-fn current_tid() -> u32 {
-    TID.with(|c| {
-        if c.get() == 0 {
-            // SAFETY: gettid has no preconditions.
-            c.set(unsafe { libc::gettid() } as u32);
-        }
-        c.get()
-    })
-}
-
-extern "C" fn forget_tid_in_child() {
-    TID.with(|c| c.set(0));
-}
-
 /// The entry half, run as the pre-handler of the entry probe (in the trap handler).
 fn on_entry(inner: &KretInner, regs: &mut Regs) {
+    let Some(state) = thread_state::current() else {
+        inner.nmissed.fetch_add(1, Relaxed);
+        return;
+    };
+    let t = &state.returns;
     registry().read(|probes| {
-        RETURNS.with(|t| {
-            let sp = regs.rsp;
-            // At a function's first instruction the return address is at rsp, on this
-            // thread's stack (own or alternate).
-            let ret_slot = regs.rsp as *mut u64;
-            let mut stacks = OwnStacks::at_trap();
-            returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
-            if t.depth.get() == PENDING_CAPACITY {
-                inner.nmissed.fetch_add(1, Relaxed);
-                return;
-            }
-            let tid = current_tid();
-            let slot = match inner.take(tid) {
-                Some(s) => s,
-                None => {
-                    inner.reclaim_dead_threads();
-                    match inner.take(tid) {
-                        Some(s) => s,
-                        None => {
-                            inner.nmissed.fetch_add(1, Relaxed);
-                            return;
-                        }
+        let sp = regs.rsp;
+        // At a function's first instruction the return address is at rsp, on this
+        // thread's stack (own or alternate).
+        let ret_slot = regs.rsp as *mut u64;
+        let mut stacks = OwnStacks::at_trap();
+        returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
+        if t.depth.get() == PENDING_CAPACITY {
+            inner.nmissed.fetch_add(1, Relaxed);
+            return;
+        }
+        let tid = state.tid();
+        let slot = match inner.take(tid) {
+            Some(s) => s,
+            None => {
+                inner.reclaim_dead_threads();
+                match inner.take(tid) {
+                    Some(s) => s,
+                    None => {
+                        inner.nmissed.fetch_add(1, Relaxed);
+                        return;
                     }
                 }
-            };
-            let mut data = InstanceData::default();
-            if let Some(entry) = &inner.entry {
-                if entry(regs, &mut data) == EntryAction::Skip {
-                    inner.release(slot);
-                    return;
-                }
             }
-            for (dst, v) in inner.pool[slot].data.iter().zip(data.0) {
-                dst.store(v, Relaxed);
+        };
+        let mut data = InstanceData::default();
+        if let Some(entry) = &inner.entry {
+            if entry(regs, &mut data) == EntryAction::Skip {
+                inner.release(slot);
+                return;
             }
-            // SAFETY: the slot is writable stack (the kernel pushed the signal frame below it
-            // on the same stack). When the entry chains to a pending one at this slot (a tail
-            // call), this is the trampoline's address: the return comes through twice.
-            let ret = unsafe { ret_slot.read_volatile() };
-            let d = t.depth.get();
-            let e = &t.stack[d];
-            e.sp.set(sp);
-            e.ret.set(ret);
-            e.probe.set(inner.id);
-            e.slot.set(slot as u32);
-            e.stack.set(stacks.stack_of(sp));
-            t.depth.set(d + 1);
-            // SAFETY: as above.
-            unsafe { ret_slot.write_volatile(trampoline_addr()) };
-        })
+        }
+        for (dst, v) in inner.pool[slot].data.iter().zip(data.0) {
+            dst.store(v, Relaxed);
+        }
+        // SAFETY: the slot is writable stack (the kernel pushed the signal frame below it
+        // on the same stack). When the entry chains to a pending one at this slot (a tail
+        // call), this is the trampoline's address: the return comes through twice.
+        let ret = unsafe { ret_slot.read_volatile() };
+        let d = t.depth.get();
+        let e = &t.stack[d];
+        e.sp.set(sp);
+        e.ret.set(ret);
+        e.probe.set(inner.id);
+        e.slot.set(slot as u32);
+        e.stack.set(stacks.stack_of(sp));
+        t.depth.set(d + 1);
+        // SAFETY: as above.
+        unsafe { ret_slot.write_volatile(trampoline_addr()) };
     })
 }
 
@@ -478,42 +448,43 @@ pub fn trampoline_addr() -> u64 {
 /// Called by the trampoline with its saved registers; returns where to go.
 extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
     let slot_addr = &frame.ret_slot as *const u64 as u64;
+    // A thread with a return pending has an entry (kept until it exits).
+    let Some(state) = thread_state::existing() else { no_return_address() };
+    let t = &state.returns;
     registry().read(|probes| {
-        RETURNS.with(|t| {
-            let mut stacks = OwnStacks::unknown();
-            returns::reclaim(&mut Live { t, probes }, At::Return { sp: slot_addr + 8 }, &mut stacks);
-            let Some(i) = returns::innermost_at(&Live { t, probes }, slot_addr, &mut stacks) else {
-                return from_grave(t, slot_addr);
-            };
-            let e = &t.stack[i];
-            let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
-            remove_at(t, i);
-            let Some(inner) = find(probes, probe) else { return ret };
-            let mut data = InstanceData::default();
-            for (v, src) in data.0.iter_mut().zip(&inner.pool[slot].data) {
-                *v = src.load(Relaxed);
-            }
-            inner.release(slot);
-            let Some(handler) = inner.handler.as_ref().filter(|_| !inner.handler_panicked.load(Relaxed)) else {
-                inner.hits.fetch_add(1, Relaxed);
-                return ret;
-            };
-            let mut regs = frame.saved.regs(ret, slot_addr + 8);
-            trap::enter_handler();
-            let called = guard::call_guarded(&mut || {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut regs, &data))).is_err() {
-                    inner.handler_panicked.store(true, Relaxed);
-                }
-            });
-            trap::leave_handler();
+        let mut stacks = OwnStacks::unknown();
+        returns::reclaim(&mut Live { t, probes }, At::Return { sp: slot_addr + 8 }, &mut stacks);
+        let Some(i) = returns::innermost_at(&Live { t, probes }, slot_addr, &mut stacks) else {
+            return from_grave(t, slot_addr);
+        };
+        let e = &t.stack[i];
+        let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
+        remove_at(t, i);
+        let Some(inner) = find(probes, probe) else { return ret };
+        let mut data = InstanceData::default();
+        for (v, src) in data.0.iter_mut().zip(&inner.pool[slot].data) {
+            *v = src.load(Relaxed);
+        }
+        inner.release(slot);
+        let Some(handler) = inner.handler.as_ref().filter(|_| !inner.handler_panicked.load(Relaxed)) else {
             inner.hits.fetch_add(1, Relaxed);
-            if called.is_ok() {
-                frame.saved.set(&regs, RETURN_FLAGS);
-                regs.rip
-            } else {
-                ret
+            return ret;
+        };
+        let mut regs = frame.saved.regs(ret, slot_addr + 8);
+        trap::enter_handler();
+        let called = guard::call_guarded(&mut || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut regs, &data))).is_err() {
+                inner.handler_panicked.store(true, Relaxed);
             }
-        })
+        });
+        trap::leave_handler();
+        inner.hits.fetch_add(1, Relaxed);
+        if called.is_ok() {
+            frame.saved.set(&regs, RETURN_FLAGS);
+            regs.rip
+        } else {
+            ret
+        }
     })
 }
 
@@ -529,6 +500,11 @@ fn from_grave(t: &ThreadReturns, slot_addr: u64) -> u64 {
             return ret.get();
         }
     }
+    no_return_address()
+}
+
+/// dprobe lost a return address it hijacked: stop here with a message rather than jump anywhere.
+fn no_return_address() -> ! {
     const MSG: &[u8] = b"dprobe: a return through the kretprobe trampoline has no recorded return address; aborting\n";
     // SAFETY: write to stderr and abort are async-signal-safe.
     unsafe {
@@ -550,37 +526,37 @@ pub fn real_return_address(addr: u64, sp: u64) -> u64 {
     }
     // With several return probes on one function the slot was hijacked several times: the
     // later entries saved the trampoline's address, the first one the real address.
-    RETURNS.with(|t| {
-        (0..t.depth.get())
-            .rev()
-            .map(|i| &t.stack[i])
-            .find(|e| e.sp.get() == sp && e.ret.get() != addr)
-            .map_or(addr, |e| e.ret.get())
-    })
+    let Some(state) = thread_state::existing() else { return addr };
+    let t = &state.returns;
+    (0..t.depth.get())
+        .rev()
+        .map(|i| &t.stack[i])
+        .find(|e| e.sp.get() == sp && e.ret.get() != addr)
+        .map_or(addr, |e| e.ret.get())
 }
 
 /// Put back every return address this thread has hijacked (an unwinder is about to walk the
 /// stack). Runs as the pre-handler of the probes on `_Unwind_RaiseException` and
 /// `_Unwind_ForcedUnwind`.
 fn restore_thread_returns() {
+    let Some(state) = thread_state::existing() else { return };
+    let t = &state.returns;
     registry().read(|probes| {
-        RETURNS.with(|t| {
-            while t.depth.get() > 0 {
-                let e = &t.stack[t.depth.get() - 1];
-                let slot = e.sp.get() as *mut u64;
-                // SAFETY: a pending entry's slot is on this thread's stack; if the frame is
-                // still live (unwinding has not started yet), it holds the trampoline address.
-                // A slot that no longer does belongs to an abandoned frame and is left alone.
-                unsafe {
-                    if sys::read_memory(Addr(e.sp.get()), &mut [0u8; 8]).is_ok()
-                        && slot.read_volatile() == trampoline_addr()
-                    {
-                        slot.write_volatile(e.ret.get());
-                    }
+        while t.depth.get() > 0 {
+            let e = &t.stack[t.depth.get() - 1];
+            let slot = e.sp.get() as *mut u64;
+            // SAFETY: a pending entry's slot is on this thread's stack; if the frame is
+            // still live (unwinding has not started yet), it holds the trampoline address.
+            // A slot that no longer does belongs to an abandoned frame and is left alone.
+            unsafe {
+                if sys::read_memory(Addr(e.sp.get()), &mut [0u8; 8]).is_ok()
+                    && slot.read_volatile() == trampoline_addr()
+                {
+                    slot.write_volatile(e.ret.get());
                 }
-                drop_at(t, t.depth.get() - 1, Reclaim::Unwound, probes);
             }
-        })
+            drop_at(t, t.depth.get() - 1, Reclaim::Unwound, probes);
+        }
     })
 }
 
@@ -621,11 +597,6 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     let addr = engine.function_entry(&probe.target)?;
     let maxactive = probe.maxactive.unwrap_or_else(default_maxactive).max(1);
     install_unwind_probes();
-    static ATFORK: std::sync::Once = std::sync::Once::new();
-    // SAFETY: registers a plain C-ABI function that only resets a const thread-local.
-    ATFORK.call_once(|| unsafe {
-        libc::pthread_atfork(None, None, Some(forget_tid_in_child));
-    });
     let inner = Arc::new(KretInner {
         id: NEXT_ID.fetch_add(1, Relaxed),
         entry: probe.entry,

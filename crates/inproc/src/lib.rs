@@ -50,6 +50,7 @@ mod saved;
 mod signals;
 mod slots;
 mod sys;
+mod thread_state;
 mod trap;
 
 pub use args::{Arg, ArgClass, ArgCursor, Args};

@@ -6,96 +6,89 @@
 //! the exception: the panic machinery allocates). These functions and everything in
 //! dprobe's crates are refused as probe targets.
 
-use std::cell::Cell;
-use std::thread::LocalKey;
-
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, Prepared, INT3};
 use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, PreOutcome, Regs, Site, TrapKind};
 
 use crate::context::SignalContext;
 use crate::engine::Engine;
 use crate::signals::{chain, Redeliver};
+use crate::thread_state::{self, ThreadState};
 use crate::{guard, sys};
 
-thread_local! {
-    /// Set while this thread runs probe handlers: a probe hit then runs no handler and counts
-    /// as missed (kprobe rule 6). Const-initialized and without destructor: signal-safe.
-    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
-    /// Depth of dprobe's signal handlers on this thread (nested when a handler hits a probe).
-    static IN_HIT_PATH: Cell<u32> = const { Cell::new(0) };
-    /// The thread's alternate signal stack `(base, size)` at the current hit (size 0: none;
-    /// `None`: not known without asking the kernel, as on the jump path).
-    static TRAPPED_ALTERNATE_STACK: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
-    /// Depth of dprobe's own work (registering, unregistering) on this thread: the probes it
-    /// passes through (its `open` of `/proc/self/maps`, a `getpid`) run no handler and count
-    /// nothing, so that the user's figures are the program's alone.
-    static OWN_WORK: Cell<u32> = const { Cell::new(0) };
-}
-
-/// One level of a thread-local depth counter, while it lives.
-struct Depth(&'static LocalKey<Cell<u32>>);
-
-impl Depth {
-    fn enter(key: &'static LocalKey<Cell<u32>>) -> Depth {
-        key.with(|c| c.set(c.get() + 1));
-        Depth(key)
-    }
-}
-
-impl Drop for Depth {
-    fn drop(&mut self) {
-        self.0.with(|c| c.set(c.get() - 1));
-    }
-}
-
-/// Marks the calling thread as doing dprobe's own work while it lives.
-pub(crate) struct OwnWork(#[allow(dead_code)] Depth);
+/// Marks the calling thread as doing dprobe's own work while it lives: the probes it passes
+/// through (its `open` of `/proc/self/maps`, a `getpid`) run no handler and count nothing, so
+/// that the user's figures are the program's alone.
+pub(crate) struct OwnWork(Option<&'static ThreadState>);
 
 impl OwnWork {
     pub(crate) fn enter() -> OwnWork {
-        OwnWork(Depth::enter(&OWN_WORK))
+        thread_state::init();
+        let state = thread_state::current();
+        if let Some(s) = state {
+            s.own_work.set(s.own_work.get() + 1);
+        }
+        OwnWork(state)
     }
 }
 
-fn in_own_work() -> bool {
-    OWN_WORK.with(|c| c.get()) > 0
+impl Drop for OwnWork {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.own_work.set(s.own_work.get() - 1);
+        }
+    }
 }
 
 /// The thread's alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
 /// running handler probes trapped. Meaningful inside a handler only.
 pub(crate) fn trapped_alternate_stack() -> Option<(u64, u64)> {
-    TRAPPED_ALTERNATE_STACK.with(|c| c.get())
+    let s = thread_state::existing()?;
+    s.alternate_known.get().then(|| s.alternate.get())
 }
 
-/// Mark the calling thread as running handlers (the trap handlers and the return
-/// trampoline's dispatcher use this around handler calls).
-pub(crate) fn enter_handler() {
-    IN_HANDLER.with(|c| c.set(true));
+/// Mark the calling thread as running handlers (the return trampoline's dispatcher uses this
+/// around handler calls); `false` when the thread has no state (its handler must not run).
+pub(crate) fn enter_handler() -> bool {
+    thread_state::current().map(|s| s.in_handler.set(true)).is_some()
 }
 
 /// The end of [`enter_handler`].
 pub(crate) fn leave_handler() {
-    IN_HANDLER.with(|c| c.set(false));
+    if let Some(s) = thread_state::existing() {
+        s.in_handler.set(false);
+    }
 }
 
 /// Whether the calling thread is inside dprobe's hit path (a `SIGTRAP` or fault handler of
 /// dprobe). Async-signal-safe. Tests use it to prove that the hit path does not allocate.
 pub fn in_hit_path() -> bool {
-    IN_HIT_PATH.with(|c| c.get()) > 0
+    thread_state::existing().is_some_and(|s| s.in_hit_path.get() > 0)
 }
 
 /// Marks the hit path for the duration of a signal handler or a jump path dispatch.
-pub(crate) struct HitPath(#[allow(dead_code)] Depth);
+pub(crate) struct HitPath(Option<&'static ThreadState>);
 
 impl HitPath {
     pub(crate) fn enter() -> HitPath {
-        HitPath(Depth::enter(&IN_HIT_PATH))
+        let state = thread_state::current();
+        if let Some(s) = state {
+            s.in_hit_path.set(s.in_hit_path.get() + 1);
+        }
+        HitPath(state)
+    }
+}
+
+impl Drop for HitPath {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.in_hit_path.set(s.in_hit_path.get() - 1);
+        }
     }
 }
 
 /// Whether the calling thread is running a probe handler.
 pub fn in_handler() -> bool {
-    IN_HANDLER.with(|c| c.get())
+    thread_state::existing().is_some_and(|s| s.in_handler.get())
 }
 
 /// `SIGTRAP`: a probe's `int3`, the `int3` ending a slot, or somebody else's trap.
@@ -159,19 +152,25 @@ pub(crate) fn dispatch_entry<R>(
     alternate_stack: Option<(u64, u64)>,
     then: impl FnOnce(&mut Regs, Dispatch) -> R,
 ) -> R {
-    TRAPPED_ALTERNATE_STACK.with(|c| c.set(alternate_stack));
-    if in_own_work() {
+    let Some(state) = thread_state::current() else {
+        // No room for this thread's state: no handler can run safely.
+        site.miss();
+        return then(regs, Dispatch::Missed);
+    };
+    state.alternate_known.set(alternate_stack.is_some());
+    state.alternate.set(alternate_stack.unwrap_or_default());
+    if state.own_work.get() > 0 {
         // dprobe's own call: not the program's, not a hit (nothing counted).
         return then(regs, Dispatch::Missed);
     }
-    if in_handler() {
+    if state.in_handler.get() {
         site.miss();
         return then(regs, Dispatch::Missed);
     }
-    enter_handler();
+    state.in_handler.set(true);
     let outcome = site.run_pre(regs, &mut Guarded);
     let result = then(regs, Dispatch::Ran(outcome));
-    leave_handler();
+    state.in_handler.set(false);
     result
 }
 
@@ -203,8 +202,7 @@ fn execute(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut SignalC
 fn on_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
     let mut regs = ctx.regs();
     site.arch.finish_step(&mut regs);
-    if !in_handler() {
-        enter_handler();
+    if !in_handler() && enter_handler() {
         site.run_post(&mut regs, &mut Guarded);
         leave_handler();
     }

@@ -1,0 +1,244 @@
+//! Each thread's state on the hit path, kept without thread-local storage.
+//!
+//! `thread_local!` in a library the program loads with `dlopen` (dprobe's agent) is dynamic
+//! TLS: a thread's first access goes through `__tls_get_addr`, which allocates the thread's
+//! block with `malloc`, here inside a signal handler that may have interrupted `malloc`
+//! itself. So dprobe keeps its per-thread state in one table, mapped when the engine starts,
+//! and finds a thread's entry by its thread pointer (`%fs:0`: the C library's descriptor of
+//! the thread, unique among live threads, read in one instruction).
+//!
+//! A thread claims an entry the first time it needs one: the first free entry of a short run
+//! that starts where its pointer hashes, taken with a compare-and-swap (its pages are touched
+//! then: the table costs memory only for the threads that reach dprobe's code). It gives the
+//! entry back, zeroed, when it exits: a thread-specific key's destructor, set with
+//! `pthread_setspecific` on a key below 32, which writes the thread's descriptor and
+//! allocates nothing. A thread that finds no free entry in its run has no state: its hits
+//! run no handler and count as missed.
+//!
+//! A signal handler nested in a claim is the only other user of the thread's entries, and it
+//! runs to its end before the claim goes on: a claim that finds, after its compare-and-swap,
+//! an entry of its thread earlier in the run (taken by a nested hit) gives its own back
+//! untouched, so that every lookup of the thread finds the same entry.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::OnceLock;
+
+use crate::kretprobe::ThreadReturns;
+use crate::sys;
+
+/// Entries: threads that reached dprobe's code and are alive at once.
+const ENTRIES: usize = 4096;
+/// How far from where its pointer hashes a thread looks for its entry.
+const RUN: usize = 64;
+/// Keys from this one on make `pthread_setspecific` allocate (glibc's second-level blocks).
+const INLINE_KEYS: libc::pthread_key_t = 32;
+
+/// One thread's state. Every field's zero bytes are its initial value.
+pub(crate) struct ThreadState {
+    tid: Cell<u32>,
+    /// Running probe handlers (a hit then runs none and counts as missed, kprobe rule 6).
+    pub(crate) in_handler: Cell<bool>,
+    /// Depth of dprobe's signal handlers and jump-path dispatches.
+    pub(crate) in_hit_path: Cell<u32>,
+    /// Depth of dprobe's own work (registering, unregistering): its hits count nothing.
+    pub(crate) own_work: Cell<u32>,
+    /// The alternate signal stack `(base, size)` at the current hit, when `alternate_known`.
+    pub(crate) alternate_known: Cell<bool>,
+    pub(crate) alternate: Cell<(u64, u64)>,
+    /// The recovery point of the guarded call running on this thread, or null.
+    pub(crate) guard_point: Cell<*mut [u64; 2]>,
+    /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.
+    pub(crate) faulted: Cell<bool>,
+    pub(crate) fault: Cell<(i32, u64)>,
+    /// Pending returns of return probes.
+    pub(crate) returns: ThreadReturns,
+}
+
+impl ThreadState {
+    /// The thread's id: asked of the kernel once per entry's owner.
+    pub(crate) fn tid(&self) -> u32 {
+        if self.tid.get() == 0 {
+            // SAFETY: gettid has no arguments and no preconditions.
+            let tid = unsafe { sys::raw_syscall6(libc::SYS_gettid, [0; 6]) } as u32;
+            self.tid.set(tid);
+        }
+        self.tid.get()
+    }
+}
+
+struct Table {
+    /// Each entry's owner: a thread pointer, or 0 when free.
+    owners: *const AtomicU64,
+    states: *mut ThreadState,
+    /// The key whose destructor gives a thread's entry back (none: entries are kept).
+    key: Option<libc::pthread_key_t>,
+}
+
+// SAFETY: owners are atomics; a state is only touched by the thread that owns its entry
+// (and its nested signal handlers, which run to completion inside it).
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
+
+static TABLE: OnceLock<Option<Table>> = OnceLock::new();
+
+/// Make the table (once; not on the hit path). Without it every thread has no state.
+pub(crate) fn init() {
+    TABLE.get_or_init(|| {
+        let owners = map(ENTRIES * std::mem::size_of::<AtomicU64>())?;
+        let states = map(ENTRIES * std::mem::size_of::<ThreadState>())?;
+        let mut key = 0;
+        // SAFETY: creates a key with a C-ABI destructor; `key` is ours.
+        let made = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+        // SAFETY: registers a C-ABI function that runs in the child, single-threaded.
+        unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
+        Some(Table { owners: owners.cast(), states: states.cast(), key: (made && key < INLINE_KEYS).then_some(key) })
+    });
+}
+
+/// Anonymous memory, zeroed; pages appear when first touched.
+fn map(bytes: usize) -> Option<*mut u8> {
+    // SAFETY: a new private anonymous mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
+
+impl Table {
+    fn owner(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: i < ENTRIES (callers mask it): inside the mapping, aligned.
+        unsafe { &*self.owners.add(i) }
+    }
+
+    fn state(&self, i: usize) -> &'static ThreadState {
+        // SAFETY: i < ENTRIES; the table lives as long as the process (never unmapped), and
+        // the caller owns entry i.
+        unsafe { &*self.states.add(i) }
+    }
+
+    /// Zero entry `i` and free it. Its owner calls this, outside any of its hits.
+    fn release(&self, i: usize) {
+        // SAFETY: entry i is the caller's: nobody else reads or writes its state.
+        unsafe { std::ptr::write_bytes(self.states.add(i), 0, 1) };
+        self.owner(i).store(0, Release);
+    }
+}
+
+/// The calling thread's pointer (`%fs:0` holds it, per the x86-64 TLS ABI).
+fn thread_pointer() -> u64 {
+    let tp: u64;
+    // SAFETY: reads one word at %fs:0, which the ABI guarantees is mapped and is the thread
+    // pointer itself.
+    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags)) };
+    tp
+}
+
+fn run_start(tp: u64) -> usize {
+    ((tp >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
+}
+
+fn slot(start: usize, k: usize) -> usize {
+    (start + k) & (ENTRIES - 1)
+}
+
+/// The calling thread's entry if it has one. Async-signal-safe: loads only.
+pub(crate) fn existing() -> Option<&'static ThreadState> {
+    let table = TABLE.get()?.as_ref()?;
+    let tp = thread_pointer();
+    let start = run_start(tp);
+    (0..RUN).map(|k| slot(start, k)).find(|&i| table.owner(i).load(Acquire) == tp).map(|i| table.state(i))
+}
+
+/// The calling thread's entry, claimed if it has none; `None` when no entry is free near its
+/// place (or the table could not be made). Async-signal-safe: atomics, and one
+/// `pthread_setspecific` on a key below 32 at a claim.
+pub(crate) fn current() -> Option<&'static ThreadState> {
+    let table = TABLE.get()?.as_ref()?;
+    let tp = thread_pointer();
+    let start = run_start(tp);
+    'scan: loop {
+        for k in 0..RUN {
+            let i = slot(start, k);
+            let owner = table.owner(i).load(Acquire);
+            if owner == tp {
+                return Some(table.state(i));
+            }
+            if owner != 0 {
+                continue;
+            }
+            if table.owner(i).compare_exchange(0, tp, Acquire, Relaxed).is_err() {
+                continue 'scan;
+            }
+            // A hit nested in this claim may have taken an entry earlier in the run (freed
+            // meanwhile by an exiting thread): that one is the thread's, this one goes back.
+            if let Some(j) = (0..k).map(|k| slot(start, k)).find(|&j| table.owner(j).load(Acquire) == tp) {
+                table.owner(i).store(0, Release);
+                return Some(table.state(j));
+            }
+            if let Some(key) = table.key {
+                // SAFETY: a key below 32 is stored in the thread's descriptor: no allocation.
+                unsafe { libc::pthread_setspecific(key, (i + 1) as *const libc::c_void) };
+            }
+            return Some(table.state(i));
+        }
+        return None;
+    }
+}
+
+/// The key's destructor: the thread exits, its entry is free again.
+extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
+    let i = (value as usize).wrapping_sub(1);
+    if i < ENTRIES && table.owner(i).load(Acquire) == thread_pointer() {
+        table.release(i);
+    }
+}
+
+/// In a forked child: the other threads' entries are free (those threads are not in the
+/// child), and this thread's id is asked again.
+extern "C" fn in_forked_child() {
+    let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
+    let tp = thread_pointer();
+    for i in 0..ENTRIES {
+        match table.owner(i).load(Relaxed) {
+            0 => {}
+            owner if owner == tp => table.state(i).tid.set(0),
+            _ => table.release(i),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_thread_has_its_own_entry_and_gives_it_back_when_it_exits() {
+        init();
+        let mine = current().expect("an entry") as *const ThreadState as usize;
+        assert_eq!(existing().map(|s| s as *const ThreadState as usize), Some(mine), "found again");
+        let (theirs, tid) = std::thread::spawn(|| {
+            assert!(existing().is_none(), "a new thread has no entry until it needs one");
+            let s = current().expect("an entry");
+            s.own_work.set(3);
+            (s as *const ThreadState as usize, s.tid())
+        })
+        .join()
+        .unwrap();
+        assert_ne!(theirs, mine);
+        assert_ne!(tid, current().unwrap().tid());
+        // The exited thread's entry is free and zeroed.
+        // SAFETY: reads a state of the table (no thread owns it any more).
+        let left = unsafe { &*(theirs as *const ThreadState) };
+        assert_eq!((left.own_work.get(), left.tid.get()), (0, 0));
+    }
+}
