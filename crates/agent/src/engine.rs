@@ -81,8 +81,20 @@ pub struct AgentEngine {
     semaphores: Semaphores,
 }
 
-/// Where the agent library is: next to the `dprobe` binary, or in its `deps/` directory as
-/// Cargo lays out a build (where a build of dprobe alone refreshes it: the newest wins).
+/// The agent library to load.
+#[derive(Debug, Clone, Copy)]
+pub enum Library<'a> {
+    /// Its bytes (embedded in `dprobe`): written into a memory file of the traced process.
+    Image(&'a [u8]),
+    /// A file the traced process can open.
+    File(&'a std::path::Path),
+}
+
+/// The name of the memory file that holds the agent in a traced process.
+const MEMORY_FILE: &str = "dprobe-agent";
+
+/// Where a built agent library is: next to the running executable, or in its `deps/`
+/// directory as Cargo lays out a build (the newest wins).
 pub fn agent_library() -> Result<PathBuf, AgentError> {
     const NAME: &str = "libdprobe_agent.so";
     let exe = std::env::current_exe().map_err(|e| AgentError::NoLibrary(e.to_string()))?;
@@ -99,23 +111,16 @@ pub fn agent_library() -> Result<PathBuf, AgentError> {
 impl AgentEngine {
     /// Start `program` with `args` and load the agent at its entry. `events`: the probes'
     /// events are wanted (not for counts alone).
-    pub fn spawn(program: &str, args: &[&str], events: bool) -> Result<AgentEngine, AgentError> {
-        let library = agent_library()?;
-        AgentEngine::start(Injector::spawn(program, args)?, &library, true, events)
+    pub fn spawn(program: &str, args: &[&str], library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
+        AgentEngine::start(Injector::spawn(program, args)?, library, true, events)
     }
 
     /// Load the agent into running process `pid`.
-    pub fn attach(pid: i32, events: bool) -> Result<AgentEngine, AgentError> {
-        let library = agent_library()?;
-        AgentEngine::start(Injector::attach(pid)?, &library, false, events)
+    pub fn attach(pid: i32, library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
+        AgentEngine::start(Injector::attach(pid)?, library, false, events)
     }
 
-    fn start(
-        mut injector: Injector,
-        library: &std::path::Path,
-        spawned: bool,
-        events: bool,
-    ) -> Result<Self, AgentError> {
+    fn start(mut injector: Injector, library: Library<'_>, spawned: bool, events: bool) -> Result<Self, AgentError> {
         let pid = injector.pid();
         let agent_err = |source| AgentError::Agent { pid, source };
         static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -123,8 +128,11 @@ impl AgentEngine {
         let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
         let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
             .map_err(agent_err)?;
-        let path = library.to_string_lossy();
-        let started = injector.load_library(&path, "dprobe_agent_start", &name)?;
+        const ENTRY: &str = "dprobe_agent_start";
+        let started = match library {
+            Library::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, &name)?,
+            Library::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, &name)?,
+        };
         if started != 0 {
             let reason =
                 if started as i32 == -2 { "another dprobe traces it with the agent" } else { "it did not start" };

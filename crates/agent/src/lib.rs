@@ -21,5 +21,5 @@ pub mod record;
 pub mod shm;
 pub mod wire;
 
-pub use engine::{agent_library, AgentEngine, AgentError};
+pub use engine::{agent_library, AgentEngine, AgentError, Library};
 pub use inside::dprobe_agent_start;

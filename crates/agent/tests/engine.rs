@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dprobe_agent::AgentEngine;
+use dprobe_agent::{agent_library, AgentEngine, Library};
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Engine, ProbeRequest};
 
@@ -11,6 +11,12 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn program() -> &'static str {
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/program.c"), "agent-program", &["-O1", "-pthread"])
+}
+
+/// The agent as `dprobe` loads it: its bytes, put in a memory file of the program's.
+fn agent() -> Library<'static> {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    Library::Image(IMAGE.get_or_init(|| std::fs::read(agent_library().unwrap()).unwrap()))
 }
 
 fn hanging_library() -> &'static str {
@@ -60,7 +66,7 @@ fn place(engine: &mut AgentEngine, spec: &str) {
 fn an_attached_process_runs_untraced_once_the_agent_is_loaded() {
     let child = Running::start(&["wait"]);
     std::thread::sleep(Duration::from_millis(100));
-    let engine = AgentEngine::attach(child.pid(), false).unwrap();
+    let engine = AgentEngine::attach(child.pid(), agent(), false).unwrap();
     // No thread of it is held by ptrace while the probes are placed: dprobe dying now (even
     // killed) leaves it running.
     assert_eq!(tracer_of(child.pid()), 0, "released before any probe is placed");
@@ -72,7 +78,7 @@ fn an_attached_process_runs_untraced_once_the_agent_is_loaded() {
 
 #[test]
 fn events_that_fail_the_filter_are_dropped_in_the_probed_thread() {
-    let mut engine = AgentEngine::spawn(program(), &["calls", "1000"], true).unwrap();
+    let mut engine = AgentEngine::spawn(program(), &["calls", "1000"], agent(), true).unwrap();
     place(&mut engine, "probed x=$arg1");
     let filter = dprobe_spec::parse_filter("x == 3 || x == 700", &["x"]).unwrap();
     engine.prefilter(&filter, "x == 3 || x == 700");
@@ -96,7 +102,7 @@ fn a_call_that_never_returns_is_abandoned_and_the_process_goes_on() {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(AgentEngine::attach(pid, false).err().map(|e| e.to_string()));
+        let _ = tx.send(AgentEngine::attach(pid, agent(), false).err().map(|e| e.to_string()));
     });
     // A bound against hanging, not a measure: the call's own limit is a few seconds.
     let error = rx.recv_timeout(Duration::from_secs(60)).expect("the injected dlopen was waited for forever");
@@ -108,7 +114,7 @@ fn a_call_that_never_returns_is_abandoned_and_the_process_goes_on() {
 
 #[test]
 fn a_hit_allocates_nothing_even_the_first_in_a_thread() {
-    let mut engine = AgentEngine::spawn(program(), &["thread-mallocs"], true).unwrap();
+    let mut engine = AgentEngine::spawn(program(), &["thread-mallocs"], agent(), true).unwrap();
     place(&mut engine, "probed x=$arg1");
     let mut events = 0;
     let ending = engine.run(&mut || false, &mut |_| events += 1).unwrap();
@@ -116,4 +122,39 @@ fn a_hit_allocates_nothing_even_the_first_in_a_thread() {
     // calls (hits included): the agent's hit path made none.
     assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
     assert_eq!((engine.stats(0).hits, events), (10, 10));
+}
+
+/// The memory files named `dprobe-agent` that process `pid` has open.
+fn agent_memory_files(pid: i32) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == "/memfd:dprobe-agent (deleted)")
+        })
+        .count()
+}
+
+#[test]
+fn a_second_trace_of_a_process_uses_the_agent_already_loaded() {
+    let child = Running::start(&["wait"]);
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..2 {
+        let mut engine = AgentEngine::attach(child.pid(), agent(), false).unwrap();
+        place(&mut engine, "probed x=$arg1");
+        let mut polls = 0;
+        let ending = engine
+            .run(
+                &mut || {
+                    polls += 1;
+                    polls > 50
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(format!("{ending:?}"), "Asked");
+        assert!(engine.stats(0).hits > 0);
+        engine.finish(None, &|| false).unwrap();
+    }
+    assert_eq!(agent_memory_files(child.pid()), 1, "loaded once, from one memory file");
+    assert_eq!(child.finish(), Some(7));
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{bail, Context as _, Result};
-use dprobe_agent::AgentEngine;
+use dprobe_agent::{AgentEngine, Library};
 use dprobe_kernel::{KernelEngine, KernelOptions};
 use dprobe_ptrace::PtraceEngine;
 
@@ -14,6 +14,10 @@ use crate::options::{Engine, TraceArgs};
 use crate::plan::{check_hist, parse_the_filter, plan_probes};
 use crate::report::Mode;
 use crate::signals;
+
+/// dprobe's agent, built with dprobe (see build.rs): loaded into traced programs from a
+/// memory file, so that nothing needs installing next to `dprobe`.
+const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libdprobe_agent.so"));
 
 /// Find `program` the way a shell would (`PATH` unless it has a `/`).
 pub fn find_program(program: &str) -> Result<String> {
@@ -173,11 +177,11 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             || args.trace_file.is_some()
             || args.metrics.is_some();
         let engine = match (args.pid, args.command.split_first()) {
-            (Some(pid), _) => AgentEngine::attach(pid, events)?,
+            (Some(pid), _) => AgentEngine::attach(pid, Library::Image(AGENT), events)?,
             (None, Some((program, rest))) => {
                 let program = find_program(program)?;
                 let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-                AgentEngine::spawn(&program, &rest, events)?
+                AgentEngine::spawn(&program, &rest, Library::Image(AGENT), events)?
             }
             (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
         };

@@ -165,3 +165,20 @@ fn dprobe_killed_leaves_the_program_as_it_was() {
     assert_eq!(code_of(pid), before, "the original code, byte for byte, with dprobe dead");
     assert_eq!(finish(child), Some(0), "it finished with the results it computes untraced");
 }
+
+#[test]
+fn dprobe_alone_carries_its_agent() {
+    // A copy of dprobe in a directory of its own: no agent library next to it.
+    let alone = out_file("alone").join("dprobe");
+    std::fs::create_dir_all(alone.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_dprobe"), &alone).unwrap();
+    let out = out_file("agent-alone.txt");
+    let o = Command::new(&alone)
+        .args(["trace", "--engine", "agent", "--count", "-o", out.to_str().unwrap(), "probed"])
+        .args(["--", target(), "threads", "2", "1000"])
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(0), "{}{text}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hits(&text, "probed"), 2000, "{text}");
+}

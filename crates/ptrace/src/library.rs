@@ -69,6 +69,19 @@ impl From<crate::error::SysError> for LoadError {
     }
 }
 
+/// `memfd_create` flags.
+const MFD_CLOEXEC: u64 = 1;
+const MFD_EXEC: u64 = 0x10;
+
+/// The functions of the process's C library that loading a library calls.
+struct Functions {
+    dlopen: u64,
+    dlsym: u64,
+    dlerror: Option<u64>,
+    errno_location: Option<u64>,
+    memfd_create: Option<u64>,
+}
+
 /// One thread of a process held stopped by the tracer, to call functions through.
 pub struct Injector {
     pid: i32,
@@ -141,6 +154,27 @@ impl Injector {
     /// Load the library at `path` with the process's `dlopen`, then call its function `entry`
     /// with the C string `arg`; returns what `entry` returned.
     pub fn load_library(&mut self, path: &str, entry: &str, arg: &str) -> Result<u64, LoadError> {
+        let functions = self.functions()?;
+        self.keeping_errno(&functions, |me| me.dlopen_and_call(&functions, path, entry, arg))
+    }
+
+    /// Load the library whose bytes are `image`: written into a memory file of the process's
+    /// own (one it has already, holding the same bytes, is used again: the loader then finds
+    /// the library loaded), then as [`Injector::load_library`]. The process needs no access
+    /// to any file of dprobe's.
+    pub fn load_library_image(&mut self, image: &[u8], name: &str, entry: &str, arg: &str) -> Result<u64, LoadError> {
+        let functions = self.functions()?;
+        self.keeping_errno(&functions, |me| {
+            let path = match me.memory_file_holding(image, name) {
+                Some(path) => path,
+                None => me.new_memory_file(&functions, image, name)?,
+            };
+            me.dlopen_and_call(&functions, &path, entry, arg)
+        })
+    }
+
+    /// The functions a load calls, from the process's own C library.
+    fn functions(&self) -> Result<Functions, LoadError> {
         let maps = read_maps_of(self.pid as u32).map_err(TraceError::from)?;
         let pid = self.pid;
         let refused = |reason: &str| LoadError::Refused { pid, reason: reason.to_owned() };
@@ -149,11 +183,22 @@ impl Injector {
         }
         let symbols = Symbols::load(&maps);
         let find = |names: &[&str]| names.iter().find_map(|n| symbols.find(n)).map(|f| f.start.0);
-        let dlopen = find(&["libc:dlopen", "libdl:dlopen"]).ok_or_else(|| refused("its C library has no `dlopen`"))?;
-        let dlsym = find(&["libc:dlsym", "libdl:dlsym"]).ok_or_else(|| refused("its C library has no `dlsym`"))?;
-        let dlerror = find(&["libc:dlerror", "libdl:dlerror"]);
-        let errno_location = find(&["libc:__errno_location"]);
-        let errno_addr = match errno_location {
+        Ok(Functions {
+            dlopen: find(&["libc:dlopen", "libdl:dlopen"]).ok_or_else(|| refused("its C library has no `dlopen`"))?,
+            dlsym: find(&["libc:dlsym", "libdl:dlsym"]).ok_or_else(|| refused("its C library has no `dlsym`"))?,
+            dlerror: find(&["libc:dlerror", "libdl:dlerror"]),
+            errno_location: find(&["libc:__errno_location"]),
+            memfd_create: find(&["libc:memfd_create"]),
+        })
+    }
+
+    /// Run `f`, the thread's `errno` put back afterwards (remote calls change it).
+    fn keeping_errno<T>(
+        &mut self,
+        functions: &Functions,
+        f: impl FnOnce(&mut Self) -> Result<T, LoadError>,
+    ) -> Result<T, LoadError> {
+        let errno_addr = match functions.errno_location {
             Some(f) => Some(self.call(f, &[], &[])?),
             None => None,
         };
@@ -161,9 +206,17 @@ impl Injector {
         if let Some(a) = errno_addr {
             self.memory.read(Addr(a), &mut errno).map_err(TraceError::from)?;
         }
-        let handle = self.call(dlopen, &[path.as_bytes()], &[RTLD_NOW])?;
+        let result = f(self)?;
+        if let Some(a) = errno_addr {
+            self.memory.write(Addr(a), &errno).map_err(TraceError::from)?;
+        }
+        Ok(result)
+    }
+
+    fn dlopen_and_call(&mut self, functions: &Functions, path: &str, entry: &str, arg: &str) -> Result<u64, LoadError> {
+        let handle = self.call(functions.dlopen, &[path.as_bytes()], &[RTLD_NOW])?;
         if handle == 0 {
-            let reason = match dlerror {
+            let reason = match functions.dlerror {
                 Some(f) => {
                     let at = self.call(f, &[], &[])?;
                     self.read_c_string(at).unwrap_or_else(|| "dlopen returned NULL".into())
@@ -172,15 +225,52 @@ impl Injector {
             };
             return Err(LoadError::Dlopen { pid: self.pid, path: path.to_owned(), reason });
         }
-        let function = self.call_with_handle(dlsym, handle, entry.as_bytes())?;
+        let function = self.call_with_handle(functions.dlsym, handle, entry.as_bytes())?;
         if function == 0 {
-            return Err(refused(&format!("`{path}` has no function `{entry}`")));
+            return Err(LoadError::Refused { pid: self.pid, reason: format!("`{path}` has no function `{entry}`") });
         }
-        let result = self.call(function, &[arg.as_bytes()], &[])?;
-        if let Some(a) = errno_addr {
-            self.memory.write(Addr(a), &errno).map_err(TraceError::from)?;
+        self.call(function, &[arg.as_bytes()], &[])
+    }
+
+    /// A memory file named `name` the process has open holding exactly `image`, by the path
+    /// the process loads it with.
+    fn memory_file_holding(&self, image: &[u8], name: &str) -> Option<String> {
+        let wanted = format!("/memfd:{name} (deleted)");
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).ok()?;
+        fds.flatten().find_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            if link.to_str() != Some(wanted.as_str()) {
+                return None;
+            }
+            let held = std::fs::read(fd.path()).ok()?;
+            (held == image).then(|| format!("/proc/{}/fd/{}", self.pid, fd.file_name().to_string_lossy()))
+        })
+    }
+
+    /// Make a memory file in the process (`memfd_create`, executable, closed at `exec`),
+    /// write `image` into it through `/proc`, and return the path the process loads it with
+    /// (spelled with its process id: the same file seen from any process).
+    fn new_memory_file(&mut self, functions: &Functions, image: &[u8], name: &str) -> Result<String, LoadError> {
+        let pid = self.pid;
+        let Some(memfd_create) = functions.memfd_create else {
+            return Err(LoadError::Refused { pid, reason: "its C library has no `memfd_create`".into() });
+        };
+        // MFD_EXEC where the kernel knows it (mappable as code whatever `vm.memfd_noexec`
+        // says), else an older kernel's default, which is executable.
+        let mut fd = self.call(memfd_create, &[name.as_bytes()], &[MFD_CLOEXEC | MFD_EXEC])? as i32;
+        if fd < 0 {
+            fd = self.call(memfd_create, &[name.as_bytes()], &[MFD_CLOEXEC])? as i32;
         }
-        Ok(result)
+        if fd < 0 {
+            return Err(LoadError::Refused { pid, reason: "it could not make a memory file (memfd_create)".into() });
+        }
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let written = std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(image)
+        });
+        written.map_err(|e| LoadError::Refused { pid, reason: format!("writing the agent into {path}: {e}") })?;
+        Ok(path)
     }
 
     /// Stop the thread of a running process whose call did not return, so that its registers
