@@ -50,6 +50,9 @@ pub enum AgentError {
     /// A process dprobe did not start ended; only its parent learns how.
     #[error("process {0} ended (how, only its parent can tell)")]
     Ended(i32),
+    /// The process replaced its program (`exec`); the new one has no agent.
+    #[error("{0}")]
+    NotTraced(String),
     /// More probes than the shared memory has counters for.
     #[error("the agent engine places at most {MAX_PROBES} probes")]
     TooMany,
@@ -79,6 +82,8 @@ pub struct AgentEngine {
     values: Vec<Values>,
     /// Static probes' semaphores raised in the program.
     semaphores: Semaphores,
+    /// Why the process is not traced any more, when it ran `exec`.
+    lost: Option<String>,
 }
 
 /// The agent library to load.
@@ -163,6 +168,7 @@ impl AgentEngine {
             stopped: false,
             values: Vec::new(),
             semaphores: Semaphores::default(),
+            lost: None,
         })
     }
 
@@ -234,6 +240,28 @@ impl AgentEngine {
                 Err(e) => return Err(self.agent_err(e)),
             }
         }
+    }
+
+    /// Whether the process replaced its program (`exec`): the agent's connection ended while
+    /// the process has memory without the agent in it (a process that exits loses its memory
+    /// before its connections).
+    fn ran_exec(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd we own.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: peeks at most one byte into `byte`.
+        let n = unsafe {
+            libc::recv(self.sock.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        if n != 0 {
+            return false;
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
+        !maps.is_empty() && !maps.contains(MEMORY_FILE) && !maps.contains("libdprobe_agent")
     }
 
     /// How the program ended, if it did (a started one: its status).
@@ -381,6 +409,20 @@ impl Engine for AgentEngine {
                 while self.drain(sink) > 0 {}
                 return Ok(Ending::Asked);
             }
+            if !self.stopped && self.ran_exec() {
+                // The new program has no agent: nothing of dprobe's is in it any more.
+                self.stopped = true;
+                self.drain(sink);
+                let program = std::fs::read_link(format!("/proc/{}/exe", self.pid))
+                    .map_or_else(|_| "another program".into(), |p| format!("`{}`", p.display()));
+                self.lost = Some(format!(
+                    "process {} ran {program} (exec): the agent does not follow it; not traced from then on",
+                    self.pid
+                ));
+                if !self.spawned {
+                    return Err(AgentError::NotTraced(self.lost.clone().unwrap_or_default()));
+                }
+            }
             if let Some(ended) = self.ended().transpose() {
                 // Every event the program made is in the ring already; its probes went with it.
                 self.stopped = true;
@@ -409,10 +451,11 @@ impl Engine for AgentEngine {
     }
 
     fn notes(&self) -> Vec<String> {
-        match self.shm.dropped() {
-            0 => Vec::new(),
-            n => vec![format!("{n} events dropped: the agent's ring was full")],
-        }
+        let dropped = match self.shm.dropped() {
+            0 => None,
+            n => Some(format!("{n} events dropped: the agent's ring was full")),
+        };
+        dropped.into_iter().chain(self.lost.clone().filter(|_| self.spawned)).collect()
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {

@@ -158,3 +158,42 @@ fn a_second_trace_of_a_process_uses_the_agent_already_loaded() {
     assert_eq!(agent_memory_files(child.pid()), 1, "loaded once, from one memory file");
     assert_eq!(child.finish(), Some(7));
 }
+
+#[test]
+fn a_program_that_runs_exec_is_said_to_be_no_longer_traced() {
+    let mut engine = AgentEngine::spawn(program(), &["exec", program(), "wait"], agent(), false).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    let pid = engine.pid();
+    // The new program waits for SIGUSR2 (blocked across the exec, so never lost): sent once
+    // the exec has closed the agent's memory file and socket and the engine has looked once
+    // more.
+    let (mut complete, mut signalled) = (false, false);
+    let ending = engine
+        .run(
+            &mut || {
+                if complete && !signalled {
+                    // SAFETY: signals the program this test started.
+                    signalled = unsafe { libc::kill(pid, libc::SIGUSR2) } == 0;
+                }
+                complete = complete || exec_complete(pid);
+                false
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(7))", "the new program's status");
+    assert_eq!(engine.stats(0).hits, 1, "the call before the exec; the new program's are not traced");
+    let notes = engine.notes();
+    assert!(notes.iter().any(|n| n.contains("(exec): the agent does not follow it")), "{notes:?}");
+}
+
+/// Whether process `pid` has closed every socket and memory file (what its exec closes).
+fn exec_complete(pid: i32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    !fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|l| {
+            let l = l.to_string_lossy();
+            l.starts_with("socket:") || l.starts_with("/memfd:")
+        })
+    })
+}
