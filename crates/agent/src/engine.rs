@@ -84,6 +84,10 @@ pub struct AgentEngine {
     semaphores: Semaphores,
     /// Why the process is not traced any more, when it ran `exec`.
     lost: Option<String>,
+    /// Where forked children's agents announce themselves.
+    listener: UnixListener,
+    /// The forked children's agents.
+    children: Vec<UnixStream>,
 }
 
 /// The agent library to load.
@@ -144,6 +148,7 @@ impl AgentEngine {
             return Err(AgentError::Refused(format!("process {pid}: the agent {reason}")));
         }
         let sock = accept_within(&listener, ANSWER_TIMEOUT).map_err(agent_err)?;
+        listener.set_nonblocking(true).map_err(agent_err)?;
         sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
         let fd = receive_fd(&sock).map_err(agent_err)?;
         let shm = Shm::open(fd).map_err(agent_err)?;
@@ -169,6 +174,8 @@ impl AgentEngine {
             values: Vec::new(),
             semaphores: Semaphores::default(),
             lost: None,
+            listener,
+            children: Vec::new(),
         })
     }
 
@@ -224,8 +231,36 @@ impl AgentEngine {
         n
     }
 
+    /// Take the connections of forked children's agents that announced themselves.
+    fn accept_children(&mut self) {
+        while let Ok((mut child, _)) = self.listener.accept() {
+            let announced = child.set_nonblocking(false).is_ok()
+                && child.set_read_timeout(Some(ANSWER_TIMEOUT)).is_ok()
+                && matches!(wire::receive(&mut child), Ok(Some(Message::Hello(_))));
+            if announced {
+                self.children.push(child);
+            }
+        }
+    }
+
+    /// Tell the forked children's agents to remove their probes, and wait until they have (or
+    /// are gone).
+    fn stop_children(&mut self) {
+        self.accept_children();
+        for mut child in self.children.drain(..) {
+            if wire::send(&mut child, &Message::Stop).is_ok() {
+                while let Ok(Some(m)) = wire::receive(&mut child) {
+                    if m == Message::Stopped {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Tell the agent to remove its probes and wait until it has.
     fn stop_agent(&mut self) -> Result<(), AgentError> {
+        self.stop_children();
         if self.stopped {
             return Ok(());
         }
@@ -403,6 +438,7 @@ impl Engine for AgentEngine {
     ) -> Result<Ending, AgentError> {
         self.release()?;
         loop {
+            self.accept_children();
             if stop() {
                 self.stop_agent()?;
                 // No record comes after the agent stopped: the ring empties.

@@ -31,7 +31,6 @@ pub struct HitProbe {
     /// atomic load on the hit path).
     filtered: OnceLock<FetchPlan>,
     events: bool,
-    pid: u32,
     shm: Arc<Shm>,
     pool: Box<[Storage]>,
 }
@@ -73,18 +72,11 @@ pub fn on_agent_thread(sp: u64) -> bool {
     (AGENT_STACK[0].load(Relaxed)..AGENT_STACK[1].load(Relaxed)).contains(&sp)
 }
 
-/// The process the agent's probes were placed for. A child forked from it inherits them
-/// (their `int3`s still execute correctly) but not the agent's thread: its hits are not
-/// counted nor sent, as with the ptrace engine, which lets a child go untraced.
+/// This process's id, which its events carry (set again in a forked child).
 static PID: AtomicU32 = AtomicU32::new(0);
 
-/// Record the process the probes are placed for (at a session's start).
+/// Record this process's id (at a session's start, and in a forked child).
 pub fn set_pid() {
-    PID.store(std::process::id(), Relaxed);
-}
-
-/// In a forked child (async-signal-safe: `getpid` and an atomic store).
-pub extern "C" fn forget_probes_in_child() {
     // SAFETY: getpid has no preconditions.
     PID.store(unsafe { libc::getpid() } as u32, Relaxed);
 }
@@ -114,7 +106,7 @@ impl HitProbe {
     pub fn new(index: usize, plan: FetchPlan, events: bool, shm: Arc<Shm>) -> HitProbe {
         let pool = (0..POOL).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
         let filtered = OnceLock::new();
-        HitProbe { index, filtered, events, pid: std::process::id(), shm, pool: pool.collect(), plan }
+        HitProbe { index, filtered, events, shm, pool: pool.collect(), plan }
     }
 
     /// From now on, send only the events that pass `filter`. `false` when one is set already,
@@ -123,11 +115,6 @@ impl HitProbe {
         let names: Vec<&str> = self.plan.args().iter().map(|a| a.name.as_str()).collect();
         let Ok(f) = dprobe_spec::parse_filter(filter, &names) else { return false };
         self.filtered.set(FetchPlan::compile(self.plan.args(), Some(&f))).is_ok()
-    }
-
-    /// Whether this probe belongs to this process (not a forked child).
-    pub fn live(&self) -> bool {
-        PID.load(Relaxed) == self.pid
     }
 
     /// Count a hit.
@@ -164,7 +151,7 @@ impl HitProbe {
             let header = Header {
                 probe: self.index as u32,
                 side,
-                pid: self.pid,
+                pid: PID.load(Relaxed),
                 tid,
                 time_ns: now_ns(),
                 entry_time_ns,

@@ -17,15 +17,16 @@ use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeTarget, Regs, Side};
 use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe, ReturnProbe};
 use dprobe_spec::ProbeKind;
 
-use crate::hit::{forget_probes_in_child, now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
+use crate::child::{end_session, follow_forks, Live, LIVE};
+use crate::hit::{now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
 use crate::shm::{Counter, Shm, MAX_PROBES};
 use crate::wire::{receive, send, Message, PlaceProbe, Placement};
 
 /// A session is running (one at a time; a new tracer may start one after it ends).
-static RUNNING: AtomicBool = AtomicBool::new(false);
+pub(crate) static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// The stack size of the agent's thread.
-const STACK: usize = 1 << 20;
+pub(crate) const STACK: usize = 1 << 20;
 
 /// Start the agent: connect to the tracer listening on the abstract unix socket named
 /// `socket`. Returns 0, or a negative number when a session is already running (-2), the
@@ -44,11 +45,6 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
         return -2;
     }
     set_pid();
-    static ATFORK: std::sync::Once = std::sync::Once::new();
-    // SAFETY: registers a C-ABI function that only makes an atomic store.
-    ATFORK.call_once(|| unsafe {
-        libc::pthread_atfork(None, None, Some(forget_probes_in_child));
-    });
     let started = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(move || {
         if set_agent_stack().is_err() {
             RUNNING.store(false, Release);
@@ -69,7 +65,7 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
 
 /// The program's signals are for its own threads: the agent's blocks all but those a fault or
 /// a probe raises synchronously.
-fn block_signals() {
+pub(crate) fn block_signals() {
     // SAFETY: a sigset_t we own, filled by sigfillset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -81,7 +77,7 @@ fn block_signals() {
     }
 }
 
-enum Placed {
+pub(crate) enum Placed {
     Entry { probe: Probe, index: usize, hit: Arc<HitProbe> },
     Return { probe: ReturnProbe, index: usize, hit: Arc<HitProbe> },
 }
@@ -98,24 +94,30 @@ fn session(name: &[u8]) -> io::Result<()> {
     let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
     let shm = Arc::new(Shm::create()?);
     send_fd(&sock, shm.fd().as_raw_fd())?;
-    let mut placed: Vec<Placed> = Vec::new();
+    LIVE.with(|live| *live = Some(Live { name: name.to_vec(), placed: Vec::new(), shm: shm.clone() }));
     let result = loop {
         if !readable(&sock, 20)? {
-            refresh(&placed, &shm);
+            LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &shm)));
             continue;
         }
         match receive(&mut sock) {
             Ok(Some(Message::Place(p))) => {
-                let answer = place(p, &shm, &mut placed);
+                let answer = LIVE.with(|live| match live {
+                    Some(l) => place(p, &shm, &mut l.placed),
+                    None => Placement::Failed("the session has ended".into()),
+                });
+                follow_forks();
                 send(&mut sock, &Message::Placed(answer))?;
             }
             Ok(Some(Message::Filter { index, text })) => {
-                let hit = placed.iter().find_map(|p| p.hit(index as usize));
-                let set = hit.is_some_and(|h| h.set_filter(&text));
+                let set = LIVE.with(|live| {
+                    let hit = live.as_ref().and_then(|l| l.placed.iter().find_map(|p| p.hit(index as usize)));
+                    hit.is_some_and(|h| h.set_filter(&text))
+                });
                 send(&mut sock, &Message::Filtered(set))?;
             }
             Ok(Some(Message::Stop)) => {
-                remove(&mut placed, &shm);
+                end_session(true);
                 send(&mut sock, &Message::Stopped)?;
             }
             Ok(Some(_)) => break Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected message")),
@@ -124,7 +126,7 @@ fn session(name: &[u8]) -> io::Result<()> {
         }
     };
     // However the session ended: nothing of dprobe's stays in the program's code.
-    remove(&mut placed, &shm);
+    end_session(true);
     result
 }
 
@@ -167,15 +169,17 @@ fn set_return_figures(shm: &Shm, index: usize, s: &dprobe_core::Stats) {
 }
 
 /// Unregister every probe (their original bytes are back when this returns) and record
-/// their last figures.
-fn remove(placed: &mut Vec<Placed>, shm: &Shm) {
-    refresh(placed, shm);
+/// their last figures in `shm`, if given.
+pub(crate) fn remove(placed: &mut Vec<Placed>, shm: Option<&Shm>) {
+    if let Some(shm) = shm {
+        refresh(placed, shm);
+    }
     let mut entries = Vec::new();
     for p in placed.drain(..) {
         match p {
             Placed::Entry { probe, .. } => entries.push(probe),
             Placed::Return { probe, index, .. } => {
-                if let Ok(s) = probe.unregister() {
+                if let (Ok(s), Some(shm)) = (probe.unregister(), shm) {
                     set_return_figures(shm, index, &s);
                 }
             }
@@ -207,7 +211,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
         let on_entry = hit.clone();
         let k = k
             .entry_handler(move |regs, data| {
-                if !on_entry.live() || on_agent_thread(regs.rsp) {
+                if on_agent_thread(regs.rsp) {
                     return EntryAction::Skip;
                 }
                 on_entry.count(Counter::Hits);
@@ -236,7 +240,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
         })
     } else {
         register(Kprobe::at(target(&p)).pre(move |regs| {
-            if hit.live() && !on_agent_thread(regs.rsp) {
+            if !on_agent_thread(regs.rsp) {
                 hit.count(Counter::Hits);
                 hit.event(regs, None, Side::Entry, None);
             }

@@ -14,6 +14,7 @@
 //! Counts cost no event traffic: every probe's figures are counters in the shared memory,
 //! readable even after the program ended.
 
+mod child;
 mod engine;
 mod hit;
 mod inside;

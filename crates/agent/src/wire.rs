@@ -63,6 +63,8 @@ pub enum Message {
     Stop,
     /// Agent → tracer: every probe is removed; no event comes after this.
     Stopped,
+    /// A forked child's agent → tracer, first on its own connection: the child's process id.
+    Hello(u32),
 }
 
 const MAX_MESSAGE: u32 = 1 << 20;
@@ -104,6 +106,10 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
         }
         Message::Stop => b.push(b'S'),
         Message::Stopped => b.push(b's'),
+        Message::Hello(pid) => {
+            b.push(b'H');
+            b.extend_from_slice(&pid.to_le_bytes());
+        }
     }
     w.write_all(&(b.len() as u32).to_le_bytes())?;
     w.write_all(&b)
@@ -147,6 +153,7 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         b'F' => Message::Placed(Placement::Failed(c.str()?)),
         b'S' => Message::Stop,
         b's' => Message::Stopped,
+        b'H' => Message::Hello(c.u32()?),
         _ => return Err(bad()),
     };
     Ok(Some(m))
@@ -305,6 +312,7 @@ mod tests {
             Message::Placed(Placement::Failed("why".into())),
             Message::Stop,
             Message::Stopped,
+            Message::Hello(77),
         ];
         let mut buf = Vec::new();
         for m in &messages {

@@ -197,3 +197,73 @@ fn exec_complete(pid: i32) -> bool {
         })
     })
 }
+
+/// Whether process `pid` has a thread named `dprobe-agent`.
+fn has_agent_thread(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "dprobe-agent"))
+}
+
+/// Kills a process if the test fails before it ends (a forked child is nobody's `Child`).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: signals a process this test made.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The children of process `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace().filter_map(|c| c.parse().ok()).collect()
+}
+
+#[test]
+fn a_child_forked_while_traced_is_traced_and_let_go_with_its_parent() {
+    let parent = Running::start(&["fork-wait"]);
+    let pid = parent.pid();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut engine = AgentEngine::attach(pid, agent(), true).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    // SAFETY: signals the program this test started: it forks.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let pids = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let mut child = None;
+    // Until the child's agent runs and the child's events came (a bound against hanging, not
+    // a measure).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    engine
+        .run(
+            &mut || {
+                assert!(Instant::now() < deadline, "no events from the child");
+                child = child.or_else(|| children_of(pid).first().copied());
+                child.is_some_and(|c| has_agent_thread(c) && pids.borrow().contains(&(c as u32)))
+            },
+            &mut |e| {
+                pids.borrow_mut().insert(e.pid);
+            },
+        )
+        .unwrap();
+    let child = child.unwrap();
+    let _child = KillOnDrop(child);
+    let pids = pids.into_inner();
+    assert!(pids.contains(&(pid as u32)), "the parent's events too: {pids:?}");
+    engine.finish(None, &|| false).unwrap();
+    // Each agent removed its process's probes (it answered), then its thread ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while has_agent_thread(child) || has_agent_thread(pid) {
+        assert!(Instant::now() < deadline, "an agent thread is still there");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signals the child of the program this test started.
+    assert_eq!(unsafe { libc::kill(child, libc::SIGUSR2) }, 0);
+    assert_eq!(
+        parent.finish(),
+        Some(7),
+        "the child and the parent ran on as they were (the child's status is checked)"
+    );
+}

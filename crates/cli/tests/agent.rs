@@ -50,15 +50,28 @@ fn eight_threads_counted_exactly() {
 }
 
 #[test]
-fn returns_filters_json_and_a_forked_child_left_untraced() {
+fn returns_filters_and_json() {
     let args = ["--json", "recurse%return depth=$arg1:u8", "--filter", "depth >= 2", "--", target(), "recurse", "3"];
     let (code, out) = agent("agent-json", &args);
     assert_eq!(code, Some(0), "{out}");
     let events: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
     assert_eq!(events.len(), 2, "{out}");
     assert!(events[0].contains("\"kind\":\"return\",\"args\":{\"ret\":2,\"depth\":2}"), "{}", events[0]);
-    let (code, out) = agent("agent-fork", &["--count", "probed", "--", target(), "fork"]);
-    assert_eq!((code, hits(&out, "probed")), (Some(0), 1), "the parent's call; the child runs untraced\n{out}");
+}
+
+#[test]
+fn a_forked_child_keeps_the_agent_and_its_events_carry_its_pid() {
+    let (code, out) = agent("agent-fork", &["probed x=$arg1", "probed_push", "--", target(), "fork"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!((hits(&out, "probed"), hits(&out, "probed_push")), (2, 1), "the parent's call and the child's\n{out}");
+    let pid_of = |call: &str| {
+        let line = out.lines().find(|l| l.ends_with(call)).unwrap_or_else(|| panic!("no {call} in\n{out}"));
+        line.split(['(', ')']).nth(1).unwrap().to_owned()
+    };
+    let (parent, child) = (pid_of("call probed(x=0xa)"), pid_of("call probed(x=0x14)"));
+    assert_ne!(parent, child, "the child's events carry its own pid\n{out}");
+    assert_eq!(pid_of("call probed_push()"), child);
+    assert!(out.contains(&format!("process {parent} exited with status 0")), "{out}");
 }
 
 #[test]

@@ -60,6 +60,11 @@ impl<A> SiteTable<A> {
         })
     }
 
+    /// In a child process just forked: see [`Rcu::forget_readers_after_fork`].
+    pub fn forget_readers_after_fork(&self) {
+        self.rows.forget_readers_after_fork();
+    }
+
     /// Change the rows: `f` edits a copy, which is sorted and published. Returns after the
     /// grace period, with the old rows (drop them outside any handler).
     ///

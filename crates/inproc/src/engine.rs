@@ -114,6 +114,14 @@ impl Engine {
         ENGINE.get()
     }
 
+    /// In a child process just forked (one thread, outside any hit): the parent's other
+    /// threads that were reading the engine's tables are not in it.
+    pub(crate) fn forget_readers_after_fork(&self) {
+        self.table.forget_readers_after_fork();
+        self.slots.forget_readers_after_fork();
+        self.windows.forget_readers_after_fork();
+    }
+
     /// The engine, installing dprobe's signal handlers on first use.
     pub fn global() -> Result<&'static Engine, ProbeError> {
         let engine = ENGINE.get_or_init(|| Engine {

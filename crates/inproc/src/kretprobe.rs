@@ -205,6 +205,11 @@ fn monotonic_ms() -> u64 {
 }
 
 /// Every live return probe, by id, for the dispatcher.
+/// In a child process just forked: see [`Rcu::forget_readers_after_fork`].
+pub(crate) fn forget_readers_after_fork() {
+    registry().forget_readers_after_fork();
+}
+
 fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
     static REGISTRY: OnceLock<Rcu<Vec<Arc<KretInner>>>> = OnceLock::new();
     REGISTRY.get_or_init(|| Rcu::new(Vec::new()))

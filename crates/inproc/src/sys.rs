@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use dprobe_arch::{Addr, MemoryFault};
 
@@ -17,9 +17,17 @@ use dprobe_arch::{Addr, MemoryFault};
 ///
 /// A one-byte write is seen by other threads either before or after, never torn.
 pub fn write_code(addr: Addr, bytes: &[u8]) -> io::Result<()> {
-    static MEM: OnceLock<io::Result<File>> = OnceLock::new();
-    let file = MEM.get_or_init(|| File::options().read(true).write(true).open("/proc/self/mem"));
-    let file = file.as_ref().map_err(|e| io::Error::new(e.kind(), format!("opening /proc/self/mem: {e}")))?;
+    // An open `/proc/self/mem` stays the memory of the process that opened it: a forked child
+    // opens its own, or it would write its parent's code.
+    static MEM: Mutex<Option<(libc::pid_t, File)>> = Mutex::new(None);
+    let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = own_pid();
+    if mem.as_ref().is_none_or(|(opened_by, _)| *opened_by != pid) {
+        let file = File::options().read(true).write(true).open("/proc/self/mem");
+        let file = file.map_err(|e| io::Error::new(e.kind(), format!("opening /proc/self/mem: {e}")))?;
+        *mem = Some((pid, file));
+    }
+    let (_, file) = mem.as_ref().expect("opened above");
     file.write_all_at(bytes, addr.0)?;
     sync_cores();
     Ok(())

@@ -204,8 +204,13 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 }
 
 /// In a forked child: the other threads' entries are free (those threads are not in the
-/// child), and this thread's id is asked again.
+/// child), and this thread's id is asked again; the readers of the engine's tables that were
+/// those threads are forgotten (so that unregistering in the child does not wait for them).
 extern "C" fn in_forked_child() {
+    if let Some(engine) = crate::engine::Engine::get() {
+        engine.forget_readers_after_fork();
+    }
+    crate::kretprobe::forget_readers_after_fork();
     let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
     let tp = thread_pointer();
     for i in 0..ENTRIES {

@@ -112,6 +112,15 @@ impl<T> Rcu<T> {
         *unsafe { Box::from_raw(old) }
     }
 
+    /// In a child process just forked, with one thread: the readers counted are the parent's
+    /// other threads, which the child does not have; forget them, so that a grace period in
+    /// the child does not wait for them forever. The child's own thread must not be reading.
+    pub fn forget_readers_after_fork(&self) {
+        for r in &self.readers {
+            r.store(0, SeqCst);
+        }
+    }
+
     /// Wait until every reader that started before this call has finished.
     pub fn synchronize(&self) {
         let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());

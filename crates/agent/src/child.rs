@@ -1,0 +1,139 @@
+//! A forked child keeps the agent. `fork` copies the probes (the child's code is patched as
+//! the parent's), the shared memory (its events and counts go to the same ring and counters,
+//! with its own process id) and the list of probes placed, but not the agent's thread: the
+//! child starts one of its own, which announces the child to dprobe and removes the child's
+//! probes when dprobe stops, goes away, or cannot be reached.
+//!
+//! The list of probes is behind a gate that a fork holds from before to after (a spin lock:
+//! the child's copy must never be caught half-changed, nor locked by a thread it does not
+//! have).
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::Arc;
+
+use crate::hit::{set_agent_stack, set_pid};
+use crate::inside::{block_signals, remove, Placed, RUNNING, STACK};
+use crate::shm::Shm;
+use crate::wire::{receive, send, Message};
+
+/// A value behind a spin lock that `fork` can hold across.
+pub(crate) struct Gate<T> {
+    held: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached through `with`, by one thread at a time.
+unsafe impl<T: Send> Sync for Gate<T> {}
+
+struct Held<'a>(&'a AtomicBool);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Release);
+    }
+}
+
+impl<T> Gate<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Gate { held: AtomicBool::new(false), value: UnsafeCell::new(value) }
+    }
+
+    fn acquire(&self) {
+        while self.held.swap(true, Acquire) {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Run `f` on the value, alone.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        self.acquire();
+        let _held = Held(&self.held);
+        // SAFETY: the gate is held: no other thread reaches the value until it is let go.
+        f(unsafe { &mut *self.value.get() })
+    }
+}
+
+/// A session's state, as a forked child needs it.
+pub(crate) struct Live {
+    /// The tracer's socket.
+    pub(crate) name: Vec<u8>,
+    /// The probes placed.
+    pub(crate) placed: Vec<Placed>,
+    /// The shared memory.
+    pub(crate) shm: Arc<Shm>,
+}
+
+/// The session running in this process, if any.
+pub(crate) static LIVE: Gate<Option<Live>> = Gate::new(None);
+
+/// End the session in this process: every probe removed (the figures the engine keeps copied
+/// into the shared memory first when `figures`: the parent's alone, a child's would overwrite
+/// them).
+pub(crate) fn end_session(figures: bool) {
+    LIVE.with(|live| {
+        if let Some(mut l) = live.take() {
+            remove(&mut l.placed, figures.then_some(&*l.shm));
+        }
+    });
+}
+
+/// Hold the gate across every `fork` from now on (once; after the first probe is placed, so
+/// that the engine's own fork handlers run first in the child).
+pub(crate) fn follow_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers C-ABI functions that take and let go of the gate and start a thread.
+    ONCE.call_once(|| unsafe {
+        libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child));
+    });
+}
+
+extern "C" fn before_fork() {
+    LIVE.acquire();
+}
+
+extern "C" fn after_fork_in_parent() {
+    LIVE.held.store(false, Release);
+}
+
+extern "C" fn after_fork_in_child() {
+    LIVE.held.store(false, Release);
+    set_pid();
+    if LIVE.with(|live| live.is_some()) {
+        let spawned = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(child_session);
+        if spawned.is_err() {
+            end_session(false);
+        }
+    }
+}
+
+/// The child's agent thread.
+fn child_session() {
+    if set_agent_stack().is_ok() {
+        block_signals();
+        if let Some(name) = LIVE.with(|live| live.as_ref().map(|l| l.name.clone())) {
+            let _ = announce_and_wait(&name);
+        }
+    }
+    // dprobe asked, went away, or could not be reached: the child's probes go.
+    end_session(false);
+    RUNNING.store(false, Release);
+}
+
+fn announce_and_wait(name: &[u8]) -> io::Result<()> {
+    let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
+    send(&mut sock, &Message::Hello(std::process::id()))?;
+    loop {
+        match receive(&mut sock)? {
+            Some(Message::Stop) => {
+                end_session(false);
+                return send(&mut sock, &Message::Stopped);
+            }
+            Some(_) => {}
+            None => return Ok(()),
+        }
+    }
+}
