@@ -195,3 +195,46 @@ fn dprobe_alone_carries_its_agent() {
     assert_eq!(o.status.code(), Some(0), "{}{text}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(hits(&text, "probed"), 2000, "{text}");
 }
+
+#[test]
+fn ls_recursive_opens_each_directory_once() {
+    let root = out_file("agent-tree");
+    let _ = std::fs::remove_dir_all(&root);
+    let dirs = ["a", "a/b", "a/b/c", "d", "e"];
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join("f"), "x").unwrap();
+    }
+    let r = root.to_str().unwrap();
+    let (code, out) = agent("agent-ls", &["libc:opendir path=+0($arg1):string", "--", "ls", "-R", r]);
+    assert_eq!(code, Some(0), "{out}");
+    let opened: std::collections::BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| l.split("call opendir(path=\"").nth(1))
+        .map(|p| p.trim_end_matches("\")").to_owned())
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        std::iter::once(r.to_owned()).chain(dirs.iter().map(|d| format!("{r}/{d}"))).collect();
+    assert_eq!(opened, expected);
+    assert_eq!(hits(&out, "libc:opendir"), 6);
+}
+
+#[test]
+fn killing_the_tracee_ends_dprobe_with_its_summary() {
+    let out = out_file("agent-killed");
+    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--engine", "agent", "-o", out.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("a call", || std::fs::read_to_string(&out).unwrap_or_default().contains(" call probed("));
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dprobe.id())).unwrap();
+    let tracee: i32 = children.split_whitespace().next().expect("the tracee").parse().unwrap();
+    // SAFETY: kills the program dprobe started.
+    assert_eq!(unsafe { libc::kill(tracee, libc::SIGKILL) }, 0);
+    let status = dprobe.wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status.code(), Some(128 + 9), "{text}");
+    assert!(text.contains(&format!("process {tracee} was killed by SIGKILL")), "{text}");
+    assert!(hits(&text, "probed") > 0, "{text}");
+}
