@@ -50,7 +50,8 @@ for tool in agent ptrace kernel bpftrace frida; do
 done
 
 # --- 2. end to end: python3 allocating ------------------------------------------------------
-py=$(command -v python3.11 || readlink -f "$(command -v python3)")
+# The interpreter itself (not a wrapper script such as pyenv's shims).
+py=$(readlink -f /usr/bin/python3 2>/dev/null || readlink -f "$(command -v python3)")
 script=$out/allocate.py
 cat >"$script" <<PY
 import time
