@@ -59,7 +59,7 @@ fn tracer_of(pid: i32) -> i32 {
 fn place(engine: &mut AgentEngine, spec: &str) {
     let spec = dprobe_spec::parse_probe(spec).unwrap();
     let plan = FetchPlan::compile(&spec.args, None);
-    engine.place(ProbeRequest { spec: &spec, plan: &plan, timed: false, maxactive: None }).unwrap();
+    engine.place(ProbeRequest { spec: &spec, plan: &plan, timed: false, maxactive: None, semaphore: None }).unwrap();
 }
 
 #[test]
