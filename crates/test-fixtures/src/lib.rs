@@ -1,6 +1,8 @@
 //! C and C++ functions for dprobe's tests (see `fixtures.c`, `fixtures.cpp`).
 #![allow(missing_docs)]
 
+pub mod programs;
+
 extern "C" {
     pub fn fxc_victim(x: i64) -> i64;
     pub fn fxc_jump_out(x: i64) -> i64;

@@ -102,47 +102,9 @@ pub fn workers() -> &'static str {
     dprobe_test_fixtures::c_program(src, "workers", &["-O2", "-pthread"])
 }
 
-/// A program that makes children in every way around calls of `work` (`family MODE N M`).
-pub fn family() -> &'static str {
-    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/family.c"), "family", &["-O2", "-pthread"])
-}
-
-/// A program with constructors, linked with a library that has one (`loads ctors PLUGIN`), and
-/// that loads and unloads a library again and again (`loads reload LIBRARY N`).
-pub fn loads() -> &'static str {
-    let lib = dprobe_test_fixtures::c_program(
-        &format!("{FIXTURES}/ctorlib.c"),
-        "libdprobe_ctor.so",
-        &["-O2", "-shared", "-fPIC"],
-    );
-    let dir = std::path::Path::new(lib).parent().unwrap().to_str().unwrap();
-    let (search, rpath) = (format!("-L{dir}"), format!("-Wl,-rpath,{dir}"));
-    // Named before the source that uses it: kept without --as-needed.
-    let flags = ["-O2", &search, &rpath, "-Wl,--no-as-needed", "-ldprobe_ctor", "-ldl"];
-    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/loads.c"), "loads", &flags)
-}
-
-/// A library whose constructor calls its `plugin_ctor_work` 4 times, loaded with `dlopen`.
-pub fn ctor_plugin() -> &'static str {
-    dprobe_test_fixtures::c_program(
-        &format!("{FIXTURES}/ctorplugin.c"),
-        "libdprobe_ctorplugin.so",
-        &["-O2", "-shared", "-fPIC"],
-    )
-}
-
-/// A C++ program that throws through `inner` and `middle` and catches in `outer`, every third
-/// call (`throws N`).
-pub fn throws() -> &'static str {
-    // No cold clones (`inner.cold`): the functions stay whole.
-    let flags = ["-O2", "-fno-reorder-blocks-and-partition", "-Wl,--no-as-needed", "-lstdc++"];
-    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/throws.cpp"), "throws", &flags)
-}
-
-/// Functions that leave by `exit`, `_exit`, `longjmp` and `pthread_exit` (`exits MODE N`).
-pub fn exits() -> &'static str {
-    dprobe_test_fixtures::c_program(&format!("{FIXTURES}/exits.c"), "exits", &["-O2", "-pthread"])
-}
+/// The programs shared with the other crate's tests (each test binary uses some of them).
+#[allow(unused_imports)]
+pub use dprobe_test_fixtures::programs::{ctor_plugin, exits, family, loads, throws};
 
 /// A program with static probes (`usdt run N`, `usdt serve`; `usdt.c` says what it prints),
 /// built at `opt` (`-O0`: arguments on the stack; `-O2`: in registers).
