@@ -355,38 +355,21 @@ impl Session {
     /// with no free instance (`maxactive`, [`Stats::missed`]) and for an entry hits while
     /// another kprobe ran ([`Stats::reentered`]).
     pub fn kernel_counts(&self, index: usize) -> Option<Stats> {
-        self.all_kernel_counts().get(index).cloned().flatten()
+        // Only this event's file, read once: a summary asks for each event in turn.
+        let e = self.events.get(index)?;
+        counts_of(e, &self.tracefs.lines(profile_file(e)?))
     }
 
     /// [`Session::kernel_counts`] of every event, in order, reading each profile file once.
     /// The kernel counts every hit of a probe, in every process: also those its filters
     /// dropped, a full buffer lost, and for a return probe, entries (returned or not).
     pub fn all_kernel_counts(&self) -> Vec<Option<Stats>> {
-        let mut profiles: [Option<Vec<String>>; 2] = Default::default();
+        let mut profiles: std::collections::HashMap<&str, Vec<String>> = Default::default();
         self.events
             .iter()
             .map(|e| {
-                let (slot, file) = match e.definition.kind {
-                    EventKind::Uprobe => (0, "uprobe_profile"),
-                    EventKind::Kprobe => (1, "kprobe_profile"),
-                    EventKind::Tracepoint => return None,
-                };
-                let lines = profiles[slot].get_or_insert_with(|| self.tracefs.lines(file));
-                // uprobe_profile: `PATH EVENT HITS`; kprobe_profile: `EVENT HITS MISSES`. EVENT
-                // is the name alone, which is unique to the session.
-                lines.iter().find_map(|line| {
-                    let words: Vec<&str> = line.split_whitespace().collect();
-                    let at = words.iter().position(|w| *w == e.name)?;
-                    let number = |i: usize| words.get(i).and_then(|w| w.parse().ok());
-                    let (hits, missed) = (number(at + 1)?, number(at + 2).unwrap_or(0));
-                    let mut stats = Stats { hits, placement: Placement::InKernel, ..Stats::default() };
-                    if e.definition.is_return {
-                        stats.missed = missed;
-                    } else {
-                        stats.reentered = missed;
-                    }
-                    Some(stats)
-                })
+                let file = profile_file(e)?;
+                counts_of(e, profiles.entry(file).or_insert_with(|| self.tracefs.lines(file)))
             })
             .collect()
     }
@@ -439,6 +422,34 @@ fn event_file(kind: EventKind) -> &'static str {
         EventKind::Kprobe => "kprobe_events",
         _ => "uprobe_events",
     }
+}
+
+/// The file with the kernel's counts of a dynamic event (none for a tracepoint).
+fn profile_file(e: &DefinedEvent) -> Option<&'static str> {
+    match e.definition.kind {
+        EventKind::Uprobe => Some("uprobe_profile"),
+        EventKind::Kprobe => Some("kprobe_profile"),
+        EventKind::Tracepoint => None,
+    }
+}
+
+/// The kernel's counts of event `e`, from its profile file's `lines`.
+fn counts_of(e: &DefinedEvent, lines: &[String]) -> Option<Stats> {
+    // uprobe_profile: `PATH EVENT HITS`; kprobe_profile: `EVENT HITS MISSES`. EVENT is the name
+    // alone, which is unique to the session.
+    lines.iter().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == e.name)?;
+        let number = |i: usize| words.get(i).and_then(|w| w.parse().ok());
+        let (hits, missed) = (number(at + 1)?, number(at + 2).unwrap_or(0));
+        let mut stats = Stats { hits, placement: Placement::InKernel, ..Stats::default() };
+        if e.definition.is_return {
+            stats.missed = missed;
+        } else {
+            stats.reentered = missed;
+        }
+        Some(stats)
+    })
 }
 
 /// The `(group, name)` of each event defined in `file`: `p:GROUP/NAME ...` or `r...`.
