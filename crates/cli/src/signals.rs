@@ -19,9 +19,17 @@ static COUNT: AtomicI32 = AtomicI32::new(0);
 /// a command dprobe started included, received it), not from a process's `kill`.
 static FROM_TERMINAL: AtomicBool = AtomicBool::new(false);
 
-/// Catch the stop signals.
+/// Catch the stop signals, except those dprobe was started with ignored, which stay ignored.
+///
+/// That is the classic convention: a shell without job control starts a background job with
+/// SIGINT ignored (a Ctrl-C at the terminal is for the foreground job), and `nohup` starts its
+/// command with SIGHUP ignored; a program that caught them anyway would end on a signal meant
+/// for another. It also keeps a command dprobe starts as it would be untraced: a caught signal
+/// is at its default in the command, an ignored one stays ignored there too.
 pub fn install() -> io::Result<()> {
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP])?;
+    let ignored = ignored_signals()?;
+    let caught = [SIGINT, SIGTERM, SIGHUP].into_iter().filter(|&s| ignored & (1 << (s - 1)) == 0);
+    let mut signals = SignalsInfo::<WithOrigin>::new(caught.collect::<Vec<_>>())?;
     std::thread::Builder::new().name("dprobe-signals".into()).spawn(move || {
         for origin in signals.forever() {
             FROM_TERMINAL.store(origin.cause == Cause::Kernel, Ordering::Relaxed);
@@ -30,6 +38,14 @@ pub fn install() -> io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The signals dprobe ignores now (bit `s - 1` for signal `s`), as the kernel shows them.
+fn ignored_signals() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map(str::trim);
+    mask.and_then(|m| u64::from_str_radix(m, 16).ok())
+        .ok_or_else(|| io::Error::other("no SigIgn line in /proc/self/status"))
 }
 
 /// The signal that asked dprobe to stop, if one did.

@@ -91,6 +91,8 @@ pub fn mode(args: &TraceArgs) -> Mode {
 /// comes while the probes are planned, the output opened, the program attached or the probes
 /// placed ends the trace as soon as it runs. One that comes earlier still (in dprobe's first
 /// moments, before `main` runs this) ends dprobe as it ends any program, with nothing changed.
+/// A stop signal dprobe was started with ignored (a background job's SIGINT, `nohup`'s
+/// SIGHUP) stays ignored: see [`signals::install`].
 pub fn run(args: TraceArgs) -> Result<i32> {
     signals::install().context("installing signal handlers")?;
     let planned = plan_probes(&args)?;

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{function_addr, hits, out_file, read_mem, target};
+use common::{dprobe_command, function_addr, hits, out_file, read_mem, target};
 
 /// The running target; killed if a test fails before it finishes it.
 struct Running(Child);
@@ -44,7 +44,7 @@ fn ctrl_c_detaches_and_the_program_finishes_with_its_own_result() {
         ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
     let out = out_file("attach-sigint");
     let p = pid.to_string();
-    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+    let mut dprobe = dprobe_command()
         .args(["trace", "-o", out.to_str().unwrap(), "-p", &p])
         .args(["probed", "probed_push x=$arg1", "pair%return", "until_told%return"])
         .spawn()

@@ -3,10 +3,10 @@
 //! dprobe at once; the command goes on, untraced, to its own end.
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{out_file, target};
+use common::{dprobe_command, out_file, target};
 
 /// The first byte of `probed` in process `pid`, once it runs the target program.
 fn first_byte_of_probed(pid: i32) -> Option<u8> {
@@ -27,7 +27,7 @@ fn started_command(pid: u32) -> Option<i32> {
 #[test]
 fn sigint_to_dprobe_alone_detaches_and_exits_without_waiting_for_the_command() {
     let out = out_file("sigint-alone");
-    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+    let mut dprobe = dprobe_command()
         .args(["trace", "--count", "-o", out.to_str().unwrap(), "probed", "pair%return", "--", target(), "until-usr2"])
         .stdin(Stdio::null())
         .spawn()

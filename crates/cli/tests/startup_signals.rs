@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{function_addr, read_mem, target};
+use common::{dprobe_command, function_addr, read_mem, target};
 
 /// The running target; killed if a test fails before it finishes it.
 struct Running(Child);
@@ -20,21 +20,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `dprobe` with `SIGINT` at its default: a test run as a shell's background job inherits
-/// it ignored, and a SIGINT that came before dprobe catches it would then be lost.
-fn dprobe_command() -> Command {
-    use std::os::unix::process::CommandExt;
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dprobe"));
-    // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
-    unsafe {
-        c.pre_exec(|| {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    c
 }
 
 /// Wait for `child`; a run that never ends is killed and reported (with where its threads
@@ -157,4 +142,90 @@ fn sigint_while_a_fifo_waits_for_its_reader_ends_dprobe_before_anything_starts()
     let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped by SIGINT before tracing started"), "{stderr}");
+}
+
+/// `dprobe ARGS` started with SIGINT ignored, as a shell without job control starts a
+/// background job.
+fn dprobe_with_sigint_ignored(args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dprobe"));
+    c.args(args);
+    // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    c
+}
+
+#[test]
+fn sigint_ignored_from_the_start_stays_ignored_and_sigterm_still_ends_the_trace() {
+    let mut child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    let out = common::out_file("sigint-ignored");
+    let mut dprobe =
+        dprobe_with_sigint_ignored(&["trace", "-o", out.to_str().unwrap(), "-p", &pid.to_string(), "pair"])
+            .spawn()
+            .unwrap();
+    // Tracing: events came (dprobe would have caught SIGINT by now, had it meant to).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains(" call pair(") {
+        assert!(Instant::now() < deadline, "no event came");
+        assert!(dprobe.try_wait().unwrap().is_none(), "dprobe ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let events = || std::fs::read_to_string(&out).unwrap_or_default().matches(" call pair(").count();
+    // SAFETY: signals the dprobe we started (still our unreaped child).
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    // A caught SIGINT would end the trace at the next event; the trace goes on.
+    let at_sigint = events();
+    while events() < at_sigint + 1000 {
+        assert!(dprobe.try_wait().unwrap().is_none(), "dprobe ended on SIGINT");
+        assert!(Instant::now() < deadline, "no event came after the SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_or_report(&mut dprobe, "SIGTERM");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("detached from process {pid}")) && text.contains("(SIGTERM)"), "{text}");
+    assert!(!text.contains("SIGINT"), "{text}");
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "it finished with the results it computes untraced");
+}
+
+#[test]
+fn a_command_started_with_sigint_ignored_has_it_ignored_as_untraced() {
+    // The signals `grep` ignores, as it reads them itself: untraced and traced, each started
+    // with SIGINT ignored.
+    let status_line = ["SigIgn", "/proc/self/status"];
+    let untraced = {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new("grep");
+        // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+        unsafe {
+            c.args(status_line).pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        c.output().unwrap()
+    };
+    let untraced = String::from_utf8(untraced.stdout).unwrap();
+    let mask = u64::from_str_radix(untraced.trim().strip_prefix("SigIgn:").unwrap().trim(), 16).unwrap();
+    assert_ne!(mask & (1 << (libc::SIGINT - 1)), 0, "{untraced}");
+    let out = common::out_file("sigint-ignored-command");
+    let traced = dprobe_with_sigint_ignored(&["trace", "--count", "-o", out.to_str().unwrap(), "libc:read", "--"])
+        .arg("grep")
+        .args(status_line)
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(traced.status.code(), Some(0), "{summary}");
+    assert!(common::hits(&summary, "libc:read") > 0, "traced: {summary}");
+    assert_eq!(String::from_utf8(traced.stdout).unwrap(), untraced);
 }

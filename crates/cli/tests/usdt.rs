@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use common::{dprobe, hits, out_file, usdt};
+use common::{dprobe, dprobe_command, hits, out_file, usdt};
 
 /// One round as the program printed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +104,7 @@ fn attached_the_semaphore_is_raised_while_traced_and_given_back_after() {
         let out = out_file(&format!("usdt-attach-{engine}"));
         let pid = child.id().to_string();
         let spec = format!("usdt:{prog}:app:req id=$arg1");
-        let mut tracer = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        let mut tracer = dprobe_command()
             .args(["trace", "--engine", engine, "-o", out.to_str().unwrap(), "-p", &pid, &spec])
             .stderr(Stdio::piped())
             .spawn()

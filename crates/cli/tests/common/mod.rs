@@ -51,6 +51,22 @@ pub fn out_file(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The `dprobe` command with SIGINT at its default, for the tests that send it one: a test run
+/// as a background job of a shell without job control inherits SIGINT ignored, and dprobe keeps
+/// ignoring a stop signal it was started with ignored (as programs do).
+pub fn dprobe_command() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dprobe"));
+    // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    c
+}
+
 /// `dprobe ARGS`, waited for.
 pub fn dprobe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dprobe")).args(args).output().unwrap()
