@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{dprobe, greet, handlers, hits, line_of, lines_program, out_file, trace, usdt};
+use common::{dprobe, dprobe_command, greet, handlers, hits, line_of, lines_program, out_file, trace, usdt};
 
 /// The tests compare the kernel's event files before and after: one at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -107,7 +107,7 @@ fn ctrl_c_and_sigkill_leave_no_event_behind() {
     let before = tracefs("uprobe_events");
     let spec = format!("{}:greet", greet());
     for signal in [libc::SIGINT, libc::SIGKILL] {
-        let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        let mut d = dprobe_command()
             .args(["trace", "-a", "--count", "-o", out_file("system-signal").to_str().unwrap(), &spec])
             .spawn()
             .unwrap();
@@ -133,26 +133,33 @@ fn ctrl_c_and_sigkill_leave_no_event_behind() {
 }
 
 #[test]
-fn sigint_at_any_moment_of_startup_leaves_no_event_behind() {
+fn sigint_at_any_moment_of_startup_leaves_no_event_behind_and_the_program_unharmed() {
     use std::os::unix::process::ExitStatusExt;
     let _x = exclusive();
     let before = tracefs("uprobe_events");
-    let spec = format!("{}:greet", greet());
+    // A program that runs the probed functions all along (four threads calling `pair`, each
+    // inside `until_told`): every try places uprobes in it and takes them out again.
+    let program = common::target();
+    let mut child = Command::new(program).arg("until-usr2").stdin(std::process::Stdio::null()).spawn().unwrap();
+    let pid = child.id() as i32;
+    while std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let addrs: Vec<u64> = ["pair", "until_told"].iter().map(|f| common::function_addr(pid, f)).collect();
+    let code = || -> Vec<Vec<u8>> { addrs.iter().map(|&a| common::read_mem(pid, a, 32)).collect() };
+    let code_before = code();
+    let specs = [format!("{program}:pair"), format!("{program}:until_told%return")];
+    let (mut caught, mut early) = (0, 0);
     // No moment is timed: 100 points every 2 ms from the start, each of which must end the
     // same way (caught: exit 0; or before dprobe caught the stop signals: killed by it,
     // having defined nothing).
     for i in 0..100u64 {
-        let mut d = Command::new(env!("CARGO_BIN_EXE_dprobe"));
-        d.args(["trace", "-a", "--count", "-o", "/dev/null", &spec]).stderr(std::process::Stdio::piped());
-        // SIGINT at its default (a test run as a shell's background job inherits it ignored).
-        // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut d, || {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                Ok(())
-            });
-        }
-        let mut d = d.spawn().unwrap();
+        let mut d = dprobe_command()
+            .args(["trace", "-a", "--count", "-o", "/dev/null"])
+            .args(&specs)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(2 * i));
         // SAFETY: signals the dprobe we started (still our unreaped child).
         assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
@@ -163,17 +170,29 @@ fn sigint_at_any_moment_of_startup_leaves_no_event_behind() {
             }
             if std::time::Instant::now() > deadline {
                 let _ = d.kill();
+                let _ = child.kill();
                 panic!("try {i}: dprobe did not end after SIGINT");
             }
             std::thread::sleep(Duration::from_millis(5));
         };
         let stderr = std::io::read_to_string(d.stderr.take().unwrap()).unwrap();
-        assert!(
-            matches!((status.code(), status.signal()), (Some(0), None) | (None, Some(libc::SIGINT))),
-            "try {i}: {status:?} {stderr}"
-        );
+        match (status.code(), status.signal()) {
+            (Some(0), None) => caught += 1,
+            (None, Some(libc::SIGINT)) => early += 1,
+            other => {
+                let _ = child.kill();
+                panic!("try {i}: dprobe ended with {other:?}: {stderr}");
+            }
+        }
         assert_eq!(tracefs("uprobe_events"), before, "try {i}: every event removed");
+        assert!(child.try_wait().unwrap().is_none(), "try {i}: the program died: {stderr}");
+        assert_eq!(code(), code_before, "try {i}: the program's code, byte for byte");
     }
+    eprintln!("{caught} caught, {early} before dprobe caught the stop signals");
+    assert!(caught > 0, "no SIGINT came after dprobe caught the stop signals ({early} came before)");
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(0), "it finished with the results it computes untraced");
 }
 
 #[test]
@@ -190,6 +209,25 @@ fn what_the_kernel_engine_cannot_do_is_said() {
         (&["--comm", "cat", "libc:open", "--", "true"], "--comm filters system-wide traces"),
     ];
     common::assert_refused(cases);
+}
+
+#[test]
+fn instructions_the_kernel_would_refuse_are_refused_before_placing_with_the_reason() {
+    let _x = exclusive();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/refused.c");
+    let program = dprobe_test_fixtures::c_program(src, "refused", &["-O2"]);
+    let mut cases = vec![("vex_first", "VEX/EVEX-encoded"), ("lock_first", "`lock`-prefixed")];
+    if dprobe_kernel::kernel_optimizes_nop5() {
+        cases.push(("red_zone_nop+4", "red zone"));
+    }
+    for (place, why) in cases {
+        let spec = format!("{program}:{place}");
+        let o = dprobe(&["trace", "-a", "--count", &spec, "--", program]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{place}: refused, not 0 hits\n{stderr}");
+        assert!(stderr.contains(why), "{place}: {stderr}");
+        assert!(!tracefs("uprobe_events").contains(program), "{place}: nothing placed");
+    }
 }
 
 #[test]
@@ -214,6 +252,120 @@ fn counts_are_of_the_traced_threads_only_with_the_reason_for_any_gap() {
         }
         assert!(!out.contains("buffers were full"), "no loss to speak of: {out}");
     }
+}
+
+/// A `usdt serve` program: each line sent runs one round, whose printed line says whether the
+/// semaphore of `app:req` was set (`sem=1`: the probe fired).
+struct Server {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    fn start(prog: &str) -> Server {
+        use std::process::Stdio;
+        let mut child = Command::new(prog).arg("serve").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let (input, output) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        Server { child, input, output: std::io::BufReader::new(output) }
+    }
+
+    /// Run one round: whether `app:req` fired in it.
+    fn round(&mut self) -> bool {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "go").unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim_end().ends_with(" sem=1")
+    }
+
+    fn finish(self) {
+        let Server { mut child, input, .. } = self;
+        drop(input);
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_pid_counts_that_process_alone_while_another_calls_the_same_function() {
+    let _x = exclusive();
+    let prog = usdt("-O2");
+    let (mut traced, mut other) = (Server::start(prog), Server::start(prog));
+    let out = out_file("system-pid-counts");
+    let pid = traced.child.id().to_string();
+    let spec = format!("usdt:{prog}:app:req");
+    let mut d =
+        dprobe_command().args(["trace", "-a", "-c", "-o", out.to_str().unwrap(), "-p", &pid, &spec]).spawn().unwrap();
+    // Rounds until one sees the semaphore set: from then on the probe is in place.
+    let mut fired = 0;
+    for _ in 0..100_000 {
+        if traced.round() {
+            fired = 1;
+            break;
+        }
+        assert!(d.try_wait().unwrap().is_none(), "dprobe ended early");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(fired, 1, "the semaphore was never set");
+    let mut others = 0;
+    for _ in 0..7 {
+        fired += u64::from(traced.round());
+        others += u64::from(other.round());
+    }
+    assert_eq!(fired, 8, "the probe stays in place while traced");
+    traced.finish();
+    other.finish();
+    // SAFETY: signals the dprobe we started.
+    assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+    let summary = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(hits(&summary, &spec), fired, "process {pid}'s hits alone\n{summary}");
+    if others > 0 {
+        let kernel = format!("HITS counts of process {pid} received; the kernel counted {} hits", fired + others);
+        assert!(summary.contains(&kernel), "the kernel's own figure, named as such\n{summary}");
+    }
+    assert!(!tracefs("uprobe_events").contains(prog), "its events are gone");
+}
+
+#[test]
+fn entries_without_a_return_are_said_to_be_so_not_lost_records() {
+    let _x = exclusive();
+    let (exits, target) = (common::exits(), common::target());
+    // (program, its arguments, return probe, HITS, RETURNS): half the calls leave by longjmp
+    // or pthread_exit; a recursion 101 deep outgrows the 64 returns the kernel watches.
+    let cases = [
+        (exits, ["longjmp", "50"], "jump_on_odd", 50, 25),
+        (exits, ["pthread_exit", "50"], "end_thread", 50, 25),
+        (target, ["recurse", "100"], "recurse", 101, 64),
+    ];
+    for (prog, args, function, entries, returns) in cases {
+        let spec = format!("{prog}:{function}%return");
+        let (code, out) = trace("system-gaps", &["-a", "-c", &spec, "--", prog, args[0], args[1]]);
+        assert_eq!(code, Some(0), "{out}");
+        let line = out.lines().find(|l| l.starts_with(&spec)).unwrap_or_else(|| panic!("{out}"));
+        let figures: Vec<&str> = line.split_whitespace().skip(1).take(2).collect();
+        assert_eq!(figures, [entries.to_string(), returns.to_string()], "{function}\n{out}");
+        let gap = format!(
+            "{} entries (the kernel's count) without a return received: they had not returned when tracing \
+             stopped, left by longjmp or exit, or were nested deeper than the kernel watches returns (64 per \
+             thread)\n",
+            entries - returns
+        );
+        assert!(out.contains(&gap), "{function}: the real causes\n{out}");
+        assert!(!out.contains("buffers were full") && !out.contains("not received"), "nothing lost\n{out}");
+    }
+}
+
+#[test]
+fn many_probes_are_placed_together_and_the_duration_ends_the_trace() {
+    let _x = exclusive();
+    let before = tracefs("uprobe_events");
+    let (code, out) = trace("system-many", &["-a", "-c", "-d", "100ms", "libc:str*"]);
+    assert_eq!(code, Some(0), "{out}");
+    let rows = out.lines().filter(|l| l.starts_with("libc:str")).count();
+    assert!(rows >= 50, "one row per function: {rows}\n{out}");
+    assert!(out.contains("(--duration is over)"), "{out}");
+    assert_eq!(tracefs("uprobe_events"), before, "every event removed");
 }
 
 #[test]

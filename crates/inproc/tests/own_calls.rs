@@ -35,4 +35,28 @@ fn registering_and_unregistering_hit_none_of_the_users_probes() {
     drop(std::fs::File::open("/proc/self/status").unwrap());
     drop(open);
     assert_eq!(OPENS.load(Relaxed), 1);
+
+    // Only the registering thread's own work is left out: another thread's calls made while
+    // probes come and go all count.
+    GETPID_RETURNS.store(0, Relaxed);
+    let getpid = register_kretprobe(Kretprobe::symbol("getpid").handler(|_, _| {
+        GETPID_RETURNS.fetch_add(1, Relaxed);
+    }))
+    .unwrap();
+    let caller = std::thread::spawn(|| {
+        for _ in 0..20_000 {
+            // SAFETY: getpid has no preconditions.
+            std::hint::black_box(unsafe { libc::getpid() });
+        }
+    });
+    // At least once, and as long as the other thread calls.
+    loop {
+        drop(register(Kprobe::symbol("open64").pre(|_| PreAction::Continue)).unwrap());
+        if caller.is_finished() {
+            break;
+        }
+    }
+    caller.join().unwrap();
+    drop(getpid);
+    assert_eq!(GETPID_RETURNS.load(Relaxed), 20_000, "every call of the other thread");
 }
