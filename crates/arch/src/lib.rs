@@ -17,6 +17,9 @@
 //! * [`relocate`] copies a run of consecutive instructions ([`analyze_run`]: those a
 //!   jump-optimized probe displaces) to run elsewhere, re-targeting RIP-relative operands and
 //!   relative branches, or refuses with a [`RelocateError`];
+//! * [`find_exits`] finds every instruction through which a function leaves (`ret`, tail
+//!   calls), for return probes that never touch the stack, or says why they are not all known
+//!   ([`ExitsUnknown`]);
 //! * [`can_optimize`] decides, from the whole function, whether a probe can be a jump instead
 //!   of an `int3`, or says why not ([`NotOptimized`]).
 //!
@@ -40,6 +43,7 @@ mod analyze;
 mod detour;
 mod emulate;
 mod error;
+mod exits;
 mod kernel_uprobe;
 mod memory;
 mod optimize;
@@ -58,6 +62,7 @@ pub use analyze::{
 pub use detour::{detour_code, Detour, DETOUR_ENTRY, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW};
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
+pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault};
 pub use optimize::{can_optimize, keeps_vector_state, one_instruction, NotOptimized, JUMP_LEN};

@@ -23,6 +23,11 @@
 //! that may allocate (the ptrace engine), or any fixed, lock-free per-thread array through
 //! [`InstanceStack`] (the in-process engine's signal-safe one). [`InstancePool`] is the
 //! `maxactive` limit, with no limit by default.
+//!
+//! Return probes that watch a function's exits instead of hijacking its return address pair
+//! entries and exits by the stack pointer alone: [`exits`].
+
+pub mod exits;
 
 /// Where a thread is when the rule is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
