@@ -1,5 +1,6 @@
-//! `dprobe trace -p PID`: attach to a running program, trace every thread, and let it go on
-//! Ctrl-C or at the end of `--duration`, as if it had never been traced.
+//! `dprobe trace -p PID`: attach to a running program (ptrace, or the agent loaded into it),
+//! trace every thread, and let it go on Ctrl-C or at the end of `--duration`, as if it had
+//! never been traced.
 mod common;
 
 use std::process::{Child, Command, Stdio};
@@ -35,47 +36,67 @@ fn finish(mut child: Running) -> Option<i32> {
     child.0.wait().unwrap().code()
 }
 
+/// The mappings of files (programs and libraries) in `maps`.
+fn file_mappings(maps: &str) -> Vec<&str> {
+    let file = |l: &&str| l.split_whitespace().nth(5).is_some_and(|p| p.starts_with('/') && !p.starts_with("/memfd:"));
+    maps.lines().filter(file).collect()
+}
+
 #[test]
 fn ctrl_c_detaches_and_the_program_finishes_with_its_own_result() {
-    let child = start_target();
-    let pid = child.id() as i32;
-    let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let code_before: Vec<Vec<u8>> =
-        ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
-    let out = out_file("attach-sigint");
-    let p = pid.to_string();
-    let mut dprobe = dprobe_command()
-        .args(["trace", "-o", out.to_str().unwrap(), "-p", &p])
-        .args(["probed", "probed_push x=$arg1", "pair%return", "until_told%return"])
-        .spawn()
-        .unwrap();
-    // Interrupt once events came (100 calls and 100 returns written), however long that
-    // takes on a loaded machine; the deadline only keeps a broken run from hanging.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let calls = text.lines().filter(|l| l.contains(" call probed(")).count();
-        let returns = text.lines().filter(|l| l.contains(" pair returns ")).count();
-        if calls >= 100 && returns >= 100 {
-            break;
+    for engine in ["ptrace", "agent"] {
+        let child = start_target();
+        let pid = child.id() as i32;
+        let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let code_before: Vec<Vec<u8>> =
+            ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
+        let out = out_file(&format!("{engine}-attach-sigint"));
+        let p = pid.to_string();
+        let mut dprobe = dprobe_command()
+            .args(["trace", "--engine", engine, "-o", out.to_str().unwrap(), "-p", &p])
+            .args(["probed", "probed_push x=$arg1", "pair%return", "until_told%return"])
+            .spawn()
+            .unwrap();
+        // Interrupt once events came (100 calls and 100 returns written), however long that
+        // takes on a loaded machine; the deadline only keeps a broken run from hanging.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let calls = text.lines().filter(|l| l.contains(" call probed(")).count();
+            let returns = text.lines().filter(|l| l.contains(" pair returns ")).count();
+            if calls >= 100 && returns >= 100 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{engine}: no events came: {calls} calls, {returns} returns");
+            std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(std::time::Instant::now() < deadline, "no events came: {calls} calls, {returns} returns");
-        std::thread::sleep(Duration::from_millis(10));
+        // SAFETY: signals the dprobe we started.
+        assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+        let status = dprobe.wait().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(status.code(), Some(0), "{engine}\n{text}");
+        assert!(
+            text.contains(&format!("detached from process {pid}")) && text.contains("(SIGINT)"),
+            "{engine}\n{text}"
+        );
+        assert!(hits(&text, "probed") >= 100 && hits(&text, "pair%return") >= 100, "{engine}\n{text}");
+        let code_after: Vec<Vec<u8>> =
+            ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
+        assert_eq!(code_after, code_before, "{engine}: the original code, byte for byte");
+        let maps_after = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        if engine == "ptrace" {
+            assert_eq!(maps_after, maps_before, "no page of dprobe's left behind");
+        } else {
+            // The agent's library stays loaded (unloading code that a thread may still be
+            // returning into is not safe), and with it the libraries it needs: every mapping
+            // of the program's own files is as it was.
+            let after = file_mappings(&maps_after);
+            let changed: Vec<&str> = file_mappings(&maps_before).into_iter().filter(|m| !after.contains(m)).collect();
+            assert!(changed.is_empty(), "{engine}: mappings changed: {changed:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(finish(child), Some(0), "{engine}: it finished with the results it computes untraced");
     }
-    // SAFETY: signals the dprobe we started.
-    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
-    let status = dprobe.wait().unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(status.code(), Some(0), "{text}");
-    assert!(text.contains(&format!("detached from process {pid}")) && text.contains("(SIGINT)"), "{text}");
-    assert!(hits(&text, "probed") >= 100 && hits(&text, "pair%return") >= 100, "{text}");
-    let code_after: Vec<Vec<u8>> =
-        ["probed", "probed_push", "pair"].iter().map(|f| read_mem(pid, function_addr(pid, f), 32)).collect();
-    assert_eq!(code_after, code_before, "the original code, byte for byte");
-    let maps_after = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    assert_eq!(maps_after, maps_before, "no page of dprobe's left behind");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(finish(child), Some(0), "it finished with the results it computes untraced");
 }
 
 #[test]

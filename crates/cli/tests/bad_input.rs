@@ -54,6 +54,16 @@ fn each_bad_input_gets_its_specific_message() {
     ];
     assert!(cases.len() >= 20);
     common::assert_refused(cases);
+    // The same with the agent engine, but for the options that are another engine's.
+    let others = ["-a", "--engine", "--buffer-size", "kernel:do_sys_open"];
+    let agent: Vec<(Vec<&str>, &str)> = cases
+        .iter()
+        .filter(|(args, _)| !args.iter().any(|a| others.contains(a)))
+        .map(|(args, message)| (["--engine", "agent"].iter().chain(args.iter()).copied().collect(), *message))
+        .collect();
+    let agent: Vec<(&[&str], &str)> = agent.iter().map(|(a, m)| (a.as_slice(), *m)).collect();
+    assert!(agent.len() >= 20);
+    common::assert_refused(&agent);
 }
 
 /// Every name that cannot be found is an error before anything runs, naming the part of the

@@ -1,5 +1,6 @@
 //! `dprobe trace` against real programs: `cat`, `ls -R`, threads, fork and exec, a program
-//! with its own `SIGTRAP` handler, `dlopen`, exit statuses, a killed tracee.
+//! with its own `SIGTRAP` handler, `dlopen`, exit statuses, a killed tracee. What the two
+//! engines that trace one program (ptrace and the agent) both do is one test run with each.
 mod common;
 
 use std::collections::BTreeSet;
@@ -8,38 +9,44 @@ use std::time::Duration;
 
 use common::{hits, operators, out_file, plugin, target, trace};
 
+/// The engines that trace one program, started or attached.
+const ENGINES: [&str; 2] = ["ptrace", "agent"];
+
+/// `dprobe trace --engine ENGINE -o FILE ARGS`: (exit code, what it wrote to FILE).
+fn trace_with(engine: &str, name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["--engine", engine];
+    all.extend_from_slice(args);
+    trace(&format!("{engine}-{name}"), &all)
+}
+
 #[test]
 fn every_open_that_cat_makes_with_path_and_flags() {
     let file = out_file("hello.txt");
     std::fs::write(&file, "hello\n").unwrap();
     let path = file.to_str().unwrap();
-    let (code, out) = trace("cat-opens", &["libc:open path=+0($arg1):string flags=$arg2:x32", "--", "cat", path]);
-    assert_eq!(code, Some(0), "cat's status\n{out}");
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("process 'cat'")).collect();
-    assert_eq!(lines.len(), 1, "{out}");
-    assert!(lines[0].ends_with(&format!(" call open(path=\"{path}\", flags=0x0)")), "{out}");
-    assert!(out.contains("exited with status 0"), "{out}");
+    for engine in ENGINES {
+        let spec = "libc:open path=+0($arg1):string flags=$arg2:x32";
+        let (code, out) = trace_with(engine, "cat-opens", &[spec, "--", "cat", path]);
+        assert_eq!(code, Some(0), "{engine}: cat's status\n{out}");
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("process 'cat'")).collect();
+        assert_eq!(lines.len(), 1, "{engine}\n{out}");
+        assert!(lines[0].ends_with(&format!(" call open(path=\"{path}\", flags=0x0)")), "{engine}\n{out}");
+        assert!(out.contains("exited with status 0"), "{engine}\n{out}");
+    }
 }
 
 #[test]
 fn failed_opens_with_the_errno_name_and_the_exit_status_of_cat() {
-    let (code, out) = trace(
-        "cat-fails",
-        &[
-            "libc:open%return ret=$retval:s32 err=$errno",
-            "--filter",
-            "ret < 0",
-            "--",
-            "cat",
-            "/nonexistent",
-            "/etc/hostname",
-        ],
-    );
-    assert_eq!(code, Some(1), "cat failed on one file\n{out}");
-    let failed: Vec<&str> = out.lines().filter(|l| l.contains(" returns ")).collect();
-    assert_eq!(failed.len(), 1, "only the failed open passes the filter\n{out}");
-    assert!(failed[0].ends_with(" open returns -1 (ENOENT)"), "{out}");
-    assert_eq!(hits(&out, "libc:open%return"), 2);
+    for engine in ENGINES {
+        let probe = "libc:open%return ret=$retval:s32 err=$errno";
+        let args = [probe, "--filter", "ret < 0", "--", "cat", "/nonexistent", "/etc/hostname"];
+        let (code, out) = trace_with(engine, "cat-fails", &args);
+        assert_eq!(code, Some(1), "{engine}: cat failed on one file\n{out}");
+        let failed: Vec<&str> = out.lines().filter(|l| l.contains(" returns ")).collect();
+        assert_eq!(failed.len(), 1, "{engine}: only the failed open passes the filter\n{out}");
+        assert!(failed[0].ends_with(" open returns -1 (ENOENT)"), "{engine}\n{out}");
+        assert_eq!(hits(&out, "libc:open%return"), 2, "{engine}\n{out}");
+    }
 }
 
 #[test]
@@ -52,25 +59,83 @@ fn ls_recursive_opens_each_directory_once() {
         std::fs::write(root.join(d).join("f"), "x").unwrap();
     }
     let r = root.to_str().unwrap();
-    let (code, out) = trace("ls", &["libc:opendir path=+0($arg1):string", "--", "ls", "-R", r]);
-    assert_eq!(code, Some(0), "{out}");
-    let opened: BTreeSet<String> = out
-        .lines()
-        .filter_map(|l| l.split("call opendir(path=\"").nth(1))
-        .map(|p| p.trim_end_matches("\")").to_owned())
-        .collect();
     let expected: BTreeSet<String> =
         std::iter::once(r.to_owned()).chain(dirs.iter().map(|d| format!("{r}/{d}"))).collect();
-    assert_eq!(opened, expected);
-    assert_eq!(hits(&out, "libc:opendir"), 6);
+    for engine in ENGINES {
+        let (code, out) = trace_with(engine, "ls", &["libc:opendir path=+0($arg1):string", "--", "ls", "-R", r]);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let opened: BTreeSet<String> = out
+            .lines()
+            .filter_map(|l| l.split("call opendir(path=\"").nth(1))
+            .map(|p| p.trim_end_matches("\")").to_owned())
+            .collect();
+        assert_eq!(opened, expected, "{engine}");
+        assert_eq!(hits(&out, "libc:opendir"), 6, "{engine}");
+    }
 }
 
 #[test]
 fn eight_threads_counted_exactly() {
-    let (code, out) = trace("threads", &["--count", "probed", "probed_push", "--", target(), "threads", "8", "20000"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert_eq!((hits(&out, "probed"), hits(&out, "probed_push")), (160_000, 160_000), "{out}");
-    assert!(!out.contains("process '"), "--count prints no events");
+    for engine in ENGINES {
+        let args = ["--count", "probed", "probed_push", "--", target(), "threads", "8", "20000"];
+        let (code, out) = trace_with(engine, "threads", &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        assert_eq!((hits(&out, "probed"), hits(&out, "probed_push")), (160_000, 160_000), "{engine}\n{out}");
+        assert!(!out.contains("process '"), "{engine}: --count prints no events");
+    }
+}
+
+#[test]
+fn a_library_loaded_later_is_probed_when_it_appears() {
+    // The ptrace engine only: the agent does not follow libraries loaded after it yet.
+    let engine = "ptrace";
+    let args = ["--count", "libdprobe_plugin:plugin_twice", "--", target(), "dlopen", plugin(), "1000"];
+    let (code, out) = trace_with(engine, "dlopen", &args);
+    assert_eq!(code, Some(0), "{engine}\n{out}");
+    assert_eq!(hits(&out, "libdprobe_plugin:plugin_twice"), 1000, "{engine}\n{out}");
+}
+
+#[test]
+fn json_events_are_one_object_per_line() {
+    for engine in ENGINES {
+        let args =
+            ["--json", "recurse%return depth=$arg1:u8", "--filter", "depth >= 2", "--", target(), "recurse", "3"];
+        let (code, out) = trace_with(engine, "json", &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let events: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+        assert_eq!(events.len(), 2, "{engine}\n{out}");
+        let first = "\"function\":\"recurse\",\"kind\":\"return\",\"args\":{\"ret\":2,\"depth\":2},\"retval\":2";
+        assert!(events[0].contains(first), "{engine}: {}", events[0]);
+        assert!(events[1].contains("\"args\":{\"ret\":3,\"depth\":3}"), "{engine}: {}", events[1]);
+    }
+}
+
+#[test]
+fn killing_the_tracee_ends_dprobe_with_its_summary() {
+    for engine in ENGINES {
+        let out = out_file(&format!("{engine}-killed"));
+        let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .args(["trace", "--engine", engine, "-o", out.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it once it is traced and its calls seen, however long that takes; the deadline
+        // only keeps a broken run from hanging.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&out).unwrap_or_default().contains(" call probed(") {
+            assert!(std::time::Instant::now() < deadline, "{engine}: no call came");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dprobe.id())).unwrap();
+        let tracee: i32 = children.split_whitespace().next().expect("the tracee").parse().unwrap();
+        // SAFETY: kills the program dprobe started.
+        assert_eq!(unsafe { libc::kill(tracee, libc::SIGKILL) }, 0);
+        let status = dprobe.wait().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(status.code(), Some(128 + 9), "{engine}\n{text}");
+        assert!(text.contains(&format!("process {tracee} was killed by SIGKILL")), "{engine}\n{text}");
+        assert!(hits(&text, "probed") > 0, "{engine}\n{text}");
+    }
 }
 
 #[test]
@@ -109,14 +174,6 @@ fn fork_exec_and_the_programs_own_sigtrap_handler() {
 }
 
 #[test]
-fn a_library_loaded_later_is_probed_when_it_appears() {
-    let (code, out) =
-        trace("dlopen", &["--count", "libdprobe_plugin:plugin_twice", "--", target(), "dlopen", plugin(), "1000"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert_eq!(hits(&out, "libdprobe_plugin:plugin_twice"), 1000, "{out}");
-}
-
-#[test]
 fn return_values_histograms_and_latency() {
     let (code, out) = trace("hist", &["--hist", "x", "probed x=$arg1:s64", "--", target(), "loop", "1000"]);
     assert_eq!(code, Some(0));
@@ -134,50 +191,6 @@ fn return_values_histograms_and_latency() {
     assert!(out.contains("@latency of recurse (ns):"), "{out}");
     let line = out.lines().find(|l| l.starts_with("recurse")).unwrap();
     assert_eq!(line.split_whitespace().collect::<Vec<_>>()[1..3], ["6", "6"], "6 calls, 6 returns timed\n{out}");
-}
-
-#[test]
-fn json_events_are_one_object_per_line() {
-    let (code, out) = trace(
-        "json",
-        &["--json", "recurse%return depth=$arg1:u8", "--filter", "depth >= 2", "--", target(), "recurse", "3"],
-    );
-    assert_eq!(code, Some(0));
-    let events: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
-    assert_eq!(events.len(), 2, "{out}");
-    assert!(
-        events[0]
-            .contains("\"function\":\"recurse\",\"kind\":\"return\",\"args\":{\"ret\":2,\"depth\":2},\"retval\":2"),
-        "{}",
-        events[0]
-    );
-    assert!(events[1].contains("\"args\":{\"ret\":3,\"depth\":3}"), "{}", events[1]);
-}
-
-#[test]
-fn killing_the_tracee_ends_dprobe_with_its_summary() {
-    let out = out_file("killed");
-    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
-        .args(["trace", "-o", out.to_str().unwrap(), "probed", "--", target(), "until-usr2"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Kill it once it is traced and its calls seen, however long that takes; the deadline
-    // only keeps a broken run from hanging.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains(" call probed(") {
-        assert!(std::time::Instant::now() < deadline, "no call came");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dprobe.id())).unwrap();
-    let tracee: i32 = children.split_whitespace().next().expect("the tracee").parse().unwrap();
-    // SAFETY: kills the program dprobe started.
-    assert_eq!(unsafe { libc::kill(tracee, libc::SIGKILL) }, 0);
-    let status = dprobe.wait().unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(status.code(), Some(128 + 9), "{text}");
-    assert!(text.contains(&format!("process {tracee} was killed by SIGKILL")), "{text}");
-    assert!(hits(&text, "probed") > 0, "{text}");
 }
 
 #[test]

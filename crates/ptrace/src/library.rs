@@ -119,13 +119,23 @@ impl Injector {
     /// Seize one thread of running process `pid` and hold it stopped at a safe point.
     pub fn attach(pid: i32) -> Result<Injector, LoadError> {
         let refused = |reason: String| LoadError::Refused { pid, reason };
+        let attach_err = |reason: String| LoadError::Trace(TraceError::Attach { pid, reason });
+        if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(attach_err("no such process".into()));
+        }
+        if pid == std::process::id() as i32 {
+            return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
+        }
         let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
         for tid in tids {
             if let Err(e) = sys::seize(tid, 0) {
                 if e.gone() {
                     continue;
                 }
-                return Err(TraceError::Attach { pid, reason: e.to_string() }.into());
+                if e.errno == libc::EPERM {
+                    return Err(attach_err(crate::tracee::refusal_reason(pid)));
+                }
+                return Err(attach_err(e.to_string()));
             }
             match stop_at_safe_point(pid, tid)? {
                 true => {

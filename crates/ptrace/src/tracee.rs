@@ -493,7 +493,7 @@ fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
 }
 
 /// Why the kernel refused to let us trace `pid`, in words.
-fn refusal_reason(pid: i32) -> String {
+pub(crate) fn refusal_reason(pid: i32) -> String {
     if let Some(t) = tracer_of(pid).filter(|t| *t != 0) {
         return format!("it is already traced by process {t}");
     }
