@@ -12,30 +12,13 @@ mod perfetto_proto;
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 
-use common::{dprobe, out_file, workers};
+use common::{out_file, trace_workers, worker_threads};
 use perfetto_proto::{Trace, TrackEventType};
 use prost::Message;
 
-/// `dprobe trace -o OUT ARGS -- workers`: (what dprobe wrote, what the program printed).
-fn run(name: &str, args: &[&str]) -> (String, String) {
-    let out = out_file(name);
-    let mut all = vec!["trace", "-o", out.to_str().unwrap()];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--", workers()]);
-    let o = dprobe(&all);
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
-    (text, String::from_utf8(o.stdout).unwrap())
-}
-
 /// The program's threads: tid -> (name, calls).
 fn threads(printed: &str) -> BTreeMap<i64, (String, u64)> {
-    let rows = printed.lines().filter_map(|l| l.strip_prefix("thread "));
-    rows.map(|r| {
-        let f: Vec<&str> = r.split_whitespace().collect();
-        (f[1].parse().unwrap(), (f[0].to_owned(), f[2].parse().unwrap()))
-    })
-    .collect()
+    worker_threads(printed).into_iter().map(|(name, tid, calls)| (tid as i64, (name, calls))).collect()
 }
 
 /// The sizes thread number `n` (alpha = 0) passes: (i + 1) * (n + 1) * 7.
@@ -49,7 +32,7 @@ const RETURN: &str = "work%return ret=$retval:s64";
 #[test]
 fn perfetto_trace_has_a_slice_per_call_on_each_threads_track_with_arguments_and_return_values() {
     let file = out_file("workers.pftrace");
-    let (text, printed) = run("pftrace", &["--count", "--trace-file", file.to_str().unwrap(), ENTRY, RETURN]);
+    let (text, printed) = trace_workers("pftrace", &["--count", "--trace-file", file.to_str().unwrap(), ENTRY, RETURN]);
     let bytes = std::fs::read(&file).unwrap();
     let trace = Trace::decode(bytes.as_slice()).expect("a Trace per Perfetto's schema");
     let expected = threads(&printed);
@@ -185,7 +168,7 @@ fn trace_processor_counts_the_slices(file: &std::path::Path, expected: &BTreeMap
 #[test]
 fn chrome_json_loads_in_python_with_the_documented_fields() {
     let file = out_file("workers.json");
-    let (_, printed) = run("chrome", &["--trace-file", file.to_str().unwrap(), ENTRY, RETURN]);
+    let (_, printed) = trace_workers("chrome", &["--trace-file", file.to_str().unwrap(), ENTRY, RETURN]);
     let expected = threads(&printed);
     // Python's own reader, then the fields counted per thread.
     let script = "import json, sys, collections\n\

@@ -3,31 +3,29 @@
 //! runs, so it counts every call.
 mod common;
 
-use common::{dprobe, ifunc, out_file};
+use common::{dprobe, ifunc, trace_to_file};
 
 #[test]
 fn a_probe_on_strlen_counts_every_call_of_the_chosen_implementation() {
     let prog = ifunc();
     for engine in ["ptrace", "agent"] {
-        let out = out_file(&format!("ifunc-{engine}"));
-        let o = dprobe(&[
-            "trace",
-            "--engine",
-            engine,
-            "-o",
-            out.to_str().unwrap(),
-            "libc:strlen s=+0($arg1):string",
-            "--filter",
-            "s == \"dprobe-ifunc-marker\"",
-            "--",
-            prog,
-            "250",
-        ]);
-        let trace = std::fs::read_to_string(&out).unwrap_or_default();
-        let what = format!("{engine}\n{}\n{trace}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(o.status.code(), Some(0), "{what}");
-        assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{}\n", 250 * "dprobe-ifunc-marker".len()), "{what}");
-        let events = trace.lines().filter(|l| l.contains("s=\"dprobe-ifunc-marker\"")).count();
+        let t = trace_to_file(
+            &format!("ifunc-{engine}"),
+            &[
+                "--engine",
+                engine,
+                "libc:strlen s=+0($arg1):string",
+                "--filter",
+                "s == \"dprobe-ifunc-marker\"",
+                "--",
+                prog,
+                "250",
+            ],
+        );
+        let what = t.what(engine);
+        assert_eq!(t.code, Some(0), "{what}");
+        assert_eq!(t.stdout, format!("{}\n", 250 * "dprobe-ifunc-marker".len()), "{what}");
+        let events = t.trace.lines().filter(|l| l.contains("s=\"dprobe-ifunc-marker\"")).count();
         assert_eq!(events, 250, "{what}");
     }
 }

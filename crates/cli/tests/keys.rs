@@ -4,29 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{dprobe, out_file, workers};
-
-/// `dprobe trace -o FILE ARGS -- workers`: what dprobe wrote, and what the program printed.
-fn run(name: &str, args: &[&str]) -> (String, String) {
-    let out = out_file(name);
-    let mut all = vec!["trace", "-o", out.to_str().unwrap()];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--", workers()]);
-    let o = dprobe(&all);
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
-    (text, String::from_utf8(o.stdout).unwrap())
-}
-
-/// The program's `thread NAME TID CALLS` lines: (name, tid, calls).
-fn threads(printed: &str) -> Vec<(String, String, u64)> {
-    let rows = printed.lines().filter_map(|l| l.strip_prefix("thread "));
-    rows.map(|r| {
-        let f: Vec<&str> = r.split_whitespace().collect();
-        (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap())
-    })
-    .collect()
-}
+use common::{trace_workers, worker_threads};
 
 /// The rows of the table titled `title`: first column -> last column.
 fn table(text: &str, title: &str) -> BTreeMap<String, u64> {
@@ -41,8 +19,8 @@ fn table(text: &str, title: &str) -> BTreeMap<String, u64> {
 
 #[test]
 fn count_by_comm_and_by_tid_are_each_threads_calls() {
-    let (text, printed) = run("by-comm", &["--count", "--by", "comm", "work"]);
-    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
+    let (text, printed) = trace_workers("by-comm", &["--count", "--by", "comm", "work"]);
+    let expected: BTreeMap<String, u64> = worker_threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
     assert_eq!(expected.values().copied().collect::<Vec<_>>(), [3, 5, 8, 13], "{printed}");
     assert_eq!(table(&text, "hits of work by comm"), expected, "{text}");
     assert!(
@@ -50,20 +28,23 @@ fn count_by_comm_and_by_tid_are_each_threads_calls() {
         "largest first:\n{text}"
     );
 
-    let (text, printed) = run("by-tid", &["--count", "--by", "tid", "work"]);
-    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(_, t, c)| (t, c)).collect();
+    let (text, printed) = trace_workers("by-tid", &["--count", "--by", "tid", "work"]);
+    let expected: BTreeMap<String, u64> =
+        worker_threads(&printed).into_iter().map(|(_, t, c)| (t.to_string(), c)).collect();
     assert_eq!(table(&text, "hits of work by tid"), expected, "{text}");
 
-    let (text, _) = run("by-comm-top", &["--count", "--by", "comm", "--top", "2", "work"]);
+    let (text, _) = trace_workers("by-comm-top", &["--count", "--by", "comm", "--top", "2", "work"]);
     let top = table(&text, "hits of work by comm");
     assert_eq!(top.into_iter().collect::<Vec<_>>(), [("charlie".into(), 8), ("delta".into(), 13)], "{text}");
 }
 
 #[test]
 fn hist_by_comm_matches_the_programs_own_buckets() {
-    let (text, printed) =
-        run("hist-by-comm", &["--hist", "size", "--hist", "twice", "--by", "comm", "work size=$arg1 twice=$arg1"]);
-    for (name, _, calls) in threads(&printed) {
+    let (text, printed) = trace_workers(
+        "hist-by-comm",
+        &["--hist", "size", "--hist", "twice", "--by", "comm", "work size=$arg1 twice=$arg1"],
+    );
+    for (name, _, calls) in worker_threads(&printed) {
         let mut expected = BTreeMap::new();
         for l in printed.lines().filter_map(|l| l.strip_prefix(&format!("bucket {name} "))) {
             let (label, n) = l.rsplit_once(' ').unwrap();
@@ -102,7 +83,7 @@ fn by_must_name_a_key_and_split_an_aggregate() {
 
 #[test]
 fn the_agent_engine_splits_by_key_alike() {
-    let (text, printed) = run("agent-by-comm", &["--engine", "agent", "--count", "--by", "comm", "work"]);
-    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
+    let (text, printed) = trace_workers("agent-by-comm", &["--engine", "agent", "--count", "--by", "comm", "work"]);
+    let expected: BTreeMap<String, u64> = worker_threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
     assert_eq!(table(&text, "hits of work by comm"), expected, "{text}");
 }

@@ -6,18 +6,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{dprobe, out_file, workers};
+use common::{out_file, trace_workers};
 
 /// `dprobe trace --metrics FILE ARGS -- workers`: (the metrics file, what the program printed).
 fn run(name: &str, args: &[&str]) -> (String, String) {
     let metrics = out_file(name);
-    let out = out_file(&format!("{name}.out"));
-    let mut all = vec!["trace", "-o", out.to_str().unwrap(), "--metrics", metrics.to_str().unwrap()];
+    let mut all = vec!["--metrics", metrics.to_str().unwrap()];
     all.extend_from_slice(args);
-    all.extend_from_slice(&["--", workers()]);
-    let o = dprobe(&all);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    (std::fs::read_to_string(&metrics).unwrap(), String::from_utf8(o.stdout).unwrap())
+    let (_, printed) = trace_workers(&format!("{name}.out"), &all);
+    (std::fs::read_to_string(&metrics).unwrap(), printed)
 }
 
 /// The program's threads: name -> (calls, its log2 buckets `[LO, HI)` -> count).
@@ -74,39 +71,44 @@ fn counts_and_histograms_by_comm_are_the_programs_own_figures() {
     parsed_by_prometheus_client(&text, &threads(&printed));
 }
 
-/// The `prometheus_client` package's OpenMetrics parser, where it is installed (Debian's
-/// `python3-prometheus-client`, or pip's `prometheus-client`).
+/// What `script` prints, run by a Python that has the `prometheus_client` package (Debian's
+/// `python3-prometheus-client`, or pip's `prometheus-client`) with `text` as its input; `None`
+/// where none has it. The script must succeed.
+fn python_with_prometheus_client(script: &str, text: &str) -> Option<String> {
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+        let has = Command::new(python).args(["-c", "import prometheus_client"]).output();
+        has.is_ok_and(|o| o.status.success())
+    });
+    let Some(python) = python else {
+        println!("prometheus_client not installed (apt python3-prometheus-client or pip prometheus-client): the metrics were checked in Rust only");
+        return None;
+    };
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "prometheus_client refused it: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+    println!("prometheus_client ({python}) parsed the metrics");
+    Some(String::from_utf8(o.stdout).unwrap())
+}
+
+/// The `prometheus_client` package's OpenMetrics parser reads each thread's count.
 fn parsed_by_prometheus_client(text: &str, threads: &BTreeMap<String, (u64, BTreeMap<u64, u64>)>) {
     let script = "import sys\n\
         from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         for f in text_string_to_metric_families(sys.stdin.read()):\n\
         \x20   for s in f.samples:\n\
         \x20       if s.name == 'dprobe_hits_total': print(f.type, s.labels['comm'], int(s.value))\n";
-    for python in ["python3", "/usr/bin/python3"] {
-        let has = Command::new(python).args(["-c", "import prometheus_client"]).output();
-        if !has.is_ok_and(|o| o.status.success()) {
-            continue;
-        }
-        let mut child = Command::new(python)
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let o = child.wait_with_output().unwrap();
-        assert!(o.status.success(), "prometheus_client refused it: {}\n{text}", String::from_utf8_lossy(&o.stderr));
-        let mut want = String::new();
-        for (name, (calls, _)) in threads {
-            want.push_str(&format!("counter {name} {calls}\n"));
-        }
-        assert_eq!(String::from_utf8(o.stdout).unwrap(), want);
-        println!("prometheus_client ({python}) parsed the metrics");
-        return;
+    if let Some(printed) = python_with_prometheus_client(script, text) {
+        let want: String = threads.iter().map(|(name, (calls, _))| format!("counter {name} {calls}\n")).collect();
+        assert_eq!(printed, want);
     }
-    println!("prometheus_client not installed (apt python3-prometheus-client or pip prometheus-client): the metrics were checked in Rust only");
 }
 
 #[test]
@@ -120,30 +122,14 @@ fn latency_is_a_histogram_in_nanoseconds_with_one_count_per_call() {
     parsed_by_prometheus_client_only(&text);
 }
 
+/// The `prometheus_client` package's OpenMetrics parser reads the families' names.
 fn parsed_by_prometheus_client_only(text: &str) {
     let script = "import sys\n\
         from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         print(sorted(f.name for f in text_string_to_metric_families(sys.stdin.read())))\n";
-    for python in ["python3", "/usr/bin/python3"] {
-        let has = Command::new(python).args(["-c", "import prometheus_client"]).output();
-        if !has.is_ok_and(|o| o.status.success()) {
-            continue;
-        }
-        let mut child = Command::new(python)
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let o = child.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}\n{text}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(String::from_utf8(o.stdout).unwrap(), "['dprobe_hits', 'dprobe_latency_nanoseconds']\n");
-        return;
+    if let Some(printed) = python_with_prometheus_client(script, text) {
+        assert_eq!(printed, "['dprobe_hits', 'dprobe_latency_nanoseconds']\n");
     }
-    println!("prometheus_client not installed: the metrics were checked in Rust only");
 }
 
 #[test]

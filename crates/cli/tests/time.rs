@@ -5,31 +5,19 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{check_event_times, dprobe, out_file, wall_now_ns, workers};
+use common::{check_event_times, trace_workers, wall_now_ns, worker_threads};
 
 /// `dprobe trace -o FILE ARGS -- workers` between two wall-clock readings: (before, after,
 /// what dprobe wrote, what the program printed).
 fn run(name: &str, args: &[&str]) -> (i128, i128, String, String) {
-    let out = out_file(name);
-    let mut all = vec!["trace", "-o", out.to_str().unwrap()];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--", workers()]);
     let before = wall_now_ns();
-    let o = dprobe(&all);
-    let after = wall_now_ns();
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
-    (before, after, text, String::from_utf8(o.stdout).unwrap())
+    let (text, printed) = trace_workers(name, args);
+    (before, wall_now_ns(), text, printed)
 }
 
-/// The program's `thread NAME TID CALLS` lines: tid -> calls.
+/// The program's threads: tid -> calls.
 fn calls(printed: &str) -> BTreeMap<u64, u64> {
-    let rows = printed.lines().filter_map(|l| l.strip_prefix("thread "));
-    rows.map(|r| {
-        let f: Vec<&str> = r.split_whitespace().collect();
-        (f[1].parse().unwrap(), f[2].parse().unwrap())
-    })
-    .collect()
+    worker_threads(printed).into_iter().map(|(_, tid, calls)| (tid, calls)).collect()
 }
 
 fn json_times_within_the_trace(engine: &str) {

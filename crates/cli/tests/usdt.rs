@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use common::{dprobe, dprobe_command, hits, out_file, usdt};
+use common::{dprobe, dprobe_command, hits, out_file, trace_to_file, usdt};
 
 /// One round as the program printed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,36 +49,24 @@ fn every_hit_carries_the_values_the_program_prints_with_its_semaphore_set() {
     for engine in ["ptrace", "agent"] {
         for opt in ["-O0", "-O2"] {
             let prog = usdt(opt);
-            let out = out_file(&format!("usdt-{engine}{opt}"));
             let [req, tick, konst] = specs(prog);
-            let o = dprobe(&[
-                "trace",
-                "--engine",
-                engine,
-                "-o",
-                out.to_str().unwrap(),
-                &req,
-                &tick,
-                &konst,
-                "--",
-                prog,
-                "run",
-                "5",
-            ]);
-            let trace = std::fs::read_to_string(&out).unwrap();
-            let what = format!("{engine} {opt}\n{}\n{trace}", String::from_utf8_lossy(&o.stderr));
-            assert_eq!(o.status.code(), Some(0), "{what}");
-            let rounds: Vec<Round> = String::from_utf8_lossy(&o.stdout).lines().map(round).collect();
+            let t = trace_to_file(
+                &format!("usdt-{engine}{opt}"),
+                &["--engine", engine, &req, &tick, &konst, "--", prog, "run", "5"],
+            );
+            let (trace, what) = (&t.trace, t.what(&format!("{engine} {opt}")));
+            assert_eq!(t.code, Some(0), "{what}");
+            let rounds: Vec<Round> = t.stdout.lines().map(round).collect();
             assert_eq!(rounds.len(), 5, "{what}");
             assert!(rounds.iter().all(|r| r.sem == 1), "traced, the semaphore is set: {rounds:?}");
             let expected: Vec<String> =
                 rounds.iter().map(|r| format!("id={}, name=\"{}\", delta={}", r.id, r.name, r.delta)).collect();
-            assert_eq!(events(&trace, "app:req"), expected, "{what}");
+            assert_eq!(events(trace, "app:req"), expected, "{what}");
             let ticks: Vec<String> = (1..=5).map(|i| format!("a={}, b={}", -i, i + 200)).collect();
-            assert_eq!(events(&trace, "app:tick"), ticks, "{what}");
-            assert_eq!(events(&trace, "app:konst"), vec!["k=5"; 5], "{what}");
+            assert_eq!(events(trace, "app:tick"), ticks, "{what}");
+            assert_eq!(events(trace, "app:konst"), vec!["k=5"; 5], "{what}");
             for name in ["req", "tick", "konst"] {
-                assert_eq!(hits(&trace, &format!("usdt:{prog}:app:{name}")), 5, "{what}");
+                assert_eq!(hits(trace, &format!("usdt:{prog}:app:{name}")), 5, "{what}");
             }
         }
     }

@@ -72,15 +72,66 @@ pub fn dprobe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dprobe")).args(args).output().unwrap()
 }
 
-/// `dprobe trace -o FILE ARGS`: (exit code, what it wrote to FILE).
-pub fn trace(name: &str, args: &[&str]) -> (Option<i32>, String) {
+/// What `dprobe trace -o FILE ARGS` did.
+pub struct Traced {
+    /// dprobe's exit status.
+    pub code: Option<i32>,
+    /// What the traced program printed (dprobe's standard output is the program's).
+    pub stdout: String,
+    /// dprobe's own messages.
+    pub stderr: String,
+    /// What dprobe wrote to FILE (empty if it wrote nothing).
+    pub trace: String,
+}
+
+impl Traced {
+    /// For an assertion's message: `label`, dprobe's messages and the trace.
+    pub fn what(&self, label: &str) -> String {
+        format!("{label}\n{}\n{}", self.stderr, self.trace)
+    }
+}
+
+/// `dprobe trace -o FILE ARGS`, FILE a fresh file named `name`, waited for; dprobe never panics.
+pub fn trace_to_file(name: &str, args: &[&str]) -> Traced {
     let out = out_file(name);
     let mut all = vec!["trace", "-o", out.to_str().unwrap()];
     all.extend_from_slice(args);
     let o = dprobe(&all);
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(o.stderr.is_empty() || !String::from_utf8_lossy(&o.stderr).contains("panicked"), "no panic");
-    (o.status.code(), text)
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let traced = Traced {
+        code: o.status.code(),
+        stdout: text(&o.stdout),
+        stderr: text(&o.stderr),
+        trace: std::fs::read_to_string(&out).unwrap_or_default(),
+    };
+    assert!(!traced.stderr.contains("panicked"), "no panic: {}", traced.stderr);
+    traced
+}
+
+/// `dprobe trace -o FILE ARGS`: (exit code, what it wrote to FILE).
+pub fn trace(name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let t = trace_to_file(name, args);
+    (t.code, t.trace)
+}
+
+/// `dprobe trace -o FILE ARGS -- workers`, which must succeed: (what dprobe wrote to FILE,
+/// what the program printed).
+pub fn trace_workers(name: &str, args: &[&str]) -> (String, String) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--", workers()]);
+    let t = trace_to_file(name, &all);
+    assert_eq!(t.code, Some(0), "{}", t.what(name));
+    (t.trace, t.stdout)
+}
+
+/// The `thread NAME TID CALLS` lines the workers program prints: (name, tid, calls).
+pub fn worker_threads(printed: &str) -> Vec<(String, u64, u64)> {
+    let rows = printed.lines().filter_map(|l| l.strip_prefix("thread "));
+    rows.map(|r| {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        (f[0].to_owned(), f[1].parse().unwrap(), f[2].parse().unwrap())
+    })
+    .collect()
 }
 
 /// The count column of `probe` in a summary table.
