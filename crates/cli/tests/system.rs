@@ -270,13 +270,14 @@ impl Server {
         Server { child, input, output: std::io::BufReader::new(output) }
     }
 
-    /// Run one round: whether `app:req` fired in it.
-    fn round(&mut self) -> bool {
+    /// Run one round: its id, and whether `app:req` fired in it.
+    fn round(&mut self) -> (String, bool) {
         use std::io::{BufRead, Write};
         writeln!(self.input, "go").unwrap();
         let mut line = String::new();
         self.output.read_line(&mut line).unwrap();
-        line.trim_end().ends_with(" sem=1")
+        let id = line.split_whitespace().find_map(|w| w.strip_prefix("id=")).expect("id=").to_owned();
+        (id, line.trim_end().ends_with(" sem=1"))
     }
 
     fn finish(self) {
@@ -293,33 +294,44 @@ fn a_pid_counts_that_process_alone_while_another_calls_the_same_function() {
     let (mut traced, mut other) = (Server::start(prog), Server::start(prog));
     let out = out_file("system-pid-counts");
     let pid = traced.child.id().to_string();
-    let spec = format!("usdt:{prog}:app:req");
-    let mut d =
-        dprobe_command().args(["trace", "-a", "-c", "-o", out.to_str().unwrap(), "-p", &pid, &spec]).spawn().unwrap();
-    // Rounds until one sees the semaphore set: from then on the probe is in place.
+    let label = format!("usdt:{prog}:app:req");
+    let spec = format!("{label} id=$arg1");
+    let mut d = dprobe_command().args(["trace", "-a", "-o", out.to_str().unwrap(), "-p", &pid, &spec]).spawn().unwrap();
+    let events = || -> Vec<String> {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.lines().filter(|l| l.contains(" call app:req(")).map(str::to_owned).collect()
+    };
+    // Rounds until one's event comes: from then on every round's does. (The semaphore is set
+    // as soon as the kernel has the probe, a little before dprobe's events are enabled.)
     let mut fired = 0;
     for _ in 0..100_000 {
-        if traced.round() {
-            fired = 1;
+        fired += u64::from(traced.round().1);
+        if !events().is_empty() {
             break;
         }
         assert!(d.try_wait().unwrap().is_none(), "dprobe ended early");
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert_eq!(fired, 1, "the semaphore was never set");
-    let mut others = 0;
+    assert!(!events().is_empty(), "no event came");
+    let (mut others, mut expected) = (0, Vec::new());
     for _ in 0..7 {
-        fired += u64::from(traced.round());
-        others += u64::from(other.round());
+        let (id, sem) = traced.round();
+        assert!(sem, "the probe stays in place while traced");
+        fired += 1;
+        expected.push(format!("process 'usdt-O2' ({pid}) call app:req(id={id})"));
+        others += u64::from(other.round().1);
     }
-    assert_eq!(fired, 8, "the probe stays in place while traced");
     traced.finish();
     other.finish();
     // SAFETY: signals the dprobe we started.
     assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
     assert_eq!(d.wait().unwrap().code(), Some(0));
-    let summary = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(hits(&summary, &spec), fired, "process {pid}'s hits alone\n{summary}");
+    let (summary, events) = (std::fs::read_to_string(&out).unwrap(), events());
+    for e in &expected {
+        assert!(events.iter().any(|l| l.ends_with(e.as_str())), "{e}: every round once tracing:\n{summary}");
+    }
+    assert!(events.iter().all(|l| l.contains(&format!("({pid}) call"))), "process {pid}'s alone:\n{summary}");
+    assert_eq!(hits(&summary, &label), events.len() as u64, "HITS are the events received\n{summary}");
     if others > 0 {
         let kernel = format!("HITS counts of process {pid} received; the kernel counted {} hits", fired + others);
         assert!(summary.contains(&kernel), "the kernel's own figure, named as such\n{summary}");
