@@ -42,6 +42,19 @@ impl Running {
         self.0.id() as i32
     }
 
+    /// Wait until it has a handler for each of `signals` (it installs them before it starts
+    /// calling `probed`), however long that takes on a loaded machine.
+    fn wait_for_handlers(&self, signals: &[i32]) {
+        let caught = || {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).unwrap().trim().to_owned();
+            u64::from_str_radix(&mask, 16).unwrap()
+        };
+        while signals.iter().any(|s| caught() & (1 << (s - 1)) == 0) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Ask it to end (SIGUSR2) and return its status: 7 when it ran on as it should.
     fn finish(mut self) -> Option<i32> {
         // SAFETY: signals our own child.
@@ -65,7 +78,7 @@ fn place(engine: &mut AgentEngine, spec: &str) {
 #[test]
 fn an_attached_process_runs_untraced_once_the_agent_is_loaded() {
     let child = Running::start(&["wait"]);
-    std::thread::sleep(Duration::from_millis(100));
+    child.wait_for_handlers(&[libc::SIGUSR2]);
     let engine = AgentEngine::attach(child.pid(), agent(), false).unwrap();
     // No thread of it is held by ptrace while the probes are placed: dprobe dying now (even
     // killed) leaves it running.
@@ -137,7 +150,7 @@ fn agent_memory_files(pid: i32) -> usize {
 #[test]
 fn a_second_trace_of_a_process_uses_the_agent_already_loaded() {
     let child = Running::start(&["wait"]);
-    std::thread::sleep(Duration::from_millis(100));
+    child.wait_for_handlers(&[libc::SIGUSR2]);
     for _ in 0..2 {
         let mut engine = AgentEngine::attach(child.pid(), agent(), false).unwrap();
         place(&mut engine, "probed x=$arg1");
@@ -226,7 +239,7 @@ fn children_of(pid: i32) -> Vec<i32> {
 fn a_child_forked_while_traced_is_traced_and_let_go_with_its_parent() {
     let parent = Running::start(&["fork-wait"]);
     let pid = parent.pid();
-    std::thread::sleep(Duration::from_millis(100));
+    parent.wait_for_handlers(&[libc::SIGUSR1, libc::SIGUSR2]);
     let mut engine = AgentEngine::attach(pid, agent(), true).unwrap();
     place(&mut engine, "probed x=$arg1");
     // SAFETY: signals the program this test started: it forks.

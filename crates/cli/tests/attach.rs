@@ -26,7 +26,11 @@ impl Drop for Running {
 
 fn start_target() -> Running {
     let child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    // Its 4 workers are running (its signal handlers are installed before they start).
+    let pid = child.id();
+    while std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     Running(child)
 }
 

@@ -369,6 +369,23 @@ fn entries_without_a_return_are_said_to_be_so_not_lost_records() {
 }
 
 #[test]
+fn an_output_that_cannot_be_written_ends_the_trace_with_every_event_removed() {
+    let _x = exclusive();
+    let before = tracefs("uprobe_events");
+    let spec = format!("{}:greet", greet());
+    for mode in [&[][..], &["--count"][..]] {
+        let mut args = vec!["trace", "-a", "-o", "/dev/full"];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&[&spec, "--", greet(), "x", "1000"]);
+        let o = dprobe(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{mode:?}: {stderr}");
+        assert!(stderr.contains("dprobe: cannot write to /dev/full: No space left on device"), "{mode:?}: {stderr}");
+        assert_eq!(tracefs("uprobe_events"), before, "{mode:?}: every event removed");
+    }
+}
+
+#[test]
 fn many_probes_are_placed_together_and_the_duration_ends_the_trace() {
     let _x = exclusive();
     let before = tracefs("uprobe_events");

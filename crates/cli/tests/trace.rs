@@ -152,6 +152,20 @@ fn a_cpp_operator_plus_by_name_by_path_and_by_address() {
 }
 
 #[test]
+fn a_relative_path_is_the_file_in_the_current_directory() {
+    let dir = std::path::Path::new(target()).parent().unwrap();
+    let out = out_file("relative");
+    let o = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .current_dir(dir)
+        .args(["trace", "--count", "-o", out.to_str().unwrap(), "./target:probed", "--", "./target", "loop", "10"])
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(0), "{}\n{summary}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hits(&summary, "./target:probed"), 10, "{summary}");
+}
+
+#[test]
 fn the_exit_status_is_the_traced_commands() {
     let (code, out) = trace("exit7", &["probed", "--", target(), "exit", "7"]);
     assert_eq!(code, Some(7), "{out}");
@@ -195,14 +209,17 @@ fn return_values_histograms_and_latency() {
 
 #[test]
 fn an_output_that_cannot_be_written_ends_the_trace_with_an_error() {
-    for mode in [&[][..], &["--count"][..]] {
-        let mut args = vec!["trace", "-o", "/dev/full"];
-        args.extend_from_slice(mode);
-        args.extend_from_slice(&["probed", "--", target(), "loop", "1000"]);
-        let o = common::dprobe(&args);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{mode:?}: {stderr}");
-        assert!(stderr.contains("dprobe: cannot write to /dev/full: No space left on device"), "{mode:?}: {stderr}");
+    for engine in ENGINES {
+        for mode in [&[][..], &["--count"][..]] {
+            let mut args = vec!["trace", "--engine", engine, "-o", "/dev/full"];
+            args.extend_from_slice(mode);
+            args.extend_from_slice(&["probed", "--", target(), "loop", "1000"]);
+            let o = common::dprobe(&args);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{engine} {mode:?}: {stderr}");
+            let said = "dprobe: cannot write to /dev/full: No space left on device";
+            assert!(stderr.contains(said), "{engine} {mode:?}: {stderr}");
+        }
     }
 }
 

@@ -20,6 +20,14 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Wait until the target's four workers run (it installs its signal handlers before it
+/// starts them), however long that takes on a loaded machine.
+fn wait_for_workers(pid: i32) {
+    while std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() < 5 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn maps(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
@@ -29,7 +37,7 @@ fn attach_trace_every_thread_and_detach_with_returns_pending() {
     let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
     let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    wait_for_workers(pid);
     let maps_before = maps(pid);
     let mut t = Tracee::attach(pid).unwrap();
     let (entries, h) = counter();
@@ -75,7 +83,7 @@ fn attaching_to_a_missing_or_traced_process_says_why() {
     let mut child = Command::new(target()).arg("until-usr2").spawn().unwrap();
     let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(200)); // its SIGUSR2 handler is installed
+    wait_for_workers(pid);
     let first = Tracee::attach(pid).unwrap();
     // A second tracer (another thread, as ptrace sees tracers per thread).
     let e = std::thread::spawn(move || Tracee::attach(pid).err().expect("already traced").to_string()).join().unwrap();
@@ -91,7 +99,7 @@ fn a_stopped_program_stays_stopped_while_traced_and_after() {
     let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
     let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_workers(pid);
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let state = || {
@@ -129,7 +137,7 @@ fn a_breakpoint_something_else_removes_is_put_back_and_counted() {
     let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
     let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(200)); // its 4 workers are running
+    wait_for_workers(pid);
     let mut t = Tracee::attach(pid).unwrap();
     let at = t.resolve("probed").unwrap();
     let original = read_mem(pid, at.0, 1);
