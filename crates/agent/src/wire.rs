@@ -87,6 +87,7 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
                 put_str(&mut b, &a.name);
                 put_fetch(&mut b, &a.fetch);
                 put_type(&mut b, a.ty);
+                b.push(a.typed as u8);
             }
         }
         Message::Filter { index, text } => {
@@ -142,7 +143,7 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
             let n = c.u32()?;
             let mut args = Vec::new();
             for _ in 0..n.min(1024) {
-                args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()? });
+                args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()?, typed: c.u8()? == 1 });
             }
             Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, args })
         }
@@ -209,9 +210,8 @@ fn put_fetch(b: &mut Vec<u8>, f: &Fetch) {
             b.extend_from_slice(&offset.to_le_bytes());
             put_fetch(b, inner);
         }
-        Fetch::Var { path, typed } => {
+        Fetch::Var { path } => {
             b.push(10);
-            b.push(u8::from(*typed));
             put_str(b, path);
         }
     }
@@ -278,10 +278,7 @@ impl Cursor<'_> {
                 let offset = self.u64()? as i64;
                 Fetch::Deref { offset, inner: Box::new(self.fetch(depth + 1)?) }
             }
-            10 => {
-                let typed = self.u8()? != 0;
-                Fetch::Var { path: self.str()?, typed }
-            }
+            10 => Fetch::Var { path: self.str()? },
             _ => return Err(bad()),
         })
     }

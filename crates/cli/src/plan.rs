@@ -111,8 +111,7 @@ fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
     let is_return = spec.kind == ProbeKind::Return;
     if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
         // A return probe shows its return value unless told otherwise.
-        spec.args.insert(0, NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
-        spec.typed.insert(0, true);
+        spec.args.insert(0, NamedArg::typed("ret", Fetch::RetVal, ArgType::S(64)));
         shown.insert(0, Shown::Plain);
     }
     let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);

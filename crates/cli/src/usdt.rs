@@ -68,8 +68,7 @@ pub fn expand(text: &str, spec: ProbeSpec, binary: &str, provider: Option<&str>,
 /// fetched whole and has no written type takes the argument's size and sign.
 fn arguments(text: &str, spec: &ProbeSpec, p: &UsdtProbe) -> Result<Vec<NamedArg>> {
     let mut out = Vec::new();
-    for (i, a) in spec.args.iter().enumerate() {
-        let typed = spec.typed.get(i).copied().unwrap_or(true);
+    for a in &spec.args {
         let mut arg = a.clone();
         arg.fetch = substitute(text, &a.fetch, p)?;
         if let Fetch::Arg(n) = a.fetch {
@@ -78,8 +77,9 @@ fn arguments(text: &str, spec: &ProbeSpec, p: &UsdtProbe) -> Result<Vec<NamedArg
                 // The argument's value, read from memory, is the string's address.
                 arg.fetch = Fetch::Deref { offset: 0, inner: Box::new(fetch) };
             }
-            if !typed {
+            if !a.typed {
                 arg.ty = ty;
+                arg.typed = true;
             }
         }
         out.push(arg);

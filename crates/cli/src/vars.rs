@@ -59,9 +59,7 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
     let file = binary_file(binary.as_deref(), args)?;
     let info = DebugInfo::load(&file)?.ok_or_else(|| anyhow!("`{text}`: {}", no_dwarf(&file)))?;
     let request = |a: &NamedArg| match &a.fetch {
-        Fetch::Var { path, typed } => {
-            Some(Request { path: path.clone(), name: a.name.clone(), ty: typed.then_some(a.ty) })
-        }
+        Fetch::Var { path } => Some(Request { path: path.clone(), name: a.name.clone(), ty: a.typed.then_some(a.ty) }),
         _ => None,
     };
     let requests: Vec<Request> = spec.args.iter().filter_map(request).collect();
@@ -84,15 +82,13 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
             if spec.args.iter().any(|o| o.name == v.name && !std::ptr::eq(o, a)) && a.name == "$params" {
                 continue;
             }
-            out_args.push(NamedArg { name: v.name, fetch: v.fetch, ty: v.ty });
+            out_args.push(NamedArg::typed(v.name, v.fetch, v.ty));
             shown.push(v.shown);
         }
     }
     if *offset == 0 && at.offset != 0 {
         *offset = at.offset;
     }
-    // Every variable's type is the one it was given or the DWARF's.
-    spec.typed = out_args.iter().map(|_| true).collect();
     spec.args = out_args;
     Ok(shown)
 }

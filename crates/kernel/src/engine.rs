@@ -68,7 +68,7 @@ impl KernelEngine {
     }
 
     fn comm_arg() -> NamedArg {
-        NamedArg { name: COMM_FIELD.into(), fetch: Fetch::Comm, ty: ArgType::String }
+        NamedArg::typed(COMM_FIELD, Fetch::Comm, ArgType::String)
     }
 
     /// Hand `hit` to `sink` as the events of the probes it belongs to.
@@ -163,7 +163,7 @@ fn tracepoint_arg(f: &Field) -> NamedArg {
         FieldKind::Int { signed: false } => ArgType::U(bits),
         _ => ArgType::String,
     };
-    NamedArg { name: f.name.clone(), fetch: Fetch::Immediate(0), ty }
+    NamedArg::typed(f.name.clone(), Fetch::Immediate(0), ty)
 }
 
 impl Engine for KernelEngine {

@@ -126,8 +126,6 @@ pub enum Fetch<R = Register> {
     Var {
         /// The path as written.
         path: String,
-        /// Whether a `:TYPE` was given (it then overrides the variable's type).
-        typed: bool,
     },
     /// Memory at `inner + offset`.
     Deref {
@@ -151,7 +149,7 @@ impl<R> Fetch<R> {
             Fetch::StackPointer => Fetch::StackPointer,
             Fetch::Memory(a) => Fetch::Memory(*a),
             Fetch::Immediate(i) => Fetch::Immediate(*i),
-            Fetch::Var { path, typed } => Fetch::Var { path: path.clone(), typed: *typed },
+            Fetch::Var { path } => Fetch::Var { path: path.clone() },
             Fetch::Deref { offset, inner } => Fetch::Deref { offset: *offset, inner: Box::new(inner.map_registers(f)) },
         }
     }
@@ -179,6 +177,17 @@ pub struct NamedArg {
     pub fetch: Fetch,
     /// How to type it.
     pub ty: ArgType,
+    /// Whether `ty` was written (`:TYPE`): a written type overrides what a variable's DWARF
+    /// or a static probe's note says; otherwise `ty` is the fetch's default, which they replace.
+    pub typed: bool,
+}
+
+impl NamedArg {
+    /// An argument whose type is given (not to be replaced by a variable's or a static
+    /// probe's own).
+    pub fn typed(name: impl Into<String>, fetch: Fetch, ty: ArgType) -> NamedArg {
+        NamedArg { name: name.into(), fetch, ty, typed: true }
+    }
 }
 
 /// A parsed probe spec.
@@ -190,9 +199,6 @@ pub struct ProbeSpec {
     pub kind: ProbeKind,
     /// What to fetch at each hit, in order.
     pub args: Vec<NamedArg>,
-    /// For each of `args`, whether its `:TYPE` was written (otherwise it is the fetch's
-    /// default, which a static probe's own argument types replace).
-    pub typed: Vec<bool>,
 }
 
 /// Words of `text` with their byte offsets.
@@ -229,7 +235,6 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
     let p = Parser { text };
     let (target, kind) = p.target(at, first)?;
     let mut args = Vec::new();
-    let mut typed = Vec::new();
     let mut names = HashSet::new();
     for (i, &(at, word)) in ws.iter().enumerate().skip(1) {
         if matches!(target, Target::Tracepoint { .. }) {
@@ -245,10 +250,9 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
             let end = at + word.find('=').unwrap_or(word.len());
             return Err(SpecError::new(K::DuplicateName, text, at..end, "a different name (NAME=FETCHARG)"));
         }
-        typed.push(split_type(word).1.is_some());
         args.push(arg);
     }
-    Ok(ProbeSpec { target, kind, args, typed })
+    Ok(ProbeSpec { target, kind, args })
 }
 
 struct Parser<'a> {
@@ -501,10 +505,7 @@ impl Parser<'_> {
             None => (None, at, word),
         };
         let (fetch_text, ty_text) = split_type(rest);
-        let mut fetch = self.fetch(fetch_at, fetch_text, kind)?;
-        if let Fetch::Var { typed, .. } = &mut fetch {
-            *typed = ty_text.is_some();
-        }
+        let fetch = self.fetch(fetch_at, fetch_text, kind)?;
         let ty = match ty_text {
             None => default_type(&fetch),
             Some(t) => {
@@ -515,7 +516,7 @@ impl Parser<'_> {
             }
         };
         let name = name.map_or_else(|| default_name(&fetch, index), str::to_owned);
-        Ok(NamedArg { name, fetch, ty })
+        Ok(NamedArg { name, fetch, ty, typed: ty_text.is_some() })
     }
 
     fn fetch(&self, at: usize, s: &str, kind: ProbeKind) -> Result<Fetch, SpecError> {
@@ -527,7 +528,7 @@ impl Parser<'_> {
             return Ok(Fetch::Reg(Register(name)));
         }
         if s == "$params" || is_var_path(s) {
-            return Ok(Fetch::Var { path: s.to_owned(), typed: false });
+            return Ok(Fetch::Var { path: s.to_owned() });
         }
         if let Some(var) = s.strip_prefix('$') {
             return match var {

@@ -12,10 +12,11 @@ fn user_function_with_typed_arguments() {
             NamedArg {
                 name: "path".into(),
                 fetch: Fetch::Deref { offset: 0, inner: Box::new(Fetch::Arg(2)) },
-                ty: ArgType::String
+                ty: ArgType::String,
+                typed: true
             },
-            NamedArg { name: "flags".into(), fetch: Fetch::Arg(3), ty: ArgType::X(32) },
-            NamedArg { name: "mode".into(), fetch: Fetch::Arg(4), ty: ArgType::U(16) },
+            NamedArg::typed("flags", Fetch::Arg(3), ArgType::X(32)),
+            NamedArg::typed("mode", Fetch::Arg(4), ArgType::U(16)),
         ]
     );
 }
@@ -25,15 +26,18 @@ fn return_probe_with_default_names_and_types() {
     let p = parse_probe("openat%return $retval $comm").unwrap();
     assert_eq!(p.target, Target::User { binary: None, function: "openat".into(), offset: 0 });
     assert_eq!(p.kind, ProbeKind::Return);
-    assert_eq!(p.args[0], NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64) });
-    assert_eq!(p.args[1], NamedArg { name: "comm".into(), fetch: Fetch::Comm, ty: ArgType::String });
+    assert_eq!(p.args[0], NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64), typed: false });
+    assert_eq!(p.args[1], NamedArg { name: "comm".into(), fetch: Fetch::Comm, ty: ArgType::String, typed: false });
 }
 
 #[test]
 fn offsets_registers_and_nested_dereferences() {
     let p = parse_probe("./app:main+0x1c %rdi x=-8(+16(%bp)):s32 \\-1 @0x601040:u8").unwrap();
     assert_eq!(p.target, Target::User { binary: Some("./app".into()), function: "main".into(), offset: 0x1c });
-    assert_eq!(p.args[0], NamedArg { name: "di".into(), fetch: Fetch::Reg(Register("di")), ty: ArgType::X(64) });
+    assert_eq!(
+        p.args[0],
+        NamedArg { name: "di".into(), fetch: Fetch::Reg(Register("di")), ty: ArgType::X(64), typed: false }
+    );
     assert_eq!(
         p.args[1].fetch,
         Fetch::Deref {
@@ -43,7 +47,7 @@ fn offsets_registers_and_nested_dereferences() {
     );
     assert_eq!(p.args[1].ty, ArgType::S(32));
     assert_eq!(p.args[2].fetch, Fetch::Immediate(-1));
-    assert_eq!(p.args[3], NamedArg { name: "arg4".into(), fetch: Fetch::Memory(0x601040), ty: ArgType::U(8) });
+    assert_eq!(p.args[3], NamedArg::typed("arg4", Fetch::Memory(0x601040), ArgType::U(8)));
 }
 
 #[test]
@@ -169,7 +173,7 @@ fn static_probes_with_and_without_provider() {
     let p = parse_probe("usdt:./prog:app:req id=$arg1 name=+0($arg2):string").unwrap();
     assert_eq!(p.target, Target::Usdt { binary: "./prog".into(), provider: Some("app".into()), name: "req".into() });
     assert_eq!(p.args[0].fetch, Fetch::Arg(1));
-    assert_eq!(p.typed, [false, true]);
+    assert_eq!(p.args.iter().map(|a| a.typed).collect::<Vec<_>>(), [false, true]);
     let p = parse_probe("usdt:libc:setjmp").unwrap();
     assert_eq!(p.target, Target::Usdt { binary: "libc".into(), provider: None, name: "setjmp".into() });
     let p = parse_probe("usdt:/usr/bin/python3:python:function__*").unwrap();
@@ -214,9 +218,10 @@ fn source_lines_and_lines_relative_to_a_function() {
 #[test]
 fn variables_by_name_are_read_as_paths_with_their_given_types() {
     let p = parse_probe("prog:parse_request req len=req->hdr.len argv[1]:string $params").unwrap();
-    let vars: Vec<(&str, &Fetch, ArgType)> = p.args.iter().map(|a| (a.name.as_str(), &a.fetch, a.ty)).collect();
-    assert_eq!(vars[0], ("req", &Fetch::Var { path: "req".into(), typed: false }, ArgType::X(64)));
-    assert_eq!(vars[1], ("len", &Fetch::Var { path: "req->hdr.len".into(), typed: false }, ArgType::X(64)));
-    assert_eq!(vars[2], ("argv[1]", &Fetch::Var { path: "argv[1]".into(), typed: true }, ArgType::String));
-    assert_eq!(vars[3].1, &Fetch::Var { path: "$params".into(), typed: false });
+    let vars: Vec<(&str, &Fetch, ArgType, bool)> =
+        p.args.iter().map(|a| (a.name.as_str(), &a.fetch, a.ty, a.typed)).collect();
+    assert_eq!(vars[0], ("req", &Fetch::Var { path: "req".into() }, ArgType::X(64), false));
+    assert_eq!(vars[1], ("len", &Fetch::Var { path: "req->hdr.len".into() }, ArgType::X(64), false));
+    assert_eq!(vars[2], ("argv[1]", &Fetch::Var { path: "argv[1]".into() }, ArgType::String, true));
+    assert_eq!((vars[3].1, vars[3].3), (&Fetch::Var { path: "$params".into() }, false));
 }
