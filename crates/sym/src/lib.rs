@@ -27,6 +27,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod cache;
 mod demangle;
 mod ifunc;
 mod maps;

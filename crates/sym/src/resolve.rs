@@ -5,6 +5,7 @@
 use dprobe_arch::Addr;
 use dprobe_spec::SpecError;
 
+use crate::cache::object_file;
 use crate::ifunc::{chosen_implementation, Unchosen};
 use crate::maps::Mapping;
 use crate::object_name::ObjectName;
@@ -270,7 +271,8 @@ impl Symbols {
         if offset != 0 {
             return Err(refuse("an offset into its resolver is not code that callers run"));
         }
-        let data = std::fs::read(&*ifunc.object).map_err(|_| refuse(Unchosen::Unreadable.reason()))?;
+        let file = object_file(&ifunc.object).ok_or_else(|| refuse(Unchosen::Unreadable.reason()))?;
+        let data = file.bytes().ok_or_else(|| refuse(Unchosen::Unreadable.reason()))?;
         let resolver = ifunc.start.0.wrapping_sub(ifunc.bias);
         let chosen = chosen_implementation(&ifunc.object, &data, resolver).map_err(|u| refuse(u.reason()))?;
         if let Some(g) = self.containing(Addr(chosen.wrapping_add(ifunc.bias))).filter(|g| g.object == ifunc.object) {
@@ -278,7 +280,7 @@ impl Symbols {
         }
         // A stripped library (Debian's libc) names its implementations only in its separate
         // debug file (`libc6-dbg`).
-        debug_file_function(&ifunc.object, &data, chosen, ifunc.bias).ok_or_else(|| {
+        debug_file_function(&file, chosen, ifunc.bias).ok_or_else(|| {
             refuse(
                 "the library names its implementations only in its debug symbols, which are not installed \
                  (for libc: the libc6-dbg package)",

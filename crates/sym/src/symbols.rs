@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use dprobe_arch::Addr;
 use object::read::elf::ElfFile64;
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionIndex, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SectionIndex, SymbolKind};
 
+use crate::cache::{object_file, symbols_of, ObjectFile};
 use crate::demangle::{demangle, without_parameters};
 use crate::maps::Mapping;
 use crate::object_name::ObjectName;
@@ -39,6 +40,12 @@ pub struct Function {
 }
 
 impl Function {
+    /// The same function in an object placed at `bias` (its symbols read at link-time
+    /// addresses).
+    pub(crate) fn at_bias(&self, bias: u64) -> Function {
+        Function { start: Addr(self.start.0.wrapping_add(bias)), bias, ..self.clone() }
+    }
+
     /// Whether `addr` is inside the function.
     pub fn contains(&self, addr: Addr) -> bool {
         addr >= self.start && addr.0 < self.start.0 + self.size
@@ -85,15 +92,16 @@ impl Function {
     }
 }
 
-/// The functions of all loaded objects of a process.
-#[derive(Debug, Default)]
+/// The functions of all loaded objects of a process. Cloning it is cheap: its tables are
+/// shared.
+#[derive(Debug, Default, Clone)]
 pub struct Symbols {
-    by_addr: Vec<Function>,
-    by_name: HashMap<String, Vec<usize>>,
+    by_addr: Arc<[Function]>,
+    by_name: Arc<HashMap<String, Vec<usize>>>,
     /// Each object's path and bias, in load order.
-    objects: Vec<(Arc<str>, u64)>,
+    objects: Arc<[(Arc<str>, u64)]>,
     /// The PLT sections (`.plt`, `.plt.sec`, `.plt.got`) of each object: start, end, object.
-    plt: Vec<(Addr, Addr, Arc<str>)>,
+    plt: Arc<[(Addr, Addr, Arc<str>)]>,
     /// Read from one file, at link-time addresses (no process maps it).
     file: bool,
 }
@@ -101,7 +109,8 @@ pub struct Symbols {
 impl Symbols {
     /// Read the symbols of every ELF file mapped executable in `maps`. Objects that cannot be
     /// read (deleted files, the vDSO) are skipped. For another process, pass its maps: the
-    /// files are read through the paths it mapped.
+    /// files are read through the paths it mapped. Each version of a file is read once, and
+    /// the same files at the same addresses give the same (shared) tables.
     pub fn load(maps: &[Mapping]) -> Symbols {
         let mut paths: Vec<&str> = Vec::new();
         for m in maps.iter().filter(|m| m.exec) {
@@ -111,34 +120,43 @@ impl Symbols {
                 }
             }
         }
-        let mut funcs = Vec::new();
-        let mut objects = Vec::new();
-        let mut plt = Vec::new();
-        for path in paths {
-            let object: Arc<str> = Arc::from(path);
-            let Ok(data) = std::fs::read(path) else { continue };
-            if let Some(bias) = load_bias(maps, path, &data) {
-                read_functions(&object, &data, bias, &mut funcs);
-                plt.extend(plt_sections(&object, &data, bias));
-                objects.push((object, bias));
-            }
-        }
-        Symbols::index(funcs, objects, plt, false)
+        let loaded: Vec<(Arc<ObjectFile>, u64)> = paths
+            .into_iter()
+            .filter_map(|path| {
+                let file = object_file(path)?;
+                let bias = load_bias(maps, path, file.first_segment?)?;
+                Some((file, bias))
+            })
+            .collect();
+        symbols_of(&loaded, || Symbols::of_objects(&loaded, false))
     }
 
     /// Read the symbols of one ELF file, at its link-time addresses (nothing is running it).
     /// The object is named by its canonical path, as a process's maps would name it.
     pub fn load_file(path: &str) -> std::io::Result<Symbols> {
-        let data = std::fs::read(path)?;
-        if object::File::parse(&*data).is_err() {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ELF file"));
-        }
         let canonical = std::fs::canonicalize(path)?;
-        let object: Arc<str> = Arc::from(canonical.to_string_lossy().as_ref());
+        let file = object_file(&canonical.to_string_lossy()).ok_or_else(|| {
+            let data = std::fs::read(path).err();
+            data.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ELF file"))
+        })?;
+        Ok(Symbols::of_objects(&[(file, 0)], true))
+    }
+
+    /// The symbols of `objects`, each placed at its bias.
+    fn of_objects(objects: &[(Arc<ObjectFile>, u64)], file: bool) -> Symbols {
         let mut funcs = Vec::new();
-        read_functions(&object, &data, 0, &mut funcs);
-        let plt = plt_sections(&object, &data, 0);
-        Ok(Symbols::index(funcs, vec![(object, 0)], plt, true))
+        let mut plt = Vec::new();
+        for (object, bias) in objects {
+            funcs.extend(object.functions.iter().map(|f| f.at_bias(*bias)));
+            let path = object.path();
+            plt.extend(
+                object.plt.iter().map(|&(start, end)| {
+                    (Addr(start.wrapping_add(*bias)), Addr(end.wrapping_add(*bias)), path.clone())
+                }),
+            );
+        }
+        let objects = objects.iter().map(|(o, bias)| (o.path(), *bias)).collect();
+        Symbols::index(funcs, objects, plt, file)
     }
 
     fn index(
@@ -163,7 +181,13 @@ impl Symbols {
                 }
             }
         }
-        Symbols { by_addr: funcs, by_name, objects, plt, file }
+        Symbols {
+            by_addr: funcs.into(),
+            by_name: Arc::new(by_name),
+            objects: Arc::from(objects),
+            plt: plt.into(),
+            file,
+        }
     }
 
     /// Find a function by `[OBJECT:]NAME[@VERSION|@@VERSION]`. NAME is the symbol name or a
@@ -233,54 +257,40 @@ impl Symbols {
 }
 
 /// Run-time address minus link-time address for the object at `path`: where its first
-/// loadable segment (file offset 0) was mapped, minus that segment's page-aligned address.
-fn load_bias(maps: &[Mapping], path: &str, data: &[u8]) -> Option<u64> {
+/// loadable segment (file offset 0) was mapped, minus that segment's page-aligned link-time
+/// address `first_segment`.
+fn load_bias(maps: &[Mapping], path: &str, first_segment: u64) -> Option<u64> {
     let first = maps.iter().find(|m| m.path.as_deref() == Some(path) && m.offset == 0)?;
-    let file = object::File::parse(data).ok()?;
-    let seg = file.segments().find(|s| s.file_range().0 == 0)?;
-    let link = seg.address() & !0xfff;
-    Some(first.start.0.wrapping_sub(link))
+    Some(first.start.0.wrapping_sub(first_segment))
 }
 
 /// Run-time address minus link-time address for the object at `path` in a process with
 /// `maps`, reading the file; `None` when the process has not mapped it.
 pub fn load_bias_of(maps: &[Mapping], path: &str) -> Option<u64> {
     maps.iter().find(|m| m.path.as_deref() == Some(path) && m.offset == 0)?;
-    load_bias(maps, path, &std::fs::read(path).ok()?)
+    load_bias(maps, path, object_file(path)?.first_segment?)
 }
 
 /// Where the PLT stubs of an object are: its `.plt`, `.plt.sec` and `.plt.got` sections, at
-/// run-time addresses. They have no symbols, so no function covers them.
-fn plt_sections(object: &Arc<str>, data: &[u8], bias: u64) -> Vec<(Addr, Addr, Arc<str>)> {
+/// link-time addresses (start, end). They have no symbols, so no function covers them.
+pub(crate) fn plt_sections(data: &[u8]) -> Vec<(u64, u64)> {
     let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else { return Vec::new() };
     file.sections()
         .filter(|s| matches!(s.name(), Ok(".plt" | ".plt.sec" | ".plt.got")))
-        .map(|s| {
-            let start = s.address().wrapping_add(bias);
-            (Addr(start), Addr(start.saturating_add(s.size())), object.clone())
-        })
+        .map(|s| (s.address(), s.address().saturating_add(s.size())))
         .collect()
 }
 
-fn read_functions(object: &Arc<str>, data: &[u8], bias: u64, out: &mut Vec<Function>) {
-    read_symbols(object, data, data, bias, out);
-}
-
-/// The function at link-time address `addr` of `object` (whose bytes are `data`) as its
-/// separate debug file names it (`/usr/lib/debug/.build-id/xx/….debug`, found by build-id):
-/// stripped libraries keep their local functions' names only there.
-pub(crate) fn debug_file_function(object: &Arc<str>, data: &[u8], addr: u64, bias: u64) -> Option<Function> {
-    let file = ElfFile64::<object::Endianness>::parse(data).ok()?;
-    let hex: String = file.build_id().ok()??.iter().map(|b| format!("{b:02x}")).collect();
-    let debug = std::fs::read(format!("/usr/lib/debug/.build-id/{}/{}.debug", hex.get(..2)?, hex.get(2..)?)).ok()?;
-    let mut funcs = Vec::new();
-    read_symbols(object, &debug, data, bias, &mut funcs);
-    funcs.into_iter().filter(|f| !f.ifunc).find(|f| f.contains(Addr(addr.wrapping_add(bias))))
+/// The function at link-time address `addr` of `object` as its separate debug file names it
+/// (`/usr/lib/debug/.build-id/xx/….debug`, found by build-id), placed at `bias`: stripped
+/// libraries keep their local functions' names only there.
+pub(crate) fn debug_file_function(object: &ObjectFile, addr: u64, bias: u64) -> Option<Function> {
+    object.debug_functions().iter().find(|f| f.contains(Addr(addr))).map(|f| f.at_bias(bias))
 }
 
 /// The functions named in `symbols` (an object's file, or its debug file, whose section
 /// headers are the object's), with bounds and file offsets from the object's bytes `code`.
-fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias: u64, out: &mut Vec<Function>) {
+pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias: u64, out: &mut Vec<Function>) {
     let (Ok(file), Ok(code_file)) =
         (ElfFile64::<object::Endianness>::parse(symbols), ElfFile64::<object::Endianness>::parse(code))
     else {

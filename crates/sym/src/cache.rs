@@ -1,0 +1,140 @@
+//! What dprobe reads of an object file, read once per version of the file.
+//!
+//! The ptrace engine resolves each probe against the process's maps as they are when it places
+//! it, and a glob such as `libc:*` places two thousand probes: without a cache, each one read
+//! and parsed libc (and, for an indirect function, libc's debug file) again. A file is known
+//! by its path, device, inode, size and modification time, so a rebuilt or replaced file is
+//! read afresh. The set of symbols of a whole process is kept too, for as long as the same
+//! versions of the same files are mapped at the same addresses.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object::{Object, ObjectSegment};
+
+use crate::symbols::{plt_sections, read_symbols, Function, Symbols};
+
+/// One version of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FileKey {
+    path: Arc<str>,
+    dev: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+}
+
+impl FileKey {
+    fn of(path: &str) -> Option<FileKey> {
+        let m = std::fs::metadata(path).ok()?;
+        let modified_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+        Some(FileKey { path: Arc::from(path), dev: m.dev(), inode: m.ino(), size: m.size(), modified_ns })
+    }
+}
+
+/// The symbols of an object file at its link-time addresses.
+#[derive(Debug)]
+pub(crate) struct ObjectFile {
+    pub(crate) key: FileKey,
+    /// Its functions (`bias` 0).
+    pub(crate) functions: Vec<Function>,
+    /// Its PLT sections: link-time start and end.
+    pub(crate) plt: Vec<(u64, u64)>,
+    /// The page-aligned link-time address of its loadable segment at file offset 0.
+    pub(crate) first_segment: Option<u64>,
+    /// Its bytes, read again only when asked for (indirect functions need them).
+    bytes: OnceLock<Option<Arc<[u8]>>>,
+    /// The functions its separate debug file names (by build-id), read when first asked for.
+    debug_functions: OnceLock<Vec<Function>>,
+}
+
+impl ObjectFile {
+    fn read(key: FileKey) -> Option<ObjectFile> {
+        let data = std::fs::read(&*key.path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let first_segment = file.segments().find(|s| s.file_range().0 == 0).map(|s| s.address() & !0xfff);
+        let object = key.path.clone();
+        let mut functions = Vec::new();
+        read_symbols(&object, &data, &data, 0, &mut functions);
+        let plt = plt_sections(&data);
+        Some(ObjectFile {
+            key,
+            functions,
+            plt,
+            first_segment,
+            bytes: OnceLock::new(),
+            debug_functions: OnceLock::new(),
+        })
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> Arc<str> {
+        self.key.path.clone()
+    }
+
+    /// The file's bytes (the version the symbols were read from, unless it changed since).
+    pub(crate) fn bytes(&self) -> Option<Arc<[u8]>> {
+        self.bytes.get_or_init(|| std::fs::read(&*self.key.path).ok().map(Arc::from)).clone()
+    }
+
+    /// The functions named by its separate debug file under `/usr/lib/debug/.build-id/`
+    /// (stripped libraries keep their local functions' names only there), at link-time
+    /// addresses, with bounds and file offsets from the object itself. Empty when none.
+    pub(crate) fn debug_functions(&self) -> &[Function] {
+        self.debug_functions.get_or_init(|| {
+            let Some(data) = self.bytes() else { return Vec::new() };
+            let Some(debug) = debug_file_of(&data) else { return Vec::new() };
+            let mut out = Vec::new();
+            read_symbols(&self.key.path, &debug, &data, 0, &mut out);
+            out.retain(|f| !f.ifunc);
+            out
+        })
+    }
+}
+
+/// The bytes of the separate debug file of the object whose bytes are `data`, found by its
+/// build-id.
+fn debug_file_of(data: &[u8]) -> Option<Vec<u8>> {
+    let file = object::File::parse(data).ok()?;
+    let hex: String = file.build_id().ok()??.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::read(format!("/usr/lib/debug/.build-id/{}/{}.debug", hex.get(..2)?, hex.get(2..)?)).ok()
+}
+
+/// The object file at `path`, read now if this version of it was not read before; `None`
+/// when it cannot be read or is not an object file.
+pub(crate) fn object_file(path: &str) -> Option<Arc<ObjectFile>> {
+    static FILES: OnceLock<Mutex<HashMap<FileKey, Arc<ObjectFile>>>> = OnceLock::new();
+    let key = FileKey::of(path)?;
+    let files = FILES.get_or_init(Default::default);
+    if let Some(f) = files.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Some(f.clone());
+    }
+    // Read outside the lock: another thread may read the same file meanwhile, which costs
+    // time, not correctness.
+    let f = Arc::new(ObjectFile::read(key.clone())?);
+    files.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
+    Some(f)
+}
+
+/// How many processes' symbol sets are kept (a traced program and the children it forks).
+const PROCESSES_KEPT: usize = 8;
+
+/// The symbols of the objects `loaded` (each with its bias), built by `build` unless the same
+/// versions of the same files at the same addresses were loaded recently.
+pub(crate) fn symbols_of(loaded: &[(Arc<ObjectFile>, u64)], build: impl FnOnce() -> Symbols) -> Symbols {
+    type Kept = Vec<(Vec<(FileKey, u64)>, Symbols)>;
+    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+    let key: Vec<(FileKey, u64)> = loaded.iter().map(|(f, bias)| (f.key.clone(), *bias)).collect();
+    let kept = KEPT.get_or_init(Default::default);
+    if let Some((_, s)) = kept.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key) {
+        return s.clone();
+    }
+    let symbols = build();
+    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() == PROCESSES_KEPT {
+        kept.remove(0);
+    }
+    kept.push((key, symbols.clone()));
+    symbols
+}
