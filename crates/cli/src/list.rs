@@ -91,7 +91,7 @@ fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
                 .functions()
                 .iter()
                 .filter(|f| pattern.is_none_or(|p| f.matches_glob(p)))
-                .map(|f| format!("{}:{}", f.object_file_name(), shown_name(f)))
+                .map(|f| format!("{}:{}{}", f.object_file_name(), shown_name(f), ifunc_mark(f)))
                 .collect();
             for n in &names {
                 writeln!(out, "{n}")?;
@@ -111,6 +111,16 @@ pub fn shown_name(f: &Function) -> String {
     match &f.demangled {
         Some(d) => d.clone(),
         None => f.versioned_name(),
+    }
+}
+
+/// After an indirect function's name: a probe on it goes on the implementation the loader
+/// chose, not on the resolver its symbol points at.
+fn ifunc_mark(f: &Function) -> &'static str {
+    if f.ifunc {
+        " (indirect: probes the implementation the loader chose)"
+    } else {
+        ""
     }
 }
 

@@ -38,3 +38,23 @@ fn an_offset_into_an_indirect_function_is_refused_with_the_reason() {
     assert!(stderr.contains("`libc:strlen` is an indirect function"), "{stderr}");
     assert!(stderr.contains("an offset into its resolver is not code that callers run"), "{stderr}");
 }
+
+#[test]
+fn list_marks_indirect_functions() {
+    // The libc this test runs with is the one the system's programs run with.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libc.so.6")).unwrap();
+    let o = dprobe(&["list", libc, "str*"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    // Each line is `libc.so.6:NAME@@VERSION`, then the mark for an indirect function.
+    let line = |name: &str| {
+        let prefix = format!("libc.so.6:{name}@");
+        stdout.lines().find(|l| l.starts_with(&prefix)).map(|l| l.split_once(' ').map_or("", |(_, mark)| mark))
+    };
+    let mark = "(indirect: probes the implementation the loader chose)";
+    assert_eq!(line("strlen"), Some(mark), "{stdout}");
+    assert_eq!(line("strcmp"), Some(mark), "{stdout}");
+    // An ordinary function has no mark.
+    assert_eq!(line("strerror"), Some(""), "{stdout}");
+}
