@@ -386,6 +386,25 @@ fn an_output_that_cannot_be_written_ends_the_trace_with_every_event_removed() {
 }
 
 #[test]
+fn records_lost_to_a_small_buffer_are_counted_and_the_size_named() {
+    let _x = exclusive();
+    let spec = format!("{}:greet i=$arg2", greet());
+    let label = format!("{}:greet", greet());
+    let (code, out) = trace("system-buffer", &["-a", "-c", "--buffer-size", "4K", &spec, "--", greet(), "x", "20000"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lost: u64 = out
+        .lines()
+        .find_map(|l| l.trim_start().split_once(" records lost: ").map(|(n, _)| n.parse().unwrap()))
+        .unwrap_or(0);
+    assert_eq!(hits(&out, &label) + lost, 20_000, "every call received or counted as lost\n{out}");
+    if lost > 0 {
+        let note = "records lost: the kernel's buffers (4 KiB per CPU) were full (it dropped them); a larger \
+                    --buffer-size keeps more";
+        assert!(out.contains(note), "{out}");
+    }
+}
+
+#[test]
 fn many_probes_are_placed_together_and_the_duration_ends_the_trace() {
     let _x = exclusive();
     let before = tracefs("uprobe_events");
