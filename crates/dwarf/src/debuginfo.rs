@@ -211,6 +211,11 @@ impl DebugInfo {
         &self.dwarf
     }
 
+    /// The DWARF sections, kept by a reader that outlives this (an address-to-line context).
+    pub fn into_dwarf(self) -> gimli::Dwarf<Reader> {
+        self.dwarf
+    }
+
     /// Where it was found.
     pub fn origin(&self) -> &Origin {
         &self.origin

@@ -1,0 +1,149 @@
+//! Unwinding a thread's user stack from its registers and stack memory, with each object's
+//! DWARF call-frame information (`framehop`; frame pointers where an object has none).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use dprobe_sym::{read_maps_of, Mapping};
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::Unwinder as _;
+
+use crate::elf::{Bytes, ElfFile};
+
+/// The registers unwinding starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRegs {
+    /// Where the thread is.
+    pub ip: u64,
+    /// Its stack pointer.
+    pub sp: u64,
+    /// Its frame pointer (for code without call-frame information).
+    pub bp: u64,
+}
+
+/// How the unwinder reads the thread's stack: one 8-byte word at an address, `None` where
+/// nothing can be read. An engine answers a slot that a return probe hijacked with the real
+/// return address.
+pub trait StackMemory {
+    /// The word at `addr`.
+    fn word(&mut self, addr: u64) -> Option<u64>;
+}
+
+impl<F: FnMut(u64) -> Option<u64>> StackMemory for F {
+    fn word(&mut self, addr: u64) -> Option<u64> {
+        self(addr)
+    }
+}
+
+/// One process as the unwinder knows it.
+struct Process {
+    /// Every mapping, in address order: an address in none of them means the maps changed.
+    mapped: Vec<Range<u64>>,
+    unwinder: UnwinderX86_64<Bytes>,
+}
+
+impl Process {
+    fn knows(&self, addr: u64) -> bool {
+        let i = self.mapped.partition_point(|r| r.end <= addr);
+        self.mapped.get(i).is_some_and(|r| r.start <= addr)
+    }
+}
+
+/// Unwinds stacks of any process, keeping each object's unwind sections and each process's
+/// modules between stacks.
+#[derive(Default)]
+pub struct Unwinder {
+    files: HashMap<String, Option<Arc<ElfFile>>>,
+    processes: HashMap<u32, Process>,
+    cache: Option<Box<CacheX86_64>>,
+}
+
+impl Unwinder {
+    /// An unwinder that knows nothing yet.
+    pub fn new() -> Unwinder {
+        Unwinder::default()
+    }
+
+    /// Unwind the stack of a thread of `pid` stopped at `regs`, reading its memory through
+    /// `memory`: `out` gets at most `depth` addresses, innermost first (`regs.ip`, then
+    /// return addresses).
+    pub fn unwind(&mut self, pid: u32, regs: UserRegs, memory: &mut dyn StackMemory, depth: usize, out: &mut Vec<u64>) {
+        out.clear();
+        if depth == 0 {
+            return;
+        }
+        if !self.processes.get(&pid).is_some_and(|p| p.knows(regs.ip)) {
+            self.refresh(pid);
+        }
+        self.walk(pid, regs, memory, depth, out);
+        // A caller in an object loaded since the maps were read (dlopen): read them again
+        // and unwind once more, with its call-frame information.
+        let stale = out.iter().any(|&a| !self.processes.get(&pid).is_some_and(|p| p.knows(a)));
+        if stale && self.refresh(pid) {
+            self.walk(pid, regs, memory, depth, out);
+        }
+    }
+
+    /// Forget a process (it ended, or executed another program).
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    fn walk(&mut self, pid: u32, regs: UserRegs, memory: &mut dyn StackMemory, depth: usize, out: &mut Vec<u64>) {
+        out.clear();
+        let Some(process) = self.processes.get(&pid) else {
+            out.push(regs.ip);
+            return;
+        };
+        let cache = self.cache.get_or_insert_with(|| Box::new(CacheX86_64::new()));
+        let mut read = |addr: u64| memory.word(addr).ok_or(());
+        let start = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+        let mut frames = process.unwinder.iter_frames(regs.ip, start, cache, &mut read);
+        while out.len() < depth {
+            match frames.next() {
+                Ok(Some(frame)) => out.push(frame.address()),
+                _ => break,
+            }
+        }
+    }
+
+    /// Read the maps of `pid` again and rebuild its modules; `false` when they cannot be read
+    /// or did not change.
+    fn refresh(&mut self, pid: u32) -> bool {
+        let Ok(maps) = read_maps_of(pid) else { return false };
+        let mapped: Vec<Range<u64>> = maps.iter().map(|m| m.start.0..m.end.0).collect();
+        if self.processes.get(&pid).is_some_and(|p| p.mapped == mapped) {
+            return false;
+        }
+        let mut unwinder = UnwinderX86_64::new();
+        for (path, avma) in objects(&maps) {
+            let file = self.files.entry(path.to_owned()).or_insert_with(|| ElfFile::read(path).map(Arc::new));
+            let Some(file) = file else { continue };
+            let Some(first) = maps.iter().find(|m| m.path.as_deref() == Some(path) && m.offset == 0) else {
+                continue;
+            };
+            let bias = first.start.0.wrapping_sub(file.link_base);
+            unwinder.add_module(file.module(avma, bias));
+        }
+        self.processes.insert(pid, Process { mapped, unwinder });
+        true
+    }
+}
+
+/// Each file mapped with code, and the range its mappings cover.
+fn objects(maps: &[Mapping]) -> Vec<(&str, Range<u64>)> {
+    let mut out: Vec<(&str, Range<u64>)> = Vec::new();
+    for m in maps {
+        let Some(path) = m.path.as_deref().filter(|p| p.starts_with('/')) else { continue };
+        match out.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, r)) => {
+                r.start = r.start.min(m.start.0);
+                r.end = r.end.max(m.end.0);
+            }
+            None => out.push((path, m.start.0..m.end.0)),
+        }
+    }
+    out.retain(|(path, r)| maps.iter().any(|m| m.exec && m.path.as_deref() == Some(*path) && r.contains(&m.start.0)));
+    out
+}
