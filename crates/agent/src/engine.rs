@@ -225,6 +225,8 @@ impl AgentEngine {
                 entry_time_ns: h.entry_time_ns,
                 comm,
                 values: &self.values[h.probe as usize],
+                user_stack: &[],
+                kernel_stack: &[],
             };
             sink(&event);
         }

@@ -38,6 +38,17 @@ pub struct Placed {
     pub note: Option<String>,
 }
 
+/// Which stacks events carry, and how deep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackRequest {
+    /// The user stack.
+    pub user: bool,
+    /// The kernel stack (kernel probes, and user probes' system calls).
+    pub kernel: bool,
+    /// Frames kept at most, innermost first.
+    pub depth: usize,
+}
+
 /// How a traced program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -80,6 +91,13 @@ pub trait Engine {
     /// after every probe is placed and before [`Engine::run`]; by default it does nothing.
     fn prefilter(&mut self, filter: &dprobe_spec::Filter, text: &str) {
         let _ = (filter, text);
+    }
+
+    /// Have every event carry the stacks `want` names (asked before any probe is placed).
+    /// By default the engine refuses, with what to say.
+    fn stacks(&mut self, want: StackRequest) -> Result<(), String> {
+        let _ = want;
+        Err("this engine does not capture stacks".into())
     }
 
     /// Trace until the program ends or `stop` returns true (asked between events, and at

@@ -36,4 +36,10 @@ pub struct ProbeEvent<'a> {
     pub comm: &'a [u8],
     /// The values of the probe's fetch plan, in its order.
     pub values: &'a Values,
+    /// With stacks asked for ([`crate::Engine::stacks`]): the user stack, innermost first:
+    /// where the thread was, then the return addresses of its callers (real ones, where a
+    /// return probe had replaced them). Empty otherwise.
+    pub user_stack: &'a [u64],
+    /// The kernel stack the same way, when asked for and the probe is the kernel's.
+    pub kernel_stack: &'a [u64],
 }

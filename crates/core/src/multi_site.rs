@@ -126,6 +126,10 @@ impl<E: Engine> Engine for MultiSite<E> {
         self.inner.prefilter(filter, text);
     }
 
+    fn stacks(&mut self, want: crate::StackRequest) -> Result<(), String> {
+        self.inner.stacks(want)
+    }
+
     fn run(
         &mut self,
         stop: &mut dyn FnMut() -> bool,
@@ -210,6 +214,8 @@ mod tests {
                         entry_time_ns: None,
                         comm: b"",
                         values: &values,
+                        user_stack: &[],
+                        kernel_stack: &[],
                     };
                     sink(&e);
                 }

@@ -68,7 +68,18 @@ mod tests {
     use crate::fetch::Values;
 
     fn event(values: &Values, side: Side, probe: usize, tid: u32, time_ns: u64) -> ProbeEvent<'_> {
-        ProbeEvent { probe, side, pid: 1, tid, time_ns, entry_time_ns: None, comm: b"", values }
+        ProbeEvent {
+            probe,
+            side,
+            pid: 1,
+            tid,
+            time_ns,
+            entry_time_ns: None,
+            comm: b"",
+            values,
+            user_stack: &[],
+            kernel_stack: &[],
+        }
     }
 
     #[test]

@@ -130,6 +130,8 @@ impl KernelEngine {
                 entry_time_ns: None,
                 comm,
                 values: &p.values,
+                user_stack: &[],
+                kernel_stack: &[],
             });
         }
     }

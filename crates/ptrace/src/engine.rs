@@ -6,9 +6,11 @@
 use dprobe_arch::{Addr, Memory, MemoryFault};
 use dprobe_core::fetch::{errno_tls_offset, FetchContext, FetchPlan, Values};
 use dprobe_core::{
-    Ending, Engine, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, Stats, ThreadNames,
+    Ending, Engine, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, StackRequest, Stats,
+    ThreadNames,
 };
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Target};
+use dprobe_stack::Unwinder;
 use dprobe_sym::ResolveError;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
@@ -40,6 +42,7 @@ struct Queued {
     time_ns: u64,
     entry_time_ns: Option<u64>,
     values: Values,
+    user_stack: Vec<u64>,
 }
 
 /// What the handlers and the run loop share.
@@ -48,6 +51,9 @@ struct Shared {
     /// Value storage to reuse, per probe (each plan has its own size).
     spare: Vec<Vec<Values>>,
     names: ThreadNames,
+    /// The stacks events carry, if asked for, and what unwinds them.
+    stacks: Option<StackRequest>,
+    unwinder: Unwinder,
 }
 
 /// One program traced through ptrace, spawned or attached.
@@ -81,7 +87,13 @@ impl PtraceEngine {
     }
 
     fn new(tracee: Tracee, spawned: bool) -> PtraceEngine {
-        let shared = Shared { queue: VecDeque::new(), spare: Vec::new(), names: ThreadNames::default() };
+        let shared = Shared {
+            queue: VecDeque::new(),
+            spare: Vec::new(),
+            names: ThreadNames::default(),
+            stacks: None,
+            unwinder: Unwinder::new(),
+        };
         PtraceEngine {
             tracee,
             children: Vec::new(),
@@ -197,6 +209,12 @@ impl PtraceEngine {
                 errno_addr: errno_offset.map(|o| hit.fs_base.wrapping_add(o)),
             };
             plan.evaluate(&cx, hit.memory, &mut values);
+            let mut user_stack = Vec::new();
+            if let Some(want) = s.stacks.filter(|w| w.user) {
+                let pid = hit.pid as u32;
+                user_stack =
+                    crate::backtrace::stack_of(&mut s.unwinder, pid, hit.regs, hit.memory, hit.hijacked, want.depth);
+            }
             s.queue.push_back(Queued {
                 probe: index,
                 side,
@@ -205,6 +223,7 @@ impl PtraceEngine {
                 time_ns: now,
                 entry_time_ns,
                 values,
+                user_stack,
             });
         })
     }
@@ -226,6 +245,8 @@ impl PtraceEngine {
                     entry_time_ns: q.entry_time_ns,
                     comm,
                     values: &q.values,
+                    user_stack: &q.user_stack,
+                    kernel_stack: &[],
                 };
                 sink(&event);
             }
@@ -309,7 +330,8 @@ impl Engine for PtraceEngine {
                 ProbeDef::entry(target.clone(), handler)
             };
             let def = def.maxactive(probe.maxactive.unwrap_or(0));
-            if returns_without_stop(probe.plan.args()) {
+            // A stack is read from the stopped thread.
+            if returns_without_stop(probe.plan.args()) && engine.shared.borrow().stacks.is_none() {
                 def.no_return_stop()
             } else {
                 def
@@ -335,6 +357,14 @@ impl Engine for PtraceEngine {
         self.ended.push(Stats::default());
         self.shared.borrow_mut().spare.push(Vec::new());
         Ok(placed)
+    }
+
+    fn stacks(&mut self, want: StackRequest) -> Result<(), String> {
+        if want.kernel {
+            return Err("kernel stacks need the kernel engine (--engine kernel)".into());
+        }
+        self.shared.borrow_mut().stacks = Some(want);
+        Ok(())
     }
 
     fn run(

@@ -25,6 +25,7 @@
 //! println!("{} opens, {exit:?}", t.hits(opens));
 //! # Ok::<(), dprobe_ptrace::TraceError>(())
 //! ```
+mod backtrace;
 mod blocked;
 mod detach;
 mod engine;

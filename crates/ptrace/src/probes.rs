@@ -32,6 +32,10 @@ pub struct Hit<'a> {
     pub memory: &'a mut dyn Memory,
     /// Entry or return.
     pub kind: HitKind<'a>,
+    /// The slots of the thread's stack where return probes put their trampoline or stub in
+    /// place of a return address, with the real return address of each: a backtrace reads
+    /// these instead.
+    pub hijacked: &'a [(u64, u64)],
 }
 
 /// Which side of a function a hit is on.

@@ -143,6 +143,14 @@ impl Returns {
         self.stacks = StackMaps::default();
     }
 
+    /// The slots of thread `tid`'s stack that hold a trampoline or a stub, with the real
+    /// return address each stands for.
+    pub fn hijacked(&self, tid: i32) -> Vec<(u64, u64)> {
+        let Some(thread) = self.by_thread.get(&tid) else { return Vec::new() };
+        let pending = thread.pending.iter().map(|i| (i.slot, i.ret));
+        pending.chain(thread.grave.iter().copied()).collect()
+    }
+
     /// Put the real return addresses back into the stack of thread `tid`, in `memory` (the
     /// process's, at detach, or a forked child's, which inherits the hijacked stack).
     pub fn restore_stack(&self, tid: i32, trampoline: Option<Addr>, stubs: &Stubs, memory: &mut dyn Memory) {
@@ -436,7 +444,10 @@ impl Tracee {
         if let (true, Some(handler)) = (run_handler, probe.def.on_return.as_ref()) {
             let kind = HitKind::Return { entry_regs: &p.entry_regs, elapsed, function: p.function };
             let memory: &mut RemoteMemory = &mut self.memory;
-            (handler.borrow_mut())(&mut Hit { probe: p.probe, pid, tid, regs, fs_base: p.fs_base, memory, kind });
+            let hijacked = self.returns.hijacked(tid);
+            let hit =
+                &mut Hit { probe: p.probe, pid, tid, regs, fs_base: p.fs_base, memory, kind, hijacked: &hijacked };
+            (handler.borrow_mut())(hit);
         }
     }
 

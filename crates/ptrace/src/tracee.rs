@@ -424,6 +424,7 @@ impl Tracee {
         let mut regs = sys::to_regs(&r);
         regs.rip = key.0;
         let mut has_return = false;
+        let hijacked = self.returns.hijacked(tid);
         for id in &site.probes {
             let Some(p) = self.probes.get_mut(id) else { continue };
             p.stats.hits += 1;
@@ -438,6 +439,7 @@ impl Tracee {
                     fs_base: r.fs_base,
                     memory,
                     kind: HitKind::Entry,
+                    hijacked: &hijacked,
                 });
             }
         }
