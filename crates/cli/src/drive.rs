@@ -39,6 +39,13 @@ fn prepare<E: Engine>(
     args: &TraceArgs,
     out: Box<dyn Write>,
 ) -> Result<Report> {
+    // Stacks are asked for before any probe is placed (an engine may place probes
+    // differently for them).
+    let implied = args.folded.is_some() || args.by.iter().any(|k| k == "stack");
+    let stacks = crate::stacks::parse_stack(args.stack.as_deref(), args.stack_depth, implied)?;
+    if let Some(want) = stacks {
+        engine.stacks(want).map_err(|e| anyhow::anyhow!("--stack: {e}"))?;
+    }
     // The engine numbers probes in the order they are placed: a glob's function that cannot
     // be placed is left out of the list (and said so), as if never asked for.
     let mut kept = Vec::with_capacity(planned.len());
@@ -95,6 +102,12 @@ fn prepare<E: Engine>(
     let by = crate::keys::parse_by(&args.by, &known)?;
     let aggregates = sinks::aggregates(args.count, &args.hist, args.latency, &by, args.top);
     let mut report = Report::new(out, mode(args), args.time, filter.is_some(), aggregates);
+    if stacks.is_some() {
+        report.with_stacks();
+    }
+    if let Some(path) = &args.folded {
+        report.add_export(Box::new(crate::export::folded::Folded::new(path)));
+    }
     let infos: Vec<_> = planned.iter().map(|p| p.info.clone()).collect();
     if let Some(path) = &args.trace_file {
         report.add_export(crate::export::trace_file(path, &infos, args.count)?);

@@ -1,4 +1,4 @@
-//! `--by comm|pid|tid|NAME[,…]`: what splits a count or a histogram, and each event's key.
+//! `--by comm|pid|tid|stack|NAME[,…]`: what splits a count or a histogram, and each event's key.
 
 use std::fmt::Write as _;
 
@@ -16,6 +16,8 @@ pub enum KeyPart {
     Pid,
     /// The thread.
     Tid,
+    /// The stack (`--stack`), folded: `main;run;leaf`.
+    Stack,
     /// A fetched value, by its name.
     Value(String),
 }
@@ -27,6 +29,7 @@ impl KeyPart {
             KeyPart::Comm => "COMM".into(),
             KeyPart::Pid => "PID".into(),
             KeyPart::Tid => "TID".into(),
+            KeyPart::Stack => "STACK".into(),
             KeyPart::Value(name) => name.to_uppercase(),
         }
     }
@@ -40,10 +43,11 @@ pub fn parse_by(words: &[String], fetched: &[&str]) -> Result<Vec<KeyPart>> {
             "comm" => KeyPart::Comm,
             "pid" => KeyPart::Pid,
             "tid" => KeyPart::Tid,
-            "" => bail!("--by: an empty key (keys: comm, pid, tid or a fetched value's name)"),
+            "stack" => KeyPart::Stack,
+            "" => bail!("--by: an empty key (keys: comm, pid, tid, stack or a fetched value's name)"),
             name if fetched.contains(&name) => KeyPart::Value(name.to_owned()),
             name => bail!(
-                "--by {name}: not comm, pid, tid nor a fetched value's name (fetched: {})",
+                "--by {name}: not comm, pid, tid, stack nor a fetched value's name (fetched: {})",
                 if fetched.is_empty() { "none".to_owned() } else { fetched.join(", ") }
             ),
         };
@@ -75,6 +79,11 @@ pub fn key_of(by: &[KeyPart], e: &Passed<'_>, out: &mut String) {
             KeyPart::Tid => {
                 let _ = write!(out, "{}", e.event.tid);
             }
+            KeyPart::Stack => {
+                let mut stack = String::new();
+                crate::stacks::folded(e.stack, &mut stack);
+                out.push_str(&stack);
+            }
             KeyPart::Value(name) => match e.probe.args.iter().position(|a| &a.name == name) {
                 Some(i) => {
                     output::human_value(e.event.values.get(i).unwrap_or(dprobe_core::fetch::Fetched::Fault(0)), out)
@@ -103,7 +112,7 @@ mod tests {
             vec![KeyPart::Comm, KeyPart::Tid, KeyPart::Value("size".into())]
         );
         let err = |s: &str| parse_by(&words(s), &["size"]).unwrap_err().to_string();
-        assert!(err("cpu").contains("--by cpu: not comm, pid, tid nor a fetched value's name (fetched: size)"));
+        assert!(err("cpu").contains("--by cpu: not comm, pid, tid, stack nor a fetched value's name (fetched: size)"));
         assert!(err("comm,comm").contains("given twice"));
         assert!(err("comm,").contains("empty key"));
     }

@@ -24,6 +24,7 @@ mod report;
 mod signals;
 mod sinks;
 mod sites;
+mod stacks;
 mod summary;
 mod trace;
 mod usdt;

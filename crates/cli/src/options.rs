@@ -77,10 +77,24 @@ pub struct TraceArgs {
     /// max and log2 buckets, in ns), instead of each event.
     #[arg(long)]
     pub latency: bool,
-    /// Split --count, --hist and --latency by key: comm (thread name), pid, tid or a fetched
-    /// value's NAME, several with commas (`--by comm,tid`).
+    /// Split --count, --hist and --latency by key: comm (thread name), pid, tid, stack (the
+    /// user stack, folded) or a fetched value's NAME, several with commas (`--by comm,tid`).
     #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
     pub by: Vec<String>,
+    /// Each event's stack: the user stack (`--stack`), the kernel's (`--stack=kernel`, kernel
+    /// engine) or both (`--stack=kernel,user`), unwound with the code's call-frame
+    /// information (no frame pointers needed) and shown as functions with offsets,
+    /// `file:line` and inlined calls; JSON gets a `stack` array.
+    #[arg(long, value_name = "kernel,user", num_args = 0..=1, require_equals = true, default_missing_value = "user")]
+    pub stack: Option<String>,
+    /// With --stack: the most frames kept per stack.
+    #[arg(long, value_name = "N", default_value_t = crate::stacks::DEFAULT_DEPTH)]
+    pub stack_depth: usize,
+    /// Count each distinct stack and write them at the end as folded stacks (`main;run;leaf
+    /// 42`, root first: for flamegraph.pl, inferno, speedscope) to FILE, or with no FILE to
+    /// standard output; implies --stack, instead of each event.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub folded: Option<String>,
     /// With --by: keep the N keys with the most hits (per probe).
     #[arg(long, value_name = "N", requires = "by")]
     pub top: Option<usize>,

@@ -56,6 +56,8 @@ pub struct Line<'a> {
     pub values: &'a Values,
     /// At a return: time since the entry.
     pub latency: Option<Duration>,
+    /// With `--stack`: the stacks' frames, innermost first.
+    pub stack: &'a [crate::stacks::StackFrame],
 }
 
 impl Line<'_> {
@@ -105,6 +107,7 @@ pub fn human(e: &Line<'_>, out: &mut String) {
         }
     }
     out.push('\n');
+    crate::stacks::human(e.stack, out);
 }
 
 /// A value as its C type shows it: an enumerator by its name, a `bool` as `true`/`false`.
@@ -182,7 +185,9 @@ pub fn errno_name(n: i64) -> Option<String> {
 /// (`CLOCK_MONOTONIC` nanoseconds), `wall_time` (RFC 3339, UTC), `pid`, `tid`,
 /// `comm`, `probe` (the spec's target), `function`, `kind` (`entry` or `return`), `args` (an
 /// object: numbers for integer types, strings for `string`, `null` for a fault), and at a
-/// return `retval`, `errno` and `errno_name` when fetched, and `latency_ns`. Strings are the
+/// return `retval`, `errno` and `errno_name` when fetched, and `latency_ns`; with `--stack`
+/// `stack`, its frames innermost first (`addr`, `function`, `offset`, `object`, `file`,
+/// `line`, `inlined`, `kernel`). Strings are the
 /// bytes read: where they are not UTF-8, each such byte is written `\xNN`.
 pub fn json(e: &Line<'_>, out: &mut String) {
     let p = e.probe;
@@ -204,6 +209,7 @@ pub fn json(e: &Line<'_>, out: &mut String) {
         errno: errno.map(JsonValue),
         errno_name: errno.and_then(|v| v.as_i64()).and_then(errno_name),
         latency_ns: e.latency.map(|l| l.as_nanos() as u64),
+        stack: e.stack.iter().map(crate::stacks::JsonFrame::of).collect(),
     };
     // Writing to a String cannot fail, and every value is representable.
     out.push_str(&serde_json::to_string(&object).unwrap_or_default());
@@ -230,6 +236,8 @@ struct JsonEvent<'a> {
     errno_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stack: Vec<crate::stacks::JsonFrame<'a>>,
 }
 
 /// The fetched values by name, in the probe's order.
@@ -366,6 +374,7 @@ mod tests {
             side,
             values,
             latency: None,
+            stack: &[],
         }
     }
 

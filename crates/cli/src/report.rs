@@ -14,6 +14,7 @@ use crate::clock::{Clock, TimeFormat};
 use crate::export::Export;
 use crate::output::ProbeInfo;
 use crate::sinks::{Aggregate, Format, Lines, Passed};
+use crate::stacks::{StackFrame, Stacks};
 
 /// Pending entries kept for `--latency`, over all threads; more are dropped and counted.
 const MAX_PENDING: usize = 65_536;
@@ -54,6 +55,9 @@ pub struct Report {
     pub clock: Clock,
     /// The probes, in the order given.
     pub probes: Vec<ProbeState>,
+    /// With `--stack`: what symbolizes the events' stacks, and the frames of the last one.
+    stacks: Option<Stacks>,
+    frames: Vec<StackFrame>,
 }
 
 impl Report {
@@ -79,7 +83,14 @@ impl Report {
             start: Instant::now(),
             clock: Clock::start(),
             probes: Vec::new(),
+            stacks: None,
+            frames: Vec::new(),
         }
+    }
+
+    /// Show the events' stacks (`--stack`), symbolized.
+    pub fn with_stacks(&mut self) {
+        self.stacks = Some(Stacks::new());
     }
 
     /// Add a probe; its index is the order of the calls.
@@ -103,7 +114,11 @@ impl Report {
             return;
         }
         probe.shown += 1;
-        let passed = Passed { index: e.probe, probe: &probe.info, event: e, latency, clock: &self.clock };
+        if let Some(stacks) = &mut self.stacks {
+            stacks.frames(e, &mut self.frames);
+        }
+        let stack = &self.frames;
+        let passed = Passed { index: e.probe, probe: &probe.info, event: e, latency, clock: &self.clock, stack };
         for a in &mut self.aggregates {
             a.take(&passed);
         }
@@ -199,7 +214,18 @@ mod tests {
     }
 
     fn event(values: &Values, side: Side, tid: u32, time_ns: u64) -> ProbeEvent<'_> {
-        ProbeEvent { probe: 0, side, pid: 1, tid, time_ns, entry_time_ns: None, comm: b"t", values }
+        ProbeEvent {
+            probe: 0,
+            side,
+            pid: 1,
+            tid,
+            time_ns,
+            entry_time_ns: None,
+            comm: b"t",
+            values,
+            user_stack: &[],
+            kernel_stack: &[],
+        }
     }
 
     #[test]

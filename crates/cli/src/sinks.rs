@@ -10,6 +10,7 @@ use crate::aggregates::{KeyCounts, LatencyHistograms, ValueHistograms};
 use crate::clock::{Clock, TimeFormat};
 use crate::keys::KeyPart;
 use crate::output::{self, Line, ProbeInfo};
+use crate::stacks::StackFrame;
 
 /// An event that passed its probe's filter.
 pub struct Passed<'a> {
@@ -23,6 +24,8 @@ pub struct Passed<'a> {
     pub latency: Option<Duration>,
     /// The trace's time base (the event's own time is `event.time_ns`).
     pub clock: &'a Clock,
+    /// With `--stack`: the event's stacks as frames, innermost first (empty otherwise).
+    pub stack: &'a [StackFrame],
 }
 
 /// A sink that aggregates, for the summary.
@@ -74,6 +77,7 @@ impl Lines {
             side: ev.side,
             values: ev.values,
             latency: e.latency,
+            stack: e.stack,
         };
         self.line.clear();
         match format {

@@ -72,7 +72,7 @@ fn blocking(file: std::fs::File) -> std::io::Result<std::fs::File> {
 
 /// How events are shown, from the options.
 pub fn mode(args: &TraceArgs) -> Mode {
-    if args.count || !args.hist.is_empty() || args.latency {
+    if args.count || !args.hist.is_empty() || args.latency || args.folded.is_some() {
         Mode::Quiet
     } else if args.json {
         Mode::Json
@@ -177,7 +177,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             || args.latency
             || args.filter.is_some()
             || args.trace_file.is_some()
-            || args.metrics.is_some();
+            || args.metrics.is_some()
+            || args.stack.is_some()
+            || args.folded.is_some();
         let engine = match (args.pid, args.command.split_first()) {
             (Some(pid), _) => AgentEngine::attach(pid, Library::Image(AGENT), events)?,
             (None, Some((program, rest))) => {

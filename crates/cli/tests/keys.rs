@@ -75,7 +75,10 @@ fn hist_by_comm_matches_the_programs_own_buckets() {
 #[test]
 fn by_must_name_a_key_and_split_an_aggregate() {
     common::assert_refused(&[
-        (&["--count", "--by", "cpu", "work", "--", "true"], "--by cpu: not comm, pid, tid nor a fetched value's name"),
+        (
+            &["--count", "--by", "cpu", "work", "--", "true"],
+            "--by cpu: not comm, pid, tid, stack nor a fetched value's name",
+        ),
         (&["--by", "comm", "work", "--", "true"], "--by splits --count, --hist or --latency"),
         (&["--count", "--top", "3", "work", "--", "true"], "--by"),
     ]);

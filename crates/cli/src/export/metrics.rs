@@ -159,6 +159,7 @@ impl Metrics {
                         KeyPart::Comm => "comm".to_owned(),
                         KeyPart::Pid => "pid".to_owned(),
                         KeyPart::Tid => "tid".to_owned(),
+                        KeyPart::Stack => "stack".to_owned(),
                         KeyPart::Value(name) => format!("arg_{name}"),
                     };
                     let _ = write!(labels, ",{name}=\"{}\"", escape(text));

@@ -1,10 +1,10 @@
 //! Exports: files that other tools read, fed every event that passed its probe's filter
 //! beside the lines and the aggregates. A timeline (`--trace-file`: Perfetto's protobuf
-//! trace or Chrome's trace-event JSON) and metrics (`--metrics`: OpenMetrics text). An export
-//! that needs more than the event (folded stacks, once events carry stacks) is one more
-//! [`Export`].
+//! trace or Chrome's trace-event JSON), metrics (`--metrics`: OpenMetrics text) and folded
+//! stacks (`--folded`).
 
 pub mod chrome;
+pub mod folded;
 pub mod metrics;
 pub mod perfetto;
 pub mod perfetto_proto;

@@ -236,9 +236,11 @@ mod tests {
                 entry_time_ns: None,
                 comm: b"t",
                 values: &values,
+                user_stack: &[],
+                kernel_stack: &[],
             };
             let latency = latency.map(Duration::from_nanos);
-            t.take(&Passed { index, probe: &probes[index], event: &event, latency, clock: &clock });
+            t.take(&Passed { index, probe: &probes[index], event: &event, latency, clock: &clock, stack: &[] });
         }
     }
 
