@@ -95,13 +95,20 @@ pub enum NotOptimized {
     /// trap (the kernel's optprobes do not optimize these either).
     #[error("a probe at the address has a post-handler, which needs a trap after the instruction")]
     PostHandler,
-    /// The jump would replace several instructions. A thread stopped between two of them
-    /// would resume inside the jump; the engine does not move such threads into the detour,
-    /// so it optimizes windows of one instruction only.
-    #[error("the jump would replace {count} instructions, and a thread stopped between them would resume inside it")]
-    SeveralInstructions {
-        /// How many.
-        count: usize,
+    /// Another probe sits on an instruction the jump would replace: its `int3` would be
+    /// overwritten (the kernel unoptimizes such an optprobe as well).
+    #[error("another probe at {other} sits inside the bytes the jump would replace")]
+    ProbeInWindow {
+        /// The other probe's address.
+        other: Addr,
+    },
+    /// Not every thread could be shown to be outside the window before the jump went live
+    /// (a thread that blocks dprobe's safepoint signal, or that stays inside dprobe's
+    /// out-of-line copy).
+    #[error("a thread could not be moved out of the replaced instructions: {reason}")]
+    NoSafepoint {
+        /// Which thread and why.
+        reason: String,
     },
     /// No enabled probe at the address: the original code runs.
     #[error("no enabled probe at the address")]
@@ -159,15 +166,13 @@ pub fn keeps_vector_state(addr: Addr, start: Addr, cpu_has_avx: bool) -> Result<
     Ok(())
 }
 
-/// Whether dprobe's engines can put a jump over `window` (as [`can_optimize`] returned it):
-/// only a window of one instruction, because a thread stopped between two instructions of a
-/// longer one would resume inside the jump, and moving such threads into the detour is not
-/// done.
-pub fn one_instruction(window: &[Insn]) -> Result<(), NotOptimized> {
-    match window.len() {
-        1 => Ok(()),
-        count => Err(NotOptimized::SeveralInstructions { count }),
-    }
+/// The original bytes under the jump: the first [`JUMP_LEN`] bytes of `window` (as
+/// [`can_optimize`] returned it, which covers them).
+pub fn window_head(window: &[Insn]) -> [u8; JUMP_LEN] {
+    let bytes: Vec<u8> = window.iter().flat_map(|i| i.code().iter().copied()).collect();
+    let mut head = [0; JUMP_LEN];
+    head.copy_from_slice(&bytes[..JUMP_LEN]);
+    head
 }
 
 /// Decode the whole function and refuse any branch into bytes +1..+4 of the window, any

@@ -150,7 +150,7 @@ fn list_shows_functions_and_says_why_a_place_cannot_be_probed() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(text.contains("`push %rbp` can be probed: emulated at the hit"), "{text}");
-    assert!(text.contains("; in process, not jump-optimized: the jump would replace"), "{text}");
+    assert!(text.contains("; in process, jump-optimized (no trap)"), "{text}");
 
     let o = dprobe(&["list", target(), "probed_push+2"]);
     let text = String::from_utf8_lossy(&o.stdout);

@@ -62,6 +62,11 @@ impl SignalContext {
         self.gregs_mut()[libc::REG_RIP as usize] = rip as i64;
     }
 
+    /// The stack pointer.
+    pub fn rsp(&self) -> u64 {
+        self.gregs()[libc::REG_RSP as usize] as u64
+    }
+
     /// Set the stack pointer.
     pub fn set_rsp(&mut self, rsp: u64) {
         self.gregs_mut()[libc::REG_RSP as usize] = rsp as i64;

@@ -20,9 +20,11 @@
 //! * **slots** are written before they are published and never reused for other code, so a
 //!   thread that is still inside a slot after its probe went away finishes there correctly.
 //!
-//! * **jumps**: an armed site whose displaced instruction covers the 5 bytes of a `jmp rel32`
-//!   then becomes a jump to its detour (no trap per hit), and turns back into an `int3` before
-//!   anything else changes at the site; the order of those writes is in `optimizer.rs`.
+//! * **jumps**: an armed site whose window (the instructions covering the 5 bytes of a
+//!   `jmp rel32`) can be relocated then becomes a jump to its detour (no trap per hit), and
+//!   turns back into an `int3` before anything else changes at the site, or at a site inside
+//!   its window; the order of those writes, and the safepoint that moves threads out of a
+//!   window of several instructions, are in `optimizer.rs` and `safepoint.rs`.
 //!
 //! Unregistration returns after the grace period: from then on no handler of the probe runs.
 
@@ -30,14 +32,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize, detour_code, disarm, endbr64_len, keeps_vector_state, prepare, Addr, Detour, Insn,
-    NotOptimized, Patch, Prepared, SlotCode, SlotEnding, SLOT_SIZE,
+    analyze, arm, can_optimize, detour_code, disarm, endbr64_len, keeps_vector_state, prepare, window_head, Addr,
+    Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
 use crate::slots::SlotPool;
-use crate::{guard, jump, optimizer, signals, sys, trap};
+use crate::{guard, jump, optimizer, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Mapping, ResolveError, Symbols, Target};
 
 /// The process-wide in-process engine.
@@ -45,12 +47,15 @@ pub struct Engine {
     pub(crate) table: SiteTable<Prepared>,
     /// Every slot ever written, sorted by address (for mapping faults back).
     slots: Rcu<Vec<SlotCode>>,
-    /// Every detour's relocated instruction, sorted by address (for mapping faults back).
+    /// Every detour's relocated instructions, sorted by address (for mapping faults back).
     windows: Rcu<Vec<WindowCopy>>,
+    /// `(site, copy)`, sorted: sites of several-instruction windows that are jumps, or about to
+    /// be, whose trap path must continue in the detour's copy (never in the window).
+    routes: Rcu<Vec<(Addr, Addr)>>,
     state: Mutex<State>,
 }
 
-/// Where a detour runs its copy of a probed instruction.
+/// Where a detour runs its copy of the probed instructions.
 #[derive(Debug, Clone, Copy)]
 pub struct WindowCopy {
     /// The copy.
@@ -59,6 +64,16 @@ pub struct WindowCopy {
     pub end: Addr,
     /// The probed instruction.
     pub original: Addr,
+    /// The window: where each instruction is and where its copy starts.
+    pub window: safepoint::Window,
+}
+
+impl WindowCopy {
+    /// The original instruction whose copy contains `rip`, and where that copy starts.
+    pub(crate) fn instruction_at(&self, rip: Addr) -> (Addr, Addr) {
+        let map = &self.window.map[..self.window.len];
+        map.iter().rev().find(|(_, c)| *c <= rip).copied().unwrap_or(map[0])
+    }
 }
 
 #[derive(Default)]
@@ -120,6 +135,7 @@ impl Engine {
         self.table.forget_readers_after_fork();
         self.slots.forget_readers_after_fork();
         self.windows.forget_readers_after_fork();
+        self.routes.forget_readers_after_fork();
     }
 
     /// The engine, installing dprobe's signal handlers on first use.
@@ -128,6 +144,7 @@ impl Engine {
             table: SiteTable::new(),
             slots: Rcu::new(Vec::new()),
             windows: Rcu::new(Vec::new()),
+            routes: Rcu::new(Vec::new()),
             state: Mutex::default(),
         });
         static QUIET_PANICS: std::sync::Once = std::sync::Once::new();
@@ -163,6 +180,34 @@ impl Engine {
             let i = windows.partition_point(|w| w.copy <= rip);
             i.checked_sub(1).map(|i| windows[i]).filter(|w| rip < w.end)
         })
+    }
+
+    /// Where a trap at the site `addr` continues instead of executing the displaced
+    /// instruction, when its jump is live or about to be. Async-signal-safe.
+    pub(crate) fn route(&self, addr: Addr) -> Option<Addr> {
+        self.routes.read(|routes| routes.binary_search_by_key(&addr, |r| r.0).ok().map(|i| routes[i].1))
+    }
+
+    fn set_route(&self, site: Addr, copy: Option<Addr>) {
+        self.routes.update(|routes| {
+            let mut next: Vec<(Addr, Addr)> = routes.iter().copied().filter(|r| r.0 != site).collect();
+            next.extend(copy.map(|c| (site, c)));
+            next.sort_by_key(|r| r.0);
+            next
+        });
+    }
+
+    /// Turn the jump of `addr` back into an `int3`, saying why.
+    fn unjump(&self, st: &mut State, addr: Addr, why: NotOptimized) -> Result<(), ProbeError> {
+        let site = st.sites.get_mut(&addr).expect("a jumping site");
+        let window = site.window.as_ref().expect("a jumping site has a window");
+        optimizer::unoptimize(window, site.detour.as_ref().expect("a jumping site has a detour"))?;
+        site.jumping = false;
+        site.jump_status = Err(why);
+        if window.len() > 1 {
+            self.set_route(addr, None);
+        }
+        Ok(())
     }
 
     /// Resolve a target to an address without registering anything.
@@ -336,11 +381,19 @@ impl Engine {
     ) -> Result<(), ProbeError> {
         // 0. Sites whose jump must go (no enabled probe left, a post-handler or a probe that
         //    asks for int3 added) are turned back into int3 probes first.
+        //    So are jumps over a site that gets a probe now.
         for (addr, probes) in &lists {
-            let site = st.sites.get_mut(addr).expect("site of a list");
-            if site.jumping && optimizer::wanted(&site.window, probes).is_err() {
-                optimizer::unoptimize(&site.insn, site.detour.as_ref().expect("a jumping site has a detour"))?;
-                site.jumping = false;
+            if st.sites[addr].jumping {
+                if let Err(why) = optimizer::wanted(&st.sites[addr].window, probes) {
+                    self.unjump(st, *addr, why)?;
+                }
+            }
+            let over =
+                st.sites.range(..*addr).rev().take_while(|(a, _)| a.0 + MAX_WINDOW_BYTES > addr.0).find(|(_, s)| {
+                    s.jumping && s.window.as_ref().is_ok_and(|w| w.last().is_some_and(|l| l.next() > *addr))
+                });
+            if let Some((&outer, _)) = over {
+                self.unjump(st, outer, NotOptimized::ProbeInWindow { other: *addr })?;
             }
         }
         // 1. Everything that can fail without side effects on the program: plans and slots.
@@ -397,7 +450,13 @@ impl Engine {
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
         //    cannot become one stays a working int3 probe: this never fails the call.
         for (addr, probes) in &lists {
-            let status = match optimizer::wanted(&st.sites[addr].window, probes) {
+            let inside = st.sites[addr].window.as_ref().ok().and_then(|w| {
+                let end = w.last().map_or(*addr, Insn::next);
+                st.sites.range(addr.offset(1)..end).find(|(_, s)| s.armed).map(|(a, _)| *a)
+            });
+            let wanted = optimizer::wanted(&st.sites[addr].window, probes)
+                .and_then(|()| inside.map_or(Ok(()), |other| Err(NotOptimized::ProbeInWindow { other })));
+            let status = match wanted {
                 Ok(()) if st.sites[addr].jumping => Ok(()),
                 Ok(()) if st.sites[addr].armed => self.make_jump(st, maps, *addr),
                 Ok(()) => Err(NotOptimized::Disarmed),
@@ -422,10 +481,20 @@ impl Engine {
                 return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
             }
             sys::write_code(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
+            let mut map = [(addr, detour.window.addr); safepoint::MAX_WINDOW];
+            for (slot, pair) in map.iter_mut().zip(&detour.window.map) {
+                *slot = *pair;
+            }
             let copy = WindowCopy {
                 copy: detour.window.addr,
                 end: detour.window.addr.offset(detour.window.code.len() as u64),
                 original: addr,
+                window: safepoint::Window {
+                    start: addr,
+                    end: detour.window.original_end,
+                    map,
+                    len: detour.window.map.len(),
+                },
             };
             self.windows.update(|windows| {
                 let mut next = windows.clone();
@@ -435,11 +504,40 @@ impl Engine {
             });
             st.sites.get_mut(&addr).expect("site").detour = Some(detour);
         }
-        let site = st.sites.get_mut(&addr).expect("site");
+        let site = &st.sites[&addr];
         let detour = site.detour.as_ref().expect("built above");
-        optimizer::optimize(&site.insn, detour)
-            .map_err(|e| NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") })?;
-        site.jumping = true;
+        let window = site.window.as_ref().map_err(Clone::clone)?;
+        if window.len() > 1 {
+            // Hits that trap from now on continue in the copy; then no thread may be left
+            // inside the window or the slots (see `optimizer.rs`).
+            self.set_route(addr, Some(detour.window.addr));
+            let copy = self.windows.read(|w| w.iter().find(|w| w.original == addr).copied()).expect("published");
+            let slots = site
+                .slots
+                .iter()
+                .map(|s| safepoint::Slot {
+                    start: s.addr,
+                    end: s.addr.offset(s.len as u64),
+                    after_insn: s.far_scratch.is_none().then(|| s.insn_addr().offset(site.insn.len as u64)),
+                    window: 0,
+                })
+                .collect();
+            let mut plan = safepoint::Plan { windows: vec![copy.window], slots, stacks: Vec::new() };
+            if let Err(why) = safepoint::run(&mut plan) {
+                self.set_route(addr, None);
+                return Err(why);
+            }
+        }
+        let site = &st.sites[&addr];
+        let detour = site.detour.as_ref().expect("built above");
+        let window = site.window.as_ref().map_err(Clone::clone)?;
+        if let Err(e) = optimizer::optimize(window, detour) {
+            if window.len() > 1 {
+                self.set_route(addr, None);
+            }
+            return Err(NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") });
+        }
+        st.sites.get_mut(&addr).expect("site").jumping = true;
         Ok(())
     }
 
@@ -489,6 +587,9 @@ fn shadow_stack() -> bool {
         status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
     })
 }
+
+/// The longest window: four bytes of its first instructions, then one of 15 bytes.
+const MAX_WINDOW_BYTES: u64 = 4 + 15;
 
 /// Slots a detour takes (its head and a relocated window of one instruction fit in two).
 const DETOUR_SLOTS: u64 = 2;
@@ -545,7 +646,8 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Loca
     // Analyze the original bytes, never an armed probe's int3.
     for site in st.sites.range(f.start..f.start.offset(f.size)).map(|(_, s)| s) {
         if site.jumping {
-            Patch { addr: site.insn.addr, old: site.insn.bytes[..5].to_vec(), new: Vec::new() }
+            let window = site.window.as_ref().expect("a jumping site has a window");
+            Patch { addr: site.insn.addr, old: window_head(window).to_vec(), new: Vec::new() }
                 .revert_in(&mut code, f.start);
         } else if site.armed {
             arm(&site.insn).revert_in(&mut code, f.start);

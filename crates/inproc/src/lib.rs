@@ -33,7 +33,11 @@
 //! # Limits
 //! A thread that blocks `SIGTRAP` with `sigprocmask` and hits a probe is killed by the
 //! kernel (synchronous traps cannot be blocked). A program that replaces dprobe's `SIGTRAP`
-//! handler after probes are registered loses them.
+//! handler after probes are registered loses them. Making a probe whose jump replaces several
+//! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
+//! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is
+//! never restarted after a handler (`poll`, `nanosleep`, ...) returns `EINTR` there, and while
+//! a thread blocks that signal such probes stay on `int3`.
 
 mod args;
 mod backtrace;
@@ -46,6 +50,7 @@ mod kretprobe;
 mod memory;
 mod optimizer;
 mod probe;
+mod safepoint;
 mod saved;
 mod signals;
 mod slots;
@@ -68,6 +73,7 @@ pub use kretprobe::{
 };
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};
+pub use safepoint::moved as safepoint_moves;
 pub use trap::{in_handler, in_hit_path};
 
 /// Every lock of dprobe's registration side, held for as long as the value lives. For tests:

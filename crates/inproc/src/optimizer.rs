@@ -14,12 +14,15 @@
 //! * **unoptimize** reverses it: byte 0 back to `int3` (hits trap again), then the original
 //!   bytes +1..+4.
 //!
-//! A thread must never resume *strictly inside* the five bytes while they change: only probes
-//! whose window is **one instruction** of five bytes or more are optimized
-//! ([`NotOptimized::SeveralInstructions`] otherwise), so the only instruction boundary in the
-//! window is byte 0, where a thread sees either the `int3` or the jump, both correct. Moving
-//! threads stopped between the instructions of a longer window into the detour (as the
-//! kernel does for optprobes) is not done.
+//! A thread must never resume *strictly inside* the five bytes while they change, nor once
+//! the jump is there. When the window is **one instruction**, byte 0 is the only instruction
+//! boundary in it, where a thread sees either the `int3` or the jump, both correct. When it is
+//! **several**, the registrar first makes the trap path send hits to the detour's copy (the
+//! engine's route, published before step 2), then runs a safepoint (`safepoint.rs`): every
+//! thread stopped inside the window, or inside the site's slot (whose jump back lands in the
+//! window), is moved to the equivalent place in the detour's copy. Only then are bytes
+//! +1..+4 written. If a thread cannot be shown to be out, nothing is written and the site
+//! stays on `int3`, with the reason.
 //!
 //! A thread may still be inside a detour after its probe was unoptimized (preempted there, or
 //! running a handler). Detours are therefore never freed nor given to other code: a site
@@ -28,14 +31,14 @@
 
 use std::sync::Arc;
 
-use dprobe_arch::{one_instruction, Detour, Insn, NotOptimized, INT3};
+use dprobe_arch::{window_head, Detour, Insn, NotOptimized, INT3};
 use dprobe_core::{ProbeEntry, ProbeError};
 
 use crate::sys;
 
 /// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
 pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<ProbeEntry>]) -> Result<(), NotOptimized> {
-    one_instruction(window.as_ref().map_err(Clone::clone)?)?;
+    window.as_ref().map_err(Clone::clone)?;
     let enabled: Vec<_> = probes.iter().filter(|p| p.stats.is_enabled()).collect();
     if enabled.is_empty() {
         return Err(NotOptimized::Disarmed);
@@ -49,28 +52,31 @@ pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<Pro
     Ok(())
 }
 
-/// Replace the armed `int3` of `insn` with the jump to `detour` (already written).
-pub(crate) fn optimize(insn: &Insn, detour: &Detour) -> Result<(), ProbeError> {
+/// Replace the armed `int3` at the start of `window` with the jump to `detour` (already
+/// written, and no thread inside the window: see the module's protocol).
+pub(crate) fn optimize(window: &[Insn], detour: &Detour) -> Result<(), ProbeError> {
+    let (head, at) = (window_head(window), window[0].addr);
     let jump = detour.jump();
-    replace(insn, 1, &insn.bytes[1..5], &jump[1..])?;
-    if let Err(e) = replace(insn, 0, &[INT3], &jump[..1]) {
+    replace(at, 1, &head[1..], &jump[1..])?;
+    if let Err(e) = replace(at, 0, &[INT3], &jump[..1]) {
         // Put the original tail back: the site stays a plain int3 probe.
-        let _ = replace(insn, 1, &jump[1..], &insn.bytes[1..5]);
+        let _ = replace(at, 1, &jump[1..], &head[1..]);
         return Err(e);
     }
     Ok(())
 }
 
-/// Turn the jump of `insn` back into its `int3`, then restore bytes +1..+4.
-pub(crate) fn unoptimize(insn: &Insn, detour: &Detour) -> Result<(), ProbeError> {
+/// Turn the jump at the start of `window` back into its `int3`, then restore bytes +1..+4.
+pub(crate) fn unoptimize(window: &[Insn], detour: &Detour) -> Result<(), ProbeError> {
+    let (head, at) = (window_head(window), window[0].addr);
     let jump = detour.jump();
-    replace(insn, 0, &jump[..1], &[INT3])?;
-    replace(insn, 1, &jump[1..], &insn.bytes[1..5])
+    replace(at, 0, &jump[..1], &[INT3])?;
+    replace(at, 1, &jump[1..], &head[1..])
 }
 
-/// Write `new` at `insn.addr + offset`, checking first that `old` is there.
-fn replace(insn: &Insn, offset: u64, old: &[u8], new: &[u8]) -> Result<(), ProbeError> {
-    let addr = insn.addr.offset(offset);
+/// Write `new` at `at + offset`, checking first that `old` is there.
+fn replace(at: dprobe_arch::Addr, offset: u64, old: &[u8], new: &[u8]) -> Result<(), ProbeError> {
+    let addr = at.offset(offset);
     let mut now = vec![0u8; old.len()];
     sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
     if now != old {

@@ -3,7 +3,9 @@
 //! `SIGTRAP` finds probe hits; `SIGSEGV`, `SIGBUS`, `SIGILL` and `SIGFPE` catch faults inside
 //! handlers and inside out-of-line slots. Signals that are not dprobe's go to whatever the
 //! program had installed before (a handler, the default action, or "ignore"), so the
-//! program's own `int3` and its own fault handlers keep working.
+//! program's own `int3` and its own fault handlers keep working. The safepoint signal
+//! (`safepoint.rs`) moves threads out of code a jump is about to replace; every dprobe handler
+//! blocks it while it runs, so that a thread is examined where its handler sent it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -14,7 +16,8 @@ pub const FAULT_SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::
 /// A handler with the `SA_SIGINFO` signature.
 pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
-const MAX_SIG: usize = 32;
+/// Room for the real-time signals too.
+const MAX_SIG: usize = 65;
 
 /// The dispositions dprobe replaced, read by the chaining code in signal context. Written
 /// once per signal, before dprobe's handler for that signal is installed.
@@ -45,10 +48,14 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     // must be handled on the alternate stack): the trap handler runs on the thread's own
     // stack, because the small alternate stacks threads get (Rust's std installs one per
     // thread) cannot hold a trap frame, the handlers and a nested fault frame.
-    let onstack = if sig == libc::SIGTRAP { 0 } else { libc::SA_ONSTACK };
+    // The same holds for the safepoint signal, whose handler scans the stack.
+    let onstack = if FAULT_SIGNALS.contains(&sig) { libc::SA_ONSTACK } else { 0 };
     action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART | onstack;
     // SAFETY: `action.sa_mask` is a valid sigset to initialize.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaddset(&mut action.sa_mask, crate::safepoint::safepoint_signal());
+    }
     let mut old: libc::sigaction = unsafe_zeroed();
     // SAFETY: both pointers are valid sigaction structs. PREVIOUS[sig] is written before
     // INSTALLED is set, under the install lock, and only read by `chain` for signals whose

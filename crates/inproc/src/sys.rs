@@ -159,3 +159,45 @@ pub fn alternate_stack() -> (u64, u64) {
     }
     (old.ss_sp as u64, old.ss_size as u64)
 }
+
+/// The calling thread's id, from the kernel itself. Async-signal-safe.
+pub fn own_tid() -> libc::pid_t {
+    // SAFETY: gettid takes no argument and touches no memory.
+    unsafe { raw_syscall6(libc::SYS_gettid, [0; 6]) as libc::pid_t }
+}
+
+/// Send `sig` to the thread `tid` of this process with `value` in its `si_value`
+/// (`rt_tgsigqueueinfo`, `si_code` `SI_QUEUE`), so that its handler can tell the sender.
+pub fn queue_signal(tid: libc::pid_t, sig: libc::c_int, value: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct QueuedInfo {
+        signo: i32,
+        errno: i32,
+        code: i32,
+        pad: i32,
+        pid: i32,
+        uid: u32,
+        value: u64,
+        rest: [u64; 12],
+    }
+    const _: () = assert!(std::mem::size_of::<QueuedInfo>() == 128);
+    let pid = own_pid();
+    // SAFETY: getuid takes no argument.
+    let uid = unsafe { libc::getuid() };
+    let info = QueuedInfo { signo: sig, errno: 0, code: libc::SI_QUEUE, pad: 0, pid, uid, value, rest: [0; 12] };
+    // SAFETY: `info` is a 128-byte siginfo in the x86-64 layout for SI_QUEUE, read by the
+    // kernel during the call.
+    let r = unsafe {
+        raw_syscall6(libc::SYS_rt_tgsigqueueinfo, [pid as u64, tid as u64, sig as u64, &info as *const _ as u64, 0, 0])
+    };
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r as i32));
+    }
+    Ok(())
+}
+
+/// Whether the thread `tid` of this process still exists.
+pub fn thread_alive(tid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists.
+    unsafe { raw_syscall6(libc::SYS_tgkill, [own_pid() as u64, tid as u64, 0, 0, 0, 0]) != -(libc::ESRCH as i64) }
+}

@@ -134,6 +134,20 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
     true
 }
 
+/// Execute the displaced instruction, or, when the site's jump over several instructions is
+/// live or about to be, continue in the detour's copy of them: the trap path must never send
+/// a thread into the middle of the window (see `optimizer.rs`).
+fn execute(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
+    if !post {
+        if let Some(copy) = Engine::get().and_then(|e| e.route(site.addr)) {
+            regs.rip = copy.0;
+            ctx.set_regs(regs);
+            return;
+        }
+    }
+    execute_here(site, regs, post, ctx);
+}
+
 /// What the entry dispatch did.
 pub(crate) enum Dispatch {
     /// No handler ran: the hit came from inside a handler (the probes counted it as missed),
@@ -176,7 +190,7 @@ pub(crate) fn dispatch_entry<R>(
 
 /// Execute the displaced instruction: emulate it (then run the post-handlers), or send the
 /// thread to its slot. Writes the resulting registers to `ctx`.
-fn execute(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
+fn execute_here(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
     match site.arch.plan {
         ExecPlan::Emulate(emulation) => {
             let mut mem = InprocMemory { rsp: regs.rsp };
@@ -318,7 +332,8 @@ unsafe fn window_fault(
 ) -> bool {
     let Some(engine) = Engine::get() else { return false };
     let mut regs = ctx.regs();
-    regs.rip = window.original.0;
+    let (original, copy) = window.instruction_at(Addr(ctx.rip()));
+    regs.rip = original.0;
     let for_probe = FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
     let handled = !in_handler()
         && engine.table.lookup(window.original.0, |found| match found {
@@ -335,14 +350,14 @@ unsafe fn window_fault(
     // SAFETY: `info` is the kernel's siginfo; si_addr sits at offset 16 for fault signals.
     unsafe {
         if (window.copy.0..window.end.0).contains(&fault_addr) {
-            (info as *mut u8).add(16).cast::<u64>().write_unaligned(window.original.0);
+            (info as *mut u8).add(16).cast::<u64>().write_unaligned(original.0);
         }
     }
     ctx.set_regs(&regs);
     // SAFETY: per this function's contract.
     unsafe { chain(sig, info, uc, Redeliver::Refault) };
-    if ctx.rip() == window.original.0 {
-        ctx.set_rip(window.copy.0);
+    if ctx.rip() == original.0 {
+        ctx.set_rip(copy.0);
     }
     true
 }

@@ -71,8 +71,9 @@ fn dropping_the_handle_unregisters() {
     let at = addr(fx_spare2);
     let original = code(at, 8);
     {
-        let _p = register(Kprobe::addr(at)).unwrap();
-        assert_eq!(code(at, 1), [0xcc]);
+        let p = register(Kprobe::addr(at)).unwrap();
+        // Armed: an int3, or the jump that replaced it.
+        assert_eq!(code(at, 1), if p.optimized().is_ok() { [0xe9] } else { [0xcc] });
     }
     assert_eq!(code(at, 8), original);
     assert!(dprobe_inproc::list().iter().all(|p| p.addr != at));

@@ -1,0 +1,357 @@
+//! The safepoint of a jump over several instructions: before its jump goes live, no thread
+//! may be stopped strictly inside the replaced instructions (the *window*) or inside the
+//! site's out-of-line slot, whose jump back lands in the window.
+//!
+//! # The protocol
+//!
+//! The registrar (holding the engine's lock) publishes a [`Plan`] (for each site: its window,
+//! where each instruction's copy is in the detour, its slots), then sends every other thread
+//! of the process [`SAFEPOINT_SIGNAL`] with `rt_tgsigqueueinfo`, carrying a token that tells
+//! it from the program's own uses of the signal (those are passed on to the program's
+//! handler). Each thread, in [`on_safepoint`], looks at where it was interrupted and moves
+//! itself to the equivalent place in the detour's copy when that is inside a window or at an
+//! instruction boundary of a slot (the kernel moves a kprobe's trapped thread into an
+//! optprobe's copy the same way). The interrupted place may itself be a signal handler of the
+//! program, below which another signal frame holds a place inside the window (a thread
+//! "parked" there): the handler therefore also scans the stack above its own frame for the
+//! signal frames the kernel pushed (recognized by the C library's `sa_restorer`, which its own
+//! frame starts with) and moves the program counter saved in those too. Then it acknowledges.
+//!
+//! The registrar waits until every thread acknowledged or is gone; only then does it write the
+//! jump. A thread cannot enter the window afterwards: the first byte is an `int3` until the
+//! jump replaces it, and the trap path sends a hit to the detour's copy (`Engine::route`) once
+//! the detour exists; dprobe's own `SIGTRAP` and fault handlers block the safepoint signal, so
+//! a thread there is examined only after it has returned to where that handler sent it.
+//!
+//! A thread that does not acknowledge within [`PATIENCE`] (it blocks the signal, or a
+//! handler of the program blocks it) leaves the site on `int3`: the jump is never written
+//! while the proof is missing. A thread found strictly inside a slot's far prologue cannot be
+//! moved; the registrar tries again a few times, then also gives up.
+//!
+//! Signals interrupt blocking system calls: the few that are never restarted after a handler
+//! (`poll`, `nanosleep`, ...) return `EINTR` to a thread that was in one, as for any signal.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dprobe_arch::{Addr, NotOptimized};
+
+use crate::context::SignalContext;
+use crate::signals::{self, chain, Redeliver};
+use crate::sys;
+
+/// The signal a safepoint sends each thread: the highest real-time signal.
+pub(crate) fn safepoint_signal() -> libc::c_int {
+    libc::SIGRTMAX()
+}
+
+/// How long a safepoint waits for a thread's acknowledgement.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Rounds tried when a thread is found in a place it cannot be moved from.
+const ROUNDS: usize = 20;
+
+/// How far above the interrupted stack pointer signal frames are looked for.
+const SCAN_BYTES: u64 = 256 * 1024;
+
+/// The largest window: five instructions of one byte each.
+pub(crate) const MAX_WINDOW: usize = 5;
+
+/// One site about to jump: where its window is, and where each instruction of it runs in the
+/// detour.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// The window's first byte.
+    pub start: Addr,
+    /// After its last instruction.
+    pub end: Addr,
+    /// `(original, copy)` for each instruction, `len` of them.
+    pub map: [(Addr, Addr); MAX_WINDOW],
+    /// How many instructions.
+    pub len: usize,
+}
+
+impl Window {
+    /// The copy of the instruction at `original`, if one of the window's starts there.
+    pub(crate) fn copy_of(&self, original: Addr) -> Option<Addr> {
+        self.map[..self.len].iter().find(|(o, _)| *o == original).map(|(_, c)| *c)
+    }
+}
+
+/// An out-of-line slot of a site about to jump.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    /// Its code, `[start, end)`.
+    pub start: Addr,
+    pub end: Addr,
+    /// Where its relocated instruction ends (before its jump back or `int3`), when nothing of
+    /// the slot is left to undo there (not a far slot).
+    pub after_insn: Option<Addr>,
+    /// The window it belongs to (index in the plan's windows).
+    pub window: usize,
+}
+
+/// Everything a safepoint moves threads out of.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub windows: Vec<Window>,
+    pub slots: Vec<Slot>,
+    /// The private writable mappings `[start, end)`, sorted (filled in by [`run`]): a thread's
+    /// stack is one of them, and its handler reads it up to the mapping's end, no further.
+    pub stacks: Vec<(u64, u64)>,
+}
+
+/// Where a thread stopped at `rip` must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Nowhere: it is outside every window and slot.
+    Stay,
+    /// To the detour's copy.
+    Move(u64),
+    /// It cannot be moved from there now.
+    Busy,
+}
+
+impl Plan {
+    fn verdict(&self, rip: u64) -> Verdict {
+        for w in &self.windows {
+            if rip > w.start.0 && rip < w.end.0 {
+                return w.copy_of(Addr(rip)).map_or(Verdict::Busy, |c| Verdict::Move(c.0));
+            }
+        }
+        for s in &self.slots {
+            if rip >= s.start.0 && rip < s.end.0 {
+                let w = &self.windows[s.window];
+                return if rip == s.start.0 {
+                    Verdict::Move(w.map[0].1 .0)
+                } else if Some(Addr(rip)) == s.after_insn {
+                    // Its jump back lands on the window's second instruction (or after it).
+                    if w.len > 1 {
+                        Verdict::Move(w.map[1].1 .0)
+                    } else {
+                        Verdict::Stay
+                    }
+                } else {
+                    Verdict::Busy
+                };
+            }
+        }
+        Verdict::Stay
+    }
+}
+
+/// The round in progress, read by the signal handler.
+struct Round {
+    plan: *const Plan,
+    /// The threads signalled, and whether each acknowledged.
+    tids: *const [(libc::pid_t, AtomicBool)],
+}
+
+static ROUND: AtomicPtr<Round> = AtomicPtr::new(std::ptr::null_mut());
+/// Which round the token of a signal must name.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Handlers between reading [`ROUND`] and being done with it.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+/// Threads of this round found where they cannot be moved from.
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+/// Program counters moved, over all rounds (tests read it).
+static MOVED: AtomicU64 = AtomicU64::new(0);
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The token's high bits: "dprobe's safepoint".
+const TOKEN: u64 = 0xd9_0be0_0000_0000;
+
+/// Program counters moved into detours by safepoints so far.
+pub fn moved() -> u64 {
+    MOVED.load(Relaxed)
+}
+
+/// Make sure no thread is inside `plan`'s windows or slots, moving those that are.
+pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
+    let no = |reason: String| NotOptimized::NoSafepoint { reason };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let maps = dprobe_sym::read_maps().map_err(|e| no(format!("reading the memory map: {e}")))?;
+    // Stacks of threads created after this are not listed; those threads never ran inside a
+    // window (the trap path already sends hits to the detour), so nothing is lost.
+    plan.stacks = maps
+        .iter()
+        .filter(|m| m.read && m.write && m.path.as_deref().is_none_or(|p| p == "[stack]"))
+        .map(|m| (m.start.0, m.end.0))
+        .collect();
+    plan.stacks.sort_unstable();
+    signals::install(safepoint_signal(), on_safepoint)
+        .map_err(|e| no(format!("installing the signal handler: {e}")))?;
+    for _ in 0..ROUNDS {
+        if round(&*plan)? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Err(no("a thread stayed inside dprobe's out-of-line copy of the instruction".into()))
+}
+
+/// One round: signal every other thread and wait; whether none was busy.
+fn round(plan: &Plan) -> Result<bool, NotOptimized> {
+    let no = |reason: String| NotOptimized::NoSafepoint { reason };
+    let own = sys::own_tid();
+    let tids: Vec<(libc::pid_t, AtomicBool)> = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| no(format!("listing the threads: {e}")))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|t| *t != own)
+        .map(|t| (t, AtomicBool::new(false)))
+        .collect();
+    let state = Round { plan, tids: tids.as_slice() };
+    let generation = GENERATION.fetch_add(1, SeqCst) + 1;
+    BUSY.store(0, SeqCst);
+    ROUND.store(&state as *const Round as *mut Round, SeqCst);
+    let mut outcome = Ok(());
+    for (tid, acked) in &tids {
+        if sys::queue_signal(*tid, safepoint_signal(), TOKEN | generation).is_err() {
+            // Gone already: it is in no window.
+            acked.store(true, SeqCst);
+        }
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let mut pause = Duration::from_micros(20);
+    while let Some((tid, _)) = tids.iter().find(|(t, acked)| !acked.load(SeqCst) && sys::thread_alive(*t)) {
+        if Instant::now() > deadline {
+            outcome = Err(no(format!("thread {tid} did not take dprobe's safepoint signal ({})", thread_report(*tid))));
+
+            break;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+    ROUND.store(std::ptr::null_mut(), SeqCst);
+    while READERS.load(SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+    outcome.map(|()| BUSY.load(SeqCst) == 0)
+}
+
+/// What the kernel says of a thread that did not answer: its name, state and whether it
+/// blocks the signal.
+fn thread_report(tid: libc::pid_t) -> String {
+    let read = |what: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{what}")).unwrap_or_default();
+    let status = read("status");
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_owned();
+    let blocked = u64::from_str_radix(&field("SigBlk:"), 16).map_or("?", |mask| {
+        if mask >> (safepoint_signal() - 1) & 1 == 1 {
+            "blocked"
+        } else {
+            "not blocked"
+        }
+    });
+    format!("`{}`, state {}, the signal {blocked}, pending {}", read("comm").trim(), field("State:"), field("SigPnd:"))
+}
+
+/// The safepoint signal: dprobe's (move this thread out of the windows), or the program's.
+extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; for SI_QUEUE signals si_pid sits at offset 16
+    // and si_value at offset 24 of the x86-64 layout.
+    let (code, pid, value) = unsafe {
+        let p = info as *const u8;
+        ((*info).si_code, p.add(16).cast::<i32>().read_unaligned(), p.add(24).cast::<u64>().read_unaligned())
+    };
+    if code != libc::SI_QUEUE || pid != sys::own_pid() || value & !0xffff_ffff != TOKEN & !0xffff_ffff {
+        // SAFETY: dprobe's handler for `sig`, kernel arguments.
+        unsafe { chain(sig, info, uc, Redeliver::Raise) };
+        return;
+    }
+    READERS.fetch_add(1, SeqCst);
+    let round = ROUND.load(SeqCst);
+    if !round.is_null() && GENERATION.load(SeqCst) & 0xffff_ffff == value & 0xffff_ffff {
+        // SAFETY: the registrar keeps the round alive until READERS is back to zero.
+        let round = unsafe { &*round };
+        // SAFETY: as above.
+        let (plan, tids) = unsafe { (&*round.plan, &*round.tids) };
+        // SAFETY: the kernel passes this handler's interrupted context as `uc`.
+        let mut ctx = unsafe { SignalContext::new(uc) };
+        let mut busy = false;
+        match plan.verdict(ctx.rip()) {
+            Verdict::Stay => {}
+            Verdict::Move(to) => {
+                ctx.set_rip(to);
+                MOVED.fetch_add(1, Relaxed);
+            }
+            Verdict::Busy => busy = true,
+        }
+        // SAFETY: `uc` is the context the kernel passed, inside its signal frame.
+        busy |= unsafe { move_outer_frames(plan, uc, ctx.rsp()) };
+        if busy {
+            BUSY.fetch_add(1, SeqCst);
+        }
+        let own = sys::own_tid();
+        if let Some((_, acked)) = tids.iter().find(|(t, _)| *t == own) {
+            acked.store(true, SeqCst);
+        }
+    }
+    READERS.fetch_sub(1, SeqCst);
+}
+
+/// Offsets in the kernel's x86-64 signal frame (`struct rt_sigframe`): the return address
+/// (`pretcode`, the `sa_restorer`), then the `ucontext_t`.
+const UC_AT: u64 = 8;
+const LINK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_link) as u64;
+const GREGS_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64;
+const RIP_AT: u64 = GREGS_AT + 8 * libc::REG_RIP as u64;
+const FPREGS_AT: u64 = GREGS_AT + 8 * 23;
+
+/// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this
+/// thread (its program counter is then in a signal handler, and the frame above holds where
+/// the handler will return), and move the program counters saved there. Whether one was found
+/// where it cannot be moved from.
+///
+/// Reads go no further than the end of the thread's stack: its alternate signal stack when it
+/// runs on it, else the mapping that holds `rsp` (a thread stack has a guard page below it, so
+/// its mapping is its own), and at most [`SCAN_BYTES`].
+///
+/// # Safety
+/// `uc` must be the context the kernel passed to the running handler.
+unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> bool {
+    // SAFETY: per the contract, `uc` is this handler's frame, whose start (just below `uc`)
+    // holds the return address the kernel pushed: the C library's `sa_restorer`.
+    let (restorer, alternate) = unsafe {
+        let uc = uc.cast::<libc::ucontext_t>();
+        (*(uc as *const u64).sub(1), (*uc).uc_stack)
+    };
+    let (alt_start, alt_end) = (alternate.ss_sp as u64, alternate.ss_sp as u64 + alternate.ss_size as u64);
+    let end = if alternate.ss_flags & libc::SS_DISABLE == 0 && (alt_start..alt_end).contains(&rsp) {
+        alt_end
+    } else {
+        let i = plan.stacks.partition_point(|m| m.0 <= rsp);
+        match i.checked_sub(1).map(|i| plan.stacks[i]).filter(|m| rsp < m.1) {
+            Some((_, end)) => end,
+            None => return false,
+        }
+    };
+    let end = end.min(rsp.saturating_add(SCAN_BYTES));
+    let word = |at: u64| {
+        // SAFETY: `at` lies between this thread's stack pointer and the end of the stack it
+        // runs on (see above): mapped, and unmapped by nobody while the thread runs on it.
+        unsafe { std::ptr::read_volatile(at as *const u64) }
+    };
+    let mut busy = false;
+    // The kernel aligns a frame so that its start is 8 modulo 16.
+    let mut frame = (rsp & !15) + 8;
+    while frame + FPREGS_AT + 8 <= end {
+        if word(frame) == restorer && word(frame + LINK_AT) == 0 {
+            let fp = word(frame + FPREGS_AT);
+            if fp > frame && fp < frame + 64 * 1024 {
+                match plan.verdict(word(frame + RIP_AT)) {
+                    Verdict::Stay => {}
+                    Verdict::Move(to) => {
+                        // SAFETY: as for `word`; this thread's own saved context, which the
+                        // kernel reads back at that handler's `rt_sigreturn`.
+                        unsafe { std::ptr::write_volatile((frame + RIP_AT) as *mut u64, to) };
+                        MOVED.fetch_add(1, Relaxed);
+                    }
+                    Verdict::Busy => busy = true,
+                }
+            }
+        }
+        frame += 16;
+    }
+    busy
+}

@@ -1,0 +1,240 @@
+//! Jumps over several instructions: the usual prologues become jumps, and no thread is ever
+//! left inside the replaced instructions (moved into the detour by the safepoint).
+mod fixtures;
+use fixtures::{addr, call2, code};
+
+use dprobe_inproc::{register, safepoint_moves, Addr, Kprobe, NotOptimized, PreAction};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+std::arch::global_asm!(
+    ".text",
+    // endbr64 (4 bytes) and push %rbp: a window of two instructions.
+    ".globl fxw_endbr",
+    ".type fxw_endbr,@function",
+    "fxw_endbr:",
+    "endbr64",
+    "push rbp",
+    "mov rbp, rsp",
+    "lea rax, [rdi + rsi + 7]",
+    "pop rbp",
+    "ret",
+    ".size fxw_endbr, . - fxw_endbr",
+    // push; push; mov: three instructions.
+    ".globl fxw_pushpush",
+    ".type fxw_pushpush,@function",
+    "fxw_pushpush:",
+    "push rbp",
+    "push rbx",
+    "mov rbx, rdi",
+    "lea rax, [rbx + rsi + 9]",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size fxw_pushpush, . - fxw_pushpush",
+    // The function a thread is parked in.
+    ".globl fxw_park",
+    ".type fxw_park,@function",
+    "fxw_park:",
+    "endbr64",
+    "push rbp",
+    "mov rbp, rsp",
+    "lea rax, [rdi + rsi + 3]",
+    "pop rbp",
+    "ret",
+    ".size fxw_park, . - fxw_park",
+    // push %rbp; mov %rsp,%rbp; lea: the stress test's.
+    ".globl fxw_stress",
+    ".type fxw_stress,@function",
+    "fxw_stress:",
+    "push rbp",
+    "mov rbp, rsp",
+    "lea rax, [rdi + rsi + 5]",
+    "pop rbp",
+    "ret",
+    ".size fxw_stress, . - fxw_stress",
+    // For the probe inside another probe's window.
+    ".globl fxw_inner",
+    ".type fxw_inner,@function",
+    "fxw_inner:",
+    "push rbp",
+    "push rbx",
+    "mov rbx, rdi",
+    "lea rax, [rbx + rsi + 11]",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size fxw_inner, . - fxw_inner",
+);
+
+extern "C" {
+    fn fxw_endbr(a: u64, b: u64) -> u64;
+    fn fxw_pushpush(a: u64, b: u64) -> u64;
+    fn fxw_park(a: u64, b: u64) -> u64;
+    fn fxw_stress(a: u64, b: u64) -> u64;
+    fn fxw_inner(a: u64, b: u64) -> u64;
+}
+
+#[test]
+fn an_endbr64_push_prologue_and_a_push_push_mov_prologue_are_jumps_that_count_every_hit() {
+    static HITS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    for (k, (f, plus)) in
+        [(fxw_endbr as unsafe extern "C" fn(u64, u64) -> u64, 7), (fxw_pushpush, 9)].into_iter().enumerate()
+    {
+        let a = addr(f);
+        let original = code(a, 8);
+        let p = register(Kprobe::addr(a).pre(move |regs| {
+            assert_eq!(regs.rip, a.0);
+            HITS[k].fetch_add(1, Relaxed);
+            PreAction::Continue
+        }))
+        .unwrap();
+        assert_eq!(p.optimized(), Ok(()));
+        assert_eq!(code(a, 1), [0xe9], "the probe is a jump");
+        const CALLS: u64 = 100_000;
+        let threads: Vec<_> =
+            (0..4u64).map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(f, t, i) == t + i + plus))).collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()), "the relocated prologue computed a wrong value");
+        assert_eq!((HITS[k].load(Relaxed), p.hits(), p.nmissed()), (4 * CALLS, 4 * CALLS, 0));
+        drop(p);
+        assert_eq!(code(a, 8), original, "original bytes back");
+        assert_eq!(call2(f, 1, 2), 3 + plus);
+    }
+}
+
+static PARK_AT: AtomicU64 = AtomicU64::new(0);
+static PARKED: AtomicBool = AtomicBool::new(false);
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// SIGUSR1 in the parked thread: when it interrupted the thread between the window's two
+/// instructions, wait there until the test says so.
+extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes the interrupted context.
+    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
+    if rip == PARK_AT.load(SeqCst) && !PARKED.load(SeqCst) {
+        PARKED.store(true, SeqCst);
+        while !RELEASE.load(SeqCst) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[test]
+fn a_thread_parked_inside_the_window_by_a_signal_handler_is_moved_into_the_detour() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let a = addr(fxw_park);
+    PARK_AT.store(a.0 + 4, SeqCst);
+    // SAFETY: installs a handler for SIGUSR1, which nothing else in this test binary uses.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = park as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
+    }
+    const AFTER: u64 = 10_000;
+    let worker = std::thread::spawn(|| {
+        let mut i = 0u64;
+        // Until released, calls that may be interrupted between endbr64 and push.
+        loop {
+            let released = RELEASE.load(SeqCst);
+            if call2(fxw_park, i, 1) != i + 4 {
+                return Err(i);
+            }
+            i += 1;
+            if released {
+                break;
+            }
+        }
+        for k in 0..AFTER {
+            if call2(fxw_park, k, k) != 2 * k + 3 {
+                return Err(k);
+            }
+        }
+        Ok(i)
+    });
+    use std::os::unix::thread::JoinHandleExt;
+    let thread = worker.as_pthread_t();
+    let mut signals = 0u64;
+    while !PARKED.load(SeqCst) {
+        // SAFETY: the worker is alive until RELEASE; SIGUSR1 has the handler above.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+        signals += 1;
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+    let moves = safepoint_moves();
+    let p = register(Kprobe::addr(a).pre(|_| {
+        HITS.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Ok(()));
+    assert_eq!(code(a, 1), [0xe9]);
+    assert!(safepoint_moves() > moves, "the parked thread's saved RIP was moved (after {signals} signals)");
+    RELEASE.store(true, SeqCst);
+    let calls = worker.join().unwrap().expect("the parked call and every later one computed the right value");
+    assert!(calls > 0);
+    // The parked call entered before the probe existed: only the later ones are hits (one
+    // more call may have started before the worker saw RELEASE).
+    assert!(p.hits() == AFTER || p.hits() == AFTER + 1, "{} hits", p.hits());
+    assert_eq!(HITS.load(Relaxed), p.hits());
+}
+
+#[test]
+fn four_threads_call_while_another_optimizes_and_unoptimizes_a_window_of_three_instructions_a_thousand_times() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let a = addr(fxw_stress);
+    let original = code(a, 8);
+    let p = register(Kprobe::addr(a).pre(|_| {
+        HITS.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Ok(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut calls = 0u64;
+                while !stop.load(Relaxed) {
+                    assert_eq!(call2(fxw_stress, t, calls), t + calls + 5);
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    for _ in 0..1000 {
+        // Another probe asking for int3 unoptimizes the site; removing it optimizes it again.
+        let hold = register(Kprobe::addr(a).no_optimize()).unwrap();
+        assert_eq!(code(a, 1), [0xcc]);
+        drop(hold);
+        assert_eq!((code(a, 1), p.optimized()), (vec![0xe9], Ok(())));
+    }
+    stop.store(true, Relaxed);
+    let calls: u64 = callers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(calls > 0);
+    assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (calls, calls, 0));
+    drop(p);
+    assert_eq!(code(a, 8), original, "original bytes back");
+}
+
+#[test]
+fn a_probe_inside_a_window_turns_the_jump_back_into_int3_and_both_count() {
+    let a = addr(fxw_inner);
+    let outer = register(Kprobe::addr(a)).unwrap();
+    assert_eq!(outer.optimized(), Ok(()));
+    let inner = register(Kprobe::addr(Addr(a.0 + 1))).unwrap();
+    assert_eq!(outer.optimized(), Err(NotOptimized::ProbeInWindow { other: Addr(a.0 + 1) }));
+    assert_eq!(code(a, 2), [0xcc, 0xcc], "both are int3 probes");
+    for i in 0..100 {
+        assert_eq!(call2(fxw_inner, i, 1), i + 12);
+    }
+    assert_eq!((outer.hits(), inner.hits()), (100, 100));
+    drop(inner);
+    assert_eq!(call2(fxw_inner, 1, 1), 13);
+    assert_eq!(outer.hits(), 101);
+    drop(outer);
+    assert_eq!(code(a, 2), [0x55, 0x53]);
+}
