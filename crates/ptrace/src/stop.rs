@@ -24,7 +24,7 @@ use dprobe_arch::Addr;
 use crate::blocked::blocked;
 use crate::error::TraceError;
 use crate::sys;
-use crate::thread::{is_stop_signal, Stop, Thread};
+use crate::thread::{is_stop_signal, State, Stop, Thread};
 use crate::tracee::{Tracee, EVENT_STOP};
 
 /// How long every thread that has not stopped may be one that cannot (see `blocked`) before
@@ -80,6 +80,12 @@ impl Tracee {
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
         for tid in waiting.clone() {
+            // A new thread of a spawned program stops by itself: the kernel's SIGSTOP is
+            // pending or being reported. A second one would be left pending in it, and stop
+            // the whole program once it is let go.
+            if self.threads.get(&tid).is_some_and(|t| t.state == State::Starting) {
+                continue;
+            }
             let asked =
                 if self.seized { sys::interrupt(tid) } else { sys::tgkill(self.process_of(tid), tid, libc::SIGSTOP) };
             if let Err(e) = asked {
