@@ -14,6 +14,7 @@ mod drive;
 mod expand;
 mod export;
 mod histogram;
+mod holder;
 mod keys;
 mod list;
 mod list_lines;
@@ -35,7 +36,11 @@ use clap::Parser;
 fn main() {
     let cli = options::Cli::parse();
     let result = match cli.command {
-        options::Command::Trace(args) => trace::run(*args),
+        // Before anything else: the process that traces outlives this one (see holder.rs).
+        options::Command::Trace(args) => match holder::split() {
+            Ok(()) => trace::run(*args),
+            Err(e) => Err(anyhow::Error::new(e).context("starting dprobe's tracing process")),
+        },
         options::Command::List(args) => list::run(args, &mut std::io::stdout().lock()),
     };
     match result {

@@ -1,9 +1,14 @@
 //! Ending a trace on request: Ctrl-C, `SIGTERM`, `SIGHUP`. A thread of dprobe's own receives
 //! them and notes which came and how many; the engines look at the note between events and
 //! at least every tenth of a second.
+//!
+//! dprobe traces from a holder process (see `holder`): a stop signal reaches it directly
+//! (from the terminal, or a `kill` of the whole process group) or through the front, and a
+//! front that ended asks for a stop as a SIGINT sent to dprobe alone does.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
 
 use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -18,6 +23,54 @@ static COUNT: AtomicI32 = AtomicI32::new(0);
 /// Whether the last one came from the terminal (Ctrl-C: the whole foreground process group,
 /// a command dprobe started included, received it), not from a process's `kill`.
 static FROM_TERMINAL: AtomicBool = AtomicBool::new(false);
+/// The stop requested when dprobe's front process ended (not a signal number).
+pub const FRONT_ENDED: i32 = -1;
+/// The front's pid, once it has ended.
+static FRONT: AtomicI32 = AtomicI32::new(0);
+/// Per signal and sender: how many came directly and how many through the front. One `kill`
+/// of the process group reaches both processes: counted once, as the larger of the two.
+static SENT: Mutex<Vec<(i32, i32, u32, u32)>> = Mutex::new(Vec::new());
+
+/// Whether stop signal `signal` from process `sender` is a new request, not the other copy
+/// of one already counted.
+fn new_request(signal: i32, sender: i32, through_front: bool) -> bool {
+    let mut sent = SENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let i = match sent.iter().position(|&(s, p, _, _)| (s, p) == (signal, sender)) {
+        Some(i) => i,
+        None => {
+            sent.push((signal, sender, 0, 0));
+            sent.len() - 1
+        }
+    };
+    let (_, _, direct, forwarded) = &mut sent[i];
+    if through_front {
+        *forwarded += 1;
+        *forwarded > *direct
+    } else {
+        *direct += 1;
+        *direct > *forwarded
+    }
+}
+
+fn request(signal: i32, from_terminal: bool) {
+    FROM_TERMINAL.store(from_terminal, Ordering::Relaxed);
+    REQUESTED.store(signal, Ordering::Relaxed);
+    COUNT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A stop signal process `sender` sent dprobe's front, passed on.
+pub fn forwarded(signal: i32, sender: i32) {
+    if new_request(signal, sender, true) {
+        request(signal, false);
+    }
+}
+
+/// dprobe's front process `front` ended: stop (unless a stop was asked already), and let a
+/// started command go on.
+pub fn front_ended(front: i32) {
+    FRONT.store(front, Ordering::Relaxed);
+    let _ = REQUESTED.compare_exchange(0, FRONT_ENDED, Ordering::Relaxed, Ordering::Relaxed);
+}
 
 /// Catch the stop signals, except those dprobe was started with ignored, which stay ignored.
 ///
@@ -32,9 +85,11 @@ pub fn install() -> io::Result<()> {
     let mut signals = SignalsInfo::<WithOrigin>::new(caught.collect::<Vec<_>>())?;
     std::thread::Builder::new().name("dprobe-signals".into()).spawn(move || {
         for origin in signals.forever() {
-            FROM_TERMINAL.store(origin.cause == Cause::Kernel, Ordering::Relaxed);
-            REQUESTED.store(origin.signal, Ordering::Relaxed);
-            COUNT.fetch_add(1, Ordering::Relaxed);
+            let from_terminal = origin.cause == Cause::Kernel;
+            let sender = origin.process.map_or(0, |p| p.pid);
+            if from_terminal || new_request(origin.signal, sender, false) {
+                request(origin.signal, from_terminal);
+            }
         }
     })?;
     Ok(())
@@ -60,7 +115,7 @@ pub fn requested() -> Option<i32> {
 /// is passed on to it; a SIGINT did when it came from the terminal (the kernel sends the
 /// terminal's Ctrl-C to the whole foreground process group), not from a `kill` of dprobe.
 pub fn reached_the_command(signal: i32) -> bool {
-    signal != SIGINT || FROM_TERMINAL.load(Ordering::Relaxed)
+    signal != SIGINT && signal != FRONT_ENDED || FROM_TERMINAL.load(Ordering::Relaxed)
 }
 
 /// Whether a second stop signal came (the user insists: stop waiting).
@@ -70,5 +125,8 @@ pub fn insisted() -> bool {
 
 /// `2` → `"SIGINT"`.
 pub fn signal_name(signal: i32) -> String {
+    if signal == FRONT_ENDED {
+        return format!("the end of dprobe's process {}", FRONT.load(Ordering::Relaxed));
+    }
     Signal::try_from(signal).map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_owned())
 }

@@ -147,7 +147,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let Some(out) = output(&args)? else {
         let signal = signals::requested().unwrap_or(nix::libc::SIGINT);
         eprintln!("dprobe: stopped by {} before tracing started", signals::signal_name(signal));
-        return Ok(128 + signal);
+        return Ok(if signal > 0 { 128 + signal } else { 1 });
     };
     if engine == Engine::Kernel {
         let options = KernelOptions {

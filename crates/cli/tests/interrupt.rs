@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{dprobe_command, out_file, target};
+use common::{dprobe_command, out_file, started_command, target};
 
 /// The first byte of `probed` in process `pid`, once it runs the target program.
 fn first_byte_of_probed(pid: i32) -> Option<u8> {
@@ -16,12 +16,6 @@ fn first_byte_of_probed(pid: i32) -> Option<u8> {
     let mut b = [0u8];
     std::fs::File::open(format!("/proc/{pid}/mem")).ok()?.read_exact_at(&mut b, at).ok()?;
     Some(b[0])
-}
-
-/// The command dprobe started (its only child), once it has.
-fn started_command(pid: u32) -> Option<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.split_whitespace().next().map(|c| c.parse().unwrap())
 }
 
 #[test]

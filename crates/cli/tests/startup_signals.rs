@@ -127,7 +127,8 @@ fn sigint_while_a_fifo_waits_for_its_reader_ends_dprobe_before_anything_starts()
     let pid = dprobe.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     let signal_thread = || {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        let Some(holder) = common::holder(pid) else { return false };
+        let tasks = std::fs::read_dir(format!("/proc/{holder}/task")).into_iter().flatten().flatten();
         tasks
             .into_iter()
             .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "dprobe-signals"))

@@ -101,29 +101,43 @@ fn kernel_functions_work_where_the_kernel_has_kprobe_events_and_say_why_not_else
     }
 }
 
+/// Ctrl-C removes the events; so does `kill -9` of dprobe (see system_dprobe_killed.rs). Only
+/// the process that traces for dprobe, killed itself, leaves them: the next session removes them.
 #[test]
 fn ctrl_c_and_sigkill_leave_no_event_behind() {
+    use std::os::unix::process::ExitStatusExt;
     let _x = exclusive();
     let before = tracefs("uprobe_events");
     let spec = format!("{}:greet", greet());
     for signal in [libc::SIGINT, libc::SIGKILL] {
         let mut d = dprobe_command()
             .args(["trace", "-a", "--count", "-o", out_file("system-signal").to_str().unwrap(), &spec])
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !tracefs("uprobe_events").contains(&format!("dprobe_{}_", d.id())) {
+        let holder = loop {
+            let holder = common::holder(d.id());
+            if let Some(h) = holder.filter(|h| tracefs("uprobe_events").contains(&format!("dprobe_{h}_"))) {
+                break h;
+            }
             assert!(std::time::Instant::now() < deadline, "the probe never appeared");
             std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: signals the dprobe we started.
-        unsafe { libc::kill(d.id() as i32, signal) };
-        let status = d.wait().unwrap();
+        };
         if signal == libc::SIGINT {
+            // SAFETY: signals the dprobe we started.
+            unsafe { libc::kill(d.id() as i32, signal) };
+            let status = d.wait().unwrap();
             assert_eq!(status.code(), Some(0));
             assert_eq!(tracefs("uprobe_events"), before, "removed on Ctrl-C");
         } else {
-            assert!(tracefs("uprobe_events").contains(&format!("dprobe_{}_", d.id())), "SIGKILL cannot clean up");
+            // SAFETY: kills the process that traces for the dprobe we started.
+            unsafe { libc::kill(holder as i32, signal) };
+            let status = d.wait().unwrap();
+            let stderr = std::io::read_to_string(d.stderr.take().unwrap()).unwrap();
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "dprobe ends as its tracing process did: {stderr}");
+            assert!(stderr.contains(&format!("its tracing process {holder} was killed by SIGKILL")), "{stderr}");
+            assert!(tracefs("uprobe_events").contains(&format!("dprobe_{holder}_")), "SIGKILL cannot clean up");
             // The next session removes the dead one's events.
             let o = dprobe(&["trace", "-a", "--count", "--duration", "100ms", "tracepoint:sched:sched_switch"]);
             assert_eq!(o.status.code(), Some(0));

@@ -126,8 +126,7 @@ fn killing_the_tracee_ends_dprobe_with_its_summary() {
             assert!(std::time::Instant::now() < deadline, "{engine}: no call came");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", dprobe.id())).unwrap();
-        let tracee: i32 = children.split_whitespace().next().expect("the tracee").parse().unwrap();
+        let tracee = common::started_command(dprobe.id()).expect("the tracee");
         // SAFETY: kills the program dprobe started.
         assert_eq!(unsafe { libc::kill(tracee, libc::SIGKILL) }, 0);
         let status = dprobe.wait().unwrap();

@@ -82,7 +82,8 @@ impl Tracee {
     }
 
     /// Start `program` with `args`, stopped before its first instruction (right after
-    /// `execve`). If dprobe dies, the program is killed with it.
+    /// `execve`). It is not killed with its tracer (no `PTRACE_O_EXITKILL`): a tracer that
+    /// may die keeps a process that outlives it to detach cleanly (as `dprobe trace` does).
     pub fn spawn(program: &str, args: &[&str]) -> Result<Tracee, TraceError> {
         let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
         let c_program = CString::new(program).map_err(|e| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
@@ -100,8 +101,7 @@ impl Tracee {
             | libc::PTRACE_O_TRACEFORK
             | libc::PTRACE_O_TRACEVFORK
             | libc::PTRACE_O_TRACEEXEC
-            | libc::PTRACE_O_TRACEEXIT
-            | libc::PTRACE_O_EXITKILL;
+            | libc::PTRACE_O_TRACEEXIT;
         sys::set_options(pid, options as u64)?;
         Tracee::new(pid, false, BTreeMap::from([(pid, Thread::stopped(Stop::Signal(0)))]))
     }

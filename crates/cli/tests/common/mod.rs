@@ -254,3 +254,20 @@ pub fn vars_program(compiler: &str, opt: &str, extra: &[&str]) -> String {
     }
     out.to_string_lossy().into_owned()
 }
+
+/// The first child of process `pid`, if it has one.
+pub fn first_child(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next().map(|c| c.parse().unwrap())
+}
+
+/// The process of `dprobe trace` (started as `dprobe`) that traces: its child, which outlives
+/// it (`dprobe` itself only waits for it and passes signals on).
+pub fn holder(dprobe: u32) -> Option<u32> {
+    first_child(dprobe)
+}
+
+/// The command `dprobe trace ... -- COMMAND` (started as `dprobe`) started, once it has.
+pub fn started_command(dprobe: u32) -> Option<i32> {
+    first_child(holder(dprobe)?).map(|c| c as i32)
+}
