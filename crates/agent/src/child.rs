@@ -1,8 +1,10 @@
-//! A forked child keeps the agent. `fork` copies the probes (the child's code is patched as
-//! the parent's), the shared memory (its events and counts go to the same ring and counters,
-//! with its own process id) and the list of probes placed, but not the agent's thread: the
-//! child starts one of its own, which announces the child to dprobe and removes the child's
-//! probes when dprobe stops, goes away, or cannot be reached.
+//! A forked child keeps the agent when dprobe follows children. `fork` copies the probes (the
+//! child's code is patched as the parent's), the shared memory (its events and counts go to
+//! the same ring and counters, with its own process id) and the list of probes placed, but not
+//! the agent's thread: the child starts one of its own, which announces the child to dprobe
+//! and removes the child's probes when dprobe stops, goes away, or cannot be reached. When
+//! dprobe does not follow children, the child's probes are removed before `fork` returns in
+//! it: the child runs untraced from its first instruction of its own.
 //!
 //! The list of probes is behind a gate that a fork holds from before to after (a spin lock:
 //! the child's copy must never be caught half-changed, nor locked by a thread it does not
@@ -67,6 +69,9 @@ pub(crate) struct Live {
     pub(crate) shm: Arc<Shm>,
 }
 
+/// Whether forked children keep the probes (dprobe follows them).
+pub(crate) static FOLLOW_CHILDREN: AtomicBool = AtomicBool::new(false);
+
 /// The session running in this process, if any.
 pub(crate) static LIVE: Gate<Option<Live>> = Gate::new(None);
 
@@ -102,6 +107,11 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn after_fork_in_child() {
     LIVE.held.store(false, Release);
     set_pid();
+    if !FOLLOW_CHILDREN.load(Acquire) {
+        end_session(false);
+        RUNNING.store(false, Release);
+        return;
+    }
     if LIVE.with(|live| live.is_some()) {
         let spawned = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(child_session);
         if spawned.is_err() {

@@ -143,9 +143,12 @@ impl AgentEngine {
             Library::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, &name)?,
         };
         if started != 0 {
-            let reason =
-                if started as i32 == -2 { "another dprobe traces it with the agent" } else { "it did not start" };
-            return Err(AgentError::Refused(format!("process {pid}: the agent {reason}")));
+            let reason = if started as i32 == -2 {
+                "another dprobe traces it with the agent"
+            } else {
+                "the agent did not start"
+            };
+            return Err(AgentError::Refused(format!("process {pid}: {reason}")));
         }
         let sock = accept_within(&listener, ANSWER_TIMEOUT).map_err(agent_err)?;
         listener.set_nonblocking(true).map_err(agent_err)?;
@@ -182,6 +185,12 @@ impl AgentEngine {
     /// The traced process.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Follow forked children: each keeps the probes, its events carry its pid (without this,
+    /// a child's probes are removed as it starts). Before the probes are placed.
+    pub fn follow(&mut self) -> Result<(), AgentError> {
+        wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))
     }
 
     fn agent_err(&self, source: io::Error) -> AgentError {

@@ -17,7 +17,7 @@ use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeTarget, Regs, Side};
 use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe, ReturnProbe};
 use dprobe_spec::ProbeKind;
 
-use crate::child::{end_session, follow_forks, Live, LIVE};
+use crate::child::{end_session, follow_forks, Live, FOLLOW_CHILDREN, LIVE};
 use crate::hit::{now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
 use crate::shm::{Counter, Shm, MAX_PROBES};
 use crate::wire::{receive, send, Message, PlaceProbe, Placement};
@@ -45,14 +45,23 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
         return -2;
     }
     set_pid();
+    FOLLOW_CHILDREN.store(false, Release);
     let started = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(move || {
         if set_agent_stack().is_err() {
             RUNNING.store(false, Release);
             return;
         }
         block_signals();
-        let _ = session(&name);
-        RUNNING.store(false, Release);
+        match session(&name) {
+            // Told to stop: done, and another session may have started since.
+            Ok(Over::Released) => {}
+            Ok(Over::Ended) => RUNNING.store(false, Release),
+            Err(_) => {
+                // However the session ended: nothing of dprobe's stays in the program's code.
+                end_session(true);
+                RUNNING.store(false, Release);
+            }
+        }
     });
     match started {
         Ok(_) => 0,
@@ -90,7 +99,15 @@ impl Placed {
     }
 }
 
-fn session(name: &[u8]) -> io::Result<()> {
+/// How a session ended, every probe removed.
+enum Over {
+    /// The tracer asked; the session is let go already (see [`RUNNING`]).
+    Released,
+    /// The tracer went away.
+    Ended,
+}
+
+fn session(name: &[u8]) -> io::Result<Over> {
     let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
     let shm = Arc::new(Shm::create()?);
     send_fd(&sock, shm.fd().as_raw_fd())?;
@@ -116,16 +133,21 @@ fn session(name: &[u8]) -> io::Result<()> {
                 });
                 send(&mut sock, &Message::Filtered(set))?;
             }
+            Ok(Some(Message::Children(follow))) => FOLLOW_CHILDREN.store(follow, Release),
             Ok(Some(Message::Stop)) => {
                 end_session(true);
-                send(&mut sock, &Message::Stopped)?;
+                // Over before dprobe hears so: another dprobe may start a session at once.
+                RUNNING.store(false, Release);
+                let _ = send(&mut sock, &Message::Stopped);
+                return Ok(Over::Released);
             }
             Ok(Some(_)) => break Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected message")),
-            Ok(None) => break Ok(()),
+            Ok(None) => break Ok(Over::Ended),
             Err(e) => break Err(e),
         }
     };
-    // However the session ended: nothing of dprobe's stays in the program's code.
+    // The tracer went away, or sent what cannot be understood: nothing of dprobe's stays in
+    // the program's code.
     end_session(true);
     result
 }

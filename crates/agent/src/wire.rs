@@ -65,6 +65,9 @@ pub enum Message {
     Stopped,
     /// A forked child's agent → tracer, first on its own connection: the child's process id.
     Hello(u32),
+    /// Tracer → agent, before the probes: whether a forked child keeps them (`true`: it
+    /// announces itself and is traced; `false`: its probes are removed as it starts).
+    Children(bool),
 }
 
 const MAX_MESSAGE: u32 = 1 << 20;
@@ -111,6 +114,7 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
             b.push(b'H');
             b.extend_from_slice(&pid.to_le_bytes());
         }
+        Message::Children(follow) => b.extend_from_slice(&[b'C', *follow as u8]),
     }
     w.write_all(&(b.len() as u32).to_le_bytes())?;
     w.write_all(&b)
@@ -155,6 +159,7 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         b'S' => Message::Stop,
         b's' => Message::Stopped,
         b'H' => Message::Hello(c.u32()?),
+        b'C' => Message::Children(c.u8()? == 1),
         _ => return Err(bad()),
     };
     Ok(Some(m))

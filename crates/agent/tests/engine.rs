@@ -241,6 +241,7 @@ fn a_child_forked_while_traced_is_traced_and_let_go_with_its_parent() {
     let pid = parent.pid();
     parent.wait_for_handlers(&[libc::SIGUSR1, libc::SIGUSR2]);
     let mut engine = AgentEngine::attach(pid, agent(), true).unwrap();
+    engine.follow().unwrap();
     place(&mut engine, "probed x=$arg1");
     // SAFETY: signals the program this test started: it forks.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);

@@ -8,6 +8,7 @@
 //! ```
 
 mod aggregates;
+mod choose;
 mod clock;
 mod distribution;
 mod drive;

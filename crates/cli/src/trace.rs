@@ -5,10 +5,11 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{bail, Context as _, Result};
-use dprobe_agent::{AgentEngine, Library};
+use dprobe_agent::{AgentEngine, AgentError, Library};
 use dprobe_kernel::{KernelEngine, KernelOptions};
 use dprobe_ptrace::PtraceEngine;
 
+use crate::choose;
 use crate::drive::{drive, Scope};
 use crate::options::{Engine, TraceArgs};
 use crate::plan::{check_hist, parse_the_filter, plan_probes};
@@ -84,6 +85,50 @@ pub fn mode(args: &TraceArgs) -> Mode {
     }
 }
 
+/// Load the agent into the program `args` names (`program`: the command's file, found).
+fn start_agent(args: &TraceArgs, program: Option<&str>) -> Result<AgentEngine, AgentError> {
+    // A count alone needs no events: the agent counts in place (not by key).
+    let events = mode(args) != Mode::Quiet
+        || !args.hist.is_empty()
+        || !args.by.is_empty()
+        || args.latency
+        || args.filter.is_some()
+        || args.trace_file.is_some()
+        || args.metrics.is_some()
+        || args.stack.is_some()
+        || args.folded.is_some();
+    match (args.pid, args.command.split_first(), program) {
+        (Some(pid), _, _) => AgentEngine::attach(pid, Library::Image(AGENT), events),
+        (None, Some((_, rest)), Some(program)) => {
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            AgentEngine::spawn(program, &rest, Library::Image(AGENT), events)
+        }
+        _ => Err(AgentError::Refused("nothing to trace: give `-p PID`, a command after `--`, or --system-wide".into())),
+    }
+}
+
+/// Whether the ptrace engine may do what the agent could not: the process could not load
+/// it, or the agent did not start or answer (not a process that is gone or cannot be traced
+/// at all, which the ptrace engine would say again).
+fn can_fall_back(e: &AgentError) -> bool {
+    use dprobe_ptrace::LoadError;
+    matches!(
+        e,
+        AgentError::Load(LoadError::Refused { .. } | LoadError::Dlopen { .. })
+            | AgentError::Agent { .. }
+            | AgentError::Refused(_)
+            | AgentError::NoLibrary(_)
+    )
+}
+
+fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Kernel => "kernel",
+        Engine::Agent => "agent",
+        Engine::Ptrace => "ptrace",
+    }
+}
+
 /// Run `dprobe trace`; returns dprobe's exit status.
 ///
 /// The stop signals (Ctrl-C, `SIGTERM`, `SIGHUP`) are caught first, before anything else:
@@ -97,7 +142,13 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     signals::install().context("installing signal handlers")?;
     let planned = plan_probes(&args)?;
     let kernel_targets = planned.iter().filter(|p| p.needs_kernel()).count();
-    let engine = match args.engine {
+    let one_program = !args.system_wide && kernel_targets == 0 && args.engine != Some(Engine::Kernel);
+    let program = match (args.pid, args.command.first()) {
+        (None, Some(p)) if one_program => Some(find_program(p)?),
+        _ => None,
+    };
+    // Why the engine was picked, for -v; for one program, the agent unless it cannot.
+    let (engine, why) = match args.engine {
         Some(Engine::Ptrace) if args.system_wide => bail!("--system-wide needs the kernel engine, not ptrace"),
         Some(Engine::Agent) if args.system_wide => bail!("--system-wide needs the kernel engine, not the agent"),
         Some(e @ (Engine::Ptrace | Engine::Agent)) if kernel_targets > 0 => {
@@ -105,23 +156,16 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             let name = if e == Engine::Agent { "the agent" } else { "ptrace" };
             bail!("`{}`: kernel functions and tracepoints need the kernel engine, not {name}", p.info.spec)
         }
-        Some(e) => e,
-        None if args.system_wide || kernel_targets > 0 => Engine::Kernel,
-        None => Engine::Ptrace,
+        Some(e) => (e, "as asked (--engine)".to_owned()),
+        None if args.system_wide => (Engine::Kernel, "--system-wide".to_owned()),
+        None if kernel_targets > 0 => (Engine::Kernel, "kernel functions or tracepoints are probed".to_owned()),
+        None => match choose::agent_cannot(&args, &planned, program.as_deref()) {
+            None => (Engine::Agent, "one program is traced (-p or a command), and the agent can be loaded".to_owned()),
+            Some(reason) => (Engine::Ptrace, format!("the agent cannot be used: {reason}")),
+        },
     };
     if args.verbose {
-        let why = match (args.engine, args.system_wide, kernel_targets) {
-            (Some(_), _, _) => "as asked (--engine)",
-            (None, true, _) => "--system-wide",
-            (None, false, n) if n > 0 => "kernel functions or tracepoints are probed",
-            _ => "one program is traced (-p or a command)",
-        };
-        let name = match engine {
-            Engine::Kernel => "kernel",
-            Engine::Agent => "agent",
-            Engine::Ptrace => "ptrace",
-        };
-        eprintln!("dprobe: engine: {name} ({why})");
+        eprintln!("dprobe: engine: {} ({why})", engine_name(engine));
     }
     // Every field is known before placing unless a tracepoint brings its own: check what
     // can be checked before anything starts.
@@ -132,8 +176,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     if engine == Engine::Kernel && args.pid.is_some() && !args.command.is_empty() {
         bail!("give -p PID or a command, not both");
     }
-    if engine != Engine::Ptrace && args.follow {
-        bail!("--follow is for the ptrace engine (the default for one program)");
+    if engine == Engine::Kernel && args.follow {
+        bail!("--follow is for the ptrace and agent engines (one program and its children)");
     }
     if engine != Engine::Kernel && args.buffer_size.is_some() {
         bail!("--buffer-size sets the kernel engine's perf buffers (--system-wide or --engine kernel)");
@@ -170,34 +214,29 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         );
     }
     if engine == Engine::Agent {
-        // A count alone needs no events: the agent counts in place (not by key).
-        let events = mode(&args) != Mode::Quiet
-            || !args.hist.is_empty()
-            || !args.by.is_empty()
-            || args.latency
-            || args.filter.is_some()
-            || args.trace_file.is_some()
-            || args.metrics.is_some()
-            || args.stack.is_some()
-            || args.folded.is_some();
-        let engine = match (args.pid, args.command.split_first()) {
-            (Some(pid), _) => AgentEngine::attach(pid, Library::Image(AGENT), events)?,
-            (None, Some((program, rest))) => {
-                let program = find_program(program)?;
-                let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-                AgentEngine::spawn(&program, &rest, Library::Image(AGENT), events)?
+        match start_agent(&args, program.as_deref()) {
+            Ok(mut engine) => {
+                if args.follow {
+                    engine.follow()?;
+                }
+                let pid = engine.pid();
+                return drive(engine, planned, &args, out, Scope::Process(pid));
             }
-            (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
-        };
-        let pid = engine.pid();
-        return drive(engine, planned, &args, out, Scope::Process(pid));
+            // Asked for by name: its failure is the answer.
+            Err(e) if args.engine == Some(Engine::Agent) || !can_fall_back(&e) => return Err(e.into()),
+            Err(e) => {
+                if args.verbose {
+                    eprintln!("dprobe: engine: ptrace (the agent could not be loaded: {e})");
+                }
+            }
+        }
     }
     let mut engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
-        (None, Some((program, rest))) => {
-            let program = find_program(program)?;
+        (None, Some((_, rest))) => {
+            let program = program.as_deref().expect("found above");
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            PtraceEngine::spawn(&program, &rest)?
+            PtraceEngine::spawn(program, &rest)?
         }
         (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };

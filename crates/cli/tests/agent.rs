@@ -16,8 +16,8 @@ fn agent(name: &str, args: &[&str]) -> (Option<i32>, String) {
 }
 
 #[test]
-fn a_forked_child_keeps_the_agent_and_its_events_carry_its_pid() {
-    let (code, out) = agent("agent-fork", &["probed x=$arg1", "probed_push", "--", target(), "fork"]);
+fn with_follow_a_forked_child_keeps_the_agent_and_its_events_carry_its_pid() {
+    let (code, out) = agent("agent-fork", &["--follow", "probed x=$arg1", "probed_push", "--", target(), "fork"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!((hits(&out, "probed"), hits(&out, "probed_push")), (2, 1), "the parent's call and the child's\n{out}");
     let pid_of = |call: &str| {
@@ -126,4 +126,35 @@ fn dprobe_alone_carries_its_agent() {
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(o.status.code(), Some(0), "{}{text}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(hits(&text, "probed"), 2000, "{text}");
+}
+
+/// Without `--engine`, a running process gets the agent, and `-v` says so; a started command
+/// gets ptrace, and `-v` says why.
+#[test]
+fn the_engine_is_chosen_and_v_says_why() {
+    let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    wait_until("its 4 workers running", || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() == 5);
+    let p = pid.to_string();
+    let out = out_file("choice-attach");
+    let o = common::dprobe(&["trace", "-v", "--count", "-d", "300ms", "-o", out.to_str().unwrap(), "-p", &p, "pair"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("dprobe: engine: agent (one program is traced"), "{stderr}");
+    assert!(hits(&std::fs::read_to_string(&out).unwrap(), "pair") > 0);
+    assert_eq!(finish(child), Some(0));
+
+    let o = common::dprobe(&["trace", "-v", "--count", "-o", "/dev/null", "probed", "--", target(), "loop", "10"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("dprobe: engine: ptrace (the agent cannot be used: a started command"), "{stderr}");
+    let o = common::dprobe(&["trace", "-v", "--count", "-o", "/dev/null", "probed", "--", static_program()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("is a static program (no dynamic loader)"), "{stderr}");
+}
+
+fn finish(mut child: Running) -> Option<i32> {
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGUSR2) }, 0);
+    child.0.wait().unwrap().code()
 }

@@ -137,7 +137,11 @@ impl Injector {
                 }
                 return Err(attach_err(e.to_string()));
             }
-            match stop_at_safe_point(pid, tid)? {
+            let safe = stop_at_safe_point(pid, tid).inspect_err(|_| {
+                // Not left traced: a stopped thread is let go, a running one goes with dprobe.
+                let _ = sys::detach(tid, 0);
+            })?;
+            match safe {
                 true => {
                     let memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
                     return Injector::hold(pid, tid, memory, false);
@@ -475,7 +479,8 @@ const WAITING_SYSCALLS: [i64; 16] = [
     libc::SYS_rt_sigtimedwait,
 ];
 
-/// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up.
+/// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up
+/// (`false`), the thread then left stopped (where a detach lets it go) or gone.
 fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
     for attempt in 0..SAFE_POINT_TRIES {
         sys::interrupt(tid)?;
@@ -494,6 +499,12 @@ fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
         let r = sys::get_regs(tid)?;
         if is_safe(pid, &r)? {
             return Ok(true);
+        }
+        if attempt + 1 == SAFE_POINT_TRIES {
+            // Stopped still: the caller's detach lets it go (a running thread cannot be
+            // detached, and would stay traced, stopping at its next signal with no one to
+            // resume it).
+            break;
         }
         sys::cont(tid, 0)?;
         std::thread::sleep(Duration::from_micros(50 + u64::from(attempt % 20) * 47));
