@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dprobe_core::fetch::Values;
 use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
 use dprobe_ptrace::{Injector, LoadError, Semaphores};
-use dprobe_spec::{ArgType, ProbeKind, Target};
+use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -375,7 +375,7 @@ impl Engine for AgentEngine {
     type Error = AgentError;
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
-        let Target::User { binary, function, offset } = &probe.spec.target else { return Err(AgentError::NotUser) };
+        let ProbePoint::User { binary, function, offset } = &probe.spec.point else { return Err(AgentError::NotUser) };
         if self.probes.len() >= MAX_PROBES {
             return Err(AgentError::TooMany);
         }

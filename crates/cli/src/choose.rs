@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use dprobe_spec::{ProbeKind, Target};
+use dprobe_spec::{ProbeKind, ProbePoint};
 
 use crate::options::TraceArgs;
 use crate::plan::Planned;
@@ -55,8 +55,8 @@ fn process_cannot(pid: i32, planned: &[Planned], timed: bool) -> Option<String> 
     if !maps.is_empty() && !has_loader {
         return Some(format!("process {pid} has no dynamic loader (a static program): nothing to load the agent with"));
     }
-    let binaries = planned.iter().filter_map(|p| match &p.spec.target {
-        Target::User { binary: Some(b), .. } => Some(b.as_str()),
+    let binaries = planned.iter().filter_map(|p| match &p.spec.point {
+        ProbePoint::User { binary: Some(b), .. } => Some(b.as_str()),
         _ => None,
     });
     if let Some(b) = binaries.into_iter().find(|b| !mapped(b)) {

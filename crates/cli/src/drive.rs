@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Ending, Engine, Exit, MultiSite, ProbeRequest};
-use dprobe_spec::{Filter, ProbeKind, Target};
+use dprobe_spec::{Filter, ProbeKind, ProbePoint};
 
 use crate::clock::Clock;
 use crate::options::TraceArgs;
@@ -79,7 +79,7 @@ fn prepare<E: Engine>(
         }
         if let Some(fields) = placed.fields {
             p.info.args = fields;
-            if matches!(&p.spec.target, Target::Tracepoint { event, .. } if event.starts_with("sys_exit_")) {
+            if matches!(&p.spec.point, ProbePoint::Tracepoint { event, .. } if event.starts_with("sys_exit_")) {
                 // A system call's return value: negative error numbers get their names.
                 p.info.retval_index = p.info.args.iter().position(|a| a.name == "ret");
                 p.info.errno_in_retval = true;

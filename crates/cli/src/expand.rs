@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use dprobe_arch::{analyze, kernel_uprobe_refusal, Addr};
-use dprobe_spec::{ProbeSpec, Target};
+use dprobe_spec::{ProbePoint, ProbeSpec};
 use dprobe_sym::{Function, ObjectName, ResolveError, Semaphore, Symbols};
 
 /// One probe a spec names.
@@ -36,16 +36,16 @@ pub struct Context {
 
 /// The probes `spec` (parsed from `text`) names.
 pub fn expand(text: &str, spec: ProbeSpec, cx: &Context) -> Result<Vec<Named>> {
-    match &spec.target {
-        Target::Usdt { binary, provider, name } => {
+    match &spec.point {
+        ProbePoint::Usdt { binary, provider, name } => {
             let (binary, provider, name) = (binary.clone(), provider.clone(), name.clone());
             crate::usdt::expand(text, spec, &binary, provider.as_deref(), &name)
         }
-        Target::User { binary, function, offset } if function.contains(['*', '?']) => {
+        ProbePoint::User { binary, function, offset } if function.contains(['*', '?']) => {
             let (binary, function, offset) = (binary.clone(), function.clone(), *offset);
             expand_glob(text, spec, binary.as_deref(), &function, offset, cx)
         }
-        Target::User { binary: Some(binary), function, offset } => {
+        ProbePoint::User { binary: Some(binary), function, offset } => {
             check_user(text, binary, function, *offset)?;
             Ok(vec![itself(text, spec)])
         }
@@ -55,17 +55,17 @@ pub fn expand(text: &str, spec: ProbeSpec, cx: &Context) -> Result<Vec<Named>> {
 
 /// A spec that names one probe.
 fn itself(text: &str, spec: ProbeSpec) -> Named {
-    let (label, at_entry) = match &spec.target {
-        Target::User { function, offset, .. } | Target::Kernel { function, offset } => {
+    let (label, at_entry) = match &spec.point {
+        ProbePoint::User { function, offset, .. } | ProbePoint::Kernel { function, offset } => {
             if *offset == 0 {
                 (function.clone(), true)
             } else {
                 (format!("{function}+{offset:#x}"), false)
             }
         }
-        Target::Tracepoint { event, .. } => (event.clone(), false),
-        Target::Usdt { name, .. } => (name.clone(), false),
-        Target::Line { line, .. } => (line.to_string(), false),
+        ProbePoint::Tracepoint { event, .. } => (event.clone(), false),
+        ProbePoint::Usdt { name, .. } => (name.clone(), false),
+        ProbePoint::Line { line, .. } => (line.to_string(), false),
     };
     Named { spec, text: text.to_owned(), label, semaphore: None, glob: None, at_entry }
 }
@@ -169,7 +169,7 @@ fn expand_glob(
     // A C++ operator (`operator*`) is a name, not a glob.
     if symbols.find_in(None, glob).is_some() {
         let mut one = itself(text, spec);
-        if let (None, Target::User { binary, .. }) = (binary, &mut one.spec.target) {
+        if let (None, ProbePoint::User { binary, .. }) = (binary, &mut one.spec.point) {
             *binary = Some(path);
         }
         return Ok(vec![one]);
@@ -213,8 +213,8 @@ fn expand_glob(
         let by_name = symbols.find_in(None, &f.name).is_some_and(|g| g.start == f.start);
         let function = if by_name { f.name.clone() } else { format!("{:#x}", f.start.0) };
         let mut spec = spec.clone();
-        spec.target =
-            Target::User { binary: Some(binary.map_or_else(|| path.clone(), str::to_owned)), function, offset };
+        spec.point =
+            ProbePoint::User { binary: Some(binary.map_or_else(|| path.clone(), str::to_owned)), function, offset };
         let label = if offset == 0 { name.clone() } else { format!("{name}+{offset:#x}") };
         let text = format!("{shown_binary}:{label}{}", after_target(text));
         let glob = Some(target.to_owned());

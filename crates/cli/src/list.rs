@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use dprobe_arch::{
     analyze, can_optimize, describe, keeps_vector_state, kernel_uprobe_refusal, plan, ExecPlan, SlotEnding,
 };
-use dprobe_spec::{parse_target, split_binary, split_offset};
+use dprobe_spec::{parse_point, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
 use crate::options::ListArgs;
@@ -148,7 +148,7 @@ fn names_one_place(pattern: &str) -> bool {
 
 /// Say whether `[OBJECT:]FUNCTION+OFFSET` or `[OBJECT:]0xADDRESS` can be probed.
 fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mut dyn std::io::Write) -> Result<i32> {
-    let wanted = parse_target(place).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wanted = parse_point(place).map_err(|e| anyhow::anyhow!("{e}"))?;
     let target = symbols.resolve(maps, &wanted)?;
     let (f, addr) = (&target.function, target.addr);
     let bytes = code.read(f).with_context(|| format!("cannot read the code of `{}`", f.name))?;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use dprobe_dwarf::Shown;
-use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbeSpec, Target};
+use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint, ProbeSpec};
 use dprobe_sym::Semaphore;
 
 use crate::expand::{expand, Context, Named};
@@ -25,7 +25,7 @@ pub struct Planned {
     pub glob: Option<String>,
     /// Where it is placed when not at its target alone: each copy of a source line's code,
     /// or a function's out-of-line and inlined copies.
-    pub sites: Vec<Target>,
+    pub sites: Vec<ProbePoint>,
     /// Said to the user before tracing (copies that a return probe does not reach).
     pub note: Option<String>,
 }
@@ -33,7 +33,7 @@ pub struct Planned {
 impl Planned {
     /// A kernel function or a tracepoint: only the kernel engine can place it.
     pub fn needs_kernel(&self) -> bool {
-        matches!(self.spec.target, Target::Kernel { .. } | Target::Tracepoint { .. })
+        matches!(self.spec.point, ProbePoint::Kernel { .. } | ProbePoint::Tracepoint { .. })
     }
 }
 
@@ -56,12 +56,12 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
         let mut spec = parse_probe(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Variables by name become registers and memory; a function-entry probe may move past
         // the prologue, and is still shown and timed as the function's entry.
-        let entry_function = match &spec.target {
-            Target::User { function, offset: 0, .. } => Some(function.clone()),
+        let entry_function = match &spec.point {
+            ProbePoint::User { function, offset: 0, .. } => Some(function.clone()),
             _ => None,
         };
         let shown = crate::vars::resolve(text, &mut spec, args)?;
-        let moved = entry_function.is_some() && !matches!(spec.target, Target::User { offset: 0, .. });
+        let moved = entry_function.is_some() && !matches!(spec.point, ProbePoint::User { offset: 0, .. });
         for mut named in expand(text, spec, &cx)? {
             if let (true, Some(f)) = (moved, &entry_function) {
                 named.label = f.clone();
@@ -116,7 +116,7 @@ fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
     }
     let retval_index = spec.args.iter().position(|a| a.fetch == Fetch::RetVal);
     let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
-    let tracepoint = matches!(spec.target, Target::Tracepoint { .. });
+    let tracepoint = matches!(spec.point, ProbePoint::Tracepoint { .. });
     let info = ProbeInfo {
         spec: text,
         label,
@@ -126,7 +126,7 @@ fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
         retval_index,
         errno_index,
         tracepoint,
-        errno_in_retval: matches!(spec.target, Target::Kernel { .. }),
+        errno_in_retval: matches!(spec.point, ProbePoint::Kernel { .. }),
     };
     Planned { info, spec, is_function_entry, semaphore, glob, sites: Vec::new(), note: None }
 }

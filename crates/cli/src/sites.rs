@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Result};
 use dprobe_dwarf::{find_function, find_functions, DebugInfo, FunctionInfo, LineError, LineTable};
-use dprobe_spec::{ProbeKind, ProbeSpec, SourceLine, Target};
+use dprobe_spec::{ProbeKind, ProbePoint, ProbeSpec, SourceLine};
 use dprobe_sym::{read_maps_of, ObjectName};
 
 /// The program being traced, to find a `BINARY` that names it (or none).
@@ -53,9 +53,9 @@ impl DebugFiles {
     pub fn prefetch(&mut self, specs: &[&ProbeSpec], traced: Traced<'_>) {
         let mut wanted: HashMap<String, Vec<&str>> = HashMap::new();
         for spec in specs {
-            let (binary, function) = match &spec.target {
-                Target::User { binary, function, offset: 0 } if !function.starts_with("0x") => (binary, function),
-                Target::Line { binary, line: SourceLine::InFunction { function, .. } } => (binary, function),
+            let (binary, function) = match &spec.point {
+                ProbePoint::User { binary, function, offset: 0 } if !function.starts_with("0x") => (binary, function),
+                ProbePoint::Line { binary, line: SourceLine::InFunction { function, .. } } => (binary, function),
                 _ => continue,
             };
             if let Some(path) = object_path(binary.as_deref(), traced) {
@@ -97,7 +97,7 @@ impl Debug {
 #[derive(Debug, Default)]
 pub struct Sites {
     /// Where to place it (none: at its own target).
-    pub targets: Vec<Target>,
+    pub targets: Vec<ProbePoint>,
     /// Said to the user before tracing.
     pub note: Option<String>,
 }
@@ -143,15 +143,15 @@ pub fn has_inlined_copies(path: &str, function: &str) -> bool {
     find_function(info.dwarf(), function).is_ok_and(|f| f.is_some_and(|f| !f.inlined.is_empty()))
 }
 
-fn address_site(path: &str, address: u64) -> Target {
-    Target::User { binary: Some(path.to_owned()), function: format!("{address:#x}"), offset: 0 }
+fn address_site(path: &str, address: u64) -> ProbePoint {
+    ProbePoint::User { binary: Some(path.to_owned()), function: format!("{address:#x}"), offset: 0 }
 }
 
 /// The sites of `spec` (for an entry probe timed to its return when `timed`).
 pub fn sites(spec: &ProbeSpec, timed: bool, traced: Traced<'_>, files: &mut DebugFiles) -> Result<Sites> {
-    match &spec.target {
-        Target::Line { binary, line } => line_sites(binary.as_deref(), line, traced, files),
-        Target::User { binary, function, offset: 0 } if !function.starts_with("0x") => {
+    match &spec.point {
+        ProbePoint::Line { binary, line } => line_sites(binary.as_deref(), line, traced, files),
+        ProbePoint::User { binary, function, offset: 0 } if !function.starts_with("0x") => {
             let Some(path) = object_path(binary.as_deref(), traced) else { return Ok(Sites::default()) };
             // A function's inlined copies are a bonus: a binary without readable debug
             // information is probed by its symbols alone.
@@ -186,7 +186,7 @@ fn inlined_sites(spec: &ProbeSpec, timed: bool, path: &str, function: &str, f: &
     }
     let mut targets = Vec::new();
     if !f.out_of_line.is_empty() {
-        targets.push(spec.target.clone());
+        targets.push(spec.point.clone());
     }
     targets.extend(f.inlined.iter().map(|c| address_site(path, c.entry)));
     Ok(Sites { targets, note: None })

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
-use dprobe_spec::{glob, ArgType, Fetch, NamedArg, ProbeSpec, Target};
+use dprobe_spec::{glob, ArgType, Fetch, NamedArg, ProbePoint, ProbeSpec};
 use dprobe_sym::{usdt_probes, UsdtProbe};
 
 use crate::expand::{after_target, binary_file, Named};
@@ -48,7 +48,7 @@ pub fn expand(text: &str, spec: ProbeSpec, binary: &str, provider: Option<&str>,
         .map(|p| {
             let mut spec = spec.clone();
             spec.args = arguments(text, &spec, p)?;
-            spec.target = Target::User { binary: Some(path.clone()), function: format!("{:#x}", p.pc), offset: 0 };
+            spec.point = ProbePoint::User { binary: Some(path.clone()), function: format!("{:#x}", p.pc), offset: 0 };
             // Several sites of one probe are told apart by their addresses.
             let site = if sites[&p.full_name()] > 1 { format!("@{:#x}", p.pc) } else { String::new() };
             Ok(Named {

@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use dprobe_dwarf::{place_vars, DebugInfo, Request, Search, Shown};
-use dprobe_spec::{Fetch, NamedArg, ProbeKind, ProbeSpec, Target};
+use dprobe_spec::{Fetch, NamedArg, ProbeKind, ProbePoint, ProbeSpec};
 use dprobe_sym::ObjectName;
 
 use crate::options::{ListArgs, TraceArgs};
@@ -53,7 +53,7 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
              not at %return, where they are gone"
         );
     }
-    let Target::User { binary, function, offset } = &mut spec.target else {
+    let ProbePoint::User { binary, function, offset } = &mut spec.point else {
         bail!("`{text}`: variables by name are read from a user-space binary's DWARF");
     };
     let file = binary_file(binary.as_deref(), args)?;

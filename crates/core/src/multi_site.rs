@@ -7,7 +7,7 @@
 //! This is not a glob (`handle_*`), which makes one probe per function, each with its own
 //! line in a summary: a probe with several sites is one thing the user named.
 
-use dprobe_spec::Target;
+use dprobe_spec::ProbePoint;
 
 use crate::engine::{Ending, Engine, Exit, Placed, ProbeRequest};
 use crate::event::ProbeEvent;
@@ -35,7 +35,7 @@ impl<E: Engine> MultiSite<E> {
     /// spec's target alone). The notes of its sites are said once each. When a site cannot
     /// be placed, the probe is not counted (the next one takes its index, as with any engine)
     /// and the sites placed so far deliver nothing.
-    pub fn place_sites(&mut self, probe: ProbeRequest<'_>, sites: &[Target]) -> Result<Placed, E::Error> {
+    pub fn place_sites(&mut self, probe: ProbeRequest<'_>, sites: &[ProbePoint]) -> Result<Placed, E::Error> {
         let index = self.sites.len();
         self.sites.push(Vec::new());
         let placed = self.place_all(index, probe, sites);
@@ -47,7 +47,7 @@ impl<E: Engine> MultiSite<E> {
         placed
     }
 
-    fn place_all(&mut self, index: usize, probe: ProbeRequest<'_>, sites: &[Target]) -> Result<Placed, E::Error> {
+    fn place_all(&mut self, index: usize, probe: ProbeRequest<'_>, sites: &[ProbePoint]) -> Result<Placed, E::Error> {
         if sites.is_empty() {
             return self.place_one(index, probe);
         }
@@ -55,7 +55,7 @@ impl<E: Engine> MultiSite<E> {
         let mut notes: Vec<String> = Vec::new();
         for site in sites {
             let mut spec = probe.spec.clone();
-            spec.target = site.clone();
+            spec.point = site.clone();
             let one = self.place_one(index, ProbeRequest { spec: &spec, ..probe })?;
             placed.fields = placed.fields.or(one.fields);
             if let Some(n) = one.note.filter(|n| !notes.contains(n)) {
@@ -177,23 +177,23 @@ mod tests {
     use super::*;
     use crate::fetch::{FetchPlan, Values};
     use crate::Side;
-    use dprobe_spec::{parse_probe, parse_target};
+    use dprobe_spec::{parse_point, parse_probe};
 
     /// An engine that records what it was asked to place and hits each of its probes
     /// `index + 1` times.
     #[derive(Default)]
     struct Recorder {
-        placed: Vec<Target>,
+        placed: Vec<ProbePoint>,
     }
 
     impl Engine for Recorder {
         type Error = std::io::Error;
 
         fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, Self::Error> {
-            if matches!(&probe.spec.target, Target::User { function, .. } if function == "bad") {
+            if matches!(&probe.spec.point, ProbePoint::User { function, .. } if function == "bad") {
                 return Err(std::io::Error::other("refused"));
             }
-            self.placed.push(probe.spec.target.clone());
+            self.placed.push(probe.spec.point.clone());
             Ok(Placed { fields: None, note: Some("waiting".into()) })
         }
 
@@ -247,7 +247,7 @@ mod tests {
         let plan = FetchPlan::compile(&[], None);
         let request = |spec| ProbeRequest { spec, plan: &plan, timed: false, maxactive: None, semaphore: None };
         engine.place(request(&one)).unwrap();
-        let sites: Vec<Target> = ["app:scale", "app:0x1150", "app:0x1190"].map(|t| parse_target(t).unwrap()).into();
+        let sites: Vec<ProbePoint> = ["app:scale", "app:0x1150", "app:0x1190"].map(|t| parse_point(t).unwrap()).into();
         let placed = engine.place_sites(request(&three), &sites).unwrap();
         assert_eq!(placed.note.as_deref(), Some("waiting"), "one note for three sites");
         assert_eq!(engine.inner().placed[1..], sites[..]);
@@ -268,7 +268,7 @@ mod tests {
         let mut engine = MultiSite::new(Recorder::default());
         let spec = parse_probe("app:scale").unwrap();
         let plan = FetchPlan::compile(&[], None);
-        let sites = [parse_target("app:0x10").unwrap(), parse_target("app:bad").unwrap()];
+        let sites = [parse_point("app:0x10").unwrap(), parse_point("app:bad").unwrap()];
         let request = ProbeRequest { spec: &spec, plan: &plan, timed: false, maxactive: None, semaphore: None };
         assert!(engine.place_sites(request, &sites).is_err());
         // The next probe takes index 0, and the site placed before the failure is silent.

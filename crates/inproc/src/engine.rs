@@ -680,8 +680,8 @@ fn resolve(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Tar
         match target {
             ProbeTarget::Addr(addr) => symbols.resolve_addr(maps, *addr),
             ProbeTarget::Symbol { name, offset } => {
-                let mut wanted = dprobe_spec::parse_target(name)?;
-                if let dprobe_spec::Target::User { offset: o, .. } = &mut wanted {
+                let mut wanted = dprobe_spec::parse_point(name)?;
+                if let dprobe_spec::ProbePoint::User { offset: o, .. } = &mut wanted {
                     *o += offset;
                 }
                 symbols.resolve(maps, &wanted)

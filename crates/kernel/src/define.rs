@@ -3,7 +3,7 @@
 //! slot of the x86-64 calling convention; a user function becomes `PATH:FILE_OFFSET`).
 
 use dprobe_arch::{analyze, kernel_uprobe_refusal};
-use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Target};
+use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbePoint, ProbeSpec};
 use dprobe_sym::{ObjectName, ResolveError, Symbols};
 
 use crate::error::KernelError;
@@ -50,15 +50,15 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
         args.push(format!("{END_FIELD}=$comm:string"));
     }
     let args = args.join(" ");
-    match &spec.target {
-        Target::Tracepoint { subsystem, event } => Ok(Definition {
+    match &spec.point {
+        ProbePoint::Tracepoint { subsystem, event } => Ok(Definition {
             kind: EventKind::Tracepoint,
             body: String::new(),
             is_return: false,
             tracepoint: Some(format!("{subsystem}/{event}")),
             place: format!("{subsystem}:{event}"),
         }),
-        Target::Kernel { function, offset } => {
+        ProbePoint::Kernel { function, offset } => {
             let place = if *offset == 0 { function.clone() } else { format!("{function}+{offset}") };
             Ok(Definition {
                 kind: EventKind::Kprobe,
@@ -68,15 +68,15 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
                 place: format!("kernel:{place}"),
             })
         }
-        Target::Usdt { .. } => Err(KernelError::Unsupported {
+        ProbePoint::Usdt { .. } => Err(KernelError::Unsupported {
             what: "a static probe (usdt:) as one event".into(),
             why: "each of its sites is an address of its binary: define BINARY:0xADDRESS for each".into(),
         }),
-        Target::Line { line, .. } => Err(KernelError::Unsupported {
+        ProbePoint::Line { line, .. } => Err(KernelError::Unsupported {
             what: format!("`{line}`"),
             why: "a source line is placed at the addresses the debug information gives for it".into(),
         }),
-        Target::User { binary, function, offset } => {
+        ProbePoint::User { binary, function, offset } => {
             let (path, file_offset, shown) = user_place(binary.as_deref(), function, *offset)?;
             Ok(Definition {
                 kind: EventKind::Uprobe,

@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 
 use dprobe_core::fetch::Values;
 use dprobe_core::{Ending, Engine, Exit, Placed, ProbeEvent, ProbeRequest, Side, Stats, ThreadNames};
-use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, Target};
+use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 
 use crate::error::KernelError;
 use crate::format::{Field, FieldKind, FieldValue};
@@ -183,7 +183,7 @@ impl Engine for KernelEngine {
             .map(|(i, a)| NamedArg { name: field_name(i, &a.name), ..a.clone() })
             .collect();
         spec.args = plan_args.clone();
-        let dynamic = !matches!(spec.target, Target::Tracepoint { .. });
+        let dynamic = !matches!(spec.point, ProbePoint::Tracepoint { .. });
         if dynamic && self.options.with_comm {
             // First: the kernel keeps strings in the order of the arguments, and one too long
             // takes the room of those after it.

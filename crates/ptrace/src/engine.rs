@@ -9,7 +9,7 @@ use dprobe_core::{
     Ending, Engine, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, StackRequest, Stats,
     ThreadNames,
 };
-use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Target};
+use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::Unwinder;
 use dprobe_sym::ResolveError;
 use nix::errno::Errno;
@@ -278,9 +278,9 @@ impl Memory for CodeReader<'_> {
 }
 
 /// The ptrace engine places user-space targets only.
-fn user_target(spec: &dprobe_spec::ProbeSpec) -> Result<&Target, TraceError> {
-    match &spec.target {
-        t @ Target::User { .. } => Ok(t),
+fn user_target(spec: &dprobe_spec::ProbeSpec) -> Result<&ProbePoint, TraceError> {
+    match &spec.point {
+        t @ ProbePoint::User { .. } => Ok(t),
         _ => Err(TraceError::Probe(ProbeError::InvalidAddress {
             addr: Addr(0),
             reason: "kernel functions and tracepoints need the kernel engine, not ptrace".into(),

@@ -50,7 +50,7 @@ mod xol;
 pub use engine::{wait_for_command, PtraceEngine};
 pub use error::{Exit, Stopped, TraceError};
 pub use library::{Injector, LoadError};
-pub use probes::{Handler, Hit, HitKind, IntoTarget, ProbeDef};
+pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
 pub use semaphores::Semaphores;
 pub use tracee::Tracee;
 

@@ -67,33 +67,33 @@ fn shared(handler: Handler) -> SharedHandler {
 /// What a [`ProbeDef`] is placed on: a target of the spec language
 /// (`[OBJECT:]FUNCTION[+OFFSET]`, `OBJECT:0xADDR`, or a `0x` address in the process), parsed
 /// or as text.
-pub trait IntoTarget {
+pub trait IntoProbePoint {
     /// The parsed target.
-    fn into_target(self) -> Result<dprobe_spec::Target, SpecError>;
+    fn into_point(self) -> Result<dprobe_spec::ProbePoint, SpecError>;
 }
 
-impl IntoTarget for dprobe_spec::Target {
-    fn into_target(self) -> Result<dprobe_spec::Target, SpecError> {
+impl IntoProbePoint for dprobe_spec::ProbePoint {
+    fn into_point(self) -> Result<dprobe_spec::ProbePoint, SpecError> {
         Ok(self)
     }
 }
 
-impl IntoTarget for &str {
-    fn into_target(self) -> Result<dprobe_spec::Target, SpecError> {
-        dprobe_spec::parse_target(self)
+impl IntoProbePoint for &str {
+    fn into_point(self) -> Result<dprobe_spec::ProbePoint, SpecError> {
+        dprobe_spec::parse_point(self)
     }
 }
 
-impl IntoTarget for &String {
-    fn into_target(self) -> Result<dprobe_spec::Target, SpecError> {
-        dprobe_spec::parse_target(self)
+impl IntoProbePoint for &String {
+    fn into_point(self) -> Result<dprobe_spec::ProbePoint, SpecError> {
+        dprobe_spec::parse_point(self)
     }
 }
 
 /// A probe to place: where, and what to run at entry and at return.
 pub struct ProbeDef {
     /// Where; a target whose text does not parse is refused when the probe is added.
-    pub(crate) target: Result<dprobe_spec::Target, SpecError>,
+    pub(crate) target: Result<dprobe_spec::ProbePoint, SpecError>,
     pub(crate) on_entry: Option<SharedHandler>,
     pub(crate) on_return: Option<SharedHandler>,
     pub(crate) maxactive: usize,
@@ -104,9 +104,9 @@ pub struct ProbeDef {
 impl ProbeDef {
     /// A probe on `[OBJECT:]FUNCTION[+OFFSET]` (or a `0x` address) running `handler` before
     /// the instruction there.
-    pub fn entry(target: impl IntoTarget, handler: Handler) -> ProbeDef {
+    pub fn entry(target: impl IntoProbePoint, handler: Handler) -> ProbeDef {
         ProbeDef {
-            target: target.into_target(),
+            target: target.into_point(),
             on_entry: Some(shared(handler)),
             on_return: None,
             maxactive: 0,
@@ -116,9 +116,9 @@ impl ProbeDef {
     }
 
     /// A return probe on function `[OBJECT:]FUNCTION` running `handler` as it returns.
-    pub fn on_return(target: impl IntoTarget, handler: Handler) -> ProbeDef {
+    pub fn on_return(target: impl IntoProbePoint, handler: Handler) -> ProbeDef {
         ProbeDef {
-            target: target.into_target(),
+            target: target.into_point(),
             on_entry: None,
             on_return: Some(shared(handler)),
             maxactive: 0,
@@ -164,7 +164,7 @@ impl ProbeDef {
     }
 
     /// The target, parsed.
-    pub(crate) fn target(&self) -> Result<&dprobe_spec::Target, ProbeError> {
+    pub(crate) fn target(&self) -> Result<&dprobe_spec::ProbePoint, ProbeError> {
         self.target.as_ref().map_err(|e| ResolveError::from(e.clone()).into())
     }
 
@@ -209,14 +209,18 @@ pub(crate) fn origin_at(maps: &[Mapping], addr: Addr) -> Option<(String, u64)> {
 }
 
 /// Resolve a probe's target in the tracee, through the one resolver.
-pub(crate) fn resolve(symbols: &Symbols, maps: &[Mapping], target: &dprobe_spec::Target) -> Result<Target, ProbeError> {
+pub(crate) fn resolve(
+    symbols: &Symbols,
+    maps: &[Mapping],
+    target: &dprobe_spec::ProbePoint,
+) -> Result<Target, ProbeError> {
     Ok(symbols.resolve(maps, target)?)
 }
 
 impl Tracee {
     /// Place a probe on `[OBJECT:]FUNCTION[+OFFSET]` (or a `0x` address) that runs `handler`.
     /// The tracee must be stopped (after `spawn`, `attach`, `run_to_entry`).
-    pub fn add_probe(&mut self, target: impl IntoTarget, handler: Handler) -> Result<ProbeId, TraceError> {
+    pub fn add_probe(&mut self, target: impl IntoProbePoint, handler: Handler) -> Result<ProbeId, TraceError> {
         self.add(ProbeDef::entry(target, handler))
     }
 
@@ -342,8 +346,8 @@ impl Tracee {
     }
 
     /// Where a probe target resolves in the tracee.
-    pub fn resolve(&self, target: impl IntoTarget) -> Result<Addr, TraceError> {
-        let target = target.into_target().map_err(|e| ProbeError::from(ResolveError::from(e)))?;
+    pub fn resolve(&self, target: impl IntoProbePoint) -> Result<Addr, TraceError> {
+        let target = target.into_point().map_err(|e| ProbeError::from(ResolveError::from(e)))?;
         let maps = read_maps_of(self.pid as u32)?;
         Ok(resolve(&Symbols::load(&maps), &maps, &target)?.addr)
     }

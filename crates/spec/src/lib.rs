@@ -40,6 +40,6 @@ pub use filter::{
     compare, glob, parse_filter, CmpOp, Filter, Literal, Value, MAX_FILTER_COMPARISONS, MAX_FILTER_DEPTH,
 };
 pub use probe::{
-    parse_probe, parse_target, split_binary, split_line, split_offset, ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec,
-    Register, SourceLine, Target,
+    parse_point, parse_probe, split_binary, split_line, split_offset, ArgType, Fetch, NamedArg, ProbeKind, ProbePoint,
+    ProbeSpec, Register, SourceLine,
 };

@@ -13,9 +13,12 @@ pub enum ProbeKind {
     Return,
 }
 
-/// What to probe.
+/// What a probe spec names, as written: the syntax tree of its first word. Nothing here is
+/// resolved; `dprobe_sym` resolves a user-space point to code (its `Target`: object, function,
+/// offset and addresses), the kernel engine a kernel one, and a static probe or a source line
+/// may stand for several places.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub enum ProbePoint {
     /// A function (or a virtual address, `0x...`) in a user-space binary or library.
     User {
         /// The binary or library (`libc`, `./app`, `/usr/bin/cat`); `None`: the traced program
@@ -46,7 +49,7 @@ pub enum Target {
     /// A line of source in a user-space binary (`[BINARY:]FILE:LINE` or
     /// `[BINARY:]FUNCTION:+N`), found through the binary's debug information.
     Line {
-        /// The binary or library, as for [`Target::User`].
+        /// The binary or library, as for [`ProbePoint::User`].
         binary: Option<String>,
         /// Which line.
         line: SourceLine,
@@ -194,7 +197,7 @@ impl NamedArg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
     /// What to probe.
-    pub target: Target,
+    pub point: ProbePoint,
     /// Entry or return.
     pub kind: ProbeKind,
     /// What to fetch at each hit, in order.
@@ -233,11 +236,11 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
         ));
     };
     let p = Parser { text };
-    let (target, kind) = p.target(at, first)?;
+    let (point, kind) = p.point(at, first)?;
     let mut args = Vec::new();
     let mut names = HashSet::new();
     for (i, &(at, word)) in ws.iter().enumerate().skip(1) {
-        if matches!(target, Target::Tracepoint { .. }) {
+        if matches!(point, ProbePoint::Tracepoint { .. }) {
             return Err(SpecError::new(
                 K::ArgsOnTracepoint,
                 text,
@@ -252,7 +255,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, SpecError> {
         }
         args.push(arg);
     }
-    Ok(ProbeSpec { target, kind, args })
+    Ok(ProbeSpec { point, kind, args })
 }
 
 struct Parser<'a> {
@@ -328,12 +331,12 @@ pub fn split_line(word: &str) -> Option<(&str, u32, bool)> {
     Some((&word[..colon], digits.parse().ok()?, relative))
 }
 
-/// Parse the target of a probe spec alone (`[BINARY:]FUNCTION[+OFFSET]`, `kernel:...`,
+/// Parse the probe point of a spec alone (`[BINARY:]FUNCTION[+OFFSET]`, `kernel:...`,
 /// `tracepoint:...`), as the in-process and ptrace APIs take it; a `%return` is refused.
-pub fn parse_target(text: &str) -> Result<Target, SpecError> {
+pub fn parse_point(text: &str) -> Result<ProbePoint, SpecError> {
     let p = Parser { text };
-    match p.target(0, text)? {
-        (target, ProbeKind::Entry) => Ok(target),
+    match p.point(0, text)? {
+        (point, ProbeKind::Entry) => Ok(point),
         (_, ProbeKind::Return) => Err(p.err(
             K::UnknownSuffix,
             text.rfind('%').unwrap_or(0)..text.len(),
@@ -367,7 +370,7 @@ impl Parser<'_> {
         }
     }
 
-    fn target(&self, at: usize, word: &str) -> Result<(Target, ProbeKind), SpecError> {
+    fn point(&self, at: usize, word: &str) -> Result<(ProbePoint, ProbeKind), SpecError> {
         if let Some(rest) = word.strip_prefix("tracepoint:") {
             let base = at + "tracepoint:".len();
             if rest.is_empty() {
@@ -386,7 +389,7 @@ impl Parser<'_> {
             }
             return match rest.split_once(':') {
                 Some((sub, ev)) if is_identifier(sub) && is_identifier(ev) => {
-                    Ok((Target::Tracepoint { subsystem: sub.into(), event: ev.into() }, ProbeKind::Entry))
+                    Ok((ProbePoint::Tracepoint { subsystem: sub.into(), event: ev.into() }, ProbeKind::Entry))
                 }
                 _ => Err(self.err(K::BadTracepoint, base..at + word.len(), "SUBSYSTEM:EVENT, e.g. sched:sched_switch")),
             };
@@ -412,7 +415,7 @@ impl Parser<'_> {
             if function.is_empty() {
                 return Err(self.err(K::MissingFunction, at..base, "a kernel function, e.g. kernel:do_sys_openat2"));
             }
-            return Ok((Target::Kernel { function: function.into(), offset }, kind));
+            return Ok((ProbePoint::Kernel { function: function.into(), offset }, kind));
         }
         if let Some((place, number, relative)) = split_line(body) {
             return self.line_target(at, word, place, number, relative, kind);
@@ -427,11 +430,11 @@ impl Parser<'_> {
             let kind = if binary.is_none() && function.is_empty() { K::MissingTarget } else { K::MissingFunction };
             return Err(self.err(kind, span, "[BINARY:]FUNCTION, e.g. libc:openat or ./app:main+4"));
         }
-        Ok((Target::User { binary: binary.map(str::to_owned), function: function.into(), offset }, kind))
+        Ok((ProbePoint::User { binary: binary.map(str::to_owned), function: function.into(), offset }, kind))
     }
 
     /// `usdt:BINARY:[PROVIDER:]NAME` after its prefix (`rest`, at `base`).
-    fn usdt(&self, at: usize, base: usize, rest: &str) -> Result<Target, SpecError> {
+    fn usdt(&self, at: usize, base: usize, rest: &str) -> Result<ProbePoint, SpecError> {
         const EXPECTED: &str = "usdt:BINARY:[PROVIDER:]NAME, e.g. usdt:./app:server:request";
         if let Some(i) = rest.find(['%', '+']) {
             return Err(self.err(K::UsdtModifier, base + i..base + rest.len(), "usdt:BINARY:[PROVIDER:]NAME alone"));
@@ -448,7 +451,7 @@ impl Parser<'_> {
         if binary.is_empty() || name.is_empty() || provider == Some("") {
             return Err(self.err(K::BadUsdt, at..base + rest.len(), EXPECTED));
         }
-        Ok(Target::Usdt { binary: binary.into(), provider: provider.map(str::to_owned), name: name.into() })
+        Ok(ProbePoint::Usdt { binary: binary.into(), provider: provider.map(str::to_owned), name: name.into() })
     }
 
     /// `[BINARY:]FILE:LINE` or `[BINARY:]FUNCTION:+N` (split by [`split_line`]).
@@ -460,7 +463,7 @@ impl Parser<'_> {
         number: u32,
         relative: bool,
         kind: ProbeKind,
-    ) -> Result<(Target, ProbeKind), SpecError> {
+    ) -> Result<(ProbePoint, ProbeKind), SpecError> {
         let end = at + word.len();
         if kind == ProbeKind::Return {
             return Err(self.err(
@@ -485,7 +488,7 @@ impl Parser<'_> {
         } else {
             SourceLine::File { file: name.into(), line: number }
         };
-        Ok((Target::Line { binary: binary.map(str::to_owned), line }, kind))
+        Ok((ProbePoint::Line { binary: binary.map(str::to_owned), line }, kind))
     }
 
     /// `[NAME=]FETCHARG[:TYPE]`, the `index`-th word.

@@ -4,7 +4,7 @@ use dprobe_spec::*;
 #[test]
 fn user_function_with_typed_arguments() {
     let p = parse_probe("libc:openat path=+0($arg2):string flags=$arg3:x32 mode=$arg4:u16").unwrap();
-    assert_eq!(p.target, Target::User { binary: Some("libc".into()), function: "openat".into(), offset: 0 });
+    assert_eq!(p.point, ProbePoint::User { binary: Some("libc".into()), function: "openat".into(), offset: 0 });
     assert_eq!(p.kind, ProbeKind::Entry);
     assert_eq!(
         p.args,
@@ -24,7 +24,7 @@ fn user_function_with_typed_arguments() {
 #[test]
 fn return_probe_with_default_names_and_types() {
     let p = parse_probe("openat%return $retval $comm").unwrap();
-    assert_eq!(p.target, Target::User { binary: None, function: "openat".into(), offset: 0 });
+    assert_eq!(p.point, ProbePoint::User { binary: None, function: "openat".into(), offset: 0 });
     assert_eq!(p.kind, ProbeKind::Return);
     assert_eq!(p.args[0], NamedArg { name: "ret".into(), fetch: Fetch::RetVal, ty: ArgType::S(64), typed: false });
     assert_eq!(p.args[1], NamedArg { name: "comm".into(), fetch: Fetch::Comm, ty: ArgType::String, typed: false });
@@ -33,7 +33,7 @@ fn return_probe_with_default_names_and_types() {
 #[test]
 fn offsets_registers_and_nested_dereferences() {
     let p = parse_probe("./app:main+0x1c %rdi x=-8(+16(%bp)):s32 \\-1 @0x601040:u8").unwrap();
-    assert_eq!(p.target, Target::User { binary: Some("./app".into()), function: "main".into(), offset: 0x1c });
+    assert_eq!(p.point, ProbePoint::User { binary: Some("./app".into()), function: "main".into(), offset: 0x1c });
     assert_eq!(
         p.args[0],
         NamedArg { name: "di".into(), fetch: Fetch::Reg(Register("di")), ty: ArgType::X(64), typed: false }
@@ -53,26 +53,29 @@ fn offsets_registers_and_nested_dereferences() {
 #[test]
 fn cpp_names_keep_their_double_colons() {
     let p = parse_probe("./app:ns::Widget::draw+4").unwrap();
-    assert_eq!(p.target, Target::User { binary: Some("./app".into()), function: "ns::Widget::draw".into(), offset: 4 });
+    assert_eq!(
+        p.point,
+        ProbePoint::User { binary: Some("./app".into()), function: "ns::Widget::draw".into(), offset: 4 }
+    );
     let p = parse_probe("ns::free_function").unwrap();
-    assert_eq!(p.target, Target::User { binary: None, function: "ns::free_function".into(), offset: 0 });
+    assert_eq!(p.point, ProbePoint::User { binary: None, function: "ns::free_function".into(), offset: 0 });
 }
 
 #[test]
 fn kernel_functions_and_tracepoints() {
     let p = parse_probe("kernel:do_sys_openat2%return ret=$retval").unwrap();
-    assert_eq!(p.target, Target::Kernel { function: "do_sys_openat2".into(), offset: 0 });
+    assert_eq!(p.point, ProbePoint::Kernel { function: "do_sys_openat2".into(), offset: 0 });
     assert_eq!(p.kind, ProbeKind::Return);
     let p = parse_probe("tracepoint:sched:sched_switch").unwrap();
-    assert_eq!(p.target, Target::Tracepoint { subsystem: "sched".into(), event: "sched_switch".into() });
+    assert_eq!(p.point, ProbePoint::Tracepoint { subsystem: "sched".into(), event: "sched_switch".into() });
 }
 
 #[test]
 fn versioned_symbols_and_addresses_are_function_names() {
     let p = parse_probe("libc:open@@GLIBC_2.2.5").unwrap();
-    assert!(matches!(p.target, Target::User { ref function, .. } if function == "open@@GLIBC_2.2.5"));
+    assert!(matches!(p.point, ProbePoint::User { ref function, .. } if function == "open@@GLIBC_2.2.5"));
     let p = parse_probe("/usr/bin/cat:0x2f40").unwrap();
-    assert!(matches!(p.target, Target::User { ref function, .. } if function == "0x2f40"));
+    assert!(matches!(p.point, ProbePoint::User { ref function, .. } if function == "0x2f40"));
 }
 
 /// (spec, binary, function, offset): a `+` inside a library, a path or a C++ operator name is
@@ -96,16 +99,16 @@ const NAMES_WITH_PLUS: &[(&str, Option<&str>, &str, u64)] = &[
 fn a_plus_in_a_name_is_part_of_it() {
     for &(text, binary, function, offset) in NAMES_WITH_PLUS {
         let p = parse_probe(text).unwrap_or_else(|e| panic!("`{text}`: {e}"));
-        let want = Target::User { binary: binary.map(Into::into), function: function.into(), offset };
-        assert_eq!(p.target, want, "`{text}`");
-        assert_eq!(parse_target(text).unwrap(), want, "`{text}` alone");
+        let want = ProbePoint::User { binary: binary.map(Into::into), function: function.into(), offset };
+        assert_eq!(p.point, want, "`{text}`");
+        assert_eq!(parse_point(text).unwrap(), want, "`{text}` alone");
     }
     let p = parse_probe("operator+%return").unwrap();
     assert_eq!(
-        (p.target, p.kind),
-        (Target::User { binary: None, function: "operator+".into(), offset: 0 }, ProbeKind::Return)
+        (p.point, p.kind),
+        (ProbePoint::User { binary: None, function: "operator+".into(), offset: 0 }, ProbeKind::Return)
     );
-    assert_eq!(parse_probe("kernel:f+0x20").unwrap().target, Target::Kernel { function: "f".into(), offset: 0x20 });
+    assert_eq!(parse_probe("kernel:f+0x20").unwrap().point, ProbePoint::Kernel { function: "f".into(), offset: 0x20 });
 }
 
 /// (spec, kind, the fragment the error points at, a phrase the message must contain)
@@ -171,13 +174,13 @@ fn the_message_points_at_the_wrong_part() {
 #[test]
 fn static_probes_with_and_without_provider() {
     let p = parse_probe("usdt:./prog:app:req id=$arg1 name=+0($arg2):string").unwrap();
-    assert_eq!(p.target, Target::Usdt { binary: "./prog".into(), provider: Some("app".into()), name: "req".into() });
+    assert_eq!(p.point, ProbePoint::Usdt { binary: "./prog".into(), provider: Some("app".into()), name: "req".into() });
     assert_eq!(p.args[0].fetch, Fetch::Arg(1));
     assert_eq!(p.args.iter().map(|a| a.typed).collect::<Vec<_>>(), [false, true]);
     let p = parse_probe("usdt:libc:setjmp").unwrap();
-    assert_eq!(p.target, Target::Usdt { binary: "libc".into(), provider: None, name: "setjmp".into() });
+    assert_eq!(p.point, ProbePoint::Usdt { binary: "libc".into(), provider: None, name: "setjmp".into() });
     let p = parse_probe("usdt:/usr/bin/python3:python:function__*").unwrap();
-    assert!(matches!(p.target, Target::Usdt { ref name, .. } if name == "function__*"));
+    assert!(matches!(p.point, ProbePoint::Usdt { ref name, .. } if name == "function__*"));
     for (text, message) in [
         ("usdt:", "nothing after `usdt:`"),
         ("usdt:./prog", "`usdt:./prog` is not a static probe"),
@@ -193,12 +196,12 @@ fn static_probes_with_and_without_provider() {
 
 #[test]
 fn source_lines_and_lines_relative_to_a_function() {
-    let line = |spec: &str| parse_probe(spec).unwrap().target;
-    let file = |b: Option<&str>, f: &str, l| Target::Line {
+    let line = |spec: &str| parse_probe(spec).unwrap().point;
+    let file = |b: Option<&str>, f: &str, l| ProbePoint::Line {
         binary: b.map(Into::into),
         line: SourceLine::File { file: f.into(), line: l },
     };
-    let rel = |b: Option<&str>, f: &str, r| Target::Line {
+    let rel = |b: Option<&str>, f: &str, r| ProbePoint::Line {
         binary: b.map(Into::into),
         line: SourceLine::InFunction { function: f.into(), relative: r },
     };
@@ -209,9 +212,9 @@ fn source_lines_and_lines_relative_to_a_function() {
     assert_eq!(line("step:+0"), rel(None, "step", 0));
     assert_eq!(line("app:ns::Widget::draw:+2"), rel(Some("app"), "ns::Widget::draw", 2));
     // A `+` without a `:` is a byte offset, and an address is an address.
-    assert_eq!(line("app:step+4"), Target::User { binary: Some("app".into()), function: "step".into(), offset: 4 });
-    assert!(matches!(line("app:0x1150"), Target::User { ref function, .. } if function == "0x1150"));
-    assert!(matches!(line("ns::f"), Target::User { ref function, .. } if function == "ns::f"));
+    assert_eq!(line("app:step+4"), ProbePoint::User { binary: Some("app".into()), function: "step".into(), offset: 4 });
+    assert!(matches!(line("app:0x1150"), ProbePoint::User { ref function, .. } if function == "0x1150"));
+    assert!(matches!(line("ns::f"), ProbePoint::User { ref function, .. } if function == "ns::f"));
     assert_eq!(SourceLine::InFunction { function: "step".into(), relative: 4 }.to_string(), "step:+4");
 }
 

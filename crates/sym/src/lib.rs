@@ -20,7 +20,7 @@
 //! let symbols = Symbols::load(&maps);
 //! let getpid = symbols.find("libc:getpid").expect("libc is loaded");
 //! println!("{} at {} in {} ({} bytes)", getpid.name, getpid.start, getpid.object, getpid.size);
-//! let target = dprobe_spec::parse_target("libc:getpid+1").expect("a target");
+//! let target = dprobe_spec::parse_point("libc:getpid+1").expect("a target");
 //! let at = symbols.resolve(&maps, &target).expect("resolves");
 //! println!("{} at {}, file offset {:#x}", at.label(), at.addr, at.file_offset);
 //! # Ok::<(), std::io::Error>(())

@@ -186,18 +186,20 @@ impl Symbols {
     /// Resolve a target of the spec language. A user target is `[BINARY:]FUNCTION[+OFFSET]`
     /// or `[BINARY:]0xADDR[+OFFSET]`: with a `BINARY` the address is the one in that file
     /// (as `objdump` shows it), without, an address in the process.
-    pub fn resolve(&self, maps: &[Mapping], target: &dprobe_spec::Target) -> Result<Target, ResolveError> {
+    pub fn resolve(&self, maps: &[Mapping], target: &dprobe_spec::ProbePoint) -> Result<Target, ResolveError> {
         match target {
-            dprobe_spec::Target::User { binary, function, offset } => {
+            dprobe_spec::ProbePoint::User { binary, function, offset } => {
                 self.resolve_name(maps, binary.as_deref(), function, *offset)
             }
-            dprobe_spec::Target::Kernel { function, .. } => Err(ResolveError::NotUserCode { what: function.clone() }),
-            dprobe_spec::Target::Usdt { binary, provider, name } => {
+            dprobe_spec::ProbePoint::Kernel { function, .. } => {
+                Err(ResolveError::NotUserCode { what: function.clone() })
+            }
+            dprobe_spec::ProbePoint::Usdt { binary, provider, name } => {
                 let provider = provider.as_deref().map(|p| format!("{p}:")).unwrap_or_default();
                 Err(ResolveError::StaticProbe { what: format!("usdt:{binary}:{provider}{name}") })
             }
-            dprobe_spec::Target::Line { line, .. } => Err(ResolveError::SourceLine { line: line.to_string() }),
-            dprobe_spec::Target::Tracepoint { subsystem, event } => {
+            dprobe_spec::ProbePoint::Line { line, .. } => Err(ResolveError::SourceLine { line: line.to_string() }),
+            dprobe_spec::ProbePoint::Tracepoint { subsystem, event } => {
                 Err(ResolveError::NotUserCode { what: format!("tracepoint:{subsystem}:{event}") })
             }
         }

@@ -20,10 +20,10 @@ fn sizes_are_bounded_by_the_section() {
     let data = std::fs::read(&path).unwrap();
     let at = huge.file_offset as usize;
     assert_eq!(&data[at..at + huge.size as usize], &CODE, "the file offset is the section's bytes");
-    let target = dprobe_spec::parse_target("huge+0x20").unwrap();
+    let target = dprobe_spec::parse_point("huge+0x20").unwrap();
     let e = symbols.resolve(&[], &target).unwrap_err();
     assert!(matches!(e, ResolveError::OffsetOutOfFunction { offset: 0x20, size: 16, .. }), "{e:?}");
-    let target = dprobe_spec::parse_target("past+4").unwrap();
+    let target = dprobe_spec::parse_point("past+4").unwrap();
     let t = symbols.resolve(&[], &target).unwrap();
     assert_eq!((t.addr.0, t.file_offset), (12, huge.file_offset + 12));
     std::fs::remove_file(path).unwrap();

@@ -74,7 +74,7 @@ fn names_with_a_plus_resolve() {
     assert_eq!(unsafe { dprobe_test_fixtures::fxcpp_add_money(2, 3) }, 5);
     let maps = read_maps().unwrap();
     let s = Symbols::load(&maps);
-    let resolve = |text: &str| s.resolve(&maps, &dprobe_spec::parse_target(text).unwrap());
+    let resolve = |text: &str| s.resolve(&maps, &dprobe_spec::parse_point(text).unwrap());
     let op = resolve("operator+").expect("the C++ operator+");
     assert_eq!(op.function.demangled.as_deref(), Some("operator+(FxMoney, FxMoney)"));
     assert_eq!((op.offset, op.addr), (0, op.function.start));
@@ -91,10 +91,10 @@ fn an_address_in_a_binary_is_its_link_time_address() {
     let s = Symbols::load(&maps);
     let getpid = s.find("libc:getpid").unwrap();
     let link = getpid.start.0 - getpid.bias;
-    let t = s.resolve(&maps, &dprobe_spec::parse_target(&format!("libc:{link:#x}+1")).unwrap()).unwrap();
+    let t = s.resolve(&maps, &dprobe_spec::parse_point(&format!("libc:{link:#x}+1")).unwrap()).unwrap();
     assert_eq!((t.addr, t.offset, &t.function.name), (getpid.start.offset(1), 1, &getpid.name));
     assert_eq!(t.file_offset, getpid.file_offset + 1);
-    let run_time = s.resolve(&maps, &dprobe_spec::parse_target(&format!("{:#x}", getpid.start.0)).unwrap()).unwrap();
+    let run_time = s.resolve(&maps, &dprobe_spec::parse_point(&format!("{:#x}", getpid.start.0)).unwrap()).unwrap();
     assert_eq!(run_time.addr, getpid.start, "without a binary, an address in the process");
 }
 
@@ -102,7 +102,7 @@ fn an_address_in_a_binary_is_its_link_time_address() {
 fn what_does_not_resolve_says_why() {
     let maps = read_maps().unwrap();
     let s = Symbols::load(&maps);
-    let resolve = |text: &str| s.resolve(&maps, &dprobe_spec::parse_target(text).unwrap()).unwrap_err();
+    let resolve = |text: &str| s.resolve(&maps, &dprobe_spec::parse_point(text).unwrap()).unwrap_err();
     assert!(matches!(resolve("libnothing:f"), ResolveError::ObjectNotLoaded { object } if object == "libnothing"));
     assert!(matches!(resolve("./no/such/prog:f"), ResolveError::NoSuchFile { path, .. } if path == "./no/such/prog"));
     assert!(
@@ -118,7 +118,7 @@ fn plt_stubs_are_refused_with_the_reason() {
     use object::{Object, ObjectSection};
     let maps = read_maps().unwrap();
     let s = Symbols::load(&maps);
-    let e = s.resolve(&maps, &dprobe_spec::parse_target("puts@plt").unwrap()).unwrap_err();
+    let e = s.resolve(&maps, &dprobe_spec::parse_point("puts@plt").unwrap()).unwrap_err();
     assert!(matches!(e, ResolveError::PltStub { ref name } if name == "puts"), "{e:?}");
     assert!(e.to_string().contains("probe `puts` itself"), "{e}");
     // An address inside libc's own PLT.
