@@ -66,6 +66,26 @@ fn variables_by_name_equal_the_programs_own_values_kernel() {
     every_build("kernel");
 }
 
+/// `*PATH` reads what PATH points to, as C does: `*argv` is the program's path (`argv[0]`),
+/// `**argv` its first character, in the ptrace and agent engines.
+#[test]
+fn a_star_reads_what_a_pointer_points_to() {
+    for engine in ["ptrace", "agent"] {
+        for opt in ["-O0", "-O2"] {
+            let bin = vars_program("gcc", opt, &[]);
+            let out = out_file(&format!("vars-deref-{engine}{opt}"));
+            let spec = format!("{bin}:count_args *argv **argv argv[2]");
+            let args = ["trace", "--engine", engine, "-o", out.to_str().unwrap(), &spec, "--", &bin, "one", "two"];
+            let o = common::dprobe(&args);
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            assert_eq!(o.status.code(), Some(0), "{engine} {opt}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
+            let first = bin.as_bytes()[0];
+            let want = format!("count_args(*argv=\"{bin}\", **argv={first}, argv[2]=\"two\")");
+            assert!(text.lines().any(|l| l.ends_with(&format!(" call {want}"))), "{engine} {opt}: {want}\n{text}");
+        }
+    }
+}
+
 /// `dprobe list FILE FUNCTION --args`.
 fn list_args(bin: &str, function: &str) -> String {
     let o = common::dprobe(&["list", bin, function, "--args"]);
@@ -148,6 +168,8 @@ fn bad_names_are_refused_with_the_reason() {
         (p(&o2, "mix acc"), "`acc` is optimized out here; available at lines".into()),
         (p(&o0, "parse_request%return len"), "not at %return".into()),
         (p(&o0, "no_such_function x"), "no function `no_such_function` in the DWARF".into()),
+        (p(&o0, "parse_request *len"), "`len` is an int, not a pointer: `*` reads what a pointer points to".into()),
+        (p(&o0, "parse_request *req"), "`*req` is a struct request; name a member".into()),
         ("kernel:do_sys_openat2 filename".into(), "read from a user-space binary's DWARF".into()),
         (
             p(&no_dwarf, "parse_request req"),

@@ -95,9 +95,12 @@ fn is_ident(s: &str) -> bool {
     c.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// `root(->m|.m|[N])*`.
-fn parse_path(path: &str) -> Result<(&str, Vec<Step<'_>>), VarError> {
-    let bad = |why: &str| VarError::BadPath { path: path.into(), reason: why.into() };
+/// `*...root(->m|.m|[N])*`: how many `*` lead it (each reads what the rest points to), the
+/// root, and the steps.
+fn parse_path(whole: &str) -> Result<(usize, &str, Vec<Step<'_>>), VarError> {
+    let bad = |why: &str| VarError::BadPath { path: whole.into(), reason: why.into() };
+    let path = whole.trim_start_matches('*');
+    let derefs = whole.len() - path.len();
     let end = path.find(['-', '.', '[']).unwrap_or(path.len());
     let root = &path[..end];
     if !is_ident(root) {
@@ -127,7 +130,7 @@ fn parse_path(path: &str) -> Result<(&str, Vec<Step<'_>>), VarError> {
         steps.push(if kind == 0 { Step::Arrow(member) } else { Step::Dot(member) });
         rest = &after[end..];
     }
-    Ok((root, steps))
+    Ok((derefs, root, steps))
 }
 
 /// Integer fetch type of `size` bytes.
@@ -230,7 +233,7 @@ impl Resolver<'_> {
     /// The fetch for `request`.
     fn resolve(&self, request: &Request) -> Result<VarFetch, VarError> {
         let path = request.path.as_str();
-        let (root, steps) = parse_path(path)?;
+        let (derefs, root, steps) = parse_path(path)?;
         let var = self.lookup(root)?;
         let mut lv = Lv::from_place(self.place(var)?);
         let e = self.cx.entry(var.die)?;
@@ -319,7 +322,38 @@ impl Resolver<'_> {
                 }
             }
         }
+        for _ in 0..derefs {
+            (lv, ty_at) = self.deref(lv, ty_at, &spelled, path, request.ty.is_some())?;
+            spelled = format!("*{spelled}");
+        }
         self.finish(request, lv, ty_at)
+    }
+
+    /// `*spelled`, as C reads it: what a pointer points to, or an array's first element. A
+    /// `void *` is read only with a given type (`*p:u32`).
+    fn deref(
+        &self,
+        lv: Lv,
+        ty_at: Option<gimli::UnitOffset>,
+        spelled: &str,
+        path: &str,
+        typed: bool,
+    ) -> Result<(Lv, Option<gimli::UnitOffset>), VarError> {
+        let unfetchable = |why: String| VarError::Unfetchable { path: path.into(), reason: why };
+        match self.cx.resolve(ty_at)? {
+            Type::Pointer { to: None } if !typed => Err(unfetchable(format!(
+                "`{spelled}` is a void pointer: give the type to read at it (`*{spelled}:u64`)"
+            ))),
+            Type::Pointer { to } => Ok((Lv::Mem { base: lv.value(), offset: 0 }, to)),
+            Type::Array { element, .. } => match lv {
+                Lv::Mem { .. } => Ok((lv, Some(element))),
+                Lv::Reg(r) => Err(unfetchable(format!("`{spelled}` is held in %{r} here"))),
+            },
+            _ => Err(unfetchable(format!(
+                "`{spelled}` is {}, not a pointer: `*` reads what a pointer points to",
+                a(&self.cx.spell(ty_at))
+            ))),
+        }
     }
 
     fn size_of(&self, at: Option<gimli::UnitOffset>) -> Result<u64, VarError> {
@@ -461,6 +495,7 @@ pub fn place_vars(
 }
 
 fn root_of(path: &str) -> &str {
+    let path = path.trim_start_matches('*');
     &path[..path.find(['-', '.', '[']).unwrap_or(path.len())]
 }
 
@@ -470,12 +505,14 @@ mod tests {
 
     #[test]
     fn paths_are_read_step_by_step() {
-        let (root, steps) = parse_path("req->hdr.len").unwrap();
-        assert_eq!(root, "req");
+        let (derefs, root, steps) = parse_path("req->hdr.len").unwrap();
+        assert_eq!((derefs, root), (0, "req"));
         assert_eq!(steps, [Step::Arrow("hdr"), Step::Dot("len")]);
-        let (root, steps) = parse_path("argv[1]").unwrap();
-        assert_eq!((root, steps), ("argv", vec![Step::Index(1)]));
-        for bad in ["1x", "a->", "a[", "a[x]", "a..b", "a-b"] {
+        let (derefs, root, steps) = parse_path("argv[1]").unwrap();
+        assert_eq!((derefs, root, steps), (0, "argv", vec![Step::Index(1)]));
+        assert_eq!(parse_path("**argv").unwrap(), (2, "argv", vec![]));
+        assert_eq!(parse_path("*req->path").unwrap(), (1, "req", vec![Step::Arrow("path")]));
+        for bad in ["1x", "a->", "a[", "a[x]", "a..b", "a-b", "*", "a*b"] {
             assert!(parse_path(bad).is_err(), "{bad}");
         }
     }

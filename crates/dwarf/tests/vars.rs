@@ -56,6 +56,19 @@ fn optimized_code_reads_parameters_from_their_registers_at_the_entry() {
         assert_eq!(placed.args[6].shown, Shown::Bool);
         let argv = place_vars(&info, "count_args", None, &[req("argv[1]")]).unwrap();
         assert_eq!(texts(&argv), ["argv[1]=+0(+8(%si)):String"], "{cc}");
+        // `*p` reads what p points to, as C does: `*argv` is `argv[0]`, `**argv` its first
+        // character, `*req->hdr.tag` the tag's first character.
+        let deref = ["*argv", "argv[0]", "**argv"].map(req);
+        let deref = place_vars(&info, "count_args", None, &deref).unwrap();
+        assert_eq!(
+            texts(&deref),
+            ["*argv=+0(+0(%si)):String", "argv[0]=+0(+0(%si)):String", "**argv=+0(+0(%si)):S(8)"],
+            "{cc}"
+        );
+        let tag = place_vars(&info, "parse_request", None, &[req("*req->hdr.tag"), req("*req")]);
+        assert!(tag.is_err(), "{cc}: *req is a struct");
+        let tag = place_vars(&info, "parse_request", None, &[req("*req->hdr.tag")]).unwrap();
+        assert_eq!(texts(&tag), ["*req->hdr.tag=+14(%di):S(8)"], "{cc}");
         let all = place_vars(&info, "mix", None, &[req("$params")]).unwrap();
         assert_eq!(texts(&all), ["seed=%di:U(64)", "rounds=%si:S(32)", "step=%dx:S(8)"], "{cc}");
     }

@@ -627,6 +627,8 @@ fn default_type(f: &Fetch) -> ArgType {
 /// `name`, `req->hdr.len`, `argv[1]`, `a.b[2]`: a variable by its DWARF name, with members
 /// and elements (checked in full against the DWARF later).
 fn is_var_path(s: &str) -> bool {
+    // `*PATH` reads what PATH points to.
+    let s = s.trim_start_matches('*');
     s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "_->.[]".contains(c))
 }
