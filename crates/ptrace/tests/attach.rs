@@ -34,10 +34,17 @@ fn maps(pid: i32) -> String {
 
 #[test]
 fn attach_trace_every_thread_and_detach_with_returns_pending() {
-    let mut child = Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(target()).arg("until-usr2").stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
     let _guard = KillOnDrop(child.id());
     let pid = child.id() as i32;
     wait_for_workers(pid);
+    // Every worker is inside `until_told`: each counted 1000 calls there (the program says so).
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line, "1000 calls each\n");
     let maps_before = maps(pid);
     let mut t = Tracee::attach(pid).unwrap();
     let (entries, h) = counter();
