@@ -44,11 +44,25 @@ fn specs(prog: &str) -> [String; 3] {
     ]
 }
 
+/// A copy of the -O2 program with every symbol stripped (`strip`): its notes stay, but no
+/// function symbol covers a probe's site any more.
+fn stripped() -> String {
+    let copy = format!("{}-stripped", usdt("-O2"));
+    if !std::path::Path::new(&copy).exists() {
+        let partial = format!("{copy}.tmp");
+        std::fs::copy(usdt("-O2"), &partial).unwrap();
+        assert!(Command::new("strip").arg(&partial).status().unwrap().success());
+        std::fs::rename(&partial, &copy).unwrap();
+    }
+    copy
+}
+
 #[test]
 fn every_hit_carries_the_values_the_program_prints_with_its_semaphore_set() {
+    let stripped = stripped();
     for engine in ["ptrace", "agent"] {
-        for opt in ["-O0", "-O2"] {
-            let prog = usdt(opt);
+        for opt in ["-O0", "-O2", "stripped"] {
+            let prog = if opt == "stripped" { stripped.as_str() } else { usdt(opt) };
             let [req, tick, konst] = specs(prog);
             let t = trace_to_file(
                 &format!("usdt-{engine}{opt}"),

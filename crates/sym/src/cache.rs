@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use object::{Object, ObjectSegment};
 
-use crate::symbols::{plt_sections, read_symbols, Function, Symbols};
+use dprobe_arch::Addr;
+
+use crate::symbols::{plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
 
 /// One version of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,6 +59,8 @@ impl ObjectFile {
         let object = key.path.clone();
         let mut functions = Vec::new();
         read_symbols(&object, &data, &data, 0, &mut functions);
+        let sites = static_probe_sites(&object, &data, &functions);
+        functions.extend(sites);
         let plt = plt_sections(&data);
         Some(ObjectFile {
             key,
@@ -91,6 +95,33 @@ impl ObjectFile {
             out
         })
     }
+}
+
+/// The sites of the static probes (`<sys/sdt.h>`) of an object that no function symbol covers,
+/// as functions of one instruction: in a stripped program its static probes are all such.
+/// A site is a one-byte `nop` the compiler emitted for the probe, which its note points at, so
+/// it is an instruction's start without a function around it to decode from. Each is named
+/// `usdt:PROVIDER:NAME` (no symbol has a `:` in its name), found by its address only.
+fn static_probe_sites(object: &Arc<str>, data: &[u8], functions: &[Function]) -> Vec<Function> {
+    const NOP: u8 = 0x90;
+    let Ok(probes) = crate::usdt::usdt_probes(object, data) else { return Vec::new() };
+    probes
+        .into_iter()
+        .filter(|p| !functions.iter().any(|f| f.contains(Addr(p.pc))))
+        .filter(|p| usize::try_from(p.file_offset).ok().and_then(|o| data.get(o)) == Some(&NOP))
+        .map(|p| Function {
+            name: format!("{STATIC_PROBE_PREFIX}{}:{}", p.provider, p.name),
+            demangled: None,
+            version: None,
+            default_version: false,
+            start: Addr(p.pc),
+            size: 1,
+            object: object.clone(),
+            bias: 0,
+            file_offset: p.file_offset,
+            ifunc: false,
+        })
+        .collect()
 }
 
 /// The bytes of the separate debug file of the object whose bytes are `data`, found by its

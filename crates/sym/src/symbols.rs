@@ -12,6 +12,9 @@ use crate::demangle::{demangle, without_parameters};
 use crate::maps::Mapping;
 use crate::object_name::ObjectName;
 
+/// How the name of a static probe's site begins ([`Function::is_static_probe_site`]).
+pub(crate) const STATIC_PROBE_PREFIX: &str = "usdt:";
+
 /// A function of a loaded object, at its run-time address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
@@ -77,9 +80,19 @@ impl Function {
         self.demangled.as_deref().map(without_parameters)
     }
 
+    /// Whether it is the site of a static probe that no function symbol covers (a stripped
+    /// program's `<sys/sdt.h>` probes): one instruction, named `usdt:PROVIDER:NAME`.
+    pub fn is_static_probe_site(&self) -> bool {
+        self.name.starts_with(STATIC_PROBE_PREFIX)
+    }
+
     /// Whether the glob `pattern` (`*`, `?`) matches its symbol name, its demangled name or
     /// that without its parameter list: the one matcher of `dprobe list` and of probe specs.
+    /// A static probe's site is no function, and matches none.
     pub fn matches_glob(&self, pattern: &str) -> bool {
+        if self.is_static_probe_site() {
+            return false;
+        }
         let p = pattern.as_bytes();
         dprobe_spec::glob(p, self.name.as_bytes())
             || self.demangled.as_deref().is_some_and(|d| dprobe_spec::glob(p, d.as_bytes()))
