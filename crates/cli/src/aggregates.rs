@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::distribution::Distribution;
-use crate::keys::{bracketed, key_of, KeyPart};
+use dprobe_core::KeyedTally;
+
+use crate::keys::{bracketed, key_of, tally_key, KeyPart};
 use crate::output::ProbeInfo;
 use crate::sinks::{Aggregate, Passed};
 
@@ -31,11 +33,22 @@ impl<T: Default> Keyed<T> {
 
     /// What `e`'s key has gathered so far.
     fn entry(&mut self, e: &Passed<'_>) -> &mut T {
-        if self.per_probe.len() <= e.index {
-            self.per_probe.resize_with(e.index + 1, HashMap::new);
-        }
         key_of(&self.by, e, &mut self.key);
-        let map = &mut self.per_probe[e.index];
+        self.slot(e.index)
+    }
+
+    /// What the key of `t` (figures the engine aggregated) has gathered so far.
+    fn tallied(&mut self, t: &KeyedTally) -> &mut T {
+        tally_key(&self.by, t, &mut self.key);
+        self.slot(t.probe)
+    }
+
+    /// What the key in `self.key` has gathered for probe `index`.
+    fn slot(&mut self, index: usize) -> &mut T {
+        if self.per_probe.len() <= index {
+            self.per_probe.resize_with(index + 1, HashMap::new);
+        }
+        let map = &mut self.per_probe[index];
         let key = if map.contains_key(self.key.as_str()) || map.len() < MAX_KEYS { self.key.as_str() } else { OTHER };
         if !map.contains_key(key) {
             map.insert(key.to_owned(), T::default());
@@ -80,6 +93,10 @@ impl KeyCounts {
 impl Aggregate for KeyCounts {
     fn take(&mut self, e: &Passed<'_>) {
         *self.0.entry(e) += 1;
+    }
+
+    fn absorb(&mut self, t: &KeyedTally, _probe: &ProbeInfo) {
+        *self.0.tallied(t) += t.count;
     }
 
     fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
@@ -136,6 +153,12 @@ impl Aggregate for ValueHistograms {
         let at = e.probe.args.iter().position(|a| a.name == self.field);
         if let Some(v) = at.and_then(|i| e.event.values.get(i)).and_then(|v| v.as_i64()) {
             self.hists.entry(e).add(v);
+        }
+    }
+
+    fn absorb(&mut self, t: &KeyedTally, probe: &ProbeInfo) {
+        if let Some(v) = t.value.filter(|_| probe.args.iter().any(|a| a.name == self.field)) {
+            self.hists.tallied(t).add_tallied(v, t.count, t.min, t.max);
         }
     }
 

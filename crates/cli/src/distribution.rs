@@ -44,6 +44,22 @@ impl Distribution {
         let _ = if v < 0 { self.negative.record(v.unsigned_abs()) } else { self.positive.record(v as u64) };
     }
 
+    /// `n` values counted elsewhere (in the kernel) as `v`, their magnitude rounded to the
+    /// HDR histogram's classes (so the percentiles come out as from the values themselves),
+    /// the smallest and largest of them exact.
+    pub fn add_tallied(&mut self, v: i64, n: u64, min: i64, max: i64) {
+        if n == 0 {
+            return;
+        }
+        if self.count() == 0 {
+            (self.min, self.max) = (min, max);
+        }
+        self.min = self.min.min(min);
+        self.max = self.max.max(max);
+        self.buckets.add_n(v, n);
+        let _ = if v < 0 { self.negative.record_n(v.unsigned_abs(), n) } else { self.positive.record_n(v as u64, n) };
+    }
+
     /// Values counted.
     pub fn count(&self) -> u64 {
         self.negative.len() + self.positive.len()

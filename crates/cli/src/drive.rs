@@ -77,6 +77,9 @@ fn prepare<E: Engine>(
         if let Some(note) = placed.note {
             eprintln!("dprobe: `{}`: {note}", p.info.spec);
         }
+        if let Some(detail) = placed.detail.filter(|_| args.verbose) {
+            eprintln!("dprobe: `{}`: {detail}", p.info.spec);
+        }
         if let Some(fields) = placed.fields {
             p.info.args = fields;
             if matches!(&p.spec.point, ProbePoint::Tracepoint { event, .. } if event.starts_with("sys_exit_")) {
@@ -148,8 +151,14 @@ pub fn drive<E: Engine>(
     // The engine asks whether to stop now and then, and hands events over, never both at
     // once: the report is shared between the two.
     let shared = std::cell::RefCell::new(report);
+    // The engine first asks once its probes are live: said with -v, for whoever waits for it.
+    let mut announced = !args.verbose;
     let outcome = engine.run(
         &mut || {
+            if !announced {
+                announced = true;
+                eprintln!("dprobe: tracing");
+            }
             shared.borrow_mut().tick();
             signals::requested().is_some() || output_failed.get() || deadline.is_some_and(|d| Instant::now() >= d)
         },
@@ -160,6 +169,8 @@ pub fn drive<E: Engine>(
         },
     );
     let mut report = shared.into_inner();
+    // What the engine aggregated itself (in the kernel) joins the tables.
+    report.absorb(&engine.tallies());
     // The trace's own time: removing probes afterwards (the kernel's, a tenth of a second
     // each) is not part of it.
     let elapsed = report.start.elapsed();

@@ -23,6 +23,11 @@ impl Log2Histogram {
         self.counts[bucket(v)] += 1;
     }
 
+    /// Count `n` values in `v`'s bucket.
+    pub fn add_n(&mut self, v: i64, n: u64) {
+        self.counts[bucket(v)] += n;
+    }
+
     /// The table: one line per bucket from the first non-empty one to the last, with a bar.
     pub fn render(&self, unit: &str) -> String {
         let mut out = String::new();

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
 
+use dprobe_core::KeyedTally;
+
 use crate::output;
 use crate::sinks::Passed;
 
@@ -68,11 +70,7 @@ pub fn key_of(by: &[KeyPart], e: &Passed<'_>, out: &mut String) {
             out.push('\t');
         }
         match part {
-            KeyPart::Comm => {
-                for c in String::from_utf8_lossy(e.event.comm).chars() {
-                    out.push(if c.is_control() { '?' } else { c });
-                }
-            }
+            KeyPart::Comm => push_comm(e.event.comm, out),
             KeyPart::Pid => {
                 let _ = write!(out, "{}", e.event.pid);
             }
@@ -92,6 +90,34 @@ pub fn key_of(by: &[KeyPart], e: &Passed<'_>, out: &mut String) {
                 None => out.push('-'),
             },
         }
+    }
+}
+
+/// The key of figures an engine aggregated itself: their comm, pid and tid (a value or a
+/// stack, which it does not key by: `-`).
+pub fn tally_key(by: &[KeyPart], t: &KeyedTally, out: &mut String) {
+    out.clear();
+    for (n, part) in by.iter().enumerate() {
+        if n > 0 {
+            out.push('\t');
+        }
+        match part {
+            KeyPart::Comm => push_comm(&t.comm, out),
+            KeyPart::Pid => {
+                let _ = write!(out, "{}", t.pid);
+            }
+            KeyPart::Tid => {
+                let _ = write!(out, "{}", t.tid);
+            }
+            KeyPart::Value(_) | KeyPart::Stack => out.push('-'),
+        }
+    }
+}
+
+/// A thread's name, its control characters shown as `?`.
+fn push_comm(comm: &[u8], out: &mut String) {
+    for c in String::from_utf8_lossy(comm).chars() {
+        out.push(if c.is_control() { '?' } else { c });
     }
 }
 

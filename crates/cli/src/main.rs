@@ -16,6 +16,7 @@ mod expand;
 mod export;
 mod histogram;
 mod holder;
+mod in_kernel;
 mod keys;
 mod list;
 mod list_lines;

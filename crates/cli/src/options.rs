@@ -126,6 +126,10 @@ pub struct TraceArgs {
     /// two from 4K to 1G; default 1M). A larger one loses fewer events in bursts.
     #[arg(long, value_name = "SIZE", value_parser = parse_buffer_size)]
     pub buffer_size: Option<usize>,
+    /// With the kernel engine: aggregate --count and --hist in dprobe from each event read
+    /// through the perf buffers, instead of in the kernel through BPF.
+    #[arg(long)]
+    pub no_bpf: bool,
     /// Which engine: ptrace (one program, handlers see the stopped thread), agent (one
     /// program, dprobe's in-process engine loaded into it: no stop per hit) or kernel
     /// (system-wide, kernel functions, tracepoints). Default: what the probes need.

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use dprobe_core::fetch::FetchPlan;
-use dprobe_core::{Pairing, ProbeEvent, Side};
+use dprobe_core::{KeyedTally, Pairing, ProbeEvent, Side};
 
 use crate::clock::{Clock, TimeFormat};
 use crate::export::Export;
@@ -126,6 +126,17 @@ impl Report {
             x.take(&passed);
         }
         self.lines.take(&passed);
+    }
+
+    /// Figures an engine aggregated itself, by key, for probes whose events it kept.
+    pub fn absorb(&mut self, tallies: &[KeyedTally]) {
+        for t in tallies {
+            let Some(probe) = self.probes.get_mut(t.probe) else { continue };
+            probe.shown += t.count;
+            for a in &mut self.aggregates {
+                a.absorb(t, &probe.info);
+            }
+        }
     }
 
     /// Write the events to `export` too.

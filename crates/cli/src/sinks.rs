@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use dprobe_core::ProbeEvent;
+use dprobe_core::{KeyedTally, ProbeEvent};
 
 use crate::aggregates::{KeyCounts, LatencyHistograms, ValueHistograms};
 use crate::clock::{Clock, TimeFormat};
@@ -32,6 +32,11 @@ pub struct Passed<'a> {
 pub trait Aggregate {
     /// Take one event.
     fn take(&mut self, e: &Passed<'_>);
+    /// Take one key's figures, aggregated by the engine itself for probe `t.probe`
+    /// (described by `probe`).
+    fn absorb(&mut self, t: &KeyedTally, probe: &ProbeInfo) {
+        let _ = (t, probe);
+    }
     /// Its tables, titled, for the probes described by `probes`.
     fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)>;
 }

@@ -201,6 +201,15 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             with_comm: mode(&args) != Mode::Quiet || args.comm.is_some() || args.by.iter().any(|k| k == "comm"),
             command: args.command.clone(),
             buffer_size: args.buffer_size,
+            in_kernel: match crate::in_kernel::in_kernel(&args) {
+                Ok(ask) => Some(ask),
+                Err(why) => {
+                    if args.verbose && (args.count || !args.hist.is_empty()) {
+                        eprintln!("dprobe: aggregating in dprobe from each event: {why}");
+                    }
+                    None
+                }
+            },
         };
         let scope = Scope::SystemWide { command: args.command.first().cloned() };
         return drive(KernelEngine::new(options)?, planned, &args, out, scope);

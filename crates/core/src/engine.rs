@@ -36,6 +36,32 @@ pub struct Placed {
     pub fields: Option<Vec<NamedArg>>,
     /// Said to the user (a probe waiting for its library).
     pub note: Option<String>,
+    /// Said to the user who asked for details (`-v`): how the engine placed it.
+    pub detail: Option<String>,
+}
+
+/// One key's figures for a probe whose hits the engine aggregated itself (the kernel engine,
+/// in the kernel through BPF) instead of handing over each event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedTally {
+    /// Which probe.
+    pub probe: usize,
+    /// The process (0 unless keyed by it).
+    pub pid: u32,
+    /// The thread (0 unless keyed by it).
+    pub tid: u32,
+    /// The thread's name (empty unless keyed by it).
+    pub comm: Vec<u8>,
+    /// The histogram's value, its magnitude rounded to 11 significant bits (the classes of
+    /// an HDR histogram of 3 significant digits); `None` without one, or when it could not
+    /// be read.
+    pub value: Option<i64>,
+    /// Hits with this key.
+    pub count: u64,
+    /// The smallest and largest exact values among them.
+    pub min: i64,
+    /// See `min`.
+    pub max: i64,
 }
 
 /// Which stacks events carry, and how deep.
@@ -119,6 +145,12 @@ pub trait Engine {
 
     /// What the summary should say about the trace as a whole (records the kernel dropped).
     fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Every key's figures so far, for the probes the engine aggregates itself (whose events
+    /// never reach the sink); none by default.
+    fn tallies(&self) -> Vec<KeyedTally> {
         Vec::new()
     }
 

@@ -9,7 +9,7 @@
 
 use dprobe_spec::ProbePoint;
 
-use crate::engine::{Ending, Engine, Exit, Placed, ProbeRequest};
+use crate::engine::{Ending, Engine, Exit, KeyedTally, Placed, ProbeRequest};
 use crate::event::ProbeEvent;
 use crate::stats::{Placement, Stats};
 
@@ -53,6 +53,7 @@ impl<E: Engine> MultiSite<E> {
         }
         let mut placed = Placed::default();
         let mut notes: Vec<String> = Vec::new();
+        let mut details: Vec<String> = Vec::new();
         for site in sites {
             let mut spec = probe.spec.clone();
             spec.point = site.clone();
@@ -61,8 +62,12 @@ impl<E: Engine> MultiSite<E> {
             if let Some(n) = one.note.filter(|n| !notes.contains(n)) {
                 notes.push(n);
             }
+            if let Some(d) = one.detail.filter(|d| !details.contains(d)) {
+                details.push(d);
+            }
         }
         placed.note = (!notes.is_empty()).then(|| notes.join("; "));
+        placed.detail = (!details.is_empty()).then(|| details.join("; "));
         Ok(placed)
     }
 
@@ -163,6 +168,19 @@ impl<E: Engine> Engine for MultiSite<E> {
         self.inner.notes()
     }
 
+    /// The sites' figures under their probe's index.
+    fn tallies(&self) -> Vec<KeyedTally> {
+        let mut all = self.inner.tallies();
+        all.retain_mut(|t| match self.owner.get(t.probe).copied() {
+            Some(ORPHAN) | None => false,
+            Some(probe) => {
+                t.probe = probe;
+                true
+            }
+        });
+        all
+    }
+
     fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, E::Error> {
         self.inner.finish(stopped_by, give_up)
     }
@@ -194,7 +212,7 @@ mod tests {
                 return Err(std::io::Error::other("refused"));
             }
             self.placed.push(probe.spec.point.clone());
-            Ok(Placed { fields: None, note: Some("waiting".into()) })
+            Ok(Placed { fields: None, note: Some("waiting".into()), detail: None })
         }
 
         fn run(

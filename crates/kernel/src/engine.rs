@@ -6,9 +6,10 @@
 use std::process::{Child, Command};
 
 use dprobe_core::fetch::Values;
-use dprobe_core::{Ending, Engine, Exit, Placed, ProbeEvent, ProbeRequest, Side, Stats, ThreadNames};
+use dprobe_core::{Ending, Engine, Exit, KeyedTally, Placed, ProbeEvent, ProbeRequest, Side, Stats, ThreadNames};
 use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 
+use crate::bpf::{value_source, Origin, Tally, TallyConfig, ValueSource};
 use crate::error::KernelError;
 use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
@@ -31,6 +32,25 @@ pub struct KernelOptions {
     /// Bytes of each CPU's perf buffer (`None`: [`crate::DEFAULT_BUFFER_BYTES`]); checked
     /// with [`crate::check_buffer_size`].
     pub buffer_size: Option<usize>,
+    /// Count the hits by key in the kernel (BPF) instead of delivering events, where the
+    /// probe allows it (see [`InKernel`]).
+    pub in_kernel: Option<InKernel>,
+}
+
+/// What the kernel counts by itself for each probe: hits by key, and a histogram's value.
+/// Their events never reach the sink; [`Engine::tallies`] gives the figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InKernel {
+    /// Keyed by the process.
+    pub by_pid: bool,
+    /// Keyed by the thread.
+    pub by_tid: bool,
+    /// Keyed by the thread's name.
+    pub by_comm: bool,
+    /// The value (a fetched argument's name, or a tracepoint's field) to keep for a histogram.
+    pub hist: Option<String>,
+    /// Keys the kernel's map holds per probe (`None`: [`crate::bpf::MAX_KEYS`]).
+    pub max_keys: Option<u32>,
 }
 
 /// What one placed probe reads from the kernel.
@@ -45,13 +65,19 @@ struct Probe {
     /// Records delivered (past `-p` and `--comm`): of the event, of its return event.
     delivered: u64,
     returns_delivered: u64,
+    /// Its hits counted in the kernel instead (loaded when placed, attached when tracing
+    /// starts).
+    tally: Option<Tally>,
+    /// Why its program, loaded, could not be attached (its events are read instead).
+    fallback: Option<String>,
 }
 
 /// System-wide tracing through the kernel's uprobes, kprobes and tracepoints.
 pub struct KernelEngine {
+    // Dropped first: the BPF programs let go of the events the session then removes.
+    probes: Vec<Probe>,
     session: Session,
     options: KernelOptions,
-    probes: Vec<Probe>,
     child: Option<Child>,
     names: ThreadNames,
 }
@@ -136,6 +162,78 @@ impl KernelEngine {
         }
     }
 
+    /// `p`'s hits that reached dprobe past `-p` and `--comm`: its records, or what its BPF
+    /// program counted (and dropped, its map full).
+    fn delivered(p: &Probe) -> u64 {
+        match &p.tally {
+            Some(t) => t.rows().map_or(0, |rows| rows.iter().map(|r| r.count).sum::<u64>()) + t.dropped(),
+            None => p.delivered,
+        }
+    }
+
+    /// Why the kernel's count of `p` (`kernel_hits`) is larger than its HITS under `-p` or
+    /// `--comm`.
+    fn restricted_remark(&self, p: &Probe, kernel_hits: u64) -> String {
+        let whose = match (&self.options.pid, &self.options.comm) {
+            (Some(pid), _) => format!("process {pid}"),
+            (None, Some(c)) => format!("threads named {c}"),
+            _ => unreachable!("restricted"),
+        };
+        let what = if p.is_return { "HITS and RETURNS count returns" } else { "HITS counts" };
+        let which = if p.is_return { "entries" } else { "hits" };
+        format!("{what} of {whose} received; the kernel counted {kernel_hits} {which} in every process")
+    }
+
+    /// Close the BPF programs and their perf events: the kernel removes an event only once
+    /// nothing uses it.
+    fn detach_programs(&mut self) {
+        for p in &mut self.probes {
+            p.tally = None;
+        }
+    }
+
+    /// The BPF program that counts `probe`'s hits (its event `event`) in the kernel, loaded;
+    /// why not, when the program cannot do what is asked.
+    fn tally(&self, ask: &InKernel, probe: &ProbeRequest<'_>, event: usize) -> Result<Tally, String> {
+        let tracepoint = matches!(probe.spec.point, ProbePoint::Tracepoint { .. });
+        let value = match &ask.hist {
+            None => None,
+            Some(name) if tracepoint => {
+                let format = &self.session.events()[event].format;
+                let field = format.field(name).ok_or_else(|| format!("the tracepoint has no field `{name}`"))?;
+                let signed = match field.kind {
+                    FieldKind::Int { signed } if (1..=8).contains(&field.size) => signed,
+                    _ => return Err(format!("`{name}` is no integer field")),
+                };
+                Some(ValueSource {
+                    origin: Origin::Record(field.offset as u32),
+                    derefs: Vec::new(),
+                    user_memory: false,
+                    bits: 8 * field.size as u32,
+                    signed,
+                })
+            }
+            Some(name) => {
+                let arg = probe.plan.args().iter().find(|a| &a.name == name);
+                let arg = arg.ok_or_else(|| format!("`{name}` is not fetched"))?;
+                let user = matches!(probe.spec.point, ProbePoint::User { .. });
+                let is_return = probe.spec.kind == ProbeKind::Return;
+                Some(value_source(&arg.fetch, arg.ty, user, is_return).map_err(|e| format!("`{name}`: {e}"))?)
+            }
+        };
+        let config = TallyConfig {
+            by_pid: ask.by_pid,
+            by_tid: ask.by_tid,
+            by_comm: ask.by_comm,
+            only_pid: self.options.pid.map(|p| p as u32),
+            only_comm: self.options.comm.clone(),
+            own_pid: std::process::id(),
+            value,
+            max_keys: ask.max_keys.unwrap_or(crate::bpf::MAX_KEYS),
+        };
+        Tally::load(&config, tracepoint)
+    }
+
     fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
         let (probes, options, names) = (&mut self.probes, &self.options, &mut self.names);
         self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, &hit, sink))?;
@@ -206,6 +304,19 @@ impl Engine for KernelEngine {
             placed.fields = Some(fields.clone());
             fields
         };
+        let tally = match self.options.in_kernel.as_ref().filter(|_| !probe.timed) {
+            Some(ask) => match self.tally(ask, &probe, event) {
+                Ok(t) => {
+                    placed.detail = Some("its hits are counted in the kernel (BPF)".into());
+                    Some(t)
+                }
+                Err(why) => {
+                    placed.detail = Some(format!("its hits are counted in dprobe from each event: {why}"));
+                    None
+                }
+            },
+            None => None,
+        };
         let return_event = if probe.timed && spec.kind == ProbeKind::Entry {
             let mut ret = spec.clone();
             ret.kind = ProbeKind::Return;
@@ -223,6 +334,8 @@ impl Engine for KernelEngine {
             filtered_in_kernel: false,
             delivered: 0,
             returns_delivered: 0,
+            tally,
+            fallback: None,
         });
         Ok(placed)
     }
@@ -243,6 +356,19 @@ impl Engine for KernelEngine {
         stop: &mut dyn FnMut() -> bool,
         sink: &mut dyn FnMut(&ProbeEvent<'_>),
     ) -> Result<Ending, KernelError> {
+        // The events are defined now: their ids take the programs. A program the kernel
+        // will not attach leaves its probe to the perf buffers.
+        self.session.flush()?;
+        for p in &mut self.probes {
+            let Some(tally) = p.tally.as_mut() else { continue };
+            match tally.attach(self.session.events()[p.event].format.id) {
+                Ok(()) => self.session.without_buffer(p.event),
+                Err(why) => {
+                    p.fallback = Some(why);
+                    p.tally = None;
+                }
+            }
+        }
         self.session.start(None)?;
         if let Some((program, rest)) = self.options.command.split_first() {
             let child = Command::new(program)
@@ -279,12 +405,13 @@ impl Engine for KernelEngine {
     fn stats(&self, index: usize) -> Stats {
         let Some(p) = self.probes.get(index) else { return Stats::default() };
         let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        let delivered = Self::delivered(p);
         let restricted = self.options.pid.is_some() || self.options.comm.is_some();
         let unrestricted_kernel_count = !restricted && (p.is_return || p.filtered_in_kernel);
-        let hits = if unrestricted_kernel_count { counts.hits.max(p.delivered) } else { p.delivered };
+        let hits = if unrestricted_kernel_count { counts.hits.max(delivered) } else { delivered };
         let returns = match p.return_event {
             Some(_) => p.returns_delivered,
-            None if p.is_return => p.delivered,
+            None if p.is_return => delivered,
             None => 0,
         };
         // A timed entry's returns are missed at its return event (no free instance).
@@ -301,6 +428,19 @@ impl Engine for KernelEngine {
     fn remarks(&self, index: usize) -> Vec<String> {
         let Some(p) = self.probes.get(index) else { return Vec::new() };
         let mut remarks = Vec::new();
+        if let Some(t) = &p.tally {
+            remarks.push("aggregated in the kernel (BPF): no per-event records reached dprobe".into());
+            let dropped = t.dropped();
+            if dropped > 0 {
+                remarks.push(format!(
+                    "{dropped} hits not aggregated: their keys were new and the kernel's map was full ({} keys)",
+                    t.max_keys()
+                ));
+            }
+        }
+        if let Some(why) = &p.fallback {
+            remarks.push(format!("aggregated in dprobe from each event: the BPF program could not be attached: {why}"));
+        }
         let counts = self.session.kernel_counts(p.event).unwrap_or_default();
         let restricted = self.options.pid.is_some() || self.options.comm.is_some();
         if p.filtered_in_kernel {
@@ -317,19 +457,9 @@ impl Engine for KernelEngine {
                      returns (64 per thread){lost}"
                 ));
             }
-        } else if restricted && counts.hits > p.delivered {
-            let whose = match (&self.options.pid, &self.options.comm) {
-                (Some(pid), _) => format!("process {pid}"),
-                (None, Some(c)) => format!("threads named {c}"),
-                _ => unreachable!("restricted"),
-            };
-            let what = if p.is_return { "HITS and RETURNS count returns" } else { "HITS counts" };
-            remarks.push(format!(
-                "{what} of {whose} received; the kernel counted {} {} in every process",
-                counts.hits,
-                if p.is_return { "entries" } else { "hits" }
-            ));
-        } else if !p.filtered_in_kernel && counts.hits > p.delivered {
+        } else if restricted && counts.hits > Self::delivered(p) {
+            remarks.push(self.restricted_remark(p, counts.hits));
+        } else if !p.filtered_in_kernel && counts.hits > Self::delivered(p) {
             let lost = if self.session.lost > 0 { " and the records lost (full buffers)" } else { "" };
             remarks.push(format!(
                 "HITS counts the events received; the kernel counted {}, with dprobe's own calls (left out), the \
@@ -338,6 +468,28 @@ impl Engine for KernelEngine {
             ));
         }
         remarks
+    }
+
+    fn tallies(&self) -> Vec<KeyedTally> {
+        let mut all = Vec::new();
+        for (probe, p) in self.probes.iter().enumerate() {
+            let Some(t) = &p.tally else { continue };
+            // A map that cannot be read leaves the probe's tables empty; its hits (also read
+            // from the map) say 0 alike.
+            for r in t.rows().unwrap_or_default() {
+                all.push(KeyedTally {
+                    probe,
+                    pid: r.pid,
+                    tid: r.tid,
+                    comm: r.comm,
+                    value: r.value,
+                    count: r.count,
+                    min: r.min,
+                    max: r.max,
+                });
+            }
+        }
+        all
     }
 
     fn notes(&self) -> Vec<String> {
@@ -354,11 +506,13 @@ impl Engine for KernelEngine {
     /// Remove every event. A command started alongside keeps running if it still does (it
     /// got the same Ctrl-C from the terminal).
     fn finish(mut self, _stopped_by: Option<i32>, _give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, KernelError> {
+        self.detach_programs();
         self.session.close()?;
         Ok(None)
     }
 
     fn abandon(mut self) {
+        self.detach_programs();
         let _ = self.session.close();
     }
 }

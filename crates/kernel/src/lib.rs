@@ -14,6 +14,7 @@
 //! s.poll(1000, &mut |hit| println!("{} {:?}", hit.tid, hit.field("path")))?;
 //! # Ok::<(), dprobe_kernel::KernelError>(())
 //! ```
+pub mod bpf;
 mod define;
 mod engine;
 mod error;
@@ -23,7 +24,7 @@ mod session;
 mod tracefs;
 
 pub use define::{definition, kernel_optimizes_nop5, Definition, EventKind};
-pub use engine::{KernelEngine, KernelOptions};
+pub use engine::{InKernel, KernelEngine, KernelOptions};
 pub use error::KernelError;
 pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
 pub use perf::{check_buffer_size, DEFAULT_BUFFER_BYTES};

@@ -28,6 +28,8 @@ pub struct DefinedEvent {
     filter: Option<String>,
     /// Records received.
     pub received: u64,
+    /// Read through the perf buffers (not when a BPF program takes its hits).
+    buffered: bool,
 }
 
 /// A decoded record.
@@ -262,7 +264,7 @@ impl Session {
             }
         };
         for (((definition, group, name), format), filter) in planned.into_iter().zip(formats).zip(filters) {
-            self.events.push(DefinedEvent { definition, format, group, name, filter, received: 0 });
+            self.events.push(DefinedEvent { definition, format, group, name, filter, received: 0, buffered: true });
         }
         Ok(())
     }
@@ -294,6 +296,14 @@ impl Session {
         }
     }
 
+    /// Open no perf buffer for event `index` (defined already) at [`Session::start`]: a BPF
+    /// program attached to it takes its hits, and the kernel writes no record of them.
+    pub fn without_buffer(&mut self, index: usize) {
+        if let Some(e) = self.events.get_mut(index) {
+            e.buffered = false;
+        }
+    }
+
     /// The events defined so far, in the order they were added.
     pub fn events(&self) -> &[DefinedEvent] {
         &self.events
@@ -316,8 +326,10 @@ impl Session {
                 (_, f) => f.clone(),
             })
             .collect();
-        let ids: Vec<(u64, Option<&str>)> =
-            self.events.iter().zip(&filters).map(|(e, f)| (e.format.id, f.as_deref())).collect();
+        let ids: Vec<(u64, Option<&str>)> = (self.events.iter().zip(&filters))
+            .filter(|(e, _)| e.buffered)
+            .map(|(e, f)| (e.format.id, f.as_deref()))
+            .collect();
         let rings = Rings::open(&ids, pid.unwrap_or(-1), self.buffer_bytes).map_err(|e| match e {
             // Say what the user wrote, not what dprobe added.
             KernelError::Refused { definition, reason } => KernelError::Refused {

@@ -1,0 +1,77 @@
+//! Whether the kernel engine aggregates in the kernel: `--count` and one `--hist`, split by
+//! comm, pid or tid, with nothing else that needs each event in dprobe. The kernel then
+//! counts through a BPF program per probe and dprobe reads its map at the end; otherwise
+//! every event comes through the perf buffers and dprobe aggregates it.
+
+use dprobe_kernel::InKernel;
+
+use crate::options::TraceArgs;
+
+/// What the kernel should aggregate, or why dprobe aggregates from each event instead.
+pub fn in_kernel(args: &TraceArgs) -> Result<InKernel, String> {
+    if args.no_bpf {
+        return Err("--no-bpf".into());
+    }
+    let each_event = [
+        (args.latency, "--latency pairs each entry with its return"),
+        (args.hist.len() > 1, "more than one --hist"),
+        (args.filter.is_some(), "--filter is tested on each event"),
+        (args.trace_file.is_some(), "--trace-file writes each event"),
+        (args.metrics.is_some(), "--metrics"),
+        (args.stack.is_some() || args.folded.is_some(), "stacks are unwound from each event"),
+    ];
+    if let Some((_, why)) = each_event.iter().find(|(asked, _)| *asked) {
+        return Err((*why).into());
+    }
+    if !args.count && args.hist.is_empty() {
+        return Err("events are shown, not aggregated".into());
+    }
+    let mut ask = InKernel { hist: args.hist.first().cloned(), ..InKernel::default() };
+    for key in &args.by {
+        match key.trim() {
+            "comm" => ask.by_comm = true,
+            "pid" => ask.by_pid = true,
+            "tid" => ask.by_tid = true,
+            name => return Err(format!("--by {name}: the kernel keys by comm, pid and tid only")),
+        }
+    }
+    Ok(ask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn ask(words: &str) -> Result<InKernel, String> {
+        let mut all = vec!["dprobe", "trace"];
+        all.extend(words.split_whitespace());
+        let crate::options::Command::Trace(args) = crate::options::Cli::try_parse_from(all).unwrap().command else {
+            panic!("a trace")
+        };
+        in_kernel(&args)
+    }
+
+    #[test]
+    fn counts_and_one_histogram_by_comm_pid_tid() {
+        let a = ask("-a --count --by comm,tid libc:malloc").unwrap();
+        assert_eq!((a.by_comm, a.by_pid, a.by_tid, a.hist), (true, false, true, None));
+        let a = ask("-a --hist size --by pid libc:malloc size=$arg1").unwrap();
+        assert_eq!((a.by_pid, a.hist.as_deref()), (true, Some("size")));
+        assert!(ask("-a --count libc:malloc").is_ok(), "no key: one count per probe");
+    }
+
+    #[test]
+    fn what_needs_each_event_stays_in_dprobe() {
+        let why = |w: &str| ask(w).unwrap_err();
+        assert_eq!(why("-a libc:malloc"), "events are shown, not aggregated");
+        assert_eq!(why("-a --count --no-bpf libc:malloc"), "--no-bpf");
+        assert!(why("-a --latency libc:malloc").contains("--latency"));
+        assert!(why("-a --hist a --hist b libc:malloc a=$arg1 b=$arg2").contains("more than one --hist"));
+        assert!(why("-a --count --filter x>1 libc:malloc x=$arg1").contains("--filter"));
+        assert!(why("-a --count --by x libc:malloc x=$arg1").contains("comm, pid and tid only"));
+        assert!(why("-a --count --by stack libc:malloc").contains("--by stack"));
+        assert!(why("-a --count --stack libc:malloc").contains("stacks"));
+        assert!(why("-a --folded libc:malloc").contains("stacks"));
+    }
+}

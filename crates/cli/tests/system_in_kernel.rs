@@ -1,0 +1,172 @@
+//! `dprobe trace -a --count|--hist --by`: the kernel engine aggregating in the kernel (a BPF
+//! program per probe, its map read at the end), on this machine's kernel (as root). Four
+//! named threads call `work(size)` known numbers of times and print what they did; the
+//! kernel's tables must say exactly that, and the same as dprobe's own aggregation of each
+//! event (`--no-bpf`).
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use common::{dprobe_command, out_file, trace_to_file, worker_threads, workers};
+
+/// One system-wide trace at a time.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `dprobe trace -a -v -o FILE ARGS -- workers`: what dprobe wrote, what the program
+/// printed, and dprobe's standard error.
+fn run(name: &str, args: &[&str]) -> (String, String, String) {
+    let mut all = vec!["-a", "-v"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", workers()]);
+    let t = trace_to_file(name, &all);
+    assert_eq!(t.code, Some(0), "{}", t.what(name));
+    (t.trace, t.stdout, t.stderr)
+}
+
+/// `/path/workers:work`.
+fn work() -> String {
+    format!("{}:work", workers())
+}
+
+/// The program's threads: (name, tid as printed, calls).
+fn threads(printed: &str) -> Vec<(String, String, u64)> {
+    worker_threads(printed).into_iter().map(|(n, t, c)| (n, t.to_string(), c)).collect()
+}
+
+/// The rows of the table titled `title`: first column -> last column.
+fn table(text: &str, title: &str) -> BTreeMap<String, u64> {
+    let start = text.find(&format!("@{title}:\n")).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
+    let body = text[start..].lines().skip(2).take_while(|l| !l.trim().is_empty());
+    body.map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[0].to_owned(), f[f.len() - 1].parse().unwrap())
+    })
+    .collect()
+}
+
+/// The tables of a summary: everything before the probes' table.
+fn tables(text: &str) -> &str {
+    &text[..text.find("\nPROBE ").unwrap_or(text.len())]
+}
+
+/// The probe `spec` aggregated in the kernel, as `-v` and the summary say.
+fn assert_in_kernel(spec: &str, text: &str, stderr: &str) {
+    assert!(stderr.contains(&format!("`{spec}`: its hits are counted in the kernel (BPF)")), "{stderr}");
+    assert!(text.contains("aggregated in the kernel (BPF): no per-event records reached dprobe"), "{text}");
+}
+
+#[test]
+fn count_by_comm_and_by_tid_in_the_kernel_are_each_threads_calls_as_in_dprobe() {
+    let _x = exclusive();
+    let work = work();
+    let (text, printed, stderr) = run("bpf-by-comm", &["--count", "--by", "comm", &work]);
+    assert_in_kernel(&work, &text, &stderr);
+    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
+    assert_eq!(expected.values().copied().collect::<Vec<_>>(), [3, 5, 8, 13], "{printed}");
+    let title = format!("hits of {work} by comm");
+    assert_eq!(table(&text, &title), expected, "{text}");
+    assert_eq!(common::hits(&text, &work), 29, "{text}");
+
+    // The same table from each event, aggregated in dprobe.
+    let (perf, _, stderr) = run("perf-by-comm", &["--count", "--by", "comm", "--no-bpf", &work]);
+    assert!(stderr.contains("aggregating in dprobe from each event: --no-bpf"), "{stderr}");
+    assert!(!perf.contains("aggregated in the kernel"), "{perf}");
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+
+    for extra in [&[][..], &["--no-bpf"][..]] {
+        let mut args = vec!["--count", "--by", "tid", &work];
+        args.extend_from_slice(extra);
+        let (text, printed, _) = run("bpf-by-tid", &args);
+        let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(_, t, c)| (t, c)).collect();
+        assert_eq!(table(&text, &format!("hits of {work} by tid")), expected, "{extra:?}\n{text}");
+    }
+}
+
+#[test]
+fn hist_by_comm_in_the_kernel_matches_the_programs_buckets_and_dprobes_figures() {
+    let _x = exclusive();
+    let spec = format!("{} size=$arg1", work());
+    let (text, printed, stderr) = run("bpf-hist", &["--hist", "size", "--by", "comm", &spec]);
+    assert_in_kernel(&spec, &text, &stderr);
+    for (name, _, calls) in threads(&printed) {
+        let mut expected = BTreeMap::new();
+        for l in printed.lines().filter_map(|l| l.strip_prefix(&format!("bucket {name} "))) {
+            let (label, n) = l.rsplit_once(' ').unwrap();
+            expected.insert(label.to_owned(), n.parse::<u64>().unwrap());
+        }
+        let title = format!("@size of {} [{name}]:\n", work());
+        let at = text.find(&title).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
+        let mut lines = text[at + title.len()..].lines();
+        let figures = lines.next().unwrap();
+        let min = 7 * (1 + "abcd".find(&name[..1]).unwrap());
+        assert!(figures.starts_with(&format!("count {calls}, min {min}, ")), "{figures}");
+        assert!(figures.ends_with(&format!(", max {}", min as u64 * calls)), "{figures}");
+        let got: BTreeMap<String, u64> = lines
+            .take_while(|l| l.starts_with('['))
+            .map(|l| {
+                let (label, rest) = l.split_once(')').unwrap_or_else(|| l.split_once(']').unwrap());
+                (format!("{label})"), rest.split_whitespace().next().unwrap().parse().unwrap())
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(got, expected, "{name}:\n{text}");
+    }
+    // Percentiles and all: the very tables dprobe makes from each event.
+    let (perf, _, _) = run("perf-hist", &["--hist", "size", "--by", "comm", "--no-bpf", &spec]);
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+}
+
+#[test]
+fn comm_restricts_in_the_kernel() {
+    let _x = exclusive();
+    let (text, printed, stderr) = run("bpf-comm", &["--comm", "charlie", "--count", "--by", "tid", &work()]);
+    assert_in_kernel(&work(), &text, &stderr);
+    let (_, tid, calls) = threads(&printed).into_iter().find(|(n, _, _)| n == "charlie").unwrap();
+    assert_eq!(table(&text, &format!("hits of {} by tid", work())), BTreeMap::from([(tid, calls)]), "{text}");
+    assert_eq!(common::hits(&text, &work()), 8, "{text}");
+}
+
+/// `workers` started, waiting for a line on its standard input before it runs.
+fn gated_workers() -> std::process::Child {
+    let script = format!("read go; exec {}", workers());
+    Command::new("sh").args(["-c", &script]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn pid_restricts_in_the_kernel_exactly() {
+    let _x = exclusive();
+    let (mut traced, mut other) = (gated_workers(), gated_workers());
+    let out = out_file("bpf-pid");
+    let pid = traced.id().to_string();
+    let mut dprobe = dprobe_command()
+        .args(["trace", "-a", "-v", "-p", &pid, "-o", out.to_str().unwrap(), "--count", "--by", "tid", &work()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.ends_with("dprobe: tracing\n") {
+        assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended early: {said}");
+    }
+    assert!(said.contains("its hits are counted in the kernel (BPF)"), "{said}");
+    // Both run now, at the same time; only the first is counted.
+    for child in [&mut traced, &mut other] {
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let printed = |c: std::process::Child| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap();
+    let (mine, theirs) = (printed(traced), printed(other));
+    // SAFETY: a signal to the dprobe this test started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    assert!(dprobe.wait().unwrap().success());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let expected: BTreeMap<String, u64> = threads(&mine).into_iter().map(|(_, t, c)| (t, c)).collect();
+    assert_eq!(expected.len(), 4, "{mine}");
+    assert_eq!(table(&text, &format!("hits of {} by tid", work())), expected, "{text}\nthe other: {theirs}");
+    assert_eq!(common::hits(&text, &work()), 29, "{text}");
+}

@@ -1,0 +1,273 @@
+//! Aggregation in the kernel: a BPF program (`bpf/aggregate.bpf.c`, compiled by build.rs)
+//! attached to a probe's event counts each hit under its key in a per-CPU hash map, and
+//! returns 0 so the kernel records nothing else: a hot function's hits never travel to
+//! user space one by one. dprobe reads the map when it wants the figures.
+//!
+//! Loading goes through `aya` (pure Rust: object relocation, maps, the verifier's log).
+//! Attaching is the kernel's oldest way, which works for uprobes, kprobes and tracepoints
+//! alike: a perf event opened on the tracefs event, given the program
+//! (`PERF_EVENT_IOC_SET_BPF`). The program runs for the event's every hit, on every CPU.
+
+mod source;
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use aya::maps::{PerCpuArray, PerCpuHashMap};
+use aya::programs::{KProbe, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use perf_event_open_sys::{bindings as sys, ioctls, perf_event_open};
+
+pub use source::{value_source, Origin, ValueSource, MAX_DEREFS};
+
+/// The compiled program (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/aggregate.bpf.o"));
+
+/// Keys the map holds per probe unless asked otherwise (bpftrace's maps hold 4096).
+pub const MAX_KEYS: u32 = 16_384;
+
+/// What a probe's hits are counted by, and which of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TallyConfig {
+    /// Keyed by the process.
+    pub by_pid: bool,
+    /// Keyed by the thread.
+    pub by_tid: bool,
+    /// Keyed by the thread's name.
+    pub by_comm: bool,
+    /// Only this process's hits.
+    pub only_pid: Option<u32>,
+    /// Only threads of this name (at most 15 bytes, as the kernel keeps them).
+    pub only_comm: Option<String>,
+    /// A process whose hits are left out (dprobe's own).
+    pub own_pid: u32,
+    /// Keyed by this value too (rounded to 11 significant bits), for a histogram.
+    pub value: Option<ValueSource>,
+    /// Keys the map holds; a hit with a new key past them is dropped and counted.
+    pub max_keys: u32,
+}
+
+/// One key's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TallyRow {
+    /// The process (0 unless keyed by it).
+    pub pid: u32,
+    /// The thread (0 unless keyed by it).
+    pub tid: u32,
+    /// The thread's name (empty unless keyed by it).
+    pub comm: Vec<u8>,
+    /// The value, its magnitude rounded to 11 significant bits (`None` when not keyed by a
+    /// value, or it could not be read).
+    pub value: Option<i64>,
+    /// Hits.
+    pub count: u64,
+    /// The smallest and largest exact values among them.
+    pub min: i64,
+    /// See `min`.
+    pub max: i64,
+}
+
+/// The program loaded for one probe, with its maps.
+pub struct Tally {
+    ebpf: Ebpf,
+    tracepoint: bool,
+    keyed_by_value: bool,
+    max_keys: u32,
+    /// The perf event the program is attached through, once attached.
+    attached: Option<OwnedFd>,
+}
+
+/// Why loading or attaching failed, in words.
+fn why(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+impl Tally {
+    /// Load the program for a probe on a tracepoint (`tracepoint`) or on a uprobe or kprobe,
+    /// checked by the kernel's verifier; nothing runs until [`Tally::attach`].
+    pub fn load(config: &TallyConfig, tracepoint: bool) -> Result<Tally, String> {
+        let flag = |b: bool| u32::from(b);
+        let (key_pid, key_tid, key_comm) = (flag(config.by_pid), flag(config.by_tid), flag(config.by_comm));
+        let only_pid = config.only_pid.unwrap_or(0);
+        let only_comm_set = flag(config.only_comm.is_some());
+        let mut only_comm = [0u8; 16];
+        if let Some(c) = &config.only_comm {
+            let n = c.len().min(15);
+            only_comm[..n].copy_from_slice(&c.as_bytes()[..n]);
+        }
+        let none =
+            ValueSource { origin: Origin::Constant(0), derefs: Vec::new(), user_memory: false, bits: 64, signed: true };
+        let v = config.value.as_ref().unwrap_or(&none);
+        let (source, source_offset, constant): (u32, u32, i64) = match (config.value.is_some(), v.origin) {
+            (false, _) => (0, 0, 0),
+            (true, Origin::Regs(o)) => (1, o, 0),
+            (true, Origin::Record(o)) => (2, o, 0),
+            (true, Origin::Constant(c)) => (3, 0, c),
+        };
+        let derefs = v.derefs.len() as u32;
+        let mut deref_offsets = [0i64; MAX_DEREFS];
+        for (slot, o) in deref_offsets.iter_mut().zip(&v.derefs) {
+            *slot = *o;
+        }
+        let (user_memory, bits, is_signed) = (flag(v.user_memory), v.bits, flag(v.signed));
+        let mut loader = EbpfLoader::new();
+        // The program reads no kernel type (no CO-RE): the kernel's BTF is not needed.
+        loader.btf(None);
+        loader
+            .override_global("key_pid", &key_pid, true)
+            .override_global("key_tid", &key_tid, true)
+            .override_global("key_comm", &key_comm, true)
+            .override_global("only_pid", &only_pid, true)
+            .override_global("own_pid", &config.own_pid, true)
+            .override_global("only_comm_set", &only_comm_set, true)
+            .override_global("only_comm", &only_comm, true)
+            .override_global("source", &source, true)
+            .override_global("source_offset", &source_offset, true)
+            .override_global("constant", &constant, true)
+            .override_global("derefs", &derefs, true)
+            .override_global("deref_offsets", &deref_offsets, true)
+            .override_global("user_memory", &user_memory, true)
+            .override_global("bits", &bits, true)
+            .override_global("is_signed", &is_signed, true)
+            .map_max_entries("tallies", config.max_keys);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| why("loading the BPF object", e))?;
+        let name = if tracepoint { "dprobe_tally_record" } else { "dprobe_tally_regs" };
+        let program = ebpf.program_mut(name).ok_or_else(|| format!("no program {name} in the BPF object"))?;
+        let verified = if tracepoint {
+            let p: &mut TracePoint = program.try_into().map_err(|e| why(name, e))?;
+            p.load()
+        } else {
+            let p: &mut KProbe = program.try_into().map_err(|e| why(name, e))?;
+            p.load()
+        };
+        verified.map_err(|e| why("the kernel refused the BPF program", error_chain(&e)))?;
+        Ok(Tally {
+            ebpf,
+            tracepoint,
+            keyed_by_value: config.value.is_some(),
+            max_keys: config.max_keys,
+            attached: None,
+        })
+    }
+
+    /// Attach the program to the tracefs event whose id is `id`, and turn it on.
+    pub fn attach(&mut self, id: u64) -> Result<(), String> {
+        let name = if self.tracepoint { "dprobe_tally_record" } else { "dprobe_tally_regs" };
+        let program = self.ebpf.program(name).ok_or_else(|| format!("no program {name}"))?;
+        let fd = program.fd().map_err(|e| why("the BPF program", e))?;
+        let mut attr = sys::perf_event_attr {
+            type_: sys::PERF_TYPE_TRACEPOINT,
+            size: std::mem::size_of::<sys::perf_event_attr>() as u32,
+            config: id,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.sample_period = 1;
+        attr.set_disabled(1);
+        // One event on CPU 0 for every process: a program attached to an event runs at its
+        // every hit, on any CPU.
+        // SAFETY: perf_event_open reads (and may write the expected size into) the attribute
+        // struct we own; it returns a new fd.
+        let raw = unsafe { perf_event_open(&mut attr, -1, 0, -1, sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong) };
+        if raw < 0 {
+            return Err(why("perf_event_open", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let event = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: a perf fd we own and the fd of a loaded program, both open for the call.
+        if unsafe { ioctls::SET_BPF(event.as_raw_fd(), fd.as_fd().as_raw_fd() as u32) } != 0 {
+            return Err(why("PERF_EVENT_IOC_SET_BPF", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a perf fd we own.
+        if unsafe { ioctls::ENABLE(event.as_raw_fd(), 0) } != 0 {
+            return Err(why("PERF_EVENT_IOC_ENABLE", std::io::Error::last_os_error()));
+        }
+        self.attached = Some(event);
+        Ok(())
+    }
+
+    /// Every key's figures so far, each summed over the CPUs.
+    pub fn rows(&self) -> Result<Vec<TallyRow>, String> {
+        let map = self.ebpf.map("tallies").ok_or("no map `tallies`")?;
+        let map: PerCpuHashMap<_, [u64; 5], [u64; 3]> =
+            PerCpuHashMap::try_from(map).map_err(|e| why("the map `tallies`", e))?;
+        let mut rows = Vec::new();
+        for entry in map.iter() {
+            let (key, per_cpu) = entry.map_err(|e| why("reading the map `tallies`", e))?;
+            let Some(row) = row(&key, per_cpu.iter(), self.keyed_by_value) else { continue };
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Keys its map holds.
+    pub fn max_keys(&self) -> u32 {
+        self.max_keys
+    }
+
+    /// Hits not counted: their key was new and the map full.
+    pub fn dropped(&self) -> u64 {
+        let Some(map) = self.ebpf.map("dropped") else { return 0 };
+        let Ok(map) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
+        map.get(&0, 0).map_or(0, |per_cpu| per_cpu.iter().sum())
+    }
+}
+
+/// The row of one key (`[pid | tid << 32, comm, comm, value, faulted]`, as the program lays
+/// it out) from its per-CPU figures; `None` when no CPU counted a hit.
+fn row<'a>(key: &[u64; 5], per_cpu: impl Iterator<Item = &'a [u64; 3]>, keyed_by_value: bool) -> Option<TallyRow> {
+    let mut count = 0u64;
+    let (mut min, mut max) = (i64::MAX, i64::MIN);
+    for [n, lo, hi] in per_cpu {
+        if *n == 0 {
+            continue;
+        }
+        count += n;
+        min = min.min(*lo as i64);
+        max = max.max(*hi as i64);
+    }
+    if count == 0 {
+        return None;
+    }
+    let mut comm: Vec<u8> = key[1].to_le_bytes().into_iter().chain(key[2].to_le_bytes()).collect();
+    comm.truncate(comm.iter().position(|&b| b == 0).unwrap_or(comm.len()));
+    let faulted = key[4] & 0xffff_ffff != 0;
+    Some(TallyRow {
+        pid: key[0] as u32,
+        tid: (key[0] >> 32) as u32,
+        comm,
+        value: (keyed_by_value && !faulted).then_some(key[3] as i64),
+        count,
+        min,
+        max,
+    })
+}
+
+/// An error with its causes (aya puts the verifier's log in one).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row;
+
+    #[test]
+    fn a_key_summed_over_cpus() {
+        let mut key = [0u64; 5];
+        key[0] = 7 | (9 << 32);
+        key[1] = u64::from_le_bytes(*b"worker-1");
+        key[3] = (-2048i64) as u64;
+        let cpus = [[2, -2100i64 as u64, -2050i64 as u64], [0, 0, 0], [1, -2060i64 as u64, -2048i64 as u64]];
+        let r = row(&key, cpus.iter(), true).unwrap();
+        assert_eq!((r.pid, r.tid, r.comm.as_slice()), (7, 9, &b"worker-1"[..]));
+        assert_eq!((r.value, r.count, r.min, r.max), (Some(-2048), 3, -2100, -2048), "the idle CPU ignored");
+        assert_eq!(row(&key, [[0u64; 3]].iter(), true), None, "no hit anywhere");
+        key[4] = 1;
+        assert_eq!(row(&key, cpus.iter(), true).unwrap().value, None, "faulted: no value");
+    }
+}
