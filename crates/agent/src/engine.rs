@@ -374,6 +374,12 @@ fn receive_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
 impl Engine for AgentEngine {
     type Error = AgentError;
 
+    fn stacks(&mut self, _want: dprobe_core::StackRequest) -> Result<(), String> {
+        Err("the agent engine does not capture stacks yet; the ptrace engine (the default) and the kernel \
+             engine do"
+            .into())
+    }
+
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
         let ProbePoint::User { binary, function, offset } = &probe.spec.point else { return Err(AgentError::NotUser) };
         if self.probes.len() >= MAX_PROBES {

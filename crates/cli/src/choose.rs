@@ -19,8 +19,8 @@ pub fn agent_cannot(args: &TraceArgs, planned: &[Planned], program: Option<&str>
     if args.follow {
         return Some("--follow: the agent does not follow the programs that children execute".into());
     }
-    if args.stack.is_some() || args.folded.is_some() {
-        return Some("--stack and --folded: the agent does not capture stacks yet".into());
+    if args.stack.is_some() || args.folded.is_some() || args.by.iter().any(|k| k == "stack") {
+        return Some("--stack, --folded and --by stack: the agent does not capture stacks yet".into());
     }
     if let Some(pid) = args.pid {
         return process_cannot(pid, planned, args.latency);

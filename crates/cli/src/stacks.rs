@@ -93,8 +93,15 @@ pub fn human(frames: &[StackFrame], out: &mut String) {
         if let (Some(file), Some(line)) = (&fr.file, fr.line) {
             let _ = write!(out, " ({}:{line})", file.rsplit('/').next().unwrap_or(file));
         }
-        if let Some(object) = &fr.object {
-            let _ = write!(out, " [{}]", object.rsplit('/').next().unwrap_or(object));
+        match fr.object.as_deref() {
+            // The kernel, or a kernel module: `[kernel]`, `[ext4]`.
+            Some(object) if object.starts_with('[') => {
+                let _ = write!(out, " {object}");
+            }
+            Some(object) => {
+                let _ = write!(out, " [{}]", object.rsplit('/').next().unwrap_or(object));
+            }
+            None => {}
         }
         out.push('\n');
     }

@@ -73,11 +73,11 @@ fn blocking(file: std::fs::File) -> std::io::Result<std::fs::File> {
 
 /// How events are shown, from the options.
 pub fn mode(args: &TraceArgs) -> Mode {
-    if args.count || !args.hist.is_empty() || args.latency || args.folded.is_some() {
+    if args.count || !args.hist.is_empty() || args.latency {
         Mode::Quiet
     } else if args.json {
         Mode::Json
-    } else if args.trace_file.is_some() {
+    } else if args.trace_file.is_some() || args.folded.is_some() {
         // The events go to the file; JSON lines beside it only when asked.
         Mode::Quiet
     } else {

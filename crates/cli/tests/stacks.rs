@@ -197,6 +197,15 @@ fn counts_by_stack_split_each_path() {
 }
 
 #[test]
+fn a_stack_asked_of_the_agent_is_refused_with_what_to_use() {
+    let p = c_program("calls_nofp", false);
+    let Traced { code, stderr, .. } =
+        trace_to_file("stack-agent", &["--engine", "agent", "--stack", p.leaf, "--", p.path]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--stack: the agent engine does not capture stacks yet"), "{stderr}");
+}
+
+#[test]
 fn stack_options_are_checked() {
     common::assert_refused(&[
         (&["--stack=both", "f", "--", "true"], "--stack=both: name the stacks with `user`, `kernel` or `kernel,user`"),

@@ -3,11 +3,15 @@
 //! from the perf buffers become [`ProbeEvent`]s. A timed probe gets a second event at its
 //! return, which carries no values: the tracer pairs it with its entry.
 
+use std::collections::HashMap;
 use std::process::{Child, Command};
 
 use dprobe_core::fetch::Values;
-use dprobe_core::{Ending, Engine, Exit, KeyedTally, Placed, ProbeEvent, ProbeRequest, Side, Stats, ThreadNames};
+use dprobe_core::{
+    Ending, Engine, Exit, KeyedTally, Placed, ProbeEvent, ProbeRequest, Side, StackRequest, Stats, ThreadNames,
+};
 use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
+use dprobe_stack::{Unwinder, UserRegs};
 
 use crate::bpf::{value_source, Origin, Tally, TallyConfig, ValueSource};
 use crate::error::KernelError;
@@ -53,10 +57,18 @@ pub struct InKernel {
     pub max_keys: Option<u32>,
 }
 
+/// The hidden arguments of the entry event that tells, for user stacks, where a return probe
+/// put its trampoline: the return-address slot and the real return address.
+const SLOT_FIELD: &str = "dprobe_slot";
+const RET_FIELD: &str = "dprobe_ret";
+
 /// What one placed probe reads from the kernel.
 struct Probe {
     event: usize,
     return_event: Option<usize>,
+    /// With user stacks and a return side: the hidden event at the function's entry that
+    /// gives the slot the kernel hijacks and the real return address.
+    call_event: Option<usize>,
     is_return: bool,
     /// Field names and types, in the order of the probe's values.
     fields: Vec<(String, ArgType)>,
@@ -80,6 +92,57 @@ pub struct KernelEngine {
     options: KernelOptions,
     child: Option<Child>,
     names: ThreadNames,
+    stacks: Stacks,
+}
+
+/// The stacks events carry, if asked for: what unwinds the user stacks copied with each
+/// record, each thread's pending returns, and the last record's stacks.
+#[derive(Default)]
+struct Stacks {
+    want: Option<StackRequest>,
+    unwinder: Unwinder,
+    /// Per thread: `(slot, real return address)` of the calls whose return the kernel's
+    /// return probes watch, whose slots hold the kernel's trampoline instead.
+    pending: HashMap<u32, Vec<(u64, u64)>>,
+    user: Vec<u64>,
+    kernel: Vec<u64>,
+}
+
+impl Stacks {
+    /// A call whose return address a return probe replaced: `slot` held `ret`.
+    fn called(&mut self, tid: u32, slot: u64, ret: u64) {
+        self.pending.entry(tid).or_default().push((slot, ret));
+    }
+
+    /// The stacks of `hit` into `self.user` and `self.kernel`.
+    fn take(&mut self, hit: &Hit<'_>) {
+        self.user.clear();
+        self.kernel.clear();
+        let Some(want) = self.want else { return };
+        if want.kernel {
+            hit.stacks.kernel_frames(&mut self.kernel);
+            self.kernel.truncate(want.depth);
+        }
+        if let (true, Some([bp, sp, ip])) = (want.user, hit.stacks.user_regs) {
+            // A slot below the stack pointer belongs to a call that returned (or was
+            // abandoned, by longjmp or an exception).
+            let pending = self.pending.entry(hit.tid).or_default();
+            pending.retain(|&(slot, _)| slot >= sp);
+            let pending = &*pending;
+            let mut memory = |addr: u64| {
+                let word = hit.stacks.user_word(addr);
+                match pending.iter().rev().find(|(slot, _)| *slot == addr) {
+                    Some(&(_, ret)) => Some(ret),
+                    None => word,
+                }
+            };
+            let regs = UserRegs { ip, sp, bp };
+            self.unwinder.unwind(hit.pid, regs, &mut memory, want.depth, &mut self.user);
+            if self.pending.get(&hit.tid).is_some_and(Vec::is_empty) {
+                self.pending.remove(&hit.tid);
+            }
+        }
+    }
 }
 
 impl KernelEngine {
@@ -90,7 +153,14 @@ impl KernelEngine {
         }
         let mut session = Session::new()?;
         session.set_buffer_size(options.buffer_size.unwrap_or(crate::DEFAULT_BUFFER_BYTES));
-        Ok(KernelEngine { session, options, probes: Vec::new(), child: None, names: ThreadNames::default() })
+        Ok(KernelEngine {
+            session,
+            options,
+            probes: Vec::new(),
+            child: None,
+            names: ThreadNames::default(),
+            stacks: Stacks::default(),
+        })
     }
 
     fn comm_arg() -> NamedArg {
@@ -102,6 +172,7 @@ impl KernelEngine {
         probes: &mut [Probe],
         options: &KernelOptions,
         names: &mut ThreadNames,
+        stacks: &mut Stacks,
         hit: &Hit<'_>,
         sink: &mut dyn FnMut(&ProbeEvent<'_>),
     ) {
@@ -117,6 +188,18 @@ impl KernelEngine {
         if options.comm.as_deref().is_some_and(|c| c.as_bytes() != comm) {
             return;
         }
+        if probes.iter().any(|p| p.call_event == Some(hit.event)) {
+            let word = |name: &str| match hit.field(name) {
+                Some(FieldValue::Unsigned(x)) => Some(x),
+                Some(FieldValue::Signed(x)) => Some(x as u64),
+                _ => None,
+            };
+            if let (Some(slot), Some(ret)) = (word(SLOT_FIELD), word(RET_FIELD)) {
+                stacks.called(hit.tid, slot, ret);
+            }
+            return;
+        }
+        stacks.take(hit);
         for (index, p) in probes.iter_mut().enumerate() {
             let side = if p.return_event == Some(hit.event) {
                 p.returns_delivered += 1;
@@ -156,8 +239,8 @@ impl KernelEngine {
                 entry_time_ns: None,
                 comm,
                 values: &p.values,
-                user_stack: &[],
-                kernel_stack: &[],
+                user_stack: &stacks.user,
+                kernel_stack: &stacks.kernel,
             });
         }
     }
@@ -235,8 +318,8 @@ impl KernelEngine {
     }
 
     fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
-        let (probes, options, names) = (&mut self.probes, &self.options, &mut self.names);
-        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, &hit, sink))?;
+        let (probes, options, names, stacks) = (&mut self.probes, &self.options, &mut self.names, &mut self.stacks);
+        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, stacks, &hit, sink))?;
         Ok(())
     }
 }
@@ -268,6 +351,16 @@ fn tracepoint_arg(f: &Field) -> NamedArg {
 
 impl Engine for KernelEngine {
     type Error = KernelError;
+
+    /// The kernel stack from the kernel's callchain; the user stack unwound in dprobe from the
+    /// registers and the copy of the stack each record brings (the kernel's own user
+    /// callchain needs frame pointers).
+    fn stacks(&mut self, want: StackRequest) -> Result<(), String> {
+        let depth = u16::try_from(want.depth).map_err(|_| format!("--stack-depth {} is too deep", want.depth))?;
+        self.session.set_stacks(Some(crate::StackSampling { kernel: want.kernel, user: want.user, depth }));
+        self.stacks.want = Some(want);
+        Ok(())
+    }
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, KernelError> {
         let mut spec = probe.spec.clone();
@@ -325,9 +418,25 @@ impl Engine for KernelEngine {
         } else {
             None
         };
+        // The kernel's return probes put their trampoline in place of the return address: an
+        // entry event tells the stacks which slot and what it held.
+        let returns = spec.kind == ProbeKind::Return || return_event.is_some();
+        let call_event = match self.stacks.want {
+            Some(want) if want.user && returns && dynamic => {
+                let mut call = spec.clone();
+                call.kind = ProbeKind::Entry;
+                call.args = vec![
+                    NamedArg::typed(SLOT_FIELD, Fetch::StackPointer, ArgType::U(64)),
+                    NamedArg::typed(RET_FIELD, Fetch::Stack(0), ArgType::U(64)),
+                ];
+                Some(self.session.add_later(&call, None)?)
+            }
+            _ => None,
+        };
         self.probes.push(Probe {
             event,
             return_event,
+            call_event,
             is_return: spec.kind == ProbeKind::Return,
             values: Values::with_capacity(args.len()),
             fields: args.into_iter().map(|a| (a.name, a.ty)).collect(),

@@ -33,6 +33,66 @@ pub fn check_buffer_size(bytes: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The stacks each record carries, when asked for: the kernel's callchain (its kernel part),
+/// and the user registers and a copy of the user stack to unwind in dprobe (the kernel's own
+/// user callchain follows frame pointers, which code built without them does not keep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackSampling {
+    /// The kernel stack (`PERF_SAMPLE_CALLCHAIN`, user part excluded).
+    pub kernel: bool,
+    /// The user registers and stack bytes (`PERF_SAMPLE_REGS_USER`, `PERF_SAMPLE_STACK_USER`).
+    pub user: bool,
+    /// The most kernel frames (`sample_max_stack`).
+    pub depth: u16,
+}
+
+/// Bytes of user stack copied with each record: the frames of a deep call path, within the
+/// 64 KiB a record may hold.
+pub const USER_STACK_BYTES: u32 = 16 * 1024;
+
+/// The user registers a record carries: `bp`, `sp`, `ip` (bits 6, 7 and 8 of the x86 perf
+/// register numbering), in that order.
+const USER_REGS_MASK: u64 = (1 << 6) | (1 << 7) | (1 << 8);
+
+/// The stacks of one sample.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SampleStacks<'a> {
+    /// The callchain: 8-byte entries, with the kernel's context markers.
+    pub callchain: &'a [u8],
+    /// The user registers `[bp, sp, ip]`, when the thread was in user mode at some point.
+    pub user_regs: Option<[u64; 3]>,
+    /// The copy of the user stack from `sp` on.
+    pub user_stack: &'a [u8],
+}
+
+/// Markers in a callchain: the entries after one are in the kernel / in user space.
+const CONTEXT_KERNEL: u64 = -128i64 as u64;
+/// The smallest marker value (`PERF_CONTEXT_MAX`).
+const CONTEXT_MAX: u64 = -4095i64 as u64;
+
+impl SampleStacks<'_> {
+    /// The kernel addresses of the callchain, innermost first, into `out`.
+    pub fn kernel_frames(&self, out: &mut Vec<u64>) {
+        out.clear();
+        let mut in_kernel = false;
+        for entry in self.callchain.chunks_exact(8) {
+            let ip = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
+            if ip >= CONTEXT_MAX {
+                in_kernel = ip == CONTEXT_KERNEL;
+            } else if in_kernel {
+                out.push(ip);
+            }
+        }
+    }
+
+    /// The 8-byte word at user address `addr`, if the copy of the stack holds it.
+    pub fn user_word(&self, addr: u64) -> Option<u64> {
+        let sp = self.user_regs?[1];
+        let at = usize::try_from(addr.checked_sub(sp)?).ok()?;
+        Some(u64::from_le_bytes(self.user_stack.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    }
+}
+
 /// One record.
 #[derive(Debug)]
 pub enum Record<'a> {
@@ -49,6 +109,8 @@ pub enum Record<'a> {
         time: u64,
         /// The raw record, starting with the common fields.
         raw: &'a [u8],
+        /// Its stacks, when asked for.
+        stacks: SampleStacks<'a>,
     },
     /// The kernel dropped this many records: the buffer was full.
     Lost(u64),
@@ -61,6 +123,7 @@ struct Ring {
     len: usize,
     /// Copy of a record that wraps around the end of the buffer.
     scratch: Vec<u8>,
+    layout: Layout,
 }
 
 /// The rings of a set of events over every CPU.
@@ -68,6 +131,13 @@ pub struct Rings {
     rings: Vec<Ring>,
     /// Non-leader fds (kept open; they write into the rings).
     others: Vec<OwnedFd>,
+}
+
+/// What a sample holds beyond the common fields, to parse it.
+#[derive(Clone, Copy, Default)]
+struct Layout {
+    callchain: bool,
+    user: bool,
 }
 
 fn online_cpus() -> Vec<i32> {
@@ -86,7 +156,7 @@ fn online_cpus() -> Vec<i32> {
     cpus
 }
 
-fn open_event(id: u64, cpu: i32, pid: i32, data_bytes: usize) -> io::Result<OwnedFd> {
+fn open_event(id: u64, cpu: i32, pid: i32, data_bytes: usize, stacks: Option<StackSampling>) -> io::Result<OwnedFd> {
     let mut attr = sys::perf_event_attr {
         type_: sys::PERF_TYPE_TRACEPOINT,
         size: std::mem::size_of::<sys::perf_event_attr>() as u32,
@@ -96,6 +166,18 @@ fn open_event(id: u64, cpu: i32, pid: i32, data_bytes: usize) -> io::Result<Owne
         ),
         ..Default::default()
     };
+    if let Some(s) = stacks {
+        if s.kernel {
+            attr.sample_type |= u64::from(sys::PERF_SAMPLE_CALLCHAIN);
+            attr.set_exclude_callchain_user(1);
+            attr.sample_max_stack = s.depth;
+        }
+        if s.user {
+            attr.sample_type |= u64::from(sys::PERF_SAMPLE_REGS_USER | sys::PERF_SAMPLE_STACK_USER);
+            attr.sample_regs_user = USER_REGS_MASK;
+            attr.sample_stack_user = USER_STACK_BYTES;
+        }
+    }
     attr.__bindgen_anon_1.sample_period = 1;
     attr.__bindgen_anon_2.wakeup_watermark = (data_bytes / 8) as u32;
     attr.set_disabled(1);
@@ -126,7 +208,14 @@ impl Rings {
     /// Open `events` (tracepoint ids with their filters) on every CPU, for every process
     /// (`pid` -1) or one thread, each CPU's buffer holding `data_bytes` (see
     /// [`check_buffer_size`]).
-    pub fn open(events: &[(u64, Option<&str>)], pid: i32, data_bytes: usize) -> Result<Rings, KernelError> {
+    /// With `stacks`, each record carries them.
+    pub fn open(
+        events: &[(u64, Option<&str>)],
+        pid: i32,
+        data_bytes: usize,
+        stacks: Option<StackSampling>,
+    ) -> Result<Rings, KernelError> {
+        let layout = stacks.map_or(Layout::default(), |s| Layout { callchain: s.kernel, user: s.user });
         check_buffer_size(data_bytes).map_err(|e| KernelError::os("--buffer-size", io::Error::other(e)))?;
         let mut rings = Vec::new();
         let mut others = Vec::new();
@@ -134,7 +223,7 @@ impl Rings {
         for cpu in cpus {
             let mut leader: Option<Ring> = None;
             for &(id, filter) in events {
-                let fd = open_event(id, cpu, pid, data_bytes).map_err(|e| perf_error(e, id))?;
+                let fd = open_event(id, cpu, pid, data_bytes, stacks).map_err(|e| perf_error(e, id))?;
                 if let Some(f) = filter {
                     let text = std::ffi::CString::new(f).map_err(|e| KernelError::os("filter", io::Error::other(e)))?;
                     // SAFETY: a perf fd we own, and a NUL-terminated string that outlives the call.
@@ -146,7 +235,7 @@ impl Rings {
                     })?;
                 }
                 match &leader {
-                    None => leader = Some(Ring::map(fd, data_bytes)?),
+                    None => leader = Some(Ring::map(fd, data_bytes, layout)?),
                     Some(l) => {
                         // SAFETY: both are perf fds we own; the leader's buffer is mapped.
                         checked(unsafe { ioctls::SET_OUTPUT(fd.as_raw_fd(), l.fd.as_raw_fd()) })
@@ -211,7 +300,7 @@ fn perf_error(e: io::Error, id: u64) -> KernelError {
 }
 
 impl Ring {
-    fn map(fd: OwnedFd, data_bytes: usize) -> Result<Ring, KernelError> {
+    fn map(fd: OwnedFd, data_bytes: usize, layout: Layout) -> Result<Ring, KernelError> {
         let len = PAGE + data_bytes;
         // SAFETY: maps the perf buffer of a perf fd we own; checked for failure below.
         let base = unsafe {
@@ -232,7 +321,7 @@ impl Ring {
             );
             return Err(KernelError::os(what, io::Error::last_os_error()));
         }
-        Ok(Ring { fd, base: base.cast(), len, scratch: Vec::with_capacity(PAGE) })
+        Ok(Ring { fd, base: base.cast(), len, scratch: Vec::with_capacity(PAGE), layout })
     }
 
     /// `data_head` (written by the kernel) and `data_tail` (by us), in the control page.
@@ -270,9 +359,12 @@ impl Ring {
                     let (pid, tid) = (word(8), word(12));
                     let time = u64::from_le_bytes(body[16..24].try_into().expect("8"));
                     let cpu = word(24);
-                    let raw_len = word(32) as usize;
-                    let raw = body.get(36..36 + raw_len).unwrap_or_default();
-                    each(Record::Sample { pid, tid, cpu, time, raw });
+                    let Some((raw, stacks)) = sample_rest(body, self.layout) else {
+                        at += len as u64;
+                        n += 1;
+                        continue;
+                    };
+                    each(Record::Sample { pid, tid, cpu, time, raw, stacks });
                 }
                 RECORD_LOST if body.len() >= 24 => {
                     each(Record::Lost(u64::from_le_bytes(body[16..24].try_into().expect("8"))));
@@ -286,6 +378,39 @@ impl Ring {
         self.scratch = scratch;
         n
     }
+}
+
+/// The raw data and the stacks of a sample record `body` (its fields in the kernel's order:
+/// callchain, raw, user registers, user stack); `None` when it is cut short.
+fn sample_rest(body: &[u8], layout: Layout) -> Option<(&[u8], SampleStacks<'_>)> {
+    let u64_at = |o: usize| body.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
+    let mut at = 32;
+    let mut stacks = SampleStacks::default();
+    if layout.callchain {
+        let nr = usize::try_from(u64_at(at)?).ok()?;
+        stacks.callchain = body.get(at + 8..at + 8 + nr.checked_mul(8)?)?;
+        at += 8 + nr * 8;
+    }
+    let raw_len = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+    let raw = body.get(at + 4..at + 4 + raw_len)?;
+    at += 4 + raw_len;
+    if layout.user {
+        let abi = u64_at(at)?;
+        at += 8;
+        if abi != 0 {
+            let regs = [u64_at(at)?, u64_at(at + 8)?, u64_at(at + 16)?];
+            stacks.user_regs = Some(regs);
+            at += 24;
+        }
+        let size = usize::try_from(u64_at(at)?).ok()?;
+        at += 8;
+        if size > 0 {
+            let copied = body.get(at..at + size)?;
+            let dynamic = usize::try_from(u64_at(at + size)?).ok()?;
+            stacks.user_stack = &copied[..dynamic.min(size)];
+        }
+    }
+    Some((raw, stacks))
 }
 
 /// `len` bytes at `off` in the circular `data`, copied into `scratch` when they wrap.

@@ -9,7 +9,7 @@ use dprobe_spec::ProbeSpec;
 use crate::define::{definition, Definition, EventKind, END_FIELD};
 use crate::error::KernelError;
 use crate::format::{data_loc, EventFormat, FieldKind, FieldValue};
-use crate::perf::{Record, Rings, DEFAULT_BUFFER_BYTES};
+use crate::perf::{Record, Rings, SampleStacks, StackSampling, DEFAULT_BUFFER_BYTES};
 use crate::tracefs::Tracefs;
 
 const GROUP_PREFIX: &str = "dprobe_";
@@ -48,6 +48,8 @@ pub struct Hit<'a> {
     pub format: &'a EventFormat,
     /// The raw record (decode fields with [`EventFormat::decode`]).
     pub raw: &'a [u8],
+    /// Its stacks, when the session samples them ([`Session::set_stacks`]).
+    pub stacks: SampleStacks<'a>,
 }
 
 impl Hit<'_> {
@@ -97,6 +99,7 @@ pub struct Session {
     pub lost: u64,
     /// Bytes of data of each CPU's perf buffer.
     buffer_bytes: usize,
+    stacks: Option<StackSampling>,
 }
 
 impl Session {
@@ -117,6 +120,7 @@ impl Session {
             pending: Vec::new(),
             lost: 0,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
+            stacks: None,
         })
     }
 
@@ -124,6 +128,11 @@ impl Session {
     /// [`crate::check_buffer_size`]; the default is [`DEFAULT_BUFFER_BYTES`]).
     pub fn set_buffer_size(&mut self, bytes: usize) {
         self.buffer_bytes = bytes;
+    }
+
+    /// Have every record carry the stacks `stacks` names, from the next [`Session::start`] on.
+    pub fn set_stacks(&mut self, stacks: Option<StackSampling>) {
+        self.stacks = stacks;
     }
 
     /// See [`Session::set_buffer_size`].
@@ -330,7 +339,7 @@ impl Session {
             .filter(|(e, _)| e.buffered)
             .map(|(e, f)| (e.format.id, f.as_deref()))
             .collect();
-        let rings = Rings::open(&ids, pid.unwrap_or(-1), self.buffer_bytes).map_err(|e| match e {
+        let rings = Rings::open(&ids, pid.unwrap_or(-1), self.buffer_bytes, self.stacks).map_err(|e| match e {
             // Say what the user wrote, not what dprobe added.
             KernelError::Refused { definition, reason } => KernelError::Refused {
                 definition: self.events.iter().zip(&filters).fold(definition, |d, (e, f)| match (&e.filter, f) {
@@ -353,11 +362,11 @@ impl Session {
         let lost = &mut self.lost;
         rings.poll(timeout_ms, &mut |record| match record {
             Record::Lost(n) => *lost += n,
-            Record::Sample { pid, tid, cpu, time, raw } => {
+            Record::Sample { pid, tid, cpu, time, raw, stacks } => {
                 let Some(kind) = raw.get(..2).map(|b| u16::from_le_bytes([b[0], b[1]])) else { return };
                 let Some(i) = events.iter().position(|e| e.format.id as u16 == kind) else { return };
                 events[i].received += 1;
-                each(Hit { event: i, pid, tid, cpu, time, format: &events[i].format, raw });
+                each(Hit { event: i, pid, tid, cpu, time, format: &events[i].format, raw, stacks });
             }
         })
     }
