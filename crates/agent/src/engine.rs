@@ -375,9 +375,7 @@ impl Engine for AgentEngine {
     type Error = AgentError;
 
     fn stacks(&mut self, _want: dprobe_core::StackRequest) -> Result<(), String> {
-        Err("the agent engine does not capture stacks yet; the ptrace engine (the default) and the kernel \
-             engine do"
-            .into())
+        Err("the agent engine does not capture stacks yet; the ptrace and kernel engines do".into())
     }
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
