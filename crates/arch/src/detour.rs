@@ -3,7 +3,8 @@
 //! Layout, from the detour's address `at`:
 //!
 //! ```text
-//! at+0   the probe address (8 bytes): how the dispatcher finds the site from the return address
+//! at+0   the probe address (8 bytes), or an engine's word (`Detour::set_word`): how the
+//!        dispatcher finds the site from the return address
 //! at+8   the address of the engine's entry stub (8 bytes), called through memory (any distance)
 //! at+16  redirect: ret 128           ; to where a handler sent RIP, see below
 //! at+24  entry:    lea rsp,[rsp-136] ; skip the red zone, and keep one slot for a redirect
@@ -50,6 +51,12 @@ impl Detour {
     /// The jump's target.
     pub fn entry(&self) -> Addr {
         self.addr.offset(DETOUR_ENTRY)
+    }
+
+    /// Replace the word at +0 (the probe address) with an engine's own, e.g. the address of
+    /// its record of the probe, which its stub then finds without a lookup.
+    pub fn set_word(&mut self, word: u64) {
+        self.code[..8].copy_from_slice(&word.to_le_bytes());
     }
 
     /// The `jmp rel32` that replaces the window's first five bytes.

@@ -6,7 +6,8 @@
 //!
 //! * floor: a function that starts with `int3`, under a `SIGTRAP` handler that only returns
 //!   (the cheapest possible trap round trip; installed only while it is measured);
-//! * emulated: probe on `push %rbp` (emulated in the handler, one trap);
+//! * emulated: probe on `push %rbp` (emulated in the handler, one trap; registered with
+//!   `no_optimize`, since its window would make it a jump);
 //! * boosted: probe on `mov %rdi,%rax` (copy + jump back, one trap);
 //! * post-step: the same with a post-handler (copy + a second trap);
 //! * kretprobe: a return probe on a function starting with the same `mov`: its entry is the
@@ -133,7 +134,7 @@ fn count(_: &mut dprobe_inproc::Regs) -> PreAction {
 fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     let at = |f: unsafe extern "C" fn(u64) -> u64| dprobe_inproc::Addr(f as *const () as usize as u64);
     let kprobes = vec![
-        register(Kprobe::addr(at(bench_push)).pre(count)).expect("emulated probe"),
+        register(Kprobe::addr(at(bench_push)).pre(count).no_optimize()).expect("emulated probe"),
         register(Kprobe::addr(at(bench_mov)).pre(count)).expect("boosted probe"),
         register(Kprobe::addr(at(bench_post)).pre(count).post(|_| {})).expect("post-step probe"),
         register(Kprobe::addr(at(bench_jump)).pre(count)).expect("jump-optimized probe"),

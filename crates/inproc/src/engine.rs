@@ -94,6 +94,10 @@ struct SiteState {
     window: Result<Vec<Insn>, NotOptimized>,
     /// The detour, once built; kept (never freed) and reused.
     detour: Option<Detour>,
+    /// What the detour's dispatcher reads the site from (with the detour: never freed).
+    hot: Option<&'static jump::JumpSite>,
+    /// The site as last published in the table, which `hot` points to.
+    published: Option<Arc<Site<Prepared>>>,
     /// Whether the jump is in the code now (byte 0 is `e9`).
     jumping: bool,
     /// Why the site is not a jump now, if it is not.
@@ -264,6 +268,8 @@ impl Engine {
                 armed: false,
                 window,
                 detour: None,
+                hot: None,
+                published: None,
                 jumping: false,
                 jump_status: Err(NotOptimized::Disarmed),
             });
@@ -416,12 +422,14 @@ impl Engine {
             }
         }
         // 3. Publish, and wait for readers of the old rows.
+        let mut published = Vec::with_capacity(lists.len());
         let rows: Vec<TableEntry<Prepared>> = lists
             .iter()
             .zip(execs)
             .flat_map(|((addr, probes), exec)| {
                 let traps: Vec<u64> = st.sites[addr].slots.iter().filter_map(|s| s.trap_addr()).map(|a| a.0).collect();
                 let site = Arc::new(Site { addr: *addr, arch: exec, probes: probes.clone() });
+                published.push((*addr, site.clone()));
                 let entry = TableEntry { key: addr.0, kind: TrapKind::Entry, site: site.clone() };
                 std::iter::once(entry).chain(traps.into_iter().map(move |key| TableEntry {
                     key,
@@ -434,6 +442,21 @@ impl Engine {
             table.retain(|r| !lists.contains_key(&r.site.addr));
             table.extend(rows);
         });
+        // Detours read their site through `hot`: point them at the new one, and keep the old
+        // alive until no dispatcher can still be reading it.
+        let (mut retired, mut read_by_detours) = (Vec::new(), false);
+        for (addr, site) in published {
+            let state = st.sites.get_mut(&addr).expect("site of a list");
+            if let Some(hot) = state.hot {
+                hot.site.store(Arc::as_ptr(&site).cast_mut(), std::sync::atomic::Ordering::Release);
+                read_by_detours = true;
+            }
+            retired.extend(state.published.replace(site));
+        }
+        if read_by_detours {
+            jump::grace();
+        }
+        drop(retired);
         drop(old_rows);
         // 4. Arm sites that have an enabled probe now.
         let mut failure = None;
@@ -476,7 +499,12 @@ impl Engine {
             let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
             let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
             let window = st.sites[&addr].window.clone()?;
-            let detour = detour_code(addr, &window, at, jump::entry_stub())?;
+            jump::prepare_readers();
+            let mut detour = detour_code(addr, &window, at, jump::entry_stub())?;
+            let site = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());
+            let hot: &'static jump::JumpSite =
+                Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(site) }));
+            detour.set_word(hot as *const jump::JumpSite as u64);
             if detour.code.len() > DETOUR_SLOTS as usize * SLOT_SIZE {
                 return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
             }
@@ -502,7 +530,9 @@ impl Engine {
                 next.sort_by_key(|w| w.copy);
                 next
             });
-            st.sites.get_mut(&addr).expect("site").detour = Some(detour);
+            let state = st.sites.get_mut(&addr).expect("site");
+            state.detour = Some(detour);
+            state.hot = Some(hot);
         }
         let site = &st.sites[&addr];
         let detour = site.detour.as_ref().expect("built above");

@@ -62,8 +62,16 @@ extern "C" fn trampoline(arg: *mut u8) {
 
 /// Run `f`; if it faults, resume here and return the fault. Async-signal-safe; nests.
 pub fn call_guarded(f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+    call_guarded_in(thread_state::current(), f)
+}
+
+/// [`call_guarded`] with the calling thread's state already found.
+pub(crate) fn call_guarded_in(
+    state: Option<&thread_state::ThreadState>,
+    f: &mut dyn FnMut(),
+) -> Result<(), HandlerFault> {
     // A thread without state cannot be guarded: `f` does not run.
-    let Some(state) = thread_state::current() else { return Err(HandlerFault { signal: 0, addr: None }) };
+    let Some(state) = state else { return Err(HandlerFault { signal: 0, addr: None }) };
     let mut point = [0u64; 2];
     let outer = state.guard_point.replace(&mut point);
     let mut f = f;

@@ -10,15 +10,103 @@
 //! restore. The stub restores and returns into the detour, which runs the relocated window
 //! and jumps back.
 //!
-//! Like the trap path, nothing here allocates or locks: the site is found by an RCU read of
-//! the table, registers are copied on the stack.
+//! Like the trap path, nothing here allocates or locks, and registers are copied on the stack.
+//!
+//! # Finding the site without a lookup
+//!
+//! A detour's first word points to its [`JumpSite`], which the registrar keeps pointing at the
+//! site as last published (its probes). The dispatcher reads that pointer instead of searching
+//! the table, so a hit costs the same with one probe or ten thousand, and it protects the read
+//! without an atomic read-modify-write: it bumps its thread's `jump_reading` counter to odd
+//! with a plain store, reads, and bumps it back to even. A registrar that replaces the pointer
+//! keeps the old site alive until [`grace`]: `membarrier` makes every thread execute a full
+//! barrier (so a reader either had published its odd counter, or reads the new pointer), then
+//! it waits until each odd counter it saw has moved on (user-space RCU's `membarrier`
+//! flavour). Without `membarrier`, readers pay a fence instead. A thread without a state entry
+//! (the table is full) falls back to the table's RCU read.
+
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, Ordering::*};
 
 use dprobe_arch::{Addr, Prepared, Regs, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW};
 use dprobe_core::{PreOutcome, Site, TrapKind};
 
 use crate::engine::Engine;
 use crate::saved::{restore_registers, save_registers, SavedRegs};
+use crate::sys;
+use crate::thread_state::{self, ThreadState};
 use crate::trap::{self, Dispatch};
+
+/// A jump-optimized site as its detour's dispatcher reads it. One per detour, never freed.
+pub(crate) struct JumpSite {
+    /// The probe address.
+    pub(crate) addr: Addr,
+    /// The site as last published; the registrar keeps it alive (see [`grace`]).
+    pub(crate) site: AtomicPtr<Site<Prepared>>,
+}
+
+/// Whether readers must fence (no `membarrier`): set before the first jump goes live.
+static READERS_FENCE: AtomicBool = AtomicBool::new(true);
+
+/// Decide, before a jump goes live, whether its readers must fence: only when the process
+/// cannot use `membarrier`.
+pub(crate) fn prepare_readers() {
+    READERS_FENCE.store(!sys::sync_cores(), SeqCst);
+}
+
+/// Wait until no thread can still read a site pointer replaced before this call.
+pub(crate) fn grace() {
+    let barrier = sys::sync_cores();
+    READERS_FENCE.store(!barrier, Relaxed);
+    if !barrier {
+        fence(SeqCst);
+    }
+    let own = thread_state::existing().map(|s| s as *const ThreadState);
+    let mut busy = Vec::new();
+    thread_state::for_each(|s| {
+        let seen = s.jump_reading.load(Acquire);
+        if seen % 2 == 1 && Some(s as *const ThreadState) != own {
+            busy.push((s as *const ThreadState, seen));
+        }
+    });
+    for (s, seen) in busy {
+        // SAFETY: entries of the state table are never unmapped.
+        let s = unsafe { &*s };
+        while s.jump_reading.load(Acquire) == seen {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Marks the calling thread as reading a site pointer (see the module's comment).
+struct Reading<'a>(&'a ThreadState);
+
+impl<'a> Reading<'a> {
+    fn enter(s: &'a ThreadState) -> Self {
+        let depth = s.jump_depth.get();
+        s.jump_depth.set(depth + 1);
+        if depth == 0 {
+            // Only this thread writes its counter: a load and a store, no locked instruction.
+            s.jump_reading.store(s.jump_reading.load(Relaxed) + 1, Relaxed);
+        }
+        if READERS_FENCE.load(Relaxed) {
+            fence(SeqCst);
+        } else {
+            compiler_fence(SeqCst);
+        }
+        Reading(s)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        compiler_fence(SeqCst);
+        let depth = self.0.jump_depth.get() - 1;
+        if depth == 0 {
+            self.0.jump_reading.store(self.0.jump_reading.load(Relaxed) + 1, Release);
+        }
+        self.0.jump_depth.set(depth);
+    }
+}
 
 std::arch::global_asm!(
     ".text",
@@ -63,23 +151,34 @@ const FRAME_TO_RSP: u64 = std::mem::size_of::<JumpFrame>() as u64 - 8 + DETOUR_S
 
 /// Called by the stub with the frame it pushed; returns the frame to restore from.
 extern "C" fn jump_dispatch(frame: *mut JumpFrame) -> *mut JumpFrame {
-    let _hit_path = trap::HitPath::enter();
+    let state = thread_state::current();
+    let _hit_path = trap::HitPath::with(state);
     let detour = Addr(
         // SAFETY: the stub passes the frame it just pushed on this thread's stack.
         unsafe { (*frame).ret } - DETOUR_RETURN,
     );
-    // SAFETY: the stub is only called by a detour, whose first 8 bytes are its probe's
-    // address; detours are never unmapped.
-    let site_addr = unsafe { std::ptr::read(detour.0 as *const u64) };
+    // SAFETY: the stub is only called by a detour, whose first 8 bytes are the address of
+    // its `JumpSite`; detours and their `JumpSite`s are never freed.
+    let jump_site = unsafe { &*(std::ptr::read(detour.0 as *const u64) as *const JumpSite) };
+    let site_addr = jump_site.addr.0;
     let rsp = frame as u64 + FRAME_TO_RSP;
     // SAFETY: as above: the frame is ours until this function returns.
     let mut regs = unsafe { (*frame).saved.regs(site_addr, rsp) };
-    let skip = Engine::get().is_some_and(|engine| {
-        engine.table.lookup(site_addr, |found| match found {
-            Some((site, TrapKind::Entry)) => run_handlers(site, &mut regs),
-            _ => false,
-        })
-    });
+    let skip = match state {
+        Some(s) => {
+            let _reading = Reading::enter(s);
+            let site = jump_site.site.load(Acquire);
+            // SAFETY: a non-null pointer is a published site, kept alive by the registrar
+            // until a grace period has passed, which waits for `_reading`.
+            !site.is_null() && run_handlers(unsafe { &*site }, &mut regs, state)
+        }
+        None => Engine::get().is_some_and(|engine| {
+            engine.table.lookup(site_addr, |found| match found {
+                Some((site, TrapKind::Entry)) => run_handlers(site, &mut regs, None),
+                _ => false,
+            })
+        }),
+    };
     let window = detour.offset(DETOUR_WINDOW).0;
     let target = if skip { regs.rip } else { window };
     if target == window && regs.rsp == rsp {
@@ -92,8 +191,8 @@ extern "C" fn jump_dispatch(frame: *mut JumpFrame) -> *mut JumpFrame {
 }
 
 /// The trap path's entry dispatch; whether a pre-handler moved RIP (skip the window).
-fn run_handlers(site: &Site<Prepared>, regs: &mut Regs) -> bool {
-    trap::dispatch_entry(site, regs, None, |_, d| matches!(d, Dispatch::Ran(PreOutcome::Skip)))
+fn run_handlers(site: &Site<Prepared>, regs: &mut Regs, state: Option<&'static ThreadState>) -> bool {
+    trap::dispatch_entry_in(state, site, regs, None, |_, d| matches!(d, Dispatch::Ran(PreOutcome::Skip)))
 }
 
 /// Continue at `target` with the stack pointer a handler chose: move the frame so that it

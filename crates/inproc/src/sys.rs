@@ -40,7 +40,7 @@ const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 6
 /// code again, so that a code change is seen by all (the user-space `sync_core()` of the
 /// kernel's `text_poke_bp`). Without membarrier support this is a no-op, which x86's
 /// coherent instruction fetch tolerates for the single-byte `int3` protocol.
-pub fn sync_cores() {
+pub fn sync_cores() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
@@ -50,6 +50,7 @@ pub fn sync_cores() {
         // SAFETY: as above.
         unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0) };
     }
+    ok
 }
 
 /// Read `buf.len()` bytes at `addr` without faulting: a bad address returns an error instead

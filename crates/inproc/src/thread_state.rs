@@ -41,6 +41,11 @@ pub(crate) struct ThreadState {
     pub(crate) in_handler: Cell<bool>,
     /// Depth of dprobe's signal handlers and jump-path dispatches.
     pub(crate) in_hit_path: Cell<u32>,
+    /// Odd while the jump path reads a site through its detour (see `jump.rs`), bumped at
+    /// each outermost entry and exit; read by other threads waiting for a grace period.
+    pub(crate) jump_reading: AtomicU64,
+    /// Nesting of those reads (a hit inside a handler reads again).
+    pub(crate) jump_depth: Cell<u32>,
     /// Depth of dprobe's own work (registering, unregistering): its hits count nothing.
     pub(crate) own_work: Cell<u32>,
     /// The alternate signal stack `(base, size)` at the current hit, when `alternate_known`.
@@ -191,6 +196,16 @@ pub(crate) fn current() -> Option<&'static ThreadState> {
             return Some(table.state(i));
         }
         return None;
+    }
+}
+
+/// Run `f` on the entry of every thread that has one.
+pub(crate) fn for_each(mut f: impl FnMut(&ThreadState)) {
+    let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
+    for i in 0..ENTRIES {
+        if table.owner(i).load(Acquire) != 0 {
+            f(table.state(i));
+        }
     }
 }
 

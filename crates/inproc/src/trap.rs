@@ -70,7 +70,11 @@ pub(crate) struct HitPath(Option<&'static ThreadState>);
 
 impl HitPath {
     pub(crate) fn enter() -> HitPath {
-        let state = thread_state::current();
+        HitPath::with(thread_state::current())
+    }
+
+    /// [`HitPath::enter`] with the calling thread's state already found.
+    pub(crate) fn with(state: Option<&'static ThreadState>) -> HitPath {
         if let Some(s) = state {
             s.in_hit_path.set(s.in_hit_path.get() + 1);
         }
@@ -166,7 +170,18 @@ pub(crate) fn dispatch_entry<R>(
     alternate_stack: Option<(u64, u64)>,
     then: impl FnOnce(&mut Regs, Dispatch) -> R,
 ) -> R {
-    let Some(state) = thread_state::current() else {
+    dispatch_entry_in(thread_state::current(), site, regs, alternate_stack, then)
+}
+
+/// [`dispatch_entry`] with the calling thread's state already found.
+pub(crate) fn dispatch_entry_in<R>(
+    state: Option<&'static ThreadState>,
+    site: &Site<Prepared>,
+    regs: &mut Regs,
+    alternate_stack: Option<(u64, u64)>,
+    then: impl FnOnce(&mut Regs, Dispatch) -> R,
+) -> R {
+    let Some(state) = state else {
         // No room for this thread's state: no handler can run safely.
         site.miss();
         return then(regs, Dispatch::Missed);
@@ -182,7 +197,7 @@ pub(crate) fn dispatch_entry<R>(
         return then(regs, Dispatch::Missed);
     }
     state.in_handler.set(true);
-    let outcome = site.run_pre(regs, &mut Guarded);
+    let outcome = site.run_pre(regs, &mut Guarded(Some(state)));
     let result = then(regs, Dispatch::Ran(outcome));
     state.in_handler.set(false);
     result
@@ -197,7 +212,7 @@ fn execute_here(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut Si
             match emulate(emulation, site.arch.insn.next(), regs, &mut mem) {
                 Ok(()) => {
                     if post {
-                        site.run_post(regs, &mut Guarded);
+                        site.run_post(regs, &mut Guarded(thread_state::current()));
                     }
                     ctx.set_regs(regs);
                 }
@@ -217,7 +232,7 @@ fn on_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
     let mut regs = ctx.regs();
     site.arch.finish_step(&mut regs);
     if !in_handler() && enter_handler() {
-        site.run_post(&mut regs, &mut Guarded);
+        site.run_post(&mut regs, &mut Guarded(thread_state::current()));
         leave_handler();
     }
     ctx.set_regs(&regs);
@@ -380,11 +395,11 @@ unsafe fn map_fault_address(info: *mut libc::siginfo_t, slot: &dprobe_arch::Slot
 }
 
 /// Runs each handler under the fault guard.
-struct Guarded;
+struct Guarded(Option<&'static ThreadState>);
 
 impl HandlerCall for Guarded {
     fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
-        guard::call_guarded(f)
+        guard::call_guarded_in(self.0, f)
     }
 }
 
