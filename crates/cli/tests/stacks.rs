@@ -26,7 +26,7 @@ struct Program {
 
 fn c_program(name: &'static str, frame_pointers: bool) -> Program {
     let fp = if frame_pointers { "-fno-omit-frame-pointer" } else { "-fomit-frame-pointer" };
-    let path = dprobe_test_fixtures::c_program(SOURCE, name, &["-O2", "-g", fp]);
+    let path = dprobe_test_fixtures::c_program(SOURCE, name, &["-O2", "-g", "-pthread", fp]);
     Program { path, leaf: "leaf", mid: "mid", top: "top", other: "other", main: "main" }
 }
 
@@ -173,6 +173,33 @@ fn folded_stacks_count_each_path_exactly() {
             expected.sort();
             assert_eq!(got, expected, "{what}\n{text}");
             assert!(trace.contains("leaf") && !trace.contains("call "), "events are counted, not printed: {what}");
+        }
+    }
+}
+
+#[test]
+fn recursion_and_threads_each_keep_their_own_stack_through_every_pending_return() {
+    for p in programs().into_iter().take(2) {
+        for &engine in ENGINES {
+            // Every level of the recursion has a pending return probe: six trampolines in
+            // one stack, each shown as the level it stands for.
+            let args = ["--engine", engine, "--json", "--stack", p.leaf, "down%return", "--", p.path, "1", "deep"];
+            let Traced { code, stderr, trace, .. } = trace_to_file("stack-deep", &args);
+            let what = format!("{} {engine}\n{stderr}\n{trace}", p.path);
+            assert_eq!(code, Some(0), "{what}");
+            let paths: Vec<Vec<String>> = events(&trace, p.leaf).map(|e| path_to_main(&e, p.main)).collect();
+            let deep = vec!["leaf", "down", "down", "down", "down", "down", "down", "main"];
+            assert_eq!(paths.iter().filter(|s| **s == deep).count(), 1, "{what}");
+            // The thread's stack ends in its own start function, not in main.
+            let in_thread = events(&trace, p.leaf)
+                .map(|e| path_to_main(&e, "worker"))
+                .filter(|s| s.last().map(String::as_str) == Some("worker"))
+                .count();
+            assert_eq!(in_thread, 1, "{what}");
+            assert_eq!(paths.len(), 5, "{what}");
+            // Each level's return, from the innermost: the levels above it remain.
+            let returns: Vec<usize> = events(&trace, "down").map(|e| path_to_main(&e, p.main).len()).collect();
+            assert_eq!(returns, vec![6, 5, 4, 3, 2, 1], "{what}");
         }
     }
 }
