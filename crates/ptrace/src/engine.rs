@@ -408,6 +408,14 @@ impl Engine for PtraceEngine {
         stats
     }
 
+    fn remarks(&self, index: usize) -> Vec<String> {
+        let Some(id) = self.ids.get(index) else { return Vec::new() };
+        match self.tracee.return_mode(*id) {
+            Some(mode @ crate::ReturnMode::ReturnAddress { .. }) => vec![mode.to_string()],
+            _ => Vec::new(),
+        }
+    }
+
     /// Detach. A program dprobe started and let go because a signal stopped the trace is
     /// waited for: it got the same Ctrl-C from the terminal, and a `SIGTERM` or `SIGHUP` is
     /// passed on to it. One let go at the end of a duration keeps running on its own.

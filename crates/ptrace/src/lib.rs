@@ -7,8 +7,10 @@
 //! the in-process engine does: emulated (branches, calls, returns, pushes, nops), or by
 //! pointing the thread at a relocated copy in an out-of-line page mapped into the tracee (by
 //! an injected `mmap` system call) that jumps back. The breakpoint is never lifted to step
-//! over it, so another thread can never run past it. Return probes replace the return
-//! address with a trampoline in that page.
+//! over it, so another thread can never run past it. Return probes watch every exit of the
+//! function (each `ret`, each tail call) as ordinary probe sites, pairing entries and exits by
+//! the stack pointer; when those exits are not all known, they replace the return address with
+//! a trampoline in that page ([`ReturnMode`]).
 //!
 //! All threads are followed (`PTRACE_O_TRACECLONE`); signals that are not the tracer's are
 //! delivered unchanged, the program's own `SIGTRAP` included; a forked child gets its
@@ -30,6 +32,7 @@ mod blocked;
 mod detach;
 mod engine;
 mod error;
+mod exits;
 mod family;
 mod inject;
 mod library;
@@ -49,6 +52,7 @@ mod xol;
 
 pub use engine::{wait_for_command, PtraceEngine};
 pub use error::{Exit, Stopped, TraceError};
+pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
 pub use semaphores::Semaphores;

@@ -187,12 +187,12 @@ impl Tracee {
             self.watch_unwinders(tid, &maps, &symbols)?;
         }
         for id in waiting {
-            let (resolved, is_return) = {
+            let (resolved, def) = {
                 let p = &self.probes[&id];
-                (p.def.target().and_then(|t| resolve(&symbols, &maps, t)), p.def.on_return.is_some())
+                (p.def.target().and_then(|t| resolve(&symbols, &maps, t)), p.def.share())
             };
             let placed = match resolved {
-                Ok(at) => self.place_at(tid, id, at, is_return, &maps).map(Some),
+                Ok(at) => self.place_at(tid, id, at, &def, &maps, &symbols).map(Some),
                 Err(e) if e.may_load_later() => Ok(None),
                 Err(e) => Err(e.into()),
             };

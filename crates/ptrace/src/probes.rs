@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use dprobe_arch::{analyze, prepare, Addr, Memory, Prepared, Regs};
+use dprobe_arch::{analyze, prepare, Addr, ExitKind, Memory, Prepared, Regs};
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
 use dprobe_spec::SpecError;
 use dprobe_sym::{read_maps_of, Function, Mapping, ResolveError, Symbols, Target};
 
 use crate::error::TraceError;
+use crate::exits::ReturnMode;
 use crate::tracee::Tracee;
 use crate::xol::Near;
 
@@ -99,6 +100,7 @@ pub struct ProbeDef {
     pub(crate) maxactive: usize,
     pub(crate) when_loaded: bool,
     pub(crate) no_return_stop: bool,
+    pub(crate) via_return_address: bool,
 }
 
 impl ProbeDef {
@@ -112,6 +114,7 @@ impl ProbeDef {
             maxactive: 0,
             when_loaded: false,
             no_return_stop: false,
+            via_return_address: false,
         }
     }
 
@@ -124,6 +127,7 @@ impl ProbeDef {
             maxactive: 0,
             when_loaded: false,
             no_return_stop: false,
+            via_return_address: false,
         }
     }
 
@@ -151,6 +155,13 @@ impl ProbeDef {
         self
     }
 
+    /// Watch the returns by replacing the return address (a trampoline or a stub), even when
+    /// every exit of the function is known and could be watched instead (the default then).
+    pub fn via_return_address(mut self) -> ProbeDef {
+        self.via_return_address = true;
+        self
+    }
+
     /// The same probe, sharing its handlers (for a process the tracer follows).
     pub(crate) fn share(&self) -> ProbeDef {
         ProbeDef {
@@ -160,6 +171,7 @@ impl ProbeDef {
             maxactive: self.maxactive,
             when_loaded: self.when_loaded,
             no_return_stop: self.no_return_stop,
+            via_return_address: self.via_return_address,
         }
     }
 
@@ -200,6 +212,12 @@ pub(crate) struct Site {
     /// The file and offset of the code it is on, while that file is mapped there (`None`:
     /// code that is no file's).
     pub origin: Option<(String, u64)>,
+    /// The functions (their entries) this instruction is an exit of, for return probes that
+    /// watch exits, and how each leaves here.
+    pub exit_of: Vec<(Addr, ExitKind)>,
+    /// At a function's entry: its return probes that watch its exits (the others replace
+    /// the return address).
+    pub exit_probes: Vec<ProbeId>,
 }
 
 /// The file and the offset in it that `addr` shows, in `maps`.
@@ -251,7 +269,7 @@ impl Tracee {
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
         let at = resolve(&symbols, &maps, def.target()?)?;
-        self.place_at(tid, id, at, def.on_return.is_some(), &maps)
+        self.place_at(tid, id, at, def, &maps, &symbols)
     }
 
     /// Place probe `id` at resolved `at` through held thread `tid` (which runs the system
@@ -261,24 +279,45 @@ impl Tracee {
         tid: i32,
         id: ProbeId,
         at: Target,
-        is_return: bool,
+        def: &ProbeDef,
         maps: &[Mapping],
+        symbols: &Symbols,
     ) -> Result<Addr, TraceError> {
         let (addr, f) = (at.addr, at.function);
+        let is_return = def.on_return.is_some();
         if is_return && f.start != addr {
             return Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start }.into());
         }
+        let mut watch_exits = false;
         if is_return {
-            self.xol.trampoline(&mut self.memory, Near { tid, addr, maps })?;
-            if !self.unwinders_watched {
-                self.watch_unwinders(tid, maps, &Symbols::load(maps))?;
-            }
+            let exits = match def.via_return_address {
+                true => Err("asked for".to_string()),
+                false => self.exits_of(&f, symbols).map_err(|e| format!("the function's exits are not all known: {e}")),
+            };
+            let mode = match exits {
+                Ok((exits, cold)) => {
+                    self.arm_exits(tid, &f, cold.as_ref(), &exits, maps)?;
+                    watch_exits = true;
+                    ReturnMode::Exits { sites: exits.sites.len() }
+                }
+                Err(why) => {
+                    self.xol.trampoline(&mut self.memory, Near { tid, addr, maps })?;
+                    if !self.unwinders_watched {
+                        self.watch_unwinders(tid, maps, symbols)?;
+                    }
+                    ReturnMode::ReturnAddress { why }
+                }
+            };
+            self.return_modes.insert(id, mode);
         }
-        if let Some(site) = self.sites.get_mut(&addr) {
-            site.probes.push(id);
-            return Ok(addr);
+        if !self.sites.contains_key(&addr) {
+            self.new_site(tid, addr, &f, maps, None)?;
         }
-        self.new_site(tid, addr, &f, maps, Some(id))?;
+        let site = self.sites.get_mut(&addr).expect("placed");
+        site.probes.push(id);
+        if watch_exits {
+            site.exit_probes.push(id);
+        }
         Ok(addr)
     }
 
@@ -311,7 +350,16 @@ impl Tracee {
         }
         let probes = probe.into_iter().collect();
         let origin = origin_at(maps, addr);
-        let site = Site { prepared, probes, loader_hook: false, unwinder: false, catcher: false, origin };
+        let site = Site {
+            prepared,
+            probes,
+            loader_hook: false,
+            unwinder: false,
+            catcher: false,
+            origin,
+            exit_of: Vec::new(),
+            exit_probes: Vec::new(),
+        };
         self.sites.insert(addr, site);
         self.write(addr, &patch.new)?;
         Ok(())
@@ -338,6 +386,12 @@ impl Tracee {
     /// A probe's figures.
     pub fn stats(&self, id: ProbeId) -> Stats {
         self.probes.get(&id).map(|p| p.stats.clone()).unwrap_or_default()
+    }
+
+    /// How a return probe watches its function's returns (`None`: not a return probe, or not
+    /// placed yet).
+    pub fn return_mode(&self, id: ProbeId) -> Option<ReturnMode> {
+        self.return_modes.get(&id).cloned()
     }
 
     /// Hits of a probe so far.

@@ -72,7 +72,7 @@ pub(crate) struct Returns {
     /// Records of dropped returns whose stack slot still held the stub: `(record, thread,
     /// slot, real return address)`, released once the slot no longer points at the stub.
     quarantine: Vec<(usize, i32, u64, u64)>,
-    stacks: StackMaps,
+    pub(crate) stacks: StackMaps,
     entries: u64,
 }
 
@@ -80,7 +80,7 @@ pub(crate) struct Returns {
 /// address is not in it. A stack is named by its mapping's end, which stays put as the stack
 /// grows down.
 #[derive(Default)]
-struct StackMaps {
+pub(crate) struct StackMaps {
     ranges: Vec<(u64, u64)>,
 }
 
@@ -90,7 +90,7 @@ impl StackMaps {
         self.ranges.get(i).filter(|&&(start, _)| start <= addr).map(|&(_, end)| end)
     }
 
-    fn stack_of(&mut self, pid: i32, addr: u64) -> u64 {
+    pub(crate) fn stack_of(&mut self, pid: i32, addr: u64) -> u64 {
         if let Some(end) = self.find(addr) {
             return end;
         }
@@ -221,6 +221,7 @@ impl Tracee {
 
     /// A thread exited: its pending returns will never come.
     pub(crate) fn forget_thread_returns(&mut self, tid: i32) {
+        self.forget_thread_activations(tid);
         let Some(mut thread) = self.returns.by_thread.remove(&tid) else { return };
         for gone in thread.pending.drain().into_iter().chain(thread.unwound) {
             self.abandon(tid, gone, false);
@@ -297,6 +298,7 @@ impl Tracee {
     /// (counted as abandoned, including returns a stub recorded after the last stop: the old
     /// memory cannot be read any more).
     pub(crate) fn forget_all_returns(&mut self) {
+        self.forget_all_activations();
         let threads: Vec<i32> = self.returns.by_thread.keys().copied().collect();
         for tid in threads {
             self.forget_thread_returns(tid);
@@ -431,6 +433,7 @@ impl Tracee {
             let elapsed = i.data.entered.elapsed();
             self.run_return(&i, tid, &mut regs, elapsed, run_handlers);
         }
+        self.returned_through_slot(tid, &mut regs);
         sys::from_regs(&regs, r);
         Ok(())
     }
@@ -487,6 +490,7 @@ impl Tracee {
                 let ticks = done.tsc.wrapping_sub(i.data.entered_tsc) as f64;
                 let elapsed = Duration::from_nanos((ticks / stubs::ticks_per_ns()) as u64);
                 self.run_return(&i, tid, &mut regs, elapsed, true);
+                self.returned_through_slot(tid, &mut regs);
             }
         }
     }

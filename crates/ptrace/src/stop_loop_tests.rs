@@ -44,6 +44,8 @@ fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u6
         unwinder: false,
         catcher: false,
         origin: None,
+        exit_of: Vec::new(),
+        exit_probes: Vec::new(),
     };
     t.sites.insert(Addr(SITE), site);
     let hits = Rc::new(RefCell::new(0));

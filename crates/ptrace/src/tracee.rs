@@ -33,6 +33,10 @@ pub struct Tracee {
     pub(crate) probes: BTreeMap<ProbeId, Probe>,
     pub(crate) xol: Xol,
     pub(crate) returns: Returns,
+    /// Calls of functions whose exits are watched, per thread.
+    pub(crate) activations: crate::exits::Activations,
+    /// How each return probe watches its returns, where it is placed.
+    pub(crate) return_modes: std::collections::HashMap<ProbeId, crate::exits::ReturnMode>,
     pub(crate) stubs: Stubs,
     pub(crate) next_id: u64,
     pub(crate) exit: Option<Exit>,
@@ -66,6 +70,8 @@ impl Tracee {
             probes: BTreeMap::new(),
             xol: Xol::default(),
             returns: Returns::default(),
+            activations: Default::default(),
+            return_modes: Default::default(),
             stubs: Stubs::default(),
             next_id: 0,
             exit: None,
@@ -420,15 +426,22 @@ impl Tracee {
         if !unwinder && !catcher {
             self.unwinding_over(tid);
         }
-        let site = self.sites.get_mut(&key).expect("looked up");
         let mut regs = sys::to_regs(&r);
         regs.rip = key.0;
+        // An exit of another function (shared code) leaves before this entry; a function
+        // whose first instruction is an exit (`f: jmp g`) leaves after its own entry.
+        let (own_exit, other_exits): (Vec<_>, Vec<_>) =
+            self.sites[&key].exit_of.iter().copied().partition(|(function, _)| *function == key);
+        if !other_exits.is_empty() {
+            self.leave_watched(tid, &mut regs, &other_exits);
+        }
+        let site = self.sites.get_mut(&key).expect("looked up");
         let mut has_return = false;
         let hijacked = self.returns.hijacked(tid);
         for id in &site.probes {
             let Some(p) = self.probes.get_mut(id) else { continue };
             p.stats.hits += 1;
-            has_return |= p.def.on_return.is_some();
+            has_return |= p.def.on_return.is_some() && !site.exit_probes.contains(id);
             if let Some(handler) = p.def.on_entry.as_ref() {
                 let memory: &mut RemoteMemory = &mut self.memory;
                 (handler.borrow_mut())(&mut Hit {
@@ -443,9 +456,17 @@ impl Tracee {
                 });
             }
         }
+        if !site.exit_probes.is_empty() {
+            let watched = site.exit_probes.clone();
+            self.enter_watched(tid, &regs, r.fs_base, key, &watched);
+        }
         if has_return {
-            let ids = site.probes.clone();
+            let site = &self.sites[&key];
+            let ids: Vec<ProbeId> = site.probes.iter().filter(|id| !site.exit_probes.contains(id)).copied().collect();
             self.hijack_return(tid, &regs, r.fs_base, key, &ids)?;
+        }
+        if !own_exit.is_empty() {
+            self.leave_watched(tid, &mut regs, &own_exit);
         }
         let site = &self.sites[&key];
         let mut deliver = 0;

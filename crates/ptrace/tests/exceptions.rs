@@ -4,11 +4,11 @@
 //! starts; the frames the exception leaves are watched again where it is caught.
 mod common;
 
-use common::{counter, throws};
+use common::{assert_mode, counter, in_mode, throws, Mode};
 use dprobe_ptrace::{Exit, ProbeDef, Tracee};
 use std::sync::atomic::Ordering::Relaxed;
 
-fn exceptions_through_probed_frames(no_stop: bool) {
+fn exceptions_through_probed_frames(mode: Mode) {
     let mut t = Tracee::spawn(throws(), &["300"]).unwrap();
     t.run_to_start().unwrap();
     let mut ids = Vec::new();
@@ -16,7 +16,8 @@ fn exceptions_through_probed_frames(no_stop: bool) {
     for f in ["inner", "middle", "outer"] {
         let (c, h) = counter();
         let def = ProbeDef::on_return(f, h);
-        ids.push(t.add(if no_stop { def.no_return_stop() } else { def }).unwrap());
+        ids.push(t.add(in_mode(def, mode)).unwrap());
+        assert_mode(&t, *ids.last().unwrap(), mode);
         counters.push(c);
     }
     assert_eq!(t.run().unwrap(), Exit::Code(0), "every result right, every destructor run");
@@ -28,11 +29,16 @@ fn exceptions_through_probed_frames(no_stop: bool) {
 }
 
 #[test]
+fn exceptions_through_frames_whose_exits_are_watched() {
+    exceptions_through_probed_frames(Mode::Exits);
+}
+
+#[test]
 fn exceptions_through_frames_returning_through_the_trampoline() {
-    exceptions_through_probed_frames(false);
+    exceptions_through_probed_frames(Mode::Trampoline);
 }
 
 #[test]
 fn exceptions_through_frames_returning_through_stubs() {
-    exceptions_through_probed_frames(true);
+    exceptions_through_probed_frames(Mode::Stubs);
 }

@@ -4,17 +4,17 @@
 //! counted as abandoned, each that did as a return.
 mod common;
 
-use common::exits;
+use common::{exits, in_mode, Mode, MODES};
 use dprobe_ptrace::{Exit, ProbeDef, Tracee};
 
 /// Trace `exits MODE 10` with return probes on `function` and `work` (stopping at the return
 /// or through stubs); returns the exit and (hits, returns, abandoned) of each.
-fn run(mode: &str, function: &str, no_stop: bool) -> (Exit, [(u64, u64, u64); 2]) {
+fn run(mode: &str, function: &str, watch: Mode) -> (Exit, [(u64, u64, u64); 2]) {
     let mut t = Tracee::spawn(exits(), &[mode, "10"]).unwrap();
     t.run_to_start().unwrap();
     let ids = [function, "work"].map(|f| {
         let def = ProbeDef::on_return(f, Box::new(|_| {}));
-        t.add(if no_stop { def.no_return_stop() } else { def }).unwrap()
+        t.add(in_mode(def, watch)).unwrap()
     });
     let exit = t.run().unwrap();
     (exit, ids.map(|id| (t.stats(id).hits, t.stats(id).returns, t.stats(id).abandoned)))
@@ -22,7 +22,7 @@ fn run(mode: &str, function: &str, no_stop: bool) -> (Exit, [(u64, u64, u64); 2]
 
 #[test]
 fn functions_that_exit_longjmp_or_end_their_thread() {
-    for no_stop in [false, true] {
+    for no_stop in MODES {
         let (exit, got) = run("exit", "leave_on_last", no_stop);
         assert_eq!((exit, got), (Exit::Code(7), [(10, 9, 1), (11, 11, 0)]), "exit, its atexit handler's call");
         let (exit, got) = run("_exit", "leave_on_last", no_stop);

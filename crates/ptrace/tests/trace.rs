@@ -149,10 +149,22 @@ fn returns_recorded_by_stubs_across_exec() {
     let mut t = Tracee::spawn(target(), &["exec", "10"]).unwrap();
     t.run_to_entry().unwrap();
     let (s, h) = counter();
-    let stub = t.add(dprobe_ptrace::ProbeDef::on_return("probed", h).no_return_stop()).unwrap();
+    let stub = t.add(dprobe_ptrace::ProbeDef::on_return("probed", h).via_return_address().no_return_stop()).unwrap();
     assert_eq!(t.run().unwrap(), Exit::Code(0));
     // The return before `exec` was recorded by a stub after the last stop: it is lost with
     // the old memory and counted as abandoned. The ten after are all there.
     let st = t.stats(stub);
     assert_eq!((s.load(Relaxed), st.hits, st.returns, st.abandoned), (10, 11, 10, 1));
+}
+
+#[test]
+fn returns_watched_at_exits_across_exec() {
+    let mut t = Tracee::spawn(target(), &["exec", "10"]).unwrap();
+    t.run_to_entry().unwrap();
+    let (s, h) = counter();
+    let p = t.add(dprobe_ptrace::ProbeDef::on_return("probed", h)).unwrap();
+    assert_eq!(t.run().unwrap(), Exit::Code(0));
+    // The exit stops the thread: the return before `exec` is seen like the ten after.
+    let st = t.stats(p);
+    assert_eq!((s.load(Relaxed), st.hits, st.returns, st.abandoned), (11, 11, 11, 0));
 }

@@ -9,10 +9,18 @@
 //! * at an exit with `sp`, the innermost activation at `sp` is leaving; activations below `sp`
 //!   belong to frames the program abandoned (`longjmp`, an exception unwinding past them, a
 //!   thread that switched frames away): stale, dropped and counted as abandoned;
-//! * at an entry with `sp`, activations at or below `sp` are stale too: a new call has
-//!   reused their return-address word;
+//! * at an entry with `sp`, an activation on that very word is stale (a new call has
+//!   written it), with every activation pushed after it; activations below `sp` are left for
+//!   the next exit to judge (they may be alive: a signal handler running on an alternate stack
+//!   higher in the same mapping);
 //! * the walk stops at the first activation above `sp`: it and everything older are outer
 //!   frames, alive.
+//!
+//! A tail call (`jmp` to another function) leaves the caller with no return value yet: its
+//! activation is *handed over* and stays on its word; the callee's entry on that word keeps it
+//! (instead of making it stale), and the callee's return returns both, innermost first, with
+//! the callee's return value (the kernel's "chained" uretprobes). A handed-over activation
+//! that becomes stale did leave, through a callee whose return was not watched.
 //!
 //! An activation below `sp` on another stack (a signal handler on an alternate stack that lies
 //! higher than the frames it interrupted, a coroutine's stack) cannot be judged from here and
@@ -30,8 +38,10 @@ pub trait Activations {
     fn depth(&self) -> usize;
     /// The stack pointer at activation `i`'s entry.
     fn sp(&self, i: usize) -> u64;
-    /// Drop stale activation `i` (the engine counts it as abandoned and gives back what it
-    /// held).
+    /// Whether activation `i` left by a tail call and returns with the callee it jumped to.
+    fn handed_over(&self, i: usize) -> bool;
+    /// Drop stale activation `i` (the engine counts it as abandoned, or as returned if it
+    /// was handed over, and gives back what it held).
     fn abandon(&mut self, i: usize);
 }
 
@@ -44,8 +54,9 @@ pub fn enter(acts: &mut (impl Activations + ?Sized), sp: u64, stack_of: &mut imp
 
 /// At an exit with stack pointer `sp`: drop the stale activations below it, and return the
 /// innermost activation at `sp` (the one leaving), if any. An entry replaces an activation on
-/// its own word, so an engine keeps one activation per entry (listing the probes of the
-/// function in it).
+/// its own word unless that one was handed over by a tail call, so an engine keeps one
+/// activation per entry (listing the probes of the function in it); the activations handed
+/// over to the one leaving lie right under it, at the same `sp`.
 pub fn leave(acts: &mut (impl Activations + ?Sized), sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> Option<usize> {
     sweep(acts, sp, false, stack_of).0
 }
@@ -56,6 +67,9 @@ fn sweep(
     entry: bool,
     stack_of: &mut impl FnMut(u64) -> u64,
 ) -> (Option<usize>, usize) {
+    if entry {
+        return (None, sweep_entry(acts, sp));
+    }
     let mut here = None;
     let mut dropped = 0;
     for i in (0..acts.depth()).rev() {
@@ -64,23 +78,39 @@ fn sweep(
             break;
         }
         if s == sp {
-            if !entry {
-                return (Some(i), dropped);
-            }
-        } else if *here.get_or_insert_with(|| stack_of(sp)) != stack_of(s) {
-            continue;
+            return (Some(i), dropped);
         }
-        acts.abandon(i);
-        dropped += 1;
+        if *here.get_or_insert_with(|| stack_of(sp)) == stack_of(s) {
+            acts.abandon(i);
+            dropped += 1;
+        }
     }
     (None, dropped)
+}
+
+/// At an entry, only an activation on the entry's own word is known dead (a new call wrote
+/// it), with every activation pushed after it (nested in it). Activations below `sp` may be
+/// alive (a signal handler on an alternate stack that lies higher in the same mapping): they
+/// are judged at the next exit.
+fn sweep_entry(acts: &mut (impl Activations + ?Sized), sp: u64) -> usize {
+    let Some(i) = (0..acts.depth()).rev().take_while(|&i| acts.sp(i) <= sp).find(|&i| acts.sp(i) == sp) else {
+        return 0;
+    };
+    // A tail call into this function keeps the caller it was handed over by.
+    let first = if acts.handed_over(i) { i + 1 } else { i };
+    let dropped = acts.depth() - first;
+    for j in (first..acts.depth()).rev() {
+        acts.abandon(j);
+    }
+    dropped
 }
 
 /// A thread's activations in a growable vector (engines that may allocate).
 #[derive(Debug, Clone)]
 pub struct ActivationStack<T> {
-    pending: Vec<(u64, T)>,
-    abandoned: Vec<T>,
+    /// (stack pointer, handed over, data), oldest first.
+    pending: Vec<(u64, bool, T)>,
+    abandoned: Vec<(T, bool)>,
 }
 
 impl<T> Default for ActivationStack<T> {
@@ -96,25 +126,61 @@ impl<T> Activations for ActivationStack<T> {
     fn sp(&self, i: usize) -> u64 {
         self.pending[i].0
     }
-    fn abandon(&mut self, i: usize) {
-        self.abandoned.push(self.pending.remove(i).1);
+    fn handed_over(&self, i: usize) -> bool {
+        self.pending[i].1
     }
+    fn abandon(&mut self, i: usize) {
+        let (_, handed_over, data) = self.pending.remove(i);
+        self.abandoned.push((data, handed_over));
+    }
+}
+
+/// What an exit did to a thread's activations.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Left<T> {
+    /// Stale activations, innermost first, each with whether it had been handed over by a
+    /// tail call (it did leave, through a callee whose return was not seen).
+    pub stale: Vec<(T, bool)>,
+    /// The activations returning now, innermost first: the one at the exit's stack pointer
+    /// and those that handed their return over to it.
+    pub returning: Vec<T>,
 }
 
 impl<T> ActivationStack<T> {
     /// An entry with stack pointer `sp`: returns the activations it made stale, innermost
-    /// first, and keeps `data` as the new innermost one.
-    pub fn enter(&mut self, sp: u64, data: T, stack_of: &mut impl FnMut(u64) -> u64) -> Vec<T> {
+    /// first (with whether each had been handed over), and keeps `data` as the new innermost.
+    pub fn enter(&mut self, sp: u64, data: T, stack_of: &mut impl FnMut(u64) -> u64) -> Vec<(T, bool)> {
         enter(self, sp, stack_of);
-        self.pending.push((sp, data));
+        self.pending.push((sp, false, data));
         std::mem::take(&mut self.abandoned)
     }
 
-    /// An exit with stack pointer `sp`: returns the stale activations, innermost first, and
-    /// the one leaving, if any.
-    pub fn leave(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> (Vec<T>, Option<T>) {
-        let leaving = leave(self, sp, stack_of).map(|i| self.pending.remove(i).1);
-        (std::mem::take(&mut self.abandoned), leaving)
+    /// A return (`ret`) with stack pointer `sp`: the activation at `sp` returns, with every
+    /// activation that handed its return over to it.
+    pub fn leave(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> Left<T> {
+        let mut returning = Vec::new();
+        if let Some(i) = leave(self, sp, stack_of) {
+            returning.push(self.pending.remove(i).2);
+            let mut j = i;
+            while j > 0 && self.pending[j - 1].0 == sp && self.pending[j - 1].1 {
+                j -= 1;
+                returning.push(self.pending.remove(j).2);
+            }
+        }
+        Left { stale: std::mem::take(&mut self.abandoned), returning }
+    }
+
+    /// A tail call with stack pointer `sp`: the activation at `sp` returns with the callee it
+    /// jumps to (whose entry finds it on the same word). Returns the stale activations and
+    /// the one handed over, to keep what the engine wants of the jump.
+    pub fn hand_over(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> (Vec<(T, bool)>, Option<&mut T>) {
+        let i = leave(self, sp, stack_of);
+        let stale = std::mem::take(&mut self.abandoned);
+        let handed = i.map(|i| {
+            self.pending[i].1 = true;
+            &mut self.pending[i].2
+        });
+        (stale, handed)
     }
 
     /// How many are pending.
@@ -122,30 +188,20 @@ impl<T> ActivationStack<T> {
         self.pending.len()
     }
 
+    /// The stack pointers of the activations handed over by a tail call.
+    pub fn iter_handed_over(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pending.iter().filter(|p| p.1).map(|p| p.0)
+    }
+
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
-    /// Pending activations, oldest first, with their stack pointers.
-    pub fn iter(&self) -> impl Iterator<Item = &(u64, T)> {
-        self.pending.iter()
-    }
-
-    /// Remove the activations `pred` picks, innermost first.
-    pub fn take_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
-        let mut out = Vec::new();
-        for i in (0..self.pending.len()).rev() {
-            if pred(&self.pending[i].1) {
-                out.push(self.pending.remove(i).1);
-            }
-        }
-        out
-    }
-
-    /// Everything, innermost first (the thread exited).
-    pub fn drain(&mut self) -> Vec<T> {
-        let mut all: Vec<T> = self.pending.drain(..).map(|(_, d)| d).collect();
+    /// Everything, innermost first, with whether each had been handed over (the thread
+    /// exited).
+    pub fn drain(&mut self) -> Vec<(T, bool)> {
+        let mut all: Vec<(T, bool)> = self.pending.drain(..).map(|(_, h, d)| (d, h)).collect();
         all.reverse();
         all
     }

@@ -48,3 +48,36 @@ pub fn read_mem(pid: i32, addr: u64, len: usize) -> Vec<u8> {
 /// The programs shared with the other crate's tests (each test binary uses some of them).
 #[allow(unused_imports)]
 pub use dprobe_test_fixtures::programs::{ctor_plugin, exits, family, loads, throws};
+
+/// How a return probe watches returns, for tests that run in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Mode {
+    /// At the function's exits (the default when they are all known).
+    Exits,
+    /// Through the return address, stopping on the trampoline.
+    Trampoline,
+    /// Through the return address, recorded by a stub without a stop.
+    Stubs,
+}
+
+#[allow(dead_code)]
+pub const MODES: [Mode; 3] = [Mode::Exits, Mode::Trampoline, Mode::Stubs];
+
+/// `def` in mode `mode`.
+#[allow(dead_code)]
+pub fn in_mode(def: dprobe_ptrace::ProbeDef, mode: Mode) -> dprobe_ptrace::ProbeDef {
+    match mode {
+        Mode::Exits => def,
+        Mode::Trampoline => def.via_return_address(),
+        Mode::Stubs => def.via_return_address().no_return_stop(),
+    }
+}
+
+/// Check that probe `id` of `t` watches its returns as `mode` says.
+#[allow(dead_code)]
+pub fn assert_mode(t: &dprobe_ptrace::Tracee, id: dprobe_core::ProbeId, mode: Mode) {
+    let got = t.return_mode(id);
+    let exits = matches!(got, Some(dprobe_ptrace::ReturnMode::Exits { .. }));
+    assert_eq!(exits, mode == Mode::Exits, "{mode:?}: {got:?}");
+}

@@ -5,6 +5,10 @@ const MAIN: (u64, u64) = (0x10_0000, 0x20_0000);
 const ALT: (u64, u64) = (0x80_0000, 0x81_0000);
 
 /// Names the stack an address is on, counting the questions.
+fn left<T: Clone>(stale: &[T], returning: &[T]) -> Left<T> {
+    Left { stale: stale.iter().map(|s| (s.clone(), false)).collect(), returning: returning.to_vec() }
+}
+
 struct Stacks {
     asked: usize,
 }
@@ -27,13 +31,13 @@ fn nested_calls_leave_innermost_first_and_the_common_path_asks_no_stack() {
         assert!(t.enter(top - 0x40 * k as u64, name, &mut stacks.of()).is_empty());
     }
     for (k, name) in ["c", "b", "a"].into_iter().enumerate() {
-        assert_eq!(t.leave(top - 0x40 * (2 - k as u64), &mut stacks.of()), (vec![], Some(name)));
+        assert_eq!(t.leave(top - 0x40 * (2 - k as u64), &mut stacks.of()), left(&[], &[name]));
     }
     assert!(t.is_empty());
     // Sequential calls at one depth: each entry finds the previous one gone already.
     for _ in 0..3 {
         assert!(t.enter(top, "a", &mut stacks.of()).is_empty());
-        assert_eq!(t.leave(top, &mut stacks.of()).1, Some("a"));
+        assert_eq!(t.leave(top, &mut stacks.of()).returning, ["a"]);
     }
     assert_eq!(stacks.asked, 0);
 }
@@ -47,7 +51,7 @@ fn recursion_ten_thousand_deep_pairs_every_exit_with_its_own_entry() {
         assert!(t.enter(top - 0x30 * depth, depth, &mut stacks.of()).is_empty());
     }
     for depth in (0..10_000u64).rev() {
-        assert_eq!(t.leave(top - 0x30 * depth, &mut stacks.of()), (vec![], Some(depth)));
+        assert_eq!(t.leave(top - 0x30 * depth, &mut stacks.of()), left(&[], &[depth]));
     }
     assert!(t.is_empty());
     assert_eq!(stacks.asked, 0);
@@ -62,15 +66,21 @@ fn longjmp_past_probed_frames_drops_them_as_abandoned_at_the_next_exit_or_entry(
     t.enter(top - 0x40, "mid", &mut stacks.of());
     t.enter(top - 0x80, "inner", &mut stacks.of());
     // inner longjmps back into outer, which returns.
-    assert_eq!(t.leave(top, &mut stacks.of()), (vec!["inner", "mid"], Some("outer")));
-    // An exception thrown from deep frames and caught in `catcher`, which calls again: the
-    // new call's entry finds the dead frames at or below its stack pointer.
+    assert_eq!(t.leave(top, &mut stacks.of()), left(&["inner", "mid"], &["outer"]));
+    // An exception thrown from deep frames and caught in `catcher`, which calls again on the
+    // word of a dead frame: that frame and those nested in it are stale.
     t.enter(top, "catcher", &mut stacks.of());
     t.enter(top - 0x40, "thrower", &mut stacks.of());
     t.enter(top - 0x70, "deeper", &mut stacks.of());
-    assert_eq!(t.enter(top - 0x40, "again", &mut stacks.of()), ["deeper", "thrower"]);
-    assert_eq!(t.leave(top - 0x40, &mut stacks.of()).1, Some("again"));
-    assert_eq!(t.leave(top, &mut stacks.of()).1, Some("catcher"));
+    assert_eq!(t.enter(top - 0x40, "again", &mut stacks.of()), [("deeper", false), ("thrower", false)]);
+    assert_eq!(t.leave(top - 0x40, &mut stacks.of()).returning, ["again"]);
+    // Caught again, and a call on another word: the dead frames wait for the next exit above
+    // them.
+    t.enter(top - 0x40, "thrower", &mut stacks.of());
+    t.enter(top - 0x70, "deeper", &mut stacks.of());
+    assert!(t.enter(top - 0x20, "other", &mut stacks.of()).is_empty());
+    assert_eq!(t.leave(top - 0x20, &mut stacks.of()), left(&[], &["other"]));
+    assert_eq!(t.leave(top, &mut stacks.of()), left(&["deeper", "thrower"], &["catcher"]));
 }
 
 #[test]
@@ -81,29 +91,48 @@ fn an_alternate_signal_stack_above_the_interrupted_frames_leaves_them_alone() {
     t.enter(top, "main-a", &mut stacks.of());
     t.enter(top - 0x40, "main-b", &mut stacks.of());
     // A signal handler on the alternate stack (higher) recurses through the same function.
+    // An alternate stack higher in the thread's own mapping pairs the same way: entries judge
+    // nothing below them.
     let alt = ALT.1 - 0x200;
     assert!(t.enter(alt, "alt-1", &mut stacks.of()).is_empty(), "the main frames are on another stack");
     assert!(t.enter(alt - 0x40, "alt-2", &mut stacks.of()).is_empty());
-    assert_eq!(t.leave(alt - 0x40, &mut stacks.of()), (vec![], Some("alt-2")));
-    assert_eq!(t.leave(alt, &mut stacks.of()), (vec![], Some("alt-1")));
+    assert_eq!(t.leave(alt - 0x40, &mut stacks.of()), left(&[], &["alt-2"]));
+    assert_eq!(t.leave(alt, &mut stacks.of()), left(&[], &["alt-1"]));
     // An exit with no entry (a call made before the probe was placed) drops nothing either.
-    assert_eq!(t.leave(alt + 0x40, &mut stacks.of()), (vec![], None));
-    assert_eq!(t.leave(top - 0x40, &mut stacks.of()).1, Some("main-b"));
-    assert_eq!(t.leave(top, &mut stacks.of()).1, Some("main-a"));
+    assert_eq!(t.leave(alt + 0x40, &mut stacks.of()), left(&[], &[]));
+    assert_eq!(t.leave(top - 0x40, &mut stacks.of()).returning, ["main-b"]);
+    assert_eq!(t.leave(top, &mut stacks.of()).returning, ["main-a"]);
     assert!(stacks.asked > 0);
 }
 
 #[test]
-fn a_tail_call_leaves_at_the_jump_and_the_callee_enters_on_the_same_word() {
+fn a_tail_call_hands_the_callers_return_to_the_callee_on_the_same_word() {
     let mut stacks = Stacks { asked: 0 };
     let mut t = ActivationStack::default();
     let sp = MAIN.1 - 0x100;
+    t.enter(sp + 0x40, "caller", &mut stacks.of());
     t.enter(sp, "outer", &mut stacks.of());
-    // outer: jmp inner (an exit site), then inner's entry and ret on the same stack pointer.
-    assert_eq!(t.leave(sp, &mut stacks.of()), (vec![], Some("outer")));
+    // outer: jmp mid; mid: jmp inner; inner: ret. All three on one word.
+    let (stale, handed) = t.hand_over(sp, &mut stacks.of());
+    assert_eq!((stale, handed.copied()), (vec![], Some("outer")));
+    assert!(t.enter(sp, "mid", &mut stacks.of()).is_empty(), "the callee's entry keeps the caller");
+    assert_eq!(t.hand_over(sp, &mut stacks.of()).1.copied(), Some("mid"));
     assert!(t.enter(sp, "inner", &mut stacks.of()).is_empty());
-    assert_eq!(t.leave(sp, &mut stacks.of()), (vec![], Some("inner")));
-    assert!(t.is_empty());
+    assert_eq!(t.leave(sp, &mut stacks.of()), left(&[], &["inner", "mid", "outer"]));
+    assert_eq!(t.leave(sp + 0x40, &mut stacks.of()), left(&[], &["caller"]));
+    // A tail call into a function whose returns are not watched: the handed-over activation
+    // is found stale later, and says it was handed over (it did leave).
+    t.enter(sp, "outer", &mut stacks.of());
+    t.hand_over(sp, &mut stacks.of());
+    t.enter(sp, "next-call", &mut stacks.of());
+    let gone = t.enter(sp, "after", &mut stacks.of());
+    assert_eq!(gone, [("next-call", false)], "a plain activation on the word is replaced");
+    let Left { stale, returning } = t.leave(sp, &mut stacks.of());
+    assert_eq!((stale, returning), (vec![], vec!["after", "outer"]), "a handed-over one returns with what comes");
+    t.enter(sp, "outer", &mut stacks.of());
+    t.hand_over(sp, &mut stacks.of());
+    assert_eq!(stacks.asked, 0, "no stale activation so far: no stack asked");
+    assert_eq!(t.leave(sp + 0x40, &mut stacks.of()), Left { stale: vec![("outer", true)], returning: vec![] });
 }
 
 #[test]
@@ -115,6 +144,6 @@ fn an_entry_on_a_word_still_held_by_an_activation_replaces_it() {
     let mut t = ActivationStack::default();
     let sp = MAIN.1 - 0x100;
     t.enter(sp, 1, &mut stacks.of());
-    assert_eq!(t.enter(sp, 2, &mut stacks.of()), [1]);
-    assert_eq!(t.leave(sp, &mut stacks.of()), (vec![], Some(2)));
+    assert_eq!(t.enter(sp, 2, &mut stacks.of()), [(1, false)]);
+    assert_eq!(t.leave(sp, &mut stacks.of()), left(&[], &[2]));
 }
