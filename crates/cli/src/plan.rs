@@ -83,8 +83,16 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
     debug_files.prefetch(&all.iter().map(|(n, _)| &n.spec).collect::<Vec<_>>(), traced);
     let mut planned = Vec::new();
     for (named, shown) in all {
-        let found = sites(&named.spec, args.latency && named.at_entry, traced, &mut debug_files)
-            .map_err(|e| anyhow::anyhow!("`{}`: {e}", named.text))?;
+        let found = match (sites(&named.spec, args.latency && named.at_entry, traced, &mut debug_files), &named.glob) {
+            (Ok(found), _) => found,
+            // One match of a glob that cannot be probed (a function only ever inlined) is
+            // left out, as one that cannot be placed is.
+            (Err(e), Some(glob)) => {
+                eprintln!("dprobe: `{glob}`: {} left out: {e}", named.label);
+                continue;
+            }
+            (Err(e), None) => bail!("`{}`: {e}", named.text),
+        };
         let mut p = plan_one(named, shown);
         (p.sites, p.note) = (found.targets, found.note);
         planned.push(p);
