@@ -11,6 +11,7 @@ use dprobe_arch::{
 use dprobe_spec::{parse_point, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
+use crate::list_returns::{return_mode, Image};
 use crate::options::ListArgs;
 
 /// Run `dprobe list`; returns the exit status (1 when the place asked about cannot be probed).
@@ -170,6 +171,15 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
             writeln!(out, "{here}: `{}` can be probed: {how}{jump}", describe(&bytes[at..], addr))?;
             if let Some(why) = kernel_uprobe_refusal(&bytes, f.start, addr, dprobe_kernel::kernel_optimizes_nop5()) {
                 writeln!(out, "  but not by the kernel engine (-a): {why}")?;
+            }
+            if addr == f.start {
+                let mut image = match code {
+                    Code::Process(mem) => Some(Image::Process(mem)),
+                    Code::File(file) => Image::file(file).ok(),
+                };
+                if let Some(image) = image.as_mut() {
+                    writeln!(out, "  a return probe (ptrace) watches its returns {}", return_mode(symbols, image, f))?;
+                }
             }
             Ok(0)
         }

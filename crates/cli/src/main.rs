@@ -20,6 +20,7 @@ mod in_kernel;
 mod keys;
 mod list;
 mod list_lines;
+mod list_returns;
 mod options;
 mod output;
 mod plan;
