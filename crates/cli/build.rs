@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The crates the agent is built from (its own and its path dependencies).
-const SOURCES: [&str; 8] = ["agent", "inproc", "core", "arch", "spec", "sym", "rcu", "ptrace"];
+const SOURCES: [&str; 10] = ["agent", "inproc", "core", "arch", "spec", "sym", "rcu", "ptrace", "stack", "dwarf"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

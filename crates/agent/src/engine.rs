@@ -15,6 +15,7 @@ use dprobe_core::fetch::Values;
 use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
 use dprobe_ptrace::{Injector, LoadError, Semaphores};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
+use dprobe_stack::{Unwinder, UserRegs};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -88,6 +89,10 @@ pub struct AgentEngine {
     listener: UnixListener,
     /// The forked children's agents.
     children: Vec<UnixStream>,
+    /// With stacks asked for: how deep, what unwinds them, the last event's stack.
+    stacks: Option<usize>,
+    unwinder: Unwinder,
+    user_stack: Vec<u64>,
 }
 
 /// The agent library to load.
@@ -179,6 +184,9 @@ impl AgentEngine {
             lost: None,
             listener,
             children: Vec::new(),
+            stacks: None,
+            unwinder: Unwinder::new(),
+            user_stack: Vec::new(),
         })
     }
 
@@ -224,6 +232,18 @@ impl AgentEngine {
             }
             n += 1;
             let Some(h) = got else { continue };
+            self.user_stack.clear();
+            if let Some(slot) = h.stack {
+                if let (Some(depth), Some(copy)) = (self.stacks, self.shm.stack(slot)) {
+                    let [ip, sp, bp] = copy.regs;
+                    let mut memory = |addr: u64| {
+                        let at = usize::try_from(addr.checked_sub(sp)?).ok()?;
+                        Some(u64::from_le_bytes(copy.bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
+                    };
+                    let regs = UserRegs { ip, sp, bp };
+                    self.unwinder.unwind(h.pid, regs, &mut memory, depth, &mut self.user_stack);
+                }
+            }
             let comm = if h.comm[0] != 0 { h.comm() } else { self.names.get(h.pid, h.tid) };
             let event = ProbeEvent {
                 probe: h.probe as usize,
@@ -234,10 +254,15 @@ impl AgentEngine {
                 entry_time_ns: h.entry_time_ns,
                 comm,
                 values: &self.values[h.probe as usize],
-                user_stack: &[],
+                user_stack: &self.user_stack,
                 kernel_stack: &[],
             };
             sink(&event);
+            // Freed once the sink has symbolized the stack: a program exiting waits for its
+            // stacks to be freed, so that its maps are still there to read.
+            if let Some(slot) = h.stack {
+                self.shm.free_stack(slot);
+            }
         }
         n
     }
@@ -374,8 +399,14 @@ fn receive_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
 impl Engine for AgentEngine {
     type Error = AgentError;
 
-    fn stacks(&mut self, _want: dprobe_core::StackRequest) -> Result<(), String> {
-        Err("the agent engine does not capture stacks yet; the ptrace and kernel engines do".into())
+    /// User stacks: each event's registers and a copy of its thread's stack, taken in the
+    /// probed thread, unwound here as the kernel engine's copies are.
+    fn stacks(&mut self, want: dprobe_core::StackRequest) -> Result<(), String> {
+        if want.kernel {
+            return Err("the agent engine captures user stacks only; kernel stacks need the kernel engine".into());
+        }
+        self.stacks = want.user.then_some(want.depth);
+        Ok(())
     }
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
@@ -395,6 +426,7 @@ impl Engine for AgentEngine {
             timed: probe.timed && probe.spec.kind == ProbeKind::Entry,
             maxactive: probe.maxactive.unwrap_or(0) as u64,
             events: self.events,
+            stack: self.events && self.stacks.is_some(),
             args: probe.plan.args().to_vec(),
         };
         wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
@@ -506,7 +538,11 @@ impl Engine for AgentEngine {
             0 => None,
             n => Some(format!("{n} events dropped: the agent's ring was full")),
         };
-        dropped.into_iter().chain(self.lost.clone().filter(|_| self.spawned)).collect()
+        let no_stack = match self.shm.stacks_lost() {
+            0 => None,
+            n => Some(format!("{n} events without their stack: every stack slot of the agent was in use")),
+        };
+        dropped.into_iter().chain(no_stack).chain(self.lost.clone().filter(|_| self.spawned)).collect()
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {

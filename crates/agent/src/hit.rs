@@ -31,6 +31,8 @@ pub struct HitProbe {
     /// atomic load on the hit path).
     filtered: OnceLock<FetchPlan>,
     events: bool,
+    /// Events carry the thread's stack.
+    stack: bool,
     shm: Arc<Shm>,
     pool: Box<[Storage]>,
 }
@@ -101,12 +103,40 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Copy the stack of the thread at `regs` into `out`, from its stack pointer up, page by
+/// page until `out` is full or a page cannot be read (past the stack's end); `r` gets the
+/// registers unwinding starts from. Return addresses that a return probe replaced with its
+/// trampoline are put back in the copy, so the callers stay in the unwound stack. Returns the
+/// bytes copied. Allocates nothing, takes no lock.
+fn copy_stack(regs: &Regs, r: &mut [u64; 3], out: &mut [u8]) -> usize {
+    const PAGE: u64 = 4096;
+    *r = [regs.rip, regs.rsp, regs.rbp];
+    let mut done = 0usize;
+    while done < out.len() {
+        let at = regs.rsp.wrapping_add(done as u64);
+        let chunk = ((PAGE - at % PAGE) as usize).min(out.len() - done);
+        if dprobe_inproc::read_bytes(at, &mut out[done..done + chunk]).is_err() {
+            break;
+        }
+        done += chunk;
+    }
+    let trampoline = dprobe_inproc::trampoline_addr();
+    for (i, word) in out[..done].chunks_exact_mut(8).enumerate() {
+        let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        if value == trampoline {
+            let real = dprobe_inproc::real_return_address(value, regs.rsp + i as u64 * 8);
+            word.copy_from_slice(&real.to_le_bytes());
+        }
+    }
+    done
+}
+
 impl HitProbe {
     /// A probe with index `index` and its plan.
-    pub fn new(index: usize, plan: FetchPlan, events: bool, shm: Arc<Shm>) -> HitProbe {
+    pub fn new(index: usize, plan: FetchPlan, events: bool, stack: bool, shm: Arc<Shm>) -> HitProbe {
         let pool = (0..POOL).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
         let filtered = OnceLock::new();
-        HitProbe { index, filtered, events, shm, pool: pool.collect(), plan }
+        HitProbe { index, filtered, events, stack, shm, pool: pool.collect(), plan }
     }
 
     /// From now on, send only the events that pass `filter`. `false` when one is set already,
@@ -148,6 +178,7 @@ impl HitProbe {
         if !plan.has_filter() || plan.passes(values) {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
+            let stack = if self.stack { self.shm.put_stack(|r, bytes| copy_stack(regs, r, bytes)) } else { None };
             let header = Header {
                 probe: self.index as u32,
                 side,
@@ -156,8 +187,12 @@ impl HitProbe {
                 time_ns: now_ns(),
                 entry_time_ns,
                 comm: name,
+                stack,
             };
             if !self.shm.push(|out| encode(&header, values, out)) {
+                if let Some(s) = stack {
+                    self.shm.free_stack(s);
+                }
                 self.count(Counter::Lost);
             }
         }

@@ -223,7 +223,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
         return Placement::Failed(format!("probe index {index} is out of range or taken"));
     }
     let plan = FetchPlan::compile(&p.args, None);
-    let hit = Arc::new(HitProbe::new(index, plan, p.events, shm.clone()));
+    let hit = Arc::new(HitProbe::new(index, plan, p.events, p.stack, shm.clone()));
     let kept = hit.clone();
     let result = if p.kind == ProbeKind::Return || p.timed {
         let mut k = Kretprobe::at(target(&p));

@@ -16,6 +16,7 @@
 
 mod child;
 mod engine;
+mod exit;
 mod hit;
 mod inside;
 pub mod record;

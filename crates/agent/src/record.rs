@@ -13,6 +13,7 @@ const FAULT: u8 = 2;
 /// A string cut short (by the reader, or here for want of room).
 const STR_CUT: u8 = 3;
 const NO_TIME: u64 = u64::MAX;
+const NO_STACK: u16 = u16::MAX;
 
 /// The header of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct Header {
     /// The thread's name, NUL-padded (read at the hit: the thread may be gone when the
     /// tracer reads the record).
     pub comm: [u8; 16],
+    /// The stack slot holding this event's stack, if it has one.
+    pub stack: Option<u16>,
 }
 
 impl Header {
@@ -50,6 +53,7 @@ pub fn encode(header: &Header, values: &Values, out: &mut [u8]) -> usize {
     }
     out[0..4].copy_from_slice(&header.probe.to_le_bytes());
     out[4] = matches!(header.side, Side::Return) as u8;
+    out[6..8].copy_from_slice(&header.stack.unwrap_or(NO_STACK).to_le_bytes());
     out[8..12].copy_from_slice(&header.pid.to_le_bytes());
     out[12..16].copy_from_slice(&header.tid.to_le_bytes());
     out[16..24].copy_from_slice(&header.time_ns.to_le_bytes());
@@ -97,6 +101,7 @@ pub fn decode(record: &[u8], types: &[ArgType], values: &mut Values) -> Option<H
         time_ns: u64_at(16),
         entry_time_ns: (entry != NO_TIME).then_some(entry),
         comm: record[32..48].try_into().expect("16 bytes"),
+        stack: Some(u16::from_le_bytes([record[6], record[7]])).filter(|s| *s != NO_STACK),
     };
     values.clear();
     let mut at = HEADER;
@@ -141,6 +146,7 @@ mod tests {
             time_ns: 99,
             entry_time_ns: Some(42),
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            stack: Some(5),
         };
         let mut buf = [0u8; 128];
         let n = encode(&h, &v, &mut buf);
@@ -154,7 +160,16 @@ mod tests {
     fn a_string_that_does_not_fit_is_cut() {
         let mut v = Values::with_capacity(1);
         v.push_str(&[b'a'; 200]);
-        let h = Header { probe: 0, side: Side::Entry, pid: 1, tid: 1, time_ns: 0, entry_time_ns: None, comm: [0; 16] };
+        let h = Header {
+            probe: 0,
+            side: Side::Entry,
+            pid: 1,
+            tid: 1,
+            time_ns: 0,
+            entry_time_ns: None,
+            comm: [0; 16],
+            stack: None,
+        };
         let mut buf = [0u8; HEADER + 3 + 50];
         let n = encode(&h, &v, &mut buf);
         let mut back = Values::with_capacity(1);

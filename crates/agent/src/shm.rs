@@ -7,6 +7,11 @@
 //! tracer. A full ring drops the record and counts it: a probed thread never waits for the
 //! tracer. Counters live outside the ring so that they stay
 //! readable after the traced program ends, and cost no record.
+//!
+//! With stacks asked for, a record names one of the stack slots that follow the ring: the
+//! registers the unwinder starts from and a copy of the thread's stack from its stack
+//! pointer. A probed thread claims a free slot with one atomic exchange (none free: the event
+//! goes without its stack, counted), the tracer frees it once it unwound the stack.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -24,8 +29,26 @@ const MAGIC: u64 = 0x6470_726f_6265_7231; // "dprober1"
 const HEADER_BYTES: usize = 64;
 const COUNTER_WORDS: usize = 8;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
+/// Stack slots: events with a stack the tracer has not unwound yet.
+pub const STACK_SLOTS: usize = 512;
+/// Bytes of stack copied at most from the stack pointer up (the frames nearest the probe;
+/// deeper callers are cut off there).
+pub const STACK_COPY_BYTES: usize = 16 * 1024;
+/// A stack slot: its state word, `ip`, `sp`, `bp`, the copy's length, then the copy.
+const STACK_HEADER_BYTES: usize = 64;
+const STACK_SLOT_BYTES: usize = STACK_HEADER_BYTES + STACK_COPY_BYTES;
+const RING_BYTES: usize = SLOTS * SLOT_BYTES;
 /// Total size of the shared memory.
-pub const SHM_BYTES: usize = HEADER_BYTES + COUNTERS_BYTES + SLOTS * SLOT_BYTES;
+pub const SHM_BYTES: usize = HEADER_BYTES + COUNTERS_BYTES + RING_BYTES + STACK_SLOTS * STACK_SLOT_BYTES;
+
+/// A stack as a probed thread left it in a stack slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackCopy<'a> {
+    /// `[ip, sp, bp]` at the hit.
+    pub regs: [u64; 3],
+    /// The stack's bytes from `sp` up.
+    pub bytes: &'a [u8],
+}
 
 /// One counter of a probe, as indexes into its counter words.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +155,71 @@ impl Shm {
         unsafe { self.base.add(HEADER_BYTES + COUNTERS_BYTES + i * SLOT_BYTES) }
     }
 
+    fn stack_slot(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < STACK_SLOTS (callers check it), so the slot is inside the mapping.
+        unsafe { self.base.add(HEADER_BYTES + COUNTERS_BYTES + RING_BYTES + i * STACK_SLOT_BYTES) }
+    }
+
+    fn stack_word(&self, i: usize, w: usize) -> &AtomicU64 {
+        // SAFETY: a word of the slot's header, aligned; accessed atomically.
+        unsafe { &*(self.stack_slot(i).add(w * 8) as *const AtomicU64) }
+    }
+
+    /// Claim a free stack slot and have `fill` write into it the registers and the stack's
+    /// bytes (returning how many it wrote); returns the slot's number, `None` when no slot is
+    /// free (counted). Lock-free and async-signal-safe: a few atomic exchanges, no wait.
+    pub fn put_stack(&self, fill: impl FnOnce(&mut [u64; 3], &mut [u8]) -> usize) -> Option<u16> {
+        let start = self.word(6).fetch_add(1, Relaxed) as usize;
+        let Some(i) = (0..STACK_SLOTS)
+            .map(|k| (start + k) % STACK_SLOTS)
+            .find(|&i| self.stack_word(i, 0).compare_exchange(0, 1, Acquire, Relaxed).is_ok())
+        else {
+            self.word(7).fetch_add(1, Relaxed);
+            return None;
+        };
+        let mut regs = [0u64; 3];
+        // SAFETY: the slot is ours from the exchange above until the tracer frees it after
+        // reading the record that names it; the copy follows the slot's header.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(self.stack_slot(i).add(STACK_HEADER_BYTES), STACK_COPY_BYTES) };
+        let used = fill(&mut regs, bytes).min(STACK_COPY_BYTES);
+        for (w, v) in regs.iter().enumerate() {
+            self.stack_word(i, 1 + w).store(*v, Relaxed);
+        }
+        self.stack_word(i, 4).store(used as u64, Relaxed);
+        Some(i as u16)
+    }
+
+    /// The stack in slot `i`, written before the record that names it was published.
+    pub fn stack(&self, i: u16) -> Option<StackCopy<'_>> {
+        let i = usize::from(i);
+        if i >= STACK_SLOTS || self.stack_word(i, 0).load(Acquire) != 1 {
+            return None;
+        }
+        let regs = [1, 2, 3].map(|w| self.stack_word(i, w).load(Relaxed));
+        let len = (self.stack_word(i, 4).load(Relaxed) as usize).min(STACK_COPY_BYTES);
+        // SAFETY: the slot stays claimed, and unwritten, until `free_stack`.
+        let bytes = unsafe { std::slice::from_raw_parts(self.stack_slot(i).add(STACK_HEADER_BYTES), len) };
+        Some(StackCopy { regs, bytes })
+    }
+
+    /// Give stack slot `i` back (its record was read, or could not be written).
+    pub fn free_stack(&self, i: u16) {
+        if usize::from(i) < STACK_SLOTS {
+            self.stack_word(usize::from(i), 0).store(0, Release);
+        }
+    }
+
+    /// Whether a stack slot is still claimed: a stack the tracer has not finished with.
+    pub fn stacks_pending(&self) -> bool {
+        (0..STACK_SLOTS).any(|i| self.stack_word(i, 0).load(Acquire) != 0)
+    }
+
+    /// Events that went without their stack: no stack slot was free.
+    pub fn stacks_lost(&self) -> u64 {
+        self.word(7).load(Relaxed)
+    }
+
     /// Add `n` to a counter of `probe`. Lock-free, async-signal-safe.
     pub fn add(&self, probe: usize, counter: Counter, n: u64) {
         if let Some(w) = self.counter_word(probe, counter) {
@@ -188,7 +276,7 @@ impl Shm {
 }
 
 /// The ring's cells in the header words: 2 the head, 4 the tail, 5 the drops (0 is the magic
-/// number, 3 the slot count).
+/// number, 3 the slot count, 6 where stack slots are looked for first, 7 the stacks lost).
 impl RingCells for Shm {
     fn capacity(&self) -> usize {
         SLOTS
@@ -240,5 +328,27 @@ mod tests {
         shm.add(3, Counter::Hits, 5);
         assert_eq!(other.get(3, Counter::Hits), 5);
         assert_eq!(other.get(MAX_PROBES, Counter::Hits), 0, "past the last probe: nothing");
+    }
+
+    #[test]
+    fn a_stack_slot_is_held_until_freed_and_none_free_is_counted() {
+        let shm = Shm::create().unwrap();
+        let other = Shm::open(shm.fd().try_clone().unwrap()).unwrap();
+        let first = shm
+            .put_stack(|regs, bytes| {
+                *regs = [1, 2, 3];
+                bytes[..4].copy_from_slice(b"abcd");
+                4
+            })
+            .unwrap();
+        assert_eq!(other.stack(first), Some(StackCopy { regs: [1, 2, 3], bytes: b"abcd" }));
+        let rest: Vec<u16> = (1..STACK_SLOTS).map(|_| shm.put_stack(|_, _| 0).unwrap()).collect();
+        assert!(!rest.contains(&first));
+        assert_eq!(shm.put_stack(|_, _| 0), None);
+        assert_eq!(other.stacks_lost(), 1);
+        assert!(shm.stacks_pending());
+        other.free_stack(first);
+        assert_eq!(other.stack(first), None);
+        assert_eq!(shm.put_stack(|_, _| 0), Some(first));
     }
 }

@@ -26,6 +26,9 @@ pub struct PlaceProbe {
     pub maxactive: u64,
     /// Send events (a count needs none: the agent counts).
     pub events: bool,
+    /// Each event carries the thread's registers and a copy of its stack, for the tracer to
+    /// unwind.
+    pub stack: bool,
     /// What to fetch.
     pub args: Vec<NamedArg>,
 }
@@ -85,6 +88,7 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
             b.push(p.timed as u8);
             b.extend_from_slice(&p.maxactive.to_le_bytes());
             b.push(p.events as u8);
+            b.push(p.stack as u8);
             b.extend_from_slice(&(p.args.len() as u32).to_le_bytes());
             for a in &p.args {
                 put_str(&mut b, &a.name);
@@ -144,12 +148,13 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
             let timed = c.u8()? == 1;
             let maxactive = c.u64()?;
             let events = c.u8()? == 1;
+            let stack = c.u8()? == 1;
             let n = c.u32()?;
             let mut args = Vec::new();
             for _ in 0..n.min(1024) {
                 args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()?, typed: c.u8()? == 1 });
             }
-            Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, args })
+            Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args })
         }
         b'L' => Message::Filter { index: c.u32()?, text: c.str()? },
         b'l' => Message::Filtered(c.u8()? == 1),
@@ -305,6 +310,7 @@ mod tests {
                 timed: true,
                 maxactive: 7,
                 events: false,
+                stack: true,
                 args: spec.args,
             }),
             Message::Filter { index: 9, text: "fl == 0".into() },

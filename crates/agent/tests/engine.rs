@@ -137,6 +137,22 @@ fn a_hit_allocates_nothing_even_the_first_in_a_thread() {
     assert_eq!((engine.stats(0).hits, events), (10, 10));
 }
 
+#[test]
+fn a_hit_that_copies_its_stack_allocates_nothing_either() {
+    let mut engine = AgentEngine::spawn(program(), &["thread-mallocs"], agent(), true).unwrap();
+    engine.stacks(dprobe_core::StackRequest { user: true, kernel: false, depth: 64 }).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    let (mut events, mut with_stack) = (0, 0);
+    let ending = engine
+        .run(&mut || false, &mut |e| {
+            events += 1;
+            with_stack += usize::from(e.user_stack.len() > 1);
+        })
+        .unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
+    assert_eq!((engine.stats(0).hits, events, with_stack), (10, 10, 10));
+}
+
 /// The memory files named `dprobe-agent` that process `pid` has open.
 fn agent_memory_files(pid: i32) -> usize {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();

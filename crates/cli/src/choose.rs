@@ -19,8 +19,11 @@ pub fn agent_cannot(args: &TraceArgs, planned: &[Planned], program: Option<&str>
     if args.follow {
         return Some("--follow: the agent does not follow the programs that children execute".into());
     }
-    if args.stack.is_some() || args.folded.is_some() || args.by.iter().any(|k| k == "stack") {
-        return Some("--stack, --folded and --by stack: the agent does not capture stacks yet".into());
+    let implied = args.folded.is_some() || args.by.iter().any(|k| k == "stack");
+    if crate::stacks::parse_stack(args.stack.as_deref(), args.stack_depth, implied)
+        .is_ok_and(|w| w.is_some_and(|w| w.kernel))
+    {
+        return Some("--stack=kernel: the agent captures user stacks only".into());
     }
     if let Some(pid) = args.pid {
         return process_cannot(pid, planned, args.latency);

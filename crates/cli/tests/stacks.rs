@@ -2,7 +2,9 @@
 //! in C built without frame pointers (`-fomit-frame-pointer -O2`: only the call-frame
 //! information unwinds it), in C with frame pointers and in Rust; a caller with a pending
 //! return probe stays in the stack (its trampoline is mapped back to the real return
-//! address); folded stacks count the calls of each path exactly.
+//! address); folded stacks count the calls of each path exactly. Each with every engine that
+//! captures user stacks: ptrace (stopped threads' memory) and the agent (a copy of the stack
+//! taken in the probed thread).
 mod common;
 
 use common::{out_file, trace_to_file, Traced};
@@ -11,7 +13,7 @@ const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/calls.
 const RUST_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/calls.rs");
 
 /// The engines that capture stacks.
-const ENGINES: &[&str] = &["ptrace"];
+const ENGINES: &[&str] = &["ptrace", "agent"];
 
 /// One build of the call-path program, and how its functions are named.
 struct Program {
@@ -224,12 +226,15 @@ fn counts_by_stack_split_each_path() {
 }
 
 #[test]
-fn a_stack_asked_of_the_agent_is_refused_with_what_to_use() {
+fn a_kernel_stack_asked_of_the_agent_is_refused_with_what_to_use() {
     let p = c_program("calls_nofp", false);
     let Traced { code, stderr, .. } =
-        trace_to_file("stack-agent", &["--engine", "agent", "--stack", p.leaf, "--", p.path]);
+        trace_to_file("stack-agent", &["--engine", "agent", "--stack=kernel,user", p.leaf, "--", p.path]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--stack: the agent engine does not capture stacks yet"), "{stderr}");
+    assert!(
+        stderr.contains("--stack: the agent engine captures user stacks only; kernel stacks need the kernel engine"),
+        "{stderr}"
+    );
 }
 
 #[test]
