@@ -172,6 +172,19 @@ fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Copy the figures once more as the program exits (`exit`, or `main` returning): the session
+/// thread copies them every 20 ms, and a program that runs for less, or whose last calls were
+/// unwound by an exception just before it ended, would otherwise leave the tracer figures
+/// without those calls (returns abandoned, hits missed) and no note saying why. A program
+/// that leaves by `_exit` skips this: figures of its last 20 ms may be missing.
+extern "C" fn copy_figures_at_exit() {
+    LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &l.shm)));
+}
+
+#[used]
+#[link_section = ".fini_array"]
+static COPY_FIGURES_AT_EXIT: extern "C" fn() = copy_figures_at_exit;
+
 /// Copy the figures the in-process engine keeps into the shared memory.
 fn refresh(placed: &[Placed], shm: &Shm) {
     for p in placed {
