@@ -67,6 +67,10 @@ pub(crate) struct Live {
     pub(crate) placed: Vec<Placed>,
     /// The shared memory.
     pub(crate) shm: Arc<Shm>,
+    /// Probes on a library not loaded (now), placed when it is.
+    pub(crate) waiting: Vec<crate::wire::PlaceProbe>,
+    /// Probes placed when their library was loaded, removed when it is unloaded.
+    pub(crate) followed: Vec<crate::wire::PlaceProbe>,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).
@@ -81,6 +85,7 @@ pub(crate) static LIVE: Gate<Option<Live>> = Gate::new(None);
 pub(crate) fn end_session(figures: bool) {
     LIVE.with(|live| {
         if let Some(mut l) = live.take() {
+            crate::follow::stop();
             remove(&mut l.placed, figures.then_some(&*l.shm));
         }
     });

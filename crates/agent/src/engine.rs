@@ -440,7 +440,7 @@ impl Engine for AgentEngine {
             wire::Placement::At(a) => Placement::At(Addr(a)),
             wire::Placement::Waiting => {
                 let object = binary.clone().unwrap_or_default();
-                placed.note = Some(format!("`{object}` is not loaded; the agent does not follow later loads yet"));
+                placed.note = Some(format!("`{object}` is not loaded yet: probed when the program loads it"));
                 Placement::Waiting
             }
             wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
@@ -528,7 +528,12 @@ impl Engine for AgentEngine {
             reentered: get(Counter::Reentered),
             abandoned: get(Counter::Abandoned),
             lost: get(Counter::Lost),
-            placement: p.placement.clone(),
+            placement: match (&p.placement, get(Counter::PlacedAt), get(Counter::Loads)) {
+                // Placed when its library was loaded; since unloaded, or placed still.
+                (Placement::Waiting, 0, loads) if loads > 0 => Placement::Unloaded,
+                (Placement::Waiting, at, _) if at != 0 => Placement::At(Addr(at)),
+                (placement, _, _) => placement.clone(),
+            },
             ..Stats::default()
         }
     }

@@ -18,6 +18,7 @@ use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe,
 use dprobe_spec::ProbeKind;
 
 use crate::child::{end_session, follow_forks, Live, FOLLOW_CHILDREN, LIVE};
+use crate::follow;
 use crate::hit::{now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
 use crate::shm::{Counter, Shm, MAX_PROBES};
 use crate::wire::{receive, send, Message, PlaceProbe, Placement};
@@ -111,16 +112,41 @@ fn session(name: &[u8]) -> io::Result<Over> {
     let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
     let shm = Arc::new(Shm::create()?);
     send_fd(&sock, shm.fd().as_raw_fd())?;
-    LIVE.with(|live| *live = Some(Live { name: name.to_vec(), placed: Vec::new(), shm: shm.clone() }));
+    LIVE.with(|live| {
+        *live = Some(Live {
+            name: name.to_vec(),
+            placed: Vec::new(),
+            shm: shm.clone(),
+            waiting: Vec::new(),
+            followed: Vec::new(),
+        })
+    });
     let result = loop {
-        if !readable(&sock, 20)? {
+        let ready = readable(&sock, 20)?;
+        if let Some((asked, state)) = follow::pending() {
+            LIVE.with(|live| live.as_mut().map(|l| loader_changed(l, state)));
+            follow::answer(asked);
+        }
+        if !ready {
             LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &shm)));
             continue;
         }
         match receive(&mut sock) {
             Ok(Some(Message::Place(p))) => {
                 let answer = LIVE.with(|live| match live {
-                    Some(l) => place(p, &shm, &mut l.placed),
+                    Some(l) => {
+                        let answer = place(p.clone(), &shm, &mut l.placed);
+                        match (answer, follow::start()) {
+                            (Placement::Waiting, Ok(_)) => {
+                                l.waiting.push(p);
+                                Placement::Waiting
+                            }
+                            (Placement::Waiting, Err(e)) => Placement::Failed(format!(
+                                "its library is not loaded, and loads cannot be followed: {e}"
+                            )),
+                            (answer, _) => answer,
+                        }
+                    }
                     None => Placement::Failed("the session has ended".into()),
                 });
                 follow_forks();
@@ -152,16 +178,74 @@ fn session(name: &[u8]) -> io::Result<Over> {
     result
 }
 
-/// Wait up to `ms` milliseconds for the socket to have something to read (or its end).
+/// Wait up to `ms` milliseconds for the socket to have something to read (or its end), or for
+/// the loader's notification when following libraries: whether the socket has.
 fn readable(sock: &UnixStream, ms: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd we own.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    let mut pfd = [
+        libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: follow::event_fd().unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: two pollfds we own (a negative fd is ignored).
+    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
     }
-    Ok(n > 0)
+    Ok(pfd[0].revents != 0)
+}
+
+/// The loader is about to unmap objects (`RT_DELETE`): the probes placed in libraries loaded
+/// later are removed while their code is still there, and wait again; or its list of objects
+/// is consistent again: the probes waiting for a library now loaded are placed.
+fn loader_changed(l: &mut Live, state: i32) {
+    if state == follow::RT_DELETE {
+        for p in std::mem::take(&mut l.followed) {
+            let index = p.index as usize;
+            if let Some(at) = l.placed.iter().position(|q| q.hit(index).is_some()) {
+                forget(l.placed.remove(at), &l.shm);
+            }
+            l.shm.set(index, Counter::PlacedAt, 0);
+            l.waiting.push(p);
+        }
+    } else if state == follow::RT_CONSISTENT {
+        let maps = dprobe_sym::read_maps().unwrap_or_default();
+        // Symbols read afresh: the library may be back at another address.
+        let symbols = dprobe_sym::Symbols::load(&maps);
+        for p in std::mem::take(&mut l.waiting) {
+            let at = dprobe_spec::parse_point(&p.target).ok().and_then(|point| symbols.resolve(&maps, &point).ok());
+            let placed = at.is_some_and(|t| {
+                let here = PlaceProbe { target: format!("0x{:x}", t.addr.0), ..p.clone() };
+                let Placement::At(addr) = place(here, &l.shm, &mut l.placed) else { return false };
+                l.shm.set(p.index as usize, Counter::PlacedAt, addr);
+                l.shm.add(p.index as usize, Counter::Loads, 1);
+                true
+            });
+            if placed {
+                l.followed.push(p);
+            } else {
+                l.waiting.push(p);
+            }
+        }
+    }
+}
+
+/// Remove a probe whose library is being unloaded, keeping its figures for its next placing.
+fn forget(p: Placed, shm: &Shm) {
+    let carried = &follow::CARRIED;
+    match p {
+        Placed::Return { probe, index, .. } => {
+            if let Ok(s) = probe.unregister() {
+                set_return_figures(shm, index, &s);
+                for (k, v) in [s.missed, s.reentered, s.abandoned].into_iter().enumerate() {
+                    carried[index][k].fetch_add(v, Relaxed);
+                }
+            }
+        }
+        Placed::Entry { probe, index, .. } => {
+            carried[index][1].fetch_add(probe.nmissed(), Relaxed);
+            let _ = dprobe_inproc::unregister_all(vec![probe]);
+        }
+    }
 }
 
 fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
@@ -192,15 +276,19 @@ fn refresh(placed: &[Placed], shm: &Shm) {
             Placed::Return { probe, index, .. } => {
                 set_return_figures(shm, *index, &probe.stats());
             }
-            Placed::Entry { probe, index, .. } => shm.set(*index, Counter::Reentered, probe.nmissed()),
+            Placed::Entry { probe, index, .. } => {
+                let carried = follow::CARRIED[*index][1].load(Relaxed);
+                shm.set(*index, Counter::Reentered, probe.nmissed() + carried)
+            }
         }
     }
 }
 
 fn set_return_figures(shm: &Shm, index: usize, s: &dprobe_core::Stats) {
-    shm.set(index, Counter::Missed, s.missed);
-    shm.set(index, Counter::Reentered, s.reentered);
-    shm.set(index, Counter::Abandoned, s.abandoned);
+    let carried = |k: usize| follow::CARRIED[index][k].load(Relaxed);
+    shm.set(index, Counter::Missed, s.missed + carried(0));
+    shm.set(index, Counter::Reentered, s.reentered + carried(1));
+    shm.set(index, Counter::Abandoned, s.abandoned + carried(2));
 }
 
 /// Unregister every probe (their original bytes are back when this returns) and record
@@ -289,11 +377,9 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
     };
     match result {
         Ok(addr) => Placement::At(addr.0),
-        Err(ProbeError::Target(dprobe_sym::ResolveError::SymbolNotFound { .. }))
-            if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) =>
-        {
-            Placement::Waiting
-        }
+        Err(ProbeError::Target(
+            dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
+        )) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => Placement::Waiting,
         Err(e) => Placement::Failed(e.to_string()),
     }
 }

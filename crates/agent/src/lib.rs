@@ -17,6 +17,7 @@
 mod child;
 mod engine;
 mod exit;
+mod follow;
 mod hit;
 mod inside;
 pub mod record;

@@ -65,6 +65,10 @@ pub enum Counter {
     Abandoned = 4,
     /// Hits whose event did not reach the ring (full, or no value storage free).
     Lost = 5,
+    /// A probe that waited for its library: where it is placed now (0: not placed).
+    PlacedAt = 6,
+    /// A probe that waited for its library: times it was placed there (a load each).
+    Loads = 7,
 }
 
 /// The shared memory, mapped in this process.

@@ -18,7 +18,12 @@ fn constructors_are_probed() {
 #[test]
 fn every_load_of_a_library_is_probed() {
     let probe = "libdprobe_plugin:plugin_twice";
-    let (code, out) = trace("reload", &["--count", probe, "--", loads(), "reload", plugin(), "100"]);
-    assert_eq!((code, hits(&out, probe)), (Some(0), 100), "{out}");
-    assert!(!out.contains("never loaded"), "{out}");
+    // Each engine that traces one program: the library is unloaded and loaded again, at
+    // another address, between calls.
+    for engine in ["ptrace", "agent"] {
+        let args = ["--engine", engine, "--count", probe, "--", loads(), "reload", plugin(), "100"];
+        let (code, out) = trace(&format!("{engine}-reload"), &args);
+        assert_eq!((code, hits(&out, probe)), (Some(0), 100), "{engine}\n{out}");
+        assert!(!out.contains("never loaded"), "{engine}\n{out}");
+    }
 }

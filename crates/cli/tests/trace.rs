@@ -87,12 +87,12 @@ fn eight_threads_counted_exactly() {
 
 #[test]
 fn a_library_loaded_later_is_probed_when_it_appears() {
-    // The ptrace engine only: the agent does not follow libraries loaded after it yet.
-    let engine = "ptrace";
-    let args = ["--count", "libdprobe_plugin:plugin_twice", "--", target(), "dlopen", plugin(), "1000"];
-    let (code, out) = trace_with(engine, "dlopen", &args);
-    assert_eq!(code, Some(0), "{engine}\n{out}");
-    assert_eq!(hits(&out, "libdprobe_plugin:plugin_twice"), 1000, "{engine}\n{out}");
+    for engine in ENGINES {
+        let args = ["--count", "libdprobe_plugin:plugin_twice", "--", target(), "dlopen", plugin(), "1000"];
+        let (code, out) = trace_with(engine, "dlopen", &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        assert_eq!(hits(&out, "libdprobe_plugin:plugin_twice"), 1000, "{engine}\n{out}");
+    }
 }
 
 #[test]
