@@ -2,11 +2,64 @@
 //! displaces, harvested from the same compiler output as the forms, each executed in place and
 //! from its relocated copy ([`dprobe_arch::relocate`]) from the same state, and compared:
 //! every general register, the flags, RIP after (a fault in the copy mapped back to its
-//! original instruction), xmm0-15, and the memory it could touch.
+//! original instruction), xmm0-15, and the memory it could touch. Each run is also executed
+//! through a whole detour ([`dprobe_arch::detour_code`]: the red-zone skip, the call to an
+//! engine's stub, here one that only returns, then the relocated run), as a jump-optimized
+//! probe runs it.
 
 use std::collections::BTreeMap;
 
-use dprobe_arch::{analyze_run, relocate, Addr, AnalyzeError, RelocateError, Relocated};
+use dprobe_arch::{analyze_run, detour_code, relocate, Addr, AnalyzeError, Detour, Insn, RelocateError, Relocated};
+
+std::arch::global_asm!(
+    ".text",
+    // The detour's stub, with nothing to dispatch: every register and flag as they were.
+    ".globl dx_detour_stub",
+    "dx_detour_stub:",
+    "ret",
+);
+
+extern "C" {
+    fn dx_detour_stub();
+}
+
+/// Where the detour's call to its stub stores its return address (below the red zone: free
+/// stack by the ABI), and that address.
+fn stub_return_slot(ctx: &Ctx, arena: &Arena) -> (u64, [u8; 8]) {
+    let below = ctx.gpr[4].wrapping_sub(dprobe_arch::DETOUR_STACK_SKIP + 8);
+    (below, Addr(arena.near).offset(dprobe_arch::DETOUR_RETURN).0.to_le_bytes())
+}
+
+/// The run in place, from a stack that already holds what the detour's call stores below the
+/// red zone: the state a run through the detour starts from.
+fn run_in_place_after_call(arena: &Arena, ctx: &Ctx, code: &[u8]) -> Option<(Result_, Vec<u8>)> {
+    let (below, ret) = stub_return_slot(ctx, arena);
+    if !arena.contains(below, 8) {
+        return None;
+    }
+    arena.reset();
+    bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
+    bytes_at(below, 8).copy_from_slice(&ret);
+    let o = harness::run(ctx, arena.insn_addr());
+    Some((finish(arena, o), code_outside(arena, code.len())))
+}
+
+/// The run executed through its detour at the near slot page, from the same state.
+fn run_through_detour(arena: &Arena, ctx: &Ctx, insns: &[Insn], code: &[u8]) -> Option<(Result_, Vec<u8>)> {
+    let stub = Addr(dx_detour_stub as *const () as u64);
+    let detour: Detour = detour_code(Addr(arena.insn_addr()), insns, Addr(arena.near), stub).ok()?;
+    arena.reset();
+    bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
+    bytes_at(detour.addr.0, detour.code.len()).copy_from_slice(&detour.code);
+    let mut o = harness::run(ctx, detour.entry().0);
+    if let Some(original) = detour.window.original_of(Addr(o.regs.rip)) {
+        o.regs.rip = original.0;
+    }
+    if let Some(original) = detour.window.original_of(Addr(o.fault_addr)) {
+        o.fault_addr = original.0;
+    }
+    Some((finish(arena, o), code_outside(arena, code.len())))
+}
 
 use crate::harness::{self, Ctx};
 use crate::{bytes_at, describe_diff, finish, forms, hex, Arena, Result_, PAGE};
@@ -70,6 +123,7 @@ fn differential_execution_of_harvested_runs() {
     let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     let mut not_runnable: BTreeMap<&str, usize> = BTreeMap::new();
     let mut mismatches = Vec::new();
+    let mut detoured = 0usize;
 
     for run in &catalog.runs {
         let at = arena.insn_addr();
@@ -121,6 +175,20 @@ fn differential_execution_of_harvested_runs() {
             mismatches.push(format!("{} [{}] ({}): {diff}", run.text, hex(code), run.source));
         }
         *executed.entry(insns.len()).or_default() += 1;
+        let expected = run_in_place_after_call(&arena, &ctx, code);
+        match run_through_detour(&arena, &ctx, &insns, code).zip(expected) {
+            Some(((through, through_code), (original, original_code)))
+                if through != original || through_code != original_code =>
+            {
+                let mut diff = describe_diff(&original, &through);
+                if through_code != original_code {
+                    diff.push_str(", code-page memory differs");
+                }
+                mismatches.push(format!("{} [{}] ({}) through a detour: {diff}", run.text, hex(code), run.source));
+            }
+            Some(_) => detoured += 1,
+            None => *not_runnable.entry("no detour at the test's slot page").or_default() += 1,
+        }
     }
 
     let total: usize = executed.values().sum();
@@ -130,10 +198,12 @@ fn differential_execution_of_harvested_runs() {
         "differential execution: {total} runs executed in place and relocated (by length {executed:?}), \
          {refused_total} refused {refused:?}"
     );
+    println!("differential execution: {detoured} runs executed through a whole detour, same results");
     println!("differential execution: runs not runnable in this harness: {not_runnable:?}");
     for m in mismatches.iter().take(40) {
         println!("MISMATCH {m}");
     }
     assert!(mismatches.is_empty(), "{} runs behave differently relocated", mismatches.len());
     assert!(total >= 500, "only {total} runs executed");
+    assert!(detoured >= 500, "only {detoured} runs executed through a detour");
 }
