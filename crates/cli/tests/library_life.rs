@@ -16,6 +16,18 @@ fn constructors_are_probed() {
 }
 
 #[test]
+fn constructors_of_a_library_loaded_later_are_probed_by_the_agent() {
+    // The agent comes into a started command at its entry, after the constructors of the
+    // libraries it is linked with; a library it loads later is probed before its own
+    // constructor runs.
+    let probe = "libdprobe_ctorplugin:plugin_ctor_work";
+    let args = ["--engine", "agent", "--count", probe, "--", loads(), "ctors", ctor_plugin()];
+    let (code, out) = trace("agent-ctors", &args);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(hits(&out, probe), 4, "the calls from its constructor\n{out}");
+}
+
+#[test]
 fn every_load_of_a_library_is_probed() {
     let probe = "libdprobe_plugin:plugin_twice";
     // Each engine that traces one program: the library is unloaded and loaded again, at
