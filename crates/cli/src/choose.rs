@@ -69,7 +69,8 @@ fn process_cannot(pid: i32, planned: &[Planned], timed: bool) -> Option<String> 
     if returns && (mapped("libgcc_s") || mapped("libstdc++")) {
         return Some(format!(
             "return probes in process {pid}, which can unwind its stack (C++ exceptions, thread cancellation); the \
-             agent does not count unwound calls yet"
+             agent tells the returns of a thread's pending calls as not seen once an exception starts, the catching \
+             call's too, where ptrace sees that one return"
         ));
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
