@@ -208,6 +208,11 @@ fn loader_changed(l: &mut Live, state: i32) {
             l.waiting.push(p);
         }
     } else if state == follow::RT_CONSISTENT {
+        // Reading every object's symbols costs milliseconds: only when a waited-for library came.
+        let object = |p: &PlaceProbe| p.target.split_once(':').map_or("", |(o, _)| o).to_owned();
+        if !l.waiting.iter().any(|p| loaded(&object(p))) {
+            return;
+        }
         let maps = dprobe_sym::read_maps().unwrap_or_default();
         // Symbols read afresh: the library may be back at another address.
         let symbols = dprobe_sym::Symbols::load(&maps);
