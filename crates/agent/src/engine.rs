@@ -483,6 +483,9 @@ impl Engine for AgentEngine {
         stop: &mut dyn FnMut() -> bool,
         sink: &mut dyn FnMut(&ProbeEvent<'_>),
     ) -> Result<Ending, AgentError> {
+        if self.stacks.is_some() {
+            self.unwinder.prepare(self.pid as u32);
+        }
         self.release()?;
         loop {
             self.accept_children();

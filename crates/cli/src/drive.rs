@@ -143,6 +143,9 @@ pub fn drive<E: Engine>(
             return Err(e);
         }
     };
+    if let Scope::Process(pid) = &scope {
+        report.prepare_stacks(*pid as u32);
+    }
     let deadline = args.duration.map(|d| Instant::now() + d);
     report.start = Instant::now();
     report.clock = Clock::start();

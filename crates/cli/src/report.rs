@@ -93,6 +93,13 @@ impl Report {
         self.stacks = Some(Stacks::new());
     }
 
+    /// Read what symbolizing process `pid`'s stacks needs before the trace runs.
+    pub fn prepare_stacks(&mut self, pid: u32) {
+        if let Some(s) = &mut self.stacks {
+            s.prepare(pid);
+        }
+    }
+
     /// Add a probe; its index is the order of the calls.
     pub fn add_probe(&mut self, info: ProbeInfo, plan: FetchPlan, timed: bool) {
         self.probes.push(ProbeState { info, plan, timed, shown: 0 });

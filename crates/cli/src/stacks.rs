@@ -58,6 +58,12 @@ impl Stacks {
         Stacks { symbolizer: Symbolizer::new() }
     }
 
+    /// Read what symbolizing the stacks of process `pid` needs now (see
+    /// [`Symbolizer::prepare`]).
+    pub fn prepare(&mut self, pid: u32) {
+        self.symbolizer.prepare(pid);
+    }
+
     /// The frames of `e`'s stacks into `out`, innermost first: the kernel's, then the user's.
     pub fn frames(&mut self, e: &ProbeEvent<'_>, out: &mut Vec<StackFrame>) {
         out.clear();

@@ -143,6 +143,18 @@ impl Symbolizer {
         }
     }
 
+    /// Read the maps of `pid`, and the symbols and line tables of each object it has code
+    /// in, now, while it is there to read: an engine whose events come after the fact (a
+    /// ring of them) then spends no time on file reads at its first stacks.
+    pub fn prepare(&mut self, pid: u32) {
+        let Ok(maps) = read_maps_of(pid) else { return };
+        for m in maps.iter().filter(|m| m.exec) {
+            let Some(path) = m.path.clone().filter(|p| p.starts_with('/')) else { continue };
+            self.objects.entry(path.clone()).or_insert_with(|| ObjectInfo::read(&path).map(Rc::new));
+        }
+        self.maps.insert(pid, maps);
+    }
+
     /// Forget a process's maps (it ended, or executed another program).
     pub fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);

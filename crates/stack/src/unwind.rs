@@ -85,6 +85,13 @@ impl Unwinder {
         }
     }
 
+    /// Read the maps of `pid` and the unwind sections of its objects now, while it is there
+    /// to read (an engine whose events come after the fact: the first stack then costs no
+    /// file reads).
+    pub fn prepare(&mut self, pid: u32) {
+        self.refresh(pid);
+    }
+
     /// Forget a process (it ended, or executed another program).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
