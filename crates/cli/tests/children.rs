@@ -96,3 +96,46 @@ fn a_followed_child_that_outlives_the_traced_shell_is_let_go_and_finishes_right(
         assert_eq!(String::from_utf8_lossy(&o.stdout), "right 134999850000\n", "round {round}");
     }
 }
+
+/// `forks_inside` (see fixtures/forks_inside.c): a function that forks inside itself.
+fn forks_inside() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/forks_inside.c");
+    dprobe_test_fixtures::c_program(src, "forks_inside", &["-O2"])
+}
+
+/// The return events of `out`: (pid, value), in order.
+fn returns_of(out: &str) -> Vec<(i32, &str)> {
+    out.lines()
+        .filter_map(|l| {
+            let (who, value) = l.split_once(" returns ")?;
+            let pid = who.split_once("' (")?.1.split_once(')')?.0.parse().ok()?;
+            Some((pid, value))
+        })
+        .collect()
+}
+
+#[test]
+fn a_followed_fork_child_returns_from_the_function_that_forked_it() {
+    // Returns watched at the function's exits, and through the return address (an indirect
+    // jump leaves `spawn_then_jump`), each with and without an argument to fetch.
+    let cases = [("spawn_and_return", "", ("11", "12")), ("spawn_then_jump", "jump", ("13", "14"))];
+    for (function, mode, (child, parent)) in cases {
+        for fetch in ["", " x=$arg1"] {
+            let spec = format!("{function}%return{fetch}");
+            let mut args = vec!["--follow", &spec, "--", forks_inside()];
+            args.extend((!mode.is_empty()).then_some(mode));
+            let (code, out) = trace("fork-inside", &args);
+            assert_eq!(code, Some(0), "both processes got their own results\n{out}");
+            // One call, two returns: the child's first (the parent waits for it), each with
+            // its own pid.
+            let returns = returns_of(&out);
+            assert_eq!(returns.len(), 2, "{spec}\n{out}");
+            assert_eq!((returns[0].1, returns[1].1), (child, parent), "{spec}\n{out}");
+            assert_ne!(returns[0].0, returns[1].0, "each from its own process\n{out}");
+            let line = out.lines().find(|l| l.starts_with(&format!("{function}%return"))).unwrap();
+            assert_eq!(line.split_whitespace().skip(1).take(3).collect::<Vec<_>>(), ["1", "2", "0"], "{out}");
+            let through_address = out.contains("returns watched through the return address");
+            assert_eq!(through_address, mode == "jump", "{out}");
+        }
+    }
+}

@@ -56,6 +56,7 @@ impl std::fmt::Display for ReturnMode {
 }
 
 /// One call of a function whose exits are watched.
+#[derive(Clone)]
 pub(crate) struct Activation {
     function: Addr,
     /// Its return probes that had room (`maxactive`).
@@ -71,6 +72,24 @@ pub(crate) struct Activation {
 #[derive(Default)]
 pub(crate) struct Activations {
     by_thread: HashMap<i32, ActivationStack<Activation>>,
+}
+
+impl Activations {
+    /// A followed fork child's share of thread `parent`'s activations: its copy of that thread
+    /// (`child`) leaves the same calls, through its copy of the probed code.
+    pub(crate) fn carry_into_fork(&self, parent: i32, child: i32) -> Activations {
+        let mut carried = Activations::default();
+        if let Some(stack) = self.by_thread.get(&parent) {
+            carried.by_thread.insert(child, stack.clone());
+        }
+        carried
+    }
+
+    /// The return probes of thread `tid`'s activations, one per pending return.
+    pub(crate) fn pending_probes(&self, tid: i32) -> Vec<ProbeId> {
+        let Some(stack) = self.by_thread.get(&tid) else { return Vec::new() };
+        stack.iter().flat_map(|a| a.probes.iter().copied()).collect()
+    }
 }
 
 /// The parts of function `f`: its body and its cold part (`f.cold`) when the symbols have one.

@@ -12,7 +12,7 @@
 //!   as the kernel's uprobes count it), and carry its own process id.
 //!
 //! Followed (`follow`), a forked child is traced as a process of its own, its copy of the
-//! probes kept (the pending returns of the thread that forked are not watched in it); a
+//! probes kept, and the returns pending in the thread that forked watched in its copy; a
 //! `vfork` child is traced on when it executes a new program, whose probes are placed as
 //! after any `exec`. Hits carry the child's process id.
 //!
@@ -67,11 +67,17 @@ impl Tracee {
         }
         let shared = shares_memory(self.process_of(parent), child).unwrap_or(event == libc::PTRACE_EVENT_VFORK);
         if !shared && armed && self.follow {
-            // Its copy keeps the probes; returns pending in the forking thread are not
-            // watched in it.
-            let mut mem = RemoteMemory::open(child)?;
-            self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
-            let forked = self.forked(child)?;
+            // Its copy keeps the probes, and its copy of the forking thread the returns
+            // pending in it, watched as the parent's are.
+            let mut forked = self.forked(child)?;
+            forked.returns = self.returns.carry_into_fork(parent, child, &self.stubs, &mut forked.memory);
+            forked.stubs = self.stubs.clone();
+            forked.activations = self.activations.carry_into_fork(parent, child);
+            for i in self.returns.pending_probes(parent).into_iter().chain(self.activations.pending_probes(parent)) {
+                if let Some(p) = forked.probes.get_mut(&i) {
+                    let _ = p.pool.take();
+                }
+            }
             self.followed.push(forked);
             return Ok(());
         }

@@ -35,6 +35,7 @@ use crate::sys::{self, RemoteMemory};
 use crate::tracee::Tracee;
 
 /// What the tracer keeps with one probe's pending return.
+#[derive(Clone)]
 pub(crate) struct Pending {
     probe: ProbeId,
     function: Addr,
@@ -173,6 +174,39 @@ impl Returns {
                 let _ = memory.write(Addr(slot), &ret.to_le_bytes());
             }
         }
+    }
+}
+
+impl Returns {
+    /// A followed fork child's share of thread `parent`'s pending returns: its copy of that
+    /// thread (`child`, its only one) returns through the same hijacked slots of its copy of
+    /// the stack, into its copies of the trampoline and stubs. The child's returns are
+    /// watched as the parent's are; what the parent's rule had dropped goes back to the real
+    /// address in `memory`, the child's.
+    pub(crate) fn carry_into_fork(&self, parent: i32, child: i32, stubs: &Stubs, memory: &mut dyn Memory) -> Returns {
+        let mut carried = Returns { entries: self.entries, ..Returns::default() };
+        let Some(thread) = self.by_thread.get(&parent) else { return carried };
+        for &(slot, ret) in &thread.grave {
+            let _ = memory.write(Addr(slot), &ret.to_le_bytes());
+        }
+        for &(index, _, slot, ret) in self.quarantine.iter().filter(|q| q.1 == parent) {
+            if read_word(memory, slot) == Some(stubs.stub(index).0) {
+                let _ = memory.write(Addr(slot), &ret.to_le_bytes());
+            }
+        }
+        for i in thread.pending.iter() {
+            if let Some(index) = i.data.record {
+                carried.owner.insert(index, child);
+            }
+        }
+        let mine = ThreadReturns { pending: thread.pending.clone(), ..ThreadReturns::default() };
+        carried.by_thread.insert(child, mine);
+        carried
+    }
+
+    /// The probes of thread `tid`'s pending returns, one per return.
+    pub(crate) fn pending_probes(&self, tid: i32) -> Vec<ProbeId> {
+        self.by_thread.get(&tid).map_or_else(Vec::new, |t| t.pending.iter().map(|i| i.data.probe).collect())
     }
 }
 

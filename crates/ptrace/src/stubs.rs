@@ -40,7 +40,7 @@ pub struct Returned {
 }
 
 /// The stubs and records of one process.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Stubs {
     /// `(stub page, record page)` pairs.
     pages: Vec<(Addr, Addr)>,

@@ -188,6 +188,11 @@ impl<T> ActivationStack<T> {
         self.pending.len()
     }
 
+    /// The pending activations' data, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.pending.iter().map(|p| &p.2)
+    }
+
     /// The stack pointers of the activations handed over by a tail call.
     pub fn iter_handed_over(&self) -> impl Iterator<Item = u64> + '_ {
         self.pending.iter().filter(|p| p.1).map(|p| p.0)
