@@ -110,6 +110,16 @@ pub enum NotOptimized {
         /// Which thread and why.
         reason: String,
     },
+    /// A thread blocked in a system call would resume inside the replaced instructions: its
+    /// program counter, or one saved in a signal frame on its stack, is there. The site stays
+    /// on `int3` rather than interrupting the call (which could return `EINTR` to the program).
+    #[error("thread {tid}, blocked in system call {syscall}, would resume inside the replaced instructions")]
+    ThreadParkedInWindow {
+        /// The thread.
+        tid: i32,
+        /// The number of the system call it is blocked in.
+        syscall: i64,
+    },
     /// No enabled probe at the address: the original code runs.
     #[error("no enabled probe at the address")]
     Disarmed,

@@ -41,6 +41,7 @@
 
 mod args;
 mod backtrace;
+mod blocked;
 mod context;
 mod engine;
 mod events;

@@ -28,8 +28,10 @@
 //! while the proof is missing. A thread found strictly inside a slot's far prologue cannot be
 //! moved; the registrar tries again a few times, then also gives up.
 //!
-//! Signals interrupt blocking system calls: the few that are never restarted after a handler
-//! (`poll`, `nanosleep`, ...) return `EINTR` to a thread that was in one, as for any signal.
+//! Threads blocked in a system call are not signalled: a signal would make the few calls
+//! never restarted after a handler (`poll`, `nanosleep`, ...) return `EINTR` to the program.
+//! The registrar reads where such a thread would resume instead (`blocked.rs` says why that
+//! is enough), and leaves the site on `int3` if that is inside a window.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Mutex;
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use dprobe_arch::{Addr, NotOptimized};
 
+use crate::blocked;
 use crate::context::SignalContext;
 use crate::signals::{self, chain, Redeliver};
 use crate::sys;
@@ -114,6 +117,17 @@ enum Verdict {
 }
 
 impl Plan {
+    /// Whether a thread at `rip` would have to be moved (or cannot be).
+    pub(crate) fn touches(&self, rip: u64) -> bool {
+        self.verdict(rip) != Verdict::Stay
+    }
+
+    /// The listed stack mapping holding `sp`.
+    pub(crate) fn stack_of(&self, sp: u64) -> Option<(u64, u64)> {
+        let i = self.stacks.partition_point(|m| m.0 <= sp);
+        i.checked_sub(1).map(|i| self.stacks[i]).filter(|m| sp < m.1)
+    }
+
     fn verdict(&self, rip: u64) -> Verdict {
         for w in &self.windows {
             if rip > w.start.0 && rip < w.end.0 {
@@ -182,8 +196,9 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     plan.stacks.sort_unstable();
     signals::install(safepoint_signal(), on_safepoint)
         .map_err(|e| no(format!("installing the signal handler: {e}")))?;
+    let restorer = blocked::restorer(safepoint_signal());
     for _ in 0..ROUNDS {
-        if round(&*plan)? {
+        if round(&*plan, restorer)? {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -191,16 +206,21 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     Err(no("a thread stayed inside dprobe's out-of-line copy of the instruction".into()))
 }
 
-/// One round: signal every other thread and wait; whether none was busy.
-fn round(plan: &Plan) -> Result<bool, NotOptimized> {
+/// One round: signal every other thread not blocked in a system call, and wait; whether
+/// none was busy.
+fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
     let no = |reason: String| NotOptimized::NoSafepoint { reason };
     let own = sys::own_tid();
-    let tids: Vec<(libc::pid_t, AtomicBool)> = std::fs::read_dir("/proc/self/task")
+    let mut tids: Vec<(libc::pid_t, AtomicBool)> = Vec::new();
+    for tid in std::fs::read_dir("/proc/self/task")
         .map_err(|e| no(format!("listing the threads: {e}")))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|t| *t != own)
-        .map(|t| (t, AtomicBool::new(false)))
-        .collect();
+    {
+        if blocked::examine(tid, plan, restorer)? == blocked::Decision::Signal {
+            tids.push((tid, AtomicBool::new(false)));
+        }
+    }
     let state = Round { plan, tids: tids.as_slice() };
     let generation = GENERATION.fetch_add(1, SeqCst) + 1;
     BUSY.store(0, SeqCst);
@@ -293,10 +313,10 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
 /// Offsets in the kernel's x86-64 signal frame (`struct rt_sigframe`): the return address
 /// (`pretcode`, the `sa_restorer`), then the `ucontext_t`.
 const UC_AT: u64 = 8;
-const LINK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_link) as u64;
+pub(crate) const LINK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_link) as u64;
 const GREGS_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64;
-const RIP_AT: u64 = GREGS_AT + 8 * libc::REG_RIP as u64;
-const FPREGS_AT: u64 = GREGS_AT + 8 * 23;
+pub(crate) const RIP_AT: u64 = GREGS_AT + 8 * libc::REG_RIP as u64;
+pub(crate) const FPREGS_AT: u64 = GREGS_AT + 8 * 23;
 
 /// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this
 /// thread (its program counter is then in a signal handler, and the frame above holds where
@@ -320,8 +340,7 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     let end = if alternate.ss_flags & libc::SS_DISABLE == 0 && (alt_start..alt_end).contains(&rsp) {
         alt_end
     } else {
-        let i = plan.stacks.partition_point(|m| m.0 <= rsp);
-        match i.checked_sub(1).map(|i| plan.stacks[i]).filter(|m| rsp < m.1) {
+        match plan.stack_of(rsp) {
             Some((_, end)) => end,
             None => return false,
         }

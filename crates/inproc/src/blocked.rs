@@ -1,0 +1,139 @@
+//! Threads a safepoint need not signal: those blocked in a system call.
+//!
+//! Interrupting a blocked system call harms the program: `poll`, `nanosleep`, `epoll_wait`,
+//! `select` and a few others return `EINTR` after any handler ran, whatever `SA_RESTART`
+//! says (`sleep(5)` returns early). So the safepoint first asks the kernel where each thread
+//! is (`/proc/self/task/TID/syscall`: the system call's number, the user stack pointer and
+//! program counter of a thread blocked in one, or `running`).
+//!
+//! # Why a blocked thread needs no signal
+//!
+//! The registrar examines threads after the trap path sends hits to the detour's copy, while
+//! the window's first byte is an `int3`. From then on a thread reaches the middle of the
+//! window in one way only: by resuming a context saved earlier in the middle of it. Entering
+//! at the first byte traps and continues in the copy; a fresh signal frame saves the place
+//! the thread is at, which is in the middle of the window only if it already got there. For a
+//! thread asleep in the kernel, the saved contexts are its user program counter (where the
+//! system call returns) and the program counters in the signal frames on its stack (where
+//! the handlers it is nested in return). If none of them is inside a window or a slot, the
+//! thread can never be stopped there, now or later, and it is left alone; if one is, the
+//! site stays on `int3` for now ([`NotOptimized::ThreadParkedInWindow`]).
+//!
+//! The look is taken while the thread sleeps: its context-switch counts and its system call
+//! line are read before and after, and must be unchanged (a thread that ran in between was
+//! switched out again to block, which counts). Otherwise, or when its stack cannot be found
+//! (an alternate signal stack on the heap), the thread is signalled as before.
+//!
+//! Signal frames are recognized as the safepoint's handler does (`safepoint.rs`): the C
+//! library's `sa_restorer` as return address, no `uc_link`, the floating-point state just
+//! above. Frames of handlers installed with another restorer are not seen, as there.
+
+use dprobe_arch::{Addr, NotOptimized};
+
+use crate::safepoint::{Plan, FPREGS_AT, LINK_AT, RIP_AT};
+use crate::sys;
+
+/// What a safepoint does with one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Send it the signal: it runs, or what it would resume could not be read.
+    Signal,
+    /// Nothing: it is blocked in a system call and would resume outside every window.
+    LeaveAlone,
+}
+
+/// How many times a thread that ran while being examined is examined again.
+const TRIES: usize = 3;
+
+/// The signal frames' return address of this process's handlers: the C library's restorer
+/// of the safepoint's own handler (installed by then), 0 if unknown.
+pub(crate) fn restorer(sig: libc::c_int) -> u64 {
+    // SAFETY: reads the current action of `sig` into a zeroed struct, changing nothing.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return 0;
+        }
+        old.sa_restorer.map_or(0, |f| f as usize as u64)
+    }
+}
+
+/// Decide for thread `tid`, or say why the site must stay on `int3`.
+pub(crate) fn examine(tid: libc::pid_t, plan: &Plan, restorer: u64) -> Result<Decision, NotOptimized> {
+    if restorer == 0 {
+        return Ok(Decision::Signal);
+    }
+    for _ in 0..TRIES {
+        let Some(before) = switches(tid) else { return Ok(Decision::Signal) };
+        let Some(call) = syscall(tid) else { return Ok(Decision::Signal) };
+        let parked = match plan.touches(call.pc) {
+            true => Some(true),
+            false => saved_in_window(plan, call.sp, restorer),
+        };
+        if switches(tid) != Some(before) || syscall(tid) != Some(call) {
+            continue;
+        }
+        return match parked {
+            None => Ok(Decision::Signal),
+            Some(false) => Ok(Decision::LeaveAlone),
+            Some(true) => Err(NotOptimized::ThreadParkedInWindow { tid, syscall: call.nr }),
+        };
+    }
+    Ok(Decision::Signal)
+}
+
+/// A thread's system call, as `/proc/self/task/TID/syscall` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Syscall {
+    nr: i64,
+    args: [u64; 6],
+    sp: u64,
+    pc: u64,
+}
+
+/// The system call `tid` is blocked in; `None` when it runs, is stopped outside a system
+/// call (`-1`), or is gone.
+fn syscall(tid: libc::pid_t) -> Option<Syscall> {
+    let line = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let mut fields = line.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let hex = |f: Option<&str>| u64::from_str_radix(f?.strip_prefix("0x")?, 16).ok();
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = hex(fields.next())?;
+    }
+    let (sp, pc) = (hex(fields.next())?, hex(fields.next())?);
+    (nr >= 0).then_some(Syscall { nr, args, sp, pc })
+}
+
+/// How many times `tid` was switched out, voluntarily and not.
+fn switches(tid: libc::pid_t) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse().ok();
+    Some((field("voluntary_ctxt_switches:")?, field("nonvoluntary_ctxt_switches:")?))
+}
+
+/// Whether a signal frame on the stack above `sp` saved a program counter inside a window or
+/// a slot; `None` when the stack is not one of the plan's (it cannot be read safely).
+fn saved_in_window(plan: &Plan, sp: u64, restorer: u64) -> Option<bool> {
+    let (_, end) = plan.stack_of(sp)?;
+    let start = sp & !15;
+    let mut stack = vec![0u8; (end - start) as usize];
+    sys::read_memory(Addr(start), &mut stack).ok()?;
+    let word = |at: u64| {
+        let i = (at - start) as usize;
+        u64::from_ne_bytes(stack[i..i + 8].try_into().expect("8 bytes"))
+    };
+    // The kernel aligns a frame so that its start is 8 modulo 16.
+    let mut frame = start + 8;
+    while frame + FPREGS_AT + 8 <= end {
+        if word(frame) == restorer && word(frame + LINK_AT) == 0 {
+            let fp = word(frame + FPREGS_AT);
+            if fp > frame && fp < frame + 64 * 1024 && plan.touches(word(frame + RIP_AT)) {
+                return Some(true);
+            }
+        }
+        frame += 16;
+    }
+    Some(false)
+}

@@ -1,0 +1,190 @@
+//! Jumps over several instructions and threads blocked in system calls: the safepoint leaves
+//! them asleep (a signal would cut `nanosleep` or `poll` short with `EINTR`), and refuses the
+//! jump when one of them would resume inside the window.
+mod fixtures;
+use fixtures::{addr, call2, code};
+
+use dprobe_inproc::{register, Kprobe, NotOptimized, PreAction};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
+use std::sync::mpsc;
+
+std::arch::global_asm!(
+    ".text",
+    // push; push; mov: a window of three instructions.
+    ".globl fxb_sleep",
+    ".type fxb_sleep,@function",
+    "fxb_sleep:",
+    "push rbp",
+    "push rbx",
+    "mov rbx, rdi",
+    "lea rax, [rbx + rsi + 13]",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size fxb_sleep, . - fxb_sleep",
+    // endbr64 and push %rbp: the function a thread is parked in.
+    ".globl fxb_park",
+    ".type fxb_park,@function",
+    "fxb_park:",
+    "endbr64",
+    "push rbp",
+    "mov rbp, rsp",
+    "lea rax, [rdi + rsi + 3]",
+    "pop rbp",
+    "ret",
+    ".size fxb_park, . - fxb_park",
+);
+
+extern "C" {
+    fn fxb_sleep(a: u64, b: u64) -> u64;
+    fn fxb_park(a: u64, b: u64) -> u64;
+}
+
+/// The system call thread `tid` is blocked in, if it is.
+fn blocked_in(tid: i32) -> Option<i64> {
+    let line = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
+}
+
+/// Wait until thread `tid` is blocked in one of `calls`.
+fn wait_blocked_in(tid: i32, calls: &[i64]) -> i64 {
+    loop {
+        if let Some(nr) = blocked_in(tid).filter(|n| calls.contains(n)) {
+            return nr;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+// The C library may implement each with either call.
+const NANOSLEEP: [i64; 2] = [libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
+const POLL: [i64; 2] = [libc::SYS_poll, libc::SYS_ppoll];
+
+#[test]
+fn threads_blocked_in_nanosleep_and_poll_sleep_their_full_time_while_a_window_is_optimized() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let a = addr(fxb_sleep);
+    let original = code(a, 8);
+    let sleeper = |poll: bool| {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            // SAFETY: a plain two-second sleep, and a poll of no descriptors for as long.
+            let (ret, errno) = unsafe {
+                let ret = if poll {
+                    libc::poll(std::ptr::null_mut(), 0, 2000)
+                } else {
+                    let time = libc::timespec { tv_sec: 2, tv_nsec: 0 };
+                    libc::nanosleep(&time, std::ptr::null_mut())
+                };
+                (ret, *libc::__errno_location())
+            };
+            (ret, if ret == 0 { 0 } else { errno })
+        });
+        (rx.recv().unwrap(), thread)
+    };
+    let (sleeping, polling) = (sleeper(false), sleeper(true));
+    let calls = [wait_blocked_in(sleeping.0, &NANOSLEEP), wait_blocked_in(polling.0, &POLL)];
+    let p = register(Kprobe::addr(a).pre(move |regs| {
+        assert_eq!(regs.rip, a.0);
+        HITS.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Ok(()));
+    assert_eq!(code(a, 1), [0xe9], "the probe is a jump");
+    assert_eq!(
+        [blocked_in(sleeping.0), blocked_in(polling.0)],
+        calls.map(Some),
+        "both threads were still asleep while the window was optimized"
+    );
+    const CALLS: u64 = 10_000;
+    assert!((0..CALLS).all(|i| call2(fxb_sleep, i, 1) == i + 14), "the relocated prologue computed a wrong value");
+    assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (CALLS, CALLS, 0));
+    assert_eq!(sleeping.1.join().unwrap(), (0, 0), "nanosleep slept its full time");
+    assert_eq!(polling.1.join().unwrap(), (0, 0), "poll timed out, not interrupted");
+    drop(p);
+    assert_eq!(code(a, 8), original, "original bytes back");
+}
+
+static PARK_AT: AtomicU64 = AtomicU64::new(0);
+static PARKED: AtomicBool = AtomicBool::new(false);
+static PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// SIGUSR2 in the parked thread: when it interrupted the thread between the window's two
+/// instructions, block there in `read` until the test writes a byte to the pipe.
+extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes the interrupted context.
+    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
+    if rip == PARK_AT.load(SeqCst) && !PARKED.load(SeqCst) {
+        PARKED.store(true, SeqCst);
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a local from the pipe the test created.
+        while unsafe { libc::read(PIPE.load(SeqCst), (&mut byte as *mut u8).cast(), 1) } != 1 {}
+    }
+}
+
+#[test]
+fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_keeps_the_probe_on_int3() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let a = addr(fxb_park);
+    PARK_AT.store(a.0 + 4, SeqCst);
+    let mut fds = [0; 2];
+    // SAFETY: creates a pipe into `fds`; installs a handler for SIGUSR2, which nothing else in
+    // this test binary uses.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = park as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()), 0);
+    }
+    PIPE.store(fds[0], SeqCst);
+    const AFTER: u64 = 10_000;
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        let mut i = 0u64;
+        // Until parked and released, calls that may be interrupted between endbr64 and push.
+        while !PARKED.load(SeqCst) {
+            if call2(fxb_park, i, 1) != i + 4 {
+                return Err(i);
+            }
+            i += 1;
+        }
+        for k in 0..AFTER {
+            if call2(fxb_park, k, k) != 2 * k + 3 {
+                return Err(k);
+            }
+        }
+        Ok(i)
+    });
+    let tid = rx.recv().unwrap();
+    use std::os::unix::thread::JoinHandleExt;
+    let thread = worker.as_pthread_t();
+    while !PARKED.load(SeqCst) {
+        // SAFETY: the worker is alive until it is parked; SIGUSR2 has the handler above.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+    wait_blocked_in(tid, &[libc::SYS_read]);
+    let p = register(Kprobe::addr(a).pre(|_| {
+        HITS.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Err(NotOptimized::ThreadParkedInWindow { tid, syscall: libc::SYS_read }));
+    assert_eq!(code(a, 1), [0xcc], "the probe stays an int3");
+    assert_eq!(blocked_in(tid), Some(libc::SYS_read), "the parked thread was not interrupted");
+    // SAFETY: writes one byte to the pipe the handler reads.
+    assert_eq!(unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) }, 1);
+    let calls = worker.join().unwrap().expect("the parked call and every later one computed the right value");
+    assert!(calls > 0);
+    // The parked call entered before the probe existed: only the later ones are hits.
+    assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (AFTER, AFTER, 0));
+    drop(p);
+    assert_eq!(call2(fxb_park, 1, 2), 6);
+}
