@@ -61,6 +61,8 @@ pub fn split() -> io::Result<()> {
     }
     // SAFETY: pipe2 just returned these descriptors, owned by nothing else.
     let (reading, writing) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Taken before the fork: once the front is gone the holder's parent is whoever adopted it.
+    let front_pid = std::process::id() as i32;
     // SAFETY: dprobe has a single thread (nothing has started one yet), so the child may
     // run any code.
     let holder = unsafe { libc::fork() };
@@ -74,7 +76,7 @@ pub fn split() -> io::Result<()> {
         // close-on-exec), the signal mask as dprobe found it (programs started inherit it).
         drop(writing);
         restore(&before);
-        watch_the_front(reading)?;
+        watch_the_front(front_pid, reading)?;
         return Ok(());
     }
     drop(reading);
@@ -91,9 +93,7 @@ fn is_ignored(signal: i32) -> bool {
 }
 
 /// The holder's thread that reads the front's pipe: signals passed on, then its end.
-fn watch_the_front(reading: OwnedFd) -> io::Result<()> {
-    // SAFETY: getppid cannot fail.
-    let front = unsafe { libc::getppid() };
+fn watch_the_front(front: i32, reading: OwnedFd) -> io::Result<()> {
     let mut pipe = std::fs::File::from(reading);
     std::thread::Builder::new().name("dprobe-front".into()).spawn(move || {
         let mut message = [0u8; 8];

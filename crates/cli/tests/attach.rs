@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{dprobe_command, function_addr, hits, out_file, read_mem, target};
+use common::{dprobe_command, file_mappings, function_addr, hits, out_file, read_mem, target};
 
 /// The running target; killed if a test fails before it finishes it.
 struct Running(Child);
@@ -38,12 +38,6 @@ fn finish(mut child: Running) -> Option<i32> {
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) }, 0);
     child.0.wait().unwrap().code()
-}
-
-/// The mappings of files (programs and libraries) in `maps`.
-fn file_mappings(maps: &str) -> Vec<&str> {
-    let file = |l: &&str| l.split_whitespace().nth(5).is_some_and(|p| p.starts_with('/') && !p.starts_with("/memfd:"));
-    maps.lines().filter(file).collect()
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod killing;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{function_addr, out_file, read_mem, started_command, target};
+use common::{file_mappings, function_addr, out_file, read_mem, started_command, target};
 use killing::{become_subreaper, kill_and_reap, start_dprobe, traced, wait_until, Moment, Moments};
 
 const TRIES: u32 = 20;
@@ -42,6 +42,22 @@ fn check_summary(i: u32, text: &str, front: u32) {
 
 #[test]
 fn kill_9_of_dprobe_attached_to_a_4_thread_program_leaves_it_running_right() {
+    kill_9_while_attached("ptrace");
+}
+
+#[test]
+fn kill_9_of_dprobe_with_its_agent_in_a_4_thread_program_leaves_it_running_right() {
+    kill_9_while_attached("agent");
+}
+
+/// Whether dprobe has reached the program: it traces it, or its agent is loaded there.
+fn reached_by(engine: &str, pid: i32) -> bool {
+    traced(pid)
+        || engine == "agent"
+            && std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().contains("dprobe-agent")
+}
+
+fn kill_9_while_attached(engine: &str) {
     become_subreaper();
     let mut child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
     let pid = child.0.id() as i32;
@@ -55,15 +71,15 @@ fn kill_9_of_dprobe_attached_to_a_4_thread_program_leaves_it_running_right() {
     let mut moments = Moments::new();
     let mut reached = [0u32; 3];
     for i in 0..TRIES {
-        let out = out_file(&format!("killed-attach-{i}"));
-        let err = out_file(&format!("killed-attach-{i}.err"));
-        let args = ["-p", &p, "probed", "probed_push x=$arg1", "pair%return", "until_told%return"];
+        let out = out_file(&format!("killed-attach-{engine}-{i}"));
+        let err = out_file(&format!("killed-attach-{engine}-{i}.err"));
+        let args = ["--engine", engine, "-p", &p, "probed", "probed_push x=$arg1", "pair%return", "until_told%return"];
         let dprobe = start_dprobe(&args, &out, &err);
         let moment = Moment::of_try(i);
         match moment {
             Moment::Startup => std::thread::sleep(moments.below(Duration::from_millis(30))),
             Moment::Placing => {
-                wait_until("the attach", || traced(pid));
+                wait_until("the attach", || reached_by(engine, pid));
                 std::thread::sleep(moments.below(Duration::from_millis(10)));
             }
             Moment::Steady => {
@@ -71,7 +87,7 @@ fn kill_9_of_dprobe_attached_to_a_4_thread_program_leaves_it_running_right() {
                 std::thread::sleep(moments.below(Duration::from_millis(50)));
             }
         }
-        let was_traced = traced(pid);
+        let was_traced = reached_by(engine, pid);
         let ended = kill_and_reap(dprobe);
         reached[moment as usize] += u32::from(was_traced);
         let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -86,7 +102,15 @@ fn kill_9_of_dprobe_attached_to_a_4_thread_program_leaves_it_running_right() {
         assert!(matches!(state, 'R' | 'S'), "try {i}: the program is in state {state}");
         assert_eq!(code(), code_before, "try {i} ({moment:?}): the original code, byte for byte");
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        assert_eq!(maps, maps_before, "try {i} ({moment:?}): no page of dprobe's left behind");
+        if engine == "ptrace" {
+            assert_eq!(maps, maps_before, "try {i} ({moment:?}): no page of dprobe's left behind");
+        } else {
+            // The agent's library and its pages stay mapped (unused); every mapping of the
+            // program's own files is as it was.
+            let after = file_mappings(&maps);
+            let changed: Vec<&str> = file_mappings(&maps_before).into_iter().filter(|m| !after.contains(m)).collect();
+            assert!(changed.is_empty(), "try {i} ({moment:?}): mappings changed: {changed:?}");
+        }
     }
     eprintln!("killed while tracing (startup, placing, steady): {reached:?} of {TRIES}");
     assert!(reached[Moment::Steady as usize] > 0, "no kill came while the program was traced");

@@ -44,6 +44,13 @@ pub fn assert_refused(cases: &[(&[&str], &str)]) {
     }
 }
 
+/// The mappings of files (programs and libraries) in `maps`: what must be as it was after the
+/// agent engine is gone (its own library and the pages it mapped stay).
+pub fn file_mappings(maps: &str) -> Vec<&str> {
+    let file = |l: &&str| l.split_whitespace().nth(5).is_some_and(|p| p.starts_with('/') && !p.starts_with("/memfd:"));
+    maps.lines().filter(file).collect()
+}
+
 /// A fresh file path for `-o`.
 pub fn out_file(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dprobe-cli-{}", std::process::id()));
