@@ -194,6 +194,17 @@ fn inlined_sites(spec: &ProbeSpec, timed: bool, path: &str, function: &str, f: &
 
 /// A source line: the start of each copy of its code.
 fn line_sites(binary: Option<&str>, line: &SourceLine, traced: Traced<'_>, files: &mut DebugFiles) -> Result<Sites> {
+    let (path, addresses) = line_addresses(binary, line, traced, files)?;
+    Ok(Sites { targets: addresses.into_iter().map(|a| address_site(&path, a)).collect(), note: None })
+}
+
+/// The file a source line is in, and the link-time address of each copy of its code.
+pub fn line_addresses(
+    binary: Option<&str>,
+    line: &SourceLine,
+    traced: Traced<'_>,
+    files: &mut DebugFiles,
+) -> Result<(String, Vec<u64>)> {
     if let Some(b) = binary {
         // A path that names no file is a typo, said as such.
         ObjectName::new(b)?;
@@ -231,7 +242,8 @@ fn line_sites(binary: Option<&str>, line: &SourceLine, traced: Traced<'_>, files
             table.line_addresses(file, wanted).map_err(|e| relative_no_code(e, function, first))?
         }
     };
-    Ok(Sites { targets: addresses.into_iter().map(|a| address_site(&path, a)).collect(), note: None })
+    drop(debug);
+    Ok((path, addresses))
 }
 
 /// A line of a function with no code, said in lines relative to the function too.

@@ -4,11 +4,12 @@
 //! moved past the prologue.
 
 use anyhow::{anyhow, bail, Result};
-use dprobe_dwarf::{place_vars, DebugInfo, Request, Search, Shown};
-use dprobe_spec::{Fetch, NamedArg, ProbeKind, ProbePoint, ProbeSpec};
+use dprobe_dwarf::{fetch_text, place_vars, DebugInfo, Request, Search, Shown};
+use dprobe_spec::{Fetch, NamedArg, ProbeKind, ProbePoint, ProbeSpec, SourceLine};
 use dprobe_sym::ObjectName;
 
 use crate::options::{ListArgs, TraceArgs};
+use crate::sites::{line_addresses, DebugFiles, Traced};
 
 /// Whether the spec names variables.
 pub fn has_vars(spec: &ProbeSpec) -> bool {
@@ -53,6 +54,10 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
              not at %return, where they are gone"
         );
     }
+    if let ProbePoint::Line { binary, line } = &spec.point {
+        let (binary, line) = (binary.clone(), line.clone());
+        return resolve_at_line(text, spec, binary.as_deref(), &line, args);
+    }
     let ProbePoint::User { binary, function, offset } = &mut spec.point else {
         bail!("`{text}`: variables by name are read from a user-space binary's DWARF");
     };
@@ -88,6 +93,81 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
     }
     if *offset == 0 && at.offset != 0 {
         *offset = at.offset;
+    }
+    spec.args = out_args;
+    Ok(shown)
+}
+
+/// The spec's variables read at a source line: where they are at the line's address, the
+/// same at every copy of its code (or refused, naming the copies that differ).
+fn resolve_at_line(
+    text: &str,
+    spec: &mut ProbeSpec,
+    binary: Option<&str>,
+    line: &SourceLine,
+    args: &TraceArgs,
+) -> Result<Vec<Shown>> {
+    let command = args.command.first().and_then(|p| crate::trace::find_program(p).ok());
+    let traced = match (&command, args.pid) {
+        (_, Some(pid)) => Traced::Process(pid),
+        (Some(program), None) => Traced::Command(program),
+        (None, None) => Traced::Nothing,
+    };
+    let (file, addresses) =
+        line_addresses(binary, line, traced, &mut DebugFiles::default()).map_err(|e| anyhow!("`{text}`: {e}"))?;
+    let info = DebugInfo::load(&file)?.ok_or_else(|| anyhow!("`{text}`: {}", no_dwarf(&file)))?;
+    let mut requests = Vec::new();
+    for a in &spec.args {
+        match &a.fetch {
+            Fetch::Var { path } if path == "$params" => {
+                bail!("`{text}`: $params is for a function's probe; name the variables")
+            }
+            Fetch::Var { path } => {
+                requests.push(Some(Request { path: path.clone(), name: a.name.clone(), ty: a.typed.then_some(a.ty) }))
+            }
+            _ => requests.push(None),
+        }
+    }
+    let wanted: Vec<Request> = requests.iter().flatten().cloned().collect();
+    let mut first: Option<(u64, Vec<dprobe_dwarf::VarFetch>)> = None;
+    for &address in &addresses {
+        let f = info
+            .function_at(address)
+            .map_err(|e| anyhow!("`{text}`: {e}"))?
+            .ok_or_else(|| anyhow!("`{text}`: no function in the DWARF holds {address:#x}, where `{line}` is"))?;
+        let placed = dprobe_dwarf::place_vars_in(&info, &f, Some(address.wrapping_sub(f.low_pc)), &wanted)
+            .map_err(|e| anyhow!("`{text}` (in {} at {address:#x}): {e}", f.name))?;
+        match &first {
+            None => first = Some((address, placed.args)),
+            Some((at, args)) => {
+                let same = |a: &dprobe_dwarf::VarFetch, b: &dprobe_dwarf::VarFetch| a.fetch == b.fetch && a.ty == b.ty;
+                if let Some((a, b)) = args.iter().zip(&placed.args).find(|(a, b)| !same(a, b)) {
+                    bail!(
+                        "`{text}`: the line has {} copies of code, and `{}` is in different places in them ({} at \
+                         {at:#x}, {} at {address:#x}); probe one copy by FUNCTION+OFFSET",
+                        addresses.len(),
+                        a.name,
+                        fetch_text(&a.fetch),
+                        fetch_text(&b.fetch),
+                    );
+                }
+            }
+        }
+    }
+    let mut fetched = first.map(|(_, a)| a).unwrap_or_default().into_iter();
+    let mut out_args = Vec::new();
+    let mut shown = Vec::new();
+    for (a, q) in spec.args.iter().zip(&requests) {
+        match q.as_ref().and_then(|_| fetched.next()) {
+            Some(v) => {
+                out_args.push(NamedArg::typed(v.name, v.fetch, v.ty));
+                shown.push(v.shown);
+            }
+            _ => {
+                out_args.push(a.clone());
+                shown.push(Shown::Plain);
+            }
+        }
     }
     spec.args = out_args;
     Ok(shown)

@@ -8,17 +8,35 @@ use std::process::Command;
 
 use common::{out_file, vars_program};
 
-/// What the fixture's functions print of themselves, and what dprobe fetches for the same.
+/// The fixture's line that prints `scale`'s locals (marked `LOCALS`).
+fn locals_line() -> usize {
+    let source = include_str!("../../dwarf/tests/fixtures/vars.c");
+    1 + source.lines().position(|l| l.contains("/* LOCALS */")).expect("the fixture marks its LOCALS line")
+}
+
+/// What the fixture's functions print of themselves, and what dprobe fetches for the same:
+/// arguments at the functions' entries, and locals at a source line.
 fn specs(bin: &str) -> Vec<String> {
     [
         "parse_request req->id req->hdr.len req->hdr.kind req->hdr.tag req->method req->path req->codes[2] \
-         req->urgent req->flags len name",
-        "count_args argc argv[1] argv[2]",
-        "mix $params",
+         req->urgent req->flags len name"
+            .to_owned(),
+        "count_args argc argv[1] argv[2]".into(),
+        "mix $params".into(),
+        format!("vars.c:{} total label", locals_line()),
     ]
     .iter()
     .map(|s| format!("{bin}:{s}"))
     .collect()
+}
+
+/// The program's own line, with `scale(` (printed at the probed line) as dprobe names that
+/// probe: by its line.
+fn as_probed(line: &str) -> String {
+    match line.strip_prefix("scale(") {
+        Some(rest) => format!("vars.c:{}({rest}", locals_line()),
+        None => line.to_owned(),
+    }
 }
 
 /// Run the fixture under `dprobe trace --engine ENGINE`: (the program's own lines, dprobe's
@@ -31,9 +49,9 @@ fn run(engine: &str, bin: &str, name: &str) -> (Vec<String>, Vec<String>) {
     let o = Command::new(env!("CARGO_BIN_EXE_dprobe")).args(&args).output().unwrap();
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(o.status.code(), Some(0), "{engine} {bin}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
-    let program: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
+    let program: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(as_probed).collect();
     let events: Vec<String> = text.lines().filter_map(|l| l.split_once(" call ")).map(|(_, c)| c.to_owned()).collect();
-    assert_eq!(program.len(), 6, "{engine} {bin}: the program's lines");
+    assert_eq!(program.len(), 8, "{engine} {bin}: the program's lines");
     (program, events)
 }
 

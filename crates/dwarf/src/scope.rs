@@ -132,6 +132,25 @@ impl DebugInfo {
     /// The out-of-line function named `name` (its DWARF name or linkage name), if the DWARF
     /// has one with code.
     pub fn function(&self, name: &str) -> Result<Option<Function>, VarError> {
+        let found = self.find_function(&|cx, e, _| {
+            cx.name(e).as_deref() == Some(name) || linkage_name(cx, e).as_deref() == Some(name)
+        })?;
+        Ok(found.map(|f| Function { name: name.to_owned(), ..f }))
+    }
+
+    /// The out-of-line function whose code holds link-time address `pc` (the caller, for an
+    /// address in an inlined copy), if the DWARF has one.
+    pub fn function_at(&self, pc: u64) -> Result<Option<Function>, VarError> {
+        self.find_function(&|cx, e, ranges| cx.name(e).is_some() && ranges.iter().any(|r| r.begin <= pc && pc < r.end))
+    }
+
+    /// The first subprogram with code that `wanted` accepts (given its code ranges), named
+    /// by its DWARF name.
+    #[allow(clippy::type_complexity)]
+    fn find_function(
+        &self,
+        wanted: &dyn Fn(&UnitCx<'_>, &gimli::DebuggingInformationEntry<'_, '_, Reader>, &[gimli::Range]) -> bool,
+    ) -> Result<Option<Function>, VarError> {
         let dwarf = self.dwarf();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
@@ -144,31 +163,35 @@ impl DebugInfo {
                     if e.tag() != gimli::DW_TAG_subprogram {
                         continue;
                     }
-                    let linkage = e
-                        .attr_value(gimli::DW_AT_linkage_name)?
-                        .and_then(|v| dwarf.attr_string(&unit, v).ok())
-                        .and_then(|s| s.to_string_lossy().ok().map(|s| s.into_owned()));
-                    if cx.name(e).as_deref() != Some(name) && linkage.as_deref() != Some(name) {
-                        continue;
-                    }
                     let mut ranges = dwarf.die_ranges(&unit, e)?;
-                    let mut first: Option<gimli::Range> = None;
+                    let mut all = Vec::new();
                     while let Some(r) = ranges.next()? {
-                        if r.begin < r.end && first.is_none_or(|f| r.begin < f.begin) {
-                            first = Some(r);
+                        if r.begin < r.end {
+                            all.push(r);
                         }
                     }
+                    if all.is_empty() || !wanted(&cx, e, &all) {
+                        continue;
+                    }
+                    let first = all.iter().min_by_key(|r| r.begin).copied();
                     if let Some(r) = first {
-                        found = Some((e.offset(), r.begin, r.end));
+                        found = Some((e.offset(), cx.name(e).unwrap_or_default(), r.begin, r.end));
                         break;
                     }
                 }
                 found
             };
-            if let Some((die, low_pc, high_pc)) = found {
-                return Ok(Some(Function { unit, die, name: name.to_owned(), low_pc, high_pc }));
+            if let Some((die, name, low_pc, high_pc)) = found {
+                return Ok(Some(Function { unit, die, name, low_pc, high_pc }));
             }
         }
         Ok(None)
     }
+}
+
+/// A subprogram's linkage (mangled) name, if it has one.
+fn linkage_name(cx: &UnitCx<'_>, e: &gimli::DebuggingInformationEntry<'_, '_, Reader>) -> Option<String> {
+    let v = e.attr_value(gimli::DW_AT_linkage_name).ok()??;
+    let s = cx.dwarf.attr_string(cx.unit, v).ok()?;
+    s.to_string_lossy().ok().map(|s| s.into_owned())
 }

@@ -447,10 +447,21 @@ pub fn place_vars(
     requests: &[Request],
 ) -> Result<Placed, VarError> {
     let f = info.function(function)?.ok_or_else(|| VarError::NoFunction { name: function.into() })?;
+    place_vars_in(info, &f, offset, requests)
+}
+
+/// [`place_vars`] in the function `f` (one found by [`DebugInfo::function_at`]); `offset` wraps
+/// for an address in a part of its code below its entry.
+pub fn place_vars_in(
+    info: &DebugInfo,
+    f: &crate::Function,
+    offset: Option<u64>,
+    requests: &[Request],
+) -> Result<Placed, VarError> {
     let at = |pc: u64| -> Result<Resolver<'_>, VarError> {
         let cx = f.cx(info);
         let vars = f.vars_at(info, pc)?;
-        Ok(Resolver { info, function: &f, cx, pc, vars })
+        Ok(Resolver { info, function: f, cx, pc, vars })
     };
     let offset = match offset {
         Some(o) => o,
@@ -475,7 +486,7 @@ pub fn place_vars(
             }
         }
     };
-    let r = at(f.low_pc + offset)?;
+    let r = at(f.low_pc.wrapping_add(offset))?;
     let mut args = Vec::new();
     let mut skipped = Vec::new();
     for q in requests {
