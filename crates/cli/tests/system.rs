@@ -422,9 +422,11 @@ fn records_lost_to_a_small_buffer_are_counted_and_the_size_named() {
 fn many_probes_are_placed_together_and_the_duration_ends_the_trace() {
     let _x = exclusive();
     let before = tracefs("uprobe_events");
-    let (code, out) = trace("system-many", &["-a", "-c", "-d", "100ms", "libc:str*"]);
+    // libc's XDR functions: many, and called by no program here. A system-wide probe on the
+    // string functions every process calls coincided with other programs misbehaving.
+    let (code, out) = trace("system-many", &["-a", "-c", "-d", "100ms", "libc:xdr_*"]);
     assert_eq!(code, Some(0), "{out}");
-    let rows = out.lines().filter(|l| l.starts_with("libc:str")).count();
+    let rows = out.lines().filter(|l| l.starts_with("libc:xdr_")).count();
     assert!(rows >= 50, "one row per function: {rows}\n{out}");
     assert!(out.contains("(--duration is over)"), "{out}");
     assert_eq!(tracefs("uprobe_events"), before, "every event removed");
