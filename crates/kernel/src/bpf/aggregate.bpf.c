@@ -167,6 +167,17 @@ INLINE int same_comm(const char *a) {
     return 1;
 }
 
+/* One more hit of value `v` in this CPU's share of a key. */
+INLINE void count_into(struct tally *t, __s64 v) {
+    t->count += 1;
+    if (source != SOURCE_NONE) {
+        if (v < t->min || t->count == 1)
+            t->min = v;
+        if (v > t->max || t->count == 1)
+            t->max = v;
+    }
+}
+
 INLINE int tally(void *ctx) {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 pid = pid_tgid >> 32;
@@ -192,13 +203,7 @@ INLINE int tally(void *ctx) {
     }
     struct tally *t = bpf_map_lookup_elem(&tallies, &k);
     if (t) {
-        t->count += 1;
-        if (source != SOURCE_NONE) {
-            if (v < t->min || t->count == 1)
-                t->min = v;
-            if (v > t->max || t->count == 1)
-                t->max = v;
-        }
+        count_into(t, v);
         return 0;
     }
     struct tally first = {1, v, v};
@@ -207,13 +212,7 @@ INLINE int tally(void *ctx) {
     /* Another CPU made the key meanwhile (this CPU's share is then zero): count here. */
     t = bpf_map_lookup_elem(&tallies, &k);
     if (t) {
-        t->count += 1;
-        if (source != SOURCE_NONE) {
-            if (v < t->min || t->count == 1)
-                t->min = v;
-            if (v > t->max || t->count == 1)
-                t->max = v;
-        }
+        count_into(t, v);
         return 0;
     }
     __u32 zero = 0;
