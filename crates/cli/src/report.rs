@@ -194,7 +194,7 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -231,7 +231,8 @@ mod tests {
         (info, p.args)
     }
 
-    fn event(values: &Values, side: Side, tid: u32, time_ns: u64) -> ProbeEvent<'_> {
+    /// An event of probe 0 from thread `tid` of process 1 (`t`), without stacks.
+    pub(crate) fn event(values: &Values, side: Side, tid: u32, time_ns: u64) -> ProbeEvent<'_> {
         ProbeEvent {
             probe: 0,
             side,

@@ -227,18 +227,7 @@ mod tests {
             let mut values = Values::with_capacity(1);
             values.push_int(value as u64, ArgType::S(64));
             let side = if probes[index].is_return || latency.is_some() { Side::Return } else { Side::Entry };
-            let event = ProbeEvent {
-                probe: index,
-                side,
-                pid: 1,
-                tid,
-                time_ns,
-                entry_time_ns: None,
-                comm: b"t",
-                values: &values,
-                user_stack: &[],
-                kernel_stack: &[],
-            };
+            let event = ProbeEvent { probe: index, ..crate::report::tests::event(&values, side, tid, time_ns) };
             let latency = latency.map(Duration::from_nanos);
             t.take(&Passed { index, probe: &probes[index], event: &event, latency, clock: &clock, stack: &[] });
         }
