@@ -7,6 +7,9 @@
 //! dprobe list -p 1234 '*open*'
 //! ```
 
+// The CLI makes no system call of its own: the crates below it own the mechanism.
+#![forbid(unsafe_code)]
+
 mod aggregates;
 mod choose;
 mod clock;
@@ -15,7 +18,6 @@ mod drive;
 mod expand;
 mod export;
 mod histogram;
-mod holder;
 mod in_kernel;
 mod keys;
 mod list;
@@ -39,8 +41,9 @@ use clap::Parser;
 fn main() {
     let cli = options::Cli::parse();
     let result = match cli.command {
-        // Before anything else: the process that traces outlives this one (see holder.rs).
-        options::Command::Trace(args) => match holder::split() {
+        // Before anything else: the process that traces outlives this one (see dprobe-holder).
+        options::Command::Trace(args) => match dprobe_holder::split(&signals::STOPS).and_then(signals::watch_the_front)
+        {
             Ok(()) => trace::run(*args),
             Err(e) => Err(anyhow::Error::new(e).context("starting dprobe's tracing process")),
         },

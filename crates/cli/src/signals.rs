@@ -2,7 +2,7 @@
 //! them and notes which came and how many; the engines look at the note between events and
 //! at least every tenth of a second.
 //!
-//! dprobe traces from a holder process (see `holder`): a stop signal reaches it directly
+//! dprobe traces from a holder process (see `dprobe_holder`): a stop signal reaches it directly
 //! (from the terminal, or a `kill` of the whole process group) or through the front, and a
 //! front that ended asks for a stop as a SIGINT sent to dprobe alone does.
 
@@ -10,8 +10,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
+use dprobe_holder::Front;
 use nix::sys::signal::Signal;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::SIGINT;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::low_level::siginfo::Cause;
@@ -58,8 +59,23 @@ fn request(signal: i32, from_terminal: bool) {
     COUNT.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The stop signals: a process's `kill` of dprobe's front is passed on to the holder.
+pub const STOPS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// In the holder, a thread that takes the stop signals the front passes on, then its end.
+pub fn watch_the_front(front: Front) -> io::Result<()> {
+    std::thread::Builder::new().name("dprobe-front".into()).spawn(move || {
+        let pid = front.pid();
+        for passed in front {
+            forwarded(passed.signal, passed.sender);
+        }
+        front_ended(pid);
+    })?;
+    Ok(())
+}
+
 /// A stop signal process `sender` sent dprobe's front, passed on.
-pub fn forwarded(signal: i32, sender: i32) {
+fn forwarded(signal: i32, sender: i32) {
     if new_request(signal, sender, true) {
         request(signal, false);
     }
@@ -67,7 +83,7 @@ pub fn forwarded(signal: i32, sender: i32) {
 
 /// dprobe's front process `front` ended: stop (unless a stop was asked already), and let a
 /// started command go on.
-pub fn front_ended(front: i32) {
+fn front_ended(front: i32) {
     FRONT.store(front, Ordering::Relaxed);
     let _ = REQUESTED.compare_exchange(0, FRONT_ENDED, Ordering::Relaxed, Ordering::Relaxed);
 }
@@ -80,8 +96,8 @@ pub fn front_ended(front: i32) {
 /// for another. It also keeps a command dprobe starts as it would be untraced: a caught signal
 /// is at its default in the command, an ignored one stays ignored there too.
 pub fn install() -> io::Result<()> {
-    let ignored = ignored_signals()?;
-    let caught = [SIGINT, SIGTERM, SIGHUP].into_iter().filter(|&s| ignored & (1 << (s - 1)) == 0);
+    let ignored = dprobe_holder::ignored_signals()?;
+    let caught = STOPS.into_iter().filter(|&s| !ignored.contains(s)).map(|s| s as i32);
     let mut signals = SignalsInfo::<WithOrigin>::new(caught.collect::<Vec<_>>())?;
     std::thread::Builder::new().name("dprobe-signals".into()).spawn(move || {
         for origin in signals.forever() {
@@ -93,14 +109,6 @@ pub fn install() -> io::Result<()> {
         }
     })?;
     Ok(())
-}
-
-/// The signals dprobe ignores now (bit `s - 1` for signal `s`), as the kernel shows them.
-fn ignored_signals() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map(str::trim);
-    mask.and_then(|m| u64::from_str_radix(m, 16).ok())
-        .ok_or_else(|| io::Error::other("no SigIgn line in /proc/self/status"))
 }
 
 /// The signal that asked dprobe to stop, if one did.
