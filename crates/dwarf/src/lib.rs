@@ -14,6 +14,7 @@
 
 mod debuginfo;
 mod error;
+mod globals;
 mod inlined;
 mod lines;
 mod location;

@@ -16,6 +16,41 @@ pub(crate) enum Place {
     Register(&'static str),
     /// In memory at the value of `base` plus `offset`.
     Memory { base: Fetch, offset: i64 },
+    /// In memory at a link-time address of the binary (a static or global variable): where
+    /// the binary is loaded moves it, so it is read relative to the probe's own address.
+    Static(u64),
+    /// A static the compiler split into pieces, some kept in memory.
+    StaticPieces(Vec<Piece>),
+}
+
+/// `size` bytes at `start` in a variable: at a link-time address, or optimized out (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub start: u64,
+    pub size: u64,
+    pub address: Option<u64>,
+}
+
+/// A location made of pieces that are each a static address or nothing (`DW_OP_piece 16,
+/// DW_OP_addrx 6, DW_OP_piece 8`: only bytes 16-23 kept), or `None` for any other.
+fn static_pieces(cx: &UnitCx<'_>, list: &[Operation<Reader>]) -> Result<Option<Vec<Piece>>, VarError> {
+    let mut pieces = Vec::new();
+    let (mut start, mut address) = (0, None);
+    for op in list {
+        match op {
+            Operation::Address { address: a } if address.is_none() => address = Some(*a),
+            Operation::AddressIndex { index } if address.is_none() => {
+                address = Some(cx.dwarf.address(cx.unit, *index)?)
+            }
+            Operation::Piece { size_in_bits, bit_offset: None } if size_in_bits % 8 == 0 => {
+                let size = size_in_bits / 8;
+                pieces.push(Piece { start, size, address: address.take() });
+                start += size;
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(address.is_none().then_some(pieces))
 }
 
 /// A variable's location at an address.
@@ -85,8 +120,17 @@ fn evaluate(
     if list.is_empty() {
         return Ok(Located::Missing(Vec::new()));
     }
+    if let Some(pieces) = static_pieces(cx, &list)? {
+        return Ok(Located::At(Place::StaticPieces(pieces)));
+    }
     for op in &list {
         match op {
+            Operation::TLS => {
+                return refuse(
+                    "it is thread-local (__thread): each thread has its own copy, at an address only the thread's \
+                     TLS block gives, which dprobe does not read",
+                )
+            }
             Operation::StackValue => {
                 return refuse("its value is computed from others here (DW_OP_stack_value), not stored")
             }
@@ -113,9 +157,8 @@ fn evaluate(
             Err(why) => return Ok(Located::Refused(why)),
         },
         [Operation::CallFrameCFA] => return refuse("its location is the frame address itself"),
-        [Operation::Address { .. }] => {
-            return refuse("it is a static variable (its run-time address is not known before the program runs)")
-        }
+        [Operation::Address { address }] => Place::Static(*address),
+        [Operation::AddressIndex { index }] => Place::Static(cx.dwarf.address(cx.unit, *index)?),
         _ => return refuse("its location is a DWARF expression dprobe does not evaluate"),
     };
     Ok(Located::At(place))

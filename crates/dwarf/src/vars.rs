@@ -5,7 +5,8 @@
 use dprobe_spec::{ArgType, Fetch, Register};
 
 use crate::debuginfo::DebugInfo;
-use crate::location::{frame_base, locate, Located, Place};
+use crate::globals::global;
+use crate::location::{frame_base, locate, Located, Piece, Place};
 use crate::scope::{Function, Var};
 use crate::types::{Type, UnitCx};
 use crate::VarError;
@@ -62,14 +63,36 @@ pub struct Placed {
 /// An l-value: where something is.
 enum Lv {
     Reg(&'static str),
-    Mem { base: Fetch, offset: i64 },
+    Mem {
+        base: Fetch,
+        offset: i64,
+    },
+    /// `offset` bytes into a static the compiler split into pieces (clang keeps only the
+    /// elements of a global array the program uses): which piece holds it is known once the
+    /// size read there is ([`Resolver::settle`]).
+    Pieces {
+        pieces: Vec<Piece>,
+        offset: i64,
+    },
 }
 
 impl Lv {
-    fn from_place(p: Place) -> Lv {
+    /// Where `p` is, seen from a probe at link-time address `pc`.
+    fn from_place(p: Place, pc: u64) -> Lv {
         match p {
             Place::Register(r) => Lv::Reg(r),
             Place::Memory { base, offset } => Lv::Mem { base, offset },
+            Place::Static(address) => Lv::Mem { base: Fetch::Reg(Register("ip")), offset: from_ip(address, pc) },
+            Place::StaticPieces(pieces) => Lv::Pieces { pieces, offset: 0 },
+        }
+    }
+
+    /// `by` bytes further into memory (a member, an element).
+    fn shift(self, by: i64) -> Lv {
+        match self {
+            Lv::Mem { base, offset } => Lv::Mem { base, offset: offset + by },
+            Lv::Pieces { pieces, offset } => Lv::Pieces { pieces, offset: offset + by },
+            Lv::Reg(_) => unreachable!("only memory has members and elements"),
         }
     }
 
@@ -78,8 +101,16 @@ impl Lv {
         match self {
             Lv::Reg(r) => Fetch::Reg(Register(r)),
             Lv::Mem { base, offset } => Fetch::Deref { offset: *offset, inner: Box::new(base.clone()) },
+            Lv::Pieces { .. } => unreachable!("a piece is settled before its value is read"),
         }
     }
+}
+
+/// How far link-time address `address` is from the probe at `pc`. Every engine gives `%ip` as
+/// the probe's own run-time address, and the binary moves as one piece (PIE, shared
+/// libraries), so `%ip` plus this is where the variable is in the process.
+fn from_ip(address: u64, pc: u64) -> i64 {
+    address.wrapping_sub(pc) as i64
 }
 
 /// A step of a path.
@@ -232,15 +263,52 @@ impl Resolver<'_> {
 
     /// The fetch for `request`.
     fn resolve(&self, request: &Request) -> Result<VarFetch, VarError> {
+        let (derefs, root, steps) = parse_path(&request.path)?;
+        let unknown = match self.lookup(root) {
+            Ok(var) => return self.resolve_var(request, var, derefs, &steps),
+            Err(e) => e,
+        };
+        // Not a parameter or local: a static of the function's file, or a global, as C sees it.
+        let here = global(&self.cx, root)?;
+        if let Some(g) = here.as_ref().filter(|g| g.defined) {
+            return self.resolve_var(request, &g.var, derefs, &steps);
+        }
+        let dwarf = self.info.dwarf();
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let unit = dwarf.unit(header)?;
+            if unit.header.offset() == self.cx.unit.header.offset() {
+                continue;
+            }
+            let cx = UnitCx { dwarf, unit: &unit };
+            if let Some(g) = global(&cx, root)?.filter(|g| g.defined && g.external) {
+                let there = Resolver { info: self.info, function: self.function, cx, pc: self.pc, vars: Vec::new() };
+                return there.resolve_var(request, &g.var, derefs, &steps);
+            }
+        }
+        match here {
+            // Declared here, defined nowhere with a location: optimized out.
+            Some(g) => self.resolve_var(request, &g.var, derefs, &steps),
+            None => Err(unknown),
+        }
+    }
+
+    /// The fetch for `request`, whose root is the variable `var`.
+    fn resolve_var(
+        &self,
+        request: &Request,
+        var: &Var,
+        derefs: usize,
+        steps: &[Step<'_>],
+    ) -> Result<VarFetch, VarError> {
         let path = request.path.as_str();
-        let (derefs, root, steps) = parse_path(path)?;
-        let var = self.lookup(root)?;
-        let mut lv = Lv::from_place(self.place(var)?);
+        let root = var.name.as_str();
+        let mut lv = Lv::from_place(self.place(var)?, self.pc);
         let e = self.cx.entry(var.die)?;
         let mut ty_at = self.cx.type_of(&e);
         let mut spelled = root.to_owned();
         let unfetchable = |why: String| VarError::Unfetchable { path: path.into(), reason: why };
-        for step in &steps {
+        for step in steps {
             let ty = self.cx.resolve(ty_at)?;
             let type_name = self.cx.spell(ty_at);
             match step {
@@ -248,10 +316,10 @@ impl Resolver<'_> {
                     let arrow = matches!(step, Step::Arrow(_));
                     let (struct_ty, base_lv) = match (&ty, arrow) {
                         (Type::Pointer { to }, true) => {
-                            (self.cx.resolve(*to)?, Lv::Mem { base: lv.value(), offset: 0 })
+                            (self.cx.resolve(*to)?, Lv::Mem { base: self.settle(lv, 8, &spelled)?.value(), offset: 0 })
                         }
                         (Type::Struct { .. }, false) => match lv {
-                            Lv::Mem { .. } => (ty.clone(), lv),
+                            Lv::Mem { .. } | Lv::Pieces { .. } => (ty.clone(), lv),
                             Lv::Reg(r) => {
                                 return Err(unfetchable(format!(
                                     "`{spelled}` is held in %{r} here; members of a struct in a register cannot be read"
@@ -285,14 +353,15 @@ impl Resolver<'_> {
                     if member.bit_field {
                         return Err(unfetchable(format!("`{m}` is a bit-field")));
                     }
-                    let Lv::Mem { base, offset } = base_lv else { unreachable!("members are in memory") };
-                    lv = Lv::Mem { base, offset: offset + member.offset as i64 };
+                    lv = base_lv.shift(member.offset as i64);
                     ty_at = Some(member.ty);
                     spelled = format!("{spelled}{}{m}", if arrow { "->" } else { "." });
                 }
                 Step::Index(i) => {
                     let (element, base_lv) = match &ty {
-                        Type::Pointer { to: Some(to) } => (*to, Lv::Mem { base: lv.value(), offset: 0 }),
+                        Type::Pointer { to: Some(to) } => {
+                            (*to, Lv::Mem { base: self.settle(lv, 8, &spelled)?.value(), offset: 0 })
+                        }
                         Type::Array { element, count } => {
                             if count.is_some_and(|c| *i >= c) {
                                 return Err(unfetchable(format!(
@@ -301,7 +370,7 @@ impl Resolver<'_> {
                                 )));
                             }
                             match lv {
-                                Lv::Mem { .. } => (*element, lv),
+                                Lv::Mem { .. } | Lv::Pieces { .. } => (*element, lv),
                                 Lv::Reg(r) => {
                                     return Err(unfetchable(format!("`{spelled}` is held in %{r} here")));
                                 }
@@ -315,8 +384,7 @@ impl Resolver<'_> {
                         }
                     };
                     let size = self.size_of(Some(element))?;
-                    let Lv::Mem { base, offset } = base_lv else { unreachable!("elements are in memory") };
-                    lv = Lv::Mem { base, offset: offset + (*i * size) as i64 };
+                    lv = base_lv.shift((*i * size) as i64);
                     ty_at = Some(element);
                     spelled = format!("{spelled}[{i}]");
                 }
@@ -344,15 +412,41 @@ impl Resolver<'_> {
             Type::Pointer { to: None } if !typed => Err(unfetchable(format!(
                 "`{spelled}` is a void pointer: give the type to read at it (`*{spelled}:u64`)"
             ))),
-            Type::Pointer { to } => Ok((Lv::Mem { base: lv.value(), offset: 0 }, to)),
+            Type::Pointer { to } => Ok((Lv::Mem { base: self.settle(lv, 8, spelled)?.value(), offset: 0 }, to)),
             Type::Array { element, .. } => match lv {
-                Lv::Mem { .. } => Ok((lv, Some(element))),
+                Lv::Mem { .. } | Lv::Pieces { .. } => Ok((lv, Some(element))),
                 Lv::Reg(r) => Err(unfetchable(format!("`{spelled}` is held in %{r} here"))),
             },
             _ => Err(unfetchable(format!(
                 "`{spelled}` is {}, not a pointer: `*` reads what a pointer points to",
                 a(&self.cx.spell(ty_at))
             ))),
+        }
+    }
+
+    /// Where `size` bytes of a split static are (`spelled` names them): in the piece that holds
+    /// them all, or optimized out when no piece does.
+    fn settle(&self, lv: Lv, size: u64, spelled: &str) -> Result<Lv, VarError> {
+        let Lv::Pieces { pieces, offset } = lv else { return Ok(lv) };
+        let kept = |p: &&Piece| p.address.is_some();
+        let holder = pieces
+            .iter()
+            .filter(kept)
+            .find(|p| p.start as i64 <= offset && offset + size as i64 <= (p.start + p.size) as i64);
+        match holder.and_then(|p| Some((p.address? + (offset as u64 - p.start), p))) {
+            Some((address, _)) => Ok(Lv::Mem { base: Fetch::Reg(Register("ip")), offset: from_ip(address, self.pc) }),
+            None => {
+                let kept: Vec<String> =
+                    pieces.iter().filter(kept).map(|p| format!("{}-{}", p.start, p.start + p.size - 1)).collect();
+                Err(VarError::Unfetchable {
+                    path: spelled.into(),
+                    reason: format!(
+                        "the compiler kept only bytes {} of the variable in memory (it split it in pieces); these \
+                         bytes are optimized out",
+                        if kept.is_empty() { "none".into() } else { kept.join(", ") }
+                    ),
+                })
+            }
         }
     }
 
@@ -375,6 +469,10 @@ impl Resolver<'_> {
     /// The fetch of a value of type `ty_at` at `lv`.
     fn finish(&self, request: &Request, lv: Lv, ty_at: Option<gimli::UnitOffset>) -> Result<VarFetch, VarError> {
         let path = request.path.as_str();
+        let lv = match lv {
+            Lv::Pieces { .. } => self.settle(lv, self.size_of(ty_at)?, path)?,
+            lv => lv,
+        };
         let ty = self.cx.resolve(ty_at)?;
         let type_name = self.cx.spell(ty_at);
         let done = |fetch, ty, shown| Ok(VarFetch { name: request.name.clone(), fetch, ty, shown });
@@ -385,6 +483,7 @@ impl Resolver<'_> {
                 (_, false) => Ok(Fetch::Deref { offset: 0, inner: Box::new(lv.value()) }),
                 (Lv::Mem { base, offset }, true) => Ok(Fetch::Deref { offset: *offset, inner: Box::new(base.clone()) }),
                 (Lv::Reg(r), true) => Err(unfetchable(format!("the array is held in %{r} here"))),
+                (Lv::Pieces { .. }, true) => Err(unfetchable("the compiler split the array in pieces".into())),
             }
         };
         if let Some(given) = request.ty {
@@ -475,7 +574,9 @@ pub fn place_vars_in(
                 let e = r.cx.entry(var.die)?;
                 let (located, from_list) = locate(&r.cx, &e, f.low_pc, &|| r.frame_base())?;
                 let in_frame = matches!(&located, Located::At(Place::Memory { .. }));
-                if !from_list && (in_frame || !var.is_param) {
+                // A function's own static is in place from the start.
+                let is_static = matches!(&located, Located::At(Place::Static(_) | Place::StaticPieces(_)));
+                if !from_list && !is_static && (in_frame || !var.is_param) {
                     needs_body = true;
                 }
             }
@@ -591,6 +692,12 @@ pub fn signature(info: &DebugInfo, function: &str) -> Result<Signature, VarError
         let e = r.cx.entry(var.die)?;
         let location = match r.place(var) {
             Ok(Place::Register(reg)) => Ok(format!("%{reg}")),
+            Ok(Place::Static(address)) => Ok(format!("@{address:#x} (static)")),
+            Ok(Place::StaticPieces(pieces)) => Ok(pieces
+                .iter()
+                .filter_map(|p| Some(format!("@{:#x} (bytes {}-{})", p.address?, p.start, p.start + p.size - 1)))
+                .collect::<Vec<_>>()
+                .join(", ")),
             Ok(Place::Memory { base, offset }) => Ok(fetch_text(&Fetch::Deref { offset, inner: Box::new(base) })),
             Err(e) => Err(e.to_string()),
         };
