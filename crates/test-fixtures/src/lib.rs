@@ -31,7 +31,7 @@ pub fn addr_of(f: *const ()) -> u64 {
 }
 
 /// Compile the C program `source` with `flags` into `name`, once per test process (the
-/// result is kept in a directory of this process's own under the temporary directory), and
+/// result is kept in a [`scratch_dir`] of this process's own under the build directory), and
 /// return its path. Panics when the compiler fails: a test cannot run without its program.
 pub fn c_program(source: &str, name: &str, flags: &[&str]) -> &'static str {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -47,9 +47,9 @@ pub fn c_program_by(cc: &str, source: &str, name: &str, flags: &[&str]) -> &'sta
     if let Some(path) = built.get_or_insert_with(HashMap::new).get(name) {
         return path;
     }
-    let dir = std::env::temp_dir().join(format!("dprobe-fixtures-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("creating the fixtures directory");
-    let out = dir.join(name);
+    // Under the build directory, not the system's temporary directory: a test run leaves
+    // nothing behind outside the build.
+    let out = scratch_dir(std::path::Path::new(env!("OUT_DIR")), "programs").join(name);
     let ok = std::process::Command::new(cc)
         .args(flags)
         .arg("-o")
@@ -62,6 +62,29 @@ pub fn c_program_by(cc: &str, source: &str, name: &str, flags: &[&str]) -> &'sta
     let path: &'static str = Box::leak(out.to_string_lossy().into_owned().into_boxed_str());
     built.as_mut().expect("initialized").insert(name.to_owned(), path);
     path
+}
+
+/// A directory of this test process's own, `parent/prefix-PID`, empty when first asked for
+/// in the process (one a process with the same pid left is emptied). The directories of
+/// processes that have ended are removed on the way, so runs do not pile up.
+pub fn scratch_dir(parent: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static MADE: Mutex<Option<HashSet<std::path::PathBuf>>> = Mutex::new(None);
+    let dir = parent.join(format!("{prefix}-{}", std::process::id()));
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if made.get_or_insert_with(HashSet::new).insert(dir.clone()) {
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(prefix)?.strip_prefix('-')?.parse::<u32>().ok());
+            let ended = pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+            if ended || entry.path() == dir {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    }
+    dir
 }
 
 /// The code of [`crafted_elf`]'s `.text`: `push %rbp; mov %rsp,%rbp; nop` x10`; pop %rbp; ret`.

@@ -1,6 +1,6 @@
 //! What the command-line tests share: the fixture programs and running `dprobe`.
 #![allow(dead_code)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ptrace/tests/fixtures");
@@ -53,9 +53,7 @@ pub fn file_mappings(maps: &str) -> Vec<&str> {
 
 /// A fresh file path for `-o`.
 pub fn out_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dprobe-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    dprobe_test_fixtures::scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "cli").join(name)
 }
 
 /// The `dprobe` command with SIGINT at its default, for the tests that send it one: a test run
@@ -250,8 +248,7 @@ pub fn line_of(marker: &str) -> u32 {
 pub fn vars_program(compiler: &str, opt: &str, extra: &[&str]) -> String {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../dwarf/tests/fixtures/vars.c");
     let tag: String = extra.iter().map(|e| e.replace(|c: char| !c.is_ascii_alphanumeric(), "")).collect();
-    let dir = std::env::temp_dir().join(format!("dprobe-vars-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dprobe_test_fixtures::scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "vars");
     let out = dir.join(format!("vars-{compiler}{opt}{tag}"));
     if !out.exists() {
         let partial = out.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
