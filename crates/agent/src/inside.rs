@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
 
 use dprobe_core::fetch::FetchPlan;
-use dprobe_core::{Addr, Kprobe, PreAction, ProbeError, ProbeTarget, Regs, Side};
+use dprobe_core::{Kprobe, PreAction, ProbeError, Regs, Side};
 use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe, ReturnProbe};
 use dprobe_spec::ProbeKind;
 
@@ -316,11 +316,9 @@ pub(crate) fn remove(placed: &mut Vec<Placed>, shm: Option<&Shm>) {
     let _ = dprobe_inproc::unregister_all(entries);
 }
 
-fn target(p: &PlaceProbe) -> ProbeTarget {
-    match p.target.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()) {
-        Some(a) => ProbeTarget::Addr(Addr(a + p.offset)),
-        None => ProbeTarget::Symbol { name: p.target.clone(), offset: p.offset },
-    }
+/// The probe's place as the tracer named it (`[OBJECT:]FUNCTION` or `0xADDR`, and an offset).
+fn named(p: &PlaceProbe) -> Kprobe {
+    Kprobe::symbol_offset(&p.target, p.offset)
 }
 
 fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
@@ -332,7 +330,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
     let hit = Arc::new(HitProbe::new(index, plan, p.events, p.stack, shm.clone()));
     let kept = hit.clone();
     let result = if p.kind == ProbeKind::Return || p.timed {
-        let mut k = Kretprobe::at(target(&p));
+        let mut k = Kretprobe::on(named(&p));
         if p.maxactive > 0 {
             k = k.maxactive(p.maxactive as usize);
         }
@@ -367,7 +365,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
             addr
         })
     } else {
-        register(Kprobe::at(target(&p)).pre(move |regs| {
+        register(named(&p).pre(move |regs| {
             if !on_agent_thread(regs.rsp) {
                 hit.count(Counter::Hits);
                 hit.event(regs, None, Side::Entry, None);

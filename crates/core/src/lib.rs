@@ -46,7 +46,7 @@ pub use error::ProbeError;
 pub use event::{ProbeEvent, Side};
 pub use multi_site::{merge_stats, MultiSite};
 pub use pairing::Pairing;
-pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler, ProbeTarget};
+pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler};
 pub use ring::{EventRing, RingRecord, PAYLOAD_BYTES, VALUES};
 pub use site::{HandlerCall, HandlerFault, PreOutcome, ProbeEntry, ProbeId, Site};
 pub use stats::{Placement, ProbeCounters, Stats};

@@ -1,6 +1,7 @@
-//! What a user registers: a target and up to three handlers.
+//! What a user registers: where, and up to three handlers.
 
 use dprobe_arch::{Addr, Regs};
+use dprobe_sym::{Mapping, ResolveError, Symbols, Target};
 
 /// What a pre-handler asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,26 +46,23 @@ pub type PostHandler = Box<dyn Fn(&mut Regs) + Send + Sync>;
 /// without the probe.
 pub type FaultHandler = Box<dyn Fn(&mut Regs, &FaultInfo) -> bool + Send + Sync>;
 
-/// Where a probe goes.
+/// What a probe names before it is resolved, as the kernel's `struct kprobe` names it: a
+/// symbol and an offset, or an address. [`Kprobe::resolve`] turns it into the one resolved
+/// [`Target`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeTarget {
+enum Named {
     /// An address in the probed process.
     Addr(Addr),
-    /// `symbol+offset`.
-    Symbol {
-        /// Function name (plain, or versioned like `open@@GLIBC_2.2.5`).
-        name: String,
-        /// Byte offset from the function's start.
-        offset: u64,
-    },
+    /// `[OBJECT:]FUNCTION` (or `0xADDR`) and a byte offset, in the spec language.
+    Symbol { name: String, offset: u64 },
 }
 
-/// A kprobe: a target and optional handlers. Every handler is optional.
+/// A kprobe: where it goes and optional handlers. Every handler is optional.
 ///
 /// Handlers run in the probed thread, in signal context for the in-process engine: they must
 /// be async-signal-safe (no locks, no allocation, no blocking I/O).
 pub struct Kprobe {
-    pub(crate) target: ProbeTarget,
+    named: Named,
     pub(crate) pre: Option<PreHandler>,
     pub(crate) post: Option<PostHandler>,
     pub(crate) fault: Option<FaultHandler>,
@@ -75,22 +73,22 @@ pub struct Kprobe {
 impl Kprobe {
     /// A probe at an address.
     pub fn addr(addr: Addr) -> Self {
-        Self::at(ProbeTarget::Addr(addr))
+        Self::named(Named::Addr(addr))
     }
 
-    /// A probe at the first instruction of a function.
+    /// A probe at the first instruction of a function: `[OBJECT:]FUNCTION` as the spec
+    /// language names it (`libc:openat`, `operator+`, `open@@GLIBC_2.2.5`, or `0xADDR`).
     pub fn symbol(name: &str) -> Self {
-        Self::at(ProbeTarget::Symbol { name: name.to_owned(), offset: 0 })
+        Self::symbol_offset(name, 0)
     }
 
     /// A probe at `offset` bytes into a function.
     pub fn symbol_offset(name: &str, offset: u64) -> Self {
-        Self::at(ProbeTarget::Symbol { name: name.to_owned(), offset })
+        Self::named(Named::Symbol { name: name.to_owned(), offset })
     }
 
-    /// A probe at a target.
-    pub fn at(target: ProbeTarget) -> Self {
-        Kprobe { target, pre: None, post: None, fault: None, enabled: true, optimize: true }
+    fn named(named: Named) -> Self {
+        Kprobe { named, pre: None, post: None, fault: None, enabled: true, optimize: true }
     }
 
     /// Set the pre-handler.
@@ -124,9 +122,20 @@ impl Kprobe {
         self
     }
 
-    /// The target.
-    pub fn target(&self) -> &ProbeTarget {
-        &self.target
+    /// Where the probe goes, through the one resolver: its function (object, symbol,
+    /// bounds), offset and run-time address, found in `symbols` of the process whose `maps`
+    /// are given. An address resolves back to the function that holds it.
+    pub fn resolve(&self, symbols: &Symbols, maps: &[Mapping]) -> Result<Target, ResolveError> {
+        match &self.named {
+            Named::Addr(addr) => symbols.resolve_addr(maps, *addr),
+            Named::Symbol { name, offset } => {
+                let mut point = dprobe_spec::parse_point(name)?;
+                if let dprobe_spec::ProbePoint::User { offset: o, .. } = &mut point {
+                    *o += offset;
+                }
+                symbols.resolve(maps, &point)
+            }
+        }
     }
 
     /// Whether it has a post-handler (which needs a trap after the instruction).

@@ -12,9 +12,7 @@ mod common;
 use std::sync::OnceLock;
 
 use common::{register_thread_name, thread_name};
-use dprobe::inproc::{
-    emit, read_c_string, register_jprobe, resolve, EventRing, ProbeTarget, RingRecord, PAYLOAD_BYTES,
-};
+use dprobe::inproc::{emit, read_c_string, register_jprobe, EventRing, Kprobe, RingRecord, PAYLOAD_BYTES};
 
 static RING: OnceLock<EventRing> = OnceLock::new();
 
@@ -36,15 +34,14 @@ const OPENAT: u32 = 1;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     RING.get_or_init(|| EventRing::new(1024));
     register_thread_name("main");
-    let symbol = |name: &str| ProbeTarget::Symbol { name: name.into(), offset: 0 };
-    let open = register_jprobe(symbol("libc:open64"), |(path, flags, mode): (*const u8, i32, u32), _| {
+    let open = register_jprobe(Kprobe::symbol("libc:open64"), |(path, flags, mode): (*const u8, i32, u32), _| {
         record(OPEN, path, flags, mode)
     })?;
-    let openat =
-        register_jprobe(symbol("libc:openat"), |(_dirfd, path, flags, mode): (i32, *const u8, i32, u32), _| {
-            record(OPENAT, path, flags, mode)
-        })?;
-    println!("Planted jprobes at {} (open) and {} (openat)", resolve(&symbol("libc:open64"))?, openat.addr());
+    let openat = register_jprobe(
+        Kprobe::symbol("libc:openat"),
+        |(_dirfd, path, flags, mode): (i32, *const u8, i32, u32), _| record(OPENAT, path, flags, mode),
+    )?;
+    println!("Planted jprobes at {} (open) and {} (openat)", open.addr(), openat.addr());
 
     // The workload: two threads open files the way programs do.
     let workers: Vec<_> = ["reader", "prober"]

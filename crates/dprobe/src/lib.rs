@@ -21,7 +21,8 @@
 #![forbid(unsafe_code)]
 
 pub use dprobe_arch as arch;
-pub use dprobe_core::{Addr, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, Regs, Stats};
+pub use dprobe_core::{Addr, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, Regs, Stats};
+pub use dprobe_inproc::Target;
 
 /// The in-process engine (see [`dprobe_inproc`]).
 pub mod inproc {

@@ -35,7 +35,7 @@ use dprobe_arch::{
     analyze, arm, can_optimize, detour_code, disarm, endbr64_len, keeps_vector_state, prepare, window_head, Addr,
     Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, SLOT_SIZE,
 };
-use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, ProbeTarget, Site, SiteTable, Stats, TableEntry, TrapKind};
+use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
 use crate::slots::SlotPool;
@@ -214,28 +214,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Resolve a target to an address without registering anything.
-    pub fn resolve(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
+    /// Where a probe would go, without registering anything.
+    pub fn resolve(&self, probe: &Kprobe) -> Result<Target, ProbeError> {
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
-        Ok(locate(&mut st, &maps, target)?.0)
+        Ok(locate(&mut st, &maps, probe)?.0)
     }
 
-    /// Resolve `target` and check that it is the first instruction of a function (after an
+    /// Where a probe would go, checked to be the first instruction of a function (after an
     /// `endbr64`, the instruction after it counts as the entry too).
-    pub fn function_entry(&self, target: &ProbeTarget) -> Result<Addr, ProbeError> {
-        let _own = trap::OwnWork::enter();
-        let maps = maps()?;
-        let mut st = self.lock();
-        let (addr, _, _) = locate(&mut st, &maps, target)?;
-        let f = resolve(&mut st, &maps, &ProbeTarget::Addr(addr))?.function;
+    pub fn function_entry(&self, probe: &Kprobe) -> Result<Target, ProbeError> {
+        let target = self.resolve(probe)?;
+        let (addr, f) = (target.addr, &target.function);
         let mut first = [0u8; 15];
         let endbr = if sys::read_memory(f.start, &mut first).is_ok() { endbr64_len(&first) } else { 0 };
         if addr == f.start || (endbr > 0 && addr == f.start.offset(endbr as u64)) {
-            Ok(addr)
+            Ok(target)
         } else {
-            Err(ProbeError::NotFunctionEntry { addr, function: f.name, start: f.start })
+            Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start })
         }
     }
 
@@ -243,7 +240,7 @@ impl Engine {
     pub fn register(
         &self,
         probes: Vec<Kprobe>,
-    ) -> Result<Vec<(ProbeId, Addr, Arc<dprobe_core::ProbeCounters>)>, ProbeError> {
+    ) -> Result<Vec<(ProbeId, Target, Arc<dprobe_core::ProbeCounters>)>, ProbeError> {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
@@ -252,15 +249,16 @@ impl Engine {
         let mut st = self.lock();
         let mut placed = Vec::with_capacity(probes.len());
         for p in &probes {
-            placed.push(locate(&mut st, &maps, p.target())?);
+            placed.push(locate(&mut st, &maps, p)?);
         }
-        let placed: Vec<(Addr, Insn, Result<Vec<Insn>, NotOptimized>)> = placed;
+        let placed: Vec<Located> = placed;
         let mut lists = BTreeMap::new();
         let mut out = Vec::new();
-        for (probe, (addr, insn, window)) in probes.into_iter().zip(placed) {
+        for (probe, (target, insn, window)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
+            let addr = target.addr;
             let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
-            out.push((entry.id, addr, entry.stats.clone()));
+            out.push((entry.id, target, entry.stats.clone()));
             let site = st.sites.entry(addr).or_insert_with(|| SiteState {
                 insn,
                 probes: Vec::new(),
@@ -656,16 +654,13 @@ fn apply_patch(patch: &Patch) -> Result<(), ProbeError> {
     sys::write_code(addr, &patch.new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
 }
 
-/// Find the address of a target and analyze its instruction.
-type Located = (Addr, Insn, Result<Vec<Insn>, NotOptimized>);
+/// Where a probe goes, its instruction, and whether a jump can replace it.
+type Located = (Target, Insn, Result<Vec<Insn>, NotOptimized>);
 
-/// Find the address of a target, analyze its instruction and decide whether a jump can
-/// replace it.
-fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Located, ProbeError> {
-    if let ProbeTarget::Addr(addr) = target {
-        refuse_own_code(st, *addr)?;
-    }
-    let Target { addr, function: f, .. } = resolve(st, maps, target)?;
+/// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
+fn locate(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Located, ProbeError> {
+    let target = resolve(st, maps, probe)?;
+    let (addr, f) = (target.addr, &target.function);
     refuse_own_code(st, addr)?;
     if let Some(region) = hit_path_region(&f.name) {
         return Err(ProbeError::Blacklisted { addr, region });
@@ -684,12 +679,13 @@ fn locate(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Loca
         }
     }
     if let Some(site) = st.sites.get(&addr) {
-        return Ok((addr, site.insn.clone(), site.window.clone()));
+        let (insn, window) = (site.insn.clone(), site.window.clone());
+        return Ok((target, insn, window));
     }
     let insn = analyze(&code, f.start, addr)?;
     let window = can_optimize(&code, f.start, addr)
         .and_then(|w| keeps_vector_state(addr, f.start, std::arch::is_x86_feature_detected!("avx")).map(|()| w));
-    Ok((addr, insn, window))
+    Ok((target, insn, window))
 }
 
 /// dprobe's slots and fault guard are never probed.
@@ -703,27 +699,20 @@ fn refuse_own_code(st: &State, addr: Addr) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Resolve `target` with the symbols read before, or read again when they do not have it
-/// (a library may have been loaded since).
-fn resolve(st: &mut State, maps: &[Mapping], target: &ProbeTarget) -> Result<Target, ProbeError> {
-    let attempt = |symbols: &Symbols| -> Result<Target, ResolveError> {
-        match target {
-            ProbeTarget::Addr(addr) => symbols.resolve_addr(maps, *addr),
-            ProbeTarget::Symbol { name, offset } => {
-                let mut wanted = dprobe_spec::parse_point(name)?;
-                if let dprobe_spec::ProbePoint::User { offset: o, .. } = &mut wanted {
-                    *o += offset;
-                }
-                symbols.resolve(maps, &wanted)
-            }
-        }
-    };
-    match attempt(st.symbols.get_or_insert_with(|| Symbols::load(maps))) {
+/// Resolve a probe with the symbols read before, or read again when they do not have it (a
+/// library may have been loaded since).
+fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, ProbeError> {
+    let result = match probe.resolve(st.symbols.get_or_insert_with(|| Symbols::load(maps)), maps) {
         Err(e) if e.may_load_later() || matches!(e, ResolveError::NoFunction { .. }) => {
-            Ok(attempt(st.symbols.insert(Symbols::load(maps)))?)
+            probe.resolve(st.symbols.insert(Symbols::load(maps)), maps)
         }
-        result => Ok(result?),
+        result => result,
+    };
+    if let Err(ResolveError::NoFunction { addr }) = result {
+        // No symbol covers dprobe's slots: say what they are.
+        refuse_own_code(st, addr)?;
     }
+    Ok(result?)
 }
 
 /// Whether a function belongs to dprobe's hit path (kprobe rule 2): dprobe's own crates, its

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
 use dprobe_core::returns::{self, At, InstanceStack, ThreadStacks};
-use dprobe_core::{Kprobe, PreAction, ProbeError, ProbeTarget, Stats};
+use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
 use crate::probe::{register, Probe};
@@ -72,7 +72,7 @@ type ReturnHandler = Box<dyn Fn(&mut Regs, &InstanceData) + Send + Sync>;
 /// A return probe: a function, a return handler, an optional entry handler, and how many
 /// calls can be in flight at once.
 pub struct Kretprobe {
-    target: ProbeTarget,
+    function: Kprobe,
     maxactive: Option<usize>,
     entry: Option<EntryHandler>,
     handler: Option<ReturnHandler>,
@@ -81,17 +81,18 @@ pub struct Kretprobe {
 impl Kretprobe {
     /// A return probe on a function (`[object:]name`).
     pub fn symbol(name: &str) -> Self {
-        Self::at(ProbeTarget::Symbol { name: name.to_owned(), offset: 0 })
+        Self::on(Kprobe::symbol(name))
     }
 
     /// A return probe on the function starting at `addr`.
     pub fn addr(addr: Addr) -> Self {
-        Self::at(ProbeTarget::Addr(addr))
+        Self::on(Kprobe::addr(addr))
     }
 
-    /// A return probe on a target (which must be a function's first instruction).
-    pub fn at(target: ProbeTarget) -> Self {
-        Kretprobe { target, maxactive: None, entry: None, handler: None }
+    /// A return probe on the function whose first instruction `function` names (the
+    /// kernel's `kretprobe.kp`; its handlers are not used).
+    pub fn on(function: Kprobe) -> Self {
+        Kretprobe { function, maxactive: None, entry: None, handler: None }
     }
 
     /// How many activations can be traced at once (threads × recursion depth). Default:
@@ -599,7 +600,7 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     let _own = trap::OwnWork::enter();
     check_shadow_stack()?;
     let engine = Engine::global()?;
-    let addr = engine.function_entry(&probe.target)?;
+    let addr = engine.function_entry(&probe.function)?.addr;
     let maxactive = probe.maxactive.unwrap_or_else(default_maxactive).max(1);
     install_unwind_probes();
     let inner = Arc::new(KretInner {

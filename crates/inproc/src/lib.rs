@@ -63,9 +63,9 @@ pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
 pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
 pub use dprobe_core::{
-    EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, ProbeTarget, RingRecord, Stats,
-    PAYLOAD_BYTES,
+    EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, RingRecord, Stats, PAYLOAD_BYTES,
 };
+pub use dprobe_sym::Target;
 pub use engine::ProbeInfo;
 pub use events::emit;
 pub use kretprobe::{

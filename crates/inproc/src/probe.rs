@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use dprobe_arch::NotOptimized;
-use dprobe_core::{Addr, Kprobe, PreAction, ProbeCounters, ProbeError, ProbeId, ProbeTarget, Regs, Stats};
+use dprobe_core::{Addr, Kprobe, PreAction, ProbeCounters, ProbeError, ProbeId, Regs, Stats};
+use dprobe_sym::Target;
 
 use crate::args::Args;
 
@@ -13,7 +14,7 @@ use crate::engine::{Engine, ProbeInfo};
 #[must_use = "dropping the handle unregisters the probe"]
 pub struct Probe {
     id: ProbeId,
-    addr: Addr,
+    target: Target,
     stats: Arc<ProbeCounters>,
     engine: &'static Engine,
     registered: bool,
@@ -21,7 +22,11 @@ pub struct Probe {
 
 impl std::fmt::Debug for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probe").field("id", &self.id).field("addr", &self.addr).field("stats", &self.stats()).finish()
+        f.debug_struct("Probe")
+            .field("id", &self.id)
+            .field("target", &self.target.label())
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -41,29 +46,30 @@ pub fn register_all(probes: Vec<Kprobe>) -> Result<Vec<Probe>, ProbeError> {
     Ok(engine
         .register(probes)?
         .into_iter()
-        .map(|(id, addr, stats)| Probe { id, addr, stats, engine, registered: true })
+        .map(|(id, target, stats)| Probe { id, target, stats, engine, registered: true })
         .collect())
 }
 
 /// Register a typed entry probe (the kernel's jprobe): `handler` receives the arguments of the
-/// function at `target` decoded as `A` by the System V x86-64 calling convention (a tuple of
-/// integers, pointers, `bool`, `f32`, `f64`), and the registers. The target must be a
-/// function's first instruction.
+/// function `probe` names, decoded as `A` by the System V x86-64 calling convention (a tuple
+/// of integers, pointers, `bool`, `f32`, `f64`), and the registers. The place must be a
+/// function's first instruction. `handler` becomes the probe's pre-handler (as the kernel's
+/// `jprobe.kp`, the probe may carry a fault handler or [`Kprobe::no_optimize`]).
 ///
 /// ```no_run
-/// use dprobe_inproc::{register_jprobe, ProbeTarget};
-/// let probe = register_jprobe(ProbeTarget::Symbol { name: "libc:openat".into(), offset: 0 },
+/// use dprobe_inproc::{register_jprobe, Kprobe};
+/// let probe = register_jprobe(Kprobe::symbol("libc:openat"),
 ///     |(dirfd, path, flags): (i32, *const u8, i32), _regs| {
 ///         let _ = (dirfd, path, flags); // read `path` with dprobe_inproc::read_c_string
 ///     })?;
 /// # Ok::<(), dprobe_inproc::ProbeError>(())
 /// ```
 pub fn register_jprobe<A: Args + 'static>(
-    target: ProbeTarget,
+    probe: Kprobe,
     handler: impl Fn(A, &mut Regs) + Send + Sync + 'static,
 ) -> Result<Probe, ProbeError> {
-    let addr = Engine::global()?.function_entry(&target)?;
-    register(Kprobe::addr(addr).pre(move |regs| {
+    Engine::global()?.function_entry(&probe)?;
+    register(probe.pre(move |regs| {
         handler(A::decode(regs), regs);
         PreAction::Continue
     }))
@@ -82,9 +88,10 @@ pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<Stats>, ProbeError> {
     Ok(stats)
 }
 
-/// The address a target resolves to in this process.
-pub fn resolve(target: &ProbeTarget) -> Result<Addr, ProbeError> {
-    Engine::global()?.resolve(target)
+/// Where a probe would go in this process (its function, offset and address), without
+/// registering it.
+pub fn resolve(probe: &Kprobe) -> Result<Target, ProbeError> {
+    Engine::global()?.resolve(probe)
 }
 
 /// The registered probes (the kernel's `kprobes/list`).
@@ -105,7 +112,12 @@ impl Probe {
 
     /// The probed address.
     pub fn addr(&self) -> Addr {
-        self.addr
+        self.target.addr
+    }
+
+    /// Where it is: its function (object, symbol, bounds), offset and address.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// Its counters now.

@@ -238,7 +238,7 @@ fn a_return_probe_needs_a_function_entry() {
 fn typed_arguments_of_eight_integers_and_two_doubles() {
     type Args10 = (i64, i32, i16, i8, u64, i64, i64, i64, f64, f32);
     static GOT: std::sync::Mutex<Option<Args10>> = std::sync::Mutex::new(None);
-    let p = register_jprobe(ProbeTarget::Addr(at(c::fxc_many_args as *const ())), |args: Args10, _| {
+    let p = register_jprobe(Kprobe::addr(at(c::fxc_many_args as *const ())), |args: Args10, _| {
         if let Ok(mut g) = GOT.try_lock() {
             *g = Some(args);
         }

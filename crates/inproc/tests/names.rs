@@ -24,9 +24,7 @@ fn a_cpp_operator_plus_is_probed_by_its_name() {
 
 #[test]
 fn a_library_with_a_plus_in_its_name() {
-    let at =
-        dprobe_inproc::resolve(&dprobe_inproc::ProbeTarget::Symbol { name: "libstdc++:__cxa_throw".into(), offset: 0 })
-            .expect("libstdc++'s __cxa_throw");
+    let at = dprobe_inproc::resolve(&Kprobe::symbol("libstdc++:__cxa_throw")).expect("libstdc++'s __cxa_throw").addr;
     let maps = dprobe_sym::read_maps().unwrap();
     let f = dprobe_sym::Symbols::load(&maps).find("__cxa_throw").unwrap().clone();
     assert_eq!(at, f.start);
