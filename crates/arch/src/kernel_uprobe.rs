@@ -3,6 +3,19 @@
 //! kernel says `ENOTSUPP` only once a process maps the file (the probe then never fires),
 //! and on kernels that turn a probed 5-byte `nop` into a `call`, that call writes below the
 //! stack pointer, where a leaf function may keep data (its red zone).
+//!
+//! Worse than a refusal, the kernel (Linux 6.18, as earlier ones) accepts some VEX- and
+//! EVEX-encoded instructions and then mishandles them: it decodes the VEX prefix away and goes
+//! on with the opcode byte alone, as if it were a one-byte opcode. `vpcmpeqb` (opcode `0x74`)
+//! is then a `je`, `vpor` (`0xeb`) a `jmp`, `kmovw %k1,%k2` (`0x90`) a `nop`: the kernel
+//! emulates that jump or `nop` instead of running the instruction, so every process that runs
+//! the probed instruction skips it and computes with stale vector registers. `vpsubsb`
+//! (`0xe8`) is emulated as a `call` (a return address pushed, the rest of the function run
+//! twice) and `vfnmadd132ss` (`0x9d`) as a `popf` (the trap flag left set: the process dies of
+//! `SIGTRAP`). glibc's AVX-512 string functions begin with such instructions (`__strchr_evex`
+//! and `__memset_evex_unaligned_erms` with `vpbroadcastb`, opcode `0x7a`): a system-wide probe
+//! on `strchr` makes every program on an AVX-512 machine find no character, and `printf` print
+//! its format unexpanded.
 
 use std::fmt;
 
@@ -24,6 +37,13 @@ pub enum KernelUprobeRefusal {
         opcode: u8,
         /// VEX or EVEX encoded.
         vex: bool,
+    },
+    /// A VEX- or EVEX-encoded instruction the kernel accepts but then takes for the one-byte
+    /// instruction of the same opcode byte: a conditional jump (`0x70`-`0x7f`), `call`
+    /// (`0xe8`), `jmp` (`0xe9`, `0xeb`), `nop` (`0x90`) or `popf` (`0x9d`).
+    MistakenForOneByte {
+        /// The opcode byte.
+        opcode: u8,
     },
     /// `mov` to `%ss` or `pop %ss`: the kernel never single-steps what masks interrupts.
     MasksExceptions,
@@ -51,6 +71,20 @@ impl fmt::Display for KernelUprobeRefusal {
             ),
             KernelUprobeRefusal::Opcode { opcode, vex: false } => {
                 write!(f, "the kernel refuses uprobes on opcode {opcode:#04x}")
+            }
+            KernelUprobeRefusal::MistakenForOneByte { opcode } => {
+                let (taken_for, harm) = match opcode {
+                    0x70..=0x7f => ("a conditional jump and skip it", "go on with stale registers"),
+                    0xe8 => ("a call and push a return address instead", "run the rest of the function twice"),
+                    0xe9 | 0xeb => ("a jump and skip it", "go on with stale registers"),
+                    0x90 => ("a nop and skip it", "go on with stale registers"),
+                    _ => ("popf and leave the trap flag set after it", "die of SIGTRAP"),
+                };
+                write!(
+                    f,
+                    "the kernel would take this VEX/EVEX-encoded instruction (opcode {opcode:#04x}) for {taken_for}: \
+                     every process that runs it would {harm}"
+                )
             }
             KernelUprobeRefusal::MasksExceptions => {
                 write!(f, "the kernel refuses uprobes on `mov` to %ss and `pop %ss`")
@@ -132,7 +166,13 @@ pub fn kernel_uprobe_refusal(
     };
     if vex_len > 0 {
         let opcode = *b.get(i + vex_len)?;
-        return (!good_64(opcode)).then_some(KernelUprobeRefusal::Opcode { opcode, vex: true });
+        if !good_64(opcode) {
+            return Some(KernelUprobeRefusal::Opcode { opcode, vex: true });
+        }
+        // Past the table, the kernel's branch and `nop` emulation and its `popf` fixup look at
+        // this byte alone, the VEX prefix forgotten.
+        let mistaken = matches!(opcode, 0x70..=0x7f | 0xe8 | 0xe9 | 0xeb | 0x90 | 0x9d);
+        return mistaken.then_some(KernelUprobeRefusal::MistakenForOneByte { opcode });
     }
     let modrm_reg = |at: usize| b.get(at).map(|m| (m >> 3) & 7);
     if first == 0x17 || (first == 0x8e && modrm_reg(i + 1) == Some(2)) {
@@ -198,12 +238,33 @@ mod tests {
             ("vmovdqu (%rsi),%ymm0", &[0xc5, 0xfe, 0x6f, 0x06], Some(R::Opcode { opcode: 0x6f, vex: true })),
             ("vpxor %xmm0,%xmm0,%xmm0", &[0xc5, 0xf9, 0xef, 0xc0], Some(R::Opcode { opcode: 0xef, vex: true })),
             ("vmovups (%rsi),%xmm0 (opcode 10: in the table)", &[0xc5, 0xf8, 0x10, 0x06], None),
-            ("vpbroadcastb %xmm0,%ymm0 (opcode 78: in the table)", &[0xc4, 0xe2, 0x7d, 0x78, 0xc0], None),
+            ("vpmaddwd %ymm1,%ymm2,%ymm3 (opcode f5: in the table)", &[0xc5, 0xed, 0xf5, 0xd9], None),
+            ("vcmpeqps %xmm1,%xmm1,%xmm0 (opcode c2: in the table)", &[0xc5, 0xf0, 0xc2, 0xc1, 0x00], None),
             (
                 "vmovdqu64 (%rsi),%zmm0",
                 &[0x62, 0xf1, 0xfe, 0x48, 0x6f, 0x06],
                 Some(R::Opcode { opcode: 0x6f, vex: true }),
             ),
+            (
+                "__strchr_evex: vpbroadcastb %esi,%ymm17",
+                &[0x62, 0xe2, 0x7d, 0x28, 0x7a, 0xce],
+                Some(R::MistakenForOneByte { opcode: 0x7a }),
+            ),
+            ("vpbroadcastb %xmm0,%ymm0", &[0xc4, 0xe2, 0x7d, 0x78, 0xc0], Some(R::MistakenForOneByte { opcode: 0x78 })),
+            ("vpcmpeqb %xmm1,%xmm1,%xmm0", &[0xc5, 0xf1, 0x74, 0xc1], Some(R::MistakenForOneByte { opcode: 0x74 })),
+            ("vmovd %xmm0,%eax", &[0xc5, 0xf9, 0x7e, 0xc0], Some(R::MistakenForOneByte { opcode: 0x7e })),
+            ("vmovdqu %ymm0,(%rdi)", &[0xc5, 0xfe, 0x7f, 0x07], Some(R::MistakenForOneByte { opcode: 0x7f })),
+            ("vpsubsb %xmm1,%xmm1,%xmm0", &[0xc5, 0xf1, 0xe8, 0xc1], Some(R::MistakenForOneByte { opcode: 0xe8 })),
+            ("vpsubsw %xmm1,%xmm1,%xmm0", &[0xc5, 0xf1, 0xe9, 0xc1], Some(R::MistakenForOneByte { opcode: 0xe9 })),
+            ("vpor %xmm1,%xmm1,%xmm0", &[0xc5, 0xf1, 0xeb, 0xc1], Some(R::MistakenForOneByte { opcode: 0xeb })),
+            ("kmovw %k1,%k2", &[0xc5, 0xf8, 0x90, 0xd1], Some(R::MistakenForOneByte { opcode: 0x90 })),
+            (
+                "vfnmadd132ss %xmm1,%xmm1,%xmm0",
+                &[0xc4, 0xe2, 0x71, 0x9d, 0xc1],
+                Some(R::MistakenForOneByte { opcode: 0x9d }),
+            ),
+            ("je rel8 itself", &[0x74, 0x02], None),
+            ("nop itself", &[0x90], None),
             ("int3", &[0xcc], Some(R::Opcode { opcode: 0xcc, vex: false })),
             ("hlt", &[0xf4], Some(R::Opcode { opcode: 0xf4, vex: false })),
             ("mov %eax,%ss", &[0x8e, 0xd0], Some(R::MasksExceptions)),

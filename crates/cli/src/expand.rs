@@ -204,7 +204,7 @@ fn expand_glob(
             (_, Some(_)) => f.versioned_name(),
             (_, None) => format!("{}@{:#x}", short(f), f.start.0),
         };
-        if let Err(why) = probe_able(f, offset, &code, cx.kernel) {
+        if let Err(why) = probe_able(f, offset, &code, cx.kernel, &symbols) {
             skipped.push(format!("{name}: {why}"));
             continue;
         }
@@ -233,7 +233,16 @@ fn expand_glob(
 }
 
 /// Whether function `f` can be probed `offset` bytes in, from its code in the file.
-fn probe_able(f: &Function, offset: u64, file: &[u8], kernel: bool) -> Result<(), String> {
+fn probe_able(f: &Function, offset: u64, file: &[u8], kernel: bool, symbols: &Symbols) -> Result<(), String> {
+    // The kernel engine probes the implementation an indirect function stands for
+    // (`strchr`: `__strchr_evex`), so that is the code the kernel's rules apply to.
+    let implementation;
+    let f = if kernel && f.ifunc {
+        implementation = symbols.resolve_name(&[], None, &f.name, offset).map_err(|e| e.to_string())?.function;
+        &implementation
+    } else {
+        f
+    };
     if offset >= f.size {
         return Err(format!("offset {offset:#x} is past its end ({} bytes)", f.size));
     }

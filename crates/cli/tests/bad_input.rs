@@ -207,6 +207,8 @@ fn list_says_which_places_the_kernel_engine_cannot_probe() {
     let cases: &[(&str, Option<&str>)] = &[
         ("vex_first+0", Some("VEX/EVEX-encoded")),
         ("lock_first+0", Some("`lock`-prefixed")),
+        ("evex_broadcast_first+0", Some("(opcode 0x7a) for a conditional jump and skip it")),
+        ("kmov_second+4", Some("(opcode 0x90) for a nop and skip it")),
         ("red_zone_nop+4", red_zone),
         ("red_zone_nop+0", None),
         ("plain+0", None),

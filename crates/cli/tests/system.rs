@@ -230,7 +230,12 @@ fn instructions_the_kernel_would_refuse_are_refused_before_placing_with_the_reas
     let _x = exclusive();
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/refused.c");
     let program = dprobe_test_fixtures::c_program(src, "refused", &["-O2"]);
-    let mut cases = vec![("vex_first", "VEX/EVEX-encoded"), ("lock_first", "`lock`-prefixed")];
+    let mut cases = vec![
+        ("vex_first", "VEX/EVEX-encoded"),
+        ("lock_first", "`lock`-prefixed"),
+        ("vpcmpeqb_first", "(opcode 0x74) for a conditional jump and skip it"),
+        ("evex_broadcast_first", "(opcode 0x7a) for a conditional jump and skip it"),
+    ];
     if dprobe_kernel::kernel_optimizes_nop5() {
         cases.push(("red_zone_nop+4", "red zone"));
     }
@@ -242,6 +247,33 @@ fn instructions_the_kernel_would_refuse_are_refused_before_placing_with_the_reas
         assert!(stderr.contains(why), "{place}: {stderr}");
         assert!(!tracefs("uprobe_events").contains(program), "{place}: nothing placed");
     }
+}
+
+#[test]
+fn a_glob_leaves_out_what_the_kernel_would_mishandle_and_the_program_computes_as_untraced() {
+    let _x = exclusive();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/refused.c");
+    let program = dprobe_test_fixtures::c_program(src, "refused", &["-O2"]);
+    let untraced = Command::new(program).status().unwrap();
+    assert_eq!(untraced.code(), Some(0), "the program checks its own result");
+    // The kernel would skip `vpcmpeqb_first`'s first instruction (taken for a `je`): the
+    // program would then compute 0 instead of all ones and exit with 1.
+    let t = common::trace_to_file("system-mishandled", &["-a", "-c", &format!("{program}:*"), "--", program]);
+    assert_eq!(t.code, Some(0), "{}", t.what("system-mishandled"));
+    assert!(t.trace.contains("exited with status 0"), "{}", t.trace);
+    for (left_out, why) in [
+        ("vpcmpeqb_first", "(opcode 0x74) for a conditional jump and skip it"),
+        ("evex_broadcast_first", "(opcode 0x7a) for a conditional jump and skip it"),
+        ("fma_first", "(opcode 0x9d) for popf"),
+    ] {
+        let line = format!(
+            "  {left_out}: not by the kernel engine: the kernel would take this VEX/EVEX-encoded instruction {why}"
+        );
+        assert!(t.stderr.contains(&line), "{left_out}: {}", t.stderr);
+    }
+    assert_eq!(hits(&t.trace, &format!("{program}:plain")), 1, "{}", t.trace);
+    assert_eq!(hits(&t.trace, &format!("{program}:kmov_second")), 0, "its first instruction is kept: {}", t.trace);
+    assert!(!tracefs("uprobe_events").contains(program), "every event removed");
 }
 
 #[test]

@@ -16,6 +16,11 @@ fn instructions_the_kernel_refuses_are_refused_with_the_reason() {
     let cases: &[(&str, Option<&str>)] = &[
         ("vex_first", Some("VEX/EVEX-encoded")),
         ("lock_first", Some("`lock`-prefixed")),
+        ("vpcmpeqb_first", Some("(opcode 0x74) for a conditional jump and skip it")),
+        ("evex_broadcast_first", Some("(opcode 0x7a) for a conditional jump and skip it")),
+        ("kmov_second+4", Some("(opcode 0x90) for a nop and skip it")),
+        ("fma_first", Some("(opcode 0x9d) for popf")),
+        ("kmov_second", None),
         ("red_zone_nop+4", optimizes_nop5.then_some("red zone")),
         ("red_zone_nop", None),
         ("plain", None),
