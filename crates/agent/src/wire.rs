@@ -120,8 +120,12 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
         }
         Message::Children(follow) => b.extend_from_slice(&[b'C', *follow as u8]),
     }
-    w.write_all(&(b.len() as u32).to_le_bytes())?;
-    w.write_all(&b)
+    // One write: a process that exits while its agent sends never leaves half a message
+    // (a length without its body) for dprobe to read.
+    let mut framed = Vec::with_capacity(4 + b.len());
+    framed.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&b);
+    w.write_all(&framed)
 }
 
 /// Read one message; `None` at the end of the stream.
