@@ -52,9 +52,12 @@ fn kill_9_of_dprobe_with_its_agent_in_a_4_thread_program_leaves_it_running_right
 
 /// Whether dprobe has reached the program: it traces it, or its agent is loaded there.
 fn reached_by(engine: &str, pid: i32) -> bool {
-    traced(pid)
-        || engine == "agent"
-            && std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().contains("dprobe-agent")
+    traced(pid) || engine == "agent" && agent_loaded(pid)
+}
+
+/// Whether dprobe's agent is loaded in process `pid`.
+fn agent_loaded(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().contains("dprobe-agent")
 }
 
 fn kill_9_while_attached(engine: &str) {
@@ -121,6 +124,18 @@ fn kill_9_while_attached(engine: &str) {
 
 #[test]
 fn kill_9_of_dprobe_that_started_a_command_lets_the_command_finish_right() {
+    kill_9_with_a_started_command("ptrace");
+}
+
+/// The agent is loaded into a started command at its entry, a thread of the command made to
+/// call `dlopen`: a kill while that call is under way, or while the command waits at its
+/// entry for its probes, lets it go on as untraced.
+#[test]
+fn kill_9_of_dprobe_loading_its_agent_into_a_started_command_lets_the_command_finish_right() {
+    kill_9_with_a_started_command("agent");
+}
+
+fn kill_9_with_a_started_command(engine: &str) {
     become_subreaper();
     // 4 threads, each 20,000 calls of both functions, every result checked.
     let command = [target(), "threads", "4", "20000"];
@@ -128,10 +143,11 @@ fn kill_9_of_dprobe_that_started_a_command_lets_the_command_finish_right() {
     assert_eq!(untraced.code(), Some(0), "untraced");
     let mut moments = Moments::new();
     let mut reached = [0u32; 3];
+    let mut loading = 0;
     for i in 0..TRIES {
-        let out = out_file(&format!("killed-command-{i}"));
-        let err = out_file(&format!("killed-command-{i}.err"));
-        let mut args = vec!["probed", "probed_push%return", "--"];
+        let out = out_file(&format!("killed-command-{engine}-{i}"));
+        let err = out_file(&format!("killed-command-{engine}-{i}.err"));
+        let mut args = vec!["--engine", engine, "probed", "probed_push%return", "--"];
         args.extend_from_slice(&command);
         let dprobe = start_dprobe(&args, &out, &err);
         let moment = Moment::of_try(i);
@@ -147,6 +163,9 @@ fn kill_9_of_dprobe_that_started_a_command_lets_the_command_finish_right() {
             }
         }
         let was_started = started_command(dprobe).is_some();
+        if started_command(dprobe).is_some_and(|c| traced(c) && !agent_loaded(c)) {
+            loading += 1;
+        }
         let ended = kill_and_reap(dprobe);
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&err).unwrap_or_default();
@@ -162,6 +181,7 @@ fn kill_9_of_dprobe_that_started_a_command_lets_the_command_finish_right() {
             assert!(!was_started, "try {i}: the command was started, never seen ending: {ended:?}");
         }
     }
-    eprintln!("commands started (startup, placing, steady): {reached:?} of {TRIES}");
+    eprintln!("commands started (startup, placing, steady): {reached:?} of {TRIES}; killed while loading the agent: {loading}");
     assert!(reached[Moment::Steady as usize] > 0, "no kill came while the command was traced");
+    assert!(engine != "agent" || loading > 0, "no kill came while the agent was being loaded");
 }
