@@ -38,8 +38,8 @@ impl<T: Default> Keyed<T> {
     }
 
     /// What the key of `t` (figures the engine aggregated) has gathered so far.
-    fn tallied(&mut self, t: &KeyedTally) -> &mut T {
-        tally_key(&self.by, t, &mut self.key);
+    fn tallied(&mut self, t: &KeyedTally, probe: &ProbeInfo) -> &mut T {
+        tally_key(&self.by, t, probe, &mut self.key);
         self.slot(t.probe)
     }
 
@@ -95,8 +95,8 @@ impl Aggregate for KeyCounts {
         *self.0.entry(e) += 1;
     }
 
-    fn absorb(&mut self, t: &KeyedTally, _probe: &ProbeInfo) {
-        *self.0.tallied(t) += t.count;
+    fn absorb(&mut self, t: &KeyedTally, probe: &ProbeInfo) {
+        *self.0.tallied(t, probe) += t.count;
     }
 
     fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
@@ -158,7 +158,7 @@ impl Aggregate for ValueHistograms {
 
     fn absorb(&mut self, t: &KeyedTally, probe: &ProbeInfo) {
         if let Some(v) = t.value.filter(|_| probe.args.iter().any(|a| a.name == self.field)) {
-            self.hists.tallied(t).add_tallied(v, t.count, t.min, t.max);
+            self.hists.tallied(t, probe).add_tallied(v, t.count, t.min, t.max);
         }
     }
 

@@ -1,7 +1,9 @@
 //! Whether the kernel engine aggregates in the kernel: `--count` and one `--hist`, split by
-//! comm, pid or tid, with nothing else that needs each event in dprobe. The kernel then
-//! counts through a BPF program per probe and dprobe reads its map at the end; otherwise
-//! every event comes through the perf buffers and dprobe aggregates it.
+//! comm, pid, tid and one fetched value, filtered by `--filter`, with nothing else that
+//! needs each event in dprobe. The kernel then counts through a BPF program per probe and
+//! dprobe reads its map at the end; otherwise every event comes through the perf buffers
+//! and dprobe aggregates it. What the program cannot read (a string, too many memory reads,
+//! a pattern) is found when the probe is placed, and that probe alone goes the perf way.
 
 use dprobe_kernel::InKernel;
 
@@ -15,7 +17,6 @@ pub fn in_kernel(args: &TraceArgs) -> Result<InKernel, String> {
     let each_event = [
         (args.latency, "--latency pairs each entry with its return"),
         (args.hist.len() > 1, "more than one --hist"),
-        (args.filter.is_some(), "--filter is tested on each event"),
         (args.trace_file.is_some(), "--trace-file writes each event"),
         (args.metrics.is_some(), "--metrics"),
         (args.stack.is_some() || args.folded.is_some(), "stacks are unwound from each event"),
@@ -26,13 +27,19 @@ pub fn in_kernel(args: &TraceArgs) -> Result<InKernel, String> {
     if !args.count && args.hist.is_empty() {
         return Err("events are shown, not aggregated".into());
     }
-    let mut ask = InKernel { hist: args.hist.first().cloned(), ..InKernel::default() };
+    let mut ask = InKernel { hist: args.hist.first().cloned(), filter: args.filter.clone(), ..InKernel::default() };
     for key in &args.by {
         match key.trim() {
             "comm" => ask.by_comm = true,
             "pid" => ask.by_pid = true,
             "tid" => ask.by_tid = true,
-            name => return Err(format!("--by {name}: the kernel keys by comm, pid and tid only")),
+            "stack" => return Err("--by stack: stacks are unwound from each event".into()),
+            name => match &ask.by_value {
+                None => ask.by_value = Some(name.to_owned()),
+                Some(first) => {
+                    return Err(format!("--by {first},{name}: the kernel keys by one fetched value at most"));
+                }
+            },
         }
     }
     Ok(ask)
@@ -55,7 +62,9 @@ mod tests {
     #[test]
     fn counts_and_one_histogram_by_comm_pid_tid() {
         let a = ask("-a --count --by comm,tid libc:malloc").unwrap();
-        assert_eq!((a.by_comm, a.by_pid, a.by_tid, a.hist), (true, false, true, None));
+        assert_eq!((a.by_comm, a.by_pid, a.by_tid, a.hist, a.by_value), (true, false, true, None, None));
+        let a = ask("-a --count --by size,comm --filter size>1 libc:malloc size=$arg1").unwrap();
+        assert_eq!((a.by_comm, a.by_value.as_deref(), a.filter.as_deref()), (true, Some("size"), Some("size>1")));
         let a = ask("-a --hist size --by pid libc:malloc size=$arg1").unwrap();
         assert_eq!((a.by_pid, a.hist.as_deref()), (true, Some("size")));
         assert!(ask("-a --count libc:malloc").is_ok(), "no key: one count per probe");
@@ -68,8 +77,7 @@ mod tests {
         assert_eq!(why("-a --count --no-bpf libc:malloc"), "--no-bpf");
         assert!(why("-a --latency libc:malloc").contains("--latency"));
         assert!(why("-a --hist a --hist b libc:malloc a=$arg1 b=$arg2").contains("more than one --hist"));
-        assert!(why("-a --count --filter x>1 libc:malloc x=$arg1").contains("--filter"));
-        assert!(why("-a --count --by x libc:malloc x=$arg1").contains("comm, pid and tid only"));
+        assert!(why("-a --count --by x,y libc:malloc x=$arg1 y=$arg2").contains("one fetched value at most"));
         assert!(why("-a --count --by stack libc:malloc").contains("--by stack"));
         assert!(why("-a --count --stack libc:malloc").contains("stacks"));
         assert!(why("-a --folded libc:malloc").contains("stacks"));

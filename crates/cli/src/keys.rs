@@ -4,9 +4,11 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
 
+use dprobe_core::fetch::Fetched;
 use dprobe_core::KeyedTally;
+use dprobe_spec::ArgType;
 
-use crate::output;
+use crate::output::{self, ProbeInfo};
 use crate::sinks::Passed;
 
 /// One part of a key.
@@ -83,9 +85,7 @@ pub fn key_of(by: &[KeyPart], e: &Passed<'_>, out: &mut String) {
                 out.push_str(&stack);
             }
             KeyPart::Value(name) => match e.probe.args.iter().position(|a| &a.name == name) {
-                Some(i) => {
-                    output::human_value(e.event.values.get(i).unwrap_or(dprobe_core::fetch::Fetched::Fault(0)), out)
-                }
+                Some(i) => output::human_value(e.event.values.get(i).unwrap_or(Fetched::Fault(0)), out),
                 // This probe does not fetch it.
                 None => out.push('-'),
             },
@@ -93,9 +93,9 @@ pub fn key_of(by: &[KeyPart], e: &Passed<'_>, out: &mut String) {
     }
 }
 
-/// The key of figures an engine aggregated itself: their comm, pid and tid (a value or a
-/// stack, which it does not key by: `-`).
-pub fn tally_key(by: &[KeyPart], t: &KeyedTally, out: &mut String) {
+/// The key of figures an engine aggregated itself for `probe`: their comm, pid, tid and
+/// fetched value, shown as [`key_of`] shows them (a stack, which it does not key by: `-`).
+pub fn tally_key(by: &[KeyPart], t: &KeyedTally, probe: &ProbeInfo, out: &mut String) {
     out.clear();
     for (n, part) in by.iter().enumerate() {
         if n > 0 {
@@ -109,8 +109,21 @@ pub fn tally_key(by: &[KeyPart], t: &KeyedTally, out: &mut String) {
             KeyPart::Tid => {
                 let _ = write!(out, "{}", t.tid);
             }
-            KeyPart::Value(_) | KeyPart::Stack => out.push('-'),
+            KeyPart::Value(name) => match (probe.args.iter().find(|a| &a.name == name), t.by) {
+                (Some(arg), Some(v)) => output::human_value(Fetched::Int(truncated(v, arg.ty), arg.ty), out),
+                (Some(_), None) => output::human_value(Fetched::Fault(0), out),
+                (None, _) => out.push('-'),
+            },
+            KeyPart::Stack => out.push('-'),
         }
+    }
+}
+
+/// `v` (sign-extended or not) cut to `ty`'s width, as events carry their integers.
+fn truncated(v: i64, ty: ArgType) -> u64 {
+    match ty {
+        ArgType::S(b) | ArgType::U(b) | ArgType::X(b) if b < 64 => v as u64 & ((1u64 << b) - 1),
+        _ => v as u64,
     }
 }
 

@@ -170,3 +170,75 @@ fn pid_restricts_in_the_kernel_exactly() {
     assert_eq!(table(&text, &format!("hits of {} by tid", work())), expected, "{text}\nthe other: {theirs}");
     assert_eq!(common::hits(&text, &work()), 29, "{text}");
 }
+
+/// The sizes thread `name` passes to `work`, in order (see the fixture).
+fn sizes_of(name: &str, calls: u64) -> impl Iterator<Item = i64> {
+    let factor = 1 + "abcd".find(&name[..1]).unwrap() as i64;
+    (1..=calls as i64).map(move |i| i * 7 * factor)
+}
+
+/// The last column of `probe`'s line in the summary's table (MATCHED, with a filter).
+fn matched(text: &str, probe: &str) -> u64 {
+    let line = text.lines().find(|l| l.starts_with(&format!("{probe} "))).unwrap_or_else(|| panic!("{text}"));
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+#[test]
+fn filter_in_the_kernel_counts_exactly_the_hits_that_pass_as_dprobe_does() {
+    let _x = exclusive();
+    let spec = format!("{} size=$arg1:s64 c=$comm", work());
+    let filter = "size >= 50 && c != \"delta\" || !(size != 7)";
+    let (text, printed, stderr) = run("bpf-filter", &["--count", "--by", "comm", "--filter", filter, &spec]);
+    assert_in_kernel(&spec, &text, &stderr);
+    let mut expected = BTreeMap::new();
+    for (name, _, calls) in threads(&printed) {
+        let passed = sizes_of(&name, calls).filter(|&s| (s >= 50 && name != "delta") || s == 7).count() as u64;
+        if passed > 0 {
+            expected.insert(name, passed);
+        }
+    }
+    assert_eq!(expected, BTreeMap::from([("alpha".into(), 1), ("bravo".into(), 2), ("charlie".into(), 6)]));
+    assert_eq!(table(&text, &format!("hits of {} by comm", work())), expected, "{text}");
+    assert_eq!((common::hits(&text, &work()), matched(&text, &work())), (29, 9), "{text}");
+    assert!(text.contains("filtered in the kernel (BPF): 20 hits did not pass"), "{text}");
+
+    // dprobe testing each event says the same.
+    let (perf, _, _) = run("perf-filter", &["--count", "--by", "comm", "--no-bpf", "--filter", filter, &spec]);
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+    assert_eq!((common::hits(&perf, &work()), matched(&perf, &work())), (29, 9), "{perf}");
+
+    // A pattern is matched in dprobe, from each event, as -v says.
+    let (text, _, stderr) = run("bpf-filter-glob", &["--count", "--by", "comm", "--filter", "c ~ \"b*\"", &spec]);
+    let why = format!("`{spec}`: its hits are counted in dprobe from each event: --filter: the pattern \"b*\"");
+    assert!(stderr.contains(&why), "{stderr}");
+    assert!(!text.contains("aggregated in the kernel"), "{text}");
+    assert_eq!(table(&text, &format!("hits of {} by comm", work())), BTreeMap::from([("bravo".into(), 5)]), "{text}");
+}
+
+#[test]
+fn count_and_hist_by_a_fetched_value_in_the_kernel_are_the_programs_calls() {
+    let _x = exclusive();
+    let spec = format!("{} size=$arg1:s64", work());
+    let (text, printed, stderr) = run("bpf-by-size", &["--count", "--by", "size", &spec]);
+    assert_in_kernel(&spec, &text, &stderr);
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, _, calls) in threads(&printed) {
+        for s in sizes_of(&name, calls) {
+            *expected.entry(s.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(expected.values().sum::<u64>(), 29);
+    assert_eq!(expected.get("28"), Some(&2), "bravo's second and delta's first");
+    assert_eq!(table(&text, &format!("hits of {} by size", work())), expected, "{text}");
+    let (perf, _, _) = run("perf-by-size", &["--count", "--by", "size", "--no-bpf", &spec]);
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+
+    // A histogram split by the thread's name and a value in hex: the same tables both ways.
+    let spec = format!("{} size=$arg1:s64 half=$arg1:x32", work());
+    let args = ["--hist", "size", "--by", "comm,half", "--filter", "size < 100"];
+    let (text, _, stderr) = run("bpf-hist-by-half", &[&args[..], &[&spec]].concat());
+    assert_in_kernel(&spec, &text, &stderr);
+    assert!(text.contains(&format!("@size of {} [delta, 0x1c]:\ncount 1, min 28, ", work())), "{text}");
+    let (perf, _, _) = run("perf-hist-by-half", &[&args[..], &["--no-bpf", &spec]].concat());
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+}

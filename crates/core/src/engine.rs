@@ -56,6 +56,9 @@ pub struct KeyedTally {
     /// an HDR histogram of 3 significant digits); `None` without one, or when it could not
     /// be read.
     pub value: Option<i64>,
+    /// The value of the fetched argument it is keyed by (`--by NAME`), exactly; `None` when
+    /// not keyed by one, or when it could not be read.
+    pub by: Option<i64>,
     /// Hits with this key.
     pub count: u64,
     /// The smallest and largest exact values among them.

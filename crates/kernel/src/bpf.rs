@@ -8,6 +8,8 @@
 //! alike: a perf event opened on the tracefs event, given the program
 //! (`PERF_EVENT_IOC_SET_BPF`). The program runs for the event's every hit, on every CPU.
 
+pub mod filter;
+mod layout;
 mod source;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -42,6 +44,10 @@ pub struct TallyConfig {
     pub own_pid: u32,
     /// Keyed by this value too (rounded to 11 significant bits), for a histogram.
     pub value: Option<ValueSource>,
+    /// Keyed by this fetched value too, exactly (`--by NAME`).
+    pub by_value: Option<ValueSource>,
+    /// Only the hits that pass these tests (none: every hit).
+    pub filter: Vec<filter::Test>,
     /// Keys the map holds; a hit with a new key past them is dropped and counted.
     pub max_keys: u32,
 }
@@ -58,6 +64,8 @@ pub struct TallyRow {
     /// The value, its magnitude rounded to 11 significant bits (`None` when not keyed by a
     /// value, or it could not be read).
     pub value: Option<i64>,
+    /// The `--by NAME` value (`None` when not keyed by one, or it could not be read).
+    pub by: Option<i64>,
     /// Hits.
     pub count: u64,
     /// The smallest and largest exact values among them.
@@ -71,6 +79,8 @@ pub struct Tally {
     ebpf: Ebpf,
     tracepoint: bool,
     keyed_by_value: bool,
+    keyed_by: bool,
+    filtered: bool,
     max_keys: u32,
     /// The perf event the program is attached through, once attached.
     attached: Option<OwnedFd>,
@@ -94,21 +104,14 @@ impl Tally {
             let n = c.len().min(15);
             only_comm[..n].copy_from_slice(&c.as_bytes()[..n]);
         }
-        let none =
-            ValueSource { origin: Origin::Constant(0), derefs: Vec::new(), user_memory: false, bits: 64, signed: true };
-        let v = config.value.as_ref().unwrap_or(&none);
-        let (source, source_offset, constant): (u32, u32, i64) = match (config.value.is_some(), v.origin) {
-            (false, _) => (0, 0, 0),
-            (true, Origin::Regs(o)) => (1, o, 0),
-            (true, Origin::Record(o)) => (2, o, 0),
-            (true, Origin::Constant(c)) => (3, 0, c),
-        };
-        let derefs = v.derefs.len() as u32;
-        let mut deref_offsets = [0i64; MAX_DEREFS];
-        for (slot, o) in deref_offsets.iter_mut().zip(&v.derefs) {
-            *slot = *o;
+        let value = layout::source(config.value.as_ref());
+        let by_value = layout::source(config.by_value.as_ref());
+        if config.filter.len() > filter::MAX_TESTS {
+            return Err(format!("{} tests (the BPF program runs at most {})", config.filter.len(), filter::MAX_TESTS));
         }
-        let (user_memory, bits, is_signed) = (flag(v.user_memory), v.bits, flag(v.signed));
+        let filter_len = config.filter.len() as u32;
+        let filter_comm = flag(config.filter.iter().any(|t| matches!(t, filter::Test::Comm { .. })));
+        let tests = layout::tests(&config.filter);
         let mut loader = EbpfLoader::new();
         // The program reads no kernel type (no CO-RE): the kernel's BTF is not needed.
         loader.btf(None);
@@ -120,14 +123,11 @@ impl Tally {
             .override_global("own_pid", &config.own_pid, true)
             .override_global("only_comm_set", &only_comm_set, true)
             .override_global("only_comm", &only_comm, true)
-            .override_global("source", &source, true)
-            .override_global("source_offset", &source_offset, true)
-            .override_global("constant", &constant, true)
-            .override_global("derefs", &derefs, true)
-            .override_global("deref_offsets", &deref_offsets, true)
-            .override_global("user_memory", &user_memory, true)
-            .override_global("bits", &bits, true)
-            .override_global("is_signed", &is_signed, true)
+            .override_global("value", &value[..], true)
+            .override_global("by_value", &by_value[..], true)
+            .override_global("filter_len", &filter_len, true)
+            .override_global("filter_comm", &filter_comm, true)
+            .override_global("filter", &tests[..], true)
             .map_max_entries("tallies", config.max_keys);
         let mut ebpf = loader.load(OBJECT).map_err(|e| why("loading the BPF object", e))?;
         let name = if tracepoint { "dprobe_tally_record" } else { "dprobe_tally_regs" };
@@ -144,6 +144,8 @@ impl Tally {
             ebpf,
             tracepoint,
             keyed_by_value: config.value.is_some(),
+            keyed_by: config.by_value.is_some(),
+            filtered: !config.filter.is_empty(),
             max_keys: config.max_keys,
             attached: None,
         })
@@ -187,12 +189,12 @@ impl Tally {
     /// Every key's figures so far, each summed over the CPUs.
     pub fn rows(&self) -> Result<Vec<TallyRow>, String> {
         let map = self.ebpf.map("tallies").ok_or("no map `tallies`")?;
-        let map: PerCpuHashMap<_, [u64; 5], [u64; 3]> =
+        let map: PerCpuHashMap<_, [u64; 6], [u64; 3]> =
             PerCpuHashMap::try_from(map).map_err(|e| why("the map `tallies`", e))?;
         let mut rows = Vec::new();
         for entry in map.iter() {
             let (key, per_cpu) = entry.map_err(|e| why("reading the map `tallies`", e))?;
-            let Some(row) = row(&key, per_cpu.iter(), self.keyed_by_value) else { continue };
+            let Some(row) = row(&key, per_cpu.iter(), self.keyed_by_value, self.keyed_by) else { continue };
             rows.push(row);
         }
         Ok(rows)
@@ -205,15 +207,35 @@ impl Tally {
 
     /// Hits not counted: their key was new and the map full.
     pub fn dropped(&self) -> u64 {
-        let Some(map) = self.ebpf.map("dropped") else { return 0 };
+        self.counter("dropped")
+    }
+
+    /// Whether it counts only the hits that pass a filter.
+    pub fn filtered(&self) -> bool {
+        self.filtered
+    }
+
+    /// Hits that did not pass the filter.
+    pub fn rejected(&self) -> u64 {
+        self.counter("rejected")
+    }
+
+    /// The per-CPU counter `name`, summed.
+    fn counter(&self, name: &str) -> u64 {
+        let Some(map) = self.ebpf.map(name) else { return 0 };
         let Ok(map) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
         map.get(&0, 0).map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 }
 
-/// The row of one key (`[pid | tid << 32, comm, comm, value, faulted]`, as the program lays
-/// it out) from its per-CPU figures; `None` when no CPU counted a hit.
-fn row<'a>(key: &[u64; 5], per_cpu: impl Iterator<Item = &'a [u64; 3]>, keyed_by_value: bool) -> Option<TallyRow> {
+/// The row of one key (`[pid | tid << 32, comm, comm, value, by, faulted | by_faulted << 32]`,
+/// as the program lays it out) from its per-CPU figures; `None` when no CPU counted a hit.
+fn row<'a>(
+    key: &[u64; 6],
+    per_cpu: impl Iterator<Item = &'a [u64; 3]>,
+    keyed_by_value: bool,
+    keyed_by: bool,
+) -> Option<TallyRow> {
     let mut count = 0u64;
     let (mut min, mut max) = (i64::MAX, i64::MIN);
     for [n, lo, hi] in per_cpu {
@@ -229,12 +251,14 @@ fn row<'a>(key: &[u64; 5], per_cpu: impl Iterator<Item = &'a [u64; 3]>, keyed_by
     }
     let mut comm: Vec<u8> = key[1].to_le_bytes().into_iter().chain(key[2].to_le_bytes()).collect();
     comm.truncate(comm.iter().position(|&b| b == 0).unwrap_or(comm.len()));
-    let faulted = key[4] & 0xffff_ffff != 0;
+    let faulted = key[5] & 0xffff_ffff != 0;
+    let by_faulted = key[5] >> 32 != 0;
     Some(TallyRow {
         pid: key[0] as u32,
         tid: (key[0] >> 32) as u32,
         comm,
         value: (keyed_by_value && !faulted).then_some(key[3] as i64),
+        by: (keyed_by && !by_faulted).then_some(key[4] as i64),
         count,
         min,
         max,
@@ -258,16 +282,21 @@ mod tests {
 
     #[test]
     fn a_key_summed_over_cpus() {
-        let mut key = [0u64; 5];
+        let mut key = [0u64; 6];
         key[0] = 7 | (9 << 32);
         key[1] = u64::from_le_bytes(*b"worker-1");
         key[3] = (-2048i64) as u64;
         let cpus = [[2, -2100i64 as u64, -2050i64 as u64], [0, 0, 0], [1, -2060i64 as u64, -2048i64 as u64]];
-        let r = row(&key, cpus.iter(), true).unwrap();
+        key[4] = (-5i64) as u64;
+        let r = row(&key, cpus.iter(), true, true).unwrap();
         assert_eq!((r.pid, r.tid, r.comm.as_slice()), (7, 9, &b"worker-1"[..]));
         assert_eq!((r.value, r.count, r.min, r.max), (Some(-2048), 3, -2100, -2048), "the idle CPU ignored");
-        assert_eq!(row(&key, [[0u64; 3]].iter(), true), None, "no hit anywhere");
-        key[4] = 1;
-        assert_eq!(row(&key, cpus.iter(), true).unwrap().value, None, "faulted: no value");
+        assert_eq!(r.by, Some(-5));
+        assert_eq!(row(&key, cpus.iter(), true, false).unwrap().by, None, "not keyed by a value");
+        assert_eq!(row(&key, [[0u64; 3]].iter(), true, true), None, "no hit anywhere");
+        key[5] = 1 << 32;
+        assert_eq!(row(&key, cpus.iter(), true, true).unwrap().by, None, "faulted: no value");
+        key[5] = 1;
+        assert_eq!(row(&key, cpus.iter(), true, true).unwrap().value, None, "faulted: no value");
     }
 }

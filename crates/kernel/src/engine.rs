@@ -13,6 +13,7 @@ use dprobe_core::{
 use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 
+use crate::bpf::filter::Operand;
 use crate::bpf::{value_source, Origin, Tally, TallyConfig, ValueSource};
 use crate::error::KernelError;
 use crate::format::{Field, FieldKind, FieldValue};
@@ -53,6 +54,10 @@ pub struct InKernel {
     pub by_comm: bool,
     /// The value (a fetched argument's name, or a tracepoint's field) to keep for a histogram.
     pub hist: Option<String>,
+    /// A fetched argument (or a tracepoint's field) the hits are keyed by too (`--by NAME`).
+    pub by_value: Option<String>,
+    /// Only the hits that pass this filter (`--filter`, tested in the kernel).
+    pub filter: Option<String>,
     /// Keys the kernel's map holds per probe (`None`: [`crate::bpf::MAX_KEYS`]).
     pub max_keys: Option<u32>,
 }
@@ -246,10 +251,12 @@ impl KernelEngine {
     }
 
     /// `p`'s hits that reached dprobe past `-p` and `--comm`: its records, or what its BPF
-    /// program counted (and dropped, its map full).
+    /// program counted (and dropped, its map full, or found not to pass the filter).
     fn delivered(p: &Probe) -> u64 {
         match &p.tally {
-            Some(t) => t.rows().map_or(0, |rows| rows.iter().map(|r| r.count).sum::<u64>()) + t.dropped(),
+            Some(t) => {
+                t.rows().map_or(0, |rows| rows.iter().map(|r| r.count).sum::<u64>()) + t.dropped() + t.rejected()
+            }
             None => p.delivered,
         }
     }
@@ -278,30 +285,26 @@ impl KernelEngine {
     /// The BPF program that counts `probe`'s hits (its event `event`) in the kernel, loaded;
     /// why not, when the program cannot do what is asked.
     fn tally(&self, ask: &InKernel, probe: &ProbeRequest<'_>, event: usize) -> Result<Tally, String> {
-        let tracepoint = matches!(probe.spec.point, ProbePoint::Tracepoint { .. });
-        let value = match &ask.hist {
-            None => None,
-            Some(name) if tracepoint => {
-                let format = &self.session.events()[event].format;
-                let field = format.field(name).ok_or_else(|| format!("the tracepoint has no field `{name}`"))?;
-                let signed = match field.kind {
-                    FieldKind::Int { signed } if (1..=8).contains(&field.size) => signed,
-                    _ => return Err(format!("`{name}` is no integer field")),
+        let number = |name: &str| match self.operand(probe, event, name)? {
+            Some(Operand::Number(v)) => Ok(v),
+            Some(Operand::Comm) => Err(format!("`{name}` is the thread's name, no number")),
+            None => Err(format!("`{name}` is not fetched")),
+        };
+        let value = ask.hist.as_deref().map(number).transpose()?;
+        let by_value = ask.by_value.as_deref().map(number).transpose()?;
+        let filter = match &ask.filter {
+            None => Vec::new(),
+            Some(text) => {
+                let fields: Vec<&str> = match probe.spec.point {
+                    ProbePoint::Tracepoint { .. } => {
+                        self.session.events()[event].format.own_fields().map(|f| f.name.as_str()).collect()
+                    }
+                    _ => probe.plan.args().iter().map(|a| a.name.as_str()).collect(),
                 };
-                Some(ValueSource {
-                    origin: Origin::Record(field.offset as u32),
-                    derefs: Vec::new(),
-                    user_memory: false,
-                    bits: 8 * field.size as u32,
-                    signed,
-                })
-            }
-            Some(name) => {
-                let arg = probe.plan.args().iter().find(|a| &a.name == name);
-                let arg = arg.ok_or_else(|| format!("`{name}` is not fetched"))?;
-                let user = matches!(probe.spec.point, ProbePoint::User { .. });
-                let is_return = probe.spec.kind == ProbeKind::Return;
-                Some(value_source(&arg.fetch, arg.ty, user, is_return).map_err(|e| format!("`{name}`: {e}"))?)
+                let parsed = dprobe_spec::parse_filter(text, &crate::bpf::filter::names(text, &fields))
+                    .map_err(|e| format!("--filter: {e}"))?;
+                let mut operand = |name: &str| self.operand(probe, event, name);
+                crate::bpf::filter::compile(&parsed, &mut operand).map_err(|e| format!("--filter: {e}"))?
             }
         };
         let config = TallyConfig {
@@ -312,9 +315,39 @@ impl KernelEngine {
             only_comm: self.options.comm.clone(),
             own_pid: std::process::id(),
             value,
+            by_value,
+            filter,
             max_keys: ask.max_keys.unwrap_or(crate::bpf::MAX_KEYS),
         };
-        Tally::load(&config, tracepoint)
+        Tally::load(&config, matches!(probe.spec.point, ProbePoint::Tracepoint { .. }))
+    }
+
+    /// How the BPF program reads the probe's value `name` (a fetched argument, or a
+    /// tracepoint's field); `None` when the probe has none of that name, the reason when the
+    /// program cannot read it.
+    fn operand(&self, probe: &ProbeRequest<'_>, event: usize, name: &str) -> Result<Option<Operand>, String> {
+        if matches!(probe.spec.point, ProbePoint::Tracepoint { .. }) {
+            let Some(field) = self.session.events()[event].format.field(name) else { return Ok(None) };
+            let signed = match field.kind {
+                FieldKind::Int { signed } if (1..=8).contains(&field.size) => signed,
+                _ => return Err(format!("`{name}` is no integer field")),
+            };
+            return Ok(Some(Operand::Number(ValueSource {
+                origin: Origin::Record(field.offset as u32),
+                derefs: Vec::new(),
+                user_memory: false,
+                bits: 8 * field.size as u32,
+                signed,
+            })));
+        }
+        let Some(arg) = probe.plan.args().iter().find(|a| a.name == name) else { return Ok(None) };
+        if matches!(arg.fetch, Fetch::Comm) {
+            return Ok(Some(Operand::Comm));
+        }
+        let user = matches!(probe.spec.point, ProbePoint::User { .. });
+        let is_return = probe.spec.kind == ProbeKind::Return;
+        let source = value_source(&arg.fetch, arg.ty, user, is_return).map_err(|e| format!("`{name}`: {e}"))?;
+        Ok(Some(Operand::Number(source)))
     }
 
     fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
@@ -449,10 +482,14 @@ impl Engine for KernelEngine {
         Ok(placed)
     }
 
-    /// The kernel filters each event whose fields cover the filter's.
+    /// The kernel filters each event whose fields cover the filter's (a probe whose BPF
+    /// program tests the filter itself needs no more).
     fn prefilter(&mut self, filter: &Filter, text: &str) {
         let names = filter.fields();
         for p in &mut self.probes {
+            if p.tally.as_ref().is_some_and(Tally::filtered) {
+                continue;
+            }
             if names.iter().all(|n| p.fields.iter().any(|(f, _)| f == n)) {
                 self.session.set_filter(p.event, Some(text));
                 p.filtered_in_kernel = true;
@@ -539,6 +576,9 @@ impl Engine for KernelEngine {
         let mut remarks = Vec::new();
         if let Some(t) = &p.tally {
             remarks.push("aggregated in the kernel (BPF): no per-event records reached dprobe".into());
+            if t.filtered() {
+                remarks.push(format!("filtered in the kernel (BPF): {} hits did not pass", t.rejected()));
+            }
             let dropped = t.dropped();
             if dropped > 0 {
                 remarks.push(format!(
@@ -592,6 +632,7 @@ impl Engine for KernelEngine {
                     tid: r.tid,
                     comm: r.comm,
                     value: r.value,
+                    by: r.by,
                     count: r.count,
                     min: r.min,
                     max: r.max,

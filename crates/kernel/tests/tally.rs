@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use dprobe_kernel::bpf::filter::{compile, Operand};
 use dprobe_kernel::bpf::{value_source, Tally, TallyConfig};
 use dprobe_kernel::Session;
-use dprobe_spec::parse_probe;
+use dprobe_spec::{parse_filter, parse_probe};
 
 /// Four named threads calling `work(size)` 3, 5, 8 and 13 times with sizes
 /// `(i + 1) * 7 * (thread + 1)` (see the fixture).
@@ -26,9 +27,18 @@ fn sizes() -> BTreeMap<i64, u64> {
     all
 }
 
+/// A row of the program's map: value, count, min, max.
+type Row = (i64, u64, i64, i64);
+
 /// Run the fixture once with `config`'s program on `work(size)`: the program's rows (value,
 /// count, min, max) and its dropped hits.
-fn tally(config: TallyConfig) -> (Vec<(i64, u64, i64, i64)>, u64) {
+fn tally(config: TallyConfig) -> (Vec<Row>, u64) {
+    let (rows, dropped, _) = tally_filtered(config);
+    (rows, dropped)
+}
+
+/// [`tally`], with the hits that did not pass the filter too.
+fn tally_filtered(config: TallyConfig) -> (Vec<Row>, u64, u64) {
     let spec = parse_probe(&format!("{}:work size=$arg1:s64", workers())).unwrap();
     let mut session = Session::new().unwrap();
     let event = session.add(&spec, None, None).unwrap();
@@ -39,10 +49,10 @@ fn tally(config: TallyConfig) -> (Vec<(i64, u64, i64, i64)>, u64) {
     let status = Command::new(workers()).stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
     let rows = t.rows().unwrap().into_iter().map(|r| (r.value.unwrap(), r.count, r.min, r.max)).collect();
-    let dropped = t.dropped();
+    let (dropped, rejected) = (t.dropped(), t.rejected());
     drop(t);
     session.close().unwrap();
-    (rows, dropped)
+    (rows, dropped, rejected)
 }
 
 #[test]
@@ -65,6 +75,23 @@ fn each_value_is_counted_exactly_and_a_full_map_counts_what_it_drops() {
     let counted: u64 = rows.iter().map(|r| r.1).sum();
     assert_eq!(counted + dropped, expected.values().sum::<u64>(), "every hit counted or dropped");
     assert!(dropped > 0);
+}
+
+#[test]
+fn a_filter_counts_what_passes_and_says_how_many_did_not() {
+    let _x = one_at_a_time();
+    let text = "size > 100 && size != 140 || !(size >= 8)";
+    let filter = parse_filter(text, &["size"]).unwrap();
+    let arg = parse_probe("f size=$arg1:s64").unwrap().args.remove(0);
+    let value = value_source(&arg.fetch, arg.ty, true, false).unwrap();
+    let tests = compile(&filter, &mut |_| Ok(Some(Operand::Number(value.clone())))).unwrap();
+    let config = TallyConfig { own_pid: std::process::id(), max_keys: 1024, filter: tests, ..TallyConfig::default() };
+    let (rows, dropped, rejected) = tally_filtered(config);
+    let expected: BTreeMap<i64, u64> = sizes().into_iter().filter(|&(s, _)| (s > 100 && s != 140) || s < 8).collect();
+    let got: BTreeMap<i64, u64> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(got, expected);
+    assert_eq!((dropped, rejected), (0, 29 - expected.values().sum::<u64>()));
+    assert_eq!(expected.values().sum::<u64>(), 1 + 4 + 9, "7; charlie's 105..168; delta's 112..364 but 140");
 }
 
 /// Tests in this file run one at a time (they share the fixture's probe).

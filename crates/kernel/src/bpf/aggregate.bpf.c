@@ -2,8 +2,9 @@
 // (The kernel lets only GPL-compatible programs read memory; it is told "Dual MIT/GPL".)
 /*
  * dprobe's in-kernel aggregation: attached to a uprobe, kprobe or tracepoint event, it counts
- * each hit under its key (thread name, process, thread, and for a histogram the value) in a
- * per-CPU hash map that dprobe reads when the trace ends. It returns 0, so the kernel writes
+ * each hit that passes the filter under its key (thread name, process, thread, a fetched
+ * value, and for a histogram the value) in a per-CPU hash map that dprobe reads when the
+ * trace ends. It returns 0, so the kernel writes
  * no record of the hit anywhere: nothing per event reaches user space.
  *
  * One object serves every probe: what to key by, which value to read and the filters are
@@ -45,9 +46,12 @@ struct key {
     __u32 tid;
     char comm[16];
     __s64 value;
+    /* The `--by NAME` value, exact. */
+    __s64 by;
     /* The value could not be read (memory that faulted): counted, but in no histogram. */
     __u32 faulted;
-    __u32 unused;
+    /* The `--by NAME` value could not be read. */
+    __u32 by_faulted;
 };
 
 /* What one key gathered on one CPU; min and max are exact, `value` in the key is rounded. */
@@ -72,6 +76,14 @@ struct {
     __type(value, __u64);
 } dropped SEC(".maps");
 
+/* Hits that did not pass the filter. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} rejected SEC(".maps");
+
 /* Set by dprobe at load time. */
 const volatile __u32 key_pid = 0;
 const volatile __u32 key_tid = 0;
@@ -84,38 +96,75 @@ const volatile __u32 own_pid = 0;
 const volatile __u32 only_comm_set = 0;
 const volatile char only_comm[16] = {};
 
-/* The histogram's value: none, a register of the probe's `pt_regs` (its byte offset), a field
- * of a tracepoint's record (its byte offset), or a constant. */
+/* Where a value is read: nowhere, a register of the probe's `pt_regs` (its byte offset), a
+ * field of a tracepoint's record (its byte offset), or a constant; then memory read `derefs`
+ * times, at the value plus each offset (user memory or the kernel's); then cut to `bits` bits
+ * (1..64), sign-extended when signed. Its layout is written by dprobe (bpf/layout.rs). */
 #define SOURCE_NONE 0
 #define SOURCE_REGS 1
 #define SOURCE_RECORD 2
 #define SOURCE_CONSTANT 3
 #define MAX_DEREFS 4
-const volatile __u32 source = SOURCE_NONE;
-const volatile __u32 source_offset = 0;
-const volatile __s64 constant = 0;
-/* Then memory read `derefs` times, at the value plus each offset; user memory or kernel. */
-const volatile __u32 derefs = 0;
-const volatile __s64 deref_offsets[MAX_DEREFS] = {};
-const volatile __u32 user_memory = 0;
-/* The value's width in bits (1..64) and whether it is signed. */
-const volatile __u32 bits = 64;
-const volatile __u32 is_signed = 0;
+struct source {
+    __u32 kind;
+    __u32 offset;
+    __s64 constant;
+    __u32 derefs;
+    __u32 bits;
+    __u32 is_signed;
+    __u32 user_memory;
+    __s64 deref_offsets[MAX_DEREFS];
+};
 
-/* The value, read as the fetch says; `*faulted` set when memory could not be read. */
-INLINE __s64 fetch(void *ctx, __u32 *faulted) {
+/* The histogram's value (SOURCE_NONE: no histogram). */
+const volatile struct source value = {};
+/* The fetched value the hits are keyed by too (`--by NAME`), exactly (SOURCE_NONE: none). */
+const volatile struct source by_value = {};
+
+/* The filter, in postfix order: each test pushes a truth on a stack of bits, each AND, OR
+ * or NOT combines the top ones; the hit is counted if the last truth is true. A comparison
+ * whose value cannot be read is false, as in dprobe. */
+#define TEST_EQ 1
+#define TEST_NE 2
+#define TEST_LT 3
+#define TEST_LE 4
+#define TEST_GT 5
+#define TEST_GE 6
+#define TEST_COMM_EQ 7
+#define TEST_COMM_NE 8
+#define TEST_AND 9
+#define TEST_OR 10
+#define TEST_NOT 11
+#define TEST_CONSTANT 12
+#define MAX_TESTS 32
+struct test {
+    __u32 code;
+    __u32 unused;
+    /* The number compared with (TEST_CONSTANT: the truth pushed). */
+    __s64 literal;
+    /* The name compared with the thread's, zero-padded. */
+    char text[16];
+    struct source value;
+};
+const volatile __u32 filter_len = 0;
+/* Whether a test reads the thread's name. */
+const volatile __u32 filter_comm = 0;
+const volatile struct test filter[MAX_TESTS] = {};
+
+/* The value `src` says, read at `ctx`; `*faulted` set when memory could not be read. */
+INLINE __s64 fetch(void *ctx, const volatile struct source *src, __u32 *faulted) {
     __u64 v = 0;
-    if (source == SOURCE_REGS || source == SOURCE_RECORD)
-        bpf_probe_read_kernel(&v, sizeof(v), (char *)ctx + source_offset);
+    if (src->kind == SOURCE_REGS || src->kind == SOURCE_RECORD)
+        bpf_probe_read_kernel(&v, sizeof(v), (char *)ctx + src->offset);
     else
-        v = constant;
+        v = src->constant;
 #pragma unroll
     for (int i = 0; i < MAX_DEREFS; i++) {
-        if (i < derefs) {
-            const void *at = (const void *)(v + deref_offsets[i]);
+        if (i < src->derefs) {
+            const void *at = (const void *)(v + src->deref_offsets[i]);
             __u64 read = 0;
-            long err = user_memory ? bpf_probe_read_user(&read, sizeof(read), at)
-                                   : bpf_probe_read_kernel(&read, sizeof(read), at);
+            long err = src->user_memory ? bpf_probe_read_user(&read, sizeof(read), at)
+                                        : bpf_probe_read_kernel(&read, sizeof(read), at);
             if (err) {
                 *faulted = 1;
                 return 0;
@@ -123,10 +172,10 @@ INLINE __s64 fetch(void *ctx, __u32 *faulted) {
             v = read;
         }
     }
-    if (bits < 64) {
-        __u32 shift = 64 - bits;
+    if (src->bits < 64) {
+        __u32 shift = 64 - src->bits;
         v <<= shift;
-        v = is_signed ? (__u64)((__s64)v >> shift) : v >> shift;
+        v = src->is_signed ? (__u64)((__s64)v >> shift) : v >> shift;
     }
     return (__s64)v;
 }
@@ -156,21 +205,68 @@ INLINE __s64 rounded(__s64 v) {
     return v < 0 ? -(__s64)m : (__s64)m;
 }
 
-INLINE int same_comm(const char *a) {
+/* Whether the thread's name `comm` (zero-padded, as the kernel gives it) is `name`. */
+INLINE int same_comm(const char *comm, const volatile char *name) {
 #pragma unroll
     for (int i = 0; i < 16; i++) {
-        if (a[i] != only_comm[i])
+        if (comm[i] != name[i])
             return 0;
-        if (a[i] == 0)
+        if (comm[i] == 0)
             return 1;
     }
     return 1;
 }
 
+/* Push `truth` on `stack`. */
+#define PUSH(stack, truth) ((stack) = ((stack) << 1) | ((truth) ? 1 : 0))
+
+/* Whether the hit passes the filter; `comm` is the thread's name if a test reads it. */
+INLINE int passes(void *ctx, const char *comm) {
+    __u64 stack = 0;
+    /* A bounded loop the verifier follows test by test (`filter_len` is known to it). */
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_TESTS; i++) {
+        if (i < filter_len) {
+            const volatile struct test *t = &filter[i];
+            __u32 code = t->code;
+            if (code >= TEST_EQ && code <= TEST_GE) {
+                __u32 faulted = 0;
+                __s64 v = fetch(ctx, &t->value, &faulted);
+                __s64 w = t->literal;
+                int truth = !faulted && ((code == TEST_EQ && v == w) || (code == TEST_NE && v != w) ||
+                                         (code == TEST_LT && v < w) || (code == TEST_LE && v <= w) ||
+                                         (code == TEST_GT && v > w) || (code == TEST_GE && v >= w));
+                PUSH(stack, truth);
+            } else if (code == TEST_COMM_EQ || code == TEST_COMM_NE) {
+                int same = same_comm(comm, t->text);
+                PUSH(stack, code == TEST_COMM_EQ ? same : !same);
+            } else if (code == TEST_CONSTANT) {
+                PUSH(stack, t->literal);
+            } else if (code == TEST_NOT) {
+                stack ^= 1;
+            } else {
+                __u64 a = stack & 1;
+                stack >>= 1;
+                __u64 b = stack & 1;
+                stack = (stack & ~1ULL) | (code == TEST_AND ? (a & b) : (a | b));
+            }
+        }
+    }
+    return stack & 1;
+}
+
+/* One more in this CPU's slot of a per-CPU counter. */
+INLINE void bump(void *counter) {
+    __u32 zero = 0;
+    __u64 *n = bpf_map_lookup_elem(counter, &zero);
+    if (n)
+        *n += 1;
+}
+
 /* One more hit of value `v` in this CPU's share of a key. */
 INLINE void count_into(struct tally *t, __s64 v) {
     t->count += 1;
-    if (source != SOURCE_NONE) {
+    if (value.kind != SOURCE_NONE) {
         if (v < t->min || t->count == 1)
             t->min = v;
         if (v > t->max || t->count == 1)
@@ -185,22 +281,28 @@ INLINE int tally(void *ctx) {
         return 0;
     struct key k;
     __builtin_memset(&k, 0, sizeof(k));
-    if (key_comm || only_comm_set) {
+    if (key_comm || only_comm_set || filter_comm) {
         bpf_get_current_comm(k.comm, sizeof(k.comm));
-        if (only_comm_set && !same_comm(k.comm))
+        if (only_comm_set && !same_comm(k.comm, only_comm))
             return 0;
-        if (!key_comm)
-            __builtin_memset(k.comm, 0, sizeof(k.comm));
     }
+    if (filter_len && !passes(ctx, k.comm)) {
+        bump(&rejected);
+        return 0;
+    }
+    if (!key_comm)
+        __builtin_memset(k.comm, 0, sizeof(k.comm));
     if (key_pid)
         k.pid = pid;
     if (key_tid)
         k.tid = (__u32)pid_tgid;
     __s64 v = 0;
-    if (source != SOURCE_NONE) {
-        v = fetch(ctx, &k.faulted);
+    if (value.kind != SOURCE_NONE) {
+        v = fetch(ctx, &value, &k.faulted);
         k.value = rounded(v);
     }
+    if (by_value.kind != SOURCE_NONE)
+        k.by = fetch(ctx, &by_value, &k.by_faulted);
     struct tally *t = bpf_map_lookup_elem(&tallies, &k);
     if (t) {
         count_into(t, v);
@@ -215,10 +317,7 @@ INLINE int tally(void *ctx) {
         count_into(t, v);
         return 0;
     }
-    __u32 zero = 0;
-    __u64 *n = bpf_map_lookup_elem(&dropped, &zero);
-    if (n)
-        *n += 1;
+    bump(&dropped);
     return 0;
 }
 
