@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use dprobe_spec::{ProbeKind, ProbePoint};
+use dprobe_spec::ProbeKind;
 
 use crate::options::TraceArgs;
 use crate::plan::Planned;
@@ -58,13 +58,8 @@ fn process_cannot(pid: i32, planned: &[Planned], timed: bool) -> Option<String> 
     if !maps.is_empty() && !has_loader {
         return Some(format!("process {pid} has no dynamic loader (a static program): nothing to load the agent with"));
     }
-    let binaries = planned.iter().filter_map(|p| match &p.spec.point {
-        ProbePoint::User { binary: Some(b), .. } => Some(b.as_str()),
-        _ => None,
-    });
-    if let Some(b) = binaries.into_iter().find(|b| !mapped(b)) {
-        return Some(format!("`{b}` is not loaded in process {pid}; the agent does not follow libraries loaded later"));
-    }
+    // A library not loaded yet is no reason: the agent places its probes when the program
+    // loads it, as the ptrace engine does.
     let returns = timed || planned.iter().any(|p| p.spec.kind == ProbeKind::Return);
     if returns && (mapped("libgcc_s") || mapped("libstdc++")) {
         return Some(format!(

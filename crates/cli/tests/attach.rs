@@ -122,3 +122,52 @@ fn list_shows_the_functions_of_a_running_process() {
     assert!(text.contains("` can be probed: "), "{text}");
     assert_eq!(finish(child), Some(0));
 }
+
+/// A probe on a library the running program has not loaded yet: the agent (the engine
+/// chosen by default) places it when the program loads the library, as ptrace does, and
+/// counts every call exactly.
+#[test]
+fn a_library_loaded_after_the_attach_is_probed_by_the_default_engine_and_ptrace() {
+    use std::io::{BufRead, BufReader, Write};
+    const CALLS: u64 = 1000;
+    let probe = "libdprobe_plugin:plugin_twice";
+    for (engine, chosen) in [(None, "agent"), (Some("ptrace"), "ptrace")] {
+        let name = engine.unwrap_or("default");
+        let mut child = Command::new(target())
+            .args(["dlopen-when-told", common::plugin(), &CALLS.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut said).unwrap();
+        assert_eq!(said, "ready\n");
+        let mut child = Running(child);
+        let p = child.id().to_string();
+        let out = out_file(&format!("{name}-attach-later-library"));
+        let mut dprobe = dprobe_command()
+            .args(["trace", "-v", "--count", "-o", out.to_str().unwrap(), "-p", &p, probe])
+            .args(engine.map(|e| ["--engine", e]).iter().flatten())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Told to load the library once dprobe traces it.
+        let mut told = String::new();
+        for line in BufReader::new(dprobe.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            told.push_str(&line);
+            told.push('\n');
+            if line == "dprobe: tracing" {
+                break;
+            }
+        }
+        assert!(told.contains(&format!("dprobe: engine: {chosen} (")), "{name}: {told}");
+        child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert_eq!(child.0.wait().unwrap().code(), Some(0), "{name}: the program's own result");
+        // dprobe ends with the program (its status is the program's where the engine can
+        // know it: ptrace, not the agent, which is neither the program's parent nor its tracer).
+        dprobe.wait().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(hits(&text, probe), CALLS, "{name}\n{told}{text}");
+    }
+}
