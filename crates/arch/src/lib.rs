@@ -51,6 +51,7 @@ mod patch;
 mod prepare;
 mod regs;
 mod relocate;
+mod signal_frame;
 mod slot;
 mod writer;
 
@@ -70,5 +71,6 @@ pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};
 pub use relocate::{relocate, RelocateError, Relocated};
+pub use signal_frame::FRAME_GREGS;
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
 pub use writer::{jmp_rel32, syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

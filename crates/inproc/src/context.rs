@@ -74,36 +74,13 @@ impl SignalContext {
 
     /// Read every register handlers may see.
     pub fn regs(&self) -> Regs {
-        let g = self.gregs();
-        let r = |i: libc::c_int| g[i as usize] as u64;
-        let mut regs = Regs {
-            rax: r(libc::REG_RAX),
-            rcx: r(libc::REG_RCX),
-            rdx: r(libc::REG_RDX),
-            rbx: r(libc::REG_RBX),
-            rsp: r(libc::REG_RSP),
-            rbp: r(libc::REG_RBP),
-            rsi: r(libc::REG_RSI),
-            rdi: r(libc::REG_RDI),
-            r8: r(libc::REG_R8),
-            r9: r(libc::REG_R9),
-            r10: r(libc::REG_R10),
-            r11: r(libc::REG_R11),
-            r12: r(libc::REG_R12),
-            r13: r(libc::REG_R13),
-            r14: r(libc::REG_R14),
-            r15: r(libc::REG_R15),
-            rip: r(libc::REG_RIP),
-            rflags: r(libc::REG_EFL),
-            xmm: [0; 16],
-        };
+        let mut regs = Regs::from_signal_frame(self.gregs());
         if let Some(fp) = self.fpstate() {
             // SAFETY: the kernel points `fpregs` at the frame's FPU save area, valid for the
             // handler's run.
             let xmm = unsafe { &(*fp)._xmm };
             for (dst, src) in regs.xmm.iter_mut().zip(xmm.iter()) {
-                let e = src.element;
-                *dst = u128::from(e[0]) | u128::from(e[1]) << 32 | u128::from(e[2]) << 64 | u128::from(e[3]) << 96;
+                *dst = Regs::xmm_from_frame(src.element);
             }
         }
         regs
@@ -111,34 +88,12 @@ impl SignalContext {
 
     /// Write back what handlers may change; the kernel restores it at `sigreturn`.
     pub fn set_regs(&mut self, regs: &Regs) {
-        let g = self.gregs_mut();
-        let mut w = |i: libc::c_int, v: u64| g[i as usize] = v as i64;
-        w(libc::REG_RAX, regs.rax);
-        w(libc::REG_RCX, regs.rcx);
-        w(libc::REG_RDX, regs.rdx);
-        w(libc::REG_RBX, regs.rbx);
-        w(libc::REG_RSP, regs.rsp);
-        w(libc::REG_RBP, regs.rbp);
-        w(libc::REG_RSI, regs.rsi);
-        w(libc::REG_RDI, regs.rdi);
-        w(libc::REG_R8, regs.r8);
-        w(libc::REG_R9, regs.r9);
-        w(libc::REG_R10, regs.r10);
-        w(libc::REG_R11, regs.r11);
-        w(libc::REG_R12, regs.r12);
-        w(libc::REG_R13, regs.r13);
-        w(libc::REG_R14, regs.r14);
-        w(libc::REG_R15, regs.r15);
-        w(libc::REG_RIP, regs.rip);
-        // Only the arithmetic and direction flags; the kernel masks the rest anyway.
-        const USER_FLAGS: u64 = 0x0cd5 | (1 << 10);
-        let old = g[libc::REG_EFL as usize] as u64;
-        g[libc::REG_EFL as usize] = ((old & !USER_FLAGS) | (regs.rflags & USER_FLAGS)) as i64;
+        regs.to_signal_frame(self.gregs_mut());
         if let Some(fp) = self.fpstate() {
             // SAFETY: as in `regs`; this thread owns its signal frame.
             let xmm = unsafe { &mut (*fp)._xmm };
-            for (dst, src) in xmm.iter_mut().zip(regs.xmm.iter()) {
-                let new = [*src as u32, (*src >> 32) as u32, (*src >> 64) as u32, (*src >> 96) as u32];
+            for (i, dst) in xmm.iter_mut().enumerate() {
+                let new = regs.xmm_frame_words(i);
                 // Handlers rarely change vector registers: leave the kernel's save area alone
                 // unless they did.
                 if dst.element != new {

@@ -6,6 +6,8 @@
 //! the exception: the panic machinery allocates). These functions and everything in
 //! dprobe's crates are refused as probe targets.
 
+use std::cell::Cell;
+
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, Prepared, INT3};
 use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, PreOutcome, Regs, Site, TrapKind};
 
@@ -15,27 +17,38 @@ use crate::signals::{chain, Redeliver};
 use crate::thread_state::{self, ThreadState};
 use crate::{guard, sys};
 
+/// One of a thread's nesting counters, raised while the value lives (no counter: a thread
+/// without its state, which nothing marks).
+struct Raised(Option<&'static Cell<u32>>);
+
+impl Raised {
+    fn new(counter: Option<&'static Cell<u32>>) -> Raised {
+        if let Some(c) = counter {
+            c.set(c.get() + 1);
+        }
+        Raised(counter)
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.set(c.get() - 1);
+        }
+    }
+}
+
 /// Marks the calling thread as doing dprobe's own work while it lives: the probes it passes
 /// through (its `open` of `/proc/self/maps`, a `getpid`) run no handler and count nothing, so
 /// that the user's figures are the program's alone.
-pub(crate) struct OwnWork(Option<&'static ThreadState>);
+pub(crate) struct OwnWork {
+    _raised: Raised,
+}
 
 impl OwnWork {
     pub(crate) fn enter() -> OwnWork {
         thread_state::init();
-        let state = thread_state::current();
-        if let Some(s) = state {
-            s.own_work.set(s.own_work.get() + 1);
-        }
-        OwnWork(state)
-    }
-}
-
-impl Drop for OwnWork {
-    fn drop(&mut self) {
-        if let Some(s) = self.0 {
-            s.own_work.set(s.own_work.get() - 1);
-        }
+        OwnWork { _raised: Raised::new(thread_state::current().map(|s| &s.own_work)) }
     }
 }
 
@@ -66,7 +79,9 @@ pub fn in_hit_path() -> bool {
 }
 
 /// Marks the hit path for the duration of a signal handler or a jump path dispatch.
-pub(crate) struct HitPath(Option<&'static ThreadState>);
+pub(crate) struct HitPath {
+    _raised: Raised,
+}
 
 impl HitPath {
     pub(crate) fn enter() -> HitPath {
@@ -75,18 +90,7 @@ impl HitPath {
 
     /// [`HitPath::enter`] with the calling thread's state already found.
     pub(crate) fn with(state: Option<&'static ThreadState>) -> HitPath {
-        if let Some(s) = state {
-            s.in_hit_path.set(s.in_hit_path.get() + 1);
-        }
-        HitPath(state)
-    }
-}
-
-impl Drop for HitPath {
-    fn drop(&mut self) {
-        if let Some(s) = self.0 {
-            s.in_hit_path.set(s.in_hit_path.get() - 1);
-        }
+        HitPath { _raised: Raised::new(state.map(|s| &s.in_hit_path)) }
     }
 }
 

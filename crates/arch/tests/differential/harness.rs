@@ -138,35 +138,11 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
     // SAFETY: the kernel's arguments to an SA_SIGINFO handler.
     unsafe {
         let uc = &mut *(uc as *mut libc::ucontext_t);
-        let g = &mut uc.uc_mcontext.gregs;
-        let r = |i: libc::c_int| g[i as usize] as u64;
-        let mut regs = Regs {
-            rax: r(libc::REG_RAX),
-            rcx: r(libc::REG_RCX),
-            rdx: r(libc::REG_RDX),
-            rbx: r(libc::REG_RBX),
-            rsp: r(libc::REG_RSP),
-            rbp: r(libc::REG_RBP),
-            rsi: r(libc::REG_RSI),
-            rdi: r(libc::REG_RDI),
-            r8: r(libc::REG_R8),
-            r9: r(libc::REG_R9),
-            r10: r(libc::REG_R10),
-            r11: r(libc::REG_R11),
-            r12: r(libc::REG_R12),
-            r13: r(libc::REG_R13),
-            r14: r(libc::REG_R14),
-            r15: r(libc::REG_R15),
-            rip: r(libc::REG_RIP),
-            rflags: r(libc::REG_EFL),
-            xmm: [0; 16],
-        };
+        let mut regs = Regs::from_signal_frame(&uc.uc_mcontext.gregs);
         let fp = uc.uc_mcontext.fpregs;
         if !fp.is_null() {
-            for (i, x) in (*fp)._xmm.iter().enumerate() {
-                let e = x.element;
-                regs.xmm[i] =
-                    u128::from(e[0]) | u128::from(e[1]) << 32 | u128::from(e[2]) << 64 | u128::from(e[3]) << 96;
+            for (dst, src) in regs.xmm.iter_mut().zip((*fp)._xmm) {
+                *dst = Regs::xmm_from_frame(src.element);
             }
             // Whatever the instruction did to the floating-point control state stays here.
             (*fp).mxcsr = 0x1f80;
@@ -174,6 +150,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
             (*fp).swd = 0;
             (*fp).ftw = 0;
         }
+        let g = &mut uc.uc_mcontext.gregs;
         let fault_addr = if sig == libc::SIGTRAP { 0 } else { (*info).si_addr() as u64 };
         *LAST.0.get() = Some(Outcome { signal: sig, fault_addr, regs });
         g[libc::REG_RIP as usize] = dx_return as *const () as usize as i64;
