@@ -185,3 +185,45 @@ fn kill_9_with_a_started_command(engine: &str) {
     assert!(reached[Moment::Steady as usize] > 0, "no kill came while the command was traced");
     assert!(engine != "agent" || loading > 0, "no kill came while the agent was being loaded");
 }
+
+/// The one death the holder cannot outlive is its own. While it loads the agent into a
+/// command it started, a thread of the command is in the middle of a call dprobe made (its
+/// registers dprobe's, its return address a trap): let go then, the command would run half
+/// of that call and crash on its return. So from its first instruction until it is let go
+/// at its entry, the command dies with its tracer (it never ran a line of its own); once let
+/// go, it runs to its end. Never a crash, never a command left stopped.
+#[test]
+fn kill_9_of_the_holder_loading_its_agent_kills_the_started_command_never_crashes_it() {
+    become_subreaper();
+    let command = [target(), "threads", "4", "20000"];
+    let mut moments = Moments::new();
+    let (mut loading, mut killed) = (0, 0);
+    for i in 0..TRIES {
+        let out = out_file(&format!("killed-holder-{i}"));
+        let err = out_file(&format!("killed-holder-{i}.err"));
+        let mut args = vec!["--engine", "agent", "probed", "--"];
+        args.extend_from_slice(&command);
+        let dprobe = start_dprobe(&args, &out, &err);
+        wait_until("the command", || started_command(dprobe).is_some());
+        // Half the kills as the command appears (before or at its `execve`), half in the load.
+        if i % 2 == 1 {
+            std::thread::sleep(moments.below(Duration::from_millis(60)));
+        }
+        let holder = common::holder(dprobe).expect("the holder");
+        if started_command(dprobe).is_some_and(|c| traced(c) && !agent_loaded(c)) {
+            loading += 1;
+        }
+        // SAFETY: kills the holder of the dprobe this test started.
+        assert_eq!(unsafe { libc::kill(holder as i32, libc::SIGKILL) }, 0);
+        // (The command may not have executed yet: then it ends, named as dprobe, untouched.)
+        for how in kill_and_reap(dprobe).iter().filter(|e| e.name == "target") {
+            if how.signal() == Some(libc::SIGKILL) {
+                killed += 1;
+            } else {
+                assert_eq!(how.code(), Some(0), "try {i}: the command ended with {how:?}");
+            }
+        }
+    }
+    eprintln!("kills during the load: {loading} of {TRIES}; commands killed with the holder: {killed}");
+    assert!(loading > 0, "no kill came while the agent was being loaded");
+}

@@ -105,18 +105,19 @@ impl Injector {
             .map(CString::new)
             .collect::<Result<_, _>>()
             .map_err(invalid)?;
-        let pid = sys::fork_traced(&c_program, &c_args).map_err(spawn_err)?;
-        let (_, status) = sys::wait(pid)?;
-        if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
-            return Err(TraceError::NotExecutable { program: program.to_owned() }.into());
-        }
         // Killed with its tracer until it is let go at its entry: the death of the `dprobe`
         // the user sees is outlived by the process that traces (which then lets the program
         // go as untraced); only that process's own death can come while a thread of the
         // program is in a call made for the load (its registers dprobe's, its return address
         // a trap). Let go then, the program would run half of that call and crash on its
         // return; it has not run a line of its own, so it is killed instead, as `abandon` does.
-        sys::set_options(pid, (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64)?;
+        // Seized before it executes, it is never traced without these options.
+        let options = (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64;
+        let pid = sys::fork_seized(&c_program, &c_args, options).map_err(spawn_err)?;
+        let (_, status) = sys::wait(pid)?;
+        if !libc::WIFSTOPPED(status) || sys::event_of(status) != libc::PTRACE_EVENT_EXEC {
+            return Err(TraceError::NotExecutable { program: program.to_owned() }.into());
+        }
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
         run_to_entry(pid, &mut memory)?;
         Injector::hold(pid, pid, memory, true)

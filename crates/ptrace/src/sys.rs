@@ -477,6 +477,66 @@ pub fn fork_traced(program: &std::ffi::CStr, args: &[std::ffi::CString]) -> io::
     Ok(pid)
 }
 
+/// Fork a child that executes `program` with `args`, seized (`PTRACE_SEIZE` with `options`)
+/// before it executes: it waits for a byte on a pipe until the tracer has seized it. Unlike
+/// [`fork_traced`], no moment is left where it is traced without `options`: with
+/// `PTRACE_O_EXITKILL` it dies with the tracer from the first instruction of the program on,
+/// and its `execve` stops it with a `PTRACE_EVENT_EXEC` (`options` must hold
+/// `PTRACE_O_TRACEEXEC`), never with the `SIGTRAP` of `PTRACE_TRACEME`, which the program
+/// would receive (and die of) if the tracer died at that stop. A tracer that dies before it
+/// seized the child ends it (`_exit(127)`), never runs the program untraced.
+pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options: u64) -> io::Result<i32> {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut go = [0i32; 2];
+    // SAFETY: `go` has room for the two descriptors.
+    if unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let [go_read, go_write] = go;
+    // SAFETY: fork in a possibly multi-threaded tracer: the child only calls signal, close,
+    // read, execv and _exit, which are async-signal-safe, on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            // As in `fork_traced`: the program starts with SIGPIPE at its default.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::close(go_write);
+            let mut byte = 0u8;
+            loop {
+                match libc::read(go_read, (&mut byte as *mut u8).cast(), 1) {
+                    1 => break,
+                    -1 if *libc::__errno_location() == libc::EINTR => {}
+                    _ => libc::_exit(127),
+                }
+            }
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: our end of the pipe, which the child has its own copy of.
+    unsafe { libc::close(go_read) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: our end of the pipe.
+        unsafe { libc::close(go_write) };
+        return Err(e);
+    }
+    let seized = seize(pid, options);
+    if seized.is_ok() {
+        // SAFETY: writes one byte from a local to our end of the pipe.
+        unsafe { libc::write(go_write, (&1u8 as *const u8).cast(), 1) };
+    }
+    // SAFETY: our end of the pipe; closed without a byte, it ends a child not seized.
+    unsafe { libc::close(go_write) };
+    if let Err(e) = seized {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        return Err(io::Error::from_raw_os_error(e.errno));
+    }
+    Ok(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

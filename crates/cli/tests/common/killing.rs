@@ -98,6 +98,11 @@ impl Ended {
     pub fn code(&self) -> Option<i32> {
         libc::WIFEXITED(self.status).then(|| libc::WEXITSTATUS(self.status))
     }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        libc::WIFSIGNALED(self.status).then(|| libc::WTERMSIG(self.status))
+    }
 }
 
 /// Kill dprobe (`SIGKILL`), then wait for every process of its group to end (dprobe, the
