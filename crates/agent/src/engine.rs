@@ -48,9 +48,6 @@ pub enum AgentError {
     /// Only user-space functions.
     #[error("kernel functions and tracepoints need the kernel engine, not the agent")]
     NotUser,
-    /// A process dprobe did not start ended; only its parent learns how.
-    #[error("process {0} ended (how, only its parent can tell)")]
-    Ended(i32),
     /// The process replaced its program (`exec`); the new one has no agent.
     #[error("{0}")]
     NotTraced(String),
@@ -335,18 +332,25 @@ impl AgentEngine {
         !maps.is_empty() && !maps.contains(MEMORY_FILE) && !maps.contains("libdprobe_agent")
     }
 
-    /// How the program ended, if it did (a started one: its status).
-    fn ended(&mut self) -> Result<Option<Exit>, AgentError> {
+    /// How the program ended, if it did: a started one with its status; a process dprobe did
+    /// not start, without (only its parent learns how).
+    fn ended(&mut self) -> Option<Ending> {
         if self.spawned {
-            return Ok(match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => Some(Exit::Code(code)),
-                Ok(WaitStatus::Signaled(_, signal, _)) => Some(Exit::Signal(signal as i32)),
+            return match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Some(Ending::Exited(Exit::Code(code))),
+                Ok(WaitStatus::Signaled(_, signal, _)) => Some(Ending::Exited(Exit::Signal(signal as i32))),
                 _ => None,
-            });
+            };
         }
+        // A zombie has ended too: its parent has not asked how yet.
+        let zombie = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+        };
         match kill(Pid::from_raw(self.pid), None) {
-            Err(Errno::ESRCH) => Err(AgentError::Ended(self.pid)),
-            _ => Ok(None),
+            Err(Errno::ESRCH) => Some(Ending::Gone),
+            _ if zombie() => Some(Ending::Gone),
+            _ => None,
         }
     }
 }
@@ -509,11 +513,11 @@ impl Engine for AgentEngine {
                     return Err(AgentError::NotTraced(self.lost.clone().unwrap_or_default()));
                 }
             }
-            if let Some(ended) = self.ended().transpose() {
+            if let Some(ended) = self.ended() {
                 // Every event the program made is in the ring already; its probes went with it.
                 self.stopped = true;
                 while self.drain(sink) > 0 {}
-                return ended.map(Ending::Exited);
+                return Ok(ended);
             }
             if self.drain(sink) == 0 {
                 std::thread::sleep(Duration::from_millis(1));

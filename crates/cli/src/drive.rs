@@ -204,7 +204,8 @@ pub fn drive<E: Engine>(
         _ => None,
     };
     let failure = outcome.as_ref().err().map(|e| e as &dyn Display);
-    let ending = ending_text(&scope, failure, stopped_by, exit, elapsed);
+    let gone = matches!(outcome, Ok(Ending::Gone));
+    let ending = ending_text(&scope, failure, stopped_by, exit, gone, elapsed);
     let text = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());
     let write_error = report.finish(&text);
     if let Some(e) = write_error {
@@ -244,18 +245,23 @@ fn how(exit: Exit) -> String {
     }
 }
 
-/// The closing line: what was traced, for how long, and what ended it.
+/// The closing line: what was traced, for how long, and what ended it (`gone`: the process
+/// ended, how not known).
 fn ending_text(
     scope: &Scope,
     failure: Option<&dyn Display>,
     stopped_by: Option<i32>,
     exit: Option<Exit>,
+    gone: bool,
     elapsed: Duration,
 ) -> String {
     let after = output::human_duration(elapsed);
     match (scope, failure) {
         (Scope::Process(pid), Some(e)) => format!("tracing process {pid} stopped after {after}: {e}"),
         (Scope::SystemWide { .. }, Some(e)) => format!("system-wide trace stopped after {after}: {e}"),
+        (Scope::Process(pid), None) if gone => {
+            format!("process {pid} ended after {after} (how, only its parent can tell: dprobe is not its parent)")
+        }
         (Scope::Process(pid), None) => match (stopped_by, exit) {
             (None, Some(e)) => format!("process {pid} {} after {after}", how(e)),
             (signal, exit) => {

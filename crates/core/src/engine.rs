@@ -102,6 +102,9 @@ impl Exit {
 pub enum Ending {
     /// The traced program (or the command run alongside) ended.
     Exited(Exit),
+    /// The traced process ended and how is not known: dprobe is neither its parent nor its
+    /// tracer (a process the agent was loaded into).
+    Gone,
     /// The caller asked (its `stop` said so).
     Asked,
 }
