@@ -146,6 +146,9 @@ pub fn drive<E: Engine>(
     if let Scope::Process(pid) = &scope {
         report.prepare_stacks(*pid as u32);
     }
+    if let Some(live) = engine.live_tallies() {
+        report.with_live_tallies(live);
+    }
     let deadline = args.duration.map(|d| Instant::now() + d);
     report.start = Instant::now();
     report.clock = Clock::start();

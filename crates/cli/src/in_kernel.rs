@@ -18,7 +18,6 @@ pub fn in_kernel(args: &TraceArgs) -> Result<InKernel, String> {
         (args.latency, "--latency pairs each entry with its return"),
         (args.hist.len() > 1, "more than one --hist"),
         (args.trace_file.is_some(), "--trace-file writes each event"),
-        (args.metrics.is_some(), "--metrics"),
         (args.stack.is_some() || args.folded.is_some(), "stacks are unwound from each event"),
     ];
     if let Some((_, why)) = each_event.iter().find(|(asked, _)| *asked) {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use dprobe_core::fetch::FetchPlan;
-use dprobe_core::{KeyedTally, Pairing, ProbeEvent, Side};
+use dprobe_core::{KeyedTally, LiveTallies, Pairing, ProbeEvent, Side};
 
 use crate::clock::{Clock, TimeFormat};
 use crate::export::Export;
@@ -58,6 +58,8 @@ pub struct Report {
     /// With `--stack`: what symbolizes the events' stacks, and the frames of the last one.
     stacks: Option<Stacks>,
     frames: Vec<StackFrame>,
+    /// What reads the figures the engine aggregates itself, while tracing.
+    live: Option<LiveTallies>,
 }
 
 impl Report {
@@ -85,6 +87,7 @@ impl Report {
             probes: Vec::new(),
             stacks: None,
             frames: Vec::new(),
+            live: None,
         }
     }
 
@@ -137,6 +140,9 @@ impl Report {
 
     /// Figures an engine aggregated itself, by key, for probes whose events it kept.
     pub fn absorb(&mut self, tallies: &[KeyedTally]) {
+        for x in &mut self.exports {
+            x.tallied(tallies);
+        }
         for t in tallies {
             let Some(probe) = self.probes.get_mut(t.probe) else { continue };
             probe.shown += t.count;
@@ -151,8 +157,21 @@ impl Report {
         self.exports.push(export);
     }
 
-    /// Now and then while tracing: exports that rewrite their file periodically do.
+    /// Read what the engine aggregates itself with `live` while tracing, for the exports
+    /// rewritten periodically.
+    pub fn with_live_tallies(&mut self, live: LiveTallies) {
+        self.live = Some(live);
+    }
+
+    /// Now and then while tracing: exports that rewrite their file periodically do, with
+    /// the engine's own figures as they are now.
     pub fn tick(&mut self) {
+        if let Some(live) = self.live.as_ref().filter(|_| self.exports.iter().any(|x| x.due())) {
+            let tallies = live();
+            for x in &mut self.exports {
+                x.tallied(&tallies);
+            }
+        }
         for x in &mut self.exports {
             x.tick(&self.clock);
         }

@@ -2,11 +2,14 @@
 //! threads calling `work(size)` 3, 5, 8 and 13 times), read back by the `prometheus_client`
 //! Python package's parser where it is installed.
 mod common;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{out_file, trace_workers};
+use prometheus::python_with_prometheus_client;
 
 /// `dprobe trace --metrics FILE ARGS -- workers`: (the metrics file, what the program printed).
 fn run(name: &str, args: &[&str]) -> (String, String) {
@@ -69,33 +72,6 @@ fn counts_and_histograms_by_comm_are_the_programs_own_figures() {
         assert_eq!(s[&("dprobe_value_bucket".into(), format!("{labels},le=\"+Inf\""))], calls.to_string());
     }
     parsed_by_prometheus_client(&text, &threads(&printed));
-}
-
-/// What `script` prints, run by a Python that has the `prometheus_client` package (Debian's
-/// `python3-prometheus-client`, or pip's `prometheus-client`) with `text` as its input; `None`
-/// where none has it. The script must succeed.
-fn python_with_prometheus_client(script: &str, text: &str) -> Option<String> {
-    let python = ["python3", "/usr/bin/python3"].into_iter().find(|python| {
-        let has = Command::new(python).args(["-c", "import prometheus_client"]).output();
-        has.is_ok_and(|o| o.status.success())
-    });
-    let Some(python) = python else {
-        println!("prometheus_client not installed (apt python3-prometheus-client or pip prometheus-client): the metrics were checked in Rust only");
-        return None;
-    };
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "prometheus_client refused it: {}\n{text}", String::from_utf8_lossy(&o.stderr));
-    println!("prometheus_client ({python}) parsed the metrics");
-    Some(String::from_utf8(o.stdout).unwrap())
 }
 
 /// The `prometheus_client` package's OpenMetrics parser reads each thread's count.

@@ -4,6 +4,8 @@
 //! kernel's tables must say exactly that, and the same as dprobe's own aggregation of each
 //! event (`--no-bpf`).
 mod common;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -241,4 +243,93 @@ fn count_and_hist_by_a_fetched_value_in_the_kernel_are_the_programs_calls() {
     assert!(text.contains(&format!("@size of {} [delta, 0x1c]:\ncount 1, min 28, ", work())), "{text}");
     let (perf, _, _) = run("perf-hist-by-half", &[&args[..], &["--no-bpf", &spec]].concat());
     assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+}
+
+/// `hits per comm` as prometheus_client's parser reads `dprobe_hits_total` in `text`; `None`
+/// where it is not installed.
+fn hits_by_comm_parsed(text: &str) -> Option<BTreeMap<String, u64>> {
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       if s.name == 'dprobe_hits_total': print(s.labels['comm'], int(s.value))\n";
+    let printed = prometheus::python_with_prometheus_client(script, text)?;
+    Some(printed.lines().map(|l| l.split_once(' ').unwrap()).map(|(c, n)| (c.to_owned(), n.parse().unwrap())).collect())
+}
+
+#[test]
+fn metrics_come_from_the_kernels_maps_as_from_each_event() {
+    let _x = exclusive();
+    let spec = format!("{} size=$arg1:s64", work());
+    let file = |name: &str| out_file(name).to_str().unwrap().to_owned();
+    let (bpf_file, perf_file) = (file("bpf-metrics.prom"), file("perf-metrics.prom"));
+    let args = ["--count", "--hist", "size", "--by", "comm", &spec];
+    let (text, printed, stderr) = run("bpf-metrics", &[&["--metrics", &bpf_file][..], &args].concat());
+    assert_in_kernel(&spec, &text, &stderr);
+    let (perf, _, _) = run("perf-metrics", &[&["--metrics", &perf_file, "--no-bpf"][..], &args].concat());
+    assert!(!perf.contains("aggregated in the kernel"), "{perf}");
+    let (bpf, perf) = (std::fs::read_to_string(&bpf_file).unwrap(), std::fs::read_to_string(&perf_file).unwrap());
+    // Counts, buckets and sums: the same file.
+    assert_eq!(bpf, perf);
+    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
+    for (name, calls) in &expected {
+        let probe = work();
+        let line = format!("dprobe_hits_total{{probe=\"{probe}\",comm=\"{name}\"}} {calls}\n");
+        assert!(bpf.contains(&line), "{line} in\n{bpf}");
+        let sum: i64 = sizes_of(name, *calls).sum();
+        let line = format!("dprobe_value_sum{{probe=\"{probe}\",comm=\"{name}\",field=\"size\"}} {sum}\n");
+        assert!(bpf.contains(&line), "{line} in\n{bpf}");
+    }
+    if let Some(parsed) = hits_by_comm_parsed(&bpf) {
+        assert_eq!(parsed, expected);
+    }
+}
+
+#[test]
+fn metrics_interval_rewrites_the_file_from_the_kernels_maps_while_tracing() {
+    let _x = exclusive();
+    let mut traced = gated_workers();
+    let out = out_file("bpf-metrics-interval");
+    let metrics = out_file("bpf-metrics-interval.prom");
+    let pid = traced.id().to_string();
+    let mut dprobe = dprobe_command()
+        .args(["trace", "-a", "-v", "-p", &pid, "-o", out.to_str().unwrap(), "--count", "--by", "comm"])
+        .args(["--metrics", metrics.to_str().unwrap(), "--interval", "50ms", &work()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.ends_with("dprobe: tracing\n") {
+        assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended early: {said}");
+    }
+    assert!(said.contains("its hits are counted in the kernel (BPF)"), "{said}");
+    traced.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let printed = String::from_utf8(traced.wait_with_output().unwrap().stdout).unwrap();
+    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
+    let probe = work();
+    let all_counted = |text: &str| {
+        expected.iter().all(|(name, calls)| {
+            text.contains(&format!("dprobe_hits_total{{probe=\"{probe}\",comm=\"{name}\"}} {calls}\n"))
+        })
+    };
+    // The program is done; dprobe still traces, and its file catches up with the kernel's map.
+    let started = std::time::Instant::now();
+    let during = loop {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        if all_counted(&text) {
+            break text;
+        }
+        assert!(started.elapsed().as_secs() < 60, "the file never had every thread's calls:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(dprobe.try_wait().unwrap().is_none(), "written while dprobe still traces");
+    assert!(during.ends_with("# EOF\n"), "{during}");
+    if let Some(parsed) = hits_by_comm_parsed(&during) {
+        assert_eq!(parsed, expected);
+    }
+    // SAFETY: a signal to the dprobe this test started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    assert!(dprobe.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&metrics).unwrap(), during, "the last rewrite: the same figures");
 }

@@ -65,6 +65,8 @@ pub struct KeyedTally {
     pub min: i64,
     /// See `min`.
     pub max: i64,
+    /// The sum of their exact values (0 without a histogram's value).
+    pub sum: i128,
 }
 
 /// Which stacks events carry, and how deep.
@@ -108,6 +110,9 @@ pub enum Ending {
     /// The caller asked (its `stop` said so).
     Asked,
 }
+
+/// Reads every key's figures so far, while the engine runs.
+pub type LiveTallies = Box<dyn Fn() -> Vec<KeyedTally>>;
 
 /// An engine.
 pub trait Engine {
@@ -158,6 +163,12 @@ pub trait Engine {
     /// never reach the sink); none by default.
     fn tallies(&self) -> Vec<KeyedTally> {
         Vec::new()
+    }
+
+    /// What reads [`Engine::tallies`] while the trace runs, for a file rewritten periodically
+    /// (`--metrics --interval`); none by default.
+    fn live_tallies(&self) -> Option<LiveTallies> {
+        None
     }
 
     /// Remove every probe and let go. `stopped_by` is the signal that ended the trace, if

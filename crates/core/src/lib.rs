@@ -41,7 +41,7 @@ mod table;
 
 pub use comm::ThreadNames;
 pub use dprobe_arch::{Addr, Regs};
-pub use engine::{Ending, Engine, Exit, KeyedTally, Placed, ProbeRequest, StackRequest};
+pub use engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest};
 pub use error::ProbeError;
 pub use event::{ProbeEvent, Side};
 pub use multi_site::{merge_stats, MultiSite};

@@ -9,7 +9,7 @@
 
 use dprobe_spec::ProbePoint;
 
-use crate::engine::{Ending, Engine, Exit, KeyedTally, Placed, ProbeRequest};
+use crate::engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest};
 use crate::event::ProbeEvent;
 use crate::stats::{Placement, Stats};
 
@@ -170,15 +170,13 @@ impl<E: Engine> Engine for MultiSite<E> {
 
     /// The sites' figures under their probe's index.
     fn tallies(&self) -> Vec<KeyedTally> {
-        let mut all = self.inner.tallies();
-        all.retain_mut(|t| match self.owner.get(t.probe).copied() {
-            Some(ORPHAN) | None => false,
-            Some(probe) => {
-                t.probe = probe;
-                true
-            }
-        });
-        all
+        owned(&self.owner, self.inner.tallies())
+    }
+
+    fn live_tallies(&self) -> Option<LiveTallies> {
+        let inner = self.inner.live_tallies()?;
+        let owner = self.owner.clone();
+        Some(Box::new(move || owned(&owner, inner())))
     }
 
     fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, E::Error> {
@@ -188,6 +186,18 @@ impl<E: Engine> Engine for MultiSite<E> {
     fn abandon(self) {
         self.inner.abandon();
     }
+}
+
+/// The sites' figures `all` under their probe's index (`owner`), those of orphans left out.
+fn owned(owner: &[usize], mut all: Vec<KeyedTally>) -> Vec<KeyedTally> {
+    all.retain_mut(|t| match owner.get(t.probe).copied() {
+        Some(ORPHAN) | None => false,
+        Some(probe) => {
+            t.probe = probe;
+            true
+        }
+    });
+    all
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ mod source;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use aya::maps::{PerCpuArray, PerCpuHashMap};
+use std::sync::Arc;
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use perf_event_open_sys::{bindings as sys, ioctls, perf_event_open};
@@ -72,18 +74,40 @@ pub struct TallyRow {
     pub min: i64,
     /// See `min`.
     pub max: i64,
+    /// The sum of their exact values.
+    pub sum: i128,
 }
 
 /// The program loaded for one probe, with its maps.
 pub struct Tally {
     ebpf: Ebpf,
     tracepoint: bool,
-    keyed_by_value: bool,
-    keyed_by: bool,
+    rows: TallyRows,
     filtered: bool,
     max_keys: u32,
     /// The perf event the program is attached through, once attached.
     attached: Option<OwnedFd>,
+}
+
+/// What reads a program's map of keys, apart from the program (while the trace runs).
+#[derive(Clone)]
+pub struct TallyRows {
+    map: Arc<PerCpuHashMap<MapData, [u64; 6], [u64; 4]>>,
+    keyed_by_value: bool,
+    keyed_by: bool,
+}
+
+impl TallyRows {
+    /// Every key's figures so far, each summed over the CPUs.
+    pub fn rows(&self) -> Result<Vec<TallyRow>, String> {
+        let mut rows = Vec::new();
+        for entry in self.map.iter() {
+            let (key, per_cpu) = entry.map_err(|e| why("reading the map `tallies`", e))?;
+            let Some(row) = row(&key, per_cpu.iter(), self.keyed_by_value, self.keyed_by) else { continue };
+            rows.push(row);
+        }
+        Ok(rows)
+    }
 }
 
 /// Why loading or attaching failed, in words.
@@ -140,11 +164,17 @@ impl Tally {
             p.load()
         };
         verified.map_err(|e| why("the kernel refused the BPF program", error_chain(&e)))?;
+        let map = ebpf.take_map("tallies").ok_or("no map `tallies` in the BPF object")?;
+        let map = PerCpuHashMap::try_from(map).map_err(|e| why("the map `tallies`", e))?;
+        let rows = TallyRows {
+            map: Arc::new(map),
+            keyed_by_value: config.value.is_some(),
+            keyed_by: config.by_value.is_some(),
+        };
         Ok(Tally {
             ebpf,
             tracepoint,
-            keyed_by_value: config.value.is_some(),
-            keyed_by: config.by_value.is_some(),
+            rows,
             filtered: !config.filter.is_empty(),
             max_keys: config.max_keys,
             attached: None,
@@ -188,16 +218,12 @@ impl Tally {
 
     /// Every key's figures so far, each summed over the CPUs.
     pub fn rows(&self) -> Result<Vec<TallyRow>, String> {
-        let map = self.ebpf.map("tallies").ok_or("no map `tallies`")?;
-        let map: PerCpuHashMap<_, [u64; 6], [u64; 3]> =
-            PerCpuHashMap::try_from(map).map_err(|e| why("the map `tallies`", e))?;
-        let mut rows = Vec::new();
-        for entry in map.iter() {
-            let (key, per_cpu) = entry.map_err(|e| why("reading the map `tallies`", e))?;
-            let Some(row) = row(&key, per_cpu.iter(), self.keyed_by_value, self.keyed_by) else { continue };
-            rows.push(row);
-        }
-        Ok(rows)
+        self.rows.rows()
+    }
+
+    /// What reads its map of keys while the trace runs.
+    pub fn reader(&self) -> TallyRows {
+        self.rows.clone()
     }
 
     /// Keys its map holds.
@@ -232,19 +258,20 @@ impl Tally {
 /// as the program lays it out) from its per-CPU figures; `None` when no CPU counted a hit.
 fn row<'a>(
     key: &[u64; 6],
-    per_cpu: impl Iterator<Item = &'a [u64; 3]>,
+    per_cpu: impl Iterator<Item = &'a [u64; 4]>,
     keyed_by_value: bool,
     keyed_by: bool,
 ) -> Option<TallyRow> {
     let mut count = 0u64;
-    let (mut min, mut max) = (i64::MAX, i64::MIN);
-    for [n, lo, hi] in per_cpu {
+    let (mut min, mut max, mut sum) = (i64::MAX, i64::MIN, 0i128);
+    for [n, lo, hi, total] in per_cpu {
         if *n == 0 {
             continue;
         }
         count += n;
         min = min.min(*lo as i64);
         max = max.max(*hi as i64);
+        sum += i128::from(*total as i64);
     }
     if count == 0 {
         return None;
@@ -262,6 +289,7 @@ fn row<'a>(
         count,
         min,
         max,
+        sum,
     })
 }
 
@@ -286,14 +314,18 @@ mod tests {
         key[0] = 7 | (9 << 32);
         key[1] = u64::from_le_bytes(*b"worker-1");
         key[3] = (-2048i64) as u64;
-        let cpus = [[2, -2100i64 as u64, -2050i64 as u64], [0, 0, 0], [1, -2060i64 as u64, -2048i64 as u64]];
+        let cpus = [
+            [2, -2100i64 as u64, -2050i64 as u64, -4150i64 as u64],
+            [0, 0, 0, 0],
+            [1, -2060i64 as u64, -2048i64 as u64, -2060i64 as u64],
+        ];
         key[4] = (-5i64) as u64;
         let r = row(&key, cpus.iter(), true, true).unwrap();
         assert_eq!((r.pid, r.tid, r.comm.as_slice()), (7, 9, &b"worker-1"[..]));
         assert_eq!((r.value, r.count, r.min, r.max), (Some(-2048), 3, -2100, -2048), "the idle CPU ignored");
-        assert_eq!(r.by, Some(-5));
+        assert_eq!((r.by, r.sum), (Some(-5), -6210));
         assert_eq!(row(&key, cpus.iter(), true, false).unwrap().by, None, "not keyed by a value");
-        assert_eq!(row(&key, [[0u64; 3]].iter(), true, true), None, "no hit anywhere");
+        assert_eq!(row(&key, [[0u64; 4]].iter(), true, true), None, "no hit anywhere");
         key[5] = 1 << 32;
         assert_eq!(row(&key, cpus.iter(), true, true).unwrap().by, None, "faulted: no value");
         key[5] = 1;

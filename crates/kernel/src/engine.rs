@@ -8,13 +8,14 @@ use std::process::{Child, Command};
 
 use dprobe_core::fetch::Values;
 use dprobe_core::{
-    Ending, Engine, Exit, KeyedTally, Placed, ProbeEvent, ProbeRequest, Side, StackRequest, Stats, ThreadNames,
+    Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeEvent, ProbeRequest, Side, StackRequest, Stats,
+    ThreadNames,
 };
 use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 
 use crate::bpf::filter::Operand;
-use crate::bpf::{value_source, Origin, Tally, TallyConfig, ValueSource};
+use crate::bpf::{value_source, Origin, Tally, TallyConfig, TallyRows, ValueSource};
 use crate::error::KernelError;
 use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
@@ -357,6 +358,30 @@ impl KernelEngine {
     }
 }
 
+/// Every key's figures in the maps of `readers` (each with its probe's index). A map that
+/// cannot be read leaves the probe's tables empty; its hits (also read from the map) say 0
+/// alike.
+fn keyed_tallies(readers: &[(usize, TallyRows)]) -> Vec<KeyedTally> {
+    let mut all = Vec::new();
+    for (probe, reader) in readers {
+        for r in reader.rows().unwrap_or_default() {
+            all.push(KeyedTally {
+                probe: *probe,
+                pid: r.pid,
+                tid: r.tid,
+                comm: r.comm,
+                value: r.value,
+                by: r.by,
+                count: r.count,
+                min: r.min,
+                max: r.max,
+                sum: r.sum,
+            });
+        }
+    }
+    all
+}
+
 /// The kernel field of the `index`-th argument, named `name`: the name itself when it is a C
 /// identifier, else the name with every other character made `_` and the index added, so
 /// that two paths never share a field (`req->hdr.len` is `req__hdr_len_3`).
@@ -620,26 +645,20 @@ impl Engine for KernelEngine {
     }
 
     fn tallies(&self) -> Vec<KeyedTally> {
-        let mut all = Vec::new();
-        for (probe, p) in self.probes.iter().enumerate() {
-            let Some(t) = &p.tally else { continue };
-            // A map that cannot be read leaves the probe's tables empty; its hits (also read
-            // from the map) say 0 alike.
-            for r in t.rows().unwrap_or_default() {
-                all.push(KeyedTally {
-                    probe,
-                    pid: r.pid,
-                    tid: r.tid,
-                    comm: r.comm,
-                    value: r.value,
-                    by: r.by,
-                    count: r.count,
-                    min: r.min,
-                    max: r.max,
-                });
-            }
+        let readers: Vec<(usize, TallyRows)> =
+            self.probes.iter().enumerate().filter_map(|(i, p)| Some((i, p.tally.as_ref()?.reader()))).collect();
+        keyed_tallies(&readers)
+    }
+
+    /// The maps of the probes aggregated in the kernel, read apart from the engine (the BPF
+    /// programs keep counting into them while the trace runs).
+    fn live_tallies(&self) -> Option<LiveTallies> {
+        let readers: Vec<(usize, TallyRows)> =
+            self.probes.iter().enumerate().filter_map(|(i, p)| Some((i, p.tally.as_ref()?.reader()))).collect();
+        if readers.is_empty() {
+            return None;
         }
-        all
+        Some(Box::new(move || keyed_tallies(&readers)))
     }
 
     fn notes(&self) -> Vec<String> {

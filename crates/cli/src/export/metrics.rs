@@ -13,7 +13,9 @@ use anyhow::{Context as _, Result};
 
 use super::Export;
 use crate::clock::Clock;
-use crate::keys::{key_of, KeyPart};
+use dprobe_core::KeyedTally;
+
+use crate::keys::{key_of, tally_key, KeyPart};
 use crate::output::ProbeInfo;
 use crate::sinks::Passed;
 
@@ -39,14 +41,26 @@ impl Default for Buckets {
 }
 
 impl Buckets {
-    /// Count one value.
-    pub fn add(&mut self, v: i64) {
-        let b = match v {
+    /// Count `n` values in `v`'s bucket, which sum to `sum`, the smallest `min`.
+    pub fn add_many(&mut self, v: i64, n: u64, sum: i128, min: i64) {
+        self.counts[Self::bucket(v)] += n;
+        self.sum += sum;
+        self.count += n;
+        self.negative |= min < 0;
+    }
+
+    /// The bucket of `v`.
+    fn bucket(v: i64) -> usize {
+        match v {
             ..=-1 => 0,
             0 => 1,
             v => 2 + (63 - v.leading_zeros() as usize),
-        };
-        self.counts[b] += 1;
+        }
+    }
+
+    /// Count one value.
+    pub fn add(&mut self, v: i64) {
+        self.counts[Self::bucket(v)] += 1;
         self.sum += i128::from(v);
         self.count += 1;
         self.negative |= v < 0;
@@ -64,7 +78,7 @@ impl Buckets {
 }
 
 /// What one probe gathered for one key.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Figures {
     hits: u64,
     hists: Vec<Buckets>,
@@ -81,6 +95,9 @@ pub struct Metrics {
     hists: Vec<String>,
     latency: bool,
     per_probe: Vec<HashMap<String, Figures>>,
+    /// What the engine aggregated itself, as last read: per probe, by key.
+    tallied: Vec<HashMap<String, Figures>>,
+    infos: Vec<ProbeInfo>,
     key: String,
     /// The first error writing the file.
     error: Option<anyhow::Error>,
@@ -106,6 +123,8 @@ impl Metrics {
             hists: hists.to_vec(),
             latency,
             per_probe: probes.iter().map(|_| HashMap::new()).collect(),
+            tallied: probes.iter().map(|_| HashMap::new()).collect(),
+            infos: probes.to_vec(),
             key: String::new(),
             error: None,
         }
@@ -146,12 +165,26 @@ impl Metrics {
         out
     }
 
-    /// Every (labels, figures), by probe then key.
-    fn families(&self) -> Vec<(String, &Figures)> {
+    /// Every (labels, figures), by probe then key: from the events and from what the engine
+    /// aggregated itself.
+    fn families(&self) -> Vec<(String, Figures)> {
         let mut all = Vec::new();
-        for (i, map) in self.per_probe.iter().enumerate() {
-            let mut keys: Vec<(&String, &Figures)> = map.iter().collect();
-            keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (i, (events, tallied)) in self.per_probe.iter().zip(&self.tallied).enumerate() {
+            let mut map = events.clone();
+            for (key, t) in tallied {
+                let f = map.entry(key.clone()).or_insert_with(|| self.figures());
+                f.hits += t.hits;
+                for (mine, theirs) in f.hists.iter_mut().zip(&t.hists) {
+                    for (b, n) in theirs.counts.iter().enumerate() {
+                        mine.counts[b] += n;
+                    }
+                    mine.sum += theirs.sum;
+                    mine.count += theirs.count;
+                    mine.negative |= theirs.negative;
+                }
+            }
+            let mut keys: Vec<(String, Figures)> = map.into_iter().collect();
+            keys.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, f) in keys {
                 let mut labels = format!("probe=\"{}\"", escape(&self.probes[i]));
                 for (part, text) in self.by.iter().zip(key.split('\t')) {
@@ -168,6 +201,11 @@ impl Metrics {
             }
         }
         all
+    }
+
+    /// Nothing gathered yet, with room for each histogram.
+    fn figures(&self) -> Figures {
+        Figures { hists: vec![Buckets::default(); self.hists.len()], ..Figures::default() }
     }
 
     /// Write the file: a temporary file beside it, renamed over it.
@@ -209,8 +247,8 @@ impl Export for Metrics {
         key_of(&self.by, e, &mut self.key);
         let key = if map.contains_key(&self.key) || map.len() < MAX_KEYS { self.key.as_str() } else { "(other)" };
         if !map.contains_key(key) {
-            let hists = vec![Buckets::default(); self.hists.len()];
-            map.insert(key.to_owned(), Figures { hists, ..Figures::default() });
+            let figures = Figures { hists: vec![Buckets::default(); self.hists.len()], ..Figures::default() };
+            map.insert(key.to_owned(), figures);
         }
         let f = map.get_mut(key).expect("inserted");
         f.hits += 1;
@@ -222,6 +260,32 @@ impl Export for Metrics {
         }
         if let (true, Some(l)) = (self.latency, e.latency) {
             f.latency.add(l.as_nanos().min(i64::MAX as u128) as i64);
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.interval.is_some_and(|i| self.error.is_none() && self.last.elapsed() >= i)
+    }
+
+    /// The engine aggregates one `--hist` at most: the first.
+    fn tallied(&mut self, tallies: &[KeyedTally]) {
+        let empty = self.figures();
+        for map in &mut self.tallied {
+            map.clear();
+        }
+        for t in tallies {
+            let (Some(map), Some(probe)) = (self.tallied.get_mut(t.probe), self.infos.get(t.probe)) else { continue };
+            tally_key(&self.by, t, probe, &mut self.key);
+            let key = if map.contains_key(&self.key) || map.len() < MAX_KEYS { self.key.as_str() } else { "(other)" };
+            if !map.contains_key(key) {
+                map.insert(key.to_owned(), empty.clone());
+            }
+            let f = map.get_mut(key).expect("inserted");
+            f.hits += t.count;
+            let first = self.hists.first().filter(|field| probe.args.iter().any(|a| &&a.name == field));
+            if let (Some(_), Some(v), Some(b)) = (first, t.value, f.hists.first_mut()) {
+                b.add_many(v, t.count, t.sum, t.min);
+            }
         }
     }
 

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use dprobe_core::KeyedTally;
+
 use crate::clock::Clock;
 use crate::output::ProbeInfo;
 use crate::sinks::Passed;
@@ -24,6 +26,13 @@ pub trait Export {
     fn take(&mut self, e: &Passed<'_>);
     /// Now and then while tracing (the driver's own pace): a periodic export rewrites its file.
     fn tick(&mut self, _clock: &Clock) {}
+    /// Whether the next [`Export::tick`] rewrites the file, and wants the figures the engine
+    /// aggregated itself first.
+    fn due(&self) -> bool {
+        false
+    }
+    /// Every key's figures the engine aggregated itself so far (they replace the last ones).
+    fn tallied(&mut self, _tallies: &[KeyedTally]) {}
     /// The trace is over: complete the file. The first error met writing it, with the file's
     /// name.
     fn finish(&mut self, clock: &Clock) -> Result<()>;

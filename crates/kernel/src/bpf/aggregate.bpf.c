@@ -54,11 +54,13 @@ struct key {
     __u32 by_faulted;
 };
 
-/* What one key gathered on one CPU; min and max are exact, `value` in the key is rounded. */
+/* What one key gathered on one CPU; min, max and sum are exact, `value` in the key is
+ * rounded. */
 struct tally {
     __u64 count;
     __s64 min;
     __s64 max;
+    __s64 sum;
 };
 
 struct {
@@ -271,6 +273,7 @@ INLINE void count_into(struct tally *t, __s64 v) {
             t->min = v;
         if (v > t->max || t->count == 1)
             t->max = v;
+        t->sum += v;
     }
 }
 
@@ -308,7 +311,7 @@ INLINE int tally(void *ctx) {
         count_into(t, v);
         return 0;
     }
-    struct tally first = {1, v, v};
+    struct tally first = {1, v, v, v};
     if (bpf_map_update_elem(&tallies, &k, &first, BPF_NOEXIST) == 0)
         return 0;
     /* Another CPU made the key meanwhile (this CPU's share is then zero): count here. */
