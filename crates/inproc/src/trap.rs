@@ -278,6 +278,18 @@ fn segv_info(addr: Addr) -> libc::siginfo_t {
     si
 }
 
+/// A fault in a copy of the instruction probed at `site` (its slot, or its detour's window),
+/// with `regs` mapped back to the original instruction: whether the site's fault handlers
+/// handled it (none runs for a fault inside a handler).
+fn instruction_fault_handled(engine: &Engine, site: Addr, regs: &mut Regs, sig: libc::c_int, fault_addr: u64) -> bool {
+    let info = FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
+    !in_handler()
+        && engine.table.lookup(site.0, |found| match found {
+            Some((s, TrapKind::Entry)) => s.run_fault(regs, &info),
+            _ => false,
+        })
+}
+
 /// `SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`: a fault in a handler (recover), in a slot (map it
 /// back to the original instruction), or the program's own (chain).
 pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -295,14 +307,7 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
             let mut regs = ctx.regs();
             let mut mem = InprocMemory { rsp: regs.rsp };
             if slot.map_fault(&mut regs, &mut mem).is_ok() {
-                let info_for_probe =
-                    FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
-                let handled = !in_handler()
-                    && engine.table.lookup(slot.original.0, |found| match found {
-                        Some((site, TrapKind::Entry)) => site.run_fault(&mut regs, &info_for_probe),
-                        _ => false,
-                    });
-                if handled {
+                if instruction_fault_handled(engine, slot.original, &mut regs, sig, fault_addr) {
                     ctx.set_regs(&regs);
                     return;
                 }
@@ -353,13 +358,7 @@ unsafe fn window_fault(
     let mut regs = ctx.regs();
     let (original, copy) = window.instruction_at(Addr(ctx.rip()));
     regs.rip = original.0;
-    let for_probe = FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
-    let handled = !in_handler()
-        && engine.table.lookup(window.original.0, |found| match found {
-            Some((site, TrapKind::Entry)) => site.run_fault(&mut regs, &for_probe),
-            _ => false,
-        });
-    if handled {
+    if instruction_fault_handled(engine, window.original, &mut regs, sig, fault_addr) {
         ctx.set_regs(&regs);
         return true;
     }
