@@ -71,6 +71,15 @@ fn a_program_executed_by_the_program_is_probed_and_its_child_followed() {
     assert_eq!((code, hits(&out, "work")), (Some(0), 11), "the process's exec is followed, not its child\n{out}");
 }
 
+/// The agent does not follow an exec yet: the calls before it are counted exactly, the
+/// program executed runs untraced and right, and the summary says it was not traced.
+#[test]
+fn the_agent_says_that_a_program_executed_is_not_traced() {
+    let (code, out) = trace("agent-exec", &["--engine", "agent", "--count", "work", "--", family(), "exec", "5", "6"]);
+    assert_eq!((code, hits(&out, "work")), (Some(0), 5), "{out}");
+    assert!(out.contains("(exec): the agent does not follow it; not traced from then on"), "{out}");
+}
+
 #[test]
 fn a_followed_child_that_outlives_the_traced_shell_is_let_go_and_finishes_right() {
     // The shell exits at once; its background child, caught anywhere between its fork and
