@@ -36,6 +36,8 @@ impl Tracee {
         if self.threads.is_empty() {
             return Ok(());
         }
+        // Lowered before the probes go: the program stops preparing arguments first.
+        self.lower_semaphores();
         self.disarm_sites()?;
         if let Err(e) = self.stop_all(give_up) {
             if matches!(e, TraceError::GaveUp { .. } | TraceError::Blocked { .. }) {

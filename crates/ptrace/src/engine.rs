@@ -22,7 +22,6 @@ use std::rc::Rc;
 
 use crate::error::{Stopped, TraceError};
 use crate::probes::{Hit, HitKind, ProbeDef};
-use crate::semaphores::Semaphores;
 use crate::tick::Tick;
 use crate::tracee::Tracee;
 
@@ -68,8 +67,6 @@ pub struct PtraceEngine {
     ids: Vec<ProbeId>,
     /// The offset of `errno` from the thread pointer, once looked for.
     errno_offset: Option<Option<u64>>,
-    /// Static probes' semaphores raised in the program.
-    semaphores: Semaphores,
 }
 
 impl PtraceEngine {
@@ -102,7 +99,6 @@ impl PtraceEngine {
             shared: Rc::new(RefCell::new(shared)),
             ids: Vec::new(),
             errno_offset: None,
-            semaphores: Semaphores::default(),
         }
     }
 
@@ -330,6 +326,10 @@ impl Engine for PtraceEngine {
                 ProbeDef::entry(target.clone(), handler)
             };
             let def = def.maxactive(probe.maxactive.unwrap_or(0));
+            let def = match probe.semaphore {
+                Some(semaphore) => def.semaphore(semaphore.clone()),
+                None => def,
+            };
             // A stack is read from the stopped thread.
             if returns_without_stop(probe.plan.args()) && engine.shared.borrow().stacks.is_none() {
                 def.no_return_stop()
@@ -346,12 +346,8 @@ impl Engine for PtraceEngine {
             other => other,
         };
         let id = added?;
-        if let Some(semaphore) = probe.semaphore {
-            // Raised once the probe is in place, so that the program never prepares
-            // arguments for a probe that is not there yet.
-            if let Err(why) = self.semaphores.raise(self.tracee.pid(), semaphore) {
-                placed.note = Some(format!("its semaphore is not set, the program may skip the probe: {why}"));
-            }
+        if let Some(why) = self.tracee.semaphore_not_raised(id) {
+            placed.note = Some(format!("its semaphore is not set, the program may skip the probe: {why}"));
         }
         self.ids.push(id);
         self.ended.push(Stats::default());
@@ -419,13 +415,11 @@ impl Engine for PtraceEngine {
     /// Detach. A program dprobe started and let go because a signal stopped the trace is
     /// waited for: it got the same Ctrl-C from the terminal, and a `SIGTERM` or `SIGHUP` is
     /// passed on to it. One let go at the end of a duration keeps running on its own.
-    fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
+    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
         let pid = Pid::from_raw(self.tracee.pid());
         let spawned = self.spawned;
         // The tick interrupts the waits of detaching too, so that a second signal ends them.
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
-        // Lowered before the probes go: the program stops preparing arguments first.
-        self.semaphores.lower_all(pid.as_raw());
         for child in self.children {
             // Followed children are let go as the program is; one that fails does not keep
             // the others (or the program) traced.
@@ -438,7 +432,7 @@ impl Engine for PtraceEngine {
 
     /// A program dprobe started, which has not run a line of its own yet, goes with the error.
     fn abandon(mut self) {
-        self.semaphores.lower_all(self.tracee.pid());
+        self.tracee.lower_semaphores();
         self.kill_spawned();
     }
 }

@@ -94,6 +94,7 @@ impl Tracee {
             for patch in self.sites.values().map(|s| s.prepared.disarm()) {
                 let _ = mem.write(patch.addr, &patch.new);
             }
+            self.lower_semaphores_in(&mut mem);
             self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
         }
         match sys::detach(child, 0) {
@@ -219,6 +220,8 @@ impl Tracee {
         t.next_id = self.next_id;
         t.unwinders_watched = self.unwinders_watched;
         t.follow = true;
+        // Its copy of the counters is raised as this process's are.
+        t.raised = self.raised.clone();
         Ok(t)
     }
 

@@ -218,6 +218,8 @@ impl Tracee {
         self.start = StartWatch::default();
         self.unwinders_watched = false;
         self.objects.clear();
+        self.raised.clear();
+        self.unraised.clear();
         self.memory = crate::sys::RemoteMemory::open(self.pid)?;
         Ok(())
     }
@@ -241,6 +243,7 @@ impl Tracee {
                 }
             }
         }
+        self.forget_unloaded_semaphores();
     }
 
     /// The process executed a new program (thread `tid`, stopped, is all that is left): the

@@ -8,7 +8,7 @@ use dprobe_arch::{analyze, prepare, Addr, ExitKind, Memory, Prepared, Regs};
 use dprobe_core::returns::InstancePool;
 use dprobe_core::{Placement, ProbeError, ProbeId, Stats};
 use dprobe_spec::SpecError;
-use dprobe_sym::{read_maps_of, Function, Mapping, ResolveError, Symbols, Target};
+use dprobe_sym::{read_maps_of, Function, Mapping, ResolveError, Semaphore, Symbols, Target};
 
 use crate::error::TraceError;
 use crate::exits::ReturnMode;
@@ -101,6 +101,7 @@ pub struct ProbeDef {
     pub(crate) when_loaded: bool,
     pub(crate) no_return_stop: bool,
     pub(crate) via_return_address: bool,
+    pub(crate) semaphore: Option<Semaphore>,
 }
 
 impl ProbeDef {
@@ -115,6 +116,7 @@ impl ProbeDef {
             when_loaded: false,
             no_return_stop: false,
             via_return_address: false,
+            semaphore: None,
         }
     }
 
@@ -128,6 +130,7 @@ impl ProbeDef {
             when_loaded: false,
             no_return_stop: false,
             via_return_address: false,
+            semaphore: None,
         }
     }
 
@@ -172,6 +175,7 @@ impl ProbeDef {
             when_loaded: self.when_loaded,
             no_return_stop: self.no_return_stop,
             via_return_address: self.via_return_address,
+            semaphore: self.semaphore.clone(),
         }
     }
 
@@ -184,6 +188,14 @@ impl ProbeDef {
     /// (`dlopen`) instead of failing.
     pub fn when_loaded(mut self) -> ProbeDef {
         self.when_loaded = true;
+        self
+    }
+
+    /// A static probe's semaphore, raised in every process where the probe is placed (the
+    /// program, a library it loads later, a followed child, a program it executes) and lowered
+    /// when the probe leaves it.
+    pub fn semaphore(mut self, semaphore: Semaphore) -> ProbeDef {
+        self.semaphore = Some(semaphore);
         self
     }
 }
@@ -317,6 +329,11 @@ impl Tracee {
         site.probes.push(id);
         if watch_exits {
             site.exit_probes.push(id);
+        }
+        // Raised once the probe is in place, so that the program never prepares arguments
+        // for a probe that is not there yet.
+        if let Some(semaphore) = &def.semaphore {
+            self.raise_semaphore(id, semaphore, maps);
         }
         Ok(addr)
     }

@@ -2,11 +2,62 @@
 //! counter by one, and removing the probes lowers it again, whoever else counts on it (another
 //! tracer, the kernel): a program tests its semaphore to prepare a probe's arguments only
 //! while something traces it.
+//!
+//! A probe placed by the tracee ([`ProbeDef::semaphore`]) raises its semaphore wherever it is
+//! placed: in a library when the program loads it, in a program a followed process executes.
+//! A forked child inherits the raised counter with the probes: followed, it lowers it when let
+//! go; not followed, it gets it back lowered with its original code.
+//!
+//! [`ProbeDef::semaphore`]: crate::ProbeDef::semaphore
 
 use dprobe_arch::{Addr, Memory};
-use dprobe_sym::{load_bias_of, read_maps_of, Semaphore};
+use dprobe_core::{Placement, ProbeId};
+use dprobe_sym::{load_bias_of, read_maps_of, Mapping, Semaphore};
 
 use crate::sys::RemoteMemory;
+use crate::tracee::Tracee;
+
+impl Tracee {
+    /// Raise the semaphore of probe `id`, just placed, where its object is mapped (`maps`).
+    pub(crate) fn raise_semaphore(&mut self, id: ProbeId, semaphore: &Semaphore, maps: &[Mapping]) {
+        let Some(bias) = load_bias_of(maps, &semaphore.object) else {
+            let why = format!("`{}` is not mapped in process {}", semaphore.object, self.pid);
+            self.unraised.push((id, why));
+            return;
+        };
+        let addr = Addr(semaphore.addr.wrapping_add(bias));
+        match add(&mut self.memory, addr, 1) {
+            Ok(()) => self.raised.push((id, addr)),
+            Err(()) => self.unraised.push((id, format!("cannot write the semaphore at {addr}"))),
+        }
+    }
+
+    /// Why probe `id`'s semaphore could not be raised, if it could not.
+    pub fn semaphore_not_raised(&self, id: ProbeId) -> Option<&str> {
+        self.unraised.iter().find(|(i, _)| *i == id).map(|(_, why)| why.as_str())
+    }
+
+    /// Lower every semaphore raised in this process (the probes are about to go).
+    pub fn lower_semaphores(&mut self) {
+        for (_, addr) in std::mem::take(&mut self.raised) {
+            let _ = add(&mut self.memory, addr, -1);
+        }
+    }
+
+    /// Lower the semaphores raised here in `child`'s copy of this memory (a fork let go).
+    pub(crate) fn lower_semaphores_in(&self, child: &mut dyn Memory) {
+        for (_, addr) in &self.raised {
+            let _ = add(child, *addr, -1);
+        }
+    }
+
+    /// Forget the semaphores of probes whose code was unmapped (`dlclose`): their counters
+    /// went with it, and the probe raises a new one when its library is loaded again.
+    pub(crate) fn forget_unloaded_semaphores(&mut self) {
+        let probes = &self.probes;
+        self.raised.retain(|(id, _)| probes.get(id).is_some_and(|p| p.stats.placement != Placement::Unloaded));
+    }
+}
 
 /// The counters raised in one process.
 #[derive(Debug, Default)]

@@ -57,6 +57,11 @@ pub struct Tracee {
     _tracer_thread: std::marker::PhantomData<*const ()>,
     /// When the breakpoints were last looked at (see `rearm`).
     pub(crate) breakpoints_checked: std::time::Instant,
+    /// Static probes' semaphores raised in this process: by which probe, where (see
+    /// `semaphores`).
+    pub(crate) raised: Vec<(ProbeId, Addr)>,
+    /// Probes whose semaphore could not be raised here, and why.
+    pub(crate) unraised: Vec<(ProbeId, String)>,
 }
 
 impl Tracee {
@@ -84,6 +89,8 @@ impl Tracee {
             followed: Vec::new(),
             _tracer_thread: std::marker::PhantomData,
             breakpoints_checked: std::time::Instant::now(),
+            raised: Vec::new(),
+            unraised: Vec::new(),
         })
     }
 
