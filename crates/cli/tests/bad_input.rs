@@ -2,7 +2,7 @@
 //! expected; never a panic, exit status 2.
 mod common;
 
-use common::{dprobe, handlers, out_file, target, usdt};
+use common::{dprobe, handlers, line_of, lines_program, out_file, target, usdt, vars_program};
 
 #[test]
 fn each_bad_input_gets_its_specific_message() {
@@ -67,12 +67,27 @@ fn each_bad_input_gets_its_specific_message() {
 }
 
 /// Every name that cannot be found is an error before anything runs, naming the part of the
-/// spec that is wrong: binaries, prefixes, functions, globs, static probes and their arguments.
+/// spec that is wrong: binaries, prefixes, functions, globs, static probes and their
+/// arguments, source lines and variables.
 #[test]
 fn every_name_that_cannot_be_found_is_an_error_that_says_which() {
     let t = target();
     let (prog, optimized, h) = (usdt("-O0"), usdt("-O2"), handlers());
-    let own = |s: &str| s.replace("PROG", prog).replace("OPT", optimized).replace("HANDLERS", h).replace("TARGET", t);
+    let (lines, vars_o0, vars_o2) =
+        (lines_program("gcc", "-O2"), vars_program("gcc", "-O0", &[]), vars_program("gcc", "-O2", &[]));
+    let code = line_of("long v = i * 2");
+    let own = |s: &str| {
+        s.replace("PROG", prog)
+            .replace("OPT", optimized)
+            .replace("HANDLERS", h)
+            .replace("TARGET", t)
+            .replace("LINES", lines)
+            .replace("VARS0", &vars_o0)
+            .replace("VARS2", &vars_o2)
+            .replace("BLANK", &(code + 1).to_string())
+            .replace("ABOVE", &code.to_string())
+            .replace("BELOW", &(code + 3).to_string())
+    };
     let cases: Vec<(Vec<String>, String)> = [
         ("./no/such/dir/prog:work", "`./no/such/dir/prog:work`: `./no/such/dir/prog`: no such file"),
         ("/no/such/prog:work", "`/no/such/prog`: no such file"),
@@ -104,6 +119,16 @@ fn every_name_that_cannot_be_found_is_an_error_that_says_which() {
         ("nomatch_*", "`nomatch_*`: no function matches `nomatch_*` in "),
         ("libnosuchlibrary:str*", "cannot list the functions of `libnosuchlibrary`"),
         ("HANDLERS:handle_raw*", "none of the 1 functions that match `handle_raw*` can be probed"),
+        (
+            "LINES:lines.c:BLANK",
+            "lines.c:BLANK has no code; the nearest lines with code are ABOVE (above) and BELOW (below)",
+        ),
+        ("LINES:nothere.c:3", "no source file `nothere.c` in the debug information"),
+        ("VARS2:mix acc", "`acc` is optimized out here; available at lines"),
+        ("VARS0:parse_request nosuch", "no variable `nosuch` in parse_request here; known: req, len, name"),
+        ("VARS0:parse_request len->x", "`len` is an int, which has no members"),
+        ("VARS0:parse_request len[1]", "`len` is an int, which cannot be indexed"),
+        ("VARS0:parse_request req->nope", "struct request has no member `nope`; its members: id, hdr, method"),
     ]
     .iter()
     .map(|(spec, message)| (vec![own(spec), "--".into(), own("HANDLERS")], own(message)))
