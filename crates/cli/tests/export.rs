@@ -194,3 +194,62 @@ fn chrome_json_loads_in_python_with_the_documented_fields() {
 fn a_trace_file_of_another_kind_is_refused() {
     common::assert_refused(&[(&["--trace-file", "x.txt", "work", "--", "true"], "name it FILE.pftrace")]);
 }
+
+/// The callstacks of a Perfetto trace's events, each as its functions' names from the
+/// outermost, resolved through the interned data of the packets before it (each name, frame
+/// and callstack interned once); for each event: (its type, its name, its stack).
+fn stacks_of_events(trace: &Trace) -> Vec<(TrackEventType, Option<String>, Option<Vec<String>>)> {
+    let (mut names, mut frames, mut callstacks) = (HashMap::new(), HashMap::new(), HashMap::new());
+    let mut events = Vec::new();
+    for p in &trace.packet {
+        if let Some(i) = &p.interned_data {
+            for s in &i.function_names {
+                let name = String::from_utf8(s.str.clone().unwrap()).unwrap();
+                assert!(names.insert(s.iid.unwrap(), name).is_none(), "a name interned once");
+            }
+            for f in &i.frames {
+                assert!(frames.insert(f.iid.unwrap(), f.function_name_id.unwrap()).is_none(), "a frame interned once");
+            }
+            for c in &i.callstacks {
+                assert!(callstacks.insert(c.iid.unwrap(), c.frame_ids.clone()).is_none(), "a stack interned once");
+            }
+        }
+        let Some(e) = &p.track_event else { continue };
+        let stack = e.callstack_iid.map(|iid| {
+            assert_eq!(p.sequence_flags.unwrap_or(0) & 2, 2, "an event using interned data says so");
+            callstacks[&iid].iter().map(|f| names[&frames[f]].clone()).collect()
+        });
+        events.push((TrackEventType::try_from(e.r#type.unwrap()).unwrap(), e.name.clone(), stack));
+    }
+    events
+}
+
+#[test]
+fn perfetto_events_carry_their_callstacks_as_interned_frames() {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/calls.c");
+    let program =
+        dprobe_test_fixtures::c_program(source, "calls_nofp", &["-O2", "-g", "-pthread", "-fomit-frame-pointer"]);
+    let file = out_file("stacks.pftrace");
+    let args = ["--engine", "ptrace", "--stack", "--trace-file", file.to_str().unwrap(), "leaf", "mid", "mid%return"];
+    let t = common::trace_to_file("pftrace-stacks", &[&args[..], &["--", program, "3"]].concat());
+    assert_eq!(t.code, Some(0), "{}", t.what("pftrace-stacks"));
+    assert!(t.stdout.starts_with("top-mid-leaf=3 other-leaf=6 "), "{}", t.stdout);
+    let trace = Trace::decode(std::fs::read(&file).unwrap().as_slice()).expect("a Trace per Perfetto's schema");
+    // From `main` on (the C library's start code below it differs between systems).
+    let from_main = |s: &[String]| s[s.iter().position(|f| f == "main").expect("main in every stack")..].join(";");
+    let mut leaves = BTreeMap::new();
+    let mut mids = Vec::new();
+    for (kind, name, stack) in stacks_of_events(&trace) {
+        match (kind, name.as_deref()) {
+            (TrackEventType::Instant, Some("leaf")) => {
+                *leaves.entry(from_main(&stack.expect("a stack"))).or_insert(0) += 1;
+            }
+            // `mid`'s entry and return are a slice: its stack is the entry's.
+            (TrackEventType::SliceBegin, Some("mid")) => mids.push(from_main(&stack.expect("a stack"))),
+            (TrackEventType::SliceEnd, _) => assert_eq!(stack, None, "the begin carries the stack"),
+            other => panic!("no other events: {other:?}"),
+        }
+    }
+    assert_eq!(leaves, BTreeMap::from([("main;other;leaf".into(), 6), ("main;top;mid;leaf".into(), 3)]));
+    assert_eq!(mids, vec!["main;top;mid"; 3]);
+}

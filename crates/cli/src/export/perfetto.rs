@@ -1,15 +1,20 @@
 //! The timeline as a Perfetto trace (`.pftrace`): a `Trace` is a sequence of `packet`
 //! fields, so each packet is written as it comes (field 1, length-delimited) and the file is
 //! a valid trace at every packet boundary. A process's track and each thread's track under
-//! it are described once; events name their track by its uuid.
+//! it are described once; events name their track by its uuid. With `--stack`, each event
+//! refers to its callstack by an interned id: a function's name, a frame and a callstack are
+//! each written once, in the interned data of the first packet that uses them.
 
 use std::io::{self, Write};
 
 use prost::Message;
 
+use std::collections::HashMap;
+
 use super::perfetto_proto::{
-    CounterDescriptor, DebugAnnotation, ProcessDescriptor, ThreadDescriptor, TracePacket, TrackDescriptor, TrackEvent,
-    TrackEventType, SEQ_INCREMENTAL_STATE_CLEARED, UNIT_COUNT,
+    Callstack, CounterDescriptor, DebugAnnotation, Frame, InternedData, InternedString, ProcessDescriptor,
+    ThreadDescriptor, TracePacket, TrackDescriptor, TrackEvent, TrackEventType, SEQ_INCREMENTAL_STATE_CLEARED,
+    SEQ_NEEDS_INCREMENTAL_STATE, UNIT_COUNT,
 };
 use super::timeline::{Arg, ArgValue, TimelineWriter};
 
@@ -33,18 +38,47 @@ pub struct Perfetto<W: Write> {
     first: bool,
     counters: Vec<bool>,
     buffer: Vec<u8>,
+    /// Interned so far: functions' names (a frame each) and callstacks, by their ids.
+    frames: HashMap<String, u64>,
+    callstacks: HashMap<Vec<u64>, u64>,
+    /// What the next event's packet interns, and the callstack it refers to.
+    interning: InternedData,
+    callstack: Option<u64>,
 }
 
 impl<W: Write> Perfetto<W> {
     /// A trace written to `out`.
     pub fn new(out: W) -> Self {
-        Perfetto { out, first: true, counters: Vec::new(), buffer: Vec::new() }
+        Perfetto {
+            out,
+            first: true,
+            counters: Vec::new(),
+            buffer: Vec::new(),
+            frames: HashMap::new(),
+            callstacks: HashMap::new(),
+            interning: InternedData::default(),
+            callstack: None,
+        }
+    }
+
+    /// The id of the frame of function `name`, interned with the next event if new (a
+    /// function's name and its frame share the id).
+    fn frame(&mut self, name: &str) -> u64 {
+        if let Some(&iid) = self.frames.get(name) {
+            return iid;
+        }
+        let iid = self.frames.len() as u64 + 1;
+        self.frames.insert(name.to_owned(), iid);
+        let str = Some(name.as_bytes().to_vec());
+        self.interning.function_names.push(InternedString { iid: Some(iid), str });
+        self.interning.frames.push(Frame { iid: Some(iid), function_name_id: Some(iid) });
+        iid
     }
 
     fn packet(&mut self, mut p: TracePacket) -> io::Result<()> {
         p.trusted_packet_sequence_id = Some(SEQUENCE);
         if std::mem::take(&mut self.first) {
-            p.sequence_flags = Some(SEQ_INCREMENTAL_STATE_CLEARED);
+            p.sequence_flags = Some(SEQ_INCREMENTAL_STATE_CLEARED | p.sequence_flags.unwrap_or(0));
         }
         self.buffer.clear();
         // `Trace.packet`, field 1, length-delimited.
@@ -55,6 +89,8 @@ impl<W: Write> Perfetto<W> {
     }
 
     fn event(&mut self, t: u64, track: u64, kind: TrackEventType, name: Option<&str>, args: &[Arg]) -> io::Result<()> {
+        // A stack is the next event's only; an end belongs to its begin, which carries it.
+        let callstack = self.callstack.take().filter(|_| kind != TrackEventType::SliceEnd);
         let event = TrackEvent {
             categories: if kind == TrackEventType::Counter { Vec::new() } else { vec!["dprobe".into()] },
             name: name.map(str::to_owned),
@@ -62,8 +98,18 @@ impl<W: Write> Perfetto<W> {
             track_uuid: Some(track),
             counter_value: None,
             debug_annotations: args.iter().map(annotation).collect(),
+            callstack_iid: callstack,
         };
-        self.packet(TracePacket { timestamp: Some(t), track_event: Some(event), ..Default::default() })
+        let interned = std::mem::take(&mut self.interning);
+        let new = !(interned.function_names.is_empty() && interned.callstacks.is_empty());
+        let packet = TracePacket {
+            timestamp: Some(t),
+            track_event: Some(event),
+            interned_data: new.then_some(interned),
+            sequence_flags: callstack.map(|_| SEQ_NEEDS_INCREMENTAL_STATE),
+            ..Default::default()
+        };
+        self.packet(packet)
     }
 
     fn track(&mut self, d: TrackDescriptor) -> io::Result<()> {
@@ -96,6 +142,21 @@ impl<W: Write> TimelineWriter for Perfetto<W> {
             thread: Some(thread),
             ..Default::default()
         })
+    }
+
+    fn stack(&mut self, frames: &[String]) -> io::Result<()> {
+        let ids: Vec<u64> = frames.iter().map(|f| self.frame(f)).collect();
+        let iid = match self.callstacks.get(&ids) {
+            Some(&iid) => iid,
+            None => {
+                let iid = self.callstacks.len() as u64 + 1;
+                self.interning.callstacks.push(Callstack { iid: Some(iid), frame_ids: ids.clone() });
+                self.callstacks.insert(ids, iid);
+                iid
+            }
+        };
+        self.callstack = Some(iid);
+        Ok(())
     }
 
     fn begin(&mut self, t: u64, _pid: u32, tid: u32, name: &str, args: &[Arg]) -> io::Result<()> {

@@ -32,10 +32,62 @@ pub struct TracePacket {
     /// `SequenceFlags` bits.
     #[prost(uint32, optional, tag = "13")]
     pub sequence_flags: Option<u32>,
+    /// Names, frames and callstacks that later packets of the sequence refer to by id.
+    #[prost(message, optional, tag = "12")]
+    pub interned_data: Option<InternedData>,
 }
 
 /// `TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`.
 pub const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
+/// `TracePacket.SequenceFlags.SEQ_NEEDS_INCREMENTAL_STATE`: the packet refers to interned data.
+pub const SEQ_NEEDS_INCREMENTAL_STATE: u32 = 2;
+
+/// `perfetto.protos.InternedData`: what a sequence's packets refer to by id (an `iid`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InternedData {
+    /// Functions' names.
+    #[prost(message, repeated, tag = "5")]
+    pub function_names: Vec<InternedString>,
+    /// Frames of callstacks.
+    #[prost(message, repeated, tag = "6")]
+    pub frames: Vec<Frame>,
+    /// Callstacks.
+    #[prost(message, repeated, tag = "7")]
+    pub callstacks: Vec<Callstack>,
+}
+
+/// `perfetto.protos.InternedString`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InternedString {
+    /// Its id (from 1).
+    #[prost(uint64, optional, tag = "1")]
+    pub iid: Option<u64>,
+    /// The string.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub str: Option<Vec<u8>>,
+}
+
+/// `perfetto.protos.Frame`: a function of a callstack.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    /// Its id (from 1).
+    #[prost(uint64, optional, tag = "1")]
+    pub iid: Option<u64>,
+    /// The id of its function's name.
+    #[prost(uint64, optional, tag = "2")]
+    pub function_name_id: Option<u64>,
+}
+
+/// `perfetto.protos.Callstack`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Callstack {
+    /// Its id (from 1).
+    #[prost(uint64, optional, tag = "1")]
+    pub iid: Option<u64>,
+    /// Its frames' ids, the outermost first (not packed: the schema is proto2's).
+    #[prost(uint64, repeated, packed = "false", tag = "2")]
+    pub frame_ids: Vec<u64>,
+}
 
 /// `perfetto.protos.TrackEvent`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -58,6 +110,9 @@ pub struct TrackEvent {
     /// Arguments.
     #[prost(message, repeated, tag = "4")]
     pub debug_annotations: Vec<DebugAnnotation>,
+    /// The stack at the event, by its interned id (`callstack_field` oneof).
+    #[prost(uint64, optional, tag = "56")]
+    pub callstack_iid: Option<u64>,
 }
 
 /// `perfetto.protos.TrackEvent.Type`.
@@ -251,12 +306,27 @@ mod tests {
             TracePacket { trusted_packet_sequence_id: id, ..p() }.encode_to_vec(),
         );
         c("TracePacket", "sequence_flags", TracePacket { sequence_flags: Some(1), ..p() }.encode_to_vec());
+        let i = Some(InternedData::default());
+        c("TracePacket", "interned_data", TracePacket { interned_data: i, ..p() }.encode_to_vec());
+        let id = InternedData::default;
+        let names = vec![InternedString::default()];
+        c("InternedData", "function_names", InternedData { function_names: names, ..id() }.encode_to_vec());
+        c("InternedData", "frames", InternedData { frames: vec![Frame::default()], ..id() }.encode_to_vec());
+        let stacks = vec![Callstack::default()];
+        c("InternedData", "callstacks", InternedData { callstacks: stacks, ..id() }.encode_to_vec());
+        c("InternedString", "iid", InternedString { iid: Some(1), str: None }.encode_to_vec());
+        c("InternedString", "str", InternedString { iid: None, str: Some(b"f".to_vec()) }.encode_to_vec());
+        c("Frame", "iid", Frame { iid: Some(1), function_name_id: None }.encode_to_vec());
+        c("Frame", "function_name_id", Frame { iid: None, function_name_id: Some(1) }.encode_to_vec());
+        c("Callstack", "iid", Callstack { iid: Some(1), frame_ids: Vec::new() }.encode_to_vec());
+        c("Callstack", "frame_ids", Callstack { iid: None, frame_ids: vec![1, 2] }.encode_to_vec());
         let e = TrackEvent::default;
         c("TrackEvent", "categories", TrackEvent { categories: vec!["c".into()], ..e() }.encode_to_vec());
         c("TrackEvent", "name", TrackEvent { name: Some("n".into()), ..e() }.encode_to_vec());
         c("TrackEvent", "type", TrackEvent { r#type: Some(1), ..e() }.encode_to_vec());
         c("TrackEvent", "track_uuid", TrackEvent { track_uuid: Some(1), ..e() }.encode_to_vec());
         c("TrackEvent", "counter_value", TrackEvent { counter_value: Some(1), ..e() }.encode_to_vec());
+        c("TrackEvent", "callstack_iid", TrackEvent { callstack_iid: Some(1), ..e() }.encode_to_vec());
         let a = vec![DebugAnnotation::default()];
         c("TrackEvent", "debug_annotations", TrackEvent { debug_annotations: a, ..e() }.encode_to_vec());
         let t = TrackDescriptor::default;
@@ -303,5 +373,6 @@ mod tests {
         assert_eq!((TrackEventType::SliceBegin as i32, TrackEventType::Counter as i32), (1, 4));
         assert!(SCHEMA.contains("UNIT_COUNT = 2;") && UNIT_COUNT == 2);
         assert!(SCHEMA.contains("SEQ_INCREMENTAL_STATE_CLEARED = 1;") && SEQ_INCREMENTAL_STATE_CLEARED == 1);
+        assert!(SCHEMA.contains("SEQ_NEEDS_INCREMENTAL_STATE = 2;") && SEQ_NEEDS_INCREMENTAL_STATE == 2);
     }
 }

@@ -16,6 +16,7 @@ use super::Export;
 use crate::clock::Clock;
 use crate::output::{self, ProbeInfo};
 use crate::sinks::Passed;
+use crate::stacks::StackFrame;
 
 /// A value of an argument.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +38,11 @@ pub trait TimelineWriter {
     fn process(&mut self, pid: u32, name: &str) -> io::Result<()>;
     /// A thread seen for the first time.
     fn thread(&mut self, pid: u32, tid: u32, name: &str) -> io::Result<()>;
+    /// The stack of the next slice to begin or instant (`--stack`), its outermost frame
+    /// first; a writer that shows no stacks ignores it.
+    fn stack(&mut self, _frames: &[String]) -> io::Result<()> {
+        Ok(())
+    }
     /// A slice begins on the thread's track.
     fn begin(&mut self, t: u64, pid: u32, tid: u32, name: &str, args: &[Arg]) -> io::Result<()>;
     /// The thread's innermost slice ends, with more arguments.
@@ -95,6 +101,10 @@ impl<W: TimelineWriter> Timeline<W> {
         let args = arguments(e);
         let label = &e.probe.label;
         let is_return = ev.side == Side::Return || e.probe.is_return;
+        if !e.stack.is_empty() {
+            let frames: Vec<String> = e.stack.iter().rev().map(frame_name).collect();
+            self.writer.stack(&frames)?;
+        }
         let stack = self.open.get_mut(&tid).expect("inserted");
         if !is_return && self.calls.get(e.index) == Some(&true) {
             stack.push(label.clone());
@@ -141,6 +151,15 @@ impl<W: TimelineWriter> Export for Timeline<W> {
             None => self.writer.finish(),
         };
         result.map_err(|e| anyhow!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+/// A frame as a timeline names it: its function (or address), kernel frames marked.
+fn frame_name(f: &StackFrame) -> String {
+    if f.kernel {
+        format!("{} [kernel]", f.name())
+    } else {
+        f.name()
     }
 }
 
