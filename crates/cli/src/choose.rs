@@ -4,8 +4,6 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use dprobe_spec::ProbeKind;
-
 use crate::options::TraceArgs;
 use crate::plan::Planned;
 
@@ -26,7 +24,7 @@ pub fn agent_cannot(args: &TraceArgs, planned: &[Planned], program: Option<&str>
         return Some("--stack=kernel: the agent captures user stacks only".into());
     }
     if let Some(pid) = args.pid {
-        return process_cannot(pid, planned, args.latency);
+        return process_cannot(pid);
     }
     if let Some(why) = program.and_then(program_cannot) {
         return Some(why);
@@ -38,36 +36,18 @@ pub fn agent_cannot(args: &TraceArgs, planned: &[Planned], program: Option<&str>
     )
 }
 
-/// Why the agent cannot trace running process `pid` with the probes `planned` (`timed`: the
-/// calls are timed, a return probe each).
-fn process_cannot(pid: i32, planned: &[Planned], timed: bool) -> Option<String> {
+/// Why the agent cannot trace running process `pid`.
+fn process_cannot(pid: i32) -> Option<String> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let files: Vec<&str> =
         maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')).collect();
-    let mapped = |name: &str| {
-        let wanted = name.rsplit('/').next().unwrap_or(name);
-        files.iter().any(|path| {
-            let file = path.rsplit('/').next().unwrap_or(path);
-            *path == name
-                || file == wanted
-                || file.starts_with(&format!("{wanted}.so"))
-                || file.starts_with(&format!("{wanted}-"))
-        })
-    };
     let has_loader = files.iter().any(|p| p.rsplit('/').next().is_some_and(|f| f.starts_with("ld-")));
     if !maps.is_empty() && !has_loader {
         return Some(format!("process {pid} has no dynamic loader (a static program): nothing to load the agent with"));
     }
     // A library not loaded yet is no reason: the agent places its probes when the program
-    // loads it, as the ptrace engine does.
-    let returns = timed || planned.iter().any(|p| p.spec.kind == ProbeKind::Return);
-    if returns && (mapped("libgcc_s") || mapped("libstdc++")) {
-        return Some(format!(
-            "return probes in process {pid}, which can unwind its stack (C++ exceptions, thread cancellation); the \
-             agent tells the returns of a thread's pending calls as not seen once an exception starts, the catching \
-             call's too, where ptrace sees that one return"
-        ));
-    }
+    // loads it, as the ptrace engine does. Nor are return probes in a program that unwinds its
+    // stack: the agent watches them at the functions' exits, as the ptrace engine does.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let seccomp = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim);
     if seccomp == Some("2") {

@@ -70,9 +70,7 @@ impl Memory for Image<'_> {
 
 /// How return probes on `f` watch its returns, in words.
 pub fn return_mode(symbols: &Symbols, image: &mut Image<'_>, f: &Function) -> String {
-    let cold = symbols
-        .find_in(None, &format!("{}.cold", f.name))
-        .filter(|c| c.object == f.object && c.size > 0 && c.start != f.start);
+    let cold = symbols.cold_part(f);
     let parts: Vec<&Function> = std::iter::once(f).chain(cold).collect();
     let code: std::io::Result<Vec<Vec<u8>>> = parts.iter().map(|p| image.code(p)).collect();
     let code = match code {

@@ -190,6 +190,24 @@ fn fork_exec_and_the_programs_own_sigtrap_handler() {
 }
 
 #[test]
+fn a_tail_call_pair_with_return_probes_counts_each_return_once() {
+    // tail_outer ends in `jmp tail_inner`: tail_inner's return is both functions'.
+    for engine in ENGINES {
+        let probes = ["tail_outer%return", "tail_inner%return"];
+        let mut args = vec!["--count"];
+        args.extend(probes);
+        args.extend(["--", target(), "tailcall", "1000"]);
+        let (code, out) = trace_with(engine, "tailcall", &args);
+        assert_eq!(code, Some(0), "{engine}: the program checks its sum\n{out}");
+        for p in probes {
+            assert_eq!(hits(&out, p), 1000, "{engine}: {p}\n{out}");
+            let line = out.lines().find(|l| l.split_whitespace().next() == Some(p)).unwrap();
+            assert_eq!(line.split_whitespace().nth(2), Some("1000"), "{engine}: {p} returns\n{out}");
+        }
+    }
+}
+
+#[test]
 fn return_values_histograms_and_latency() {
     let (code, out) = trace("hist", &["--hist", "x", "probed x=$arg1:s64", "--", target(), "loop", "1000"]);
     assert_eq!(code, Some(0));

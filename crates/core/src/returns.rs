@@ -28,6 +28,9 @@
 //! entries and exits by the stack pointer alone: [`exits`].
 
 pub mod exits;
+mod mode;
+
+pub use mode::ReturnMode;
 
 /// Where a thread is when the rule is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

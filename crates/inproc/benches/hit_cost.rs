@@ -10,11 +10,13 @@
 //!   `no_optimize`, since its window would make it a jump);
 //! * boosted: probe on `mov %rdi,%rax` (copy + jump back, one trap);
 //! * post-step: the same with a post-handler (copy + a second trap);
-//! * kretprobe: a return probe on a function starting with the same `mov`: its entry is the
-//!   boosted kprobe;
+//! * kretprobe: a return probe through the return address on a function starting with the
+//!   same `mov`: its entry is the boosted kprobe;
 //! * kretprobe entry only: the same with an entry handler that vetoes every call: all the
 //!   entry's bookkeeping, no return through the trampoline. The difference between the two
 //!   kretprobe rows is the return side;
+//! * kretprobe at its exits: the same function, its returns watched at its `ret` (a probe
+//!   there, on int3: a one-byte `ret` at the end of a function leaves no room for a jump);
 //! * plain call: a function starting with a 5-byte nop and no probe;
 //! * jump-optimized: a probe on that nop, which becomes a jump to a detour (no trap);
 //! * the same probe on int3: the same function and probe, registered with `no_optimize`.
@@ -57,6 +59,12 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size bench_ret, . - bench_ret",
+    ".globl bench_exit",
+    ".type bench_exit,@function",
+    "bench_exit:",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_exit, . - bench_exit",
     ".globl bench_veto",
     ".type bench_veto,@function",
     "bench_veto:",
@@ -99,6 +107,7 @@ extern "C" {
     fn bench_post(x: u64) -> u64;
     fn bench_ret(x: u64) -> u64;
     fn bench_veto(x: u64) -> u64;
+    fn bench_exit(x: u64) -> u64;
     fn bench_plain(x: u64) -> u64;
     fn bench_jump(x: u64) -> u64;
     fn bench_jump_int3(x: u64) -> u64;
@@ -143,22 +152,28 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
-    let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).handler(|_, _| {
+    let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
         HITS.fetch_add(1, Relaxed);
     }))
     .expect("return probe");
     // The same again, but the entry handler vetoes every call: all of the entry's work,
     // no return through the trampoline.
-    let vetoed =
-        register_kretprobe(Kretprobe::addr(at(bench_veto)).entry_handler(|_, _| EntryAction::Skip).handler(|_, _| {
+    let vetoed = register_kretprobe(
+        Kretprobe::addr(at(bench_veto)).via_return_address().entry_handler(|_, _| EntryAction::Skip).handler(|_, _| {
             HITS.fetch_add(1, Relaxed);
-        }))
-        .expect("vetoed return probe");
-    (kprobes, vec![kret, vetoed])
+        }),
+    )
+    .expect("vetoed return probe");
+    let at_exits = register_kretprobe(Kretprobe::addr(at(bench_exit)).handler(|_, _| {
+        HITS.fetch_add(1, Relaxed);
+    }))
+    .expect("return probe at the exits");
+    assert!(matches!(at_exits.return_mode(), dprobe_inproc::ReturnMode::Exits { sites: 1 }));
+    (kprobes, vec![kret, vetoed, at_exits])
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 9] = [
+const TARGETS: [Target; 10] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -168,6 +183,7 @@ const TARGETS: [Target; 9] = [
     ("plain call (no probe)", bench_plain),
     ("jump-optimized", bench_jump),
     ("same probe on int3", bench_jump_int3),
+    ("kretprobe at its exits", bench_exit),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -219,6 +235,7 @@ fn ratio_table(_: &mut Criterion) {
     }
     println!("kretprobe entry bookkeeping (vetoed entry - boosted kprobe): {:.0} ns", medians[5] - medians[2]);
     println!("kretprobe return side (entry + return - vetoed entry): {:.0} ns", medians[4] - medians[5]);
+    println!("kretprobe return side at the exit (at its exits - vetoed entry): {:.0} ns", medians[9] - medians[5]);
     println!("jump-optimized hit (jump-optimized - plain call): {:.1} ns", medians[7] - medians[6]);
     println!("int3 / jump-optimized: {:.0}x", medians[8] / medians[7]);
 }

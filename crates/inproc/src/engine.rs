@@ -40,7 +40,7 @@ use dprobe_rcu::Rcu;
 
 use crate::slots::SlotPool;
 use crate::{guard, jump, optimizer, safepoint, signals, sys, trap};
-use dprobe_sym::{read_maps, Mapping, ResolveError, Symbols, Target};
+use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
 
 /// The process-wide in-process engine.
 pub struct Engine {
@@ -234,6 +234,25 @@ impl Engine {
         } else {
             Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start })
         }
+    }
+
+    /// The original code (dprobe's patches undone) of function `f`, then of its cold part if
+    /// it has one: `(start, bytes)` of each part.
+    pub(crate) fn function_code(&self, f: &Function) -> Result<Vec<(Addr, Vec<u8>)>, ProbeError> {
+        let _own = trap::OwnWork::enter();
+        let st = self.lock();
+        let cold = st.symbols.as_ref().and_then(|s| s.cold_part(f)).cloned();
+        let mut parts = Vec::new();
+        for part in std::iter::once(f).chain(cold.as_ref()) {
+            let mut code = vec![0u8; part.size as usize];
+            sys::read_memory(part.start, &mut code).map_err(|e| ProbeError::InvalidAddress {
+                addr: part.start,
+                reason: format!("cannot read the function's code: {e}"),
+            })?;
+            revert_own_patches(&st, part.start, &mut code);
+            parts.push((part.start, code));
+        }
+        Ok(parts)
     }
 
     /// Register probes, all or nothing: on error nothing is patched and no probe remains.
@@ -669,15 +688,7 @@ fn locate(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Located, P
     let mut code = vec![0u8; f.size as usize];
     sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
     // Analyze the original bytes, never an armed probe's int3.
-    for site in st.sites.range(f.start..f.start.offset(f.size)).map(|(_, s)| s) {
-        if site.jumping {
-            let window = site.window.as_ref().expect("a jumping site has a window");
-            Patch { addr: site.insn.addr, old: window_head(window).to_vec(), new: Vec::new() }
-                .revert_in(&mut code, f.start);
-        } else if site.armed {
-            arm(&site.insn).revert_in(&mut code, f.start);
-        }
-    }
+    revert_own_patches(st, f.start, &mut code);
     if let Some(site) = st.sites.get(&addr) {
         let (insn, window) = (site.insn.clone(), site.window.clone());
         return Ok((target, insn, window));
@@ -686,6 +697,18 @@ fn locate(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Located, P
     let window = can_optimize(&code, f.start, addr)
         .and_then(|w| keeps_vector_state(addr, f.start, std::arch::is_x86_feature_detected!("avx")).map(|()| w));
     Ok((target, insn, window))
+}
+
+/// Put the original bytes back into `code` (read at `start`) where dprobe's sites patched it.
+fn revert_own_patches(st: &State, start: Addr, code: &mut [u8]) {
+    for site in st.sites.range(start..start.offset(code.len() as u64)).map(|(_, s)| s) {
+        if site.jumping {
+            let window = site.window.as_ref().expect("a jumping site has a window");
+            Patch { addr: site.insn.addr, old: window_head(window).to_vec(), new: Vec::new() }.revert_in(code, start);
+        } else if site.armed {
+            arm(&site.insn).revert_in(code, start);
+        }
+    }
 }
 
 /// dprobe's slots and fault guard are never probed.

@@ -2,7 +2,16 @@
 //! return value in `rax`/`xmm0` (writable), and optionally an entry handler that sees the
 //! arguments, may veto the instance and fills per-instance private data.
 //!
-//! # How
+//! # Two ways to watch returns
+//! Where every exit of the function is known (each `ret`, each tail call: whole-function
+//! decode), the returns are watched at those exits and the stack is never touched (see
+//! `exits.rs`): exceptions, `longjmp`, alternate stacks, deep recursion and code that reads
+//! its own return address all see the stack they left. Where the exits are not all known (an
+//! indirect jump that may leave), or when [`Kretprobe::via_return_address`] asks for it, the
+//! return address is replaced, as described below. [`ReturnProbe::return_mode`] says which,
+//! and why.
+//!
+//! # Through the return address
 //! The entry is an ordinary probe on the function's first instruction. Its handler takes an
 //! instance from the probe's pool (`maxactive` of them, allocated at registration; none free:
 //! the hit is missed and counted), records the stack pointer and the return address on the
@@ -44,13 +53,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
-use dprobe_core::returns::{self, At, InstanceStack, ThreadStacks};
+use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, ThreadStacks};
 use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
-use crate::{engine::Engine, guard, sys, thread_state, trap};
+use crate::{engine::Engine, exits, guard, sys, thread_state, trap};
 
 /// Private data carried from a return probe's entry handler to its return handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,6 +85,7 @@ pub struct Kretprobe {
     maxactive: Option<usize>,
     entry: Option<EntryHandler>,
     handler: Option<ReturnHandler>,
+    via_return_address: bool,
 }
 
 impl Kretprobe {
@@ -92,7 +102,7 @@ impl Kretprobe {
     /// A return probe on the function whose first instruction `function` names (the
     /// kernel's `kretprobe.kp`; its handlers are not used).
     pub fn on(function: Kprobe) -> Self {
-        Kretprobe { function, maxactive: None, entry: None, handler: None }
+        Kretprobe { function, maxactive: None, entry: None, handler: None, via_return_address: false }
     }
 
     /// How many activations can be traced at once (threads × recursion depth). Default:
@@ -106,6 +116,13 @@ impl Kretprobe {
     /// return value; changes are what the caller sees) and the instance's private data.
     pub fn handler(mut self, f: impl Fn(&mut Regs, &InstanceData) + Send + Sync + 'static) -> Self {
         self.handler = Some(Box::new(f));
+        self
+    }
+
+    /// Watch the returns through the return address even where the function's exits are all
+    /// known (see [`ReturnMode`]).
+    pub fn via_return_address(mut self) -> Self {
+        self.via_return_address = true;
         self
     }
 
@@ -128,29 +145,115 @@ pub fn default_maxactive() -> usize {
     (4 * cpus).max(16)
 }
 
-struct Instance {
+pub(crate) struct Instance {
     in_use: AtomicBool,
     owner: AtomicU32,
     data: [AtomicU64; 8],
 }
 
+/// How a handler call ended.
+enum Ran {
+    ToItsEnd,
+    Panicked,
+    Faulted,
+}
+
 /// The part of a return probe the hit path sees.
-struct KretInner {
-    id: u64,
-    entry: Option<EntryHandler>,
+pub(crate) struct KretInner {
+    pub(crate) id: u64,
+    pub(crate) entry: Option<EntryHandler>,
     handler: Option<ReturnHandler>,
     pool: Box<[Instance]>,
     next_free_hint: AtomicUsize,
     hits: AtomicU64,
-    nmissed: AtomicU64,
-    stale: AtomicU64,
+    pub(crate) nmissed: AtomicU64,
+    pub(crate) stale: AtomicU64,
     unwound: AtomicU64,
     last_dead_thread_scan: AtomicU64,
     /// Set when the return handler panicked: it is not called again.
     handler_panicked: AtomicBool,
+    /// Calls the entry saw, when the exits are watched (there is no entry probe of its own).
+    pub(crate) entries: AtomicU64,
+    /// Handler calls that panicked or faulted (the entry handler's too when the exits are
+    /// watched).
+    panics: AtomicU64,
+    faults: AtomicU64,
 }
 
 impl KretInner {
+    /// Take a free instance, giving back those of dead threads when none is free.
+    pub(crate) fn take_or_reclaim(&self, tid: u32) -> Option<usize> {
+        self.take(tid).or_else(|| {
+            self.reclaim_dead_threads();
+            self.take(tid)
+        })
+    }
+
+    /// The private data of instance `slot`.
+    pub(crate) fn data(&self, slot: usize) -> InstanceData {
+        let mut data = InstanceData::default();
+        for (v, src) in data.0.iter_mut().zip(&self.pool[slot].data) {
+            *v = src.load(Relaxed);
+        }
+        data
+    }
+
+    /// Keep `data` in instance `slot`.
+    pub(crate) fn set_data(&self, slot: usize, data: &InstanceData) {
+        for (dst, v) in self.pool[slot].data.iter().zip(data.0) {
+            dst.store(v, Relaxed);
+        }
+    }
+
+    /// Run the entry handler (the caller runs inside handlers already); a handler that panics
+    /// or faults skips the call.
+    pub(crate) fn entered(&self, regs: &mut Regs, data: &mut InstanceData) -> EntryAction {
+        let Some(entry) = self.entry.as_ref() else { return EntryAction::Track };
+        let mut action = EntryAction::Skip;
+        match self.guarded(&mut || action = entry(regs, data)) {
+            Ran::ToItsEnd => action,
+            Ran::Panicked | Ran::Faulted => EntryAction::Skip,
+        }
+    }
+
+    /// A call returned with `regs` (where it returns to, the stack pointer past the return
+    /// address): count it and run the return handler (the caller marks the thread as inside
+    /// handlers). Returns whether the handler ran to its end; `regs` holds what it changed.
+    pub(crate) fn returned(&self, regs: &mut Regs, data: &InstanceData) -> bool {
+        self.hits.fetch_add(1, Relaxed);
+        let Some(handler) = self.handler.as_ref().filter(|_| !self.handler_panicked.load(Relaxed)) else {
+            return false;
+        };
+        match self.guarded(&mut || handler(regs, data)) {
+            Ran::ToItsEnd => true,
+            // Not called again; what it changed before it panicked stands.
+            Ran::Panicked => {
+                self.handler_panicked.store(true, Relaxed);
+                true
+            }
+            Ran::Faulted => false,
+        }
+    }
+
+    /// Run `f` under the fault guard, catching a panic.
+    fn guarded(&self, f: &mut dyn FnMut()) -> Ran {
+        let mut panicked = false;
+        let called = guard::call_guarded(&mut || {
+            panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *f)).is_err();
+        });
+        match (called, panicked) {
+            (Ok(()), false) => Ran::ToItsEnd,
+            (Ok(()), true) => {
+                self.panics.fetch_add(1, Relaxed);
+                Ran::Panicked
+            }
+            (Err(_), _) => {
+                self.faults.fetch_add(1, Relaxed);
+                Ran::Faulted
+            }
+        }
+    }
+
     /// Take a free instance. Lock-free: a scan of CAS attempts from a rotating start.
     fn take(&self, tid: u32) -> Option<usize> {
         let n = self.pool.len();
@@ -166,7 +269,7 @@ impl KretInner {
         None
     }
 
-    fn release(&self, slot: usize) {
+    pub(crate) fn release(&self, slot: usize) {
         if let Some(inst) = self.pool.get(slot) {
             inst.in_use.store(false, Release);
         }
@@ -211,7 +314,7 @@ pub(crate) fn forget_readers_after_fork() {
     registry().forget_readers_after_fork();
 }
 
-fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
+pub(crate) fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
     static REGISTRY: OnceLock<Rcu<Vec<Arc<KretInner>>>> = OnceLock::new();
     REGISTRY.get_or_init(|| Rcu::new(Vec::new()))
 }
@@ -285,7 +388,7 @@ fn drop_at(t: &ThreadReturns, i: usize, kind: Reclaim, probes: &[Arc<KretInner>]
     remove_at(t, i);
 }
 
-fn find(probes: &[Arc<KretInner>], id: u64) -> Option<&KretInner> {
+pub(crate) fn find(probes: &[Arc<KretInner>], id: u64) -> Option<&KretInner> {
     probes.binary_search_by_key(&id, |p| p.id).ok().map(|i| &*probes[i])
 }
 
@@ -313,14 +416,14 @@ impl InstanceStack for Live<'_> {
 /// The calling thread's stacks: its own (named 0) and its alternate signal stack (named by
 /// its end). The alternate stack's range comes from the trap's signal frame at an entry, and
 /// from `sigaltstack` at a return, asked only when the rule needs it.
-struct OwnStacks {
+pub(crate) struct OwnStacks {
     alternate: Option<(u64, u64)>,
 }
 
 impl OwnStacks {
     /// In an entry handler: the interrupted code's alternate stack, from its signal frame
     /// (asked of the kernel when needed on the jump path, which has none).
-    fn at_trap() -> Self {
+    pub(crate) fn at_trap() -> Self {
         OwnStacks { alternate: trap::trapped_alternate_stack() }
     }
 
@@ -366,18 +469,9 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
             return;
         }
         let tid = state.tid();
-        let slot = match inner.take(tid) {
-            Some(s) => s,
-            None => {
-                inner.reclaim_dead_threads();
-                match inner.take(tid) {
-                    Some(s) => s,
-                    None => {
-                        inner.nmissed.fetch_add(1, Relaxed);
-                        return;
-                    }
-                }
-            }
+        let Some(slot) = inner.take_or_reclaim(tid) else {
+            inner.nmissed.fetch_add(1, Relaxed);
+            return;
         };
         let mut data = InstanceData::default();
         if let Some(entry) = &inner.entry {
@@ -386,9 +480,7 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
                 return;
             }
         }
-        for (dst, v) in inner.pool[slot].data.iter().zip(data.0) {
-            dst.store(v, Relaxed);
-        }
+        inner.set_data(slot, &data);
         // SAFETY: the slot is writable stack (the kernel pushed the signal frame below it
         // on the same stack). When the entry chains to a pending one at this slot (a tail
         // call), this is the trampoline's address: the return comes through twice.
@@ -467,25 +559,13 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
         let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
         remove_at(t, i);
         let Some(inner) = find(probes, probe) else { return ret };
-        let mut data = InstanceData::default();
-        for (v, src) in data.0.iter_mut().zip(&inner.pool[slot].data) {
-            *v = src.load(Relaxed);
-        }
+        let data = inner.data(slot);
         inner.release(slot);
-        let Some(handler) = inner.handler.as_ref().filter(|_| !inner.handler_panicked.load(Relaxed)) else {
-            inner.hits.fetch_add(1, Relaxed);
-            return ret;
-        };
         let mut regs = frame.saved.regs(ret, slot_addr + 8);
         trap::enter_handler();
-        let called = guard::call_guarded(&mut || {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut regs, &data))).is_err() {
-                inner.handler_panicked.store(true, Relaxed);
-            }
-        });
+        let ran = inner.returned(&mut regs, &data);
         trap::leave_handler();
-        inner.hits.fetch_add(1, Relaxed);
-        if called.is_ok() {
+        if ran {
             frame.saved.set(&regs, RETURN_FLAGS);
             regs.rip
         } else {
@@ -572,15 +652,25 @@ fn restore_thread_returns() {
 /// A registered return probe. Dropping it unregisters it.
 #[must_use = "dropping the handle unregisters the probe"]
 pub struct ReturnProbe {
-    entry: Option<Probe>,
+    how: Watching,
     /// The entry probe's figures once it is unregistered.
     final_entry: Stats,
     inner: Arc<KretInner>,
+    mode: ReturnMode,
+    addr: Addr,
+}
+
+/// What watches a return probe's returns.
+enum Watching {
+    /// The exit sites of its function (shared with the other return probes there).
+    Exits(Option<exits::Watched>),
+    /// Its own entry probe, which replaces the return address.
+    ReturnAddress(Option<Probe>),
 }
 
 impl std::fmt::Debug for ReturnProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReturnProbe").field("stats", &self.stats()).finish()
+        f.debug_struct("ReturnProbe").field("mode", &self.mode).field("stats", &self.stats()).finish()
     }
 }
 
@@ -592,17 +682,18 @@ pub(crate) fn hold_unwind_lock() -> std::sync::MutexGuard<'static, impl Sized> {
     UNWIND_PROBES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Register a return probe (the kernel's `register_kretprobe`).
+/// Register a return probe (the kernel's `register_kretprobe`). Its returns are watched at
+/// the function's exits when they are all known, otherwise through the return address
+/// ([`ReturnProbe::return_mode`] says which, and why).
 pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     if trap::in_handler() {
         return Err(ProbeError::InHandler);
     }
     let _own = trap::OwnWork::enter();
-    check_shadow_stack()?;
     let engine = Engine::global()?;
-    let addr = engine.function_entry(&probe.function)?.addr;
+    let target = engine.function_entry(&probe.function)?;
+    let addr = target.addr;
     let maxactive = probe.maxactive.unwrap_or_else(default_maxactive).max(1);
-    install_unwind_probes();
     let inner = Arc::new(KretInner {
         id: NEXT_ID.fetch_add(1, Relaxed),
         entry: probe.entry,
@@ -617,6 +708,9 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
         unwound: AtomicU64::new(0),
         last_dead_thread_scan: AtomicU64::new(0),
         handler_panicked: AtomicBool::new(false),
+        entries: AtomicU64::new(0),
+        panics: AtomicU64::new(0),
+        faults: AtomicU64::new(0),
     });
     registry().update(|list| {
         let mut next = list.clone();
@@ -624,19 +718,20 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
         next.sort_by_key(|p| p.id);
         next
     });
-    let for_entry = inner.clone();
-    // The entry stays on int3: the trap tells whether the function was entered on the
-    // alternate signal stack (such calls are not traced), which the jump path cannot see.
-    let entry = register(
-        Kprobe::addr(addr)
-            .pre(move |regs| {
-                on_entry(&for_entry, regs);
-                PreAction::Continue
-            })
-            .no_optimize(),
-    );
-    match entry {
-        Ok(entry) => Ok(ReturnProbe { entry: Some(entry), final_entry: Stats::default(), inner }),
+    let watched = match probe.via_return_address {
+        true => Err("asked for".to_string()),
+        false => exits::watch(engine, addr, &target.function, &inner),
+    };
+    let placed = match watched {
+        Ok(w) => {
+            let mode = ReturnMode::Exits { sites: w.sites() };
+            Ok((Watching::Exits(Some(w)), mode))
+        }
+        Err(why) => via_return_address(addr, &inner)
+            .map(|entry| (Watching::ReturnAddress(Some(entry)), ReturnMode::ReturnAddress { why })),
+    };
+    match placed {
+        Ok((how, mode)) => Ok(ReturnProbe { how, final_entry: Stats::default(), inner, mode, addr }),
         Err(e) => {
             remove_from_registry(inner.id);
             Err(e)
@@ -644,11 +739,29 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     }
 }
 
+/// The entry probe of a return probe that replaces the return address.
+fn via_return_address(addr: Addr, inner: &Arc<KretInner>) -> Result<Probe, ProbeError> {
+    check_shadow_stack()?;
+    install_unwind_probes();
+    let for_entry = inner.clone();
+    // The entry stays on int3: the trap tells whether the function was entered on the
+    // alternate signal stack (such calls are not traced), which the jump path cannot see.
+    register(
+        Kprobe::addr(addr)
+            .pre(move |regs| {
+                on_entry(&for_entry, regs);
+                PreAction::Continue
+            })
+            .no_optimize(),
+    )
+}
+
 fn remove_from_registry(id: u64) {
     registry().update(|list| list.iter().filter(|p| p.id != id).cloned().collect());
 }
 
-/// Probes on the unwinder entry points, placed once, when the first return probe is.
+/// Probes on the unwinder entry points, placed once, when the first return probe that
+/// replaces return addresses is.
 fn install_unwind_probes() {
     let mut probes = UNWIND_PROBES.lock().unwrap_or_else(|e| e.into_inner());
     if !probes.is_empty() {
@@ -677,20 +790,35 @@ fn check_shadow_stack() -> Result<(), ProbeError> {
 }
 
 impl ReturnProbe {
-    /// Its counters now.
     /// Its figures: `hits` are the calls its entry saw, `returns` the returns traced,
     /// `missed` the calls not traced for want of an instance (or of room in the thread's
     /// pending stack), `reentered` the calls made inside a handler, `abandoned` the
-    /// instances reclaimed because their frame was abandoned (`longjmp`, a dead thread) or
-    /// unwound (an exception, a cancellation).
+    /// instances reclaimed because their frame was abandoned (`longjmp`, an exception, a
+    /// dead thread).
     pub fn stats(&self) -> Stats {
-        let entry = self.entry.as_ref().map_or_else(|| self.final_entry.clone(), |e| e.stats());
+        let entry = match &self.how {
+            Watching::ReturnAddress(entry) => entry.as_ref().map_or_else(|| self.final_entry.clone(), |e| e.stats()),
+            Watching::Exits(w) => {
+                let shared = w.as_ref().map_or_else(|| self.final_entry.clone(), exits::Watched::entry_stats);
+                Stats {
+                    hits: self.inner.entries.load(Relaxed),
+                    handler_panics: shared.handler_panics + self.inner.panics.load(Relaxed),
+                    handler_faults: shared.handler_faults + self.inner.faults.load(Relaxed),
+                    ..shared
+                }
+            }
+        };
         Stats {
             returns: self.inner.hits.load(Relaxed),
             missed: self.inner.nmissed.load(Relaxed),
             abandoned: self.inner.stale.load(Relaxed) + self.inner.unwound.load(Relaxed),
             ..entry
         }
+    }
+
+    /// How its returns are watched, and why.
+    pub fn return_mode(&self) -> &ReturnMode {
+        &self.mode
     }
 
     /// Instances in flight now.
@@ -700,7 +828,7 @@ impl ReturnProbe {
 
     /// The function's address.
     pub fn addr(&self) -> Addr {
-        self.entry.as_ref().map_or(Addr(0), |e| e.addr())
+        self.addr
     }
 
     /// The size of its instance pool.
@@ -708,9 +836,10 @@ impl ReturnProbe {
         self.inner.pool.len()
     }
 
-    /// Unregister: no new call is traced, no handler runs after this returns. Calls in flight
-    /// still return correctly through the trampoline (their return addresses are kept per
-    /// thread), without running the handler.
+    /// Unregister: no new call is traced, no handler runs after this returns, and the code
+    /// has its original bytes back where no other probe remains. Calls in flight return
+    /// correctly (through the trampoline, whose return addresses are kept per thread, when
+    /// the return address was replaced), without running the handler.
     pub fn unregister(mut self) -> Result<Stats, ProbeError> {
         self.unregister_now()?;
         Ok(self.stats())
@@ -718,10 +847,20 @@ impl ReturnProbe {
 
     fn unregister_now(&mut self) -> Result<(), ProbeError> {
         let _own = trap::OwnWork::enter();
-        if let Some(entry) = self.entry.take() {
-            // Keep the entry's figures in the totals.
-            self.final_entry = entry.unregister()?;
-            remove_from_registry(self.inner.id);
+        match &mut self.how {
+            Watching::ReturnAddress(entry) => {
+                if let Some(entry) = entry.take() {
+                    // Keep the entry's figures in the totals.
+                    self.final_entry = entry.unregister()?;
+                    remove_from_registry(self.inner.id);
+                }
+            }
+            Watching::Exits(w) => {
+                if let Some(w) = w.take() {
+                    self.final_entry = w.unwatch(self.inner.id)?;
+                    remove_from_registry(self.inner.id);
+                }
+            }
         }
         Ok(())
     }

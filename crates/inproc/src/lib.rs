@@ -45,6 +45,7 @@ mod blocked;
 mod context;
 mod engine;
 mod events;
+mod exits;
 mod guard;
 mod jump;
 mod kretprobe;
@@ -62,12 +63,14 @@ mod trap;
 pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
 pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
+pub use dprobe_core::returns::ReturnMode;
 pub use dprobe_core::{
     EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, RingRecord, Stats, PAYLOAD_BYTES,
 };
 pub use dprobe_sym::Target;
 pub use engine::ProbeInfo;
 pub use events::emit;
+pub use exits::{EXIT_CAPACITY, PER_CALL};
 pub use kretprobe::{
     default_maxactive, real_return_address, register_kretprobe, trampoline_addr, EntryAction, InstanceData, Kretprobe,
     ReturnProbe, PENDING_CAPACITY,
@@ -83,9 +86,9 @@ pub use trap::{in_handler, in_hit_path};
 /// would deadlock.
 #[doc(hidden)]
 pub fn hold_registration_locks() -> impl Drop {
-    struct Held<A, B, C>(A, B, C);
-    impl<A, B, C> Drop for Held<A, B, C> {
+    struct Held<W, A, B, C>(W, A, B, C);
+    impl<W, A, B, C> Drop for Held<W, A, B, C> {
         fn drop(&mut self) {}
     }
-    Held(engine::Engine::hold_lock(), kretprobe::hold_unwind_lock(), signals::hold_install_lock())
+    Held(exits::hold_lock(), engine::Engine::hold_lock(), kretprobe::hold_unwind_lock(), signals::hold_install_lock())
 }

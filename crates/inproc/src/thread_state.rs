@@ -24,6 +24,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::OnceLock;
 
+use crate::exits::ExitStack;
 use crate::kretprobe::ThreadReturns;
 use crate::sys;
 
@@ -76,6 +77,9 @@ struct Table {
     /// Each entry's owner: a thread pointer, or 0 when free.
     owners: *const AtomicU64,
     states: *mut ThreadState,
+    /// Each entry's calls pending in functions whose exits are watched, in a mapping of its
+    /// own (large, and touched only as deep as a thread goes); none when it could not be made.
+    exits: Option<*mut ExitStack>,
     /// The key whose destructor gives a thread's entry back (none: entries are kept).
     key: Option<libc::pthread_key_t>,
 }
@@ -93,12 +97,18 @@ pub(crate) fn init() {
     TABLE.get_or_init(|| {
         let owners = map(ENTRIES * std::mem::size_of::<AtomicU64>())?;
         let states = map(ENTRIES * std::mem::size_of::<ThreadState>())?;
+        let exits = map(ENTRIES * std::mem::size_of::<ExitStack>()).map(|p| p.cast());
         let mut key = 0;
         // SAFETY: creates a key with a C-ABI destructor; `key` is ours.
         let made = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
         // SAFETY: registers a C-ABI function that runs in the child, single-threaded.
         unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
-        Some(Table { owners: owners.cast(), states: states.cast(), key: (made && key < INLINE_KEYS).then_some(key) })
+        Some(Table {
+            owners: owners.cast(),
+            states: states.cast(),
+            exits,
+            key: (made && key < INLINE_KEYS).then_some(key),
+        })
     });
 }
 
@@ -130,10 +140,27 @@ impl Table {
         unsafe { &*self.states.add(i) }
     }
 
+    fn exit_stack(&self, i: usize) -> Option<&'static ExitStack> {
+        // SAFETY: i < ENTRIES; the mapping lives as long as the process, and only the owner of
+        // entry i (and its nested signal handlers) touches its exit stack.
+        self.exits.map(|e| unsafe { &*e.add(i) })
+    }
+
     /// Zero entry `i` and free it. Its owner calls this, outside any of its hits.
     fn release(&self, i: usize) {
         // SAFETY: entry i is the caller's: nobody else reads or writes its state.
         unsafe { std::ptr::write_bytes(self.states.add(i), 0, 1) };
+        if let Some(stack) = self.exit_stack(i).filter(|s| s.used()) {
+            // Give the pages it touched back (they read as zeroes again).
+            let size = std::mem::size_of::<ExitStack>();
+            let start = stack as *const ExitStack as usize;
+            let (first, end) = ((start + 4095) & !4095, (start + size) & !4095);
+            if end > first {
+                // SAFETY: whole pages inside entry i's exit stack, which nobody else uses.
+                unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+            }
+            stack.clear();
+        }
         self.owner(i).store(0, Release);
     }
 }
@@ -199,6 +226,18 @@ pub(crate) fn current() -> Option<&'static ThreadState> {
     }
 }
 
+/// The exit stack of a thread's entry (`None` when the exit stacks could not be mapped).
+pub(crate) fn exit_stack(state: &'static ThreadState) -> Option<&'static ExitStack> {
+    let table = TABLE.get()?.as_ref()?;
+    let i = (state as *const ThreadState as usize - table.states as usize) / std::mem::size_of::<ThreadState>();
+    table.exit_stack(i)
+}
+
+/// Whether threads have exit stacks (their table could be mapped).
+pub(crate) fn exit_stacks_mapped() -> bool {
+    TABLE.get().and_then(Option::as_ref).is_some_and(|t| t.exits.is_some())
+}
+
 /// Run `f` on the entry of every thread that has one.
 pub(crate) fn for_each(mut f: impl FnMut(&ThreadState)) {
     let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
@@ -226,6 +265,7 @@ extern "C" fn in_forked_child() {
         engine.forget_readers_after_fork();
     }
     crate::kretprobe::forget_readers_after_fork();
+    crate::exits::forget_readers_after_fork();
     let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
     let tp = thread_pointer();
     for i in 0..ENTRIES {

@@ -144,33 +144,61 @@ fn maxactive_one_with_four_threads_misses_and_accounts_for_every_call() {
     assert_eq!(p.pending(), 0);
 }
 
+/// A return probe on `f`, at its exits or through the return address.
+fn kret(f: *const (), via_return_address: bool) -> Kretprobe {
+    let k = Kretprobe::addr(at(f));
+    if via_return_address {
+        k.via_return_address()
+    } else {
+        k
+    }
+}
+
 #[test]
 fn longjmp_out_of_a_probed_function_ten_thousand_times() {
-    let p =
-        register_kretprobe(Kretprobe::addr(at(c::fxc_victim as *const ())).maxactive(2).handler(|_, _| {})).unwrap();
-    for i in 0..10_000 {
-        // SAFETY: fxc_jump_out setjmps, calls fxc_victim, which longjmps back: returns -1.
-        assert_eq!(unsafe { c::fxc_jump_out(black_box(i)) }, -1);
+    for via_return_address in [false, true] {
+        let p =
+            register_kretprobe(kret(c::fxc_victim as *const (), via_return_address).maxactive(2).handler(|_, _| {}))
+                .unwrap();
+        assert_eq!(matches!(p.return_mode(), ReturnMode::Exits { .. }), !via_return_address, "{:?}", p.return_mode());
+        for i in 0..10_000 {
+            // SAFETY: fxc_jump_out setjmps, calls fxc_victim, which longjmps back: returns -1.
+            assert_eq!(unsafe { c::fxc_jump_out(black_box(i)) }, -1);
+        }
+        // A normal call from the same place finds the last abandoned instance stale and is
+        // traced.
+        // SAFETY: with a negative argument fxc_victim returns it.
+        assert_eq!(unsafe { c::fxc_jump_out(black_box(-5)) }, -5);
+        let st = p.stats();
+        assert_eq!(
+            (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
+            (1, 0, 10_000, 0),
+            "{:?}: {st:?}",
+            p.return_mode()
+        );
     }
-    // A normal call on the same thread reclaims the last abandoned instance and is traced.
-    // SAFETY: with a negative argument fxc_victim returns it.
-    assert_eq!(unsafe { c::fxc_victim(black_box(-5)) }, -5);
-    let st = p.stats();
-    assert_eq!((st.returns, (st.missed + st.reentered), st.abandoned, p.pending()), (1, 0, 10_000, 0), "{st:?}");
 }
 
 #[test]
 fn a_cpp_exception_through_a_probed_function_ten_thousand_times() {
-    let p =
-        register_kretprobe(Kretprobe::addr(at(c::fxcpp_thrower as *const ())).maxactive(2).handler(|_, _| {})).unwrap();
-    for i in 0..10_000 {
-        // SAFETY: fxcpp_catch calls fxcpp_thrower, which throws i; the catch returns -i - 1.
-        assert_eq!(unsafe { c::fxcpp_catch(black_box(i)) }, -i - 1);
+    for via_return_address in [false, true] {
+        let p =
+            register_kretprobe(kret(c::fxcpp_thrower as *const (), via_return_address).maxactive(2).handler(|_, _| {}))
+                .unwrap();
+        for i in 0..10_000 {
+            // SAFETY: fxcpp_catch calls fxcpp_thrower, which throws i; the catch returns -i - 1.
+            assert_eq!(unsafe { c::fxcpp_catch(black_box(i)) }, -i - 1);
+        }
+        // SAFETY: a negative argument returns normally.
+        assert_eq!(unsafe { c::fxcpp_catch(black_box(-3)) }, -3);
+        let st = p.stats();
+        assert_eq!(
+            (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
+            (1, 0, 10_000, 0),
+            "{:?}: {st:?}",
+            p.return_mode()
+        );
     }
-    // SAFETY: a negative argument returns normally.
-    assert_eq!(unsafe { c::fxcpp_catch(black_box(-3)) }, -3);
-    let st = p.stats();
-    assert_eq!((st.returns, (st.missed + st.reentered), st.abandoned, p.pending()), (1, 0, 10_000, 0), "{st:?}");
 }
 
 extern "C" fn exit_in_probed_function(_: *mut libc::c_void) -> *mut libc::c_void {
@@ -210,7 +238,8 @@ fn the_real_return_address_behind_the_trampoline() {
         PreAction::Continue
     }))
     .unwrap();
-    let ret = register_kretprobe(Kretprobe::addr(f).handler(|_, _| {})).unwrap();
+    let ret = register_kretprobe(Kretprobe::addr(f).via_return_address().handler(|_, _| {})).unwrap();
+    assert_eq!(ret.return_mode(), &ReturnMode::ReturnAddress { why: "asked for".into() });
     // At `add %rsi,%rax` (offset 3) the return address slot holds the trampoline's address.
     let inside = register(Kprobe::addr(f.offset(3)).pre(|r| {
         // SAFETY: fx_mov_add has no prologue: rsp still points at the return address.

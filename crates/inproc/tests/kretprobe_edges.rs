@@ -86,7 +86,9 @@ fn backtraces_see_through_the_trampoline() {
     let plain = frames();
     assert!(plain.len() >= 3, "{plain:x?}");
     // Now the middle frame's return address is the trampoline's.
-    let ret = register_kretprobe(Kretprobe::addr(at(c::fxc_middle as *const ())).handler(|_, _| {})).unwrap();
+    let ret =
+        register_kretprobe(Kretprobe::addr(at(c::fxc_middle as *const ())).via_return_address().handler(|_, _| {}))
+            .unwrap();
     // SAFETY: as above.
     assert_eq!(unsafe { c::fxc_outer(black_box(1)) }, 4);
     let through = frames();
@@ -98,7 +100,9 @@ fn backtraces_see_through_the_trampoline() {
     assert_eq!(&through[..3], &plain[..3], "the same call chain with and without the return probe");
     assert_eq!(ret.stats().returns, 1);
     // A second return probe on the same function hijacks the same slot again.
-    let second = register_kretprobe(Kretprobe::addr(at(c::fxc_middle as *const ())).handler(|_, _| {})).unwrap();
+    let second =
+        register_kretprobe(Kretprobe::addr(at(c::fxc_middle as *const ())).via_return_address().handler(|_, _| {}))
+            .unwrap();
     // SAFETY: as above.
     assert_eq!(unsafe { c::fxc_outer(black_box(1)) }, 4);
     assert_eq!(&frames()[..3], &plain[..3], "two hijacks of one slot still map to the real caller");

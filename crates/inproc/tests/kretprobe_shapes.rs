@@ -1,6 +1,9 @@
 //! Return probes and stack shapes that break return-address hijacking when it is done
 //! naively: tail calls between probed functions, a signal handler on an alternate stack that
 //! lies above the frames it interrupted, recursion deeper than the pool.
+mod fixtures;
+use fixtures::{checked, map_above};
+
 use dprobe_inproc::*;
 use dprobe_test_fixtures as c;
 use std::hint::black_box;
@@ -10,66 +13,37 @@ fn at(f: *const ()) -> Addr {
     Addr(f as u64)
 }
 
-/// A return probe on `f` counting the returns whose value is not `expected(entry rdi)`.
-fn checked(f: *const (), expected: fn(u64) -> u64, wrong: &'static AtomicU64) -> ReturnProbe {
-    register_kretprobe(
-        Kretprobe::addr(at(f))
-            .entry_handler(|regs, data| {
-                data.0[0] = regs.rdi;
-                EntryAction::Track
-            })
-            .handler(move |regs, data| {
-                if regs.rax != expected(data.0[0]) {
-                    wrong.fetch_add(1, Relaxed);
-                }
-            }),
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_tail_call_between_two_return_probed_functions_returns_once_from_each() {
-    static WRONG: AtomicU64 = AtomicU64::new(0);
-    let outer = checked(c::fxc_tail_outer as *const (), |x| 3 * (x + 1), &WRONG);
-    let inner = checked(c::fxc_tail_inner as *const (), |x| 3 * x, &WRONG);
-    for i in 0..1000 {
-        // SAFETY: plain arithmetic functions.
-        assert_eq!(unsafe { c::fxc_tail_outer(black_box(i)) }, 3 * (i + 1));
-    }
-    for p in [&outer, &inner] {
-        let st = p.stats();
-        assert_eq!((st.returns, (st.missed + st.reentered), st.abandoned, p.pending()), (1000, 0, 0, 0), "{st:?}");
-    }
-    assert_eq!(WRONG.load(Relaxed), 0, "each return saw its own value");
-}
-
-/// `size` bytes of fresh memory above `here` (a stack address of the calling thread).
-fn map_above(here: usize, size: usize) -> usize {
-    for step in 1..64usize {
-        let hint = (here + (step << 24)) & !0xfff;
-        // SAFETY: a new private mapping where nothing is mapped (FIXED_NOREPLACE).
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut libc::c_void,
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p as usize == hint {
-            return hint;
+    for via_return_address in [false, true] {
+        static WRONG: AtomicU64 = AtomicU64::new(0);
+        let outer = checked(c::fxc_tail_outer as *const (), |x| 3 * (x + 1), &WRONG, via_return_address);
+        let inner = checked(c::fxc_tail_inner as *const (), |x| 3 * x, &WRONG, via_return_address);
+        for p in [&outer, &inner] {
+            assert_eq!(matches!(p.return_mode(), ReturnMode::Exits { .. }), !via_return_address);
         }
+        for i in 0..1000 {
+            // SAFETY: plain arithmetic functions.
+            assert_eq!(unsafe { c::fxc_tail_outer(black_box(i)) }, 3 * (i + 1));
+        }
+        for p in [&outer, &inner] {
+            let st = p.stats();
+            assert_eq!(
+                (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
+                (1000, 0, 0, 0),
+                "{:?}: {st:?}",
+                p.return_mode()
+            );
+        }
+        assert_eq!(WRONG.load(Relaxed), 0, "each return saw its own value");
     }
-    panic!("no room above the thread's stack");
 }
 
 #[test]
 fn an_alternate_signal_stack_above_the_interrupted_frames_keeps_their_return() {
     static WRONG: AtomicU64 = AtomicU64::new(0);
-    let outer = checked(c::fxc_alt_outer as *const (), |x| 5 * x + 1, &WRONG);
-    let nested = checked(c::fxc_alt_nested as *const (), |x| 5 * x, &WRONG);
+    let outer = checked(c::fxc_alt_outer as *const (), |x| 5 * x + 1, &WRONG, false);
+    let nested = checked(c::fxc_alt_nested as *const (), |x| 5 * x, &WRONG, false);
     std::thread::scope(|s| {
         s.spawn(|| {
             let size = 64 * 1024;

@@ -3,7 +3,7 @@
 mod fixtures;
 use fixtures::*;
 
-use dprobe_inproc::{register, Kprobe, PreAction};
+use dprobe_inproc::{register, register_kretprobe, EntryAction, Kprobe, Kretprobe, PreAction, ReturnMode};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -45,6 +45,22 @@ fn no_allocation_on_any_hit_path() {
     let riprel =
         register(Kprobe::addr(dprobe_inproc::Addr(fx_riprel as *const () as usize as u64)).pre(count)).unwrap();
     assert_eq!(riprel.optimized(), Ok(()), "one probe takes the jump path");
+    // Return probes: at the function's exits (entry and exit handlers), and through the
+    // return address (the trampoline).
+    let returns = |via_return_address: bool| {
+        let k = Kretprobe::addr(addr(fx_push_add))
+            .entry_handler(|regs, data| {
+                data.0[0] = regs.rdi;
+                EntryAction::Track
+            })
+            .handler(|regs, data| {
+                SEEN.fetch_add(u64::from(regs.rax == data.0[0] + 1), Relaxed);
+            });
+        register_kretprobe(if via_return_address { k.via_return_address() } else { k }).unwrap()
+    };
+    let at_exits = returns(false);
+    let through_return_address = returns(true);
+    assert!(matches!(at_exits.return_mode(), ReturnMode::Exits { .. }));
     for i in 0..10_000 {
         call2(fx_push_add, i, 1);
         call2(fx_mov_add, i, 1);
@@ -52,9 +68,12 @@ fn no_allocation_on_any_hit_path() {
         // SAFETY: reads a static.
         unsafe { fx_riprel(std::hint::black_box(i)) };
     }
-    assert_eq!(SEEN.load(Relaxed), 40_000);
+    assert_eq!(SEEN.load(Relaxed), 60_000);
     for p in [&emulated, &boosted, &post_step, &riprel] {
         assert_eq!(p.hits(), 10_000);
+    }
+    for p in [&at_exits, &through_return_address] {
+        assert_eq!(p.stats().returns, 10_000);
     }
     assert_eq!(ALLOCS_ON_HIT_PATH.load(Relaxed), 0, "the hit path allocated");
     // The check itself works: an allocating handler is seen.

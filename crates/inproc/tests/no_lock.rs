@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use dprobe_inproc::{register, register_kretprobe, Kprobe, Kretprobe, PreAction};
+use dprobe_inproc::{register, register_kretprobe, Kprobe, Kretprobe, PreAction, ReturnMode};
 
 #[test]
 fn probes_hit_while_every_registration_lock_is_held() {
@@ -25,6 +25,11 @@ fn probes_hit_while_every_registration_lock_is_held() {
     let jump = register(Kprobe::addr(dprobe_inproc::Addr(fx_riprel as *const () as u64)).pre(count)).unwrap();
     assert_eq!(jump.optimized(), Ok(()), "the jump path is tested here");
     let returns = register_kretprobe(Kretprobe::addr(addr(fx_spare2)).handler(|_, _| {
+        RETURNS.fetch_add(1, Relaxed);
+    }))
+    .unwrap();
+    assert!(matches!(returns.return_mode(), ReturnMode::Exits { .. }), "the exit path is tested here");
+    let trampoline = register_kretprobe(Kretprobe::addr(addr(fx_push_add)).via_return_address().handler(|_, _| {
         RETURNS.fetch_add(1, Relaxed);
     }))
     .unwrap();
@@ -56,9 +61,9 @@ fn probes_hit_while_every_registration_lock_is_held() {
     holder.join().unwrap();
     hitter.join().unwrap();
     assert!(finished, "hits waited for a lock the other thread held");
-    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (4_000, 1_000));
+    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (4_000, 2_000));
     for p in [&emulated, &boosted, &post_step, &jump] {
         assert_eq!(p.hits(), 1_000);
     }
-    drop(returns);
+    drop((returns, trampoline));
 }

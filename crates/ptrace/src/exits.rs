@@ -20,6 +20,7 @@ use dprobe_arch::{
     MemOperand, Memory, Regs,
 };
 use dprobe_core::returns::exits::{ActivationStack, Left};
+pub use dprobe_core::returns::ReturnMode;
 use dprobe_core::ProbeId;
 use dprobe_sym::{Function, Mapping, Symbols};
 
@@ -27,33 +28,6 @@ use crate::error::TraceError;
 use crate::probes::{Hit, HitKind};
 use crate::sys::RemoteMemory;
 use crate::tracee::Tracee;
-
-/// How a return probe watches its function's returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReturnMode {
-    /// At the function's exits: no return address is touched.
-    Exits {
-        /// How many exit sites.
-        sites: usize,
-    },
-    /// By replacing the return address at the entry, because the exits are not all known
-    /// (or this was asked for).
-    ReturnAddress {
-        /// Why.
-        why: String,
-    },
-}
-
-impl std::fmt::Display for ReturnMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReturnMode::Exits { sites } => {
-                write!(f, "returns watched at {sites} exit site{}", if *sites == 1 { "" } else { "s" })
-            }
-            ReturnMode::ReturnAddress { why } => write!(f, "returns watched through the return address: {why}"),
-        }
-    }
-}
 
 /// One call of a function whose exits are watched.
 #[derive(Clone)]
@@ -92,13 +66,6 @@ impl Activations {
     }
 }
 
-/// The parts of function `f`: its body and its cold part (`f.cold`) when the symbols have one.
-fn cold_part<'a>(symbols: &'a Symbols, f: &Function) -> Option<&'a Function> {
-    symbols
-        .find_in(None, &format!("{}.cold", f.name))
-        .filter(|c| c.object == f.object && c.size > 0 && c.start != f.start)
-}
-
 impl Tracee {
     /// The exits of function `f`, from its original code (dprobe's own patches undone), and
     /// its cold part if it has one.
@@ -107,7 +74,7 @@ impl Tracee {
         f: &Function,
         symbols: &Symbols,
     ) -> Result<(dprobe_arch::Exits, Option<Function>), ExitsUnknown> {
-        let cold = cold_part(symbols, f).cloned();
+        let cold = symbols.cold_part(f).cloned();
         let mut parts = vec![(f.start, f.size)];
         parts.extend(cold.as_ref().map(|c| (c.start, c.size)));
         let mut code = Vec::new();

@@ -237,6 +237,13 @@ impl Symbols {
             .min_by_key(|f| rank(f))
     }
 
+    /// The cold part the compiler split off function `f` (`f.cold`), when the symbols have
+    /// one in the same object: jumps between a function and its cold part stay inside it.
+    pub fn cold_part(&self, f: &Function) -> Option<&Function> {
+        self.find_in(None, &format!("{}.cold", f.name))
+            .filter(|c| c.object == f.object && c.size > 0 && c.start != f.start)
+    }
+
     /// The function containing `addr`.
     pub fn containing(&self, addr: Addr) -> Option<&Function> {
         let i = self.by_addr.partition_point(|f| f.start <= addr);

@@ -83,3 +83,38 @@ __attribute__((noinline, noipa)) long fxc_alt_outer(long x, int sig) {
     syscall(SYS_tgkill, getpid(), gettid(), sig);
     return alt_result + 1;
 }
+
+/* Recursion whose innermost call raises `sig` (set by fxc_signal_recurse_setup), whose handler
+ * (fxc_on_signal_recurse, installed by the test, on an alternate stack) recurses with
+ * fxc_recurse. fxc_signal_recurse(n) = n + the handler's depth. */
+static volatile long signal_depth, signal_seen;
+static volatile int signal_number;
+void fxc_signal_recurse_setup(long depth_in_handler, int sig) {
+    signal_depth = depth_in_handler;
+    signal_number = sig;
+}
+void fxc_on_signal_recurse(int sig) {
+    (void)sig;
+    signal_seen = fxc_recurse(signal_depth);
+}
+long fxc_signal_recurse(long n);
+static long (*volatile signal_recurse_ptr)(long) = fxc_signal_recurse;
+__attribute__((noinline, noipa)) long fxc_signal_recurse(long n) {
+    if (n == 0) {
+        syscall(SYS_tgkill, getpid(), gettid(), signal_number);
+        return signal_seen;
+    }
+    return signal_recurse_ptr(n - 1) + 1;
+}
+
+/* Its own return address: where its caller resumes. */
+__attribute__((noinline, noipa)) long fxc_own_return(void) {
+    return (long)__builtin_extract_return_addr(__builtin_return_address(0));
+}
+
+/* Calls fxc_own_return from one call site, so that the answer is the same each time. */
+__attribute__((noinline, noipa)) long fxc_ask_own_return(void) {
+    long r = fxc_own_return();
+    __asm__ volatile("" ::: "memory"); /* not a tail call */
+    return r;
+}

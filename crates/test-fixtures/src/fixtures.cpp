@@ -37,3 +37,20 @@ __attribute__((noinline)) FxMoney operator+(FxMoney a, FxMoney b) {
 extern "C" long fxcpp_add_money(long a, long b) {
     return (FxMoney{a} + FxMoney{b}).cents;
 }
+
+// An exception thrown through two probed frames (fxcpp_pass, then fxcpp_thrower) into a probed
+// function that catches it: fxcpp_catch_two(x) = x + 1 when nothing is thrown (x < 0), else
+// -x - 1.
+extern "C" __attribute__((noinline)) long fxcpp_pass(long x) {
+    long r = fxcpp_thrower(x);
+    asm volatile("" ::: "memory");
+    return r + 1;
+}
+
+extern "C" __attribute__((noinline)) long fxcpp_catch_two(long x) {
+    try {
+        return fxcpp_pass(x);
+    } catch (long v) {
+        return -v - 1;
+    }
+}

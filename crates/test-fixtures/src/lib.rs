@@ -23,6 +23,13 @@ extern "C" {
     pub fn fxcpp_catch(x: i64) -> i64;
     pub fn fxcpp_area(w: i64, h: i64) -> i64;
     pub fn fxcpp_add_money(a: i64, b: i64) -> i64;
+    pub fn fxc_signal_recurse_setup(depth_in_handler: i64, sig: i32);
+    pub fn fxc_on_signal_recurse(sig: i32);
+    pub fn fxc_signal_recurse(n: i64) -> i64;
+    pub fn fxc_own_return() -> i64;
+    pub fn fxc_ask_own_return() -> i64;
+    pub fn fxcpp_pass(x: i64) -> i64;
+    pub fn fxcpp_catch_two(x: i64) -> i64;
 }
 
 /// A fixture's address.

@@ -1,0 +1,453 @@
+//! Return probes that never touch the stack: a function whose exits are all known
+//! (`dprobe_arch::find_exits`: each `ret`, each tail call, from the whole function's code) is
+//! *watched*: one probe on its entry and one on each exit site, ordinary probes of the engine
+//! (int3, or a jump where the engine can make one). The entry pushes an activation (the stack
+//! pointer, and an instance of each return probe on the function) on the thread's exit stack;
+//! an exit pairs with it by the stack pointer alone, by `dprobe_core::returns::exits`' rule,
+//! the one every engine uses. No return address is read to pair or written, so exceptions,
+//! `longjmp`, alternate signal stacks, recursion and code that reads its own return address
+//! see the stack as the program left it; activations the program abandoned are found stale at
+//! the thread's next exit below them (or entry on their word) and counted as abandoned.
+//!
+//! A tail call (`jmp`) into another watched function hands the caller's activation over to the
+//! callee: both return at the callee's exit, innermost first, with its return value. A tail
+//! call into any other function is the caller's return, reported at the jump (where `rax` holds
+//! no return value yet).
+//!
+//! Every return probe of one function shares its watch: one activation per call lists up to
+//! [`PER_CALL`] of them; more on one function watch their returns through the return address.
+//! A thread keeps up to [`EXIT_CAPACITY`] pending calls; deeper ones are missed and counted.
+//!
+//! The hit path allocates nothing and takes no lock: activations live in a table mapped once
+//! (see `thread_state.rs`), the probes are found through RCU reads.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::*;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use dprobe_arch::{
+    analyze, emulate, endbr64_len, find_exits, Addr, CodePart, Emulation, ExecClass, ExitKind, MemOperand, Memory,
+    MemoryFault, Regs,
+};
+use dprobe_core::returns::exits::{self as pairing, Activations};
+use dprobe_core::returns::ThreadStacks;
+use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
+use dprobe_rcu::Rcu;
+use dprobe_sym::Function;
+
+use crate::engine::Engine;
+use crate::kretprobe::{find, registry, EntryAction, InstanceData, KretInner, OwnStacks};
+use crate::probe::{register_all, unregister_all, Probe};
+use crate::trap::InprocMemory;
+use crate::{sys, thread_state};
+
+/// The most return probes one call of a function lists.
+pub const PER_CALL: usize = 4;
+
+/// How many calls of watched functions one thread can have pending at once.
+pub const EXIT_CAPACITY: usize = 16 * 1024;
+
+/// One pending call of a watched function.
+struct Activation {
+    /// The stack pointer at its entry (where its return address is).
+    sp: Cell<u64>,
+    /// It left by a tail call and returns with the function it jumped to.
+    handed_over: Cell<bool>,
+    /// Its return probes: their ids and instances.
+    n: Cell<u8>,
+    probes: [Cell<u32>; PER_CALL],
+    slots: [Cell<u32>; PER_CALL],
+}
+
+impl Activation {
+    fn copy_from(&self, other: &Activation) {
+        self.sp.set(other.sp.get());
+        self.handed_over.set(other.handed_over.get());
+        self.n.set(other.n.get());
+        for k in 0..PER_CALL {
+            self.probes[k].set(other.probes[k].get());
+            self.slots[k].set(other.slots[k].get());
+        }
+    }
+
+    /// Its return probes that are still registered, with their instances, innermost (last
+    /// taken) first.
+    fn probes<'a>(&'a self, probes: &'a [Arc<KretInner>]) -> impl Iterator<Item = (&'a KretInner, usize)> + 'a {
+        (0..self.n.get() as usize)
+            .rev()
+            .filter_map(|k| find(probes, u64::from(self.probes[k].get())).map(|p| (p, self.slots[k].get() as usize)))
+    }
+}
+
+/// A thread's pending calls of watched functions, oldest first. All zeroes is empty; the
+/// entries above `depth` are never read before they are written.
+pub(crate) struct ExitStack {
+    depth: Cell<u32>,
+    /// The deepest it has been: whether its pages must be given back when the thread exits.
+    high: Cell<u32>,
+    acts: [Activation; EXIT_CAPACITY],
+}
+
+impl ExitStack {
+    /// Whether anything was ever pushed.
+    pub(crate) fn used(&self) -> bool {
+        self.high.get() > 0
+    }
+
+    /// Empty again (its owner is gone).
+    pub(crate) fn clear(&self) {
+        self.depth.set(0);
+        self.high.set(0);
+    }
+
+    fn remove(&self, i: usize) {
+        let d = self.depth.get() as usize;
+        for j in i..d - 1 {
+            self.acts[j].copy_from(&self.acts[j + 1]);
+        }
+        self.depth.set(d as u32 - 1);
+    }
+}
+
+/// A thread's exit stack as the pairing rule sees it: an abandoned activation gives its
+/// instances back and counts as abandoned for each of its probes.
+struct Pending<'a> {
+    stack: &'a ExitStack,
+    probes: &'a [Arc<KretInner>],
+}
+
+impl Activations for Pending<'_> {
+    fn depth(&self) -> usize {
+        self.stack.depth.get() as usize
+    }
+    fn sp(&self, i: usize) -> u64 {
+        self.stack.acts[i].sp.get()
+    }
+    fn handed_over(&self, i: usize) -> bool {
+        self.stack.acts[i].handed_over.get()
+    }
+    fn abandon(&mut self, i: usize) {
+        // A handed-over activation did leave, through a callee whose return was not seen:
+        // without its registers at the jump, it counts as abandoned too.
+        for (p, slot) in self.stack.acts[i].probes(self.probes) {
+            p.release(slot);
+            p.stale.fetch_add(1, Relaxed);
+        }
+        self.stack.remove(i);
+    }
+}
+
+/// Each return probe of a watched function, with the function's first address.
+type WatchedBy = Vec<(u64, Arc<KretInner>)>;
+
+/// The return probes of watched functions, by the function's first address, then id: what an
+/// entry runs, and which tail calls hand a return over.
+fn watched() -> &'static Rcu<WatchedBy> {
+    static WATCHED: OnceLock<Rcu<WatchedBy>> = OnceLock::new();
+    WATCHED.get_or_init(|| Rcu::new(Vec::new()))
+}
+
+/// In a child process just forked: see [`Rcu::forget_readers_after_fork`].
+pub(crate) fn forget_readers_after_fork() {
+    watched().forget_readers_after_fork();
+}
+
+fn is_watched(function: u64) -> bool {
+    watched().read(|w| w.binary_search_by_key(&function, |(f, _)| *f).is_ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hit path.
+
+/// The entry of watched function `function`: drop the activations a new call made stale, then
+/// push this call's, with an instance of each of its return probes that has one free and whose
+/// entry handler tracks the call.
+fn on_entry(function: u64, regs: &mut Regs) {
+    let state = thread_state::current();
+    let stack = state.and_then(thread_state::exit_stack);
+    watched().read(|all| {
+        let first = all.partition_point(|(f, _)| *f < function);
+        let mine = all[first..].iter().take_while(|(f, _)| *f == function).map(|(_, p)| p);
+        let (Some(state), Some(stack)) = (state, stack) else {
+            for p in mine {
+                p.entries.fetch_add(1, Relaxed);
+                p.nmissed.fetch_add(1, Relaxed);
+            }
+            return;
+        };
+        let sp = regs.rsp;
+        let mut stacks = OwnStacks::at_trap();
+        registry().read(|probes| pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a)));
+        let d = stack.depth.get() as usize;
+        let room = d < EXIT_CAPACITY;
+        let act = &stack.acts[d.min(EXIT_CAPACITY - 1)];
+        let mut n = 0;
+        for p in mine {
+            p.entries.fetch_add(1, Relaxed);
+            let slot = if room && n < PER_CALL { p.take_or_reclaim(state.tid()) } else { None };
+            let Some(slot) = slot else {
+                p.nmissed.fetch_add(1, Relaxed);
+                continue;
+            };
+            let mut data = InstanceData::default();
+            if p.entered(regs, &mut data) == EntryAction::Skip {
+                p.release(slot);
+                continue;
+            }
+            p.set_data(slot, &data);
+            act.probes[n].set(p.id as u32);
+            act.slots[n].set(slot as u32);
+            n += 1;
+        }
+        if n > 0 {
+            act.sp.set(sp);
+            act.handed_over.set(false);
+            act.n.set(n as u8);
+            stack.depth.set(d as u32 + 1);
+            stack.high.set(stack.high.get().max(d as u32 + 1));
+        }
+    })
+}
+
+/// An exit site of a watched function, as its probe's handler needs it.
+#[derive(Clone, Copy)]
+struct ExitSite {
+    kind: ExitKind,
+    /// The instruction after it.
+    next: Addr,
+    /// A conditional tail call's branch, to tell whether it is taken.
+    branch: Option<Emulation>,
+    /// When a tail call's target is a PLT entry: the GOT slot it jumps through.
+    plt_slot: Option<Addr>,
+}
+
+impl ExitSite {
+    /// Whether the function leaves here with these registers (before the instruction runs).
+    fn taken(&self, regs: &Regs) -> bool {
+        let (ExitKind::TailBranch { target }, Some(branch)) = (self.kind, self.branch) else { return true };
+        let mut after = *regs;
+        emulate(branch, self.next, &mut after, &mut InprocMemory { rsp: regs.rsp }).is_ok() && after.rip == target.0
+    }
+
+    /// The function a tail call goes to (`None` at a `ret`).
+    fn callee(&self) -> Option<u64> {
+        match self.kind {
+            ExitKind::Ret => None,
+            ExitKind::TailJump { target } | ExitKind::TailBranch { target } => {
+                Some(self.plt_slot.and_then(read_u64).unwrap_or(target.0))
+            }
+            ExitKind::TailJumpThrough { slot } => read_u64(slot),
+        }
+    }
+}
+
+fn read_u64(at: Addr) -> Option<u64> {
+    let mut word = [0u8; 8];
+    sys::read_memory(at, &mut word).ok().map(|()| u64::from_le_bytes(word))
+}
+
+/// An exit site was reached: if the function leaves here, the innermost activation at the
+/// stack pointer returns (with those handed over to it), or is handed over to the function a
+/// tail call goes to.
+fn on_exit(site: &ExitSite, regs: &mut Regs) {
+    let Some(stack) = thread_state::existing().and_then(thread_state::exit_stack) else { return };
+    if stack.depth.get() == 0 || !site.taken(regs) {
+        return;
+    }
+    let hand_over = site.callee().is_some_and(is_watched);
+    let sp = regs.rsp;
+    let mut stacks = OwnStacks::at_trap();
+    registry().read(|probes| {
+        let Some(i) = pairing::leave(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a)) else { return };
+        if hand_over {
+            stack.acts[i].handed_over.set(true);
+            return;
+        }
+        // What a handler sees: the registers as the function leaves, `rip` where it returns
+        // to, `rsp` past the return address.
+        let mut seen = *regs;
+        seen.rip = read_u64(Addr(sp)).unwrap_or(0);
+        seen.rsp = sp.wrapping_add(8);
+        let mut j = i;
+        loop {
+            for (p, slot) in stack.acts[j].probes(probes) {
+                let data = p.data(slot);
+                p.release(slot);
+                p.returned(&mut seen, &data);
+            }
+            stack.remove(j);
+            match j.checked_sub(1) {
+                Some(below) if stack.acts[below].sp.get() == sp && stack.acts[below].handed_over.get() => j = below,
+                _ => break,
+            }
+        }
+        // A handler may change the return value and other registers, not where the
+        // instruction goes.
+        *regs = Regs { rip: regs.rip, rsp: regs.rsp, ..seen };
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration.
+
+/// A watched function's probes.
+struct Watch {
+    /// Its entry probe first, then one per exit site.
+    probes: Vec<Probe>,
+    /// Return probes using it.
+    users: usize,
+    sites: usize,
+}
+
+static WATCHES: Mutex<BTreeMap<u64, Watch>> = Mutex::new(BTreeMap::new());
+
+/// The watch lock, held (see [`crate::hold_registration_locks`]).
+pub(crate) fn hold_lock() -> MutexGuard<'static, impl Sized> {
+    WATCHES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A return probe's share of its function's watch.
+pub(crate) struct Watched {
+    function: u64,
+    sites: usize,
+}
+
+/// Watch the returns of function `f`, whose entry is `entry`, for return probe `inner`, at its
+/// exits; `Err` says why they cannot be (the return address is replaced then).
+pub(crate) fn watch(engine: &Engine, entry: Addr, f: &Function, inner: &Arc<KretInner>) -> Result<Watched, String> {
+    let mut watches = hold_lock_inner();
+    if !thread_state::exit_stacks_mapped() {
+        return Err("the threads' tables of pending calls could not be mapped".into());
+    }
+    let code = engine.function_code(f).map_err(|e| format!("the function's code cannot be read: {e}"))?;
+    let function = code[0].0 .0;
+    let sharing = watched().read(|w| w.iter().filter(|(f, _)| *f == function).count());
+    if let Some(w) = watches.get_mut(&function) {
+        if sharing >= PER_CALL {
+            return Err(format!(
+                "{PER_CALL} return probes watch the function's exits already, the most one call lists"
+            ));
+        }
+        w.users += 1;
+        add_watched(function, inner);
+        return Ok(Watched { function, sites: w.sites });
+    }
+    let parts: Vec<CodePart<'_>> = code.iter().map(|(start, bytes)| CodePart { start: *start, code: bytes }).collect();
+    let exits =
+        find_exits(&parts, &mut OwnMemory).map_err(|e| format!("the function's exits are not all known: {e}"))?;
+    let mut kprobes = vec![Kprobe::addr(entry).pre(move |regs| {
+        on_entry(function, regs);
+        PreAction::Continue
+    })];
+    for s in &exits.sites {
+        let part = parts.iter().find(|p| s.addr >= p.start && s.addr.0 < p.start.0 + p.code.len() as u64);
+        let insn = part.and_then(|p| analyze(p.code, p.start, s.addr).ok());
+        let branch = match insn.as_ref().map(|i| i.class) {
+            Some(ExecClass::Emulate { emulation, .. }) => Some(emulation),
+            _ => None,
+        };
+        let target = match s.kind {
+            ExitKind::TailJump { target } | ExitKind::TailBranch { target } => Some(target),
+            _ => None,
+        };
+        let site = ExitSite {
+            kind: s.kind,
+            next: insn.as_ref().map_or(s.addr, |i| i.next()),
+            branch,
+            plt_slot: target.and_then(plt_slot),
+        };
+        if matches!(s.kind, ExitKind::TailBranch { .. }) && site.branch.is_none() {
+            return Err(format!("the conditional tail call at {} cannot be evaluated", s.addr));
+        }
+        kprobes.push(Kprobe::addr(s.addr).pre(move |regs| {
+            on_exit(&site, regs);
+            PreAction::Continue
+        }));
+    }
+    add_watched(function, inner);
+    match register_all(kprobes) {
+        Ok(probes) => {
+            let sites = exits.sites.len();
+            watches.insert(function, Watch { probes, users: 1, sites });
+            Ok(Watched { function, sites })
+        }
+        Err(e) => {
+            remove_watched(inner.id);
+            Err(format!("its exits cannot all be probed: {e}"))
+        }
+    }
+}
+
+fn hold_lock_inner() -> MutexGuard<'static, BTreeMap<u64, Watch>> {
+    WATCHES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn add_watched(function: u64, inner: &Arc<KretInner>) {
+    watched().update(|w| {
+        let mut next = w.clone();
+        next.push((function, inner.clone()));
+        next.sort_by_key(|(f, p)| (*f, p.id));
+        next
+    });
+}
+
+fn remove_watched(id: u64) {
+    watched().update(|w| w.iter().filter(|(_, p)| p.id != id).cloned().collect());
+}
+
+/// When `target` is a PLT entry (`[endbr64;] jmp *GOT(%rip)`): the GOT slot it jumps through.
+fn plt_slot(target: Addr) -> Option<Addr> {
+    let mut code = [0u8; 24];
+    sys::read_memory(target, &mut code).ok()?;
+    let skip = endbr64_len(&code);
+    let at = target.offset(skip as u64);
+    match analyze(&code[skip..], at, at).ok()?.class {
+        ExecClass::Emulate {
+            emulation: Emulation::JmpMem { mem: MemOperand { base: None, index: None, disp, .. } },
+            ..
+        } => Some(Addr(disp)),
+        _ => None,
+    }
+}
+
+impl Watched {
+    /// How many exit sites the function has.
+    pub(crate) fn sites(&self) -> usize {
+        self.sites
+    }
+
+    /// The figures of the watch's entry probe (shared by the return probes on the function).
+    pub(crate) fn entry_stats(&self) -> Stats {
+        let watches = hold_lock_inner();
+        watches.get(&self.function).and_then(|w| w.probes.first()).map(Probe::stats).unwrap_or_default()
+    }
+
+    /// Return probe `id` stops watching; the last one removes the watch's probes (the code
+    /// has its original bytes back). Returns the entry probe's last figures.
+    pub(crate) fn unwatch(self, id: u64) -> Result<Stats, ProbeError> {
+        let mut watches = hold_lock_inner();
+        remove_watched(id);
+        let Some(w) = watches.get_mut(&self.function) else { return Ok(Stats::default()) };
+        let entry = w.probes.first().map(Probe::stats).unwrap_or_default();
+        w.users -= 1;
+        if w.users == 0 {
+            let w = watches.remove(&self.function).expect("present");
+            unregister_all(w.probes)?;
+        }
+        Ok(entry)
+    }
+}
+
+/// The process's own memory, read without faulting (jump tables).
+struct OwnMemory;
+
+impl Memory for OwnMemory {
+    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        sys::read_memory(addr, buf)
+    }
+
+    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+        Err(MemoryFault { addr, len: data.len(), write: true })
+    }
+}
