@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::Values;
+use dprobe_core::returns::ReturnMode;
 use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
 use dprobe_ptrace::{Injector, LoadError, Semaphores};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
@@ -63,6 +64,8 @@ struct ProbeInfo {
     names: Vec<String>,
     types: Vec<ArgType>,
     placement: Placement,
+    /// Said in the summary: why its returns are watched through the return address.
+    remark: Option<String>,
 }
 
 /// One program traced through the agent, spawned or attached.
@@ -440,8 +443,16 @@ impl Engine for AgentEngine {
             Err(e) => return Err(self.agent_err(e)),
         };
         let mut placed = Placed::default();
+        let mut remark = None;
         let placement = match answer {
             wire::Placement::At(a) => Placement::At(Addr(a)),
+            wire::Placement::Returns(a, mode) => {
+                placed.detail = Some(mode.to_string());
+                if let ReturnMode::ReturnAddress { .. } = mode {
+                    remark = Some(mode.to_string());
+                }
+                Placement::At(Addr(a))
+            }
             wire::Placement::Waiting => {
                 let object = binary.clone().unwrap_or_default();
                 placed.note = Some(format!("`{object}` is not loaded yet: probed when the program loads it"));
@@ -458,7 +469,7 @@ impl Engine for AgentEngine {
         self.values.push(probe.plan.values());
         let args = probe.plan.args();
         let names = args.iter().map(|a| a.name.clone()).collect();
-        self.probes.push(ProbeInfo { names, types: args.iter().map(|a| a.ty).collect(), placement });
+        self.probes.push(ProbeInfo { names, types: args.iter().map(|a| a.ty).collect(), placement, remark });
         Ok(placed)
     }
 
@@ -523,6 +534,10 @@ impl Engine for AgentEngine {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+    }
+
+    fn remarks(&self, index: usize) -> Vec<String> {
+        self.probes.get(index).and_then(|p| p.remark.clone()).into_iter().collect()
     }
 
     fn stats(&self, index: usize) -> Stats {

@@ -220,7 +220,9 @@ fn loader_changed(l: &mut Live, state: i32) {
             let at = dprobe_spec::parse_point(&p.target).ok().and_then(|point| symbols.resolve(&maps, &point).ok());
             let placed = at.is_some_and(|t| {
                 let here = PlaceProbe { target: format!("0x{:x}", t.addr.0), ..p.clone() };
-                let Placement::At(addr) = place(here, &l.shm, &mut l.placed) else { return false };
+                let (Placement::At(addr) | Placement::Returns(addr, _)) = place(here, &l.shm, &mut l.placed) else {
+                    return false;
+                };
                 l.shm.set(p.index as usize, Counter::PlacedAt, addr);
                 l.shm.add(p.index as usize, Counter::Loads, 1);
                 true
@@ -360,9 +362,9 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
                 hit.event(regs, Some(&entry), Side::Return, Some(d[7]));
             });
         register_kretprobe(k).map(|probe| {
-            let addr = probe.addr();
+            let at = Placement::Returns(probe.addr().0, probe.return_mode().clone());
             placed.push(Placed::Return { probe, index, hit: kept });
-            addr
+            at
         })
     } else {
         register(named(&p).pre(move |regs| {
@@ -375,11 +377,11 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
         .map(|probe| {
             let addr = probe.addr();
             placed.push(Placed::Entry { probe, index, hit: kept });
-            addr
+            Placement::At(addr.0)
         })
     };
     match result {
-        Ok(addr) => Placement::At(addr.0),
+        Ok(at) => at,
         Err(ProbeError::Target(
             dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
         )) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => Placement::Waiting,

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 
+use dprobe_core::returns::ReturnMode;
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Register};
 
 /// A probe to place.
@@ -38,6 +39,8 @@ pub struct PlaceProbe {
 pub enum Placement {
     /// Placed at this address.
     At(u64),
+    /// A return probe placed at this address, its returns watched as the mode says.
+    Returns(u64, ReturnMode),
     /// Its object is not loaded.
     Waiting,
     /// Refused, with the reason.
@@ -107,6 +110,20 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
             b.push(b'A');
             b.extend_from_slice(&a.to_le_bytes());
         }
+        Message::Placed(Placement::Returns(a, mode)) => {
+            b.push(b'E');
+            b.extend_from_slice(&a.to_le_bytes());
+            match mode {
+                ReturnMode::Exits { sites } => {
+                    b.push(b'x');
+                    b.extend_from_slice(&(*sites as u64).to_le_bytes());
+                }
+                ReturnMode::ReturnAddress { why } => {
+                    b.push(b'r');
+                    put_str(&mut b, why);
+                }
+            }
+        }
         Message::Placed(Placement::Waiting) => b.push(b'W'),
         Message::Placed(Placement::Failed(why)) => {
             b.push(b'F');
@@ -163,6 +180,14 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         b'L' => Message::Filter { index: c.u32()?, text: c.str()? },
         b'l' => Message::Filtered(c.u8()? == 1),
         b'A' => Message::Placed(Placement::At(c.u64()?)),
+        b'E' => {
+            let at = c.u64()?;
+            let mode = match c.u8()? {
+                b'x' => ReturnMode::Exits { sites: c.u64()? as usize },
+                _ => ReturnMode::ReturnAddress { why: c.str()? },
+            };
+            Message::Placed(Placement::Returns(at, mode))
+        }
         b'W' => Message::Placed(Placement::Waiting),
         b'F' => Message::Placed(Placement::Failed(c.str()?)),
         b'S' => Message::Stop,
@@ -321,6 +346,8 @@ mod tests {
             Message::Filtered(true),
             Message::Placed(Placement::At(0x1234)),
             Message::Placed(Placement::Waiting),
+            Message::Placed(Placement::Returns(0x10, ReturnMode::Exits { sites: 3 })),
+            Message::Placed(Placement::Returns(0x20, ReturnMode::ReturnAddress { why: "asked for".into() })),
             Message::Placed(Placement::Failed("why".into())),
             Message::Stop,
             Message::Stopped,

@@ -204,6 +204,15 @@ fn a_tail_call_pair_with_return_probes_counts_each_return_once() {
             let line = out.lines().find(|l| l.split_whitespace().next() == Some(p)).unwrap();
             assert_eq!(line.split_whitespace().nth(2), Some("1000"), "{engine}: {p} returns\n{out}");
         }
+        // -v says how the returns are watched: at each function's one exit.
+        let out = out_file(&format!("{engine}-tailcall-v"));
+        let mut args = vec!["trace", "-v", "--engine", engine, "-o", out.to_str().unwrap(), "--count"];
+        args.extend(probes);
+        args.extend(["--", target(), "tailcall", "10"]);
+        let said = String::from_utf8(common::dprobe(&args).stderr).unwrap();
+        for p in probes {
+            assert!(said.contains(&format!("`{p}`: returns watched at 1 exit site\n")), "{engine}\n{said}");
+        }
     }
 }
 

@@ -346,6 +346,8 @@ impl Engine for PtraceEngine {
             other => other,
         };
         let id = added?;
+        // -v says how its returns are watched (a timed entry's too).
+        placed.detail = self.tracee.return_mode(id).map(|mode| mode.to_string());
         if let Some(why) = self.tracee.semaphore_not_raised(id) {
             placed.note = Some(format!("its semaphore is not set, the program may skip the probe: {why}"));
         }
