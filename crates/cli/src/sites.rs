@@ -163,10 +163,13 @@ pub fn sites(spec: &ProbeSpec, timed: bool, traced: Traced<'_>, files: &mut Debu
     }
 }
 
-/// A function with inlined copies: each copy's entry, and the out-of-line copy by its name.
+/// A function with inlined copies: each copy's entry, and the out-of-line copy by its name;
+/// one with out-of-line copies in several files (each its own `static` copy): each one's
+/// entry.
 fn inlined_sites(spec: &ProbeSpec, timed: bool, path: &str, function: &str, f: &FunctionInfo) -> Result<Sites> {
     let n = f.inlined.len();
-    if n == 0 {
+    let entry_only = spec.kind != ProbeKind::Return && !timed;
+    if n == 0 && !(entry_only && f.out_of_line_entries.len() > 1) {
         return Ok(Sites::default());
     }
     let copies = if n == 1 { "copy".to_owned() } else { format!("{n} copies") };
@@ -185,7 +188,9 @@ fn inlined_sites(spec: &ProbeSpec, timed: bool, path: &str, function: &str, f: &
         return Ok(Sites { targets: Vec::new(), note: Some(note) });
     }
     let mut targets = Vec::new();
-    if !f.out_of_line.is_empty() {
+    if f.out_of_line_entries.len() > 1 {
+        targets.extend(f.out_of_line_entries.iter().map(|a| address_site(path, *a)));
+    } else if !f.out_of_line.is_empty() {
         targets.push(spec.point.clone());
     }
     targets.extend(f.inlined.iter().map(|c| address_site(path, c.entry)));

@@ -28,6 +28,9 @@ pub struct FunctionInfo {
     pub decl_line: Option<u32>,
     /// The code of its out-of-line copies (none when every call was inlined).
     pub out_of_line: Vec<Range<u64>>,
+    /// The entry of each out-of-line copy: more than one when files of the program each have
+    /// their own (a `static` function of a header at -O0).
+    pub out_of_line_entries: Vec<u64>,
     /// Its inlined copies, by entry address.
     pub inlined: Vec<InlinedCopy>,
     /// The line where the next function defined in the same file starts, if one does.
@@ -133,6 +136,10 @@ pub fn find_functions(
             let entry = d.entry_pc.filter(|e| *e != 0).unwrap_or(first);
             info.inlined.push(InlinedCopy { entry, ranges });
         } else {
+            let entry = d.entry_pc.filter(|e| *e != 0).unwrap_or(ranges[0].start);
+            if !info.out_of_line_entries.contains(&entry) {
+                info.out_of_line_entries.push(entry);
+            }
             info.out_of_line.extend(ranges);
         }
     }
