@@ -57,8 +57,9 @@ pub enum AgentError {
     TooMany,
 }
 
-/// How long the agent has to connect and to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent has to connect and to answer (placing many probes on a loaded machine
+/// takes seconds).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct ProbeInfo {
     names: Vec<String>,
@@ -136,7 +137,7 @@ impl AgentEngine {
 
     fn start(mut injector: Injector, library: Library<'_>, spawned: bool, events: bool) -> Result<Self, AgentError> {
         let pid = injector.pid();
-        let agent_err = |source| AgentError::Agent { pid, source };
+        let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
         static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
@@ -202,7 +203,7 @@ impl AgentEngine {
     }
 
     fn agent_err(&self, source: io::Error) -> AgentError {
-        AgentError::Agent { pid: self.pid, source }
+        AgentError::Agent { pid: self.pid, source: unanswered(source) }
     }
 
     /// Let the program run (it waited at its entry, or one thread at a safe point).
@@ -356,6 +357,14 @@ impl AgentEngine {
             _ => None,
         }
     }
+}
+
+/// A read that timed out says so in words (the socket's timeout is reported as `EAGAIN`).
+fn unanswered(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        return io::Error::new(io::ErrorKind::TimedOut, format!("it did not answer within {ANSWER_TIMEOUT:?}"));
+    }
+    e
 }
 
 fn accept_within(listener: &UnixListener, limit: Duration) -> io::Result<UnixStream> {

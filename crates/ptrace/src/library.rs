@@ -28,9 +28,12 @@ const RETURN_TRAP: u64 = 0x320;
 const RED_ZONE: u64 = 128;
 /// `RTLD_NOW`.
 const RTLD_NOW: u64 = 2;
-/// How long a remote call may take before the process is declared stuck (its `dlopen`
-/// waiting for a lock another thread holds).
+/// How long a remote call may go without running before the process is declared stuck (its
+/// `dlopen` waiting for a lock another thread holds). Measured in the thread's own time on a
+/// CPU, not the wall clock: on a loaded machine a call that runs, however slowly, is waited for.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wall-clock bound for a call that keeps running (a loop in a constructor).
+const CALL_WALL_LIMIT: Duration = Duration::from_secs(120);
 /// Interruptions of a running thread before another thread is tried.
 const SAFE_POINT_TRIES: u32 = 200;
 /// Room for the extended state (`NT_X86_XSTATE`): AVX-512 and AMX included.
@@ -403,17 +406,33 @@ impl Injector {
         let mut clean = self.xstate.clone();
         clean_fpu_control(&mut clean);
         set_xstate(self.tid, &mut clean)?;
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        let started = Instant::now();
+        let mut deadline = started + CALL_TIMEOUT;
+        let mut ran = cpu_time(self.pid, self.tid);
         let mut held = Vec::new();
         let mut signal = 0;
         let result = loop {
             sys::cont(self.tid, signal)?;
             signal = 0;
-            let Some((_, status)) = sys::wait_until(self.tid, deadline)? else {
+            let status = loop {
+                if let Some((_, status)) = sys::wait_until(self.tid, deadline)? {
+                    break Some(status);
+                }
+                let now_ran = cpu_time(self.pid, self.tid);
+                if now_ran <= ran || started.elapsed() >= CALL_WALL_LIMIT {
+                    break None;
+                }
+                // It ran meanwhile: slow, not stuck.
+                ran = now_ran;
+                deadline = Instant::now() + CALL_TIMEOUT;
+            };
+            let Some(status) = status else {
                 // Stuck: stop the thread where it waits; dropping the injector gives it back
                 // as it was before the call (or ends the program dprobe started).
                 self.stop_stuck_call()?;
-                let reason = format!("a call into it (at {function:#x}) did not return within {CALL_TIMEOUT:?}");
+                let reason = format!(
+                    "a call into it (at {function:#x}) did not return: its thread did not run for {CALL_TIMEOUT:?}"
+                );
                 return Err(LoadError::Refused { pid: self.pid, reason });
             };
             if !libc::WIFSTOPPED(status) {
@@ -597,4 +616,23 @@ fn clean_fpu_control(xstate: &mut [u8]) {
         xstate[4] = 0; // abridged tag word: every register empty
         xstate[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
     }
+}
+
+/// The time thread `tid` has spent on a CPU, in nanoseconds (`schedstat`), or in clock ticks
+/// (`stat`'s utime + stime) where the kernel keeps no scheduler statistics; 0 when gone.
+fn cpu_time(pid: i32, tid: i32) -> u64 {
+    let task = format!("/proc/{pid}/task/{tid}");
+    if let Some(ns) = std::fs::read_to_string(format!("{task}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+    {
+        return ns;
+    }
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+    // The fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are the 14th and 15th fields, the 12th and 13th after the name.
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    tick(11) + tick(12)
 }
