@@ -178,7 +178,11 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
                     Code::File(file) => Image::file(file).ok(),
                 };
                 if let Some(image) = image.as_mut() {
-                    writeln!(out, "  a return probe (ptrace) watches its returns {}", return_mode(symbols, image, f))?;
+                    writeln!(
+                        out,
+                        "  a return probe (ptrace, agent) watches its returns {}",
+                        return_mode(symbols, image, f)
+                    )?;
                 }
             }
             Ok(0)

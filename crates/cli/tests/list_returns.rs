@@ -14,7 +14,10 @@ fn listed(place: &str) -> String {
 fn list_says_at_which_exits_returns_are_watched_or_why_not() {
     // tail_outer is `add $1,%rdi; jmp tail_inner`: its one exit is the tail call.
     let out = listed("tail_outer+0");
-    assert!(out.contains("a return probe (ptrace) watches its returns at its 1 exit (ret, tail calls)"), "{out}");
+    assert!(
+        out.contains("a return probe (ptrace, agent) watches its returns at its 1 exit (ret, tail calls)"),
+        "{out}"
+    );
     // own_return leaves by its rets (how many is the compiler's choice).
     let out = listed("own_return+0");
     assert!(out.contains("watches its returns at its ") && out.contains(" exits (ret, tail calls)"), "{out}");
