@@ -19,6 +19,7 @@ use std::sync::Arc;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::{KProbe, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use dprobe_core::KeyedTally;
 use perf_event_open_sys::{bindings as sys, ioctls, perf_event_open};
 
 pub use source::{value_source, Origin, ValueSource, MAX_DEREFS};
@@ -54,30 +55,6 @@ pub struct TallyConfig {
     pub max_keys: u32,
 }
 
-/// One key's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TallyRow {
-    /// The process (0 unless keyed by it).
-    pub pid: u32,
-    /// The thread (0 unless keyed by it).
-    pub tid: u32,
-    /// The thread's name (empty unless keyed by it).
-    pub comm: Vec<u8>,
-    /// The value, its magnitude rounded to 11 significant bits (`None` when not keyed by a
-    /// value, or it could not be read).
-    pub value: Option<i64>,
-    /// The `--by NAME` value (`None` when not keyed by one, or it could not be read).
-    pub by: Option<i64>,
-    /// Hits.
-    pub count: u64,
-    /// The smallest and largest exact values among them.
-    pub min: i64,
-    /// See `min`.
-    pub max: i64,
-    /// The sum of their exact values.
-    pub sum: i128,
-}
-
 /// The program loaded for one probe, with its maps.
 pub struct Tally {
     ebpf: Ebpf,
@@ -98,12 +75,12 @@ pub struct TallyRows {
 }
 
 impl TallyRows {
-    /// Every key's figures so far, each summed over the CPUs.
-    pub fn rows(&self) -> Result<Vec<TallyRow>, String> {
+    /// Every key's figures so far, each summed over the CPUs, as the figures of `probe`.
+    pub fn rows(&self, probe: usize) -> Result<Vec<KeyedTally>, String> {
         let mut rows = Vec::new();
         for entry in self.map.iter() {
             let (key, per_cpu) = entry.map_err(|e| why("reading the map `tallies`", e))?;
-            let Some(row) = row(&key, per_cpu.iter(), self.keyed_by_value, self.keyed_by) else { continue };
+            let Some(row) = row(probe, &key, per_cpu.iter(), self.keyed_by_value, self.keyed_by) else { continue };
             rows.push(row);
         }
         Ok(rows)
@@ -216,9 +193,14 @@ impl Tally {
         Ok(())
     }
 
-    /// Every key's figures so far, each summed over the CPUs.
-    pub fn rows(&self) -> Result<Vec<TallyRow>, String> {
-        self.rows.rows()
+    /// Every key's figures so far, each summed over the CPUs, as the figures of `probe`.
+    pub fn rows(&self, probe: usize) -> Result<Vec<KeyedTally>, String> {
+        self.rows.rows(probe)
+    }
+
+    /// Hits its map counted so far (0 when it cannot be read).
+    pub fn counted(&self) -> u64 {
+        self.rows(0).map_or(0, |rows| rows.iter().map(|r| r.count).sum())
     }
 
     /// What reads its map of keys while the trace runs.
@@ -257,11 +239,12 @@ impl Tally {
 /// The row of one key (`[pid | tid << 32, comm, comm, value, by, faulted | by_faulted << 32]`,
 /// as the program lays it out) from its per-CPU figures; `None` when no CPU counted a hit.
 fn row<'a>(
+    probe: usize,
     key: &[u64; 6],
     per_cpu: impl Iterator<Item = &'a [u64; 4]>,
     keyed_by_value: bool,
     keyed_by: bool,
-) -> Option<TallyRow> {
+) -> Option<KeyedTally> {
     let mut count = 0u64;
     let (mut min, mut max, mut sum) = (i64::MAX, i64::MIN, 0i128);
     for [n, lo, hi, total] in per_cpu {
@@ -280,7 +263,8 @@ fn row<'a>(
     comm.truncate(comm.iter().position(|&b| b == 0).unwrap_or(comm.len()));
     let faulted = key[5] & 0xffff_ffff != 0;
     let by_faulted = key[5] >> 32 != 0;
-    Some(TallyRow {
+    Some(KeyedTally {
+        probe,
         pid: key[0] as u32,
         tid: (key[0] >> 32) as u32,
         comm,
@@ -320,15 +304,15 @@ mod tests {
             [1, -2060i64 as u64, -2048i64 as u64, -2060i64 as u64],
         ];
         key[4] = (-5i64) as u64;
-        let r = row(&key, cpus.iter(), true, true).unwrap();
+        let r = row(0, &key, cpus.iter(), true, true).unwrap();
         assert_eq!((r.pid, r.tid, r.comm.as_slice()), (7, 9, &b"worker-1"[..]));
         assert_eq!((r.value, r.count, r.min, r.max), (Some(-2048), 3, -2100, -2048), "the idle CPU ignored");
         assert_eq!((r.by, r.sum), (Some(-5), -6210));
-        assert_eq!(row(&key, cpus.iter(), true, false).unwrap().by, None, "not keyed by a value");
-        assert_eq!(row(&key, [[0u64; 4]].iter(), true, true), None, "no hit anywhere");
+        assert_eq!(row(0, &key, cpus.iter(), true, false).unwrap().by, None, "not keyed by a value");
+        assert_eq!(row(0, &key, [[0u64; 4]].iter(), true, true), None, "no hit anywhere");
         key[5] = 1 << 32;
-        assert_eq!(row(&key, cpus.iter(), true, true).unwrap().by, None, "faulted: no value");
+        assert_eq!(row(0, &key, cpus.iter(), true, true).unwrap().by, None, "faulted: no value");
         key[5] = 1;
-        assert_eq!(row(&key, cpus.iter(), true, true).unwrap().value, None, "faulted: no value");
+        assert_eq!(row(0, &key, cpus.iter(), true, true).unwrap().value, None, "faulted: no value");
     }
 }

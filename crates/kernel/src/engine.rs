@@ -255,9 +255,7 @@ impl KernelEngine {
     /// program counted (and dropped, its map full, or found not to pass the filter).
     fn delivered(p: &Probe) -> u64 {
         match &p.tally {
-            Some(t) => {
-                t.rows().map_or(0, |rows| rows.iter().map(|r| r.count).sum::<u64>()) + t.dropped() + t.rejected()
-            }
+            Some(t) => t.counted() + t.dropped() + t.rejected(),
             None => p.delivered,
         }
     }
@@ -362,24 +360,7 @@ impl KernelEngine {
 /// cannot be read leaves the probe's tables empty; its hits (also read from the map) say 0
 /// alike.
 fn keyed_tallies(readers: &[(usize, TallyRows)]) -> Vec<KeyedTally> {
-    let mut all = Vec::new();
-    for (probe, reader) in readers {
-        for r in reader.rows().unwrap_or_default() {
-            all.push(KeyedTally {
-                probe: *probe,
-                pid: r.pid,
-                tid: r.tid,
-                comm: r.comm,
-                value: r.value,
-                by: r.by,
-                count: r.count,
-                min: r.min,
-                max: r.max,
-                sum: r.sum,
-            });
-        }
-    }
-    all
+    readers.iter().flat_map(|(probe, reader)| reader.rows(*probe).unwrap_or_default()).collect()
 }
 
 /// The kernel field of the `index`-th argument, named `name`: the name itself when it is a C

@@ -48,7 +48,7 @@ fn tally_filtered(config: TallyConfig) -> (Vec<Row>, u64, u64) {
     t.attach(session.events()[event].format.id).unwrap();
     let status = Command::new(workers()).stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
-    let rows = t.rows().unwrap().into_iter().map(|r| (r.value.unwrap(), r.count, r.min, r.max)).collect();
+    let rows = t.rows(0).unwrap().into_iter().map(|r| (r.value.unwrap(), r.count, r.min, r.max)).collect();
     let (dropped, rejected) = (t.dropped(), t.rejected());
     drop(t);
     session.close().unwrap();
