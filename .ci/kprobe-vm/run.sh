@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real kprobes: boot Debian's stock kernel (kprobe events built in) under qemu with TCG and
-# a busybox initramfs holding a static dprobe, run the article's kernel examples inside
-# (`init`), and check their output on the serial console.
+# a busybox initramfs holding a static dprobe, run the article's kernel examples and an
+# in-kernel (BPF) count on a kprobe inside (`init`), and check their output on the serial
+# console.
 #   .ci/kprobe-vm/run.sh [WORKDIR]     (default target/kprobe-vm; downloads are kept there)
 # Packages are fetched with `apt-get download` and unpacked, not installed: no initramfs
 # hooks, and the machine's own qemu-utils stays.
@@ -64,6 +65,9 @@ check '^OPEN: hello'
 check "^FAIL: process 'cat' \([0-9]+\) do_sys_openat2 returns -2 \(ENOENT\)"
 check '^FAIL: kernel:do_sys_openat2%return +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+'
 check '^STRINGS: .* call do_sys_openat2\(path="/tmp/a{251}"\.\.\., bad=\(fault\)\)'
+check '^BPF: dprobe: `kernel:do_sys_openat2 dfd=\$arg1:s32`: its hits are counted in the kernel \(BPF\)'
+check '^BPF: cat +1$'
+check '^BPF: .*aggregated in the kernel \(BPF\): no per-event records reached dprobe'
 check '^CTRLC: try 19 '
 if grep -E '^CTRLC: ' serial.log | grep -Ev 'status (0|143) left \[\]$'; then
     echo "MISSING: every SIGTERM ends dprobe (0, or 143 before it caught it) and leaves no event"
