@@ -546,6 +546,7 @@ impl Engine for KernelEngine {
             }
         };
         self.poll(0, sink)?;
+        self.session.settle_lost();
         Ok(ending)
     }
 

@@ -186,9 +186,17 @@ fn open_event(id: u64, cpu: i32, pid: i32, data_bytes: usize, stacks: Option<Sta
     // default perf clock is the scheduler's, which need not agree with it).
     attr.set_use_clockid(1);
     attr.clockid = libc::CLOCK_MONOTONIC;
+    // The kernel's count of this event's records that found its buffer full, read at the
+    // end (see [`Rings::lost`]); kernels before 6.0 refuse the read format.
+    attr.read_format = u64::from(sys::PERF_FORMAT_LOST);
     // SAFETY: perf_event_open reads (and may write the expected size into) the attribute
     // struct we own; it returns a new fd.
-    let fd = unsafe { perf_event_open(&mut attr, pid, cpu, -1, 0) };
+    let mut fd = unsafe { perf_event_open(&mut attr, pid, cpu, -1, 0) };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        attr.read_format = 0;
+        // SAFETY: as above.
+        fd = unsafe { perf_event_open(&mut attr, pid, cpu, -1, 0) };
+    }
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -281,6 +289,25 @@ impl Rings {
     /// Hand every record now in the buffers to `each`.
     pub fn drain(&mut self, each: &mut dyn FnMut(Record<'_>)) -> usize {
         self.rings.iter_mut().map(|r| r.drain(each)).sum()
+    }
+
+    /// The kernel's own count of the records it could not write because a buffer was full,
+    /// all events and CPUs together (`PERF_FORMAT_LOST`; `None` where the kernel does not
+    /// keep it). The buffers report a loss (`PERF_RECORD_LOST`) only when a later record of
+    /// their CPU fits: the losses of a burst followed by quiet would otherwise go unsaid.
+    pub fn lost(&self) -> Option<u64> {
+        let mut lost = 0;
+        for fd in self.rings.iter().map(|r| &r.fd).chain(&self.others) {
+            // `{ value, lost }`, as read_format asked.
+            let mut values = [0u64; 2];
+            // SAFETY: reads at most the 16 bytes of `values` from a perf fd we own.
+            let n = unsafe { libc::read(fd.as_raw_fd(), values.as_mut_ptr().cast(), std::mem::size_of_val(&values)) };
+            if n != std::mem::size_of_val(&values) as isize {
+                return None;
+            }
+            lost += values[1];
+        }
+        Some(lost)
     }
 }
 

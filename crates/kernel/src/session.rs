@@ -371,6 +371,16 @@ impl Session {
         })
     }
 
+    /// Take the kernel's own count of the records lost to full buffers into [`Session::lost`]
+    /// (from Linux 6.0, `PERF_FORMAT_LOST`): call it once the last records are read, before
+    /// the figures are given. The buffers say a loss only when a later record fits in them:
+    /// the losses of a burst followed by quiet are known from this count alone.
+    pub fn settle_lost(&mut self) {
+        if let Some(n) = self.rings.as_ref().and_then(Rings::lost) {
+            self.lost = self.lost.max(n);
+        }
+    }
+
     /// The kernel's own counts of event `index` (dynamic events only, from `uprobe_profile`
     /// or `kprobe_profile`): its hits, and its misses, which for a return probe are calls
     /// with no free instance (`maxactive`, [`Stats::missed`]) and for an entry hits while
