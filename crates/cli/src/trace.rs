@@ -201,6 +201,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             with_comm: mode(&args) != Mode::Quiet || args.comm.is_some() || args.by.iter().any(|k| k == "comm"),
             command: args.command.clone(),
             buffer_size: args.buffer_size,
+            // This process traces for the one the user started (see dprobe-holder), its parent
+            // (if that one has ended already, the trace is ending anyway).
+            front: Some(std::os::unix::process::parent_id()),
             in_kernel: match crate::in_kernel::in_kernel(&args) {
                 Ok(ask) => Some(ask),
                 Err(why) => {

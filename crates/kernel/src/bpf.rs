@@ -45,6 +45,9 @@ pub struct TallyConfig {
     pub only_comm: Option<String>,
     /// A process whose hits are left out (dprobe's own).
     pub own_pid: u32,
+    /// Another process of dprobe's own whose hits are left out (0: none): the one the user
+    /// started, which waits for this one.
+    pub front_pid: u32,
     /// Keyed by this value too (rounded to 11 significant bits), for a histogram.
     pub value: Option<ValueSource>,
     /// Keyed by this fetched value too, exactly (`--by NAME`).
@@ -122,6 +125,7 @@ impl Tally {
             .override_global("key_comm", &key_comm, true)
             .override_global("only_pid", &only_pid, true)
             .override_global("own_pid", &config.own_pid, true)
+            .override_global("front_pid", &config.front_pid, true)
             .override_global("only_comm_set", &only_comm_set, true)
             .override_global("only_comm", &only_comm, true)
             .override_global("value", &value[..], true)

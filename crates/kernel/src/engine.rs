@@ -41,6 +41,10 @@ pub struct KernelOptions {
     /// Count the hits by key in the kernel (BPF) instead of delivering events, where the
     /// probe allows it (see [`InKernel`]).
     pub in_kernel: Option<InKernel>,
+    /// Another process of dprobe's own (single-threaded), whose calls are left out of
+    /// user-space probes as this process's own are: the one the user started, which waits
+    /// for this one and passes signals on.
+    pub front: Option<u32>,
 }
 
 /// What the kernel counts by itself for each probe: hits by key, and a histogram's value.
@@ -159,6 +163,9 @@ impl KernelEngine {
         }
         let mut session = Session::new()?;
         session.set_buffer_size(options.buffer_size.unwrap_or(crate::DEFAULT_BUFFER_BYTES));
+        if let Some(front) = options.front {
+            session.leave_out(front);
+        }
         Ok(KernelEngine {
             session,
             options,
@@ -313,6 +320,7 @@ impl KernelEngine {
             only_pid: self.options.pid.map(|p| p as u32),
             only_comm: self.options.comm.clone(),
             own_pid: std::process::id(),
+            front_pid: self.options.front.unwrap_or(0),
             value,
             by_value,
             filter,

@@ -99,6 +99,8 @@ pub struct Session {
     pub lost: u64,
     /// Bytes of data of each CPU's perf buffer.
     buffer_bytes: usize,
+    /// Single-threaded processes of dprobe's own besides this one ([`Session::leave_out`]).
+    also_own: Vec<u32>,
     stacks: Option<StackSampling>,
 }
 
@@ -120,6 +122,7 @@ impl Session {
             pending: Vec::new(),
             lost: 0,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
+            also_own: Vec::new(),
             stacks: None,
         })
     }
@@ -313,6 +316,13 @@ impl Session {
         }
     }
 
+    /// Leave the calls of process `pid`, single-threaded, out of user-space probes as this
+    /// process's own are (see [`Session::start`]): another process of dprobe's own, such as
+    /// the one the user started, which waits for this one and passes signals on.
+    pub fn leave_out(&mut self, pid: u32) {
+        self.also_own.push(pid);
+    }
+
     /// The events defined so far, in the order they were added.
     pub fn events(&self) -> &[DefinedEvent] {
         &self.events
@@ -325,7 +335,10 @@ impl Session {
     /// the buffers) would otherwise feed the buffers with its own events, without end.
     pub fn start(&mut self, pid: Option<i32>) -> Result<(), KernelError> {
         self.flush()?;
-        let own = own_threads().iter().map(|t| format!("common_pid != {t}")).collect::<Vec<_>>().join(" && ");
+        let own = (own_threads().iter().chain(&self.also_own))
+            .map(|t| format!("common_pid != {t}"))
+            .collect::<Vec<_>>()
+            .join(" && ");
         let filters: Vec<Option<String>> = self
             .events
             .iter()

@@ -94,6 +94,8 @@ const volatile __u32 key_comm = 0;
 const volatile __u32 only_pid = 0;
 /* dprobe's own process, left out (its own calls while it reads the maps). */
 const volatile __u32 own_pid = 0;
+/* dprobe's process the user started, left out too (0: none). */
+const volatile __u32 front_pid = 0;
 /* Only threads of this name (`only_comm_set`). */
 const volatile __u32 only_comm_set = 0;
 const volatile char only_comm[16] = {};
@@ -280,7 +282,7 @@ INLINE void count_into(struct tally *t, __s64 v) {
 INLINE int tally(void *ctx) {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 pid = pid_tgid >> 32;
-    if (pid == own_pid || (only_pid && pid != only_pid))
+    if (pid == own_pid || (front_pid && pid == front_pid) || (only_pid && pid != only_pid))
         return 0;
     struct key k;
     __builtin_memset(&k, 0, sizeof(k));
