@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod rounds;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ptrace/tests/fixtures");
 
 /// The target program of the ptrace engine's tests (its modes check their own results).
