@@ -267,7 +267,9 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
         // What a handler sees: the registers as the function leaves, `rip` where it returns
         // to, `rsp` past the return address.
         let mut seen = *regs;
-        seen.rip = read_u64(Addr(sp)).unwrap_or(0);
+        // SAFETY: at an exit instruction the return address is at the stack pointer, on the
+        // thread's live stack (below it lie the signal frame or the detour's frame).
+        seen.rip = unsafe { (sp as *const u64).read_volatile() };
         seen.rsp = sp.wrapping_add(8);
         let mut j = i;
         loop {
