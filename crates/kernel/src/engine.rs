@@ -17,6 +17,8 @@ use dprobe_stack::{Unwinder, UserRegs};
 use crate::bpf::filter::Operand;
 use crate::bpf::{value_source, Origin, Tally, TallyConfig, TallyRows, ValueSource};
 use crate::error::KernelError;
+use crate::exit_pairing::{Held, Paired, Pairing, Role};
+use crate::exit_sites::{self, ExitPlan};
 use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
 
@@ -92,7 +94,24 @@ struct Probe {
     tally: Option<Tally>,
     /// Why its program, loaded, could not be attached (its events are read instead).
     fallback: Option<String>,
+    /// A return probe watched at its function's exits: `event` is the entry's.
+    exits: Option<Watched>,
 }
+
+/// A return probe watched at its function's exits instead of through the return address.
+struct Watched {
+    /// The file and link-time start of the function.
+    path: String,
+    function: u64,
+    /// Its exit events, and how the function leaves at each.
+    exit_events: Vec<(usize, dprobe_arch::ExitKind)>,
+    /// Activations the program abandoned (exceptions, `longjmp`).
+    abandoned: u64,
+}
+
+/// The hidden fields of the entry and exit events of a return probe watched at its exits.
+const SP_FIELD: &str = "dprobe_sp";
+const AX_FIELD: &str = "dprobe_ax";
 
 /// System-wide tracing through the kernel's uprobes, kprobes and tracepoints.
 pub struct KernelEngine {
@@ -103,6 +122,7 @@ pub struct KernelEngine {
     child: Option<Child>,
     names: ThreadNames,
     stacks: Stacks,
+    pairing: Pairing,
 }
 
 /// The stacks events carry, if asked for: what unwinds the user stacks copied with each
@@ -173,6 +193,7 @@ impl KernelEngine {
             child: None,
             names: ThreadNames::default(),
             stacks: Stacks::default(),
+            pairing: Pairing::default(),
         })
     }
 
@@ -186,6 +207,7 @@ impl KernelEngine {
         options: &KernelOptions,
         names: &mut ThreadNames,
         stacks: &mut Stacks,
+        pairing: &mut Pairing,
         hit: &Hit<'_>,
         sink: &mut dyn FnMut(&ProbeEvent<'_>),
     ) {
@@ -199,6 +221,10 @@ impl KernelEngine {
             _ => b"",
         };
         if options.comm.as_deref().is_some_and(|c| c.as_bytes() != comm) {
+            return;
+        }
+        if let Some(record) = Self::watched_record(probes, hit, comm) {
+            pairing.hold(record);
             return;
         }
         if probes.iter().any(|p| p.call_event == Some(hit.event)) {
@@ -358,9 +384,133 @@ impl KernelEngine {
     }
 
     fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
-        let (probes, options, names, stacks) = (&mut self.probes, &self.options, &mut self.names, &mut self.stacks);
-        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, stacks, &hit, sink))?;
+        let read_began = monotonic_ns();
+        let (probes, options, names, stacks, pairing) =
+            (&mut self.probes, &self.options, &mut self.names, &mut self.stacks, &mut self.pairing);
+        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, stacks, pairing, &hit, sink))?;
+        self.pair(Some(read_began), sink);
         Ok(())
+    }
+
+    /// The record of an entry or exit event of a return probe watched at its exits.
+    fn watched_record(probes: &[Probe], hit: &Hit<'_>, comm: &[u8]) -> Option<Held> {
+        let (probe, role) = probes.iter().enumerate().find_map(|(i, p)| {
+            let w = p.exits.as_ref()?;
+            if p.event == hit.event {
+                return Some((i, Role::Entry));
+            }
+            w.exit_events.iter().find(|(e, _)| *e == hit.event).map(|&(_, kind)| (i, Role::Exit(kind)))
+        })?;
+        let word = |name: &str| match hit.field(name) {
+            Some(FieldValue::Unsigned(x)) => x,
+            Some(FieldValue::Signed(x)) => x as u64,
+            _ => 0,
+        };
+        Some(Held {
+            time: hit.time,
+            pid: hit.pid,
+            tid: hit.tid,
+            probe,
+            role,
+            sp: word(SP_FIELD),
+            ax: word(AX_FIELD),
+            comm: comm.to_vec(),
+        })
+    }
+
+    /// Pair the held entry and exit records stamped before `read_began` (all with `None`),
+    /// and hand the returns to `sink`.
+    fn pair(&mut self, read_began: Option<u64>, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+        if self.pairing.is_empty() {
+            return;
+        }
+        let probes = &mut self.probes;
+        let watched: Vec<(String, u64)> =
+            probes.iter().filter_map(|p| p.exits.as_ref().map(|w| (w.path.clone(), w.function))).collect();
+        let paths: Vec<Option<String>> = probes.iter().map(|p| p.exits.as_ref().map(|w| w.path.clone())).collect();
+        let hands_over = |probe: usize, target: u64| {
+            paths[probe].as_ref().is_some_and(|path| watched.iter().any(|(p, f)| p == path && *f == target))
+        };
+        self.pairing.handle(read_began, &hands_over, &mut |h, what| match what {
+            Paired::Entered { probe } => probes[probe].delivered += 1,
+            Paired::Abandoned { probe } => {
+                if let Some(w) = probes[probe].exits.as_mut() {
+                    w.abandoned += 1;
+                }
+            }
+            Paired::Returned { probe: index, entry_time, value } => {
+                let p = &mut probes[index];
+                p.returns_delivered += 1;
+                p.values.clear();
+                for (_, ty) in &p.fields {
+                    match value {
+                        Some(v) => p.values.push_int(v, *ty),
+                        None => p.values.push_fault(0),
+                    }
+                }
+                sink(&ProbeEvent {
+                    probe: index,
+                    side: Side::Return,
+                    pid: h.pid,
+                    tid: h.tid,
+                    time_ns: h.time,
+                    entry_time_ns: Some(entry_time),
+                    comm: &h.comm,
+                    values: &p.values,
+                    user_stack: &[],
+                    kernel_stack: &[],
+                });
+            }
+        });
+    }
+
+    /// How `probe`'s returns can be watched at its function's exits; why not.
+    fn exit_plan(&self, probe: &ProbeRequest<'_>, spec: &dprobe_spec::ProbeSpec) -> Result<ExitPlan, String> {
+        if self.stacks.want.is_some() {
+            return Err("stacks are taken with each event".into());
+        }
+        if probe.semaphore.is_some() {
+            return Err("it has a semaphore".into());
+        }
+        if let Some(a) = probe.plan.args().iter().find(|a| a.fetch != Fetch::RetVal) {
+            return Err(format!("`{}` is read at the return address (only $retval is read at the exits)", a.name));
+        }
+        let plan = exit_sites::plan(spec)?;
+        if self
+            .probes
+            .iter()
+            .any(|p| p.exits.as_ref().is_some_and(|w| w.path == plan.path && w.function == plan.function))
+        {
+            return Err("another return probe watches the function's exits".into());
+        }
+        Ok(plan)
+    }
+
+    /// Define `plan`'s entry and exit events (in the next batch); the entry's index and the
+    /// exits'.
+    fn add_watched(&mut self, plan: &ExitPlan) -> Result<(usize, Vec<(usize, dprobe_arch::ExitKind)>), KernelError> {
+        let hidden = |with_ax: bool| {
+            let mut args = Vec::new();
+            if self.options.with_comm {
+                args.push(Self::comm_arg());
+            }
+            args.push(NamedArg::typed(SP_FIELD, Fetch::StackPointer, ArgType::U(64)));
+            if with_ax {
+                args.push(NamedArg::typed(AX_FIELD, Fetch::Reg(dprobe_spec::Register("ax")), ArgType::U(64)));
+            }
+            args
+        };
+        let event_at = |addr: u64, with_ax: bool| {
+            // Never a uprobe but at an instruction start the function was decoded with.
+            assert!(exit_sites::is_planned_site(plan, addr), "{addr:#x} is no entry or exit of the function");
+            dprobe_spec::ProbeSpec { point: plan.point(addr), kind: ProbeKind::Entry, args: hidden(with_ax) }
+        };
+        let entry = self.session.add_later(&event_at(plan.function, false), None)?;
+        let mut exits = Vec::with_capacity(plan.exits.len());
+        for &(addr, kind) in &plan.exits {
+            exits.push((self.session.add_later(&event_at(addr, true), None)?, kind));
+        }
+        Ok((entry, exits))
     }
 }
 
@@ -374,6 +524,14 @@ fn keyed_tallies(readers: &[(usize, TallyRows)]) -> Vec<KeyedTally> {
 /// The kernel field of the `index`-th argument, named `name`: the name itself when it is a C
 /// identifier, else the name with every other character made `_` and the index added, so
 /// that two paths never share a field (`req->hdr.len` is `req__hdr_len_3`).
+/// CLOCK_MONOTONIC in ns, the clock the perf records are stamped with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn field_name(index: usize, name: &str) -> String {
     let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -430,7 +588,25 @@ impl Engine for KernelEngine {
         let maxactive = probe.maxactive;
         // User and kernel probes are defined together when tracing starts (one write to the
         // kernel whatever their number); a tracepoint's fields are needed now.
-        let event = if dynamic {
+        // A user function's return probe is watched at its exits where it can be: the stack
+        // is then not touched, and recursion has no depth limit.
+        let user_return = spec.kind == ProbeKind::Return && matches!(spec.point, ProbePoint::User { .. });
+        let plan = if user_return { Some(self.exit_plan(&probe, &spec)) } else { None };
+        let mut watched = None;
+        let mut mode = None;
+        let event = if let Some(Ok(plan)) = &plan {
+            let (entry, exit_events) = self.add_watched(plan)?;
+            let n = plan.exits.len();
+            mode = Some(format!(
+                "its returns are watched at its {n} exit{} (ret, tail calls): the stack is not touched",
+                if n == 1 { "" } else { "s" }
+            ));
+            watched = Some(Watched { path: plan.path.clone(), function: plan.function, exit_events, abandoned: 0 });
+            entry
+        } else if dynamic {
+            if let Some(Err(why)) = &plan {
+                mode = Some(format!("its returns are watched through the return address (a uretprobe): {why}"));
+            }
             self.session.add_later_counting(&spec, maxactive, probe.semaphore.map(|s| s.file_offset))?
         } else {
             self.session.add(&spec, None, maxactive)?
@@ -444,7 +620,8 @@ impl Engine for KernelEngine {
             placed.fields = Some(fields.clone());
             fields
         };
-        let tally = match self.options.in_kernel.as_ref().filter(|_| !probe.timed) {
+        // A return probe watched at its exits is counted in dprobe, which pairs its events.
+        let tally = match self.options.in_kernel.as_ref().filter(|_| !probe.timed && watched.is_none()) {
             Some(ask) => match self.tally(ask, &probe, event) {
                 Ok(t) => {
                     placed.detail = Some("its hits are counted in the kernel (BPF)".into());
@@ -457,6 +634,12 @@ impl Engine for KernelEngine {
             },
             None => None,
         };
+        if let Some(mode) = mode {
+            placed.detail = Some(match placed.detail.take() {
+                Some(d) => format!("{mode}; {d}"),
+                None => mode,
+            });
+        }
         let return_event = if probe.timed && spec.kind == ProbeKind::Entry {
             let mut ret = spec.clone();
             ret.kind = ProbeKind::Return;
@@ -469,7 +652,7 @@ impl Engine for KernelEngine {
         // entry event tells the stacks which slot and what it held.
         let returns = spec.kind == ProbeKind::Return || return_event.is_some();
         let call_event = match self.stacks.want {
-            Some(want) if want.user && returns && dynamic => {
+            Some(want) if want.user && returns && dynamic && watched.is_none() => {
                 let mut call = spec.clone();
                 call.kind = ProbeKind::Entry;
                 call.args = vec![
@@ -492,6 +675,7 @@ impl Engine for KernelEngine {
             returns_delivered: 0,
             tally,
             fallback: None,
+            exits: watched,
         });
         Ok(placed)
     }
@@ -500,7 +684,8 @@ impl Engine for KernelEngine {
     /// program tests the filter itself needs no more).
     fn prefilter(&mut self, filter: &Filter, text: &str) {
         let names = filter.fields();
-        for p in &mut self.probes {
+        // A return probe watched at its exits needs every entry and exit to pair them.
+        for p in self.probes.iter_mut().filter(|p| p.exits.is_none()) {
             if p.tally.as_ref().is_some_and(Tally::filtered) {
                 continue;
             }
@@ -555,6 +740,7 @@ impl Engine for KernelEngine {
         };
         self.poll(0, sink)?;
         self.session.settle_lost();
+        self.pair(None, sink);
         Ok(ending)
     }
 
@@ -572,6 +758,7 @@ impl Engine for KernelEngine {
         let hits = if unrestricted_kernel_count { counts.hits.max(delivered) } else { delivered };
         let returns = match p.return_event {
             Some(_) => p.returns_delivered,
+            None if p.exits.is_some() => p.returns_delivered,
             None if p.is_return => delivered,
             None => 0,
         };
@@ -582,6 +769,7 @@ impl Engine for KernelEngine {
             returns,
             missed: counts.missed + return_missed,
             placement: dprobe_core::Placement::InKernel,
+            abandoned: p.exits.as_ref().map_or(counts.abandoned, |w| w.abandoned),
             ..counts
         }
     }
@@ -612,8 +800,21 @@ impl Engine for KernelEngine {
         }
         if p.is_return && !restricted {
             let stats = self.stats(index);
-            let gap = stats.hits.saturating_sub(stats.returns + stats.missed);
-            if gap > 0 && !p.filtered_in_kernel {
+            let gap = stats.hits.saturating_sub(stats.returns + stats.missed + stats.abandoned);
+            if p.exits.is_some() {
+                if stats.abandoned > 0 {
+                    remarks.push(format!(
+                        "{} entries left without returning: an exception or longjmp unwound past them",
+                        stats.abandoned
+                    ));
+                }
+                if gap > 0 {
+                    remarks.push(format!(
+                        "{gap} entries (the kernel's count) without a return received: they had not returned when \
+                         tracing stopped, or their thread exited"
+                    ));
+                }
+            } else if gap > 0 && !p.filtered_in_kernel {
                 let lost = if self.session.lost > 0 { ", or their records were lost (full buffers)" } else { "" };
                 remarks.push(format!(
                     "{gap} entries (the kernel's count) without a return received: they had not returned when \

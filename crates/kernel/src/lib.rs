@@ -18,6 +18,8 @@ pub mod bpf;
 mod define;
 mod engine;
 mod error;
+mod exit_pairing;
+mod exit_sites;
 mod format;
 mod perf;
 mod session;

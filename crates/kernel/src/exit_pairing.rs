@@ -1,0 +1,209 @@
+//! The pairing of a return probe's entry and exit events (placed at its function's exits,
+//! [`crate::exit_sites`]) per thread by the stack pointer (`dprobe_core::returns::exits`).
+//!
+//! Each CPU has its own ring, and a thread that moved between CPUs may have its exit read
+//! before its entry: the records are held and handled in the order of their times, once no
+//! ring can still bring an earlier one (those stamped before the last read began).
+
+use std::collections::HashMap;
+
+use dprobe_arch::ExitKind;
+use dprobe_core::returns::exits::{ActivationStack, Left};
+
+/// How long before a read began a record must be stamped to be handled: the kernel stamps a
+/// record just before it writes it.
+const SETTLE_NS: u64 = 2_000_000;
+
+/// What an event of a return probe watched at its exits says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The function's entry.
+    Entry,
+    /// One of its exits.
+    Exit(ExitKind),
+}
+
+/// One record of an entry or exit event, kept until it can be handled in time order.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Its time (CLOCK_MONOTONIC, ns).
+    pub time: u64,
+    /// Process and thread.
+    pub pid: u32,
+    /// The thread.
+    pub tid: u32,
+    /// The probe it belongs to.
+    pub probe: usize,
+    /// Its role.
+    pub role: Role,
+    /// `%sp` as the instruction was about to run.
+    pub sp: u64,
+    /// `%ax` (at an exit: a `ret`'s return value).
+    pub ax: u64,
+    /// The thread's name, if brought.
+    pub comm: Vec<u8>,
+}
+
+/// What the pairing tells the engine.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paired {
+    /// Probe `probe` entered (a hit).
+    Entered {
+        /// Which probe.
+        probe: usize,
+    },
+    /// Probe `probe`'s function returned; `value` its return value, when known (`None`: it
+    /// left through a tail call into a function whose return is not watched).
+    Returned {
+        /// Which probe.
+        probe: usize,
+        /// The entry's time.
+        entry_time: u64,
+        /// The return value.
+        value: Option<u64>,
+    },
+    /// An activation of `probe` the program abandoned (an exception or `longjmp` unwound
+    /// past it).
+    Abandoned {
+        /// Which probe.
+        probe: usize,
+    },
+}
+
+/// Every thread's pending activations, and the records not handled yet.
+#[derive(Default)]
+pub struct Pairing {
+    held: Vec<Held>,
+    threads: HashMap<u32, ActivationStack<(usize, u64)>>,
+}
+
+impl Pairing {
+    /// Keep `record` until it can be handled.
+    pub fn hold(&mut self, record: Held) {
+        self.held.push(record);
+    }
+
+    /// Whether records wait.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Handle, in time order, the records stamped before `read_began - SETTLE_NS` (every one
+    /// with `None`, when no more will come). `hands_over(probe, target)`: whether a tail call
+    /// of `probe`'s function to `target` enters a function whose exits are watched.
+    /// `each(record, what)` for everything paired.
+    pub fn handle(
+        &mut self,
+        read_began: Option<u64>,
+        hands_over: &dyn Fn(usize, u64) -> bool,
+        each: &mut dyn FnMut(&Held, Paired),
+    ) {
+        self.held.sort_by_key(|h| h.time);
+        let ready = match read_began {
+            Some(t) => self.held.partition_point(|h| h.time < t.saturating_sub(SETTLE_NS)),
+            None => self.held.len(),
+        };
+        let ready: Vec<Held> = self.held.drain(..ready).collect();
+        // One stack per thread: an activation below an exit's stack pointer was abandoned.
+        let mut stack_of = |_: u64| 0u64;
+        for h in &ready {
+            let thread = self.threads.entry(h.tid).or_default();
+            let (stale, returning, value) = match h.role {
+                Role::Entry => {
+                    each(h, Paired::Entered { probe: h.probe });
+                    (thread.enter(h.sp, (h.probe, h.time), &mut stack_of), Vec::new(), None)
+                }
+                Role::Exit(ExitKind::TailJump { target }) if hands_over(h.probe, target.0) => {
+                    let (stale, _) = thread.hand_over(h.sp, &mut stack_of);
+                    (stale, Vec::new(), None)
+                }
+                Role::Exit(kind) => {
+                    let Left { stale, returning } = thread.leave(h.sp, &mut stack_of);
+                    (stale, returning, kind.is_ret().then_some(h.ax))
+                }
+            };
+            // A stale activation handed over by a tail call is not known to have returned
+            // either (the callee it jumped to may have been unwound): abandoned alike.
+            for ((probe, _), _) in stale {
+                each(h, Paired::Abandoned { probe });
+            }
+            for (probe, entry_time) in returning {
+                each(h, Paired::Returned { probe, entry_time, value });
+            }
+            if thread.is_empty() {
+                self.threads.remove(&h.tid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dprobe_arch::Addr;
+
+    fn rec(time: u64, tid: u32, probe: usize, role: Role, sp: u64, ax: u64) -> Held {
+        Held { time, pid: 1, tid, probe, role, sp, ax, comm: Vec::new() }
+    }
+
+    fn run(records: Vec<Held>, watched: u64) -> Vec<Paired> {
+        let mut p = Pairing::default();
+        for r in records {
+            p.hold(r);
+        }
+        let mut out = Vec::new();
+        p.handle(None, &|_, target| target == watched, &mut |_, what| out.push(what));
+        out
+    }
+
+    #[test]
+    fn records_read_out_of_order_pair_in_time_order() {
+        let ret = Role::Exit(ExitKind::Ret);
+        let out = run(vec![rec(20, 7, 0, ret, 0x1000, 5), rec(10, 7, 0, Role::Entry, 0x1000, 0)], 0);
+        assert_eq!(
+            out,
+            vec![Paired::Entered { probe: 0 }, Paired::Returned { probe: 0, entry_time: 10, value: Some(5) }]
+        );
+    }
+
+    #[test]
+    fn a_tail_call_returns_both_with_the_callee_value() {
+        let jump = Role::Exit(ExitKind::TailJump { target: Addr(0x500) });
+        let ret = Role::Exit(ExitKind::Ret);
+        let out = run(
+            vec![
+                rec(1, 7, 0, Role::Entry, 0x1000, 0),
+                rec(2, 7, 0, jump, 0x1000, 0),
+                rec(3, 7, 1, Role::Entry, 0x1000, 0),
+                rec(4, 7, 1, ret, 0x1000, 42),
+            ],
+            0x500,
+        );
+        assert_eq!(
+            out,
+            vec![
+                Paired::Entered { probe: 0 },
+                Paired::Entered { probe: 1 },
+                Paired::Returned { probe: 1, entry_time: 3, value: Some(42) },
+                Paired::Returned { probe: 0, entry_time: 1, value: Some(42) },
+            ]
+        );
+        // Into a function not watched: it returns at the jump, its value unknown.
+        let out = run(vec![rec(1, 7, 0, Role::Entry, 0x1000, 0), rec(2, 7, 0, jump, 0x1000, 9)], 0);
+        assert_eq!(out[1], Paired::Returned { probe: 0, entry_time: 1, value: None });
+    }
+
+    #[test]
+    fn frames_an_exception_unwound_are_abandoned_at_the_next_exit_above() {
+        let ret = Role::Exit(ExitKind::Ret);
+        let mut records = vec![rec(0, 7, 0, Role::Entry, 0x10000, 0)];
+        for k in 1..100u64 {
+            records.push(rec(k, 7, 0, Role::Entry, 0x10000 - 64 * k, 0));
+        }
+        records.push(rec(200, 7, 0, ret, 0x10000, 3));
+        let out = run(records, 0);
+        let abandoned = out.iter().filter(|p| matches!(p, Paired::Abandoned { .. })).count();
+        assert_eq!(abandoned, 99);
+        assert_eq!(out.last(), Some(&Paired::Returned { probe: 0, entry_time: 0, value: Some(3) }));
+    }
+}
