@@ -1,7 +1,8 @@
 //! `dprobe trace --system-wide` with return probes the kernel engine watches at the function's
 //! exits (a uprobe at its entry and at each `ret` and tail call, paired by the stack pointer):
 //! tail calls, C++ exceptions and recursion deeper than the kernel's return probes watch (64
-//! per thread) give the program's own result and exact figures.
+//! per thread) give the program's own result and exact figures; a function whose exits are
+//! not all known keeps the kernel's return probe, and says why.
 mod common;
 
 use std::process::Command;
@@ -46,14 +47,25 @@ fn a_tail_call_pair_returns_both_with_the_callee_value() {
     let _x = exclusive();
     let p = program();
     let (caller, callee) = (format!("{p}:caller%return r=$retval:s32"), format!("{p}:callee%return r=$retval:s32"));
-    let t = trace_to_file("system-exits-tail", &["-a", "-v", &caller, &callee, "--", p, "tail", "100"]);
-    assert_eq!(t.code, Some(0), "{}", t.what("tail"));
-    assert_eq!(t.stdout, untraced(&["tail", "100"]));
     let expected: Vec<i64> = (1..=100).map(|i| 3 * i).collect();
-    assert_eq!(returned(&t.trace, "caller"), expected, "{}", t.what("caller"));
-    assert_eq!(returned(&t.trace, "callee"), expected, "{}", t.what("callee"));
-    let all = format!("{}{}", t.stderr, t.trace);
-    assert!(all.contains("its returns are watched at its 1 exit (ret, tail calls)"), "{all}");
+    // caller's one exit is its `jmp callee`: the value it returns is read at callee's `ret`,
+    // when callee's exits are watched already; placed before callee, caller keeps the
+    // kernel's return probe, and says why.
+    for (first, second, caller_at_exits) in [(&callee, &caller, true), (&caller, &callee, false)] {
+        let t = trace_to_file("system-exits-tail", &["-a", "-v", first, second, "--", p, "tail", "100"]);
+        assert_eq!(t.code, Some(0), "{}", t.what("tail"));
+        assert_eq!(t.stdout, untraced(&["tail", "100"]));
+        assert_eq!(returned(&t.trace, "caller"), expected, "{}", t.what("caller"));
+        assert_eq!(returned(&t.trace, "callee"), expected, "{}", t.what("callee"));
+        let said =
+            |spec: &str, how: &str| t.stderr.contains(&format!("dprobe: `{spec}`: its returns are watched {how}"));
+        assert!(said(&callee, "at its 1 exit (ret, tail calls)"), "{}", t.stderr);
+        let caller_how = match caller_at_exits {
+            true => "at its 1 exit (ret, tail calls)",
+            false => "through the return address (a uretprobe): $retval: its tail call at",
+        };
+        assert!(said(&caller, caller_how), "{}", t.stderr);
+    }
 }
 
 #[test]
@@ -61,13 +73,25 @@ fn an_exception_through_return_probed_frames_leaves_the_program_as_untraced() {
     let _x = exclusive();
     let p = program();
     let probes = [format!("{p}:through%return"), format!("{p}:thrower%return")];
-    let t = trace_to_file("system-exits-throw", &["-a", "-c", &probes[0], &probes[1], "--", p, "throw", "90"]);
-    assert_eq!(t.code, Some(0), "no terminate\n{}", t.what("throw"));
-    assert_eq!(t.stdout, untraced(&["throw", "90"]), "the program's own result");
-    for probe in &probes {
-        assert_eq!((hits(&t.trace, probe), returns(&t.trace, probe)), (90, 60), "{}", t.what(probe));
+    // Paired in dprobe, the calls the exception unwound are told as such; counted in the
+    // kernel at the exits, with the other causes of a missing return.
+    let told = [
+        ("--no-bpf", "30 returns not seen: longjmp, an exception, their thread exited"),
+        ("--count", "30 entries (the kernel's count) without a return counted at the exits: they had not returned"),
+    ];
+    for (aggregation, gap) in told {
+        let mut args = vec!["-a", "--count", &probes[0], &probes[1], "--", p, "throw", "90"];
+        if aggregation == "--no-bpf" {
+            args.insert(1, aggregation);
+        }
+        let t = trace_to_file("system-exits-throw", &args);
+        assert_eq!(t.code, Some(0), "no terminate\n{}", t.what("throw"));
+        assert_eq!(t.stdout, untraced(&["throw", "90"]), "the program's own result");
+        for probe in &probes {
+            assert_eq!((hits(&t.trace, probe), returns(&t.trace, probe)), (90, 60), "{}", t.what(probe));
+            assert!(t.trace.contains(&format!("{probe}: {gap}")), "the unwound calls are told\n{}", t.trace);
+        }
     }
-    assert!(t.trace.contains("30 entries left without returning"), "the unwound calls are told\n{}", t.trace);
 }
 
 #[test]
@@ -80,4 +104,29 @@ fn recursion_far_deeper_than_the_kernel_watches_returns_is_counted_exactly() {
     assert_eq!(t.stdout, untraced(&["deep", "10000"]));
     assert_eq!((hits(&t.trace, &probe), returns(&t.trace, &probe)), (10_001, 10_001), "{}", t.trace);
     assert!(!t.trace.contains("without a return"), "{}", t.trace);
+}
+
+#[test]
+fn a_function_whose_exits_are_not_all_known_keeps_the_uretprobe_and_its_limit_is_said() {
+    let _x = exclusive();
+    let p = program();
+    let probe = format!("{p}:jumps%return");
+    // jumps leaves its first block through a computed goto: the kernel's return probe, whose
+    // nesting stops at 64 per thread.
+    let t = trace_to_file("system-exits-jumps", &["-a", "-v", "-c", &probe, "--", p, "jumps", "100"]);
+    assert_eq!(t.code, Some(0), "{}", t.what("jumps"));
+    assert_eq!(t.stdout, untraced(&["jumps", "100"]));
+    let all = format!("{}{}", t.stderr, t.trace);
+    let why = "its returns are watched through the return address (a uretprobe): its exits are not all known: `jmp";
+    assert!(all.contains(why) && all.contains("is an indirect jump whose targets cannot be bounded"), "{all}");
+    assert_eq!((hits(&t.trace, &probe), returns(&t.trace, &probe)), (101, 64), "{}", t.trace);
+    assert!(
+        t.trace.contains(
+            "37 entries (the kernel's count) without a return received: they had not returned when \
+             tracing stopped, left by longjmp or exit, or were nested deeper than the kernel watches returns (64 \
+             per thread)"
+        ),
+        "{}",
+        t.trace
+    );
 }

@@ -333,3 +333,50 @@ fn metrics_interval_rewrites_the_file_from_the_kernels_maps_while_tracing() {
     assert!(dprobe.wait().unwrap().success());
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), during, "the last rewrite: the same figures");
 }
+
+#[test]
+fn return_probes_watched_at_their_exits_are_counted_there_in_the_kernel() {
+    let _x = exclusive();
+    let ret = format!("{}%return", work());
+    let (text, printed, stderr) = run("bpf-exits-by-tid", &["--count", "--by", "tid", &ret]);
+    let how = "its returns are watched at its 1 exit (ret, tail calls): the stack is not touched; its entries and \
+               returns are counted in the kernel (BPF)";
+    assert!(stderr.contains(&format!("`{ret}`: {how}")), "{stderr}");
+    assert!(text.contains("aggregated in the kernel (BPF): no per-event records reached dprobe"), "{text}");
+    let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(_, t, c)| (t, c)).collect();
+    assert_eq!(table(&text, &format!("hits of {ret} by tid")), expected, "{text}");
+    let line = text.lines().find(|l| l.starts_with(&ret)).unwrap();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>()[1..3], ["29", "29"], "entries and returns\n{text}");
+
+    // work returns twice its size: the value read at its `ret`, the tables dprobe makes from
+    // each paired return.
+    let spec = format!("{ret} r=$retval");
+    let (text, printed, _) = run("bpf-exits-hist", &["--hist", "r", "--by", "comm", &spec]);
+    for (name, _, calls) in threads(&printed) {
+        let title = format!("@r of {ret} [{name}]:\n");
+        let at = text.find(&title).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
+        let figures = text[at + title.len()..].lines().next().unwrap();
+        let min = 2 * 7 * (1 + "abcd".find(&name[..1]).unwrap() as u64);
+        assert!(figures.starts_with(&format!("count {calls}, min {min}, ")), "{figures}");
+        assert!(figures.ends_with(&format!(", max {}", min * calls)), "{figures}");
+    }
+    let (perf, _, stderr) = run("perf-exits-hist", &["--hist", "r", "--by", "comm", "--no-bpf", &spec]);
+    assert!(stderr.contains("its returns are watched at its 1 exit"), "{stderr}");
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+
+    // A filter on the value is tested at the `ret` by the BPF program (sizes 50 and up).
+    let args = ["--count", "--by", "comm", "--filter", "r >= 100"];
+    let (text, printed, _) = run("bpf-exits-filter", &[&args[..], &[&spec]].concat());
+    assert!(text.contains("aggregated in the kernel (BPF)"), "{text}");
+    let mut expected = BTreeMap::new();
+    for (name, _, calls) in threads(&printed) {
+        let passed = sizes_of(&name, calls).filter(|&s| 2 * s >= 100).count() as u64;
+        if passed > 0 {
+            expected.insert(name, passed);
+        }
+    }
+    assert_eq!(table(&text, &format!("hits of {ret} by comm")), expected, "{text}");
+    let (perf, _, _) = run("perf-exits-filter", &[&args[..], &["--no-bpf", &spec]].concat());
+    assert!(perf.contains("filtered in the kernel: only the events that passed reached dprobe"), "{perf}");
+    assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+}

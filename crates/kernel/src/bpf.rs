@@ -65,8 +65,9 @@ pub struct Tally {
     rows: TallyRows,
     filtered: bool,
     max_keys: u32,
-    /// The perf event the program is attached through, once attached.
-    attached: Option<OwnedFd>,
+    /// The perf events the program is attached through, once attached (a return probe
+    /// watched at its function's exits counts at each of them).
+    attached: Vec<OwnedFd>,
 }
 
 /// What reads a program's map of keys, apart from the program (while the trace runs).
@@ -158,11 +159,12 @@ impl Tally {
             rows,
             filtered: !config.filter.is_empty(),
             max_keys: config.max_keys,
-            attached: None,
+            attached: Vec::new(),
         })
     }
 
-    /// Attach the program to the tracefs event whose id is `id`, and turn it on.
+    /// Attach the program to the tracefs event whose id is `id`, and turn it on (one program
+    /// may count the hits of several events).
     pub fn attach(&mut self, id: u64) -> Result<(), String> {
         let name = if self.tracepoint { "dprobe_tally_record" } else { "dprobe_tally_regs" };
         let program = self.ebpf.program(name).ok_or_else(|| format!("no program {name}"))?;
@@ -193,7 +195,7 @@ impl Tally {
         if unsafe { ioctls::ENABLE(event.as_raw_fd(), 0) } != 0 {
             return Err(why("PERF_EVENT_IOC_ENABLE", std::io::Error::last_os_error()));
         }
-        self.attached = Some(event);
+        self.attached.push(event);
         Ok(())
     }
 

@@ -17,10 +17,12 @@ use dprobe_stack::{Unwinder, UserRegs};
 use crate::bpf::filter::Operand;
 use crate::bpf::{value_source, Origin, Tally, TallyConfig, TallyRows, ValueSource};
 use crate::error::KernelError;
-use crate::exit_pairing::{Held, Paired, Pairing, Role};
-use crate::exit_sites::{self, ExitPlan};
+use crate::exit_pairing::Pairing;
 use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
+
+mod watched;
+use watched::Watched;
 
 /// The hidden argument that brings the thread's name with each dynamic event.
 const COMM_FIELD: &str = "dprobe_comm";
@@ -92,26 +94,14 @@ struct Probe {
     /// Its hits counted in the kernel instead (loaded when placed, attached when tracing
     /// starts).
     tally: Option<Tally>,
+    /// A return probe watched at its exits and counted in the kernel: `tally` counts its
+    /// returns at the exits, this its entries.
+    entry_tally: Option<Tally>,
     /// Why its program, loaded, could not be attached (its events are read instead).
     fallback: Option<String>,
     /// A return probe watched at its function's exits: `event` is the entry's.
     exits: Option<Watched>,
 }
-
-/// A return probe watched at its function's exits instead of through the return address.
-struct Watched {
-    /// The file and link-time start of the function.
-    path: String,
-    function: u64,
-    /// Its exit events, and how the function leaves at each.
-    exit_events: Vec<(usize, dprobe_arch::ExitKind)>,
-    /// Activations the program abandoned (exceptions, `longjmp`).
-    abandoned: u64,
-}
-
-/// The hidden fields of the entry and exit events of a return probe watched at its exits.
-const SP_FIELD: &str = "dprobe_sp";
-const AX_FIELD: &str = "dprobe_ax";
 
 /// System-wide tracing through the kernel's uprobes, kprobes and tracepoints.
 pub struct KernelEngine {
@@ -285,11 +275,12 @@ impl KernelEngine {
     }
 
     /// `p`'s hits that reached dprobe past `-p` and `--comm`: its records, or what its BPF
-    /// program counted (and dropped, its map full, or found not to pass the filter).
+    /// program counted (and dropped, its map full, or found not to pass the filter). For a
+    /// return probe watched at its exits, its entries.
     fn delivered(p: &Probe) -> u64 {
-        match &p.tally {
-            Some(t) => t.counted() + t.dropped() + t.rejected(),
-            None => p.delivered,
+        match (&p.entry_tally, &p.tally) {
+            (Some(t), _) | (None, Some(t)) => counted(t),
+            (None, None) => p.delivered,
         }
     }
 
@@ -301,7 +292,11 @@ impl KernelEngine {
             (None, Some(c)) => format!("threads named {c}"),
             _ => unreachable!("restricted"),
         };
-        let what = if p.is_return { "HITS and RETURNS count returns" } else { "HITS counts" };
+        let what = match (p.is_return, &p.exits) {
+            (true, None) => "HITS and RETURNS count returns",
+            (true, Some(_)) => "HITS counts entries, RETURNS returns,",
+            (false, _) => "HITS counts",
+        };
         let which = if p.is_return { "entries" } else { "hits" };
         format!("{what} of {whose} received; the kernel counted {kernel_hits} {which} in every process")
     }
@@ -311,6 +306,7 @@ impl KernelEngine {
     fn detach_programs(&mut self) {
         for p in &mut self.probes {
             p.tally = None;
+            p.entry_tally = None;
         }
     }
 
@@ -382,136 +378,11 @@ impl KernelEngine {
         let source = value_source(&arg.fetch, arg.ty, user, is_return).map_err(|e| format!("`{name}`: {e}"))?;
         Ok(Some(Operand::Number(source)))
     }
+}
 
-    fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
-        let read_began = monotonic_ns();
-        let (probes, options, names, stacks, pairing) =
-            (&mut self.probes, &self.options, &mut self.names, &mut self.stacks, &mut self.pairing);
-        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, stacks, pairing, &hit, sink))?;
-        self.pair(Some(read_began), sink);
-        Ok(())
-    }
-
-    /// The record of an entry or exit event of a return probe watched at its exits.
-    fn watched_record(probes: &[Probe], hit: &Hit<'_>, comm: &[u8]) -> Option<Held> {
-        let (probe, role) = probes.iter().enumerate().find_map(|(i, p)| {
-            let w = p.exits.as_ref()?;
-            if p.event == hit.event {
-                return Some((i, Role::Entry));
-            }
-            w.exit_events.iter().find(|(e, _)| *e == hit.event).map(|&(_, kind)| (i, Role::Exit(kind)))
-        })?;
-        let word = |name: &str| match hit.field(name) {
-            Some(FieldValue::Unsigned(x)) => x,
-            Some(FieldValue::Signed(x)) => x as u64,
-            _ => 0,
-        };
-        Some(Held {
-            time: hit.time,
-            pid: hit.pid,
-            tid: hit.tid,
-            probe,
-            role,
-            sp: word(SP_FIELD),
-            ax: word(AX_FIELD),
-            comm: comm.to_vec(),
-        })
-    }
-
-    /// Pair the held entry and exit records stamped before `read_began` (all with `None`),
-    /// and hand the returns to `sink`.
-    fn pair(&mut self, read_began: Option<u64>, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
-        if self.pairing.is_empty() {
-            return;
-        }
-        let probes = &mut self.probes;
-        let watched: Vec<(String, u64)> =
-            probes.iter().filter_map(|p| p.exits.as_ref().map(|w| (w.path.clone(), w.function))).collect();
-        let paths: Vec<Option<String>> = probes.iter().map(|p| p.exits.as_ref().map(|w| w.path.clone())).collect();
-        let hands_over = |probe: usize, target: u64| {
-            paths[probe].as_ref().is_some_and(|path| watched.iter().any(|(p, f)| p == path && *f == target))
-        };
-        self.pairing.handle(read_began, &hands_over, &mut |h, what| match what {
-            Paired::Entered { probe } => probes[probe].delivered += 1,
-            Paired::Abandoned { probe } => {
-                if let Some(w) = probes[probe].exits.as_mut() {
-                    w.abandoned += 1;
-                }
-            }
-            Paired::Returned { probe: index, entry_time, value } => {
-                let p = &mut probes[index];
-                p.returns_delivered += 1;
-                p.values.clear();
-                for (_, ty) in &p.fields {
-                    match value {
-                        Some(v) => p.values.push_int(v, *ty),
-                        None => p.values.push_fault(0),
-                    }
-                }
-                sink(&ProbeEvent {
-                    probe: index,
-                    side: Side::Return,
-                    pid: h.pid,
-                    tid: h.tid,
-                    time_ns: h.time,
-                    entry_time_ns: Some(entry_time),
-                    comm: &h.comm,
-                    values: &p.values,
-                    user_stack: &[],
-                    kernel_stack: &[],
-                });
-            }
-        });
-    }
-
-    /// How `probe`'s returns can be watched at its function's exits; why not.
-    fn exit_plan(&self, probe: &ProbeRequest<'_>, spec: &dprobe_spec::ProbeSpec) -> Result<ExitPlan, String> {
-        if self.stacks.want.is_some() {
-            return Err("stacks are taken with each event".into());
-        }
-        if probe.semaphore.is_some() {
-            return Err("it has a semaphore".into());
-        }
-        if let Some(a) = probe.plan.args().iter().find(|a| a.fetch != Fetch::RetVal) {
-            return Err(format!("`{}` is read at the return address (only $retval is read at the exits)", a.name));
-        }
-        let plan = exit_sites::plan(spec)?;
-        if self
-            .probes
-            .iter()
-            .any(|p| p.exits.as_ref().is_some_and(|w| w.path == plan.path && w.function == plan.function))
-        {
-            return Err("another return probe watches the function's exits".into());
-        }
-        Ok(plan)
-    }
-
-    /// Define `plan`'s entry and exit events (in the next batch); the entry's index and the
-    /// exits'.
-    fn add_watched(&mut self, plan: &ExitPlan) -> Result<(usize, Vec<(usize, dprobe_arch::ExitKind)>), KernelError> {
-        let hidden = |with_ax: bool| {
-            let mut args = Vec::new();
-            if self.options.with_comm {
-                args.push(Self::comm_arg());
-            }
-            args.push(NamedArg::typed(SP_FIELD, Fetch::StackPointer, ArgType::U(64)));
-            if with_ax {
-                args.push(NamedArg::typed(AX_FIELD, Fetch::Reg(dprobe_spec::Register("ax")), ArgType::U(64)));
-            }
-            args
-        };
-        let event_at = |addr: u64, with_ax: bool| {
-            // Never a uprobe but at an instruction start the function was decoded with.
-            assert!(exit_sites::is_planned_site(plan, addr), "{addr:#x} is no entry or exit of the function");
-            dprobe_spec::ProbeSpec { point: plan.point(addr), kind: ProbeKind::Entry, args: hidden(with_ax) }
-        };
-        let entry = self.session.add_later(&event_at(plan.function, false), None)?;
-        let mut exits = Vec::with_capacity(plan.exits.len());
-        for &(addr, kind) in &plan.exits {
-            exits.push((self.session.add_later(&event_at(addr, true), None)?, kind));
-        }
-        Ok((entry, exits))
-    }
+/// What BPF program `t` counted (and dropped, its map full, or found not to pass the filter).
+fn counted(t: &Tally) -> u64 {
+    t.counted() + t.dropped() + t.rejected()
 }
 
 /// Every key's figures in the maps of `readers` (each with its probe's index). A map that
@@ -521,9 +392,6 @@ fn keyed_tallies(readers: &[(usize, TallyRows)]) -> Vec<KeyedTally> {
     readers.iter().flat_map(|(probe, reader)| reader.rows(*probe).unwrap_or_default()).collect()
 }
 
-/// The kernel field of the `index`-th argument, named `name`: the name itself when it is a C
-/// identifier, else the name with every other character made `_` and the index added, so
-/// that two paths never share a field (`req->hdr.len` is `req__hdr_len_3`).
 /// CLOCK_MONOTONIC in ns, the clock the perf records are stamped with.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -532,6 +400,9 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The kernel field of the `index`-th argument, named `name`: the name itself when it is a C
+/// identifier, else the name with every other character made `_` and the index added, so
+/// that two paths never share a field (`req->hdr.len` is `req__hdr_len_3`).
 fn field_name(index: usize, name: &str) -> String {
     let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -595,12 +466,9 @@ impl Engine for KernelEngine {
         let mut watched = None;
         let mut mode = None;
         let event = if let Some(Ok(plan)) = &plan {
-            let (entry, exit_events) = self.add_watched(plan)?;
-            let n = plan.exits.len();
-            mode = Some(format!(
-                "its returns are watched at its {n} exit{} (ret, tail calls): the stack is not touched",
-                if n == 1 { "" } else { "s" }
-            ));
+            let values = if self.options.with_comm { &spec.args[1..] } else { &spec.args[..] };
+            let (entry, exit_events) = self.add_watched(plan, values)?;
+            mode = Some(format!("its returns are watched {}", plan.watched_at()));
             watched = Some(Watched { path: plan.path.clone(), function: plan.function, exit_events, abandoned: 0 });
             entry
         } else if dynamic {
@@ -620,19 +488,25 @@ impl Engine for KernelEngine {
             placed.fields = Some(fields.clone());
             fields
         };
-        // A return probe watched at its exits is counted in dprobe, which pairs its events.
-        let tally = match self.options.in_kernel.as_ref().filter(|_| !probe.timed && watched.is_none()) {
-            Some(ask) => match self.tally(ask, &probe, event) {
-                Ok(t) => {
-                    placed.detail = Some("its hits are counted in the kernel (BPF)".into());
-                    Some(t)
+        let (tally, entry_tally) = match self.options.in_kernel.as_ref().filter(|_| !probe.timed) {
+            Some(ask) => {
+                let loaded = match &watched {
+                    Some(w) => self.watched_tallies(w, ask, &probe, event).map(|(r, e)| (r, Some(e))),
+                    None => self.tally(ask, &probe, event).map(|t| (t, None)),
+                };
+                match loaded {
+                    Ok((t, e)) => {
+                        let what = if e.is_some() { "its entries and returns are" } else { "its hits are" };
+                        placed.detail = Some(format!("{what} counted in the kernel (BPF)"));
+                        (Some(t), e)
+                    }
+                    Err(why) => {
+                        placed.detail = Some(format!("its hits are counted in dprobe from each event: {why}"));
+                        (None, None)
+                    }
                 }
-                Err(why) => {
-                    placed.detail = Some(format!("its hits are counted in dprobe from each event: {why}"));
-                    None
-                }
-            },
-            None => None,
+            }
+            None => (None, None),
         };
         if let Some(mode) = mode {
             placed.detail = Some(match placed.detail.take() {
@@ -674,6 +548,7 @@ impl Engine for KernelEngine {
             delivered: 0,
             returns_delivered: 0,
             tally,
+            entry_tally,
             fallback: None,
             exits: watched,
         });
@@ -684,13 +559,14 @@ impl Engine for KernelEngine {
     /// program tests the filter itself needs no more).
     fn prefilter(&mut self, filter: &Filter, text: &str) {
         let names = filter.fields();
-        // A return probe watched at its exits needs every entry and exit to pair them.
-        for p in self.probes.iter_mut().filter(|p| p.exits.is_none()) {
+        for p in &mut self.probes {
             if p.tally.as_ref().is_some_and(Tally::filtered) {
                 continue;
             }
             if names.iter().all(|n| p.fields.iter().any(|(f, _)| f == n)) {
-                self.session.set_filter(p.event, Some(text));
+                for event in Self::filtered_events(p) {
+                    self.session.set_filter(event, Some(text));
+                }
                 p.filtered_in_kernel = true;
             }
         }
@@ -705,12 +581,24 @@ impl Engine for KernelEngine {
         // will not attach leaves its probe to the perf buffers.
         self.session.flush()?;
         for p in &mut self.probes {
+            let events = Self::tally_events(p);
             let Some(tally) = p.tally.as_mut() else { continue };
-            match tally.attach(self.session.events()[p.event].format.id) {
-                Ok(()) => self.session.without_buffer(p.event),
+            let id = |e: usize| self.session.events()[e].format.id;
+            let attached =
+                events.iter().try_for_each(|&e| tally.attach(id(e))).and_then(|()| match &mut p.entry_tally {
+                    Some(t) => t.attach(id(p.event)),
+                    None => Ok(()),
+                });
+            match attached {
+                Ok(()) => {
+                    for e in events.into_iter().chain(p.entry_tally.as_ref().map(|_| p.event)) {
+                        self.session.without_buffer(e);
+                    }
+                }
                 Err(why) => {
                     p.fallback = Some(why);
                     p.tally = None;
+                    p.entry_tally = None;
                 }
             }
         }
@@ -741,6 +629,7 @@ impl Engine for KernelEngine {
         self.poll(0, sink)?;
         self.session.settle_lost();
         self.pair(None, sink);
+        self.abandon_ended_threads();
         Ok(ending)
     }
 
@@ -758,7 +647,7 @@ impl Engine for KernelEngine {
         let hits = if unrestricted_kernel_count { counts.hits.max(delivered) } else { delivered };
         let returns = match p.return_event {
             Some(_) => p.returns_delivered,
-            None if p.exits.is_some() => p.returns_delivered,
+            None if p.exits.is_some() => p.tally.as_ref().map_or(p.returns_delivered, counted),
             None if p.is_return => delivered,
             None => 0,
         };
@@ -769,7 +658,11 @@ impl Engine for KernelEngine {
             returns,
             missed: counts.missed + return_missed,
             placement: dprobe_core::Placement::InKernel,
-            abandoned: p.exits.as_ref().map_or(counts.abandoned, |w| w.abandoned),
+            // A filter at the exits leaves activations unpaired: not known to be abandoned.
+            abandoned: p
+                .exits
+                .as_ref()
+                .map_or(counts.abandoned, |w| if p.filtered_in_kernel { 0 } else { w.abandoned }),
             ..counts
         }
     }
@@ -801,21 +694,18 @@ impl Engine for KernelEngine {
         if p.is_return && !restricted {
             let stats = self.stats(index);
             let gap = stats.hits.saturating_sub(stats.returns + stats.missed + stats.abandoned);
-            if p.exits.is_some() {
-                if stats.abandoned > 0 {
-                    remarks.push(format!(
-                        "{} entries left without returning: an exception or longjmp unwound past them",
-                        stats.abandoned
-                    ));
-                }
-                if gap > 0 {
-                    remarks.push(format!(
-                        "{gap} entries (the kernel's count) without a return received: they had not returned when \
-                         tracing stopped, or their thread exited"
-                    ));
-                }
-            } else if gap > 0 && !p.filtered_in_kernel {
-                let lost = if self.session.lost > 0 { ", or their records were lost (full buffers)" } else { "" };
+            let lost = if self.session.lost > 0 { ", or their records were lost (full buffers)" } else { "" };
+            if p.exits.is_some() && gap > 0 && !p.filtered_in_kernel {
+                // Paired, the calls abandoned are told apart (counted as returns not seen);
+                // counted at the exits by the kernel, they are not.
+                let why = match p.tally {
+                    None => format!("without a return received: they had not returned when tracing stopped{lost}"),
+                    Some(_) => "without a return counted at the exits: they had not returned when tracing stopped, \
+                                or were left by longjmp, an exception or their thread's end"
+                        .into(),
+                };
+                remarks.push(format!("{gap} entries (the kernel's count) {why}"));
+            } else if gap > 0 && !p.filtered_in_kernel && p.exits.is_none() {
                 remarks.push(format!(
                     "{gap} entries (the kernel's count) without a return received: they had not returned when \
                      tracing stopped, left by longjmp or exit, or were nested deeper than the kernel watches \

@@ -70,11 +70,11 @@ pub enum Paired {
     },
 }
 
-/// Every thread's pending activations, and the records not handled yet.
+/// Every thread's pending activations (with its process), and the records not handled yet.
 #[derive(Default)]
 pub struct Pairing {
     held: Vec<Held>,
-    threads: HashMap<u32, ActivationStack<(usize, u64)>>,
+    threads: HashMap<u32, (u32, ActivationStack<(usize, u64)>)>,
 }
 
 impl Pairing {
@@ -107,7 +107,7 @@ impl Pairing {
         // One stack per thread: an activation below an exit's stack pointer was abandoned.
         let mut stack_of = |_: u64| 0u64;
         for h in &ready {
-            let thread = self.threads.entry(h.tid).or_default();
+            let (_, thread) = self.threads.entry(h.tid).or_insert_with(|| (h.pid, ActivationStack::default()));
             let (stale, returning, value) = match h.role {
                 Role::Entry => {
                     each(h, Paired::Entered { probe: h.probe });
@@ -134,6 +134,21 @@ impl Pairing {
                 self.threads.remove(&h.tid);
             }
         }
+    }
+
+    /// The probes of the activations pending in threads that no longer run (`alive(pid,
+    /// tid)` false), one per activation, forgotten: they will never return (their thread
+    /// ended, or jumped away from them last).
+    pub fn forget_gone(&mut self, alive: &dyn Fn(u32, u32) -> bool) -> Vec<usize> {
+        let gone: Vec<u32> =
+            self.threads.iter().filter(|(tid, (pid, _))| !alive(*pid, **tid)).map(|(t, _)| *t).collect();
+        let mut probes = Vec::new();
+        for tid in gone {
+            if let Some((_, mut thread)) = self.threads.remove(&tid) {
+                probes.extend(thread.drain().into_iter().map(|((probe, _), _)| probe));
+            }
+        }
+        probes
     }
 }
 
@@ -205,5 +220,19 @@ mod tests {
         let abandoned = out.iter().filter(|p| matches!(p, Paired::Abandoned { .. })).count();
         assert_eq!(abandoned, 99);
         assert_eq!(out.last(), Some(&Paired::Returned { probe: 0, entry_time: 0, value: Some(3) }));
+    }
+
+    #[test]
+    fn only_the_activations_of_threads_gone_are_forgotten() {
+        let mut p = Pairing::default();
+        p.hold(rec(1, 7, 0, Role::Entry, 0x1000, 0));
+        p.hold(rec(2, 7, 1, Role::Entry, 0x0f00, 0));
+        p.hold(rec(3, 8, 0, Role::Entry, 0x2000, 0));
+        p.handle(None, &|_, _| false, &mut |_, _| {});
+        let mut gone = p.forget_gone(&|_, tid| tid == 8);
+        gone.sort();
+        assert_eq!(gone, [0, 1]);
+        assert_eq!(p.forget_gone(&|_, _| false), [0], "thread 8's one, kept until its thread is gone");
+        assert!(p.forget_gone(&|_, _| false).is_empty());
     }
 }

@@ -24,6 +24,12 @@ pub struct ExitPlan {
 }
 
 impl ExitPlan {
+    /// Where the returns are watched, in words (`-v`, `dprobe list`).
+    pub fn watched_at(&self) -> String {
+        let n = self.exits.len();
+        format!("at its {n} exit{} (ret, tail calls): the stack is not touched", if n == 1 { "" } else { "s" })
+    }
+
     /// A probe's place at link-time address `addr` of the file.
     pub fn point(&self, addr: u64) -> ProbePoint {
         ProbePoint::User { binary: Some(self.path.clone()), function: format!("{addr:#x}"), offset: 0 }

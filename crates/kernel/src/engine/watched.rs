@@ -1,0 +1,234 @@
+//! The kernel engine's return probes watched at their function's exits
+//! ([`crate::exit_sites`]): an entry event and one event per exit, paired per thread by the
+//! stack pointer ([`crate::exit_pairing`], on `dprobe_core::returns::exits`). The return
+//! value is `%ax` at a `ret`: a filter on it is applied there by the kernel, and the kernel's
+//! BPF program counts the returns at the exits.
+
+use dprobe_arch::ExitKind;
+use dprobe_core::{ProbeEvent, ProbeRequest, Side};
+use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register};
+
+use super::{monotonic_ns, InKernel, KernelEngine, Probe};
+use crate::bpf::Tally;
+use crate::error::KernelError;
+use crate::exit_pairing::{Held, Paired, Role};
+use crate::exit_sites::{self, ExitPlan};
+use crate::format::FieldValue;
+use crate::session::Hit;
+
+/// A return probe watched at its function's exits instead of through the return address.
+pub(super) struct Watched {
+    /// The file and link-time start of the function.
+    pub(super) path: String,
+    pub(super) function: u64,
+    /// Its exit events, and how the function leaves at each.
+    pub(super) exit_events: Vec<(usize, ExitKind)>,
+    /// Activations the program abandoned (exceptions, `longjmp`, its thread's end).
+    pub(super) abandoned: u64,
+}
+
+/// The hidden fields of the entry and exit events of a return probe watched at its exits.
+const SP_FIELD: &str = "dprobe_sp";
+const AX_FIELD: &str = "dprobe_ax";
+
+impl KernelEngine {
+    /// The record of an entry or exit event of a return probe watched at its exits.
+    pub(super) fn watched_record(probes: &[Probe], hit: &Hit<'_>, comm: &[u8]) -> Option<Held> {
+        let (probe, role) = probes.iter().enumerate().find_map(|(i, p)| {
+            let w = p.exits.as_ref()?;
+            if p.event == hit.event {
+                return Some((i, Role::Entry));
+            }
+            w.exit_events.iter().find(|(e, _)| *e == hit.event).map(|&(_, kind)| (i, Role::Exit(kind)))
+        })?;
+        let word = |name: &str| match hit.field(name) {
+            Some(FieldValue::Unsigned(x)) => x,
+            Some(FieldValue::Signed(x)) => x as u64,
+            _ => 0,
+        };
+        Some(Held {
+            time: hit.time,
+            pid: hit.pid,
+            tid: hit.tid,
+            probe,
+            role,
+            sp: word(SP_FIELD),
+            ax: word(AX_FIELD),
+            comm: comm.to_vec(),
+        })
+    }
+
+    /// Read what the rings hold, then pair the held entry and exit records stamped before the
+    /// read began.
+    pub(super) fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
+        let read_began = monotonic_ns();
+        let (probes, options, names, stacks, pairing) =
+            (&mut self.probes, &self.options, &mut self.names, &mut self.stacks, &mut self.pairing);
+        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, stacks, pairing, &hit, sink))?;
+        self.pair(Some(read_began), sink);
+        Ok(())
+    }
+
+    /// Pair the held entry and exit records stamped before `read_began` (all with `None`),
+    /// and hand the returns to `sink`.
+    pub(super) fn pair(&mut self, read_began: Option<u64>, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+        if self.pairing.is_empty() {
+            return;
+        }
+        let probes = &mut self.probes;
+        let watched: Vec<(String, u64)> =
+            probes.iter().filter_map(|p| p.exits.as_ref().map(|w| (w.path.clone(), w.function))).collect();
+        let paths: Vec<Option<String>> = probes.iter().map(|p| p.exits.as_ref().map(|w| w.path.clone())).collect();
+        let hands_over = |probe: usize, target: u64| {
+            paths[probe].as_ref().is_some_and(|path| watched.iter().any(|(p, f)| p == path && *f == target))
+        };
+        self.pairing.handle(read_began, &hands_over, &mut |h, what| match what {
+            Paired::Entered { probe } => probes[probe].delivered += 1,
+            Paired::Abandoned { probe } => {
+                if let Some(w) = probes[probe].exits.as_mut() {
+                    w.abandoned += 1;
+                }
+            }
+            Paired::Returned { probe: index, entry_time, value } => {
+                let p = &mut probes[index];
+                p.returns_delivered += 1;
+                p.values.clear();
+                for (_, ty) in &p.fields {
+                    match value {
+                        Some(v) => p.values.push_int(v, *ty),
+                        None => p.values.push_fault(0),
+                    }
+                }
+                sink(&ProbeEvent {
+                    probe: index,
+                    side: Side::Return,
+                    pid: h.pid,
+                    tid: h.tid,
+                    time_ns: h.time,
+                    entry_time_ns: Some(entry_time),
+                    comm: &h.comm,
+                    values: &p.values,
+                    user_stack: &[],
+                    kernel_stack: &[],
+                });
+            }
+        });
+    }
+
+    /// As tracing ends: the calls pending in threads that have ended will never return
+    /// (`pthread_exit`, the process's exit, a `longjmp` that left them last): abandoned.
+    pub(super) fn abandon_ended_threads(&mut self) {
+        let alive = |pid: u32, tid: u32| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+        for probe in self.pairing.forget_gone(&alive) {
+            if let Some(w) = self.probes[probe].exits.as_mut() {
+                w.abandoned += 1;
+            }
+        }
+    }
+
+    /// Whether a return probe already watches the function at link-time `function` of `path`
+    /// at its exits.
+    fn watches(&self, path: &str, function: u64) -> bool {
+        self.probes.iter().any(|p| p.exits.as_ref().is_some_and(|w| w.path == path && w.function == function))
+    }
+
+    /// How `probe`'s returns can be watched at its function's exits; why not.
+    pub(super) fn exit_plan(&self, probe: &ProbeRequest<'_>, spec: &ProbeSpec) -> Result<ExitPlan, String> {
+        if self.stacks.want.is_some() {
+            return Err("stacks are taken with each event".into());
+        }
+        if probe.semaphore.is_some() {
+            return Err("it has a semaphore".into());
+        }
+        if let Some(a) = probe.plan.args().iter().find(|a| a.fetch != Fetch::RetVal) {
+            return Err(format!("`{}` is read at the return address (only $retval is read at the exits)", a.name));
+        }
+        let plan = exit_sites::plan(spec)?;
+        if self.watches(&plan.path, plan.function) {
+            return Err("another return probe watches the function's exits".into());
+        }
+        // At a tail call the return value is the callee's: read at the callee's `ret` when a
+        // return probe placed before watches it at its exits, else nowhere.
+        let unwatched_tail = plan.exits.iter().find(|(_, kind)| match kind {
+            ExitKind::TailJump { target } => !self.watches(&plan.path, target.0),
+            _ => false,
+        });
+        if let (Some((at, _)), false) = (unwatched_tail, probe.plan.args().is_empty()) {
+            return Err(format!(
+                "$retval: its tail call at {at:#x} returns the value of a function whose returns are not watched \
+                 at its exits (a return probe on it, placed first, would be)"
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Define `plan`'s entry and exit events (in the next batch); the entry's index and the
+    /// exits'. Each `ret` also fetches `values` (the probe's `$retval`s, named as its fields)
+    /// from `%ax`, for the kernel's filter.
+    pub(super) fn add_watched(
+        &mut self,
+        plan: &ExitPlan,
+        values: &[NamedArg],
+    ) -> Result<(usize, Vec<(usize, ExitKind)>), KernelError> {
+        let hidden = |kind: Option<ExitKind>| {
+            let mut args = Vec::new();
+            if self.options.with_comm {
+                args.push(Self::comm_arg());
+            }
+            args.push(NamedArg::typed(SP_FIELD, Fetch::StackPointer, ArgType::U(64)));
+            if kind.is_some() {
+                args.push(NamedArg::typed(AX_FIELD, Fetch::Reg(Register("ax")), ArgType::U(64)));
+            }
+            if kind.is_some_and(ExitKind::is_ret) {
+                args.extend(values.iter().map(|v| NamedArg { fetch: Fetch::Reg(Register("ax")), ..v.clone() }));
+            }
+            args
+        };
+        let event_at = |addr: u64, kind: Option<ExitKind>| {
+            // Never a uprobe but at an instruction start the function was decoded with.
+            assert!(exit_sites::is_planned_site(plan, addr), "{addr:#x} is no entry or exit of the function");
+            ProbeSpec { point: plan.point(addr), kind: ProbeKind::Entry, args: hidden(kind) }
+        };
+        let entry = self.session.add_later(&event_at(plan.function, None), None)?;
+        let mut exits = Vec::with_capacity(plan.exits.len());
+        for &(addr, kind) in &plan.exits {
+            exits.push((self.session.add_later(&event_at(addr, Some(kind)), None)?, kind));
+        }
+        Ok((entry, exits))
+    }
+
+    /// The BPF programs that count the returns of `probe` (watched at its exits as `w`) at its
+    /// exits, and its entries at `entry`; why not.
+    pub(super) fn watched_tallies(
+        &self,
+        w: &Watched,
+        ask: &InKernel,
+        probe: &ProbeRequest<'_>,
+        entry: usize,
+    ) -> Result<(Tally, Tally), String> {
+        let reads_values = ask.hist.is_some() || ask.by_value.is_some() || ask.filter.is_some();
+        if reads_values && w.exit_events.iter().any(|(_, kind)| !kind.is_ret()) {
+            return Err("its return value at a tail call is the callee's, which the kernel reads at no exit".into());
+        }
+        // Every entry, whatever its return will be.
+        let entries = InKernel { hist: None, by_value: None, filter: None, ..ask.clone() };
+        Ok((self.tally(ask, probe, entry)?, self.tally(&entries, probe, entry)?))
+    }
+
+    /// The events the BPF program of `p` counts at: its exits, or its one event.
+    pub(super) fn tally_events(p: &Probe) -> Vec<usize> {
+        match &p.exits {
+            Some(w) => w.exit_events.iter().map(|(e, _)| *e).collect(),
+            None => vec![p.event],
+        }
+    }
+
+    /// The events a filter on `p`'s values applies to: its `ret`s (a tail call's record has
+    /// no value and is needed for the pairing), or its one event.
+    pub(super) fn filtered_events(p: &Probe) -> Vec<usize> {
+        match &p.exits {
+            Some(w) => w.exit_events.iter().filter(|(_, kind)| kind.is_ret()).map(|(e, _)| *e).collect(),
+            None => vec![p.event],
+        }
+    }
+}
