@@ -4,8 +4,7 @@ mod fixtures;
 use fixtures::{addr, call2, code};
 
 use dprobe_inproc::{register, Addr, Kprobe, NotOptimized, PreAction};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 std::arch::global_asm!(
     ".text",
@@ -266,47 +265,11 @@ fn a_branch_into_the_window_a_jump_table_and_a_short_function_stay_on_int3_with_
 
 #[test]
 fn four_threads_call_while_another_optimizes_and_unoptimizes_a_thousand_times() {
-    static HITS: AtomicU64 = AtomicU64::new(0);
     let a = Addr(fixtures::fx_riprel as *const () as usize as u64);
-    let original = code(a, 7);
-    let p = register(Kprobe::addr(a).pre(|_| {
-        HITS.fetch_add(1, Relaxed);
-        PreAction::Continue
-    }))
-    .unwrap();
-    assert_eq!(p.optimized(), Ok(()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut calls = 0u64;
-                while !stop.load(Relaxed) {
-                    // SAFETY: reads a static.
-                    let r = unsafe { fixtures::fx_riprel(std::hint::black_box(t)) };
-                    assert_eq!(r, 1000 + t);
-                    calls += 1;
-                }
-                calls
-            })
-        })
-        .collect();
-    let mut toggles = 0;
-    for _ in 0..1000 {
-        // Another probe asking for int3 unoptimizes the site; removing it optimizes it again.
-        let hold = register(Kprobe::addr(a).no_optimize()).unwrap();
-        assert_eq!(code(a, 1), [0xcc]);
-        drop(hold);
-        assert_eq!(code(a, 1), [0xe9]);
-        toggles += 1;
-    }
-    stop.store(true, Relaxed);
-    let calls: u64 = callers.into_iter().map(|t| t.join().unwrap()).sum();
-    assert_eq!(toggles, 1000);
-    assert!(calls > 0);
-    assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (calls, calls, 0));
-    drop(p);
-    assert_eq!(code(a, 7), original, "original bytes back");
+    fixtures::optimize_and_unoptimize_under_four_callers(a, 7, |t, _| {
+        // SAFETY: reads a static.
+        assert_eq!(unsafe { fixtures::fx_riprel(std::hint::black_box(t)) }, 1000 + t);
+    });
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! them asleep (a signal would cut `nanosleep` or `poll` short with `EINTR`), and refuses the
 //! jump when one of them would resume inside the window.
 mod fixtures;
-use fixtures::{addr, call2, code};
+use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
 
 use dprobe_inproc::{register, Kprobe, NotOptimized, PreAction};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
@@ -22,22 +22,10 @@ std::arch::global_asm!(
     "pop rbp",
     "ret",
     ".size fxb_sleep, . - fxb_sleep",
-    // endbr64 and push %rbp: the function a thread is parked in.
-    ".globl fxb_park",
-    ".type fxb_park,@function",
-    "fxb_park:",
-    "endbr64",
-    "push rbp",
-    "mov rbp, rsp",
-    "lea rax, [rdi + rsi + 3]",
-    "pop rbp",
-    "ret",
-    ".size fxb_park, . - fxb_park",
 );
 
 extern "C" {
     fn fxb_sleep(a: u64, b: u64) -> u64;
-    fn fxb_park(a: u64, b: u64) -> u64;
 }
 
 /// The system call thread `tid` is blocked in, if it is.
@@ -128,7 +116,7 @@ extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_voi
 #[test]
 fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_keeps_the_probe_on_int3() {
     static HITS: AtomicU64 = AtomicU64::new(0);
-    let a = addr(fxb_park);
+    let a = addr(fx_park);
     PARK_AT.store(a.0 + 4, SeqCst);
     let mut fds = [0; 2];
     // SAFETY: creates a pipe into `fds`; installs a handler for SIGUSR2, which nothing else in
@@ -143,33 +131,9 @@ fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_ke
     }
     PIPE.store(fds[0], SeqCst);
     const AFTER: u64 = 10_000;
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        // SAFETY: gettid has no preconditions.
-        tx.send(unsafe { libc::gettid() }).unwrap();
-        let mut i = 0u64;
-        // Until parked and released, calls that may be interrupted between endbr64 and push.
-        while !PARKED.load(SeqCst) {
-            if call2(fxb_park, i, 1) != i + 4 {
-                return Err(i);
-            }
-            i += 1;
-        }
-        for k in 0..AFTER {
-            if call2(fxb_park, k, k) != 2 * k + 3 {
-                return Err(k);
-            }
-        }
-        Ok(i)
-    });
-    let tid = rx.recv().unwrap();
-    use std::os::unix::thread::JoinHandleExt;
-    let thread = worker.as_pthread_t();
-    while !PARKED.load(SeqCst) {
-        // SAFETY: the worker is alive until it is parked; SIGUSR2 has the handler above.
-        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
-        std::thread::sleep(std::time::Duration::from_micros(50));
-    }
+    // Until parked and released, calls that may be interrupted between endbr64 and push.
+    let (worker, tid) = call_park_until(&PARKED, AFTER);
+    signal_until_parked(&worker, libc::SIGUSR2, &PARKED);
     wait_blocked_in(tid, &[libc::SYS_read]);
     let p = register(Kprobe::addr(a).pre(|_| {
         HITS.fetch_add(1, Relaxed);
@@ -186,5 +150,5 @@ fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_ke
     // The parked call entered before the probe existed: only the later ones are hits.
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (AFTER, AFTER, 0));
     drop(p);
-    assert_eq!(call2(fxb_park, 1, 2), 6);
+    assert_eq!(call2(fx_park, 1, 2), 6);
 }

@@ -1,11 +1,10 @@
 //! Jumps over several instructions: the usual prologues become jumps, and no thread is ever
 //! left inside the replaced instructions (moved into the detour by the safepoint).
 mod fixtures;
-use fixtures::{addr, call2, code};
+use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
 
 use dprobe_inproc::{register, safepoint_moves, Addr, Kprobe, NotOptimized, PreAction};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::Arc;
 
 std::arch::global_asm!(
     ".text",
@@ -32,17 +31,6 @@ std::arch::global_asm!(
     "pop rbp",
     "ret",
     ".size fxw_pushpush, . - fxw_pushpush",
-    // The function a thread is parked in.
-    ".globl fxw_park",
-    ".type fxw_park,@function",
-    "fxw_park:",
-    "endbr64",
-    "push rbp",
-    "mov rbp, rsp",
-    "lea rax, [rdi + rsi + 3]",
-    "pop rbp",
-    "ret",
-    ".size fxw_park, . - fxw_park",
     // push %rbp; mov %rsp,%rbp; lea: the stress test's.
     ".globl fxw_stress",
     ".type fxw_stress,@function",
@@ -70,7 +58,6 @@ std::arch::global_asm!(
 extern "C" {
     fn fxw_endbr(a: u64, b: u64) -> u64;
     fn fxw_pushpush(a: u64, b: u64) -> u64;
-    fn fxw_park(a: u64, b: u64) -> u64;
     fn fxw_stress(a: u64, b: u64) -> u64;
     fn fxw_inner(a: u64, b: u64) -> u64;
 }
@@ -122,7 +109,7 @@ extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_voi
 #[test]
 fn a_thread_parked_inside_the_window_by_a_signal_handler_is_moved_into_the_detour() {
     static HITS: AtomicU64 = AtomicU64::new(0);
-    let a = addr(fxw_park);
+    let a = addr(fx_park);
     PARK_AT.store(a.0 + 4, SeqCst);
     // SAFETY: installs a handler for SIGUSR1, which nothing else in this test binary uses.
     unsafe {
@@ -133,35 +120,9 @@ fn a_thread_parked_inside_the_window_by_a_signal_handler_is_moved_into_the_detou
         assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
     }
     const AFTER: u64 = 10_000;
-    let worker = std::thread::spawn(|| {
-        let mut i = 0u64;
-        // Until released, calls that may be interrupted between endbr64 and push.
-        loop {
-            let released = RELEASE.load(SeqCst);
-            if call2(fxw_park, i, 1) != i + 4 {
-                return Err(i);
-            }
-            i += 1;
-            if released {
-                break;
-            }
-        }
-        for k in 0..AFTER {
-            if call2(fxw_park, k, k) != 2 * k + 3 {
-                return Err(k);
-            }
-        }
-        Ok(i)
-    });
-    use std::os::unix::thread::JoinHandleExt;
-    let thread = worker.as_pthread_t();
-    let mut signals = 0u64;
-    while !PARKED.load(SeqCst) {
-        // SAFETY: the worker is alive until RELEASE; SIGUSR1 has the handler above.
-        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
-        signals += 1;
-        std::thread::sleep(std::time::Duration::from_micros(50));
-    }
+    // Until released, calls that may be interrupted between endbr64 and push.
+    let (worker, _) = call_park_until(&RELEASE, AFTER);
+    let signals = signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
     let moves = safepoint_moves();
     let p = register(Kprobe::addr(a).pre(|_| {
         HITS.fetch_add(1, Relaxed);
@@ -182,42 +143,9 @@ fn a_thread_parked_inside_the_window_by_a_signal_handler_is_moved_into_the_detou
 
 #[test]
 fn four_threads_call_while_another_optimizes_and_unoptimizes_a_window_of_three_instructions_a_thousand_times() {
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let a = addr(fxw_stress);
-    let original = code(a, 8);
-    let p = register(Kprobe::addr(a).pre(|_| {
-        HITS.fetch_add(1, Relaxed);
-        PreAction::Continue
-    }))
-    .unwrap();
-    assert_eq!(p.optimized(), Ok(()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut calls = 0u64;
-                while !stop.load(Relaxed) {
-                    assert_eq!(call2(fxw_stress, t, calls), t + calls + 5);
-                    calls += 1;
-                }
-                calls
-            })
-        })
-        .collect();
-    for _ in 0..1000 {
-        // Another probe asking for int3 unoptimizes the site; removing it optimizes it again.
-        let hold = register(Kprobe::addr(a).no_optimize()).unwrap();
-        assert_eq!(code(a, 1), [0xcc]);
-        drop(hold);
-        assert_eq!((code(a, 1), p.optimized()), (vec![0xe9], Ok(())));
-    }
-    stop.store(true, Relaxed);
-    let calls: u64 = callers.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(calls > 0);
-    assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (calls, calls, 0));
-    drop(p);
-    assert_eq!(code(a, 8), original, "original bytes back");
+    fixtures::optimize_and_unoptimize_under_four_callers(addr(fxw_stress), 8, |t, n| {
+        assert_eq!(call2(fxw_stress, t, n), t + n + 5);
+    });
 }
 
 #[test]
