@@ -1,8 +1,8 @@
 //! `dprobe trace --system-wide` with return probes the kernel engine watches at the function's
 //! exits (a uprobe at its entry and at each `ret` and tail call, paired by the stack pointer):
-//! tail calls, C++ exceptions and recursion deeper than the kernel's return probes watch (64
-//! per thread) give the program's own result and exact figures; a function whose exits are
-//! not all known keeps the kernel's return probe, and says why.
+//! tail calls, C++ exceptions, `longjmp`, signal handlers recursing on an alternate stack and
+//! recursion deeper than the kernel's return probes watch (64 per thread), in one thread or
+//! several, give the program's own result and exact figures.
 mod common;
 
 use std::process::Command;
@@ -19,7 +19,7 @@ fn exclusive() -> MutexGuard<'static, ()> {
 /// `kernel_returns MODE N` (its source says what it does).
 fn program() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel_returns.cpp");
-    let path = dprobe_test_fixtures::c_program_by("g++", src, "kernel_returns", &["-O2"]);
+    let path = dprobe_test_fixtures::c_program_by("g++", src, "kernel_returns", &["-O2", "-pthread"]);
     Box::leak(std::fs::canonicalize(path).unwrap().to_string_lossy().into_owned().into_boxed_str())
 }
 
@@ -129,4 +129,62 @@ fn a_function_whose_exits_are_not_all_known_keeps_the_uretprobe_and_its_limit_is
         "{}",
         t.trace
     );
+}
+
+/// `dprobe trace -a --count [--no-bpf] PROBE -- kernel_returns ARGS`, which must end as the
+/// program does untraced: what dprobe wrote.
+fn counted(name: &str, probe: &str, extra: &[&str], args: &[&str]) -> String {
+    let mut all = vec!["-a", "--count"];
+    all.extend_from_slice(extra);
+    all.extend_from_slice(&[probe, "--", program()]);
+    all.extend_from_slice(args);
+    let t = trace_to_file(name, &all);
+    assert_eq!(t.code, Some(0), "{}", t.what(name));
+    assert_eq!(t.stdout, untraced(args), "the program's own result\n{}", t.what(name));
+    assert!(!t.trace.contains("records lost"), "{}", t.trace);
+    t.trace
+}
+
+#[test]
+fn a_handler_recursing_on_an_alternate_stack_above_or_below_the_frames_it_interrupted_pairs_exactly() {
+    let _x = exclusive();
+    let probe = format!("{}:alt_rec%return", program());
+    // Each of 10 calls recurses 100 deep, and at its bottom a handler on the alternate stack
+    // recurses 100 deep again: 2 x 101 activations per call, pending across the two stacks.
+    for place in ["above", "below"] {
+        let trace = counted("system-exits-altstack", &probe, &["--no-bpf"], &["altstack", "10", "100", place]);
+        assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (2020, 2020), "{place}\n{trace}");
+        assert!(!trace.contains("not seen") && !trace.contains("without a return"), "{place}\n{trace}");
+    }
+}
+
+#[test]
+fn longjmp_past_a_hundred_probed_frames_leaves_them_told_as_not_returned() {
+    let _x = exclusive();
+    let probe = format!("{}:leaper%return", program());
+    let args = ["longjmp", "40", "100"];
+    // 40 recursions 101 deep; the 20 odd ones (the last among them) jump back to main from
+    // their bottom: 2,020 returns, 2,020 calls left.
+    let trace = counted("system-exits-longjmp", &probe, &["--no-bpf"], &args);
+    assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (4040, 2020), "{trace}");
+    assert!(trace.contains("2020 returns not seen: longjmp, an exception"), "{trace}");
+    assert!(!trace.contains("without a return"), "none taken for pending: {trace}");
+    // Counted in the kernel at the exits: the same figures.
+    let trace = counted("system-exits-longjmp-bpf", &probe, &[], &args);
+    assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (4040, 2020), "{trace}");
+    assert!(trace.contains("2020 entries (the kernel's count) without a return counted at the exits"), "{trace}");
+}
+
+#[test]
+fn threads_recursing_far_past_the_kernels_64_returns_are_each_paired_exactly() {
+    let _x = exclusive();
+    let probe = format!("{}:deep%return", program());
+    // 4 threads, each calling deep(500) 5 times: 10,020 calls, up to 2,004 pending at once,
+    // their records read from every CPU's ring and paired in time order.
+    let args = ["threads", "4", "5", "500"];
+    let trace = counted("system-exits-threads", &probe, &["--no-bpf", "--buffer-size", "8M"], &args);
+    assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (10_020, 10_020), "{trace}");
+    assert!(!trace.contains("not seen") && !trace.contains("without a return"), "{trace}");
+    let trace = counted("system-exits-threads-bpf", &probe, &[], &args);
+    assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (10_020, 10_020), "{trace}");
 }
