@@ -11,7 +11,7 @@ use dprobe_arch::{
 use dprobe_spec::{parse_point, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
-use crate::list_returns::{return_mode, Image};
+use crate::list_returns::{kernel_return_mode, return_mode, Image};
 use crate::options::ListArgs;
 
 /// Run `dprobe list`; returns the exit status (1 when the place asked about cannot be probed).
@@ -184,6 +184,8 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
                         return_mode(symbols, image, f)
                     )?;
                 }
+                let kernel = kernel_return_mode(target.object(), f);
+                writeln!(out, "  a return probe (kernel, -a) watches its returns {kernel}")?;
             }
             Ok(0)
         }

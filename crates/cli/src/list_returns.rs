@@ -1,5 +1,6 @@
 //! `dprobe list` at a function's entry: how a return probe would watch its returns, at every
-//! exit (each `ret`, each tail call), or through the return address, and why.
+//! exit (each `ret`, each tail call), or through the return address, and why; with the
+//! ptrace engine and with the kernel engine (whose uprobes the kernel places from the file).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -88,5 +89,19 @@ pub fn return_mode(symbols: &Symbols, image: &mut Image<'_>, f: &Function) -> St
             )
         }
         Err(why) => format!("through the return address, because its exits are not all known: {why}"),
+    }
+}
+
+/// How the kernel engine's return probes on `f` (in the file at `path`) watch its returns,
+/// in words.
+pub fn kernel_return_mode(path: &str, f: &Function) -> String {
+    match dprobe_kernel::return_plan(path, &f.name) {
+        Ok(plan) if plan.tail_calls() => format!(
+            "{}; a $retval at a tail call is read at the callee's ret, when a return probe placed first watches \
+             the callee at its exits (else the return address is used)",
+            plan.watched_at()
+        ),
+        Ok(plan) => plan.watched_at(),
+        Err(why) => format!("through the return address (a uretprobe): {why}"),
     }
 }

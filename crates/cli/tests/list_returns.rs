@@ -18,6 +18,11 @@ fn list_says_at_which_exits_returns_are_watched_or_why_not() {
         out.contains("a return probe (ptrace, agent) watches its returns at its 1 exit (ret, tail calls)"),
         "{out}"
     );
+    // The kernel engine too, from the file; the value of a tail call is the callee's.
+    let kernel = "a return probe (kernel, -a) watches its returns at its 1 exit (ret, tail calls): the stack is not \
+                  touched; a $retval at a tail call is read at the callee's ret, when a return probe placed first \
+                  watches the callee at its exits (else the return address is used)";
+    assert!(out.contains(kernel), "{out}");
     // own_return leaves by its rets (how many is the compiler's choice).
     let out = listed("own_return+0");
     assert!(out.contains("watches its returns at its ") && out.contains(" exits (ret, tail calls)"), "{out}");
@@ -28,6 +33,9 @@ fn list_says_at_which_exits_returns_are_watched_or_why_not() {
         out.contains("watches its returns through the return address, because its exits are not all known: an int3 at"),
         "{out}"
     );
+    let kernel = "a return probe (kernel, -a) watches its returns through the return address (a uretprobe): its \
+                  exits are not all known: an int3 at";
+    assert!(out.contains(kernel), "{out}");
     // Not at an entry: nothing about returns.
     let out = listed("tail_outer+4");
     assert!(!out.contains("return probe"), "{out}");

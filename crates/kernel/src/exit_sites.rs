@@ -30,6 +30,12 @@ impl ExitPlan {
         format!("at its {n} exit{} (ret, tail calls): the stack is not touched", if n == 1 { "" } else { "s" })
     }
 
+    /// Whether the function leaves by a tail call somewhere: a `$retval` there is the
+    /// callee's, read only at the `ret` of a callee watched at its exits too.
+    pub fn tail_calls(&self) -> bool {
+        self.exits.iter().any(|(_, kind)| !kind.is_ret())
+    }
+
     /// A probe's place at link-time address `addr` of the file.
     pub fn point(&self, addr: u64) -> ProbePoint {
         ProbePoint::User { binary: Some(self.path.clone()), function: format!("{addr:#x}"), offset: 0 }
@@ -106,6 +112,14 @@ pub fn plan(spec: &ProbeSpec) -> Result<ExitPlan, String> {
         sites.push((site.addr.0, site.kind));
     }
     Ok(ExitPlan { path: target.object().to_owned(), function: f.start.0, exits: sites })
+}
+
+/// How the kernel engine watches the returns of a return probe on `function` of the file
+/// `path` (one that fetches nothing but `$retval`): at the exits of this plan, or, with the
+/// reason, through the return address (a uretprobe).
+pub fn return_plan(path: &str, function: &str) -> Result<ExitPlan, String> {
+    let point = ProbePoint::User { binary: Some(path.to_owned()), function: function.to_owned(), offset: 0 };
+    plan(&ProbeSpec { point, kind: ProbeKind::Return, args: Vec::new() })
 }
 
 /// Whether `addr` is the start of an instruction of the function `plan` was made for, as
