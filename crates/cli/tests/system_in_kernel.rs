@@ -151,12 +151,7 @@ fn pid_restricts_in_the_kernel_exactly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.ends_with("dprobe: tracing\n") {
-        assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended early: {said}");
-    }
-    assert!(said.contains("its hits are counted in the kernel (BPF)"), "{said}");
+    until_counted_in_the_kernel(&mut dprobe);
     // Both run now, at the same time; only the first is counted.
     for child in [&mut traced, &mut other] {
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -298,12 +293,7 @@ fn metrics_interval_rewrites_the_file_from_the_kernels_maps_while_tracing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.ends_with("dprobe: tracing\n") {
-        assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended early: {said}");
-    }
-    assert!(said.contains("its hits are counted in the kernel (BPF)"), "{said}");
+    until_counted_in_the_kernel(&mut dprobe);
     traced.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let printed = String::from_utf8(traced.wait_with_output().unwrap().stdout).unwrap();
     let expected: BTreeMap<String, u64> = threads(&printed).into_iter().map(|(n, _, c)| (n, c)).collect();
@@ -379,4 +369,15 @@ fn return_probes_watched_at_their_exits_are_counted_there_in_the_kernel() {
     let (perf, _, _) = run("perf-exits-filter", &[&args[..], &["--no-bpf", &spec]].concat());
     assert!(perf.contains("filtered in the kernel: only the events that passed reached dprobe"), "{perf}");
     assert_eq!(tables(&perf), tables(&text), "{perf}\n{text}");
+}
+
+/// Waits until dprobe (run with `-v` and stderr piped) says its probes are live, and checks it
+/// counts them in the kernel.
+fn until_counted_in_the_kernel(dprobe: &mut std::process::Child) {
+    let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.ends_with("dprobe: tracing\n") {
+        assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended early: {said}");
+    }
+    assert!(said.contains("its hits are counted in the kernel (BPF)"), "{said}");
 }

@@ -154,6 +154,18 @@ fn kret(f: *const (), via_return_address: bool) -> Kretprobe {
     }
 }
 
+/// One call returned normally and `abandoned` never returned (left by `longjmp` or an
+/// exception); none missed, none pending.
+fn assert_one_return_and_abandoned(p: &ReturnProbe, abandoned: u64) {
+    let st = p.stats();
+    assert_eq!(
+        (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
+        (1, 0, abandoned, 0),
+        "{:?}: {st:?}",
+        p.return_mode()
+    );
+}
+
 #[test]
 fn longjmp_out_of_a_probed_function_ten_thousand_times() {
     for via_return_address in [false, true] {
@@ -169,13 +181,7 @@ fn longjmp_out_of_a_probed_function_ten_thousand_times() {
         // traced.
         // SAFETY: with a negative argument fxc_victim returns it.
         assert_eq!(unsafe { c::fxc_jump_out(black_box(-5)) }, -5);
-        let st = p.stats();
-        assert_eq!(
-            (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
-            (1, 0, 10_000, 0),
-            "{:?}: {st:?}",
-            p.return_mode()
-        );
+        assert_one_return_and_abandoned(&p, 10_000);
     }
 }
 
@@ -191,13 +197,7 @@ fn a_cpp_exception_through_a_probed_function_ten_thousand_times() {
         }
         // SAFETY: a negative argument returns normally.
         assert_eq!(unsafe { c::fxcpp_catch(black_box(-3)) }, -3);
-        let st = p.stats();
-        assert_eq!(
-            (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
-            (1, 0, 10_000, 0),
-            "{:?}: {st:?}",
-            p.return_mode()
-        );
+        assert_one_return_and_abandoned(&p, 10_000);
     }
 }
 
