@@ -9,8 +9,10 @@
 //! A tail call (`jmp` to another function) into a function whose exits are watched hands the
 //! caller's return over to the callee: both return at the callee's exit, innermost first,
 //! with its return value (as the kernel's chained uretprobes do). A tail call into any other
-//! function is the caller's return, reported at the jump, where `rax` holds no return value
-//! yet.
+//! function writes the trampoline into the return address the callee will return through
+//! (the caller's), so that the caller returns with the callee, with its value; only where no
+//! trampoline can be had is the caller's return reported at the jump, where `rax` holds no
+//! return value yet.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -157,6 +159,9 @@ impl Tracee {
                 s.probes.iter().any(|id| self.probes.get(id).is_some_and(|p| p.def.on_return.is_some()))
             })
         });
+        // Into any other function: its return, with its value, is the caller's too, seen
+        // through the trampoline in the return address the callee returns through.
+        let hand_over = hand_over || (callee.is_some() && self.watch_return_of_tail_call(tid, regs.rsp));
         let pid = self.pid;
         let stacks = &mut self.returns.stacks;
         let Some(thread) = self.activations.by_thread.get_mut(&tid) else { return };

@@ -308,6 +308,15 @@ impl Tracee {
             };
             let mode = match exits {
                 Ok((exits, cold)) => {
+                    if exits.sites.iter().any(|s| s.kind != ExitKind::Ret) {
+                        // A tail call into a function whose returns are not watched returns
+                        // through the trampoline (and exceptions must not meet it unseen).
+                        if self.xol.trampoline(&mut self.memory, Near { tid, addr, maps }).is_ok()
+                            && !self.unwinders_watched
+                        {
+                            self.watch_unwinders(tid, maps, symbols)?;
+                        }
+                    }
                     self.arm_exits(tid, &f, cold.as_ref(), &exits, maps)?;
                     watch_exits = true;
                     ReturnMode::Exits { sites: exits.sites.len() }

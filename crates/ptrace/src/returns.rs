@@ -58,6 +58,10 @@ struct ThreadReturns {
     pending: ReturnStack<Pending>,
     /// `(slot, real return address)` of trampoline returns the rule dropped, newest last.
     grave: VecDeque<(u64, u64)>,
+    /// `(slot, real return address)` of functions watched at their exits that left by a tail
+    /// call into a function whose returns are not watched: the trampoline in their return
+    /// address shows where (and with what value) the callee returns for them.
+    tail: Vec<(u64, u64)>,
     /// Pending returns whose real addresses went back when the thread entered an unwinder,
     /// oldest first: those of frames the exception does not unwind are watched again where
     /// it is caught, the others are abandoned.
@@ -149,7 +153,7 @@ impl Returns {
     pub fn hijacked(&self, tid: i32) -> Vec<(u64, u64)> {
         let Some(thread) = self.by_thread.get(&tid) else { return Vec::new() };
         let pending = thread.pending.iter().map(|i| (i.slot, i.ret));
-        pending.chain(thread.grave.iter().copied()).collect()
+        pending.chain(thread.grave.iter().copied()).chain(thread.tail.iter().copied()).collect()
     }
 
     /// Put the real return addresses back into the stack of thread `tid`, in `memory` (the
@@ -163,7 +167,7 @@ impl Returns {
             };
             (i.slot, i.ret, hijacked)
         });
-        let dropped = thread.grave.iter().map(|&(slot, ret)| (slot, ret, trampoline));
+        let dropped = thread.grave.iter().chain(&thread.tail).map(|&(slot, ret)| (slot, ret, trampoline));
         let quarantined = self
             .quarantine
             .iter()
@@ -186,7 +190,7 @@ impl Returns {
     pub(crate) fn carry_into_fork(&self, parent: i32, child: i32, stubs: &Stubs, memory: &mut dyn Memory) -> Returns {
         let mut carried = Returns { entries: self.entries, ..Returns::default() };
         let Some(thread) = self.by_thread.get(&parent) else { return carried };
-        for &(slot, ret) in &thread.grave {
+        for &(slot, ret) in thread.grave.iter().chain(&thread.tail) {
             let _ = memory.write(Addr(slot), &ret.to_le_bytes());
         }
         for &(index, _, slot, ret) in self.quarantine.iter().filter(|q| q.1 == parent) {
@@ -285,6 +289,7 @@ impl Tracee {
         thread.unwound = all;
         // Dropped returns are restored: nothing is left to return through the trampoline.
         thread.grave.clear();
+        thread.tail.clear();
     }
 
     /// Thread `tid` catches an exception (it entered `__cxa_begin_catch`, with stack pointer
@@ -430,6 +435,31 @@ impl Tracee {
         Ok(())
     }
 
+    /// At a tail call (thread `tid` about to jump, `rsp` at its return address) from a
+    /// function watched at its exits into one whose returns are not watched: the return
+    /// address becomes the trampoline, so that the caller's return is seen where the callee
+    /// returns, with the callee's value. False (and nothing written) without a trampoline,
+    /// or when dprobe already watches that slot.
+    pub(crate) fn watch_return_of_tail_call(&mut self, tid: i32, rsp: u64) -> bool {
+        let Some(trampoline) = self.xol.trampoline_addr() else { return false };
+        if self.returns.hijacked(tid).iter().any(|&(slot, _)| slot == rsp) {
+            return false;
+        }
+        let Some(real) = read_word(&mut self.memory, rsp) else { return false };
+        if real == trampoline.0 || self.memory.write(Addr(rsp), &trampoline.0.to_le_bytes()).is_err() {
+            return false;
+        }
+        let pid = self.pid;
+        let Returns { by_thread, stacks, .. } = &mut self.returns;
+        let stack = stacks.stack_of(pid, rsp);
+        let thread = by_thread.entry(tid).or_default();
+        // Slots below this one on the same stack belong to frames that are gone (left by
+        // longjmp or an exception): the program has written over them.
+        thread.tail.retain(|&(slot, _)| slot > rsp || stacks.stack_of(pid, slot) != stack);
+        thread.tail.push((rsp, real));
+        true
+    }
+
     fn write_trampoline(&mut self, slot: u64) -> Result<(), TraceError> {
         let trampoline = self.xol.trampoline_addr().ok_or(TraceError::NoTrampoline)?;
         Ok(self.memory.write(Addr(slot), &trampoline.0.to_le_bytes())?)
@@ -451,7 +481,10 @@ impl Tracee {
         let slot = r.rsp.wrapping_sub(8);
         let from_grave = match returning.first() {
             Some(_) => None,
-            None => thread.grave.iter().rposition(|g| g.0 == slot).and_then(|i| thread.grave.remove(i)),
+            None => match thread.tail.iter().rposition(|t| t.0 == slot) {
+                Some(i) => Some(thread.tail.remove(i)),
+                None => thread.grave.iter().rposition(|g| g.0 == slot).and_then(|i| thread.grave.remove(i)),
+            },
         };
         for gone in stale {
             self.abandon(tid, gone, true);
