@@ -44,13 +44,19 @@ struct Arena {
     pristine_stack: Vec<u8>,
 }
 
-fn map(len: usize, at: Option<u64>) -> Option<u64> {
+/// Code pages are executable; data and stack are not, as in a real program: a run that
+/// calls or jumps into its data (a target taken from the random registers) faults there at
+/// once, the same way in place and relocated, instead of executing the data's bytes.
+const CODE: libc::c_int = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+const DATA: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
+
+fn map(len: usize, at: Option<u64>, prot: libc::c_int) -> Option<u64> {
     // SAFETY: a fresh anonymous mapping; MAP_FIXED_NOREPLACE never replaces existing memory.
     let p = unsafe {
         libc::mmap(
             at.unwrap_or(0) as *mut libc::c_void,
             len,
-            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if at.is_some() { libc::MAP_FIXED_NOREPLACE } else { 0 },
             -1,
             0,
@@ -67,16 +73,16 @@ fn bytes_at(addr: u64, len: usize) -> &'static mut [u8] {
 
 impl Arena {
     fn new() -> Arena {
-        let code = map(4 * PAGE, None).expect("code pages");
-        let near = map(PAGE, None).expect("near slot page");
+        let code = map(4 * PAGE, None, CODE).expect("code pages");
+        let near = map(PAGE, None, CODE).expect("near slot page");
         assert!(near.abs_diff(code) < 1 << 30, "near slot page is not near");
         let far = [8u64 << 30, 16 << 30, 32 << 30]
             .iter()
             .flat_map(|d| [code.wrapping_sub(*d), code + d])
-            .find_map(|a| map(PAGE, Some(a & !(PAGE as u64 - 1))))
+            .find_map(|a| map(PAGE, Some(a & !(PAGE as u64 - 1)), CODE))
             .expect("far slot page");
-        let data = map(REGION, None).expect("data");
-        let stack = map(REGION, None).expect("stack");
+        let data = map(REGION, None, DATA).expect("data");
+        let stack = map(REGION, None, DATA).expect("stack");
         let int3_area = code + 0x2000;
         let pattern = |i: usize| (int3_area + (i as u64 % 256) * 8).to_le_bytes();
         let pristine_data: Vec<u8> = (0..REGION / 8).flat_map(pattern).collect();
