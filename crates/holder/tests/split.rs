@@ -36,6 +36,13 @@ fn main() {
 
 /// The program in one role: split, then the holder does what the role says.
 fn play(role: &str) -> ! {
+    // Dispositions are inherited: a test run started under `nohup` or in the background
+    // ignores SIGHUP or SIGINT. Each role starts from the defaults, as a program started from
+    // a terminal does, so that what it is started with is the role's own choice.
+    for stop in STOPS {
+        // SAFETY: restoring the default installs no handler.
+        unsafe { signal(stop, SigHandler::SigDfl) }.unwrap();
+    }
     if role == "ignore-term" {
         // SAFETY: ignoring installs no handler.
         unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.unwrap();
