@@ -246,6 +246,11 @@ impl P<'_> {
         SpecError::new(K::BadFilter, self.text, span, expected)
     }
 
+    /// A limit reached at the current token: `at most LIMIT`.
+    fn too_much(&self, kind: K, limit: String) -> SpecError {
+        SpecError::new(kind, self.text, self.span(), format!("at most {limit}"))
+    }
+
     fn or(&mut self) -> Result<Filter, SpecError> {
         self.chain(&Tok::Or, Self::and, Filter::Or)
     }
@@ -272,12 +277,9 @@ impl P<'_> {
     fn unary(&mut self) -> Result<Filter, SpecError> {
         if matches!(self.peek(), Some(Tok::Not | Tok::Open)) {
             if self.depth == MAX_FILTER_DEPTH {
-                return Err(SpecError::new(
-                    K::FilterTooDeep,
-                    self.text,
-                    self.span(),
-                    format!("at most {MAX_FILTER_DEPTH} levels of parentheses and `!`"),
-                ));
+                return Err(
+                    self.too_much(K::FilterTooDeep, format!("{MAX_FILTER_DEPTH} levels of parentheses and `!`"))
+                );
             }
             self.depth += 1;
             let inner = self.nested();
@@ -307,12 +309,7 @@ impl P<'_> {
             return Err(self.bad("a field name (one of the probe's fetched arguments)"));
         };
         if self.comparisons == MAX_FILTER_COMPARISONS {
-            return Err(SpecError::new(
-                K::FilterTooLong,
-                self.text,
-                self.span(),
-                format!("at most {MAX_FILTER_COMPARISONS} comparisons"),
-            ));
+            return Err(self.too_much(K::FilterTooLong, format!("{MAX_FILTER_COMPARISONS} comparisons")));
         }
         self.comparisons += 1;
         if !self.fields.contains(&field.as_str()) {
