@@ -163,14 +163,7 @@ impl Aggregate for ValueHistograms {
     }
 
     fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
-        let mut tables = Vec::new();
-        for (i, p) in probes.iter().enumerate() {
-            for (key, d) in self.hists.ranked(i, Distribution::count) {
-                let title = format!("{} of {}", self.field, target(p));
-                tables.push((titled(title, key, &self.hists), d.render()));
-            }
-        }
-        tables
+        self.hists.histograms(probes, |p| format!("{} of {}", self.field, target(p)))
     }
 }
 
@@ -192,22 +185,21 @@ impl Aggregate for LatencyHistograms {
     }
 
     fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
-        let mut tables = Vec::new();
-        for (i, p) in probes.iter().enumerate() {
-            for (key, d) in self.0.ranked(i, Distribution::count) {
-                let title = format!("latency of {} (ns)", p.label);
-                tables.push((titled(title, key, &self.0), d.render()));
-            }
-        }
-        tables
+        self.0.histograms(probes, |p| format!("latency of {} (ns)", p.label))
     }
 }
 
-/// `size of libc:malloc` or, split by key, `size of libc:malloc [worker-1]`.
-fn titled<T>(title: String, key: &str, keyed: &Keyed<T>) -> String {
-    if keyed.by.is_empty() {
-        title
-    } else {
-        format!("{title} {}", bracketed(key))
+impl Keyed<Distribution> {
+    /// A table per probe and key, the most filled first: `size of libc:malloc` or, split by
+    /// key, `size of libc:malloc [worker-1]`, with `title` naming the probe's histogram.
+    fn histograms(&self, probes: &[&ProbeInfo], title: impl Fn(&ProbeInfo) -> String) -> Vec<(String, String)> {
+        let mut tables = Vec::new();
+        for (i, p) in probes.iter().enumerate() {
+            for (key, d) in self.ranked(i, Distribution::count) {
+                let title = if self.by.is_empty() { title(p) } else { format!("{} {}", title(p), bracketed(key)) };
+                tables.push((title, d.render()));
+            }
+        }
+        tables
     }
 }
