@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dprobe_core::fetch::Values;
 use dprobe_core::returns::ReturnMode;
 use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
-use dprobe_ptrace::{Injector, LoadError, Semaphores};
+use dprobe_ptrace::{Injector, LoadError};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 use nix::errno::Errno;
@@ -82,8 +82,6 @@ pub struct AgentEngine {
     names: ThreadNames,
     stopped: bool,
     values: Vec<Values>,
-    /// Static probes' semaphores raised in the program.
-    semaphores: Semaphores,
     /// Why the process is not traced any more, when it ran `exec`.
     lost: Option<String>,
     /// Where forked children's agents announce themselves.
@@ -181,7 +179,6 @@ impl AgentEngine {
             names: ThreadNames::default(),
             stopped: false,
             values: Vec::new(),
-            semaphores: Semaphores::default(),
             lost: None,
             listener,
             children: Vec::new(),
@@ -444,14 +441,18 @@ impl Engine for AgentEngine {
             events: self.events,
             stack: self.events && self.stacks.is_some(),
             args: probe.plan.args().to_vec(),
+            semaphore: probe.semaphore.cloned(),
         };
         wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
-        let answer = match wire::receive(&mut self.sock) {
-            Ok(Some(Message::Placed(p))) => p,
-            Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
-            Err(e) => return Err(self.agent_err(e)),
-        };
         let mut placed = Placed::default();
+        let answer = loop {
+            match wire::receive(&mut self.sock) {
+                Ok(Some(Message::Placed(p))) => break p,
+                Ok(Some(Message::Note(note))) => placed.note = Some(note),
+                Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
+                Err(e) => return Err(self.agent_err(e)),
+            }
+        };
         let mut remark = None;
         let placement = match answer {
             wire::Placement::At(a) => Placement::At(Addr(a)),
@@ -469,12 +470,6 @@ impl Engine for AgentEngine {
             }
             wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
         };
-        if let (Some(semaphore), Placement::At(_)) = (probe.semaphore, &placement) {
-            // Raised once the agent has placed the probe.
-            if let Err(why) = self.semaphores.raise(self.pid, semaphore) {
-                placed.note = Some(format!("its semaphore is not set, the program may skip the probe: {why}"));
-            }
-        }
         self.values.push(probe.plan.values());
         let args = probe.plan.args();
         let names = args.iter().map(|a| a.name.clone()).collect();
@@ -582,8 +577,7 @@ impl Engine for AgentEngine {
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
-        // Lowered before the probes go: the program stops preparing arguments first.
-        self.semaphores.lower_all(self.pid);
+        // The agent lowers the semaphores it raised as it removes the probes.
         let stopped = self.stop_agent();
         self.release()?;
         stopped?;
@@ -592,7 +586,6 @@ impl Engine for AgentEngine {
     }
 
     fn abandon(mut self) {
-        self.semaphores.lower_all(self.pid);
         match self.injector.take() {
             Some(i) if self.spawned => i.abandon(),
             Some(i) => {

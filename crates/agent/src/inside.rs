@@ -20,6 +20,7 @@ use dprobe_spec::ProbeKind;
 use crate::child::{end_session, follow_forks, Live, FOLLOW_CHILDREN, LIVE};
 use crate::follow;
 use crate::hit::{now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
+use crate::semaphore;
 use crate::shm::{Counter, Shm, MAX_PROBES};
 use crate::wire::{receive, send, Message, PlaceProbe, Placement};
 
@@ -87,9 +88,10 @@ pub(crate) fn block_signals() {
     }
 }
 
+/// A probe placed, with the address of the semaphore its placing raised, if it did.
 pub(crate) enum Placed {
-    Entry { probe: Probe, index: usize, hit: Arc<HitProbe> },
-    Return { probe: ReturnProbe, index: usize, hit: Arc<HitProbe> },
+    Entry { probe: Probe, index: usize, hit: Arc<HitProbe>, semaphore: Option<u64> },
+    Return { probe: ReturnProbe, index: usize, hit: Arc<HitProbe>, semaphore: Option<u64> },
 }
 
 impl Placed {
@@ -97,6 +99,20 @@ impl Placed {
         match self {
             Placed::Entry { index: i, hit, .. } | Placed::Return { index: i, hit, .. } => (*i == index).then_some(hit),
         }
+    }
+
+    /// Lower the semaphore this placing raised (before the probe goes: the program stops
+    /// preparing the probe's arguments first).
+    fn lower_semaphore(&mut self) {
+        let (Placed::Entry { semaphore, .. } | Placed::Return { semaphore, .. }) = self;
+        if let Some(addr) = semaphore.take() {
+            semaphore::lower(addr);
+        }
+    }
+
+    fn raised(&mut self, addr: u64) {
+        let (Placed::Entry { semaphore, .. } | Placed::Return { semaphore, .. }) = self;
+        *semaphore = Some(addr);
     }
 }
 
@@ -133,9 +149,10 @@ fn session(name: &[u8]) -> io::Result<Over> {
         }
         match receive(&mut sock) {
             Ok(Some(Message::Place(p))) => {
+                let mut note = None;
                 let answer = LIVE.with(|live| match live {
                     Some(l) => {
-                        let answer = place(p.clone(), &shm, &mut l.placed);
+                        let answer = place(p.clone(), &shm, &mut l.placed, &mut note);
                         match (answer, follow::start()) {
                             (Placement::Waiting, Ok(_)) => {
                                 l.waiting.push(p);
@@ -150,6 +167,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
                     None => Placement::Failed("the session has ended".into()),
                 });
                 follow_forks();
+                if let Some(note) = note {
+                    send(&mut sock, &Message::Note(note))?;
+                }
                 send(&mut sock, &Message::Placed(answer))?;
             }
             Ok(Some(Message::Filter { index, text })) => {
@@ -220,7 +240,8 @@ fn loader_changed(l: &mut Live, state: i32) {
             let at = dprobe_spec::parse_point(&p.target).ok().and_then(|point| symbols.resolve(&maps, &point).ok());
             let placed = at.is_some_and(|t| {
                 let here = PlaceProbe { target: format!("0x{:x}", t.addr.0), ..p.clone() };
-                let (Placement::At(addr) | Placement::Returns(addr, _)) = place(here, &l.shm, &mut l.placed) else {
+                let (Placement::At(addr) | Placement::Returns(addr, _)) = place(here, &l.shm, &mut l.placed, &mut None)
+                else {
                     return false;
                 };
                 l.shm.set(p.index as usize, Counter::PlacedAt, addr);
@@ -237,8 +258,9 @@ fn loader_changed(l: &mut Live, state: i32) {
 }
 
 /// Remove a probe whose library is being unloaded, keeping its figures for its next placing.
-fn forget(p: Placed, shm: &Shm) {
+fn forget(mut p: Placed, shm: &Shm) {
     let carried = &follow::CARRIED;
+    p.lower_semaphore();
     match p {
         Placed::Return { probe, index, .. } => {
             if let Ok(s) = probe.unregister() {
@@ -304,6 +326,7 @@ pub(crate) fn remove(placed: &mut Vec<Placed>, shm: Option<&Shm>) {
     if let Some(shm) = shm {
         refresh(placed, shm);
     }
+    placed.iter_mut().for_each(Placed::lower_semaphore);
     let mut entries = Vec::new();
     for p in placed.drain(..) {
         match p {
@@ -323,7 +346,8 @@ fn named(p: &PlaceProbe) -> Kprobe {
     Kprobe::symbol_offset(&p.target, p.offset)
 }
 
-fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
+/// Place probe `p`, and raise its semaphore once it is placed (or say in `note` why not).
+fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>, note: &mut Option<String>) -> Placement {
     let index = p.index as usize;
     if index >= MAX_PROBES || placed.iter().any(|q| q.hit(index).is_some()) {
         return Placement::Failed(format!("probe index {index} is out of range or taken"));
@@ -363,7 +387,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
             });
         register_kretprobe(k).map(|probe| {
             let at = Placement::Returns(probe.addr().0, probe.return_mode().clone());
-            placed.push(Placed::Return { probe, index, hit: kept });
+            placed.push(Placed::Return { probe, index, hit: kept, semaphore: None });
             at
         })
     } else {
@@ -376,12 +400,22 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>) -> Placement {
         }))
         .map(|probe| {
             let addr = probe.addr();
-            placed.push(Placed::Entry { probe, index, hit: kept });
+            placed.push(Placed::Entry { probe, index, hit: kept, semaphore: None });
             Placement::At(addr.0)
         })
     };
     match result {
-        Ok(at) => at,
+        Ok(at) => {
+            if let (Some(s), Some(last)) = (&p.semaphore, placed.last_mut()) {
+                match semaphore::raise(s) {
+                    Ok(addr) => last.raised(addr),
+                    Err(why) => {
+                        *note = Some(format!("its semaphore is not set, the program may skip the probe: {why}"))
+                    }
+                }
+            }
+            at
+        }
         Err(ProbeError::Target(
             dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
         )) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => Placement::Waiting,

@@ -21,6 +21,7 @@ mod follow;
 mod hit;
 mod inside;
 pub mod record;
+mod semaphore;
 pub mod shm;
 pub mod wire;
 

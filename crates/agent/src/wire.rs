@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 
 use dprobe_core::returns::ReturnMode;
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Register};
+use dprobe_sym::Semaphore;
 
 /// A probe to place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct PlaceProbe {
     pub stack: bool,
     /// What to fetch.
     pub args: Vec<NamedArg>,
+    /// A static probe's semaphore, raised by the agent wherever the probe is placed and
+    /// lowered when it is removed.
+    pub semaphore: Option<Semaphore>,
 }
 
 /// The agent's answer to [`PlaceProbe`].
@@ -62,6 +66,9 @@ pub enum Message {
         /// The filter's text.
         text: String,
     },
+    /// Agent → tracer, before a [`Message::Placed`]: what the user should know about the
+    /// probe (its semaphore could not be raised, and why).
+    Note(String),
     /// Agent → tracer: the filter is in place (or `false`: it could not be read, every
     /// event is sent).
     Filtered(bool),
@@ -99,6 +106,19 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
                 put_type(&mut b, a.ty);
                 b.push(a.typed as u8);
             }
+            match &p.semaphore {
+                None => b.push(0),
+                Some(s) => {
+                    b.push(1);
+                    put_str(&mut b, &s.object);
+                    b.extend_from_slice(&s.addr.to_le_bytes());
+                    b.extend_from_slice(&s.file_offset.to_le_bytes());
+                }
+            }
+        }
+        Message::Note(text) => {
+            b.push(b'N');
+            put_str(&mut b, text);
         }
         Message::Filter { index, text } => {
             b.push(b'L');
@@ -175,8 +195,13 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
             for _ in 0..n.min(1024) {
                 args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()?, typed: c.u8()? == 1 });
             }
-            Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args })
+            let semaphore = match c.u8()? {
+                0 => None,
+                _ => Some(Semaphore { object: c.str()?, addr: c.u64()?, file_offset: c.u64()? }),
+            };
+            Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args, semaphore })
         }
+        b'N' => Message::Note(c.str()?),
         b'L' => Message::Filter { index: c.u32()?, text: c.str()? },
         b'l' => Message::Filtered(c.u8()? == 1),
         b'A' => Message::Placed(Placement::At(c.u64()?)),
@@ -340,8 +365,22 @@ mod tests {
                 maxactive: 7,
                 events: false,
                 stack: true,
-                args: spec.args,
+                args: spec.args.clone(),
+                semaphore: None,
             }),
+            Message::Place(PlaceProbe {
+                index: 10,
+                target: "/opt/app:0x12b9".into(),
+                offset: 0,
+                kind: ProbeKind::Entry,
+                timed: false,
+                maxactive: 0,
+                events: true,
+                stack: false,
+                args: spec.args,
+                semaphore: Some(Semaphore { object: "/opt/app".into(), addr: 0x4048, file_offset: 0x3048 }),
+            }),
+            Message::Note("its semaphore is not set".into()),
             Message::Filter { index: 9, text: "fl == 0".into() },
             Message::Filtered(true),
             Message::Placed(Placement::At(0x1234)),

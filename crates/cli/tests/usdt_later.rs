@@ -1,9 +1,11 @@
 //! Static probes' semaphores where the probes reach after the trace started: in a library the
 //! program loads with `dlopen` (and loads again after `dlclose`), and in a forked child. The
-//! program tests its semaphore (`LATER_STEP_ENABLED()`) and prints whether it fired
-//! (`usdt_later.c`): set while probed, given back after, and set in a child only while the
-//! child is followed. (The kernel engine passes the semaphore to the kernel as the uprobe's
-//! reference counter, which the kernel raises in every process that maps the file.)
+//! program fires its probe only when its semaphore is not 0 and prints the counter as it reads
+//! it from its memory (`usdt_later.c`): 1 while probed (raised once, by the one probe), back
+//! to 0 after, and raised in a child only while the child is followed. The ptrace engine
+//! writes the counters from outside, the agent engine from inside the program. (The kernel
+//! engine passes the semaphore to the kernel as the uprobe's reference counter, which the
+//! kernel raises in every process that maps the file.)
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -29,7 +31,7 @@ fn events(trace: &str, label: &str) -> Vec<String> {
 }
 
 /// Attach to `usdt_later serve LIB` before it loads LIB; each step loads it (again after
-/// `unload`) and must see its semaphore set, and the first step after dprobe let go must see
+/// `unload`) and must see its semaphore at 1, and the first step after dprobe let go must see
 /// it 0 again.
 fn library_loaded_later(engine: &str) {
     let (prog, lib) = programs(engine);
@@ -65,14 +67,14 @@ fn library_loaded_later(engine: &str) {
     let mut seen = vec![send("step"), send("step")];
     send("unload");
     seen.push(send("step"));
-    let want = ["step 1 enabled=1", "step 2 enabled=1", "step 1 enabled=1"].map(|s| Some(s.to_owned()));
+    let want = ["step 1 semaphore=1", "step 2 semaphore=1", "step 1 semaphore=1"].map(|s| Some(s.to_owned()));
     assert_eq!(seen, want, "{engine}: each load of the library has its semaphore set");
     // SAFETY: a signal to the dprobe this test started.
     assert_eq!(unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) }, 0);
     let status = tracer.wait().unwrap();
     let trace = std::fs::read_to_string(&out).unwrap();
     assert_eq!(status.code(), Some(0), "{engine}\n{trace}");
-    assert_eq!(send("step").as_deref(), Some("step 2 enabled=0"), "{engine}: after the trace, 0 again");
+    assert_eq!(send("step").as_deref(), Some("step 2 semaphore=0"), "{engine}: after the trace, 0 again");
     assert_eq!(events(&trace, "later:step"), ["n=1", "n=2", "n=1"], "{engine}\n{trace}");
     assert_eq!(hits(&trace, &format!("usdt:{lib}:later:step")), 3, "{engine}\n{trace}");
     drop(input);
@@ -84,29 +86,45 @@ fn a_library_loaded_later_has_its_semaphore_set_while_probed_and_given_back_afte
     library_loaded_later("ptrace");
 }
 
-/// `usdt_later fork 2` under `dprobe trace`, with or without `--follow`: (the program's lines,
-/// the trace).
-fn forked(follow: bool) -> (Vec<String>, String) {
-    let (prog, _) = programs("ptrace");
+#[test]
+fn a_library_loaded_later_has_its_semaphore_set_while_probed_and_given_back_after_agent() {
+    library_loaded_later("agent");
+}
+
+/// `usdt_later fork 2` under `dprobe trace --engine engine`, with or without `--follow`:
+/// (the program's lines, the trace).
+fn forked(engine: &str, follow: bool) -> (Vec<String>, String) {
+    let (prog, _) = programs(engine);
     let spec = format!("usdt:{prog}:later:round i=$arg1");
-    let mut args = vec!["--engine", "ptrace", &spec, "--", prog, "fork", "2"];
+    let mut args = vec!["--engine", engine, &spec, "--", prog, "fork", "2"];
     if follow {
         args.insert(0, "--follow");
     }
-    let t = trace_to_file(&format!("usdt-later-fork-{follow}"), &args);
-    assert_eq!(t.code, Some(0), "{}\n{}", t.stderr, t.trace);
+    let t = trace_to_file(&format!("usdt-later-fork-{engine}-{follow}"), &args);
+    assert_eq!(t.code, Some(0), "{engine}: {}\n{}", t.stderr, t.trace);
     (t.stdout.lines().map(str::to_owned).collect(), t.trace)
 }
 
-/// A forked child inherits the raised semaphore with the probes' breakpoints. Followed, its
-/// rounds fire and are counted; not followed, it gets its semaphore back lowered with its
-/// original code, and skips the probe as an untraced program does.
+/// A forked child inherits the raised semaphore with the probes. Followed, its rounds fire
+/// and are counted; not followed, it gets its semaphore back lowered with its original code,
+/// and skips the probe as an untraced program does.
+fn forked_child(engine: &str) {
+    let (lines, trace) = forked(engine, true);
+    let want = ["child round=1 semaphore=1", "child round=2 semaphore=1", "parent round=0 semaphore=1"];
+    assert_eq!(lines, want, "{engine}\n{trace}");
+    assert_eq!(events(&trace, "later:round"), ["i=1", "i=2", "i=0"], "{engine}\n{trace}");
+    let (lines, trace) = forked(engine, false);
+    let want = ["child round=1 semaphore=0", "child round=2 semaphore=0", "parent round=0 semaphore=1"];
+    assert_eq!(lines, want, "{engine}\n{trace}");
+    assert_eq!(events(&trace, "later:round"), ["i=0"], "{engine}\n{trace}");
+}
+
 #[test]
-fn a_forked_child_has_the_semaphore_set_only_while_followed() {
-    let (lines, trace) = forked(true);
-    assert_eq!(lines, ["child round=1 enabled=1", "child round=2 enabled=1", "parent round=0 enabled=1"], "{trace}");
-    assert_eq!(events(&trace, "later:round"), ["i=1", "i=2", "i=0"], "{trace}");
-    let (lines, trace) = forked(false);
-    assert_eq!(lines, ["child round=1 enabled=0", "child round=2 enabled=0", "parent round=0 enabled=1"], "{trace}");
-    assert_eq!(events(&trace, "later:round"), ["i=0"], "{trace}");
+fn a_forked_child_has_the_semaphore_set_only_while_followed_ptrace() {
+    forked_child("ptrace");
+}
+
+#[test]
+fn a_forked_child_has_the_semaphore_set_only_while_followed_agent() {
+    forked_child("agent");
 }

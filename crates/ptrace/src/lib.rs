@@ -55,7 +55,6 @@ pub use error::{Exit, Stopped, TraceError};
 pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
-pub use semaphores::Semaphores;
 pub use tracee::Tracee;
 
 #[cfg(test)]

@@ -12,9 +12,8 @@
 
 use dprobe_arch::{Addr, Memory};
 use dprobe_core::{Placement, ProbeId};
-use dprobe_sym::{load_bias_of, read_maps_of, Mapping, Semaphore};
+use dprobe_sym::{load_bias_of, Mapping, Semaphore};
 
-use crate::sys::RemoteMemory;
 use crate::tracee::Tracee;
 
 impl Tracee {
@@ -56,40 +55,6 @@ impl Tracee {
     pub(crate) fn forget_unloaded_semaphores(&mut self) {
         let probes = &self.probes;
         self.raised.retain(|(id, _)| probes.get(id).is_some_and(|p| p.stats.placement != Placement::Unloaded));
-    }
-}
-
-/// The counters raised in one process.
-#[derive(Debug, Default)]
-pub struct Semaphores {
-    raised: Vec<Addr>,
-}
-
-impl Semaphores {
-    /// Raise `semaphore` in process `pid`: where its object is mapped now. Returns the
-    /// counter's run-time address, or why it could not be raised.
-    pub fn raise(&mut self, pid: i32, semaphore: &Semaphore) -> Result<Addr, String> {
-        let maps = read_maps_of(pid as u32).map_err(|e| format!("cannot read the maps of process {pid}: {e}"))?;
-        let bias = load_bias_of(&maps, &semaphore.object)
-            .ok_or_else(|| format!("`{}` is not mapped in process {pid}", semaphore.object))?;
-        let addr = Addr(semaphore.addr.wrapping_add(bias));
-        let mut memory =
-            RemoteMemory::open(pid).map_err(|e| format!("cannot open the memory of process {pid}: {e}"))?;
-        add(&mut memory, addr, 1).map_err(|()| format!("cannot write the semaphore at {addr}"))?;
-        self.raised.push(addr);
-        Ok(addr)
-    }
-
-    /// Lower every counter raised (a process that is gone has nothing to lower).
-    pub fn lower_all(&mut self, pid: i32) {
-        let raised = std::mem::take(&mut self.raised);
-        if raised.is_empty() {
-            return;
-        }
-        let Ok(mut memory) = RemoteMemory::open(pid) else { return };
-        for addr in raised {
-            let _ = add(&mut memory, addr, -1);
-        }
     }
 }
 
