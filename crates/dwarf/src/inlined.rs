@@ -7,15 +7,19 @@ use std::ops::Range;
 
 use gimli::Reader as _;
 
+use crate::copies::copy_entries;
 use crate::debuginfo::Reader;
 use crate::lines::{file_path, LineTable};
 
 /// A copy of a function inlined into a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlinedCopy {
-    /// Where the copy starts running: its `DW_AT_entry_pc`, else its first address.
+    /// Where the copy starts running: its `DW_AT_entry_pc`, else its first address; for one
+    /// of several copies under one entry (an unrolled loop's passes), where that copy's
+    /// first statement starts.
     pub entry: u64,
-    /// Its code (several ranges when the compiler split it).
+    /// Its code (several ranges when the compiler split it; the code of every copy under its
+    /// entry).
     pub ranges: Vec<Range<u64>>,
 }
 
@@ -42,6 +46,9 @@ impl FunctionInfo {
     pub fn code(&self) -> Vec<Range<u64>> {
         let mut all = self.out_of_line.clone();
         all.extend(self.inlined.iter().flat_map(|c| c.ranges.iter().cloned()));
+        // Copies under one entry share its ranges.
+        all.sort_by_key(|r| (r.start, r.end));
+        all.dedup();
         all
     }
 
@@ -134,7 +141,10 @@ pub fn find_functions(
         let Some(first) = ranges.iter().map(|r| r.start).min() else { continue };
         if d.inlined {
             let entry = d.entry_pc.filter(|e| *e != 0).unwrap_or(first);
-            info.inlined.push(InlinedCopy { entry, ranges });
+            // One entry may stand for several copies (the passes of an unrolled loop).
+            for entry in copy_entries(unit, &ranges, entry)? {
+                info.inlined.push(InlinedCopy { entry, ranges: ranges.clone() });
+            }
         } else {
             let entry = d.entry_pc.filter(|e| *e != 0).unwrap_or(ranges[0].start);
             if !info.out_of_line_entries.contains(&entry) {

@@ -12,6 +12,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod copies;
 mod debuginfo;
 mod error;
 mod globals;
