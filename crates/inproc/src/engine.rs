@@ -5,9 +5,12 @@
 //!
 //! A probe changes one byte of the program: the first byte of the probed instruction becomes
 //! `int3`. A one-byte store is atomic, so a thread fetching the instruction sees either the
-//! original or the `int3`, never a mixture; after each store every thread is made to execute a
-//! serializing instruction (`membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`). The order of the other
-//! steps is what keeps a trapping thread safe:
+//! original or the `int3`, never a mixture; after each step every thread is made to execute a
+//! serializing instruction (`membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`). A batch of probes
+//! (`register_all`, `unregister_all`) takes each step for all of its sites, then serializes
+//! once: writing the slots, disarming, arming, and each step of the jumps cost one
+//! `membarrier` per batch, not one per site. The order of the other steps is what keeps a
+//! trapping thread safe:
 //!
 //! * **arm**: publish the site in the table first, then write the `int3`. A thread can only
 //!   trap once the site is there to be found.
@@ -192,26 +195,45 @@ impl Engine {
         self.routes.read(|routes| routes.binary_search_by_key(&addr, |r| r.0).ok().map(|i| routes[i].1))
     }
 
-    fn set_route(&self, site: Addr, copy: Option<Addr>) {
+    /// Remove the routes of the sites `remove` and add `add`, in one update.
+    fn set_routes(&self, remove: &[Addr], add: &[(Addr, Addr)]) {
+        if remove.is_empty() && add.is_empty() {
+            return;
+        }
+        let gone: std::collections::BTreeSet<Addr> = remove.iter().chain(add.iter().map(|r| &r.0)).copied().collect();
         self.routes.update(|routes| {
-            let mut next: Vec<(Addr, Addr)> = routes.iter().copied().filter(|r| r.0 != site).collect();
-            next.extend(copy.map(|c| (site, c)));
+            let mut next: Vec<(Addr, Addr)> = routes.iter().copied().filter(|r| !gone.contains(&r.0)).collect();
+            next.extend_from_slice(add);
             next.sort_by_key(|r| r.0);
             next
         });
     }
 
-    /// Turn the jump of `addr` back into an `int3`, saying why.
-    fn unjump(&self, st: &mut State, addr: Addr, why: NotOptimized) -> Result<(), ProbeError> {
-        let site = st.sites.get_mut(&addr).expect("a jumping site");
-        let window = site.window.as_ref().expect("a jumping site has a window");
-        optimizer::unoptimize(window, site.detour.as_ref().expect("a jumping site has a detour"))?;
-        site.jumping = false;
-        site.jump_status = Err(why);
-        if window.len() > 1 {
-            self.set_route(addr, None);
+    /// Turn the jumps of `sites` back into `int3`s, saying why, each step of the protocol
+    /// once for all of them.
+    fn unjump_all(&self, st: &mut State, sites: BTreeMap<Addr, NotOptimized>) -> Result<(), ProbeError> {
+        if sites.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let results = {
+            let jumps: Vec<optimizer::Jump<'_>> = sites.keys().map(|a| jump_of(&st.sites[a])).collect();
+            optimizer::unoptimize_all(&jumps)
+        };
+        let (mut first_error, mut unrouted) = (None, Vec::new());
+        for ((addr, why), result) in sites.into_iter().zip(results) {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+                continue;
+            }
+            let site = st.sites.get_mut(&addr).expect("a jumping site");
+            site.jumping = false;
+            site.jump_status = Err(why);
+            if site.window.as_ref().is_ok_and(|w| w.len() > 1) {
+                unrouted.push(addr);
+            }
+        }
+        self.set_routes(&unrouted, &[]);
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Where a probe would go, without registering anything.
@@ -294,7 +316,12 @@ impl Engine {
         }
         let new_sites: Vec<Addr> =
             lists.keys().copied().filter(|a| st.sites[a].probes.is_empty() && !st.sites[a].armed).collect();
+        let before: BTreeMap<Addr, Vec<Arc<ProbeEntry>>> =
+            lists.keys().map(|a| (*a, st.sites[a].probes.clone())).collect();
         if let Err(e) = self.apply(&mut st, &maps, lists) {
+            // A step failed after others were taken: put every site of the batch back as it
+            // was, so that a refused batch leaves no probe of it behind.
+            let _ = self.apply(&mut st, &maps, before);
             for a in new_sites {
                 if st.sites.get(&a).is_some_and(|s| s.slots.is_empty() && s.probes.is_empty()) {
                     st.sites.remove(&a);
@@ -316,12 +343,16 @@ impl Engine {
         let mut st = self.lock();
         let mut lists = BTreeMap::new();
         let mut finals = Vec::new();
+        // Where each probe is, in one pass over the sites (a batch may name thousands).
+        let wanted: std::collections::HashSet<ProbeId> = ids.iter().copied().collect();
+        let mut found: std::collections::HashMap<ProbeId, (Addr, Arc<ProbeEntry>)> = std::collections::HashMap::new();
+        for (a, s) in &st.sites {
+            for p in s.probes.iter().filter(|p| wanted.contains(&p.id)) {
+                found.insert(p.id, (*a, p.clone()));
+            }
+        }
         for id in ids {
-            let (addr, entry) = st
-                .sites
-                .iter()
-                .find_map(|(a, s)| s.probes.iter().find(|p| p.id == *id).map(|p| (*a, p.clone())))
-                .ok_or(ProbeError::NotRegistered(id.0))?;
+            let (addr, entry) = found.get(id).cloned().ok_or(ProbeError::NotRegistered(id.0))?;
             let list: &mut Vec<Arc<ProbeEntry>> = lists.entry(addr).or_insert_with(|| st.sites[&addr].probes.clone());
             list.retain(|p| p.id != *id);
             finals.push(entry);
@@ -405,10 +436,11 @@ impl Engine {
         // 0. Sites whose jump must go (no enabled probe left, a post-handler or a probe that
         //    asks for int3 added) are turned back into int3 probes first.
         //    So are jumps over a site that gets a probe now.
+        let mut unjumps = BTreeMap::new();
         for (addr, probes) in &lists {
             if st.sites[addr].jumping {
                 if let Err(why) = optimizer::wanted(&st.sites[addr].window, probes) {
-                    self.unjump(st, *addr, why)?;
+                    unjumps.entry(*addr).or_insert(why);
                 }
             }
             let over =
@@ -416,27 +448,56 @@ impl Engine {
                     s.jumping && s.window.as_ref().is_ok_and(|w| w.last().is_some_and(|l| l.next() > *addr))
                 });
             if let Some((&outer, _)) = over {
-                self.unjump(st, outer, NotOptimized::ProbeInWindow { other: *addr })?;
+                unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
             }
         }
+        self.unjump_all(st, unjumps)?;
         // 1. Everything that can fail without side effects on the program: plans and slots.
+        //    New slots are written first, then published together, then every thread is
+        //    serialized once before any site can lead to them.
         let mut execs = Vec::with_capacity(lists.len());
-        for (addr, probes) in &lists {
-            let needs_post = probes.iter().any(|p| p.has_post());
-            let insn = st.sites[addr].insn.clone();
-            let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
-            if let Some(slot) = &prepared.slot {
-                self.install_slot(st, slot)?;
+        let mut new_slots = Vec::new();
+        let mut prepared_all = || -> Result<(), ProbeError> {
+            for (addr, probes) in &lists {
+                let needs_post = probes.iter().any(|p| p.has_post());
+                let insn = st.sites[addr].insn.clone();
+                let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
+                if let Some(slot) = &prepared.slot {
+                    if self.install_slot(st, slot)? {
+                        new_slots.push(slot.clone());
+                    }
+                }
+                execs.push(prepared);
             }
-            execs.push(prepared);
+            Ok(())
+        };
+        let prepared = prepared_all();
+        if !new_slots.is_empty() {
+            self.slots.update(|slots| {
+                let mut next = slots.clone();
+                next.extend(new_slots.iter().cloned());
+                next.sort_by_key(|s| s.addr);
+                next
+            });
+            sys::sync_cores();
         }
+        prepared?;
         // 2. Disarm sites left without an enabled probe, before they are published so.
-        for (addr, probes) in &lists {
-            let site = st.sites.get_mut(addr).expect("site of a list");
-            if site.armed && !probes.iter().any(|p| p.stats.is_enabled()) {
-                apply_patch(&disarm(&site.insn))?;
-                site.armed = false;
+        let disarms: Vec<Addr> = lists
+            .iter()
+            .filter(|(a, probes)| st.sites[*a].armed && !probes.iter().any(|p| p.stats.is_enabled()))
+            .map(|(a, _)| *a)
+            .collect();
+        let patches: Vec<Patch> = disarms.iter().map(|a| disarm(&st.sites[a].insn)).collect();
+        let mut failure = None;
+        for (addr, result) in disarms.iter().zip(apply_patches(&patches)) {
+            match result {
+                Ok(()) => st.sites.get_mut(addr).expect("site of a list").armed = false,
+                Err(e) => failure = failure.or(Some(e)),
             }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         // 3. Publish, and wait for readers of the old rows.
         let mut published = Vec::with_capacity(lists.len());
@@ -476,19 +537,25 @@ impl Engine {
         drop(retired);
         drop(old_rows);
         // 4. Arm sites that have an enabled probe now.
-        let mut failure = None;
+        let mut arms = Vec::new();
         for (addr, probes) in &lists {
             let site = st.sites.get_mut(addr).expect("site of a list");
             site.probes = probes.clone();
-            if !site.armed && probes.iter().any(|p| p.stats.is_enabled()) && failure.is_none() {
-                match apply_patch(&arm(&site.insn)) {
-                    Ok(()) => site.armed = true,
-                    Err(e) => failure = Some(e),
-                }
+            if !site.armed && probes.iter().any(|p| p.stats.is_enabled()) {
+                arms.push(*addr);
+            }
+        }
+        let patches: Vec<Patch> = arms.iter().map(|a| arm(&st.sites[a].insn)).collect();
+        let mut failure = None;
+        for (addr, result) in arms.iter().zip(apply_patches(&patches)) {
+            match result {
+                Ok(()) => st.sites.get_mut(addr).expect("site of a list").armed = true,
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
         //    cannot become one stays a working int3 probe: this never fails the call.
+        let mut to_jump = Vec::new();
         for (addr, probes) in &lists {
             let inside = st.sites[addr].window.as_ref().ok().and_then(|w| {
                 let end = w.last().map_or(*addr, Insn::next);
@@ -498,102 +565,140 @@ impl Engine {
                 .and_then(|()| inside.map_or(Ok(()), |other| Err(NotOptimized::ProbeInWindow { other })));
             let status = match wanted {
                 Ok(()) if st.sites[addr].jumping => Ok(()),
-                Ok(()) if st.sites[addr].armed => self.make_jump(st, maps, *addr),
+                Ok(()) if st.sites[addr].armed => {
+                    to_jump.push(*addr);
+                    continue;
+                }
                 Ok(()) => Err(NotOptimized::Disarmed),
                 Err(why) => Err(why),
             };
             st.sites.get_mut(addr).expect("site of a list").jump_status = status;
         }
+        for (addr, status) in self.make_jumps(st, maps, &to_jump) {
+            st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
+        }
         failure.map_or(Ok(()), Err)
     }
 
-    /// Build (once) and write the detour of an armed site, then put its jump in place.
-    fn make_jump(&self, st: &mut State, maps: &[Mapping], addr: Addr) -> Result<(), NotOptimized> {
-        if shadow_stack() {
-            return Err(NotOptimized::ShadowStack);
+    /// Build (once) and write the detours of armed sites, then put their jumps in place, each
+    /// step of the protocol once for all of them (one serialization of every thread per step,
+    /// one safepoint): for each site, whether it is a jump now or why not.
+    fn make_jumps(&self, st: &mut State, maps: &[Mapping], addrs: &[Addr]) -> Vec<(Addr, Result<(), NotOptimized>)> {
+        if addrs.is_empty() {
+            return Vec::new();
         }
-        if st.sites[&addr].detour.is_none() {
-            let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
-            let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
-            let window = st.sites[&addr].window.clone()?;
-            jump::prepare_readers();
-            let mut detour = detour_code(addr, &window, at, jump::entry_stub())?;
-            let site = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());
-            let hot: &'static jump::JumpSite =
-                Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(site) }));
-            detour.set_word(hot as *const jump::JumpSite as u64);
-            if detour.code.len() > DETOUR_SLOTS as usize * SLOT_SIZE {
-                return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
+        if shadow_stack() {
+            return addrs.iter().map(|a| (*a, Err(NotOptimized::ShadowStack))).collect();
+        }
+        let mut status: BTreeMap<Addr, Result<(), NotOptimized>> = BTreeMap::new();
+        // 1. Detours, written where no thread can reach them yet, then published (to map
+        //    faults back) and made visible to every thread by the serialization below.
+        let mut copies = Vec::new();
+        for &addr in addrs {
+            if st.sites[&addr].detour.is_none() {
+                match self.build_detour(st, maps, addr) {
+                    Ok(copy) => copies.push(copy),
+                    Err(why) => {
+                        status.insert(addr, Err(why));
+                    }
+                }
             }
-            sys::write_code(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
-            let mut map = [(addr, detour.window.addr); safepoint::MAX_WINDOW];
-            for (slot, pair) in map.iter_mut().zip(&detour.window.map) {
-                *slot = *pair;
-            }
-            let copy = WindowCopy {
-                copy: detour.window.addr,
-                end: detour.window.addr.offset(detour.window.code.len() as u64),
-                original: addr,
-                window: safepoint::Window {
-                    start: addr,
-                    end: detour.window.original_end,
-                    map,
-                    len: detour.window.map.len(),
-                },
-            };
+        }
+        jump::prepare_readers();
+        if !copies.is_empty() {
             self.windows.update(|windows| {
                 let mut next = windows.clone();
-                next.push(copy);
+                next.extend_from_slice(&copies);
                 next.sort_by_key(|w| w.copy);
                 next
             });
-            let state = st.sites.get_mut(&addr).expect("site");
-            state.detour = Some(detour);
-            state.hot = Some(hot);
         }
-        let site = &st.sites[&addr];
-        let detour = site.detour.as_ref().expect("built above");
-        let window = site.window.as_ref().map_err(Clone::clone)?;
-        if window.len() > 1 {
-            // Hits that trap from now on continue in the copy; then no thread may be left
-            // inside the window or the slots (see `optimizer.rs`).
-            self.set_route(addr, Some(detour.window.addr));
-            let copy = self.windows.read(|w| w.iter().find(|w| w.original == addr).copied()).expect("published");
-            let slots = site
-                .slots
-                .iter()
-                .map(|s| safepoint::Slot {
+        // 2. Windows of several instructions: hits that trap from now on continue in the
+        //    copy; then no thread may be left inside the windows or the slots (one safepoint
+        //    for all; see `optimizer.rs`).
+        let several: std::collections::BTreeSet<Addr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !status.contains_key(a) && st.sites[a].window.as_ref().is_ok_and(|w| w.len() > 1))
+            .collect();
+        if !several.is_empty() {
+            let mut plan = safepoint::Plan::default();
+            let mut routes = Vec::new();
+            for a in &several {
+                let site = &st.sites[a];
+                let detour = site.detour.as_ref().expect("built above");
+                routes.push((*a, detour.window.addr));
+                let window = plan.windows.len();
+                plan.windows.push(window_copy(*a, detour).window);
+                plan.slots.extend(site.slots.iter().map(|s| safepoint::Slot {
                     start: s.addr,
                     end: s.addr.offset(s.len as u64),
                     after_insn: s.far_scratch.is_none().then(|| s.insn_addr().offset(site.insn.len as u64)),
-                    window: 0,
-                })
-                .collect();
-            let mut plan = safepoint::Plan { windows: vec![copy.window], slots, stacks: Vec::new() };
+                    window,
+                }));
+            }
+            self.set_routes(&[], &routes);
             if let Err(why) = safepoint::run(&mut plan) {
-                self.set_route(addr, None);
-                return Err(why);
+                let unrouted: Vec<Addr> = several.iter().copied().collect();
+                self.set_routes(&unrouted, &[]);
+                for a in unrouted {
+                    status.insert(a, Err(why.clone()));
+                }
             }
         }
-        let site = &st.sites[&addr];
-        let detour = site.detour.as_ref().expect("built above");
-        let window = site.window.as_ref().map_err(Clone::clone)?;
-        if let Err(e) = optimizer::optimize(window, detour) {
-            if window.len() > 1 {
-                self.set_route(addr, None);
-            }
-            return Err(NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") });
+        // 3. The jumps: bytes +1..+4 of every site, then byte 0 of every site.
+        let go: Vec<Addr> = addrs.iter().copied().filter(|a| !status.contains_key(a)).collect();
+        let results = {
+            let jumps: Vec<optimizer::Jump<'_>> = go.iter().map(|a| jump_of(&st.sites[a])).collect();
+            optimizer::optimize_all(&jumps)
+        };
+        let mut unrouted = Vec::new();
+        for (addr, result) in go.into_iter().zip(results) {
+            let outcome = match result {
+                Ok(()) => {
+                    st.sites.get_mut(&addr).expect("site").jumping = true;
+                    Ok(())
+                }
+                Err(e) => {
+                    if several.contains(&addr) {
+                        unrouted.push(addr);
+                    }
+                    Err(NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") })
+                }
+            };
+            status.insert(addr, outcome);
         }
-        st.sites.get_mut(&addr).expect("site").jumping = true;
-        Ok(())
+        self.set_routes(&unrouted, &[]);
+        status.into_iter().collect()
     }
 
-    /// Whether the probe `id` takes the jump path, or why not.
-    pub fn optimized(&self, id: ProbeId) -> Result<(), NotOptimized> {
+    /// Build and write the detour of an armed site (not yet reachable: no jump leads to it).
+    fn build_detour(&self, st: &mut State, maps: &[Mapping], addr: Addr) -> Result<WindowCopy, NotOptimized> {
+        let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
+        let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
+        let window = st.sites[&addr].window.clone()?;
+        let mut detour = detour_code(addr, &window, at, jump::entry_stub())?;
+        if detour.code.len() > DETOUR_SLOTS as usize * SLOT_SIZE {
+            return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
+        }
+        let site = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());
+        let hot: &'static jump::JumpSite =
+            Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(site) }));
+        detour.set_word(hot as *const jump::JumpSite as u64);
+        sys::write_code_unsynced(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
+        let copy = window_copy(addr, &detour);
+        let state = st.sites.get_mut(&addr).expect("site");
+        state.detour = Some(detour);
+        state.hot = Some(hot);
+        Ok(copy)
+    }
+
+    /// Whether the probe `id`, at `addr`, takes the jump path, or why not.
+    pub fn optimized(&self, id: ProbeId, addr: Addr) -> Result<(), NotOptimized> {
         let st = self.lock();
         st.sites
-            .values()
-            .find(|s| s.probes.iter().any(|p| p.id == id))
+            .get(&addr)
+            .filter(|s| s.probes.iter().any(|p| p.id == id))
             .map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone())
     }
 
@@ -606,23 +711,17 @@ impl Engine {
         st.pool.alloc_near(addr, maps).map_err(|e| ProbeError::NoSlot { addr, reason: e.to_string() })
     }
 
-    /// Write a slot prepared for a new slot address and publish it; one built before is
-    /// there already.
-    fn install_slot(&self, st: &mut State, slot: &SlotCode) -> Result<(), ProbeError> {
+    /// Write a slot prepared for a new slot address (the caller publishes it and serializes
+    /// every thread); one built before is there already. Whether it was new.
+    fn install_slot(&self, st: &mut State, slot: &SlotCode) -> Result<bool, ProbeError> {
         let site = st.sites.get_mut(&slot.original).expect("site of a slot");
         if site.slots.iter().any(|s| s.addr == slot.addr) {
-            return Ok(());
+            return Ok(false);
         }
         let no_slot = |reason: String| ProbeError::NoSlot { addr: slot.original, reason };
-        sys::write_code(slot.addr, slot.code()).map_err(|e| no_slot(format!("writing the slot: {e}")))?;
-        self.slots.update(|slots| {
-            let mut next = slots.clone();
-            next.push(slot.clone());
-            next.sort_by_key(|s| s.addr);
-            next
-        });
+        sys::write_code_unsynced(slot.addr, slot.code()).map_err(|e| no_slot(format!("writing the slot: {e}")))?;
         site.slots.push(slot.clone());
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -659,8 +758,40 @@ fn maps() -> Result<Vec<Mapping>, ProbeError> {
     read_maps().map_err(|source| ProbeError::Os { what: "reading /proc/self/maps", source })
 }
 
-/// Apply an arm or disarm patch, checking first that the code holds what the patch replaces.
-fn apply_patch(patch: &Patch) -> Result<(), ProbeError> {
+/// The window and detour of a jumping site, or one about to jump.
+fn jump_of(site: &SiteState) -> optimizer::Jump<'_> {
+    let window = site.window.as_ref().expect("a jumping site has a window");
+    (window.as_slice(), site.detour.as_ref().expect("a jumping site has a detour"))
+}
+
+/// Where a detour runs its copy of the window of the site `addr`.
+fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
+    let mut map = [(addr, detour.window.addr); safepoint::MAX_WINDOW];
+    for (slot, pair) in map.iter_mut().zip(&detour.window.map) {
+        *slot = *pair;
+    }
+    WindowCopy {
+        copy: detour.window.addr,
+        end: detour.window.addr.offset(detour.window.code.len() as u64),
+        original: addr,
+        window: safepoint::Window { start: addr, end: detour.window.original_end, map, len: detour.window.map.len() },
+    }
+}
+
+/// Apply arm or disarm patches (each checked first, see [`apply_patch_unsynced`]), then serialize
+/// every thread once for all of them: each patch's outcome.
+fn apply_patches(patches: &[Patch]) -> Vec<Result<(), ProbeError>> {
+    if patches.is_empty() {
+        return Vec::new();
+    }
+    let results = patches.iter().map(apply_patch_unsynced).collect();
+    sys::sync_cores();
+    results
+}
+
+/// Apply an arm or disarm patch, checking first that the code holds what the patch replaces;
+/// the caller serializes every thread.
+fn apply_patch_unsynced(patch: &Patch) -> Result<(), ProbeError> {
     let addr = patch.addr;
     let mut now = vec![0u8; patch.old.len()];
     sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
@@ -670,7 +801,7 @@ fn apply_patch(patch: &Patch) -> Result<(), ProbeError> {
             reason: format!("expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe", patch.old),
         });
     }
-    sys::write_code(addr, &patch.new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
+    sys::write_code_unsynced(addr, &patch.new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
 }
 
 /// Where a probe goes, its instruction, and whether a jump can replace it.

@@ -3,7 +3,9 @@
 //! # The protocol
 //!
 //! The kernel's `text_poke_bp` order, with every thread made to serialize
-//! (`membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`, done by each `sys::write_code`) after each step:
+//! (`membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`) after each step. A registration that places
+//! many probes takes each step for all of its sites before serializing once, as the kernel's
+//! batched `text_poke_bp_batch` does: one `membarrier` per step, not per write.
 //!
 //! * **optimize** (the site is armed: byte 0 is `int3`, its row in the table):
 //!   1. write the detour (fresh memory, not yet reachable);
@@ -52,29 +54,57 @@ pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<Pro
     Ok(())
 }
 
-/// Replace the armed `int3` at the start of `window` with the jump to `detour` (already
-/// written, and no thread inside the window: see the module's protocol).
-pub(crate) fn optimize(window: &[Insn], detour: &Detour) -> Result<(), ProbeError> {
-    let (head, at) = (window_head(window), window[0].addr);
-    let jump = detour.jump();
-    replace(at, 1, &head[1..], &jump[1..])?;
-    if let Err(e) = replace(at, 0, &[INT3], &jump[..1]) {
-        // Put the original tail back: the site stays a plain int3 probe.
-        let _ = replace(at, 1, &jump[1..], &head[1..]);
-        return Err(e);
+/// A site's window and its detour (already written).
+pub(crate) type Jump<'a> = (&'a [Insn], &'a Detour);
+
+/// Replace the armed `int3` at the start of each window with the jump to its detour (no
+/// thread inside the windows: see the module's protocol). Each step is done for every site,
+/// then every thread is serialized once: bytes +1..+4 of all, then byte 0 of all. Each
+/// site's outcome; a site that failed is left a plain `int3` probe.
+pub(crate) fn optimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
+    if jumps.is_empty() {
+        return Vec::new();
     }
-    Ok(())
+    let mut results: Vec<Result<(), ProbeError>> = jumps
+        .iter()
+        .map(|(window, detour)| replace(window[0].addr, 1, &window_head(window)[1..], &detour.jump()[1..]))
+        .collect();
+    sys::sync_cores();
+    for ((window, detour), result) in jumps.iter().zip(&mut results) {
+        if result.is_ok() {
+            let (at, jump) = (window[0].addr, detour.jump());
+            if let Err(e) = replace(at, 0, &[INT3], &jump[..1]) {
+                // Put the original tail back: the site stays a plain int3 probe.
+                let _ = replace(at, 1, &jump[1..], &window_head(window)[1..]);
+                *result = Err(e);
+            }
+        }
+    }
+    sys::sync_cores();
+    results
 }
 
-/// Turn the jump at the start of `window` back into its `int3`, then restore bytes +1..+4.
-pub(crate) fn unoptimize(window: &[Insn], detour: &Detour) -> Result<(), ProbeError> {
-    let (head, at) = (window_head(window), window[0].addr);
-    let jump = detour.jump();
-    replace(at, 0, &jump[..1], &[INT3])?;
-    replace(at, 1, &jump[1..], &head[1..])
+/// Turn the jumps at the start of the windows back into their `int3`s, then restore bytes
+/// +1..+4, each step for every site followed by one serialization of every thread. Each
+/// site's outcome.
+pub(crate) fn unoptimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
+    if jumps.is_empty() {
+        return Vec::new();
+    }
+    let mut results: Vec<Result<(), ProbeError>> =
+        jumps.iter().map(|(window, detour)| replace(window[0].addr, 0, &detour.jump()[..1], &[INT3])).collect();
+    sys::sync_cores();
+    for ((window, detour), result) in jumps.iter().zip(&mut results) {
+        if result.is_ok() {
+            *result = replace(window[0].addr, 1, &detour.jump()[1..], &window_head(window)[1..]);
+        }
+    }
+    sys::sync_cores();
+    results
 }
 
-/// Write `new` at `at + offset`, checking first that `old` is there.
+/// Write `new` at `at + offset`, checking first that `old` is there; the caller serializes
+/// every thread.
 fn replace(at: dprobe_arch::Addr, offset: u64, old: &[u8], new: &[u8]) -> Result<(), ProbeError> {
     let addr = at.offset(offset);
     let mut now = vec![0u8; old.len()];
@@ -85,5 +115,5 @@ fn replace(at: dprobe_arch::Addr, offset: u64, old: &[u8], new: &[u8]) -> Result
             reason: format!("expected bytes {old:02x?}, found {now:02x?}: the code changed under dprobe"),
         });
     }
-    sys::write_code(addr, new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
+    sys::write_code_unsynced(addr, new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
 }

@@ -139,7 +139,7 @@ impl Probe {
     /// registration, and again whenever the probes at its address change (a post-handler, a
     /// probe registered with `Kprobe::no_optimize`, or no enabled probe there keep `int3`).
     pub fn optimized(&self) -> Result<(), NotOptimized> {
-        self.engine.optimized(self.id)
+        self.engine.optimized(self.id, self.target.addr)
     }
 
     /// Whether its handlers run.

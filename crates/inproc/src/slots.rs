@@ -1,4 +1,4 @@
-//! Out-of-line slots: pages of executable memory mapped near the probed code, so that
+//! Out-of-line slots: chunks of executable memory mapped near the probed code, so that
 //! RIP-relative copies keep a 32-bit displacement and the jump back is a 5-byte `jmp rel32`.
 //!
 //! Slots are written through `/proc/self/mem` (the pages are `r-x` from the start) and are
@@ -13,9 +13,13 @@ use dprobe_arch::{Addr, SLOT_SIZE};
 use dprobe_sym::{free_pages_near, Mapping};
 
 const PAGE: u64 = 4096;
+/// How much is mapped at a time: enough for the slots and detours of a batch of a thousand
+/// probes or more (pages never written are never backed by memory).
+const CHUNK: u64 = 64 * PAGE;
 /// How far from the probe a slot page may be: well inside the ±2 GiB of a rel32.
 const REACH: u64 = 1 << 30;
 
+/// One mapping of [`CHUNK`] bytes, handed out slot by slot.
 struct SlotPage {
     base: Addr,
     used: u64,
@@ -35,30 +39,42 @@ impl SlotPool {
 
     /// `n` consecutive slots within [`REACH`] of `near` (a detour takes more than one).
     pub fn alloc_run_near(&mut self, near: Addr, maps: &[Mapping], n: u64) -> io::Result<Addr> {
-        let per_page = PAGE / SLOT_SIZE as u64;
+        let per_page = CHUNK / SLOT_SIZE as u64;
         if let Some(page) = self.pages.iter_mut().find(|p| p.used + n <= per_page && p.base.0.abs_diff(near.0) < REACH)
         {
             page.used += n;
             return Ok(page.base.offset((page.used - n) * SLOT_SIZE as u64));
         }
-        let base = map_page_near(near, maps)?;
+        let base = map_chunk_near(near, maps)?;
         self.pages.push(SlotPage { base, used: n });
         Ok(base)
     }
 
     /// Whether `addr` is inside one of the slot pages (dprobe's own code: never probed).
     pub fn owns(&self, addr: Addr) -> bool {
-        self.pages.iter().any(|p| addr >= p.base && addr.0 < p.base.0 + PAGE)
+        self.pages.iter().any(|p| addr >= p.base && addr.0 < p.base.0 + CHUNK)
     }
 }
 
-/// Map a page in the free gap closest to `near`.
-fn map_page_near(near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
+/// Map a chunk in the free gap closest to `near`. `maps` was read before the registration
+/// began, so it misses the chunks mapped since: when every gap it shows is taken, the map is
+/// read again.
+fn map_chunk_near(near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
+    map_chunk_in_gaps(near, maps).or_else(|_| map_chunk_in_gaps(near, &dprobe_sym::read_maps()?))
+}
+
+/// Map a chunk in the gap of `maps` closest to `near`, trying each gap in turn.
+fn map_chunk_in_gaps(near: Addr, maps: &[Mapping]) -> io::Result<Addr> {
     let mut last = io::Error::other("no free address range within 1 GiB of the probe");
     for candidate in free_pages_near(maps, near, REACH) {
-        match crate::sys::map_code_page_at(candidate, PAGE as usize) {
-            Ok(a) => return Ok(a),
-            Err(e) => last = e,
+        // The page closest to `near` starts the chunk above the probe, ends it below.
+        let below = Addr(candidate.0.saturating_sub(CHUNK - PAGE));
+        let order = if candidate.0 >= near.0 { [candidate, below] } else { [below, candidate] };
+        for at in order.into_iter().filter(|a| a.0.abs_diff(near.0) < REACH) {
+            match crate::sys::map_code_page_at(at, CHUNK as usize) {
+                Ok(a) => return Ok(a),
+                Err(e) => last = e,
+            }
         }
     }
     Err(last)

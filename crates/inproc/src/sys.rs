@@ -15,8 +15,10 @@ use dprobe_arch::{Addr, MemoryFault};
 /// through page protections (as a debugger's `PTRACE_POKETEXT` does) without ever making the
 /// code writable: the pages stay `r-x` for the program, and no thread can see a W+X window.
 ///
-/// A one-byte write is seen by other threads either before or after, never torn.
-pub fn write_code(addr: Addr, bytes: &[u8]) -> io::Result<()> {
+/// A one-byte write is seen by other threads either before or after, never torn. Other
+/// threads are not serialized here: the caller writes every change of one protocol step, then
+/// calls [`sync_cores`] once for all of them.
+pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
     // An open `/proc/self/mem` stays the memory of the process that opened it: a forked child
     // opens its own, or it would write its parent's code.
     static MEM: Mutex<Option<(libc::pid_t, File)>> = Mutex::new(None);
@@ -28,9 +30,7 @@ pub fn write_code(addr: Addr, bytes: &[u8]) -> io::Result<()> {
         *mem = Some((pid, file));
     }
     let (_, file) = mem.as_ref().expect("opened above");
-    file.write_all_at(bytes, addr.0)?;
-    sync_cores();
-    Ok(())
+    file.write_all_at(bytes, addr.0)
 }
 
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;
@@ -124,7 +124,7 @@ pub(crate) unsafe fn raw_syscall6(number: libc::c_long, args: [u64; 6]) -> i64 {
     ret
 }
 
-/// Map one page of `r-x` memory at exactly `addr` (never replacing an existing mapping).
+/// Map `len` bytes of `r-x` memory at exactly `addr` (never replacing an existing mapping).
 pub fn map_code_page_at(addr: Addr, len: usize) -> io::Result<Addr> {
     // SAFETY: anonymous mapping with MAP_FIXED_NOREPLACE: the kernel refuses instead of
     // replacing anything already mapped there, so no existing memory is affected.
