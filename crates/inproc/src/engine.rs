@@ -554,9 +554,28 @@ impl Engine {
             }
         }
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
-        //    cannot become one stays a working int3 probe: this never fails the call.
+        //    cannot become one stays a working int3 probe: this never fails the call. Sites
+        //    kept on int3 by a probe inside their window are looked at again too: that probe
+        //    may be gone or disabled now.
+        let mut consider = lists;
+        let blocked: Vec<Addr> = consider
+            .keys()
+            .flat_map(|addr| {
+                st.sites.range(..*addr).rev().take_while(|(a, _)| a.0 + MAX_WINDOW_BYTES > addr.0).filter_map(
+                    |(a, s)| {
+                        let waits =
+                            s.armed && !s.jumping && matches!(s.jump_status, Err(NotOptimized::ProbeInWindow { .. }));
+                        waits.then_some(*a)
+                    },
+                )
+            })
+            .collect();
+        for outer in blocked {
+            let probes = st.sites[&outer].probes.clone();
+            consider.entry(outer).or_insert(probes);
+        }
         let mut to_jump = Vec::new();
-        for (addr, probes) in &lists {
+        for (addr, probes) in &consider {
             let inside = st.sites[addr].window.as_ref().ok().and_then(|w| {
                 let end = w.last().map_or(*addr, Insn::next);
                 st.sites.range(addr.offset(1)..end).find(|(_, s)| s.armed).map(|(a, _)| *a)
