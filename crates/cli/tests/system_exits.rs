@@ -2,7 +2,8 @@
 //! exits (a uprobe at its entry and at each `ret` and tail call, paired by the stack pointer):
 //! tail calls, C++ exceptions, `longjmp`, signal handlers recursing on an alternate stack and
 //! recursion deeper than the kernel's return probes watch (64 per thread), in one thread or
-//! several, give the program's own result and exact figures.
+//! several, give the program's own result and exact figures; so do entry probes timed to
+//! their returns (`--latency`), watched the same way.
 mod common;
 
 use std::process::Command;
@@ -187,4 +188,51 @@ fn threads_recursing_far_past_the_kernels_64_returns_are_each_paired_exactly() {
     assert!(!trace.contains("not seen") && !trace.contains("without a return"), "{trace}");
     let trace = counted("system-exits-threads-bpf", &probe, &[], &args);
     assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (10_020, 10_020), "{trace}");
+}
+
+/// The calls `function`'s latency table counts, in its buckets (0 without a table).
+fn timed(summary: &str, function: &str) -> u64 {
+    let title = format!("@latency of {function} (ns):");
+    let table = summary.lines().skip_while(|l| *l != title).skip(1).take_while(|l| !l.is_empty());
+    let buckets = table.filter(|l| l.contains('|'));
+    buckets.map(|l| l.split('|').next().unwrap().split_whitespace().last().unwrap().parse::<u64>().unwrap()).sum()
+}
+
+#[test]
+fn latency_times_every_call_past_64_deep_through_exceptions_and_longjmp() {
+    let _x = exclusive();
+    let p = program();
+    let chrome = common::out_file("system-exits-latency.json");
+    let export = format!("--trace-file={}", chrome.display());
+    // (program's arguments, functions timed, calls, returns, returns not seen)
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], u64, u64, u64);
+    let cases: [Case; 3] = [
+        (&["deep", "1000"], &["deep"], 1001, 1001, 0),
+        (&["throw", "90"], &["through", "thrower"], 90, 60, 30),
+        (&["longjmp", "40", "100"], &["leaper"], 4040, 2020, 2020),
+    ];
+    for (args, functions, calls, returned, unwound) in cases {
+        let specs: Vec<String> = functions.iter().map(|f| format!("{p}:{f}")).collect();
+        let mut all = vec!["-a", "-v", "--latency", &export];
+        all.extend(specs.iter().map(String::as_str));
+        all.extend_from_slice(&["--", p]);
+        all.extend_from_slice(args);
+        let t = trace_to_file("system-exits-latency", &all);
+        assert_eq!(t.code, Some(0), "{}", t.what(args[0]));
+        assert_eq!(t.stdout, untraced(args), "the program's own result");
+        let slices: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&chrome).unwrap()).unwrap();
+        let slices = slices["traceEvents"].as_array().unwrap();
+        for (spec, function) in specs.iter().zip(functions) {
+            let how = format!("dprobe: `{spec}`: its returns are watched at its ");
+            assert!(t.stderr.contains(&how), "not through the return address\n{}", t.stderr);
+            assert_eq!((hits(&t.trace, spec), returns(&t.trace, spec)), (calls, returned), "{}", t.what(spec));
+            assert_eq!(timed(&t.trace, function), returned, "each return timed once\n{}", t.trace);
+            let seen = format!("{spec}: {unwound} returns not seen: longjmp, an exception");
+            assert_eq!(t.trace.contains(&seen), unwound > 0, "{}", t.trace);
+            assert!(!t.trace.contains("without a return"), "{}", t.trace);
+            // The timeline has one slice per call timed.
+            let begun = slices.iter().filter(|e| e["name"] == *function && e["ph"] == "B").count();
+            assert_eq!(begun as u64, returned, "{function}'s slices");
+        }
+    }
 }

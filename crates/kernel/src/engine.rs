@@ -241,15 +241,7 @@ impl KernelEngine {
                 p.delivered += 1;
                 p.values.clear();
                 for (name, ty) in &p.fields {
-                    match hit.field(name) {
-                        Some(FieldValue::Signed(x)) => p.values.push_int(x as u64, *ty),
-                        Some(FieldValue::Unsigned(x)) => p.values.push_int(x, *ty),
-                        Some(FieldValue::Str(s)) | Some(FieldValue::Bytes(s)) => p.values.push_str(&s),
-                        // Cut by the kernel (its record had no more room): shown with `...`
-                        // whatever its length.
-                        Some(FieldValue::Truncated(s)) => p.values.push_str_cut(&s, true),
-                        Some(FieldValue::Fault) | None => p.values.push_fault(0),
-                    }
+                    push_field(&mut p.values, *ty, hit.field(name));
                 }
                 if p.is_return {
                     Side::Return
@@ -380,6 +372,19 @@ impl KernelEngine {
     }
 }
 
+/// Push the value of a field of type `ty` as the kernel recorded it.
+fn push_field(values: &mut Values, ty: ArgType, field: Option<FieldValue>) {
+    match field {
+        Some(FieldValue::Signed(x)) => values.push_int(x as u64, ty),
+        Some(FieldValue::Unsigned(x)) => values.push_int(x, ty),
+        Some(FieldValue::Str(s)) | Some(FieldValue::Bytes(s)) => values.push_str(&s),
+        // Cut by the kernel (its record had no more room): shown with `...` whatever its
+        // length.
+        Some(FieldValue::Truncated(s)) => values.push_str_cut(&s, true),
+        Some(FieldValue::Fault) | None => values.push_fault(0),
+    }
+}
+
 /// What BPF program `t` counted (and dropped, its map full, or found not to pass the filter).
 fn counted(t: &Tally) -> u64 {
     t.counted() + t.dropped() + t.rejected()
@@ -459,15 +464,23 @@ impl Engine for KernelEngine {
         let maxactive = probe.maxactive;
         // User and kernel probes are defined together when tracing starts (one write to the
         // kernel whatever their number); a tracepoint's fields are needed now.
-        // A user function's return probe is watched at its exits where it can be: the stack
-        // is then not touched, and recursion has no depth limit.
-        let user_return = spec.kind == ProbeKind::Return && matches!(spec.point, ProbePoint::User { .. });
-        let plan = if user_return { Some(self.exit_plan(&probe, &spec)) } else { None };
+        // A user function's return probe, or an entry probe timed to its return, is watched
+        // at the function's exits where it can be: the stack is then not touched, and
+        // recursion has no depth limit.
+        let user = matches!(spec.point, ProbePoint::User { .. });
+        let timed = probe.timed && spec.kind == ProbeKind::Entry;
+        let plan = match (user, spec.kind) {
+            (true, ProbeKind::Return) => Some(self.exit_plan(&probe, &spec, false)),
+            (true, ProbeKind::Entry) if timed => Some(self.exit_plan(&probe, &spec, true)),
+            _ => None,
+        };
         let mut watched = None;
         let mut mode = None;
         let event = if let Some(Ok(plan)) = &plan {
             let values = if self.options.with_comm { &spec.args[1..] } else { &spec.args[..] };
-            let (entry, exit_events) = self.add_watched(plan, values)?;
+            let comm = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
+            let (at_entry, at_ret) = if timed { (&spec.args[..], &[][..]) } else { (&comm[..], values) };
+            let (entry, exit_events) = self.add_watched(plan, at_entry, at_ret)?;
             mode = Some(format!("its returns are watched {}", plan.watched_at()));
             watched = Some(Watched { path: plan.path.clone(), function: plan.function, exit_events, abandoned: 0 });
             entry
@@ -514,7 +527,7 @@ impl Engine for KernelEngine {
                 None => mode,
             });
         }
-        let return_event = if probe.timed && spec.kind == ProbeKind::Entry {
+        let return_event = if timed && watched.is_none() {
             let mut ret = spec.clone();
             ret.kind = ProbeKind::Return;
             ret.args = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
@@ -658,11 +671,15 @@ impl Engine for KernelEngine {
             returns,
             missed: counts.missed + return_missed,
             placement: dprobe_core::Placement::InKernel,
-            // A filter at the exits leaves activations unpaired: not known to be abandoned.
-            abandoned: p
-                .exits
-                .as_ref()
-                .map_or(counts.abandoned, |w| if p.filtered_in_kernel { 0 } else { w.abandoned }),
+            // A filter at the exits leaves activations unpaired: not known to be abandoned (a
+            // timed entry is filtered at its entry: what passed is paired whole).
+            abandoned: p.exits.as_ref().map_or(counts.abandoned, |w| {
+                if p.filtered_in_kernel && p.is_return {
+                    0
+                } else {
+                    w.abandoned
+                }
+            }),
             ..counts
         }
     }
@@ -690,6 +707,16 @@ impl Engine for KernelEngine {
         let restricted = self.options.pid.is_some() || self.options.comm.is_some();
         if p.filtered_in_kernel {
             remarks.push("filtered in the kernel: only the events that passed reached dprobe".into());
+        }
+        if !p.is_return && p.exits.is_some() {
+            // A timed entry watched at its exits: its entries received, paired.
+            let stats = self.stats(index);
+            let gap = stats.hits.saturating_sub(stats.returns + stats.abandoned);
+            if gap > 0 {
+                remarks.push(format!(
+                    "{gap} entries without a return received: they had not returned when tracing stopped"
+                ));
+            }
         }
         if p.is_return && !restricted {
             let stats = self.stats(index);

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use dprobe_arch::ExitKind;
 use dprobe_core::returns::exits::{ActivationStack, Left};
 
+use crate::format::FieldValue;
+
 /// How long before a read began a record must be stamped to be handled: the kernel stamps a
 /// record just before it writes it.
 const SETTLE_NS: u64 = 2_000_000;
@@ -42,6 +44,9 @@ pub struct Held {
     pub ax: u64,
     /// The thread's name, if brought.
     pub comm: Vec<u8>,
+    /// At the entry of an entry probe timed to its return (`--latency`): its values, read
+    /// at the entry and given with the return.
+    pub fields: Vec<Option<FieldValue>>,
 }
 
 /// What the pairing tells the engine.
@@ -61,6 +66,8 @@ pub enum Paired {
         entry_time: u64,
         /// The return value.
         value: Option<u64>,
+        /// The values read at the entry (an entry probe timed to its return).
+        fields: Vec<Option<FieldValue>>,
     },
     /// An activation of `probe` the program abandoned (an exception or `longjmp` unwound
     /// past it).
@@ -70,11 +77,15 @@ pub enum Paired {
     },
 }
 
+/// A pending call: its probe, its entry's time, the values read at its entry.
+type Activation = (usize, u64, Vec<Option<FieldValue>>);
+
 /// Every thread's pending activations (with its process), and the records not handled yet.
 #[derive(Default)]
 pub struct Pairing {
     held: Vec<Held>,
-    threads: HashMap<u32, (u32, ActivationStack<(usize, u64)>)>,
+    /// Per thread: its process, and each activation's probe, entry time and entry values.
+    threads: HashMap<u32, (u32, ActivationStack<Activation>)>,
 }
 
 impl Pairing {
@@ -106,12 +117,14 @@ impl Pairing {
         let ready: Vec<Held> = self.held.drain(..ready).collect();
         // One stack per thread: an activation below an exit's stack pointer was abandoned.
         let mut stack_of = |_: u64| 0u64;
-        for h in &ready {
+        for mut h in ready {
+            let h = &mut h;
             let (_, thread) = self.threads.entry(h.tid).or_insert_with(|| (h.pid, ActivationStack::default()));
             let (stale, returning, value) = match h.role {
                 Role::Entry => {
                     each(h, Paired::Entered { probe: h.probe });
-                    (thread.enter(h.sp, (h.probe, h.time), &mut stack_of), Vec::new(), None)
+                    let fields = std::mem::take(&mut h.fields);
+                    (thread.enter(h.sp, (h.probe, h.time, fields), &mut stack_of), Vec::new(), None)
                 }
                 Role::Exit(ExitKind::TailJump { target }) if hands_over(h.probe, target.0) => {
                     let (stale, _) = thread.hand_over(h.sp, &mut stack_of);
@@ -124,11 +137,11 @@ impl Pairing {
             };
             // A stale activation handed over by a tail call is not known to have returned
             // either (the callee it jumped to may have been unwound): abandoned alike.
-            for ((probe, _), _) in stale {
+            for ((probe, _, _), _) in stale {
                 each(h, Paired::Abandoned { probe });
             }
-            for (probe, entry_time) in returning {
-                each(h, Paired::Returned { probe, entry_time, value });
+            for (probe, entry_time, fields) in returning {
+                each(h, Paired::Returned { probe, entry_time, value, fields });
             }
             if thread.is_empty() {
                 self.threads.remove(&h.tid);
@@ -145,7 +158,7 @@ impl Pairing {
         let mut probes = Vec::new();
         for tid in gone {
             if let Some((_, mut thread)) = self.threads.remove(&tid) {
-                probes.extend(thread.drain().into_iter().map(|((probe, _), _)| probe));
+                probes.extend(thread.drain().into_iter().map(|((probe, _, _), _)| probe));
             }
         }
         probes
@@ -158,7 +171,7 @@ mod tests {
     use dprobe_arch::Addr;
 
     fn rec(time: u64, tid: u32, probe: usize, role: Role, sp: u64, ax: u64) -> Held {
-        Held { time, pid: 1, tid, probe, role, sp, ax, comm: Vec::new() }
+        Held { time, pid: 1, tid, probe, role, sp, ax, comm: Vec::new(), fields: Vec::new() }
     }
 
     fn run(records: Vec<Held>, watched: u64) -> Vec<Paired> {
@@ -177,7 +190,10 @@ mod tests {
         let out = run(vec![rec(20, 7, 0, ret, 0x1000, 5), rec(10, 7, 0, Role::Entry, 0x1000, 0)], 0);
         assert_eq!(
             out,
-            vec![Paired::Entered { probe: 0 }, Paired::Returned { probe: 0, entry_time: 10, value: Some(5) }]
+            vec![
+                Paired::Entered { probe: 0 },
+                Paired::Returned { probe: 0, entry_time: 10, value: Some(5), fields: Vec::new() }
+            ]
         );
     }
 
@@ -199,13 +215,35 @@ mod tests {
             vec![
                 Paired::Entered { probe: 0 },
                 Paired::Entered { probe: 1 },
-                Paired::Returned { probe: 1, entry_time: 3, value: Some(42) },
-                Paired::Returned { probe: 0, entry_time: 1, value: Some(42) },
+                Paired::Returned { probe: 1, entry_time: 3, value: Some(42), fields: Vec::new() },
+                Paired::Returned { probe: 0, entry_time: 1, value: Some(42), fields: Vec::new() },
             ]
         );
         // Into a function not watched: it returns at the jump, its value unknown.
         let out = run(vec![rec(1, 7, 0, Role::Entry, 0x1000, 0), rec(2, 7, 0, jump, 0x1000, 9)], 0);
-        assert_eq!(out[1], Paired::Returned { probe: 0, entry_time: 1, value: None });
+        assert_eq!(out[1], Paired::Returned { probe: 0, entry_time: 1, value: None, fields: Vec::new() });
+    }
+
+    #[test]
+    fn a_timed_entry_returns_with_the_values_read_at_its_entry() {
+        let ret = Role::Exit(ExitKind::Ret);
+        let mut outer = rec(1, 7, 0, Role::Entry, 0x1000, 0);
+        outer.fields = vec![Some(FieldValue::Unsigned(1))];
+        let mut inner = rec(2, 7, 0, Role::Entry, 0x0f00, 0);
+        inner.fields = vec![Some(FieldValue::Unsigned(2))];
+        let out = run(vec![outer, inner, rec(3, 7, 0, ret, 0x0f00, 0), rec(4, 7, 0, ret, 0x1000, 0)], 0);
+        let returned: Vec<(u64, Vec<Option<FieldValue>>)> = out
+            .into_iter()
+            .filter_map(|p| match p {
+                Paired::Returned { entry_time, fields, .. } => Some((entry_time, fields)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            returned,
+            [(2, vec![Some(FieldValue::Unsigned(2))]), (1, vec![Some(FieldValue::Unsigned(1))])],
+            "innermost first, each with its own entry's values"
+        );
     }
 
     #[test]
@@ -219,7 +257,7 @@ mod tests {
         let out = run(records, 0);
         let abandoned = out.iter().filter(|p| matches!(p, Paired::Abandoned { .. })).count();
         assert_eq!(abandoned, 99);
-        assert_eq!(out.last(), Some(&Paired::Returned { probe: 0, entry_time: 0, value: Some(3) }));
+        assert_eq!(out.last(), Some(&Paired::Returned { probe: 0, entry_time: 0, value: Some(3), fields: Vec::new() }));
     }
 
     #[test]

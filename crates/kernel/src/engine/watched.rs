@@ -8,7 +8,7 @@ use dprobe_arch::ExitKind;
 use dprobe_core::{ProbeEvent, ProbeRequest, Side};
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register};
 
-use super::{monotonic_ns, InKernel, KernelEngine, Probe};
+use super::{monotonic_ns, push_field, InKernel, KernelEngine, Probe};
 use crate::bpf::Tally;
 use crate::error::KernelError;
 use crate::exit_pairing::{Held, Paired, Role};
@@ -46,6 +46,12 @@ impl KernelEngine {
             Some(FieldValue::Signed(x)) => x as u64,
             _ => 0,
         };
+        // An entry probe timed to its return shows the values read at its entry.
+        let p = &probes[probe];
+        let fields = match role {
+            Role::Entry if !p.is_return => p.fields.iter().map(|(name, _)| hit.field(name)).collect(),
+            _ => Vec::new(),
+        };
         Some(Held {
             time: hit.time,
             pid: hit.pid,
@@ -55,6 +61,7 @@ impl KernelEngine {
             sp: word(SP_FIELD),
             ax: word(AX_FIELD),
             comm: comm.to_vec(),
+            fields,
         })
     }
 
@@ -89,14 +96,20 @@ impl KernelEngine {
                     w.abandoned += 1;
                 }
             }
-            Paired::Returned { probe: index, entry_time, value } => {
+            Paired::Returned { probe: index, entry_time, value, fields } => {
                 let p = &mut probes[index];
                 p.returns_delivered += 1;
                 p.values.clear();
-                for (_, ty) in &p.fields {
-                    match value {
-                        Some(v) => p.values.push_int(v, *ty),
-                        None => p.values.push_fault(0),
+                if p.is_return {
+                    for (_, ty) in &p.fields {
+                        match value {
+                            Some(v) => p.values.push_int(v, *ty),
+                            None => p.values.push_fault(0),
+                        }
+                    }
+                } else {
+                    for ((_, ty), field) in p.fields.iter().zip(fields) {
+                        push_field(&mut p.values, *ty, field);
                     }
                 }
                 sink(&ProbeEvent {
@@ -132,18 +145,25 @@ impl KernelEngine {
         self.probes.iter().any(|p| p.exits.as_ref().is_some_and(|w| w.path == path && w.function == function))
     }
 
-    /// How `probe`'s returns can be watched at its function's exits; why not.
-    pub(super) fn exit_plan(&self, probe: &ProbeRequest<'_>, spec: &ProbeSpec) -> Result<ExitPlan, String> {
+    /// How the returns of `probe` (a return probe, or an entry probe timed to its return:
+    /// `timed`) can be watched at its function's exits; why not.
+    pub(super) fn exit_plan(
+        &self,
+        probe: &ProbeRequest<'_>,
+        spec: &ProbeSpec,
+        timed: bool,
+    ) -> Result<ExitPlan, String> {
         if self.stacks.want.is_some() {
             return Err("stacks are taken with each event".into());
         }
         if probe.semaphore.is_some() {
             return Err("it has a semaphore".into());
         }
-        if let Some(a) = probe.plan.args().iter().find(|a| a.fetch != Fetch::RetVal) {
+        // A timed entry's values are read at its entry, as without a return.
+        if let Some(a) = probe.plan.args().iter().find(|a| a.fetch != Fetch::RetVal).filter(|_| !timed) {
             return Err(format!("`{}` is read at the return address (only $retval is read at the exits)", a.name));
         }
-        let plan = exit_sites::plan(spec)?;
+        let plan = exit_sites::plan(&ProbeSpec { kind: ProbeKind::Return, ..spec.clone() })?;
         if self.watches(&plan.path, plan.function) {
             return Err("another return probe watches the function's exits".into());
         }
@@ -153,27 +173,35 @@ impl KernelEngine {
             ExitKind::TailJump { target } => !self.watches(&plan.path, target.0),
             _ => false,
         });
-        if let (Some((at, _)), false) = (unwatched_tail, probe.plan.args().is_empty()) {
-            return Err(format!(
+        match unwatched_tail {
+            Some((at, _)) if timed => Err(format!(
+                "--latency: its tail call at {at:#x} returns when a function whose returns are not watched at its \
+                 exits returns (a return probe on it, placed first, would be)"
+            )),
+            Some((at, _)) if !probe.plan.args().is_empty() => Err(format!(
                 "$retval: its tail call at {at:#x} returns the value of a function whose returns are not watched \
                  at its exits (a return probe on it, placed first, would be)"
-            ));
+            )),
+            _ => Ok(plan),
         }
-        Ok(plan)
     }
 
     /// Define `plan`'s entry and exit events (in the next batch); the entry's index and the
-    /// exits'. Each `ret` also fetches `values` (the probe's `$retval`s, named as its fields)
+    /// exits'. The entry fetches `at_entry` (a timed entry probe's values, or the thread's
+    /// name). Each `ret` also fetches `values` (the probe's `$retval`s, named as its fields)
     /// from `%ax`, for the kernel's filter.
     pub(super) fn add_watched(
         &mut self,
         plan: &ExitPlan,
+        at_entry: &[NamedArg],
         values: &[NamedArg],
     ) -> Result<(usize, Vec<(usize, ExitKind)>), KernelError> {
         let hidden = |kind: Option<ExitKind>| {
             let mut args = Vec::new();
-            if self.options.with_comm {
-                args.push(Self::comm_arg());
+            match kind {
+                None => args.extend_from_slice(at_entry),
+                Some(_) if self.options.with_comm => args.push(Self::comm_arg()),
+                Some(_) => {}
             }
             args.push(NamedArg::typed(SP_FIELD, Fetch::StackPointer, ArgType::U(64)));
             if kind.is_some() {
@@ -223,12 +251,13 @@ impl KernelEngine {
         }
     }
 
-    /// The events a filter on `p`'s values applies to: its `ret`s (a tail call's record has
-    /// no value and is needed for the pairing), or its one event.
+    /// The events a filter on `p`'s values applies to: a return probe's `ret`s (a tail
+    /// call's record has no value and is needed for the pairing), or its one event (a timed
+    /// entry's values are its entry event's: an exit with no entry pairs with nothing).
     pub(super) fn filtered_events(p: &Probe) -> Vec<usize> {
         match &p.exits {
-            Some(w) => w.exit_events.iter().filter(|(_, kind)| kind.is_ret()).map(|(e, _)| *e).collect(),
-            None => vec![p.event],
+            Some(w) if p.is_return => w.exit_events.iter().filter(|(_, kind)| kind.is_ret()).map(|(e, _)| *e).collect(),
+            _ => vec![p.event],
         }
     }
 }
