@@ -35,6 +35,9 @@ pub struct HitProbe {
     stack: bool,
     shm: Arc<Shm>,
     pool: Box<[Storage]>,
+    /// Where the probed file's offset 0 is, reckoned from the probe's address (`@+OFFSET`
+    /// reads there); 0 until the probe is placed in a file's code.
+    file_base: AtomicU64,
 }
 
 // SAFETY: a storage's values are only touched by the thread that set its `busy` flag.
@@ -133,10 +136,21 @@ fn copy_stack(regs: &Regs, r: &mut [u64; 3], out: &mut [u8]) -> usize {
 
 impl HitProbe {
     /// A probe with index `index` and its plan.
+    /// The probe is placed at `addr`: where its file's offset 0 is, from the mapping that
+    /// holds it (a hit before this, in a running process, reads `@+OFFSET` as a fault).
+    pub fn placed_at(&self, addr: u64) {
+        let maps = dprobe_sym::read_maps().unwrap_or_default();
+        if let Some(m) =
+            maps.iter().find(|m| m.contains(Addr(addr)) && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
+        {
+            self.file_base.store(m.start.0.wrapping_sub(m.offset), Relaxed);
+        }
+    }
+
     pub fn new(index: usize, plan: FetchPlan, events: bool, stack: bool, shm: Arc<Shm>) -> HitProbe {
         let pool = (0..POOL).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
         let filtered = OnceLock::new();
-        HitProbe { index, filtered, events, stack, shm, pool: pool.collect(), plan }
+        HitProbe { index, filtered, events, stack, shm, pool: pool.collect(), plan, file_base: AtomicU64::new(0) }
     }
 
     /// From now on, send only the events that pass `filter`. `false` when one is set already,
@@ -172,7 +186,9 @@ impl HitProbe {
         let end = name.iter().position(|b| *b == 0).unwrap_or(16);
         let comm = &name[..end];
         // `$errno` reads the value the program had, saved before anything here could change it.
-        let cx = FetchContext { regs, entry_regs: entry, comm, errno_addr: Some(&errno as *const i32 as u64) };
+        let file_base = Some(self.file_base.load(Relaxed)).filter(|b| *b != 0);
+        let cx =
+            FetchContext { regs, entry_regs: entry, comm, errno_addr: Some(&errno as *const i32 as u64), file_base };
         let plan = self.filtered.get().unwrap_or(&self.plan);
         plan.evaluate(&cx, &mut OwnMemory, values);
         if !plan.has_filter() || plan.passes(values) {

@@ -406,6 +406,10 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>, note: &mut Opt
     };
     match result {
         Ok(at) => {
+            if let (Placement::At(addr) | Placement::Returns(addr, _), Some(last)) = (&at, placed.last()) {
+                let (Placed::Entry { hit, .. } | Placed::Return { hit, .. }) = last;
+                hit.placed_at(*addr);
+            }
             if let (Some(s), Some(last)) = (&p.semaphore, placed.last_mut()) {
                 match semaphore::raise(s) {
                     Ok(addr) => last.raised(addr),

@@ -278,6 +278,10 @@ fn put_fetch(b: &mut Vec<u8>, f: &Fetch) {
             b.push(10);
             put_str(b, path);
         }
+        Fetch::FileOffset(o) => {
+            b.push(11);
+            b.extend_from_slice(&o.to_le_bytes());
+        }
     }
 }
 
@@ -343,6 +347,7 @@ impl Cursor<'_> {
                 Fetch::Deref { offset, inner: Box::new(self.fetch(depth + 1)?) }
             }
             10 => Fetch::Var { path: self.str()? },
+            11 => Fetch::FileOffset(self.u64()?),
             _ => return Err(bad()),
         })
     }
@@ -354,7 +359,9 @@ mod tests {
 
     #[test]
     fn every_message_reads_back_as_written() {
-        let spec = dprobe_spec::parse_probe("libc:openat path=+8(%si):string fl=$arg3:x32 r=%r12 e=$errno").unwrap();
+        let spec =
+            dprobe_spec::parse_probe("libc:openat path=+8(%si):string fl=$arg3:x32 r=%r12 e=$errno g=@+0x3010:s32")
+                .unwrap();
         let messages = [
             Message::Place(PlaceProbe {
                 index: 9,

@@ -4,9 +4,9 @@
 //! moved past the prologue.
 
 use anyhow::{anyhow, bail, Result};
-use dprobe_dwarf::{fetch_text, place_vars, DebugInfo, Request, Search, Shown};
+use dprobe_dwarf::{fetch_text, place_vars, place_vars_at_return, DebugInfo, Request, Search, Shown};
 use dprobe_spec::{Fetch, NamedArg, ProbeKind, ProbePoint, ProbeSpec, SourceLine};
-use dprobe_sym::ObjectName;
+use dprobe_sym::{ObjectName, Symbols};
 
 use crate::options::{ListArgs, TraceArgs};
 use crate::sites::{line_addresses, DebugFiles, Traced};
@@ -49,10 +49,7 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
         return Ok(vec![Shown::Plain; spec.args.len()]);
     }
     if spec.kind == ProbeKind::Return {
-        bail!(
-            "`{text}`: variables by name are read at a function's entry or inside it (FUNCTION or FUNCTION+OFFSET), \
-             not at %return, where they are gone"
-        );
+        return resolve_at_return(text, spec, args);
     }
     if let ProbePoint::Line { binary, line } = &spec.point {
         let (binary, line) = (binary.clone(), line.clone());
@@ -93,6 +90,38 @@ pub fn resolve(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec
     }
     if *offset == 0 && at.offset != 0 {
         *offset = at.offset;
+    }
+    spec.args = out_args;
+    Ok(shown)
+}
+
+/// The spec's variables at a function's return: its globals and statics, read through where
+/// its binary is (its parameters and locals are gone, and refused).
+fn resolve_at_return(text: &str, spec: &mut ProbeSpec, args: &TraceArgs) -> Result<Vec<Shown>> {
+    let ProbePoint::User { binary, function, offset: 0 } = &spec.point else {
+        bail!("`{text}`: variables by name at %return are read from a user-space function's DWARF");
+    };
+    let file = binary_file(binary.as_deref(), args)?;
+    let info = DebugInfo::load(&file)?.ok_or_else(|| anyhow!("`{text}`: {}", no_dwarf(&file)))?;
+    let symbols = Symbols::load_file(&file).map_err(|e| anyhow!("`{text}`: cannot read `{file}`: {e}"))?;
+    let f = symbols.find_in(None, function).ok_or_else(|| anyhow!("`{text}`: no function `{function}` in `{file}`"))?;
+    // The function's link-time address minus its file offset: what turns a static's link-time
+    // address into an offset from where the file is (`@+OFFSET`).
+    let delta = f.start.0.wrapping_sub(f.bias).wrapping_sub(f.file_offset);
+    let mut out_args = Vec::new();
+    let mut shown = Vec::new();
+    for a in &spec.args {
+        let Fetch::Var { path } = &a.fetch else {
+            out_args.push(a.clone());
+            shown.push(Shown::Plain);
+            continue;
+        };
+        let request = Request { path: path.clone(), name: a.name.clone(), ty: a.typed.then_some(a.ty) };
+        let placed = place_vars_at_return(&info, function, delta, &[request]).map_err(|e| anyhow!("`{text}`: {e}"))?;
+        for v in placed {
+            out_args.push(NamedArg::typed(v.name, v.fetch, v.ty));
+            shown.push(v.shown);
+        }
     }
     spec.args = out_args;
     Ok(shown)

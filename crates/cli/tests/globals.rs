@@ -1,8 +1,11 @@
 //! `dprobe trace` with globals and statics by name (`counter`, `table[2]`, `cfg->name`, a
 //! function's own static, a static of a shared library): every value equals what the program
 //! prints of them at the same call, for gcc and clang at -O0 and -O2, as a PIE and not, in
-//! the ptrace, agent and kernel engines; a parameter hides the global of its name. The kernel
-//! case uses the system's tracefs (run it under the project's full-test lock).
+//! the ptrace, agent and kernel engines; a parameter hides the global of its name. At a
+//! return (`report%return`, `lib_step%return`) the globals and statics are read as the
+//! function leaves them, which the program's next lines tell (`calls` one more, `lib_total`
+//! plus n²); its parameters and locals are refused there. The kernel case uses the system's
+//! tracefs (run it under the project's full-test lock).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -42,19 +45,63 @@ fn specs(bin: &str, lib: &str) -> Vec<String> {
     ]
 }
 
-/// Run the fixture under `dprobe trace --engine ENGINE`: (the program's own lines, dprobe's
-/// event lines from `call ` on).
-fn run(engine: &str, bin: &str, lib: &str, out: &PathBuf) -> (Vec<String>, Vec<String>) {
+/// The return probes' specs: the globals and statics each function leaves.
+fn return_specs(bin: &str, lib: &str) -> Vec<String> {
+    vec![
+        format!("{bin}:report%return counter table[2] cfg->name cfg->limits[1] greeting mode calls visits"),
+        format!("{lib}:lib_step%return lib_total"),
+    ]
+}
+
+/// Run the fixture under `dprobe trace --engine ENGINE SPECS`: (the program's own lines,
+/// dprobe's event lines: `call ` and what follows, or a return's `f(...)`).
+fn run_specs(engine: &str, specs: Vec<String>, bin: &str, out: &PathBuf) -> (Vec<String>, Vec<String>) {
     let mut args = vec!["trace".to_owned(), "--engine".into(), engine.into(), "-o".into(), out.display().to_string()];
-    args.extend(specs(bin, lib));
+    args.extend(specs);
     args.extend(["--".into(), bin.into()]);
     let o = Command::new(env!("CARGO_BIN_EXE_dprobe")).args(&args).output().unwrap();
     let text = std::fs::read_to_string(out).unwrap_or_default();
     assert_eq!(o.status.code(), Some(0), "{engine} {bin}: {}\n{text}", String::from_utf8_lossy(&o.stderr));
     let program: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
-    let events: Vec<String> = text.lines().filter_map(|l| l.split_once(" call ")).map(|(_, c)| c.to_owned()).collect();
+    let event = |l: &str| match l.split_once(" call ") {
+        Some((_, call)) => Some(call.to_owned()),
+        None => Some(l.split_once(") ")?.1.split_once(" returns")?.0.to_owned()),
+    };
+    let events: Vec<String> = text.lines().filter(|l| l.starts_with("process ")).filter_map(event).collect();
     assert_eq!(program.len(), 9, "{engine} {bin}: the program's lines");
     (program, events)
+}
+
+fn run(engine: &str, bin: &str, lib: &str, out: &PathBuf) -> (Vec<String>, Vec<String>) {
+    run_specs(engine, specs(bin, lib), bin, out)
+}
+
+/// What the return probes must read, from the program's own lines at the entries: `report`
+/// leaves everything as it printed it but `calls`, one more; `lib_step` adds n² to `lib_total`.
+fn at_returns(program: &[String]) -> Vec<String> {
+    let field = |line: &str, name: &str| -> i64 {
+        let from = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1;
+        let digits: String = line[from..].chars().take_while(|c| *c == '-' || c.is_ascii_digit()).collect();
+        digits.parse().unwrap()
+    };
+    program
+        .iter()
+        .filter_map(|line| {
+            if line.starts_with("report(") {
+                let (round, level, calls) = (field(line, "round"), field(line, "cfg->level"), field(line, "calls"));
+                let left = line
+                    .replace(&format!("round={round}, "), "")
+                    .replace(&format!(", cfg->level={level}"), "")
+                    .replace(&format!("calls={calls},"), &format!("calls={},", calls + 1));
+                Some(left)
+            } else if line.starts_with("lib_step(") {
+                let (n, total) = (field(line, "n"), field(line, "lib_total"));
+                Some(format!("lib_step(lib_total={})", total + n * n))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn every_build(engine: &str) {
@@ -65,6 +112,10 @@ fn every_build(engine: &str) {
                 let out = out_file(&format!("globals-{engine}-{cc}{opt}-{pie}"));
                 let (program, events) = run(engine, &bin, &lib, &out);
                 assert_eq!(events, program, "{engine}, {cc} {opt}, pie {pie}: dprobe's values are the program's own");
+                let (program, events) = run_specs(engine, return_specs(&bin, &lib), &bin, &out);
+                let want = at_returns(&program);
+                assert_eq!(want.len(), 6, "{program:?}");
+                assert_eq!(events, want, "{engine}, {cc} {opt}, pie {pie}: the values each function leaves");
             }
         }
     }
@@ -97,6 +148,10 @@ fn globals_that_cannot_be_read_are_refused_with_the_reason() {
         (format!("{gcc}:report no_such_global"), "no variable `no_such_global` in report here; known: round, calls"),
         (format!("{gcc}:report counter->x"), "`counter` is an int, which has no members"),
         (format!("{gcc}:report greeting[1]x"), "expected ->MEMBER, .MEMBER or [N] after a name"),
+        // At a return, a function's parameters and locals are gone; its statics are not.
+        (format!("{gcc}:report%return calls round"), "`round` is a parameter of `report`, gone at %return"),
+        (format!("{clang}:shadow%return counter"), "`counter` is a parameter of `shadow`, gone at %return"),
+        (format!("{gcc}:report%return $params"), "the parameters of `report` are gone at %return"),
     ];
     for (spec, expected) in &cases {
         let o = common::dprobe(&["trace", "--engine", "ptrace", spec, "--", &gcc]);

@@ -70,7 +70,8 @@ fn evaluating_a_plan_and_its_filter_allocates_nothing() {
     memory.0[0x300..0x304].copy_from_slice(&2i32.to_le_bytes());
     let now = Regs { rax: u64::MAX, rsp: 0x1f00, ..Regs::default() };
     let entry = Regs { rdi: 0x1100, rsi: 3, rdx: 0x10, rsp: 0x1ef8, ..Regs::default() };
-    let cx = FetchContext { regs: &now, entry_regs: Some(&entry), comm: b"cat", errno_addr: Some(0x1300) };
+    let cx =
+        FetchContext { regs: &now, entry_regs: Some(&entry), comm: b"cat", errno_addr: Some(0x1300), file_base: None };
 
     WATCHED.with(|w| w.set(true));
     let mut passed = 0;

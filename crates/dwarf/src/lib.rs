@@ -30,5 +30,6 @@ pub use inlined::{find_function, find_functions, FunctionInfo, InlinedCopy};
 pub use lines::{file_matches, LineError, LineTable};
 pub use scope::Function;
 pub use vars::{
-    fetch_text, place_vars, place_vars_in, signature, Placed, Request, Shown, Signature, VarFetch, VarInfo,
+    fetch_text, place_vars, place_vars_at_return, place_vars_in, signature, Placed, Request, Shown, Signature,
+    VarFetch, VarInfo,
 };

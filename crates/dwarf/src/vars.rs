@@ -74,24 +74,29 @@ enum Lv {
         pieces: Vec<Piece>,
         offset: i64,
     },
+    /// `offset` bytes into the probed file, as `@+OFFSET` reckons (a static, at a return).
+    File {
+        offset: i64,
+    },
+}
+
+/// How a probe reaches a static variable of its binary.
+#[derive(Debug, Clone, Copy)]
+enum Statics {
+    /// From `%ip`, the probe's own address (at a function's entry or inside it).
+    FromIp,
+    /// Through where the probed file is (`@+OFFSET`): at a return, `%ip` is not the probe's
+    /// own address. `delta`: the probed code's link-time address minus its file offset.
+    InFile { delta: u64 },
 }
 
 impl Lv {
-    /// Where `p` is, seen from a probe at link-time address `pc`.
-    fn from_place(p: Place, pc: u64) -> Lv {
-        match p {
-            Place::Register(r) => Lv::Reg(r),
-            Place::Memory { base, offset } => Lv::Mem { base, offset },
-            Place::Static(address) => Lv::Mem { base: Fetch::Reg(Register("ip")), offset: from_ip(address, pc) },
-            Place::StaticPieces(pieces) => Lv::Pieces { pieces, offset: 0 },
-        }
-    }
-
     /// `by` bytes further into memory (a member, an element).
     fn shift(self, by: i64) -> Lv {
         match self {
             Lv::Mem { base, offset } => Lv::Mem { base, offset: offset + by },
             Lv::Pieces { pieces, offset } => Lv::Pieces { pieces, offset: offset + by },
+            Lv::File { offset } => Lv::File { offset: offset + by },
             Lv::Reg(_) => unreachable!("only memory has members and elements"),
         }
     }
@@ -101,7 +106,17 @@ impl Lv {
         match self {
             Lv::Reg(r) => Fetch::Reg(Register(r)),
             Lv::Mem { base, offset } => Fetch::Deref { offset: *offset, inner: Box::new(base.clone()) },
+            Lv::File { offset } => Fetch::FileOffset(*offset as u64),
             Lv::Pieces { .. } => unreachable!("a piece is settled before its value is read"),
+        }
+    }
+
+    /// Its address, as a string's is read (`None` for a register).
+    fn address(&self) -> Option<Fetch> {
+        match self {
+            Lv::Mem { base, offset } => Some(Fetch::Deref { offset: *offset, inner: Box::new(base.clone()) }),
+            Lv::File { offset } => Some(Fetch::FileOffset(*offset as u64)),
+            Lv::Reg(_) | Lv::Pieces { .. } => None,
         }
     }
 }
@@ -193,9 +208,28 @@ struct Resolver<'a> {
     cx: UnitCx<'a>,
     pc: u64,
     vars: Vec<Var>,
+    statics: Statics,
 }
 
 impl Resolver<'_> {
+    /// Where `p` is, seen from the probe.
+    fn lv(&self, p: Place) -> Lv {
+        match p {
+            Place::Register(r) => Lv::Reg(r),
+            Place::Memory { base, offset } => Lv::Mem { base, offset },
+            Place::Static(address) => self.static_at(address),
+            Place::StaticPieces(pieces) => Lv::Pieces { pieces, offset: 0 },
+        }
+    }
+
+    /// The static at link-time address `address`.
+    fn static_at(&self, address: u64) -> Lv {
+        match self.statics {
+            Statics::FromIp => Lv::Mem { base: Fetch::Reg(Register("ip")), offset: from_ip(address, self.pc) },
+            Statics::InFile { delta } => Lv::File { offset: address.wrapping_sub(delta) as i64 },
+        }
+    }
+
     fn frame_base(&self) -> Result<crate::location::Base, String> {
         let e = self.cx.entry(self.function.die).map_err(|e| e.to_string())?;
         let attr = e.attr_value(gimli::DW_AT_frame_base).map_err(|e| e.to_string())?;
@@ -265,7 +299,20 @@ impl Resolver<'_> {
     fn resolve(&self, request: &Request) -> Result<VarFetch, VarError> {
         let (derefs, root, steps) = parse_path(&request.path)?;
         let unknown = match self.lookup(root) {
-            Ok(var) => return self.resolve_var(request, var, derefs, &steps),
+            Ok(var) => {
+                let is_static = matches!(self.place(var), Ok(Place::Static(_) | Place::StaticPieces(_)));
+                if matches!(self.statics, Statics::InFile { .. }) && !is_static {
+                    let what = if var.is_param { "a parameter" } else { "a local variable" };
+                    return Err(VarError::Unfetchable {
+                        path: request.path.clone(),
+                        reason: format!(
+                            "`{root}` is {what} of `{}`, gone at %return; only globals and statics are read there                              (fetch `{root}` with an entry probe)",
+                            self.function.name
+                        ),
+                    });
+                }
+                return self.resolve_var(request, var, derefs, &steps);
+            }
             Err(e) => e,
         };
         // Not a parameter or local: a static of the function's file, or a global, as C sees it.
@@ -282,7 +329,14 @@ impl Resolver<'_> {
             }
             let cx = UnitCx { dwarf, unit: &unit };
             if let Some(g) = global(&cx, root)?.filter(|g| g.defined && g.external) {
-                let there = Resolver { info: self.info, function: self.function, cx, pc: self.pc, vars: Vec::new() };
+                let there = Resolver {
+                    info: self.info,
+                    function: self.function,
+                    cx,
+                    pc: self.pc,
+                    vars: Vec::new(),
+                    statics: self.statics,
+                };
                 return there.resolve_var(request, &g.var, derefs, &steps);
             }
         }
@@ -303,7 +357,7 @@ impl Resolver<'_> {
     ) -> Result<VarFetch, VarError> {
         let path = request.path.as_str();
         let root = var.name.as_str();
-        let mut lv = Lv::from_place(self.place(var)?, self.pc);
+        let mut lv = self.lv(self.place(var)?);
         let e = self.cx.entry(var.die)?;
         let mut ty_at = self.cx.type_of(&e);
         let mut spelled = root.to_owned();
@@ -319,7 +373,7 @@ impl Resolver<'_> {
                             (self.cx.resolve(*to)?, Lv::Mem { base: self.settle(lv, 8, &spelled)?.value(), offset: 0 })
                         }
                         (Type::Struct { .. }, false) => match lv {
-                            Lv::Mem { .. } | Lv::Pieces { .. } => (ty.clone(), lv),
+                            Lv::Mem { .. } | Lv::Pieces { .. } | Lv::File { .. } => (ty.clone(), lv),
                             Lv::Reg(r) => {
                                 return Err(unfetchable(format!(
                                     "`{spelled}` is held in %{r} here; members of a struct in a register cannot be read"
@@ -370,7 +424,7 @@ impl Resolver<'_> {
                                 )));
                             }
                             match lv {
-                                Lv::Mem { .. } | Lv::Pieces { .. } => (*element, lv),
+                                Lv::Mem { .. } | Lv::Pieces { .. } | Lv::File { .. } => (*element, lv),
                                 Lv::Reg(r) => {
                                     return Err(unfetchable(format!("`{spelled}` is held in %{r} here")));
                                 }
@@ -414,7 +468,7 @@ impl Resolver<'_> {
             ))),
             Type::Pointer { to } => Ok((Lv::Mem { base: self.settle(lv, 8, spelled)?.value(), offset: 0 }, to)),
             Type::Array { element, .. } => match lv {
-                Lv::Mem { .. } | Lv::Pieces { .. } => Ok((lv, Some(element))),
+                Lv::Mem { .. } | Lv::Pieces { .. } | Lv::File { .. } => Ok((lv, Some(element))),
                 Lv::Reg(r) => Err(unfetchable(format!("`{spelled}` is held in %{r} here"))),
             },
             _ => Err(unfetchable(format!(
@@ -434,7 +488,7 @@ impl Resolver<'_> {
             .filter(kept)
             .find(|p| p.start as i64 <= offset && offset + size as i64 <= (p.start + p.size) as i64);
         match holder.and_then(|p| Some((p.address? + (offset as u64 - p.start), p))) {
-            Some((address, _)) => Ok(Lv::Mem { base: Fetch::Reg(Register("ip")), offset: from_ip(address, self.pc) }),
+            Some((address, _)) => Ok(self.static_at(address)),
             None => {
                 let kept: Vec<String> =
                     pieces.iter().filter(kept).map(|p| format!("{}-{}", p.start, p.start + p.size - 1)).collect();
@@ -481,19 +535,17 @@ impl Resolver<'_> {
         let string_at = |lv: &Lv, is_array: bool| -> Result<Fetch, VarError> {
             match (lv, is_array) {
                 (_, false) => Ok(Fetch::Deref { offset: 0, inner: Box::new(lv.value()) }),
-                (Lv::Mem { base, offset }, true) => Ok(Fetch::Deref { offset: *offset, inner: Box::new(base.clone()) }),
                 (Lv::Reg(r), true) => Err(unfetchable(format!("the array is held in %{r} here"))),
                 (Lv::Pieces { .. }, true) => Err(unfetchable("the compiler split the array in pieces".into())),
+                (lv, true) => Ok(lv.address().expect("memory")),
             }
         };
         if let Some(given) = request.ty {
             let is_array = matches!(ty, Type::Array { .. });
             let fetch = match given {
                 ArgType::String => string_at(&lv, is_array)?,
-                _ => match (&ty, &lv) {
-                    (Type::Struct { .. } | Type::Array { .. }, Lv::Mem { base, offset }) => {
-                        Fetch::Deref { offset: *offset, inner: Box::new(base.clone()) }
-                    }
+                _ => match (&ty, lv.address()) {
+                    (Type::Struct { .. } | Type::Array { .. }, Some(address)) => address,
                     _ => lv.value(),
                 },
             };
@@ -560,7 +612,7 @@ pub fn place_vars_in(
     let at = |pc: u64| -> Result<Resolver<'_>, VarError> {
         let cx = f.cx(info);
         let vars = f.vars_at(info, pc)?;
-        Ok(Resolver { info, function: f, cx, pc, vars })
+        Ok(Resolver { info, function: f, cx, pc, vars, statics: Statics::FromIp })
     };
     let offset = match offset {
         Some(o) => o,
@@ -606,6 +658,43 @@ pub fn place_vars_in(
     Ok(Placed { offset, args, skipped })
 }
 
+/// What a return probe on `function` fetches for `requests`: only globals and statics (a
+/// function's own `static` included), read through where the probed file is (`@+OFFSET`,
+/// the same at the function's every exit and in every engine); its parameters and locals are
+/// gone, and refused with the reason. `delta`: the function's link-time address minus its
+/// offset in its file.
+pub fn place_vars_at_return(
+    info: &DebugInfo,
+    function: &str,
+    delta: u64,
+    requests: &[Request],
+) -> Result<Vec<VarFetch>, VarError> {
+    let f = info.function(function)?.ok_or_else(|| VarError::NoFunction { name: function.into() })?;
+    let pc = f.low_pc;
+    let r = Resolver {
+        info,
+        function: &f,
+        cx: f.cx(info),
+        pc,
+        vars: f.vars_at(info, pc)?,
+        statics: Statics::InFile { delta },
+    };
+    requests
+        .iter()
+        .map(|q| {
+            if q.path == "$params" {
+                return Err(VarError::Unfetchable {
+                    path: q.path.clone(),
+                    reason: format!(
+                        "the parameters of `{function}` are gone at %return; fetch them with an entry probe"
+                    ),
+                });
+            }
+            r.resolve(q)
+        })
+        .collect()
+}
+
 fn root_of(path: &str) -> &str {
     let path = path.trim_start_matches('*');
     &path[..path.find(['-', '.', '[']).unwrap_or(path.len())]
@@ -641,6 +730,7 @@ pub fn fetch_text(f: &Fetch) -> String {
         }
         Fetch::Arg(n) => format!("$arg{n}"),
         Fetch::Memory(a) => format!("@{a:#x}"),
+        Fetch::FileOffset(o) => format!("@+{o:#x}"),
         Fetch::Immediate(i) => format!("\\{i}"),
         Fetch::Stack(n) => format!("$stack{n}"),
         Fetch::StackPointer => "$stack".into(),
@@ -684,7 +774,7 @@ pub fn signature(info: &DebugInfo, function: &str) -> Result<Signature, VarError
     let f = info.function(function)?.ok_or_else(|| VarError::NoFunction { name: function.into() })?;
     let offset = place_vars(info, function, None, &[])?.offset;
     let pc = f.low_pc + offset;
-    let r = Resolver { info, function: &f, cx: f.cx(info), pc, vars: f.vars_at(info, pc)? };
+    let r = Resolver { info, function: &f, cx: f.cx(info), pc, vars: f.vars_at(info, pc)?, statics: Statics::FromIp };
     let die = r.cx.entry(f.die)?;
     let returns = r.cx.spell(r.cx.type_of(&die));
     let (mut params, mut locals) = (Vec::new(), Vec::new());

@@ -146,6 +146,7 @@ fn fetch(f: &Fetch, is_return: bool, name: &str) -> Result<String, KernelError> 
         Fetch::Stack(n) => format!("$stack{n}"),
         Fetch::StackPointer => "$stack".into(),
         Fetch::Memory(a) => format!("@{a:#x}"),
+        Fetch::FileOffset(o) => format!("@+{o:#x}"),
         Fetch::Immediate(i) => format!("\\{i}"),
         Fetch::Deref { offset, inner } => {
             let sign = if *offset < 0 { "-" } else { "+" };
@@ -259,6 +260,10 @@ mod tests {
         let f = symbols.find("open").unwrap();
         assert_eq!(offset, format!("{:#x}", f.file_offset));
         assert_eq!(args, "path=+0(%di):string dprobe_end=$comm:string");
+        // A static of the file, at a return too: the kernel's own `@+OFFSET`.
+        let d = def("libc:open%return n=@+0x1d0:s32 name=+0(@+0x1d8):string").unwrap();
+        let args = d.body.split_once(' ').unwrap().1;
+        assert_eq!(args, "n=@+0x1d0:s32 name=+0(@+0x1d8):string dprobe_end=$comm:string");
     }
 
     #[test]

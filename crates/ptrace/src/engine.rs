@@ -203,6 +203,7 @@ impl PtraceEngine {
                 entry_regs,
                 comm: s.names.get(hit.pid as u32, hit.tid as u32),
                 errno_addr: errno_offset.map(|o| hit.fs_base.wrapping_add(o)),
+                file_base: hit.file_base,
             };
             plan.evaluate(&cx, hit.memory, &mut values);
             let mut user_stack = Vec::new();

@@ -27,7 +27,7 @@ use dprobe_core::ProbeId;
 use dprobe_sym::{Function, Mapping, Symbols};
 
 use crate::error::TraceError;
-use crate::probes::{Hit, HitKind};
+use crate::probes::{file_base, Hit, HitKind};
 use crate::sys::RemoteMemory;
 use crate::tracee::Tracee;
 
@@ -233,6 +233,7 @@ impl Tracee {
                     tid,
                     regs: &mut seen,
                     fs_base: act.fs_base,
+                    file_base: file_base(&self.sites, act.function),
                     memory,
                     kind,
                     hijacked: &hijacked,

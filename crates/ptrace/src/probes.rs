@@ -29,6 +29,9 @@ pub struct Hit<'a> {
     pub regs: &'a mut Regs,
     /// The thread's `fs` base (its thread pointer, for thread-local variables such as `errno`).
     pub fs_base: u64,
+    /// Where the probed file's offset 0 is, reckoned from the probe's site (its run-time
+    /// address minus its offset in the file): `@+OFFSET` reads there. `None`: code of no file.
+    pub file_base: Option<u64>,
     /// The process's memory (writes allowed).
     pub memory: &'a mut dyn Memory,
     /// Entry or return.
@@ -206,6 +209,13 @@ pub(crate) struct Probe {
     pub pool: InstancePool,
     /// Its figures; `placement` says whether and where it is placed.
     pub stats: Stats,
+}
+
+/// Where the file of the code at `site` has its offset 0, reckoned from that site (see
+/// [`Hit::file_base`]).
+pub(crate) fn file_base(sites: &std::collections::BTreeMap<Addr, Site>, site: Addr) -> Option<u64> {
+    let (_, offset) = sites.get(&site)?.origin.as_ref()?;
+    Some(site.0.wrapping_sub(*offset))
 }
 
 #[derive(Clone)]

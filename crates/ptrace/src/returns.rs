@@ -29,7 +29,7 @@ use dprobe_core::ProbeId;
 use dprobe_sym::read_maps_of;
 
 use crate::error::TraceError;
-use crate::probes::{Hit, HitKind};
+use crate::probes::{file_base, Hit, HitKind};
 use crate::stubs::{self, Stubs};
 use crate::sys::{self, RemoteMemory};
 use crate::tracee::Tracee;
@@ -515,8 +515,18 @@ impl Tracee {
             let kind = HitKind::Return { entry_regs: &p.entry_regs, elapsed, function: p.function };
             let memory: &mut RemoteMemory = &mut self.memory;
             let hijacked = self.returns.hijacked(tid);
-            let hit =
-                &mut Hit { probe: p.probe, pid, tid, regs, fs_base: p.fs_base, memory, kind, hijacked: &hijacked };
+            let file_base = file_base(&self.sites, p.function);
+            let hit = &mut Hit {
+                probe: p.probe,
+                pid,
+                tid,
+                regs,
+                fs_base: p.fs_base,
+                file_base,
+                memory,
+                kind,
+                hijacked: &hijacked,
+            };
             (handler.borrow_mut())(hit);
         }
     }

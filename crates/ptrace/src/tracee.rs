@@ -9,7 +9,7 @@ use dprobe_core::ProbeId;
 
 use crate::error::{Exit, Stopped, TraceError};
 use crate::loader::StartWatch;
-use crate::probes::{Hit, HitKind, Probe, Site};
+use crate::probes::{file_base, Hit, HitKind, Probe, Site};
 use crate::returns::Returns;
 use crate::stubs::Stubs;
 use crate::sys::{self, RemoteMemory};
@@ -442,6 +442,7 @@ impl Tracee {
         if !other_exits.is_empty() {
             self.leave_watched(tid, &mut regs, &other_exits);
         }
+        let in_file = file_base(&self.sites, key);
         let site = self.sites.get_mut(&key).expect("looked up");
         let mut has_return = false;
         let hijacked = self.returns.hijacked(tid);
@@ -457,6 +458,7 @@ impl Tracee {
                     tid,
                     regs: &mut regs,
                     fs_base: r.fs_base,
+                    file_base: in_file,
                     memory,
                     kind: HitKind::Entry,
                     hijacked: &hijacked,

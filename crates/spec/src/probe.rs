@@ -122,6 +122,11 @@ pub enum Fetch<R = Register> {
     StackPointer,
     /// Memory at an absolute address.
     Memory(u64),
+    /// Memory at an offset in the probed file (`@+OFFSET`, the kernel's uprobe syntax): the
+    /// probe's run-time address, minus its own offset in the file, plus OFFSET. A static
+    /// variable of the probed object is there in every process, wherever the object was
+    /// loaded, and at every site of the probe (its exits too).
+    FileOffset(u64),
     /// An immediate value.
     Immediate(i64),
     /// A variable of the program by name, from its DWARF (`req`, `req->hdr.len`, `argv[1]`,
@@ -151,6 +156,7 @@ impl<R> Fetch<R> {
             Fetch::Stack(n) => Fetch::Stack(*n),
             Fetch::StackPointer => Fetch::StackPointer,
             Fetch::Memory(a) => Fetch::Memory(*a),
+            Fetch::FileOffset(o) => Fetch::FileOffset(*o),
             Fetch::Immediate(i) => Fetch::Immediate(*i),
             Fetch::Var { path } => Fetch::Var { path: path.clone() },
             Fetch::Deref { offset, inner } => Fetch::Deref { offset: *offset, inner: Box::new(inner.map_registers(f)) },
@@ -555,6 +561,11 @@ impl Parser<'_> {
                     }
                 }
             };
+        }
+        if let Some(offset) = s.strip_prefix("@+") {
+            return number(offset)
+                .map(Fetch::FileOffset)
+                .ok_or_else(|| bad(K::BadAddress, "an offset in the probed file such as @+0x3010"));
         }
         if let Some(addr) = s.strip_prefix('@') {
             return number(addr).map(Fetch::Memory).ok_or_else(|| bad(K::BadAddress, "an address such as @0x601040"));

@@ -25,7 +25,7 @@
 //! let plan = FetchPlan::compile(&spec.args, None);
 //! let mut values = plan.values();
 //! let regs = Regs { rdi: 3, rsi: 0x1000, ..Regs::default() };
-//! let cx = FetchContext { regs: &regs, entry_regs: None, comm: b"cat", errno_addr: None };
+//! let cx = FetchContext { regs: &regs, entry_regs: None, comm: b"cat", errno_addr: None, file_base: None };
 //! plan.evaluate(&cx, &mut NoMemory, &mut values);
 //! assert_eq!(values.get(1), Some(Fetched::Fault(0x1000)));
 //! ```
@@ -54,6 +54,9 @@ pub struct FetchContext<'a> {
     pub comm: &'a [u8],
     /// The address of the thread's `errno`, if it can be found.
     pub errno_addr: Option<u64>,
+    /// Where the probed file's offset 0 is, reckoned from the probe's site (its run-time
+    /// address minus its offset in its file), for `@+OFFSET`; `None`: not known.
+    pub file_base: Option<u64>,
 }
 
 /// A register as the plan reads it.
@@ -185,6 +188,7 @@ fn value(op: &Op, cx: &FetchContext<'_>, memory: &mut dyn Memory, size: usize) -
         Op::Stack(n) => read(memory, sp.wrapping_add(8 * u64::from(*n)), 8),
         Op::StackPointer => Ok(sp),
         Op::Memory(a) => read(memory, *a, size),
+        Op::FileOffset(o) => read(memory, in_file(cx, *o)?, size),
         Op::Immediate(i) => Ok(*i as u64),
         // A variable by name the tracer did not turn into fetches (it always does before
         // placing): reads as a fault.
@@ -202,8 +206,14 @@ fn string_address(op: &Op, cx: &FetchContext<'_>, memory: &mut dyn Memory) -> Re
     match op {
         Op::Deref { offset, inner } => Ok(value(inner, cx, memory, 8)?.wrapping_add(*offset as u64)),
         Op::Memory(a) => Ok(*a),
+        Op::FileOffset(o) => in_file(cx, *o),
         op => value(op, cx, memory, 8),
     }
+}
+
+/// The run-time address of offset `o` of the probed file (`Err(o)` when its place is not known).
+fn in_file(cx: &FetchContext<'_>, o: u64) -> Result<u64, u64> {
+    cx.file_base.map(|b| b.wrapping_add(o)).ok_or(o)
 }
 
 fn read(memory: &mut dyn Memory, addr: u64, size: usize) -> Result<u64, u64> {

@@ -39,7 +39,7 @@ fn fetch_all(spec: &str, regs: &Regs, entry: Option<&Regs>, mem: &mut Fake) -> V
     let p = parse_probe(spec).unwrap();
     let plan = FetchPlan::compile(&p.args, None);
     let mut values = plan.values();
-    let cx = FetchContext { regs, entry_regs: entry, comm: b"cat", errno_addr: Some(0x1100) };
+    let cx = FetchContext { regs, entry_regs: entry, comm: b"cat", errno_addr: Some(0x1100), file_base: Some(0x1000) };
     plan.evaluate(&cx, mem, &mut values);
     values
 }
@@ -79,6 +79,24 @@ fn each_fetch_kind_reads_what_the_kernel_would() {
     ];
     assert_eq!(owned(&got), expected);
     assert_eq!(got.get(4).unwrap().as_i64(), Some(-2), "errno is signed 32-bit");
+}
+
+#[test]
+fn offsets_in_the_probed_file_are_read_from_where_the_file_is_and_fault_where_that_is_unknown() {
+    let regs = Regs::default();
+    let got = fetch_all("f n=@+0x100:s32 s=@+0x10:string p=+0(@+0x200):string", &regs, None, &mut memory());
+    let expected = vec![
+        Owned::Int(0xffff_fffe, ArgType::S(32)),
+        Owned::Str(b"/etc/hosts".to_vec()),
+        Owned::Str(b"/etc/hosts".to_vec()),
+    ];
+    assert_eq!(owned(&got), expected);
+    let p = parse_probe("f n=@+0x100:s32").unwrap();
+    let plan = FetchPlan::compile(&p.args, None);
+    let mut values = plan.values();
+    let cx = FetchContext { regs: &regs, entry_regs: None, comm: b"cat", errno_addr: None, file_base: None };
+    plan.evaluate(&cx, &mut memory(), &mut values);
+    assert_eq!(owned(&values), [Owned::Fault(0x100)], "no place known: a fault, never a read elsewhere");
 }
 
 #[test]

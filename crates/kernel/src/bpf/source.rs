@@ -88,6 +88,7 @@ fn origin(fetch: &Fetch, is_return: bool, derefs: &mut Vec<i64>) -> Result<Origi
             derefs.push(*address as i64);
             Origin::Constant(0)
         }
+        Fetch::FileOffset(_) => return Err("memory at an offset of the probed file (@+OFFSET)".into()),
         Fetch::Immediate(v) => Origin::Constant(*v),
         Fetch::Deref { offset, inner } => {
             let o = origin(inner, is_return, derefs)?;
