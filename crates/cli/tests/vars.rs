@@ -184,7 +184,7 @@ fn bad_names_are_refused_with_the_reason() {
         (p(&o0, "parse_request len[1]"), "`len` is an int, which cannot be indexed".into()),
         (p(&o0, "parse_request req->hdr.tag[x]"), "`req->hdr.tag[x]`: expected a number inside [ ]".into()),
         (p(&o2, "mix acc"), "`acc` is optimized out here; available at lines".into()),
-        (p(&o0, "parse_request%return len"), "not at %return".into()),
+        (p(&o0, "parse_request%return len"), "`len` is a parameter of `parse_request`, gone at %return".into()),
         (p(&o0, "no_such_function x"), "no function `no_such_function` in the DWARF".into()),
         (p(&o0, "parse_request *len"), "`len` is an int, not a pointer: `*` reads what a pointer points to".into()),
         (p(&o0, "parse_request *req"), "`*req` is a struct request; name a member".into()),

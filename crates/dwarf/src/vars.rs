@@ -306,7 +306,8 @@ impl Resolver<'_> {
                     return Err(VarError::Unfetchable {
                         path: request.path.clone(),
                         reason: format!(
-                            "`{root}` is {what} of `{}`, gone at %return; only globals and statics are read there                              (fetch `{root}` with an entry probe)",
+                            "`{root}` is {what} of `{}`, gone at %return; only globals and statics are read there \
+                             (fetch `{root}` with an entry probe)",
                             self.function.name
                         ),
                     });
