@@ -5,75 +5,18 @@
 //! address); folded stacks count the calls of each path exactly. Each with every engine that
 //! captures user stacks: ptrace (stopped threads' memory) and the agent (a copy of the stack
 //! taken in the probed thread).
+#[path = "common/call_paths.rs"]
+mod call_paths;
 mod common;
 
+use call_paths::{c_program, events, folded_from_main, path_to_main, rust_program, Program};
 use common::{out_file, trace_to_file, Traced};
-
-const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/calls.c");
-const RUST_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/calls.rs");
 
 /// The engines that capture stacks.
 const ENGINES: &[&str] = &["ptrace", "agent"];
 
-/// One build of the call-path program, and how its functions are named.
-struct Program {
-    path: &'static str,
-    /// The names of `leaf`, `mid`, `top`, `other` and `main` in the stacks and the specs.
-    leaf: &'static str,
-    mid: &'static str,
-    top: &'static str,
-    other: &'static str,
-    main: &'static str,
-}
-
-fn c_program(name: &'static str, frame_pointers: bool) -> Program {
-    let fp = if frame_pointers { "-fno-omit-frame-pointer" } else { "-fomit-frame-pointer" };
-    let path = dprobe_test_fixtures::c_program(SOURCE, name, &["-O2", "-g", "-pthread", fp]);
-    Program { path, leaf: "leaf", mid: "mid", top: "top", other: "other", main: "main" }
-}
-
-fn rust_program() -> Program {
-    let flags = ["-O", "-g", "-C", "force-frame-pointers=no", "--crate-name", "calls"];
-    let path = dprobe_test_fixtures::c_program_by("rustc", RUST_SOURCE, "calls_rs", &flags);
-    Program {
-        path,
-        leaf: "calls::leaf",
-        mid: "calls::mid",
-        top: "calls::top",
-        other: "calls::other",
-        main: "calls::main",
-    }
-}
-
 fn programs() -> Vec<Program> {
     vec![c_program("calls_nofp", false), c_program("calls_fp", true), rust_program()]
-}
-
-/// The functions of a JSON event's stack that hold code (inlined calls left out), innermost
-/// first, up to the program's `main`.
-fn path_to_main(event: &serde_json::Value, main: &str) -> Vec<String> {
-    let mut path = Vec::new();
-    for frame in event["stack"].as_array().expect("a stack") {
-        if frame["inlined"] == true {
-            continue;
-        }
-        let name = frame["function"].as_str().unwrap_or("?").to_owned();
-        let done = name == main;
-        path.push(name);
-        if done {
-            break;
-        }
-    }
-    path
-}
-
-/// The events of a JSON trace, by function.
-fn events<'a>(trace: &'a str, function: &'a str) -> impl Iterator<Item = serde_json::Value> + 'a {
-    trace
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
-        .filter(move |e| e["function"] == function)
 }
 
 #[test]
@@ -85,12 +28,7 @@ fn the_stack_at_a_leaf_is_its_call_path() {
             let what = format!("{} {engine}\n{stderr}\n{trace}", p.path);
             assert_eq!(code, Some(0), "{what}");
             assert!(stdout.starts_with("top-mid-leaf=3 other-leaf=6 "), "{what}");
-            let paths: Vec<Vec<String>> = events(&trace, p.leaf).map(|e| path_to_main(&e, p.main)).collect();
-            let via_top = vec![p.leaf, p.mid, p.top, p.main];
-            let via_other = vec![p.leaf, p.other, p.main];
-            assert_eq!(paths.len(), 9, "{what}");
-            assert_eq!(paths.iter().filter(|s| **s == via_top).count(), 3, "{what}");
-            assert_eq!(paths.iter().filter(|s| **s == via_other).count(), 6, "{what}");
+            p.assert_leaf_paths(&trace, 3, &what);
             // Each frame says where it is: the leaf's own frame is its first instruction, in
             // the program's file, at the line of the function's body.
             let first = events(&trace, p.leaf).next().expect("an event");
@@ -113,33 +51,11 @@ fn a_caller_with_a_pending_return_probe_stays_in_the_stack() {
             let Traced { code, stderr, trace, .. } = trace_to_file("stack-return", &args);
             let what = format!("{} {engine}\n{stderr}\n{trace}", p.path);
             assert_eq!(code, Some(0), "{what}");
-            // Both callers' return addresses are the return probes' trampolines while the
-            // leaf runs: each is shown as the caller it stands for.
-            let via_top: Vec<Vec<String>> =
-                events(&trace, p.leaf).map(|e| path_to_main(&e, p.main)).filter(|s| s.len() == 4).collect();
-            assert_eq!(via_top, vec![vec![p.leaf, p.mid, p.top, p.main]; 2], "{what}");
-            // At its return, `mid` is gone from the stack: the thread is back in `top`.
-            let returns: Vec<Vec<String>> = events(&trace, p.mid).map(|e| path_to_main(&e, p.main)).collect();
-            assert_eq!(returns, vec![vec![p.top, p.main]; 2], "{what}");
-            let returns: Vec<Vec<String>> = events(&trace, p.top).map(|e| path_to_main(&e, p.main)).collect();
-            assert_eq!(returns, vec![vec![p.main]; 2], "{what}");
+            // The callers' return addresses are the return probes' trampolines while the
+            // leaf runs.
+            p.assert_pending_returns_kept(&trace, 2, &what);
         }
     }
-}
-
-/// The folded lines from `main` on (the frames below it, in the C library's start code,
-/// differ between systems): `(path, count)`.
-fn folded_from_main(text: &str, main: &str) -> Vec<(String, u64)> {
-    let mut lines: Vec<(String, u64)> = text
-        .lines()
-        .map(|l| {
-            let (stack, count) = l.rsplit_once(' ').expect("`stack count`");
-            let from = stack.split(';').position(|f| f == main).expect("main in every stack");
-            (stack.split(';').skip(from).collect::<Vec<_>>().join(";"), count.parse().expect("a count"))
-        })
-        .collect();
-    lines.sort();
-    lines
 }
 
 #[test]
@@ -155,10 +71,6 @@ fn folded_stacks_count_each_path_exactly() {
             let text = std::fs::read_to_string(&folded).unwrap();
             // Inlined calls are frames of their own in a flame graph; the Rust build inlines
             // nothing between main and the leaf.
-            let expected = vec![
-                (format!("{};{};{}", p.main, p.other, p.leaf), 10),
-                (format!("{};{};{};{}", p.main, p.top, p.mid, p.leaf), 5),
-            ];
             let got: Vec<(String, u64)> = folded_from_main(&text, p.main)
                 .into_iter()
                 .map(|(s, n)| {
@@ -171,9 +83,7 @@ fn folded_stacks_count_each_path_exactly() {
                     )
                 })
                 .collect();
-            let mut expected = expected;
-            expected.sort();
-            assert_eq!(got, expected, "{what}\n{text}");
+            assert_eq!(got, p.folded_leaf(5), "{what}\n{text}");
             assert!(trace.contains("leaf") && !trace.contains("call "), "events are counted, not printed: {what}");
         }
     }
