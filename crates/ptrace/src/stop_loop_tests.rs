@@ -23,6 +23,14 @@ const STACK: u64 = 0x8000;
 /// A `syscall` instruction of the process's.
 const SYSCALL: u64 = 0x5000;
 
+/// A fake kernel for this thread's system calls, until the guard is dropped (declared before
+/// the tracee, it outlives it: a tracee dropped while traced detaches through it).
+fn fake_kernel() -> (Rc<RefCell<World>>, sys::FakeGuard) {
+    let world = World::new();
+    let guard = sys::install_fake(Box::new(Fake(world.clone())));
+    (world, guard)
+}
+
 /// A seized process with `threads` (all running) and one probe at `SITE` counting its hits.
 fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u64>>) {
     {
@@ -62,8 +70,7 @@ fn calls(world: &Rc<RefCell<World>>) -> Vec<Call> {
 
 #[test]
 fn a_hit_stops_once_runs_its_handler_and_executes_the_instruction() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, hits) = traced(&world, &[PID]);
     {
         let mut w = world.borrow_mut();
@@ -82,8 +89,7 @@ fn a_hit_stops_once_runs_its_handler_and_executes_the_instruction() {
 
 #[test]
 fn the_programs_signal_is_delivered_from_its_own_stop() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID]);
     world.borrow_mut().stops.extend([(PID, signal_stop(libc::SIGUSR1)), (PID, exited(0))]);
     assert_eq!(t.run().unwrap(), Exit::Code(0));
@@ -92,8 +98,7 @@ fn the_programs_signal_is_delivered_from_its_own_stop() {
 
 #[test]
 fn a_thread_killed_during_its_stop_is_gone_and_the_trace_goes_on() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, hits) = traced(&world, &[PID, 101]);
     {
         let mut w = world.borrow_mut();
@@ -107,8 +112,7 @@ fn a_thread_killed_during_its_stop_is_gone_and_the_trace_goes_on() {
 
 #[test]
 fn a_group_stop_is_kept_with_listen() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID]);
     world.borrow_mut().stops.extend([(PID, event_stop(EVENT_STOP, libc::SIGSTOP)), (PID, exited(0))]);
     t.run().unwrap();
@@ -117,8 +121,7 @@ fn a_group_stop_is_kept_with_listen() {
 
 #[test]
 fn detach_recognises_a_trap_still_pending_behind_the_interrupt_stop() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, hits) = traced(&world, &[PID]);
     {
         let mut w = world.borrow_mut();
@@ -137,8 +140,7 @@ fn detach_recognises_a_trap_still_pending_behind_the_interrupt_stop() {
 
 #[test]
 fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID]);
     {
         let mut w = world.borrow_mut();
@@ -157,8 +159,7 @@ fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
 
 #[test]
 fn a_signal_met_while_stopping_is_delivered_at_detach_and_an_exit_is_forgotten() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID, 101, 102]);
     let rt = libc::SIGRTMIN();
     world.borrow_mut().stops.extend([(101, exited(0)), (PID, signal_stop(rt)), (102, interrupt_stop())]);
@@ -169,8 +170,7 @@ fn a_signal_met_while_stopping_is_delivered_at_detach_and_an_exit_is_forgotten()
 
 #[test]
 fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resuming() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID, 101]);
     let rt = libc::SIGRTMIN() + 1;
     world.borrow_mut().stops.extend([(PID, signal_stop(rt)), (101, event_stop(EVENT_STOP, libc::SIGSTOP))]);
@@ -186,8 +186,7 @@ fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resum
 
 #[test]
 fn a_signal_during_an_injected_system_call_is_queued_again_not_swallowed() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let rt = libc::SIGRTMIN();
     {
         let mut w = world.borrow_mut();
@@ -214,8 +213,7 @@ fn with_syscall_insn(world: &Rc<RefCell<World>>) -> RemoteMemory {
 
 #[test]
 fn an_injected_system_call_runs_at_the_process_s_own_syscall_and_writes_no_code() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     {
         let mut w = world.borrow_mut();
         w.poke(0x2000, &[0x90, 0x90]);
@@ -232,8 +230,7 @@ fn an_injected_system_call_runs_at_the_process_s_own_syscall_and_writes_no_code(
 
 #[test]
 fn a_syscall_instruction_that_changed_is_not_used() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let mut memory = with_syscall_insn(&world);
     world.borrow_mut().poke(SYSCALL, &[0xcc, 0x05]); // a probe placed there since
                                                      // The fake has no maps to search: the process then has no usable `syscall`.
@@ -243,8 +240,7 @@ fn a_syscall_instruction_that_changed_is_not_used() {
 
 #[test]
 fn a_vanished_thread_ends_no_detach() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID, 101]);
     // Killed while the tracer stops it: every request about it fails, its exit comes last.
     world.borrow_mut().stops.extend([(PID, interrupt_stop()), (101, interrupt_stop()), (101, killed(9))]);
@@ -255,8 +251,7 @@ fn a_vanished_thread_ends_no_detach() {
 
 #[test]
 fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     {
         let mut w = world.borrow_mut();
         w.poke(0x2000, &[0x90, 0x90]);
@@ -271,8 +266,7 @@ fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() 
 
 #[test]
 fn a_second_signal_gives_up_waiting_restores_the_code_and_lets_the_stopped_threads_go() {
-    let world = World::new();
-    let _k = sys::install_fake(Box::new(Fake(world.clone())));
+    let (world, _k) = fake_kernel();
     let (mut t, _) = traced(&world, &[PID, 101]);
     {
         let mut w = world.borrow_mut();
