@@ -1,21 +1,13 @@
 //! Counts and histograms split by key: four named threads call `work(size)` known numbers of
 //! times, and the program prints what it did; dprobe's tables must say exactly that.
 mod common;
+#[path = "common/worker_tables.rs"]
+mod worker_tables;
 
 use std::collections::BTreeMap;
 
 use common::{trace_workers, worker_threads};
-
-/// The rows of the table titled `title`: first column -> last column.
-fn table(text: &str, title: &str) -> BTreeMap<String, u64> {
-    let start = text.find(&format!("@{title}:\n")).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
-    let body = text[start..].lines().skip(2).take_while(|l| !l.trim().is_empty());
-    body.map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f[0].to_owned(), f[f.len() - 1].parse().unwrap())
-    })
-    .collect()
-}
+use worker_tables::{histogram, printed_buckets, sizes_of, table};
 
 #[test]
 fn count_by_comm_and_by_tid_are_each_threads_calls() {
@@ -45,28 +37,11 @@ fn hist_by_comm_matches_the_programs_own_buckets() {
         &["--hist", "size", "--hist", "twice", "--by", "comm", "work size=$arg1 twice=$arg1"],
     );
     for (name, _, calls) in worker_threads(&printed) {
-        let mut expected = BTreeMap::new();
-        for l in printed.lines().filter_map(|l| l.strip_prefix(&format!("bucket {name} "))) {
-            let (label, n) = l.rsplit_once(' ').unwrap();
-            expected.insert(label.to_owned(), n.parse::<u64>().unwrap());
-        }
+        let expected = printed_buckets(&printed, &name);
+        let min = sizes_of(&name, calls).next().unwrap();
         for field in ["size", "twice"] {
-            let title = format!("@{field} of work [{name}]:\n");
-            let at = text.find(&title).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
-            let mut lines = text[at + title.len()..].lines();
-            let figures = lines.next().unwrap();
-            assert!(
-                figures.starts_with(&format!("count {calls}, min {}, ", 7 * (1 + "abcd".find(&name[..1]).unwrap()))),
-                "{figures}"
-            );
-            let got: BTreeMap<String, u64> = lines
-                .take_while(|l| l.starts_with('['))
-                .map(|l| {
-                    let (label, rest) = l.split_once(')').unwrap_or_else(|| l.split_once(']').unwrap());
-                    (format!("{label})"), rest.split_whitespace().next().unwrap().parse().unwrap())
-                })
-                .filter(|(_, n)| *n > 0)
-                .collect();
+            let (figures, got) = histogram(&text, &format!("{field} of work [{name}]"));
+            assert!(figures.starts_with(&format!("count {calls}, min {min}, ")), "{figures}");
             assert_eq!(got, expected, "{name}:\n{text}");
         }
     }

@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/prometheus.rs"]
 mod prometheus;
+#[path = "common/worker_tables.rs"]
+mod worker_tables;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -13,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use common::{dprobe_command, out_file, trace_to_file, worker_threads, workers};
+use worker_tables::{histogram, printed_buckets, sizes_of, table};
 
 /// One system-wide trace at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -39,17 +42,6 @@ fn work() -> String {
 /// The program's threads: (name, tid as printed, calls).
 fn threads(printed: &str) -> Vec<(String, String, u64)> {
     worker_threads(printed).into_iter().map(|(n, t, c)| (n, t.to_string(), c)).collect()
-}
-
-/// The rows of the table titled `title`: first column -> last column.
-fn table(text: &str, title: &str) -> BTreeMap<String, u64> {
-    let start = text.find(&format!("@{title}:\n")).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
-    let body = text[start..].lines().skip(2).take_while(|l| !l.trim().is_empty());
-    body.map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f[0].to_owned(), f[f.len() - 1].parse().unwrap())
-    })
-    .collect()
 }
 
 /// The tables of a summary: everything before the probes' table.
@@ -97,27 +89,11 @@ fn hist_by_comm_in_the_kernel_matches_the_programs_buckets_and_dprobes_figures()
     let (text, printed, stderr) = run("bpf-hist", &["--hist", "size", "--by", "comm", &spec]);
     assert_in_kernel(&spec, &text, &stderr);
     for (name, _, calls) in threads(&printed) {
-        let mut expected = BTreeMap::new();
-        for l in printed.lines().filter_map(|l| l.strip_prefix(&format!("bucket {name} "))) {
-            let (label, n) = l.rsplit_once(' ').unwrap();
-            expected.insert(label.to_owned(), n.parse::<u64>().unwrap());
-        }
-        let title = format!("@size of {} [{name}]:\n", work());
-        let at = text.find(&title).unwrap_or_else(|| panic!("no {title} in:\n{text}"));
-        let mut lines = text[at + title.len()..].lines();
-        let figures = lines.next().unwrap();
-        let min = 7 * (1 + "abcd".find(&name[..1]).unwrap());
+        let (figures, got) = histogram(&text, &format!("size of {} [{name}]", work()));
+        let min = sizes_of(&name, calls).next().unwrap();
         assert!(figures.starts_with(&format!("count {calls}, min {min}, ")), "{figures}");
-        assert!(figures.ends_with(&format!(", max {}", min as u64 * calls)), "{figures}");
-        let got: BTreeMap<String, u64> = lines
-            .take_while(|l| l.starts_with('['))
-            .map(|l| {
-                let (label, rest) = l.split_once(')').unwrap_or_else(|| l.split_once(']').unwrap());
-                (format!("{label})"), rest.split_whitespace().next().unwrap().parse().unwrap())
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        assert_eq!(got, expected, "{name}:\n{text}");
+        assert!(figures.ends_with(&format!(", max {}", sizes_of(&name, calls).last().unwrap())), "{figures}");
+        assert_eq!(got, printed_buckets(&printed, &name), "{name}:\n{text}");
     }
     // Percentiles and all: the very tables dprobe makes from each event.
     let (perf, _, _) = run("perf-hist", &["--hist", "size", "--by", "comm", "--no-bpf", &spec]);
@@ -166,12 +142,6 @@ fn pid_restricts_in_the_kernel_exactly() {
     assert_eq!(expected.len(), 4, "{mine}");
     assert_eq!(table(&text, &format!("hits of {} by tid", work())), expected, "{text}\nthe other: {theirs}");
     assert_eq!(common::hits(&text, &work()), 29, "{text}");
-}
-
-/// The sizes thread `name` passes to `work`, in order (see the fixture).
-fn sizes_of(name: &str, calls: u64) -> impl Iterator<Item = i64> {
-    let factor = 1 + "abcd".find(&name[..1]).unwrap() as i64;
-    (1..=calls as i64).map(move |i| i * 7 * factor)
 }
 
 /// The last column of `probe`'s line in the summary's table (MATCHED, with a filter).
