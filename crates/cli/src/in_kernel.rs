@@ -29,9 +29,9 @@ pub fn in_kernel(args: &TraceArgs) -> Result<InKernel, String> {
     let mut ask = InKernel { hist: args.hist.first().cloned(), filter: args.filter.clone(), ..InKernel::default() };
     for key in &args.by {
         match key.trim() {
-            "comm" => ask.by_comm = true,
-            "pid" => ask.by_pid = true,
-            "tid" => ask.by_tid = true,
+            "comm" => ask.by.comm = true,
+            "pid" => ask.by.pid = true,
+            "tid" => ask.by.tid = true,
             "stack" => return Err("--by stack: stacks are unwound from each event".into()),
             name => match &ask.by_value {
                 None => ask.by_value = Some(name.to_owned()),
@@ -61,11 +61,11 @@ mod tests {
     #[test]
     fn counts_and_one_histogram_by_comm_pid_tid() {
         let a = ask("-a --count --by comm,tid libc:malloc").unwrap();
-        assert_eq!((a.by_comm, a.by_pid, a.by_tid, a.hist, a.by_value), (true, false, true, None, None));
+        assert_eq!((a.by.comm, a.by.pid, a.by.tid, a.hist, a.by_value), (true, false, true, None, None));
         let a = ask("-a --count --by size,comm --filter size>1 libc:malloc size=$arg1").unwrap();
-        assert_eq!((a.by_comm, a.by_value.as_deref(), a.filter.as_deref()), (true, Some("size"), Some("size>1")));
+        assert_eq!((a.by.comm, a.by_value.as_deref(), a.filter.as_deref()), (true, Some("size"), Some("size>1")));
         let a = ask("-a --hist size --by pid libc:malloc size=$arg1").unwrap();
-        assert_eq!((a.by_pid, a.hist.as_deref()), (true, Some("size")));
+        assert_eq!((a.by.pid, a.hist.as_deref()), (true, Some("size")));
         assert!(ask("-a --count libc:malloc").is_ok(), "no key: one count per probe");
     }
 

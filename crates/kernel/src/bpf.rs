@@ -30,15 +30,22 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ag
 /// Keys the map holds per probe unless asked otherwise (bpftrace's maps hold 4096).
 pub const MAX_KEYS: u32 = 16_384;
 
+/// Which of a hit's process, thread and thread name its count is keyed by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyedBy {
+    /// The process.
+    pub pid: bool,
+    /// The thread.
+    pub tid: bool,
+    /// The thread's name.
+    pub comm: bool,
+}
+
 /// What a probe's hits are counted by, and which of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TallyConfig {
-    /// Keyed by the process.
-    pub by_pid: bool,
-    /// Keyed by the thread.
-    pub by_tid: bool,
-    /// Keyed by the thread's name.
-    pub by_comm: bool,
+    /// Keyed by the hit's process, thread or thread name.
+    pub by: KeyedBy,
     /// Only this process's hits.
     pub only_pid: Option<u32>,
     /// Only threads of this name (at most 15 bytes, as the kernel keeps them).
@@ -101,7 +108,7 @@ impl Tally {
     /// checked by the kernel's verifier; nothing runs until [`Tally::attach`].
     pub fn load(config: &TallyConfig, tracepoint: bool) -> Result<Tally, String> {
         let flag = |b: bool| u32::from(b);
-        let (key_pid, key_tid, key_comm) = (flag(config.by_pid), flag(config.by_tid), flag(config.by_comm));
+        let (key_pid, key_tid, key_comm) = (flag(config.by.pid), flag(config.by.tid), flag(config.by.comm));
         let only_pid = config.only_pid.unwrap_or(0);
         let only_comm_set = flag(config.only_comm.is_some());
         let mut only_comm = [0u8; 16];

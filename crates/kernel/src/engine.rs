@@ -15,7 +15,7 @@ use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 
 use crate::bpf::filter::Operand;
-use crate::bpf::{value_source, Origin, Tally, TallyConfig, TallyRows, ValueSource};
+use crate::bpf::{value_source, KeyedBy, Origin, Tally, TallyConfig, TallyRows, ValueSource};
 use crate::error::KernelError;
 use crate::exit_pairing::Pairing;
 use crate::format::{Field, FieldKind, FieldValue};
@@ -55,12 +55,8 @@ pub struct KernelOptions {
 /// Their events never reach the sink; [`Engine::tallies`] gives the figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InKernel {
-    /// Keyed by the process.
-    pub by_pid: bool,
-    /// Keyed by the thread.
-    pub by_tid: bool,
-    /// Keyed by the thread's name.
-    pub by_comm: bool,
+    /// Keyed by the hit's process, thread or thread name.
+    pub by: KeyedBy,
     /// The value (a fetched argument's name, or a tracepoint's field) to keep for a histogram.
     pub hist: Option<String>,
     /// A fetched argument (or a tracepoint's field) the hits are keyed by too (`--by NAME`).
@@ -328,9 +324,7 @@ impl KernelEngine {
             }
         };
         let config = TallyConfig {
-            by_pid: ask.by_pid,
-            by_tid: ask.by_tid,
-            by_comm: ask.by_comm,
+            by: ask.by,
             only_pid: self.options.pid.map(|p| p as u32),
             only_comm: self.options.comm.clone(),
             own_pid: std::process::id(),
