@@ -1,18 +1,8 @@
 //! analyze + prepare + relocate + emulate never panic, whatever the bytes and addresses.
 #![no_main]
 
-use dprobe_arch::{analyze, analyze_run, emulate, prepare_slot, relocate, Addr, ExecClass, Memory, MemoryFault, Regs, SlotEnding};
+use dprobe_arch::{analyze, analyze_run, emulate, prepare_slot, relocate, Addr, ExecClass, NoMemory, Regs, SlotEnding};
 use libfuzzer_sys::fuzz_target;
-
-struct NoMemory;
-impl Memory for NoMemory {
-    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
-        Err(MemoryFault { addr, len: buf.len(), write: false })
-    }
-    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
-        Err(MemoryFault { addr, len: data.len(), write: true })
-    }
-}
 
 fuzz_target!(|input: &[u8]| {
     if input.len() < 17 {

@@ -65,7 +65,7 @@ pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
-pub use memory::{Memory, MemoryFault};
+pub use memory::{Memory, MemoryFault, NoMemory};
 pub use optimize::{can_optimize, keeps_vector_state, window_head, NotOptimized, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};

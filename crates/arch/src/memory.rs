@@ -37,3 +37,17 @@ pub trait Memory {
         self.write(addr, &value.to_le_bytes())
     }
 }
+
+/// Memory that refuses every read and write: for decoding code on its own, with nothing else of
+/// the program at hand (a jump table in its data is then unknown, never guessed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMemory;
+
+impl Memory for NoMemory {
+    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        Err(MemoryFault { addr, len: buf.len(), write: false })
+    }
+    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
+        Err(MemoryFault { addr, len: data.len(), write: true })
+    }
+}

@@ -6,7 +6,7 @@
 //! return address instead: C++ exceptions and `longjmp` then unwind through a trampoline, and
 //! the kernel watches at most 64 nested calls per thread.
 
-use dprobe_arch::{analyze, find_exits, kernel_uprobe_refusal, Addr, CodePart, ExitKind, Memory, MemoryFault};
+use dprobe_arch::{analyze, find_exits, kernel_uprobe_refusal, CodePart, ExitKind, NoMemory};
 use dprobe_spec::{ProbeKind, ProbePoint, ProbeSpec};
 use dprobe_sym::{ObjectName, Symbols};
 
@@ -71,7 +71,7 @@ pub fn plan(spec: &ProbeSpec) -> Result<ExitPlan, String> {
     let code_parts: Vec<CodePart<'_>> =
         parts.iter().zip(&code).map(|(p, c)| CodePart { start: p.start, code: c }).collect();
     // Jump tables are not read from the file: a function with one keeps the return address.
-    let exits = find_exits(&code_parts, &mut NoData).map_err(|e| format!("its exits are not all known: {e}"))?;
+    let exits = find_exits(&code_parts, &mut NoMemory).map_err(|e| format!("its exits are not all known: {e}"))?;
     let optimizes_nop5 = kernel_optimizes_nop5();
     if let Some(why) = kernel_uprobe_refusal(&code[0], f.start, f.start, optimizes_nop5) {
         return Err(format!("its entry: {why}"));
@@ -126,18 +126,6 @@ pub fn return_plan(path: &str, function: &str) -> Result<ExitPlan, String> {
 /// decoded from its start: asserted before any uprobe is defined at it.
 pub fn is_planned_site(plan: &ExitPlan, addr: u64) -> bool {
     addr == plan.function || plan.exits.iter().any(|&(a, _)| a == addr)
-}
-
-/// No memory to read jump tables from.
-struct NoData;
-
-impl Memory for NoData {
-    fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), MemoryFault> {
-        Err(MemoryFault { addr, len: buf.len(), write: false })
-    }
-    fn write(&mut self, addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
-        Err(MemoryFault { addr, len: data.len(), write: true })
-    }
 }
 
 fn read_at(path: &str, offset: u64, len: usize) -> Result<Vec<u8>, String> {
