@@ -6,45 +6,14 @@
 //! No moment is timed: the signal is sent at 100 points spread over the startup (every 2 ms
 //! from the start), and every one of them must end the same way.
 mod common;
+#[path = "common/ending.rs"]
+mod ending;
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{dprobe_command, function_addr, read_mem, target};
-
-/// The running target; killed if a test fails before it finishes it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Wait for `child`; a run that never ends is killed and reported (with where its threads
-/// wait), rather than left to hang the test suite.
-fn wait_or_report(child: &mut Child, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let pid = child.id();
-            let mut waits = String::new();
-            for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-                let path = task.path();
-                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-                let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
-                waits.push_str(&format!("  {} in {wchan}\n", comm.trim()));
-            }
-            let _ = child.kill();
-            panic!("{what}: dprobe did not end after SIGINT; its threads:\n{waits}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use ending::{wait_while_it_moves, Running};
 
 /// `SIGINT` to a `dprobe trace ENGINE_ARGS -p PID` at 100 moments of its startup. `same_maps`:
 /// whether the program's mappings are as before too (the agent's library stays loaded).
@@ -74,7 +43,7 @@ fn interrupt_startup_many_times(engine_args: &[&str], same_maps: bool) {
         std::thread::sleep(Duration::from_millis(2 * i));
         // SAFETY: signals the dprobe we started (still our unreaped child).
         assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
-        let status = wait_or_report(&mut dprobe, &format!("try {i}"));
+        let status = wait_while_it_moves(&mut dprobe, Some(pid), &format!("try {i}"));
         let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
         match (status.code(), status.signal()) {
             // Caught: the trace ended and dprobe detached.
@@ -139,7 +108,7 @@ fn sigint_while_a_fifo_waits_for_its_reader_ends_dprobe_before_anything_starts()
     }
     // SAFETY: signals the dprobe we started (still our unreaped child).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
-    let status = wait_or_report(&mut dprobe, "FIFO");
+    let status = wait_while_it_moves(&mut dprobe, None, "FIFO");
     let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped by SIGINT before tracing started"), "{stderr}");
@@ -189,7 +158,7 @@ fn sigint_ignored_from_the_start_stays_ignored_and_sigterm_still_ends_the_trace(
     }
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
-    let status = wait_or_report(&mut dprobe, "SIGTERM");
+    let status = wait_while_it_moves(&mut dprobe, Some(pid), "SIGTERM");
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(text.contains(&format!("detached from process {pid}")) && text.contains("(SIGTERM)"), "{text}");

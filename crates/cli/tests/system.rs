@@ -2,6 +2,8 @@
 //! kernel (as root): uprobes in every process, tracepoints, filters in the kernel, clean
 //! removal of the kernel events on every exit path.
 mod common;
+#[path = "common/ending.rs"]
+mod ending;
 
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -109,25 +111,25 @@ fn kernel_functions_work_where_the_kernel_has_kprobe_events_and_say_why_not_else
 /// the process that traces for dprobe, killed itself, leaves them: the next session removes them.
 #[test]
 fn ctrl_c_and_sigkill_leave_no_event_behind() {
+    use std::io::BufRead;
     use std::os::unix::process::ExitStatusExt;
     let _x = exclusive();
     let before = tracefs("uprobe_events");
     let spec = format!("{}:greet", greet());
     for signal in [libc::SIGINT, libc::SIGKILL] {
         let mut d = dprobe_command()
-            .args(["trace", "-a", "--count", "-o", out_file("system-signal").to_str().unwrap(), &spec])
+            .args(["trace", "-a", "-v", "--count", "-o", out_file("system-signal").to_str().unwrap(), &spec])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let holder = loop {
-            let holder = common::holder(d.id());
-            if let Some(h) = holder.filter(|h| tracefs("uprobe_events").contains(&format!("dprobe_{h}_"))) {
-                break h;
-            }
-            assert!(std::time::Instant::now() < deadline, "the probe never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        // Its probe is live once it says so, however long that takes on a loaded machine.
+        let mut stderr = std::io::BufReader::new(d.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.ends_with("dprobe: tracing\n") {
+            assert!(stderr.read_line(&mut said).unwrap() > 0, "ended before tracing: {said}");
+        }
+        let holder = common::holder(d.id()).expect("dprobe's tracing process");
+        assert!(tracefs("uprobe_events").contains(&format!("dprobe_{holder}_")), "its event is defined");
         if signal == libc::SIGINT {
             // SAFETY: signals the dprobe we started.
             unsafe { libc::kill(d.id() as i32, signal) };
@@ -138,7 +140,7 @@ fn ctrl_c_and_sigkill_leave_no_event_behind() {
             // SAFETY: kills the process that traces for the dprobe we started.
             unsafe { libc::kill(holder as i32, signal) };
             let status = d.wait().unwrap();
-            let stderr = std::io::read_to_string(d.stderr.take().unwrap()).unwrap();
+            let stderr = said + &std::io::read_to_string(stderr).unwrap();
             assert_eq!(status.signal(), Some(libc::SIGKILL), "dprobe ends as its tracing process did: {stderr}");
             assert!(stderr.contains(&format!("its tracing process {holder} was killed by SIGKILL")), "{stderr}");
             assert!(tracefs("uprobe_events").contains(&format!("dprobe_{holder}_")), "SIGKILL cannot clean up");
@@ -158,8 +160,9 @@ fn sigint_at_any_moment_of_startup_leaves_no_event_behind_and_the_program_unharm
     // A program that runs the probed functions all along (four threads calling `pair`, each
     // inside `until_told`): every try places uprobes in it and takes them out again.
     let program = common::target();
-    let mut child = Command::new(program).arg("until-usr2").stdin(std::process::Stdio::null()).spawn().unwrap();
-    let pid = child.id() as i32;
+    let mut child =
+        ending::Running(Command::new(program).arg("until-usr2").stdin(std::process::Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
     while std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() < 5 {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -181,36 +184,23 @@ fn sigint_at_any_moment_of_startup_leaves_no_event_behind_and_the_program_unharm
         std::thread::sleep(Duration::from_millis(2 * i));
         // SAFETY: signals the dprobe we started (still our unreaped child).
         assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = d.try_wait().unwrap() {
-                break s;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = d.kill();
-                let _ = child.kill();
-                panic!("try {i}: dprobe did not end after SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = ending::wait_while_it_moves(&mut d, Some(pid), &format!("try {i}"));
         let stderr = std::io::read_to_string(d.stderr.take().unwrap()).unwrap();
         match (status.code(), status.signal()) {
             (Some(0), None) => caught += 1,
             (None, Some(libc::SIGINT)) => early += 1,
-            other => {
-                let _ = child.kill();
-                panic!("try {i}: dprobe ended with {other:?}: {stderr}");
-            }
+            other => panic!("try {i}: dprobe ended with {other:?}: {stderr}"),
         }
+        assert!(!stderr.contains("panicked"), "try {i}: {stderr}");
         assert_eq!(tracefs("uprobe_events"), before, "try {i}: every event removed");
-        assert!(child.try_wait().unwrap().is_none(), "try {i}: the program died: {stderr}");
+        assert!(child.0.try_wait().unwrap().is_none(), "try {i}: the program died: {stderr}");
         assert_eq!(code(), code_before, "try {i}: the program's code, byte for byte");
     }
     eprintln!("{caught} caught, {early} before dprobe caught the stop signals");
     assert!(caught > 0, "no SIGINT came after dprobe caught the stop signals ({early} came before)");
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
-    assert_eq!(child.wait().unwrap().code(), Some(0), "it finished with the results it computes untraced");
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "it finished with the results it computes untraced");
 }
 
 #[test]
