@@ -204,6 +204,49 @@ fn sigint_at_any_moment_of_startup_leaves_no_event_behind_and_the_program_unharm
 }
 
 #[test]
+fn long_and_null_strings_print_as_the_ptrace_engine_prints_them() {
+    let _x = exclusive();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/strings.c");
+    let prog = dprobe_test_fixtures::c_program(src, "strings", &["-O2"]);
+    let spec = format!("{prog}:show s=+0($arg1):string i=$arg2:s64 name=$comm");
+    // show("", 0), show(NULL, 1), show(N bytes of 'A', 2), show("short", 3).
+    let calls = |name: &str, engine: &[&str], n: &str| -> Vec<String> {
+        let mut args = engine.to_vec();
+        args.extend_from_slice(&[&spec, "--", prog, n]);
+        let (code, out) = trace(name, &args);
+        assert_eq!(code, Some(0), "{name}\n{out}");
+        out.lines().filter_map(|l| Some(l.split_once(" call ")?.1.to_owned())).collect()
+    };
+    // Within the kernel's limit for one string (4 KiB), both cut at dprobe's 256 bytes.
+    let kernel = calls("system-strings", &["-a"], "3000");
+    assert_eq!(
+        kernel,
+        calls("system-strings-ptrace", &["--engine", "ptrace"], "3000"),
+        "the same values, the same way"
+    );
+    assert_eq!(kernel[2], format!("show(s=\"{}\"..., i=2, name=\"strings\")", "A".repeat(256)));
+    let kernel = calls("system-strings", &["-a"], "10000000");
+    let ptrace = calls("system-strings-ptrace", &["--engine", "ptrace"], "10000000");
+    assert_eq!(kernel.len(), 4, "{kernel:?}");
+    assert_eq!(kernel[0], "show(s=\"\", i=0, name=\"strings\")", "empty");
+    assert_eq!(kernel[1], "show(s=(fault), i=1, name=\"strings\")", "NULL");
+    // Cut, with the marker, where each engine's limit is (ptrace: dprobe's 256 bytes; the
+    // kernel: the room its record has left, as it keeps no room for a string past its own
+    // limit), and the thread's name after it whole.
+    let cut = |call: &str| -> usize {
+        let a = call.strip_prefix("show(s=\"").and_then(|l| l.strip_suffix("\"..., i=2, name=\"strings\")"));
+        assert!(a.is_some_and(|a| a.bytes().all(|c| c == b'A')), "10 MB, cut: {call}");
+        a.unwrap().len()
+    };
+    assert_eq!(cut(&ptrace[2]), 256);
+    assert!(cut(&kernel[2]) <= 256, "{}", kernel[2]);
+    for i in [0, 1, 3] {
+        assert_eq!(kernel[i], ptrace[i], "the same values, the same way");
+    }
+    assert_eq!(kernel[3], "show(s=\"short\", i=3, name=\"strings\")");
+}
+
+#[test]
 fn what_the_kernel_engine_cannot_do_is_said() {
     let cases: &[(&[&str], &str)] = &[
         (&["-a", "libc:open%return a=$arg1"], "$arg1 at a return"),

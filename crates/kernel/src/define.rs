@@ -44,7 +44,13 @@ pub const END_FIELD: &str = "dprobe_end";
 /// The kernel's definition of `spec`.
 pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
     let is_return = spec.kind == ProbeKind::Return;
-    let mut args = spec.args.iter().map(|a| fetch_arg(a, is_return)).collect::<Result<Vec<_>, _>>()?;
+    // Strings read from memory go after every other field (fields are read back by name, so
+    // their order in the record is free): one cut for want of room then takes no room from
+    // the numbers or the thread's name that follow it in the spec.
+    let from_memory = |a: &&NamedArg| a.ty == ArgType::String && a.fetch != Fetch::Comm;
+    let (strings, others): (Vec<&NamedArg>, Vec<&NamedArg>) = spec.args.iter().partition(from_memory);
+    let ordered = others.into_iter().chain(strings);
+    let mut args = ordered.map(|a| fetch_arg(a, is_return)).collect::<Result<Vec<_>, _>>()?;
     // `$comm` is never unreadable, and no longer than 16 bytes: it needs no marker.
     if spec.args.iter().any(|a| a.ty == ArgType::String && a.fetch != Fetch::Comm) {
         args.push(format!("{END_FIELD}=$comm:string"));
@@ -239,9 +245,10 @@ mod tests {
     fn kernel_probes_pass_through_with_arguments_in_registers() {
         let d = def("kernel:do_sys_openat2 dfd=$arg1:s32 path=+0($arg2):string how=$arg3 c=$comm").unwrap();
         assert_eq!(d.kind, EventKind::Kprobe);
+        // The string read from memory after the other fields, then the end marker.
         assert_eq!(
             d.body,
-            "do_sys_openat2 dfd=%di:s32 path=+0(%si):string how=%dx:x64 c=$comm:string dprobe_end=$comm:string"
+            "do_sys_openat2 dfd=%di:s32 how=%dx:x64 c=$comm:string path=+0(%si):string dprobe_end=$comm:string"
         );
         let d = def("kernel:do_sys_openat2%return ret=$retval").unwrap();
         assert_eq!((d.body.as_str(), d.is_return), ("do_sys_openat2 ret=$retval:s64", true));
