@@ -7,9 +7,10 @@
 //! and the entry's first address may be before the loop (alignment padding that runs once
 //! per call of the caller, not once per pass). The line table tells them apart: a copy starts
 //! with the inlined function's first statement, a split-off piece goes on with a later one.
-//! So the entry range is entered at its entry address when a statement starts there, else at
-//! its first statement; each other range whose first statement is that same line is another
-//! copy, entered there.
+//! So each other range whose first statement is the line the entry range starts with is
+//! another copy, entered there; when there is one, the entry range is entered at its entry
+//! address if a statement starts there, else at its first statement. With none, the copy is
+//! entered at its entry, as the debug information says.
 
 use std::ops::Range;
 
@@ -59,14 +60,19 @@ fn entries(statements: &[Statement], ranges: &[Range<u64>], entry: u64) -> Vec<u
     let Some(&(first, file, line)) = statements.iter().find(|s| s.0 >= entry && entered.contains(&s.0)) else {
         return vec![entry];
     };
-    let mut out = vec![if statements.iter().any(|s| s.0 == entry) { entry } else { first }];
-    for range in ranges.iter().filter(|r| *r != entered) {
-        if let Some(&(at, f, l)) = statements.iter().find(|s| range.contains(&s.0)) {
-            if (f, l) == (file, line) {
-                out.push(at);
-            }
-        }
+    let others: Vec<u64> = ranges
+        .iter()
+        .filter(|r| *r != entered)
+        .filter_map(|range| statements.iter().find(|s| range.contains(&s.0)))
+        .filter(|&&(_, f, l)| (f, l) == (file, line))
+        .map(|s| s.0)
+        .collect();
+    if others.is_empty() {
+        // One copy, split: entered where the debug information says, as ever.
+        return vec![entry];
     }
+    let mut out = others;
+    out.push(if statements.iter().any(|s| s.0 == entry) { entry } else { first });
     out.sort_unstable();
     out
 }
@@ -92,6 +98,15 @@ mod tests {
         let ranges = [0x1000..0x1010, 0x1040..0x1048];
         let statements = [(0x1000, 1, 6), (0x1008, 1, 7), (0x1040, 1, 8)];
         assert_eq!(entries(&statements, &ranges, 0x1000), [0x1000]);
+    }
+
+    /// A split copy whose entry has no statement of its own stays entered at its entry: only
+    /// other copies are evidence that the entry range is one pass among several.
+    #[test]
+    fn a_split_copy_keeps_its_entry_even_without_a_statement_there() {
+        let ranges = [0x3000..0x3020, 0x3100..0x3108];
+        let statements = [(0x3008, 1, 6), (0x3010, 1, 7), (0x3100, 1, 9)];
+        assert_eq!(entries(&statements, &ranges, 0x3000), [0x3000]);
     }
 
     /// An entry with a statement at it is kept as it is, even if the range's first statement
