@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Real kprobes: boot Debian's stock kernel (kprobe events built in) under qemu with TCG and
-# a busybox initramfs holding a static dprobe, run the article's kernel examples and an
-# in-kernel (BPF) count on a kprobe inside (`init`), and check their output on the serial
-# console.
+# a busybox initramfs holding a static dprobe, run the article's kernel examples, an
+# in-kernel (BPF) count on a kprobe, and the checks of dprobe's figures on kprobes (stop
+# signals at 110 moments of the startup, two sessions at once, --comm and -p counts, an output
+# that cannot be written) inside (`init`), and check their output on the serial console.
 #   .ci/kprobe-vm/run.sh [WORKDIR]     (default target/kprobe-vm; downloads are kept there)
 # Packages are fetched with `apt-get download` and unpacked, not installed: no initramfs
 # hooks, and the machine's own qemu-utils stays.
@@ -52,7 +53,7 @@ rm -rf "$initrd"
 
 # no_timer_check: an emulated CPU on a busy host can miss the kernel's boot-time check of the
 # IO-APIC timer, which then panics ("IO-APIC + timer doesn't work"); the guest needs no such check.
-timeout 400 "$R/usr/bin/qemu-system-x86_64" -L "$R/usr/share/qemu" -L "$R/usr/share/seabios" \
+timeout 1200 "$R/usr/bin/qemu-system-x86_64" -L "$R/usr/share/qemu" -L "$R/usr/share/seabios" \
     -accel tcg -cpu max -M pc -m 512M -smp 1 -kernel vmlinux -initrd initrd.cpio.gz \
     -append "console=ttyS0 panic=-1 quiet no_timer_check" \
     -nodefaults -display none -serial stdio -no-reboot -nic none </dev/null | tr -d '\r' >serial.log || true
@@ -70,11 +71,43 @@ check '^STRINGS: .* call do_sys_openat2\(path="/tmp/a{251}"\.\.\., bad=\(fault\)
 check '^BPF: dprobe: `kernel:do_sys_openat2 dfd=\$arg1:s32`: its hits are counted in the kernel \(BPF\)'
 check '^BPF: cat +1$'
 check '^BPF: .*aggregated in the kernel \(BPF\): no per-event records reached dprobe'
-check '^CTRLC: try 19 '
-if grep -E '^CTRLC: ' serial.log | grep -Ev 'status (0|143) left \[\]$'; then
+check '^CTRLC: try 99 '
+check '^CTRLC: .* status 0 '
+if grep -E '^CTRLC: ' serial.log | grep -Ev 'status (0|130) left \[\]$'; then
+    echo "MISSING: every SIGINT ends dprobe (0, or 130 before it caught it) and leaves no event"
+    ok=0
+fi
+check '^CTRLTERM: try 9 '
+if grep -E '^CTRLTERM: ' serial.log | grep -Ev 'status (0|143) left \[\]$'; then
     echo "MISSING: every SIGTERM ends dprobe (0, or 143 before it caught it) and leaves no event"
     ok=0
 fi
+# Two sessions at once: each its own share, exactly, with no gap to explain.
+for tag in SHARE-c SHARE-c--no-bpf SHARE; do
+    for who in first:15 second:5; do
+        n=${who#*:} who=${who%:*}
+        check "^$tag-$who: status 0$"
+        check "^$tag-$who: kernel:ksys_sync +$n "
+        check "^$tag-$who: kernel:ksys_sync%return +$n +$n "
+    done
+done
+check '^SHARE: events 15 5$'
+if grep -E '^SHARE' serial.log | grep -E 'the kernel counted|not received|lost'; then
+    echo "MISSING: two sessions at once leave no gap to explain"
+    ok=0
+fi
+for tag in COMM-c COMM-c--no-bpf; do
+    check "^$tag: kernel:do_sys_openat2 +3 "
+    check "^$tag:   kernel:do_sys_openat2: HITS counts of threads named cat received; the kernel counted [0-9]+ hits"
+done
+for tag in PID-c PID-c--no-bpf; do
+    check "^$tag: status 0 server [0-9]+$"
+    check "^$tag: kernel:do_sys_openat2 +7 "
+done
+[ "$(grep -c '^FULL: status 1$' serial.log)" = 2 ] || { echo "MISSING: FULL: status 1, twice"; ok=0; }
+[ "$(grep -c '^FULL: dprobe: cannot write to /dev/full: No space left on device' serial.log)" = 2 ] ||
+    { echo "MISSING: FULL: the error, twice"; ok=0; }
+[ "$(grep -c '^FULL: left \[\]$' serial.log)" = 2 ] || { echo "MISSING: FULL: no event left, twice"; ok=0; }
 check '^GUEST: kprobe_events left: \[\]'
 check '^GUEST: DONE'
 echo "kprobe VM test: $(( $(date +%s) - start )) s"
