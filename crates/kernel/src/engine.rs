@@ -17,7 +17,7 @@ use dprobe_stack::{Unwinder, UserRegs};
 use crate::bpf::filter::Operand;
 use crate::bpf::{value_source, KeyedBy, Origin, Tally, TallyConfig, TallyRows, ValueSource};
 use crate::error::KernelError;
-use crate::exit_pairing::Pairing;
+use crate::exit_pairing::{Pairing, Role};
 use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
 
@@ -132,6 +132,18 @@ impl Stacks {
 
     /// The stacks of `hit` into `self.user` and `self.kernel`.
     fn take(&mut self, hit: &Hit<'_>) {
+        self.take_from(hit, false);
+    }
+
+    /// The stacks of `hit`, an event at a `ret` or tail call of a function watched at its
+    /// exits, as they are once it returns (its caller's), as the kernel's return probe gives
+    /// them: the stack pointer points at the return address there, and the frame pointer is
+    /// the caller's again.
+    fn take_at_exit(&mut self, hit: &Hit<'_>) {
+        self.take_from(hit, true);
+    }
+
+    fn take_from(&mut self, hit: &Hit<'_>, returned: bool) {
         self.user.clear();
         self.kernel.clear();
         let Some(want) = self.want else { return };
@@ -152,8 +164,13 @@ impl Stacks {
                     None => word,
                 }
             };
-            let regs = UserRegs { ip, sp, bp };
-            self.unwinder.unwind(hit.pid, regs, &mut memory, want.depth, &mut self.user);
+            let regs = match returned {
+                false => Some(UserRegs { ip, sp, bp }),
+                true => memory(sp).map(|ip| UserRegs { ip, sp: sp + 8, bp }),
+            };
+            if let Some(regs) = regs {
+                self.unwinder.unwind(hit.pid, regs, &mut memory, want.depth, &mut self.user);
+            }
             if self.pending.get(&hit.tid).is_some_and(Vec::is_empty) {
                 self.pending.remove(&hit.tid);
             }
@@ -209,7 +226,14 @@ impl KernelEngine {
         if options.comm.as_deref().is_some_and(|c| c.as_bytes() != comm) {
             return;
         }
-        if let Some(record) = Self::watched_record(probes, hit, comm) {
+        if let Some(mut record) = Self::watched_record(probes, hit, comm) {
+            // A return's stacks are read at the exit it leaves by (the stack copy is the
+            // record's); the entry's are not shown.
+            if matches!(record.role, Role::Exit(_)) && stacks.want.is_some() {
+                stacks.take_at_exit(hit);
+                record.user_stack = stacks.user.clone();
+                record.kernel_stack = stacks.kernel.clone();
+            }
             pairing.hold(record);
             return;
         }

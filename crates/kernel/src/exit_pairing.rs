@@ -47,6 +47,11 @@ pub struct Held {
     /// At the entry of an entry probe timed to its return (`--latency`): its values, read
     /// at the entry and given with the return.
     pub fields: Vec<Option<FieldValue>>,
+    /// At an exit, with `--stack`: the user stack as the function returns (its caller's
+    /// frames), and the kernel stack.
+    pub user_stack: Vec<u64>,
+    /// See `user_stack`.
+    pub kernel_stack: Vec<u64>,
 }
 
 /// What the pairing tells the engine.
@@ -171,7 +176,19 @@ mod tests {
     use dprobe_arch::Addr;
 
     fn rec(time: u64, tid: u32, probe: usize, role: Role, sp: u64, ax: u64) -> Held {
-        Held { time, pid: 1, tid, probe, role, sp, ax, comm: Vec::new(), fields: Vec::new() }
+        Held {
+            time,
+            pid: 1,
+            tid,
+            probe,
+            role,
+            sp,
+            ax,
+            comm: Vec::new(),
+            fields: Vec::new(),
+            user_stack: Vec::new(),
+            kernel_stack: Vec::new(),
+        }
     }
 
     fn run(records: Vec<Held>, watched: u64) -> Vec<Paired> {

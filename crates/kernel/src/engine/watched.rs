@@ -62,6 +62,8 @@ impl KernelEngine {
             ax: word(AX_FIELD),
             comm: comm.to_vec(),
             fields,
+            user_stack: Vec::new(),
+            kernel_stack: Vec::new(),
         })
     }
 
@@ -121,8 +123,8 @@ impl KernelEngine {
                     entry_time_ns: Some(entry_time),
                     comm: &h.comm,
                     values: &p.values,
-                    user_stack: &[],
-                    kernel_stack: &[],
+                    user_stack: &h.user_stack,
+                    kernel_stack: &h.kernel_stack,
                 });
             }
         });
@@ -153,9 +155,6 @@ impl KernelEngine {
         spec: &ProbeSpec,
         timed: bool,
     ) -> Result<ExitPlan, String> {
-        if self.stacks.want.is_some() {
-            return Err("stacks are taken with each event".into());
-        }
         if probe.semaphore.is_some() {
             return Err("it has a semaphore".into());
         }
