@@ -136,6 +136,49 @@ fn globals_and_statics_by_name_equal_the_programs_own_values_kernel() {
     every_build("kernel");
 }
 
+/// `pick%return total hits` on a function whose exits are not all known (an indirect tail
+/// call): its returns are seen through the return address, in its caller, and its globals are
+/// still read where its file is.
+fn through_the_return_address(engine: &str) {
+    let prog = dprobe_test_fixtures::c_program(
+        &format!("{FIXTURES}/globals_returns.c"),
+        &format!("globals_returns-{engine}"),
+        &["-g", "-O2", "-fPIE", "-pie"],
+    );
+    let out = out_file(&format!("globals-returns-{engine}"));
+    let spec = format!("{prog}:pick%return total hits");
+    let args = ["trace", "-v", "--engine", engine, "-o", out.to_str().unwrap(), &spec, "--", prog];
+    let o = Command::new(env!("CARGO_BIN_EXE_dprobe")).args(args).output().unwrap();
+    let (stderr, text) = (String::from_utf8_lossy(&o.stderr), std::fs::read_to_string(&out).unwrap_or_default());
+    assert_eq!(o.status.code(), Some(0), "{engine}: {stderr}\n{text}");
+    if engine != "kernel" {
+        assert!(stderr.contains("returns watched through the return address"), "{engine}: {stderr}");
+    }
+    let program: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().collect();
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("process "))
+        .filter_map(|l| Some(l.split_once(") ")?.1.split_once(" returns")?.0))
+        .collect();
+    assert_eq!(program.len(), 4, "{engine}: {program:?}");
+    assert_eq!(events, program, "{engine}: the globals as `pick` left them\n{text}");
+}
+
+#[test]
+fn globals_at_a_return_seen_through_the_return_address_ptrace() {
+    through_the_return_address("ptrace");
+}
+
+#[test]
+fn globals_at_a_return_seen_through_the_return_address_agent() {
+    through_the_return_address("agent");
+}
+
+#[test]
+fn globals_at_a_return_seen_through_the_return_address_kernel() {
+    through_the_return_address("kernel");
+}
+
 /// Globals that cannot be read, refused before the program runs with the reason.
 #[test]
 fn globals_that_cannot_be_read_are_refused_with_the_reason() {
