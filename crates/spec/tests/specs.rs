@@ -32,7 +32,9 @@ fn return_probe_with_default_names_and_types() {
 
 #[test]
 fn offsets_registers_and_nested_dereferences() {
-    let p = parse_probe("./app:main+0x1c %rdi x=-8(+16(%bp)):s32 \\-1 @0x601040:u8").unwrap();
+    let p =
+        parse_probe("./app:main+0x1c %rdi x=-8(+16(%bp)):s32 \\-1 @0x601040:u8 g=@+0x3010:s32 s=+0(@+0x3018):string")
+            .unwrap();
     assert_eq!(p.point, ProbePoint::User { binary: Some("./app".into()), function: "main".into(), offset: 0x1c });
     assert_eq!(
         p.args[0],
@@ -48,6 +50,8 @@ fn offsets_registers_and_nested_dereferences() {
     assert_eq!(p.args[1].ty, ArgType::S(32));
     assert_eq!(p.args[2].fetch, Fetch::Immediate(-1));
     assert_eq!(p.args[3], NamedArg::typed("arg4", Fetch::Memory(0x601040), ArgType::U(8)));
+    assert_eq!(p.args[4], NamedArg::typed("g", Fetch::FileOffset(0x3010), ArgType::S(32)));
+    assert_eq!(p.args[5].fetch, Fetch::Deref { offset: 0, inner: Box::new(Fetch::FileOffset(0x3018)) });
 }
 
 #[test]
@@ -136,6 +140,7 @@ const BAD: &[(&str, SpecErrorKind, &str, &str)] = &[
     ("openat p=+x($arg2)", SpecErrorKind::BadDereference, "+x", "a number before the parenthesis"),
     ("openat p=+8", SpecErrorKind::BadDereference, "+8", "+OFFSET(FETCHARG)"),
     ("openat g=@main", SpecErrorKind::BadAddress, "@main", "not an address"),
+    ("openat g=@+main", SpecErrorKind::BadAddress, "@+main", "an offset in the probed file"),
     ("openat k=\\abc", SpecErrorKind::BadImmediate, "\\abc", "not a number"),
     ("openat x=%di:u7", SpecErrorKind::UnknownType, "u7", "unknown type `u7`"),
     ("openat x=%di:str", SpecErrorKind::UnknownType, "str", "string"),
