@@ -514,6 +514,29 @@ fn many_probes_are_placed_together_and_the_duration_ends_the_trace() {
     assert!(rows >= 50, "one row per function: {rows}\n{out}");
     assert!(out.contains("(--duration is over)"), "{out}");
     assert_eq!(tracefs("uprobe_events"), before, "every event removed");
+    // Defined in one write to the kernel's event file, and removed in one: what strace saw
+    // dprobe write there (`-y` names the file of each descriptor), a write the kernel refused
+    // (EBUSY while it lets go of the events, retried) left aside.
+    let log = out_file("system-many.strace");
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-s", "40", "-e", "trace=write", "-e", "signal=none", "-o"])
+        .arg(&log)
+        .args([env!("CARGO_BIN_EXE_dprobe"), "trace", "-a", "-c", "-d", "100ms", "-o", "/dev/null", "libc:xdr_*"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(&log).unwrap();
+    let written: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(") = -1 "))
+        .filter_map(|l| l.split_once("uprobe_events>, \"")?.1.split_once('"'))
+        .map(|(data, _)| data)
+        .collect();
+    // This session's group, from its definitions (`p:GROUP/NAME ...`); another session's
+    // events left by a killed dprobe may be removed too, in a write of their own.
+    let group = written.iter().find_map(|w| w.strip_prefix("p:")?.split_once('/')).map(|(g, _)| g).expect("defined");
+    let of_this = |start: &str| written.iter().filter(|w| w.starts_with(&format!("{start}{group}/"))).count();
+    assert_eq!((of_this("p:"), of_this("-:")), (1, 1), "rows: {rows}, writes:\n{written:#?}");
 }
 
 #[test]
