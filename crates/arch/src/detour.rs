@@ -7,11 +7,27 @@
 //!        dispatcher finds the site from the return address
 //! at+8   the address of the engine's entry stub (8 bytes), called through memory (any distance)
 //! at+16  redirect: ret 128           ; to where a handler sent RIP, see below
-//! at+24  entry:    lea rsp,[rsp-136] ; skip the red zone, and keep one slot for a redirect
+//! at+24  the address of the engine's post stub (8 bytes; 0 without post-handlers)
+//! at+32  entry:    lea rsp,[rsp-136] ; skip the red zone, and keep one slot for a redirect
 //!                  call [at+8]       ; the stub saves every register, dispatches, restores
 //!                  lea rsp,[rsp+136]
 //!        window:   the relocated instructions, then a jump back after them
 //! ```
+//!
+//! With post-handlers ([`detour_code_with_post`]), the first relocated instruction (the probed
+//! one, which must fall through to the next) is followed by a *post block*:
+//!
+//! ```text
+//!        jmp +16                    ; over two words the post stub reads:
+//!        .quad at                   ;   the detour (its site, its redirect)
+//!        .quad probe+len            ;   the original address after the probed instruction
+//!        lea rsp,[rsp-136]
+//!        call [at+24]               ; saves, runs the post-handlers, restores
+//!        lea rsp,[rsp+136]
+//! ```
+//!
+//! so the post stub finds both words at fixed distances below its return address
+//! ([`POST_DETOUR_BACK`], [`POST_NEXT_BACK`]), and the frame it sees has the entry's shape.
 //!
 //! The stub returns to the instruction after the call, or, when a handler moved RIP (or the
 //! stack pointer), with the stack pointer at `new_rsp - 136`, where it has stored the new RIP,
@@ -19,20 +35,28 @@
 //! Nothing is written into the red zone of the probed code, and no register or flag is
 //! changed on the way to the window.
 
-use crate::{relocate, Addr, CodeWriter, Insn, NotOptimized, Relocated};
+use crate::{relocate, relocate_with, Addr, CodeWriter, Insn, NotOptimized, Relocated};
 
 /// Bytes below the stack pointer the probed code may use without moving it (System V).
 const RED_ZONE: i32 = 128;
 /// Offset of the `ret 128` reached when a handler moves RIP.
 pub const DETOUR_REDIRECT: u64 = 16;
+/// Offset of the address of the post stub.
+pub const DETOUR_POST_STUB: u64 = 24;
 /// Offset of the detour's entry (the target of the probe's jump).
-pub const DETOUR_ENTRY: u64 = 24;
+pub const DETOUR_ENTRY: u64 = 32;
 /// Offset of the return address of the detour's call to the stub.
 pub const DETOUR_RETURN: u64 = DETOUR_ENTRY + 8 + 6;
 /// Offset of the relocated window.
 pub const DETOUR_WINDOW: u64 = DETOUR_RETURN + 8;
 /// How far below the stack pointer at the probe the stub's return address is stored.
 pub const DETOUR_STACK_SKIP: u64 = RED_ZONE as u64 + 8;
+/// From the post stub's return address back to the word holding the detour's address
+/// (the call, the `lea` and the two words).
+pub const POST_DETOUR_BACK: u64 = 6 + 8 + 16;
+/// From the post stub's return address back to the word holding the original address after
+/// the probed instruction.
+pub const POST_NEXT_BACK: u64 = 6 + 8 + 8;
 
 /// A detour's code and where its parts are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +92,35 @@ impl Detour {
 /// Build the detour of the probe at `site` whose window is `window` (as
 /// [`crate::can_optimize`] returned it), to run from `at`, calling `stub`.
 pub fn detour_code(site: Addr, window: &[Insn], at: Addr, stub: Addr) -> Result<Detour, NotOptimized> {
+    build(site, window, at, stub, None)
+}
+
+/// [`detour_code`], with a post block calling `post_stub` after the probed instruction (see
+/// the module's comment). Refused ([`NotOptimized::PostHandler`]) when the probed instruction
+/// does not fall through to the next ([`post_fits`]).
+pub fn detour_code_with_post(
+    site: Addr,
+    window: &[Insn],
+    at: Addr,
+    stub: Addr,
+    post_stub: Addr,
+) -> Result<Detour, NotOptimized> {
+    post_fits(window)?;
+    build(site, window, at, stub, Some(post_stub))
+}
+
+/// Whether post-handlers can run in a detour of `window`: its first instruction always falls
+/// through to the next (no branch, call, return or jump, which would leave before the post
+/// block; the trap path single-steps those).
+pub fn post_fits(window: &[Insn]) -> Result<(), NotOptimized> {
+    let first = window.first().ok_or(NotOptimized::PostHandler)?;
+    match first.decode().flow_control() {
+        iced_x86::FlowControl::Next => Ok(()),
+        _ => Err(NotOptimized::PostHandler),
+    }
+}
+
+fn build(site: Addr, window: &[Insn], at: Addr, stub: Addr, post: Option<Addr>) -> Result<Detour, NotOptimized> {
     let entry = at.offset(DETOUR_ENTRY);
     let rel = entry.0.wrapping_sub(site.offset(5).0) as i64;
     if i32::try_from(rel).is_err() {
@@ -83,12 +136,26 @@ pub fn detour_code(site: Addr, window: &[Insn], at: Addr, stub: Addr) -> Result<
     head.move_rsp(DETOUR_STACK_SKIP as i32);
     let head = head.finish(entry).map_err(encode)?;
     assert_eq!(head.offsets, [0, 8, 14], "the detour's head has a fixed layout");
-    let window = relocate(window, at.offset(DETOUR_WINDOW))?;
+    let after_probed = window.first().map_or(site, Insn::next);
+    let post_block = |w: &mut CodeWriter| {
+        // `jmp +16` over the two words, written as data: nothing to re-target.
+        w.data(&[0xeb, 16]);
+        w.data(&at.0.to_le_bytes());
+        w.data(&after_probed.0.to_le_bytes());
+        w.move_rsp(-(DETOUR_STACK_SKIP as i32));
+        w.call_through(at.offset(DETOUR_POST_STUB));
+        w.move_rsp(DETOUR_STACK_SKIP as i32);
+    };
+    let window = match post {
+        Some(_) => relocate_with(window, at.offset(DETOUR_WINDOW), &post_block)?,
+        None => relocate(window, at.offset(DETOUR_WINDOW))?,
+    };
     let mut code = Vec::with_capacity(DETOUR_WINDOW as usize + window.code.len());
     code.extend(site.0.to_le_bytes());
     code.extend(stub.0.to_le_bytes());
     code.extend(&redirect.bytes);
-    code.resize(DETOUR_ENTRY as usize, 0xcc);
+    code.resize(DETOUR_POST_STUB as usize, 0xcc);
+    code.extend(post.map_or(0, |p| p.0).to_le_bytes());
     code.extend(&head.bytes);
     code.extend(&window.code);
     Ok(Detour { addr: at, site, code, window })

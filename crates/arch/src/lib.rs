@@ -60,17 +60,20 @@ pub use analyze::{
     analyze, analyze_run, decode_len, describe, endbr64_len, plan, Condition, Emulation, ExecClass, ExecPlan, Insn,
     MemOperand, PushValue, RipRelative,
 };
-pub use detour::{detour_code, Detour, DETOUR_ENTRY, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW};
+pub use detour::{
+    detour_code, detour_code_with_post, post_fits, Detour, DETOUR_ENTRY, DETOUR_POST_STUB, DETOUR_REDIRECT,
+    DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW, POST_DETOUR_BACK, POST_NEXT_BACK,
+};
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};
-pub use optimize::{can_optimize, keeps_vector_state, window_head, NotOptimized, JUMP_LEN};
+pub use optimize::{can_optimize, vector_state, window_head, NotOptimized, VectorState, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};
-pub use relocate::{relocate, RelocateError, Relocated};
+pub use relocate::{relocate, relocate_with, RelocateError, Relocated};
 pub use signal_frame::FRAME_GREGS;
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
 pub use writer::{jmp_rel32, syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

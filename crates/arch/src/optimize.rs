@@ -91,9 +91,12 @@ pub enum NotOptimized {
         /// Why.
         reason: String,
     },
-    /// A probe at the address has a post-handler: it runs after the instruction, with a second
-    /// trap (the kernel's optprobes do not optimize these either).
-    #[error("a probe at the address has a post-handler, which needs a trap after the instruction")]
+    /// A probe at the address has a post-handler and the probed instruction does not fall
+    /// through to the next (a branch, call, return or jump): the post-handler runs after it
+    /// with a second trap. After any other instruction the detour runs it.
+    #[error(
+        "a probe at the address has a post-handler and the probed instruction is a branch, which needs a trap after it"
+    )]
     PostHandler,
     /// Another probe sits on an instruction the jump would replace: its `int3` would be
     /// overwritten (the kernel unoptimizes such an optprobe as well).
@@ -127,13 +130,15 @@ pub enum NotOptimized {
     /// through a return the shadow stack did not see, which would kill the process.
     #[error("the process runs with a CET shadow stack, which the detour's redirect would violate")]
     ShadowStack,
-    /// Inside a function on a CPU with AVX: the code may hold live `ymm`/`zmm` values, and the
-    /// detour saves `xmm0`-`xmm15` only, while a handler's library calls (`memcpy`, ...) may
-    /// change the upper halves. At a function's entry only arguments are live, in `xmm`.
-    #[error("{addr} is inside its function and the CPU has AVX: live ymm/zmm values would not survive the detour, which saves xmm0-15 only")]
+    /// Inside a function on a CPU with AVX, the detour must save the whole extended state
+    /// (live `ymm`/`zmm` upper halves, AVX-512 masks: a handler's library calls may change
+    /// them), and this CPU or kernel offers no usable `XSAVE` area.
+    #[error("{addr} is inside its function and the CPU has AVX, but its extended state cannot be saved with XSAVE: {reason}")]
     LiveVectorState {
         /// The probe address.
         addr: Addr,
+        /// Why XSAVE cannot be used.
+        reason: String,
     },
     /// The engine that placed the probe has no jump path.
     #[error("this engine places probes with int3 only")]
@@ -167,13 +172,27 @@ pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn
     Ok(window)
 }
 
-/// Whether a detour that keeps `xmm0`-`xmm15` only may replace the code at `addr` of the
-/// function at `start`, on a CPU with AVX or without (see [`NotOptimized::LiveVectorState`]).
-pub fn keeps_vector_state(addr: Addr, start: Addr, cpu_has_avx: bool) -> Result<(), NotOptimized> {
-    if addr != start && cpu_has_avx {
-        return Err(NotOptimized::LiveVectorState { addr });
+/// Which registers beyond the general ones a detour must keep for the code it interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorState {
+    /// `xmm0`-`xmm15`: at a function's entry (only arguments are live, and the calling
+    /// convention passes them there), or on a CPU without AVX (nothing else exists).
+    Xmm,
+    /// Everything `XSAVE` saves: inside a function on a CPU with AVX, where upper halves of
+    /// `ymm`/`zmm` registers, `zmm16`-`zmm31` and mask registers may be live, and a handler's
+    /// library calls (`memcpy`, ... end with `vzeroupper`) would change them.
+    Full,
+}
+
+/// The vector state a detour at `addr` in the function at `start` keeps (see [`VectorState`]).
+/// `entry_len` is the length of an `endbr64` at `start` (0 without): the instruction after
+/// it is still the entry.
+pub fn vector_state(addr: Addr, start: Addr, entry_len: u64, cpu_has_avx: bool) -> VectorState {
+    if !cpu_has_avx || addr == start || (entry_len > 0 && addr == start.offset(entry_len)) {
+        VectorState::Xmm
+    } else {
+        VectorState::Full
     }
-    Ok(())
 }
 
 /// The original bytes under the jump: the first [`JUMP_LEN`] bytes of `window` (as

@@ -24,6 +24,9 @@ pub struct Relocated {
     pub map: Vec<(Addr, Addr)>,
     /// The address after the run, where the copy continues in the original code.
     pub original_end: Addr,
+    /// Where the copy continues after its first instruction (a post block, or the next
+    /// instruction's copy): where a thread that ran the first instruction elsewhere resumes.
+    pub after_first: Addr,
 }
 
 impl Relocated {
@@ -116,6 +119,17 @@ const REACH: u64 = (1 << 31) - 4096;
 
 /// Relocate `run` (consecutive analyzed instructions) to run from `at`.
 pub fn relocate(run: &[Insn], at: Addr) -> Result<Relocated, RelocateError> {
+    relocate_with(run, at, &|_| {})
+}
+
+/// [`relocate`], with the code `after_first` writes placed between the copy of the first
+/// instruction and the rest (a detour's post block). It must fall through, touching no
+/// register or flag of the program's.
+pub fn relocate_with(
+    run: &[Insn],
+    at: Addr,
+    after_first: &dyn Fn(&mut CodeWriter),
+) -> Result<Relocated, RelocateError> {
     let first = run.first().ok_or(RelocateError::Empty)?;
     for pair in run.windows(2) {
         if pair[0].next() != pair[1].addr {
@@ -126,6 +140,7 @@ pub fn relocate(run: &[Insn], at: Addr) -> Result<Relocated, RelocateError> {
     let inside = |a: Addr| a >= first.addr && a < end;
     let mut w = CodeWriter::new();
     let mut marks = Vec::with_capacity(run.len());
+    let mut first_end = 0;
     let mut falls_through = true;
     for (k, insn) in run.iter().enumerate() {
         marks.push(w.mark());
@@ -175,13 +190,18 @@ pub fn relocate(run: &[Insn], at: Addr) -> Result<Relocated, RelocateError> {
             _ if branch.is_some() || decoded.is_ip_rel_memory_operand() => w.relocate(decoded),
             _ => w.copy_bytes(insn.code(), insn.addr),
         }
+        if k == 0 {
+            first_end = w.mark();
+            after_first(&mut w);
+        }
     }
     if falls_through {
         w.jmp(end);
     }
     let written = w.finish(at).map_err(|e| RelocateError::Encode(e.0))?;
     let map = run.iter().zip(marks).map(|(i, m)| (i.addr, at.offset(u64::from(written.offsets[m])))).collect();
-    Ok(Relocated { addr: at, code: written.bytes, map, original_end: end })
+    let after_first = at.offset(written.offsets.get(first_end).map_or(written.bytes.len() as u64, |o| u64::from(*o)));
+    Ok(Relocated { addr: at, code: written.bytes, map, original_end: end, after_first })
 }
 
 /// `lea rsp, [rsp-8]; mov dword [rsp], lo; mov dword [rsp+4], hi`: what a call pushes,

@@ -72,6 +72,11 @@ impl CodeWriter {
         }));
     }
 
+    /// Raw bytes (at most 16), never re-targeted: data inside code, or a fixed short jump.
+    pub fn data(&mut self, bytes: &[u8]) {
+        self.add(Instruction::with_declare_byte(bytes));
+    }
+
     /// A decoded instruction at its original address: the encoder re-targets it.
     pub fn relocate(&mut self, insn: Instruction) {
         self.insns.push(insn);

@@ -140,11 +140,41 @@ fn a_detour_skips_the_red_zone_calls_the_stub_and_runs_the_window_then_jumps_bac
 }
 
 #[test]
-fn inside_a_function_on_an_avx_cpu_the_vector_state_keeps_the_probe_on_int3() {
+fn inside_a_function_on_an_avx_cpu_the_detour_keeps_the_whole_extended_state() {
     let (start, inside) = (Addr(0x1000), Addr(0x1008));
-    assert_eq!(keeps_vector_state(start, start, true), Ok(()));
-    assert_eq!(keeps_vector_state(inside, start, false), Ok(()));
-    let refused = keeps_vector_state(inside, start, true).unwrap_err();
-    assert_eq!(refused, NotOptimized::LiveVectorState { addr: inside });
-    assert!(refused.to_string().contains("saves xmm0-15 only"), "{refused}");
+    assert_eq!(vector_state(start, start, 0, true), VectorState::Xmm);
+    assert_eq!(vector_state(start.offset(4), start, 4, true), VectorState::Xmm, "after an endbr64: still the entry");
+    assert_eq!(vector_state(inside, start, 0, false), VectorState::Xmm);
+    assert_eq!(vector_state(inside, start, 0, true), VectorState::Full);
+    assert_eq!(vector_state(start.offset(4), start, 0, true), VectorState::Full);
+}
+
+#[test]
+fn a_detour_with_post_handlers_calls_them_after_the_probed_instruction_and_a_branch_first_is_refused() {
+    // lea 0x1000(%rdi,%rsi),%rax; ret
+    let code = [0x48, 0x8d, 0x84, 0x37, 0x00, 0x10, 0x00, 0x00, 0xc3];
+    let window = can_optimize(&code, F, F).unwrap();
+    let at = Addr(0x40_8000);
+    let (stub, post) = (Addr(0x7f00_0000_1000), Addr(0x7f00_0000_2000));
+    let d = detour_code_with_post(F, &window, at, stub, post).unwrap();
+    assert_eq!(d.code[DETOUR_POST_STUB as usize..][..8], post.0.to_le_bytes(), "the post stub's address");
+    let w = DETOUR_WINDOW as usize;
+    assert_eq!(d.code[w..w + 8], code[..8], "the probed instruction first");
+    assert_eq!(d.code[w + 8..w + 10], [0xeb, 16], "then a jump over the post block's two words");
+    let call = w + 10 + 16 + 8;
+    assert_eq!(describe(&d.code[w + 26..], at.offset(w as u64 + 26)), "lea -0x88(%rsp),%rsp");
+    assert_eq!(describe(&d.code[call..], at.offset(call as u64)), format!("callq *{:#x}", at.0 + DETOUR_POST_STUB));
+    let ret = call + 6;
+    assert_eq!(d.code[ret - POST_DETOUR_BACK as usize..][..8], at.0.to_le_bytes(), "the detour, for the stub");
+    assert_eq!(d.code[ret - POST_NEXT_BACK as usize..][..8], (F.0 + 8).to_le_bytes(), "RIP after the instruction");
+    assert_eq!(describe(&d.code[ret..], at.offset(ret as u64)), "lea 0x88(%rsp),%rsp");
+    assert_eq!(describe(&d.code[ret + 8..], at.offset(ret as u64 + 8)), format!("jmp {:#018x}", F.0 + 8));
+    assert_eq!(d.window.map, [(F, at.offset(w as u64))]);
+    // The plain detour has no post stub.
+    assert_eq!(detour_code(F, &window, at, stub).unwrap().code[DETOUR_POST_STUB as usize..][..8], [0; 8]);
+    // jmp +0 (to the ret after it): a post block after it would never run.
+    let branch = [0xe9, 0, 0, 0, 0, 0xc3];
+    let window = can_optimize(&branch, F, F).unwrap();
+    assert_eq!(post_fits(&window), Err(NotOptimized::PostHandler));
+    assert_eq!(detour_code_with_post(F, &window, at, stub, post), Err(NotOptimized::PostHandler));
 }

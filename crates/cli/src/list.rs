@@ -5,9 +5,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context as _, Result};
-use dprobe_arch::{
-    analyze, can_optimize, describe, keeps_vector_state, kernel_uprobe_refusal, plan, ExecPlan, SlotEnding,
-};
+use dprobe_arch::{analyze, can_optimize, describe, kernel_uprobe_refusal, plan, ExecPlan, SlotEnding};
 use dprobe_spec::{parse_point, split_binary, split_offset};
 use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
@@ -162,10 +160,8 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
                 ExecPlan::Slot(SlotEnding::JumpBack) => "copied out of line, jumping back (one stop)",
                 ExecPlan::Slot(SlotEnding::Trap) => "copied out of line, trapping after",
             };
-            let jump = match can_optimize(&bytes, f.start, addr)
-                .and_then(|_| keeps_vector_state(addr, f.start, std::arch::is_x86_feature_detected!("avx")))
-            {
-                Ok(()) => "; in process, jump-optimized (no trap)".to_owned(),
+            let jump = match can_optimize(&bytes, f.start, addr) {
+                Ok(_) => "; in process, jump-optimized (no trap)".to_owned(),
                 Err(why) => format!("; in process, not jump-optimized: {why}"),
             };
             writeln!(out, "{here}: `{}` can be probed: {how}{jump}", describe(&bytes[at..], addr))?;

@@ -35,8 +35,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize, detour_code, disarm, endbr64_len, keeps_vector_state, prepare, window_head, Addr,
-    Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, SLOT_SIZE,
+    analyze, arm, can_optimize, detour_code, detour_code_with_post, disarm, endbr64_len, prepare, vector_state,
+    window_head, Addr, Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -97,6 +97,10 @@ struct SiteState {
     window: Result<Vec<Insn>, NotOptimized>,
     /// The detour, once built; kept (never freed) and reused.
     detour: Option<Detour>,
+    /// Whether `detour` has a post block (a detour is rebuilt when post-handlers come or go).
+    detour_post: bool,
+    /// The vector state the detour keeps (decided from where the site is in its function).
+    vector: VectorState,
     /// What the detour's dispatcher reads the site from (with the detour: never freed).
     hot: Option<&'static jump::JumpSite>,
     /// The site as last published in the table, which `hot` points to.
@@ -295,7 +299,7 @@ impl Engine {
         let placed: Vec<Located> = placed;
         let mut lists = BTreeMap::new();
         let mut out = Vec::new();
-        for (probe, (target, insn, window)) in probes.into_iter().zip(placed) {
+        for (probe, (target, insn, window, vector)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
             let addr = target.addr;
             let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
@@ -307,6 +311,8 @@ impl Engine {
                 armed: false,
                 window,
                 detour: None,
+                detour_post: false,
+                vector,
                 hot: None,
                 published: None,
                 jumping: false,
@@ -433,14 +439,19 @@ impl Engine {
         maps: &[Mapping],
         lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>>,
     ) -> Result<(), ProbeError> {
-        // 0. Sites whose jump must go (no enabled probe left, a post-handler or a probe that
-        //    asks for int3 added) are turned back into int3 probes first.
+        // 0. Sites whose jump must go (no enabled probe left, a post-handler after a branch or
+        //    a probe that asks for int3 added), or must change detour (post-handlers came or
+        //    went), are turned back into int3 probes first.
         //    So are jumps over a site that gets a probe now.
         let mut unjumps = BTreeMap::new();
         for (addr, probes) in &lists {
             if st.sites[addr].jumping {
                 if let Err(why) = optimizer::wanted(&st.sites[addr].window, probes) {
                     unjumps.entry(*addr).or_insert(why);
+                } else if st.sites[addr].detour_post != probes.iter().any(|p| p.has_post()) {
+                    // Post-handlers came or went: the jump goes to a detour with (or without)
+                    // the post block.
+                    unjumps.entry(*addr).or_insert(NotOptimized::PostHandler);
                 }
             }
             let over =
@@ -614,8 +625,9 @@ impl Engine {
         //    faults back) and made visible to every thread by the serialization below.
         let mut copies = Vec::new();
         for &addr in addrs {
-            if st.sites[&addr].detour.is_none() {
-                match self.build_detour(st, maps, addr) {
+            let post = st.sites[&addr].probes.iter().any(|p| p.has_post());
+            if st.sites[&addr].detour.is_none() || st.sites[&addr].detour_post != post {
+                match self.build_detour(st, maps, addr, post) {
                     Ok(copy) => copies.push(copy),
                     Err(why) => {
                         status.insert(addr, Err(why));
@@ -691,23 +703,41 @@ impl Engine {
         status.into_iter().collect()
     }
 
-    /// Build and write the detour of an armed site (not yet reachable: no jump leads to it).
-    fn build_detour(&self, st: &mut State, maps: &[Mapping], addr: Addr) -> Result<WindowCopy, NotOptimized> {
+    /// Build and write the detour of an armed site (not yet reachable: no jump leads to it),
+    /// with a post block when `post`.
+    fn build_detour(
+        &self,
+        st: &mut State,
+        maps: &[Mapping],
+        addr: Addr,
+        post: bool,
+    ) -> Result<WindowCopy, NotOptimized> {
+        let vector = st.sites[&addr].vector;
+        if vector == VectorState::Full {
+            jump::xsave_ready().map_err(|reason| NotOptimized::LiveVectorState { addr, reason })?;
+        }
         let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
         let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
         let window = st.sites[&addr].window.clone()?;
-        let mut detour = detour_code(addr, &window, at, jump::entry_stub())?;
+        let (entry_stub, post_stub) = jump::stubs(vector);
+        let mut detour = match post {
+            true => detour_code_with_post(addr, &window, at, entry_stub, post_stub)?,
+            false => detour_code(addr, &window, at, entry_stub)?,
+        };
         if detour.code.len() > DETOUR_SLOTS as usize * SLOT_SIZE {
             return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
         }
         let site = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());
-        let hot: &'static jump::JumpSite =
-            Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(site) }));
+        // One per site, shared by the detours it ever has.
+        let hot: &'static jump::JumpSite = st.sites[&addr].hot.unwrap_or_else(|| {
+            Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(site) }))
+        });
         detour.set_word(hot as *const jump::JumpSite as u64);
         sys::write_code_unsynced(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
         let copy = window_copy(addr, &detour);
         let state = st.sites.get_mut(&addr).expect("site");
         state.detour = Some(detour);
+        state.detour_post = post;
         state.hot = Some(hot);
         Ok(copy)
     }
@@ -793,7 +823,13 @@ fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
         copy: detour.window.addr,
         end: detour.window.addr.offset(detour.window.code.len() as u64),
         original: addr,
-        window: safepoint::Window { start: addr, end: detour.window.original_end, map, len: detour.window.map.len() },
+        window: safepoint::Window {
+            start: addr,
+            end: detour.window.original_end,
+            map,
+            len: detour.window.map.len(),
+            after_first: detour.window.after_first,
+        },
     }
 }
 
@@ -824,7 +860,7 @@ fn apply_patch_unsynced(patch: &Patch) -> Result<(), ProbeError> {
 }
 
 /// Where a probe goes, its instruction, and whether a jump can replace it.
-type Located = (Target, Insn, Result<Vec<Insn>, NotOptimized>);
+type Located = (Target, Insn, Result<Vec<Insn>, NotOptimized>, VectorState);
 
 /// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
 fn locate(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Located, ProbeError> {
@@ -841,12 +877,12 @@ fn locate(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Located, P
     revert_own_patches(st, f.start, &mut code);
     if let Some(site) = st.sites.get(&addr) {
         let (insn, window) = (site.insn.clone(), site.window.clone());
-        return Ok((target, insn, window));
+        return Ok((target, insn, window, site.vector));
     }
     let insn = analyze(&code, f.start, addr)?;
-    let window = can_optimize(&code, f.start, addr)
-        .and_then(|w| keeps_vector_state(addr, f.start, std::arch::is_x86_feature_detected!("avx")).map(|()| w));
-    Ok((target, insn, window))
+    let window = can_optimize(&code, f.start, addr);
+    let vector = vector_state(addr, f.start, endbr64_len(&code) as u64, std::arch::is_x86_feature_detected!("avx"));
+    Ok((target, insn, window, vector))
 }
 
 /// Put the original bytes back into `code` (read at `start`) where dprobe's sites patched it.

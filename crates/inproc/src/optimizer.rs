@@ -33,7 +33,7 @@
 
 use std::sync::Arc;
 
-use dprobe_arch::{window_head, Detour, Insn, NotOptimized, INT3};
+use dprobe_arch::{post_fits, window_head, Detour, Insn, NotOptimized, INT3};
 use dprobe_core::{ProbeEntry, ProbeError};
 
 use crate::sys;
@@ -49,7 +49,7 @@ pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<Pro
         return Err(NotOptimized::Disabled);
     }
     if probes.iter().any(|p| p.has_post()) {
-        return Err(NotOptimized::PostHandler);
+        post_fits(window.as_ref().map_err(Clone::clone)?)?;
     }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub(crate) struct Window {
     pub map: [(Addr, Addr); MAX_WINDOW],
     /// How many instructions.
     pub len: usize,
+    /// Where the copy continues after its first instruction: a thread that ran that one in a
+    /// slot resumes there (the detour's post block, if it has one, runs the post-handlers).
+    pub after_first: Addr,
 }
 
 impl Window {
@@ -142,7 +145,7 @@ impl Plan {
                 } else if Some(Addr(rip)) == s.after_insn {
                     // Its jump back lands on the window's second instruction (or after it).
                     if w.len > 1 {
-                        Verdict::Move(w.map[1].1 .0)
+                        Verdict::Move(w.after_first.0)
                     } else {
                         Verdict::Stay
                     }

@@ -145,13 +145,15 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
 /// Execute the displaced instruction, or, when the site's jump over several instructions is
 /// live or about to be, continue in the detour's copy of them: the trap path must never send
 /// a thread into the middle of the window (see `optimizer.rs`).
+///
+/// With post-handlers too: the site's jump and detour follow its probes, so a detour routed to
+/// while a probe has a post-handler has the post block, which runs them after the first
+/// instruction (the slot's post-step trap would resume inside the window).
 fn execute(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut SignalContext) {
-    if !post {
-        if let Some(copy) = Engine::get().and_then(|e| e.route(site.addr)) {
-            regs.rip = copy.0;
-            ctx.set_regs(regs);
-            return;
-        }
+    if let Some(copy) = Engine::get().and_then(|e| e.route(site.addr)) {
+        regs.rip = copy.0;
+        ctx.set_regs(regs);
+        return;
     }
     execute_here(site, regs, post, ctx);
 }
@@ -205,6 +207,20 @@ pub(crate) fn dispatch_entry_in<R>(
     let result = then(regs, Dispatch::Ran(outcome));
     state.in_handler.set(false);
     result
+}
+
+/// The post-handlers of a jump-optimized hit, run by its detour after the probed
+/// instruction: whether they ran (not for a hit inside a handler or from dprobe's own work,
+/// whose entry ran no handler either).
+pub(crate) fn dispatch_post_in(state: &'static ThreadState, site: &Site<Prepared>, regs: &mut Regs) -> bool {
+    if state.own_work.get() > 0 || state.in_handler.get() {
+        return false;
+    }
+    state.alternate_known.set(false);
+    state.in_handler.set(true);
+    site.run_post(regs, &mut Guarded(Some(state)));
+    state.in_handler.set(false);
+    true
 }
 
 /// Execute the displaced instruction: emulate it (then run the post-handlers), or send the

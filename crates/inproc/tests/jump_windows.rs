@@ -155,7 +155,8 @@ fn a_probe_inside_a_window_turns_the_jump_back_into_int3_and_both_count() {
     assert_eq!(outer.optimized(), Ok(()));
     let inner = register(Kprobe::addr(Addr(a.0 + 1))).unwrap();
     assert_eq!(outer.optimized(), Err(NotOptimized::ProbeInWindow { other: Addr(a.0 + 1) }));
-    assert_eq!(code(a, 2), [0xcc, 0xcc], "both are int3 probes");
+    assert_eq!(inner.optimized(), Ok(()), "inside the function: a jump of its own");
+    assert_eq!(code(a, 2), [0xcc, 0xe9], "the outer probe is back on int3, the inner one a jump");
     for i in 0..100 {
         assert_eq!(call2(fxw_inner, i, 1), i + 12);
     }

@@ -41,7 +41,15 @@ fn no_allocation_on_any_hit_path() {
     };
     let emulated = register(Kprobe::addr(addr(fx_push_add)).pre(count)).unwrap();
     let boosted = register(Kprobe::addr(addr(fx_mov_add)).pre(count)).unwrap();
-    let post_step = register(Kprobe::addr(addr(fx_spare1)).pre(count).post(|_| {})).unwrap();
+    static POSTS: AtomicU64 = AtomicU64::new(0);
+    let post = |_: &mut dprobe_inproc::Regs| {
+        POSTS.fetch_add(1, Relaxed);
+    };
+    let post_step = register(Kprobe::addr(addr(fx_spare1)).pre(count).post(post).no_optimize()).unwrap();
+    // Inside a function (the whole extended state kept on a CPU with AVX), with a
+    // post-handler: the detour's post block.
+    let inner = register(Kprobe::addr(addr(fx_push_add).offset(1)).pre(count).post(post)).unwrap();
+    assert_eq!(inner.optimized(), Ok(()), "a jump inside a function, with a post-handler");
     let riprel =
         register(Kprobe::addr(dprobe_inproc::Addr(fx_riprel as *const () as usize as u64)).pre(count)).unwrap();
     assert_eq!(riprel.optimized(), Ok(()), "one probe takes the jump path");
@@ -68,8 +76,8 @@ fn no_allocation_on_any_hit_path() {
         // SAFETY: reads a static.
         unsafe { fx_riprel(std::hint::black_box(i)) };
     }
-    assert_eq!(SEEN.load(Relaxed), 60_000);
-    for p in [&emulated, &boosted, &post_step, &riprel] {
+    assert_eq!((SEEN.load(Relaxed), POSTS.load(Relaxed)), (70_000, 20_000));
+    for p in [&emulated, &boosted, &post_step, &riprel, &inner] {
         assert_eq!(p.hits(), 10_000);
     }
     for p in [&at_exits, &through_return_address] {

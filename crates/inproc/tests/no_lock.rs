@@ -21,7 +21,11 @@ fn probes_hit_while_every_registration_lock_is_held() {
     };
     let emulated = register(Kprobe::addr(addr(fx_push_add)).pre(count)).unwrap();
     let boosted = register(Kprobe::addr(addr(fx_mov_add)).pre(count)).unwrap();
-    let post_step = register(Kprobe::addr(addr(fx_spare1)).pre(count).post(|_| {})).unwrap();
+    let post_step = register(Kprobe::addr(addr(fx_spare1)).pre(count).post(|_| {}).no_optimize()).unwrap();
+    // A jump inside a function (the whole extended state kept on a CPU with AVX) with a
+    // post-handler: the detour's post block.
+    let inner = register(Kprobe::addr(addr(fx_push_add).offset(1)).pre(count).post(|_| {})).unwrap();
+    assert_eq!(inner.optimized(), Ok(()), "the inner jump with a post-handler is tested here");
     let jump = register(Kprobe::addr(dprobe_inproc::Addr(fx_riprel as *const () as u64)).pre(count)).unwrap();
     assert_eq!(jump.optimized(), Ok(()), "the jump path is tested here");
     let returns = register_kretprobe(Kretprobe::addr(addr(fx_spare2)).handler(|_, _| {
@@ -61,8 +65,8 @@ fn probes_hit_while_every_registration_lock_is_held() {
     holder.join().unwrap();
     hitter.join().unwrap();
     assert!(finished, "hits waited for a lock the other thread held");
-    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (4_000, 2_000));
-    for p in [&emulated, &boosted, &post_step, &jump] {
+    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (5_000, 2_000));
+    for p in [&emulated, &boosted, &post_step, &jump, &inner] {
         assert_eq!(p.hits(), 1_000);
     }
     drop((returns, trampoline));

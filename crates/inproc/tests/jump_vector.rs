@@ -1,0 +1,115 @@
+//! Jump-optimized probes inside functions keep the whole extended state (XSAVE): upper halves
+//! of `ymm` registers and AVX-512's `zmm16`-`zmm31` live across the probe survive a handler
+//! that changes them, as they do across the trap path's signal frame.
+mod fixtures;
+use fixtures::{addr, call2, code};
+
+use dprobe_inproc::{register, Kprobe, PreAction};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+std::arch::global_asm!(
+    ".text",
+    // Keeps `a` in the upper half of ymm0 across the probed `lea` (inside the function):
+    // returns a + b + 0x1000 + a.
+    ".globl fxv_ymm",
+    ".type fxv_ymm,@function",
+    "fxv_ymm:",
+    "vmovq xmm0, rdi",
+    "vinsertf128 ymm0, ymm0, xmm0, 1",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "vextractf128 xmm1, ymm0, 1",
+    "vmovq rcx, xmm1",
+    "add rax, rcx",
+    "vzeroupper",
+    "ret",
+    ".size fxv_ymm, . - fxv_ymm",
+    // Keeps `a` in zmm16 (which no SSE or AVX instruction names) across the probed `lea`:
+    // returns a + b + 0x1000 + a.
+    ".globl fxv_zmm16",
+    ".type fxv_zmm16,@function",
+    "fxv_zmm16:",
+    "vmovq xmm16, rdi",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "vmovq rcx, xmm16",
+    "add rax, rcx",
+    "ret",
+    ".size fxv_zmm16, . - fxv_zmm16",
+    // The same shape with SSE only, for CPUs without AVX: xmm8 kept across the probe.
+    ".globl fxv_xmm",
+    ".type fxv_xmm,@function",
+    "fxv_xmm:",
+    "movq xmm8, rdi",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "movq rcx, xmm8",
+    "add rax, rcx",
+    "ret",
+    ".size fxv_xmm, . - fxv_xmm",
+);
+
+extern "C" {
+    fn fxv_ymm(a: u64, b: u64) -> u64;
+    fn fxv_zmm16(a: u64, b: u64) -> u64;
+    fn fxv_xmm(a: u64, b: u64) -> u64;
+}
+
+/// Where the probed `lea` is: after the instructions before it.
+fn probed(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64) -> dprobe_inproc::Addr {
+    let a = addr(f).offset(before);
+    assert_eq!(code(a, 3), [0x48, 0x8d, 0x84], "the lea");
+    a
+}
+
+/// A probe at `at` whose pre-handler runs `clobber` (what a library call may do to the
+/// vector registers) and changes `rsi`; four threads call `f` and check every result.
+fn survives(f: unsafe extern "C" fn(u64, u64) -> u64, at: dprobe_inproc::Addr, clobber: fn()) {
+    let hits = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let p = register(Kprobe::addr(at).pre(move |regs| {
+        clobber();
+        regs.rsi += 1;
+        counted.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Ok(()), "inside the function, with the whole extended state kept");
+    assert_eq!(code(at, 1), [0xe9]);
+    const CALLS: u64 = 50_000;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(f, t + 7, i) == 2 * (t + 7) + i + 1 + 0x1000)))
+        .collect();
+    assert!(threads.into_iter().all(|t| t.join().unwrap()), "a vector register live across the probe was lost");
+    assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (4 * CALLS, 4 * CALLS, 0));
+}
+
+#[test]
+fn the_upper_half_of_a_ymm_register_survives_a_handler_that_runs_vzeroupper() {
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the ymm case does not apply");
+        return;
+    }
+    survives(fxv_ymm, probed(fxv_ymm, 5 + 6), || {
+        // SAFETY: AVX is present; vzeroupper only clears upper halves, which the handler's
+        // own code does not use.
+        unsafe { std::arch::asm!("vzeroupper") };
+    });
+}
+
+#[test]
+fn zmm16_survives_a_handler_that_changes_it() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512 on this CPU: the zmm16 case does not apply");
+        return;
+    }
+    survives(fxv_zmm16, probed(fxv_zmm16, 6), || {
+        // SAFETY: AVX-512 is present; zmm16 is caller-saved and unused by the handler.
+        unsafe { std::arch::asm!("vpxorq zmm16, zmm16, zmm16", out("zmm16") _) };
+    });
+}
+
+#[test]
+fn xmm8_survives_a_handler_that_changes_it() {
+    survives(fxv_xmm, probed(fxv_xmm, 5), || {
+        // SAFETY: SSE2 is part of x86-64; xmm8 is caller-saved.
+        unsafe { std::arch::asm!("pxor xmm8, xmm8", out("xmm8") _) };
+    });
+}
