@@ -19,7 +19,16 @@
 //!   there, on int3: a one-byte `ret` at the end of a function leaves no room for a jump);
 //! * plain call: a function starting with a 5-byte nop and no probe;
 //! * jump-optimized: a probe on that nop, which becomes a jump to a detour (no trap);
-//! * the same probe on int3: the same function and probe, registered with `no_optimize`.
+//! * the same probe on int3: the same function and probe, registered with `no_optimize`;
+//! * jump + post-handler: a probe with a pre- and a post-handler on the same nop, whose detour
+//!   runs the post-handler after the relocated nop (the trap path's post-step takes two traps);
+//! * jump inside a function (XSAVE): a probe on a 5-byte nop after the function's first
+//!   instruction, whose detour also keeps the whole extended state (on a CPU with AVX);
+//! * kretprobe, jump entry + trampoline: a return probe through the return address on a
+//!   function starting with the nop: the entry is a jump, the return goes through the
+//!   trampoline (its difference with the jump-optimized row is the return side);
+//! * kretprobe, jump entry + exit probe: the same function watched at its exits: the entry is a
+//!   jump, the one-byte `ret` an int3 probe.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -98,6 +107,34 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size bench_jump_int3, . - bench_jump_int3",
+    ".globl bench_jump_post",
+    ".type bench_jump_post,@function",
+    "bench_jump_post:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump_post, . - bench_jump_post",
+    ".globl bench_jump_inner",
+    ".type bench_jump_inner,@function",
+    "bench_jump_inner:",
+    "mov rax, rdi",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "ret",
+    ".size bench_jump_inner, . - bench_jump_inner",
+    ".globl bench_jump_kret",
+    ".type bench_jump_kret,@function",
+    "bench_jump_kret:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump_kret, . - bench_jump_kret",
+    ".globl bench_jump_exits",
+    ".type bench_jump_exits,@function",
+    "bench_jump_exits:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump_exits, . - bench_jump_exits",
 );
 
 extern "C" {
@@ -111,6 +148,10 @@ extern "C" {
     fn bench_plain(x: u64) -> u64;
     fn bench_jump(x: u64) -> u64;
     fn bench_jump_int3(x: u64) -> u64;
+    fn bench_jump_post(x: u64) -> u64;
+    fn bench_jump_inner(x: u64) -> u64;
+    fn bench_jump_kret(x: u64) -> u64;
+    fn bench_jump_exits(x: u64) -> u64;
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -148,8 +189,15 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         register(Kprobe::addr(at(bench_post)).pre(count).post(|_| {})).expect("post-step probe"),
         register(Kprobe::addr(at(bench_jump)).pre(count)).expect("jump-optimized probe"),
         register(Kprobe::addr(at(bench_jump_int3)).pre(count).no_optimize()).expect("the same on int3"),
+        register(Kprobe::addr(at(bench_jump_post)).pre(count).post(|_| {
+            HITS.fetch_add(1, Relaxed);
+        }))
+        .expect("jump with a post-handler"),
+        register(Kprobe::addr(at(bench_jump_inner).offset(3)).pre(count)).expect("jump inside a function"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
+    assert_eq!(kprobes[5].optimized(), Ok(()), "the post row measures a jump");
+    assert_eq!(kprobes[6].optimized(), Ok(()), "the inner row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -169,11 +217,22 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     }))
     .expect("return probe at the exits");
     assert!(matches!(at_exits.return_mode(), dprobe_inproc::ReturnMode::Exits { sites: 1 }));
-    (kprobes, vec![kret, vetoed, at_exits])
+    let jump_kret = register_kretprobe(Kretprobe::addr(at(bench_jump_kret)).via_return_address().handler(|_, _| {
+        HITS.fetch_add(1, Relaxed);
+    }))
+    .expect("return probe with a jump entry");
+    let jump_exits = register_kretprobe(Kretprobe::addr(at(bench_jump_exits)).handler(|_, _| {
+        HITS.fetch_add(1, Relaxed);
+    }))
+    .expect("return probe at the exits with a jump entry");
+    let entry_jumps =
+        |f: unsafe extern "C" fn(u64) -> u64| dprobe_inproc::list().iter().any(|i| i.addr == at(f) && i.jump == Ok(()));
+    assert!(entry_jumps(bench_jump_kret) && entry_jumps(bench_jump_exits), "the return probes' entries are jumps");
+    (kprobes, vec![kret, vetoed, at_exits, jump_kret, jump_exits])
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 10] = [
+const TARGETS: [Target; 14] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -184,6 +243,10 @@ const TARGETS: [Target; 10] = [
     ("jump-optimized", bench_jump),
     ("same probe on int3", bench_jump_int3),
     ("kretprobe at its exits", bench_exit),
+    ("jump + post-handler", bench_jump_post),
+    ("jump inside a function (XSAVE)", bench_jump_inner),
+    ("kret: jump entry + trampoline", bench_jump_kret),
+    ("kret: jump entry + exit int3", bench_jump_exits),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -238,6 +301,13 @@ fn ratio_table(_: &mut Criterion) {
     println!("kretprobe return side at the exit (at its exits - vetoed entry): {:.0} ns", medians[9] - medians[5]);
     println!("jump-optimized hit (jump-optimized - plain call): {:.1} ns", medians[7] - medians[6]);
     println!("int3 / jump-optimized: {:.0}x", medians[8] / medians[7]);
+    println!("post-handler through the jump (jump + post - jump-optimized): {:.1} ns", medians[10] - medians[7]);
+    println!("whole extended state (inner XSAVE jump - jump-optimized): {:.1} ns", medians[11] - medians[7]);
+    println!("return side on a jump entry, trampoline (kret - jump-optimized): {:.1} ns", medians[12] - medians[7]);
+    println!(
+        "return side on a jump entry, exit int3 (kret at exits - jump-optimized): {:.0} ns",
+        medians[13] - medians[7]
+    );
 }
 
 criterion_group! {
