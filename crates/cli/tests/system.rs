@@ -247,6 +247,19 @@ fn long_and_null_strings_print_as_the_ptrace_engine_prints_them() {
 }
 
 #[test]
+fn a_cpp_operator_plus_by_name_and_by_address_system_wide() {
+    let _x = exclusive();
+    let prog = common::operators();
+    let f = dprobe_sym::Symbols::load_file(prog).unwrap().find("operator+").unwrap().clone();
+    let (by_name, by_address) = (format!("{prog}:operator+"), format!("{prog}:{:#x}", f.start.0));
+    let (code, out) = trace("system-operator-plus", &["-a", "-c", &by_name, &by_address, "--", prog, "1000"]);
+    assert_eq!(code, Some(0), "the program added correctly\n{out}");
+    assert_eq!(hits(&out, &by_name), 1000, "{out}");
+    assert_eq!(hits(&out, &by_address), 1000, "{out}");
+    assert!(!tracefs("uprobe_events").contains(prog), "its events are gone");
+}
+
+#[test]
 fn what_the_kernel_engine_cannot_do_is_said() {
     let cases: &[(&[&str], &str)] = &[
         (&["-a", "libc:open%return a=$arg1"], "$arg1 at a return"),

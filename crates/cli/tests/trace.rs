@@ -143,11 +143,14 @@ fn a_cpp_operator_plus_by_name_by_path_and_by_address() {
     let f = dprobe_sym::Symbols::load_file(prog).unwrap().find("operator+").unwrap().clone();
     let by_path = format!("{prog}:operator+%return");
     let by_address = format!("operators:{:#x}", f.start.0);
-    let (code, out) = trace("operator-plus", &["--count", "operator+", &by_path, &by_address, "--", prog, "1000"]);
-    assert_eq!(code, Some(0), "the program added correctly\n{out}");
-    assert_eq!(hits(&out, "operator+"), 1000, "{out}");
-    assert_eq!(hits(&out, &by_path), 1000, "{out}");
-    assert_eq!(hits(&out, &by_address), 1000, "{out}");
+    for engine in ENGINES {
+        let args = ["--engine", engine, "--count", "operator+", &by_path, &by_address, "--", prog, "1000"];
+        let (code, out) = trace(&format!("operator-plus-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}: the program added correctly\n{out}");
+        assert_eq!(hits(&out, "operator+"), 1000, "{engine}: {out}");
+        assert_eq!(hits(&out, &by_path), 1000, "{engine}: {out}");
+        assert_eq!(hits(&out, &by_address), 1000, "{engine}: {out}");
+    }
 }
 
 #[test]
