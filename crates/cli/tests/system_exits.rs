@@ -236,3 +236,47 @@ fn latency_times_every_call_past_64_deep_through_exceptions_and_longjmp() {
         }
     }
 }
+
+#[test]
+fn two_return_probes_on_one_function_each_watch_it_at_its_exits() {
+    let _x = exclusive();
+    let p = program();
+    // Two return probes and an entry timed to its return, on one function, through 1,001-deep
+    // recursion, and two on each of the functions an exception unwinds: every probe has
+    // uprobes of its own at the function's exits, and each pairs every call.
+    let deep =
+        [format!("{p}:deep%return a=$retval:s32"), format!("{p}:deep%return b=$retval:u64"), format!("{p}:deep")];
+    let throw = [
+        format!("{p}:through%return a=$retval:s32"),
+        format!("{p}:through%return b=$retval:u64"),
+        format!("{p}:thrower%return a=$retval:s32"),
+        format!("{p}:thrower%return b=$retval:u64"),
+    ];
+    for (specs, args, calls, returned, unwound) in
+        [(&deep[..], &["deep", "1000"], 1001, 1001, 0), (&throw[..], &["throw", "90"], 90, 60, 30)]
+    {
+        let mut all = vec!["-a", "-v", "--latency"];
+        all.extend(specs.iter().map(String::as_str));
+        all.extend_from_slice(&["--", p]);
+        all.extend_from_slice(args);
+        let t = trace_to_file("system-exits-twice", &all);
+        assert_eq!(t.code, Some(0), "{}", t.what(args[0]));
+        assert_eq!(t.stdout, untraced(args), "the program's own result");
+        for spec in specs {
+            let how = format!("dprobe: `{spec}`: its returns are watched at its ");
+            assert!(t.stderr.contains(&how), "not through the return address\n{}", t.stderr);
+            let probe = spec.split_whitespace().next().unwrap();
+            let line = t.trace.lines().find(|l| l.split_whitespace().next() == Some(probe)).unwrap();
+            let figures: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(figures[1..3], [calls.to_string(), returned.to_string()], "{}", t.what(spec));
+            let seen = format!("{probe}: {unwound} returns not seen: longjmp, an exception");
+            assert_eq!(t.trace.matches(&seen).count(), if unwound > 0 { 2 } else { 0 }, "{}", t.trace);
+        }
+        assert!(!t.trace.contains("without a return"), "{}", t.trace);
+    }
+    // Each of the two return probes on deep sees every return with its value.
+    let t = trace_to_file("system-exits-twice-values", &["-a", &deep[0], &deep[1], "--", p, "deep", "100"]);
+    assert_eq!(t.code, Some(0), "{}", t.what("deep"));
+    let expected: Vec<i64> = (0..=100).flat_map(|v| [v, v]).collect();
+    assert_eq!(returned(&t.trace, "deep"), expected, "{}", t.trace);
+}

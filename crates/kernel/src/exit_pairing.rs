@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use dprobe_arch::ExitKind;
-use dprobe_core::returns::exits::{ActivationStack, Left};
+use dprobe_core::returns::exits::{enter, leave, Activations};
 
 use crate::format::FieldValue;
 
@@ -36,6 +36,9 @@ pub struct Held {
     pub tid: u32,
     /// The probe it belongs to.
     pub probe: usize,
+    /// The function it is at, as the lowest index of the probes watching it: the probes on
+    /// one function each see its calls.
+    pub function: usize,
     /// Its role.
     pub role: Role,
     /// `%sp` as the instruction was about to run.
@@ -82,15 +85,93 @@ pub enum Paired {
     },
 }
 
-/// A pending call: its probe, its entry's time, the values read at its entry.
-type Activation = (usize, u64, Vec<Option<FieldValue>>);
+/// A probe's share of a pending call: the probe, its entry's time, the values read at its
+/// entry.
+type Member = (usize, u64, Vec<Option<FieldValue>>);
 
-/// Every thread's pending activations (with its process), and the records not handled yet.
+/// A pending call of a function: every return probe on the function has its own entry and
+/// exit events, and each of them is one member of the one activation of the call (a second
+/// entry record on the same word would otherwise take the first for a stale call).
+struct Activation {
+    sp: u64,
+    handed_over: bool,
+    /// Which function (see [`Held::function`]).
+    function: usize,
+    members: Vec<Member>,
+}
+
+/// A thread's pending calls, oldest first, and what a sweep found stale.
+struct Thread {
+    pid: u32,
+    pending: Vec<Activation>,
+    stale: Vec<Member>,
+}
+
+impl Activations for Thread {
+    fn depth(&self) -> usize {
+        self.pending.len()
+    }
+    fn sp(&self, i: usize) -> u64 {
+        self.pending[i].sp
+    }
+    fn handed_over(&self, i: usize) -> bool {
+        self.pending[i].handed_over
+    }
+    fn abandon(&mut self, i: usize) {
+        let a = self.pending.remove(i);
+        self.stale.extend(a.members);
+    }
+}
+
+impl Thread {
+    /// Probe `member.0`'s entry into `function` with stack pointer `sp`: a member of the
+    /// call another probe of the function entered at this very record's hit, or a call of
+    /// its own.
+    fn enter(&mut self, sp: u64, function: usize, member: Member, stack_of: &mut impl FnMut(u64) -> u64) {
+        let same_call = self.pending.last_mut().filter(|a| {
+            a.sp == sp && a.function == function && !a.handed_over && a.members.iter().all(|m| m.0 != member.0)
+        });
+        match same_call {
+            Some(a) => a.members.push(member),
+            None => {
+                enter(self, sp, stack_of);
+                self.pending.push(Activation { sp, handed_over: false, function, members: vec![member] });
+            }
+        }
+    }
+
+    /// Probe `probe`'s exit with stack pointer `sp`: its member of the call at `sp` returns,
+    /// with the calls handed over to that one by tail calls (at the first of its probes'
+    /// exits).
+    fn leave(&mut self, sp: u64, probe: usize, stack_of: &mut impl FnMut(u64) -> u64) -> Vec<Member> {
+        let mut returning = Vec::new();
+        let Some(mut i) = leave(self, sp, stack_of) else { return returning };
+        let Some(k) = self.pending[i].members.iter().position(|m| m.0 == probe) else { return returning };
+        returning.push(self.pending[i].members.remove(k));
+        while i > 0 && self.pending[i - 1].sp == sp && self.pending[i - 1].handed_over {
+            i -= 1;
+            returning.extend(self.pending.remove(i).members);
+        }
+        if self.pending[i].members.is_empty() {
+            self.pending.remove(i);
+        }
+        returning
+    }
+
+    /// A tail call with stack pointer `sp`: the call at `sp` returns with the callee it jumps
+    /// to (whose entry finds it on the same word).
+    fn hand_over(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) {
+        if let Some(i) = leave(self, sp, stack_of) {
+            self.pending[i].handed_over = true;
+        }
+    }
+}
+
+/// Every thread's pending calls, and the records not handled yet.
 #[derive(Default)]
 pub struct Pairing {
     held: Vec<Held>,
-    /// Per thread: its process, and each activation's probe, entry time and entry values.
-    threads: HashMap<u32, (u32, ActivationStack<Activation>)>,
+    threads: HashMap<u32, Thread>,
 }
 
 impl Pairing {
@@ -124,46 +205,47 @@ impl Pairing {
         let mut stack_of = |_: u64| 0u64;
         for mut h in ready {
             let h = &mut h;
-            let (_, thread) = self.threads.entry(h.tid).or_insert_with(|| (h.pid, ActivationStack::default()));
-            let (stale, returning, value) = match h.role {
+            let thread = self.threads.entry(h.tid).or_insert_with(|| Thread {
+                pid: h.pid,
+                pending: Vec::new(),
+                stale: Vec::new(),
+            });
+            let (returning, value) = match h.role {
                 Role::Entry => {
                     each(h, Paired::Entered { probe: h.probe });
-                    let fields = std::mem::take(&mut h.fields);
-                    (thread.enter(h.sp, (h.probe, h.time, fields), &mut stack_of), Vec::new(), None)
+                    let member = (h.probe, h.time, std::mem::take(&mut h.fields));
+                    thread.enter(h.sp, h.function, member, &mut stack_of);
+                    (Vec::new(), None)
                 }
                 Role::Exit(ExitKind::TailJump { target }) if hands_over(h.probe, target.0) => {
-                    let (stale, _) = thread.hand_over(h.sp, &mut stack_of);
-                    (stale, Vec::new(), None)
+                    thread.hand_over(h.sp, &mut stack_of);
+                    (Vec::new(), None)
                 }
-                Role::Exit(kind) => {
-                    let Left { stale, returning } = thread.leave(h.sp, &mut stack_of);
-                    (stale, returning, kind.is_ret().then_some(h.ax))
-                }
+                Role::Exit(kind) => (thread.leave(h.sp, h.probe, &mut stack_of), kind.is_ret().then_some(h.ax)),
             };
             // A stale activation handed over by a tail call is not known to have returned
             // either (the callee it jumped to may have been unwound): abandoned alike.
-            for ((probe, _, _), _) in stale {
+            for (probe, _, _) in std::mem::take(&mut thread.stale) {
                 each(h, Paired::Abandoned { probe });
             }
             for (probe, entry_time, fields) in returning {
                 each(h, Paired::Returned { probe, entry_time, value, fields });
             }
-            if thread.is_empty() {
+            if thread.pending.is_empty() {
                 self.threads.remove(&h.tid);
             }
         }
     }
 
     /// The probes of the activations pending in threads that no longer run (`alive(pid,
-    /// tid)` false), one per activation, forgotten: they will never return (their thread
+    /// tid)` false), one per probe of each, forgotten: they will never return (their thread
     /// ended, or jumped away from them last).
     pub fn forget_gone(&mut self, alive: &dyn Fn(u32, u32) -> bool) -> Vec<usize> {
-        let gone: Vec<u32> =
-            self.threads.iter().filter(|(tid, (pid, _))| !alive(*pid, **tid)).map(|(t, _)| *t).collect();
+        let gone: Vec<u32> = self.threads.iter().filter(|(tid, t)| !alive(t.pid, **tid)).map(|(t, _)| *t).collect();
         let mut probes = Vec::new();
         for tid in gone {
-            if let Some((_, mut thread)) = self.threads.remove(&tid) {
-                probes.extend(thread.drain().into_iter().map(|((probe, _, _), _)| probe));
+            if let Some(thread) = self.threads.remove(&tid) {
+                probes.extend(thread.pending.into_iter().rev().flat_map(|a| a.members).map(|(probe, _, _)| probe));
             }
         }
         probes
@@ -181,6 +263,7 @@ mod tests {
             pid: 1,
             tid,
             probe,
+            function: probe,
             role,
             sp,
             ax,
@@ -261,6 +344,37 @@ mod tests {
             [(2, vec![Some(FieldValue::Unsigned(2))]), (1, vec![Some(FieldValue::Unsigned(1))])],
             "innermost first, each with its own entry's values"
         );
+    }
+
+    #[test]
+    fn two_probes_on_one_function_each_pair_every_call() {
+        let ret = Role::Exit(ExitKind::Ret);
+        // Probes 0 and 1 on one function (the same hits): a call nested in another, then a
+        // call the program abandoned, found stale at the outer call's exit.
+        let both = |time: u64, role: Role, sp: u64, ax: u64| {
+            let mut second = rec(time, 7, 1, role, sp, ax);
+            second.function = 0;
+            [rec(time, 7, 0, role, sp, ax), second]
+        };
+        let mut records = Vec::new();
+        records.extend(both(1, Role::Entry, 0x1000, 0));
+        records.extend(both(2, Role::Entry, 0x0f00, 0));
+        records.extend(both(3, ret, 0x0f00, 5));
+        records.extend(both(4, Role::Entry, 0x0f00, 0));
+        records.extend(both(5, ret, 0x1000, 6));
+        let out = run(records, 0);
+        let returned = |probe: usize| {
+            (out.iter())
+                .filter_map(|p| match p {
+                    Paired::Returned { probe: q, entry_time, value, .. } if *q == probe => Some((*entry_time, *value)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        for probe in [0, 1] {
+            assert_eq!(returned(probe), [(2, Some(5)), (1, Some(6))], "probe {probe}");
+            assert_eq!(out.iter().filter(|p| **p == Paired::Abandoned { probe }).count(), 1, "probe {probe}");
+        }
     }
 
     #[test]

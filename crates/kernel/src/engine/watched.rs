@@ -48,6 +48,9 @@ impl KernelEngine {
         };
         // An entry probe timed to its return shows the values read at its entry.
         let p = &probes[probe];
+        let w = p.exits.as_ref()?;
+        let same = |q: &Probe| q.exits.as_ref().is_some_and(|v| v.path == w.path && v.function == w.function);
+        let function = probes.iter().position(same).unwrap_or(probe);
         let fields = match role {
             Role::Entry if !p.is_return => p.fields.iter().map(|(name, _)| hit.field(name)).collect(),
             _ => Vec::new(),
@@ -57,6 +60,7 @@ impl KernelEngine {
             pid: hit.pid,
             tid: hit.tid,
             probe,
+            function,
             role,
             sp: word(SP_FIELD),
             ax: word(AX_FIELD),
@@ -163,9 +167,6 @@ impl KernelEngine {
             return Err(format!("`{}` is read at the return address (only $retval is read at the exits)", a.name));
         }
         let plan = exit_sites::plan(&ProbeSpec { kind: ProbeKind::Return, ..spec.clone() })?;
-        if self.watches(&plan.path, plan.function) {
-            return Err("another return probe watches the function's exits".into());
-        }
         // At a tail call the return value is the callee's: read at the callee's `ret` when a
         // return probe placed before watches it at its exits, else nowhere.
         let unwatched_tail = plan.exits.iter().find(|(_, kind)| match kind {
