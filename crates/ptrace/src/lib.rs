@@ -30,8 +30,10 @@
 mod backtrace;
 mod blocked;
 mod detach;
+mod early;
 mod engine;
 mod error;
+mod exec_watch;
 mod exits;
 mod family;
 mod inject;
@@ -52,6 +54,7 @@ mod xol;
 
 pub use engine::{wait_for_command, PtraceEngine};
 pub use error::{Exit, Stopped, TraceError};
+pub use exec_watch::{ExecWatch, Watched};
 pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};

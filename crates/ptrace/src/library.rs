@@ -3,8 +3,8 @@
 //! and then a function of the loaded library, and given back exactly as it was (general
 //! registers, the extended FPU state and `errno`).
 //!
-//! For a started program the point is its entry: the dynamic loader has run, no other
-//! thread exists, no lock is held. For a running process one thread is seized and
+//! For a started program the point is just after its C library's initialisation, before
+//! any other library's constructor (see `early`): no other thread exists, no lock is held. For a running process one thread is seized and
 //! interrupted until it stops outside the C library and the loader, or inside a system
 //! call that waits (the C library holds no lock there); a thread stopped inside `malloc`
 //! would deadlock `dlopen`.
@@ -19,8 +19,8 @@ use dprobe_arch::{Addr, Memory};
 use dprobe_sym::{read_maps_of, Symbols};
 
 use crate::error::TraceError;
+use crate::exec_watch::ExecWatch;
 use crate::sys::{self, RemoteMemory};
-use crate::tracee::auxv_entry;
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
 const RETURN_TRAP: u64 = 0x320;
@@ -98,7 +98,8 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// Start `program` with `args` and hold it at its entry point, its libraries loaded.
+    /// Start `program` with `args` and hold it where its C library is initialised and no
+    /// other constructor has run yet (see `early`).
     pub fn spawn(program: &str, args: &[&str]) -> Result<Injector, LoadError> {
         let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
         let invalid = |e| spawn_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
@@ -122,7 +123,22 @@ impl Injector {
             return Err(TraceError::NotExecutable { program: program.to_owned() }.into());
         }
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
-        run_to_entry(pid, &mut memory)?;
+        if let Err(e) = crate::early::run_to_libc_initialized(pid, &mut memory) {
+            // It has run none of its own code: ended, so that a fallback starts it afresh.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            return Err(e);
+        }
+        Injector::hold(pid, pid, memory, true)
+    }
+
+    /// Hold traced process `pid`, stopped at its `exec`, where its new program can load a
+    /// library (as [`Injector::spawn`] holds a started one). Killed with the tracer until let
+    /// go, as a started program is.
+    pub(crate) fn at_exec(pid: i32) -> Result<Injector, LoadError> {
+        sys::set_options(pid, (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64)?;
+        let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
+        crate::early::run_to_libc_initialized(pid, &mut memory)?;
         Injector::hold(pid, pid, memory, true)
     }
 
@@ -323,6 +339,21 @@ impl Injector {
         self.restore()?;
         sys::detach(self.tid, 0)?;
         Ok(())
+    }
+
+    /// Give a started program's thread back as it was and let it run, still watched for its
+    /// `exec` (see [`ExecWatch`]); the tracer's death no longer kills it.
+    pub fn release_watching_exec(mut self) -> Result<ExecWatch, LoadError> {
+        if !self.spawned {
+            let pid = self.pid;
+            self.release()?;
+            return Err(LoadError::Refused { pid, reason: "only a started program is watched for its exec".into() });
+        }
+        self.released = true;
+        self.restore()?;
+        sys::set_options(self.tid, libc::PTRACE_O_TRACEEXEC as u64)?;
+        sys::cont(self.tid, 0)?;
+        Ok(ExecWatch::new(self.pid))
     }
 
     /// Kill a program dprobe started (it has not run a line of its own); let go of any other.
@@ -549,38 +580,6 @@ fn is_safe(pid: i32, r: &libc::user_regs_struct) -> Result<bool, TraceError> {
     let inside = maps.iter().find(|m| m.contains(Addr(r.rip))).and_then(|m| m.path.clone());
     let file = inside.as_deref().map(|p| p.rsplit('/').next().unwrap_or(p)).unwrap_or("");
     Ok(!(file.starts_with("libc") || file.starts_with("ld-") || file.starts_with("libpthread")))
-}
-
-/// Resume a program stopped after `execve` until its entry point (its libraries loaded and
-/// initialised), and leave it stopped there.
-fn run_to_entry(pid: i32, memory: &mut RemoteMemory) -> Result<(), LoadError> {
-    let entry = auxv_entry(pid)?;
-    let mut original = [0u8];
-    memory.read(entry, &mut original).map_err(TraceError::from)?;
-    memory.write(entry, &[dprobe_arch::INT3]).map_err(TraceError::from)?;
-    let mut signal = 0;
-    loop {
-        sys::cont(pid, signal)?;
-        signal = 0;
-        let (_, status) = sys::wait(pid)?;
-        if !libc::WIFSTOPPED(status) {
-            return Err(LoadError::Refused { pid, reason: "it ended before its entry point".into() });
-        }
-        let sig = libc::WSTOPSIG(status);
-        if sys::event_of(status) != 0 {
-            continue;
-        }
-        if sig == libc::SIGTRAP {
-            let mut r = sys::get_regs(pid)?;
-            if r.rip == entry.0 + 1 {
-                memory.write(entry, &original).map_err(TraceError::from)?;
-                r.rip = entry.0;
-                sys::set_regs(pid, &r)?;
-                return Ok(());
-            }
-        }
-        signal = sig;
-    }
 }
 
 fn get_xstate(tid: i32) -> Result<Vec<u8>, TraceError> {

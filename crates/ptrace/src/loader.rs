@@ -284,7 +284,7 @@ fn auxv(pid: i32, key: u64) -> Option<u64> {
 /// The address of the dynamic linker's `r_debug`, from the `DT_DEBUG` entry of the program's
 /// dynamic section (found through its program headers, `AT_PHDR`); `None` before the linker
 /// filled it in, or for a program without one.
-fn r_debug_addr(pid: i32, memory: &mut dyn Memory) -> Option<Addr> {
+pub(crate) fn r_debug_addr(pid: i32, memory: &mut dyn Memory) -> Option<Addr> {
     let (phdr, phnum) = (auxv(pid, libc::AT_PHDR)?, auxv(pid, libc::AT_PHNUM)?);
     let word = |memory: &mut dyn Memory, at: u64| -> Option<u64> {
         let mut w = [0u8; 8];

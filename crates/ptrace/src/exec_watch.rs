@@ -1,0 +1,119 @@
+//! A started program that the tracer let go (its library loaded) but still watches for one
+//! thing: its `exec`. The new program is held where a library can be loaded again (see
+//! `early`), so that what was loaded into the old one can be loaded into it too.
+//!
+//! Only the main thread is traced, with `PTRACE_O_TRACEEXEC` alone: no probe hit, fork or
+//! thread stops it. A signal does (ptrace reports every signal): it is delivered at once, a
+//! stop signal leaves the program stopped (`PTRACE_LISTEN`) as it would untraced. Should the
+//! tracer die, the kernel lets the program go (no `PTRACE_O_EXITKILL` while it runs on its
+//! own).
+
+use crate::library::{Injector, LoadError};
+use crate::sys;
+use crate::thread::is_stop_signal;
+use crate::tracee::EVENT_STOP;
+
+/// A started program running on its own, watched for its `exec`.
+pub struct ExecWatch {
+    pid: i32,
+    watching: bool,
+}
+
+/// What a look at a watched program found.
+pub enum Watched {
+    /// Nothing to act on: it runs.
+    Running,
+    /// It executed a new program, held where a library can be loaded (before any constructor
+    /// but the C library's).
+    Executed(Box<Injector>),
+    /// It executed a new program that cannot be held there, for this reason: it runs on,
+    /// no longer watched.
+    Unheld(String),
+    /// It ended, with this wait status.
+    Ended(i32),
+}
+
+impl ExecWatch {
+    pub(crate) fn new(pid: i32) -> ExecWatch {
+        ExecWatch { pid, watching: true }
+    }
+
+    /// The program.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Look at the program without waiting: its signals are delivered, its `exec` held.
+    pub fn poll(&mut self) -> Result<Watched, LoadError> {
+        if !self.watching {
+            return Ok(Watched::Running);
+        }
+        loop {
+            let Some((_, status)) = sys::wait_until(self.pid, std::time::Instant::now())? else {
+                return Ok(Watched::Running);
+            };
+            if !libc::WIFSTOPPED(status) {
+                self.watching = false;
+                return Ok(Watched::Ended(status));
+            }
+            let signal = libc::WSTOPSIG(status);
+            match sys::event_of(status) {
+                0 => sys::cont(self.pid, signal)?,
+                libc::PTRACE_EVENT_EXEC => {
+                    self.watching = false;
+                    return match Injector::at_exec(self.pid) {
+                        Ok(held) => Ok(Watched::Executed(Box::new(held))),
+                        Err(e) => {
+                            let _ = sys::set_options(self.pid, libc::PTRACE_O_TRACEEXEC as u64);
+                            let _ = sys::detach(self.pid, 0);
+                            Ok(Watched::Unheld(e.to_string()))
+                        }
+                    };
+                }
+                EVENT_STOP if is_stop_signal(signal) => {
+                    if sys::listen(self.pid).is_err() {
+                        sys::cont(self.pid, 0)?;
+                    }
+                }
+                _ => sys::cont(self.pid, 0)?,
+            }
+        }
+    }
+
+    /// Stop watching: the program runs on untraced. One that ended meanwhile is left for its
+    /// parent to reap (dprobe's own end hands it to the next reaper, as untraced).
+    pub fn end(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if !self.watching {
+            return;
+        }
+        self.watching = false;
+        if sys::interrupt(self.pid).is_err() {
+            return;
+        }
+        // SAFETY: a siginfo_t is plain data, which waitid fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WNOTHREAD;
+        // SAFETY: waits, without reaping, for our traced child; `info` is valid.
+        let peeked = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) };
+        if peeked != 0 || matches!(info.si_code, libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED) {
+            return;
+        }
+        let Ok((_, status)) = sys::wait(self.pid) else { return };
+        let signal = match sys::event_of(status) {
+            // The program's signal, not delivered yet: delivered as it goes.
+            0 if libc::WIFSTOPPED(status) => libc::WSTOPSIG(status),
+            _ => 0,
+        };
+        let _ = sys::detach(self.pid, signal);
+    }
+}
+
+impl Drop for ExecWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
