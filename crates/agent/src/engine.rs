@@ -1,8 +1,10 @@
-//! The agent engine, the tracer's side: the agent library is loaded into the program (held
-//! by ptrace at its entry, or a running process's thread held at a safe point), the probes
-//! are sent to it, and ptrace lets go before the program runs on. From then on the program
-//! is not stopped at any hit: events come through the shared ring, figures from the shared
-//! counters.
+//! The agent engine, the tracer's side: the agent library is loaded into the program (a
+//! started one held by ptrace right after its C library's initialisation, before any other
+//! constructor; a running process's thread held at a safe point), the probes are sent to it,
+//! and ptrace lets go before the program runs on (a started program stays watched for its
+//! `exec` alone, and the new program gets the agent and the probes again). From then on the
+//! program is not stopped at any hit: events come through the shared ring, figures from the
+//! shared counters.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use dprobe_core::fetch::Values;
 use dprobe_core::returns::ReturnMode;
 use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
-use dprobe_ptrace::{Injector, LoadError};
+use dprobe_ptrace::{ExecWatch, Injector, LoadError, Watched};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 use nix::errno::Errno;
@@ -77,6 +79,25 @@ pub struct AgentEngine {
     injector: Option<Injector>,
     sock: UnixStream,
     shm: Shm,
+    /// The shared memory of the agents of programs the process ran before (`exec`): their
+    /// figures count in the summary.
+    retired: Vec<Shm>,
+    /// A started program, watched for its `exec` once let go.
+    watch: Option<ExecWatch>,
+    /// How a started program ended, when the watch saw it.
+    status: Option<i32>,
+    /// A new program the process executed, held for the agent (seen while looking at the
+    /// old agent's end).
+    pending: Option<Injector>,
+    /// What is loaded again into a program the process executes.
+    library: OwnedLibrary,
+    /// What was asked of the agent, asked again of the next one: children followed, the
+    /// probes, the filters.
+    follow_children: bool,
+    requests: Vec<PlaceProbe>,
+    filters: Vec<Message>,
+    /// Probes the agent could not place in a program the process executed, and why.
+    exec_notes: Vec<String>,
     probes: Vec<ProbeInfo>,
     events: bool,
     names: ThreadNames,
@@ -84,8 +105,8 @@ pub struct AgentEngine {
     values: Vec<Values>,
     /// Why the process is not traced any more, when it ran `exec`.
     lost: Option<String>,
-    /// Where forked children's agents announce themselves.
-    listener: UnixListener,
+    /// Where forked children's agents announce themselves (one per program loaded).
+    listeners: Vec<UnixListener>,
     /// The forked children's agents.
     children: Vec<UnixStream>,
     /// With stacks asked for: how deep, what unwinds them, the last event's stack.
@@ -101,6 +122,21 @@ pub enum Library<'a> {
     Image(&'a [u8]),
     /// A file the traced process can open.
     File(&'a std::path::Path),
+}
+
+/// [`Library`], kept to load the agent again into a program the process executes.
+enum OwnedLibrary {
+    Image(Vec<u8>),
+    File(PathBuf),
+}
+
+impl OwnedLibrary {
+    fn of(library: Library<'_>) -> OwnedLibrary {
+        match library {
+            Library::Image(image) => OwnedLibrary::Image(image.to_vec()),
+            Library::File(path) => OwnedLibrary::File(path.to_path_buf()),
+        }
+    }
 }
 
 /// The name of the memory file that holds the agent in a traced process.
@@ -122,8 +158,8 @@ pub fn agent_library() -> Result<PathBuf, AgentError> {
 }
 
 impl AgentEngine {
-    /// Start `program` with `args` and load the agent at its entry. `events`: the probes'
-    /// events are wanted (not for counts alone).
+    /// Start `program` with `args` and load the agent before its libraries' constructors run.
+    /// `events`: the probes' events are wanted (not for counts alone).
     pub fn spawn(program: &str, args: &[&str], library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
         AgentEngine::start(Injector::spawn(program, args)?, library, true, events)
     }
@@ -135,33 +171,11 @@ impl AgentEngine {
 
     fn start(mut injector: Injector, library: Library<'_>, spawned: bool, events: bool) -> Result<Self, AgentError> {
         let pid = injector.pid();
-        let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
-        static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
-        let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
-            .map_err(agent_err)?;
-        const ENTRY: &str = "dprobe_agent_start";
-        let started = match library {
-            Library::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, &name)?,
-            Library::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, &name)?,
-        };
-        if started != 0 {
-            let reason = if started as i32 == -2 {
-                "another dprobe traces it with the agent"
-            } else {
-                "the agent did not start"
-            };
-            return Err(AgentError::Refused(format!("process {pid}: {reason}")));
-        }
-        let sock = accept_within(&listener, ANSWER_TIMEOUT).map_err(agent_err)?;
-        listener.set_nonblocking(true).map_err(agent_err)?;
-        sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
-        let fd = receive_fd(&sock).map_err(agent_err)?;
-        let shm = Shm::open(fd).map_err(agent_err)?;
-        // A started program waits at its entry for its probes. A running process goes on now:
-        // held, it would die with dprobe if dprobe died while placing (a thread left stopped
-        // at an injected call); the agent places the probes while it runs.
+        let library = OwnedLibrary::of(library);
+        let (listener, sock, shm) = load(&mut injector, &library)?;
+        // A started program waits for its probes. A running process goes on now: held, it
+        // would die with dprobe if dprobe died while placing (a thread left stopped at an
+        // injected call); the agent places the probes while it runs.
         let injector = if spawned {
             Some(injector)
         } else {
@@ -174,13 +188,22 @@ impl AgentEngine {
             injector,
             sock,
             shm,
+            retired: Vec::new(),
+            watch: None,
+            status: None,
+            pending: None,
+            library,
+            follow_children: false,
+            requests: Vec::new(),
+            filters: Vec::new(),
+            exec_notes: Vec::new(),
             probes: Vec::new(),
             events,
             names: ThreadNames::default(),
             stopped: false,
             values: Vec::new(),
             lost: None,
-            listener,
+            listeners: vec![listener],
             children: Vec::new(),
             stacks: None,
             unwinder: Unwinder::new(),
@@ -196,6 +219,7 @@ impl AgentEngine {
     /// Follow forked children: each keeps the probes, its events carry its pid (without this,
     /// a child's probes are removed as it starts). Before the probes are placed.
     pub fn follow(&mut self) -> Result<(), AgentError> {
+        self.follow_children = true;
         wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))
     }
 
@@ -203,9 +227,14 @@ impl AgentEngine {
         AgentError::Agent { pid: self.pid, source: unanswered(source) }
     }
 
-    /// Let the program run (it waited at its entry, or one thread at a safe point).
+    /// Let the program run (it waited before its constructors, or one thread at a safe
+    /// point); a started one stays watched for its `exec`.
     fn release(&mut self) -> Result<(), AgentError> {
         match self.injector.take() {
+            Some(i) if self.spawned && !self.stopped => {
+                self.watch = Some(i.release_watching_exec()?);
+                Ok(())
+            }
             Some(i) => Ok(i.release()?),
             None => Ok(()),
         }
@@ -265,14 +294,141 @@ impl AgentEngine {
         n
     }
 
+    /// The program the process runs now, in words.
+    fn program(&self) -> String {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid))
+            .map_or_else(|_| "another program".into(), |p| format!("`{}`", p.display()))
+    }
+
+    /// Look at a started program's watch: its end recorded, a new program it executed
+    /// returned held (where the agent can be loaded into it).
+    fn look_at_the_program(&mut self) -> Option<Injector> {
+        let watch = self.watch.as_mut()?;
+        match watch.poll() {
+            Ok(Watched::Running) => None,
+            Ok(Watched::Ended(status)) => {
+                self.watch = None;
+                self.status = Some(status);
+                None
+            }
+            Ok(Watched::Executed(held)) => {
+                self.watch = None;
+                Some(*held)
+            }
+            Ok(Watched::Unheld(why)) | Err(dprobe_ptrace::LoadError::Refused { reason: why, .. }) => {
+                self.watch = None;
+                self.not_followed(&why);
+                None
+            }
+            Err(e) => {
+                self.watch = None;
+                self.not_followed(&e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The connection of the agent ended as the process executed a new program: whether the
+    /// watch sees that `exec` (it comes to the tracer a moment after the old program's files
+    /// are closed); it then loads the agent again, so the old agent is not lost.
+    fn exec_seen(&mut self) -> bool {
+        if self.watch.is_none() {
+            return false;
+        }
+        for _ in 0..2000 {
+            if self.watch.is_none() {
+                // Ended, or the new program could not be held (said already).
+                return true;
+            }
+            if let Some(held) = self.look_at_the_program() {
+                self.pending = Some(held);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// The process executed a new program: the agent is loaded into it again (held before
+    /// its libraries' constructors), given the same probes, and counts on into the same
+    /// figures; the old agent's last records are read first.
+    fn executed(&mut self, mut held: Injector, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+        while self.drain(sink) > 0 {}
+        match self.load_again(&mut held) {
+            Ok(()) => match held.release_watching_exec() {
+                Ok(watch) => self.watch = Some(watch),
+                Err(e) => self.not_followed(&e.to_string()),
+            },
+            Err(e) => {
+                let _ = held.release();
+                self.not_followed(&e.to_string());
+            }
+        }
+    }
+
+    /// Say that the program the process executed is not traced, and why.
+    fn not_followed(&mut self, why: &str) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.lost = Some(format!(
+            "process {} ran {} (exec): the agent could not be loaded into it ({why}); not traced from then on",
+            self.pid,
+            self.program()
+        ));
+    }
+
+    fn load_again(&mut self, held: &mut Injector) -> Result<(), AgentError> {
+        let (listener, sock, shm) = load(held, &self.library)?;
+        self.listeners.push(listener);
+        let old = std::mem::replace(&mut self.shm, shm);
+        self.retired.push(old);
+        self.sock = sock;
+        if self.follow_children {
+            wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))?;
+        }
+        let program = self.program();
+        for (index, request) in self.requests.clone().into_iter().enumerate() {
+            let target = request.target.clone();
+            wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
+            match wire::receive(&mut self.sock) {
+                Ok(Some(Message::Placed(wire::Placement::Failed(why)))) => {
+                    self.exec_notes.push(format!("`{target}` is not probed in {program} (exec): {why}"));
+                }
+                Ok(Some(Message::Placed(wire::Placement::At(a) | wire::Placement::Returns(a, _)))) => {
+                    // Where it is now (it may have waited for a library in the old program).
+                    self.probes[index].placement = Placement::At(Addr(a));
+                }
+                Ok(Some(Message::Placed(_))) => {}
+                Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
+                Err(e) => return Err(self.agent_err(e)),
+            }
+        }
+        for message in self.filters.clone() {
+            wire::send(&mut self.sock, &message).map_err(|e| self.agent_err(e))?;
+            let _ = wire::receive(&mut self.sock);
+        }
+        Ok(())
+    }
+
+    /// Stop watching a started program for its `exec`: it runs on untraced.
+    fn end_watch(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.end();
+        }
+    }
+
     /// Take the connections of forked children's agents that announced themselves.
     fn accept_children(&mut self) {
-        while let Ok((mut child, _)) = self.listener.accept() {
-            let announced = child.set_nonblocking(false).is_ok()
-                && child.set_read_timeout(Some(ANSWER_TIMEOUT)).is_ok()
-                && matches!(wire::receive(&mut child), Ok(Some(Message::Hello(_))));
-            if announced {
-                self.children.push(child);
+        for listener in &self.listeners {
+            while let Ok((mut child, _)) = listener.accept() {
+                let announced = child.set_nonblocking(false).is_ok()
+                    && child.set_read_timeout(Some(ANSWER_TIMEOUT)).is_ok()
+                    && matches!(wire::receive(&mut child), Ok(Some(Message::Hello(_))));
+                if announced {
+                    self.children.push(child);
+                }
             }
         }
     }
@@ -337,6 +493,13 @@ impl AgentEngine {
     /// not start, without (only its parent learns how).
     fn ended(&mut self) -> Option<Ending> {
         if self.spawned {
+            if let Some(status) = self.status {
+                return Some(ending_of(status));
+            }
+            if self.watch.is_some() {
+                // Its end comes through the watch (a wait here would take its stops too).
+                return None;
+            }
             return match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => Some(Ending::Exited(Exit::Code(code))),
                 Ok(WaitStatus::Signaled(_, signal, _)) => Some(Ending::Exited(Exit::Signal(signal as i32))),
@@ -353,6 +516,43 @@ impl AgentEngine {
             _ if zombie() => Some(Ending::Gone),
             _ => None,
         }
+    }
+}
+
+/// Load the agent through held `injector` and start it: the listener its forked children
+/// announce themselves to, its connection, its shared memory.
+fn load(injector: &mut Injector, library: &OwnedLibrary) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
+    let pid = injector.pid();
+    let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
+    static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
+        .map_err(agent_err)?;
+    const ENTRY: &str = "dprobe_agent_start";
+    let started = match library {
+        OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, &name)?,
+        OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, &name)?,
+    };
+    if started != 0 {
+        let reason =
+            if started as i32 == -2 { "another dprobe traces it with the agent" } else { "the agent did not start" };
+        return Err(AgentError::Refused(format!("process {pid}: {reason}")));
+    }
+    let sock = accept_within(&listener, ANSWER_TIMEOUT).map_err(agent_err)?;
+    listener.set_nonblocking(true).map_err(agent_err)?;
+    sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
+    let fd = receive_fd(&sock).map_err(agent_err)?;
+    let shm = Shm::open(fd).map_err(agent_err)?;
+    Ok((listener, sock, shm))
+}
+
+/// A wait status as an ending.
+fn ending_of(status: i32) -> Ending {
+    if libc::WIFSIGNALED(status) {
+        Ending::Exited(Exit::Signal(libc::WTERMSIG(status)))
+    } else {
+        Ending::Exited(Exit::Code(libc::WEXITSTATUS(status)))
     }
 }
 
@@ -443,6 +643,7 @@ impl Engine for AgentEngine {
             args: probe.plan.args().to_vec(),
             semaphore: probe.semaphore.cloned(),
         };
+        self.requests.push(request.clone());
         wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
         let mut placed = Placed::default();
         let answer = loop {
@@ -494,6 +695,7 @@ impl Engine for AgentEngine {
             if !matches!(wire::receive(&mut self.sock), Ok(Some(Message::Filtered(_)))) {
                 return;
             }
+            self.filters.push(message);
         }
     }
 
@@ -514,15 +716,20 @@ impl Engine for AgentEngine {
                 while self.drain(sink) > 0 {}
                 return Ok(Ending::Asked);
             }
-            if !self.stopped && self.ran_exec() {
+            if let Some(held) = self.look_at_the_program() {
+                self.executed(held, sink);
+            }
+            if let Some(held) = self.pending.take() {
+                self.executed(held, sink);
+            }
+            if !self.stopped && self.ran_exec() && !self.exec_seen() {
                 // The new program has no agent: nothing of dprobe's is in it any more.
                 self.stopped = true;
                 self.drain(sink);
-                let program = std::fs::read_link(format!("/proc/{}/exe", self.pid))
-                    .map_or_else(|_| "another program".into(), |p| format!("`{}`", p.display()));
                 self.lost = Some(format!(
-                    "process {} ran {program} (exec): the agent does not follow it; not traced from then on",
-                    self.pid
+                    "process {} ran {} (exec): the agent does not follow it; not traced from then on",
+                    self.pid,
+                    self.program()
                 ));
                 if !self.spawned {
                     return Err(AgentError::NotTraced(self.lost.clone().unwrap_or_default()));
@@ -546,7 +753,9 @@ impl Engine for AgentEngine {
 
     fn stats(&self, index: usize) -> Stats {
         let Some(p) = self.probes.get(index) else { return Stats::default() };
-        let get = |c| self.shm.get(index, c);
+        let current = |c| self.shm.get(index, c);
+        // Summed over every program the process ran (`exec`).
+        let get = |c| current(c) + self.retired.iter().map(|shm| shm.get(index, c)).sum::<u64>();
         Stats {
             hits: get(Counter::Hits) + get(Counter::Missed) + get(Counter::Reentered),
             returns: get(Counter::Returns),
@@ -554,7 +763,7 @@ impl Engine for AgentEngine {
             reentered: get(Counter::Reentered),
             abandoned: get(Counter::Abandoned),
             lost: get(Counter::Lost),
-            placement: match (&p.placement, get(Counter::PlacedAt), get(Counter::Loads)) {
+            placement: match (&p.placement, current(Counter::PlacedAt), current(Counter::Loads)) {
                 // Placed when its library was loaded; since unloaded, or placed still.
                 (Placement::Waiting, 0, loads) if loads > 0 => Placement::Unloaded,
                 (Placement::Waiting, at, _) if at != 0 => Placement::At(Addr(at)),
@@ -565,27 +774,41 @@ impl Engine for AgentEngine {
     }
 
     fn notes(&self) -> Vec<String> {
-        let dropped = match self.shm.dropped() {
+        let all = || std::iter::once(&self.shm).chain(&self.retired);
+        let dropped = match all().map(Shm::dropped).sum::<u64>() {
             0 => None,
             n => Some(format!("{n} events dropped: the agent's ring was full")),
         };
-        let no_stack = match self.shm.stacks_lost() {
+        let no_stack = match all().map(Shm::stacks_lost).sum::<u64>() {
             0 => None,
             n => Some(format!("{n} events without their stack: every stack slot of the agent was in use")),
         };
-        dropped.into_iter().chain(no_stack).chain(self.lost.clone().filter(|_| self.spawned)).collect()
+        dropped
+            .into_iter()
+            .chain(no_stack)
+            .chain(self.exec_notes.iter().cloned())
+            .chain(self.lost.clone().filter(|_| self.spawned))
+            .collect()
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
         // The agent lowers the semaphores it raised as it removes the probes.
         let stopped = self.stop_agent();
         self.release()?;
+        self.end_watch();
         stopped?;
         let Some(signal) = stopped_by.filter(|_| self.spawned) else { return Ok(None) };
+        if let Some(status) = self.status {
+            return Ok(match ending_of(status) {
+                Ending::Exited(exit) => Some(exit),
+                _ => None,
+            });
+        }
         Ok(dprobe_ptrace::wait_for_command(self.pid, signal, give_up))
     }
 
     fn abandon(mut self) {
+        self.end_watch();
         match self.injector.take() {
             Some(i) if self.spawned => i.abandon(),
             Some(i) => {

@@ -8,8 +8,9 @@
 //!   it, writes events into a ring in memory shared with the tracer, and removes every probe
 //!   when the socket ends (dprobe stopped, or died);
 //! * [`AgentEngine`], the [`dprobe_core::Engine`] the tracer drives: it loads the library
-//!   (at a started program's entry, or into a running process through an injected `dlopen`),
-//!   sends the probes, lets ptrace go, and reads events and figures from the shared memory.
+//!   (into a started program before its constructors, again after each `exec`, or into a
+//!   running process, through an injected `dlopen`), sends the probes, lets ptrace go, and
+//!   reads events and figures from the shared memory.
 //!
 //! Counts cost no event traffic: every probe's figures are counters in the shared memory,
 //! readable even after the program ended.

@@ -189,42 +189,30 @@ fn a_second_trace_of_a_process_uses_the_agent_already_loaded() {
 }
 
 #[test]
-fn a_program_that_runs_exec_is_said_to_be_no_longer_traced() {
-    let mut engine = AgentEngine::spawn(program(), &["exec", program(), "wait"], agent(), false).unwrap();
+fn a_program_that_runs_exec_is_traced_in_the_new_program() {
+    // One call, then the same program again: 1,000 calls, each counted into the same figures.
+    let mut engine = AgentEngine::spawn(program(), &["exec", program(), "calls", "1000"], agent(), false).unwrap();
     place(&mut engine, "probed x=$arg1");
-    let pid = engine.pid();
-    // The new program waits for SIGUSR2 (blocked across the exec, so never lost): sent once
-    // the exec has closed the agent's memory file and socket and the engine has looked once
-    // more.
-    let (mut complete, mut signalled) = (false, false);
-    let ending = engine
-        .run(
-            &mut || {
-                if complete && !signalled {
-                    // SAFETY: signals the program this test started.
-                    signalled = unsafe { libc::kill(pid, libc::SIGUSR2) } == 0;
-                }
-                complete = complete || exec_complete(pid);
-                false
-            },
-            &mut |_| {},
-        )
-        .unwrap();
-    assert_eq!(format!("{ending:?}"), "Exited(Code(7))", "the new program's status");
-    assert_eq!(engine.stats(0).hits, 1, "the call before the exec; the new program's are not traced");
+    let ending = engine.run(&mut || false, &mut |_| {}).unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(0))", "the new program's status: its sum was right");
+    assert_eq!(engine.stats(0).hits, 1001, "the call before the exec and the new program's");
     let notes = engine.notes();
-    assert!(notes.iter().any(|n| n.contains("(exec): the agent does not follow it")), "{notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("not traced")), "{notes:?}");
 }
 
-/// Whether process `pid` has closed every socket and memory file (what its exec closes).
-fn exec_complete(pid: i32) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    !fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|l| {
-            let l = l.to_string_lossy();
-            l.starts_with("socket:") || l.starts_with("/memfd:")
-        })
-    })
+#[test]
+fn a_program_that_runs_exec_of_a_static_program_is_said_to_be_no_longer_traced() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = dir.join("agent-static-exit.c");
+    std::fs::write(&src, "int main(void) { return 7; }\n").unwrap();
+    let fixed = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "agent-static-exit", &["-O1", "-static"]);
+    let mut engine = AgentEngine::spawn(program(), &["exec", fixed], agent(), false).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    let ending = engine.run(&mut || false, &mut |_| {}).unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(7))", "the new program's status");
+    assert_eq!(engine.stats(0).hits, 1, "the call before the exec");
+    let notes = engine.notes();
+    assert!(notes.iter().any(|n| n.contains("(a static program)") && n.contains("not traced")), "{notes:?}");
 }
 
 /// Whether process `pid` has a thread named `dprobe-agent`.

@@ -26,14 +26,9 @@ pub fn agent_cannot(args: &TraceArgs, planned: &[Planned], program: Option<&str>
     if let Some(pid) = args.pid {
         return process_cannot(pid);
     }
-    if let Some(why) = program.and_then(program_cannot) {
-        return Some(why);
-    }
-    Some(
-        "a started command: the agent is loaded at its entry, after its libraries' constructors ran, and does not \
-         follow its exec"
-            .into(),
-    )
+    // A started command: the agent is loaded before its libraries' constructors run, and
+    // again into each program it executes.
+    program.and_then(program_cannot)
 }
 
 /// Why the agent cannot trace running process `pid`.

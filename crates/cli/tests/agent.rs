@@ -46,6 +46,19 @@ fn static_program() -> &'static str {
     dprobe_test_fixtures::c_program(src.to_str().unwrap(), "static-program", &["-O1", "-static"])
 }
 
+/// A program with a dynamic loader and no C library: it exits with `probed(1)`, 2.
+fn no_libc_program() -> &'static str {
+    let src = out_file("no-libc.c");
+    let code = "__attribute__((noinline)) int probed(int x) { return x + 1; }\n\
+                void _start(void) {\n\
+                  int code = probed(1);\n\
+                  __asm__ volatile(\"mov $60, %%eax\\n syscall\" :: \"D\"(code) : \"rax\");\n\
+                  for (;;) {}\n\
+                }\n";
+    std::fs::write(&src, code).unwrap();
+    dprobe_test_fixtures::c_program(src.to_str().unwrap(), "no-libc", &["-O1", "-nostdlib", "-fPIE", "-pie"])
+}
+
 /// The running target; killed if a test fails before it finishes it.
 struct Running(Child);
 
@@ -128,8 +141,8 @@ fn dprobe_alone_carries_its_agent() {
     assert_eq!(hits(&text, "probed"), 2000, "{text}");
 }
 
-/// Without `--engine`, a running process gets the agent, and `-v` says so; a started command
-/// gets ptrace, and `-v` says why.
+/// Without `--engine`, a running process and a started command get the agent, and `-v` says
+/// so; ptrace where the agent cannot be loaded, and `-v` says why.
 #[test]
 fn the_engine_is_chosen_and_v_says_why() {
     let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
@@ -147,7 +160,19 @@ fn the_engine_is_chosen_and_v_says_why() {
     let o = common::dprobe(&["trace", "-v", "--count", "-o", "/dev/null", "probed", "--", target(), "loop", "10"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("dprobe: engine: ptrace (the agent cannot be used: a started command"), "{stderr}");
+    assert!(stderr.contains("dprobe: engine: agent (one program is traced"), "{stderr}");
+    // A program with a dynamic loader but no C library: there is no point after the C
+    // library's initialisation to load the agent at, and ptrace traces it, counting exactly.
+    let out = out_file("choice-no-libc");
+    let o = common::dprobe(&["trace", "-v", "--count", "-o", out.to_str().unwrap(), "probed", "--", no_libc_program()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(hits(&std::fs::read_to_string(&out).unwrap(), "probed"), 1, "{stderr}");
+    assert!(
+        stderr.contains("dprobe: engine: ptrace (the agent could not be loaded: ")
+            && stderr.contains("its C library's initialisation could not be found"),
+        "{stderr}"
+    );
     let o = common::dprobe(&["trace", "-v", "--count", "-o", "/dev/null", "probed", "--", static_program()]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("is a static program (no dynamic loader)"), "{stderr}");

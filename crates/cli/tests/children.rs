@@ -71,13 +71,13 @@ fn a_program_executed_by_the_program_is_probed_and_its_child_followed() {
     assert_eq!((code, hits(&out, "work")), (Some(0), 11), "the process's exec is followed, not its child\n{out}");
 }
 
-/// The agent does not follow an exec yet: the calls before it are counted exactly, the
-/// program executed runs untraced and right, and the summary says it was not traced.
+/// The agent follows the process's exec: loaded again into the new program, which counts
+/// on into the same summary.
 #[test]
-fn the_agent_says_that_a_program_executed_is_not_traced() {
+fn the_agent_follows_the_program_s_exec() {
     let (code, out) = trace("agent-exec", &["--engine", "agent", "--count", "work", "--", family(), "exec", "5", "6"]);
-    assert_eq!((code, hits(&out, "work")), (Some(0), 5), "{out}");
-    assert!(out.contains("(exec): the agent does not follow it; not traced from then on"), "{out}");
+    assert_eq!((code, hits(&out, "work")), (Some(0), 11), "{out}");
+    assert!(!out.contains("not traced"), "{out}");
 }
 
 #[test]

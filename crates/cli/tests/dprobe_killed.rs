@@ -127,9 +127,9 @@ fn kill_9_of_dprobe_that_started_a_command_lets_the_command_finish_right() {
     kill_9_with_a_started_command("ptrace");
 }
 
-/// The agent is loaded into a started command at its entry, a thread of the command made to
-/// call `dlopen`: a kill while that call is under way, or while the command waits at its
-/// entry for its probes, lets it go on as untraced.
+/// The agent is loaded into a started command before its constructors, a thread of the
+/// command made to call `dlopen`: a kill while that call is under way, while the command
+/// waits for its probes, or while it runs watched for its `exec`, lets it go on as untraced.
 #[test]
 fn kill_9_of_dprobe_loading_its_agent_into_a_started_command_lets_the_command_finish_right() {
     kill_9_with_a_started_command("agent");
@@ -178,7 +178,9 @@ fn kill_9_with_a_started_command(engine: &str) {
             reached[moment as usize] += 1;
             assert_eq!(c.code(), Some(0), "try {i} ({moment:?}): the command ended with {c:?}\n{text}");
         } else {
-            assert!(!was_started, "try {i}: the command was started, never seen ending: {ended:?}");
+            // Ended before the kill: dprobe saw its end, and its summary says how.
+            let seen_by_dprobe = text.contains("exited with status 0");
+            assert!(!was_started || seen_by_dprobe, "try {i}: the command was started, never seen ending: {ended:?}");
         }
     }
     eprintln!("commands started (startup, placing, steady): {reached:?} of {TRIES}; killed while loading the agent: {loading}");

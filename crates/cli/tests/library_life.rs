@@ -5,21 +5,23 @@ use common::{ctor_plugin, hits, loads, plugin, trace};
 
 #[test]
 fn constructors_are_probed() {
+    // Each engine that traces one program: the calls from the constructors of the program's
+    // libraries and of the program itself are all seen (the agent is loaded before them).
     let probes = ["libdprobe_ctor:ctor_work", "main_work", "libdprobe_ctorplugin:plugin_ctor_work"];
-    let mut args = vec!["--count"];
-    args.extend(probes);
-    args.extend(["--", loads(), "ctors", ctor_plugin()]);
-    let (code, out) = trace("ctors", &args);
-    assert_eq!(code, Some(0), "{out}");
-    let counts: Vec<u64> = probes.iter().map(|p| hits(&out, p)).collect();
-    assert_eq!(counts, [6, 4, 4], "calls from the constructors and from main\n{out}");
+    for engine in ["ptrace", "agent"] {
+        let mut args = vec!["--engine", engine, "--count"];
+        args.extend(probes);
+        args.extend(["--", loads(), "ctors", ctor_plugin()]);
+        let (code, out) = trace(&format!("{engine}-ctors"), &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let counts: Vec<u64> = probes.iter().map(|p| hits(&out, p)).collect();
+        assert_eq!(counts, [6, 4, 4], "{engine}: calls from the constructors and from main\n{out}");
+    }
 }
 
 #[test]
 fn constructors_of_a_library_loaded_later_are_probed_by_the_agent() {
-    // The agent comes into a started command at its entry, after the constructors of the
-    // libraries it is linked with; a library it loads later is probed before its own
-    // constructor runs.
+    // A library the program loads later is probed before its own constructor runs.
     let probe = "libdprobe_ctorplugin:plugin_ctor_work";
     let args = ["--engine", "agent", "--count", probe, "--", loads(), "ctors", ctor_plugin()];
     let (code, out) = trace("agent-ctors", &args);

@@ -1,0 +1,75 @@
+//! The agent in a command dprobe starts: loaded right after the C library's initialisation
+//! (the program keeps its environment and its name, which that initialisation records), and
+//! loaded again into each program the process executes.
+mod common;
+
+use std::process::Command;
+
+use common::{family, hits, out_file, trace, trace_to_file};
+
+fn agent(name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["--engine", "agent"];
+    all.extend_from_slice(args);
+    trace(name, &all)
+}
+
+/// Prints what the C library's initialisation records: the arguments, the program's name
+/// and its environment, as `main` and the library's functions see them.
+fn own_view() -> &'static str {
+    let src = out_file("own-view.c");
+    let code = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    printf("argc=%d argv0=%s name=%s short=%s\n", argc, argv[0], program_invocation_name,
+           program_invocation_short_name);
+    printf("value=%s\n", getenv("DPROBE_OWN_VIEW"));
+    int n = 0;
+    for (char **e = environ; *e; e++) n++;
+    printf("environ=%d\n", n);
+    return 0;
+}
+"#;
+    std::fs::write(&src, code).unwrap();
+    dprobe_test_fixtures::c_program(src.to_str().unwrap(), "own-view", &["-O1"])
+}
+
+#[test]
+fn the_program_keeps_its_arguments_name_and_environment() {
+    let program = own_view();
+    let untraced = Command::new(program).args(["a", "b"]).env("DPROBE_OWN_VIEW", "42").output().unwrap();
+    let untraced = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    assert!(untraced.contains("value=42"), "{untraced}");
+    std::env::set_var("DPROBE_OWN_VIEW", "42");
+    let t = trace_to_file("agent-own-view", &["--engine", "agent", "--count", "libc:getenv", "--", program, "a", "b"]);
+    assert_eq!(t.code, Some(0), "{}", t.trace);
+    assert_eq!(t.stdout, untraced, "what the program sees of itself, traced and not\n{}", t.trace);
+    assert!(hits(&t.trace, "libc:getenv") >= 1, "{}", t.trace);
+}
+
+#[test]
+fn a_program_executed_is_probed_even_when_the_first_one_lacks_the_function() {
+    // The shell has no `work`: the probe waits, and is placed in the program it executes,
+    // which executes itself again (work 5 times, then 6).
+    let script = format!("exec {} exec 5 6", family());
+    let (code, out) = agent("agent-exec-chain", &["--count", "family:work", "--", "/bin/sh", "-c", &script]);
+    assert_eq!((code, hits(&out, "family:work")), (Some(0), 11), "{out}");
+    assert!(!out.contains("not traced") && !out.contains("never loaded"), "{out}");
+}
+
+#[test]
+fn an_exec_into_a_static_program_is_said_not_traced() {
+    let src = out_file("static-exit.c");
+    std::fs::write(&src, "int main(void) { return 3; }\n").unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "static-exit", &["-O1", "-static"]);
+    let script = format!("exec {program}");
+    let (code, out) = agent("agent-exec-static", &["--count", "libc:getenv", "--", "/bin/sh", "-c", &script]);
+    // The static program ran, untraced: its status is the command's.
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("it has no dynamic loader (a static program)"), "{out}");
+    assert!(out.contains("not traced from then on"), "{out}");
+}
