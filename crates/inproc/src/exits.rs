@@ -11,8 +11,14 @@
 //!
 //! A tail call (`jmp`) into another watched function hands the caller's activation over to the
 //! callee: both return at the callee's exit, innermost first, with its return value. A tail
-//! call into any other function is the caller's return, reported at the jump (where `rax` holds
-//! no return value yet).
+//! call into any other function (not probed, or probed through its return address) hands it
+//! over to the return address the callee returns through: that word becomes the return-probe
+//! trampoline, the real address kept on the thread's pending stack of `kretprobe.rs` (whose
+//! dispatcher then returns the activation, with the callee's registers, and goes on to the real
+//! address; whose unwinder probes put the address back before an exception walks the stack;
+//! and whose rule finds it stale after a `longjmp`). When that stack is full, the call is
+//! missed; with a CET shadow stack, which forbids the trampoline, the caller's return is
+//! reported at the jump, where `rax` holds no return value yet.
 //!
 //! Every return probe of one function shares its watch: one activation per call lists up to
 //! [`PER_CALL`] of them; more on one function watch their returns through the return address.
@@ -37,7 +43,10 @@ use dprobe_rcu::Rcu;
 use dprobe_sym::Function;
 
 use crate::engine::Engine;
-use crate::kretprobe::{find, registry, EntryAction, InstanceData, KretInner, OwnStacks};
+use crate::kretprobe::{
+    self, find, real_return_address, registry, trampoline_addr, EntryAction, InstanceData, KretInner, OwnStacks,
+    TailReturn,
+};
 use crate::probe::{register_all, unregister_all, Probe};
 use crate::trap::InprocMemory;
 use crate::{sys, thread_state};
@@ -48,12 +57,32 @@ pub const PER_CALL: usize = 4;
 /// How many calls of watched functions one thread can have pending at once.
 pub const EXIT_CAPACITY: usize = 16 * 1024;
 
+/// How an activation left by a tail call, if it did. All zeroes is `No`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Handed {
+    /// It has not left.
+    No = 0,
+    /// To a watched function, whose exit returns it.
+    ToCallee,
+    /// Through the trampoline in its return address, which returns it: `First` is the
+    /// innermost activation of its word when the trampoline was written there; those above it
+    /// on the word return with it, through the same trampoline.
+    ThroughSlot { first: bool },
+}
+
+impl Handed {
+    fn through_slot(self) -> bool {
+        matches!(self, Handed::ThroughSlot { .. })
+    }
+}
+
 /// One pending call of a watched function.
 struct Activation {
     /// The stack pointer at its entry (where its return address is).
     sp: Cell<u64>,
-    /// It left by a tail call and returns with the function it jumped to.
-    handed_over: Cell<bool>,
+    /// Whether it left by a tail call, to return with the function it jumped to, and how.
+    handed: Cell<Handed>,
     /// Its return probes: their ids and instances.
     n: Cell<u8>,
     probes: [Cell<u32>; PER_CALL],
@@ -63,7 +92,7 @@ struct Activation {
 impl Activation {
     fn copy_from(&self, other: &Activation) {
         self.sp.set(other.sp.get());
-        self.handed_over.set(other.handed_over.get());
+        self.handed.set(other.handed.get());
         self.n.set(other.n.get());
         for k in 0..PER_CALL {
             self.probes[k].set(other.probes[k].get());
@@ -125,7 +154,16 @@ impl Activations for Pending<'_> {
         self.stack.acts[i].sp.get()
     }
     fn handed_over(&self, i: usize) -> bool {
-        self.stack.acts[i].handed_over.get()
+        let a = &self.stack.acts[i];
+        match a.handed.get() {
+            Handed::No => false,
+            Handed::ToCallee => true,
+            // Still so only while the word returns through the trampoline: once a new call
+            // wrote it, the frame is gone (left by `longjmp` or an exception).
+            // SAFETY: the rule asks this only at an entry, of an activation on the entry's own
+            // word: the return address at the stack pointer, on the thread's live stack.
+            Handed::ThroughSlot { .. } => unsafe { (a.sp.get() as *const u64).read_volatile() == trampoline_addr() },
+        }
     }
     fn abandon(&mut self, i: usize) {
         // A handed-over activation did leave, through a callee whose return was not seen:
@@ -202,7 +240,7 @@ fn on_entry(function: u64, regs: &mut Regs) {
         }
         if n > 0 {
             act.sp.set(sp);
-            act.handed_over.set(false);
+            act.handed.set(Handed::No);
             act.n.set(n as u8);
             stack.depth.set(d as u32 + 1);
             stack.high.set(stack.high.get().max(d as u32 + 1));
@@ -249,45 +287,159 @@ fn read_u64(at: Addr) -> Option<u64> {
 
 /// An exit site was reached: if the function leaves here, the innermost activation at the
 /// stack pointer returns (with those handed over to it), or is handed over to the function a
-/// tail call goes to.
+/// tail call goes to (watched: it returns at its exit; any other: through the trampoline in
+/// the return address it returns through).
 fn on_exit(site: &ExitSite, regs: &mut Regs) {
     let Some(stack) = thread_state::existing().and_then(thread_state::exit_stack) else { return };
     if stack.depth.get() == 0 || !site.taken(regs) {
         return;
     }
-    let hand_over = site.callee().is_some_and(is_watched);
+    let callee = site.callee();
+    let to_watched = callee.is_some_and(is_watched);
     let sp = regs.rsp;
     let mut stacks = OwnStacks::at_trap();
     registry().read(|probes| {
-        let Some(i) = pairing::leave(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a)) else { return };
-        if hand_over {
-            stack.acts[i].handed_over.set(true);
+        let mut pending = Pending { stack, probes };
+        let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
+        if to_watched {
+            stack.acts[i].handed.set(Handed::ToCallee);
             return;
+        }
+        if callee.is_some() {
+            match kretprobe::return_through_slot(sp, probes) {
+                TailReturn::Through { first } => {
+                    // The trampoline's rule may have found activations of this word stale
+                    // (frames a `longjmp` left): the one leaving is found again.
+                    let i = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)).expect("still pending");
+                    stack.acts[i].handed.set(Handed::ThroughSlot { first });
+                    return;
+                }
+                TailReturn::NoRoom => {
+                    // Its return cannot be seen with its value: missed (kprobe rule 4).
+                    return_from(
+                        stack,
+                        i,
+                        false,
+                        &mut |p, slot| {
+                            p.release(slot);
+                            p.nmissed.fetch_add(1, Relaxed);
+                        },
+                        probes,
+                    );
+                    return;
+                }
+                TailReturn::Unavailable => {}
+            }
         }
         // What a handler sees: the registers as the function leaves, `rip` where it returns
         // to, `rsp` past the return address.
         let mut seen = *regs;
         // SAFETY: at an exit instruction the return address is at the stack pointer, on the
         // thread's live stack (below it lie the signal frame or the detour's frame).
-        seen.rip = unsafe { (sp as *const u64).read_volatile() };
+        seen.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
         seen.rsp = sp.wrapping_add(8);
-        let mut j = i;
-        loop {
-            for (p, slot) in stack.acts[j].probes(probes) {
-                let data = p.data(slot);
-                p.release(slot);
-                p.returned(&mut seen, &data);
-            }
-            stack.remove(j);
-            match j.checked_sub(1) {
-                Some(below) if stack.acts[below].sp.get() == sp && stack.acts[below].handed_over.get() => j = below,
-                _ => break,
-            }
-        }
+        return_from(stack, i, false, &mut |p, slot| returned(p, slot, &mut seen), probes);
         // A handler may change the return value and other registers, not where the
         // instruction goes.
         *regs = Regs { rip: regs.rip, rsp: regs.rsp, ..seen };
     })
+}
+
+/// A return probe's instance `slot` returns with registers `seen`.
+fn returned(p: &KretInner, slot: usize, seen: &mut Regs) {
+    let data = p.data(slot);
+    p.release(slot);
+    p.returned(seen, &data);
+}
+
+/// Activation `i` returns, and with it those handed over to it on its word, innermost first:
+/// `each` is given every return probe's instance of theirs. At an exit (`through_slot` false)
+/// they stop before the ones the trampoline in the word returns (other returns through it
+/// may come first); through the trampoline, they stop after the first one it was written for.
+fn return_from(
+    stack: &ExitStack,
+    i: usize,
+    through_slot: bool,
+    each: &mut dyn FnMut(&KretInner, usize),
+    probes: &[Arc<KretInner>],
+) {
+    let sp = stack.acts[i].sp.get();
+    let mut j = i;
+    loop {
+        let handed = stack.acts[j].handed.get();
+        for (p, slot) in stack.acts[j].probes(probes) {
+            each(p, slot);
+        }
+        stack.remove(j);
+        if through_slot && handed == (Handed::ThroughSlot { first: true }) {
+            break;
+        }
+        match j.checked_sub(1).map(|below| (below, &stack.acts[below])) {
+            Some((below, a))
+                if a.sp.get() == sp
+                    && a.handed.get() != Handed::No
+                    && (through_slot || !a.handed.get().through_slot()) =>
+            {
+                j = below
+            }
+            _ => break,
+        }
+    }
+}
+
+/// The innermost activation on word `slot` handed over to it (an activation of a function
+/// entered there whose return was not seen may lie above it), with the thread's exit stack.
+fn handed_over_at(slot: u64) -> Option<(&'static ExitStack, usize)> {
+    let stack = thread_state::existing().and_then(thread_state::exit_stack)?;
+    let d = stack.depth.get() as usize;
+    let acts = &stack.acts;
+    let i = (0..d)
+        .rev()
+        .take_while(|&k| acts[k].sp.get() <= slot)
+        .find(|&k| acts[k].sp.get() == slot && acts[k].handed.get() != Handed::No)?;
+    Some((stack, i))
+}
+
+/// The trampoline in return-address slot `slot` was returned through, with registers `seen`
+/// (`rip` the real return address, `rsp` past the slot): the activations it was written for
+/// return, with those handed over to them since (see [`return_from`]).
+pub(crate) fn returned_through_slot(slot: u64, seen: &mut Regs, probes: &[Arc<KretInner>]) {
+    let Some(stack) = thread_state::existing().and_then(thread_state::exit_stack) else { return };
+    let mut stacks = OwnStacks::unknown();
+    let mut pending = Pending { stack, probes };
+    // Frames below the slot are gone.
+    if pairing::leave(&mut pending, slot, &mut |a| stacks.stack_of(a)).is_none() {
+        return;
+    }
+    let Some((_, first)) = handed_over_at(slot) else { return };
+    // Activations above it on the word are of functions that returned through it unseen.
+    for k in (first + 1..stack.depth.get() as usize).rev() {
+        if stack.acts[k].sp.get() == slot {
+            pending.abandon(k);
+        }
+    }
+    return_from(stack, first, true, &mut |p, slot| returned(p, slot, seen), probes);
+}
+
+/// The trampoline in return-address slot `slot` will not be returned through (its frame was
+/// abandoned, or an unwinder got the real address back): the activations it was written for
+/// are abandoned.
+pub(crate) fn abandon_through_slot(slot: u64, probes: &[Arc<KretInner>]) {
+    let Some((stack, mut j)) = handed_over_at(slot) else { return };
+    let mut pending = Pending { stack, probes };
+    loop {
+        let handed = stack.acts[j].handed.get();
+        pending.abandon(j);
+        if handed == (Handed::ThroughSlot { first: true }) {
+            break;
+        }
+        match j.checked_sub(1) {
+            Some(below) if stack.acts[below].sp.get() == slot && stack.acts[below].handed.get() != Handed::No => {
+                j = below
+            }
+            _ => break,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,6 +490,11 @@ pub(crate) fn watch(engine: &Engine, entry: Addr, f: &Function, inner: &Arc<Kret
     let parts: Vec<CodePart<'_>> = code.iter().map(|(start, bytes)| CodePart { start: *start, code: bytes }).collect();
     let exits =
         find_exits(&parts, &mut OwnMemory).map_err(|e| format!("the function's exits are not all known: {e}"))?;
+    if exits.sites.iter().any(|s| s.kind != ExitKind::Ret) {
+        // Its tail calls into functions whose exits are not watched return through the
+        // trampoline (where it cannot be had, they are reported at the jump).
+        kretprobe::enable_tail_returns();
+    }
     let mut kprobes = vec![Kprobe::addr(entry).pre(move |regs| {
         on_entry(function, regs);
         PreAction::Continue

@@ -30,6 +30,10 @@
 //! * A tail call between return-probed functions (`outer: jmp inner`), or a second return
 //!   probe on one function: the entry finds its slot already hijacked and chains to the
 //!   pending entry there; each returns once, innermost first, through the trampoline again.
+//! * A function watched at its exits that leaves by a tail call into a function whose exits
+//!   are not watched hijacks the return address its callee returns through, with an entry of
+//!   the same pending stack (see `exits.rs`): the same rule, unwinder probes and trampoline
+//!   serve it.
 //! * C++ exceptions, Rust panics, `pthread_exit` and thread cancellation unwind through
 //!   `_Unwind_RaiseException` / `_Unwind_ForcedUnwind`. dprobe probes both: before the
 //!   unwinder walks the stack, every return address the thread has hijacked is put back, so
@@ -374,7 +378,9 @@ fn remove_at(t: &ThreadReturns, i: usize) {
 /// Drop entry `i`, giving its instance back and remembering its return address.
 fn drop_at(t: &ThreadReturns, i: usize, kind: Reclaim, probes: &[Arc<KretInner>]) {
     let e = &t.stack[i];
-    if let Some(p) = find(probes, e.probe.get()) {
+    if e.probe.get() == TAIL_CALLS {
+        exits::abandon_through_slot(e.sp.get(), probes);
+    } else if let Some(p) = find(probes, e.probe.get()) {
         p.release(e.slot.get() as usize);
         match kind {
             Reclaim::Stale => p.stale.fetch_add(1, Relaxed),
@@ -428,7 +434,7 @@ impl OwnStacks {
     }
 
     /// Elsewhere (the trampoline's dispatcher): asked of the kernel when needed.
-    fn unknown() -> Self {
+    pub(crate) fn unknown() -> Self {
         OwnStacks { alternate: None }
     }
 }
@@ -498,6 +504,80 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
     })
 }
 
+/// The probe id of a pending entry written for the tail calls of functions watched at their
+/// exits (see `exits.rs`): no return probe has it.
+const TAIL_CALLS: u64 = 0;
+
+/// Whether a tail call from a function watched at its exits may write the trampoline into
+/// the return address its callee returns through (no shadow stack; the unwinders probed).
+static TAIL_RETURNS: AtomicBool = AtomicBool::new(false);
+
+/// Let tail calls from functions watched at their exits return through the trampoline (not on
+/// the hit path). False when they cannot: the process has a CET shadow stack.
+pub(crate) fn enable_tail_returns() -> bool {
+    if TAIL_RETURNS.load(Relaxed) {
+        return true;
+    }
+    if check_shadow_stack().is_err() {
+        return false;
+    }
+    // An exception must not meet the trampoline unseen.
+    install_unwind_probes();
+    TAIL_RETURNS.store(true, Relaxed);
+    true
+}
+
+/// What became of a tail call's return (see [`return_through_slot`]).
+pub(crate) enum TailReturn {
+    /// It returns through the trampoline; `first`: the trampoline was written for it (else
+    /// the one there returns it too).
+    Through { first: bool },
+    /// The thread's pending stack is full.
+    NoRoom,
+    /// Tail calls cannot return so in this process (a CET shadow stack).
+    Unavailable,
+}
+
+/// A function watched at its exits leaves by a tail call (the return address its callee
+/// returns through at `sp`) into a function whose exits are not watched: the trampoline goes
+/// into that word, with an entry of this thread's pending stack that keeps the real address
+/// and returns the function's activations there (the exit probe's handler), unless the
+/// innermost entry on the word is such an entry already (it returns them too).
+pub(crate) fn return_through_slot(sp: u64, probes: &[Arc<KretInner>]) -> TailReturn {
+    if !TAIL_RETURNS.load(Relaxed) {
+        return TailReturn::Unavailable;
+    }
+    let Some(state) = thread_state::existing() else { return TailReturn::NoRoom };
+    let t = &state.returns;
+    let mut stacks = OwnStacks::at_trap();
+    // The word is where a call's return address lies, as at an entry: entries below it are
+    // stale, one on it is chained if the word still holds the trampoline.
+    returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
+    if let Some(i) = returns::innermost_at(&Live { t, probes }, sp, &mut stacks) {
+        if t.stack[i].probe.get() == TAIL_CALLS {
+            return TailReturn::Through { first: false };
+        }
+    }
+    let d = t.depth.get();
+    if d == PENDING_CAPACITY {
+        return TailReturn::NoRoom;
+    }
+    let ret_slot = sp as *mut u64;
+    // SAFETY: at a tail call the return address the callee will return through is at the
+    // stack pointer, on this thread's live stack.
+    let ret = unsafe { ret_slot.read_volatile() };
+    let e = &t.stack[d];
+    e.sp.set(sp);
+    e.ret.set(ret);
+    e.probe.set(TAIL_CALLS);
+    e.slot.set(0);
+    e.stack.set(stacks.stack_of(sp));
+    t.depth.set(d + 1);
+    // SAFETY: as above.
+    unsafe { ret_slot.write_volatile(trampoline_addr()) };
+    TailReturn::Through { first: true }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The trampoline.
 
@@ -548,6 +628,7 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
     let slot_addr = &frame.ret_slot as *const u64 as u64;
     // A thread with a return pending has an entry (kept until it exits).
     let Some(state) = thread_state::existing() else { no_return_address() };
+    let _hit_path = trap::HitPath::with(Some(state));
     let t = &state.returns;
     registry().read(|probes| {
         let mut stacks = OwnStacks::unknown();
@@ -557,6 +638,16 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
         };
         let e = &t.stack[i];
         let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
+        if probe == TAIL_CALLS {
+            // Activations of functions watched at their exits return with this callee.
+            let mut regs = frame.saved.regs(real_return_address(ret, slot_addr), slot_addr + 8);
+            remove_at(t, i);
+            trap::enter_handler();
+            exits::returned_through_slot(slot_addr, &mut regs, probes);
+            trap::leave_handler();
+            frame.saved.set(&regs, RETURN_FLAGS);
+            return ret;
+        }
         remove_at(t, i);
         let Some(inner) = find(probes, probe) else { return ret };
         let data = inner.data(slot);

@@ -69,18 +69,29 @@ fn no_allocation_on_any_hit_path() {
     let at_exits = returns(false);
     let through_return_address = returns(true);
     assert!(matches!(at_exits.return_mode(), ReturnMode::Exits { .. }));
+    // At its exits, a function that tail-calls an unprobed one: its return comes through the
+    // trampoline written into the return address at the jump.
+    let tail_outer = dprobe_inproc::Addr(dprobe_test_fixtures::fxc_tail_outer as *const () as u64);
+    let tail = register_kretprobe(Kretprobe::addr(tail_outer).handler(|regs, _| {
+        SEEN.fetch_add(u64::from(regs.rax % 3 == 0), Relaxed);
+    }))
+    .unwrap();
+    assert!(matches!(tail.return_mode(), ReturnMode::Exits { .. }));
     for i in 0..10_000 {
         call2(fx_push_add, i, 1);
         call2(fx_mov_add, i, 1);
         call2(fx_spare1, i, 1);
         // SAFETY: reads a static.
         unsafe { fx_riprel(std::hint::black_box(i)) };
+        // SAFETY: plain arithmetic, 3 (i + 1).
+        let tail = unsafe { dprobe_test_fixtures::fxc_tail_outer(std::hint::black_box(i as i64)) };
+        assert_eq!(tail, 3 * (i as i64 + 1));
     }
-    assert_eq!((SEEN.load(Relaxed), POSTS.load(Relaxed)), (70_000, 20_000));
+    assert_eq!((SEEN.load(Relaxed), POSTS.load(Relaxed)), (80_000, 20_000));
     for p in [&emulated, &boosted, &post_step, &riprel, &inner] {
         assert_eq!(p.hits(), 10_000);
     }
-    for p in [&at_exits, &through_return_address] {
+    for p in [&at_exits, &through_return_address, &tail] {
         assert_eq!(p.stats().returns, 10_000);
     }
     assert_eq!(ALLOCS_ON_HIT_PATH.load(Relaxed), 0, "the hit path allocated");

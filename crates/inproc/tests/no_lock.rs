@@ -33,6 +33,14 @@ fn probes_hit_while_every_registration_lock_is_held() {
     }))
     .unwrap();
     assert!(matches!(returns.return_mode(), ReturnMode::Exits { .. }), "the exit path is tested here");
+    // At its exits, a function that tail-calls an unprobed one (its return comes through the
+    // trampoline written at the jump).
+    let tail_outer = dprobe_inproc::Addr(dprobe_test_fixtures::fxc_tail_outer as *const () as u64);
+    let tail = register_kretprobe(Kretprobe::addr(tail_outer).handler(|regs, _| {
+        RETURNS.fetch_add(u64::from(regs.rax % 3 == 0), Relaxed);
+    }))
+    .unwrap();
+    assert!(matches!(tail.return_mode(), ReturnMode::Exits { .. }));
     let trampoline = register_kretprobe(Kretprobe::addr(addr(fx_push_add)).via_return_address().handler(|_, _| {
         RETURNS.fetch_add(1, Relaxed);
     }))
@@ -55,6 +63,9 @@ fn probes_hit_while_every_registration_lock_is_held() {
             call2(fx_mov_add, i, 1);
             call2(fx_spare1, i, 1);
             call2(fx_spare2, i, 1);
+            // SAFETY: plain arithmetic, 3 (i + 1).
+            let tail = unsafe { dprobe_test_fixtures::fxc_tail_outer(std::hint::black_box(i as i64)) };
+            assert_eq!(tail, 3 * (i as i64 + 1));
             // SAFETY: reads a static.
             unsafe { fx_riprel(std::hint::black_box(i)) };
         }
@@ -65,9 +76,9 @@ fn probes_hit_while_every_registration_lock_is_held() {
     holder.join().unwrap();
     hitter.join().unwrap();
     assert!(finished, "hits waited for a lock the other thread held");
-    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (5_000, 2_000));
+    assert_eq!((PRE.load(Relaxed), RETURNS.load(Relaxed)), (5_000, 3_000));
     for p in [&emulated, &boosted, &post_step, &jump, &inner] {
         assert_eq!(p.hits(), 1_000);
     }
-    drop((returns, trampoline));
+    drop((returns, trampoline, tail));
 }

@@ -118,3 +118,37 @@ __attribute__((noinline, noipa)) long fxc_ask_own_return(void) {
     __asm__ volatile("" ::: "memory"); /* not a tail call */
     return r;
 }
+
+/* Tail calls into functions whose returns are not watched. fxc_tail_rec(n) ends in
+ * `jmp fxc_tail_rec_step`, which calls fxc_tail_rec(n - 1) (a real call) and adds 2:
+ * fxc_tail_rec(n) = 2n, each level returning with its callee's value. */
+long fxc_tail_rec(long n);
+__attribute__((noinline, noipa)) long fxc_tail_rec_step(long n) {
+    if (n <= 0)
+        return 0;
+    long r = fxc_tail_rec(n - 1);
+    __asm__ volatile("" ::: "memory"); /* not a tail call */
+    return r + 2;
+}
+__asm__(".globl fxc_tail_rec\n.type fxc_tail_rec,@function\nfxc_tail_rec:\n"
+        "jmp fxc_tail_rec_step@PLT\n.size fxc_tail_rec, .-fxc_tail_rec\n");
+
+/* Tail calls all the way down: fxc_tail_loop(n) ends in `jmp fxc_tail_loop_step`, which ends
+ * in `jmp fxc_tail_loop` with n - 1 until n is 0, and then returns 7: every level of
+ * fxc_tail_loop returns 7 through the one return address of the first call. */
+__asm__(".globl fxc_tail_loop\n.type fxc_tail_loop,@function\nfxc_tail_loop:\n"
+        "jmp fxc_tail_loop_step\n.size fxc_tail_loop, .-fxc_tail_loop\n"
+        ".globl fxc_tail_loop_step\n.type fxc_tail_loop_step,@function\nfxc_tail_loop_step:\n"
+        "test %rdi,%rdi\njz 1f\nsub $1,%rdi\njmp fxc_tail_loop\n1:\nmov $7,%eax\nret\n"
+        ".size fxc_tail_loop_step, .-fxc_tail_loop_step\n");
+
+/* fxc_tail_victim ends in `jmp fxc_victim` (which longjmps out when x >= 0);
+ * fxc_jump_out_tail(x) returns -1 when it did, else x. */
+__asm__(".globl fxc_tail_victim\n.type fxc_tail_victim,@function\nfxc_tail_victim:\n"
+        "jmp fxc_victim@PLT\n.size fxc_tail_victim, .-fxc_tail_victim\n");
+long fxc_tail_victim(long x);
+long fxc_jump_out_tail(long x) {
+    if (setjmp(env))
+        return -1;
+    return fxc_tail_victim(x);
+}

@@ -54,3 +54,18 @@ extern "C" __attribute__((noinline)) long fxcpp_catch_two(long x) {
         return -v - 1;
     }
 }
+
+// A tail call into a function that throws: fxcpp_tail_throw ends in `jmp fxcpp_thrower` (it
+// has no frame of its own there); fxcpp_catch_tail(x) = x + 1 when nothing is thrown
+// (x < 0), else -x - 1.
+__asm__(".globl fxcpp_tail_throw\n.type fxcpp_tail_throw,@function\nfxcpp_tail_throw:\n"
+        "jmp fxcpp_thrower@PLT\n.size fxcpp_tail_throw, .-fxcpp_tail_throw\n");
+extern "C" long fxcpp_tail_throw(long x);
+
+extern "C" __attribute__((noinline)) long fxcpp_catch_tail(long x) {
+    try {
+        return fxcpp_tail_throw(x) + 1;
+    } catch (long v) {
+        return -v - 1;
+    }
+}

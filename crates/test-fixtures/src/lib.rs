@@ -30,6 +30,14 @@ extern "C" {
     pub fn fxc_ask_own_return() -> i64;
     pub fn fxcpp_pass(x: i64) -> i64;
     pub fn fxcpp_catch_two(x: i64) -> i64;
+    pub fn fxc_tail_rec(n: i64) -> i64;
+    pub fn fxc_tail_rec_step(n: i64) -> i64;
+    pub fn fxc_tail_loop(n: i64) -> i64;
+    pub fn fxc_tail_loop_step(n: i64) -> i64;
+    pub fn fxc_tail_victim(x: i64) -> i64;
+    pub fn fxc_jump_out_tail(x: i64) -> i64;
+    pub fn fxcpp_tail_throw(x: i64) -> i64;
+    pub fn fxcpp_catch_tail(x: i64) -> i64;
 }
 
 /// A fixture's address.

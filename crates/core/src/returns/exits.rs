@@ -39,6 +39,8 @@ pub trait Activations {
     /// The stack pointer at activation `i`'s entry.
     fn sp(&self, i: usize) -> u64;
     /// Whether activation `i` left by a tail call and returns with the callee it jumped to.
+    /// Asked only at an entry, of an activation on the entry's own word (the live return
+    /// address), which an engine may read to tell.
     fn handed_over(&self, i: usize) -> bool;
     /// Drop stale activation `i` (the engine counts it as abandoned, or as returned if it
     /// was handed over, and gives back what it held).
