@@ -24,9 +24,6 @@
 //!   runs the post-handler after the relocated nop (the trap path's post-step takes two traps);
 //! * jump inside a function (XSAVE): a probe on a 5-byte nop after the function's first
 //!   instruction, whose detour also keeps the whole extended state (on a CPU with AVX);
-//! * kretprobe, jump entry + trampoline: a return probe through the return address on a
-//!   function starting with the nop: the entry is a jump, the return goes through the
-//!   trampoline (its difference with the jump-optimized row is the return side);
 //! * kretprobe, jump entry + exit probe: the same function watched at its exits: the entry is a
 //!   jump, the one-byte `ret` an int3 probe.
 
@@ -121,13 +118,6 @@ std::arch::global_asm!(
     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "ret",
     ".size bench_jump_inner, . - bench_jump_inner",
-    ".globl bench_jump_kret",
-    ".type bench_jump_kret,@function",
-    "bench_jump_kret:",
-    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
-    "mov rax, rdi",
-    "ret",
-    ".size bench_jump_kret, . - bench_jump_kret",
     ".globl bench_jump_exits",
     ".type bench_jump_exits,@function",
     "bench_jump_exits:",
@@ -150,7 +140,6 @@ extern "C" {
     fn bench_jump_int3(x: u64) -> u64;
     fn bench_jump_post(x: u64) -> u64;
     fn bench_jump_inner(x: u64) -> u64;
-    fn bench_jump_kret(x: u64) -> u64;
     fn bench_jump_exits(x: u64) -> u64;
 }
 
@@ -217,22 +206,17 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     }))
     .expect("return probe at the exits");
     assert!(matches!(at_exits.return_mode(), dprobe_inproc::ReturnMode::Exits { sites: 1 }));
-    let jump_kret = register_kretprobe(Kretprobe::addr(at(bench_jump_kret)).via_return_address().handler(|_, _| {
-        HITS.fetch_add(1, Relaxed);
-    }))
-    .expect("return probe with a jump entry");
     let jump_exits = register_kretprobe(Kretprobe::addr(at(bench_jump_exits)).handler(|_, _| {
         HITS.fetch_add(1, Relaxed);
     }))
     .expect("return probe at the exits with a jump entry");
-    let entry_jumps =
-        |f: unsafe extern "C" fn(u64) -> u64| dprobe_inproc::list().iter().any(|i| i.addr == at(f) && i.jump == Ok(()));
-    assert!(entry_jumps(bench_jump_kret) && entry_jumps(bench_jump_exits), "the return probes' entries are jumps");
-    (kprobes, vec![kret, vetoed, at_exits, jump_kret, jump_exits])
+    let entry = dprobe_inproc::list().into_iter().find(|i| i.addr == at(bench_jump_exits)).map(|i| i.jump);
+    assert_eq!(entry, Some(Ok(())), "the entry of the return probe at the exits is a jump");
+    (kprobes, vec![kret, vetoed, at_exits, jump_exits])
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 14] = [
+const TARGETS: [Target; 13] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -245,7 +229,6 @@ const TARGETS: [Target; 14] = [
     ("kretprobe at its exits", bench_exit),
     ("jump + post-handler", bench_jump_post),
     ("jump inside a function (XSAVE)", bench_jump_inner),
-    ("kret: jump entry + trampoline", bench_jump_kret),
     ("kret: jump entry + exit int3", bench_jump_exits),
 ];
 
@@ -303,10 +286,9 @@ fn ratio_table(_: &mut Criterion) {
     println!("int3 / jump-optimized: {:.0}x", medians[8] / medians[7]);
     println!("post-handler through the jump (jump + post - jump-optimized): {:.1} ns", medians[10] - medians[7]);
     println!("whole extended state (inner XSAVE jump - jump-optimized): {:.1} ns", medians[11] - medians[7]);
-    println!("return side on a jump entry, trampoline (kret - jump-optimized): {:.1} ns", medians[12] - medians[7]);
     println!(
         "return side on a jump entry, exit int3 (kret at exits - jump-optimized): {:.0} ns",
-        medians[13] - medians[7]
+        medians[12] - medians[7]
     );
 }
 
