@@ -4,6 +4,7 @@
 //! through the trampoline in the return address the callee returns through. Exact counts,
 //! results compared with unprobed runs, against the programs that break such a trampoline:
 //! threads, a C++ exception and a `longjmp` out of the callee, recursion through the tail call,
+//! return-address entries chained on the same word (returned innermost first),
 //! and the probe registered and unregistered in a loop while four threads call.
 mod fixtures;
 use fixtures::checked;
@@ -327,4 +328,42 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
         }
     });
     assert_eq!((code(outer, 16), code(inner, 16)), original, "every byte is back");
+}
+
+#[test]
+fn tail_calls_through_a_function_probed_by_its_return_address_return_innermost_first() {
+    let _one = serial();
+    // fxc_tail_loop(k) (at its exits) jumps to fxc_tail_loop_step(k) (through its return
+    // address), which jumps to fxc_tail_loop(k - 1): one return address for all, the
+    // trampoline's entries of both kinds chained on it. The returns come innermost first:
+    // step(0), loop(0), step(1), loop(1), ... each with 7.
+    const DEPTH: u64 = 100;
+    static ORDER: [AtomicU64; 2 * DEPTH as usize + 2] = [const { AtomicU64::new(u64::MAX) }; 2 * DEPTH as usize + 2];
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    let probe = |f: *const (), tag: u64, via_return_address: bool| {
+        let k = Kretprobe::addr(at(f))
+            .maxactive(2 * DEPTH as usize)
+            .entry_handler(|regs, data| {
+                data.0[0] = regs.rdi;
+                EntryAction::Track
+            })
+            .handler(move |regs, data| {
+                let i = NEXT.fetch_add(1, Relaxed) as usize;
+                if let Some(slot) = ORDER.get(i) {
+                    slot.store(2 * data.0[0] + tag, Relaxed);
+                }
+                WRONG.fetch_add(u64::from(regs.rax != 7), Relaxed);
+            });
+        register_kretprobe(if via_return_address { k.via_return_address() } else { k }).unwrap()
+    };
+    let looped = probe(c::fxc_tail_loop as *const (), 1, false);
+    let step = probe(c::fxc_tail_loop_step as *const (), 0, true);
+    assert!(is_exits(&looped) && !is_exits(&step));
+    // SAFETY: plain jumps, returns 7.
+    assert_eq!(unsafe { c::fxc_tail_loop(black_box(DEPTH as i64)) }, 7);
+    let order: Vec<u64> = ORDER.iter().map(|o| o.load(Relaxed)).collect();
+    assert_eq!(order, (0..2 * DEPTH + 2).collect::<Vec<u64>>());
+    assert_eq!((figures(&looped), figures(&step)), ((DEPTH + 1, 0, 0, 0), (DEPTH + 1, 0, 0, 0)));
+    assert_eq!(WRONG.load(Relaxed), 0);
 }
