@@ -1,0 +1,71 @@
+//! A return probe watched at the function's exits takes its entry through the jump path, and
+//! an exit with room for a jump (a 5-byte tail call) is a jump too; the one-byte `ret` stays
+//! an `int3` probe, with the reason. Every return is counted, from four threads.
+mod fixtures;
+use fixtures::{addr, call2, code};
+
+use dprobe_inproc::*;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+std::arch::global_asm!(
+    ".text",
+    // A 5-byte nop at the entry; `ret` when a is not 0, else a tail call (jmp rel32) to
+    // fxk_callee.
+    ".globl fxk_two_exits",
+    ".type fxk_two_exits,@function",
+    "fxk_two_exits:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "test rdi, rdi",
+    "jz 1f",
+    "lea rax, [rdi + rsi]",
+    "ret",
+    "1:",
+    ".byte 0xe9",
+    ".long fxk_callee - . - 4",
+    ".size fxk_two_exits, . - fxk_two_exits",
+    ".globl fxk_callee",
+    ".type fxk_callee,@function",
+    "fxk_callee:",
+    "lea rax, [rsi + 100]",
+    "ret",
+    ".size fxk_callee, . - fxk_callee",
+);
+
+extern "C" {
+    fn fxk_two_exits(a: u64, b: u64) -> u64;
+}
+
+#[test]
+fn the_entry_and_a_tail_call_exit_are_jumps_the_ret_stays_int3_and_every_return_counts() {
+    static RETURNS: AtomicU64 = AtomicU64::new(0);
+    let f = addr(fxk_two_exits);
+    let original = code(f, 20);
+    let (ret, tail) = (f.offset(14), f.offset(15));
+    assert_eq!((code(ret, 1), code(tail, 1)), (vec![0xc3], vec![0xe9]));
+    let p = register_kretprobe(Kretprobe::addr(f).handler(|_, _| {
+        RETURNS.fetch_add(1, Relaxed);
+    }))
+    .unwrap();
+    assert_eq!(*p.return_mode(), ReturnMode::Exits { sites: 2 });
+    let jump = |a: Addr| list().into_iter().find(|i| i.addr == a).map(|i| i.jump).expect("a probe there");
+    assert_eq!(jump(f), Ok(()), "the entry is a jump");
+    assert_eq!(jump(tail), Ok(()), "the tail call's 5 bytes are a jump");
+    assert!(jump(ret).is_err(), "a one-byte ret followed by other code stays on int3");
+    assert_eq!((code(f, 1), code(ret, 1), code(tail, 1)), (vec![0xe9], vec![0xcc], vec![0xe9]));
+    const CALLS: u64 = 20_000;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..CALLS).all(|i| {
+                    let a = (i + t) % 2 * (t + 1);
+                    call2(fxk_two_exits, a, i) == if a == 0 { i + 100 } else { a + i }
+                })
+            })
+        })
+        .collect();
+    assert!(threads.into_iter().all(|t| t.join().unwrap()), "a call computed a wrong value");
+    let st = p.stats();
+    assert_eq!((RETURNS.load(Relaxed), st.returns, st.missed, p.pending()), (4 * CALLS, 4 * CALLS, 0, 0));
+    drop(p);
+    assert_eq!(code(f, 20), original, "original bytes back");
+}
