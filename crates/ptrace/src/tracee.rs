@@ -130,50 +130,37 @@ impl Tracee {
         if pid == std::process::id() as i32 {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
-        let options = (libc::PTRACE_O_TRACECLONE
-            | libc::PTRACE_O_TRACEFORK
-            | libc::PTRACE_O_TRACEVFORK
-            | libc::PTRACE_O_TRACEEXEC
-            | libc::PTRACE_O_TRACEEXIT) as u64;
         let mut threads = BTreeMap::new();
         // Threads that exited before they could be seized (listed until they are reaped).
-        let mut exiting = std::collections::BTreeSet::new();
-        // Threads may be created while we attach: list again until no new one appears.
+        let mut exiting = BTreeSet::new();
+        seize_listed(pid, &mut threads, &mut exiting)?;
+        let mut tracee = Tracee::new(pid, true, threads)?;
+        // A clone under way while the threads were listed makes a thread that neither the
+        // list nor the kernel's following shows (the kernel decides whether to follow it
+        // as the clone starts): left running, it would meet the probes untraced and die of
+        // their SIGTRAP. Once every known thread is stopped none can clone, so the list is
+        // read again until it holds no thread that is not held.
         loop {
-            let listed = list_threads(pid).map_err(|e| attach_err(e.to_string()))?;
-            let mut new: Vec<i32> =
-                listed.into_iter().filter(|t| !threads.contains_key(t) && !exiting.contains(t)).collect();
-            // The main thread first: whether the kernel lets us trace the process is its answer.
-            new.sort_by_key(|t| (*t != pid, *t));
-            if new.is_empty() {
+            if let Err(e) = tracee.stop_all(&|| false) {
+                // Nothing is placed yet: the threads that stopped are let go, the others when
+                // dprobe exits.
+                tracee.let_held_go();
+                return Err(match e {
+                    TraceError::Blocked { reason, .. } => TraceError::Attach { pid, reason },
+                    e => e,
+                });
+            }
+            let mut late = std::mem::take(&mut tracee.threads);
+            let known = late.len();
+            let seized = seize_listed(pid, &mut late, &mut exiting);
+            tracee.threads = late;
+            if let Err(e) = seized {
+                tracee.let_held_go();
+                return Err(e);
+            }
+            if tracee.threads.len() == known {
                 break;
             }
-            if threads.is_empty() {
-                crate::blocked::wait_out_vforks(pid, &new, crate::stop::BLOCKED_BOUND).map_err(attach_err)?;
-            }
-            for tid in new {
-                match sys::seize(tid, options) {
-                    Ok(()) => {}
-                    // Another thread refused once the main thread was seized is exiting.
-                    Err(e) if e.gone() || (e.errno == libc::EPERM && tid != pid && threads.contains_key(&pid)) => {
-                        exiting.insert(tid);
-                        continue;
-                    }
-                    Err(e) if e.errno == libc::EPERM => return Err(attach_err(refusal_reason(pid))),
-                    Err(e) => return Err(attach_err(e.to_string())),
-                }
-                threads.insert(tid, Thread::running());
-            }
-        }
-        let mut tracee = Tracee::new(pid, true, threads)?;
-        if let Err(e) = tracee.stop_all(&|| false) {
-            // Nothing is placed yet: the threads that stopped are let go, the others when
-            // dprobe exits.
-            tracee.let_held_go();
-            return Err(match e {
-                TraceError::Blocked { reason, .. } => TraceError::Attach { pid, reason },
-                e => e,
-            });
         }
         if tracee.threads.is_empty() {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
@@ -510,6 +497,44 @@ impl Tracee {
         let mut buf = vec![0u8; len];
         self.read(addr, &mut buf)?;
         Ok(buf)
+    }
+}
+
+/// Seize every thread of process `pid` listed and not yet in `threads` (nor `exiting`),
+/// listing again until no new one appears (threads may be created meanwhile); each one
+/// seized goes into `threads`, running.
+fn seize_listed(pid: i32, threads: &mut BTreeMap<i32, Thread>, exiting: &mut BTreeSet<i32>) -> Result<(), TraceError> {
+    let attach_err = |reason: String| TraceError::Attach { pid, reason };
+    let options = (libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEEXIT) as u64;
+    loop {
+        let listed = list_threads(pid).map_err(|e| attach_err(e.to_string()))?;
+        let mut new: Vec<i32> =
+            listed.into_iter().filter(|t| !threads.contains_key(t) && !exiting.contains(t)).collect();
+        // The main thread first: whether the kernel lets us trace the process is its answer.
+        new.sort_by_key(|t| (*t != pid, *t));
+        if new.is_empty() {
+            return Ok(());
+        }
+        if threads.is_empty() {
+            crate::blocked::wait_out_vforks(pid, &new, crate::stop::BLOCKED_BOUND).map_err(attach_err)?;
+        }
+        for tid in new {
+            match sys::seize(tid, options) {
+                Ok(()) => {}
+                // Another thread refused once the main thread was seized is exiting.
+                Err(e) if e.gone() || (e.errno == libc::EPERM && tid != pid && threads.contains_key(&pid)) => {
+                    exiting.insert(tid);
+                    continue;
+                }
+                Err(e) if e.errno == libc::EPERM => return Err(attach_err(refusal_reason(pid))),
+                Err(e) => return Err(attach_err(e.to_string())),
+            }
+            threads.insert(tid, Thread::running());
+        }
     }
 }
 
