@@ -198,9 +198,12 @@ pub fn vector_state(addr: Addr, start: Addr, entry_len: u64, cpu_has_avx: bool) 
 /// The original bytes under the jump: the first [`JUMP_LEN`] bytes of `window` (as
 /// [`can_optimize`] returned it, which covers them).
 pub fn window_head(window: &[Insn]) -> [u8; JUMP_LEN] {
-    let bytes: Vec<u8> = window.iter().flat_map(|i| i.code().iter().copied()).collect();
+    // Without allocating: the registrar runs this while the C library's allocator may be
+    // probed.
     let mut head = [0; JUMP_LEN];
-    head.copy_from_slice(&bytes[..JUMP_LEN]);
+    for (slot, byte) in head.iter_mut().zip(window.iter().flat_map(|i| i.code().iter())) {
+        *slot = *byte;
+    }
     head
 }
 

@@ -114,7 +114,8 @@ fn switches(tid: libc::pid_t) -> Option<(u64, u64)> {
 }
 
 /// Whether a signal frame on the stack above `sp` saved a program counter inside a window or
-/// a slot; `None` when the stack is not one of the plan's (it cannot be read safely).
+/// a slot, or any word there points into a retired detour; `None` when the stack is not one
+/// of the plan's (it cannot be read safely).
 fn saved_in_window(plan: &Plan, sp: u64, restorer: u64) -> Option<bool> {
     let (_, end) = plan.stack_of(sp)?;
     let start = sp & !15;
@@ -124,6 +125,10 @@ fn saved_in_window(plan: &Plan, sp: u64, restorer: u64) -> Option<bool> {
         let i = (at - start) as usize;
         u64::from_ne_bytes(stack[i..i + 8].try_into().expect("8 bytes"))
     };
+    if !plan.retired.is_empty() && (start..end).step_by(8).any(|at| plan.in_retired(word(at))) {
+        // A hit in progress through a retired detour (or a saved program counter inside one).
+        return Some(true);
+    }
     // The kernel aligns a frame so that its start is 8 modulo 16.
     let mut frame = start + 8;
     while frame + FPREGS_AT + 8 <= end {

@@ -36,7 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
     analyze, arm, can_optimize, detour_code, detour_code_with_post, disarm, endbr64_len, prepare, vector_state,
-    window_head, Addr, Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, SLOT_SIZE,
+    window_head, Addr, Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, DETOUR_WINDOW,
+    SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -85,6 +86,21 @@ struct State {
     pool: SlotPool,
     next_id: u64,
     symbols: Option<Symbols>,
+    /// Detours of sites left without probes, not yet shown to be free of threads.
+    retired: BTreeMap<Addr, Retired>,
+    /// Detours a site replaced by one of the other kind (post-handlers came or went), not yet
+    /// shown to be free of threads; their `JumpSite` stays with the site.
+    orphans: Vec<Detour>,
+    /// Detours shown free of threads since they were retired: reused for new ones.
+    free_detours: Vec<Addr>,
+}
+
+/// A detour taken from its site (see [`Engine::reclaim_detours`]).
+struct Retired {
+    detour: Detour,
+    hot: &'static jump::JumpSite,
+    /// Whether the detour has a post block.
+    post: bool,
 }
 
 struct SiteState {
@@ -95,7 +111,7 @@ struct SiteState {
     armed: bool,
     /// The window a jump would replace, or why there can be no jump here.
     window: Result<Vec<Insn>, NotOptimized>,
-    /// The detour, once built; kept (never freed) and reused.
+    /// The detour, once built; kept while the site has probes, then retired.
     detour: Option<Detour>,
     /// Whether `detour` has a post block (a detour is rebuilt when post-handlers come or go).
     detour_post: bool,
@@ -439,33 +455,11 @@ impl Engine {
         maps: &[Mapping],
         lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>>,
     ) -> Result<(), ProbeError> {
-        // 0. Sites whose jump must go (no enabled probe left, a post-handler after a branch or
-        //    a probe that asks for int3 added), or must change detour (post-handlers came or
-        //    went), are turned back into int3 probes first.
-        //    So are jumps over a site that gets a probe now.
-        let mut unjumps = BTreeMap::new();
-        for (addr, probes) in &lists {
-            if st.sites[addr].jumping {
-                if let Err(why) = optimizer::wanted(&st.sites[addr].window, probes) {
-                    unjumps.entry(*addr).or_insert(why);
-                } else if st.sites[addr].detour_post != probes.iter().any(|p| p.has_post()) {
-                    // Post-handlers came or went: the jump goes to a detour with (or without)
-                    // the post block.
-                    unjumps.entry(*addr).or_insert(NotOptimized::PostHandler);
-                }
-            }
-            let over =
-                st.sites.range(..*addr).rev().take_while(|(a, _)| a.0 + MAX_WINDOW_BYTES > addr.0).find(|(_, s)| {
-                    s.jumping && s.window.as_ref().is_ok_and(|w| w.last().is_some_and(|l| l.next() > *addr))
-                });
-            if let Some((&outer, _)) = over {
-                unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
-            }
-        }
-        self.unjump_all(st, unjumps)?;
         // 1. Everything that can fail without side effects on the program: plans and slots.
         //    New slots are written first, then published together, then every thread is
-        //    serialized once before any site can lead to them.
+        //    serialized once before any site can lead to them. This comes before any jump
+        //    turns back into an `int3`: the registrar's own calls into probed functions (the
+        //    C library's allocator) would trap meanwhile.
         let mut execs = Vec::with_capacity(lists.len());
         let mut new_slots = Vec::new();
         let mut prepared_all = || -> Result<(), ProbeError> {
@@ -493,6 +487,30 @@ impl Engine {
             sys::sync_cores();
         }
         prepared?;
+        // 1b. Sites whose jump must go (no enabled probe left, a post-handler after a branch or
+        //    a probe that asks for int3 added), or must change detour (post-handlers came or
+        //    went), are turned back into int3 probes first.
+        //    So are jumps over a site that gets a probe now.
+        let mut unjumps = BTreeMap::new();
+        for (addr, probes) in &lists {
+            if st.sites[addr].jumping {
+                if let Err(why) = optimizer::wanted(&st.sites[addr].window, probes) {
+                    unjumps.entry(*addr).or_insert(why);
+                } else if st.sites[addr].detour_post != probes.iter().any(|p| p.has_post()) {
+                    // Post-handlers came or went: the jump goes to a detour with (or without)
+                    // the post block.
+                    unjumps.entry(*addr).or_insert(NotOptimized::PostHandler);
+                }
+            }
+            let over =
+                st.sites.range(..*addr).rev().take_while(|(a, _)| a.0 + MAX_WINDOW_BYTES > addr.0).find(|(_, s)| {
+                    s.jumping && s.window.as_ref().is_ok_and(|w| w.last().is_some_and(|l| l.next() > *addr))
+                });
+            if let Some((&outer, _)) = over {
+                unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
+            }
+        }
+        self.unjump_all(st, unjumps)?;
         // 2. Disarm sites left without an enabled probe, before they are published so.
         let disarms: Vec<Addr> = lists
             .iter()
@@ -547,7 +565,18 @@ impl Engine {
         }
         drop(retired);
         drop(old_rows);
-        // 4. Arm sites that have an enabled probe now.
+        // 4. Build the detours of sites that will be jumps while nothing is armed yet: the
+        //    registrar's own calls into probed functions (the C library's allocator) would
+        //    trap meanwhile. Then arm sites that have an enabled probe now.
+        let want_detours: Vec<(Addr, bool)> = lists
+            .iter()
+            .filter(|(a, probes)| optimizer::wanted(&st.sites[*a].window, probes).is_ok())
+            .map(|(a, probes)| (*a, probes.iter().any(|p| p.has_post())))
+            .filter(|(a, post)| st.sites[a].detour.is_none() || st.sites[a].detour_post != *post)
+            .collect();
+        if !want_detours.is_empty() && !shadow_stack() {
+            self.build_detours(st, maps, &want_detours);
+        }
         let mut arms = Vec::new();
         for (addr, probes) in &lists {
             let site = st.sites.get_mut(addr).expect("site of a list");
@@ -607,7 +636,56 @@ impl Engine {
         for (addr, status) in self.make_jumps(st, maps, &to_jump) {
             st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
         }
+        // 6. Sites left without probes give their detours up, to be reused once no thread
+        //    can be inside them.
+        //    A hit still running through one finds no site (it runs no handler): the site
+        //    it read before is kept alive until then, and the next publication of the site
+        //    does not go through the detour.
+        let mut retired_now = false;
+        for addr in consider.keys() {
+            let site = st.sites.get_mut(addr).expect("site of a list");
+            if site.probes.is_empty() && !site.armed && !site.jumping {
+                if let (Some(detour), Some(hot)) = (site.detour.take(), site.hot.take()) {
+                    hot.site.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
+                    st.retired.insert(*addr, Retired { detour, hot, post: site.detour_post });
+                    retired_now = true;
+                }
+            }
+        }
+        if retired_now {
+            jump::grace();
+        }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Make retired detours reusable once no thread can be inside one: a safepoint in which
+    /// every other thread is found with its program counter outside them and no address
+    /// inside them on its stack (no hit in progress through one, no signal frame saved there).
+    /// A thread found there (preempted, or parked by a signal handler of the program) keeps
+    /// them retired until a later registration tries again.
+    fn reclaim_detours(&self, st: &mut State) {
+        if st.retired.is_empty() && st.orphans.is_empty() {
+            return;
+        }
+        let span = DETOUR_SLOTS * SLOT_SIZE as u64;
+        let starts = st.retired.values().map(|r| r.detour.addr.0).chain(st.orphans.iter().map(|d| d.addr.0));
+        let mut retired: Vec<(u64, u64)> = starts.map(|a| (a, a + span)).collect();
+        retired.sort_unstable();
+        let patience = Some(std::time::Duration::from_millis(50));
+        let mut plan = safepoint::Plan { retired, patience, ..safepoint::Plan::default() };
+        if safepoint::run(&mut plan).is_err() {
+            return;
+        }
+        for r in std::mem::take(&mut st.retired).into_values() {
+            // SAFETY: the `JumpSite` was leaked from a box for this detour; its site no longer
+            // points to it, and the safepoint showed that no thread is inside the detour or
+            // in a hit through it, the only readers.
+            drop(unsafe { Box::from_raw((r.hot as *const jump::JumpSite).cast_mut()) });
+            st.free_detours.push(r.detour.addr);
+        }
+        for d in std::mem::take(&mut st.orphans) {
+            st.free_detours.push(d.addr);
+        }
     }
 
     /// Build (once) and write the detours of armed sites, then put their jumps in place, each
@@ -620,41 +698,24 @@ impl Engine {
         if shadow_stack() {
             return addrs.iter().map(|a| (*a, Err(NotOptimized::ShadowStack))).collect();
         }
-        let mut status: BTreeMap<Addr, Result<(), NotOptimized>> = BTreeMap::new();
-        // 1. Detours, written where no thread can reach them yet, then published (to map
-        //    faults back) and made visible to every thread by the serialization below.
-        let mut copies = Vec::new();
-        for &addr in addrs {
-            let post = st.sites[&addr].probes.iter().any(|p| p.has_post());
-            if st.sites[&addr].detour.is_none() || st.sites[&addr].detour_post != post {
-                match self.build_detour(st, maps, addr, post) {
-                    Ok(copy) => copies.push(copy),
-                    Err(why) => {
-                        status.insert(addr, Err(why));
-                    }
-                }
-            }
-        }
-        jump::prepare_readers();
-        if !copies.is_empty() {
-            self.windows.update(|windows| {
-                let mut next = windows.clone();
-                next.extend_from_slice(&copies);
-                next.sort_by_key(|w| w.copy);
-                next
-            });
-        }
+        // 1. Detours (most were built before the sites were armed, see `apply`).
+        let wants: Vec<(Addr, bool)> =
+            addrs.iter().map(|a| (*a, st.sites[a].probes.iter().any(|p| p.has_post()))).collect();
+        let mut status = self.build_detours(st, maps, &wants);
         // 2. Windows of several instructions: hits that trap from now on continue in the
         //    copy; then no thread may be left inside the windows or the slots (one safepoint
         //    for all; see `optimizer.rs`).
-        let several: std::collections::BTreeSet<Addr> = addrs
+        //    (From here on every site is armed: the registrar allocates little, since each
+        //    allocation may trap on a probed allocator.)
+        let several: Vec<Addr> = addrs
             .iter()
             .copied()
             .filter(|a| !status.contains_key(a) && st.sites[a].window.as_ref().is_ok_and(|w| w.len() > 1))
             .collect();
         if !several.is_empty() {
             let mut plan = safepoint::Plan::default();
-            let mut routes = Vec::new();
+            plan.windows.reserve(several.len());
+            let mut routes = Vec::with_capacity(several.len());
             for a in &several {
                 let site = &st.sites[a];
                 let detour = site.detour.as_ref().expect("built above");
@@ -670,10 +731,9 @@ impl Engine {
             }
             self.set_routes(&[], &routes);
             if let Err(why) = safepoint::run(&mut plan) {
-                let unrouted: Vec<Addr> = several.iter().copied().collect();
-                self.set_routes(&unrouted, &[]);
-                for a in unrouted {
-                    status.insert(a, Err(why.clone()));
+                self.set_routes(&several, &[]);
+                for a in &several {
+                    status.insert(*a, Err(why.clone()));
                 }
             }
         }
@@ -684,6 +744,7 @@ impl Engine {
             optimizer::optimize_all(&jumps)
         };
         let mut unrouted = Vec::new();
+        let mut out = Vec::with_capacity(addrs.len());
         for (addr, result) in go.into_iter().zip(results) {
             let outcome = match result {
                 Ok(()) => {
@@ -691,46 +752,125 @@ impl Engine {
                     Ok(())
                 }
                 Err(e) => {
-                    if several.contains(&addr) {
+                    if several.binary_search(&addr).is_ok() {
                         unrouted.push(addr);
                     }
                     Err(NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") })
                 }
             };
-            status.insert(addr, outcome);
+            out.push((addr, outcome));
         }
         self.set_routes(&unrouted, &[]);
-        status.into_iter().collect()
+        out.extend(status);
+        out
     }
 
-    /// Build and write the detour of an armed site (not yet reachable: no jump leads to it),
-    /// with a post block when `post`.
+    /// Build the detours the sites `addrs` lack, reusing freed ones, and publish them: why
+    /// each site that could get none has none. Detours are written where no thread can reach
+    /// them yet, then published (to map faults back) and made visible to every thread by one
+    /// serialization.
+    fn build_detours(
+        &self,
+        st: &mut State,
+        maps: &[Mapping],
+        wants: &[(Addr, bool)],
+    ) -> BTreeMap<Addr, Result<(), NotOptimized>> {
+        let mut status: BTreeMap<Addr, Result<(), NotOptimized>> = BTreeMap::new();
+        let lacks =
+            |st: &State, addr: &Addr, post: bool| st.sites[addr].detour.is_none() || st.sites[addr].detour_post != post;
+        let new = wants
+            .iter()
+            .filter(|(a, post)| lacks(st, a, *post) && st.retired.get(a).is_none_or(|r| r.post != *post))
+            .count();
+        if new > st.free_detours.len() {
+            self.reclaim_detours(st);
+        }
+        let mut copies = Vec::new();
+        for &(addr, post) in wants {
+            if lacks(st, &addr, post) {
+                match self.build_detour(st, maps, addr, post) {
+                    Ok(copy) => copies.extend(copy),
+                    Err(why) => {
+                        status.insert(addr, Err(why));
+                    }
+                }
+            }
+        }
+        jump::prepare_readers();
+        if !copies.is_empty() {
+            // A reused detour's memory replaces the copy of its former site.
+            let span = DETOUR_SLOTS * SLOT_SIZE as u64;
+            let mut starts: Vec<u64> = copies.iter().map(|c| c.copy.0 - DETOUR_WINDOW).collect();
+            starts.sort_unstable();
+            let reused = |w: &WindowCopy| {
+                let i = starts.partition_point(|s| *s <= w.copy.0);
+                i.checked_sub(1).is_some_and(|i| w.copy.0 < starts[i] + span)
+            };
+            self.windows.update(|windows| {
+                let mut next: Vec<WindowCopy> = windows.iter().filter(|w| !reused(w)).copied().collect();
+                next.extend_from_slice(&copies);
+                next.sort_by_key(|w| w.copy);
+                next
+            });
+        }
+        status
+    }
+
+    /// Build and write the detour of a site (not yet reachable: no jump leads to it), with a
+    /// post block when `post`. A detour it had before, of the other kind, waits for a
+    /// safepoint before its memory is reused.
     fn build_detour(
         &self,
         st: &mut State,
         maps: &[Mapping],
         addr: Addr,
         post: bool,
-    ) -> Result<WindowCopy, NotOptimized> {
+    ) -> Result<Option<WindowCopy>, NotOptimized> {
         let vector = st.sites[&addr].vector;
         if vector == VectorState::Full {
             jump::xsave_ready().map_err(|reason| NotOptimized::LiveVectorState { addr, reason })?;
         }
-        let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
-        let at = st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?;
-        let window = st.sites[&addr].window.clone()?;
-        let (entry_stub, post_stub) = jump::stubs(vector);
-        let mut detour = match post {
-            true => detour_code_with_post(addr, &window, at, entry_stub, post_stub)?,
-            false => detour_code(addr, &window, at, entry_stub)?,
-        };
-        if detour.code.len() > DETOUR_SLOTS as usize * SLOT_SIZE {
-            return Err(no_page(format!("the detour takes {} bytes", detour.code.len())));
+        let published = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());
+        if let Some(Retired { detour, hot, post: was }) = st.retired.remove(&addr) {
+            hot.site.store(published, std::sync::atomic::Ordering::Release);
+            let state = st.sites.get_mut(&addr).expect("site");
+            state.hot = Some(hot);
+            if was == post {
+                // Its own detour, not reused since: the same code, taken back as it is.
+                state.detour = Some(detour);
+                state.detour_post = post;
+                return Ok(None);
+            }
+            st.orphans.push(detour);
         }
-        let site = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());
-        // One per site, shared by the detours it ever has.
+        let state = st.sites.get_mut(&addr).expect("site");
+        if state.detour_post != post {
+            if let Some(old) = state.detour.take() {
+                st.orphans.push(old);
+            }
+        }
+        let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
+        let at = match st.free_detours.iter().position(|a| a.0.abs_diff(addr.0) < DETOUR_REACH) {
+            Some(i) => st.free_detours.swap_remove(i),
+            None => st.pool.alloc_run_near(addr, maps, DETOUR_SLOTS).map_err(|e| no_page(e.to_string()))?,
+        };
+        let (entry_stub, post_stub) = jump::stubs(vector);
+        let built = st.sites[&addr].window.clone().and_then(|window| match post {
+            true => detour_code_with_post(addr, &window, at, entry_stub, post_stub),
+            false => detour_code(addr, &window, at, entry_stub),
+        });
+        let mut detour = match built {
+            Ok(d) if d.code.len() <= DETOUR_SLOTS as usize * SLOT_SIZE => d,
+            refused => {
+                // The memory goes back for another detour.
+                st.free_detours.push(at);
+                let why = refused.map(|d| no_page(format!("the detour takes {} bytes", d.code.len())));
+                return Err(why.unwrap_or_else(|e| e));
+            }
+        };
+        // One per site, shared by the detours it has in turn.
         let hot: &'static jump::JumpSite = st.sites[&addr].hot.unwrap_or_else(|| {
-            Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(site) }))
+            Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(published) }))
         });
         detour.set_word(hot as *const jump::JumpSite as u64);
         sys::write_code_unsynced(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
@@ -739,7 +879,7 @@ impl Engine {
         state.detour = Some(detour);
         state.detour_post = post;
         state.hot = Some(hot);
-        Ok(copy)
+        Ok(Some(copy))
     }
 
     /// Whether the probe `id`, at `addr`, takes the jump path, or why not.
@@ -788,6 +928,9 @@ const MAX_WINDOW_BYTES: u64 = 4 + 15;
 
 /// Slots a detour takes (its head and a relocated window of one instruction fit in two).
 const DETOUR_SLOTS: u64 = 2;
+
+/// How far from a probe a freed detour may be reused for it (as slots are placed).
+const DETOUR_REACH: u64 = 1 << 30;
 
 /// A handler that panics is caught by the dispatcher (counted, its probe disabled), but the
 /// panic hook runs first, on the hit path, where printing would take the stderr lock the
@@ -848,9 +991,11 @@ fn apply_patches(patches: &[Patch]) -> Vec<Result<(), ProbeError>> {
 /// the caller serializes every thread.
 fn apply_patch_unsynced(patch: &Patch) -> Result<(), ProbeError> {
     let addr = patch.addr;
-    let mut now = vec![0u8; patch.old.len()];
-    sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
-    if now != patch.old {
+    // On the stack: the C library's allocator may be probed, on `int3` during a batch.
+    let mut buf = [0u8; 16];
+    let now = &mut buf[..patch.old.len()];
+    sys::read_memory(addr, now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
+    if *now != patch.old[..] {
         return Err(ProbeError::Patch {
             addr,
             reason: format!("expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe", patch.old),

@@ -27,9 +27,13 @@
 //! stays on `int3`, with the reason.
 //!
 //! A thread may still be inside a detour after its probe was unoptimized (preempted there, or
-//! running a handler). Detours are therefore never freed nor given to other code: a site
-//! keeps its detour and reuses it when it is optimized again, so no thread can ever find
-//! other code under its instruction pointer.
+//! running a handler). A site keeps its detour while it has probes. Once it has none, the
+//! detour is retired: the site takes it back as it is if it is probed again, and its memory
+//! is given to another site's detour only after a safepoint (`Engine::reclaim_detours`)
+//! found every other thread with its program counter outside every retired detour and no
+//! address inside one on its stack (a hit in progress returns into its detour; a signal
+//! frame saves the place it interrupted). Until then no thread can find other code under its
+//! instruction pointer.
 
 use std::sync::Arc;
 
@@ -41,8 +45,7 @@ use crate::sys;
 /// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
 pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<ProbeEntry>]) -> Result<(), NotOptimized> {
     window.as_ref().map_err(Clone::clone)?;
-    let enabled: Vec<_> = probes.iter().filter(|p| p.stats.is_enabled()).collect();
-    if enabled.is_empty() {
+    if !probes.iter().any(|p| p.stats.is_enabled()) {
         return Err(NotOptimized::Disarmed);
     }
     if probes.iter().any(|p| !p.optimize) {
@@ -107,8 +110,10 @@ pub(crate) fn unoptimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> 
 /// every thread.
 fn replace(at: dprobe_arch::Addr, offset: u64, old: &[u8], new: &[u8]) -> Result<(), ProbeError> {
     let addr = at.offset(offset);
-    let mut now = vec![0u8; old.len()];
-    sys::read_memory(addr, &mut now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
+    // On the stack: the C library's allocator may be probed, on `int3` during a batch.
+    let mut buf = [0u8; 16];
+    let now = &mut buf[..old.len()];
+    sys::read_memory(addr, now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
     if now != old {
         return Err(ProbeError::Patch {
             addr,

@@ -106,6 +106,14 @@ pub(crate) struct Plan {
     /// The private writable mappings `[start, end)`, sorted (filled in by [`run`]): a thread's
     /// stack is one of them, and its handler reads it up to the mapping's end, no further.
     pub stacks: Vec<(u64, u64)>,
+    /// Detours of removed probes `[start, end)`, sorted, whose memory is to be reused: a
+    /// thread is busy while its program counter is inside one, or while its stack holds an
+    /// address inside one (a return address of a hit in progress, or a signal frame's saved
+    /// program counter). Nothing is moved out of them.
+    pub retired: Vec<(u64, u64)>,
+    /// How long a thread may take to acknowledge; [`PATIENCE`] when not set. Reclaiming
+    /// detours waits less: it can try again at the next registration.
+    pub patience: Option<Duration>,
 }
 
 /// Where a thread stopped at `rip` must go.
@@ -131,7 +139,16 @@ impl Plan {
         i.checked_sub(1).map(|i| self.stacks[i]).filter(|m| sp < m.1)
     }
 
+    /// Whether `value` is an address inside a retired detour.
+    pub(crate) fn in_retired(&self, value: u64) -> bool {
+        let i = self.retired.partition_point(|r| r.0 <= value);
+        i.checked_sub(1).is_some_and(|i| value < self.retired[i].1)
+    }
+
     fn verdict(&self, rip: u64) -> Verdict {
+        if self.in_retired(rip) {
+            return Verdict::Busy;
+        }
         for w in &self.windows {
             if rip > w.start.0 && rip < w.end.0 {
                 return w.copy_of(Addr(rip)).map_or(Verdict::Busy, |c| Verdict::Move(c.0));
@@ -235,7 +252,7 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
             acked.store(true, SeqCst);
         }
     }
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + plan.patience.unwrap_or(PATIENCE);
     let mut pause = Duration::from_micros(20);
     while let Some((tid, _)) = tids.iter().find(|(t, acked)| !acked.load(SeqCst) && sys::thread_alive(*t)) {
         if Instant::now() > deadline {
@@ -302,6 +319,10 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         }
         // SAFETY: `uc` is the context the kernel passed, inside its signal frame.
         busy |= unsafe { move_outer_frames(plan, uc, ctx.rsp()) };
+        if !plan.retired.is_empty() {
+            // SAFETY: as above.
+            busy |= unsafe { stack_holds_retired(plan, uc, ctx.rsp()) };
+        }
         if busy {
             BUSY.fetch_add(1, SeqCst);
         }
@@ -313,12 +334,69 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
     READERS.fetch_sub(1, SeqCst);
 }
 
+/// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,
+/// holds an address inside a retired detour; the stacks that signal frames found there were
+/// interrupted on are read too (a handler on an alternate stack interrupted code on the
+/// thread's own). A stack that cannot be bounded counts as holding one: the detour then waits.
+///
+/// # Safety
+/// `uc` must be the context the kernel passed to the running handler.
+unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> bool {
+    // SAFETY: per the contract, as in `move_outer_frames`.
+    let (restorer, alternate) = unsafe {
+        let uc = uc.cast::<libc::ucontext_t>();
+        (*(uc as *const u64).sub(1), (*uc).uc_stack)
+    };
+    let (alt_start, alt_end) = (alternate.ss_sp as u64, alternate.ss_sp as u64 + alternate.ss_size as u64);
+    let on_alternate = alternate.ss_flags & libc::SS_DISABLE == 0;
+    let end_of = |sp: u64| {
+        if on_alternate && (alt_start..alt_end).contains(&sp) {
+            Some(alt_end)
+        } else {
+            plan.stack_of(sp).map(|(_, end)| end)
+        }
+    };
+    let word = |at: u64| {
+        // SAFETY: `at` lies between a stack pointer of this thread and the end of the stack
+        // it points into (see `move_outer_frames`).
+        unsafe { std::ptr::read_volatile(at as *const u64) }
+    };
+    let mut stacks = [rsp; 4];
+    let mut count = 1;
+    let mut next = 0;
+    while next < count {
+        let sp = stacks[next] & !7;
+        next += 1;
+        let Some(end) = end_of(sp) else { return true };
+        let mut at = sp;
+        while at + 8 <= end {
+            let value = word(at);
+            if plan.in_retired(value) {
+                return true;
+            }
+            if value == restorer && at % 16 == 8 && at + FPREGS_AT + 8 <= end && word(at + LINK_AT) == 0 {
+                let saved_sp = word(at + RSP_AT);
+                if end_of(saved_sp) != Some(end) && !stacks[..count].contains(&saved_sp) {
+                    if count == stacks.len() {
+                        return true;
+                    }
+                    stacks[count] = saved_sp;
+                    count += 1;
+                }
+            }
+            at += 8;
+        }
+    }
+    false
+}
+
 /// Offsets in the kernel's x86-64 signal frame (`struct rt_sigframe`): the return address
 /// (`pretcode`, the `sa_restorer`), then the `ucontext_t`.
 const UC_AT: u64 = 8;
 pub(crate) const LINK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_link) as u64;
 const GREGS_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64;
 pub(crate) const RIP_AT: u64 = GREGS_AT + 8 * libc::REG_RIP as u64;
+const RSP_AT: u64 = GREGS_AT + 8 * libc::REG_RSP as u64;
 pub(crate) const FPREGS_AT: u64 = GREGS_AT + 8 * 23;
 
 /// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this

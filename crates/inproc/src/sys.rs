@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, OnceLock};
 
 use dprobe_arch::{Addr, MemoryFault};
@@ -30,7 +30,22 @@ pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
         *mem = Some((pid, file));
     }
     let (_, file) = mem.as_ref().expect("opened above");
-    file.write_all_at(bytes, addr.0)
+    // The system call itself, not the C library's `pwrite64`, which may be probed (and on
+    // `int3` while a batch is being placed).
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        let args = [file.as_raw_fd() as u64, rest.as_ptr() as u64, rest.len() as u64, addr.0 + done as u64, 0, 0];
+        // SAFETY: pwrite64 reads `rest`, which lives for the call; the kernel checks the rest.
+        let n = unsafe { raw_syscall6(libc::SYS_pwrite64, args) };
+        match n {
+            n if n > 0 => done += n as usize,
+            n if n == -(libc::EINTR as i64) => {}
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            n => return Err(io::Error::from_raw_os_error(-n as i32)),
+        }
+    }
+    Ok(())
 }
 
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;

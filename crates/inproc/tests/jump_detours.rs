@@ -1,0 +1,109 @@
+//! A detour's memory goes to another probe only once no thread can be inside it: not while a
+//! thread is parked there by a signal handler, and again once it has left.
+mod fixtures;
+use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
+
+use dprobe_arch::DETOUR_ENTRY;
+use dprobe_inproc::{register, Addr, Kprobe, PreAction};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+std::arch::global_asm!(
+    ".text",
+    ".globl fxd_b",
+    ".type fxd_b,@function",
+    "fxd_b:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "lea rax, [rdi + rsi]",
+    "ret",
+    ".size fxd_b, . - fxd_b",
+    ".globl fxd_c",
+    ".type fxd_c,@function",
+    "fxd_c:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "lea rax, [rdi + rsi]",
+    "ret",
+    ".size fxd_c, . - fxd_c",
+);
+
+extern "C" {
+    fn fxd_b(a: u64, b: u64) -> u64;
+    fn fxd_c(a: u64, b: u64) -> u64;
+}
+
+/// Where the detour the jump at `a` leads to starts.
+fn detour_of(a: Addr) -> u64 {
+    let bytes = code(a, 5);
+    assert_eq!(bytes[0], 0xe9, "a jump at {a}");
+    let rel = i32::from_le_bytes(bytes[1..5].try_into().unwrap());
+    (a.0 + 5).wrapping_add(rel as i64 as u64) - DETOUR_ENTRY
+}
+
+/// Bytes of a detour that a parked program counter may be in.
+const DETOUR_BYTES: u64 = 160;
+
+static DETOUR: AtomicU64 = AtomicU64::new(0);
+static PARKED: AtomicBool = AtomicBool::new(false);
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// SIGUSR1 in the calling thread: when it interrupted the thread inside the detour, wait there
+/// until the test says so.
+extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes the interrupted context.
+    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
+    let detour = DETOUR.load(SeqCst);
+    if (detour..detour + DETOUR_BYTES).contains(&rip) && !PARKED.load(SeqCst) {
+        PARKED.store(true, SeqCst);
+        while !RELEASE.load(SeqCst) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[test]
+fn a_detour_is_reused_only_after_the_thread_parked_inside_it_has_left_and_a_probe_registered_again_takes_its_own_back()
+{
+    let (a, b, c) = (addr(fx_park), addr(fxd_b), addr(fxd_c));
+    let original = [code(a, 8), code(b, 8), code(c, 8)];
+    let pa = register(Kprobe::addr(a).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(pa.optimized(), Ok(()));
+    let detour_a = detour_of(a);
+    DETOUR.store(detour_a, SeqCst);
+    // SAFETY: installs a handler for SIGUSR1, which nothing else in this test binary uses.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = park as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
+    }
+    const AFTER: u64 = 1_000;
+    let (worker, _) = call_park_until(&RELEASE, AFTER);
+    signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
+
+    // The probe goes while the thread is parked in its detour.
+    let stats = pa.unregister().unwrap();
+    assert!(stats.hits > 0);
+    assert_eq!(code(a, 8), original[0]);
+    // Another probe needs a detour: not that one.
+    let pb = register(Kprobe::addr(b).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(pb.optimized(), Ok(()));
+    assert_ne!(detour_of(b), detour_a, "a detour reused while a thread is inside it");
+
+    // The thread leaves the detour and finishes its call there, then calls on unprobed.
+    RELEASE.store(true, SeqCst);
+    let calls = worker.join().unwrap().expect("the parked call and every later one computed the right value");
+    assert!(calls > 0);
+    // Now it is free: the next detour takes its memory.
+    let pc = register(Kprobe::addr(c).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(pc.optimized(), Ok(()));
+    assert_eq!(detour_of(c), detour_a, "the freed detour is reused");
+    assert_eq!((call2(fxd_b, 1, 2), call2(fxd_c, 3, 4), call2(fx_park, 5, 6)), (3, 7, 14));
+    assert_eq!((pb.hits(), pc.hits(), pb.nmissed(), pc.nmissed()), (1, 1, 0, 0));
+    drop((pb, pc));
+    assert_eq!([code(a, 8), code(b, 8), code(c, 8)], original);
+
+    // A probe registered again where its detour was retired (and not reused) takes it back.
+    let again = register(Kprobe::addr(c).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(detour_of(c), detour_a);
+    assert_eq!((call2(fxd_c, 3, 4), again.hits()), (7, 1));
+}
