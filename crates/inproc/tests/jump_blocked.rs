@@ -5,8 +5,10 @@ mod fixtures;
 use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
 
 use dprobe_inproc::{register, Kprobe, NotOptimized, PreAction};
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 std::arch::global_asm!(
     ".text",
@@ -34,41 +36,77 @@ fn blocked_in(tid: i32) -> Option<i64> {
     line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
 }
 
+/// How long a wait for something the test needs may take before it counts as a deadlock: a
+/// guard against hanging, not a measure of speed.
+const DEADLOCK: Duration = Duration::from_secs(120);
+
 /// Wait until thread `tid` is blocked in one of `calls`.
 fn wait_blocked_in(tid: i32, calls: &[i64]) -> i64 {
+    let deadline = Instant::now() + DEADLOCK;
     loop {
         if let Some(nr) = blocked_in(tid).filter(|n| calls.contains(n)) {
             return nr;
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(Instant::now() < deadline, "thread {tid} never blocked in one of the system calls {calls:?}");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Join `thread`, failing (instead of hanging) if it never ends; `what` names what it does.
+fn join<T>(thread: std::thread::JoinHandle<T>, what: &str) -> T {
+    let deadline = Instant::now() + DEADLOCK;
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "{what} never returned");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    thread.join().unwrap()
+}
+
+/// SIGUSR1, which the test sends a sleeper to end its sleep once the window is optimized.
+extern "C" fn wake(_: libc::c_int) {}
 
 // The C library may implement each with either call.
 const NANOSLEEP: [i64; 2] = [libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
 const POLL: [i64; 2] = [libc::SYS_poll, libc::SYS_ppoll];
 
 #[test]
-fn threads_blocked_in_nanosleep_and_poll_sleep_their_full_time_while_a_window_is_optimized() {
+fn threads_blocked_in_nanosleep_and_poll_sleep_until_woken_while_a_window_is_optimized() {
     static HITS: AtomicU64 = AtomicU64::new(0);
+    // Set before the test ends the sleeps: a sleep that ended without it was cut short.
+    static RELEASED: AtomicBool = AtomicBool::new(false);
     let a = addr(fxb_sleep);
     let original = code(a, 8);
-    let sleeper = |poll: bool| {
+    let mut fds = [0; 2];
+    // SAFETY: creates a pipe into `fds`; installs a handler for SIGUSR1, which nothing else in
+    // this test binary uses (no SA_RESTART: the sleep it interrupts returns EINTR).
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = wake as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
+    }
+    let readable = fds[0];
+    // Each sleeper blocks until the test ends its sleep, far longer than any registration: the
+    // nanosleep until SIGUSR1 interrupts it, the poll until the pipe is readable. It returns
+    // the call's result, its errno, and whether the test had ended the sleep by then.
+    let sleeper = move |poll: bool| {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             // SAFETY: gettid has no preconditions.
             tx.send(unsafe { libc::gettid() }).unwrap();
-            // SAFETY: a plain two-second sleep, and a poll of no descriptors for as long.
+            // SAFETY: a sleep of an hour, and a poll of the pipe's read end for as long.
             let (ret, errno) = unsafe {
                 let ret = if poll {
-                    libc::poll(std::ptr::null_mut(), 0, 2000)
+                    let mut fd = libc::pollfd { fd: readable, events: libc::POLLIN, revents: 0 };
+                    libc::poll(&mut fd, 1, 3_600_000)
                 } else {
-                    let time = libc::timespec { tv_sec: 2, tv_nsec: 0 };
+                    let time = libc::timespec { tv_sec: 3600, tv_nsec: 0 };
                     libc::nanosleep(&time, std::ptr::null_mut())
                 };
                 (ret, *libc::__errno_location())
             };
-            (ret, if ret == 0 { 0 } else { errno })
+            (ret, if ret >= 0 { 0 } else { errno }, RELEASED.load(SeqCst))
         });
         (rx.recv().unwrap(), thread)
     };
@@ -90,8 +128,15 @@ fn threads_blocked_in_nanosleep_and_poll_sleep_their_full_time_while_a_window_is
     const CALLS: u64 = 10_000;
     assert!((0..CALLS).all(|i| call2(fxb_sleep, i, 1) == i + 14), "the relocated prologue computed a wrong value");
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (CALLS, CALLS, 0));
-    assert_eq!(sleeping.1.join().unwrap(), (0, 0), "nanosleep slept its full time");
-    assert_eq!(polling.1.join().unwrap(), (0, 0), "poll timed out, not interrupted");
+    RELEASED.store(true, SeqCst);
+    // SAFETY: the sleeper is alive until it is woken; SIGUSR1 has a handler; writes one byte
+    // to the pipe the poller waits on.
+    unsafe {
+        assert_eq!(libc::pthread_kill(sleeping.1.as_pthread_t(), libc::SIGUSR1), 0);
+        assert_eq!(libc::write(fds[1], [1u8].as_ptr().cast(), 1), 1);
+    }
+    assert_eq!(join(sleeping.1, "nanosleep"), (-1, libc::EINTR, true), "nanosleep slept until the test woke it");
+    assert_eq!(join(polling.1, "poll"), (1, 0, true), "poll returned the readable pipe, not interrupted");
     drop(p);
     assert_eq!(code(a, 8), original, "original bytes back");
 }
@@ -145,7 +190,8 @@ fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_ke
     assert_eq!(blocked_in(tid), Some(libc::SYS_read), "the parked thread was not interrupted");
     // SAFETY: writes one byte to the pipe the handler reads.
     assert_eq!(unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) }, 1);
-    let calls = worker.join().unwrap().expect("the parked call and every later one computed the right value");
+    let calls =
+        join(worker, "the parked worker").expect("the parked call and every later one computed the right value");
     assert!(calls > 0);
     // The parked call entered before the probe existed: only the later ones are hits.
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (AFTER, AFTER, 0));

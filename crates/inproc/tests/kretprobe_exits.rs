@@ -159,6 +159,15 @@ fn code(f: *const (), len: usize) -> Vec<u8> {
     fixtures::code(at(f), len)
 }
 
+/// Sets its flag when dropped, on a panic too.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
 #[test]
 fn four_threads_call_while_the_probe_comes_and_goes() {
     let f = c::fxc_middle as *const ();
@@ -169,6 +178,8 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
         for t in 0..4i64 {
             let (stop, calls) = (&stop, &calls);
             s.spawn(move || {
+                // A caller whose check fails stops the others and the wait below.
+                let _stop = StopOnDrop(stop);
                 let mut i = 0;
                 while !stop.load(Relaxed) {
                     // SAFETY: fxc_middle(a) = a + 2 through fxc_add.
@@ -178,6 +189,9 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
                 }
             });
         }
+        // Stops the callers however this thread leaves, a failed assertion included: without
+        // it the scope would wait for them forever.
+        let _stop = StopOnDrop(&stop);
         let (mut seen, mut cycles) = (0, 0);
         while cycles < 200 || seen < 1000 {
             static WRONG: AtomicU64 = AtomicU64::new(0);
@@ -188,6 +202,7 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
             }
             let before = calls.load(Relaxed);
             while calls.load(Relaxed) < before + 20 {
+                assert!(!stop.load(Relaxed), "a caller failed");
                 std::thread::yield_now();
             }
             let st = p.stats();
@@ -201,7 +216,6 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
             seen += st.returns;
             cycles += 1;
         }
-        stop.store(true, Relaxed);
     });
     assert_eq!(code(f, 32), original, "every byte is back");
 }
