@@ -517,17 +517,7 @@ impl Engine {
             .filter(|(a, probes)| st.sites[*a].armed && !probes.iter().any(|p| p.stats.is_enabled()))
             .map(|(a, _)| *a)
             .collect();
-        let patches: Vec<Patch> = disarms.iter().map(|a| disarm(&st.sites[a].insn)).collect();
-        let mut failure = None;
-        for (addr, result) in disarms.iter().zip(apply_patches(&patches)) {
-            match result {
-                Ok(()) => st.sites.get_mut(addr).expect("site of a list").armed = false,
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        set_armed(&mut st.sites, &disarms, false)?;
         // 3. Publish, and wait for readers of the old rows.
         let mut published = Vec::with_capacity(lists.len());
         let rows: Vec<TableEntry<Prepared>> = lists
@@ -585,14 +575,7 @@ impl Engine {
                 arms.push(*addr);
             }
         }
-        let patches: Vec<Patch> = arms.iter().map(|a| arm(&st.sites[a].insn)).collect();
-        let mut failure = None;
-        for (addr, result) in arms.iter().zip(apply_patches(&patches)) {
-            match result {
-                Ok(()) => st.sites.get_mut(addr).expect("site of a list").armed = true,
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
+        let armed = set_armed(&mut st.sites, &arms, true);
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
         //    cannot become one stays a working int3 probe: this never fails the call. Sites
         //    kept on int3 by a probe inside their window are looked at again too: that probe
@@ -655,7 +638,7 @@ impl Engine {
         if retired_now {
             jump::grace();
         }
-        failure.map_or(Ok(()), Err)
+        armed
     }
 
     /// Make retired detours reusable once no thread can be inside one: a safepoint in which
@@ -974,6 +957,21 @@ fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
             after_first: detour.window.after_first,
         },
     }
+}
+
+/// Arm (`armed`) or disarm the `int3` of each site at `addrs` as one batch, and mark each site
+/// that changed. Every patch is tried; the first failure is returned.
+fn set_armed(sites: &mut BTreeMap<Addr, SiteState>, addrs: &[Addr], armed: bool) -> Result<(), ProbeError> {
+    let patch = |a: &Addr| if armed { arm(&sites[a].insn) } else { disarm(&sites[a].insn) };
+    let patches: Vec<Patch> = addrs.iter().map(patch).collect();
+    let mut failure = None;
+    for (addr, result) in addrs.iter().zip(apply_patches(&patches)) {
+        match result {
+            Ok(()) => sites.get_mut(addr).expect("a site of the batch").armed = armed,
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// Apply arm or disarm patches (each checked first, see [`apply_patch_unsynced`]), then serialize
