@@ -280,3 +280,16 @@ fn two_return_probes_on_one_function_each_watch_it_at_its_exits() {
     let expected: Vec<i64> = (0..=100).flat_map(|v| [v, v]).collect();
     assert_eq!(returned(&t.trace, "deep"), expected, "{}", t.trace);
 }
+
+#[test]
+fn coroutines_switching_stacks_with_calls_pending_on_each_pair_exactly() {
+    let _x = exclusive();
+    let probe = format!("{}:co_rec%return", program());
+    // 10 rounds of two coroutines 100 deep: the first resumed returns while the second's
+    // frames, on a stack above or below its own, are the latest pending.
+    for place in ["higher", "lower"] {
+        let trace = counted("system-exits-coro", &probe, &["--no-bpf"], &["coro", "10", "100", place]);
+        assert_eq!((hits(&trace, &probe), returns(&trace, &probe)), (2020, 2020), "{place}\n{trace}");
+        assert!(!trace.contains("not seen") && !trace.contains("without a return"), "{place}\n{trace}");
+    }
+}

@@ -22,7 +22,7 @@ use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
 
 mod watched;
-use watched::Watched;
+use watched::{StackMaps, Watched};
 
 /// The hidden argument that brings the thread's name with each dynamic event.
 const COMM_FIELD: &str = "dprobe_comm";
@@ -109,6 +109,8 @@ pub struct KernelEngine {
     names: ThreadNames,
     stacks: Stacks,
     pairing: Pairing,
+    /// The maps of the processes whose calls are paired, to tell their stacks apart.
+    maps: StackMaps,
 }
 
 /// The stacks events carry, if asked for: what unwinds the user stacks copied with each
@@ -197,6 +199,7 @@ impl KernelEngine {
             names: ThreadNames::default(),
             stacks: Stacks::default(),
             pairing: Pairing::default(),
+            maps: StackMaps::default(),
         })
     }
 
@@ -210,7 +213,7 @@ impl KernelEngine {
         options: &KernelOptions,
         names: &mut ThreadNames,
         stacks: &mut Stacks,
-        pairing: &mut Pairing,
+        (pairing, maps): (&mut Pairing, &mut StackMaps),
         hit: &Hit<'_>,
         sink: &mut dyn FnMut(&ProbeEvent<'_>),
     ) {
@@ -234,6 +237,7 @@ impl KernelEngine {
                 record.user_stack = stacks.user.clone();
                 record.kernel_stack = stacks.kernel.clone();
             }
+            maps.seen(hit.pid);
             pairing.hold(record);
             return;
         }

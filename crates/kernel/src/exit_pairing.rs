@@ -185,14 +185,23 @@ impl Pairing {
         self.held.is_empty()
     }
 
+    /// Whether process `pid` has records waiting or calls pending.
+    pub fn has_process(&self, pid: u32) -> bool {
+        self.held.iter().any(|h| h.pid == pid) || self.threads.values().any(|t| t.pid == pid)
+    }
+
     /// Handle, in time order, the records stamped before `read_began - SETTLE_NS` (every one
     /// with `None`, when no more will come). `hands_over(probe, target)`: whether a tail call
     /// of `probe`'s function to `target` enters a function whose exits are watched.
-    /// `each(record, what)` for everything paired.
+    /// `stack_of(pid, addr)` names the stack `addr` lies on in process `pid` (asked only when
+    /// an exit is not the innermost pending call's: a coroutine switched stacks, a handler
+    /// ran on an alternate stack, a frame was abandoned). `each(record, what)` for
+    /// everything paired.
     pub fn handle(
         &mut self,
         read_began: Option<u64>,
         hands_over: &dyn Fn(usize, u64) -> bool,
+        stack_of: &mut dyn FnMut(u32, u64) -> u64,
         each: &mut dyn FnMut(&Held, Paired),
     ) {
         self.held.sort_by_key(|h| h.time);
@@ -201,10 +210,10 @@ impl Pairing {
             None => self.held.len(),
         };
         let ready: Vec<Held> = self.held.drain(..ready).collect();
-        // One stack per thread: an activation below an exit's stack pointer was abandoned.
-        let mut stack_of = |_: u64| 0u64;
         for mut h in ready {
             let h = &mut h;
+            let pid = h.pid;
+            let mut stack_of = |addr: u64| stack_of(pid, addr);
             let thread = self.threads.entry(h.tid).or_insert_with(|| Thread {
                 pid: h.pid,
                 pending: Vec::new(),
@@ -280,7 +289,7 @@ mod tests {
             p.hold(r);
         }
         let mut out = Vec::new();
-        p.handle(None, &|_, target| target == watched, &mut |_, what| out.push(what));
+        p.handle(None, &|_, target| target == watched, &mut |_, _| 0, &mut |_, what| out.push(what));
         out
     }
 
@@ -397,7 +406,7 @@ mod tests {
         p.hold(rec(1, 7, 0, Role::Entry, 0x1000, 0));
         p.hold(rec(2, 7, 1, Role::Entry, 0x0f00, 0));
         p.hold(rec(3, 8, 0, Role::Entry, 0x2000, 0));
-        p.handle(None, &|_, _| false, &mut |_, _| {});
+        p.handle(None, &|_, _| false, &mut |_, _| 0, &mut |_, _| {});
         let mut gone = p.forget_gone(&|_, tid| tid == 8);
         gone.sort();
         assert_eq!(gone, [0, 1]);

@@ -13,8 +13,8 @@
 //!   written it), with every activation pushed after it; activations below `sp` are left for
 //!   the next exit to judge (they may be alive: a signal handler running on an alternate stack
 //!   higher in the same mapping);
-//! * the walk stops at the first activation above `sp`: it and everything older are outer
-//!   frames, alive.
+//! * the walk stops at the first activation above `sp` on the same stack: it and everything
+//!   older are outer frames, alive.
 //!
 //! A tail call (`jmp` to another function) leaves the caller with no return value yet: its
 //! activation is *handed over* and stays on its word; the callee's entry on that word keeps it
@@ -22,10 +22,10 @@
 //! the callee's return value (the kernel's "chained" uretprobes). A handed-over activation
 //! that becomes stale did leave, through a callee whose return was not watched.
 //!
-//! An activation below `sp` on another stack (a signal handler on an alternate stack that lies
-//! higher than the frames it interrupted, a coroutine's stack) cannot be judged from here and
-//! is left alone; the stack an address lies on is asked only then, never on the common path
-//! where the innermost activation is the one leaving.
+//! An activation on another stack, below `sp` or above it (a signal handler on an alternate
+//! stack, a coroutine's stack switched away from), cannot be judged from here and is left
+//! alone, and the walk goes on past it; the stack an address lies on is asked only then,
+//! never on the common path where the innermost activation is the one leaving.
 //!
 //! No return address is read or written, so exceptions, `longjmp`, alternate stacks, stack
 //! switching, tail calls and programs that read their own return address all see the stack as
@@ -76,15 +76,20 @@ fn sweep(
     let mut dropped = 0;
     for i in (0..acts.depth()).rev() {
         let s = acts.sp(i);
-        if s > sp {
-            break;
-        }
         if s == sp {
             return (Some(i), dropped);
         }
-        if *here.get_or_insert_with(|| stack_of(sp)) == stack_of(s) {
-            acts.abandon(i);
-            dropped += 1;
+        let same_stack = *here.get_or_insert_with(|| stack_of(sp)) == stack_of(s);
+        match (s > sp, same_stack) {
+            // An outer frame of this stack: everything older is alive too.
+            (true, true) => break,
+            (false, true) => {
+                acts.abandon(i);
+                dropped += 1;
+            }
+            // Another stack's (a coroutine switched away from, a handler's alternate stack):
+            // not judged from this one, above or below.
+            (_, false) => {}
         }
     }
     (None, dropped)

@@ -16,6 +16,51 @@ use crate::exit_sites::{self, ExitPlan};
 use crate::format::FieldValue;
 use crate::session::Hit;
 
+/// Which mapping holds an address in each process whose calls are watched at their exits:
+/// a stack is named by its mapping's end (which stays put as the stack grows down), 0 when
+/// not known. The maps are read as a process's first record comes, and again when an address
+/// is in none of them: records are paired after the fact, and the process may be gone by then.
+#[derive(Default)]
+pub(super) struct StackMaps {
+    processes: std::collections::HashMap<u32, Vec<(u64, u64)>>,
+}
+
+impl StackMaps {
+    /// A record of process `pid` came: its maps, if not known yet.
+    pub(super) fn seen(&mut self, pid: u32) {
+        self.processes.entry(pid).or_insert_with(|| read_ranges(pid).unwrap_or_default());
+    }
+
+    fn stack_of(&mut self, pid: u32, addr: u64) -> u64 {
+        let find = |ranges: &[(u64, u64)]| {
+            let i = ranges.partition_point(|&(_, end)| end <= addr);
+            ranges.get(i).filter(|&&(start, _)| start <= addr).map(|&(_, end)| end)
+        };
+        let ranges = self.processes.entry(pid).or_default();
+        if let Some(end) = find(ranges) {
+            return end;
+        }
+        if let Some(fresh) = read_ranges(pid) {
+            *ranges = fresh;
+        }
+        find(ranges).unwrap_or(0)
+    }
+
+    /// Forget the processes that are gone and that `pending(pid)` says have nothing left to
+    /// pair.
+    pub(super) fn forget_gone(&mut self, pending: &dyn Fn(u32) -> bool) {
+        self.processes.retain(|&pid, _| pending(pid) || std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
+
+/// The address ranges of process `pid`'s mappings, sorted.
+fn read_ranges(pid: u32) -> Option<Vec<(u64, u64)>> {
+    let maps = dprobe_sym::read_maps_of(pid).ok()?;
+    let mut ranges: Vec<(u64, u64)> = maps.iter().map(|m| (m.start.0, m.end.0)).collect();
+    ranges.sort_unstable();
+    Some(ranges)
+}
+
 /// A return probe watched at its function's exits instead of through the return address.
 pub(super) struct Watched {
     /// The file and link-time start of the function.
@@ -75,9 +120,11 @@ impl KernelEngine {
     /// read began.
     pub(super) fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
         let read_began = monotonic_ns();
-        let (probes, options, names, stacks, pairing) =
-            (&mut self.probes, &self.options, &mut self.names, &mut self.stacks, &mut self.pairing);
-        self.session.poll(timeout_ms, &mut |hit| Self::deliver(probes, options, names, stacks, pairing, &hit, sink))?;
+        let (probes, options, names, stacks) = (&mut self.probes, &self.options, &mut self.names, &mut self.stacks);
+        let pairs = (&mut self.pairing, &mut self.maps);
+        self.session.poll(timeout_ms, &mut |hit| {
+            Self::deliver(probes, options, names, stacks, (&mut *pairs.0, &mut *pairs.1), &hit, sink)
+        })?;
         self.pair(Some(read_began), sink);
         Ok(())
     }
@@ -95,7 +142,9 @@ impl KernelEngine {
         let hands_over = |probe: usize, target: u64| {
             paths[probe].as_ref().is_some_and(|path| watched.iter().any(|(p, f)| p == path && *f == target))
         };
-        self.pairing.handle(read_began, &hands_over, &mut |h, what| match what {
+        let maps = &mut self.maps;
+        let mut stack_of = |pid: u32, addr: u64| maps.stack_of(pid, addr);
+        self.pairing.handle(read_began, &hands_over, &mut stack_of, &mut |h, what| match what {
             Paired::Entered { probe } => probes[probe].delivered += 1,
             Paired::Abandoned { probe } => {
                 if let Some(w) = probes[probe].exits.as_mut() {
@@ -132,6 +181,8 @@ impl KernelEngine {
                 });
             }
         });
+        let pairing = &self.pairing;
+        self.maps.forget_gone(&|pid| pairing.has_process(pid));
     }
 
     /// As tracing ends: the calls pending in threads that have ended will never return

@@ -147,3 +147,21 @@ fn an_entry_on_a_word_still_held_by_an_activation_replaces_it() {
     assert_eq!(t.enter(sp, 2, &mut stacks.of()), [(1, false)]);
     assert_eq!(t.leave(sp, &mut stacks.of()), left(&[], &[2]));
 }
+
+#[test]
+fn coroutines_switching_stacks_each_find_their_own_activations_above_or_below() {
+    // Two coroutine stacks, each with a call pending, the other's pushed last: the one resumed
+    // first returns past the other's, whichever stack lies higher; none is dropped.
+    for (first, second) in [(MAIN, ALT), (ALT, MAIN)] {
+        let mut stacks = Stacks { asked: 0 };
+        let mut t = ActivationStack::default();
+        let (a, b) = (first.1 - 0x100, second.1 - 0x100);
+        t.enter(a, "a", &mut stacks.of());
+        t.enter(a - 0x40, "a2", &mut stacks.of());
+        t.enter(b, "b", &mut stacks.of());
+        assert_eq!(t.leave(a - 0x40, &mut stacks.of()), left(&[], &["a2"]));
+        assert_eq!(t.leave(a, &mut stacks.of()), left(&[], &["a"]));
+        assert_eq!(t.leave(b, &mut stacks.of()), left(&[], &["b"]));
+        assert!(t.is_empty());
+    }
+}
