@@ -7,7 +7,7 @@
 //! shared counters.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -223,6 +223,23 @@ impl AgentEngine {
         wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))
     }
 
+    /// The agent's next message. A started program watched for its `exec` has its signals
+    /// delivered meanwhile: the agent's own safepoint signals every thread of the program, and
+    /// under ptrace that signal stops the thread until the tracer delivers it, so waiting on
+    /// the socket alone would wait out the safepoint's patience at every probe placed.
+    fn receive(&mut self) -> io::Result<Option<Message>> {
+        if let Some(watch) = self.watch.as_mut() {
+            let deadline = Instant::now() + ANSWER_TIMEOUT;
+            while !readable_within(&self.sock, Duration::from_millis(2))? {
+                watch.deliver_signals().map_err(io::Error::other)?;
+                if Instant::now() >= deadline {
+                    return Err(unanswered(io::ErrorKind::WouldBlock.into()));
+                }
+            }
+        }
+        wire::receive(&mut self.sock)
+    }
+
     fn agent_err(&self, source: io::Error) -> AgentError {
         AgentError::Agent { pid: self.pid, source: unanswered(source) }
     }
@@ -392,7 +409,7 @@ impl AgentEngine {
         for (index, request) in self.requests.clone().into_iter().enumerate() {
             let target = request.target.clone();
             wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
-            match wire::receive(&mut self.sock) {
+            match self.receive() {
                 Ok(Some(Message::Placed(wire::Placement::Failed(why)))) => {
                     self.exec_notes.push(format!("`{target}` is not probed in {program} (exec): {why}"));
                 }
@@ -407,7 +424,7 @@ impl AgentEngine {
         }
         for message in self.filters.clone() {
             wire::send(&mut self.sock, &message).map_err(|e| self.agent_err(e))?;
-            let _ = wire::receive(&mut self.sock);
+            let _ = self.receive();
         }
         Ok(())
     }
@@ -457,7 +474,7 @@ impl AgentEngine {
         self.stopped = true;
         wire::send(&mut self.sock, &Message::Stop).map_err(|e| self.agent_err(e))?;
         loop {
-            match wire::receive(&mut self.sock) {
+            match self.receive() {
                 Ok(Some(Message::Stopped)) | Ok(None) => return Ok(()),
                 Ok(Some(_)) => {}
                 // Gone meanwhile: its probes went with it.
@@ -557,6 +574,18 @@ fn ending_of(status: i32) -> Ending {
 }
 
 /// A read that timed out says so in words (the socket's timeout is reported as `EAGAIN`).
+/// Whether `sock` has something to read (or is closed) within `limit`.
+fn readable_within(sock: &UnixStream, limit: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn unanswered(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::WouldBlock {
         return io::Error::new(io::ErrorKind::TimedOut, format!("it did not answer within {ANSWER_TIMEOUT:?}"));
@@ -647,7 +676,7 @@ impl Engine for AgentEngine {
         wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
         let mut placed = Placed::default();
         let answer = loop {
-            match wire::receive(&mut self.sock) {
+            match self.receive() {
                 Ok(Some(Message::Placed(p))) => break p,
                 Ok(Some(Message::Note(note))) => placed.note = Some(note),
                 Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
@@ -682,17 +711,17 @@ impl Engine for AgentEngine {
     /// probes that fetch every field it names: an event that fails it never enters the ring.
     fn prefilter(&mut self, filter: &dprobe_spec::Filter, text: &str) {
         let fields = filter.fields();
-        for (index, p) in self.probes.iter().enumerate() {
-            if !fields.iter().all(|f| p.names.iter().any(|n| n == f)) {
-                continue;
-            }
+        let fetching_all: Vec<usize> = (0..self.probes.len())
+            .filter(|&i| fields.iter().all(|f| self.probes[i].names.iter().any(|n| n == f)))
+            .collect();
+        for index in fetching_all {
             let message = Message::Filter { index: index as u32, text: text.to_owned() };
             if wire::send(&mut self.sock, &message).is_err() {
                 return;
             }
             // The answer: the filter is in place before the program runs on. Not set
             // (`false`), every event comes and dprobe filters it, as it does anyway.
-            if !matches!(wire::receive(&mut self.sock), Ok(Some(Message::Filtered(_)))) {
+            if !matches!(self.receive(), Ok(Some(Message::Filtered(_)))) {
                 return;
             }
             self.filters.push(message);

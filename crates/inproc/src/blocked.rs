@@ -91,19 +91,34 @@ struct Syscall {
     pc: u64,
 }
 
-/// The system call `tid` is blocked in; `None` when it runs, is stopped outside a system
-/// call (`-1`), or is gone.
+/// The system call `tid` is blocked in; `None` when it runs or is gone. A thread stopped
+/// outside a system call (`-1`: held by a tracer, or in a group-stop) is asleep all the same,
+/// with the place it resumes known, and counts as blocked in call `-1`: a signal could not
+/// reach its handler before whoever stopped it lets it go (a program started by dprobe is
+/// held so while the agent places its probes), and the same reasoning says it cannot be
+/// inside a window unless that place or one of its signal frames is.
 fn syscall(tid: libc::pid_t) -> Option<Syscall> {
     let line = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
     let mut fields = line.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
     let hex = |f: Option<&str>| u64::from_str_radix(f?.strip_prefix("0x")?, 16).ok();
     let mut args = [0u64; 6];
-    for a in &mut args {
-        *a = hex(fields.next())?;
+    if nr >= 0 {
+        for a in &mut args {
+            *a = hex(fields.next())?;
+        }
+    } else if !stopped(tid) {
+        return None;
     }
     let (sp, pc) = (hex(fields.next())?, hex(fields.next())?);
-    (nr >= 0).then_some(Syscall { nr, args, sp, pc })
+    Some(Syscall { nr, args, sp, pc })
+}
+
+/// Whether `tid` is stopped (`T`) or held by a tracer (`t`).
+fn stopped(tid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('t') || rest.starts_with('T'))
 }
 
 /// How many times `tid` was switched out, voluntarily and not.

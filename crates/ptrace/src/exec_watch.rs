@@ -17,6 +17,8 @@ use crate::tracee::EVENT_STOP;
 pub struct ExecWatch {
     pid: i32,
     watching: bool,
+    /// What a look taken only to deliver signals found, kept for the next [`ExecWatch::poll`].
+    found: Option<Watched>,
 }
 
 /// What a look at a watched program found.
@@ -35,7 +37,7 @@ pub enum Watched {
 
 impl ExecWatch {
     pub(crate) fn new(pid: i32) -> ExecWatch {
-        ExecWatch { pid, watching: true }
+        ExecWatch { pid, watching: true, found: None }
     }
 
     /// The program.
@@ -43,8 +45,24 @@ impl ExecWatch {
         self.pid
     }
 
+    /// Deliver the program's signals without waiting, keeping an `exec` or an end for the
+    /// next [`ExecWatch::poll`]. For a tracer that waits on something else which the program
+    /// must run for (an answer of code loaded into it that sends it a signal first).
+    pub fn deliver_signals(&mut self) -> Result<(), LoadError> {
+        if self.found.is_none() {
+            match self.poll()? {
+                Watched::Running => {}
+                found => self.found = Some(found),
+            }
+        }
+        Ok(())
+    }
+
     /// Look at the program without waiting: its signals are delivered, its `exec` held.
     pub fn poll(&mut self) -> Result<Watched, LoadError> {
+        if let Some(found) = self.found.take() {
+            return Ok(found);
+        }
         if !self.watching {
             return Ok(Watched::Running);
         }
