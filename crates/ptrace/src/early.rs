@@ -15,6 +15,7 @@
 
 use dprobe_arch::{Addr, Memory, INT3};
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
+use object::elf::{DT_INIT, DT_INIT_ARRAY, DT_INIT_ARRAYSZ, DT_NULL, PT_DYNAMIC, PT_LOAD};
 
 use crate::error::TraceError;
 use crate::library::LoadError;
@@ -25,11 +26,6 @@ use crate::sys::{self, RemoteMemory};
 const HOOK: &str = "_dl_debug_state";
 /// `r_debug.r_state` when the list of objects is consistent.
 const RT_CONSISTENT: i32 = 0;
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
-const DT_INIT: u64 = 12;
-const DT_INIT_ARRAY: u64 = 25;
-const DT_INIT_ARRAYSZ: u64 = 27;
 
 /// Resume a program stopped after `execve` until its C library is initialised and before
 /// any other library's constructor runs, and leave it stopped there. Refused, with the
@@ -165,11 +161,11 @@ fn last_libc_initializer(memory: &mut RemoteMemory, maps: &[Mapping]) -> Option<
         // The loader leaves these unrelocated (it adds the bias as it calls them); one that
         // already holds an address in the library is taken as it is.
         let address = |v: u64| if v >= base { v } else { bias + v };
-        match tag {
-            0 => break,
-            DT_INIT => init = Some(address(value)),
-            DT_INIT_ARRAY => array = Some(address(value)),
-            DT_INIT_ARRAYSZ => size = value,
+        match u32::try_from(tag) {
+            Ok(DT_NULL) => break,
+            Ok(DT_INIT) => init = Some(address(value)),
+            Ok(DT_INIT_ARRAY) => array = Some(address(value)),
+            Ok(DT_INIT_ARRAYSZ) => size = value,
             _ => {}
         }
         at += 16;

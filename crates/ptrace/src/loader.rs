@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use dprobe_arch::{Addr, Memory};
 use dprobe_core::{Placement, ProbeId};
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
+use object::elf::{DT_DEBUG, DT_NULL, PT_DYNAMIC, PT_PHDR};
 
 use crate::error::TraceError;
 use crate::probes::{origin_at, resolve};
@@ -35,10 +36,6 @@ const CATCH: &str = "__cxa_begin_catch";
 
 /// `r_debug.r_state` when the list of objects is consistent (`RT_CONSISTENT`).
 const RT_CONSISTENT: i32 = 0;
-/// The dynamic section's tag of the `r_debug` address the linker fills in (`DT_DEBUG`).
-const DT_DEBUG: u64 = 21;
-const PT_DYNAMIC: u32 = 2;
-const PT_PHDR: u32 = 6;
 
 /// Waiting for a started program's start ([`Tracee::run_to_start`]).
 #[derive(Default)]
@@ -304,9 +301,10 @@ pub(crate) fn r_debug_addr(pid: i32, memory: &mut dyn Memory) -> Option<Addr> {
     let mut at = bias?.wrapping_add(dynamic?);
     for _ in 0..512 {
         let (tag, value) = (word(memory, at)?, word(memory, at + 8)?);
-        match tag {
-            0 => return None,
-            DT_DEBUG if value != 0 => return Some(Addr(value)),
+        // `DT_DEBUG`: the address of `r_debug`, filled in by the linker.
+        match u32::try_from(tag) {
+            Ok(DT_NULL) => return None,
+            Ok(DT_DEBUG) if value != 0 => return Some(Addr(value)),
             _ => at += 16,
         }
     }

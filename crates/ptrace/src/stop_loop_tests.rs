@@ -31,8 +31,10 @@ fn fake_kernel() -> (Rc<RefCell<World>>, sys::FakeGuard) {
     (world, guard)
 }
 
-/// A seized process with `threads` (all running) and one probe at `SITE` counting its hits.
-fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u64>>) {
+/// With a fake kernel (see [`fake_kernel`]; bound before the tracee, it outlives it): a
+/// seized process with `threads` (all running) and one probe at `SITE` counting its hits.
+fn traced(threads: &[i32]) -> (Rc<RefCell<World>>, sys::FakeGuard, Tracee, Rc<RefCell<u64>>) {
+    let (world, guard) = fake_kernel();
     {
         let mut w = world.borrow_mut();
         w.poke(SITE, &[0xcc, 0x48, 0x89, 0xe5, 0xc3]); // int3 (push %rbp); mov %rsp,%rbp; ret
@@ -61,7 +63,7 @@ fn traced(world: &Rc<RefCell<World>>, threads: &[i32]) -> (Tracee, Rc<RefCell<u6
     let def = ProbeDef::entry("push", Box::new(move |_| *h.borrow_mut() += 1));
     let pool = dprobe_core::returns::InstancePool::new(None);
     t.probes.insert(id, Probe { def, pool, stats: Stats::default() });
-    (t, hits)
+    (world, guard, t, hits)
 }
 
 fn calls(world: &Rc<RefCell<World>>) -> Vec<Call> {
@@ -70,8 +72,7 @@ fn calls(world: &Rc<RefCell<World>>) -> Vec<Call> {
 
 #[test]
 fn a_hit_stops_once_runs_its_handler_and_executes_the_instruction() {
-    let (world, _k) = fake_kernel();
-    let (mut t, hits) = traced(&world, &[PID]);
+    let (world, _k, mut t, hits) = traced(&[PID]);
     {
         let mut w = world.borrow_mut();
         w.regs(PID).rip = SITE + 1;
@@ -89,8 +90,7 @@ fn a_hit_stops_once_runs_its_handler_and_executes_the_instruction() {
 
 #[test]
 fn the_programs_signal_is_delivered_from_its_own_stop() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID]);
+    let (world, _k, mut t, _) = traced(&[PID]);
     world.borrow_mut().stops.extend([(PID, signal_stop(libc::SIGUSR1)), (PID, exited(0))]);
     assert_eq!(t.run().unwrap(), Exit::Code(0));
     assert_eq!(calls(&world), [Call::Cont(PID, libc::SIGUSR1)]);
@@ -98,8 +98,7 @@ fn the_programs_signal_is_delivered_from_its_own_stop() {
 
 #[test]
 fn a_thread_killed_during_its_stop_is_gone_and_the_trace_goes_on() {
-    let (world, _k) = fake_kernel();
-    let (mut t, hits) = traced(&world, &[PID, 101]);
+    let (world, _k, mut t, hits) = traced(&[PID, 101]);
     {
         let mut w = world.borrow_mut();
         w.gone.insert(101); // SIGKILL came while the tracer looked at its hit
@@ -112,8 +111,7 @@ fn a_thread_killed_during_its_stop_is_gone_and_the_trace_goes_on() {
 
 #[test]
 fn a_group_stop_is_kept_with_listen() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID]);
+    let (world, _k, mut t, _) = traced(&[PID]);
     world.borrow_mut().stops.extend([(PID, event_stop(EVENT_STOP, libc::SIGSTOP)), (PID, exited(0))]);
     t.run().unwrap();
     assert_eq!(calls(&world), [Call::Listen(PID)]);
@@ -121,8 +119,7 @@ fn a_group_stop_is_kept_with_listen() {
 
 #[test]
 fn detach_recognises_a_trap_still_pending_behind_the_interrupt_stop() {
-    let (world, _k) = fake_kernel();
-    let (mut t, hits) = traced(&world, &[PID]);
+    let (world, _k, mut t, hits) = traced(&[PID]);
     {
         let mut w = world.borrow_mut();
         // It executed the int3, and reports the interrupt before the SIGTRAP.
@@ -140,8 +137,7 @@ fn detach_recognises_a_trap_still_pending_behind_the_interrupt_stop() {
 
 #[test]
 fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID]);
+    let (world, _k, mut t, _) = traced(&[PID]);
     {
         let mut w = world.borrow_mut();
         w.messages.insert(PID, 101);
@@ -159,8 +155,7 @@ fn detach_does_not_wait_for_an_interrupt_a_clone_event_consumed() {
 
 #[test]
 fn a_signal_met_while_stopping_is_delivered_at_detach_and_an_exit_is_forgotten() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID, 101, 102]);
+    let (world, _k, mut t, _) = traced(&[PID, 101, 102]);
     let rt = libc::SIGRTMIN();
     world.borrow_mut().stops.extend([(101, exited(0)), (PID, signal_stop(rt)), (102, interrupt_stop())]);
     t.detach_all(&|| false).unwrap();
@@ -170,8 +165,7 @@ fn a_signal_met_while_stopping_is_delivered_at_detach_and_an_exit_is_forgotten()
 
 #[test]
 fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resuming() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID, 101]);
+    let (world, _k, mut t, _) = traced(&[PID, 101]);
     let rt = libc::SIGRTMIN() + 1;
     world.borrow_mut().stops.extend([(PID, signal_stop(rt)), (101, event_stop(EVENT_STOP, libc::SIGSTOP))]);
     t.stop_all(&|| false).unwrap();
@@ -240,8 +234,7 @@ fn a_syscall_instruction_that_changed_is_not_used() {
 
 #[test]
 fn a_vanished_thread_ends_no_detach() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID, 101]);
+    let (world, _k, mut t, _) = traced(&[PID, 101]);
     // Killed while the tracer stops it: every request about it fails, its exit comes last.
     world.borrow_mut().stops.extend([(PID, interrupt_stop()), (101, interrupt_stop()), (101, killed(9))]);
     world.borrow_mut().gone.insert(101);
@@ -266,8 +259,7 @@ fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() 
 
 #[test]
 fn a_second_signal_gives_up_waiting_restores_the_code_and_lets_the_stopped_threads_go() {
-    let (world, _k) = fake_kernel();
-    let (mut t, _) = traced(&world, &[PID, 101]);
+    let (world, _k, mut t, _) = traced(&[PID, 101]);
     {
         let mut w = world.borrow_mut();
         // 101 never stops (a vfork parent waiting for its child); the tick interrupts.

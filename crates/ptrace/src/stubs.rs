@@ -11,6 +11,8 @@
 //! Records live in a read-write page; the stubs in a read-execute page just before it
 //! (mapped by an injected `mmap`, made executable by an injected `mprotect`).
 
+use std::mem::offset_of;
+
 use dprobe_arch::{Addr, CodeWriter, Gpr, Memory, INT3};
 
 use crate::error::TraceError;
@@ -22,14 +24,23 @@ use crate::xol::PAGE;
 const STRIDE: usize = 64;
 const PER_PAGE: usize = PAGE / STRIDE;
 
-/// Offsets in a record.
-const RET: u64 = 0;
-const RAX: u64 = 8;
-const RDX: u64 = 16;
-const TSC: u64 = 24;
-const DONE: u64 = 32;
+/// A record as the tracer and its stub lay it out (native words).
+#[repr(C)]
+struct Record {
+    /// The real return address, stored by the tracer when it arms the record.
+    ret: u64,
+    /// Stored by the stub.
+    rax: u64,
+    /// Stored by the stub.
+    rdx: u64,
+    /// The time stamp counter, stored by the stub.
+    tsc: u64,
+    /// 1 once the stub has run: written last.
+    done: u64,
+}
+
 /// Bytes of a record the tracer reads and writes.
-const RECORD: usize = 40;
+const RECORD: usize = size_of::<Record>();
 
 /// A done record, read back.
 pub struct Returned {
@@ -92,7 +103,8 @@ impl Stubs {
     /// address. Both writes go out in one system call.
     pub fn arm(&self, pid: i32, index: usize, real: Addr, slot: Addr) -> Result<(), TraceError> {
         let mut record = [0u8; RECORD];
-        record[..8].copy_from_slice(&real.0.to_le_bytes());
+        let ret = offset_of!(Record, ret);
+        record[ret..ret + 8].copy_from_slice(&real.0.to_le_bytes());
         let stub = self.stub(index).0.to_le_bytes();
         crate::sys::write_two(pid, (self.record(index), &record), (slot, &stub))?;
         Ok(())
@@ -114,7 +126,7 @@ impl Stubs {
                 continue;
             }
             let done: Vec<usize> = (first..=last)
-                .filter(|&i| self.in_flight[i] && buf[(i - first) * STRIDE + DONE as usize] == 1)
+                .filter(|&i| self.in_flight[i] && buf[(i - first) * STRIDE + offset_of!(Record, done)] == 1)
                 .collect();
             let Some(&last_done) = done.last() else { continue };
             // The copy above may have read a record's values before its stub stored them and
@@ -126,8 +138,13 @@ impl Stubs {
             }
             for i in done {
                 let r = &buf[(i - first) * STRIDE..];
-                let word = |o: u64| u64::from_le_bytes(r[o as usize..o as usize + 8].try_into().expect("8"));
-                out.push(Returned { index: i, rax: word(RAX), rdx: word(RDX), tsc: word(TSC) });
+                let word = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8"));
+                out.push(Returned {
+                    index: i,
+                    rax: word(offset_of!(Record, rax)),
+                    rdx: word(offset_of!(Record, rdx)),
+                    tsc: word(offset_of!(Record, tsc)),
+                });
             }
         }
         // In the order the returns happened.
@@ -194,17 +211,18 @@ impl Stubs {
 /// Only `mov`, `rdtsc` and an indirect `jmp`: the flags and every register but the two
 /// restored ones are untouched.
 fn stub_code(at: Addr, record: Addr) -> Vec<u8> {
-    let field = |offset: u64| record.offset(offset);
+    let field = |offset: usize| record.offset(offset as u64);
+    let (rax, rdx, tsc) = (offset_of!(Record, rax), offset_of!(Record, rdx), offset_of!(Record, tsc));
     let mut w = CodeWriter::new();
-    w.store(field(RAX), Gpr::Rax);
-    w.store(field(RDX), Gpr::Rdx);
+    w.store(field(rax), Gpr::Rax);
+    w.store(field(rdx), Gpr::Rdx);
     w.rdtsc();
-    w.store32(field(TSC), Gpr::Rax);
-    w.store32(field(TSC + 4), Gpr::Rdx);
-    w.load(Gpr::Rax, field(RAX));
-    w.load(Gpr::Rdx, field(RDX));
-    w.store_imm32(field(DONE), 1);
-    w.jmp_through(field(RET));
+    w.store32(field(tsc), Gpr::Rax);
+    w.store32(field(tsc + 4), Gpr::Rdx);
+    w.load(Gpr::Rax, field(rax));
+    w.load(Gpr::Rdx, field(rdx));
+    w.store_imm32(field(offset_of!(Record, done)), 1);
+    w.jmp_through(field(offset_of!(Record, ret)));
     // The record is a page after its stub: every operand is in reach.
     let code = w.finish(at).expect("a stub reaches its record").bytes;
     debug_assert!(code.len() <= STRIDE);

@@ -210,12 +210,16 @@ pub fn single_step(tid: i32) -> Result<(), SysError> {
     request(tid, Request::Step).map(drop)
 }
 
+/// `value` as request `ask` fills it in (a `PTRACE_GET*` of a C struct).
+fn filled<T>(tid: i32, mut value: T, ask: impl FnOnce(&mut T) -> Request<'_>) -> Result<T, SysError> {
+    request(tid, ask(&mut value))?;
+    Ok(value)
+}
+
 /// The registers of a stopped thread.
 pub fn get_regs(tid: i32) -> Result<libc::user_regs_struct, SysError> {
     // SAFETY: all-zero is a valid user_regs_struct.
-    let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    request(tid, Request::GetRegs(&mut r))?;
-    Ok(r)
+    filled(tid, unsafe { std::mem::zeroed() }, |r| Request::GetRegs(r))
 }
 
 /// Set the registers of a stopped thread.
@@ -321,9 +325,7 @@ pub fn exists(pid: i32, tid: i32) -> bool {
 /// The information of the signal a thread is stopped for (in a signal-delivery stop).
 pub fn siginfo(tid: i32) -> Result<libc::siginfo_t, SysError> {
     // SAFETY: all-zero is a valid siginfo_t.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    request(tid, Request::GetSigInfo(&mut info))?;
-    Ok(info)
+    filled(tid, unsafe { std::mem::zeroed() }, |i| Request::GetSigInfo(i))
 }
 
 /// Set the information of the signal a thread in a signal-delivery stop is to receive.
