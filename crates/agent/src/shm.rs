@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use dprobe_core::ring::{self, RingCells};
+use memmap2::{MmapOptions, MmapRaw};
 
 /// Bytes of one slot, its sequence word included.
 pub const SLOT_BYTES: usize = 2048;
@@ -72,16 +73,15 @@ pub enum Counter {
 }
 
 /// The shared memory, mapped in this process.
+///
+/// Shared between threads: the mapping is only accessed through atomics and through slots a
+/// producer owns exclusively between claiming and publishing them (see `push`).
 pub struct Shm {
-    base: *mut u8,
+    /// A shared read-write mapping of the whole file, unmapped on drop (the agent drops it
+    /// only after every probe is unregistered).
+    map: MmapRaw,
     fd: OwnedFd,
 }
-
-// SAFETY: the mapping is only accessed through atomics and through slots a producer owns
-// exclusively between claiming and publishing them (see `push`).
-unsafe impl Send for Shm {}
-// SAFETY: as above.
-unsafe impl Sync for Shm {}
 
 impl Shm {
     /// Make a new shared memory (a `memfd`), initialised empty.
@@ -116,22 +116,13 @@ impl Shm {
     }
 
     fn map(fd: OwnedFd) -> std::io::Result<Shm> {
-        // SAFETY: a new shared mapping of the whole file; nothing else is at the address the
-        // kernel picks.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SHM_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Shm { base: base.cast(), fd })
+        let map = MmapOptions::new().len(SHM_BYTES).map_raw(&fd)?;
+        Ok(Shm { map, fd })
+    }
+
+    /// The first byte of the mapping.
+    fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     /// The descriptor, to send to the other side.
@@ -143,25 +134,25 @@ impl Shm {
         debug_assert!(i < HEADER_BYTES / 8);
         // SAFETY: inside the mapping, 8-byte aligned (the mapping is page-aligned), and only
         // ever accessed atomically.
-        unsafe { &*(self.base.add(i * 8) as *const AtomicU64) }
+        unsafe { &*(self.base().add(i * 8) as *const AtomicU64) }
     }
 
     fn counter_word(&self, probe: usize, counter: Counter) -> Option<&AtomicU64> {
         (probe < MAX_PROBES).then(|| {
             let at = HEADER_BYTES + (probe * COUNTER_WORDS + counter as usize) * 8;
             // SAFETY: inside the counters area, aligned, only accessed atomically.
-            unsafe { &*(self.base.add(at) as *const AtomicU64) }
+            unsafe { &*(self.base().add(at) as *const AtomicU64) }
         })
     }
 
     fn slot(&self, i: usize) -> *mut u8 {
         // SAFETY: i < SLOTS (callers mask it), so the slot is inside the mapping.
-        unsafe { self.base.add(HEADER_BYTES + COUNTERS_BYTES + i * SLOT_BYTES) }
+        unsafe { self.base().add(HEADER_BYTES + COUNTERS_BYTES + i * SLOT_BYTES) }
     }
 
     fn stack_slot(&self, i: usize) -> *mut u8 {
         // SAFETY: i < STACK_SLOTS (callers check it), so the slot is inside the mapping.
-        unsafe { self.base.add(HEADER_BYTES + COUNTERS_BYTES + RING_BYTES + i * STACK_SLOT_BYTES) }
+        unsafe { self.base().add(HEADER_BYTES + COUNTERS_BYTES + RING_BYTES + i * STACK_SLOT_BYTES) }
     }
 
     fn stack_word(&self, i: usize, w: usize) -> &AtomicU64 {
@@ -297,14 +288,6 @@ impl RingCells for Shm {
     }
     fn dropped(&self) -> &AtomicU64 {
         self.word(5)
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`; nothing uses it after the owner drops it (the
-        // agent drops it only after every probe is unregistered).
-        unsafe { libc::munmap(self.base.cast(), SHM_BYTES) };
     }
 }
 

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use memmap2::{MmapOptions, MmapRaw};
 use perf_event_open_sys::{bindings as sys, ioctls, perf_event_open};
 
 use crate::error::KernelError;
@@ -119,8 +120,8 @@ pub enum Record<'a> {
 /// A CPU's buffer.
 struct Ring {
     fd: OwnedFd,
-    base: *mut u8,
-    len: usize,
+    /// The control page and the data area, shared with the kernel; unmapped on drop.
+    map: MmapRaw,
     /// Copy of a record that wraps around the end of the buffer.
     scratch: Vec<u8>,
     layout: Layout,
@@ -328,27 +329,15 @@ fn perf_error(e: io::Error, id: u64) -> KernelError {
 
 impl Ring {
     fn map(fd: OwnedFd, data_bytes: usize, layout: Layout) -> Result<Ring, KernelError> {
-        let len = PAGE + data_bytes;
-        // SAFETY: maps the perf buffer of a perf fd we own; checked for failure below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
+        let map = MmapOptions::new().len(PAGE + data_bytes).map_raw(&fd).map_err(|e| {
             let what = format!(
                 "mapping a perf buffer of {} KiB per CPU (a smaller --buffer-size, or a larger \
                  kernel.perf_event_mlock_kb, may fit)",
                 data_bytes / 1024
             );
-            return Err(KernelError::os(what, io::Error::last_os_error()));
-        }
-        Ok(Ring { fd, base: base.cast(), len, scratch: Vec::with_capacity(PAGE), layout })
+            KernelError::os(what, e)
+        })?;
+        Ok(Ring { fd, map, scratch: Vec::with_capacity(PAGE), layout })
     }
 
     /// `data_head` (written by the kernel) and `data_tail` (by us), in the control page.
@@ -358,7 +347,12 @@ impl Ring {
         // SAFETY: `data_head` and `data_tail` of the mapped control page (a
         // `struct perf_event_mmap_page`) are 8-byte aligned u64s the kernel and we update
         // atomically; the mapping lives as long as `self`.
-        unsafe { (&*(self.base.add(head) as *const AtomicU64), &*(self.base.add(tail) as *const AtomicU64)) }
+        unsafe {
+            (
+                &*(self.map.as_mut_ptr().add(head) as *const AtomicU64),
+                &*(self.map.as_mut_ptr().add(tail) as *const AtomicU64),
+            )
+        }
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(Record<'_>)) -> usize {
@@ -367,9 +361,9 @@ impl Ring {
             (head.load(Ordering::Acquire), tail.load(Ordering::Relaxed))
         };
         let mut scratch = std::mem::take(&mut self.scratch);
-        let size = (self.len - PAGE) as u64;
+        let size = (self.map.len() - PAGE) as u64;
         // SAFETY: the data area follows the control page, `size` bytes, mapped with `self`.
-        let data = unsafe { std::slice::from_raw_parts(self.base.add(PAGE), self.len - PAGE) };
+        let data = unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(PAGE), self.map.len() - PAGE) };
         let mut n = 0;
         while at < head {
             let off = (at % size) as usize;
@@ -449,12 +443,5 @@ fn read_wrapped<'a>(data: &'a [u8], off: usize, len: usize, scratch: &'a mut Vec
         scratch.extend_from_slice(&data[off..]);
         scratch.extend_from_slice(&data[..len - (data.len() - off)]);
         scratch
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `map`, which nothing references any more.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
