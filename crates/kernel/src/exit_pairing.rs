@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use dprobe_arch::ExitKind;
-use dprobe_core::returns::exits::{enter, leave, Activations};
+use dprobe_core::returns::exits::ActivationStack;
 
 use crate::format::FieldValue;
 
@@ -92,78 +92,55 @@ type Member = (usize, u64, Vec<Option<FieldValue>>);
 /// A pending call of a function: every return probe on the function has its own entry and
 /// exit events, and each of them is one member of the one activation of the call (a second
 /// entry record on the same word would otherwise take the first for a stale call).
-struct Activation {
-    sp: u64,
-    handed_over: bool,
+struct Call {
     /// Which function (see [`Held::function`]).
     function: usize,
     members: Vec<Member>,
 }
 
-/// A thread's pending calls, oldest first, and what a sweep found stale.
+/// A thread's pending calls.
 struct Thread {
     pid: u32,
-    pending: Vec<Activation>,
-    stale: Vec<Member>,
+    calls: ActivationStack<Call>,
 }
 
-impl Activations for Thread {
-    fn depth(&self) -> usize {
-        self.pending.len()
-    }
-    fn sp(&self, i: usize) -> u64 {
-        self.pending[i].sp
-    }
-    fn handed_over(&self, i: usize) -> bool {
-        self.pending[i].handed_over
-    }
-    fn abandon(&mut self, i: usize) {
-        let a = self.pending.remove(i);
-        self.stale.extend(a.members);
-    }
+/// The members of stale calls: abandoned, handed over by a tail call or not (the callee it
+/// jumped to may have been unwound).
+fn members_of(stale: Vec<(Call, bool)>) -> Vec<Member> {
+    stale.into_iter().flat_map(|(call, _)| call.members).collect()
 }
 
 impl Thread {
     /// Probe `member.0`'s entry into `function` with stack pointer `sp`: a member of the
     /// call another probe of the function entered at this very record's hit, or a call of
-    /// its own.
-    fn enter(&mut self, sp: u64, function: usize, member: Member, stack_of: &mut impl FnMut(u64) -> u64) {
-        let same_call = self.pending.last_mut().filter(|a| {
-            a.sp == sp && a.function == function && !a.handed_over && a.members.iter().all(|m| m.0 != member.0)
-        });
+    /// its own. Returns the members of the calls it made stale.
+    fn enter(
+        &mut self,
+        sp: u64,
+        function: usize,
+        member: Member,
+        stack_of: &mut impl FnMut(u64) -> u64,
+    ) -> Vec<Member> {
+        let same_call = (self.calls.innermost_at(sp))
+            .filter(|c| c.function == function && c.members.iter().all(|m| m.0 != member.0));
         match same_call {
-            Some(a) => a.members.push(member),
-            None => {
-                enter(self, sp, stack_of);
-                self.pending.push(Activation { sp, handed_over: false, function, members: vec![member] });
+            Some(call) => {
+                call.members.push(member);
+                Vec::new()
             }
+            None => members_of(self.calls.enter(sp, Call { function, members: vec![member] }, stack_of)),
         }
     }
 
     /// Probe `probe`'s exit with stack pointer `sp`: its member of the call at `sp` returns,
     /// with the calls handed over to that one by tail calls (at the first of its probes'
-    /// exits).
-    fn leave(&mut self, sp: u64, probe: usize, stack_of: &mut impl FnMut(u64) -> u64) -> Vec<Member> {
-        let mut returning = Vec::new();
-        let Some(mut i) = leave(self, sp, stack_of) else { return returning };
-        let Some(k) = self.pending[i].members.iter().position(|m| m.0 == probe) else { return returning };
-        returning.push(self.pending[i].members.remove(k));
-        while i > 0 && self.pending[i - 1].sp == sp && self.pending[i - 1].handed_over {
-            i -= 1;
-            returning.extend(self.pending.remove(i).members);
-        }
-        if self.pending[i].members.is_empty() {
-            self.pending.remove(i);
-        }
-        returning
-    }
-
-    /// A tail call with stack pointer `sp`: the call at `sp` returns with the callee it jumps
-    /// to (whose entry finds it on the same word).
-    fn hand_over(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) {
-        if let Some(i) = leave(self, sp, stack_of) {
-            self.pending[i].handed_over = true;
-        }
+    /// exits). Returns the members of stale calls, and those returning.
+    fn leave(&mut self, sp: u64, probe: usize, stack_of: &mut impl FnMut(u64) -> u64) -> (Vec<Member>, Vec<Member>) {
+        let take = |c: &mut Call| Some(c.members.remove(c.members.iter().position(|m| m.0 == probe)?));
+        let (share, left) = self.calls.leave_share(sp, stack_of, take, |c| c.members.is_empty());
+        let returning = share
+            .map(|member| std::iter::once(member).chain(left.returning.into_iter().flat_map(|c| c.members)).collect());
+        (members_of(left.stale), returning.unwrap_or_default())
     }
 }
 
@@ -214,33 +191,31 @@ impl Pairing {
             let h = &mut h;
             let pid = h.pid;
             let mut stack_of = |addr: u64| stack_of(pid, addr);
-            let thread = self.threads.entry(h.tid).or_insert_with(|| Thread {
-                pid: h.pid,
-                pending: Vec::new(),
-                stale: Vec::new(),
-            });
-            let (returning, value) = match h.role {
+            let thread =
+                (self.threads.entry(h.tid)).or_insert_with(|| Thread { pid: h.pid, calls: ActivationStack::default() });
+            let (stale, returning, value) = match h.role {
                 Role::Entry => {
                     each(h, Paired::Entered { probe: h.probe });
                     let member = (h.probe, h.time, std::mem::take(&mut h.fields));
-                    thread.enter(h.sp, h.function, member, &mut stack_of);
-                    (Vec::new(), None)
+                    (thread.enter(h.sp, h.function, member, &mut stack_of), Vec::new(), None)
                 }
+                // A tail call: the call at `sp` returns with the callee it jumps to (whose
+                // entry finds it on the same word).
                 Role::Exit(ExitKind::TailJump { target }) if hands_over(h.probe, target.0) => {
-                    thread.hand_over(h.sp, &mut stack_of);
-                    (Vec::new(), None)
+                    (members_of(thread.calls.hand_over(h.sp, &mut stack_of).0), Vec::new(), None)
                 }
-                Role::Exit(kind) => (thread.leave(h.sp, h.probe, &mut stack_of), kind.is_ret().then_some(h.ax)),
+                Role::Exit(kind) => {
+                    let (stale, returning) = thread.leave(h.sp, h.probe, &mut stack_of);
+                    (stale, returning, kind.is_ret().then_some(h.ax))
+                }
             };
-            // A stale activation handed over by a tail call is not known to have returned
-            // either (the callee it jumped to may have been unwound): abandoned alike.
-            for (probe, _, _) in std::mem::take(&mut thread.stale) {
+            for (probe, _, _) in stale {
                 each(h, Paired::Abandoned { probe });
             }
             for (probe, entry_time, fields) in returning {
                 each(h, Paired::Returned { probe, entry_time, value, fields });
             }
-            if thread.pending.is_empty() {
+            if thread.calls.is_empty() {
                 self.threads.remove(&h.tid);
             }
         }
@@ -253,8 +228,8 @@ impl Pairing {
         let gone: Vec<u32> = self.threads.iter().filter(|(tid, t)| !alive(t.pid, **tid)).map(|(t, _)| *t).collect();
         let mut probes = Vec::new();
         for tid in gone {
-            if let Some(thread) = self.threads.remove(&tid) {
-                probes.extend(thread.pending.into_iter().rev().flat_map(|a| a.members).map(|(probe, _, _)| probe));
+            if let Some(mut thread) = self.threads.remove(&tid) {
+                probes.extend(members_of(thread.calls.drain()).into_iter().map(|(probe, _, _)| probe));
             }
         }
         probes

@@ -167,14 +167,56 @@ impl<T> ActivationStack<T> {
     pub fn leave(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> Left<T> {
         let mut returning = Vec::new();
         if let Some(i) = leave(self, sp, stack_of) {
+            let (i, handed) = self.remove_handed_over(i);
             returning.push(self.pending.remove(i).2);
-            let mut j = i;
-            while j > 0 && self.pending[j - 1].0 == sp && self.pending[j - 1].1 {
-                j -= 1;
-                returning.push(self.pending.remove(j).2);
-            }
+            returning.extend(handed);
         }
         Left { stale: std::mem::take(&mut self.abandoned), returning }
+    }
+
+    /// The innermost activation, if it is on word `sp` and was not handed over: for an engine
+    /// that hears of a call once per probe of the function (the kernel's events), the call
+    /// an entry at `sp` may be another probe's share of, rather than a new call.
+    pub fn innermost_at(&mut self, sp: u64) -> Option<&mut T> {
+        self.pending.last_mut().filter(|p| p.0 == sp && !p.1).map(|p| &mut p.2)
+    }
+
+    /// An exit with stack pointer `sp` heard once per probe of the function: `take` takes
+    /// this probe's share of the activation at `sp` (`None`: nothing of it returns here).
+    /// With the first share taken, the activations that handed their return over to it
+    /// return whole; the activation itself goes once `spent` says no share is left. Returns
+    /// the share, and what the exit did (the activations returning whole, innermost first).
+    pub fn leave_share<U>(
+        &mut self,
+        sp: u64,
+        stack_of: &mut impl FnMut(u64) -> u64,
+        take: impl FnOnce(&mut T) -> Option<U>,
+        spent: impl FnOnce(&T) -> bool,
+    ) -> (Option<U>, Left<T>) {
+        let mut returning = Vec::new();
+        let share = leave(self, sp, stack_of).and_then(|i| {
+            let share = take(&mut self.pending[i].2)?;
+            let (i, handed) = self.remove_handed_over(i);
+            returning = handed;
+            if spent(&self.pending[i].2) {
+                self.pending.remove(i);
+            }
+            Some(share)
+        });
+        (share, Left { stale: std::mem::take(&mut self.abandoned), returning })
+    }
+
+    /// Remove the activations right under activation `i` that handed their return over to
+    /// it (on its word, handed over by a tail call); returns `i`'s index after, and them,
+    /// innermost first.
+    fn remove_handed_over(&mut self, mut i: usize) -> (usize, Vec<T>) {
+        let sp = self.pending[i].0;
+        let mut handed = Vec::new();
+        while i > 0 && self.pending[i - 1].0 == sp && self.pending[i - 1].1 {
+            i -= 1;
+            handed.push(self.pending.remove(i).2);
+        }
+        (i, handed)
     }
 
     /// A tail call with stack pointer `sp`: the activation at `sp` returns with the callee it
