@@ -22,6 +22,8 @@ const SITE: u64 = 0x1000;
 const STACK: u64 = 0x8000;
 /// A `syscall` instruction of the process's.
 const SYSCALL: u64 = 0x5000;
+/// Where the thread stands (two `nop`s) when a system call is injected.
+const AT: u64 = 0x2000;
 
 /// A fake kernel for this thread's system calls, until the guard is dropped (declared before
 /// the tracee, it outlives it: a tracee dropped while traced detaches through it).
@@ -64,6 +66,21 @@ fn traced(threads: &[i32]) -> (Rc<RefCell<World>>, sys::FakeGuard, Tracee, Rc<Re
     let pool = dprobe_core::returns::InstancePool::new(None);
     t.probes.insert(id, Probe { def, pool, stats: Stats::default() });
     (world, guard, t, hits)
+}
+
+/// With a fake kernel: thread `PID` stopped at `AT`, and the process's memory, with a
+/// `syscall` instruction at `SYSCALL` known to it.
+fn injecting() -> (Rc<RefCell<World>>, sys::FakeGuard, RemoteMemory) {
+    let (world, guard) = fake_kernel();
+    {
+        let mut w = world.borrow_mut();
+        w.poke(AT, &[0x90, 0x90]);
+        w.regs(PID).rip = AT;
+        w.poke(SYSCALL, &[0x0f, 0x05]);
+    }
+    let mut memory = RemoteMemory::open(PID).unwrap();
+    memory.syscall_insn = Some(Addr(SYSCALL));
+    (world, guard, memory)
 }
 
 fn calls(world: &Rc<RefCell<World>>) -> Vec<Call> {
@@ -180,54 +197,37 @@ fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resum
 
 #[test]
 fn a_signal_during_an_injected_system_call_is_queued_again_not_swallowed() {
-    let (world, _k) = fake_kernel();
+    let (world, _k, mut memory) = injecting();
     let rt = libc::SIGRTMIN();
     {
         let mut w = world.borrow_mut();
-        w.poke(0x2000, &[0x90, 0x90]);
-        w.regs(PID).rip = 0x2000;
         w.regs(PID).rax = 7;
         w.after_step.insert(PID, [signal_stop(rt)].into());
     }
-    let mut memory = with_syscall_insn(&world);
     let result = inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     assert_eq!(result, libc::SYS_getpid as u64, "the fake runs no system call: rax as set");
     let w = world.borrow();
     assert_eq!(w.calls, [Call::Step(PID), Call::Step(PID), Call::Queue(PID, rt)]);
-    assert_eq!((w.regs[&PID].rip, w.regs[&PID].rax), (0x2000, 7), "registers put back");
-}
-
-/// The process's memory, with a `syscall` instruction at `SYSCALL` known to it.
-fn with_syscall_insn(world: &Rc<RefCell<World>>) -> RemoteMemory {
-    world.borrow_mut().poke(SYSCALL, &[0x0f, 0x05]);
-    let mut memory = RemoteMemory::open(PID).unwrap();
-    memory.syscall_insn = Some(Addr(SYSCALL));
-    memory
+    assert_eq!((w.regs[&PID].rip, w.regs[&PID].rax), (AT, 7), "registers put back");
 }
 
 #[test]
 fn an_injected_system_call_runs_at_the_process_s_own_syscall_and_writes_no_code() {
-    let (world, _k) = fake_kernel();
-    {
-        let mut w = world.borrow_mut();
-        w.poke(0x2000, &[0x90, 0x90]);
-        w.regs(PID).rip = 0x2000;
-    }
-    let mut memory = with_syscall_insn(&world);
+    let (world, _k, mut memory) = injecting();
     world.borrow_mut().writes = 0;
     inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     let w = world.borrow();
     assert_eq!(w.stepped_at, [SYSCALL], "stepped through the process's own `syscall`");
     assert_eq!(w.writes, 0, "no code written");
-    assert_eq!(w.regs[&PID].rip, 0x2000, "registers put back");
+    assert_eq!(w.regs[&PID].rip, AT, "registers put back");
 }
 
 #[test]
 fn a_syscall_instruction_that_changed_is_not_used() {
-    let (world, _k) = fake_kernel();
-    let mut memory = with_syscall_insn(&world);
-    world.borrow_mut().poke(SYSCALL, &[0xcc, 0x05]); // a probe placed there since
-                                                     // The fake has no maps to search: the process then has no usable `syscall`.
+    let (world, _k, mut memory) = injecting();
+    // A probe placed there since. The fake has no maps to search: the process then has no
+    // usable `syscall`.
+    world.borrow_mut().poke(SYSCALL, &[0xcc, 0x05]);
     let e = crate::inject::syscall_insn(&mut memory);
     assert!(!matches!(e, Ok(Addr(SYSCALL))), "{e:?}");
 }
@@ -244,15 +244,9 @@ fn a_vanished_thread_ends_no_detach() {
 
 #[test]
 fn an_interrupt_left_pending_is_stepped_past_and_the_injected_call_still_runs() {
-    let (world, _k) = fake_kernel();
-    {
-        let mut w = world.borrow_mut();
-        w.poke(0x2000, &[0x90, 0x90]);
-        w.regs(PID).rip = 0x2000;
-        // The first step stops at the interrupt before the instruction runs.
-        w.after_step.insert(PID, [interrupt_stop()].into());
-    }
-    let mut memory = with_syscall_insn(&world);
+    let (world, _k, mut memory) = injecting();
+    // The first step stops at the interrupt before the instruction runs.
+    world.borrow_mut().after_step.insert(PID, [interrupt_stop()].into());
     inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     assert_eq!(calls(&world), [Call::Step(PID), Call::Step(PID)], "stepped until the step's own trap");
 }
