@@ -54,15 +54,15 @@ fn prepare<E: Engine>(
         if let Some(note) = &p.note {
             eprintln!("dprobe: `{}`: {note}", p.info.spec);
         }
-        let plan = FetchPlan::compile(&p.spec.args, None);
+        let plan = FetchPlan::compile(&p.probe.spec.args, None);
         let request = ProbeRequest {
-            spec: &p.spec,
+            spec: &p.probe.spec,
             plan: &plan,
             timed: args.latency,
             maxactive: args.maxactive,
-            semaphore: p.semaphore.as_ref(),
+            semaphore: p.probe.semaphore.as_ref(),
         };
-        let placed = match (engine.place_sites(request, &p.sites), &p.glob) {
+        let placed = match (engine.place_sites(request, &p.sites), &p.probe.glob) {
             (Ok(placed), _) => placed,
             (Err(e), Some(glob)) => {
                 eprintln!("dprobe: `{glob}`: {} left out: {e}", p.info.label);
@@ -82,7 +82,7 @@ fn prepare<E: Engine>(
         }
         if let Some(fields) = placed.fields {
             p.info.args = fields;
-            if matches!(&p.spec.point, ProbePoint::Tracepoint { event, .. } if event.starts_with("sys_exit_")) {
+            if matches!(&p.probe.spec.point, ProbePoint::Tracepoint { event, .. } if event.starts_with("sys_exit_")) {
                 // A system call's return value: negative error numbers get their names.
                 p.info.retval_index = p.info.args.iter().position(|a| a.name == "ret");
                 p.info.errno_in_retval = true;
@@ -92,7 +92,7 @@ fn prepare<E: Engine>(
     }
     *planned = kept;
     for (glob, n) in left_out {
-        if !planned.iter().any(|p| p.glob.as_ref() == Some(&glob)) {
+        if !planned.iter().any(|p| p.probe.glob.as_ref() == Some(&glob)) {
             anyhow::bail!("`{glob}`: none of its {n} probes could be placed");
         }
     }
@@ -121,7 +121,7 @@ fn prepare<E: Engine>(
     }
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
-        let timed = args.latency && p.spec.kind == ProbeKind::Entry;
+        let timed = args.latency && p.probe.spec.kind == ProbeKind::Entry;
         report.add_probe(p.info.clone(), plan, timed);
     }
     Ok(report)

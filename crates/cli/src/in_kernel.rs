@@ -74,11 +74,16 @@ mod tests {
         let why = |w: &str| ask(w).unwrap_err();
         assert_eq!(why("-a libc:malloc"), "events are shown, not aggregated");
         assert_eq!(why("-a --count --no-bpf libc:malloc"), "--no-bpf");
-        assert!(why("-a --latency libc:malloc").contains("--latency"));
-        assert!(why("-a --hist a --hist b libc:malloc a=$arg1 b=$arg2").contains("more than one --hist"));
-        assert!(why("-a --count --by x,y libc:malloc x=$arg1 y=$arg2").contains("one fetched value at most"));
-        assert!(why("-a --count --by stack libc:malloc").contains("--by stack"));
-        assert!(why("-a --count --stack libc:malloc").contains("stacks"));
-        assert!(why("-a --folded libc:malloc").contains("stacks"));
+        let cases = [
+            ("-a --latency libc:malloc", "--latency"),
+            ("-a --hist a --hist b libc:malloc a=$arg1 b=$arg2", "more than one --hist"),
+            ("-a --count --by x,y libc:malloc x=$arg1 y=$arg2", "one fetched value at most"),
+            ("-a --count --by stack libc:malloc", "--by stack"),
+            ("-a --count --stack libc:malloc", "stacks"),
+            ("-a --folded libc:malloc", "stacks"),
+        ];
+        for (line, reason) in cases {
+            assert!(why(line).contains(reason), "{line}: {}", why(line));
+        }
     }
 }

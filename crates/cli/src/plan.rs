@@ -3,8 +3,7 @@
 
 use anyhow::{bail, Result};
 use dprobe_dwarf::Shown;
-use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint, ProbeSpec};
-use dprobe_sym::Semaphore;
+use dprobe_spec::{parse_filter, parse_probe, ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 
 use crate::expand::{expand, Context, Named};
 use crate::options::{Engine, TraceArgs};
@@ -13,16 +12,11 @@ use crate::sites::{sites, DebugFiles, Traced};
 
 /// A parsed probe.
 pub struct Planned {
+    /// The probe its spec names (the spec with a default `ret=$retval` for return probes
+    /// that fetch nothing of it; a static probe's semaphore is raised while it is placed).
+    pub probe: Named,
     /// How it prints.
     pub info: ProbeInfo,
-    /// The spec (with a default `ret=$retval` for return probes that fetch nothing of it).
-    pub spec: ProbeSpec,
-    /// At a function's first instruction.
-    pub is_function_entry: bool,
-    /// A static probe's semaphore, raised while the probe is placed.
-    pub semaphore: Option<Semaphore>,
-    /// The glob it is one match of: when it cannot be placed, it is left out, not fatal.
-    pub glob: Option<String>,
     /// Where it is placed when not at its target alone: each copy of a source line's code,
     /// or a function's out-of-line and inlined copies.
     pub sites: Vec<ProbePoint>,
@@ -33,7 +27,7 @@ pub struct Planned {
 impl Planned {
     /// A kernel function or a tracepoint: only the kernel engine can place it.
     pub fn needs_kernel(&self) -> bool {
-        matches!(self.spec.point, ProbePoint::Kernel { .. } | ProbePoint::Tracepoint { .. })
+        matches!(self.probe.spec.point, ProbePoint::Kernel { .. } | ProbePoint::Tracepoint { .. })
     }
 }
 
@@ -98,7 +92,7 @@ pub fn plan_probes(args: &TraceArgs) -> Result<Vec<Planned>> {
         planned.push(p);
     }
     if args.latency {
-        if let Some(p) = planned.iter().find(|p| !p.is_function_entry) {
+        if let Some(p) = planned.iter().find(|p| !p.probe.at_entry) {
             bail!("--latency times functions from entry to return; `{}` is not at a function's entry", p.info.spec);
         }
     }
@@ -114,8 +108,8 @@ fn traced_program(args: &TraceArgs) -> Option<String> {
     std::fs::canonicalize(program).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
-fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
-    let Named { mut spec, text, label, semaphore, glob, at_entry: is_function_entry } = named;
+fn plan_one(mut probe: Named, mut shown: Vec<Shown>) -> Planned {
+    let spec = &mut probe.spec;
     let is_return = spec.kind == ProbeKind::Return;
     if is_return && !spec.args.iter().any(|a| a.fetch == Fetch::RetVal) {
         // A return probe shows its return value unless told otherwise.
@@ -126,8 +120,8 @@ fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
     let errno_index = spec.args.iter().position(|a| a.fetch == Fetch::Errno);
     let tracepoint = matches!(spec.point, ProbePoint::Tracepoint { .. });
     let info = ProbeInfo {
-        spec: text,
-        label,
+        spec: probe.text.clone(),
+        label: probe.label.clone(),
         args: spec.args.clone(),
         shown,
         is_return,
@@ -136,7 +130,7 @@ fn plan_one(named: Named, mut shown: Vec<Shown>) -> Planned {
         tracepoint,
         errno_in_retval: matches!(spec.point, ProbePoint::Kernel { .. }),
     };
-    Planned { info, spec, is_function_entry, semaphore, glob, sites: Vec::new(), note: None }
+    Planned { probe, info, sites: Vec::new(), note: None }
 }
 
 /// `--hist NAME` must name a fetched value, and so must `--by NAME` (tracepoint fields are

@@ -64,6 +64,43 @@ pub enum SpecErrorKind {
     FilterTooLong,
 }
 
+impl SpecErrorKind {
+    /// What is wrong, said to the user: `{}` stands for the offending part.
+    fn message(&self) -> &'static str {
+        use SpecErrorKind::*;
+        match self {
+            Empty => "empty probe spec",
+            MissingTarget => "no function, address or tracepoint to probe",
+            MissingFunction => "nothing after `{}`",
+            BadOffset => "`{}` is not an offset",
+            OffsetOnReturn => "a return probe cannot have an offset",
+            ReturnOnLine => "a source line has no return",
+            BadLine => "`{}` is not a line number",
+            UnknownSuffix => "unknown suffix `{}`",
+            BadTracepoint => "`{}` is not a tracepoint",
+            TracepointModifier => "a tracepoint takes no offset or %return",
+            BadUsdt => "`{}` is not a static probe",
+            UsdtModifier => "a static probe (usdt:) takes no offset or %return",
+            UnknownRegister => "unknown register `{}`",
+            UnknownVariable => "unknown variable `{}`",
+            BadArgIndex => "`{}` is out of range",
+            RetvalOnEntry => "$retval is only known at a function's return",
+            BadDereference => "bad dereference `{}`",
+            BadAddress => "`{}` is not an address",
+            BadImmediate => "`{}` is not a number",
+            UnknownType => "unknown type `{}`",
+            BadFetchArg => "`{}` is not a fetch argument",
+            BadName => "`{}` is not a valid argument name",
+            DuplicateName => "argument name `{}` is used twice",
+            ArgsOnTracepoint => "tracepoints take no fetch arguments",
+            BadFilter => "bad filter at `{}`",
+            UnknownField => "the filter names `{}`, which the probe does not fetch",
+            FilterTooDeep => "the filter is nested too deeply",
+            FilterTooLong => "the filter has too many comparisons",
+        }
+    }
+}
+
 /// A spec error: the kind, the text and the span of the offending part, what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SpecError {
@@ -97,38 +134,7 @@ impl fmt::Display for SpecError {
     ///                       ^^^^ expected a register such as %di, %si, %dx, %ax, %ip, %sp
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.kind {
-            SpecErrorKind::Empty => "empty probe spec".to_owned(),
-            SpecErrorKind::MissingTarget => "no function, address or tracepoint to probe".to_owned(),
-            SpecErrorKind::MissingFunction => format!("nothing after `{}`", self.fragment()),
-            SpecErrorKind::BadOffset => format!("`{}` is not an offset", self.fragment()),
-            SpecErrorKind::OffsetOnReturn => "a return probe cannot have an offset".to_owned(),
-            SpecErrorKind::ReturnOnLine => "a source line has no return".to_owned(),
-            SpecErrorKind::BadLine => format!("`{}` is not a line number", self.fragment()),
-            SpecErrorKind::UnknownSuffix => format!("unknown suffix `{}`", self.fragment()),
-            SpecErrorKind::BadTracepoint => format!("`{}` is not a tracepoint", self.fragment()),
-            SpecErrorKind::TracepointModifier => "a tracepoint takes no offset or %return".to_owned(),
-            SpecErrorKind::BadUsdt => format!("`{}` is not a static probe", self.fragment()),
-            SpecErrorKind::UsdtModifier => "a static probe (usdt:) takes no offset or %return".to_owned(),
-            SpecErrorKind::UnknownRegister => format!("unknown register `{}`", self.fragment()),
-            SpecErrorKind::UnknownVariable => format!("unknown variable `{}`", self.fragment()),
-            SpecErrorKind::BadArgIndex => format!("`{}` is out of range", self.fragment()),
-            SpecErrorKind::RetvalOnEntry => "$retval is only known at a function's return".to_owned(),
-            SpecErrorKind::BadDereference => format!("bad dereference `{}`", self.fragment()),
-            SpecErrorKind::BadAddress => format!("`{}` is not an address", self.fragment()),
-            SpecErrorKind::BadImmediate => format!("`{}` is not a number", self.fragment()),
-            SpecErrorKind::UnknownType => format!("unknown type `{}`", self.fragment()),
-            SpecErrorKind::BadFetchArg => format!("`{}` is not a fetch argument", self.fragment()),
-            SpecErrorKind::BadName => format!("`{}` is not a valid argument name", self.fragment()),
-            SpecErrorKind::DuplicateName => format!("argument name `{}` is used twice", self.fragment()),
-            SpecErrorKind::ArgsOnTracepoint => "tracepoints take no fetch arguments".to_owned(),
-            SpecErrorKind::BadFilter => format!("bad filter at `{}`", self.fragment()),
-            SpecErrorKind::UnknownField => {
-                format!("the filter names `{}`, which the probe does not fetch", self.fragment())
-            }
-            SpecErrorKind::FilterTooDeep => "the filter is nested too deeply".to_owned(),
-            SpecErrorKind::FilterTooLong => "the filter has too many comparisons".to_owned(),
-        };
+        let what = self.kind.message().replace("{}", self.fragment());
         let subject = match self.kind {
             SpecErrorKind::BadFilter
             | SpecErrorKind::UnknownField

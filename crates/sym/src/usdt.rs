@@ -248,13 +248,18 @@ mod tests {
 
     #[test]
     fn operands_that_cannot_be_fetched_say_why() {
-        let why = |t| parse_arg(t).unwrap_err();
-        assert!(why("8@(%rax,%rdx,8)").contains("index register"), "{}", why("8@(%rax,%rdx,8)"));
-        assert!(why("-4@counter(%rip)").contains("instruction pointer"));
-        assert!(why("1@%ah").contains("high byte"));
-        assert!(why("3@%eax").contains("3 bytes"));
-        assert!(why("8@%xmm0").contains("not a general register"));
-        assert!(why("8@$sym").contains("not a number"));
-        assert!(why("8@%fs:0x28").contains("segment"));
+        let cases = [
+            ("8@(%rax,%rdx,8)", "index register"),
+            ("-4@counter(%rip)", "instruction pointer"),
+            ("1@%ah", "high byte"),
+            ("3@%eax", "3 bytes"),
+            ("8@%xmm0", "not a general register"),
+            ("8@$sym", "not a number"),
+            ("8@%fs:0x28", "segment"),
+        ];
+        for (operand, reason) in cases {
+            let why = parse_arg(operand).unwrap_err();
+            assert!(why.contains(reason), "{operand}: {why}");
+        }
     }
 }
