@@ -4,135 +4,153 @@ use super::*;
 const MAIN: (u64, u64) = (0x10_0000, 0x20_0000);
 const ALT: (u64, u64) = (0x80_0000, 0x81_0000);
 
-/// Names the stack an address is on, counting the questions.
+/// What an exit did, with no stale activation handed over.
 fn left<T: Clone>(stale: &[T], returning: &[T]) -> Left<T> {
     Left { stale: stale.iter().map(|s| (s.clone(), false)).collect(), returning: returning.to_vec() }
 }
 
-struct Stacks {
+/// A simulated thread: its activations, and how often the stack of an address was asked.
+struct Thread<T> {
+    acts: ActivationStack<T>,
     asked: usize,
 }
 
-impl Stacks {
-    fn of(&mut self) -> impl FnMut(u64) -> u64 + '_ {
+impl<T> Thread<T> {
+    fn new() -> Self {
+        Thread { acts: ActivationStack::default(), asked: 0 }
+    }
+
+    /// Names the stack an address is on, counting the questions.
+    fn stacks(asked: &mut usize) -> impl FnMut(u64) -> u64 + '_ {
         |addr| {
-            self.asked += 1;
+            *asked += 1;
             [MAIN, ALT].iter().find(|(lo, end)| (*lo..*end).contains(&addr)).map_or(0, |s| s.1)
         }
+    }
+
+    fn enter(&mut self, sp: u64, data: T) -> Vec<(T, bool)> {
+        self.acts.enter(sp, data, &mut Self::stacks(&mut self.asked))
+    }
+
+    fn leave(&mut self, sp: u64) -> Left<T> {
+        self.acts.leave(sp, &mut Self::stacks(&mut self.asked))
+    }
+
+    fn hand_over(&mut self, sp: u64) -> (Vec<(T, bool)>, Option<&mut T>) {
+        self.acts.hand_over(sp, &mut Self::stacks(&mut self.asked))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.acts.is_empty()
     }
 }
 
 #[test]
 fn nested_calls_leave_innermost_first_and_the_common_path_asks_no_stack() {
-    let mut stacks = Stacks { asked: 0 };
-    let mut t = ActivationStack::default();
+    let mut t = Thread::new();
     let top = MAIN.1 - 0x100;
     for (k, name) in ["a", "b", "c"].into_iter().enumerate() {
-        assert!(t.enter(top - 0x40 * k as u64, name, &mut stacks.of()).is_empty());
+        assert!(t.enter(top - 0x40 * k as u64, name).is_empty());
     }
     for (k, name) in ["c", "b", "a"].into_iter().enumerate() {
-        assert_eq!(t.leave(top - 0x40 * (2 - k as u64), &mut stacks.of()), left(&[], &[name]));
+        assert_eq!(t.leave(top - 0x40 * (2 - k as u64)), left(&[], &[name]));
     }
     assert!(t.is_empty());
     // Sequential calls at one depth: each entry finds the previous one gone already.
     for _ in 0..3 {
-        assert!(t.enter(top, "a", &mut stacks.of()).is_empty());
-        assert_eq!(t.leave(top, &mut stacks.of()).returning, ["a"]);
+        assert!(t.enter(top, "a").is_empty());
+        assert_eq!(t.leave(top).returning, ["a"]);
     }
-    assert_eq!(stacks.asked, 0);
+    assert_eq!(t.asked, 0);
 }
 
 #[test]
 fn recursion_ten_thousand_deep_pairs_every_exit_with_its_own_entry() {
-    let mut stacks = Stacks { asked: 0 };
-    let mut t = ActivationStack::default();
+    let mut t = Thread::new();
     let top = MAIN.1 - 0x100;
     for depth in 0..10_000u64 {
-        assert!(t.enter(top - 0x30 * depth, depth, &mut stacks.of()).is_empty());
+        assert!(t.enter(top - 0x30 * depth, depth).is_empty());
     }
     for depth in (0..10_000u64).rev() {
-        assert_eq!(t.leave(top - 0x30 * depth, &mut stacks.of()), left(&[], &[depth]));
+        assert_eq!(t.leave(top - 0x30 * depth), left(&[], &[depth]));
     }
     assert!(t.is_empty());
-    assert_eq!(stacks.asked, 0);
+    assert_eq!(t.asked, 0);
 }
 
 #[test]
 fn longjmp_past_probed_frames_drops_them_as_abandoned_at_the_next_exit_or_entry() {
-    let mut stacks = Stacks { asked: 0 };
-    let mut t = ActivationStack::default();
+    let mut t = Thread::new();
     let top = MAIN.1 - 0x100;
-    t.enter(top, "outer", &mut stacks.of());
-    t.enter(top - 0x40, "mid", &mut stacks.of());
-    t.enter(top - 0x80, "inner", &mut stacks.of());
+    t.enter(top, "outer");
+    t.enter(top - 0x40, "mid");
+    t.enter(top - 0x80, "inner");
     // inner longjmps back into outer, which returns.
-    assert_eq!(t.leave(top, &mut stacks.of()), left(&["inner", "mid"], &["outer"]));
+    assert_eq!(t.leave(top), left(&["inner", "mid"], &["outer"]));
     // An exception thrown from deep frames and caught in `catcher`, which calls again on the
     // word of a dead frame: that frame and those nested in it are stale.
-    t.enter(top, "catcher", &mut stacks.of());
-    t.enter(top - 0x40, "thrower", &mut stacks.of());
-    t.enter(top - 0x70, "deeper", &mut stacks.of());
-    assert_eq!(t.enter(top - 0x40, "again", &mut stacks.of()), [("deeper", false), ("thrower", false)]);
-    assert_eq!(t.leave(top - 0x40, &mut stacks.of()).returning, ["again"]);
+    t.enter(top, "catcher");
+    t.enter(top - 0x40, "thrower");
+    t.enter(top - 0x70, "deeper");
+    assert_eq!(t.enter(top - 0x40, "again"), [("deeper", false), ("thrower", false)]);
+    assert_eq!(t.leave(top - 0x40).returning, ["again"]);
     // Caught again, and a call on another word: the dead frames wait for the next exit above
     // them.
-    t.enter(top - 0x40, "thrower", &mut stacks.of());
-    t.enter(top - 0x70, "deeper", &mut stacks.of());
-    assert!(t.enter(top - 0x20, "other", &mut stacks.of()).is_empty());
-    assert_eq!(t.leave(top - 0x20, &mut stacks.of()), left(&[], &["other"]));
-    assert_eq!(t.leave(top, &mut stacks.of()), left(&["deeper", "thrower"], &["catcher"]));
+    t.enter(top - 0x40, "thrower");
+    t.enter(top - 0x70, "deeper");
+    assert!(t.enter(top - 0x20, "other").is_empty());
+    assert_eq!(t.leave(top - 0x20), left(&[], &["other"]));
+    assert_eq!(t.leave(top), left(&["deeper", "thrower"], &["catcher"]));
 }
 
 #[test]
 fn an_alternate_signal_stack_above_the_interrupted_frames_leaves_them_alone() {
-    let mut stacks = Stacks { asked: 0 };
-    let mut t = ActivationStack::default();
+    let mut t = Thread::new();
     let top = MAIN.1 - 0x100;
-    t.enter(top, "main-a", &mut stacks.of());
-    t.enter(top - 0x40, "main-b", &mut stacks.of());
+    t.enter(top, "main-a");
+    t.enter(top - 0x40, "main-b");
     // A signal handler on the alternate stack (higher) recurses through the same function.
     // An alternate stack higher in the thread's own mapping pairs the same way: entries judge
     // nothing below them.
     let alt = ALT.1 - 0x200;
-    assert!(t.enter(alt, "alt-1", &mut stacks.of()).is_empty(), "the main frames are on another stack");
-    assert!(t.enter(alt - 0x40, "alt-2", &mut stacks.of()).is_empty());
-    assert_eq!(t.leave(alt - 0x40, &mut stacks.of()), left(&[], &["alt-2"]));
-    assert_eq!(t.leave(alt, &mut stacks.of()), left(&[], &["alt-1"]));
+    assert!(t.enter(alt, "alt-1").is_empty(), "the main frames are on another stack");
+    assert!(t.enter(alt - 0x40, "alt-2").is_empty());
+    assert_eq!(t.leave(alt - 0x40), left(&[], &["alt-2"]));
+    assert_eq!(t.leave(alt), left(&[], &["alt-1"]));
     // An exit with no entry (a call made before the probe was placed) drops nothing either.
-    assert_eq!(t.leave(alt + 0x40, &mut stacks.of()), left(&[], &[]));
-    assert_eq!(t.leave(top - 0x40, &mut stacks.of()).returning, ["main-b"]);
-    assert_eq!(t.leave(top, &mut stacks.of()).returning, ["main-a"]);
-    assert!(stacks.asked > 0);
+    assert_eq!(t.leave(alt + 0x40), left(&[], &[]));
+    assert_eq!(t.leave(top - 0x40).returning, ["main-b"]);
+    assert_eq!(t.leave(top).returning, ["main-a"]);
+    assert!(t.asked > 0);
 }
 
 #[test]
 fn a_tail_call_hands_the_callers_return_to_the_callee_on_the_same_word() {
-    let mut stacks = Stacks { asked: 0 };
-    let mut t = ActivationStack::default();
+    let mut t = Thread::new();
     let sp = MAIN.1 - 0x100;
-    t.enter(sp + 0x40, "caller", &mut stacks.of());
-    t.enter(sp, "outer", &mut stacks.of());
+    t.enter(sp + 0x40, "caller");
+    t.enter(sp, "outer");
     // outer: jmp mid; mid: jmp inner; inner: ret. All three on one word.
-    let (stale, handed) = t.hand_over(sp, &mut stacks.of());
+    let (stale, handed) = t.hand_over(sp);
     assert_eq!((stale, handed.copied()), (vec![], Some("outer")));
-    assert!(t.enter(sp, "mid", &mut stacks.of()).is_empty(), "the callee's entry keeps the caller");
-    assert_eq!(t.hand_over(sp, &mut stacks.of()).1.copied(), Some("mid"));
-    assert!(t.enter(sp, "inner", &mut stacks.of()).is_empty());
-    assert_eq!(t.leave(sp, &mut stacks.of()), left(&[], &["inner", "mid", "outer"]));
-    assert_eq!(t.leave(sp + 0x40, &mut stacks.of()), left(&[], &["caller"]));
+    assert!(t.enter(sp, "mid").is_empty(), "the callee's entry keeps the caller");
+    assert_eq!(t.hand_over(sp).1.copied(), Some("mid"));
+    assert!(t.enter(sp, "inner").is_empty());
+    assert_eq!(t.leave(sp), left(&[], &["inner", "mid", "outer"]));
+    assert_eq!(t.leave(sp + 0x40), left(&[], &["caller"]));
     // A tail call into a function whose returns are not watched: the handed-over activation
     // is found stale later, and says it was handed over (it did leave).
-    t.enter(sp, "outer", &mut stacks.of());
-    t.hand_over(sp, &mut stacks.of());
-    t.enter(sp, "next-call", &mut stacks.of());
-    let gone = t.enter(sp, "after", &mut stacks.of());
+    t.enter(sp, "outer");
+    t.hand_over(sp);
+    t.enter(sp, "next-call");
+    let gone = t.enter(sp, "after");
     assert_eq!(gone, [("next-call", false)], "a plain activation on the word is replaced");
-    let Left { stale, returning } = t.leave(sp, &mut stacks.of());
+    let Left { stale, returning } = t.leave(sp);
     assert_eq!((stale, returning), (vec![], vec!["after", "outer"]), "a handed-over one returns with what comes");
-    t.enter(sp, "outer", &mut stacks.of());
-    t.hand_over(sp, &mut stacks.of());
-    assert_eq!(stacks.asked, 0, "no stale activation so far: no stack asked");
-    assert_eq!(t.leave(sp + 0x40, &mut stacks.of()), Left { stale: vec![("outer", true)], returning: vec![] });
+    t.enter(sp, "outer");
+    t.hand_over(sp);
+    assert_eq!(t.asked, 0, "no stale activation so far: no stack asked");
+    assert_eq!(t.leave(sp + 0x40), Left { stale: vec![("outer", true)], returning: vec![] });
 }
 
 #[test]
@@ -140,12 +158,11 @@ fn an_entry_on_a_word_still_held_by_an_activation_replaces_it() {
     // The exit of the first call was not seen (the function left through code that is not one
     // of its exits, e.g. a noreturn call that did return): the next call on the same word
     // makes it stale.
-    let mut stacks = Stacks { asked: 0 };
-    let mut t = ActivationStack::default();
+    let mut t = Thread::new();
     let sp = MAIN.1 - 0x100;
-    t.enter(sp, 1, &mut stacks.of());
-    assert_eq!(t.enter(sp, 2, &mut stacks.of()), [(1, false)]);
-    assert_eq!(t.leave(sp, &mut stacks.of()), left(&[], &[2]));
+    t.enter(sp, 1);
+    assert_eq!(t.enter(sp, 2), [(1, false)]);
+    assert_eq!(t.leave(sp), left(&[], &[2]));
 }
 
 #[test]
@@ -153,15 +170,14 @@ fn coroutines_switching_stacks_each_find_their_own_activations_above_or_below() 
     // Two coroutine stacks, each with a call pending, the other's pushed last: the one resumed
     // first returns past the other's, whichever stack lies higher; none is dropped.
     for (first, second) in [(MAIN, ALT), (ALT, MAIN)] {
-        let mut stacks = Stacks { asked: 0 };
-        let mut t = ActivationStack::default();
+        let mut t = Thread::new();
         let (a, b) = (first.1 - 0x100, second.1 - 0x100);
-        t.enter(a, "a", &mut stacks.of());
-        t.enter(a - 0x40, "a2", &mut stacks.of());
-        t.enter(b, "b", &mut stacks.of());
-        assert_eq!(t.leave(a - 0x40, &mut stacks.of()), left(&[], &["a2"]));
-        assert_eq!(t.leave(a, &mut stacks.of()), left(&[], &["a"]));
-        assert_eq!(t.leave(b, &mut stacks.of()), left(&[], &["b"]));
+        t.enter(a, "a");
+        t.enter(a - 0x40, "a2");
+        t.enter(b, "b");
+        assert_eq!(t.leave(a - 0x40), left(&[], &["a2"]));
+        assert_eq!(t.leave(a), left(&[], &["a"]));
+        assert_eq!(t.leave(b), left(&[], &["b"]));
         assert!(t.is_empty());
     }
 }
