@@ -8,7 +8,7 @@
 //! stored after the code). Instructions dprobe writes itself carry no address.
 
 use iced_x86::{
-    BlockEncoder, BlockEncoderOptions, Code, Encoder, IcedError, Instruction, InstructionBlock, MemoryOperand, Register,
+    BlockEncoder, BlockEncoderOptions, Code, IcedError, Instruction, InstructionBlock, MemoryOperand, Register,
 };
 
 use crate::{Addr, Gpr};
@@ -195,12 +195,18 @@ fn one(write: impl FnOnce(&mut CodeWriter)) -> Vec<u8> {
 
 /// The `jmp rel32` at `at` to `to`, always 5 bytes (the block encoder would shorten a near
 /// jump, and a patch must cover exactly the bytes it replaces).
+///
+/// Encoded by hand, without allocating: an engine computes it while patching a batch of
+/// probes, when the C library's allocator may itself be probed and each allocation trap.
 pub fn jmp_rel32(at: Addr, to: Addr) -> Result<[u8; 5], EncodeError> {
-    let jump = Instruction::with_branch(Code::Jmp_rel32_64, to.0)?;
-    let mut encoder = Encoder::new(64);
-    encoder.encode(&jump, at.0)?;
-    let bytes = encoder.take_buffer();
-    bytes.try_into().map_err(|b: Vec<u8>| EncodeError(format!("a jmp rel32 took {} bytes", b.len())))
+    let rel = (to.0 as i64).wrapping_sub(at.0.wrapping_add(5) as i64);
+    let Ok(rel) = i32::try_from(rel) else {
+        // Only the error allocates.
+        return Err(EncodeError(format!("a jump from {at} to {to} is out of rel32 reach")));
+    };
+    let mut bytes = [0xe9, 0, 0, 0, 0];
+    bytes[1..].copy_from_slice(&rel.to_le_bytes());
+    Ok(bytes)
 }
 
 /// The `syscall` instruction, written over a stopped thread's instruction pointer to make it

@@ -35,13 +35,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize, detour_code, detour_code_with_post, disarm, endbr64_len, prepare, vector_state,
-    window_head, Addr, Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, DETOUR_WINDOW,
-    SLOT_SIZE,
+    analyze, arm, can_optimize, detour_code, detour_code_with_post, endbr64_len, prepare, vector_state, window_head,
+    Addr, Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, DETOUR_WINDOW, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
+use crate::code_writes::{self, Change};
 use crate::slots::SlotPool;
 use crate::{guard, jump, optimizer, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
@@ -105,6 +105,9 @@ struct Retired {
 
 struct SiteState {
     insn: Insn,
+    /// The change that arms the site (its undo disarms it), made once: applying it
+    /// allocates nothing.
+    arm: Change,
     probes: Vec<Arc<ProbeEntry>>,
     /// Slots built for this site, at most one per ending; kept for re-registration.
     slots: Vec<SlotCode>,
@@ -321,6 +324,7 @@ impl Engine {
             let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
             out.push((entry.id, target, entry.stats.clone()));
             let site = st.sites.entry(addr).or_insert_with(|| SiteState {
+                arm: Change::of(&arm(&insn)),
                 insn,
                 probes: Vec::new(),
                 slots: Vec::new(),
@@ -959,47 +963,25 @@ fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
     }
 }
 
-/// Arm (`armed`) or disarm the `int3` of each site at `addrs` as one batch, and mark each site
+/// Arm (`armed`) or disarm the `int3` of each site at `addrs` as one batch (every change
+/// checked first, see [`code_writes`]), then serialize every thread once, and mark each site
 /// that changed. Every patch is tried; the first failure is returned.
 fn set_armed(sites: &mut BTreeMap<Addr, SiteState>, addrs: &[Addr], armed: bool) -> Result<(), ProbeError> {
-    let patch = |a: &Addr| if armed { arm(&sites[a].insn) } else { disarm(&sites[a].insn) };
-    let patches: Vec<Patch> = addrs.iter().map(patch).collect();
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let change = |a: &Addr| if armed { sites[a].arm } else { sites[a].arm.undo() };
+    let changes: Vec<Change> = addrs.iter().map(change).collect();
+    let results = code_writes::apply(&changes);
+    sys::sync_cores();
     let mut failure = None;
-    for (addr, result) in addrs.iter().zip(apply_patches(&patches)) {
+    for (addr, result) in addrs.iter().zip(results) {
         match result {
             Ok(()) => sites.get_mut(addr).expect("a site of the batch").armed = armed,
             Err(e) => failure = failure.or(Some(e)),
         }
     }
     failure.map_or(Ok(()), Err)
-}
-
-/// Apply arm or disarm patches (each checked first, see [`apply_patch_unsynced`]), then serialize
-/// every thread once for all of them: each patch's outcome.
-fn apply_patches(patches: &[Patch]) -> Vec<Result<(), ProbeError>> {
-    if patches.is_empty() {
-        return Vec::new();
-    }
-    let results = patches.iter().map(apply_patch_unsynced).collect();
-    sys::sync_cores();
-    results
-}
-
-/// Apply an arm or disarm patch, checking first that the code holds what the patch replaces;
-/// the caller serializes every thread.
-fn apply_patch_unsynced(patch: &Patch) -> Result<(), ProbeError> {
-    let addr = patch.addr;
-    // On the stack: the C library's allocator may be probed, on `int3` during a batch.
-    let mut buf = [0u8; 16];
-    let now = &mut buf[..patch.old.len()];
-    sys::read_memory(addr, now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
-    if *now != patch.old[..] {
-        return Err(ProbeError::Patch {
-            addr,
-            reason: format!("expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe", patch.old),
-        });
-    }
-    sys::write_code_unsynced(addr, &patch.new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
 }
 
 /// Where a probe goes, its instruction, and whether a jump can replace it.

@@ -42,6 +42,7 @@
 mod args;
 mod backtrace;
 mod blocked;
+mod code_writes;
 mod context;
 mod engine;
 mod events;

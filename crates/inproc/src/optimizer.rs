@@ -40,6 +40,7 @@ use std::sync::Arc;
 use dprobe_arch::{post_fits, window_head, Detour, Insn, NotOptimized, INT3};
 use dprobe_core::{ProbeEntry, ProbeError};
 
+use crate::code_writes::{self, Change};
 use crate::sys;
 
 /// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
@@ -60,6 +61,16 @@ pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<Pro
 /// A site's window and its detour (already written).
 pub(crate) type Jump<'a> = (&'a [Insn], &'a Detour);
 
+/// The change of bytes +1..+4 of a site, from the window's original bytes to the jump's.
+fn tail(window: &[Insn], detour: &Detour) -> Change {
+    Change::new(window[0].addr.offset(1), &window_head(window)[1..], &detour.jump()[1..])
+}
+
+/// The change of byte 0 of a site, from the armed `int3` to the jump's `e9`.
+fn head(window: &[Insn], detour: &Detour) -> Change {
+    Change::new(window[0].addr, &[INT3], &detour.jump()[..1])
+}
+
 /// Replace the armed `int3` at the start of each window with the jump to its detour (no
 /// thread inside the windows: see the module's protocol). Each step is done for every site,
 /// then every thread is serialized once: bytes +1..+4 of all, then byte 0 of all. Each
@@ -68,19 +79,17 @@ pub(crate) fn optimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
     if jumps.is_empty() {
         return Vec::new();
     }
-    let mut results: Vec<Result<(), ProbeError>> = jumps
-        .iter()
-        .map(|(window, detour)| replace(window[0].addr, 1, &window_head(window)[1..], &detour.jump()[1..]))
-        .collect();
+    let tails: Vec<Change> = jumps.iter().map(|(w, d)| tail(w, d)).collect();
+    let mut results = code_writes::apply(&tails);
     sys::sync_cores();
-    for ((window, detour), result) in jumps.iter().zip(&mut results) {
-        if result.is_ok() {
-            let (at, jump) = (window[0].addr, detour.jump());
-            if let Err(e) = replace(at, 0, &[INT3], &jump[..1]) {
-                // Put the original tail back: the site stays a plain int3 probe.
-                let _ = replace(at, 1, &jump[1..], &window_head(window)[1..]);
-                *result = Err(e);
-            }
+    // Byte 0 of the sites whose tail is in place (one allocation for the step).
+    let ready: Vec<usize> = (0..jumps.len()).filter(|i| results[*i].is_ok()).collect();
+    let heads: Vec<Change> = ready.iter().map(|&i| head(jumps[i].0, jumps[i].1)).collect();
+    for (&i, outcome) in ready.iter().zip(code_writes::apply(&heads)) {
+        if let Err(e) = outcome {
+            // Put the original tail back: the site stays a plain int3 probe.
+            let _ = code_writes::apply(&[tails[i].undo()]);
+            results[i] = Err(e);
         }
     }
     sys::sync_cores();
@@ -94,31 +103,23 @@ pub(crate) fn unoptimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> 
     if jumps.is_empty() {
         return Vec::new();
     }
-    let mut results: Vec<Result<(), ProbeError>> =
-        jumps.iter().map(|(window, detour)| replace(window[0].addr, 0, &detour.jump()[..1], &[INT3])).collect();
+    // Both steps' changes are made before the first write: from then on the registrar's
+    // allocations may trap on a probed allocator turned back into an `int3`.
+    let heads: Vec<Change> = jumps.iter().map(|(w, d)| head(w, d).undo()).collect();
+    let tails: Vec<Change> = jumps.iter().map(|(w, d)| tail(w, d).undo()).collect();
+    let mut ready: Vec<usize> = Vec::with_capacity(jumps.len());
+    let mut todo: Vec<Change> = Vec::with_capacity(jumps.len());
+    let mut results = code_writes::apply(&heads);
     sys::sync_cores();
-    for ((window, detour), result) in jumps.iter().zip(&mut results) {
+    for (i, result) in results.iter().enumerate() {
         if result.is_ok() {
-            *result = replace(window[0].addr, 1, &detour.jump()[1..], &window_head(window)[1..]);
+            ready.push(i);
+            todo.push(tails[i]);
         }
+    }
+    for (&i, outcome) in ready.iter().zip(code_writes::apply(&todo)) {
+        results[i] = outcome;
     }
     sys::sync_cores();
     results
-}
-
-/// Write `new` at `at + offset`, checking first that `old` is there; the caller serializes
-/// every thread.
-fn replace(at: dprobe_arch::Addr, offset: u64, old: &[u8], new: &[u8]) -> Result<(), ProbeError> {
-    let addr = at.offset(offset);
-    // On the stack: the C library's allocator may be probed, on `int3` during a batch.
-    let mut buf = [0u8; 16];
-    let now = &mut buf[..old.len()];
-    sys::read_memory(addr, now).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })?;
-    if now != old {
-        return Err(ProbeError::Patch {
-            addr,
-            reason: format!("expected bytes {old:02x?}, found {now:02x?}: the code changed under dprobe"),
-        });
-    }
-    sys::write_code_unsynced(addr, new).map_err(|e| ProbeError::Patch { addr, reason: e.to_string() })
 }

@@ -82,6 +82,33 @@ pub fn write_memory(addr: Addr, data: &[u8]) -> Result<(), MemoryFault> {
     copy_own_memory(addr, local, true)
 }
 
+/// The most ranges [`read_ranges`] takes (`IOV_MAX`, the limit of one `process_vm_readv`).
+pub const MAX_RANGES: usize = 1024;
+
+/// Read the ranges `(addr, len)` of `ranges` (at most [`MAX_RANGES`]) one after the other
+/// into `buf`, with one system call and without faulting: how many bytes were read. A range
+/// that cannot be read in full ends the read there (`process_vm_readv` never splits one).
+pub fn read_ranges(ranges: &[(Addr, usize)], buf: &mut [u8]) -> usize {
+    assert!(ranges.len() <= MAX_RANGES, "at most {MAX_RANGES} ranges per read");
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    assert!(total <= buf.len(), "the buffer holds every range");
+    if total == 0 {
+        return 0;
+    }
+    // On the stack: the registrar reads while the C library's allocator may be probed.
+    let mut remote = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_RANGES];
+    for (iov, (addr, len)) in remote.iter_mut().zip(ranges) {
+        *iov = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: *len };
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: total };
+    let args =
+        [own_pid() as u64, &local as *const libc::iovec as u64, 1, remote.as_ptr() as u64, ranges.len() as u64, 0];
+    // SAFETY: `local` describes `total` bytes of `buf`, which the caller lends mutably for the
+    // call; the kernel validates every remote range.
+    let n = unsafe { raw_syscall6(libc::SYS_process_vm_readv, args) };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// Copy between `local` and this process's memory at `addr` with `process_vm_readv`/`writev`,
 /// which validate `addr` and report EFAULT instead of faulting.
 fn copy_own_memory(addr: Addr, local: libc::iovec, write: bool) -> Result<(), MemoryFault> {

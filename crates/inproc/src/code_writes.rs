@@ -1,0 +1,194 @@
+//! The code writes of one patching step, checked and applied with few system calls.
+//!
+//! A step of the patching protocol (arm, disarm, every jump's bytes +1..+4, every byte 0)
+//! changes a few bytes at each of up to thousands of sites. Each change is checked first:
+//! the bytes it replaces must be there, or something else changed the code under dprobe and
+//! that site is left alone. The checks of a step are read together: the
+//! changes within a few KiB of each other as one range, up to [`sys::MAX_RANGES`] ranges per
+//! `process_vm_readv`; the writes go through `/proc/self/mem`
+//! (the one way to write through the code's page protections), one system call per run of
+//! adjacent changes.
+//!
+//! Nothing here allocates per change: the registrar takes a step while the C library's
+//! allocator may itself be probed, on `int3`, where every allocation would trap.
+
+use dprobe_arch::{Addr, Patch};
+use dprobe_core::ProbeError;
+
+use crate::sys;
+
+/// The longest change: the bytes of a `jmp rel32` after its first.
+const MAX_CHANGE: usize = 8;
+
+/// `new` replaces `old` at `addr` (both of `len` bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    addr: Addr,
+    len: u8,
+    old: [u8; MAX_CHANGE],
+    new: [u8; MAX_CHANGE],
+}
+
+impl Change {
+    /// Replace `old` (what must be there) with `new` at `addr`.
+    pub(crate) fn new(addr: Addr, old: &[u8], new: &[u8]) -> Change {
+        assert!(old.len() == new.len() && old.len() <= MAX_CHANGE, "a change of at most {MAX_CHANGE} bytes");
+        let mut change = Change { addr, len: old.len() as u8, old: [0; MAX_CHANGE], new: [0; MAX_CHANGE] };
+        change.old[..old.len()].copy_from_slice(old);
+        change.new[..new.len()].copy_from_slice(new);
+        change
+    }
+
+    /// The change an engine-neutral patch makes.
+    pub(crate) fn of(patch: &Patch) -> Change {
+        Change::new(patch.addr, &patch.old, &patch.new)
+    }
+
+    /// The change that undoes this one.
+    pub(crate) fn undo(&self) -> Change {
+        Change { old: self.new, new: self.old, ..*self }
+    }
+
+    fn old(&self) -> &[u8] {
+        &self.old[..self.len as usize]
+    }
+
+    fn new_bytes(&self) -> &[u8] {
+        &self.new[..self.len as usize]
+    }
+
+    fn end(&self) -> Addr {
+        self.addr.offset(self.len as u64)
+    }
+}
+
+/// Check, then make, each change of `changes` (each outcome, in order). A change whose check
+/// fails is not made; the others are. Every thread still has to be serialized afterwards
+/// (the caller does it once for the step).
+pub(crate) fn apply(changes: &[Change]) -> Vec<Result<(), ProbeError>> {
+    let mut results: Vec<Result<(), ProbeError>> = Vec::with_capacity(changes.len());
+    let mut found = vec![0u8; READ_BYTES];
+    let mut spans = [Span::default(); sys::MAX_RANGES];
+    let mut ranges = [(Addr(0), 0usize); sys::MAX_RANGES];
+    let mut at = 0;
+    while at < changes.len() {
+        // The next spans, as many as one read takes.
+        let (mut n, mut bytes, mut next) = (0, 0, at);
+        while next < changes.len() && n < sys::MAX_RANGES {
+            let span = Span::from(changes, next);
+            if bytes + span.len() > READ_BYTES {
+                break;
+            }
+            spans[n] = span;
+            ranges[n] = (span.start, span.len());
+            (n, bytes, next) = (n + 1, bytes + span.len(), span.last);
+        }
+        let read = sys::read_ranges(&ranges[..n], &mut found);
+        let mut offset = 0;
+        for span in &spans[..n] {
+            if offset + span.len() <= read {
+                let code = &found[offset..offset + span.len()];
+                for c in &changes[span.first..span.last] {
+                    let at = (c.addr.0 - span.start.0) as usize;
+                    results.push(check(c, &code[at..at + c.len as usize]));
+                }
+            } else {
+                // The read stopped in this span: its changes are read one by one, so that
+                // each unreadable one says so; the next read starts after it.
+                for c in &changes[span.first..span.last] {
+                    let mut now = [0u8; MAX_CHANGE];
+                    let now = &mut now[..c.len as usize];
+                    let checked = sys::read_memory(c.addr, now)
+                        .map_err(|e| ProbeError::Patch { addr: c.addr, reason: e.to_string() })
+                        .and_then(|()| check(c, now));
+                    results.push(checked);
+                }
+                next = span.last;
+                break;
+            }
+            offset += span.len();
+        }
+        at = next;
+    }
+    write_runs(changes, &mut results);
+    results
+}
+
+/// The most bytes one read of a step's checks takes.
+const READ_BYTES: usize = 64 << 10;
+
+/// The most bytes one span reads: changes close together are read together (reading the
+/// bytes between them costs less than one more range; only the changes are written).
+const SPAN_BYTES: u64 = 4 << 10;
+
+/// Bytes read at once for the checks of `changes` (a range of the step's changes, in
+/// address order).
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: Addr,
+    end: Addr,
+    /// Its changes: `first..last` of the step's.
+    first: usize,
+    last: usize,
+}
+
+impl Span {
+    /// The span of the changes from `first` on that follow it within [`SPAN_BYTES`].
+    fn from(changes: &[Change], first: usize) -> Span {
+        let (start, mut end) = (changes[first].addr, changes[first].end());
+        let mut last = first + 1;
+        while let Some(c) = changes.get(last).filter(|c| c.addr >= start && c.end().0 - start.0 <= SPAN_BYTES) {
+            end = end.max(c.end());
+            last += 1;
+        }
+        Span { start, end, first, last }
+    }
+
+    fn len(&self) -> usize {
+        (self.end.0 - self.start.0) as usize
+    }
+}
+
+/// Whether `now` is what `change` replaces.
+fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
+    if now == change.old() {
+        return Ok(());
+    }
+    Err(ProbeError::Patch {
+        addr: change.addr,
+        reason: format!("expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe", change.old()),
+    })
+}
+
+/// Write the checked changes, one system call per run of changes that follow each other in
+/// memory; a failed write becomes the outcome of each change of its run.
+fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
+    const RUN: usize = 256;
+    let mut run = [0u8; RUN];
+    let mut i = 0;
+    while i < changes.len() {
+        if results[i].is_err() {
+            i += 1;
+            continue;
+        }
+        let start = changes[i].addr;
+        let mut len = 0;
+        let mut j = i;
+        while j < changes.len()
+            && results[j].is_ok()
+            && changes[j].addr == start.offset(len as u64)
+            && len + changes[j].len as usize <= RUN
+        {
+            let bytes = changes[j].new_bytes();
+            run[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+            j += 1;
+        }
+        if let Err(e) = sys::write_code_unsynced(start, &run[..len]) {
+            for (c, result) in changes[i..j].iter().zip(&mut results[i..j]) {
+                *result = Err(ProbeError::Patch { addr: c.addr, reason: e.to_string() });
+            }
+        }
+        i = j;
+    }
+}
