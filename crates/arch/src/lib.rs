@@ -69,7 +69,9 @@ pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};
-pub use optimize::{can_optimize, vector_state, window_head, NotOptimized, VectorState, JUMP_LEN};
+pub use optimize::{
+    can_optimize, can_optimize_in, vector_state, window_head, FunctionBranches, NotOptimized, VectorState, JUMP_LEN,
+};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};

@@ -151,6 +151,17 @@ pub enum NotOptimized {
 /// `function` holds the original bytes of the whole function (never a probe's patch), from its
 /// first instruction at `start`; an empty slice means its bounds are unknown.
 pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn>, NotOptimized> {
+    can_optimize_in(&FunctionBranches::decode(function, start), function, start, addr)
+}
+
+/// [`can_optimize`], with the function's branches decoded before ([`FunctionBranches::decode`]
+/// of the same `function` and `start`): the probes of one function share one decoding.
+pub fn can_optimize_in(
+    branches: &FunctionBranches,
+    function: &[u8],
+    start: Addr,
+    addr: Addr,
+) -> Result<Vec<Insn>, NotOptimized> {
     if function.is_empty() {
         return Err(NotOptimized::UnknownBounds { addr });
     }
@@ -165,11 +176,79 @@ pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn
     if window.last().map_or(addr, Insn::next) > end {
         return Err(NotOptimized::CrossesFunctionEnd { addr, end });
     }
-    check_branches(function, start, addr)?;
+    branches.check(function, start, addr)?;
     // Relocating to the window's own address decides everything but reach, which depends
     // on where the engine finds a detour page.
     relocate(&window, addr)?;
     Ok(window)
+}
+
+/// What the branch check needs of a whole function, decoded once: its direct branches, and
+/// the first instruction that rules out every window (an indirect jump, a foreign `int3`,
+/// bytes that do not decode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionBranches {
+    /// `(target, from)` of each direct jump, conditional branch and call before `blocker`,
+    /// sorted.
+    branches: Vec<(u64, Addr)>,
+    /// The first instruction that refuses every window, and why.
+    blocker: Option<(Addr, Blocker)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocker {
+    Undecodable,
+    IndirectJump,
+    ForeignBreakpoint,
+}
+
+impl FunctionBranches {
+    /// Decode the whole `function` (its original bytes, from its first instruction at
+    /// `start`).
+    pub fn decode(function: &[u8], start: Addr) -> FunctionBranches {
+        let mut branches = Vec::new();
+        let mut blocker = None;
+        let mut decoder = Decoder::with_ip(64, function, start.0, DecoderOptions::NONE);
+        let mut i = Instruction::default();
+        while decoder.can_decode() {
+            let at = Addr(decoder.ip());
+            decoder.decode_out(&mut i);
+            let stop = match i.flow_control() {
+                _ if i.is_invalid() => Some(Blocker::Undecodable),
+                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call => {
+                    branches.push((i.near_branch_target(), at));
+                    None
+                }
+                FlowControl::IndirectBranch => Some(Blocker::IndirectJump),
+                FlowControl::Interrupt if i.mnemonic() == Mnemonic::Int3 => Some(Blocker::ForeignBreakpoint),
+                _ => None,
+            };
+            if let Some(why) = stop {
+                blocker = Some((at, why));
+                break;
+            }
+        }
+        branches.sort_unstable();
+        FunctionBranches { branches, blocker }
+    }
+
+    /// Refuse, for the window at `addr`, the first instruction of the function (in address
+    /// order) that branches into bytes +1..+4 of the window or rules out every window.
+    fn check(&self, function: &[u8], start: Addr, addr: Addr) -> Result<(), NotOptimized> {
+        let first = self.branches.partition_point(|(target, _)| *target <= addr.0);
+        let last = self.branches.partition_point(|(target, _)| *target < addr.0 + JUMP_LEN as u64);
+        let into = self.branches[first..last].iter().min_by_key(|(_, from)| *from);
+        let text = |at: Addr| describe(&function[(at.0 - start.0) as usize..], at);
+        if let Some(&(target, from)) = into {
+            return Err(NotOptimized::BranchIntoWindow { from, text: text(from), target: Addr(target) });
+        }
+        match self.blocker {
+            None => Ok(()),
+            Some((at, Blocker::Undecodable)) => Err(NotOptimized::Undecodable { at }),
+            Some((at, Blocker::IndirectJump)) => Err(NotOptimized::IndirectJump { at, text: text(at) }),
+            Some((at, Blocker::ForeignBreakpoint)) => Err(NotOptimized::ForeignBreakpoint { at }),
+        }
+    }
 }
 
 /// Which registers beyond the general ones a detour must keep for the code it interrupts.
@@ -205,37 +284,4 @@ pub fn window_head(window: &[Insn]) -> [u8; JUMP_LEN] {
         *slot = *byte;
     }
     head
-}
-
-/// Decode the whole function and refuse any branch into bytes +1..+4 of the window, any
-/// indirect jump and any foreign breakpoint.
-fn check_branches(function: &[u8], start: Addr, addr: Addr) -> Result<(), NotOptimized> {
-    let inside = |t: u64| t > addr.0 && t < addr.0 + JUMP_LEN as u64;
-    let mut decoder = Decoder::with_ip(64, function, start.0, DecoderOptions::NONE);
-    let mut i = Instruction::default();
-    while decoder.can_decode() {
-        let at = Addr(decoder.ip());
-        decoder.decode_out(&mut i);
-        if i.is_invalid() {
-            return Err(NotOptimized::Undecodable { at });
-        }
-        let text = || describe(&function[(at.0 - start.0) as usize..], at);
-        match i.flow_control() {
-            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call
-                if inside(i.near_branch_target()) =>
-            {
-                return Err(NotOptimized::BranchIntoWindow {
-                    from: at,
-                    text: text(),
-                    target: Addr(i.near_branch_target()),
-                });
-            }
-            FlowControl::IndirectBranch => return Err(NotOptimized::IndirectJump { at, text: text() }),
-            FlowControl::Interrupt if i.mnemonic() == Mnemonic::Int3 => {
-                return Err(NotOptimized::ForeignBreakpoint { at });
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

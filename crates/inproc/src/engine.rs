@@ -35,8 +35,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize, detour_code, detour_code_with_post, endbr64_len, prepare, vector_state, window_head,
-    Addr, Detour, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, DETOUR_WINDOW, SLOT_SIZE,
+    analyze, arm, can_optimize_in, detour_code, detour_code_with_post, endbr64_len, plan, prepare, vector_state,
+    window_head, Addr, Detour, ExecPlan, FunctionBranches, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding,
+    VectorState, DETOUR_WINDOW, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -111,6 +112,9 @@ struct SiteState {
     probes: Vec<Arc<ProbeEntry>>,
     /// Slots built for this site, at most one per ending; kept for re-registration.
     slots: Vec<SlotCode>,
+    /// How a hit executes the instruction, without and with a post-handler, once prepared
+    /// with a slot of `slots` (or with none needed): the same each time the site is applied.
+    prepared: [Option<Prepared>; 2],
     armed: bool,
     /// The window a jump would replace, or why there can be no jump here.
     window: Result<Vec<Insn>, NotOptimized>,
@@ -264,7 +268,7 @@ impl Engine {
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
-        Ok(locate(&mut st, &maps, probe)?.0)
+        Ok(locate(&mut st, &maps, probe, &mut FunctionCache::default())?.0)
     }
 
     /// Where a probe would go, checked to be the first instruction of a function (after an
@@ -312,9 +316,11 @@ impl Engine {
         let maps = maps()?;
         let mut st = self.lock();
         let mut placed = Vec::with_capacity(probes.len());
+        let mut functions = FunctionCache::default();
         for p in &probes {
-            placed.push(locate(&mut st, &maps, p)?);
+            placed.push(locate(&mut st, &maps, p, &mut functions)?);
         }
+        drop(functions);
         let placed: Vec<Located> = placed;
         let mut lists = BTreeMap::new();
         let mut out = Vec::new();
@@ -328,6 +334,7 @@ impl Engine {
                 insn,
                 probes: Vec::new(),
                 slots: Vec::new(),
+                prepared: [None, None],
                 armed: false,
                 window,
                 detour: None,
@@ -469,12 +476,22 @@ impl Engine {
         let mut prepared_all = || -> Result<(), ProbeError> {
             for (addr, probes) in &lists {
                 let needs_post = probes.iter().any(|p| p.has_post());
+                if let Some(prepared) = &st.sites[addr].prepared[needs_post as usize] {
+                    execs.push(prepared.clone());
+                    continue;
+                }
                 let insn = st.sites[addr].insn.clone();
                 let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
                 if let Some(slot) = &prepared.slot {
                     if self.install_slot(st, slot)? {
                         new_slots.push(slot.clone());
                     }
+                }
+                // The same again next time, unless it fell back to emulation for want of a
+                // slot (one may be had later).
+                if prepared.slot.is_some() || !matches!(plan(&insn, needs_post), ExecPlan::Slot(_)) {
+                    st.sites.get_mut(addr).expect("site of a list").prepared[needs_post as usize] =
+                        Some(prepared.clone());
                 }
                 execs.push(prepared);
             }
@@ -987,26 +1004,45 @@ fn set_armed(sites: &mut BTreeMap<Addr, SiteState>, addrs: &[Addr], armed: bool)
 /// Where a probe goes, its instruction, and whether a jump can replace it.
 type Located = (Target, Insn, Result<Vec<Insn>, NotOptimized>, VectorState);
 
+/// The functions read and decoded for one batch, by `(start, size)`: the probes of one
+/// function share its code and the decoding of its branches.
+#[derive(Default)]
+struct FunctionCache(std::collections::HashMap<(Addr, u64), (Vec<u8>, FunctionBranches)>);
+
 /// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
-fn locate(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Located, ProbeError> {
+fn locate(
+    st: &mut State,
+    maps: &[Mapping],
+    probe: &Kprobe,
+    functions: &mut FunctionCache,
+) -> Result<Located, ProbeError> {
     let target = resolve(st, maps, probe)?;
     let (addr, f) = (target.addr, &target.function);
     refuse_own_code(st, addr)?;
     if let Some(region) = hit_path_region(&f.name) {
         return Err(ProbeError::Blacklisted { addr, region });
     }
-    let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
-    let mut code = vec![0u8; f.size as usize];
-    sys::read_memory(f.start, &mut code).map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
-    // Analyze the original bytes, never an armed probe's int3.
-    revert_own_patches(st, f.start, &mut code);
     if let Some(site) = st.sites.get(&addr) {
+        // Analyzed when it was first probed (a site is never removed).
         let (insn, window) = (site.insn.clone(), site.window.clone());
         return Ok((target, insn, window, site.vector));
     }
-    let insn = analyze(&code, f.start, addr)?;
-    let window = can_optimize(&code, f.start, addr);
-    let vector = vector_state(addr, f.start, endbr64_len(&code) as u64, std::arch::is_x86_feature_detected!("avx"));
+    let (code, branches) = match functions.0.entry((f.start, f.size)) {
+        std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+        std::collections::hash_map::Entry::Vacant(new) => {
+            let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
+            let mut code = vec![0u8; f.size as usize];
+            sys::read_memory(f.start, &mut code)
+                .map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
+            // Analyze the original bytes, never an armed probe's int3.
+            revert_own_patches(st, f.start, &mut code);
+            let branches = FunctionBranches::decode(&code, f.start);
+            new.insert((code, branches))
+        }
+    };
+    let insn = analyze(code, f.start, addr)?;
+    let window = can_optimize_in(branches, code, f.start, addr);
+    let vector = vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx"));
     Ok((target, insn, window, vector))
 }
 
