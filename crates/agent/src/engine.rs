@@ -409,7 +409,12 @@ impl AgentEngine {
         for (index, request) in self.requests.clone().into_iter().enumerate() {
             let target = request.target.clone();
             wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
-            match self.receive() {
+            // What the agent says before its answer was said for the first program already.
+            let mut answer = self.receive();
+            while let Ok(Some(Message::Note(_) | Message::Detail(_))) = answer {
+                answer = self.receive();
+            }
+            match answer {
                 Ok(Some(Message::Placed(wire::Placement::Failed(why)))) => {
                     self.exec_notes.push(format!("`{target}` is not probed in {program} (exec): {why}"));
                 }
@@ -679,6 +684,7 @@ impl Engine for AgentEngine {
             match self.receive() {
                 Ok(Some(Message::Placed(p))) => break p,
                 Ok(Some(Message::Note(note))) => placed.note = Some(note),
+                Ok(Some(Message::Detail(detail))) => placed.detail = Some(detail),
                 Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
                 Err(e) => return Err(self.agent_err(e)),
             }
