@@ -49,6 +49,7 @@ mod events;
 mod exits;
 mod guard;
 mod jump;
+mod jump_stub;
 mod kretprobe;
 mod memory;
 mod optimizer;
