@@ -150,10 +150,15 @@ impl Kernel for Fake {
         Ok(0)
     }
 
-    fn wait(&mut self, tid: i32, _nohang: bool) -> Result<Option<(i32, i32)>, i32> {
+    fn wait(&mut self, tid: i32, nohang: bool) -> Result<Option<(i32, i32)>, i32> {
         let mut w = self.0.borrow_mut();
         let idle = if w.interrupted_when_idle { libc::EINTR } else { libc::ECHILD };
-        let i = w.stops.iter().position(|(t, _)| tid == -1 || *t == tid).ok_or(idle)?;
+        let found = w.stops.iter().position(|(t, _)| tid == -1 || *t == tid);
+        // Another thread's status is for another wait: this thread has nothing yet.
+        if found.is_none() && nohang && tid != -1 && !w.exited.contains(&tid) && !w.gone.contains(&tid) {
+            return Ok(None);
+        }
+        let i = found.ok_or(idle)?;
         let (t, status) = w.stops.remove(i).expect("found");
         if libc::WIFSTOPPED(status) {
             w.last_signal.insert(t, libc::WSTOPSIG(status));

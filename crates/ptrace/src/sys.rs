@@ -270,6 +270,16 @@ pub fn wait_interruptible(tid: i32) -> Result<Option<(i32, i32)>, SysError> {
     }
 }
 
+/// Like [`wait`] for thread `tid` alone, but returns `None` at once when it has not changed
+/// state. What other traced threads report stays with the kernel for whoever waits for them.
+pub fn try_wait(tid: i32) -> Result<Option<(i32, i32)>, SysError> {
+    match kernel(|k| k.wait(tid, true)) {
+        Ok(got) => Ok(got),
+        Err(libc::EINTR) => Ok(None),
+        Err(errno) => Err(SysError { call: "waitpid", tid, errno }),
+    }
+}
+
 /// Like [`wait`] for any traced thread, but returns `None` at once when none has changed
 /// state.
 pub fn try_wait_any() -> Result<Option<(i32, i32)>, SysError> {
