@@ -112,7 +112,7 @@ impl Kernel for Fake {
             return Err(libc::ESRCH);
         }
         match request {
-            Request::Cont { signal } => {
+            Request::Cont { signal } | Request::Syscall { signal } => {
                 w.calls.push(Call::Cont(tid, signal));
                 let pending = w.pending.remove(&tid).unwrap_or(0);
                 if pending != 0 {

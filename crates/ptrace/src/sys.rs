@@ -14,6 +14,7 @@ use crate::error::{SysError, TraceError};
 /// One ptrace request on a thread.
 pub(crate) enum Request<'a> {
     Cont { signal: i32 },
+    Syscall { signal: i32 },
     Step,
     GetRegs(&'a mut libc::user_regs_struct),
     SetRegs(&'a libc::user_regs_struct),
@@ -31,6 +32,7 @@ impl Request<'_> {
     fn name(&self) -> &'static str {
         match self {
             Request::Cont { .. } => "PTRACE_CONT",
+            Request::Syscall { .. } => "PTRACE_SYSCALL",
             Request::Step => "PTRACE_SINGLESTEP",
             Request::GetRegs(_) => "PTRACE_GETREGS",
             Request::SetRegs(_) => "PTRACE_SETREGS",
@@ -83,6 +85,7 @@ impl Kernel for Real {
         let mut message: libc::c_ulong = 0;
         let (req, addr, data): (libc::c_uint, u64, u64) = match request {
             Request::Cont { signal } => (libc::PTRACE_CONT, 0, signal as u64),
+            Request::Syscall { signal } => (libc::PTRACE_SYSCALL, 0, signal as u64),
             Request::Step => (libc::PTRACE_SINGLESTEP, 0, 0),
             Request::GetRegs(r) => (libc::PTRACE_GETREGS, 0, r as *mut _ as u64),
             Request::SetRegs(r) => (libc::PTRACE_SETREGS, 0, r as *const _ as u64),
@@ -203,6 +206,11 @@ fn request(tid: i32, request: Request<'_>) -> Result<u64, SysError> {
 /// Continue a stopped thread, delivering `signal` (0 for none).
 pub fn cont(tid: i32, signal: i32) -> Result<(), SysError> {
     request(tid, Request::Cont { signal }).map(drop)
+}
+
+/// Continue a stopped thread until it enters or leaves a system call, delivering `signal`.
+pub fn cont_to_syscall(tid: i32, signal: i32) -> Result<(), SysError> {
+    request(tid, Request::Syscall { signal }).map(drop)
 }
 
 /// Execute one instruction of a stopped thread.
