@@ -143,6 +143,7 @@ impl Kernel for Fake {
             Request::Listen => w.calls.push(Call::Listen(tid)),
             Request::Detach { signal } => w.calls.push(Call::Detach(tid, signal)),
             Request::GetSigInfo(info) => info.si_signo = w.last_signal.get(&tid).copied().unwrap_or(0),
+            Request::GetSigMask(_) | Request::SetSigMask(_) => {}
             Request::SetSigInfo(info) => {
                 w.last_signal.insert(tid, info.si_signo);
             }

@@ -12,9 +12,10 @@
 //! A call returns to an address below the lowest mappable page: the fault stops the thread
 //! there, and the tracer reads the result in `rax`.
 //!
-//! The program's signals that come during the calls are held by the tracer and queued again
-//! once the thread is put back as it was, whether the load succeeded or was abandoned: each
-//! is received once, where the program was. A running process is let go without a detach,
+//! The program's signals wait while the calls run (the thread blocks them, see
+//! `BLOCKED_DURING_CALLS`; those that stop a call all the same are held by the tracer and
+//! queued again) until the thread is put back as it was, whether the load succeeded or was
+//! abandoned: each is received once, where the program was. A running process is let go without a detach,
 //! which would wake the thread in the call it waited in (see `let_go`).
 
 use std::ffi::CString;
@@ -100,9 +101,30 @@ pub struct Injector {
     /// Started by dprobe (and killed if dprobe gives up before letting it run).
     spawned: bool,
     released: bool,
-    /// The program's signals that came during the calls, queued again for the thread once it
-    /// is put back as it was: queued again at once, each would stop the next call again.
+    /// The signals the thread blocks (the mask it returns to, inside `sigsuspend`).
+    mask: u64,
+    /// The program's signals that stopped a call all the same (sent to the thread while it
+    /// blocked them before it was held, or raised as faults), queued again for the thread
+    /// once it is put back as it was.
     held: Vec<libc::siginfo_t>,
+}
+
+/// The signals a thread blocks while it runs calls for the tracer: all but those a fault
+/// raises (blocked, a fault's signal kills the program). Those sent to the process go to
+/// another of its threads meanwhile, or wait, pending, until the thread is put back: a thread
+/// that took each one as a stop would barely run when signals come faster than the tracer
+/// answers them.
+const BLOCKED_DURING_CALLS: u64 = !(bit(libc::SIGSEGV)
+    | bit(libc::SIGBUS)
+    | bit(libc::SIGILL)
+    | bit(libc::SIGFPE)
+    | bit(libc::SIGTRAP)
+    | bit(libc::SIGSYS)
+    | bit(libc::SIGKILL)
+    | bit(libc::SIGSTOP));
+
+const fn bit(signal: i32) -> u64 {
+    1 << (signal - 1)
 }
 
 impl Injector {
@@ -191,7 +213,8 @@ impl Injector {
     fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
         let saved = sys::get_regs(tid)?;
         let xstate = get_xstate(tid)?;
-        Ok(Injector { pid, tid, memory, saved, xstate, spawned, released: false, held: Vec::new() })
+        let mask = sys::sigmask(tid)?;
+        Ok(Injector { pid, tid, memory, saved, xstate, spawned, released: false, mask, held: Vec::new() })
     }
 
     /// The process.
@@ -408,6 +431,7 @@ impl Injector {
     fn restore_registers(&mut self) -> Result<(), TraceError> {
         set_xstate(self.tid, &mut self.xstate)?;
         sys::set_regs(self.tid, &self.saved)?;
+        sys::set_sigmask(self.tid, self.mask)?;
         Ok(())
     }
 
@@ -474,6 +498,7 @@ impl Injector {
         let mut clean = self.xstate.clone();
         clean_fpu_control(&mut clean);
         set_xstate(self.tid, &mut clean)?;
+        sys::set_sigmask(self.tid, self.mask | BLOCKED_DURING_CALLS)?;
         let started = Instant::now();
         let mut deadline = started + CALL_TIMEOUT;
         let mut ran = cpu_time(self.pid, self.tid);

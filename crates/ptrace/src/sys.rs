@@ -26,6 +26,8 @@ pub(crate) enum Request<'a> {
     Detach { signal: i32 },
     GetSigInfo(&'a mut libc::siginfo_t),
     SetSigInfo(&'a libc::siginfo_t),
+    GetSigMask(&'a mut u64),
+    SetSigMask(&'a u64),
 }
 
 impl Request<'_> {
@@ -44,6 +46,8 @@ impl Request<'_> {
             Request::Detach { .. } => "PTRACE_DETACH",
             Request::GetSigInfo(_) => "PTRACE_GETSIGINFO",
             Request::SetSigInfo(_) => "PTRACE_SETSIGINFO",
+            Request::GetSigMask(_) => "PTRACE_GETSIGMASK",
+            Request::SetSigMask(_) => "PTRACE_SETSIGMASK",
         }
     }
 }
@@ -97,6 +101,9 @@ impl Kernel for Real {
             Request::Detach { signal } => (libc::PTRACE_DETACH, 0, signal as u64),
             Request::GetSigInfo(info) => (libc::PTRACE_GETSIGINFO, 0, info as *mut _ as u64),
             Request::SetSigInfo(info) => (libc::PTRACE_SETSIGINFO, 0, info as *const _ as u64),
+            // The kernel's sigset_t: 8 bytes on x86-64.
+            Request::GetSigMask(mask) => (libc::PTRACE_GETSIGMASK, 8, mask as *mut _ as u64),
+            Request::SetSigMask(mask) => (libc::PTRACE_SETSIGMASK, 8, mask as *const _ as u64),
         };
         // SAFETY: the requests used here take integers or pointers to buffers that live for
         // the call (`regs`, `message`), never anything the kernel keeps.
@@ -344,6 +351,17 @@ pub fn exists(pid: i32, tid: i32) -> bool {
 pub fn siginfo(tid: i32) -> Result<libc::siginfo_t, SysError> {
     // SAFETY: all-zero is a valid siginfo_t.
     filled(tid, unsafe { std::mem::zeroed() }, |i| Request::GetSigInfo(i))
+}
+
+/// The signals a stopped thread blocks, as a mask (bit N-1: signal N); inside `sigsuspend`
+/// or `ppoll`, the mask it returns to.
+pub fn sigmask(tid: i32) -> Result<u64, SysError> {
+    filled(tid, 0, |m| Request::GetSigMask(m))
+}
+
+/// Set the signals a stopped thread blocks (SIGKILL and SIGSTOP never are).
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), SysError> {
+    request(tid, Request::SetSigMask(&mask)).map(drop)
 }
 
 /// Set the information of the signal a thread in a signal-delivery stop is to receive.
