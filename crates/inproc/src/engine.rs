@@ -42,7 +42,7 @@ use dprobe_arch::{
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
 
-use crate::code_writes::{self, Change};
+use crate::code_writes::{self, Change, Fresh};
 use crate::slots::SlotPool;
 use crate::{guard, jump, optimizer, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
@@ -227,9 +227,14 @@ impl Engine {
         if remove.is_empty() && add.is_empty() {
             return;
         }
-        let gone: std::collections::BTreeSet<Addr> = remove.iter().chain(add.iter().map(|r| &r.0)).copied().collect();
+        // A sorted vector, not a tree: one allocation (the registrar calls this while the
+        // C library's allocator may be probed on `int3`, each allocation a trap).
+        let mut gone: Vec<Addr> = Vec::with_capacity(remove.len() + add.len());
+        gone.extend(remove.iter().chain(add.iter().map(|r| &r.0)));
+        gone.sort_unstable();
         self.routes.update(|routes| {
-            let mut next: Vec<(Addr, Addr)> = routes.iter().copied().filter(|r| !gone.contains(&r.0)).collect();
+            let mut next: Vec<(Addr, Addr)> =
+                routes.iter().copied().filter(|r| gone.binary_search(&r.0).is_err()).collect();
             next.extend_from_slice(add);
             next.sort_by_key(|r| r.0);
             next
@@ -242,11 +247,14 @@ impl Engine {
         if sites.is_empty() {
             return Ok(());
         }
+        // Out of the tree before the first write: from then on the registrar's allocations and
+        // frees may trap on a probed allocator turned back into an `int3`.
+        let sites: Vec<(Addr, NotOptimized)> = sites.into_iter().collect();
         let results = {
-            let jumps: Vec<optimizer::Jump<'_>> = sites.keys().map(|a| jump_of(&st.sites[a])).collect();
+            let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
             optimizer::unoptimize_all(&jumps)
         };
-        let (mut first_error, mut unrouted) = (None, Vec::new());
+        let (mut first_error, mut unrouted) = (None, Vec::with_capacity(sites.len()));
         for ((addr, why), result) in sites.into_iter().zip(results) {
             if let Err(e) = result {
                 first_error.get_or_insert(e);
@@ -482,14 +490,14 @@ impl Engine {
                 }
                 let insn = st.sites[addr].insn.clone();
                 let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
-                if let Some(slot) = &prepared.slot {
-                    if self.install_slot(st, slot)? {
-                        new_slots.push(slot.clone());
-                    }
-                }
-                // The same again next time, unless it fell back to emulation for want of a
-                // slot (one may be had later).
-                if prepared.slot.is_some() || !matches!(plan(&insn, needs_post), ExecPlan::Slot(_)) {
+                let new_slot =
+                    prepared.slot.as_ref().filter(|s| !st.sites[addr].slots.iter().any(|o| o.addr == s.addr));
+                if let Some(slot) = new_slot {
+                    new_slots.push(slot.clone());
+                } else if prepared.slot.is_some() || !matches!(plan(&insn, needs_post), ExecPlan::Slot(_)) {
+                    // The same again next time (one that fell back to emulation for want
+                    // of a slot may get one later; one with a new slot is kept once the
+                    // slot is written, the next time).
                     st.sites.get_mut(addr).expect("site of a list").prepared[needs_post as usize] =
                         Some(prepared.clone());
                 }
@@ -497,7 +505,10 @@ impl Engine {
             }
             Ok(())
         };
-        let prepared = prepared_all();
+        let mut prepared = prepared_all();
+        if let Err(e) = self.install_slots(st, &mut new_slots) {
+            prepared = prepared.and(Err(e));
+        }
         if !new_slots.is_empty() {
             self.slots.update(|slots| {
                 let mut next = slots.clone();
@@ -800,6 +811,29 @@ impl Engine {
                 }
             }
         }
+        // The new detours' code, one system call per run of them.
+        let written = {
+            let room = (DETOUR_SLOTS * SLOT_SIZE as u64) as usize;
+            let detour = |c: &WindowCopy| st.sites[&c.original].detour.as_ref().expect("built above");
+            let pieces: Vec<Fresh<'_>> =
+                copies.iter().map(|c| Fresh { addr: detour(c).addr, code: &detour(c).code, room }).collect();
+            code_writes::write_fresh(&pieces)
+        };
+        let mut kept = Vec::with_capacity(copies.len());
+        for (copy, result) in copies.into_iter().zip(written) {
+            let addr = copy.original;
+            match result {
+                Ok(()) => kept.push(copy),
+                Err(e) => {
+                    // The memory goes back for another detour.
+                    let state = st.sites.get_mut(&addr).expect("site");
+                    st.free_detours.extend(state.detour.take().map(|d| d.addr));
+                    let reason = format!("writing the detour: {e}");
+                    status.insert(addr, Err(NotOptimized::NoDetourPage { addr, reason }));
+                }
+            }
+        }
+        let copies = kept;
         jump::prepare_readers();
         if !copies.is_empty() {
             // A reused detour's memory replaces the copy of its former site.
@@ -820,9 +854,9 @@ impl Engine {
         status
     }
 
-    /// Build and write the detour of a site (not yet reachable: no jump leads to it), with a
-    /// post block when `post`. A detour it had before, of the other kind, waits for a
-    /// safepoint before its memory is reused.
+    /// Build the detour of a site (not yet reachable: no jump leads to it), with a post block
+    /// when `post`; the caller writes the new code. A detour it had before, of the other
+    /// kind, waits for a safepoint before its memory is reused.
     fn build_detour(
         &self,
         st: &mut State,
@@ -877,7 +911,7 @@ impl Engine {
             Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(published) }))
         });
         detour.set_word(hot as *const jump::JumpSite as u64);
-        sys::write_code_unsynced(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
+        // Written by the caller, with the other new detours.
         let copy = window_copy(addr, &detour);
         let state = st.sites.get_mut(&addr).expect("site");
         state.detour = Some(detour);
@@ -904,17 +938,33 @@ impl Engine {
         st.pool.alloc_near(addr, maps).map_err(|e| ProbeError::NoSlot { addr, reason: e.to_string() })
     }
 
-    /// Write a slot prepared for a new slot address (the caller publishes it and serializes
-    /// every thread); one built before is there already. Whether it was new.
-    fn install_slot(&self, st: &mut State, slot: &SlotCode) -> Result<bool, ProbeError> {
-        let site = st.sites.get_mut(&slot.original).expect("site of a slot");
-        if site.slots.iter().any(|s| s.addr == slot.addr) {
-            return Ok(false);
+    /// Write the slots prepared for new slot addresses (the caller publishes them and
+    /// serializes every thread), one system call per run of them; `slots` keeps those
+    /// written. The first failure.
+    fn install_slots(&self, st: &mut State, slots: &mut Vec<SlotCode>) -> Result<(), ProbeError> {
+        if slots.is_empty() {
+            return Ok(());
         }
-        let no_slot = |reason: String| ProbeError::NoSlot { addr: slot.original, reason };
-        sys::write_code_unsynced(slot.addr, slot.code()).map_err(|e| no_slot(format!("writing the slot: {e}")))?;
-        site.slots.push(slot.clone());
-        Ok(true)
+        let pieces: Vec<Fresh<'_>> =
+            slots.iter().map(|s| Fresh { addr: s.addr, code: s.code(), room: SLOT_SIZE }).collect();
+        let written = code_writes::write_fresh(&pieces);
+        drop(pieces);
+        let mut failure = None;
+        let mut kept = Vec::with_capacity(slots.len());
+        for (slot, result) in slots.drain(..).zip(written) {
+            match result {
+                Ok(()) => {
+                    st.sites.get_mut(&slot.original).expect("site of a slot").slots.push(slot.clone());
+                    kept.push(slot);
+                }
+                Err(e) => {
+                    let reason = format!("writing the slot: {e}");
+                    failure.get_or_insert(ProbeError::NoSlot { addr: slot.original, reason });
+                }
+            }
+        }
+        *slots = kept;
+        failure.map_or(Ok(()), Err)
     }
 }
 
