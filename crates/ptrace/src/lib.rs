@@ -42,6 +42,7 @@ mod library;
 mod loader;
 mod probes;
 mod rearm;
+mod remote_elf;
 mod returns;
 mod semaphores;
 mod signals;
