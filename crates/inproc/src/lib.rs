@@ -48,11 +48,14 @@ mod engine;
 mod events;
 mod exits;
 mod guard;
+mod instances;
 mod jump;
 mod jump_stub;
 mod kretprobe;
+mod mapped;
 mod memory;
 mod optimizer;
+mod pending;
 mod probe;
 mod safepoint;
 mod saved;
@@ -74,8 +77,8 @@ pub use engine::ProbeInfo;
 pub use events::emit;
 pub use exits::{EXIT_CAPACITY, PER_CALL};
 pub use kretprobe::{
-    default_maxactive, real_return_address, register_kretprobe, trampoline_addr, EntryAction, InstanceData, Kretprobe,
-    ReturnProbe, PENDING_CAPACITY,
+    process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
+    InstanceData, Kretprobe, ReturnProbe,
 };
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};

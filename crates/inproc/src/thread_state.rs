@@ -148,6 +148,7 @@ impl Table {
 
     /// Zero entry `i` and free it. Its owner calls this, outside any of its hits.
     fn release(&self, i: usize) {
+        crate::kretprobe::thread_gone(&self.state(i).returns);
         // SAFETY: entry i is the caller's: nobody else reads or writes its state.
         unsafe { std::ptr::write_bytes(self.states.add(i), 0, 1) };
         if let Some(stack) = self.exit_stack(i).filter(|s| s.used()) {
