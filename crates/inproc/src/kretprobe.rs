@@ -16,7 +16,7 @@
 //! instance from the probe's pool (see `instances.rs`: `maxactive` of them when it is given,
 //! else as many as calls are in flight; none to be had: the hit is missed and counted),
 //! records the stack pointer and the return address on the thread's pending stack (see
-//! `pending.rs`: as deep as the thread goes), and writes the address of an assembly
+//! `chunked_stack.rs`: as deep as the thread goes), and writes the address of an assembly
 //! trampoline over the return address. When the function returns, it returns into the trampoline (no trap): it saves the
 //! registers and calls the dispatcher, which pops the matching entry, runs the handler and
 //! returns the real address to jump to.
@@ -64,8 +64,8 @@ use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, ThreadStacks};
 use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
+use crate::chunked_stack::{self, ChunkedStack, StackEntry};
 use crate::instances::Instances;
-use crate::pending::{self, PendingStack};
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
 use crate::{engine::Engine, exits, guard, sys, thread_state, trap};
@@ -286,11 +286,36 @@ pub(crate) fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
 // The per-thread pending stack: all zeroes, without destructors: signal-safe.
 
 const GRAVE: usize = 64;
+/// Pending returns held in the thread's table entry; deeper ones in chunks it maps.
+const INLINE: usize = 256;
+
+/// One pending return. All zeroes is a valid (unused) entry.
+struct Pending {
+    /// The return-address slot.
+    sp: Cell<u64>,
+    /// The real return address.
+    ret: Cell<u64>,
+    probe: Cell<u64>,
+    /// The probe's instance.
+    slot: Cell<u32>,
+    /// Which stack `sp` lies on ([`OwnStacks`]).
+    stack: Cell<u64>,
+}
+
+impl StackEntry for Pending {
+    fn copy_from(&self, other: &Pending) {
+        self.sp.set(other.sp.get());
+        self.ret.set(other.ret.get());
+        self.probe.set(other.probe.get());
+        self.slot.set(other.slot.get());
+        self.stack.set(other.stack.get());
+    }
+}
 
 /// A thread's pending returns, in its [`crate::thread_state::ThreadState`]: all zeroes is
 /// empty.
 pub(crate) struct ThreadReturns {
-    stack: PendingStack,
+    stack: ChunkedStack<Pending, INLINE>,
     /// The last reclaimed entries' `(sp, return address)`: a safety net (see the module docs).
     grave: [(Cell<u64>, Cell<u64>); GRAVE],
     grave_next: Cell<usize>,
@@ -322,9 +347,11 @@ pub fn thread_return_chunks() -> usize {
     thread_state::existing().map_or(0, |s| s.returns.stack.chunks())
 }
 
-/// [`thread_return_chunks`] for every thread of the process together.
+/// How many chunks of memory every thread of the process holds together for its pending
+/// returns: through return addresses ([`thread_return_chunks`]) and at functions' exits
+/// (beyond the first 256 calls).
 pub fn process_return_chunks() -> usize {
-    pending::mapped_chunks()
+    chunked_stack::mapped_chunks()
 }
 
 /// Why a pending entry is dropped.

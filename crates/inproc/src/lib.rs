@@ -42,6 +42,7 @@
 mod args;
 mod backtrace;
 mod blocked;
+mod chunked_stack;
 mod code_writes;
 mod context;
 mod engine;
@@ -55,7 +56,6 @@ mod kretprobe;
 mod mapped;
 mod memory;
 mod optimizer;
-mod pending;
 mod probe;
 mod safepoint;
 mod saved;
@@ -75,7 +75,7 @@ pub use dprobe_core::{
 pub use dprobe_sym::Target;
 pub use engine::ProbeInfo;
 pub use events::emit;
-pub use exits::{EXIT_CAPACITY, PER_CALL};
+pub use exits::PER_CALL;
 pub use kretprobe::{
     process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
     InstanceData, Kretprobe, ReturnProbe,

@@ -1,11 +1,12 @@
-//! Return probes through the return address have no fixed limit by default: recursion 10,000
-//! and 200,000 deep sees every return with its own value; a signal handler on an alternate
-//! stack recursing through a probed function while the thread is deep; a `longjmp` and a C++
-//! exception from deep inside back to the top (every instance reclaimed, the thread's memory
-//! given back); four threads at once. An explicit `maxactive` keeps its meaning: that many in
-//! flight, the rest missed. The memory the pending returns grow into is mapped on the hit
-//! path, which still allocates nothing from the heap: a global allocator here counts what it
-//! is asked for there.
+//! Return probes have no fixed limit by default: recursion 10,000 and 200,000 deep sees every
+//! return with its own value, through the return address and at the function's exits; so does
+//! a signal handler on an alternate stack recursing through a probed function while the thread
+//! is deep; a `longjmp` and a C++ exception from deep inside back to the top reclaim every
+//! instance and give the thread's memory back; four threads do it at once. An explicit
+//! `maxactive` keeps its meaning: that many in flight, the rest missed. Memory that cannot be
+//! mapped (an address-space limit) misses the deepest calls, counted, and nothing else. The
+//! memory pending calls grow into is mapped on the hit path, which still allocates nothing from
+//! the heap: a global allocator here counts what it is asked for there.
 mod fixtures;
 use fixtures::map_above;
 
@@ -84,11 +85,22 @@ fn chunks_for(entries: usize) -> usize {
 
 /// A return probe with the default settings through the return address on `f`, counting in
 /// `wrong` the returns whose value is not `expected(entry rdi)`, and keeping in `peak` the
-/// most chunks its thread held at a return.
+/// most chunks the process held at a return.
 fn checked(f: *const (), expected: fn(u64) -> u64, wrong: &'static AtomicU64, peak: &'static AtomicU64) -> ReturnProbe {
+    checked_in(f, expected, wrong, peak, true)
+}
+
+/// [`checked`], through the return address or at the function's exits.
+fn checked_in(
+    f: *const (),
+    expected: fn(u64) -> u64,
+    wrong: &'static AtomicU64,
+    peak: &'static AtomicU64,
+    via_return_address: bool,
+) -> ReturnProbe {
+    let k = Kretprobe::addr(at(f));
     let p = register_kretprobe(
-        Kretprobe::addr(at(f))
-            .via_return_address()
+        if via_return_address { k.via_return_address() } else { k }
             .entry_handler(|regs, data| {
                 data.0[0] = regs.rdi;
                 EntryAction::Track
@@ -97,11 +109,12 @@ fn checked(f: *const (), expected: fn(u64) -> u64, wrong: &'static AtomicU64, pe
                 if regs.rax != expected(data.0[0]) {
                     wrong.fetch_add(1, Relaxed);
                 }
-                peak.fetch_max(thread_return_chunks() as u64, Relaxed);
+                peak.fetch_max(process_return_chunks() as u64, Relaxed);
             }),
     )
     .unwrap();
-    assert!(matches!(p.return_mode(), ReturnMode::ReturnAddress { .. }), "{:?}", p.return_mode());
+    let through_return_address = matches!(p.return_mode(), ReturnMode::ReturnAddress { .. });
+    assert_eq!(through_return_address, via_return_address, "{:?}", p.return_mode());
     assert_eq!(p.maxactive(), None, "no limit by default");
     p
 }
@@ -109,37 +122,37 @@ fn checked(f: *const (), expected: fn(u64) -> u64, wrong: &'static AtomicU64, pe
 #[test]
 fn recursion_ten_thousand_and_two_hundred_thousand_deep_every_return_seen() {
     let _one = serial();
-    for depth in [10_000u64, 200_000] {
+    for (via_return_address, depth) in [(true, 10_000u64), (true, 200_000), (false, 10_000), (false, 200_000)] {
         static WRONG: AtomicU64 = AtomicU64::new(0);
         static PEAK: AtomicU64 = AtomicU64::new(0);
         static DEPTHS: AtomicU64 = AtomicU64::new(0);
         PEAK.store(0, Relaxed);
         DEPTHS.store(0, Relaxed);
-        let p = checked(c::fxc_recurse as *const (), |n| n, &WRONG, &PEAK);
-        let sum = register_kretprobe(Kretprobe::addr(at(c::fxc_recurse as *const ())).via_return_address().handler(
-            |r, _| {
-                DEPTHS.fetch_add(r.rax, Relaxed);
-            },
-        ))
+        let p = checked_in(c::fxc_recurse as *const (), |n| n, &WRONG, &PEAK, via_return_address);
+        let k = Kretprobe::addr(at(c::fxc_recurse as *const ()));
+        let sum = register_kretprobe(if via_return_address { k.via_return_address() } else { k }.handler(|r, _| {
+            DEPTHS.fetch_add(r.rax, Relaxed);
+        }))
         .unwrap();
         let (result, chunks_back_at_the_top) = on_big_stack(move || {
             // SAFETY: fxc_recurse(n) recurses n deep and returns n.
             let r = unsafe { c::fxc_recurse(black_box(depth as i64)) };
-            (r, thread_return_chunks())
+            (r, process_return_chunks())
         });
         assert_eq!(result, depth as i64);
-        // Two return probes on one function: each call is traced by both, chained on one
-        // return address.
+        let how = (p.return_mode().clone(), depth);
+        // Two return probes on one function: each call is traced by both (through the return
+        // address, chained on one return address; at the exits, sharing one activation).
         for p in [&p, &sum] {
-            assert_eq!(figures(p), (depth + 1, 0, 0, 0), "{depth}");
-            assert_eq!(p.stats().hits, depth + 1);
+            assert_eq!(figures(p), (depth + 1, 0, 0, 0), "{how:?}");
+            assert_eq!(p.stats().hits, depth + 1, "{how:?}");
         }
         assert_eq!(WRONG.swap(0, Relaxed), 0, "every level saw its own return value");
         assert_eq!(DEPTHS.load(Relaxed), (0..=depth).sum::<u64>());
-        // Two entries per call; back at the top the thread keeps one chunk, and none once it
-        // is gone.
-        assert_eq!(PEAK.load(Relaxed), chunks_for(2 * depth as usize + 2) as u64, "{depth}");
-        assert_eq!(chunks_back_at_the_top, 1);
+        // Back at the top the thread keeps one chunk, and none once it is gone.
+        let entries = if via_return_address { 2 * depth + 2 } else { depth + 1 };
+        assert_eq!(PEAK.load(Relaxed), chunks_for(entries as usize) as u64, "{how:?}");
+        assert_eq!(chunks_back_at_the_top, 1, "{how:?}");
         assert_eq!(process_return_chunks(), 0);
     }
 }
@@ -314,4 +327,89 @@ fn an_explicit_maxactive_still_bounds_the_instances_in_flight() {
     assert_eq!(figures(&p), (100, 10_001 - 100, 0, 0));
     // The outermost calls were traced: they return 10000, 9999, ...
     assert_eq!(DEPTHS.load(Relaxed), (10_001 - 100..=10_000).sum::<u64>());
+}
+
+/// What the child of [`memory_that_cannot_be_mapped_misses_the_deepest_calls_and_nothing_else`]
+/// saw: the recursion's result, and the probe's returns, misses and pending instances.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ChildSaw {
+    result: i64,
+    returns: u64,
+    missed: u64,
+    pending: u64,
+    sum: u64,
+}
+
+#[test]
+fn memory_that_cannot_be_mapped_misses_the_deepest_calls_and_nothing_else() {
+    let _one = serial();
+    const DEPTH: i64 = 200_000;
+    // With the instances made at registration (a maxactive as deep as the recursion), only the
+    // thread's stack of pending calls grows.
+    let pool = Some(DEPTH as usize + 1);
+    for (via_return_address, maxactive) in [(true, None), (false, None), (true, pool), (false, pool)] {
+        static SUM: AtomicU64 = AtomicU64::new(0);
+        SUM.store(0, Relaxed);
+        let k = Kretprobe::addr(at(c::fxc_recurse as *const ())).handler(|r, _| {
+            SUM.fetch_add(r.rax, Relaxed);
+        });
+        let k = if let Some(n) = maxactive { k.maxactive(n) } else { k };
+        let p = register_kretprobe(if via_return_address { k.via_return_address() } else { k }).unwrap();
+        let p = &p;
+        let in_child = move || {
+            let mut fds = [0; 2];
+            // SAFETY: a pipe for the child's answer; the child runs only the probed
+            // recursion (signal-safe hit path), reads of atomics, write and _exit.
+            unsafe {
+                assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+                let vm_bytes = {
+                    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+                    statm.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 4096
+                };
+                let child = libc::fork();
+                assert!(child >= 0);
+                if child == 0 {
+                    // A little more address space than the process has now: the first chunks
+                    // fit, the later ones (each twice as large) cannot be mapped.
+                    let limit = libc::rlimit { rlim_cur: vm_bytes + (2 << 20), rlim_max: libc::RLIM_INFINITY };
+                    libc::setrlimit(libc::RLIMIT_AS, &limit);
+                    let result = c::fxc_recurse(black_box(DEPTH));
+                    let st = p.stats();
+                    let saw = ChildSaw {
+                        result,
+                        returns: st.returns,
+                        missed: st.missed + st.reentered,
+                        pending: p.pending(),
+                        sum: SUM.load(Relaxed),
+                    };
+                    let bytes = std::slice::from_raw_parts(
+                        &saw as *const ChildSaw as *const u8,
+                        std::mem::size_of::<ChildSaw>(),
+                    );
+                    libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
+                    libc::_exit(0);
+                }
+                libc::close(fds[1]);
+                let mut saw = ChildSaw::default();
+                let n = libc::read(fds[0], (&mut saw as *mut ChildSaw).cast(), std::mem::size_of::<ChildSaw>());
+                let mut status = 0;
+                assert_eq!(libc::waitpid(child, &mut status, 0), child);
+                libc::close(fds[0]);
+                assert_eq!((n as usize, status), (std::mem::size_of::<ChildSaw>(), 0), "the child ended well");
+                saw
+            }
+        };
+        let saw = std::thread::scope(|s| {
+            std::thread::Builder::new().stack_size(128 << 20).spawn_scoped(s, in_child).unwrap().join().unwrap()
+        });
+        let how = (p.return_mode().clone(), maxactive, saw);
+        assert_eq!(saw.result, DEPTH, "the program's own result: {how:?}");
+        // Some calls were traced, the deeper ones missed; every call is one or the other, and
+        // the traced ones are the outermost, each with its own value.
+        assert!(saw.returns > 256 && saw.missed > 0, "{how:?}");
+        assert_eq!((saw.returns + saw.missed, saw.pending), (DEPTH as u64 + 1, 0), "{how:?}");
+        let traced = DEPTH as u64 + 1 - saw.returns..=DEPTH as u64;
+        assert_eq!(saw.sum, traced.sum::<u64>(), "{how:?}");
+    }
 }

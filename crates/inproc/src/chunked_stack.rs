@@ -1,10 +1,11 @@
-//! A thread's stack of returns pending through hijacked return addresses (see `kretprobe.rs`),
-//! with no fixed limit on its depth.
+//! A thread's stack of pending calls with no fixed limit on its depth: its returns pending
+//! through hijacked return addresses (`kretprobe.rs`), and its calls of functions watched at
+//! their exits (`exits.rs`).
 //!
-//! The first [`INLINE`] entries live in the thread's state (`thread_state.rs`). Deeper ones
-//! live in chunks mapped when the thread first goes that deep, each twice the size of the one
-//! before, so that 200,000 pending returns take ten mappings; the mapping is a system call
-//! (see `mapped.rs`), so the hit path still allocates nothing from the heap and takes no
+//! The first `INLINE` entries live in the thread's own table entry (`thread_state.rs`).
+//! Deeper ones live in chunks mapped when the thread first goes that deep, each twice the size
+//! of the one before, so that 200,000 pending calls take ten mappings; the mapping is a system
+//! call (see `mapped.rs`), so the hit path still allocates nothing from the heap and takes no
 //! lock. A chunk that cannot be mapped (`ENOMEM`, an address-space limit) leaves the call
 //! without room: it is missed and counted, as when a `maxactive` limit is reached.
 //!
@@ -24,79 +25,60 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 
 use crate::mapped;
 
-/// Entries held in the thread's state itself.
-pub(crate) const INLINE: usize = 256;
 /// Chunk `k` (from 1) holds `INLINE << (k - 1)` entries: with 36 of them, more than any
 /// address space can hold.
 const CHUNKS: usize = 36;
 
-/// Chunks mapped by every thread, for [`mapped_chunks`].
+/// Chunks mapped by every thread's stacks, for [`mapped_chunks`].
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
-/// One pending return. All zeroes is a valid (unused) entry.
-pub(crate) struct Entry {
-    /// The return-address slot.
-    pub(crate) sp: Cell<u64>,
-    /// The real return address.
-    pub(crate) ret: Cell<u64>,
-    pub(crate) probe: Cell<u64>,
-    /// The probe's instance.
-    pub(crate) slot: Cell<u32>,
-    /// Which stack `sp` lies on (see `kretprobe::OwnStacks`).
-    pub(crate) stack: Cell<u64>,
+/// An entry of a [`ChunkedStack`]: all zeroes is a valid (unused) entry.
+pub(crate) trait StackEntry {
+    /// Take `other`'s values.
+    fn copy_from(&self, other: &Self);
 }
 
-impl Entry {
-    fn copy_from(&self, other: &Entry) {
-        self.sp.set(other.sp.get());
-        self.ret.set(other.ret.get());
-        self.probe.set(other.probe.get());
-        self.slot.set(other.slot.get());
-        self.stack.set(other.stack.get());
-    }
-}
-
-/// A thread's pending returns, oldest first. All zeroes is empty.
-pub(crate) struct PendingStack {
+/// A thread's pending calls, oldest first, `INLINE` of them held inline. All zeroes is empty.
+pub(crate) struct ChunkedStack<T, const INLINE: usize> {
     depth: Cell<usize>,
-    inline: [Entry; INLINE],
+    inline: [T; INLINE],
     /// Chunk `k + 1`, or null while it is not mapped.
-    chunks: [AtomicPtr<Entry>; CHUNKS],
+    chunks: [AtomicPtr<T>; CHUNKS],
 }
 
-/// The chunk holding entry `i` (0: the inline entries), and `i`'s place in it.
-fn place(i: usize) -> (usize, usize) {
-    if i < INLINE {
-        return (0, i);
+impl<T: StackEntry, const INLINE: usize> ChunkedStack<T, INLINE> {
+    /// The chunk holding entry `i` (0: the inline entries), and `i`'s place in it.
+    fn place(i: usize) -> (usize, usize) {
+        if i < INLINE {
+            return (0, i);
+        }
+        let k = (i / INLINE).ilog2() as usize + 1;
+        (k, i - Self::first_of(k))
     }
-    let k = (i / INLINE).ilog2() as usize + 1;
-    (k, i - first_of(k))
-}
 
-/// The first entry of chunk `k` (from 1), which is also its size.
-fn first_of(k: usize) -> usize {
-    INLINE << (k - 1)
-}
+    /// The first entry of chunk `k` (from 1), which is also its size.
+    fn first_of(k: usize) -> usize {
+        INLINE << (k - 1)
+    }
 
-fn chunk_bytes(k: usize) -> usize {
-    first_of(k) * std::mem::size_of::<Entry>()
-}
+    fn chunk_bytes(k: usize) -> usize {
+        Self::first_of(k) * std::mem::size_of::<T>()
+    }
 
-impl PendingStack {
-    /// How many returns are pending.
+    /// How many calls are pending.
     pub(crate) fn depth(&self) -> usize {
         self.depth.get()
     }
 
     /// Entry `i`, below the depth.
-    pub(crate) fn get(&self, i: usize) -> &Entry {
+    pub(crate) fn get(&self, i: usize) -> &T {
         debug_assert!(i < self.depth.get());
         self.entry(i).expect("entries below the depth are mapped")
     }
 
     /// Entry `i` if its chunk is mapped.
-    fn entry(&self, i: usize) -> Option<&Entry> {
-        let (k, at) = place(i);
+    fn entry(&self, i: usize) -> Option<&T> {
+        let (k, at) = Self::place(i);
         if k == 0 {
             return Some(&self.inline[at]);
         }
@@ -107,35 +89,45 @@ impl PendingStack {
         Some(unsafe { &*chunk.as_ptr().add(at) })
     }
 
+    /// The entry above the pending ones, to fill before [`ChunkedStack::commit`]; `None` when
+    /// there is no room for it.
+    pub(crate) fn next_free(&self) -> Option<&T> {
+        let d = self.depth.get();
+        self.entry(d).or_else(|| self.map_chunk(Self::place(d).0))
+    }
+
+    /// The entry [`ChunkedStack::next_free`] gave is filled: it is pending now.
+    pub(crate) fn commit(&self) {
+        self.depth.set(self.depth.get() + 1);
+    }
+
     /// Whether there is room for one more entry (mapping a chunk if need be).
     pub(crate) fn room(&self) -> bool {
-        let d = self.depth.get();
-        self.entry(d).or_else(|| self.map_chunk(place(d).0)).is_some()
+        self.next_free().is_some()
     }
 
     /// Push an entry filled by `fill`; `false` (nothing pushed) when there is no room for it.
-    pub(crate) fn push(&self, fill: impl FnOnce(&Entry)) -> bool {
-        let d = self.depth.get();
-        let Some(e) = self.entry(d).or_else(|| self.map_chunk(place(d).0)) else { return false };
+    pub(crate) fn push(&self, fill: impl FnOnce(&T)) -> bool {
+        let Some(e) = self.next_free() else { return false };
         fill(e);
-        self.depth.set(d + 1);
+        self.commit();
         true
     }
 
     /// Map chunk `k` (from 1) and return its first entry.
     #[cold]
-    fn map_chunk(&self, k: usize) -> Option<&Entry> {
+    fn map_chunk(&self, k: usize) -> Option<&T> {
         let slot = self.chunks.get(k - 1)?;
-        let fresh = mapped::map_zeroed(chunk_bytes(k))?.cast::<Entry>();
+        let fresh = mapped::map_zeroed(Self::chunk_bytes(k))?.cast::<T>();
         // A signal handler nested in this call may have mapped it meanwhile: keep theirs.
         match slot.compare_exchange(std::ptr::null_mut(), fresh.as_ptr(), AcqRel, Acquire) {
             Ok(_) => {
                 MAPPED.fetch_add(1, Relaxed);
             }
             // SAFETY: ours, never published.
-            Err(_) => unsafe { mapped::unmap(fresh.cast(), chunk_bytes(k)) },
+            Err(_) => unsafe { mapped::unmap(fresh.cast(), Self::chunk_bytes(k)) },
         }
-        self.entry(first_of(k))
+        self.entry(Self::first_of(k))
     }
 
     /// Remove entry `i`, the ones above it moving down; unmap the chunks the thread left
@@ -148,7 +140,7 @@ impl PendingStack {
         self.depth.set(d - 1);
         // Chunks are mapped in order and unmapped from the top: none above `keep + 1`
         // unless that one is.
-        let keep = place(d - 1).0 + 1;
+        let keep = Self::place(d - 1).0 + 1;
         if self.chunks.get(keep).is_some_and(|c| !c.load(Relaxed).is_null()) {
             self.unmap_above(keep);
         }
@@ -162,12 +154,12 @@ impl PendingStack {
                 MAPPED.fetch_sub(1, Relaxed);
                 // SAFETY: chunk k, just withdrawn; it holds no entry below the depth (k is
                 // above the chunk of the next free entry).
-                unsafe { mapped::unmap(p.cast(), chunk_bytes(k)) };
+                unsafe { mapped::unmap(p.cast(), Self::chunk_bytes(k)) };
             }
         }
     }
 
-    /// The thread is gone (its entries are dropped already): unmap every chunk.
+    /// The thread is gone (its entries are dropped already): empty, every chunk unmapped.
     pub(crate) fn unmap_all(&self) {
         self.depth.set(0);
         self.unmap_above(0);
@@ -179,7 +171,7 @@ impl PendingStack {
     }
 }
 
-/// How many chunks every thread's stack has mapped together.
+/// How many chunks every thread's stacks have mapped together.
 pub(crate) fn mapped_chunks() -> usize {
     MAPPED.load(Relaxed)
 }
@@ -188,7 +180,32 @@ pub(crate) fn mapped_chunks() -> usize {
 mod tests {
     use super::*;
 
-    fn empty() -> Box<PendingStack> {
+    const INLINE: usize = 256;
+
+    #[derive(Default)]
+    struct Entry {
+        sp: Cell<u64>,
+        ret: Cell<u64>,
+    }
+
+    impl StackEntry for Entry {
+        fn copy_from(&self, other: &Entry) {
+            self.sp.set(other.sp.get());
+            self.ret.set(other.ret.get());
+        }
+    }
+
+    type Stack = ChunkedStack<Entry, INLINE>;
+
+    fn place(i: usize) -> (usize, usize) {
+        Stack::place(i)
+    }
+
+    fn first_of(k: usize) -> usize {
+        Stack::first_of(k)
+    }
+
+    fn empty() -> Box<Stack> {
         // SAFETY: all zeroes is an empty stack (Cells of integers, null pointers).
         unsafe { Box::new(std::mem::zeroed()) }
     }
