@@ -228,6 +228,23 @@ fn signals_queued_while_the_agent_is_loaded_and_placing_are_each_received_once()
 }
 
 #[test]
+fn a_process_waiting_in_sigsuspend_keeps_its_signal_mask_through_the_load() {
+    let child = Running::start(&["suspend"]);
+    child.wait_for_handlers(&[libc::SIGUSR2]);
+    let pid = child.pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_in(pid) != Some(libc::SYS_rt_sigsuspend) {
+        assert!(Instant::now() < deadline, "it never waited in sigsuspend");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The calls run with its signals blocked; what it blocks outside sigsuspend comes back.
+    let mut engine = AgentEngine::attach(pid, agent(), false).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    engine.finish(None, &|| false).unwrap();
+    assert_eq!(child.finish(), Some(7), "woken by SIGUSR2, which it blocks again afterwards");
+}
+
+#[test]
 fn a_hit_allocates_nothing_even_the_first_in_a_thread() {
     let mut engine = AgentEngine::spawn(program(), &["thread-mallocs"], agent(), true).unwrap();
     place(&mut engine, "probed x=$arg1");

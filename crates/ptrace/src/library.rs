@@ -572,7 +572,7 @@ fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
 
 /// System calls during which a thread holds no lock of the C library or the loader: a
 /// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock.
-const WAITING_SYSCALLS: [i64; 16] = [
+const WAITING_SYSCALLS: [i64; 17] = [
     libc::SYS_read,
     libc::SYS_poll,
     libc::SYS_select,
@@ -589,6 +589,9 @@ const WAITING_SYSCALLS: [i64; 16] = [
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_rt_sigtimedwait,
+    // Its thread blocks, while held, the signals it blocked before (the mask it returns to),
+    // and waits with its own mask again once put back: the restarted call sets it.
+    libc::SYS_rt_sigsuspend,
 ];
 
 /// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up
