@@ -89,8 +89,9 @@ struct State {
     symbols: Option<Symbols>,
     /// Detours of sites left without probes, not yet shown to be free of threads.
     retired: BTreeMap<Addr, Retired>,
-    /// Detours a site replaced by one of the other kind (post-handlers came or went), not yet
-    /// shown to be free of threads; their `JumpSite` stays with the site.
+    /// Detours of the other kind (with or without the post block) that sites kept aside, given
+    /// up when their site was left without probes or took another detour back, not yet shown
+    /// to be free of threads; their `JumpSite` stays with the site.
     orphans: Vec<Detour>,
     /// Detours shown free of threads since they were retired: reused for new ones.
     free_detours: Vec<Addr>,
@@ -120,8 +121,12 @@ struct SiteState {
     window: Result<Vec<Insn>, NotOptimized>,
     /// The detour, once built; kept while the site has probes, then retired.
     detour: Option<Detour>,
-    /// Whether `detour` has a post block (a detour is rebuilt when post-handlers come or go).
+    /// Whether `detour` has a post block.
     detour_post: bool,
+    /// The detour of the other kind, kept aside when post-handlers came or went, and taken
+    /// back as it is when they go or come again (its code is the same: a thread still inside
+    /// it may go on).
+    spare: Option<Detour>,
     /// The vector state the detour keeps (decided from where the site is in its function).
     vector: VectorState,
     /// What the detour's dispatcher reads the site from (with the detour: never freed).
@@ -347,6 +352,7 @@ impl Engine {
                 window,
                 detour: None,
                 detour_post: false,
+                spare: None,
                 vector,
                 hot: None,
                 published: None,
@@ -660,6 +666,7 @@ impl Engine {
         for addr in consider.keys() {
             let site = st.sites.get_mut(addr).expect("site of a list");
             if site.probes.is_empty() && !site.armed && !site.jumping {
+                st.orphans.extend(site.spare.take());
                 if let (Some(detour), Some(hot)) = (site.detour.take(), site.hot.take()) {
                     hot.site.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
                     st.retired.insert(*addr, Retired { detour, hot, post: site.detour_post });
@@ -855,8 +862,9 @@ impl Engine {
     }
 
     /// Build the detour of a site (not yet reachable: no jump leads to it), with a post block
-    /// when `post`; the caller writes the new code. A detour it had before, of the other
-    /// kind, waits for a safepoint before its memory is reused.
+    /// when `post`; the caller writes the new code. A detour it has of the other kind is kept
+    /// aside, and one kept aside before is taken back as it is; a retired one of the other kind
+    /// waits for a safepoint before its memory is reused.
     fn build_detour(
         &self,
         st: &mut State,
@@ -884,7 +892,14 @@ impl Engine {
         let state = st.sites.get_mut(&addr).expect("site");
         if state.detour_post != post {
             if let Some(old) = state.detour.take() {
-                st.orphans.push(old);
+                // Post-handlers came or went: the detour of the other kind, built before, is
+                // taken back as it is, and this one kept aside for the next change.
+                let back = state.spare.replace(old);
+                if let Some(back) = back {
+                    state.detour = Some(back);
+                    state.detour_post = post;
+                    return Ok(None);
+                }
             }
         }
         let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
