@@ -123,6 +123,32 @@ pub enum NotOptimized {
         /// The number of the system call it is blocked in.
         syscall: i64,
     },
+    /// The code page under the jump could not be made writable. While a jump is in the code
+    /// its page is kept writable, which keeps the kernel from placing another tool's uprobe
+    /// there (its `int3` over the jump, or the original byte it writes back when the uprobe
+    /// goes, would leave a broken instruction); where the system refuses writable code (a
+    /// security policy) the probe stays on `int3`.
+    #[error("the code page of {addr} cannot be made writable, which keeps kernel uprobes off a jump: {reason}")]
+    CodeNotWritable {
+        /// The probe address.
+        addr: Addr,
+        /// Why.
+        reason: String,
+    },
+    /// The bytes the jump would replace are not those of the file the code is mapped from:
+    /// another tool's breakpoint or patch is there, which the jump would hide (and which
+    /// would break the jump when taken away).
+    #[error("the code at {at} is not what {what} says (found {found:02x?}, expected {expected:02x?}): another tool's breakpoint or patch is there")]
+    CodeChanged {
+        /// The first byte that differs.
+        at: Addr,
+        /// What the code was compared with (the mapped file).
+        what: String,
+        /// The bytes found from `at`.
+        found: Vec<u8>,
+        /// The bytes expected there.
+        expected: Vec<u8>,
+    },
     /// No enabled probe at the address: the original code runs.
     #[error("no enabled probe at the address")]
     Disarmed,
@@ -143,6 +169,21 @@ pub enum NotOptimized {
     /// The engine that placed the probe has no jump path.
     #[error("this engine places probes with int3 only")]
     Unsupported,
+}
+
+impl NotOptimized {
+    /// Whether the reason lies outside dprobe and the program's code as built: another tool's
+    /// breakpoint or patch in the function, or a system refusing writable code. Worth telling
+    /// the user, who may not know it is there.
+    pub fn is_outside_dprobe(&self) -> bool {
+        matches!(
+            self,
+            NotOptimized::ForeignBreakpoint { .. }
+                | NotOptimized::CodeChanged { .. }
+                | NotOptimized::CodeNotWritable { .. }
+                | NotOptimized::Analyze(AnalyzeError::Unsupported { reason: crate::Unsupported::Breakpoint, .. })
+        )
+    }
 }
 
 /// Decide whether the probe at `addr` can be jump-optimized; on success, the window (the

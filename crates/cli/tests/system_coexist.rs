@@ -1,11 +1,19 @@
-//! dprobe's breakpoint and another tool's kernel uprobe on the same function: while the
-//! uprobe is registered the kernel takes the hits (dprobe's `int3` is the one it found there);
-//! once it is removed (which writes the original instruction back) dprobe puts its breakpoint
-//! back and says so. No hit is counted twice, none is lost unsaid.
+//! dprobe's probes and another tool's kernel uprobe on the same function.
+//!
+//! * The ptrace engine's breakpoint: while the uprobe is registered the kernel takes the hits
+//!   (dprobe's `int3` is the one it found there); once it is removed (which writes the original
+//!   instruction back) dprobe puts its breakpoint back and says so.
+//! * The agent's jump (the default for a started command): the page under a jump is writable,
+//!   so the kernel places no uprobe there, and never writes over the jump.
+//! * A uprobe there before dprobe starts: the agent's probe stays on `int3` and says why.
+//!
+//! Each test runs its own copy of the program (a uprobe is on a file, and fires in every
+//! process that maps it) and names its own event. No hit is counted twice, none is lost
+//! unsaid, and the program's own sums are right.
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{function_addr, out_file, read_mem, started_command};
@@ -13,10 +21,10 @@ use common::{function_addr, out_file, read_mem, started_command};
 const TRACING: &str = "/sys/kernel/tracing";
 const GROUP: &str = "coexisting_tool";
 
-/// `phases N` (see fixtures/phases.c).
-fn phases() -> &'static str {
+/// `phases N` (see fixtures/phases.c), built as `name`.
+fn phases(name: &str) -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/phases.c");
-    dprobe_test_fixtures::c_program(src, "phases", &["-O2"])
+    dprobe_test_fixtures::c_program(src, name, &["-O2"])
 }
 
 fn define(line: &str) {
@@ -24,48 +32,55 @@ fn define(line: &str) {
     f.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
 }
 
-/// Another tool's uprobe, removed when dropped (a failed test leaves nothing behind).
-struct OtherTool;
+/// Another tool's uprobe `event` on `program` at file offset `offset`, removed when dropped
+/// (a failed test leaves nothing behind).
+struct OtherTool {
+    program: &'static str,
+    event: &'static str,
+}
 
 impl OtherTool {
-    fn add(offset: u64) -> OtherTool {
-        define(&format!("p:{GROUP}/counted {}:{offset:#x}", phases()));
-        enable(true);
-        OtherTool
+    fn add(program: &'static str, event: &'static str, offset: u64) -> OtherTool {
+        define(&format!("p:{GROUP}/{event} {program}:{offset:#x}"));
+        let tool = OtherTool { program, event };
+        tool.enable(true);
+        tool
+    }
+
+    fn enable(&self, on: bool) {
+        let path = format!("{TRACING}/events/{GROUP}/{}/enable", self.event);
+        std::fs::write(path, if on { "1" } else { "0" }).unwrap();
+    }
+
+    /// The kernel's hit count of the uprobe, from `uprobe_profile`.
+    fn kernel_hits(&self) -> u64 {
+        let profile = std::fs::read_to_string(format!("{TRACING}/uprobe_profile")).unwrap();
+        // `  PATH EVENT HITS`
+        let line = profile
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq([self.program, self.event]))
+            .unwrap_or_else(|| panic!("the uprobe is listed:\n{profile}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
     }
 }
 
 impl Drop for OtherTool {
     fn drop(&mut self) {
-        enable(false);
-        define(&format!("-:{GROUP}/counted"));
+        self.enable(false);
+        define(&format!("-:{GROUP}/{}", self.event));
     }
 }
 
-fn enable(on: bool) {
-    std::fs::write(format!("{TRACING}/events/{GROUP}/counted/enable"), if on { "1" } else { "0" }).unwrap();
-}
-
-/// The kernel's hit count of the uprobe, from `uprobe_profile`.
-fn kernel_hits() -> u64 {
-    let profile = std::fs::read_to_string(format!("{TRACING}/uprobe_profile")).unwrap();
-    // `  PATH EVENT HITS`
-    let line = profile
-        .lines()
-        .find(|l| l.split_whitespace().take(2).eq([phases(), "counted"]))
-        .unwrap_or_else(|| panic!("the uprobe is listed:\n{profile}"));
-    line.split_whitespace().last().unwrap().parse().unwrap()
-}
-
-/// The offset in its file of address `addr` of process `pid`.
-fn file_offset(pid: i32, addr: u64) -> u64 {
+/// The offset in its file of address `addr` of process `pid`, and the permissions of the
+/// mapping holding it.
+fn file_offset(pid: i32, addr: u64) -> (u64, String) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     for line in maps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (start, end) = f[0].split_once('-').unwrap();
         let (start, end) = (u64::from_str_radix(start, 16).unwrap(), u64::from_str_radix(end, 16).unwrap());
         if (start..end).contains(&addr) {
-            return addr - start + u64::from_str_radix(f[2], 16).unwrap();
+            return (addr - start + u64::from_str_radix(f[2], 16).unwrap(), f[1].to_owned());
         }
     }
     panic!("{addr:#x} is not mapped in {pid}");
@@ -80,47 +95,168 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `dprobe ARGS -- PROGRAM N`, driven phase by phase.
+struct Traced {
+    dprobe: Child,
+    input: Option<ChildStdin>,
+    output: BufReader<ChildStdout>,
+    pid: i32,
+    n: u64,
+}
+
+impl Traced {
+    fn start(args: &[&str], program: &str, n: u64) -> Traced {
+        let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .args(args)
+            .args(["--", program, &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = dprobe.stdin.take();
+        let output = BufReader::new(dprobe.stdout.take().unwrap());
+        wait_until("the command", || started_command(dprobe.id()).is_some());
+        let pid = started_command(dprobe.id()).unwrap();
+        Traced { dprobe, input, output, pid, n }
+    }
+
+    /// Run phase `k` of the program: its own sum must be right.
+    fn phase(&mut self, k: u32) {
+        self.input.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        let n = self.n;
+        assert_eq!(line.trim(), format!("phase {k} done {}", n * (n + 1) / 2), "the program's own sums");
+    }
+
+    /// Let the program end: dprobe's exit code and what it said on standard error.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.input.take());
+        let mut said = String::new();
+        self.dprobe.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+        (self.dprobe.wait().unwrap().code(), said)
+    }
+}
+
 #[test]
 fn a_kernel_uprobe_added_and_removed_on_a_probed_function() {
     const N: u64 = 2000;
+    let program = phases("phases");
     let out = out_file("coexist");
-    let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
-        // The ptrace engine's breakpoint. The agent's jump-optimized probe does not come
-        // through the other tool's uprobe being added and removed yet: the program fails.
-        .args(["trace", "--engine", "ptrace", "--count", "-o", out.to_str().unwrap(), "counted", "--", phases()])
-        .arg(N.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = dprobe.stdin.take().unwrap();
-    let mut output = BufReader::new(dprobe.stdout.take().unwrap());
-    let mut phase = |k: u32| {
-        input.write_all(b"go\n").unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), format!("phase {k} done {}", N * (N + 1) / 2), "the program's own sums");
-    };
-    wait_until("the command", || started_command(dprobe.id()).is_some());
-    let pid = started_command(dprobe.id()).unwrap();
+    // The ptrace engine's breakpoint (the agent's jump has a test of its own below).
+    let args = ["trace", "--engine", "ptrace", "--count", "-o", out.to_str().unwrap(), "counted"];
+    let mut traced = Traced::start(&args, program, N);
+    let pid = traced.pid;
     // Phase 1: dprobe alone (its probes are placed before the command runs a line of its own).
-    phase(1);
+    traced.phase(1);
     // Phase 2: another tool's uprobe on the same instruction.
     let at = function_addr(pid, "counted");
-    let offset = file_offset(pid, at);
-    let other = OtherTool::add(offset);
-    phase(2);
-    let kernel = kernel_hits();
+    let other = OtherTool::add(program, "counted", file_offset(pid, at).0);
+    traced.phase(2);
+    let kernel = other.kernel_hits();
     // Phase 3: the uprobe removed, which writes the original instruction over dprobe's
     // breakpoint; dprobe's is put back.
     drop(other);
     wait_until("dprobe's breakpoint back", || read_mem(pid, at, 1) == [0xcc]);
-    phase(3);
-    drop(input);
-    let status = dprobe.wait().unwrap();
+    traced.phase(3);
+    let (status, said) = traced.finish();
     let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(status.code(), Some(0), "{text}");
+    assert_eq!(status, Some(0), "{text}{said}");
     assert_eq!(kernel, N, "the kernel took the hits while its uprobe was there\n{text}");
     assert_eq!(common::hits(&text, "counted"), 2 * N, "dprobe's: phases 1 and 3\n{text}");
     assert!(text.contains("counted: its breakpoint was removed by something else 1 time(s)"), "{text}");
+}
+
+#[test]
+fn a_kernel_uprobe_added_and_removed_on_the_agents_jump() {
+    const N: u64 = 2000;
+    let program = phases("phases_jump");
+    let out = out_file("coexist_jump");
+    // The default engine for a started command: the agent, whose probe here is a jump.
+    let args = ["trace", "--count", "-o", out.to_str().unwrap(), "counted"];
+    let mut traced = Traced::start(&args, program, N);
+    let pid = traced.pid;
+    traced.phase(1);
+    let at = function_addr(pid, "counted");
+    let (offset, perms) = file_offset(pid, at);
+    assert_eq!(read_mem(pid, at, 1), [0xe9], "the agent's probe is a jump");
+    assert_eq!(perms, "rwxp", "the page under the jump is writable");
+    // Phase 2: another tool's uprobe on the same instruction. The kernel places a uprobe only
+    // in a mapping without write permission (its `valid_vma`), and registering takes the
+    // address space's lock as `mprotect` does: it does not go into this process at all, and
+    // writes no int3 over the jump.
+    let other = OtherTool::add(program, "jump_counted", offset);
+    assert_eq!(read_mem(pid, at, 1), [0xe9], "the jump is still there");
+    traced.phase(2);
+    let kernel = other.kernel_hits();
+    // Phase 3: the uprobe removed. The kernel writes the original byte back only where it finds
+    // an int3: the jump stays.
+    drop(other);
+    assert_eq!(read_mem(pid, at, 1), [0xe9], "the jump is still there");
+    traced.phase(3);
+    let (status, said) = traced.finish();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status, Some(0), "{text}{said}");
+    assert_eq!(kernel, 0, "the kernel's uprobe never went into the process\n{text}");
+    assert_eq!(common::hits(&text, "counted"), 3 * N, "dprobe's: every phase\n{text}");
+}
+
+#[test]
+fn a_kernel_uprobe_inside_the_window_before_dprobe_starts() {
+    const N: u64 = 2000;
+    let program = phases("phases_before");
+    let out = out_file("coexist_before");
+    // The uprobe on `counted`'s second instruction, which a jump at its first would cover.
+    let symbols = dprobe_sym::Symbols::load_file(program).unwrap();
+    let f = symbols.find("counted").unwrap().clone();
+    let mut code = vec![0u8; f.size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(program).unwrap(), &mut code, f.file_offset)
+        .unwrap();
+    let first = dprobe_arch::analyze(&code, f.start, f.start).unwrap();
+    assert!(first.len < 5 && first.len < code.len(), "the second instruction is under a jump: {code:02x?}");
+    let other = OtherTool::add(program, "before_counted", f.file_offset + first.len as u64);
+    let args = ["trace", "--count", "-o", out.to_str().unwrap(), "counted"];
+    let mut traced = Traced::start(&args, program, N);
+    let pid = traced.pid;
+    traced.phase(1);
+    let at = function_addr(pid, "counted");
+    let second = at + first.len as u64;
+    assert_eq!(read_mem(pid, at, 1), [0xcc], "dprobe's probe stays on int3");
+    assert_eq!(read_mem(pid, second, 1), [0xcc], "the kernel's");
+    let kernel = other.kernel_hits();
+    // The uprobe removed during the trace: the kernel writes its instruction's first byte back,
+    // dprobe's int3 is not touched.
+    drop(other);
+    assert_eq!(read_mem(pid, second, 1), [code[first.len]]);
+    assert_eq!(read_mem(pid, at, 1), [0xcc]);
+    traced.phase(2);
+    traced.phase(3);
+    let (status, said) = traced.finish();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status, Some(0), "{text}{said}");
+    assert_eq!(kernel, N, "the kernel's uprobe took phase 1's hits too\n{text}");
+    assert_eq!(common::hits(&text, "counted"), 3 * N, "dprobe's: every phase\n{text}");
+    let why = format!("`counted`: each hit traps (no jump to a detour): the window cannot be analyzed: cannot probe `int3` at {second:#x}");
+    assert!(said.contains(&why), "the reason is shown:\n{said}");
+}
+
+#[test]
+fn a_kernel_uprobe_at_the_probe_before_dprobe_starts_is_refused_with_the_reason() {
+    let program = phases("phases_refused");
+    let f = dprobe_sym::Symbols::load_file(program).unwrap().find("counted").unwrap().clone();
+    let other = OtherTool::add(program, "refused_counted", f.file_offset);
+    // Its int3 is where dprobe's would go: taken for the instruction, it would be written back
+    // after the other tool removed its own (a stray trap). dprobe says so and stops before the
+    // command runs a line of its own.
+    let out = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--count", "counted", "--", program, "10"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("already holds a breakpoint that is not dprobe's"), "{said}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "the command did not run");
+    assert_eq!(other.kernel_hits(), 0);
 }

@@ -34,8 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }))?;
-    let maxactive = probe.maxactive().map_or_else(|| "no limit".to_string(), |n| n.to_string());
-    println!("Planted return probe at {} with maxactive = {maxactive}", probe.addr());
+    println!("Planted return probe at {} with maxactive = {}", probe.addr(), probe.maxactive());
 
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {

@@ -37,23 +37,23 @@
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
 //! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is
 //! never restarted after a handler (`poll`, `nanosleep`, ...) returns `EINTR` there, and while
-//! a thread blocks that signal such probes stay on `int3`.
+//! a thread blocks that signal such probes stay on `int3`. While a jump is in a file's code
+//! its page is `rwx` (`code_pages.rs`: it keeps other tools' kernel uprobes off the jump), so
+//! `/proc/PID/maps` shows that mapping in several pieces.
 
 mod args;
 mod backtrace;
 mod blocked;
-mod chunked_stack;
+mod code_pages;
 mod code_writes;
 mod context;
 mod engine;
 mod events;
 mod exits;
+mod file_code;
 mod guard;
-mod instances;
 mod jump;
-mod jump_stub;
 mod kretprobe;
-mod mapped;
 mod memory;
 mod optimizer;
 mod probe;
@@ -75,10 +75,10 @@ pub use dprobe_core::{
 pub use dprobe_sym::Target;
 pub use engine::ProbeInfo;
 pub use events::emit;
-pub use exits::PER_CALL;
+pub use exits::{EXIT_CAPACITY, PER_CALL};
 pub use kretprobe::{
-    process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
-    InstanceData, Kretprobe, ReturnProbe,
+    default_maxactive, real_return_address, register_kretprobe, trampoline_addr, EntryAction, InstanceData, Kretprobe,
+    ReturnProbe, PENDING_CAPACITY,
 };
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};

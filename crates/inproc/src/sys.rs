@@ -12,8 +12,11 @@ use std::sync::{Mutex, OnceLock};
 use dprobe_arch::{Addr, MemoryFault};
 
 /// Write `bytes` at `addr` in this process's code through `/proc/self/mem`, which writes
-/// through page protections (as a debugger's `PTRACE_POKETEXT` does) without ever making the
-/// code writable: the pages stay `r-x` for the program, and no thread can see a W+X window.
+/// through page protections (as a debugger's `PTRACE_POKETEXT` does): an `int3` probe leaves
+/// its page `r-x`. The one exception is a page under a live jump, which the engine keeps
+/// `rwx` while the jump is there (see `code_pages.rs`: that is what keeps another tool's
+/// kernel uprobe from being written over the jump). dprobe itself still writes code only
+/// here.
 ///
 /// A one-byte write is seen by other threads either before or after, never torn. Other
 /// threads are not serialized here: the caller writes every change of one protocol step, then
@@ -164,6 +167,19 @@ pub(crate) unsafe fn raw_syscall6(number: libc::c_long, args: [u64; 6]) -> i64 {
         );
     }
     ret
+}
+
+/// Set the protection of the pages `[addr, addr + len)` (page-aligned) to `prot`
+/// (`mprotect`, made by the `syscall` instruction itself: the C library's wrapper may be
+/// probed).
+pub fn protect(addr: Addr, len: u64, prot: libc::c_int) -> io::Result<()> {
+    // SAFETY: mprotect changes only the protection of pages the caller names, which hold code
+    // that stays readable and executable; the kernel checks the range.
+    let r = unsafe { raw_syscall6(libc::SYS_mprotect, [addr.0, len, prot as u64, 0, 0, 0]) };
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r as i32));
+    }
+    Ok(())
 }
 
 /// Map `len` bytes of `r-x` memory at exactly `addr` (never replacing an existing mapping).

@@ -19,6 +19,11 @@ pub struct Mapping {
     pub exec: bool,
     /// File offset of `start`.
     pub offset: u64,
+    /// The file's device `(major, minor)` and inode (zeros for anonymous memory): a path may
+    /// name another file by now.
+    pub device: (u32, u32),
+    /// See `device`.
+    pub inode: u64,
     /// The file or pseudo-file (`[stack]`, `[vdso]`), if any.
     pub path: Option<String>,
 }
@@ -93,8 +98,9 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?.as_bytes();
     let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let _dev = fields.next()?;
-    let _inode = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let device = (u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+    let inode = fields.next()?.parse().ok()?;
     let path = fields.next().map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
     Some(Mapping {
         start: Addr(u64::from_str_radix(start, 16).ok()?),
@@ -103,6 +109,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
         write: perms.get(1) == Some(&b'w'),
         exec: perms.get(2) == Some(&b'x'),
         offset,
+        device,
+        inode,
         path,
     })
 }

@@ -1,0 +1,208 @@
+//! The pages under live jumps are kept writable (`rwx`) while a jump is in them, and get their
+//! protection back when the last jump there goes.
+//!
+//! # Why
+//!
+//! Another tool's kernel uprobe (`perf probe`, `bpftrace`, `uprobe_events`, dprobe's own kernel
+//! engine) on an instruction under a jump would break it. The kernel writes its `int3` over the
+//! jump's first byte (it only checks that the byte is not an `int3` already); on a hit it runs
+//! the file's original instruction out of line and resumes after it, inside the jump's
+//! displacement. When the uprobe is removed it writes the file's first byte back over whatever
+//! is there, leaving the original opcode followed by the displacement. Either way the program
+//! crashes.
+//!
+//! The kernel places uprobes only in mappings of a file that it sees as plain code: its
+//! `valid_vma` refuses a mapping with `VM_WRITE` when a uprobe is registered, and again when a
+//! mapping appears or changes (`uprobe_mmap`, which a later `mprotect` back to `r-x` runs).
+//! Registration takes the address space's lock for writing, as `mprotect` does: once the page
+//! is writable no uprobe registered later goes there. A uprobe registered before is seen when
+//! the bytes are checked, just after the page became writable (`file_code.rs`), and the site
+//! then stays on `int3`. Removing a uprobe ignores `VM_WRITE`, but writes only where it finds
+//! an `int3`, never over the jump's `e9`.
+//!
+//! Only file-backed code is concerned (uprobes live in files): anonymous code (a JIT's) and
+//! code already writable are left as they are. A system that refuses writable code (a security
+//! policy: SELinux `execmod`, `PR_SET_MDWE`, a seccomp filter) keeps the probe on `int3`, with
+//! the reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dprobe_arch::Addr;
+use dprobe_sym::Mapping;
+
+use crate::sys;
+
+const PAGE: u64 = 4096;
+
+/// How dprobe changed the pages under jumps.
+#[derive(Default)]
+pub(crate) struct CodePages {
+    /// By page address. Kept when no jump is left, so that the protection to give back is
+    /// known even when this call's copy of the maps shows the page as dprobe left it.
+    pages: BTreeMap<u64, Page>,
+}
+
+struct Page {
+    /// Live jumps whose bytes are in the page.
+    jumps: u32,
+    /// The protection to give back when none is left (`None`: dprobe does not change it).
+    restore: Option<libc::c_int>,
+    /// The inode of the file mapped there when `restore` was decided.
+    inode: u64,
+}
+
+/// The pages holding `[addr, addr + len)`.
+fn pages_of(addr: Addr, len: u64) -> impl Iterator<Item = u64> {
+    (addr.0 / PAGE * PAGE..addr.0 + len).step_by(PAGE as usize)
+}
+
+/// Whether code in `m` can carry a kernel uprobe: a file's mapping.
+pub(crate) fn file_backed(m: &Mapping) -> bool {
+    m.inode != 0 && m.path.as_deref().is_some_and(|p| p.starts_with('/'))
+}
+
+impl CodePages {
+    /// Count one jump more in the pages holding each span `(addr, len)`, making writable
+    /// first those that need it (contiguous pages in one `mprotect`). For each span: done, or
+    /// why its pages could not be made writable (then nothing is counted for it).
+    pub(crate) fn acquire_all(&mut self, maps: &[Mapping], spans: &[(Addr, u64)]) -> Vec<Result<(), String>> {
+        // The pages no jump holds yet, with the protection each gets back.
+        let mut fresh: BTreeMap<u64, (Option<libc::c_int>, u64)> = BTreeMap::new();
+        for &(addr, len) in spans {
+            for page in pages_of(addr, len) {
+                if self.pages.get(&page).is_some_and(|p| p.jumps > 0) {
+                    continue;
+                }
+                let m = maps.iter().find(|m| m.contains(Addr(page)));
+                let inode = m.map_or(0, |m| m.inode);
+                let restore = match self.pages.get(&page) {
+                    // Given back before: this copy of the maps may show it as dprobe left it.
+                    Some(p) if p.inode == inode => p.restore,
+                    _ => m.filter(|m| file_backed(m) && !m.write).map(|m| {
+                        (if m.read { libc::PROT_READ } else { 0 }) | (if m.exec { libc::PROT_EXEC } else { 0 })
+                    }),
+                };
+                fresh.insert(page, (restore, inode));
+            }
+        }
+        let writable = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let changing: Vec<u64> = fresh.iter().filter(|(_, (r, _))| r.is_some()).map(|(p, _)| *p).collect();
+        let mut refused: BTreeMap<u64, String> = BTreeMap::new();
+        for (start, count) in runs(&changing) {
+            if let Err(e) = sys::protect(Addr(start), count * PAGE, writable) {
+                for i in 0..count {
+                    refused.insert(start + i * PAGE, format!("mprotect to rwx: {e}"));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(spans.len());
+        for &(addr, len) in spans {
+            if let Some(why) = pages_of(addr, len).find_map(|p| refused.get(&p)) {
+                out.push(Err(why.clone()));
+                continue;
+            }
+            for page in pages_of(addr, len) {
+                let (restore, inode) = fresh.get(&page).copied().unwrap_or((None, 0));
+                self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode }).jumps += 1;
+            }
+            out.push(Ok(()));
+        }
+        // Pages made writable for spans refused because of another of their pages.
+        let unused: BTreeSet<u64> = fresh
+            .iter()
+            .filter(|(p, (r, _))| r.is_some() && !refused.contains_key(p))
+            .filter(|(p, _)| self.pages.get(p).is_none_or(|q| q.jumps == 0))
+            .map(|(p, _)| *p)
+            .collect();
+        for page in &unused {
+            let (restore, inode) = fresh[page];
+            self.pages.insert(*page, Page { jumps: 0, restore, inode });
+        }
+        self.give_back(&unused);
+        out
+    }
+
+    /// Count one jump less in the pages holding each span; those left without a jump get their
+    /// protection back.
+    pub(crate) fn release_all(&mut self, spans: &[(Addr, u64)]) {
+        let mut emptied = BTreeSet::new();
+        for &(addr, len) in spans {
+            for page in pages_of(addr, len) {
+                if let Some(p) = self.pages.get_mut(&page).filter(|p| p.jumps > 0) {
+                    p.jumps -= 1;
+                    if p.jumps == 0 {
+                        emptied.insert(page);
+                    }
+                }
+            }
+        }
+        self.give_back(&emptied);
+    }
+
+    /// Give `pages` (held by no jump) their protection back, contiguous pages of the same
+    /// protection in one `mprotect`. A refusal leaves a page writable, which harms nothing:
+    /// the next jump there finds it so.
+    fn give_back(&self, pages: &BTreeSet<u64>) {
+        let mut by_prot: BTreeMap<libc::c_int, Vec<u64>> = BTreeMap::new();
+        for page in pages {
+            if let Some(prot) = self.pages.get(page).and_then(|p| p.restore) {
+                by_prot.entry(prot).or_default().push(*page);
+            }
+        }
+        for (prot, pages) in by_prot {
+            for (start, count) in runs(&pages) {
+                let _ = sys::protect(Addr(start), count * PAGE, prot);
+            }
+        }
+    }
+
+    /// Live jumps counted in the page holding `addr` (for tests of the bookkeeping).
+    #[cfg(test)]
+    fn jumps_in(&self, addr: u64) -> u32 {
+        self.pages.get(&(addr / PAGE * PAGE)).map_or(0, |p| p.jumps)
+    }
+}
+
+/// Sorted page addresses as runs of contiguous pages `(start, count)`.
+fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &page in pages {
+        match out.last_mut() {
+            Some((start, count)) if *start + *count * PAGE == page => *count += 1,
+            _ => out.push((page, 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_pages_make_one_run() {
+        assert_eq!(runs(&[0x1000, 0x2000, 0x4000, 0x5000, 0x6000, 0x9000]), [(0x1000, 2), (0x4000, 3), (0x9000, 1)]);
+        assert_eq!(runs(&[]), []);
+    }
+
+    #[test]
+    fn a_jump_across_a_page_boundary_holds_both_pages() {
+        assert_eq!(pages_of(Addr(0x1ffe), 5).collect::<Vec<_>>(), [0x1000, 0x2000]);
+        assert_eq!(pages_of(Addr(0x1ffb), 5).collect::<Vec<_>>(), [0x1000]);
+    }
+
+    #[test]
+    fn anonymous_code_is_counted_but_never_protected() {
+        // No mapping of a file there: the counts move, no `mprotect` is made (the address is
+        // not even mapped: a system call on it would fail and refuse the span).
+        let mut pages = CodePages::default();
+        let spans = [(Addr(0x10_0000), 5), (Addr(0x10_0010), 5)];
+        assert_eq!(pages.acquire_all(&[], &spans), [Ok(()), Ok(())]);
+        assert_eq!(pages.jumps_in(0x10_0000), 2);
+        pages.release_all(&spans[..1]);
+        assert_eq!(pages.jumps_in(0x10_0000), 1);
+        pages.release_all(&spans[1..]);
+        pages.release_all(&spans[1..]);
+        assert_eq!(pages.jumps_in(0x10_0000), 0);
+    }
+}

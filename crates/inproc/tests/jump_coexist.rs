@@ -1,0 +1,273 @@
+//! Jumps and other tools' changes to the same code: the page under a live jump is writable
+//! (which keeps kernel uprobes off it) and gets its protection back with the last jump there;
+//! where writable code is refused, or the code is not what its file holds, or another tool's
+//! `int3` is at the probe, the probe stays on `int3` or is refused, and the bytes are always
+//! given back as they were.
+mod fixtures;
+use fixtures::{addr, call2, code};
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use dprobe_inproc::{register, Addr, Kprobe, NotOptimized, PreAction, Probe, ProbeError};
+
+std::arch::global_asm!(
+    ".text",
+    // Two functions at the start of a page of their own.
+    ".p2align 12",
+    ".globl fxc_a",
+    ".type fxc_a,@function",
+    "fxc_a:",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "ret",
+    ".size fxc_a, . - fxc_a",
+    ".globl fxc_b",
+    ".type fxc_b,@function",
+    "fxc_b:",
+    "lea rax, [rdi + rsi + 0x2000]",
+    "ret",
+    ".size fxc_b, . - fxc_b",
+    // A function whose 8-byte first instruction crosses into the next page, which no other
+    // function here shares.
+    ".p2align 12",
+    ".skip 4093, 0xcc",
+    ".globl fxc_cross",
+    ".type fxc_cross,@function",
+    "fxc_cross:",
+    "lea rax, [rdi + rsi + 0x3000]",
+    "ret",
+    ".size fxc_cross, . - fxc_cross",
+    // Each of these in a page of its own.
+    ".p2align 12",
+    ".globl fxc_refused",
+    ".type fxc_refused,@function",
+    "fxc_refused:",
+    "lea rax, [rdi + rsi + 0x4000]",
+    "ret",
+    ".size fxc_refused, . - fxc_refused",
+    ".p2align 12",
+    ".globl fxc_patched",
+    ".type fxc_patched,@function",
+    "fxc_patched:",
+    "mov rax, rdi",
+    "add rax, 1",
+    "ret",
+    ".size fxc_patched, . - fxc_patched",
+    ".p2align 12",
+    ".globl fxc_foreign",
+    ".type fxc_foreign,@function",
+    "fxc_foreign:",
+    "lea rax, [rdi + rsi + 0x5000]",
+    "ret",
+    ".size fxc_foreign, . - fxc_foreign",
+    ".p2align 12",
+);
+
+extern "C" {
+    fn fxc_a(a: u64, b: u64) -> u64;
+    fn fxc_b(a: u64, b: u64) -> u64;
+    fn fxc_cross(a: u64, b: u64) -> u64;
+    fn fxc_refused(a: u64, b: u64) -> u64;
+    fn fxc_patched(a: u64, b: u64) -> u64;
+    fn fxc_foreign(a: u64, b: u64) -> u64;
+}
+
+/// The permissions (`r-xp`) of the mapping holding `at` now.
+fn perms(at: Addr) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, p) = (f.next().unwrap(), f.next().unwrap());
+        let (s, e) = range.split_once('-').unwrap();
+        if (u64::from_str_radix(s, 16).unwrap()..u64::from_str_radix(e, 16).unwrap()).contains(&at.0) {
+            return p.to_owned();
+        }
+    }
+    panic!("{at} is not mapped");
+}
+
+/// A probe counting its hits in `hits`.
+fn counting(at: Addr, hits: &'static AtomicU64) -> Probe {
+    register(Kprobe::addr(at).pre(move |_| {
+        hits.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap()
+}
+
+/// Write `bytes` at `at` as another tool would (through `/proc/self/mem`).
+fn poke(at: Addr, bytes: &[u8]) {
+    let mem = std::fs::OpenOptions::new().write(true).open("/proc/self/mem").unwrap();
+    mem.write_all_at(bytes, at.0).unwrap();
+}
+
+#[test]
+fn the_page_under_a_jump_is_writable_while_a_jump_is_there_and_r_x_after_the_last() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let (a, b) = (addr(fxc_a), addr(fxc_b));
+    assert_eq!(a.0 / 4096, b.0 / 4096, "one page");
+    assert_eq!(perms(a), "r-xp");
+    let first = counting(a, &HITS);
+    assert_eq!(first.optimized(), Ok(()));
+    assert_eq!(perms(a), "rwxp", "writable under a live jump");
+    let second = counting(b, &HITS);
+    assert_eq!(second.optimized(), Ok(()));
+    assert_eq!((call2(fxc_a, 1, 2), call2(fxc_b, 1, 2)), (0x1003, 0x2003));
+    drop(first);
+    assert_eq!(perms(a), "rwxp", "the other jump is still in the page");
+    assert_eq!(call2(fxc_b, 3, 4), 0x2007);
+    // Turned back into an int3 (disabled here): the jump goes, the page too.
+    second.disable().unwrap();
+    second.enable().unwrap();
+    assert_eq!(second.optimized(), Ok(()));
+    second.disable().unwrap();
+    assert_eq!(perms(b), "r-xp", "no jump left in the page");
+    second.enable().unwrap();
+    assert_eq!(perms(b), "rwxp");
+    drop(second);
+    assert_eq!(perms(a), "r-xp", "no jump left in the page");
+    assert_eq!(HITS.load(Relaxed), 3);
+}
+
+#[test]
+fn a_jump_across_a_page_boundary_holds_both_pages() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_cross);
+    let next = Addr((at.0 / 4096 + 1) * 4096);
+    assert_eq!(next.0 - at.0, 3, "the instruction crosses into the next page");
+    let p = counting(at, &HITS);
+    assert_eq!(p.optimized(), Ok(()));
+    assert_eq!((perms(at), perms(next)), ("rwxp".to_owned(), "rwxp".to_owned()));
+    assert_eq!(call2(fxc_cross, 5, 6), 0x300b);
+    drop(p);
+    assert_eq!((perms(at), perms(next)), ("r-xp".to_owned(), "r-xp".to_owned()));
+    assert_eq!(code(at, 8), [0x48, 0x8d, 0x84, 0x37, 0x00, 0x30, 0x00, 0x00]);
+    assert_eq!(HITS.load(Relaxed), 1);
+}
+
+/// Refuse, for the calling thread only, `mprotect` calls asking for writable and executable
+/// memory (`EACCES`), as a security policy would.
+fn refuse_writable_code_on_this_thread() {
+    #[repr(C)]
+    struct Insn {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct Program {
+        len: u16,
+        filter: *const Insn,
+    }
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const AND_K: u16 = 0x54;
+    const RET_K: u16 = 0x06;
+    let wx = (libc::PROT_WRITE | libc::PROT_EXEC) as u32;
+    let filter = [
+        // The system call's number (`seccomp_data.nr`).
+        Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 0 },
+        Insn { code: JEQ_K, jt: 0, jf: 4, k: libc::SYS_mprotect as u32 },
+        // The low half of its third argument (`seccomp_data.args[2]`).
+        Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 32 },
+        Insn { code: AND_K, jt: 0, jf: 0, k: wx },
+        Insn { code: JEQ_K, jt: 0, jf: 1, k: wx },
+        Insn { code: RET_K, jt: 0, jf: 0, k: 0x0005_0000 | libc::EACCES as u32 },
+        Insn { code: RET_K, jt: 0, jf: 0, k: 0x7fff_0000 },
+    ];
+    let program = Program { len: filter.len() as u16, filter: filter.as_ptr() };
+    // SAFETY: no_new_privs (of this thread) takes integers; the filter program is read by the
+    // kernel during the call, and applies to this thread only.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const Program), 0);
+    }
+}
+
+#[test]
+fn where_writable_code_is_refused_the_probe_stays_on_int3_and_says_why() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_refused);
+    std::thread::spawn(move || {
+        refuse_writable_code_on_this_thread();
+        let p = counting(at, &HITS);
+        match p.optimized() {
+            Err(NotOptimized::CodeNotWritable { addr, reason }) => {
+                assert_eq!(addr, at);
+                assert!(reason.contains("Permission denied"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(code(at, 1), [0xcc], "an int3 probe");
+        assert_eq!(perms(at), "r-xp");
+        let sums: u64 = (0..100).map(|i| call2(fxc_refused, i, 1)).sum();
+        assert_eq!(sums, (0..100).map(|i| i + 1 + 0x4000).sum::<u64>());
+        assert_eq!(p.hits(), 100);
+        let info = dprobe_inproc::list().into_iter().find(|i| i.addr == at).unwrap();
+        assert!(matches!(info.jump, Err(NotOptimized::CodeNotWritable { .. })), "{:?}", info.jump);
+        drop(p);
+        assert_eq!(code(at, 8), [0x48, 0x8d, 0x84, 0x37, 0x00, 0x40, 0x00, 0x00]);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(HITS.load(Relaxed), 100);
+}
+
+#[test]
+fn code_that_is_not_its_files_stays_on_int3() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_patched);
+    // `mov rax, rdi; add rax, 1; ret`: another instrumentation library made it `add rax, 2`.
+    assert_eq!(code(at, 8), [0x48, 0x89, 0xf8, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
+    poke(at.offset(6), &[0x02]);
+    let p = counting(at, &HITS);
+    match p.optimized() {
+        Err(NotOptimized::CodeChanged { at: first, what, found, expected }) => {
+            assert_eq!((first, found, expected), (at.offset(6), vec![0x02], vec![0x01]));
+            assert!(what.starts_with("its file /"), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(code(at, 1), [0xcc], "an int3 probe");
+    assert_eq!(perms(at), "r-xp", "no jump, the page as it was");
+    assert_eq!(call2(fxc_patched, 40, 0), 42, "the code as it is now runs");
+    drop(p);
+    assert_eq!(code(at, 8), [0x48, 0x89, 0xf8, 0x48, 0x83, 0xc0, 0x02, 0xc3], "the other tool's patch kept");
+    // Its patch taken away: a site keeps the analysis of its first registration, which is
+    // still not the file's code: no jump (its copy of the window would run the other tool's).
+    poke(at.offset(6), &[0x01]);
+    let p = counting(at, &HITS);
+    match p.optimized() {
+        Err(NotOptimized::CodeChanged { at: first, what, found, expected }) => {
+            assert_eq!((first, found, expected), (at.offset(6), vec![0x02], vec![0x01]));
+            assert!(what.starts_with("its file /"), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(code(at, 1), [0xcc], "an int3 probe");
+    assert_eq!(call2(fxc_patched, 40, 0), 41);
+    drop(p);
+    assert_eq!(code(at, 8), [0x48, 0x89, 0xf8, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
+    assert_eq!(HITS.load(Relaxed), 2);
+}
+
+#[test]
+fn another_tools_int3_at_the_probe_is_refused_never_taken_for_the_original_byte() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_foreign);
+    let original = code(at, 8);
+    // Another tool's breakpoint (a kernel uprobe writes the same byte).
+    poke(at, &[0xcc]);
+    let refused = register(Kprobe::addr(at).pre(|_| PreAction::Continue)).unwrap_err();
+    assert!(matches!(refused, ProbeError::ForeignBreakpoint { addr } if addr == at), "{refused:?}");
+    assert_eq!(code(at, 1), [0xcc], "its breakpoint left alone");
+    // The other tool takes its breakpoint away: dprobe places its own, and takes it away in
+    // turn leaving the original byte (not the other tool's int3).
+    poke(at, &original[..1]);
+    let p = counting(at, &HITS);
+    assert_eq!(call2(fxc_foreign, 1, 1), 0x5002);
+    drop(p);
+    assert_eq!(code(at, 8), original);
+    assert_eq!(HITS.load(Relaxed), 1);
+}
