@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::Values;
 use dprobe_core::returns::ReturnMode;
-use dprobe_core::{Addr, Ending, Engine, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames};
+use dprobe_core::{
+    Addr, Ending, Engine, EventSink, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames,
+};
 use dprobe_ptrace::{ExecWatch, Injector, LoadError, Watched};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
@@ -260,7 +262,7 @@ impl AgentEngine {
     /// Hand the records in the ring to `sink`, at most a ring's worth: while the program
     /// writes as fast as they are read, the ring never empties, and the caller must still
     /// look at its stop request between batches.
-    fn drain(&mut self, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> usize {
+    fn drain(&mut self, sink: EventSink<'_>) -> usize {
         let mut n = 0;
         while n < SLOTS {
             let (probes, values) = (&self.probes, &mut self.values);
@@ -369,7 +371,7 @@ impl AgentEngine {
     /// The process executed a new program: the agent is loaded into it again (held before
     /// its libraries' constructors), given the same probes, and counts on into the same
     /// figures; the old agent's last records are read first.
-    fn executed(&mut self, mut held: Injector, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+    fn executed(&mut self, mut held: Injector, sink: EventSink<'_>) {
         while self.drain(sink) > 0 {}
         match self.load_again(&mut held) {
             Ok(()) => match held.release_watching_exec() {
@@ -728,11 +730,7 @@ impl Engine for AgentEngine {
         }
     }
 
-    fn run(
-        &mut self,
-        stop: &mut dyn FnMut() -> bool,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
-    ) -> Result<Ending, AgentError> {
+    fn run(&mut self, stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, AgentError> {
         if self.stacks.is_some() {
             self.unwinder.prepare(self.pid as u32);
         }

@@ -5,7 +5,7 @@
 
 use dprobe_spec::{NamedArg, ProbeSpec};
 
-use crate::event::ProbeEvent;
+use crate::event::EventSink;
 use crate::fetch::FetchPlan;
 use crate::stats::Stats;
 
@@ -139,11 +139,7 @@ pub trait Engine {
 
     /// Trace until the program ends or `stop` returns true (asked between events, and at
     /// least every tenth of a second), handing every event to `sink` in order.
-    fn run(
-        &mut self,
-        stop: &mut dyn FnMut() -> bool,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
-    ) -> Result<Ending, Self::Error>;
+    fn run(&mut self, stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, Self::Error>;
 
     /// Probe `index`'s figures so far.
     fn stats(&self, index: usize) -> Stats;

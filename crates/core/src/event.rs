@@ -43,3 +43,7 @@ pub struct ProbeEvent<'a> {
     /// The kernel stack the same way, when asked for and the probe is the kernel's.
     pub kernel_stack: &'a [u64],
 }
+
+/// Where an engine hands its events, in order: the tracer's consumer behind
+/// [`Engine::run`](crate::Engine::run) and every helper of an engine that delivers on its behalf.
+pub type EventSink<'a> = &'a mut (dyn FnMut(&ProbeEvent<'_>) + 'a);

@@ -43,7 +43,7 @@ pub use comm::ThreadNames;
 pub use dprobe_arch::{Addr, Regs};
 pub use engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest};
 pub use error::ProbeError;
-pub use event::{ProbeEvent, Side};
+pub use event::{EventSink, ProbeEvent, Side};
 pub use multi_site::{merge_stats, MultiSite};
 pub use pairing::Pairing;
 pub use probe::{FaultHandler, FaultInfo, FaultStage, Kprobe, PostHandler, PreAction, PreHandler};

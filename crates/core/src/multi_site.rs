@@ -10,7 +10,7 @@
 use dprobe_spec::ProbePoint;
 
 use crate::engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest};
-use crate::event::ProbeEvent;
+use crate::event::{EventSink, ProbeEvent};
 use crate::stats::{Placement, Stats};
 
 /// The owner of a site whose probe could not be placed whole.
@@ -135,11 +135,7 @@ impl<E: Engine> Engine for MultiSite<E> {
         self.inner.stacks(want)
     }
 
-    fn run(
-        &mut self,
-        stop: &mut dyn FnMut() -> bool,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
-    ) -> Result<Ending, E::Error> {
+    fn run(&mut self, stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, E::Error> {
         let owner = &self.owner;
         self.inner.run(stop, &mut |event| match owner.get(event.probe).copied().unwrap_or(event.probe) {
             ORPHAN => {}
@@ -225,11 +221,7 @@ mod tests {
             Ok(Placed { fields: None, note: Some("waiting".into()), detail: None })
         }
 
-        fn run(
-            &mut self,
-            _stop: &mut dyn FnMut() -> bool,
-            sink: &mut dyn FnMut(&ProbeEvent<'_>),
-        ) -> Result<Ending, Self::Error> {
+        fn run(&mut self, _stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, Self::Error> {
             let values = Values::with_capacity(0);
             for probe in 0..self.placed.len() {
                 for _ in 0..=probe {

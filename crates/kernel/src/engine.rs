@@ -8,8 +8,8 @@ use std::process::{Child, Command};
 
 use dprobe_core::fetch::Values;
 use dprobe_core::{
-    Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeEvent, ProbeRequest, Side, StackRequest, Stats,
-    ThreadNames,
+    Ending, Engine, EventSink, Exit, KeyedTally, LiveTallies, Placed, ProbeEvent, ProbeRequest, Side, StackRequest,
+    Stats, ThreadNames,
 };
 use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
@@ -215,7 +215,7 @@ impl KernelEngine {
         stacks: &mut Stacks,
         (pairing, maps): (&mut Pairing, &mut StackMaps),
         hit: &Hit<'_>,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
+        sink: EventSink<'_>,
     ) {
         if options.pid.is_some_and(|p| p as u32 != hit.pid) {
             return;
@@ -607,11 +607,7 @@ impl Engine for KernelEngine {
         }
     }
 
-    fn run(
-        &mut self,
-        stop: &mut dyn FnMut() -> bool,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
-    ) -> Result<Ending, KernelError> {
+    fn run(&mut self, stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, KernelError> {
         // The events are defined now: their ids take the programs. A program the kernel
         // will not attach leaves its probe to the perf buffers.
         self.session.flush()?;

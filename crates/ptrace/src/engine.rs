@@ -6,8 +6,8 @@
 use dprobe_arch::{Addr, Memory, MemoryFault};
 use dprobe_core::fetch::{errno_tls_offset, FetchContext, FetchPlan, Values};
 use dprobe_core::{
-    Ending, Engine, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side, StackRequest, Stats,
-    ThreadNames,
+    Ending, Engine, EventSink, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side,
+    StackRequest, Stats, ThreadNames,
 };
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::Unwinder;
@@ -146,11 +146,7 @@ impl PtraceEngine {
 
     /// Run every traced process until the program ends or `stop` says so (asked after every
     /// stop that queued no event, and when a signal interrupts the wait).
-    fn run_all(
-        &mut self,
-        stop: &mut dyn FnMut() -> bool,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
-    ) -> Result<Ending, TraceError> {
+    fn run_all(&mut self, stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, TraceError> {
         self.tracee.resume_stopped()?;
         for child in &mut self.children {
             child.resume_stopped()?;
@@ -226,7 +222,7 @@ impl PtraceEngine {
     }
 
     /// Hand every queued event to `sink`.
-    fn deliver(&self, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+    fn deliver(&self, sink: EventSink<'_>) {
         loop {
             let Some(q) = self.shared.borrow_mut().queue.pop_front() else { return };
             {
@@ -366,11 +362,7 @@ impl Engine for PtraceEngine {
         Ok(())
     }
 
-    fn run(
-        &mut self,
-        stop: &mut dyn FnMut() -> bool,
-        sink: &mut dyn FnMut(&ProbeEvent<'_>),
-    ) -> Result<Ending, TraceError> {
+    fn run(&mut self, stop: &mut dyn FnMut() -> bool, sink: EventSink<'_>) -> Result<Ending, TraceError> {
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
         if self.tracee.follow {
             return self.run_all(stop, sink);

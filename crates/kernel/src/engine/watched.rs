@@ -5,7 +5,7 @@
 //! BPF program counts the returns at the exits.
 
 use dprobe_arch::ExitKind;
-use dprobe_core::{ProbeEvent, ProbeRequest, Side};
+use dprobe_core::{EventSink, ProbeEvent, ProbeRequest, Side};
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register};
 
 use super::{monotonic_ns, push_field, InKernel, KernelEngine, Probe};
@@ -118,7 +118,7 @@ impl KernelEngine {
 
     /// Read what the rings hold, then pair the held entry and exit records stamped before the
     /// read began.
-    pub(super) fn poll(&mut self, timeout_ms: i32, sink: &mut dyn FnMut(&ProbeEvent<'_>)) -> Result<(), KernelError> {
+    pub(super) fn poll(&mut self, timeout_ms: i32, sink: EventSink<'_>) -> Result<(), KernelError> {
         let read_began = monotonic_ns();
         let (probes, options, names, stacks) = (&mut self.probes, &self.options, &mut self.names, &mut self.stacks);
         let pairs = (&mut self.pairing, &mut self.maps);
@@ -131,7 +131,7 @@ impl KernelEngine {
 
     /// Pair the held entry and exit records stamped before `read_began` (all with `None`),
     /// and hand the returns to `sink`.
-    pub(super) fn pair(&mut self, read_began: Option<u64>, sink: &mut dyn FnMut(&ProbeEvent<'_>)) {
+    pub(super) fn pair(&mut self, read_began: Option<u64>, sink: EventSink<'_>) {
         if self.pairing.is_empty() {
             return;
         }
