@@ -2,33 +2,13 @@
 //! them asleep (a signal would cut `nanosleep` or `poll` short with `EINTR`), and refuses the
 //! jump when one of them would resume inside the window.
 mod fixtures;
-use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
+use fixtures::{addr, call2, call_park_until, code, fx_park, fx_push_push_mov, signal_until_parked};
 
 use dprobe_inproc::{register, Kprobe, NotOptimized, PreAction};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-std::arch::global_asm!(
-    ".text",
-    // push; push; mov: a window of three instructions.
-    ".globl fxb_sleep",
-    ".type fxb_sleep,@function",
-    "fxb_sleep:",
-    "push rbp",
-    "push rbx",
-    "mov rbx, rdi",
-    "lea rax, [rbx + rsi + 13]",
-    "pop rbx",
-    "pop rbp",
-    "ret",
-    ".size fxb_sleep, . - fxb_sleep",
-);
-
-extern "C" {
-    fn fxb_sleep(a: u64, b: u64) -> u64;
-}
 
 /// The system call thread `tid` is blocked in, if it is.
 fn blocked_in(tid: i32) -> Option<i64> {
@@ -74,7 +54,7 @@ fn threads_blocked_in_nanosleep_and_poll_sleep_until_woken_while_a_window_is_opt
     static HITS: AtomicU64 = AtomicU64::new(0);
     // Set before the test ends the sleeps: a sleep that ended without it was cut short.
     static RELEASED: AtomicBool = AtomicBool::new(false);
-    let a = addr(fxb_sleep);
+    let a = addr(fx_push_push_mov);
     let original = code(a, 8);
     let mut fds = [0; 2];
     // SAFETY: creates a pipe into `fds`; installs a handler for SIGUSR1, which nothing else in
@@ -126,7 +106,10 @@ fn threads_blocked_in_nanosleep_and_poll_sleep_until_woken_while_a_window_is_opt
         "both threads were still asleep while the window was optimized"
     );
     const CALLS: u64 = 10_000;
-    assert!((0..CALLS).all(|i| call2(fxb_sleep, i, 1) == i + 14), "the relocated prologue computed a wrong value");
+    assert!(
+        (0..CALLS).all(|i| call2(fx_push_push_mov, i, 1) == i + 14),
+        "the relocated prologue computed a wrong value"
+    );
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed()), (CALLS, CALLS, 0));
     RELEASED.store(true, SeqCst);
     // SAFETY: the sleeper is alive until it is woken; SIGUSR1 has a handler; writes one byte

@@ -4,32 +4,12 @@
 //! (and waiting out its patience for an answer that cannot come), and refuses the jump when
 //! that place is inside the window.
 mod fixtures;
-use fixtures::{addr, call2, call_park_until, code, fx_park};
+use fixtures::{addr, call2, call_park_until, code, fx_park, fx_push_push_mov};
 
 use dprobe_inproc::{register, Kprobe, NotOptimized, PreAction};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-std::arch::global_asm!(
-    ".text",
-    // push; push; mov: a window of three instructions.
-    ".globl fxt_held",
-    ".type fxt_held,@function",
-    "fxt_held:",
-    "push rbp",
-    "push rbx",
-    "mov rbx, rdi",
-    "lea rax, [rbx + rsi + 13]",
-    "pop rbx",
-    "pop rbp",
-    "ret",
-    ".size fxt_held, . - fxt_held",
-);
-
-extern "C" {
-    fn fxt_held(a: u64, b: u64) -> u64;
-}
 
 /// One test at a time: each holds a thread of this process, and a safepoint of the other
 /// test's would have to find its way around it too.
@@ -207,7 +187,7 @@ fn a_thread_held_by_a_tracer_outside_the_window_is_not_signalled_and_the_probe_j
     static GO: AtomicBool = AtomicBool::new(false);
     static HITS: AtomicU64 = AtomicU64::new(0);
     const CALLS: u64 = 10_000;
-    let a = addr(fxt_held);
+    let a = addr(fx_push_push_mov);
     let original = code(a, 8);
     let (tx, rx) = std::sync::mpsc::channel();
     // Spins outside the function until the test lets it call, then calls it CALLS times.
@@ -218,7 +198,7 @@ fn a_thread_held_by_a_tracer_outside_the_window_is_not_signalled_and_the_probe_j
         while !GO.load(SeqCst) {
             std::hint::spin_loop();
         }
-        (0..CALLS).find(|&k| call2(fxt_held, k, 1) != k + 14)
+        (0..CALLS).find(|&k| call2(fx_push_push_mov, k, 1) != k + 14)
     });
     let tid = rx.recv().unwrap();
     while !SPINNING.load(SeqCst) {
