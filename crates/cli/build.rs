@@ -3,9 +3,12 @@
 //! install next to it. The agent is built by a nested `cargo build` of its crate, with a
 //! target directory of its own (the outer build holds the lock of its own directory), the
 //! same profile, and no debug information (it would only make `dprobe` larger).
+//!
+//! It also generates the Perfetto trace messages dprobe writes from the vendored schema
+//! (`proto/perfetto_trace.proto`), compiled by `protox`: building dprobe needs no `protoc`.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The crates the agent is built from (its own and its path dependencies).
@@ -16,6 +19,7 @@ fn main() {
     let crates = manifest.parent().expect("the CLI is in crates/").to_path_buf();
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
+    perfetto_messages(&manifest);
     for source in SOURCES {
         println!("cargo:rerun-if-changed={}", crates.join(source).join("src").display());
         println!("cargo:rerun-if-changed={}", crates.join(source).join("Cargo.toml").display());
@@ -47,4 +51,15 @@ fn main() {
     let built = target_dir.join(if release { "release" } else { "debug" }).join("libdprobe_agent.so");
     std::fs::copy(&built, out.join("libdprobe_agent.so"))
         .unwrap_or_else(|e| panic!("copying {} into the build: {e}", built.display()));
+}
+
+/// `perfetto.protos.rs` in `OUT_DIR`: prost's structs for the vendored Perfetto schema.
+fn perfetto_messages(manifest: &Path) {
+    let proto = manifest.join("proto");
+    let schema = proto.join("perfetto_trace.proto");
+    println!("cargo:rerun-if-changed={}", schema.display());
+    let files = protox::compile([&schema], [&proto]).unwrap_or_else(|e| panic!("compiling {}: {e}", schema.display()));
+    prost_build::Config::new()
+        .compile_fds(files)
+        .unwrap_or_else(|e| panic!("generating Perfetto's messages from {}: {e}", schema.display()));
 }

@@ -163,28 +163,40 @@ impl AgentEngine {
     /// Start `program` with `args` and load the agent before its libraries' constructors run.
     /// `events`: the probes' events are wanted (not for counts alone).
     pub fn spawn(program: &str, args: &[&str], library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
-        AgentEngine::start(Injector::spawn(program, args)?, library, true, events)
+        AgentEngine::start(Injector::spawn(program, args)?, library, events)
     }
 
-    /// Load the agent into running process `pid`.
+    /// Load the agent into running process `pid`. The process runs on untraced once the
+    /// agent is loaded (or could not be): held, it would die with dprobe if dprobe died while
+    /// placing (a thread left stopped at an injected call); the agent places the probes while
+    /// it runs.
     pub fn attach(pid: i32, library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
-        AgentEngine::start(Injector::attach(pid)?, library, false, events)
+        let library = OwnedLibrary::of(library);
+        let (listener, name) = listen(pid)?;
+        let started = Injector::attached(pid, |held| start_agent(held, &library, &name))?;
+        let (listener, sock, shm) = connect(pid, listener, started)?;
+        Ok(AgentEngine::new(pid, None, listener, sock, shm, library, events))
     }
 
-    fn start(mut injector: Injector, library: Library<'_>, spawned: bool, events: bool) -> Result<Self, AgentError> {
+    /// A started program, held where it waits for its probes.
+    fn start(mut injector: Injector, library: Library<'_>, events: bool) -> Result<Self, AgentError> {
         let pid = injector.pid();
         let library = OwnedLibrary::of(library);
         let (listener, sock, shm) = load(&mut injector, &library)?;
-        // A started program waits for its probes. A running process goes on now: held, it
-        // would die with dprobe if dprobe died while placing (a thread left stopped at an
-        // injected call); the agent places the probes while it runs.
-        let injector = if spawned {
-            Some(injector)
-        } else {
-            injector.release()?;
-            None
-        };
-        Ok(AgentEngine {
+        Ok(AgentEngine::new(pid, Some(injector), listener, sock, shm, library, events))
+    }
+
+    fn new(
+        pid: i32,
+        injector: Option<Injector>,
+        listener: UnixListener,
+        sock: UnixStream,
+        shm: Shm,
+        library: OwnedLibrary,
+        events: bool,
+    ) -> AgentEngine {
+        let spawned = injector.is_some();
+        AgentEngine {
             pid,
             spawned,
             injector,
@@ -210,7 +222,7 @@ impl AgentEngine {
             stacks: None,
             unwinder: Unwinder::new(),
             user_stack: Vec::new(),
-        })
+        }
     }
 
     /// The traced process.
@@ -411,7 +423,12 @@ impl AgentEngine {
         for (index, request) in self.requests.clone().into_iter().enumerate() {
             let target = request.target.clone();
             wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
-            match self.receive() {
+            // What the agent says before its answer was said for the first program already.
+            let mut answer = self.receive();
+            while let Ok(Some(Message::Note(_) | Message::Detail(_))) = answer {
+                answer = self.receive();
+            }
+            match answer {
                 Ok(Some(Message::Placed(wire::Placement::Failed(why)))) => {
                     self.exec_notes.push(format!("`{target}` is not probed in {program} (exec): {why}"));
                 }
@@ -542,17 +559,36 @@ impl AgentEngine {
 /// announce themselves to, its connection, its shared memory.
 fn load(injector: &mut Injector, library: &OwnedLibrary) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
     let pid = injector.pid();
+    let (listener, name) = listen(pid)?;
+    let started = start_agent(injector, library, &name)?;
+    connect(pid, listener, started)
+}
+
+/// The listener a new agent in process `pid` connects to, and its name.
+fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
     let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
     static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
     let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
         .map_err(agent_err)?;
+    Ok((listener, name))
+}
+
+/// Load the agent through held `injector` and call its start with the listener's `name`;
+/// what the start returned.
+fn start_agent(injector: &mut Injector, library: &OwnedLibrary, name: &str) -> Result<u64, LoadError> {
     const ENTRY: &str = "dprobe_agent_start";
-    let started = match library {
-        OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, &name)?,
-        OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, &name)?,
-    };
+    match library {
+        OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, name),
+        OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, name),
+    }
+}
+
+/// Take the connection of the agent started in process `pid` (its start returned `started`)
+/// and its shared memory.
+fn connect(pid: i32, listener: UnixListener, started: u64) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
+    let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
     if started != 0 {
         let reason =
             if started as i32 == -2 { "another dprobe traces it with the agent" } else { "the agent did not start" };
@@ -681,6 +717,7 @@ impl Engine for AgentEngine {
             match self.receive() {
                 Ok(Some(Message::Placed(p))) => break p,
                 Ok(Some(Message::Note(note))) => placed.note = Some(note),
+                Ok(Some(Message::Detail(detail))) => placed.detail = Some(detail),
                 Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
                 Err(e) => return Err(self.agent_err(e)),
             }

@@ -166,11 +166,24 @@ impl HitProbe {
         self.shm.add(self.index, counter, 1);
     }
 
-    /// Fetch, filter and send one event. Async-signal-safe; `errno` is left as it was.
+    /// Whether its hits send events (not when it only counts).
+    #[inline(always)]
+    pub fn sends_events(&self) -> bool {
+        self.events
+    }
+
+    /// Fetch, filter and send one event, if the probe sends events. Async-signal-safe;
+    /// `errno` is left as it was. Inlined into the handlers, so that a probe that only counts
+    /// (`--count`) pays a test of a flag, not a call.
+    #[inline(always)]
     pub fn event(&self, regs: &Regs, entry: Option<&Regs>, side: Side, entry_time_ns: Option<u64>) {
-        if !self.events {
-            return;
+        if self.sends_events() {
+            self.send_event(regs, entry, side, entry_time_ns);
         }
+    }
+
+    #[inline(never)]
+    fn send_event(&self, regs: &Regs, entry: Option<&Regs>, side: Side, entry_time_ns: Option<u64>) {
         // SAFETY: the calling thread's errno location.
         let errno = unsafe { *libc::__errno_location() };
         let Some(storage) = self.pool.iter().find(|s| s.busy.compare_exchange(false, true, Acquire, Relaxed).is_ok())

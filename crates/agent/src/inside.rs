@@ -149,10 +149,10 @@ fn session(name: &[u8]) -> io::Result<Over> {
         }
         match receive(&mut sock) {
             Ok(Some(Message::Place(p))) => {
-                let mut note = None;
+                let (mut note, mut detail) = (None, None);
                 let answer = LIVE.with(|live| match live {
                     Some(l) => {
-                        let answer = place(p.clone(), &shm, &mut l.placed, &mut note);
+                        let answer = place(p.clone(), &shm, &mut l.placed, &mut note, &mut detail);
                         match (answer, follow::start()) {
                             (Placement::Waiting, Ok(_)) => {
                                 l.waiting.push(p);
@@ -169,6 +169,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 follow_forks();
                 if let Some(note) = note {
                     send(&mut sock, &Message::Note(note))?;
+                }
+                if let Some(detail) = detail {
+                    send(&mut sock, &Message::Detail(detail))?;
                 }
                 send(&mut sock, &Message::Placed(answer))?;
             }
@@ -240,7 +243,8 @@ fn loader_changed(l: &mut Live, state: i32) {
             let at = dprobe_spec::parse_point(&p.target).ok().and_then(|point| symbols.resolve(&maps, &point).ok());
             let placed = at.is_some_and(|t| {
                 let here = PlaceProbe { target: format!("0x{:x}", t.addr.0), ..p.clone() };
-                let (Placement::At(addr) | Placement::Returns(addr, _)) = place(here, &l.shm, &mut l.placed, &mut None)
+                let (Placement::At(addr) | Placement::Returns(addr, _)) =
+                    place(here, &l.shm, &mut l.placed, &mut None, &mut None)
                 else {
                     return false;
                 };
@@ -346,8 +350,15 @@ fn named(p: &PlaceProbe) -> Kprobe {
     Kprobe::symbol_offset(&p.target, p.offset)
 }
 
-/// Place probe `p`, and raise its semaphore once it is placed (or say in `note` why not).
-fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>, note: &mut Option<String>) -> Placement {
+/// Place probe `p`, and raise its semaphore once it is placed (or say in `note` why not);
+/// `detail` says how an entry probe's hits reach its handler.
+fn place(
+    p: PlaceProbe,
+    shm: &Arc<Shm>,
+    placed: &mut Vec<Placed>,
+    note: &mut Option<String>,
+    detail: &mut Option<String>,
+) -> Placement {
     let index = p.index as usize;
     if index >= MAX_PROBES || placed.iter().any(|q| q.hit(index).is_some()) {
         return Placement::Failed(format!("probe index {index} is out of range or taken"));
@@ -372,6 +383,9 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>, note: &mut Opt
             })
             .handler(move |regs, data| {
                 hit.count(Counter::Returns);
+                if !hit.sends_events() {
+                    return;
+                }
                 let d = data.0;
                 let entry = Regs {
                     rdi: d[0],
@@ -400,6 +414,7 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>, note: &mut Opt
         }))
         .map(|probe| {
             let addr = probe.addr();
+            *detail = Some(jump_or_trap(&probe));
             if let Err(why) = probe.optimized() {
                 if why.is_outside_dprobe() {
                     // Each hit traps (a signal and a return from it): slower, and the user may
@@ -432,6 +447,15 @@ fn place(p: PlaceProbe, shm: &Arc<Shm>, placed: &mut Vec<Placed>, note: &mut Opt
             dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
         )) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => Placement::Waiting,
         Err(e) => Placement::Failed(e.to_string()),
+    }
+}
+
+/// How a placed entry probe's hits reach its handler: a jump to its detour, or a trap and
+/// why (what `-v` shows, and what its cost per hit depends on).
+fn jump_or_trap(probe: &Probe) -> String {
+    match probe.optimized() {
+        Ok(()) => "jump-optimized (no trap)".to_owned(),
+        Err(why) => format!("on int3, a trap per hit: {why}"),
     }
 }
 

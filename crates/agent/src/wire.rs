@@ -69,6 +69,9 @@ pub enum Message {
     /// Agent → tracer, before a [`Message::Placed`]: what the user should know about the
     /// probe (its semaphore could not be raised, and why).
     Note(String),
+    /// Agent → tracer, before a [`Message::Placed`]: how the probe was placed, for the user
+    /// who asked for details (its hits jump to a detour, or trap, and why).
+    Detail(String),
     /// Agent → tracer: the filter is in place (or `false`: it could not be read, every
     /// event is sent).
     Filtered(bool),
@@ -118,6 +121,10 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
         }
         Message::Note(text) => {
             b.push(b'N');
+            put_str(&mut b, text);
+        }
+        Message::Detail(text) => {
+            b.push(b'D');
             put_str(&mut b, text);
         }
         Message::Filter { index, text } => {
@@ -202,6 +209,7 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
             Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args, semaphore })
         }
         b'N' => Message::Note(c.str()?),
+        b'D' => Message::Detail(c.str()?),
         b'L' => Message::Filter { index: c.u32()?, text: c.str()? },
         b'l' => Message::Filtered(c.u8()? == 1),
         b'A' => Message::Placed(Placement::At(c.u64()?)),
@@ -388,6 +396,7 @@ mod tests {
                 semaphore: Some(Semaphore { object: "/opt/app".into(), addr: 0x4048, file_offset: 0x3048 }),
             }),
             Message::Note("its semaphore is not set".into()),
+            Message::Detail("jump-optimized (no trap)".into()),
             Message::Filter { index: 9, text: "fl == 0".into() },
             Message::Filtered(true),
             Message::Placed(Placement::At(0x1234)),

@@ -38,6 +38,11 @@ impl Running {
         Running(Command::new(program()).args(args).stdin(Stdio::null()).spawn().unwrap())
     }
 
+    /// Started with its output read by the test.
+    fn start_piped(args: &[&str]) -> Running {
+        Running(Command::new(program()).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap())
+    }
+
     fn pid(&self) -> i32 {
         self.0.id() as i32
     }
@@ -61,6 +66,12 @@ impl Running {
         assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGUSR2) }, 0);
         self.0.wait().unwrap().code()
     }
+}
+
+/// The system call the main thread of `pid` is blocked in, if it is.
+fn blocked_in(pid: i32) -> Option<i64> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
 }
 
 fn tracer_of(pid: i32) -> i32 {
@@ -123,6 +134,114 @@ fn a_call_that_never_returns_is_abandoned_and_the_process_goes_on() {
     assert!(error.contains("did not return: its thread did not run"), "{error}");
     assert_eq!(tracer_of(pid), 0, "let go");
     assert_eq!(child.finish(), Some(7), "it goes on as it was");
+}
+
+/// Queue SIGRTMIN with `value` for process `pid`.
+fn queue_signal(pid: i32, value: i32) {
+    let value = libc::sigval { sival_ptr: value as u32 as usize as *mut libc::c_void };
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::sigqueue(pid, libc::SIGRTMIN(), value) }, 0);
+}
+
+/// Queue signals for `child` (running `signals`) at random moments, a few hundred
+/// microseconds apart, while `now(sent)` says so, until `done` has something, then a burst
+/// right after; then ask it how many it received. Returns `(sent, received)` and what `done`
+/// had.
+fn signals_until<T>(child: Running, done: std::sync::mpsc::Receiver<T>, now: impl Fn(u64) -> bool) -> ((u64, u64), T) {
+    use std::io::Read;
+    let mut child = child;
+    child.wait_for_handlers(&[libc::SIGRTMIN()]);
+    let mut random = 0x9e37_79b9_7f4a_7c15u64 ^ child.pid() as u64;
+    let mut sent = 0u64;
+    // A bound against hanging, not a measure.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let outcome = loop {
+        match done.try_recv() {
+            Ok(outcome) => break outcome,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => panic!("the attaching thread failed"),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        assert!(Instant::now() < deadline, "the attach never returned");
+        if !now(sent) {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        queue_signal(child.pid(), sent as i32);
+        sent += 1;
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        std::thread::sleep(Duration::from_micros(random % 1000));
+    };
+    // Right as the process is let go.
+    for _ in 0..100 {
+        queue_signal(child.pid(), sent as i32);
+        sent += 1;
+    }
+    queue_signal(child.pid(), -1);
+    let mut report = String::new();
+    child.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "it printed its count and exited: {report:?}");
+    ((sent, report.trim().parse().unwrap()), outcome)
+}
+
+#[test]
+fn signals_queued_while_an_injected_call_is_abandoned_are_each_received_once() {
+    let child = Running::start_piped(&["signals", hanging_library()]);
+    let pid = child.pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().contains("libhang.so") {
+        assert!(Instant::now() < deadline, "the library never loaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let error = AgentEngine::attach(pid, agent(), false).err().map(|e| e.to_string());
+        let _ = tx.send((error, tracer_of(pid)));
+    });
+    // While the injected dlopen waits for the loader's lock (its thread traced, in `futex`):
+    // they wait for the thread to be put back, and do not keep the call from being found
+    // stuck.
+    let in_the_call = |_| tracer_of(pid) != 0 && blocked_in(pid) == Some(libc::SYS_futex);
+    let ((sent, received), (error, tracer)) = signals_until(child, rx, in_the_call);
+    let error = error.expect("loading cannot succeed while the loader's lock is held");
+    assert!(error.contains("did not return: its thread did not run"), "{error}");
+    assert_eq!(tracer, 0, "let go");
+    assert_eq!(received, sent, "every signal received once");
+}
+
+#[test]
+fn signals_queued_while_the_agent_is_loaded_and_placing_are_each_received_once() {
+    let child = Running::start_piped(&["signals"]);
+    let pid = child.pid();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut engine = AgentEngine::attach(pid, agent(), false).unwrap();
+        let tracer = tracer_of(pid);
+        place(&mut engine, "probed x=$arg1");
+        engine.finish(None, &|| false).unwrap();
+        let _ = tx.send(tracer);
+    });
+    let ((sent, received), tracer) = signals_until(child, rx, |_| true);
+    assert_eq!(tracer, 0, "let go once the agent is loaded");
+    assert_eq!(received, sent, "every signal received once");
+}
+
+#[test]
+fn a_process_waiting_in_sigsuspend_keeps_its_signal_mask_through_the_load() {
+    let child = Running::start(&["suspend"]);
+    child.wait_for_handlers(&[libc::SIGUSR2]);
+    let pid = child.pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_in(pid) != Some(libc::SYS_rt_sigsuspend) {
+        assert!(Instant::now() < deadline, "it never waited in sigsuspend");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The calls run with its signals blocked; what it blocks outside sigsuspend comes back.
+    let mut engine = AgentEngine::attach(pid, agent(), false).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    engine.finish(None, &|| false).unwrap();
+    assert_eq!(child.finish(), Some(7), "woken by SIGUSR2, which it blocks again afterwards");
 }
 
 #[test]

@@ -98,7 +98,13 @@ impl Gpr {
 /// The registers of a thread stopped at a probe: what handlers read and write.
 ///
 /// Changes a handler makes are what the program sees when it continues (kprobe rule 5).
+///
+/// The layout is fixed (`repr(C)`, offsets below), so that an engine's assembly can store the
+/// registers straight into one and hand it to handlers without a copy: the general registers
+/// in encoding order from offset 0, `rip` at 128, `rflags` at 136, the `xmm` registers from
+/// 144, 16-byte aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
 #[allow(missing_docs)]
 pub struct Regs {
     pub rax: u64,
@@ -123,6 +129,16 @@ pub struct Regs {
     /// `xmm0`..`xmm15` (the low 128 bits of the vector registers).
     pub xmm: [u128; 16],
 }
+
+const _: () = {
+    assert!(std::mem::offset_of!(Regs, rsp) == 32);
+    assert!(std::mem::offset_of!(Regs, r15) == 120);
+    assert!(std::mem::offset_of!(Regs, rip) == 128);
+    assert!(std::mem::offset_of!(Regs, rflags) == 136);
+    assert!(std::mem::offset_of!(Regs, xmm) == 144);
+    assert!(std::mem::size_of::<Regs>() == 400);
+    assert!(std::mem::align_of::<Regs>() == 16);
+};
 
 impl Regs {
     /// Read a general-purpose register.

@@ -199,7 +199,12 @@ pub fn drive<E: Engine>(
     // SIGTERM or SIGHUP (which the engine passes on). A SIGINT sent to dprobe alone ends
     // dprobe now; the command goes on.
     let pass_on = stopped_by.filter(|s| signals::reached_the_command(*s));
-    let finished = engine.finish(pass_on, &signals::insisted);
+    // Letting the program go is given up on (the original code is back by then; what is
+    // still running is let go when dprobe exits) at a second stop signal, or at the first
+    // when the trace ended by itself (the program's end, `--duration`): a signal that comes
+    // while dprobe ends is never left waiting.
+    let signals_before = signals::count();
+    let finished = engine.finish(pass_on, &|| signals::insisted() || signals::count() > signals_before);
     let export_errors = report.finish_exports();
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),

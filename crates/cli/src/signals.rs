@@ -131,6 +131,11 @@ pub fn insisted() -> bool {
     COUNT.load(Ordering::Relaxed) >= 2
 }
 
+/// How many stop signals came so far.
+pub fn count() -> i32 {
+    COUNT.load(Ordering::Relaxed)
+}
+
 /// `2` → `"SIGINT"`.
 pub fn signal_name(signal: i32) -> String {
     if signal == FRONT_ENDED {

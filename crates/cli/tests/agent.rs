@@ -178,6 +178,39 @@ fn the_engine_is_chosen_and_v_says_why() {
     assert!(stderr.contains("is a static program (no dynamic loader)"), "{stderr}");
 }
 
+/// `-v` says how each of the agent's probes is reached: `probed` (`lea; ret`: a 5-byte first
+/// instruction) by a jump, its last byte (the `ret`, where 5 bytes would cross the function's
+/// end) by a trap, with the reason. Both count every call.
+#[test]
+fn v_says_whether_each_agent_probe_jumps_or_traps() {
+    let out = out_file("agent-jump-or-trap");
+    let o = common::dprobe(&[
+        "trace",
+        "-v",
+        "--engine",
+        "agent",
+        "--count",
+        "-o",
+        out.to_str().unwrap(),
+        "probed",
+        "probed+5",
+        "--",
+        target(),
+        "loop",
+        "1000",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("dprobe: `probed`: jump-optimized (no trap)"), "{stderr}");
+    assert!(
+        stderr.contains("dprobe: `probed+5`: on int3, a trap per hit: the 5-byte jump at ")
+            && stderr.contains("would cross the function's end"),
+        "{stderr}"
+    );
+    let summary = std::fs::read_to_string(&out).unwrap();
+    assert_eq!((hits(&summary, "probed"), hits(&summary, "probed+5")), (1000, 1000), "{summary}");
+}
+
 fn finish(mut child: Running) -> Option<i32> {
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGUSR2) }, 0);

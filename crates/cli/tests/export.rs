@@ -1,19 +1,22 @@
 //! Exports: a Perfetto trace decoded back with Perfetto's schema (the vendored `.proto`,
-//! through the same prost structs that a unit test checks against it), Chrome's trace-event
+//! through the prost structs the build generates from it), Chrome's trace-event
 //! JSON read by Python's `json`, and OpenMetrics read by `prometheus_client`'s parser. Each
 //! must say exactly what the program did: four named threads calling `work(size)` 3, 5, 8
 //! and 13 times.
 mod common;
 
 #[path = "../src/export/perfetto_proto.rs"]
-#[allow(dead_code)]
 mod perfetto_proto;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 
 use common::{out_file, trace_workers, worker_threads};
-use perfetto_proto::{Trace, TrackEventType};
+use perfetto_proto::debug_annotation::{NameField as ArgName, Value};
+use perfetto_proto::trace_packet::Data;
+use perfetto_proto::track_descriptor::StaticOrDynamicName;
+use perfetto_proto::track_event::{CallstackField, CounterValueField, NameField, Type as TrackEventType};
+use perfetto_proto::{Trace, TrackEvent};
 use prost::Message;
 
 /// The program's threads: tid -> (name, calls).
@@ -24,6 +27,11 @@ fn threads(printed: &str) -> BTreeMap<i64, (String, u64)> {
 /// The sizes thread number `n` (alpha = 0) passes: (i + 1) * (n + 1) * 7.
 fn sizes(n: usize, calls: u64) -> Vec<i64> {
     (0..calls as i64).map(|i| (i + 1) * (n as i64 + 1) * 7).collect()
+}
+
+/// An event's name (its `name_field` oneof).
+fn name_of(e: &TrackEvent) -> Option<&str> {
+    e.name_field.as_ref().map(|NameField::Name(n)| n.as_str())
 }
 
 const ENTRY: &str = "work size=$arg1:s64";
@@ -42,7 +50,7 @@ fn perfetto_trace_has_a_slice_per_call_on_each_threads_track_with_arguments_and_
     let mut process_track = None;
     let mut counter_tracks = Vec::new();
     for p in &trace.packet {
-        let Some(d) = &p.track_descriptor else { continue };
+        let Some(Data::TrackDescriptor(d)) = &p.data else { continue };
         if let Some(proc) = &d.process {
             assert_eq!(proc.process_name.as_deref(), Some("workers"));
             process_track = d.uuid;
@@ -54,7 +62,8 @@ fn perfetto_trace_has_a_slice_per_call_on_each_threads_track_with_arguments_and_
             thread_of_track.insert(d.uuid.unwrap(), tid);
         }
         if d.counter.is_some() {
-            counter_tracks.push((d.uuid.unwrap(), d.name.clone().unwrap()));
+            let Some(StaticOrDynamicName::Name(name)) = d.static_or_dynamic_name.clone() else { panic!("unnamed") };
+            counter_tracks.push((d.uuid.unwrap(), name));
         }
     }
     assert_eq!(thread_of_track.len(), expected.len(), "one track per thread");
@@ -66,17 +75,23 @@ fn perfetto_trace_has_a_slice_per_call_on_each_threads_track_with_arguments_and_
     let mut depth: HashMap<i64, i32> = HashMap::new();
     let mut previous_time = HashMap::new();
     for p in &trace.packet {
-        let Some(e) = &p.track_event else { continue };
-        let annotation =
-            |name: &str| e.debug_annotations.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.int_value);
+        let Some(Data::TrackEvent(e)) = &p.data else { continue };
+        let annotation = |name: &str| {
+            let a = e.debug_annotations.iter().find(|a| a.name_field == Some(ArgName::Name(name.to_owned())))?;
+            match a.value {
+                Some(Value::IntValue(v)) => Some(v),
+                _ => None,
+            }
+        };
         match TrackEventType::try_from(e.r#type.unwrap()).unwrap() {
             TrackEventType::Counter => {
-                last_counter.insert(e.track_uuid.unwrap(), e.counter_value.unwrap());
+                let Some(CounterValueField::CounterValue(value)) = e.counter_value_field else { panic!("no value") };
+                last_counter.insert(e.track_uuid.unwrap(), value);
                 continue;
             }
             TrackEventType::SliceBegin => {
                 let tid = thread_of_track[&e.track_uuid.unwrap()];
-                assert_eq!(e.name.as_deref(), Some("work"));
+                assert_eq!(name_of(e), Some("work"));
                 begun.entry(tid).or_default().push(annotation("size").expect("size"));
                 *depth.entry(tid).or_default() += 1;
             }
@@ -214,12 +229,12 @@ fn stacks_of_events(trace: &Trace) -> Vec<(TrackEventType, Option<String>, Optio
                 assert!(callstacks.insert(c.iid.unwrap(), c.frame_ids.clone()).is_none(), "a stack interned once");
             }
         }
-        let Some(e) = &p.track_event else { continue };
-        let stack = e.callstack_iid.map(|iid| {
+        let Some(Data::TrackEvent(e)) = &p.data else { continue };
+        let stack = e.callstack_field.map(|CallstackField::CallstackIid(iid)| {
             assert_eq!(p.sequence_flags.unwrap_or(0) & 2, 2, "an event using interned data says so");
             callstacks[&iid].iter().map(|f| names[&frames[f]].clone()).collect()
         });
-        events.push((TrackEventType::try_from(e.r#type.unwrap()).unwrap(), e.name.clone(), stack));
+        events.push((TrackEventType::try_from(e.r#type.unwrap()).unwrap(), name_of(e).map(str::to_owned), stack));
     }
     events
 }

@@ -34,7 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }))?;
-    println!("Planted return probe at {} with maxactive = {}", probe.addr(), probe.maxactive());
+    let maxactive = probe.maxactive().map_or_else(|| "no limit".to_string(), |n| n.to_string());
+    println!("Planted return probe at {} with maxactive = {maxactive}", probe.addr());
 
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {

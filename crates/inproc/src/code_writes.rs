@@ -9,6 +9,9 @@
 //! (the one way to write through the code's page protections), one system call per run of
 //! adjacent changes.
 //!
+//! New slots and detours, which no thread can reach yet, are written the same way: one
+//! system call per run of them that follow each other in dprobe's pages ([`write_fresh`]).
+//!
 //! Nothing here allocates per change: the registrar takes a step while the C library's
 //! allocator may itself be probed, on `int3`, where every allocation would trap.
 
@@ -191,4 +194,49 @@ fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
         }
         i = j;
     }
+}
+
+/// New code for memory no thread can reach yet (a slot or a detour being built): `code` at
+/// `addr`, in `room` bytes of its own (at least `code.len()`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fresh<'a> {
+    pub(crate) addr: Addr,
+    pub(crate) code: &'a [u8],
+    pub(crate) room: usize,
+}
+
+/// Write each piece of fresh code, one system call per run of pieces whose rooms follow each
+/// other (the rest of a room is filled with `int3`): each piece's outcome, in order. No
+/// check: the memory is dprobe's own and nothing runs there yet.
+pub(crate) fn write_fresh(pieces: &[Fresh<'_>]) -> Vec<std::io::Result<()>> {
+    const RUN_BYTES: usize = 64 << 10;
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_unstable_by_key(|&i| pieces[i].addr);
+    let mut results: Vec<std::io::Result<()>> = pieces.iter().map(|_| Ok(())).collect();
+    let mut run: Vec<u8> = Vec::with_capacity(RUN_BYTES);
+    let mut k = 0;
+    while k < order.len() {
+        let start = pieces[order[k]].addr;
+        run.clear();
+        let mut end = k;
+        while let Some(p) = order.get(end).map(|&i| &pieces[i]) {
+            let fits = run.len() + p.room <= RUN_BYTES || run.is_empty();
+            if p.addr != start.offset(run.len() as u64) || !fits {
+                break;
+            }
+            // The last piece of a run is written without its spare room.
+            run.extend_from_slice(p.code);
+            end += 1;
+            if order.get(end).is_some_and(|&i| pieces[i].addr == p.addr.offset(p.room as u64)) {
+                run.resize(run.len() + p.room - p.code.len(), dprobe_arch::INT3);
+            }
+        }
+        if let Err(e) = sys::write_code_unsynced(start, &run) {
+            for &i in &order[k..end] {
+                results[i] = Err(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        k = end;
+    }
+    results
 }

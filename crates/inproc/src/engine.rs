@@ -43,7 +43,7 @@ use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stat
 use dprobe_rcu::Rcu;
 
 use crate::code_pages::CodePages;
-use crate::code_writes::{self, Change};
+use crate::code_writes::{self, Change, Fresh};
 use crate::slots::SlotPool;
 use crate::{file_code, guard, jump, optimizer, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
@@ -90,8 +90,9 @@ struct State {
     symbols: Option<Symbols>,
     /// Detours of sites left without probes, not yet shown to be free of threads.
     retired: BTreeMap<Addr, Retired>,
-    /// Detours a site replaced by one of the other kind (post-handlers came or went), not yet
-    /// shown to be free of threads; their `JumpSite` stays with the site.
+    /// Detours of the other kind (with or without the post block) that sites kept aside, given
+    /// up when their site was left without probes or took another detour back, not yet shown
+    /// to be free of threads; their `JumpSite` stays with the site.
     orphans: Vec<Detour>,
     /// Detours shown free of threads since they were retired: reused for new ones.
     free_detours: Vec<Addr>,
@@ -123,8 +124,12 @@ struct SiteState {
     window: Result<Vec<Insn>, NotOptimized>,
     /// The detour, once built; kept while the site has probes, then retired.
     detour: Option<Detour>,
-    /// Whether `detour` has a post block (a detour is rebuilt when post-handlers come or go).
+    /// Whether `detour` has a post block.
     detour_post: bool,
+    /// The detour of the other kind, kept aside when post-handlers came or went, and taken
+    /// back as it is when they go or come again (its code is the same: a thread still inside
+    /// it may go on).
+    spare: Option<Detour>,
     /// The vector state the detour keeps (decided from where the site is in its function).
     vector: VectorState,
     /// What the detour's dispatcher reads the site from (with the detour: never freed).
@@ -230,9 +235,14 @@ impl Engine {
         if remove.is_empty() && add.is_empty() {
             return;
         }
-        let gone: std::collections::BTreeSet<Addr> = remove.iter().chain(add.iter().map(|r| &r.0)).copied().collect();
+        // A sorted vector, not a tree: one allocation (the registrar calls this while the
+        // C library's allocator may be probed on `int3`, each allocation a trap).
+        let mut gone: Vec<Addr> = Vec::with_capacity(remove.len() + add.len());
+        gone.extend(remove.iter().chain(add.iter().map(|r| &r.0)));
+        gone.sort_unstable();
         self.routes.update(|routes| {
-            let mut next: Vec<(Addr, Addr)> = routes.iter().copied().filter(|r| !gone.contains(&r.0)).collect();
+            let mut next: Vec<(Addr, Addr)> =
+                routes.iter().copied().filter(|r| gone.binary_search(&r.0).is_err()).collect();
             next.extend_from_slice(add);
             next.sort_by_key(|r| r.0);
             next
@@ -245,11 +255,15 @@ impl Engine {
         if sites.is_empty() {
             return Ok(());
         }
+        // Out of the tree before the first write: from then on the registrar's allocations and
+        // frees may trap on a probed allocator turned back into an `int3`.
+        let sites: Vec<(Addr, NotOptimized)> = sites.into_iter().collect();
         let results = {
-            let jumps: Vec<optimizer::Jump<'_>> = sites.keys().map(|a| jump_of(&st.sites[a])).collect();
+            let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
             optimizer::unoptimize_all(&jumps)
         };
-        let (mut first_error, mut unrouted, mut gone) = (None, Vec::new(), Vec::new());
+        let (mut first_error, mut unrouted, mut gone) =
+            (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()));
         for ((addr, why), result) in sites.into_iter().zip(results) {
             if let Err(e) = result {
                 first_error.get_or_insert(e);
@@ -344,6 +358,7 @@ impl Engine {
                 window,
                 detour: None,
                 detour_post: false,
+                spare: None,
                 vector,
                 hot: None,
                 published: None,
@@ -487,14 +502,14 @@ impl Engine {
                 }
                 let insn = st.sites[addr].insn.clone();
                 let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
-                if let Some(slot) = &prepared.slot {
-                    if self.install_slot(st, slot)? {
-                        new_slots.push(slot.clone());
-                    }
-                }
-                // The same again next time, unless it fell back to emulation for want of a
-                // slot (one may be had later).
-                if prepared.slot.is_some() || !matches!(plan(&insn, needs_post), ExecPlan::Slot(_)) {
+                let new_slot =
+                    prepared.slot.as_ref().filter(|s| !st.sites[addr].slots.iter().any(|o| o.addr == s.addr));
+                if let Some(slot) = new_slot {
+                    new_slots.push(slot.clone());
+                } else if prepared.slot.is_some() || !matches!(plan(&insn, needs_post), ExecPlan::Slot(_)) {
+                    // The same again next time (one that fell back to emulation for want
+                    // of a slot may get one later; one with a new slot is kept once the
+                    // slot is written, the next time).
                     st.sites.get_mut(addr).expect("site of a list").prepared[needs_post as usize] =
                         Some(prepared.clone());
                 }
@@ -502,7 +517,10 @@ impl Engine {
             }
             Ok(())
         };
-        let prepared = prepared_all();
+        let mut prepared = prepared_all();
+        if let Err(e) = self.install_slots(st, &mut new_slots) {
+            prepared = prepared.and(Err(e));
+        }
         if !new_slots.is_empty() {
             self.slots.update(|slots| {
                 let mut next = slots.clone();
@@ -654,6 +672,7 @@ impl Engine {
         for addr in consider.keys() {
             let site = st.sites.get_mut(addr).expect("site of a list");
             if site.probes.is_empty() && !site.armed && !site.jumping {
+                st.orphans.extend(site.spare.take());
                 if let (Some(detour), Some(hot)) = (site.detour.take(), site.hot.take()) {
                     hot.site.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
                     st.retired.insert(*addr, Retired { detour, hot, post: site.detour_post });
@@ -827,6 +846,29 @@ impl Engine {
                 }
             }
         }
+        // The new detours' code, one system call per run of them.
+        let written = {
+            let room = (DETOUR_SLOTS * SLOT_SIZE as u64) as usize;
+            let detour = |c: &WindowCopy| st.sites[&c.original].detour.as_ref().expect("built above");
+            let pieces: Vec<Fresh<'_>> =
+                copies.iter().map(|c| Fresh { addr: detour(c).addr, code: &detour(c).code, room }).collect();
+            code_writes::write_fresh(&pieces)
+        };
+        let mut kept = Vec::with_capacity(copies.len());
+        for (copy, result) in copies.into_iter().zip(written) {
+            let addr = copy.original;
+            match result {
+                Ok(()) => kept.push(copy),
+                Err(e) => {
+                    // The memory goes back for another detour.
+                    let state = st.sites.get_mut(&addr).expect("site");
+                    st.free_detours.extend(state.detour.take().map(|d| d.addr));
+                    let reason = format!("writing the detour: {e}");
+                    status.insert(addr, Err(NotOptimized::NoDetourPage { addr, reason }));
+                }
+            }
+        }
+        let copies = kept;
         jump::prepare_readers();
         if !copies.is_empty() {
             // A reused detour's memory replaces the copy of its former site.
@@ -847,9 +889,10 @@ impl Engine {
         status
     }
 
-    /// Build and write the detour of a site (not yet reachable: no jump leads to it), with a
-    /// post block when `post`. A detour it had before, of the other kind, waits for a
-    /// safepoint before its memory is reused.
+    /// Build the detour of a site (not yet reachable: no jump leads to it), with a post block
+    /// when `post`; the caller writes the new code. A detour it has of the other kind is kept
+    /// aside, and one kept aside before is taken back as it is; a retired one of the other kind
+    /// waits for a safepoint before its memory is reused.
     fn build_detour(
         &self,
         st: &mut State,
@@ -877,7 +920,14 @@ impl Engine {
         let state = st.sites.get_mut(&addr).expect("site");
         if state.detour_post != post {
             if let Some(old) = state.detour.take() {
-                st.orphans.push(old);
+                // Post-handlers came or went: the detour of the other kind, built before, is
+                // taken back as it is, and this one kept aside for the next change.
+                let back = state.spare.replace(old);
+                if let Some(back) = back {
+                    state.detour = Some(back);
+                    state.detour_post = post;
+                    return Ok(None);
+                }
             }
         }
         let no_page = |reason: String| NotOptimized::NoDetourPage { addr, reason };
@@ -904,7 +954,7 @@ impl Engine {
             Box::leak(Box::new(jump::JumpSite { addr, site: std::sync::atomic::AtomicPtr::new(published) }))
         });
         detour.set_word(hot as *const jump::JumpSite as u64);
-        sys::write_code_unsynced(at, &detour.code).map_err(|e| no_page(format!("writing the detour: {e}")))?;
+        // Written by the caller, with the other new detours.
         let copy = window_copy(addr, &detour);
         let state = st.sites.get_mut(&addr).expect("site");
         state.detour = Some(detour);
@@ -931,17 +981,33 @@ impl Engine {
         st.pool.alloc_near(addr, maps).map_err(|e| ProbeError::NoSlot { addr, reason: e.to_string() })
     }
 
-    /// Write a slot prepared for a new slot address (the caller publishes it and serializes
-    /// every thread); one built before is there already. Whether it was new.
-    fn install_slot(&self, st: &mut State, slot: &SlotCode) -> Result<bool, ProbeError> {
-        let site = st.sites.get_mut(&slot.original).expect("site of a slot");
-        if site.slots.iter().any(|s| s.addr == slot.addr) {
-            return Ok(false);
+    /// Write the slots prepared for new slot addresses (the caller publishes them and
+    /// serializes every thread), one system call per run of them; `slots` keeps those
+    /// written. The first failure.
+    fn install_slots(&self, st: &mut State, slots: &mut Vec<SlotCode>) -> Result<(), ProbeError> {
+        if slots.is_empty() {
+            return Ok(());
         }
-        let no_slot = |reason: String| ProbeError::NoSlot { addr: slot.original, reason };
-        sys::write_code_unsynced(slot.addr, slot.code()).map_err(|e| no_slot(format!("writing the slot: {e}")))?;
-        site.slots.push(slot.clone());
-        Ok(true)
+        let pieces: Vec<Fresh<'_>> =
+            slots.iter().map(|s| Fresh { addr: s.addr, code: s.code(), room: SLOT_SIZE }).collect();
+        let written = code_writes::write_fresh(&pieces);
+        drop(pieces);
+        let mut failure = None;
+        let mut kept = Vec::with_capacity(slots.len());
+        for (slot, result) in slots.drain(..).zip(written) {
+            match result {
+                Ok(()) => {
+                    st.sites.get_mut(&slot.original).expect("site of a slot").slots.push(slot.clone());
+                    kept.push(slot);
+                }
+                Err(e) => {
+                    let reason = format!("writing the slot: {e}");
+                    failure.get_or_insert(ProbeError::NoSlot { addr: slot.original, reason });
+                }
+            }
+        }
+        *slots = kept;
+        failure.map_or(Ok(()), Err)
     }
 }
 

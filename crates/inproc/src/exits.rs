@@ -22,10 +22,12 @@
 //!
 //! Every return probe of one function shares its watch: one activation per call lists up to
 //! [`PER_CALL`] of them; more on one function watch their returns through the return address.
-//! A thread keeps up to [`EXIT_CAPACITY`] pending calls; deeper ones are missed and counted.
+//! A thread keeps as many pending calls as it makes: past the first 256, in chunks it maps as it
+//! goes deeper (see `chunked_stack.rs`); only a chunk that cannot be mapped misses a call.
 //!
-//! The hit path allocates nothing and takes no lock: activations live in a table mapped once
-//! (see `thread_state.rs`), the probes are found through RCU reads.
+//! The hit path allocates nothing from the heap and takes no lock: activations live in a table
+//! mapped once (see `thread_state.rs`) and in those chunks, the probes are found through RCU
+//! reads.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -42,6 +44,7 @@ use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 use dprobe_sym::Function;
 
+use crate::chunked_stack::{ChunkedStack, StackEntry};
 use crate::engine::Engine;
 use crate::kretprobe::{
     self, find, real_return_address, registry, trampoline_addr, EntryAction, InstanceData, KretInner, OwnStacks,
@@ -54,8 +57,8 @@ use crate::{sys, thread_state};
 /// The most return probes one call of a function lists.
 pub const PER_CALL: usize = 4;
 
-/// How many calls of watched functions one thread can have pending at once.
-pub const EXIT_CAPACITY: usize = 16 * 1024;
+/// Calls of watched functions pending in a thread's table entry; deeper ones in chunks it maps.
+const INLINE: usize = 256;
 
 /// How an activation left by a tail call, if it did. All zeroes is `No`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,7 +92,7 @@ struct Activation {
     slots: [Cell<u32>; PER_CALL],
 }
 
-impl Activation {
+impl StackEntry for Activation {
     fn copy_from(&self, other: &Activation) {
         self.sp.set(other.sp.get());
         self.handed.set(other.handed.get());
@@ -99,7 +102,9 @@ impl Activation {
             self.slots[k].set(other.slots[k].get());
         }
     }
+}
 
+impl Activation {
     /// Its return probes that are still registered, with their instances, innermost (last
     /// taken) first.
     fn probes<'a>(&'a self, probes: &'a [Arc<KretInner>]) -> impl Iterator<Item = (&'a KretInner, usize)> + 'a {
@@ -110,32 +115,29 @@ impl Activation {
 }
 
 /// A thread's pending calls of watched functions, oldest first. All zeroes is empty; the
-/// entries above `depth` are never read before they are written.
+/// entries above the depth are never read before they are written.
 pub(crate) struct ExitStack {
-    depth: Cell<u32>,
-    /// The deepest it has been: whether its pages must be given back when the thread exits.
-    high: Cell<u32>,
-    acts: [Activation; EXIT_CAPACITY],
+    /// Whether anything was ever pushed: its pages must be given back when the thread exits.
+    used: Cell<bool>,
+    acts: ChunkedStack<Activation, INLINE>,
 }
 
 impl ExitStack {
     /// Whether anything was ever pushed.
     pub(crate) fn used(&self) -> bool {
-        self.high.get() > 0
+        self.used.get()
     }
 
-    /// Empty again (its owner is gone).
-    pub(crate) fn clear(&self) {
-        self.depth.set(0);
-        self.high.set(0);
+    fn depth(&self) -> usize {
+        self.acts.depth()
+    }
+
+    fn act(&self, i: usize) -> &Activation {
+        self.acts.get(i)
     }
 
     fn remove(&self, i: usize) {
-        let d = self.depth.get() as usize;
-        for j in i..d - 1 {
-            self.acts[j].copy_from(&self.acts[j + 1]);
-        }
-        self.depth.set(d as u32 - 1);
+        self.acts.remove_at(i);
     }
 }
 
@@ -148,13 +150,13 @@ struct Pending<'a> {
 
 impl Activations for Pending<'_> {
     fn depth(&self) -> usize {
-        self.stack.depth.get() as usize
+        self.stack.depth()
     }
     fn sp(&self, i: usize) -> u64 {
-        self.stack.acts[i].sp.get()
+        self.stack.act(i).sp.get()
     }
     fn handed_over(&self, i: usize) -> bool {
-        let a = &self.stack.acts[i];
+        let a = self.stack.act(i);
         match a.handed.get() {
             Handed::No => false,
             Handed::ToCallee => true,
@@ -168,7 +170,7 @@ impl Activations for Pending<'_> {
     fn abandon(&mut self, i: usize) {
         // A handed-over activation did leave, through a callee whose return was not seen:
         // without its registers at the jump, it counts as abandoned too.
-        for (p, slot) in self.stack.acts[i].probes(self.probes) {
+        for (p, slot) in self.stack.act(i).probes(self.probes) {
             p.release(slot);
             p.stale.fetch_add(1, Relaxed);
         }
@@ -195,6 +197,23 @@ fn is_watched(function: u64) -> bool {
     watched().read(|w| w.binary_search_by_key(&function, |(f, _)| *f).is_ok())
 }
 
+/// The thread owning `stack` is gone (or, in a forked child, is not there): its pending calls
+/// give their instances back, counted as abandoned, and its chunks are unmapped.
+pub(crate) fn thread_gone(stack: &ExitStack) {
+    if stack.depth() > 0 {
+        registry().read(|probes| {
+            for i in 0..stack.depth() {
+                for (p, slot) in stack.act(i).probes(probes) {
+                    p.release(slot);
+                    p.stale.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+    stack.acts.unmap_all();
+    stack.used.set(false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hit path.
 
@@ -217,14 +236,13 @@ fn on_entry(function: u64, regs: &mut Regs) {
         let sp = regs.rsp;
         let mut stacks = OwnStacks::at_trap();
         registry().read(|probes| pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a)));
-        let d = stack.depth.get() as usize;
-        let room = d < EXIT_CAPACITY;
-        let act = &stack.acts[d.min(EXIT_CAPACITY - 1)];
+        let act = stack.acts.next_free();
         let mut n = 0;
         for p in mine {
             p.entries.fetch_add(1, Relaxed);
-            let slot = if room && n < PER_CALL { p.take_or_reclaim(state.tid()) } else { None };
-            let Some(slot) = slot else {
+            // An instance, where the thread has room for the call and it has room for one more.
+            let taken = act.filter(|_| n < PER_CALL).and_then(|act| Some((act, p.take_or_reclaim(state.tid())?)));
+            let Some((act, slot)) = taken else {
                 p.nmissed.fetch_add(1, Relaxed);
                 continue;
             };
@@ -238,12 +256,12 @@ fn on_entry(function: u64, regs: &mut Regs) {
             act.slots[n].set(slot as u32);
             n += 1;
         }
-        if n > 0 {
+        if let Some(act) = act.filter(|_| n > 0) {
             act.sp.set(sp);
             act.handed.set(Handed::No);
             act.n.set(n as u8);
-            stack.depth.set(d as u32 + 1);
-            stack.high.set(stack.high.get().max(d as u32 + 1));
+            stack.acts.commit();
+            stack.used.set(true);
         }
     })
 }
@@ -291,7 +309,7 @@ fn read_u64(at: Addr) -> Option<u64> {
 /// the return address it returns through).
 fn on_exit(site: &ExitSite, regs: &mut Regs) {
     let Some(stack) = thread_state::existing().and_then(thread_state::exit_stack) else { return };
-    if stack.depth.get() == 0 || !site.taken(regs) {
+    if stack.depth() == 0 || !site.taken(regs) {
         return;
     }
     let callee = site.callee();
@@ -302,7 +320,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
         let mut pending = Pending { stack, probes };
         let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
         if to_watched {
-            stack.acts[i].handed.set(Handed::ToCallee);
+            stack.act(i).handed.set(Handed::ToCallee);
             return;
         }
         if callee.is_some() {
@@ -311,7 +329,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
                     // The trampoline's rule may have found activations of this word stale
                     // (frames a `longjmp` left): the one leaving is found again.
                     let i = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)).expect("still pending");
-                    stack.acts[i].handed.set(Handed::ThroughSlot { first });
+                    stack.act(i).handed.set(Handed::ThroughSlot { first });
                     return;
                 }
                 TailReturn::NoRoom => {
@@ -363,18 +381,18 @@ fn return_from(
     each: &mut dyn FnMut(&KretInner, usize),
     probes: &[Arc<KretInner>],
 ) {
-    let sp = stack.acts[i].sp.get();
+    let sp = stack.act(i).sp.get();
     let mut j = i;
     loop {
-        let handed = stack.acts[j].handed.get();
-        for (p, slot) in stack.acts[j].probes(probes) {
+        let handed = stack.act(j).handed.get();
+        for (p, slot) in stack.act(j).probes(probes) {
             each(p, slot);
         }
         stack.remove(j);
         if through_slot && handed == (Handed::ThroughSlot { first: true }) {
             break;
         }
-        match j.checked_sub(1).map(|below| (below, &stack.acts[below])) {
+        match j.checked_sub(1).map(|below| (below, stack.act(below))) {
             Some((below, a))
                 if a.sp.get() == sp
                     && a.handed.get() != Handed::No
@@ -391,12 +409,10 @@ fn return_from(
 /// entered there whose return was not seen may lie above it), with the thread's exit stack.
 fn handed_over_at(slot: u64) -> Option<(&'static ExitStack, usize)> {
     let stack = thread_state::existing().and_then(thread_state::exit_stack)?;
-    let d = stack.depth.get() as usize;
-    let acts = &stack.acts;
-    let i = (0..d)
+    let i = (0..stack.depth())
         .rev()
-        .take_while(|&k| acts[k].sp.get() <= slot)
-        .find(|&k| acts[k].sp.get() == slot && acts[k].handed.get() != Handed::No)?;
+        .take_while(|&k| stack.act(k).sp.get() <= slot)
+        .find(|&k| stack.act(k).sp.get() == slot && stack.act(k).handed.get() != Handed::No)?;
     Some((stack, i))
 }
 
@@ -413,8 +429,8 @@ pub(crate) fn returned_through_slot(slot: u64, seen: &mut Regs, probes: &[Arc<Kr
     }
     let Some((_, first)) = handed_over_at(slot) else { return };
     // Activations above it on the word are of functions that returned through it unseen.
-    for k in (first + 1..stack.depth.get() as usize).rev() {
-        if stack.acts[k].sp.get() == slot {
+    for k in (first + 1..stack.depth()).rev() {
+        if stack.act(k).sp.get() == slot {
             pending.abandon(k);
         }
     }
@@ -428,13 +444,13 @@ pub(crate) fn abandon_through_slot(slot: u64, probes: &[Arc<KretInner>]) {
     let Some((stack, mut j)) = handed_over_at(slot) else { return };
     let mut pending = Pending { stack, probes };
     loop {
-        let handed = stack.acts[j].handed.get();
+        let handed = stack.act(j).handed.get();
         pending.abandon(j);
         if handed == (Handed::ThroughSlot { first: true }) {
             break;
         }
         match j.checked_sub(1) {
-            Some(below) if stack.acts[below].sp.get() == slot && stack.acts[below].handed.get() != Handed::No => {
+            Some(below) if stack.act(below).sp.get() == slot && stack.act(below).handed.get() != Handed::No => {
                 j = below
             }
             _ => break,

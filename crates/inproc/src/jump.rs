@@ -1,25 +1,25 @@
 //! The jump path: hits of jump-optimized probes, without a trap.
 //!
-//! A probe's `jmp rel32` leads to its detour (see `dprobe_arch::detour_code`), which calls
-//! `__dprobe_jump_entry` below. The stub saves the flags, the general registers and
+//! A probe's `jmp rel32` leads to its detour (see `dprobe_arch::detour_code`), which calls an
+//! entry stub (`jump_stub.rs`). The stub stores the flags, the general registers and
 //! `xmm0`-`xmm15` (handlers see and may change them all, as on the trap path; Rust code may
-//! use any `xmm` register), clears the direction flag, and calls [`jump_dispatch`] on an
-//! aligned stack. Inside a function on a CPU with AVX the detour calls the `_full` stub
-//! instead, which also keeps the whole extended state (`XSAVE`, see [`full_stub!`]): the
-//! kernel's signal frame keeps it on the trap path, and a handler's library calls may clobber
-//! the upper halves the interrupted code still uses. At a function's entry only the
-//! arguments are live, in `xmm` registers, and the cheaper stub keeps them (measured in
-//! BENCHMARKS.md).
+//! use any `xmm` register) straight into a `Regs` on the stack, and calls [`jump_dispatch`]
+//! with it: the handlers read and change that frame itself. Inside a function on a CPU with
+//! AVX the detour calls a whole-state stub instead, which also keeps the extended state
+//! (`XSAVE`): the kernel's signal frame keeps it on the trap path, and a handler's library
+//! calls may clobber the upper halves the interrupted code still uses. At a function's entry
+//! only the arguments are live, in `xmm` registers, and the cheaper stub keeps them (measured
+//! in BENCHMARKS.md).
 //!
 //! A probe with a post-handler gets a detour with a post block after the probed instruction,
 //! which calls a post stub: [`post_dispatch`] runs the post-handlers there, as the trap path
-//! does after its single step, with no trap. The dispatcher finds the site from the detour's address, runs the same
-//! entry dispatch as the trap path (`trap::dispatch_entry`: pre-handlers under the fault
-//! guard, a hit inside a handler counted as missed), and tells the stub from which frame to
-//! restore. The stub restores and returns into the detour, which runs the relocated window
-//! and jumps back.
+//! does after its single step, with no trap. The dispatcher finds the site from the detour's
+//! address, runs the same entry dispatch as the trap path (`trap::dispatch_entry`:
+//! pre-handlers under the fault guard, a hit inside a handler counted as missed), and tells the
+//! stub where to continue ([`resume`]). The stub restores and returns into the detour, which
+//! runs the relocated window and jumps back.
 //!
-//! Like the trap path, nothing here allocates or locks, and registers are copied on the stack.
+//! Like the trap path, nothing here allocates or locks, and registers stay on the stack.
 //!
 //! # Finding the site without a lookup
 //!
@@ -34,16 +34,16 @@
 //! flavour). Without `membarrier`, readers pay a fence instead. A thread without a state entry
 //! (the table is full) falls back to the table's RCU read.
 
-use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, Ordering::*};
 
 use dprobe_arch::{
-    Addr, Prepared, Regs, VectorState, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW,
-    POST_DETOUR_BACK, POST_NEXT_BACK,
+    Addr, Prepared, Regs, DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW, POST_DETOUR_BACK,
+    POST_NEXT_BACK,
 };
 use dprobe_core::{PreOutcome, Site, TrapKind};
 
 use crate::engine::Engine;
-use crate::saved::{restore_registers, save_registers, SavedRegs};
+pub(crate) use crate::jump_stub::{stubs, xsave_ready};
 use crate::sys;
 use crate::thread_state::{self, ThreadState};
 use crate::trap::{self, Dispatch};
@@ -120,194 +120,53 @@ impl Drop for Reading<'_> {
     }
 }
 
-/// The bytes of an `XSAVE` area for the enabled state components (from CPUID), 0 until
-/// [`xsave_ready`] found them; read by the full-state stubs.
-static XSAVE_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Whether the full-state stubs use `XSAVEC` (compacted, skips components in their initial
-/// state) rather than `XSAVE`.
-static XSAVE_COMPACT: AtomicBool = AtomicBool::new(false);
+/// From the stack pointer at a stub's entry (its return address into the detour) to the
+/// stack pointer at the probe: the return address, then the slot and red zone the detour skips.
+const STUB_TO_RSP: u64 = 8 + DETOUR_STACK_SKIP;
 
-/// A stub that saves the general registers, the flags and `xmm0`-`xmm15`, calls `dispatch`
-/// with the frame on an aligned stack, and restores from the frame it returns.
-macro_rules! xmm_stub {
-    ($name:literal, $dispatch:path) => {
-        std::arch::global_asm!(
-            ".text",
-            concat!(".globl ", $name),
-            concat!(".type ", $name, ",@function"),
-            concat!($name, ":"),
-            save_registers!(),
-            "mov rdi, rsp",
-            "mov rbx, rsp",
-            "and rsp, -16",
-            "call {dispatch}",
-            // The frame to restore from: the same one, or one the dispatcher moved (see
-            // `redirect`).
-            "mov rsp, rax",
-            restore_registers!(),
-            "ret",
-            concat!(".size ", $name, ", . - ", $name),
-            dispatch = sym $dispatch,
-        );
-    };
+/// The site a detour leads from.
+///
+/// # Safety
+/// `detour` is a detour's address: its first 8 bytes are the address of its `JumpSite`.
+unsafe fn jump_site_of(detour: Addr) -> &'static JumpSite {
+    // SAFETY: per the contract; detours and their `JumpSite`s are never freed.
+    unsafe { &*(std::ptr::read(detour.0 as *const u64) as *const JumpSite) }
 }
 
-/// [`xmm_stub!`], plus the whole extended state (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`,
-/// mask registers, x87/MXCSR) saved with `XSAVE`/`XSAVEC` into a 64-byte aligned area below
-/// the frame, and restored with `XRSTOR` before the frame (whose `xmm0`-`xmm15`, which a
-/// handler may have changed, are then written over the restored low halves: the legacy SSE
-/// moves leave the upper halves as `XRSTOR` put them). The area's header is zeroed first, as
-/// `XRSTOR` requires. `rbx` and `r12` (saved in the frame) keep the frame and the area across
-/// the call.
-macro_rules! full_stub {
-    ($name:literal, $dispatch:path) => {
-        std::arch::global_asm!(
-            ".text",
-            concat!(".globl ", $name),
-            concat!(".type ", $name, ",@function"),
-            concat!($name, ":"),
-            save_registers!(),
-            "mov rbx, rsp",
-            "sub rsp, qword ptr [rip + {bytes}]",
-            "and rsp, -64",
-            "mov r12, rsp",
-            "xor eax, eax",
-            "mov qword ptr [r12 + 512], rax",
-            "mov qword ptr [r12 + 520], rax",
-            "mov qword ptr [r12 + 528], rax",
-            "mov qword ptr [r12 + 536], rax",
-            "mov qword ptr [r12 + 544], rax",
-            "mov qword ptr [r12 + 552], rax",
-            "mov qword ptr [r12 + 560], rax",
-            "mov qword ptr [r12 + 568], rax",
-            "mov eax, -1",
-            "mov edx, -1",
-            "cmp byte ptr [rip + {compact}], 0",
-            "je 2f",
-            "xsavec64 [r12]",
-            "jmp 3f",
-            "2:",
-            "xsave64 [r12]",
-            "3:",
-            "mov rdi, rbx",
-            "call {dispatch}",
-            "mov rbx, rax",
-            "mov eax, -1",
-            "mov edx, -1",
-            "xrstor64 [r12]",
-            "mov rsp, rbx",
-            restore_registers!(),
-            "ret",
-            concat!(".size ", $name, ", . - ", $name),
-            dispatch = sym $dispatch,
-            bytes = sym XSAVE_BYTES,
-            compact = sym XSAVE_COMPACT,
-        );
-    };
-}
-
-xmm_stub!("__dprobe_jump_entry", jump_dispatch);
-xmm_stub!("__dprobe_jump_post", post_dispatch);
-full_stub!("__dprobe_jump_entry_full", jump_dispatch);
-full_stub!("__dprobe_jump_post_full", post_dispatch);
-
-extern "C" {
-    fn __dprobe_jump_entry();
-    fn __dprobe_jump_post();
-    fn __dprobe_jump_entry_full();
-    fn __dprobe_jump_post_full();
-}
-
-/// The stubs a detour calls: at its entry, and after the probed instruction (post-handlers),
-/// for the vector state it keeps.
-pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
-    let at = |f: unsafe extern "C" fn()| Addr(f as *const () as u64);
-    match state {
-        VectorState::Xmm => (at(__dprobe_jump_entry), at(__dprobe_jump_post)),
-        VectorState::Full => (at(__dprobe_jump_entry_full), at(__dprobe_jump_post_full)),
-    }
-}
-
-/// Make the full-state stubs usable: the size of the area `XSAVE` (or `XSAVEC`) writes for
-/// the state components the kernel enabled, from CPUID leaf 0xD. Why not, when they cannot be.
-pub(crate) fn xsave_ready() -> Result<(), String> {
-    use std::arch::x86_64::__cpuid_count;
-    if XSAVE_BYTES.load(Relaxed) != 0 {
-        return Ok(());
-    }
-    // CPUID is available on every x86-64 CPU.
-    let leaf1 = __cpuid_count(1, 0);
-    if leaf1.ecx & (1 << 27) == 0 {
-        return Err("the kernel has not enabled XSAVE (CPUID.1:ECX.OSXSAVE is clear)".into());
-    }
-    // Leaf 0xD exists wherever OSXSAVE is set.
-    let (main, sub1) = (__cpuid_count(0xd, 0), __cpuid_count(0xd, 1));
-    // Leaf 0xD sub-leaf 1: EAX bit 1 is XSAVEC, EBX the compacted size of the enabled
-    // components; sub-leaf 0: EBX the standard-format size for those enabled in XCR0.
-    let compact = sub1.eax & 2 != 0 && sub1.ebx != 0;
-    let bytes = if compact { sub1.ebx } else { main.ebx };
-    if bytes < 576 {
-        return Err(format!("CPUID reports an XSAVE area of {bytes} bytes"));
-    }
-    XSAVE_COMPACT.store(compact, Relaxed);
-    // Room to align the area down to 64 bytes.
-    XSAVE_BYTES.store(u64::from(bytes) + 64, SeqCst);
-    Ok(())
-}
-
-/// What the stub pushed, lowest address first.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct JumpFrame {
-    saved: SavedRegs,
-    /// Where the stub returns: into the detour, after its call.
-    ret: u64,
-    /// The slot the detour kept below the red zone: the RIP a redirect jumps to.
-    redirect: u64,
-}
-
-/// From the frame's start to the stack pointer at the probe.
-const FRAME_TO_RSP: u64 = std::mem::size_of::<JumpFrame>() as u64 - 8 + DETOUR_STACK_SKIP;
-
-/// Called by the stub with the frame it pushed; returns the frame to restore from.
-extern "C" fn jump_dispatch(frame: *mut JumpFrame) -> *mut JumpFrame {
+/// Called by an entry stub (`jump_stub.rs`) with the registers it stored and its stack pointer
+/// at entry, `entry_sp`, which holds the return address into the detour. Handlers get `regs`
+/// itself; [`resume`] tells the stub where to continue.
+pub(crate) extern "C" fn jump_dispatch(regs: *mut Regs, entry_sp: u64) {
+    // SAFETY: the stub passes a frame it owns on this thread's stack (16-byte aligned, every
+    // field written but `rsp` and `rip`, set here), ours until this function returns, and its
+    // stack pointer at entry, where the detour's call left its return address.
+    let (regs, ret) = unsafe { (&mut *regs, std::ptr::read(entry_sp as *const u64)) };
+    let detour = Addr(ret - DETOUR_RETURN);
+    // SAFETY: the stub is only called by a detour, from its head.
+    let jump_site = unsafe { jump_site_of(detour) };
+    let rsp = entry_sp + STUB_TO_RSP;
+    (regs.rsp, regs.rip) = (rsp, jump_site.addr.0);
     let state = thread_state::current();
     let _hit_path = trap::HitPath::with(state);
-    let detour = Addr(
-        // SAFETY: the stub passes the frame it just pushed on this thread's stack.
-        unsafe { (*frame).ret } - DETOUR_RETURN,
-    );
-    // SAFETY: the stub is only called by a detour, whose first 8 bytes are the address of
-    // its `JumpSite`; detours and their `JumpSite`s are never freed.
-    let jump_site = unsafe { &*(std::ptr::read(detour.0 as *const u64) as *const JumpSite) };
-    let site_addr = jump_site.addr.0;
-    let rsp = frame as u64 + FRAME_TO_RSP;
-    // SAFETY: as above: the frame is ours until this function returns.
-    let mut regs = unsafe { (*frame).saved.regs(site_addr, rsp) };
     let skip = match state {
         Some(s) => {
             let _reading = Reading::enter(s);
             let site = jump_site.site.load(Acquire);
             // SAFETY: a non-null pointer is a published site, kept alive by the registrar
             // until a grace period has passed, which waits for `_reading`.
-            !site.is_null() && run_handlers(unsafe { &*site }, &mut regs, state)
+            !site.is_null() && run_handlers(unsafe { &*site }, regs, state)
         }
         None => Engine::get().is_some_and(|engine| {
-            engine.table.lookup(site_addr, |found| match found {
-                Some((site, TrapKind::Entry)) => run_handlers(site, &mut regs, None),
+            engine.table.lookup(jump_site.addr.0, |found| match found {
+                Some((site, TrapKind::Entry)) => run_handlers(site, regs, None),
                 _ => false,
             })
         }),
     };
     let window = detour.offset(DETOUR_WINDOW).0;
     let target = if skip { regs.rip } else { window };
-    if target == window && regs.rsp == rsp {
-        // SAFETY: as above.
-        unsafe { (*frame).saved.set(&regs, !0) };
-        return frame;
-    }
-    // SAFETY: as above; `redirect` checks where the moved frame may go.
-    unsafe { redirect(frame, &regs, target, detour, rsp) }
+    // SAFETY: `entry_sp` is the stub's, as above.
+    unsafe { resume(regs, entry_sp, detour, target, window, rsp) };
 }
 
 /// The trap path's entry dispatch; whether a pre-handler moved RIP (skip the window).
@@ -315,15 +174,13 @@ fn run_handlers(site: &Site<Prepared>, regs: &mut Regs, state: Option<&'static T
     trap::dispatch_entry_in(state, site, regs, None, |_, d| matches!(d, Dispatch::Ran(PreOutcome::Skip)))
 }
 
-/// Called by a post stub (the detour's post block, after the probed instruction ran) with the
-/// frame it pushed; returns the frame to restore from. Runs the post-handlers as the trap path
-/// does after its single step, unless the entry ran none (a hit inside a handler, or
-/// dprobe's own work: the entry counted it already).
-extern "C" fn post_dispatch(frame: *mut JumpFrame) -> *mut JumpFrame {
-    let state = thread_state::current();
-    let _hit_path = trap::HitPath::with(state);
-    // SAFETY: the stub passes the frame it just pushed on this thread's stack.
-    let ret = unsafe { (*frame).ret };
+/// Called by a post stub (the detour's post block, after the probed instruction ran), as
+/// [`jump_dispatch`] is. Runs the post-handlers as the trap path does after its single step,
+/// unless the entry ran none (a hit inside a handler, or dprobe's own work: the entry counted
+/// it already).
+pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
+    // SAFETY: as in `jump_dispatch`.
+    let (regs, ret) = unsafe { (&mut *regs, std::ptr::read(entry_sp as *const u64)) };
     // SAFETY: a post stub is only called by a detour's post block, which holds the detour's
     // address and the original address after the probed instruction at these distances
     // below the call's return address (`dprobe_arch::detour_code_with_post`).
@@ -333,54 +190,56 @@ extern "C" fn post_dispatch(frame: *mut JumpFrame) -> *mut JumpFrame {
             std::ptr::read((ret - POST_NEXT_BACK) as *const u64),
         )
     };
-    let Some(state) = state else { return frame };
-    // SAFETY: as in `jump_dispatch`: a detour's first word is its `JumpSite`, never freed.
-    let jump_site = unsafe { &*(std::ptr::read(detour.0 as *const u64) as *const JumpSite) };
-    let rsp = frame as u64 + FRAME_TO_RSP;
-    // SAFETY: as above: the frame is ours until this function returns.
-    let mut regs = unsafe { (*frame).saved.regs(next, rsp) };
-    let ran = {
+    // The rest of the relocated window continues after the post block's `lea rsp` (8 bytes).
+    let rest = ret + 8;
+    let rsp = entry_sp + STUB_TO_RSP;
+    (regs.rsp, regs.rip) = (rsp, next);
+    let state = thread_state::current();
+    let _hit_path = trap::HitPath::with(state);
+    let ran = state.is_some_and(|state| {
+        // SAFETY: as in `jump_dispatch`.
+        let jump_site = unsafe { jump_site_of(detour) };
         let _reading = Reading::enter(state);
         let site = jump_site.site.load(Acquire);
         // SAFETY: as in `jump_dispatch`.
-        !site.is_null() && trap::dispatch_post_in(state, unsafe { &*site }, &mut regs)
-    };
-    if !ran {
-        return frame;
-    }
-    // The rest of the relocated window continues after the post block's `lea rsp` (8 bytes).
-    let rest = ret + 8;
-    let target = if regs.rip == next { rest } else { regs.rip };
-    if target == rest && regs.rsp == rsp {
-        // SAFETY: as above.
-        unsafe { (*frame).saved.set(&regs, !0) };
-        return frame;
-    }
+        !site.is_null() && trap::dispatch_post_in(state, unsafe { &*site }, regs)
+    });
+    let target = if !ran || regs.rip == next { rest } else { regs.rip };
     // SAFETY: as above.
-    unsafe { redirect(frame, &regs, target, detour, rsp) }
+    unsafe { resume(regs, entry_sp, detour, target, rest, rsp) };
 }
 
-/// Continue at `target` with the stack pointer a handler chose: move the frame so that it
-/// ends just below the new stack pointer's red zone, with `target` in its redirect slot, and
-/// return into the detour's `ret 128`.
+/// Tell the stub where to continue: at `normal` (its return address, untouched) when the
+/// handlers left RIP and the stack pointer alone, else at `target` with the stack pointer a
+/// handler chose, through the detour's `ret 128`: below that stack pointer's red zone go the
+/// redirect slot (`target`) and the return address (the detour's redirect). The flags the
+/// handlers left go just below the return address, and the frame's `rsp` points at them
+/// (the stub's last steps: `mov rsp, [frame.rsp]`, `popfq`, `ret`).
 ///
-/// A frame can only move up (a handler that pops, e.g. to return from the function): below the
-/// current frame is this dispatcher's own stack. A handler that lowers the stack pointer on a
-/// jump-optimized probe sees its RIP change honoured and its stack pointer change ignored.
+/// The stack pointer can only move up (a handler that pops, e.g. to return from the function):
+/// below the stub's entry are its frame and this dispatcher's stack. A handler that lowers the
+/// stack pointer on a jump-optimized probe sees its RIP change honoured and its stack pointer
+/// change ignored.
 ///
 /// # Safety
-/// `frame` is the stub's frame and `rsp` the stack pointer at the probe.
-unsafe fn redirect(frame: *mut JumpFrame, regs: &Regs, target: u64, detour: Addr, rsp: u64) -> *mut JumpFrame {
-    let new_rsp = if regs.rsp >= rsp { regs.rsp } else { rsp };
-    let moved = (new_rsp - FRAME_TO_RSP) as *mut JumpFrame;
-    // SAFETY: `moved` is at or above `frame`, between it and the stack pointer the handler
-    // chose: stack below the program's stack pointer, which nothing else uses. The copy may
-    // overlap the frame (`copy` is a memmove).
-    unsafe {
-        std::ptr::copy(frame, moved, 1);
-        (*moved).saved.set(regs, !0);
-        (*moved).ret = detour.offset(DETOUR_REDIRECT).0;
-        (*moved).redirect = target;
-    }
-    moved
+/// `regs` is the stub's frame, `entry_sp` its stack pointer at entry, `rsp` the stack pointer
+/// at the probe.
+unsafe fn resume(regs: &mut Regs, entry_sp: u64, detour: Addr, target: u64, normal: u64, rsp: u64) {
+    let to = if target == normal && regs.rsp == rsp {
+        entry_sp
+    } else {
+        let to = regs.rsp.max(rsp) - STUB_TO_RSP;
+        // SAFETY: `to` is at or above `entry_sp` and its two words below the red zone of the
+        // stack pointer the handler chose: stack the program does not use (at `entry_sp`, the
+        // stub's return address and the detour's redirect slot, which it reads no more).
+        unsafe {
+            std::ptr::write(to as *mut u64, detour.offset(DETOUR_REDIRECT).0);
+            std::ptr::write((to + 8) as *mut u64, target);
+        }
+        to
+    };
+    // SAFETY: the word below `to`, at or above the stub's push of the flags (read already):
+    // above the frame `regs`, below the program's stack.
+    unsafe { std::ptr::write((to - 8) as *mut u64, regs.rflags) };
+    regs.rsp = to - 8;
 }

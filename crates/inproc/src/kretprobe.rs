@@ -13,10 +13,11 @@
 //!
 //! # Through the return address
 //! The entry is an ordinary probe on the function's first instruction. Its handler takes an
-//! instance from the probe's pool (`maxactive` of them, allocated at registration; none free:
-//! the hit is missed and counted), records the stack pointer and the return address on the
-//! thread's pending stack, and writes the address of an assembly trampoline over the return
-//! address. When the function returns, it returns into the trampoline (no trap): it saves the
+//! instance from the probe's pool (see `instances.rs`: `maxactive` of them when it is given,
+//! else as many as calls are in flight; none to be had: the hit is missed and counted),
+//! records the stack pointer and the return address on the thread's pending stack (see
+//! `chunked_stack.rs`: as deep as the thread goes), and writes the address of an assembly
+//! trampoline over the return address. When the function returns, it returns into the trampoline (no trap): it saves the
 //! registers and calls the dispatcher, which pops the matching entry, runs the handler and
 //! returns the real address to jump to.
 //!
@@ -39,8 +40,10 @@
 //!   unwinder walks the stack, every return address the thread has hijacked is put back, so
 //!   the unwinder sees the real call chain; those instances are reclaimed and counted as
 //!   unwound (their functions may still return, untraced).
-//! * A thread that exits with pending instances (`exit`, `pthread_exit` without unwinding)
-//!   leaves them owned by a dead thread id; when a pool runs dry it reclaims those.
+//! * A thread that exits with pending instances (`pthread_exit` without unwinding) gives
+//!   them back as it goes (counted as stale); one that ends without running its
+//!   thread-specific destructors leaves them owned by a dead thread id, which a pool
+//!   reclaims when it runs dry, and before it grows.
 //! * A function that never returns leaves only its (reclaimable) instance behind.
 //!
 //! # Foreign stacks (kprobe rule 12)
@@ -53,7 +56,7 @@
 //! lost.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
@@ -61,6 +64,8 @@ use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, ThreadStacks};
 use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
+use crate::chunked_stack::{self, ChunkedStack, StackEntry};
+use crate::instances::Instances;
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
 use crate::{engine::Engine, exits, guard, sys, thread_state, trap};
@@ -109,8 +114,9 @@ impl Kretprobe {
         Kretprobe { function, maxactive: None, entry: None, handler: None, via_return_address: false }
     }
 
-    /// How many activations can be traced at once (threads × recursion depth). Default:
-    /// [`default_maxactive`].
+    /// How many activations can be traced at once (threads × recursion depth); the calls
+    /// beyond are missed and counted. Default: no limit (as many as the program makes, as long
+    /// as memory for them can be mapped).
     pub fn maxactive(mut self, n: usize) -> Self {
         self.maxactive = Some(n);
         self
@@ -141,20 +147,6 @@ impl Kretprobe {
     }
 }
 
-/// The default `maxactive`: `max(16, 4 × online CPUs)`, twice the kernel's
-/// `max(10, 2 × NR_CPUS)` because user-space threads outnumber CPUs more often than tasks
-/// in a kernel function do.
-pub fn default_maxactive() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (4 * cpus).max(16)
-}
-
-pub(crate) struct Instance {
-    in_use: AtomicBool,
-    owner: AtomicU32,
-    data: [AtomicU64; 8],
-}
-
 /// How a handler call ended.
 enum Ran {
     ToItsEnd,
@@ -167,8 +159,7 @@ pub(crate) struct KretInner {
     pub(crate) id: u64,
     pub(crate) entry: Option<EntryHandler>,
     handler: Option<ReturnHandler>,
-    pool: Box<[Instance]>,
-    next_free_hint: AtomicUsize,
+    pool: Instances,
     hits: AtomicU64,
     pub(crate) nmissed: AtomicU64,
     pub(crate) stale: AtomicU64,
@@ -185,28 +176,23 @@ pub(crate) struct KretInner {
 }
 
 impl KretInner {
-    /// Take a free instance, giving back those of dead threads when none is free.
+    /// Take a free instance, giving back those of dead threads when none is free, then
+    /// growing the pool if it has no fixed size.
     pub(crate) fn take_or_reclaim(&self, tid: u32) -> Option<usize> {
-        self.take(tid).or_else(|| {
+        self.pool.take_free(tid).or_else(|| {
             self.reclaim_dead_threads();
-            self.take(tid)
+            self.pool.take(tid)
         })
     }
 
     /// The private data of instance `slot`.
     pub(crate) fn data(&self, slot: usize) -> InstanceData {
-        let mut data = InstanceData::default();
-        for (v, src) in data.0.iter_mut().zip(&self.pool[slot].data) {
-            *v = src.load(Relaxed);
-        }
-        data
+        self.pool.data(slot)
     }
 
     /// Keep `data` in instance `slot`.
     pub(crate) fn set_data(&self, slot: usize, data: &InstanceData) {
-        for (dst, v) in self.pool[slot].data.iter().zip(data.0) {
-            dst.store(v, Relaxed);
-        }
+        self.pool.set_data(slot, data);
     }
 
     /// Run the entry handler (the caller runs inside handlers already); a handler that panics
@@ -258,50 +244,23 @@ impl KretInner {
         }
     }
 
-    /// Take a free instance. Lock-free: a scan of CAS attempts from a rotating start.
-    fn take(&self, tid: u32) -> Option<usize> {
-        let n = self.pool.len();
-        let start = self.next_free_hint.fetch_add(1, Relaxed);
-        for k in 0..n {
-            let i = (start + k) % n;
-            let inst = &self.pool[i];
-            if inst.in_use.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
-                inst.owner.store(tid, Relaxed);
-                return Some(i);
-            }
-        }
-        None
-    }
-
     pub(crate) fn release(&self, slot: usize) {
-        if let Some(inst) = self.pool.get(slot) {
-            inst.in_use.store(false, Release);
-        }
+        self.pool.release(slot);
     }
 
     fn pending(&self) -> u64 {
-        self.pool.iter().filter(|i| i.in_use.load(Relaxed)).count() as u64
+        self.pool.in_flight()
     }
 
-    /// The pool is empty: give back instances held by threads that no longer exist. At most
-    /// every 10 ms, since it costs a system call per instance.
+    /// No instance is free: give back those held by threads that no longer exist. At most
+    /// every 10 ms, since it costs system calls.
     fn reclaim_dead_threads(&self) {
         let now = monotonic_ms();
         let last = self.last_dead_thread_scan.load(Relaxed);
         if now < last + 10 || self.last_dead_thread_scan.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
             return;
         }
-        let pid = sys::own_pid();
-        for inst in self.pool.iter().filter(|i| i.in_use.load(Acquire)) {
-            let tid = inst.owner.load(Relaxed) as libc::pid_t;
-            // SAFETY: signal 0 only checks that the thread exists.
-            let gone = unsafe { sys::raw_syscall6(libc::SYS_tgkill, [pid as u64, tid as u64, 0, 0, 0, 0]) }
-                == -i64::from(libc::ESRCH);
-            if gone && inst.owner.load(Relaxed) as libc::pid_t == tid {
-                inst.in_use.store(false, Release);
-                self.stale.fetch_add(1, Relaxed);
-            }
-        }
+        self.stale.fetch_add(self.pool.reclaim_dead_threads(), Relaxed);
     }
 }
 
@@ -324,22 +283,26 @@ pub(crate) fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The per-thread pending stack. Const-initialized, without destructors: signal-safe.
+// The per-thread pending stack: all zeroes, without destructors: signal-safe.
 
-/// How many calls one thread can have in flight at once across all return probes.
-pub const PENDING_CAPACITY: usize = 256;
 const GRAVE: usize = 64;
+/// Pending returns held in the thread's table entry; deeper ones in chunks it maps.
+const INLINE: usize = 256;
 
+/// One pending return. All zeroes is a valid (unused) entry.
 struct Pending {
+    /// The return-address slot.
     sp: Cell<u64>,
+    /// The real return address.
     ret: Cell<u64>,
     probe: Cell<u64>,
+    /// The probe's instance.
     slot: Cell<u32>,
     /// Which stack `sp` lies on ([`OwnStacks`]).
     stack: Cell<u64>,
 }
 
-impl Pending {
+impl StackEntry for Pending {
     fn copy_from(&self, other: &Pending) {
         self.sp.set(other.sp.get());
         self.ret.set(other.ret.get());
@@ -352,11 +315,43 @@ impl Pending {
 /// A thread's pending returns, in its [`crate::thread_state::ThreadState`]: all zeroes is
 /// empty.
 pub(crate) struct ThreadReturns {
-    depth: Cell<usize>,
-    stack: [Pending; PENDING_CAPACITY],
+    stack: ChunkedStack<Pending, INLINE>,
     /// The last reclaimed entries' `(sp, return address)`: a safety net (see the module docs).
     grave: [(Cell<u64>, Cell<u64>); GRAVE],
     grave_next: Cell<usize>,
+}
+
+/// The thread owning `t` is gone (or, in a forked child, is not there): its pending returns
+/// give their instances back, counted as stale, and its chunks are unmapped.
+pub(crate) fn thread_gone(t: &ThreadReturns) {
+    if t.stack.depth() > 0 {
+        registry().read(|probes| {
+            for i in 0..t.stack.depth() {
+                let e = t.stack.get(i);
+                // Tail-call entries hold no instance; the activations they return are the
+                // exit stack's, which goes with the thread too.
+                if let Some(p) = find(probes, e.probe.get()).filter(|_| e.probe.get() != TAIL_CALLS) {
+                    p.release(e.slot.get() as usize);
+                    p.stale.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+    t.stack.unmap_all();
+}
+
+/// How many chunks of memory the calling thread holds for its returns pending through return
+/// addresses beyond the first 256 (each twice the size of the one before). They are given
+/// back as the thread comes back up (one is kept beyond the one in use), and when it exits.
+pub fn thread_return_chunks() -> usize {
+    thread_state::existing().map_or(0, |s| s.returns.stack.chunks())
+}
+
+/// How many chunks of memory every thread of the process holds together for its pending
+/// returns: through return addresses ([`thread_return_chunks`]) and at functions' exits
+/// (beyond the first 256 calls).
+pub fn process_return_chunks() -> usize {
+    chunked_stack::mapped_chunks()
 }
 
 /// Why a pending entry is dropped.
@@ -368,16 +363,12 @@ enum Reclaim {
 
 /// Remove entry `i`, the ones above it moving down.
 fn remove_at(t: &ThreadReturns, i: usize) {
-    let d = t.depth.get();
-    for j in i..d - 1 {
-        t.stack[j].copy_from(&t.stack[j + 1]);
-    }
-    t.depth.set(d - 1);
+    t.stack.remove_at(i);
 }
 
 /// Drop entry `i`, giving its instance back and remembering its return address.
 fn drop_at(t: &ThreadReturns, i: usize, kind: Reclaim, probes: &[Arc<KretInner>]) {
-    let e = &t.stack[i];
+    let e = t.stack.get(i);
     if e.probe.get() == TAIL_CALLS {
         exits::abandon_through_slot(e.sp.get(), probes);
     } else if let Some(p) = find(probes, e.probe.get()) {
@@ -406,13 +397,13 @@ struct Live<'a> {
 
 impl InstanceStack for Live<'_> {
     fn depth(&self) -> usize {
-        self.t.depth.get()
+        self.t.stack.depth()
     }
     fn slot(&self, i: usize) -> u64 {
-        self.t.stack[i].sp.get()
+        self.t.stack.get(i).sp.get()
     }
     fn stack(&self, i: usize) -> u64 {
-        self.t.stack[i].stack.get()
+        self.t.stack.get(i).stack.get()
     }
     fn reclaim(&mut self, i: usize) {
         drop_at(self.t, i, Reclaim::Stale, self.probes);
@@ -470,7 +461,7 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
         let ret_slot = regs.rsp as *mut u64;
         let mut stacks = OwnStacks::at_trap();
         returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
-        if t.depth.get() == PENDING_CAPACITY {
+        if !t.stack.room() {
             inner.nmissed.fetch_add(1, Relaxed);
             return;
         }
@@ -491,14 +482,19 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
         // on the same stack). When the entry chains to a pending one at this slot (a tail
         // call), this is the trampoline's address: the return comes through twice.
         let ret = unsafe { ret_slot.read_volatile() };
-        let d = t.depth.get();
-        let e = &t.stack[d];
-        e.sp.set(sp);
-        e.ret.set(ret);
-        e.probe.set(inner.id);
-        e.slot.set(slot as u32);
-        e.stack.set(stacks.stack_of(sp));
-        t.depth.set(d + 1);
+        let on = stacks.stack_of(sp);
+        let pushed = t.stack.push(|e| {
+            e.sp.set(sp);
+            e.ret.set(ret);
+            e.probe.set(inner.id);
+            e.slot.set(slot as u32);
+            e.stack.set(on);
+        });
+        if !pushed {
+            inner.release(slot);
+            inner.nmissed.fetch_add(1, Relaxed);
+            return;
+        }
         // SAFETY: as above.
         unsafe { ret_slot.write_volatile(trampoline_addr()) };
     })
@@ -554,25 +550,25 @@ pub(crate) fn return_through_slot(sp: u64, probes: &[Arc<KretInner>]) -> TailRet
     // stale, one on it is chained if the word still holds the trampoline.
     returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
     if let Some(i) = returns::innermost_at(&Live { t, probes }, sp, &mut stacks) {
-        if t.stack[i].probe.get() == TAIL_CALLS {
+        if t.stack.get(i).probe.get() == TAIL_CALLS {
             return TailReturn::Through { first: false };
         }
-    }
-    let d = t.depth.get();
-    if d == PENDING_CAPACITY {
-        return TailReturn::NoRoom;
     }
     let ret_slot = sp as *mut u64;
     // SAFETY: at a tail call the return address the callee will return through is at the
     // stack pointer, on this thread's live stack.
     let ret = unsafe { ret_slot.read_volatile() };
-    let e = &t.stack[d];
-    e.sp.set(sp);
-    e.ret.set(ret);
-    e.probe.set(TAIL_CALLS);
-    e.slot.set(0);
-    e.stack.set(stacks.stack_of(sp));
-    t.depth.set(d + 1);
+    let on = stacks.stack_of(sp);
+    let pushed = t.stack.push(|e| {
+        e.sp.set(sp);
+        e.ret.set(ret);
+        e.probe.set(TAIL_CALLS);
+        e.slot.set(0);
+        e.stack.set(on);
+    });
+    if !pushed {
+        return TailReturn::NoRoom;
+    }
     // SAFETY: as above.
     unsafe { ret_slot.write_volatile(trampoline_addr()) };
     TailReturn::Through { first: true }
@@ -636,7 +632,7 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
         let Some(i) = returns::innermost_at(&Live { t, probes }, slot_addr, &mut stacks) else {
             return from_grave(t, slot_addr);
         };
-        let e = &t.stack[i];
+        let e = t.stack.get(i);
         let (ret, probe, slot) = (e.ret.get(), e.probe.get(), e.slot.get() as usize);
         if probe == TAIL_CALLS {
             // Activations of functions watched at their exits return with this callee.
@@ -705,9 +701,9 @@ pub fn real_return_address(addr: u64, sp: u64) -> u64 {
     // later entries saved the trampoline's address, the first one the real address.
     let Some(state) = thread_state::existing() else { return addr };
     let t = &state.returns;
-    (0..t.depth.get())
+    (0..t.stack.depth())
         .rev()
-        .map(|i| &t.stack[i])
+        .map(|i| t.stack.get(i))
         .find(|e| e.sp.get() == sp && e.ret.get() != addr)
         .map_or(addr, |e| e.ret.get())
 }
@@ -719,8 +715,8 @@ fn restore_thread_returns() {
     let Some(state) = thread_state::existing() else { return };
     let t = &state.returns;
     registry().read(|probes| {
-        while t.depth.get() > 0 {
-            let e = &t.stack[t.depth.get() - 1];
+        while t.stack.depth() > 0 {
+            let e = t.stack.get(t.stack.depth() - 1);
             let slot = e.sp.get() as *mut u64;
             // SAFETY: a pending entry's slot is on this thread's stack; if the frame is
             // still live (unwinding has not started yet), it holds the trampoline address.
@@ -732,7 +728,7 @@ fn restore_thread_returns() {
                     slot.write_volatile(e.ret.get());
                 }
             }
-            drop_at(t, t.depth.get() - 1, Reclaim::Unwound, probes);
+            drop_at(t, t.stack.depth() - 1, Reclaim::Unwound, probes);
         }
     })
 }
@@ -784,15 +780,11 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     let engine = Engine::global()?;
     let target = engine.function_entry(&probe.function)?;
     let addr = target.addr;
-    let maxactive = probe.maxactive.unwrap_or_else(default_maxactive).max(1);
     let inner = Arc::new(KretInner {
         id: NEXT_ID.fetch_add(1, Relaxed),
         entry: probe.entry,
         handler: probe.handler,
-        pool: (0..maxactive)
-            .map(|_| Instance { in_use: AtomicBool::new(false), owner: AtomicU32::new(0), data: Default::default() })
-            .collect(),
-        next_free_hint: AtomicUsize::new(0),
+        pool: Instances::new(probe.maxactive),
         hits: AtomicU64::new(0),
         nmissed: AtomicU64::new(0),
         stale: AtomicU64::new(0),
@@ -882,8 +874,8 @@ fn check_shadow_stack() -> Result<(), ProbeError> {
 
 impl ReturnProbe {
     /// Its figures: `hits` are the calls its entry saw, `returns` the returns traced,
-    /// `missed` the calls not traced for want of an instance (or of room in the thread's
-    /// pending stack), `reentered` the calls made inside a handler, `abandoned` the
+    /// `missed` the calls not traced for want of an instance (`maxactive` of them in flight
+    /// already, or no memory to be had for one), `reentered` the calls made inside a handler, `abandoned` the
     /// instances reclaimed because their frame was abandoned (`longjmp`, an exception, a
     /// dead thread).
     pub fn stats(&self) -> Stats {
@@ -922,9 +914,9 @@ impl ReturnProbe {
         self.addr
     }
 
-    /// The size of its instance pool.
-    pub fn maxactive(&self) -> usize {
-        self.inner.pool.len()
+    /// The most instances it keeps in flight (`maxactive`); `None`: no fixed limit.
+    pub fn maxactive(&self) -> Option<usize> {
+        self.inner.pool.limit()
     }
 
     /// Unregister: no new call is traced, no handler runs after this returns, and the code

@@ -44,6 +44,7 @@
 mod args;
 mod backtrace;
 mod blocked;
+mod chunked_stack;
 mod code_pages;
 mod code_writes;
 mod context;
@@ -52,8 +53,11 @@ mod events;
 mod exits;
 mod file_code;
 mod guard;
+mod instances;
 mod jump;
+mod jump_stub;
 mod kretprobe;
+mod mapped;
 mod memory;
 mod optimizer;
 mod probe;
@@ -75,10 +79,10 @@ pub use dprobe_core::{
 pub use dprobe_sym::Target;
 pub use engine::ProbeInfo;
 pub use events::emit;
-pub use exits::{EXIT_CAPACITY, PER_CALL};
+pub use exits::PER_CALL;
 pub use kretprobe::{
-    default_maxactive, real_return_address, register_kretprobe, trampoline_addr, EntryAction, InstanceData, Kretprobe,
-    ReturnProbe, PENDING_CAPACITY,
+    process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
+    InstanceData, Kretprobe, ReturnProbe,
 };
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};

@@ -1,8 +1,7 @@
-//! The registers the two assembly entries save: the jump path's stub (`jump.rs`) and the
-//! return trampoline (`kretprobe.rs`). Both push the flags, the general registers and
-//! `xmm0`-`xmm15` in the same order (handlers see and may change them all; Rust code may use
-//! any `xmm` register), call a Rust dispatcher with the frame, and restore from it. The
-//! save and restore sequences are written once, as text the two `global_asm!` blocks include.
+//! The registers the return trampoline (`kretprobe.rs`) saves: it pushes the flags, the
+//! general registers and `xmm0`-`xmm15` (handlers see and may change them all; Rust code may
+//! use any `xmm` register), calls a Rust dispatcher with the frame, and restores from it. (The
+//! jump path's stubs store a `Regs` in place instead: `jump_stub.rs`.)
 
 use dprobe_arch::Regs;
 

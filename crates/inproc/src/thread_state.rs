@@ -148,9 +148,11 @@ impl Table {
 
     /// Zero entry `i` and free it. Its owner calls this, outside any of its hits.
     fn release(&self, i: usize) {
+        crate::kretprobe::thread_gone(&self.state(i).returns);
         // SAFETY: entry i is the caller's: nobody else reads or writes its state.
         unsafe { std::ptr::write_bytes(self.states.add(i), 0, 1) };
         if let Some(stack) = self.exit_stack(i).filter(|s| s.used()) {
+            crate::exits::thread_gone(stack);
             // Give the pages it touched back (they read as zeroes again).
             let size = std::mem::size_of::<ExitStack>();
             let start = stack as *const ExitStack as usize;
@@ -159,7 +161,6 @@ impl Table {
                 // SAFETY: whole pages inside entry i's exit stack, which nobody else uses.
                 unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
             }
-            stack.clear();
         }
         self.owner(i).store(0, Release);
     }

@@ -75,14 +75,14 @@ fn an_alternate_signal_stack_above_the_interrupted_frames_keeps_their_return() {
 #[test]
 fn recursion_deeper_than_the_pool_returns_correctly_and_counts_every_call() {
     static DEPTHS: AtomicU64 = AtomicU64::new(0);
-    let p = register_kretprobe(Kretprobe::addr(at(c::fxc_recurse as *const ())).handler(|r, _| {
+    let p = register_kretprobe(Kretprobe::addr(at(c::fxc_recurse as *const ())).maxactive(16).handler(|r, _| {
         DEPTHS.fetch_add(r.rax, Relaxed);
     }))
     .unwrap();
     // SAFETY: fxc_recurse(n) recurses n deep and returns n.
     assert_eq!(unsafe { c::fxc_recurse(black_box(10_000)) }, 10_000);
     let st = p.stats();
-    let traced = p.maxactive() as u64;
+    let traced = p.maxactive().expect("a pool of 16") as u64;
     assert_eq!(
         (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
         (traced, 10_001 - traced, 0, 0),

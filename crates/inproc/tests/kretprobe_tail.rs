@@ -229,17 +229,43 @@ fn recursion_through_the_tail_call() {
 }
 
 #[test]
-fn recursion_deeper_than_the_pending_stack_misses_the_deepest_returns() {
+fn recursion_through_the_tail_call_deeper_than_the_inline_pending_stack_sees_every_return() {
     let _one = serial();
     static WRONG: AtomicU64 = AtomicU64::new(0);
     const DEPTH: i64 = 1000;
     let rec = checked(c::fxc_tail_rec as *const (), |n| 2 * n, &WRONG, false);
     // SAFETY: recursion DEPTH deep.
     assert_eq!(unsafe { c::fxc_tail_rec(black_box(DEPTH)) }, 2 * DEPTH);
-    // The outermost calls hold the thread's pending stack; the deeper ones are missed, not
-    // reported with a value they did not return.
-    let held = PENDING_CAPACITY as u64;
-    assert_eq!(figures(&rec), (held, DEPTH as u64 + 1 - held, 0, 0));
+    // Each level's return address holds the trampoline, kept on the thread's pending stack
+    // (past its first 256 entries, in memory it maps as it goes deeper).
+    assert_eq!(figures(&rec), (DEPTH as u64 + 1, 0, 0, 0));
+    assert_eq!(WRONG.load(Relaxed), 0);
+}
+
+#[test]
+fn recursion_through_the_tail_call_deeper_than_maxactive_misses_the_deepest_returns() {
+    let _one = serial();
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    const DEPTH: i64 = 1000;
+    const HELD: u64 = 256;
+    let rec = register_kretprobe(
+        Kretprobe::addr(at(c::fxc_tail_rec as *const ()))
+            .maxactive(HELD as usize)
+            .entry_handler(|regs, data| {
+                data.0[0] = regs.rdi;
+                EntryAction::Track
+            })
+            .handler(|regs, data| {
+                WRONG.fetch_add(u64::from(regs.rax != 2 * data.0[0]), Relaxed);
+            }),
+    )
+    .unwrap();
+    assert!(is_exits(&rec));
+    // SAFETY: recursion DEPTH deep.
+    assert_eq!(unsafe { c::fxc_tail_rec(black_box(DEPTH)) }, 2 * DEPTH);
+    // The outermost calls hold the instances; the deeper ones are missed, not reported with
+    // a value they did not return.
+    assert_eq!(figures(&rec), (HELD, DEPTH as u64 + 1 - HELD, 0, 0));
     assert_eq!(WRONG.load(Relaxed), 0);
 }
 

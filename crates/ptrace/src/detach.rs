@@ -45,6 +45,7 @@ impl Tracee {
             }
             return Err(e);
         }
+        self.let_early_children_go();
         let slots: Vec<SlotCode> = self.sites.values().filter_map(|s| s.prepared.slot.clone()).collect();
         for tid in self.threads.keys().copied().collect::<Vec<_>>() {
             match self.leave_dprobe_code(tid, &slots) {
@@ -104,17 +105,32 @@ impl Tracee {
             }
         }
         self.let_stragglers_go(running);
+        self.let_early_children_go();
         self.sites.clear();
     }
 
     /// Threads given up on that have reported a stop meanwhile (one that trapped on dprobe's
     /// trampoline before its return address was put back, say) are let go as the held ones
-    /// were, a trap of dprobe's consumed first. Nothing is waited for.
+    /// were, a trap of dprobe's consumed first. Nothing is waited for; each thread's status
+    /// is read for it alone (another traced process's stays its own).
     fn let_stragglers_go(&mut self, mut running: BTreeSet<i32>) {
         let mut budget = 4 * running.len() + 16;
         while !running.is_empty() && budget > 0 {
             budget -= 1;
-            let Ok(Some((tid, status))) = sys::try_wait_any() else { return };
+            let reported = running.iter().find_map(|&tid| match sys::try_wait(tid) {
+                Ok(Some(got)) => Some(Ok(got)),
+                Ok(None) => None,
+                Err(_) => Some(Err(tid)),
+            });
+            let (tid, status) = match reported {
+                Some(Ok(got)) => got,
+                // No longer the tracer's.
+                Some(Err(tid)) => {
+                    running.remove(&tid);
+                    continue;
+                }
+                None => return,
+            };
             if !libc::WIFSTOPPED(status) {
                 running.remove(&tid);
                 continue;

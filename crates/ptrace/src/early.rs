@@ -15,11 +15,12 @@
 
 use dprobe_arch::{Addr, Memory, INT3};
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
-use object::elf::{DT_INIT, DT_INIT_ARRAY, DT_INIT_ARRAYSZ, DT_NULL, PT_DYNAMIC, PT_LOAD};
+use object::elf::{DT_INIT, DT_INIT_ARRAY, DT_INIT_ARRAYSZ, PT_DYNAMIC, PT_LOAD};
 
 use crate::error::TraceError;
 use crate::library::LoadError;
 use crate::loader::r_debug_addr;
+use crate::remote_elf::{dynamic_entries, program_headers, word};
 use crate::sys::{self, RemoteMemory};
 
 /// The loader's notification function.
@@ -130,10 +131,6 @@ fn last_libc_initializer(memory: &mut RemoteMemory, maps: &[Mapping]) -> Option<
     let first = maps.iter().filter(is_libc).min_by_key(|m| m.start.0)?;
     let path = first.path.clone()?;
     let code: Vec<&Mapping> = maps.iter().filter(|m| m.path.as_deref() == Some(path.as_str()) && m.exec).collect();
-    let word = |memory: &mut RemoteMemory, at: u64| -> Option<u64> {
-        let mut w = [0u8; 8];
-        memory.read(Addr(at), &mut w).ok().map(|()| u64::from_le_bytes(w))
-    };
     let base = first.start.0;
     let mut header = [0u8; 64];
     memory.read(Addr(base), &mut header).ok()?;
@@ -143,10 +140,8 @@ fn last_libc_initializer(memory: &mut RemoteMemory, maps: &[Mapping]) -> Option<
     let phoff = u64::from_le_bytes(header[0x20..0x28].try_into().ok()?);
     let phnum = u16::from_le_bytes(header[0x38..0x3a].try_into().ok()?);
     let (mut lowest, mut dynamic) = (None::<u64>, None);
-    for i in 0..u64::from(phnum.min(64)) {
-        let at = base + phoff + i * 56;
-        let p_type = word(memory, at)? as u32;
-        let vaddr = word(memory, at + 16)?;
+    for header in program_headers(memory, base + phoff, u64::from(phnum)) {
+        let (p_type, vaddr) = header?;
         match p_type {
             PT_LOAD => lowest = Some(lowest.map_or(vaddr, |l| l.min(vaddr))),
             PT_DYNAMIC => dynamic = Some(vaddr),
@@ -155,20 +150,17 @@ fn last_libc_initializer(memory: &mut RemoteMemory, maps: &[Mapping]) -> Option<
     }
     let bias = base.checked_sub(lowest? & !0xfff)?;
     let (mut init, mut array, mut size) = (None, None, 0);
-    let mut at = bias + dynamic?;
-    for _ in 0..1024 {
-        let (tag, value) = (word(memory, at)?, word(memory, at + 8)?);
+    for entry in dynamic_entries(memory, bias + dynamic?, 1024) {
+        let (tag, value) = entry?;
         // The loader leaves these unrelocated (it adds the bias as it calls them); one that
         // already holds an address in the library is taken as it is.
         let address = |v: u64| if v >= base { v } else { bias + v };
         match u32::try_from(tag) {
-            Ok(DT_NULL) => break,
             Ok(DT_INIT) => init = Some(address(value)),
             Ok(DT_INIT_ARRAY) => array = Some(address(value)),
             Ok(DT_INIT_ARRAYSZ) => size = value,
             _ => {}
         }
-        at += 16;
     }
     let count = size / 8;
     let last = match (array, count) {

@@ -420,7 +420,9 @@ impl Engine for PtraceEngine {
             // the others (or the program) traced.
             let _ = child.detach_giving_up(give_up);
         }
-        self.tracee.detach_giving_up(give_up)?;
+        let detached = self.tracee.detach_giving_up(give_up);
+        crate::family::let_unclaimed_children_go();
+        detached?;
         let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
         Ok(wait_for_command(pid.as_raw(), signal, give_up))
     }

@@ -112,7 +112,7 @@ impl Kernel for Fake {
             return Err(libc::ESRCH);
         }
         match request {
-            Request::Cont { signal } => {
+            Request::Cont { signal } | Request::Syscall { signal } => {
                 w.calls.push(Call::Cont(tid, signal));
                 let pending = w.pending.remove(&tid).unwrap_or(0);
                 if pending != 0 {
@@ -143,6 +143,7 @@ impl Kernel for Fake {
             Request::Listen => w.calls.push(Call::Listen(tid)),
             Request::Detach { signal } => w.calls.push(Call::Detach(tid, signal)),
             Request::GetSigInfo(info) => info.si_signo = w.last_signal.get(&tid).copied().unwrap_or(0),
+            Request::GetSigMask(_) | Request::SetSigMask(_) => {}
             Request::SetSigInfo(info) => {
                 w.last_signal.insert(tid, info.si_signo);
             }
@@ -150,10 +151,15 @@ impl Kernel for Fake {
         Ok(0)
     }
 
-    fn wait(&mut self, tid: i32, _nohang: bool) -> Result<Option<(i32, i32)>, i32> {
+    fn wait(&mut self, tid: i32, nohang: bool) -> Result<Option<(i32, i32)>, i32> {
         let mut w = self.0.borrow_mut();
         let idle = if w.interrupted_when_idle { libc::EINTR } else { libc::ECHILD };
-        let i = w.stops.iter().position(|(t, _)| tid == -1 || *t == tid).ok_or(idle)?;
+        let found = w.stops.iter().position(|(t, _)| tid == -1 || *t == tid);
+        // Another thread's status is for another wait: this thread has nothing yet.
+        if found.is_none() && nohang && tid != -1 && !w.exited.contains(&tid) && !w.gone.contains(&tid) {
+            return Ok(None);
+        }
+        let i = found.ok_or(idle)?;
         let (t, status) = w.stops.remove(i).expect("found");
         if libc::WIFSTOPPED(status) {
             w.last_signal.insert(t, libc::WSTOPSIG(status));

@@ -17,8 +17,13 @@
 //! after any `exec`. Hits carry the child's process id.
 //!
 //! A child's first stop may be reported before its parent's fork event: it is kept stopped
-//! until the event says what kind of child it is.
+//! until the event says what kind of child it is. Whichever traced process's wait reads that
+//! stop, the event may come to another's (the program's, a followed child's), so such stops
+//! are kept for every process this tracer thread traces. One whose event never comes (its
+//! parent was killed in between) is let go, its copy of the code restored, when the process
+//! it was read for is let go.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use dprobe_arch::Memory;
@@ -33,6 +38,52 @@ use crate::tracee::Tracee;
 
 /// `kcmp` type: whether two processes share their memory (`KCMP_VM`).
 const KCMP_VM: i32 = 1;
+
+/// A new child whose first stop was read before its parent's fork event.
+#[derive(Clone, Copy)]
+struct Early {
+    /// Its last wait status: the first stop, or its end if it was killed meanwhile.
+    status: i32,
+    /// The traced process it was read for (its parent's, by `/proc` at the time).
+    parent: i32,
+}
+
+thread_local! {
+    /// The new children waiting for their parent's event, for every process traced from this
+    /// thread (ptrace requests, and so the waits, belong to the tracer thread).
+    static EARLY: RefCell<BTreeMap<i32, Early>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Whether `tid` is a new child whose first stop was read and whose parent's event was not.
+pub(crate) fn is_early(tid: i32) -> bool {
+    EARLY.with(|e| e.borrow().contains_key(&tid))
+}
+
+/// The stop kept for new child `tid`, taken.
+fn take_early(tid: i32) -> Option<i32> {
+    EARLY.with(|e| e.borrow_mut().remove(&tid)).map(|e| e.status)
+}
+
+/// New child `tid` ended before its parent's event came: its end replaces its first stop.
+pub(crate) fn early_child_ended(tid: i32, status: i32) {
+    EARLY.with(|e| {
+        if let Some(early) = e.borrow_mut().get_mut(&tid) {
+            early.status = status;
+        }
+    });
+}
+
+/// New children still waiting for their parent's event when every traced process has been
+/// let go: the process that made each is not traced any more, nothing is known of its code,
+/// and it is let go as it is (the kernel would let it go when dprobe exits).
+pub(crate) fn let_unclaimed_children_go() {
+    let left = EARLY.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    for (tid, early) in left {
+        if libc::WIFSTOPPED(early.status) {
+            let _ = sys::detach(tid, 0);
+        }
+    }
+}
 
 impl Tracee {
     /// The process thread `tid` belongs to: the program, or a child sharing its memory.
@@ -50,15 +101,29 @@ impl Tracee {
         if self.threads.contains_key(&tid) || sys::exists(self.pid, tid) || !is_process(tid) {
             return false;
         }
-        self.early.insert(tid, status);
+        EARLY.with(|e| e.borrow_mut().insert(tid, Early { status, parent: self.pid }));
         true
+    }
+
+    /// Children read for this process whose parent's fork event never came (the parent was
+    /// killed between the fork and its event), once every thread of this process is held (no
+    /// fork can be under way): let go as a child made while detaching is, their copy of the
+    /// code restored. Best effort.
+    pub(crate) fn let_early_children_go(&mut self) {
+        let mine: Vec<i32> =
+            EARLY.with(|e| e.borrow().iter().filter(|(_, c)| c.parent == self.pid).map(|(tid, _)| *tid).collect());
+        for child in mine {
+            if self.on_child(self.pid, child, 0, false).is_err() {
+                let _ = sys::detach(child, 0);
+            }
+        }
     }
 
     /// Thread `parent` created process `child` (a fork, vfork or clone event). With the
     /// probes in the program's code (`armed`), a child sharing its memory is traced until it
     /// executes or exits; without (while attaching or detaching), it is let go at once.
     pub(crate) fn on_child(&mut self, parent: i32, child: i32, event: i32, armed: bool) -> Result<(), TraceError> {
-        let status = match self.early.remove(&child) {
+        let status = match take_early(child) {
             Some(status) => status,
             None => sys::wait(child)?.1,
         };
@@ -177,18 +242,26 @@ impl Tracee {
 impl Tracee {
     /// Whether thread `tid` is one of this process's (or of a child sharing its memory).
     pub(crate) fn claims(&self, tid: i32) -> bool {
-        self.threads.contains_key(&tid) || self.guests.contains(&tid) || self.early.contains_key(&tid)
+        self.threads.contains_key(&tid)
+            || self.guests.contains(&tid)
+            || EARLY.with(|e| e.borrow().get(&tid).is_some_and(|c| c.parent == self.pid))
     }
 
     /// Whether thread `tid`, not known yet, is a new thread of this process or a new child of
-    /// it (its parent is this process, or a child sharing its memory).
+    /// it (its parent is this process, or a child sharing its memory). A thread's `PPid` is
+    /// its process's parent: a new thread of a followed child names the child's parent there,
+    /// and belongs to the child, never to that parent.
     pub(crate) fn may_claim(&self, tid: i32) -> bool {
         if sys::exists(self.pid, tid) {
             return true;
         }
         let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-        let parent = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<i32>().ok());
-        parent.is_some_and(|p| p == self.pid || self.guests.contains(&p))
+        let field =
+            |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<i32>().ok());
+        match field("Tgid:") {
+            Some(process) if process != tid => process == self.pid || self.guests.contains(&process),
+            _ => field("PPid:").is_some_and(|p| p == self.pid || self.guests.contains(&p)),
+        }
     }
 
     /// The probes, for a process followed from this one: the same handlers, figures of its

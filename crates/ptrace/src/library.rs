@@ -11,6 +11,12 @@
 //!
 //! A call returns to an address below the lowest mappable page: the fault stops the thread
 //! there, and the tracer reads the result in `rax`.
+//!
+//! The program's signals wait while the calls run (the thread blocks them, see
+//! `BLOCKED_DURING_CALLS`; those that stop a call all the same are held by the tracer and
+//! queued again) until the thread is put back as it was, whether the load succeeded or was
+//! abandoned: each is received once, where the program was. A running process is let go without a detach,
+//! which would wake the thread in the call it waited in (see `let_go`).
 
 use std::ffi::CString;
 use std::time::{Duration, Instant};
@@ -95,6 +101,30 @@ pub struct Injector {
     /// Started by dprobe (and killed if dprobe gives up before letting it run).
     spawned: bool,
     released: bool,
+    /// The signals the thread blocks (the mask it returns to, inside `sigsuspend`).
+    mask: u64,
+    /// The program's signals that stopped a call all the same (sent to the thread while it
+    /// blocked them before it was held, or raised as faults), queued again for the thread
+    /// once it is put back as it was.
+    held: Vec<libc::siginfo_t>,
+}
+
+/// The signals a thread blocks while it runs calls for the tracer: all but those a fault
+/// raises (blocked, a fault's signal kills the program). Those sent to the process go to
+/// another of its threads meanwhile, or wait, pending, until the thread is put back: a thread
+/// that took each one as a stop would barely run when signals come faster than the tracer
+/// answers them.
+const BLOCKED_DURING_CALLS: u64 = !(bit(libc::SIGSEGV)
+    | bit(libc::SIGBUS)
+    | bit(libc::SIGILL)
+    | bit(libc::SIGFPE)
+    | bit(libc::SIGTRAP)
+    | bit(libc::SIGSYS)
+    | bit(libc::SIGKILL)
+    | bit(libc::SIGSTOP));
+
+const fn bit(signal: i32) -> u64 {
+    1 << (signal - 1)
 }
 
 impl Injector {
@@ -183,7 +213,8 @@ impl Injector {
     fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
         let saved = sys::get_regs(tid)?;
         let xstate = get_xstate(tid)?;
-        Ok(Injector { pid, tid, memory, saved, xstate, spawned, released: false })
+        let mask = sys::sigmask(tid)?;
+        Ok(Injector { pid, tid, memory, saved, xstate, spawned, released: false, mask, held: Vec::new() })
     }
 
     /// The process.
@@ -315,6 +346,9 @@ impl Injector {
 
     /// Stop the thread of a running process whose call did not return, so that its registers
     /// can be put back (a started program is killed instead: it never ran a line of its own).
+    /// A signal of the program's that comes first is held: delivered now, its handler would
+    /// run inside the abandoned call, and the program, put back where it waited (in `pause`,
+    /// say), would wait on as if it had never come.
     fn stop_stuck_call(&mut self) -> Result<(), LoadError> {
         if self.spawned {
             return Ok(());
@@ -328,8 +362,8 @@ impl Injector {
             if sys::event_of(status) != 0 {
                 return Ok(());
             }
-            // A signal of the program's came first: deliver it and wait for the interrupt.
-            sys::cont(self.tid, libc::WSTOPSIG(status))?;
+            self.held.push(sys::siginfo(self.tid)?);
+            sys::cont(self.tid, 0)?;
         }
     }
 
@@ -369,9 +403,35 @@ impl Injector {
         }
     }
 
+    /// Give the thread back as it was and resume it, still traced by the calling thread of
+    /// dprobe's, which must end next (see `let_go.rs`): a thread the tracer took out of a
+    /// system call is first brought back into it.
+    pub(crate) fn resume_as_it_was(mut self) -> Result<(), LoadError> {
+        self.released = true;
+        self.restore_registers()?;
+        let held = std::mem::take(&mut self.held);
+        crate::let_go::resume_into_its_call(self.pid, self.tid, &self.saved, held)?;
+        Ok(())
+    }
+
+    /// The held thread.
+    pub(crate) fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// Put the thread back as it was, the signals held meanwhile pending for it again.
     fn restore(&mut self) -> Result<(), TraceError> {
+        self.restore_registers()?;
+        for info in std::mem::take(&mut self.held) {
+            sys::queue_again(self.pid, self.tid, &info)?;
+        }
+        Ok(())
+    }
+
+    fn restore_registers(&mut self) -> Result<(), TraceError> {
         set_xstate(self.tid, &mut self.xstate)?;
         sys::set_regs(self.tid, &self.saved)?;
+        sys::set_sigmask(self.tid, self.mask)?;
         Ok(())
     }
 
@@ -416,7 +476,8 @@ impl Injector {
 
     /// Run `function(args...)` on the held thread with its stack below `top`; the thread is
     /// stopped again when it returns. Signals that come meanwhile are the program's: they
-    /// are queued again for it.
+    /// are held, whether the call returns, faults or is abandoned, and queued again once the
+    /// thread is put back as it was (it then receives them where it was).
     fn call_at(&mut self, function: u64, args: &[u64], top: u64) -> Result<u64, LoadError> {
         let mut r = self.saved;
         let mut sp = (top - 64) & !15;
@@ -437,14 +498,12 @@ impl Injector {
         let mut clean = self.xstate.clone();
         clean_fpu_control(&mut clean);
         set_xstate(self.tid, &mut clean)?;
+        sys::set_sigmask(self.tid, self.mask | BLOCKED_DURING_CALLS)?;
         let started = Instant::now();
         let mut deadline = started + CALL_TIMEOUT;
         let mut ran = cpu_time(self.pid, self.tid);
-        let mut held = Vec::new();
-        let mut signal = 0;
-        let result = loop {
-            sys::cont(self.tid, signal)?;
-            signal = 0;
+        loop {
+            sys::cont(self.tid, 0)?;
             let status = loop {
                 if let Some((_, status)) = sys::wait_until(self.tid, deadline)? {
                     break Some(status);
@@ -475,19 +534,15 @@ impl Injector {
             }
             let now = sys::get_regs(self.tid)?;
             if sig == libc::SIGSEGV && now.rip == RETURN_TRAP {
-                break now.rax;
+                return Ok(now.rax);
             }
             if sig == libc::SIGSEGV || sig == libc::SIGBUS || sig == libc::SIGILL {
                 // A fault inside the call: the program's state is not ours to repair.
                 let reason = format!("signal {sig} at {:#x} during the call at {function:#x}", now.rip);
                 return Err(LoadError::Refused { pid: self.pid, reason });
             }
-            held.push(sys::siginfo(self.tid)?);
-        };
-        for info in &held {
-            sys::queue_again(self.pid, self.tid, info)?;
+            self.held.push(sys::siginfo(self.tid)?);
         }
-        Ok(result)
     }
 }
 
@@ -517,7 +572,7 @@ fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
 
 /// System calls during which a thread holds no lock of the C library or the loader: a
 /// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock.
-const WAITING_SYSCALLS: [i64; 16] = [
+const WAITING_SYSCALLS: [i64; 17] = [
     libc::SYS_read,
     libc::SYS_poll,
     libc::SYS_select,
@@ -534,6 +589,9 @@ const WAITING_SYSCALLS: [i64; 16] = [
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_rt_sigtimedwait,
+    // Its thread blocks, while held, the signals it blocked before (the mask it returns to),
+    // and waits with its own mask again once put back: the restarted call sets it.
+    libc::SYS_rt_sigsuspend,
 ];
 
 /// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up

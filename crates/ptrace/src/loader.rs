@@ -18,10 +18,11 @@ use std::collections::BTreeSet;
 use dprobe_arch::{Addr, Memory};
 use dprobe_core::{Placement, ProbeId};
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
-use object::elf::{DT_DEBUG, DT_NULL, PT_DYNAMIC, PT_PHDR};
+use object::elf::{DT_DEBUG, PT_DYNAMIC, PT_PHDR};
 
 use crate::error::TraceError;
 use crate::probes::{origin_at, resolve};
+use crate::remote_elf::{dynamic_entries, program_headers};
 use crate::sys;
 use crate::thread::{Stop, Thread};
 use crate::tracee::Tracee;
@@ -283,29 +284,20 @@ fn auxv(pid: i32, key: u64) -> Option<u64> {
 /// filled it in, or for a program without one.
 pub(crate) fn r_debug_addr(pid: i32, memory: &mut dyn Memory) -> Option<Addr> {
     let (phdr, phnum) = (auxv(pid, libc::AT_PHDR)?, auxv(pid, libc::AT_PHNUM)?);
-    let word = |memory: &mut dyn Memory, at: u64| -> Option<u64> {
-        let mut w = [0u8; 8];
-        memory.read(Addr(at), &mut w).ok().map(|()| u64::from_le_bytes(w))
-    };
     let (mut bias, mut dynamic) = (None, None);
-    for i in 0..phnum.min(64) {
-        let at = phdr + i * 56;
-        let p_type = word(memory, at)? as u32;
-        let vaddr = word(memory, at + 16)?;
+    for header in program_headers(memory, phdr, phnum) {
+        let (p_type, vaddr) = header?;
         match p_type {
             PT_PHDR => bias = Some(phdr.wrapping_sub(vaddr)),
             PT_DYNAMIC => dynamic = Some(vaddr),
             _ => {}
         }
     }
-    let mut at = bias?.wrapping_add(dynamic?);
-    for _ in 0..512 {
-        let (tag, value) = (word(memory, at)?, word(memory, at + 8)?);
+    for entry in dynamic_entries(memory, bias?.wrapping_add(dynamic?), 512) {
+        let (tag, value) = entry?;
         // `DT_DEBUG`: the address of `r_debug`, filled in by the linker.
-        match u32::try_from(tag) {
-            Ok(DT_NULL) => return None,
-            Ok(DT_DEBUG) if value != 0 => return Some(Addr(value)),
-            _ => at += 16,
+        if tag == u64::from(DT_DEBUG) && value != 0 {
+            return Some(Addr(value));
         }
     }
     None

@@ -438,10 +438,16 @@ impl Tracee {
     /// At a tail call (thread `tid` about to jump, `rsp` at its return address) from a
     /// function watched at its exits into one whose returns are not watched: the return
     /// address becomes the trampoline, so that the caller's return is seen where the callee
-    /// returns, with the callee's value. False (and nothing written) without a trampoline,
-    /// or when dprobe already watches that slot.
+    /// returns, with the callee's value. True as well when an earlier tail call through the
+    /// same frame watches the slot already (a loop `f -> g -> f`: the activations all return
+    /// where the last callee does). False (and nothing written) without a trampoline, or
+    /// when a return probe watches that slot.
     pub(crate) fn watch_return_of_tail_call(&mut self, tid: i32, rsp: u64) -> bool {
         let Some(trampoline) = self.xol.trampoline_addr() else { return false };
+        let tail = self.returns.by_thread.get(&tid).is_some_and(|t| t.tail.iter().any(|&(slot, _)| slot == rsp));
+        if tail {
+            return read_word(&mut self.memory, rsp) == Some(trampoline.0);
+        }
         if self.returns.hijacked(tid).iter().any(|&(slot, _)| slot == rsp) {
             return false;
         }

@@ -15,8 +15,14 @@
 //! A thread that executed one of dprobe's `int3`s may report the interrupt before the
 //! `SIGTRAP` (still pending then): it is let go on to report the trap, so that the trap is
 //! recognised as dprobe's and consumed, never left to the program.
+//!
+//! Each thread's stops are read for it alone (`waitpid` on its id, not on any child): the
+//! processes followed from the program are let go one at a time, and while one is stopped
+//! the others go on, their stops (a hit, a new child, an exit) waiting for their own turn. A
+//! stop read for the wrong process would be lost to its own: left in its ptrace stop, never
+//! resumed or detached, with dprobe waiting for it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use dprobe_arch::Addr;
@@ -73,9 +79,10 @@ impl Idle {
 impl Tracee {
     /// Stop every thread that is not held yet; new threads are stopped too, exited ones
     /// forgotten. The wait is given up when `give_up` says so (asked whenever no thread has
-    /// anything to report; threads asleep in the kernel are given up on at once, the others
-    /// after a moment), or when every thread still waited for has been unable to stop
-    /// for a while ([`TraceError::Blocked`], which names them and says why).
+    /// anything to report, and now and then while they keep reporting; threads asleep in the
+    /// kernel are given up on at once, the others after a moment), or when every thread
+    /// still waited for has been unable to stop for a while ([`TraceError::Blocked`], which
+    /// names them and says why).
     pub(crate) fn stop_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
@@ -97,9 +104,18 @@ impl Tracee {
         }
         let mut idle = Idle::default();
         let mut giving_up: Option<Instant> = None;
-        while !waiting.is_empty() {
-            let Some((tid, status)) = sys::try_wait_any()? else {
-                let tasks: Vec<(i32, i32)> = waiting.iter().map(|t| (self.process_of(*t), *t)).collect();
+        let mut reported = VecDeque::new();
+        let mut rounds = 0u32;
+        // Every status read is dealt with, a thread's that is no longer waited for too.
+        while !waiting.is_empty() || !reported.is_empty() {
+            if reported.is_empty() {
+                self.read_reports(&mut waiting, &mut reported)?;
+                rounds += 1;
+            }
+            // Asked whenever nothing comes, and now and then while reports keep coming:
+            // threads that keep reporting (a program creating threads or processes as fast
+            // as it can) must not keep a second signal waiting.
+            if reported.is_empty() || rounds % 16 == 0 {
                 if giving_up.is_none() && give_up() {
                     // A thread that runs the program's code is still waited for a moment
                     // (asked again, should its interrupt have been lost): left running, it
@@ -107,17 +123,20 @@ impl Tracee {
                     // none, and is given up on at once.
                     giving_up = Some(Instant::now());
                     if self.seized {
-                        for &(_, t) in &tasks {
+                        for &t in &waiting {
                             let _ = sys::interrupt(t);
                         }
                     }
                 }
                 if let Some(since) = giving_up {
-                    let all_asleep = tasks.iter().all(|&(p, t)| blocked(p, t).is_some());
+                    let all_asleep = waiting.iter().all(|&t| blocked(self.process_of(t), t).is_some());
                     if all_asleep || since.elapsed() >= GIVE_UP_GRACE {
                         return Err(TraceError::GaveUp { waiting: waiting.len() });
                     }
                 }
+            }
+            let Some((tid, status)) = reported.pop_front() else {
+                let tasks: Vec<(i32, i32)> = waiting.iter().map(|t| (self.process_of(*t), *t)).collect();
                 if let Some(reason) = idle.blocked_too_long(&tasks) {
                     return Err(TraceError::Blocked { waiting: waiting.len(), reason });
                 }
@@ -175,6 +194,34 @@ impl Tracee {
             }
             // Threads created by a clone just seen are waited for as well.
             waiting.extend(self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid));
+        }
+        Ok(())
+    }
+
+    /// One status from each thread still waited for that has one (and from the main thread,
+    /// which another thread's `execve` turns into), read for each thread alone: another
+    /// traced process's stops (a followed child, the program, while the other is being let
+    /// go) stay with the kernel for that process's own wait, never taken here for one of this
+    /// process's. A thread that is no longer the tracer's (reaped, or gone with an `execve`
+    /// of another thread) is forgotten.
+    fn read_reports(
+        &mut self,
+        waiting: &mut BTreeSet<i32>,
+        reported: &mut VecDeque<(i32, i32)>,
+    ) -> Result<(), TraceError> {
+        let main = (!waiting.contains(&self.pid) && self.threads.contains_key(&self.pid)).then_some(self.pid);
+        for tid in waiting.iter().copied().chain(main).collect::<Vec<_>>() {
+            match sys::try_wait(tid) {
+                Ok(Some(got)) => reported.push_back(got),
+                Ok(None) => {}
+                Err(e) if e.errno == libc::ECHILD => {
+                    waiting.remove(&tid);
+                    self.guests.remove(&tid);
+                    self.threads.remove(&tid);
+                    self.forget_thread_returns(tid);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -253,7 +300,7 @@ impl Tracee {
                 let new = sys::event_message(tid)? as i32;
                 if sys::exists(self.pid, new) {
                     self.threads.entry(new).or_insert(Thread::running());
-                } else if self.early.contains_key(&new) || sys::exists(new, new) {
+                } else if crate::family::is_early(new) || sys::exists(new, new) {
                     self.on_child(tid, new, event, false)?;
                 }
             }

@@ -14,6 +14,7 @@ use crate::error::{SysError, TraceError};
 /// One ptrace request on a thread.
 pub(crate) enum Request<'a> {
     Cont { signal: i32 },
+    Syscall { signal: i32 },
     Step,
     GetRegs(&'a mut libc::user_regs_struct),
     SetRegs(&'a libc::user_regs_struct),
@@ -25,12 +26,15 @@ pub(crate) enum Request<'a> {
     Detach { signal: i32 },
     GetSigInfo(&'a mut libc::siginfo_t),
     SetSigInfo(&'a libc::siginfo_t),
+    GetSigMask(&'a mut u64),
+    SetSigMask(&'a u64),
 }
 
 impl Request<'_> {
     fn name(&self) -> &'static str {
         match self {
             Request::Cont { .. } => "PTRACE_CONT",
+            Request::Syscall { .. } => "PTRACE_SYSCALL",
             Request::Step => "PTRACE_SINGLESTEP",
             Request::GetRegs(_) => "PTRACE_GETREGS",
             Request::SetRegs(_) => "PTRACE_SETREGS",
@@ -42,6 +46,8 @@ impl Request<'_> {
             Request::Detach { .. } => "PTRACE_DETACH",
             Request::GetSigInfo(_) => "PTRACE_GETSIGINFO",
             Request::SetSigInfo(_) => "PTRACE_SETSIGINFO",
+            Request::GetSigMask(_) => "PTRACE_GETSIGMASK",
+            Request::SetSigMask(_) => "PTRACE_SETSIGMASK",
         }
     }
 }
@@ -83,6 +89,7 @@ impl Kernel for Real {
         let mut message: libc::c_ulong = 0;
         let (req, addr, data): (libc::c_uint, u64, u64) = match request {
             Request::Cont { signal } => (libc::PTRACE_CONT, 0, signal as u64),
+            Request::Syscall { signal } => (libc::PTRACE_SYSCALL, 0, signal as u64),
             Request::Step => (libc::PTRACE_SINGLESTEP, 0, 0),
             Request::GetRegs(r) => (libc::PTRACE_GETREGS, 0, r as *mut _ as u64),
             Request::SetRegs(r) => (libc::PTRACE_SETREGS, 0, r as *const _ as u64),
@@ -94,6 +101,9 @@ impl Kernel for Real {
             Request::Detach { signal } => (libc::PTRACE_DETACH, 0, signal as u64),
             Request::GetSigInfo(info) => (libc::PTRACE_GETSIGINFO, 0, info as *mut _ as u64),
             Request::SetSigInfo(info) => (libc::PTRACE_SETSIGINFO, 0, info as *const _ as u64),
+            // The kernel's sigset_t: 8 bytes on x86-64.
+            Request::GetSigMask(mask) => (libc::PTRACE_GETSIGMASK, 8, mask as *mut _ as u64),
+            Request::SetSigMask(mask) => (libc::PTRACE_SETSIGMASK, 8, mask as *const _ as u64),
         };
         // SAFETY: the requests used here take integers or pointers to buffers that live for
         // the call (`regs`, `message`), never anything the kernel keeps.
@@ -205,6 +215,11 @@ pub fn cont(tid: i32, signal: i32) -> Result<(), SysError> {
     request(tid, Request::Cont { signal }).map(drop)
 }
 
+/// Continue a stopped thread until it enters or leaves a system call, delivering `signal`.
+pub fn cont_to_syscall(tid: i32, signal: i32) -> Result<(), SysError> {
+    request(tid, Request::Syscall { signal }).map(drop)
+}
+
 /// Execute one instruction of a stopped thread.
 pub fn single_step(tid: i32) -> Result<(), SysError> {
     request(tid, Request::Step).map(drop)
@@ -270,6 +285,16 @@ pub fn wait_interruptible(tid: i32) -> Result<Option<(i32, i32)>, SysError> {
     }
 }
 
+/// Like [`wait`] for thread `tid` alone, but returns `None` at once when it has not changed
+/// state. What other traced threads report stays with the kernel for whoever waits for them.
+pub fn try_wait(tid: i32) -> Result<Option<(i32, i32)>, SysError> {
+    match kernel(|k| k.wait(tid, true)) {
+        Ok(got) => Ok(got),
+        Err(libc::EINTR) => Ok(None),
+        Err(errno) => Err(SysError { call: "waitpid", tid, errno }),
+    }
+}
+
 /// Like [`wait`] for any traced thread, but returns `None` at once when none has changed
 /// state.
 pub fn try_wait_any() -> Result<Option<(i32, i32)>, SysError> {
@@ -326,6 +351,17 @@ pub fn exists(pid: i32, tid: i32) -> bool {
 pub fn siginfo(tid: i32) -> Result<libc::siginfo_t, SysError> {
     // SAFETY: all-zero is a valid siginfo_t.
     filled(tid, unsafe { std::mem::zeroed() }, |i| Request::GetSigInfo(i))
+}
+
+/// The signals a stopped thread blocks, as a mask (bit N-1: signal N); inside `sigsuspend`
+/// or `ppoll`, the mask it returns to.
+pub fn sigmask(tid: i32) -> Result<u64, SysError> {
+    filled(tid, 0, |m| Request::GetSigMask(m))
+}
+
+/// Set the signals a stopped thread blocks (SIGKILL and SIGSTOP never are).
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), SysError> {
+    request(tid, Request::SetSigMask(&mask)).map(drop)
 }
 
 /// Set the information of the signal a thread in a signal-delivery stop is to receive.

@@ -42,8 +42,6 @@ pub struct Tracee {
     pub(crate) exit: Option<Exit>,
     /// Children sharing the program's memory (`vfork`), traced until they execute or exit.
     pub(crate) guests: BTreeSet<i32>,
-    /// New children stopped before their parent's fork event was read, with that stop.
-    pub(crate) early: BTreeMap<i32, i32>,
     pub(crate) start: StartWatch,
     /// Whether unwinders are watched (there are return probes).
     pub(crate) unwinders_watched: bool,
@@ -81,7 +79,6 @@ impl Tracee {
             next_id: 0,
             exit: None,
             guests: BTreeSet::new(),
-            early: BTreeMap::new(),
             start: StartWatch::default(),
             unwinders_watched: false,
             objects: BTreeSet::new(),
@@ -327,7 +324,7 @@ impl Tracee {
                 let starting = if self.seized { State::Running } else { State::Starting };
                 if sys::exists(self.pid, new) {
                     self.threads.entry(new).or_insert(Thread { state: starting });
-                } else if self.early.contains_key(&new) || sys::exists(new, new) {
+                } else if crate::family::is_early(new) || sys::exists(new, new) {
                     // A clone that made a process, not a thread.
                     self.on_child(tid, new, libc::PTRACE_EVENT_CLONE, true)?;
                 }
@@ -391,6 +388,7 @@ impl Tracee {
     /// Thread `tid` ended with wait `status`: forget it; the process's exit when it is the
     /// main thread.
     pub(crate) fn thread_exited(&mut self, tid: i32, status: i32) {
+        crate::family::early_child_ended(tid, status);
         self.guests.remove(&tid);
         self.threads.remove(&tid);
         self.forget_thread_returns(tid);

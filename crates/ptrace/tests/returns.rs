@@ -205,6 +205,24 @@ fn tail_calls(outer_mode: Mode, inner_mode: Mode) {
 }
 
 #[test]
+fn a_tail_call_loop_through_an_unwatched_function_returns_every_activation_where_it_returns() {
+    // tail_ping(3) -> tail_pong(3) -> tail_ping(2) -> ... -> tail_ping(0), which returns 7:
+    // four activations of tail_ping, each returning 7 to the caller (never at a jump, where
+    // rax holds 100 + n).
+    for mode in [Mode::Exits, Mode::Trampoline] {
+        let mut t = Tracee::spawn(target(), &["tailloop", "200", "3"]).unwrap();
+        t.run_to_entry().unwrap();
+        let (def, wrong) = checked("tail_ping", |_| 7, mode);
+        let ping = t.add(def).unwrap();
+        assert_mode(&t, ping, mode);
+        assert_eq!(t.run().unwrap(), Exit::Code(0), "{mode:?}: every call returned to the right place");
+        let s = t.stats(ping);
+        assert_eq!((s.hits, s.returns, s.missed, s.abandoned), (800, 800, 0, 0), "{mode:?}");
+        assert_eq!(*wrong.borrow(), 0, "{mode:?}: each return saw its value");
+    }
+}
+
+#[test]
 fn a_tail_call_between_two_return_probed_functions_returns_once_from_each() {
     tail_calls(Mode::Exits, Mode::Exits);
     tail_calls(Mode::Trampoline, Mode::Trampoline);

@@ -152,3 +152,21 @@ long fxc_jump_out_tail(long x) {
         return -1;
     return fxc_tail_victim(x);
 }
+
+/* Recursion n deep whose innermost call longjmps back to the top: fxc_deep_jump_out(n)
+ * returns -1 when it did (n >= 0), else n. Each level adds 1 on its way back otherwise. */
+static __thread jmp_buf deep_env;
+long fxc_deep_victim(long n);
+static long (*volatile deep_victim_ptr)(long) = fxc_deep_victim;
+__attribute__((noinline, noipa)) long fxc_deep_victim(long n) {
+    if (n == 0)
+        longjmp(deep_env, 1);
+    if (n < 0)
+        return n;
+    return deep_victim_ptr(n - 1) + 1;
+}
+long fxc_deep_jump_out(long n) {
+    if (setjmp(deep_env))
+        return -1;
+    return fxc_deep_victim(n);
+}

@@ -69,3 +69,25 @@ extern "C" __attribute__((noinline)) long fxcpp_catch_tail(long x) {
         return -v - 1;
     }
 }
+
+// Recursion n deep whose innermost call throws n's depth back to the top: fxcpp_deep_catch(n)
+// = -n - 1 when it threw (n >= 0), else n.
+extern "C" long fxcpp_deep_thrower(long n, long depth);
+static long (*volatile deep_thrower_ptr)(long, long) = fxcpp_deep_thrower;
+extern "C" __attribute__((noinline)) long fxcpp_deep_thrower(long n, long depth) {
+    if (n == 0)
+        throw depth;
+    if (n < 0)
+        return n;
+    long r = deep_thrower_ptr(n - 1, depth + 1);
+    asm volatile("" ::: "memory");
+    return r + 1;
+}
+
+extern "C" long fxcpp_deep_catch(long n) {
+    try {
+        return fxcpp_deep_thrower(n, 0);
+    } catch (long depth) {
+        return -depth - 1;
+    }
+}

@@ -38,6 +38,10 @@ extern "C" {
     pub fn fxc_jump_out_tail(x: i64) -> i64;
     pub fn fxcpp_tail_throw(x: i64) -> i64;
     pub fn fxcpp_catch_tail(x: i64) -> i64;
+    pub fn fxc_deep_victim(n: i64) -> i64;
+    pub fn fxc_deep_jump_out(n: i64) -> i64;
+    pub fn fxcpp_deep_thrower(n: i64, depth: i64) -> i64;
+    pub fn fxcpp_deep_catch(n: i64) -> i64;
 }
 
 /// A fixture's address.

@@ -11,10 +11,14 @@ use prost::Message;
 
 use std::collections::HashMap;
 
+use super::perfetto_proto::counter_descriptor::Unit;
+use super::perfetto_proto::debug_annotation::{NameField, Value};
+use super::perfetto_proto::trace_packet::{Data, OptionalTrustedPacketSequenceId, SequenceFlags};
+use super::perfetto_proto::track_descriptor::StaticOrDynamicName;
+use super::perfetto_proto::track_event::{self, CallstackField, CounterValueField, Type as TrackEventType};
 use super::perfetto_proto::{
     Callstack, CounterDescriptor, DebugAnnotation, Frame, InternedData, InternedString, ProcessDescriptor,
-    ThreadDescriptor, TracePacket, TrackDescriptor, TrackEvent, TrackEventType, SEQ_INCREMENTAL_STATE_CLEARED,
-    SEQ_NEEDS_INCREMENTAL_STATE, UNIT_COUNT,
+    ThreadDescriptor, TracePacket, TrackDescriptor, TrackEvent,
 };
 use super::timeline::{Arg, ArgValue, TimelineWriter};
 
@@ -76,9 +80,10 @@ impl<W: Write> Perfetto<W> {
     }
 
     fn packet(&mut self, mut p: TracePacket) -> io::Result<()> {
-        p.trusted_packet_sequence_id = Some(SEQUENCE);
+        p.optional_trusted_packet_sequence_id =
+            Some(OptionalTrustedPacketSequenceId::TrustedPacketSequenceId(SEQUENCE));
         if std::mem::take(&mut self.first) {
-            p.sequence_flags = Some(SEQ_INCREMENTAL_STATE_CLEARED | p.sequence_flags.unwrap_or(0));
+            p.sequence_flags = Some(SequenceFlags::SeqIncrementalStateCleared as u32 | p.sequence_flags.unwrap_or(0));
         }
         self.buffer.clear();
         // `Trace.packet`, field 1, length-delimited.
@@ -93,38 +98,37 @@ impl<W: Write> Perfetto<W> {
         let callstack = self.callstack.take().filter(|_| kind != TrackEventType::SliceEnd);
         let event = TrackEvent {
             categories: if kind == TrackEventType::Counter { Vec::new() } else { vec!["dprobe".into()] },
-            name: name.map(str::to_owned),
+            name_field: name.map(|n| track_event::NameField::Name(n.to_owned())),
             r#type: Some(kind as i32),
             track_uuid: Some(track),
-            counter_value: None,
+            counter_value_field: None,
             debug_annotations: args.iter().map(annotation).collect(),
-            callstack_iid: callstack,
+            callstack_field: callstack.map(CallstackField::CallstackIid),
         };
         let interned = std::mem::take(&mut self.interning);
         let new = !(interned.function_names.is_empty() && interned.callstacks.is_empty());
         let packet = TracePacket {
             timestamp: Some(t),
-            track_event: Some(event),
+            data: Some(Data::TrackEvent(event)),
             interned_data: new.then_some(interned),
-            sequence_flags: callstack.map(|_| SEQ_NEEDS_INCREMENTAL_STATE),
+            sequence_flags: callstack.map(|_| SequenceFlags::SeqNeedsIncrementalState as u32),
             ..Default::default()
         };
         self.packet(packet)
     }
 
     fn track(&mut self, d: TrackDescriptor) -> io::Result<()> {
-        self.packet(TracePacket { track_descriptor: Some(d), ..Default::default() })
+        self.packet(TracePacket { data: Some(Data::TrackDescriptor(d)), ..Default::default() })
     }
 }
 
 fn annotation((name, value): &Arg) -> DebugAnnotation {
-    let mut a = DebugAnnotation { name: Some(name.clone()), ..Default::default() };
-    match value {
-        ArgValue::Int(v) => a.int_value = Some(*v),
-        ArgValue::Uint(v) => a.uint_value = Some(*v),
-        ArgValue::Str(s) => a.string_value = Some(s.clone()),
-    }
-    a
+    let value = match value {
+        ArgValue::Int(v) => Value::IntValue(*v),
+        ArgValue::Uint(v) => Value::UintValue(*v),
+        ArgValue::Str(s) => Value::StringValue(s.clone()),
+    };
+    DebugAnnotation { name_field: Some(NameField::Name(name.clone())), value: Some(value) }
 }
 
 impl<W: Write> TimelineWriter for Perfetto<W> {
@@ -176,21 +180,21 @@ impl<W: Write> TimelineWriter for Perfetto<W> {
             self.counters.resize(index + 1, false);
         }
         if !std::mem::replace(&mut self.counters[index], true) {
-            let counter = CounterDescriptor { unit: Some(UNIT_COUNT), ..Default::default() };
+            let counter = CounterDescriptor { unit: Some(Unit::Count as i32), ..Default::default() };
             self.track(TrackDescriptor {
                 uuid: Some(counter_track(index)),
-                name: Some(name.into()),
+                static_or_dynamic_name: Some(StaticOrDynamicName::Name(name.into())),
                 counter: Some(counter),
                 ..Default::default()
             })?;
         }
-        let mut event = TrackEvent {
+        let event = TrackEvent {
             r#type: Some(TrackEventType::Counter as i32),
             track_uuid: Some(counter_track(index)),
+            counter_value_field: Some(CounterValueField::CounterValue(value as i64)),
             ..Default::default()
         };
-        event.counter_value = Some(value as i64);
-        self.packet(TracePacket { timestamp: Some(t), track_event: Some(event), ..Default::default() })
+        self.packet(TracePacket { timestamp: Some(t), data: Some(Data::TrackEvent(event)), ..Default::default() })
     }
 
     fn finish(&mut self) -> io::Result<()> {

@@ -1,0 +1,142 @@
+//! Letting a running process go after loading a library into it, without waking the thread
+//! that was held.
+//!
+//! The held thread is usually one that waited in a system call (`pause`, `poll`, `read`...):
+//! the tracer's interrupt took it out of the call, which the kernel restarts when the thread
+//! resumes. `PTRACE_DETACH` always marks the thread as having a signal to look at, so a thread
+//! detached even inside its restarted call leaves it again at once and restarts it once more
+//! on its way back to user mode. A signal of the program's that arrives in that moment (after
+//! the restart was decided, before the call is entered again) runs its handler first, and the
+//! call is then entered as if the signal had never come: `while (!done) pause();` waits on
+//! with `done` set. Untraced, the program never has that moment: the signal ends its `pause`.
+//!
+//! So the process is not detached. The thread is brought back into its call while still
+//! traced (a signal that comes meanwhile is held, then queued again: it is pending when the
+//! call is entered, and ends it as it would have), resumed with `PTRACE_CONT` (which marks
+//! nothing), and the tracer thread then ends: the kernel unlinks a tracer's tracees when it
+//! exits, waking only those stopped for it. The whole load therefore runs on a thread of
+//! dprobe's made for it alone ([`Injector::attached`]).
+
+use std::time::{Duration, Instant};
+
+use crate::error::TraceError;
+use crate::library::{Injector, LoadError};
+use crate::sys;
+
+/// Signal stops before the call's entry after which it is given up: each takes one signal
+/// off the thread's queue (those held during the injected calls were queued again there).
+const MAX_SIGNALS: usize = 1 << 16;
+/// Other stops (an interrupt left pending, a group-stop) before it is given up.
+const MAX_OTHER_STOPS: usize = 16;
+/// How long the end of the tracer thread may take to reach the kernel's unlinking: a bound
+/// against waiting forever on a kernel that behaves otherwise, not a measure.
+const UNLINK_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether registers `r` of a thread stopped by the tracer say it was taken out of a system
+/// call that the kernel restarts when it resumes (`-ERESTARTSYS`, `-ERESTARTNOINTR`,
+/// `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`).
+fn interrupted_call(r: &libc::user_regs_struct) -> bool {
+    r.orig_rax as i64 >= 0 && matches!(r.rax as i64, -516..=-512)
+}
+
+/// Resume stopped thread `tid` of process `pid`, whose registers are `saved` (as the program
+/// left them), without detaching it: brought back into the system call it was taken out of
+/// first, when it was in one. The signals `held` for it, and those that come before it is
+/// inside, are queued again.
+pub(crate) fn resume_into_its_call(
+    pid: i32,
+    tid: i32,
+    saved: &libc::user_regs_struct,
+    mut held: Vec<libc::siginfo_t>,
+) -> Result<(), TraceError> {
+    let entered = match interrupted_call(saved) {
+        true => enter_call(tid, &mut held),
+        false => Ok(()),
+    };
+    if let Err(e @ TraceError::Gone { .. }) = entered {
+        return Err(e);
+    }
+    for info in &held {
+        sys::queue_again(pid, tid, info)?;
+    }
+    entered?;
+    sys::cont(tid, 0)?;
+    Ok(())
+}
+
+/// Run stopped thread `tid` to the entry of its next system call (the restarted one), adding
+/// the signals met on the way to `held`.
+fn enter_call(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+    let mut others = 0;
+    while held.len() < MAX_SIGNALS && others < MAX_OTHER_STOPS {
+        sys::cont_to_syscall(tid, 0)?;
+        let (_, status) = sys::wait(tid)?;
+        if !libc::WIFSTOPPED(status) || sys::event_of(status) == libc::PTRACE_EVENT_EXIT {
+            return Err(TraceError::Gone { tid });
+        }
+        if sys::event_of(status) != 0 {
+            // An interrupt left pending, or a group-stop: on to the call.
+            others += 1;
+            continue;
+        }
+        let info = sys::siginfo(tid)?;
+        // A system-call stop reports SIGTRAP with the stop's own code; a SIGTRAP sent to the
+        // program has a code of its sender's.
+        let trap = libc::SIGTRAP;
+        if libc::WSTOPSIG(status) & 0x7f == trap && (info.si_code == trap || info.si_code == trap | 0x80) {
+            return Ok(());
+        }
+        held.push(info);
+    }
+    Err(TraceError::Stuck { tid, place: "the way back into its system call" })
+}
+
+/// The thread tracing thread `tid` of process `pid` (0 for none; `None` when it is gone).
+fn tracer_of(pid: i32, tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:"))?.trim().parse().ok()
+}
+
+impl Injector {
+    /// Seize one thread of running process `pid`, hold it at a safe point, run `f` with it,
+    /// and let the process go with that thread as it was: on a thread of dprobe's made for
+    /// this, which ends before this returns, and with it the tracing (see the module's text).
+    /// The process runs untraced when this returns, whatever `f` returned.
+    pub fn attached<T: Send>(
+        pid: i32,
+        f: impl FnOnce(&mut Injector) -> Result<T, LoadError> + Send,
+    ) -> Result<T, LoadError> {
+        let run = move || -> (Result<T, LoadError>, Option<(i32, i32)>) {
+            let mut held = match Injector::attach(pid) {
+                Ok(held) => held,
+                Err(e) => return (Err(e), None),
+            };
+            let tracer = nix::unistd::gettid().as_raw();
+            let tid = held.tid();
+            let result = f(&mut held);
+            let resumed = held.resume_as_it_was();
+            let result = match (result, resumed) {
+                (Ok(value), Ok(())) => Ok(value),
+                (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+            };
+            (result, Some((tid, tracer)))
+        };
+        let (result, traced) = std::thread::scope(|s| {
+            let loader = std::thread::Builder::new().name("dprobe-attach".into()).spawn_scoped(s, run);
+            match loader {
+                Ok(loader) => loader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => {
+                    (Err(LoadError::Refused { pid, reason: format!("starting a thread to load with: {e}") }), None)
+                }
+            }
+        });
+        if let Some((tid, tracer)) = traced {
+            // The thread has returned; its exit, which unlinks the process, follows at once.
+            let limit = Instant::now() + UNLINK_LIMIT;
+            while tracer_of(pid, tid) == Some(tracer) && Instant::now() < limit {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        result
+    }
+}
