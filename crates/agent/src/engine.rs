@@ -7,7 +7,7 @@
 //! shared counters.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -244,7 +244,7 @@ impl AgentEngine {
     fn receive(&mut self) -> io::Result<Option<Message>> {
         if let Some(watch) = self.watch.as_mut() {
             let deadline = Instant::now() + ANSWER_TIMEOUT;
-            while !readable_within(&self.sock, Duration::from_millis(2))? {
+            while !readable_within(&self.sock, watch.stopped_fd(), Duration::from_millis(2))? {
                 watch.deliver_signals().map_err(io::Error::other)?;
                 if Instant::now() >= deadline {
                     return Err(unanswered(io::ErrorKind::WouldBlock.into()));
@@ -366,7 +366,8 @@ impl AgentEngine {
         if self.watch.is_none() {
             return false;
         }
-        for _ in 0..2000 {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
             if self.watch.is_none() {
                 // Ended, or the new program could not be held (said already).
                 return true;
@@ -375,7 +376,7 @@ impl AgentEngine {
                 self.pending = Some(held);
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            self.wait_for_the_program(Duration::from_millis(1));
         }
         false
     }
@@ -446,6 +447,20 @@ impl AgentEngine {
             let _ = self.receive();
         }
         Ok(())
+    }
+
+    /// Wait `limit`, less if a started program watched for its `exec` stops or ends
+    /// meanwhile: each signal it receives stops it until the watch delivers it, so it is
+    /// looked at as soon as it stops (events in the ring wait for the next look, as without).
+    fn wait_for_the_program(&self, limit: Duration) {
+        match self.watch.as_ref().and_then(ExecWatch::stopped_fd) {
+            Some(fd) => {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+                let _ = poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], timeout);
+            }
+            None => std::thread::sleep(limit),
+        }
     }
 
     /// Stop watching a started program for its `exec`: it runs on untraced.
@@ -612,13 +627,15 @@ fn ending_of(status: i32) -> Ending {
 }
 
 /// A read that timed out says so in words (the socket's timeout is reported as `EAGAIN`).
-/// Whether `sock` has something to read (or is closed) within `limit`.
-fn readable_within(sock: &UnixStream, limit: Duration) -> io::Result<bool> {
+/// Whether `sock` has something to read (or is closed) within `limit`; less if `stopped`
+/// (a watched program's stops) is readable first.
+fn readable_within(sock: &UnixStream, stopped: Option<BorrowedFd<'_>>, limit: Duration) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [sock.as_fd(), stopped.unwrap_or(sock.as_fd())].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+    let polled = if stopped.is_some() { &mut fds[..] } else { &mut fds[..1] };
     let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
-    match poll(&mut fds, timeout) {
-        Ok(n) => Ok(n > 0),
+    match poll(polled, timeout) {
+        Ok(_) => Ok(fds[0].any().unwrap_or(false)),
         Err(nix::errno::Errno::EINTR) => Ok(false),
         Err(e) => Err(e.into()),
     }
@@ -806,7 +823,7 @@ impl Engine for AgentEngine {
                 return Ok(ended);
             }
             if self.drain(sink) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
+                self.wait_for_the_program(Duration::from_millis(1));
             }
         }
     }

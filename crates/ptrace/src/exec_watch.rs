@@ -6,9 +6,14 @@
 //! thread stops it. A signal does (ptrace reports every signal): it is delivered at once, a
 //! stop signal leaves the program stopped (`PTRACE_LISTEN`) as it would untraced. Should the
 //! tracer die, the kernel lets the program go (no `PTRACE_O_EXITKILL` while it runs on its
-//! own).
+//! own). A thread of dprobe's waits for the program's stops meanwhile (see `stop_waiter`), so
+//! that the tracer can take each at once: a signal is held in its stop only that long.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
 
 use crate::library::{Injector, LoadError};
+use crate::stop_waiter::StopWaiter;
 use crate::sys;
 use crate::thread::is_stop_signal;
 use crate::tracee::EVENT_STOP;
@@ -19,7 +24,13 @@ pub struct ExecWatch {
     watching: bool,
     /// What a look taken only to deliver signals found, kept for the next [`ExecWatch::poll`].
     found: Option<Watched>,
+    /// Says when the program stopped or ended, while it is watched.
+    waiter: Option<StopWaiter>,
 }
+
+/// How long ending the waiting thread may take, at most (it ends at once where the program
+/// has something waitable).
+const WAITER_END: Duration = Duration::from_secs(1);
 
 /// What a look at a watched program found.
 pub enum Watched {
@@ -37,7 +48,13 @@ pub enum Watched {
 
 impl ExecWatch {
     pub(crate) fn new(pid: i32) -> ExecWatch {
-        ExecWatch { pid, watching: true, found: None }
+        ExecWatch { pid, watching: true, found: None, waiter: StopWaiter::start(pid) }
+    }
+
+    /// Readable when the program has stopped or ended, which [`ExecWatch::poll`] then takes;
+    /// `None` when there is nothing to wait for (a caller looks as often as it likes).
+    pub fn stopped_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.waiter.as_ref().filter(|_| self.watching && self.found.is_none()).map(StopWaiter::fd)
     }
 
     /// The program.
@@ -66,6 +83,25 @@ impl ExecWatch {
         if !self.watching {
             return Ok(Watched::Running);
         }
+        let said = self.waiter.as_ref().is_some_and(StopWaiter::take);
+        let found = self.look();
+        match (&found, self.waiter.take()) {
+            // Reaped: the thread's peek fails at once.
+            (Ok(Watched::Ended(_)), Some(waiter)) => waiter.end(WAITER_END),
+            // The program is held (or let go): the thread ends at its next stop or end.
+            (Ok(Watched::Executed(_) | Watched::Unheld(_)), _) => {}
+            (_, waiter) => {
+                if said {
+                    waiter.iter().for_each(StopWaiter::looked);
+                }
+                self.waiter = waiter;
+            }
+        }
+        found
+    }
+
+    /// Take the program's stops and deliver their signals, until it runs.
+    fn look(&mut self) -> Result<Watched, LoadError> {
         loop {
             let Some((_, status)) = sys::wait_until(self.pid, std::time::Instant::now())? else {
                 return Ok(Watched::Running);
@@ -117,6 +153,10 @@ impl ExecWatch {
         let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WNOTHREAD;
         // SAFETY: waits, without reaping, for our traced child; `info` is valid.
         let peeked = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) };
+        // Stopped or ended, not taken yet: the waiting thread sees it too, and ends.
+        if let Some(waiter) = self.waiter.take().filter(|_| peeked == 0) {
+            waiter.end(WAITER_END);
+        }
         if peeked != 0 || matches!(info.si_code, libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED) {
             return;
         }

@@ -47,6 +47,7 @@ mod returns;
 mod semaphores;
 mod signals;
 mod stop;
+mod stop_waiter;
 mod stubs;
 mod sys;
 mod thread;
