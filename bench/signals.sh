@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What a signal costs a command dprobe starts. The agent leaves the command's main thread
+# traced by ptrace, for its `exec` alone; the kernel stops a traced thread at each signal it
+# receives until the tracer delivers it. The program (crates/cli/tests/fixtures/signals.c)
+# raises SIGUSR1 N times and prints the nanoseconds each raise took (its handler included):
+# untraced, under `dprobe trace --count` with the agent and with the ptrace engine, one of each
+# per round, medians of REPS rounds. BEFORE=PATH adds the agent of another dprobe binary (an
+# earlier build, for a before/after figure).
+#   bench/signals.sh        N=5000, REPS=5
+. "$(dirname "$0")/lib.sh"
+N=${N:-5000}
+REPS=${REPS:-5}
+prog=$out/signals
+cc -O2 -pthread -o "$prog" "$root/crates/cli/tests/fixtures/signals.c"
+med() { printf '%s\n' $1 | median; }
+ns() { sed -n 's/^\([0-9]*\) ns per signal$/\1/p'; }
+declare -A all
+for _ in $(seq "$REPS"); do
+    all[untraced]+=" $("$prog" "$N" raise 2>&1 >/dev/null | ns)"
+    for e in agent ptrace; do
+        all[$e]+=" $("$dprobe" trace --engine $e --count -o "$out/signals-$e.summary" step -- "$prog" "$N" raise 2>&1 >/dev/null | ns)"
+    done
+    if [ -n "${BEFORE:-}" ]; then
+        all[before]+=" $("$BEFORE" trace --engine agent --count -o "$out/signals-before.summary" step -- "$prog" "$N" raise 2>&1 >/dev/null | ns)"
+    fi
+done
+echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-14s %12s   %s\n' "raise, N=$N" "ns/signal" "rounds"
+for k in untraced ${BEFORE:+before} agent ptrace; do
+    printf '%-14s %12s   %s\n' "$k" "$(med "${all[$k]}")" "${all[$k]}"
+done
