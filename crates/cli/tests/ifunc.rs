@@ -58,3 +58,38 @@ fn list_marks_indirect_functions() {
     // An ordinary function has no mark.
     assert_eq!(line("strerror"), Some(""), "{stdout}");
 }
+
+/// `memcpy` and `memset` are also functions the in-process hit path itself calls: probed, the
+/// program runs as untraced and every one of its calls is counted. (`memcpy` under the agent is
+/// left out: glibc's `mempcpy` branches into the first bytes of `memcpy`'s implementation, which
+/// the agent's jump would cover.)
+#[test]
+fn memcpy_and_memset_probed_leave_the_program_as_it_was() {
+    let prog = common::mem_calls();
+    let untraced = std::process::Command::new(prog).arg("300").output().unwrap();
+    assert_eq!(untraced.status.code(), Some(0));
+    let untraced = String::from_utf8(untraced.stdout).unwrap();
+    for (engine, func, size) in [("agent", "memset", 4327), ("ptrace", "memset", 4327), ("ptrace", "memcpy", 4321)] {
+        let probe = format!("libc:{func} n=$arg3");
+        let filter = format!("n == {size}");
+        let t = trace_to_file(
+            &format!("mem-{engine}-{func}"),
+            &["--engine", engine, &probe, "--filter", &filter, "--", prog, "300"],
+        );
+        let what = t.what(&format!("{engine} {func}"));
+        assert_eq!(t.code, Some(0), "{what}");
+        assert_eq!(t.stdout, untraced, "{what}");
+        let events = t.trace.lines().filter(|l| l.contains(&format!("call {func}(n={size:#x})"))).count();
+        assert_eq!(events, 300, "the program's calls of {func} with its size\n{what}");
+
+        // Every call counted, not only the program's own: the program still runs as untraced.
+        let t = trace_to_file(
+            &format!("mem-count-{engine}-{func}"),
+            &["--engine", engine, "--count", &format!("libc:{func}"), "--", prog, "300"],
+        );
+        let what = t.what(&format!("{engine} --count {func}"));
+        assert_eq!(t.code, Some(0), "{what}");
+        assert_eq!(t.stdout, untraced, "{what}");
+        assert!(common::hits(&t.trace, &format!("libc:{func}")) >= 300, "{what}");
+    }
+}

@@ -2,7 +2,29 @@
 //!
 //! Async-signal-safe: plain loads and stores.
 
+use std::mem::MaybeUninit;
+
 use dprobe_arch::Regs;
+
+/// Where `Regs`' general registers (its first 16 words, in encoding order) are in `gregs`.
+const GREG_OF_WORD: [libc::c_int; 16] = [
+    libc::REG_RAX,
+    libc::REG_RCX,
+    libc::REG_RDX,
+    libc::REG_RBX,
+    libc::REG_RSP,
+    libc::REG_RBP,
+    libc::REG_RSI,
+    libc::REG_RDI,
+    libc::REG_R8,
+    libc::REG_R9,
+    libc::REG_R10,
+    libc::REG_R11,
+    libc::REG_R12,
+    libc::REG_R13,
+    libc::REG_R14,
+    libc::REG_R15,
+];
 
 /// The registers saved in a signal frame.
 pub struct SignalContext {
@@ -72,18 +94,41 @@ impl SignalContext {
         self.gregs_mut()[libc::REG_RSP as usize] = rsp as i64;
     }
 
-    /// Read every register handlers may see.
-    pub fn regs(&self) -> Regs {
-        let mut regs = Regs::from_signal_frame(self.gregs());
-        if let Some(fp) = self.fpstate() {
-            // SAFETY: the kernel points `fpregs` at the frame's FPU save area, valid for the
-            // handler's run.
-            let xmm = unsafe { &(*fp)._xmm };
-            for (dst, src) in regs.xmm.iter_mut().zip(xmm.iter()) {
-                *dst = Regs::xmm_from_frame(src.element);
-            }
+    /// Read every register handlers may see into `slot`, and return it.
+    ///
+    /// Word by word with volatile stores, never through a `Regs` value built elsewhere and
+    /// moved: rustc turns a copy of the 400-byte `Regs` (or zeroing it) into a call to the C
+    /// library's `memcpy`/`memset`, which may be probed, and a hit there from this handler
+    /// would trap again before the handler knows it is nested.
+    pub fn regs_in<'a>(&self, slot: &'a mut MaybeUninit<Regs>) -> &'a mut Regs {
+        const WORDS: usize = std::mem::size_of::<Regs>() / 8;
+        let out = slot.as_mut_ptr().cast::<u64>();
+        let gregs = self.gregs();
+        let fp = self.fpstate();
+        for w in 0..WORDS {
+            let value = match w {
+                0..=15 => gregs[GREG_OF_WORD[w] as usize] as u64,
+                16 => gregs[libc::REG_RIP as usize] as u64,
+                17 => gregs[libc::REG_EFL as usize] as u64,
+                _ => fp.map_or(0, |fp| {
+                    let (i, half) = ((w - 18) / 2, (w - 18) % 2);
+                    // SAFETY: the kernel points `fpregs` at the frame's FPU save area, valid
+                    // for the handler's run; i < 16.
+                    let words = unsafe { (*fp)._xmm[i].element };
+                    u64::from(words[2 * half]) | u64::from(words[2 * half + 1]) << 32
+                }),
+            };
+            // SAFETY: `w` < WORDS: inside `slot`, 8-byte aligned (Regs is 16-aligned).
+            unsafe { std::ptr::write_volatile(out.add(w), value) };
         }
-        regs
+        // SAFETY: every word of the plain-old-data `Regs` was written above.
+        unsafe { slot.assume_init_mut() }
+    }
+
+    /// Write back the general registers, `rip` and the flags of `regs` (not the vector
+    /// registers), for a hit that ran no handler.
+    pub fn set_gregs(&mut self, regs: &Regs) {
+        regs.to_signal_frame(self.gregs_mut());
     }
 
     /// Write back what handlers may change; the kernel restores it at `sigreturn`.

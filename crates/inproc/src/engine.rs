@@ -1187,7 +1187,8 @@ fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, P
 /// Whether a function belongs to dprobe's hit path (kprobe rule 2): dprobe's own crates, its
 /// assembly, and the C library's signal return trampoline. Functions of other libraries that
 /// the hit path calls (e.g. `memcpy`) may be probed: a hit on them from inside dprobe runs no
-/// handler and counts as missed, like any hit inside a handler.
+/// handler and counts as missed, like any hit inside a handler (the trap path decides this
+/// before anything that may call them, see `trap::on_sigtrap`).
 fn hit_path_region(name: &str) -> Option<String> {
     const CRATES: [&str; 4] = ["dprobe_inproc", "dprobe_core", "dprobe_rcu", "dprobe_arch"];
     if name.starts_with("__dprobe_") {

@@ -121,12 +121,14 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
             // SAFETY: the program installed this SA_SIGINFO handler for `sig`; we call it as
             // the kernel would have, with the same arguments.
             let f: SigInfoHandler = unsafe { std::mem::transmute::<usize, SigInfoHandler>(handler) };
+            let _program = crate::trap::ProgramHandler::enter();
             f(sig, info, uc);
         }
         handler => {
             // SAFETY: a plain `void (*)(int)` handler installed by the program.
             let f: extern "C" fn(libc::c_int) =
                 unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(handler) };
+            let _program = crate::trap::ProgramHandler::enter();
             f(sig);
         }
     }

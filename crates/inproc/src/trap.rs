@@ -7,6 +7,7 @@
 //! dprobe's crates are refused as probe targets.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, MemoryFault, Prepared, INT3};
 use dprobe_core::{FaultInfo, FaultStage, HandlerCall, HandlerFault, PreOutcome, Regs, Site, TrapKind};
@@ -94,25 +95,77 @@ impl HitPath {
     }
 }
 
+/// While the program's own signal handler runs, called from one of dprobe's (chaining), the
+/// thread is out of dprobe's hit path: the probes that handler passes through are the
+/// program's hits, not nested ones. Restores the depth when dropped.
+pub(crate) struct ProgramHandler(Option<(&'static ThreadState, u32)>);
+
+impl ProgramHandler {
+    pub(crate) fn enter() -> ProgramHandler {
+        ProgramHandler(thread_state::existing().map(|s| (s, s.in_hit_path.replace(0))))
+    }
+}
+
+impl Drop for ProgramHandler {
+    fn drop(&mut self) {
+        if let Some((s, depth)) = self.0 {
+            s.in_hit_path.set(depth);
+        }
+    }
+}
+
 /// Whether the calling thread is running a probe handler.
 pub fn in_handler() -> bool {
     thread_state::existing().is_some_and(|s| s.in_handler.get())
 }
 
+/// Why a hit runs no handler, decided from the thread's counters alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// dprobe's own work (registering, unregistering): nothing counted.
+    OwnWork,
+    /// Inside a handler, or inside dprobe's hit path itself (a C library function it calls,
+    /// such as `memcpy`, is probed): counted as missed.
+    Nested,
+}
+
+/// Whether a hit of a thread whose hit-path depth was `depth` before this hit runs no handler.
+fn quiet(state: &ThreadState, depth: u32) -> Option<Quiet> {
+    if state.own_work.get() > 0 {
+        Some(Quiet::OwnWork)
+    } else if state.in_handler.get() || depth > 0 {
+        Some(Quiet::Nested)
+    } else {
+        None
+    }
+}
+
 /// `SIGTRAP`: a probe's `int3`, the `int3` ending a slot, or somebody else's trap.
+///
+/// Whether the hit is nested is decided first, from the thread's counters, and a nested hit
+/// is handled by [`on_quiet_entry`] / [`on_quiet_post_step`], which call no C library
+/// function: the hit path's own copies of registers may call `memcpy`, and with `memcpy`
+/// probed a nested hit that copied again would trap again, without end.
 pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let _hit_path = HitPath::enter();
+    let state = thread_state::current();
+    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get()));
+    let _hit_path = HitPath::with(state);
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
     let key = ctx.rip().wrapping_sub(1);
     let handled = Engine::get().is_some_and(|engine| {
-        engine.table.lookup(key, |found| match found {
-            Some((site, TrapKind::Entry)) => on_entry(site, &mut ctx),
-            Some((site, TrapKind::PostStep)) => {
+        engine.table.lookup(key, |found| match (found, quiet) {
+            (Some((site, TrapKind::Entry)), Some(why)) => on_quiet_entry(engine, site, why, &mut ctx),
+            (Some((site, TrapKind::Entry)), None) => on_entry(site, &mut ctx),
+            (Some((site, TrapKind::PostStep)), Some(_)) => {
+                on_quiet_post_step(site, &mut ctx);
+                true
+            }
+            (Some((site, TrapKind::PostStep)), None) => {
                 on_post_step(site, &mut ctx);
                 true
             }
-            None => false,
+            (None, _) => false,
         })
     });
     if !handled {
@@ -124,22 +177,70 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
 /// A probe's `int3` at `site.addr` trapped.
 fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
     if site.probes.is_empty() {
-        // Every probe here was unregistered after this thread trapped. If the original byte
-        // is back, run the original instruction; an int3 still there is not ours.
-        if code_byte(site.addr) == INT3 {
-            return false;
-        }
-        ctx.set_rip(site.addr.0);
-        return true;
+        return unprobed_entry(site, ctx);
     }
-    let mut regs = ctx.regs();
+    let mut slot = MaybeUninit::uninit();
+    let regs = ctx.regs_in(&mut slot);
     regs.rip = site.addr.0;
-    dispatch_entry(site, &mut regs, Some(ctx.alternate_stack()), |regs, d| match d {
+    dispatch_entry(site, regs, Some(ctx.alternate_stack()), |regs, d| match d {
         Dispatch::Missed => execute(site, regs, false, ctx),
         Dispatch::Ran(PreOutcome::Skip) => ctx.set_regs(regs),
         Dispatch::Ran(PreOutcome::Execute { post }) => execute(site, regs, post, ctx),
     });
     true
+}
+
+/// Every probe at `site` was unregistered after this thread trapped. If the original byte is
+/// back, run the original instruction; an int3 still there is not ours.
+fn unprobed_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
+    if code_byte(site.addr) == INT3 {
+        return false;
+    }
+    ctx.set_rip(site.addr.0);
+    true
+}
+
+/// A nested hit (see [`Quiet`]): count it, run no handler, and execute the displaced
+/// instruction touching only what it needs: RIP for a route or a slot, the general registers
+/// (filled word by word) for an emulated instruction. Nothing here may call the C library,
+/// which may be probed (see `on_sigtrap`).
+fn on_quiet_entry(engine: &Engine, site: &Site<Prepared>, why: Quiet, ctx: &mut SignalContext) -> bool {
+    if site.probes.is_empty() {
+        return unprobed_entry(site, ctx);
+    }
+    if why == Quiet::Nested {
+        site.miss();
+    }
+    if let Some(copy) = engine.route(site.addr) {
+        ctx.set_rip(copy.0);
+        return true;
+    }
+    match site.arch.plan {
+        ExecPlan::Slot(_) => ctx.set_rip(site.arch.slot_entry().map_or(site.addr.0, |a| a.0)),
+        ExecPlan::Emulate(emulation) => {
+            let mut slot = MaybeUninit::uninit();
+            let regs = ctx.regs_in(&mut slot);
+            regs.rip = site.addr.0;
+            let mut mem = InprocMemory { rsp: regs.rsp };
+            match emulate(emulation, site.arch.insn.next(), regs, &mut mem) {
+                Ok(()) => ctx.set_gregs(regs),
+                Err(EmulateError::Fault(fault)) => {
+                    // The original would have faulted: deliver it at the probed instruction,
+                    // with no fault handler (none runs for a hit inside a handler).
+                    regs.rip = site.addr.0;
+                    ctx.set_gregs(regs);
+                    deliver_segv(fault.addr, ctx);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// The slot's final `int3` of a nested hit: its entry ran no handler, so no post-handler
+/// runs either; only RIP moves on (nothing that may call the C library, see `on_sigtrap`).
+fn on_quiet_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
+    ctx.set_rip(site.arch.insn.next().0);
 }
 
 /// Execute the displaced instruction, or, when the site's jump over several instructions is
@@ -198,7 +299,9 @@ pub(crate) fn dispatch_entry_in<R>(
         // dprobe's own call: not the program's, not a hit (nothing counted).
         return then(regs, Dispatch::Missed);
     }
-    if state.in_handler.get() {
+    // The caller raised the hit-path depth once for this hit: more is a hit from inside
+    // dprobe's hit path (a C library function it calls is probed).
+    if state.in_handler.get() || state.in_hit_path.get() > 1 {
         site.miss();
         return then(regs, Dispatch::Missed);
     }
@@ -213,7 +316,7 @@ pub(crate) fn dispatch_entry_in<R>(
 /// instruction: whether they ran (not for a hit inside a handler or from dprobe's own work,
 /// whose entry ran no handler either).
 pub(crate) fn dispatch_post_in(state: &'static ThreadState, site: &Site<Prepared>, regs: &mut Regs) -> bool {
-    if state.own_work.get() > 0 || state.in_handler.get() {
+    if state.own_work.get() > 0 || state.in_handler.get() || state.in_hit_path.get() > 1 {
         return false;
     }
     state.alternate_known.set(false);
@@ -249,13 +352,14 @@ fn execute_here(site: &Site<Prepared>, regs: &mut Regs, post: bool, ctx: &mut Si
 /// The slot's final `int3`: the instruction has run; continue after the original and run the
 /// post-handlers.
 fn on_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
-    let mut regs = ctx.regs();
-    site.arch.finish_step(&mut regs);
-    if !in_handler() && enter_handler() {
-        site.run_post(&mut regs, &mut Guarded(thread_state::current()));
+    let mut slot = MaybeUninit::uninit();
+    let regs = ctx.regs_in(&mut slot);
+    site.arch.finish_step(regs);
+    if enter_handler() {
+        site.run_post(regs, &mut Guarded(thread_state::current()));
         leave_handler();
     }
-    ctx.set_regs(&regs);
+    ctx.set_regs(regs);
 }
 
 /// The emulated instruction's memory access failed, so the original would have faulted:
@@ -269,7 +373,13 @@ fn emulated_fault(site: &Site<Prepared>, regs: &mut Regs, fault: MemoryFault, ct
     }
     regs.rip = site.addr.0;
     ctx.set_regs(regs);
-    let mut si = segv_info(fault.addr);
+    deliver_segv(fault.addr, ctx);
+}
+
+/// Deliver the `SIGSEGV` an emulated instruction's access at `addr` would have raised, with
+/// the registers already in `ctx`.
+fn deliver_segv(addr: Addr, ctx: &mut SignalContext) {
+    let mut si = segv_info(addr);
     // SAFETY: we are in dprobe's SIGTRAP handler; `si` is a valid siginfo for SIGSEGV and
     // `ctx` the interrupted context. A program handler that returns re-executes the probed
     // instruction (RIP is at it), as after a real fault.
@@ -320,11 +430,12 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
     let rip = ctx.rip();
     if let Some(engine) = Engine::get() {
         if let Some(slot) = engine.slot_containing(Addr(rip)) {
-            let mut regs = ctx.regs();
+            let mut frame = MaybeUninit::uninit();
+            let regs = ctx.regs_in(&mut frame);
             let mut mem = InprocMemory { rsp: regs.rsp };
-            if slot.map_fault(&mut regs, &mut mem).is_ok() {
-                if instruction_fault_handled(engine, slot.original, &mut regs, sig, fault_addr) {
-                    ctx.set_regs(&regs);
+            if slot.map_fault(regs, &mut mem).is_ok() {
+                if instruction_fault_handled(engine, slot.original, regs, sig, fault_addr) {
+                    ctx.set_regs(regs);
                     return;
                 }
                 // SIGFPE and SIGILL report the instruction's own address: show the original.
@@ -333,7 +444,7 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
                 if crate::signals::has_program_handler(sig) {
                     // Show the program its fault at the original instruction; if its handler
                     // returns without moving RIP, run the slot again from its start.
-                    ctx.set_regs(&regs);
+                    ctx.set_regs(regs);
                     // SAFETY: dprobe's handler for `sig`, kernel arguments.
                     unsafe { chain(sig, info, uc, Redeliver::Refault) };
                     if ctx.rip() == slot.original.0 {
@@ -371,11 +482,12 @@ unsafe fn window_fault(
     fault_addr: u64,
 ) -> bool {
     let Some(engine) = Engine::get() else { return false };
-    let mut regs = ctx.regs();
+    let mut frame = MaybeUninit::uninit();
+    let regs = ctx.regs_in(&mut frame);
     let (original, copy) = window.instruction_at(Addr(ctx.rip()));
     regs.rip = original.0;
-    if instruction_fault_handled(engine, window.original, &mut regs, sig, fault_addr) {
-        ctx.set_regs(&regs);
+    if instruction_fault_handled(engine, window.original, regs, sig, fault_addr) {
+        ctx.set_regs(regs);
         return true;
     }
     if !crate::signals::has_program_handler(sig) {
@@ -387,7 +499,7 @@ unsafe fn window_fault(
             (info as *mut u8).add(16).cast::<u64>().write_unaligned(original.0);
         }
     }
-    ctx.set_regs(&regs);
+    ctx.set_regs(regs);
     // SAFETY: per this function's contract.
     unsafe { chain(sig, info, uc, Redeliver::Refault) };
     if ctx.rip() == original.0 {

@@ -277,3 +277,10 @@ pub fn holder(dprobe: u32) -> Option<u32> {
 pub fn started_command(dprobe: u32) -> Option<i32> {
     first_child(holder(dprobe)?).map(|c| c as i32)
 }
+
+/// The fixture calling libc's `memcpy` and `memset` (`mem_calls N`: N calls of each, with
+/// sizes 4321 and 4327; prints a checksum).
+pub fn mem_calls() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mem_calls.c");
+    dprobe_test_fixtures::c_program(src, "mem_calls", &["-O2"])
+}
