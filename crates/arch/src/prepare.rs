@@ -33,7 +33,13 @@ impl Prepared {
     /// After a post-step slot's final `int3` trapped: continue after the original instruction
     /// (the kernel's `resume_singlestep`).
     pub fn finish_step(&self, regs: &mut Regs) {
-        regs.rip = self.insn.next().0;
+        regs.rip = self.step_resume().0;
+    }
+
+    /// Where a thread continues once a post-step slot's final `int3` trapped, for a caller
+    /// that moves only RIP (the trap path's nested hits, which build no `Regs`).
+    pub fn step_resume(&self) -> Addr {
+        self.insn.next()
     }
 
     /// Where a hit sends the thread to run the instruction out of line, if the plan takes a

@@ -240,7 +240,7 @@ fn on_quiet_entry(engine: &Engine, site: &Site<Prepared>, why: Quiet, ctx: &mut 
 /// The slot's final `int3` of a nested hit: its entry ran no handler, so no post-handler
 /// runs either; only RIP moves on (nothing that may call the C library, see `on_sigtrap`).
 fn on_quiet_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
-    ctx.set_rip(site.arch.insn.next().0);
+    ctx.set_rip(site.arch.step_resume().0);
 }
 
 /// Execute the displaced instruction, or, when the site's jump over several instructions is
