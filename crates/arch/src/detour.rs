@@ -35,6 +35,7 @@
 //! Nothing is written into the red zone of the probed code, and no register or flag is
 //! changed on the way to the window.
 
+use crate::relocate::relocate_then;
 use crate::{relocate, relocate_with, Addr, CodeWriter, Insn, NotOptimized, Relocated};
 
 /// Bytes below the stack pointer the probed code may use without moving it (System V).
@@ -67,14 +68,35 @@ pub struct Detour {
     pub site: Addr,
     /// All of it, from `addr`.
     pub code: Vec<u8>,
-    /// The relocated window (at `addr + DETOUR_WINDOW`).
+    /// The relocated window (at `addr + DETOUR_WINDOW`); for an exit probe, the exit alone.
     pub window: Relocated,
+    /// For an exit probe ([`exit_detour_code`]): the copy of the instructions before the exit,
+    /// where its jump leads, which continues into the detour's entry.
+    pub prefix: Option<Relocated>,
+    /// Where the jump goes: the probe, or the first instruction of an exit probe's window.
+    pub jump_from: Addr,
 }
 
 impl Detour {
-    /// The jump's target.
+    /// The entry: where the stub is called with the registers as at the probe.
     pub fn entry(&self) -> Addr {
         self.addr.offset(DETOUR_ENTRY)
+    }
+
+    /// The jump's target: the entry, or an exit probe's copy of the instructions before it.
+    pub fn target(&self) -> Addr {
+        self.prefix.as_ref().map_or(self.entry(), |p| p.addr)
+    }
+
+    /// Where a thread stopped at `original`, an instruction of the window, continues in the
+    /// detour: the copy of an instruction before an exit, the entry for the probed one (its
+    /// handlers have not run), or the copy of a later one (an entry window's).
+    pub fn copy_of(&self, original: Addr) -> Option<Addr> {
+        match &self.prefix {
+            Some(_) if original == self.site => Some(self.entry()),
+            Some(prefix) => prefix.copy_of(original),
+            None => self.window.copy_of(original),
+        }
     }
 
     /// Replace the word at +0 (the probe address) with an engine's own, e.g. the address of
@@ -85,8 +107,42 @@ impl Detour {
 
     /// The `jmp rel32` that replaces the window's first five bytes.
     pub fn jump(&self) -> [u8; 5] {
-        crate::jmp_rel32(self.site, self.entry()).expect("the entry is in reach: checked when the detour was built")
+        crate::jmp_rel32(self.jump_from, self.target())
+            .expect("the target is in reach: checked when the detour was built")
     }
+}
+
+/// Build the detour of the exit probe at `site` (a `ret` or a tail jump) whose window is
+/// `window` (as [`crate::can_optimize_exit`] returned it: instructions ending with the exit),
+/// to run from `at`, calling `stub`. The jump at the window's start leads to a copy of the
+/// instructions before the exit, placed after the relocated exit, which then continues into
+/// the entry: the stub sees the registers exactly as at the exit (`rip` is `site`, the stack
+/// pointer as there), and the detour runs the exit afterwards.
+///
+/// ```text
+/// at+0 .. entry, head       as in `detour_code`
+/// window:                   the relocated exit (`ret`, or the jump re-targeted)
+/// prefix:                   the relocated instructions before it, then `jmp entry`
+/// ```
+pub fn exit_detour_code(site: Addr, window: &[Insn], at: Addr, stub: Addr) -> Result<Detour, NotOptimized> {
+    let (exit, before) = window.split_last().ok_or(NotOptimized::Relocate(crate::RelocateError::Empty))?;
+    if exit.addr != site {
+        return Err(NotOptimized::NotAnExit { at: exit.addr, text: exit.text() });
+    }
+    let mut detour = build(site, std::slice::from_ref(exit), at, stub, None)?;
+    if before.is_empty() {
+        return Ok(detour);
+    }
+    let prefix_at = at.offset(detour.code.len() as u64);
+    let prefix = relocate_then(before, prefix_at, &|_| {}, Some(detour.entry()))?;
+    let from = before[0].addr;
+    if i32::try_from(prefix_at.0.wrapping_sub(from.offset(5).0) as i64).is_err() {
+        return Err(NotOptimized::NoDetourPage { addr: site, reason: format!("{at} is out of a jump's reach") });
+    }
+    detour.code.extend(&prefix.code);
+    detour.prefix = Some(prefix);
+    detour.jump_from = from;
+    Ok(detour)
 }
 
 /// Build the detour of the probe at `site` whose window is `window` (as
@@ -158,5 +214,5 @@ fn build(site: Addr, window: &[Insn], at: Addr, stub: Addr, post: Option<Addr>) 
     code.extend(post.map_or(0, |p| p.0).to_le_bytes());
     code.extend(&head.bytes);
     code.extend(&window.code);
-    Ok(Detour { addr: at, site, code, window })
+    Ok(Detour { addr: at, site, code, window, prefix: None, jump_from: site })
 }

@@ -21,7 +21,8 @@
 //!   calls), for return probes that never touch the stack, or says why they are not all known
 //!   ([`ExitsUnknown`]);
 //! * [`can_optimize`] decides, from the whole function, whether a probe can be a jump instead
-//!   of an `int3`, or says why not ([`NotOptimized`]).
+//!   of an `int3`, or says why not ([`NotOptimized`]); [`can_optimize_exit`] the same for a
+//!   return probe's exit, whose jump goes before it.
 //!
 //! Every byte of machine code dprobe writes into a process (slots, return stubs, injected
 //! system calls, trampolines) comes from one [`CodeWriter`], which lays instructions out with
@@ -43,6 +44,7 @@ mod analyze;
 mod detour;
 mod emulate;
 mod error;
+mod exit_window;
 mod exits;
 mod kernel_uprobe;
 mod memory;
@@ -61,11 +63,12 @@ pub use analyze::{
     MemOperand, PushValue, RipRelative,
 };
 pub use detour::{
-    detour_code, detour_code_with_post, post_fits, Detour, DETOUR_ENTRY, DETOUR_POST_STUB, DETOUR_REDIRECT,
-    DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW, POST_DETOUR_BACK, POST_NEXT_BACK,
+    detour_code, detour_code_with_post, exit_detour_code, post_fits, Detour, DETOUR_ENTRY, DETOUR_POST_STUB,
+    DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW, POST_DETOUR_BACK, POST_NEXT_BACK,
 };
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
+pub use exit_window::{can_optimize_exit, can_optimize_exit_in};
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};

@@ -77,6 +77,23 @@ pub enum NotOptimized {
         /// Where it is.
         at: Addr,
     },
+    /// An exit probe's window (the instructions before the exit, from where the jump goes)
+    /// would start before the function: fewer than five bytes of instructions lead to the exit.
+    #[error("fewer than {JUMP_LEN} bytes of instructions lead from the function's start at {start} to the exit at {exit}, too few for a jump before it")]
+    ExitWindowTooShort {
+        /// The exit.
+        exit: Addr,
+        /// The function's start.
+        start: Addr,
+    },
+    /// An exit window must end with a return or a direct jump (a tail call).
+    #[error("`{text}` at {at} is not a return or a direct jump, which an exit window ends with")]
+    NotAnExit {
+        /// The instruction.
+        at: Addr,
+        /// The instruction, disassembled.
+        text: String,
+    },
     /// An instruction of the window cannot be probed at all.
     #[error("the window cannot be analyzed: {0}")]
     Analyze(#[from] AnalyzeError),
@@ -217,7 +234,7 @@ pub fn can_optimize_in(
     if window.last().map_or(addr, Insn::next) > end {
         return Err(NotOptimized::CrossesFunctionEnd { addr, end });
     }
-    branches.check(function, start, addr)?;
+    branches.check(function, start, addr, JUMP_LEN as u64)?;
     // Relocating to the window's own address decides everything but reach, which depends
     // on where the engine finds a detour page.
     relocate(&window, addr)?;
@@ -274,10 +291,10 @@ impl FunctionBranches {
     }
 
     /// Refuse, for the window at `addr`, the first instruction of the function (in address
-    /// order) that branches into bytes +1..+4 of the window or rules out every window.
-    fn check(&self, function: &[u8], start: Addr, addr: Addr) -> Result<(), NotOptimized> {
+    /// order) that branches into bytes +1..+`len`-1 of the window or rules out every window.
+    pub(crate) fn check(&self, function: &[u8], start: Addr, addr: Addr, len: u64) -> Result<(), NotOptimized> {
         let first = self.branches.partition_point(|(target, _)| *target <= addr.0);
-        let last = self.branches.partition_point(|(target, _)| *target < addr.0 + JUMP_LEN as u64);
+        let last = self.branches.partition_point(|(target, _)| *target < addr.0 + len);
         let into = self.branches[first..last].iter().min_by_key(|(_, from)| *from);
         let text = |at: Addr| describe(&function[(at.0 - start.0) as usize..], at);
         if let Some(&(target, from)) = into {

@@ -130,6 +130,18 @@ pub fn relocate_with(
     at: Addr,
     after_first: &dyn Fn(&mut CodeWriter),
 ) -> Result<Relocated, RelocateError> {
+    relocate_then(run, at, after_first, None)
+}
+
+/// [`relocate_with`], continuing at `then` (instead of the instruction after the run) when
+/// the run falls through: an exit detour's copy of the instructions before the exit goes on
+/// to the detour's head.
+pub(crate) fn relocate_then(
+    run: &[Insn],
+    at: Addr,
+    after_first: &dyn Fn(&mut CodeWriter),
+    then: Option<Addr>,
+) -> Result<Relocated, RelocateError> {
     let first = run.first().ok_or(RelocateError::Empty)?;
     for pair in run.windows(2) {
         if pair[0].next() != pair[1].addr {
@@ -196,7 +208,7 @@ pub fn relocate_with(
         }
     }
     if falls_through {
-        w.jmp(end);
+        w.jmp(then.unwrap_or(end));
     }
     let written = w.finish(at).map_err(|e| RelocateError::Encode(e.0))?;
     let map = run.iter().zip(marks).map(|(i, m)| (i.addr, at.offset(u64::from(written.offsets[m])))).collect();
