@@ -32,11 +32,47 @@ const CHUNKS: usize = 36;
 /// Chunks mapped by every thread's stacks, for [`mapped_chunks`].
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
-/// An entry of a [`ChunkedStack`]: all zeroes is a valid (unused) entry.
+/// An entry of a [`ChunkedStack`]: all zeroes is a valid (unused) entry. Implemented by
+/// [`stack_entry!`].
 pub(crate) trait StackEntry {
     /// Take `other`'s values.
     fn copy_from(&self, other: &Self);
 }
+
+/// A field of a [`StackEntry`]: a `Cell` of plain data, or an array of them.
+pub(crate) trait EntryField {
+    /// Take `other`'s value.
+    fn copy_from(&self, other: &Self);
+}
+
+impl<T: Copy> EntryField for Cell<T> {
+    fn copy_from(&self, other: &Self) {
+        self.set(other.get());
+    }
+}
+
+impl<F: EntryField, const N: usize> EntryField for [F; N] {
+    fn copy_from(&self, other: &Self) {
+        for (to, from) in self.iter().zip(other) {
+            to.copy_from(from);
+        }
+    }
+}
+
+/// `stack_entry!(Pending { sp, ret })`: `Pending` is a [`StackEntry`] that copies every one
+/// of these fields. The list must name them all: the pattern it is matched against has no
+/// `..`, so a field added to the struct and not here does not compile.
+macro_rules! stack_entry {
+    ($entry:ident { $($field:ident),+ $(,)? }) => {
+        impl $crate::chunked_stack::StackEntry for $entry {
+            fn copy_from(&self, other: &Self) {
+                let $entry { $($field),+ } = self;
+                $($crate::chunked_stack::EntryField::copy_from($field, &other.$field);)+
+            }
+        }
+    };
+}
+pub(crate) use stack_entry;
 
 /// A thread's pending calls, oldest first, `INLINE` of them held inline. All zeroes is empty.
 pub(crate) struct ChunkedStack<T, const INLINE: usize> {
@@ -188,12 +224,7 @@ mod tests {
         ret: Cell<u64>,
     }
 
-    impl StackEntry for Entry {
-        fn copy_from(&self, other: &Entry) {
-            self.sp.set(other.sp.get());
-            self.ret.set(other.ret.get());
-        }
-    }
+    stack_entry!(Entry { sp, ret });
 
     type Stack = ChunkedStack<Entry, INLINE>;
 

@@ -44,7 +44,7 @@ use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 use dprobe_sym::Function;
 
-use crate::chunked_stack::{ChunkedStack, StackEntry};
+use crate::chunked_stack::{stack_entry, ChunkedStack};
 use crate::engine::Engine;
 use crate::kretprobe::{
     self, find, real_return_address, registry, trampoline_addr, EntryAction, InstanceData, KretInner, OwnStacks,
@@ -92,17 +92,7 @@ struct Activation {
     slots: [Cell<u32>; PER_CALL],
 }
 
-impl StackEntry for Activation {
-    fn copy_from(&self, other: &Activation) {
-        self.sp.set(other.sp.get());
-        self.handed.set(other.handed.get());
-        self.n.set(other.n.get());
-        for k in 0..PER_CALL {
-            self.probes[k].set(other.probes[k].get());
-            self.slots[k].set(other.slots[k].get());
-        }
-    }
-}
+stack_entry!(Activation { sp, handed, n, probes, slots });
 
 impl Activation {
     /// Its return probes that are still registered, with their instances, innermost (last

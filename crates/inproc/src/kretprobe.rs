@@ -64,7 +64,7 @@ use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, ThreadStacks};
 use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
-use crate::chunked_stack::{self, ChunkedStack, StackEntry};
+use crate::chunked_stack::{self, stack_entry, ChunkedStack};
 use crate::instances::Instances;
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
@@ -302,15 +302,7 @@ struct Pending {
     stack: Cell<u64>,
 }
 
-impl StackEntry for Pending {
-    fn copy_from(&self, other: &Pending) {
-        self.sp.set(other.sp.get());
-        self.ret.set(other.ret.get());
-        self.probe.set(other.probe.get());
-        self.slot.set(other.slot.get());
-        self.stack.set(other.stack.get());
-    }
-}
+stack_entry!(Pending { sp, ret, probe, slot, stack });
 
 /// A thread's pending returns, in its [`crate::thread_state::ThreadState`]: all zeroes is
 /// empty.
