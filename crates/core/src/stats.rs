@@ -13,6 +13,7 @@ pub struct ProbeCounters {
     nmissed: AtomicU64,
     handler_panics: AtomicU64,
     handler_faults: AtomicU64,
+    rearmed: AtomicU64,
     enabled: AtomicBool,
 }
 
@@ -24,6 +25,7 @@ impl ProbeCounters {
             nmissed: AtomicU64::new(0),
             handler_panics: AtomicU64::new(0),
             handler_faults: AtomicU64::new(0),
+            rearmed: AtomicU64::new(0),
             enabled: AtomicBool::new(enabled),
         }
     }
@@ -58,6 +60,11 @@ impl ProbeCounters {
         self.handler_faults.fetch_add(1, Relaxed);
     }
 
+    /// Count the probe's breakpoint found gone and put back ([`Stats::rearmed`]).
+    pub fn rearmed(&self) {
+        self.rearmed.fetch_add(1, Relaxed);
+    }
+
     /// Current values, as every engine reports them (`nmissed` is [`Stats::reentered`]).
     pub fn snapshot(&self) -> Stats {
         Stats {
@@ -65,6 +72,7 @@ impl ProbeCounters {
             reentered: self.nmissed.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_faults: self.handler_faults.load(Relaxed),
+            rearmed: self.rearmed.load(Relaxed),
             ..Stats::default()
         }
     }

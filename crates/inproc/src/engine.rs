@@ -45,7 +45,7 @@ use dprobe_rcu::Rcu;
 use crate::code_pages::CodePages;
 use crate::code_writes::{self, Change, Fresh};
 use crate::slots::SlotPool;
-use crate::{file_code, guard, jump, optimizer, safepoint, signals, sys, trap};
+use crate::{file_code, guard, jump, optimizer, rearm, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
 
 /// The process-wide in-process engine.
@@ -435,6 +435,32 @@ impl Engine {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Put back the `int3` of every site that should hold one and holds its original
+    /// instruction again (another tool's uprobe there was removed; see `rearm.rs`), counting
+    /// it against the site's probes: how many sites were re-armed.
+    pub fn rearm_undone(&self) -> usize {
+        if trap::in_handler() {
+            return 0;
+        }
+        let _own = trap::OwnWork::enter();
+        let st = self.lock();
+        let undone = rearm::undone(st.sites.values().filter(|s| s.armed && !s.jumping).map(|s| &s.insn));
+        if undone.is_empty() {
+            return 0;
+        }
+        let changes: Vec<Change> = undone.iter().map(|a| st.sites[a].arm).collect();
+        let results = code_writes::apply(&changes);
+        sys::sync_cores();
+        let mut rearmed = 0;
+        for (addr, result) in undone.iter().zip(results) {
+            if result.is_ok() {
+                rearmed += 1;
+                st.sites[addr].probes.iter().for_each(|p| p.stats.rearmed());
+            }
+        }
+        rearmed
     }
 
     /// The registered probes.

@@ -582,10 +582,11 @@ impl Watched {
         self.sites
     }
 
-    /// The figures of the watch's entry probe (shared by the return probes on the function).
+    /// The figures of the watch's entry probe (shared by the return probes on the function),
+    /// with the breakpoints put back at its entry and at every exit.
     pub(crate) fn entry_stats(&self) -> Stats {
         let watches = hold_lock_inner();
-        watches.get(&self.function).and_then(|w| w.probes.first()).map(Probe::stats).unwrap_or_default()
+        watches.get(&self.function).map(|w| entry_figures(&w.probes)).unwrap_or_default()
     }
 
     /// Return probe `id` stops watching; the last one removes the watch's probes (the code
@@ -594,7 +595,7 @@ impl Watched {
         let mut watches = hold_lock_inner();
         remove_watched(id);
         let Some(w) = watches.get_mut(&self.function) else { return Ok(Stats::default()) };
-        let entry = w.probes.first().map(Probe::stats).unwrap_or_default();
+        let entry = entry_figures(&w.probes);
         w.users -= 1;
         if w.users == 0 {
             let w = watches.remove(&self.function).expect("present");
@@ -602,6 +603,13 @@ impl Watched {
         }
         Ok(entry)
     }
+}
+
+/// The figures of a watch's entry probe (the first of `probes`), with the breakpoints put back
+/// at each of its sites (`Stats::rearmed`, see `rearm.rs`): an exit's counts as the probe's.
+fn entry_figures(probes: &[Probe]) -> Stats {
+    let rearmed = probes.iter().map(|p| p.stats().rearmed).sum();
+    Stats { rearmed, ..probes.first().map(Probe::stats).unwrap_or_default() }
 }
 
 /// The process's own memory, read without faulting (jump tables).

@@ -61,6 +61,7 @@ mod mapped;
 mod memory;
 mod optimizer;
 mod probe;
+mod rearm;
 mod safepoint;
 mod saved;
 mod signals;
@@ -85,7 +86,9 @@ pub use kretprobe::{
     InstanceData, Kretprobe, ReturnProbe,
 };
 pub use memory::{read_bytes, read_c_string};
-pub use probe::{blacklist, list, register, register_all, register_jprobe, resolve, unregister_all, Probe};
+pub use probe::{
+    blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, unregister_all, Probe,
+};
 pub use safepoint::moved as safepoint_moves;
 pub use trap::{in_handler, in_hit_path};
 

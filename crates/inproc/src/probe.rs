@@ -88,6 +88,15 @@ pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<Stats>, ProbeError> {
     Ok(stats)
 }
 
+/// Put back dprobe's `int3` wherever something else took it away and left the original
+/// instruction (another tool's kernel uprobe on the same instruction, removed): how many
+/// breakpoints were put back, each counted in its probes' [`Stats::rearmed`]. Hits while it was
+/// away ran no handler. Call it now and then (the agent does, every 100 ms); it takes the
+/// registration lock, and never from a handler.
+pub fn rearm_undone() -> usize {
+    Engine::get().map_or(0, Engine::rearm_undone)
+}
+
 /// Where a probe would go in this process (its function, offset and address), without
 /// registering it.
 pub fn resolve(probe: &Kprobe) -> Result<Target, ProbeError> {

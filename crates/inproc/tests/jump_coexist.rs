@@ -2,14 +2,17 @@
 //! (which keeps kernel uprobes off it) and gets its protection back with the last jump there;
 //! where writable code is refused, or the code is not what its file holds, or another tool's
 //! `int3` is at the probe, the probe stays on `int3` or is refused, and the bytes are always
-//! given back as they were.
+//! given back as they were. An `int3` probe whose breakpoint another tool took away (a kernel
+//! uprobe removed writes the original byte back over it) is put back and counted.
 mod fixtures;
 use fixtures::{addr, call2, code};
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use dprobe_inproc::{register, Addr, Kprobe, NotOptimized, PreAction, Probe, ProbeError};
+use dprobe_inproc::{
+    register, register_kretprobe, Addr, Kprobe, Kretprobe, NotOptimized, PreAction, Probe, ProbeError,
+};
 
 std::arch::global_asm!(
     ".text",
@@ -61,6 +64,20 @@ std::arch::global_asm!(
     "ret",
     ".size fxc_foreign, . - fxc_foreign",
     ".p2align 12",
+    ".globl fxc_undone",
+    ".type fxc_undone,@function",
+    "fxc_undone:",
+    "lea rax, [rdi + rsi + 0x6000]",
+    "ret",
+    ".size fxc_undone, . - fxc_undone",
+    ".p2align 12",
+    ".globl fxc_undone_exit",
+    ".type fxc_undone_exit,@function",
+    "fxc_undone_exit:",
+    "lea rax, [rdi + rsi + 0x7000]",
+    "ret",
+    ".size fxc_undone_exit, . - fxc_undone_exit",
+    ".p2align 12",
 );
 
 extern "C" {
@@ -70,6 +87,8 @@ extern "C" {
     fn fxc_refused(a: u64, b: u64) -> u64;
     fn fxc_patched(a: u64, b: u64) -> u64;
     fn fxc_foreign(a: u64, b: u64) -> u64;
+    fn fxc_undone(a: u64, b: u64) -> u64;
+    fn fxc_undone_exit(a: u64, b: u64) -> u64;
 }
 
 /// The permissions (`r-xp`) of the mapping holding `at` now.
@@ -270,4 +289,66 @@ fn another_tools_int3_at_the_probe_is_refused_never_taken_for_the_original_byte(
     drop(p);
     assert_eq!(code(at, 8), original);
     assert_eq!(HITS.load(Relaxed), 1);
+}
+
+#[test]
+fn an_int3_taken_away_is_put_back_and_counted_only_where_the_original_instruction_is_back() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_undone);
+    let original = code(at, 8);
+    assert_eq!(original, [0x48, 0x8d, 0x84, 0x37, 0x00, 0x60, 0x00, 0x00]);
+    let p = register(Kprobe::addr(at).no_optimize().pre(|_| {
+        HITS.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(code(at, 1), [0xcc], "an int3 probe");
+    assert_eq!(dprobe_inproc::rearm_undone(), 0, "nothing taken away yet");
+    assert_eq!(call2(fxc_undone, 1, 2), 0x6003);
+    // What removing a kernel uprobe registered on the same instruction does: the file's first
+    // byte written back over the int3 (the kernel took the int3 for its own).
+    poke(at, &original[..1]);
+    assert_eq!(call2(fxc_undone, 1, 2), 0x6003, "runs, unseen by the probe");
+    // The rest of the instruction rewritten meanwhile (the program patched its code): not the
+    // original, so not dprobe's to arm again.
+    poke(at.offset(5), &[0x70]);
+    assert_eq!(dprobe_inproc::rearm_undone(), 0);
+    assert_eq!(code(at, 8), [0x48, 0x8d, 0x84, 0x37, 0x00, 0x70, 0x00, 0x00], "left as it was written");
+    assert_eq!(call2(fxc_undone, 1, 2), 0x7003);
+    // The original instruction back: the int3 is put back once, and counted.
+    poke(at.offset(5), &[0x60]);
+    assert_eq!(dprobe_inproc::rearm_undone(), 1);
+    assert_eq!(dprobe_inproc::rearm_undone(), 0, "once");
+    assert_eq!(code(at, 1), [0xcc]);
+    assert_eq!(call2(fxc_undone, 3, 4), 0x6007);
+    assert_eq!(perms(at), "r-xp", "an int3 probe leaves its page as it was");
+    let stats = p.stats();
+    assert_eq!((stats.hits, stats.rearmed), (2, 1));
+    drop(p);
+    assert_eq!(code(at, 8), original);
+    assert_eq!(HITS.load(Relaxed), 2);
+}
+
+#[test]
+fn a_return_probes_exit_taken_away_is_put_back_and_counted_as_the_probes() {
+    static RETURNS: AtomicU64 = AtomicU64::new(0);
+    let f = addr(fxc_undone_exit);
+    let ret = f.offset(8);
+    let p = register_kretprobe(Kretprobe::addr(f).handler(|r, _| {
+        RETURNS.fetch_add(r.rax, Relaxed);
+    }))
+    .unwrap();
+    // The one-byte `ret` at the end of the function: its exit probe stays on int3.
+    assert_eq!(code(ret, 1), [0xcc], "the exit's int3");
+    assert_eq!(call2(fxc_undone_exit, 1, 2), 0x7003);
+    poke(ret, &[0xc3]);
+    assert_eq!(call2(fxc_undone_exit, 1, 2), 0x7003, "its return unseen");
+    assert_eq!(dprobe_inproc::rearm_undone(), 1);
+    assert_eq!(code(ret, 1), [0xcc]);
+    assert_eq!(call2(fxc_undone_exit, 3, 4), 0x7007);
+    let stats = p.stats();
+    assert_eq!((stats.hits, stats.returns, stats.rearmed), (3, 2, 1));
+    assert_eq!(RETURNS.load(Relaxed), 0x7003 + 0x7007);
+    drop(p);
+    assert_eq!(code(f, 9), [0x48, 0x8d, 0x84, 0x37, 0x00, 0x70, 0x00, 0x00, 0xc3]);
 }
