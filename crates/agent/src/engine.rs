@@ -844,6 +844,7 @@ impl Engine for AgentEngine {
             reentered: get(Counter::Reentered),
             abandoned: get(Counter::Abandoned),
             lost: get(Counter::Lost),
+            rearmed: get(Counter::Rearmed),
             placement: match (&p.placement, current(Counter::PlacedAt), current(Counter::Loads)) {
                 // Placed when its library was loaded; since unloaded, or placed still.
                 (Placement::Waiting, 0, loads) if loads > 0 => Placement::Unloaded,

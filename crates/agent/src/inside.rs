@@ -11,6 +11,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Kprobe, PreAction, ProbeError, Regs, Side};
@@ -26,6 +27,9 @@ use crate::wire::{receive, send, Message, PlaceProbe, Placement};
 
 /// A session is running (one at a time; a new tracer may start one after it ends).
 pub(crate) static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// How often the probes' `int3`s are looked at (see [`dprobe_inproc::rearm_undone`]).
+const REARM_EVERY: Duration = Duration::from_millis(100);
 
 /// The stack size of the agent's thread.
 pub(crate) const STACK: usize = 1 << 20;
@@ -137,11 +141,18 @@ fn session(name: &[u8]) -> io::Result<Over> {
             followed: Vec::new(),
         })
     });
+    let mut looked = Instant::now();
     let result = loop {
         let ready = readable(&sock, 20)?;
         if let Some((asked, state)) = follow::pending() {
             LIVE.with(|live| live.as_mut().map(|l| loader_changed(l, state)));
             follow::answer(asked);
+        }
+        if looked.elapsed() >= REARM_EVERY {
+            // An `int3` another tool's uprobe took away when it was removed is put back, and
+            // counted (`dprobe_inproc::rearm_undone`).
+            dprobe_inproc::rearm_undone();
+            looked = Instant::now();
         }
         if !ready {
             LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &shm)));
@@ -310,8 +321,10 @@ fn refresh(placed: &[Placed], shm: &Shm) {
                 set_return_figures(shm, *index, &probe.stats());
             }
             Placed::Entry { probe, index, .. } => {
+                let s = probe.stats();
                 let carried = follow::CARRIED[*index][1].load(Relaxed);
-                shm.set(*index, Counter::Reentered, probe.nmissed() + carried)
+                shm.set(*index, Counter::Reentered, s.reentered + carried);
+                shm.set(*index, Counter::Rearmed, s.rearmed);
             }
         }
     }
@@ -322,6 +335,7 @@ fn set_return_figures(shm: &Shm, index: usize, s: &dprobe_core::Stats) {
     shm.set(index, Counter::Missed, s.missed + carried(0));
     shm.set(index, Counter::Reentered, s.reentered + carried(1));
     shm.set(index, Counter::Abandoned, s.abandoned + carried(2));
+    shm.set(index, Counter::Rearmed, s.rearmed);
 }
 
 /// Unregister every probe (their original bytes are back when this returns) and record

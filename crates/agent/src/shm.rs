@@ -26,9 +26,9 @@ pub const SLOTS: usize = 8192;
 /// Probes a session can have (their counters are preallocated).
 pub const MAX_PROBES: usize = 256;
 
-const MAGIC: u64 = 0x6470_726f_6265_7231; // "dprober1"
+const MAGIC: u64 = 0x6470_726f_6265_7232; // "dprober2"
 const HEADER_BYTES: usize = 64;
-const COUNTER_WORDS: usize = 8;
+const COUNTER_WORDS: usize = 16;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
 /// Stack slots: events with a stack the tracer has not unwound yet.
 pub const STACK_SLOTS: usize = 512;
@@ -70,6 +70,9 @@ pub enum Counter {
     PlacedAt = 6,
     /// A probe that waited for its library: times it was placed there (a load each).
     Loads = 7,
+    /// Times the probe's `int3` was found taken away (another tool's uprobe removed) and put
+    /// back.
+    Rearmed = 8,
 }
 
 /// The shared memory, mapped in this process.

@@ -6,6 +6,9 @@
 //! * The agent's jump (the default for a started command): the page under a jump is writable,
 //!   so the kernel places no uprobe there, and never writes over the jump.
 //! * A uprobe there before dprobe starts: the agent's probe stays on `int3` and says why.
+//! * The agent's `int3` (an instruction no jump fits): the kernel takes it for its own while
+//!   its uprobe is registered, and writes the original byte over it when the uprobe is
+//!   removed; the agent puts its breakpoint back and says so, as the ptrace engine does.
 //!
 //! Each test runs its own copy of the program (a uprobe is on a file, and fires in every
 //! process that maps it) and names its own event. No hit is counted twice, none is lost
@@ -106,9 +109,14 @@ struct Traced {
 
 impl Traced {
     fn start(args: &[&str], program: &str, n: u64) -> Traced {
+        Traced::start_phases(args, program, n, 3)
+    }
+
+    /// `dprobe ARGS -- PROGRAM N PHASES`.
+    fn start_phases(args: &[&str], program: &str, n: u64, phases: u32) -> Traced {
         let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
             .args(args)
-            .args(["--", program, &n.to_string()])
+            .args(["--", program, &n.to_string(), &phases.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -166,6 +174,56 @@ fn a_kernel_uprobe_added_and_removed_on_a_probed_function() {
     assert_eq!(kernel, N, "the kernel took the hits while its uprobe was there\n{text}");
     assert_eq!(common::hits(&text, "counted"), 2 * N, "dprobe's: phases 1 and 3\n{text}");
     assert!(text.contains("counted: its breakpoint was removed by something else 1 time(s)"), "{text}");
+}
+
+#[test]
+fn a_kernel_uprobe_added_and_removed_on_the_agents_int3() {
+    const N: u64 = 2000;
+    let program = phases("phases_int3");
+    // `counted`'s `ret`, the function's last byte: no jump fits there, the probe stays on int3.
+    let f = dprobe_sym::Symbols::load_file(program).unwrap().find("counted").unwrap().clone();
+    let mut code = vec![0u8; f.size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(program).unwrap(), &mut code, f.file_offset)
+        .unwrap();
+    let first = dprobe_arch::analyze(&code, f.start, f.start).unwrap();
+    assert_eq!(&code[first.len..], [0xc3], "`counted` is one instruction and a `ret`: {code:02x?}");
+    let ret = format!("counted+{}", first.len);
+    let out = out_file("coexist_int3");
+    let args = ["trace", "-v", "--engine", "agent", "--count", "-o", out.to_str().unwrap(), &ret];
+    let mut traced = Traced::start_phases(&args, program, N, 4);
+    let pid = traced.pid;
+    traced.phase(1);
+    let at = function_addr(pid, "counted") + first.len as u64;
+    let (offset, perms) = file_offset(pid, at);
+    assert_eq!(read_mem(pid, at, 1), [0xcc], "the agent's probe is an int3");
+    assert_eq!(perms, "r-xp", "an int3 probe leaves its page as it was");
+    // Phase 2: another tool's uprobe on the same instruction. The kernel finds an int3 there
+    // and writes nothing, but takes the hits from now on.
+    let other = OtherTool::add(program, "int3_counted", offset);
+    assert_eq!(read_mem(pid, at, 1), [0xcc]);
+    traced.phase(2);
+    let kernel = other.kernel_hits();
+    // Phase 3: the uprobe removed, which writes the original `ret` over the agent's int3; the
+    // agent puts it back.
+    drop(other);
+    wait_until("the agent's breakpoint back", || read_mem(pid, at, 1) == [0xcc]);
+    traced.phase(3);
+    // Phase 4: dprobe stopped (SIGINT to it alone: it detaches, the program goes on).
+    // SAFETY: signals the dprobe this test started.
+    assert_eq!(unsafe { libc::kill(traced.dprobe.id() as i32, libc::SIGINT) }, 0);
+    let stopped = traced.dprobe.wait().unwrap();
+    assert_eq!(stopped.code(), Some(0));
+    assert_eq!(read_mem(pid, at, 1), [0xc3], "the original byte back");
+    assert_eq!(file_offset(pid, at).1, "r-xp");
+    traced.phase(4);
+    let (status, said) = traced.finish();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status, Some(0), "{text}{said}");
+    assert!(said.contains("on int3, a trap per hit"), "how its hits run is shown:\n{said}");
+    assert_eq!(kernel, N, "the kernel took phase 2's hits\n{text}");
+    assert_eq!(common::hits(&text, &ret), 2 * N, "dprobe's: phases 1 and 3\n{text}");
+    let note = format!("{ret}: its breakpoint was removed by something else 1 time(s)");
+    assert!(text.contains(&note), "{text}");
 }
 
 #[test]
