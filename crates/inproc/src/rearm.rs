@@ -15,6 +15,17 @@
 //! ([`dprobe_core::Stats::rearmed`]): the hits in between are reported lost, never silently.
 //! A site is re-armed only when its whole instruction is the original again, never where the
 //! code is something else now (the program rewrote it) or cannot be read (unmapped).
+//!
+//! Why an `int3` probe's page is not made writable as a jump's is (which would keep uprobes
+//! registered later out of it): the kernel looks a trap up by file and offset in any mapping,
+//! writable or not, once the process has a uprobe anywhere (`MMF_HAS_UPROBES`). A uprobe at the
+//! `int3`'s offset that went into no mapping at all never had its instruction read from the
+//! file: a thread hitting the `int3` is sent back to it again and again (it spins in the kernel)
+//! for as long as the uprobe is registered, and removing the uprobe writes the instruction copy
+//! it never made, a zero byte, over the `int3`: the program then crashes. In a page left `r-x`
+//! the uprobe goes in (over dprobe's `int3`, with the file's instruction read), and the worst is
+//! the loss put right here. The same holds for an `int3` site that shares a page with a jump
+//! (a return probe's one-byte `ret` exits next to its entry's jump): that case remains.
 
 use dprobe_arch::{Addr, Insn};
 
