@@ -128,6 +128,7 @@ extern "C" fn after_fork_in_child() {
 /// The child's agent thread.
 fn child_session() {
     if set_agent_stack().is_ok() {
+        dprobe_inproc::mark_own_thread();
         block_signals();
         if let Some(name) = LIVE.with(|live| live.as_ref().map(|l| l.name.clone())) {
             let _ = announce_and_wait(&name);

@@ -57,6 +57,7 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
             RUNNING.store(false, Release);
             return;
         }
+        dprobe_inproc::mark_own_thread();
         block_signals();
         match session(&name) {
             // Told to stop: done, and another session may have started since.
@@ -388,6 +389,7 @@ fn place(
         let on_entry = hit.clone();
         let k = k
             .entry_handler(move |regs, data| {
+                let _tool = dprobe_inproc::tool_work();
                 if on_agent_thread(regs.rsp) {
                     return EntryAction::Skip;
                 }
@@ -396,6 +398,7 @@ fn place(
                 EntryAction::Track
             })
             .handler(move |regs, data| {
+                let _tool = dprobe_inproc::tool_work();
                 hit.count(Counter::Returns);
                 if !hit.sends_events() {
                     return;
@@ -420,6 +423,8 @@ fn place(
         })
     } else {
         register(named(&p).pre(move |regs| {
+            // What the handler calls (a probed `memset`) is dprobe's, not the program's.
+            let _tool = dprobe_inproc::tool_work();
             if !on_agent_thread(regs.rsp) {
                 hit.count(Counter::Hits);
                 hit.event(regs, None, Side::Entry, None);

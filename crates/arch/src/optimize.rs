@@ -16,8 +16,10 @@
 //!   ([`relocate`]: e.g. a call may only end the window, so that no return address points into
 //!   the replaced bytes).
 //!
-//! Branches from other functions into the middle of this one are not seen; compilers do not
-//! emit them to anything but a function's entry, which is byte 0 of a window, never +1..+4.
+//! Branches from other functions into the middle of this one exist too (glibc's
+//! `__mempcpy_*` tail-jumps to `__memmove_*+3`; gcc's `foo.cold` parts jump back into `foo`):
+//! the engine checks them against the whole object's branches ([`CodeBranches`](crate::CodeBranches),
+//! decoded once per object).
 //! Whether a detour page can be had within ±2 GiB is decided by the engine, which maps it.
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
@@ -53,7 +55,8 @@ pub enum NotOptimized {
         /// The function's end (exclusive).
         end: Addr,
     },
-    /// A direct branch of the function lands inside the bytes the jump replaces.
+    /// A direct branch of the function, or of another function of its object, lands inside
+    /// the bytes the jump replaces.
     #[error("`{text}` at {from} branches to {target}, inside the bytes the jump replaces")]
     BranchIntoWindow {
         /// The branch.
@@ -62,6 +65,13 @@ pub enum NotOptimized {
         text: String,
         /// Its target.
         target: Addr,
+    },
+    /// The function's object file cannot be read, so branches into the window from its other
+    /// functions cannot be checked.
+    #[error("`{object}` cannot be read, so branches into the jump from its other functions cannot be checked")]
+    ObjectUnread {
+        /// The object's path.
+        object: String,
     },
     /// An indirect jump (a jump table, or a computed tail call) whose targets are not known.
     #[error("`{text}` at {at} is an indirect jump (a jump table?) whose targets cannot be bounded")]

@@ -160,7 +160,8 @@ fn check(symbols: &Symbols, maps: &[Mapping], code: &Code, place: &str, out: &mu
                 ExecPlan::Slot(SlotEnding::JumpBack) => "copied out of line, jumping back (one stop)",
                 ExecPlan::Slot(SlotEnding::Trap) => "copied out of line, trapping after",
             };
-            let jump = match can_optimize(&bytes, f.start, addr) {
+            let window = can_optimize(&bytes, f.start, addr).and_then(|_| dprobe_sym::check_object_branches(f, addr));
+            let jump = match window {
                 Ok(_) => "; in process, jump-optimized (no trap)".to_owned(),
                 Err(why) => format!("; in process, not jump-optimized: {why}"),
             };

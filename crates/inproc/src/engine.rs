@@ -1166,7 +1166,10 @@ fn locate(
         return Err(ProbeError::ForeignBreakpoint { addr });
     }
     let insn = analyze(code, f.start, addr)?;
-    let window = can_optimize_in(branches, code, f.start, addr);
+    // Branches from elsewhere in the object (another function's tail jump into this one's
+    // middle) are checked only for a window the function's own branches allow.
+    let window = can_optimize_in(branches, code, f.start, addr)
+        .and_then(|window| dprobe_sym::check_object_branches(f, addr).map(|()| window));
     let vector = vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx"));
     Ok((target, insn, window, vector))
 }
@@ -1212,9 +1215,10 @@ fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, P
 
 /// Whether a function belongs to dprobe's hit path (kprobe rule 2): dprobe's own crates, its
 /// assembly, and the C library's signal return trampoline. Functions of other libraries that
-/// the hit path calls (e.g. `memcpy`) may be probed: a hit on them from inside dprobe runs no
-/// handler and counts as missed, like any hit inside a handler (the trap path decides this
-/// before anything that may call them, see `trap::on_sigtrap`).
+/// the hit path calls (e.g. `memcpy`) may be probed: a hit on them from dprobe's own hit path
+/// runs no handler and counts nothing (it is not the program's call), and one from a handler's
+/// body counts as missed (the trap path decides this before anything that may call them, see
+/// `trap::on_sigtrap`).
 fn hit_path_region(name: &str) -> Option<String> {
     const CRATES: [&str; 4] = ["dprobe_inproc", "dprobe_core", "dprobe_rcu", "dprobe_arch"];
     if name.starts_with("__dprobe_") {

@@ -75,12 +75,15 @@ pub(crate) fn call_guarded_in(
     let mut point = [0u64; 2];
     let outer = state.guard_point.replace(&mut point);
     let mut f = f;
+    // What runs inside is a handler's body (see `ThreadState::handler_body`).
+    state.handler_body.set(state.handler_body.get() + 1);
     // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
     // calls `trampoline(&mut f)` with an aligned stack, and returns 0; or, when the fault
     // handler redirected the faulting thread to the recovery label with `point`'s stack
     // pointer, restores the callee-saved registers from that frame and returns 1. Either
     // way it returns to this frame as a normal call would.
     let faulted = unsafe { __dprobe_guarded_call(trampoline, (&mut f as *mut &mut dyn FnMut()).cast(), &mut point) };
+    state.handler_body.set(state.handler_body.get() - 1);
     state.guard_point.set(outer);
     if faulted == 0 {
         Ok(())

@@ -26,7 +26,8 @@
 //! # Rules for handlers
 //! Handlers run in signal context on the probed thread: they must be async-signal-safe (no
 //! locks, no allocation, no blocking I/O). A probe hit inside a handler runs no handler and
-//! counts as missed. A handler that panics is caught and its probe disabled; a handler that
+//! counts as missed; one hit by dprobe's own hit path (a probed `memcpy` it calls) counts
+//! nothing, as it is not the program's call. A handler that panics is caught and its probe disabled; a handler that
 //! faults is abandoned (its destructors do not run), its probe's fault handler is told, and
 //! the probe is disabled unless the fault handler handled it.
 //!
@@ -90,7 +91,7 @@ pub use probe::{
     blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, unregister_all, Probe,
 };
 pub use safepoint::moved as safepoint_moves;
-pub use trap::{in_handler, in_hit_path};
+pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
 
 /// Every lock of dprobe's registration side, held for as long as the value lives. For tests:
 /// probes hit meanwhile must still run (the hit path takes no lock), which

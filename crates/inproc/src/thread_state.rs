@@ -49,6 +49,10 @@ pub(crate) struct ThreadState {
     pub(crate) jump_depth: Cell<u32>,
     /// Depth of dprobe's own work (registering, unregistering): its hits count nothing.
     pub(crate) own_work: Cell<u32>,
+    /// Depth of handler bodies running (the closures, inside the fault guard): a hit there is
+    /// the handler's own call and counts as missed; a hit elsewhere in the hit path is
+    /// dprobe's machinery (a probed `memset` it calls) and counts nothing.
+    pub(crate) handler_body: Cell<u32>,
     /// The alternate signal stack `(base, size)` at the current hit, when `alternate_known`.
     pub(crate) alternate_known: Cell<bool>,
     pub(crate) alternate: Cell<(u64, u64)>,

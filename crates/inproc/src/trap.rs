@@ -53,6 +53,30 @@ impl OwnWork {
     }
 }
 
+/// Mark the calling thread as dprobe's own for the rest of its life (a tool's thread inside
+/// the traced program, such as the agent's): the probes it passes through, and those its hit
+/// path passes through in turn (a probed `memcpy`), run no handler and count nothing, as the
+/// same calls made by a tracer in another process would not.
+pub fn mark_own_thread() {
+    // The raised count is never lowered: the thread's entry is zeroed when the thread exits.
+    std::mem::forget(OwnWork::enter());
+}
+
+/// Marks, while it lives, what the calling thread does as the tool's own work: made in the
+/// handlers of a tool whose handlers are its own machinery (the agent's, which copy and count
+/// for a tracer in another process), so that the probes they pass through (a probed `memset`)
+/// run no handler and count nothing, as the same calls made by that tracer would not. A
+/// library user's handler does not make it: its hits count as missed (the kernel's rule).
+/// Takes no lock and allocates nothing: made on the hit path.
+pub struct ToolWork {
+    _raised: Raised,
+}
+
+/// Start a [`ToolWork`] (see there).
+pub fn tool_work() -> ToolWork {
+    ToolWork { _raised: Raised::new(thread_state::existing().map(|s| &s.own_work)) }
+}
+
 /// The thread's alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
 /// running handler probes trapped. Meaningful inside a handler only.
 pub(crate) fn trapped_alternate_stack() -> Option<(u64, u64)> {
@@ -122,10 +146,12 @@ pub fn in_handler() -> bool {
 /// Why a hit runs no handler, decided from the thread's counters alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Quiet {
-    /// dprobe's own work (registering, unregistering): nothing counted.
+    /// dprobe's own work (registering, unregistering, a tool's own thread or handlers), or
+    /// dprobe's hit path itself outside the body of a handler (a C library function it calls,
+    /// such as `memcpy`, is probed): not the program's call, nothing counted.
     OwnWork,
-    /// Inside a handler, or inside dprobe's hit path itself (a C library function it calls,
-    /// such as `memcpy`, is probed): counted as missed.
+    /// Inside the body of a handler, which called a probed function itself (the kernel's
+    /// rule: such a hit is missed): counted as missed.
     Nested,
 }
 
@@ -133,8 +159,10 @@ enum Quiet {
 fn quiet(state: &ThreadState, depth: u32) -> Option<Quiet> {
     if state.own_work.get() > 0 {
         Some(Quiet::OwnWork)
-    } else if state.in_handler.get() || depth > 0 {
+    } else if state.handler_body.get() > 0 {
         Some(Quiet::Nested)
+    } else if state.in_handler.get() || depth > 0 {
+        Some(Quiet::OwnWork)
     } else {
         None
     }
@@ -295,15 +323,16 @@ pub(crate) fn dispatch_entry_in<R>(
     };
     state.alternate_known.set(alternate_stack.is_some());
     state.alternate.set(alternate_stack.unwrap_or_default());
-    if state.own_work.get() > 0 {
-        // dprobe's own call: not the program's, not a hit (nothing counted).
-        return then(regs, Dispatch::Missed);
-    }
     // The caller raised the hit-path depth once for this hit: more is a hit from inside
     // dprobe's hit path (a C library function it calls is probed).
-    if state.in_handler.get() || state.in_hit_path.get() > 1 {
-        site.miss();
-        return then(regs, Dispatch::Missed);
+    match quiet(state, state.in_hit_path.get().saturating_sub(1)) {
+        None => {}
+        // dprobe's own call: not the program's, not a hit (nothing counted).
+        Some(Quiet::OwnWork) => return then(regs, Dispatch::Missed),
+        Some(Quiet::Nested) => {
+            site.miss();
+            return then(regs, Dispatch::Missed);
+        }
     }
     state.in_handler.set(true);
     let outcome = site.run_pre(regs, &mut Guarded(Some(state)));

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use object::{Object, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind};
 
-use dprobe_arch::Addr;
+use dprobe_arch::{Addr, CodeBranches, CodeRegion};
 
 use crate::symbols::{plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
 
@@ -49,6 +49,8 @@ pub(crate) struct ObjectFile {
     bytes: OnceLock<Option<Arc<[u8]>>>,
     /// The functions its separate debug file names (by build-id), read when first asked for.
     debug_functions: OnceLock<Vec<Function>>,
+    /// The direct branches of its code, decoded when first asked for.
+    branches: OnceLock<Option<Arc<CodeBranches>>>,
 }
 
 impl ObjectFile {
@@ -69,6 +71,7 @@ impl ObjectFile {
             first_segment,
             bytes: OnceLock::new(),
             debug_functions: OnceLock::new(),
+            branches: OnceLock::new(),
         })
     }
 
@@ -95,6 +98,60 @@ impl ObjectFile {
             out
         })
     }
+}
+
+impl ObjectFile {
+    /// The direct branches of its executable sections, at link-time addresses, decoded from
+    /// each of its functions' starts (those its debug file names too); `None` when the file
+    /// cannot be read again.
+    pub(crate) fn code_branches(&self) -> Option<Arc<CodeBranches>> {
+        self.branches
+            .get_or_init(|| {
+                let data = self.bytes()?;
+                let regions = code_sections(&data)?;
+                let regions: Vec<CodeRegion<'_>> = regions.iter().map(|r| (Addr(r.address), r.bytes(&data))).collect();
+                let starts: Vec<Addr> = self.functions.iter().chain(self.debug_functions()).map(|f| f.start).collect();
+                Some(Arc::new(CodeBranches::decode(&regions, &starts)))
+            })
+            .clone()
+    }
+}
+
+/// One executable section of an object file: its link-time address and where it is in the
+/// file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CodeSection {
+    /// Link-time address.
+    pub(crate) address: u64,
+    /// File offset.
+    pub(crate) offset: u64,
+    /// Size in bytes.
+    pub(crate) size: u64,
+}
+
+impl CodeSection {
+    /// Its bytes in `data`, the file's.
+    pub(crate) fn bytes<'a>(&self, data: &'a [u8]) -> &'a [u8] {
+        let start = (self.offset as usize).min(data.len());
+        &data[start..(start + self.size as usize).min(data.len())]
+    }
+}
+
+/// The executable sections (`SHF_EXECINSTR`, with bytes in the file) of the object file
+/// whose bytes are `data`.
+pub(crate) fn code_sections(data: &[u8]) -> Option<Vec<CodeSection>> {
+    const SHF_EXECINSTR: u64 = 0x4;
+    let file = object::File::parse(data).ok()?;
+    let sections = file
+        .sections()
+        .filter(|s| matches!(s.flags(), SectionFlags::Elf { sh_flags } if sh_flags & SHF_EXECINSTR != 0))
+        .filter(|s| s.kind() != SectionKind::UninitializedData)
+        .filter_map(|s| {
+            let (offset, size) = s.file_range()?;
+            Some(CodeSection { address: s.address(), offset, size })
+        })
+        .collect();
+    Some(sections)
 }
 
 /// The sites of the static probes (`<sys/sdt.h>`) of an object that no function symbol covers,

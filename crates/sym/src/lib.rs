@@ -35,6 +35,7 @@ mod object_name;
 mod resolve;
 mod symbols;
 mod usdt;
+mod window_branches;
 
 pub use demangle::demangle;
 pub use maps::{free_pages_near, parse_maps, read_maps, read_maps_of, Mapping};
@@ -42,3 +43,4 @@ pub use object_name::{library_name_matches, ObjectName};
 pub use resolve::{ResolveError, Target};
 pub use symbols::{load_bias_of, Function, Symbols};
 pub use usdt::{parse_arg as parse_usdt_arg, usdt_probes, Semaphore, UsdtArg, UsdtError, UsdtProbe};
+pub use window_branches::check_object_branches;

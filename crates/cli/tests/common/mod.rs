@@ -143,6 +143,16 @@ pub fn worker_threads(printed: &str) -> Vec<(String, u64, u64)> {
 
 /// The count column of `probe` in a summary table.
 pub fn hits(summary: &str, probe: &str) -> u64 {
+    summary_columns(summary, probe)[0].parse().unwrap()
+}
+
+/// The MISSED column of `probe`'s line in a summary.
+pub fn missed(summary: &str, probe: &str) -> u64 {
+    summary_columns(summary, probe)[2].parse().unwrap()
+}
+
+/// The columns after `probe`'s name on its line of a summary: HITS, RETURNS, MISSED.
+fn summary_columns<'a>(summary: &'a str, probe: &str) -> Vec<&'a str> {
     let line = summary
         .lines()
         .find(|l| l.split_whitespace().next() == Some(probe))
@@ -153,7 +163,7 @@ pub fn hits(summary: &str, probe: &str) -> u64 {
         Some(r) => &r[r.find(')').expect("closed") + 1..],
         None => rest,
     };
-    rest.split_whitespace().next().unwrap().parse().unwrap()
+    rest.split_whitespace().collect()
 }
 
 /// The bytes at `addr` in process `pid`, through its memory file.
