@@ -1,7 +1,8 @@
 //! Letting the process go, from any state: every patched byte restored, every thread moved
 //! out of the out-of-line copies and the return trampoline, every hijacked return address
 //! rewritten, the out-of-line pages unmapped, and each thread detached with the signal it
-//! was about to receive.
+//! was about to receive (or, for a tracer about to end, put back into the system call it was
+//! taken out of and left to the end of the tracer's thread: see `let_go`).
 
 use std::collections::BTreeSet;
 
@@ -30,6 +31,29 @@ impl Tracee {
     /// ([`TraceError::GaveUp`]).
     pub fn detach_giving_up(mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         self.detach_all(give_up)
+    }
+
+    /// [`Tracee::detach_giving_up`] for a tracer whose thread is about to end (dprobe's, as it
+    /// exits; a thread made for the trace): no thread the tracer took out of a system call is
+    /// woken to go back into it. `PTRACE_DETACH` wakes a thread, which then restarts its call
+    /// untraced: a signal of the program's that comes in that moment runs its handler first,
+    /// and the call (`pause`, `nanosleep`, `read`...) then waits on as if the signal had never
+    /// come. Such a thread is instead put back into its call while still traced and continued
+    /// (see `let_go`); the kernel unlinks it, without waking it, when the calling thread
+    /// ends. Until then a signal of the program's holds it, and it receives that signal then
+    /// (or from [`crate::wait_for_command`]); its ptrace options are cleared, so nothing else
+    /// stops it.
+    pub fn let_go_as_thread_ends(mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
+        self.ends_with_thread = true;
+        self.detach_all(give_up)
+    }
+
+    /// Let held thread `tid` go with `signal` (see [`Tracee::let_go_as_thread_ends`]).
+    fn let_thread_go(&self, tid: i32, signal: i32, group_stop: bool) -> Result<(), TraceError> {
+        match self.ends_with_thread {
+            true => crate::let_go::let_thread_go(self.pid, tid, signal, group_stop),
+            false => Ok(sys::detach(tid, signal)?),
+        }
     }
 
     pub(crate) fn detach_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
@@ -68,10 +92,10 @@ impl Tracee {
                 self.xol.unmap_all(tid, &mut self.memory).and_then(|()| self.stubs.unmap_all(tid, &mut self.memory));
         }
         for (tid, thread) in std::mem::take(&mut self.threads) {
-            match sys::detach(tid, thread.signal()) {
+            match self.let_thread_go(tid, thread.signal(), thread.state == State::Stopped(Stop::Group)) {
                 Ok(()) => {}
-                Err(e) if e.gone() => {} // it was killed meanwhile
-                Err(e) => return Err(e.into()),
+                Err(e) if e.is_gone() => {} // it was killed meanwhile
+                Err(e) => return Err(e),
             }
         }
         self.sites.clear();
@@ -99,7 +123,7 @@ impl Tracee {
         let mut running = BTreeSet::new();
         for (tid, thread) in std::mem::take(&mut self.threads) {
             if thread.is_stopped() {
-                let _ = sys::detach(tid, thread.signal());
+                let _ = self.let_thread_go(tid, thread.signal(), thread.state == State::Stopped(Stop::Group));
             } else {
                 running.insert(tid);
             }
@@ -150,7 +174,8 @@ impl Tracee {
                     0
                 }
             };
-            let _ = sys::detach(tid, deliver);
+            let group_stop = sys::event_of(status) == EVENT_STOP && crate::thread::is_stop_signal(signal);
+            let _ = self.let_thread_go(tid, deliver, group_stop);
             running.remove(&tid);
         }
     }

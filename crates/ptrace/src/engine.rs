@@ -14,7 +14,6 @@ use dprobe_stack::Unwinder;
 use dprobe_sym::ResolveError;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -407,20 +406,25 @@ impl Engine for PtraceEngine {
         }
     }
 
-    /// Detach. A program dprobe started and let go because a signal stopped the trace is
-    /// waited for: it got the same Ctrl-C from the terminal, and a `SIGTERM` or `SIGHUP` is
-    /// passed on to it. One let go at the end of a duration keeps running on its own.
+    /// Let the program go: the calling thread must be about to end (dprobe's main thread, as
+    /// dprobe exits), which ends the tracing of threads put back into their system calls
+    /// (see [`Tracee::let_go_as_thread_ends`]). A program dprobe started and let go because
+    /// a signal stopped the trace is waited for: it got the same Ctrl-C from the terminal, and
+    /// a `SIGTERM` or `SIGHUP` is passed on to it. One let go at the end of a duration keeps
+    /// running on its own.
     fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
         let pid = Pid::from_raw(self.tracee.pid());
         let spawned = self.spawned;
         // The tick interrupts the waits of detaching too, so that a second signal ends them.
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
+        // dprobe's thread ends as dprobe exits, next: threads in a system call are let go
+        // without being woken (see `Tracee::let_go_as_thread_ends`).
         for child in self.children {
             // Followed children are let go as the program is; one that fails does not keep
             // the others (or the program) traced.
-            let _ = child.detach_giving_up(give_up);
+            let _ = child.let_go_as_thread_ends(give_up);
         }
-        let detached = self.tracee.detach_giving_up(give_up);
+        let detached = self.tracee.let_go_as_thread_ends(give_up);
         crate::family::let_unclaimed_children_go();
         detached?;
         let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
@@ -448,21 +452,31 @@ fn add_stats(stats: &mut Stats, more: &Stats) {
 
 /// A command dprobe started and let go because `signal` stopped the trace: pass the signal on
 /// (a `SIGINT` came from the terminal to the whole group already) and wait for its end, until
-/// `give_up` says so. `None` when it cannot be waited for.
+/// `give_up` says so. `None` when it cannot be waited for. Threads of its (or of a followed
+/// child) still traced until this thread ends (see [`Tracee::let_go_as_thread_ends`]) have
+/// their stops passed on meanwhile: each signal delivered as it comes.
 pub fn wait_for_command(pid: i32, signal: i32, give_up: &dyn Fn() -> bool) -> Option<Exit> {
-    let pid = Pid::from_raw(pid);
     if signal != libc::SIGINT {
         if let Ok(signal) = Signal::try_from(signal) {
-            let _ = kill(pid, signal);
+            let _ = kill(Pid::from_raw(pid), signal);
         }
     }
     loop {
-        match waitpid(pid, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Some(Exit::Code(code)),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return Some(Exit::Signal(signal as i32)),
-            Ok(_) => {}
-            Err(Errno::EINTR) if !give_up() => {}
-            Err(_) => return None,
+        let mut status = 0;
+        // SAFETY: waits for a child or a tracee of dprobe's; `status` is a valid out-pointer.
+        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        if tid < 0 {
+            match Errno::last() {
+                Errno::EINTR if !give_up() => continue,
+                _ => return None,
+            }
+        }
+        if libc::WIFSTOPPED(status) {
+            crate::let_go::pass_on(tid, status);
+        } else if tid == pid && libc::WIFEXITED(status) {
+            return Some(Exit::Code(libc::WEXITSTATUS(status)));
+        } else if tid == pid && libc::WIFSIGNALED(status) {
+            return Some(Exit::Signal(libc::WTERMSIG(status)));
         }
     }
 }

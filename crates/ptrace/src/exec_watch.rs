@@ -135,7 +135,12 @@ impl ExecWatch {
     }
 
     /// Stop watching: the program runs on untraced. One that ended meanwhile is left for its
-    /// parent to reap (dprobe's own end hands it to the next reaper, as untraced).
+    /// parent to reap (dprobe's own end hands it to the next reaper, as untraced). A main
+    /// thread that was waiting in a system call is put back into it without being woken and
+    /// stays traced, with no ptrace option, until the calling thread ends: the caller must be
+    /// about to end (dprobe's main thread, as dprobe exits), and passes on its stops until
+    /// then if it waits for the program ([`crate::wait_for_command`]). See
+    /// `Tracee::let_go_as_thread_ends` for why.
     pub fn end(mut self) {
         self.stop();
     }
@@ -161,12 +166,16 @@ impl ExecWatch {
             return;
         }
         let Ok((_, status)) = sys::wait(self.pid) else { return };
-        let signal = match sys::event_of(status) {
+        if !libc::WIFSTOPPED(status) {
+            return;
+        }
+        let (signal, group_stop) = match sys::event_of(status) {
             // The program's signal, not delivered yet: delivered as it goes.
-            0 if libc::WIFSTOPPED(status) => libc::WSTOPSIG(status),
-            _ => 0,
+            0 => (libc::WSTOPSIG(status), false),
+            EVENT_STOP => (0, is_stop_signal(libc::WSTOPSIG(status))),
+            _ => (0, false),
         };
-        let _ = sys::detach(self.pid, signal);
+        let _ = crate::let_go::let_thread_go(self.pid, self.pid, signal, group_stop);
     }
 }
 

@@ -15,7 +15,9 @@
 //! call is entered, and ends it as it would have), resumed with `PTRACE_CONT` (which marks
 //! nothing), and the tracer thread then ends: the kernel unlinks a tracer's tracees when it
 //! exits, waking only those stopped for it. The whole load therefore runs on a thread of
-//! dprobe's made for it alone ([`Injector::attached`]).
+//! dprobe's made for it alone ([`Injector::attached`]). The end of a trace lets threads go
+//! the same way ([`let_thread_go`]) when its tracer is a thread about to end: dprobe's own,
+//! as it exits.
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,45 @@ pub(crate) fn resume_into_its_call(
     entered?;
     sys::cont(tid, 0)?;
     Ok(())
+}
+
+/// Let stopped thread `tid` of process `pid` go at the end of a trace, with `signal` (0 for
+/// none), without a moment where a signal of the program's could be handled and the call it
+/// ends go on waiting. A thread that was taken out of a system call it must go back into, and
+/// that no signal ends now, is brought back into it still traced, its ptrace options cleared
+/// (no event stops it any more: no `PTRACE_O_EXITKILL` either), and continued: the tracing of
+/// it ends with the calling thread, which must be about to end (see the module's text; until
+/// then a signal stops it, and is delivered when the tracing ends, or by [`pass_on`]). Any
+/// other thread is detached: one with a signal to receive gets it in the same pass through
+/// the kernel that decides about its call (it then ends, as it would untraced); one outside a
+/// call has nothing to go back into; one in a group-stop stays stopped until continued.
+pub(crate) fn let_thread_go(pid: i32, tid: i32, signal: i32, group_stop: bool) -> Result<(), TraceError> {
+    if signal == 0 && !group_stop {
+        let saved = sys::get_regs(tid)?;
+        if interrupted_call(&saved) {
+            sys::set_options(tid, 0)?;
+            return resume_into_its_call(pid, tid, &saved, Vec::new());
+        }
+    }
+    Ok(sys::detach(tid, signal)?)
+}
+
+/// Pass on a stop that wait status `status` of thread `tid` reports, of a thread let go by
+/// [`let_thread_go`] whose tracing has not ended yet: its signal is delivered, a group-stop
+/// stays stopped. What it returns says whether the thread is still there.
+pub(crate) fn pass_on(tid: i32, status: i32) -> bool {
+    if !libc::WIFSTOPPED(status) {
+        return false;
+    }
+    let signal = libc::WSTOPSIG(status);
+    let passed = match sys::event_of(status) {
+        0 => sys::cont(tid, signal),
+        crate::tracee::EVENT_STOP if crate::thread::is_stop_signal(signal) => {
+            sys::listen(tid).or_else(|_| sys::cont(tid, 0))
+        }
+        _ => sys::cont(tid, 0),
+    };
+    passed.is_ok()
 }
 
 /// Run stopped thread `tid` to the entry of its next system call (the restarted one), adding

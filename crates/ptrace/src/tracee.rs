@@ -60,6 +60,9 @@ pub struct Tracee {
     pub(crate) raised: Vec<(ProbeId, Addr)>,
     /// Probes whose semaphore could not be raised here, and why.
     pub(crate) unraised: Vec<(ProbeId, String)>,
+    /// Whether letting it go may leave threads traced by the calling thread until that thread
+    /// ends (see [`Tracee::let_go_as_thread_ends`]).
+    pub(crate) ends_with_thread: bool,
 }
 
 impl Tracee {
@@ -88,6 +91,7 @@ impl Tracee {
             breakpoints_checked: std::time::Instant::now(),
             raised: Vec::new(),
             unraised: Vec::new(),
+            ends_with_thread: false,
         })
     }
 
