@@ -10,9 +10,11 @@
 //!   belong to frames the program abandoned (`longjmp`, an exception unwinding past them, a
 //!   thread that switched frames away): stale, dropped and counted as abandoned;
 //! * at an entry with `sp`, an activation on that very word is stale (a new call has
-//!   written it), with every activation pushed after it; activations below `sp` are left for
-//!   the next exit to judge (they may be alive: a signal handler running on an alternate stack
-//!   higher in the same mapping);
+//!   written it), with every activation pushed after it and every one that had handed its
+//!   return over to it by a tail call (right under it, on the same word), unless it had itself
+//!   handed its return over (the entry is then its tail call's callee); activations below
+//!   `sp` are left for the next exit to judge (they may be alive: a signal handler running on
+//!   an alternate stack higher in the same mapping);
 //! * the walk stops at the first activation above `sp` on the same stack: it and everything
 //!   older are outer frames, alive.
 //!
@@ -103,8 +105,17 @@ fn sweep_entry(acts: &mut (impl Activations + ?Sized), sp: u64) -> usize {
     let Some(i) = (0..acts.depth()).rev().take_while(|&i| acts.sp(i) <= sp).find(|&i| acts.sp(i) == sp) else {
         return 0;
     };
-    // A tail call into this function keeps the caller it was handed over by.
-    let first = if acts.handed_over(i) { i + 1 } else { i };
+    // A tail call into this function keeps the caller it was handed over by; a call made
+    // stale takes with it the callers that would have returned with it.
+    let first = if acts.handed_over(i) {
+        i + 1
+    } else {
+        let mut first = i;
+        while first > 0 && acts.sp(first - 1) == sp && acts.handed_over(first - 1) {
+            first -= 1;
+        }
+        first
+    };
     let dropped = acts.depth() - first;
     for j in (first..acts.depth()).rev() {
         acts.abandon(j);

@@ -138,15 +138,20 @@ fn a_tail_call_hands_the_callers_return_to_the_callee_on_the_same_word() {
     assert!(t.enter(sp, "inner").is_empty());
     assert_eq!(t.leave(sp), left(&[], &["inner", "mid", "outer"]));
     assert_eq!(t.leave(sp + 0x40), left(&[], &["caller"]));
-    // A tail call into a function whose returns are not watched: the handed-over activation
-    // is found stale later, and says it was handed over (it did leave).
+    // The callee never returns (an exception unwound it): the next call on the word makes it
+    // stale, and the caller that was to return with it, which says it was handed over.
     t.enter(sp, "outer");
     t.hand_over(sp);
-    t.enter(sp, "next-call");
+    t.enter(sp, "callee");
     let gone = t.enter(sp, "after");
-    assert_eq!(gone, [("next-call", false)], "a plain activation on the word is replaced");
-    let Left { stale, returning } = t.leave(sp);
-    assert_eq!((stale, returning), (vec![], vec!["after", "outer"]), "a handed-over one returns with what comes");
+    assert_eq!(gone, [("callee", false), ("outer", true)], "the call on the word is replaced, with its caller");
+    assert_eq!(t.leave(sp), left(&[], &["after"]));
+    // A tail call into a function whose returns are not watched: the handed-over activation
+    // is kept by the next entry on its word (taken for its callee's), and returns with it.
+    t.enter(sp, "outer");
+    t.hand_over(sp);
+    assert!(t.enter(sp, "next-call").is_empty());
+    assert_eq!(t.leave(sp), left(&[], &["next-call", "outer"]));
     t.enter(sp, "outer");
     t.hand_over(sp);
     assert_eq!(t.asked, 0, "no stale activation so far: no stack asked");
