@@ -96,11 +96,17 @@ pub fn return_mode(symbols: &Symbols, image: &mut Image<'_>, f: &Function) -> St
 /// in words.
 pub fn kernel_return_mode(path: &str, f: &Function) -> String {
     match dprobe_kernel::return_plan(path, &f.name) {
-        Ok(plan) if plan.tail_calls() => format!(
-            "{}; a $retval at a tail call is read at the callee's ret, when a return probe placed first watches \
-             the callee at its exits (else the return address is used)",
-            plan.watched_at()
-        ),
+        Ok(plan) if plan.tail_calls() => match dprobe_kernel::tail_call_hops(&plan, &|_| false) {
+            Ok(hops) => format!(
+                "{}; a $retval or --latency at a tail call is read where the callee returns, at the exits of {}",
+                plan.watched_at(),
+                hops.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Err(why) => format!(
+                "{}; with a $retval or --latency, through the return address (a uretprobe): {why}",
+                plan.watched_at()
+            ),
+        },
         Ok(plan) => plan.watched_at(),
         Err(why) => format!("through the return address (a uretprobe): {why}"),
     }

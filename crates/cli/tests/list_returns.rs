@@ -20,8 +20,8 @@ fn list_says_at_which_exits_returns_are_watched_or_why_not() {
     );
     // The kernel engine too, from the file; the value of a tail call is the callee's.
     let kernel = "a return probe (kernel, -a) watches its returns at its 1 exit (ret, tail calls): the stack is not \
-                  touched; a $retval at a tail call is read at the callee's ret, when a return probe placed first \
-                  watches the callee at its exits (else the return address is used)";
+                  touched; a $retval or --latency at a tail call is read where the callee returns, at the exits \
+                  of tail_inner";
     assert!(out.contains(kernel), "{out}");
     // own_return leaves by its rets (how many is the compiler's choice).
     let out = listed("own_return+0");

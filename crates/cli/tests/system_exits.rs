@@ -50,9 +50,8 @@ fn a_tail_call_pair_returns_both_with_the_callee_value() {
     let (caller, callee) = (format!("{p}:caller%return r=$retval:s32"), format!("{p}:callee%return r=$retval:s32"));
     let expected: Vec<i64> = (1..=100).map(|i| 3 * i).collect();
     // caller's one exit is its `jmp callee`: the value it returns is read at callee's `ret`,
-    // when callee's exits are watched already; placed before callee, caller keeps the
-    // kernel's return probe, and says why.
-    for (first, second, caller_at_exits) in [(&callee, &caller, true), (&caller, &callee, false)] {
+    // watched at its exits already, or, placed before callee, watched for caller.
+    for (first, second, caller_hops) in [(&callee, &caller, false), (&caller, &callee, true)] {
         let t = trace_to_file("system-exits-tail", &["-a", "-v", first, second, "--", p, "tail", "100"]);
         assert_eq!(t.code, Some(0), "{}", t.what("tail"));
         assert_eq!(t.stdout, untraced(&["tail", "100"]));
@@ -61,9 +60,9 @@ fn a_tail_call_pair_returns_both_with_the_callee_value() {
         let said =
             |spec: &str, how: &str| t.stderr.contains(&format!("dprobe: `{spec}`: its returns are watched {how}"));
         assert!(said(&callee, "at its 1 exit (ret, tail calls)"), "{}", t.stderr);
-        let caller_how = match caller_at_exits {
-            true => "at its 1 exit (ret, tail calls)",
-            false => "through the return address (a uretprobe): $retval: its tail call at",
+        let caller_how = match caller_hops {
+            false => "at its 1 exit (ret, tail calls): the stack is not touched\n",
+            true => "at its 1 exit (ret, tail calls): the stack is not touched, and its tail calls return with callee",
         };
         assert!(said(&caller, caller_how), "{}", t.stderr);
     }

@@ -22,7 +22,7 @@ use crate::format::{Field, FieldKind, FieldValue};
 use crate::session::{Hit, Session};
 
 mod watched;
-use watched::{StackMaps, Watched};
+use watched::{entry_exit, Functions, StackMaps, Watched};
 
 /// The hidden argument that brings the thread's name with each dynamic event.
 const COMM_FIELD: &str = "dprobe_comm";
@@ -109,6 +109,8 @@ pub struct KernelEngine {
     names: ThreadNames,
     stacks: Stacks,
     pairing: Pairing,
+    /// The functions watched at their exits, and the hops.
+    functions: Functions,
     /// The maps of the processes whose calls are paired, to tell their stacks apart.
     maps: StackMaps,
 }
@@ -199,6 +201,7 @@ impl KernelEngine {
             names: ThreadNames::default(),
             stacks: Stacks::default(),
             pairing: Pairing::default(),
+            functions: Functions::default(),
             maps: StackMaps::default(),
         })
     }
@@ -213,7 +216,7 @@ impl KernelEngine {
         options: &KernelOptions,
         names: &mut ThreadNames,
         stacks: &mut Stacks,
-        (pairing, maps): (&mut Pairing, &mut StackMaps),
+        (pairing, maps, functions): (&mut Pairing, &mut StackMaps, &Functions),
         hit: &Hit<'_>,
         sink: EventSink<'_>,
     ) {
@@ -229,10 +232,11 @@ impl KernelEngine {
         if options.comm.as_deref().is_some_and(|c| c.as_bytes() != comm) {
             return;
         }
-        if let Some(mut record) = Self::watched_record(probes, hit, comm) {
+        if let Some(record) = Self::watched_record(probes, functions, hit, comm) {
+            let Some(mut record) = record else { return };
             // A return's stacks are read at the exit it leaves by (the stack copy is the
             // record's); the entry's are not shown.
-            if matches!(record.role, Role::Exit(_)) && stacks.want.is_some() {
+            if matches!(record.role, Role::Exit(_) | Role::EntryExit(_)) && stacks.want.is_some() {
                 stacks.take_at_exit(hit);
                 record.user_stack = stacks.user.clone();
                 record.kernel_stack = stacks.kernel.clone();
@@ -498,13 +502,16 @@ impl Engine for KernelEngine {
         };
         let mut watched = None;
         let mut mode = None;
-        let event = if let Some(Ok(plan)) = &plan {
+        let event = if let Some(Ok((plan, _))) = &plan {
             let values = if self.options.with_comm { &spec.args[1..] } else { &spec.args[..] };
             let comm = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
             let (at_entry, at_ret) = if timed { (&spec.args[..], &[][..]) } else { (&comm[..], values) };
             let (entry, exit_events) = self.add_watched(plan, at_entry, at_ret)?;
             mode = Some(format!("its returns are watched {}", plan.watched_at()));
-            watched = Some(Watched { path: plan.path.clone(), function: plan.function, exit_events, abandoned: 0 });
+            // Numbered once it is known whether its records reach dprobe.
+            let number = usize::MAX;
+            let entry_exit = entry_exit(plan, &exit_events);
+            watched = Some(Watched { number, exit_events, entry_exit, abandoned: 0 });
             entry
         } else if dynamic {
             if let Some(Err(why)) = &plan {
@@ -543,6 +550,23 @@ impl Engine for KernelEngine {
             }
             None => (None, None),
         };
+        if let (Some(Ok((plan, hops))), Some(w)) = (&plan, watched.as_mut()) {
+            // Counted in the kernel, its tail calls' returns are counted at the jumps.
+            let read = tally.is_none();
+            w.number = self.number_watched(plan, read);
+            if read && !hops.is_empty() {
+                for hop in hops {
+                    self.add_hop(hop)?;
+                }
+                let names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
+                let mode = mode.as_mut().expect("a mode for a function watched at its exits");
+                mode.push_str(&format!(
+                    ", and its tail calls return with {}, watched at {} exits too",
+                    names.join(", "),
+                    if names.len() == 1 { "its" } else { "their" }
+                ));
+            }
+        }
         if let Some(mode) = mode {
             placed.detail = Some(match placed.detail.take() {
                 Some(d) => format!("{mode}; {d}"),

@@ -23,6 +23,10 @@ pub enum Role {
     Entry,
     /// One of its exits.
     Exit(ExitKind),
+    /// Its entry, whose instruction is one of its exits too (a `jmp` or a `ret` first): the
+    /// one record is both, in that order (two events at one instruction may be written in
+    /// either order).
+    EntryExit(ExitKind),
 }
 
 /// One record of an entry or exit event, kept until it can be handled in time order.
@@ -34,10 +38,12 @@ pub struct Held {
     pub pid: u32,
     /// The thread.
     pub tid: u32,
-    /// The probe it belongs to.
-    pub probe: usize,
-    /// The function it is at, as the lowest index of the probes watching it: the probes on
-    /// one function each see its calls.
+    /// The probe it belongs to; `None` for a hop's: the events at the entry and exits of a
+    /// function that only a tail call of a probed function leads into, which returns that
+    /// function's calls handed over to it and is itself no probe's.
+    pub probe: Option<usize>,
+    /// The function it is at, as the engine numbers the functions watched at their exits:
+    /// the probes on one function, and its hop, each see its calls.
     pub function: usize,
     /// Its role.
     pub role: Role,
@@ -85,9 +91,9 @@ pub enum Paired {
     },
 }
 
-/// A probe's share of a pending call: the probe, its entry's time, the values read at its
-/// entry.
-type Member = (usize, u64, Vec<Option<FieldValue>>);
+/// A probe's share of a pending call: the probe (`None`: the function's hop), its entry's
+/// time, the values read at its entry.
+type Member = (Option<usize>, u64, Vec<Option<FieldValue>>);
 
 /// A pending call of a function: every return probe on the function has its own entry and
 /// exit events, and each of them is one member of the one activation of the call (a second
@@ -132,10 +138,15 @@ impl Thread {
         }
     }
 
-    /// Probe `probe`'s exit with stack pointer `sp`: its member of the call at `sp` returns,
+    /// Probe `probe`'s exit (`None`: the hop's) with stack pointer `sp`: its member of the call at `sp` returns,
     /// with the calls handed over to that one by tail calls (at the first of its probes'
     /// exits). Returns the members of stale calls, and those returning.
-    fn leave(&mut self, sp: u64, probe: usize, stack_of: &mut impl FnMut(u64) -> u64) -> (Vec<Member>, Vec<Member>) {
+    fn leave(
+        &mut self,
+        sp: u64,
+        probe: Option<usize>,
+        stack_of: &mut impl FnMut(u64) -> u64,
+    ) -> (Vec<Member>, Vec<Member>) {
         let take = |c: &mut Call| Some(c.members.remove(c.members.iter().position(|m| m.0 == probe)?));
         let (share, left) = self.calls.leave_share(sp, stack_of, take, |c| c.members.is_empty());
         let returning = share
@@ -168,8 +179,9 @@ impl Pairing {
     }
 
     /// Handle, in time order, the records stamped before `read_began - SETTLE_NS` (every one
-    /// with `None`, when no more will come). `hands_over(probe, target)`: whether a tail call
-    /// of `probe`'s function to `target` enters a function whose exits are watched.
+    /// with `None`, when no more will come). `hands_over(function, target)`: whether a tail
+    /// call of `function` to `target` enters a function whose exits are watched (by a probe
+    /// or a hop).
     /// `stack_of(pid, addr)` names the stack `addr` lies on in process `pid` (asked only when
     /// an exit is not the innermost pending call's: a coroutine switched stacks, a handler
     /// ran on an alternate stack, a frame was abandoned). `each(record, what)` for
@@ -189,35 +201,60 @@ impl Pairing {
         let ready: Vec<Held> = self.held.drain(..ready).collect();
         for mut h in ready {
             let h = &mut h;
-            let pid = h.pid;
-            let mut stack_of = |addr: u64| stack_of(pid, addr);
-            let thread =
-                (self.threads.entry(h.tid)).or_insert_with(|| Thread { pid: h.pid, calls: ActivationStack::default() });
-            let (stale, returning, value) = match h.role {
-                Role::Entry => {
-                    each(h, Paired::Entered { probe: h.probe });
-                    let member = (h.probe, h.time, std::mem::take(&mut h.fields));
-                    (thread.enter(h.sp, h.function, member, &mut stack_of), Vec::new(), None)
-                }
-                // A tail call: the call at `sp` returns with the callee it jumps to (whose
-                // entry finds it on the same word).
-                Role::Exit(ExitKind::TailJump { target }) if hands_over(h.probe, target.0) => {
-                    (members_of(thread.calls.hand_over(h.sp, &mut stack_of).0), Vec::new(), None)
-                }
-                Role::Exit(kind) => {
-                    let (stale, returning) = thread.leave(h.sp, h.probe, &mut stack_of);
-                    (stale, returning, kind.is_ret().then_some(h.ax))
-                }
+            let steps = match h.role {
+                Role::EntryExit(kind) => [Some(Role::Entry), Some(Role::Exit(kind))],
+                role => [Some(role), None],
             };
-            for (probe, _, _) in stale {
+            for role in steps.into_iter().flatten() {
+                self.step(h, role, hands_over, stack_of, each);
+            }
+        }
+    }
+
+    /// Handle `h` as a record of `role`.
+    fn step(
+        &mut self,
+        h: &mut Held,
+        role: Role,
+        hands_over: &dyn Fn(usize, u64) -> bool,
+        stack_of: &mut dyn FnMut(u32, u64) -> u64,
+        each: &mut dyn FnMut(&Held, Paired),
+    ) {
+        let pid = h.pid;
+        let mut stack_of = |addr: u64| stack_of(pid, addr);
+        let thread =
+            (self.threads.entry(h.tid)).or_insert_with(|| Thread { pid: h.pid, calls: ActivationStack::default() });
+        let (stale, returning, value) = match role {
+            // (An entry that is an exit too comes here as its entry, then as its exit.)
+            Role::Entry | Role::EntryExit(_) => {
+                if let Some(probe) = h.probe {
+                    each(h, Paired::Entered { probe });
+                }
+                let member = (h.probe, h.time, std::mem::take(&mut h.fields));
+                (thread.enter(h.sp, h.function, member, &mut stack_of), Vec::new(), None)
+            }
+            // A tail call: the call at `sp` returns with the callee it jumps to (whose
+            // entry finds it on the same word).
+            Role::Exit(ExitKind::TailJump { target }) if hands_over(h.function, target.0) => {
+                (members_of(thread.calls.hand_over(h.sp, &mut stack_of).0), Vec::new(), None)
+            }
+            Role::Exit(kind) => {
+                let (stale, returning) = thread.leave(h.sp, h.probe, &mut stack_of);
+                (stale, returning, kind.is_ret().then_some(h.ax))
+            }
+        };
+        for (probe, _, _) in stale {
+            if let Some(probe) = probe {
                 each(h, Paired::Abandoned { probe });
             }
-            for (probe, entry_time, fields) in returning {
+        }
+        for (probe, entry_time, fields) in returning {
+            if let Some(probe) = probe {
                 each(h, Paired::Returned { probe, entry_time, value, fields });
             }
-            if thread.calls.is_empty() {
-                self.threads.remove(&h.tid);
-            }
+        }
+        if thread.calls.is_empty() {
+            self.threads.remove(&h.tid);
         }
     }
 
@@ -229,7 +266,7 @@ impl Pairing {
         let mut probes = Vec::new();
         for tid in gone {
             if let Some(mut thread) = self.threads.remove(&tid) {
-                probes.extend(members_of(thread.calls.drain()).into_iter().map(|(probe, _, _)| probe));
+                probes.extend(members_of(thread.calls.drain()).into_iter().filter_map(|(probe, _, _)| probe));
             }
         }
         probes
@@ -246,7 +283,7 @@ mod tests {
             time,
             pid: 1,
             tid,
-            probe,
+            probe: Some(probe),
             function: probe,
             role,
             sp,
@@ -306,6 +343,48 @@ mod tests {
         // Into a function not watched: it returns at the jump, its value unknown.
         let out = run(vec![rec(1, 7, 0, Role::Entry, 0x1000, 0), rec(2, 7, 0, jump, 0x1000, 9)], 0);
         assert_eq!(out[1], Paired::Returned { probe: 0, entry_time: 1, value: None, fields: Vec::new() });
+    }
+
+    #[test]
+    fn a_hop_returns_the_calls_handed_over_to_it_and_is_no_probes() {
+        // Probe 0 watches function 0 (at 0x100), which tail-calls function 1 (at 0x200, a hop:
+        // records of no probe), which tail-calls function 0 again, twice, until function 0
+        // returns 42. Function 1 is also called on its own in between, deeper.
+        let jump = |target: u64| Role::Exit(ExitKind::TailJump { target: Addr(target) });
+        let ret = Role::Exit(ExitKind::Ret);
+        let probe = |time: u64, role: Role, sp: u64, ax: u64| rec(time, 7, 0, role, sp, ax);
+        let hop =
+            |time: u64, role: Role, sp: u64, ax: u64| Held { probe: None, function: 1, ..probe(time, role, sp, ax) };
+        let mut records = Vec::new();
+        for t in [0, 10] {
+            records.extend([probe(t + 1, Role::Entry, 0x1000, 0), probe(t + 2, jump(0x200), 0x1000, 0)]);
+            records.extend([hop(t + 3, Role::Entry, 0x1000, 0), hop(t + 4, Role::Entry, 0x0f00, 0)]);
+            records.extend([hop(t + 5, ret, 0x0f00, 5), hop(t + 6, jump(0x100), 0x1000, 0)]);
+        }
+        records.extend([probe(21, Role::Entry, 0x1000, 0), probe(30, ret, 0x1000, 42)]);
+        let mut p = Pairing::default();
+        for r in records {
+            p.hold(r);
+        }
+        let mut out = Vec::new();
+        let hands_over = |_: usize, target: u64| target == 0x100 || target == 0x200;
+        p.handle(None, &hands_over, &mut |_, _| 0, &mut |_, what| out.push(what));
+        let returned = |entry_time| Paired::Returned { probe: 0, entry_time, value: Some(42), fields: Vec::new() };
+        let mut expected: Vec<Paired> = (0..3).map(|_| Paired::Entered { probe: 0 }).collect();
+        expected.extend([returned(21), returned(11), returned(1)]);
+        assert_eq!(out, expected, "every call returns at once, with the last one's value, and nothing of the hop's");
+        assert!(p.threads.is_empty());
+        // A function whose first instruction is its tail call: its entry's record is its exit
+        // too, handed over before the hop's entry.
+        let out = run(
+            vec![
+                probe(1, Role::EntryExit(ExitKind::TailJump { target: Addr(0x200) }), 0x1000, 0),
+                hop(2, Role::Entry, 0x1000, 0),
+                hop(3, ret, 0x1000, 9),
+            ],
+            0x200,
+        );
+        assert_eq!(out[1], Paired::Returned { probe: 0, entry_time: 1, value: Some(9), fields: Vec::new() });
     }
 
     #[test]

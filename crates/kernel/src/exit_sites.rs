@@ -19,6 +19,8 @@ pub struct ExitPlan {
     pub path: String,
     /// The function's link-time start.
     pub function: u64,
+    /// Its name.
+    pub name: String,
     /// Its exits: link-time address and how the function leaves there, in address order.
     pub exits: Vec<(u64, ExitKind)>,
 }
@@ -31,7 +33,7 @@ impl ExitPlan {
     }
 
     /// Whether the function leaves by a tail call somewhere: a `$retval` there is the
-    /// callee's, read only at the `ret` of a callee watched at its exits too.
+    /// callee's, read at the callee's exits (see [`tail_call_hops`]).
     pub fn tail_calls(&self) -> bool {
         self.exits.iter().any(|(_, kind)| !kind.is_ret())
     }
@@ -111,7 +113,7 @@ pub fn plan(spec: &ProbeSpec) -> Result<ExitPlan, String> {
         }
         sites.push((site.addr.0, site.kind));
     }
-    Ok(ExitPlan { path: target.object().to_owned(), function: f.start.0, exits: sites })
+    Ok(ExitPlan { path: target.object().to_owned(), function: f.start.0, name: f.name.clone(), exits: sites })
 }
 
 /// How the kernel engine watches the returns of a return probe on `function` of the file
@@ -120,6 +122,40 @@ pub fn plan(spec: &ProbeSpec) -> Result<ExitPlan, String> {
 pub fn return_plan(path: &str, function: &str) -> Result<ExitPlan, String> {
     let point = ProbePoint::User { binary: Some(path.to_owned()), function: function.to_owned(), offset: 0 };
     plan(&ProbeSpec { point, kind: ProbeKind::Return, args: Vec::new() })
+}
+
+/// How many functions a return probe's tail calls may lead through, hops included.
+const MAX_HOPS: usize = 32;
+
+/// The functions `plan`'s tail calls lead into (and theirs, in turn) that `watched(start)`
+/// says no return probe watches at its exits, each planned to be watched at its exits too:
+/// the function returns where they do, with their return value (the kernel's return probe
+/// sees it so too). Why not, when one of them cannot be: the return address is used instead.
+pub fn tail_call_hops(plan: &ExitPlan, watched: &dyn Fn(u64) -> bool) -> Result<Vec<ExitPlan>, String> {
+    let targets = |p: &ExitPlan| -> Vec<(u64, u64)> {
+        (p.exits.iter())
+            .filter_map(|&(at, kind)| match kind {
+                ExitKind::TailJump { target } => Some((at, target.0)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut hops: Vec<ExitPlan> = Vec::new();
+    let mut next = targets(plan);
+    while let Some((at, target)) = next.pop() {
+        if target == plan.function || watched(target) || hops.iter().any(|h| h.function == target) {
+            continue;
+        }
+        if hops.len() == MAX_HOPS {
+            return Err(format!("its tail calls lead through more than {MAX_HOPS} functions"));
+        }
+        let hop = return_plan(&plan.path, &format!("{target:#x}")).map_err(|why| {
+            format!("its tail call at {at:#x} goes to {target:#x}, whose returns cannot be watched at its exits: {why}")
+        })?;
+        next.extend(targets(&hop));
+        hops.push(hop);
+    }
+    Ok(hops)
 }
 
 /// Whether `addr` is the start of an instruction of the function `plan` was made for, as

@@ -28,7 +28,7 @@ mod tracefs;
 pub use define::{definition, kernel_optimizes_nop5, Definition, EventKind};
 pub use engine::{InKernel, KernelEngine, KernelOptions};
 pub use error::KernelError;
-pub use exit_sites::{return_plan, ExitPlan};
+pub use exit_sites::{return_plan, tail_call_hops, ExitPlan};
 pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
 pub use perf::{check_buffer_size, SampleStacks, StackSampling, DEFAULT_BUFFER_BYTES, USER_STACK_BYTES};
 pub use session::{DefinedEvent, Hit, Session};

@@ -3,6 +3,13 @@
 //! stack pointer ([`crate::exit_pairing`], on `dprobe_core::returns::exits`). The return
 //! value is `%ax` at a `ret`: a filter on it is applied there by the kernel, and the kernel's
 //! BPF program counts the returns at the exits.
+//!
+//! A function that leaves by a tail call returns where its callee does, with the callee's
+//! value (as the kernel's return probe sees it). When the value or the time of the return is
+//! asked for (`$retval`, `--latency`), a callee no probe watches is watched at its exits too,
+//! as a *hop*: its own calls are paired but given to no probe, and the calls handed over to it
+//! return with it. Recursion through the tail call then has no depth limit, and exceptions
+//! meet no trampoline.
 
 use dprobe_arch::ExitKind;
 use dprobe_core::{EventSink, ProbeEvent, ProbeRequest, Side};
@@ -61,13 +68,99 @@ fn read_ranges(pid: u32) -> Option<Vec<(u64, u64)>> {
     Some(ranges)
 }
 
+/// The functions watched at their exits (by a probe or as a hop), numbered in the order they
+/// were first watched, and the hops.
+#[derive(Default)]
+pub(super) struct Functions {
+    /// The file and link-time start of each, and whether the records of its exits reach
+    /// dprobe (not when its only probes are counted in the kernel).
+    known: Vec<(String, u64, bool)>,
+    hops: Vec<Hop>,
+}
+
+/// A function watched at its exits only to return the calls tail calls hand over to it.
+struct Hop {
+    /// Its number in [`Functions`].
+    function: usize,
+    /// Its entry event and exit events, and how it leaves at each.
+    entry: usize,
+    exit_events: Vec<(usize, ExitKind)>,
+    /// See [`Watched::entry_exit`].
+    entry_exit: Option<(usize, ExitKind)>,
+}
+
+impl Functions {
+    /// The number of the function at link-time `function` of `path`, if watched.
+    fn find(&self, path: &str, function: u64) -> Option<usize> {
+        self.known.iter().position(|(p, f, _)| p == path && *f == function)
+    }
+
+    /// Whether the returns of the function at link-time `function` of `path` reach dprobe
+    /// from its exits.
+    fn read(&self, path: &str, function: u64) -> bool {
+        self.find(path, function).is_some_and(|i| self.known[i].2)
+    }
+
+    /// The number of the function at link-time `function` of `path`, watched from now on;
+    /// `read`: the records of its exits reach dprobe.
+    fn number(&mut self, path: &str, function: u64, read: bool) -> usize {
+        let i = self.find(path, function).unwrap_or_else(|| {
+            self.known.push((path.to_owned(), function, false));
+            self.known.len() - 1
+        });
+        self.known[i].2 |= read;
+        i
+    }
+
+    /// Whether a tail call of function number `from` into link-time `target` (of the same
+    /// file) enters a function whose returns reach dprobe from its exits.
+    fn hands_over(&self, from: usize, target: u64) -> bool {
+        self.known.get(from).is_some_and(|(path, _, _)| self.read(path, target))
+    }
+
+    /// The hop `event` belongs to (its function's number), and its role there (`None`: the
+    /// exit at its entry, heard from its entry).
+    fn hop_event(&self, event: usize) -> Option<(usize, Option<Role>)> {
+        self.hops.iter().find_map(|h| {
+            let role = role_of(event, h.entry, &h.exit_events, h.entry_exit)?;
+            Some((h.function, role))
+        })
+    }
+}
+
+/// The role of `event` among a function's `entry` and `exit_events` (`None`: the exit event
+/// at its entry instruction, `entry_exit`, whose record the entry's stands for).
+fn role_of(
+    event: usize,
+    entry: usize,
+    exit_events: &[(usize, ExitKind)],
+    entry_exit: Option<(usize, ExitKind)>,
+) -> Option<Option<Role>> {
+    if event == entry {
+        return Some(Some(entry_exit.map_or(Role::Entry, |(_, kind)| Role::EntryExit(kind))));
+    }
+    if entry_exit.is_some_and(|(e, _)| e == event) {
+        return Some(None);
+    }
+    exit_events.iter().find(|(e, _)| *e == event).map(|&(_, kind)| Some(Role::Exit(kind)))
+}
+
+/// The exit event at the entry instruction of the function of `plan` (given its
+/// `exit_events`, in the order of its exits), if its first instruction is an exit.
+pub(super) fn entry_exit(plan: &ExitPlan, exit_events: &[(usize, ExitKind)]) -> Option<(usize, ExitKind)> {
+    plan.exits.iter().position(|&(at, _)| at == plan.function).map(|i| exit_events[i])
+}
+
 /// A return probe watched at its function's exits instead of through the return address.
 pub(super) struct Watched {
-    /// The file and link-time start of the function.
-    pub(super) path: String,
-    pub(super) function: u64,
+    /// Its function's number in [`Functions`].
+    pub(super) number: usize,
     /// Its exit events, and how the function leaves at each.
     pub(super) exit_events: Vec<(usize, ExitKind)>,
+    /// The one among them at its entry instruction (a function whose first instruction is a
+    /// `jmp` or `ret`), whose records are not paired: the entry's record stands for both, in
+    /// their order (two events at one instruction may be written in either).
+    pub(super) entry_exit: Option<(usize, ExitKind)>,
     /// Activations the program abandoned (exceptions, `longjmp`, its thread's end).
     pub(super) abandoned: u64,
 }
@@ -77,30 +170,37 @@ const SP_FIELD: &str = "dprobe_sp";
 const AX_FIELD: &str = "dprobe_ax";
 
 impl KernelEngine {
-    /// The record of an entry or exit event of a return probe watched at its exits.
-    pub(super) fn watched_record(probes: &[Probe], hit: &Hit<'_>, comm: &[u8]) -> Option<Held> {
-        let (probe, role) = probes.iter().enumerate().find_map(|(i, p)| {
+    /// The record of an entry or exit event of a return probe watched at its exits, or of a
+    /// hop (`Some(None)`: one of theirs with nothing to pair).
+    pub(super) fn watched_record(
+        probes: &[Probe],
+        functions: &Functions,
+        hit: &Hit<'_>,
+        comm: &[u8],
+    ) -> Option<Option<Held>> {
+        let of_probe = probes.iter().enumerate().find_map(|(i, p)| {
             let w = p.exits.as_ref()?;
-            if p.event == hit.event {
-                return Some((i, Role::Entry));
-            }
-            w.exit_events.iter().find(|(e, _)| *e == hit.event).map(|&(_, kind)| (i, Role::Exit(kind)))
-        })?;
+            let role = role_of(hit.event, p.event, &w.exit_events, w.entry_exit)?;
+            Some((i, w.number, role))
+        });
+        let (probe, function, role) = match of_probe {
+            Some((probe, function, role)) => (Some(probe), function, role),
+            None => functions.hop_event(hit.event).map(|(function, role)| (None, function, role))?,
+        };
+        let Some(role) = role else { return Some(None) };
         let word = |name: &str| match hit.field(name) {
             Some(FieldValue::Unsigned(x)) => x,
             Some(FieldValue::Signed(x)) => x as u64,
             _ => 0,
         };
         // An entry probe timed to its return shows the values read at its entry.
-        let p = &probes[probe];
-        let w = p.exits.as_ref()?;
-        let same = |q: &Probe| q.exits.as_ref().is_some_and(|v| v.path == w.path && v.function == w.function);
-        let function = probes.iter().position(same).unwrap_or(probe);
-        let fields = match role {
-            Role::Entry if !p.is_return => p.fields.iter().map(|(name, _)| hit.field(name)).collect(),
+        let fields = match (role, probe.map(|i| &probes[i])) {
+            (Role::Entry | Role::EntryExit(_), Some(p)) if !p.is_return => {
+                p.fields.iter().map(|(name, _)| hit.field(name)).collect()
+            }
             _ => Vec::new(),
         };
-        Some(Held {
+        Some(Some(Held {
             time: hit.time,
             pid: hit.pid,
             tid: hit.tid,
@@ -113,7 +213,7 @@ impl KernelEngine {
             fields,
             user_stack: Vec::new(),
             kernel_stack: Vec::new(),
-        })
+        }))
     }
 
     /// Read what the rings hold, then pair the held entry and exit records stamped before the
@@ -121,9 +221,9 @@ impl KernelEngine {
     pub(super) fn poll(&mut self, timeout_ms: i32, sink: EventSink<'_>) -> Result<(), KernelError> {
         let read_began = monotonic_ns();
         let (probes, options, names, stacks) = (&mut self.probes, &self.options, &mut self.names, &mut self.stacks);
-        let pairs = (&mut self.pairing, &mut self.maps);
+        let pairs = (&mut self.pairing, &mut self.maps, &self.functions);
         self.session.poll(timeout_ms, &mut |hit| {
-            Self::deliver(probes, options, names, stacks, (&mut *pairs.0, &mut *pairs.1), &hit, sink)
+            Self::deliver(probes, options, names, stacks, (&mut *pairs.0, &mut *pairs.1, pairs.2), &hit, sink)
         })?;
         self.pair(Some(read_began), sink);
         Ok(())
@@ -136,12 +236,8 @@ impl KernelEngine {
             return;
         }
         let probes = &mut self.probes;
-        let watched: Vec<(String, u64)> =
-            probes.iter().filter_map(|p| p.exits.as_ref().map(|w| (w.path.clone(), w.function))).collect();
-        let paths: Vec<Option<String>> = probes.iter().map(|p| p.exits.as_ref().map(|w| w.path.clone())).collect();
-        let hands_over = |probe: usize, target: u64| {
-            paths[probe].as_ref().is_some_and(|path| watched.iter().any(|(p, f)| p == path && *f == target))
-        };
+        let functions = &self.functions;
+        let hands_over = |function: usize, target: u64| functions.hands_over(function, target);
         let maps = &mut self.maps;
         let mut stack_of = |pid: u32, addr: u64| maps.stack_of(pid, addr);
         self.pairing.handle(read_began, &hands_over, &mut stack_of, &mut |h, what| match what {
@@ -196,20 +292,15 @@ impl KernelEngine {
         }
     }
 
-    /// Whether a return probe already watches the function at link-time `function` of `path`
-    /// at its exits.
-    fn watches(&self, path: &str, function: u64) -> bool {
-        self.probes.iter().any(|p| p.exits.as_ref().is_some_and(|w| w.path == path && w.function == function))
-    }
-
     /// How the returns of `probe` (a return probe, or an entry probe timed to its return:
-    /// `timed`) can be watched at its function's exits; why not.
+    /// `timed`) can be watched at its function's exits, with the hops its tail calls need
+    /// (when its return value or time is asked for); why not.
     pub(super) fn exit_plan(
         &self,
         probe: &ProbeRequest<'_>,
         spec: &ProbeSpec,
         timed: bool,
-    ) -> Result<ExitPlan, String> {
+    ) -> Result<(ExitPlan, Vec<ExitPlan>), String> {
         if probe.semaphore.is_some() {
             return Err("it has a semaphore".into());
         }
@@ -218,23 +309,38 @@ impl KernelEngine {
             return Err(format!("`{}` is read at the return address (only $retval is read at the exits)", a.name));
         }
         let plan = exit_sites::plan(&ProbeSpec { kind: ProbeKind::Return, ..spec.clone() })?;
-        // At a tail call the return value is the callee's: read at the callee's `ret` when a
-        // return probe placed before watches it at its exits, else nowhere.
-        let unwatched_tail = plan.exits.iter().find(|(_, kind)| match kind {
-            ExitKind::TailJump { target } => !self.watches(&plan.path, target.0),
-            _ => false,
-        });
-        match unwatched_tail {
-            Some((at, _)) if timed => Err(format!(
-                "--latency: its tail call at {at:#x} returns when a function whose returns are not watched at its \
-                 exits returns (a return probe on it, placed first, would be)"
-            )),
-            Some((at, _)) if !probe.plan.args().is_empty() => Err(format!(
-                "$retval: its tail call at {at:#x} returns the value of a function whose returns are not watched \
-                 at its exits (a return probe on it, placed first, would be)"
-            )),
-            _ => Ok(plan),
+        // At a tail call the function returns when its callee does, with the callee's value:
+        // read at the exits of the callee, watched for it if no probe does.
+        let asked = if timed {
+            "--latency"
+        } else if !probe.plan.args().is_empty() {
+            "$retval"
+        } else {
+            return Ok((plan, Vec::new()));
+        };
+        let watched = |target: u64| self.functions.read(&plan.path, target);
+        let hops = exit_sites::tail_call_hops(&plan, &watched).map_err(|why| format!("{asked}: {why}"))?;
+        Ok((plan, hops))
+    }
+
+    /// Watch the function of `plan` at its exits as a hop, unless the records of its exits
+    /// reach dprobe already.
+    pub(super) fn add_hop(&mut self, plan: &ExitPlan) -> Result<(), KernelError> {
+        if self.functions.read(&plan.path, plan.function) {
+            return Ok(());
         }
+        let comm = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
+        let (entry, exit_events) = self.add_watched(plan, &comm, &[])?;
+        let function = self.functions.number(&plan.path, plan.function, true);
+        let entry_exit = entry_exit(plan, &exit_events);
+        self.functions.hops.push(Hop { function, entry, exit_events, entry_exit });
+        Ok(())
+    }
+
+    /// The number of the function of `plan`, watched at its exits by a probe from now on;
+    /// `read`: its records reach dprobe (it is not counted in the kernel).
+    pub(super) fn number_watched(&mut self, plan: &ExitPlan, read: bool) -> usize {
+        self.functions.number(&plan.path, plan.function, read)
     }
 
     /// Define `plan`'s entry and exit events (in the next batch); the entry's index and the
@@ -255,7 +361,8 @@ impl KernelEngine {
                 Some(_) => {}
             }
             args.push(NamedArg::typed(SP_FIELD, Fetch::StackPointer, ArgType::U(64)));
-            if kind.is_some() {
+            // An entry that is an exit too (a `ret` first) returns `%ax` there.
+            if kind.is_some() || plan.exits.iter().any(|&(at, _)| at == plan.function) {
                 args.push(NamedArg::typed(AX_FIELD, Fetch::Reg(Register("ax")), ArgType::U(64)));
             }
             if kind.is_some_and(ExitKind::is_ret) {
