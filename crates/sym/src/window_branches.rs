@@ -1,9 +1,11 @@
 //! Whether a branch from anywhere in a function's object lands inside a jump's window: the
 //! jump check's view beyond the probed function (see [`CodeBranches`]).
 
+use std::sync::{Arc, Mutex};
+
 use dprobe_arch::{describe, Addr, NotOptimized};
 
-use crate::cache::{code_sections, object_file};
+use crate::cache::{code_sections, object_file, ObjectFile};
 use crate::symbols::Function;
 
 /// Refuse a jump at `addr` in `function` when a direct branch anywhere in the function's
@@ -12,7 +14,7 @@ use crate::symbols::Function;
 /// per version of the file; a file that cannot be read refuses every jump in it.
 pub fn check_object_branches(function: &Function, addr: Addr) -> Result<(), NotOptimized> {
     let unread = || NotOptimized::ObjectUnread { object: function.object.to_string() };
-    let file = object_file(&function.object).ok_or_else(unread)?;
+    let file = object_of(function).ok_or_else(unread)?;
     let branches = file.code_branches().ok_or_else(unread)?;
     let at_run_time = |a: Addr| Addr(a.0.wrapping_add(function.bias));
     let Some((from, target)) = branches.into_window(Addr(addr.0.wrapping_sub(function.bias))) else {
@@ -27,4 +29,20 @@ pub fn check_object_branches(function: &Function, addr: Addr) -> Result<(), NotO
         })
         .unwrap_or_else(|| "a branch".to_owned());
     Err(NotOptimized::BranchIntoWindow { from: at_run_time(from), text, target: at_run_time(target) })
+}
+
+/// The object file `function` was read from. The functions of one version of a file share one
+/// path (`Function::object`), so the last one asked for is known by that path's identity: a
+/// batch of ten thousand probes in one object looks its file up once, not once per probe.
+fn object_of(function: &Function) -> Option<Arc<ObjectFile>> {
+    static LAST: Mutex<Option<(Arc<str>, Arc<ObjectFile>)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, file)) = last.as_ref() {
+        if Arc::ptr_eq(path, &function.object) {
+            return Some(file.clone());
+        }
+    }
+    let file = object_file(&function.object)?;
+    *last = Some((function.object.clone(), file.clone()));
+    Some(file)
 }
