@@ -49,9 +49,9 @@ impl Tracee {
     }
 
     /// Let held thread `tid` go with `signal` (see [`Tracee::let_go_as_thread_ends`]).
-    fn let_thread_go(&self, tid: i32, signal: i32, group_stop: bool) -> Result<(), TraceError> {
+    pub(crate) fn let_thread_go(&self, tid: i32, signal: i32, group_stop: bool) -> Result<(), TraceError> {
         match self.ends_with_thread {
-            true => crate::let_go::let_thread_go(self.pid, tid, signal, group_stop),
+            true => crate::let_go::let_thread_go(self.process_of(tid), tid, signal, group_stop),
             false => Ok(sys::detach(tid, signal)?),
         }
     }

@@ -231,9 +231,12 @@ impl Tracee {
         let trampoline = self.xol.trampoline_addr();
         self.returns.restore_stack(tid, trampoline, &self.stubs, &mut self.memory);
         let signal = self.threads.get(&tid).map_or(0, |t| t.signal());
+        // A child asleep in a system call (its parent waits for it) is put back into it
+        // unwoken when the tracer's thread is about to end, as the program's threads are.
+        let let_go = self.let_thread_go(tid, signal, stop == Stop::Group);
         self.forget_guest(tid);
-        match sys::detach(tid, signal) {
-            Err(e) if !e.gone() => Err(e.into()),
+        match let_go {
+            Err(e) if !e.is_gone() => Err(e),
             _ => Ok(()),
         }
     }
