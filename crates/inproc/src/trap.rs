@@ -396,13 +396,20 @@ fn on_post_step(site: &Site<Prepared>, ctx: &mut SignalContext) {
 /// with RIP at the probed instruction.
 fn emulated_fault(site: &Site<Prepared>, regs: &mut Regs, fault: MemoryFault, ctx: &mut SignalContext) {
     let info = FaultInfo { signal: libc::SIGSEGV, fault_addr: Some(fault.addr), stage: FaultStage::Instruction };
-    if site.run_fault(regs, &info) {
+    if run_fault_handlers(site, regs, &info) {
         ctx.set_regs(regs);
         return;
     }
     regs.rip = site.addr.0;
     ctx.set_regs(regs);
     deliver_segv(fault.addr, ctx);
+}
+
+/// Offer a fault to `site`'s fault handlers, marked as handler bodies (what they call
+/// themselves counts as missed, see [`quiet`]).
+fn run_fault_handlers(site: &Site<Prepared>, regs: &mut Regs, info: &FaultInfo) -> bool {
+    let _body = Raised::new(thread_state::existing().map(|s| &s.handler_body));
+    site.run_fault(regs, info)
 }
 
 /// Deliver the `SIGSEGV` an emulated instruction's access at `addr` would have raised, with
@@ -440,7 +447,7 @@ fn instruction_fault_handled(engine: &Engine, site: Addr, regs: &mut Regs, sig: 
     let info = FaultInfo { signal: sig, fault_addr: Some(Addr(fault_addr)), stage: FaultStage::Instruction };
     !in_handler()
         && engine.table.lookup(site.0, |found| match found {
-            Some((s, TrapKind::Entry)) => s.run_fault(regs, &info),
+            Some((s, TrapKind::Entry)) => run_fault_handlers(s, regs, &info),
             _ => false,
         })
 }
