@@ -37,6 +37,11 @@ fn program() -> &'static str {
         let o = Command::new("objdump").args(["-d", "--no-show-raw-insn", &path]).output().unwrap();
         assert!(o.status.success());
         let code = String::from_utf8(o.stdout).unwrap();
+        let first = |function: &str| {
+            let body = code.split_once(&format!("<{function}>:\n")).unwrap_or_else(|| panic!("no {function}")).1;
+            body.lines().next().unwrap().split('\t').nth(1).unwrap().trim().to_owned()
+        };
+        assert_eq!(first("nothing"), "ret", "nothing's first instruction is its ret");
         for (function, callee) in TAIL_CALLS {
             let start = format!("<{function}>:\n");
             let body = code.split_once(&start).unwrap_or_else(|| panic!("no {function}")).1;
@@ -190,4 +195,20 @@ fn a_tail_call_into_a_function_whose_exits_are_not_all_known_keeps_the_return_ad
     assert!(t.stderr.contains(&why), "{}", t.stderr);
     assert!(t.stderr.contains("whose returns cannot be watched at its exits: its exits are not all known"));
     assert_eq!(returned(&t.trace, "past_front"), untraced(&args).1, "{}", t.trace);
+}
+
+#[test]
+fn a_function_whose_first_instruction_is_its_exit_returns_every_call() {
+    let _x = exclusive();
+    let p = program();
+    // nothing is one `ret`, and rec_front one `jmp`: their entry and exit are one instruction,
+    // whose two uprobes the kernel writes in either order. The entry's record stands for both.
+    for (function, args) in [("nothing", &["empty", "500"][..]), ("rec_front", &["recurse", "500", "0"])] {
+        let (spec, calls) = (format!("{p}:{function}"), 500);
+        let t = traced("tail-hops-first", &["--latency", &spec], args);
+        assert!(t.stderr.contains(&format!("dprobe: `{spec}`: its returns are watched at its ")), "{}", t.stderr);
+        let figures = (hits(&t.trace, &spec), returns(&t.trace, &spec), timed(&t.trace, function));
+        assert_eq!(figures, (calls, calls, calls), "{}", t.what(function));
+        assert!(!t.trace.contains("not seen") && !t.trace.contains("without a return"), "{}", t.trace);
+    }
 }
