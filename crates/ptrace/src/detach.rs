@@ -20,7 +20,10 @@ impl Tracee {
     /// thread is stopped; a thread that trapped on a probe just before is moved back onto the
     /// original instruction, one inside an out-of-line copy onto the original code, one at
     /// the return trampoline to its real return address; the real return addresses go back
-    /// into every stack; then each thread is detached.
+    /// into every stack; then each thread is detached. A thread taken out of a waiting system
+    /// call restarts it once detached, where a signal that comes at that moment can be handled
+    /// without ending the call: a tracer whose thread ends next lets go without that moment
+    /// ([`Tracee::let_go_as_thread_ends`]).
     pub fn detach(mut self) -> Result<(), TraceError> {
         self.detach_all(&|| false)
     }
