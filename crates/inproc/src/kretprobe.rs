@@ -871,6 +871,12 @@ impl ReturnProbe {
     /// instances reclaimed because their frame was abandoned (`longjmp`, an exception, a
     /// dead thread).
     pub fn stats(&self) -> Stats {
+        // The finished calls are read before the entries: each call was entered before it
+        // finished, so, while threads run on, the figures never show more calls finished than
+        // entered (x86-64 does not reorder loads with other loads).
+        let returns = self.inner.hits.load(Relaxed);
+        let missed = self.inner.nmissed.load(Relaxed);
+        let abandoned = self.inner.stale.load(Relaxed) + self.inner.unwound.load(Relaxed);
         let entry = match &self.how {
             Watching::ReturnAddress(entry) => entry.as_ref().map_or_else(|| self.final_entry.clone(), |e| e.stats()),
             Watching::Exits(w) => {
@@ -883,12 +889,7 @@ impl ReturnProbe {
                 }
             }
         };
-        Stats {
-            returns: self.inner.hits.load(Relaxed),
-            missed: self.inner.nmissed.load(Relaxed),
-            abandoned: self.inner.stale.load(Relaxed) + self.inner.unwound.load(Relaxed),
-            ..entry
-        }
+        Stats { returns, missed, abandoned, ..entry }
     }
 
     /// How its returns are watched, and why.

@@ -205,11 +205,12 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
                 assert!(!stop.load(Relaxed), "a caller failed");
                 std::thread::yield_now();
             }
-            let st = p.stats();
             let pending = p.pending();
-            drop(p);
-            // Every call the entry saw returned, was missed, or is still in flight (its return
-            // comes after the probe went: not seen).
+            // The figures once the probe is gone, which no thread changes any more (read
+            // while the callers run on, two counters are never read at one instant).
+            let st = p.unregister().unwrap();
+            // Every call the entry saw returned, was missed, or was still in flight (its return
+            // came after the probe went: not seen).
             let after = (st.hits, st.returns + st.missed + st.abandoned);
             assert!(after.0 >= after.1 && after.0 - after.1 <= 4 + pending, "{st:?} pending {pending}");
             assert_eq!(WRONG.load(Relaxed), 0);
