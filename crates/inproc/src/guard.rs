@@ -77,6 +77,10 @@ pub(crate) fn call_guarded_in(
     let mut f = f;
     // What runs inside is a handler's body (see `ThreadState::handler_body`).
     state.handler_body.set(state.handler_body.get() + 1);
+    // A fault abandons `f` where it stood, without its destructors: counters it raised and
+    // would have lowered (a tool's `ToolWork`) are put back as they were, or every later hit
+    // of this thread would count nothing.
+    let (own_work, in_hit_path) = (state.own_work.get(), state.in_hit_path.get());
     // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
     // calls `trampoline(&mut f)` with an aligned stack, and returns 0; or, when the fault
     // handler redirected the faulting thread to the recovery label with `point`'s stack
@@ -85,6 +89,10 @@ pub(crate) fn call_guarded_in(
     let faulted = unsafe { __dprobe_guarded_call(trampoline, (&mut f as *mut &mut dyn FnMut()).cast(), &mut point) };
     state.handler_body.set(state.handler_body.get() - 1);
     state.guard_point.set(outer);
+    if faulted != 0 {
+        state.own_work.set(own_work);
+        state.in_hit_path.set(in_hit_path);
+    }
     if faulted == 0 {
         Ok(())
     } else if state.faulted.replace(false) {

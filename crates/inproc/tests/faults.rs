@@ -80,3 +80,32 @@ fn a_panicking_handler_is_caught_counted_and_disabled() {
     assert_eq!((st.hits, st.handler_panics), (1, 1), "disabled after the first panic");
     assert!(!p.is_enabled());
 }
+
+#[test]
+fn a_tool_handler_that_faults_leaves_the_threads_later_hits_counted() {
+    // A tool's handler marks its work as the tool's (`tool_work`); a fault abandons it before
+    // the mark is dropped, and the thread's next hits must still be the program's.
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    static FAULT_NOW: AtomicBool = AtomicBool::new(true);
+    let p = register(
+        Kprobe::addr(addr(fx_spare1))
+            .pre(|_| {
+                let _tool = dprobe_inproc::tool_work();
+                if FAULT_NOW.swap(false, Relaxed) {
+                    // SAFETY: deliberately not safe: this read faults, and dprobe must recover.
+                    let v = unsafe { std::ptr::read_volatile(16 as *const u64) };
+                    std::hint::black_box(v);
+                }
+                PreAction::Continue
+            })
+            .fault(|_, info| info.stage == FaultStage::PreHandler),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(call2(fx_spare1, 6, 7), 42, "the program went on");
+    }
+    let st = p.stats();
+    assert_eq!((st.hits, st.handler_faults, st.reentered), (3, 1, 0));
+    assert!(p.is_enabled(), "a handled fault keeps the probe");
+}
+
