@@ -124,7 +124,7 @@ impl<A> Site<A> {
                 Err(_) => p.stats.panicked(),
             });
             if let Err(fault) = called {
-                handler_faulted(p, regs, fault, FaultStage::PreHandler);
+                handler_faulted(p, regs, fault, FaultStage::PreHandler, caller);
                 continue;
             }
             if action == PreAction::SkipInstruction {
@@ -144,7 +144,7 @@ impl<A> Site<A> {
                 }
             });
             if let Err(fault) = called {
-                handler_faulted(p, regs, fault, FaultStage::PostHandler);
+                handler_faulted(p, regs, fault, FaultStage::PostHandler, caller);
             }
         }
     }
@@ -161,11 +161,23 @@ impl<A> Site<A> {
 }
 
 /// A handler of `p` faulted and was abandoned: count it, tell the probe's fault handler, and
-/// disable the probe unless the fault handler says it handled the fault.
-fn handler_faulted(p: &ProbeEntry, regs: &mut Regs, fault: HandlerFault, stage: FaultStage) {
+/// disable the probe unless the fault handler says it handled the fault. The fault handler is
+/// a handler too: it runs through `caller` (guarded against its own faults, which leave the
+/// fault unhandled), as the handler did.
+fn handler_faulted<C: HandlerCall>(
+    p: &ProbeEntry,
+    regs: &mut Regs,
+    fault: HandlerFault,
+    stage: FaultStage,
+    caller: &mut C,
+) {
     p.stats.faulted();
     let info = FaultInfo { signal: fault.signal, fault_addr: fault.addr, stage };
-    let handled = p.fault.as_ref().is_some_and(|f| catch_unwind(AssertUnwindSafe(|| f(regs, &info))).unwrap_or(false));
+    let mut handled = false;
+    if let Some(f) = p.fault.as_ref() {
+        let called = caller.call(&mut || handled = catch_unwind(AssertUnwindSafe(|| f(regs, &info))).unwrap_or(false));
+        handled &= called.is_ok();
+    }
     if !handled {
         p.stats.set_enabled(false);
     }

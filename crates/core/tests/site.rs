@@ -107,11 +107,21 @@ fn fault_handlers_are_offered_in_order_until_one_handles() {
     assert_eq!(regs.rax, 11);
 }
 
-/// An engine whose handlers "fault": the dispatcher counts it, asks the fault handler, and
-/// disables the probe when nobody handled it.
-struct AlwaysFaults;
-impl HandlerCall for AlwaysFaults {
-    fn call(&mut self, _f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+/// An engine whose handlers "fault": the dispatcher counts it, asks the fault handler (a
+/// handler too, called through the engine, where it does not fault), and disables the probe
+/// when nobody handled it.
+#[derive(Default)]
+struct HandlersFault {
+    /// The next call is a fault handler's, after a handler's fault.
+    fault_handler_next: bool,
+}
+impl HandlerCall for HandlersFault {
+    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+        if std::mem::take(&mut self.fault_handler_next) {
+            f();
+            return Ok(());
+        }
+        self.fault_handler_next = true;
         Err(HandlerFault { signal: 11, addr: Some(Addr(0x8)) })
     }
 }
@@ -127,7 +137,7 @@ fn faulting_handler_goes_to_its_fault_handler() {
         }),
         Kprobe::addr(Addr(0x1000)).pre(|_| PreAction::Continue),
     ]);
-    s.run_pre(&mut Regs::default(), &mut AlwaysFaults);
+    s.run_pre(&mut Regs::default(), &mut HandlersFault::default());
     assert_eq!(
         *seen.lock().unwrap(),
         Some(FaultInfo { signal: 11, fault_addr: Some(Addr(0x8)), stage: FaultStage::PreHandler })

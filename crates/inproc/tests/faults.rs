@@ -109,3 +109,40 @@ fn a_tool_handler_that_faults_leaves_the_threads_later_hits_counted() {
     assert!(p.is_enabled(), "a handled fault keeps the probe");
 }
 
+#[test]
+fn a_fault_handler_runs_as_a_handler_guarded_against_its_own_faults() {
+    // The fault handler of a faulting pre-handler is a handler too: a probed function it calls
+    // counts as missed (the kernel's rule), and a fault of its own leaves the fault unhandled
+    // (the probe disabled) instead of killing the program.
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let called = register(Kprobe::addr(addr(fx_spare2)).pre(|_| PreAction::Continue)).unwrap();
+    let faulting = register(
+        Kprobe::addr(addr(fx_mov_add))
+            .pre(|_| {
+                // SAFETY: deliberately not safe: this read faults, and dprobe must recover.
+                let v = unsafe { std::ptr::read_volatile(16 as *const u64) };
+                std::hint::black_box(v);
+                PreAction::Continue
+            })
+            .fault(|_, _| {
+                if CALLS.fetch_add(1, Relaxed) == 0 {
+                    return call2(fx_spare2, 9, 4) == 5;
+                }
+                // SAFETY: deliberately not safe: the fault handler's own fault.
+                let v = unsafe { std::ptr::read_volatile(24 as *const u64) };
+                std::hint::black_box(v) == 0
+            }),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(call2(fx_mov_add, 40, 2), 42, "the program went on");
+    }
+    let st = faulting.stats();
+    assert_eq!((st.hits, st.handler_faults, CALLS.load(Relaxed)), (2, 2, 2));
+    assert!(!faulting.is_enabled(), "a fault handler that faults handled nothing");
+    let st = called.stats();
+    assert_eq!((st.hits, st.reentered), (0, 1), "the fault handler's call was missed");
+    assert_eq!(call2(fx_spare2, 9, 4), 5);
+    assert_eq!(called.hits(), 1, "the program's own call is a hit");
+}
