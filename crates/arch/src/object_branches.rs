@@ -51,8 +51,15 @@ impl CodeBranches {
     /// The branch (the lowest in address order) that lands on bytes +1..+4 of a jump written
     /// at `addr`, as `(from, target)`.
     pub fn into_window(&self, addr: Addr) -> Option<(Addr, Addr)> {
+        self.into_range(addr, JUMP_LEN as u64)
+    }
+
+    /// The branch (the lowest in address order) that lands on any byte of the `len` bytes at
+    /// `addr` after the first (a window whose every instruction is replaced, such as a return
+    /// probe's exit window), as `(from, target)`.
+    pub fn into_range(&self, addr: Addr, len: u64) -> Option<(Addr, Addr)> {
         let first = self.branches.partition_point(|&(target, _)| target <= addr.0);
-        let last = self.branches.partition_point(|&(target, _)| target < addr.0 + JUMP_LEN as u64);
+        let last = self.branches.partition_point(|&(target, _)| target < addr.0 + len);
         self.branches[first..last]
             .iter()
             .min_by_key(|&&(_, from)| from)
@@ -127,6 +134,8 @@ mod tests {
         assert_eq!(b.into_window(Addr(0x1001)), Some((Addr(0x100c), Addr(0x1003))));
         // A window starting at the target itself, or ending before it, is free.
         assert_eq!(b.into_window(Addr(0x1003)), None);
+        assert_eq!(b.into_range(Addr(0x0ffc), 7), None);
+        assert_eq!(b.into_range(Addr(0x0ffc), 8), Some((Addr(0x100c), Addr(0x1003))));
         assert_eq!(b.into_window(Addr(0x0ffe)), None);
         // The call lands on `f`'s start, which is kept only as a start.
         assert_eq!(b.len(), 1);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind};
+use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind, SegmentFlags};
 
 use dprobe_arch::{Addr, CodeBranches, CodeRegion};
 
@@ -110,7 +110,11 @@ impl ObjectFile {
                 let data = self.bytes()?;
                 let regions = code_sections(&data)?;
                 let regions: Vec<CodeRegion<'_>> = regions.iter().map(|r| (Addr(r.address), r.bytes(&data))).collect();
-                let starts: Vec<Addr> = self.functions.iter().chain(self.debug_functions()).map(|f| f.start).collect();
+                // A static probe's site is an instruction inside a function, not a function's
+                // start: a branch to it is kept.
+                let functions = self.functions.iter().chain(self.debug_functions());
+                let starts: Vec<Addr> =
+                    functions.filter(|f| !f.name.starts_with(STATIC_PROBE_PREFIX)).map(|f| f.start).collect();
                 Some(Arc::new(CodeBranches::decode(&regions, &starts)))
             })
             .clone()
@@ -138,11 +142,13 @@ impl CodeSection {
 }
 
 /// The executable sections (`SHF_EXECINSTR`, with bytes in the file) of the object file
-/// whose bytes are `data`.
+/// whose bytes are `data`; for a file without section headers, its executable loadable
+/// segments.
 pub(crate) fn code_sections(data: &[u8]) -> Option<Vec<CodeSection>> {
     const SHF_EXECINSTR: u64 = 0x4;
+    const PF_X: u32 = 0x1;
     let file = object::File::parse(data).ok()?;
-    let sections = file
+    let sections: Vec<CodeSection> = file
         .sections()
         .filter(|s| matches!(s.flags(), SectionFlags::Elf { sh_flags } if sh_flags & SHF_EXECINSTR != 0))
         .filter(|s| s.kind() != SectionKind::UninitializedData)
@@ -151,7 +157,18 @@ pub(crate) fn code_sections(data: &[u8]) -> Option<Vec<CodeSection>> {
             Some(CodeSection { address: s.address(), offset, size })
         })
         .collect();
-    Some(sections)
+    if file.sections().next().is_some() {
+        return Some(sections);
+    }
+    let segments = file
+        .segments()
+        .filter(|s| matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0))
+        .map(|s| {
+            let (offset, size) = s.file_range();
+            CodeSection { address: s.address(), offset, size }
+        })
+        .collect();
+    Some(segments)
 }
 
 /// The sites of the static probes (`<sys/sdt.h>`) of an object that no function symbol covers,

@@ -43,4 +43,4 @@ pub use object_name::{library_name_matches, ObjectName};
 pub use resolve::{ResolveError, Target};
 pub use symbols::{load_bias_of, Function, Symbols};
 pub use usdt::{parse_arg as parse_usdt_arg, usdt_probes, Semaphore, UsdtArg, UsdtError, UsdtProbe};
-pub use window_branches::check_object_branches;
+pub use window_branches::{check_object_branches, check_object_branches_in};

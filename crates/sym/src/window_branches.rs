@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use dprobe_arch::{describe, Addr, NotOptimized};
+use dprobe_arch::{describe, Addr, NotOptimized, JUMP_LEN};
 
 use crate::cache::{code_sections, object_file, ObjectFile};
 use crate::symbols::Function;
@@ -13,11 +13,18 @@ use crate::symbols::Function;
 /// back) lands on bytes +1..+4 of it. The object's branches are decoded from its file once
 /// per version of the file; a file that cannot be read refuses every jump in it.
 pub fn check_object_branches(function: &Function, addr: Addr) -> Result<(), NotOptimized> {
+    check_object_branches_in(function, addr, JUMP_LEN as u64)
+}
+
+/// [`check_object_branches`] for a window whose every byte after the first must be free of
+/// branch targets, `len` bytes long (a return probe's exit window, which ends with the exit
+/// that other code may jump back to).
+pub fn check_object_branches_in(function: &Function, addr: Addr, len: u64) -> Result<(), NotOptimized> {
     let unread = || NotOptimized::ObjectUnread { object: function.object.to_string() };
     let file = object_of(function).ok_or_else(unread)?;
     let branches = file.code_branches().ok_or_else(unread)?;
     let at_run_time = |a: Addr| Addr(a.0.wrapping_add(function.bias));
-    let Some((from, target)) = branches.into_window(Addr(addr.0.wrapping_sub(function.bias))) else {
+    let Some((from, target)) = branches.into_range(Addr(addr.0.wrapping_sub(function.bias)), len) else {
         return Ok(());
     };
     let text = file
