@@ -35,9 +35,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize_in, detour_code, detour_code_with_post, endbr64_len, plan, prepare, vector_state,
-    window_head, Addr, Detour, ExecPlan, FunctionBranches, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding,
-    VectorState, DETOUR_WINDOW, INT3, JUMP_LEN, SLOT_SIZE,
+    analyze, arm, can_optimize_exit_in, can_optimize_in, detour_code, detour_code_with_post, endbr64_len,
+    exit_detour_code, plan, prepare, vector_state, window_head, Addr, Detour, Emulation, ExecClass, ExecPlan,
+    FunctionBranches, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, DETOUR_WINDOW, INT3,
+    JUMP_LEN, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -58,6 +59,12 @@ pub struct Engine {
     /// `(site, copy)`, sorted: sites of several-instruction windows that are jumps, or about to
     /// be, whose trap path must continue in the detour's copy (never in the window).
     routes: Rcu<Vec<(Addr, Addr)>>,
+    /// `(window start, copy)`, sorted: the first byte of each exit window ever made a jump,
+    /// where an `int3` stands while the jump goes in or out, and where a thread that trapped
+    /// on it continues (the detour's copy of the instructions before the exit; `None` once
+    /// the original byte is back: the thread runs it). Never removed, so that a late trap is
+    /// never taken for a foreign one.
+    window_starts: Rcu<Vec<(Addr, Option<Addr>)>>,
     state: Mutex<State>,
 }
 
@@ -178,6 +185,7 @@ impl Engine {
         self.slots.forget_readers_after_fork();
         self.windows.forget_readers_after_fork();
         self.routes.forget_readers_after_fork();
+        self.window_starts.forget_readers_after_fork();
     }
 
     /// The engine, installing dprobe's signal handlers on first use.
@@ -187,6 +195,7 @@ impl Engine {
             slots: Rcu::new(Vec::new()),
             windows: Rcu::new(Vec::new()),
             routes: Rcu::new(Vec::new()),
+            window_starts: Rcu::new(Vec::new()),
             state: Mutex::default(),
         });
         static QUIET_PANICS: std::sync::Once = std::sync::Once::new();
@@ -230,6 +239,28 @@ impl Engine {
         self.routes.read(|routes| routes.binary_search_by_key(&addr, |r| r.0).ok().map(|i| routes[i].1))
     }
 
+    /// Where a thread that trapped on the `int3` at `addr`, the start of an exit window and
+    /// no probe's, continues: `Some(Some(copy))` while the window changes, `Some(None)` once
+    /// its original byte is back (the thread runs it again), `None` for an address that never
+    /// started an exit window. Async-signal-safe.
+    pub(crate) fn window_start(&self, addr: Addr) -> Option<Option<Addr>> {
+        self.window_starts.read(|s| s.binary_search_by_key(&addr, |r| r.0).ok().map(|i| s[i].1))
+    }
+
+    /// Set where traps at the exit window starts `starts` continue, in one update.
+    fn set_window_starts(&self, starts: &[(Addr, Option<Addr>)]) {
+        if starts.is_empty() {
+            return;
+        }
+        self.window_starts.update(|old| {
+            let mut next: Vec<(Addr, Option<Addr>)> =
+                old.iter().copied().filter(|r| !starts.iter().any(|n| n.0 == r.0)).collect();
+            next.extend_from_slice(starts);
+            next.sort_by_key(|r| r.0);
+            next
+        });
+    }
+
     /// Remove the routes of the sites `remove` and add `add`, in one update.
     fn set_routes(&self, remove: &[Addr], add: &[(Addr, Addr)]) {
         if remove.is_empty() && add.is_empty() {
@@ -262,8 +293,8 @@ impl Engine {
             let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
             optimizer::unoptimize_all(&jumps)
         };
-        let (mut first_error, mut unrouted, mut gone) =
-            (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()));
+        let (mut first_error, mut unrouted, mut gone, mut starts) =
+            (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
         for ((addr, why), result) in sites.into_iter().zip(results) {
             if let Err(e) = result {
                 first_error.get_or_insert(e);
@@ -275,10 +306,15 @@ impl Engine {
             if site.window.as_ref().is_ok_and(|w| w.len() > 1) {
                 unrouted.push(addr);
             }
-            gone.push((addr, JUMP_LEN as u64));
+            let start = jump_start(addr, site);
+            if start != addr {
+                starts.push((start, None));
+            }
+            gone.push((start, JUMP_LEN as u64));
         }
         st.pages.release_all(&gone);
         self.set_routes(&unrouted, &[]);
+        self.set_window_starts(&starts);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -564,7 +600,7 @@ impl Engine {
         let mut unjumps = BTreeMap::new();
         for (addr, probes) in &lists {
             if st.sites[addr].jumping {
-                if let Err(why) = optimizer::wanted(&st.sites[addr].window, probes) {
+                if let Err(why) = optimizer::wanted(*addr, &st.sites[addr].window, probes) {
                     unjumps.entry(*addr).or_insert(why);
                 } else if st.sites[addr].detour_post != probes.iter().any(|p| p.has_post()) {
                     // Post-handlers came or went: the jump goes to a detour with (or without)
@@ -572,10 +608,7 @@ impl Engine {
                     unjumps.entry(*addr).or_insert(NotOptimized::PostHandler);
                 }
             }
-            let over =
-                st.sites.range(..*addr).rev().take_while(|(a, _)| a.0 + MAX_WINDOW_BYTES > addr.0).find(|(_, s)| {
-                    s.jumping && s.window.as_ref().is_ok_and(|w| w.last().is_some_and(|l| l.next() > *addr))
-                });
+            let over = near(&st.sites, *addr).find(|(a, s)| s.jumping && blocks(**a, s, *addr, &st.sites[addr]));
             if let Some((&outer, _)) = over {
                 unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
             }
@@ -630,7 +663,7 @@ impl Engine {
         //    trap meanwhile. Then arm sites that have an enabled probe now.
         let want_detours: Vec<(Addr, bool)> = lists
             .iter()
-            .filter(|(a, probes)| optimizer::wanted(&st.sites[*a].window, probes).is_ok())
+            .filter(|(a, probes)| optimizer::wanted(**a, &st.sites[*a].window, probes).is_ok())
             .map(|(a, probes)| (*a, probes.iter().any(|p| p.has_post())))
             .filter(|(a, post)| st.sites[a].detour.is_none() || st.sites[a].detour_post != *post)
             .collect();
@@ -654,13 +687,11 @@ impl Engine {
         let blocked: Vec<Addr> = consider
             .keys()
             .flat_map(|addr| {
-                st.sites.range(..*addr).rev().take_while(|(a, _)| a.0 + MAX_WINDOW_BYTES > addr.0).filter_map(
-                    |(a, s)| {
-                        let waits =
-                            s.armed && !s.jumping && matches!(s.jump_status, Err(NotOptimized::ProbeInWindow { .. }));
-                        waits.then_some(*a)
-                    },
-                )
+                near(&st.sites, *addr).filter_map(|(a, s)| {
+                    let waits =
+                        s.armed && !s.jumping && matches!(s.jump_status, Err(NotOptimized::ProbeInWindow { .. }));
+                    waits.then_some(*a)
+                })
             })
             .collect();
         for outer in blocked {
@@ -669,11 +700,10 @@ impl Engine {
         }
         let mut to_jump = Vec::new();
         for (addr, probes) in &consider {
-            let inside = st.sites[addr].window.as_ref().ok().and_then(|w| {
-                let end = w.last().map_or(*addr, Insn::next);
-                st.sites.range(addr.offset(1)..end).find(|(_, s)| s.armed).map(|(a, _)| *a)
-            });
-            let wanted = optimizer::wanted(&st.sites[addr].window, probes)
+            let site = &st.sites[addr];
+            let inside = near(&st.sites, *addr).find(|(b, other)| other.armed && blocks(*addr, site, **b, other));
+            let inside = inside.map(|(b, _)| *b);
+            let wanted = optimizer::wanted(*addr, &st.sites[addr].window, probes)
                 .and_then(|()| inside.map_or(Ok(()), |other| Err(NotOptimized::ProbeInWindow { other })));
             let status = match wanted {
                 Ok(()) if st.sites[addr].jumping => Ok(()),
@@ -760,23 +790,26 @@ impl Engine {
         //     from now on off them; then the windows are compared with their files, which
         //     finds a uprobe or another tool's patch placed before (`code_pages.rs`,
         //     `file_code.rs`). One placed since is found by the patching step's own check.
-        let spans: Vec<(Addr, u64)> =
-            addrs.iter().filter(|a| !status.contains_key(a)).map(|a| (*a, JUMP_LEN as u64)).collect();
+        let checked: Vec<Addr> = addrs.iter().copied().filter(|a| !status.contains_key(a)).collect();
+        let spans: Vec<(Addr, u64)> = checked.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
         let held = st.pages.acquire_all(maps, &spans);
-        let windows: Vec<&[Insn]> =
-            spans.iter().map(|(a, _)| st.sites[a].window.as_deref().unwrap_or_default()).collect();
+        let windows: Vec<&[Insn]> = checked.iter().map(|a| st.sites[a].window.as_deref().unwrap_or_default()).collect();
         let in_files = file_code::check_windows(maps, &windows);
         let mut refused = Vec::new();
-        for ((&(addr, len), held), in_file) in spans.iter().zip(held).zip(in_files) {
+        for (((&addr, &(start, len)), held), in_file) in checked.iter().zip(&spans).zip(held).zip(in_files) {
             let checked = match held {
                 Err(reason) => Err(NotOptimized::CodeNotWritable { addr, reason }),
-                Ok(()) => in_file.inspect_err(|_| refused.push((addr, len))),
+                Ok(()) => in_file.inspect_err(|_| refused.push((start, len))),
             };
             if let Err(why) = checked {
                 status.insert(addr, Err(why));
             }
         }
         st.pages.release_all(&refused);
+        // 2a. Exit windows: a trap at the first byte continues in the detour's copy, then that
+        //     byte becomes an `int3`, before the safepoint: no thread can enter the window
+        //     once moved out (see `optimizer.rs`).
+        self.arm_window_starts(st, addrs, &mut status);
         // 2. Windows of several instructions: hits that trap from now on continue in the
         //    copy; then no thread may be left inside the windows or the slots (one safepoint
         //    for all; see `optimizer.rs`).
@@ -797,7 +830,9 @@ impl Engine {
                 routes.push((*a, detour.window.addr));
                 let window = plan.windows.len();
                 plan.windows.push(window_copy(*a, detour).window);
-                plan.slots.extend(site.slots.iter().map(|s| safepoint::Slot {
+                // An exit's slot runs the exit itself and jumps back after the window.
+                let slots = if optimizer::is_exit(detour) { &[][..] } else { &site.slots[..] };
+                plan.slots.extend(slots.iter().map(|s| safepoint::Slot {
                     start: s.addr,
                     end: s.addr.offset(s.len as u64),
                     after_insn: s.far_scratch.is_none().then(|| s.insn_addr().offset(site.insn.len as u64)),
@@ -807,6 +842,7 @@ impl Engine {
             self.set_routes(&[], &routes);
             if let Err(why) = safepoint::run(&mut plan) {
                 self.set_routes(&several, &[]);
+                self.disarm_window_starts(st, &several);
                 for a in &several {
                     status.insert(*a, Err(why.clone()));
                 }
@@ -830,7 +866,8 @@ impl Engine {
                     if several.binary_search(&addr).is_ok() {
                         unrouted.push(addr);
                     }
-                    st.pages.release_all(&[(addr, JUMP_LEN as u64)]);
+                    self.disarm_window_starts(st, &[addr]);
+                    st.pages.release_all(&[(jump_start(addr, &st.sites[&addr]), JUMP_LEN as u64)]);
                     Err(NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") })
                 }
             };
@@ -839,6 +876,56 @@ impl Engine {
         self.set_routes(&unrouted, &[]);
         out.extend(status);
         out
+    }
+
+    /// The first step of the exit windows among `addrs` (those without a `status` yet):
+    /// publish where a trap at the window's start continues, then write the `int3` there
+    /// (one serialization for all). A site whose byte could not be written gets its status.
+    fn arm_window_starts(&self, st: &mut State, addrs: &[Addr], status: &mut BTreeMap<Addr, Result<(), NotOptimized>>) {
+        let exits: Vec<Addr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !status.contains_key(a) && st.sites[a].detour.as_ref().is_some_and(optimizer::is_exit))
+            .collect();
+        if exits.is_empty() {
+            return;
+        }
+        let starts: Vec<(Addr, Option<Addr>)> = exits
+            .iter()
+            .map(|a| {
+                let d = st.sites[a].detour.as_ref().expect("an exit's detour");
+                (d.jump_from, Some(d.target()))
+            })
+            .collect();
+        self.set_window_starts(&starts);
+        let results = {
+            let jumps: Vec<optimizer::Jump<'_>> = exits.iter().map(|a| jump_of(&st.sites[a])).collect();
+            optimizer::set_window_starts(&jumps, true)
+        };
+        for ((addr, (start, _)), result) in exits.into_iter().zip(starts).zip(results) {
+            if let Err(e) = result {
+                self.set_window_starts(&[(start, None)]);
+                st.pages.release_all(&[(start, JUMP_LEN as u64)]);
+                let reason = format!("placing the int3 at the window's start: {e}");
+                status.insert(addr, Err(NotOptimized::NoDetourPage { addr, reason }));
+            }
+        }
+    }
+
+    /// Undo [`Engine::arm_window_starts`] for the exit windows among `addrs` (a step after
+    /// it failed): their first byte back, then traps there run it.
+    fn disarm_window_starts(&self, st: &State, addrs: &[Addr]) {
+        let exits: Vec<Addr> =
+            addrs.iter().copied().filter(|a| st.sites[a].detour.as_ref().is_some_and(optimizer::is_exit)).collect();
+        if exits.is_empty() {
+            return;
+        }
+        {
+            let jumps: Vec<optimizer::Jump<'_>> = exits.iter().map(|a| jump_of(&st.sites[a])).collect();
+            let _ = optimizer::set_window_starts(&jumps, false);
+        }
+        let starts: Vec<(Addr, Option<Addr>)> = exits.iter().map(|a| (jump_start(*a, &st.sites[a]), None)).collect();
+        self.set_window_starts(&starts);
     }
 
     /// Build the detours the sites `addrs` lack, reusing freed ones, and publish them: why
@@ -963,6 +1050,7 @@ impl Engine {
         };
         let (entry_stub, post_stub) = jump::stubs(vector);
         let built = st.sites[&addr].window.clone().and_then(|window| match post {
+            _ if window.first().is_some_and(|i| i.addr != addr) => exit_detour_code(addr, &window, at, entry_stub),
             true => detour_code_with_post(addr, &window, at, entry_stub, post_stub),
             false => detour_code(addr, &window, at, entry_stub),
         });
@@ -1080,23 +1168,63 @@ fn jump_of(site: &SiteState) -> optimizer::Jump<'_> {
 }
 
 /// Where a detour runs its copy of the window of the site `addr`.
+///
+/// An exit detour's copies are its relocated exit, then the instructions before the exit
+/// (`dprobe_arch::exit_detour_code`); a thread stopped at the exit itself goes to the detour's
+/// entry, where the exit's handlers run. The map is in the copies' order: the exit first.
 fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
     let mut map = [(addr, detour.window.addr); safepoint::MAX_WINDOW];
-    for (slot, pair) in map.iter_mut().zip(&detour.window.map) {
+    let pairs: Vec<(Addr, Addr)> = match &detour.prefix {
+        Some(prefix) => std::iter::once((addr, detour.entry())).chain(prefix.map.iter().copied()).collect(),
+        None => detour.window.map.clone(),
+    };
+    for (slot, pair) in map.iter_mut().zip(&pairs) {
         *slot = *pair;
     }
+    let end = detour.prefix.as_ref().unwrap_or(&detour.window);
     WindowCopy {
         copy: detour.window.addr,
-        end: detour.window.addr.offset(detour.window.code.len() as u64),
+        end: end.addr.offset(end.code.len() as u64),
         original: addr,
         window: safepoint::Window {
-            start: addr,
+            start: detour.jump_from,
             end: detour.window.original_end,
             map,
-            len: detour.window.map.len(),
+            len: pairs.len(),
             after_first: detour.window.after_first,
         },
     }
+}
+
+/// Where a site's jump starts: the probe, or an exit window's first instruction.
+fn jump_start(addr: Addr, site: &SiteState) -> Addr {
+    site.window.as_ref().ok().and_then(|w| w.first()).map_or(addr, |i| i.addr)
+}
+
+/// The bytes `[start, end)` of the window of the site `addr`, if it has one.
+fn span(addr: Addr, site: &SiteState) -> Option<(Addr, Addr)> {
+    let w = site.window.as_ref().ok()?;
+    Some((w.first().map_or(addr, |i| i.addr), w.last().map_or(addr, Insn::next)))
+}
+
+/// Whether a probe at `other` (the site `other_site`) keeps the site `addr` from being a jump:
+/// it lies inside the window (its `int3` would be overwritten), or, for an exit window, the
+/// window of `other` is an entry window that overlaps it (the two jumps would write over each
+/// other; the entry's goes in).
+fn blocks(addr: Addr, site: &SiteState, other: Addr, other_site: &SiteState) -> bool {
+    let Some((start, end)) = span(addr, site).filter(|_| other != addr) else { return false };
+    if start <= other && other < end {
+        return true;
+    }
+    let entry = |a: Addr, s: &SiteState| span(a, s).filter(|(from, _)| *from == a);
+    start != addr && entry(other, other_site).is_some_and(|(from, to)| from < end && start < to)
+}
+
+/// The sites whose window may hold `addr` (entry windows start at their site, before it;
+/// exit windows end with it, after it), `addr` itself excluded.
+fn near(sites: &BTreeMap<Addr, SiteState>, addr: Addr) -> impl Iterator<Item = (&Addr, &SiteState)> {
+    let from = Addr(addr.0.saturating_sub(MAX_WINDOW_BYTES));
+    sites.range(from..addr.offset(MAX_WINDOW_BYTES)).filter(move |(a, _)| **a != addr)
 }
 
 /// Arm (`armed`) or disarm the `int3` of each site at `addrs` as one batch (every change
@@ -1166,11 +1294,31 @@ fn locate(
         return Err(ProbeError::ForeignBreakpoint { addr });
     }
     let insn = analyze(code, f.start, addr)?;
+    // A `ret` or a jump has no room for a jump after it: its window ends with it instead.
+    let exit = |i: &Insn| {
+        matches!(i.class, ExecClass::Emulate { emulation: Emulation::Ret { .. } | Emulation::Jmp { .. }, .. })
+    };
+    let window = can_optimize_in(branches, code, f.start, addr).or_else(|entry| match exit(&insn) {
+        true => can_optimize_exit_in(branches, code, f.start, addr),
+        false => Err(entry),
+    });
     // Branches from elsewhere in the object (another function's tail jump into this one's
-    // middle) are checked only for a window the function's own branches allow.
-    let window = can_optimize_in(branches, code, f.start, addr)
-        .and_then(|window| dprobe_sym::check_object_branches(f, addr).map(|()| window));
-    let vector = vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx"));
+    // middle, a `.cold` part jumping back to the epilogue) are checked only for a window the
+    // function's own branches allow: for an entry window its bytes +1..+4, for an exit window
+    // every byte after its first.
+    let window = window.and_then(|w| {
+        let (start, end) = (w[0].addr, w.last().map_or(addr, Insn::next));
+        let len = if start == addr { JUMP_LEN as u64 } else { end.0 - start.0 };
+        dprobe_sym::check_object_branches_in(f, start, len).map(|()| w)
+    });
+    let returns = matches!(insn.class, ExecClass::Emulate { emulation: Emulation::Ret { .. }, .. });
+    let vector = match window.as_ref().map(|w| w[0].addr != addr) {
+        // At a `ret`, as at an entry, only values the calling convention passes are live
+        // (the return value, in `rax`/`rdx` and `xmm0`/`xmm1`): every vector register is the
+        // caller's to save.
+        Ok(true) if returns => VectorState::Xmm,
+        _ => vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx")),
+    };
     Ok((target, insn, window, vector))
 }
 
@@ -1179,8 +1327,10 @@ fn revert_own_patches(st: &State, start: Addr, code: &mut [u8]) {
     for site in st.sites.range(start..start.offset(code.len() as u64)).map(|(_, s)| s) {
         if site.jumping {
             let window = site.window.as_ref().expect("a jumping site has a window");
-            Patch { addr: site.insn.addr, old: window_head(window).to_vec(), new: Vec::new() }.revert_in(code, start);
-        } else if site.armed {
+            Patch { addr: window[0].addr, old: window_head(window).to_vec(), new: Vec::new() }.revert_in(code, start);
+        }
+        // An exit's `int3` may lie past the jump's bytes, armed.
+        if site.armed {
             arm(&site.insn).revert_in(code, start);
         }
     }

@@ -26,6 +26,17 @@
 //! +1..+4 written. If a thread cannot be shown to be out, nothing is written and the site
 //! stays on `int3`, with the reason.
 //!
+//! An **exit window** (a return probe's `ret` or tail jump, `dprobe_arch::can_optimize_exit`)
+//! starts before its probe: the jump goes where the instructions leading to the exit start,
+//! which no probe has armed. Its first byte is made an `int3` first, and every thread
+//! serialized, before the safepoint (so that no thread can enter the window after the
+//! safepoint moved it out), then the steps above follow; unoptimizing ends by writing its
+//! original byte back. A trap on that `int3` is no probe's hit (the exit's handlers belong to
+//! the exit): the trap path sends the thread to the detour's copy of the instructions before
+//! the exit, which reach the exit's handlers only if the exit is reached (`Engine::window_start`).
+//! The probe's own `int3` on the exit stays armed under the jump's bytes: bytes +1..+4 are
+//! restored to the armed bytes, never to the original `ret`.
+//!
 //! A thread may still be inside a detour after its probe was unoptimized (preempted there, or
 //! running a handler). A site keeps its detour while it has probes. Once it has none, the
 //! detour is retired: the site takes it back as it is if it is probed again, and its memory
@@ -37,15 +48,19 @@
 
 use std::sync::Arc;
 
-use dprobe_arch::{post_fits, window_head, Detour, Insn, NotOptimized, INT3};
+use dprobe_arch::{post_fits, window_head, Addr, Detour, Insn, NotOptimized, INT3};
 use dprobe_core::{ProbeEntry, ProbeError};
 
 use crate::code_writes::{self, Change};
 use crate::sys;
 
 /// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
-pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<ProbeEntry>]) -> Result<(), NotOptimized> {
-    window.as_ref().map_err(Clone::clone)?;
+pub(crate) fn wanted(
+    addr: Addr,
+    window: &Result<Vec<Insn>, NotOptimized>,
+    probes: &[Arc<ProbeEntry>],
+) -> Result<(), NotOptimized> {
+    let insns = window.as_ref().map_err(Clone::clone)?;
     if !probes.iter().any(|p| p.stats.is_enabled()) {
         return Err(NotOptimized::Disarmed);
     }
@@ -53,17 +68,56 @@ pub(crate) fn wanted(window: &Result<Vec<Insn>, NotOptimized>, probes: &[Arc<Pro
         return Err(NotOptimized::Disabled);
     }
     if probes.iter().any(|p| p.has_post()) {
-        post_fits(window.as_ref().map_err(Clone::clone)?)?;
+        // An exit window's probe is its last instruction, a return or jump: a post-handler
+        // after it needs the trap path's second trap.
+        if insns.first().is_some_and(|i| i.addr != addr) {
+            return Err(NotOptimized::PostHandler);
+        }
+        post_fits(insns)?;
     }
     Ok(())
+}
+
+/// Whether a detour is an exit window's (its jump starts before its probe).
+pub(crate) fn is_exit(detour: &Detour) -> bool {
+    detour.jump_from != detour.site
+}
+
+/// The change of byte 0 of an exit window, from its original byte to the `int3` that keeps
+/// threads out while the rest changes (see the module's protocol).
+fn start(window: &[Insn]) -> Change {
+    Change::new(window[0].addr, &window_head(window)[..1], &[INT3])
+}
+
+/// Put the `int3` at the start of each exit window of `jumps` (`arm`), or the original byte
+/// back, then serialize every thread once. Each site's outcome (`Ok` for entry windows).
+pub(crate) fn set_window_starts(jumps: &[Jump<'_>], arm: bool) -> Vec<Result<(), ProbeError>> {
+    let exits: Vec<usize> = (0..jumps.len()).filter(|&i| is_exit(jumps[i].1)).collect();
+    let mut results: Vec<Result<(), ProbeError>> = jumps.iter().map(|_| Ok(())).collect();
+    if exits.is_empty() {
+        return results;
+    }
+    let changes: Vec<Change> =
+        exits.iter().map(|&i| if arm { start(jumps[i].0) } else { start(jumps[i].0).undo() }).collect();
+    for (&i, outcome) in exits.iter().zip(code_writes::apply(&changes)) {
+        results[i] = outcome;
+    }
+    sys::sync_cores();
+    results
 }
 
 /// A site's window and its detour (already written).
 pub(crate) type Jump<'a> = (&'a [Insn], &'a Detour);
 
-/// The change of bytes +1..+4 of a site, from the window's original bytes to the jump's.
+/// The change of bytes +1..+4 of a site, from the window's bytes as armed (the original ones,
+/// but for an exit's `int3` among them) to the jump's.
 fn tail(window: &[Insn], detour: &Detour) -> Change {
-    Change::new(window[0].addr.offset(1), &window_head(window)[1..], &detour.jump()[1..])
+    let mut armed = window_head(window);
+    let exit = detour.site.0.wrapping_sub(detour.jump_from.0) as usize;
+    if let Some(byte) = armed.get_mut(exit).filter(|_| exit > 0) {
+        *byte = INT3;
+    }
+    Change::new(window[0].addr.offset(1), &armed[1..], &detour.jump()[1..])
 }
 
 /// The change of byte 0 of a site, from the armed `int3` to the jump's `e9`.
@@ -121,5 +175,11 @@ pub(crate) fn unoptimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> 
         results[i] = outcome;
     }
     sys::sync_cores();
+    // Exit windows: their first byte back from the `int3`.
+    let restored: Vec<usize> = (0..jumps.len()).filter(|&i| results[i].is_ok()).collect();
+    let starts: Vec<Jump<'_>> = restored.iter().map(|&i| jumps[i]).collect();
+    for (&i, outcome) in restored.iter().zip(set_window_starts(&starts, false)) {
+        results[i] = outcome;
+    }
     results
 }

@@ -193,13 +193,27 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
                 on_post_step(site, &mut ctx);
                 true
             }
-            (None, _) => false,
+            (None, _) => on_window_start(engine, Addr(key), &mut ctx),
         })
     });
     if !handled {
         // SAFETY: this is dprobe's SIGTRAP handler, called with the kernel's arguments.
         unsafe { chain(sig, info, uc, Redeliver::Raise) };
     }
+}
+
+/// The `int3` at the start of an exit window trapped (see `optimizer.rs`): no probe is here
+/// (the exit's handlers belong to the exit), so no handler runs and nothing is counted; the
+/// thread continues in the detour's copy of the instructions before the exit, or runs the
+/// original instruction again once its byte is back. Only RIP changes (nothing that may call
+/// the C library, see `on_sigtrap`).
+fn on_window_start(engine: &Engine, addr: Addr, ctx: &mut SignalContext) -> bool {
+    match engine.window_start(addr) {
+        Some(Some(copy)) => ctx.set_rip(copy.0),
+        Some(None) if code_byte(addr) != INT3 => ctx.set_rip(addr.0),
+        _ => return false,
+    }
+    true
 }
 
 /// A probe's `int3` at `site.addr` trapped.
