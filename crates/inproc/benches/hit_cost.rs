@@ -25,7 +25,15 @@
 //! * jump inside a function (XSAVE): a probe on a 5-byte nop after the function's first
 //!   instruction, whose detour also keeps the whole extended state (on a CPU with AVX);
 //! * kretprobe, jump entry + exit probe: the same function watched at its exits: the entry is a
-//!   jump, the one-byte `ret` an int3 probe.
+//!   jump, the one-byte `ret` an int3 probe (the instructions before it, with the entry's
+//!   window, are too few for an exit window that does not overlap it);
+//! * jump at a ret: a counting probe on a `ret` whose exit window (`mov %rdi,%rax`, a 2-byte
+//!   nop, the `ret`) is a jump placed before it;
+//! * kretprobe, jump entry + exit jump: a return probe on that function, whose entry (the
+//!   5-byte nop) and exit (through that window) are both jumps;
+//! * the same, vetoed: its entry handler vetoes every call (the entry's bookkeeping and the
+//!   exit's jump, which then finds no activation): the difference to the row above is the
+//!   return side.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -125,6 +133,30 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size bench_jump_exits, . - bench_jump_exits",
+    ".globl bench_ret_jump",
+    ".type bench_ret_jump,@function",
+    "bench_ret_jump:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    ".byte 0x66, 0x90",
+    "ret",
+    ".size bench_ret_jump, . - bench_ret_jump",
+    ".globl bench_kret_jumps",
+    ".type bench_kret_jumps,@function",
+    "bench_kret_jumps:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    ".byte 0x66, 0x90",
+    "ret",
+    ".size bench_kret_jumps, . - bench_kret_jumps",
+    ".globl bench_kret_jumps_veto",
+    ".type bench_kret_jumps_veto,@function",
+    "bench_kret_jumps_veto:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    ".byte 0x66, 0x90",
+    "ret",
+    ".size bench_kret_jumps_veto, . - bench_kret_jumps_veto",
 );
 
 extern "C" {
@@ -141,6 +173,9 @@ extern "C" {
     fn bench_jump_post(x: u64) -> u64;
     fn bench_jump_inner(x: u64) -> u64;
     fn bench_jump_exits(x: u64) -> u64;
+    fn bench_ret_jump(x: u64) -> u64;
+    fn bench_kret_jumps(x: u64) -> u64;
+    fn bench_kret_jumps_veto(x: u64) -> u64;
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -183,10 +218,12 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         }))
         .expect("jump with a post-handler"),
         register(Kprobe::addr(at(bench_jump_inner).offset(3)).pre(count)).expect("jump inside a function"),
+        register(Kprobe::addr(at(bench_ret_jump).offset(10)).pre(count)).expect("jump at a ret"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     assert_eq!(kprobes[5].optimized(), Ok(()), "the post row measures a jump");
     assert_eq!(kprobes[6].optimized(), Ok(()), "the inner row measures a jump");
+    assert_eq!(kprobes[7].optimized(), Ok(()), "the ret row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -212,11 +249,28 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     .expect("return probe at the exits with a jump entry");
     let entry = dprobe_inproc::list().into_iter().find(|i| i.addr == at(bench_jump_exits)).map(|i| i.jump);
     assert_eq!(entry, Some(Ok(())), "the entry of the return probe at the exits is a jump");
-    (kprobes, vec![kret, vetoed, at_exits, jump_exits])
+    let exit = dprobe_inproc::list().into_iter().find(|i| i.addr == at(bench_jump_exits).offset(8)).map(|i| i.jump);
+    assert!(exit.is_some_and(|j| j.is_err()), "the exit int3 row's ret stays on int3");
+    let jumps = register_kretprobe(Kretprobe::addr(at(bench_kret_jumps)).handler(|_, _| {
+        HITS.fetch_add(1, Relaxed);
+    }))
+    .expect("return probe with a jump entry and exit");
+    let jump = |a| dprobe_inproc::list().into_iter().find(|i| i.addr == a).map(|i| i.jump);
+    let (f, ret) = (at(bench_kret_jumps), at(bench_kret_jumps).offset(10));
+    assert_eq!((jump(f), jump(ret)), (Some(Ok(())), Some(Ok(()))), "both sides of the return probe are jumps");
+    let jumps_vetoed = register_kretprobe(
+        Kretprobe::addr(at(bench_kret_jumps_veto)).entry_handler(|_, _| EntryAction::Skip).handler(|_, _| {
+            HITS.fetch_add(1, Relaxed);
+        }),
+    )
+    .expect("vetoed return probe with a jump entry and exit");
+    let (f, ret) = (at(bench_kret_jumps_veto), at(bench_kret_jumps_veto).offset(10));
+    assert_eq!((jump(f), jump(ret)), (Some(Ok(())), Some(Ok(()))), "both sides of the vetoed one are jumps");
+    (kprobes, vec![kret, vetoed, at_exits, jump_exits, jumps, jumps_vetoed])
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 13] = [
+const TARGETS: [Target; 16] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -230,6 +284,9 @@ const TARGETS: [Target; 13] = [
     ("jump + post-handler", bench_jump_post),
     ("jump inside a function (XSAVE)", bench_jump_inner),
     ("kret: jump entry + exit int3", bench_jump_exits),
+    ("jump at a ret", bench_ret_jump),
+    ("kret: jump entry + exit jump", bench_kret_jumps),
+    ("kret: jumps, entry vetoed", bench_kret_jumps_veto),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -289,6 +346,15 @@ fn ratio_table(_: &mut Criterion) {
     println!(
         "return side on a jump entry, exit int3 (kret at exits - jump-optimized): {:.0} ns",
         medians[12] - medians[7]
+    );
+    println!("jump at a ret (jump at a ret - plain call): {:.1} ns", medians[13] - medians[6]);
+    println!(
+        "return probe through both jumps over the entry jump (kret jump entry + exit jump - jump-optimized): {:.1} ns",
+        medians[14] - medians[7]
+    );
+    println!(
+        "return side through an exit jump (kret jump entry + exit jump - the same vetoed): {:.1} ns",
+        medians[14] - medians[15]
     );
 }
 
