@@ -26,8 +26,12 @@ const GROUP: &str = "coexisting_tool";
 
 /// `phases N` (see fixtures/phases.c), built as `name`.
 fn phases(name: &str) -> &'static str {
+    phases_with(name, &["-O2"])
+}
+
+fn phases_with(name: &str, flags: &[&str]) -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/phases.c");
-    dprobe_test_fixtures::c_program(src, name, &["-O2"])
+    dprobe_test_fixtures::c_program(src, name, flags)
 }
 
 fn define(line: &str) {
@@ -114,7 +118,8 @@ impl Traced {
 
     /// `dprobe ARGS -- PROGRAM N PHASES`.
     fn start_phases(args: &[&str], program: &str, n: u64, phases: u32) -> Traced {
-        let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        // SIGINT at its default: one test stops dprobe with it.
+        let mut dprobe = common::dprobe_command()
             .args(args)
             .args(["--", program, &n.to_string(), &phases.to_string()])
             .stdin(Stdio::piped())
@@ -179,21 +184,23 @@ fn a_kernel_uprobe_added_and_removed_on_a_probed_function() {
 #[test]
 fn a_kernel_uprobe_added_and_removed_on_the_agents_int3() {
     const N: u64 = 2000;
-    let program = phases("phases_int3");
-    // `counted`'s `ret`, the function's last byte: no jump fits there, the probe stays on int3.
+    let program = phases_with("phases_int3", &["-O2", "-DRET_IS_A_BRANCH_TARGET"]);
+    // `counted`'s `ret`, the function's last byte and the target of its own `js`: no jump fits
+    // there, the probe stays on int3.
     let f = dprobe_sym::Symbols::load_file(program).unwrap().find("counted").unwrap().clone();
     let mut code = vec![0u8; f.size as usize];
     std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(program).unwrap(), &mut code, f.file_offset)
         .unwrap();
-    let first = dprobe_arch::analyze(&code, f.start, f.start).unwrap();
-    assert_eq!(&code[first.len..], [0xc3], "`counted` is one instruction and a `ret`: {code:02x?}");
-    let ret = format!("counted+{}", first.len);
+    let last = code.len() - 1;
+    assert_eq!(code[last], 0xc3, "`counted` ends with its `ret`: {code:02x?}");
+    assert_eq!(code[last - 3..last - 1], [0x78, 0x01], "a `js` over one `nop` to the `ret`: {code:02x?}");
+    let ret = format!("counted+{last}");
     let out = out_file("coexist_int3");
     let args = ["trace", "-v", "--engine", "agent", "--count", "-o", out.to_str().unwrap(), &ret];
     let mut traced = Traced::start_phases(&args, program, N, 4);
     let pid = traced.pid;
     traced.phase(1);
-    let at = function_addr(pid, "counted") + first.len as u64;
+    let at = function_addr(pid, "counted") + last as u64;
     let (offset, perms) = file_offset(pid, at);
     assert_eq!(read_mem(pid, at, 1), [0xcc], "the agent's probe is an int3");
     assert_eq!(perms, "r-xp", "an int3 probe leaves its page as it was");
