@@ -179,8 +179,8 @@ fn the_engine_is_chosen_and_v_says_why() {
 }
 
 /// `-v` says how each of the agent's probes is reached: `probed` (`lea; ret`: a 5-byte first
-/// instruction) by a jump, its last byte (the `ret`, where 5 bytes would cross the function's
-/// end) by a trap, with the reason. Both count every call.
+/// instruction) by a jump, its last byte (the `ret`, whose jump would have to start on the
+/// `lea`, under the entry's jump) by a trap, with the reason. Both count every call.
 #[test]
 fn v_says_whether_each_agent_probe_jumps_or_traps() {
     let out = out_file("agent-jump-or-trap");
@@ -203,8 +203,8 @@ fn v_says_whether_each_agent_probe_jumps_or_traps() {
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("dprobe: `probed`: jump-optimized (no trap)"), "{stderr}");
     assert!(
-        stderr.contains("dprobe: `probed+5`: on int3, a trap per hit: the 5-byte jump at ")
-            && stderr.contains("would cross the function's end"),
+        stderr.contains("dprobe: `probed+5`: on int3, a trap per hit: another probe at ")
+            && stderr.contains("sits inside the bytes the jump would replace"),
         "{stderr}"
     );
     let summary = std::fs::read_to_string(&out).unwrap();
