@@ -3,10 +3,10 @@
 //! there), and nothing is lost while the jump goes in and out under four calling threads, or
 //! while a thread is parked inside the window.
 mod fixtures;
-use fixtures::{addr, call2, code};
+use fixtures::{addr, call2, code, PARKED, RELEASE};
 
 use dprobe_inproc::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 
 std::arch::global_asm!(
     ".text",
@@ -199,45 +199,14 @@ fn four_threads_call_while_another_optimizes_and_unoptimizes_an_exit_under_the_j
 /// a thousand times: the counting probe's jump turns into the ret's int3 and back each time.
 /// Every call is a hit, none is missed, and the bytes are back once the probe goes.
 fn optimize_and_unoptimize_an_exit(f: Addr, window: u64, ret: u64, call: fn(u64, u64)) {
-    let (window, ret, len) = (f.offset(window), f.offset(ret), ret as usize + 1);
-    let original = code(f, len);
-    let hits = std::sync::Arc::new(AtomicU64::new(0));
-    let counted = hits.clone();
-    let p = register(Kprobe::addr(ret).pre(move |_| {
-        counted.fetch_add(1, Relaxed);
-        PreAction::Continue
-    }))
-    .unwrap();
-    assert_eq!(p.optimized(), Ok(()));
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut calls = 0u64;
-                while !stop.load(Relaxed) {
-                    call(t, calls);
-                    calls += 1;
-                }
-                calls
-            })
-        })
-        .collect();
-    for _ in 0..1000 {
-        // A probe that asks for int3 turns the jump back into the ret's int3 and the
-        // window's original bytes.
-        let hold = register(Kprobe::addr(ret).no_optimize()).unwrap();
-        let at = (window.0 - f.0) as usize;
-        assert_eq!((code(window, 1), code(ret, 1)), (original[at..at + 1].to_vec(), vec![0xcc]));
-        drop(hold);
-        assert_eq!((code(window, 1), p.optimized()), (vec![0xe9], Ok(())));
-    }
-    stop.store(true, Relaxed);
-    let calls: u64 = callers.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(calls > 0);
-    assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (calls, calls, 0));
-    drop(p);
-    assert_eq!(code(f, len), original, "original bytes back");
+    fixtures::optimize_and_unoptimize_under_four_callers_at(
+        f.offset(ret),
+        f.offset(window),
+        f,
+        ret as usize + 1,
+        call,
+        false,
+    );
 }
 
 #[test]
@@ -259,38 +228,13 @@ fn a_short_exit_and_a_branch_into_the_window_stay_on_int3_with_the_reason_and_co
     assert_eq!(p.hits(), 2);
 }
 
-static PARK_AT: AtomicU64 = AtomicU64::new(0);
-static PARKED: AtomicBool = AtomicBool::new(false);
-static RELEASE: AtomicBool = AtomicBool::new(false);
-
-/// SIGUSR1 in the parked thread: when it interrupted the thread inside the exit window, wait
-/// there until the test says so.
-extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    // SAFETY: the kernel passes the interrupted context.
-    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
-    if rip == PARK_AT.load(SeqCst) && !PARKED.load(SeqCst) {
-        PARKED.store(true, SeqCst);
-        while !RELEASE.load(SeqCst) {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 #[test]
 fn a_thread_parked_inside_an_exit_window_is_moved_into_the_detour_and_its_return_counts() {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let f = addr(fxe_park);
     let (window, ret) = (f.offset(8), f.offset(14));
     // Between the pop and the ret: strictly inside the window, past its first instruction.
-    PARK_AT.store(f.0 + 13, SeqCst);
-    // SAFETY: installs a handler for SIGUSR1, which nothing else in this test binary uses.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = park as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
-    }
+    fixtures::park_at(f.0 + 13);
     const AFTER: u64 = 10_000;
     let worker = std::thread::spawn(|| {
         let mut i = 0u64;

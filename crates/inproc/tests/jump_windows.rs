@@ -1,10 +1,10 @@
 //! Jumps over several instructions: the usual prologues become jumps, and no thread is ever
 //! left inside the replaced instructions (moved into the detour by the safepoint).
 mod fixtures;
-use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
+use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked, PARKED, RELEASE};
 
 use dprobe_inproc::{register, safepoint_moves, Addr, Kprobe, NotOptimized, PreAction};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 
 std::arch::global_asm!(
     ".text",
@@ -89,36 +89,11 @@ fn an_endbr64_push_prologue_and_a_push_push_mov_prologue_are_jumps_that_count_ev
     }
 }
 
-static PARK_AT: AtomicU64 = AtomicU64::new(0);
-static PARKED: AtomicBool = AtomicBool::new(false);
-static RELEASE: AtomicBool = AtomicBool::new(false);
-
-/// SIGUSR1 in the parked thread: when it interrupted the thread between the window's two
-/// instructions, wait there until the test says so.
-extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    // SAFETY: the kernel passes the interrupted context.
-    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
-    if rip == PARK_AT.load(SeqCst) && !PARKED.load(SeqCst) {
-        PARKED.store(true, SeqCst);
-        while !RELEASE.load(SeqCst) {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 #[test]
 fn a_thread_parked_inside_the_window_by_a_signal_handler_is_moved_into_the_detour() {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let a = addr(fx_park);
-    PARK_AT.store(a.0 + 4, SeqCst);
-    // SAFETY: installs a handler for SIGUSR1, which nothing else in this test binary uses.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = park as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
-    }
+    fixtures::park_at(a.0 + 4);
     const AFTER: u64 = 10_000;
     // Until released, calls that may be interrupted between endbr64 and push.
     let (worker, _) = call_park_until(&RELEASE, AFTER);
