@@ -3,26 +3,16 @@
 //! there), and nothing is lost while the jump goes in and out under four calling threads, or
 //! while a thread is parked inside the window.
 mod fixtures;
-use fixtures::{addr, call2, code, PARKED, RELEASE};
+use fixtures::{addr, call2, code, fx_park, fx_push_push_mov, PARKED, RELEASE};
 
 use dprobe_inproc::*;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 std::arch::global_asm!(
     ".text",
-    // push; push; mov; lea; pop; pop; ret: the ret's window is lea (+5), pop, pop, ret (+12).
-    ".globl fxe_epilogue",
-    ".type fxe_epilogue,@function",
-    "fxe_epilogue:",
-    "push rbp",
-    "push rbx",
-    "mov rbx, rdi",
-    "lea rax, [rbx + rsi + 13]",
-    "pop rbx",
-    "pop rbp",
-    "ret",
-    ".size fxe_epilogue, . - fxe_epilogue",
-    // The same shape, for the pre-handler that changes the return value.
+    // The fixtures' fx_push_push_mov (push; push; mov; lea; pop; pop; ret: the ret's window
+    // is lea (+5), pop, pop, ret (+12)), again, for the pre-handler that changes the return
+    // value.
     ".globl fxe_value",
     ".type fxe_value,@function",
     "fxe_value:",
@@ -52,17 +42,6 @@ std::arch::global_asm!(
     "lea rax, [rdi + rsi]",
     "ret",
     ".size fxe_stress4, . - fxe_stress4",
-    // Where a thread is parked: endbr64, push, mov, lea (+8), pop (+13), ret (+14).
-    ".globl fxe_park",
-    ".type fxe_park,@function",
-    "fxe_park:",
-    "endbr64",
-    "push rbp",
-    "mov rbp, rsp",
-    "lea rax, [rdi + rsi + 3]",
-    "pop rbp",
-    "ret",
-    ".size fxe_park, . - fxe_park",
     // A return probe's function: both the entry and the ret are jumps.
     ".globl fxe_kret",
     ".type fxe_kret,@function",
@@ -96,11 +75,9 @@ std::arch::global_asm!(
 );
 
 extern "C" {
-    fn fxe_epilogue(a: u64, b: u64) -> u64;
     fn fxe_value(a: u64, b: u64) -> u64;
     fn fxe_stress(a: u64, b: u64) -> u64;
     fn fxe_stress4(a: u64, b: u64) -> u64;
-    fn fxe_park(a: u64, b: u64) -> u64;
     fn fxe_kret(a: u64, b: u64) -> u64;
     fn fxe_short(a: u64, b: u64) -> u64;
     fn fxe_branch(a: u64, b: u64) -> u64;
@@ -110,7 +87,7 @@ extern "C" {
 fn a_probe_on_a_ret_is_a_jump_before_it_and_sees_the_registers_as_at_the_ret() {
     static HITS: AtomicU64 = AtomicU64::new(0);
     static WRONG: AtomicU64 = AtomicU64::new(0);
-    let f = addr(fxe_epilogue);
+    let f = addr(fx_push_push_mov);
     let (window, ret) = (f.offset(5), f.offset(12));
     let original = code(f, 13);
     assert_eq!(code(ret, 1), [0xc3]);
@@ -133,7 +110,7 @@ fn a_probe_on_a_ret_is_a_jump_before_it_and_sees_the_registers_as_at_the_ret() {
     assert_eq!(code(f, 5), original[..5], "nothing before the window changes");
     const CALLS: u64 = 20_000;
     let threads: Vec<_> = (0..4u64)
-        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(fxe_epilogue, t, i) == t + i + 13)))
+        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(fx_push_push_mov, t, i) == t + i + 13)))
         .collect();
     assert!(threads.into_iter().all(|t| t.join().unwrap()), "a call computed a wrong value");
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed(), WRONG.load(Relaxed)), (4 * CALLS, 4 * CALLS, 0, 0));
@@ -231,21 +208,13 @@ fn a_short_exit_and_a_branch_into_the_window_stay_on_int3_with_the_reason_and_co
 #[test]
 fn a_thread_parked_inside_an_exit_window_is_moved_into_the_detour_and_its_return_counts() {
     static HITS: AtomicU64 = AtomicU64::new(0);
-    let f = addr(fxe_park);
+    // fx_park: endbr64, push, mov, lea (+8), pop (+13), ret (+14).
+    let f = addr(fx_park);
     let (window, ret) = (f.offset(8), f.offset(14));
     // Between the pop and the ret: strictly inside the window, past its first instruction.
     fixtures::park_at(f.0 + 13);
     const AFTER: u64 = 10_000;
-    let worker = std::thread::spawn(|| {
-        let mut i = 0u64;
-        while !RELEASE.load(SeqCst) {
-            if call2(fxe_park, i, 1) != i + 4 {
-                return Err(i);
-            }
-            i += 1;
-        }
-        (0..AFTER).try_for_each(|k| if call2(fxe_park, k, k) == 2 * k + 3 { Ok(()) } else { Err(k) }).map(|()| i)
-    });
+    let (worker, _) = fixtures::call_park_until(&RELEASE, AFTER);
     let signals = fixtures::signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
     let moves = safepoint_moves();
     let p = register(Kprobe::addr(ret).pre(|_| {
