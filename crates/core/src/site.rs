@@ -149,13 +149,19 @@ impl<A> Site<A> {
         }
     }
 
-    /// Offer a fault to the fault handlers in registration order; `true` when one handled it.
-    pub fn run_fault(&self, regs: &mut Regs, info: &FaultInfo) -> bool {
+    /// Offer a fault to the fault handlers in registration order, each run through `caller`
+    /// as the other handlers are; `true` when one handled it (a fault handler that faults
+    /// itself did not).
+    pub fn run_fault<C: HandlerCall>(&self, regs: &mut Regs, info: &FaultInfo, caller: &mut C) -> bool {
         self.probes.iter().filter_map(|p| p.fault.as_ref().map(|f| (p, f))).any(|(p, f)| {
-            catch_unwind(AssertUnwindSafe(|| f(regs, info))).unwrap_or_else(|_| {
-                p.stats.panicked();
-                false
-            })
+            let mut handled = false;
+            let called = caller.call(&mut || {
+                handled = catch_unwind(AssertUnwindSafe(|| f(regs, info))).unwrap_or_else(|_| {
+                    p.stats.panicked();
+                    false
+                })
+            });
+            handled && called.is_ok()
         })
     }
 }

@@ -103,7 +103,7 @@ fn fault_handlers_are_offered_in_order_until_one_handles() {
     ]);
     let mut regs = Regs::default();
     let info = FaultInfo { signal: 11, fault_addr: None, stage: FaultStage::Instruction };
-    assert!(s.run_fault(&mut regs, &info));
+    assert!(s.run_fault(&mut regs, &info, &mut ()));
     assert_eq!(regs.rax, 11);
 }
 

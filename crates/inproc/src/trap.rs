@@ -419,11 +419,10 @@ fn emulated_fault(site: &Site<Prepared>, regs: &mut Regs, fault: MemoryFault, ct
     deliver_segv(fault.addr, ctx);
 }
 
-/// Offer a fault to `site`'s fault handlers, marked as handler bodies (what they call
-/// themselves counts as missed, see [`quiet`]).
+/// Offer a fault to `site`'s fault handlers, through the fault guard as every handler (a
+/// handler body: what it calls itself counts as missed, see [`quiet`]).
 fn run_fault_handlers(site: &Site<Prepared>, regs: &mut Regs, info: &FaultInfo) -> bool {
-    let _body = Raised::new(thread_state::existing().map(|s| &s.handler_body));
-    site.run_fault(regs, info)
+    site.run_fault(regs, info, &mut Guarded(thread_state::current()))
 }
 
 /// Deliver the `SIGSEGV` an emulated instruction's access at `addr` would have raised, with
