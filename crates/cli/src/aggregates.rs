@@ -135,57 +135,72 @@ impl Aggregate for KeyCounts {
     }
 }
 
-/// `--hist NAME`: a histogram of the value `NAME` per probe and key.
-pub struct ValueHistograms {
-    field: String,
-    hists: Keyed<Distribution>,
+/// What a histogram measures.
+pub enum Measure {
+    /// `--hist NAME`: the fetched value `NAME`.
+    Value(String),
+    /// `--latency`: call times, in nanoseconds.
+    Latency,
 }
 
-impl ValueHistograms {
-    /// Histograms of the value named `field`, split by `by`.
-    pub fn new(field: String, by: Vec<KeyPart>, top: Option<usize>) -> ValueHistograms {
-        ValueHistograms { field, hists: Keyed::new(by, top) }
+impl Measure {
+    /// The event's measure, if it has one.
+    fn of(&self, e: &Passed<'_>) -> Option<i64> {
+        match self {
+            Measure::Value(field) => {
+                let at = e.probe.args.iter().position(|a| &a.name == field);
+                at.and_then(|i| e.event.values.get(i)).and_then(|v| v.as_i64())
+            }
+            Measure::Latency => e.latency.map(|l| l.as_nanos().min(i64::MAX as u128) as i64),
+        }
+    }
+
+    /// The figures of a key the engine tallied, if they measure this (an engine tallies
+    /// fetched values, never call times).
+    fn of_tally(&self, t: &KeyedTally, probe: &ProbeInfo) -> Option<i64> {
+        match self {
+            Measure::Value(field) => t.value.filter(|_| probe.args.iter().any(|a| &a.name == field)),
+            Measure::Latency => None,
+        }
+    }
+
+    /// The title of a probe's histogram: `size of libc:malloc`, `latency of malloc (ns)`.
+    fn title(&self, p: &ProbeInfo) -> String {
+        match self {
+            Measure::Value(field) => format!("{field} of {}", target(p)),
+            Measure::Latency => format!("latency of {} (ns)", p.label),
+        }
     }
 }
 
-impl Aggregate for ValueHistograms {
+/// `--hist NAME` and `--latency`: a histogram of a measure per probe and key.
+pub struct Histograms {
+    measure: Measure,
+    hists: Keyed<Distribution>,
+}
+
+impl Histograms {
+    /// Histograms of `measure`, split by `by`.
+    pub fn new(measure: Measure, by: Vec<KeyPart>, top: Option<usize>) -> Histograms {
+        Histograms { measure, hists: Keyed::new(by, top) }
+    }
+}
+
+impl Aggregate for Histograms {
     fn take(&mut self, e: &Passed<'_>) {
-        let at = e.probe.args.iter().position(|a| a.name == self.field);
-        if let Some(v) = at.and_then(|i| e.event.values.get(i)).and_then(|v| v.as_i64()) {
+        if let Some(v) = self.measure.of(e) {
             self.hists.entry(e).add(v);
         }
     }
 
     fn absorb(&mut self, t: &KeyedTally, probe: &ProbeInfo) {
-        if let Some(v) = t.value.filter(|_| probe.args.iter().any(|a| a.name == self.field)) {
+        if let Some(v) = self.measure.of_tally(t, probe) {
             self.hists.tallied(t, probe).add_tallied(v, t.count, t.min, t.max);
         }
     }
 
     fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
-        self.hists.histograms(probes, |p| format!("{} of {}", self.field, target(p)))
-    }
-}
-
-/// `--latency`: a histogram of call times per probe and key, in nanoseconds.
-pub struct LatencyHistograms(Keyed<Distribution>);
-
-impl LatencyHistograms {
-    /// Call times split by `by`.
-    pub fn new(by: Vec<KeyPart>, top: Option<usize>) -> LatencyHistograms {
-        LatencyHistograms(Keyed::new(by, top))
-    }
-}
-
-impl Aggregate for LatencyHistograms {
-    fn take(&mut self, e: &Passed<'_>) {
-        if let Some(l) = e.latency {
-            self.0.entry(e).add(l.as_nanos().min(i64::MAX as u128) as i64);
-        }
-    }
-
-    fn tables(&self, probes: &[&ProbeInfo]) -> Vec<(String, String)> {
-        self.0.histograms(probes, |p| format!("latency of {} (ns)", p.label))
+        self.hists.histograms(probes, |p| self.measure.title(p))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dprobe_core::{KeyedTally, ProbeEvent};
 
-use crate::aggregates::{KeyCounts, LatencyHistograms, ValueHistograms};
+use crate::aggregates::{Histograms, KeyCounts, Measure};
 use crate::clock::{Clock, TimeFormat};
 use crate::keys::KeyPart;
 use crate::output::{self, Line, ProbeInfo};
@@ -124,10 +124,10 @@ pub fn aggregates(
         all.push(Box::new(KeyCounts::new(by.to_vec(), top)));
     }
     for field in hists {
-        all.push(Box::new(ValueHistograms::new(field.clone(), by.to_vec(), top)));
+        all.push(Box::new(Histograms::new(Measure::Value(field.clone()), by.to_vec(), top)));
     }
     if latency {
-        all.push(Box::new(LatencyHistograms::new(by.to_vec(), top)));
+        all.push(Box::new(Histograms::new(Measure::Latency, by.to_vec(), top)));
     }
     all
 }
