@@ -6,80 +6,20 @@
 //! moment that costs a wakeup; this one checks the path dprobe itself takes, to its exit).
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::Arc;
+use std::process::Stdio;
 
 use common::{dprobe_command, out_file};
+use dprobe_test_fixtures::wakeups::{Wakeups, CALLS};
 
 /// Threads waiting in each call, each with its signaller.
 const PAIRS: u32 = 2;
 /// dprobe's traces of the program.
 const TRACES: u32 = 6;
 
-fn wakeups() -> &'static str {
-    dprobe_test_fixtures::c_program(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../ptrace/tests/fixtures/wakeups.c"),
-        "wakeups",
-        &["-O2", "-pthread"],
-    )
-}
-
-/// The program, killed if the test fails before it ends; its figures are read as they come.
-struct Program {
-    child: Child,
-    figures: Option<std::thread::JoinHandle<String>>,
-    done: Arc<AtomicBool>,
-}
-
-impl Program {
-    fn start() -> Program {
-        let mut child = Command::new(wakeups())
-            .args(["0".to_string(), PAIRS.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n");
-        let done = Arc::new(AtomicBool::new(false));
-        let said = done.clone();
-        let figures = std::thread::spawn(move || {
-            let mut figures = String::new();
-            for line in out.lines().map_while(Result::ok) {
-                if line == "done" {
-                    break;
-                }
-                figures += &line;
-                figures.push('\n');
-            }
-            said.store(true, SeqCst);
-            figures
-        });
-        Program { child, figures: Some(figures), done }
-    }
-
-    /// Its figures (its signallers stop at the end of its input) and exit code.
-    fn finish(mut self) -> (String, Option<i32>) {
-        drop(self.child.stdin.take());
-        let figures = self.figures.take().unwrap().join().unwrap();
-        (figures, self.child.wait().unwrap().code())
-    }
-}
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
 /// Whether the figures say that every signal ended one call, each call's signals counted.
 fn every_signal_ended_one_call(figures: &str) -> bool {
     let calls: Vec<&str> = figures.lines().map(|l| l.split(' ').next().unwrap_or("")).collect();
-    calls == ["pause", "nanosleep", "read", "sigsuspend"]
+    calls == CALLS
         && figures.lines().all(|l| {
             let words: Vec<&str> = l.split(' ').collect();
             matches!(words[..], [_, "sent", s, "handled", h, "returned", r, "lost", "0"]
@@ -89,8 +29,9 @@ fn every_signal_ended_one_call(figures: &str) -> bool {
 
 #[test]
 fn attached_by_dprobe_again_and_again_every_signal_still_ends_one_call() {
-    let program = Program::start();
-    let pid = program.child.id().to_string();
+    // Signallers that send until the end of the program's input.
+    let program = Wakeups::start(0, PAIRS);
+    let pid = program.pid().to_string();
     let out = out_file("wakeups-trace");
     for trace in 0..TRACES {
         let status = dprobe_command()
@@ -101,7 +42,7 @@ fn attached_by_dprobe_again_and_again_every_signal_still_ends_one_call() {
             .unwrap();
         assert!(status.success(), "trace {trace}: {status}");
     }
-    assert!(!program.done.load(SeqCst), "it still runs");
+    assert!(!program.done(), "it still runs");
     let (figures, code) = program.finish();
     assert!(every_signal_ended_one_call(&figures) && code == Some(0), "{figures}{code:?}");
 }

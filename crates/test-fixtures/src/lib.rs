@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 pub mod programs;
+pub mod wakeups;
 
 extern "C" {
     pub fn fxc_victim(x: i64) -> i64;

@@ -38,3 +38,9 @@ pub fn throws() -> &'static str {
 pub fn exits() -> &'static str {
     c_program(&format!("{FIXTURES}/exits.c"), "exits", &["-O2", "-pthread"])
 }
+
+/// Threads asleep in system calls, each woken by signals of its own signaller (`wakeups N P`;
+/// driven by [`crate::wakeups::Wakeups`]).
+pub fn wakeups() -> &'static str {
+    c_program(&format!("{FIXTURES}/wakeups.c"), "wakeups", &["-O2", "-pthread"])
+}
