@@ -27,7 +27,8 @@
 //!
 //! The hit path allocates nothing from the heap and takes no lock: activations live in a table
 //! mapped once (see `thread_state.rs`) and in those chunks, the probes are found through RCU
-//! reads.
+//! reads: on the jump path a plain load inside the read section the detour's dispatcher holds
+//! (`jump::read_published`), with no atomic read-modify-write on a line every thread shares.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ use crate::kretprobe::{
 };
 use crate::probe::{register_all, unregister_all, Probe};
 use crate::trap::InprocMemory;
-use crate::{sys, thread_state};
+use crate::{jump, sys, thread_state};
 
 /// The most return probes one call of a function lists.
 pub const PER_CALL: usize = 4;
@@ -175,7 +176,7 @@ type WatchedBy = Vec<(u64, Arc<KretInner>)>;
 /// entry runs, and which tail calls hand a return over.
 fn watched() -> &'static Rcu<WatchedBy> {
     static WATCHED: OnceLock<Rcu<WatchedBy>> = OnceLock::new();
-    WATCHED.get_or_init(|| Rcu::new(Vec::new()))
+    WATCHED.get_or_init(|| Rcu::with_grace(Vec::new(), jump::grace))
 }
 
 /// In a child process just forked: see [`Rcu::forget_readers_after_fork`].
@@ -184,7 +185,9 @@ pub(crate) fn forget_readers_after_fork() {
 }
 
 fn is_watched(function: u64) -> bool {
-    watched().read(|w| w.binary_search_by_key(&function, |(f, _)| *f).is_ok())
+    jump::read_published(thread_state::existing(), watched(), |w| {
+        w.binary_search_by_key(&function, |(f, _)| *f).is_ok()
+    })
 }
 
 /// The thread owning `stack` is gone (or, in a forked child, is not there): its pending calls
@@ -213,7 +216,7 @@ pub(crate) fn thread_gone(stack: &ExitStack) {
 fn on_entry(function: u64, regs: &mut Regs) {
     let state = thread_state::current();
     let stack = state.and_then(thread_state::exit_stack);
-    watched().read(|all| {
+    jump::read_published(state, watched(), |all| {
         let first = all.partition_point(|(f, _)| *f < function);
         let mine = all[first..].iter().take_while(|(f, _)| *f == function).map(|(_, p)| p);
         let (Some(state), Some(stack)) = (state, stack) else {
@@ -225,7 +228,9 @@ fn on_entry(function: u64, regs: &mut Regs) {
         };
         let sp = regs.rsp;
         let mut stacks = OwnStacks::at_trap();
-        registry().read(|probes| pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a)));
+        jump::read_published(Some(state), registry(), |probes| {
+            pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a))
+        });
         let act = stack.acts.next_free();
         let mut n = 0;
         for p in mine {
@@ -298,7 +303,8 @@ fn read_u64(at: Addr) -> Option<u64> {
 /// tail call goes to (watched: it returns at its exit; any other: through the trampoline in
 /// the return address it returns through).
 fn on_exit(site: &ExitSite, regs: &mut Regs) {
-    let Some(stack) = thread_state::existing().and_then(thread_state::exit_stack) else { return };
+    let state = thread_state::existing();
+    let Some(stack) = state.and_then(thread_state::exit_stack) else { return };
     if stack.depth() == 0 || !site.taken(regs) {
         return;
     }
@@ -306,7 +312,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
     let to_watched = callee.is_some_and(is_watched);
     let sp = regs.rsp;
     let mut stacks = OwnStacks::at_trap();
-    registry().read(|probes| {
+    jump::read_published(state, registry(), |probes| {
         let mut pending = Pending { stack, probes };
         let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
         if to_watched {

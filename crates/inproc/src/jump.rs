@@ -41,6 +41,7 @@ use dprobe_arch::{
     POST_NEXT_BACK,
 };
 use dprobe_core::{PreOutcome, Site, TrapKind};
+use dprobe_rcu::Rcu;
 
 use crate::engine::Engine;
 pub(crate) use crate::jump_stub::{stubs, xsave_ready};
@@ -65,7 +66,8 @@ pub(crate) fn prepare_readers() {
     READERS_FENCE.store(!sys::sync_cores(), SeqCst);
 }
 
-/// Wait until no thread can still read a site pointer replaced before this call.
+/// Wait until no thread can still read a site pointer replaced before this call (or a cell
+/// read with [`read_published`]).
 pub(crate) fn grace() {
     let barrier = sys::sync_cores();
     READERS_FENCE.store(!barrier, Relaxed);
@@ -86,6 +88,20 @@ pub(crate) fn grace() {
         while s.jump_reading.load(Acquire) == seen {
             std::thread::yield_now();
         }
+    }
+}
+
+/// Read `cell`, made with `Rcu::with_grace(_, grace)`, from a hit of thread `state`: inside a
+/// detour's read section (the jump path, handlers included) with a load, since [`grace`]
+/// waits for that section; elsewhere (the trap path, a thread without a state entry) with the
+/// cell's own announced read.
+pub(crate) fn read_published<T, R>(state: Option<&ThreadState>, cell: &Rcu<T>, f: impl FnOnce(&T) -> R) -> R {
+    match state {
+        // SAFETY: a depth above zero is a `Reading` of this thread alive around this call
+        // (only the thread and the handlers nested in it change its depth, and they put it
+        // back), and the cell's writers wait for `grace`.
+        Some(s) if s.jump_depth.get() > 0 => unsafe { cell.read_in_section(f) },
+        _ => cell.read(f),
     }
 }
 

@@ -279,7 +279,7 @@ pub(crate) fn forget_readers_after_fork() {
 
 pub(crate) fn registry() -> &'static Rcu<Vec<Arc<KretInner>>> {
     static REGISTRY: OnceLock<Rcu<Vec<Arc<KretInner>>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Rcu::new(Vec::new()))
+    REGISTRY.get_or_init(|| Rcu::with_grace(Vec::new(), crate::jump::grace))
 }
 
 // ---------------------------------------------------------------------------------------------

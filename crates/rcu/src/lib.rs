@@ -11,6 +11,9 @@
 //! writer swaps the pointer, flips the epoch, and waits until the counter of the old parity
 //! drains. Readers that arrive after the flip can only see the new snapshot.
 //!
+//! A cell may also be read inside the read-side sections of a grace period kept elsewhere
+//! (see [`Rcu::with_grace`]): such a read announces nothing, and costs a load.
+//!
 //! ```
 //! use dprobe_rcu::Rcu;
 //! let cell = Rcu::new(vec![1, 2, 3]);
@@ -31,6 +34,8 @@ pub struct Rcu<T> {
     epoch: AtomicUsize,
     readers: [AtomicUsize; 2],
     writer: Mutex<()>,
+    /// Waits for the readers of [`Rcu::read_in_section`], if it has any.
+    outer_grace: Option<fn()>,
 }
 
 // SAFETY: the cell hands out `&T` to any thread (needs `T: Sync`) and moves `T` values between
@@ -55,7 +60,18 @@ impl<T> Rcu<T> {
             epoch: AtomicUsize::new(0),
             readers: [AtomicUsize::new(0), AtomicUsize::new(0)],
             writer: Mutex::new(()),
+            outer_grace: None,
         }
+    }
+
+    /// A cell holding `value` that may also be read with [`Rcu::read_in_section`] inside the
+    /// read-side sections of another grace period: `grace` returns once every such section
+    /// that began before the call has ended. Writers wait for it too before they give an old
+    /// snapshot back.
+    pub fn with_grace(value: T, grace: fn()) -> Self {
+        let mut cell = Rcu::new(value);
+        cell.outer_grace = Some(grace);
+        cell
     }
 
     /// Run `f` on the current snapshot.
@@ -84,6 +100,20 @@ impl<T> Rcu<T> {
         let result = f(value);
         drop(announce);
         result
+    }
+
+    /// Read the current snapshot without announcing the reader: a load, no atomic
+    /// read-modify-write.
+    ///
+    /// # Safety
+    /// The cell was made by [`Rcu::with_grace`], and the caller is inside a read-side section
+    /// of that grace period from before this call until after `f` returns, so that a writer's
+    /// wait for `grace` covers this read.
+    pub unsafe fn read_in_section<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        debug_assert!(self.outer_grace.is_some());
+        // SAFETY: writers swap the pointer, then wait for `grace`, which waits for the
+        // caller's section (per the contract), before they free the old snapshot.
+        f(unsafe { &*self.current.load(SeqCst) })
     }
 
     /// Publish `value` and return the previous snapshot once no reader can still see it.
@@ -128,6 +158,9 @@ impl<T> Rcu<T> {
     }
 
     fn synchronize_locked(&self) {
+        if let Some(grace) = self.outer_grace {
+            grace();
+        }
         let old_parity = self.epoch.fetch_add(1, SeqCst) & 1;
         let mut spins = 0u32;
         while self.readers[old_parity].load(SeqCst) != 0 {

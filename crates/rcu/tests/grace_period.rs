@@ -88,3 +88,57 @@ fn update_sees_current_value() {
     assert_eq!(old, vec![1]);
     assert_eq!(cell.read(|v| v.clone()), vec![1, 2]);
 }
+
+/// A grace period kept outside the cell: one reader thread's section counter, odd while it is
+/// inside (what dprobe's jump path keeps per thread).
+static SECTION: AtomicU64 = AtomicU64::new(0);
+/// The generation the reader holds, plus one; 0 when it holds none.
+static HOLDING: AtomicU64 = AtomicU64::new(0);
+
+fn section_grace() {
+    let seen = SECTION.load(Ordering::SeqCst);
+    if seen % 2 == 1 {
+        while SECTION.load(Ordering::SeqCst) == seen {
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[test]
+fn a_writer_waits_for_readers_of_the_outer_grace_period() {
+    let cell = Arc::new(Rcu::with_grace(0u64, section_grace));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (cell, stop, reads) = (cell.clone(), stop.clone(), reads.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                SECTION.fetch_add(1, Ordering::SeqCst);
+                // SAFETY: inside the section `section_grace` waits for, from before the read
+                // until after it.
+                unsafe {
+                    cell.read_in_section(|generation| {
+                        HOLDING.store(generation + 1, Ordering::SeqCst);
+                        for _ in 0..200 {
+                            std::hint::spin_loop();
+                        }
+                        HOLDING.store(0, Ordering::SeqCst);
+                    })
+                };
+                SECTION.fetch_add(1, Ordering::SeqCst);
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut generation = 0;
+    while generation < 2000 || reads.load(Ordering::Relaxed) < 10_000 {
+        generation += 1;
+        let old = cell.replace(generation);
+        assert_eq!(old, generation - 1);
+        assert_ne!(HOLDING.load(Ordering::SeqCst), old + 1, "replace returned while a reader held the old snapshot");
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    // The announced reads see the same cell.
+    assert_eq!(cell.read(|g| *g), generation);
+}
