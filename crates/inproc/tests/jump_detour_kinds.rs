@@ -2,41 +2,14 @@
 //! come or go, the jump goes back to the one built before, even while a thread is parked
 //! inside it (a detour a thread may be in can be taken back as it is: its code is the same).
 mod fixtures;
-use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked};
+use fixtures::{
+    addr, call2, call_park_until, code, detour_of, fx_park, park_in, signal_until_parked, DETOUR_BYTES, PARKED, RELEASE,
+};
 
-use dprobe_arch::DETOUR_ENTRY;
-use dprobe_inproc::{register, Addr, Kprobe, PreAction};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use dprobe_inproc::{register, Kprobe, PreAction};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-/// Where the detour the jump at `a` leads to starts.
-fn detour_of(a: Addr) -> u64 {
-    let bytes = code(a, 5);
-    assert_eq!(bytes[0], 0xe9, "a jump at {a}");
-    let rel = i32::from_le_bytes(bytes[1..5].try_into().unwrap());
-    (a.0 + 5).wrapping_add(rel as i64 as u64) - DETOUR_ENTRY
-}
-
-/// Bytes of a detour that a parked program counter may be in.
-const DETOUR_BYTES: u64 = 160;
-
-static DETOUR: AtomicU64 = AtomicU64::new(0);
-static PARKED: AtomicBool = AtomicBool::new(false);
-static RELEASE: AtomicBool = AtomicBool::new(false);
 static POSTS: AtomicU64 = AtomicU64::new(0);
-
-/// SIGUSR1 in the calling thread: when it interrupted the thread inside the detour, wait there
-/// until the test says so.
-extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    // SAFETY: the kernel passes the interrupted context.
-    let rip = unsafe { (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
-    let detour = DETOUR.load(SeqCst);
-    if (detour..detour + DETOUR_BYTES).contains(&rip) && !PARKED.load(SeqCst) {
-        PARKED.store(true, SeqCst);
-        while !RELEASE.load(SeqCst) {
-            std::hint::spin_loop();
-        }
-    }
-}
 
 #[test]
 fn post_handlers_that_come_and_go_take_back_the_detour_a_parked_thread_is_in() {
@@ -45,15 +18,7 @@ fn post_handlers_that_come_and_go_take_back_the_detour_a_parked_thread_is_in() {
     let pre = register(Kprobe::addr(a).pre(|_| PreAction::Continue)).unwrap();
     assert_eq!(pre.optimized(), Ok(()));
     let plain = detour_of(a);
-    DETOUR.store(plain, SeqCst);
-    // SAFETY: installs a handler for SIGUSR1, which nothing else in this test binary uses.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = park as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
-    }
+    park_in(plain..plain + DETOUR_BYTES);
     const AFTER: u64 = 1_000;
     let (worker, _) = call_park_until(&RELEASE, AFTER);
     signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
