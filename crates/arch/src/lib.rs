@@ -73,7 +73,7 @@ pub use exit_window::{can_optimize_exit, can_optimize_exit_in};
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};
-pub use object_branches::{CodeBranches, CodeRegion};
+pub use object_branches::{CodeBranches, CodeRegion, LandingPad};
 pub use optimize::{
     can_optimize, can_optimize_in, vector_state, window_head, FunctionBranches, NotOptimized, VectorState, JUMP_LEN,
 };

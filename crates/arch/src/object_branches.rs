@@ -11,6 +11,11 @@
 //! start so that bytes between functions (padding, a table) cannot shift the decoding of the
 //! next function; bytes that do not decode are stepped over one at a time. A branch decoded
 //! from bytes that are not really code only keeps a window on `int3`, never the reverse.
+//!
+//! No branch names a C++ exception's landing pad: the unwinder resumes a frame there from the
+//! call a throw passed through, as the object's unwind tables say. The landing pads are kept
+//! beside the branches ([`CodeBranches::with_landing_pads`]), and a window one of them lies
+//! inside stays on `int3` too.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
 
@@ -19,12 +24,25 @@ use crate::{Addr, JUMP_LEN};
 /// One region of an object's code: its address and its bytes.
 pub type CodeRegion<'a> = (Addr, &'a [u8]);
 
+/// A C++ exception's landing pad: where the unwinder resumes a frame when a throw passes
+/// through one of its calls (from the object's `.eh_frame` and `.gcc_except_table`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LandingPad {
+    /// The landing pad.
+    pub pad: Addr,
+    /// The first byte of the calls whose throws resume there.
+    pub calls: Addr,
+}
+
 /// Every direct jump, conditional branch and call of an object's code whose target is not a
-/// known function start (a window begins at a function start, never one byte after it).
+/// known function start (a window begins at a function start, never one byte after it), and
+/// every landing pad of its exceptions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CodeBranches {
     /// `(target, from)`, sorted.
     branches: Vec<(u64, u64)>,
+    /// Sorted by landing pad.
+    pads: Vec<LandingPad>,
 }
 
 impl CodeBranches {
@@ -45,7 +63,26 @@ impl CodeBranches {
             }
         }
         branches.sort_unstable();
-        CodeBranches { branches }
+        CodeBranches { branches, pads: Vec::new() }
+    }
+
+    /// These branches and the landing pads `pads` (in any order).
+    pub fn with_landing_pads(mut self, pads: impl IntoIterator<Item = LandingPad>) -> CodeBranches {
+        self.pads.extend(pads);
+        self.pads.sort_unstable();
+        self.pads.dedup();
+        self
+    }
+
+    /// The landing pad (the lowest) on bytes +1..+`len`-1 of the `len` bytes at `addr`.
+    pub fn landing_pad_in(&self, addr: Addr, len: u64) -> Option<LandingPad> {
+        let first = self.pads.partition_point(|p| p.pad.0 <= addr.0);
+        self.pads.get(first).filter(|p| p.pad.0 < addr.0.saturating_add(len)).copied()
+    }
+
+    /// How many landing pads are kept.
+    pub fn landing_pads(&self) -> usize {
+        self.pads.len()
     }
 
     /// The branch (the lowest in address order) that lands on bytes +1..+4 of a jump written
@@ -163,6 +200,22 @@ mod tests {
         // Without the start, the long nop swallows the jump.
         let linear = CodeBranches::decode(&[(Addr(0x1000), &code)], &starts[..1]);
         assert_eq!(linear.into_window(Addr(0x1010)), None);
+    }
+
+    #[test]
+    fn a_landing_pad_inside_a_window_is_found() {
+        let code = two_functions();
+        let pads = [
+            LandingPad { pad: Addr(0x1005), calls: Addr(0x1001) },
+            LandingPad { pad: Addr(0x1002), calls: Addr(0x1000) },
+        ];
+        let b = CodeBranches::decode(&[(Addr(0x1000), &code)], &[Addr(0x1000), Addr(0x1007)]).with_landing_pads(pads);
+        assert_eq!(b.landing_pads(), 2);
+        assert_eq!(b.landing_pad_in(Addr(0x1000), 5), Some(pads[1]), "the lowest pad inside");
+        assert_eq!(b.landing_pad_in(Addr(0x1002), 5), Some(pads[0]), "a pad at the window's first byte is free");
+        assert_eq!(b.landing_pad_in(Addr(0x1005), 5), None);
+        assert_eq!(b.landing_pad_in(Addr(0x0ffd), 5), None, "a pad just past the window is free");
+        assert_eq!(b.landing_pad_in(Addr(0x0ffe), 5), Some(pads[1]));
     }
 
     #[test]

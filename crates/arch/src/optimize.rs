@@ -66,9 +66,19 @@ pub enum NotOptimized {
         /// Its target.
         target: Addr,
     },
-    /// The function's object file cannot be read, so branches into the window from its other
-    /// functions cannot be checked.
-    #[error("`{object}` cannot be read, so branches into the jump from its other functions cannot be checked")]
+    /// A landing pad of a C++ exception (or of Rust's unwinding) lies inside the bytes the
+    /// jump replaces: a throw through one of the calls it serves would resume the frame in
+    /// the middle of the jump. No branch names it; the object's unwind tables do.
+    #[error("{pad} is an exception landing pad (a throw through the calls from {calls} resumes there), inside the bytes the jump replaces")]
+    LandingPadInWindow {
+        /// The landing pad.
+        pad: Addr,
+        /// The first byte of the calls whose throws resume there.
+        calls: Addr,
+    },
+    /// The function's object file cannot be read (its code, or its unwind tables), so branches
+    /// and exception landing pads inside the window cannot be checked.
+    #[error("`{object}` cannot be read, so branches and exception landing pads inside the jump cannot be checked")]
     ObjectUnread {
         /// The object's path.
         object: String,

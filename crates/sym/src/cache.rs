@@ -15,6 +15,7 @@ use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind, Se
 
 use dprobe_arch::{Addr, CodeBranches, CodeRegion};
 
+use crate::landing_pads::landing_pads;
 use crate::symbols::{plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
 
 /// One version of one file.
@@ -102,8 +103,9 @@ impl ObjectFile {
 
 impl ObjectFile {
     /// The direct branches of its executable sections, at link-time addresses, decoded from
-    /// each of its functions' starts (those its debug file names too); `None` when the file
-    /// cannot be read again.
+    /// each of its functions' starts (those its debug file names too), and the landing pads
+    /// of its exceptions; `None` when the file cannot be read again, or its unwind tables
+    /// cannot be (its landing pads are unknown).
     pub(crate) fn code_branches(&self) -> Option<Arc<CodeBranches>> {
         self.branches
             .get_or_init(|| {
@@ -115,7 +117,8 @@ impl ObjectFile {
                 let functions = self.functions.iter().chain(self.debug_functions());
                 let starts: Vec<Addr> =
                     functions.filter(|f| !f.name.starts_with(STATIC_PROBE_PREFIX)).map(|f| f.start).collect();
-                Some(Arc::new(CodeBranches::decode(&regions, &starts)))
+                let pads = landing_pads(&data)?;
+                Some(Arc::new(CodeBranches::decode(&regions, &starts).with_landing_pads(pads)))
             })
             .clone()
     }

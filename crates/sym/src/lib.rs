@@ -30,6 +30,8 @@
 mod cache;
 mod demangle;
 mod ifunc;
+mod landing_pads;
+mod lsda;
 mod maps;
 mod object_name;
 mod resolve;

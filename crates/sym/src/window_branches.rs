@@ -10,7 +10,8 @@ use crate::symbols::Function;
 
 /// Refuse a jump at `addr` in `function` when a direct branch anywhere in the function's
 /// object (another function's tail jump into its middle, a split-off `.cold` part jumping
-/// back) lands on bytes +1..+4 of it. The object's branches are decoded from its file once
+/// back) lands on bytes +1..+4 of it, or an exception's landing pad lies there (a throw would
+/// resume in the middle of the jump). The object's branches are decoded from its file once
 /// per version of the file; a file that cannot be read refuses every jump in it.
 pub fn check_object_branches(function: &Function, addr: Addr) -> Result<(), NotOptimized> {
     check_object_branches_in(function, addr, JUMP_LEN as u64)
@@ -24,8 +25,12 @@ pub fn check_object_branches_in(function: &Function, addr: Addr, len: u64) -> Re
     let file = object_of(function).ok_or_else(unread)?;
     let branches = file.code_branches().ok_or_else(unread)?;
     let at_run_time = |a: Addr| Addr(a.0.wrapping_add(function.bias));
-    let Some((from, target)) = branches.into_range(Addr(addr.0.wrapping_sub(function.bias)), len) else {
-        return Ok(());
+    let at_link_time = Addr(addr.0.wrapping_sub(function.bias));
+    let Some((from, target)) = branches.into_range(at_link_time, len) else {
+        return match branches.landing_pad_in(at_link_time, len) {
+            Some(p) => Err(NotOptimized::LandingPadInWindow { pad: at_run_time(p.pad), calls: at_run_time(p.calls) }),
+            None => Ok(()),
+        };
     };
     let text = file
         .bytes()

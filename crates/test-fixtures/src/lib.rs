@@ -43,6 +43,11 @@ extern "C" {
     pub fn fxc_deep_jump_out(n: i64) -> i64;
     pub fn fxcpp_deep_thrower(n: i64, depth: i64) -> i64;
     pub fn fxcpp_deep_catch(n: i64) -> i64;
+    /// The K-th of 8 copies of a function catching what its callee throws, compiled -O0
+    /// (`landing_pads.cpp`): 3x for an even x, -x for an odd one; `None` past the last.
+    pub fn fxeh_catch_copy_o0(k: i32) -> Option<unsafe extern "C" fn(i64) -> i64>;
+    /// The same, compiled -O2.
+    pub fn fxeh_catch_copy_o2(k: i32) -> Option<unsafe extern "C" fn(i64) -> i64>;
 }
 
 /// A fixture's address.
