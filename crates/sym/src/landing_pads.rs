@@ -18,7 +18,7 @@ use crate::lsda::call_sites;
 /// Every landing pad of the object whose bytes are `data`, at link-time addresses, with the
 /// start of the calls it catches for; `None` when its unwind tables cannot all be read (an
 /// FDE or an LSDA this reader does not understand: its landing pads are unknown).
-pub(crate) fn landing_pads(data: &[u8]) -> Option<Vec<LandingPad>> {
+pub fn landing_pads(data: &[u8]) -> Option<Vec<LandingPad>> {
     let file = object::File::parse(data).ok()?;
     let Some((eh_frame, address)) = eh_frame_of(&file, data)? else { return Some(Vec::new()) };
     let mut bases = BaseAddresses::default().set_eh_frame(address);

@@ -40,6 +40,7 @@ mod usdt;
 mod window_branches;
 
 pub use demangle::demangle;
+pub use landing_pads::landing_pads;
 pub use maps::{free_pages_near, parse_maps, read_maps, read_maps_of, Mapping};
 pub use object_name::{library_name_matches, ObjectName};
 pub use resolve::{ResolveError, Target};
