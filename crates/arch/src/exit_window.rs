@@ -9,7 +9,7 @@
 //! conditions ([`crate::can_optimize`]), shifted:
 //!
 //! * the function's bounds are known and the whole function decodes, with no indirect jump and
-//!   no foreign `int3` (the same [`FunctionBranches`] check as entry windows);
+//!   no foreign `int3` (the same check of the decoded [`FunctionCode`] as entry windows);
 //! * the exit is a `ret` or a direct `jmp` (a tail call), and the instructions before it in the
 //!   window are relocatable and fall into it (no call, jump or return among them:
 //!   [`crate::relocate`] refuses those);
@@ -23,8 +23,8 @@
 //! The probe stays at the exit's address (handlers see `rip` there); only the jump starts
 //! earlier, at the window's first instruction.
 
-use crate::optimize::FunctionBranches;
-use crate::{analyze, analyze_run, relocate, Addr, AnalyzeError, Emulation, ExecClass, Insn, NotOptimized, JUMP_LEN};
+use crate::optimize::FunctionCode;
+use crate::{analyze, Addr, AnalyzeError, Emulation, ExecClass, Insn, NotOptimized, JUMP_LEN};
 
 /// Decide whether the exit probe at `exit` can be jump-optimized; on success, the exit window:
 /// consecutive instructions covering at least [`JUMP_LEN`] bytes and ending with the exit,
@@ -33,20 +33,12 @@ use crate::{analyze, analyze_run, relocate, Addr, AnalyzeError, Emulation, ExecC
 /// `function` holds the original bytes of the whole function (never a probe's patch), from its
 /// first instruction at `start`; an empty slice means its bounds are unknown.
 pub fn can_optimize_exit(function: &[u8], start: Addr, exit: Addr) -> Result<Vec<Insn>, NotOptimized> {
-    can_optimize_exit_in(&FunctionBranches::decode(function, start), function, start, exit)
+    FunctionCode::decode(function.to_vec(), start).can_optimize_exit(exit)
 }
 
-/// [`can_optimize_exit`], with the function's branches decoded before
-/// ([`FunctionBranches::decode`] of the same `function` and `start`).
-pub fn can_optimize_exit_in(
-    branches: &FunctionBranches,
-    function: &[u8],
-    start: Addr,
-    exit: Addr,
-) -> Result<Vec<Insn>, NotOptimized> {
-    if function.is_empty() {
-        return Err(NotOptimized::UnknownBounds { addr: exit });
-    }
+/// The window of the exit at `exit`: its first instruction and length, from the shortest run
+/// of whole instructions that ends with the exit and covers [`JUMP_LEN`] bytes.
+pub(crate) fn exit_window_span(function: &[u8], start: Addr, exit: Addr) -> Result<(Addr, usize), NotOptimized> {
     // Checks that `exit` starts an instruction of the function, which decodes up to it.
     let last = analyze(function, start, exit)?;
     match last.class {
@@ -54,13 +46,7 @@ pub fn can_optimize_exit_in(
         _ => return Err(NotOptimized::NotAnExit { at: exit, text: last.text() }),
     }
     let window_start = window_start(function, start, exit, last.len)?;
-    let len = (last.next().0 - window_start.0) as usize;
-    let window = analyze_run(function, start, window_start, len)?;
-    debug_assert_eq!(window.last().map(|i| i.addr), Some(exit));
-    branches.check(function, start, window_start, len as u64)?;
-    // Relocating to the window's own address decides everything but reach.
-    relocate(&window, window_start)?;
-    Ok(window)
+    Ok((window_start, (last.next().0 - window_start.0) as usize))
 }
 
 /// The start of the shortest run of whole instructions that ends with the exit (at `exit`,

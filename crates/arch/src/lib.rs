@@ -69,14 +69,12 @@ pub use detour::{
 };
 pub use emulate::emulate;
 pub use error::{AnalyzeError, EmulateError, PrepareError, Unsupported};
-pub use exit_window::{can_optimize_exit, can_optimize_exit_in};
+pub use exit_window::can_optimize_exit;
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};
 pub use object_branches::{CodeBranches, CodeRegion, LandingPad};
-pub use optimize::{
-    can_optimize, can_optimize_in, vector_state, window_head, FunctionBranches, NotOptimized, VectorState, JUMP_LEN,
-};
+pub use optimize::{can_optimize, vector_state, window_head, FunctionCode, NotOptimized, VectorState, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};
 pub use prepare::{prepare, Prepared};
 pub use regs::{Gpr, Regs};

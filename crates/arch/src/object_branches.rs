@@ -1,6 +1,6 @@
 //! The direct branches of a whole object's code, for the jump check's view beyond one function.
 //!
-//! [`FunctionBranches`](crate::FunctionBranches) sees the branches of the probed function
+//! [`FunctionCode`](crate::FunctionCode) sees the branches of the probed function
 //! only. Hand-written code branches into the middle of other functions: glibc's
 //! `__mempcpy_avx512_unaligned_erms` ends with a jump to `__memmove_avx512_unaligned_erms+3`,
 //! and gcc's split-off `foo.cold` parts jump back into the middle of `foo`. A jump over such a

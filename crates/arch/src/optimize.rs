@@ -229,20 +229,71 @@ impl NotOptimized {
 /// `function` holds the original bytes of the whole function (never a probe's patch), from its
 /// first instruction at `start`; an empty slice means its bounds are unknown.
 pub fn can_optimize(function: &[u8], start: Addr, addr: Addr) -> Result<Vec<Insn>, NotOptimized> {
-    can_optimize_in(&FunctionBranches::decode(function, start), function, start, addr)
+    FunctionCode::decode(function.to_vec(), start).can_optimize(addr)
 }
 
-/// [`can_optimize`], with the function's branches decoded before ([`FunctionBranches::decode`]
-/// of the same `function` and `start`): the probes of one function share one decoding.
-pub fn can_optimize_in(
-    branches: &FunctionBranches,
-    function: &[u8],
+/// A function's original code (never a probe's patch), with what the window checks need of it
+/// decoded once: the probes of one function, at its entry, inside it or at its exits, share
+/// one decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCode {
+    code: Vec<u8>,
     start: Addr,
-    addr: Addr,
-) -> Result<Vec<Insn>, NotOptimized> {
-    if function.is_empty() {
-        return Err(NotOptimized::UnknownBounds { addr });
+    branches: FunctionBranches,
+}
+
+impl FunctionCode {
+    /// The whole function's bytes `code`, from its first instruction at `start` (empty: its
+    /// bounds are unknown), decoded.
+    pub fn decode(code: Vec<u8>, start: Addr) -> FunctionCode {
+        let branches = FunctionBranches::decode(&code, start);
+        FunctionCode { code, start, branches }
     }
+
+    /// The function's bytes.
+    pub fn code(&self) -> &[u8] {
+        &self.code
+    }
+
+    /// [`can_optimize`] for a probe at `addr` in this function.
+    pub fn can_optimize(&self, addr: Addr) -> Result<Vec<Insn>, NotOptimized> {
+        self.window(addr, entry_window_span)
+    }
+
+    /// [`can_optimize_exit`](crate::can_optimize_exit) for an exit probe at `exit` in this
+    /// function.
+    pub fn can_optimize_exit(&self, exit: Addr) -> Result<Vec<Insn>, NotOptimized> {
+        let window = self.window(exit, crate::exit_window::exit_window_span)?;
+        debug_assert_eq!(window.last().map(|i| i.addr), Some(exit));
+        Ok(window)
+    }
+
+    /// The checks every window passes, for the probe at `at` whose window `span` finds (its
+    /// first instruction and length, each kind of window checking what is its own).
+    fn window(
+        &self,
+        at: Addr,
+        span: fn(&[u8], Addr, Addr) -> Result<(Addr, usize), NotOptimized>,
+    ) -> Result<Vec<Insn>, NotOptimized> {
+        if self.code.is_empty() {
+            return Err(NotOptimized::UnknownBounds { addr: at });
+        }
+        let (from, len) = span(&self.code, self.start, at)?;
+        let window = analyze_run(&self.code, self.start, from, len)?;
+        let end = self.start.offset(self.code.len() as u64);
+        if window.last().map_or(from, Insn::next) > end {
+            return Err(NotOptimized::CrossesFunctionEnd { addr: at, end });
+        }
+        self.branches.check(&self.code, self.start, from, len as u64)?;
+        // Relocating to the window's own address decides everything but reach, which depends
+        // on where the engine finds a detour page.
+        relocate(&window, from)?;
+        Ok(window)
+    }
+}
+
+/// The window of a probe at `addr`: the [`JUMP_LEN`] bytes there, inside the function.
+fn entry_window_span(function: &[u8], start: Addr, addr: Addr) -> Result<(Addr, usize), NotOptimized> {
     let end = start.offset(function.len() as u64);
     if addr < start || addr >= end {
         return Err(AnalyzeError::OutsideCode { addr, start, end }.into());
@@ -250,22 +301,14 @@ pub fn can_optimize_in(
     if addr.offset(JUMP_LEN as u64) > end {
         return Err(NotOptimized::CrossesFunctionEnd { addr, end });
     }
-    let window = analyze_run(function, start, addr, JUMP_LEN)?;
-    if window.last().map_or(addr, Insn::next) > end {
-        return Err(NotOptimized::CrossesFunctionEnd { addr, end });
-    }
-    branches.check(function, start, addr, JUMP_LEN as u64)?;
-    // Relocating to the window's own address decides everything but reach, which depends
-    // on where the engine finds a detour page.
-    relocate(&window, addr)?;
-    Ok(window)
+    Ok((addr, JUMP_LEN))
 }
 
 /// What the branch check needs of a whole function, decoded once: its direct branches, and
 /// the first instruction that rules out every window (an indirect jump, a foreign `int3`,
 /// bytes that do not decode).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionBranches {
+pub(crate) struct FunctionBranches {
     /// `(target, from)` of each direct jump, conditional branch and call before `blocker`,
     /// sorted.
     branches: Vec<(u64, Addr)>,
@@ -283,7 +326,7 @@ enum Blocker {
 impl FunctionBranches {
     /// Decode the whole `function` (its original bytes, from its first instruction at
     /// `start`).
-    pub fn decode(function: &[u8], start: Addr) -> FunctionBranches {
+    fn decode(function: &[u8], start: Addr) -> FunctionBranches {
         let mut branches = Vec::new();
         let mut blocker = None;
         let mut decoder = Decoder::with_ip(64, function, start.0, DecoderOptions::NONE);

@@ -35,10 +35,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, arm, can_optimize_exit_in, can_optimize_in, detour_code, detour_code_with_post, endbr64_len,
-    exit_detour_code, plan, prepare, vector_state, window_head, Addr, Detour, Emulation, ExecClass, ExecPlan,
-    FunctionBranches, Insn, NotOptimized, Patch, Prepared, SlotCode, SlotEnding, VectorState, DETOUR_WINDOW, INT3,
-    JUMP_LEN, SLOT_SIZE,
+    analyze, arm, detour_code, detour_code_with_post, endbr64_len, exit_detour_code, plan, prepare, vector_state,
+    window_head, Addr, Detour, Emulation, ExecClass, ExecPlan, FunctionCode, Insn, NotOptimized, Patch, Prepared,
+    SlotCode, SlotEnding, VectorState, DETOUR_WINDOW, INT3, JUMP_LEN, SLOT_SIZE,
 };
 use dprobe_core::{Kprobe, ProbeEntry, ProbeError, ProbeId, Site, SiteTable, Stats, TableEntry, TrapKind};
 use dprobe_rcu::Rcu;
@@ -1254,7 +1253,7 @@ type Located = (Target, Insn, Result<Vec<Insn>, NotOptimized>, VectorState);
 /// The functions read and decoded for one batch, by `(start, size)`: the probes of one
 /// function share its code and the decoding of its branches.
 #[derive(Default)]
-struct FunctionCache(std::collections::HashMap<(Addr, u64), (Vec<u8>, FunctionBranches)>);
+struct FunctionCache(std::collections::HashMap<(Addr, u64), FunctionCode>);
 
 /// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
 fn locate(
@@ -1274,7 +1273,7 @@ fn locate(
         let (insn, window) = (site.insn.clone(), site.window.clone());
         return Ok((target, insn, window, site.vector));
     }
-    let (code, branches) = match functions.0.entry((f.start, f.size)) {
+    let function = match functions.0.entry((f.start, f.size)) {
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
         std::collections::hash_map::Entry::Vacant(new) => {
             let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
@@ -1283,10 +1282,10 @@ fn locate(
                 .map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
             // Analyze the original bytes, never an armed probe's int3.
             revert_own_patches(st, f.start, &mut code);
-            let branches = FunctionBranches::decode(&code, f.start);
-            new.insert((code, branches))
+            new.insert(FunctionCode::decode(code, f.start))
         }
     };
+    let code = function.code();
     // An `int3` dprobe did not write: another tool's (a kernel uprobe, a debugger) or the
     // program's own. Taking it for the original byte would write an `int3` back when the
     // probe goes, after its owner took it away: a stray trap later.
@@ -1298,8 +1297,8 @@ fn locate(
     let exit = |i: &Insn| {
         matches!(i.class, ExecClass::Emulate { emulation: Emulation::Ret { .. } | Emulation::Jmp { .. }, .. })
     };
-    let window = can_optimize_in(branches, code, f.start, addr).or_else(|entry| match exit(&insn) {
-        true => can_optimize_exit_in(branches, code, f.start, addr),
+    let window = function.can_optimize(addr).or_else(|entry| match exit(&insn) {
+        true => function.can_optimize_exit(addr),
         false => Err(entry),
     });
     // Branches from elsewhere in the object (another function's tail jump into this one's
