@@ -270,11 +270,7 @@ impl FunctionCode {
 
     /// The checks every window passes, for the probe at `at` whose window `span` finds (its
     /// first instruction and length, each kind of window checking what is its own).
-    fn window(
-        &self,
-        at: Addr,
-        span: fn(&[u8], Addr, Addr) -> Result<(Addr, usize), NotOptimized>,
-    ) -> Result<Vec<Insn>, NotOptimized> {
+    fn window(&self, at: Addr, span: WindowSpan) -> Result<Vec<Insn>, NotOptimized> {
         if self.code.is_empty() {
             return Err(NotOptimized::UnknownBounds { addr: at });
         }
@@ -291,6 +287,10 @@ impl FunctionCode {
         Ok(window)
     }
 }
+
+/// Where a kind of window lies for a probe in a function (its bytes, its first instruction,
+/// the probe's address): the window's first instruction and its length.
+pub(crate) type WindowSpan = fn(&[u8], Addr, Addr) -> Result<(Addr, usize), NotOptimized>;
 
 /// The window of a probe at `addr`: the [`JUMP_LEN`] bytes there, inside the function.
 fn entry_window_span(function: &[u8], start: Addr, addr: Addr) -> Result<(Addr, usize), NotOptimized> {
