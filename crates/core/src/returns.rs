@@ -98,6 +98,14 @@ pub fn judge(
             At::Entry { .. } => Verdict::Stale,
         };
     }
+    beside(slot, slot_stack, here, here_stack)
+}
+
+/// The rule for an instance whose slot is `slot` on stack `slot_stack`, seen from another slot,
+/// `here`, on stack `here_stack`: an outer frame above it on the same stack, a stale one below
+/// it, or on another stack. Every return probe judges by it, whether it hijacks return
+/// addresses or watches exits ([`exits`]).
+pub fn beside(slot: u64, slot_stack: u64, here: u64, here_stack: u64) -> Verdict {
     match (slot_stack == here_stack, slot > here) {
         (false, _) => Verdict::Foreign,
         (true, true) => Verdict::Outer,

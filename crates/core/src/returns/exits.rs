@@ -18,6 +18,10 @@
 //! * the walk stops at the first activation above `sp` on the same stack: it and everything
 //!   older are outer frames, alive.
 //!
+//! Away from the word, at an exit, that is the rule of return probes that hijack return
+//! addresses ([`super::beside`]); at an entry it judges less, as no return address tells
+//! whether a frame below is gone.
+//!
 //! A tail call (`jmp` to another function) leaves the caller with no return value yet: its
 //! activation is *handed over* and stays on its word; the callee's entry on that word keeps it
 //! (instead of making it stale), and the callee's return returns both, innermost first, with
@@ -32,6 +36,8 @@
 //! No return address is read or written, so exceptions, `longjmp`, alternate stacks, stack
 //! switching, tail calls and programs that read their own return address all see the stack as
 //! the program left it, and recursion has no depth limit but the storage an engine gives it.
+
+use super::{beside, Verdict};
 
 /// A thread's activations, oldest first, in whatever storage an engine keeps them (a vector,
 /// or a fixed lock-free array on a signal-safe hit path).
@@ -81,17 +87,17 @@ fn sweep(
         if s == sp {
             return (Some(i), dropped);
         }
-        let same_stack = *here.get_or_insert_with(|| stack_of(sp)) == stack_of(s);
-        match (s > sp, same_stack) {
+        let here_stack = *here.get_or_insert_with(|| stack_of(sp));
+        match beside(s, stack_of(s), sp, here_stack) {
             // An outer frame of this stack: everything older is alive too.
-            (true, true) => break,
-            (false, true) => {
+            Verdict::Outer => break,
+            Verdict::Stale => {
                 acts.abandon(i);
                 dropped += 1;
             }
             // Another stack's (a coroutine switched away from, a handler's alternate stack):
             // not judged from this one, above or below.
-            (_, false) => {}
+            Verdict::Foreign | Verdict::Chained | Verdict::Returning => {}
         }
     }
     (None, dropped)
