@@ -110,20 +110,17 @@ impl Reader<'_> {
     }
 
     fn uleb128(&mut self) -> Result<u64, LsdaError> {
-        let (mut v, mut shift) = (0u64, 0u32);
-        loop {
-            let b = self.u8()?;
-            if shift < 64 {
-                v |= u64::from(b & 0x7f) << shift;
-            }
-            shift += 7;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
+        Ok(self.leb128()?.0)
     }
 
     fn sleb128(&mut self) -> Result<u64, LsdaError> {
+        let (v, bits, last) = self.leb128()?;
+        Ok(if bits < 64 && last & 0x40 != 0 { v | u64::MAX << bits } else { v })
+    }
+
+    /// A LEB128 number's bits, how many it has, and its last byte (whose bit 6 is the sign of a
+    /// signed one).
+    fn leb128(&mut self) -> Result<(u64, u32, u8), LsdaError> {
         let (mut v, mut shift) = (0u64, 0u32);
         loop {
             let b = self.u8()?;
@@ -132,10 +129,7 @@ impl Reader<'_> {
             }
             shift += 7;
             if b & 0x80 == 0 {
-                if shift < 64 && b & 0x40 != 0 {
-                    v |= u64::MAX << shift;
-                }
-                return Ok(v);
+                return Ok((v, shift, b));
             }
         }
     }
