@@ -14,15 +14,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let pads = landing_pads(&data).map(|p| p.len());
         let pads_time = t.elapsed();
+        let pads = pads.map_or("unreadable".to_owned(), |n| n.to_string());
         let symbols = Symbols::load_file(&path)?;
         let Some(f) = symbols.functions().iter().find(|f| f.size >= 5) else {
-            println!("{path}: no function to check");
+            println!(
+                "{path}: no function to check, landing pads {:.1} ms ({pads} pads)",
+                pads_time.as_secs_f64() * 1e3
+            );
             continue;
         };
         let t = Instant::now();
         let checked = check_object_branches(f, f.start);
         let whole = t.elapsed();
-        let pads = pads.map_or("unreadable".to_owned(), |n| n.to_string());
         println!(
             "{path}: first jump check {:.1} ms ({}), landing pads alone {:.1} ms ({pads} pads)",
             whole.as_secs_f64() * 1e3,
