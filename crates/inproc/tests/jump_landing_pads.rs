@@ -114,6 +114,16 @@ fn probe_every_instruction(f: CatchFn, symbols: &Symbols) -> Seen {
     unregister_all(traps).unwrap();
     restored("after the int3 run");
     assert_eq!(reference[0], (THREADS * CALLS) as u64, "{name}: its entry runs once a call");
+    // The landing pads the object's exception tables give for the copy: where the throws
+    // resume, each either run once a throw (the callee's) or never (those of its other calls).
+    let data = std::fs::read(&*function.object).unwrap();
+    let pads = dprobe_sym::landing_pads(&data).expect("the test binary's exception tables");
+    let inside = |a: Addr| parts.iter().any(|&(start, n)| a >= start && a < start.offset(n));
+    let pads: Vec<Addr> = pads.iter().map(|p| p.pad.offset(function.bias)).filter(|&p| inside(p)).collect();
+    let runs = |pad: Addr| addrs.iter().position(|&i| i == pad).map(|k| reference[k]);
+    let counts: Vec<_> = pads.iter().map(|&p| runs(p)).collect();
+    assert!(counts.iter().all(|c| *c == Some(0) || *c == Some(throws)), "{name}: pads {pads:?} ran {counts:?}");
+    assert!(counts.contains(&Some(throws)), "{name}: a pad runs once a throw: {pads:?} ran {counts:?}");
 
     let mut seen = Seen::default();
     for (k, &a) in addrs.iter().enumerate() {
