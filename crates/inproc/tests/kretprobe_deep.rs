@@ -8,7 +8,6 @@
 //! memory pending calls grow into is mapped on the hit path, which still allocates nothing from
 //! the heap: a global allocator here counts what it is asked for there.
 mod fixtures;
-use fixtures::map_above;
 
 use dprobe_inproc::*;
 use dprobe_test_fixtures as c;
@@ -168,30 +167,7 @@ fn a_signal_handler_on_an_alternate_stack_recurses_while_the_thread_is_deep() {
         PEAK.store(0, Relaxed);
         let outer = checked(c::fxc_signal_recurse as *const (), |n| n + IN_HANDLER as u64, &WRONG, &PEAK);
         let nested = checked(c::fxc_recurse as *const (), |n| n, &WRONG, &PEAK);
-        on_big_stack(move || {
-            let size = 16 << 20;
-            let base = if above {
-                map_above(&size as *const usize as usize, size)
-            } else {
-                Box::leak(vec![0u8; size].into_boxed_slice()).as_mut_ptr() as usize
-            };
-            // SAFETY: this thread's alternate stack is the fresh memory; the handler is a C
-            // function that recurses in a probed function; the signal goes to this thread.
-            unsafe {
-                let ss = libc::stack_t { ss_sp: base as *mut libc::c_void, ss_flags: 0, ss_size: size };
-                assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = c::fxc_on_signal_recurse as *const () as usize;
-                sa.sa_flags = libc::SA_ONSTACK;
-                assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
-                c::fxc_signal_recurse_setup(IN_HANDLER, libc::SIGUSR2);
-                for _ in 0..3 {
-                    assert_eq!(c::fxc_signal_recurse(black_box(OUTER)), OUTER + IN_HANDLER);
-                }
-                let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
-                assert_eq!(libc::sigaltstack(&off, std::ptr::null_mut()), 0);
-            }
-        });
+        on_big_stack(move || fixtures::recurse_in_alt_stack_handler(above, 16 << 20, OUTER, IN_HANDLER, 3));
         assert_eq!(figures(&outer), (3 * (OUTER as u64 + 1), 0, 0, 0), "above: {above}");
         assert_eq!(figures(&nested), (3 * (IN_HANDLER as u64 + 1), 0, 0, 0), "above: {above}");
         assert_eq!(WRONG.swap(0, Relaxed), 0, "above: {above}");

@@ -5,7 +5,7 @@
 //! is registered and unregistered in a loop. The mode chosen and why, the fallback for a
 //! function whose exits are not all known, and the bytes put back.
 mod fixtures;
-use fixtures::{checked, map_above};
+use fixtures::checked;
 
 use dprobe_inproc::*;
 use dprobe_test_fixtures as c;
@@ -87,30 +87,7 @@ fn a_signal_handler_on_an_alternate_stack_recursing_in_a_probed_function() {
         let outer = checked(c::fxc_signal_recurse as *const (), |n| n + IN_HANDLER as u64, &WRONG, via_return_address);
         let nested = checked(c::fxc_recurse as *const (), |n| n, &WRONG, via_return_address);
         std::thread::scope(|s| {
-            s.spawn(|| {
-                let size = 256 * 1024;
-                let base = if above {
-                    map_above(&size as *const usize as usize, size)
-                } else {
-                    Box::leak(vec![0u8; size].into_boxed_slice()).as_mut_ptr() as usize
-                };
-                // SAFETY: this thread's alternate stack is the fresh memory; the handler is a C
-                // function that recurses in a probed function; the signal goes to this thread.
-                unsafe {
-                    let ss = libc::stack_t { ss_sp: base as *mut libc::c_void, ss_flags: 0, ss_size: size };
-                    assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
-                    let mut sa: libc::sigaction = std::mem::zeroed();
-                    sa.sa_sigaction = c::fxc_on_signal_recurse as *const () as usize;
-                    sa.sa_flags = libc::SA_ONSTACK;
-                    assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
-                    c::fxc_signal_recurse_setup(IN_HANDLER, libc::SIGUSR2);
-                    for _ in 0..20 {
-                        assert_eq!(c::fxc_signal_recurse(black_box(OUTER)), OUTER + IN_HANDLER);
-                    }
-                    let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
-                    assert_eq!(libc::sigaltstack(&off, std::ptr::null_mut()), 0);
-                }
-            });
+            s.spawn(|| fixtures::recurse_in_alt_stack_handler(above, 256 * 1024, OUTER, IN_HANDLER, 20));
         });
         let mode = (outer.return_mode().clone(), via_return_address, above);
         assert_eq!(figures(&outer), (20 * (OUTER as u64 + 1), 0, 0, 0), "{mode:?}");
