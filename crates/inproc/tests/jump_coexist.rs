@@ -9,6 +9,7 @@ use fixtures::{addr, call2, code};
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use dprobe_inproc::{
     register, register_kretprobe, Addr, Kprobe, Kretprobe, NotOptimized, PreAction, Probe, ProbeError,
@@ -291,8 +292,14 @@ fn another_tools_int3_at_the_probe_is_refused_never_taken_for_the_original_byte(
     assert_eq!(HITS.load(Relaxed), 1);
 }
 
+/// Held by the tests that take a probe's byte away: `rearm_undone` puts back every probe's
+/// byte in the process, so one of them running beside another would put back (and count)
+/// the other's.
+static TAKING_AWAY: Mutex<()> = Mutex::new(());
+
 #[test]
 fn an_int3_taken_away_is_put_back_and_counted_only_where_the_original_instruction_is_back() {
+    let _alone = TAKING_AWAY.lock().unwrap_or_else(|e| e.into_inner());
     static HITS: AtomicU64 = AtomicU64::new(0);
     let at = addr(fxc_undone);
     let original = code(at, 8);
@@ -331,6 +338,7 @@ fn an_int3_taken_away_is_put_back_and_counted_only_where_the_original_instructio
 
 #[test]
 fn a_return_probes_exit_taken_away_is_put_back_and_counted_as_the_probes() {
+    let _alone = TAKING_AWAY.lock().unwrap_or_else(|e| e.into_inner());
     static RETURNS: AtomicU64 = AtomicU64::new(0);
     let f = addr(fxc_undone_exit);
     let ret = f.offset(8);
