@@ -12,7 +12,7 @@ use fixtures::checked;
 use dprobe_inproc::*;
 use dprobe_test_fixtures as c;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
 
 fn at(f: *const ()) -> Addr {
@@ -312,13 +312,24 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
     let (outer, inner) = (c::fxc_tail_outer as *const (), c::fxc_tail_inner as *const ());
     let original = (code(outer, 16), code(inner, 16));
     let stop = AtomicBool::new(false);
+    // While `hold` is set the callers wait between two calls (`waiting` of them), so that the
+    // figures can be read with no call in flight.
+    let hold = AtomicBool::new(false);
+    let waiting = AtomicU64::new(0);
     let calls = AtomicU64::new(0);
     std::thread::scope(|s| {
         for t in 0..4i64 {
-            let (stop, calls) = (&stop, &calls);
+            let (stop, hold, waiting, calls) = (&stop, &hold, &waiting, &calls);
             s.spawn(move || {
                 let mut i = 0;
                 while !stop.load(Relaxed) {
+                    if hold.load(SeqCst) {
+                        waiting.fetch_add(1, SeqCst);
+                        while hold.load(SeqCst) && !stop.load(Relaxed) {
+                            std::thread::yield_now();
+                        }
+                        waiting.fetch_sub(1, SeqCst);
+                    }
                     let x = t * 1_000_000 + i;
                     // SAFETY: plain arithmetic functions.
                     assert_eq!(unsafe { c::fxc_tail_outer(black_box(x)) }, 3 * (x + 1));
@@ -340,14 +351,17 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
             while calls.load(Relaxed) < before + 20 {
                 std::thread::yield_now();
             }
-            let st = p.stats();
-            let pending = p.pending();
+            hold.store(true, SeqCst);
+            while waiting.load(SeqCst) < 4 {
+                std::thread::yield_now();
+            }
+            let (st, pending) = (p.stats(), p.pending());
+            hold.store(false, SeqCst);
+            // The probes go while the callers run again.
             drop(q);
             drop(p);
-            // Every call the entry saw returned, was missed, or is still in flight (its return
-            // comes after the probe went: not seen).
-            let accounted = st.returns + st.missed + st.abandoned;
-            assert!(st.hits >= accounted && st.hits - accounted <= 4 + pending, "{st:?} pending {pending}");
+            // No call in flight: every call the entry saw returned or was missed.
+            assert_eq!((st.hits, pending), (st.returns + st.missed + st.abandoned, 0), "{st:?}");
             assert_eq!(WRONG.load(Relaxed), 0);
             seen += st.returns;
             cycles += 1;
