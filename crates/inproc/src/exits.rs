@@ -61,6 +61,9 @@ pub const PER_CALL: usize = 4;
 /// Calls of watched functions pending in a thread's table entry; deeper ones in chunks it maps.
 const INLINE: usize = 256;
 
+/// Instances a thread keeps for its next calls (see [`ExitStack::take_instance`]).
+const PARKED: usize = 4;
+
 /// How an activation left by a tail call, if it did. All zeroes is `No`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -108,9 +111,13 @@ impl Activation {
 /// A thread's pending calls of watched functions, oldest first. All zeroes is empty; the
 /// entries above the depth are never read before they are written.
 pub(crate) struct ExitStack {
-    /// Whether anything was ever pushed: its pages must be given back when the thread exits.
+    /// Whether anything was ever pushed or parked: its pages must be given back, and its
+    /// parked instances, when the thread exits.
     used: Cell<bool>,
     acts: ChunkedStack<Activation, INLINE>,
+    /// Instances of unlimited pools this thread gave back at an exit and takes again at its
+    /// next entry, without the pool's free stack: `id << 32 | (slot + 1)`, 0 when empty.
+    parked: [Cell<u64>; PARKED],
 }
 
 impl ExitStack {
@@ -129,6 +136,50 @@ impl ExitStack {
 
     fn remove(&self, i: usize) {
         self.acts.remove_at(i);
+    }
+
+    /// An instance of `p` for thread `tid`: one it parked, or one from the pool.
+    ///
+    /// A call returns and the next one enters on the same thread, over and over: parking the
+    /// instance between them spares the pool's free stack, two compare-and-swaps and an
+    /// exchange per call (atomic read-modify-writes, the larger part of a return probe's cost
+    /// on the jump path). Only `on_entry` and `on_exit` use the parked entries, and they never
+    /// nest on one thread (a hit inside a handler runs none), so plain loads and stores do.
+    fn take_instance(&self, p: &KretInner, tid: u32) -> Option<usize> {
+        for entry in &self.parked {
+            let v = entry.get();
+            if v != 0 && v >> 32 == p.id & 0xffff_ffff {
+                entry.set(0);
+                let slot = (v & 0xffff_ffff) as usize - 1;
+                p.unpark(slot, tid);
+                return Some(slot);
+            }
+        }
+        p.take_or_reclaim(tid)
+    }
+
+    /// Thread `tid` is done with instance `slot` of `p`: parked for its next call where there
+    /// is room (entries of probes no longer in `probes` are dropped: their pool goes with
+    /// them), else given back to the pool.
+    fn give_back(&self, p: &KretInner, slot: usize, tid: u32, probes: &[Arc<KretInner>]) {
+        let free = self.parked.iter().find(|e| e.get() == 0 || find(probes, e.get() >> 32).is_none());
+        match free {
+            Some(entry) if p.park(slot, tid) => {
+                entry.set((p.id & 0xffff_ffff) << 32 | (slot as u64 + 1));
+                self.used.set(true);
+            }
+            _ => p.release(slot),
+        }
+    }
+
+    /// The thread is gone: its parked instances go back to their pools.
+    fn give_back_parked(&self, probes: &[Arc<KretInner>]) {
+        for entry in &self.parked {
+            let v = entry.replace(0);
+            if let Some(p) = find(probes, v >> 32).filter(|_| v != 0) {
+                p.give_back_parked((v & 0xffff_ffff) as usize - 1);
+            }
+        }
     }
 }
 
@@ -193,16 +244,15 @@ fn is_watched(function: u64) -> bool {
 /// The thread owning `stack` is gone (or, in a forked child, is not there): its pending calls
 /// give their instances back, counted as abandoned, and its chunks are unmapped.
 pub(crate) fn thread_gone(stack: &ExitStack) {
-    if stack.depth() > 0 {
-        registry().read(|probes| {
-            for i in 0..stack.depth() {
-                for (p, slot) in stack.act(i).probes(probes) {
-                    p.release(slot);
-                    p.stale.fetch_add(1, Relaxed);
-                }
+    registry().read(|probes| {
+        for i in 0..stack.depth() {
+            for (p, slot) in stack.act(i).probes(probes) {
+                p.release(slot);
+                p.stale.fetch_add(1, Relaxed);
             }
-        });
-    }
+        }
+        stack.give_back_parked(probes);
+    });
     stack.acts.unmap_all();
     stack.used.set(false);
 }
@@ -228,36 +278,37 @@ fn on_entry(function: u64, regs: &mut Regs) {
         };
         let sp = regs.rsp;
         let mut stacks = OwnStacks::at_trap();
+        let tid = state.tid();
         jump::read_published(Some(state), registry(), |probes| {
-            pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a))
-        });
-        let act = stack.acts.next_free();
-        let mut n = 0;
-        for p in mine {
-            p.entries.fetch_add(1, Relaxed);
-            // An instance, where the thread has room for the call and it has room for one more.
-            let taken = act.filter(|_| n < PER_CALL).and_then(|act| Some((act, p.take_or_reclaim(state.tid())?)));
-            let Some((act, slot)) = taken else {
-                p.nmissed.fetch_add(1, Relaxed);
-                continue;
-            };
-            let mut data = InstanceData::default();
-            if p.entered(regs, &mut data) == EntryAction::Skip {
-                p.release(slot);
-                continue;
+            pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a));
+            let act = stack.acts.next_free();
+            let mut n = 0;
+            for p in mine {
+                p.entries.fetch_add(1, Relaxed);
+                // An instance, where the thread has room for the call and it has room for one more.
+                let taken = act.filter(|_| n < PER_CALL).and_then(|act| Some((act, stack.take_instance(p, tid)?)));
+                let Some((act, slot)) = taken else {
+                    p.nmissed.fetch_add(1, Relaxed);
+                    continue;
+                };
+                let mut data = InstanceData::default();
+                if p.entered(regs, &mut data) == EntryAction::Skip {
+                    stack.give_back(p, slot, tid, probes);
+                    continue;
+                }
+                p.set_data(slot, &data);
+                act.probes[n].set(p.id as u32);
+                act.slots[n].set(slot as u32);
+                n += 1;
             }
-            p.set_data(slot, &data);
-            act.probes[n].set(p.id as u32);
-            act.slots[n].set(slot as u32);
-            n += 1;
-        }
-        if let Some(act) = act.filter(|_| n > 0) {
-            act.sp.set(sp);
-            act.handed.set(Handed::No);
-            act.n.set(n as u8);
-            stack.acts.commit();
-            stack.used.set(true);
-        }
+            if let Some(act) = act.filter(|_| n > 0) {
+                act.sp.set(sp);
+                act.handed.set(Handed::No);
+                act.n.set(n as u8);
+                stack.acts.commit();
+                stack.used.set(true);
+            }
+        })
     })
 }
 
@@ -352,7 +403,13 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
         // thread's live stack (below it lie the signal frame or the detour's frame).
         seen.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
         seen.rsp = sp.wrapping_add(8);
-        return_from(stack, i, false, &mut |p, slot| returned(p, slot, &mut seen), probes);
+        let tid = state.map_or(0, |s| s.tid());
+        let mut each = |p: &KretInner, slot| {
+            let data = p.data(slot);
+            stack.give_back(p, slot, tid, probes);
+            p.returned(&mut seen, &data);
+        };
+        return_from(stack, i, false, &mut each, probes);
         // A handler may change the return value and other registers, not where the
         // instruction goes.
         *regs = Regs { rip: regs.rip, rsp: regs.rsp, ..seen };

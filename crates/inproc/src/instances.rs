@@ -43,7 +43,6 @@ pub(crate) struct Instances {
     chunks: [AtomicPtr<Instance>; CHUNKS],
     /// The free stack's head: a counter in the high half, the top's index + 1 in the low.
     free: AtomicU64,
-    in_flight: AtomicU64,
 }
 
 /// Chunk `k`'s first instance.
@@ -59,7 +58,6 @@ impl Instances {
             grows: maxactive.is_none(),
             chunks: Default::default(),
             free: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
         };
         // Made now (not on the hit path); should it fail, the first call tries again.
         pool.grow();
@@ -71,9 +69,19 @@ impl Instances {
         (!self.grows).then_some(self.first)
     }
 
-    /// Instances taken and not given back.
+    /// Instances taken and not given back: those with an owner, counted when asked rather
+    /// than kept in a counter that every call would update twice with an atomic
+    /// read-modify-write.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
+        self.held().filter(|(_, inst)| inst.owner.load(Relaxed) != 0).count() as u64
+    }
+
+    /// Every instance of the mapped chunks, with its index.
+    fn held(&self) -> impl Iterator<Item = (usize, &Instance)> + '_ {
+        (0..CHUNKS).take_while(|&k| !self.chunks[k].load(Acquire).is_null()).flat_map(move |k| {
+            let start = first_index(self.first, k);
+            (start..start + self.chunk_len(k)).map(move |i| (i, self.get(i).expect("mapped")))
+        })
     }
 
     fn chunk_len(&self, k: usize) -> usize {
@@ -110,7 +118,6 @@ impl Instances {
     pub(crate) fn take_free(&self, tid: u32) -> Option<usize> {
         let i = self.pop()?;
         self.get(i).expect("free instances are mapped").owner.store(tid.max(1), Relaxed);
-        self.in_flight.fetch_add(1, Relaxed);
         Some(i)
     }
 
@@ -119,7 +126,33 @@ impl Instances {
     pub(crate) fn release(&self, i: usize) {
         let Some(inst) = self.get(i) else { return };
         if inst.owner.swap(0, AcqRel) != 0 {
-            self.in_flight.fetch_sub(1, Relaxed);
+            self.push(i);
+        }
+    }
+
+    /// Keep instance `i`, held by live thread `tid`, out of the free stack for that thread's
+    /// next call (see `exits.rs`'s parked instances): it is no longer in flight. `false` (and
+    /// nothing done) for a pool with a fixed size, where another thread may need it, or an
+    /// instance `tid` does not hold. Plain stores: only [`Instances::reclaim_dead_threads`]
+    /// writes the owner of an instance another thread holds, and only a dead thread's.
+    pub(crate) fn park(&self, i: usize, tid: u32) -> bool {
+        let Some(inst) = self.get(i).filter(|inst| self.grows && inst.owner.load(Relaxed) == tid.max(1)) else {
+            return false;
+        };
+        inst.owner.store(0, Release);
+        true
+    }
+
+    /// Thread `tid` takes instance `i`, which it parked.
+    pub(crate) fn unpark(&self, i: usize, tid: u32) {
+        if let Some(inst) = self.get(i) {
+            inst.owner.store(tid.max(1), Relaxed);
+        }
+    }
+
+    /// A parked instance goes back to the free stack (its thread is gone).
+    pub(crate) fn give_back_parked(&self, i: usize) {
+        if self.get(i).is_some() {
             self.push(i);
         }
     }
@@ -150,35 +183,26 @@ impl Instances {
         let pid = sys::own_pid();
         let mut known = [(0u32, false); 8];
         let mut reclaimed = 0;
-        for k in 0..CHUNKS {
-            if self.chunks[k].load(Acquire).is_null() {
-                break;
+        for (i, inst) in self.held() {
+            let tid = inst.owner.load(Acquire);
+            if tid == 0 {
+                continue;
             }
-            let start = first_index(self.first, k);
-            for i in start..start + self.chunk_len(k) {
-                let inst = self.get(i).expect("mapped");
-                let tid = inst.owner.load(Acquire);
-                if tid == 0 {
-                    continue;
+            let gone = match known.iter().find(|(t, _)| *t == tid) {
+                Some(&(_, gone)) => gone,
+                None => {
+                    // SAFETY: signal 0 only checks that the thread exists.
+                    let r = unsafe { sys::raw_syscall6(libc::SYS_tgkill, [pid as u64, u64::from(tid), 0, 0, 0, 0]) };
+                    let gone = r == -i64::from(libc::ESRCH);
+                    known.rotate_right(1);
+                    known[0] = (tid, gone);
+                    gone
                 }
-                let gone = match known.iter().find(|(t, _)| *t == tid) {
-                    Some(&(_, gone)) => gone,
-                    None => {
-                        // SAFETY: signal 0 only checks that the thread exists.
-                        let r =
-                            unsafe { sys::raw_syscall6(libc::SYS_tgkill, [pid as u64, u64::from(tid), 0, 0, 0, 0]) };
-                        let gone = r == -i64::from(libc::ESRCH);
-                        known.rotate_right(1);
-                        known[0] = (tid, gone);
-                        gone
-                    }
-                };
-                // Still that thread's (not given back and taken again meanwhile).
-                if gone && inst.owner.compare_exchange(tid, 0, AcqRel, Relaxed).is_ok() {
-                    self.in_flight.fetch_sub(1, Relaxed);
-                    self.push(i);
-                    reclaimed += 1;
-                }
+            };
+            // Still that thread's (not given back and taken again meanwhile).
+            if gone && inst.owner.compare_exchange(tid, 0, AcqRel, Relaxed).is_ok() {
+                self.push(i);
+                reclaimed += 1;
             }
         }
         reclaimed
@@ -268,6 +292,30 @@ mod tests {
         pool.release(taken[1]);
         assert_eq!(pool.in_flight(), 2);
         assert_eq!(pool.take(7), Some(taken[1]));
+    }
+
+    #[test]
+    fn a_parked_instance_is_out_of_flight_and_off_the_free_stack_until_its_thread_takes_it() {
+        let pool = Instances::new(None);
+        let every = |pool: &Instances| (0..FIRST).map(|_| pool.take(8).expect("free")).collect::<Vec<_>>();
+        let parked = pool.take(7).expect("free");
+        assert!(!pool.park(parked, 8), "only the thread holding it parks it");
+        assert!(pool.park(parked, 7));
+        assert_eq!(pool.in_flight(), 0);
+        // Every other instance is handed out before the pool grows, never the parked one.
+        let others = every(&pool);
+        assert!(!others.contains(&parked), "{parked} handed out while parked");
+        pool.unpark(parked, 7);
+        assert_eq!(pool.in_flight(), FIRST as u64 + 1);
+        pool.release(parked);
+        assert_eq!(pool.take(9), Some(parked), "given back to the free stack by its release");
+        let fixed = Instances::new(Some(2));
+        let held = fixed.take(7).expect("free");
+        assert!(!fixed.park(held, 7), "a fixed-size pool keeps its instances for every thread");
+        let gone = pool.take(7).expect("grows");
+        assert!(pool.park(gone, 7));
+        pool.give_back_parked(gone);
+        assert_eq!(pool.take(3), Some(gone), "a gone thread's parked instance is free again");
     }
 
     #[test]

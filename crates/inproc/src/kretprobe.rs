@@ -248,6 +248,21 @@ impl KretInner {
         self.pool.release(slot);
     }
 
+    /// See [`Instances::park`].
+    pub(crate) fn park(&self, slot: usize, tid: u32) -> bool {
+        self.pool.park(slot, tid)
+    }
+
+    /// See [`Instances::unpark`].
+    pub(crate) fn unpark(&self, slot: usize, tid: u32) {
+        self.pool.unpark(slot, tid);
+    }
+
+    /// See [`Instances::give_back_parked`].
+    pub(crate) fn give_back_parked(&self, slot: usize) {
+        self.pool.give_back_parked(slot);
+    }
+
     fn pending(&self) -> u64 {
         self.pool.in_flight()
     }
