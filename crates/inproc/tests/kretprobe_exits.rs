@@ -10,7 +10,7 @@ use fixtures::checked;
 use dprobe_inproc::*;
 use dprobe_test_fixtures as c;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 fn at(f: *const ()) -> Addr {
     Addr(f as u64)
@@ -136,39 +136,16 @@ fn code(f: *const (), len: usize) -> Vec<u8> {
     fixtures::code(at(f), len)
 }
 
-/// Sets its flag when dropped, on a panic too.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Relaxed);
-    }
-}
-
 #[test]
 fn four_threads_call_while_the_probe_comes_and_goes() {
     let f = c::fxc_middle as *const ();
     let original = code(f, 32);
-    let stop = AtomicBool::new(false);
-    let calls = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for t in 0..4i64 {
-            let (stop, calls) = (&stop, &calls);
-            s.spawn(move || {
-                // A caller whose check fails stops the others and the wait below.
-                let _stop = StopOnDrop(stop);
-                let mut i = 0;
-                while !stop.load(Relaxed) {
-                    // SAFETY: fxc_middle(a) = a + 2 through fxc_add.
-                    assert_eq!(unsafe { c::fxc_middle(black_box(t * 1_000_000 + i)) }, t * 1_000_000 + i + 2);
-                    i += 1;
-                    calls.fetch_add(1, Relaxed);
-                }
-            });
-        }
-        // Stops the callers however this thread leaves, a failed assertion included: without
-        // it the scope would wait for them forever.
-        let _stop = StopOnDrop(&stop);
+    let call = |t: u64, i: u64| {
+        let x = (t * 1_000_000 + i) as i64;
+        // SAFETY: fxc_middle(a) = a + 2 through fxc_add.
+        assert_eq!(unsafe { c::fxc_middle(black_box(x)) }, x + 2);
+    };
+    fixtures::with_four_callers(call, |callers| {
         let (mut seen, mut cycles) = (0, 0);
         while cycles < 200 || seen < 1000 {
             static WRONG: AtomicU64 = AtomicU64::new(0);
@@ -177,11 +154,7 @@ fn four_threads_call_while_the_probe_comes_and_goes() {
             if cycles == 0 {
                 assert_ne!(code(f, 32), original, "the probes are in the code");
             }
-            let before = calls.load(Relaxed);
-            while calls.load(Relaxed) < before + 20 {
-                assert!(!stop.load(Relaxed), "a caller failed");
-                std::thread::yield_now();
-            }
+            callers.wait_calls(20);
             let pending = p.pending();
             // The figures once the probe is gone, which no thread changes any more (read
             // while the callers run on, two counters are never read at one instant).
