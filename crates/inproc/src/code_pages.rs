@@ -20,6 +20,11 @@
 //! then stays on `int3`. Removing a uprobe ignores `VM_WRITE`, but writes only where it finds
 //! an `int3`, never over the jump's `e9`.
 //!
+//! While a page is writable a read-only alias of its file page is mapped elsewhere
+//! (`page_alias.rs`): a uprobe registered meanwhile goes there, with its instruction read from
+//! the file, so that an `int3` of dprobe sharing the writable page is safe under it. A page
+//! that cannot have its alias is not made writable (its jumps stay on `int3`, with the reason).
+//!
 //! Only file-backed code is concerned (uprobes live in files): anonymous code (a JIT's) and
 //! code already writable are left as they are. A system that refuses writable code (a security
 //! policy: SELinux `execmod`, `PR_SET_MDWE`, a seccomp filter) keeps the probe on `int3`, with
@@ -30,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use dprobe_arch::Addr;
 use dprobe_sym::Mapping;
 
-use crate::sys;
+use crate::{page_alias, sys};
 
 const PAGE: u64 = 4096;
 
@@ -49,6 +54,8 @@ struct Page {
     restore: Option<libc::c_int>,
     /// The inode of the file mapped there when `restore` was decided.
     inode: u64,
+    /// The read-only alias of its file page while dprobe holds it writable (`page_alias.rs`).
+    alias: Option<Addr>,
 }
 
 /// The pages holding `[addr, addr + len)`.
@@ -68,6 +75,7 @@ impl CodePages {
     pub(crate) fn acquire_all(&mut self, maps: &[Mapping], spans: &[(Addr, u64)]) -> Vec<Result<(), String>> {
         // The pages no jump holds yet, with the protection each gets back.
         let mut fresh: BTreeMap<u64, (Option<libc::c_int>, u64)> = BTreeMap::new();
+        let mut mapping_of: BTreeMap<u64, &Mapping> = BTreeMap::new();
         for &(addr, len) in spans {
             for page in pages_of(addr, len) {
                 if self.pages.get(&page).is_some_and(|p| p.jumps > 0) {
@@ -83,15 +91,33 @@ impl CodePages {
                     }),
                 };
                 fresh.insert(page, (restore, inode));
+                if let Some(m) = m {
+                    mapping_of.insert(page, m);
+                }
             }
         }
         let writable = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
         let changing: Vec<u64> = fresh.iter().filter(|(_, (r, _))| r.is_some()).map(|(p, _)| *p).collect();
         let mut refused: BTreeMap<u64, String> = BTreeMap::new();
-        for (start, count) in runs(&changing) {
+        // Each page's alias first: from the moment it is writable, a uprobe registered on it
+        // goes into the alias (see `page_alias.rs`).
+        let mut aliases: BTreeMap<u64, Addr> = BTreeMap::new();
+        for &page in &changing {
+            match mapping_of.get(&page).ok_or_else(|| "not mapped".to_owned()).and_then(|m| page_alias::map(m, page)) {
+                Ok(alias) => {
+                    aliases.insert(page, alias);
+                }
+                Err(e) => {
+                    refused.insert(page, format!("no read-only alias of its file page (for kernel uprobes): {e}"));
+                }
+            }
+        }
+        let protecting: Vec<u64> = changing.iter().copied().filter(|p| !refused.contains_key(p)).collect();
+        for (start, count) in runs(&protecting) {
             if let Err(e) = sys::protect(Addr(start), count * PAGE, writable) {
-                for i in 0..count {
-                    refused.insert(start + i * PAGE, format!("mprotect to rwx: {e}"));
+                for page in (start..start + count * PAGE).step_by(PAGE as usize) {
+                    refused.insert(page, format!("mprotect to rwx: {e}"));
+                    page_alias::unmap(aliases.remove(&page).expect("an alias"));
                 }
             }
         }
@@ -103,7 +129,11 @@ impl CodePages {
             }
             for page in pages_of(addr, len) {
                 let (restore, inode) = fresh.get(&page).copied().unwrap_or((None, 0));
-                self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode }).jumps += 1;
+                let p = self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode, alias: None });
+                p.jumps += 1;
+                if let Some(alias) = aliases.remove(&page) {
+                    p.alias = Some(alias);
+                }
             }
             out.push(Ok(()));
         }
@@ -116,8 +146,9 @@ impl CodePages {
             .collect();
         for page in &unused {
             let (restore, inode) = fresh[page];
-            self.pages.insert(*page, Page { jumps: 0, restore, inode });
+            self.pages.insert(*page, Page { jumps: 0, restore, inode, alias: aliases.remove(page) });
         }
+        debug_assert!(aliases.is_empty(), "every alias belongs to a page held or given back");
         self.give_back(&unused);
         out
     }
@@ -140,9 +171,9 @@ impl CodePages {
     }
 
     /// Give `pages` (held by no jump) their protection back, contiguous pages of the same
-    /// protection in one `mprotect`. A refusal leaves a page writable, which harms nothing:
-    /// the next jump there finds it so.
-    fn give_back(&self, pages: &BTreeSet<u64>) {
+    /// protection in one `mprotect`, then unmap their aliases. A refusal leaves a page
+    /// writable, with its alias, which harms nothing: the next jump there finds it so.
+    fn give_back(&mut self, pages: &BTreeSet<u64>) {
         let mut by_prot: BTreeMap<libc::c_int, Vec<u64>> = BTreeMap::new();
         for page in pages {
             if let Some(prot) = self.pages.get(page).and_then(|p| p.restore) {
@@ -151,7 +182,14 @@ impl CodePages {
         }
         for (prot, pages) in by_prot {
             for (start, count) in runs(&pages) {
-                let _ = sys::protect(Addr(start), count * PAGE, prot);
+                if sys::protect(Addr(start), count * PAGE, prot).is_err() {
+                    continue;
+                }
+                for page in (start..start + count * PAGE).step_by(PAGE as usize) {
+                    if let Some(alias) = self.pages.get_mut(&page).and_then(|p| p.alias.take()) {
+                        page_alias::unmap(alias);
+                    }
+                }
             }
         }
     }

@@ -61,6 +61,7 @@ mod kretprobe;
 mod mapped;
 mod memory;
 mod optimizer;
+mod page_alias;
 mod probe;
 mod rearm;
 mod safepoint;

@@ -24,8 +24,10 @@
 //! for as long as the uprobe is registered, and removing the uprobe writes the instruction copy
 //! it never made, a zero byte, over the `int3`: the program then crashes. In a page left `r-x`
 //! the uprobe goes in (over dprobe's `int3`, with the file's instruction read), and the worst is
-//! the loss put right here. The same holds for an `int3` site that shares a page with a jump
-//! (a return probe's one-byte `ret` exits next to its entry's jump): that case remains.
+//! the loss put right here. An `int3` site that shares a page made writable for a jump (a
+//! return probe's one-byte `ret` exit next to its entry's jump) is in the same case as one in
+//! an `r-x` page: while the page is writable a read-only alias of its file page is mapped, in
+//! which such a uprobe goes, with its instruction read (`page_alias.rs`).
 
 use dprobe_arch::{Addr, Insn};
 
