@@ -397,22 +397,23 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
             }
         }
         // What a handler sees: the registers as the function leaves, `rip` where it returns
-        // to, `rsp` past the return address.
-        let mut seen = *regs;
+        // to, `rsp` past the return address; in place (a copy of the frame, xmm registers
+        // and all, costs more than the rest of the exit's bookkeeping).
+        let at_exit = (regs.rip, regs.rsp);
         // SAFETY: at an exit instruction the return address is at the stack pointer, on the
         // thread's live stack (below it lie the signal frame or the detour's frame).
-        seen.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
-        seen.rsp = sp.wrapping_add(8);
+        regs.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
+        regs.rsp = sp.wrapping_add(8);
         let tid = state.map_or(0, |s| s.tid());
         let mut each = |p: &KretInner, slot| {
             let data = p.data(slot);
             stack.give_back(p, slot, tid, probes);
-            p.returned(&mut seen, &data);
+            p.returned(regs, &data);
         };
         return_from(stack, i, false, &mut each, probes);
         // A handler may change the return value and other registers, not where the
         // instruction goes.
-        *regs = Regs { rip: regs.rip, rsp: regs.rsp, ..seen };
+        (regs.rip, regs.rsp) = at_exit;
     })
 }
 
