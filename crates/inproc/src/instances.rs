@@ -94,7 +94,16 @@ impl Instances {
 
     /// Instance `i`, if its chunk is mapped.
     fn get(&self, i: usize) -> Option<&Instance> {
-        let k = (i / self.first + 1).ilog2() as usize;
+        // Every call looks its instance up several times: no division by a size only known at
+        // run time (tens of cycles). A fixed pool is one chunk; a growing one starts at
+        // `FIRST`, a power of two.
+        let k = if self.grows {
+            (i / FIRST + 1).ilog2() as usize
+        } else if i < self.first {
+            0
+        } else {
+            return None;
+        };
         let chunk = NonNull::new(self.chunks.get(k)?.load(Acquire))?;
         // SAFETY: chunk k holds `first << k` instances from `first_index(k)`; zeroed memory is
         // a valid instance (atomics); chunks stay mapped as long as the pool.
