@@ -9,6 +9,9 @@
 //! * The agent's `int3` (an instruction no jump fits): the kernel takes it for its own while
 //!   its uprobe is registered, and writes the original byte over it when the uprobe is
 //!   removed; the agent puts its breakpoint back and says so, as the ptrace engine does.
+//! * A return probe's `int3` exit in the page made writable for its entry's jump: the same,
+//!   through the read-only alias of the file page the agent maps beside a writable one
+//!   (without it a thread hitting the `int3` spins in the kernel while the uprobe is there).
 //!
 //! Each test runs its own copy of the program (a uprobe is on a file, and fires in every
 //! process that maps it) and names its own event. No hit is counted twice, none is lost
@@ -231,6 +234,65 @@ fn a_kernel_uprobe_added_and_removed_on_the_agents_int3() {
     assert_eq!(common::hits(&text, &ret), 2 * N, "dprobe's: phases 1 and 3\n{text}");
     let note = format!("{ret}: its breakpoint was removed by something else 1 time(s)");
     assert!(text.contains(&note), "{text}");
+}
+
+#[test]
+fn a_kernel_uprobe_added_and_removed_on_a_return_probes_int3_beside_its_entrys_jump() {
+    const N: u64 = 2000;
+    let program = phases_with("phases_int3_exit", &["-O2", "-DRET_IS_A_BRANCH_TARGET", "-DELSEWHERE"]);
+    // `counted`'s entry takes a jump; its `ret`, a branch target, no jump: the exit stays on
+    // int3 in the page made writable for the entry's jump.
+    let f = dprobe_sym::Symbols::load_file(program).unwrap().find("counted").unwrap().clone();
+    let last = f.size - 1;
+    let out = out_file("coexist_int3_exit");
+    let args = ["trace", "--engine", "agent", "--count", "-o", out.to_str().unwrap(), "counted%return"];
+    let mut traced = Traced::start(&args, program, N);
+    let pid = traced.pid;
+    traced.phase(1);
+    let entry = function_addr(pid, "counted");
+    let at = entry + last;
+    assert_eq!((read_mem(pid, entry, 1), read_mem(pid, at, 1)), (vec![0xe9], vec![0xcc]), "a jump, an int3");
+    let (offset, perms) = file_offset(pid, at);
+    assert_eq!(perms, "rwxp", "the exit's int3 is in the page under the entry's jump");
+    // Phase 2: another tool's uprobes on a function in another page (the process then has a
+    // uprobe, and the kernel looks up every int3 it executes) and on the exit. The page keeps
+    // a read-only alias of its file page: the uprobe goes there with the `ret` read from the
+    // file, and the kernel takes the hits of the int3. (Without it, the uprobe never read its
+    // instruction: a thread hitting the int3 spins in the kernel while it is registered, and
+    // its removal writes a zero byte over the int3.)
+    let (elsewhere, perms) = file_offset(pid, function_addr(pid, "elsewhere"));
+    assert_eq!(perms, "r-xp", "a page of its own");
+    let first = OtherTool::add(program, "int3_exit_elsewhere", elsewhere);
+    let other = OtherTool::add(program, "int3_exit", offset);
+    // A program spinning in the kernel would never end the phase: it is killed after a while,
+    // which fails the phase (the deadline only keeps a broken run from hanging).
+    let (ended, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait.recv_timeout(Duration::from_secs(120)).is_err() {
+            // SAFETY: signals the program this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    traced.phase(2);
+    ended.send(()).unwrap();
+    watchdog.join().unwrap();
+    let kernel = other.kernel_hits();
+    // Phase 3: the uprobe removed, which writes the `ret` back; the agent puts its int3 back.
+    drop(other);
+    drop(first);
+    wait_until("the agent's breakpoint back", || read_mem(pid, at, 1) == [0xcc]);
+    traced.phase(3);
+    let (status, said) = traced.finish();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(status, Some(0), "{text}{said}");
+    assert_eq!(kernel, N, "the kernel took phase 2's returns\n{text}");
+    // `PROBE HITS RETURNS MISSED`: every entry, the returns of phases 1 and 3.
+    let row: Vec<&str> = text.lines().find(|l| l.starts_with("counted%return ")).unwrap().split_whitespace().collect();
+    assert_eq!(row[1..], [(3 * N).to_string(), (2 * N).to_string(), "0".to_owned()], "{text}");
+    let note = format!("counted%return: {N} returns not seen");
+    assert!(text.contains(&note), "the returns the kernel took are said\n{text}");
+    let note = "counted%return: its breakpoint was removed by something else 1 time(s)";
+    assert!(text.contains(note), "{text}");
 }
 
 #[test]
