@@ -7,8 +7,10 @@
 //! the memory it could touch.
 //!
 //! The test prints how many forms it executed and how many were refused; `runs` does the same
-//! for runs of consecutive instructions, relocated.
+//! for runs of consecutive instructions, relocated, and `exit_runs` for those that end with an
+//! exit, through an exit probe's detour.
 
+mod exit_runs;
 mod forms;
 mod harness;
 mod runs;
