@@ -2,12 +2,12 @@
 //! them asleep (a signal would cut `nanosleep` or `poll` short with `EINTR`), and refuses the
 //! jump when one of them would resume inside the window.
 mod fixtures;
-use fixtures::{addr, call2, call_park_until, code, fx_park, fx_push_push_mov, signal_until_parked};
+use fixtures::{addr, call2, call_park_until, code, fx_park, fx_push_push_mov, perms, signal_until_parked};
 
 use dprobe_inproc::{register, Kprobe, NotOptimized, PreAction};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The system call thread `tid` is blocked in, if it is.
@@ -49,8 +49,12 @@ extern "C" fn wake(_: libc::c_int) {}
 const NANOSLEEP: [i64; 2] = [libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
 const POLL: [i64; 2] = [libc::SYS_poll, libc::SYS_ppoll];
 
+/// Held by each test: both put jumps on the fixtures' page, whose permissions one checks.
+static ALONE: Mutex<()> = Mutex::new(());
+
 #[test]
 fn threads_blocked_in_nanosleep_and_poll_sleep_until_woken_while_a_window_is_optimized() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     static HITS: AtomicU64 = AtomicU64::new(0);
     // Set before the test ends the sleeps: a sleep that ended without it was cut short.
     static RELEASED: AtomicBool = AtomicBool::new(false);
@@ -143,6 +147,7 @@ extern "C" fn park(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_voi
 
 #[test]
 fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_keeps_the_probe_on_int3() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     static HITS: AtomicU64 = AtomicU64::new(0);
     let a = addr(fx_park);
     PARK_AT.store(a.0 + 4, SeqCst);
@@ -170,6 +175,7 @@ fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_ke
     .unwrap();
     assert_eq!(p.optimized(), Err(NotOptimized::ThreadParkedInWindow { tid, syscall: libc::SYS_read }));
     assert_eq!(code(a, 1), [0xcc], "the probe stays an int3");
+    assert_eq!(perms(a), "r-xp", "the page made writable for the jump is given back");
     assert_eq!(blocked_in(tid), Some(libc::SYS_read), "the parked thread was not interrupted");
     // SAFETY: writes one byte to the pipe the handler reads.
     assert_eq!(unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) }, 1);

@@ -5,7 +5,7 @@
 //! given back as they were. An `int3` probe whose breakpoint another tool took away (a kernel
 //! uprobe removed writes the original byte back over it) is put back and counted.
 mod fixtures;
-use fixtures::{addr, call2, code};
+use fixtures::{addr, call2, code, perms};
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -90,20 +90,6 @@ extern "C" {
     fn fxc_foreign(a: u64, b: u64) -> u64;
     fn fxc_undone(a: u64, b: u64) -> u64;
     fn fxc_undone_exit(a: u64, b: u64) -> u64;
-}
-
-/// The permissions (`r-xp`) of the mapping holding `at` now.
-fn perms(at: Addr) -> String {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (range, p) = (f.next().unwrap(), f.next().unwrap());
-        let (s, e) = range.split_once('-').unwrap();
-        if (u64::from_str_radix(s, 16).unwrap()..u64::from_str_radix(e, 16).unwrap()).contains(&at.0) {
-            return p.to_owned();
-        }
-    }
-    panic!("{at} is not mapped");
 }
 
 /// A probe counting its hits in `hits`.
