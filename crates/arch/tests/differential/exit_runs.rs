@@ -10,7 +10,7 @@ use dprobe_arch::{analyze_run, exit_detour_code, Addr, Insn, NotOptimized, DETOU
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
 
 use crate::harness::{self, Ctx};
-use crate::{bytes_at, describe_diff, finish, forms, hex, Arena, Result_, PAGE};
+use crate::{bytes_at, describe_diff, finish, forms, hex, runs, Arena, Result_};
 
 extern "C" {
     /// The runs' stub: returns at once (see `runs.rs`).
@@ -48,11 +48,9 @@ fn rsp_at_exit(start: u64, exit: &Insn, after: &Result_) -> Option<u64> {
     })
 }
 
+/// The run in place, and the code pages but for the run.
 fn run_in_place(arena: &Arena, ctx: &Ctx, code: &[u8]) -> (Result_, Vec<u8>) {
-    arena.reset();
-    bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
-    let o = harness::run(ctx, arena.insn_addr());
-    (finish(arena, o), code_pages(arena, code.len()))
+    (crate::run_in_place(arena, ctx, code), runs::code_outside(arena, code.len()))
 }
 
 /// The run through its exit detour at the near page, its RIP and fault address mapped back to
@@ -70,32 +68,15 @@ fn run_through_exit_detour(
     bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
     bytes_at(detour.addr.0, detour.code.len()).copy_from_slice(&detour.code);
     let mut o = harness::run(ctx, detour.target().0);
-    let back = |a: u64| {
-        let a = Addr(a);
+    runs::map_back(&mut o, |a| {
         detour.prefix.as_ref().and_then(|p| p.original_of(a)).or_else(|| detour.window.original_of(a))
-    };
-    if let Some(original) = back(o.regs.rip) {
-        o.regs.rip = original.0;
-    }
-    if let Some(original) = back(o.fault_addr) {
-        o.fault_addr = original.0;
-    }
-    Ok((finish(arena, o), code_pages(arena, code.len())))
-}
-
-/// The code pages, but for the run itself (which only the in-place execution has there).
-fn code_pages(arena: &Arena, run_len: usize) -> Vec<u8> {
-    let mut code = bytes_at(arena.code, 4 * PAGE).to_vec();
-    let at = (arena.insn_addr() - arena.code) as usize;
-    code[at..at + run_len].fill(0);
-    code
+    });
+    Ok((finish(arena, o), runs::code_outside(arena, code.len())))
 }
 
 #[test]
 fn differential_execution_of_harvested_exit_windows() {
-    let _alone = crate::HARNESS.lock().unwrap_or_else(|e| e.into_inner());
-    harness::install();
-    let arena = Arena::new();
+    let (_alone, arena) = crate::harness_alone();
     let catalog = crate::catalog();
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
 
@@ -168,9 +149,6 @@ fn differential_execution_of_harvested_exit_windows() {
     println!("differential execution: {total} exit windows executed through an exit detour (by length {executed:?})");
     println!("differential execution: exit windows refused an exit detour: {refused:?}");
     println!("differential execution: exit windows not runnable in this harness: {skipped:?}");
-    for m in mismatches.iter().take(40) {
-        println!("MISMATCH {m}");
-    }
-    assert!(mismatches.is_empty(), "{} exit windows behave differently through their detour", mismatches.len());
+    crate::report_mismatches(&mismatches, "exit windows behave differently through their detour");
     assert!(total >= 100, "only {total} exit windows executed");
 }

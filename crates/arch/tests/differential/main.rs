@@ -16,7 +16,7 @@ mod harness;
 mod runs;
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
     analyze, emulate, prepare_slot, Addr, AnalyzeError, ExecClass, Gpr, Memory, MemoryFault, Regs, SlotCode, SlotEnding,
@@ -28,6 +28,13 @@ const REGION: usize = 64 * 1024;
 
 /// The harness runs one piece of code at a time in the whole process.
 static HARNESS: Mutex<()> = Mutex::new(());
+
+/// The harness, this test's alone while the guard lives, and a fresh arena.
+fn harness_alone() -> (MutexGuard<'static, ()>, Arena) {
+    let alone = HARNESS.lock().unwrap_or_else(|e| e.into_inner());
+    harness::install();
+    (alone, Arena::new())
+}
 
 /// The harvested forms and runs, harvested once for both tests.
 fn catalog() -> &'static forms::Catalog {
@@ -247,9 +254,7 @@ fn describe_diff(a: &Result_, b: &Result_) -> String {
 
 #[test]
 fn differential_execution_of_harvested_forms() {
-    let _alone = HARNESS.lock().unwrap_or_else(|e| e.into_inner());
-    harness::install();
-    let arena = Arena::new();
+    let (_alone, arena) = harness_alone();
     let catalog = catalog();
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
 
@@ -330,11 +335,16 @@ fn differential_execution_of_harvested_forms() {
     );
     println!("differential execution: {executed} forms executed {by_class:?}, {refused_total} refused {refused:?}");
     println!("differential execution: not runnable in this harness: {not_runnable:?}");
+    report_mismatches(&mismatches, "forms behave differently out of line");
+    assert!(executed >= 300, "only {executed} forms executed");
+}
+
+/// Print the first mismatches found, and fail if there is any: `what` says how they differ.
+fn report_mismatches(mismatches: &[String], what: &str) {
     for m in mismatches.iter().take(40) {
         println!("MISMATCH {m}");
     }
-    assert!(mismatches.is_empty(), "{} forms behave differently out of line", mismatches.len());
-    assert!(executed >= 300, "only {executed} forms executed");
+    assert!(mismatches.is_empty(), "{} {what}", mismatches.len());
 }
 
 fn hex(b: &[u8]) -> String {

@@ -52,20 +52,27 @@ fn run_through_detour(arena: &Arena, ctx: &Ctx, insns: &[Insn], code: &[u8]) -> 
     bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
     bytes_at(detour.addr.0, detour.code.len()).copy_from_slice(&detour.code);
     let mut o = harness::run(ctx, detour.entry().0);
-    if let Some(original) = detour.window.original_of(Addr(o.regs.rip)) {
-        o.regs.rip = original.0;
-    }
-    if let Some(original) = detour.window.original_of(Addr(o.fault_addr)) {
-        o.fault_addr = original.0;
-    }
+    map_back(&mut o, |a| detour.window.original_of(a));
     Some((finish(arena, o), code_outside(arena, code.len())))
 }
 
 use crate::harness::{self, Ctx};
 use crate::{bytes_at, describe_diff, finish, forms, hex, Arena, Result_, PAGE};
 
+/// Where a run stopped in a copy, and the address it faulted on there, as the original
+/// instructions' addresses: a fault inside the copy is reported at the original instruction,
+/// as the engine reports it.
+pub(crate) fn map_back(o: &mut harness::Outcome, original_of: impl Fn(Addr) -> Option<Addr>) {
+    if let Some(original) = original_of(Addr(o.regs.rip)) {
+        o.regs.rip = original.0;
+    }
+    if let Some(original) = original_of(Addr(o.fault_addr)) {
+        o.fault_addr = original.0;
+    }
+}
+
 /// The code pages, but for the run itself (which only the in-place execution has there).
-fn code_outside(arena: &Arena, run_len: usize) -> Vec<u8> {
+pub(crate) fn code_outside(arena: &Arena, run_len: usize) -> Vec<u8> {
     let mut code = bytes_at(arena.code, 4 * PAGE).to_vec();
     let at = (arena.insn_addr() - arena.code) as usize;
     code[at..at + run_len].fill(0);
@@ -88,13 +95,7 @@ fn run_relocated(arena: &Arena, ctx: &Ctx, copy: &Relocated, code: &[u8]) -> (Re
     bytes_at(arena.insn_addr(), code.len()).copy_from_slice(code);
     bytes_at(copy.addr.0, copy.code.len()).copy_from_slice(&copy.code);
     let mut o = harness::run(ctx, copy.addr.0);
-    // A fault inside the copy is reported at the original instruction, as the engine will.
-    if let Some(original) = copy.original_of(Addr(o.regs.rip)) {
-        o.regs.rip = original.0;
-    }
-    if let Some(original) = copy.original_of(Addr(o.fault_addr)) {
-        o.fault_addr = original.0;
-    }
+    map_back(&mut o, |a| copy.original_of(a));
     (finish(arena, o), code_outside(arena, code.len()))
 }
 
@@ -113,9 +114,7 @@ fn refusal(e: &RelocateError) -> &'static str {
 
 #[test]
 fn differential_execution_of_harvested_runs() {
-    let _alone = crate::HARNESS.lock().unwrap_or_else(|e| e.into_inner());
-    harness::install();
-    let arena = Arena::new();
+    let (_alone, arena) = crate::harness_alone();
     let catalog = crate::catalog();
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
 
@@ -200,10 +199,7 @@ fn differential_execution_of_harvested_runs() {
     );
     println!("differential execution: {detoured} runs executed through a whole detour, same results");
     println!("differential execution: runs not runnable in this harness: {not_runnable:?}");
-    for m in mismatches.iter().take(40) {
-        println!("MISMATCH {m}");
-    }
-    assert!(mismatches.is_empty(), "{} runs behave differently relocated", mismatches.len());
+    crate::report_mismatches(&mismatches, "runs behave differently relocated");
     assert!(total >= 500, "only {total} runs executed");
     assert!(detoured >= 500, "only {detoured} runs executed through a detour");
 }
