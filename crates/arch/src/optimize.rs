@@ -22,7 +22,7 @@
 //! decoded once per object).
 //! Whether a detour page can be had within ±2 GiB is decided by the engine, which maps it.
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
 use crate::{analyze_run, describe, relocate, Addr, AnalyzeError, Insn, RelocateError};
 
@@ -255,16 +255,6 @@ impl FunctionCode {
         &self.code
     }
 
-    /// Whether any of its instructions names vector state beyond `xmm0`-`xmm15` (a `ymm`,
-    /// `zmm` or mask register, `xmm16`-`xmm31`, `vzeroupper`, ...). When none does, only those
-    /// `xmm` registers can be live anywhere inside it: the calling convention leaves every
-    /// other part of the vector state to its callers to save (see [`VectorState`]). A
-    /// function whose decoding stopped short (an undecodable byte, an indirect jump) counts
-    /// as using them: the rest is unknown.
-    pub fn uses_wide_vectors(&self) -> bool {
-        self.branches.wide_vectors || self.branches.blocker.is_some()
-    }
-
     /// [`can_optimize`] for a probe at `addr` in this function.
     pub fn can_optimize(&self, addr: Addr) -> Result<Vec<Insn>, NotOptimized> {
         self.window(addr, entry_window_span)
@@ -324,8 +314,6 @@ pub(crate) struct FunctionBranches {
     branches: Vec<(u64, Addr)>,
     /// The first instruction that refuses every window, and why.
     blocker: Option<(Addr, Blocker)>,
-    /// Whether an instruction before `blocker` names vector state beyond `xmm0`-`xmm15`.
-    wide_vectors: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,47 +323,17 @@ enum Blocker {
     ForeignBreakpoint,
 }
 
-/// Whether `i` reads or writes vector state beyond `xmm0`-`xmm15`'s low 128 bits: a `ymm`
-/// or `zmm` register, `xmm16`-`xmm31` (EVEX), a mask register, or all of them at once
-/// (`vzeroupper`, `vzeroall`, the `XSAVE` family).
-fn names_wide_vectors(i: &Instruction) -> bool {
-    let wide = |r: Register| r.is_ymm() || r.is_zmm() || r.is_k() || (r.is_xmm() && r.number() >= 16);
-    let whole_state = matches!(
-        i.mnemonic(),
-        Mnemonic::Vzeroupper
-            | Mnemonic::Vzeroall
-            | Mnemonic::Xsave
-            | Mnemonic::Xsave64
-            | Mnemonic::Xsavec
-            | Mnemonic::Xsavec64
-            | Mnemonic::Xsaveopt
-            | Mnemonic::Xsaveopt64
-            | Mnemonic::Xsaves
-            | Mnemonic::Xsaves64
-            | Mnemonic::Xrstor
-            | Mnemonic::Xrstor64
-            | Mnemonic::Xrstors
-            | Mnemonic::Xrstors64
-    );
-    whole_state
-        || i.op_mask() != Register::None
-        || wide(i.memory_index())
-        || (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Register && wide(i.op_register(k)))
-}
-
 impl FunctionBranches {
     /// Decode the whole `function` (its original bytes, from its first instruction at
     /// `start`).
     fn decode(function: &[u8], start: Addr) -> FunctionBranches {
         let mut branches = Vec::new();
         let mut blocker = None;
-        let mut wide_vectors = false;
         let mut decoder = Decoder::with_ip(64, function, start.0, DecoderOptions::NONE);
         let mut i = Instruction::default();
         while decoder.can_decode() {
             let at = Addr(decoder.ip());
             decoder.decode_out(&mut i);
-            wide_vectors |= names_wide_vectors(&i);
             let stop = match i.flow_control() {
                 _ if i.is_invalid() => Some(Blocker::Undecodable),
                 FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call => {
@@ -392,7 +350,7 @@ impl FunctionBranches {
             }
         }
         branches.sort_unstable();
-        FunctionBranches { branches, blocker, wide_vectors }
+        FunctionBranches { branches, blocker }
     }
 
     /// Refuse, for the window at `addr`, the first instruction of the function (in address

@@ -178,29 +178,3 @@ fn a_detour_with_post_handlers_calls_them_after_the_probed_instruction_and_a_bra
     assert_eq!(post_fits(&window), Err(NotOptimized::PostHandler));
     assert_eq!(detour_code_with_post(F, &window, at, stub, post), Err(NotOptimized::PostHandler));
 }
-
-#[test]
-fn a_function_names_wide_vector_state_when_one_instruction_does() {
-    // push rbp; movq %rdi,%xmm8; addsd %xmm1,%xmm0; pop rbp; ret
-    let sse = [0x55, 0x66, 0x4c, 0x0f, 0x6e, 0xc7, 0xf2, 0x0f, 0x58, 0xc1, 0x5d, 0xc3];
-    let wide = |extra: &[u8]| {
-        let code: Vec<u8> = sse[..10].iter().chain(extra).chain(&sse[10..]).copied().collect();
-        FunctionCode::decode(code, Addr(0x1000)).uses_wide_vectors()
-    };
-    assert!(!wide(&[]), "SSE on xmm0-xmm15 only");
-    // vmovdqu %ymm1,%ymm0
-    assert!(wide(&[0xc5, 0xfe, 0x6f, 0xc1]), "a ymm register");
-    // vmovq %rdi,%xmm16 (EVEX)
-    assert!(wide(&[0x62, 0xe1, 0xfd, 0x08, 0x6e, 0xc7]), "xmm16, part of zmm16");
-    // vzeroupper
-    assert!(wide(&[0xc5, 0xf8, 0x77]), "vzeroupper");
-    // kmovw %k1,%eax
-    assert!(wide(&[0xc5, 0xf8, 0x93, 0xc1]), "a mask register");
-    // vpaddd %xmm2,%xmm1,%xmm0{%k1} (EVEX, masked)
-    assert!(wide(&[0x62, 0xf1, 0x75, 0x09, 0xfe, 0xc2]), "a masked EVEX instruction");
-    // VEX on xmm only: vaddsd %xmm2,%xmm1,%xmm0 zeroes ymm0's upper half, which the
-    // function then does not use either.
-    assert!(!wide(&[0xc5, 0xf3, 0x58, 0xc2]), "VEX.128 on xmm0-xmm15");
-    // An indirect jump stops the decoding: the rest is unknown.
-    assert!(wide(&[0xff, 0xe0]), "decoding stopped short");
-}

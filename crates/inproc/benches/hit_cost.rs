@@ -23,10 +23,7 @@
 //! * jump + post-handler: a probe with a pre- and a post-handler on the same nop, whose detour
 //!   runs the post-handler after the relocated nop (the trap path's post-step takes two traps);
 //! * jump inside a function (XSAVE): a probe on a 5-byte nop after the function's first
-//!   instruction, whose detour also keeps the whole extended state (on a CPU with AVX: the
-//!   function names a `ymm` register, in a `vzeroupper` past its `ret`);
-//! * jump inside an SSE-only function: the same without the `vzeroupper`: only `xmm0`-`xmm15`
-//!   can be live there, and the detour keeps those alone;
+//!   instruction, whose detour also keeps the whole extended state (on a CPU with AVX);
 //! * kretprobe, jump entry + exit probe: the same function watched at its exits: the entry is a
 //!   jump, the one-byte `ret` an int3 probe (the instructions before it, with the entry's
 //!   window, are too few for an exit window that does not overlap it);
@@ -128,15 +125,7 @@ std::arch::global_asm!(
     "mov rax, rdi",
     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "ret",
-    "vzeroupper",
     ".size bench_jump_inner, . - bench_jump_inner",
-    ".globl bench_jump_inner_sse",
-    ".type bench_jump_inner_sse,@function",
-    "bench_jump_inner_sse:",
-    "mov rax, rdi",
-    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
-    "ret",
-    ".size bench_jump_inner_sse, . - bench_jump_inner_sse",
     ".globl bench_jump_exits",
     ".type bench_jump_exits,@function",
     "bench_jump_exits:",
@@ -183,7 +172,6 @@ extern "C" {
     fn bench_jump_int3(x: u64) -> u64;
     fn bench_jump_post(x: u64) -> u64;
     fn bench_jump_inner(x: u64) -> u64;
-    fn bench_jump_inner_sse(x: u64) -> u64;
     fn bench_jump_exits(x: u64) -> u64;
     fn bench_ret_jump(x: u64) -> u64;
     fn bench_kret_jumps(x: u64) -> u64;
@@ -231,20 +219,11 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         .expect("jump with a post-handler"),
         register(Kprobe::addr(at(bench_jump_inner).offset(3)).pre(count)).expect("jump inside a function"),
         register(Kprobe::addr(at(bench_ret_jump).offset(10)).pre(count)).expect("jump at a ret"),
-        register(Kprobe::addr(at(bench_jump_inner_sse).offset(3)).pre(count)).expect("jump inside an SSE function"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     assert_eq!(kprobes[5].optimized(), Ok(()), "the post row measures a jump");
     assert_eq!(kprobes[6].optimized(), Ok(()), "the inner row measures a jump");
     assert_eq!(kprobes[7].optimized(), Ok(()), "the ret row measures a jump");
-    assert_eq!(kprobes[8].optimized(), Ok(()), "the SSE-only row measures a jump");
-    let kept = |f: unsafe extern "C" fn(u64) -> u64| {
-        dprobe_inproc::list().into_iter().find(|i| i.addr == at(f).offset(3)).map(|i| i.vector)
-    };
-    if std::arch::is_x86_feature_detected!("avx") {
-        assert_eq!(kept(bench_jump_inner), Some(dprobe_inproc::VectorState::Full), "the XSAVE row keeps it all");
-    }
-    assert_eq!(kept(bench_jump_inner_sse), Some(dprobe_inproc::VectorState::Xmm), "the SSE row keeps xmm only");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -291,7 +270,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 17] = [
+const TARGETS: [Target; 16] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -308,7 +287,6 @@ const TARGETS: [Target; 17] = [
     ("jump at a ret", bench_ret_jump),
     ("kret: jump entry + exit jump", bench_kret_jumps),
     ("kret: jumps, entry vetoed", bench_kret_jumps_veto),
-    ("jump inside an SSE function", bench_jump_inner_sse),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -365,7 +343,6 @@ fn ratio_table(_: &mut Criterion) {
     println!("int3 / jump-optimized: {:.0}x", medians[8] / medians[7]);
     println!("post-handler through the jump (jump + post - jump-optimized): {:.1} ns", medians[10] - medians[7]);
     println!("whole extended state (inner XSAVE jump - jump-optimized): {:.1} ns", medians[11] - medians[7]);
-    println!("inside an SSE-only function (inner SSE jump - jump-optimized): {:.1} ns", medians[16] - medians[7]);
     println!(
         "return side on a jump entry, exit int3 (kret at exits - jump-optimized): {:.0} ns",
         medians[12] - medians[7]

@@ -165,8 +165,6 @@ pub struct ProbeInfo {
     pub execution: &'static str,
     /// Whether hits take the jump path, or why not.
     pub jump: Result<(), NotOptimized>,
-    /// The vector state its jump path keeps for the code it interrupts (when it takes one).
-    pub vector: VectorState,
     /// Counters.
     pub stats: Stats,
 }
@@ -512,7 +510,6 @@ impl Engine {
             let execution = site.arch.execution();
             let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
             let jump = st.sites.get(&addr).map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone());
-            let vector = st.sites.get(&addr).map_or(VectorState::Xmm, |s| s.vector);
             for p in &site.probes {
                 out.push(ProbeInfo {
                     id: p.id,
@@ -522,7 +519,6 @@ impl Engine {
                     armed,
                     execution,
                     jump: jump.clone(),
-                    vector,
                     stats: p.stats.snapshot(),
                 });
             }
@@ -1331,25 +1327,7 @@ fn locate(
         Ok(true) if returns => VectorState::Xmm,
         _ => vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx")),
     };
-    // Inside a function whose code (its `.cold` part too) names no vector state beyond
-    // `xmm0`-`xmm15`, only those can be live: the cheaper stub keeps them.
-    let vector = match vector {
-        VectorState::Full if !function.uses_wide_vectors() && !cold_part_uses_wide_vectors(st, f) => VectorState::Xmm,
-        v => v,
-    };
     Ok((target, insn, window, vector))
-}
-
-/// Whether the `.cold` part split off function `f`, if it has one, names vector state beyond
-/// `xmm0`-`xmm15` (see [`FunctionCode::uses_wide_vectors`]); a part that cannot be read does.
-fn cold_part_uses_wide_vectors(st: &State, f: &dprobe_sym::Function) -> bool {
-    let Some(cold) = st.symbols.as_ref().and_then(|s| s.cold_part(f)) else { return false };
-    let mut code = vec![0u8; cold.size as usize];
-    if sys::read_memory(cold.start, &mut code).is_err() {
-        return true;
-    }
-    revert_own_patches(st, cold.start, &mut code);
-    FunctionCode::decode(code, cold.start).uses_wide_vectors()
 }
 
 /// Put the original bytes back into `code` (read at `start`) where dprobe's sites patched it.

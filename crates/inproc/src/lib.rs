@@ -74,7 +74,7 @@ mod trap;
 
 pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
-pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs, VectorState};
+pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
 pub use dprobe_core::returns::ReturnMode;
 pub use dprobe_core::{
     EventRing, FaultInfo, FaultStage, Kprobe, PreAction, ProbeError, ProbeId, RingRecord, Stats, PAYLOAD_BYTES,
