@@ -376,11 +376,9 @@ impl FunctionBranches {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorState {
     /// `xmm0`-`xmm15`: at a function's entry (only arguments are live, and the calling
-    /// convention passes them there), inside a function whose code names no wider vector
-    /// state ([`FunctionCode::uses_wide_vectors`]), or on a CPU without AVX (nothing else
-    /// exists).
+    /// convention passes them there), or on a CPU without AVX (nothing else exists).
     Xmm,
-    /// Everything `XSAVE` saves: inside a function that names them on a CPU with AVX, where upper halves of
+    /// Everything `XSAVE` saves: inside a function on a CPU with AVX, where upper halves of
     /// `ymm`/`zmm` registers, `zmm16`-`zmm31` and mask registers may be live, and a handler's
     /// library calls (`memcpy`, ... end with `vzeroupper`) would change them.
     Full,

@@ -5,13 +5,11 @@
 //! `xmm0`-`xmm15` (handlers see and may change them all, as on the trap path; Rust code may
 //! use any `xmm` register) straight into a `Regs` on the stack, and calls [`jump_dispatch`]
 //! with it: the handlers read and change that frame itself. Inside a function on a CPU with
-//! AVX whose code names a `ymm`, `zmm` or mask register, the detour calls a whole-state stub
-//! instead, which also keeps the extended state (`XSAVE`): the kernel's signal frame keeps it
-//! on the trap path, and a handler's library calls may clobber the upper halves the
-//! interrupted code still uses. At a function's entry or `ret` only what the calling
-//! convention passes is live, and in a function that names no wider vector state only
-//! `xmm0`-`xmm15` can be (the convention leaves the rest to its callers to save): the cheaper
-//! stub keeps them (measured in BENCHMARKS.md).
+//! AVX the detour calls a whole-state stub instead, which also keeps the extended state
+//! (`XSAVE`): the kernel's signal frame keeps it on the trap path, and a handler's library
+//! calls may clobber the upper halves the interrupted code still uses. At a function's entry
+//! only the arguments are live, in `xmm` registers, and the cheaper stub keeps them (measured
+//! in BENCHMARKS.md).
 //!
 //! A probe with a post-handler gets a detour with a post block after the probed instruction,
 //! which calls a post stub: [`post_dispatch`] runs the post-handlers there, as the trap path
