@@ -26,12 +26,12 @@
 //! A detour's first word points to its [`JumpSite`], which the registrar keeps pointing at the
 //! site as last published (its probes). The dispatcher reads that pointer instead of searching
 //! the table, so a hit costs the same with one probe or ten thousand, and it protects the read
-//! without an atomic read-modify-write: it bumps its thread's `jump_reading` counter to odd
-//! with a plain store, reads, and bumps it back to even. A registrar that replaces the pointer
-//! keeps the old site alive until [`grace`]: `membarrier` makes every thread execute a full
-//! barrier (so a reader either had published its odd counter, or reads the new pointer), then
-//! it waits until each odd counter it saw has moved on (user-space RCU's `membarrier`
-//! flavour). Without `membarrier`, readers pay a fence instead. A thread without a state entry
+//! without an atomic read-modify-write: it marks its thread's `jump_reading` word as inside a
+//! read section (a nesting depth, and which outermost section) with a plain store, reads, and
+//! marks it out again. A registrar that replaces the pointer keeps the old site alive until
+//! [`grace`]: `membarrier` makes every thread execute a full barrier (so a reader either had
+//! published its section, or reads the new pointer), then it waits until each section it saw
+//! has ended (user-space RCU's `membarrier` flavour, whose reader word this is). Without `membarrier`, readers pay a fence instead. A thread without a state entry
 //! (the table is full) falls back to the table's RCU read.
 
 use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, Ordering::*};
@@ -78,17 +78,28 @@ pub(crate) fn grace() {
     let mut busy = Vec::new();
     thread_state::for_each(|s| {
         let seen = s.jump_reading.load(Acquire);
-        if seen % 2 == 1 && Some(s as *const ThreadState) != own {
+        if depth(seen) > 0 && Some(s as *const ThreadState) != own {
             busy.push((s as *const ThreadState, seen));
         }
     });
     for (s, seen) in busy {
         // SAFETY: entries of the state table are never unmapped.
         let s = unsafe { &*s };
-        while s.jump_reading.load(Acquire) == seen {
+        // Inside the same outermost section as when seen: still reading.
+        while same_section(s.jump_reading.load(Acquire), seen) {
             std::thread::yield_now();
         }
     }
+}
+
+/// The nesting depth of a thread's read section word (`ThreadState::jump_reading`).
+fn depth(word: u64) -> u32 {
+    word as u32
+}
+
+/// Whether `now` is inside the same outermost section as `seen`, which was inside one.
+fn same_section(now: u64, seen: u64) -> bool {
+    depth(now) > 0 && now >> 32 == seen >> 32
 }
 
 /// Read `cell`, made with `Rcu::with_grace(_, grace)`, from a hit of thread `state`: inside a
@@ -97,25 +108,31 @@ pub(crate) fn grace() {
 /// cell's own announced read.
 pub(crate) fn read_published<T, R>(state: Option<&ThreadState>, cell: &Rcu<T>, f: impl FnOnce(&T) -> R) -> R {
     match state {
-        // SAFETY: a depth above zero is a `Reading` of this thread alive around this call
-        // (only the thread and the handlers nested in it change its depth, and they put it
-        // back), and the cell's writers wait for `grace`.
-        Some(s) if s.jump_depth.get() > 0 => unsafe { cell.read_in_section(f) },
+        // SAFETY: a depth above zero in the section word is a `Reading` of this thread alive
+        // around this call, which `grace` waits for (a signal handler nested in the thread
+        // finds the word as the interrupted code left it, or as it was before), and the
+        // cell's writers wait for `grace`.
+        Some(s) if depth(s.jump_reading.load(Relaxed)) > 0 => unsafe { cell.read_in_section(f) },
         _ => cell.read(f),
     }
 }
 
 /// Marks the calling thread as reading a site pointer (see the module's comment).
+///
+/// The section is one word, changed with a load and a store by the thread alone: a signal
+/// handler nested between the two runs its own sections to their end and leaves the word as
+/// it found it, or starts a section of its own that ends before the interrupted store, which
+/// a waiting `grace` then sees as a new section (read after the pointer it waits about was
+/// replaced). Two words (a depth and a counter) had a moment where a nested read saw a depth
+/// above zero that no grace period waited for.
 struct Reading<'a>(&'a ThreadState);
 
 impl<'a> Reading<'a> {
     fn enter(s: &'a ThreadState) -> Self {
-        let depth = s.jump_depth.get();
-        s.jump_depth.set(depth + 1);
-        if depth == 0 {
-            // Only this thread writes its counter: a load and a store, no locked instruction.
-            s.jump_reading.store(s.jump_reading.load(Relaxed) + 1, Relaxed);
-        }
+        let word = s.jump_reading.load(Relaxed);
+        // Only this thread writes its word: a load and a store, no locked instruction.
+        let next = if depth(word) == 0 { ((word >> 32) + 1) << 32 | 1 } else { word + 1 };
+        s.jump_reading.store(next, Relaxed);
         if READERS_FENCE.load(Relaxed) {
             fence(SeqCst);
         } else {
@@ -128,11 +145,8 @@ impl<'a> Reading<'a> {
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         compiler_fence(SeqCst);
-        let depth = self.0.jump_depth.get() - 1;
-        if depth == 0 {
-            self.0.jump_reading.store(self.0.jump_reading.load(Relaxed) + 1, Release);
-        }
-        self.0.jump_depth.set(depth);
+        let word = self.0.jump_reading.load(Relaxed);
+        self.0.jump_reading.store(word - 1, Release);
     }
 }
 

@@ -42,11 +42,10 @@ pub(crate) struct ThreadState {
     pub(crate) in_handler: Cell<bool>,
     /// Depth of dprobe's signal handlers and jump-path dispatches.
     pub(crate) in_hit_path: Cell<u32>,
-    /// Odd while the jump path reads a site through its detour (see `jump.rs`), bumped at
-    /// each outermost entry and exit; read by other threads waiting for a grace period.
+    /// The jump path's read section (see `jump.rs`): how deeply the thread is inside it in
+    /// the low 32 bits, which outermost section in the high ones; read by other threads
+    /// waiting for a grace period.
     pub(crate) jump_reading: AtomicU64,
-    /// Nesting of those reads (a hit inside a handler reads again).
-    pub(crate) jump_depth: Cell<u32>,
     /// Depth of dprobe's own work (registering, unregistering): its hits count nothing.
     pub(crate) own_work: Cell<u32>,
     /// Depth of handler bodies running (the closures, inside the fault guard): a hit there is
