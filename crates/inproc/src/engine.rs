@@ -805,9 +805,6 @@ impl Engine {
             }
         }
         st.pages.release_all(&refused);
-        // The sites whose pages are held from here on: each gives them back if it goes no
-        // further than step 2.
-        let holding: Vec<Addr> = checked.iter().copied().filter(|a| !status.contains_key(a)).collect();
         // 2a. Exit windows: a trap at the first byte continues in the detour's copy, then that
         //     byte becomes an `int3`, before the safepoint: no thread can enter the window
         //     once moved out (see `optimizer.rs`).
@@ -845,17 +842,16 @@ impl Engine {
             if let Err(why) = safepoint::run(&mut plan) {
                 self.set_routes(&several, &[]);
                 self.disarm_window_starts(st, &several);
+                // No jump goes in: the pages made writable for them are given back (a site
+                // whose window start could not be armed gave its own back already).
+                let spans: Vec<(Addr, u64)> =
+                    several.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
+                st.pages.release_all(&spans);
                 for a in &several {
                     status.insert(*a, Err(why.clone()));
                 }
             }
         }
-        let stopped: Vec<(Addr, u64)> = holding
-            .iter()
-            .filter(|a| status.contains_key(a))
-            .map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64))
-            .collect();
-        st.pages.release_all(&stopped);
         // 3. The jumps: bytes +1..+4 of every site, then byte 0 of every site.
         let go: Vec<Addr> = addrs.iter().copied().filter(|a| !status.contains_key(a)).collect();
         let results = {
