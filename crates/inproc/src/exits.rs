@@ -116,8 +116,28 @@ pub(crate) struct ExitStack {
     used: Cell<bool>,
     acts: ChunkedStack<Activation, INLINE>,
     /// Instances of unlimited pools this thread gave back at an exit and takes again at its
-    /// next entry, without the pool's free stack: `id << 32 | (slot + 1)`, 0 when empty.
-    parked: [Cell<u64>; PARKED],
+    /// next entry, without the pool's free stack.
+    parked: [Parked; PARKED],
+}
+
+/// An instance a thread parked: its probe's id, and its slot + 1 (0: the entry is empty).
+struct Parked {
+    probe: Cell<u64>,
+    slot: Cell<u32>,
+}
+
+impl Parked {
+    /// The probe and slot, when not empty.
+    fn get(&self) -> Option<(u64, usize)> {
+        let slot = self.slot.get().checked_sub(1)?;
+        Some((self.probe.get(), slot as usize))
+    }
+
+    fn set(&self, parked: Option<(u64, usize)>) {
+        let (probe, slot) = parked.map_or((0, 0), |(p, s)| (p, s as u32 + 1));
+        self.probe.set(probe);
+        self.slot.set(slot);
+    }
 }
 
 impl ExitStack {
@@ -147,10 +167,8 @@ impl ExitStack {
     /// nest on one thread (a hit inside a handler runs none), so plain loads and stores do.
     fn take_instance(&self, p: &KretInner, tid: u32) -> Option<usize> {
         for entry in &self.parked {
-            let v = entry.get();
-            if v != 0 && v >> 32 == p.id & 0xffff_ffff {
-                entry.set(0);
-                let slot = (v & 0xffff_ffff) as usize - 1;
+            if let Some((_, slot)) = entry.get().filter(|(probe, _)| *probe == p.id) {
+                entry.set(None);
                 p.unpark(slot, tid);
                 return Some(slot);
             }
@@ -162,10 +180,10 @@ impl ExitStack {
     /// is room (entries of probes no longer in `probes` are dropped: their pool goes with
     /// them), else given back to the pool.
     fn give_back(&self, p: &KretInner, slot: usize, tid: u32, probes: &[Arc<KretInner>]) {
-        let free = self.parked.iter().find(|e| e.get() == 0 || find(probes, e.get() >> 32).is_none());
+        let free = self.parked.iter().find(|e| e.get().is_none_or(|(probe, _)| find(probes, probe).is_none()));
         match free {
             Some(entry) if p.park(slot, tid) => {
-                entry.set((p.id & 0xffff_ffff) << 32 | (slot as u64 + 1));
+                entry.set(Some((p.id, slot)));
                 self.used.set(true);
             }
             _ => p.release(slot),
@@ -175,9 +193,10 @@ impl ExitStack {
     /// The thread is gone: its parked instances go back to their pools.
     fn give_back_parked(&self, probes: &[Arc<KretInner>]) {
         for entry in &self.parked {
-            let v = entry.replace(0);
-            if let Some(p) = find(probes, v >> 32).filter(|_| v != 0) {
-                p.give_back_parked((v & 0xffff_ffff) as usize - 1);
+            let parked = entry.get();
+            entry.set(None);
+            if let Some((p, slot)) = parked.and_then(|(probe, slot)| Some((find(probes, probe)?, slot))) {
+                p.give_back_parked(slot);
             }
         }
     }
@@ -398,23 +417,35 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
         }
         // What a handler sees: the registers as the function leaves, `rip` where it returns
         // to, `rsp` past the return address; in place (a copy of the frame, xmm registers
-        // and all, costs more than the rest of the exit's bookkeeping).
-        let at_exit = (regs.rip, regs.rsp);
+        // and all, costs more than the rest of the exit's bookkeeping). A handler may change
+        // the return value and other registers, not where the instruction goes: `rip` and
+        // `rsp` are put back however this ends (a panic unwinding out of it too).
+        let seen = AtExit { at_exit: (regs.rip, regs.rsp), regs };
         // SAFETY: at an exit instruction the return address is at the stack pointer, on the
         // thread's live stack (below it lie the signal frame or the detour's frame).
-        regs.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
-        regs.rsp = sp.wrapping_add(8);
+        seen.regs.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
+        seen.regs.rsp = sp.wrapping_add(8);
         let tid = state.map_or(0, |s| s.tid());
         let mut each = |p: &KretInner, slot| {
             let data = p.data(slot);
             stack.give_back(p, slot, tid, probes);
-            p.returned(regs, &data);
+            p.returned(seen.regs, &data);
         };
         return_from(stack, i, false, &mut each, probes);
-        // A handler may change the return value and other registers, not where the
-        // instruction goes.
-        (regs.rip, regs.rsp) = at_exit;
     })
+}
+
+/// An exit's registers as its return handlers see them, where the exit instruction's `rip`
+/// and stack pointer come back when it is dropped.
+struct AtExit<'a> {
+    at_exit: (u64, u64),
+    regs: &'a mut Regs,
+}
+
+impl Drop for AtExit<'_> {
+    fn drop(&mut self) {
+        (self.regs.rip, self.regs.rsp) = self.at_exit;
+    }
 }
 
 /// A return probe's instance `slot` returns with registers `seen`.
