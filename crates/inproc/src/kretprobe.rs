@@ -937,6 +937,11 @@ impl ReturnProbe {
     }
 
     fn unregister_now(&mut self) -> Result<(), ProbeError> {
+        // Refused before anything is taken, as the engine refuses it: a handler's thread may
+        // be reading the lists this would change (and their writers do not wait for it).
+        if trap::in_handler() {
+            return Err(ProbeError::InHandler);
+        }
         let _own = trap::OwnWork::enter();
         match &mut self.how {
             Watching::ReturnAddress(entry) => {

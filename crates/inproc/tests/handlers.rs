@@ -2,8 +2,9 @@
 mod fixtures;
 use fixtures::*;
 
-use dprobe_inproc::{register, Kprobe, PreAction};
+use dprobe_inproc::{register, register_kretprobe, Kprobe, Kretprobe, PreAction, ReturnProbe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 #[test]
 fn changing_an_argument_register_changes_the_result() {
@@ -139,6 +140,37 @@ fn registration_from_inside_a_handler_is_refused() {
     assert_eq!(call2(fx_spare2, 5, 3), 2);
     assert_eq!(REFUSED.load(Relaxed), 1);
     drop(p);
+}
+
+#[test]
+fn unregistering_a_return_probe_from_inside_a_handler_is_refused_and_it_keeps_working() {
+    static HELD: Mutex<Option<ReturnProbe>> = Mutex::new(None);
+    static RETURNS: AtomicU64 = AtomicU64::new(0);
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    let (plain, other) = (call2(fx_push_push_mov, 5, 3), call2(fx_park, 5, 3));
+    let r = register_kretprobe(Kretprobe::addr(addr(fx_push_push_mov)).handler(|_, _| {
+        RETURNS.fetch_add(1, Relaxed);
+    }))
+    .unwrap();
+    *HELD.lock().unwrap() = Some(r);
+    let p = register(Kprobe::addr(addr(fx_park)).pre(|_| {
+        // A test's own lock in a handler: nothing else takes it while the handler runs.
+        if let Some(r) = HELD.lock().unwrap().take() {
+            // Refused: the probe is dropped here, and its drop is refused too (it stays
+            // registered, leaked, as a dropped kprobe inside a handler does).
+            if matches!(r.unregister(), Err(dprobe_inproc::ProbeError::InHandler)) {
+                REFUSED.fetch_add(1, Relaxed);
+            }
+        }
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(call2(fx_park, 5, 3), other);
+    assert_eq!(REFUSED.load(Relaxed), 1);
+    drop(p);
+    // Nothing of it was taken away: its returns are still seen.
+    assert_eq!(call2(fx_push_push_mov, 5, 3), plain);
+    assert_eq!(RETURNS.load(Relaxed), 1);
 }
 
 fn addr1(f: unsafe extern "C" fn(u64) -> u64) -> dprobe_inproc::Addr {
