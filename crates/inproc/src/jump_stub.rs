@@ -13,6 +13,12 @@
 //! or the redirect the dispatcher wrote, see `jump::resume`). The stub loads every register
 //! from the frame, switches to that stack pointer, `popfq`, `ret`.
 //!
+//! On a CPU with AVX, the stubs at an entry or a `ret` also keep `ymm0`-`ymm7` whole (with
+//! AVX-512, `zmm0`-`zmm7`): the calling convention passes `__m256`/`__m512` arguments and
+//! return values there, and a handler's library calls end with `vzeroupper`. They are stored
+//! below the frame and loaded back after the dispatcher, before the frame's `xmm` registers
+//! (which a handler may have changed) are written over their low halves.
+//!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR): `XSAVE`/`XSAVEC`
 //! into a 64-byte aligned area below the frame, `XRSTOR` after the dispatcher, before the
@@ -158,16 +164,63 @@ macro_rules! whole_state_call {
     };
 }
 
+/// The call of an argument-keeping stub on a CPU with AVX: `ymm0`-`ymm7` (the vector
+/// arguments and return values of the calling convention, `__m256`) kept whole around it.
+macro_rules! ymm_args_call {
+    () => {
+        concat!(
+            "sub rsp, 256\n",
+            "vmovdqu [rsp + 0], ymm0\n vmovdqu [rsp + 32], ymm1\n",
+            "vmovdqu [rsp + 64], ymm2\n vmovdqu [rsp + 96], ymm3\n",
+            "vmovdqu [rsp + 128], ymm4\n vmovdqu [rsp + 160], ymm5\n",
+            "vmovdqu [rsp + 192], ymm6\n vmovdqu [rsp + 224], ymm7\n",
+            "call {dispatch}\n",
+            "vmovdqu ymm0, [rsp + 0]\n vmovdqu ymm1, [rsp + 32]\n",
+            "vmovdqu ymm2, [rsp + 64]\n vmovdqu ymm3, [rsp + 96]\n",
+            "vmovdqu ymm4, [rsp + 128]\n vmovdqu ymm5, [rsp + 160]\n",
+            "vmovdqu ymm6, [rsp + 192]\n vmovdqu ymm7, [rsp + 224]\n",
+            "mov rsp, rbx\n",
+        )
+    };
+}
+
+/// The same with AVX-512: `zmm0`-`zmm7` (`__m512`) kept whole.
+macro_rules! zmm_args_call {
+    () => {
+        concat!(
+            "sub rsp, 512\n",
+            "vmovdqu64 [rsp + 0], zmm0\n vmovdqu64 [rsp + 64], zmm1\n",
+            "vmovdqu64 [rsp + 128], zmm2\n vmovdqu64 [rsp + 192], zmm3\n",
+            "vmovdqu64 [rsp + 256], zmm4\n vmovdqu64 [rsp + 320], zmm5\n",
+            "vmovdqu64 [rsp + 384], zmm6\n vmovdqu64 [rsp + 448], zmm7\n",
+            "call {dispatch}\n",
+            "vmovdqu64 zmm0, [rsp + 0]\n vmovdqu64 zmm1, [rsp + 64]\n",
+            "vmovdqu64 zmm2, [rsp + 128]\n vmovdqu64 zmm3, [rsp + 192]\n",
+            "vmovdqu64 zmm4, [rsp + 256]\n vmovdqu64 zmm5, [rsp + 320]\n",
+            "vmovdqu64 zmm6, [rsp + 384]\n vmovdqu64 zmm7, [rsp + 448]\n",
+            "mov rsp, rbx\n",
+        )
+    };
+}
+
 jump_stub!("__dprobe_jump_entry", jump_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_post", post_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
 jump_stub!("__dprobe_jump_post_full", post_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
+jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [ymm_args_call!(),]);
+jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [ymm_args_call!(),]);
+jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [zmm_args_call!(),]);
+jump_stub!("__dprobe_jump_post_zmm", post_dispatch, [zmm_args_call!(),]);
 
 extern "C" {
     fn __dprobe_jump_entry();
     fn __dprobe_jump_post();
     fn __dprobe_jump_entry_full();
     fn __dprobe_jump_post_full();
+    fn __dprobe_jump_entry_ymm();
+    fn __dprobe_jump_post_ymm();
+    fn __dprobe_jump_entry_zmm();
+    fn __dprobe_jump_post_zmm();
 }
 
 /// The stubs a detour calls: at its entry, and after the probed instruction (post-handlers),
@@ -175,6 +228,15 @@ extern "C" {
 pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
     let at = |f: unsafe extern "C" fn()| Addr(f as *const () as u64);
     match state {
+        // At an entry or a `ret` the calling convention's vector arguments and return values
+        // may be live in full (`__m256`, `__m512`), and a handler's library calls end with
+        // `vzeroupper` (or use the upper registers): kept whole where the CPU has them.
+        VectorState::Xmm if std::arch::is_x86_feature_detected!("avx512f") => {
+            (at(__dprobe_jump_entry_zmm), at(__dprobe_jump_post_zmm))
+        }
+        VectorState::Xmm if std::arch::is_x86_feature_detected!("avx") => {
+            (at(__dprobe_jump_entry_ymm), at(__dprobe_jump_post_ymm))
+        }
         VectorState::Xmm => (at(__dprobe_jump_entry), at(__dprobe_jump_post)),
         VectorState::Full => (at(__dprobe_jump_entry_full), at(__dprobe_jump_post_full)),
     }

@@ -34,6 +34,50 @@ std::arch::global_asm!(
     "add rax, rcx",
     "ret",
     ".size fxv_zmm16, . - fxv_zmm16",
+    // A `__m256` argument at a function's entry: returns the upper half of ymm0's low 64 bits
+    // (the probe on its entry nop, a jump).
+    ".globl fxv_m256_arg",
+    ".type fxv_m256_arg,@function",
+    "fxv_m256_arg:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "vextractf128 xmm1, ymm0, 1",
+    "vmovq rax, xmm1",
+    "vzeroupper",
+    "ret",
+    ".size fxv_m256_arg, . - fxv_m256_arg",
+    // Calls it with `a` in ymm0's upper half: returns a + b.
+    ".globl fxv_m256_call",
+    ".type fxv_m256_call,@function",
+    "fxv_m256_call:",
+    "push rsi",
+    "vmovq xmm0, rdi",
+    "vinsertf128 ymm0, ymm0, xmm0, 1",
+    "call fxv_m256_arg",
+    "pop rsi",
+    "add rax, rsi",
+    "ret",
+    ".size fxv_m256_call, . - fxv_m256_call",
+    // The same with a `__m512`: `a` in bits 256-319 of zmm0.
+    ".globl fxv_m512_arg",
+    ".type fxv_m512_arg,@function",
+    "fxv_m512_arg:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "vextracti64x4 ymm1, zmm0, 1",
+    "vmovq rax, xmm1",
+    "vzeroupper",
+    "ret",
+    ".size fxv_m512_arg, . - fxv_m512_arg",
+    ".globl fxv_m512_call",
+    ".type fxv_m512_call,@function",
+    "fxv_m512_call:",
+    "push rsi",
+    "vmovq xmm1, rdi",
+    "vinserti64x4 zmm0, zmm0, ymm1, 1",
+    "call fxv_m512_arg",
+    "pop rsi",
+    "add rax, rsi",
+    "ret",
+    ".size fxv_m512_call, . - fxv_m512_call",
     // The same shape with SSE only, for CPUs without AVX: xmm8 kept across the probe.
     ".globl fxv_xmm",
     ".type fxv_xmm,@function",
@@ -50,6 +94,54 @@ extern "C" {
     fn fxv_ymm(a: u64, b: u64) -> u64;
     fn fxv_zmm16(a: u64, b: u64) -> u64;
     fn fxv_xmm(a: u64, b: u64) -> u64;
+    fn fxv_m256_arg();
+    fn fxv_m256_call(a: u64, b: u64) -> u64;
+    fn fxv_m512_arg();
+    fn fxv_m512_call(a: u64, b: u64) -> u64;
+}
+
+/// A probe at the entry of `arg`, whose handler runs `clobber`, while four threads call it
+/// through `call` (`a` in the vector argument register, returns a + b) and check every result.
+fn argument_survives(arg: unsafe extern "C" fn(), call: unsafe extern "C" fn(u64, u64) -> u64, clobber: fn()) {
+    let at = dprobe_inproc::Addr(arg as *const () as u64);
+    let hits = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let p = register(Kprobe::addr(at).pre(move |_| {
+        clobber();
+        counted.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump at the entry");
+    const CALLS: u64 = 50_000;
+    let threads: Vec<_> =
+        (0..4u64).map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(call, t + 7, i) == t + 7 + i))).collect();
+    assert!(threads.into_iter().all(|t| t.join().unwrap()), "a vector argument was lost");
+    assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (4 * CALLS, 4 * CALLS, 0));
+}
+
+#[test]
+fn a_m256_argument_survives_a_handler_that_runs_vzeroupper_at_the_entry() {
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the ymm case does not apply");
+        return;
+    }
+    argument_survives(fxv_m256_arg, fxv_m256_call, || {
+        // SAFETY: AVX is present; vzeroupper only clears upper halves.
+        unsafe { std::arch::asm!("vzeroupper") };
+    });
+}
+
+#[test]
+fn a_m512_argument_survives_a_handler_that_runs_vzeroupper_at_the_entry() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512 on this CPU: the zmm case does not apply");
+        return;
+    }
+    argument_survives(fxv_m512_arg, fxv_m512_call, || {
+        // SAFETY: AVX is present; vzeroupper only clears upper halves.
+        unsafe { std::arch::asm!("vzeroupper") };
+    });
 }
 
 /// Where the probed `lea` is: after the instructions before it.
