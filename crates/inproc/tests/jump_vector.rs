@@ -101,23 +101,9 @@ extern "C" {
 }
 
 /// A probe at the entry of `arg`, whose handler runs `clobber`, while four threads call it
-/// through `call` (`a` in the vector argument register, returns a + b) and check every result.
+/// through `call` (`a` in the vector argument register, returns a + b).
 fn argument_survives(arg: unsafe extern "C" fn(), call: unsafe extern "C" fn(u64, u64) -> u64, clobber: fn()) {
-    let at = dprobe_inproc::Addr(arg as *const () as u64);
-    let hits = std::sync::Arc::new(AtomicU64::new(0));
-    let counted = hits.clone();
-    let p = register(Kprobe::addr(at).pre(move |_| {
-        clobber();
-        counted.fetch_add(1, Relaxed);
-        PreAction::Continue
-    }))
-    .unwrap();
-    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump at the entry");
-    const CALLS: u64 = 50_000;
-    let threads: Vec<_> =
-        (0..4u64).map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(call, t + 7, i) == t + 7 + i))).collect();
-    assert!(threads.into_iter().all(|t| t.join().unwrap()), "a vector argument was lost");
-    assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (4 * CALLS, 4 * CALLS, 0));
+    survives_with(call, dprobe_inproc::Addr(arg as *const () as u64), clobber, 0, |a, b| a + b);
 }
 
 #[test]
@@ -151,26 +137,38 @@ fn probed(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64) -> dprobe_inpro
     a
 }
 
-/// A probe at `at` whose pre-handler runs `clobber` (what a library call may do to the
-/// vector registers) and changes `rsi`; four threads call `f` and check every result.
-fn survives(f: unsafe extern "C" fn(u64, u64) -> u64, at: dprobe_inproc::Addr, clobber: fn()) {
+/// A jump-optimized probe at `at` whose pre-handler runs `clobber` (what a library call may
+/// do to the vector registers) and adds `bump` to `rsi`; four threads call `f` and check every
+/// result against `expected(a, b)`.
+fn survives_with(
+    f: unsafe extern "C" fn(u64, u64) -> u64,
+    at: dprobe_inproc::Addr,
+    clobber: fn(),
+    bump: u64,
+    expected: fn(u64, u64) -> u64,
+) {
     let hits = std::sync::Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
     let p = register(Kprobe::addr(at).pre(move |regs| {
         clobber();
-        regs.rsi += 1;
+        regs.rsi += bump;
         counted.fetch_add(1, Relaxed);
         PreAction::Continue
     }))
     .unwrap();
-    assert_eq!(p.optimized(), Ok(()), "inside the function, with the whole extended state kept");
-    assert_eq!(code(at, 1), [0xe9]);
+    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump");
     const CALLS: u64 = 50_000;
     let threads: Vec<_> = (0..4u64)
-        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(f, t + 7, i) == 2 * (t + 7) + i + 1 + 0x1000)))
+        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(f, t + 7, i) == expected(t + 7, i))))
         .collect();
     assert!(threads.into_iter().all(|t| t.join().unwrap()), "a vector register live across the probe was lost");
     assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (4 * CALLS, 4 * CALLS, 0));
+}
+
+/// Inside the function (the whole extended state kept): `f` returns a + b + 0x1000 + a, and
+/// the handler adds one to `b`.
+fn survives(f: unsafe extern "C" fn(u64, u64) -> u64, at: dprobe_inproc::Addr, clobber: fn()) {
+    survives_with(f, at, clobber, 1, |a, b| 2 * a + b + 1 + 0x1000);
 }
 
 #[test]
