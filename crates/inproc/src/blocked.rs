@@ -30,7 +30,8 @@
 
 use dprobe_arch::{Addr, NotOptimized};
 
-use crate::safepoint::{Plan, FPREGS_AT, LINK_AT, RIP_AT};
+use crate::safepoint::Plan;
+use crate::signal_frame::{self, RIP_AT};
 use crate::sys;
 
 /// What a safepoint does with one thread.
@@ -146,12 +147,9 @@ fn saved_in_window(plan: &Plan, sp: u64, restorer: u64) -> Option<bool> {
     }
     // The kernel aligns a frame so that its start is 8 modulo 16.
     let mut frame = start + 8;
-    while frame + FPREGS_AT + 8 <= end {
-        if word(frame) == restorer && word(frame + LINK_AT) == 0 {
-            let fp = word(frame + FPREGS_AT);
-            if fp > frame && fp < frame + 64 * 1024 && plan.touches(word(frame + RIP_AT)) {
-                return Some(true);
-            }
+    while frame + signal_frame::READ_BYTES <= end {
+        if signal_frame::starts_at(frame, restorer, word) && plan.touches(word(frame + RIP_AT)) {
+            return Some(true);
         }
         frame += 16;
     }

@@ -41,6 +41,7 @@ use dprobe_arch::{Addr, NotOptimized};
 
 use crate::blocked;
 use crate::context::SignalContext;
+use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT};
 use crate::signals::{self, chain, Redeliver};
 use crate::sys;
 
@@ -299,6 +300,7 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         unsafe { chain(sig, info, uc, Redeliver::Raise) };
         return;
     }
+    let _own_frame = crate::interrupted::OwnFrame::enter(crate::thread_state::existing(), uc);
     READERS.fetch_add(1, SeqCst);
     let round = ROUND.load(SeqCst);
     if !round.is_null() && GENERATION.load(SeqCst) & 0xffff_ffff == value & 0xffff_ffff {
@@ -390,15 +392,6 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
     false
 }
 
-/// Offsets in the kernel's x86-64 signal frame (`struct rt_sigframe`): the return address
-/// (`pretcode`, the `sa_restorer`), then the `ucontext_t`.
-const UC_AT: u64 = 8;
-pub(crate) const LINK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_link) as u64;
-const GREGS_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64;
-pub(crate) const RIP_AT: u64 = GREGS_AT + 8 * libc::REG_RIP as u64;
-const RSP_AT: u64 = GREGS_AT + 8 * libc::REG_RSP as u64;
-pub(crate) const FPREGS_AT: u64 = GREGS_AT + 8 * 23;
-
 /// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this
 /// thread (its program counter is then in a signal handler, and the frame above holds where
 /// the handler will return), and move the program counters saved there. Whether one was found
@@ -435,20 +428,17 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     let mut busy = false;
     // The kernel aligns a frame so that its start is 8 modulo 16.
     let mut frame = (rsp & !15) + 8;
-    while frame + FPREGS_AT + 8 <= end {
-        if word(frame) == restorer && word(frame + LINK_AT) == 0 {
-            let fp = word(frame + FPREGS_AT);
-            if fp > frame && fp < frame + 64 * 1024 {
-                match plan.verdict(word(frame + RIP_AT)) {
-                    Verdict::Stay => {}
-                    Verdict::Move(to) => {
-                        // SAFETY: as for `word`; this thread's own saved context, which the
-                        // kernel reads back at that handler's `rt_sigreturn`.
-                        unsafe { std::ptr::write_volatile((frame + RIP_AT) as *mut u64, to) };
-                        MOVED.fetch_add(1, Relaxed);
-                    }
-                    Verdict::Busy => busy = true,
+    while frame + signal_frame::READ_BYTES <= end {
+        if signal_frame::starts_at(frame, restorer, word) {
+            match plan.verdict(word(frame + RIP_AT)) {
+                Verdict::Stay => {}
+                Verdict::Move(to) => {
+                    // SAFETY: as for `word`; this thread's own saved context, which the
+                    // kernel reads back at that handler's `rt_sigreturn`.
+                    unsafe { std::ptr::write_volatile((frame + RIP_AT) as *mut u64, to) };
+                    MOVED.fetch_add(1, Relaxed);
                 }
+                Verdict::Busy => busy = true,
             }
         }
         frame += 16;

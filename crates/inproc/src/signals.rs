@@ -66,6 +66,7 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
         }
         (*std::ptr::addr_of_mut!(PREVIOUS))[sig as usize] = old;
     }
+    crate::interrupted::learn_restorer(sig);
     INSTALLED[sig as usize].store(true, Ordering::Release);
     Ok(())
 }

@@ -48,6 +48,17 @@ pub(crate) struct ThreadState {
     pub(crate) jump_reading: AtomicU64,
     /// Depth of dprobe's own work (registering, unregistering): its hits count nothing.
     pub(crate) own_work: Cell<u32>,
+    /// The thread's stack pointer when it entered dprobe's hit path or own work from outside
+    /// both: a nested hit with a program's signal frame between it and here is the program's
+    /// (see `interrupted.rs`).
+    pub(crate) quiet_sp: Cell<u64>,
+    /// Depth of a tool's own work in its handlers (`tool_work`, the agent's): a nested hit
+    /// there is dprobe's unless a program's signal frame is found (see `interrupted.rs`).
+    pub(crate) tool_work: Cell<u32>,
+    /// The signal frames of dprobe's own handlers running on this thread, innermost last
+    /// (the first `own_frames_len`): frames on its stack that are not the program's.
+    pub(crate) own_frames: [Cell<u64>; 4],
+    pub(crate) own_frames_len: Cell<u32>,
     /// Depth of handler bodies running (the closures, inside the fault guard): a hit there is
     /// the handler's own call and counts as missed; a hit elsewhere in the hit path is
     /// dprobe's machinery (a probed `memset` it calls) and counts nothing.

@@ -16,7 +16,7 @@ use crate::context::SignalContext;
 use crate::engine::Engine;
 use crate::signals::{chain, Redeliver};
 use crate::thread_state::{self, ThreadState};
-use crate::{guard, sys};
+use crate::{guard, interrupted, sys};
 
 /// One of a thread's nesting counters, raised while the value lives (no counter: a thread
 /// without its state, which nothing marks).
@@ -47,9 +47,24 @@ pub(crate) struct OwnWork {
 }
 
 impl OwnWork {
+    #[inline(always)]
     pub(crate) fn enter() -> OwnWork {
         thread_state::init();
-        OwnWork { _raised: Raised::new(thread_state::current().map(|s| &s.own_work)) }
+        let state = thread_state::current();
+        mark_quiet_start(state);
+        OwnWork { _raised: Raised::new(state.map(|s| &s.own_work)) }
+    }
+}
+
+/// Note where the thread's stack stands as it enters dprobe's hit path or own work from
+/// outside both (see `interrupted.rs`). Always inlined: the mark is in the frame of the
+/// function that holds the raised counter, above every frame a signal may interrupt in it.
+#[inline(always)]
+fn mark_quiet_start(state: Option<&ThreadState>) {
+    if let Some(s) = state {
+        if s.in_hit_path.get() == 0 && s.own_work.get() == 0 {
+            s.quiet_sp.set(interrupted::stack_pointer());
+        }
     }
 }
 
@@ -70,11 +85,15 @@ pub fn mark_own_thread() {
 /// Takes no lock and allocates nothing: made on the hit path.
 pub struct ToolWork {
     _raised: Raised,
+    _tool: Raised,
 }
 
 /// Start a [`ToolWork`] (see there).
+#[inline(always)]
 pub fn tool_work() -> ToolWork {
-    ToolWork { _raised: Raised::new(thread_state::existing().map(|s| &s.own_work)) }
+    let state = thread_state::existing();
+    mark_quiet_start(state);
+    ToolWork { _raised: Raised::new(state.map(|s| &s.own_work)), _tool: Raised::new(state.map(|s| &s.tool_work)) }
 }
 
 /// The thread's alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
@@ -109,12 +128,10 @@ pub(crate) struct HitPath {
 }
 
 impl HitPath {
-    pub(crate) fn enter() -> HitPath {
-        HitPath::with(thread_state::current())
-    }
-
-    /// [`HitPath::enter`] with the calling thread's state already found.
+    /// Mark the hit path of the thread whose state is `state`.
+    #[inline(always)]
     pub(crate) fn with(state: Option<&'static ThreadState>) -> HitPath {
+        mark_quiet_start(state);
         HitPath { _raised: Raised::new(state.map(|s| &s.in_hit_path)) }
     }
 }
@@ -122,18 +139,21 @@ impl HitPath {
 /// While the program's own signal handler runs, called from one of dprobe's (chaining), the
 /// thread is out of dprobe's hit path: the probes that handler passes through are the
 /// program's hits, not nested ones. Restores the depth when dropped.
-pub(crate) struct ProgramHandler(Option<(&'static ThreadState, u32)>);
+/// The hit path's mark (`ThreadState::quiet_sp`) is kept too: the program's handler's hits
+/// make their own.
+pub(crate) struct ProgramHandler(Option<(&'static ThreadState, u32, u64)>);
 
 impl ProgramHandler {
     pub(crate) fn enter() -> ProgramHandler {
-        ProgramHandler(thread_state::existing().map(|s| (s, s.in_hit_path.replace(0))))
+        ProgramHandler(thread_state::existing().map(|s| (s, s.in_hit_path.replace(0), s.quiet_sp.get())))
     }
 }
 
 impl Drop for ProgramHandler {
     fn drop(&mut self) {
-        if let Some((s, depth)) = self.0 {
+        if let Some((s, depth, mark)) = self.0 {
             s.in_hit_path.set(depth);
+            s.quiet_sp.set(mark);
         }
     }
 }
@@ -155,16 +175,23 @@ enum Quiet {
     Nested,
 }
 
-/// Whether a hit of a thread whose hit-path depth was `depth` before this hit runs no handler.
-fn quiet(state: &ThreadState, depth: u32) -> Option<Quiet> {
-    if state.own_work.get() > 0 {
-        Some(Quiet::OwnWork)
+/// Whether a hit at stack pointer `rsp` of a thread whose hit-path depth was `depth` before
+/// this hit runs no handler. A hit in a tool's own work that came from a program's signal
+/// handler that interrupted it is the program's: missed (see `interrupted.rs`). Elsewhere in
+/// dprobe's machinery the stack is not looked at: frames there hold stale bytes of earlier
+/// signal frames often enough (dprobe's own traps at the same depth) to be taken for one.
+fn quiet(state: &ThreadState, depth: u32, rsp: u64) -> Option<Quiet> {
+    let own = if state.own_work.get() > 0 {
+        true
     } else if state.handler_body.get() > 0 {
-        Some(Quiet::Nested)
-    } else if state.in_handler.get() || depth > 0 {
-        Some(Quiet::OwnWork)
+        return Some(Quiet::Nested);
     } else {
-        None
+        state.in_handler.get() || depth > 0
+    };
+    match own {
+        false => None,
+        true if state.tool_work.get() > 0 && interrupted::by_program_signal(state, rsp) => Some(Quiet::Nested),
+        true => Some(Quiet::OwnWork),
     }
 }
 
@@ -176,10 +203,11 @@ fn quiet(state: &ThreadState, depth: u32) -> Option<Quiet> {
 /// probed a nested hit that copied again would trap again, without end.
 pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let state = thread_state::current();
-    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get()));
-    let _hit_path = HitPath::with(state);
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
+    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp()));
+    let _hit_path = HitPath::with(state);
+    let _own_frame = interrupted::OwnFrame::enter(state, uc);
     let key = ctx.rip().wrapping_sub(1);
     let handled = Engine::get().is_some_and(|engine| {
         engine.table.lookup(key, |found| match (found, quiet) {
@@ -339,7 +367,7 @@ pub(crate) fn dispatch_entry_in<R>(
     state.alternate.set(alternate_stack.unwrap_or_default());
     // The caller raised the hit-path depth once for this hit: more is a hit from inside
     // dprobe's hit path (a C library function it calls is probed).
-    match quiet(state, state.in_hit_path.get().saturating_sub(1)) {
+    match quiet(state, state.in_hit_path.get().saturating_sub(1), regs.rsp) {
         None => {}
         // dprobe's own call: not the program's, not a hit (nothing counted).
         Some(Quiet::OwnWork) => return then(regs, Dispatch::Missed),
@@ -468,7 +496,9 @@ fn instruction_fault_handled(engine: &Engine, site: Addr, regs: &mut Regs, sig: 
 /// `SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`: a fault in a handler (recover), in a slot (map it
 /// back to the original instruction), or the program's own (chain).
 pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let _hit_path = HitPath::enter();
+    let state = thread_state::current();
+    let _hit_path = HitPath::with(state);
+    let _own_frame = interrupted::OwnFrame::enter(state, uc);
     // SAFETY: the kernel passes valid `info` and `uc` to an SA_SIGINFO handler.
     let (mut ctx, fault_addr) = unsafe { (SignalContext::new(uc), (*info).si_addr() as u64) };
     if let Some((rsp, rip)) = guard::recovery_point(sig, fault_addr) {

@@ -1,0 +1,203 @@
+//! Telling the program's own signal handler, run on top of dprobe's hit path, from dprobe's
+//! own calls.
+//!
+//! A hit while the thread is already in dprobe's hit path (or in dprobe's own work) is
+//! normally dprobe's own call: a C library function its machinery calls is probed, and such a
+//! hit counts nothing, as the same call made by a tracer in another process would not. But an
+//! asynchronous signal may arrive there too, and the program's handler for it then runs on
+//! top of dprobe's frames: the probes it passes through are the program's hits, which came
+//! while another probe ran (kprobe rule 6: counted as missed, not lost).
+//!
+//! The stack tells them apart. When the hit path (or own work) began, the thread noted its
+//! stack pointer ([`ThreadState::quiet_sp`]). Between a nested hit's stack pointer and that
+//! mark, a program's handler that interrupted dprobe left the kernel's signal frame: the
+//! handler's return address (the C library's `sigreturn` stub, the restorer every `sigaction`
+//! of the C library installs) followed by the interrupted context, whose stack pointer lies
+//! at or below the mark. dprobe's own calls leave no such frame there: its trap's signal
+//! frame is above the mark, and the frames of a fault inside the hit path sit on the
+//! alternate stack, above a mark the fault handler made there.
+//!
+//! Only words known to be the thread's stack are read: the run from the nested stack pointer
+//! up to the mark when both are on the same stack (at most [`SCAN_LIMIT`] bytes), or up to the
+//! top of the alternate stack when the program's handler runs there. The alternate stack is
+//! asked of the kernel directly (`sigaltstack` without the C library, which may be probed).
+//! Nothing here calls the C library. A program whose handlers return through another restorer
+//! than the C library's (its own `rt_sigaction` system calls) is not recognized: its hits there
+//! count nothing, as before.
+//!
+//! [`ThreadState::quiet_sp`]: crate::thread_state::ThreadState
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::signal_frame::{self, RSP_AT};
+use crate::thread_state::ThreadState;
+use crate::{blocked, sys};
+
+/// How far below the mark a nested hit's stack is scanned: deeper is not dprobe's hit path.
+pub(crate) const SCAN_LIMIT: u64 = 64 * 1024;
+
+/// The restorer the C library's `sigaction` installs (0: not known yet).
+static RESTORER: AtomicU64 = AtomicU64::new(0);
+
+/// Note the restorer of the handler just installed for `sig` (the C library's `sigreturn`
+/// stub, the same for every handler it installs).
+pub(crate) fn learn_restorer(sig: libc::c_int) {
+    RESTORER.store(blocked::restorer(sig), Relaxed);
+}
+
+/// Whether a program's signal handler interrupted thread `state` between the mark
+/// (`quiet_sp`: its stack pointer when its hit path or own work began) and a nested hit at
+/// stack pointer `rsp`. Async-signal-safe; calls no C library function.
+pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64) -> bool {
+    let (restorer, mark) = (RESTORER.load(Relaxed), state.quiet_sp.get());
+    if restorer == 0 || mark == 0 {
+        return false;
+    }
+    let Some((from, to)) = scan_range(rsp, mark, sys::raw_alternate_stack()) else { return false };
+    let own = |at: u64| {
+        let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());
+        state.own_frames[..n].iter().any(|f| f.get() == at)
+    };
+    // SAFETY: `scan_range` keeps to the live part of one stack of this thread: every word in
+    // `from..to` is mapped and readable, and nothing else writes it while this runs.
+    unsafe { signal_frame_in(from, to, mark, restorer, own) }
+}
+
+/// Marks, while it lives, the signal frame of a dprobe handler running on this thread, so
+/// that a scan does not take it for the program's (dprobe's handlers interrupt its hit path
+/// too: the safepoint's, a trap of a C library function the hit path calls).
+pub(crate) struct OwnFrame(Option<&'static ThreadState>);
+
+impl OwnFrame {
+    /// For the handler the kernel called with context `uc` (its frame starts just below).
+    pub(crate) fn enter(state: Option<&'static ThreadState>, uc: *mut libc::c_void) -> OwnFrame {
+        if let Some(s) = state {
+            let n = s.own_frames_len.get();
+            // Deeper than the record: such a frame is taken for the program's (its hits there
+            // count as missed, not as nothing).
+            if let Some(slot) = s.own_frames.get(n as usize) {
+                slot.set(uc as u64 - signal_frame::UC_AT);
+            }
+            s.own_frames_len.set(n + 1);
+        }
+        OwnFrame(state)
+    }
+}
+
+impl Drop for OwnFrame {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.own_frames_len.set(s.own_frames_len.get().saturating_sub(1));
+        }
+    }
+}
+
+/// The words to scan, `from..to`, for a nested hit at `rsp` below `mark`; `alternate` is the
+/// thread's alternate stack `(base, size, running on it)`. None when they are not known to be
+/// one stack's.
+fn scan_range(rsp: u64, mark: u64, alternate: Option<(u64, u64, bool)>) -> Option<(u64, u64)> {
+    let from = rsp.checked_add(7)? & !7;
+    match alternate {
+        Some((base, size, true)) => {
+            let top = base.checked_add(size)?;
+            let on_it = |sp: u64| (base..=top).contains(&sp);
+            if !on_it(from) {
+                return None;
+            }
+            // Both on the alternate stack: one stack, up to the mark. Otherwise the nested
+            // code was moved there by a signal: its frame is at the top.
+            let to = if on_it(mark) { mark } else { top };
+            (from < to && to - from <= SCAN_LIMIT).then_some((from, to))
+        }
+        // Not on the alternate stack: the nested code runs on the stack the hit path began on.
+        Some((_, _, false)) => (from < mark && mark - from <= SCAN_LIMIT).then_some((from, mark)),
+        None => None,
+    }
+}
+
+/// Whether `from..to` holds a signal frame returning through `restorer` whose interrupted
+/// stack pointer is at or below `mark` (within [`SCAN_LIMIT`]), other than dprobe's `own`.
+///
+/// # Safety
+/// Every 8-byte word in `from..to` must be readable; `from` is 8-aligned.
+unsafe fn signal_frame_in(from: u64, to: u64, mark: u64, restorer: u64, own: impl Fn(u64) -> bool) -> bool {
+    // SAFETY: the caller vouches for `from..to`; offsets past `to` are not read.
+    let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
+    let mut at = from;
+    while at + signal_frame::READ_BYTES <= to {
+        if signal_frame::starts_at(at, restorer, word) {
+            let interrupted = word(at + RSP_AT);
+            if interrupted <= mark && mark - interrupted <= SCAN_LIMIT && !own(at) {
+                return true;
+            }
+        }
+        at += 8;
+    }
+    false
+}
+
+/// The stack pointer of the caller (inlined: of the function that holds the mark).
+#[inline(always)]
+pub(crate) fn stack_pointer() -> u64 {
+    let sp: u64;
+    // SAFETY: reads rsp into a register; touches no memory and no flags.
+    unsafe { std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    sp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_only_one_stack() {
+        let none = |rsp, mark, alt| scan_range(rsp, mark, alt).is_none();
+        // On the thread's stack: up to the mark, never past SCAN_LIMIT or above the mark.
+        assert_eq!(scan_range(0x7000_0003, 0x7000_1000, Some((0, 0, false))), Some((0x7000_0008, 0x7000_1000)));
+        assert!(none(0x7000_2000, 0x7000_1000, Some((0, 0, false))));
+        assert!(none(0x7000_0000, 0x7000_0000 + SCAN_LIMIT + 8, Some((0, 0, false))));
+        assert!(none(0x7000_0000, 0x7000_1000, None), "the alternate stack unknown: nothing read");
+        // On the alternate stack, the mark elsewhere: up to the alternate stack's top.
+        let alt = Some((0x1000_0000, 0x8000, true));
+        assert_eq!(scan_range(0x1000_7000, 0x7000_1000, alt), Some((0x1000_7000, 0x1000_8000)));
+        // Both on it: up to the mark.
+        assert_eq!(scan_range(0x1000_1000, 0x1000_2000, alt), Some((0x1000_1000, 0x1000_2000)));
+        // Said to be on it but not inside it: nothing read.
+        assert!(none(0x2000_0000, 0x7000_1000, alt));
+    }
+
+    /// A fake signal frame at `at` in `stack` (words), as the kernel lays it out.
+    fn frame(stack: &mut [u64], base: u64, at: usize, restorer: u64, interrupted: u64) {
+        stack[at] = restorer;
+        stack[at + (RSP_AT / 8) as usize] = interrupted;
+        stack[at + (signal_frame::FPREGS_AT / 8) as usize] = base + 8 * (at as u64 + 64);
+    }
+
+    #[test]
+    fn finds_a_signal_frame_whose_interrupted_stack_is_below_the_mark() {
+        let mut stack = vec![0u64; 1024];
+        let base = stack.as_ptr() as u64;
+        let at = (0..8).find(|i| (base + 8 * i) % 16 == 8).unwrap() as usize + 16;
+        let to = base + 8 * 1024;
+        let mark = to;
+        let found = |s: &[u64], mark, own_at: u64| {
+            assert_eq!(s.as_ptr() as u64 + 8 * s.len() as u64, to);
+            // SAFETY: the words scanned are those of `s`, alive and readable.
+            unsafe { signal_frame_in(s.as_ptr() as u64, to, mark, 0x4242, |at| at == own_at) }
+        };
+        assert!(!found(&stack, mark, 0), "no frame: dprobe's own call");
+        frame(&mut stack, base, at, 0x4242, mark - 512);
+        assert!(found(&stack, mark, 0));
+        frame(&mut stack, base, at, 0x4243, mark - 512);
+        assert!(!found(&stack, mark, 0), "another return address");
+        frame(&mut stack, base, at, 0x4242, mark + 8);
+        assert!(!found(&stack, mark, 0), "the interrupted stack above the mark: the hit path's own trap frame");
+        frame(&mut stack, base, at + 1, 0x4242, mark - 512);
+        stack[at] = 0;
+        assert!(!found(&stack, mark, 0), "misaligned for a handler's entry");
+        frame(&mut stack, base, at, 0x4242, mark - 512);
+        stack[at + 1] = 0;
+        assert!(found(&stack, mark, 0));
+        assert!(!found(&stack, mark, base + 8 * at as u64), "a frame of dprobe's own handler is not the program's");
+    }
+}

@@ -1,0 +1,87 @@
+//! The kernel's x86-64 signal frame (`struct rt_sigframe`) as dprobe finds it on a thread's
+//! stack: the handler's return address (`pretcode`, the C library's `sa_restorer`), then the
+//! `ucontext_t` with the interrupted registers, the floating-point state a little above.
+//!
+//! A frame is recognized by that return address at a place 8 modulo 16 (where the kernel
+//! aligns a frame's start), no `uc_link`, and the floating-point state's pointer just above.
+//! Frames of handlers installed with another restorer (a program's own `rt_sigaction` system
+//! calls) are not seen.
+
+/// Where the `ucontext_t` starts in a frame.
+pub(crate) const UC_AT: u64 = 8;
+/// Offsets of fields of the frame.
+pub(crate) const LINK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_link) as u64;
+const GREGS_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_mcontext) as u64;
+pub(crate) const RIP_AT: u64 = GREGS_AT + 8 * libc::REG_RIP as u64;
+pub(crate) const RSP_AT: u64 = GREGS_AT + 8 * libc::REG_RSP as u64;
+pub(crate) const FPREGS_AT: u64 = GREGS_AT + std::mem::offset_of!(libc::mcontext_t, fpregs) as u64;
+/// The bytes a frame's recognition reads from its start.
+pub(crate) const READ_BYTES: u64 = FPREGS_AT + 8;
+
+// The kernel's layout: the machine context's 23 general registers, then the pointer to the
+// floating-point state.
+const _: () = assert!(RSP_AT == 168 && RIP_AT == 176 && FPREGS_AT == 232);
+
+/// How far above a frame its floating-point state may be (a few KiB; about 11 with AMX tiles).
+const FPREGS_WITHIN: u64 = 64 * 1024;
+
+/// Whether a signal frame returning through `restorer` starts at `at`, reading the stack's
+/// words with `word` (from `at` to `at + READ_BYTES`, which the caller knows are readable).
+pub(crate) fn starts_at(at: u64, restorer: u64, word: impl Fn(u64) -> u64) -> bool {
+    if at % 16 != 8 || word(at) != restorer || word(at + LINK_AT) != 0 {
+        return false;
+    }
+    let fp = word(at + FPREGS_AT);
+    fp > at && fp - at < FPREGS_WITHIN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    static FRAME: AtomicU64 = AtomicU64::new(0);
+    static RECOGNIZED: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" fn note_frame(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+        let frame = uc as u64 - UC_AT;
+        FRAME.store(frame, Relaxed);
+        let restorer = crate::blocked::restorer(libc::SIGWINCH);
+        // SAFETY: the words read are this handler's own frame, from its start on.
+        let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
+        RECOGNIZED.store(starts_at(frame, restorer, word) as u64, Relaxed);
+    }
+
+    #[test]
+    fn the_kernels_own_frame_is_recognized() {
+        // SAFETY: all-zero is a valid sigaction; a handler that looks at its own frame.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = note_frame as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: a valid action for SIGWINCH, which nothing else in these tests uses.
+        unsafe {
+            assert_eq!(libc::sigaction(libc::SIGWINCH, &sa, std::ptr::null_mut()), 0);
+            libc::raise(libc::SIGWINCH);
+        }
+        assert_eq!(FRAME.load(Relaxed) % 16, 8);
+        assert_eq!(RECOGNIZED.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_frame_is_its_restorer_no_link_and_its_state_above() {
+        let frame = |at: u64, fp: u64| {
+            move |a: u64| match a - at {
+                0 => 0x4242,
+                FPREGS_AT => fp,
+                _ => 0,
+            }
+        };
+        assert!(starts_at(0x1008, 0x4242, frame(0x1008, 0x1800)));
+        assert!(!starts_at(0x1010, 0x4242, frame(0x1010, 0x1800)), "not 8 modulo 16");
+        assert!(!starts_at(0x1008, 0x4343, frame(0x1008, 0x1800)), "another return address");
+        assert!(!starts_at(0x1008, 0x4242, frame(0x1008, 0x1000)), "its state below it");
+        assert!(!starts_at(0x1008, 0x4242, frame(0x1008, 0x1008 + FPREGS_WITHIN)), "its state far above");
+        let linked = |a: u64| if a == 0x1008 + LINK_AT { 1 } else { frame(0x1008, 0x1800)(a) };
+        assert!(!starts_at(0x1008, 0x4242, linked), "a uc_link");
+    }
+}
