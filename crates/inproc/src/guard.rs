@@ -80,8 +80,8 @@ pub(crate) fn call_guarded_in(
     // A fault abandons `f` where it stood, without its destructors: counters it raised and
     // would have lowered (a tool's `ToolWork`) are put back as they were, or every later hit
     // of this thread would count nothing.
-    let (own_work, in_hit_path, own_frames) =
-        (state.own_work.get(), state.in_hit_path.get(), state.own_frames_len.get());
+    let (own_work, in_hit_path) = (state.own_work.get(), state.in_hit_path.get());
+    let (tool_work, own_frames) = (state.tool_work.get(), state.own_frames_len.get());
     // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
     // calls `trampoline(&mut f)` with an aligned stack, and returns 0; or, when the fault
     // handler redirected the faulting thread to the recovery label with `point`'s stack
@@ -93,6 +93,7 @@ pub(crate) fn call_guarded_in(
     if faulted != 0 {
         state.own_work.set(own_work);
         state.in_hit_path.set(in_hit_path);
+        state.tool_work.set(tool_work);
         state.own_frames_len.set(own_frames);
     }
     if faulted == 0 {

@@ -13,9 +13,15 @@
 //! mark, a program's handler that interrupted dprobe left the kernel's signal frame: the
 //! handler's return address (the C library's `sigreturn` stub, the restorer every `sigaction`
 //! of the C library installs) followed by the interrupted context, whose stack pointer lies
-//! at or below the mark. dprobe's own calls leave no such frame there: its trap's signal
-//! frame is above the mark, and the frames of a fault inside the hit path sit on the
-//! alternate stack, above a mark the fault handler made there.
+//! at or below the mark. dprobe's own handlers that interrupt the hit path (the safepoint's,
+//! a trap of a C library function it calls) note their frames ([`OwnFrame`]), which are then
+//! not taken for the program's.
+//!
+//! The stack is looked at only for hits inside a tool's own work (`tool_work`: the agent's
+//! handlers, where most of a hit's time goes). In the rest of dprobe's machinery, the frames
+//! between hold stale bytes of earlier signal frames (dprobe's own traps at the same depth)
+//! often enough to be taken for a live one, and a program's signal that lands in those few
+//! instructions still goes uncounted.
 //!
 //! Only words known to be the thread's stack are read: the run from the nested stack pointer
 //! up to the mark when both are on the same stack (at most [`SCAN_LIMIT`] bytes), or up to the
