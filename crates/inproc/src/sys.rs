@@ -209,14 +209,10 @@ pub fn map_code_page_at(addr: Addr, len: usize) -> io::Result<Addr> {
 }
 
 /// The calling thread's alternate signal stack `(base, size)` (size 0: none).
-/// Async-signal-safe: one system call.
+/// Async-signal-safe: one system call, made without the C library (see
+/// [`raw_alternate_stack`]).
 pub fn alternate_stack() -> (u64, u64) {
-    let mut old = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
-    // SAFETY: with no new stack, sigaltstack only writes the current one into `old`.
-    if unsafe { libc::sigaltstack(std::ptr::null(), &mut old) } != 0 || old.ss_flags & libc::SS_DISABLE != 0 {
-        return (0, 0);
-    }
-    (old.ss_sp as u64, old.ss_size as u64)
+    raw_alternate_stack().map_or((0, 0), |(base, size, _)| (base, size))
 }
 
 /// The calling thread's alternate signal stack `(base, size, running on it)` (size 0: none),
