@@ -3,7 +3,7 @@
 //! there), and nothing is lost while the jump goes in and out under four calling threads, or
 //! while a thread is parked inside the window.
 mod fixtures;
-use fixtures::{addr, call2, code, fx_park, fx_push_push_mov, PARKED, RELEASE};
+use fixtures::{addr, call2, code, fx_park, fx_push_push_mov};
 
 use dprobe_inproc::*;
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -207,28 +207,13 @@ fn a_short_exit_and_a_branch_into_the_window_stay_on_int3_with_the_reason_and_co
 
 #[test]
 fn a_thread_parked_inside_an_exit_window_is_moved_into_the_detour_and_its_return_counts() {
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    // fx_park: endbr64, push, mov, lea (+8), pop (+13), ret (+14).
+    // fx_park: endbr64, push, mov, lea (+8), pop (+13), ret (+14): the exit window is +8..+14.
     let f = addr(fx_park);
-    let (window, ret) = (f.offset(8), f.offset(14));
-    // Between the pop and the ret: strictly inside the window, past its first instruction.
-    fixtures::park_at(f.0 + 13);
     const AFTER: u64 = 10_000;
-    let (worker, _) = fixtures::call_park_until(&RELEASE, AFTER);
-    let signals = fixtures::signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
-    let moves = safepoint_moves();
-    let p = register(Kprobe::addr(ret).pre(|_| {
-        HITS.fetch_add(1, Relaxed);
-        PreAction::Continue
-    }))
-    .unwrap();
-    assert_eq!(p.optimized(), Ok(()));
-    assert_eq!(code(window, 1), [0xe9]);
-    assert!(safepoint_moves() > moves, "the parked thread's saved RIP was moved (after {signals} signals)");
-    RELEASE.store(true, SeqCst);
-    let calls = worker.join().unwrap().expect("the parked call and every later one computed the right value");
-    assert!(calls > 0);
+    // Between the pop and the ret: strictly inside the window, past its first instruction.
+    let (p, runs) = fixtures::park_then_optimize(f.0 + 13, f.offset(14), AFTER);
+    assert_eq!(code(f.offset(8), 1), [0xe9], "the jump is at the window's start");
     // The parked call reaches the ret through the detour's copy: its return is a hit, then
     // every later call's.
-    assert_eq!((p.hits(), HITS.load(Relaxed), p.nmissed()), (AFTER + 1, AFTER + 1, 0));
+    assert_eq!((p.hits(), runs.load(Relaxed), p.nmissed()), (AFTER + 1, AFTER + 1, 0));
 }

@@ -1,9 +1,9 @@
 //! Jumps over several instructions: the usual prologues become jumps, and no thread is ever
 //! left inside the replaced instructions (moved into the detour by the safepoint).
 mod fixtures;
-use fixtures::{addr, call2, call_park_until, code, fx_park, signal_until_parked, PARKED, RELEASE};
+use fixtures::{addr, call2, code, fx_park};
 
-use dprobe_inproc::{register, safepoint_moves, Addr, Kprobe, NotOptimized, PreAction};
+use dprobe_inproc::{register, Addr, Kprobe, NotOptimized, PreAction};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 std::arch::global_asm!(
@@ -91,29 +91,15 @@ fn an_endbr64_push_prologue_and_a_push_push_mov_prologue_are_jumps_that_count_ev
 
 #[test]
 fn a_thread_parked_inside_the_window_by_a_signal_handler_is_moved_into_the_detour() {
-    static HITS: AtomicU64 = AtomicU64::new(0);
     let a = addr(fx_park);
-    fixtures::park_at(a.0 + 4);
     const AFTER: u64 = 10_000;
-    // Until released, calls that may be interrupted between endbr64 and push.
-    let (worker, _) = call_park_until(&RELEASE, AFTER);
-    let signals = signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
-    let moves = safepoint_moves();
-    let p = register(Kprobe::addr(a).pre(|_| {
-        HITS.fetch_add(1, Relaxed);
-        PreAction::Continue
-    }))
-    .unwrap();
-    assert_eq!(p.optimized(), Ok(()));
+    // Calls interrupted between endbr64 and push.
+    let (p, runs) = fixtures::park_then_optimize(a.0 + 4, a, AFTER);
     assert_eq!(code(a, 1), [0xe9]);
-    assert!(safepoint_moves() > moves, "the parked thread's saved RIP was moved (after {signals} signals)");
-    RELEASE.store(true, SeqCst);
-    let calls = worker.join().unwrap().expect("the parked call and every later one computed the right value");
-    assert!(calls > 0);
     // The parked call entered before the probe existed: only the later ones are hits (one
     // more call may have started before the worker saw RELEASE).
     assert!(p.hits() == AFTER || p.hits() == AFTER + 1, "{} hits", p.hits());
-    assert_eq!(HITS.load(Relaxed), p.hits());
+    assert_eq!(runs.load(Relaxed), p.hits());
 }
 
 #[test]
