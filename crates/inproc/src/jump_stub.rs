@@ -11,13 +11,16 @@
 //! before it returns, leaves in the frame's `rsp` where the stub's last steps run: the address
 //! of the flags to restore, just below the return address the stub's `ret` takes (`S` itself,
 //! or the redirect the dispatcher wrote, see `jump::resume`). The stub loads every register
-//! from the frame, switches to that stack pointer, `popfq`, `ret`.
+//! from the frame, switches to that stack pointer, restores the flags (`popfq`, or the status
+//! flags alone where nothing else changed: see the tail), `ret`.
 //!
-//! On a CPU with AVX, the stubs at an entry or a `ret` also keep `ymm0`-`ymm7` whole (with
-//! AVX-512, `zmm0`-`zmm7`): the calling convention passes `__m256`/`__m512` arguments and
-//! return values there, and a handler's library calls end with `vzeroupper`. They are stored
-//! below the frame and loaded back after the dispatcher, before the frame's `xmm` registers
-//! (which a handler may have changed) are written over their low halves.
+//! On a CPU with AVX, the stubs at an entry or a `ret` also keep the upper halves of the
+//! vector registers (with AVX-512, `zmm0`-`zmm7` whole): the calling convention passes
+//! `__m256`/`__m512` arguments and return values there, and a handler's library calls end
+//! with `vzeroupper`. How, without the cost of mixing SSE and AVX, see `ymm_args_call`; with
+//! AVX-512, `zmm0`-`zmm7` are stored below the frame and loaded back after the dispatcher,
+//! before the frame's `xmm` registers (which a handler may have changed) are written over
+//! their low halves.
 //!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR): `XSAVE`/`XSAVEC`
@@ -25,7 +28,7 @@
 //! frame's `xmm0`-`xmm15` (which a handler may have changed) are written over the restored low
 //! halves: the legacy SSE moves leave the upper halves as `XRSTOR` put them. The area's header
 //! is zeroed first, as `XRSTOR` requires. `rbx` keeps the frame and `r12` the area across the
-//! call (both are in the frame).
+//! call (both are in the frame); in every stub, `r13` keeps the flags at entry.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 
@@ -48,6 +51,20 @@ const _: () = {
     assert!(std::mem::offset_of!(Regs, rflags) == 136 && std::mem::offset_of!(Regs, xmm) == 144);
     assert!(std::mem::size_of::<Regs>() == 400 && std::mem::align_of::<Regs>() == 16);
 };
+
+/// The tail's loads of the general registers from the frame, then the stack pointer the
+/// dispatcher chose: at the flags' word, below the return address.
+macro_rules! gpr_loads {
+    () => {
+        concat!(
+            "mov rax, [rsp + 0]\n mov rcx, [rsp + 8]\n mov rdx, [rsp + 16]\n mov rbx, [rsp + 24]\n",
+            "mov rbp, [rsp + 40]\n mov rsi, [rsp + 48]\n mov rdi, [rsp + 56]\n mov r8, [rsp + 64]\n",
+            "mov r9, [rsp + 72]\n mov r10, [rsp + 80]\n mov r11, [rsp + 88]\n mov r12, [rsp + 96]\n",
+            "mov r13, [rsp + 104]\n mov r14, [rsp + 112]\n mov r15, [rsp + 120]\n",
+            "mov rsp, [rsp + 32]\n",
+        )
+    };
+}
 
 /// One stub: store the frame (see the module's comment), run `$call` (which calls
 /// `{dispatch}` with `rdi` = the frame and `rsi` = `S`, and leaves `rsp` at the frame), restore.
@@ -81,6 +98,7 @@ macro_rules! jump_stub {
             "mov [rsp + 120], r15",
             "mov rax, [rbx - 8]",
             "mov [rsp + 136], rax",
+            "mov r13, rax",
             "movaps [rsp + 144], xmm0",
             "movaps [rsp + 160], xmm1",
             "movaps [rsp + 176], xmm2",
@@ -118,23 +136,34 @@ macro_rules! jump_stub {
             "movaps xmm13, [rsp + 352]",
             "movaps xmm14, [rsp + 368]",
             "movaps xmm15, [rsp + 384]",
-            "mov rax, [rsp + 0]",
-            "mov rcx, [rsp + 8]",
-            "mov rdx, [rsp + 16]",
-            "mov rbx, [rsp + 24]",
-            "mov rbp, [rsp + 40]",
-            "mov rsi, [rsp + 48]",
-            "mov rdi, [rsp + 56]",
-            "mov r8, [rsp + 64]",
-            "mov r9, [rsp + 72]",
-            "mov r10, [rsp + 80]",
-            "mov r11, [rsp + 88]",
-            "mov r12, [rsp + 96]",
-            "mov r13, [rsp + 104]",
-            "mov r14, [rsp + 112]",
-            "mov r15, [rsp + 120]",
-            // The dispatcher's choice: the flags, then the return address.
-            "mov rsp, [rsp + 32]",
+            // Where a call that restored the vector registers itself goes on.
+            "7:",
+            // The flags: `popfq` costs about 7 ns (against 1 for the rest of the tail), so
+            // where the handlers changed no flag but the status flags, and the direction flag
+            // the stub cleared was already clear (`r13` holds the flags at entry), only the
+            // status flags are set: OF by an addition that overflows exactly when it was set,
+            // the others by `sahf`. Then the registers (moves keep the flags), the stack
+            // pointer past the flags' word, and the return address.
+            "mov rcx, [rsp + 136]",
+            "mov rax, rcx",
+            "xor rax, r13",
+            "mov rdx, r13",
+            "and edx, 0x400",
+            "or rax, rdx",
+            "test rax, -0x8d6",
+            "jnz 8f",
+            "mov eax, ecx",
+            "shr eax, 11",
+            "and eax, 1",
+            "add al, 0x7f",
+            "mov ah, cl",
+            "sahf",
+            gpr_loads!(),
+            "lea rsp, [rsp + 8]",
+            "ret",
+            // Any other flag: all of them, as the dispatcher left them.
+            "8:",
+            gpr_loads!(),
             "popfq",
             "ret",
             concat!(".size ", $name, ", . - ", $name),
@@ -164,22 +193,62 @@ macro_rules! whole_state_call {
     };
 }
 
-/// The call of an argument-keeping stub on a CPU with AVX: `ymm0`-`ymm7` (the vector
-/// arguments and return values of the calling convention, `__m256`) kept whole around it.
+/// The call of an argument-keeping stub on a CPU with AVX (without AVX-512): the upper
+/// halves of `ymm0`-`ymm15` kept around it. `ymm0`-`ymm7` carry the calling convention's
+/// `__m256` arguments and return values; the others are dead at a call for the ABI, but gcc's
+/// `-fipa-ra` lets a caller keep values in registers its callee is known not to touch.
+///
+/// The legacy SSE instructions of the handlers and of the stub's own loads must never run
+/// while an upper half is dirty: on some CPUs each such instruction costs a state transition
+/// (about 107 ns on the AMD EPYC machines dprobe's figures come from, against 0.3 ns for a
+/// `vzeroupper`). So the handlers always run after `vzeroupper`, and:
+/// - when every upper half is zero (the common case: code that uses AVX ends with
+///   `vzeroupper`), which the OR of all sixteen registers tells, nothing is stored, and a
+///   second `vzeroupper` after the dispatcher puts back exactly what was there;
+/// - otherwise the upper halves are stored below the frame, and after the dispatcher each
+///   register is loaded from the frame (the low half, which a handler may have changed) with
+///   `vmovaps` and its upper half put back with `vinsertf128`; the stub's legacy loads are
+///   skipped (`7:`).
+///
+/// `ymm8` and `ymm9` are the accumulators of the OR: their upper halves are stored first.
 macro_rules! ymm_args_call {
     () => {
         concat!(
             "sub rsp, 256\n",
-            "vmovdqu [rsp + 0], ymm0\n vmovdqu [rsp + 32], ymm1\n",
-            "vmovdqu [rsp + 64], ymm2\n vmovdqu [rsp + 96], ymm3\n",
-            "vmovdqu [rsp + 128], ymm4\n vmovdqu [rsp + 160], ymm5\n",
-            "vmovdqu [rsp + 192], ymm6\n vmovdqu [rsp + 224], ymm7\n",
-            "call {dispatch}\n",
-            "vmovdqu ymm0, [rsp + 0]\n vmovdqu ymm1, [rsp + 32]\n",
-            "vmovdqu ymm2, [rsp + 64]\n vmovdqu ymm3, [rsp + 96]\n",
-            "vmovdqu ymm4, [rsp + 128]\n vmovdqu ymm5, [rsp + 160]\n",
-            "vmovdqu ymm6, [rsp + 192]\n vmovdqu ymm7, [rsp + 224]\n",
-            "mov rsp, rbx\n",
+            "vextractf128 [rsp + 128], ymm8, 1\n vextractf128 [rsp + 144], ymm9, 1\n",
+            "vorps ymm8, ymm8, ymm0\n vorps ymm9, ymm9, ymm1\n vorps ymm8, ymm8, ymm2\n vorps ymm9, ymm9, ymm3\n",
+            "vorps ymm8, ymm8, ymm4\n vorps ymm9, ymm9, ymm5\n vorps ymm8, ymm8, ymm6\n vorps ymm9, ymm9, ymm7\n",
+            "vorps ymm8, ymm8, ymm10\n vorps ymm9, ymm9, ymm11\n vorps ymm8, ymm8, ymm12\n vorps ymm9, ymm9, ymm13\n",
+            "vorps ymm8, ymm8, ymm14\n vorps ymm9, ymm9, ymm15\n",
+            "vorps ymm8, ymm8, ymm9\n vextractf128 xmm8, ymm8, 1\n vptest xmm8, xmm8\n jnz 4f\n",
+            "vzeroupper\n call {dispatch}\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
+            "4:\n",
+            "vextractf128 [rsp + 0], ymm0, 1\n vextractf128 [rsp + 16], ymm1, 1\n",
+            "vextractf128 [rsp + 32], ymm2, 1\n vextractf128 [rsp + 48], ymm3, 1\n",
+            "vextractf128 [rsp + 64], ymm4, 1\n vextractf128 [rsp + 80], ymm5, 1\n",
+            "vextractf128 [rsp + 96], ymm6, 1\n vextractf128 [rsp + 112], ymm7, 1\n",
+            "vextractf128 [rsp + 160], ymm10, 1\n vextractf128 [rsp + 176], ymm11, 1\n",
+            "vextractf128 [rsp + 192], ymm12, 1\n vextractf128 [rsp + 208], ymm13, 1\n",
+            "vextractf128 [rsp + 224], ymm14, 1\n vextractf128 [rsp + 240], ymm15, 1\n",
+            "vzeroupper\n call {dispatch}\n",
+            "vmovaps xmm0, [rbx + 144]\n vinsertf128 ymm0, ymm0, [rsp + 0], 1\n",
+            "vmovaps xmm1, [rbx + 160]\n vinsertf128 ymm1, ymm1, [rsp + 16], 1\n",
+            "vmovaps xmm2, [rbx + 176]\n vinsertf128 ymm2, ymm2, [rsp + 32], 1\n",
+            "vmovaps xmm3, [rbx + 192]\n vinsertf128 ymm3, ymm3, [rsp + 48], 1\n",
+            "vmovaps xmm4, [rbx + 208]\n vinsertf128 ymm4, ymm4, [rsp + 64], 1\n",
+            "vmovaps xmm5, [rbx + 224]\n vinsertf128 ymm5, ymm5, [rsp + 80], 1\n",
+            "vmovaps xmm6, [rbx + 240]\n vinsertf128 ymm6, ymm6, [rsp + 96], 1\n",
+            "vmovaps xmm7, [rbx + 256]\n vinsertf128 ymm7, ymm7, [rsp + 112], 1\n",
+            "vmovaps xmm8, [rbx + 272]\n vinsertf128 ymm8, ymm8, [rsp + 128], 1\n",
+            "vmovaps xmm9, [rbx + 288]\n vinsertf128 ymm9, ymm9, [rsp + 144], 1\n",
+            "vmovaps xmm10, [rbx + 304]\n vinsertf128 ymm10, ymm10, [rsp + 160], 1\n",
+            "vmovaps xmm11, [rbx + 320]\n vinsertf128 ymm11, ymm11, [rsp + 176], 1\n",
+            "vmovaps xmm12, [rbx + 336]\n vinsertf128 ymm12, ymm12, [rsp + 192], 1\n",
+            "vmovaps xmm13, [rbx + 352]\n vinsertf128 ymm13, ymm13, [rsp + 208], 1\n",
+            "vmovaps xmm14, [rbx + 368]\n vinsertf128 ymm14, ymm14, [rsp + 224], 1\n",
+            "vmovaps xmm15, [rbx + 384]\n vinsertf128 ymm15, ymm15, [rsp + 240], 1\n",
+            "mov rsp, rbx\n jmp 7f\n",
+            "5:\n",
         )
     };
 }

@@ -76,6 +76,26 @@ std::arch::global_asm!(
     "ret",
     ".size fxf_inner, . - fxf_inner",
     // The probe at the entry: the caller-saved registers as the caller left them.
+    // Returns the flags at its entry's probed nop as the code after it sees them (then clears
+    // the direction flag a handler may have set).
+    ".globl fxf_flags",
+    ".type fxf_flags,@function",
+    "fxf_flags:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "pushfq",
+    "pop rax",
+    "cld",
+    "ret",
+    ".size fxf_flags, . - fxf_flags",
+    // Calls it with the flags set to `a`.
+    ".globl fxf_flags_call",
+    ".type fxf_flags_call,@function",
+    "fxf_flags_call:",
+    "push rdi",
+    "popfq",
+    "call fxf_flags",
+    "ret",
+    ".size fxf_flags_call, . - fxf_flags_call",
     ".globl fxf_entry",
     ".type fxf_entry,@function",
     "fxf_entry:",
@@ -102,6 +122,8 @@ extern "C" {
     fn fxf_inner(a: u64, b: u64) -> u64;
     fn fxf_inner_probe(a: u64, b: u64) -> u64;
     fn fxf_entry(a: u64, b: u64) -> u64;
+    fn fxf_flags();
+    fn fxf_flags_call(a: u64, b: u64) -> u64;
     static fxf_out: [u64; 50];
 }
 
@@ -216,4 +238,51 @@ fn at_a_function_entry_a_handler_sees_and_changes_the_caller_saved_registers() {
     assert_eq!((o[6], o[7]), (2, 1));
     assert_eq!(o[17] & CF, SEEN[15].load(Relaxed) & CF, "the flags as they were");
     assert_eq!(p.hits(), 2);
+}
+
+/// The status flags: OF, SF, ZF, AF, PF, CF.
+const STATUS: u64 = 0x8d5;
+/// The direction flag.
+const DF: u64 = 0x400;
+
+#[test]
+fn every_status_flag_and_the_direction_flag_reach_the_handler_and_come_back_as_it_left_them() {
+    // 0: leave the flags; 1: flip every status flag; 2: flip them and set the direction flag
+    // (a flag the stub itself changes, restored another way).
+    static MODE: AtomicU64 = AtomicU64::new(0);
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let at = dprobe_inproc::Addr(fxf_flags as *const () as u64);
+    let p = register(Kprobe::addr(at).pre(|regs| {
+        SEEN.store(regs.rflags, Relaxed);
+        match MODE.load(Relaxed) {
+            0 => {}
+            1 => regs.rflags ^= STATUS,
+            _ => regs.rflags = (regs.rflags ^ STATUS) | DF,
+        }
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!(p.optimized(), Ok(()), "the probe is a jump");
+    let mut calls = 0;
+    for mode in 0..3 {
+        MODE.store(mode, Relaxed);
+        // Every combination of the six status flags (bit 1 is always set).
+        for bits in 0..64u64 {
+            let flags = [1, 4, 0x10, 0x40, 0x80, 0x800].iter().enumerate().fold(2, |f, (k, &b)| match bits >> k & 1 {
+                1 => f | b,
+                _ => f,
+            });
+            let back = call2(fxf_flags_call, flags, 0);
+            calls += 1;
+            let seen = SEEN.load(Relaxed);
+            assert_eq!(seen & (STATUS | DF), flags & STATUS, "mode {mode}: the handler sees the program's flags");
+            let expected = match mode {
+                0 => flags & STATUS,
+                1 => (flags ^ STATUS) & STATUS,
+                _ => ((flags ^ STATUS) & STATUS) | DF,
+            };
+            assert_eq!(back & (STATUS | DF), expected, "mode {mode}: the flags after the probe, from {flags:#x}");
+        }
+    }
+    assert_eq!(p.hits(), calls);
 }

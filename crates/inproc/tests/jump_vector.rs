@@ -57,6 +57,41 @@ std::arch::global_asm!(
     "add rax, rsi",
     "ret",
     ".size fxv_m256_call, . - fxv_m256_call",
+    // Calls it with every upper half zero (`vzeroupper`, then a legacy SSE move that leaves
+    // them so): returns b.
+    ".globl fxv_m256_zero_call",
+    ".type fxv_m256_zero_call,@function",
+    "fxv_m256_zero_call:",
+    "push rsi",
+    "vzeroupper",
+    "movq xmm0, rdi",
+    "call fxv_m256_arg",
+    "pop rsi",
+    "add rax, rsi",
+    "ret",
+    ".size fxv_m256_zero_call, . - fxv_m256_zero_call",
+    // A leaf that touches no vector register: returns a + b (the probe on its entry nop).
+    ".globl fxv_leaf",
+    ".type fxv_leaf,@function",
+    "fxv_leaf:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "lea rax, [rdi + rsi]",
+    "ret",
+    ".size fxv_leaf, . - fxv_leaf",
+    // Keeps `a` in the upper half of ymm8 across a call of it, as gcc's -fipa-ra allows a
+    // caller that knows its callee: returns a + b + a.
+    ".globl fxv_ymm8_across_call",
+    ".type fxv_ymm8_across_call,@function",
+    "fxv_ymm8_across_call:",
+    "vmovq xmm1, rdi",
+    "vinsertf128 ymm8, ymm8, xmm1, 1",
+    "call fxv_leaf",
+    "vextractf128 xmm1, ymm8, 1",
+    "vmovq rcx, xmm1",
+    "add rax, rcx",
+    "vzeroupper",
+    "ret",
+    ".size fxv_ymm8_across_call, . - fxv_ymm8_across_call",
     // The same with a `__m512`: `a` in bits 256-319 of zmm0.
     ".globl fxv_m512_arg",
     ".type fxv_m512_arg,@function",
@@ -96,6 +131,9 @@ extern "C" {
     fn fxv_xmm(a: u64, b: u64) -> u64;
     fn fxv_m256_arg();
     fn fxv_m256_call(a: u64, b: u64) -> u64;
+    fn fxv_m256_zero_call(a: u64, b: u64) -> u64;
+    fn fxv_leaf();
+    fn fxv_ymm8_across_call(a: u64, b: u64) -> u64;
     fn fxv_m512_arg();
     fn fxv_m512_call(a: u64, b: u64) -> u64;
 }
@@ -116,6 +154,66 @@ fn a_m256_argument_survives_a_handler_that_runs_vzeroupper_at_the_entry() {
         // SAFETY: AVX is present; vzeroupper only clears upper halves.
         unsafe { std::arch::asm!("vzeroupper") };
     });
+}
+
+#[test]
+fn a_ymm_register_a_caller_keeps_across_the_call_survives_a_handler_that_runs_vzeroupper() {
+    if !std::arch::is_x86_feature_detected!("avx") || std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("not a CPU with AVX and without AVX-512: the ymm8 case does not apply");
+        return;
+    }
+    survives_with(
+        fxv_ymm8_across_call,
+        dprobe_inproc::Addr(fxv_leaf as *const () as u64),
+        || {
+            // SAFETY: AVX is present; vzeroupper only clears upper halves.
+            unsafe { std::arch::asm!("vzeroupper") };
+        },
+        0,
+        |a, b| 2 * a + b,
+    );
+}
+
+/// Fill `ymm0` with ones and leave it so, as a library call that forgets `vzeroupper` would.
+fn dirty_ymm0() {
+    // SAFETY: AVX is present (the callers check); ymm0 is caller-saved.
+    unsafe { std::arch::asm!("vpcmpeqd ymm0, ymm0, ymm0", out("ymm0") _) };
+}
+
+#[test]
+fn zero_upper_halves_at_an_entry_stay_zero_after_handlers_that_fill_them() {
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the ymm case does not apply");
+        return;
+    }
+    // Where the CPU says the upper halves are unused, the stubs do not store them but zero
+    // them after the handlers (pre and post): a handler that fills ymm0 must not reach the
+    // function, which reads the upper half of ymm0 (zero) and returns it plus b.
+    let at = dprobe_inproc::Addr(fxv_m256_arg as *const () as u64);
+    let (pre, post) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
+    let (pre_runs, post_runs) = (pre.clone(), post.clone());
+    let p = register(
+        Kprobe::addr(at)
+            .pre(move |_| {
+                dirty_ymm0();
+                pre_runs.fetch_add(1, Relaxed);
+                PreAction::Continue
+            })
+            .post(move |_| {
+                dirty_ymm0();
+                post_runs.fetch_add(1, Relaxed);
+            }),
+    )
+    .unwrap();
+    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump");
+    const CALLS: u64 = 50_000;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(fxv_m256_zero_call, t + 7, i) == i)))
+        .collect();
+    assert!(threads.into_iter().all(|t| t.join().unwrap()), "a handler's ymm0 reached the function");
+    assert_eq!((pre.load(Relaxed), post.load(Relaxed), p.hits()), (4 * CALLS, 4 * CALLS, 4 * CALLS));
+    // And upper halves in use at the entry are kept whole by the same stubs.
+    assert!((0..1000u64).all(|i| call2(fxv_m256_call, i + 1, i) == 2 * i + 1), "a __m256 argument was lost");
 }
 
 #[test]
