@@ -22,8 +22,9 @@
 //! * the same probe on int3: the same function and probe, registered with `no_optimize`;
 //! * jump + post-handler: a probe with a pre- and a post-handler on the same nop, whose detour
 //!   runs the post-handler after the relocated nop (the trap path's post-step takes two traps);
-//! * jump inside a function (XSAVE): a probe on a 5-byte nop after the function's first
-//!   instruction, whose detour also keeps the whole extended state (on a CPU with AVX);
+//! * jump inside a function: a probe on a 5-byte nop after the function's first instruction,
+//!   whose detour also keeps the whole extended state (on a CPU with AVX: without `XSAVE` where
+//!   the state is x87, SSE and AVX and x87 is unused, with it elsewhere);
 //! * kretprobe, jump entry + exit probe: the same function watched at its exits: the entry is a
 //!   jump, the one-byte `ret` an int3 probe (the instructions before it, with the entry's
 //!   window, are too few for an exit window that does not overlap it);
@@ -282,7 +283,7 @@ const TARGETS: [Target; 16] = [
     ("same probe on int3", bench_jump_int3),
     ("kretprobe at its exits", bench_exit),
     ("jump + post-handler", bench_jump_post),
-    ("jump inside a function (XSAVE)", bench_jump_inner),
+    ("jump inside a function", bench_jump_inner),
     ("kret: jump entry + exit int3", bench_jump_exits),
     ("jump at a ret", bench_ret_jump),
     ("kret: jump entry + exit jump", bench_kret_jumps),
@@ -342,7 +343,7 @@ fn ratio_table(_: &mut Criterion) {
     println!("jump-optimized hit (jump-optimized - plain call): {:.1} ns", medians[7] - medians[6]);
     println!("int3 / jump-optimized: {:.0}x", medians[8] / medians[7]);
     println!("post-handler through the jump (jump + post - jump-optimized): {:.1} ns", medians[10] - medians[7]);
-    println!("whole extended state (inner XSAVE jump - jump-optimized): {:.1} ns", medians[11] - medians[7]);
+    println!("whole extended state (jump inside a function - jump-optimized): {:.1} ns", medians[11] - medians[7]);
     println!(
         "return side on a jump entry, exit int3 (kret at exits - jump-optimized): {:.0} ns",
         medians[12] - medians[7]

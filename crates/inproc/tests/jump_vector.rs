@@ -70,6 +70,70 @@ std::arch::global_asm!(
     "add rax, rsi",
     "ret",
     ".size fxv_m256_zero_call, . - fxv_m256_zero_call",
+    // Clears MXCSR's exception flags, then the probed 5-byte nop inside the function, then
+    // returns MXCSR.
+    ".globl fxv_mxcsr",
+    ".type fxv_mxcsr,@function",
+    "fxv_mxcsr:",
+    "sub rsp, 8",
+    "mov dword ptr [rsp], 0x1f80",
+    "ldmxcsr [rsp]",
+    ".globl fxv_mxcsr_probe",
+    "fxv_mxcsr_probe:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "stmxcsr [rsp]",
+    "mov eax, [rsp]",
+    "add rsp, 8",
+    "ret",
+    ".size fxv_mxcsr, . - fxv_mxcsr",
+    // With `b` = 0, nothing on the x87 stack; with `b` = 1, 1.0 pushed on it before the
+    // probed 5-byte nop inside the function and popped after. Returns the x87 control word
+    // << 32 | the status word << 16 | the value popped (1: 1.0, 0: something else).
+    ".globl fxv_x87",
+    ".type fxv_x87,@function",
+    "fxv_x87:",
+    "sub rsp, 8",
+    "xor ecx, ecx",
+    "test rsi, rsi",
+    "jz 1f",
+    "fld1",
+    "1:",
+    ".globl fxv_x87_probe",
+    "fxv_x87_probe:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "test rsi, rsi",
+    "jz 2f",
+    "fld1",
+    "fcomip st, st(1)",
+    "fstp st(0)",
+    "sete cl",
+    "2:",
+    "fnstsw ax",
+    "movzx eax, ax",
+    "shl rax, 16",
+    "or rax, rcx",
+    "fnstcw [rsp]",
+    "movzx ecx, word ptr [rsp]",
+    "shl rcx, 32",
+    "or rax, rcx",
+    "add rsp, 8",
+    "ret",
+    ".size fxv_x87, . - fxv_x87",
+    // Every upper half zero at the probed 5-byte nop inside the function; returns the upper
+    // half of ymm0 after it (its low 64 bits).
+    ".globl fxv_zero_inside",
+    ".type fxv_zero_inside,@function",
+    "fxv_zero_inside:",
+    "vzeroupper",
+    "movq xmm0, rdi",
+    ".globl fxv_zero_inside_probe",
+    "fxv_zero_inside_probe:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "vextractf128 xmm1, ymm0, 1",
+    "vmovq rax, xmm1",
+    "vzeroupper",
+    "ret",
+    ".size fxv_zero_inside, . - fxv_zero_inside",
     // A leaf that touches no vector register: returns a + b (the probe on its entry nop).
     ".globl fxv_leaf",
     ".type fxv_leaf,@function",
@@ -133,6 +197,12 @@ extern "C" {
     fn fxv_m256_call(a: u64, b: u64) -> u64;
     fn fxv_m256_zero_call(a: u64, b: u64) -> u64;
     fn fxv_leaf();
+    fn fxv_mxcsr(a: u64, b: u64) -> u64;
+    fn fxv_zero_inside(a: u64, b: u64) -> u64;
+    fn fxv_zero_inside_probe();
+    fn fxv_mxcsr_probe();
+    fn fxv_x87(a: u64, b: u64) -> u64;
+    fn fxv_x87_probe();
     fn fxv_ymm8_across_call(a: u64, b: u64) -> u64;
     fn fxv_m512_arg();
     fn fxv_m512_call(a: u64, b: u64) -> u64;
@@ -300,4 +370,108 @@ fn xmm8_survives_a_handler_that_changes_it() {
         // SAFETY: SSE2 is part of x86-64; xmm8 is caller-saved.
         unsafe { std::arch::asm!("pxor xmm8, xmm8", out("xmm8") _) };
     });
+}
+
+/// A jump-optimized probe inside a function at `at` whose handler runs `clobber`; four threads
+/// call `f(t, b)` and check each result against `expected`.
+fn inside_survives(
+    f: unsafe extern "C" fn(u64, u64) -> u64,
+    at: unsafe extern "C" fn(),
+    b: u64,
+    clobber: fn(),
+    expected: u64,
+) {
+    let at = dprobe_inproc::Addr(at as *const () as u64);
+    let p = register(Kprobe::addr(at).pre(move |_| {
+        clobber();
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump");
+    const CALLS: u64 = 20_000;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| std::thread::spawn(move || (0..CALLS).map(|_| call2(f, t, b)).find(|&r| r != expected)))
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().map(|r| format!("{r:#x}")), None, "expected {expected:#x} after every call");
+    }
+    assert_eq!(p.hits(), 4 * CALLS);
+}
+
+#[test]
+fn mxcsr_flags_a_handler_raises_do_not_reach_the_function() {
+    inside_survives(
+        fxv_mxcsr,
+        fxv_mxcsr_probe,
+        0,
+        || {
+            // An inexact division: sets MXCSR's precision flag (0x20).
+            std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
+        },
+        0x1f80,
+    );
+}
+
+/// The x87 control word at reset, and the status word with an empty stack.
+const X87_CLEAN: u64 = 0x37f << 32;
+
+#[test]
+fn the_x87_stack_a_handler_leaves_a_value_on_is_put_back() {
+    // Nothing on the program's x87 stack: the handler's leftover value must be gone, the
+    // status word clean (its TOP back at 0).
+    inside_survives(
+        fxv_x87,
+        fxv_x87_probe,
+        0,
+        || {
+            // SAFETY: pushes 1.0 on the x87 stack and leaves it there, as a bad library call
+            // might; no Rust code uses x87.
+            unsafe { std::arch::asm!("fld1") };
+        },
+        X87_CLEAN,
+    );
+}
+
+#[test]
+fn a_value_on_the_x87_stack_survives_a_handler_that_fills_the_stack() {
+    // 1.0 live on the program's x87 stack: a handler that pushes eight values (overflowing,
+    // raising the invalid-operation flag) and pops eight must not change it or the flags.
+    inside_survives(
+        fxv_x87,
+        fxv_x87_probe,
+        1,
+        || {
+            // SAFETY: eight pushes and eight pops of the x87 stack; no Rust code uses x87.
+            unsafe {
+                std::arch::asm!(
+                    "fldz",
+                    "fldz",
+                    "fldz",
+                    "fldz",
+                    "fldz",
+                    "fldz",
+                    "fldz",
+                    "fldz",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                    "fstp st(0)",
+                )
+            };
+        },
+        X87_CLEAN | 1,
+    );
+}
+
+#[test]
+fn zero_upper_halves_inside_a_function_stay_zero_after_a_handler_that_fills_them() {
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the ymm case does not apply");
+        return;
+    }
+    inside_survives(fxv_zero_inside, fxv_zero_inside_probe, 0, dirty_ymm0, 0);
 }
