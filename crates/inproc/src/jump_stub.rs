@@ -287,7 +287,7 @@ macro_rules! ymm_args_call {
 ///   `vzeroupper` after) when it is clear.
 ///
 /// The CPU may keep x87 marked in use once a thread ran any x87 instruction, even after
-/// `fninit` (this machine kind does): such a thread's hits take the `XSAVE` call, exact and
+/// `fninit` (the AMD EPYC of BENCHMARKS.md does): such a thread's hits take the `XSAVE` call, exact and
 /// slower.
 ///
 /// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`.
