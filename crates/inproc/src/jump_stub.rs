@@ -28,8 +28,9 @@
 //! `XSAVE`/`XSAVEC` into a 64-byte aligned area below the frame, `XRSTOR` after the
 //! dispatcher, before the frame's `xmm0`-`xmm15` (which a handler may have changed) are
 //! written over the restored low halves: the legacy SSE moves leave the upper halves as
-//! `XRSTOR` put them. The area's header is zeroed first, as `XRSTOR` requires. `rbx` keeps the frame and `r12` the area across the
-//! call (both are in the frame); in every stub, `r13` keeps the flags at entry.
+//! `XRSTOR` put them. The area's header is zeroed first, as `XRSTOR` requires. `rbx` keeps
+//! the frame and `r12` the area across the call (both are in the frame); in every stub, `r13`
+//! keeps the flags at entry.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 
@@ -287,8 +288,8 @@ macro_rules! ymm_args_call {
 ///   `vzeroupper` after) when it is clear.
 ///
 /// The CPU may keep x87 marked in use once a thread ran any x87 instruction, even after
-/// `fninit` (the AMD EPYC of BENCHMARKS.md does): such a thread's hits take the `XSAVE` call, exact and
-/// slower.
+/// `fninit` (the AMD EPYC of BENCHMARKS.md does): such a thread's hits take the `XSAVE` call,
+/// exact and slower.
 ///
 /// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`.
 macro_rules! avx_state_call {
