@@ -394,8 +394,8 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
 /// what `avx_state_call` needs.
 fn only_x87_sse_avx() -> bool {
     use std::arch::x86_64::__cpuid_count;
-    // CPUID is available on every x86-64 CPU; leaf 0xD wherever OSXSAVE is set.
-    if __cpuid_count(1, 0).ecx & (1 << 27) == 0 || __cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
+    // Leaf 0xD exists wherever OSXSAVE is set.
+    if !xsave_enabled() || __cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
         return false;
     }
     let (low, high): (u32, u32);
@@ -405,6 +405,13 @@ fn only_x87_sse_avx() -> bool {
     (u64::from(high) << 32 | u64::from(low)) == 7
 }
 
+/// Whether the kernel enabled `XSAVE` (CPUID.1:ECX.OSXSAVE): `XGETBV` and CPUID leaf 0xD may
+/// be used.
+fn xsave_enabled() -> bool {
+    // CPUID is available on every x86-64 CPU.
+    std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) != 0
+}
+
 /// Make the whole-state stubs usable: the size of the area `XSAVE` (or `XSAVEC`) writes for
 /// the state components the kernel enabled, from CPUID leaf 0xD. Why not, when they cannot be.
 pub(crate) fn xsave_ready() -> Result<(), String> {
@@ -412,9 +419,7 @@ pub(crate) fn xsave_ready() -> Result<(), String> {
     if XSAVE_BYTES.load(Relaxed) != 0 {
         return Ok(());
     }
-    // CPUID is available on every x86-64 CPU.
-    let leaf1 = __cpuid_count(1, 0);
-    if leaf1.ecx & (1 << 27) == 0 {
+    if !xsave_enabled() {
         return Err("the kernel has not enabled XSAVE (CPUID.1:ECX.OSXSAVE is clear)".into());
     }
     // Leaf 0xD exists wherever OSXSAVE is set.
