@@ -5,6 +5,8 @@
 //! `perf_event_attr`, the ioctls and the control page's layout come from `perf-event-open-sys`,
 //! generated from the kernel's headers.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -268,8 +270,8 @@ impl Rings {
         Ok(())
     }
 
-    /// Wait up to `timeout_ms` for data, then hand every record to `each`. Returns the
-    /// number of records. A signal ends the wait early.
+    /// Wait up to `timeout_ms` for data, then hand the records to `each` in time order (see
+    /// [`Rings::drain`]). Returns the number of records. A signal ends the wait early.
     pub fn poll(&mut self, timeout_ms: i32, each: &mut dyn FnMut(Record<'_>)) -> Result<usize, KernelError> {
         let mut fds: Vec<libc::pollfd> = self
             .rings
@@ -287,9 +289,44 @@ impl Rings {
         Ok(self.drain(each))
     }
 
-    /// Hand every record now in the buffers to `each`.
+    /// Hand the records now in the buffers to `each`, all CPUs merged in time order, as `perf
+    /// script` does. Each CPU's buffer is in time order, but a thread moves between CPUs: read
+    /// one buffer after another, its later records could come before its earlier ones.
+    ///
+    /// The records stamped after the read began stay in their buffers for the next read. A
+    /// record is stamped before the kernel writes it, and written before the thread goes on:
+    /// one stamped before the read began and not yet in its buffer can only be of another
+    /// thread, at the same moment, so whatever happened before an event (in its thread, or in
+    /// a thread it woke) is handed over before it. A second read takes the records held back
+    /// by the first, which were all written before it began.
     pub fn drain(&mut self, each: &mut dyn FnMut(Record<'_>)) -> usize {
-        self.rings.iter_mut().map(|r| r.drain(each)).sum()
+        let first = self.drain_before(monotonic_ns(), each);
+        first + self.drain_before(monotonic_ns(), each)
+    }
+
+    /// Hand the records stamped before `limit` to `each`, in time order.
+    fn drain_before(&mut self, limit: u64, each: &mut dyn FnMut(Record<'_>)) -> usize {
+        let mut cursors: Vec<Cursor> = self.rings.iter().map(Ring::cursor).collect();
+        let mut next = BinaryHeap::new();
+        let due = |ring: &Ring, cursor: &Cursor| ring.front_time(cursor).filter(|&t| t < limit);
+        for (i, (ring, cursor)) in self.rings.iter().zip(&cursors).enumerate() {
+            if let Some(t) = due(ring, cursor) {
+                next.push(Reverse((t, i)));
+            }
+        }
+        let mut n = 0;
+        while let Some(Reverse((_, i))) = next.pop() {
+            let (ring, cursor) = (&mut self.rings[i], &mut cursors[i]);
+            ring.take(cursor, each);
+            n += 1;
+            if let Some(t) = due(ring, cursor) {
+                next.push(Reverse((t, i)));
+            }
+        }
+        for (ring, cursor) in self.rings.iter().zip(&cursors) {
+            ring.head_tail().1.store(cursor.at, Ordering::Release);
+        }
+        n
     }
 
     /// The kernel's own count of the records it could not write because a buffer was full,
@@ -355,50 +392,80 @@ impl Ring {
         }
     }
 
-    fn drain(&mut self, each: &mut dyn FnMut(Record<'_>)) -> usize {
-        let (head, mut at) = {
-            let (head, tail) = self.head_tail();
-            (head.load(Ordering::Acquire), tail.load(Ordering::Relaxed))
-        };
+    /// Where reading this buffer begins, and how far the kernel has written.
+    fn cursor(&self) -> Cursor {
+        let (head, tail) = self.head_tail();
+        Cursor { head: head.load(Ordering::Acquire), at: tail.load(Ordering::Relaxed) }
+    }
+
+    /// The data area, after the control page.
+    fn data(&self) -> &[u8] {
+        // SAFETY: the data area follows the control page, mapped with `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(PAGE), self.map.len() - PAGE) }
+    }
+
+    /// The time of the record at `cursor` (0 for a record that has none, to be taken at once);
+    /// `None` at the end of what the kernel wrote, or at a record that cannot be read.
+    fn front_time(&self, cursor: &Cursor) -> Option<u64> {
+        if cursor.at >= cursor.head {
+            return None;
+        }
+        let data = self.data();
+        let off = (cursor.at % data.len() as u64) as usize;
+        let mut header = [0u8; 24];
+        for (i, byte) in header.iter_mut().enumerate() {
+            *byte = data[(off + i) % data.len()];
+        }
+        let kind = u32::from_le_bytes(header[..4].try_into().expect("4"));
+        let len = u16::from_le_bytes(header[6..8].try_into().expect("2"));
+        match kind {
+            _ if len < 8 => None, // corrupt: stop here rather than loop
+            RECORD_SAMPLE if len >= 32 => Some(u64::from_le_bytes(header[16..24].try_into().expect("8"))),
+            _ => Some(0),
+        }
+    }
+
+    /// Hand the record at `cursor` (which [`Ring::front_time`] found) to `each`, and move past it.
+    fn take(&mut self, cursor: &mut Cursor, each: &mut dyn FnMut(Record<'_>)) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let size = (self.map.len() - PAGE) as u64;
-        // SAFETY: the data area follows the control page, `size` bytes, mapped with `self`.
-        let data = unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(PAGE), self.map.len() - PAGE) };
-        let mut n = 0;
-        while at < head {
-            let off = (at % size) as usize;
-            let header = read_wrapped(data, off, 8, &mut scratch).to_vec();
-            let kind = u32::from_le_bytes(header[..4].try_into().expect("4"));
-            let len = u16::from_le_bytes(header[6..8].try_into().expect("2")) as usize;
-            if len < 8 {
-                break; // corrupt; stop rather than loop
-            }
-            let body = read_wrapped(data, off, len, &mut scratch);
-            match kind {
-                RECORD_SAMPLE if body.len() >= 32 => {
-                    let word = |o: usize| u32::from_le_bytes(body[o..o + 4].try_into().expect("4"));
-                    let (pid, tid) = (word(8), word(12));
-                    let time = u64::from_le_bytes(body[16..24].try_into().expect("8"));
-                    let cpu = word(24);
-                    let Some((raw, stacks)) = sample_rest(body, self.layout) else {
-                        at += len as u64;
-                        n += 1;
-                        continue;
-                    };
+        let data = self.data();
+        let off = (cursor.at % data.len() as u64) as usize;
+        let header = read_wrapped(data, off, 8, &mut scratch);
+        let kind = u32::from_le_bytes(header[..4].try_into().expect("4"));
+        let len = u16::from_le_bytes(header[6..8].try_into().expect("2")) as usize;
+        let body = read_wrapped(data, off, len, &mut scratch);
+        match kind {
+            RECORD_SAMPLE if body.len() >= 32 => {
+                let word = |o: usize| u32::from_le_bytes(body[o..o + 4].try_into().expect("4"));
+                let (pid, tid) = (word(8), word(12));
+                let time = u64::from_le_bytes(body[16..24].try_into().expect("8"));
+                let cpu = word(24);
+                if let Some((raw, stacks)) = sample_rest(body, self.layout) {
                     each(Record::Sample { pid, tid, cpu, time, raw, stacks });
                 }
-                RECORD_LOST if body.len() >= 24 => {
-                    each(Record::Lost(u64::from_le_bytes(body[16..24].try_into().expect("8"))));
-                }
-                _ => {}
             }
-            at += len as u64;
-            n += 1;
+            RECORD_LOST if body.len() >= 24 => {
+                each(Record::Lost(u64::from_le_bytes(body[16..24].try_into().expect("8"))));
+            }
+            _ => {}
         }
-        self.head_tail().1.store(at, Ordering::Release);
+        cursor.at += len as u64;
         self.scratch = scratch;
-        n
     }
+}
+
+/// A read of one buffer: the next record's place, and the end of what the kernel wrote.
+struct Cursor {
+    at: u64,
+    head: u64,
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock the records are stamped with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The raw data and the stacks of a sample record `body` (its fields in the kernel's order:

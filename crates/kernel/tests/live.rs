@@ -255,3 +255,52 @@ fn dprobe_own_calls_are_left_out_of_system_wide_probes() {
     assert!(s.kernel_counts(0).unwrap().hits >= 1000, "the probe was hit in this process");
     assert_eq!(from_self, 0, "but its events were filtered out in the kernel");
 }
+
+fn hop() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hop.c");
+    dprobe_test_fixtures::c_program(src, "hop", &["-O2"])
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The records of a thread that moves from CPU to CPU, read from every CPU's buffer while it
+/// runs and after it ended, come in the order it made them.
+#[test]
+fn a_thread_moving_between_cpus_is_seen_in_the_order_it_ran() {
+    if online_cpus() < 2 {
+        eprintln!("skipped: one CPU, one buffer, nothing to merge");
+        return;
+    }
+    let _x = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Session::new().unwrap();
+    s.add(&parse_probe(&format!("{}:step i=$arg1:s64", hop())).unwrap(), None, None).unwrap();
+    s.start(None).unwrap();
+    const CALLS: i64 = 5_000;
+    let mut child = Command::new(hop()).arg(CALLS.to_string()).spawn().unwrap();
+    let mut seen = Vec::new();
+    let mut cpus = std::collections::BTreeSet::new();
+    let mut times = Vec::new();
+    let mut each = |hit: dprobe_kernel::Hit<'_>| {
+        let Some(FieldValue::Signed(i)) = hit.field("i") else { panic!("no argument") };
+        seen.push(i);
+        cpus.insert(hit.cpu);
+        times.push(hit.time);
+    };
+    // Read while it runs, every millisecond, so that reads fall between its records (a busy
+    // reader would hold the CPU the program waits for).
+    while child.try_wait().unwrap().is_none() {
+        s.poll(1, &mut each).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s.events()[0].received < CALLS as u64 && std::time::Instant::now() < deadline {
+        s.poll(100, &mut each).unwrap();
+    }
+    assert_eq!(s.lost, 0);
+    assert!(cpus.len() >= 2, "the records came from {cpus:?}");
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "delivered in time order");
+    let out_of_order = seen.windows(2).filter(|w| w[0] + 1 != w[1]).count();
+    assert_eq!(out_of_order, 0, "every call once, in the order made: {:?}", &seen[..seen.len().min(20)]);
+    assert_eq!(seen, (0..CALLS).collect::<Vec<_>>());
+}
