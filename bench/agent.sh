@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The agent engine against its peers, on the same targets in one run.
 # 1. ns per hit of counting calls of `probed` (bench/target.c): `dprobe trace --count` with the
-#    agent, ptrace and kernel engines, bpftrace's `uprobe { @ = count() }`, and Frida (an
-#    Interceptor counting in onEnter, bench/frida_count.py) when its Python module is
-#    installed. Each figure: (probed loop time - unprobed loop time) / N, the loop timed inside
+#    agent, ptrace and kernel engines, and, each when installed, bpftrace's
+#    `uprobe { @ = count() }` and Frida (an Interceptor counting in onEnter,
+#    bench/frida_count.py). Each figure: (probed loop time - unprobed loop time) / N, the loop timed inside
 #    the target; every count is checked against N.
 # 2. End to end: a malloc-heavy run of a real program (python3 building a dict, with
 #    PYTHONMALLOC=malloc so that every allocation is a libc malloc), timed inside python, under
@@ -24,6 +24,7 @@ check() { # what got want
     if [ "$2" != "$3" ]; then echo "# $1: $2 hits, expected $3" >&2; exit 1; fi
 }
 have_frida() { python3 -c 'import frida' 2>/dev/null; }
+have_bpftrace() { command -v bpftrace >/dev/null 2>&1; }
 med() { printf '%s\n' $1 | median; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "# load average at the start: $(load)"
@@ -50,14 +51,15 @@ hit_run() {
     [ "$1" = base ] || check "$1" "$n" "$N"
     total <"$o"
 }
-tools=(base agent ptrace kernel bpftrace)
+tools=(base agent ptrace kernel)
+have_bpftrace && tools+=(bpftrace)
 have_frida && tools+=(frida)
 declare -A runs ns
 for _ in $(seq "$REPS"); do
     for tool in "${tools[@]}"; do runs[$tool]+="$(hit_run "$tool") "; done
 done
 base=$(med "${runs[base]}")
-ns[frida]=skip
+ns[frida]=skip ns[bpftrace]=skip
 for tool in "${tools[@]:1}"; do ns[$tool]=$(per_hit "$(med "${runs[$tool]}")" "$base" "$N"); done
 echo "# rounds, loop ns: $(for tool in "${tools[@]}"; do printf '%s: %s| ' "$tool" "${runs[$tool]}"; done)"
 ratio() { [ "$1" = skip ] && echo - || awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'; }
@@ -96,7 +98,8 @@ py_run() {
     esac
     echo "$(total <"$o") $(sed -n 's/.*TARGET .* cpu_ns=\([0-9]*\).*/\1/p' "$o" | tail -n1)"
 }
-tools=(untraced agent ptrace kernel bpftrace)
+tools=(untraced agent ptrace kernel)
+have_bpftrace && tools+=(bpftrace)
 have_frida && tools+=(frida)
 declare -A wall cpu
 for _ in $(seq "$REPS"); do
