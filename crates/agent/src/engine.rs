@@ -23,7 +23,7 @@ use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::record::decode;
@@ -551,11 +551,8 @@ impl AgentEngine {
                 // Its end comes through the watch (a wait here would take its stops too).
                 return None;
             }
-            return match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => Some(Ending::Exited(Exit::Code(code))),
-                Ok(WaitStatus::Signaled(_, signal, _)) => Some(Ending::Exited(Exit::Signal(signal as i32))),
-                _ => None,
-            };
+            // Not reaped yet: see `Engine::run`.
+            return dprobe_ptrace::ended_unreaped(self.pid).map(ending_of);
         }
         // A zombie has ended too: its parent has not asked how yet.
         let zombie = || {
@@ -818,8 +815,13 @@ impl Engine for AgentEngine {
             }
             if let Some(ended) = self.ended() {
                 // Every event the program made is in the ring already; its probes went with it.
+                // A started program is reaped only now: while its events are read, `/proc`
+                // still shows it (its name).
                 self.stopped = true;
                 while self.drain(sink) > 0 {}
+                if self.spawned {
+                    let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+                }
                 return Ok(ended);
             }
             if self.drain(sink) == 0 {

@@ -114,6 +114,29 @@ fn events_that_fail_the_filter_are_dropped_in_the_probed_thread() {
     assert_eq!(engine.stats(0).hits, 1000, "every hit is counted");
 }
 
+/// Events read after a started program ended still find it in `/proc` (what names it in a
+/// trace file): it is reaped only once they are read, and then it is.
+#[test]
+fn a_started_program_is_reaped_only_after_its_last_events_are_read() {
+    let mut engine = AgentEngine::spawn(program(), &["calls", "1000"], agent(), true).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    let (mut events, mut named, mut pid) = (0, 0, 0);
+    let ending = engine
+        .run(&mut || false, &mut |e| {
+            if events == 0 {
+                // The program makes its other calls and ends meanwhile.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            events += 1;
+            pid = e.pid;
+            named += u32::from(std::fs::read_to_string(format!("/proc/{}/comm", e.pid)).is_ok());
+        })
+        .unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
+    assert_eq!((events, named), (1000, 1000), "every event read while /proc showed the program");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "reaped once its events were read");
+}
+
 #[test]
 fn a_call_that_never_returns_is_abandoned_and_the_process_goes_on() {
     let child = Running::start(&["loader-held", hanging_library()]);

@@ -86,7 +86,7 @@ impl ExecWatch {
         let said = self.waiter.as_ref().is_some_and(StopWaiter::take);
         let found = self.look();
         match (&found, self.waiter.take()) {
-            // Reaped: the thread's peek fails at once.
+            // Ended: the thread's peek finds the end at once, and it ends.
             (Ok(Watched::Ended(_)), Some(waiter)) => waiter.end(WAITER_END),
             // The program is held (or let go): the thread ends at its next stop or end.
             (Ok(Watched::Executed(_) | Watched::Unheld(_)), _) => {}
@@ -103,6 +103,12 @@ impl ExecWatch {
     /// Take the program's stops and deliver their signals, until it runs.
     fn look(&mut self) -> Result<Watched, LoadError> {
         loop {
+            // An end is reported without reaping: until its parent reaps it, the program's
+            // `/proc` entry stays (its name, for the events read after it ended).
+            if let Some(status) = ended_unreaped(self.pid) {
+                self.watching = false;
+                return Ok(Watched::Ended(status));
+            }
             let Some((_, status)) = sys::wait_until(self.pid, std::time::Instant::now())? else {
                 return Ok(Watched::Running);
             };
@@ -182,5 +188,27 @@ impl ExecWatch {
 impl Drop for ExecWatch {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The wait status of child `pid` if it has ended, without reaping it: its parent reaps it
+/// (`waitpid`) once done with what `/proc` still shows of it. `None` while it runs or stops.
+pub fn ended_unreaped(pid: i32) -> Option<i32> {
+    // SAFETY: a siginfo_t is plain data, which waitid fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL;
+    // SAFETY: peeks, without reaping, at our child; `info` is valid.
+    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // SAFETY: filled by waitid (zero when nothing is to report); for CLD_* codes the kernel
+    // sets the child fields si_pid and si_status read.
+    let (child, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if r != 0 || child == 0 {
+        return None;
+    }
+    match info.si_code {
+        libc::CLD_EXITED => Some((status & 0xff) << 8),
+        libc::CLD_KILLED => Some(status & 0x7f),
+        libc::CLD_DUMPED => Some((status & 0x7f) | 0x80),
+        _ => None,
     }
 }

@@ -57,7 +57,7 @@ mod xol;
 
 pub use engine::{wait_for_command, PtraceEngine};
 pub use error::{Exit, Stopped, TraceError};
-pub use exec_watch::{ExecWatch, Watched};
+pub use exec_watch::{ended_unreaped, ExecWatch, Watched};
 pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
