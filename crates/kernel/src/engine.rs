@@ -665,25 +665,32 @@ impl Engine for KernelEngine {
                 .map_err(|e| KernelError::os(format!("cannot start `{program}`"), e))?;
             self.child = Some(child);
         }
+        // `None`: the started command ended. It is reaped only once its last records are read,
+        // so that `/proc` still shows it meanwhile (its name, for a trace file).
         let ending = loop {
             self.poll(100, sink)?;
             if stop() {
-                break Ending::Asked;
+                break Some(Ending::Asked);
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Some(status) = c.try_wait().map_err(|e| KernelError::os("waiting for the command", e))? {
-                    use std::os::unix::process::ExitStatusExt;
-                    let exit = match (status.code(), status.signal()) {
-                        (Some(code), _) => Exit::Code(code),
-                        (None, signal) => Exit::Signal(signal.unwrap_or(0)),
-                    };
-                    break Ending::Exited(exit);
-                }
+            if self.child.as_ref().is_some_and(|c| ended_unreaped(c.id())) {
+                break None;
             }
         };
         self.poll(0, sink)?;
         self.session.settle_lost();
         self.pair(None, sink);
+        let ending = match (ending, self.child.as_mut()) {
+            (Some(ending), _) => ending,
+            (None, None) => Ending::Asked,
+            (None, Some(c)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let status = c.wait().map_err(|e| KernelError::os("waiting for the command", e))?;
+                Ending::Exited(match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, signal) => Exit::Signal(signal.unwrap_or(0)),
+                })
+            }
+        };
         self.abandon_ended_threads();
         Ok(ending)
     }
@@ -834,6 +841,17 @@ impl Engine for KernelEngine {
         self.detach_programs();
         let _ = self.session.close();
     }
+}
+
+/// Whether child `pid` has ended, without reaping it.
+fn ended_unreaped(pid: u32) -> bool {
+    // SAFETY: a siginfo_t is plain data, which waitid fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: peeks, without reaping, at our child; `info` is valid.
+    let r = unsafe { libc::waitid(libc::P_PID, pid, &mut info, flags) };
+    // SAFETY: filled by waitid (zero when the child has not ended).
+    r == 0 && unsafe { info.si_pid() } != 0
 }
 
 #[cfg(test)]
