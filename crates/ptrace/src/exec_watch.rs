@@ -42,7 +42,9 @@ pub enum Watched {
     /// It executed a new program that cannot be held there, for this reason: it runs on,
     /// no longer watched.
     Unheld(String),
-    /// It ended, with this wait status.
+    /// It ended, with this wait status. It is left for its parent to reap (`waitpid`), which
+    /// does so once done with what `/proc` still shows of it (the race of an end between
+    /// the watch's look and its wait is reaped already).
     Ended(i32),
 }
 
