@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::options::TraceArgs;
 use crate::output;
 use crate::plan::{check_hist, parse_the_filter, Planned};
-use crate::report::Report;
+use crate::report::{Outputs, Report};
 use crate::signals;
 use crate::sinks;
 use crate::summary::{self, ProbeLine};
@@ -37,7 +37,7 @@ fn prepare<E: Engine>(
     engine: &mut MultiSite<E>,
     planned: &mut Vec<Planned>,
     args: &TraceArgs,
-    out: Box<dyn Write>,
+    out: Box<dyn Write + Send>,
 ) -> Result<Report> {
     // Stacks are asked for before any probe is placed (an engine may place probes
     // differently for them).
@@ -127,14 +127,39 @@ fn prepare<E: Engine>(
     Ok(report)
 }
 
+/// A trace that is over, its program let go: what is left is to complete the outputs and say
+/// how it ended. It holds nothing of the engine's (see [`Outputs`]).
+pub struct Traced {
+    outputs: Outputs,
+    /// The closing text: the probes' table, the aggregates, the notes and the ending line.
+    summary: String,
+    /// How the program ended, if it did while dprobe watched.
+    exit: Option<Exit>,
+    /// Why letting the program go (or removing the kernel's events) failed, if it did.
+    finish_failure: Option<String>,
+    /// Why the trace itself failed, if it did.
+    failure: Option<String>,
+}
+
 /// Trace with `engine`; returns dprobe's exit status.
 pub fn drive<E: Engine>(
     engine: E,
-    mut planned: Vec<Planned>,
+    planned: Vec<Planned>,
     args: &TraceArgs,
-    out: Box<dyn Write>,
+    out: Box<dyn Write + Send>,
     scope: Scope,
 ) -> Result<i32> {
+    Ok(trace(engine, planned, args, out, scope)?.conclude(args))
+}
+
+/// Trace with `engine` until the trace ends, and let the program go.
+pub fn trace<E: Engine>(
+    engine: E,
+    mut planned: Vec<Planned>,
+    args: &TraceArgs,
+    out: Box<dyn Write + Send>,
+    scope: Scope,
+) -> Result<Traced> {
     let mut engine = MultiSite::new(engine);
     let mut report = match prepare(&mut engine, &mut planned, args, out) {
         Ok(r) => r,
@@ -200,12 +225,11 @@ pub fn drive<E: Engine>(
     // dprobe now; the command goes on.
     let pass_on = stopped_by.filter(|s| signals::reached_the_command(*s));
     // Letting the program go is given up on (the original code is back by then; what is
-    // still running is let go when dprobe exits) at a second stop signal, or at the first
-    // when the trace ended by itself (the program's end, `--duration`): a signal that comes
+    // still running is let go when the tracing thread ends) at a second stop signal, or at
+    // the first when the trace ended by itself (the program's end, `--duration`): a signal that comes
     // while dprobe ends is never left waiting.
     let signals_before = signals::count();
     let finished = engine.finish(pass_on, &|| signals::insisted() || signals::count() > signals_before);
-    let export_errors = report.finish_exports();
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),
         (_, Ok(exit)) => *exit,
@@ -214,36 +238,53 @@ pub fn drive<E: Engine>(
     let failure = outcome.as_ref().err().map(|e| e as &dyn Display);
     let gone = matches!(outcome, Ok(Ending::Gone));
     let ending = ending_text(&scope, failure, stopped_by, exit, gone, elapsed);
-    let text = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());
-    let write_error = report.finish(&text);
-    if let Some(e) = write_error {
-        // A reader that went away (`| head`) ends the trace quietly; any other failure
-        // (a full disk) is an error, said where it can still be read.
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            return Ok(exit.map_or(0, Exit::shell_status));
+    let summary = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());
+    let finish_failure = finished.err().map(|e| match scope {
+        Scope::Process(pid) => format!("detaching from process {pid} failed: {e}"),
+        Scope::SystemWide { .. } => format!("removing dprobe's kernel events failed: {e}"),
+    });
+    Ok(Traced {
+        outputs: report.into_outputs(),
+        summary,
+        exit,
+        finish_failure,
+        failure: outcome.err().map(|e| e.to_string()),
+    })
+}
+
+impl Traced {
+    /// Complete the exports, write the summary and say what failed; returns dprobe's exit
+    /// status.
+    pub fn conclude(mut self, args: &TraceArgs) -> i32 {
+        let export_errors = self.outputs.finish_exports();
+        let write_error = self.outputs.finish(&self.summary);
+        let exit = self.exit;
+        if let Some(e) = write_error {
+            // A reader that went away (`| head`) ends the trace quietly; any other failure
+            // (a full disk) is an error, said where it can still be read.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return exit.map_or(0, Exit::shell_status);
+            }
+            let to = args.output.as_ref().map_or_else(|| "standard error".to_owned(), |p| p.display().to_string());
+            eprintln!("dprobe: cannot write to {to}: {e}; the trace was ended and every probe removed");
+            return 1;
         }
-        let to = args.output.as_ref().map_or_else(|| "standard error".to_owned(), |p| p.display().to_string());
-        eprintln!("dprobe: cannot write to {to}: {e}; the trace was ended and every probe removed");
-        return Ok(1);
-    }
-    if !export_errors.is_empty() {
-        for e in export_errors {
-            eprintln!("dprobe: {e:#}");
+        if !export_errors.is_empty() {
+            for e in export_errors {
+                eprintln!("dprobe: {e:#}");
+            }
+            return 1;
         }
-        return Ok(1);
-    }
-    if let Err(e) = finished {
-        match scope {
-            Scope::Process(pid) => eprintln!("dprobe: detaching from process {pid} failed: {e}"),
-            Scope::SystemWide { .. } => eprintln!("dprobe: removing dprobe's kernel events failed: {e}"),
+        if let Some(e) = self.finish_failure {
+            eprintln!("dprobe: {e}");
+            return 1;
         }
-        return Ok(1);
+        if let Some(e) = self.failure {
+            eprintln!("dprobe: {e}");
+            return 1;
+        }
+        exit.map_or(0, Exit::shell_status)
     }
-    if let Err(e) = outcome {
-        eprintln!("dprobe: {e}");
-        return Ok(1);
-    }
-    Ok(exit.map_or(0, Exit::shell_status))
 }
 
 fn how(exit: Exit) -> String {

@@ -46,7 +46,7 @@ pub struct ProbeState {
 pub struct Report {
     lines: Lines,
     aggregates: Vec<Box<dyn Aggregate>>,
-    exports: Vec<Box<dyn Export>>,
+    exports: Vec<Box<dyn Export + Send>>,
     filtered: bool,
     pairing: Pairing,
     /// When tracing started.
@@ -65,7 +65,7 @@ pub struct Report {
 impl Report {
     /// A report writing to `out`.
     pub fn new(
-        out: Box<dyn Write>,
+        out: Box<dyn Write + Send>,
         mode: Mode,
         show_time: Option<TimeFormat>,
         filtered: bool,
@@ -153,7 +153,7 @@ impl Report {
     }
 
     /// Write the events to `export` too.
-    pub fn add_export(&mut self, export: Box<dyn Export>) {
+    pub fn add_export(&mut self, export: Box<dyn Export + Send>) {
         self.exports.push(export);
     }
 
@@ -177,11 +177,6 @@ impl Report {
         }
     }
 
-    /// Complete every export's file; the errors met writing them.
-    pub fn finish_exports(&mut self) -> Vec<anyhow::Error> {
-        self.exports.iter_mut().filter_map(|x| x.finish(&self.clock).err()).collect()
-    }
-
     /// The aggregates' tables, titled.
     pub fn histograms(&self) -> Vec<(String, String)> {
         let infos: Vec<&ProbeInfo> = self.probes.iter().map(|p| &p.info).collect();
@@ -196,11 +191,6 @@ impl Report {
         }
     }
 
-    /// Write the closing text; the first error writing the output, if any.
-    pub fn finish(&mut self, text: &str) -> Option<std::io::Error> {
-        self.lines.finish(text)
-    }
-
     /// The error that made writing the output fail, if one did (the trace then ends).
     pub fn write_error(&self) -> Option<&std::io::Error> {
         self.lines.error()
@@ -210,23 +200,48 @@ impl Report {
     pub fn filtered(&self) -> bool {
         self.filtered
     }
+
+    /// What is left to complete once the trace is over: the output and the exports' files.
+    pub fn into_outputs(self) -> Outputs {
+        Outputs { lines: self.lines, exports: self.exports, clock: self.clock }
+    }
+}
+
+/// A report's output and export files, to complete once the trace is over. Nothing in it is
+/// the engine's: it may be completed on another thread than the one that traced (which may
+/// have to end first, see `trace::on_a_tracer_thread`).
+pub struct Outputs {
+    lines: Lines,
+    exports: Vec<Box<dyn Export + Send>>,
+    clock: Clock,
+}
+
+impl Outputs {
+    /// Complete every export's file; the errors met writing them.
+    pub fn finish_exports(&mut self) -> Vec<anyhow::Error> {
+        self.exports.iter_mut().filter_map(|x| x.finish(&self.clock).err()).collect()
+    }
+
+    /// Write the closing text; the first error writing the output, if any.
+    pub fn finish(&mut self, text: &str) -> Option<std::io::Error> {
+        self.lines.finish(text)
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
 
     use dprobe_core::fetch::Values;
     use dprobe_spec::{parse_filter, parse_probe, ArgType};
 
     /// What the report wrote.
     #[derive(Clone, Default)]
-    struct Written(Rc<RefCell<Vec<u8>>>);
+    struct Written(Arc<Mutex<Vec<u8>>>);
     impl Write for Written {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.borrow_mut().extend_from_slice(b);
+            self.0.lock().unwrap().extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -306,7 +321,7 @@ pub(crate) mod tests {
             r.event(&event(&v, Side::Entry, 7, 0));
         }
         assert_eq!(r.probes[0].shown, 2);
-        let text = String::from_utf8(written.0.borrow().clone()).unwrap();
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "process 't' (7) call f(x=2)\nprocess 't' (7) call f(x=3)\n");
     }
 }

@@ -52,7 +52,7 @@ pub enum Format {
 
 /// Events as lines, and at the end the summary, on one output.
 pub struct Lines {
-    out: Box<dyn Write>,
+    out: Box<dyn Write + Send>,
     format: Option<Format>,
     show_time: Option<TimeFormat>,
     line: String,
@@ -63,7 +63,7 @@ pub struct Lines {
 impl Lines {
     /// Lines in `format` (none: only the summary) to `out`, human ones with their time if
     /// `show_time` says how.
-    pub fn new(out: Box<dyn Write>, format: Option<Format>, show_time: Option<TimeFormat>) -> Lines {
+    pub fn new(out: Box<dyn Write + Send>, format: Option<Format>, show_time: Option<TimeFormat>) -> Lines {
         Lines { out, format, show_time, line: String::new(), error: None }
     }
 

@@ -37,7 +37,7 @@ pub fn find_program(program: &str) -> Result<String> {
 
 /// The events' destination: `-o FILE` or standard error. `None` when a stop signal came
 /// while a FIFO waited for its reader (nothing is placed yet).
-fn output(args: &TraceArgs) -> Result<Option<Box<dyn Write>>> {
+fn output(args: &TraceArgs) -> Result<Option<Box<dyn Write + Send>>> {
     let Some(path) = &args.output else { return Ok(Some(Box::new(std::io::LineWriter::new(std::io::stderr())))) };
     let cannot = || format!("cannot write {}", path.display());
     let fifo = std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));

@@ -40,7 +40,7 @@ pub trait Export {
 
 /// `--trace-file FILE`: Perfetto's format for `.pftrace` (or `.perfetto-trace`), Chrome's
 /// trace-event JSON for `.json`.
-pub fn trace_file(path: &Path, probes: &[ProbeInfo], count: bool) -> Result<Box<dyn Export>> {
+pub fn trace_file(path: &Path, probes: &[ProbeInfo], count: bool) -> Result<Box<dyn Export + Send>> {
     let name = path.to_string_lossy();
     let file = || std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()));
     if name.ends_with(".pftrace") || name.ends_with(".perfetto-trace") {
