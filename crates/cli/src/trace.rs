@@ -10,9 +10,9 @@ use dprobe_kernel::{KernelEngine, KernelOptions};
 use dprobe_ptrace::PtraceEngine;
 
 use crate::choose;
-use crate::drive::{drive, Scope};
+use crate::drive::{drive, trace, Scope, Traced};
 use crate::options::{Engine, TraceArgs};
-use crate::plan::{check_hist, parse_the_filter, plan_probes};
+use crate::plan::{check_hist, parse_the_filter, plan_probes, Planned};
 use crate::report::Mode;
 use crate::signals;
 
@@ -217,6 +217,42 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         let scope = Scope::SystemWide { command: args.command.first().cloned() };
         return drive(KernelEngine::new(options)?, planned, &args, out, scope);
     }
+    on_a_tracer_thread(|| trace_one_program(engine, planned, &args, out, program.as_deref()), &args)
+}
+
+/// Run `trace`, the whole trace of one program, on a thread of dprobe's made for it, which
+/// ends as soon as the program is let go; then complete the outputs on this one.
+///
+/// The thread that traces a program is its tracer (ptrace's, and the agent engine's while it
+/// loads the agent or watches a started program's `execve`). Letting a program go leaves a
+/// thread that waited in a system call (`pause`, `read`...) in its call, still traced, until
+/// its tracer thread ends (see `dprobe_ptrace::Tracee::let_go_as_thread_ends`): a signal of
+/// the program's stops it until then. On dprobe's main thread that lasted as long as writing
+/// the summary and the exports, which wait for their reader (a pipe nobody reads, a full
+/// FIFO): the program could wait as long. A thread that ends once the program is let go
+/// ends that at once.
+fn on_a_tracer_thread(trace: impl FnOnce() -> Result<Traced> + Send, args: &TraceArgs) -> Result<i32> {
+    // dprobe's main thread's stack: the engines were written for it.
+    const STACK: usize = 8 << 20;
+    let traced = std::thread::scope(|scope| {
+        let tracer =
+            std::thread::Builder::new().name("dprobe-tracer".into()).stack_size(STACK).spawn_scoped(scope, trace);
+        match tracer.context("starting dprobe's tracing thread")?.join() {
+            Ok(traced) => traced,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })?;
+    Ok(traced.conclude(args))
+}
+
+/// Trace one program, `-p` or a command: with the agent, or ptrace when it cannot be used.
+fn trace_one_program(
+    engine: Engine,
+    planned: Vec<Planned>,
+    args: &TraceArgs,
+    out: Box<dyn Write + Send>,
+    program: Option<&str>,
+) -> Result<Traced> {
     if engine == Engine::Agent && planned.len() > dprobe_agent::shm::MAX_PROBES {
         bail!(
             "the agent engine places at most {} probes; the specs come to {} (narrow the globs, or use \
@@ -226,13 +262,13 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         );
     }
     if engine == Engine::Agent {
-        match start_agent(&args, program.as_deref()) {
+        match start_agent(args, program) {
             Ok(mut engine) => {
                 if args.follow {
                     engine.follow()?;
                 }
                 let pid = engine.pid();
-                return drive(engine, planned, &args, out, Scope::Process(pid));
+                return trace(engine, planned, args, out, Scope::Process(pid));
             }
             // Asked for by name: its failure is the answer.
             Err(e) if args.engine == Some(Engine::Agent) || !can_fall_back(&e) => return Err(e.into()),
@@ -246,7 +282,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let mut engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
         (None, Some((_, rest))) => {
-            let program = program.as_deref().expect("found above");
+            let program = program.expect("found above");
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
             PtraceEngine::spawn(program, &rest)?
         }
@@ -256,5 +292,5 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         engine.follow();
     }
     let pid = engine.pid();
-    drive(engine, planned, &args, out, Scope::Process(pid))
+    trace(engine, planned, args, out, Scope::Process(pid))
 }

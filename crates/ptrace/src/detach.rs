@@ -30,7 +30,7 @@ impl Tracee {
 
     /// [`Tracee::detach`], giving up the wait for threads to stop when a signal interrupts it
     /// and `give_up` says so (a second Ctrl-C): the original code is back by then; the
-    /// threads that stopped are let go, the others when dprobe exits
+    /// threads that stopped are let go, the others when the tracing thread ends
     /// ([`TraceError::GaveUp`]).
     pub fn detach_giving_up(mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
         self.detach_all(give_up)
@@ -108,8 +108,8 @@ impl Tracee {
     /// Restore and go: every thread stopped so far is moved out of dprobe's code (as far as
     /// it can be) and detached; every thread's stack gets its real return addresses back, the
     /// stacks of threads that have not stopped too (through memory: such a thread cannot be
-    /// detached, the kernel lets it go when dprobe exits, and it must not return into dprobe's
-    /// trampoline then). dprobe's pages stay mapped: a thread that has not stopped may be in
+    /// detached, the kernel lets it go when the tracing thread ends, and it must not return
+    /// into dprobe's trampoline then). dprobe's pages stay mapped: a thread that has not stopped may be in
     /// an out-of-line copy or a return stub, which take it back to the program's code. Best
     /// effort throughout.
     pub(crate) fn let_held_go(&mut self) {

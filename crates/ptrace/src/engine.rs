@@ -406,9 +406,9 @@ impl Engine for PtraceEngine {
         }
     }
 
-    /// Let the program go: the calling thread must be about to end (dprobe's main thread, as
-    /// dprobe exits), which ends the tracing of threads put back into their system calls
-    /// (see [`Tracee::let_go_as_thread_ends`]). A program dprobe started and let go because
+    /// Let the program go: the calling thread must be about to end (dprobe's tracing thread,
+    /// once the program is let go), which ends the tracing of threads put back into their
+    /// system calls (see [`Tracee::let_go_as_thread_ends`]). A program dprobe started and let go because
     /// a signal stopped the trace is waited for: it got the same Ctrl-C from the terminal, and
     /// a `SIGTERM` or `SIGHUP` is passed on to it. One let go at the end of a duration keeps
     /// running on its own.
@@ -417,7 +417,7 @@ impl Engine for PtraceEngine {
         let spawned = self.spawned;
         // The tick interrupts the waits of detaching too, so that a second signal ends them.
         let _tick = Tick::start().map_err(|e| TraceError::Os(e.into()))?;
-        // dprobe's thread ends as dprobe exits, next: threads in a system call are let go
+        // The calling thread ends next: threads in a system call are let go
         // without being woken (see `Tracee::let_go_as_thread_ends`).
         for child in self.children {
             // Followed children are let go as the program is; one that fails does not keep

@@ -93,7 +93,7 @@ pub enum TraceError {
     },
     /// Detaching was given up while threads were still to stop (the user insisted): the
     /// probes' original code is back, the threads that had stopped are let go, the others
-    /// are let go when dprobe exits.
+    /// are let go when the tracing thread ends.
     #[error("gave up waiting for {waiting} thread(s) to stop; the original code is restored")]
     GaveUp {
         /// How many threads had not stopped.

@@ -146,7 +146,7 @@ impl ExecWatch {
     /// parent to reap (dprobe's own end hands it to the next reaper, as untraced). A main
     /// thread that was waiting in a system call is put back into it without being woken and
     /// stays traced, with no ptrace option, until the calling thread ends: the caller must be
-    /// about to end (dprobe's main thread, as dprobe exits), and passes on its stops until
+    /// about to end (dprobe's tracing thread, once the program is let go), and passes on its stops until
     /// then if it waits for the program ([`crate::wait_for_command`]). See
     /// `Tracee::let_go_as_thread_ends` for why.
     pub fn end(mut self) {

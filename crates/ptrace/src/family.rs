@@ -75,7 +75,7 @@ pub(crate) fn early_child_ended(tid: i32, status: i32) {
 
 /// New children still waiting for their parent's event when every traced process has been
 /// let go: the process that made each is not traced any more, nothing is known of its code,
-/// and it is let go as it is (the kernel would let it go when dprobe exits).
+/// and it is let go as it is (the kernel would let it go when the tracing thread ends).
 pub(crate) fn let_unclaimed_children_go() {
     let left = EARLY.with(|e| std::mem::take(&mut *e.borrow_mut()));
     for (tid, early) in left {

@@ -144,7 +144,7 @@ impl Tracee {
         loop {
             if let Err(e) = tracee.stop_all(&|| false) {
                 // Nothing is placed yet: the threads that stopped are let go, the others when
-                // dprobe exits.
+                // the tracing thread ends.
                 tracee.let_held_go();
                 return Err(match e {
                     TraceError::Blocked { reason, .. } => TraceError::Attach { pid, reason },

@@ -271,10 +271,16 @@ pub fn vars_program(compiler: &str, opt: &str, extra: &[&str]) -> String {
     out.to_string_lossy().into_owned()
 }
 
-/// The first child of process `pid`, if it has one.
+/// The first child of process `pid`, if it has one, whichever of its threads made it
+/// (dprobe's tracing process starts a command from its tracing thread).
 pub fn first_child(pid: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next().map(|c| c.parse().unwrap())
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut tids: Vec<u32> = tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    tids.into_iter().find_map(|tid| {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).ok()?;
+        children.split_whitespace().next().map(|c| c.parse().unwrap())
+    })
 }
 
 /// The process of `dprobe trace` (started as `dprobe`) that traces: its child, which outlives
