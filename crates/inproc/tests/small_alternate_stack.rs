@@ -5,9 +5,14 @@
 //! `SIGSTKSZ` stack every hit must run its handlers and the program go on unharmed; a stack
 //! whose use grows past that (a bigger frame on the hit path) fails here first.
 //!
-//! Measured with this test's child (a counting pre-handler, a probe on int3): the hit path
-//! fits on a 4 KiB alternate stack in a release build and a 7 KiB one in a debug build; below
-//! that the stack overflows (the kernel's two frames alone take most of 3 KiB).
+//! Measured with this test's child (a counting pre-handler, a probe on int3), the stack sizes
+//! the trap path fits on (below, the stack overflows):
+//! - a CPU whose kernel signal frame is small (no PKRU in its XSAVE area; the kernel's two
+//!   frames take most of 3 KiB): 4 KiB in a release build, 7 KiB unoptimized;
+//! - an AMD EPYC whose XSAVE area holds PKRU (`AT_MINSIGSTKSZ` 3,376: the two frames take
+//!   6.8 KiB): 7 KiB in a release build, 8 KiB with the hit path's crates at opt-level 1 (the
+//!   workspace's dev profile, see Cargo.toml), 10 KiB unoptimized. The jump path, with one
+//!   kernel frame, fits on 6 KiB in every build.
 mod fixtures;
 use fixtures::{addr, fx_push_add};
 
