@@ -156,6 +156,26 @@ std::arch::global_asm!(
     "vzeroupper",
     "ret",
     ".size fxv_ymm8_across_call, . - fxv_ymm8_across_call",
+    // The same leaf again, for the test below (each test probes its own).
+    ".globl fxv_leaf_z",
+    ".type fxv_leaf_z,@function",
+    "fxv_leaf_z:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "lea rax, [rdi + rsi]",
+    "ret",
+    ".size fxv_leaf_z, . - fxv_leaf_z",
+    // Keeps `a` in zmm16 across a call of it, as fxv_ymm8_across_call does in ymm8: AVX-512
+    // code (glibc's EVEX string functions among it) uses zmm16-31 without `vzeroupper`.
+    // Returns a + b + a.
+    ".globl fxv_zmm16_across_call",
+    ".type fxv_zmm16_across_call,@function",
+    "fxv_zmm16_across_call:",
+    "vmovq xmm16, rdi",
+    "call fxv_leaf_z",
+    "vmovq rcx, xmm16",
+    "add rax, rcx",
+    "ret",
+    ".size fxv_zmm16_across_call, . - fxv_zmm16_across_call",
     // The same with a `__m512`: `a` in bits 256-319 of zmm0.
     ".globl fxv_m512_arg",
     ".type fxv_m512_arg,@function",
@@ -204,6 +224,8 @@ extern "C" {
     fn fxv_x87(a: u64, b: u64) -> u64;
     fn fxv_x87_probe();
     fn fxv_ymm8_across_call(a: u64, b: u64) -> u64;
+    fn fxv_zmm16_across_call(a: u64, b: u64) -> u64;
+    fn fxv_leaf_z();
     fn fxv_m512_arg();
     fn fxv_m512_call(a: u64, b: u64) -> u64;
 }
@@ -228,8 +250,8 @@ fn a_m256_argument_survives_a_handler_that_runs_vzeroupper_at_the_entry() {
 
 #[test]
 fn a_ymm_register_a_caller_keeps_across_the_call_survives_a_handler_that_runs_vzeroupper() {
-    if !std::arch::is_x86_feature_detected!("avx") || std::arch::is_x86_feature_detected!("avx512f") {
-        eprintln!("not a CPU with AVX and without AVX-512: the ymm8 case does not apply");
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the ymm8 case does not apply");
         return;
     }
     survives_with(
@@ -238,6 +260,24 @@ fn a_ymm_register_a_caller_keeps_across_the_call_survives_a_handler_that_runs_vz
         || {
             // SAFETY: AVX is present; vzeroupper only clears upper halves.
             unsafe { std::arch::asm!("vzeroupper") };
+        },
+        0,
+        |a, b| 2 * a + b,
+    );
+}
+
+#[test]
+fn zmm16_a_caller_keeps_across_the_call_survives_a_handler_that_changes_it() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512 on this CPU: the zmm16 case does not apply");
+        return;
+    }
+    survives_with(
+        fxv_zmm16_across_call,
+        dprobe_inproc::Addr(fxv_leaf_z as *const () as u64),
+        || {
+            // SAFETY: AVX-512 is present; zmm16 is caller-saved and unused by the handler.
+            unsafe { std::arch::asm!("vpxorq zmm16, zmm16, zmm16", out("zmm16") _) };
         },
         0,
         |a, b| 2 * a + b,
