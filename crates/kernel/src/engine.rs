@@ -411,9 +411,10 @@ fn push_field(values: &mut Values, ty: ArgType, field: Option<FieldValue>) {
     }
 }
 
-/// What BPF program `t` counted (and dropped, its map full, or found not to pass the filter).
+/// What BPF program `t` counted (and dropped, its map full or out of memory, or found not to
+/// pass the filter).
 fn counted(t: &Tally) -> u64 {
-    t.counted() + t.dropped() + t.rejected()
+    t.counted() + t.dropped() + t.unallocated() + t.rejected()
 }
 
 /// Every key's figures in the maps of `readers` (each with its probe's index). A map that
@@ -746,6 +747,12 @@ impl Engine for KernelEngine {
                 remarks.push(format!(
                     "{dropped} hits not aggregated: their keys were new and the kernel's map was full ({} keys)",
                     t.max_keys()
+                ));
+            }
+            let unallocated = t.unallocated();
+            if unallocated > 0 {
+                remarks.push(format!(
+                    "{unallocated} hits not aggregated: their keys were new and the kernel had no memory for them"
                 ));
             }
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use dprobe_kernel::bpf::filter::{compile, Operand};
-use dprobe_kernel::bpf::{value_source, Tally, TallyConfig};
+use dprobe_kernel::bpf::{lazy_keys_allowed, value_source, Tally, TallyConfig};
 use dprobe_kernel::Session;
 use dprobe_spec::{parse_filter, parse_probe};
 
@@ -50,9 +50,21 @@ fn tally_filtered(config: TallyConfig) -> (Vec<Row>, u64, u64) {
     assert!(status.success());
     let rows = t.rows(0).unwrap().into_iter().map(|r| (r.value.unwrap(), r.count, r.min, r.max)).collect();
     let (dropped, rejected) = (t.dropped(), t.rejected());
+    assert_eq!(t.unallocated(), 0, "a hit found no memory for its key");
     drop(t);
     session.close().unwrap();
     (rows, dropped, rejected)
+}
+
+#[test]
+fn the_map_of_keys_is_allocated_as_keys_arrive_where_the_kernel_allows_it() {
+    let _x = one_at_a_time();
+    let config = TallyConfig { own_pid: std::process::id(), max_keys: 1024, ..TallyConfig::default() };
+    let t = Tally::load(&config, false).unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let lazy = lazy_keys_allowed(release.trim());
+    eprintln!("kernel {}: map allocated as keys arrive: {lazy}", release.trim());
+    assert_eq!(t.allocated_up_front(), Ok(!lazy));
 }
 
 #[test]

@@ -63,9 +63,19 @@ struct tally {
     __s64 sum;
 };
 
+/* Built twice (see build.rs): with DPROBE_LAZY_KEYS, the map's entries are allocated as keys
+ * arrive (BPF_F_NO_PREALLOC, which tracing programs may use from Linux 6.1); without, all of
+ * them when the map is made, as older kernels require. */
+#ifdef DPROBE_LAZY_KEYS
+#define TALLIES_FLAGS 1 /* BPF_F_NO_PREALLOC */
+#else
+#define TALLIES_FLAGS 0
+#endif
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
     __uint(max_entries, 16384);
+    __uint(map_flags, TALLIES_FLAGS);
     __type(key, struct key);
     __type(value, struct tally);
 } tallies SEC(".maps");
@@ -77,6 +87,15 @@ struct {
     __type(key, __u32);
     __type(value, __u64);
 } dropped SEC(".maps");
+
+/* Hits that found no memory for a new key's entry (a map whose entries are allocated as keys
+ * arrive). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} unallocated SEC(".maps");
 
 /* Hits that did not pass the filter. */
 struct {
@@ -314,7 +333,8 @@ INLINE int tally(void *ctx) {
         return 0;
     }
     struct tally first = {1, v, v, v};
-    if (bpf_map_update_elem(&tallies, &k, &first, BPF_NOEXIST) == 0)
+    long made = bpf_map_update_elem(&tallies, &k, &first, BPF_NOEXIST);
+    if (made == 0)
         return 0;
     /* Another CPU made the key meanwhile (this CPU's share is then zero): count here. */
     t = bpf_map_lookup_elem(&tallies, &k);
@@ -322,7 +342,11 @@ INLINE int tally(void *ctx) {
         count_into(t, v);
         return 0;
     }
-    bump(&dropped);
+    /* -E2BIG: every entry taken; anything else, no memory for the entry. */
+    if (made == -7)
+        bump(&dropped);
+    else
+        bump(&unallocated);
     return 0;
 }
 
