@@ -10,6 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 
 std::arch::global_asm!(
     ".text",
+    // Calls fx_push_push_mov(a, b) with rbx holding RBX_BEFORE, which the function pushes,
+    // overwrites and pops: at its ret, rbx is that value again, whatever the caller kept there.
+    ".globl fxe_call_with_rbx",
+    ".type fxe_call_with_rbx,@function",
+    "fxe_call_with_rbx:",
+    "push rbx",
+    "movabs rbx, 0x5eed0fb0c0ffee00",
+    "call fx_push_push_mov",
+    "pop rbx",
+    "ret",
+    ".size fxe_call_with_rbx, . - fxe_call_with_rbx",
     // The fixtures' fx_push_push_mov (push; push; mov; lea; pop; pop; ret: the ret's window
     // is lea (+5), pop, pop, ret (+12)), again, for the pre-handler that changes the return
     // value.
@@ -74,7 +85,11 @@ std::arch::global_asm!(
     ".size fxe_branch, . - fxe_branch",
 );
 
+/// The rbx `fxe_call_with_rbx` gives the function to keep.
+const RBX_BEFORE: u64 = 0x5eed_0fb0_c0ff_ee00;
+
 extern "C" {
+    fn fxe_call_with_rbx(a: u64, b: u64) -> u64;
     fn fxe_value(a: u64, b: u64) -> u64;
     fn fxe_stress(a: u64, b: u64) -> u64;
     fn fxe_stress4(a: u64, b: u64) -> u64;
@@ -92,10 +107,11 @@ fn a_probe_on_a_ret_is_a_jump_before_it_and_sees_the_registers_as_at_the_ret() {
     let original = code(f, 13);
     assert_eq!(code(ret, 1), [0xc3]);
     let p = register(Kprobe::addr(ret).pre(move |r| {
-        // At the ret: rip there, rax the result, rbx and rbp popped, the return address at rsp.
+        // At the ret: rip there, rax the result, rbx and rbp popped (rbx the caller's again),
+        // the return address at rsp.
         // SAFETY: the stack pointer at a ret points to the return address.
         let back = unsafe { (r.rsp as *const u64).read() };
-        if r.rip != ret.0 || r.rax != r.rdi + r.rsi + 13 || r.rbx == r.rdi || back < 0x1000 {
+        if r.rip != ret.0 || r.rax != r.rdi + r.rsi + 13 || r.rbx != RBX_BEFORE || back < 0x1000 {
             WRONG.fetch_add(1, Relaxed);
         }
         HITS.fetch_add(1, Relaxed);
@@ -110,7 +126,7 @@ fn a_probe_on_a_ret_is_a_jump_before_it_and_sees_the_registers_as_at_the_ret() {
     assert_eq!(code(f, 5), original[..5], "nothing before the window changes");
     const CALLS: u64 = 20_000;
     let threads: Vec<_> = (0..4u64)
-        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(fx_push_push_mov, t, i) == t + i + 13)))
+        .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(fxe_call_with_rbx, t, i) == t + i + 13)))
         .collect();
     assert!(threads.into_iter().all(|t| t.join().unwrap()), "a call computed a wrong value");
     assert_eq!((HITS.load(Relaxed), p.hits(), p.nmissed(), WRONG.load(Relaxed)), (4 * CALLS, 4 * CALLS, 0, 0));
