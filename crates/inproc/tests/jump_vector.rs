@@ -248,40 +248,38 @@ fn a_m256_argument_survives_a_handler_that_runs_vzeroupper_at_the_entry() {
     });
 }
 
-#[test]
-fn a_ymm_register_a_caller_keeps_across_the_call_survives_a_handler_that_runs_vzeroupper() {
-    if !std::arch::is_x86_feature_detected!("avx") {
-        eprintln!("no AVX on this CPU: the ymm8 case does not apply");
+/// A register `caller` keeps across its call of the probed `leaf` (as gcc's `-fipa-ra` allows
+/// a caller that knows its callee: it returns a + b + a) survives a handler that runs
+/// `clobber`, where the CPU has `feature`.
+fn kept_across_a_call(
+    feature: &str,
+    has: bool,
+    caller: unsafe extern "C" fn(u64, u64) -> u64,
+    leaf: unsafe extern "C" fn(),
+    clobber: fn(),
+) {
+    if !has {
+        eprintln!("no {feature} on this CPU: the case does not apply");
         return;
     }
-    survives_with(
-        fxv_ymm8_across_call,
-        dprobe_inproc::Addr(fxv_leaf as *const () as u64),
-        || {
-            // SAFETY: AVX is present; vzeroupper only clears upper halves.
-            unsafe { std::arch::asm!("vzeroupper") };
-        },
-        0,
-        |a, b| 2 * a + b,
-    );
+    survives_with(caller, dprobe_inproc::Addr(leaf as *const () as u64), clobber, 0, |a, b| 2 * a + b);
+}
+
+#[test]
+fn a_ymm_register_a_caller_keeps_across_the_call_survives_a_handler_that_runs_vzeroupper() {
+    kept_across_a_call("AVX", std::arch::is_x86_feature_detected!("avx"), fxv_ymm8_across_call, fxv_leaf, || {
+        // SAFETY: AVX is present; vzeroupper only clears upper halves.
+        unsafe { std::arch::asm!("vzeroupper") };
+    });
 }
 
 #[test]
 fn zmm16_a_caller_keeps_across_the_call_survives_a_handler_that_changes_it() {
-    if !std::arch::is_x86_feature_detected!("avx512f") {
-        eprintln!("no AVX-512 on this CPU: the zmm16 case does not apply");
-        return;
-    }
-    survives_with(
-        fxv_zmm16_across_call,
-        dprobe_inproc::Addr(fxv_leaf_z as *const () as u64),
-        || {
-            // SAFETY: AVX-512 is present; zmm16 is caller-saved and unused by the handler.
-            unsafe { std::arch::asm!("vpxorq zmm16, zmm16, zmm16", out("zmm16") _) };
-        },
-        0,
-        |a, b| 2 * a + b,
-    );
+    let has = std::arch::is_x86_feature_detected!("avx512f");
+    kept_across_a_call("AVX-512", has, fxv_zmm16_across_call, fxv_leaf_z, || {
+        // SAFETY: AVX-512 is present; zmm16 is caller-saved and unused by the handler.
+        unsafe { std::arch::asm!("vpxorq zmm16, zmm16, zmm16", out("zmm16") _) };
+    });
 }
 
 /// Fill `ymm0` with ones and leave it so, as a library call that forgets `vzeroupper` would.
