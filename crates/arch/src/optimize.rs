@@ -193,11 +193,10 @@ pub enum NotOptimized {
     /// through a return the shadow stack did not see, which would kill the process.
     #[error("the process runs with a CET shadow stack, which the detour's redirect would violate")]
     ShadowStack,
-    /// Inside a function on a CPU with AVX, or anywhere on a CPU with AVX-512, the detour
-    /// must save the whole extended state (live `ymm`/`zmm` upper halves, `zmm16`-`zmm31`,
-    /// AVX-512 masks: a handler's library calls may change them), and this CPU or kernel
-    /// offers no usable `XSAVE` area.
-    #[error("the vector state live at {addr} must be saved whole (AVX inside a function, or AVX-512), but it cannot be saved with XSAVE: {reason}")]
+    /// Inside a function on a CPU with AVX, the detour must save the whole extended state
+    /// (live `ymm`/`zmm` upper halves, AVX-512 masks: a handler's library calls may change
+    /// them), and this CPU or kernel offers no usable `XSAVE` area.
+    #[error("{addr} is inside its function and the CPU has AVX, but its extended state cannot be saved with XSAVE: {reason}")]
     LiveVectorState {
         /// The probe address.
         addr: Addr,

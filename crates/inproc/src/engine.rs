@@ -1018,7 +1018,7 @@ impl Engine {
         post: bool,
     ) -> Result<Option<WindowCopy>, NotOptimized> {
         let vector = st.sites[&addr].vector;
-        if jump::keeps_whole_state(vector) {
+        if vector == VectorState::Full {
             jump::xsave_ready().map_err(|reason| NotOptimized::LiveVectorState { addr, reason })?;
         }
         let published = st.sites[&addr].published.as_ref().map_or(std::ptr::null_mut(), |s| Arc::as_ptr(s).cast_mut());

@@ -8,9 +8,8 @@
 //! AVX the detour calls a whole-state stub instead, which also keeps the extended state
 //! (`XSAVE`): the kernel's signal frame keeps it on the trap path, and a handler's library
 //! calls may clobber the upper halves the interrupted code still uses. At a function's entry
-//! (and a `ret`) only the arguments (return values) are live, in `xmm` and `ymm` registers,
-//! and a cheaper stub keeps them (measured in BENCHMARKS.md); with AVX-512 the whole state,
-//! there too (see `jump_stub::stub_kind`).
+//! only the arguments are live, in `xmm` registers, and the cheaper stub keeps them (measured
+//! in BENCHMARKS.md).
 //!
 //! A probe with a post-handler gets a detour with a post block after the probed instruction,
 //! which calls a post stub: [`post_dispatch`] runs the post-handlers there, as the trap path
@@ -45,7 +44,7 @@ use dprobe_core::{PreOutcome, Site, TrapKind};
 use dprobe_rcu::Rcu;
 
 use crate::engine::Engine;
-pub(crate) use crate::jump_stub::{keeps_whole_state, stubs, xsave_ready};
+pub(crate) use crate::jump_stub::{stubs, xsave_ready};
 use crate::sys;
 use crate::thread_state::{self, ThreadState};
 use crate::trap::{self, Dispatch};

@@ -15,10 +15,12 @@
 //! flags alone where nothing else changed: see the tail), `ret`.
 //!
 //! On a CPU with AVX, the stubs at an entry or a `ret` also keep the upper halves of the
-//! `ymm` registers: the calling convention passes `__m256` arguments and return values there,
-//! and a handler's library calls end with `vzeroupper`. How, without the cost of mixing SSE
-//! and AVX, see `ymm_args_call`. With AVX-512 they keep the whole state, as inside a function
-//! (why: [`stub_kind`]).
+//! vector registers (with AVX-512, `zmm0`-`zmm7` whole): the calling convention passes
+//! `__m256`/`__m512` arguments and return values there, and a handler's library calls end
+//! with `vzeroupper`. How, without the cost of mixing SSE and AVX, see `ymm_args_call`; with
+//! AVX-512, `zmm0`-`zmm7` are stored below the frame and loaded back after the dispatcher,
+//! before the frame's `xmm` registers (which a handler may have changed) are written over
+//! their low halves.
 //!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR). Where that state is
@@ -322,6 +324,25 @@ macro_rules! x87_back {
     };
 }
 
+/// The same with AVX-512: `zmm0`-`zmm7` (`__m512`) kept whole.
+macro_rules! zmm_args_call {
+    () => {
+        concat!(
+            "sub rsp, 512\n",
+            "vmovdqu64 [rsp + 0], zmm0\n vmovdqu64 [rsp + 64], zmm1\n",
+            "vmovdqu64 [rsp + 128], zmm2\n vmovdqu64 [rsp + 192], zmm3\n",
+            "vmovdqu64 [rsp + 256], zmm4\n vmovdqu64 [rsp + 320], zmm5\n",
+            "vmovdqu64 [rsp + 384], zmm6\n vmovdqu64 [rsp + 448], zmm7\n",
+            "call {dispatch}\n",
+            "vmovdqu64 zmm0, [rsp + 0]\n vmovdqu64 zmm1, [rsp + 64]\n",
+            "vmovdqu64 zmm2, [rsp + 128]\n vmovdqu64 zmm3, [rsp + 192]\n",
+            "vmovdqu64 zmm4, [rsp + 256]\n vmovdqu64 zmm5, [rsp + 320]\n",
+            "vmovdqu64 zmm6, [rsp + 384]\n vmovdqu64 zmm7, [rsp + 448]\n",
+            "mov rsp, rbx\n",
+        )
+    };
+}
+
 jump_stub!("__dprobe_jump_entry", jump_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_post", post_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
@@ -330,6 +351,8 @@ jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),],
 jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
 jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [ymm_args_call!(),]);
+jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [zmm_args_call!(),]);
+jump_stub!("__dprobe_jump_post_zmm", post_dispatch, [zmm_args_call!(),]);
 
 extern "C" {
     fn __dprobe_jump_entry();
@@ -340,75 +363,29 @@ extern "C" {
     fn __dprobe_jump_post_avx_state();
     fn __dprobe_jump_entry_ymm();
     fn __dprobe_jump_post_ymm();
-}
-
-/// Which stub keeps a detour's vector state on this CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StubKind {
-    /// `xmm0`-`xmm15` in the frame: a CPU without AVX.
-    Sse,
-    /// And the `ymm` upper halves (`ymm_args_call`).
-    YmmArgs,
-    /// The whole state where it is x87, SSE and AVX alone (`avx_state_call`).
-    AvxState,
-    /// The whole state through `XSAVE` (`whole_state_call`).
-    WholeState,
-}
-
-/// What the CPU has, as the choice of a stub needs it.
-#[derive(Debug, Clone, Copy)]
-struct VectorCpu {
-    avx: bool,
-    avx512: bool,
-    /// [`only_x87_sse_avx`].
-    only_x87_sse_avx: bool,
-}
-
-impl VectorCpu {
-    fn this_one() -> Self {
-        VectorCpu {
-            avx: std::arch::is_x86_feature_detected!("avx"),
-            avx512: std::arch::is_x86_feature_detected!("avx512f"),
-            only_x87_sse_avx: only_x87_sse_avx(),
-        }
-    }
-}
-
-/// The stub that keeps `state` on `cpu`.
-///
-/// At an entry or a `ret` ([`VectorState::Xmm`]) the calling convention's vector arguments and
-/// return values may be live in full (`__m256`), and a handler's library calls end with
-/// `vzeroupper`: with AVX the `ymm` upper halves are kept. With AVX-512 more is live there
-/// than the arguments: gcc's `-fipa-ra` lets a caller keep values in any register its callee
-/// is known not to touch (`zmm16`-`zmm31`, the upper halves of `zmm0`-`zmm15`, the mask
-/// registers), which a handler's library calls use (glibc's EVEX string functions work in
-/// `ymm16`-`ymm31` and mask registers, with no `vzeroupper` to clear them): only the whole
-/// state is exact there, as inside a function.
-fn stub_kind(state: VectorState, cpu: VectorCpu) -> StubKind {
-    match state {
-        VectorState::Xmm if cpu.avx512 => StubKind::WholeState,
-        VectorState::Xmm if cpu.avx => StubKind::YmmArgs,
-        VectorState::Xmm => StubKind::Sse,
-        VectorState::Full if cpu.only_x87_sse_avx => StubKind::AvxState,
-        VectorState::Full => StubKind::WholeState,
-    }
-}
-
-/// Whether the stub that keeps `state` on this CPU saves the whole extended state (then
-/// [`xsave_ready`] must have succeeded before a detour calls it).
-pub(crate) fn keeps_whole_state(state: VectorState) -> bool {
-    matches!(stub_kind(state, VectorCpu::this_one()), StubKind::AvxState | StubKind::WholeState)
+    fn __dprobe_jump_entry_zmm();
+    fn __dprobe_jump_post_zmm();
 }
 
 /// The stubs a detour calls: at its entry, and after the probed instruction (post-handlers),
 /// for the vector state it keeps.
 pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
     let at = |f: unsafe extern "C" fn()| Addr(f as *const () as u64);
-    match stub_kind(state, VectorCpu::this_one()) {
-        StubKind::Sse => (at(__dprobe_jump_entry), at(__dprobe_jump_post)),
-        StubKind::YmmArgs => (at(__dprobe_jump_entry_ymm), at(__dprobe_jump_post_ymm)),
-        StubKind::AvxState => (at(__dprobe_jump_entry_avx_state), at(__dprobe_jump_post_avx_state)),
-        StubKind::WholeState => (at(__dprobe_jump_entry_full), at(__dprobe_jump_post_full)),
+    match state {
+        // At an entry or a `ret` the calling convention's vector arguments and return values
+        // may be live in full (`__m256`, `__m512`), and a handler's library calls end with
+        // `vzeroupper` (or use the upper registers): kept whole where the CPU has them.
+        VectorState::Xmm if std::arch::is_x86_feature_detected!("avx512f") => {
+            (at(__dprobe_jump_entry_zmm), at(__dprobe_jump_post_zmm))
+        }
+        VectorState::Xmm if std::arch::is_x86_feature_detected!("avx") => {
+            (at(__dprobe_jump_entry_ymm), at(__dprobe_jump_post_ymm))
+        }
+        VectorState::Xmm => (at(__dprobe_jump_entry), at(__dprobe_jump_post)),
+        VectorState::Full if only_x87_sse_avx() => {
+            (at(__dprobe_jump_entry_avx_state), at(__dprobe_jump_post_avx_state))
+        }
+        VectorState::Full => (at(__dprobe_jump_entry_full), at(__dprobe_jump_post_full)),
     }
 }
 
@@ -458,29 +435,4 @@ pub(crate) fn xsave_ready() -> Result<(), String> {
     // Room to align the area down to 64 bytes.
     XSAVE_BYTES.store(u64::from(bytes) + 64, SeqCst);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NO_AVX: VectorCpu = VectorCpu { avx: false, avx512: false, only_x87_sse_avx: false };
-    const AVX2: VectorCpu = VectorCpu { avx: true, avx512: false, only_x87_sse_avx: true };
-    const AVX512: VectorCpu = VectorCpu { avx: true, avx512: true, only_x87_sse_avx: false };
-
-    #[test]
-    fn entries_keep_the_ymm_upper_halves_with_avx_and_everything_with_avx512() {
-        assert_eq!(stub_kind(VectorState::Xmm, NO_AVX), StubKind::Sse);
-        assert_eq!(stub_kind(VectorState::Xmm, AVX2), StubKind::YmmArgs);
-        // zmm16-31 and the mask registers a caller may keep across a call (-fipa-ra).
-        assert_eq!(stub_kind(VectorState::Xmm, AVX512), StubKind::WholeState);
-    }
-
-    #[test]
-    fn inside_a_function_the_whole_state_is_kept_without_xsave_only_where_it_is_avx_alone() {
-        assert_eq!(stub_kind(VectorState::Full, AVX2), StubKind::AvxState);
-        assert_eq!(stub_kind(VectorState::Full, AVX512), StubKind::WholeState);
-        let avx_with_other_state = VectorCpu { only_x87_sse_avx: false, ..AVX2 };
-        assert_eq!(stub_kind(VectorState::Full, avx_with_other_state), StubKind::WholeState);
-    }
 }
