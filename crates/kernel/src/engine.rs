@@ -597,6 +597,15 @@ impl Engine for KernelEngine {
             }
             _ => None,
         };
+        // Events whose records are read may share a kernel event with others of their shape;
+        // one a BPF program counts at must keep its own.
+        if tally.is_none() && entry_tally.is_none() {
+            let exits = watched.iter().flat_map(|w| w.exit_events.iter().map(|(e, _)| *e));
+            let events: Vec<usize> = [event].into_iter().chain(return_event).chain(call_event).chain(exits).collect();
+            for e in events {
+                self.session.share(e);
+            }
+        }
         self.probes.push(Probe {
             event,
             return_event,

@@ -31,5 +31,5 @@ pub use error::KernelError;
 pub use exit_sites::{return_plan, tail_call_hops, ExitPlan};
 pub use format::{EventFormat, Field, FieldKind, FieldValue, FormatError};
 pub use perf::{check_buffer_size, SampleStacks, StackSampling, DEFAULT_BUFFER_BYTES, USER_STACK_BYTES};
-pub use session::{DefinedEvent, Hit, Session};
+pub use session::{DefinedEvent, Hit, Session, SITE_FIELD};
 pub use tracefs::Tracefs;

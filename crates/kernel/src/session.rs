@@ -3,6 +3,8 @@
 //! exit path. Groups left by sessions that died without cleaning up (`SIGKILL`) are removed
 //! when the next session starts.
 
+use std::collections::HashMap;
+
 use dprobe_core::{Placement, Stats};
 use dprobe_spec::ProbeSpec;
 
@@ -13,6 +15,16 @@ use crate::perf::{Record, Rings, SampleStacks, StackSampling, DEFAULT_BUFFER_BYT
 use crate::tracefs::Tracefs;
 
 const GROUP_PREFIX: &str = "dprobe_";
+
+/// The hidden field of a kernel event that holds several user-space probes: which of them a
+/// record is from (their site number, in the order they were added to it).
+///
+/// The kernel lets one dynamic event hold probes at several places, all with the same fields
+/// (Linux 5.7: a definition line naming an existing event appends to it). dprobe puts the
+/// probes of one shape in one event for the sake of its end: the kernel lets go of an event's
+/// probes together, after one grace period, but of separate events one at a time, a grace
+/// period each (about a tenth of a second: 300 probes took half a minute to remove).
+pub const SITE_FIELD: &str = "dprobe_site";
 
 /// One event the session defined in tracefs (its definition, format and counts; the events
 /// it delivers are `dprobe_core::ProbeEvent`s).
@@ -30,6 +42,37 @@ pub struct DefinedEvent {
     pub received: u64,
     /// Read through the perf buffers (not when a BPF program takes its hits).
     buffered: bool,
+    /// Its number among the probes of its kernel event, when that holds several
+    /// ([`SITE_FIELD`]).
+    pub site: Option<u32>,
+}
+
+/// An event kept for the next batch ([`Session::add_later`]).
+struct Pending {
+    definition: Definition,
+    maxactive: Option<usize>,
+    filter: Option<String>,
+    /// It may share its kernel event with others of its shape ([`Session::share`]).
+    share: bool,
+}
+
+/// Which probe a record is from, by its event's id: its event's own, or the one its
+/// [`SITE_FIELD`] names.
+enum Route {
+    One(usize),
+    Sites { offset: usize, events: Vec<usize> },
+}
+
+impl Route {
+    fn event(&self, raw: &[u8]) -> Option<usize> {
+        match self {
+            Route::One(i) => Some(*i),
+            Route::Sites { offset, events } => {
+                let site = raw.get(*offset..*offset + 4)?;
+                events.get(u32::from_ne_bytes(site.try_into().ok()?) as usize).copied()
+            }
+        }
+    }
 }
 
 /// A decoded record.
@@ -92,9 +135,12 @@ pub struct Session {
     group: String,
     events: Vec<DefinedEvent>,
     rings: Option<Rings>,
-    /// Events to define in the next batch ([`Session::add_later`]): definition, `maxactive`,
-    /// filter.
-    pending: Vec<(Definition, Option<usize>, Option<String>)>,
+    /// Which event each record is from, by its `common_type` (set when tracing starts).
+    routes: HashMap<u16, Route>,
+    /// Events to define in the next batch ([`Session::add_later`]).
+    pending: Vec<Pending>,
+    /// The kernel lets one event hold probes at several places ([`SITE_FIELD`]).
+    sharing: bool,
     /// Records the kernel dropped because a buffer was full.
     pub lost: u64,
     /// Bytes of data of each CPU's perf buffer.
@@ -114,12 +160,18 @@ impl Session {
         static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let group = format!("{GROUP_PREFIX}{}_{n}", std::process::id());
+        // Appending to an event, and the immediate values that number its probes: both
+        // in the kernel's own help text since Linux 5.7.
+        let help = std::fs::read_to_string(tracefs.path("README")).unwrap_or_default();
+        let sharing = help.contains("Create/append/remove/show the userspace dynamic events") && help.contains("\\imm");
         Ok(Session {
             tracefs,
             group,
             events: Vec::new(),
             rings: None,
+            routes: HashMap::new(),
             pending: Vec::new(),
+            sharing,
             lost: 0,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             also_own: Vec::new(),
@@ -200,8 +252,18 @@ impl Session {
         if definition.kind != EventKind::Tracepoint && !self.tracefs.has(event_file(definition.kind)) {
             return Err(missing_dynamic_events(definition.kind));
         }
-        self.pending.push((definition, maxactive, None));
+        self.pending.push(Pending { definition, maxactive, filter: None, share: false });
         Ok(self.events.len() + self.pending.len() - 1)
+    }
+
+    /// Let event `index`, not defined yet, share its kernel event with the other user-space
+    /// probes of its batch that have its kind (entry or return), its arguments and its
+    /// filter ([`SITE_FIELD`]): those whose records are read. An event a BPF program is
+    /// attached to must keep its own, or it would count the others' hits too.
+    pub fn share(&mut self, index: usize) {
+        if let Some(p) = index.checked_sub(self.events.len()).and_then(|k| self.pending.get_mut(k)) {
+            p.share = true;
+        }
     }
 
     /// Define the events kept by [`Session::add_later`], in one batch.
@@ -211,33 +273,45 @@ impl Session {
 
     fn define_pending(&mut self) -> Result<(), (usize, KernelError)> {
         let pending = std::mem::take(&mut self.pending);
+        let first = self.events.len();
         let mut planned = Vec::new();
         let mut filters = Vec::new();
         let mut lines: [Vec<(usize, String)>; 2] = Default::default();
-        for (k, (definition, maxactive, filter)) in pending.into_iter().enumerate() {
-            let (group, name) = match (&definition.kind, &definition.tracepoint) {
+        let mut shared = SharedEvents::default();
+        for (k, p) in pending.into_iter().enumerate() {
+            let Pending { definition, maxactive, filter, share } = p;
+            let (group, name, site) = match (&definition.kind, &definition.tracepoint) {
                 (EventKind::Tracepoint, Some(tp)) => {
                     let (g, n) = tp.split_once('/').expect("SUBSYSTEM/EVENT");
-                    (g.to_owned(), n.to_owned())
+                    (g.to_owned(), n.to_owned(), None)
                 }
                 _ => {
                     // The kernel's profile files name events without their group: the name
                     // carries the session too, so that two sessions never read each other's.
-                    let name = format!("{}_p{}", self.group, self.events.len() + k);
+                    let own_name = format!("{}_p{}", self.group, first + k);
                     let prefix = match (definition.is_return, maxactive, definition.kind) {
                         (false, _, _) => "p".to_owned(),
                         (true, Some(n), EventKind::Kprobe) => format!("r{n}"),
                         (true, _, _) => "r".to_owned(),
                     };
-                    let line = format!("{prefix}:{}/{name} {}", self.group, definition.body);
+                    let shares = share && self.sharing && definition.kind == EventKind::Uprobe;
+                    let (name, site, body) = if shares {
+                        let (name, site) = shared.join(&definition, filter.as_deref(), own_name);
+                        let body = format!("{} {SITE_FIELD}=\\{site}:u32", definition.body);
+                        (name, Some(site), body)
+                    } else {
+                        (own_name, None, definition.body.clone())
+                    };
+                    let line = format!("{prefix}:{}/{name} {body}", self.group);
                     lines[usize::from(definition.kind == EventKind::Kprobe)].push((k, line));
-                    (self.group.clone(), name)
+                    (self.group.clone(), name, site)
                 }
             };
-            planned.push((definition, group, name));
+            planned.push((definition, group, name, site));
             filters.push(filter);
         }
-        let names: Vec<&str> = planned.iter().map(|(_, _, n)| n.as_str()).collect();
+        let mut names: Vec<&str> = planned.iter().map(|(_, _, n, _)| n.as_str()).collect();
+        names.dedup();
         let mut defined = Vec::new();
         let mut result = Ok(());
         for (file, lines) in ["uprobe_events", "kprobe_events"].into_iter().zip(&lines) {
@@ -259,11 +333,20 @@ impl Session {
                 break;
             }
         }
+        // An event holding several probes has one format, read once.
+        let mut read: HashMap<(&str, &str), EventFormat> = HashMap::new();
         let formats = result.and_then(|()| {
             planned
                 .iter()
                 .enumerate()
-                .map(|(k, (_, group, name))| self.tracefs.format(group, name).map_err(|e| (k, e)))
+                .map(|(k, (_, group, name, _))| match read.get(&(group.as_str(), name.as_str())) {
+                    Some(f) => Ok(f.clone()),
+                    None => {
+                        let f = self.tracefs.format(group, name).map_err(|e| (k, e))?;
+                        read.insert((group, name), f.clone());
+                        Ok(f)
+                    }
+                })
                 .collect::<Result<Vec<_>, _>>()
         });
         let formats = match formats {
@@ -275,8 +358,9 @@ impl Session {
                 return Err(e);
             }
         };
-        for (((definition, group, name), format), filter) in planned.into_iter().zip(formats).zip(filters) {
-            self.events.push(DefinedEvent { definition, format, group, name, filter, received: 0, buffered: true });
+        for (((definition, group, name, site), format), filter) in planned.into_iter().zip(formats).zip(filters) {
+            let event = DefinedEvent { definition, format, group, name, filter, received: 0, buffered: true, site };
+            self.events.push(event);
         }
         Ok(())
     }
@@ -302,7 +386,7 @@ impl Session {
             None => self.events[index].filter = filter,
             Some(k) => {
                 if let Some(p) = self.pending.get_mut(k) {
-                    p.2 = filter;
+                    p.filter = filter;
                 }
             }
         }
@@ -348,10 +432,19 @@ impl Session {
                 (_, f) => f.clone(),
             })
             .collect();
-        let ids: Vec<(u64, Option<&str>)> = (self.events.iter().zip(&filters))
-            .filter(|(e, _)| e.buffered)
-            .map(|(e, f)| (e.format.id, f.as_deref()))
-            .collect();
+        // An event holding several probes is opened once, with its probes' filter (they
+        // were given one together; were they not, the tracer's own filter does the work).
+        let mut ids: Vec<(u64, Option<&str>)> = Vec::new();
+        for (e, f) in self.events.iter().zip(&filters) {
+            match ids.iter_mut().find(|(id, _)| *id == e.format.id) {
+                Some((_, kept)) if *kept != f.as_deref() => {
+                    *kept = (e.definition.kind == EventKind::Uprobe).then_some(own.as_str());
+                }
+                Some(_) => {}
+                None if e.buffered => ids.push((e.format.id, f.as_deref())),
+                None => {}
+            }
+        }
         let rings = Rings::open(&ids, pid.unwrap_or(-1), self.buffer_bytes, self.stacks).map_err(|e| match e {
             // Say what the user wrote, not what dprobe added.
             KernelError::Refused { definition, reason } => KernelError::Refused {
@@ -365,6 +458,7 @@ impl Session {
         })?;
         rings.enable()?;
         self.rings = Some(rings);
+        self.routes = routes(&self.events);
         Ok(())
     }
 
@@ -372,12 +466,13 @@ impl Session {
     pub fn poll(&mut self, timeout_ms: i32, each: &mut dyn FnMut(Hit<'_>)) -> Result<usize, KernelError> {
         let Some(rings) = self.rings.as_mut() else { return Ok(0) };
         let events = &mut self.events;
+        let routes = &self.routes;
         let lost = &mut self.lost;
         rings.poll(timeout_ms, &mut |record| match record {
             Record::Lost(n) => *lost += n,
             Record::Sample { pid, tid, cpu, time, raw, stacks } => {
                 let Some(kind) = raw.get(..2).map(|b| u16::from_le_bytes([b[0], b[1]])) else { return };
-                let Some(i) = events.iter().position(|e| e.format.id as u16 == kind) else { return };
+                let Some(i) = routes.get(&kind).and_then(|r| r.event(raw)) else { return };
                 events[i].received += 1;
                 each(Hit { event: i, pid, tid, cpu, time, format: &events[i].format, raw, stacks });
             }
@@ -449,6 +544,45 @@ impl Session {
     }
 }
 
+/// The kernel events of one batch that hold several probes: for each, its shape (kind,
+/// arguments, filter), its name, and the places it holds so far.
+#[derive(Default)]
+struct SharedEvents {
+    events: Vec<SharedEvent>,
+}
+
+struct SharedEvent {
+    is_return: bool,
+    args: String,
+    filter: Option<String>,
+    name: String,
+    places: Vec<String>,
+}
+
+impl SharedEvents {
+    /// The event `definition` joins (named `own_name` if it starts one), and its site there.
+    /// The kernel refuses a second probe at one place in one event: such a probe starts
+    /// another.
+    fn join(&mut self, definition: &Definition, filter: Option<&str>, own_name: String) -> (String, u32) {
+        let (place, args) = definition.body.split_once(' ').unwrap_or((&definition.body, ""));
+        let same_shape = |e: &&mut SharedEvent| {
+            e.is_return == definition.is_return && e.args == args && e.filter.as_deref() == filter
+        };
+        if let Some(e) = self.events.iter_mut().filter(same_shape).find(|e| !e.places.iter().any(|p| p == place)) {
+            e.places.push(place.to_owned());
+            return (e.name.clone(), e.places.len() as u32 - 1);
+        }
+        self.events.push(SharedEvent {
+            is_return: definition.is_return,
+            args: args.to_owned(),
+            filter: filter.map(str::to_owned),
+            name: own_name.clone(),
+            places: vec![place.to_owned()],
+        });
+        (own_name, 0)
+    }
+}
+
 /// The threads of this process (the process id alone if they cannot be listed).
 fn own_threads() -> Vec<u32> {
     let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
@@ -459,6 +593,31 @@ fn own_threads() -> Vec<u32> {
     }
     tids.sort_unstable();
     tids
+}
+
+/// Which event each record is from, by its `common_type`.
+fn routes(events: &[DefinedEvent]) -> HashMap<u16, Route> {
+    let mut routes = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let kind = e.format.id as u16;
+        match (e.site, e.format.field(SITE_FIELD)) {
+            (Some(site), Some(field)) => {
+                let route =
+                    routes.entry(kind).or_insert_with(|| Route::Sites { offset: field.offset, events: Vec::new() });
+                if let Route::Sites { events, .. } = route {
+                    let site = site as usize;
+                    if events.len() <= site {
+                        events.resize(site + 1, usize::MAX);
+                    }
+                    events[site] = i;
+                }
+            }
+            _ => {
+                routes.entry(kind).or_insert(Route::One(i));
+            }
+        }
+    }
+    routes
 }
 
 fn event_file(kind: EventKind) -> &'static str {
@@ -480,8 +639,10 @@ fn profile_file(e: &DefinedEvent) -> Option<&'static str> {
 /// The kernel's counts of event `e`, from its profile file's `lines`.
 fn counts_of(e: &DefinedEvent, lines: &[String]) -> Option<Stats> {
     // uprobe_profile: `PATH EVENT HITS`; kprobe_profile: `EVENT HITS MISSES`. EVENT is the name
-    // alone, which is unique to the session.
-    lines.iter().find_map(|line| {
+    // alone, which is unique to the session. An event that holds several probes has a line
+    // for each, in the order of their sites.
+    let named = |line: &&String| line.split_whitespace().any(|w| w == e.name);
+    lines.iter().filter(named).nth(e.site.unwrap_or(0) as usize).and_then(|line| {
         let words: Vec<&str> = line.split_whitespace().collect();
         let at = words.iter().position(|w| *w == e.name)?;
         let number = |i: usize| words.get(i).and_then(|w| w.parse().ok());
@@ -496,17 +657,19 @@ fn counts_of(e: &DefinedEvent, lines: &[String]) -> Option<Stats> {
     })
 }
 
-/// The `(group, name)` of each event defined in `file`: `p:GROUP/NAME ...` or `r...`.
+/// The `(group, name)` of each event defined in `file`: `p:GROUP/NAME ...` or `r...`; once
+/// each, though an event that holds several probes has a line for each (and is removed
+/// whole by one `-:GROUP/NAME`: a second would be refused, and end the batch).
 fn defined_events(tracefs: &Tracefs, file: &str) -> Vec<(String, String)> {
-    tracefs
-        .lines(file)
-        .iter()
-        .filter_map(|line| {
-            let event = line.split_whitespace().next()?.split_once(':')?.1;
-            let (group, name) = event.split_once('/')?;
-            Some((group.to_owned(), name.to_owned()))
-        })
-        .collect()
+    let mut events: Vec<(String, String)> = Vec::new();
+    for line in tracefs.lines(file) {
+        let Some(event) = line.split_whitespace().next().and_then(|w| w.split_once(':')) else { continue };
+        let Some((group, name)) = event.1.split_once('/') else { continue };
+        if !events.iter().any(|(g, n)| g == group && n == name) {
+            events.push((group.to_owned(), name.to_owned()));
+        }
+    }
+    events
 }
 
 impl Drop for Session {

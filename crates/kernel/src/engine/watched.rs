@@ -331,6 +331,10 @@ impl KernelEngine {
         }
         let comm = if self.options.with_comm { vec![Self::comm_arg()] } else { Vec::new() };
         let (entry, exit_events) = self.add_watched(plan, &comm, &[])?;
+        // Its records are read: its events may share kernel events.
+        for e in [entry].into_iter().chain(exit_events.iter().map(|(e, _)| *e)) {
+            self.session.share(e);
+        }
         let function = self.functions.number(&plan.path, plan.function, true);
         let entry_exit = entry_exit(plan, &exit_events);
         self.functions.hops.push(Hop { function, entry, exit_events, entry_exit });
