@@ -527,29 +527,77 @@ fn many_probes_are_placed_together_and_the_duration_ends_the_trace() {
     assert!(rows >= 50, "one row per function: {rows}\n{out}");
     assert!(out.contains("(--duration is over)"), "{out}");
     assert_eq!(tracefs("uprobe_events"), before, "every event removed");
-    // Defined in one write to the kernel's event file, and removed in one: what strace saw
-    // dprobe write there (`-y` names the file of each descriptor), a write the kernel refused
-    // (EBUSY while it lets go of the events, retried) left aside.
-    let log = out_file("system-many.strace");
+    // Defined in one write to the kernel's event file, and removed in one.
+    let (written, group) = uprobe_event_writes("system-many", &["-c", "libc:xdr_*"]);
+    let of_this = |start: &str| written.iter().filter(|w| w.starts_with(&format!("{start}{group}/"))).count();
+    assert_eq!((of_this("p:"), of_this("-:")), (1, 1), "rows: {rows}, writes:\n{written:#?}");
+}
+
+/// What `dprobe trace -a -d 100ms -o /dev/null ARGS` wrote to `uprobe_events` (strace's `-y`
+/// names the file of each descriptor; a write the kernel refused, EBUSY while it lets go of
+/// the events, retried, left aside), and the session's group.
+fn uprobe_event_writes(name: &str, args: &[&str]) -> (Vec<String>, String) {
+    let log = out_file(&format!("{name}.strace"));
     let o = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-s", "40", "-e", "trace=write", "-e", "signal=none", "-o"])
+        .args(["-f", "-qq", "-y", "-s", "100000", "-e", "trace=write", "-e", "signal=none", "-o"])
         .arg(&log)
-        .args([env!("CARGO_BIN_EXE_dprobe"), "trace", "-a", "-c", "-d", "100ms", "-o", "/dev/null", "libc:xdr_*"])
+        .args([env!("CARGO_BIN_EXE_dprobe"), "trace", "-a", "-d", "100ms", "-o", "/dev/null"])
+        .args(args)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let log = std::fs::read_to_string(&log).unwrap();
-    let written: Vec<&str> = log
+    let written: Vec<String> = log
         .lines()
         .filter(|l| !l.contains(") = -1 "))
         .filter_map(|l| l.split_once("uprobe_events>, \"")?.1.split_once('"'))
-        .map(|(data, _)| data)
+        .map(|(data, _)| data.to_owned())
         .collect();
     // This session's group, from its definitions (`p:GROUP/NAME ...`); another session's
     // events left by a killed dprobe may be removed too, in a write of their own.
-    let group = written.iter().find_map(|w| w.strip_prefix("p:")?.split_once('/')).map(|(g, _)| g).expect("defined");
-    let of_this = |start: &str| written.iter().filter(|w| w.starts_with(&format!("{start}{group}/"))).count();
-    assert_eq!((of_this("p:"), of_this("-:")), (1, 1), "rows: {rows}, writes:\n{written:#?}");
+    let group = written.iter().find_map(|w| w.strip_prefix("p:")?.split_once('/')).map(|(g, _)| g.to_owned());
+    (written.clone(), group.expect("defined"))
+}
+
+#[test]
+fn many_probes_whose_records_are_read_are_one_kernel_event_removed_at_once() {
+    let _x = exclusive();
+    let before = tracefs("uprobe_events");
+    // Read as records (no BPF program counts them), the probes of one shape are one kernel
+    // event: the kernel lets go of its probes together, where it let go of separate events
+    // one at a time, a grace period each.
+    let (written, group) = uprobe_event_writes("system-many-records", &["libc:xdr_*"]);
+    let definitions: Vec<&str> = written.iter().flat_map(|w| w.split("\\n")).filter(|l| l.starts_with("p:")).collect();
+    let names: std::collections::BTreeSet<&str> =
+        definitions.iter().filter_map(|l| l.split_whitespace().next()?.strip_prefix(&format!("p:{group}/"))).collect();
+    assert!(definitions.len() >= 50, "one probe per function: {definitions:#?}");
+    assert_eq!(names.len(), 1, "one kernel event: {definitions:#?}");
+    let removals: Vec<&String> = written.iter().filter(|w| w.starts_with(&format!("-:{group}/"))).collect();
+    assert_eq!(removals.len(), 1, "removed in one write: {written:#?}");
+    assert_eq!(removals[0].split("\\n").filter(|l| !l.is_empty()).count(), 1, "as one event: {removals:#?}");
+    assert_eq!(tracefs("uprobe_events"), before, "every probe removed");
+    // Each function's hits and returns are its own: f0 called once, ... f4 five times, f5
+    // once, entry probes and return probes (watched at the exits) at the same functions.
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../kernel/tests/fixtures/each.c");
+    let each = dprobe_test_fixtures::c_program(src, "each", &["-O2"]);
+    let (entries, returns) = (format!("{each}:f*"), format!("{each}:f*%return"));
+    let (code, out) = trace("system-many-shared", &["-a", "-c", "--no-bpf", &entries, &returns, "--", each]);
+    assert_eq!(code, Some(0), "{out}");
+    let rows: Vec<Vec<&str>> =
+        out.lines().filter(|l| l.starts_with(&format!("{each}:f"))).map(|l| l.split_whitespace().collect()).collect();
+    let expected: Vec<Vec<String>> = [1, 2, 3, 4, 5, 1]
+        .iter()
+        .enumerate()
+        .map(|(k, n)| vec![format!("{each}:f{k}"), n.to_string(), "-".into(), "0".into()])
+        .chain(
+            [1, 2, 3, 4, 5, 1]
+                .iter()
+                .enumerate()
+                .map(|(k, n)| vec![format!("{each}:f{k}"), n.to_string(), n.to_string(), "0".into()]),
+        )
+        .collect();
+    assert_eq!(rows, expected, "{out}");
+    assert_eq!(tracefs("uprobe_events"), before, "every probe removed");
 }
 
 #[test]
