@@ -4,12 +4,15 @@
 //! user space one by one. dprobe reads the map when it wants the figures.
 //!
 //! Loading goes through `aya` (pure Rust: object relocation, maps, the verifier's log).
-//! Attaching is the kernel's oldest way, which works for uprobes, kprobes and tracepoints
-//! alike: a perf event opened on the tracefs event, given the program
+//! A user-space probe's program is attached to all its places through one uprobe_multi link
+//! where the kernel has them (Linux 6.6, see `multi.rs`): the kernel then lets go of them
+//! quickly at the end. Elsewhere, and for kprobes and tracepoints, attaching is the kernel's
+//! oldest way: a perf event opened on the tracefs event, given the program
 //! (`PERF_EVENT_IOC_SET_BPF`). The program runs for the event's every hit, on every CPU.
 
 pub mod filter;
 mod layout;
+mod multi;
 mod source;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -22,6 +25,7 @@ use aya::{Ebpf, EbpfLoader};
 use dprobe_core::KeyedTally;
 use perf_event_open_sys::{bindings as sys, ioctls, perf_event_open};
 
+pub use multi::UserPlaces;
 pub use source::{value_source, Origin, ValueSource, MAX_DEREFS};
 
 /// The compiled program (see build.rs), its map of keys allocated when it is made.
@@ -84,15 +88,32 @@ pub struct TallyConfig {
     pub max_keys: u32,
 }
 
+/// What a counting program is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TallyOn {
+    /// A tracepoint: the program reads the record.
+    Tracepoint,
+    /// A kprobe: the program reads the registers.
+    KernelProbe,
+    /// A uprobe: the program reads the registers; attached through a uprobe_multi link where
+    /// the kernel has them ([`Tally::attach_user`]).
+    UserProbe,
+}
+
 /// The program loaded for one probe, with its maps.
 pub struct Tally {
     ebpf: Ebpf,
     tracepoint: bool,
+    /// The program as aya loaded it, for perf events (loaded when first needed, when it was
+    /// loaded for links).
+    for_perf_events: bool,
+    /// The program loaded for uprobe_multi links, where the kernel took it.
+    for_links: Option<OwnedFd>,
     rows: TallyRows,
     filtered: bool,
     max_keys: u32,
-    /// The perf events the program is attached through, once attached (a return probe
-    /// watched at its function's exits counts at each of them).
+    /// The perf events or links the program is attached through, once attached (a return
+    /// probe watched at its function's exits counts at each of them).
     attached: Vec<OwnedFd>,
 }
 
@@ -126,19 +147,20 @@ impl Tally {
     /// Load the program for a probe on a tracepoint (`tracepoint`) or on a uprobe or kprobe,
     /// checked by the kernel's verifier; nothing runs until [`Tally::attach`]. Its map's
     /// entries are allocated as keys arrive where the kernel allows it, up front elsewhere.
-    pub fn load(config: &TallyConfig, tracepoint: bool) -> Result<Tally, String> {
+    pub fn load(config: &TallyConfig, on: TallyOn) -> Result<Tally, String> {
         if running_kernel_allows_lazy_keys() {
             // A kernel that refuses it all the same (a real-time one may) gets the map
             // allocated up front; any other refusal repeats there, and is said from there.
-            if let Ok(tally) = Self::load_object(LAZY_OBJECT, config, tracepoint) {
+            if let Ok(tally) = Self::load_object(LAZY_OBJECT, config, on) {
                 return Ok(tally);
             }
         }
-        Self::load_object(OBJECT, config, tracepoint)
+        Self::load_object(OBJECT, config, on)
     }
 
     /// [`Tally::load`] from the compiled `object`.
-    fn load_object(object: &[u8], config: &TallyConfig, tracepoint: bool) -> Result<Tally, String> {
+    fn load_object(object: &[u8], config: &TallyConfig, on: TallyOn) -> Result<Tally, String> {
+        let tracepoint = on == TallyOn::Tracepoint;
         let flag = |b: bool| u32::from(b);
         let (key_pid, key_tid, key_comm) = (flag(config.by.pid), flag(config.by.tid), flag(config.by.comm));
         let only_pid = config.only_pid.unwrap_or(0);
@@ -175,16 +197,15 @@ impl Tally {
             .override_global("filter", &tests[..], true)
             .map_max_entries("tallies", config.max_keys);
         let mut ebpf = loader.load(object).map_err(|e| why("loading the BPF object", e))?;
-        let name = if tracepoint { "dprobe_tally_record" } else { "dprobe_tally_regs" };
-        let program = ebpf.program_mut(name).ok_or_else(|| format!("no program {name} in the BPF object"))?;
-        let verified = if tracepoint {
-            let p: &mut TracePoint = program.try_into().map_err(|e| why(name, e))?;
-            p.load()
-        } else {
-            let p: &mut KProbe = program.try_into().map_err(|e| why(name, e))?;
-            p.load()
+        // For links if the kernel takes it so (and then for perf events only if a link
+        // cannot be made); any refusal is said from aya's loading, which has its reasons.
+        let for_links = match on {
+            TallyOn::UserProbe => multi::load(&ebpf, object, program_name(tracepoint)).ok(),
+            _ => None,
         };
-        verified.map_err(|e| why("the kernel refused the BPF program", error_chain(&e)))?;
+        if for_links.is_none() {
+            load_for_perf_events(&mut ebpf, tracepoint)?;
+        }
         let map = ebpf.take_map("tallies").ok_or("no map `tallies` in the BPF object")?;
         let map = PerCpuHashMap::try_from(map).map_err(|e| why("the map `tallies`", e))?;
         let rows = TallyRows {
@@ -195,6 +216,8 @@ impl Tally {
         Ok(Tally {
             ebpf,
             tracepoint,
+            for_perf_events: for_links.is_none(),
+            for_links,
             rows,
             filtered: !config.filter.is_empty(),
             max_keys: config.max_keys,
@@ -205,7 +228,11 @@ impl Tally {
     /// Attach the program to the tracefs event whose id is `id`, and turn it on (one program
     /// may count the hits of several events).
     pub fn attach(&mut self, id: u64) -> Result<(), String> {
-        let name = if self.tracepoint { "dprobe_tally_record" } else { "dprobe_tally_regs" };
+        if !self.for_perf_events {
+            load_for_perf_events(&mut self.ebpf, self.tracepoint)?;
+            self.for_perf_events = true;
+        }
+        let name = program_name(self.tracepoint);
         let program = self.ebpf.program(name).ok_or_else(|| format!("no program {name}"))?;
         let fd = program.fd().map_err(|e| why("the BPF program", e))?;
         let mut attr = sys::perf_event_attr {
@@ -236,6 +263,22 @@ impl Tally {
         }
         self.attached.push(event);
         Ok(())
+    }
+
+    /// Attach the program (loaded for [`TallyOn::UserProbe`]) to all of `places` through one
+    /// uprobe_multi link, and so turn it on; why not (a kernel before Linux 6.6 has no such
+    /// links: [`Tally::attach`] then attaches it to each place's event).
+    pub fn attach_user(&mut self, places: &UserPlaces) -> Result<(), String> {
+        let program = self.for_links.as_ref().ok_or("the kernel has no uprobe_multi links")?;
+        let link = multi::link(program.as_fd(), places).map_err(|e| why("a uprobe_multi link", e))?;
+        self.attached.push(link);
+        Ok(())
+    }
+
+    /// Whether it is attached through uprobe_multi links: the kernel does not count the hits
+    /// of the tracefs events it was not attached to.
+    pub fn linked(&self) -> bool {
+        self.for_links.is_some() && !self.attached.is_empty() && !self.for_perf_events
     }
 
     /// Every key's figures so far, each summed over the CPUs, as the figures of `probe`.
@@ -281,6 +324,12 @@ impl Tally {
         self.filtered
     }
 
+    /// Every hit of its places, in every process (dprobe's own too): the kernel's count of
+    /// them, as its profile files give it for tracefs events.
+    pub fn seen(&self) -> u64 {
+        self.counter("seen")
+    }
+
     /// Hits that did not pass the filter.
     pub fn rejected(&self) -> u64 {
         self.counter("rejected")
@@ -292,6 +341,29 @@ impl Tally {
         let Ok(map) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
         map.get(&0, 0).map_or(0, |per_cpu| per_cpu.iter().sum())
     }
+}
+
+/// The program's name in the object: it reads a tracepoint's record, or the registers.
+fn program_name(tracepoint: bool) -> &'static str {
+    if tracepoint {
+        "dprobe_tally_record"
+    } else {
+        "dprobe_tally_regs"
+    }
+}
+
+/// Load the program of `ebpf` as aya does, for perf events; the verifier's refusal, said.
+fn load_for_perf_events(ebpf: &mut Ebpf, tracepoint: bool) -> Result<(), String> {
+    let name = program_name(tracepoint);
+    let program = ebpf.program_mut(name).ok_or_else(|| format!("no program {name} in the BPF object"))?;
+    let verified = if tracepoint {
+        let p: &mut TracePoint = program.try_into().map_err(|e| why(name, e))?;
+        p.load()
+    } else {
+        let p: &mut KProbe = program.try_into().map_err(|e| why(name, e))?;
+        p.load()
+    };
+    verified.map_err(|e| why("the kernel refused the BPF program", error_chain(&e)))
 }
 
 /// The row of one key (`[pid | tid << 32, comm, comm, value, by, faulted | by_faulted << 32]`,

@@ -32,6 +32,10 @@ pub struct Definition {
     pub tracepoint: Option<String>,
     /// Where a user probe sits (for messages): `path:function+offset`.
     pub place: String,
+    /// A user probe's file and file offset.
+    pub file: Option<(String, u64)>,
+    /// A user probe's semaphore (a static probe's): its file offset ([`Definition::counting`]).
+    pub semaphore: Option<u64>,
 }
 
 /// The hidden last argument of events that fetch strings. The kernel keeps a record's
@@ -63,6 +67,8 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
             is_return: false,
             tracepoint: Some(format!("{subsystem}/{event}")),
             place: format!("{subsystem}:{event}"),
+            file: None,
+            semaphore: None,
         }),
         ProbePoint::Kernel { function, offset } => {
             let place = if *offset == 0 { function.clone() } else { format!("{function}+{offset}") };
@@ -72,6 +78,8 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
                 is_return,
                 tracepoint: None,
                 place: format!("kernel:{place}"),
+                file: None,
+                semaphore: None,
             })
         }
         ProbePoint::Usdt { .. } => Err(KernelError::Unsupported {
@@ -90,6 +98,8 @@ pub fn definition(spec: &ProbeSpec) -> Result<Definition, KernelError> {
                 is_return,
                 tracepoint: None,
                 place: shown,
+                file: Some((path, file_offset)),
+                semaphore: None,
             })
         }
     }
@@ -103,6 +113,7 @@ impl Definition {
         if self.kind == EventKind::Uprobe {
             let end = self.body.find(' ').unwrap_or(self.body.len());
             self.body.insert_str(end, &format!("({file_offset:#x})"));
+            self.semaphore = Some(file_offset);
         }
         self
     }

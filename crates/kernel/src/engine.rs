@@ -15,7 +15,7 @@ use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 
 use crate::bpf::filter::Operand;
-use crate::bpf::{value_source, KeyedBy, Origin, Tally, TallyConfig, TallyRows, ValueSource};
+use crate::bpf::{value_source, KeyedBy, Origin, Tally, TallyConfig, TallyOn, TallyRows, ValueSource};
 use crate::error::KernelError;
 use crate::exit_pairing::{Pairing, Role};
 use crate::format::{Field, FieldKind, FieldValue};
@@ -324,9 +324,26 @@ impl KernelEngine {
     /// Close the BPF programs and their perf events: the kernel removes an event only once
     /// nothing uses it.
     fn detach_programs(&mut self) {
-        for p in &mut self.probes {
-            p.tally = None;
-            p.entry_tally = None;
+        // Together: the kernel lets go of a link's places after a grace period, which the
+        // links closed at once share (one after the other, each would wait its own).
+        let tallies: Vec<Tally> =
+            self.probes.iter_mut().flat_map(|p| [p.tally.take(), p.entry_tally.take()]).flatten().collect();
+        std::thread::scope(|s| {
+            for t in tallies {
+                // Without a thread (none to be had), here.
+                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(t));
+            }
+        });
+    }
+
+    /// The kernel's counts of `p`'s event (its entries, for a return probe watched at its
+    /// exits): from its profile file, or where its BPF program is attached through a link
+    /// (the event then counts nothing), what the program saw.
+    fn kernel_counts(&self, p: &Probe) -> Stats {
+        let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        match p.entry_tally.as_ref().or(p.tally.as_ref()).filter(|t| t.linked()) {
+            Some(t) => Stats { hits: t.seen(), ..counts },
+            None => counts,
         }
     }
 
@@ -366,7 +383,12 @@ impl KernelEngine {
             filter,
             max_keys: ask.max_keys.unwrap_or(crate::bpf::MAX_KEYS),
         };
-        Tally::load(&config, matches!(probe.spec.point, ProbePoint::Tracepoint { .. }))
+        let on = match probe.spec.point {
+            ProbePoint::Tracepoint { .. } => TallyOn::Tracepoint,
+            ProbePoint::User { .. } => TallyOn::UserProbe,
+            _ => TallyOn::KernelProbe,
+        };
+        Tally::load(&config, on)
     }
 
     /// How the BPF program reads the probe's value `name` (a fetched argument, or a
@@ -648,12 +670,18 @@ impl Engine for KernelEngine {
         for p in &mut self.probes {
             let events = Self::tally_events(p);
             let Some(tally) = p.tally.as_mut() else { continue };
-            let id = |e: usize| self.session.events()[e].format.id;
-            let attached =
-                events.iter().try_for_each(|&e| tally.attach(id(e))).and_then(|()| match &mut p.entry_tally {
-                    Some(t) => t.attach(id(p.event)),
-                    None => Ok(()),
-                });
+            let session = &self.session;
+            // All of a user probe's places through one link, where the kernel makes them;
+            // else each place's event.
+            // (Not a uretprobe: the kernel counts its entries only for an event.)
+            let attach = |t: &mut Tally, events: &[usize]| match session.user_places(events) {
+                Some(places) if !places.returns && t.attach_user(&places).is_ok() => Ok(()),
+                _ => events.iter().try_for_each(|&e| t.attach(session.events()[e].format.id)),
+            };
+            let attached = attach(tally, &events).and_then(|()| match &mut p.entry_tally {
+                Some(t) => attach(t, &[p.event]),
+                None => Ok(()),
+            });
             match attached {
                 Ok(()) => {
                     for e in events.into_iter().chain(p.entry_tally.as_ref().map(|_| p.event)) {
@@ -712,7 +740,7 @@ impl Engine for KernelEngine {
     /// gives the entries of return probes.
     fn stats(&self, index: usize) -> Stats {
         let Some(p) = self.probes.get(index) else { return Stats::default() };
-        let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        let counts = self.kernel_counts(p);
         let delivered = Self::delivered(p);
         let restricted = self.options.pid.is_some() || self.options.comm.is_some();
         let unrestricted_kernel_count = !restricted && (p.is_return || p.filtered_in_kernel);
@@ -768,7 +796,7 @@ impl Engine for KernelEngine {
         if let Some(why) = &p.fallback {
             remarks.push(format!("aggregated in dprobe from each event: the BPF program could not be attached: {why}"));
         }
-        let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        let counts = self.kernel_counts(p);
         let restricted = self.options.pid.is_some() || self.options.comm.is_some();
         if p.filtered_in_kernel {
             remarks.push("filtered in the kernel: only the events that passed reached dprobe".into());

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use dprobe_core::{Placement, Stats};
 use dprobe_spec::ProbeSpec;
 
+use crate::bpf::UserPlaces;
 use crate::define::{definition, Definition, EventKind, END_FIELD};
 use crate::error::KernelError;
 use crate::format::{data_loc, EventFormat, FieldKind, FieldValue};
@@ -405,6 +406,28 @@ impl Session {
     /// the one the user started, which waits for this one and passes signals on.
     pub fn leave_out(&mut self, pid: u32) {
         self.also_own.push(pid);
+    }
+
+    /// The places of events `indexes` (defined already) as one uprobe_multi link takes them:
+    /// `None` unless they are all user-space probes of one kind in one file.
+    pub fn user_places(&self, indexes: &[usize]) -> Option<UserPlaces> {
+        let mut places: Option<UserPlaces> = None;
+        for &i in indexes {
+            let d = &self.events.get(i)?.definition;
+            let (path, offset) = d.file.as_ref().filter(|_| d.kind == EventKind::Uprobe)?;
+            let p = places.get_or_insert_with(|| UserPlaces {
+                path: path.clone(),
+                offsets: Vec::new(),
+                semaphores: Vec::new(),
+                returns: d.is_return,
+            });
+            if p.path != *path || p.returns != d.is_return {
+                return None;
+            }
+            p.offsets.push(*offset);
+            p.semaphores.push(d.semaphore.unwrap_or(0));
+        }
+        places
     }
 
     /// The events defined so far, in the order they were added.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use dprobe_kernel::bpf::filter::{compile, Operand};
-use dprobe_kernel::bpf::{lazy_keys_allowed, value_source, Tally, TallyConfig};
+use dprobe_kernel::bpf::{lazy_keys_allowed, value_source, Tally, TallyConfig, TallyOn};
 use dprobe_kernel::Session;
 use dprobe_spec::{parse_filter, parse_probe};
 
@@ -44,7 +44,7 @@ fn tally_filtered(config: TallyConfig) -> (Vec<Row>, u64, u64) {
     let event = session.add(&spec, None, None).unwrap();
     let arg = &spec.args[0];
     let value = value_source(&arg.fetch, arg.ty, true, false).unwrap();
-    let mut t = Tally::load(&TallyConfig { value: Some(value), ..config }, false).unwrap();
+    let mut t = Tally::load(&TallyConfig { value: Some(value), ..config }, TallyOn::UserProbe).unwrap();
     t.attach(session.events()[event].format.id).unwrap();
     let status = Command::new(workers()).stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
@@ -60,7 +60,7 @@ fn tally_filtered(config: TallyConfig) -> (Vec<Row>, u64, u64) {
 fn the_map_of_keys_is_allocated_as_keys_arrive_where_the_kernel_allows_it() {
     let _x = one_at_a_time();
     let config = TallyConfig { own_pid: std::process::id(), max_keys: 1024, ..TallyConfig::default() };
-    let t = Tally::load(&config, false).unwrap();
+    let t = Tally::load(&config, TallyOn::UserProbe).unwrap();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let lazy = lazy_keys_allowed(release.trim());
     eprintln!("kernel {}: map allocated as keys arrive: {lazy}", release.trim());

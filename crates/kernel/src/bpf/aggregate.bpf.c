@@ -97,6 +97,16 @@ struct {
     __type(value, __u64);
 } unallocated SEC(".maps");
 
+/* Every hit, in every process (dprobe's own too), as the kernel's profile files count the
+ * hits of the events a program is attached to: a program attached through a uprobe_multi
+ * link has no event counting for it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} seen SEC(".maps");
+
 /* Hits that did not pass the filter. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -299,6 +309,7 @@ INLINE void count_into(struct tally *t, __s64 v) {
 }
 
 INLINE int tally(void *ctx) {
+    bump(&seen);
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 pid = pid_tgid >> 32;
     if (pid == own_pid || (front_pid && pid == front_pid) || (only_pid && pid != only_pid))
