@@ -143,60 +143,113 @@ fn why(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-impl Tally {
-    /// Load the program for a probe on a tracepoint (`tracepoint`) or on a uprobe or kprobe,
-    /// checked by the kernel's verifier; nothing runs until [`Tally::attach`]. Its map's
-    /// entries are allocated as keys arrive where the kernel allows it, up front elsewhere.
-    pub fn load(config: &TallyConfig, on: TallyOn) -> Result<Tally, String> {
-        if running_kernel_allows_lazy_keys() {
-            // A kernel that refuses it all the same (a real-time one may) gets the map
-            // allocated up front; any other refusal repeats there, and is said from there.
-            if let Ok(tally) = Self::load_object(LAZY_OBJECT, config, on) {
-                return Ok(tally);
-            }
-        }
-        Self::load_object(OBJECT, config, on)
-    }
+/// The values of the program's read-only globals for one probe (see aggregate.bpf.c), kept
+/// while a [`Loader`] loads it.
+pub struct Globals {
+    key_pid: u32,
+    key_tid: u32,
+    key_comm: u32,
+    only_pid: u32,
+    own_pid: u32,
+    front_pid: u32,
+    only_comm_set: u32,
+    only_comm: [u8; 16],
+    value: [u8; layout::SOURCE_BYTES],
+    by_value: [u8; layout::SOURCE_BYTES],
+    filter_len: u32,
+    filter_comm: u32,
+    filter: Vec<u8>,
+    max_keys: u32,
+}
 
-    /// [`Tally::load`] from the compiled `object`.
-    fn load_object(object: &[u8], config: &TallyConfig, on: TallyOn) -> Result<Tally, String> {
-        let tracepoint = on == TallyOn::Tracepoint;
+impl Globals {
+    /// The globals of a program counting as `config` asks; why it cannot.
+    pub fn of(config: &TallyConfig) -> Result<Globals, String> {
+        if config.filter.len() > filter::MAX_TESTS {
+            return Err(format!("{} tests (the BPF program runs at most {})", config.filter.len(), filter::MAX_TESTS));
+        }
         let flag = |b: bool| u32::from(b);
-        let (key_pid, key_tid, key_comm) = (flag(config.by.pid), flag(config.by.tid), flag(config.by.comm));
-        let only_pid = config.only_pid.unwrap_or(0);
-        let only_comm_set = flag(config.only_comm.is_some());
         let mut only_comm = [0u8; 16];
         if let Some(c) = &config.only_comm {
             let n = c.len().min(15);
             only_comm[..n].copy_from_slice(&c.as_bytes()[..n]);
         }
-        let value = layout::source(config.value.as_ref());
-        let by_value = layout::source(config.by_value.as_ref());
-        if config.filter.len() > filter::MAX_TESTS {
-            return Err(format!("{} tests (the BPF program runs at most {})", config.filter.len(), filter::MAX_TESTS));
+        Ok(Globals {
+            key_pid: flag(config.by.pid),
+            key_tid: flag(config.by.tid),
+            key_comm: flag(config.by.comm),
+            only_pid: config.only_pid.unwrap_or(0),
+            own_pid: config.own_pid,
+            front_pid: config.front_pid,
+            only_comm_set: flag(config.only_comm.is_some()),
+            only_comm,
+            value: layout::source(config.value.as_ref()),
+            by_value: layout::source(config.by_value.as_ref()),
+            filter_len: config.filter.len() as u32,
+            filter_comm: flag(config.filter.iter().any(|t| matches!(t, filter::Test::Comm { .. }))),
+            filter: layout::tests(&config.filter),
+            max_keys: config.max_keys,
+        })
+    }
+}
+
+/// Loads counting programs, any number, with one BPF loader: making one reads and parses
+/// the kernel's whole type information (several MiB), which the program does not use (it
+/// reads no kernel type), about 20 ms each time.
+pub struct Loader<'a> {
+    inner: EbpfLoader<'a>,
+    lazy_keys: bool,
+}
+
+impl Default for Loader<'_> {
+    fn default() -> Self {
+        let mut inner = EbpfLoader::new();
+        inner.btf(None);
+        Loader { inner, lazy_keys: running_kernel_allows_lazy_keys() }
+    }
+}
+
+impl<'a> Loader<'a> {
+    /// Load the program for a probe (a tracepoint, a kprobe or a uprobe: `on`) with its
+    /// `globals` and the figures `config` asks for, checked by the kernel's verifier; nothing
+    /// runs until it is attached. Its map's entries are allocated as keys arrive where the
+    /// kernel allows it, up front elsewhere.
+    pub fn load(&mut self, globals: &'a Globals, config: &TallyConfig, on: TallyOn) -> Result<Tally, String> {
+        if self.lazy_keys {
+            // A kernel that refuses it all the same (a real-time one may) gets the map
+            // allocated up front; any other refusal repeats there, and is said from there.
+            if let Ok(tally) = self.load_object(LAZY_OBJECT, globals, config, on) {
+                return Ok(tally);
+            }
         }
-        let filter_len = config.filter.len() as u32;
-        let filter_comm = flag(config.filter.iter().any(|t| matches!(t, filter::Test::Comm { .. })));
-        let tests = layout::tests(&config.filter);
-        let mut loader = EbpfLoader::new();
-        // The program reads no kernel type (no CO-RE): the kernel's BTF is not needed.
-        loader.btf(None);
-        loader
-            .override_global("key_pid", &key_pid, true)
-            .override_global("key_tid", &key_tid, true)
-            .override_global("key_comm", &key_comm, true)
-            .override_global("only_pid", &only_pid, true)
-            .override_global("own_pid", &config.own_pid, true)
-            .override_global("front_pid", &config.front_pid, true)
-            .override_global("only_comm_set", &only_comm_set, true)
-            .override_global("only_comm", &only_comm, true)
-            .override_global("value", &value[..], true)
-            .override_global("by_value", &by_value[..], true)
-            .override_global("filter_len", &filter_len, true)
-            .override_global("filter_comm", &filter_comm, true)
-            .override_global("filter", &tests[..], true)
-            .map_max_entries("tallies", config.max_keys);
-        let mut ebpf = loader.load(object).map_err(|e| why("loading the BPF object", e))?;
+        self.load_object(OBJECT, globals, config, on)
+    }
+
+    /// [`Loader::load`] from the compiled `object`.
+    fn load_object(
+        &mut self,
+        object: &[u8],
+        g: &'a Globals,
+        config: &TallyConfig,
+        on: TallyOn,
+    ) -> Result<Tally, String> {
+        let tracepoint = on == TallyOn::Tracepoint;
+        self.inner
+            .override_global("key_pid", &g.key_pid, true)
+            .override_global("key_tid", &g.key_tid, true)
+            .override_global("key_comm", &g.key_comm, true)
+            .override_global("only_pid", &g.only_pid, true)
+            .override_global("own_pid", &g.own_pid, true)
+            .override_global("front_pid", &g.front_pid, true)
+            .override_global("only_comm_set", &g.only_comm_set, true)
+            .override_global("only_comm", &g.only_comm, true)
+            .override_global("value", &g.value[..], true)
+            .override_global("by_value", &g.by_value[..], true)
+            .override_global("filter_len", &g.filter_len, true)
+            .override_global("filter_comm", &g.filter_comm, true)
+            .override_global("filter", &g.filter[..], true)
+            .map_max_entries("tallies", g.max_keys);
+        let mut ebpf = self.inner.load(object).map_err(|e| why("loading the BPF object", e))?;
         // For links if the kernel takes it so (and then for perf events only if a link
         // cannot be made); any refusal is said from aya's loading, which has its reasons.
         let for_links = match on {
@@ -223,6 +276,14 @@ impl Tally {
             max_keys: config.max_keys,
             attached: Vec::new(),
         })
+    }
+}
+
+impl Tally {
+    /// Load the program for a probe alone (see [`Loader::load`]).
+    pub fn load(config: &TallyConfig, on: TallyOn) -> Result<Tally, String> {
+        let globals = Globals::of(config)?;
+        Loader::default().load(&globals, config, on)
     }
 
     /// Attach the program to the tracefs event whose id is `id`, and turn it on (one program

@@ -15,7 +15,7 @@ use dprobe_spec::{ArgType, Fetch, Filter, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 
 use crate::bpf::filter::Operand;
-use crate::bpf::{value_source, KeyedBy, Origin, Tally, TallyConfig, TallyOn, TallyRows, ValueSource};
+use crate::bpf::{value_source, Globals, KeyedBy, Loader, Origin, Tally, TallyConfig, TallyOn, TallyRows, ValueSource};
 use crate::error::KernelError;
 use crate::exit_pairing::{Pairing, Role};
 use crate::format::{Field, FieldKind, FieldValue};
@@ -72,6 +72,12 @@ pub struct InKernel {
 const SLOT_FIELD: &str = "dprobe_slot";
 const RET_FIELD: &str = "dprobe_ret";
 
+/// What a probe's program is to count, and where it is attached.
+struct Counting {
+    config: TallyConfig,
+    on: TallyOn,
+}
+
 /// What one placed probe reads from the kernel.
 struct Probe {
     event: usize,
@@ -90,10 +96,14 @@ struct Probe {
     /// Its hits counted in the kernel instead (loaded when placed, attached when tracing
     /// starts).
     tally: Option<Tally>,
+    /// What its program is to count, when its hits are to be counted in the kernel (the
+    /// programs are loaded together when tracing starts); for a return probe watched at its
+    /// exits, also its entries'.
+    counting: Option<(Counting, Option<Counting>)>,
     /// A return probe watched at its exits and counted in the kernel: `tally` counts its
     /// returns at the exits, this its entries.
     entry_tally: Option<Tally>,
-    /// Why its program, loaded, could not be attached (its events are read instead).
+    /// Why its program could not be loaded or attached (its events are read instead).
     fallback: Option<String>,
     /// A return probe watched at its function's exits: `event` is the entry's.
     exits: Option<Watched>,
@@ -113,6 +123,12 @@ pub struct KernelEngine {
     functions: Functions,
     /// The maps of the processes whose calls are paired, to tell their stacks apart.
     maps: StackMaps,
+    /// The kernel's counts of each event as tracing ended (read once: the summary asks for
+    /// each probe's figures, and the kernel's profile file has a line per probe).
+    counts_at_end: Option<Vec<Option<Stats>>>,
+    /// What reads the maps of the probes counted in the kernel (set when tracing starts),
+    /// for [`Engine::live_tallies`].
+    readers: std::sync::Arc<std::sync::OnceLock<Vec<(usize, TallyRows)>>>,
 }
 
 /// The stacks events carry, if asked for: what unwinds the user stacks copied with each
@@ -203,6 +219,8 @@ impl KernelEngine {
             pairing: Pairing::default(),
             functions: Functions::default(),
             maps: StackMaps::default(),
+            counts_at_end: None,
+            readers: Default::default(),
         })
     }
 
@@ -336,11 +354,47 @@ impl KernelEngine {
         });
     }
 
+    /// Load the programs of the probes counted in the kernel, with one loader. A program
+    /// the kernel refuses leaves its probe to the perf buffers, the reason said.
+    fn load_programs(&mut self) {
+        let globals: Vec<Vec<Result<Globals, String>>> = (self.probes.iter())
+            .map(|p| match &p.counting {
+                Some((c, e)) => [Some(c), e.as_ref()].into_iter().flatten().map(|c| Globals::of(&c.config)).collect(),
+                None => Vec::new(),
+            })
+            .collect();
+        let mut loader = Loader::default();
+        for (p, globals) in self.probes.iter_mut().zip(&globals) {
+            let Some((counting, entries)) = &p.counting else { continue };
+            let mut load = |k: usize, c: &Counting| match &globals[k] {
+                Ok(g) => loader.load(g, &c.config, c.on),
+                Err(why) => Err(why.clone()),
+            };
+            let loaded = load(0, counting).and_then(|t| Ok((t, entries.as_ref().map(|e| load(1, e)).transpose()?)));
+            match loaded {
+                Ok((t, e)) => {
+                    p.tally = Some(t);
+                    p.entry_tally = e;
+                }
+                Err(why) => p.fallback = Some(why),
+            }
+        }
+    }
+
+    /// The kernel's counts of event `event`: as tracing ended, once it has (the profile file
+    /// read once for all), else now.
+    fn event_counts(&self, event: usize) -> Option<Stats> {
+        match &self.counts_at_end {
+            Some(all) => all.get(event).cloned().flatten(),
+            None => self.session.kernel_counts(event),
+        }
+    }
+
     /// The kernel's counts of `p`'s event (its entries, for a return probe watched at its
     /// exits): from its profile file, or where its BPF program is attached through a link
     /// (the event then counts nothing), what the program saw.
     fn kernel_counts(&self, p: &Probe) -> Stats {
-        let counts = self.session.kernel_counts(p.event).unwrap_or_default();
+        let counts = self.event_counts(p.event).unwrap_or_default();
         match p.entry_tally.as_ref().or(p.tally.as_ref()).filter(|t| t.linked()) {
             Some(t) => Stats { hits: t.seen(), ..counts },
             None => counts,
@@ -349,7 +403,7 @@ impl KernelEngine {
 
     /// The BPF program that counts `probe`'s hits (its event `event`) in the kernel, loaded;
     /// why not, when the program cannot do what is asked.
-    fn tally(&self, ask: &InKernel, probe: &ProbeRequest<'_>, event: usize) -> Result<Tally, String> {
+    fn tally(&self, ask: &InKernel, probe: &ProbeRequest<'_>, event: usize) -> Result<Counting, String> {
         let number = |name: &str| match self.operand(probe, event, name)? {
             Some(Operand::Number(v)) => Ok(v),
             Some(Operand::Comm) => Err(format!("`{name}` is the thread's name, no number")),
@@ -388,7 +442,9 @@ impl KernelEngine {
             ProbePoint::User { .. } => TallyOn::UserProbe,
             _ => TallyOn::KernelProbe,
         };
-        Tally::load(&config, on)
+        // What the loader would refuse, refused now.
+        Globals::of(&config)?;
+        Ok(Counting { config, on })
     }
 
     /// How the BPF program reads the probe's value `name` (a fetched argument, or a
@@ -553,7 +609,7 @@ impl Engine for KernelEngine {
             placed.fields = Some(fields.clone());
             fields
         };
-        let (tally, entry_tally) = match self.options.in_kernel.as_ref().filter(|_| !probe.timed) {
+        let counting = match self.options.in_kernel.as_ref().filter(|_| !probe.timed) {
             Some(ask) => {
                 let loaded = match &watched {
                     Some(w) => self.watched_tallies(w, ask, &probe, event).map(|(r, e)| (r, Some(e))),
@@ -563,19 +619,19 @@ impl Engine for KernelEngine {
                     Ok((t, e)) => {
                         let what = if e.is_some() { "its entries and returns are" } else { "its hits are" };
                         placed.detail = Some(format!("{what} counted in the kernel (BPF)"));
-                        (Some(t), e)
+                        Some((t, e))
                     }
                     Err(why) => {
                         placed.detail = Some(format!("its hits are counted in dprobe from each event: {why}"));
-                        (None, None)
+                        None
                     }
                 }
             }
-            None => (None, None),
+            None => None,
         };
         if let (Some(Ok((plan, hops))), Some(w)) = (&plan, watched.as_mut()) {
             // Counted in the kernel, its tail calls' returns are counted at the jumps.
-            let read = tally.is_none();
+            let read = counting.is_none();
             w.number = self.number_watched(plan, read);
             if read && !hops.is_empty() {
                 for hop in hops {
@@ -621,7 +677,7 @@ impl Engine for KernelEngine {
         };
         // Events whose records are read may share a kernel event with others of their shape;
         // one a BPF program counts at must keep its own.
-        if tally.is_none() && entry_tally.is_none() {
+        if counting.is_none() {
             let exits = watched.iter().flat_map(|w| w.exit_events.iter().map(|(e, _)| *e));
             let events: Vec<usize> = [event].into_iter().chain(return_event).chain(call_event).chain(exits).collect();
             for e in events {
@@ -638,8 +694,9 @@ impl Engine for KernelEngine {
             filtered_in_kernel: false,
             delivered: 0,
             returns_delivered: 0,
-            tally,
-            entry_tally,
+            tally: None,
+            entry_tally: None,
+            counting,
             fallback: None,
             exits: watched,
         });
@@ -651,7 +708,7 @@ impl Engine for KernelEngine {
     fn prefilter(&mut self, filter: &Filter, text: &str) {
         let names = filter.fields();
         for p in &mut self.probes {
-            if p.tally.as_ref().is_some_and(Tally::filtered) {
+            if p.counting.as_ref().is_some_and(|(c, _)| !c.config.filter.is_empty()) {
                 continue;
             }
             if names.iter().all(|n| p.fields.iter().any(|(f, _)| f == n)) {
@@ -667,6 +724,7 @@ impl Engine for KernelEngine {
         // The events are defined now: their ids take the programs. A program the kernel
         // will not attach leaves its probe to the perf buffers.
         self.session.flush()?;
+        self.load_programs();
         for p in &mut self.probes {
             let events = Self::tally_events(p);
             let Some(tally) = p.tally.as_mut() else { continue };
@@ -695,6 +753,9 @@ impl Engine for KernelEngine {
                 }
             }
         }
+        let readers =
+            self.probes.iter().enumerate().filter_map(|(i, p)| Some((i, p.tally.as_ref()?.reader()))).collect();
+        let _ = self.readers.set(readers);
         self.session.start(None)?;
         if let Some((program, rest)) = self.options.command.split_first() {
             let child = Command::new(program)
@@ -730,6 +791,7 @@ impl Engine for KernelEngine {
             }
         };
         self.abandon_ended_threads();
+        self.counts_at_end = Some(self.session.all_kernel_counts());
         Ok(ending)
     }
 
@@ -752,7 +814,7 @@ impl Engine for KernelEngine {
             None => 0,
         };
         // A timed entry's returns are missed at its return event (no free instance).
-        let return_missed = p.return_event.and_then(|r| self.session.kernel_counts(r)).map_or(0, |c| c.missed);
+        let return_missed = p.return_event.and_then(|r| self.event_counts(r)).map_or(0, |c| c.missed);
         Stats {
             hits,
             returns,
@@ -794,7 +856,7 @@ impl Engine for KernelEngine {
             }
         }
         if let Some(why) = &p.fallback {
-            remarks.push(format!("aggregated in dprobe from each event: the BPF program could not be attached: {why}"));
+            remarks.push(format!("aggregated in dprobe from each event: its BPF program could not run: {why}"));
         }
         let counts = self.kernel_counts(p);
         let restricted = self.options.pid.is_some() || self.options.comm.is_some();
@@ -854,12 +916,12 @@ impl Engine for KernelEngine {
     /// The maps of the probes aggregated in the kernel, read apart from the engine (the BPF
     /// programs keep counting into them while the trace runs).
     fn live_tallies(&self) -> Option<LiveTallies> {
-        let readers: Vec<(usize, TallyRows)> =
-            self.probes.iter().enumerate().filter_map(|(i, p)| Some((i, p.tally.as_ref()?.reader()))).collect();
-        if readers.is_empty() {
+        if self.probes.iter().all(|p| p.counting.is_none()) {
             return None;
         }
-        Some(Box::new(move || keyed_tallies(&readers)))
+        // The programs are loaded when tracing starts: their maps are read from then on.
+        let readers = std::sync::Arc::clone(&self.readers);
+        Some(Box::new(move || readers.get().map(|r| keyed_tallies(r)).unwrap_or_default()))
     }
 
     fn notes(&self) -> Vec<String> {

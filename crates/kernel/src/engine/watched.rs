@@ -15,8 +15,8 @@ use dprobe_arch::ExitKind;
 use dprobe_core::{EventSink, ProbeEvent, ProbeRequest, Side};
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbeSpec, Register};
 
+use super::Counting;
 use super::{monotonic_ns, push_field, InKernel, KernelEngine, Probe};
-use crate::bpf::Tally;
 use crate::error::KernelError;
 use crate::exit_pairing::{Held, Paired, Role};
 use crate::exit_sites::{self, ExitPlan};
@@ -395,7 +395,7 @@ impl KernelEngine {
         ask: &InKernel,
         probe: &ProbeRequest<'_>,
         entry: usize,
-    ) -> Result<(Tally, Tally), String> {
+    ) -> Result<(Counting, Counting), String> {
         let reads_values = ask.hist.is_some() || ask.by_value.is_some() || ask.filter.is_some();
         if reads_values && w.exit_events.iter().any(|(_, kind)| !kind.is_ret()) {
             return Err("its return value at a tail call is the callee's, which the kernel reads at no exit".into());
