@@ -70,7 +70,8 @@ impl Route {
             Route::One(i) => Some(*i),
             Route::Sites { offset, events } => {
                 let site = raw.get(*offset..*offset + 4)?;
-                events.get(u32::from_ne_bytes(site.try_into().ok()?) as usize).copied()
+                let event = events.get(u32::from_ne_bytes(site.try_into().ok()?) as usize)?;
+                (*event != usize::MAX).then_some(*event)
             }
         }
     }
@@ -311,8 +312,7 @@ impl Session {
             planned.push((definition, group, name, site));
             filters.push(filter);
         }
-        let mut names: Vec<&str> = planned.iter().map(|(_, _, n, _)| n.as_str()).collect();
-        names.dedup();
+        let names: Vec<&str> = planned.iter().map(|(_, _, n, _)| n.as_str()).collect();
         let mut defined = Vec::new();
         let mut result = Ok(());
         for (file, lines) in ["uprobe_events", "kprobe_events"].into_iter().zip(&lines) {
@@ -630,6 +630,7 @@ fn routes(events: &[DefinedEvent]) -> HashMap<u16, Route> {
                 if let Route::Sites { events, .. } = route {
                     let site = site as usize;
                     if events.len() <= site {
+                        // (Every site of an event is one of its probes: none stays unset.)
                         events.resize(site + 1, usize::MAX);
                     }
                     events[site] = i;
