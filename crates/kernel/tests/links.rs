@@ -2,6 +2,8 @@
 //! (Linux 6.6), on this machine's kernel (as root): each place's hits counted exactly, return
 //! probes at the returns, and the program's code back in the running process when the link
 //! is closed.
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
@@ -9,10 +11,7 @@ use std::process::{Command, Stdio};
 use dprobe_kernel::bpf::{Tally, TallyConfig, TallyOn, UserPlaces};
 use dprobe_sym::Symbols;
 
-fn fixture(dir: &str, name: &str) -> &'static str {
-    let src = format!("{}/{dir}/{name}.c", env!("CARGO_MANIFEST_DIR"));
-    dprobe_test_fixtures::c_program(&src, name, &["-O2"])
-}
+use common::fixture;
 
 /// The file offset of `function` in `path`.
 fn file_offset(path: &str, function: &str) -> u64 {
@@ -29,28 +28,24 @@ fn counter() -> Tally {
     Tally::load(&config, TallyOn::UserProbe).unwrap()
 }
 
-/// Whether this kernel has uprobe_multi links (Linux 6.6); said when not.
-fn links_here() -> bool {
-    let each = fixture("tests/fixtures", "each");
-    let linked = counter().attach_user(&places(each, &["f0"], false));
-    if let Err(why) = &linked {
-        eprintln!("no uprobe_multi links on this kernel: {why}");
-    }
-    linked.is_ok()
-}
-
-/// Tests in this file run one at a time (they share the fixtures' probes).
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+/// Where this kernel has uprobe_multi links (Linux 6.6), this test's turn: the tests in this
+/// file run one at a time (they share the fixtures' probes). Said when it has none.
+fn links_here() -> Option<std::sync::MutexGuard<'static, ()>> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let turn = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let each = fixture("tests/fixtures", "each");
+    match counter().attach_user(&places(each, &["f0"], false)) {
+        Ok(()) => Some(turn),
+        Err(why) => {
+            eprintln!("no uprobe_multi links on this kernel: {why}");
+            None
+        }
+    }
 }
 
 #[test]
 fn one_link_counts_every_place_of_a_probe_exactly_entries_and_returns() {
-    let _x = one_at_a_time();
-    if !links_here() {
-        return;
-    }
+    let Some(_turn) = links_here() else { return };
     let each = fixture("tests/fixtures", "each");
     // f0 runs once, f1 twice, ... f4 five times.
     let mut entries = counter();
@@ -89,10 +84,7 @@ fn mapped_at(pid: u32, path: &str, file_offset: u64) -> u64 {
 
 #[test]
 fn a_running_program_gets_its_code_back_when_the_link_closes() {
-    let _x = one_at_a_time();
-    if !links_here() {
-        return;
-    }
+    let Some(_turn) = links_here() else { return };
     let prog = fixture("../cli/tests/fixtures", "waits_for_a_signal");
     let mut child = Command::new(prog).stdout(Stdio::piped()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());

@@ -1,8 +1,12 @@
 //! The kernel engine on this machine's kernel (as root): system-wide uprobes on a program
 //! started after the probe was placed, tracepoints, and the kernel's event files left as they
 //! were on every exit path.
+mod common;
+
 use std::process::Command;
 use std::sync::Mutex;
+
+use common::{fixture, uprobe_events};
 
 use dprobe_kernel::{FieldValue, Session, Tracefs};
 use dprobe_spec::parse_probe;
@@ -12,12 +16,7 @@ use dprobe_spec::parse_probe;
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 fn greet() -> &'static str {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/greet.c");
-    dprobe_test_fixtures::c_program(src, "greet", &["-O2"])
-}
-
-fn uprobe_events() -> String {
-    std::fs::read_to_string(Tracefs::open().unwrap().path("uprobe_events")).unwrap()
+    fixture("tests/fixtures", "greet")
 }
 
 /// Poll until `done` says so or 5 s pass.

@@ -1,8 +1,12 @@
 //! Probes of one shape (kind, arguments, filter) held by one kernel event, told apart by
 //! their site number: each probe's records and the kernel's counts are its own, a probe at a
 //! place the event holds already gets another, and every exit path removes them all.
+mod common;
+
 use std::process::Command;
 use std::sync::Mutex;
+
+use common::{fixture, uprobe_events};
 
 use dprobe_kernel::{FieldValue, Session, Tracefs, SITE_FIELD};
 use dprobe_spec::parse_probe;
@@ -10,12 +14,7 @@ use dprobe_spec::parse_probe;
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 fn each() -> &'static str {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/each.c");
-    dprobe_test_fixtures::c_program(src, "each", &["-O2"])
-}
-
-fn uprobe_events() -> String {
-    std::fs::read_to_string(Tracefs::open().unwrap().path("uprobe_events")).unwrap()
+    fixture("tests/fixtures", "each")
 }
 
 /// Define `specs` in one batch, each allowed to share; their indexes.

@@ -66,9 +66,30 @@ fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
 }
 
 /// `BPF_PROG_LOAD` of a kprobe-type program for uprobe_multi links; the verifier's log in
-/// the error.
+/// the error. Loaded first without a log, as aya does: a log that overflows its buffer fails
+/// the load on some kernels.
 fn load_program(insns: &[aya_obj::generated::bpf_insn], license: &CString, name: &str) -> Result<OwnedFd, String> {
-    let mut log = vec![0u8; 1 << 16];
+    let refused = match load_with_log(insns, license, name, None) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    // Again, for the verifier's reason.
+    let mut log = vec![0u8; 1 << 20];
+    if let Ok(fd) = load_with_log(insns, license, name, Some(&mut log)) {
+        return Ok(fd);
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let log = String::from_utf8_lossy(&log[..end]);
+    Err(format!("the kernel refused the BPF program for a uprobe_multi link: {refused}: {}", log.trim_end()))
+}
+
+/// One `BPF_PROG_LOAD` of the program, with the verifier writing its log into `log` if given.
+fn load_with_log(
+    insns: &[aya_obj::generated::bpf_insn],
+    license: &CString,
+    name: &str,
+    log: Option<&mut [u8]>,
+) -> io::Result<OwnedFd> {
     // SAFETY: bpf_attr is plain data (integers and unions of integers): all zeros is valid.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     let mut prog_name = [0 as std::ffi::c_char; 16];
@@ -82,20 +103,15 @@ fn load_program(insns: &[aya_obj::generated::bpf_insn], license: &CString, name:
         load.insn_cnt = insns.len() as u32;
         load.insns = insns.as_ptr() as u64;
         load.license = license.as_ptr() as u64;
-        load.log_level = 1;
-        load.log_size = log.len() as u32;
-        load.log_buf = log.as_mut_ptr() as u64;
+        if let Some(log) = log {
+            load.log_level = 1;
+            load.log_size = log.len() as u32;
+            load.log_buf = log.as_mut_ptr() as u64;
+        }
         load.prog_name = prog_name;
         load.expected_attach_type = BPF_TRACE_UPROBE_MULTI;
     }
-    match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(fd),
-        Err(e) => {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let log = String::from_utf8_lossy(&log[..end]);
-            Err(format!("the kernel refused the BPF program for a uprobe_multi link: {e}: {}", log.trim_end()))
-        }
-    }
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
 }
 
 /// Attach `program` (from [`load`]) to `places` through a new uprobe_multi link; the link,
