@@ -93,8 +93,7 @@ struct Probe {
     /// Records delivered (past `-p` and `--comm`): of the event, of its return event.
     delivered: u64,
     returns_delivered: u64,
-    /// Its hits counted in the kernel instead (loaded when placed, attached when tracing
-    /// starts).
+    /// Its hits counted in the kernel instead (loaded and attached when tracing starts).
     tally: Option<Tally>,
     /// What its program is to count, when its hits are to be counted in the kernel (the
     /// programs are loaded together when tracing starts); for a return probe watched at its
@@ -401,8 +400,8 @@ impl KernelEngine {
         }
     }
 
-    /// The BPF program that counts `probe`'s hits (its event `event`) in the kernel, loaded;
-    /// why not, when the program cannot do what is asked.
+    /// What the BPF program that counts `probe`'s hits (its event `event`) in the kernel is
+    /// to count; why not, when the program cannot do what is asked.
     fn tally(&self, ask: &InKernel, probe: &ProbeRequest<'_>, event: usize) -> Result<Counting, String> {
         let number = |name: &str| match self.operand(probe, event, name)? {
             Some(Operand::Number(v)) => Ok(v),

@@ -387,8 +387,8 @@ impl KernelEngine {
         Ok((entry, exits))
     }
 
-    /// The BPF programs that count the returns of `probe` (watched at its exits as `w`) at its
-    /// exits, and its entries at `entry`; why not.
+    /// What the BPF programs that count the returns of `probe` (watched at its exits as `w`)
+    /// at its exits, and its entries at `entry`, are to count; why not.
     pub(super) fn watched_tallies(
         &self,
         w: &Watched,
