@@ -56,12 +56,12 @@ pub struct HandlerFault {
 /// recovery around it.
 pub trait HandlerCall {
     /// Run `f`; `Err` when it faulted and the engine abandoned it.
-    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault>;
+    fn call(&mut self, f: impl FnMut()) -> Result<(), HandlerFault>;
 }
 
 /// Calls handlers directly (no fault recovery).
 impl HandlerCall for () {
-    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+    fn call(&mut self, mut f: impl FnMut()) -> Result<(), HandlerFault> {
         f();
         Ok(())
     }
@@ -119,7 +119,7 @@ impl<A> Site<A> {
             post |= p.post.is_some();
             let Some(pre) = &p.pre else { continue };
             let mut action = PreAction::Continue;
-            let called = caller.call(&mut || match catch_unwind(AssertUnwindSafe(|| pre(regs))) {
+            let called = caller.call(|| match catch_unwind(AssertUnwindSafe(|| pre(regs))) {
                 Ok(a) => action = a,
                 Err(_) => p.stats.panicked(),
             });
@@ -138,7 +138,7 @@ impl<A> Site<A> {
     pub fn run_post<C: HandlerCall>(&self, regs: &mut Regs, caller: &mut C) {
         for p in self.probes.iter().filter(|p| p.stats.is_enabled()) {
             let Some(post) = &p.post else { continue };
-            let called = caller.call(&mut || {
+            let called = caller.call(|| {
                 if catch_unwind(AssertUnwindSafe(|| post(regs))).is_err() {
                     p.stats.panicked();
                 }
@@ -155,7 +155,7 @@ impl<A> Site<A> {
     pub fn run_fault<C: HandlerCall>(&self, regs: &mut Regs, info: &FaultInfo, caller: &mut C) -> bool {
         self.probes.iter().filter_map(|p| p.fault.as_ref().map(|f| (p, f))).any(|(p, f)| {
             let mut handled = false;
-            let called = caller.call(&mut || {
+            let called = caller.call(|| {
                 handled = catch_unwind(AssertUnwindSafe(|| f(regs, info))).unwrap_or_else(|_| {
                     p.stats.panicked();
                     false
@@ -181,7 +181,7 @@ fn handler_faulted<C: HandlerCall>(
     let info = FaultInfo { signal: fault.signal, fault_addr: fault.addr, stage };
     let mut handled = false;
     if let Some(f) = p.fault.as_ref() {
-        let called = caller.call(&mut || handled = catch_unwind(AssertUnwindSafe(|| f(regs, &info))).unwrap_or(false));
+        let called = caller.call(|| handled = catch_unwind(AssertUnwindSafe(|| f(regs, &info))).unwrap_or(false));
         handled &= called.is_ok();
     }
     if !handled {

@@ -31,6 +31,7 @@ impl ProbeCounters {
     }
 
     /// Whether the probe's handlers run.
+    #[inline]
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Relaxed)
     }
@@ -41,6 +42,7 @@ impl ProbeCounters {
     }
 
     /// Count a hit.
+    #[inline]
     pub fn hit(&self) {
         self.hits.fetch_add(1, Relaxed);
     }

@@ -116,7 +116,7 @@ struct HandlersFault {
     fault_handler_next: bool,
 }
 impl HandlerCall for HandlersFault {
-    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+    fn call(&mut self, mut f: impl FnMut()) -> Result<(), HandlerFault> {
         if std::mem::take(&mut self.fault_handler_next) {
             f();
             return Ok(());

@@ -608,7 +608,7 @@ unsafe fn map_fault_address(info: *mut libc::siginfo_t, slot: &dprobe_arch::Slot
 struct Guarded(Option<&'static ThreadState>);
 
 impl HandlerCall for Guarded {
-    fn call(&mut self, f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
+    fn call(&mut self, f: impl FnMut()) -> Result<(), HandlerFault> {
         guard::call_guarded_in(self.0, f)
     }
 }
