@@ -45,7 +45,7 @@ use dprobe_rcu::Rcu;
 use crate::code_pages::CodePages;
 use crate::code_writes::{self, Change, Fresh};
 use crate::slots::SlotPool;
-use crate::{file_code, guard, jump, optimizer, rearm, safepoint, signals, sys, trap};
+use crate::{file_code, guard, hit_stack, jump, optimizer, rearm, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
 
 /// The process-wide in-process engine.
@@ -1347,6 +1347,9 @@ fn refuse_own_code(st: &State, addr: Addr) -> Result<(), ProbeError> {
     }
     if guard::guard_code_contains(addr.0) {
         return Err(ProbeError::Blacklisted { addr, region: "dprobe's handler fault guard".into() });
+    }
+    if hit_stack::code_contains(addr.0) {
+        return Err(ProbeError::Blacklisted { addr, region: "dprobe's switch to its hit stack".into() });
     }
     Ok(())
 }

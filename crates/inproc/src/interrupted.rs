@@ -53,13 +53,19 @@ pub(crate) fn learn_restorer(sig: libc::c_int) {
 
 /// Whether a program's signal handler interrupted thread `state` between the mark
 /// (`quiet_sp`: its stack pointer when its hit path or own work began) and a nested hit at
-/// stack pointer `rsp`. Async-signal-safe; calls no C library function.
-pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64) -> bool {
+/// stack pointer `rsp`. `trapped` is the alternate stack `(base, size)` the nested hit's trap
+/// frame holds: the program's, even while the hit path runs on dprobe's (`hit_stack.rs`);
+/// `None` (a jump, no frame) asks the kernel. Async-signal-safe; calls no C library function.
+pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(u64, u64)>) -> bool {
     let (restorer, mark) = (RESTORER.load(Relaxed), state.quiet_sp.get());
     if restorer == 0 || mark == 0 {
         return false;
     }
-    let Some((from, to)) = scan_range(rsp, mark, sys::raw_alternate_stack()) else { return false };
+    let alternate = match trapped {
+        Some((base, size)) => Some((base, size, size != 0 && rsp >= base && rsp - base <= size)),
+        None => sys::raw_alternate_stack(),
+    };
+    let Some((from, to)) = scan_range(rsp, mark, alternate) else { return false };
     let own = |at: u64| {
         let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());
         state.own_frames[..n].iter().any(|f| f.get() == at)

@@ -54,6 +54,7 @@ mod events;
 mod exits;
 mod file_code;
 mod guard;
+mod hit_stack;
 mod instances;
 mod interrupted;
 mod jump;

@@ -96,6 +96,9 @@ struct Table {
     exits: Option<*mut ExitStack>,
     /// The key whose destructor gives a thread's entry back (none: entries are kept).
     key: Option<libc::pthread_key_t>,
+    /// Each entry's hit stack (`hit_stack.rs`): its lowest usable address, 0 until mapped.
+    /// Kept when the entry is given back, for its next thread.
+    hit_stacks: Option<*const AtomicU64>,
 }
 
 // SAFETY: owners are atomics; a state is only touched by the thread that owns its entry
@@ -112,6 +115,7 @@ pub(crate) fn init() {
         let owners = map(ENTRIES * std::mem::size_of::<AtomicU64>())?;
         let states = map(ENTRIES * std::mem::size_of::<ThreadState>())?;
         let exits = map(ENTRIES * std::mem::size_of::<ExitStack>()).map(|p| p.cast());
+        let hit_stacks = map(ENTRIES * std::mem::size_of::<AtomicU64>()).map(|p| p.cast_const().cast());
         let mut key = 0;
         // SAFETY: creates a key with a C-ABI destructor; `key` is ours.
         let made = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
@@ -122,6 +126,7 @@ pub(crate) fn init() {
             states: states.cast(),
             exits,
             key: (made && key < INLINE_KEYS).then_some(key),
+            hit_stacks,
         })
     });
 }
@@ -178,6 +183,16 @@ impl Table {
         }
         self.owner(i).store(0, Release);
     }
+}
+
+/// The word holding the hit stack of `state`'s entry (`hit_stack.rs`), if the table has them.
+pub(crate) fn hit_stack_word(state: &ThreadState) -> Option<&'static AtomicU64> {
+    let table = TABLE.get()?.as_ref()?;
+    let i =
+        (state as *const ThreadState as usize).wrapping_sub(table.states as usize) / std::mem::size_of::<ThreadState>();
+    // SAFETY: `state` is an entry of the table, so i < ENTRIES: inside the mapping, which
+    // lives as long as the process.
+    table.hit_stacks.filter(|_| i < ENTRIES).map(|words| unsafe { &*words.add(i) })
 }
 
 /// The calling thread's pointer (`%fs:0` holds it, per the x86-64 TLS ABI).

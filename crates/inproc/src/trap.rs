@@ -16,7 +16,7 @@ use crate::context::SignalContext;
 use crate::engine::Engine;
 use crate::signals::{chain, Redeliver};
 use crate::thread_state::{self, ThreadState};
-use crate::{guard, interrupted, sys};
+use crate::{guard, hit_stack, interrupted, sys};
 
 /// One of a thread's nesting counters, raised while the value lives (no counter: a thread
 /// without its state, which nothing marks).
@@ -176,11 +176,11 @@ enum Quiet {
 }
 
 /// Whether a hit at stack pointer `rsp` of a thread whose hit-path depth was `depth` before
-/// this hit runs no handler. A hit in a tool's own work that came from a program's signal
+/// this hit runs no handler (`trapped`: the alternate stack its trap frame holds, if any). A hit in a tool's own work that came from a program's signal
 /// handler that interrupted it is the program's: missed (see `interrupted.rs`). Elsewhere in
 /// dprobe's machinery the stack is not looked at: frames there hold stale bytes of earlier
 /// signal frames often enough (dprobe's own traps at the same depth) to be taken for one.
-fn quiet(state: &ThreadState, depth: u32, rsp: u64) -> Option<Quiet> {
+fn quiet(state: &ThreadState, depth: u32, rsp: u64, trapped: Option<(u64, u64)>) -> Option<Quiet> {
     let own = if state.own_work.get() > 0 {
         true
     } else if state.handler_body.get() > 0 {
@@ -190,7 +190,7 @@ fn quiet(state: &ThreadState, depth: u32, rsp: u64) -> Option<Quiet> {
     };
     match own {
         false => None,
-        true if state.tool_work.get() > 0 && interrupted::by_program_signal(state, rsp) => Some(Quiet::Nested),
+        true if state.tool_work.get() > 0 && interrupted::by_program_signal(state, rsp, trapped) => Some(Quiet::Nested),
         true => Some(Quiet::OwnWork),
     }
 }
@@ -202,10 +202,18 @@ fn quiet(state: &ThreadState, depth: u32, rsp: u64) -> Option<Quiet> {
 /// function: the hit path's own copies of registers may call `memcpy`, and with `memcpy`
 /// probed a nested hit that copied again would trap again, without end.
 pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // On a program's alternate stack, the hit path moves to a stack of dprobe's.
+    hit_stack::run_off_alternate_stack(uc, || trap_here(sig, info, uc));
+}
+
+/// [`on_sigtrap`]'s work, on the stack it runs on. Never inlined: its frame must be made
+/// on that stack, not in `on_sigtrap`'s before the switch.
+#[inline(never)]
+fn trap_here(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let state = thread_state::current();
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
-    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp()));
+    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp(), Some(ctx.alternate_stack())));
     let _hit_path = HitPath::with(state);
     let _own_frame = interrupted::OwnFrame::enter(state, uc);
     let key = ctx.rip().wrapping_sub(1);
@@ -367,7 +375,7 @@ pub(crate) fn dispatch_entry_in<R>(
     state.alternate.set(alternate_stack.unwrap_or_default());
     // The caller raised the hit-path depth once for this hit: more is a hit from inside
     // dprobe's hit path (a C library function it calls is probed).
-    match quiet(state, state.in_hit_path.get().saturating_sub(1), regs.rsp) {
+    match quiet(state, state.in_hit_path.get().saturating_sub(1), regs.rsp, alternate_stack) {
         None => {}
         // dprobe's own call: not the program's, not a hit (nothing counted).
         Some(Quiet::OwnWork) => return then(regs, Dispatch::Missed),

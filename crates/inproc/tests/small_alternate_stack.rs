@@ -1,44 +1,60 @@
 //! A program's signal handler installed with `SA_ONSTACK` runs on the thread's alternate
 //! stack, often small: Rust's std gives each thread one of `SIGSTKSZ` (8 KiB here), C programs
-//! use `SIGSTKSZ` too. A probe's trap taken there pushes the kernel's signal frame and runs
-//! dprobe's hit path on that same stack, below the program's handler and its own frame. On a
-//! `SIGSTKSZ` stack every hit must run its handlers and the program go on unharmed; a stack
-//! whose use grows past that (a bigger frame on the hit path) fails here first.
+//! use `SIGSTKSZ` too. A probe's trap taken there pushes the kernel's signal frame on that same
+//! stack, below the program's handler and its own frame; dprobe's hit path then moves to a
+//! stack of its own (`hit_stack.rs`), and the user's handlers run there. On a `SIGSTKSZ` stack
+//! every hit must run its handlers and the program go on unharmed, whatever stack the handlers
+//! need.
 //!
-//! Measured with this test's child (a counting pre-handler, a probe on int3), the stack sizes
-//! the trap path fits on (below, the stack overflows):
-//! - a CPU whose kernel signal frame is small (no PKRU in its XSAVE area; the kernel's two
-//!   frames take most of 3 KiB): 4 KiB in a release build, 7 KiB unoptimized;
-//! - an AMD EPYC whose XSAVE area holds PKRU (`AT_MINSIGSTKSZ` 3,376: the two frames take
-//!   6.8 KiB): 7 KiB in a release build, 8 KiB with the hit path's crates at opt-level 1 (the
-//!   workspace's dev profile, see Cargo.toml), 10 KiB unoptimized. The jump path, with one
-//!   kernel frame, fits on 6 KiB in every build.
+//! Measured with this test's child (a counting pre-handler, a probe on int3) on an AMD EPYC
+//! whose XSAVE area holds PKRU (`AT_MINSIGSTKSZ` 3,376: the kernel's two frames take 6.8 KiB),
+//! the stack sizes that fit (below, the stack overflows): the trap path 7 KiB, in a release
+//! build and at the workspace's opt-level 1 alike (before the hit path moved off the
+//! alternate stack: 7 KiB in release, 8 KiB at opt-level 1, 10 KiB unoptimized); the jump path,
+//! with no kernel frame, 5 KiB.
 mod fixtures;
-use fixtures::{addr, fx_push_add};
+use fixtures::{addr, fx_mov_add, fx_push_add};
 
 use dprobe_inproc::{register, Kprobe, PreAction, Probe};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+/// The function the child's signal handler calls (`a + b`), set in the child.
+static TARGET: AtomicUsize = AtomicUsize::new(0);
 /// Calls of the probed function from the signal handler, and the wrong results among them.
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static WRONG: AtomicU64 = AtomicU64::new(0);
+/// The program's `SIGURG`s handled (a handler may raise one), and those handled before the
+/// hit path that raised them was done.
+static URGS: AtomicU64 = AtomicU64::new(0);
+static EARLY_URGS: AtomicU64 = AtomicU64::new(0);
+
+type Add = unsafe extern "C" fn(u64, u64) -> u64;
 
 extern "C" fn on_signal(_: libc::c_int) {
     let n = CALLS.fetch_add(1, Relaxed);
-    // SAFETY: fx_push_add is a plain function of two integers.
-    if unsafe { fx_push_add(std::hint::black_box(n), 1) } != n + 1 {
+    // SAFETY: TARGET holds one of the fixtures' `Add` functions, set before any signal.
+    let f: Add = unsafe { std::mem::transmute::<usize, Add>(TARGET.load(Relaxed)) };
+    // SAFETY: a plain function of two integers.
+    if unsafe { f(std::hint::black_box(n), 1) } != n + 1 {
         WRONG.fetch_add(1, Relaxed);
     }
+}
+
+extern "C" fn on_urg(_: libc::c_int) {
+    URGS.fetch_add(1, Relaxed);
 }
 
 const SIGNALS: u64 = 200;
 
 /// In a child process: an alternate stack of `size` bytes with an inaccessible page below it
-/// (as Rust's std maps them), SIGUSR2 handled there by `on_signal`, raised [`SIGNALS`]
-/// times. The child exits 0 when every call computed the right value and the probe counted
-/// each as a hit or as missed, else 1; `(the child's wait status, hits, missed)` as the child
-/// saw them, through a pipe.
-fn in_child_on_alternate_stack(p: &Probe, size: usize) -> (libc::c_int, u64, u64) {
+/// (as Rust's std maps them), SIGUSR2 handled there by `on_signal` calling `target`, raised
+/// [`SIGNALS`] times, and SIGURG handled there too. The child exits 0 when every call
+/// computed the right value and the probe counted each as a hit or as missed, with its
+/// alternate stack and signal mask as they were before (3 and 4 when not) and no SIGURG
+/// handled early (5), else 1;
+/// `(the child's wait status, hits, missed, SIGURGs handled)` as the child saw them, through
+/// a pipe.
+fn in_child_on_alternate_stack(p: &Probe, target: Add, size: usize) -> (libc::c_int, u64, u64, u64) {
     let mut fds = [0; 2];
     // SAFETY: a pipe into the array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -65,34 +81,70 @@ fn in_child_on_alternate_stack(p: &Probe, size: usize) -> (libc::c_int, u64, u64
             if base == libc::MAP_FAILED || libc::mprotect(base, page, libc::PROT_NONE) != 0 {
                 libc::_exit(2);
             }
+            TARGET.store(target as usize, Relaxed);
             let ss = libc::stack_t { ss_sp: base.cast::<u8>().add(page).cast(), ss_flags: 0, ss_size: size };
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
             sa.sa_flags = libc::SA_ONSTACK;
+            let mut urg: libc::sigaction = std::mem::zeroed();
+            urg.sa_sigaction = on_urg as *const () as usize;
+            urg.sa_flags = libc::SA_ONSTACK;
             if libc::sigaltstack(&ss, std::ptr::null_mut()) != 0
                 || libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()) != 0
+                || libc::sigaction(libc::SIGURG, &urg, std::ptr::null_mut()) != 0
             {
                 libc::_exit(2);
             }
+            let mut mask_before: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask_before);
             for _ in 0..SIGNALS {
                 libc::raise(libc::SIGUSR2);
             }
-            let figures = [p.hits(), p.nmissed()];
-            libc::write(fds[1], figures.as_ptr().cast(), 16);
+            let figures = [p.hits(), p.nmissed(), URGS.load(Relaxed)];
+            libc::write(fds[1], figures.as_ptr().cast(), 24);
+            let mut now = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: -1, ss_size: 0 };
+            libc::sigaltstack(std::ptr::null(), &mut now);
+            let mut mask_after: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask_after);
+            let same_mask =
+                (1..=64).all(|sig| libc::sigismember(&mask_before, sig) == libc::sigismember(&mask_after, sig));
             let counted = p.hits() + p.nmissed() == SIGNALS;
-            libc::_exit(if CALLS.load(Relaxed) == SIGNALS && WRONG.load(Relaxed) == 0 && counted { 0 } else { 1 });
+            libc::_exit(if (now.ss_sp, now.ss_size, now.ss_flags) != (ss.ss_sp, size, 0) {
+                3
+            } else if !same_mask {
+                4
+            } else if EARLY_URGS.load(Relaxed) != 0 {
+                5
+            } else if CALLS.load(Relaxed) == SIGNALS && WRONG.load(Relaxed) == 0 && counted {
+                0
+            } else {
+                1
+            });
         }
     }
     let mut status = 0;
-    let mut figures = [u64::MAX; 2];
+    let mut figures = [u64::MAX; 3];
     // SAFETY: our pipe and child.
     unsafe {
         libc::close(fds[1]);
-        libc::read(fds[0], figures.as_mut_ptr().cast(), 16);
+        libc::read(fds[0], figures.as_mut_ptr().cast(), 24);
         libc::close(fds[0]);
         assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
     }
-    (status, figures[0], figures[1])
+    (status, figures[0], figures[1], figures[2])
+}
+
+/// The child's exit, as the assertions say it.
+fn exited_unharmed(what: &str, status: libc::c_int) {
+    assert!(libc::WIFEXITED(status), "{what}: the program was killed by signal {}", libc::WTERMSIG(status));
+    let why = match libc::WEXITSTATUS(status) {
+        0 => return,
+        3 => "its alternate stack was not given back",
+        4 => "its signal mask changed",
+        5 => "a signal of its own ran inside the hit path, off its alternate stack",
+        _ => "a wrong result or count",
+    };
+    panic!("{what}: {why}");
 }
 
 #[test]
@@ -103,11 +155,36 @@ fn every_hit_in_a_handler_on_a_sigstksz_alternate_stack_runs_its_handlers() {
         let p = register(if trap { probe.no_optimize() } else { probe }).unwrap();
         assert_eq!(fixtures::code(addr(fx_push_add), 1), [if trap { 0xcc } else { 0xe9 }]);
         for size in [libc::SIGSTKSZ, 256 << 10] {
-            let (status, hits, missed) = in_child_on_alternate_stack(&p, size);
+            let (status, hits, missed, _) = in_child_on_alternate_stack(&p, fx_push_add, size);
             let what = format!("{} KiB, {}", size >> 10, if trap { "trap" } else { "jump" });
-            assert!(libc::WIFEXITED(status), "{what}: the program was killed by signal {}", libc::WTERMSIG(status));
-            assert_eq!(libc::WEXITSTATUS(status), 0, "{what}: a wrong result or count");
+            exited_unharmed(&what, status);
             assert_eq!((hits, missed), (SIGNALS, 0), "{what}: every call a hit");
         }
     }
+}
+
+/// A handler that needs far more stack than the program's alternate stack has, hit in a signal
+/// handler running there: the trap path runs it on a stack of dprobe's. A signal the handler
+/// raises (the program's, handled on the alternate stack) is held until the hit path is done,
+/// then runs where the program's handler is, above its frames: delivered while the thread is
+/// off the alternate stack (before dprobe's stack takes its place), the kernel would put its
+/// frame at that stack's top, over the interrupted handler.
+#[test]
+fn a_handler_deeper_than_the_alternate_stack_runs_off_it_and_the_programs_signals_wait() {
+    let p = register(Kprobe::addr(addr(fx_mov_add)).no_optimize().pre(|_| {
+        let deep = std::hint::black_box([7u8; 64 << 10]);
+        std::hint::black_box(&deep);
+        let before = URGS.load(Relaxed);
+        // SAFETY: a signal to the calling thread, whose handler only counts.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGURG) };
+        if URGS.load(Relaxed) != before {
+            EARLY_URGS.fetch_add(1, Relaxed);
+        }
+        PreAction::Continue
+    }))
+    .unwrap();
+    let (status, hits, missed, urgs) = in_child_on_alternate_stack(&p, fx_mov_add, libc::SIGSTKSZ);
+    exited_unharmed("a 64 KiB handler on an 8 KiB alternate stack", status);
+    assert_eq!((hits, missed), (SIGNALS, 0), "every call a hit");
+    assert_eq!(urgs, SIGNALS, "every signal the handler raised was handled");
 }

@@ -1,0 +1,178 @@
+//! The trap path off a program's alternate signal stack.
+//!
+//! A probe hit inside a program's signal handler that runs on its alternate stack traps there:
+//! the kernel pushes the `SIGTRAP` frame (3.4 KiB where the XSAVE area holds PKRU) below the
+//! program's own signal frame and handler, and dprobe's hit path, with the user's handlers,
+//! would run below that. Alternate stacks are small (`SIGSTKSZ`, 8 KiB, is what Rust's std
+//! and most C programs give them): a handler that needs a few KiB of stack would overflow it
+//! and kill the program. So the hit path moves to a stack of dprobe's own, one per entry of the
+//! thread table, mapped the first time it is needed and kept for the entry's next thread.
+//!
+//! While the hit path runs there:
+//! - the program's asynchronous signals are blocked (`rt_sigprocmask`). A signal whose handler
+//!   runs on the alternate stack would otherwise be delivered at that stack's top, over the
+//!   live frames of the handler the trap interrupted, since the thread is no longer on it.
+//!   They arrive when the trap handler returns, as signals held during any handler do.
+//!   Synchronous signals (faults, traps) stay unblocked: the kernel kills a thread whose
+//!   synchronous signal is blocked.
+//! - dprobe's stack is the thread's alternate stack (`sigaltstack`, called once the thread is
+//!   off the program's: the kernel refuses to change the stack a thread runs on), so that
+//!   dprobe's fault handler (`SA_ONSTACK`), which recovers from a fault in a handler, runs
+//!   below the hit path on that stack rather than at the top of the program's.
+//!
+//! Both are undone by the kernel: `rt_sigreturn` restores the signal mask and the alternate
+//! stack saved in the `SIGTRAP` frame. A trap taken while already on dprobe's stack (the hit
+//! path calls a probed C library function) stays there. A program whose alternate stack is
+//! disarmed while its handler runs (`SS_AUTODISARM`) keeps the old way: its frame does not say
+//! the thread was on an alternate stack.
+
+use std::sync::atomic::Ordering::{Acquire, Release};
+
+use crate::{mapped, sys, thread_state};
+
+/// The usable size of a hit stack.
+const SIZE: usize = 256 << 10;
+/// The inaccessible page below it: an overflow faults instead of writing elsewhere.
+const GUARD: usize = 4096;
+
+std::arch::global_asm!(
+    ".text",
+    ".globl __dprobe_on_stack",
+    ".hidden __dprobe_on_stack",
+    ".type __dprobe_on_stack,@function",
+    "__dprobe_on_stack:",
+    // rdi: the new stack's top, rsi: the function, rdx: its argument.
+    "push rbp",
+    "mov rbp, rsp",
+    "mov rsp, rdi",
+    "and rsp, -16",
+    "mov rdi, rdx",
+    "call rsi",
+    "mov rsp, rbp",
+    "pop rbp",
+    "ret",
+    ".size __dprobe_on_stack, . - __dprobe_on_stack",
+);
+
+extern "C" {
+    /// Call `f(arg)` with the stack pointer at `top` (aligned down to 16), then come back.
+    fn __dprobe_on_stack(top: u64, f: extern "C" fn(*mut u8), arg: *mut u8);
+}
+
+/// Whether `rip` is inside the stack switch (dprobe's own hit path, never probed).
+pub(crate) fn code_contains(rip: u64) -> bool {
+    let start = __dprobe_on_stack as *const () as u64;
+    rip >= start && rip < start + 32
+}
+
+extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
+    // SAFETY: `arg` is the `&mut F` that `run_off_alternate_stack` passed, alive during this
+    // call; `F` catches the handlers' panics itself, so nothing unwinds through this frame.
+    let f = unsafe { &mut *(arg as *mut F) };
+    f();
+}
+
+/// Run `trap`, the `SIGTRAP` handler's work for the frame `uc`: on a stack of dprobe's when
+/// the frame says the thread was on its alternate stack (see the module's comment), where it
+/// was otherwise. Everything before the switch keeps a small frame: `trap` is not inlined.
+pub(crate) fn run_off_alternate_stack(uc: *mut libc::c_void, trap: impl FnOnce()) {
+    // SAFETY: `uc` is the context the kernel passed to the running handler, valid during it.
+    let (ss, sp) = unsafe {
+        let uc = &*uc.cast::<libc::ucontext_t>();
+        (uc.uc_stack, uc.uc_mcontext.gregs[libc::REG_RSP as usize] as u64)
+    };
+    // The frame keeps the alternate stack's settings (its flags as set, not whether the
+    // thread was on it): on it when the interrupted stack pointer is inside.
+    let (low, size) = (ss.ss_sp as u64, ss.ss_size as u64);
+    if ss.ss_flags & libc::SS_DISABLE != 0 || sp <= low || sp - low > size {
+        return trap();
+    }
+    let Some(base) = thread_state::current().and_then(thread_state::hit_stack_word).and_then(|word| {
+        let base = word.load(Acquire);
+        if base != 0 {
+            return Some(base);
+        }
+        let base = mapped::map_zeroed(GUARD + SIZE)?.as_ptr() as u64;
+        // An overflow meets a page it cannot touch. Without it, the stack is still used: the
+        // mapping's neighbours are the kernel's choice, most often unmapped.
+        let _ = sys::protect(dprobe_arch::Addr(base), GUARD as u64, libc::PROT_NONE);
+        word.store(base + GUARD as u64, Release);
+        Some(base + GUARD as u64)
+    }) else {
+        return trap();
+    };
+    if low == base {
+        // Already on dprobe's stack: a trap of the hit path's own.
+        return trap();
+    }
+    block_asynchronous_signals();
+    let mut trap = Some(trap);
+    on_stack(base + SIZE as u64, &mut || {
+        if become_alternate_stack(base) {
+            if let Some(trap) = trap.take() {
+                trap();
+            }
+        }
+    });
+    // The kernel refused the stack (it should not): the hit path runs where it was.
+    if let Some(trap) = trap.take() {
+        trap();
+    }
+}
+
+/// Call `f` with the stack pointer at `top`.
+fn on_stack<F: FnMut()>(top: u64, f: &mut F) {
+    // SAFETY: the caller's `top` is the top of this thread's hit stack, unused below it (a
+    // trap already on it does not switch); `f` lives until the call returns.
+    unsafe { __dprobe_on_stack(top, trampoline::<F>, (f as *mut F).cast()) };
+}
+
+/// Every signal but the synchronous ones, as a kernel signal set (bit N-1 for signal N).
+fn asynchronous_signals() -> u64 {
+    let synchronous = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
+    synchronous.iter().fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
+}
+
+/// Add the asynchronous signals to the calling thread's blocked set (the `SIGTRAP` frame keeps
+/// the set to restore).
+fn block_asynchronous_signals() {
+    let set = asynchronous_signals();
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set`, on this frame, and
+    // writes no old set; the kernel ignores SIGKILL and SIGSTOP in it.
+    unsafe {
+        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_BLOCK as u64, &set as *const u64 as u64, 0, 8, 0, 0])
+    };
+}
+
+/// Make the hit stack at `base` the calling thread's alternate stack; `false` when the kernel
+/// refused.
+fn become_alternate_stack(base: u64) -> bool {
+    let ss = libc::stack_t { ss_sp: base as *mut libc::c_void, ss_flags: 0, ss_size: SIZE };
+    // SAFETY: sigaltstack reads the stack_t on this frame and writes no old one.
+    unsafe { sys::raw_syscall6(libc::SYS_sigaltstack, [&ss as *const libc::stack_t as u64, 0, 0, 0, 0, 0]) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_synchronous_signals_stay_deliverable() {
+        let set = asynchronous_signals();
+        let blocked = |sig: libc::c_int| set & (1 << (sig - 1)) != 0;
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+            assert!(!blocked(sig), "signal {sig}");
+        }
+        for sig in [
+            libc::SIGINT,
+            libc::SIGUSR1,
+            libc::SIGALRM,
+            libc::SIGURG,
+            libc::SIGCHLD,
+            libc::SIGRTMIN(),
+            libc::SIGRTMAX(),
+        ] {
+            assert!(blocked(sig), "signal {sig}");
+        }
+    }
+}
