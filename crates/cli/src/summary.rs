@@ -81,13 +81,23 @@ pub fn render(
             Placement::Waiting => notes.push(format!("{target}: its library was never loaded")),
             Placement::At(_) | Placement::InKernel | Placement::Unloaded => {}
         }
-        notes.extend(l.remarks.iter().map(|r| format!("{target}: {r}")));
+        notes.extend(l.remarks.iter().filter(|r| !said_of_every_probe(lines, r)).map(|r| format!("{target}: {r}")));
     }
+    // A remark every probe has (how they were all counted) is said once.
+    let mut shared: Vec<&String> =
+        lines.first().map(|l| l.remarks.iter().filter(|r| said_of_every_probe(lines, r)).collect()).unwrap_or_default();
+    shared.dedup();
+    notes.splice(0..0, shared.into_iter().map(|r| format!("every probe: {r}")));
     for n in notes.iter().chain(extra_notes) {
         let _ = writeln!(out, "  {n}");
     }
     let _ = writeln!(out, "dprobe: {ending}");
     out
+}
+
+/// Whether `remark` is said of every probe, and there is more than one.
+fn said_of_every_probe(lines: &[ProbeLine], remark: &str) -> bool {
+    lines.len() > 1 && lines.iter().all(|l| l.remarks.iter().any(|r| r == remark))
 }
 
 /// A probe's name in the table: its target, and how many sites it has when more than one.
@@ -157,5 +167,26 @@ mod tests {
         let text = render(&[line("app:scale x=%di", 4), line("app:main", 1)], &[], &[], "done", false);
         assert!(text.contains("\napp:scale (4 sites)         39          -        0\n"), "{text}");
         assert!(text.contains("\napp:main                    39"), "{text}");
+    }
+
+    #[test]
+    fn a_remark_every_probe_has_is_said_once() {
+        let line = |spec: &str, remarks: &[&str]| ProbeLine {
+            spec: spec.into(),
+            stats: Stats { placement: Placement::InKernel, ..Stats::default() },
+            sites: 1,
+            shown: 0,
+            remarks: remarks.iter().map(|r| r.to_string()).collect(),
+        };
+        let how = "aggregated in the kernel (BPF)";
+        let lines =
+            [line("libc:a", &[how]), line("libc:b", &[how, "filtered: 3 hits did not pass"]), line("libc:c", &[how])];
+        let text = render(&lines, &[], &[], "done", false);
+        assert_eq!(text.matches(how).count(), 1, "{text}");
+        assert!(text.contains("\n  every probe: aggregated in the kernel (BPF)\n"), "{text}");
+        assert!(text.contains("\n  libc:b: filtered: 3 hits did not pass\n"), "{text}");
+        // One probe: its own remark, under its name.
+        let text = render(&lines[..1], &[], &[], "done", false);
+        assert!(text.contains("\n  libc:a: aggregated in the kernel (BPF)\n"), "{text}");
     }
 }
