@@ -326,6 +326,7 @@ fn ending_text(
             let why = match (stopped_by, exit, command) {
                 (Some(s), _, _) => format!("stopped by {}", signals::signal_name(s)),
                 (None, Some(e), Some(c)) => format!("`{c}` {}", how(e)),
+                (None, None, None) if gone => "the process given with -p ended".into(),
                 _ => "--duration is over".into(),
             };
             format!("system-wide trace ended after {after} ({why})")

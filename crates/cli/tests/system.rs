@@ -418,11 +418,19 @@ fn a_pid_counts_that_process_alone_while_another_calls_the_same_function() {
         others += u64::from(other.round().1);
     }
     traced.finish();
-    other.finish();
-    // SAFETY: signals the dprobe we started.
-    assert_eq!(unsafe { libc::kill(d.id() as i32, libc::SIGINT) }, 0);
+    // The trace ends with the process, as perf's and bpftrace's do: no signal needed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while d.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended_by_itself = d.try_wait().unwrap().is_some();
+    // SAFETY: signals the dprobe we started, if it still runs.
+    unsafe { libc::kill(d.id() as i32, libc::SIGINT) };
     assert_eq!(d.wait().unwrap().code(), Some(0));
+    other.finish();
     let (summary, events) = (std::fs::read_to_string(&out).unwrap(), events());
+    assert!(ended_by_itself, "dprobe went on after process {pid} ended:\n{summary}");
+    assert!(summary.contains("(the process given with -p ended)"), "{summary}");
     for e in &expected {
         assert!(events.iter().any(|l| l.ends_with(e.as_str())), "{e}: every round once tracing:\n{summary}");
     }

@@ -763,6 +763,8 @@ impl Engine for KernelEngine {
                 .map_err(|e| KernelError::os(format!("cannot start `{program}`"), e))?;
             self.child = Some(child);
         }
+        // A trace restricted to one process (`-p`) ends with it, as perf's and bpftrace's do.
+        let watched = self.options.pid.filter(|_| self.child.is_none()).map(ProcessWatch::new);
         // `None`: the started command ended. It is reaped only once its last records are read,
         // so that `/proc` still shows it meanwhile (its name, for a trace file).
         let ending = loop {
@@ -772,6 +774,9 @@ impl Engine for KernelEngine {
             }
             if self.child.as_ref().is_some_and(|c| ended_unreaped(c.id())) {
                 break None;
+            }
+            if watched.as_ref().is_some_and(ProcessWatch::ended) {
+                break Some(Ending::Gone);
             }
         };
         self.poll(0, sink)?;
@@ -949,6 +954,38 @@ impl Engine for KernelEngine {
 }
 
 /// Whether child `pid` has ended, without reaping it.
+/// Tells when a process that is not dprobe's child has ended: through a pidfd (Linux 5.3),
+/// which also tells it from a later process given the same number; else by its `/proc` entry.
+enum ProcessWatch {
+    Pidfd(std::os::fd::OwnedFd),
+    Proc(std::path::PathBuf),
+}
+
+impl ProcessWatch {
+    fn new(pid: i32) -> ProcessWatch {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd >= 0 {
+            // SAFETY: a descriptor just made, owned by nothing else.
+            return ProcessWatch::Pidfd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) });
+        }
+        ProcessWatch::Proc(format!("/proc/{pid}").into())
+    }
+
+    fn ended(&self) -> bool {
+        match self {
+            ProcessWatch::Pidfd(fd) => {
+                use std::os::fd::AsRawFd;
+                let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one pollfd on this frame, no wait; a pidfd is readable once its
+                // process has ended.
+                unsafe { libc::poll(&mut p, 1, 0) == 1 }
+            }
+            ProcessWatch::Proc(path) => !path.exists(),
+        }
+    }
+}
+
 fn ended_unreaped(pid: u32) -> bool {
     // SAFETY: a siginfo_t is plain data, which waitid fills.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
