@@ -26,7 +26,10 @@
 //! disarmed while its handler runs (`SS_AUTODISARM`) keeps the old way: its frame does not say
 //! the thread was on an alternate stack.
 
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Release},
+};
 
 use crate::{mapped, sys, thread_state};
 
@@ -72,52 +75,90 @@ extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
     f();
 }
 
+/// What moving to dprobe's stack changed, which `rt_sigreturn` puts back, and [`Moved::undo`]
+/// before a program's handler is called from the trap handler (it may leave with `longjmp`,
+/// and `rt_sigreturn` then never runs).
+pub(crate) struct Moved {
+    /// The signal mask before the asynchronous signals were blocked.
+    mask: u64,
+    /// The program's alternate stack, as the trap's frame holds it.
+    program: libc::stack_t,
+}
+
+impl Moved {
+    /// Put back the program's alternate stack, then its signal mask. Called on the program's
+    /// alternate stack, back from dprobe's.
+    pub(crate) fn undo(self) {
+        // SAFETY: sigaltstack reads the stack_t on this frame (the settings the program had);
+        // the thread is not on the stack now registered (dprobe's), so the kernel allows it.
+        unsafe {
+            sys::raw_syscall6(libc::SYS_sigaltstack, [&self.program as *const libc::stack_t as u64, 0, 0, 0, 0, 0])
+        };
+        // SAFETY: rt_sigprocmask reads 8 bytes of signal set on this frame.
+        unsafe {
+            sys::raw_syscall6(
+                libc::SYS_rt_sigprocmask,
+                [libc::SIG_SETMASK as u64, &self.mask as *const u64 as u64, 0, 8, 0, 0],
+            )
+        };
+    }
+}
+
 /// Run `trap`, the `SIGTRAP` handler's work for the frame `uc`: on a stack of dprobe's when
 /// the frame says the thread was on its alternate stack (see the module's comment), where it
-/// was otherwise. Everything before the switch keeps a small frame: `trap` is not inlined.
-pub(crate) fn run_off_alternate_stack(uc: *mut libc::c_void, trap: impl FnOnce()) {
+/// was otherwise; what moving changed, when it moved. Everything before the switch keeps a
+/// small frame: `trap` is not inlined.
+pub(crate) fn run_off_alternate_stack<R>(uc: *mut libc::c_void, trap: impl FnOnce() -> R) -> (R, Option<Moved>) {
     // SAFETY: `uc` is the context the kernel passed to the running handler, valid during it.
-    let (ss, sp) = unsafe {
+    let (program, sp) = unsafe {
         let uc = &*uc.cast::<libc::ucontext_t>();
         (uc.uc_stack, uc.uc_mcontext.gregs[libc::REG_RSP as usize] as u64)
     };
     // The frame keeps the alternate stack's settings (its flags as set, not whether the
     // thread was on it): on it when the interrupted stack pointer is inside.
-    let (low, size) = (ss.ss_sp as u64, ss.ss_size as u64);
-    if ss.ss_flags & libc::SS_DISABLE != 0 || sp <= low || sp - low > size {
-        return trap();
+    let (low, size) = (program.ss_sp as u64, program.ss_size as u64);
+    if program.ss_flags & libc::SS_DISABLE != 0 || sp <= low || sp - low > size {
+        return (trap(), None);
     }
-    let Some(base) = thread_state::current().and_then(thread_state::hit_stack_word).and_then(|word| {
-        let base = word.load(Acquire);
-        if base != 0 {
-            return Some(base);
-        }
-        let base = mapped::map_zeroed(GUARD + SIZE)?.as_ptr() as u64;
-        // An overflow meets a page it cannot touch. Without it, the stack is still used: the
-        // mapping's neighbours are the kernel's choice, most often unmapped.
-        let _ = sys::protect(dprobe_arch::Addr(base), GUARD as u64, libc::PROT_NONE);
-        word.store(base + GUARD as u64, Release);
-        Some(base + GUARD as u64)
-    }) else {
-        return trap();
-    };
-    if low == base {
+    let Some(state) = thread_state::current() else { return (trap(), None) };
+    let Some(mapping) = thread_state::hit_stack_word(state).and_then(mapping_of) else { return (trap(), None) };
+    if low == mapping {
         // Already on dprobe's stack: a trap of the hit path's own.
-        return trap();
+        return (trap(), None);
     }
-    block_asynchronous_signals();
-    let mut trap = Some(trap);
-    on_stack(base + SIZE as u64, &mut || {
-        if become_alternate_stack(base) {
-            if let Some(trap) = trap.take() {
-                trap();
-            }
+    let mask = block_asynchronous_signals();
+    state.program_alternate.set((low, size));
+    let (mut trap, mut result) = (Some(trap), None);
+    on_stack(mapping + (GUARD + SIZE) as u64, &mut || {
+        if become_alternate_stack(mapping) {
+            result = trap.take().map(|trap| trap());
         }
     });
-    // The kernel refused the stack (it should not): the hit path runs where it was.
-    if let Some(trap) = trap.take() {
-        trap();
+    let moved = Moved { mask, program };
+    match (result, trap) {
+        (Some(result), _) => (result, Some(moved)),
+        // The kernel refused the stack (it should not): the hit path runs where it was.
+        (None, Some(trap)) => {
+            moved.undo();
+            (trap(), None)
+        }
+        (None, None) => unreachable!("the trap ran or is still here"),
     }
+}
+
+/// The hit stack whose word is `word`: the start of its mapping (its guard page first),
+/// mapped the first time.
+fn mapping_of(word: &AtomicU64) -> Option<u64> {
+    let mapping = word.load(Acquire);
+    if mapping != 0 {
+        return Some(mapping);
+    }
+    let mapping = mapped::map_zeroed(GUARD + SIZE)?.as_ptr() as u64;
+    // An overflow meets a page it cannot touch. Without it, the stack is still used: the
+    // mapping's neighbours are the kernel's choice, most often unmapped.
+    let _ = sys::protect(dprobe_arch::Addr(mapping), GUARD as u64, libc::PROT_NONE);
+    word.store(mapping, Release);
+    Some(mapping)
 }
 
 /// Call `f` with the stack pointer at `top`.
@@ -127,29 +168,50 @@ fn on_stack<F: FnMut()>(top: u64, f: &mut F) {
     unsafe { __dprobe_on_stack(top, trampoline::<F>, (f as *mut F).cast()) };
 }
 
-/// Every signal but the synchronous ones, as a kernel signal set (bit N-1 for signal N).
+/// Every signal but the synchronous ones, as a kernel signal set (bit N-1 for signal N), and
+/// but the C library's own two (32 and 33: thread cancellation, and `setuid` in a threaded
+/// program, which waits for every thread to take it; the C library never lets a program block
+/// them, and its handlers for them do not run on the alternate stack).
 fn asynchronous_signals() -> u64 {
     let synchronous = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
-    synchronous.iter().fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
+    let c_library = [32, 33];
+    synchronous.iter().chain(&c_library).fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
 }
 
-/// Add the asynchronous signals to the calling thread's blocked set (the `SIGTRAP` frame keeps
-/// the set to restore).
-fn block_asynchronous_signals() {
-    let set = asynchronous_signals();
-    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set`, on this frame, and
-    // writes no old set; the kernel ignores SIGKILL and SIGSTOP in it.
+/// Add the asynchronous signals to the calling thread's blocked set; the set before.
+fn block_asynchronous_signals() -> u64 {
+    let (set, mut old) = (asynchronous_signals(), 0u64);
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set` and writes 8 to `old`,
+    // both on this frame; the kernel ignores SIGKILL and SIGSTOP in it.
     unsafe {
-        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_BLOCK as u64, &set as *const u64 as u64, 0, 8, 0, 0])
+        sys::raw_syscall6(
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_BLOCK as u64, &set as *const u64 as u64, &mut old as *mut u64 as u64, 8, 0, 0],
+        )
     };
+    old
 }
 
-/// Make the hit stack at `base` the calling thread's alternate stack; `false` when the kernel
-/// refused.
-fn become_alternate_stack(base: u64) -> bool {
-    let ss = libc::stack_t { ss_sp: base as *mut libc::c_void, ss_flags: 0, ss_size: SIZE };
+/// Make the hit stack mapped at `mapping` the calling thread's alternate stack, its guard page
+/// included: a fault that overflows the stack then counts as on it, and kills the thread
+/// cleanly, rather than being delivered at the stack's top over the hit path's frames.
+/// `false` when the kernel refused.
+fn become_alternate_stack(mapping: u64) -> bool {
+    let ss = libc::stack_t { ss_sp: mapping as *mut libc::c_void, ss_flags: 0, ss_size: GUARD + SIZE };
     // SAFETY: sigaltstack reads the stack_t on this frame and writes no old one.
     unsafe { sys::raw_syscall6(libc::SYS_sigaltstack, [&ss as *const libc::stack_t as u64, 0, 0, 0, 0, 0]) == 0 }
+}
+
+/// The program's alternate stack `(base, size)` (size 0: none) as the kernel has it, or, while
+/// the calling thread's hit path runs on dprobe's stack, as the program had it.
+pub(crate) fn program_alternate_stack() -> (u64, u64) {
+    let (base, size) = sys::alternate_stack();
+    match thread_state::existing() {
+        Some(s) if size != 0 && thread_state::hit_stack_word(s).is_some_and(|w| w.load(Acquire) == base) => {
+            s.program_alternate.get()
+        }
+        _ => (base, size),
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +222,7 @@ mod tests {
     fn only_synchronous_signals_stay_deliverable() {
         let set = asynchronous_signals();
         let blocked = |sig: libc::c_int| set & (1 << (sig - 1)) != 0;
-        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS, 32, 33] {
             assert!(!blocked(sig), "signal {sig}");
         }
         for sig in [

@@ -54,7 +54,8 @@ pub(crate) fn learn_restorer(sig: libc::c_int) {
 /// Whether a program's signal handler interrupted thread `state` between the mark
 /// (`quiet_sp`: its stack pointer when its hit path or own work began) and a nested hit at
 /// stack pointer `rsp`. `trapped` is the alternate stack `(base, size)` the nested hit's trap
-/// frame holds: the program's, even while the hit path runs on dprobe's (`hit_stack.rs`);
+/// frame holds: the one registered where the nested code ran (the program's, for a handler of
+/// the program's that runs there while a hit path ran on dprobe's stack, `hit_stack.rs`);
 /// `None` (a jump, no frame) asks the kernel. Async-signal-safe; calls no C library function.
 pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(u64, u64)>) -> bool {
     let (restorer, mark) = (RESTORER.load(Relaxed), state.quiet_sp.get());

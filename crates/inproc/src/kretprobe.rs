@@ -68,7 +68,7 @@ use crate::chunked_stack::{self, stack_entry, ChunkedStack};
 use crate::instances::Instances;
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
-use crate::{engine::Engine, exits, guard, sys, thread_state, trap};
+use crate::{engine::Engine, exits, guard, hit_stack, sys, thread_state, trap};
 
 /// Private data carried from a return probe's entry handler to its return handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -439,7 +439,7 @@ impl OwnStacks {
 
 impl ThreadStacks for OwnStacks {
     fn stack_of(&mut self, addr: u64) -> u64 {
-        let (base, size) = *self.alternate.get_or_insert_with(sys::alternate_stack);
+        let (base, size) = *self.alternate.get_or_insert_with(hit_stack::program_alternate_stack);
         if size != 0 && addr >= base && addr - base < size {
             base + size
         } else {

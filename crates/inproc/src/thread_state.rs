@@ -66,11 +66,17 @@ pub(crate) struct ThreadState {
     /// The alternate signal stack `(base, size)` at the current hit, when `alternate_known`.
     pub(crate) alternate_known: Cell<bool>,
     pub(crate) alternate: Cell<(u64, u64)>,
+    /// The program's alternate stack `(base, size)` while the hit path runs on dprobe's
+    /// (`hit_stack.rs`), which the kernel then reports as the thread's.
+    pub(crate) program_alternate: Cell<(u64, u64)>,
     /// The recovery point of the guarded call running on this thread, or null.
     pub(crate) guard_point: Cell<*mut [u64; 2]>,
     /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.
     pub(crate) faulted: Cell<bool>,
     pub(crate) fault: Cell<(i32, u64)>,
+    /// The address of a `SIGSEGV` an emulated instruction raised, for the trap handler to
+    /// deliver to the program once its own work is done.
+    pub(crate) deferred_segv: Cell<Option<u64>>,
     /// Pending returns of return probes.
     pub(crate) returns: ThreadReturns,
 }

@@ -203,13 +203,30 @@ fn quiet(state: &ThreadState, depth: u32, rsp: u64, trapped: Option<(u64, u64)>)
 /// probed a nested hit that copied again would trap again, without end.
 pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // On a program's alternate stack, the hit path moves to a stack of dprobe's.
-    hit_stack::run_off_alternate_stack(uc, || trap_here(sig, info, uc));
+    let (handled, moved) = hit_stack::run_off_alternate_stack(uc, || trap_here(uc));
+    // A program's handler is called from here, back on the stack the trap came from, with the
+    // thread's mask and alternate stack as they were: it may leave with `longjmp`, and the
+    // kernel's `rt_sigreturn` would not put them back then.
+    let segv = thread_state::existing().and_then(|s| s.deferred_segv.take());
+    if segv.is_some() || !handled {
+        if let Some(moved) = moved {
+            moved.undo();
+        }
+    }
+    // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
+    let mut ctx = unsafe { SignalContext::new(uc) };
+    match segv {
+        Some(addr) => deliver_segv_now(Addr(addr), &mut ctx),
+        // SAFETY: this is dprobe's SIGTRAP handler, called with the kernel's arguments.
+        None if !handled => unsafe { chain(sig, info, uc, Redeliver::Raise) },
+        None => {}
+    }
 }
 
-/// [`on_sigtrap`]'s work, on the stack it runs on. Never inlined: its frame must be made
-/// on that stack, not in `on_sigtrap`'s before the switch.
+/// [`on_sigtrap`]'s work, on the stack it runs on: whether the trap was dprobe's. Never
+/// inlined: its frame must be made on that stack, not in `on_sigtrap`'s before the switch.
 #[inline(never)]
-fn trap_here(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+fn trap_here(uc: *mut libc::c_void) -> bool {
     let state = thread_state::current();
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
@@ -217,7 +234,7 @@ fn trap_here(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void
     let _hit_path = HitPath::with(state);
     let _own_frame = interrupted::OwnFrame::enter(state, uc);
     let key = ctx.rip().wrapping_sub(1);
-    let handled = Engine::get().is_some_and(|engine| {
+    Engine::get().is_some_and(|engine| {
         engine.table.lookup(key, |found| match (found, quiet) {
             (Some((site, TrapKind::Entry)), Some(why)) => on_quiet_entry(engine, site, why, &mut ctx),
             (Some((site, TrapKind::Entry)), None) => on_entry(site, &mut ctx),
@@ -231,11 +248,7 @@ fn trap_here(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void
             }
             (None, _) => on_window_start(engine, Addr(key), &mut ctx),
         })
-    });
-    if !handled {
-        // SAFETY: this is dprobe's SIGTRAP handler, called with the kernel's arguments.
-        unsafe { chain(sig, info, uc, Redeliver::Raise) };
-    }
+    })
 }
 
 /// The `int3` at the start of an exit window trapped (see `optimizer.rs`): no probe is here
@@ -462,8 +475,17 @@ fn run_fault_handlers(site: &Site<Prepared>, regs: &mut Regs, info: &FaultInfo) 
 }
 
 /// Deliver the `SIGSEGV` an emulated instruction's access at `addr` would have raised, with
-/// the registers already in `ctx`.
+/// the registers already in `ctx`: once the trap handler's work is done (`on_sigtrap`), off
+/// the table's read section and back on the stack the trap came from.
 fn deliver_segv(addr: Addr, ctx: &mut SignalContext) {
+    match thread_state::existing() {
+        Some(s) => s.deferred_segv.set(Some(addr.0)),
+        None => deliver_segv_now(addr, ctx),
+    }
+}
+
+/// [`deliver_segv`], now.
+fn deliver_segv_now(addr: Addr, ctx: &mut SignalContext) {
     let mut si = segv_info(addr);
     // SAFETY: we are in dprobe's SIGTRAP handler; `si` is a valid siginfo for SIGSEGV and
     // `ctx` the interrupted context. A program handler that returns re-executes the probed
