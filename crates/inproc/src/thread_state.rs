@@ -74,9 +74,9 @@ pub(crate) struct ThreadState {
     /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.
     pub(crate) faulted: Cell<bool>,
     pub(crate) fault: Cell<(i32, u64)>,
-    /// The address of a `SIGSEGV` an emulated instruction raised, for the trap handler to
-    /// deliver to the program once its own work is done.
-    pub(crate) deferred_segv: Cell<Option<u64>>,
+    /// Whether an emulated instruction raised a `SIGSEGV` and at which address, for the trap
+    /// handler to deliver to the program once its own work is done (see `trap::on_sigtrap`).
+    pub(crate) deferred_segv: Cell<(bool, u64)>,
     /// Pending returns of return probes.
     pub(crate) returns: ThreadReturns,
 }

@@ -202,12 +202,19 @@ fn quiet(state: &ThreadState, depth: u32, rsp: u64, trapped: Option<(u64, u64)>)
 /// function: the hit path's own copies of registers may call `memcpy`, and with `memcpy`
 /// probed a nested hit that copied again would trap again, without end.
 pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // A SIGSEGV this trap's work defers is this trap's alone: one an interrupted trap had
+    // deferred is kept aside and put back for it.
+    let state = thread_state::current();
+    let outer = state.map(|s| s.deferred_segv.replace((false, 0)));
     // On a program's alternate stack, the hit path moves to a stack of dprobe's.
     let (handled, moved) = hit_stack::run_off_alternate_stack(uc, || trap_here(uc));
+    let segv = state.zip(outer).and_then(|(s, outer)| {
+        let (deferred, addr) = s.deferred_segv.replace(outer);
+        deferred.then_some(addr)
+    });
     // A program's handler is called from here, back on the stack the trap came from, with the
     // thread's mask and alternate stack as they were: it may leave with `longjmp`, and the
     // kernel's `rt_sigreturn` would not put them back then.
-    let segv = thread_state::existing().and_then(|s| s.deferred_segv.take());
     if segv.is_some() || !handled {
         if let Some(moved) = moved {
             moved.undo();
@@ -479,7 +486,7 @@ fn run_fault_handlers(site: &Site<Prepared>, regs: &mut Regs, info: &FaultInfo) 
 /// the table's read section and back on the stack the trap came from.
 fn deliver_segv(addr: Addr, ctx: &mut SignalContext) {
     match thread_state::existing() {
-        Some(s) => s.deferred_segv.set(Some(addr.0)),
+        Some(s) => s.deferred_segv.set((true, addr.0)),
         None => deliver_segv_now(addr, ctx),
     }
 }
