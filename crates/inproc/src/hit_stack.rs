@@ -31,7 +31,8 @@ use std::sync::atomic::{
     Ordering::{Acquire, Release},
 };
 
-use crate::{mapped, sys, thread_state};
+use crate::thread_state::{self, ThreadState};
+use crate::{mapped, sys};
 
 /// The usable size of a hit stack.
 const SIZE: usize = 256 << 10;
@@ -104,11 +105,15 @@ impl Moved {
     }
 }
 
-/// Run `trap`, the `SIGTRAP` handler's work for the frame `uc`: on a stack of dprobe's when
-/// the frame says the thread was on its alternate stack (see the module's comment), where it
-/// was otherwise; what moving changed, when it moved. Everything before the switch keeps a
-/// small frame: `trap` is not inlined.
-pub(crate) fn run_off_alternate_stack<R>(uc: *mut libc::c_void, trap: impl FnOnce() -> R) -> (R, Option<Moved>) {
+/// Run `trap`, the `SIGTRAP` handler's work for the frame `uc` of the thread whose state is
+/// `state`: on a stack of dprobe's when the frame says the thread was on its alternate stack
+/// (see the module's comment), where it was otherwise; what moving changed, when it moved.
+/// Everything before the switch keeps a small frame: `trap` is not inlined.
+pub(crate) fn run_off_alternate_stack<R>(
+    state: Option<&ThreadState>,
+    uc: *mut libc::c_void,
+    trap: impl FnOnce() -> R,
+) -> (R, Option<Moved>) {
     // SAFETY: `uc` is the context the kernel passed to the running handler, valid during it.
     let (program, sp) = unsafe {
         let uc = &*uc.cast::<libc::ucontext_t>();
@@ -120,7 +125,7 @@ pub(crate) fn run_off_alternate_stack<R>(uc: *mut libc::c_void, trap: impl FnOnc
     if program.ss_flags & libc::SS_DISABLE != 0 || sp <= low || sp - low > size {
         return (trap(), None);
     }
-    let Some(state) = thread_state::current() else { return (trap(), None) };
+    let Some(state) = state else { return (trap(), None) };
     let Some(mapping) = thread_state::hit_stack_word(state).and_then(mapping_of) else { return (trap(), None) };
     if low == mapping {
         // Already on dprobe's stack: a trap of the hit path's own.

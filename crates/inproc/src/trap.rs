@@ -207,7 +207,7 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
     let state = thread_state::current();
     let outer = state.map(|s| s.deferred_segv.replace((false, 0)));
     // On a program's alternate stack, the hit path moves to a stack of dprobe's.
-    let (handled, moved) = hit_stack::run_off_alternate_stack(uc, || trap_here(uc));
+    let (handled, moved) = hit_stack::run_off_alternate_stack(state, uc, || trap_here(state, uc));
     let segv = state.zip(outer).and_then(|(s, outer)| {
         let (deferred, addr) = s.deferred_segv.replace(outer);
         deferred.then_some(addr)
@@ -233,8 +233,7 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
 /// [`on_sigtrap`]'s work, on the stack it runs on: whether the trap was dprobe's. Never
 /// inlined: its frame must be made on that stack, not in `on_sigtrap`'s before the switch.
 #[inline(never)]
-fn trap_here(uc: *mut libc::c_void) -> bool {
-    let state = thread_state::current();
+fn trap_here(state: Option<&'static ThreadState>, uc: *mut libc::c_void) -> bool {
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
     let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp(), Some(ctx.alternate_stack())));
@@ -491,8 +490,16 @@ fn deliver_segv(addr: Addr, ctx: &mut SignalContext) {
     }
 }
 
-/// [`deliver_segv`], now.
+/// [`deliver_segv`], now. Inside a guarded call (a hit nested in a handler, whose probed
+/// function the handler called), the fault is the handler's, as a real fault there would be
+/// (`on_fault`): the handler is abandoned where it stood, and the program's own handler never
+/// sees a fault of dprobe's handlers.
 fn deliver_segv_now(addr: Addr, ctx: &mut SignalContext) {
+    if let Some((rsp, rip)) = guard::recovery_point(libc::SIGSEGV, addr.0) {
+        ctx.set_rsp(rsp);
+        ctx.set_rip(rip);
+        return;
+    }
     let mut si = segv_info(addr);
     // SAFETY: we are in dprobe's SIGTRAP handler; `si` is a valid siginfo for SIGSEGV and
     // `ctx` the interrupted context. A program handler that returns re-executes the probed

@@ -11,7 +11,7 @@ use fixtures::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Once;
 
-use dprobe_inproc::{register, Kprobe, PreAction};
+use dprobe_inproc::{register, FaultInfo, FaultStage, Kprobe, PreAction};
 
 std::arch::global_asm!(
     ".text",
@@ -29,11 +29,19 @@ std::arch::global_asm!(
     "mov eax, 99",
     "ret",
     ".size chain_recovered, . - chain_recovered",
+    // A function whose probe's handler calls the faulting jump: returns 7.
+    ".globl chain_seven",
+    ".type chain_seven,@function",
+    "chain_seven:",
+    "mov eax, 7",
+    "ret",
+    ".size chain_seven, . - chain_seven",
 );
 
 extern "C" {
     fn chain_jump_through(target: *const u64) -> u64;
     fn chain_recovered() -> u64;
+    fn chain_seven() -> u64;
 }
 
 /// An address nothing is mapped at.
@@ -206,4 +214,77 @@ fn an_emulated_access_that_faults_goes_to_the_programs_segv_handler_as_the_progr
         in_child_on_alternate_stack(faulting_access),
         &reasons,
     );
+}
+
+/// What the handler-fault test's probe saw: whether its pre-handler went on past the
+/// faulting call, and the faults its fault handler was told of (signal, address, stage).
+static HANDLER_WENT_ON: AtomicBool = AtomicBool::new(false);
+static HANDLER_FAULTS: AtomicU64 = AtomicU64::new(0);
+static HANDLER_FAULT_ADDR: AtomicU64 = AtomicU64::new(0);
+
+/// Call `chain_seven`, whose probe's handler calls the faulting jump: whether it returned 7,
+/// the handler was abandoned at the fault (told to its fault handler, as a pre-handler's
+/// fault at the unmapped address), and the program's SIGSEGV handler never ran.
+fn handler_abandoned_at_the_emulated_fault() -> Result<(), &'static str> {
+    SEGV_ADDR.store(0, Relaxed);
+    HANDLER_WENT_ON.store(false, Relaxed);
+    HANDLER_FAULT_ADDR.store(0, Relaxed);
+    let faults = HANDLER_FAULTS.load(Relaxed);
+    // SAFETY: returns 7; its probe's handler faults and is abandoned.
+    let result = unsafe { chain_seven() };
+    match () {
+        _ if result != 7 => Err("the probed function did not return its value"),
+        _ if SEGV_ADDR.load(Relaxed) != 0 => Err("the program's SIGSEGV handler got the handler's fault"),
+        _ if HANDLER_WENT_ON.load(Relaxed) => Err("the handler went on past its fault"),
+        _ if HANDLER_FAULTS.load(Relaxed) != faults + 1 => Err("the fault handler was not told once"),
+        _ if HANDLER_FAULT_ADDR.load(Relaxed) != UNMAPPED => Err("the fault handler was not told the address"),
+        _ => Ok(()),
+    }
+}
+
+/// On the alternate stack, where the trap path's handlers run on dprobe's stack and the
+/// nested trap stays there.
+extern "C" fn handler_fault_on_alternate_stack(_: libc::c_int) {
+    // SAFETY: leaves the child.
+    unsafe { libc::_exit(if handler_abandoned_at_the_emulated_fault().is_ok() { 0 } else { 1 }) };
+}
+
+#[test]
+fn an_emulated_access_that_faults_in_a_handlers_call_abandons_the_handler_as_its_own_fault_would() {
+    programs_handlers_then_probes();
+    let at = dprobe_inproc::Addr(chain_seven as *const () as usize as u64);
+    for optimize in [false, true] {
+        let probe = Kprobe::addr(at)
+            .pre(|_| {
+                // SAFETY: the jump reads an unmapped word: a fault in this handler.
+                unsafe { chain_jump_through(std::hint::black_box(UNMAPPED as *const u64)) };
+                HANDLER_WENT_ON.store(true, Relaxed);
+                PreAction::Continue
+            })
+            .fault(|_, info: &FaultInfo| {
+                if (info.signal, info.stage) == (libc::SIGSEGV, FaultStage::PreHandler) {
+                    HANDLER_FAULT_ADDR.store(info.fault_addr.map_or(0, |a| a.0), Relaxed);
+                    HANDLER_FAULTS.fetch_add(1, Relaxed);
+                }
+                // Handled: the probe stays enabled.
+                true
+            });
+        let probe = register(if optimize { probe } else { probe.no_optimize() }).unwrap();
+        assert_eq!(probe.optimized().is_ok(), optimize, "{:?}", probe.optimized());
+        for _ in 0..3 {
+            assert_eq!(handler_abandoned_at_the_emulated_fault(), Ok(()), "optimized: {optimize}");
+        }
+        let reasons = [
+            (1, "the handler's fault did not abandon it, or reached the program's handler"),
+            (2, "the child could not set up its alternate stack"),
+            (5, "the signal handler returned"),
+        ];
+        child_exited_cleanly(
+            "a handler's emulated fault on the alternate stack",
+            in_child_on_alternate_stack(handler_fault_on_alternate_stack),
+            &reasons,
+        );
+        let stats = probe.stats();
+        assert_eq!((stats.hits, stats.handler_faults), (3, 3), "optimized: {optimize}");
+    }
 }
