@@ -1,9 +1,10 @@
-//! The trap path off a program's alternate signal stack.
+//! The hit path off a program's alternate signal stack.
 //!
 //! A probe hit inside a program's signal handler that runs on its alternate stack traps there:
 //! the kernel pushes the `SIGTRAP` frame (3.4 KiB where the XSAVE area holds PKRU) below the
 //! program's own signal frame and handler, and dprobe's hit path, with the user's handlers,
-//! would run below that. Alternate stacks are small (`SIGSTKSZ`, 8 KiB, is what Rust's std
+//! would run below that (a jump, or a return through dprobe's trampoline, runs them below
+//! the program's frames too, without a kernel frame). Alternate stacks are small (`SIGSTKSZ`, 8 KiB, is what Rust's std
 //! and most C programs give them): a handler that needs a few KiB of stack would overflow it
 //! and kill the program. So the hit path moves to a stack of dprobe's own, one per entry of the
 //! thread table, mapped the first time it is needed and kept for the entry's next thread.
@@ -20,8 +21,9 @@
 //!   dprobe's fault handler (`SA_ONSTACK`), which recovers from a fault in a handler, runs
 //!   below the hit path on that stack rather than at the top of the program's.
 //!
-//! Both are undone by the kernel: `rt_sigreturn` restores the signal mask and the alternate
-//! stack saved in the `SIGTRAP` frame. A trap taken while already on dprobe's stack (the hit
+//! For a trap, both are undone by the kernel: `rt_sigreturn` restores the signal mask and the
+//! alternate stack saved in the `SIGTRAP` frame. A hit without a trap undoes them itself, back
+//! on the program's stack ([`off_alternate_stack`]). A trap taken while already on dprobe's stack (the hit
 //! path calls a probed C library function) stays there. A program whose alternate stack is
 //! disarmed while its handler runs (`SS_AUTODISARM`) keeps the old way: its frame does not say
 //! the thread was on an alternate stack.
@@ -131,23 +133,104 @@ pub(crate) fn run_off_alternate_stack<R>(
         // Already on dprobe's stack: a trap of the hit path's own.
         return (trap(), None);
     }
+    // The frame says what the program's alternate stack is: the jump path trusts it anew.
+    state.alternate_seen.set((low, size));
+    run_moved(state, program, mapping, trap)
+}
+
+/// How many hits without a trap trust the program's alternate stack as last seen before the
+/// kernel is asked again (one system call).
+const TRUSTED_HITS: u32 = 1024;
+
+/// Run `work`, a hit path entered without a signal (a jump, the return trampoline) by a thread
+/// whose stack pointer at the probe was `sp`: on a stack of dprobe's when that is on the
+/// program's alternate stack, as the trap path does (see the module's comment), then back,
+/// with what moving changed put back; where it is otherwise.
+///
+/// Whether the thread is on its alternate stack takes a system call; a hit makes it only when
+/// `sp` is inside the alternate stack last seen, or once every [`TRUSTED_HITS`] hits (so that
+/// a program that sets another alternate stack has it seen), and a trap's frame shows it for
+/// free. Until then a hit on a newly set alternate stack runs there.
+#[inline(always)]
+pub(crate) fn off_alternate_stack<R>(state: &ThreadState, sp: u64, work: impl FnOnce() -> R) -> R {
+    let (low, size) = state.alternate_seen.get();
+    let trusted = state.alternate_trusted.get();
+    if outside(sp, low, size) && trusted > 0 {
+        state.alternate_trusted.set(trusted - 1);
+        return work();
+    }
+    match moving_needed(state, sp) {
+        None => work(),
+        Some((program, mapping)) => {
+            let (result, moved) = run_moved(state, program, mapping, work);
+            // No `rt_sigreturn` here to put them back.
+            if let Some(moved) = moved {
+                moved.undo();
+            }
+            result
+        }
+    }
+}
+
+/// Whether a stack pointer `sp` is outside the stack of `size` bytes above `low` (a stack
+/// pointer at its top is inside, one at its bottom has nothing left: outside).
+#[inline(always)]
+fn outside(sp: u64, low: u64, size: u64) -> bool {
+    sp.wrapping_sub(low).wrapping_sub(1) >= size
+}
+
+/// Ask the kernel for the thread's alternate stack: the program's settings and the hit
+/// stack's mapping when `sp` is on the program's stack.
+#[cold]
+#[inline(never)]
+fn moving_needed(state: &ThreadState, sp: u64) -> Option<(libc::stack_t, u64)> {
+    state.alternate_trusted.set(TRUSTED_HITS);
+    let program = sys::raw_alternate_stack_settings()?;
+    let (low, size) = match program.ss_flags & libc::SS_DISABLE {
+        0 => (program.ss_sp as u64, program.ss_size as u64),
+        _ => (0, 0),
+    };
+    let mapping = thread_state::hit_stack_word(state).map(|w| w.load(Acquire));
+    if mapping == Some(low) && low != 0 {
+        // dprobe's stack: the hit path of a trap is running there, and this hit inside it
+        // stays (what the program had is not what the kernel reports now).
+        return None;
+    }
+    state.alternate_seen.set((low, size));
+    if outside(sp, low, size) {
+        return None;
+    }
+    let mapping = thread_state::hit_stack_word(state).and_then(mapping_of)?;
+    Some((program, mapping))
+}
+
+/// Move to the hit stack mapped at `mapping`, with the program's asynchronous signals held and
+/// the hit stack as the alternate stack (the program's, `program`, kept for
+/// [`program_alternate_stack`]), run `work` there, and come back: what it returned, and what
+/// moving changed, for the caller to put back (the kernel does, for a trap).
+fn run_moved<R>(
+    state: &ThreadState,
+    program: libc::stack_t,
+    mapping: u64,
+    work: impl FnOnce() -> R,
+) -> (R, Option<Moved>) {
     let mask = block_asynchronous_signals();
-    state.program_alternate.set((low, size));
-    let (mut trap, mut result) = (Some(trap), None);
+    state.program_alternate.set((program.ss_sp as u64, program.ss_size as u64));
+    let (mut work, mut result) = (Some(work), None);
     on_stack(mapping + (GUARD + SIZE) as u64, &mut || {
         if become_alternate_stack(mapping) {
-            result = trap.take().map(|trap| trap());
+            result = work.take().map(|work| work());
         }
     });
     let moved = Moved { mask, program };
-    match (result, trap) {
+    match (result, work) {
         (Some(result), _) => (result, Some(moved)),
         // The kernel refused the stack (it should not): the hit path runs where it was.
-        (None, Some(trap)) => {
+        (None, Some(work)) => {
             moved.undo();
-            (trap(), None)
+            (work(), None)
         }
-        (None, None) => unreachable!("the trap ran or is still here"),
+        (None, None) => unreachable!("the work ran or is still here"),
     }
 }
 

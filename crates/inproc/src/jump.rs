@@ -19,7 +19,9 @@
 //! stub where to continue ([`resume`]). The stub restores and returns into the detour, which
 //! runs the relocated window and jumps back.
 //!
-//! Like the trap path, nothing here allocates or locks, and registers stay on the stack.
+//! Like the trap path, nothing here allocates or locks, and registers stay on the stack. On a
+//! program's alternate signal stack the dispatch moves to a stack of dprobe's, as the trap
+//! path does (`hit_stack.rs`).
 //!
 //! # Finding the site without a lookup
 //!
@@ -45,9 +47,9 @@ use dprobe_rcu::Rcu;
 
 use crate::engine::Engine;
 pub(crate) use crate::jump_stub::{stubs, xsave_ready};
-use crate::sys;
 use crate::thread_state::{self, ThreadState};
 use crate::trap::{self, Dispatch};
+use crate::{hit_stack, sys};
 
 /// A jump-optimized site as its detour's dispatcher reads it. One per detour, never freed.
 pub(crate) struct JumpSite {
@@ -177,15 +179,16 @@ pub(crate) extern "C" fn jump_dispatch(regs: *mut Regs, entry_sp: u64) {
     let rsp = entry_sp + STUB_TO_RSP;
     (regs.rsp, regs.rip) = (rsp, jump_site.addr.0);
     let state = thread_state::current();
-    let _hit_path = trap::HitPath::with(state);
     let skip = match state {
-        Some(s) => {
+        // On the program's alternate stack, the hit path moves to a stack of dprobe's.
+        Some(s) => hit_stack::off_alternate_stack(s, rsp, || {
+            let _hit_path = trap::HitPath::with(state);
             let _reading = Reading::enter(s);
             let site = jump_site.site.load(Acquire);
             // SAFETY: a non-null pointer is a published site, kept alive by the registrar
             // until a grace period has passed, which waits for `_reading`.
             !site.is_null() && run_handlers(unsafe { &*site }, regs, state)
-        }
+        }),
         None => Engine::get().is_some_and(|engine| {
             engine.table.lookup(jump_site.addr.0, |found| match found {
                 Some((site, TrapKind::Entry)) => run_handlers(site, regs, None),
@@ -224,15 +227,16 @@ pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
     let rest = ret + 8;
     let rsp = entry_sp + STUB_TO_RSP;
     (regs.rsp, regs.rip) = (rsp, next);
-    let state = thread_state::current();
-    let _hit_path = trap::HitPath::with(state);
-    let ran = state.is_some_and(|state| {
-        // SAFETY: as in `jump_dispatch`.
-        let jump_site = unsafe { jump_site_of(detour) };
-        let _reading = Reading::enter(state);
-        let site = jump_site.site.load(Acquire);
-        // SAFETY: as in `jump_dispatch`.
-        !site.is_null() && trap::dispatch_post_in(state, unsafe { &*site }, regs)
+    let ran = thread_state::current().is_some_and(|state| {
+        hit_stack::off_alternate_stack(state, rsp, || {
+            let _hit_path = trap::HitPath::with(Some(state));
+            // SAFETY: as in `jump_dispatch`.
+            let jump_site = unsafe { jump_site_of(detour) };
+            let _reading = Reading::enter(state);
+            let site = jump_site.site.load(Acquire);
+            // SAFETY: as in `jump_dispatch`.
+            !site.is_null() && trap::dispatch_post_in(state, unsafe { &*site }, regs)
+        })
     });
     let target = if !ran || regs.rip == next { rest } else { regs.rip };
     // SAFETY: as above.

@@ -631,6 +631,12 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
     let slot_addr = &frame.ret_slot as *const u64 as u64;
     // A thread with a return pending has an entry (kept until it exits).
     let Some(state) = thread_state::existing() else { no_return_address() };
+    // On the program's alternate stack, the hit path moves to a stack of dprobe's.
+    hit_stack::off_alternate_stack(state, slot_addr + 8, || returned_here(state, frame, slot_addr))
+}
+
+/// [`dispatch`]'s work, on the stack it runs on.
+fn returned_here(state: &'static thread_state::ThreadState, frame: &mut TrampolineFrame, slot_addr: u64) -> u64 {
     let _hit_path = trap::HitPath::with(Some(state));
     let t = &state.returns;
     registry().read(|probes| {

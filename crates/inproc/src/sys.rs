@@ -215,17 +215,21 @@ pub fn alternate_stack() -> (u64, u64) {
     raw_alternate_stack().map_or((0, 0), |(base, size, _)| (base, size))
 }
 
-/// The calling thread's alternate signal stack `(base, size, running on it)` (size 0: none),
-/// asked of the kernel directly: the C library's `sigaltstack` may be probed. None when the
-/// kernel says nothing. Async-signal-safe.
-pub(crate) fn raw_alternate_stack() -> Option<(u64, u64, bool)> {
+/// The calling thread's alternate signal stack as the kernel reports it (flags included),
+/// asked without the C library. Async-signal-safe.
+pub(crate) fn raw_alternate_stack_settings() -> Option<libc::stack_t> {
     let mut old = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
     // SAFETY: with no new stack, sigaltstack only writes the current one into `old`, a
     // stack_t on this frame.
     let ret = unsafe { raw_syscall6(libc::SYS_sigaltstack, [0, &mut old as *mut libc::stack_t as u64, 0, 0, 0, 0]) };
-    if ret != 0 {
-        return None;
-    }
+    (ret == 0).then_some(old)
+}
+
+/// The calling thread's alternate signal stack `(base, size, running on it)` (size 0: none),
+/// asked of the kernel directly: the C library's `sigaltstack` may be probed. None when the
+/// kernel says nothing. Async-signal-safe.
+pub(crate) fn raw_alternate_stack() -> Option<(u64, u64, bool)> {
+    let old = raw_alternate_stack_settings()?;
     if old.ss_flags & libc::SS_DISABLE != 0 {
         return Some((0, 0, false));
     }

@@ -69,6 +69,11 @@ pub(crate) struct ThreadState {
     /// The program's alternate stack `(base, size)` while the hit path runs on dprobe's
     /// (`hit_stack.rs`), which the kernel then reports as the thread's.
     pub(crate) program_alternate: Cell<(u64, u64)>,
+    /// The program's alternate stack `(base, size)` as last seen (size 0: none), and how many
+    /// more hits without a trap may trust it before the kernel is asked again
+    /// (`hit_stack::off_alternate_stack`).
+    pub(crate) alternate_seen: Cell<(u64, u64)>,
+    pub(crate) alternate_trusted: Cell<u32>,
     /// The recovery point of the guarded call running on this thread, or null.
     pub(crate) guard_point: Cell<*mut [u64; 2]>,
     /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.

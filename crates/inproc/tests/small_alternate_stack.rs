@@ -2,9 +2,9 @@
 //! stack, often small: Rust's std gives each thread one of `SIGSTKSZ` (8 KiB here), C programs
 //! use `SIGSTKSZ` too. A probe's trap taken there pushes the kernel's signal frame on that same
 //! stack, below the program's handler and its own frame; dprobe's hit path then moves to a
-//! stack of its own (`hit_stack.rs`), and the user's handlers run there. On a `SIGSTKSZ` stack
-//! every hit must run its handlers and the program go on unharmed, whatever stack the handlers
-//! need.
+//! stack of its own (`hit_stack.rs`), and the user's handlers run there; so does a jump's
+//! dispatch, and a return's through dprobe's trampoline. On a `SIGSTKSZ` stack every hit must
+//! run its handlers and the program go on unharmed, whatever stack the handlers need.
 //!
 //! Measured with this test's child (a counting pre-handler, a probe on int3) on an AMD EPYC
 //! whose XSAVE area holds PKRU (`AT_MINSIGSTKSZ` 3,376: the kernel's two frames take 6.8 KiB),
@@ -15,8 +15,25 @@
 mod fixtures;
 use fixtures::{addr, fx_mov_add, fx_push_add};
 
-use dprobe_inproc::{register, Kprobe, PreAction, Probe};
+use dprobe_inproc::{register, register_kretprobe, Kprobe, Kretprobe, PreAction, ReturnMode};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+std::arch::global_asm!(
+    ".text",
+    // `a + b`, for the return probe's test (the others probe the fixtures' own, and the tests
+    // run at once).
+    ".globl alt_return_add",
+    ".type alt_return_add,@function",
+    "alt_return_add:",
+    "mov rax, rdi",
+    "add rax, rsi",
+    "ret",
+    ".size alt_return_add, . - alt_return_add",
+);
+
+extern "C" {
+    fn alt_return_add(a: u64, b: u64) -> u64;
+}
 
 /// The function the child's signal handler calls (`a + b`), set in the child.
 static TARGET: AtomicUsize = AtomicUsize::new(0);
@@ -52,9 +69,13 @@ const SIGNALS: u64 = 200;
 /// computed the right value and the probe counted each as a hit or as missed, with its
 /// alternate stack and signal mask as they were before (3 and 4 when not) and no SIGURG
 /// handled early (5), else 1;
-/// `(the child's wait status, hits, missed, SIGURGs handled)` as the child saw them, through
-/// a pipe.
-fn in_child_on_alternate_stack(p: &Probe, target: Add, size: usize) -> (libc::c_int, u64, u64, u64) {
+/// `(the child's wait status, hits, missed, SIGURGs handled)` as the child saw them (the
+/// probe's `figures`: calls seen, missed), through a pipe.
+fn in_child_on_alternate_stack(
+    figures: &dyn Fn() -> (u64, u64),
+    target: Add,
+    size: usize,
+) -> (libc::c_int, u64, u64, u64) {
     let mut fds = [0; 2];
     // SAFETY: a pipe into the array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -100,15 +121,15 @@ fn in_child_on_alternate_stack(p: &Probe, target: Add, size: usize) -> (libc::c_
             for _ in 0..SIGNALS {
                 libc::raise(libc::SIGUSR2);
             }
-            let figures = [p.hits(), p.nmissed(), URGS.load(Relaxed)];
-            libc::write(fds[1], figures.as_ptr().cast(), 24);
+            let (seen, missed) = figures();
+            libc::write(fds[1], [seen, missed, URGS.load(Relaxed)].as_ptr().cast(), 24);
             let mut now = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: -1, ss_size: 0 };
             libc::sigaltstack(std::ptr::null(), &mut now);
             let mut mask_after: libc::sigset_t = std::mem::zeroed();
             libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask_after);
             let same_mask =
                 (1..=64).all(|sig| libc::sigismember(&mask_before, sig) == libc::sigismember(&mask_after, sig));
-            let counted = p.hits() + p.nmissed() == SIGNALS;
+            let counted = seen + missed == SIGNALS;
             libc::_exit(if (now.ss_sp, now.ss_size, now.ss_flags) != (ss.ss_sp, size, 0) {
                 3
             } else if !same_mask {
@@ -157,7 +178,7 @@ fn every_hit_in_a_handler_on_a_sigstksz_alternate_stack_runs_its_handlers() {
         let p = register(if trap { probe.no_optimize() } else { probe }).unwrap();
         assert_eq!(fixtures::code(addr(fx_push_add), 1), [if trap { 0xcc } else { 0xe9 }]);
         for size in [libc::SIGSTKSZ, 256 << 10] {
-            let (status, hits, missed, _) = in_child_on_alternate_stack(&p, fx_push_add, size);
+            let (status, hits, missed, _) = in_child_on_alternate_stack(&|| (p.hits(), p.nmissed()), fx_push_add, size);
             let what = format!("{} KiB, {}", size >> 10, if trap { "trap" } else { "jump" });
             exited_unharmed(&what, status);
             assert_eq!((hits, missed), (SIGNALS, 0), "{what}: every call a hit");
@@ -166,27 +187,57 @@ fn every_hit_in_a_handler_on_a_sigstksz_alternate_stack_runs_its_handlers() {
 }
 
 /// A handler that needs far more stack than the program's alternate stack has, hit in a signal
-/// handler running there: the trap path runs it on a stack of dprobe's. A signal the handler
-/// raises (the program's, handled on the alternate stack) is held until the hit path is done,
-/// then runs where the program's handler is, above its frames: delivered while the thread is
-/// off the alternate stack (before dprobe's stack takes its place), the kernel would put its
-/// frame at that stack's top, over the interrupted handler.
+/// handler running there: the hit path runs it on a stack of dprobe's, through the trap and
+/// through the jump alike. A signal the handler raises (the program's, handled on the
+/// alternate stack) is held until the hit path is done, then runs where the program's handler
+/// is, above its frames: delivered while the thread is off the alternate stack (before
+/// dprobe's stack takes its place), the kernel would put its frame at that stack's top, over
+/// the interrupted handler.
 #[test]
 fn a_handler_deeper_than_the_alternate_stack_runs_off_it_and_the_programs_signals_wait() {
-    let p = register(Kprobe::addr(addr(fx_mov_add)).no_optimize().pre(|_| {
-        let deep = std::hint::black_box([7u8; 64 << 10]);
-        std::hint::black_box(&deep);
-        let before = URGS.load(Relaxed);
-        // SAFETY: a signal to the calling thread, whose handler only counts.
-        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGURG) };
-        if URGS.load(Relaxed) != before {
-            EARLY_URGS.fetch_add(1, Relaxed);
-        }
-        PreAction::Continue
-    }))
-    .unwrap();
-    let (status, hits, missed, urgs) = in_child_on_alternate_stack(&p, fx_mov_add, libc::SIGSTKSZ);
-    exited_unharmed("a 64 KiB handler on an 8 KiB alternate stack", status);
-    assert_eq!((hits, missed), (SIGNALS, 0), "every call a hit");
-    assert_eq!(urgs, SIGNALS, "every signal the handler raised was handled");
+    for trap in [true, false] {
+        let probe = Kprobe::addr(addr(fx_mov_add)).pre(|_| {
+            let deep = std::hint::black_box([7u8; 64 << 10]);
+            std::hint::black_box(&deep);
+            let before = URGS.load(Relaxed);
+            // SAFETY: a signal to the calling thread, whose handler only counts.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGURG) };
+            if URGS.load(Relaxed) != before {
+                EARLY_URGS.fetch_add(1, Relaxed);
+            }
+            PreAction::Continue
+        });
+        let p = register(if trap { probe.no_optimize() } else { probe }).unwrap();
+        assert_eq!(fixtures::code(addr(fx_mov_add), 1), [if trap { 0xcc } else { 0xe9 }]);
+        let what = format!("a 64 KiB handler on an 8 KiB alternate stack, {}", if trap { "trap" } else { "jump" });
+        let (status, hits, missed, urgs) =
+            in_child_on_alternate_stack(&|| (p.hits(), p.nmissed()), fx_mov_add, libc::SIGSTKSZ);
+        exited_unharmed(&what, status);
+        assert_eq!((hits, missed), (SIGNALS, 0), "{what}: every call a hit");
+        assert_eq!(urgs, SIGNALS, "{what}: every signal the handler raised was handled");
+    }
+}
+
+/// The same for a return handler, whether the return comes back through dprobe's trampoline
+/// (its return address replaced) or through a probe on the function's exit.
+#[test]
+fn a_return_handler_deeper_than_the_alternate_stack_runs_off_it() {
+    for via_return_address in [true, false] {
+        let k = Kretprobe::addr(addr(alt_return_add));
+        let p = register_kretprobe(if via_return_address { k.via_return_address() } else { k }.handler(|_, _| {
+            let deep = std::hint::black_box([7u8; 64 << 10]);
+            std::hint::black_box(&deep);
+        }))
+        .unwrap();
+        let through_trampoline = matches!(p.return_mode(), ReturnMode::ReturnAddress { .. });
+        assert_eq!(through_trampoline, via_return_address, "{:?}", p.return_mode());
+        let what = format!("a 64 KiB return handler on an 8 KiB alternate stack, {:?}", p.return_mode());
+        let figures = || {
+            let s = p.stats();
+            (s.returns, s.missed + s.reentered)
+        };
+        let (status, returns, missed, _) = in_child_on_alternate_stack(&figures, alt_return_add, libc::SIGSTKSZ);
+        exited_unharmed(&what, status);
+        assert_eq!((returns, missed), (SIGNALS, 0), "{what}: every return seen");
+    }
 }
