@@ -22,7 +22,8 @@
 //! The look is taken while the thread sleeps: its context-switch counts and its system call
 //! line are read before and after, and must be unchanged (a thread that ran in between was
 //! switched out again to block, which counts). Otherwise, or when its stack cannot be found
-//! (an alternate signal stack on the heap), the thread is signalled as before.
+//! (an alternate signal stack on the heap, or dprobe's own stack for a hit path that moved
+//! off the program's alternate stack, `hit_stack.rs`), the thread is signalled as before.
 //!
 //! Signal frames are recognized as the safepoint's handler does (`safepoint.rs`): the C
 //! library's `sa_restorer` as return address, no `uc_link`, the floating-point state just
@@ -133,6 +134,11 @@ fn switches(tid: libc::pid_t) -> Option<(u64, u64)> {
 /// a slot, or any word there points into a retired detour; `None` when the stack is not one
 /// of the plan's (it cannot be read safely).
 fn saved_in_window(plan: &Plan, sp: u64, restorer: u64) -> Option<bool> {
+    if crate::hit_stack::on_any_hit_stack(sp) {
+        // Blocked in a handler whose hit path moved off the program's alternate stack: the
+        // frames it came from are there, not on this stack.
+        return None;
+    }
     let (_, end) = plan.stack_of(sp)?;
     let start = sp & !15;
     let mut stack = vec![0u8; (end - start) as usize];

@@ -72,19 +72,20 @@ pub(crate) fn code_contains(rip: u64) -> bool {
 }
 
 extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
-    // SAFETY: `arg` is the `&mut F` that `run_off_alternate_stack` passed, alive during this
+    // SAFETY: `arg` is the `&mut F` that `on_stack` passed, alive during this
     // call; `F` catches the handlers' panics itself, so nothing unwinds through this frame.
     let f = unsafe { &mut *(arg as *mut F) };
     f();
 }
 
-/// What moving to dprobe's stack changed, which `rt_sigreturn` puts back, and [`Moved::undo`]
-/// before a program's handler is called from the trap handler (it may leave with `longjmp`,
-/// and `rt_sigreturn` then never runs).
+/// What moving to dprobe's stack changed, which `rt_sigreturn` puts back after a trap, and
+/// [`Moved::undo`] after a hit without one, or before a program's handler is called from the
+/// trap handler (it may leave with `longjmp`, and `rt_sigreturn` then never runs).
 pub(crate) struct Moved {
     /// The signal mask before the asynchronous signals were blocked.
     mask: u64,
-    /// The program's alternate stack, as the trap's frame holds it.
+    /// The program's alternate stack, as the trap's frame holds it (or the kernel reported it,
+    /// for a hit without a trap).
     program: libc::stack_t,
 }
 
@@ -123,18 +124,23 @@ pub(crate) fn run_off_alternate_stack<R>(
     };
     // The frame keeps the alternate stack's settings (its flags as set, not whether the
     // thread was on it): on it when the interrupted stack pointer is inside.
-    let (low, size) = (program.ss_sp as u64, program.ss_size as u64);
-    if program.ss_flags & libc::SS_DISABLE != 0 || sp <= low || sp - low > size {
-        return (trap(), None);
-    }
+    let (low, size) = match program.ss_flags & libc::SS_DISABLE {
+        0 => (program.ss_sp as u64, program.ss_size as u64),
+        _ => (0, 0),
+    };
     let Some(state) = state else { return (trap(), None) };
-    let Some(mapping) = thread_state::hit_stack_word(state).and_then(mapping_of) else { return (trap(), None) };
-    if low == mapping {
+    let word = thread_state::hit_stack_word(state);
+    if low != 0 && word.is_some_and(|w| w.load(Acquire) == low) {
         // Already on dprobe's stack: a trap of the hit path's own.
         return (trap(), None);
     }
-    // The frame says what the program's alternate stack is: the jump path trusts it anew.
-    state.alternate_seen.set((low, size));
+    // The frame says what the program's alternate stack is: hits without a trap trust it
+    // anew.
+    state.alternate_seen.set((low, size, TRUSTED_HITS));
+    if outside(sp, low, size) {
+        return (trap(), None);
+    }
+    let Some(mapping) = word.and_then(mapping_of) else { return (trap(), None) };
     run_moved(state, program, mapping, trap)
 }
 
@@ -150,15 +156,22 @@ const TRUSTED_HITS: u32 = 1024;
 /// Whether the thread is on its alternate stack takes a system call; a hit makes it only when
 /// `sp` is inside the alternate stack last seen, or once every [`TRUSTED_HITS`] hits (so that
 /// a program that sets another alternate stack has it seen), and a trap's frame shows it for
-/// free. Until then a hit on a newly set alternate stack runs there.
+/// free (any trap of the thread). Until then a hit on a newly set alternate stack runs there.
 #[inline(always)]
 pub(crate) fn off_alternate_stack<R>(state: &ThreadState, sp: u64, work: impl FnOnce() -> R) -> R {
-    let (low, size) = state.alternate_seen.get();
-    let trusted = state.alternate_trusted.get();
+    let (low, size, trusted) = state.alternate_seen.get();
     if outside(sp, low, size) && trusted > 0 {
-        state.alternate_trusted.set(trusted - 1);
+        state.alternate_seen.set((low, size, trusted - 1));
         return work();
     }
+    // Apart, so that the hit path's common case stays small enough to be inlined whole.
+    moving_if_needed(state, sp, work)
+}
+
+/// [`off_alternate_stack`] once the kernel is asked.
+#[cold]
+#[inline(never)]
+fn moving_if_needed<R>(state: &ThreadState, sp: u64, work: impl FnOnce() -> R) -> R {
     match moving_needed(state, sp) {
         None => work(),
         Some((program, mapping)) => {
@@ -170,6 +183,13 @@ pub(crate) fn off_alternate_stack<R>(state: &ThreadState, sp: u64, work: impl Fn
             result
         }
     }
+}
+
+/// Whether `sp` is on one of dprobe's hit stacks: a thread's hit path moved there, and the
+/// program's frames it came from (a signal frame saved in a window, a call into a detour)
+/// are on another stack.
+pub(crate) fn on_any_hit_stack(sp: u64) -> bool {
+    thread_state::any_hit_stack(|mapping| mapping != 0 && !outside(sp, mapping, (GUARD + SIZE) as u64))
 }
 
 /// Whether a stack pointer `sp` is outside the stack of `size` bytes above `low` (a stack
@@ -184,7 +204,8 @@ fn outside(sp: u64, low: u64, size: u64) -> bool {
 #[cold]
 #[inline(never)]
 fn moving_needed(state: &ThreadState, sp: u64) -> Option<(libc::stack_t, u64)> {
-    state.alternate_trusted.set(TRUSTED_HITS);
+    let (low, size, _) = state.alternate_seen.get();
+    state.alternate_seen.set((low, size, TRUSTED_HITS));
     let program = sys::raw_alternate_stack_settings()?;
     let (low, size) = match program.ss_flags & libc::SS_DISABLE {
         0 => (program.ss_sp as u64, program.ss_size as u64),
@@ -196,7 +217,7 @@ fn moving_needed(state: &ThreadState, sp: u64) -> Option<(libc::stack_t, u64)> {
         // stays (what the program had is not what the kernel reports now).
         return None;
     }
-    state.alternate_seen.set((low, size));
+    state.alternate_seen.set((low, size, TRUSTED_HITS));
     if outside(sp, low, size) {
         return None;
     }

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::signal_frame::{self, RSP_AT};
 use crate::thread_state::ThreadState;
-use crate::{blocked, sys};
+use crate::blocked;
 
 /// How far below the mark a nested hit's stack is scanned: deeper is not dprobe's hit path.
 pub(crate) const SCAN_LIMIT: u64 = 64 * 1024;
@@ -56,16 +56,17 @@ pub(crate) fn learn_restorer(sig: libc::c_int) {
 /// stack pointer `rsp`. `trapped` is the alternate stack `(base, size)` the nested hit's trap
 /// frame holds: the one registered where the nested code ran (the program's, for a handler of
 /// the program's that runs there while a hit path ran on dprobe's stack, `hit_stack.rs`);
-/// `None` (a jump, no frame) asks the kernel. Async-signal-safe; calls no C library function.
+/// `None` (a jump, no frame) asks the kernel (`hit_stack::program_alternate_stack`).
+/// Async-signal-safe; calls no C library function.
 pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(u64, u64)>) -> bool {
     let (restorer, mark) = (RESTORER.load(Relaxed), state.quiet_sp.get());
     if restorer == 0 || mark == 0 {
         return false;
     }
-    let alternate = match trapped {
-        Some((base, size)) => Some((base, size, size != 0 && rsp >= base && rsp - base <= size)),
-        None => sys::raw_alternate_stack(),
-    };
+    // Without a frame, the kernel's word, or the program's while the hit path runs on
+    // dprobe's stack (which the kernel then reports).
+    let (base, size) = trapped.unwrap_or_else(crate::hit_stack::program_alternate_stack);
+    let alternate = Some((base, size, size != 0 && rsp >= base && rsp - base <= size));
     let Some((from, to)) = scan_range(rsp, mark, alternate) else { return false };
     let own = |at: u64| {
         let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());

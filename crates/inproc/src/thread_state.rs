@@ -71,9 +71,8 @@ pub(crate) struct ThreadState {
     pub(crate) program_alternate: Cell<(u64, u64)>,
     /// The program's alternate stack `(base, size)` as last seen (size 0: none), and how many
     /// more hits without a trap may trust it before the kernel is asked again
-    /// (`hit_stack::off_alternate_stack`).
-    pub(crate) alternate_seen: Cell<(u64, u64)>,
-    pub(crate) alternate_trusted: Cell<u32>,
+    /// (`hit_stack::off_alternate_stack`); one cell, read together on every such hit.
+    pub(crate) alternate_seen: Cell<(u64, u64, u32)>,
     /// The recovery point of the guarded call running on this thread, or null.
     pub(crate) guard_point: Cell<*mut [u64; 2]>,
     /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.
@@ -204,6 +203,13 @@ pub(crate) fn hit_stack_word(state: &ThreadState) -> Option<&'static AtomicU64> 
     // SAFETY: `state` is an entry of the table, so i < ENTRIES: inside the mapping, which
     // lives as long as the process.
     table.hit_stacks.filter(|_| i < ENTRIES).map(|words| unsafe { &*words.add(i) })
+}
+
+/// Whether any entry's hit stack mapping (its start, 0 until mapped) satisfies `f`.
+pub(crate) fn any_hit_stack(mut f: impl FnMut(u64) -> bool) -> bool {
+    let Some(words) = TABLE.get().and_then(Option::as_ref).and_then(|t| t.hit_stacks) else { return false };
+    // SAFETY: the words are ENTRIES atomics in a mapping that lives as long as the process.
+    (0..ENTRIES).any(|i| unsafe { f((*words.add(i)).load(Acquire)) })
 }
 
 /// The calling thread's pointer (`%fs:0` holds it, per the x86-64 TLS ABI).

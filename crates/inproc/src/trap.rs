@@ -493,9 +493,14 @@ fn deliver_segv(addr: Addr, ctx: &mut SignalContext) {
 /// [`deliver_segv`], now. Inside a guarded call (a hit nested in a handler, whose probed
 /// function the handler called), the fault is the handler's, as a real fault there would be
 /// (`on_fault`): the handler is abandoned where it stood, and the program's own handler never
-/// sees a fault of dprobe's handlers.
+/// sees a fault of dprobe's handlers. Unless a program's signal handler interrupted that
+/// handler and made the access: its fault is the program's, and abandoning the handler would
+/// skip the end of the program's (its signal left blocked for good).
 fn deliver_segv_now(addr: Addr, ctx: &mut SignalContext) {
-    if let Some((rsp, rip)) = guard::recovery_point(libc::SIGSEGV, addr.0) {
+    let handlers = thread_state::existing().is_some_and(|s| {
+        !s.guard_point.get().is_null() && !interrupted::by_program_signal(s, ctx.rsp(), Some(ctx.alternate_stack()))
+    });
+    if let Some((rsp, rip)) = handlers.then(|| guard::recovery_point(libc::SIGSEGV, addr.0)).flatten() {
         ctx.set_rsp(rsp);
         ctx.set_rip(rip);
         return;

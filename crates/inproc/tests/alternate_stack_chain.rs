@@ -9,7 +9,7 @@ mod fixtures;
 use fixtures::*;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Once;
+use std::sync::{Mutex, MutexGuard, Once};
 
 use dprobe_inproc::{register, FaultInfo, FaultStage, Kprobe, PreAction};
 
@@ -102,8 +102,11 @@ extern "C" fn programs_segv_handler(_: libc::c_int, info: *mut libc::siginfo_t, 
 }
 
 /// The program's handlers first, so that dprobe's, installed at the first registration, pass
-/// the program's own signals on to them; then a probe on the emulated jump.
-fn programs_handlers_then_probes() {
+/// the program's own signals on to them; then a probe on the emulated jump. Held by each test
+/// while it runs: they share the figures above, and two of them probe `chain_seven`.
+fn programs_handlers_then_probes() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: all-zero is a valid sigaction; plain handlers, empty masks.
@@ -122,6 +125,7 @@ fn programs_handlers_then_probes() {
         // Placed for the rest of the test program.
         std::mem::forget(probe);
     });
+    one
 }
 
 /// In a child: `on_usr2` runs on a 64 KiB alternate stack of the child's; its exit status.
@@ -164,7 +168,7 @@ extern "C" fn own_breakpoint(_: libc::c_int) {
 
 #[test]
 fn the_programs_own_trap_handler_finds_its_alternate_stack_and_mask_as_it_left_them() {
-    programs_handlers_then_probes();
+    let _one = programs_handlers_then_probes();
     let reasons = [
         (2, "the child could not set up its alternate stack"),
         (3, "dprobe's stack was still the alternate stack"),
@@ -198,7 +202,7 @@ extern "C" fn faulting_access(_: libc::c_int) {
 
 #[test]
 fn an_emulated_access_that_faults_goes_to_the_programs_segv_handler_as_the_program_left_things() {
-    programs_handlers_then_probes();
+    let _one = programs_handlers_then_probes();
     // On the thread's stack.
     for _ in 0..3 {
         assert_eq!(faulting_jump_recovered(), Ok(()));
@@ -251,7 +255,7 @@ extern "C" fn handler_fault_on_alternate_stack(_: libc::c_int) {
 
 #[test]
 fn an_emulated_access_that_faults_in_a_handlers_call_abandons_the_handler_as_its_own_fault_would() {
-    programs_handlers_then_probes();
+    let _one = programs_handlers_then_probes();
     let at = dprobe_inproc::Addr(chain_seven as *const () as usize as u64);
     for optimize in [false, true] {
         let probe = Kprobe::addr(at)
@@ -286,5 +290,57 @@ fn an_emulated_access_that_faults_in_a_handlers_call_abandons_the_handler_as_its
         );
         let stats = probe.stats();
         assert_eq!((stats.hits, stats.handler_faults), (3, 3), "optimized: {optimize}");
+    }
+}
+
+/// Whether the program's SIGUSR1 handler ran to its end (after the fault its access raised
+/// was handled by the program's SIGSEGV handler).
+static USR1_DONE: AtomicBool = AtomicBool::new(false);
+
+/// The program's SIGUSR1 handler: an access that faults, which its own SIGSEGV handler sends
+/// on (as a profiler's safe read does).
+extern "C" fn programs_usr1_handler(_: libc::c_int) {
+    // SAFETY: the jump reads an unmapped word; the program's SIGSEGV handler recovers.
+    let result = unsafe { chain_jump_through(std::hint::black_box(UNMAPPED as *const u64)) };
+    USR1_DONE.store(result == 99, Relaxed);
+}
+
+#[test]
+fn an_emulated_fault_in_a_programs_signal_handler_that_interrupted_a_handler_stays_the_programs() {
+    let _one = programs_handlers_then_probes();
+    // SAFETY: all-zero is a valid sigaction; a plain handler with an empty mask.
+    unsafe {
+        let mut usr1: libc::sigaction = std::mem::zeroed();
+        usr1.sa_sigaction = programs_usr1_handler as *const () as usize;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &usr1, std::ptr::null_mut()), 0);
+    }
+    let at = dprobe_inproc::Addr(chain_seven as *const () as usize as u64);
+    for optimize in [false, true] {
+        let probe = Kprobe::addr(at).pre(|_| {
+            // The program's signal arrives while this handler runs.
+            // SAFETY: a signal to the calling thread, handled by the program's handler above.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGUSR1) };
+            HANDLER_WENT_ON.store(true, Relaxed);
+            PreAction::Continue
+        });
+        let probe = register(if optimize { probe } else { probe.no_optimize() }).unwrap();
+        assert_eq!(probe.optimized().is_ok(), optimize, "{:?}", probe.optimized());
+        for _ in 0..3 {
+            USR1_DONE.store(false, Relaxed);
+            HANDLER_WENT_ON.store(false, Relaxed);
+            SEGV_ADDR.store(0, Relaxed);
+            // SAFETY: returns 7.
+            assert_eq!(unsafe { chain_seven() }, 7);
+            let seen = (SEGV_ADDR.load(Relaxed), USR1_DONE.load(Relaxed), HANDLER_WENT_ON.load(Relaxed));
+            assert_eq!(seen, (UNMAPPED, true, true), "optimized: {optimize}: (the program's SIGSEGV handler's address, its SIGUSR1 handler done, the probe's handler done)");
+        }
+        // SAFETY: reads this thread's signal mask.
+        let held = unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+            libc::sigismember(&mask, libc::SIGUSR1) == 1
+        };
+        assert!(!held, "optimized: {optimize}: SIGUSR1 left blocked");
+        assert_eq!(probe.stats().handler_faults, 0, "optimized: {optimize}");
     }
 }

@@ -21,12 +21,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 std::arch::global_asm!(
     ".text",
     // `a + b`, for the return probe's test (the others probe the fixtures' own, and the tests
-    // run at once).
+    // run at once). Its exit's jump goes on the 5-byte nop before the `ret`, clear of the
+    // entry's on the first two instructions.
     ".globl alt_return_add",
     ".type alt_return_add,@function",
     "alt_return_add:",
     "mov rax, rdi",
     "add rax, rsi",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "ret",
     ".size alt_return_add, . - alt_return_add",
 );
@@ -231,6 +233,12 @@ fn a_return_handler_deeper_than_the_alternate_stack_runs_off_it() {
         .unwrap();
         let through_trampoline = matches!(p.return_mode(), ReturnMode::ReturnAddress { .. });
         assert_eq!(through_trampoline, via_return_address, "{:?}", p.return_mode());
+        // Where the exits are watched, the entry and the exit are jumps.
+        let f = addr(alt_return_add);
+        if !via_return_address {
+            assert_eq!(fixtures::code(f, 1), [0xe9], "the entry's jump");
+            assert_eq!(fixtures::code(f.offset(6), 1), [0xe9], "the exit's jump");
+        }
         let what = format!("a 64 KiB return handler on an 8 KiB alternate stack, {:?}", p.return_mode());
         let figures = || {
             let s = p.stats();
