@@ -4,10 +4,11 @@
 //! the kernel pushes the `SIGTRAP` frame (3.4 KiB where the XSAVE area holds PKRU) below the
 //! program's own signal frame and handler, and dprobe's hit path, with the user's handlers,
 //! would run below that (a jump, or a return through dprobe's trampoline, runs them below
-//! the program's frames too, without a kernel frame). Alternate stacks are small (`SIGSTKSZ`, 8 KiB, is what Rust's std
-//! and most C programs give them): a handler that needs a few KiB of stack would overflow it
-//! and kill the program. So the hit path moves to a stack of dprobe's own, one per entry of the
-//! thread table, mapped the first time it is needed and kept for the entry's next thread.
+//! the program's frames too, without a kernel frame). Alternate stacks are small
+//! (`SIGSTKSZ`, 8 KiB, is what Rust's std and most C programs give them): a handler that
+//! needs a few KiB of stack would overflow it and kill the program. So the hit path moves to a
+//! stack of dprobe's own, one per entry of the thread table, mapped the first time it is
+//! needed and kept for the entry's next thread.
 //!
 //! While the hit path runs there:
 //! - the program's asynchronous signals are blocked (`rt_sigprocmask`). A signal whose handler
@@ -23,8 +24,8 @@
 //!
 //! For a trap, both are undone by the kernel: `rt_sigreturn` restores the signal mask and the
 //! alternate stack saved in the `SIGTRAP` frame. A hit without a trap undoes them itself, back
-//! on the program's stack ([`off_alternate_stack`]). A trap taken while already on dprobe's stack (the hit
-//! path calls a probed C library function) stays there. A program whose alternate stack is
+//! on the program's stack ([`off_alternate_stack`]). A trap taken while already on dprobe's
+//! stack (the hit path calls a probed C library function) stays there. A program whose alternate stack is
 //! disarmed while its handler runs (`SS_AUTODISARM`) keeps the old way: its frame does not say
 //! the thread was on an alternate stack.
 
@@ -72,8 +73,8 @@ pub(crate) fn code_contains(rip: u64) -> bool {
 }
 
 extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
-    // SAFETY: `arg` is the `&mut F` that `on_stack` passed, alive during this
-    // call; `F` catches the handlers' panics itself, so nothing unwinds through this frame.
+    // SAFETY: `arg` is the `&mut F` that `on_stack` passed, alive during this call; `F`
+    // catches the handlers' panics itself, so nothing unwinds through this frame.
     let f = unsafe { &mut *(arg as *mut F) };
     f();
 }

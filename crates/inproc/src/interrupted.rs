@@ -35,9 +35,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::blocked;
 use crate::signal_frame::{self, RSP_AT};
 use crate::thread_state::ThreadState;
-use crate::blocked;
 
 /// How far below the mark a nested hit's stack is scanned: deeper is not dprobe's hit path.
 pub(crate) const SCAN_LIMIT: u64 = 64 * 1024;
