@@ -124,24 +124,9 @@ pub(crate) fn run_off_alternate_stack<R>(
         (uc.uc_stack, uc.uc_mcontext.gregs[libc::REG_RSP as usize] as u64)
     };
     // The frame keeps the alternate stack's settings (its flags as set, not whether the
-    // thread was on it): on it when the interrupted stack pointer is inside.
-    let (low, size) = match program.ss_flags & libc::SS_DISABLE {
-        0 => (program.ss_sp as u64, program.ss_size as u64),
-        _ => (0, 0),
-    };
+    // thread was on it), which hits without a trap then trust anew.
     let Some(state) = state else { return (trap(), None) };
-    let word = thread_state::hit_stack_word(state);
-    if low != 0 && word.is_some_and(|w| w.load(Acquire) == low) {
-        // Already on dprobe's stack: a trap of the hit path's own.
-        return (trap(), None);
-    }
-    // The frame says what the program's alternate stack is: hits without a trap trust it
-    // anew.
-    state.alternate_seen.set((low, size, TRUSTED_HITS));
-    if outside(sp, low, size) {
-        return (trap(), None);
-    }
-    let Some(mapping) = word.and_then(mapping_of) else { return (trap(), None) };
+    let Some(mapping) = hit_stack_for(state, &program, sp) else { return (trap(), None) };
     run_moved(state, program, mapping, trap)
 }
 
@@ -208,22 +193,29 @@ fn moving_needed(state: &ThreadState, sp: u64) -> Option<(libc::stack_t, u64)> {
     let (low, size, _) = state.alternate_seen.get();
     state.alternate_seen.set((low, size, TRUSTED_HITS));
     let program = sys::raw_alternate_stack_settings()?;
+    let mapping = hit_stack_for(state, &program, sp)?;
+    Some((program, mapping))
+}
+
+/// With the program's alternate stack settings `program` (a trap's frame's, or the kernel's)
+/// and a hit's stack pointer `sp`: note the settings as last seen, and say where the hit stack
+/// is mapped when `sp` is on the program's alternate stack. `None` when it is not, or when the
+/// settings are dprobe's own stack (a hit of the hit path's own, which stays: what the program
+/// had is not what they say then).
+fn hit_stack_for(state: &ThreadState, program: &libc::stack_t, sp: u64) -> Option<u64> {
     let (low, size) = match program.ss_flags & libc::SS_DISABLE {
         0 => (program.ss_sp as u64, program.ss_size as u64),
         _ => (0, 0),
     };
-    let mapping = thread_state::hit_stack_word(state).map(|w| w.load(Acquire));
-    if mapping == Some(low) && low != 0 {
-        // dprobe's stack: the hit path of a trap is running there, and this hit inside it
-        // stays (what the program had is not what the kernel reports now).
+    let word = thread_state::hit_stack_word(state);
+    if low != 0 && word.is_some_and(|w| w.load(Acquire) == low) {
         return None;
     }
     state.alternate_seen.set((low, size, TRUSTED_HITS));
     if outside(sp, low, size) {
         return None;
     }
-    let mapping = thread_state::hit_stack_word(state).and_then(mapping_of)?;
-    Some((program, mapping))
+    word.and_then(mapping_of)
 }
 
 /// Move to the hit stack mapped at `mapping`, with the program's asynchronous signals held and
