@@ -52,6 +52,7 @@ use crate::kretprobe::{
     TailReturn,
 };
 use crate::probe::{register_all, unregister_all, Probe};
+use crate::thread_state::ThreadState;
 use crate::trap::InprocMemory;
 use crate::{jump, sys, thread_state};
 
@@ -311,7 +312,7 @@ fn on_entry(function: u64, regs: &mut Regs) {
                     continue;
                 };
                 let mut data = InstanceData::default();
-                if p.entered(regs, &mut data) == EntryAction::Skip {
+                if p.entered(state, regs, &mut data) == EntryAction::Skip {
                     stack.give_back(p, slot, tid, probes);
                     continue;
                 }
@@ -429,7 +430,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
         let mut each = |p: &KretInner, slot| {
             let data = p.data(slot);
             stack.give_back(p, slot, tid, probes);
-            p.returned(seen.regs, &data);
+            p.returned(state, seen.regs, &data);
         };
         return_from(stack, i, false, &mut each, probes);
     })
@@ -449,10 +450,10 @@ impl Drop for AtExit<'_> {
 }
 
 /// A return probe's instance `slot` returns with registers `seen`.
-fn returned(p: &KretInner, slot: usize, seen: &mut Regs) {
+fn returned(state: Option<&ThreadState>, p: &KretInner, slot: usize, seen: &mut Regs) {
     let data = p.data(slot);
     p.release(slot);
-    p.returned(seen, &data);
+    p.returned(state, seen, &data);
 }
 
 /// Activation `i` returns, and with it those handed over to it on its word, innermost first:
@@ -505,7 +506,8 @@ fn handed_over_at(slot: u64) -> Option<(&'static ExitStack, usize)> {
 /// (`rip` the real return address, `rsp` past the slot): the activations it was written for
 /// return, with those handed over to them since (see [`return_from`]).
 pub(crate) fn returned_through_slot(slot: u64, seen: &mut Regs, probes: &[Arc<KretInner>]) {
-    let Some(stack) = thread_state::existing().and_then(thread_state::exit_stack) else { return };
+    let state = thread_state::existing();
+    let Some(stack) = state.and_then(thread_state::exit_stack) else { return };
     let mut stacks = OwnStacks::unknown();
     let mut pending = Pending { stack, probes };
     // Frames below the slot are gone.
@@ -519,7 +521,7 @@ pub(crate) fn returned_through_slot(slot: u64, seen: &mut Regs, probes: &[Arc<Kr
             pending.abandon(k);
         }
     }
-    return_from(stack, first, true, &mut |p, slot| returned(p, slot, seen), probes);
+    return_from(stack, first, true, &mut |p, slot| returned(state, p, slot, seen), probes);
 }
 
 /// The trampoline in return-address slot `slot` will not be returned through (its frame was

@@ -2,7 +2,7 @@
 //!
 //! A handler that dereferences a bad pointer raises `SIGSEGV` inside dprobe's `SIGTRAP`
 //! handler. Instead of killing the program, the fault handler of the engine resumes execution
-//! at a recovery point saved by [`call_guarded`], abandoning the faulting handler where it
+//! at a recovery point saved by [`call_guarded_in`], abandoning the faulting handler where it
 //! stood, and the probe's fault handler is told (the kernel's fixup of faulting kprobe
 //! handlers). The abandoned handler's destructors do not run, as with `longjmp`; a handler
 //! that faults while holding a resource leaks it. That is the price of not crashing.
@@ -62,14 +62,10 @@ extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
     f();
 }
 
-/// Run `f`; if it faults, resume here and return the fault. Async-signal-safe; nests.
-pub fn call_guarded(f: &mut dyn FnMut()) -> Result<(), HandlerFault> {
-    call_guarded_in(thread_state::current(), f)
-}
-
-/// [`call_guarded`] with the calling thread's state already found. Generic, so that the hit
-/// path calls the handler's closure directly from [`trampoline`] rather than through a `dyn`
-/// call (about 2 ns a hit, BENCHMARKS.md).
+/// Run `f` on the thread whose state is `state`; if it faults, resume here and return the
+/// fault. Async-signal-safe; nests. Generic, so that the hit path calls the handler's closure
+/// directly from [`trampoline`] rather than through a `dyn` call (about 2 ns a hit,
+/// BENCHMARKS.md), and its callers pass the state they found already.
 pub(crate) fn call_guarded_in<F: FnMut()>(
     state: Option<&thread_state::ThreadState>,
     mut f: F,
@@ -119,7 +115,7 @@ pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
     }
     state.fault.set((signal, addr));
     state.faulted.set(true);
-    // SAFETY: a non-null POINT is the `point` array of a `call_guarded` frame that is still
+    // SAFETY: a non-null POINT is the `point` array of a `call_guarded_in` frame that is still
     // live on this thread's stack (it is reset before that frame returns).
     let [rsp, rip] = unsafe { *p };
     Some((rsp, rip))

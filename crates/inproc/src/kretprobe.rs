@@ -68,6 +68,7 @@ use crate::chunked_stack::{self, stack_entry, ChunkedStack};
 use crate::instances::Instances;
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
+use crate::thread_state::ThreadState;
 use crate::{engine::Engine, exits, guard, hit_stack, sys, thread_state, trap};
 
 /// Private data carried from a return probe's entry handler to its return handler.
@@ -197,10 +198,10 @@ impl KretInner {
 
     /// Run the entry handler (the caller runs inside handlers already); a handler that panics
     /// or faults skips the call.
-    pub(crate) fn entered(&self, regs: &mut Regs, data: &mut InstanceData) -> EntryAction {
+    pub(crate) fn entered(&self, state: &ThreadState, regs: &mut Regs, data: &mut InstanceData) -> EntryAction {
         let Some(entry) = self.entry.as_ref() else { return EntryAction::Track };
         let mut action = EntryAction::Skip;
-        match self.guarded(&mut || action = entry(regs, data)) {
+        match self.guarded(Some(state), || action = entry(regs, data)) {
             Ran::ToItsEnd => action,
             Ran::Panicked | Ran::Faulted => EntryAction::Skip,
         }
@@ -209,12 +210,12 @@ impl KretInner {
     /// A call returned with `regs` (where it returns to, the stack pointer past the return
     /// address): count it and run the return handler (the caller marks the thread as inside
     /// handlers). Returns whether the handler ran to its end; `regs` holds what it changed.
-    pub(crate) fn returned(&self, regs: &mut Regs, data: &InstanceData) -> bool {
+    pub(crate) fn returned(&self, state: Option<&ThreadState>, regs: &mut Regs, data: &InstanceData) -> bool {
         self.hits.fetch_add(1, Relaxed);
         let Some(handler) = self.handler.as_ref().filter(|_| !self.handler_panicked.load(Relaxed)) else {
             return false;
         };
-        match self.guarded(&mut || handler(regs, data)) {
+        match self.guarded(state, || handler(regs, data)) {
             Ran::ToItsEnd => true,
             // Not called again; what it changed before it panicked stands.
             Ran::Panicked => {
@@ -225,11 +226,13 @@ impl KretInner {
         }
     }
 
-    /// Run `f` under the fault guard, catching a panic.
-    fn guarded(&self, f: &mut dyn FnMut()) -> Ran {
+    /// Run `f` under the fault guard of thread `state`, catching a panic. Generic, as the
+    /// entry path's guarded call is: the handler is called straight from the guard's
+    /// trampoline, with no second look-up of the thread.
+    fn guarded(&self, state: Option<&ThreadState>, mut f: impl FnMut()) -> Ran {
         let mut panicked = false;
-        let called = guard::call_guarded(&mut || {
-            panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *f)).is_err();
+        let called = guard::call_guarded_in(state, || {
+            panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut f)).is_err();
         });
         match (called, panicked) {
             (Ok(()), false) => Ran::ToItsEnd,
@@ -636,7 +639,7 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
 }
 
 /// [`dispatch`]'s work, on the stack it runs on.
-fn returned_here(state: &'static thread_state::ThreadState, frame: &mut TrampolineFrame, slot_addr: u64) -> u64 {
+fn returned_here(state: &'static ThreadState, frame: &mut TrampolineFrame, slot_addr: u64) -> u64 {
     let _hit_path = trap::HitPath::with(Some(state));
     let t = &state.returns;
     registry().read(|probes| {
@@ -663,7 +666,7 @@ fn returned_here(state: &'static thread_state::ThreadState, frame: &mut Trampoli
         inner.release(slot);
         let mut regs = frame.saved.regs(ret, slot_addr + 8);
         trap::enter_handler();
-        let ran = inner.returned(&mut regs, &data);
+        let ran = inner.returned(Some(state), &mut regs, &data);
         trap::leave_handler();
         if ran {
             frame.saved.set(&regs, RETURN_FLAGS);
