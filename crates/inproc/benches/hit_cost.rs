@@ -35,7 +35,10 @@
 //!   5-byte nop) and exit (through that window) are both jumps;
 //! * the same, vetoed: its entry handler vetoes every call (the entry's bookkeeping and the
 //!   exit's jump, which then finds no activation): the difference to the row above is the
-//!   return side.
+//!   return side;
+//! * jump at a tail call: a counting probe on a function's last instruction, a `jmp` to
+//!   another function (a 5-byte nop, then `jmp rel32`): its detour keeps what an entry's does,
+//!   not the whole extended state.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -159,6 +162,19 @@ std::arch::global_asm!(
     ".byte 0x66, 0x90",
     "ret",
     ".size bench_kret_jumps_veto, . - bench_kret_jumps_veto",
+    ".globl bench_tail",
+    ".type bench_tail,@function",
+    "bench_tail:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    ".byte 0xe9",
+    ".long bench_tail_callee - . - 4",
+    ".size bench_tail, . - bench_tail",
+    ".globl bench_tail_callee",
+    ".type bench_tail_callee,@function",
+    "bench_tail_callee:",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_tail_callee, . - bench_tail_callee",
 );
 
 extern "C" {
@@ -178,6 +194,7 @@ extern "C" {
     fn bench_ret_jump(x: u64) -> u64;
     fn bench_kret_jumps(x: u64) -> u64;
     fn bench_kret_jumps_veto(x: u64) -> u64;
+    fn bench_tail(x: u64) -> u64;
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -221,11 +238,13 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         .expect("jump with a post-handler"),
         register(Kprobe::addr(at(bench_jump_inner).offset(3)).pre(count)).expect("jump inside a function"),
         register(Kprobe::addr(at(bench_ret_jump).offset(10)).pre(count)).expect("jump at a ret"),
+        register(Kprobe::addr(at(bench_tail).offset(5)).pre(count)).expect("jump at a tail call"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     assert_eq!(kprobes[5].optimized(), Ok(()), "the post row measures a jump");
     assert_eq!(kprobes[6].optimized(), Ok(()), "the inner row measures a jump");
     assert_eq!(kprobes[7].optimized(), Ok(()), "the ret row measures a jump");
+    assert_eq!(kprobes[8].optimized(), Ok(()), "the tail call row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -272,7 +291,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 16] = [
+const TARGETS: [Target; 17] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -289,6 +308,7 @@ const TARGETS: [Target; 16] = [
     ("jump at a ret", bench_ret_jump),
     ("kret: jump entry + exit jump", bench_kret_jumps),
     ("kret: jumps, entry vetoed", bench_kret_jumps_veto),
+    ("jump at a tail call", bench_tail),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -355,6 +375,7 @@ fn ratio_table(_: &mut Criterion) {
     both("jump at a ret (jump at a ret - plain call)", 13, 6);
     both("return probe through both jumps over the entry jump (kret jump entry + exit jump - jump-optimized)", 14, 7);
     both("return side through an exit jump (kret jump entry + exit jump - the same vetoed)", 14, 15);
+    both("jump at a tail call (jump at a tail call - plain call)", 16, 6);
     jump_pairs();
 }
 

@@ -165,6 +165,10 @@ pub struct ProbeInfo {
     pub execution: &'static str,
     /// Whether hits take the jump path, or why not.
     pub jump: Result<(), NotOptimized>,
+    /// Whether its detour keeps the whole extended state (`XSAVE`: inside a function, where
+    /// any vector register may be live; costs more a hit, BENCHMARKS.md) rather than the
+    /// vector registers the calling convention passes (at an entry, a `ret`, a tail call).
+    pub whole_vector_state: bool,
     /// Counters.
     pub stats: Stats,
 }
@@ -510,6 +514,7 @@ impl Engine {
             let execution = site.arch.execution();
             let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
             let jump = st.sites.get(&addr).map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone());
+            let whole_vector_state = st.sites.get(&addr).is_some_and(|s| s.vector == VectorState::Full);
             for p in &site.probes {
                 out.push(ProbeInfo {
                     id: p.id,
@@ -519,6 +524,7 @@ impl Engine {
                     armed,
                     execution,
                     jump: jump.clone(),
+                    whole_vector_state,
                     stats: p.stats.snapshot(),
                 });
             }
@@ -1321,9 +1327,23 @@ fn locate(
         // (the return value, in `rax`/`rdx` and `xmm0`/`xmm1`): every vector register is the
         // caller's to save.
         Ok(true) if returns => VectorState::Xmm,
+        // A tail call is the callee's entry.
+        Ok(_) if tail_calls_a_function(&insn, f, st.symbols.as_ref()) => VectorState::Xmm,
         _ => vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx")),
     };
     Ok((target, insn, window, vector))
+}
+
+/// Whether `insn`, in function `f`, is a tail call: a `jmp` to another function's first
+/// instruction (or to its own, recursing), where only what the calling convention passes is
+/// live, as at that function's entry. A jump to the function's own cold part (`f.cold`), or
+/// into another function's middle (a tail the compiler shares between functions), may carry
+/// any live state and is not one.
+fn tail_calls_a_function(insn: &Insn, f: &Function, symbols: Option<&Symbols>) -> bool {
+    let ExecClass::Emulate { emulation: Emulation::Jmp { target }, .. } = insn.class else { return false };
+    let callee = symbols.and_then(|s| s.containing(target));
+    callee
+        .is_some_and(|g| g.start == target && !g.name.contains(".cold") && (g.start == f.start || !f.contains(target)))
 }
 
 /// Put the original bytes back into `code` (read at `start`) where dprobe's sites patched it.
