@@ -165,9 +165,10 @@ pub struct ProbeInfo {
     pub execution: &'static str,
     /// Whether hits take the jump path, or why not.
     pub jump: Result<(), NotOptimized>,
-    /// Whether its detour keeps the whole extended state (`XSAVE`: inside a function, where
-    /// any vector register may be live; costs more a hit, BENCHMARKS.md) rather than the
-    /// vector registers the calling convention passes (at an entry, a `ret`, a tail call).
+    /// Whether its hits take the jump path through a detour that keeps the whole extended
+    /// state (`XSAVE`: inside a function, where any vector register may be live; it costs
+    /// more a hit, BENCHMARKS.md) rather than the vector registers the calling convention
+    /// passes (at an entry, a `ret`, a tail call). False on the trap path.
     pub whole_vector_state: bool,
     /// Counters.
     pub stats: Stats,
@@ -514,7 +515,8 @@ impl Engine {
             let execution = site.arch.execution();
             let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
             let jump = st.sites.get(&addr).map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone());
-            let whole_vector_state = st.sites.get(&addr).is_some_and(|s| s.vector == VectorState::Full);
+            let whole_vector_state =
+                st.sites.get(&addr).is_some_and(|s| s.jump_status.is_ok() && s.vector == VectorState::Full);
             for p in &site.probes {
                 out.push(ProbeInfo {
                     id: p.id,
@@ -1329,21 +1331,38 @@ fn locate(
         Ok(true) if returns => VectorState::Xmm,
         // A tail call is the callee's entry.
         Ok(_) if tail_calls_a_function(&insn, f, st.symbols.as_ref()) => VectorState::Xmm,
+        // A split-off part starts with what its function had live.
+        _ if split_off_part(f) && std::arch::is_x86_feature_detected!("avx") => VectorState::Full,
         _ => vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx")),
     };
     Ok((target, insn, window, vector))
 }
 
 /// Whether `insn`, in function `f`, is a tail call: a `jmp` to another function's first
-/// instruction (or to its own, recursing), where only what the calling convention passes is
-/// live, as at that function's entry. A jump to the function's own cold part (`f.cold`), or
-/// into another function's middle (a tail the compiler shares between functions), may carry
-/// any live state and is not one.
+/// instruction (or to its own, recursing), or to a PLT entry, where only what the calling
+/// convention passes is live, as at that function's entry. A jump into a part the compiler or
+/// a post-link optimizer split off a function (`f.cold`, BOLT's `f.warm`, LLVM's
+/// `f.__part.N`), into another function's middle (a tail the compiler shares between
+/// functions), or within `f` may carry any live state and is not one; neither is an address
+/// one of whose names is such a part (folded code).
 fn tail_calls_a_function(insn: &Insn, f: &Function, symbols: Option<&Symbols>) -> bool {
     let ExecClass::Emulate { emulation: Emulation::Jmp { target }, .. } = insn.class else { return false };
-    let callee = symbols.and_then(|s| s.containing(target));
-    callee
-        .is_some_and(|g| g.start == target && !g.name.contains(".cold") && (g.start == f.start || !f.contains(target)))
+    let Some(symbols) = symbols else { return false };
+    if symbols.in_plt(target) {
+        return true;
+    }
+    let (mut named, mut parts) = (false, false);
+    for g in symbols.starting_at(target) {
+        named = true;
+        parts |= split_off_part(g);
+    }
+    named && !parts && (target == f.start || !f.contains(target))
+}
+
+/// Whether `f` is a part the compiler or a post-link optimizer split off a function (`f.cold`,
+/// BOLT's `f.warm`, LLVM's `f.__part.N`): its first instruction is not an entry.
+fn split_off_part(f: &Function) -> bool {
+    [".cold", ".warm", ".__part."].iter().any(|part| f.name.contains(part))
 }
 
 /// Put the original bytes back into `code` (read at `start`) where dprobe's sites patched it.

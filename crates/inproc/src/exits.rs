@@ -505,9 +505,13 @@ fn handed_over_at(slot: u64) -> Option<(&'static ExitStack, usize)> {
 /// The trampoline in return-address slot `slot` was returned through, with registers `seen`
 /// (`rip` the real return address, `rsp` past the slot): the activations it was written for
 /// return, with those handed over to them since (see [`return_from`]).
-pub(crate) fn returned_through_slot(slot: u64, seen: &mut Regs, probes: &[Arc<KretInner>]) {
-    let state = thread_state::existing();
-    let Some(stack) = state.and_then(thread_state::exit_stack) else { return };
+pub(crate) fn returned_through_slot(
+    state: &'static ThreadState,
+    slot: u64,
+    seen: &mut Regs,
+    probes: &[Arc<KretInner>],
+) {
+    let Some(stack) = thread_state::exit_stack(state) else { return };
     let mut stacks = OwnStacks::unknown();
     let mut pending = Pending { stack, probes };
     // Frames below the slot are gone.
@@ -521,7 +525,7 @@ pub(crate) fn returned_through_slot(slot: u64, seen: &mut Regs, probes: &[Arc<Kr
             pending.abandon(k);
         }
     }
-    return_from(stack, first, true, &mut |p, slot| returned(state, p, slot, seen), probes);
+    return_from(stack, first, true, &mut |p, slot| returned(Some(state), p, slot, seen), probes);
 }
 
 /// The trampoline in return-address slot `slot` will not be returned through (its frame was

@@ -655,7 +655,7 @@ fn returned_here(state: &'static ThreadState, frame: &mut TrampolineFrame, slot_
             let mut regs = frame.saved.regs(real_return_address(ret, slot_addr), slot_addr + 8);
             remove_at(t, i);
             trap::enter_handler();
-            exits::returned_through_slot(slot_addr, &mut regs, probes);
+            exits::returned_through_slot(state, slot_addr, &mut regs, probes);
             trap::leave_handler();
             frame.saved.set(&regs, RETURN_FLAGS);
             return ret;

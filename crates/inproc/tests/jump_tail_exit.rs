@@ -95,6 +95,46 @@ std::arch::global_asm!(
     "vzeroupper",
     "ret",
     ".size fxt_m256_callee, . - fxt_m256_callee",
+    // fxt_back(a, b) = fxt_callee(a + 1, b), through a `jmp rel32` at +4 back to a function
+    // placed before it.
+    ".globl fxt_back",
+    ".type fxt_back,@function",
+    "fxt_back:",
+    "add rdi, 1",
+    ".byte 0xe9",
+    ".long fxt_callee - . - 4",
+    ".size fxt_back, . - fxt_back",
+    // fxt_self(a, b) = a + b: adds b to a one at a time, through a `jmp rel32` at +13 back to
+    // its own first instruction (a tail call to itself).
+    ".globl fxt_self",
+    ".type fxt_self,@function",
+    "fxt_self:",
+    "test rsi, rsi",
+    "jz 1f",
+    "sub rsi, 1",
+    "add rdi, 1",
+    ".byte 0xe9",
+    ".long fxt_self - . - 4",
+    "1:",
+    "mov rax, rdi",
+    "ret",
+    ".size fxt_self, . - fxt_self",
+    // fxt_hot(a, b) = a + 1 + 2b, through a `jmp rel32` at +4 to its cold part (at +9), a
+    // symbol of its own (as gcc names the code it moves out of a function): not a tail call,
+    // and the cold part's first instruction (a 5-byte nop) not an entry.
+    ".globl fxt_hot",
+    ".type fxt_hot,@function",
+    "fxt_hot:",
+    "add rdi, 1",
+    ".byte 0xe9",
+    ".long fxt_hot.cold - . - 4",
+    ".size fxt_hot, . - fxt_hot",
+    ".type fxt_hot.cold,@function",
+    "fxt_hot.cold:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "lea rax, [rdi + rsi * 2]",
+    "ret",
+    ".size fxt_hot.cold, . - fxt_hot.cold",
 );
 
 extern "C" {
@@ -104,6 +144,9 @@ extern "C" {
     fn fxt_mid(a: u64, b: u64) -> u64;
     fn fxt_m256_call(a: u64, b: u64) -> u64;
     fn fxt_m256_tail(a: u64, b: u64) -> u64;
+    fn fxt_back(a: u64, b: u64) -> u64;
+    fn fxt_self(a: u64, b: u64) -> u64;
+    fn fxt_hot(a: u64, b: u64) -> u64;
 }
 
 /// The tests share the engine's list: one at a time.
@@ -112,19 +155,40 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The address `offset` bytes into `f`, where a `jmp` is.
+fn jmp_at(f: unsafe extern "C" fn(u64, u64) -> u64, offset: u64) -> Addr {
+    let at = addr(f).offset(offset);
+    assert!(matches!(code(at, 1)[0], 0xe9 | 0xeb), "a jmp at {at:?}");
+    at
+}
+
 /// The registered probe at `at`, as `list()` shows it.
 fn listed(at: Addr) -> ProbeInfo {
     dprobe_inproc::list().into_iter().find(|i| i.addr == at).expect("listed")
 }
 
-/// Whether a detour inside a function keeps more than the calling convention's registers.
+/// Whether a detour inside a function keeps more than the calling convention's registers:
+/// without AVX there is nothing more, and the tests below cannot tell the two apart.
 fn whole_state_inside_functions() -> bool {
-    std::arch::is_x86_feature_detected!("avx")
+    let avx = std::arch::is_x86_feature_detected!("avx");
+    if !avx {
+        eprintln!("no AVX on this CPU: every detour keeps the same registers, the kinds are not told apart");
+    }
+    avx
 }
 
-/// A counting probe on the `jmp` at `at` in `f`; `calls` calls, each result checked.
+/// A counting probe at `at` in `f`; calls, each result checked, and the hits (one a call).
 fn count_at_jump(f: unsafe extern "C" fn(u64, u64) -> u64, at: Addr, expected: fn(u64, u64) -> u64) -> ProbeInfo {
-    assert!(matches!(code(at, 1)[0], 0xe9 | 0xeb), "a jmp at {at:?}");
+    count_at_loop(f, at, expected, |_, _| 1)
+}
+
+/// [`count_at_jump`] with `jumps(a, b)` hits a call.
+fn count_at_loop(
+    f: unsafe extern "C" fn(u64, u64) -> u64,
+    at: Addr,
+    expected: fn(u64, u64) -> u64,
+    jumps: fn(u64, u64) -> u64,
+) -> ProbeInfo {
     let hits = Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
     let p = register(Kprobe::addr(at).pre(move |_| {
@@ -135,7 +199,8 @@ fn count_at_jump(f: unsafe extern "C" fn(u64, u64) -> u64, at: Addr, expected: f
     let info = listed(at);
     const CALLS: u64 = 1_000;
     assert!((0..CALLS).all(|i| call2(f, i, 3 * i) == expected(i, 3 * i)), "a wrong result");
-    assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (CALLS, CALLS, 0));
+    let jumped: u64 = (0..CALLS).map(|i| jumps(i, 3 * i)).sum();
+    assert_eq!((hits.load(Relaxed), p.hits(), p.nmissed()), (jumped, jumped, 0));
     drop(p);
     info
 }
@@ -143,18 +208,29 @@ fn count_at_jump(f: unsafe extern "C" fn(u64, u64) -> u64, at: Addr, expected: f
 #[test]
 fn a_probe_on_a_tail_call_keeps_what_an_entry_keeps() {
     let _serial = serial();
-    let info = count_at_jump(fxt_tail32, addr(fxt_tail32).offset(4), |a, b| a + 1 + 2 * b);
-    assert_eq!((info.jump, info.whole_vector_state), (Ok(()), false));
+    whole_state_inside_functions();
+    let next = count_at_jump(fxt_tail32, jmp_at(fxt_tail32, 4), |a, b| a + 1 + 2 * b);
+    let back = count_at_jump(fxt_back, jmp_at(fxt_back, 4), |a, b| a + 1 + 2 * b);
+    let own = count_at_loop(fxt_self, jmp_at(fxt_self, 13), |a, b| a + b, |_, b| b);
+    assert_eq!((next.jump, next.whole_vector_state), (Ok(()), false), "to the function after it");
+    assert_eq!((back.jump, back.whole_vector_state), (Ok(()), false), "back to a function before it");
+    assert_eq!((own.jump, own.whole_vector_state), (Ok(()), false), "to its own first instruction");
 }
 
 #[test]
-fn a_jump_within_the_function_or_into_another_ones_middle_keeps_the_whole_state() {
+fn a_jump_within_the_function_to_its_cold_part_or_into_another_ones_middle_keeps_the_whole_state() {
     let _serial = serial();
-    let inside = count_at_jump(fxt_inside, addr(fxt_inside).offset(4), |a, b| a + 1 + 2 * b);
-    let mid = count_at_jump(fxt_mid, addr(fxt_mid).offset(4), |a, _| a + 1);
     let whole = whole_state_inside_functions();
+    let inside = count_at_jump(fxt_inside, jmp_at(fxt_inside, 4), |a, b| a + 1 + 2 * b);
+    let mid = count_at_jump(fxt_mid, jmp_at(fxt_mid, 4), |a, _| a + 1);
+    let cold = count_at_jump(fxt_hot, jmp_at(fxt_hot, 4), |a, b| a + 1 + 2 * b);
+    let cold_part = addr(fxt_hot).offset(9);
+    assert_eq!(code(cold_part, 5), [0x0f, 0x1f, 0x44, 0x00, 0x00], "the cold part's nop");
+    let cold_start = count_at_jump(fxt_hot, cold_part, |a, b| a + 1 + 2 * b);
     assert_eq!((inside.jump, inside.whole_vector_state), (Ok(()), whole), "a jump to its own next instruction");
     assert_eq!((mid.jump, mid.whole_vector_state), (Ok(()), whole), "a jump into another function's middle");
+    assert_eq!((cold.jump, cold.whole_vector_state), (Ok(()), whole), "a jump to its cold part");
+    assert_eq!((cold_start.jump, cold_start.whole_vector_state), (Ok(()), whole), "the cold part's first instruction");
 }
 
 #[test]

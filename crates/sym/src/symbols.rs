@@ -250,6 +250,17 @@ impl Symbols {
         self.by_addr[..i].iter().rev().take(16).find(|f| f.contains(addr))
     }
 
+    /// Every function whose first instruction is at `addr` (aliases, folded copies).
+    pub fn starting_at(&self, addr: Addr) -> impl Iterator<Item = &Function> {
+        let first = self.by_addr.partition_point(|f| f.start < addr);
+        self.by_addr[first..].iter().take_while(move |f| f.start == addr)
+    }
+
+    /// Whether `addr` is inside a procedure linkage table: a jump there calls a function.
+    pub fn in_plt(&self, addr: Addr) -> bool {
+        self.plt_containing(addr).is_some()
+    }
+
     /// Every function, in address order.
     pub fn functions(&self) -> &[Function] {
         &self.by_addr
