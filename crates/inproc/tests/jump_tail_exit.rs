@@ -205,32 +205,39 @@ fn count_at_loop(
     info
 }
 
+/// Each probe, named by what its `jmp` does, a jump whose detour keeps the whole extended
+/// state (`whole`) or what an entry keeps.
+fn assert_jumps_keeping(whole: bool, probes: &[(&str, ProbeInfo)]) {
+    for (what, info) in probes {
+        assert_eq!((&info.jump, info.whole_vector_state), (&Ok(()), whole), "{what}");
+    }
+}
+
 #[test]
 fn a_probe_on_a_tail_call_keeps_what_an_entry_keeps() {
     let _serial = serial();
     whole_state_inside_functions();
-    let next = count_at_jump(fxt_tail32, jmp_at(fxt_tail32, 4), |a, b| a + 1 + 2 * b);
-    let back = count_at_jump(fxt_back, jmp_at(fxt_back, 4), |a, b| a + 1 + 2 * b);
-    let own = count_at_loop(fxt_self, jmp_at(fxt_self, 13), |a, b| a + b, |_, b| b);
-    assert_eq!((next.jump, next.whole_vector_state), (Ok(()), false), "to the function after it");
-    assert_eq!((back.jump, back.whole_vector_state), (Ok(()), false), "back to a function before it");
-    assert_eq!((own.jump, own.whole_vector_state), (Ok(()), false), "to its own first instruction");
+    let probes = [
+        ("to the function after it", count_at_jump(fxt_tail32, jmp_at(fxt_tail32, 4), |a, b| a + 1 + 2 * b)),
+        ("back to a function before it", count_at_jump(fxt_back, jmp_at(fxt_back, 4), |a, b| a + 1 + 2 * b)),
+        ("to its own first instruction", count_at_loop(fxt_self, jmp_at(fxt_self, 13), |a, b| a + b, |_, b| b)),
+    ];
+    assert_jumps_keeping(false, &probes);
 }
 
 #[test]
 fn a_jump_within_the_function_to_its_cold_part_or_into_another_ones_middle_keeps_the_whole_state() {
     let _serial = serial();
     let whole = whole_state_inside_functions();
-    let inside = count_at_jump(fxt_inside, jmp_at(fxt_inside, 4), |a, b| a + 1 + 2 * b);
-    let mid = count_at_jump(fxt_mid, jmp_at(fxt_mid, 4), |a, _| a + 1);
-    let cold = count_at_jump(fxt_hot, jmp_at(fxt_hot, 4), |a, b| a + 1 + 2 * b);
     let cold_part = addr(fxt_hot).offset(9);
     assert_eq!(code(cold_part, 5), [0x0f, 0x1f, 0x44, 0x00, 0x00], "the cold part's nop");
-    let cold_start = count_at_jump(fxt_hot, cold_part, |a, b| a + 1 + 2 * b);
-    assert_eq!((inside.jump, inside.whole_vector_state), (Ok(()), whole), "a jump to its own next instruction");
-    assert_eq!((mid.jump, mid.whole_vector_state), (Ok(()), whole), "a jump into another function's middle");
-    assert_eq!((cold.jump, cold.whole_vector_state), (Ok(()), whole), "a jump to its cold part");
-    assert_eq!((cold_start.jump, cold_start.whole_vector_state), (Ok(()), whole), "the cold part's first instruction");
+    let probes = [
+        ("a jump to its own next instruction", count_at_jump(fxt_inside, jmp_at(fxt_inside, 4), |a, b| a + 1 + 2 * b)),
+        ("a jump into another function's middle", count_at_jump(fxt_mid, jmp_at(fxt_mid, 4), |a, _| a + 1)),
+        ("a jump to its cold part", count_at_jump(fxt_hot, jmp_at(fxt_hot, 4), |a, b| a + 1 + 2 * b)),
+        ("the cold part's first instruction", count_at_jump(fxt_hot, cold_part, |a, b| a + 1 + 2 * b)),
+    ];
+    assert_jumps_keeping(whole, &probes);
 }
 
 #[test]
