@@ -1324,6 +1324,7 @@ fn locate(
         dprobe_sym::check_object_branches_in(f, start, len).map(|()| w)
     });
     let returns = matches!(insn.class, ExecClass::Emulate { emulation: Emulation::Ret { .. }, .. });
+    let avx = std::arch::is_x86_feature_detected!("avx");
     let vector = match window.as_ref().map(|w| w[0].addr != addr) {
         // At a `ret`, as at an entry, only values the calling convention passes are live
         // (the return value, in `rax`/`rdx` and `xmm0`/`xmm1`): every vector register is the
@@ -1332,8 +1333,8 @@ fn locate(
         // A tail call is the callee's entry.
         Ok(_) if tail_calls_a_function(&insn, f, st.symbols.as_ref()) => VectorState::Xmm,
         // A split-off part starts with what its function had live.
-        _ if split_off_part(f) && std::arch::is_x86_feature_detected!("avx") => VectorState::Full,
-        _ => vector_state(addr, f.start, endbr64_len(code) as u64, std::arch::is_x86_feature_detected!("avx")),
+        _ if split_off_part(f) && avx => VectorState::Full,
+        _ => vector_state(addr, f.start, endbr64_len(code) as u64, avx),
     };
     Ok((target, insn, window, vector))
 }

@@ -281,7 +281,8 @@ fn a_m256_argument_passed_through_a_probed_tail_call_survives_a_handler_that_run
         PreAction::Continue
     }))
     .unwrap();
-    assert_eq!((listed(at).jump, listed(at).whole_vector_state), (Ok(()), false));
+    let info = listed(at);
+    assert_eq!((info.jump, info.whole_vector_state), (Ok(()), false));
     const CALLS: u64 = 20_000;
     let threads: Vec<_> = (0..4u64)
         .map(|t| std::thread::spawn(move || (0..CALLS).all(|i| call2(fxt_m256_call, t + 7, i) == t + 7 + i + 1)))
