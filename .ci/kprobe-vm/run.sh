@@ -37,11 +37,11 @@ d = open(sys.argv[1], "rb").read()
 i = d.find(b"\xfd7zXZ\x00")
 open("vmlinux", "wb").write(lzma.LZMADecompressor().decompress(d[i:]))' "$vmlinuz"
 
-# The dprobe the tests ran (after `.ci/run`'s `cargo test --workspace` this builds nothing;
-# a release build of its own, static for the guest, took 5 of CI's 30 minutes), with the
-# loader and libraries it links: the guest has no C library of its own. Its debug
-# information stays on the host.
-(cd "$root" && cargo test --workspace --no-run -q)
+# The dprobe the tests run (a release build of its own, static for the guest, took 5 of CI's
+# 30 minutes), with the loader and libraries it links: the guest has no C library of its
+# own. Its debug information stays on the host. `.ci/run` builds it first and sets
+# DPROBE_VM_BUILT, since the tests' cargo holds the build directory's lock while they run.
+[ "${DPROBE_VM_BUILT:-}" = 1 ] || (cd "$root" && cargo test --workspace --no-run -q)
 dprobe=$root/target/debug/dprobe
 
 initrd=$(mktemp -d)
