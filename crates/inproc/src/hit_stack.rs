@@ -94,11 +94,14 @@ impl Moved {
     /// Put back the program's alternate stack, then its signal mask. Called on the program's
     /// alternate stack, back from dprobe's.
     pub(crate) fn undo(self) {
-        // SAFETY: sigaltstack reads the stack_t on this frame (the settings the program had);
-        // the thread is not on the stack now registered (dprobe's), so the kernel allows it.
-        unsafe {
-            sys::raw_syscall6(libc::SYS_sigaltstack, [&self.program as *const libc::stack_t as u64, 0, 0, 0, 0, 0])
-        };
+        // The thread is not on the stack now registered (dprobe's), so the kernel allows the
+        // change, and it took these settings from the program before. Should it refuse them
+        // now, the thread is left with no alternate stack rather than with dprobe's: a
+        // program handler running there would have its frames under the next hit path's.
+        if !set_alternate_stack(&self.program) {
+            let none = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+            set_alternate_stack(&none);
+        }
         // SAFETY: rt_sigprocmask reads 8 bytes of signal set on this frame.
         unsafe {
             sys::raw_syscall6(
@@ -299,9 +302,13 @@ fn block_asynchronous_signals() -> u64 {
 /// cleanly, rather than being delivered at the stack's top over the hit path's frames.
 /// `false` when the kernel refused.
 fn become_alternate_stack(mapping: u64) -> bool {
-    let ss = libc::stack_t { ss_sp: mapping as *mut libc::c_void, ss_flags: 0, ss_size: GUARD + SIZE };
-    // SAFETY: sigaltstack reads the stack_t on this frame and writes no old one.
-    unsafe { sys::raw_syscall6(libc::SYS_sigaltstack, [&ss as *const libc::stack_t as u64, 0, 0, 0, 0, 0]) == 0 }
+    set_alternate_stack(&libc::stack_t { ss_sp: mapping as *mut libc::c_void, ss_flags: 0, ss_size: GUARD + SIZE })
+}
+
+/// Make `ss` the calling thread's alternate stack settings; `false` when the kernel refused.
+fn set_alternate_stack(ss: &libc::stack_t) -> bool {
+    // SAFETY: sigaltstack reads the stack_t behind the reference and writes no old one.
+    unsafe { sys::raw_syscall6(libc::SYS_sigaltstack, [ss as *const libc::stack_t as u64, 0, 0, 0, 0, 0]) == 0 }
 }
 
 /// The program's alternate stack `(base, size)` (size 0: none) as the kernel has it, or, while
