@@ -5,11 +5,11 @@
 //! the bytes it replaces must be there, or something else changed the code under dprobe and
 //! that site is left alone. The checks of a step are read together: the
 //! changes within a few KiB of each other as one range, up to [`sys::MAX_RANGES`] ranges per
-//! `process_vm_readv`; the writes go through `/proc/self/mem`
-//! (the one way to write through the code's page protections), one system call per run of
-//! adjacent changes.
+//! `process_vm_readv`. The writes to pages dprobe holds writable (those under jumps) go up to
+//! 256 per `process_vm_writev`; the others through `/proc/self/mem` (the one way to write
+//! through the code's page protections), one system call per run of adjacent changes.
 //!
-//! New slots and detours, which no thread can reach yet, are written the same way: one
+//! New slots and detours, which no thread can reach yet, go through `/proc/self/mem` too: one
 //! system call per run of them that follow each other in dprobe's pages ([`write_fresh`]).
 //!
 //! Nothing here allocates per change: the registrar takes a step while the C library's
@@ -163,12 +163,49 @@ fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
     })
 }
 
-/// Write the checked changes, one system call per run of changes that follow each other in
-/// memory; a failed write becomes the outcome of each change of its run.
+/// Write the checked changes: while their pages are writable (the steps under jumps, whose
+/// pages dprobe holds writable, see `code_pages.rs`), up to [`sys::MAX_PIECES`] per system
+/// call; from the first that is not (an `int3` armed in a page left as the program had it),
+/// through `/proc/self/mem`, one system call per run of changes that follow each other in
+/// memory. A failed write becomes the outcome of each change of its run.
 fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
+    let i = write_while_writable(changes, results);
+    write_forced(changes, results, i);
+}
+
+/// Write the checked changes from the first on as pieces, while their pages take plain
+/// writes: the index of the first change left to write. A write to `/proc/self/mem` costs
+/// several times more (the kernel allocates a page and forces its way through the page's
+/// protection), and a step writes thousands of them.
+fn write_while_writable(changes: &[Change], results: &[Result<(), ProbeError>]) -> usize {
+    let mut pieces = [(Addr(0), &[][..]); sys::MAX_PIECES];
+    let mut which = [0usize; sys::MAX_PIECES];
+    let mut i = 0;
+    loop {
+        let mut n = 0;
+        let mut j = i;
+        while j < changes.len() && n < sys::MAX_PIECES {
+            if results[j].is_ok() {
+                (pieces[n], which[n]) = ((changes[j].addr, changes[j].new_bytes()), j);
+                n += 1;
+            }
+            j += 1;
+        }
+        if n == 0 {
+            return changes.len();
+        }
+        let written = sys::write_pieces(&pieces[..n]);
+        if written < n {
+            return which[written];
+        }
+        i = j;
+    }
+}
+
+/// Write the checked changes from the `i`th on through `/proc/self/mem`.
+fn write_forced(changes: &[Change], results: &mut [Result<(), ProbeError>], mut i: usize) {
     const RUN: usize = 256;
     let mut run = [0u8; RUN];
-    let mut i = 0;
     while i < changes.len() {
         if results[i].is_err() {
             i += 1;
@@ -239,4 +276,73 @@ pub(crate) fn write_fresh(pieces: &[Fresh<'_>]) -> Vec<std::io::Result<()>> {
         k = end;
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new page with protection `prot`, every byte `0x90`.
+    fn page(prot: libc::c_int) -> Addr {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        // SAFETY: a new anonymous mapping where the kernel chooses: no existing memory changes.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, rw, flags, -1, 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: the page was just mapped readable and writable, and is this test's alone.
+        unsafe {
+            std::ptr::write_bytes(p.cast::<u8>(), 0x90, 4096);
+            assert_eq!(libc::mprotect(p, 4096, prot), 0);
+        }
+        Addr(p as u64)
+    }
+
+    fn bytes(at: Addr, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        sys::read_memory(at, &mut buf).unwrap();
+        buf
+    }
+
+    /// Changes in a writable page, more than one system call takes, then one in a code page
+    /// that only `/proc/self/mem` can write, then writable ones again, and one whose check
+    /// fails in between: each made (or refused) as asked, whichever way it was written.
+    #[test]
+    fn changes_in_writable_and_read_only_pages_are_each_made_in_order() {
+        let writable = page(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
+        let code = page(libc::PROT_READ | libc::PROT_EXEC);
+        let mut changes: Vec<Change> =
+            (0..300).map(|i| Change::new(writable.offset(i * 8), &[0x90], &[0xcc])).collect();
+        changes.push(Change::new(code.offset(16), &[0x90; 5], &[0xe9, 1, 2, 3, 4]));
+        changes.push(Change::new(writable.offset(2404), &[0x90, 0x90], &[0x0f, 0x0b]));
+        changes.push(Change::new(writable.offset(2408), &[0xc3], &[0xcc]));
+        changes.push(Change::new(code.offset(100), &[0x90], &[0xcc]));
+        let results = apply(&changes);
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), changes.len() - 1);
+        match &results[302] {
+            Err(ProbeError::Patch { addr, reason }) => {
+                let expected = "expected bytes [c3], found [90]: the code changed under dprobe";
+                assert_eq!((*addr, reason.as_str()), (writable.offset(2408), expected));
+            }
+            other => panic!("the change over bytes that are not there is refused, got {other:?}"),
+        }
+        let every_eighth: Vec<u8> = bytes(writable, 2400).iter().step_by(8).copied().collect();
+        assert_eq!(every_eighth, [0xcc; 300]);
+        assert!(bytes(writable, 2400).iter().enumerate().all(|(i, &b)| i % 8 == 0 || b == 0x90));
+        assert_eq!(bytes(writable.offset(2400), 10), [0x90, 0x90, 0x90, 0x90, 0x0f, 0x0b, 0x90, 0x90, 0x90, 0x90]);
+        assert_eq!(bytes(code.offset(15), 7), [0x90, 0xe9, 1, 2, 3, 4, 0x90]);
+        assert_eq!(bytes(code.offset(99), 3), [0x90, 0xcc, 0x90]);
+    }
+
+    #[test]
+    fn pieces_are_written_up_to_the_first_whose_page_is_not_writable() {
+        let writable = page(libc::PROT_READ | libc::PROT_WRITE);
+        let code = page(libc::PROT_READ | libc::PROT_EXEC);
+        let pieces =
+            [(writable, &[1u8, 2][..]), (writable.offset(10), &[3]), (code, &[4]), (writable.offset(20), &[5])];
+        assert_eq!(sys::write_pieces(&pieces), 2);
+        assert_eq!(bytes(writable, 3), [1, 2, 0x90]);
+        assert_eq!(bytes(writable.offset(10), 1), [3]);
+        assert_eq!(bytes(code, 1), [0x90]);
+        assert_eq!(bytes(writable.offset(20), 1), [0x90]);
+    }
 }

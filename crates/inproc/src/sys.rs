@@ -15,8 +15,8 @@ use dprobe_arch::{Addr, MemoryFault};
 /// through page protections (as a debugger's `PTRACE_POKETEXT` does): an `int3` probe leaves
 /// its page `r-x`. The one exception is a page under a live jump, which the engine keeps
 /// `rwx` while the jump is there (see `code_pages.rs`: that is what keeps another tool's
-/// kernel uprobe from being written over the jump). dprobe itself still writes code only
-/// here.
+/// kernel uprobe from being written over the jump). dprobe writes code only here and, in
+/// such pages, with [`write_pieces`].
 ///
 /// A one-byte write is seen by other threads either before or after, never torn. Other
 /// threads are not serialized here: the caller writes every change of one protocol step, then
@@ -110,6 +110,43 @@ pub fn read_ranges(ranges: &[(Addr, usize)], buf: &mut [u8]) -> usize {
     // call; the kernel validates every remote range.
     let n = unsafe { raw_syscall6(libc::SYS_process_vm_readv, args) };
     usize::try_from(n).unwrap_or(0)
+}
+
+/// The most pieces [`write_pieces`] takes.
+pub const MAX_PIECES: usize = 256;
+
+/// Write each piece `(addr, bytes)` of `pieces` (at most [`MAX_PIECES`]), in order, with one
+/// system call and without faulting, through the pages' own protections
+/// (`process_vm_writev`): how many pieces were written. The first piece whose memory is not
+/// writable ends the write there (the kernel never splits one piece).
+pub fn write_pieces(pieces: &[(Addr, &[u8])]) -> usize {
+    assert!(pieces.len() <= MAX_PIECES, "at most {MAX_PIECES} pieces per write");
+    if pieces.is_empty() {
+        return 0;
+    }
+    // On the stack: the registrar writes while the C library's allocator may be probed.
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let (mut local, mut remote) = ([empty; MAX_PIECES], [empty; MAX_PIECES]);
+    for ((l, r), (addr, bytes)) in local.iter_mut().zip(&mut remote).zip(pieces) {
+        // The kernel only reads the local side of a write; the iovec type is shared with reads.
+        *l = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+        *r = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: bytes.len() };
+    }
+    let n = pieces.len() as u64;
+    let args = [own_pid() as u64, local.as_ptr() as u64, n, remote.as_ptr() as u64, n, 0];
+    // SAFETY: each local iovec describes a piece's bytes, borrowed for the call; the kernel
+    // validates every remote range and writes only where the page allows it.
+    let written = usize::try_from(unsafe { raw_syscall6(libc::SYS_process_vm_writev, args) }).unwrap_or(0);
+    let mut whole = 0;
+    let mut total = 0;
+    for (_, bytes) in pieces {
+        if total + bytes.len() > written {
+            break;
+        }
+        total += bytes.len();
+        whole += 1;
+    }
+    whole
 }
 
 /// Copy between `local` and this process's memory at `addr` with `process_vm_readv`/`writev`,
