@@ -285,10 +285,15 @@ impl Engine {
     }
 
     /// Turn the jumps of `sites` back into `int3`s, saying why, each step of the protocol
-    /// once for all of them.
-    fn unjump_all(&self, st: &mut State, sites: BTreeMap<Addr, NotOptimized>) -> Result<(), ProbeError> {
+    /// once for all of them: the spans of the jumps undone, whose pages the caller gives back
+    /// (`CodePages::release_all`), and the first error.
+    fn unjump_all(
+        &self,
+        st: &mut State,
+        sites: BTreeMap<Addr, NotOptimized>,
+    ) -> (Vec<(Addr, u64)>, Result<(), ProbeError>) {
         if sites.is_empty() {
-            return Ok(());
+            return (Vec::new(), Ok(()));
         }
         // Out of the tree before the first write: from then on the registrar's allocations and
         // frees may trap on a probed allocator turned back into an `int3`.
@@ -316,10 +321,9 @@ impl Engine {
             }
             gone.push((start, JUMP_LEN as u64));
         }
-        st.pages.release_all(&gone);
         self.set_routes(&unrouted, &[]);
         self.set_window_starts(&starts);
-        first_error.map_or(Ok(()), Err)
+        (gone, first_error.map_or(Ok(()), Err))
     }
 
     /// Where a probe would go, without registering anything.
@@ -620,14 +624,18 @@ impl Engine {
                 unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
             }
         }
-        self.unjump_all(st, unjumps)?;
-        // 2. Disarm sites left without an enabled probe, before they are published so.
+        let (unjumped, unjumping) = self.unjump_all(st, unjumps);
+        // 2. Disarm sites left without an enabled probe, before they are published so. The
+        //    pages of the jumps just undone get their protection back after that: writes to
+        //    pages still held writable cost less (`code_writes.rs`).
         let disarms: Vec<Addr> = lists
             .iter()
             .filter(|(a, probes)| st.sites[*a].armed && !probes.iter().any(|p| p.stats.is_enabled()))
             .map(|(a, _)| *a)
             .collect();
-        set_armed(&mut st.sites, &disarms, false)?;
+        let disarmed = unjumping.and_then(|()| set_armed(&mut st.sites, &disarms, false));
+        st.pages.release_all(&unjumped);
+        disarmed?;
         // 3. Publish, and wait for readers of the old rows.
         let mut published = Vec::with_capacity(lists.len());
         let rows: Vec<TableEntry<Prepared>> = lists
