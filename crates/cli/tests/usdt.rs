@@ -47,6 +47,10 @@ fn specs(prog: &str) -> [String; 3] {
 /// A copy of the -O2 program with every symbol stripped (`strip`): its notes stay, but no
 /// function symbol covers a probe's site any more.
 fn stripped() -> String {
+    // Made once, under a lock: a copy put again over one that another test runs would be
+    // another file, which the probes that test resolved do not name.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let copy = format!("{}-stripped", usdt("-O2"));
     if !std::path::Path::new(&copy).exists() {
         let partial = format!("{copy}.tmp");

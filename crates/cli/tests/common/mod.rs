@@ -260,15 +260,10 @@ pub fn line_of(marker: &str) -> u32 {
 pub fn vars_program(compiler: &str, opt: &str, extra: &[&str]) -> String {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../dwarf/tests/fixtures/vars.c");
     let tag: String = extra.iter().map(|e| e.replace(|c: char| !c.is_ascii_alphanumeric(), "")).collect();
-    let dir = dprobe_test_fixtures::scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "vars");
-    let out = dir.join(format!("vars-{compiler}{opt}{tag}"));
-    if !out.exists() {
-        let partial = out.with_extension(format!("tmp{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-        let ok = Command::new(compiler).args(["-g", opt]).args(extra).arg("-o").arg(&partial).arg(src).status();
-        assert!(ok.unwrap().success(), "compiling {src} with {compiler} {opt}");
-        std::fs::rename(&partial, &out).unwrap();
-    }
-    out.to_string_lossy().into_owned()
+    // Built once per process, under a lock: a program put again over one that another test
+    // runs would be another file, which the probes that test resolved do not name.
+    let flags: Vec<&str> = ["-g", opt].into_iter().chain(extra.iter().copied()).collect();
+    dprobe_test_fixtures::c_program_by(compiler, src, &format!("vars-{compiler}{opt}{tag}"), &flags).to_owned()
 }
 
 /// The first child of process `pid`, if it has one, whichever of its threads made it
