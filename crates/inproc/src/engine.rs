@@ -1193,13 +1193,17 @@ fn jump_of(site: &SiteState) -> optimizer::Jump<'_> {
 /// (`dprobe_arch::exit_detour_code`); a thread stopped at the exit itself goes to the detour's
 /// entry, where the exit's handlers run. The map is in the copies' order: the exit first.
 fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
+    // No allocation: this runs while the sites are armed, and the C library's allocator may
+    // be one of them (each call would trap).
     let mut map = [(addr, detour.window.addr); safepoint::MAX_WINDOW];
-    let pairs: Vec<(Addr, Addr)> = match &detour.prefix {
-        Some(prefix) => std::iter::once((addr, detour.entry())).chain(prefix.map.iter().copied()).collect(),
-        None => detour.window.map.clone(),
+    let (first, rest) = match &detour.prefix {
+        Some(prefix) => (Some((addr, detour.entry())), &prefix.map[..]),
+        None => (None, &detour.window.map[..]),
     };
-    for (slot, pair) in map.iter_mut().zip(&pairs) {
+    let mut len = 0;
+    for (slot, pair) in map.iter_mut().zip(first.iter().chain(rest)) {
         *slot = *pair;
+        len += 1;
     }
     let end = detour.prefix.as_ref().unwrap_or(&detour.window);
     WindowCopy {
@@ -1210,7 +1214,7 @@ fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
             start: detour.jump_from,
             end: detour.window.original_end,
             map,
-            len: pairs.len(),
+            len,
             after_first: detour.window.after_first,
         },
     }
