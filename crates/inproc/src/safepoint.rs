@@ -206,14 +206,15 @@ pub fn moved() -> u64 {
 pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     let no = |reason: String| NotOptimized::NoSafepoint { reason };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let maps = dprobe_sym::read_maps().map_err(|e| no(format!("reading the memory map: {e}")))?;
+    // Read and parsed without the C library: its functions may be probed, on `int3` (the
+    // batch being placed), and each call would trap.
+    let mut text = Vec::with_capacity(256 << 10);
+    sys::read_own_maps(&mut text).map_err(|e| no(format!("reading the memory map: {e}")))?;
+    let text = std::str::from_utf8(&text).map_err(|e| no(format!("reading the memory map: {e}")))?;
     // Stacks of threads created after this are not listed; those threads never ran inside a
     // window (the trap path already sends hits to the detour), so nothing is lost.
-    plan.stacks = maps
-        .iter()
-        .filter(|m| m.read && m.write && m.path.as_deref().is_none_or(|p| p == "[stack]"))
-        .map(|m| (m.start.0, m.end.0))
-        .collect();
+    plan.stacks.clear();
+    plan.stacks.extend(dprobe_sym::stack_ranges(text));
     plan.stacks.sort_unstable();
     signals::install(safepoint_signal(), on_safepoint)
         .map_err(|e| no(format!("installing the signal handler: {e}")))?;

@@ -51,6 +51,45 @@ pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's `/proc/self/maps`, read into `text` (emptied first) with the system calls
+/// themselves: while a batch is being placed the C library's `open`, `read`, `close` and
+/// allocator may be probed, on `int3` (`text` is grown only when the map outgrows it).
+pub fn read_own_maps(text: &mut Vec<u8>) -> io::Result<()> {
+    text.clear();
+    let path = c"/proc/self/maps";
+    // SAFETY: opens a file by a NUL-terminated path that lives for the call.
+    let fd = unsafe {
+        raw_syscall6(
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, path.as_ptr() as u64, libc::O_RDONLY as u64 | libc::O_CLOEXEC as u64, 0, 0, 0],
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd as i32));
+    }
+    let outcome = loop {
+        if text.capacity() - text.len() < 4096 {
+            text.reserve(text.capacity().max(64 << 10));
+        }
+        let room = text.spare_capacity_mut();
+        // SAFETY: reads into the vector's spare capacity, which `room` spans.
+        let n =
+            unsafe { raw_syscall6(libc::SYS_read, [fd as u64, room.as_mut_ptr() as u64, room.len() as u64, 0, 0, 0]) };
+        match n {
+            0 => break Ok(()),
+            n if n > 0 => {
+                // SAFETY: the kernel wrote `n` bytes after the initialized ones.
+                unsafe { text.set_len(text.len() + n as usize) };
+            }
+            n if n == -(libc::EINTR as i64) => {}
+            n => break Err(io::Error::from_raw_os_error(-n as i32)),
+        }
+    };
+    // SAFETY: closes the descriptor opened above, which nothing else holds.
+    unsafe { raw_syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) };
+    outcome
+}
+
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 6;
 

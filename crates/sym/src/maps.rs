@@ -93,6 +93,20 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// The ranges `(start, end)` of the mappings of `text` (a `/proc/PID/maps`) that may be a
+/// thread's stack: readable and writable, anonymous or `[stack]`. Allocates nothing: it runs
+/// while the C library's allocator may be probed.
+pub fn stack_ranges(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    text.lines().filter_map(|line| {
+        let mut fields = line.splitn(6, ' ');
+        let (start, end) = fields.next()?.split_once('-')?;
+        let perms = fields.next()?.as_bytes();
+        let path = fields.nth(3).map(str::trim).unwrap_or_default();
+        let stack = perms.starts_with(b"rw") && (path.is_empty() || path == "[stack]");
+        stack.then_some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?))
+    })
+}
+
 fn parse_line(line: &str) -> Option<Mapping> {
     let mut fields = line.splitn(6, ' ');
     let (start, end) = fields.next()?.split_once('-')?;
@@ -118,6 +132,24 @@ fn parse_line(line: &str) -> Option<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_ranges_are_the_writable_anonymous_mappings_and_the_main_stack() {
+        let text = "400000-401000 r-xp 00000000 fe:01 1 /a\n\
+                    403000-500000 rw-p 00000000 00:00 0\n\
+                    500000-501000 rw-p 00000000 00:00 0 [heap]\n\
+                    600000-601000 r--p 00000000 00:00 0\n\
+                    700000-702000 rw-p 00001000 fe:01 1 /a\n\
+                    7ffd0000-7ffe0000 rw-p 00000000 00:00 0                          [stack]\n";
+        let stacks: Vec<(u64, u64)> = stack_ranges(text).collect();
+        assert_eq!(stacks, [(0x403000, 0x500000), (0x7ffd_0000, 0x7ffe_0000)]);
+        let parsed: Vec<(u64, u64)> = parse_maps(text)
+            .iter()
+            .filter(|m| m.read && m.write && m.path.as_deref().is_none_or(|p| p == "[stack]"))
+            .map(|m| (m.start.0, m.end.0))
+            .collect();
+        assert_eq!(stacks, parsed, "the same as the full parse says");
+    }
 
     #[test]
     fn free_pages_nearest_first() {
