@@ -117,6 +117,8 @@ pub(crate) fn apply(changes: &[Change]) -> Vec<Result<(), ProbeError>> {
     results
 }
 
+const PAGE: u64 = 4096;
+
 /// The most bytes one read of a step's checks takes.
 const READ_BYTES: usize = 64 << 10;
 
@@ -163,24 +165,26 @@ fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
     })
 }
 
-/// Write the checked changes: while their pages are writable (the steps under jumps, whose
-/// pages dprobe holds writable, see `code_pages.rs`), up to [`sys::MAX_PIECES`] per system
-/// call; from the first that is not (an `int3` armed in a page left as the program had it),
-/// through `/proc/self/mem`, one system call per run of changes that follow each other in
-/// memory. A failed write becomes the outcome of each change of its run.
+/// Write the checked changes: those whose pages are writable (the pages dprobe holds
+/// writable under jumps, see `code_pages.rs`) up to [`sys::MAX_PIECES`] per system call; the
+/// others (an `int3` armed in a page left as the program had it) through `/proc/self/mem`,
+/// one system call per run of changes that follow each other in memory within the page
+/// that refused. A failed write becomes the outcome of each change of its run.
 fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
-    let i = write_while_writable(changes, results);
-    write_forced(changes, results, i);
+    let mut i = 0;
+    while i < changes.len() {
+        i = write_while_writable(changes, results, i);
+        i = write_forced(changes, results, i);
+    }
 }
 
-/// Write the checked changes from the first on as pieces, while their pages take plain
+/// Write the checked changes from the `i`th on as pieces, while their pages take plain
 /// writes: the index of the first change left to write. A write to `/proc/self/mem` costs
 /// several times more (the kernel allocates a page and forces its way through the page's
 /// protection), and a step writes thousands of them.
-fn write_while_writable(changes: &[Change], results: &[Result<(), ProbeError>]) -> usize {
+fn write_while_writable(changes: &[Change], results: &[Result<(), ProbeError>], mut i: usize) -> usize {
     let mut pieces = [(Addr(0), &[][..]); sys::MAX_PIECES];
     let mut which = [0usize; sys::MAX_PIECES];
-    let mut i = 0;
     loop {
         let mut n = 0;
         let mut j = i;
@@ -202,11 +206,15 @@ fn write_while_writable(changes: &[Change], results: &[Result<(), ProbeError>]) 
     }
 }
 
-/// Write the checked changes from the `i`th on through `/proc/self/mem`.
-fn write_forced(changes: &[Change], results: &mut [Result<(), ProbeError>], mut i: usize) {
+/// Write the checked changes from the `i`th on through `/proc/self/mem`, up to the first in
+/// another page than the `i`th (whose page may take plain writes): the index of the first
+/// change left to write.
+fn write_forced(changes: &[Change], results: &mut [Result<(), ProbeError>], mut i: usize) -> usize {
     const RUN: usize = 256;
     let mut run = [0u8; RUN];
-    while i < changes.len() {
+    let page = |c: &Change| c.addr.0 / PAGE;
+    let Some(refused) = changes.get(i).map(page) else { return i };
+    while i < changes.len() && page(&changes[i]) == refused {
         if results[i].is_err() {
             i += 1;
             continue;
@@ -231,6 +239,7 @@ fn write_forced(changes: &[Change], results: &mut [Result<(), ProbeError>], mut 
         }
         i = j;
     }
+    i
 }
 
 /// New code for memory no thread can reach yet (a slot or a detour being built): `code` at

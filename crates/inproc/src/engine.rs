@@ -176,6 +176,10 @@ pub struct ProbeInfo {
 
 static ENGINE: OnceLock<Engine> = OnceLock::new();
 
+/// Sites in address order whose pages under their jump to come were made writable before
+/// they were armed, with the outcome (`None` once [`Engine::make_jumps`] took it over).
+type HeldPages = Vec<(Addr, Option<Result<(), String>>)>;
+
 impl Engine {
     /// The engine, if any probe was ever registered. Async-signal-safe.
     pub fn get() -> Option<&'static Engine> {
@@ -693,6 +697,10 @@ impl Engine {
                 arms.push(*addr);
             }
         }
+        // The pages under the jumps to come are made writable before their sites are armed:
+        // the `int3`s then go in as pieces (`code_writes.rs`), and each page's alias is made
+        // while the C library's functions are not armed yet (making it opens the file).
+        let mut held = self.hold_pages_before_arming(st, maps, &arms);
         let armed = set_armed(&mut st.sites, &arms, true);
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
         //    cannot become one stays a working int3 probe: this never fails the call. Sites
@@ -731,9 +739,17 @@ impl Engine {
             };
             st.sites.get_mut(addr).expect("site of a list").jump_status = status;
         }
-        for (addr, status) in self.make_jumps(st, maps, &to_jump) {
+        for (addr, status) in self.make_jumps(st, maps, &to_jump, &mut held) {
             st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
         }
+        // Pages held for sites that did not become jumps after all (a probe inside the
+        // window, say) get their protection back.
+        let unused: Vec<(Addr, u64)> = held
+            .into_iter()
+            .filter(|(_, h)| h.as_ref().is_some_and(Result::is_ok))
+            .map(|(a, _)| (jump_start(a, &st.sites[&a]), JUMP_LEN as u64))
+            .collect();
+        st.pages.release_all(&unused);
         // 6. Sites left without probes give their detours up, to be reused once no thread
         //    can be inside them.
         //    A hit still running through one finds no site (it runs no handler): the site
@@ -787,10 +803,44 @@ impl Engine {
         }
     }
 
+    /// Make the pages under the jumps that the sites `arming` (about to be armed, in address
+    /// order) will take writable, for those that can be jumps and have their detour: for
+    /// each, in address order, whether its pages are held (see [`Engine::make_jumps`], which
+    /// takes them over).
+    fn hold_pages_before_arming(&self, st: &mut State, maps: &[Mapping], arming: &[Addr]) -> HeldPages {
+        if shadow_stack() {
+            return Vec::new();
+        }
+        let ready = |a: &Addr| {
+            let site = &st.sites[a];
+            let post = site.probes.iter().any(|p| p.has_post());
+            site.detour.is_some()
+                && site.detour_post == post
+                && optimizer::wanted(*a, &site.window, &site.probes).is_ok()
+        };
+        let sites: Vec<Addr> = arming.iter().copied().filter(ready).collect();
+        debug_assert!(sites.windows(2).all(|w| w[0] < w[1]), "in address order, for make_jumps' search");
+        let spans: Vec<(Addr, u64)> = sites.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
+        let held = st.pages.acquire_all(maps, &spans);
+        sites.into_iter().zip(held.into_iter().map(Some)).collect()
+    }
+
     /// Build (once) and write the detours of armed sites, then put their jumps in place, each
     /// step of the protocol once for all of them (one serialization of every thread per step,
-    /// one safepoint): for each site, whether it is a jump now or why not.
-    fn make_jumps(&self, st: &mut State, maps: &[Mapping], addrs: &[Addr]) -> Vec<(Addr, Result<(), NotOptimized>)> {
+    /// one safepoint): for each site, whether it is a jump now or why not. `held` has the
+    /// sites whose pages were made writable already ([`Engine::hold_pages_before_arming`]):
+    /// those of `addrs` are taken out of it, and their pages given back if they do not become
+    /// jumps.
+    fn make_jumps(
+        &self,
+        st: &mut State,
+        maps: &[Mapping],
+        addrs: &[Addr],
+        held: &mut HeldPages,
+    ) -> Vec<(Addr, Result<(), NotOptimized>)> {
+        // A vector, not a map: this runs while the sites are armed, the C library's allocator
+        // among them, and a map's nodes are freed as its entries go.
+        let mut take = |a: &Addr| held.binary_search_by_key(a, |(h, _)| *h).ok().and_then(|i| held[i].1.take());
         if addrs.is_empty() {
             return Vec::new();
         }
@@ -805,9 +855,20 @@ impl Engine {
         //     from now on off them; then the windows are compared with their files, which
         //     finds a uprobe or another tool's patch placed before (`code_pages.rs`,
         //     `file_code.rs`). One placed since is found by the patching step's own check.
+        let failed: Vec<(Addr, u64)> = addrs
+            .iter()
+            .filter(|a| status.contains_key(a) && take(a).is_some_and(|h| h.is_ok()))
+            .map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64))
+            .collect();
+        st.pages.release_all(&failed);
         let checked: Vec<Addr> = addrs.iter().copied().filter(|a| !status.contains_key(a)).collect();
         let spans: Vec<(Addr, u64)> = checked.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
-        let held = st.pages.acquire_all(maps, &spans);
+        let taken: Vec<Option<Result<(), String>>> = checked.iter().map(&mut take).collect();
+        let pending: Vec<(Addr, u64)> =
+            taken.iter().zip(&spans).filter(|(h, _)| h.is_none()).map(|(_, s)| *s).collect();
+        let mut acquired = st.pages.acquire_all(maps, &pending).into_iter();
+        let held: Vec<Result<(), String>> =
+            taken.into_iter().map(|h| h.unwrap_or_else(|| acquired.next().expect("one outcome per span"))).collect();
         let windows: Vec<&[Insn]> = checked.iter().map(|a| st.sites[a].window.as_deref().unwrap_or_default()).collect();
         let in_files = file_code::check_windows(maps, &windows);
         let mut refused = Vec::new();

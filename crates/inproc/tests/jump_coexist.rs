@@ -79,6 +79,15 @@ std::arch::global_asm!(
     "ret",
     ".size fxc_undone_exit, . - fxc_undone_exit",
     ".p2align 12",
+    ".globl fxc_blocked",
+    ".type fxc_blocked,@function",
+    "fxc_blocked:",
+    "mov rax, rdi",
+    "add rax, rsi",
+    "add rax, 0x70",
+    "ret",
+    ".size fxc_blocked, . - fxc_blocked",
+    ".p2align 12",
 );
 
 extern "C" {
@@ -90,6 +99,7 @@ extern "C" {
     fn fxc_foreign(a: u64, b: u64) -> u64;
     fn fxc_undone(a: u64, b: u64) -> u64;
     fn fxc_undone_exit(a: u64, b: u64) -> u64;
+    fn fxc_blocked(a: u64, b: u64) -> u64;
 }
 
 /// A probe counting its hits in `hits`.
@@ -133,6 +143,36 @@ fn the_page_under_a_jump_is_writable_while_a_jump_is_there_and_r_x_after_the_las
     drop(second);
     assert_eq!(perms(a), "r-xp", "no jump left in the page");
     assert_eq!(HITS.load(Relaxed), 3);
+}
+
+/// A batch makes the pages under its jumps writable before it arms its sites; a site that
+/// then cannot be a jump after all (an `int3` probe inside its window, from the same batch)
+/// gives its page back.
+#[test]
+fn a_page_made_writable_for_a_jump_that_a_probe_in_its_window_blocks_is_given_back() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let outer = addr(fxc_blocked);
+    let inner = outer.offset(3);
+    let count = |at: Addr| {
+        Kprobe::addr(at).pre(|_| {
+            HITS.fetch_add(1, Relaxed);
+            PreAction::Continue
+        })
+    };
+    let mut probes = dprobe_inproc::register_all(vec![count(outer), count(inner).no_optimize()]).unwrap();
+    assert_eq!(probes[0].optimized(), Err(NotOptimized::ProbeInWindow { other: inner }));
+    assert_eq!(perms(outer), "r-xp", "no jump in the page: its protection is back");
+    assert_eq!(call2(fxc_blocked, 1, 2), 0x73);
+    assert_eq!(HITS.load(Relaxed), 2);
+    // The probe inside the window gone, the outer one becomes a jump.
+    drop(probes.pop());
+    assert_eq!(probes[0].optimized(), Ok(()));
+    assert_eq!(perms(outer), "rwxp");
+    assert_eq!(call2(fxc_blocked, 3, 4), 0x77);
+    assert_eq!(HITS.load(Relaxed), 3);
+    drop(probes);
+    assert_eq!(perms(outer), "r-xp");
+    assert_eq!(code(outer, 10), [0x48, 0x89, 0xf8, 0x48, 0x01, 0xf0, 0x48, 0x83, 0xc0, 0x70]);
 }
 
 #[test]
