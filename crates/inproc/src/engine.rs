@@ -391,6 +391,7 @@ impl Engine {
         let placed: Vec<Located> = placed;
         let mut lists = BTreeMap::new();
         let mut out = Vec::new();
+        let first_new = ProbeId(st.next_id + 1);
         for (probe, (target, insn, window, vector)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
             let addr = target.addr;
@@ -415,16 +416,18 @@ impl Engine {
             });
             lists.entry(addr).or_insert_with(|| site.probes.clone()).push(entry);
         }
-        let new_sites: Vec<Addr> =
-            lists.keys().copied().filter(|a| st.sites[a].probes.is_empty() && !st.sites[a].armed).collect();
-        let before: BTreeMap<Addr, Vec<Arc<ProbeEntry>>> =
-            lists.keys().map(|a| (*a, st.sites[a].probes.clone())).collect();
+        let batch: Vec<Addr> = lists.keys().copied().collect();
         if let Err(e) = self.apply(&mut st, &maps, lists) {
             // A step failed after others were taken: put every site of the batch back as it
-            // was, so that a refused batch leaves no probe of it behind.
+            // was (its probes without this batch's), so that a refused batch leaves no probe
+            // of it behind; sites left with nothing to keep go.
+            let before: BTreeMap<Addr, Vec<Arc<ProbeEntry>>> = batch
+                .iter()
+                .map(|a| (*a, st.sites[a].probes.iter().filter(|p| p.id < first_new).cloned().collect()))
+                .collect();
             let _ = self.apply(&mut st, &maps, before);
-            for a in new_sites {
-                if st.sites.get(&a).is_some_and(|s| s.slots.is_empty() && s.probes.is_empty()) {
+            for a in batch {
+                if st.sites.get(&a).is_some_and(|s| s.slots.is_empty() && s.probes.is_empty() && !s.armed) {
                     st.sites.remove(&a);
                 }
             }
@@ -442,22 +445,22 @@ impl Engine {
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
-        let mut lists = BTreeMap::new();
-        let mut finals = Vec::new();
-        // Where each probe is, in one pass over the sites (a batch may name thousands).
+        // Where each probe is, and each site's list without them, in one pass over the sites
+        // (a batch may name thousands).
         let wanted: std::collections::HashSet<ProbeId> = ids.iter().copied().collect();
-        let mut found: std::collections::HashMap<ProbeId, (Addr, Arc<ProbeEntry>)> = std::collections::HashMap::new();
+        let mut found: std::collections::HashMap<ProbeId, Arc<ProbeEntry>> = std::collections::HashMap::new();
+        let mut lists = BTreeMap::new();
         for (a, s) in &st.sites {
-            for p in s.probes.iter().filter(|p| wanted.contains(&p.id)) {
-                found.insert(p.id, (*a, p.clone()));
+            if s.probes.iter().any(|p| wanted.contains(&p.id)) {
+                let (going, kept): (Vec<_>, Vec<_>) = s.probes.iter().cloned().partition(|p| wanted.contains(&p.id));
+                found.extend(going.into_iter().map(|p| (p.id, p)));
+                lists.insert(*a, kept);
             }
         }
-        for id in ids {
-            let (addr, entry) = found.get(id).cloned().ok_or(ProbeError::NotRegistered(id.0))?;
-            let list: &mut Vec<Arc<ProbeEntry>> = lists.entry(addr).or_insert_with(|| st.sites[&addr].probes.clone());
-            list.retain(|p| p.id != *id);
-            finals.push(entry);
-        }
+        let finals: Vec<Arc<ProbeEntry>> = ids
+            .iter()
+            .map(|id| found.get(id).cloned().ok_or(ProbeError::NotRegistered(id.0)))
+            .collect::<Result<_, _>>()?;
         self.apply(&mut st, &maps, lists)?;
         Ok(finals.iter().map(|e| e.stats.snapshot()).collect())
     }
@@ -623,7 +626,10 @@ impl Engine {
                     unjumps.entry(*addr).or_insert(NotOptimized::PostHandler);
                 }
             }
-            let over = near(&st.sites, *addr).find(|(a, s)| s.jumping && blocks(**a, s, *addr, &st.sites[addr]));
+            // (A site left without probes puts no `int3` in a jump's window.)
+            let over = (!probes.is_empty())
+                .then(|| near(&st.sites, *addr).find(|(a, s)| s.jumping && blocks(**a, s, *addr, &st.sites[addr])))
+                .flatten();
             if let Some((&outer, _)) = over {
                 unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
             }
@@ -707,9 +713,11 @@ impl Engine {
         //    kept on int3 by a probe inside their window are looked at again too: that probe
         //    may be gone or disabled now.
         let mut consider = lists;
+        // (Only a site whose probes are all gone or disabled now can have kept one on int3.)
         let blocked: Vec<Addr> = consider
-            .keys()
-            .flat_map(|addr| {
+            .iter()
+            .filter(|(_, probes)| !probes.iter().any(|p| p.stats.is_enabled()))
+            .flat_map(|(addr, _)| {
                 near(&st.sites, *addr).filter_map(|(a, s)| {
                     let waits =
                         s.armed && !s.jumping && matches!(s.jump_status, Err(NotOptimized::ProbeInWindow { .. }));
@@ -724,10 +732,9 @@ impl Engine {
         let mut to_jump = Vec::new();
         for (addr, probes) in &consider {
             let site = &st.sites[addr];
-            let inside = near(&st.sites, *addr).find(|(b, other)| other.armed && blocks(*addr, site, **b, other));
-            let inside = inside.map(|(b, _)| *b);
-            let wanted = optimizer::wanted(*addr, &st.sites[addr].window, probes)
-                .and_then(|()| inside.map_or(Ok(()), |other| Err(NotOptimized::ProbeInWindow { other })));
+            let inside = || near(&st.sites, *addr).find(|(b, other)| other.armed && blocks(*addr, site, **b, other));
+            let wanted = optimizer::wanted(*addr, &site.window, probes)
+                .and_then(|()| inside().map_or(Ok(()), |(&other, _)| Err(NotOptimized::ProbeInWindow { other })));
             let status = match wanted {
                 Ok(()) if st.sites[addr].jumping => Ok(()),
                 Ok(()) if st.sites[addr].armed => {
@@ -847,10 +854,14 @@ impl Engine {
         if shadow_stack() {
             return addrs.iter().map(|a| (*a, Err(NotOptimized::ShadowStack))).collect();
         }
-        // 1. Detours (most were built before the sites were armed, see `apply`).
-        let wants: Vec<(Addr, bool)> =
-            addrs.iter().map(|a| (*a, st.sites[a].probes.iter().any(|p| p.has_post()))).collect();
-        let mut status = self.build_detours(st, maps, &wants);
+        // 1. Detours (most were built before the sites were armed, see `apply`: here only
+        //    those of sites that were kept on int3 by a probe inside their window).
+        let wants: Vec<(Addr, bool)> = addrs
+            .iter()
+            .map(|a| (*a, st.sites[a].probes.iter().any(|p| p.has_post())))
+            .filter(|(a, post)| st.sites[a].detour.is_none() || st.sites[a].detour_post != *post)
+            .collect();
+        let mut status = if wants.is_empty() { BTreeMap::new() } else { self.build_detours(st, maps, &wants) };
         // 1b. The pages under the jumps become writable, which keeps kernel uprobes registered
         //     from now on off them; then the windows are compared with their files, which
         //     finds a uprobe or another tool's patch placed before (`code_pages.rs`,
