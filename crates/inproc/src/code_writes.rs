@@ -5,9 +5,10 @@
 //! the bytes it replaces must be there, or something else changed the code under dprobe and
 //! that site is left alone. The checks of a step are read together: the
 //! changes within a few KiB of each other as one range, up to [`sys::MAX_RANGES`] ranges per
-//! `process_vm_readv`. The writes to pages dprobe holds writable (those under jumps) go up to
-//! 256 per `process_vm_writev`; the others through `/proc/self/mem` (the one way to write
-//! through the code's page protections), one system call per run of adjacent changes.
+//! `process_vm_readv`. The writes to pages dprobe holds writable (those under jumps) are plain
+//! stores under the fault guard (or, where the guard cannot be relied on, up to 256 per
+//! `process_vm_writev`); the others go through `/proc/self/mem` (the one way to write through
+//! the code's page protections), one system call per run of adjacent changes.
 //!
 //! New slots and detours, which no thread can reach yet, go through `/proc/self/mem` too: one
 //! system call per run of them that follow each other in dprobe's pages ([`write_fresh`]).
@@ -18,7 +19,7 @@
 use dprobe_arch::{Addr, Patch};
 use dprobe_core::ProbeError;
 
-use crate::sys;
+use crate::{guard, signals, sys, thread_state, trap};
 
 /// The longest change: the bytes of a `jmp rel32` after its first.
 const MAX_CHANGE: usize = 8;
@@ -171,18 +172,60 @@ fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
 /// one system call per run of changes that follow each other in memory within the page
 /// that refused. A failed write becomes the outcome of each change of its run.
 fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
+    let store = if stores_guarded() { store_pieces } else { sys::write_pieces };
     let mut i = 0;
     while i < changes.len() {
-        i = write_while_writable(changes, results, i);
+        i = write_while_writable(changes, results, i, store);
         i = write_forced(changes, results, i);
     }
+}
+
+/// Writes pieces `(addr, bytes)` in order up to the first whose memory does not take them:
+/// how many were written.
+type WritePieces = fn(&[(Addr, &[u8])]) -> usize;
+
+/// Whether this thread's writes can be plain stores under the fault guard: it has its state,
+/// and dprobe's handler still takes the faults (a program may have installed its own since).
+fn stores_guarded() -> bool {
+    thread_state::current().is_some()
+        && [libc::SIGSEGV, libc::SIGBUS].iter().all(|sig| signals::handler_in_place(*sig, trap::on_fault))
+}
+
+/// Write each piece `(addr, bytes)` of `pieces`, in order, with plain stores under the fault
+/// guard (`guard.rs`): how many were written. The first piece whose memory does not take the
+/// store (a page the program made read-only again) faults, and the write ends there. A
+/// system call per piece costs about 1 µs, and a step writes thousands of them.
+fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
+    let mut done = 0usize;
+    let progress: *mut usize = &mut done;
+    let _ = guard::call_guarded_in(thread_state::current(), || {
+        for (n, (addr, bytes)) in pieces.iter().enumerate() {
+            for (k, byte) in bytes.iter().enumerate() {
+                // SAFETY: a store into code whose bytes were checked just before (the change
+                // replaces what is there); a page that does not take it raises a fault, which
+                // the guard turns into a return here. Byte by byte, in order, so that no call
+                // (a probed `memcpy`) runs inside, and a byte 0 is one store.
+                unsafe { (addr.0 as *mut u8).add(k).write_volatile(*byte) };
+            }
+            // SAFETY: `progress` points to `done`, alive for the call. Volatile, as the stores
+            // are, so that it is in memory, in order, when a fault abandons the loop.
+            unsafe { progress.write_volatile(n + 1) };
+        }
+    });
+    // SAFETY: as above; read after the guarded call returned, either way.
+    unsafe { progress.read_volatile() }
 }
 
 /// Write the checked changes from the `i`th on as pieces, while their pages take plain
 /// writes: the index of the first change left to write. A write to `/proc/self/mem` costs
 /// several times more (the kernel allocates a page and forces its way through the page's
 /// protection), and a step writes thousands of them.
-fn write_while_writable(changes: &[Change], results: &[Result<(), ProbeError>], mut i: usize) -> usize {
+fn write_while_writable(
+    changes: &[Change],
+    results: &[Result<(), ProbeError>],
+    mut i: usize,
+    store: WritePieces,
+) -> usize {
     let mut pieces = [(Addr(0), &[][..]); sys::MAX_PIECES];
     let mut which = [0usize; sys::MAX_PIECES];
     loop {
@@ -198,7 +241,7 @@ fn write_while_writable(changes: &[Change], results: &[Result<(), ProbeError>], 
         if n == 0 {
             return changes.len();
         }
-        let written = sys::write_pieces(&pieces[..n]);
+        let written = store(&pieces[..n]);
         if written < n {
             return which[written];
         }
@@ -340,6 +383,36 @@ mod tests {
         assert_eq!(bytes(writable.offset(2400), 10), [0x90, 0x90, 0x90, 0x90, 0x0f, 0x0b, 0x90, 0x90, 0x90, 0x90]);
         assert_eq!(bytes(code.offset(15), 7), [0x90, 0xe9, 1, 2, 3, 4, 0x90]);
         assert_eq!(bytes(code.offset(99), 3), [0x90, 0xcc, 0x90]);
+    }
+
+    /// Plain stores under the fault guard: the store into the read-only page faults, the guard
+    /// returns, and what came before it is written, nothing after.
+    #[test]
+    fn stores_are_made_up_to_the_first_whose_page_does_not_take_them() {
+        for sig in [libc::SIGSEGV, libc::SIGBUS] {
+            signals::install(sig, trap::on_fault).unwrap();
+        }
+        thread_state::init();
+        assert!(stores_guarded());
+        let writable = page(libc::PROT_READ | libc::PROT_WRITE);
+        let code = page(libc::PROT_READ | libc::PROT_EXEC);
+        let pieces =
+            [(writable, &[1u8, 2][..]), (writable.offset(10), &[3]), (code, &[4]), (writable.offset(20), &[5])];
+        assert_eq!(store_pieces(&pieces), 2);
+        assert_eq!(bytes(writable, 3), [1, 2, 0x90]);
+        assert_eq!(bytes(writable.offset(10), 1), [3]);
+        assert_eq!(bytes(code, 1), [0x90]);
+        assert_eq!(bytes(writable.offset(20), 1), [0x90]);
+        // A whole step, the read-only page's change written through `/proc/self/mem`.
+        let changes = [
+            Change::new(writable.offset(30), &[0x90], &[0xcc]),
+            Change::new(code.offset(8), &[0x90], &[0xcc]),
+            Change::new(writable.offset(40), &[0x90; 4], &[1, 2, 3, 4]),
+        ];
+        assert!(apply(&changes).iter().all(Result::is_ok));
+        assert_eq!(bytes(writable.offset(30), 1), [0xcc]);
+        assert_eq!(bytes(code.offset(7), 3), [0x90, 0xcc, 0x90]);
+        assert_eq!(bytes(writable.offset(40), 5), [1, 2, 3, 4, 0x90]);
     }
 
     #[test]

@@ -71,6 +71,19 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     Ok(())
 }
 
+/// Whether `handler` is still the handler of `sig`: a program may have installed its own
+/// since. Asked of the kernel with the system call itself (the C library's `sigaction` may be
+/// probed).
+pub(crate) fn handler_in_place(sig: libc::c_int, handler: SigInfoHandler) -> bool {
+    // The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask.
+    let mut now = [0u64; 4];
+    let args = [sig as u64, 0, now.as_mut_ptr() as u64, 8, 0, 0];
+    // SAFETY: rt_sigaction with no new action only writes the current one into `now`, which
+    // is as large as the kernel's structure for an 8-byte signal set.
+    let r = unsafe { crate::sys::raw_syscall6(libc::SYS_rt_sigaction, args) };
+    r == 0 && now[0] == handler as usize as u64
+}
+
 fn unsafe_zeroed() -> libc::sigaction {
     // SAFETY: `sigaction` is plain old data; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
