@@ -167,8 +167,8 @@ fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
 }
 
 /// Write the checked changes: those whose pages are writable (the pages dprobe holds
-/// writable under jumps, see `code_pages.rs`) up to [`sys::MAX_PIECES`] per system call; the
-/// others (an `int3` armed in a page left as the program had it) through `/proc/self/mem`,
+/// writable under jumps, see `code_pages.rs`) with plain stores under the fault guard, or
+/// where it cannot be relied on up to [`sys::MAX_PIECES`] per system call; the others (an `int3` armed in a page left as the program had it) through `/proc/self/mem`,
 /// one system call per run of changes that follow each other in memory within the page
 /// that refused. A failed write becomes the outcome of each change of its run.
 fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
@@ -216,10 +216,10 @@ fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     unsafe { progress.read_volatile() }
 }
 
-/// Write the checked changes from the `i`th on as pieces, while their pages take plain
-/// writes: the index of the first change left to write. A write to `/proc/self/mem` costs
-/// several times more (the kernel allocates a page and forces its way through the page's
-/// protection), and a step writes thousands of them.
+/// Write the checked changes from the `i`th on as pieces (with `store`), while their pages
+/// take plain writes: the index of the first change left to write. A write to
+/// `/proc/self/mem` costs several times more (the kernel allocates a page and forces its way
+/// through the page's protection), and a step writes thousands of them.
 fn write_while_writable(
     changes: &[Change],
     results: &[Result<(), ProbeError>],

@@ -704,8 +704,8 @@ impl Engine {
             }
         }
         // The pages under the jumps to come are made writable before their sites are armed:
-        // the `int3`s then go in as pieces (`code_writes.rs`), and each page's alias is made
-        // while the C library's functions are not armed yet (making it opens the file).
+        // the `int3`s then go in as plain stores (`code_writes.rs`), and each page's alias is
+        // made while the C library's functions are not armed yet (making it opens the file).
         let mut held = self.hold_pages_before_arming(st, maps, &arms);
         let armed = set_armed(&mut st.sites, &arms, true);
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that

@@ -16,7 +16,8 @@ use dprobe_arch::{Addr, MemoryFault};
 /// its page `r-x`. The one exception is a page under a live jump, which the engine keeps
 /// `rwx` while the jump is there (see `code_pages.rs`: that is what keeps another tool's
 /// kernel uprobe from being written over the jump). dprobe writes code only here and, in
-/// such pages, with [`write_pieces`].
+/// such pages, with plain stores under its fault guard or with [`write_pieces`]
+/// (`code_writes.rs`).
 ///
 /// A one-byte write is seen by other threads either before or after, never torn. Other
 /// threads are not serialized here: the caller writes every change of one protocol step, then
