@@ -33,10 +33,9 @@ use crate::sys;
 
 const PAGE: u64 = 4096;
 
-/// Map the file page of `m` under the code page at `page`, read-only, anywhere: where it is,
-/// or why it cannot be (the file is not the one mapped there any more, or cannot be opened).
-pub(crate) fn map(m: &Mapping, page: u64) -> Result<Addr, String> {
-    use std::os::fd::AsRawFd;
+/// The file mapped by `m`, opened to map aliases of its pages with [`map`], or why it cannot
+/// be (it is not the one mapped there any more, or cannot be opened).
+pub(crate) fn open(m: &Mapping) -> Result<std::fs::File, String> {
     use std::os::unix::fs::MetadataExt;
     let path = m.path.as_deref().ok_or("no file")?;
     let file = std::fs::File::open(path).map_err(|e| format!("opening {path}: {e}"))?;
@@ -45,6 +44,13 @@ pub(crate) fn map(m: &Mapping, page: u64) -> Result<Addr, String> {
     if (device, meta.ino()) != (m.device, m.inode) {
         return Err(format!("{path} is not the file mapped at {} any more", m.start));
     }
+    Ok(file)
+}
+
+/// Map the file page of `m` (whose file is `file`, from [`open`]) under the code page at
+/// `page`, read-only, anywhere: where it is, or why it cannot be.
+pub(crate) fn map(file: &std::fs::File, m: &Mapping, page: u64) -> Result<Addr, String> {
+    use std::os::fd::AsRawFd;
     let offset = m.offset + (page - m.start.0);
     // SAFETY: a new private read-only mapping of one page of an open file, at an address the
     // kernel chooses: no existing memory is affected.
@@ -55,6 +61,7 @@ pub(crate) fn map(m: &Mapping, page: u64) -> Result<Addr, String> {
         )
     };
     if r < 0 {
+        let path = m.path.as_deref().unwrap_or_default();
         return Err(format!("mapping {path} at {offset:#x}: {}", std::io::Error::from_raw_os_error(-r as i32)));
     }
     Ok(Addr(r as u64))
