@@ -58,6 +58,10 @@ struct Page {
     alias: Option<Addr>,
 }
 
+/// The files of a batch's pages opened for their aliases, by device and inode, or why one
+/// could not be.
+type OpenedFiles = Vec<((u32, u32), u64, Result<std::fs::File, String>)>;
+
 /// The pages holding `[addr, addr + len)`.
 fn pages_of(addr: Addr, len: u64) -> impl Iterator<Item = u64> {
     (addr.0 / PAGE * PAGE..addr.0 + len).step_by(PAGE as usize)
@@ -81,7 +85,7 @@ impl CodePages {
                 if self.pages.get(&page).is_some_and(|p| p.jumps > 0) {
                     continue;
                 }
-                let m = mapping_at(maps, page);
+                let m = dprobe_sym::mapping_index(maps, Addr(page)).map(|i| &maps[i]);
                 let inode = m.map_or(0, |m| m.inode);
                 let restore = match self.pages.get(&page) {
                     // Given back before: this copy of the maps may show it as dprobe left it.
@@ -103,7 +107,7 @@ impl CodePages {
         // goes into the alias (see `page_alias.rs`).
         let mut aliases: BTreeMap<u64, Addr> = BTreeMap::new();
         // Each file opened once for all its pages (a batch may touch hundreds of a library's).
-        let mut files: Vec<((u32, u32), u64, Result<std::fs::File, String>)> = Vec::new();
+        let mut files: OpenedFiles = Vec::new();
         for &page in &changing {
             let alias = mapping_of.get(&page).ok_or_else(|| "not mapped".to_owned()).and_then(|m| {
                 let i = match files.iter().position(|(d, i, _)| (*d, *i) == (m.device, m.inode)) {
@@ -213,12 +217,6 @@ impl CodePages {
     }
 }
 
-/// The mapping of `maps` (in address order) that holds `page`.
-fn mapping_at(maps: &[Mapping], page: u64) -> Option<&Mapping> {
-    let i = maps.partition_point(|m| m.end.0 <= page);
-    maps.get(i).filter(|m| m.contains(Addr(page)))
-}
-
 /// Sorted page addresses as runs of contiguous pages `(start, count)`.
 fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -234,22 +232,6 @@ fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_mapping_of_a_page_is_found_by_address() {
-        let maps = dprobe_sym::parse_maps(
-            "400000-402000 r-xp 00000000 fe:01 1 /a\n\
-             403000-404000 rw-p 00000000 00:00 0\n\
-             404000-405000 r-xp 00001000 fe:01 2 /b\n",
-        );
-        let path = |page: u64| mapping_at(&maps, page).and_then(|m| m.path.clone());
-        assert_eq!(path(0x400000), Some("/a".to_owned()));
-        assert_eq!(path(0x401000), Some("/a".to_owned()));
-        assert_eq!(path(0x402000), None, "in no mapping");
-        assert!(mapping_at(&maps, 0x403000).is_some_and(|m| m.path.is_none()));
-        assert_eq!(path(0x404000), Some("/b".to_owned()));
-        assert!(mapping_at(&maps, 0x3ff000).is_none() && mapping_at(&maps, 0x405000).is_none());
-    }
 
     #[test]
     fn contiguous_pages_make_one_run() {

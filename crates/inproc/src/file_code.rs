@@ -70,7 +70,7 @@ pub(crate) fn check_windows(maps: &[Mapping], windows: &[&[Insn]]) -> Vec<Result
     let mut placed: Vec<(usize, u64, usize)> = Vec::with_capacity(windows.len());
     for (i, window) in windows.iter().enumerate() {
         let Some(first) = window.first() else { continue };
-        let Some(m) = maps.iter().position(|m| m.contains(first.addr) && file_backed(m)) else { continue };
+        let Some(m) = dprobe_sym::mapping_index(maps, first.addr).filter(|m| file_backed(&maps[*m])) else { continue };
         placed.push((m, first.addr.0 - maps[m].start.0 + maps[m].offset, i));
     }
     placed.sort_unstable_by_key(|&(m, offset, _)| (maps[m].device, maps[m].inode, offset));

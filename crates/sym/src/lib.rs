@@ -41,7 +41,7 @@ mod window_branches;
 
 pub use demangle::demangle;
 pub use landing_pads::landing_pads;
-pub use maps::{free_pages_near, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};
+pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};
 pub use object_name::{library_name_matches, ObjectName};
 pub use resolve::{ResolveError, Target};
 pub use symbols::{load_bias_of, Function, Symbols};

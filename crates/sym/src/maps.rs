@@ -50,6 +50,14 @@ pub fn read_maps() -> io::Result<Vec<Mapping>> {
     Ok(parse_maps(&std::fs::read_to_string("/proc/self/maps")?))
 }
 
+/// The index of the mapping of `maps` (in address order, as [`read_maps`] gives them) that
+/// holds `addr`: a binary search (a process may have thousands of mappings, and a batch of
+/// probes asks for each of thousands of addresses).
+pub fn mapping_index(maps: &[Mapping], addr: Addr) -> Option<usize> {
+    let i = maps.partition_point(|m| m.end <= addr);
+    maps.get(i).is_some_and(|m| m.contains(addr)).then_some(i)
+}
+
 /// The current mappings of process `pid`, in address order.
 pub fn read_maps_of(pid: u32) -> io::Result<Vec<Mapping>> {
     Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
@@ -149,6 +157,21 @@ mod tests {
             .map(|m| (m.start.0, m.end.0))
             .collect();
         assert_eq!(stacks, parsed, "the same as the full parse says");
+    }
+
+    #[test]
+    fn the_mapping_of_an_address_is_found_by_address() {
+        let maps = parse_maps(
+            "400000-402000 r-xp 00000000 fe:01 1 /a\n\
+             403000-404000 rw-p 00000000 00:00 0\n\
+             404000-405000 r-xp 00001000 fe:01 2 /b\n",
+        );
+        let at = |a: u64| mapping_index(&maps, Addr(a));
+        assert_eq!([at(0x400000), at(0x401fff), at(0x403000), at(0x404abc)], [Some(0), Some(0), Some(1), Some(2)]);
+        assert_eq!([at(0x3fffff), at(0x402000), at(0x402fff), at(0x405000)], [None; 4], "in no mapping");
+        for a in (0x3ff000..0x406000).step_by(0x7f) {
+            assert_eq!(at(a), maps.iter().position(|m| m.contains(Addr(a))), "{a:#x}: as a linear search says");
+        }
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl Symbols {
         if self.is_file() {
             return Ok(());
         }
-        let mapping = maps.iter().find(|m| m.contains(addr)).ok_or(ResolveError::NotMapped { addr })?;
+        let mapping = crate::mapping_index(maps, addr).map(|i| &maps[i]).ok_or(ResolveError::NotMapped { addr })?;
         if !mapping.exec {
             let what = mapping.path.clone().unwrap_or_else(|| "anonymous memory".into());
             return Err(ResolveError::NotCode { addr, perms: mapping.perms(), what });
