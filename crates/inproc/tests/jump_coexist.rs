@@ -88,6 +88,13 @@ std::arch::global_asm!(
     "ret",
     ".size fxc_blocked, . - fxc_blocked",
     ".p2align 12",
+    ".globl fxc_reprotected",
+    ".type fxc_reprotected,@function",
+    "fxc_reprotected:",
+    "lea rax, [rdi + rsi + 0x8000]",
+    "ret",
+    ".size fxc_reprotected, . - fxc_reprotected",
+    ".p2align 12",
 );
 
 extern "C" {
@@ -100,6 +107,7 @@ extern "C" {
     fn fxc_undone(a: u64, b: u64) -> u64;
     fn fxc_undone_exit(a: u64, b: u64) -> u64;
     fn fxc_blocked(a: u64, b: u64) -> u64;
+    fn fxc_reprotected(a: u64, b: u64) -> u64;
 }
 
 /// A probe counting its hits in `hits`.
@@ -173,6 +181,35 @@ fn a_page_made_writable_for_a_jump_that_a_probe_in_its_window_blocks_is_given_ba
     drop(probes);
     assert_eq!(perms(outer), "r-xp");
     assert_eq!(code(outer, 10), [0x48, 0x89, 0xf8, 0x48, 0x01, 0xf0, 0x48, 0x83, 0xc0, 0x70]);
+}
+
+/// The program makes the page under a live jump read-only again (as a JIT or a loader may):
+/// the jump's removal, whose writes into pages dprobe holds writable are plain stores, faults
+/// there; the fault is caught, the bytes go back through `/proc/self/mem`, and the program
+/// goes on with its code as it was.
+#[test]
+fn a_jump_page_the_program_made_read_only_again_is_still_given_back_byte_for_byte() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_reprotected);
+    let original = code(at, 8);
+    let p = counting(at, &HITS);
+    assert_eq!(p.optimized(), Ok(()));
+    assert_eq!(perms(at), "rwxp");
+    let page = (at.0 & !4095) as *mut libc::c_void;
+    // SAFETY: the fixture's page, which holds nothing but fixtures of this file; it stays
+    // readable and executable.
+    assert_eq!(unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) }, 0);
+    assert_eq!(perms(at), "r-xp");
+    assert_eq!(call2(fxc_reprotected, 1, 2), 0x8003);
+    p.disable().unwrap();
+    assert_eq!(code(at, 8), original, "the jump is gone from the read-only page");
+    assert_eq!(call2(fxc_reprotected, 3, 4), 0x8007);
+    p.enable().unwrap();
+    assert_eq!(call2(fxc_reprotected, 5, 6), 0x800b);
+    drop(p);
+    assert_eq!(code(at, 8), original);
+    assert_eq!(perms(at), "r-xp");
+    assert_eq!(HITS.load(Relaxed), 2);
 }
 
 #[test]
