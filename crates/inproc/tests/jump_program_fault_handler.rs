@@ -51,7 +51,7 @@ fn a_program_fault_handler_installed_after_dprobe_never_sees_its_writes() {
         // SAFETY: a plain SA_SIGINFO handler, installed with the C library's sigaction.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = program_handler as usize;
+            action.sa_sigaction = program_handler as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO;
             assert_eq!(libc::sigaction(sig, &action, std::ptr::null_mut()), 0);
         }
