@@ -16,8 +16,9 @@
 //! mapping appears or changes (`uprobe_mmap`, which a later `mprotect` back to `r-x` runs).
 //! Registration takes the address space's lock for writing, as `mprotect` does: once the page
 //! is writable no uprobe registered later goes there. A uprobe registered before is seen when
-//! the bytes are checked, just after the page became writable (`file_code.rs`), and the site
-//! then stays on `int3`. Removing a uprobe ignores `VM_WRITE`, but writes only where it finds
+//! the bytes are checked, after the page became writable (`file_code.rs`: a batch makes the
+//! pages of its jumps to come writable before it arms its sites), and the site then stays on
+//! `int3`. Removing a uprobe ignores `VM_WRITE`, but writes only where it finds
 //! an `int3`, never over the jump's `e9`.
 //!
 //! While a page is writable a read-only alias of its file page is mapped elsewhere
@@ -31,6 +32,7 @@
 //! the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
 
 use dprobe_arch::Addr;
 use dprobe_sym::Mapping;
@@ -38,6 +40,31 @@ use dprobe_sym::Mapping;
 use crate::{page_alias, sys};
 
 const PAGE: u64 = 4096;
+
+/// The pages dprobe made writable and holds so (with their alias), in address order: where
+/// its code writes can be plain stores (`code_writes.rs`). A copy of what [`CodePages`] knows,
+/// kept where the patching steps, which do not see it, can ask.
+static HELD_WRITABLE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Whether dprobe holds the page of `addr` writable now (see [`HELD_WRITABLE`]). The guard
+/// must be held across the writes that rely on it.
+pub(crate) fn held_writable() -> MutexGuard<'static, Vec<u64>> {
+    HELD_WRITABLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Say that dprobe holds `pages` writable (for tests of the code writes).
+#[cfg(test)]
+pub(crate) fn hold_for_test(pages: &[u64]) {
+    let mut held = held_writable();
+    held.clear();
+    held.extend(pages);
+    held.sort_unstable();
+}
+
+/// Whether `addr` is in one of the `pages` of [`held_writable`].
+pub(crate) fn in_held_page(pages: &[u64], addr: Addr) -> bool {
+    pages.binary_search(&(addr.0 / PAGE * PAGE)).is_ok()
+}
 
 /// How dprobe changed the pages under jumps.
 #[derive(Default)]
@@ -166,7 +193,18 @@ impl CodePages {
         }
         debug_assert!(aliases.is_empty(), "every alias belongs to a page held or given back");
         self.give_back(&unused);
+        if !changing.is_empty() {
+            self.publish();
+        }
         out
+    }
+
+    /// Say which pages dprobe holds writable now (see [`HELD_WRITABLE`]).
+    fn publish(&self) {
+        let held = self.pages.iter().filter(|(_, p)| p.alias.is_some()).map(|(page, _)| *page);
+        let mut published = held_writable();
+        published.clear();
+        published.extend(held);
     }
 
     /// Count one jump less in the pages holding each span; those left without a jump get their
@@ -183,7 +221,10 @@ impl CodePages {
                 }
             }
         }
-        self.give_back(&emptied);
+        if !emptied.is_empty() {
+            self.give_back(&emptied);
+            self.publish();
+        }
     }
 
     /// Give `pages` (held by no jump) their protection back, contiguous pages of the same

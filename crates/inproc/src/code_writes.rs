@@ -5,10 +5,11 @@
 //! the bytes it replaces must be there, or something else changed the code under dprobe and
 //! that site is left alone. The checks of a step are read together: the
 //! changes within a few KiB of each other as one range, up to [`sys::MAX_RANGES`] ranges per
-//! `process_vm_readv`. The writes to pages dprobe holds writable (those under jumps) are plain
-//! stores under the fault guard (or, where the guard cannot be relied on, up to 256 per
-//! `process_vm_writev`); the others go through `/proc/self/mem` (the one way to write through
-//! the code's page protections), one system call per run of adjacent changes.
+//! `process_vm_readv`. The writes to pages dprobe holds writable (those under jumps and about
+//! to be, `code_pages.rs`) are plain stores under the fault guard (or, where the guard cannot
+//! be relied on, up to 256 per `process_vm_writev`); the others go through `/proc/self/mem`
+//! (the one way to write through the code's page protections), one system call per run of
+//! adjacent changes: a store there would fault every time.
 //!
 //! New slots and detours, which no thread can reach yet, go through `/proc/self/mem` too: one
 //! system call per run of them that follow each other in dprobe's pages ([`write_fresh`]).
@@ -19,7 +20,7 @@
 use dprobe_arch::{Addr, Patch};
 use dprobe_core::ProbeError;
 
-use crate::{guard, signals, sys, thread_state, trap};
+use crate::{code_pages, guard, hit_stack, signals, sys, thread_state, trap};
 
 /// The longest change: the bytes of a `jmp rel32` after its first.
 const MAX_CHANGE: usize = 8;
@@ -166,18 +167,25 @@ fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
     })
 }
 
-/// Write the checked changes: those whose pages are writable (the pages dprobe holds
-/// writable under jumps, see `code_pages.rs`) with plain stores under the fault guard, or
-/// where it cannot be relied on up to [`sys::MAX_PIECES`] per system call; the others (an `int3` armed in a page left as the program had it) through `/proc/self/mem`,
-/// one system call per run of changes that follow each other in memory within the page
-/// that refused. A failed write becomes the outcome of each change of its run.
+/// Write the checked changes: those in pages dprobe holds writable (under jumps, see
+/// `code_pages.rs`) with plain stores under the fault guard, or where it cannot be relied on
+/// up to [`sys::MAX_PIECES`] per system call; the others (an `int3` armed in a page left as
+/// the program had it), and those of a held page that refused (the program made it read-only
+/// again), through `/proc/self/mem`, one system call per run of changes that follow each other
+/// in memory. A failed write becomes the outcome of each change of its run.
 fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
+    let held = code_pages::held_writable();
     let store = if stores_guarded() { store_pieces } else { sys::write_pieces };
     let mut i = 0;
     while i < changes.len() {
-        i = write_while_writable(changes, results, i, store);
-        i = write_forced(changes, results, i);
+        i = write_while_writable(changes, results, i, &held, store);
+        i = write_forced(changes, results, i, &held);
     }
+}
+
+/// Whether every byte of `change` is in a page of `held` (see [`code_pages::held_writable`]).
+fn in_held_pages(held: &[u64], change: &Change) -> bool {
+    code_pages::in_held_page(held, change.addr) && code_pages::in_held_page(held, Addr(change.end().0 - 1))
 }
 
 /// Writes pieces `(addr, bytes)` in order up to the first whose memory does not take them:
@@ -185,19 +193,29 @@ fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
 type WritePieces = fn(&[(Addr, &[u8])]) -> usize;
 
 /// Whether this thread's writes can be plain stores under the fault guard: it has its state,
-/// and dprobe's handler still takes the faults (a program may have installed its own since).
+/// dprobe's handler still takes the faults (a program may have installed its own since), and
+/// the thread does not block them (the kernel kills a process whose fault is blocked).
 fn stores_guarded() -> bool {
+    let faults = [libc::SIGSEGV, libc::SIGBUS];
+    let blocked = hit_stack::signal_mask();
     thread_state::current().is_some()
-        && [libc::SIGSEGV, libc::SIGBUS].iter().all(|sig| signals::handler_in_place(*sig, trap::on_fault))
+        && faults.iter().all(|sig| blocked & (1u64 << (sig - 1)) == 0)
+        && faults.iter().all(|sig| signals::handler_in_place(*sig, trap::on_fault))
 }
 
-/// Write each piece `(addr, bytes)` of `pieces`, in order, with plain stores under the fault
-/// guard (`guard.rs`): how many were written. The first piece whose memory does not take the
-/// store (a page the program made read-only again) faults, and the write ends there. A
-/// system call per piece costs about 1 µs, and a step writes thousands of them.
+/// Write each piece `(addr, bytes)` of `pieces` (in pages dprobe holds writable), in order,
+/// with plain stores under the fault guard (`guard.rs`): how many were written. The first
+/// piece whose memory does not take the store (a page the program made read-only again)
+/// faults, and the write ends there. A system call per piece costs about 1 µs, and a step
+/// writes thousands of them.
 fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     let mut done = 0usize;
     let progress: *mut usize = &mut done;
+    // The program's asynchronous signals wait until the stores are done: the fault of a
+    // program handler run in between would be taken for one of the stores, and the handler
+    // abandoned (the guard is this thread's). The synchronous ones stay open (the kernel kills
+    // a thread whose fault is blocked).
+    let mask = hit_stack::block_asynchronous_signals();
     let _ = guard::call_guarded_in(thread_state::current(), || {
         for (n, (addr, bytes)) in pieces.iter().enumerate() {
             for (k, byte) in bytes.iter().enumerate() {
@@ -212,18 +230,21 @@ fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
             unsafe { progress.write_volatile(n + 1) };
         }
     });
+    hit_stack::set_signal_mask(mask);
     // SAFETY: as above; read after the guarded call returned, either way.
     unsafe { progress.read_volatile() }
 }
 
-/// Write the checked changes from the `i`th on as pieces (with `store`), while their pages
-/// take plain writes: the index of the first change left to write. A write to
-/// `/proc/self/mem` costs several times more (the kernel allocates a page and forces its way
-/// through the page's protection), and a step writes thousands of them.
+/// Write the checked changes from the `i`th on as pieces (with `store`), while they are in
+/// the pages dprobe holds writable (`held`) and those take plain writes: the index of the
+/// first change left to write. A write to `/proc/self/mem` costs several times more (the
+/// kernel allocates a page and forces its way through the page's protection), and a step
+/// writes thousands of them.
 fn write_while_writable(
     changes: &[Change],
     results: &[Result<(), ProbeError>],
     mut i: usize,
+    held: &[u64],
     store: WritePieces,
 ) -> usize {
     let mut pieces = [(Addr(0), &[][..]); sys::MAX_PIECES];
@@ -231,7 +252,7 @@ fn write_while_writable(
     loop {
         let mut n = 0;
         let mut j = i;
-        while j < changes.len() && n < sys::MAX_PIECES {
+        while j < changes.len() && n < sys::MAX_PIECES && in_held_pages(held, &changes[j]) {
             if results[j].is_ok() {
                 (pieces[n], which[n]) = ((changes[j].addr, changes[j].new_bytes()), j);
                 n += 1;
@@ -239,7 +260,7 @@ fn write_while_writable(
             j += 1;
         }
         if n == 0 {
-            return changes.len();
+            return j;
         }
         let written = store(&pieces[..n]);
         if written < n {
@@ -249,15 +270,15 @@ fn write_while_writable(
     }
 }
 
-/// Write the checked changes from the `i`th on through `/proc/self/mem`, up to the first in
-/// another page than the `i`th (whose page may take plain writes): the index of the first
-/// change left to write.
-fn write_forced(changes: &[Change], results: &mut [Result<(), ProbeError>], mut i: usize) -> usize {
+/// Write the checked changes from the `i`th on through `/proc/self/mem`, up to the first in a
+/// page dprobe holds writable (`held`) other than the `i`th's (which refused a plain write, or
+/// is not held): the index of the first change left to write.
+fn write_forced(changes: &[Change], results: &mut [Result<(), ProbeError>], mut i: usize, held: &[u64]) -> usize {
     const RUN: usize = 256;
     let mut run = [0u8; RUN];
     let page = |c: &Change| c.addr.0 / PAGE;
     let Some(refused) = changes.get(i).map(page) else { return i };
-    while i < changes.len() && page(&changes[i]) == refused {
+    while i < changes.len() && (page(&changes[i]) == refused || !in_held_pages(held, &changes[i])) {
         if results[i].is_err() {
             i += 1;
             continue;
@@ -403,16 +424,25 @@ mod tests {
         assert_eq!(bytes(writable.offset(10), 1), [3]);
         assert_eq!(bytes(code, 1), [0x90]);
         assert_eq!(bytes(writable.offset(20), 1), [0x90]);
-        // A whole step, the read-only page's change written through `/proc/self/mem`.
-        let changes = [
+        // A whole step over pages held writable, one of which the program made read-only
+        // again (its change goes through `/proc/self/mem`), and a page not held.
+        let other = page(libc::PROT_READ | libc::PROT_EXEC);
+        code_pages::hold_for_test(&[writable.0, code.0]);
+        let mut changes = vec![
             Change::new(writable.offset(30), &[0x90], &[0xcc]),
             Change::new(code.offset(8), &[0x90], &[0xcc]),
+            Change::new(code.offset(9), &[0x90], &[0xcc]),
             Change::new(writable.offset(40), &[0x90; 4], &[1, 2, 3, 4]),
+            Change::new(other.offset(50), &[0x90], &[0xcc]),
         ];
-        assert!(apply(&changes).iter().all(Result::is_ok));
+        changes.sort_by_key(|c| c.addr);
+        let results = apply(&changes);
+        code_pages::hold_for_test(&[]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(bytes(writable.offset(30), 1), [0xcc]);
-        assert_eq!(bytes(code.offset(7), 3), [0x90, 0xcc, 0x90]);
+        assert_eq!(bytes(code.offset(7), 4), [0x90, 0xcc, 0xcc, 0x90]);
         assert_eq!(bytes(writable.offset(40), 5), [1, 2, 3, 4, 0x90]);
+        assert_eq!(bytes(other.offset(49), 3), [0x90, 0xcc, 0x90]);
     }
 
     #[test]

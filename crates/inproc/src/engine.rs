@@ -862,10 +862,11 @@ impl Engine {
             .filter(|(a, post)| st.sites[a].detour.is_none() || st.sites[a].detour_post != *post)
             .collect();
         let mut status = if wants.is_empty() { BTreeMap::new() } else { self.build_detours(st, maps, &wants) };
-        // 1b. The pages under the jumps become writable, which keeps kernel uprobes registered
-        //     from now on off them; then the windows are compared with their files, which
-        //     finds a uprobe or another tool's patch placed before (`code_pages.rs`,
-        //     `file_code.rs`). One placed since is found by the patching step's own check.
+        // 1b. The pages under the jumps become writable (most did before their sites were
+        //     armed, see `apply`), which keeps kernel uprobes registered from now on off them;
+        //     then the windows are compared with their files, which finds a uprobe or another
+        //     tool's patch placed before (`code_pages.rs`, `file_code.rs`). One placed since is
+        //     found by the patching step's own check.
         let failed: Vec<(Addr, u64)> = addrs
             .iter()
             .filter(|a| status.contains_key(a) && take(a).is_some_and(|h| h.is_ok()))

@@ -56,8 +56,8 @@ extern "C" {
 
 extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
     // SAFETY: `arg` is the `&mut F` that `call_guarded_in` passed, alive for the duration of
-    // this call. `f` catches panics itself (it is the dispatch closure of dprobe-core), so
-    // nothing unwinds through this extern "C" frame.
+    // this call. `f` catches panics itself (the dispatch closure of dprobe-core) or cannot
+    // panic (the code writer's stores), so nothing unwinds through this extern "C" frame.
     let f = unsafe { &mut *(arg as *mut F) };
     f();
 }

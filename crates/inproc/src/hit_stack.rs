@@ -102,13 +102,7 @@ impl Moved {
             let none = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
             set_alternate_stack(&none);
         }
-        // SAFETY: rt_sigprocmask reads 8 bytes of signal set on this frame.
-        unsafe {
-            sys::raw_syscall6(
-                libc::SYS_rt_sigprocmask,
-                [libc::SIG_SETMASK as u64, &self.mask as *const u64 as u64, 0, 8, 0, 0],
-            )
-        };
+        set_signal_mask(self.mask);
     }
 }
 
@@ -283,8 +277,27 @@ fn asynchronous_signals() -> u64 {
     synchronous.iter().chain(&c_library).fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
 }
 
+/// The calling thread's blocked signals, as a kernel signal set (bit N-1 for signal N).
+pub(crate) fn signal_mask() -> u64 {
+    let mut now = 0u64;
+    // SAFETY: rt_sigprocmask with no new set writes 8 bytes of signal set into `now`.
+    unsafe {
+        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_BLOCK as u64, 0, &mut now as *mut u64 as u64, 8, 0, 0])
+    };
+    now
+}
+
+/// Make `mask` (a kernel signal set, from [`block_asynchronous_signals`]) the calling thread's
+/// blocked set again.
+pub(crate) fn set_signal_mask(mask: u64) {
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set on this frame.
+    unsafe {
+        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as u64, &mask as *const u64 as u64, 0, 8, 0, 0])
+    };
+}
+
 /// Add the asynchronous signals to the calling thread's blocked set; the set before.
-fn block_asynchronous_signals() -> u64 {
+pub(crate) fn block_asynchronous_signals() -> u64 {
     let (set, mut old) = (asynchronous_signals(), 0u64);
     // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set` and writes 8 to `old`,
     // both on this frame; the kernel ignores SIGKILL and SIGSTOP in it.

@@ -206,8 +206,8 @@ pub fn moved() -> u64 {
 pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     let no = |reason: String| NotOptimized::NoSafepoint { reason };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // Read and parsed without the C library: its functions may be probed, on `int3` (the
-    // batch being placed), and each call would trap.
+    // Read and parsed without the C library's `open`, `read` and allocator (one buffer): its
+    // functions may be probed, on `int3` (the batch being placed), and each call would trap.
     let mut text = Vec::with_capacity(256 << 10);
     sys::read_own_maps(&mut text).map_err(|e| no(format!("reading the memory map: {e}")))?;
     let text = std::str::from_utf8(&text).map_err(|e| no(format!("reading the memory map: {e}")))?;
