@@ -16,9 +16,9 @@
 //! mapping appears or changes (`uprobe_mmap`, which a later `mprotect` back to `r-x` runs).
 //! Registration takes the address space's lock for writing, as `mprotect` does: once the page
 //! is writable no uprobe registered later goes there. A uprobe registered before is seen when
-//! the bytes are checked, after the page became writable (`file_code.rs`: a batch makes the
-//! pages of its jumps to come writable before it arms its sites), and the site then stays on
-//! `int3`. Removing a uprobe ignores `VM_WRITE`, but writes only where it finds
+//! the bytes are checked, after the page became writable (`file_code.rs`; a batch makes the
+//! pages of its jumps to come writable before it arms its sites, `engine.rs`), and the site
+//! then stays on `int3`. Removing a uprobe ignores `VM_WRITE`, but writes only where it finds
 //! an `int3`, never over the jump's `e9`.
 //!
 //! While a page is writable a read-only alias of its file page is mapped elsewhere
@@ -46,11 +46,15 @@ const PAGE: u64 = 4096;
 /// kept where the patching steps, which do not see it, can ask.
 static HELD_WRITABLE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
-/// Whether dprobe holds the page of `addr` writable now (see [`HELD_WRITABLE`]). The guard
-/// must be held across the writes that rely on it.
+/// The pages dprobe holds writable now (see [`HELD_WRITABLE`]), locked: the guard is held
+/// across the writes that rely on it.
 pub(crate) fn held_writable() -> MutexGuard<'static, Vec<u64>> {
     HELD_WRITABLE.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Taken by the unit tests that change or rely on [`HELD_WRITABLE`], which is the process's.
+#[cfg(test)]
+pub(crate) static HELD_BY_TESTS: Mutex<()> = Mutex::new(());
 
 /// Say that dprobe holds `pages` writable (for tests of the code writes).
 #[cfg(test)]
@@ -175,7 +179,10 @@ impl CodePages {
                 let p = self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode, alias: None });
                 p.jumps += 1;
                 if let Some(alias) = aliases.remove(&page) {
-                    p.alias = Some(alias);
+                    // A page whose protection could not be given back kept its old alias.
+                    if let Some(old) = p.alias.replace(alias) {
+                        page_alias::unmap(old);
+                    }
                 }
             }
             out.push(Ok(()));
@@ -189,7 +196,10 @@ impl CodePages {
             .collect();
         for page in &unused {
             let (restore, inode) = fresh[page];
-            self.pages.insert(*page, Page { jumps: 0, restore, inode, alias: aliases.remove(page) });
+            let before = self.pages.insert(*page, Page { jumps: 0, restore, inode, alias: aliases.remove(page) });
+            if let Some(old) = before.and_then(|p| p.alias) {
+                page_alias::unmap(old);
+            }
         }
         debug_assert!(aliases.is_empty(), "every alias belongs to a page held or given back");
         self.give_back(&unused);
@@ -239,10 +249,16 @@ impl CodePages {
         }
         for (prot, pages) in by_prot {
             for (start, count) in runs(&pages) {
-                if sys::protect(Addr(start), count * PAGE, prot).is_err() {
-                    continue;
-                }
-                for page in (start..start + count * PAGE).step_by(PAGE as usize) {
+                let given_back = |start: u64, count: u64| sys::protect(Addr(start), count * PAGE, prot).is_ok();
+                let pages = (start..start + count * PAGE).step_by(PAGE as usize);
+                // A call that failed may have changed part of the run: then page by page, so
+                // that each page is known to be given back or still writable.
+                let back: Vec<u64> = if given_back(start, count) {
+                    pages.collect()
+                } else {
+                    pages.filter(|page| given_back(*page, 1)).collect()
+                };
+                for page in back {
                     if let Some(alias) = self.pages.get_mut(&page).and_then(|p| p.alias.take()) {
                         page_alias::unmap(alias);
                     }
@@ -290,6 +306,7 @@ mod tests {
     fn anonymous_code_is_counted_but_never_protected() {
         // No mapping of a file there: the counts move, no `mprotect` is made (the address is
         // not even mapped: a system call on it would fail and refuse the span).
+        let _held = HELD_BY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let mut pages = CodePages::default();
         let spans = [(Addr(0x10_0000), 5), (Addr(0x10_0010), 5)];
         assert_eq!(pages.acquire_all(&[], &spans), [Ok(()), Ok(())]);

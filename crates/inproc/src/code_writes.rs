@@ -167,18 +167,25 @@ fn check(change: &Change, now: &[u8]) -> Result<(), ProbeError> {
     })
 }
 
-/// Write the checked changes: those in pages dprobe holds writable (under jumps, see
-/// `code_pages.rs`) with plain stores under the fault guard, or where it cannot be relied on
-/// up to [`sys::MAX_PIECES`] per system call; the others (an `int3` armed in a page left as
-/// the program had it), and those of a held page that refused (the program made it read-only
-/// again), through `/proc/self/mem`, one system call per run of changes that follow each other
-/// in memory. A failed write becomes the outcome of each change of its run.
+/// Write the checked changes: those in pages dprobe made writable and holds so (under jumps,
+/// see `code_pages.rs`) with plain stores under the fault guard, or where it cannot be relied
+/// on up to [`sys::MAX_PIECES`] per system call; the others (an `int3` armed in a page left
+/// as the program had it, code that was writable already), and those of a held page that
+/// refused (the program made it read-only again), through `/proc/self/mem`, one system call
+/// per run of changes that follow each other in memory. A failed write becomes the outcome of
+/// each change of its run.
 fn write_runs(changes: &[Change], results: &mut [Result<(), ProbeError>]) {
-    let held = code_pages::held_writable();
+    let mut held = code_pages::held_writable();
     let store = if stores_guarded() { store_pieces } else { sys::write_pieces };
     let mut i = 0;
     while i < changes.len() {
         i = write_while_writable(changes, results, i, &held, store);
+        if let Some(refused) = changes.get(i).filter(|c| in_held_pages(&held, c)) {
+            // The program made the page read-only again: no more stores there until dprobe
+            // says again which pages it holds.
+            let pages = [refused.addr.0 / PAGE * PAGE, (refused.end().0 - 1) / PAGE * PAGE];
+            held.retain(|p| !pages.contains(p));
+        }
         i = write_forced(changes, results, i, &held);
     }
 }
@@ -427,6 +434,7 @@ mod tests {
         // A whole step over pages held writable, one of which the program made read-only
         // again (its change goes through `/proc/self/mem`), and a page not held.
         let other = page(libc::PROT_READ | libc::PROT_EXEC);
+        let _held = code_pages::HELD_BY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         code_pages::hold_for_test(&[writable.0, code.0]);
         let mut changes = vec![
             Change::new(writable.offset(30), &[0x90], &[0xcc]),
@@ -443,6 +451,33 @@ mod tests {
         assert_eq!(bytes(code.offset(7), 4), [0x90, 0xcc, 0xcc, 0x90]);
         assert_eq!(bytes(writable.offset(40), 5), [1, 2, 3, 4, 0x90]);
         assert_eq!(bytes(other.offset(49), 3), [0x90, 0xcc, 0x90]);
+    }
+
+    static STORED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+    /// A `WritePieces` that writes nothing and notes where it was asked to.
+    fn note_stores(pieces: &[(Addr, &[u8])]) -> usize {
+        STORED.lock().unwrap().extend(pieces.iter().map(|(a, _)| a.0));
+        pieces.len()
+    }
+
+    /// Only changes wholly in the pages dprobe holds are stored; the first that is not ends
+    /// the stores there (a store anywhere else would fault every time).
+    #[test]
+    fn only_changes_in_held_pages_are_stored() {
+        let held = [0x10_000, 0x30_000];
+        let changes = [
+            Change::new(Addr(0x10_010), &[0x90], &[0xcc]),
+            Change::new(Addr(0x10_020), &[0x90; 4], &[1, 2, 3, 4]),
+            Change::new(Addr(0x10_ffe), &[0x90; 4], &[1, 2, 3, 4]),
+            Change::new(Addr(0x30_010), &[0x90], &[0xcc]),
+            Change::new(Addr(0x40_010), &[0x90], &[0xcc]),
+        ];
+        let results: Vec<Result<(), ProbeError>> = changes.iter().map(|_| Ok(())).collect();
+        assert_eq!(write_while_writable(&changes, &results, 0, &held, note_stores), 2, "across into a page not held");
+        assert_eq!(write_while_writable(&changes, &results, 3, &held, note_stores), 4);
+        assert_eq!(write_while_writable(&changes, &results, 4, &held, note_stores), 4, "nothing stored");
+        assert_eq!(*STORED.lock().unwrap(), [0x10_010, 0x10_020, 0x30_010]);
     }
 
     #[test]

@@ -550,7 +550,11 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
     let _own_frame = interrupted::OwnFrame::enter(state, uc);
     // SAFETY: the kernel passes valid `info` and `uc` to an SA_SIGINFO handler.
     let (mut ctx, fault_addr) = unsafe { (SignalContext::new(uc), (*info).si_addr() as u64) };
-    if let Some((rsp, rip)) = guard::recovery_point(sig, fault_addr) {
+    // SAFETY: as above.
+    let raised_by_the_kernel = unsafe { (*info).si_code } > 0;
+    // A signal another thread or process sent (`kill`, `tgkill`: `si_code` of zero or less)
+    // is no fault of the guarded code: it goes where the program would have it go.
+    if let Some((rsp, rip)) = raised_by_the_kernel.then(|| guard::recovery_point(sig, fault_addr)).flatten() {
         ctx.set_rsp(rsp);
         ctx.set_rip(rip);
         return;
