@@ -20,7 +20,7 @@
 use dprobe_arch::{Addr, Patch};
 use dprobe_core::ProbeError;
 
-use crate::{code_pages, guard, hit_stack, signals, sys, thread_state, trap};
+use crate::{code_pages, guard, signals, sys, thread_state, trap};
 
 /// The longest change: the bytes of a `jmp rel32` after its first.
 const MAX_CHANGE: usize = 8;
@@ -204,7 +204,7 @@ type WritePieces = fn(&[(Addr, &[u8])]) -> usize;
 /// the thread does not block them (the kernel kills a process whose fault is blocked).
 fn stores_guarded() -> bool {
     let faults = [libc::SIGSEGV, libc::SIGBUS];
-    let blocked = hit_stack::signal_mask();
+    let blocked = sys::signal_mask();
     thread_state::current().is_some()
         && faults.iter().all(|sig| blocked & (1u64 << (sig - 1)) == 0)
         && faults.iter().all(|sig| signals::handler_in_place(*sig, trap::on_fault))
@@ -222,7 +222,7 @@ fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     // program handler run in between would be taken for one of the stores, and the handler
     // abandoned (the guard is this thread's). The synchronous ones stay open (the kernel kills
     // a thread whose fault is blocked).
-    let mask = hit_stack::block_asynchronous_signals();
+    let mask = sys::block_asynchronous_signals();
     let _ = guard::call_guarded_in(thread_state::current(), || {
         for (n, (addr, bytes)) in pieces.iter().enumerate() {
             for (k, byte) in bytes.iter().enumerate() {
@@ -237,7 +237,7 @@ fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
             unsafe { progress.write_volatile(n + 1) };
         }
     });
-    hit_stack::set_signal_mask(mask);
+    sys::set_signal_mask(mask);
     // SAFETY: as above; read after the guarded call returned, either way.
     unsafe { progress.read_volatile() }
 }

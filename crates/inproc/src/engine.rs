@@ -754,7 +754,7 @@ impl Engine {
         let unused: Vec<(Addr, u64)> = held
             .into_iter()
             .filter(|(_, h)| h.as_ref().is_some_and(Result::is_ok))
-            .map(|(a, _)| (jump_start(a, &st.sites[&a]), JUMP_LEN as u64))
+            .map(|(a, _)| jump_span(a, &st.sites[&a]))
             .collect();
         st.pages.release_all(&unused);
         // 6. Sites left without probes give their detours up, to be reused once no thread
@@ -827,7 +827,7 @@ impl Engine {
         };
         let sites: Vec<Addr> = arming.iter().copied().filter(ready).collect();
         debug_assert!(sites.windows(2).all(|w| w[0] < w[1]), "in address order, for make_jumps' search");
-        let spans: Vec<(Addr, u64)> = sites.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
+        let spans: Vec<(Addr, u64)> = sites.iter().map(|a| jump_span(*a, &st.sites[a])).collect();
         let held = st.pages.acquire_all(maps, &spans);
         sites.into_iter().zip(held.into_iter().map(Some)).collect()
     }
@@ -870,11 +870,11 @@ impl Engine {
         let failed: Vec<(Addr, u64)> = addrs
             .iter()
             .filter(|a| status.contains_key(a) && take(a).is_some_and(|h| h.is_ok()))
-            .map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64))
+            .map(|a| jump_span(*a, &st.sites[a]))
             .collect();
         st.pages.release_all(&failed);
         let checked: Vec<Addr> = addrs.iter().copied().filter(|a| !status.contains_key(a)).collect();
-        let spans: Vec<(Addr, u64)> = checked.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
+        let spans: Vec<(Addr, u64)> = checked.iter().map(|a| jump_span(*a, &st.sites[a])).collect();
         let taken: Vec<Option<Result<(), String>>> = checked.iter().map(&mut take).collect();
         let pending: Vec<(Addr, u64)> =
             taken.iter().zip(&spans).filter(|(h, _)| h.is_none()).map(|(_, s)| *s).collect();
@@ -933,8 +933,7 @@ impl Engine {
                 self.disarm_window_starts(st, &several);
                 // No jump goes in: the pages made writable for them are given back (a site
                 // whose window start could not be armed gave its own back already).
-                let spans: Vec<(Addr, u64)> =
-                    several.iter().map(|a| (jump_start(*a, &st.sites[a]), JUMP_LEN as u64)).collect();
+                let spans: Vec<(Addr, u64)> = several.iter().map(|a| jump_span(*a, &st.sites[a])).collect();
                 st.pages.release_all(&spans);
                 for a in &several {
                     status.insert(*a, Err(why.clone()));
@@ -960,7 +959,7 @@ impl Engine {
                         unrouted.push(addr);
                     }
                     self.disarm_window_starts(st, &[addr]);
-                    st.pages.release_all(&[(jump_start(addr, &st.sites[&addr]), JUMP_LEN as u64)]);
+                    st.pages.release_all(&[jump_span(addr, &st.sites[&addr])]);
                     Err(NotOptimized::NoDetourPage { addr, reason: format!("patching the jump: {e}") })
                 }
             };
@@ -1296,6 +1295,12 @@ fn window_copy(addr: Addr, detour: &Detour) -> WindowCopy {
 /// Where a site's jump starts: the probe, or an exit window's first instruction.
 fn jump_start(addr: Addr, site: &SiteState) -> Addr {
     site.window.as_ref().ok().and_then(|w| w.first()).map_or(addr, |i| i.addr)
+}
+
+/// The bytes `(start, len)` a site's jump takes (the pages under them are held writable while
+/// it is there, `code_pages.rs`).
+fn jump_span(addr: Addr, site: &SiteState) -> (Addr, u64) {
+    (jump_start(addr, site), JUMP_LEN as u64)
 }
 
 /// The bytes `[start, end)` of the window of the site `addr`, if it has one.

@@ -102,7 +102,7 @@ impl Moved {
             let none = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
             set_alternate_stack(&none);
         }
-        set_signal_mask(self.mask);
+        sys::set_signal_mask(self.mask);
     }
 }
 
@@ -225,7 +225,7 @@ fn run_moved<R>(
     mapping: u64,
     work: impl FnOnce() -> R,
 ) -> (R, Option<Moved>) {
-    let mask = block_asynchronous_signals();
+    let mask = sys::block_asynchronous_signals();
     state.program_alternate.set((program.ss_sp as u64, program.ss_size as u64));
     let (mut work, mut result) = (Some(work), None);
     on_stack(mapping + (GUARD + SIZE) as u64, &mut || {
@@ -267,49 +267,6 @@ fn on_stack<F: FnMut()>(top: u64, f: &mut F) {
     unsafe { __dprobe_on_stack(top, trampoline::<F>, (f as *mut F).cast()) };
 }
 
-/// Every signal but the synchronous ones, as a kernel signal set (bit N-1 for signal N), and
-/// but the C library's own two (32 and 33: thread cancellation, and `setuid` in a threaded
-/// program, which waits for every thread to take it; the C library never lets a program block
-/// them, and its handlers for them do not run on the alternate stack).
-fn asynchronous_signals() -> u64 {
-    let synchronous = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
-    let c_library = [32, 33];
-    synchronous.iter().chain(&c_library).fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
-}
-
-/// The calling thread's blocked signals, as a kernel signal set (bit N-1 for signal N).
-pub(crate) fn signal_mask() -> u64 {
-    let mut now = 0u64;
-    // SAFETY: rt_sigprocmask with no new set writes 8 bytes of signal set into `now`.
-    unsafe {
-        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_BLOCK as u64, 0, &mut now as *mut u64 as u64, 8, 0, 0])
-    };
-    now
-}
-
-/// Make `mask` (a kernel signal set, from [`block_asynchronous_signals`]) the calling thread's
-/// blocked set again.
-pub(crate) fn set_signal_mask(mask: u64) {
-    // SAFETY: rt_sigprocmask reads 8 bytes of signal set on this frame.
-    unsafe {
-        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as u64, &mask as *const u64 as u64, 0, 8, 0, 0])
-    };
-}
-
-/// Add the asynchronous signals to the calling thread's blocked set; the set before.
-pub(crate) fn block_asynchronous_signals() -> u64 {
-    let (set, mut old) = (asynchronous_signals(), 0u64);
-    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set` and writes 8 to `old`,
-    // both on this frame; the kernel ignores SIGKILL and SIGSTOP in it.
-    unsafe {
-        sys::raw_syscall6(
-            libc::SYS_rt_sigprocmask,
-            [libc::SIG_BLOCK as u64, &set as *const u64 as u64, &mut old as *mut u64 as u64, 8, 0, 0],
-        )
-    };
-    old
-}
-
 /// Make the hit stack mapped at `mapping` the calling thread's alternate stack, its guard page
 /// included: a fault that overflows the stack then counts as on it, and kills the thread
 /// cleanly, rather than being delivered at the stack's top over the hit path's frames.
@@ -333,30 +290,5 @@ pub(crate) fn program_alternate_stack() -> (u64, u64) {
             s.program_alternate.get()
         }
         _ => (base, size),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_synchronous_signals_stay_deliverable() {
-        let set = asynchronous_signals();
-        let blocked = |sig: libc::c_int| set & (1 << (sig - 1)) != 0;
-        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS, 32, 33] {
-            assert!(!blocked(sig), "signal {sig}");
-        }
-        for sig in [
-            libc::SIGINT,
-            libc::SIGUSR1,
-            libc::SIGALRM,
-            libc::SIGURG,
-            libc::SIGCHLD,
-            libc::SIGRTMIN(),
-            libc::SIGRTMAX(),
-        ] {
-            assert!(blocked(sig), "signal {sig}");
-        }
     }
 }

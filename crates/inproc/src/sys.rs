@@ -91,6 +91,52 @@ pub fn read_own_maps(text: &mut Vec<u8>) -> io::Result<()> {
     outcome
 }
 
+/// Every signal but the synchronous ones, as a kernel signal set (bit N-1 for signal N), and
+/// but the C library's own two (32 and 33: thread cancellation, and `setuid` in a threaded
+/// program, which waits for every thread to take it; the C library never lets a program block
+/// them, and its handlers for them do not run on the alternate stack).
+fn asynchronous_signals() -> u64 {
+    let synchronous = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
+    let c_library = [32, 33];
+    synchronous.iter().chain(&c_library).fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
+}
+
+/// The calling thread's blocked signals, as a kernel signal set (bit N-1 for signal N).
+/// Async-signal-safe.
+pub fn signal_mask() -> u64 {
+    let mut now = 0u64;
+    // SAFETY: rt_sigprocmask with no new set writes 8 bytes of signal set into `now`.
+    unsafe {
+        raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_BLOCK as u64, 0, &mut now as *mut u64 as u64, 8, 0, 0])
+    };
+    now
+}
+
+/// Make `mask` (a kernel signal set, from [`block_asynchronous_signals`] or [`signal_mask`])
+/// the calling thread's blocked set again. Async-signal-safe.
+pub fn set_signal_mask(mask: u64) {
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set on this frame.
+    unsafe {
+        raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as u64, &mask as *const u64 as u64, 0, 8, 0, 0])
+    };
+}
+
+/// Add the asynchronous signals to the calling thread's blocked set; the set before.
+/// Async-signal-safe (the hit path off a program's alternate stack, `hit_stack.rs`, and the
+/// code writer's guarded stores, `code_writes.rs`).
+pub fn block_asynchronous_signals() -> u64 {
+    let (set, mut old) = (asynchronous_signals(), 0u64);
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set` and writes 8 to `old`,
+    // both on this frame; the kernel ignores SIGKILL and SIGSTOP in it.
+    unsafe {
+        raw_syscall6(
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_BLOCK as u64, &set as *const u64 as u64, &mut old as *mut u64 as u64, 8, 0, 0],
+        )
+    };
+    old
+}
+
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 6;
 
@@ -353,4 +399,29 @@ pub fn queue_signal(tid: libc::pid_t, sig: libc::c_int, value: u64) -> io::Resul
 pub fn thread_alive(tid: libc::pid_t) -> bool {
     // SAFETY: signal 0 only checks that the thread exists.
     unsafe { raw_syscall6(libc::SYS_tgkill, [own_pid() as u64, tid as u64, 0, 0, 0, 0]) != -(libc::ESRCH as i64) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_synchronous_signals_stay_deliverable() {
+        let set = asynchronous_signals();
+        let blocked = |sig: libc::c_int| set & (1 << (sig - 1)) != 0;
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS, 32, 33] {
+            assert!(!blocked(sig), "signal {sig}");
+        }
+        for sig in [
+            libc::SIGINT,
+            libc::SIGUSR1,
+            libc::SIGALRM,
+            libc::SIGURG,
+            libc::SIGCHLD,
+            libc::SIGRTMIN(),
+            libc::SIGRTMAX(),
+        ] {
+            assert!(blocked(sig), "signal {sig}");
+        }
+    }
 }
