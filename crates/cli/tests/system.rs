@@ -610,13 +610,23 @@ fn many_probes_whose_records_are_read_are_one_kernel_event_removed_at_once() {
 
 #[test]
 fn a_user_without_root_is_told_tracefs_is_for_root() {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let o = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+    // A copy the other user can run: the build directory may be inside one only its owner
+    // can enter (a checkout under a private temporary directory).
+    let dir = std::env::temp_dir().join(format!("dprobe-other-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("dprobe");
+    std::fs::copy(env!("CARGO_BIN_EXE_dprobe"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(&copy)
         .args(["trace", "-a", "--count", "-d", "100ms", "tracepoint:sched:sched_switch"])
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tracefs is mounted on /sys/kernel/tracing but only root may use it"), "{stderr}");
