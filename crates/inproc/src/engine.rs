@@ -44,6 +44,7 @@ use dprobe_rcu::Rcu;
 
 use crate::code_pages::CodePages;
 use crate::code_writes::{self, Change, Fresh};
+use crate::site_map::SiteMap;
 use crate::slots::SlotPool;
 use crate::{file_code, guard, hit_stack, jump, optimizer, rearm, safepoint, signals, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
@@ -90,7 +91,7 @@ impl WindowCopy {
 
 #[derive(Default)]
 struct State {
-    sites: BTreeMap<Addr, SiteState>,
+    sites: SiteMap<SiteState>,
     pool: SlotPool,
     next_id: u64,
     symbols: Option<Symbols>,
@@ -108,7 +109,7 @@ struct State {
 
 /// A detour taken from its site (see [`Engine::reclaim_detours`]).
 struct Retired {
-    detour: Detour,
+    detour: Box<Detour>,
     hot: &'static jump::JumpSite,
     /// Whether the detour has a post block.
     post: bool,
@@ -124,18 +125,18 @@ struct SiteState {
     slots: Vec<SlotCode>,
     /// How a hit executes the instruction, without and with a post-handler, once prepared
     /// with a slot of `slots` (or with none needed): the same each time the site is applied.
-    prepared: [Option<Prepared>; 2],
+    prepared: Box<[Option<Prepared>; 2]>,
     armed: bool,
     /// The window a jump would replace, or why there can be no jump here.
     window: Result<Vec<Insn>, NotOptimized>,
     /// The detour, once built; kept while the site has probes, then retired.
-    detour: Option<Detour>,
+    detour: Option<Box<Detour>>,
     /// Whether `detour` has a post block.
     detour_post: bool,
     /// The detour of the other kind, kept aside when post-handlers came or went, and taken
     /// back as it is when they go or come again (its code is the same: a thread still inside
     /// it may go on).
-    spare: Option<Detour>,
+    spare: Option<Box<Detour>>,
     /// The vector state the detour keeps (decided from where the site is in its function).
     vector: VectorState,
     /// What the detour's dispatcher reads the site from (with the detour: never freed).
@@ -146,6 +147,52 @@ struct SiteState {
     jumping: bool,
     /// Why the site is not a jump now, if it is not.
     jump_status: Result<(), NotOptimized>,
+}
+
+/// A site of a batch with its new probe list, and what the passes of [`Engine::apply`] ask
+/// of that list, worked out once: each question reads every probe's record (a cache miss
+/// each, with thousands of sites), and the passes would ask it again and again.
+struct Listed<'a> {
+    addr: Addr,
+    probes: &'a [Arc<ProbeEntry>],
+    /// Some probe has a post-handler.
+    post: bool,
+    /// Some probe is enabled.
+    enabled: bool,
+    /// Whether the list wants a jump, or why not (`optimizer::wanted`).
+    wanted: Result<(), NotOptimized>,
+}
+
+impl<'a> Listed<'a> {
+    fn new(st: &State, addr: Addr, probes: &'a [Arc<ProbeEntry>]) -> Listed<'a> {
+        let wanted = optimizer::wanted(addr, &st.sites[&addr].window, probes);
+        let post = probes.iter().any(|p| p.has_post());
+        let enabled = probes.iter().any(|p| p.stats.is_enabled());
+        Listed { addr, probes, post, enabled, wanted }
+    }
+}
+
+impl SiteState {
+    /// A site not armed yet, with no probe, at `insn`.
+    fn new(insn: Insn, window: Result<Vec<Insn>, NotOptimized>, vector: VectorState) -> SiteState {
+        SiteState {
+            arm: Change::of(&arm(&insn)),
+            insn,
+            probes: Vec::new(),
+            slots: Vec::new(),
+            prepared: Box::new([None, None]),
+            armed: false,
+            window,
+            detour: None,
+            detour_post: false,
+            spare: None,
+            vector,
+            hot: None,
+            published: None,
+            jumping: false,
+            jump_status: Err(NotOptimized::Disarmed),
+        }
+    }
 }
 
 /// One row of [`crate::list`].
@@ -392,30 +439,22 @@ impl Engine {
         let mut lists = BTreeMap::new();
         let mut out = Vec::new();
         let first_new = ProbeId(st.next_id + 1);
+        let mut new_sites = Vec::new();
         for (probe, (target, insn, window, vector)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
             let addr = target.addr;
             let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
             out.push((entry.id, target, entry.stats.clone()));
-            let site = st.sites.entry(addr).or_insert_with(|| SiteState {
-                arm: Change::of(&arm(&insn)),
-                insn,
-                probes: Vec::new(),
-                slots: Vec::new(),
-                prepared: [None, None],
-                armed: false,
-                window,
-                detour: None,
-                detour_post: false,
-                spare: None,
-                vector,
-                hot: None,
-                published: None,
-                jumping: false,
-                jump_status: Err(NotOptimized::Disarmed),
+            let list = lists.entry(addr).or_insert_with(|| match st.sites.get(&addr) {
+                Some(site) => site.probes.clone(),
+                None => {
+                    new_sites.push((addr, SiteState::new(insn, window, vector)));
+                    Vec::new()
+                }
             });
-            lists.entry(addr).or_insert_with(|| site.probes.clone()).push(entry);
+            list.push(entry);
         }
+        st.sites.insert_new(new_sites);
         let batch: Vec<Addr> = lists.keys().copied().collect();
         if let Err(e) = self.apply(&mut st, &maps, lists) {
             // A step failed after others were taken: put every site of the batch back as it
@@ -450,7 +489,7 @@ impl Engine {
         let wanted: std::collections::HashSet<ProbeId> = ids.iter().copied().collect();
         let mut found: std::collections::HashMap<ProbeId, Arc<ProbeEntry>> = std::collections::HashMap::new();
         let mut lists = BTreeMap::new();
-        for (a, s) in &st.sites {
+        for (a, s) in st.sites.iter() {
             if s.probes.iter().any(|p| wanted.contains(&p.id)) {
                 let (going, kept): (Vec<_>, Vec<_>) = s.probes.iter().cloned().partition(|p| wanted.contains(&p.id));
                 found.extend(going.into_iter().map(|p| (p.id, p)));
@@ -566,32 +605,31 @@ impl Engine {
         maps: &[Mapping],
         lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>>,
     ) -> Result<(), ProbeError> {
+        let listed: Vec<Listed<'_>> = lists.iter().map(|(addr, probes)| Listed::new(st, *addr, probes)).collect();
         // 1. Everything that can fail without side effects on the program: plans and slots.
         //    New slots are written first, then published together, then every thread is
         //    serialized once before any site can lead to them. This comes before any jump
         //    turns back into an `int3`: the registrar's own calls into probed functions (the
         //    C library's allocator) would trap meanwhile.
-        let mut execs = Vec::with_capacity(lists.len());
+        let mut execs = Vec::with_capacity(listed.len());
         let mut new_slots = Vec::new();
         let mut prepared_all = || -> Result<(), ProbeError> {
-            for (addr, probes) in &lists {
-                let needs_post = probes.iter().any(|p| p.has_post());
-                if let Some(prepared) = &st.sites[addr].prepared[needs_post as usize] {
+            for &Listed { addr, post, .. } in &listed {
+                if let Some(prepared) = &st.sites[&addr].prepared[post as usize] {
                     execs.push(prepared.clone());
                     continue;
                 }
-                let insn = st.sites[addr].insn.clone();
-                let prepared = prepare(&insn, needs_post, |ending| self.slot_for(st, maps, *addr, ending))?;
+                let insn = st.sites[&addr].insn.clone();
+                let prepared = prepare(&insn, post, |ending| self.slot_for(st, maps, addr, ending))?;
                 let new_slot =
-                    prepared.slot.as_ref().filter(|s| !st.sites[addr].slots.iter().any(|o| o.addr == s.addr));
+                    prepared.slot.as_ref().filter(|s| !st.sites[&addr].slots.iter().any(|o| o.addr == s.addr));
                 if let Some(slot) = new_slot {
                     new_slots.push(slot.clone());
-                } else if prepared.slot.is_some() || !matches!(plan(&insn, needs_post), ExecPlan::Slot(_)) {
+                } else if prepared.slot.is_some() || !matches!(plan(&insn, post), ExecPlan::Slot(_)) {
                     // The same again next time (one that fell back to emulation for want
                     // of a slot may get one later; one with a new slot is kept once the
                     // slot is written, the next time).
-                    st.sites.get_mut(addr).expect("site of a list").prepared[needs_post as usize] =
-                        Some(prepared.clone());
+                    st.sites.get_mut(&addr).expect("site of a list").prepared[post as usize] = Some(prepared.clone());
                 }
                 execs.push(prepared);
             }
@@ -616,45 +654,44 @@ impl Engine {
         //    went), are turned back into int3 probes first.
         //    So are jumps over a site that gets a probe now.
         let mut unjumps = BTreeMap::new();
-        for (addr, probes) in &lists {
-            if st.sites[addr].jumping {
-                if let Err(why) = optimizer::wanted(*addr, &st.sites[addr].window, probes) {
-                    unjumps.entry(*addr).or_insert(why);
-                } else if st.sites[addr].detour_post != probes.iter().any(|p| p.has_post()) {
+        for l in &listed {
+            let site = &st.sites[&l.addr];
+            if site.jumping {
+                if let Err(why) = &l.wanted {
+                    unjumps.entry(l.addr).or_insert_with(|| why.clone());
+                } else if site.detour_post != l.post {
                     // Post-handlers came or went: the jump goes to a detour with (or without)
                     // the post block.
-                    unjumps.entry(*addr).or_insert(NotOptimized::PostHandler);
+                    unjumps.entry(l.addr).or_insert(NotOptimized::PostHandler);
                 }
             }
             // (A site left without probes puts no `int3` in a jump's window.)
-            let over = (!probes.is_empty())
-                .then(|| near(&st.sites, *addr).find(|(a, s)| s.jumping && blocks(**a, s, *addr, &st.sites[addr])))
+            let over = (!l.probes.is_empty())
+                .then(|| near(&st.sites, l.addr).find(|(a, s)| s.jumping && blocks(**a, s, l.addr, site)))
                 .flatten();
             if let Some((&outer, _)) = over {
-                unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: *addr });
+                unjumps.entry(outer).or_insert(NotOptimized::ProbeInWindow { other: l.addr });
             }
         }
         let (unjumped, unjumping) = self.unjump_all(st, unjumps);
         // 2. Disarm sites left without an enabled probe, before they are published so. The
         //    pages of the jumps just undone get their protection back after that: writes to
         //    pages still held writable cost less (`code_writes.rs`).
-        let disarms: Vec<Addr> = lists
-            .iter()
-            .filter(|(a, probes)| st.sites[*a].armed && !probes.iter().any(|p| p.stats.is_enabled()))
-            .map(|(a, _)| *a)
-            .collect();
+        let disarms: Vec<Addr> =
+            listed.iter().filter(|l| !l.enabled && st.sites[&l.addr].armed).map(|l| l.addr).collect();
         let disarmed = unjumping.and_then(|()| set_armed(&mut st.sites, &disarms, false));
         st.pages.release_all(&unjumped);
         disarmed?;
         // 3. Publish, and wait for readers of the old rows.
-        let mut published = Vec::with_capacity(lists.len());
-        let rows: Vec<TableEntry<Prepared>> = lists
+        let mut published = Vec::with_capacity(listed.len());
+        let rows: Vec<TableEntry<Prepared>> = listed
             .iter()
             .zip(execs)
-            .flat_map(|((addr, probes), exec)| {
-                let traps: Vec<u64> = st.sites[addr].slots.iter().filter_map(|s| s.trap_addr()).map(|a| a.0).collect();
-                let site = Arc::new(Site { addr: *addr, arch: exec, probes: probes.clone() });
-                published.push((*addr, site.clone()));
+            .flat_map(|(l, exec)| {
+                let addr = l.addr;
+                let traps: Vec<u64> = st.sites[&addr].slots.iter().filter_map(|s| s.trap_addr()).map(|a| a.0).collect();
+                let site = Arc::new(Site { addr, arch: exec, probes: l.probes.to_vec() });
+                published.push((addr, site.clone()));
                 let entry = TableEntry { key: addr.0, kind: TrapKind::Entry, site: site.clone() };
                 std::iter::once(entry).chain(traps.into_iter().map(move |key| TableEntry {
                     key,
@@ -664,7 +701,7 @@ impl Engine {
             })
             .collect();
         let old_rows = self.table.change(|table| {
-            table.retain(|r| !lists.contains_key(&r.site.addr));
+            table.retain(|r| listed.binary_search_by_key(&r.site.addr, |l| l.addr).is_err());
             table.extend(rows);
         });
         // Detours read their site through `hot`: point them at the new one, and keep the old
@@ -686,66 +723,76 @@ impl Engine {
         // 4. Build the detours of sites that will be jumps while nothing is armed yet: the
         //    registrar's own calls into probed functions (the C library's allocator) would
         //    trap meanwhile. Then arm sites that have an enabled probe now.
-        let want_detours: Vec<(Addr, bool)> = lists
+        let lacks_detour = |site: &SiteState, post: bool| site.detour.is_none() || site.detour_post != post;
+        let want_detours: Vec<(Addr, bool)> = listed
             .iter()
-            .filter(|(a, probes)| optimizer::wanted(**a, &st.sites[*a].window, probes).is_ok())
-            .map(|(a, probes)| (*a, probes.iter().any(|p| p.has_post())))
-            .filter(|(a, post)| st.sites[a].detour.is_none() || st.sites[a].detour_post != *post)
+            .filter(|l| l.wanted.is_ok() && lacks_detour(&st.sites[&l.addr], l.post))
+            .map(|l| (l.addr, l.post))
             .collect();
         if !want_detours.is_empty() && !shadow_stack() {
             self.build_detours(st, maps, &want_detours);
         }
-        let mut arms = Vec::new();
-        for (addr, probes) in &lists {
-            let site = st.sites.get_mut(addr).expect("site of a list");
-            site.probes = probes.clone();
-            if !site.armed && probes.iter().any(|p| p.stats.is_enabled()) {
-                arms.push(*addr);
-            }
-        }
         // The pages under the jumps to come are made writable before their sites are armed:
         // the `int3`s then go in as plain stores (`code_writes.rs`), and each page's alias is
         // made while the C library's functions are not armed yet (making it opens the file).
-        let mut held = self.hold_pages_before_arming(st, maps, &arms);
+        let (mut arms, mut ready) = (Vec::new(), Vec::new());
+        for l in &listed {
+            let site = st.sites.get_mut(&l.addr).expect("site of a list");
+            site.probes = l.probes.to_vec();
+            if !site.armed && l.enabled {
+                arms.push(l.addr);
+                if l.wanted.is_ok() && !lacks_detour(site, l.post) {
+                    ready.push(l.addr);
+                }
+            }
+        }
+        let mut held = self.hold_pages_before_arming(st, maps, ready);
         let armed = set_armed(&mut st.sites, &arms, true);
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
         //    cannot become one stays a working int3 probe: this never fails the call. Sites
         //    kept on int3 by a probe inside their window are looked at again too: that probe
         //    may be gone or disabled now.
-        let mut consider = lists;
-        // (Only a site whose probes are all gone or disabled now can have kept one on int3.)
-        let blocked: Vec<Addr> = consider
+        //    (Only a site whose probes are all gone or disabled now can have kept one on int3.)
+        let mut blocked: Vec<Addr> = listed
             .iter()
-            .filter(|(_, probes)| !probes.iter().any(|p| p.stats.is_enabled()))
-            .flat_map(|(addr, _)| {
-                near(&st.sites, *addr).filter_map(|(a, s)| {
+            .filter(|l| !l.enabled)
+            .flat_map(|l| {
+                near(&st.sites, l.addr).filter_map(|(a, s)| {
                     let waits =
                         s.armed && !s.jumping && matches!(s.jump_status, Err(NotOptimized::ProbeInWindow { .. }));
                     waits.then_some(*a)
                 })
             })
+            .filter(|a| listed.binary_search_by_key(a, |l| l.addr).is_err())
             .collect();
-        for outer in blocked {
-            let probes = st.sites[&outer].probes.clone();
-            consider.entry(outer).or_insert(probes);
-        }
+        blocked.sort_unstable();
+        blocked.dedup();
+        let blocked_wanted: Vec<Result<(), NotOptimized>> =
+            blocked.iter().map(|a| optimizer::wanted(*a, &st.sites[a].window, &st.sites[a].probes)).collect();
+        let consider = listed.iter().map(|l| (l.addr, &l.wanted)).chain(blocked.iter().copied().zip(&blocked_wanted));
         let mut to_jump = Vec::new();
-        for (addr, probes) in &consider {
-            let site = &st.sites[addr];
-            let inside = || near(&st.sites, *addr).find(|(b, other)| other.armed && blocks(*addr, site, **b, other));
-            let wanted = optimizer::wanted(*addr, &site.window, probes)
+        let mut statuses = Vec::new();
+        for (addr, wanted) in consider {
+            let site = &st.sites[&addr];
+            let inside = || near(&st.sites, addr).find(|(b, other)| other.armed && blocks(addr, site, **b, other));
+            let wanted = wanted
+                .clone()
                 .and_then(|()| inside().map_or(Ok(()), |(&other, _)| Err(NotOptimized::ProbeInWindow { other })));
             let status = match wanted {
-                Ok(()) if st.sites[addr].jumping => Ok(()),
-                Ok(()) if st.sites[addr].armed => {
-                    to_jump.push(*addr);
+                Ok(()) if site.jumping => Ok(()),
+                Ok(()) if site.armed => {
+                    to_jump.push(addr);
                     continue;
                 }
                 Ok(()) => Err(NotOptimized::Disarmed),
                 Err(why) => Err(why),
             };
-            st.sites.get_mut(addr).expect("site of a list").jump_status = status;
+            statuses.push((addr, status));
         }
+        for (addr, status) in statuses {
+            st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
+        }
+        to_jump.sort_unstable();
         for (addr, status) in self.make_jumps(st, maps, &to_jump, &mut held) {
             st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
         }
@@ -763,13 +810,13 @@ impl Engine {
         //    it read before is kept alive until then, and the next publication of the site
         //    does not go through the detour.
         let mut retired_now = false;
-        for addr in consider.keys() {
-            let site = st.sites.get_mut(addr).expect("site of a list");
+        for addr in listed.iter().map(|l| l.addr).chain(blocked) {
+            let site = st.sites.get_mut(&addr).expect("site of a list");
             if site.probes.is_empty() && !site.armed && !site.jumping {
-                st.orphans.extend(site.spare.take());
+                st.orphans.extend(site.spare.take().map(|d| *d));
                 if let (Some(detour), Some(hot)) = (site.detour.take(), site.hot.take()) {
                     hot.site.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
-                    st.retired.insert(*addr, Retired { detour, hot, post: site.detour_post });
+                    st.retired.insert(addr, Retired { detour, hot, post: site.detour_post });
                     retired_now = true;
                 }
             }
@@ -810,22 +857,13 @@ impl Engine {
         }
     }
 
-    /// Make the pages under the jumps that the sites `arming` (about to be armed, in address
-    /// order) will take writable, for those that can be jumps and have their detour: for
-    /// each, in address order, whether its pages are held (see [`Engine::make_jumps`], which
-    /// takes them over).
-    fn hold_pages_before_arming(&self, st: &mut State, maps: &[Mapping], arming: &[Addr]) -> HeldPages {
+    /// Make the pages under the jumps that `sites` (about to be armed, in address order, each
+    /// with the detour its probes want) will take writable: for each, in address order,
+    /// whether its pages are held (see [`Engine::make_jumps`], which takes them over).
+    fn hold_pages_before_arming(&self, st: &mut State, maps: &[Mapping], sites: Vec<Addr>) -> HeldPages {
         if shadow_stack() {
             return Vec::new();
         }
-        let ready = |a: &Addr| {
-            let site = &st.sites[a];
-            let post = site.probes.iter().any(|p| p.has_post());
-            site.detour.is_some()
-                && site.detour_post == post
-                && optimizer::wanted(*a, &site.window, &site.probes).is_ok()
-        };
-        let sites: Vec<Addr> = arming.iter().copied().filter(ready).collect();
         debug_assert!(sites.windows(2).all(|w| w[0] < w[1]), "in address order, for make_jumps' search");
         let spans: Vec<(Addr, u64)> = sites.iter().map(|a| jump_span(*a, &st.sites[a])).collect();
         let held = st.pages.acquire_all(maps, &spans);
@@ -977,7 +1015,7 @@ impl Engine {
         let exits: Vec<Addr> = addrs
             .iter()
             .copied()
-            .filter(|a| !status.contains_key(a) && st.sites[a].detour.as_ref().is_some_and(optimizer::is_exit))
+            .filter(|a| !status.contains_key(a) && st.sites[a].detour.as_deref().is_some_and(optimizer::is_exit))
             .collect();
         if exits.is_empty() {
             return;
@@ -1008,7 +1046,7 @@ impl Engine {
     /// it failed): their first byte back, then traps there run it.
     fn disarm_window_starts(&self, st: &State, addrs: &[Addr]) {
         let exits: Vec<Addr> =
-            addrs.iter().copied().filter(|a| st.sites[a].detour.as_ref().is_some_and(optimizer::is_exit)).collect();
+            addrs.iter().copied().filter(|a| st.sites[a].detour.as_deref().is_some_and(optimizer::is_exit)).collect();
         if exits.is_empty() {
             return;
         }
@@ -1120,7 +1158,7 @@ impl Engine {
                 state.detour_post = post;
                 return Ok(None);
             }
-            st.orphans.push(detour);
+            st.orphans.push(*detour);
         }
         let state = st.sites.get_mut(&addr).expect("site");
         if state.detour_post != post {
@@ -1163,7 +1201,7 @@ impl Engine {
         // Written by the caller, with the other new detours.
         let copy = window_copy(addr, &detour);
         let state = st.sites.get_mut(&addr).expect("site");
-        state.detour = Some(detour);
+        state.detour = Some(Box::new(detour));
         state.detour_post = post;
         state.hot = Some(hot);
         Ok(Some(copy))
@@ -1324,7 +1362,7 @@ fn blocks(addr: Addr, site: &SiteState, other: Addr, other_site: &SiteState) -> 
 
 /// The sites whose window may hold `addr` (entry windows start at their site, before it;
 /// exit windows end with it, after it), `addr` itself excluded.
-fn near(sites: &BTreeMap<Addr, SiteState>, addr: Addr) -> impl Iterator<Item = (&Addr, &SiteState)> {
+fn near(sites: &SiteMap<SiteState>, addr: Addr) -> impl Iterator<Item = (&Addr, &SiteState)> {
     let from = Addr(addr.0.saturating_sub(MAX_WINDOW_BYTES));
     sites.range(from..addr.offset(MAX_WINDOW_BYTES)).filter(move |(a, _)| **a != addr)
 }
@@ -1332,7 +1370,7 @@ fn near(sites: &BTreeMap<Addr, SiteState>, addr: Addr) -> impl Iterator<Item = (
 /// Arm (`armed`) or disarm the `int3` of each site at `addrs` as one batch (every change
 /// checked first, see [`code_writes`]), then serialize every thread once, and mark each site
 /// that changed. Every patch is tried; the first failure is returned.
-fn set_armed(sites: &mut BTreeMap<Addr, SiteState>, addrs: &[Addr], armed: bool) -> Result<(), ProbeError> {
+fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Result<(), ProbeError> {
     if addrs.is_empty() {
         return Ok(());
     }

@@ -70,6 +70,7 @@ mod safepoint;
 mod saved;
 mod signal_frame;
 mod signals;
+mod site_map;
 mod slots;
 mod sys;
 mod thread_state;
