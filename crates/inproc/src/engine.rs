@@ -477,28 +477,35 @@ impl Engine {
 
     /// Unregister probes; returns their final counters. When this returns, no handler of
     /// these probes runs any more and each site without probes has its original bytes back.
-    pub fn unregister(&self, ids: &[ProbeId]) -> Result<Vec<Stats>, ProbeError> {
+    pub fn unregister(&self, probes: &[(ProbeId, Addr)]) -> Result<Vec<Stats>, ProbeError> {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
-        // Where each probe is, and each site's list without them, in one pass over the sites
-        // (a batch may name thousands).
-        let wanted: std::collections::HashSet<ProbeId> = ids.iter().copied().collect();
-        let mut found: std::collections::HashMap<ProbeId, Arc<ProbeEntry>> = std::collections::HashMap::new();
+        // Each site's list without the probes that go, and those probes, in the order asked.
+        let mut by_site: Vec<(Addr, ProbeId, usize)> =
+            probes.iter().enumerate().map(|(k, (id, a))| (*a, *id, k)).collect();
+        by_site.sort_unstable();
+        let mut finals: Vec<Option<Arc<ProbeEntry>>> = vec![None; probes.len()];
         let mut lists = BTreeMap::new();
-        for (a, s) in st.sites.iter() {
-            if s.probes.iter().any(|p| wanted.contains(&p.id)) {
-                let (going, kept): (Vec<_>, Vec<_>) = s.probes.iter().cloned().partition(|p| wanted.contains(&p.id));
-                found.extend(going.into_iter().map(|p| (p.id, p)));
-                lists.insert(*a, kept);
+        for going in by_site.chunk_by(|a, b| a.0 == b.0) {
+            let addr = going[0].0;
+            let Some(site) = st.sites.get(&addr) else { continue };
+            let mut kept = Vec::with_capacity(site.probes.len());
+            for p in &site.probes {
+                match going.iter().find(|(_, id, _)| *id == p.id) {
+                    Some(&(_, _, k)) => finals[k] = Some(p.clone()),
+                    None => kept.push(p.clone()),
+                }
             }
+            lists.insert(addr, kept);
         }
-        let finals: Vec<Arc<ProbeEntry>> = ids
-            .iter()
-            .map(|id| found.get(id).cloned().ok_or(ProbeError::NotRegistered(id.0)))
+        let finals: Vec<Arc<ProbeEntry>> = finals
+            .into_iter()
+            .zip(probes)
+            .map(|(found, (id, _))| found.ok_or(ProbeError::NotRegistered(id.0)))
             .collect::<Result<_, _>>()?;
         self.apply(&mut st, &maps, lists)?;
         Ok(finals.iter().map(|e| e.stats.snapshot()).collect())
@@ -506,17 +513,17 @@ impl Engine {
 
     /// Enable or disable a probe: its handlers stop or start running at once, and its site is
     /// disarmed when no enabled probe is left there (the kernel's `disable_kprobe`).
-    pub fn set_enabled(&self, id: ProbeId, on: bool) -> Result<(), ProbeError> {
+    pub fn set_enabled(&self, id: ProbeId, addr: Addr, on: bool) -> Result<(), ProbeError> {
         if trap::in_handler() {
             return Err(ProbeError::InHandler);
         }
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
-        let (addr, entry) = st
+        let entry = st
             .sites
-            .iter()
-            .find_map(|(a, s)| s.probes.iter().find(|p| p.id == id).map(|p| (*a, p.clone())))
+            .get(&addr)
+            .and_then(|s| s.probes.iter().find(|p| p.id == id).cloned())
             .ok_or(ProbeError::NotRegistered(id.0))?;
         let was = entry.stats.set_enabled(on);
         let list = st.sites[&addr].probes.clone();

@@ -79,7 +79,7 @@ pub fn register_jprobe<A: Args + 'static>(
 /// returns their final counters.
 pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<Stats>, ProbeError> {
     let Some(engine) = Engine::get() else { return Ok(Vec::new()) };
-    let ids: Vec<ProbeId> = probes.iter().map(|p| p.id).collect();
+    let ids: Vec<(ProbeId, Addr)> = probes.iter().map(|p| (p.id, p.addr())).collect();
     let stats = engine.unregister(&ids)?;
     for mut probe in probes {
         probe.registered = false;
@@ -159,19 +159,19 @@ impl Probe {
     /// Stop running its handlers; the `int3` is removed when no enabled probe is left at the
     /// address.
     pub fn disable(&self) -> Result<(), ProbeError> {
-        self.engine.set_enabled(self.id, false)
+        self.engine.set_enabled(self.id, self.addr(), false)
     }
 
     /// Run its handlers again.
     pub fn enable(&self) -> Result<(), ProbeError> {
-        self.engine.set_enabled(self.id, true)
+        self.engine.set_enabled(self.id, self.addr(), true)
     }
 
     /// Unregister it and return its final counters. When this returns no handler of the probe
     /// runs any more, and if it was the last probe at its address the original bytes are back.
     pub fn unregister(mut self) -> Result<Stats, ProbeError> {
         self.registered = false;
-        Ok(self.engine.unregister(&[self.id])?.pop().unwrap_or_default())
+        Ok(self.engine.unregister(&[(self.id, self.addr())])?.pop().unwrap_or_default())
     }
 }
 
@@ -179,7 +179,7 @@ impl Drop for Probe {
     fn drop(&mut self) {
         if self.registered {
             // Errors cannot be reported from drop; `unregister` returns them.
-            let _ = self.engine.unregister(&[self.id]);
+            let _ = self.engine.unregister(&[(self.id, self.addr())]);
         }
     }
 }
