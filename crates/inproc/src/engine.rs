@@ -440,17 +440,18 @@ impl Engine {
         let mut out = Vec::new();
         let first_new = ProbeId(st.next_id + 1);
         let mut new_sites = Vec::new();
-        for (probe, (target, insn, window, vector)) in probes.into_iter().zip(placed) {
+        for (probe, (target, analyzed)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
             let addr = target.addr;
             let entry = Arc::new(ProbeEntry::new(ProbeId(st.next_id), probe));
             out.push((entry.id, target, entry.stats.clone()));
-            let list = lists.entry(addr).or_insert_with(|| match st.sites.get(&addr) {
-                Some(site) => site.probes.clone(),
-                None => {
+            let list = lists.entry(addr).or_insert_with(|| match (st.sites.get(&addr), analyzed) {
+                (Some(site), _) => site.probes.clone(),
+                (None, Some((insn, window, vector))) => {
                     new_sites.push((addr, SiteState::new(insn, window, vector)));
                     Vec::new()
                 }
+                (None, None) => unreachable!("a site not analyzed is one that exists"),
             });
             list.push(entry);
         }
@@ -1395,8 +1396,9 @@ fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Res
     failure.map_or(Ok(()), Err)
 }
 
-/// Where a probe goes, its instruction, and whether a jump can replace it.
-type Located = (Target, Insn, Result<Vec<Insn>, NotOptimized>, VectorState);
+/// Where a probe goes, and for a new site its instruction and whether a jump can replace it
+/// (`None` for a site analyzed before).
+type Located = (Target, Option<(Insn, Result<Vec<Insn>, NotOptimized>, VectorState)>);
 
 /// The functions read and decoded for one batch, by `(start, size)`: the probes of one
 /// function share its code and the decoding of its branches.
@@ -1416,10 +1418,9 @@ fn locate(
     if let Some(region) = hit_path_region(&f.name) {
         return Err(ProbeError::Blacklisted { addr, region });
     }
-    if let Some(site) = st.sites.get(&addr) {
+    if st.sites.get(&addr).is_some() {
         // Analyzed when it was first probed (a site is never removed).
-        let (insn, window) = (site.insn.clone(), site.window.clone());
-        return Ok((target, insn, window, site.vector));
+        return Ok((target, None));
     }
     let function = match functions.0.entry((f.start, f.size)) {
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
@@ -1471,7 +1472,7 @@ fn locate(
         _ if split_off_part(f) && avx => VectorState::Full,
         _ => vector_state(addr, f.start, endbr64_len(code) as u64, avx),
     };
-    Ok((target, insn, window, vector))
+    Ok((target, Some((insn, window, vector))))
 }
 
 /// Whether `insn`, in function `f`, is a tail call: a `jmp` to another function's first
