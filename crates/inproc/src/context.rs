@@ -74,6 +74,12 @@ impl SignalContext {
         (ss.ss_sp as u64, ss.ss_size as u64)
     }
 
+    /// The signals blocked where the signal came (1 << (n - 1) for signal n, 1 to 64).
+    pub fn blocked_signals(&self) -> u64 {
+        // SAFETY: as in `gregs`; the kernel's mask is the first 8 bytes of the C library's.
+        unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*self.uc).uc_sigmask).cast::<u64>()) }
+    }
+
     /// The instruction pointer.
     pub fn rip(&self) -> u64 {
         self.gregs()[libc::REG_RIP as usize] as u64

@@ -121,6 +121,13 @@ pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
     Some((rsp, rip))
 }
 
+/// The stack pointer of this thread's innermost guarded call, if it is inside one.
+pub(crate) fn guarded_stack_pointer(state: &thread_state::ThreadState) -> Option<u64> {
+    let p = state.guard_point.get();
+    // SAFETY: a non-null point is a live `call_guarded_in` frame's (see `recovery_point`).
+    (!p.is_null()).then(|| unsafe { (*p)[0] })
+}
+
 /// Whether `rip` is inside the guarded-call assembly (dprobe's own hit path).
 pub fn guard_code_contains(rip: u64) -> bool {
     let start = __dprobe_guarded_call as *const () as u64;

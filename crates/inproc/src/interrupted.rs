@@ -77,6 +77,50 @@ pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(
     unsafe { signal_frame_in(from, to, mark, restorer, own) }
 }
 
+/// Whether a fault at stack pointer `rsp` was raised in a program's signal handler that
+/// interrupted a guarded call (`guard.rs`) whose stack pointer was `guarded_sp`: a handler
+/// dprobe calls, run on top of by a signal the program handles. The kernel's frame of that
+/// signal lies between them, and the signal is still blocked in `blocked` (the mask at the
+/// fault): the program's handler has not returned, so the words are not what is left of one
+/// that has (its mask would have come back). A frame of one of dprobe's own signals is not
+/// the program's, live or left over (the safepoint signal is blocked in dprobe's trap
+/// handler, where a frame of an earlier one may linger). The fault is then the program's to handle:
+/// recovering from it as the guarded handler's would abandon the program's handler where it
+/// stood and leave its signal blocked. `alternate` is the thread's alternate stack `(base,
+/// size)` in the fault's frame. A handler installed with `SA_NODEFER` does not block its own
+/// signal and is not seen: its fault is taken for the guarded handler's, as before.
+/// Async-signal-safe; calls no C library function.
+pub(crate) fn fault_in_program_handler(
+    state: &ThreadState,
+    rsp: u64,
+    guarded_sp: u64,
+    alternate: (u64, u64),
+    blocked: u64,
+) -> bool {
+    let restorer = RESTORER.load(Relaxed);
+    if restorer == 0 {
+        return false;
+    }
+    let (base, size) = alternate;
+    let on_alternate = size != 0 && rsp >= base && rsp - base <= size;
+    let Some((from, to)) = scan_range(rsp, guarded_sp, Some((base, size, on_alternate))) else { return false };
+    let own = |at: u64| {
+        let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());
+        state.own_frames[..n].iter().any(|f| f.get() == at)
+    };
+    // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`;
+    // the signal number is read only where it lies below `to` too.
+    let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
+    let still_blocked = |at: u64| {
+        let signal = (at + signal_frame::SIGINFO_AT + 8 <= to).then(|| word(at + signal_frame::SIGINFO_AT) as u32);
+        signal.is_some_and(|s| {
+            (1..=64).contains(&s) && blocked & (1 << (s - 1)) != 0 && !crate::signals::is_dprobes(s as libc::c_int)
+        })
+    };
+    // SAFETY: as above, for every word of `from..to`.
+    unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| own(at) || !still_blocked(at)) }
+}
+
 /// Marks, while it lives, the signal frame of a dprobe handler running on this thread, so
 /// that a scan does not take it for the program's (dprobe's handlers interrupt its hit path
 /// too: the safepoint's, a trap of a C library function the hit path calls).

@@ -17,10 +17,15 @@ pub(crate) const RSP_AT: u64 = GREGS_AT + 8 * libc::REG_RSP as u64;
 pub(crate) const FPREGS_AT: u64 = GREGS_AT + std::mem::offset_of!(libc::mcontext_t, fpregs) as u64;
 /// The bytes a frame's recognition reads from its start.
 pub(crate) const READ_BYTES: u64 = FPREGS_AT + 8;
+/// Where the signal mask of the interrupted code is: the kernel's `ucontext` has it where the
+/// C library's does, 8 bytes of it (the C library's `sigset_t` is longer).
+pub(crate) const MASK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_sigmask) as u64;
+/// Where the `siginfo_t` is: just after the kernel's `ucontext`.
+pub(crate) const SIGINFO_AT: u64 = MASK_AT + 8;
 
 // The kernel's layout: the machine context's 23 general registers, then the pointer to the
 // floating-point state.
-const _: () = assert!(RSP_AT == 168 && RIP_AT == 176 && FPREGS_AT == 232);
+const _: () = assert!(RSP_AT == 168 && RIP_AT == 176 && FPREGS_AT == 232 && MASK_AT == 304 && SIGINFO_AT == 312);
 
 /// How far above a frame its floating-point state may be (a few KiB; about 11 with AMX tiles).
 const FPREGS_WITHIN: u64 = 64 * 1024;
@@ -42,6 +47,7 @@ mod tests {
 
     static FRAME: AtomicU64 = AtomicU64::new(0);
     static RECOGNIZED: AtomicU64 = AtomicU64::new(0);
+    static SIGNO: AtomicU64 = AtomicU64::new(0);
 
     extern "C" fn note_frame(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
         let frame = uc as u64 - UC_AT;
@@ -50,6 +56,7 @@ mod tests {
         // SAFETY: the words read are this handler's own frame, from its start on.
         let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
         RECOGNIZED.store(starts_at(frame, restorer, word) as u64, Relaxed);
+        SIGNO.store(word(frame + SIGINFO_AT) & 0xffff_ffff, Relaxed);
     }
 
     #[test]
@@ -65,6 +72,7 @@ mod tests {
         }
         assert_eq!(FRAME.load(Relaxed) % 16, 8);
         assert_eq!(RECOGNIZED.load(Relaxed), 1);
+        assert_eq!(SIGNO.load(Relaxed), libc::SIGWINCH as u64, "the siginfo where the frame says");
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     Ok(())
 }
 
+/// Whether dprobe installed its handler for `sig` (a trap, a fault, the safepoint signal).
+/// Async-signal-safe.
+pub(crate) fn is_dprobes(sig: libc::c_int) -> bool {
+    usize::try_from(sig).ok().and_then(|i| INSTALLED.get(i)).is_some_and(|b| b.load(Ordering::Acquire))
+}
+
 /// Whether `handler` is still the handler of `sig`: a program may have installed its own
 /// since. Asked of the kernel with the system call itself (the C library's `sigaction` may be
 /// probed).

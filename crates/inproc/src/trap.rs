@@ -553,8 +553,15 @@ pub extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
     // SAFETY: as above.
     let raised_by_the_kernel = unsafe { (*info).si_code } > 0;
     // A signal another thread or process sent (`kill`, `tgkill`: `si_code` of zero or less)
-    // is no fault of the guarded code: it goes where the program would have it go.
-    if let Some((rsp, rip)) = raised_by_the_kernel.then(|| guard::recovery_point(sig, fault_addr)).flatten() {
+    // is no fault of the guarded code: it goes where the program would have it go. Nor is a
+    // fault of a program's signal handler that interrupted the guarded code.
+    let guarded = raised_by_the_kernel
+        && !state.is_some_and(|s| {
+            guard::guarded_stack_pointer(s).is_some_and(|sp| {
+                interrupted::fault_in_program_handler(s, ctx.rsp(), sp, ctx.alternate_stack(), ctx.blocked_signals())
+            })
+        });
+    if let Some((rsp, rip)) = guarded.then(|| guard::recovery_point(sig, fault_addr)).flatten() {
         ctx.set_rsp(rsp);
         ctx.set_rip(rip);
         return;
