@@ -223,7 +223,9 @@ fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     // abandoned (the guard is this thread's). The synchronous ones stay open (the kernel kills
     // a thread whose fault is blocked).
     let mask = sys::block_asynchronous_signals();
-    let _ = guard::call_guarded_in(thread_state::current(), || {
+    let state = thread_state::current();
+    let held = state.map(|s| s.signals_held.replace(true));
+    let _ = guard::call_guarded_in(state, || {
         for (n, (addr, bytes)) in pieces.iter().enumerate() {
             for (k, byte) in bytes.iter().enumerate() {
                 // SAFETY: a store into code whose bytes were checked just before (the change
@@ -237,6 +239,9 @@ fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
             unsafe { progress.write_volatile(n + 1) };
         }
     });
+    if let (Some(s), Some(held)) = (state, held) {
+        s.signals_held.set(held);
+    }
     sys::set_signal_mask(mask);
     // SAFETY: as above; read after the guarded call returned, either way.
     unsafe { progress.read_volatile() }

@@ -496,9 +496,9 @@ impl Engine {
             let Some(site) = st.sites.get(&addr) else { continue };
             let mut kept = Vec::with_capacity(site.probes.len());
             for p in &site.probes {
-                match going.iter().find(|(_, id, _)| *id == p.id) {
-                    Some(&(_, _, k)) => finals[k] = Some(p.clone()),
-                    None => kept.push(p.clone()),
+                match going.binary_search_by_key(&p.id, |g| g.1) {
+                    Ok(i) => finals[going[i].2] = Some(p.clone()),
+                    Err(_) => kept.push(p.clone()),
                 }
             }
             lists.insert(addr, kept);
@@ -544,7 +544,9 @@ impl Engine {
         }
         let _own = trap::OwnWork::enter();
         let st = self.lock();
-        let undone = rearm::undone(st.sites.values().filter(|s| s.armed && !s.jumping).map(|s| &s.insn));
+        let mut undone = rearm::undone(st.sites.values().filter(|s| s.armed && !s.jumping).map(|s| &s.insn));
+        // In address order: neighbouring changes go together (`code_writes`).
+        undone.sort_unstable();
         if undone.is_empty() {
             return 0;
         }
@@ -1419,7 +1421,8 @@ fn locate(
         return Err(ProbeError::Blacklisted { addr, region });
     }
     if st.sites.get(&addr).is_some() {
-        // Analyzed when it was first probed (a site is never removed).
+        // Analyzed when it was first probed (a site is removed only when the batch that
+        // made it is refused).
         return Ok((target, None));
     }
     let function = match functions.0.entry((f.start, f.size)) {

@@ -110,7 +110,9 @@ pub(crate) fn call_guarded_in<F: FnMut()>(
 pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
     let state = thread_state::existing()?;
     let p = state.guard_point.get();
-    if p.is_null() {
+    // SAFETY: as below.
+    if p.is_null() || unsafe { (*p)[0] } == 0 {
+        // Not inside the guarded call yet: its recovery point is not saved.
         return None;
     }
     state.fault.set((signal, addr));
@@ -125,7 +127,8 @@ pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
 pub(crate) fn guarded_stack_pointer(state: &thread_state::ThreadState) -> Option<u64> {
     let p = state.guard_point.get();
     // SAFETY: a non-null point is a live `call_guarded_in` frame's (see `recovery_point`).
-    (!p.is_null()).then(|| unsafe { (*p)[0] })
+    // Its stack pointer is 0 until the assembly saved it: not inside the guarded call yet.
+    (!p.is_null()).then(|| unsafe { (*p)[0] }).filter(|&sp| sp != 0)
 }
 
 /// Whether `rip` is inside the guarded-call assembly (dprobe's own hit path).

@@ -79,17 +79,22 @@ pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(
 
 /// Whether a fault at stack pointer `rsp` was raised in a program's signal handler that
 /// interrupted a guarded call (`guard.rs`) whose stack pointer was `guarded_sp`: a handler
-/// dprobe calls, run on top of by a signal the program handles. The kernel's frame of that
-/// signal lies between them, and the signal is still blocked in `blocked` (the mask at the
-/// fault): the program's handler has not returned, so the words are not what is left of one
-/// that has (its mask would have come back). A frame of one of dprobe's own signals is not
-/// the program's, live or left over (the safepoint signal is blocked in dprobe's trap
-/// handler, where a frame of an earlier one may linger). The fault is then the program's to handle:
-/// recovering from it as the guarded handler's would abandon the program's handler where it
-/// stood and leave its signal blocked. `alternate` is the thread's alternate stack `(base,
-/// size)` in the fault's frame. A handler installed with `SA_NODEFER` does not block its own
-/// signal and is not seen: its fault is taken for the guarded handler's, as before.
-/// Async-signal-safe; calls no C library function.
+/// dprobe calls, run on top of by a signal the program handles. The fault is then the
+/// program's to handle: recovering from it as the guarded handler's would abandon the
+/// program's handler where it stood and leave its signal blocked.
+///
+/// The kernel's frame of that signal lies between the two, and the mask at the fault,
+/// `blocked`, holds more than the mask the frame saved (that of the interrupted code): the
+/// handled signal, and its handler's `sa_mask`, until the handler returns. Words left by a
+/// handler that has returned show no such difference (its mask came back), unless the
+/// interrupted code blocked more since. The signals of dprobe's own handlers do not count (the
+/// safepoint signal, blocked in dprobe's trap handler, where a frame of an earlier one may
+/// linger). Not seen: a handler installed with `SA_NODEFER` and an empty `sa_mask` (its fault
+/// is taken for the guarded handler's, as before). Nothing is looked at where no program
+/// handler can run: while dprobe holds the program's asynchronous signals back (its code
+/// writer's stores, the hit path on a stack of dprobe's), or where the stack cannot be read
+/// (a handler that overflowed it). `alternate` is the thread's alternate stack `(base, size)`
+/// in the fault's frame. Async-signal-safe; calls no C library function.
 pub(crate) fn fault_in_program_handler(
     state: &ThreadState,
     rsp: u64,
@@ -98,27 +103,41 @@ pub(crate) fn fault_in_program_handler(
     blocked: u64,
 ) -> bool {
     let restorer = RESTORER.load(Relaxed);
-    if restorer == 0 {
+    if restorer == 0 || state.signals_held.get() || crate::hit_stack::on_any_hit_stack(rsp) {
         return false;
     }
     let (base, size) = alternate;
     let on_alternate = size != 0 && rsp >= base && rsp - base <= size;
     let Some((from, to)) = scan_range(rsp, guarded_sp, Some((base, size, on_alternate))) else { return false };
+    if !readable(from, to) {
+        return false;
+    }
     let own = |at: u64| {
         let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());
         state.own_frames[..n].iter().any(|f| f.get() == at)
     };
-    // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`;
-    // the signal number is read only where it lies below `to` too.
+    let programs = !crate::signals::dprobes_signals();
+    // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
+    // shown readable; the saved mask is read only where it lies below `to` too.
     let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
-    let still_blocked = |at: u64| {
-        let signal = (at + signal_frame::SIGINFO_AT + 8 <= to).then(|| word(at + signal_frame::SIGINFO_AT) as u32);
-        signal.is_some_and(|s| {
-            (1..=64).contains(&s) && blocked & (1 << (s - 1)) != 0 && !crate::signals::is_dprobes(s as libc::c_int)
-        })
-    };
+    let running =
+        |at: u64| at + signal_frame::MASK_AT + 8 <= to && blocked & !word(at + signal_frame::MASK_AT) & programs != 0;
     // SAFETY: as above, for every word of `from..to`.
-    unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| own(at) || !still_blocked(at)) }
+    unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| own(at) || !running(at)) }
+}
+
+/// Whether every page of `from..to` can be read (one system call per page, which fails
+/// rather than faults).
+fn readable(from: u64, to: u64) -> bool {
+    let mut at = from;
+    while at < to {
+        let mut byte = [0u8; 1];
+        if crate::sys::read_memory(dprobe_arch::Addr(at), &mut byte).is_err() {
+            return false;
+        }
+        at = (at & !4095) + 4096;
+    }
+    true
 }
 
 /// Marks, while it lives, the signal frame of a dprobe handler running on this thread, so

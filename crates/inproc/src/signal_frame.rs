@@ -20,12 +20,14 @@ pub(crate) const READ_BYTES: u64 = FPREGS_AT + 8;
 /// Where the signal mask of the interrupted code is: the kernel's `ucontext` has it where the
 /// C library's does, 8 bytes of it (the C library's `sigset_t` is longer).
 pub(crate) const MASK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_sigmask) as u64;
-/// Where the `siginfo_t` is: just after the kernel's `ucontext`.
-pub(crate) const SIGINFO_AT: u64 = MASK_AT + 8;
+/// Where the `siginfo_t` is: just after the kernel's `ucontext`. Written only for a handler
+/// installed with `SA_SIGINFO`: elsewhere the words there are whatever the stack held.
+#[cfg(test)]
+const SIGINFO_AT: u64 = MASK_AT + 8;
 
 // The kernel's layout: the machine context's 23 general registers, then the pointer to the
 // floating-point state.
-const _: () = assert!(RSP_AT == 168 && RIP_AT == 176 && FPREGS_AT == 232 && MASK_AT == 304 && SIGINFO_AT == 312);
+const _: () = assert!(RSP_AT == 168 && RIP_AT == 176 && FPREGS_AT == 232 && MASK_AT == 304);
 
 /// How far above a frame its floating-point state may be (a few KiB; about 11 with AMX tiles).
 const FPREGS_WITHIN: u64 = 64 * 1024;

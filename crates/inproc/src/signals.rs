@@ -71,10 +71,10 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     Ok(())
 }
 
-/// Whether dprobe installed its handler for `sig` (a trap, a fault, the safepoint signal).
-/// Async-signal-safe.
-pub(crate) fn is_dprobes(sig: libc::c_int) -> bool {
-    usize::try_from(sig).ok().and_then(|i| INSTALLED.get(i)).is_some_and(|b| b.load(Ordering::Acquire))
+/// The signals dprobe installed its handlers for (a trap, the faults, the safepoint signal),
+/// as a kernel signal set (bit N-1 for signal N). Async-signal-safe.
+pub(crate) fn dprobes_signals() -> u64 {
+    (1..=64usize).filter(|&sig| INSTALLED[sig].load(Ordering::Acquire)).fold(0, |set, sig| set | 1 << (sig - 1))
 }
 
 /// Whether `handler` is still the handler of `sig`: a program may have installed its own

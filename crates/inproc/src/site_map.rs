@@ -5,7 +5,8 @@
 //! (a few cache misses each, at every level) were a quarter of the time of a batch of
 //! 10,000. Here an index of small entries (address, position) finds a site in one probe of
 //! its table, and the sites themselves lie in one array, those of a batch next to each other
-//! in address order, as the passes walk them. The addresses alone, in an ordered set beside
+//! in address order, as the passes walk them (a refused batch's sites are removed, and the
+//! last site takes the place of each). The addresses alone, in an ordered set beside
 //! them, answer what needs order (the sites whose window may hold an address).
 
 use std::collections::{BTreeSet, HashMap};

@@ -73,6 +73,9 @@ pub(crate) struct ThreadState {
     /// more hits without a trap may trust it before the kernel is asked again
     /// (`hit_stack::off_alternate_stack`); one cell, read together on every such hit.
     pub(crate) alternate_seen: Cell<(u64, u64, u32)>,
+    /// Whether dprobe holds the program's asynchronous signals back on this thread (its code
+    /// writer's guarded stores): no program handler can run on top of a guarded call then.
+    pub(crate) signals_held: Cell<bool>,
     /// The recovery point of the guarded call running on this thread, or null.
     pub(crate) guard_point: Cell<*mut [u64; 2]>,
     /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.
