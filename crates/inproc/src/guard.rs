@@ -25,20 +25,25 @@ std::arch::global_asm!(
     "push r13",
     "push r14",
     "push r15",
-    // point[0] = stack pointer to resume with, point[1] = where to resume.
-    "mov [rdx], rsp",
+    // The point's address, for the way out (and the call's 16-byte alignment).
+    "push rdx",
+    // point[1] = where to resume, then point[0] = the stack pointer to resume with: a point
+    // whose stack pointer is set is whole (`recovery_point`).
     "lea rax, [rip + 2f]",
     "mov [rdx + 8], rax",
-    "sub rsp, 8",
+    "mov [rdx], rsp",
     "mov rax, rdi",
     "mov rdi, rsi",
     "call rax",
-    "add rsp, 8",
     "xor eax, eax",
     "jmp 3f",
     "2:",
     "mov eax, 1",
     "3:",
+    // Out of the guarded call: a fault from here on is not its (the point's stack pointer
+    // is 0 again, see `recovery_point`).
+    "pop rdx",
+    "mov qword ptr [rdx], 0",
     "pop r15",
     "pop r14",
     "pop r13",
@@ -46,12 +51,17 @@ std::arch::global_asm!(
     "pop rbx",
     "pop rbp",
     "ret",
+    ".globl __dprobe_guarded_call_end",
+    ".hidden __dprobe_guarded_call_end",
+    "__dprobe_guarded_call_end:",
     ".size __dprobe_guarded_call, . - __dprobe_guarded_call",
 );
 
 extern "C" {
     /// Call `f(arg)`; returns 0 when it returned, 1 when a fault resumed at the recovery point.
     fn __dprobe_guarded_call(f: extern "C" fn(*mut u8), arg: *mut u8, point: *mut [u64; 2]) -> u64;
+    /// Just past the end of `__dprobe_guarded_call`.
+    fn __dprobe_guarded_call_end();
 }
 
 extern "C" fn trampoline<F: FnMut()>(arg: *mut u8) {
@@ -112,7 +122,7 @@ pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
     let p = state.guard_point.get();
     // SAFETY: as below.
     if p.is_null() || unsafe { (*p)[0] } == 0 {
-        // Not inside the guarded call yet: its recovery point is not saved.
+        // Not inside the guarded call (yet, or any more): no recovery point.
         return None;
     }
     state.fault.set((signal, addr));
@@ -127,12 +137,12 @@ pub fn recovery_point(signal: i32, addr: u64) -> Option<(u64, u64)> {
 pub(crate) fn guarded_stack_pointer(state: &thread_state::ThreadState) -> Option<u64> {
     let p = state.guard_point.get();
     // SAFETY: a non-null point is a live `call_guarded_in` frame's (see `recovery_point`).
-    // Its stack pointer is 0 until the assembly saved it: not inside the guarded call yet.
+    // Its stack pointer is 0 outside the assembly's call: not inside the guarded call.
     (!p.is_null()).then(|| unsafe { (*p)[0] }).filter(|&sp| sp != 0)
 }
 
 /// Whether `rip` is inside the guarded-call assembly (dprobe's own hit path).
 pub fn guard_code_contains(rip: u64) -> bool {
-    let start = __dprobe_guarded_call as *const () as u64;
-    rip >= start && rip < start + 64
+    let (start, end) = (__dprobe_guarded_call as *const () as u64, __dprobe_guarded_call_end as *const () as u64);
+    rip >= start && rip < end
 }

@@ -87,7 +87,7 @@ pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(
 /// `blocked`, holds more than the mask the frame saved (that of the interrupted code): the
 /// handled signal, and its handler's `sa_mask`, until the handler returns. Words left by a
 /// handler that has returned show no such difference (its mask came back), unless the
-/// interrupted code blocked more since. The signals of dprobe's own handlers do not count (the
+/// interrupted code blocked more since and none less. The signals of dprobe's own handlers do not count (the
 /// safepoint signal, blocked in dprobe's trap handler, where a frame of an earlier one may
 /// linger). Not seen: a handler installed with `SA_NODEFER` and an empty `sa_mask` (its fault
 /// is taken for the guarded handler's, as before). Nothing is looked at where no program
@@ -120,8 +120,11 @@ pub(crate) fn fault_in_program_handler(
     // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
     // shown readable; the saved mask is read only where it lies below `to` too.
     let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
-    let running =
-        |at: u64| at + signal_frame::MASK_AT + 8 <= to && blocked & !word(at + signal_frame::MASK_AT) & programs != 0;
+    // A running handler's mask holds all of the mask it interrupted, and more.
+    let running = |at: u64| {
+        let saved = (at + signal_frame::MASK_AT + 8 <= to).then(|| word(at + signal_frame::MASK_AT));
+        saved.is_some_and(|saved| blocked & !saved & programs != 0 && saved & !blocked & programs == 0)
+    };
     // SAFETY: as above, for every word of `from..to`.
     unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| own(at) || !running(at)) }
 }

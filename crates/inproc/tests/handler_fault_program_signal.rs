@@ -41,9 +41,14 @@ extern "C" fn program_usr1(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     faulting_load();
 }
 
-/// The program's `SIGWINCH` handler, installed as `signal()` does (no `SA_SIGINFO`: the
+/// A real-time signal nothing else sends this process (a terminal's `SIGWINCH` would).
+fn plain_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+/// The program's handler of `plain_signal()`, installed as `signal()` does (no `SA_SIGINFO`: the
 /// kernel's frame then holds no `siginfo`): the same.
-extern "C" fn program_winch(_: libc::c_int) {
+extern "C" fn program_plain(_: libc::c_int) {
     faulting_load();
 }
 
@@ -64,7 +69,7 @@ fn program_handlers() {
         install(libc::SIGUSR1, program_usr1);
         install(libc::SIGUSR2, program_usr2);
         // SAFETY: a plain handler, with the C library's `signal`.
-        let before = unsafe { libc::signal(libc::SIGWINCH, program_winch as *const () as libc::sighandler_t) };
+        let before = unsafe { libc::signal(plain_signal(), program_plain as *const () as libc::sighandler_t) };
         assert_ne!(before, libc::SIG_ERR);
     });
 }
@@ -102,13 +107,13 @@ fn a_fault_of_the_programs_signal_handler_that_interrupted_a_dprobe_handler_is_t
     };
     let jump = register(Kprobe::addr(addr(fx_mov_add)).pre(raising(libc::SIGUSR1))).unwrap();
     let trap = register(Kprobe::addr(addr(fx_push_add)).no_optimize().pre(raising(libc::SIGUSR1))).unwrap();
-    let plain = register(Kprobe::addr(addr(fixtures::fx_spare2)).pre(raising(libc::SIGWINCH))).unwrap();
+    let plain = register(Kprobe::addr(addr(fixtures::fx_spare2)).pre(raising(plain_signal()))).unwrap();
     assert_eq!(jump.optimized(), Ok(()), "the first goes through a jump");
     assert!(trap.optimized().is_err(), "the second through a trap");
     let cases: [(&dprobe_inproc::Probe, unsafe extern "C" fn(u64, u64) -> u64, u64, libc::c_int); 3] = [
         (&jump, fx_mov_add, 42, libc::SIGUSR1),
         (&trap, fx_push_add, 42, libc::SIGUSR1),
-        (&plain, fixtures::fx_spare2, 38, libc::SIGWINCH),
+        (&plain, fixtures::fx_spare2, 38, plain_signal()),
     ];
     for (n, (probe, f, result, sig)) in cases.into_iter().enumerate() {
         let n = n as u64 + 1;
@@ -185,8 +190,9 @@ fn overflow(depth: u64) -> u64 {
 const STACK: usize = 256 << 10;
 const LEFT: usize = 24 << 10;
 
-/// Call `f` with about `LEFT` bytes of the thread's stack left (`top` is an address near the
-/// top of it): the handler's overflow then faults within a few pages of the guarded call.
+/// Call `f` with `LEFT` bytes of the thread's stack left, and up to 16 KiB more (`top` is an
+/// address near the top of it): the handler's overflow then faults within the 64 KiB below
+/// the guarded call that a fault's check looks at.
 #[inline(never)]
 fn near_the_end(top: usize, f: fn() -> u64) -> u64 {
     let frame = std::hint::black_box([0u8; 512]);
