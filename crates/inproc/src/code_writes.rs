@@ -458,6 +458,64 @@ mod tests {
         assert_eq!(bytes(other.offset(49), 3), [0x90, 0xcc, 0x90]);
     }
 
+    static DELIVERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static DELIVERED_INSIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// A program's handler: counts its deliveries, and those that came while the thread was
+    /// inside `store_pieces`'s guarded stores.
+    extern "C" fn note_delivery(_: libc::c_int) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if thread_state::existing().is_some_and(|s| s.signals_held.get()) {
+            DELIVERED_INSIDE.fetch_add(1, Relaxed);
+        }
+        DELIVERED.fetch_add(1, Relaxed);
+    }
+
+    /// A program's signal sent to the thread while it stores waits until the stores are done
+    /// (a handler run there would have its faults taken for the stores'), and is then
+    /// delivered. Most of each call is spent storing: without the hold, most deliveries land
+    /// inside.
+    #[test]
+    fn a_program_signal_sent_during_the_stores_waits_until_they_are_done() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        for sig in [libc::SIGSEGV, libc::SIGBUS] {
+            signals::install(sig, trap::on_fault).unwrap();
+        }
+        thread_state::init();
+        assert!(stores_guarded());
+        let sig = libc::SIGRTMIN() + 6;
+        // SAFETY: a handler that only reads this thread's state and counts.
+        assert_ne!(unsafe { libc::signal(sig, note_delivery as *const () as libc::sighandler_t) }, libc::SIG_ERR);
+        let writable = page(libc::PROT_READ | libc::PROT_WRITE);
+        let pieces: Vec<(Addr, &[u8])> = (0..4096).map(|i| (writable.offset(i), &[0xcc][..])).collect();
+        // SAFETY: gettid has no arguments.
+        let me = unsafe { libc::syscall(libc::SYS_gettid) };
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let sender = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !done.load(Relaxed) {
+                    // SAFETY: a signal this process handles, to one of its threads.
+                    if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), me, sig) } == 0 {
+                        sent += 1;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+                sent
+            })
+        };
+        let started = std::time::Instant::now();
+        while DELIVERED.load(Relaxed) < 200 && started.elapsed() < std::time::Duration::from_secs(20) {
+            assert_eq!(store_pieces(&pieces), pieces.len());
+        }
+        done.store(true, Relaxed);
+        let sent = sender.join().unwrap();
+        assert!(sent > 0 && DELIVERED.load(Relaxed) > 0, "signals were sent and delivered");
+        assert_eq!(DELIVERED_INSIDE.load(Relaxed), 0, "deliveries inside the stores");
+        assert_eq!(bytes(writable, 4096), vec![0xcc; 4096]);
+    }
+
     static STORED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
 
     /// A `WritePieces` that writes nothing and notes where it was asked to.

@@ -68,13 +68,14 @@ pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(
     let (base, size) = trapped.unwrap_or_else(crate::hit_stack::program_alternate_stack);
     let alternate = Some((base, size, size != 0 && rsp >= base && rsp - base <= size));
     let Some((from, to)) = scan_range(rsp, mark, alternate) else { return false };
-    let own = |at: u64| {
-        let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());
-        state.own_frames[..n].iter().any(|f| f.get() == at)
-    };
-    // SAFETY: `scan_range` keeps to the live part of one stack of this thread: every word in
-    // `from..to` is mapped and readable, and nothing else writes it while this runs.
-    unsafe { signal_frame_in(from, to, mark, restorer, own) }
+    // The range is taken for one stack's: a handler that switched stacks itself (a coroutine's,
+    // just below the mark) may leave a hole in it.
+    if !readable(from, to) {
+        return false;
+    }
+    // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
+    // shown readable; nothing else writes it while this runs.
+    unsafe { signal_frame_in(from, to, mark, restorer, |at| state.own_frame_at(at)) }
 }
 
 /// Whether a fault at stack pointer `rsp` was raised in a program's signal handler that
@@ -112,10 +113,6 @@ pub(crate) fn fault_in_program_handler(
     if !readable(from, to) {
         return false;
     }
-    let own = |at: u64| {
-        let n = (state.own_frames_len.get() as usize).min(state.own_frames.len());
-        state.own_frames[..n].iter().any(|f| f.get() == at)
-    };
     let programs = !crate::signals::dprobes_signals();
     // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
     // shown readable; the saved mask is read only where it lies below `to` too.
@@ -126,7 +123,7 @@ pub(crate) fn fault_in_program_handler(
         saved.is_some_and(|saved| blocked & !saved & programs != 0 && saved & !blocked & programs == 0)
     };
     // SAFETY: as above, for every word of `from..to`.
-    unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| own(at) || !running(at)) }
+    unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| state.own_frame_at(at) || !running(at)) }
 }
 
 /// Whether every page of `from..to` can be read (one system call per page, which fails

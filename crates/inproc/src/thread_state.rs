@@ -98,6 +98,12 @@ impl ThreadState {
         }
         self.tid.get()
     }
+
+    /// Whether a signal frame at `at` is one of dprobe's own handlers' (`interrupted::OwnFrame`).
+    pub(crate) fn own_frame_at(&self, at: u64) -> bool {
+        let n = (self.own_frames_len.get() as usize).min(self.own_frames.len());
+        self.own_frames[..n].iter().any(|f| f.get() == at)
+    }
 }
 
 struct Table {
