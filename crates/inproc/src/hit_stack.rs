@@ -25,9 +25,11 @@
 //! For a trap, both are undone by the kernel: `rt_sigreturn` restores the signal mask and the
 //! alternate stack saved in the `SIGTRAP` frame. A hit without a trap undoes them itself, back
 //! on the program's stack ([`off_alternate_stack`]). A trap taken while already on dprobe's
-//! stack (the hit path calls a probed C library function) stays there. A program whose alternate stack is
-//! disarmed while its handler runs (`SS_AUTODISARM`) keeps the old way: its frame does not say
-//! the thread was on an alternate stack.
+//! stack (the hit path calls a probed C library function) stays there. A program whose alternate stack
+//! is disarmed while its handler runs (`SS_AUTODISARM`) has none then, for the kernel or in a
+//! trap's frame: a hit with no alternate stack set, whose stack pointer is on the stack last
+//! seen armed that way, moves too. A thread whose first hit since it set that stack comes
+//! inside such a handler runs there, as before.
 
 use std::sync::atomic::{
     AtomicU64,
@@ -208,11 +210,35 @@ fn hit_stack_for(state: &ThreadState, program: &libc::stack_t, sp: u64) -> Optio
     if low != 0 && word.is_some_and(|w| w.load(Acquire) == low) {
         return None;
     }
+    let (low, size) = match (low, program.ss_flags & SS_AUTODISARM) {
+        (0, _) => on_disarmed_stack(state, sp).unwrap_or((0, 0)),
+        (_, 0) => {
+            state.autodisarm_seen.set((0, 0));
+            (low, size)
+        }
+        _ => {
+            state.autodisarm_seen.set((low, size));
+            (low, size)
+        }
+    };
     state.alternate_seen.set((low, size, TRUSTED_HITS));
     if outside(sp, low, size) {
         return None;
     }
     word.and_then(mapping_of)
+}
+
+/// `SS_AUTODISARM` (not in the libc crate): the kernel disarms the alternate stack while a
+/// handler runs on it.
+const SS_AUTODISARM: libc::c_int = 1 << 31;
+
+/// With no alternate stack set: the program's stack last seen armed with `SS_AUTODISARM`,
+/// when `sp` is on it. A handler running there has it disarmed (the kernel then reports no
+/// alternate stack, and a trap's frame holds none), but it is as small as any. Kept as the
+/// stack last seen, so that the next hits on it ask the kernel too.
+fn on_disarmed_stack(state: &ThreadState, sp: u64) -> Option<(u64, u64)> {
+    let (low, size) = state.autodisarm_seen.get();
+    (!outside(sp, low, size)).then_some((low, size))
 }
 
 /// Move to the hit stack mapped at `mapping`, with the program's asynchronous signals held and

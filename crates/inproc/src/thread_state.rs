@@ -73,6 +73,10 @@ pub(crate) struct ThreadState {
     /// more hits without a trap may trust it before the kernel is asked again
     /// (`hit_stack::off_alternate_stack`); one cell, read together on every such hit.
     pub(crate) alternate_seen: Cell<(u64, u64, u32)>,
+    /// The program's alternate stack `(base, size)` last seen armed with `SS_AUTODISARM`
+    /// (size 0: none): while a handler runs there, the kernel reports no alternate stack at
+    /// all (`hit_stack.rs`).
+    pub(crate) autodisarm_seen: Cell<(u64, u64)>,
     /// Whether dprobe holds the program's asynchronous signals back on this thread (its code
     /// writer's guarded stores): no program handler can run on top of a guarded call then.
     pub(crate) signals_held: Cell<bool>,

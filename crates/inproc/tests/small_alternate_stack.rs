@@ -31,10 +31,19 @@ std::arch::global_asm!(
     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "ret",
     ".size alt_return_add, . - alt_return_add",
+    // `a + b`, probed by the `SS_AUTODISARM` test alone (a 5-byte instruction first: a jump).
+    ".globl alt_disarmed_add",
+    ".type alt_disarmed_add,@function",
+    "alt_disarmed_add:",
+    "lea rax, [rdi + rsi + 0]",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "ret",
+    ".size alt_disarmed_add, . - alt_disarmed_add",
 );
 
 extern "C" {
     fn alt_return_add(a: u64, b: u64) -> u64;
+    fn alt_disarmed_add(a: u64, b: u64) -> u64;
 }
 
 /// The function the child's signal handler calls (`a + b`), set in the child.
@@ -78,6 +87,23 @@ fn in_child_on_alternate_stack(
     target: Add,
     size: usize,
 ) -> (libc::c_int, u64, u64, u64) {
+    in_child_on_alternate_stack_with(figures, target, size, 0)
+}
+
+/// `SS_AUTODISARM` (not in the libc crate): the kernel disarms the alternate stack while a
+/// handler runs on it, and arms it again when the handler returns.
+const SS_AUTODISARM: libc::c_int = 1 << 31;
+
+/// [`in_child_on_alternate_stack`] with the alternate stack's flags `flags`. With
+/// `SS_AUTODISARM`, the child first calls `target` once outside any handler, as a program that
+/// set its stack up at its start runs code before its first signal; that call is not among
+/// the figures.
+fn in_child_on_alternate_stack_with(
+    figures: &dyn Fn() -> (u64, u64),
+    target: Add,
+    size: usize,
+    flags: libc::c_int,
+) -> (libc::c_int, u64, u64, u64) {
     let mut fds = [0; 2];
     // SAFETY: a pipe into the array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -105,7 +131,7 @@ fn in_child_on_alternate_stack(
                 libc::_exit(2);
             }
             TARGET.store(target as usize, Relaxed);
-            let ss = libc::stack_t { ss_sp: base.cast::<u8>().add(page).cast(), ss_flags: 0, ss_size: size };
+            let ss = libc::stack_t { ss_sp: base.cast::<u8>().add(page).cast(), ss_flags: flags, ss_size: size };
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
             sa.sa_flags = libc::SA_ONSTACK;
@@ -120,10 +146,15 @@ fn in_child_on_alternate_stack(
             }
             let mut mask_before: libc::sigset_t = std::mem::zeroed();
             libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask_before);
+            let warm_up = flags & SS_AUTODISARM != 0;
+            if warm_up && target(1, 2) != 3 {
+                libc::_exit(1);
+            }
             for _ in 0..SIGNALS {
                 libc::raise(libc::SIGUSR2);
             }
             let (seen, missed) = figures();
+            let seen = seen - u64::from(warm_up);
             libc::write(fds[1], [seen, missed, URGS.load(Relaxed)].as_ptr().cast(), 24);
             let mut now = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: -1, ss_size: 0 };
             libc::sigaltstack(std::ptr::null(), &mut now);
@@ -132,7 +163,7 @@ fn in_child_on_alternate_stack(
             let same_mask =
                 (1..=64).all(|sig| libc::sigismember(&mask_before, sig) == libc::sigismember(&mask_after, sig));
             let counted = seen + missed == SIGNALS;
-            libc::_exit(if (now.ss_sp, now.ss_size, now.ss_flags) != (ss.ss_sp, size, 0) {
+            libc::_exit(if (now.ss_sp, now.ss_size, now.ss_flags) != (ss.ss_sp, size, flags) {
                 3
             } else if !same_mask {
                 4
@@ -247,5 +278,32 @@ fn a_return_handler_deeper_than_the_alternate_stack_runs_off_it() {
         let (status, returns, missed, _) = in_child_on_alternate_stack(&figures, alt_return_add, libc::SIGSTKSZ);
         exited_unharmed(&what, status);
         assert_eq!((returns, missed), (SIGNALS, 0), "{what}: every return seen");
+    }
+}
+
+/// The same deep handler on an alternate stack armed with `SS_AUTODISARM`, which the kernel
+/// disarms while a handler runs there: no alternate stack is then set, for the kernel or in a
+/// trap's frame, and the hit path still moves off it (it saw the stack armed before).
+#[test]
+fn a_handler_deeper_than_an_autodisarmed_alternate_stack_runs_off_it() {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    for trap in [true, false] {
+        let probe = Kprobe::addr(addr(alt_disarmed_add)).pre(|_| {
+            let deep = std::hint::black_box([7u8; 64 << 10]);
+            std::hint::black_box(&deep);
+            HITS.fetch_add(1, Relaxed);
+            PreAction::Continue
+        });
+        let p = register(if trap { probe.no_optimize() } else { probe }).unwrap();
+        assert_eq!(fixtures::code(addr(alt_disarmed_add), 1), [if trap { 0xcc } else { 0xe9 }]);
+        let what = format!("a 64 KiB handler on an 8 KiB SS_AUTODISARM stack, {}", if trap { "trap" } else { "jump" });
+        let (status, hits, missed, _) = in_child_on_alternate_stack_with(
+            &|| (p.hits(), p.nmissed()),
+            alt_disarmed_add,
+            libc::SIGSTKSZ,
+            SS_AUTODISARM,
+        );
+        exited_unharmed(&what, status);
+        assert_eq!((hits, missed), (SIGNALS, 0), "{what}: every call a hit");
     }
 }
