@@ -297,7 +297,7 @@ fn on_entry(function: u64, regs: &mut Regs) {
             return;
         };
         let sp = regs.rsp;
-        let mut stacks = OwnStacks::at_trap();
+        let mut stacks = OwnStacks::at_trap(Some(state));
         let tid = state.tid();
         jump::read_published(Some(state), registry(), |probes| {
             pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a));
@@ -382,7 +382,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
     let callee = site.callee();
     let to_watched = callee.is_some_and(is_watched);
     let sp = regs.rsp;
-    let mut stacks = OwnStacks::at_trap();
+    let mut stacks = OwnStacks::at_trap(state);
     jump::read_published(state, registry(), |probes| {
         let mut pending = Pending { stack, probes };
         let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
@@ -464,7 +464,7 @@ fn return_from(
     stack: &ExitStack,
     i: usize,
     through_slot: bool,
-    each: &mut dyn FnMut(&KretInner, usize),
+    each: &mut impl FnMut(&KretInner, usize),
     probes: &[Arc<KretInner>],
 ) {
     let sp = stack.act(i).sp.get();

@@ -428,10 +428,10 @@ pub(crate) struct OwnStacks {
 }
 
 impl OwnStacks {
-    /// In an entry handler: the interrupted code's alternate stack, from its signal frame
-    /// (asked of the kernel when needed on the jump path, which has none).
-    pub(crate) fn at_trap() -> Self {
-        OwnStacks { alternate: trap::trapped_alternate_stack() }
+    /// In a handler of thread `state`: the interrupted code's alternate stack, from its
+    /// signal frame (asked of the kernel when needed on the jump path, which has none).
+    pub(crate) fn at_trap(state: Option<&ThreadState>) -> Self {
+        OwnStacks { alternate: state.and_then(trap::trapped_alternate_stack_of) }
     }
 
     /// Elsewhere (the trampoline's dispatcher): asked of the kernel when needed.
@@ -469,7 +469,7 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
         // At a function's first instruction the return address is at rsp, on this
         // thread's stack (own or alternate).
         let ret_slot = regs.rsp as *mut u64;
-        let mut stacks = OwnStacks::at_trap();
+        let mut stacks = OwnStacks::at_trap(Some(state));
         returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);
         if !t.stack.room() {
             inner.nmissed.fetch_add(1, Relaxed);
@@ -555,7 +555,7 @@ pub(crate) fn return_through_slot(sp: u64, probes: &[Arc<KretInner>]) -> TailRet
     }
     let Some(state) = thread_state::existing() else { return TailReturn::NoRoom };
     let t = &state.returns;
-    let mut stacks = OwnStacks::at_trap();
+    let mut stacks = OwnStacks::at_trap(Some(state));
     // The word is where a call's return address lies, as at an entry: entries below it are
     // stale, one on it is chained if the word still holds the trampoline.
     returns::reclaim(&mut Live { t, probes }, At::Entry { sp }, &mut stacks);

@@ -96,10 +96,9 @@ pub fn tool_work() -> ToolWork {
     ToolWork { _raised: Raised::new(state.map(|s| &s.own_work)), _tool: Raised::new(state.map(|s| &s.tool_work)) }
 }
 
-/// The thread's alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
+/// Thread `s`'s alternate signal stack `(base, size)` (size 0: none; `None`: unknown) when the code the
 /// running handler probes trapped. Meaningful inside a handler only.
-pub(crate) fn trapped_alternate_stack() -> Option<(u64, u64)> {
-    let s = thread_state::existing()?;
+pub(crate) fn trapped_alternate_stack_of(s: &ThreadState) -> Option<(u64, u64)> {
     s.alternate_known.get().then(|| s.alternate.get())
 }
 
