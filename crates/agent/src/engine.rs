@@ -709,7 +709,7 @@ impl Engine for AgentEngine {
             return Err(AgentError::TooMany);
         }
         let target = match binary {
-            Some(b) => format!("{b}:{function}"),
+            Some(b) => format!("{}:{function}", object_for_the_agent(b)),
             None => function.clone(),
         };
         let request = PlaceProbe {
@@ -904,5 +904,15 @@ impl Engine for AgentEngine {
                 let _ = self.stop_agent();
             }
         }
+    }
+}
+
+/// `binary` as the agent must read it: a path (relative ones are the user's, from dprobe's
+/// directory, which the program's need not be) made absolute and canonical, as the kernel
+/// shows a loaded object's; a library name as written.
+fn object_for_the_agent(binary: &str) -> String {
+    match dprobe_sym::ObjectName::new(binary) {
+        Ok(dprobe_sym::ObjectName::Path(path)) => path,
+        _ => binary.to_owned(),
     }
 }

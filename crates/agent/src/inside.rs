@@ -478,11 +478,10 @@ fn jump_or_trap(probe: &Probe) -> String {
     }
 }
 
-/// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is mapped.
+/// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is mapped, as every
+/// engine matches them (`dprobe_sym::ObjectName`: a path by its canonical file).
 fn loaded(name: &str) -> bool {
+    let Ok(object) = dprobe_sym::ObjectName::new(name) else { return false };
     let Ok(maps) = dprobe_sym::read_maps_of(std::process::id()) else { return true };
-    maps.iter().filter_map(|m| m.path.as_deref()).any(|path| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        path == name || file == name || file.starts_with(&format!("{name}.so")) || file.starts_with(&format!("{name}-"))
-    })
+    maps.iter().filter_map(|m| m.path.as_deref()).any(|path| object.matches(path))
 }

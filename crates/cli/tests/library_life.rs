@@ -1,7 +1,7 @@
 //! `dprobe trace` of code that runs before `main` and of a library loaded again and again.
 mod common;
 
-use common::{ctor_plugin, hits, loads, plugin, trace};
+use common::{ctor_plugin, hits, loads, out_file, plugin, trace};
 
 #[test]
 fn constructors_are_probed() {
@@ -39,5 +39,29 @@ fn every_load_of_a_library_is_probed() {
         let (code, out) = trace(&format!("{engine}-reload"), &args);
         assert_eq!((code, hits(&out, probe)), (Some(0), 100), "{engine}\n{out}");
         assert!(!out.contains("never loaded"), "{engine}\n{out}");
+    }
+}
+
+#[test]
+fn a_library_named_by_a_relative_path_is_probed_at_every_load() {
+    // `./libdprobe_plugin.so:…` from the library's own directory, where dprobe runs: the path
+    // is the user's, from dprobe's directory, and names the library the program loads later
+    // (by its absolute path) in each engine.
+    let library = std::path::Path::new(plugin());
+    let (dir, file) = (library.parent().unwrap(), library.file_name().unwrap().to_str().unwrap());
+    let probe = format!("./{file}:plugin_twice");
+    for engine in ["ptrace", "agent"] {
+        let out = out_file(&format!("{engine}-relative-reload"));
+        let args = ["trace", "-o", out.to_str().unwrap(), "--engine", engine, "--count", &probe, "--"];
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .current_dir(dir)
+            .args(args)
+            .args([loads(), "reload", plugin(), "20"])
+            .output()
+            .unwrap();
+        let summary = std::fs::read_to_string(&out).unwrap_or_default();
+        let what = format!("{engine}\n{}\n{summary}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!((o.status.code(), hits(&summary, &probe)), (Some(0), 20), "{what}");
+        assert!(!summary.contains("never loaded"), "{what}");
     }
 }
