@@ -13,7 +13,29 @@ use crate::tracee::EVENT_STOP;
 
 /// Execute one instruction of stopped thread `tid`; signals that arrive meanwhile are added
 /// to `held`.
+///
+/// The step ends with a `SIGTRAP` the kernel forces on the thread, and a forced signal the
+/// thread blocks has its action reset to the default for the whole process: the program's own
+/// `SIGTRAP` handler (or that of dprobe's agent, loaded earlier) would be gone, and its next
+/// trap kill it. A thread that blocks it (a new thread before its start routine, one that
+/// blocks every signal) is stepped without, and its mask put back.
 fn step_holding(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+    let trap = 1u64 << (libc::SIGTRAP - 1);
+    let mask = sys::sigmask(tid)?;
+    if mask & trap == 0 {
+        return step_unblocked(tid, held);
+    }
+    sys::set_sigmask(tid, mask & !trap)?;
+    let stepped = step_unblocked(tid, held);
+    match (sys::set_sigmask(tid, mask), stepped) {
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e.into()),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+/// [`step_holding`] of a thread that does not block `SIGTRAP`.
+fn step_unblocked(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
     // Each signal met is taken off the program's queue (until the step is done), so the
     // signals end; interrupts are bounded.
     let mut interrupts = 0;
