@@ -148,3 +148,18 @@ fn a_followed_fork_child_returns_from_the_function_that_forked_it() {
         }
     }
 }
+
+/// `--follow` with the agent asked for: the programs its children execute run untraced, and
+/// dprobe says so rather than show a count without them.
+#[test]
+fn the_agent_asked_to_follow_says_what_it_does_not() {
+    let args = ["--engine", "agent", "--follow", "--count", "family:work", "--", "/bin/sh", "-c", "true"];
+    let t = common::trace_to_file("agent-follow-note", &args);
+    assert_eq!(t.code, Some(0), "{}", t.what("agent --follow"));
+    assert!(t.stderr.contains("not the programs children execute"), "{}", t.stderr);
+    let t = common::trace_to_file(
+        "agent-note-unfollowed",
+        &args[..2].iter().chain(&args[3..]).copied().collect::<Vec<_>>(),
+    );
+    assert!(!t.stderr.contains("children execute"), "no note without --follow: {}", t.stderr);
+}
