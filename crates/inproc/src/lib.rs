@@ -61,6 +61,7 @@ mod jump;
 mod jump_stub;
 mod kretprobe;
 mod mapped;
+mod mask_guard;
 mod memory;
 mod optimizer;
 mod page_alias;
@@ -91,6 +92,7 @@ pub use kretprobe::{
     process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
     InstanceData, Kretprobe, ReturnProbe,
 };
+pub use mask_guard::keep_traps_open;
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
     blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, unregister_all, Probe,

@@ -77,6 +77,10 @@ pub(crate) struct ThreadState {
     /// (size 0: none): while a handler runs there, the kernel reports no alternate stack at
     /// all (`hit_stack.rs`).
     pub(crate) autodisarm_seen: Cell<(u64, u64)>,
+    /// Copies of signal sets the program passed to `pthread_sigmask`, with `SIGTRAP` taken
+    /// out, which the function reads instead (`mask_guard.rs`); used in turn.
+    pub(crate) sigset_copies: [Cell<[u64; 16]>; 16],
+    pub(crate) sigset_next: Cell<u32>,
     /// Whether dprobe holds the program's asynchronous signals back on this thread (its code
     /// writer's guarded stores): no program handler can run on top of a guarded call then.
     pub(crate) signals_held: Cell<bool>,
