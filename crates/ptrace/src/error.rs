@@ -74,7 +74,7 @@ pub enum TraceError {
     #[error("no AT_ENTRY in the auxiliary vector")]
     NoEntry,
     /// The program ended before it reached its entry point.
-    #[error("the program ended before its entry point ({0:?})")]
+    #[error("the program ended before its entry point ({0})")]
     EndedBeforeEntry(Exit),
     /// A thread stepped out of dprobe's code did not leave it in the steps it takes.
     #[error("thread {tid} did not leave {place}")]
