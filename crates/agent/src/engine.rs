@@ -907,12 +907,13 @@ impl Engine for AgentEngine {
     }
 }
 
-/// `binary` as the agent must read it: a path (relative ones are the user's, from dprobe's
-/// directory, which the program's need not be) made absolute and canonical, as the kernel
-/// shows a loaded object's; a library name as written.
+/// `binary` as the agent must read it: a relative path (the user's, from dprobe's directory,
+/// which the program's need not be) made absolute and canonical, as the kernel shows a loaded
+/// object's; an absolute path or a library name as written (in the program's mount namespace,
+/// a container's, links may lead elsewhere than in dprobe's).
 fn object_for_the_agent(binary: &str) -> String {
     match dprobe_sym::ObjectName::new(binary) {
-        Ok(dprobe_sym::ObjectName::Path(path)) => path,
+        Ok(dprobe_sym::ObjectName::Path(path)) if binary.contains('/') && !binary.starts_with('/') => path,
         _ => binary.to_owned(),
     }
 }

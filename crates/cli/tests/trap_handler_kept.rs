@@ -51,9 +51,20 @@ fn program() -> &'static str {
     dprobe_test_fixtures::c_program(src.to_str().unwrap(), "trap-handler-kept", &["-O2"])
 }
 
+/// The program, killed if the test fails before it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_programs_trap_handler_survives_an_attach_whose_thread_blocks_sigtrap() {
-    let mut child = Command::new(program()).stdout(Stdio::piped()).stdin(Stdio::null()).spawn().unwrap();
+    let mut running = Running(Command::new(program()).stdout(Stdio::piped()).stdin(Stdio::null()).spawn().unwrap());
+    let child = &mut running.0;
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

@@ -32,8 +32,9 @@
 //! the probe is disabled unless the fault handler handled it.
 //!
 //! # Limits
-//! A thread that blocks `SIGTRAP` with `sigprocmask` and hits a probe is killed by the
-//! kernel (synchronous traps cannot be blocked). A program that replaces dprobe's `SIGTRAP`
+//! A thread that blocks `SIGTRAP` with `sigprocmask` and hits a probe on `int3` is killed by
+//! the kernel (synchronous traps cannot be blocked); [`keep_traps_open`] keeps it out of the
+//! masks that block every signal. A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them. Making a probe whose jump replaces several
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
 //! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is

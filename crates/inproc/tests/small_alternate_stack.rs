@@ -154,7 +154,7 @@ fn in_child_on_alternate_stack_with(
                 libc::raise(libc::SIGUSR2);
             }
             let (seen, missed) = figures();
-            let seen = seen - u64::from(warm_up);
+            let seen = seen.saturating_sub(u64::from(warm_up));
             libc::write(fds[1], [seen, missed, URGS.load(Relaxed)].as_ptr().cast(), 24);
             let mut now = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: -1, ss_size: 0 };
             libc::sigaltstack(std::ptr::null(), &mut now);

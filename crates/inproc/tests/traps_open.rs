@@ -66,8 +66,7 @@ fn a_thread_that_blocks_every_signal_takes_its_int3_hits() {
     // SAFETY: our child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTRAP, "status {status:#x}");
-    keep_traps_open().unwrap();
-    keep_traps_open().unwrap();
+    let guard = keep_traps_open().unwrap();
     // Another probe on `pthread_sigmask` still sees every call: the function runs.
     static MASK_CALLS: AtomicU64 = AtomicU64::new(0);
     let other = register(Kprobe::symbol("libc:pthread_sigmask").pre(|_| {
@@ -85,6 +84,18 @@ fn a_thread_that_blocks_every_signal_takes_its_int3_hits() {
     // Each thread's blocking call, and its `mask` query (others' calls count too).
     assert!(MASK_CALLS.load(Relaxed) >= 4, "{}", MASK_CALLS.load(Relaxed));
     drop(other);
+    // A set of `SIGTRAP` alone (a program that waits for it with `sigwait`) is kept.
+    let only_trap = std::thread::spawn(|| {
+        // SAFETY: blocks SIGTRAP in this thread only, which hits no probe.
+        unsafe {
+            let mut trap: libc::sigset_t = std::mem::zeroed();
+            libc::sigaddset(&mut trap, libc::SIGTRAP);
+            assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &trap, std::ptr::null_mut()), 0);
+        }
+        mask()
+    });
+    assert_eq!(only_trap.join().unwrap() & (1 << (libc::SIGTRAP - 1)), 1 << (libc::SIGTRAP - 1));
+    drop(guard);
     assert_eq!(HITS.load(Relaxed), 200);
     assert_eq!(p.hits(), 200);
 }

@@ -23,10 +23,10 @@ fn step_holding(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceEr
     let trap = 1u64 << (libc::SIGTRAP - 1);
     let mask = sys::sigmask(tid)?;
     if mask & trap == 0 {
-        return step_unblocked(tid, held);
+        return step_unblocked(tid, held, false);
     }
     sys::set_sigmask(tid, mask & !trap)?;
-    let stepped = step_unblocked(tid, held);
+    let stepped = step_unblocked(tid, held, true);
     match (sys::set_sigmask(tid, mask), stepped) {
         (_, Err(e)) => Err(e),
         (Err(e), Ok(())) => Err(e.into()),
@@ -34,8 +34,9 @@ fn step_holding(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceEr
     }
 }
 
-/// [`step_holding`] of a thread that does not block `SIGTRAP`.
-fn step_unblocked(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+/// [`step_holding`] of a thread that does not block `SIGTRAP`; `was_blocked`: it did until
+/// now, and a `SIGTRAP` the program sent itself meanwhile may be pending.
+fn step_unblocked(tid: i32, held: &mut Vec<libc::siginfo_t>, was_blocked: bool) -> Result<(), TraceError> {
     // Each signal met is taken off the program's queue (until the step is done), so the
     // signals end; interrupts are bounded.
     let mut interrupts = 0;
@@ -58,6 +59,15 @@ fn step_unblocked(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), Trace
                 return Err(TraceError::Stuck { tid, place: "a single step" });
             }
             continue;
+        }
+        if signal == libc::SIGTRAP && sys::event_of(status) == 0 && was_blocked {
+            // The step's trap comes from the kernel (a positive code); one the program sent
+            // itself while it blocked it, pending until now, is the program's: held.
+            let info = sys::siginfo(tid)?;
+            if info.si_code <= 0 {
+                held.push(info);
+                continue;
+            }
         }
         if sys::event_of(status) != 0 || signal == libc::SIGTRAP {
             return Ok(());
