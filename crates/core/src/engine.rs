@@ -99,54 +99,6 @@ impl Exit {
     }
 }
 
-/// The names of Linux's signals 1 to 31 on x86-64.
-const SIGNAL_NAMES: [&str; 31] = [
-    "SIGHUP",
-    "SIGINT",
-    "SIGQUIT",
-    "SIGILL",
-    "SIGTRAP",
-    "SIGABRT",
-    "SIGBUS",
-    "SIGFPE",
-    "SIGKILL",
-    "SIGUSR1",
-    "SIGSEGV",
-    "SIGUSR2",
-    "SIGPIPE",
-    "SIGALRM",
-    "SIGTERM",
-    "SIGSTKFLT",
-    "SIGCHLD",
-    "SIGCONT",
-    "SIGSTOP",
-    "SIGTSTP",
-    "SIGTTIN",
-    "SIGTTOU",
-    "SIGURG",
-    "SIGXCPU",
-    "SIGXFSZ",
-    "SIGVTALRM",
-    "SIGPROF",
-    "SIGWINCH",
-    "SIGIO",
-    "SIGPWR",
-    "SIGSYS",
-];
-
-/// `exit status 3`, `killed by SIGSEGV`: as a message says it.
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Exit::Code(c) => write!(f, "exit status {c}"),
-            Exit::Signal(s) => match usize::try_from(s - 1).ok().and_then(|i| SIGNAL_NAMES.get(i)) {
-                Some(name) => write!(f, "killed by {name}"),
-                None => write!(f, "killed by signal {s}"),
-            },
-        }
-    }
-}
-
 /// Why [`Engine::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -223,18 +175,4 @@ pub trait Engine {
     /// Give up before tracing (a probe could not be placed): remove what was placed and let
     /// go; a program the engine started, which has not run yet, goes too.
     fn abandon(self);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Exit;
-
-    #[test]
-    fn an_exit_reads_as_a_message_says_it() {
-        assert_eq!(Exit::Code(3).to_string(), "exit status 3");
-        assert_eq!(Exit::Signal(11).to_string(), "killed by SIGSEGV");
-        assert_eq!(Exit::Signal(31).to_string(), "killed by SIGSYS");
-        assert_eq!(Exit::Signal(40).to_string(), "killed by signal 40");
-        assert_eq!(Exit::Signal(0).to_string(), "killed by signal 0");
-    }
 }

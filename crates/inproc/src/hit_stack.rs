@@ -210,16 +210,12 @@ fn hit_stack_for(state: &ThreadState, program: &libc::stack_t, sp: u64) -> Optio
     if low != 0 && word.is_some_and(|w| w.load(Acquire) == low) {
         return None;
     }
-    let (low, size) = match (low, program.ss_flags & SS_AUTODISARM) {
-        (0, _) => on_disarmed_stack(state, sp).unwrap_or((0, 0)),
-        (_, 0) => {
-            state.autodisarm_seen.set((0, 0));
-            (low, size)
-        }
-        _ => {
-            state.autodisarm_seen.set((low, size));
-            (low, size)
-        }
+    let (low, size) = if low == 0 {
+        on_disarmed_stack(state, sp).unwrap_or((0, 0))
+    } else {
+        let disarmed = program.ss_flags & SS_AUTODISARM != 0;
+        state.autodisarm_seen.set(if disarmed { (low, size) } else { (0, 0) });
+        (low, size)
     };
     state.alternate_seen.set((low, size, TRUSTED_HITS));
     if outside(sp, low, size) {

@@ -74,7 +74,7 @@ pub enum TraceError {
     #[error("no AT_ENTRY in the auxiliary vector")]
     NoEntry,
     /// The program ended before it reached its entry point.
-    #[error("the program ended before its entry point ({0})")]
+    #[error("the program ended before its entry point ({})", ended(*.0))]
     EndedBeforeEntry(Exit),
     /// A thread stepped out of dprobe's code did not leave it in the steps it takes.
     #[error("thread {tid} did not leave {place}")]
@@ -160,4 +160,29 @@ pub enum Stopped {
     /// The caller asked to stop (a signal handler, a deadline); the process still runs,
     /// traced, until it is detached or run again.
     Asked,
+}
+
+/// How a program ended, as a message says it: `exit status 3`, `killed by SIGSEGV`.
+pub(crate) fn ended(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit status {c}"),
+        Exit::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
+            Ok(signal) => format!("killed by {}", signal.as_str()),
+            Err(_) => format!("killed by signal {s}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod ended_tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_reads_as_a_message_says_it() {
+        assert_eq!(ended(Exit::Code(3)), "exit status 3");
+        assert_eq!(ended(Exit::Signal(11)), "killed by SIGSEGV");
+        assert_eq!(ended(Exit::Signal(31)), "killed by SIGSYS");
+        assert_eq!(ended(Exit::Signal(40)), "killed by signal 40");
+        assert_eq!(ended(Exit::Signal(0)), "killed by signal 0");
+    }
 }
