@@ -32,12 +32,14 @@
 //! the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
 use dprobe_arch::Addr;
 use dprobe_sym::Mapping;
 
-use crate::{page_alias, sys};
+use crate::{file_page, page_alias, sys};
 
 const PAGE: u64 = 4096;
 
@@ -87,11 +89,14 @@ struct Page {
     inode: u64,
     /// The read-only alias of its file page while dprobe holds it writable (`page_alias.rs`).
     alias: Option<Addr>,
+    /// The file mapped there and the page's offset in it, while dprobe holds it writable: to
+    /// put the file's page back when the last jump goes (`file_page.rs`).
+    file: Option<(Arc<File>, u64)>,
 }
 
 /// The files of a batch's pages opened for their aliases, by device and inode, or why one
 /// could not be.
-type OpenedFiles = Vec<((u32, u32), u64, Result<std::fs::File, String>)>;
+type OpenedFiles = Vec<((u32, u32), u64, Result<Arc<File>, String>)>;
 
 /// The pages holding `[addr, addr + len)`.
 fn pages_of(addr: Addr, len: u64) -> impl Iterator<Item = u64> {
@@ -121,7 +126,8 @@ impl CodePages {
                 let restore = match self.pages.get(&page) {
                     // Given back before: this copy of the maps may show it as dprobe left it.
                     Some(p) if p.inode == inode => p.restore,
-                    _ => m.filter(|m| file_backed(m) && !m.write).map(|m| {
+                    // Never a shared mapping: a write there would change the file.
+                    _ => m.filter(|m| file_backed(m) && !m.write && !m.shared).map(|m| {
                         (if m.read { libc::PROT_READ } else { 0 }) | (if m.exec { libc::PROT_EXEC } else { 0 })
                     }),
                 };
@@ -136,7 +142,7 @@ impl CodePages {
         let mut refused: BTreeMap<u64, String> = BTreeMap::new();
         // Each page's alias first: from the moment it is writable, a uprobe registered on it
         // goes into the alias (see `page_alias.rs`).
-        let mut aliases: BTreeMap<u64, Addr> = BTreeMap::new();
+        let mut aliases: BTreeMap<u64, (Addr, (Arc<File>, u64))> = BTreeMap::new();
         // Each file opened once for all its pages (a batch may touch hundreds of a library's).
         let mut files: OpenedFiles = Vec::new();
         for &page in &changing {
@@ -144,11 +150,13 @@ impl CodePages {
                 let i = match files.iter().position(|(d, i, _)| (*d, *i) == (m.device, m.inode)) {
                     Some(i) => i,
                     None => {
-                        files.push((m.device, m.inode, page_alias::open(m)));
+                        files.push((m.device, m.inode, page_alias::open(m).map(Arc::new)));
                         files.len() - 1
                     }
                 };
-                files[i].2.as_ref().map_err(Clone::clone).and_then(|file| page_alias::map(file, m, page))
+                let file = files[i].2.as_ref().map_err(Clone::clone)?;
+                let alias = page_alias::map(file, m, page)?;
+                Ok((alias, (file.clone(), m.offset + (page - m.start.0))))
             });
             match alias {
                 Ok(alias) => {
@@ -164,7 +172,7 @@ impl CodePages {
             if let Err(e) = sys::protect(Addr(start), count * PAGE, writable) {
                 for page in (start..start + count * PAGE).step_by(PAGE as usize) {
                     refused.insert(page, format!("mprotect to rwx: {e}"));
-                    page_alias::unmap(aliases.remove(&page).expect("an alias"));
+                    page_alias::unmap(aliases.remove(&page).expect("an alias").0);
                 }
             }
         }
@@ -176,13 +184,14 @@ impl CodePages {
             }
             for page in pages_of(addr, len) {
                 let (restore, inode) = fresh.get(&page).copied().unwrap_or((None, 0));
-                let p = self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode, alias: None });
+                let p = self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode, alias: None, file: None });
                 p.jumps += 1;
-                if let Some(alias) = aliases.remove(&page) {
+                if let Some((alias, file)) = aliases.remove(&page) {
                     // A page whose protection could not be given back kept its old alias.
                     if let Some(old) = p.alias.replace(alias) {
                         page_alias::unmap(old);
                     }
+                    p.file = Some(file);
                 }
             }
             out.push(Ok(()));
@@ -196,7 +205,8 @@ impl CodePages {
             .collect();
         for page in &unused {
             let (restore, inode) = fresh[page];
-            let before = self.pages.insert(*page, Page { jumps: 0, restore, inode, alias: aliases.remove(page) });
+            let (alias, file) = aliases.remove(page).unzip();
+            let before = self.pages.insert(*page, Page { jumps: 0, restore, inode, alias, file });
             if let Some(old) = before.and_then(|p| p.alias) {
                 page_alias::unmap(old);
             }
@@ -237,15 +247,32 @@ impl CodePages {
         }
     }
 
-    /// Give `pages` (held by no jump) their protection back, contiguous pages of the same
-    /// protection in one `mprotect`, then unmap their aliases. A refusal leaves a page
-    /// writable, with its alias, which harms nothing: the next jump there finds it so.
+    /// Give `pages` (held by no jump) their protection back, then unmap their aliases: the
+    /// file's own mapping put back where the pages and the code around them hold the file's
+    /// bytes again (`file_page.rs`), else contiguous pages of the same protection in one
+    /// `mprotect`. A refusal leaves a page writable, with its alias, which harms nothing: the
+    /// next jump there finds it so.
     fn give_back(&mut self, pages: &BTreeSet<u64>) {
+        let returning: Vec<file_page::Returning> = pages
+            .iter()
+            .filter_map(|page| {
+                let p = self.pages.get(page)?;
+                Some((*page, p.restore?, &*p.file.as_ref()?.0))
+            })
+            .collect();
+        let put_back = file_page::put_back(&returning);
         let mut by_prot: BTreeMap<libc::c_int, Vec<u64>> = BTreeMap::new();
         for page in pages {
-            if let Some(prot) = self.pages.get(page).and_then(|p| p.restore) {
-                by_prot.entry(prot).or_default().push(*page);
+            let Some(p) = self.pages.get_mut(page) else { continue };
+            let Some(prot) = p.restore else { continue };
+            if put_back.contains(page) {
+                p.file = None;
+                if let Some(alias) = p.alias.take() {
+                    page_alias::unmap(alias);
+                }
+                continue;
             }
+            by_prot.entry(prot).or_default().push(*page);
         }
         for (prot, pages) in by_prot {
             for (start, count) in runs(&pages) {
@@ -259,8 +286,11 @@ impl CodePages {
                     pages.filter(|page| given_back(*page, 1)).collect()
                 };
                 for page in back {
-                    if let Some(alias) = self.pages.get_mut(&page).and_then(|p| p.alias.take()) {
-                        page_alias::unmap(alias);
+                    if let Some(p) = self.pages.get_mut(&page) {
+                        p.file = None;
+                        if let Some(alias) = p.alias.take() {
+                            page_alias::unmap(alias);
+                        }
                     }
                 }
             }

@@ -54,6 +54,7 @@ mod engine;
 mod events;
 mod exits;
 mod file_code;
+mod file_page;
 mod guard;
 mod hit_stack;
 mod instances;

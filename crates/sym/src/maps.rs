@@ -17,6 +17,9 @@ pub struct Mapping {
     pub write: bool,
     /// Executable.
     pub exec: bool,
+    /// Shared with the file (`s`), not a private copy on write (`p`): a write there changes
+    /// the file itself.
+    pub shared: bool,
     /// File offset of `start`.
     pub offset: u64,
     /// The file's device `(major, minor)` and inode (zeros for anonymous memory): a path may
@@ -130,6 +133,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         read: perms.first() == Some(&b'r'),
         write: perms.get(1) == Some(&b'w'),
         exec: perms.get(2) == Some(&b'x'),
+        shared: perms.get(3) == Some(&b's'),
         offset,
         device,
         inode,
@@ -192,14 +196,16 @@ mod tests {
         let m = parse_maps(
             "55d0c0a00000-55d0c0a01000 r-xp 00001000 fe:01 1234                       /usr/bin/cat\n\
              7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n\
-             7ffd3000-7ffd4000 rw-p 00000000 00:00 0 \n",
+             7ffd3000-7ffd4000 rw-p 00000000 00:00 0 \n\
+             7ffd5000-7ffd6000 r-xs 00000000 fe:01 99                         /tmp/shared\n",
         );
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4);
         assert_eq!(m[0].start, Addr(0x55d0c0a00000));
         assert!(m[0].exec && !m[0].write);
         assert_eq!(m[0].offset, 0x1000);
         assert_eq!(m[0].path.as_deref(), Some("/usr/bin/cat"));
         assert_eq!(m[1].path.as_deref(), Some("[stack]"));
         assert_eq!(m[2].path, None);
+        assert!(!m[0].shared && m[3].shared);
     }
 }

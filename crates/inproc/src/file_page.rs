@@ -1,0 +1,232 @@
+//! Putting a file's own mapping back under code pages that dprobe held writable, once their
+//! bytes are the file's again.
+//!
+//! # Why
+//!
+//! Making a page of a file's private mapping writable marks the kernel's area of that page as
+//! holding a private copy (`VM_ACCOUNT`), and `mprotect` back to `r-x` keeps the mark: the area
+//! no longer merges with its neighbours. `/proc/PID/maps` then shows the library's code split
+//! in three for the rest of the program's life, and the page stays a private copy instead of
+//! the page cache's, shared with every other process. A traced program should look as it did
+//! once dprobe is gone.
+//!
+//! A new mapping of the page alone does not merge either: the kernel merges areas of the same
+//! open file (`struct file`), and the loader's is closed. So the whole run of areas around the
+//! pages (contiguous, of the same file at contiguous offsets, private, with the protection the
+//! pages get back) is mapped again from one open file (`mmap` with `MAP_FIXED`), when every
+//! byte of it is the file's: every probe there removed, the case of a session's end. The run
+//! is then one area, as the loader made it, and its pages are the page cache's again. The
+//! replacement is one system call under the address space's lock: a thread running in the
+//! run meanwhile faults, waits, and finds the same bytes. A kernel uprobe on that part of the
+//! file is placed in the new mapping, as in any new mapping (`uprobe_mmap`).
+//!
+//! Not done (the pages get their protection back with `mprotect`, and stay split): a byte
+//! that differs from the file anywhere in the run (a probe still armed, another tool's uprobe
+//! or the program's own change), an area with more than the plain flags of code (locked,
+//! advised, registered with `userfaultfd`: see [`PLAIN_FLAGS`]), a process with locked memory
+//! (a later `mlockall(MCL_FUTURE)` would not be seen per area), and runs of more than
+//! [`MOST_BYTES`]. Not checked: a memory policy set on the run alone (`mbind`), which the new
+//! mapping would not have.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use dprobe_arch::Addr;
+use dprobe_sym::Mapping;
+
+use crate::sys;
+
+const PAGE: u64 = 4096;
+
+/// The longest run compared and mapped again: a larger program's code keeps its split.
+const MOST_BYTES: u64 = 64 << 20;
+
+/// The `VmFlags` of `/proc/PID/smaps` an area may have to be mapped again: readable, writable
+/// (the pages dprobe held), executable, the "may" flags every private file mapping has, soft-
+/// dirty, accounted (the pages dprobe held) and the old deny-write.
+const PLAIN_FLAGS: [&str; 9] = ["rd", "wr", "ex", "mr", "mw", "me", "sd", "ac", "dw"];
+
+/// A page dprobe gives back: its address, the protection it gets back and the file mapped
+/// there (opened by dprobe, the same file as the mapping's).
+pub(crate) type Returning<'a> = (u64, libc::c_int, &'a File);
+
+/// Map again, from the file, each run of areas around the pages of `returning` whose bytes are
+/// all the file's (see the module's comment). The pages put back so.
+pub(crate) fn put_back(returning: &[Returning]) -> BTreeSet<u64> {
+    let mut done = BTreeSet::new();
+    if returning.is_empty() || memory_locked() {
+        return done;
+    }
+    let (Ok(maps), Some(flags)) = (dprobe_sym::read_maps_of(std::process::id()), area_flags()) else {
+        return done;
+    };
+    let given: BTreeMap<u64, libc::c_int> = returning.iter().map(|r| (r.0, r.1)).collect();
+    for &(page, prot, file) in returning {
+        if done.contains(&page) {
+            continue;
+        }
+        let Some((start, end, offset)) = run_around(&maps, &given, page, prot) else { continue };
+        let plain = maps
+            .iter()
+            .filter(|m| m.start.0 >= start && m.end.0 <= end)
+            .all(|m| flags.get(&m.start.0).is_some_and(|f| f.split_whitespace().all(|f| PLAIN_FLAGS.contains(&f))));
+        if !plain || end - start > MOST_BYTES || !same_as_file(start, end - start, file, offset) {
+            continue;
+        }
+        // SAFETY: replaces a run of code with a private mapping of the file part it maps, with
+        // its protection, whose bytes were just found to be the same (the registrar, which
+        // alone writes there, holds the engine's lock): every thread reads and runs the same.
+        let r = unsafe {
+            sys::raw_syscall6(
+                libc::SYS_mmap,
+                [
+                    start,
+                    end - start,
+                    prot as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64,
+                    file.as_raw_fd() as u64,
+                    offset,
+                ],
+            )
+        };
+        if r == start as i64 {
+            done.extend(given.range(start..end).map(|(page, _)| *page));
+        }
+    }
+    done
+}
+
+/// The run of areas around `page` that can be mapped again as one: `(start, end, file
+/// offset of start)`. Each area maps the same file, privately, at the offset that continues
+/// the one before, with protection `prot`, or is writable and holds only pages of `given`
+/// that get `prot` back.
+fn run_around(
+    maps: &[Mapping],
+    given: &BTreeMap<u64, libc::c_int>,
+    page: u64,
+    prot: libc::c_int,
+) -> Option<(u64, u64, u64)> {
+    let i = dprobe_sym::mapping_index(maps, Addr(page))?;
+    let home = &maps[i];
+    let fits = |m: &Mapping| {
+        let same_file = m.device == home.device && m.inode == home.inode && m.inode != 0 && !m.shared;
+        let given_back = m.write && (m.start.0..m.end.0).step_by(PAGE as usize).all(|p| given.get(&p) == Some(&prot));
+        same_file && (given_back || (!m.write && protection(m) == prot))
+    };
+    let follows = |a: &Mapping, b: &Mapping| a.end == b.start && a.offset + (a.end.0 - a.start.0) == b.offset;
+    if !fits(home) {
+        return None;
+    }
+    let (mut lo, mut hi) = (i, i);
+    while lo > 0 && follows(&maps[lo - 1], &maps[lo]) && fits(&maps[lo - 1]) {
+        lo -= 1;
+    }
+    while hi + 1 < maps.len() && follows(&maps[hi], &maps[hi + 1]) && fits(&maps[hi + 1]) {
+        hi += 1;
+    }
+    Some((maps[lo].start.0, maps[hi].end.0, maps[lo].offset))
+}
+
+/// The protection of `m` as `mprotect` takes it.
+fn protection(m: &Mapping) -> libc::c_int {
+    (if m.read { libc::PROT_READ } else { 0 })
+        | (if m.write { libc::PROT_WRITE } else { 0 })
+        | (if m.exec { libc::PROT_EXEC } else { 0 })
+}
+
+/// Whether the `len` bytes at `start` are the bytes of `file` at `offset` (zeros past its end,
+/// as the kernel maps them).
+fn same_as_file(start: u64, len: u64, file: &File, offset: u64) -> bool {
+    const CHUNK: usize = 64 << 10;
+    let (mut here, mut there) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut at = 0;
+    while at < len {
+        let n = CHUNK.min((len - at) as usize);
+        if sys::read_memory(Addr(start + at), &mut here[..n]).is_err() {
+            return false;
+        }
+        let mut read = 0;
+        while read < n {
+            match file.read_at(&mut there[read..n], offset + at + read as u64) {
+                Ok(0) => break,
+                Ok(k) => read += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        there[read..n].fill(0);
+        if here[..n] != there[..n] {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
+}
+
+/// Each area's `VmFlags` by its start, from `/proc/self/smaps`.
+fn area_flags() -> Option<BTreeMap<u64, String>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut out = BTreeMap::new();
+    let mut start = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            out.insert(start.take()?, flags.trim().to_owned());
+        } else if let Some((s, _)) = line.split_once('-').filter(|(s, _)| !s.contains(':')) {
+            if let Ok(s) = u64::from_str_radix(s, 16) {
+                start = Some(s);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Whether this process has memory locked (`VmLck` in its status), or it cannot be known.
+fn memory_locked() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
+    let locked = status.lines().find_map(|l| l.strip_prefix("VmLck:")).map(|v| v.trim().trim_end_matches("kB").trim());
+    locked.is_none_or(|kb| kb != "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(start: u64, end: u64, perms: &str, offset: u64, inode: u64) -> Mapping {
+        let line = format!("{start:x}-{end:x} {perms} {offset:08x} fe:00 {inode} /lib/x.so");
+        dprobe_sym::parse_maps(&line).remove(0)
+    }
+
+    #[test]
+    fn a_run_spans_the_split_code_of_one_file_and_stops_elsewhere() {
+        let rx = libc::PROT_READ | libc::PROT_EXEC;
+        let maps = [
+            area(0x1000, 0x3000, "r--p", 0, 7),
+            area(0x3000, 0x5000, "r-xp", 0x2000, 7),
+            area(0x5000, 0x6000, "rwxp", 0x4000, 7),
+            area(0x6000, 0x9000, "r-xp", 0x5000, 7),
+            area(0x9000, 0xa000, "rwxp", 0x8000, 7),
+            area(0xa000, 0xb000, "r-xp", 0x9000, 8),
+        ];
+        let given = BTreeMap::from([(0x5000, rx)]);
+        assert_eq!(run_around(&maps, &given, 0x5000, rx), Some((0x3000, 0x9000, 0x2000)), "up to a page still held");
+        let both = BTreeMap::from([(0x5000, rx), (0x9000, rx)]);
+        assert_eq!(run_around(&maps, &both, 0x5000, rx), Some((0x3000, 0xa000, 0x2000)), "up to another file");
+        assert_eq!(run_around(&maps, &given, 0x9000, rx), None, "a page not given back");
+        let gap = [area(0x3000, 0x5000, "r-xp", 0x2000, 7), area(0x5000, 0x6000, "rwxp", 0x5000, 7)];
+        assert_eq!(run_around(&gap, &given, 0x5000, rx), Some((0x5000, 0x6000, 0x5000)), "offsets that do not follow");
+        let shared = [area(0x5000, 0x6000, "rwxs", 0x4000, 7)];
+        assert_eq!(run_around(&shared, &given, 0x5000, rx), None, "never a shared mapping");
+        let other = BTreeMap::from([(0x5000, libc::PROT_READ)]);
+        assert_eq!(run_around(&maps, &other, 0x5000, rx), None, "a page that gets another protection back");
+    }
+
+    #[test]
+    fn smaps_flags_are_read_by_area() {
+        let flags = area_flags().unwrap();
+        let code = dprobe_sym::read_maps_of(std::process::id()).unwrap();
+        let here = code.iter().find(|m| m.contains(Addr(same_as_file as *const () as u64))).unwrap();
+        assert!(flags[&here.start.0].split_whitespace().any(|f| f == "ex"), "{flags:?}");
+    }
+}
