@@ -71,6 +71,9 @@ pub(crate) struct Live {
     pub(crate) waiting: Vec<crate::wire::PlaceProbe>,
     /// Probes placed when their library was loaded, removed when it is unloaded.
     pub(crate) followed: Vec<crate::wire::PlaceProbe>,
+    /// The probe that keeps `SIGTRAP` open in threads that block every signal
+    /// (`dprobe_inproc::keep_traps_open`), removed with the others.
+    pub(crate) traps_open: Option<dprobe_inproc::Probe>,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).
@@ -87,6 +90,7 @@ pub(crate) fn end_session(figures: bool) {
         if let Some(mut l) = live.take() {
             crate::follow::stop();
             remove(&mut l.placed, figures.then_some(&*l.shm));
+            drop(l.traps_open.take());
         }
     });
 }

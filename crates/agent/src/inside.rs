@@ -130,6 +130,18 @@ enum Over {
 }
 
 fn session(name: &[u8]) -> io::Result<Over> {
+    // A thread of the program that blocks every signal is killed at its first hit of a probe
+    // on `int3`: such masks leave `SIGTRAP` out during the session (see `keep_traps_open`).
+    // Only as a jump: a probe on `int3` there would kill a signal handler whose `sa_mask`
+    // holds `SIGTRAP` at its call to `pthread_sigmask`. Not where a thread blocks it already
+    // (dprobe does not choose the agent for such a process): it would be killed at its next
+    // `pthread_sigmask` while the probe there is placed, on `int3` until it jumps; nor where
+    // the C library's `pthread_sigmask` cannot be probed. Once removed, the C library's code
+    // page is the file's again (`dprobe_inproc`'s `file_page.rs`).
+    let traps_open = (!a_thread_blocks_traps())
+        .then(dprobe_inproc::keep_traps_open)
+        .and_then(Result::ok)
+        .filter(|probe| probe.optimized().is_ok());
     let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
     let shm = Arc::new(Shm::create()?);
     send_fd(&sock, shm.fd().as_raw_fd())?;
@@ -140,6 +152,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             shm: shm.clone(),
             waiting: Vec::new(),
             followed: Vec::new(),
+            traps_open,
         })
     });
     let mut looked = Instant::now();
@@ -476,6 +489,17 @@ fn jump_or_trap(probe: &Probe) -> String {
         Ok(()) => "jump-optimized (no trap)".to_owned(),
         Err(why) => format!("on int3, a trap per hit: {why}"),
     }
+}
+
+/// Whether a thread of this process blocks `SIGTRAP` (or its mask cannot be read).
+fn a_thread_blocks_traps() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return true };
+    tasks.filter_map(Result::ok).any(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
+        // A thread gone meanwhile blocks nothing.
+        blocked.is_some_and(|b| u64::from_str_radix(b, 16).map_or(true, |m| m & (1 << (libc::SIGTRAP - 1)) != 0))
+    })
 }
 
 /// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is mapped, as every

@@ -40,6 +40,9 @@ fn process_cannot(pid: i32) -> Option<String> {
     if !maps.is_empty() && !has_loader {
         return Some(format!("process {pid} has no dynamic loader (a static program): nothing to load the agent with"));
     }
+    if let Some(tid) = thread_blocking_traps(pid) {
+        return Some(blocked_traps(pid, tid));
+    }
     // A library not loaded yet is no reason: the agent places its probes when the program
     // loads it, as the ptrace engine does. Nor are return probes in a program that unwinds its
     // stack: the agent watches them at the functions' exits, as the ptrace engine does.
@@ -51,6 +54,32 @@ fn process_cannot(pid: i32) -> Option<String> {
         ));
     }
     None
+}
+
+/// A thread of process `pid` that blocks `SIGTRAP` now, if any.
+///
+/// A trap is a signal the kernel forces on the thread, and a forced signal the thread blocks
+/// kills the program. The ptrace engine takes its traps as the tracer, before that; the agent
+/// takes them in the program. In a program it starts, the agent keeps `SIGTRAP` out of the
+/// masks set from then on (`dprobe_inproc::keep_traps_open`); a thread that blocks it already
+/// (as one that blocks every signal to take them with `sigwait` does) would be killed at its
+/// first hit of a probe on `int3`, or of any probe while it is placed.
+pub fn thread_blocking_traps(pid: i32) -> Option<i32> {
+    let trap = 1u64 << (nix::libc::SIGTRAP - 1);
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.filter_map(Result::ok).find_map(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+        let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
+        (blocked & trap != 0).then(|| task.file_name().to_str()?.parse().ok()).flatten()
+    })
+}
+
+/// The words for [`thread_blocking_traps`]'s finding.
+pub fn blocked_traps(pid: i32, tid: i32) -> String {
+    format!(
+        "thread {tid} of process {pid} blocks SIGTRAP (as a thread that blocks every signal does): \
+         the kernel would kill the program at the agent's first trap there"
+    )
 }
 
 /// Why the agent cannot be loaded into `program` once started.

@@ -1,8 +1,11 @@
 //! A program whose worker blocks every signal (as servers' workers do, to take signals with
 //! `sigwait`) and calls a function whose probe stays on `int3` (too short for a jump): the
-//! trap is a forced `SIGTRAP`, which kills a thread that blocks it. Traced with the ptrace
-//! engine (whose tracer takes the trap first), it finishes with its own result, every call
-//! counted. (The agent does not yet keep `SIGTRAP` out of such masks: see the README.)
+//! trap is a forced `SIGTRAP`, which kills a thread that blocks it.
+//!
+//! Started by each engine that traces one program, it finishes with its own result, every
+//! call counted: the ptrace engine's tracer takes the trap first; the agent keeps `SIGTRAP`
+//! out of the masks the program sets. A running program whose worker blocks it already is
+//! traced by ptrace, and the agent asked for is refused before anything is placed.
 mod common;
 
 use common::out_file;
@@ -41,8 +44,114 @@ fn program() -> &'static str {
 #[test]
 fn a_worker_that_blocks_every_signal_survives_its_int3_hits() {
     let probe = format!("{}:tiny", program());
-    let t = common::trace_to_file("ptrace-blocked", &["--engine", "ptrace", "-c", &probe, "--", program()]);
-    let what = t.what("ptrace");
-    assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sum=500500\n"), "{what}");
-    assert_eq!(common::hits(&t.trace, &probe), 1000, "{what}");
+    for engine in ["agent", "ptrace"] {
+        let t = common::trace_to_file(
+            &format!("{engine}-blocked"),
+            &["--engine", engine, "-c", "-v", &probe, "--", program()],
+        );
+        let what = t.what(engine);
+        // (Every ptrace probe traps.)
+        assert!(engine == "ptrace" || t.stderr.contains("on int3"), "the probe traps: {what}");
+        assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sum=500500\n"), "{what}");
+        assert_eq!(common::hits(&t.trace, &probe), 1000, "{what}");
+    }
+}
+
+/// Its worker blocks every signal at once and calls `tiny` until `SIGUSR2` comes (to the main
+/// thread, which blocks nothing), then it prints whether every call returned its value.
+const RUNNING: &str = r#"
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int tiny(int x) { return x + 1; }
+static volatile sig_atomic_t stop;
+static long calls, bad;
+static void on_usr2(int s) { (void)s; stop = 1; }
+static void *worker(void *a) {
+    (void)a;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, 0);
+    while (!stop) {
+        for (int i = 0; i < 1000; i++) {
+            bad += tiny(i) != i + 1;
+            calls++;
+        }
+        usleep(200);
+    }
+    return 0;
+}
+int main(void) {
+    signal(SIGUSR2, on_usr2);
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    pthread_join(t, 0);
+    printf("called=%d bad=%ld\n", calls > 0, bad);
+    return 0;
+}
+"#;
+
+/// The first thread of `pid` that blocks `SIGTRAP`.
+fn blocking_thread(pid: u32) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.filter_map(Result::ok).find_map(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        let blocked = u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim(), 16).ok()?;
+        (blocked & (1 << (libc::SIGTRAP - 1)) != 0).then(|| task.file_name().to_string_lossy().into_owned())
+    })
+}
+
+#[test]
+fn a_running_program_whose_worker_blocks_every_signal_is_traced_by_ptrace() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let src = out_file("blocked_running.c");
+    std::fs::write(&src, RUNNING).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "blocked-running", &["-O2", "-pthread"]);
+    let child = Command::new(program).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tid = loop {
+        if let Some(tid) = blocking_thread(pid) {
+            break tid;
+        }
+        assert!(Instant::now() < deadline, "the worker never blocked its signals");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let p = pid.to_string();
+
+    // The agent, asked for: refused, with the thread and what to use instead.
+    let o = common::dprobe(&["trace", "--engine", "agent", "-c", "-p", &p, "tiny"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("thread {tid} of process {pid} blocks SIGTRAP")) && stderr.contains("--engine ptrace"),
+        "{stderr}"
+    );
+
+    // By default: ptrace, which says why with -v; events come, and Ctrl-C detaches.
+    let out = out_file("blocked-running-trace");
+    let dprobe = common::dprobe_command()
+        .args(["trace", "-v", "-o", out.to_str().unwrap(), "-p", &p, "tiny"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains(" call tiny(")).count() < 100
+    {
+        assert!(Instant::now() < deadline, "no events came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signals the dprobe we started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    let traced = dprobe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&traced.stderr);
+    assert_eq!(traced.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("engine: ptrace") && stderr.contains("blocks SIGTRAP"), "{stderr}");
+
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    let finished = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&finished.stdout), "called=1 bad=0\n");
+    assert_eq!(finished.status.code(), Some(0));
 }
