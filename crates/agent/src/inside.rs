@@ -491,15 +491,30 @@ fn jump_or_trap(probe: &Probe) -> String {
     }
 }
 
-/// Whether a thread of this process blocks `SIGTRAP` (or its mask cannot be read).
+/// Whether a thread of this process blocks `SIGTRAP` (or its mask cannot be read), in each of
+/// a few looks a few milliseconds apart (`pthread_create` blocks every signal in the creating
+/// thread for a moment).
 fn a_thread_blocks_traps() -> bool {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return true };
-    tasks.filter_map(Result::ok).any(|task| {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
-        // A thread gone meanwhile blocks nothing.
-        blocked.is_some_and(|b| u64::from_str_radix(b, 16).map_or(true, |m| m & (1 << (libc::SIGTRAP - 1)) != 0))
-    })
+    let blocking = || -> Option<Vec<std::ffi::OsString>> {
+        let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+        let blocks = |task: &std::fs::DirEntry| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
+            // A thread gone meanwhile blocks nothing.
+            blocked.is_some_and(|b| u64::from_str_radix(b, 16).map_or(true, |m| m & (1 << (libc::SIGTRAP - 1)) != 0))
+        };
+        Some(tasks.filter_map(Result::ok).filter(blocks).map(|t| t.file_name()).collect())
+    };
+    let Some(mut found) = blocking() else { return true };
+    for _ in 0..2 {
+        if found.is_empty() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+        let Some(again) = blocking() else { return true };
+        found.retain(|t| again.contains(t));
+    }
+    !found.is_empty()
 }
 
 /// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is mapped, as every

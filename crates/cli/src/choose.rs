@@ -56,7 +56,8 @@ fn process_cannot(pid: i32) -> Option<String> {
     None
 }
 
-/// A thread of process `pid` that blocks `SIGTRAP` now, if any.
+/// A thread of process `pid` that blocks `SIGTRAP`, if any: in each of a few looks a few
+/// milliseconds apart (`pthread_create` blocks every signal in the creating thread for a moment).
 ///
 /// A trap is a signal the kernel forces on the thread, and a forced signal the thread blocks
 /// kills the program. The ptrace engine takes its traps as the tracer, before that; the agent
@@ -66,12 +67,28 @@ fn process_cannot(pid: i32) -> Option<String> {
 /// first hit of a probe on `int3`, or of any probe while it is placed.
 pub fn thread_blocking_traps(pid: i32) -> Option<i32> {
     let trap = 1u64 << (nix::libc::SIGTRAP - 1);
-    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.filter_map(Result::ok).find_map(|task| {
-        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
-        let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
-        (blocked & trap != 0).then(|| task.file_name().to_str()?.parse().ok()).flatten()
-    })
+    let blocking = || -> Vec<i32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|task| {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
+                (blocked & trap != 0).then(|| task.file_name().to_str()?.parse().ok()).flatten()
+            })
+            .collect()
+    };
+    let mut found = blocking();
+    for _ in 0..2 {
+        if found.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let again = blocking();
+        found.retain(|tid| again.contains(tid));
+    }
+    found.first().copied()
 }
 
 /// The words for [`thread_blocking_traps`]'s finding.

@@ -32,8 +32,6 @@
 //! the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
 use dprobe_arch::Addr;
@@ -89,14 +87,11 @@ struct Page {
     inode: u64,
     /// The read-only alias of its file page while dprobe holds it writable (`page_alias.rs`).
     alias: Option<Addr>,
-    /// The file mapped there and the page's offset in it, while dprobe holds it writable: to
-    /// put the file's page back when the last jump goes (`file_page.rs`).
-    file: Option<(Arc<File>, u64)>,
 }
 
 /// The files of a batch's pages opened for their aliases, by device and inode, or why one
 /// could not be.
-type OpenedFiles = Vec<((u32, u32), u64, Result<Arc<File>, String>)>;
+type OpenedFiles = Vec<((u32, u32), u64, Result<std::fs::File, String>)>;
 
 /// The pages holding `[addr, addr + len)`.
 fn pages_of(addr: Addr, len: u64) -> impl Iterator<Item = u64> {
@@ -142,7 +137,7 @@ impl CodePages {
         let mut refused: BTreeMap<u64, String> = BTreeMap::new();
         // Each page's alias first: from the moment it is writable, a uprobe registered on it
         // goes into the alias (see `page_alias.rs`).
-        let mut aliases: BTreeMap<u64, (Addr, (Arc<File>, u64))> = BTreeMap::new();
+        let mut aliases: BTreeMap<u64, Addr> = BTreeMap::new();
         // Each file opened once for all its pages (a batch may touch hundreds of a library's).
         let mut files: OpenedFiles = Vec::new();
         for &page in &changing {
@@ -150,13 +145,11 @@ impl CodePages {
                 let i = match files.iter().position(|(d, i, _)| (*d, *i) == (m.device, m.inode)) {
                     Some(i) => i,
                     None => {
-                        files.push((m.device, m.inode, page_alias::open(m).map(Arc::new)));
+                        files.push((m.device, m.inode, page_alias::open(m)));
                         files.len() - 1
                     }
                 };
-                let file = files[i].2.as_ref().map_err(Clone::clone)?;
-                let alias = page_alias::map(file, m, page)?;
-                Ok((alias, (file.clone(), m.offset + (page - m.start.0))))
+                files[i].2.as_ref().map_err(Clone::clone).and_then(|file| page_alias::map(file, m, page))
             });
             match alias {
                 Ok(alias) => {
@@ -168,11 +161,14 @@ impl CodePages {
             }
         }
         let protecting: Vec<u64> = changing.iter().copied().filter(|p| !refused.contains_key(p)).collect();
+        if !protecting.is_empty() {
+            file_page::made_writable();
+        }
         for (start, count) in runs(&protecting) {
             if let Err(e) = sys::protect(Addr(start), count * PAGE, writable) {
                 for page in (start..start + count * PAGE).step_by(PAGE as usize) {
                     refused.insert(page, format!("mprotect to rwx: {e}"));
-                    page_alias::unmap(aliases.remove(&page).expect("an alias").0);
+                    page_alias::unmap(aliases.remove(&page).expect("an alias"));
                 }
             }
         }
@@ -184,14 +180,13 @@ impl CodePages {
             }
             for page in pages_of(addr, len) {
                 let (restore, inode) = fresh.get(&page).copied().unwrap_or((None, 0));
-                let p = self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode, alias: None, file: None });
+                let p = self.pages.entry(page).or_insert(Page { jumps: 0, restore, inode, alias: None });
                 p.jumps += 1;
-                if let Some((alias, file)) = aliases.remove(&page) {
+                if let Some(alias) = aliases.remove(&page) {
                     // A page whose protection could not be given back kept its old alias.
                     if let Some(old) = p.alias.replace(alias) {
                         page_alias::unmap(old);
                     }
-                    p.file = Some(file);
                 }
             }
             out.push(Ok(()));
@@ -205,8 +200,7 @@ impl CodePages {
             .collect();
         for page in &unused {
             let (restore, inode) = fresh[page];
-            let (alias, file) = aliases.remove(page).unzip();
-            let before = self.pages.insert(*page, Page { jumps: 0, restore, inode, alias, file });
+            let before = self.pages.insert(*page, Page { jumps: 0, restore, inode, alias: aliases.remove(page) });
             if let Some(old) = before.and_then(|p| p.alias) {
                 page_alias::unmap(old);
             }
@@ -253,11 +247,11 @@ impl CodePages {
     /// `mprotect`. A refusal leaves a page writable, with its alias, which harms nothing: the
     /// next jump there finds it so.
     fn give_back(&mut self, pages: &BTreeSet<u64>) {
+        // Only pages dprobe made writable (those with an alias).
         let returning: Vec<file_page::Returning> = pages
             .iter()
             .filter_map(|page| {
-                let p = self.pages.get(page)?;
-                Some((*page, p.restore?, &*p.file.as_ref()?.0))
+                self.pages.get(page).filter(|p| p.alias.is_some()).and_then(|p| Some((*page, p.restore?)))
             })
             .collect();
         let put_back = file_page::put_back(&returning);
@@ -266,7 +260,6 @@ impl CodePages {
             let Some(p) = self.pages.get_mut(page) else { continue };
             let Some(prot) = p.restore else { continue };
             if put_back.contains(page) {
-                p.file = None;
                 if let Some(alias) = p.alias.take() {
                     page_alias::unmap(alias);
                 }
@@ -286,11 +279,8 @@ impl CodePages {
                     pages.filter(|page| given_back(*page, 1)).collect()
                 };
                 for page in back {
-                    if let Some(p) = self.pages.get_mut(&page) {
-                        p.file = None;
-                        if let Some(alias) = p.alias.take() {
-                            page_alias::unmap(alias);
-                        }
+                    if let Some(alias) = self.pages.get_mut(&page).and_then(|p| p.alias.take()) {
+                        page_alias::unmap(alias);
                     }
                 }
             }

@@ -20,86 +20,139 @@
 //! run meanwhile faults, waits, and finds the same bytes. A kernel uprobe on that part of the
 //! file is placed in the new mapping, as in any new mapping (`uprobe_mmap`).
 //!
+//! The new mapping is made where the kernel chooses first, so that a file that cannot be
+//! mapped (a network file system's error, a security policy) changes nothing, then moved over
+//! the run (`mremap`), once the run's areas are found as they were when its bytes were
+//! compared.
+//!
 //! Not done (the pages get their protection back with `mprotect`, and stay split): a byte
 //! that differs from the file anywhere in the run (a probe still armed, another tool's uprobe
 //! or the program's own change), an area with more than the plain flags of code (locked,
-//! advised, registered with `userfaultfd`: see [`PLAIN_FLAGS`]), a process with locked memory
-//! (a later `mlockall(MCL_FUTURE)` would not be seen per area), and runs of more than
-//! [`MOST_BYTES`]. Not checked: a memory policy set on the run alone (`mbind`), which the new
-//! mapping would not have.
+//! advised, registered with `userfaultfd`: see [`PLAIN_FLAGS`]) or with a protection key, a
+//! process with locked memory, a forked child (which usually runs another program at once),
+//! and runs of more than [`MOST_BYTES`]. Not checked: a memory policy set on the run alone
+//! (`mbind`), which the new mapping would not have.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use dprobe_arch::Addr;
 use dprobe_sym::Mapping;
 
-use crate::sys;
+use crate::{page_alias, sys};
 
 const PAGE: u64 = 4096;
 
-/// The longest run compared and mapped again: a larger program's code keeps its split.
-const MOST_BYTES: u64 = 64 << 20;
+/// The longest run compared and mapped again (a C library's code is under 2 MiB): a larger
+/// program's code keeps its split.
+const MOST_BYTES: u64 = 16 << 20;
 
 /// The `VmFlags` of `/proc/PID/smaps` an area may have to be mapped again: readable, writable
 /// (the pages dprobe held), executable, the "may" flags every private file mapping has, soft-
 /// dirty, accounted (the pages dprobe held) and the old deny-write.
 const PLAIN_FLAGS: [&str; 9] = ["rd", "wr", "ex", "mr", "mw", "me", "sd", "ac", "dw"];
 
-/// A page dprobe gives back: its address, the protection it gets back and the file mapped
-/// there (opened by dprobe, the same file as the mapping's).
-pub(crate) type Returning<'a> = (u64, libc::c_int, &'a File);
+/// The process that made pages writable (see [`made_writable`]).
+static WRITER: AtomicU32 = AtomicU32::new(0);
+
+/// Say that this process makes code pages writable: only it maps them again (a forked child,
+/// which inherits them, gives them back with `mprotect`).
+pub(crate) fn made_writable() {
+    WRITER.store(std::process::id(), Relaxed);
+}
+
+/// A page dprobe gives back: its address, and the protection it gets back.
+pub(crate) type Returning = (u64, libc::c_int);
 
 /// Map again, from the file, each run of areas around the pages of `returning` whose bytes are
 /// all the file's (see the module's comment). The pages put back so.
 pub(crate) fn put_back(returning: &[Returning]) -> BTreeSet<u64> {
     let mut done = BTreeSet::new();
-    if returning.is_empty() || memory_locked() {
+    if returning.is_empty() || WRITER.load(Relaxed) != std::process::id() || memory_locked() {
         return done;
     }
-    let (Ok(maps), Some(flags)) = (dprobe_sym::read_maps_of(std::process::id()), area_flags()) else {
-        return done;
-    };
-    let given: BTreeMap<u64, libc::c_int> = returning.iter().map(|r| (r.0, r.1)).collect();
-    for &(page, prot, file) in returning {
-        if done.contains(&page) {
+    let Ok(maps) = dprobe_sym::read_maps_of(std::process::id()) else { return done };
+    let given: BTreeMap<u64, libc::c_int> = returning.iter().copied().collect();
+    // Pages of a run already tried, put back or not: each run is compared once.
+    let mut tried = BTreeSet::new();
+    let mut flags = None;
+    for &(page, prot) in returning {
+        if tried.contains(&page) {
             continue;
         }
-        let Some((start, end, offset)) = run_around(&maps, &given, page, prot) else { continue };
-        let plain = maps
-            .iter()
-            .filter(|m| m.start.0 >= start && m.end.0 <= end)
-            .all(|m| flags.get(&m.start.0).is_some_and(|f| f.split_whitespace().all(|f| PLAIN_FLAGS.contains(&f))));
-        if !plain || end - start > MOST_BYTES || !same_as_file(start, end - start, file, offset) {
+        let Some((lo, hi)) = run_around(&maps, &given, page, prot) else { continue };
+        let (start, end) = (maps[lo].start.0, maps[hi].end.0);
+        tried.extend(given.range(start..end).map(|(p, _)| *p));
+        if end - start > MOST_BYTES {
             continue;
         }
-        // SAFETY: replaces a run of code with a private mapping of the file part it maps, with
-        // its protection, whose bytes were just found to be the same (the registrar, which
-        // alone writes there, holds the engine's lock): every thread reads and runs the same.
-        let r = unsafe {
-            sys::raw_syscall6(
-                libc::SYS_mmap,
-                [
-                    start,
-                    end - start,
-                    prot as u64,
-                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64,
-                    file.as_raw_fd() as u64,
-                    offset,
-                ],
-            )
+        let Ok(file) = page_alias::open(&maps[lo]) else { continue };
+        let offset = maps[lo].offset;
+        if !within_file(&file, offset, end - start) || !same_as_file(start, end - start, &file, offset) {
+            continue;
+        }
+        // The flags last (reading them walks every area's pages), once for all runs.
+        let flags = flags.get_or_insert_with(area_flags);
+        let plain = |m: &Mapping| {
+            flags
+                .as_ref()
+                .and_then(|f| f.get(&m.start.0))
+                .is_some_and(|(vm, key)| *key == 0 && vm.split_whitespace().all(|f| PLAIN_FLAGS.contains(&f)))
         };
-        if r == start as i64 {
-            done.extend(given.range(start..end).map(|(page, _)| *page));
+        if maps[lo..=hi].iter().all(plain) && map_over(&maps[lo..=hi], prot, &file) {
+            done.extend(given.range(start..end).map(|(p, _)| *p));
         }
     }
     done
 }
 
-/// The run of areas around `page` that can be mapped again as one: `(start, end, file
-/// offset of start)`. Each area maps the same file, privately, at the offset that continues
+/// Map the file's part under `run` (areas that follow each other) with `prot` where the
+/// kernel chooses, then move it over the run if the run's areas are still as they were:
+/// whether it was.
+fn map_over(run: &[Mapping], prot: libc::c_int, file: &File) -> bool {
+    let (start, len, offset) = (run[0].start.0, run[run.len() - 1].end.0 - run[0].start.0, run[0].offset);
+    // SAFETY: a new private mapping of an open file, where the kernel chooses: no existing
+    // memory is affected.
+    let fresh = unsafe {
+        sys::raw_syscall6(
+            libc::SYS_mmap,
+            [0, len, prot as u64, libc::MAP_PRIVATE as u64, file.as_raw_fd() as u64, offset],
+        )
+    };
+    if fresh < 0 {
+        return false;
+    }
+    let now = dprobe_sym::read_maps_of(std::process::id()).unwrap_or_default();
+    let unchanged = dprobe_sym::mapping_index(&now, Addr(start)).is_some_and(|i| now[i..].starts_with(run));
+    // SAFETY: moves the mapping just made over the run, whose bytes were found to be the
+    // file's and whose areas are as they were then (the registrar, which alone writes there,
+    // holds the engine's lock): every thread reads and runs the same bytes. The kernel
+    // replaces the run under the address space's lock, as `mmap` with `MAP_FIXED` does.
+    let moved = unchanged
+        && unsafe {
+            sys::raw_syscall6(
+                libc::SYS_mremap,
+                [fresh as u64, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, start, 0],
+            )
+        } == start as i64;
+    if !moved {
+        // SAFETY: unmaps the mapping made above, which nothing uses.
+        unsafe { sys::raw_syscall6(libc::SYS_munmap, [fresh as u64, len, 0, 0, 0, 0]) };
+    }
+    moved
+}
+
+/// Whether `len` bytes from `offset` lie in `file`'s pages (a mapped page wholly past its end
+/// would raise `SIGBUS`).
+fn within_file(file: &File, offset: u64, len: u64) -> bool {
+    file.metadata().is_ok_and(|m| offset + len <= m.len().div_ceil(PAGE) * PAGE)
+}
+
+/// The run of areas around `page` that can be mapped again as one: the indices in `maps` of
+/// its first and last areas. Each area maps the same file, privately, at the offset that continues
 /// the one before, with protection `prot`, or is writable and holds only pages of `given`
 /// that get `prot` back.
 fn run_around(
@@ -107,7 +160,7 @@ fn run_around(
     given: &BTreeMap<u64, libc::c_int>,
     page: u64,
     prot: libc::c_int,
-) -> Option<(u64, u64, u64)> {
+) -> Option<(usize, usize)> {
     let i = dprobe_sym::mapping_index(maps, Addr(page))?;
     let home = &maps[i];
     let fits = |m: &Mapping| {
@@ -126,7 +179,7 @@ fn run_around(
     while hi + 1 < maps.len() && follows(&maps[hi], &maps[hi + 1]) && fits(&maps[hi + 1]) {
         hi += 1;
     }
-    Some((maps[lo].start.0, maps[hi].end.0, maps[lo].offset))
+    Some((lo, hi))
 }
 
 /// The protection of `m` as `mprotect` takes it.
@@ -165,14 +218,20 @@ fn same_as_file(start: u64, len: u64, file: &File, offset: u64) -> bool {
     true
 }
 
-/// Each area's `VmFlags` by its start, from `/proc/self/smaps`.
-fn area_flags() -> Option<BTreeMap<u64, String>> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+/// Each area's `VmFlags` and protection key by its start, from `/proc/self/smaps`.
+fn area_flags() -> Option<BTreeMap<u64, (String, u32)>> {
+    // (A path that is not UTF-8 is no reason to give up.)
+    let smaps = std::fs::read("/proc/self/smaps").ok()?;
+    let smaps = String::from_utf8_lossy(&smaps);
     let mut out = BTreeMap::new();
-    let mut start = None;
+    let (mut start, mut key) = (None, 0);
     for line in smaps.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            out.insert(start.take()?, flags.trim().to_owned());
+        if let Some(k) = line.strip_prefix("ProtectionKey:") {
+            key = k.trim().parse().unwrap_or(u32::MAX);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            // The last line of an area's entry.
+            out.insert(start.take()?, (flags.trim().to_owned(), key));
+            key = 0;
         } else if let Some((s, _)) = line.split_once('-').filter(|(s, _)| !s.contains(':')) {
             if let Ok(s) = u64::from_str_radix(s, 16) {
                 start = Some(s);
@@ -210,12 +269,12 @@ mod tests {
             area(0xa000, 0xb000, "r-xp", 0x9000, 8),
         ];
         let given = BTreeMap::from([(0x5000, rx)]);
-        assert_eq!(run_around(&maps, &given, 0x5000, rx), Some((0x3000, 0x9000, 0x2000)), "up to a page still held");
+        assert_eq!(run_around(&maps, &given, 0x5000, rx), Some((1, 3)), "up to a page still held");
         let both = BTreeMap::from([(0x5000, rx), (0x9000, rx)]);
-        assert_eq!(run_around(&maps, &both, 0x5000, rx), Some((0x3000, 0xa000, 0x2000)), "up to another file");
+        assert_eq!(run_around(&maps, &both, 0x5000, rx), Some((1, 4)), "up to another file");
         assert_eq!(run_around(&maps, &given, 0x9000, rx), None, "a page not given back");
         let gap = [area(0x3000, 0x5000, "r-xp", 0x2000, 7), area(0x5000, 0x6000, "rwxp", 0x5000, 7)];
-        assert_eq!(run_around(&gap, &given, 0x5000, rx), Some((0x5000, 0x6000, 0x5000)), "offsets that do not follow");
+        assert_eq!(run_around(&gap, &given, 0x5000, rx), Some((1, 1)), "offsets that do not follow");
         let shared = [area(0x5000, 0x6000, "rwxs", 0x4000, 7)];
         assert_eq!(run_around(&shared, &given, 0x5000, rx), None, "never a shared mapping");
         let other = BTreeMap::from([(0x5000, libc::PROT_READ)]);
@@ -227,6 +286,7 @@ mod tests {
         let flags = area_flags().unwrap();
         let code = dprobe_sym::read_maps_of(std::process::id()).unwrap();
         let here = code.iter().find(|m| m.contains(Addr(same_as_file as *const () as u64))).unwrap();
-        assert!(flags[&here.start.0].split_whitespace().any(|f| f == "ex"), "{flags:?}");
+        assert!(flags[&here.start.0].0.split_whitespace().any(|f| f == "ex"), "{flags:?}");
+        assert_eq!(flags[&here.start.0].1, 0, "no protection key");
     }
 }
