@@ -95,6 +95,8 @@ struct State {
     pool: SlotPool,
     next_id: u64,
     symbols: Option<Symbols>,
+    /// Where each file was loaded when `symbols` were read (see [`loaded_files`]).
+    symbols_of: Vec<LoadedFile>,
     /// Detours of sites left without probes, not yet shown to be free of threads.
     retired: BTreeMap<Addr, Retired>,
     /// Detours of the other kind (with or without the post block) that sites kept aside, given
@@ -147,6 +149,17 @@ struct SiteState {
     jumping: bool,
     /// Why the site is not a jump now, if it is not.
     jump_status: Result<(), NotOptimized>,
+    /// The file and offset of the code analyzed here (`None`: anonymous code).
+    origin: Option<CodeOrigin>,
+}
+
+/// Where code comes from: a file's device and inode, and the offset in it.
+type CodeOrigin = ((u32, u32), u64, u64);
+
+/// The origin of the code at `addr` in `maps`.
+fn origin_of(maps: &[Mapping], addr: Addr) -> Option<CodeOrigin> {
+    let m = &maps[dprobe_sym::mapping_index(maps, addr)?];
+    (m.inode != 0).then_some((m.device, m.inode, m.offset + (addr.0 - m.start.0)))
 }
 
 /// A site of a batch with its new probe list, and what the passes of [`Engine::apply`] ask
@@ -174,8 +187,14 @@ impl<'a> Listed<'a> {
 
 impl SiteState {
     /// A site not armed yet, with no probe, at `insn`.
-    fn new(insn: Insn, window: Result<Vec<Insn>, NotOptimized>, vector: VectorState) -> SiteState {
+    fn new(
+        insn: Insn,
+        window: Result<Vec<Insn>, NotOptimized>,
+        vector: VectorState,
+        origin: Option<CodeOrigin>,
+    ) -> SiteState {
         SiteState {
+            origin,
             arm: Change::of(&arm(&insn)),
             insn,
             probes: Vec::new(),
@@ -448,7 +467,7 @@ impl Engine {
             let list = lists.entry(addr).or_insert_with(|| match (st.sites.get(&addr), analyzed) {
                 (Some(site), _) => site.probes.clone(),
                 (None, Some((insn, window, vector))) => {
-                    new_sites.push((addr, SiteState::new(insn, window, vector)));
+                    new_sites.push((addr, SiteState::new(insn, window, vector, origin_of(&maps, addr))));
                     Vec::new()
                 }
                 (None, None) => unreachable!("a site not analyzed is one that exists"),
@@ -600,6 +619,7 @@ impl Engine {
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
+        st.symbols_of = loaded_files(&maps);
         let symbols = st.symbols.insert(Symbols::load(&maps));
         Ok(symbols
             .functions()
@@ -1408,6 +1428,20 @@ type Located = (Target, Option<(Insn, Result<Vec<Insn>, NotOptimized>, VectorSta
 struct FunctionCache(std::collections::HashMap<(Addr, u64), FunctionCode>);
 
 /// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
+/// Forget the site at `addr`, left without probes, whose code is gone: its detours wait to be
+/// shown free of threads before their memory is reused, as any retired detour; its slots and
+/// last published row stay where they are (a thread cannot come into them any more: nothing
+/// leads there; one still inside finishes as before).
+fn forget_site(st: &mut State, addr: Addr) {
+    let Some(site) = st.sites.remove(&addr) else { return };
+    debug_assert!(site.probes.is_empty() && !site.armed && !site.jumping, "a site left without probes");
+    if let Some(retired) = st.retired.remove(&addr) {
+        st.orphans.push(*retired.detour);
+    }
+    st.orphans.extend(site.detour.into_iter().chain(site.spare).map(|d| *d));
+    std::mem::forget(site.published);
+}
+
 fn locate(
     st: &mut State,
     maps: &[Mapping],
@@ -1420,10 +1454,15 @@ fn locate(
     if let Some(region) = hit_path_region(&f.name) {
         return Err(ProbeError::Blacklisted { addr, region });
     }
-    if st.sites.get(&addr).is_some() {
-        // Analyzed when it was first probed (a site is removed only when the batch that
-        // made it is refused).
-        return Ok((target, None));
+    if let Some(site) = st.sites.get(&addr) {
+        // Analyzed when it was first probed, and kept since, unless it is left without probes
+        // and the code there is now another file's (or another part of one): a library
+        // unloaded and another mapped where it was. Everything the site knew (its instruction,
+        // slots and detour) is of the code that went, which the new code would run.
+        if !site.probes.is_empty() || site.origin == origin_of(maps, addr) {
+            return Ok((target, None));
+        }
+        forget_site(st, addr);
     }
     let function = match functions.0.entry((f.start, f.size)) {
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
@@ -1536,6 +1575,13 @@ fn refuse_own_code(st: &State, addr: Addr) -> Result<(), ProbeError> {
 /// Resolve a probe with the symbols read before, or read again when they do not have it (a
 /// library may have been loaded since).
 fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, ProbeError> {
+    // A library unloaded since the symbols were read, loaded again elsewhere, or another
+    // loaded where it was: its functions would be found where they are no more.
+    let loaded = loaded_files(maps);
+    if loaded != st.symbols_of {
+        st.symbols = None;
+        st.symbols_of = loaded;
+    }
     let result = match probe.resolve(st.symbols.get_or_insert_with(|| Symbols::load(maps)), maps) {
         Err(e) if e.may_load_later() || matches!(e, ResolveError::NoFunction { .. }) => {
             probe.resolve(st.symbols.insert(Symbols::load(maps)), maps)
@@ -1547,6 +1593,23 @@ fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, P
         refuse_own_code(st, addr)?;
     }
     Ok(result?)
+}
+
+/// A file whose code is mapped in the process: its device and inode, and where its offset 0 is.
+type LoadedFile = ((u32, u32), u64, u64);
+
+/// The files whose code is mapped in `maps`, each with where its offset 0 is, in order: what
+/// the symbols read from them depend on (a mapping split or made writable changes nothing
+/// here, nor the read-only aliases of `page_alias.rs`).
+fn loaded_files(maps: &[Mapping]) -> Vec<LoadedFile> {
+    let mut files: Vec<LoadedFile> = maps
+        .iter()
+        .filter(|m| m.inode != 0 && m.exec)
+        .map(|m| (m.device, m.inode, m.start.0.wrapping_sub(m.offset)))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files
 }
 
 /// Whether a function belongs to dprobe's hit path (kprobe rule 2): dprobe's own crates, its

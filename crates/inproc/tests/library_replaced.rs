@@ -1,0 +1,128 @@
+//! A probe at an address where a probe was before, in code that is not the same any more: a
+//! library unloaded and another mapped where it was (both shaped alike, so that their
+//! functions start at the same offset with the same first byte). The new probe runs the new
+//! code, never what dprobe kept of the old one (the instruction an `int3` site displaced, a
+//! jump's detour).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use dprobe_inproc::{register, Addr, Kprobe, PreAction};
+
+fn library(name: &str, body: &str) -> &'static str {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = dprobe_test_fixtures::scratch_dir(dir, "replaced").join(format!("{name}.c"));
+    std::fs::write(&src, body).unwrap();
+    dprobe_test_fixtures::c_program(src.to_str().unwrap(), &format!("{name}.so"), &["-O2", "-shared", "-fPIC"])
+}
+
+/// Map the whole file at `path`, `r-x`, at `at` (or where the kernel chooses): its address.
+fn map(path: &str, len: usize, at: Option<usize>) -> usize {
+    let file = std::fs::File::open(path).unwrap();
+    let flags = libc::MAP_PRIVATE | if at.is_some() { libc::MAP_FIXED_NOREPLACE } else { 0 };
+    // SAFETY: a new private mapping of a file we opened, never over existing memory.
+    let p = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(
+            at.unwrap_or(0) as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_EXEC,
+            flags,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    assert!(at.is_none_or(|a| a == p as usize));
+    p as usize
+}
+
+/// The offset of function `name` in the shared library at `path` (its address when the file is
+/// mapped whole at 0: code at the same offset in the file and in memory, checked by the caller).
+fn offset_of(path: &str, name: &str) -> u64 {
+    dprobe_sym::Symbols::load_file(path).unwrap().find(name).unwrap().start.0
+}
+
+#[test]
+fn a_probe_where_other_code_was_probed_runs_the_new_code() {
+    let x = library("libreplaced_x", "long xfunc(long v) { return v * 9 + 2; }\n");
+    let y = library("libreplaced_y", "long yfunc(long v) { return v * 5 + 1; }\n");
+    let (off, len) =
+        (offset_of(x, "xfunc"), std::fs::metadata(x).unwrap().len().max(std::fs::metadata(y).unwrap().len()));
+    assert_eq!(offset_of(y, "yfunc"), off, "both functions at the same offset");
+    let bytes = |path: &str| std::fs::read(path).unwrap()[off as usize..off as usize + 6].to_vec();
+    let (xb, yb) = (bytes(x), bytes(y));
+    assert!(xb[0] == yb[0] && xb != yb, "the same first byte, other code: {xb:02x?} {yb:02x?}");
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    for optimize in [false, true] {
+        let base = map(x, len as usize, None);
+        let at = Addr(base as u64 + off);
+        // SAFETY: the function's code, mapped whole and executable, takes and returns a long.
+        let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(at.0 as usize) };
+        let probe = |what: &str| {
+            let k = Kprobe::addr(at).pre(|_| {
+                HITS.fetch_add(1, Relaxed);
+                PreAction::Continue
+            });
+            let p = register(if optimize { k } else { k.no_optimize() }).unwrap();
+            assert_eq!(p.optimized().is_ok(), optimize, "{what}: {:?}", p.optimized());
+            p
+        };
+        HITS.store(0, Relaxed);
+        let p = probe("xfunc");
+        assert_eq!(f(3), 29);
+        drop(p);
+        // SAFETY: unmaps the mapping made above, whose code no thread runs any more.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len as usize) }, 0);
+        map(y, len as usize, Some(base));
+        assert_eq!(f(3), 16, "untraced");
+        let p = probe("yfunc");
+        assert_eq!(f(3), 16, "optimize: {optimize}: the new code runs under the new probe");
+        assert_eq!(HITS.load(Relaxed), 2);
+        drop(p);
+        assert_eq!(f(3), 16);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len as usize) }, 0);
+    }
+}
+
+#[test]
+fn a_probe_by_name_goes_where_its_library_is_now() {
+    // Mapped, probed by name, unmapped, then mapped again elsewhere: the name is resolved
+    // where the library is now, not where it was when its symbols were first read. (A library
+    // of its own: the other test maps its libraries meanwhile.)
+    let x = library("libreplaced_n", "long xfunc(long v) { return v * 9 + 2; }\n");
+    let (off, len) = (offset_of(x, "xfunc"), std::fs::metadata(x).unwrap().len() as usize);
+    let name = format!("{x}:xfunc");
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let mut before = None;
+    for round in 0..2 {
+        // The second time the first mapping's place is taken first, so that the library is
+        // mapped elsewhere.
+        // SAFETY: a new anonymous mapping, never over existing memory.
+        let hold = (round == 1).then(|| unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        });
+        let base = map(x, len, None);
+        let at = Addr(base as u64 + off);
+        assert_ne!(Some(at), before);
+        // SAFETY: the function's code, mapped whole and executable, takes and returns a long.
+        let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(at.0 as usize) };
+        HITS.store(0, Relaxed);
+        let p = register(Kprobe::symbol(&name).pre(|_| {
+            HITS.fetch_add(1, Relaxed);
+            PreAction::Continue
+        }))
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(p.addr(), at, "round {round}");
+        assert_eq!(f(3), 29);
+        assert_eq!(HITS.load(Relaxed), 1, "round {round}");
+        drop(p);
+        // SAFETY: unmaps the mapping made above, whose code no thread runs any more.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len) }, 0);
+        if let Some(hold) = hold {
+            // SAFETY: unmaps the anonymous mapping made above, which nothing uses.
+            assert_eq!(unsafe { libc::munmap(hold, len) }, 0);
+        }
+        before = Some(at);
+    }
+}
