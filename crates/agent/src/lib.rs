@@ -27,4 +27,4 @@ pub mod shm;
 pub mod wire;
 
 pub use engine::{agent_library, AgentEngine, AgentError, Library};
-pub use inside::dprobe_agent_start;
+pub use inside::{dprobe_agent_start, starting_thread};

@@ -57,7 +57,8 @@ fn process_cannot(pid: i32) -> Option<String> {
 }
 
 /// A thread of process `pid` that blocks `SIGTRAP`, if any: in each of a few looks a few
-/// milliseconds apart (`pthread_create` blocks every signal in the creating thread for a moment).
+/// milliseconds apart (`pthread_create` blocks every signal in the creating thread for a
+/// moment), and not a thread that has not started yet (see `dprobe_agent::starting_thread`).
 ///
 /// A trap is a signal the kernel forces on the thread, and a forced signal the thread blocks
 /// kills the program. The ptrace engine takes its traps as the tracer, before that; the agent
@@ -75,7 +76,9 @@ pub fn thread_blocking_traps(pid: i32) -> Option<i32> {
                 let status = std::fs::read_to_string(task.path().join("status")).ok()?;
                 let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
                 let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
-                (blocked & trap != 0).then(|| task.file_name().to_str()?.parse().ok()).flatten()
+                (blocked & trap != 0 && !dprobe_agent::starting_thread(blocked))
+                    .then(|| task.file_name().to_str()?.parse().ok())
+                    .flatten()
             })
             .collect()
     };
