@@ -88,8 +88,10 @@ pub(crate) static LIVE: Gate<Option<Live>> = Gate::new(None);
 pub(crate) fn end_session(figures: bool) {
     LIVE.with(|live| {
         if let Some(mut l) = live.take() {
-            crate::follow::stop();
+            // The probes first: a thread the loader holds at its notification (about to unmap
+            // a library) is let go only once none is left in code it may unmap.
             remove(&mut l.placed, figures.then_some(&*l.shm));
+            crate::follow::stop();
             drop(l.traps_open.take());
         }
     });

@@ -96,6 +96,12 @@ pub(crate) fn start() -> std::io::Result<i32> {
     Ok(EVENT.load(Acquire))
 }
 
+/// Whether the loader is changing its list of objects now (mapping or unmapping them).
+pub(crate) fn loader_busy() -> bool {
+    // SAFETY: the loader's `_r_debug`, which it updates before each notification.
+    unsafe { std::ptr::read_volatile(std::ptr::addr_of!(_r_debug.state)) != RT_CONSISTENT }
+}
+
 /// The eventfd to poll, if following.
 pub(crate) fn event_fd() -> Option<i32> {
     let fd = EVENT.load(Acquire);

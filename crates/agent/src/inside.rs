@@ -177,8 +177,34 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 let (mut note, mut detail) = (None, None);
                 let answer = LIVE.with(|live| match live {
                     Some(l) => {
-                        let answer = place(p.clone(), &shm, &mut l.placed, &mut note, &mut detail);
-                        match (answer, follow::start()) {
+                        // Loads followed first: a library the program unloads from now on
+                        // waits at the loader's notification until this placing is over.
+                        let following = follow::start();
+                        let library = object_of(&p).is_some_and(|o| !never_unloaded(o));
+                        let mut tries = 0;
+                        let answer = loop {
+                            tries += 1;
+                            if library && follow::loader_busy() {
+                                // The loader is mapping or unmapping objects: placed at the end
+                                // of that change if its library is loaded then.
+                                break Placement::Waiting;
+                            }
+                            let answer = place(p.clone(), &shm, &mut l.placed, &mut note, &mut detail);
+                            if !library || !matches!(answer, Placement::Failed(_)) {
+                                break answer;
+                            }
+                            // Its library went, or came back elsewhere, while the probe was
+                            // placed: it waits for the next load, or is placed afresh.
+                            if object_of(&p).is_some_and(|o| !loaded(o)) {
+                                (note, detail) = (None, None);
+                                break Placement::Waiting;
+                            }
+                            if tries == 3 {
+                                break answer;
+                            }
+                            (note, detail) = (None, None);
+                        };
+                        match (answer, following) {
                             (Placement::Waiting, Ok(_)) => {
                                 l.waiting.push(p);
                                 Placement::Waiting
@@ -186,6 +212,12 @@ fn session(name: &[u8]) -> io::Result<Over> {
                             (Placement::Waiting, Err(e)) => Placement::Failed(format!(
                                 "its library is not loaded, and loads cannot be followed: {e}"
                             )),
+                            (answer @ (Placement::At(_) | Placement::Returns(..)), Ok(_)) if library => {
+                                // Removed before the program unloads a library, placed again
+                                // once the loader is done, as a probe placed at a load is.
+                                l.followed.push(p);
+                                answer
+                            }
                             (answer, _) => answer,
                         }
                     }
@@ -284,6 +316,25 @@ fn loader_changed(l: &mut Live, state: i32) {
             }
         }
     }
+}
+
+/// The object a probe's target names (`libx.so` of `libx.so:xfunc`), if it names one.
+fn object_of(p: &PlaceProbe) -> Option<&str> {
+    p.target.split_once(':').map(|(o, _)| o)
+}
+
+/// Whether `object` names what the loader never unloads: the program itself, the C library or
+/// the loader. A probe placed on another library is removed whenever the program unloads a
+/// library and placed again once the loader is done (which library goes is not known before).
+fn never_unloaded(object: &str) -> bool {
+    let (Ok(name), Ok(maps)) = (dprobe_sym::ObjectName::new(object), dprobe_sym::read_maps()) else { return false };
+    let program = std::fs::read_link("/proc/self/exe").ok();
+    maps.iter().filter_map(|m| m.path.as_deref()).filter(|path| name.matches(path)).any(|path| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.starts_with("libc.so")
+            || file.starts_with("ld-linux")
+            || program.as_deref() == Some(std::path::Path::new(path))
+    })
 }
 
 /// Remove a probe whose library is being unloaded, keeping its figures for its next placing.
@@ -477,7 +528,7 @@ fn place(
         }
         Err(ProbeError::Target(
             dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
-        )) if p.target.split_once(':').is_some_and(|(o, _)| !loaded(o)) => Placement::Waiting,
+        )) if object_of(&p).is_some_and(|o| !loaded(o)) => Placement::Waiting,
         Err(e) => Placement::Failed(e.to_string()),
     }
 }
@@ -535,8 +586,14 @@ fn a_thread_blocks_traps() -> bool {
 fn loaded(name: &str) -> bool {
     let Ok(maps) = dprobe_sym::read_maps_of(std::process::id()) else { return true };
     let object = dprobe_sym::ObjectName::new(name);
-    // A path that cannot be read here (yet) is compared as written.
-    maps.iter().filter_map(|m| m.path.as_deref()).any(|path| object.as_ref().map_or(path == name, |o| o.matches(path)))
+    // A path that cannot be read here (yet) is compared as written. Loaded: its code is mapped,
+    // as symbols are read (not an object the loader is still mapping, whose first pages are
+    // there before its code; nor dprobe's read-only alias of a code page, `dprobe_inproc`'s
+    // `page_alias.rs`).
+    maps.iter()
+        .filter(|m| m.exec)
+        .filter_map(|m| m.path.as_deref())
+        .any(|path| object.as_ref().map_or(path == name, |o| o.matches(path)))
 }
 
 #[cfg(test)]

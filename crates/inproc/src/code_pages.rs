@@ -269,7 +269,17 @@ impl CodePages {
         }
         for (prot, pages) in by_prot {
             for (start, count) in runs(&pages) {
-                let given_back = |start: u64, count: u64| sys::protect(Addr(start), count * PAGE, prot).is_ok();
+                // A page no longer mapped (its library unloaded while a jump was there) is
+                // given back too: there is nothing left to protect, and its alias goes.
+                let given_back = |start: u64, count: u64| match sys::protect(Addr(start), count * PAGE, prot) {
+                    Ok(()) => true,
+                    // (Unmapped: `ENOMEM`, and a page that was readable cannot be read.)
+                    Err(e) => {
+                        count == 1
+                            && e.raw_os_error() == Some(libc::ENOMEM)
+                            && sys::read_memory(Addr(start), &mut [0u8; 1]).is_err()
+                    }
+                };
                 let pages = (start..start + count * PAGE).step_by(PAGE as usize);
                 // A call that failed may have changed part of the run: then page by page, so
                 // that each page is known to be given back or still writable.

@@ -375,9 +375,14 @@ impl Engine {
         let (mut first_error, mut unrouted, mut gone, mut starts) =
             (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
         for ((addr, why), result) in sites.into_iter().zip(results) {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-                continue;
+            match result {
+                // Nothing to undo where the code is gone (its library unloaded under it).
+                Err(_) if code_gone(addr) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+                Ok(()) => {}
             }
             let site = st.sites.get_mut(&addr).expect("a jumping site");
             site.jumping = false;
@@ -1412,10 +1417,17 @@ fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Res
     for (addr, result) in addrs.iter().zip(results) {
         match result {
             Ok(()) => sites.get_mut(addr).expect("a site of the batch").armed = armed,
+            // Nothing to disarm where the code is gone (its library unloaded under it).
+            Err(_) if !armed && code_gone(*addr) => sites.get_mut(addr).expect("a site of the batch").armed = false,
             Err(e) => failure = failure.or(Some(e)),
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Whether the code at `addr` is gone: nothing is mapped there any more.
+fn code_gone(addr: Addr) -> bool {
+    sys::read_memory(addr, &mut [0u8; 1]).is_err()
 }
 
 /// Where a probe goes, and for a new site its instruction and whether a jump can replace it
@@ -1427,14 +1439,27 @@ type Located = (Target, Option<(Insn, Result<Vec<Insn>, NotOptimized>, VectorSta
 #[derive(Default)]
 struct FunctionCache(std::collections::HashMap<(Addr, u64), FunctionCode>);
 
-/// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
+/// Whether the code at `addr` starts as `site` (left without probes) left it: its `int3` if the
+/// site is still armed (a write that could not be made), its original instruction otherwise.
+/// Not so when the code was mapped again since (a library unloaded under a probe and loaded
+/// again at the same place): what the site knows of it is not true any more. (A site still
+/// jumping is taken as it is: the bytes at a jump's probe are not all the jump's own.)
+fn holds_what_it_left(site: &SiteState, addr: Addr) -> bool {
+    if site.jumping {
+        return true;
+    }
+    let mut first = [0u8; 1];
+    let expected = if site.armed { INT3 } else { site.insn.code()[0] };
+    sys::read_memory(addr, &mut first).is_ok() && first[0] == expected
+}
+
 /// Forget the site at `addr`, left without probes, whose code is gone: its detours wait to be
 /// shown free of threads before their memory is reused, as any retired detour; its slots and
 /// last published row stay where they are (a thread cannot come into them any more: nothing
 /// leads there; one still inside finishes as before).
 fn forget_site(st: &mut State, addr: Addr) {
     let Some(site) = st.sites.remove(&addr) else { return };
-    debug_assert!(site.probes.is_empty() && !site.armed && !site.jumping, "a site left without probes");
+    debug_assert!(site.probes.is_empty() && !site.jumping, "a site left without probes, not jumping");
     if let Some(retired) = st.retired.remove(&addr) {
         st.orphans.push(*retired.detour);
     }
@@ -1442,6 +1467,7 @@ fn forget_site(st: &mut State, addr: Addr) {
     std::mem::forget(site.published);
 }
 
+/// Resolve a probe, analyze its instruction and decide whether a jump can replace it.
 fn locate(
     st: &mut State,
     maps: &[Mapping],
@@ -1459,7 +1485,7 @@ fn locate(
         // and the code there is now another file's (or another part of one): a library
         // unloaded and another mapped where it was. Everything the site knew (its instruction,
         // slots and detour) is of the code that went, which the new code would run.
-        if !site.probes.is_empty() || site.origin == origin_of(maps, addr) {
+        if !site.probes.is_empty() || (site.origin == origin_of(maps, addr) && holds_what_it_left(site, addr)) {
             return Ok((target, None));
         }
         forget_site(st, addr);

@@ -126,3 +126,45 @@ fn a_probe_by_name_goes_where_its_library_is_now() {
         before = Some(at);
     }
 }
+
+#[test]
+fn a_library_unmapped_under_its_probe_leaves_nothing_behind() {
+    // The program unloads a library while a probe is in it (no loader notification came in
+    // time): removing the probe then writes nothing and leaves no mapping of the file (the
+    // read-only alias of a jump's page goes), and the same library mapped again at the same
+    // place is probed afresh (the site's `int3` went with the old mapping).
+    let x = library("libreplaced_u", "long xfunc(long v) { return v * 9 + 2; }\n");
+    let (off, len) = (offset_of(x, "xfunc"), std::fs::metadata(x).unwrap().len() as usize);
+    let mapped = || std::fs::read_to_string("/proc/self/maps").unwrap().lines().any(|l| l.ends_with(x));
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    for optimize in [true, false] {
+        let base = map(x, len, None);
+        let at = Addr(base as u64 + off);
+        // SAFETY: the function's code, mapped whole and executable, takes and returns a long.
+        let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(at.0 as usize) };
+        let probe = || {
+            let k = Kprobe::addr(at).pre(|_| {
+                HITS.fetch_add(1, Relaxed);
+                PreAction::Continue
+            });
+            let p = register(if optimize { k } else { k.no_optimize() }).unwrap();
+            assert_eq!(p.optimized().is_ok(), optimize, "{:?}", p.optimized());
+            p
+        };
+        HITS.store(0, Relaxed);
+        let p = probe();
+        assert_eq!(f(3), 29);
+        // SAFETY: unmaps the mapping made above, under the probe, while no thread runs there.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len) }, 0);
+        drop(p);
+        assert!(!mapped(), "optimize: {optimize}: a mapping of the file is left");
+        map(x, len, Some(base));
+        let p = probe();
+        assert_eq!(f(3), 29);
+        assert_eq!(HITS.load(Relaxed), 2, "optimize: {optimize}");
+        drop(p);
+        // SAFETY: as above, with no probe left.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len) }, 0);
+        assert!(!mapped());
+    }
+}

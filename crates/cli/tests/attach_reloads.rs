@@ -1,0 +1,161 @@
+//! The agent attached (`-p`) to a program that loads and unloads a library while the probes
+//! are placed, and after: the probe on the library loaded at the time follows its later loads,
+//! and a placing that races an unload waits for the next load instead of failing.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hits, out_file};
+
+/// Two libraries of the same shape (the loader may put one where the other was).
+fn libraries() -> (String, String) {
+    let build = |name: &str, body: &str| {
+        let src = out_file(&format!("{name}.c"));
+        std::fs::write(&src, format!("__attribute__((noinline)) long {body}")).unwrap();
+        dprobe_test_fixtures::c_program(src.to_str().unwrap(), &format!("{name}.so"), &["-O2", "-shared", "-fPIC"])
+            .to_owned()
+    };
+    (
+        build("libreload_x", "xfunc(long v) { __asm__ volatile(\"\" ::: \"memory\"); return v * 9 + 2; }"),
+        build("libreload_y", "yfunc(long v) { __asm__ volatile(\"\" ::: \"memory\"); return v * 5 + 1; }"),
+    )
+}
+
+/// `reloads X Y once`: loads X, says `ready`, waits for `SIGUSR1`, then calls `xfunc` 10 times,
+/// unloads X, loads and calls Y, loads X again and calls `xfunc` 10 times more, and prints
+/// how many calls returned a wrong value. `reloads X Y loop`: rounds of loading X or Y in turn
+/// and calling its function 1,000 times, until `SIGUSR1`.
+const PROGRAM: &str = r#"
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+static long bad;
+static void calls(const char *lib, const char *name, long times, long mul, long add) {
+    void *h = dlopen(lib, RTLD_NOW);
+    if (!h) { printf("dlopen: %s\n", dlerror()); exit(1); }
+    long (*f)(long) = (long (*)(long))dlsym(h, name);
+    for (long i = 0; i < times; i++) bad += f(i) != i * mul + add;
+    dlclose(h);
+}
+int main(int argc, char **argv) {
+    (void)argc;
+    signal(SIGUSR1, on_usr1);
+    if (strcmp(argv[3], "once") == 0) {
+        void *h = dlopen(argv[1], RTLD_NOW);
+        long (*f)(long) = (long (*)(long))dlsym(h, "xfunc");
+        printf("ready\n");
+        fflush(stdout);
+        while (!go) usleep(1000);
+        for (long i = 0; i < 10; i++) bad += f(i) != i * 9 + 2;
+        dlclose(h);
+        calls(argv[2], "yfunc", 10, 5, 1);
+        calls(argv[1], "xfunc", 10, 9, 2);
+    } else {
+        for (long r = 0; !go; r++)
+            if (r & 1) calls(argv[1], "xfunc", 1000, 9, 2);
+            else calls(argv[2], "yfunc", 1000, 5, 1);
+    }
+    printf("bad=%ld\n", bad);
+    return 0;
+}
+"#;
+
+/// Kills the program if the test ends before it was waited for (a failed assertion), so that
+/// it never outlives the test.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: signals our own child, not waited for yet.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn program() -> &'static str {
+    let src = out_file("reloads.c");
+    std::fs::write(&src, PROGRAM).unwrap();
+    dprobe_test_fixtures::c_program(src.to_str().unwrap(), "reloads", &["-O2"])
+}
+
+/// The first byte of `xfunc` in process `pid`, once `libreload_x` is mapped there.
+fn first_byte_of_xfunc(pid: u32, x: &str) -> Option<u8> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let base = maps.lines().find(|l| l.ends_with(x) && l.contains(" 00000000 "))?;
+    let base = u64::from_str_radix(base.split('-').next()?, 16).ok()?;
+    let symbols = dprobe_sym::Symbols::load_file(x).ok()?;
+    let offset = symbols.find("xfunc")?.start.0;
+    Some(common::read_mem(pid as i32, base + offset, 1)[0])
+}
+
+#[test]
+fn a_library_loaded_when_the_agent_attached_is_probed_again_when_loaded_again() {
+    let (x, y) = libraries();
+    let mut child = Command::new(program()).args([&x, &y, "once"]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut kill = KillOnDrop(Some(pid));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let original = first_byte_of_xfunc(pid, &x).expect("xfunc is mapped");
+
+    let probe = format!("{x}:xfunc");
+    let trace = out_file("attach-reload-once");
+    let dprobe = common::dprobe_command()
+        .args(["trace", "--engine", "agent", "-c", "-o", trace.to_str().unwrap(), "-p", &pid.to_string(), &probe])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Placed: the function's first byte is dprobe's (a jump or a trap).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while first_byte_of_xfunc(pid, &x) == Some(original) {
+        assert!(Instant::now() < deadline, "the probe was never placed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "bad=0\n");
+    let status = child.wait().unwrap();
+    kill.0 = None;
+    assert_eq!(status.code(), Some(0));
+    let done = dprobe.wait_with_output().unwrap();
+    let summary = std::fs::read_to_string(&trace).unwrap_or_default();
+    let what = format!("{}\n{summary}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(done.status.code(), Some(0), "{what}");
+    assert_eq!(hits(&summary, &probe), 20, "the calls before the unload and after the load again\n{what}");
+}
+
+#[test]
+fn attaching_while_the_library_comes_and_goes_never_fails_and_never_harms() {
+    let (x, y) = libraries();
+    let child = Command::new(program()).args([&x, &y, "loop"]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id().to_string();
+    let mut kill = KillOnDrop(Some(child.id()));
+    let probe = format!("{x}:xfunc%return");
+    for round in 0..6 {
+        let t = common::trace_to_file(
+            &format!("attach-reload-loop-{round}"),
+            &["--engine", "agent", "-c", "-d", "300ms", "-p", &pid, &probe],
+        );
+        let what = t.what(&format!("attach {round}"));
+        assert_eq!(t.code, Some(0), "{what}");
+        assert!(hits(&t.trace, &probe) > 0, "{what}");
+    }
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    let done = child.wait_with_output().unwrap();
+    kill.0 = None;
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "bad=0\n");
+    assert_eq!(done.status.code(), Some(0));
+}
