@@ -42,6 +42,18 @@ fn offset_of(path: &str, name: &str) -> u64 {
     dprobe_sym::Symbols::load_file(path).unwrap().find(name).unwrap().start.0
 }
 
+/// A probe at `at` counting its hits in `hits`, jump-optimized or not as asked (`what` names it
+/// in a failed assertion).
+fn counted(at: Addr, optimize: bool, hits: &'static AtomicU64, what: &str) -> dprobe_inproc::Probe {
+    let k = Kprobe::addr(at).pre(move |_| {
+        hits.fetch_add(1, Relaxed);
+        PreAction::Continue
+    });
+    let p = register(if optimize { k } else { k.no_optimize() }).unwrap();
+    assert_eq!(p.optimized().is_ok(), optimize, "{what}: {:?}", p.optimized());
+    p
+}
+
 #[test]
 fn a_probe_where_other_code_was_probed_runs_the_new_code() {
     let x = library("libreplaced_x", "long xfunc(long v) { return v * 9 + 2; }\n");
@@ -58,15 +70,7 @@ fn a_probe_where_other_code_was_probed_runs_the_new_code() {
         let at = Addr(base as u64 + off);
         // SAFETY: the function's code, mapped whole and executable, takes and returns a long.
         let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(at.0 as usize) };
-        let probe = |what: &str| {
-            let k = Kprobe::addr(at).pre(|_| {
-                HITS.fetch_add(1, Relaxed);
-                PreAction::Continue
-            });
-            let p = register(if optimize { k } else { k.no_optimize() }).unwrap();
-            assert_eq!(p.optimized().is_ok(), optimize, "{what}: {:?}", p.optimized());
-            p
-        };
+        let probe = |what: &str| counted(at, optimize, &HITS, what);
         HITS.store(0, Relaxed);
         let p = probe("xfunc");
         assert_eq!(f(3), 29);
@@ -142,15 +146,7 @@ fn a_library_unmapped_under_its_probe_leaves_nothing_behind() {
         let at = Addr(base as u64 + off);
         // SAFETY: the function's code, mapped whole and executable, takes and returns a long.
         let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(at.0 as usize) };
-        let probe = || {
-            let k = Kprobe::addr(at).pre(|_| {
-                HITS.fetch_add(1, Relaxed);
-                PreAction::Continue
-            });
-            let p = register(if optimize { k } else { k.no_optimize() }).unwrap();
-            assert_eq!(p.optimized().is_ok(), optimize, "{:?}", p.optimized());
-            p
-        };
+        let probe = || counted(at, optimize, &HITS, "xfunc");
         HITS.store(0, Relaxed);
         let p = probe();
         assert_eq!(f(3), 29);
