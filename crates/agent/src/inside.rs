@@ -331,8 +331,8 @@ fn never_unloaded(object: &str) -> bool {
     let program = std::fs::read_link("/proc/self/exe").ok();
     maps.iter().filter_map(|m| m.path.as_deref()).filter(|path| name.matches(path)).any(|path| {
         let file = path.rsplit('/').next().unwrap_or(path);
-        file.starts_with("libc.so")
-            || file.starts_with("ld-linux")
+        // (`libc-2.31.so` and `ld-2.31.so` before glibc 2.34.)
+        ["libc.so", "libc-", "ld-linux", "ld-"].iter().any(|p| file.starts_with(p))
             || program.as_deref() == Some(std::path::Path::new(path))
     })
 }
@@ -542,43 +542,10 @@ fn jump_or_trap(probe: &Probe) -> String {
     }
 }
 
-/// Whether `blocked` (a thread's blocked signals, signal N at bit N-1) is the mask the C
-/// library gives a thread it is creating until the thread starts: every signal, the library's
-/// own two (32 and 33, for cancellation and `setuid`) among them. A mask the program sets never
-/// holds those (`pthread_sigmask` and `sigfillset` leave them out), so such a thread is not one
-/// that blocks `SIGTRAP` for long: it is about to run the program's code with the mask of the
-/// thread that created it (on a loaded machine, some milliseconds later).
-pub fn starting_thread(blocked: u64) -> bool {
-    let internal = (1 << 31) | (1 << 32);
-    blocked & internal == internal
-}
-
-/// Whether a thread of this process blocks `SIGTRAP` (or its mask cannot be read), in each of
-/// a few looks a few milliseconds apart (`pthread_create` blocks every signal in the creating
-/// thread for a moment).
+/// Whether a thread of this process blocks `SIGTRAP`, or its threads cannot be read
+/// (`masks.rs`).
 fn a_thread_blocks_traps() -> bool {
-    let blocking = || -> Option<Vec<std::ffi::OsString>> {
-        let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-        let blocks = |task: &std::fs::DirEntry| {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
-            // A thread gone meanwhile blocks nothing.
-            blocked.is_some_and(|b| {
-                u64::from_str_radix(b, 16).map_or(true, |m| m & (1 << (libc::SIGTRAP - 1)) != 0 && !starting_thread(m))
-            })
-        };
-        Some(tasks.filter_map(Result::ok).filter(blocks).map(|t| t.file_name()).collect())
-    };
-    let Some(mut found) = blocking() else { return true };
-    for _ in 0..2 {
-        if found.is_empty() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(3));
-        let Some(again) = blocking() else { return true };
-        found.retain(|t| again.contains(t));
-    }
-    !found.is_empty()
+    crate::masks::thread_blocking_traps(std::process::id()).map_or(true, |t| t.is_some())
 }
 
 /// Whether an object matching `name` (`libc`, `libfoo.so.1`, a path) is mapped, as every
@@ -594,36 +561,4 @@ fn loaded(name: &str) -> bool {
         .filter(|m| m.exec)
         .filter_map(|m| m.path.as_deref())
         .any(|path| object.as_ref().map_or(path == name, |o| o.matches(path)))
-}
-
-#[cfg(test)]
-mod starting_tests {
-    use super::starting_thread;
-
-    /// The blocked signals of the calling thread, as the kernel shows them.
-    fn blocked_now() -> u64 {
-        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-        u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim(), 16).unwrap()
-    }
-
-    #[test]
-    fn a_mask_the_program_sets_is_never_that_of_a_starting_thread() {
-        let every_signal = std::thread::spawn(|| {
-            // SAFETY: blocks every signal the C library lets a program block, in this thread.
-            unsafe {
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut()), 0);
-            }
-            blocked_now()
-        })
-        .join()
-        .unwrap();
-        assert!(every_signal & (1 << (libc::SIGTRAP - 1)) != 0);
-        assert!(!starting_thread(every_signal), "{every_signal:x}");
-        // What the kernel shows for a thread the C library is creating: every signal but the
-        // two that cannot be blocked.
-        let unblockable: u64 = (1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1));
-        assert!(starting_thread(!unblockable));
-    }
 }

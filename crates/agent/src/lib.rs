@@ -21,10 +21,12 @@ mod exit;
 mod follow;
 mod hit;
 mod inside;
+mod masks;
 pub mod record;
 mod semaphore;
 pub mod shm;
 pub mod wire;
 
 pub use engine::{agent_library, AgentEngine, AgentError, Library};
-pub use inside::{dprobe_agent_start, starting_thread};
+pub use inside::dprobe_agent_start;
+pub use masks::{starting_thread, thread_blocking_traps};

@@ -56,42 +56,11 @@ fn process_cannot(pid: i32) -> Option<String> {
     None
 }
 
-/// A thread of process `pid` that blocks `SIGTRAP`, if any: in each of a few looks a few
-/// milliseconds apart (`pthread_create` blocks every signal in the creating thread for a
-/// moment), and not a thread that has not started yet (see `dprobe_agent::starting_thread`).
-///
-/// A trap is a signal the kernel forces on the thread, and a forced signal the thread blocks
-/// kills the program. The ptrace engine takes its traps as the tracer, before that; the agent
-/// takes them in the program. In a program it starts, the agent keeps `SIGTRAP` out of the
-/// masks set from then on (`dprobe_inproc::keep_traps_open`); a thread that blocks it already
-/// (as one that blocks every signal to take them with `sigwait` does) would be killed at its
-/// first hit of a probe on `int3`, or of any probe while it is placed.
+/// A thread of process `pid` that blocks `SIGTRAP`, if any (`dprobe_agent::thread_blocking_traps`):
+/// the agent's first trap there would kill the program. (A process whose threads cannot be
+/// read cannot have the agent loaded either.)
 pub fn thread_blocking_traps(pid: i32) -> Option<i32> {
-    let trap = 1u64 << (nix::libc::SIGTRAP - 1);
-    let blocking = || -> Vec<i32> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-        tasks
-            .filter_map(Result::ok)
-            .filter_map(|task| {
-                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-                let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
-                let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
-                (blocked & trap != 0 && !dprobe_agent::starting_thread(blocked))
-                    .then(|| task.file_name().to_str()?.parse().ok())
-                    .flatten()
-            })
-            .collect()
-    };
-    let mut found = blocking();
-    for _ in 0..2 {
-        if found.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(3));
-        let again = blocking();
-        found.retain(|tid| again.contains(tid));
-    }
-    found.first().copied()
+    dprobe_agent::thread_blocking_traps(pid as u32).ok().flatten().map(|tid| tid as i32)
 }
 
 /// The words for [`thread_blocking_traps`]'s finding.

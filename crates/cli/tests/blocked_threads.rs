@@ -97,7 +97,10 @@ fn blocking_thread(pid: u32) -> Option<String> {
     std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.filter_map(Result::ok).find_map(|task| {
         let status = std::fs::read_to_string(task.path().join("status")).ok()?;
         let blocked = u64::from_str_radix(status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim(), 16).ok()?;
-        (blocked & (1 << (libc::SIGTRAP - 1)) != 0).then(|| task.file_name().to_string_lossy().into_owned())
+        // (Not a thread the C library is still starting: every signal, its own two among them.)
+        let starting = blocked & (3 << 31) == 3 << 31;
+        (blocked & (1 << (libc::SIGTRAP - 1)) != 0 && !starting)
+            .then(|| task.file_name().to_string_lossy().into_owned())
     })
 }
 

@@ -255,11 +255,17 @@ impl CodePages {
             })
             .collect();
         let put_back = file_page::put_back(&returning);
+        // A page whose file is not mapped there any more (its library unloaded while a jump
+        // was in it) has nothing to protect: whatever is mapped there now is someone else's.
+        let maps = dprobe_sym::read_maps().unwrap_or_default();
+        let gone = |page: u64, p: &Page| {
+            !maps.is_empty() && dprobe_sym::mapping_index(&maps, Addr(page)).is_none_or(|i| maps[i].inode != p.inode)
+        };
         let mut by_prot: BTreeMap<libc::c_int, Vec<u64>> = BTreeMap::new();
         for page in pages {
             let Some(p) = self.pages.get_mut(page) else { continue };
             let Some(prot) = p.restore else { continue };
-            if put_back.contains(page) {
+            if put_back.contains(page) || gone(*page, p) {
                 if let Some(alias) = p.alias.take() {
                     page_alias::unmap(alias);
                 }
@@ -269,17 +275,7 @@ impl CodePages {
         }
         for (prot, pages) in by_prot {
             for (start, count) in runs(&pages) {
-                // A page no longer mapped (its library unloaded while a jump was there) is
-                // given back too: there is nothing left to protect, and its alias goes.
-                let given_back = |start: u64, count: u64| match sys::protect(Addr(start), count * PAGE, prot) {
-                    Ok(()) => true,
-                    // (Unmapped: `ENOMEM`, and a page that was readable cannot be read.)
-                    Err(e) => {
-                        count == 1
-                            && e.raw_os_error() == Some(libc::ENOMEM)
-                            && sys::read_memory(Addr(start), &mut [0u8; 1]).is_err()
-                    }
-                };
+                let given_back = |start: u64, count: u64| sys::protect(Addr(start), count * PAGE, prot).is_ok();
                 let pages = (start..start + count * PAGE).step_by(PAGE as usize);
                 // A call that failed may have changed part of the run: then page by page, so
                 // that each page is known to be given back or still writable.

@@ -1425,9 +1425,10 @@ fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Res
     failure.map_or(Ok(()), Err)
 }
 
-/// Whether the code at `addr` is gone: nothing is mapped there any more.
+/// Whether the code at `addr` is gone: nothing is mapped there any more. (Decided from the maps,
+/// not from a failed read: code the program made unreadable still holds dprobe's `int3`.)
 fn code_gone(addr: Addr) -> bool {
-    sys::read_memory(addr, &mut [0u8; 1]).is_err()
+    read_maps().is_ok_and(|maps| dprobe_sym::mapping_index(&maps, addr).is_none())
 }
 
 /// Where a probe goes, and for a new site its instruction and whether a jump can replace it
@@ -1439,18 +1440,32 @@ type Located = (Target, Option<(Insn, Result<Vec<Insn>, NotOptimized>, VectorSta
 #[derive(Default)]
 struct FunctionCache(std::collections::HashMap<(Addr, u64), FunctionCode>);
 
-/// Whether the code at `addr` starts as `site` (left without probes) left it: its `int3` if the
-/// site is still armed (a write that could not be made), its original instruction otherwise.
-/// Not so when the code was mapped again since (a library unloaded under a probe and loaded
-/// again at the same place): what the site knows of it is not true any more. (A site still
-/// jumping is taken as it is: the bytes at a jump's probe are not all the jump's own.)
+/// Whether the code at `addr` is as `site` (left without probes) left it: its instruction and
+/// the instructions of its jump's window, with its `int3` if the site is still armed (a write
+/// that could not be made). Not so when the code was mapped again since (a library unloaded
+/// under a probe and loaded again at the same place, or a file rewritten in place): what the
+/// site knows of it is not true any more. (A site still jumping is taken as it is: the bytes
+/// under a jump are not the original ones.)
 fn holds_what_it_left(site: &SiteState, addr: Addr) -> bool {
     if site.jumping {
         return true;
     }
-    let mut first = [0u8; 1];
-    let expected = if site.armed { INT3 } else { site.insn.code()[0] };
-    sys::read_memory(addr, &mut first).is_ok() && first[0] == expected
+    let window = site.window.as_deref().unwrap_or_default();
+    std::iter::once(&site.insn).chain(window.iter().filter(|i| i.addr != addr)).all(|insn| {
+        let mut now = [0u8; 16];
+        let now = &mut now[..insn.len];
+        if sys::read_memory(insn.addr, now).is_err() {
+            return false;
+        }
+        if insn.addr == addr && site.armed {
+            // An armed site's first byte is its `int3`.
+            if now[0] != INT3 {
+                return false;
+            }
+            now[0] = insn.code()[0];
+        }
+        now == insn.code()
+    })
 }
 
 /// Forget the site at `addr`, left without probes, whose code is gone: its detours wait to be

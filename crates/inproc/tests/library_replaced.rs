@@ -8,11 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use dprobe_inproc::{register, Addr, Kprobe, PreAction};
 
+/// Taken by each test: one maps a library again where it unmapped one, which another test's
+/// mapping could take meanwhile.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Build the shared library `name` from C `body` (without `endbr64` entries, so that both
+/// libraries' functions start with the same byte whatever the compiler's default).
 fn library(name: &str, body: &str) -> &'static str {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let src = dprobe_test_fixtures::scratch_dir(dir, "replaced").join(format!("{name}.c"));
     std::fs::write(&src, body).unwrap();
-    dprobe_test_fixtures::c_program(src.to_str().unwrap(), &format!("{name}.so"), &["-O2", "-shared", "-fPIC"])
+    dprobe_test_fixtures::c_program(
+        src.to_str().unwrap(),
+        &format!("{name}.so"),
+        &["-O2", "-shared", "-fPIC", "-fcf-protection=none"],
+    )
 }
 
 /// Map the whole file at `path`, `r-x`, at `at` (or where the kernel chooses): its address.
@@ -56,6 +66,7 @@ fn counted(at: Addr, optimize: bool, hits: &'static AtomicU64, what: &str) -> dp
 
 #[test]
 fn a_probe_where_other_code_was_probed_runs_the_new_code() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let x = library("libreplaced_x", "long xfunc(long v) { return v * 9 + 2; }\n");
     let y = library("libreplaced_y", "long yfunc(long v) { return v * 5 + 1; }\n");
     let (off, len) =
@@ -91,6 +102,7 @@ fn a_probe_where_other_code_was_probed_runs_the_new_code() {
 
 #[test]
 fn a_probe_by_name_goes_where_its_library_is_now() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Mapped, probed by name, unmapped, then mapped again elsewhere: the name is resolved
     // where the library is now, not where it was when its symbols were first read. (A library
     // of its own: the other test maps its libraries meanwhile.)
@@ -133,6 +145,7 @@ fn a_probe_by_name_goes_where_its_library_is_now() {
 
 #[test]
 fn a_library_unmapped_under_its_probe_leaves_nothing_behind() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The program unloads a library while a probe is in it (no loader notification came in
     // time): removing the probe then writes nothing and leaves no mapping of the file (the
     // read-only alias of a jump's page goes), and the same library mapped again at the same
@@ -162,5 +175,46 @@ fn a_library_unmapped_under_its_probe_leaves_nothing_behind() {
         // SAFETY: as above, with no probe left.
         assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len) }, 0);
         assert!(!mapped());
+    }
+}
+
+#[test]
+fn a_probe_in_a_file_rewritten_in_place_runs_the_new_code() {
+    // The same file (the same inode) mapped at the same place, but rewritten in between (a
+    // plugin rebuilt over itself): the new probe runs the new bytes.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let x = library("libreplaced_x", "long xfunc(long v) { return v * 9 + 2; }\n");
+    let y = library("libreplaced_y", "long yfunc(long v) { return v * 5 + 1; }\n");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let file = dprobe_test_fixtures::scratch_dir(dir, "rewritten").join("librewritten.so");
+    std::fs::copy(x, &file).unwrap();
+    let path = file.to_str().unwrap();
+    let (off, len) =
+        (offset_of(x, "xfunc"), std::fs::metadata(x).unwrap().len().max(std::fs::metadata(y).unwrap().len()));
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    for optimize in [false, true] {
+        std::fs::write(&file, std::fs::read(x).unwrap()).unwrap();
+        let base = map(path, len as usize, None);
+        let at = Addr(base as u64 + off);
+        // SAFETY: the function's code, mapped whole and executable, takes and returns a long.
+        let f: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(at.0 as usize) };
+        HITS.store(0, Relaxed);
+        let p = counted(at, optimize, &HITS, "before");
+        assert_eq!(f(3), 29);
+        drop(p);
+        // SAFETY: unmaps the mapping made above, whose code no thread runs any more.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len as usize) }, 0);
+        // Written over in place: the same inode, other bytes.
+        let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&file);
+        std::fs::write(&file, std::fs::read(y).unwrap()).unwrap();
+        assert_eq!(inode(&file), before);
+        map(path, len as usize, Some(base));
+        let p = counted(at, optimize, &HITS, "after");
+        assert_eq!(f(3), 16, "optimize: {optimize}: the new bytes run under the new probe");
+        assert_eq!(HITS.load(Relaxed), 2);
+        drop(p);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::munmap(base as *mut libc::c_void, len as usize) }, 0);
     }
 }
