@@ -317,18 +317,12 @@ fn code_that_is_not_its_files_stays_on_int3() {
     assert_eq!(call2(fxc_patched, 40, 0), 42, "the code as it is now runs");
     drop(p);
     assert_eq!(code(at, 8), [0x48, 0x89, 0xf8, 0x48, 0x83, 0xc0, 0x02, 0xc3], "the other tool's patch kept");
-    // Its patch taken away: a site keeps the analysis of its first registration, which is
-    // still not the file's code: no jump (its copy of the window would run the other tool's).
+    // Its patch taken away: the code is not what the site left, so it is analyzed afresh (its
+    // copy of the window would have run the other tool's code): the file's code again, and a
+    // jump that runs it.
     poke(at.offset(6), &[0x01]);
     let p = counting(at, &HITS);
-    match p.optimized() {
-        Err(NotOptimized::CodeChanged { at: first, what, found, expected }) => {
-            assert_eq!((first, found, expected), (at.offset(6), vec![0x02], vec![0x01]));
-            assert!(what.starts_with("its file /"), "{what}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(code(at, 1), [0xcc], "an int3 probe");
+    assert_eq!(p.optimized(), Ok(()));
     assert_eq!(call2(fxc_patched, 40, 0), 41);
     drop(p);
     assert_eq!(code(at, 8), [0x48, 0x89, 0xf8, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
