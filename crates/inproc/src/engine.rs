@@ -406,6 +406,7 @@ impl Engine {
         let _own = trap::OwnWork::enter();
         let maps = maps()?;
         let mut st = self.lock();
+        drop_moved_symbols(&mut st, &maps);
         Ok(locate(&mut st, &maps, probe, &mut FunctionCache::default())?.0)
     }
 
@@ -455,6 +456,7 @@ impl Engine {
         let mut st = self.lock();
         let mut placed = Vec::with_capacity(probes.len());
         let mut functions = FunctionCache::default();
+        drop_moved_symbols(&mut st, &maps);
         for p in &probes {
             placed.push(locate(&mut st, &maps, p, &mut functions)?);
         }
@@ -1468,7 +1470,7 @@ fn holds_what_it_left(site: &SiteState, addr: Addr) -> bool {
     })
 }
 
-/// Forget the site at `addr`, left without probes, whose code is gone: its detours wait to be
+/// Forget the site at `addr`, left without probes, whose code changed or is gone: its detours wait to be
 /// shown free of threads before their memory is reused, as any retired detour; its slots and
 /// last published row stay where they are (a thread cannot come into them any more: nothing
 /// leads there; one still inside finishes as before).
@@ -1497,9 +1499,10 @@ fn locate(
     }
     if let Some(site) = st.sites.get(&addr) {
         // Analyzed when it was first probed, and kept since, unless it is left without probes
-        // and the code there is now another file's (or another part of one): a library
-        // unloaded and another mapped where it was. Everything the site knew (its instruction,
-        // slots and detour) is of the code that went, which the new code would run.
+        // and the code there is now another file's (or another part of one), or not the bytes
+        // it left: a library unloaded and another (or the same, rewritten) mapped where it was.
+        // Everything the site knew (its instruction, slots and detour) is of the code that
+        // went, which the new code would run.
         if !site.probes.is_empty() || (site.origin == origin_of(maps, addr) && holds_what_it_left(site, addr)) {
             return Ok((target, None));
         }
@@ -1616,13 +1619,6 @@ fn refuse_own_code(st: &State, addr: Addr) -> Result<(), ProbeError> {
 /// Resolve a probe with the symbols read before, or read again when they do not have it (a
 /// library may have been loaded since).
 fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, ProbeError> {
-    // A library unloaded since the symbols were read, loaded again elsewhere, or another
-    // loaded where it was: its functions would be found where they are no more.
-    let loaded = loaded_files(maps);
-    if loaded != st.symbols_of {
-        st.symbols = None;
-        st.symbols_of = loaded;
-    }
     let result = match probe.resolve(st.symbols.get_or_insert_with(|| Symbols::load(maps)), maps) {
         Err(e) if e.may_load_later() || matches!(e, ResolveError::NoFunction { .. }) => {
             probe.resolve(st.symbols.insert(Symbols::load(maps)), maps)
@@ -1634,6 +1630,17 @@ fn resolve(st: &mut State, maps: &[Mapping], probe: &Kprobe) -> Result<Target, P
         refuse_own_code(st, addr)?;
     }
     Ok(result?)
+}
+
+/// Forget the symbols read before if a file's code is mapped elsewhere since (a library
+/// unloaded, loaded again elsewhere, or another loaded where it was: its functions would be
+/// found where they are no more). Once per batch, before its probes are resolved.
+fn drop_moved_symbols(st: &mut State, maps: &[Mapping]) {
+    let loaded = loaded_files(maps);
+    if loaded != st.symbols_of {
+        st.symbols = None;
+        st.symbols_of = loaded;
+    }
 }
 
 /// A file whose code is mapped in the process: its device and inode, and where its offset 0 is.

@@ -13,17 +13,16 @@
 //! A new mapping of the page alone does not merge either: the kernel merges areas of the same
 //! open file (`struct file`), and the loader's is closed. So the whole run of areas around the
 //! pages (contiguous, of the same file at contiguous offsets, private, with the protection the
-//! pages get back) is mapped again from one open file (`mmap` with `MAP_FIXED`), when every
-//! byte of it is the file's: every probe there removed, the case of a session's end. The run
-//! is then one area, as the loader made it, and its pages are the page cache's again. The
-//! replacement is one system call under the address space's lock: a thread running in the
-//! run meanwhile faults, waits, and finds the same bytes. A kernel uprobe on that part of the
-//! file is placed in the new mapping, as in any new mapping (`uprobe_mmap`).
+//! pages get back) is mapped again from one open file, when every byte of it is the file's:
+//! every probe there removed, the case of a session's end. The run is then one area, as the
+//! loader made it, and its pages are the page cache's again. A kernel uprobe on that part of
+//! the file is placed in the new mapping, as in any new mapping (`uprobe_mmap`).
 //!
 //! The new mapping is made where the kernel chooses first, so that a file that cannot be
 //! mapped (a network file system's error, a security policy) changes nothing, then moved over
 //! the run (`mremap`), once the run's areas are found as they were when its bytes were
-//! compared.
+//! compared. The move is one system call under the address space's lock: a thread running in
+//! the run meanwhile faults, waits, and finds the same bytes.
 //!
 //! Not done (the pages get their protection back with `mprotect`, and stay split): a byte
 //! that differs from the file anywhere in the run (a probe still armed, another tool's uprobe
