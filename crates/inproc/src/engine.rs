@@ -286,6 +286,14 @@ impl Engine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The registration lock, then the process's maps read under it: the registrar changes
+    /// mappings (the pages under jumps made writable, the file's mapping put back), and a read
+    /// of `/proc/self/maps` made meanwhile can miss or repeat some.
+    fn lock_with_maps(&self) -> Result<(MutexGuard<'_, State>, Vec<Mapping>), ProbeError> {
+        let st = self.lock();
+        Ok((st, maps()?))
+    }
+
     /// The registration lock, held (see [`crate::hold_registration_locks`]).
     pub(crate) fn hold_lock() -> Option<MutexGuard<'static, impl Sized>> {
         ENGINE.get().map(|e| e.lock())
@@ -404,8 +412,7 @@ impl Engine {
     /// Where a probe would go, without registering anything.
     pub fn resolve(&self, probe: &Kprobe) -> Result<Target, ProbeError> {
         let _own = trap::OwnWork::enter();
-        let maps = maps()?;
-        let mut st = self.lock();
+        let (mut st, maps) = self.lock_with_maps()?;
         drop_moved_symbols(&mut st, &maps);
         Ok(locate(&mut st, &maps, probe, &mut FunctionCache::default())?.0)
     }
@@ -452,8 +459,7 @@ impl Engine {
             return Err(ProbeError::InHandler);
         }
         let _own = trap::OwnWork::enter();
-        let maps = maps()?;
-        let mut st = self.lock();
+        let (mut st, maps) = self.lock_with_maps()?;
         let mut placed = Vec::with_capacity(probes.len());
         let mut functions = FunctionCache::default();
         drop_moved_symbols(&mut st, &maps);
@@ -509,8 +515,7 @@ impl Engine {
             return Err(ProbeError::InHandler);
         }
         let _own = trap::OwnWork::enter();
-        let maps = maps()?;
-        let mut st = self.lock();
+        let (mut st, maps) = self.lock_with_maps()?;
         // Each site's list without the probes that go, and those probes, in the order asked.
         let mut by_site: Vec<(Addr, ProbeId, usize)> =
             probes.iter().enumerate().map(|(k, (id, a))| (*a, *id, k)).collect();
@@ -545,8 +550,7 @@ impl Engine {
             return Err(ProbeError::InHandler);
         }
         let _own = trap::OwnWork::enter();
-        let maps = maps()?;
-        let mut st = self.lock();
+        let (mut st, maps) = self.lock_with_maps()?;
         let entry = st
             .sites
             .get(&addr)
@@ -624,8 +628,7 @@ impl Engine {
     /// with the reason (the kernel's `kprobes/blacklist`).
     pub fn blacklist(&self) -> Result<Vec<(Addr, Addr, String)>, ProbeError> {
         let _own = trap::OwnWork::enter();
-        let maps = maps()?;
-        let mut st = self.lock();
+        let (mut st, maps) = self.lock_with_maps()?;
         st.symbols_of = loaded_files(&maps);
         let symbols = st.symbols.insert(Symbols::load(&maps));
         Ok(symbols
