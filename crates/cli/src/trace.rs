@@ -164,8 +164,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             Some(reason) => (Engine::Ptrace, format!("the agent cannot be used: {reason}")),
         },
     };
-    if let (Engine::Agent, Some(pid)) = (engine, args.pid) {
-        // Asked for (the agent is not chosen for such a process).
+    if let (Some(Engine::Agent), Some(pid)) = (args.engine, args.pid) {
+        // Asked for: a default choice of the agent has looked already (`choose::agent_cannot`).
         if let Some(tid) = choose::thread_blocking_traps(pid) {
             bail!("{}; --engine ptrace traces it", choose::blocked_traps(pid, tid));
         }

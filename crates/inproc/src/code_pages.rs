@@ -257,9 +257,11 @@ impl CodePages {
         let put_back = file_page::put_back(&returning);
         // A page whose file is not mapped there any more (its library unloaded while a jump
         // was in it) has nothing to protect: whatever is mapped there now is someone else's.
-        let maps = dprobe_sym::read_maps().unwrap_or_default();
-        let gone = |page: u64, p: &Page| {
-            !maps.is_empty() && dprobe_sym::mapping_index(&maps, Addr(page)).is_none_or(|i| maps[i].inode != p.inode)
+        // (Read only if some page is left for `mprotect`.)
+        let mut maps = None;
+        let mut gone = |page: u64, p: &Page| {
+            let maps = maps.get_or_insert_with(|| dprobe_sym::read_maps().unwrap_or_default());
+            !maps.is_empty() && dprobe_sym::mapping_index(maps, Addr(page)).is_none_or(|i| maps[i].inode != p.inode)
         };
         let mut by_prot: BTreeMap<libc::c_int, Vec<u64>> = BTreeMap::new();
         for page in pages {
