@@ -71,9 +71,9 @@ pub(crate) struct Live {
     pub(crate) waiting: Vec<crate::wire::PlaceProbe>,
     /// Probes placed when their library was loaded, removed when it is unloaded.
     pub(crate) followed: Vec<crate::wire::PlaceProbe>,
-    /// The probe that keeps `SIGTRAP` open in threads that block every signal
-    /// (`dprobe_inproc::keep_traps_open`), removed with the others.
-    pub(crate) traps_open: Option<dprobe_inproc::Probe>,
+    /// The probes that keep `SIGTRAP` open in threads that block every signal and in signal
+    /// handlers (`dprobe_inproc::keep_traps_open`), removed with the others.
+    pub(crate) traps_open: Option<dprobe_inproc::TrapsOpen>,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).

@@ -5,7 +5,8 @@
 //! Started by each engine that traces one program, it finishes with its own result, every
 //! call counted: the ptrace engine's tracer takes the trap first; the agent keeps `SIGTRAP`
 //! out of the masks the program sets. A running program whose worker blocks it already is
-//! traced by ptrace, and the agent asked for is refused before anything is placed.
+//! traced by ptrace, and the agent asked for is refused before anything is placed. A signal
+//! handler installed with every signal in its mask is the same case.
 mod common;
 
 use common::out_file;
@@ -156,5 +157,104 @@ fn a_running_program_whose_worker_blocks_every_signal_is_traced_by_ptrace() {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
     let finished = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&finished.stdout), "called=1 bad=0\n");
+    assert_eq!(finished.status.code(), Some(0));
+}
+
+/// A handler installed with every signal in its mask (`sigfillset(&sa.sa_mask)`) calls `tiny`
+/// at each `SIGUSR1` the program raises: `N` times with an argument (it prints its calls),
+/// else until `SIGUSR2` comes (it prints whether it was called, and whether its handler's
+/// mask holds `SIGTRAP` again by then).
+const HANDLER: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) int tiny(int x) { return x + 1; }
+static volatile sig_atomic_t stop;
+static long calls, bad;
+static void on_usr1(int s) { (void)s; bad += tiny(41) != 42; calls++; }
+static void on_usr2(int s) { (void)s; stop = 1; }
+int main(int argc, char **argv) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_usr1;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, 0);
+    signal(SIGUSR2, on_usr2);
+    if (argc > 1) {
+        for (long i = 0; i < atol(argv[1]); i++)
+            raise(SIGUSR1);
+        printf("calls=%ld bad=%ld\n", calls, bad);
+        return 0;
+    }
+    while (!stop) {
+        raise(SIGUSR1);
+        usleep(200);
+    }
+    struct sigaction now;
+    sigaction(SIGUSR1, 0, &now);
+    printf("called=%d bad=%ld trap_blocked=%d\n", calls > 0, bad, sigismember(&now.sa_mask, SIGTRAP));
+    return 0;
+}
+"#;
+
+/// Whether `pid` has a handler for `sig` (its `SigCgt` line).
+fn catches(pid: u32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|v| u64::from_str_radix(v.trim(), 16));
+    matches!(caught, Some(Ok(set)) if set & (1 << (sig - 1)) != 0)
+}
+
+#[test]
+fn a_handler_that_blocks_every_signal_survives_its_int3_hits() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let src = out_file("blocked_handler.c");
+    std::fs::write(&src, HANDLER).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "blocked-handler", &["-O2"]);
+    let probe = format!("{program}:tiny");
+
+    // Started: the handler is installed while the session runs.
+    for engine in ["agent", "ptrace"] {
+        let t = common::trace_to_file(
+            &format!("{engine}-blocked-handler"),
+            &["--engine", engine, "-c", "-v", &probe, "--", program, "1000"],
+        );
+        let what = t.what(engine);
+        assert!(engine == "ptrace" || t.stderr.contains("on int3"), "the probe traps: {what}");
+        assert_eq!((t.code, t.stdout.as_str()), (Some(0), "calls=1000 bad=0\n"), "{what}");
+        assert_eq!(common::hits(&t.trace, &probe), 1000, "{what}");
+    }
+
+    // Running: the handler was installed before the agent came, and its mask is the
+    // program's again once the agent has gone.
+    let child = Command::new(program).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(catches(pid, libc::SIGUSR1) && catches(pid, libc::SIGUSR2)) {
+        assert!(Instant::now() < deadline, "the program never installed its handlers");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = out_file("blocked-handler-trace");
+    let dprobe = common::dprobe_command()
+        .args(["trace", "-v", "--engine", "agent", "-o", out.to_str().unwrap(), "-p", &pid.to_string(), "tiny"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains(" call tiny(")).count() < 100
+    {
+        assert!(Instant::now() < deadline, "no events came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signals the dprobe we started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    let traced = dprobe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&traced.stderr);
+    assert_eq!(traced.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("engine: agent") && stderr.contains("on int3"), "{stderr}");
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
+    let finished = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&finished.stdout), "called=1 bad=0 trap_blocked=1\n");
     assert_eq!(finished.status.code(), Some(0));
 }

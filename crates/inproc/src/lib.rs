@@ -33,8 +33,9 @@
 //!
 //! # Limits
 //! A thread that blocks `SIGTRAP` with `sigprocmask` and hits a probe on `int3` is killed by
-//! the kernel (synchronous traps cannot be blocked); [`keep_traps_open`] keeps it out of the
-//! masks that block every signal. A program that replaces dprobe's `SIGTRAP`
+//! the kernel (synchronous traps cannot be blocked), as is a signal handler whose action's mask
+//! holds `SIGTRAP`; [`keep_traps_open`] keeps it out of the masks that block every signal and
+//! out of handlers' masks. A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them. Making a probe whose jump replaces several
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
 //! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is
@@ -56,6 +57,7 @@ mod exits;
 mod file_code;
 mod file_page;
 mod guard;
+mod handler_masks;
 mod hit_stack;
 mod instances;
 mod interrupted;
@@ -94,7 +96,7 @@ pub use kretprobe::{
     process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
     InstanceData, Kretprobe, ReturnProbe,
 };
-pub use mask_guard::keep_traps_open;
+pub use mask_guard::{keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
     blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, unregister_all, Probe,

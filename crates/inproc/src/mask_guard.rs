@@ -11,30 +11,63 @@
 //! with `sigwait`) is left as it is. The function itself runs (its return value, the old mask
 //! and `errno` are its own), and so do other probes there.
 //!
-//! The copies are the thread's own, used in turn (`ThreadState::sigset_copies`): the function
+//! The copies are the thread's own, used in turn (`ThreadState::next_signal_copy`): the function
 //! reads its set at once, and another call on the thread (a signal handler's) would have to
 //! come sixteen times in those few instructions to reuse one before it is read.
 //!
+//! The same guard keeps `SIGTRAP` out of signal handlers' masks (`handler_masks.rs`).
+//!
 //! Not covered: a thread that blocked `SIGTRAP` before the probe was placed (a process dprobe
-//! attaches to), a raw `rt_sigprocmask` system call, and a signal handler whose `sa_mask`
-//! holds `SIGTRAP` (a probe on `int3` hit in it still kills the program).
+//! attaches to), and a raw `rt_sigprocmask` system call.
 
-use dprobe_arch::{Addr, Regs};
+use dprobe_arch::{Addr, NotOptimized, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
 
 use crate::probe::{register, Probe};
-use crate::{sys, thread_state};
+use crate::thread_state::SIGNAL_COPY_WORDS;
+use crate::{handler_masks, sys, thread_state};
 
-const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
+pub(crate) const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
 /// Signals 1 to 31.
 const STANDARD: u64 = (1 << 31) - 1;
 /// More standard signals than this in a set that holds `SIGTRAP`: a set of "every signal".
 const MOST: u32 = 16;
 
 /// Keep `SIGTRAP` out of the masks that block most signals, set with `pthread_sigmask` and
-/// `sigprocmask`, for as long as the probe returned lives (see the module's comment).
-pub fn keep_traps_open() -> Result<Probe, ProbeError> {
-    register(Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap))
+/// `sigprocmask`, and out of signal handlers' masks, for as long as the guard returned lives
+/// (see the module's comment and `TrapsOpen`).
+pub fn keep_traps_open() -> Result<TrapsOpen, ProbeError> {
+    let masks = register(Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap))?;
+    let actions = handler_masks::open()?;
+    Ok(TrapsOpen { masks, actions: Some(actions) })
+}
+
+/// Probes on the C library's `pthread_sigmask` and `sigaction` that keep `SIGTRAP` open
+/// ([`keep_traps_open`]). Dropping it removes them and puts `SIGTRAP` back in the masks of
+/// the handlers whose masks held it (once the last such guard goes), so the program's
+/// actions are as it set them.
+#[derive(Debug)]
+pub struct TrapsOpen {
+    masks: Probe,
+    /// Taken when the guard is dropped: removed before the handlers' masks are put back.
+    actions: Option<Probe>,
+}
+
+impl TrapsOpen {
+    /// Whether both probes are jump-optimized (an `int3` on either would itself be a trap in
+    /// the calls it watches), or why one is not.
+    pub fn optimized(&self) -> Result<(), NotOptimized> {
+        self.masks.optimized()?;
+        self.actions.as_ref().map_or(Ok(()), Probe::optimized)
+    }
+}
+
+impl Drop for TrapsOpen {
+    fn drop(&mut self) {
+        if let Some(actions) = self.actions.take() {
+            handler_masks::close(actions);
+        }
+    }
 }
 
 /// `pthread_sigmask(how, set, old)`'s first instruction: a `SIG_BLOCK` or `SIG_SETMASK` of a
@@ -61,10 +94,10 @@ fn set_without_trap(regs: &mut Regs) -> PreAction {
     }
     let Some(state) = thread_state::current().filter(|_| blocks_most(words[0])) else { return PreAction::Continue };
     words[0] &= !TRAP;
-    let k = state.sigset_next.get();
-    state.sigset_next.set(k.wrapping_add(1));
-    let copy = &state.sigset_copies[k as usize % state.sigset_copies.len()];
-    copy.set(words);
+    let copy = state.next_signal_copy();
+    let mut whole = [0u64; SIGNAL_COPY_WORDS];
+    whole[..16].copy_from_slice(&words);
+    copy.set(whole);
     regs.rsi = copy.as_ptr() as u64;
     PreAction::Continue
 }

@@ -77,10 +77,11 @@ pub(crate) struct ThreadState {
     /// (size 0: none): while a handler runs there, the kernel reports no alternate stack at
     /// all (`hit_stack.rs`).
     pub(crate) autodisarm_seen: Cell<(u64, u64)>,
-    /// Copies of signal sets the program passed to `pthread_sigmask`, with `SIGTRAP` taken
-    /// out, which the function reads instead (`mask_guard.rs`); used in turn.
-    pub(crate) sigset_copies: [Cell<[u64; 16]>; 16],
-    pub(crate) sigset_next: Cell<u32>,
+    /// Copies of the signal sets and actions the program passed to `pthread_sigmask` and
+    /// `sigaction`, with `SIGTRAP` taken out, which the functions read instead
+    /// (`mask_guard.rs`, `handler_masks.rs`); used in turn (`next_signal_copy`).
+    signal_copies: [Cell<[u64; SIGNAL_COPY_WORDS]>; 16],
+    signal_next: Cell<u32>,
     /// Whether dprobe holds the program's asynchronous signals back on this thread (its code
     /// writer's guarded stores): no program handler can run on top of a guarded call then.
     pub(crate) signals_held: Cell<bool>,
@@ -96,7 +97,24 @@ pub(crate) struct ThreadState {
     pub(crate) returns: ThreadReturns,
 }
 
+/// Words of a copy: the C library's `struct sigaction` (152 bytes), which holds a whole
+/// `sigset_t` (128).
+pub(crate) const SIGNAL_COPY_WORDS: usize = 19;
+
 impl ThreadState {
+    /// The thread's next copy of a signal set or action (`signal_copies`).
+    pub(crate) fn next_signal_copy(&self) -> &Cell<[u64; SIGNAL_COPY_WORDS]> {
+        let k = self.signal_next.get();
+        self.signal_next.set(k.wrapping_add(1));
+        &self.signal_copies[k as usize % self.signal_copies.len()]
+    }
+
+    /// Whether `addr` is one of the thread's copies: a set or an action another guard's
+    /// handler made already.
+    pub(crate) fn is_signal_copy(&self, addr: u64) -> bool {
+        self.signal_copies.iter().any(|copy| copy.as_ptr() as u64 == addr)
+    }
+
     /// The thread's id: asked of the kernel once per entry's owner.
     pub(crate) fn tid(&self) -> u32 {
         if self.tid.get() == 0 {

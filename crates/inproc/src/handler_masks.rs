@@ -1,0 +1,164 @@
+//! Keeping `SIGTRAP` out of signal handlers' masks.
+//!
+//! While a handler runs, the kernel blocks the signals of its action's mask (`sa_mask`). A
+//! handler installed with a full mask (`sigfillset(&sa.sa_mask)`, a common idiom) blocks
+//! `SIGTRAP` then, and a probe on `int3` hit in it (in the handler's code or anything it
+//! calls) raises a forced signal the thread blocks: the kernel resets its action and kills the
+//! program. While a [`crate::TrapsOpen`] lives:
+//!
+//! - a probe on the C library's `sigaction` points a call that installs a handler function
+//!   whose mask holds `SIGTRAP` at a copy of its action without it (the thread's own copies,
+//!   as `mask_guard.rs` uses them), and the function runs on the copy;
+//! - the actions already installed when the guard is made get the same change, through the
+//!   system call itself;
+//! - when the last guard goes, the probe is removed first, then `SIGTRAP` is put back in the
+//!   masks of the actions dprobe changed that are still as dprobe left them.
+//!
+//! The kernel replaces an action whole and hands back the one it replaced, so a change of an
+//! installed action that finds another action than the one it read (the program installed
+//! one in between) puts the program's back.
+//!
+//! Not covered: a handler running when the guard is made (its mask is in force already), an
+//! action installed with a raw `rt_sigaction` system call while the guard lives, and a
+//! program that reads its action back (`sigaction`'s third argument): it sees the mask
+//! without `SIGTRAP` until the guard goes. dprobe's own handlers (the trap, the faults, the
+//! safepoint signal) are left as they are.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use dprobe_arch::{Addr, Regs};
+use dprobe_core::{Kprobe, PreAction, ProbeError};
+
+use crate::mask_guard::TRAP;
+use crate::probe::{register, Probe};
+use crate::thread_state::SIGNAL_COPY_WORDS;
+use crate::{signals, sys, thread_state};
+
+/// The signals whose actions dprobe made without `SIGTRAP` in their masks (bit N-1 for signal
+/// N): the ones it puts back.
+static OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// How many guards live: the masks are put back when the last goes, and a guard's scan of the
+/// installed actions does not run beside another's putting back.
+static GUARDS: Mutex<usize> = Mutex::new(0);
+
+// The C library's `struct sigaction`: handler, `sigset_t` (16 words), flags, restorer.
+const _: () = assert!(std::mem::size_of::<libc::sigaction>() == SIGNAL_COPY_WORDS * 8);
+/// Word of the C library's `struct sigaction` that holds signals 1 to 64 of its mask.
+const MASK_WORD: usize = 1;
+
+/// Place the probe on `sigaction` and take `SIGTRAP` out of the installed handlers' masks.
+pub(crate) fn open() -> Result<Probe, ProbeError> {
+    let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+    // The probe first: an action the program installs during the scan goes through it.
+    let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap))?;
+    for sig in handled_signals() {
+        if change_mask(sig, |mask| mask & !TRAP) {
+            OPENED.fetch_or(bit(sig), Relaxed);
+        }
+    }
+    *guards += 1;
+    Ok(probe)
+}
+
+/// Remove the probe and, for the last guard, put `SIGTRAP` back in the masks dprobe took it
+/// out of.
+pub(crate) fn close(probe: Probe) {
+    let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+    drop(probe);
+    *guards -= 1;
+    if *guards > 0 {
+        return;
+    }
+    let opened = OPENED.swap(0, Relaxed);
+    for sig in handled_signals().filter(|&sig| opened & bit(sig) != 0) {
+        change_mask(sig, |mask| mask | TRAP);
+    }
+}
+
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// The signals whose actions may be changed: all but those that cannot be caught, the trap
+/// itself, and the ones whose handlers are dprobe's.
+fn handled_signals() -> impl Iterator<Item = i32> {
+    let own = signals::dprobes_signals();
+    (1..=64).filter(move |&sig| ![libc::SIGKILL, libc::SIGSTOP, libc::SIGTRAP].contains(&sig) && own & bit(sig) == 0)
+}
+
+/// The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask.
+type KernelAction = [u64; 4];
+
+/// Install `new` (when given) as `sig`'s action, with the system call itself (the C
+/// library's `sigaction` is probed); the action it replaced, or `None` if the kernel refused.
+fn swap_action(sig: i32, new: Option<&KernelAction>) -> Option<KernelAction> {
+    let mut old: KernelAction = [0; 4];
+    let new = new.map_or(0, |action| action.as_ptr() as u64);
+    let args = [sig as u64, new, old.as_mut_ptr() as u64, 8, 0, 0];
+    // SAFETY: rt_sigaction reads `new` (a kernel action, or none) and writes the current one
+    // into `old`, both as large as the kernel's structure for an 8-byte signal set.
+    let r = unsafe { sys::raw_syscall6(libc::SYS_rt_sigaction, args) };
+    (r == 0).then_some(old)
+}
+
+/// Change the mask of `sig`'s action with `change` if it is a handler function whose mask
+/// `change` alters; whether it did. If the program installed another action since it was
+/// read, the program's is put back and nothing counts as changed.
+fn change_mask(sig: i32, change: impl Fn(u64) -> u64) -> bool {
+    let Some(seen) = swap_action(sig, None) else { return false };
+    let [handler, _, _, mask] = seen;
+    if is_disposition(handler) || change(mask) == mask {
+        return false;
+    }
+    let mut changed = seen;
+    changed[3] = change(mask);
+    match swap_action(sig, Some(&changed)) {
+        Some(replaced) if replaced == seen => true,
+        Some(replaced) => {
+            swap_action(sig, Some(&replaced));
+            false
+        }
+        None => false,
+    }
+}
+
+/// `SIG_DFL` or `SIG_IGN`: no handler runs, and the mask is never in force.
+fn is_disposition(handler: u64) -> bool {
+    handler == libc::SIG_DFL as u64 || handler == libc::SIG_IGN as u64
+}
+
+/// `sigaction(sig, act, old)`'s first instruction: an action with a handler function whose
+/// mask holds `SIGTRAP` is read from a copy without it. Any other action installed clears
+/// the signal's mark (nothing to put back). An action that cannot be read, or a thread
+/// without dprobe's state, is left as it is.
+fn action_without_trap(regs: &mut Regs) -> PreAction {
+    let (sig, act) = (regs.rdi as i32, regs.rsi);
+    if act == 0 || !(1..=64).contains(&sig) || sig == libc::SIGTRAP {
+        return PreAction::Continue;
+    }
+    let Some(state) = thread_state::current() else { return PreAction::Continue };
+    if state.is_signal_copy(act) {
+        // Another guard's probe made this copy (and marked the signal).
+        return PreAction::Continue;
+    }
+    let mut bytes = [0u8; SIGNAL_COPY_WORDS * 8];
+    if sys::read_memory(Addr(act), &mut bytes).is_err() {
+        return PreAction::Continue;
+    }
+    let mut words = [0u64; SIGNAL_COPY_WORDS];
+    for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    }
+    if is_disposition(words[0]) || words[MASK_WORD] & TRAP == 0 {
+        OPENED.fetch_and(!bit(sig), Relaxed);
+        return PreAction::Continue;
+    }
+    words[MASK_WORD] &= !TRAP;
+    let copy = state.next_signal_copy();
+    copy.set(words);
+    regs.rsi = copy.as_ptr() as u64;
+    OPENED.fetch_or(bit(sig), Relaxed);
+    PreAction::Continue
+}
