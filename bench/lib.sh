@@ -1,15 +1,17 @@
 # What the benchmark scripts share. Source it: `. "$(dirname "$0")/lib.sh"`.
 # Sets: here (bench/), root (the project), out (where builds and results go), dprobe (a
-# release build of the command), target (bench/target.c, built), and the helpers below.
+# release build of the command, in CARGO_TARGET_DIR if set), target (bench/target.c, built),
+# and the helpers below.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
-out=${BENCH_OUT:-$root/target/bench}
+builds=${CARGO_TARGET_DIR:-$root/target}
+out=${BENCH_OUT:-$builds/bench}
 mkdir -p "$out"
 cc -O2 -g -o "$out/target" "$here/target.c"
 target=$out/target
 (cd "$root" && cargo build --release -q -p dprobe-cli)
-dprobe=$root/target/release/dprobe
+dprobe=$builds/release/dprobe
 
 # The loop time a target run printed.
 total() { sed -n 's/.*TARGET n=[0-9]* ns_total=\([0-9]*\).*/\1/p' | tail -n1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What a signal costs a command dprobe starts. The agent leaves the command's main thread
-# traced by ptrace, for its `exec` alone; the kernel stops a traced thread at each signal it
-# receives until the tracer delivers it. The program (crates/cli/tests/fixtures/signals.c)
+# What a signal costs a command dprobe starts. A traced thread stops at each signal it
+# receives until the tracer delivers it; the agent leaves the command's main thread untraced
+# until it is about to `exec` (earlier builds: traced all along, for its `exec`). The program (crates/cli/tests/fixtures/signals.c)
 # raises SIGUSR1 N times and prints the nanoseconds each raise took (its handler included):
 # untraced, under `dprobe trace --count` with the agent and with the ptrace engine, one of each
 # per round, medians of REPS rounds. BEFORE=PATH adds the agent of another dprobe binary (an

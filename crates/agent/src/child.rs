@@ -74,6 +74,8 @@ pub(crate) struct Live {
     /// The probes that keep `SIGTRAP` open in threads that block every signal and in signal
     /// handlers (`dprobe_inproc::keep_traps_open`), removed with the others.
     pub(crate) traps_open: Option<dprobe_inproc::TrapsOpen>,
+    /// The probes that ask dprobe before the program's `exec` (`exec_gate.rs`), if asked for.
+    pub(crate) exec_gate: Vec<dprobe_inproc::Probe>,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).
@@ -88,6 +90,8 @@ pub(crate) static LIVE: Gate<Option<Live>> = Gate::new(None);
 pub(crate) fn end_session(figures: bool) {
     LIVE.with(|live| {
         if let Some(mut l) = live.take() {
+            // A thread waiting for dprobe's answer before its `exec` goes on first.
+            crate::exec_gate::close(&l.shm, std::mem::take(&mut l.exec_gate));
             // The probes first: a thread the loader holds at its notification (about to unmap
             // a library) is let go only once none is left in code it may unmap.
             remove(&mut l.placed, figures.then_some(&*l.shm));

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::Values;
@@ -86,6 +87,9 @@ pub struct AgentEngine {
     retired: Vec<Shm>,
     /// A started program, watched for its `exec` once let go.
     watch: Option<ExecWatch>,
+    /// Whether the agent asks before the program's `exec` (`exec_gate.rs`): the program is
+    /// then watched only from that moment.
+    exec_gated: bool,
     /// How a started program ended, when the watch saw it.
     status: Option<i32>,
     /// A new program the process executed, held for the agent (seen while looking at the
@@ -204,6 +208,7 @@ impl AgentEngine {
             shm,
             retired: Vec::new(),
             watch: None,
+            exec_gated: false,
             status: None,
             pending: None,
             library,
@@ -259,16 +264,56 @@ impl AgentEngine {
     }
 
     /// Let the program run (it waited before its constructors, or one thread at a safe
-    /// point); a started one stays watched for its `exec`.
+    /// point); a started one is watched for its `exec`.
     fn release(&mut self) -> Result<(), AgentError> {
         match self.injector.take() {
-            Some(i) if self.spawned && !self.stopped => {
-                self.watch = Some(i.release_watching_exec()?);
-                Ok(())
-            }
+            Some(i) if self.spawned && !self.stopped => self.release_watching_exec(i),
             Some(i) => Ok(i.release()?),
             None => Ok(()),
         }
+    }
+
+    /// Let a started program run, watched for its `exec`: from the moment it says it is about
+    /// to, when its agent asks first (`exec_gate.rs`); else all along, with ptrace.
+    fn release_watching_exec(&mut self, held: Injector) -> Result<(), AgentError> {
+        self.exec_gated = self.gate_exec();
+        if self.exec_gated {
+            held.release()?;
+        } else {
+            self.watch = Some(held.release_watching_exec()?);
+        }
+        Ok(())
+    }
+
+    /// Ask the agent to ask before the program's `exec`: whether it will.
+    fn gate_exec(&mut self) -> bool {
+        if wire::send(&mut self.sock, &Message::GateExec).is_err() {
+            return false;
+        }
+        loop {
+            match self.receive() {
+                Ok(Some(Message::ExecGated(gated))) => return gated,
+                Ok(Some(Message::Note(_) | Message::Detail(_))) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// A thread of the program asked before its `exec`: it is watched from now on (if it
+    /// is not already), then answered.
+    fn answer_exec(&mut self) {
+        let words = self.shm.exec_gate();
+        let asked = words.asked.load(Acquire);
+        if !self.exec_gated || words.answered.load(Acquire) == asked {
+            return;
+        }
+        if self.watch.is_none() {
+            // Not watched, the `exec` goes on unseen: said as any `exec` the agent cannot
+            // follow ("not traced from then on").
+            self.watch = ExecWatch::seize(self.pid).ok();
+        }
+        words.answered.store(asked, Release);
+        crate::exec_gate::wake(words.answered);
     }
 
     /// Hand the records in the ring to `sink`, at most a ring's worth: while the program
@@ -387,10 +432,11 @@ impl AgentEngine {
     fn executed(&mut self, mut held: Injector, sink: EventSink<'_>) {
         while self.drain(sink) > 0 {}
         match self.load_again(&mut held) {
-            Ok(()) => match held.release_watching_exec() {
-                Ok(watch) => self.watch = Some(watch),
-                Err(e) => self.not_followed(&e.to_string()),
-            },
+            Ok(()) => {
+                if let Err(e) = self.release_watching_exec(held) {
+                    self.not_followed(&e.to_string());
+                }
+            }
             Err(e) => {
                 let _ = held.release();
                 self.not_followed(&e.to_string());
@@ -794,6 +840,7 @@ impl Engine for AgentEngine {
                 while self.drain(sink) > 0 {}
                 return Ok(Ending::Asked);
             }
+            self.answer_exec();
             if let Some(held) = self.look_at_the_program() {
                 self.executed(held, sink);
             }

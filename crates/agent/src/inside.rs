@@ -154,6 +154,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             waiting: Vec::new(),
             followed: Vec::new(),
             traps_open,
+            exec_gate: Vec::new(),
         })
     });
     let mut looked = Instant::now();
@@ -241,6 +242,13 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 send(&mut sock, &Message::Filtered(set))?;
             }
             Ok(Some(Message::Children(follow))) => FOLLOW_CHILDREN.store(follow, Release),
+            Ok(Some(Message::GateExec)) => {
+                let gated = LIVE.with(|live| {
+                    let Some(l) = live.as_mut() else { return false };
+                    !l.exec_gate.is_empty() || crate::exec_gate::open(&l.shm).map(|probes| l.exec_gate = probes).is_ok()
+                });
+                send(&mut sock, &Message::ExecGated(gated))?;
+            }
             Ok(Some(Message::Stop)) => {
                 end_session(true);
                 // Over before dprobe hears so: another dprobe may start a session at once.

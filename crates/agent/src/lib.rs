@@ -17,6 +17,7 @@
 
 mod child;
 mod engine;
+mod exec_gate;
 mod exit;
 mod follow;
 mod hit;

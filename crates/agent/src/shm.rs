@@ -14,7 +14,7 @@
 //! goes without its stack, counted), the tracer frees it once it unwound the stack.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use dprobe_core::ring::{self, RingCells};
 use memmap2::{MmapOptions, MmapRaw};
@@ -26,8 +26,11 @@ pub const SLOTS: usize = 8192;
 /// Probes a session can have (their counters are preallocated).
 pub const MAX_PROBES: usize = 256;
 
-const MAGIC: u64 = 0x6470_726f_6265_7232; // "dprober2"
-const HEADER_BYTES: usize = 64;
+const MAGIC: u64 = 0x6470_726f_6265_7233; // "dprober3"
+/// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`).
+const HEADER_BYTES: usize = 128;
+/// Byte of the first of the `exec` gate's 32-bit words (futex words).
+const EXEC_GATE_AT: usize = 64;
 const COUNTER_WORDS: usize = 16;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
 /// Stack slots: events with a stack the tracer has not unwound yet.
@@ -73,6 +76,18 @@ pub enum Counter {
     /// Times the probe's `int3` was found taken away (another tool's uprobe removed) and put
     /// back.
     Rearmed = 8,
+}
+
+/// The `exec` gate's words in the shared memory ([`Shm::exec_gate`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ExecGateWords<'a> {
+    /// Nonzero while the agent asks dprobe before the program's `exec`.
+    pub open: &'a AtomicU32,
+    /// Times a thread asked (each waits until `answered` reaches its turn).
+    pub asked: &'a AtomicU32,
+    /// Times dprobe answered: it watches the program for its `exec` from then on. A futex
+    /// word: dprobe wakes the waiting threads.
+    pub answered: &'a AtomicU32,
 }
 
 /// The shared memory, mapped in this process.
@@ -134,10 +149,20 @@ impl Shm {
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        debug_assert!(i < HEADER_BYTES / 8);
+        debug_assert!(i < EXEC_GATE_AT / 8);
         // SAFETY: inside the mapping, 8-byte aligned (the mapping is page-aligned), and only
         // ever accessed atomically.
         unsafe { &*(self.base().add(i * 8) as *const AtomicU64) }
+    }
+
+    /// The `exec` gate's words (see `exec_gate.rs`): whether the agent asks dprobe before an
+    /// `exec` (nonzero), how many times a thread asked, and how many of those dprobe answered.
+    pub fn exec_gate(&self) -> ExecGateWords<'_> {
+        let word = |i: usize| {
+            // SAFETY: inside the header, 4-byte aligned, only ever accessed atomically.
+            unsafe { &*(self.base().add(EXEC_GATE_AT + i * 4) as *const AtomicU32) }
+        };
+        ExecGateWords { open: word(0), asked: word(1), answered: word(2) }
     }
 
     fn counter_word(&self, probe: usize, counter: Counter) -> Option<&AtomicU64> {

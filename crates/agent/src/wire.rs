@@ -84,6 +84,12 @@ pub enum Message {
     /// Tracer → agent, before the probes: whether a forked child keeps them (`true`: it
     /// announces itself and is traced; `false`: its probes are removed as it starts).
     Children(bool),
+    /// Tracer → agent, before it lets a started program run: ask it before the program's
+    /// `exec` (`exec_gate.rs`), so that it watches the program for that alone.
+    GateExec,
+    /// Agent → tracer: whether it asks (`false`: the C library's `execve` cannot be probed;
+    /// the tracer watches the program with ptrace all along).
+    ExecGated(bool),
 }
 
 const MAX_MESSAGE: u32 = 1 << 20;
@@ -163,6 +169,8 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
             b.extend_from_slice(&pid.to_le_bytes());
         }
         Message::Children(follow) => b.extend_from_slice(&[b'C', *follow as u8]),
+        Message::GateExec => b.push(b'G'),
+        Message::ExecGated(gated) => b.extend_from_slice(&[b'g', *gated as u8]),
     }
     // One write: a process that exits while its agent sends never leaves half a message
     // (a length without its body) for dprobe to read.
@@ -227,6 +235,8 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         b's' => Message::Stopped,
         b'H' => Message::Hello(c.u32()?),
         b'C' => Message::Children(c.u8()? == 1),
+        b'G' => Message::GateExec,
+        b'g' => Message::ExecGated(c.u8()? == 1),
         _ => return Err(bad()),
     };
     Ok(Some(m))
@@ -407,6 +417,9 @@ mod tests {
             Message::Stop,
             Message::Stopped,
             Message::Hello(77),
+            Message::GateExec,
+            Message::ExecGated(true),
+            Message::ExecGated(false),
         ];
         let mut buf = Vec::new();
         for m in &messages {

@@ -73,3 +73,66 @@ fn an_exec_into_a_static_program_is_said_not_traced() {
     assert!(out.contains("it has no dynamic loader (a static program)"), "{out}");
     assert!(out.contains("not traced from then on"), "{out}");
 }
+
+/// Calls `tiny` 1,000 times (its probe stays on `int3`: too short for a jump), then prints
+/// the sum and whether the program is traced (ptrace). With a directory and its own name, it
+/// first starts `/bin/true` three times (`posix_spawn`: children that share its memory until
+/// they `exec`), then executes itself again through `execvp` with a `PATH` whose first
+/// directory lacks it (an `execve` that fails, then one that works).
+const TRACER_VIEW: &str = r#"
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+__attribute__((noinline)) int tiny(int x) { return x + 1; }
+int main(int argc, char **argv) {
+    long s = 0;
+    for (int i = 0; i < 1000; i++)
+        s += tiny(i);
+    if (argc > 2) {
+        for (int i = 0; i < 3; i++) {
+            pid_t child;
+            char *args[] = {"true", NULL};
+            int status;
+            if (posix_spawn(&child, "/bin/true", NULL, NULL, args, environ) != 0 || waitpid(child, &status, 0) != child)
+                return 9;
+        }
+    }
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int tracer = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
+            break;
+    printf("sum=%ld traced=%d\n", s, tracer != 0);
+    fflush(stdout);
+    if (argc > 2) {
+        char path[4096];
+        snprintf(path, sizeof path, "/nonexistent-dprobe-dir:%s", argv[1]);
+        setenv("PATH", path, 1);
+        char *again[] = {argv[2], NULL};
+        execvp(argv[2], again);
+        return 8;
+    }
+    return 0;
+}
+"#;
+
+#[test]
+fn a_started_program_is_not_traced_between_its_execs() {
+    let src = out_file("tracer-view.c");
+    std::fs::write(&src, TRACER_VIEW).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "tracer-view", &["-O2"]);
+    let (dir, name) = program.rsplit_once('/').unwrap();
+    let probe = format!("{name}:tiny");
+    let t = trace_to_file("agent-tracer-view", &["--engine", "agent", "-c", "-v", &probe, "--", program, dir, name]);
+    let what = t.what("agent");
+    assert!(t.stderr.contains("on int3"), "the probe traps: {what}");
+    // Both programs ran untraced between their starts and their execs, every hit counted.
+    assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sum=500500 traced=0\nsum=500500 traced=0\n"), "{what}");
+    assert_eq!(hits(&t.trace, &probe), 2000, "{what}");
+    assert!(!t.trace.contains("not traced"), "{what}");
+}

@@ -2,8 +2,10 @@
 //! thing: its `exec`. The new program is held where a library can be loaded again (see
 //! `early`), so that what was loaded into the old one can be loaded into it too.
 //!
-//! Only the main thread is traced, with `PTRACE_O_TRACEEXEC` alone: no probe hit, fork or
-//! thread stops it. A signal does (ptrace reports every signal): it is delivered at once, a
+//! It is watched from when the tracer lets it go, or from when it says it is about to `exec`
+//! ([`ExecWatch::seize`]). Only the main thread is traced, with `PTRACE_O_TRACEEXEC` alone:
+//! no fork or thread stops it. A signal does (ptrace reports every signal, a `SIGTRAP` of an
+//! `int3` probe's hit in the program among them): it is delivered at once, a
 //! stop signal leaves the program stopped (`PTRACE_LISTEN`) as it would untraced. Should the
 //! tracer die, the kernel lets the program go (no `PTRACE_O_EXITKILL` while it runs on its
 //! own). A thread of dprobe's waits for the program's stops meanwhile (see `stop_waiter`), so
@@ -51,6 +53,15 @@ pub enum Watched {
 impl ExecWatch {
     pub(crate) fn new(pid: i32) -> ExecWatch {
         ExecWatch { pid, watching: true, found: None, waiter: StopWaiter::start(pid) }
+    }
+
+    /// Watch a started program dprobe let go (its library loaded) for its `exec` from now on:
+    /// its main thread is seized with `PTRACE_O_TRACEEXEC` alone, without stopping it. For a
+    /// program that says when it is about to `exec` (dprobe's agent does), so that it is not
+    /// traced the rest of the time.
+    pub fn seize(pid: i32) -> Result<ExecWatch, LoadError> {
+        sys::seize(pid, libc::PTRACE_O_TRACEEXEC as u64)?;
+        Ok(ExecWatch::new(pid))
     }
 
     /// Readable when the program has stopped or ended, which [`ExecWatch::poll`] then takes;
