@@ -13,7 +13,9 @@
 //! as before. A thread other than the main one, a child sharing the program's memory (a
 //! `vfork` or `posix_spawn` child, whose `exec` is its own), and calls while dprobe does not
 //! wait for them go on at once. An `exec` made with the system call itself (not through the
-//! C library) is not seen before it happens: dprobe says the new program is not traced.
+//! C library) is not seen before it happens: dprobe says the new program is not traced. An
+//! `exec` that fails (a file not found) leaves the program watched until its next `exec` or
+//! the end of the trace, as all along before.
 //!
 //! The words (`Shm::exec_gate`): `open`, set while the agent asks; `asked`, counted up by
 //! each asking thread, whose turn is the count it made; `answered`, set by dprobe to the
