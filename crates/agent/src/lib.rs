@@ -26,6 +26,7 @@ mod masks;
 pub mod record;
 mod semaphore;
 pub mod shm;
+mod startup;
 pub mod wire;
 
 pub use engine::{agent_library, AgentEngine, AgentError, Library};

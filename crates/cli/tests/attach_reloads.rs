@@ -1,6 +1,7 @@
 //! The agent attached (`-p`) to a program that loads and unloads a library while the probes
 //! are placed, and after: the probe on the library loaded at the time follows its later loads,
-//! and a placing that races an unload waits for the next load instead of failing.
+//! and a placing that races an unload waits for the next load instead of failing. A probe on
+//! a library loaded with the program stays in place while other libraries come and go.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -158,4 +159,71 @@ fn attaching_while_the_library_comes_and_goes_never_fails_and_never_harms() {
     kill.0 = None;
     assert_eq!(String::from_utf8_lossy(&done.stdout), "bad=0\n");
     assert_eq!(done.status.code(), Some(0));
+}
+
+/// `startup_lib X N`: a thread loads and unloads library X in a loop while the main thread
+/// calls `kfunc` of `libkeep.so` (a library the program needs, loaded with it) N times and
+/// until X was unloaded 100 times; prints how many calls it made and how many were wrong.
+const STARTUP_LIB: &str = r#"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+long kfunc(long v);
+static const char *other;
+static volatile int done;
+static volatile long reloads;
+static void *reload(void *a) {
+    (void)a;
+    while (!done) {
+        void *h = dlopen(other, RTLD_NOW);
+        if (!h) { printf("dlopen: %s\n", dlerror()); exit(1); }
+        dlclose(h);
+        reloads++;
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    (void)argc;
+    other = argv[1];
+    long n = atol(argv[2]), i, bad = 0;
+    pthread_t t;
+    pthread_create(&t, 0, reload, 0);
+    for (i = 0; i < n || reloads < 100; i++)
+        bad += kfunc(i) != i * 3 + 1;
+    done = 1;
+    pthread_join(t, 0);
+    printf("calls=%ld bad=%ld\n", i, bad);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_probe_on_a_library_loaded_with_the_program_counts_every_call_while_others_come_and_go() {
+    let (x, _) = libraries();
+    let keep_src = out_file("libkeep.c");
+    std::fs::write(&keep_src, "long kfunc(long v) { __asm__ volatile(\"\" ::: \"memory\"); return v * 3 + 1; }\n")
+        .unwrap();
+    let keep = dprobe_test_fixtures::c_program(
+        keep_src.to_str().unwrap(),
+        "libkeep.so",
+        &["-O2", "-shared", "-fPIC", "-Wl,-soname,libkeep.so"],
+    );
+    let dir = keep.rsplit_once('/').unwrap().0;
+    let src = out_file("startup_lib.c");
+    std::fs::write(&src, STARTUP_LIB).unwrap();
+    let rpath = format!("-Wl,-rpath,{dir}");
+    let program = dprobe_test_fixtures::c_program(
+        src.to_str().unwrap(),
+        "startup_lib",
+        &["-O2", "-pthread", "-Wl,--no-as-needed", keep, &rpath, "-ldl"],
+    );
+    let probe = "libkeep.so:kfunc";
+    let t = common::trace_to_file("startup-lib", &["--engine", "agent", "-c", probe, "--", program, &x, "20000"]);
+    let what = t.what("agent");
+    let calls = t.stdout.strip_prefix("calls=").and_then(|r| r.strip_suffix(" bad=0\n")).map(str::parse::<u64>);
+    let Some(Ok(calls)) = calls else { panic!("{}\n{what}", t.stdout) };
+    assert_eq!(t.code, Some(0), "{what}");
+    // Every call, the ones made while the loader unloaded the other library included.
+    assert_eq!(hits(&t.trace, probe), calls, "{what}");
 }
