@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::Values;
@@ -90,6 +90,8 @@ pub struct AgentEngine {
     /// Whether the agent asks before the program's `exec` (`exec_gate.rs`): the program is
     /// then watched only from that moment.
     exec_gated: bool,
+    /// Why the program could not be watched when it asked before its `exec`.
+    unwatched: Option<String>,
     /// How a started program ended, when the watch saw it.
     status: Option<i32>,
     /// A new program the process executed, held for the agent (seen while looking at the
@@ -209,6 +211,7 @@ impl AgentEngine {
             retired: Vec::new(),
             watch: None,
             exec_gated: false,
+            unwatched: None,
             status: None,
             pending: None,
             library,
@@ -299,21 +302,30 @@ impl AgentEngine {
         }
     }
 
-    /// A thread of the program asked before its `exec`: it is watched from now on (if it
-    /// is not already), then answered.
+    /// The program's main thread asked before its `exec` (`exec_gate.rs`): the request is
+    /// claimed, the program watched from now on, and the thread let go.
     fn answer_exec(&mut self) {
+        use crate::exec_gate::{wake, ASKING, CLAIMED, IDLE, WATCHED};
         let words = self.shm.exec_gate();
-        let asked = words.asked.load(Acquire);
-        if !self.exec_gated || words.answered.load(Acquire) == asked {
+        if !self.exec_gated || words.state.compare_exchange(ASKING, CLAIMED, AcqRel, Acquire).is_err() {
             return;
         }
-        if self.watch.is_none() {
-            // Not watched, the `exec` goes on unseen: said as any `exec` the agent cannot
-            // follow ("not traced from then on").
-            self.watch = ExecWatch::seize(self.pid).ok();
-        }
-        words.answered.store(asked, Release);
-        crate::exec_gate::wake(words.answered);
+        let state = match self.watch {
+            Some(_) => WATCHED,
+            None => match ExecWatch::seize(self.pid) {
+                Ok(watch) => {
+                    self.watch = Some(watch);
+                    WATCHED
+                }
+                Err(e) => {
+                    // The `exec` goes on unseen, said as any `exec` the agent cannot follow.
+                    self.unwatched = Some(e.to_string());
+                    IDLE
+                }
+            },
+        };
+        words.state.store(state, Release);
+        wake(words.state);
     }
 
     /// Hand the records in the ring to `sink`, at most a ring's worth: while the program
@@ -851,8 +863,9 @@ impl Engine for AgentEngine {
                 // The new program has no agent: nothing of dprobe's is in it any more.
                 self.stopped = true;
                 self.drain(sink);
+                let why = self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();
                 self.lost = Some(format!(
-                    "process {} ran {} (exec): the agent does not follow it; not traced from then on",
+                    "process {} ran {} (exec): the agent does not follow it{why}; not traced from then on",
                     self.pid,
                     self.program()
                 ));

@@ -6,23 +6,32 @@
 //! stops at every signal it receives, its `int3` hits among them (a `SIGTRAP` each): a hit
 //! there cost a stop of dprobe's, about 35 µs, against 2 µs untraced.
 //!
-//! So the agent asks first: probes on the C library's `execve` and `execveat` (every `exec*`
-//! function of the C library calls one of them) make the main thread that calls one say so in
-//! the shared memory and wait until dprobe answers, at most [`PATIENCE`]. dprobe seizes the
+//! So the agent asks first: probes on the C library's `execve` and `execveat` (which `execv`,
+//! `execvp`, `execl` and the others call) make the main thread that calls one say so in the
+//! shared memory and wait until dprobe answers, at most [`PATIENCE`]. dprobe seizes the
 //! thread with ptrace for its `exec` alone, then answers; the `exec` runs traced and is held
 //! as before. A thread other than the main one, a child sharing the program's memory (a
 //! `vfork` or `posix_spawn` child, whose `exec` is its own), and calls while dprobe does not
-//! wait for them go on at once. An `exec` made with the system call itself (not through the
-//! C library) is not seen before it happens: dprobe says the new program is not traced. An
-//! `exec` that fails (a file not found) leaves the program watched until its next `exec` or
-//! the end of the trace, as all along before.
+//! wait for them go on at once. An `exec` made with the system call itself (`fexecve`, or not
+//! through the C library) is not seen before it happens: dprobe says the new program is not
+//! traced. An `exec` that fails (a file not found) leaves the program watched until its next
+//! `exec` or the end of the trace, as all along before.
 //!
-//! The words (`Shm::exec_gate`): `open`, set while the agent asks; `asked`, counted up by
-//! each asking thread, whose turn is the count it made; `answered`, set by dprobe to the
-//! count it answered, a futex word it wakes. Closing clears `open` and wakes the waiting
-//! threads before the probes are removed (removal waits for the handlers that run).
+//! The probes must be jump-optimized: a `posix_spawn` child resets the handlers of its signals,
+//! dprobe's `SIGTRAP` handler among them, before it calls `execve`, and an `int3` there would
+//! kill it. Where they cannot be, the agent does not ask, and dprobe watches the program all
+//! along.
+//!
+//! The words (`Shm::exec_gate`): `open`, set while the agent asks, and `state`, a futex word:
+//! [`IDLE`]; [`ASKING`] (the main thread waits); [`CLAIMED`] (dprobe took the request: the
+//! thread waits on, whatever its patience, until dprobe is done); [`WATCHED`] (dprobe watches
+//! the program: the thread goes on, and so do its later calls). The asking thread gives up by
+//! moving `ASKING` back to `IDLE`, and dprobe claims a request by moving `ASKING` to `CLAIMED`,
+//! so that dprobe never seizes a program whose thread went on without it. Closing clears
+//! `open` and wakes the waiting thread before the probes are removed (removal waits for the
+//! handlers that run).
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,8 +39,18 @@ use dprobe_inproc::{register, Kprobe, PreAction, Probe, Regs};
 
 use crate::shm::Shm;
 
-/// How long a thread waits for dprobe's answer before its `exec` goes on unwatched.
+/// How long a thread waits for dprobe to take its request before its `exec` goes on
+/// unwatched.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(2);
+
+/// `state`: nothing asked.
+pub(crate) const IDLE: u32 = 0;
+/// `state`: the main thread asks and waits.
+pub(crate) const ASKING: u32 = 1;
+/// `state`: dprobe took the request and is seizing the thread.
+pub(crate) const CLAIMED: u32 = 2;
+/// `state`: dprobe watches the program for its `exec`.
+pub(crate) const WATCHED: u32 = 3;
 
 /// The shared memory whose words the probes' handler uses, while the gate is open.
 static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
@@ -39,35 +58,39 @@ static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
 static GATED_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Place the probes that ask dprobe before an `exec` (`shm`'s words then say so): the
-/// probes, or why they could not be placed.
+/// probes, or why they could not be placed as jumps.
 pub(crate) fn open(shm: &Arc<Shm>) -> Result<Vec<Probe>, String> {
     GATED_PID.store(std::process::id() as i32, Relaxed);
     GATE.store(Arc::as_ptr(shm).cast_mut(), Release);
     let execve = register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?;
     let mut probes = vec![execve];
-    // Not in C libraries before 2.34; `fexecve` calls the system call itself there.
+    // Not in C libraries before 2.34.
     if let Ok(execveat) = register(Kprobe::symbol("libc:execveat").pre(asks)) {
         probes.push(execveat);
+    }
+    if let Some(why) = probes.iter().find_map(|p| p.optimized().err()) {
+        GATE.store(std::ptr::null_mut(), Release);
+        return Err(format!("the C library's execve is not jump-optimized: {why}"));
     }
     shm.exec_gate().open.store(1, Release);
     Ok(probes)
 }
 
-/// Stop asking: the waiting threads go on, then the probes are removed. In a forked child
+/// Stop asking: the waiting thread goes on, then the probes are removed. In a forked child
 /// (whose copy of the probes goes as it starts) the shared words are the parent's, left as
 /// they are.
 pub(crate) fn close(shm: &Shm, probes: Vec<Probe>) {
     if std::process::id() as i32 == GATED_PID.load(Relaxed) {
         let words = shm.exec_gate();
         words.open.store(0, Release);
-        wake(words.answered);
+        wake(words.state);
     }
     drop(probes);
     GATE.store(std::ptr::null_mut(), Release);
 }
 
 /// Wake every thread waiting on `word` (a futex word of the shared memory).
-pub(crate) fn wake(word: &std::sync::atomic::AtomicU32) {
+pub(crate) fn wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE on a valid, aligned word; shared (not private): dprobe wakes it from
     // another process.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize) };
@@ -85,22 +108,28 @@ fn asks(_: &mut Regs) -> PreAction {
     // SAFETY: `GATE` points at the session's shared memory from `open` until `close`, which
     // removes this probe (waiting for its running handlers) before the memory is dropped.
     let words = unsafe { &*shm }.exec_gate();
-    if words.open.load(Acquire) == 0 {
+    if words.open.load(Acquire) == 0 || words.state.compare_exchange(IDLE, ASKING, AcqRel, Acquire).is_err() {
+        // Not asking, or watched already (an earlier `exec` failed).
         return PreAction::Continue;
     }
-    let turn = words.asked.fetch_add(1, AcqRel).wrapping_add(1);
     let start = Instant::now();
     loop {
-        let answered = words.answered.load(Acquire);
-        let done = answered.wrapping_sub(turn) as i32 >= 0;
-        if done || words.open.load(Acquire) == 0 || start.elapsed() >= PATIENCE {
-            return PreAction::Continue;
+        let state = words.state.load(Acquire);
+        let gave_up = || words.state.compare_exchange(ASKING, IDLE, AcqRel, Acquire).is_ok();
+        match state {
+            ASKING if words.open.load(Acquire) == 0 || start.elapsed() >= PATIENCE => {
+                if gave_up() {
+                    return PreAction::Continue;
+                }
+            }
+            ASKING => {}
+            CLAIMED if words.open.load(Acquire) == 0 => return PreAction::Continue,
+            CLAIMED => {}
+            _ => return PreAction::Continue,
         }
         let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
         // SAFETY: FUTEX_WAIT on a valid, aligned word with a valid timeout: returns when woken,
-        // when the word is no longer `answered`, at a signal, or after 10 ms.
-        unsafe {
-            libc::syscall(libc::SYS_futex, words.answered.as_ptr(), libc::FUTEX_WAIT, answered, &slice as *const _)
-        };
+        // when the word is no longer `state`, at a signal, or after 10 ms.
+        unsafe { libc::syscall(libc::SYS_futex, words.state.as_ptr(), libc::FUTEX_WAIT, state, &slice as *const _) };
     }
 }

@@ -83,11 +83,9 @@ pub enum Counter {
 pub struct ExecGateWords<'a> {
     /// Nonzero while the agent asks dprobe before the program's `exec`.
     pub open: &'a AtomicU32,
-    /// Times a thread asked (each waits until `answered` reaches its turn).
-    pub asked: &'a AtomicU32,
-    /// Times dprobe answered: it watches the program for its `exec` from then on. A futex
-    /// word: dprobe wakes the waiting threads.
-    pub answered: &'a AtomicU32,
+    /// Where the request is (`exec_gate.rs`: idle, asking, claimed by dprobe, watched); a
+    /// futex word, woken by whoever changes it.
+    pub state: &'a AtomicU32,
 }
 
 /// The shared memory, mapped in this process.
@@ -156,13 +154,13 @@ impl Shm {
     }
 
     /// The `exec` gate's words (see `exec_gate.rs`): whether the agent asks dprobe before an
-    /// `exec` (nonzero), how many times a thread asked, and how many of those dprobe answered.
+    /// `exec`, and the state of the request.
     pub fn exec_gate(&self) -> ExecGateWords<'_> {
         let word = |i: usize| {
             // SAFETY: inside the header, 4-byte aligned, only ever accessed atomically.
             unsafe { &*(self.base().add(EXEC_GATE_AT + i * 4) as *const AtomicU32) }
         };
-        ExecGateWords { open: word(0), asked: word(1), answered: word(2) }
+        ExecGateWords { open: word(0), state: word(1) }
     }
 
     fn counter_word(&self, probe: usize, counter: Counter) -> Option<&AtomicU64> {

@@ -12,19 +12,21 @@
 //! - the actions already installed when the guard is made get the same change, through the
 //!   system call itself;
 //! - when the last guard goes, the probe is removed first, then `SIGTRAP` is put back in the
-//!   masks of the actions dprobe changed that are still as dprobe left them.
+//!   masks of the actions dprobe changed that are still as dprobe left them (same handler,
+//!   same mask): also where the program saved such an action (`sigaction`'s third argument
+//!   shows it without `SIGTRAP` while the guard lives) and installed it again.
 //!
 //! The kernel replaces an action whole and hands back the one it replaced, so a change of an
 //! installed action that finds another action than the one it read (the program installed
 //! one in between) puts the program's back.
 //!
-//! Not covered: a handler running when the guard is made (its mask is in force already), an
-//! action installed with a raw `rt_sigaction` system call while the guard lives, and a
-//! program that reads its action back (`sigaction`'s third argument): it sees the mask
-//! without `SIGTRAP` until the guard goes. dprobe's own handlers (the trap, the faults, the
-//! safepoint signal) are left as they are.
+//! Not covered: a handler running when the guard is made (its mask is in force already), and
+//! an action installed with a raw `rt_sigaction` system call while the guard lives. A program
+//! that installs, while the guard lives, an action it made itself that happens to be the one
+//! dprobe left gets `SIGTRAP` in its mask when the guard goes. dprobe's own handlers (the
+//! trap, the faults, the safepoint signal) are left as they are.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Mutex;
 
 use dprobe_arch::{Addr, Regs};
@@ -36,8 +38,32 @@ use crate::thread_state::SIGNAL_COPY_WORDS;
 use crate::{signals, sys, thread_state};
 
 /// The signals whose actions dprobe made without `SIGTRAP` in their masks (bit N-1 for signal
-/// N): the ones it puts back.
+/// N): the ones it puts back, if their actions are as it left them then (`LEFT`): not if the
+/// program installed another since, but again if it put back the one dprobe left (saved with
+/// `sigaction`'s third argument, which shows it without `SIGTRAP` while the guard lives).
 static OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// By signal, the handler and mask (signals 1 to 64) of the action as dprobe left it, without
+/// `SIGTRAP`; valid while the signal's bit of `OPENED` is set.
+static LEFT: [[AtomicU64; 2]; 65] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; 65];
+
+/// Signals a mask never holds (the kernel takes them out of the masks it is given).
+const UNBLOCKABLE: u64 = 1 << (libc::SIGKILL - 1) | 1 << (libc::SIGSTOP - 1);
+
+/// Record that `sig`'s action is `handler` with `mask`, as dprobe left it.
+fn left(sig: i32, handler: u64, mask: u64) {
+    OPENED.fetch_and(!bit(sig), Relaxed);
+    LEFT[sig as usize][0].store(handler, Relaxed);
+    LEFT[sig as usize][1].store(mask & !UNBLOCKABLE, Relaxed);
+    OPENED.fetch_or(bit(sig), Release);
+}
+
+/// Whether `sig`'s action `handler` with `mask` is the one dprobe left.
+fn as_left(sig: i32, handler: u64, mask: u64) -> bool {
+    OPENED.load(Acquire) & bit(sig) != 0
+        && LEFT[sig as usize][0].load(Relaxed) == handler
+        && LEFT[sig as usize][1].load(Relaxed) == mask & !UNBLOCKABLE
+}
 
 /// How many guards live: the masks are put back when the last goes, and a guard's scan of the
 /// installed actions does not run beside another's putting back.
@@ -54,8 +80,11 @@ pub(crate) fn open() -> Result<Probe, ProbeError> {
     // The probe first: an action the program installs during the scan goes through it.
     let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap))?;
     for sig in handled_signals() {
-        if change_mask(sig, |mask| mask & !TRAP) {
-            OPENED.fetch_or(bit(sig), Relaxed);
+        let without_trap = |[handler, _, _, mask]: KernelAction| {
+            (mask & TRAP != 0).then_some(mask & !TRAP).filter(|_| !is_disposition(handler))
+        };
+        if let Some([handler, _, _, mask]) = change_mask(sig, without_trap) {
+            left(sig, handler, mask);
         }
     }
     *guards += 1;
@@ -71,10 +100,10 @@ pub(crate) fn close(probe: Probe) {
     if *guards > 0 {
         return;
     }
-    let opened = OPENED.swap(0, Relaxed);
-    for sig in handled_signals().filter(|&sig| opened & bit(sig) != 0) {
-        change_mask(sig, |mask| mask | TRAP);
+    for sig in handled_signals() {
+        change_mask(sig, |[handler, _, _, mask]| as_left(sig, handler, mask).then_some(mask | TRAP));
     }
+    OPENED.store(0, Relaxed);
 }
 
 fn bit(sig: i32) -> u64 {
@@ -103,24 +132,20 @@ fn swap_action(sig: i32, new: Option<&KernelAction>) -> Option<KernelAction> {
     (r == 0).then_some(old)
 }
 
-/// Change the mask of `sig`'s action with `change` if it is a handler function whose mask
-/// `change` alters; whether it did. If the program installed another action since it was
-/// read, the program's is put back and nothing counts as changed.
-fn change_mask(sig: i32, change: impl Fn(u64) -> u64) -> bool {
-    let Some(seen) = swap_action(sig, None) else { return false };
-    let [handler, _, _, mask] = seen;
-    if is_disposition(handler) || change(mask) == mask {
-        return false;
-    }
+/// Give `sig`'s action the mask `change` returns for it (`None`: left as it is): the action
+/// installed, if it was. If the program installed another action since it was read, the
+/// program's is put back and nothing counts as changed.
+fn change_mask(sig: i32, change: impl Fn(KernelAction) -> Option<u64>) -> Option<KernelAction> {
+    let seen = swap_action(sig, None)?;
     let mut changed = seen;
-    changed[3] = change(mask);
+    changed[3] = change(seen)?;
     match swap_action(sig, Some(&changed)) {
-        Some(replaced) if replaced == seen => true,
+        Some(replaced) if replaced == seen => Some(changed),
         Some(replaced) => {
             swap_action(sig, Some(&replaced));
-            false
+            None
         }
-        None => false,
+        None => None,
     }
 }
 
@@ -130,9 +155,9 @@ fn is_disposition(handler: u64) -> bool {
 }
 
 /// `sigaction(sig, act, old)`'s first instruction: an action with a handler function whose
-/// mask holds `SIGTRAP` is read from a copy without it. Any other action installed clears
-/// the signal's mark (nothing to put back). An action that cannot be read, or a thread
-/// without dprobe's state, is left as it is.
+/// mask holds `SIGTRAP` is read from a copy without it, and recorded as the one dprobe left.
+/// Any other action is left as it is, and so is one that cannot be read or a call on a
+/// thread without dprobe's state.
 fn action_without_trap(regs: &mut Regs) -> PreAction {
     let (sig, act) = (regs.rdi as i32, regs.rsi);
     if act == 0 || !(1..=64).contains(&sig) || sig == libc::SIGTRAP {
@@ -151,14 +176,14 @@ fn action_without_trap(regs: &mut Regs) -> PreAction {
     for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
         *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
     }
-    if is_disposition(words[0]) || words[MASK_WORD] & TRAP == 0 {
-        OPENED.fetch_and(!bit(sig), Relaxed);
+    let (handler, mask) = (words[0], words[MASK_WORD]);
+    if is_disposition(handler) || mask & TRAP == 0 {
         return PreAction::Continue;
     }
     words[MASK_WORD] &= !TRAP;
     let copy = state.next_signal_copy();
     copy.set(words);
     regs.rsi = copy.as_ptr() as u64;
-    OPENED.fetch_or(bit(sig), Relaxed);
+    left(sig, handler, mask & !TRAP);
     PreAction::Continue
 }

@@ -33,6 +33,17 @@ fn install(sig: libc::c_int, handler: libc::sighandler_t, full: bool) {
     }
 }
 
+/// Try to install `handler` for `sig` with a full mask, which the C library refuses.
+fn install_refused(sig: libc::c_int, handler: libc::sighandler_t) {
+    // SAFETY: a zeroed action with a valid handler and mask; the call fails.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        libc::sigfillset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(sig, &action, std::ptr::null_mut()), -1);
+    }
+}
+
 /// `sig`'s action as the kernel has it: handler, flags, restorer, mask.
 fn kernel_action(sig: libc::c_int) -> [u64; 4] {
     let mut action = [0u64; 4];
@@ -97,6 +108,19 @@ fn handlers_with_full_masks_take_their_int3_hits_and_get_their_masks_back() {
     install(libc::SIGHUP, handler, true);
     install(libc::SIGHUP, handler, false);
 
+    // Saved (shown without SIGTRAP), replaced, and put back: still dprobe's to put back.
+    // SAFETY: valid actions; `saved` receives the current one.
+    unsafe {
+        let mut saved: libc::sigaction = std::mem::zeroed();
+        let mut other: libc::sigaction = std::mem::zeroed();
+        other.sa_sigaction = libc::SIG_IGN;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &other, &mut saved), 0);
+        assert_eq!(libc::sigismember(&saved.sa_mask, libc::SIGTRAP), 0);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &saved, std::ptr::null_mut()), 0);
+    }
+    // A call the C library refuses (its own signal) changes nothing.
+    let cancel_before = kernel_action(32);
+    install_refused(32, handler);
     // A second guard: the masks come back only when the last one goes.
     let second = keep_traps_open().unwrap();
     install(libc::SIGALRM, handler, true);
@@ -123,5 +147,6 @@ fn handlers_with_full_masks_take_their_int3_hits_and_get_their_masks_back() {
     assert_eq!(kernel_action(libc::SIGALRM)[3] & TRAP, TRAP);
     assert_eq!(kernel_action(libc::SIGHUP)[3], 0);
     assert_eq!(kernel_action(libc::SIGWINCH), winch_before);
+    assert_eq!(kernel_action(32), cancel_before);
     drop(probe);
 }
