@@ -315,6 +315,7 @@ impl AgentEngine {
             None => match ExecWatch::seize(self.pid) {
                 Ok(watch) => {
                     self.watch = Some(watch);
+                    self.unwatched = None;
                     WATCHED
                 }
                 Err(e) => {

@@ -214,7 +214,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
                             (Placement::Waiting, Err(e)) => Placement::Failed(format!(
                                 "its library is not loaded, and loads cannot be followed: {e}"
                             )),
-                            (answer @ (Placement::At(_) | Placement::Returns(..)), Ok(_)) if library => {
+                            (answer @ (Placement::At(at) | Placement::Returns(at, _)), Ok(_))
+                                if library && !crate::startup::holds(at) =>
+                            {
                                 // Removed before the program unloads a library, placed again
                                 // once the loader is done, as a probe placed at a load is.
                                 l.followed.push(p);
@@ -332,10 +334,10 @@ fn object_of(p: &PlaceProbe) -> Option<&str> {
     p.target.split_once(':').map(|(o, _)| o)
 }
 
-/// Whether `object` names what the loader never unloads: the program itself, the C library,
-/// the loader, or a library loaded with the program (`startup.rs`). A probe placed on another
-/// library is removed whenever the program unloads a library and placed again once the loader
-/// is done (which library goes is not known before).
+/// Whether `object` names what the loader never unloads: the program itself, the C library or
+/// the loader. A probe placed on another library is removed whenever the program unloads a
+/// library and placed again once the loader is done (which library goes is not known before),
+/// unless it was placed in a library loaded with the program (`startup.rs`).
 fn never_unloaded(object: &str) -> bool {
     let (Ok(name), Ok(maps)) = (dprobe_sym::ObjectName::new(object), dprobe_sym::read_maps()) else { return false };
     let program = std::fs::read_link("/proc/self/exe").ok();
@@ -344,7 +346,6 @@ fn never_unloaded(object: &str) -> bool {
         // (`libc-2.31.so` and `ld-2.31.so` before glibc 2.34.)
         ["libc.so", "libc-", "ld-linux", "ld-"].iter().any(|p| file.starts_with(p))
             || program.as_deref() == Some(std::path::Path::new(path))
-            || crate::startup::startup_files().iter().any(|f| f.as_path() == std::path::Path::new(path))
     })
 }
 
