@@ -12,20 +12,5 @@ N=${N:-5000}
 REPS=${REPS:-5}
 prog=$out/signals
 cc -O2 -pthread -o "$prog" "$root/crates/cli/tests/fixtures/signals.c"
-med() { printf '%s\n' $1 | median; }
 ns() { sed -n 's/^\([0-9]*\) ns per signal$/\1/p'; }
-declare -A all
-for _ in $(seq "$REPS"); do
-    all[untraced]+=" $("$prog" "$N" raise 2>&1 >/dev/null | ns)"
-    for e in agent ptrace; do
-        all[$e]+=" $("$dprobe" trace --engine $e --count -o "$out/signals-$e.summary" step -- "$prog" "$N" raise 2>&1 >/dev/null | ns)"
-    done
-    if [ -n "${BEFORE:-}" ]; then
-        all[before]+=" $("$BEFORE" trace --engine agent --count -o "$out/signals-before.summary" step -- "$prog" "$N" raise 2>&1 >/dev/null | ns)"
-    fi
-done
-echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-14s %12s   %s\n' "raise, N=$N" "ns/signal" "rounds"
-for k in untraced ${BEFORE:+before} agent ptrace; do
-    printf '%-14s %12s   %s\n' "$k" "$(med "${all[$k]}")" "${all[$k]}"
-done
+engines_table "raise, N=$N" ns/signal step ns "$prog" "$N" raise

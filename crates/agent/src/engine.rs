@@ -1,10 +1,10 @@
 //! The agent engine, the tracer's side: the agent library is loaded into the program (a
 //! started one held by ptrace right after its C library's initialisation, before any other
 //! constructor; a running process's thread held at a safe point), the probes are sent to it,
-//! and ptrace lets go before the program runs on (a started program stays watched for its
-//! `exec` alone, and the new program gets the agent and the probes again). From then on the
-//! program is not stopped at any hit: events come through the shared ring, figures from the
-//! shared counters.
+//! and ptrace lets go before the program runs on (a started program is watched again for its
+//! `exec` alone, from the moment it is about to: `exec_gate.rs`; the new program gets the
+//! agent and the probes again). From then on the program is not stopped at any hit: events
+//! come through the shared ring, figures from the shared counters.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -85,7 +85,7 @@ pub struct AgentEngine {
     /// The shared memory of the agents of programs the process ran before (`exec`): their
     /// figures count in the summary.
     retired: Vec<Shm>,
-    /// A started program, watched for its `exec` once let go.
+    /// A started program, watched for its `exec` (from the moment it asks, or all along).
     watch: Option<ExecWatch>,
     /// Whether the agent asks before the program's `exec` (`exec_gate.rs`): the program is
     /// then watched only from that moment.

@@ -93,6 +93,33 @@ int main(void) {
 }
 "#;
 
+/// `dprobe trace -v OPTIONS tiny` into file `name` until 100 calls of `tiny` came, then
+/// Ctrl-C: dprobe's messages (it exited 0).
+fn trace_100_calls(options: &[&str], name: &str) -> String {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let out = out_file(name);
+    let dprobe = common::dprobe_command()
+        .args(["trace", "-v", "-o", out.to_str().unwrap()])
+        .args(options)
+        .arg("tiny")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains(" call tiny(")).count() < 100
+    {
+        assert!(Instant::now() < deadline, "no events came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signals the dprobe we started.
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+    let traced = dprobe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&traced.stderr).into_owned();
+    assert_eq!(traced.status.code(), Some(0), "{stderr}");
+    stderr
+}
+
 /// The first thread of `pid` that blocks `SIGTRAP`.
 fn blocking_thread(pid: u32) -> Option<String> {
     std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.filter_map(Result::ok).find_map(|task| {
@@ -134,23 +161,7 @@ fn a_running_program_whose_worker_blocks_every_signal_is_traced_by_ptrace() {
     );
 
     // By default: ptrace, which says why with -v; events come, and Ctrl-C detaches.
-    let out = out_file("blocked-running-trace");
-    let dprobe = common::dprobe_command()
-        .args(["trace", "-v", "-o", out.to_str().unwrap(), "-p", &p, "tiny"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains(" call tiny(")).count() < 100
-    {
-        assert!(Instant::now() < deadline, "no events came");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: signals the dprobe we started.
-    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
-    let traced = dprobe.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&traced.stderr);
-    assert_eq!(traced.status.code(), Some(0), "{stderr}");
+    let stderr = trace_100_calls(&["-p", &p], "blocked-running-trace");
     assert!(stderr.contains("engine: ptrace") && stderr.contains("blocks SIGTRAP"), "{stderr}");
 
     // SAFETY: signals our own child.
@@ -234,23 +245,7 @@ fn a_handler_that_blocks_every_signal_survives_its_int3_hits() {
         assert!(Instant::now() < deadline, "the program never installed its handlers");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let out = out_file("blocked-handler-trace");
-    let dprobe = common::dprobe_command()
-        .args(["trace", "-v", "--engine", "agent", "-o", out.to_str().unwrap(), "-p", &pid.to_string(), "tiny"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains(" call tiny(")).count() < 100
-    {
-        assert!(Instant::now() < deadline, "no events came");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: signals the dprobe we started.
-    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
-    let traced = dprobe.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&traced.stderr);
-    assert_eq!(traced.status.code(), Some(0), "{stderr}");
+    let stderr = trace_100_calls(&["--engine", "agent", "-p", &pid.to_string()], "blocked-handler-trace");
     assert!(stderr.contains("engine: agent") && stderr.contains("on int3"), "{stderr}");
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);

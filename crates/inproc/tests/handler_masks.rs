@@ -4,11 +4,11 @@
 //! `SIGTRAP` out (those installed before it and after), and when it goes they are as the
 //! program set them again.
 mod fixtures;
-use fixtures::{addr, fx_mov_add};
+use fixtures::fx_mov_add;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use dprobe_inproc::{keep_traps_open, register, Kprobe, PreAction};
+use dprobe_inproc::keep_traps_open;
 
 const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -73,16 +73,7 @@ fn raised_in_child(sig: libc::c_int) -> libc::c_int {
 
 #[test]
 fn handlers_with_full_masks_take_their_int3_hits_and_get_their_masks_back() {
-    let probe = register(
-        Kprobe::addr(addr(fx_mov_add))
-            .pre(|_| {
-                HITS.fetch_add(1, Relaxed);
-                PreAction::Continue
-            })
-            .no_optimize(),
-    )
-    .unwrap();
-    assert_eq!(fixtures::code(addr(fx_mov_add), 1), [0xcc]);
+    let probe = fixtures::counting_int3_probe(&HITS);
     let handler = on_signal as *const () as libc::sighandler_t;
     install(libc::SIGUSR1, handler, true);
     let usr1_before = kernel_action(libc::SIGUSR1);

@@ -3,7 +3,7 @@
 //! `keep_traps_open`, `pthread_sigmask` and `sigprocmask` leave `SIGTRAP` out of the masks they
 //! set, and the thread's hits run as any other's.
 mod fixtures;
-use fixtures::{addr, fx_mov_add};
+use fixtures::fx_mov_add;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -44,16 +44,7 @@ fn blocked_calls(with_sigprocmask: bool) -> (u64, u64) {
 
 #[test]
 fn a_thread_that_blocks_every_signal_takes_its_int3_hits() {
-    let p = register(
-        Kprobe::addr(addr(fx_mov_add))
-            .pre(|_| {
-                HITS.fetch_add(1, Relaxed);
-                PreAction::Continue
-            })
-            .no_optimize(),
-    )
-    .unwrap();
-    assert_eq!(fixtures::code(addr(fx_mov_add), 1), [0xcc]);
+    let p = fixtures::counting_int3_probe(&HITS);
     // Without it, in a child: killed at its first hit.
     // SAFETY: the child only blocks signals and calls the fixture, then leaves with _exit.
     let pid = unsafe { libc::fork() };
