@@ -60,8 +60,7 @@ static GATED_PID: AtomicI32 = AtomicI32::new(0);
 /// Place the probes that ask dprobe before an `exec` (`shm`'s words then say so): the
 /// probes, or why they could not be placed as jumps.
 pub(crate) fn open(shm: &Arc<Shm>) -> Result<Vec<Probe>, String> {
-    GATED_PID.store(std::process::id() as i32, Relaxed);
-    GATE.store(Arc::as_ptr(shm).cast_mut(), Release);
+    // (Until `GATE` is set, the probes' handler lets every call go on.)
     let execve = register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?;
     let mut probes = vec![execve];
     // Not in C libraries before 2.34.
@@ -69,9 +68,10 @@ pub(crate) fn open(shm: &Arc<Shm>) -> Result<Vec<Probe>, String> {
         probes.push(execveat);
     }
     if let Some(why) = probes.iter().find_map(|p| p.optimized().err()) {
-        GATE.store(std::ptr::null_mut(), Release);
         return Err(format!("the C library's execve is not jump-optimized: {why}"));
     }
+    GATED_PID.store(std::process::id() as i32, Relaxed);
+    GATE.store(Arc::as_ptr(shm).cast_mut(), Release);
     shm.exec_gate().open.store(1, Release);
     Ok(probes)
 }

@@ -134,11 +134,11 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // `SIGTRAP`, is killed at its first hit of a probe on `int3`: such masks leave `SIGTRAP`
     // out during the session (see `keep_traps_open`). Only as jumps: a probe on `int3` there
     // would kill a handler running with such a mask already at its call to `pthread_sigmask`
-    // or `sigaction`. Not where a thread blocks it already
-    // (dprobe does not choose the agent for such a process): it would be killed at its next
-    // `pthread_sigmask` while the probe there is placed, on `int3` until it jumps; nor where
-    // the C library's `pthread_sigmask` or `sigaction` cannot be probed. Once removed, the C
-    // library's code page is the file's again (`dprobe_inproc`'s `file_page.rs`).
+    // or `sigaction`. Not where a thread blocks it already (dprobe does not choose the agent
+    // for such a process): it would be killed at its next `pthread_sigmask` while the probe
+    // there is placed, on `int3` until it jumps; nor where the C library's `pthread_sigmask`
+    // or `sigaction` cannot be probed. Once removed, the C library's code page is the file's
+    // again (`dprobe_inproc`'s `file_page.rs`).
     let traps_open = (!a_thread_blocks_traps())
         .then(dprobe_inproc::keep_traps_open)
         .and_then(Result::ok)
