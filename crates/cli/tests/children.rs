@@ -163,3 +163,19 @@ fn the_agent_asked_to_follow_says_what_it_does_not() {
     );
     assert!(!t.stderr.contains("children execute"), "no note without --follow: {}", t.stderr);
 }
+
+/// A `posix_spawn` child runs its file actions (here `dup2`) in the program's memory with every
+/// signal blocked and its handlers reset: an agent's probe on `int3` there killed it with
+/// `SIGTRAP` at each hit (no command ran). Now each child's hit is counted and its command runs.
+#[test]
+fn the_agent_counts_int3_hits_of_posix_spawn_children_that_run_on() {
+    // `dup2`'s `jae` (glibc 2.36): the `ret` after it is a branch target inside a jump's five
+    // bytes, so the probe stays on `int3`.
+    let probe = "libc:dup2+13";
+    let args = ["--engine", "agent", "-v", "--count", probe, "--", family(), "spawn-dup", "50"];
+    let t = common::trace_to_file("agent-spawn-dup", &args);
+    assert!(t.stderr.contains(&format!("`{probe}`: on int3")), "the probe is on int3: {}", t.stderr);
+    assert_eq!(t.code, Some(0), "{}", t.what("agent spawn-dup"));
+    assert!(t.stdout.contains("right"), "{}", t.what("agent spawn-dup"));
+    assert_eq!(hits(&t.trace, probe), 50, "{}", t.trace);
+}

@@ -34,8 +34,10 @@
 //! # Limits
 //! A thread that blocks `SIGTRAP` with `sigprocmask` and hits a probe on `int3` is killed by
 //! the kernel (synchronous traps cannot be blocked), as is a signal handler whose action's mask
-//! holds `SIGTRAP`; [`keep_traps_open`] keeps it out of the masks that block every signal and
-//! out of handlers' masks. A program that replaces dprobe's `SIGTRAP`
+//! holds `SIGTRAP`, and so is a child of `posix_spawn` or `system` that hits one before its
+//! `exec` (it resets its handlers and blocks every signal first); [`keep_traps_open`] keeps
+//! `SIGTRAP` out of the masks that block every signal and out of handlers' masks, and handled
+//! in those children. A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them. Making a probe whose jump replaces several
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
 //! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is
@@ -77,6 +79,7 @@ mod signal_frame;
 mod signals;
 mod site_map;
 mod slots;
+mod spawn_children;
 mod sys;
 mod thread_state;
 mod trap;

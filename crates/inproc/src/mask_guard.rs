@@ -15,7 +15,8 @@
 //! reads its set at once, and another call on the thread (a signal handler's) would have to
 //! come sixteen times in those few instructions to reuse one before it is read.
 //!
-//! The same guard keeps `SIGTRAP` out of signal handlers' masks (`handler_masks.rs`).
+//! The same guard keeps `SIGTRAP` out of signal handlers' masks (`handler_masks.rs`), and
+//! keeps it handled in the children `posix_spawn` and `system` start (`spawn_children.rs`).
 //!
 //! Not covered: a thread that blocked `SIGTRAP` before the probe was placed (a process dprobe
 //! attaches to), and a raw `rt_sigprocmask` system call.
@@ -25,7 +26,7 @@ use dprobe_core::{Kprobe, PreAction, ProbeError};
 
 use crate::probe::{register, Probe};
 use crate::thread_state::SIGNAL_COPY_WORDS;
-use crate::{handler_masks, sys, thread_state};
+use crate::{handler_masks, spawn_children, sys, thread_state};
 
 pub(crate) const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
 /// Signals 1 to 31.
@@ -34,31 +35,43 @@ const STANDARD: u64 = (1 << 31) - 1;
 const MOST: u32 = 16;
 
 /// Keep `SIGTRAP` out of the masks that block most signals, set with `pthread_sigmask` and
-/// `sigprocmask`, and out of signal handlers' masks, for as long as the guard returned lives
-/// (see the module's comment and `TrapsOpen`).
+/// `sigprocmask`, and out of signal handlers' masks, and keep it handled in the children
+/// `posix_spawn` and `system` start, for as long as the guard returned lives (see the
+/// module's comment and `TrapsOpen`).
 pub fn keep_traps_open() -> Result<TrapsOpen, ProbeError> {
     let masks = register(Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap))?;
     let actions = handler_masks::open()?;
-    Ok(TrapsOpen { masks, actions: Some(actions) })
+    // Without it (its function not found, or not a jump) children are as they were.
+    let children = spawn_children::keep_trap_in_children().ok().flatten();
+    Ok(TrapsOpen { masks, actions: Some(actions), children })
 }
 
-/// Probes on the C library's `pthread_sigmask` and `sigaction` that keep `SIGTRAP` open
-/// ([`keep_traps_open`]). Dropping it removes them and puts `SIGTRAP` back in the masks of
-/// the handlers whose masks held it (once the last such guard goes), so the program's
-/// actions are as it set them.
+/// Probes on the C library's `pthread_sigmask` and `sigaction` that keep `SIGTRAP` open, and
+/// on its `__libc_sigaction` for the children it starts ([`keep_traps_open`]). Dropping it
+/// removes them and puts `SIGTRAP` back in the masks of the handlers whose masks held it
+/// (once the last such guard goes), so the program's actions are as it set them.
 #[derive(Debug)]
 pub struct TrapsOpen {
     masks: Probe,
     /// Taken when the guard is dropped: removed before the handlers' masks are put back.
     actions: Option<Probe>,
+    /// Where it could be placed as a jump (`spawn_children.rs`).
+    children: Option<Probe>,
 }
 
 impl TrapsOpen {
-    /// Whether both probes are jump-optimized (an `int3` on either would itself be a trap in
-    /// the calls it watches), or why one is not.
+    /// Whether the probes on `pthread_sigmask` and `sigaction` are jump-optimized (an `int3`
+    /// on either would itself be a trap in the calls it watches), or why one is not.
     pub fn optimized(&self) -> Result<(), NotOptimized> {
         self.masks.optimized()?;
         self.actions.as_ref().map_or(Ok(()), Probe::optimized)
+    }
+
+    /// Whether the children `posix_spawn` and `system` start keep `SIGTRAP` handled until
+    /// their `exec` (not where the C library's `__libc_sigaction` cannot be found or jumped
+    /// to).
+    pub fn keeps_children(&self) -> bool {
+        self.children.is_some()
     }
 }
 

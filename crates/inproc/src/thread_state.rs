@@ -348,6 +348,7 @@ extern "C" fn in_forked_child() {
     }
     crate::kretprobe::forget_readers_after_fork();
     crate::exits::forget_readers_after_fork();
+    crate::spawn_children::after_fork();
     let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
     let tp = thread_pointer();
     for i in 0..ENTRIES {

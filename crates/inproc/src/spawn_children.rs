@@ -1,0 +1,143 @@
+//! Keeping `SIGTRAP` handled in the children `posix_spawn` and `system` start.
+//!
+//! The C library starts those children with `clone(CLONE_VM | CLONE_VFORK)`: the child runs in
+//! the program's memory, on a stack of its own, until its `exec`. Because a handler of the
+//! program's would run there on the parent's data, the child first resets every signal that has
+//! a handler to the default action, dprobe's `SIGTRAP` handler among them, and it runs with
+//! every signal blocked until just before its `exec` (its file actions, `setsid` and the like
+//! run that way). A probe on `int3` that the child hits then (on `dup2`, `close`, `execve`...)
+//! raises a forced `SIGTRAP` that is blocked or has the default action: the child is killed
+//! before its `exec`, and the program sees its command die of `SIGTRAP`.
+//!
+//! A probe on the C library's internal `__libc_sigaction` (the function `sigaction` hands its
+//! calls to, which the child calls for each signal) keeps the trap alive there: in a process
+//! that shares the program's memory but is not the program (its process ID differs from the
+//! one noted at the last `fork`), it unblocks `SIGTRAP` in that child, and a call that would
+//! set `SIGTRAP` to the default action returns 0 without doing so. dprobe's handler then
+//! handles the child's hits, in the program's memory as the probes expect. The child's `exec`
+//! resets every handled signal to the default action, so the new program gets the default
+//! action all the same; its mask is the one the child sets just before its `exec`.
+//!
+//! `__libc_sigaction` has no dynamic symbol: it is found as the target of `sigaction`'s tail
+//! jump. The probe must be jump-optimized (an `int3` there would be hit by the child with every
+//! signal blocked, and kill it): where it is not, or where `sigaction` has no such jump, there
+//! is no probe and children are as before.
+//!
+//! Not covered: a child the program starts with a raw `clone` system call that shares its
+//! memory and is not a thread, which is taken for such a child too (`SIGTRAP` stays handled
+//! there, dprobe's handler passing the program's own traps on as the program had them), and a
+//! child of a `fork` made with the raw system call (no `pthread_atfork` handler runs), which is
+//! taken for one as well.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+use dprobe_arch::{find_exits, Addr, CodePart, ExitKind, NoMemory, Regs};
+use dprobe_core::{Kprobe, PreAction, ProbeError};
+
+use crate::mask_guard::TRAP;
+use crate::probe::{register, resolve, Probe};
+use crate::sys;
+
+/// The program's process ID, as of the guard's making or the last `fork` (`thread_state.rs`'s
+/// handler in the forked child notes the child's).
+static PROGRAM: AtomicI32 = AtomicI32::new(0);
+
+/// In a forked child: this is the program now.
+pub(crate) fn after_fork() {
+    PROGRAM.store(sys::own_pid(), Relaxed);
+}
+
+/// The probe on `__libc_sigaction`, if it is found and jump-optimized (see the module's
+/// comment); `Ok(None)` where it is not.
+pub(crate) fn keep_trap_in_children() -> Result<Option<Probe>, ProbeError> {
+    PROGRAM.store(sys::own_pid(), Relaxed);
+    let Some(inner) = sigaction_callee()? else { return Ok(None) };
+    let probe = register(Kprobe::addr(inner).pre(child_keeps_trap))?;
+    Ok(probe.optimized().is_ok().then_some(probe))
+}
+
+/// Where the C library's `sigaction` hands its calls on to: the target of its only tail jump,
+/// read from the library's file (in memory, its first bytes may be a probe's jump already:
+/// `handler_masks.rs` places one).
+fn sigaction_callee() -> Result<Option<Addr>, ProbeError> {
+    let target = resolve(&Kprobe::symbol("libc:sigaction"))?;
+    let function = &target.function;
+    let mut code = vec![0u8; function.size.min(4096) as usize];
+    let read = File::open(&*function.object).and_then(|file| file.read_exact_at(&mut code, function.file_offset));
+    Ok(read.ok().and_then(|()| only_tail_jump(function.start, &code)))
+}
+
+/// The target of the one unconditional tail jump of the function `code` at `start`, if it has
+/// exactly one.
+fn only_tail_jump(start: Addr, code: &[u8]) -> Option<Addr> {
+    let exits = find_exits(&[CodePart { start, code }], &mut NoMemory).ok()?;
+    let mut jumps = exits.sites.iter().filter_map(|site| match site.kind {
+        ExitKind::TailJump { target } => Some(target),
+        _ => None,
+    });
+    let first = jumps.next()?;
+    jumps.next().is_none().then_some(first)
+}
+
+/// `__libc_sigaction(sig, act, old)`'s first instruction (see the module's comment).
+fn child_keeps_trap(regs: &mut Regs) -> PreAction {
+    if sys::own_pid() == PROGRAM.load(Relaxed) {
+        return PreAction::Continue;
+    }
+    let set = TRAP;
+    // SAFETY: rt_sigprocmask reads one 8-byte set; it changes the calling thread's mask only
+    // (the child's: it shares no signal state with the program).
+    unsafe {
+        sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_UNBLOCK as u64, &set as *const u64 as u64, 0, 8, 0, 0])
+    };
+    let (sig, act, old) = (regs.rdi as i32, regs.rsi, regs.rdx);
+    let mut handler = [0u8; 8];
+    if sig != libc::SIGTRAP || act == 0 || old != 0 || sys::read_memory(Addr(act), &mut handler).is_err() {
+        return PreAction::Continue;
+    }
+    let mut return_address = [0u8; 8];
+    if u64::from_le_bytes(handler) != libc::SIG_DFL as u64
+        || sys::read_memory(Addr(regs.rsp), &mut return_address).is_err()
+    {
+        return PreAction::Continue;
+    }
+    // Return 0 to the caller, the action unchanged.
+    regs.rip = u64::from_le_bytes(return_address);
+    regs.rsp += 8;
+    regs.rax = 0;
+    PreAction::SkipInstruction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callee_is_the_target_of_the_only_tail_jump() {
+        // glibc 2.36's `sigaction`: two range checks that go to an `EINVAL` return, and a tail
+        // jump to `__libc_sigaction`.
+        let code = [
+            0x8d, 0x47, 0xff, // lea -0x1(%rdi),%eax
+            0x83, 0xf8, 0x3f, // cmp $0x3f,%eax
+            0x77, 0x10, // ja +0x10
+            0x8d, 0x47, 0xe0, // lea -0x20(%rdi),%eax
+            0x83, 0xf8, 0x01, // cmp $1,%eax
+            0x76, 0x08, // jbe +8
+            0xe9, 0x3b, 0x00, 0x00, 0x00, // jmp +0x3b
+            0x0f, 0x1f, 0x00, // nopl (%rax)
+            0xb8, 0xff, 0xff, 0xff, 0xff, // mov $-1,%eax
+            0xc3, // ret
+        ];
+        assert_eq!(only_tail_jump(Addr(0x3c010), &code), Some(Addr(0x3c060)));
+    }
+
+    #[test]
+    fn no_callee_where_there_are_two_tail_jumps_or_none() {
+        let two = [0x85, 0xff, 0x74, 0x05, 0xe9, 0x00, 0x10, 0x00, 0x00, 0xe9, 0x00, 0x20, 0x00, 0x00];
+        assert_eq!(only_tail_jump(Addr(0x1000), &two), None);
+        let none = [0x31, 0xc0, 0xc3];
+        assert_eq!(only_tail_jump(Addr(0x1000), &none), None);
+    }
+}
