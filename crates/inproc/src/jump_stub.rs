@@ -18,9 +18,9 @@
 //! vector registers (with AVX-512, `zmm0`-`zmm7` whole): the calling convention passes
 //! `__m256`/`__m512` arguments and return values there, and a handler's library calls end
 //! with `vzeroupper`. How, without the cost of mixing SSE and AVX, see `ymm_args_call`; with
-//! AVX-512, `zmm0`-`zmm7` are stored below the frame and loaded back after the dispatcher,
-//! before the frame's `xmm` registers (which a handler may have changed) are written over
-//! their low halves.
+//! AVX-512 (`zmm_args_call`), where a bit above the low 128 is set, `zmm0`-`zmm7` are stored
+//! below the frame and loaded back after the dispatcher, before the frame's `xmm` registers
+//! (which a handler may have changed) are written over their low halves.
 //!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR). Where that state is
