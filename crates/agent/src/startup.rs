@@ -25,7 +25,13 @@ use std::sync::OnceLock;
 pub(crate) fn holds(addr: u64) -> bool {
     static RANGES: OnceLock<Vec<(u64, u64)>> = OnceLock::new();
     RANGES
-        .get_or_init(|| startup_ranges(&loaded_objects(), &preloaded(), needed))
+        .get_or_init(|| {
+            let loaded = loaded_objects();
+            let maps = dprobe_sym::read_maps().unwrap_or_default();
+            let needed = |object: &Loaded| file_of(object, &maps).map(|f| needed(&f)).unwrap_or_default();
+            let program = loaded.first().map(|p| program_needed(p, &maps)).unwrap_or_default();
+            startup_ranges(&loaded, program, &preloaded(), needed)
+        })
         .iter()
         .any(|&(start, end)| (start..end).contains(&addr))
 }
@@ -41,51 +47,82 @@ fn needed(path: &str) -> Vec<String> {
     dprobe_sym::needed_libraries(Path::new(path)).unwrap_or_default()
 }
 
-/// The segments of the program (the first of the objects `loaded`), of the libraries named
-/// `preloaded`, and of the `needed` closure of those, among the objects `loaded`.
-fn startup_ranges(loaded: &[Loaded], preloaded: &[String], needed: impl Fn(&str) -> Vec<String>) -> Vec<(u64, u64)> {
-    let Some((program, libraries)) = loaded.split_first() else { return Vec::new() };
-    let mut ranges = program.segments.clone();
+/// The `DT_NEEDED` names of the program, the first object: read through `/proc/self/exe`
+/// (which opens it even once deleted or replaced), unless another file is mapped there (a
+/// program the loader started, `ld.so ./program`, whose `/proc/self/exe` is the loader).
+fn program_needed(program: &Loaded, maps: &[dprobe_sym::Mapping]) -> Vec<String> {
+    let exe = std::fs::read_link("/proc/self/exe").ok();
+    match file_of(program, maps) {
+        Some(file) if exe.as_deref() != Some(Path::new(&file)) => needed(&file),
+        _ => needed("/proc/self/exe"),
+    }
+}
+
+/// The file mapped where `object`'s first segment is, if it is a file (the name a library was
+/// loaded by may be relative to a directory the program has left since).
+fn file_of(object: &Loaded, maps: &[dprobe_sym::Mapping]) -> Option<String> {
+    let &(start, _) = object.segments.first()?;
+    maps.iter().find(|m| (m.start.0..m.end.0).contains(&start)).and_then(|m| m.path.clone())
+}
+
+/// Whether the loader's object `l` is the library it loaded for `name`: by the directory it
+/// found it in and `name`, or by `name` itself when it holds a directory.
+fn loaded_for(name: &str, l: &Loaded) -> bool {
+    match name.contains('/') {
+        true => l.name == name,
+        false => l.name.rsplit('/').next() == Some(name),
+    }
+}
+
+/// The segments of the program (the first of the objects `loaded`, which needs the libraries
+/// `program`), of the libraries named `preloaded`, and of the `needed` closure of those, among
+/// the objects `loaded`.
+fn startup_ranges(
+    loaded: &[Loaded],
+    program: Vec<String>,
+    preloaded: &[String],
+    needed: impl Fn(&Loaded) -> Vec<String>,
+) -> Vec<(u64, u64)> {
+    let Some((first, libraries)) = loaded.split_first() else { return Vec::new() };
+    let mut ranges = first.segments.clone();
+    // The loader lists the preloaded libraries before the ones the program needs: a name found
+    // after those is one `dlopen` loaded (its preloading failed, and the loader went on).
+    let needed_from =
+        libraries.iter().position(|l| program.iter().any(|n| loaded_for(n, l))).unwrap_or(libraries.len());
+    let mut queue = program;
+    for name in preloaded {
+        if libraries.iter().position(|l| loaded_for(name, l)).is_some_and(|at| at < needed_from) {
+            queue.push(name.clone());
+        }
+    }
     let mut seen = HashSet::new();
-    let mut queue = program_file(program).map_or_else(|| needed("/proc/self/exe"), |file| needed(&file));
-    queue.extend(preloaded.iter().rev().cloned());
     while let Some(name) = queue.pop() {
         if !seen.insert(name.clone()) {
             continue;
         }
-        // The loader names a library it found for a `DT_NEEDED` entry by the directory it found
-        // it in and that entry, or by the entry itself when it holds a directory.
-        let named = |l: &&Loaded| match name.contains('/') {
-            true => l.name == name,
-            false => l.name.rsplit('/').next() == Some(name.as_str()),
-        };
-        let Some(object) = libraries.iter().find(named) else { continue };
-        queue.extend(needed(&object.name));
+        let Some(object) = libraries.iter().find(|l| loaded_for(&name, l)) else { continue };
+        queue.extend(needed(object));
         ranges.extend_from_slice(&object.segments);
     }
     ranges
 }
 
-/// The file mapped where `program`'s first segment is, if it is a file.
-fn program_file(program: &Loaded) -> Option<String> {
-    let &(start, _) = program.segments.first()?;
-    let maps = dprobe_sym::read_maps().ok()?;
-    maps.iter().find(|m| (m.start.0..m.end.0).contains(&start)).and_then(|m| m.path.clone())
-}
-
-/// The libraries preloaded when the program started: `LD_PRELOAD` of its first environment,
-/// then `/etc/ld.so.preload` (names separated by spaces or colons, as the loader reads them).
+/// The libraries preloaded when the program started: the last `LD_PRELOAD` of its first
+/// environment (names separated by spaces or colons), then `/etc/ld.so.preload` (by white
+/// space or colons, `#` starting a comment). A name the loader did not load (it only warns) is
+/// left out by [`startup_ranges`].
 fn preloaded() -> Vec<String> {
     let environment = std::fs::read("/proc/self/environ").unwrap_or_default();
-    let variable = environment.split(|&b| b == 0).find_map(|v| v.strip_prefix(b"LD_PRELOAD="));
-    let listed = std::fs::read_to_string("/etc/ld.so.preload").unwrap_or_default();
+    let variable = environment.split(|&b| b == 0).rev().find_map(|v| v.strip_prefix(b"LD_PRELOAD="));
     let from_environment = String::from_utf8_lossy(variable.unwrap_or_default()).into_owned();
-    [from_environment, listed]
-        .iter()
-        .flat_map(|names| {
-            names.split([' ', ':', '\t', '\n']).filter(|n| !n.is_empty()).map(str::to_owned).collect::<Vec<_>>()
-        })
-        .collect()
+    let listed = std::fs::read_to_string("/etc/ld.so.preload").unwrap_or_default();
+    let listed = listed.lines().map(|line| line.split('#').next().unwrap_or_default());
+    let names = |text: &str, separators: &[char]| -> Vec<String> {
+        text.split(separators).filter(|n| !n.is_empty()).map(str::to_owned).collect()
+    };
+    let mut all = names(&from_environment, &[' ', ':']);
+    listed.for_each(|line| all.extend(names(line, &[' ', '\t', ':'])));
+    all
 }
 
 /// The objects the loader has loaded, in its list's order (`dl_iterate_phdr`, which holds
@@ -143,8 +180,8 @@ mod tests {
             object("/opt/app/libplugin.so", 0x20000),
             object("/opt/other/libc.so.6", 0x30000),
         ];
-        let needed = |_: &str| vec!["libc.so.6".to_owned()];
-        assert_eq!(startup_ranges(&loaded, &[], needed), [(0x1000, 0x2000), (0x10000, 0x11000)]);
+        let program = vec!["libc.so.6".to_owned()];
+        assert_eq!(startup_ranges(&loaded, program, &[], |_| Vec::new()), [(0x1000, 0x2000), (0x10000, 0x11000)]);
     }
 
     #[test]
@@ -157,15 +194,27 @@ mod tests {
             object("/lib/x86_64-linux-gnu/libstdc++.so.6", 0x40000),
             object("/opt/app/libplugin.so", 0x50000),
         ];
-        let needed = |path: &str| match path {
+        let needed = |l: &Loaded| match l.name.as_str() {
             "/opt/jemalloc/libjemalloc.so.2" => vec!["libstdc++.so.6".to_owned()],
             "/lib/x86_64-linux-gnu/libstdc++.so.6" => vec!["libc.so.6".to_owned()],
             _ => Vec::new(),
         };
         let preloaded = ["libjemalloc.so.2".to_owned(), "./libshim.so".to_owned()];
-        let mut ranges = startup_ranges(&loaded, &preloaded, needed);
+        let mut ranges = startup_ranges(&loaded, vec!["libc.so.6".to_owned()], &preloaded, needed);
         ranges.sort();
         let starts: Vec<u64> = ranges.iter().map(|r| r.0).collect();
         assert_eq!(starts, [0x1000, 0x10000, 0x20000, 0x30000, 0x40000]);
+    }
+
+    #[test]
+    fn a_preload_the_loader_did_not_load_is_not_one_dlopen_loaded_later() {
+        let loaded = [
+            object("", 0x1000),
+            object("/lib/x86_64-linux-gnu/libc.so.6", 0x10000),
+            object("/opt/app/libplugin.so", 0x20000),
+        ];
+        let preloaded = ["libplugin.so".to_owned()];
+        let ranges = startup_ranges(&loaded, vec!["libc.so.6".to_owned()], &preloaded, |_| Vec::new());
+        assert_eq!(ranges, [(0x1000, 0x2000), (0x10000, 0x11000)]);
     }
 }

@@ -12,6 +12,12 @@ use common::{hits, out_file};
 
 /// Two libraries of the same shape (the loader may put one where the other was).
 fn libraries() -> (String, String) {
+    // Built once: the tests run at once, and each would write the same sources.
+    static BUILT: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_libraries).clone()
+}
+
+fn build_libraries() -> (String, String) {
     let build = |name: &str, body: &str| {
         let src = out_file(&format!("{name}.c"));
         std::fs::write(&src, format!("__attribute__((noinline)) long {body}")).unwrap();
@@ -203,6 +209,11 @@ int main(int argc, char **argv) {
 
 /// `libkeep.so`, and `startup_lib` built with it as a needed library (`linked`) or without.
 fn startup_programs() -> (&'static str, &'static str, &'static str) {
+    static BUILT: std::sync::OnceLock<(&str, &str, &str)> = std::sync::OnceLock::new();
+    *BUILT.get_or_init(build_startup_programs)
+}
+
+fn build_startup_programs() -> (&'static str, &'static str, &'static str) {
     let keep_src = out_file("libkeep.c");
     std::fs::write(&keep_src, "long kfunc(long v) { __asm__ volatile(\"\" ::: \"memory\"); return v * 3 + 1; }\n")
         .unwrap();

@@ -169,8 +169,8 @@ fn the_agent_asked_to_follow_says_what_it_does_not() {
 /// `SIGTRAP` at each hit (no command ran). Now each child's hit is counted and its command runs.
 #[test]
 fn the_agent_counts_int3_hits_of_posix_spawn_children_that_run_on() {
-    // `dup2`'s `jae` (glibc 2.36): the `ret` after it is a branch target inside a jump's five
-    // bytes, so the probe stays on `int3`.
+    // `dup2`'s `jae` (glibc 2.36) branches to the instruction after the `ret` that follows it,
+    // inside a jump's five bytes: the probe stays on `int3`.
     let probe = "libc:dup2+13";
     let args = ["--engine", "agent", "-v", "--count", probe, "--", family(), "spawn-dup", "50"];
     let t = common::trace_to_file("agent-spawn-dup", &args);

@@ -37,7 +37,7 @@
 //! holds `SIGTRAP`, and so is a child of `posix_spawn` or `system` that hits one before its
 //! `exec` (it resets its handlers and blocks every signal first); [`keep_traps_open`] keeps
 //! `SIGTRAP` out of the masks that block every signal and out of handlers' masks, and handled
-//! in those children. A program that replaces dprobe's `SIGTRAP`
+//! in those children from the reset of their handlers on. A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them. Making a probe whose jump replaces several
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
 //! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is

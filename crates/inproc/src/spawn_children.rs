@@ -5,29 +5,30 @@
 //! program's would run there on the parent's data, the child first resets every signal that has
 //! a handler to the default action, dprobe's `SIGTRAP` handler among them, and it runs with
 //! every signal blocked until just before its `exec` (its file actions, `setsid` and the like
-//! run that way). A probe on `int3` that the child hits then (on `dup2`, `close`, `execve`...)
+//! run that way). A probe on `int3` that the child hits then (on `dup2`, `chdir`, `execve`...)
 //! raises a forced `SIGTRAP` that is blocked or has the default action: the child is killed
 //! before its `exec`, and the program sees its command die of `SIGTRAP`.
 //!
 //! A probe on the C library's internal `__libc_sigaction` (the function `sigaction` hands its
 //! calls to, which the child calls for each signal) keeps the trap alive there: in a process
 //! that shares the program's memory but is not the program (its process ID differs from the
-//! one noted at the last `fork`), it unblocks `SIGTRAP` in that child, and a call that would
-//! set `SIGTRAP` to the default action returns 0 without doing so. dprobe's handler then
-//! handles the child's hits, in the program's memory as the probes expect. The child's `exec`
-//! resets every handled signal to the default action, so the new program gets the default
-//! action all the same; its mask is the one the child sets just before its `exec`.
+//! one noted at the last `fork`), a call that sets `SIGTRAP` to the default action (with no
+//! old action asked for, as the child's) returns 0 without doing so, and unblocks `SIGTRAP` in
+//! that child. dprobe's handler then handles the child's hits, in the program's memory as the
+//! probes expect. The child's `exec` resets every handled signal to the default action, so the
+//! new program gets the default action all the same; its mask is the one the child sets just
+//! before its `exec`.
 //!
 //! `__libc_sigaction` has no dynamic symbol: it is found as the target of `sigaction`'s tail
 //! jump. The probe must be jump-optimized (an `int3` there would be hit by the child with every
 //! signal blocked, and kill it): where it is not, or where `sigaction` has no such jump, there
 //! is no probe and children are as before.
 //!
-//! Not covered: a child the program starts with a raw `clone` system call that shares its
-//! memory and is not a thread, which is taken for such a child too (`SIGTRAP` stays handled
-//! there, dprobe's handler passing the program's own traps on as the program had them), and a
-//! child of a `fork` made with the raw system call (no `pthread_atfork` handler runs), which is
-//! taken for one as well.
+//! Not covered: a probe on `int3` in what the child runs before that call (the C library's
+//! `sigprocmask`, its first call) still kills it. Taken for such a child too, and so keeping
+//! `SIGTRAP` handled where it asks for the default action this way: a child that shares the
+//! program's memory and is not a thread (a `vfork` child, one of a raw `clone`), and a child of
+//! a `fork` that runs no `pthread_atfork` handler (the raw system call, `_Fork`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -83,7 +84,15 @@ fn only_tail_jump(start: Addr, code: &[u8]) -> Option<Addr> {
 
 /// `__libc_sigaction(sig, act, old)`'s first instruction (see the module's comment).
 fn child_keeps_trap(regs: &mut Regs) -> PreAction {
-    if sys::own_pid() == PROGRAM.load(Relaxed) {
+    let (sig, act, old) = (regs.rdi as i32, regs.rsi, regs.rdx);
+    if sig != libc::SIGTRAP || act == 0 || old != 0 || sys::own_pid() == PROGRAM.load(Relaxed) {
+        return PreAction::Continue;
+    }
+    let (mut handler, mut return_address) = ([0u8; 8], [0u8; 8]);
+    if sys::read_memory(Addr(act), &mut handler).is_err()
+        || u64::from_le_bytes(handler) != libc::SIG_DFL as u64
+        || sys::read_memory(Addr(regs.rsp), &mut return_address).is_err()
+    {
         return PreAction::Continue;
     }
     let set = TRAP;
@@ -92,17 +101,6 @@ fn child_keeps_trap(regs: &mut Regs) -> PreAction {
     unsafe {
         sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_UNBLOCK as u64, &set as *const u64 as u64, 0, 8, 0, 0])
     };
-    let (sig, act, old) = (regs.rdi as i32, regs.rsi, regs.rdx);
-    let mut handler = [0u8; 8];
-    if sig != libc::SIGTRAP || act == 0 || old != 0 || sys::read_memory(Addr(act), &mut handler).is_err() {
-        return PreAction::Continue;
-    }
-    let mut return_address = [0u8; 8];
-    if u64::from_le_bytes(handler) != libc::SIG_DFL as u64
-        || sys::read_memory(Addr(regs.rsp), &mut return_address).is_err()
-    {
-        return PreAction::Continue;
-    }
     // Return 0 to the caller, the action unchanged.
     regs.rip = u64::from_le_bytes(return_address);
     regs.rsp += 8;
