@@ -75,7 +75,7 @@ pub(crate) struct Live {
     /// handlers (`dprobe_inproc::keep_traps_open`), removed with the others.
     pub(crate) traps_open: Option<dprobe_inproc::TrapsOpen>,
     /// The probes that ask dprobe before the program's `exec` (`exec_gate.rs`), if asked for.
-    pub(crate) exec_gate: Vec<dprobe_inproc::Probe>,
+    pub(crate) exec_gate: crate::exec_gate::GateProbes,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).

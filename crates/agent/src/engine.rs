@@ -305,8 +305,18 @@ impl AgentEngine {
     /// The program's main thread asked before its `exec` (`exec_gate.rs`): the request is
     /// claimed, the program watched from now on, and the thread let go.
     fn answer_exec(&mut self) {
-        use crate::exec_gate::{wake, ASKING, CLAIMED, IDLE, WATCHED};
+        use crate::exec_gate::{wake, ASKING, CLAIMED, IDLE, RELEASING, UNWATCH, WATCHED};
         let words = self.shm.exec_gate();
+        if self.exec_gated && words.state.compare_exchange(UNWATCH, RELEASING, AcqRel, Acquire).is_ok() {
+            // Its `exec` failed: it runs untraced until it asks again.
+            // Its main thread waits in the agent until this is done (`exec_gate.rs`).
+            if let Some(watch) = self.watch.take() {
+                watch.end_at_rest();
+            }
+            words.state.store(IDLE, Release);
+            wake(words.state);
+            return;
+        }
         if !self.exec_gated || words.state.compare_exchange(ASKING, CLAIMED, AcqRel, Acquire).is_err() {
             return;
         }

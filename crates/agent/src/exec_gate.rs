@@ -14,8 +14,10 @@
 //! `vfork` or `posix_spawn` child, whose `exec` is its own), and calls while dprobe does not
 //! wait for them go on at once. An `exec` made with the system call itself (`fexecve`, or not
 //! through the C library) is not seen before it happens: dprobe says the new program is not
-//! traced. An `exec` that fails (a file not found) leaves the program watched until its next
-//! `exec` or the end of the trace, as all along before.
+//! traced. An `exec` that fails (a file not found) returns: return probes on the same
+//! functions (at their exits, jumps too) ask dprobe to stop watching, and it lets the program
+//! go; where they cannot be jumps, the program stays watched until its next `exec` or the end
+//! of the trace.
 //!
 //! The probes must be jump-optimized: a `posix_spawn` child resets the handlers of its signals,
 //! dprobe's `SIGTRAP` handler among them, before it calls `execve`, and an `int3` there would
@@ -25,9 +27,16 @@
 //! The words (`Shm::exec_gate`): `open`, set while the agent asks, and `state`, a futex word:
 //! [`IDLE`]; [`ASKING`] (the main thread waits); [`CLAIMED`] (dprobe took the request: the
 //! thread waits on, whatever its patience, until dprobe is done); [`WATCHED`] (dprobe watches
-//! the program: the thread goes on, and so do its later calls). The asking thread gives up by
-//! moving `ASKING` back to `IDLE`, and dprobe claims a request by moving `ASKING` to `CLAIMED`,
-//! so that dprobe never seizes a program whose thread went on without it. Closing clears
+//! the program: the thread goes on, and so do its later calls); [`UNWATCH`] (its `exec`
+//! failed: the thread waits for dprobe to stop watching); [`RELEASING`] (dprobe took that
+//! request and lets the program go, then moves the word to `IDLE`). The asking thread gives up by moving `ASKING` back to `IDLE`, and
+//! dprobe claims a request by moving `ASKING` to `CLAIMED`, so that dprobe never seizes a
+//! program whose thread went on without it; likewise the thread that asked to be let go
+//! calls its request off by moving `UNWATCH` back to `WATCHED`, and dprobe takes it by moving
+//! `UNWATCH` to `RELEASING`. A call of an `exec` function that finds `UNWATCH` (a signal
+//! handler's, while the thread waits) goes on watched, and one that finds `RELEASING` waits
+//! for `IDLE` and asks, so that dprobe never lets go of a program whose `exec` it would then
+//! miss. Closing clears
 //! `open` and wakes the waiting thread before the probes are removed (removal waits for the
 //! handlers that run).
 
@@ -35,9 +44,12 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dprobe_inproc::{register, Kprobe, PreAction, Probe, Regs};
+use dprobe_inproc::{
+    register, register_kretprobe, Addr, InstanceData, Kprobe, Kretprobe, PreAction, Probe, Regs, ReturnMode,
+    ReturnProbe,
+};
 
-use crate::shm::Shm;
+use crate::shm::{ExecGateWords, Shm};
 
 /// How long a thread waits for dprobe to take its request before its `exec` goes on
 /// unwatched.
@@ -51,35 +63,66 @@ pub(crate) const ASKING: u32 = 1;
 pub(crate) const CLAIMED: u32 = 2;
 /// `state`: dprobe watches the program for its `exec`.
 pub(crate) const WATCHED: u32 = 3;
+/// `state`: the watched program's `exec` failed; dprobe may let it go.
+pub(crate) const UNWATCH: u32 = 4;
+/// `state`: dprobe lets the program go.
+pub(crate) const RELEASING: u32 = 5;
 
 /// The shared memory whose words the probes' handler uses, while the gate is open.
 static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
 /// The process whose main thread asks (not a child sharing its memory).
 static GATED_PID: AtomicI32 = AtomicI32::new(0);
 
+/// The gate's probes: before the `exec` functions, and at their exits (an `exec` that failed).
+#[derive(Default)]
+pub(crate) struct GateProbes {
+    before: Vec<Probe>,
+    failed: Vec<ReturnProbe>,
+}
+
+impl GateProbes {
+    /// Whether none is placed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.before.is_empty()
+    }
+}
+
 /// Place the probes that ask dprobe before an `exec` (`shm`'s words then say so): the
 /// probes, or why they could not be placed as jumps.
-pub(crate) fn open(shm: &Arc<Shm>) -> Result<Vec<Probe>, String> {
-    // (Until `GATE` is set, the probes' handler lets every call go on.)
+pub(crate) fn open(shm: &Arc<Shm>) -> Result<GateProbes, String> {
+    // (Until `GATE` is set, the probes' handlers let every call go on.)
     let execve = register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?;
-    let mut probes = vec![execve];
+    let mut probes = GateProbes { before: vec![execve], failed: Vec::new() };
     // Not in C libraries before 2.34.
     if let Ok(execveat) = register(Kprobe::symbol("libc:execveat").pre(asks)) {
-        probes.push(execveat);
+        probes.before.push(execveat);
     }
-    if let Some(why) = probes.iter().find_map(|p| p.optimized().err()) {
+    if let Some(why) = probes.before.iter().find_map(|p| p.optimized().err()) {
         return Err(format!("the C library's execve is not jump-optimized: {why}"));
     }
+    probes.failed = probes.before.iter().filter_map(|p| returns_jump(p.addr())).collect();
     GATED_PID.store(std::process::id() as i32, Relaxed);
     GATE.store(Arc::as_ptr(shm).cast_mut(), Release);
     shm.exec_gate().open.store(1, Release);
     Ok(probes)
 }
 
+/// A return probe on the `exec` function at `function` that says its call failed, placed at
+/// the function's exits, if every probe in the function is a jump (an `int3` at an exit would
+/// kill a `posix_spawn` child whose `exec` failed, were its mask to block `SIGTRAP`).
+fn returns_jump(function: Addr) -> Option<ReturnProbe> {
+    let probe = register_kretprobe(Kretprobe::addr(function).handler(failed)).ok()?;
+    let ReturnMode::Exits { .. } = probe.return_mode() else { return None };
+    let target = dprobe_inproc::resolve(&Kprobe::addr(function)).ok()?;
+    let (start, end) = (target.function.start.0, target.function.start.0 + target.function.size);
+    let mut inside = dprobe_inproc::list().into_iter().filter(|i| (start..end).contains(&i.addr.0));
+    inside.all(|i| i.jump.is_ok()).then_some(probe)
+}
+
 /// Stop asking: the waiting thread goes on, then the probes are removed. In a forked child
 /// (whose copy of the probes goes as it starts) the shared words are the parent's, left as
 /// they are.
-pub(crate) fn close(shm: &Shm, probes: Vec<Probe>) {
+pub(crate) fn close(shm: &Shm, probes: GateProbes) {
     if std::process::id() as i32 == GATED_PID.load(Relaxed) {
         let words = shm.exec_gate();
         words.open.store(0, Release);
@@ -96,23 +139,68 @@ pub(crate) fn wake(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize) };
 }
 
-/// `execve`'s (or `execveat`'s) first instruction: the program's main thread asks dprobe and
-/// waits for its answer (see the module's comment).
-fn asks(_: &mut Regs) -> PreAction {
+/// The gate's words, on the program's main thread while the gate is open.
+fn gate_words() -> Option<ExecGateWords<'static>> {
     let shm = GATE.load(Acquire);
     // SAFETY: getpid and gettid have no arguments and no preconditions.
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
     if shm.is_null() || pid != GATED_PID.load(Relaxed) || tid != pid {
-        return PreAction::Continue;
+        return None;
     }
     // SAFETY: `GATE` points at the session's shared memory from `open` until `close`, which
-    // removes this probe (waiting for its running handlers) before the memory is dropped.
+    // removes the probes (waiting for their running handlers) before the memory is dropped.
     let words = unsafe { &*shm }.exec_gate();
-    if words.open.load(Acquire) == 0 || words.state.compare_exchange(IDLE, ASKING, AcqRel, Acquire).is_err() {
-        // Not asking, or watched already (an earlier `exec` failed).
-        return PreAction::Continue;
+    (words.open.load(Acquire) != 0).then_some(words)
+}
+
+/// An `exec` function's exit: the call failed (one that works does not return). A watched
+/// program's main thread asks dprobe to stop watching, and waits here until it has: dprobe
+/// then detaches it where nothing of the program's is under way (a detach wakes a thread
+/// inside a system call, which this loop takes as it takes any wake). After [`PATIENCE`]
+/// without an answer it calls its request off, and goes on watched; a request dprobe took is
+/// waited for (a few system calls of dprobe's), at most ten times that.
+fn failed(_: &mut Regs, _: &InstanceData) {
+    let Some(words) = gate_words() else { return };
+    if words.state.compare_exchange(WATCHED, UNWATCH, AcqRel, Acquire).is_err() {
+        return;
     }
+    // The failed call's `errno` (`execvp` tries the next directory after `ENOENT` alone) is
+    // kept from the waits' system calls.
+    let _errno = KeptErrno::new();
     let start = Instant::now();
+    loop {
+        let state = words.state.load(Acquire);
+        let called_off = || words.state.compare_exchange(UNWATCH, WATCHED, AcqRel, Acquire).is_ok();
+        match state {
+            UNWATCH if (words.open.load(Acquire) == 0 || start.elapsed() >= PATIENCE) && called_off() => return,
+            UNWATCH => {}
+            RELEASING if start.elapsed() < 10 * PATIENCE => {}
+            _ => return,
+        }
+        wait_a_slice(words.state, state);
+    }
+}
+
+/// `execve`'s (or `execveat`'s) first instruction: the program's main thread asks dprobe and
+/// waits for its answer (see the module's comment).
+fn asks(_: &mut Regs) -> PreAction {
+    let Some(words) = gate_words() else { return PreAction::Continue };
+    let start = Instant::now();
+    // Ask; after a failed `exec`, call the release off, or wait until it is done.
+    while let Err(state) = words.state.compare_exchange(IDLE, ASKING, AcqRel, Acquire) {
+        match state {
+            // Still watched: it goes on.
+            UNWATCH if words.state.compare_exchange(UNWATCH, WATCHED, AcqRel, Acquire).is_ok() => {
+                return PreAction::Continue
+            }
+            UNWATCH => {}
+            RELEASING if words.open.load(Acquire) != 0 && start.elapsed() < PATIENCE => {
+                wait_a_slice(words.state, state)
+            }
+            // Watched already, or no longer asking.
+            _ => return PreAction::Continue,
+        }
+    }
     loop {
         let state = words.state.load(Acquire);
         let gave_up = || words.state.compare_exchange(ASKING, IDLE, AcqRel, Acquire).is_ok();
@@ -127,9 +215,31 @@ fn asks(_: &mut Regs) -> PreAction {
             CLAIMED => {}
             _ => return PreAction::Continue,
         }
-        let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
-        // SAFETY: FUTEX_WAIT on a valid, aligned word with a valid timeout: returns when woken,
-        // when the word is no longer `state`, at a signal, or after 10 ms.
-        unsafe { libc::syscall(libc::SYS_futex, words.state.as_ptr(), libc::FUTEX_WAIT, state, &slice as *const _) };
+        wait_a_slice(words.state, state);
     }
+}
+
+/// The calling thread's `errno`, put back when this goes.
+struct KeptErrno(i32);
+
+impl KeptErrno {
+    fn new() -> KeptErrno {
+        // SAFETY: the C library's pointer to the calling thread's `errno`.
+        KeptErrno(unsafe { *libc::__errno_location() })
+    }
+}
+
+impl Drop for KeptErrno {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
+/// Wait until `word` is woken or no longer `value`, at most 10 ms.
+fn wait_a_slice(word: &AtomicU32, value: u32) {
+    let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+    // SAFETY: FUTEX_WAIT on a valid, aligned word with a valid timeout: returns when woken,
+    // when the word is no longer `value`, at a signal, or after 10 ms.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, &slice as *const _) };
 }

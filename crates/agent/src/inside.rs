@@ -154,7 +154,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             waiting: Vec::new(),
             followed: Vec::new(),
             traps_open,
-            exec_gate: Vec::new(),
+            exec_gate: Default::default(),
         })
     });
     let mut looked = Instant::now();

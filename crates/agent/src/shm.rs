@@ -83,7 +83,8 @@ pub enum Counter {
 pub struct ExecGateWords<'a> {
     /// Nonzero while the agent asks dprobe before the program's `exec`.
     pub open: &'a AtomicU32,
-    /// Where the request is (`exec_gate.rs`: idle, asking, claimed by dprobe, watched); a
+    /// Where the request is (`exec_gate.rs`: idle, asking, claimed by dprobe, watched, its
+    /// `exec` failed, being let go); a
     /// futex word the asking thread waits on, which dprobe wakes when it changes it.
     pub state: &'a AtomicU32,
 }

@@ -78,7 +78,9 @@ fn an_exec_into_a_static_program_is_said_not_traced() {
 /// the sum and whether the program is traced (ptrace). With a directory and its own name, it
 /// first starts `/bin/true` three times (`posix_spawn`: children that share its memory until
 /// they `exec`), then executes itself again through `execvp` with a `PATH` whose first
-/// directory lacks it (an `execve` that fails, then one that works).
+/// directory lacks it (an `execve` that fails, then one that works). With a third argument,
+/// before that, an `execv` of a file that does not exist, then (once untraced, or after 5 s)
+/// 1,000 calls more, and whether it is traced then.
 const TRACER_VIEW: &str = r#"
 #include <spawn.h>
 #include <stdio.h>
@@ -88,6 +90,17 @@ const TRACER_VIEW: &str = r#"
 #include <unistd.h>
 extern char **environ;
 __attribute__((noinline)) int tiny(int x) { return x + 1; }
+static int traced(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int tracer = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return tracer != 0;
+}
 int main(int argc, char **argv) {
     long s = 0;
     for (int i = 0; i < 1000; i++)
@@ -101,14 +114,19 @@ int main(int argc, char **argv) {
                 return 9;
         }
     }
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    int tracer = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
-            break;
-    printf("sum=%ld traced=%d\n", s, tracer != 0);
+    printf("sum=%ld traced=%d\n", s, traced());
     fflush(stdout);
+    if (argc > 3) {
+        char *none[] = {"none", NULL};
+        execv("/nonexistent-dprobe-dir/none", none);
+        for (int i = 0; i < 500 && traced(); i++)
+            usleep(10000);
+        long after = 0;
+        for (int i = 0; i < 1000; i++)
+            after += tiny(i);
+        printf("after a failed exec: sum=%ld traced=%d\n", after, traced());
+        fflush(stdout);
+    }
     if (argc > 2) {
         char path[4096];
         snprintf(path, sizeof path, "/nonexistent-dprobe-dir:%s", argv[1]);
@@ -134,5 +152,25 @@ fn a_started_program_is_not_traced_between_its_execs() {
     // Both programs ran untraced between their starts and their execs, every hit counted.
     assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sum=500500 traced=0\nsum=500500 traced=0\n"), "{what}");
     assert_eq!(hits(&t.trace, &probe), 2000, "{what}");
+    assert!(!t.trace.contains("not traced"), "{what}");
+}
+
+/// An `exec` that fails (a file that does not exist) returns, and dprobe lets the program go
+/// again (it stayed traced until its next `exec` before); the next `exec` is followed all the
+/// same.
+#[test]
+fn a_started_program_whose_exec_failed_is_let_go_and_its_next_exec_followed() {
+    // A source of its own: the tests run at once.
+    let src = out_file("tracer-view-failed.c");
+    std::fs::write(&src, TRACER_VIEW).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "tracer-view-failed", &["-O2"]);
+    let (dir, name) = program.rsplit_once('/').unwrap();
+    let probe = format!("{name}:tiny");
+    let args = ["--engine", "agent", "-c", &probe, "--", program, dir, name, "fail"];
+    let t = trace_to_file("agent-tracer-view-failed", &args);
+    let what = t.what("agent");
+    let lines = "sum=500500 traced=0\nafter a failed exec: sum=500500 traced=0\nsum=500500 traced=0\n";
+    assert_eq!((t.code, t.stdout.as_str()), (Some(0), lines), "{what}");
+    assert_eq!(hits(&t.trace, &probe), 3000, "{what}");
     assert!(!t.trace.contains("not traced"), "{what}");
 }

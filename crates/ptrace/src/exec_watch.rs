@@ -164,14 +164,37 @@ impl ExecWatch {
         self.stop();
     }
 
+    /// Stop watching a program whose main thread waits in code that only loops until it is let
+    /// go (the agent's, after an `exec` that failed): detached at once, with the signal its
+    /// stop holds. The wake a detach gives a thread inside a system call is harmless there,
+    /// where it is not in a call of the program's (see [`ExecWatch::end`]). The tracer goes
+    /// on.
+    pub fn end_at_rest(mut self) {
+        if let Some(status) = self.stopped() {
+            let signal = if sys::event_of(status) == 0 { libc::WSTOPSIG(status) } else { 0 };
+            let _ = sys::detach(self.pid, signal);
+        }
+    }
+
     fn stop(&mut self) {
+        let Some(status) = self.stopped() else { return };
+        let (signal, group_stop) = match sys::event_of(status) {
+            // The program's signal, not delivered yet: delivered as it goes.
+            0 => (libc::WSTOPSIG(status), false),
+            EVENT_STOP => (0, is_stop_signal(libc::WSTOPSIG(status))),
+            _ => (0, false),
+        };
+        let _ = crate::let_go::let_thread_go(self.pid, self.pid, signal, group_stop);
+    }
+
+    /// Stop watching: the program interrupted, and the wait status of its stop taken (not if
+    /// it ended, or could not be stopped).
+    fn stopped(&mut self) -> Option<i32> {
         if !self.watching {
-            return;
+            return None;
         }
         self.watching = false;
-        if sys::interrupt(self.pid).is_err() {
-            return;
-        }
+        sys::interrupt(self.pid).ok()?;
         // SAFETY: a siginfo_t is plain data, which waitid fills.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WNOTHREAD;
@@ -182,19 +205,10 @@ impl ExecWatch {
             waiter.end(WAITER_END);
         }
         if peeked != 0 || matches!(info.si_code, libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED) {
-            return;
+            return None;
         }
-        let Ok((_, status)) = sys::wait(self.pid) else { return };
-        if !libc::WIFSTOPPED(status) {
-            return;
-        }
-        let (signal, group_stop) = match sys::event_of(status) {
-            // The program's signal, not delivered yet: delivered as it goes.
-            0 => (libc::WSTOPSIG(status), false),
-            EVENT_STOP => (0, is_stop_signal(libc::WSTOPSIG(status))),
-            _ => (0, false),
-        };
-        let _ = crate::let_go::let_thread_go(self.pid, self.pid, signal, group_stop);
+        let (_, status) = sys::wait(self.pid).ok()?;
+        libc::WIFSTOPPED(status).then_some(status)
     }
 }
 
