@@ -74,6 +74,15 @@ struct ProbeInfo {
     remark: Option<String>,
 }
 
+/// Where dprobe is in letting a started program go after its `exec` failed.
+#[derive(Default)]
+struct LettingGo {
+    /// Since when the agent says it may (`exec_gate::UNWATCH`).
+    since: Option<Instant>,
+    /// The looks that found its main thread inside a system call, in a row.
+    tries: u32,
+}
+
 /// One program traced through the agent, spawned or attached.
 pub struct AgentEngine {
     pid: i32,
@@ -92,6 +101,8 @@ pub struct AgentEngine {
     exec_gated: bool,
     /// Why the program could not be watched when it asked before its `exec`.
     unwatched: Option<String>,
+    /// Letting the program go after its `exec` failed (`exec_gate.rs`).
+    release: LettingGo,
     /// How a started program ended, when the watch saw it.
     status: Option<i32>,
     /// A new program the process executed, held for the agent (seen while looking at the
@@ -212,6 +223,7 @@ impl AgentEngine {
             watch: None,
             exec_gated: false,
             unwatched: None,
+            release: LettingGo::default(),
             status: None,
             pending: None,
             library,
@@ -305,15 +317,36 @@ impl AgentEngine {
     /// The program's main thread asked before its `exec` (`exec_gate.rs`): the request is
     /// claimed, the program watched from now on, and the thread let go.
     fn answer_exec(&mut self) {
-        use crate::exec_gate::{wake, ASKING, CLAIMED, IDLE, RELEASING, UNWATCH, WATCHED};
+        use crate::exec_gate::{
+            wake, ASKING, CLAIMED, IDLE, RELEASE_AFTER, RELEASE_TRIES, RELEASING, UNWATCH, WATCHED,
+        };
         let words = self.shm.exec_gate();
-        if self.exec_gated && words.state.compare_exchange(UNWATCH, RELEASING, AcqRel, Acquire).is_ok() {
-            // Its `exec` failed: it runs untraced until it asks again.
-            // Its main thread waits in the agent until this is done (`exec_gate.rs`).
-            if let Some(watch) = self.watch.take() {
-                watch.end_at_rest();
+        // Its `exec` failed a while ago: let go where its main thread is outside a system call.
+        let unwatch = self.exec_gated && words.state.load(Acquire) == UNWATCH;
+        let since = *self.release.since.get_or_insert_with(Instant::now);
+        if !unwatch {
+            self.release.since = None;
+        } else if since.elapsed() >= RELEASE_AFTER * (1 << self.release.tries)
+            && words.state.compare_exchange(UNWATCH, RELEASING, AcqRel, Acquire).is_ok()
+        {
+            self.release.since = None;
+            let next = match self.watch.take().map(ExecWatch::end_at_rest) {
+                Some(Err((watch, executing))) => {
+                    self.watch = Some(watch);
+                    self.release.tries += 1;
+                    // At a new program's `exec` (the watch reports it next), or tried enough.
+                    if executing || self.release.tries >= RELEASE_TRIES {
+                        WATCHED
+                    } else {
+                        UNWATCH
+                    }
+                }
+                _ => IDLE,
+            };
+            if next != UNWATCH {
+                self.release.tries = 0;
             }
-            words.state.store(IDLE, Release);
+            words.state.store(next, Release);
             wake(words.state);
             return;
         }

@@ -15,9 +15,9 @@
 //! wait for them go on at once. An `exec` made with the system call itself (`fexecve`, or not
 //! through the C library) is not seen before it happens: dprobe says the new program is not
 //! traced. An `exec` that fails (a file not found) returns: return probes on the same
-//! functions (at their exits, jumps too) ask dprobe to stop watching, and it lets the program
-//! go; where they cannot be jumps, the program stays watched until its next `exec` or the end
-//! of the trace.
+//! functions (at their exits, jumps too) tell dprobe it may stop watching, and it lets the
+//! program go (below); where they cannot be jumps, the program stays watched until its next
+//! `exec` or the end of the trace.
 //!
 //! The probes must be jump-optimized: a `posix_spawn` child resets the handlers of its signals,
 //! dprobe's `SIGTRAP` handler among them, before it calls `execve`, and an `int3` there would
@@ -28,17 +28,23 @@
 //! [`IDLE`]; [`ASKING`] (the main thread waits); [`CLAIMED`] (dprobe took the request: the
 //! thread waits on, whatever its patience, until dprobe is done); [`WATCHED`] (dprobe watches
 //! the program: the thread goes on, and so do its later calls); [`UNWATCH`] (its `exec`
-//! failed: the thread waits for dprobe to stop watching); [`RELEASING`] (dprobe took that
-//! request and lets the program go, then moves the word to `IDLE`). The asking thread gives up by moving `ASKING` back to `IDLE`, and
-//! dprobe claims a request by moving `ASKING` to `CLAIMED`, so that dprobe never seizes a
-//! program whose thread went on without it; likewise the thread that asked to be let go
-//! calls its request off by moving `UNWATCH` back to `WATCHED`, and dprobe takes it by moving
-//! `UNWATCH` to `RELEASING`. A call of an `exec` function that finds `UNWATCH` (a signal
-//! handler's, while the thread waits) goes on watched, and one that finds `RELEASING` waits
-//! for `IDLE` and asks, so that dprobe never lets go of a program whose `exec` it would then
-//! miss. Closing clears
-//! `open` and wakes the waiting thread before the probes are removed (removal waits for the
-//! handlers that run).
+//! failed: dprobe may stop watching); [`RELEASING`] (dprobe lets the program go, then moves
+//! the word to `IDLE`, or back to `UNWATCH` or `WATCHED` where it could not). The asking
+//! thread gives up by moving `ASKING` back to `IDLE`, and dprobe claims a request by moving
+//! `ASKING` to `CLAIMED`, so that dprobe never seizes a program whose thread went on without
+//! it. Likewise a call of an `exec` function that finds `UNWATCH` takes it back to `WATCHED`
+//! (still watched, it goes on), and dprobe takes it by moving it to `RELEASING`, which a call
+//! waits out before it asks, so that dprobe never lets go of a program whose `exec` it would
+//! then miss.
+//!
+//! dprobe lets a program go after a failed `exec` once the state stayed `UNWATCH` a while
+//! ([`RELEASE_AFTER`], so that `execvp`'s next try finds it still watched), and only where it
+//! finds the main thread outside a system call the kernel would restart: a detach wakes a
+//! thread inside one, and a signal that came in that moment could leave the program waiting
+//! on in its call (see `dprobe_ptrace`'s `let_go.rs`). It looks again later, a bounded number
+//! of times ([`RELEASE_TRIES`], over about 2.5 s): a program that waits in a system call all
+//! that time (a shell reading its next command) stays watched, as all along before. A thread
+//! it finds at a new program's `exec` (a signal handler's) is followed.
 
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
@@ -67,6 +73,12 @@ pub(crate) const WATCHED: u32 = 3;
 pub(crate) const UNWATCH: u32 = 4;
 /// `state`: dprobe lets the program go.
 pub(crate) const RELEASING: u32 = 5;
+/// How long a failed `exec` leaves the program watched before dprobe tries to let it go.
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_millis(10);
+/// How many times dprobe looks for the main thread outside a system call to let it go, each
+/// twice as long after the one before (each look takes a blocked thread out of its call, which
+/// the kernel restarts, as after any stop).
+pub(crate) const RELEASE_TRIES: u32 = 8;
 
 /// The shared memory whose words the probes' handler uses, while the gate is open.
 static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
@@ -154,30 +166,11 @@ fn gate_words() -> Option<ExecGateWords<'static>> {
 }
 
 /// An `exec` function's exit: the call failed (one that works does not return). A watched
-/// program's main thread asks dprobe to stop watching, and waits here until it has: dprobe
-/// then detaches it where nothing of the program's is under way (a detach wakes a thread
-/// inside a system call, which this loop takes as it takes any wake). After [`PATIENCE`]
-/// without an answer it calls its request off, and goes on watched; a request dprobe took is
-/// waited for (a few system calls of dprobe's), at most ten times that.
+/// program's main thread says dprobe may stop watching it, and goes on: a call of an `exec`
+/// function that comes at once (`execvp` trying the next directory of `PATH`) takes that back.
 fn failed(_: &mut Regs, _: &InstanceData) {
-    let Some(words) = gate_words() else { return };
-    if words.state.compare_exchange(WATCHED, UNWATCH, AcqRel, Acquire).is_err() {
-        return;
-    }
-    // The failed call's `errno` (`execvp` tries the next directory after `ENOENT` alone) is
-    // kept from the waits' system calls.
-    let _errno = KeptErrno::new();
-    let start = Instant::now();
-    loop {
-        let state = words.state.load(Acquire);
-        let called_off = || words.state.compare_exchange(UNWATCH, WATCHED, AcqRel, Acquire).is_ok();
-        match state {
-            UNWATCH if (words.open.load(Acquire) == 0 || start.elapsed() >= PATIENCE) && called_off() => return,
-            UNWATCH => {}
-            RELEASING if start.elapsed() < 10 * PATIENCE => {}
-            _ => return,
-        }
-        wait_a_slice(words.state, state);
+    if let Some(words) = gate_words() {
+        let _ = words.state.compare_exchange(WATCHED, UNWATCH, AcqRel, Acquire);
     }
 }
 
@@ -216,23 +209,6 @@ fn asks(_: &mut Regs) -> PreAction {
             _ => return PreAction::Continue,
         }
         wait_a_slice(words.state, state);
-    }
-}
-
-/// The calling thread's `errno`, put back when this goes.
-struct KeptErrno(i32);
-
-impl KeptErrno {
-    fn new() -> KeptErrno {
-        // SAFETY: the C library's pointer to the calling thread's `errno`.
-        KeptErrno(unsafe { *libc::__errno_location() })
-    }
-}
-
-impl Drop for KeptErrno {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { *libc::__errno_location() = self.0 };
     }
 }
 

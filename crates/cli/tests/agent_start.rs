@@ -79,14 +79,16 @@ fn an_exec_into_a_static_program_is_said_not_traced() {
 /// first starts `/bin/true` three times (`posix_spawn`: children that share its memory until
 /// they `exec`), then executes itself again through `execvp` with a `PATH` whose first
 /// directory lacks it (an `execve` that fails, then one that works). With a third argument,
-/// before that, an `execv` of a file that does not exist, then (once untraced, or after 5 s)
-/// 1,000 calls more, and whether it is traced then.
+/// before that, an `execv` of a file that does not exist (whether it failed with `ENOENT`),
+/// then busy until it is untraced (at most 5 s), 1,000 calls more, and whether it is traced.
 const TRACER_VIEW: &str = r#"
+#include <errno.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 extern char **environ;
 __attribute__((noinline)) int tiny(int x) { return x + 1; }
@@ -119,12 +121,16 @@ int main(int argc, char **argv) {
     if (argc > 3) {
         char *none[] = {"none", NULL};
         execv("/nonexistent-dprobe-dir/none", none);
-        for (int i = 0; i < 500 && traced(); i++)
-            usleep(10000);
+        int enoent = errno == ENOENT;
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        do
+            clock_gettime(CLOCK_MONOTONIC, &now);
+        while (traced() && now.tv_sec - start.tv_sec < 5);
         long after = 0;
         for (int i = 0; i < 1000; i++)
             after += tiny(i);
-        printf("after a failed exec: sum=%ld traced=%d\n", after, traced());
+        printf("after a failed exec: sum=%ld traced=%d enoent=%d\n", after, traced(), enoent);
         fflush(stdout);
     }
     if (argc > 2) {
@@ -169,7 +175,7 @@ fn a_started_program_whose_exec_failed_is_let_go_and_its_next_exec_followed() {
     let args = ["--engine", "agent", "-c", &probe, "--", program, dir, name, "fail"];
     let t = trace_to_file("agent-tracer-view-failed", &args);
     let what = t.what("agent");
-    let lines = "sum=500500 traced=0\nafter a failed exec: sum=500500 traced=0\nsum=500500 traced=0\n";
+    let lines = "sum=500500 traced=0\nafter a failed exec: sum=500500 traced=0 enoent=1\nsum=500500 traced=0\n";
     assert_eq!((t.code, t.stdout.as_str()), (Some(0), lines), "{what}");
     assert_eq!(hits(&t.trace, &probe), 3000, "{what}");
     assert!(!t.trace.contains("not traced"), "{what}");

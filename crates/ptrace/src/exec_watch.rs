@@ -134,14 +134,7 @@ impl ExecWatch {
                 0 => sys::cont(self.pid, signal)?,
                 libc::PTRACE_EVENT_EXEC => {
                     self.watching = false;
-                    return match Injector::at_exec(self.pid) {
-                        Ok(held) => Ok(Watched::Executed(Box::new(held))),
-                        Err(e) => {
-                            let _ = sys::set_options(self.pid, libc::PTRACE_O_TRACEEXEC as u64);
-                            let _ = sys::detach(self.pid, 0);
-                            Ok(Watched::Unheld(e.to_string()))
-                        }
-                    };
+                    return Ok(self.held_at_exec());
                 }
                 EVENT_STOP if is_stop_signal(signal) => {
                     if sys::listen(self.pid).is_err() {
@@ -164,16 +157,48 @@ impl ExecWatch {
         self.stop();
     }
 
-    /// Stop watching a program whose main thread waits in code that only loops until it is let
-    /// go (the agent's, after an `exec` that failed): detached at once, with the signal its
-    /// stop holds. The wake a detach gives a thread inside a system call is harmless there,
-    /// where it is not in a call of the program's (see [`ExecWatch::end`]). The tracer goes
-    /// on.
-    pub fn end_at_rest(mut self) {
-        if let Some(status) = self.stopped() {
-            let signal = if sys::event_of(status) == 0 { libc::WSTOPSIG(status) } else { 0 };
-            let _ = sys::detach(self.pid, signal);
+    /// The program stopped at its `exec`: held where a library can be loaded, or let go.
+    fn held_at_exec(&mut self) -> Watched {
+        match Injector::at_exec(self.pid) {
+            Ok(held) => Watched::Executed(Box::new(held)),
+            Err(e) => {
+                let _ = sys::set_options(self.pid, libc::PTRACE_O_TRACEEXEC as u64);
+                let _ = sys::detach(self.pid, 0);
+                Watched::Unheld(e.to_string())
+            }
         }
+    }
+
+    /// Stop watching the program where its main thread is outside any system call the kernel
+    /// restarts (the stop's signal delivered): a detach wakes a thread inside one, and a signal
+    /// that comes in that moment can leave the call waiting on as if it had never come (see
+    /// [`ExecWatch::end`] for the whole story). The tracer goes on.
+    ///
+    /// Where the thread is inside such a call, it is resumed (its call restarts as after any
+    /// stop) and the watch comes back, still watching, with `false`; at a new program's `exec`
+    /// (the program's `exec` ran meanwhile), with `true`, which the next [`ExecWatch::poll`]
+    /// reports.
+    pub fn end_at_rest(mut self) -> Result<(), (ExecWatch, bool)> {
+        let Some(status) = self.stopped() else { return Ok(()) };
+        let (event, signal) = (sys::event_of(status), libc::WSTOPSIG(status));
+        if event == libc::PTRACE_EVENT_EXEC {
+            self.found = Some(self.held_at_exec());
+            return Err((self, true));
+        }
+        if sys::get_regs(self.pid).is_ok_and(|r| !crate::let_go::interrupted_call(&r)) {
+            let _ = sys::detach(self.pid, if event == 0 { signal } else { 0 });
+            return Ok(());
+        }
+        let resumed = match event {
+            0 => sys::cont(self.pid, signal),
+            EVENT_STOP if is_stop_signal(signal) => sys::listen(self.pid).or_else(|_| sys::cont(self.pid, 0)),
+            _ => sys::cont(self.pid, 0),
+        };
+        if resumed.is_ok() {
+            self.watching = true;
+            self.waiter = StopWaiter::start(self.pid);
+        }
+        Err((self, false))
     }
 
     fn stop(&mut self) {

@@ -37,7 +37,7 @@ const UNLINK_LIMIT: Duration = Duration::from_secs(10);
 /// Whether registers `r` of a thread stopped by the tracer say it was taken out of a system
 /// call that the kernel restarts when it resumes (`-ERESTARTSYS`, `-ERESTARTNOINTR`,
 /// `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`).
-fn interrupted_call(r: &libc::user_regs_struct) -> bool {
+pub(crate) fn interrupted_call(r: &libc::user_regs_struct) -> bool {
     r.orig_rax as i64 >= 0 && matches!(r.rax as i64, -516..=-512)
 }
 
