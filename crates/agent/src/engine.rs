@@ -315,7 +315,8 @@ impl AgentEngine {
     }
 
     /// The program's main thread asked before its `exec` (`exec_gate.rs`): the request is
-    /// claimed, the program watched from now on, and the thread let go.
+    /// claimed, the program watched from now on, and the thread let go. After an `exec` that
+    /// failed, the program is let go again.
     fn answer_exec(&mut self) {
         use crate::exec_gate::{
             wake, ASKING, CLAIMED, IDLE, RELEASE_AFTER, RELEASE_TRIES, RELEASING, UNWATCH, WATCHED,
@@ -325,7 +326,8 @@ impl AgentEngine {
         let unwatch = self.exec_gated && words.state.load(Acquire) == UNWATCH;
         let since = *self.release.since.get_or_insert_with(Instant::now);
         if !unwatch {
-            self.release.since = None;
+            // Taken back (another `exec`), or done: the next failed `exec` starts afresh.
+            self.release = LettingGo::default();
         } else if since.elapsed() >= RELEASE_AFTER * (1 << self.release.tries)
             && words.state.compare_exchange(UNWATCH, RELEASING, AcqRel, Acquire).is_ok()
         {
@@ -343,9 +345,6 @@ impl AgentEngine {
                 }
                 _ => IDLE,
             };
-            if next != UNWATCH {
-                self.release.tries = 0;
-            }
             words.state.store(next, Release);
             wake(words.state);
             return;

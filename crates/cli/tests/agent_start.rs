@@ -145,14 +145,28 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// `TRACER_VIEW` built as `name` (from a source of its own: the tests run at once), traced
+/// with the agent counting `tiny`, given its directory, its name and `more` as arguments: what
+/// dprobe and the program said, and the probe.
+fn trace_tracer_view(name: &str, options: &[&str], more: &[&str]) -> (common::Traced, String) {
+    let src = out_file(&format!("{name}.c"));
+    std::fs::write(&src, TRACER_VIEW).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, &["-O2"]);
+    let (dir, file) = program.rsplit_once('/').unwrap();
+    let probe = format!("{file}:tiny");
+    let args: Vec<&str> = ["--engine", "agent", "-c"]
+        .iter()
+        .chain(options)
+        .chain(&[probe.as_str(), "--", program, dir, file])
+        .chain(more)
+        .copied()
+        .collect();
+    (trace_to_file(&format!("agent-{name}"), &args), probe)
+}
+
 #[test]
 fn a_started_program_is_not_traced_between_its_execs() {
-    let src = out_file("tracer-view.c");
-    std::fs::write(&src, TRACER_VIEW).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "tracer-view", &["-O2"]);
-    let (dir, name) = program.rsplit_once('/').unwrap();
-    let probe = format!("{name}:tiny");
-    let t = trace_to_file("agent-tracer-view", &["--engine", "agent", "-c", "-v", &probe, "--", program, dir, name]);
+    let (t, probe) = trace_tracer_view("tracer-view", &["-v"], &[]);
     let what = t.what("agent");
     assert!(t.stderr.contains("on int3"), "the probe traps: {what}");
     // Both programs ran untraced between their starts and their execs, every hit counted.
@@ -166,14 +180,7 @@ fn a_started_program_is_not_traced_between_its_execs() {
 /// same.
 #[test]
 fn a_started_program_whose_exec_failed_is_let_go_and_its_next_exec_followed() {
-    // A source of its own: the tests run at once.
-    let src = out_file("tracer-view-failed.c");
-    std::fs::write(&src, TRACER_VIEW).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "tracer-view-failed", &["-O2"]);
-    let (dir, name) = program.rsplit_once('/').unwrap();
-    let probe = format!("{name}:tiny");
-    let args = ["--engine", "agent", "-c", &probe, "--", program, dir, name, "fail"];
-    let t = trace_to_file("agent-tracer-view-failed", &args);
+    let (t, probe) = trace_tracer_view("tracer-view-failed", &[], &["fail"]);
     let what = t.what("agent");
     let lines = "sum=500500 traced=0\nafter a failed exec: sum=500500 traced=0 enoent=1\nsum=500500 traced=0\n";
     assert_eq!((t.code, t.stdout.as_str()), (Some(0), lines), "{what}");
