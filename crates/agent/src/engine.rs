@@ -323,12 +323,11 @@ impl AgentEngine {
         };
         let words = self.shm.exec_gate();
         // Its `exec` failed a while ago: let go where its main thread is outside a system call.
-        let unwatch = self.exec_gated && words.state.load(Acquire) == UNWATCH;
-        let since = *self.release.since.get_or_insert_with(Instant::now);
-        if !unwatch {
+        if !self.exec_gated || words.state.load(Acquire) != UNWATCH {
             // Taken back (another `exec`), or done: the next failed `exec` starts afresh.
             self.release = LettingGo::default();
-        } else if since.elapsed() >= RELEASE_AFTER * (1 << self.release.tries)
+        } else if self.release.since.get_or_insert_with(Instant::now).elapsed()
+            >= RELEASE_AFTER * (1 << self.release.tries)
             && words.state.compare_exchange(UNWATCH, RELEASING, AcqRel, Acquire).is_ok()
         {
             self.release.since = None;

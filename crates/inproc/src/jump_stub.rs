@@ -328,9 +328,9 @@ macro_rules! x87_back {
 ///
 /// The OR of `zmm0`-`zmm15` says first whether any bit above the low 128 is set (as the OR
 /// of `ymm_args_call` does for its upper halves; unlike it, the other path does not keep
-/// `zmm8`-`zmm15`'s upper bits for the handlers): when none is (the usual case), nothing is stored, and `vzeroupper` before and
-/// after the dispatcher puts back exactly what was there (about 2-3 ns a hit less than storing
-/// and loading 512 bytes, measured in BENCHMARKS.md). Otherwise `zmm0`-`zmm7` are stored whole
+/// `zmm8`-`zmm15`'s upper bits for the handlers): when none is (the usual case), nothing is
+/// stored, and `vzeroupper` before and after the dispatcher puts back exactly what was there
+/// (about 2-3 ns a hit less than storing and loading 512 bytes, measured in BENCHMARKS.md). Otherwise `zmm0`-`zmm7` are stored whole
 /// below the frame and loaded back after the dispatcher. `zmm8` and `zmm9` are the OR's
 /// accumulators: stored whole first (at `[rsp + 512]`), and loaded back before that store.
 macro_rules! zmm_args_call {

@@ -189,12 +189,7 @@ impl ExecWatch {
             let _ = sys::detach(self.pid, if event == 0 { signal } else { 0 });
             return Ok(());
         }
-        let resumed = match event {
-            0 => sys::cont(self.pid, signal),
-            EVENT_STOP if is_stop_signal(signal) => sys::listen(self.pid).or_else(|_| sys::cont(self.pid, 0)),
-            _ => sys::cont(self.pid, 0),
-        };
-        if resumed.is_ok() {
+        if crate::let_go::pass_on(self.pid, status) {
             self.watching = true;
             self.waiter = StopWaiter::start(self.pid);
         }
