@@ -172,9 +172,9 @@ impl HitProbe {
         self.events
     }
 
-    /// Fetch, filter and send one event, if the probe sends events. Async-signal-safe;
-    /// `errno` is left as it was. Inlined into the handlers, so that a probe that only counts
-    /// (`--count`) pays a test of a flag, not a call.
+    /// Fetch, filter and send one event, if the probe sends events. Async-signal-safe (the
+    /// engine gives the program its `errno` back after each handler). Inlined into the
+    /// handlers, so that a probe that only counts (`--count`) pays a test of a flag, not a call.
     #[inline(always)]
     pub fn event(&self, regs: &Regs, entry: Option<&Regs>, side: Side, entry_time_ns: Option<u64>) {
         if self.sends_events() {
@@ -184,8 +184,7 @@ impl HitProbe {
 
     #[inline(never)]
     fn send_event(&self, regs: &Regs, entry: Option<&Regs>, side: Side, entry_time_ns: Option<u64>) {
-        // SAFETY: the calling thread's errno location.
-        let errno = unsafe { *libc::__errno_location() };
+        let errno = dprobe_inproc::program_errno();
         let Some(storage) = self.pool.iter().find(|s| s.busy.compare_exchange(false, true, Acquire, Relaxed).is_ok())
         else {
             self.count(Counter::Lost);
@@ -198,7 +197,7 @@ impl HitProbe {
         unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
         let end = name.iter().position(|b| *b == 0).unwrap_or(16);
         let comm = &name[..end];
-        // `$errno` reads the value the program had, saved before anything here could change it.
+        // `$errno` reads the value the program had at the hit, whatever this handler's calls do.
         let file_base = Some(self.file_base.load(Relaxed)).filter(|b| *b != 0);
         let cx =
             FetchContext { regs, entry_regs: entry, comm, errno_addr: Some(&errno as *const i32 as u64), file_base };
@@ -226,7 +225,5 @@ impl HitProbe {
             }
         }
         storage.busy.store(false, Release);
-        // SAFETY: as above.
-        unsafe { *libc::__errno_location() = errno };
     }
 }

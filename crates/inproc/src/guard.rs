@@ -9,7 +9,7 @@
 
 use dprobe_core::{Addr, HandlerFault};
 
-use crate::thread_state;
+use crate::{program_errno, thread_state};
 
 std::arch::global_asm!(
     ".text",
@@ -91,12 +91,15 @@ pub(crate) fn call_guarded_in<F: FnMut()>(
     // of this thread would count nothing.
     let (own_work, in_hit_path) = (state.own_work.get(), state.in_hit_path.get());
     let (tool_work, own_frames) = (state.tool_work.get(), state.own_frames_len.get());
+    // The program's errno is its own: what `f`'s calls do to it is undone.
+    let errno = program_errno::keep(state, state.handler_body.get() == 1);
     // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
     // calls `trampoline(&mut f)` with an aligned stack, and returns 0; or, when the fault
     // handler redirected the faulting thread to the recovery label with `point`'s stack
     // pointer, restores the callee-saved registers from that frame and returns 1. Either
     // way it returns to this frame as a normal call would.
     let faulted = unsafe { __dprobe_guarded_call(trampoline::<F>, (&mut f as *mut F).cast(), &mut point) };
+    program_errno::give_back(state, errno);
     state.handler_body.set(state.handler_body.get() - 1);
     state.guard_point.set(outer);
     if faulted != 0 {

@@ -72,6 +72,7 @@ mod memory;
 mod optimizer;
 mod page_alias;
 mod probe;
+mod program_errno;
 mod rearm;
 mod safepoint;
 mod saved;
@@ -104,6 +105,7 @@ pub use memory::{read_bytes, read_c_string};
 pub use probe::{
     blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, unregister_all, Probe,
 };
+pub use program_errno::{program_errno, set_program_errno};
 pub use safepoint::moved as safepoint_moves;
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
 

@@ -63,6 +63,10 @@ pub(crate) struct ThreadState {
     /// the handler's own call and counts as missed; a hit elsewhere in the hit path is
     /// dprobe's machinery (a probed `memset` it calls) and counts nothing.
     pub(crate) handler_body: Cell<u32>,
+    /// The thread's `errno` location (0 until asked), and, inside a handler call, the value
+    /// the program's `errno` gets back when it returns (`program_errno.rs`).
+    pub(crate) errno_at: Cell<u64>,
+    pub(crate) program_errno: Cell<i32>,
     /// The alternate signal stack `(base, size)` at the current hit, when `alternate_known`.
     pub(crate) alternate_known: Cell<bool>,
     pub(crate) alternate: Cell<(u64, u64)>,
