@@ -134,3 +134,37 @@ fn outside_a_handler_the_calls_read_and_set_errno() {
     assert_eq!(errno(), libc::EPERM);
     assert_eq!(program_errno(), libc::EPERM);
 }
+
+#[test]
+fn four_threads_each_keep_their_own_errno() {
+    // Each thread's errno is its own: a handler running on one thread gives that thread's back,
+    // while the others' hits do the same with theirs.
+    static HANDLED: AtomicU64 = AtomicU64::new(0);
+    let p = register(Kprobe::addr(addr(fx_park)).pre(|_| {
+        fail_with_enoent();
+        HANDLED.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    let errors = [libc::EBADF, libc::EPERM, libc::EINVAL, libc::EAGAIN];
+    let wrong: u64 = std::thread::scope(|s| {
+        let threads: Vec<_> = errors
+            .iter()
+            .map(|&e| {
+                s.spawn(move || {
+                    (0..20_000)
+                        .filter(|&i| {
+                            set_program_errno(e);
+                            let result = call2(fx_park, i, 1);
+                            errno() != e || result != i + 4
+                        })
+                        .count() as u64
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    assert_eq!(wrong, 0);
+    assert_eq!(HANDLED.load(Relaxed), 80_000);
+    assert_eq!(p.hits(), 80_000);
+}
