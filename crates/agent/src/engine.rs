@@ -314,13 +314,11 @@ impl AgentEngine {
         }
     }
 
-    /// The program's main thread asked before its `exec` (`exec_gate.rs`): the request is
-    /// claimed, the program watched from now on, and the thread let go. After an `exec` that
-    /// failed, the program is let go again.
+    /// A thread of the program asked before its `exec` (`exec_gate.rs`): the request is
+    /// claimed, the thread watched from now on, and let go. After an `exec` that failed, the
+    /// program is let go again.
     fn answer_exec(&mut self) {
-        use crate::exec_gate::{
-            wake, ASKING, CLAIMED, IDLE, RELEASE_AFTER, RELEASE_TRIES, RELEASING, UNWATCH, WATCHED,
-        };
+        use crate::exec_gate::{asker, wake, CLAIMED, IDLE, RELEASE_AFTER, RELEASE_TRIES, RELEASING, UNWATCH, WATCHED};
         let words = self.shm.exec_gate();
         // Its `exec` failed a while ago: let go where its main thread is outside a system call.
         if !self.exec_gated || words.state.load(Acquire) != UNWATCH {
@@ -348,12 +346,16 @@ impl AgentEngine {
             wake(words.state);
             return;
         }
-        if !self.exec_gated || words.state.compare_exchange(ASKING, CLAIMED, AcqRel, Acquire).is_err() {
+        let asked = words.state.load(Acquire);
+        let Some(tid) = asker(asked) else { return };
+        if !self.exec_gated || words.state.compare_exchange(asked, CLAIMED, AcqRel, Acquire).is_err() {
             return;
         }
-        let state = match self.watch {
-            Some(_) => WATCHED,
-            None => match ExecWatch::seize(self.pid) {
+        let state = match &self.watch {
+            Some(watch) if watch.tid() == tid => WATCHED,
+            // (The agent asks only while no thread is watched: not met.)
+            Some(_) => IDLE,
+            None => match ExecWatch::seize_thread(self.pid, tid) {
                 Ok(watch) => {
                     self.watch = Some(watch);
                     self.unwatched = None;
@@ -444,6 +446,18 @@ impl AgentEngine {
             Ok(Watched::Executed(held)) => {
                 self.watch = None;
                 Some(*held)
+            }
+            Ok(Watched::ThreadEnded) => {
+                // The thread watched for its `exec` ended without one: the next asks again.
+                use crate::exec_gate::{wake, IDLE, UNWATCH, WATCHED};
+                self.watch = None;
+                self.release = LettingGo::default();
+                let state = self.shm.exec_gate().state;
+                for watched in [WATCHED, UNWATCH] {
+                    let _ = state.compare_exchange(watched, IDLE, AcqRel, Acquire);
+                }
+                wake(state);
+                None
             }
             Ok(Watched::Unheld(why)) | Err(dprobe_ptrace::LoadError::Refused { reason: why, .. }) => {
                 self.watch = None;

@@ -7,12 +7,15 @@
 //! there cost a stop of dprobe's, about 35 µs, against 2 µs untraced.
 //!
 //! So the agent asks first: probes on the C library's `execve` and `execveat` (which `execv`,
-//! `execvp`, `execl` and the others call) make the main thread that calls one say so in the
-//! shared memory and wait until dprobe answers, at most [`PATIENCE`]. dprobe seizes the
-//! thread with ptrace for its `exec` alone, then answers; the `exec` runs traced and is held
-//! as before. A thread other than the main one, a child sharing the program's memory (a
-//! `vfork` or `posix_spawn` child, whose `exec` is its own), and calls while dprobe does not
-//! wait for them go on at once. An `exec` made with the system call itself (`fexecve`, or not
+//! `execvp`, `execl` and the others call) make the thread that calls one say so in the shared
+//! memory, with its thread id, and wait until dprobe answers, at most [`PATIENCE`]. dprobe
+//! seizes that thread with ptrace for its `exec` alone (the kernel reports an `exec` to the
+//! tracer of the thread that makes it, whichever thread it is: that thread takes the process's
+//! id as the others go), then answers; the `exec` runs traced and is held as before. A child
+//! sharing the program's memory (a `vfork` or `posix_spawn` child, whose `exec` is its own)
+//! and calls while dprobe does not wait for them go on at once. One thread is watched at a
+//! time: another thread's call waits, within its patience, until the watched one is let go
+//! (its `exec` failed), then asks. An `exec` made with the system call itself (`fexecve`, or not
 //! through the C library) is not seen before it happens: dprobe says the new program is not
 //! traced. An `exec` that fails (a file not found) returns: return probes on the same
 //! functions (at their exits, jumps too) tell dprobe it may stop watching, and it lets the
@@ -25,7 +28,8 @@
 //! along.
 //!
 //! The words (`Shm::exec_gate`): `open`, set while the agent asks, and `state`, a futex word:
-//! [`IDLE`]; [`ASKING`] (the main thread waits); [`CLAIMED`] (dprobe took the request: the
+//! [`IDLE`]; [`ASKING`] with the asking thread's id above its low byte (see [`asking`]; the
+//! thread waits); [`CLAIMED`] (dprobe took the request: the
 //! thread waits on, whatever its patience, until dprobe is done); [`WATCHED`] (dprobe watches
 //! the program: the thread goes on, and so do its later calls); [`UNWATCH`] (its `exec`
 //! failed: dprobe may stop watching); [`RELEASING`] (dprobe lets the program go, then moves
@@ -39,7 +43,7 @@
 //!
 //! dprobe lets a program go after a failed `exec` once the state stayed `UNWATCH` a while
 //! ([`RELEASE_AFTER`], so that `execvp`'s next try finds it still watched), and only where it
-//! finds the main thread outside a system call the kernel would restart: a detach wakes a
+//! finds the watched thread outside a system call the kernel would restart: a detach wakes a
 //! thread inside one, and a signal that came in that moment could leave the program waiting
 //! on in its call (see `dprobe_ptrace`'s `let_go.rs`). It looks again later, a bounded number
 //! of times ([`RELEASE_TRIES`], over about 2.5 s): a program that waits in a system call all
@@ -63,7 +67,7 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(2);
 
 /// `state`: nothing asked.
 pub(crate) const IDLE: u32 = 0;
-/// `state`: the main thread asks and waits.
+/// `state`'s low byte: a thread asks and waits; its id is above (see [`asking`]).
 pub(crate) const ASKING: u32 = 1;
 /// `state`: dprobe took the request and is seizing the thread.
 pub(crate) const CLAIMED: u32 = 2;
@@ -75,15 +79,27 @@ pub(crate) const UNWATCH: u32 = 4;
 pub(crate) const RELEASING: u32 = 5;
 /// How long a failed `exec` leaves the program watched before dprobe tries to let it go.
 pub(crate) const RELEASE_AFTER: Duration = Duration::from_millis(10);
-/// How many times dprobe looks for the main thread outside a system call to let it go, each
+/// How many times dprobe looks for the watched thread outside a system call to let it go, each
 /// twice as long after the one before (each look takes a blocked thread out of its call, which
 /// the kernel restarts, as after any stop).
 pub(crate) const RELEASE_TRIES: u32 = 8;
 
 /// The shared memory whose words the probes' handler uses, while the gate is open.
 static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
-/// The process whose main thread asks (not a child sharing its memory).
+/// The process whose threads ask (not a child sharing its memory).
 static GATED_PID: AtomicI32 = AtomicI32::new(0);
+/// The thread whose request dprobe answered last by watching it.
+static WATCHED_TID: AtomicI32 = AtomicI32::new(0);
+
+/// `state` while thread `tid` asks (thread ids are below 2^22, the kernel's `pid_max` limit).
+pub(crate) fn asking(tid: i32) -> u32 {
+    ASKING | (tid as u32) << 8
+}
+
+/// The thread that asks, when `state` says one does.
+pub(crate) fn asker(state: u32) -> Option<i32> {
+    (state & 0xff == ASKING && state >> 8 != 0).then_some((state >> 8) as i32)
+}
 
 /// The gate's probes: before the `exec` functions, and at their exits (an `exec` that failed).
 #[derive(Default)]
@@ -151,61 +167,68 @@ pub(crate) fn wake(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize) };
 }
 
-/// The gate's words, on the program's main thread while the gate is open.
-fn gate_words() -> Option<ExecGateWords<'static>> {
+/// The gate's words and the calling thread's id, on a thread of the gated program (not a
+/// child sharing its memory) while the gate is open.
+fn gate_words() -> Option<(ExecGateWords<'static>, i32)> {
     let shm = GATE.load(Acquire);
     // SAFETY: getpid and gettid have no arguments and no preconditions.
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
-    if shm.is_null() || pid != GATED_PID.load(Relaxed) || tid != pid {
+    if shm.is_null() || pid != GATED_PID.load(Relaxed) {
         return None;
     }
     // SAFETY: `GATE` points at the session's shared memory from `open` until `close`, which
     // removes the probes (waiting for their running handlers) before the memory is dropped.
     let words = unsafe { &*shm }.exec_gate();
-    (words.open.load(Acquire) != 0).then_some(words)
+    (words.open.load(Acquire) != 0).then_some((words, tid))
 }
 
-/// An `exec` function's exit: the call failed (one that works does not return). A watched
-/// program's main thread says dprobe may stop watching it, and goes on: a call of an `exec`
-/// function that comes at once (`execvp` trying the next directory of `PATH`) takes that back.
+/// An `exec` function's exit: the call failed (one that works does not return). The watched
+/// thread says dprobe may stop watching it, and goes on: a call of an `exec` function that
+/// comes at once (`execvp` trying the next directory of `PATH`) takes that back.
 fn failed(_: &mut Regs, _: &InstanceData) {
-    if let Some(words) = gate_words() {
+    if let Some((words, _)) = gate_words().filter(|(_, tid)| *tid == WATCHED_TID.load(Relaxed)) {
         let _ = words.state.compare_exchange(WATCHED, UNWATCH, AcqRel, Acquire);
     }
 }
 
-/// `execve`'s (or `execveat`'s) first instruction: the program's main thread asks dprobe and
-/// waits for its answer (see the module's comment).
+/// `execve`'s (or `execveat`'s) first instruction: the calling thread asks dprobe and waits
+/// for its answer (see the module's comment).
 fn asks(_: &mut Regs) -> PreAction {
-    let Some(words) = gate_words() else { return PreAction::Continue };
+    let Some((words, tid)) = gate_words() else { return PreAction::Continue };
     let start = Instant::now();
+    let patient = || words.open.load(Acquire) != 0 && start.elapsed() < PATIENCE;
+    let mine = tid == WATCHED_TID.load(Relaxed);
     // Ask; after a failed `exec`, call the release off, or wait until it is done.
-    while let Err(state) = words.state.compare_exchange(IDLE, ASKING, AcqRel, Acquire) {
+    while let Err(state) = words.state.compare_exchange(IDLE, asking(tid), AcqRel, Acquire) {
         match state {
             // Still watched: it goes on.
-            UNWATCH if words.state.compare_exchange(UNWATCH, WATCHED, AcqRel, Acquire).is_ok() => {
+            WATCHED if mine => return PreAction::Continue,
+            UNWATCH if mine && words.state.compare_exchange(UNWATCH, WATCHED, AcqRel, Acquire).is_ok() => {
                 return PreAction::Continue
             }
-            UNWATCH => {}
-            RELEASING if words.open.load(Acquire) != 0 && start.elapsed() < PATIENCE => {
-                wait_a_slice(words.state, state)
-            }
-            // Watched already, or no longer asking.
+            UNWATCH if mine => {}
+            // Another thread is watched, or asks: this one's turn comes once it is let go.
+            _ if patient() => wait_a_slice(words.state, state),
+            // No longer asking, or out of patience.
             _ => return PreAction::Continue,
         }
     }
     loop {
         let state = words.state.load(Acquire);
-        let gave_up = || words.state.compare_exchange(ASKING, IDLE, AcqRel, Acquire).is_ok();
+        let gave_up = || words.state.compare_exchange(asking(tid), IDLE, AcqRel, Acquire).is_ok();
         match state {
-            ASKING if words.open.load(Acquire) == 0 || start.elapsed() >= PATIENCE => {
+            _ if asker(state) == Some(tid) && !patient() => {
                 if gave_up() {
                     return PreAction::Continue;
                 }
             }
-            ASKING => {}
+            _ if asker(state) == Some(tid) => {}
             CLAIMED if words.open.load(Acquire) == 0 => return PreAction::Continue,
             CLAIMED => {}
+            WATCHED => {
+                WATCHED_TID.store(tid, Relaxed);
+                return PreAction::Continue;
+            }
             _ => return PreAction::Continue,
         }
         wait_a_slice(words.state, state);

@@ -3,10 +3,14 @@
 //! `early`), so that what was loaded into the old one can be loaded into it too.
 //!
 //! It is watched from when the tracer lets it go, or from when it says it is about to `exec`
-//! ([`ExecWatch::seize`]). Only the main thread is traced, with `PTRACE_O_TRACEEXEC` alone:
-//! no fork or thread stops it. A signal does (ptrace reports every signal, a `SIGTRAP` of an
-//! `int3` probe's hit in the program among them): it is delivered at once, a
-//! stop signal leaves the program stopped (`PTRACE_LISTEN`) as it would untraced. Should the
+//! ([`ExecWatch::seize_thread`]). One thread is traced, with `PTRACE_O_TRACEEXEC` alone (no
+//! fork or thread stops it): the main thread, or the one about to `exec` (the kernel reports
+//! an `exec` to the tracer of the thread that makes it, which then takes the process's id).
+//! A watched thread other than the main one that ends alone ends the watch
+//! ([`Watched::ThreadEnded`]).
+//!
+//! A signal to that thread stops it (ptrace reports every signal, a `SIGTRAP` of an `int3`
+//! probe's hit among them): it is delivered at once, a stop signal leaves the program stopped (`PTRACE_LISTEN`) as it would untraced. Should the
 //! tracer die, the kernel lets the program go (no `PTRACE_O_EXITKILL` while it runs on its
 //! own). A thread of dprobe's waits for the program's stops meanwhile (see `stop_waiter`), so
 //! that the tracer can take each at once: a signal is held in its stop only that long.
@@ -23,6 +27,8 @@ use crate::tracee::EVENT_STOP;
 /// A started program running on its own, watched for its `exec`.
 pub struct ExecWatch {
     pid: i32,
+    /// The traced thread (after its `exec`, `pid`).
+    tid: i32,
     watching: bool,
     /// What a look taken only to deliver signals found, kept for the next [`ExecWatch::poll`].
     found: Option<Watched>,
@@ -48,20 +54,28 @@ pub enum Watched {
     /// does so once done with what `/proc` still shows of it (the race of an end between
     /// the watch's look and its wait is reaped already).
     Ended(i32),
+    /// The watched thread, not the main one, ended alone: the program runs on, no longer
+    /// watched.
+    ThreadEnded,
 }
 
 impl ExecWatch {
-    pub(crate) fn new(pid: i32) -> ExecWatch {
-        ExecWatch { pid, watching: true, found: None, waiter: StopWaiter::start(pid) }
+    pub(crate) fn new(pid: i32, tid: i32) -> ExecWatch {
+        ExecWatch { pid, tid, watching: true, found: None, waiter: StopWaiter::start(pid, tid) }
     }
 
-    /// Watch a started program dprobe let go (its library loaded) for its `exec` from now on:
-    /// its main thread is seized with `PTRACE_O_TRACEEXEC` alone, without stopping it. For a
-    /// program that says when it is about to `exec` (dprobe's agent does), so that it is not
-    /// traced the rest of the time.
-    pub fn seize(pid: i32) -> Result<ExecWatch, LoadError> {
-        sys::seize(pid, libc::PTRACE_O_TRACEEXEC as u64)?;
-        Ok(ExecWatch::new(pid))
+    /// Watch a started program dprobe let go (its library loaded) for the `exec` its thread
+    /// `tid` is about to make: the thread is seized with `PTRACE_O_TRACEEXEC` alone, without
+    /// stopping it. For a program that says when it is about to `exec` (dprobe's agent does),
+    /// so that it is not traced the rest of the time.
+    pub fn seize_thread(pid: i32, tid: i32) -> Result<ExecWatch, LoadError> {
+        sys::seize(tid, libc::PTRACE_O_TRACEEXEC as u64)?;
+        Ok(ExecWatch::new(pid, tid))
+    }
+
+    /// The watched thread.
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 
     /// Readable when the program has stopped or ended, which [`ExecWatch::poll`] then takes;
@@ -122,26 +136,33 @@ impl ExecWatch {
                 self.watching = false;
                 return Ok(Watched::Ended(status));
             }
-            let Some((_, status)) = sys::wait_until(self.pid, std::time::Instant::now())? else {
-                return Ok(Watched::Running);
+            let waited = match sys::wait_until(self.tid, std::time::Instant::now()) {
+                // The watched thread made an `exec`: it has the process's id now.
+                Err(e) if e.errno == libc::ECHILD && self.took_the_process_id() => continue,
+                waited => waited?,
             };
+            let Some((_, status)) = waited else { return Ok(Watched::Running) };
             if !libc::WIFSTOPPED(status) {
                 self.watching = false;
+                if self.tid != self.pid {
+                    return Ok(ended_unreaped(self.pid).map_or(Watched::ThreadEnded, Watched::Ended));
+                }
                 return Ok(Watched::Ended(status));
             }
             let signal = libc::WSTOPSIG(status);
             match sys::event_of(status) {
-                0 => sys::cont(self.pid, signal)?,
+                0 => sys::cont(self.tid, signal)?,
                 libc::PTRACE_EVENT_EXEC => {
                     self.watching = false;
+                    self.tid = self.pid;
                     return Ok(self.held_at_exec());
                 }
                 EVENT_STOP if is_stop_signal(signal) => {
-                    if sys::listen(self.pid).is_err() {
-                        sys::cont(self.pid, 0)?;
+                    if sys::listen(self.tid).is_err() {
+                        sys::cont(self.tid, 0)?;
                     }
                 }
-                _ => sys::cont(self.pid, 0)?,
+                _ => sys::cont(self.tid, 0)?,
             }
         }
     }
@@ -169,7 +190,7 @@ impl ExecWatch {
         }
     }
 
-    /// Stop watching the program where its main thread is outside any system call the kernel
+    /// Stop watching the program where the watched thread is outside any system call the kernel
     /// restarts (the stop's signal delivered): a detach wakes a thread inside one, and a signal
     /// that comes in that moment can leave the call waiting on as if it had never come (see
     /// [`ExecWatch::end`] for the whole story). The tracer goes on.
@@ -185,13 +206,13 @@ impl ExecWatch {
             self.found = Some(self.held_at_exec());
             return Err((self, true));
         }
-        if sys::get_regs(self.pid).is_ok_and(|r| !crate::let_go::interrupted_call(&r)) {
-            let _ = sys::detach(self.pid, if event == 0 { signal } else { 0 });
+        if sys::get_regs(self.tid).is_ok_and(|r| !crate::let_go::interrupted_call(&r)) {
+            let _ = sys::detach(self.tid, if event == 0 { signal } else { 0 });
             return Ok(());
         }
-        if crate::let_go::pass_on(self.pid, status) {
+        if crate::let_go::pass_on(self.tid, status) {
             self.watching = true;
-            self.waiter = StopWaiter::start(self.pid);
+            self.waiter = StopWaiter::start(self.pid, self.tid);
         }
         Err((self, false))
     }
@@ -204,7 +225,18 @@ impl ExecWatch {
             EVENT_STOP => (0, is_stop_signal(libc::WSTOPSIG(status))),
             _ => (0, false),
         };
-        let _ = crate::let_go::let_thread_go(self.pid, self.pid, signal, group_stop);
+        let _ = crate::let_go::let_thread_go(self.pid, self.tid, signal, group_stop);
+    }
+
+    /// After a wait for a watched thread other than the main one found none (`ECHILD`): it
+    /// made an `exec` (its end would have been taken by this tracer's wait, not lost), and has
+    /// the process's id now, which is waited for from then on. `false` for the main thread.
+    fn took_the_process_id(&mut self) -> bool {
+        if self.tid == self.pid {
+            return false;
+        }
+        self.tid = self.pid;
+        true
     }
 
     /// Stop watching: the program interrupted, and the wait status of its stop taken (not if
@@ -214,12 +246,16 @@ impl ExecWatch {
             return None;
         }
         self.watching = false;
-        sys::interrupt(self.pid).ok()?;
+        if sys::interrupt(self.tid).is_err() && self.tid != self.pid {
+            // Gone, or it made an `exec` and has the process's id now.
+            sys::interrupt(self.pid).ok()?;
+            self.tid = self.pid;
+        }
         // SAFETY: a siginfo_t is plain data, which waitid fills.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WNOTHREAD;
         // SAFETY: waits, without reaping, for our traced child; `info` is valid.
-        let peeked = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) };
+        let peeked = unsafe { libc::waitid(libc::P_PID, self.tid as libc::id_t, &mut info, flags) };
         // Stopped or ended, not taken yet: the waiting thread sees it too, and ends.
         if let Some(waiter) = self.waiter.take().filter(|_| peeked == 0) {
             waiter.end(WAITER_END);
@@ -227,7 +263,7 @@ impl ExecWatch {
         if peeked != 0 || matches!(info.si_code, libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED) {
             return None;
         }
-        let (_, status) = sys::wait(self.pid).ok()?;
+        let (_, status) = sys::wait(self.tid).ok()?;
         libc::WIFSTOPPED(status).then_some(status)
     }
 }

@@ -387,7 +387,7 @@ impl Injector {
         self.restore()?;
         sys::set_options(self.tid, libc::PTRACE_O_TRACEEXEC as u64)?;
         sys::cont(self.tid, 0)?;
-        Ok(ExecWatch::new(self.pid))
+        Ok(ExecWatch::new(self.pid, self.pid))
     }
 
     /// Kill a program dprobe started (it has not run a line of its own); let go of any other.

@@ -30,9 +30,11 @@ pub(crate) struct StopWaiter {
 }
 
 impl StopWaiter {
-    /// Start waiting for program `pid` (a traced child); `None` if no thread can be started
-    /// (the tracer then looks on its own, as often as it does).
-    pub(crate) fn start(pid: i32) -> Option<StopWaiter> {
+    /// Start waiting for thread `tid` of program `pid` (a traced child, or a traced thread of
+    /// one; such a thread that makes an `exec` takes the id `pid`, waited for from then on);
+    /// `None` if no thread can be started (the tracer then looks on its own, as often as it
+    /// does).
+    pub(crate) fn start(pid: i32, tid: i32) -> Option<StopWaiter> {
         // SAFETY: creates a descriptor, owned from here on.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -44,7 +46,7 @@ impl StopWaiter {
         let says = Arc::clone(&said);
         let thread = std::thread::Builder::new()
             .name("dprobe-waiter".into())
-            .spawn(move || wait(pid, &says, &has_looked))
+            .spawn(move || wait(pid, tid, &says, &has_looked))
             .ok()?;
         Some(StopWaiter { said, looked: Some(looked), thread: Some(thread) })
     }
@@ -95,7 +97,7 @@ impl Drop for StopWaiter {
 }
 
 /// The thread: peek at the program, say so, wait for the tracer to look; again.
-fn wait(pid: i32, says: &OwnedFd, has_looked: &Receiver<()>) {
+fn wait(pid: i32, mut tid: i32, says: &OwnedFd, has_looked: &Receiver<()>) {
     // Every signal blocked: the tracer's signals (Ctrl-C) go to its other threads, where they
     // interrupt what they are meant to.
     // SAFETY: a sigset_t is plain data, filled by sigfillset; the mask is this thread's own.
@@ -104,7 +106,15 @@ fn wait(pid: i32, says: &OwnedFd, has_looked: &Receiver<()>) {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
     }
-    while peek(pid) {
+    loop {
+        if !peek(tid) {
+            if tid == pid {
+                return;
+            }
+            // Its `exec`: the thread has the process's id now.
+            tid = pid;
+            continue;
+        }
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from `one` to our eventfd.
         unsafe { libc::write(says.as_raw_fd(), one.as_ptr().cast(), one.len()) };
@@ -154,7 +164,7 @@ mod tests {
     fn says_each_stop_once_takes_nothing_and_ends_when_the_child_is_reaped() {
         let mut child = Command::new("sleep").arg("100").spawn().unwrap();
         let pid = child.id() as i32;
-        let waiter = StopWaiter::start(pid).unwrap();
+        let waiter = StopWaiter::start(pid, pid).unwrap();
         assert!(!readable(&waiter, 50), "running: nothing to say");
         signal(pid, libc::SIGSTOP);
         assert!(readable(&waiter, 10_000), "stopped: said");
@@ -184,7 +194,7 @@ mod tests {
     fn dropped_it_ends_at_the_childs_next_end() {
         let mut child = Command::new("sleep").arg("100").spawn().unwrap();
         let pid = child.id() as i32;
-        let mut waiter = StopWaiter::start(pid).unwrap();
+        let mut waiter = StopWaiter::start(pid, pid).unwrap();
         let thread = waiter.thread.take().unwrap();
         drop(waiter);
         std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,106 @@
+//! A started program whose `exec` is made by a thread other than its main one: that thread
+//! takes the process's id as the others go, and the kernel tells only its tracer. dprobe
+//! follows the new program with either engine (the agent watches the thread that asks before
+//! its `exec`); a failed `exec` from a thread leaves the program let go, as from the main one.
+mod common;
+
+use common::{hits, out_file, trace_to_file};
+
+const EXEC_FROM_THREAD: &str = r#"
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+static volatile int seen;
+/* A side effect: the compiler calls it each time it is written. */
+__attribute__((noinline)) int tiny(int x) {
+    seen = x;
+    return x + 1;
+}
+static long calls(void) {
+    long s = 0;
+    for (int i = 0; i < 1000; i++)
+        s += tiny(i);
+    return s;
+}
+static int traced(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int tracer = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return tracer != 0;
+}
+static char *self;
+static void *worker(void *arg) {
+    (void)arg;
+    printf("thread: sum=%ld\n", calls());
+    char *none[] = {"none", NULL};
+    execv("/nonexistent-dprobe-dir/none", none);
+    int enoent = errno == ENOENT;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    while (traced() && now.tv_sec - start.tv_sec < 5);
+    printf("after a failed exec: sum=%ld traced=%d enoent=%d\n", calls(), traced(), enoent);
+    fflush(stdout);
+    char *again[] = {self, "again", NULL};
+    execv(self, again);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    if (argc > 1) {
+        printf("again: sum=%ld traced=%d\n", calls(), traced());
+        return 0;
+    }
+    self = argv[0];
+    printf("main: sum=%ld\n", calls());
+    fflush(stdout);
+    pthread_t t;
+    if (pthread_create(&t, NULL, worker, NULL) != 0)
+        return 9;
+    pthread_join(t, NULL);
+    return 8;
+}
+"#;
+
+/// The program built as `name`, traced with `engine` counting `tiny`: what dprobe and the
+/// program said, and the probe.
+fn trace_exec_from_thread(name: &str, engine: &str) -> (common::Traced, String) {
+    let src = out_file(&format!("{name}.c"));
+    std::fs::write(&src, EXEC_FROM_THREAD).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, &["-O2", "-pthread"]);
+    let probe = format!("{}:tiny", program.rsplit_once('/').unwrap().1);
+    let args = ["--engine", engine, "-c", probe.as_str(), "--", program];
+    (trace_to_file(&format!("{engine}-{name}"), &args), probe)
+}
+
+const OUTPUT: &str = "main: sum=500500\nthread: sum=500500\nafter a failed exec: sum=500500 traced=0 enoent=1\n\
+                      again: sum=500500 traced=0\n";
+
+#[test]
+fn an_exec_from_a_thread_is_followed_by_the_agent() {
+    let (t, probe) = trace_exec_from_thread("exec-from-thread", "agent");
+    let what = t.what("agent");
+    assert_eq!((t.code, t.stdout.as_str()), (Some(0), OUTPUT), "{what}");
+    assert_eq!(hits(&t.trace, &probe), 4000, "{what}");
+    assert!(!t.trace.contains("not traced"), "{what}");
+}
+
+#[test]
+fn an_exec_from_a_thread_is_followed_by_the_ptrace_engine() {
+    let (t, probe) = trace_exec_from_thread("exec-from-thread-ptrace", "ptrace");
+    let what = t.what("ptrace");
+    // Traced all along by this engine: the program sees its tracer.
+    let output = OUTPUT.replace("traced=0", "traced=1");
+    assert_eq!((t.code, t.stdout.as_str()), (Some(0), output.as_str()), "{what}");
+    assert_eq!(hits(&t.trace, &probe), 4000, "{what}");
+    assert!(!t.trace.contains("not traced"), "{what}");
+}
