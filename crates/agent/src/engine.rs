@@ -79,7 +79,7 @@ struct ProbeInfo {
 struct LettingGo {
     /// Since when the agent says it may (`exec_gate::UNWATCH`).
     since: Option<Instant>,
-    /// The looks that found its main thread inside a system call, in a row.
+    /// The looks that found the watched thread inside a system call, in a row.
     tries: u32,
 }
 
@@ -320,7 +320,7 @@ impl AgentEngine {
     fn answer_exec(&mut self) {
         use crate::exec_gate::{asker, wake, CLAIMED, IDLE, RELEASE_AFTER, RELEASE_TRIES, RELEASING, UNWATCH, WATCHED};
         let words = self.shm.exec_gate();
-        // Its `exec` failed a while ago: let go where its main thread is outside a system call.
+        // Its `exec` failed a while ago: let go where the watched thread is outside a system call.
         if !self.exec_gated || words.state.load(Acquire) != UNWATCH {
             // Taken back (another `exec`), or done: the next failed `exec` starts afresh.
             self.release = LettingGo::default();

@@ -2,7 +2,7 @@
 //!
 //! A program dprobe starts is followed into each program it executes (`exec`): the new one is
 //! held where the agent can be loaded into it again. dprobe sees the `exec` as ptrace's
-//! `PTRACE_EVENT_EXEC`, which needs the program's main thread traced, and a traced thread
+//! `PTRACE_EVENT_EXEC`, which needs the thread that makes it traced, and a traced thread
 //! stops at every signal it receives, its `int3` hits among them (a `SIGTRAP` each): a hit
 //! there cost a stop of dprobe's, about 35 µs, against 2 µs untraced.
 //!
