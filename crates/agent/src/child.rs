@@ -76,6 +76,9 @@ pub(crate) struct Live {
     pub(crate) traps_open: Option<dprobe_inproc::TrapsOpen>,
     /// The probes that ask dprobe before the program's `exec` (`exec_gate.rs`), if asked for.
     pub(crate) exec_gate: crate::exec_gate::GateProbes,
+    /// Entry probes on `int3` disabled while the tracer places the others (`held_off.rs`),
+    /// by index.
+    pub(crate) held_off: Vec<usize>,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).

@@ -278,9 +278,26 @@ impl AgentEngine {
         AgentError::Agent { pid: self.pid, source: unanswered(source) }
     }
 
+    /// Tell the agent every probe is placed: the ones it held off on `int3` while it placed
+    /// the others are enabled (the agent's `held_off.rs`) before it answers.
+    fn arm(&mut self) -> Result<(), AgentError> {
+        wire::send(&mut self.sock, &Message::Arm).map_err(|e| self.agent_err(e))?;
+        loop {
+            match self.receive() {
+                Ok(Some(Message::Armed)) => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
+                Err(e) => return Err(self.agent_err(e)),
+            }
+        }
+    }
+
     /// Let the program run (it waited before its constructors, or one thread at a safe
-    /// point); a started one is watched for its `exec`.
+    /// point), every probe enabled; a started one is watched for its `exec`.
     fn release(&mut self) -> Result<(), AgentError> {
+        if !self.stopped {
+            self.arm()?;
+        }
         match self.injector.take() {
             Some(i) if self.spawned && !self.stopped => self.release_watching_exec(i),
             Some(i) => Ok(i.release()?),
@@ -499,7 +516,7 @@ impl AgentEngine {
     /// figures; the old agent's last records are read first.
     fn executed(&mut self, mut held: Injector, sink: EventSink<'_>) {
         while self.drain(sink) > 0 {}
-        match self.load_again(&mut held) {
+        match self.load_again(&mut held).and_then(|()| self.arm()) {
             Ok(()) => {
                 if let Err(e) = self.release_watching_exec(held) {
                     self.not_followed(&e.to_string());

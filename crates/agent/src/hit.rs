@@ -148,7 +148,10 @@ impl HitProbe {
     }
 
     pub fn new(index: usize, plan: FetchPlan, events: bool, stack: bool, shm: Arc<Shm>) -> HitProbe {
-        let pool = (0..POOL).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
+        // A probe that only counts fetches nothing: no storage (thousands of probes, `libc:*`).
+        let storages = if events { POOL } else { 0 };
+        let pool =
+            (0..storages).map(|_| Storage { busy: AtomicBool::new(false), values: UnsafeCell::new(plan.values()) });
         let filtered = OnceLock::new();
         HitProbe { index, filtered, events, stack, shm, pool: pool.collect(), plan, file_base: AtomicU64::new(0) }
     }

@@ -155,6 +155,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             followed: Vec::new(),
             traps_open,
             exec_gate: Default::default(),
+            held_off: Vec::new(),
         })
     });
     let mut looked = Instant::now();
@@ -174,7 +175,13 @@ fn session(name: &[u8]) -> io::Result<Over> {
             LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &shm)));
             continue;
         }
-        match receive(&mut sock) {
+        let message = receive(&mut sock);
+        if !matches!(message, Ok(Some(Message::Place(_)))) {
+            // Every probe is placed: those held off on `int3` are enabled (`held_off.rs`).
+            LIVE.with(|live| live.as_mut().map(|l| crate::held_off::arm(&mut l.held_off, &l.placed)));
+        }
+        match message {
+            Ok(Some(Message::Arm)) => send(&mut sock, &Message::Armed)?,
             Ok(Some(Message::Place(p))) => {
                 let (mut note, mut detail) = (None, None);
                 let answer = LIVE.with(|live| match live {
@@ -192,6 +199,14 @@ fn session(name: &[u8]) -> io::Result<Over> {
                                 break Placement::Waiting;
                             }
                             let answer = place(p.clone(), &shm, &mut l.placed, &mut note, &mut detail);
+                            if let Some(index) = l
+                                .placed
+                                .last()
+                                .filter(|q| q.hit(p.index as usize).is_some())
+                                .and_then(crate::held_off::hold_off)
+                            {
+                                l.held_off.push(index);
+                            }
                             if !library || !matches!(answer, Placement::Failed(_)) {
                                 break answer;
                             }

@@ -20,6 +20,7 @@ mod engine;
 mod exec_gate;
 mod exit;
 mod follow;
+mod held_off;
 mod hit;
 mod inside;
 mod masks;

@@ -23,10 +23,11 @@ use memmap2::{MmapOptions, MmapRaw};
 pub const SLOT_BYTES: usize = 2048;
 /// Slots in the ring.
 pub const SLOTS: usize = 8192;
-/// Probes a session can have (their counters are preallocated).
-pub const MAX_PROBES: usize = 256;
+/// Probes a session can have (their counters are preallocated: 128 bytes each). Enough for
+/// every function of the C library (`libc:*` comes to about 2,200).
+pub const MAX_PROBES: usize = 4096;
 
-const MAGIC: u64 = 0x6470_726f_6265_7233; // "dprober3"
+const MAGIC: u64 = 0x6470_726f_6265_7234; // "dprober4"
 /// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`).
 const HEADER_BYTES: usize = 128;
 /// Byte of the first of the `exec` gate's 32-bit words (futex words).

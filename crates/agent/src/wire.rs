@@ -90,6 +90,11 @@ pub enum Message {
     /// Agent → tracer: whether it asks (`false`: the C library's `execve` cannot be probed;
     /// the tracer watches the program with ptrace all along).
     ExecGated(bool),
+    /// Tracer → agent, once every probe is placed: enable the probes held off while the
+    /// others were placed (`held_off.rs`).
+    Arm,
+    /// Agent → tracer: they are.
+    Armed,
 }
 
 const MAX_MESSAGE: u32 = 1 << 20;
@@ -171,6 +176,8 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
         Message::Children(follow) => b.extend_from_slice(&[b'C', *follow as u8]),
         Message::GateExec => b.push(b'G'),
         Message::ExecGated(gated) => b.extend_from_slice(&[b'g', *gated as u8]),
+        Message::Arm => b.push(b'R'),
+        Message::Armed => b.push(b'r'),
     }
     // One write: a process that exits while its agent sends never leaves half a message
     // (a length without its body) for dprobe to read.
@@ -237,6 +244,8 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         b'C' => Message::Children(c.u8()? == 1),
         b'G' => Message::GateExec,
         b'g' => Message::ExecGated(c.u8()? == 1),
+        b'R' => Message::Arm,
+        b'r' => Message::Armed,
         _ => return Err(bad()),
     };
     Ok(Some(m))
@@ -420,6 +429,8 @@ mod tests {
             Message::GateExec,
             Message::ExecGated(true),
             Message::ExecGated(false),
+            Message::Arm,
+            Message::Armed,
         ];
         let mut buf = Vec::new();
         for m in &messages {
