@@ -14,9 +14,10 @@
 use crate::inside::Placed;
 
 /// Hold off `placed`'s probe if it is an entry probe on `int3`: its index, to enable it by
-/// [`arm`].
+/// [`arm`]. Not a static probe whose semaphore it raised: the program prepares the probe's
+/// arguments from then on, and may take the semaphore as the sign that the probe is there.
 pub(crate) fn hold_off(placed: &Placed) -> Option<usize> {
-    let Placed::Entry { probe, index, .. } = placed else { return None };
+    let Placed::Entry { probe, index, semaphore: None, .. } = placed else { return None };
     (probe.optimized().is_err() && probe.disable().is_ok()).then_some(*index)
 }
 
