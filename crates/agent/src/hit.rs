@@ -139,6 +139,11 @@ impl HitProbe {
     /// The probe is placed at `addr`: where its file's offset 0 is, from the mapping that
     /// holds it (a hit before this, in a running process, reads `@+OFFSET` as a fault).
     pub fn placed_at(&self, addr: u64) {
+        // Read by a fetch alone: a probe that only counts need not read the maps (thousands of
+        // probes placed at once would read them thousands of times).
+        if !self.events {
+            return;
+        }
         let maps = dprobe_sym::read_maps().unwrap_or_default();
         if let Some(m) =
             maps.iter().find(|m| m.contains(Addr(addr)) && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
