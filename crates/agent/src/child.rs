@@ -131,7 +131,7 @@ extern "C" fn after_fork_in_child() {
         return;
     }
     if LIVE.with(|live| live.is_some()) {
-        let spawned = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(child_session);
+        let spawned = crate::agent_thread::start(STACK, child_session);
         if spawned.is_err() {
             end_session(false);
         }

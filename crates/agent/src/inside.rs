@@ -52,7 +52,7 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
     }
     set_pid();
     FOLLOW_CHILDREN.store(false, Release);
-    let started = std::thread::Builder::new().name("dprobe-agent".into()).stack_size(STACK).spawn(move || {
+    let started = crate::agent_thread::start(STACK, move || {
         if set_agent_stack().is_err() {
             RUNNING.store(false, Release);
             return;

@@ -15,6 +15,7 @@
 //! Counts cost no event traffic: every probe's figures are counters in the shared memory,
 //! readable even after the program ended.
 
+mod agent_thread;
 mod child;
 mod engine;
 mod exec_gate;

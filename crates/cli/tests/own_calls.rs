@@ -36,3 +36,36 @@ fn attaching_and_detaching_add_no_call_to_the_programs_figures() {
         assert_eq!(returns(&summary, "libc:getpid%return"), 10, "{engine}\n{summary}");
     }
 }
+
+const FREES: &str = r#"
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+    unsigned long sum = 0;
+    for (int i = 0; i < 1000; i++) {
+        char *volatile p = malloc(64);
+        p[0] = (char)i;
+        sum += (unsigned char)p[0];
+        free(p);
+    }
+    char line[] = "done\n";
+    return write(1, line, sizeof line - 1) == sizeof line - 1 && sum == 124716 ? 0 : 1;
+}
+"#;
+
+/// Starting the agent in a program's thread leaves nothing for that thread's end: the C
+/// library would free a record of the standard library's there (`agent_thread.rs`), one call
+/// of `free` more than the program makes.
+#[test]
+fn a_started_program_frees_what_it_allocates_and_nothing_more() {
+    let src = common::out_file("frees.c");
+    std::fs::write(&src, FREES).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "frees", &["-O2"]);
+    for engine in ["ptrace", "agent"] {
+        let args = ["--engine", engine, "-c", "libc:malloc", "libc:free", "--", program];
+        let t = common::trace_to_file(&format!("frees-{engine}"), &args);
+        let what = t.what(engine);
+        assert_eq!((t.code, t.stdout.as_str()), (Some(0), "done\n"), "{what}");
+        assert_eq!((hits(&t.trace, "libc:malloc"), hits(&t.trace, "libc:free")), (1000, 1000), "{what}");
+    }
+}

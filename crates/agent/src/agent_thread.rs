@@ -1,0 +1,54 @@
+//! The agent's thread, started with `pthread_create` rather than `std::thread`.
+//!
+//! It is started from a thread of the program's (its main thread, or the thread dprobe holds
+//! to load the agent, or a forked child's only thread). `std::thread::Builder::spawn` touches
+//! thread-local values of the standard library's in the calling thread, and one with a
+//! destructor makes the C library allocate a record to run it when that thread exits
+//! (`__cxa_thread_atexit_impl`) and free it then (`__call_tls_dtors`): a call of `free` in the
+//! program's thread that is dprobe's, counted by a probe on `free` as the program's (one more
+//! than an untraced run makes). `pthread_create` touches nothing of the kind.
+
+use std::ffi::CStr;
+use std::io;
+
+/// The thread's name, as `top` and `/proc` show it.
+const NAME: &CStr = c"dprobe-agent";
+
+type Body = Box<dyn FnOnce() + Send + 'static>;
+
+/// Start `body` on a new detached thread with a stack of `stack_size` bytes, named
+/// `dprobe-agent`.
+pub(crate) fn start(stack_size: usize, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    let body: Box<Body> = Box::new(Box::new(body));
+    let arg = Box::into_raw(body);
+    // SAFETY: the attribute object is ours, initialised before use and destroyed after;
+    // `run` takes back the box `arg` points to exactly once, on the new thread; when the
+    // thread is not created, the box is taken back here instead.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            drop(Box::from_raw(arg));
+            return Err(io::Error::other("pthread_attr_init failed"));
+        }
+        libc::pthread_attr_setstacksize(&mut attr, stack_size);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut thread: libc::pthread_t = 0;
+        let rc = libc::pthread_create(&mut thread, &attr, run, arg.cast());
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            drop(Box::from_raw(arg));
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: `start` passed a box made with `Box::into_raw`, taken back only here.
+    let body = unsafe { Box::from_raw(arg.cast::<Body>()) };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, NAME.as_ptr()) };
+    // A panic must not unwind out of a C function: the agent's session ends as on an error.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    std::ptr::null_mut()
+}
