@@ -20,6 +20,11 @@ static WAIT_FOR_THE_TRACER: extern "C" fn() = wait_for_the_tracer;
 
 extern "C" fn wait_for_the_tracer() {
     let Some(shm) = LIVE.with(|live| live.as_ref().map(|l| l.shm.clone())) else { return };
+    // (The clock read only when there is something to wait for: a call of the program's
+    // thread that is dprobe's, which a probe on `clock_gettime` would count.)
+    if !shm.stacks_pending() {
+        return;
+    }
     let deadline = now_ns() + AT_MOST.as_nanos() as u64;
     while shm.stacks_pending() && now_ns() < deadline {
         std::thread::sleep(Duration::from_millis(1));

@@ -53,19 +53,27 @@ int main(void) {
 }
 "#;
 
-/// Starting the agent in a program's thread leaves nothing for that thread's end: the C
-/// library would free a record of the standard library's there (`agent_thread.rs`), one call
-/// of `free` more than the program makes.
+/// The agent's calls in the program's threads are its own: starting it there leaves nothing
+/// for the thread's end (the C library would free a record of the standard library's there,
+/// `agent_thread.rs`), and a thread's first hit finds its `errno` and records its state
+/// without a call that counts (`__errno_location`, `pthread_setspecific`), as the program's
+/// exit reads no clock.
 #[test]
-fn a_started_program_frees_what_it_allocates_and_nothing_more() {
+fn a_started_program_is_counted_for_its_own_calls_alone() {
     let src = common::out_file("frees.c");
     std::fs::write(&src, FREES).unwrap();
     let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "frees", &["-O2"]);
+    let none = ["libc:__errno_location", "libc:pthread_setspecific", "libc:clock_gettime"];
     for engine in ["ptrace", "agent"] {
-        let args = ["--engine", engine, "-c", "libc:malloc", "libc:free", "--", program];
+        let mut args = vec!["--engine", engine, "-c", "libc:malloc", "libc:free"];
+        args.extend_from_slice(&none);
+        args.extend_from_slice(&["--", program]);
         let t = common::trace_to_file(&format!("frees-{engine}"), &args);
         let what = t.what(engine);
         assert_eq!((t.code, t.stdout.as_str()), (Some(0), "done\n"), "{what}");
         assert_eq!((hits(&t.trace, "libc:malloc"), hits(&t.trace, "libc:free")), (1000, 1000), "{what}");
+        for probe in none {
+            assert_eq!((hits(&t.trace, probe), common::missed(&t.trace, probe)), (0, 0), "{probe}: {what}");
+        }
     }
 }

@@ -21,10 +21,13 @@ fn location(state: &ThreadState) -> *mut i32 {
     if known != 0 {
         return known as *mut i32;
     }
+    // dprobe's call, not the program's: a probe on `__errno_location` counts nothing for it.
+    state.own_work.set(state.own_work.get() + 1);
     // SAFETY: `__errno_location` has no preconditions and only computes a thread-local
     // address (async-signal-safe); the address stays valid as long as the thread lives, which
     // is as long as its state entry is its own.
     let at = unsafe { libc::__errno_location() };
+    state.own_work.set(state.own_work.get() - 1);
     state.errno_at.set(at as u64);
     at
 }

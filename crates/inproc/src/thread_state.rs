@@ -302,11 +302,16 @@ pub(crate) fn current() -> Option<&'static ThreadState> {
                 table.owner(i).store(0, Release);
                 return Some(table.state(j));
             }
+            let state = table.state(i);
             if let Some(key) = table.key {
+                // dprobe's call, not the program's: a probe on `pthread_setspecific` (which a
+                // hit there finds this entry already claimed for) counts nothing for it.
+                state.own_work.set(state.own_work.get() + 1);
                 // SAFETY: a key below 32 is stored in the thread's descriptor: no allocation.
                 unsafe { libc::pthread_setspecific(key, (i + 1) as *const libc::c_void) };
+                state.own_work.set(state.own_work.get() - 1);
             }
-            return Some(table.state(i));
+            return Some(state);
         }
         return None;
     }
