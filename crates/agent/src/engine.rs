@@ -552,8 +552,8 @@ impl AgentEngine {
             wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))?;
         }
         let program = self.program();
-        for (index, request) in self.requests.clone().into_iter().enumerate() {
-            let target = request.target.clone();
+        for request in self.requests.clone() {
+            let (target, index) = (request.target.clone(), request.index as usize);
             wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
             // What the agent says before its answer was said for the first program already.
             let mut answer = self.receive();
@@ -566,7 +566,9 @@ impl AgentEngine {
                 }
                 Ok(Some(Message::Placed(wire::Placement::At(a) | wire::Placement::Returns(a, _)))) => {
                     // Where it is now (it may have waited for a library in the old program).
-                    self.probes[index].placement = Placement::At(Addr(a));
+                    if let Some(probe) = self.probes.get_mut(index) {
+                        probe.placement = Placement::At(Addr(a));
+                    }
                 }
                 Ok(Some(Message::Placed(_))) => {}
                 Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
@@ -855,8 +857,7 @@ impl Engine for AgentEngine {
             args: probe.plan.args().to_vec(),
             semaphore: probe.semaphore.cloned(),
         };
-        self.requests.push(request.clone());
-        wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
+        wire::send(&mut self.sock, &Message::Place(request.clone())).map_err(|e| self.agent_err(e))?;
         let mut placed = Placed::default();
         let answer = loop {
             match self.receive() {
@@ -884,6 +885,9 @@ impl Engine for AgentEngine {
             }
             wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
         };
+        // Asked again of a program the process executes; a refused one is not (its index is
+        // the next probe's).
+        self.requests.push(request);
         self.values.push(probe.plan.values());
         let args = probe.plan.args();
         let names = args.iter().map(|a| a.name.clone()).collect();
