@@ -123,16 +123,23 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
     // SAFETY: PREVIOUS[sig] was written before our handler for `sig` was installed (see
     // `install`) and is never written again.
     let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS))[sig as usize] };
+    // Sent by a process (`raise`, `kill`, `pthread_kill`, `sigqueue`: a code of zero or
+    // below), not by a fault: returning does not bring it back, and ignoring it is allowed.
+    // SAFETY: the kernel's `info` for this signal, when given.
+    let sent = !info.is_null() && unsafe { (*info).si_code } <= 0;
     match prev.sa_sigaction {
+        // Ignored, as it would have been without dprobe.
+        libc::SIG_IGN if sent => {}
         libc::SIG_DFL | libc::SIG_IGN => {
             // A synchronous fault or trap cannot be ignored: restore the default and deliver
-            // it again.
+            // it again (a sent signal too: it is blocked until this handler returns, and then
+            // ends the program as it would have).
             let mut dfl = unsafe_zeroed();
             dfl.sa_sigaction = libc::SIG_DFL;
             // SAFETY: valid sigaction; raise is async-signal-safe.
             unsafe {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
-                if redeliver == Redeliver::Raise {
+                if redeliver == Redeliver::Raise || sent {
                     libc::raise(sig);
                 }
             }
