@@ -7,8 +7,10 @@ use common::{dprobe, handlers, line_of, lines_program, out_file, target, usdt, v
 #[test]
 fn each_bad_input_gets_its_specific_message() {
     let t = target();
+    let deep = format!("probed x={}$arg1{}", "+0(".repeat(17), ")".repeat(17));
     let cases: &[(&[&str], &str)] = &[
         (&["", "--", t], "empty probe spec"),
+        (&[&deep, "--", t], "is nested too deeply"),
         (&["libc:", "--", t], "bad probe spec: nothing after `libc:`"),
         (
             &["probed+zz", "--", t],

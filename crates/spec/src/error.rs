@@ -40,6 +40,8 @@ pub enum SpecErrorKind {
     RetvalOnEntry,
     /// A dereference `+OFF(...)` that is not closed or not a number.
     BadDereference,
+    /// More dereferences inside one another than an engine evaluates.
+    DereferenceTooDeep,
     /// An address after `@` that is not a number.
     BadAddress,
     /// An immediate after `\` that is not a number.
@@ -86,6 +88,7 @@ impl SpecErrorKind {
             BadArgIndex => "`{}` is out of range",
             RetvalOnEntry => "$retval is only known at a function's return",
             BadDereference => "bad dereference `{}`",
+            DereferenceTooDeep => "the dereference `{}` is nested too deeply",
             BadAddress => "`{}` is not an address",
             BadImmediate => "`{}` is not a number",
             UnknownType => "unknown type `{}`",

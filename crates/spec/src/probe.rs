@@ -96,6 +96,18 @@ impl std::fmt::Display for SourceLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Register(pub &'static str);
 
+/// Dereferences inside one another a fetch may hold (the kernel's probes evaluate 16 steps;
+/// dprobe's agent reads as many).
+pub const MAX_DEREFERENCES: usize = 16;
+
+/// How many dereferences `f` holds inside one another.
+fn dereferences<R>(f: &Fetch<R>) -> usize {
+    match f {
+        Fetch::Deref { inner, .. } => 1 + dereferences(inner),
+        _ => 0,
+    }
+}
+
 const REGISTERS: [&str; 19] = [
     "ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "flags", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
     "r15", "orig_ax",
@@ -584,6 +596,11 @@ impl Parser<'_> {
                 self.err(K::BadDereference, at..at + open, "a number before the parenthesis: +8(%di), -0x10(%bp)")
             })?;
             let inner = self.fetch(at + open + 1, &s[open + 1..s.len() - 1], kind)?;
+            if dereferences(&inner) >= MAX_DEREFERENCES {
+                let most =
+                    format!("at most {MAX_DEREFERENCES} dereferences inside one another, as the kernel's probes");
+                return Err(self.err(K::DereferenceTooDeep, at..at + s.len(), &most));
+            }
             return Ok(Fetch::Deref { offset, inner: Box::new(inner) });
         }
         Err(bad(

@@ -233,3 +233,13 @@ fn variables_by_name_are_read_as_paths_with_their_given_types() {
     assert_eq!(vars[2], ("argv[1]", &Fetch::Var { path: "argv[1]".into() }, ArgType::String, true));
     assert_eq!((vars[3].1, vars[3].3), (&Fetch::Var { path: "$params".into() }, false));
 }
+
+#[test]
+fn a_dereference_nests_as_deep_as_the_kernels_probes_evaluate() {
+    let nested = |n: usize| format!("openat p={}$arg2{}", "+0(".repeat(n), ")".repeat(n));
+    assert!(parse_probe(&nested(16)).is_ok());
+    let spec = nested(17);
+    let e = parse_probe(&spec).expect_err("17 levels");
+    assert_eq!(e.kind, SpecErrorKind::DereferenceTooDeep, "{e}");
+    assert!(e.to_string().contains("at most 16 dereferences"), "{e}");
+}
