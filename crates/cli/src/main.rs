@@ -10,6 +10,17 @@
 // The CLI makes no system call of its own: the crates below it own the mechanism.
 #![forbid(unsafe_code)]
 
+/// dprobe's messages on standard error. One that cannot be written (standard error closed, a
+/// full disk, a pipe whose reader is gone) is lost, where the standard library's `eprintln!`
+/// would end dprobe with a panic, perhaps before it put the traced program back as it was.
+/// (Defined before the modules: theirs is this one.)
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod aggregates;
 mod choose;
 mod clock;

@@ -272,3 +272,18 @@ fn list_finds_cpp_functions_by_the_name_probes_use() {
     assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(text.lines().collect::<Vec<_>>(), ["operators:operator+(Money, Money)"], "{text}");
 }
+
+/// Standard error that cannot be written (a full disk, a closed pipe) loses dprobe's
+/// messages: no panic, the program traced and left as it was; the summary it could not write
+/// makes dprobe's status 1.
+#[test]
+fn a_standard_error_that_cannot_be_written_is_no_panic() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "-v", "-c", "libc:getpid", "--", "/bin/echo", "traced"])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "traced\n");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+}
