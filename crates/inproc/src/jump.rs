@@ -45,6 +45,7 @@ use dprobe_arch::{
 use dprobe_core::{PreOutcome, Site, TrapKind};
 use dprobe_rcu::Rcu;
 
+use crate::abandoned;
 use crate::engine::Engine;
 pub(crate) use crate::jump_stub::{stubs, xsave_ready};
 use crate::thread_state::{self, ThreadState};
@@ -179,6 +180,9 @@ pub(crate) extern "C" fn jump_dispatch(regs: *mut Regs, entry_sp: u64) {
     let rsp = entry_sp + STUB_TO_RSP;
     (regs.rsp, regs.rip) = (rsp, jump_site.addr.0);
     let state = thread_state::current();
+    if let Some(s) = state {
+        abandoned::forget_left_hit_path(s, rsp);
+    }
     let skip = match state {
         // On the program's alternate stack, the hit path moves to a stack of dprobe's.
         Some(s) => hit_stack::off_alternate_stack(s, rsp, || {
@@ -228,6 +232,7 @@ pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
     let rsp = entry_sp + STUB_TO_RSP;
     (regs.rsp, regs.rip) = (rsp, next);
     let ran = thread_state::current().is_some_and(|state| {
+        abandoned::forget_left_hit_path(state, rsp);
         hit_stack::off_alternate_stack(state, rsp, || {
             let _hit_path = trap::HitPath::with(Some(state));
             // SAFETY: as in `jump_dispatch`.

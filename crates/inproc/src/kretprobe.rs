@@ -634,6 +634,7 @@ extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
     let slot_addr = &frame.ret_slot as *const u64 as u64;
     // A thread with a return pending has an entry (kept until it exits).
     let Some(state) = thread_state::existing() else { no_return_address() };
+    crate::abandoned::forget_left_hit_path(state, slot_addr + 8);
     // On the program's alternate stack, the hit path moves to a stack of dprobe's.
     hit_stack::off_alternate_stack(state, slot_addr + 8, || returned_here(state, frame, slot_addr))
 }

@@ -46,6 +46,7 @@
 //! its page is `rwx` (`code_pages.rs`: it keeps other tools' kernel uprobes off the jump), so
 //! `/proc/PID/maps` shows that mapping in several pieces.
 
+mod abandoned;
 mod args;
 mod backtrace;
 mod blocked;

@@ -235,6 +235,9 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
 fn trap_here(state: Option<&'static ThreadState>, uc: *mut libc::c_void) -> bool {
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
+    if let Some(s) = state {
+        crate::abandoned::forget_left_hit_path(s, ctx.rsp());
+    }
     let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp(), Some(ctx.alternate_stack())));
     let _hit_path = HitPath::with(state);
     let _own_frame = interrupted::OwnFrame::enter(state, uc);
