@@ -157,7 +157,11 @@ impl Tracee {
         if !shared {
             let mut mem = RemoteMemory::open(child)?;
             for patch in self.sites.values().map(|s| s.prepared.disarm()) {
-                let _ = mem.write(patch.addr, &patch.new);
+                // Only over dprobe's own `int3` (see `disarm_sites`).
+                let mut now = vec![0u8; patch.old.len()];
+                if mem.read(patch.addr, &mut now).is_ok() && now == patch.old {
+                    let _ = mem.write(patch.addr, &patch.new);
+                }
             }
             self.lower_semaphores_in(&mut mem);
             self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
