@@ -92,17 +92,7 @@ const TRACER_VIEW: &str = r#"
 #include <unistd.h>
 extern char **environ;
 __attribute__((noinline)) int tiny(int x) { return x + 1; }
-static int traced(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    int tracer = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return tracer != 0;
-}
+/* TRACED: whether the process has a tracer (`common::TRACED_C`). */
 int main(int argc, char **argv) {
     long s = 0;
     for (int i = 0; i < 1000; i++)
@@ -150,7 +140,7 @@ int main(int argc, char **argv) {
 /// dprobe and the program said, and the probe.
 fn trace_tracer_view(name: &str, options: &[&str], more: &[&str]) -> (common::Traced, String) {
     let src = out_file(&format!("{name}.c"));
-    std::fs::write(&src, TRACER_VIEW).unwrap();
+    std::fs::write(&src, common::with_traced(TRACER_VIEW)).unwrap();
     let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, &["-O2"]);
     let (dir, file) = program.rsplit_once('/').unwrap();
     let probe = format!("{file}:tiny");

@@ -26,17 +26,7 @@ static long calls(void) {
         s += tiny(i);
     return s;
 }
-static int traced(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    int tracer = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return tracer != 0;
-}
+/* TRACED: whether the process has a tracer (`common::TRACED_C`). */
 static char *self;
 static void *worker(void *arg) {
     (void)arg;
@@ -75,7 +65,7 @@ int main(int argc, char **argv) {
 /// program said, and the probe.
 fn trace_exec_from_thread(name: &str, engine: &str) -> (common::Traced, String) {
     let src = out_file(&format!("{name}.c"));
-    std::fs::write(&src, EXEC_FROM_THREAD).unwrap();
+    std::fs::write(&src, common::with_traced(EXEC_FROM_THREAD)).unwrap();
     let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, &["-O2", "-pthread"]);
     let probe = format!("{}:tiny", program.rsplit_once('/').unwrap().1);
     let args = ["--engine", engine, "-c", probe.as_str(), "--", program];

@@ -53,6 +53,28 @@ pub fn file_mappings(maps: &str) -> Vec<&str> {
     maps.lines().filter(file).collect()
 }
 
+/// A C function `int traced(void)`: whether the process has a tracer now (its `TracerPid`).
+const TRACED_C: &str = r#"
+static int traced(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int tracer = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "TracerPid: %d", &tracer) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return tracer != 0;
+}
+"#;
+
+/// C source `source` with [`TRACED_C`] where it says `/* TRACED: ... */` (after its includes).
+pub fn with_traced(source: &str) -> String {
+    let (before, after) = source.split_once("/* TRACED:").expect("a place for traced()");
+    let after = after.split_once("*/").expect("the comment's end").1;
+    format!("{before}{TRACED_C}{after}")
+}
+
 /// A fresh file path for `-o`.
 pub fn out_file(name: &str) -> PathBuf {
     dprobe_test_fixtures::scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "cli").join(name)
