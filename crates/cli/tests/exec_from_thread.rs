@@ -31,14 +31,7 @@ static char *self;
 static void *worker(void *arg) {
     (void)arg;
     printf("thread: sum=%ld\n", calls());
-    char *none[] = {"none", NULL};
-    execv("/nonexistent-dprobe-dir/none", none);
-    int enoent = errno == ENOENT;
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    do
-        clock_gettime(CLOCK_MONOTONIC, &now);
-    while (traced() && now.tv_sec - start.tv_sec < 5);
+    int enoent = exec_fails_then_untraced();
     printf("after a failed exec: sum=%ld traced=%d enoent=%d\n", calls(), traced(), enoent);
     fflush(stdout);
     char *again[] = {self, "again", NULL};

@@ -53,7 +53,8 @@ pub fn file_mappings(maps: &str) -> Vec<&str> {
     maps.lines().filter(file).collect()
 }
 
-/// A C function `int traced(void)`: whether the process has a tracer now (its `TracerPid`).
+/// C functions: `int traced(void)`, whether the process has a tracer now (its `TracerPid`),
+/// and `int exec_fails_then_untraced(void)` (the source includes errno.h, time.h, unistd.h).
 const TRACED_C: &str = r#"
 static int traced(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -65,6 +66,19 @@ static int traced(void) {
     if (f)
         fclose(f);
     return tracer != 0;
+}
+/* An `exec` that fails (no such file), then a wait of at most 5 s until the process has no
+   tracer: whether the failure was ENOENT. */
+static int exec_fails_then_untraced(void) {
+    char *none[] = {"none", NULL};
+    execv("/nonexistent-dprobe-dir/none", none);
+    int enoent = errno == ENOENT;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    while (traced() && now.tv_sec - start.tv_sec < 5);
+    return enoent;
 }
 "#;
 
