@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{hits, out_file, trace_to_file};
+use common::{hits, trace_to_file};
 
 const CALLS: &str = r#"
 #include <sched.h>
@@ -29,9 +29,7 @@ int main(void) {
 
 #[test]
 fn the_agent_traces_every_function_of_the_c_library() {
-    let src = out_file("libc-calls.c");
-    std::fs::write(&src, CALLS).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "libc-calls", &["-O2"]);
+    let program = common::c_program_from("libc-calls", CALLS, &["-O2"]);
     let untraced = Command::new(program).output().unwrap();
     let untraced = String::from_utf8_lossy(&untraced.stdout).into_owned();
     assert!(untraced.starts_with("sum="), "{untraced}");

@@ -4,7 +4,7 @@
 //! its `exec`); a failed `exec` from a thread leaves the program let go, as from the main one.
 mod common;
 
-use common::{hits, out_file, trace_to_file};
+use common::{hits, trace_to_file};
 
 const EXEC_FROM_THREAD: &str = r#"
 #include <errno.h>
@@ -57,9 +57,7 @@ int main(int argc, char **argv) {
 /// The program built as `name`, traced with `engine` counting `tiny`: what dprobe and the
 /// program said, and the probe.
 fn trace_exec_from_thread(name: &str, engine: &str) -> (common::Traced, String) {
-    let src = out_file(&format!("{name}.c"));
-    std::fs::write(&src, common::with_traced(EXEC_FROM_THREAD)).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, &["-O2", "-pthread"]);
+    let program = common::c_program_from(name, &common::with_traced(EXEC_FROM_THREAD), &["-O2", "-pthread"]);
     let probe = format!("{}:tiny", program.rsplit_once('/').unwrap().1);
     let args = ["--engine", engine, "-c", probe.as_str(), "--", program];
     (trace_to_file(&format!("{engine}-{name}"), &args), probe)

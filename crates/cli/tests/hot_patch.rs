@@ -3,7 +3,7 @@
 //! byte back only over its own `int3`.
 mod common;
 
-use common::{out_file, trace_to_file};
+use common::trace_to_file;
 
 const HOT_PATCH: &str = r#"
 #include <stdint.h>
@@ -35,9 +35,7 @@ int main(void) {
 
 #[test]
 fn a_hot_patch_the_program_wrote_over_a_probe_stays_after_the_detach() {
-    let src = out_file("hot-patch.c");
-    std::fs::write(&src, HOT_PATCH).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "hot-patch", &["-O1"]);
+    let program = common::c_program_from("hot-patch", HOT_PATCH, &["-O1"]);
     let probe = format!("{}:target", program.rsplit_once('/').unwrap().1);
     let t = trace_to_file("hot-patch-ptrace", &["--engine", "ptrace", "-d", "600ms", "-c", &probe, "--", program]);
     let what = t.what("ptrace");

@@ -5,7 +5,7 @@
 //! `abandoned.rs`): the calls after the jumps are all counted, as with ptrace.
 mod common;
 
-use common::{hits, missed, out_file, trace_to_file};
+use common::{hits, missed, trace_to_file};
 
 const JUMPS: &str = r#"
 #include <setjmp.h>
@@ -40,9 +40,7 @@ int main(void) {
 
 #[test]
 fn hits_after_a_signal_handler_jumped_out_of_a_hit_are_all_counted() {
-    let src = out_file("jumps-out.c");
-    std::fs::write(&src, JUMPS).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "jumps-out", &["-O1"]);
+    let program = common::c_program_from("jumps-out", JUMPS, &["-O1"]);
     let name = program.rsplit_once('/').unwrap().1;
     let (spin, leaf) = (format!("{name}:spin"), format!("{name}:leaf"));
     for engine in ["agent", "ptrace"] {

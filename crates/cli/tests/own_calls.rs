@@ -60,9 +60,7 @@ int main(void) {
 /// exit reads no clock.
 #[test]
 fn a_started_program_is_counted_for_its_own_calls_alone() {
-    let src = common::out_file("frees.c");
-    std::fs::write(&src, FREES).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "frees", &["-O2"]);
+    let program = common::c_program_from("frees", FREES, &["-O2"]);
     let none = ["libc:__errno_location", "libc:pthread_setspecific", "libc:clock_gettime"];
     for engine in ["ptrace", "agent"] {
         let mut args = vec!["--engine", engine, "-c", "libc:malloc", "libc:free"];

@@ -4,7 +4,7 @@
 //! it as untraced, or ignores it as untraced.
 mod common;
 
-use common::{out_file, trace_to_file};
+use common::trace_to_file;
 
 const RAISES: &str = r#"
 #include <signal.h>
@@ -26,9 +26,7 @@ int main(int argc, char **argv) {
 
 #[test]
 fn a_fault_signal_the_program_raises_ends_it_or_is_ignored_as_untraced() {
-    let src = out_file("raises.c");
-    std::fs::write(&src, RAISES).unwrap();
-    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "raises", &["-O2"]);
+    let program = common::c_program_from("raises", RAISES, &["-O2"]);
     let probe = format!("{}:tiny", program.rsplit_once('/').unwrap().1);
     for (sig, name) in
         [(libc::SIGSEGV, "SIGSEGV"), (libc::SIGBUS, "SIGBUS"), (libc::SIGFPE, "SIGFPE"), (libc::SIGILL, "SIGILL")]

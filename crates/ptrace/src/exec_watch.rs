@@ -10,7 +10,8 @@
 //! ([`Watched::ThreadEnded`]).
 //!
 //! A signal to that thread stops it (ptrace reports every signal, a `SIGTRAP` of an `int3`
-//! probe's hit among them): it is delivered at once, a stop signal leaves the program stopped (`PTRACE_LISTEN`) as it would untraced. Should the
+//! probe's hit among them): it is delivered at once, a stop signal leaves the program
+//! stopped (`PTRACE_LISTEN`) as it would untraced. Should the
 //! tracer die, the kernel lets the program go (no `PTRACE_O_EXITKILL` while it runs on its
 //! own). A thread of dprobe's waits for the program's stops meanwhile (see `stop_waiter`), so
 //! that the tracer can take each at once: a signal is held in its stop only that long.

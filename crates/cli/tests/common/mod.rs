@@ -89,6 +89,14 @@ pub fn with_traced(source: &str) -> String {
     format!("{before}{TRACED_C}{after}")
 }
 
+/// C source `source` written to a file of its own and built as `name` with `flags` (each
+/// test's own copy: the tests run at once).
+pub fn c_program_from(name: &str, source: &str, flags: &[&str]) -> &'static str {
+    let src = out_file(&format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, flags)
+}
+
 /// A fresh file path for `-o`.
 pub fn out_file(name: &str) -> PathBuf {
     dprobe_test_fixtures::scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "cli").join(name)
