@@ -383,9 +383,15 @@ impl Engine {
         let (mut first_error, mut unrouted, mut gone, mut starts) =
             (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
         for ((addr, why), result) in sites.into_iter().zip(results) {
+            let mut taken_over = false;
             match result {
                 // Nothing to undo where the code is gone (its library unloaded under it).
                 Err(_) if code_gone(addr) => {}
+                // Nor where the program wrote its own code over the jump (a hot patch): the
+                // site's `int3` went with it.
+                Err(_) if !holds(jump_start(addr, &st.sites[&addr]), &jump_of(&st.sites[&addr]).1.jump()) => {
+                    taken_over = true;
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                     continue;
@@ -393,6 +399,7 @@ impl Engine {
                 Ok(()) => {}
             }
             let site = st.sites.get_mut(&addr).expect("a jumping site");
+            site.armed &= !taken_over;
             site.jumping = false;
             site.jump_status = Err(why);
             if site.window.as_ref().is_ok_and(|w| w.len() > 1) {
@@ -1422,12 +1429,23 @@ fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Res
     for (addr, result) in addrs.iter().zip(results) {
         match result {
             Ok(()) => sites.get_mut(addr).expect("a site of the batch").armed = armed,
-            // Nothing to disarm where the code is gone (its library unloaded under it).
-            Err(_) if !armed && code_gone(*addr) => sites.get_mut(addr).expect("a site of the batch").armed = false,
+            // Nothing to disarm where the code is gone (its library unloaded under it), or
+            // where dprobe's `int3` is not there any more (the program wrote its own code
+            // over it, or another tool took it away): what is there is left as it is.
+            Err(_) if !armed && (code_gone(*addr) || !holds(*addr, &[INT3])) => {
+                sites.get_mut(addr).expect("a site of the batch").armed = false
+            }
             Err(e) => failure = failure.or(Some(e)),
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Whether the bytes at `at` are `bytes` (unreadable ones are not known to differ).
+fn holds(at: Addr, bytes: &[u8]) -> bool {
+    let mut now = [0u8; 16];
+    let now = &mut now[..bytes.len()];
+    sys::read_memory(at, now).is_err() || now == bytes
 }
 
 /// Whether the code at `addr` is gone: nothing is mapped there any more. (Decided from the maps,

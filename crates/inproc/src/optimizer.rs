@@ -150,16 +150,27 @@ pub(crate) fn optimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
     results
 }
 
+/// The change of byte 0 of a site from the jump's `e9` back to the armed `int3`, checked over
+/// the whole jump (bytes +1..+4 written as they are): a jump the program wrote over dprobe's
+/// (a hot patch) also starts with `e9`, and is the program's to keep.
+fn unhead(window: &[Insn], detour: &Detour) -> Change {
+    let jump = detour.jump();
+    let mut armed = jump;
+    armed[0] = INT3;
+    Change::new(window[0].addr, &jump, &armed)
+}
+
 /// Turn the jumps at the start of the windows back into their `int3`s, then restore bytes
 /// +1..+4, each step for every site followed by one serialization of every thread. Each
-/// site's outcome.
+/// site's outcome: a site whose five bytes are not its jump any more is left as it is, with
+/// the error of its check.
 pub(crate) fn unoptimize_all(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
     if jumps.is_empty() {
         return Vec::new();
     }
     // Both steps' changes are made before the first write: from then on the registrar's
     // allocations may trap on a probed allocator turned back into an `int3`.
-    let heads: Vec<Change> = jumps.iter().map(|(w, d)| head(w, d).undo()).collect();
+    let heads: Vec<Change> = jumps.iter().map(|(w, d)| unhead(w, d)).collect();
     let tails: Vec<Change> = jumps.iter().map(|(w, d)| tail(w, d).undo()).collect();
     let mut ready: Vec<usize> = Vec::with_capacity(jumps.len());
     let mut todo: Vec<Change> = Vec::with_capacity(jumps.len());

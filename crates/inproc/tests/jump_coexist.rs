@@ -95,6 +95,13 @@ std::arch::global_asm!(
     "ret",
     ".size fxc_reprotected, . - fxc_reprotected",
     ".p2align 12",
+    ".globl fxc_hot_patched",
+    ".type fxc_hot_patched,@function",
+    "fxc_hot_patched:",
+    "lea rax, [rdi + rsi + 0x9000]",
+    "ret",
+    ".size fxc_hot_patched, . - fxc_hot_patched",
+    ".p2align 12",
 );
 
 extern "C" {
@@ -108,6 +115,7 @@ extern "C" {
     fn fxc_undone_exit(a: u64, b: u64) -> u64;
     fn fxc_blocked(a: u64, b: u64) -> u64;
     fn fxc_reprotected(a: u64, b: u64) -> u64;
+    fn fxc_hot_patched(a: u64, b: u64) -> u64;
 }
 
 /// A probe counting its hits in `hits`.
@@ -210,6 +218,52 @@ fn a_jump_page_the_program_made_read_only_again_is_still_given_back_byte_for_byt
     assert_eq!(code(at, 8), original);
     assert_eq!(perms(at), "r-xp");
     assert_eq!(HITS.load(Relaxed), 2);
+}
+
+/// The program writes its own `jmp` over a probed function (a hot patch) while the probe is
+/// there, on a jump or on `int3`: the program's code is what runs from then on, and disabling
+/// or removing the probe leaves the program's bytes (nothing of dprobe's is left there).
+#[test]
+fn a_hot_patch_the_program_wrote_over_a_probe_stays_when_the_probe_goes() {
+    let _alone = TAKING_AWAY.lock().unwrap_or_else(|e| e.into_inner());
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_hot_patched);
+    let original = code(at, 8);
+    let rel = (addr(fxc_b).0 as i64 - (at.0 as i64 + 5)) as i32;
+    let mut patch = vec![0xe9];
+    patch.extend_from_slice(&rel.to_le_bytes());
+    for on_int3 in [false, true] {
+        poke(at, &original[..5]);
+        let probe = Kprobe::addr(at).pre(|_| {
+            HITS.fetch_add(1, Relaxed);
+            PreAction::Continue
+        });
+        let p = register(if on_int3 { probe.no_optimize() } else { probe }).unwrap();
+        assert_eq!(p.optimized().is_ok(), !on_int3);
+        assert_eq!(call2(fxc_hot_patched, 1, 2), 0x9003);
+        poke(at, &patch);
+        assert_eq!(call2(fxc_hot_patched, 1, 2), 0x2003, "the program's patch runs");
+        // Disabled: nothing of dprobe's is there to take away. Enabled again: refused, the
+        // code is not what the probe was placed on.
+        p.disable().unwrap();
+        assert_eq!(code(at, 5), patch);
+        match p.enable() {
+            Err(ProbeError::Patch { addr, reason }) if addr == at => assert!(reason.contains("changed"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        drop(p);
+        assert_eq!(code(at, 5), patch, "the program's patch kept (on int3: {on_int3})");
+        assert_eq!(&code(at, 8)[5..], &original[5..]);
+        assert_eq!(call2(fxc_hot_patched, 3, 4), 0x2007);
+    }
+    assert_eq!(HITS.load(Relaxed), 2);
+    // The function as it was, probed again: a probe like any other.
+    poke(at, &original[..5]);
+    let p = counting(at, &HITS);
+    assert_eq!(call2(fxc_hot_patched, 1, 2), 0x9003);
+    drop(p);
+    assert_eq!(code(at, 8), original);
+    assert_eq!(HITS.load(Relaxed), 3);
 }
 
 #[test]
