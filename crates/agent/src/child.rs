@@ -12,11 +12,10 @@
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
 
+use crate::connection::Connection;
 use crate::hit::{set_agent_stack, set_pid};
 use crate::inside::{block_signals, remove, Placed, RUNNING, STACK};
 use crate::shm::Shm;
@@ -100,6 +99,8 @@ pub(crate) fn end_session(figures: bool) {
             remove(&mut l.placed, figures.then_some(&*l.shm));
             crate::follow::stop();
             drop(l.traps_open.take());
+            // No descriptor of the agent's stays in the program (the next session opens its own).
+            dprobe_inproc::close_mem_file();
         }
     });
 }
@@ -153,9 +154,12 @@ fn child_session() {
 }
 
 fn announce_and_wait(name: &[u8]) -> io::Result<()> {
-    let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
+    let mut sock = Connection::to(name)?;
     send(&mut sock, &Message::Hello(std::process::id()))?;
     loop {
+        if sock.lost() {
+            return Err(Connection::lost_error());
+        }
         match receive(&mut sock)? {
             Some(Message::Stop) => {
                 end_session(false);

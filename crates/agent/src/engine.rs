@@ -642,7 +642,11 @@ impl AgentEngine {
         wire::send(&mut self.sock, &Message::Stop).map_err(|e| self.agent_err(e))?;
         loop {
             match self.receive() {
-                Ok(Some(Message::Stopped)) | Ok(None) => return Ok(()),
+                Ok(Some(Message::Stopped)) => {
+                    self.wait_for_the_close();
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
                 Ok(Some(_)) => {}
                 // Gone meanwhile: its probes went with it.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
@@ -651,15 +655,28 @@ impl AgentEngine {
         }
     }
 
-    /// Whether the process replaced its program (`exec`): the agent's connection ended while
-    /// the process has memory without the agent in it (a process that exits loses its memory
-    /// before its connections).
-    fn ran_exec(&self) -> bool {
+    /// Wait a little for the agent to close its end of the connection after its last answer:
+    /// a process let go has no descriptor of the agent's left but its memory file, once
+    /// dprobe says so. (A forked child's copy of the descriptor keeps the connection open:
+    /// the wait is short.)
+    fn wait_for_the_close(&mut self) {
+        const AT_MOST: Duration = Duration::from_millis(200);
+        if self.sock.set_read_timeout(Some(AT_MOST)).is_ok() {
+            let started = std::time::Instant::now();
+            while started.elapsed() < AT_MOST && matches!(wire::receive(&mut self.sock), Ok(Some(_))) {}
+        }
+    }
+
+    /// How the agent's connection ended, if it did while the process has memory (a process
+    /// that exits loses its memory before its connections): the process replaced its program
+    /// (`exec`: its memory is without the agent), or it closed the connection (the agent is
+    /// still in it: a program that closes every descriptor it did not open).
+    fn connection_end(&self) -> Option<ConnectionEnd> {
         use std::os::fd::AsRawFd;
         let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd we own.
         if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
-            return false;
+            return None;
         }
         let mut byte = 0u8;
         // SAFETY: peeks at most one byte into `byte`.
@@ -667,10 +684,14 @@ impl AgentEngine {
             libc::recv(self.sock.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
         };
         if n != 0 {
-            return false;
+            return None;
         }
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
-        !maps.is_empty() && !maps.contains(MEMORY_FILE) && !maps.contains("libdprobe_agent")
+        if maps.is_empty() {
+            return None;
+        }
+        let agent_there = maps.contains(MEMORY_FILE) || maps.contains("libdprobe_agent");
+        Some(if agent_there { ConnectionEnd::Closed } else { ConnectionEnd::Exec })
     }
 
     /// How the program ended, if it did: a started one with its status; a process dprobe did
@@ -698,6 +719,14 @@ impl AgentEngine {
             _ => None,
         }
     }
+}
+
+/// How the agent's connection ended while its process lives on.
+enum ConnectionEnd {
+    /// The process runs another program.
+    Exec,
+    /// The process closed the connection's descriptor.
+    Closed,
 }
 
 /// Load the agent through held `injector` and start it: the listener its forked children
@@ -936,16 +965,29 @@ impl Engine for AgentEngine {
             if let Some(held) = self.pending.take() {
                 self.executed(held, sink);
             }
-            if !self.stopped && self.ran_exec() && !self.exec_seen() {
-                // The new program has no agent: nothing of dprobe's is in it any more.
+            let lost = match (!self.stopped).then(|| self.connection_end()).flatten() {
+                Some(ConnectionEnd::Exec) if !self.exec_seen() => {
+                    // The new program has no agent: nothing of dprobe's is in it any more.
+                    let why =
+                        self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();
+                    Some(format!(
+                        "process {} ran {} (exec): the agent does not follow it{why}; not traced from then on",
+                        self.pid,
+                        self.program()
+                    ))
+                }
+                // The agent saw its connection's descriptor closed and removed its probes.
+                Some(ConnectionEnd::Closed) if self.ended().is_none() => Some(format!(
+                    "process {} closed the agent's connection (as a program that closes the descriptors it \
+                     did not open does); not traced from then on",
+                    self.pid
+                )),
+                _ => None,
+            };
+            if let Some(lost) = lost {
                 self.stopped = true;
                 self.drain(sink);
-                let why = self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();
-                self.lost = Some(format!(
-                    "process {} ran {} (exec): the agent does not follow it{why}; not traced from then on",
-                    self.pid,
-                    self.program()
-                ));
+                self.lost = Some(lost);
                 if !self.spawned {
                     return Err(AgentError::NotTraced(self.lost.clone().unwrap_or_default()));
                 }

@@ -7,8 +7,7 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe,
 use dprobe_spec::ProbeKind;
 
 use crate::child::{end_session, follow_forks, Live, FOLLOW_CHILDREN, LIVE};
+use crate::connection::Connection;
 use crate::follow;
 use crate::hit::{now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
 use crate::semaphore;
@@ -143,9 +143,12 @@ fn session(name: &[u8]) -> io::Result<Over> {
         .then(dprobe_inproc::keep_traps_open)
         .and_then(Result::ok)
         .filter(|guard| guard.optimized().is_ok());
-    let mut sock = UnixStream::connect_addr(&SocketAddr::from_abstract_name(name)?)?;
-    let shm = Arc::new(Shm::create()?);
+    let mut sock = Connection::to(name)?;
+    let mut shm = Shm::create()?;
     send_fd(&sock, shm.fd().as_raw_fd())?;
+    // dprobe has it: the agent needs only the mapping (a descriptor the program could close).
+    shm.close_file();
+    let shm = Arc::new(shm);
     LIVE.with(|live| {
         *live = Some(Live {
             name: name.to_vec(),
@@ -161,6 +164,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
     let mut looked = Instant::now();
     let result = loop {
         let ready = readable(&sock, 20)?;
+        if sock.lost() {
+            break Err(Connection::lost_error());
+        }
         if let Some((asked, state)) = follow::pending() {
             LIVE.with(|live| live.as_mut().map(|l| loader_changed(l, state)));
             follow::answer(asked);

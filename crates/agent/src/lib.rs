@@ -17,6 +17,7 @@
 
 mod agent_thread;
 mod child;
+mod connection;
 mod engine;
 mod exec_gate;
 mod exit;

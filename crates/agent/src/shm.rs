@@ -98,7 +98,8 @@ pub struct Shm {
     /// A shared read-write mapping of the whole file, unmapped on drop (the agent drops it
     /// only after every probe is unregistered).
     map: MmapRaw,
-    fd: OwnedFd,
+    /// Its file, until [`Shm::close_file`].
+    fd: Option<OwnedFd>,
 }
 
 impl Shm {
@@ -135,7 +136,7 @@ impl Shm {
 
     fn map(fd: OwnedFd) -> std::io::Result<Shm> {
         let map = MmapOptions::new().len(SHM_BYTES).map_raw(&fd)?;
-        Ok(Shm { map, fd })
+        Ok(Shm { map, fd: Some(fd) })
     }
 
     /// The first byte of the mapping.
@@ -145,7 +146,13 @@ impl Shm {
 
     /// The descriptor, to send to the other side.
     pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+        self.fd.as_ref().expect("the shared memory's file is open until close_file")
+    }
+
+    /// Close the file, keeping the mapping: in a traced program once dprobe has the file,
+    /// so that no descriptor of the agent's is left for the program to close and reuse.
+    pub fn close_file(&mut self) {
+        self.fd = None;
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod comm;
+mod descriptors;
 mod engine;
 mod error;
 mod event;
@@ -40,6 +41,7 @@ mod stats;
 mod table;
 
 pub use comm::ThreadNames;
+pub use descriptors::high_descriptor_floor;
 pub use dprobe_arch::{Addr, Regs};
 pub use engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest};
 pub use error::ProbeError;

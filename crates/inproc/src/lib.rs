@@ -71,6 +71,7 @@ mod mapped;
 mod mask_guard;
 mod memory;
 mod optimizer;
+pub mod own_files;
 mod page_alias;
 mod probe;
 mod program_errno;
@@ -108,6 +109,7 @@ pub use probe::{
 };
 pub use program_errno::{program_errno, set_program_errno};
 pub use safepoint::moved as safepoint_moves;
+pub use sys::close_mem_file;
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
 
 /// Every lock of dprobe's registration side, held for as long as the value lives. For tests:

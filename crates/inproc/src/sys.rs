@@ -4,12 +4,12 @@
 //! Everything here is callable from registration paths; the functions marked
 //! *async-signal-safe* are also used on the hit path.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::{Mutex, OnceLock};
 
 use dprobe_arch::{Addr, MemoryFault};
+
+use crate::own_files::{self, FileId};
 
 /// Write `bytes` at `addr` in this process's code through `/proc/self/mem`, which writes
 /// through page protections (as a debugger's `PTRACE_POKETEXT` does): an `int3` probe leaves
@@ -23,23 +23,14 @@ use dprobe_arch::{Addr, MemoryFault};
 /// threads are not serialized here: the caller writes every change of one protocol step, then
 /// calls [`sync_cores`] once for all of them.
 pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
-    // An open `/proc/self/mem` stays the memory of the process that opened it: a forked child
-    // opens its own, or it would write its parent's code.
-    static MEM: Mutex<Option<(libc::pid_t, File)>> = Mutex::new(None);
     let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = own_pid();
-    if mem.as_ref().is_none_or(|(opened_by, _)| *opened_by != pid) {
-        let file = File::options().read(true).write(true).open("/proc/self/mem");
-        let file = file.map_err(|e| io::Error::new(e.kind(), format!("opening /proc/self/mem: {e}")))?;
-        *mem = Some((pid, file));
-    }
-    let (_, file) = mem.as_ref().expect("opened above");
+    let fd = mem_file(&mut mem)?;
     // The system call itself, not the C library's `pwrite64`, which may be probed (and on
     // `int3` while a batch is being placed).
     let mut done = 0;
     while done < bytes.len() {
         let rest = &bytes[done..];
-        let args = [file.as_raw_fd() as u64, rest.as_ptr() as u64, rest.len() as u64, addr.0 + done as u64, 0, 0];
+        let args = [fd as u64, rest.as_ptr() as u64, rest.len() as u64, addr.0 + done as u64, 0, 0];
         // SAFETY: pwrite64 reads `rest`, which lives for the call; the kernel checks the rest.
         let n = unsafe { raw_syscall6(libc::SYS_pwrite64, args) };
         match n {
@@ -50,6 +41,58 @@ pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The engine's `/proc/self/mem`: the process that opened it, its descriptor and its file.
+struct MemFile {
+    pid: libc::pid_t,
+    fd: i32,
+    id: FileId,
+}
+
+static MEM: Mutex<Option<MemFile>> = Mutex::new(None);
+
+/// The descriptor of this process's `/proc/self/mem`, opened if it is not open yet, or if the
+/// one open is not it any more: a forked child's copy of its parent's (which would write the
+/// parent's code: closed), or a number the program closed and maybe reused for a file of its
+/// own (left alone: see `own_files.rs`).
+fn mem_file(mem: &mut Option<MemFile>) -> io::Result<i32> {
+    let pid = own_pid();
+    if let Some(open) = mem.as_ref().filter(|m| m.pid == pid && m.id.is(m.fd)) {
+        return Ok(open.fd);
+    }
+    if let Some(inherited) = mem.take().filter(|m| m.pid != pid) {
+        own_files::close_if_ours(inherited.fd, inherited.id);
+    }
+    let path = c"/proc/self/mem";
+    // SAFETY: opens a file by a NUL-terminated path that lives for the call. (The system
+    // call itself: the C library's `open` may be probed, on `int3` while a batch is placed.)
+    let fd = unsafe {
+        raw_syscall6(
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, path.as_ptr() as u64, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0, 0, 0],
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::from_raw_os_error(-fd as i32);
+        return Err(io::Error::new(e.kind(), format!("opening /proc/self/mem: {e}")));
+    }
+    let fd = own_files::keep_high(fd as i32);
+    let Some(id) = FileId::of(fd) else {
+        own_files::close(fd);
+        return Err(io::Error::other("opening /proc/self/mem: the descriptor opened is gone"));
+    };
+    *mem = Some(MemFile { pid, fd, id });
+    Ok(fd)
+}
+
+/// Close the engine's `/proc/self/mem` (a traced program's session is over; in a forked
+/// child, its copy of the parent's): opened again by the next code write.
+pub fn close_mem_file() {
+    let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(open) = mem.take() {
+        own_files::close_if_ours(open.fd, open.id);
+    }
 }
 
 /// This process's `/proc/self/maps`, read into `text` (emptied first) with the system calls

@@ -89,6 +89,8 @@ struct Functions {
     dlerror: Option<u64>,
     errno_location: Option<u64>,
     memfd_create: Option<u64>,
+    fcntl: Option<u64>,
+    close: Option<u64>,
 }
 
 /// One thread of a process held stopped by the tracer, to call functions through.
@@ -260,6 +262,8 @@ impl Injector {
             dlerror: find(&["libc:dlerror", "libdl:dlerror"]),
             errno_location: find(&["libc:__errno_location"]),
             memfd_create: find(&["libc:memfd_create"]),
+            fcntl: find(&["libc:fcntl64", "libc:fcntl"]),
+            close: find(&["libc:close"]),
         })
     }
 
@@ -335,6 +339,7 @@ impl Injector {
         if fd < 0 {
             return Err(LoadError::Refused { pid, reason: "it could not make a memory file (memfd_create)".into() });
         }
+        let fd = self.keep_high(functions, fd)?;
         let path = format!("/proc/{pid}/fd/{fd}");
         let written = std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| {
             use std::io::Write;
@@ -342,6 +347,24 @@ impl Injector {
         });
         written.map_err(|e| LoadError::Refused { pid, reason: format!("writing the agent into {path}: {e}") })?;
         Ok(path)
+    }
+
+    /// Move the process's descriptor `fd` (one of dprobe's) up near the top of its usual
+    /// descriptors, closing `fd`: the number the program's first `open` returns is the one it
+    /// returns untraced (see `dprobe_inproc::own_files`). The new number, or `fd` where the
+    /// process's C library cannot do it.
+    fn keep_high(&mut self, functions: &Functions, fd: i32) -> Result<i32, LoadError> {
+        let (Some(fcntl), Some(close)) = (functions.fcntl, functions.close) else { return Ok(fd) };
+        let floor = high_floor(self.pid);
+        if fd as u64 >= floor {
+            return Ok(fd);
+        }
+        let high = self.call(fcntl, &[], &[fd as u64, libc::F_DUPFD_CLOEXEC as u64, floor])? as i32;
+        if high < 0 {
+            return Ok(fd);
+        }
+        self.call(close, &[], &[fd as u64])?;
+        Ok(high)
     }
 
     /// Stop the thread of a running process whose call did not return, so that its registers
@@ -692,4 +715,17 @@ fn cpu_time(pid: i32, tid: i32) -> u64 {
     // utime and stime are the 14th and 15th fields, the 12th and 13th after the name.
     let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     tick(11) + tick(12)
+}
+
+/// The lowest number for dprobe's descriptors in process `pid`, from its soft limit on open
+/// files (see [`dprobe_core::high_descriptor_floor`]).
+fn high_floor(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    dprobe_core::high_descriptor_floor(soft)
 }

@@ -1,0 +1,153 @@
+//! dprobe's own descriptors stay out of the traced program's way: a started program's first
+//! `open` gets the number it gets untraced; a program that closes every descriptor it did not
+//! open (a daemon's `close_range`) is unharmed and its files untouched (the agent ends its
+//! session: nothing more is traced); a process dprobe attached to and detached from keeps no
+//! descriptor of the agent's but the memory file it loads the agent from, out of its way.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::trace_to_file;
+
+const FIRST_OPEN: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(void) {
+    long s = 0;
+    for (int i = 0; i < 100; i++) s += work(i);
+    printf("first open %d, sum %ld\n", open("/dev/null", O_RDONLY), s);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_started_programs_first_open_gets_the_number_it_gets_untraced() {
+    let program = common::c_program_from("first-open", FIRST_OPEN, &["-O1"]);
+    let untraced = Command::new(program).stdin(Stdio::null()).output().unwrap();
+    let untraced = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    assert!(untraced.starts_with("first open 3,"), "{untraced}");
+    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
+    for engine in ["ptrace", "agent"] {
+        let t = trace_to_file(&format!("first-open-{engine}"), &["--engine", engine, "-c", &probe, "--", program]);
+        assert_eq!((t.code, t.stdout.as_str()), (Some(0), untraced.as_str()), "{}", t.what(engine));
+        assert_eq!(common::hits(&t.trace, &probe), 100, "{}", t.what(engine));
+    }
+}
+
+const CLOSER: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(int argc, char **argv) {
+    long s = 0;
+    for (int i = 0; i < 10; i++) { s += work(i); usleep(20000); }
+    close_range(3, ~0U, 0);   /* a daemon closing what it inherited */
+    int fds[3];
+    for (int k = 0; k < 3; k++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s.%d", argv[1], k);
+        fds[k] = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        write(fds[k], "data\n", 5);
+    }
+    for (int i = 10; i < 40; i++) { s += work(i); usleep(20000); }
+    long sizes = 0;
+    for (int k = 0; k < 3; k++) { struct stat st; fstat(fds[k], &st); sizes += st.st_size; }
+    printf("sizes %ld sum %ld\n", sizes, s);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_program_that_closes_every_descriptor_it_did_not_open_is_unharmed() {
+    let program = common::c_program_from("closer", CLOSER, &["-O1"]);
+    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
+    for engine in ["ptrace", "agent"] {
+        for detach in [false, true] {
+            let files = common::out_file(&format!("closer-{engine}-{detach}"));
+            let files = files.to_str().unwrap();
+            let mut args = vec!["--engine", engine, "-c", &probe];
+            if detach {
+                // After the close, while it runs.
+                args.extend(["-d", "500ms"]);
+            }
+            args.extend(["--", program, files]);
+            let t = trace_to_file(&format!("closer-{engine}-{detach}-trace"), &args);
+            let what = t.what(&format!("{engine} detach={detach}"));
+            assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sizes 15 sum 1560\n"), "{what}");
+            for k in 0..3 {
+                assert_eq!(std::fs::read(format!("{files}.{k}")).unwrap(), b"data\n", "{what}");
+            }
+            if engine == "agent" {
+                assert!(t.trace.contains("closed the agent's connection"), "{what}");
+                // The calls before the close, at least (the agent sees the close within 20 ms).
+                assert!((10..=12).contains(&common::hits(&t.trace, &probe)), "{what}");
+            } else if !detach {
+                assert_eq!(common::hits(&t.trace, &probe), 40, "{what}");
+            }
+        }
+    }
+}
+
+const RUNNING: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(void) {
+    long s = 0;
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < 1000; i++) { s += work(i); usleep(10000); }
+    printf("%ld\n", s);
+    return 0;
+}
+"#;
+
+/// The descriptors of process `pid` and what each names.
+fn descriptors(pid: u32) -> Vec<(u32, String)> {
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse().ok()?;
+            Some((n, std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn a_process_attached_to_and_let_go_keeps_none_of_the_agents_descriptors_in_its_way() {
+    let program = common::c_program_from("running-fds", RUNNING, &["-O1"]);
+    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
+    let mut child =
+        Command::new(program).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let before = descriptors(child.id());
+    let pid = child.id().to_string();
+    for round in 0..2 {
+        let t = trace_to_file(
+            &format!("running-fds-{round}"),
+            &["--engine", "agent", "-d", "300ms", "-c", "-p", &pid, &probe],
+        );
+        assert!(t.trace.contains("goes on untraced"), "{}", t.what("agent"));
+        let after = descriptors(child.id());
+        let added: Vec<&(u32, String)> = after.iter().filter(|d| !before.contains(d)).collect();
+        // The memory file the agent is loaded from (loaded again from it next time), high.
+        assert!(
+            added.len() == 1 && added[0].0 >= 900 && added[0].1.starts_with("/memfd:dprobe-agent"),
+            "round {round}: before {before:?}, after {after:?}"
+        );
+        assert!(before.iter().all(|d| after.contains(d)), "round {round}: before {before:?}, after {after:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,161 @@
+//! The files dprobe keeps open inside a traced program: out of the program's way, and never
+//! taken for the program's.
+//!
+//! # Why
+//!
+//! A program expects the descriptors it did not open to be free: its first `open` returns 3
+//! untraced, a shell script's `exec 3<file` replaces whatever is at 3, a daemon closes every
+//! descriptor it inherited (`close_range(3, ~0U)`) and opens its own files, which then get
+//! the numbers dprobe's had. So dprobe's long-lived descriptors (the engine's
+//! `/proc/self/mem`, the agent's connection and notification pipe) are moved to numbers near
+//! the top of the usual 1,024 ([`keep_high`]), and each is known by its file's identity
+//! (device and inode, [`FileId`]): before dprobe writes through one, it checks that the number
+//! still names the file it opened. A number the program closed, or closed and opened again
+//! for one of its own files, is left alone (closing it would close the program's file;
+//! writing to it would write code bytes into it): dprobe opens its file again, or, for a
+//! connection, ends its session.
+//!
+//! A check and the use after it are two system calls: a program that closes the descriptor
+//! and opens a file in between, from another thread, is not caught. Everything here is a raw
+//! system call: it runs while the C library's functions may be probed on `int3`.
+
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+use crate::sys::raw_syscall6;
+
+/// A file's identity: its device and inode, as `fstat` gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file `fd` names, if it names one. Async-signal-safe.
+    pub fn of(fd: i32) -> Option<FileId> {
+        // SAFETY: a plain struct of integers, filled by the kernel below.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes the `stat` it is given, which lives for the call.
+        let rc = unsafe { raw_syscall6(libc::SYS_fstat, [fd as u64, &mut st as *mut libc::stat as u64, 0, 0, 0, 0]) };
+        (rc == 0).then_some(FileId { dev: st.st_dev, ino: st.st_ino })
+    }
+
+    /// Whether `fd` names this file still. Async-signal-safe.
+    pub fn is(&self, fd: i32) -> bool {
+        FileId::of(fd) == Some(*self)
+    }
+}
+
+/// A [`FileId`] other threads read: set before the descriptor it names is published.
+pub struct AtomicFileId {
+    dev: AtomicU64,
+    ino: AtomicU64,
+}
+
+impl AtomicFileId {
+    /// No file yet (no descriptor names it).
+    pub const fn new() -> AtomicFileId {
+        AtomicFileId { dev: AtomicU64::new(u64::MAX), ino: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Set the identity, before the descriptor it names is published.
+    pub fn store(&self, id: FileId) {
+        self.dev.store(id.dev, Release);
+        self.ino.store(id.ino, Release);
+    }
+
+    /// Whether `fd` names the file stored last. Async-signal-safe.
+    pub fn is(&self, fd: i32) -> bool {
+        FileId { dev: self.dev.load(Acquire), ino: self.ino.load(Acquire) }.is(fd)
+    }
+}
+
+impl Default for AtomicFileId {
+    fn default() -> Self {
+        AtomicFileId::new()
+    }
+}
+
+/// The lowest number for dprobe's descriptors, from the soft limit on open files (see
+/// [`dprobe_core::high_descriptor_floor`]).
+fn floor() -> u64 {
+    let mut limit = libc::rlimit64 { rlim_cur: u64::MAX, rlim_max: u64::MAX };
+    // SAFETY: prlimit64 of this process, reading only: it writes the `rlimit64` it is given.
+    let rc = unsafe {
+        raw_syscall6(
+            libc::SYS_prlimit64,
+            [0, libc::RLIMIT_NOFILE as u64, 0, &mut limit as *mut libc::rlimit64 as u64, 0, 0],
+        )
+    };
+    dprobe_core::high_descriptor_floor(if rc == 0 { limit.rlim_cur } else { u64::MAX })
+}
+
+/// Move descriptor `fd` (dprobe's, closed at `exec`) up to the first free number from
+/// [`floor`], closing `fd`: the new number, or `fd` itself where none is free there.
+pub fn keep_high(fd: i32) -> i32 {
+    if fd < 0 || fd as u64 >= floor() {
+        return fd;
+    }
+    // SAFETY: duplicates a descriptor of dprobe's; the kernel checks the rest.
+    let high = unsafe { raw_syscall6(libc::SYS_fcntl, [fd as u64, libc::F_DUPFD_CLOEXEC as u64, floor(), 0, 0, 0]) };
+    if high < 0 {
+        return fd;
+    }
+    close(fd);
+    high as i32
+}
+
+/// Close descriptor `fd`, dprobe's own.
+pub fn close(fd: i32) {
+    // SAFETY: closes a descriptor the caller owns.
+    unsafe { raw_syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) };
+}
+
+/// Close `fd` if it still names the file `id` (dprobe's); otherwise it is the program's now,
+/// and stays open.
+pub fn close_if_ours(fd: i32, id: FileId) {
+    if id.is(fd) {
+        close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_null() -> i32 {
+        // SAFETY: opens a file by a NUL-terminated path.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+    }
+
+    #[test]
+    fn a_descriptor_kept_high_is_above_the_floor_and_the_low_number_is_free_again() {
+        let low = open_null();
+        let high = keep_high(low);
+        assert!(high as u64 >= floor() && high != low, "{low} -> {high}");
+        assert!(FileId::of(low).is_none(), "the low number was closed");
+        assert!(FileId::of(high).is_some());
+        // SAFETY: the descriptor's flags, read.
+        assert_ne!(unsafe { libc::fcntl(high, libc::F_GETFD) } & libc::FD_CLOEXEC, 0, "closed at exec");
+        close(high);
+    }
+
+    #[test]
+    fn a_number_the_program_reused_is_not_taken_for_dprobes_file() {
+        let ours = keep_high(open_null());
+        let id = FileId::of(ours).unwrap();
+        assert!(id.is(ours));
+        // The program closes it and a file of its own gets the number.
+        close(ours);
+        assert!(!id.is(ours));
+        // SAFETY: opens a file by a NUL-terminated path, duplicated onto the number.
+        let programs = unsafe { libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY) };
+        // SAFETY: dup2 of a descriptor this test owns.
+        assert_eq!(unsafe { libc::dup2(programs, ours) }, ours);
+        assert!(!id.is(ours));
+        close_if_ours(ours, id);
+        assert!(FileId::of(ours).is_some(), "the program's file is left open");
+        close(ours);
+        close(programs);
+    }
+}
