@@ -41,6 +41,37 @@ fn the_stack_at_a_leaf_is_its_call_path() {
     }
 }
 
+const LIBRARY_CALLER: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) int asks_its_pid(void) { return getpid() > 0; }
+int main(void) {
+    int n = 0;
+    for (int i = 0; i < 3; i++) n += asks_its_pid();
+    printf("%d\n", n);
+    return 0;
+}
+"#;
+
+/// A probe in a shared library: the stack goes on into the program's callers. (The agent
+/// makes a code page of the library writable under a jump, with a read-only alias of it
+/// elsewhere: the alias is no part of the library's range when unwinding.)
+#[test]
+fn the_stack_at_a_library_function_goes_on_into_the_programs_callers() {
+    let program = common::c_program_from("library-caller", LIBRARY_CALLER, &["-O1", "-g"]);
+    for &engine in ENGINES {
+        let Traced { code, stdout, stderr, trace } =
+            trace_to_file("stack-library", &["--engine", engine, "--json", "--stack", "libc:getpid", "--", program]);
+        let what = format!("{engine}\n{stderr}\n{trace}");
+        assert_eq!((code, stdout.as_str()), (Some(0), "3\n"), "{what}");
+        let stacks: Vec<Vec<String>> = events(&trace, "getpid").map(|e| path_to_main(&e, "main")).collect();
+        assert_eq!(stacks.len(), 3, "{what}");
+        for stack in &stacks {
+            assert_eq!(stack[1..], ["asks_its_pid", "main"], "{stack:?}\n{what}");
+        }
+    }
+}
+
 #[test]
 fn a_caller_with_a_pending_return_probe_stays_in_the_stack() {
     for p in programs() {

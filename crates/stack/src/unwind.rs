@@ -141,8 +141,11 @@ impl Unwinder {
 /// Each file mapped with code, and the range its mappings cover.
 fn objects(maps: &[Mapping]) -> Vec<(&str, Range<u64>)> {
     let mut out: Vec<(&str, Range<u64>)> = Vec::new();
-    for m in maps {
+    for (i, m) in maps.iter().enumerate() {
         let Some(path) = m.path.as_deref().filter(|p| p.starts_with('/')) else { continue };
+        if !own_mapping(maps, i, path) {
+            continue;
+        }
         match out.iter_mut().find(|(p, _)| *p == path) {
             Some((_, r)) => {
                 r.start = r.start.min(m.start.0);
@@ -153,4 +156,65 @@ fn objects(maps: &[Mapping]) -> Vec<(&str, Range<u64>)> {
     }
     out.retain(|(path, r)| maps.iter().any(|m| m.exec && m.path.as_deref() == Some(*path) && r.contains(&m.start.0)));
     out
+}
+
+/// Whether `maps[i]`, a mapping of `path`, is part of the object as loaded: in the run of
+/// mappings that starts at a mapping of its first page and holds no other file's mapping,
+/// the longest such run. A page of its file mapped elsewhere (the agent's read-only alias of
+/// a code page it holds writable) would stretch the object's range over other objects'.
+/// (Segments are not all at one bias from their file offsets: a linker may leave gaps.)
+fn own_mapping(maps: &[Mapping], i: usize, path: &str) -> bool {
+    let ours = |m: &Mapping| m.path.as_deref() == Some(path);
+    let run = |first: usize| {
+        let len = maps[first..].iter().take_while(|m| m.path.as_deref().is_none_or(|p| ours(m) || !p.starts_with('/')));
+        first..first + len.count()
+    };
+    let firsts = maps.iter().enumerate().filter(|(_, m)| ours(m) && m.offset == 0).map(|(k, _)| run(k));
+    match firsts.max_by_key(|r| maps[r.clone()].iter().filter(|m| ours(m)).count()) {
+        Some(loaded) => loaded.contains(&i),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_of_an_object_mapped_elsewhere_is_not_part_of_its_range() {
+        // libc loaded at 0x7f10000000 with a code page held writable, a read-only alias of
+        // that page mapped below, under another object, as the agent does.
+        let maps = dprobe_sym::parse_maps(
+            "7f00000000-7f00001000 r--p 0003c000 fe:00 7 /lib/libc.so.6\n\
+             7f00100000-7f00200000 r-xp 00000000 00:01 9 /memfd:agent (deleted)\n\
+             7f10000000-7f10026000 r--p 00000000 fe:00 7 /lib/libc.so.6\n\
+             7f10026000-7f1003c000 r-xp 00026000 fe:00 7 /lib/libc.so.6\n\
+             7f1003c000-7f1003d000 rwxp 0003c000 fe:00 7 /lib/libc.so.6\n\
+             7f1003d000-7f10100000 r-xp 0003d000 fe:00 7 /lib/libc.so.6\n",
+        );
+        let found = objects(&maps);
+        assert_eq!(
+            found,
+            vec![
+                ("/memfd:agent (deleted)", 0x7f00100000..0x7f00200000),
+                ("/lib/libc.so.6", 0x7f10000000..0x7f10100000)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_alias_of_an_objects_first_page_is_not_taken_for_where_it_is_loaded() {
+        // A program whose code starts in its first page, that page's alias above it.
+        let maps = dprobe_sym::parse_maps(
+            "5500000000-5500003000 r-xp 00000000 fe:00 5 /bin/prog\n\
+             5500003000-5500004000 rw-p 00003000 fe:00 5 /bin/prog\n\
+             7f00100000-7f00200000 r-xp 00000000 00:01 9 /lib/other.so\n\
+             7f00300000-7f00301000 r--p 00000000 fe:00 5 /bin/prog\n",
+        );
+        let found = objects(&maps);
+        assert_eq!(
+            found,
+            vec![("/bin/prog", 0x5500000000..0x5500004000), ("/lib/other.so", 0x7f00100000..0x7f00200000)]
+        );
+    }
 }
