@@ -56,6 +56,31 @@ fn process_cannot(pid: i32) -> Option<String> {
     None
 }
 
+/// The process id of another dprobe whose agent traces process `pid` now, if one does: its
+/// listener for the agent's connection (`dprobe-agent.DPROBE.N.PID`, an abstract socket) is
+/// open; the `dprobe` the user started, which that tracing process was split from (see
+/// `dprobe-holder`), while it runs. (A forked child traced through its parent's session is
+/// not seen here; its agent refuses a second session itself.)
+pub fn agent_session_of(pid: i32) -> Option<u32> {
+    let tracer = agent_listener_for(pid)?;
+    let parent = std::fs::read_to_string(format!("/proc/{tracer}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
+    let program = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    Some(parent.filter(|&p| program(p).is_some() && program(p) == program(tracer)).unwrap_or(tracer))
+}
+
+/// The process holding dprobe's listener for the agent in process `pid`, if any.
+fn agent_listener_for(pid: i32) -> Option<u32> {
+    let sockets = std::fs::read_to_string("/proc/net/unix").ok()?;
+    sockets.lines().find_map(|line| {
+        let name = line.split_whitespace().nth(7)?.strip_prefix("@dprobe-agent.")?;
+        let mut parts = name.split('.');
+        let (dprobe, _, traced) = (parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
+        (traced.parse::<i32>().ok()? == pid && dprobe != std::process::id()).then_some(dprobe)
+    })
+}
+
 /// A thread of process `pid` that blocks `SIGTRAP`, if any (`dprobe_agent::thread_blocking_traps`):
 /// the agent's first trap there would kill the program. (A process whose threads cannot be
 /// read cannot have the agent loaded either.)

@@ -164,6 +164,14 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             Some(reason) => (Engine::Ptrace, format!("the agent cannot be used: {reason}")),
         },
     };
+    if let (Engine::Agent | Engine::Ptrace, Some(pid)) = (engine, args.pid) {
+        if let Some(other) = choose::agent_session_of(pid) {
+            bail!(
+                "process {pid} is traced by another dprobe (process {other}) with the agent: two tracers \
+                 would patch the same code; end that trace first"
+            );
+        }
+    }
     if let (Some(Engine::Agent), Some(pid)) = (args.engine, args.pid) {
         // Asked for: a default choice of the agent has looked already (`choose::agent_cannot`).
         if let Some(tid) = choose::thread_blocking_traps(pid) {
