@@ -9,6 +9,10 @@
 //! - a probe on the C library's `sigaction` points a call that installs a handler function
 //!   whose mask holds `SIGTRAP` at a copy of its action without it (the thread's own copies,
 //!   as `mask_guard.rs` uses them), and the function runs on the copy;
+//! - the same probe answers a call for a signal whose handler is dprobe's (the trap, the
+//!   faults) without installing anything: the program's action becomes the one dprobe's
+//!   handler passes the program's own signals to (`signals::program_installs`), and `old`
+//!   shows the program's, as if installed;
 //! - the actions already installed when the guard is made get the same change, through the
 //!   system call itself;
 //! - when the last guard goes, the probe is removed first, then `SIGTRAP` is put back in the
@@ -154,11 +158,61 @@ fn is_disposition(handler: u64) -> bool {
     handler == libc::SIG_DFL as u64 || handler == libc::SIG_IGN as u64
 }
 
+/// `sigaction(sig, act, old)` for a signal whose handler is dprobe's (the trap, a fault):
+/// answered as the kernel would, without installing anything (`signals::program_installs`):
+/// `old` gets the program's disposition, `act` becomes it, and the function returns 0 (an
+/// `old` that cannot be written: -1 with `EFAULT`, `act` taken all the same, as the kernel
+/// does). `None` for other signals, and where `act` cannot be read (the call fails by itself).
+fn answer_for_dprobes_signal(regs: &mut Regs) -> Option<PreAction> {
+    let (sig, act, old_at) = (regs.rdi as i32, regs.rsi, regs.rdx);
+    if !(1..=64).contains(&sig) {
+        return None;
+    }
+    let new = match act {
+        0 => None,
+        at => Some(read_words::<{ signals::ACTION_WORDS }>(at)?),
+    };
+    let mut return_to = [0u8; 8];
+    sys::read_memory(Addr(regs.rsp), &mut return_to).ok()?;
+    let mut old = [0u64; signals::ACTION_WORDS];
+    if !signals::program_installs(sig, new.as_ref(), &mut old) {
+        return None;
+    }
+    let mut bytes = [0u8; signals::ACTION_WORDS * 8];
+    for (b, w) in bytes.chunks_exact_mut(8).zip(old) {
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+    regs.rax = 0;
+    if old_at != 0 && sys::write_memory(Addr(old_at), &bytes).is_err() {
+        regs.rax = u64::MAX;
+        crate::set_program_errno(libc::EFAULT);
+    }
+    // Returned from `sigaction`.
+    regs.rip = u64::from_le_bytes(return_to);
+    regs.rsp += 8;
+    Some(PreAction::SkipInstruction)
+}
+
+/// The `N` words at `at`, if they can be read.
+fn read_words<const N: usize>(at: u64) -> Option<[u64; N]> {
+    let mut bytes = [0u8; 256];
+    let bytes = bytes.get_mut(..N * 8)?;
+    sys::read_memory(Addr(at), bytes).ok()?;
+    let mut words = [0u64; N];
+    for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    }
+    Some(words)
+}
+
 /// `sigaction(sig, act, old)`'s first instruction: an action with a handler function whose
 /// mask holds `SIGTRAP` is read from a copy without it, and recorded as the one dprobe left.
 /// Any other action is left as it is, and so is one that cannot be read or a call on a
 /// thread without dprobe's state.
 fn action_without_trap(regs: &mut Regs) -> PreAction {
+    if let Some(answered) = answer_for_dprobes_signal(regs) {
+        return answered;
+    }
     let (sig, act) = (regs.rdi as i32, regs.rsi);
     if act == 0 || !(1..=64).contains(&sig) || sig == libc::SIGTRAP {
         return PreAction::Continue;
@@ -168,14 +222,7 @@ fn action_without_trap(regs: &mut Regs) -> PreAction {
         // Another guard's probe made this copy (and marked the signal).
         return PreAction::Continue;
     }
-    let mut bytes = [0u8; SIGNAL_COPY_WORDS * 8];
-    if sys::read_memory(Addr(act), &mut bytes).is_err() {
-        return PreAction::Continue;
-    }
-    let mut words = [0u64; SIGNAL_COPY_WORDS];
-    for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-        *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    }
+    let Some(mut words) = read_words::<SIGNAL_COPY_WORDS>(act) else { return PreAction::Continue };
     let (handler, mask) = (words[0], words[MASK_WORD]);
     if is_disposition(handler) || mask & TRAP == 0 {
         return PreAction::Continue;

@@ -6,8 +6,14 @@
 //! program's own `int3` and its own fault handlers keep working. The safepoint signal
 //! (`safepoint.rs`) moves threads out of code a jump is about to replace; every dprobe handler
 //! blocks it while it runs, so that a thread is examined where its handler sent it.
+//!
+//! A program that installs its own action for the trap or a fault signal after dprobe's
+//! (a crash reporter's handlers, installed at its start) would take dprobe's traps for its
+//! own: while `sigaction` is probed (`handler_masks.rs`), such a call installs nothing and
+//! answers as the kernel would, and its action becomes the one dprobe's handler passes the
+//! program's own signals to ([`program_installs`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The signals dprobe handles.
@@ -19,12 +25,65 @@ pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut 
 /// Room for the real-time signals too.
 const MAX_SIG: usize = 65;
 
-/// The dispositions dprobe replaced, read by the chaining code in signal context. Written
-/// once per signal, before dprobe's handler for that signal is installed.
-static mut PREVIOUS: [libc::sigaction; MAX_SIG] = [const {
-    // SAFETY: `sigaction` is plain old data; all-zero is SIG_DFL with no flags.
-    unsafe { std::mem::zeroed() }
-}; MAX_SIG];
+/// The C library's `struct sigaction` in words.
+pub(crate) const ACTION_WORDS: usize = std::mem::size_of::<libc::sigaction>() / 8;
+const _: () = assert!(std::mem::size_of::<libc::sigaction>() == ACTION_WORDS * 8);
+
+/// The program's disposition of each signal dprobe handles, read by the chaining code in
+/// signal context: the one dprobe's handler replaced, or the one the program installed since
+/// through the probed `sigaction`. Read and written under [`VERSION`] (a sequence lock: odd
+/// while a write is under way), word by word.
+static PREVIOUS: [[AtomicU64; ACTION_WORDS]; MAX_SIG] =
+    [const { [const { AtomicU64::new(0) }; ACTION_WORDS] }; MAX_SIG];
+static VERSION: [AtomicU32; MAX_SIG] = [const { AtomicU32::new(0) }; MAX_SIG];
+
+/// The program's disposition of `sig` (see [`PREVIOUS`]). Async-signal-safe.
+fn previous(sig: libc::c_int) -> libc::sigaction {
+    let (words, version) = (&PREVIOUS[sig as usize], &VERSION[sig as usize]);
+    loop {
+        let before = version.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let copy: [u64; ACTION_WORDS] = std::array::from_fn(|i| words[i].load(Ordering::Relaxed));
+        std::sync::atomic::fence(Ordering::Acquire);
+        if version.load(Ordering::Relaxed) == before {
+            // SAFETY: `sigaction` is plain old data of exactly these words.
+            return unsafe { std::mem::transmute::<[u64; ACTION_WORDS], libc::sigaction>(copy) };
+        }
+    }
+}
+
+/// Make `action` (the C library's `struct sigaction`, in words) the program's disposition of
+/// `sig`. Async-signal-safe; writers of one signal wait for each other (a few stores).
+fn set_previous(sig: libc::c_int, action: &[u64; ACTION_WORDS]) {
+    let (words, version) = (&PREVIOUS[sig as usize], &VERSION[sig as usize]);
+    let mut v = version.load(Ordering::Relaxed);
+    loop {
+        if v % 2 == 1 {
+            std::hint::spin_loop();
+            v = version.load(Ordering::Relaxed);
+            continue;
+        }
+        match version.compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(now) => v = now,
+        }
+    }
+    std::sync::atomic::fence(Ordering::Release);
+    for (word, value) in words.iter().zip(action) {
+        word.store(*value, Ordering::Relaxed);
+    }
+    version.store(v + 2, Ordering::Release);
+}
+
+/// The words of `action`.
+fn words_of(action: &libc::sigaction) -> [u64; ACTION_WORDS] {
+    // SAFETY: `sigaction` is plain old data of exactly these words.
+    unsafe { std::mem::transmute::<libc::sigaction, [u64; ACTION_WORDS]>(*action) }
+}
+
 static INSTALLED: [AtomicBool; MAX_SIG] = [const { AtomicBool::new(false) }; MAX_SIG];
 static INSTALL_LOCK: Mutex<()> = Mutex::new(());
 
@@ -58,14 +117,14 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     }
     let mut old: libc::sigaction = unsafe_zeroed();
     // SAFETY: both pointers are valid sigaction structs. PREVIOUS[sig] is written before
-    // INSTALLED is set, under the install lock, and only read by `chain` for signals whose
-    // handler is dprobe's, i.e. after this store.
+    // INSTALLED is set, under the install lock: `chain` reads it for signals whose handler is
+    // dprobe's, after this store.
     unsafe {
         if libc::sigaction(sig, &action, &mut old) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        (*std::ptr::addr_of_mut!(PREVIOUS))[sig as usize] = old;
     }
+    set_previous(sig, &words_of(&old));
     crate::interrupted::learn_restorer(sig);
     INSTALLED[sig as usize].store(true, Ordering::Release);
     Ok(())
@@ -106,10 +165,45 @@ pub enum Redeliver {
 
 /// Whether the program had a handler function (not the default, not "ignore") for `sig`.
 pub fn has_program_handler(sig: libc::c_int) -> bool {
-    // SAFETY: PREVIOUS[sig] is written once before our handler is installed (see `install`).
-    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS))[sig as usize] };
+    let prev = previous(sig);
     prev.sa_sigaction != libc::SIG_DFL && prev.sa_sigaction != libc::SIG_IGN
 }
+
+/// A program's `sigaction(sig, new, old)` for a signal whose handler is dprobe's (the trap
+/// and the fault signals): `old` gets the program's disposition as it stands, and `new`
+/// (if given) becomes the program's, to which dprobe's handler passes the program's own
+/// signals; nothing is installed. Whether it was such a signal (the call is answered).
+/// Async-signal-safe.
+pub(crate) fn program_installs(
+    sig: libc::c_int,
+    new: Option<&[u64; ACTION_WORDS]>,
+    old: &mut [u64; ACTION_WORDS],
+) -> bool {
+    let ours = sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig);
+    if !ours || !INSTALLED[sig as usize].load(Ordering::Acquire) {
+        return false;
+    }
+    *old = words_of(&previous(sig));
+    if let Some(new) = new {
+        // As the C library hands it to the kernel, and so back in a later `old`: with its
+        // signal-return stub as the restorer (the one it gave dprobe's own action).
+        let mut new = *new;
+        new[FLAGS_WORD] |= SA_RESTORER;
+        new[RESTORER_WORD] = crate::blocked::restorer(sig);
+        set_previous(sig, &new);
+    }
+    true
+}
+
+/// Words of the C library's `struct sigaction`: its flags (an `int`, then padding) and its
+/// restorer, after the handler and the 128-byte mask.
+const FLAGS_WORD: usize = 17;
+const RESTORER_WORD: usize = 18;
+const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_flags) == FLAGS_WORD * 8);
+const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_restorer) == RESTORER_WORD * 8);
+
+/// The flag that says an action has a restorer (`<asm/signal.h>`).
+const SA_RESTORER: u64 = 0x0400_0000;
 
 /// Pass a signal that is not dprobe's to the disposition the program had before.
 ///
@@ -120,9 +214,7 @@ pub fn has_program_handler(sig: libc::c_int) -> bool {
 /// Call only from a dprobe signal handler, with a valid `info` for `sig` and the kernel's
 /// `uc`.
 pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void, redeliver: Redeliver) {
-    // SAFETY: PREVIOUS[sig] was written before our handler for `sig` was installed (see
-    // `install`) and is never written again.
-    let prev = unsafe { (*std::ptr::addr_of!(PREVIOUS))[sig as usize] };
+    let prev = previous(sig);
     // Sent by a process (`raise`, `kill`, `pthread_kill`, `sigqueue`: a code of zero or
     // below), not by a fault: returning does not bring it back, and ignoring it is allowed.
     // SAFETY: the kernel's `info` for this signal, when given.
@@ -134,11 +226,13 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
             // A synchronous fault or trap cannot be ignored: restore the default and deliver
             // it again (a sent signal too: it is blocked until this handler returns, and then
             // ends the program as it would have).
-            let mut dfl = unsafe_zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            // SAFETY: valid sigaction; raise is async-signal-safe.
+            // The system call itself: the C library's `sigaction` may be probed, and its
+            // probe answers for dprobe's signals without installing anything.
+            let dfl: [u64; 4] = [libc::SIG_DFL as u64, 0, 0, 0];
+            // SAFETY: rt_sigaction reads the kernel's action `dfl` (handler, flags, restorer,
+            // mask) for an 8-byte signal set; raise is async-signal-safe.
             unsafe {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                crate::sys::raw_syscall6(libc::SYS_rt_sigaction, [sig as u64, dfl.as_ptr() as u64, 0, 8, 0, 0]);
                 if redeliver == Redeliver::Raise || sent {
                     libc::raise(sig);
                 }

@@ -119,31 +119,32 @@ fn spawned_children_take_their_int3_hits_and_run_their_commands() {
     assert!(killed_by_trap(spawn_shell("kill -TRAP $$; exit 9", &[libc::SIGTRAP])));
     assert_eq!(EXECS.load(Relaxed), 81);
 
-    // The program's own call to reset it is its own (put back at once, dprobe's handler then).
-    let mut saved = [0u64; 4];
-    // SAFETY: rt_sigaction writes the current action into `saved`, as large as the kernel's
-    // structure for an 8-byte set; then a zeroed action is the default one.
-    unsafe {
-        assert_eq!(libc::syscall(libc::SYS_rt_sigaction, libc::SIGTRAP, 0usize, saved.as_mut_ptr(), 8usize), 0);
+    // The program's own call to reset it is recorded as the program's action: the kernel's
+    // stays dprobe's (its probes keep their traps), and `sigaction` shows the default.
+    // SAFETY: a zeroed action is the default one; `shown` is written by the second call.
+    let shown = unsafe {
+        let mut shown: libc::sigaction = std::mem::zeroed();
         assert_eq!(libc::sigaction(libc::SIGTRAP, &std::mem::zeroed(), std::ptr::null_mut()), 0);
-    }
-    let reset = trap_handler();
-    // SAFETY: puts back the action read above.
-    assert_eq!(unsafe { libc::syscall(libc::SYS_rt_sigaction, libc::SIGTRAP, saved.as_ptr(), 0usize, 8usize) }, 0);
-    assert_eq!((reset, trap_handler()), (libc::SIG_DFL as u64, handler));
+        assert_eq!(libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut shown), 0);
+        shown.sa_sigaction
+    };
+    assert_eq!((shown, trap_handler()), (libc::SIG_DFL, handler));
 
-    // A forked child (a process of its own) resets `SIGTRAP` as it asks.
-    // SAFETY: the child sets one action, reads it back and leaves at once.
+    // A forked child (a process of its own) that resets `SIGTRAP` and raises one ends by it,
+    // as it would untraced.
+    // SAFETY: the child sets one action, raises the signal and leaves.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: a zeroed action is the default one, with an empty mask.
-        unsafe { libc::sigaction(libc::SIGTRAP, &std::mem::zeroed(), std::ptr::null_mut()) };
-        // SAFETY: leaves the child at once.
-        unsafe { libc::_exit(if trap_handler() == libc::SIG_DFL as u64 { 0 } else { 1 }) };
+        unsafe {
+            libc::sigaction(libc::SIGTRAP, &std::mem::zeroed(), std::ptr::null_mut());
+            libc::raise(libc::SIGTRAP);
+            libc::_exit(1);
+        }
     }
     let mut status = 0;
     // SAFETY: our child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(exited(status, 0), "status {status:#x}");
+    assert!(killed_by_trap(status), "status {status:#x}");
     drop(guard);
 }

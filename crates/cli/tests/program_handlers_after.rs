@@ -1,0 +1,82 @@
+//! A program that installs its own handlers for `SIGTRAP` and the fault signals once it runs
+//! (as a crash reporter does at its start), after the agent's: dprobe's traps stay dprobe's
+//! (a probe on `int3` counts every hit), and the program's own signals go to its handlers:
+//! `raise`, its own `int3`, a real fault its handler repairs. `sigaction` answers the program
+//! with its own handlers, as untraced; a reset to the default is honoured too. Both engines,
+//! output as untraced.
+mod common;
+
+use common::trace_to_file;
+
+const PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+static volatile sig_atomic_t traps, faults;
+static char *page;
+static void on_trap(int sig, siginfo_t *info, void *uc) { (void)sig; (void)info; (void)uc; traps++; }
+static void on_segv(int sig, siginfo_t *info, void *uc) {
+    (void)sig; (void)uc;
+    faults++;
+    if ((char *)info->si_addr == page)
+        mprotect(page, 4096, PROT_READ | PROT_WRITE);
+}
+/* A branch into its first bytes keeps a probe here on int3. */
+long looped(long n);
+__asm__(".text\n.globl looped\n.type looped,@function\nlooped:\n xor %eax, %eax\n1: add %rdi, %rax\n dec %rdi\n jnz 1b\n ret\n.size looped, .-looped\n");
+int main(void) {
+    struct sigaction sa, now;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGTRAP, &sa, 0);
+    sa.sa_sigaction = on_segv;
+    sigaction(SIGSEGV, &sa, 0);
+    sigaction(SIGTRAP, 0, &now);
+    int own_trap = now.sa_sigaction == on_trap && (now.sa_flags & SA_SIGINFO);
+    unsigned trap_flags = now.sa_flags;
+    sigaction(SIGSEGV, 0, &now);
+    int own_segv = now.sa_sigaction == on_segv;
+    long s = 0;
+    for (int i = 0; i < 100; i++) s += looped(3);
+    raise(SIGTRAP);
+    __asm__ volatile("int3");
+    page = mmap(0, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    page[0] = 7;
+    for (int i = 0; i < 100; i++) s += looped(2);
+    signal(SIGTRAP, SIG_DFL);
+    sigaction(SIGTRAP, 0, &now);
+    int reset = now.sa_handler == SIG_DFL;
+    printf("own %d %d flags %x sum %ld traps %d faults %d page %d reset %d\n", own_trap, own_segv, trap_flags, s,
+           (int)traps, (int)faults, page[0], reset);
+    fflush(stdout);
+    raise(SIGTRAP); /* the default now: the program ends as untraced */
+    return 0;
+}
+"#;
+
+#[test]
+fn handlers_the_program_installs_after_dprobes_get_its_signals_and_dprobe_its_traps() {
+    let program = common::c_program_from("handlers-after", PROGRAM, &["-O1"]);
+    let untraced = std::process::Command::new(program).output().unwrap();
+    let expected = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    assert!(
+        expected.starts_with("own 1 1 flags ") && expected.ends_with(" sum 900 traps 2 faults 1 page 7 reset 1\n"),
+        "{expected}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(untraced.status.signal(), Some(libc::SIGTRAP));
+    let probe = format!("{}:looped", program.rsplit_once('/').unwrap().1);
+    for engine in ["agent", "ptrace"] {
+        let t = trace_to_file(&format!("handlers-after-{engine}"), &["--engine", engine, "-c", &probe, "--", program]);
+        let what = t.what(engine);
+        assert_eq!(t.stdout, expected, "{what}");
+        assert_eq!(t.code, Some(128 + libc::SIGTRAP), "{what}");
+        assert!(t.trace.contains("killed by SIGTRAP"), "{what}");
+        assert_eq!(common::hits(&t.trace, &probe), 200, "{what}");
+    }
+}
