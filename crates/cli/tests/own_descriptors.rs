@@ -5,7 +5,6 @@
 //! descriptor of the agent's but the memory file it loads the agent from, out of its way.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::trace_to_file;
@@ -93,20 +92,6 @@ fn a_program_that_closes_every_descriptor_it_did_not_open_is_unharmed() {
     }
 }
 
-const RUNNING: &str = r#"
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((noinline)) int work(int x) { return x * 2; }
-int main(void) {
-    long s = 0;
-    printf("ready\n");
-    fflush(stdout);
-    for (int i = 0; i < 1000; i++) { s += work(i); usleep(10000); }
-    printf("%ld\n", s);
-    return 0;
-}
-"#;
-
 /// The descriptors of process `pid` and what each names.
 fn descriptors(pid: u32) -> Vec<(u32, String)> {
     let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -123,20 +108,14 @@ fn descriptors(pid: u32) -> Vec<(u32, String)> {
 
 #[test]
 fn a_process_attached_to_and_let_go_keeps_none_of_the_agents_descriptors_in_its_way() {
-    let program = common::c_program_from("running-fds", RUNNING, &["-O1"]);
-    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
-    let mut child =
-        Command::new(program).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let probe = "ready-then-work:work";
+    let (mut child, _out) = common::start_ready_then_work(1000);
     let before = descriptors(child.id());
     let pid = child.id().to_string();
     for round in 0..2 {
         let t = trace_to_file(
             &format!("running-fds-{round}"),
-            &["--engine", "agent", "-d", "300ms", "-c", "-p", &pid, &probe],
+            &["--engine", "agent", "-d", "300ms", "-c", "-p", &pid, probe],
         );
         assert!(t.trace.contains("goes on untraced"), "{}", t.what("agent"));
         let after = descriptors(child.id());

@@ -3,35 +3,16 @@
 //! code); the first trace goes on unharmed, and once it ends the process can be traced again.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-const RUNNING: &str = r#"
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((noinline)) int work(int x) { return x * 2; }
-int main(void) {
-    long s = 0;
-    printf("ready\n");
-    fflush(stdout);
-    for (int i = 0; i < 300; i++) { s += work(i); usleep(10000); }
-    printf("%ld\n", s);
-    return 0;
-}
-"#;
 
 #[test]
 fn a_second_trace_of_a_process_the_agent_traces_is_refused_naming_the_first() {
-    let program = common::c_program_from("second-tracer", RUNNING, &["-O1"]);
-    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
-    let mut child = Command::new(program).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let probe = "ready-then-work:work";
+    let (mut child, mut out) = common::start_ready_then_work(300);
     let pid = child.id().to_string();
     let first = common::dprobe_command()
-        .args(["trace", "--engine", "agent", "-d", "1500ms", "-c", "-p", &pid, &probe])
+        .args(["trace", "--engine", "agent", "-d", "1500ms", "-c", "-p", &pid, probe])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -49,7 +30,7 @@ fn a_second_trace_of_a_process_the_agent_traces_is_refused_naming_the_first() {
     }
     let expected = format!("process {pid} is traced by another dprobe (process {}) with the agent", first.id());
     for engine in [None, Some("ptrace"), Some("agent")] {
-        let mut args = vec!["trace", "-c", "-d", "200ms", "-p", &pid, &probe];
+        let mut args = vec!["trace", "-c", "-d", "200ms", "-p", &pid, probe];
         if let Some(e) = engine {
             args.extend(["--engine", e]);
         }
@@ -63,7 +44,7 @@ fn a_second_trace_of_a_process_the_agent_traces_is_refused_naming_the_first() {
     assert_eq!(first.status.code(), Some(0), "{summary}");
     assert!(summary.contains("goes on untraced"), "{summary}");
     // The first trace over, the process is traced again.
-    let again = common::dprobe(&["trace", "-c", "-d", "200ms", "-p", &pid, &probe]);
+    let again = common::dprobe(&["trace", "-c", "-d", "200ms", "-p", &pid, probe]);
     assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();

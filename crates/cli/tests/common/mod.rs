@@ -97,6 +97,41 @@ pub fn c_program_from(name: &str, source: &str, flags: &[&str]) -> &'static str 
     dprobe_test_fixtures::c_program(src.to_str().unwrap(), name, flags)
 }
 
+/// A C program that prints `ready`, then calls its `work` as many times as its argument says,
+/// 10 ms apart, and prints the sum of what they returned (`i * 2` for each `i`).
+const READY_THEN_WORK: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(int argc, char **argv) {
+    long s = 0, calls = argc > 1 ? atol(argv[1]) : 100;
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < calls; i++) { s += work(i); usleep(10000); }
+    printf("%ld\n", s);
+    return 0;
+}
+"#;
+
+/// [`READY_THEN_WORK`] started for `calls` calls, once it said it is ready: the process (its
+/// probe is `ready-then-work:work`) and its output from then on.
+pub fn start_ready_then_work(calls: u32) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let program = c_program_from("ready-then-work", READY_THEN_WORK, &["-O1"]);
+    let mut child = Command::new(program)
+        .arg(calls.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
 /// A fresh file path for `-o`.
 pub fn out_file(name: &str) -> PathBuf {
     dprobe_test_fixtures::scratch_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "cli").join(name)
