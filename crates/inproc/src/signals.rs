@@ -56,8 +56,24 @@ fn previous(sig: libc::c_int) -> libc::sigaction {
 }
 
 /// Make `action` (the C library's `struct sigaction`, in words) the program's disposition of
-/// `sig`. Async-signal-safe; writers of one signal wait for each other (a few stores).
+/// `sig`. Async-signal-safe; writers of one signal wait for each other (a few stores). Every
+/// signal is blocked meanwhile: a handler of dprobe's that ran on this thread between the
+/// stores would wait for them for ever in [`previous`] (the stores cannot fault or trap).
 fn set_previous(sig: libc::c_int, action: &[u64; ACTION_WORDS]) {
+    let (all, mut before) = (u64::MAX, 0u64);
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `all` and writes 8 to `before`,
+    // both on this frame; the kernel leaves SIGKILL and SIGSTOP out.
+    unsafe {
+        crate::sys::raw_syscall6(
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_BLOCK as u64, &all as *const u64 as u64, &mut before as *mut u64 as u64, 8, 0, 0],
+        )
+    };
+    store_previous(sig, action);
+    crate::sys::set_signal_mask(before);
+}
+
+fn store_previous(sig: libc::c_int, action: &[u64; ACTION_WORDS]) {
     let (words, version) = (&PREVIOUS[sig as usize], &VERSION[sig as usize]);
     let mut v = version.load(Ordering::Relaxed);
     loop {
