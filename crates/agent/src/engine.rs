@@ -738,12 +738,29 @@ fn load(injector: &mut Injector, library: &OwnedLibrary) -> Result<(UnixListener
     connect(pid, listener, started)
 }
 
+/// How the names of dprobe's listeners for agents begin: `dprobe-agent.DPROBE.N.PID`, for the
+/// agent in process PID, the Nth session of dprobe's process DPROBE.
+const LISTENER: &str = "dprobe-agent.";
+
+/// The dprobe process (other than this one) whose listener for an agent in process `pid` is
+/// open, if any: that dprobe traces it with the agent now (its abstract socket, in
+/// `/proc/net/unix`).
+pub fn listener_for_agent_in(pid: i32) -> Option<u32> {
+    let sockets = std::fs::read_to_string("/proc/net/unix").ok()?;
+    sockets.lines().find_map(|line| {
+        let name = line.split_whitespace().nth(7)?.strip_prefix('@')?.strip_prefix(LISTENER)?;
+        let mut parts = name.split('.');
+        let (dprobe, _, traced) = (parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
+        (traced.parse::<i32>().ok()? == pid && dprobe != std::process::id()).then_some(dprobe)
+    })
+}
+
 /// The listener a new agent in process `pid` connects to, and its name.
 fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
     let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
     static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("dprobe-agent.{}.{n}.{}", std::process::id(), pid);
+    let name = format!("{LISTENER}{}.{n}.{}", std::process::id(), pid);
     let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
         .map_err(agent_err)?;
     Ok((listener, name))

@@ -32,6 +32,6 @@ pub mod shm;
 mod startup;
 pub mod wire;
 
-pub use engine::{agent_library, AgentEngine, AgentError, Library};
+pub use engine::{agent_library, listener_for_agent_in, AgentEngine, AgentError, Library};
 pub use inside::dprobe_agent_start;
 pub use masks::{starting_thread, thread_blocking_traps};

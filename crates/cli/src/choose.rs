@@ -62,23 +62,13 @@ fn process_cannot(pid: i32) -> Option<String> {
 /// `dprobe-holder`), while it runs. (A forked child traced through its parent's session is
 /// not seen here; its agent refuses a second session itself.)
 pub fn agent_session_of(pid: i32) -> Option<u32> {
-    let tracer = agent_listener_for(pid)?;
+    let tracer = dprobe_agent::listener_for_agent_in(pid)?;
     let parent = std::fs::read_to_string(format!("/proc/{tracer}/stat"))
         .ok()
         .and_then(|stat| stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
     let program = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-    Some(parent.filter(|&p| program(p).is_some() && program(p) == program(tracer)).unwrap_or(tracer))
-}
-
-/// The process holding dprobe's listener for the agent in process `pid`, if any.
-fn agent_listener_for(pid: i32) -> Option<u32> {
-    let sockets = std::fs::read_to_string("/proc/net/unix").ok()?;
-    sockets.lines().find_map(|line| {
-        let name = line.split_whitespace().nth(7)?.strip_prefix("@dprobe-agent.")?;
-        let mut parts = name.split('.');
-        let (dprobe, _, traced) = (parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
-        (traced.parse::<i32>().ok()? == pid && dprobe != std::process::id()).then_some(dprobe)
-    })
+    let tracers = program(tracer);
+    Some(parent.filter(|&p| tracers.is_some() && program(p) == tracers).unwrap_or(tracer))
 }
 
 /// A thread of process `pid` that blocks `SIGTRAP`, if any (`dprobe_agent::thread_blocking_traps`):

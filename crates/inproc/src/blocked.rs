@@ -50,19 +50,7 @@ const TRIES: usize = 3;
 /// The signal frames' return address of this process's handlers: the C library's restorer
 /// of the safepoint's own handler (installed by then), 0 if unknown.
 pub(crate) fn restorer(sig: libc::c_int) -> u64 {
-    // The kernel's `struct sigaction`: handler, flags, restorer, mask. (The system call
-    // itself: the C library's `sigaction` may be probed, and answers for dprobe's signals
-    // with the program's actions, `signals::program_installs`.)
-    let mut now = [0u64; 4];
-    // SAFETY: rt_sigaction with no new action only writes the current one into `now`, which
-    // is as large as the kernel's structure for an 8-byte signal set.
-    let r =
-        unsafe { crate::sys::raw_syscall6(libc::SYS_rt_sigaction, [sig as u64, 0, now.as_mut_ptr() as u64, 8, 0, 0]) };
-    if r == 0 {
-        now[2]
-    } else {
-        0
-    }
+    crate::sys::swap_action(sig, None).map_or(0, |[_, _, restorer, _]| restorer)
 }
 
 /// Decide for thread `tid`, or say why the site must stay on `int3`.

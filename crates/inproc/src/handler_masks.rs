@@ -38,6 +38,7 @@ use dprobe_core::{Kprobe, PreAction, ProbeError};
 
 use crate::mask_guard::TRAP;
 use crate::probe::{register, Probe};
+use crate::sys::{swap_action, KernelAction};
 use crate::thread_state::SIGNAL_COPY_WORDS;
 use crate::{signals, sys, thread_state};
 
@@ -121,21 +122,6 @@ fn handled_signals() -> impl Iterator<Item = i32> {
     (1..=64).filter(move |&sig| ![libc::SIGKILL, libc::SIGSTOP, libc::SIGTRAP].contains(&sig) && own & bit(sig) == 0)
 }
 
-/// The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask.
-type KernelAction = [u64; 4];
-
-/// Install `new` (when given) as `sig`'s action, with the system call itself (the C
-/// library's `sigaction` is probed); the action it replaced, or `None` if the kernel refused.
-fn swap_action(sig: i32, new: Option<&KernelAction>) -> Option<KernelAction> {
-    let mut old: KernelAction = [0; 4];
-    let new = new.map_or(0, |action| action.as_ptr() as u64);
-    let args = [sig as u64, new, old.as_mut_ptr() as u64, 8, 0, 0];
-    // SAFETY: rt_sigaction reads `new` (a kernel action, or none) and writes the current one
-    // into `old`, both as large as the kernel's structure for an 8-byte signal set.
-    let r = unsafe { sys::raw_syscall6(libc::SYS_rt_sigaction, args) };
-    (r == 0).then_some(old)
-}
-
 /// Give `sig`'s action the mask `change` returns for it (`None`: left as it is): the action
 /// installed, if it was. If the program installed another action since it was read, the
 /// program's is put back and nothing counts as changed.
@@ -165,7 +151,7 @@ fn is_disposition(handler: u64) -> bool {
 /// does). `None` for other signals, and where `act` cannot be read (the call fails by itself).
 fn answer_for_dprobes_signal(regs: &mut Regs) -> Option<PreAction> {
     let (sig, act, old_at) = (regs.rdi as i32, regs.rsi, regs.rdx);
-    if !(1..=64).contains(&sig) {
+    if !signals::answers_for(sig) {
         return None;
     }
     let new = match act {
@@ -174,10 +160,7 @@ fn answer_for_dprobes_signal(regs: &mut Regs) -> Option<PreAction> {
     };
     let mut return_to = [0u8; 8];
     sys::read_memory(Addr(regs.rsp), &mut return_to).ok()?;
-    let mut old = [0u64; signals::ACTION_WORDS];
-    if !signals::program_installs(sig, new.as_ref(), &mut old) {
-        return None;
-    }
+    let old = signals::program_installs(sig, new.as_ref());
     let mut bytes = [0u8; signals::ACTION_WORDS * 8];
     for (b, w) in bytes.chunks_exact_mut(8).zip(old) {
         b.copy_from_slice(&w.to_le_bytes());

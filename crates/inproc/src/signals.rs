@@ -60,15 +60,7 @@ fn previous(sig: libc::c_int) -> libc::sigaction {
 /// signal is blocked meanwhile: a handler of dprobe's that ran on this thread between the
 /// stores would wait for them for ever in [`previous`] (the stores cannot fault or trap).
 fn set_previous(sig: libc::c_int, action: &[u64; ACTION_WORDS]) {
-    let (all, mut before) = (u64::MAX, 0u64);
-    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `all` and writes 8 to `before`,
-    // both on this frame; the kernel leaves SIGKILL and SIGSTOP out.
-    unsafe {
-        crate::sys::raw_syscall6(
-            libc::SYS_rt_sigprocmask,
-            [libc::SIG_BLOCK as u64, &all as *const u64 as u64, &mut before as *mut u64 as u64, 8, 0, 0],
-        )
-    };
+    let before = crate::sys::block_every_signal();
     store_previous(sig, action);
     crate::sys::set_signal_mask(before);
 }
@@ -156,13 +148,7 @@ pub(crate) fn dprobes_signals() -> u64 {
 /// since. Asked of the kernel with the system call itself (the C library's `sigaction` may be
 /// probed).
 pub(crate) fn handler_in_place(sig: libc::c_int, handler: SigInfoHandler) -> bool {
-    // The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask.
-    let mut now = [0u64; 4];
-    let args = [sig as u64, 0, now.as_mut_ptr() as u64, 8, 0, 0];
-    // SAFETY: rt_sigaction with no new action only writes the current one into `now`, which
-    // is as large as the kernel's structure for an 8-byte signal set.
-    let r = unsafe { crate::sys::raw_syscall6(libc::SYS_rt_sigaction, args) };
-    r == 0 && now[0] == handler as usize as u64
+    crate::sys::swap_action(sig, None).is_some_and(|[now, ..]| now == handler as usize as u64)
 }
 
 fn unsafe_zeroed() -> libc::sigaction {
@@ -185,21 +171,19 @@ pub fn has_program_handler(sig: libc::c_int) -> bool {
     prev.sa_sigaction != libc::SIG_DFL && prev.sa_sigaction != libc::SIG_IGN
 }
 
-/// A program's `sigaction(sig, new, old)` for a signal whose handler is dprobe's (the trap
-/// and the fault signals): `old` gets the program's disposition as it stands, and `new`
-/// (if given) becomes the program's, to which dprobe's handler passes the program's own
-/// signals; nothing is installed. Whether it was such a signal (the call is answered).
-/// Async-signal-safe.
-pub(crate) fn program_installs(
-    sig: libc::c_int,
-    new: Option<&[u64; ACTION_WORDS]>,
-    old: &mut [u64; ACTION_WORDS],
-) -> bool {
-    let ours = sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig);
-    if !ours || !INSTALLED[sig as usize].load(Ordering::Acquire) {
-        return false;
-    }
-    *old = words_of(&previous(sig));
+/// Whether a program's `sigaction` for `sig` is answered by [`program_installs`]: a signal
+/// whose handler is dprobe's and passes the program's own signals on (the trap and the
+/// fault signals). Async-signal-safe.
+pub(crate) fn answers_for(sig: libc::c_int) -> bool {
+    (sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig)) && INSTALLED[sig as usize].load(Ordering::Acquire)
+}
+
+/// A program's `sigaction(sig, new, old)` for a signal it [`answers_for`]: `new` (if given)
+/// becomes the program's disposition, to which dprobe's handler passes the program's own
+/// signals; nothing is installed. The program's disposition as it stood (the `old` to
+/// answer). Async-signal-safe.
+pub(crate) fn program_installs(sig: libc::c_int, new: Option<&[u64; ACTION_WORDS]>) -> [u64; ACTION_WORDS] {
+    let old = words_of(&previous(sig));
     if let Some(new) = new {
         // As the C library hands it to the kernel, and so back in a later `old`: with its
         // signal-return stub as the restorer (the one it gave dprobe's own action).
@@ -208,7 +192,7 @@ pub(crate) fn program_installs(
         new[RESTORER_WORD] = crate::blocked::restorer(sig);
         set_previous(sig, &new);
     }
-    true
+    old
 }
 
 /// Words of the C library's `struct sigaction`: its flags (an `int`, then padding) and its
@@ -244,14 +228,10 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
             // ends the program as it would have).
             // The system call itself: the C library's `sigaction` may be probed, and its
             // probe answers for dprobe's signals without installing anything.
-            let dfl: [u64; 4] = [libc::SIG_DFL as u64, 0, 0, 0];
-            // SAFETY: rt_sigaction reads the kernel's action `dfl` (handler, flags, restorer,
-            // mask) for an 8-byte signal set; raise is async-signal-safe.
-            unsafe {
-                crate::sys::raw_syscall6(libc::SYS_rt_sigaction, [sig as u64, dfl.as_ptr() as u64, 0, 8, 0, 0]);
-                if redeliver == Redeliver::Raise || sent {
-                    libc::raise(sig);
-                }
+            crate::sys::swap_action(sig, Some(&[libc::SIG_DFL as u64, 0, 0, 0]));
+            if redeliver == Redeliver::Raise || sent {
+                // SAFETY: raise is async-signal-safe.
+                unsafe { libc::raise(sig) };
             }
         }
         handler if prev.sa_flags & libc::SA_SIGINFO != 0 => {

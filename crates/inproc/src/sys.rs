@@ -164,6 +164,38 @@ pub fn set_signal_mask(mask: u64) {
     };
 }
 
+/// Block every signal on the calling thread (but `SIGKILL` and `SIGSTOP`); the set before.
+/// For a few instructions that cannot fault or trap. Async-signal-safe.
+pub(crate) fn block_every_signal() -> u64 {
+    let (all, mut before) = (u64::MAX, 0u64);
+    // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `all` and writes 8 to `before`,
+    // both on this frame; the kernel leaves SIGKILL and SIGSTOP out.
+    unsafe {
+        raw_syscall6(
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_BLOCK as u64, &all as *const u64 as u64, &mut before as *mut u64 as u64, 8, 0, 0],
+        )
+    };
+    before
+}
+
+/// The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask.
+pub(crate) type KernelAction = [u64; 4];
+
+/// Install `new` (when given) as `sig`'s action, with the system call itself (the C
+/// library's `sigaction` may be probed, and answers for dprobe's signals without installing
+/// anything: `signals::program_installs`); the action it replaced, or `None` if the kernel
+/// refused. Async-signal-safe.
+pub(crate) fn swap_action(sig: libc::c_int, new: Option<&KernelAction>) -> Option<KernelAction> {
+    let mut old: KernelAction = [0; 4];
+    let new = new.map_or(0, |action| action.as_ptr() as u64);
+    let args = [sig as u64, new, old.as_mut_ptr() as u64, 8, 0, 0];
+    // SAFETY: rt_sigaction reads `new` (a kernel action, or none) and writes the current one
+    // into `old`, both as large as the kernel's structure for an 8-byte signal set.
+    let r = unsafe { raw_syscall6(libc::SYS_rt_sigaction, args) };
+    (r == 0).then_some(old)
+}
+
 /// Add the asynchronous signals to the calling thread's blocked set; the set before.
 /// Async-signal-safe (the hit path off a program's alternate stack, `hit_stack.rs`, and the
 /// code writer's guarded stores, `code_writes.rs`).
