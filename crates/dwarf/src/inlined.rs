@@ -2,7 +2,7 @@
 //! copies, and every copy the compiler inlined into a caller (`DW_TAG_inlined_subroutine`
 //! whose `DW_AT_abstract_origin` leads to it), in every compilation unit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use gimli::Reader as _;
@@ -35,7 +35,7 @@ pub struct FunctionInfo {
     /// The entry of each out-of-line copy: more than one when files of the program each have
     /// their own (a `static` function of a header at -O0).
     pub out_of_line_entries: Vec<u64>,
-    /// Its inlined copies, by entry address.
+    /// Its inlined copies elsewhere than in its own out-of-line code, by entry address.
     pub inlined: Vec<InlinedCopy>,
     /// The line where the next function defined in the same file starts, if one does.
     pub next_decl_line: Option<u32>,
@@ -81,6 +81,8 @@ struct Index {
     origin: HashMap<gimli::DebugInfoOffset, gimli::DebugInfoOffset>,
     /// The entries named as asked, and the name (its index in the names asked for).
     named: HashMap<gimli::DebugInfoOffset, usize>,
+    /// Those of them not `static`: with a `DW_AT_external`.
+    external: HashSet<gimli::DebugInfoOffset>,
     /// For each unit, its named subprograms' `(DW_AT_decl_file, DW_AT_decl_line)`.
     decls: Vec<Vec<(u64, u64)>>,
 }
@@ -108,18 +110,31 @@ pub fn find_functions(
     }
     // A function's entries: those of its name, and those whose origin chain leads to one
     // (a concrete copy of an inline function, an inlined copy, a C++ definition of a
-    // declaration); a loop is cut.
+    // declaration); a loop is cut. With the named entry the chain ends at.
     let whose = |mut at: gimli::DebugInfoOffset| {
         for _ in 0..8 {
             if let Some(i) = index.named.get(&at) {
-                return Some(*i);
+                return Some((*i, at));
             }
             at = *index.origin.get(&at)?;
         }
         None
     };
-    let mut entries: Vec<(usize, gimli::DebugInfoOffset)> =
-        index.place.keys().filter_map(|o| Some((whose(*o)?, *o))).collect();
+    let named: Vec<(usize, gimli::DebugInfoOffset, gimli::DebugInfoOffset)> =
+        index.place.keys().filter_map(|o| whose(*o).map(|(i, by)| (i, *o, by))).collect();
+    // A name some entry gives linkage to (not `static`) is one function of the program, with
+    // its copies wherever it was inlined (an `extern inline` of a header, glibc's `tolower`):
+    // a `static` function of the same name in another file (glibc's `link` in
+    // `unwind-resume.c`, beside the global `link`) is another function, and its copies are not
+    // this one's. A name only `static` functions have is each of them (a header's `static`
+    // function, copied into each file).
+    let has_external: HashSet<usize> =
+        named.iter().filter(|(_, _, by)| index.external.contains(by)).map(|(i, _, _)| *i).collect();
+    let mut entries: Vec<(usize, gimli::DebugInfoOffset)> = named
+        .into_iter()
+        .filter(|(i, _, by)| !has_external.contains(i) || index.external.contains(by))
+        .map(|(i, o, _)| (i, o))
+        .collect();
     entries.sort_unstable();
     let mut found: HashMap<String, FunctionInfo> = HashMap::new();
     let mut decl_units: HashMap<usize, (usize, gimli::UnitOffset)> = HashMap::new();
@@ -171,6 +186,13 @@ pub fn find_functions(
         info.inlined.dedup_by_key(|c| c.entry);
         info.out_of_line.sort_by_key(|r| r.start);
         info.out_of_line.dedup();
+        // A copy inside the function's own out-of-line code is its body, which every call
+        // reaches through the entry: gcc's partial inlining splits a function and inlines the
+        // part back (77 of the 122 C library functions with inlined copies have one, `tolower`
+        // and `sigismember` among them). A recursive call the compiler inlined into the
+        // function itself looks the same, and is left out with them: its call is not counted.
+        let own = &info.out_of_line;
+        info.inlined.retain(|c| !own.iter().any(|r| r.contains(&c.entry)));
     }
     Ok(found)
 }
@@ -198,6 +220,7 @@ fn index_unit(
         }
         let Some(offset) = entry.offset().to_debug_info_offset(&unit.header) else { continue };
         let (mut named, mut origin, mut decl_file, mut decl_line) = (None, None, None, None);
+        let mut external = false;
         let mut attrs = entry.attrs();
         while let Some(attr) = attrs.next()? {
             match attr.name() {
@@ -215,6 +238,9 @@ fn index_unit(
                 }
                 gimli::DW_AT_decl_file => decl_file = file_index(&attr.value()),
                 gimli::DW_AT_decl_line => decl_line = attr.value().udata_value(),
+                // Compilers leave it out for a `static` function; the assembler writes it
+                // (as false, for glibc's system call wrappers, global or weak symbols).
+                gimli::DW_AT_external => external = true,
                 _ => {}
             }
         }
@@ -224,6 +250,9 @@ fn index_unit(
         }
         if let Some(i) = named {
             index.named.insert(offset, i);
+            if external {
+                index.external.insert(offset);
+            }
         }
         if let (Some(f), Some(l)) = (decl_file, decl_line) {
             decls.push((f, l));

@@ -1,7 +1,7 @@
 //! Function symbols of the ELF objects a process has mapped.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dprobe_arch::Addr;
 use object::read::elf::ElfFile64;
@@ -117,6 +117,10 @@ pub struct Symbols {
     plt: Arc<[(Addr, Addr, Arc<str>)]>,
     /// Read from one file, at link-time addresses (no process maps it).
     file: bool,
+    /// The functions only the objects' separate debug files name (the static functions of a
+    /// stripped library, with `libc6-dbg` installed), in address order: read the first time an
+    /// address lies outside every function above.
+    debug_only: Arc<OnceLock<Arc<[Function]>>>,
 }
 
 impl Symbols {
@@ -200,6 +204,7 @@ impl Symbols {
             objects: Arc::from(objects),
             plt: plt.into(),
             file,
+            debug_only: Arc::default(),
         }
     }
 
@@ -244,10 +249,27 @@ impl Symbols {
             .filter(|c| c.object == f.object && c.size > 0 && c.start != f.start)
     }
 
-    /// The function containing `addr`.
+    /// The function containing `addr`: one the objects' symbol tables name, else one only
+    /// their separate debug files name. A stripped library's static functions are there alone:
+    /// without them, an address the debug information gives inside one (a copy of a function
+    /// inlined there) could not be checked as an instruction boundary, nor named in a stack.
     pub fn containing(&self, addr: Addr) -> Option<&Function> {
-        let i = self.by_addr.partition_point(|f| f.start <= addr);
-        self.by_addr[..i].iter().rev().take(16).find(|f| f.contains(addr))
+        covering(&self.by_addr, addr).or_else(|| covering(self.debug_only(), addr))
+    }
+
+    /// The functions only the objects' separate debug files name, at the objects' biases.
+    fn debug_only(&self) -> &[Function] {
+        self.debug_only.get_or_init(|| {
+            let mut funcs: Vec<Function> = self
+                .objects
+                .iter()
+                .filter_map(|(path, bias)| Some((object_file(path)?, *bias)))
+                .flat_map(|(file, bias)| file.debug_functions().iter().map(|f| f.at_bias(bias)).collect::<Vec<_>>())
+                .filter(|f| covering(&self.by_addr, f.start).is_none())
+                .collect();
+            funcs.sort_by_key(|f| f.start);
+            funcs.into()
+        })
     }
 
     /// Every function whose first instruction is at `addr` (aliases, folded copies).
@@ -285,6 +307,12 @@ impl Symbols {
     pub fn is_file(&self) -> bool {
         self.file
     }
+}
+
+/// The function of `by_addr` (in address order) that contains `addr`.
+fn covering(by_addr: &[Function], addr: Addr) -> Option<&Function> {
+    let i = by_addr.partition_point(|f| f.start <= addr);
+    by_addr[..i].iter().rev().take(16).find(|f| f.contains(addr))
 }
 
 /// Run-time address minus link-time address for the object at `path`: where its first

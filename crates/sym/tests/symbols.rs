@@ -164,3 +164,33 @@ fn an_indirect_function_resolves_to_the_implementation_the_loader_chose() {
     let e = s.resolve_name(&maps, Some("libc"), "strlen", 4).unwrap_err();
     assert!(matches!(e, ResolveError::IndirectFunction { .. }), "{e:?}");
 }
+
+/// A `static` function of the C library, which only its separate debug file names (the CI
+/// installs `libc6-dbg`): an address inside it is in a function, as a probe there (a copy of
+/// a function inlined into it) and a stack through it need.
+#[test]
+fn a_function_only_the_debug_file_names_holds_its_addresses() {
+    use object::{Object, ObjectSymbol};
+    let maps = read_maps().unwrap();
+    let s = Symbols::load(&maps);
+    let getpid = s.find("libc:getpid").expect("libc's getpid");
+    let libc = std::fs::read(&*getpid.object).unwrap();
+    let id = object::File::parse(&*libc).unwrap().build_id().unwrap().expect("the C library has a build-id");
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let path = format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]);
+    let debug = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (the libc6-dbg package)"));
+    let debug = object::File::parse(&*debug).unwrap();
+    let in_libc = |a: u64| s.functions().iter().any(|f| f.object == getpid.object && f.contains(Addr(a)));
+    let locals: Vec<(String, u64)> = debug
+        .symbols()
+        .filter(|sym| sym.kind() == object::SymbolKind::Text && sym.is_local() && sym.size() > 1)
+        .map(|sym| (sym.name().unwrap_or_default().to_owned(), sym.address() + getpid.bias))
+        .collect();
+    let (name, start) =
+        locals.iter().find(|(_, start)| !in_libc(*start)).expect("a static function libc's own symbols leave out");
+    let f = s.containing(Addr(start + 1)).unwrap_or_else(|| panic!("{name}, not in libc's own symbols"));
+    assert_eq!(f.start, Addr(*start), "{name}: {f:?}");
+    assert!(locals.iter().any(|(n, a)| *a == *start && *n == f.name), "{name}: {f:?}");
+    let target = s.resolve_addr(&maps, Addr(start + 1)).expect("a probe-able address");
+    assert_eq!((target.function.start, target.offset), (Addr(*start), 1));
+}
