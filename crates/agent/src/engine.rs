@@ -66,6 +66,10 @@ pub enum AgentError {
 /// takes seconds).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most probes asked in one message (`Message::PlaceMany`): a few hundred kilobytes with
+/// their arguments, under the protocol's limit of a megabyte, and placed in well under a second.
+const PLACED_TOGETHER: usize = 512;
+
 struct ProbeInfo {
     names: Vec<String>,
     types: Vec<ArgType>,
@@ -542,6 +546,76 @@ impl AgentEngine {
         ));
     }
 
+    /// What the agent is asked for `probe`, numbered as if the `before` probes asked with it
+    /// in one message before it are placed (the agent numbers them as it places them).
+    fn request_for(&self, probe: &ProbeRequest<'_>, before: usize) -> Result<PlaceProbe, AgentError> {
+        let ProbePoint::User { binary, function, offset } = &probe.spec.point else { return Err(AgentError::NotUser) };
+        let index = self.probes.len() + before;
+        if index >= MAX_PROBES {
+            return Err(AgentError::TooMany);
+        }
+        let target = match binary {
+            Some(b) => format!("{}:{function}", object_for_the_agent(b)),
+            None => function.clone(),
+        };
+        Ok(PlaceProbe {
+            index: index as u32,
+            target,
+            offset: *offset,
+            kind: probe.spec.kind,
+            timed: probe.timed && probe.spec.kind == ProbeKind::Entry,
+            maxactive: probe.maxactive.unwrap_or(0) as u64,
+            events: self.events,
+            stack: self.events && self.stacks.is_some(),
+            args: probe.plan.args().to_vec(),
+            semaphore: probe.semaphore.cloned(),
+        })
+    }
+
+    /// Read the agent's answer to `request` (for `probe`), and keep the probe if it is placed
+    /// (or waits for its library), under the next index: the one the agent gave it.
+    fn answered(&mut self, probe: &ProbeRequest<'_>, mut request: PlaceProbe) -> Result<Placed, AgentError> {
+        let mut placed = Placed::default();
+        let answer = loop {
+            match self.receive() {
+                Ok(Some(Message::Placed(p))) => break p,
+                Ok(Some(Message::Note(note))) => placed.note = Some(note),
+                Ok(Some(Message::Detail(detail))) => placed.detail = Some(detail),
+                Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
+                Err(e) => return Err(self.agent_err(e)),
+            }
+        };
+        let mut remark = None;
+        let placement = match answer {
+            wire::Placement::At(a) => Placement::At(Addr(a)),
+            wire::Placement::Returns(a, mode) => {
+                placed.detail = Some(mode.to_string());
+                if let ReturnMode::ReturnAddress { .. } = mode {
+                    remark = Some(mode.to_string());
+                }
+                Placement::At(Addr(a))
+            }
+            wire::Placement::Waiting => {
+                let object = match &probe.spec.point {
+                    ProbePoint::User { binary, .. } => binary.clone().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                placed.note = Some(format!("`{object}` is not loaded yet: probed when the program loads it"));
+                Placement::Waiting
+            }
+            wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
+        };
+        // Asked again of a program the process executes; a refused one is not (its index is
+        // the next probe's).
+        request.index = self.probes.len() as u32;
+        self.requests.push(request);
+        self.values.push(probe.plan.values());
+        let args = probe.plan.args();
+        let names = args.iter().map(|a| a.name.clone()).collect();
+        self.probes.push(ProbeInfo { names, types: args.iter().map(|a| a.ty).collect(), placement, remark });
+        Ok(placed)
+    }
+
     fn load_again(&mut self, held: &mut Injector) -> Result<(), AgentError> {
         let (listener, sock, shm) = load(held, &self.library)?;
         self.listeners.push(listener);
@@ -883,62 +957,42 @@ impl Engine for AgentEngine {
     }
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
-        let ProbePoint::User { binary, function, offset } = &probe.spec.point else { return Err(AgentError::NotUser) };
-        if self.probes.len() >= MAX_PROBES {
-            return Err(AgentError::TooMany);
-        }
-        let target = match binary {
-            Some(b) => format!("{}:{function}", object_for_the_agent(b)),
-            None => function.clone(),
-        };
-        let request = PlaceProbe {
-            index: self.probes.len() as u32,
-            target: target.clone(),
-            offset: *offset,
-            kind: probe.spec.kind,
-            timed: probe.timed && probe.spec.kind == ProbeKind::Entry,
-            maxactive: probe.maxactive.unwrap_or(0) as u64,
-            events: self.events,
-            stack: self.events && self.stacks.is_some(),
-            args: probe.plan.args().to_vec(),
-            semaphore: probe.semaphore.cloned(),
-        };
+        let request = self.request_for(&probe, 0)?;
         wire::send(&mut self.sock, &Message::Place(request.clone())).map_err(|e| self.agent_err(e))?;
-        let mut placed = Placed::default();
-        let answer = loop {
-            match self.receive() {
-                Ok(Some(Message::Placed(p))) => break p,
-                Ok(Some(Message::Note(note))) => placed.note = Some(note),
-                Ok(Some(Message::Detail(detail))) => placed.detail = Some(detail),
-                Ok(_) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
-                Err(e) => return Err(self.agent_err(e)),
-            }
-        };
-        let mut remark = None;
-        let placement = match answer {
-            wire::Placement::At(a) => Placement::At(Addr(a)),
-            wire::Placement::Returns(a, mode) => {
-                placed.detail = Some(mode.to_string());
-                if let ReturnMode::ReturnAddress { .. } = mode {
-                    remark = Some(mode.to_string());
+        self.answered(&probe, request)
+    }
+
+    fn place_many(&mut self, probes: Vec<ProbeRequest<'_>>) -> Vec<Result<Placed, AgentError>> {
+        let mut answers = Vec::with_capacity(probes.len());
+        for chunk in probes.chunks(PLACED_TOGETHER) {
+            // Asked in one message; those refused before they are asked keep their place in
+            // the answers.
+            let mut asked = Vec::new();
+            let mut refused: Vec<Option<AgentError>> = Vec::with_capacity(chunk.len());
+            for probe in chunk {
+                match self.request_for(probe, asked.len()) {
+                    Ok(request) => {
+                        asked.push(request);
+                        refused.push(None);
+                    }
+                    Err(e) => refused.push(Some(e)),
                 }
-                Placement::At(Addr(a))
             }
-            wire::Placement::Waiting => {
-                let object = binary.clone().unwrap_or_default();
-                placed.note = Some(format!("`{object}` is not loaded yet: probed when the program loads it"));
-                Placement::Waiting
+            let sent = match asked.is_empty() {
+                true => Ok(()),
+                false => wire::send(&mut self.sock, &Message::PlaceMany(asked.clone())),
+            };
+            let mut asked = asked.into_iter();
+            for (probe, refusal) in chunk.iter().zip(refused) {
+                let answer = match (refusal, &sent) {
+                    (Some(e), _) => Err(e),
+                    (None, Err(e)) => Err(self.agent_err(io::Error::new(e.kind(), e.to_string()))),
+                    (None, Ok(())) => self.answered(probe, asked.next().expect("one request for each asked")),
+                };
+                answers.push(answer);
             }
-            wire::Placement::Failed(why) => return Err(AgentError::Refused(why)),
-        };
-        // Asked again of a program the process executes; a refused one is not (its index is
-        // the next probe's).
-        self.requests.push(request);
-        self.values.push(probe.plan.values());
-        let args = probe.plan.args();
-        let names = args.iter().map(|a| a.name.clone()).collect();
-        self.probes.push(ProbeInfo { names, types: args.iter().map(|a| a.ty).collect(), placement, remark });
-        Ok(placed)
+        }
+        answers
     }
 
     /// The filter is tested in the probed thread, by the same evaluator as dprobe's, for the

@@ -182,80 +182,29 @@ fn session(name: &[u8]) -> io::Result<Over> {
             continue;
         }
         let message = receive(&mut sock);
-        if !matches!(message, Ok(Some(Message::Place(_)))) {
+        if !matches!(message, Ok(Some(Message::Place(_) | Message::PlaceMany(_)))) {
             // Every probe is placed: those held off on `int3` are enabled (`held_off.rs`).
             LIVE.with(|live| live.as_mut().map(|l| crate::held_off::arm(&mut l.held_off, &l.placed)));
         }
         match message {
             Ok(Some(Message::Arm)) => send(&mut sock, &Message::Armed)?,
             Ok(Some(Message::Place(p))) => {
-                let (mut note, mut detail) = (None, None);
                 let answer = LIVE.with(|live| match live {
-                    Some(l) => {
-                        // Loads followed first: a library the program unloads from now on
-                        // waits at the loader's notification until this placing is over.
-                        let following = follow::start();
-                        let library = object_of(&p).is_some_and(|o| !never_unloaded(o));
-                        let mut tries = 0;
-                        let answer = loop {
-                            tries += 1;
-                            if library && follow::loader_busy() {
-                                // The loader is mapping or unmapping objects: placed at the end
-                                // of that change if its library is loaded then.
-                                break Placement::Waiting;
-                            }
-                            let answer = place(p.clone(), &shm, &mut l.placed, &mut note, &mut detail);
-                            if let Some(index) = l
-                                .placed
-                                .last()
-                                .filter(|q| q.hit(p.index as usize).is_some())
-                                .and_then(crate::held_off::hold_off)
-                            {
-                                l.held_off.push(index);
-                            }
-                            if !library || !matches!(answer, Placement::Failed(_)) {
-                                break answer;
-                            }
-                            // Its library went, or came back elsewhere, while the probe was
-                            // placed: it waits for the next load, or is placed afresh.
-                            if object_of(&p).is_some_and(|o| !loaded(o)) {
-                                (note, detail) = (None, None);
-                                break Placement::Waiting;
-                            }
-                            if tries == 3 {
-                                break answer;
-                            }
-                            (note, detail) = (None, None);
-                        };
-                        match (answer, following) {
-                            (Placement::Waiting, Ok(_)) => {
-                                l.waiting.push(p);
-                                Placement::Waiting
-                            }
-                            (Placement::Waiting, Err(e)) => Placement::Failed(format!(
-                                "its library is not loaded, and loads cannot be followed: {e}"
-                            )),
-                            (answer @ (Placement::At(at) | Placement::Returns(at, _)), Ok(_))
-                                if library && !crate::startup::holds(at) =>
-                            {
-                                // Removed before the program unloads a library, placed again
-                                // once the loader is done, as a probe placed at a load is.
-                                l.followed.push(p);
-                                answer
-                            }
-                            (answer, _) => answer,
-                        }
-                    }
-                    None => Placement::Failed("the session has ended".into()),
+                    Some(l) => place_asked(l, p, &shm),
+                    None => Answer::ended(),
                 });
                 follow_forks();
-                if let Some(note) = note {
-                    send(&mut sock, &Message::Note(note))?;
+                answer.send(&mut sock)?;
+            }
+            Ok(Some(Message::PlaceMany(probes))) => {
+                let answers = LIVE.with(|live| match live {
+                    Some(l) => crate::batch::place_many(l, probes, &shm),
+                    None => probes.iter().map(|_| Answer::ended()).collect(),
+                });
+                follow_forks();
+                for answer in answers {
+                    answer.send(&mut sock)?;
                 }
-                if let Some(detail) = detail {
-                    send(&mut sock, &Message::Detail(detail))?;
-                }
-                send(&mut sock, &Message::Placed(answer))?;
             }
             Ok(Some(Message::Filter { index, text })) => {
                 let set = LIVE.with(|live| {
@@ -288,6 +237,94 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // the program's code.
     end_session(true);
     result
+}
+
+/// What the agent answers to a probe it was asked to place: a note for the user, a detail for
+/// `-v`, and where it went.
+pub(crate) struct Answer {
+    pub(crate) note: Option<String>,
+    pub(crate) detail: Option<String>,
+    pub(crate) placement: Placement,
+}
+
+impl Answer {
+    fn ended() -> Answer {
+        Answer { note: None, detail: None, placement: Placement::Failed("the session has ended".into()) }
+    }
+
+    /// Whether the probe took an index (placed, or waiting for its library).
+    pub(crate) fn took_index(&self) -> bool {
+        !matches!(self.placement, Placement::Failed(_))
+    }
+
+    fn send(self, sock: &mut Connection) -> io::Result<()> {
+        if let Some(note) = self.note {
+            send(sock, &Message::Note(note))?;
+        }
+        if let Some(detail) = self.detail {
+            send(sock, &Message::Detail(detail))?;
+        }
+        send(sock, &Message::Placed(self.placement))
+    }
+}
+
+/// Place probe `p` in session `l`, as [`Message::Place`] asks.
+pub(crate) fn place_asked(l: &mut Live, p: PlaceProbe, shm: &Arc<Shm>) -> Answer {
+    let (mut note, mut detail) = (None, None);
+    // Loads followed first: a library the program unloads from now on waits at the loader's
+    // notification until this placing is over.
+    let following = follow::start();
+    let library = object_of(&p).is_some_and(|o| !never_unloaded(o));
+    let mut tries = 0;
+    let answer = loop {
+        tries += 1;
+        if library && follow::loader_busy() {
+            // The loader is mapping or unmapping objects: placed at the end of that change if
+            // its library is loaded then.
+            break Placement::Waiting;
+        }
+        let answer = place(p.clone(), shm, &mut l.placed, &mut note, &mut detail);
+        hold_off_last(l, p.index);
+        if !library || !matches!(answer, Placement::Failed(_)) {
+            break answer;
+        }
+        // Its library went, or came back elsewhere, while the probe was placed: it waits for
+        // the next load, or is placed afresh.
+        if object_of(&p).is_some_and(|o| !loaded(o)) {
+            (note, detail) = (None, None);
+            break Placement::Waiting;
+        }
+        if tries == 3 {
+            break answer;
+        }
+        (note, detail) = (None, None);
+    };
+    let placement = match (answer, following) {
+        (Placement::Waiting, Ok(_)) => {
+            l.waiting.push(p);
+            Placement::Waiting
+        }
+        (Placement::Waiting, Err(e)) => {
+            Placement::Failed(format!("its library is not loaded, and loads cannot be followed: {e}"))
+        }
+        (answer @ (Placement::At(at) | Placement::Returns(at, _)), Ok(_)) if library && !crate::startup::holds(at) => {
+            // Removed before the program unloads a library, placed again once the loader is
+            // done, as a probe placed at a load is.
+            l.followed.push(p);
+            answer
+        }
+        (answer, _) => answer,
+    };
+    Answer { note, detail, placement }
+}
+
+/// Hold off the probe of `index` if it is the last placed and an entry probe on `int3`
+/// (`held_off.rs`).
+pub(crate) fn hold_off_last(l: &mut Live, index: u32) {
+    if let Some(index) = l.placed.last().filter(|q| q.hit(index as usize).is_some()).and_then(crate::held_off::hold_off)
+    {
+        l.held_off.push(index);
+    }
 }
 
 /// Wait up to `ms` milliseconds for the socket to have something to read (or its end), or for
@@ -351,7 +388,7 @@ fn loader_changed(l: &mut Live, state: i32) {
 }
 
 /// The object a probe's target names (`libx.so` of `libx.so:xfunc`), if it names one.
-fn object_of(p: &PlaceProbe) -> Option<&str> {
+pub(crate) fn object_of(p: &PlaceProbe) -> Option<&str> {
     p.target.split_once(':').map(|(o, _)| o)
 }
 
@@ -359,7 +396,7 @@ fn object_of(p: &PlaceProbe) -> Option<&str> {
 /// the loader. A probe placed on another library is removed whenever the program unloads a
 /// library and placed again once the loader is done (which library goes is not known before),
 /// unless it was placed in a library loaded with the program (`startup.rs`).
-fn never_unloaded(object: &str) -> bool {
+pub(crate) fn never_unloaded(object: &str) -> bool {
     let (Ok(name), Ok(maps)) = (dprobe_sym::ObjectName::new(object), dprobe_sym::read_maps()) else { return false };
     let program = std::fs::read_link("/proc/self/exe").ok();
     maps.iter().filter_map(|m| m.path.as_deref()).filter(|path| name.matches(path)).any(|path| {
@@ -472,11 +509,10 @@ fn place(
     detail: &mut Option<String>,
 ) -> Placement {
     let index = p.index as usize;
-    if index >= MAX_PROBES || placed.iter().any(|q| q.hit(index).is_some()) {
-        return Placement::Failed(format!("probe index {index} is out of range or taken"));
+    if let Some(why) = index_refused(index, placed) {
+        return Placement::Failed(why);
     }
-    let plan = FetchPlan::compile(&p.args, None);
-    let hit = Arc::new(HitProbe::new(index, plan, p.events, p.stack, shm.clone()));
+    let hit = new_hit(&p, shm);
     let kept = hit.clone();
     let result = if p.kind == ProbeKind::Return || p.timed {
         let mut k = Kretprobe::on(named(&p));
@@ -519,28 +555,7 @@ fn place(
             at
         })
     } else {
-        register(named(&p).pre(move |regs| {
-            // What the handler calls (a probed `memset`) is dprobe's, not the program's.
-            let _tool = dprobe_inproc::tool_work();
-            if !on_agent_thread(regs.rsp) {
-                hit.count(Counter::Hits);
-                hit.event(regs, None, Side::Entry, None);
-            }
-            PreAction::Continue
-        }))
-        .map(|probe| {
-            let addr = probe.addr();
-            *detail = Some(jump_or_trap(&probe));
-            if let Err(why) = probe.optimized() {
-                if why.is_outside_dprobe() {
-                    // Each hit traps (a signal and a return from it): slower, and the user may
-                    // not know another tool is there.
-                    *note = Some(format!("each hit traps (no jump to a detour): {why}"));
-                }
-            }
-            placed.push(Placed::Entry { probe, index, hit: kept, semaphore: None });
-            Placement::At(addr.0)
-        })
+        register(entry_probe(&p, hit)).map(|probe| entry_placed(probe, index, kept, placed, note, detail))
     };
     match result {
         Ok(at) => {
@@ -559,11 +574,66 @@ fn place(
             }
             at
         }
-        Err(ProbeError::Target(
-            dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
-        )) if object_of(&p).is_some_and(|o| !loaded(o)) => Placement::Waiting,
-        Err(e) => Placement::Failed(e.to_string()),
+        Err(e) => refused(&p, e),
     }
+}
+
+/// The answer to `p` refused with `e`: waiting, where its object is not loaded (yet).
+pub(crate) fn refused(p: &PlaceProbe, e: ProbeError) -> Placement {
+    match e {
+        ProbeError::Target(
+            dprobe_sym::ResolveError::SymbolNotFound { .. } | dprobe_sym::ResolveError::ObjectNotLoaded { .. },
+        ) if object_of(p).is_some_and(|o| !loaded(o)) => Placement::Waiting,
+        e => Placement::Failed(e.to_string()),
+    }
+}
+
+/// Why probe index `index` cannot be given (`None`: it can).
+pub(crate) fn index_refused(index: usize, placed: &[Placed]) -> Option<String> {
+    (index >= MAX_PROBES || placed.iter().any(|q| q.hit(index).is_some()))
+        .then(|| format!("probe index {index} is out of range or taken"))
+}
+
+/// What counts and sends probe `p`'s hits.
+pub(crate) fn new_hit(p: &PlaceProbe, shm: &Arc<Shm>) -> Arc<HitProbe> {
+    let plan = FetchPlan::compile(&p.args, None);
+    Arc::new(HitProbe::new(p.index as usize, plan, p.events, p.stack, shm.clone()))
+}
+
+/// The entry probe of `p`, its hits counted and sent by `hit`.
+pub(crate) fn entry_probe(p: &PlaceProbe, hit: Arc<HitProbe>) -> Kprobe {
+    named(p).pre(move |regs| {
+        // What the handler calls (a probed `memset`) is dprobe's, not the program's.
+        let _tool = dprobe_inproc::tool_work();
+        if !on_agent_thread(regs.rsp) {
+            hit.count(Counter::Hits);
+            hit.event(regs, None, Side::Entry, None);
+        }
+        PreAction::Continue
+    })
+}
+
+/// Entry probe `probe` of index `index` is placed: kept in `placed`; `detail` says how its
+/// hits reach the handler, `note` why each traps when the reason is not dprobe's.
+pub(crate) fn entry_placed(
+    probe: Probe,
+    index: usize,
+    hit: Arc<HitProbe>,
+    placed: &mut Vec<Placed>,
+    note: &mut Option<String>,
+    detail: &mut Option<String>,
+) -> Placement {
+    let addr = probe.addr();
+    *detail = Some(jump_or_trap(&probe));
+    if let Err(why) = probe.optimized() {
+        if why.is_outside_dprobe() {
+            // Each hit traps (a signal and a return from it): slower, and the user may not
+            // know another tool is there.
+            *note = Some(format!("each hit traps (no jump to a detour): {why}"));
+        }
+    }
+    placed.push(Placed::Entry { probe, index, hit, semaphore: None });
+    Placement::At(addr.0)
 }
 
 /// How a placed entry probe's hits reach its handler: a jump to its detour, or a trap and

@@ -16,6 +16,7 @@
 //! readable even after the program ended.
 
 mod agent_thread;
+mod batch;
 mod child;
 mod connection;
 mod engine;

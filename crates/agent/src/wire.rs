@@ -56,6 +56,11 @@ pub enum Placement {
 pub enum Message {
     /// Tracer → agent.
     Place(PlaceProbe),
+    /// Tracer → agent: place these probes, in order, answering each as [`Message::Place`] is
+    /// answered. The first takes the first's index; each placed (or waiting) one the next,
+    /// a refused one none (the tracer numbers them so as it reads the answers). Those the agent
+    /// can place together, it places with one change of the program's code.
+    PlaceMany(Vec<PlaceProbe>),
     /// Agent → tracer.
     Placed(Placement),
     /// Tracer → agent: test this filter (the tracer's syntax, naming only fields probe
@@ -105,29 +110,13 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
     match m {
         Message::Place(p) => {
             b.push(b'P');
-            b.extend_from_slice(&p.index.to_le_bytes());
-            put_str(&mut b, &p.target);
-            b.extend_from_slice(&p.offset.to_le_bytes());
-            b.push(matches!(p.kind, ProbeKind::Return) as u8);
-            b.push(p.timed as u8);
-            b.extend_from_slice(&p.maxactive.to_le_bytes());
-            b.push(p.events as u8);
-            b.push(p.stack as u8);
-            b.extend_from_slice(&(p.args.len() as u32).to_le_bytes());
-            for a in &p.args {
-                put_str(&mut b, &a.name);
-                put_fetch(&mut b, &a.fetch);
-                put_type(&mut b, a.ty);
-                b.push(a.typed as u8);
-            }
-            match &p.semaphore {
-                None => b.push(0),
-                Some(s) => {
-                    b.push(1);
-                    put_str(&mut b, &s.object);
-                    b.extend_from_slice(&s.addr.to_le_bytes());
-                    b.extend_from_slice(&s.file_offset.to_le_bytes());
-                }
+            put_place(&mut b, p);
+        }
+        Message::PlaceMany(probes) => {
+            b.push(b'M');
+            b.extend_from_slice(&(probes.len() as u32).to_le_bytes());
+            for p in probes {
+                put_place(&mut b, p);
             }
         }
         Message::Note(text) => {
@@ -203,25 +192,15 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
     r.read_exact(&mut body)?;
     let mut c = Cursor(&body[1..]);
     let m = match body[0] {
-        b'P' => {
-            let index = c.u32()?;
-            let target = c.str()?;
-            let offset = c.u64()?;
-            let kind = if c.u8()? == 1 { ProbeKind::Return } else { ProbeKind::Entry };
-            let timed = c.u8()? == 1;
-            let maxactive = c.u64()?;
-            let events = c.u8()? == 1;
-            let stack = c.u8()? == 1;
+        b'P' => Message::Place(c.place()?),
+        b'M' => {
             let n = c.u32()?;
-            let mut args = Vec::new();
-            for _ in 0..n.min(1024) {
-                args.push(NamedArg { name: c.str()?, fetch: c.fetch(0)?, ty: c.ty()?, typed: c.u8()? == 1 });
+            // Each probe takes more than 30 bytes: a count the message cannot hold is refused
+            // before anything is allocated for it.
+            if n as usize > body.len() / 30 {
+                return Err(bad());
             }
-            let semaphore = match c.u8()? {
-                0 => None,
-                _ => Some(Semaphore { object: c.str()?, addr: c.u64()?, file_offset: c.u64()? }),
-            };
-            Message::Place(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args, semaphore })
+            Message::PlaceMany((0..n).map(|_| c.place()).collect::<io::Result<_>>()?)
         }
         b'N' => Message::Note(c.str()?),
         b'D' => Message::Detail(c.str()?),
@@ -253,6 +232,34 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
 
 fn bad() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "not a dprobe agent message")
+}
+
+/// One probe to place, as `Place` and `PlaceMany` carry it.
+fn put_place(b: &mut Vec<u8>, p: &PlaceProbe) {
+    b.extend_from_slice(&p.index.to_le_bytes());
+    put_str(b, &p.target);
+    b.extend_from_slice(&p.offset.to_le_bytes());
+    b.push(matches!(p.kind, ProbeKind::Return) as u8);
+    b.push(p.timed as u8);
+    b.extend_from_slice(&p.maxactive.to_le_bytes());
+    b.push(p.events as u8);
+    b.push(p.stack as u8);
+    b.extend_from_slice(&(p.args.len() as u32).to_le_bytes());
+    for a in &p.args {
+        put_str(b, &a.name);
+        put_fetch(b, &a.fetch);
+        put_type(b, a.ty);
+        b.push(a.typed as u8);
+    }
+    match &p.semaphore {
+        None => b.push(0),
+        Some(s) => {
+            b.push(1);
+            put_str(b, &s.object);
+            b.extend_from_slice(&s.addr.to_le_bytes());
+            b.extend_from_slice(&s.file_offset.to_le_bytes());
+        }
+    }
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -321,6 +328,28 @@ const REGISTERS: [&str; 19] = [
 struct Cursor<'a>(&'a [u8]);
 
 impl Cursor<'_> {
+    /// One probe to place (see `put_place`).
+    fn place(&mut self) -> io::Result<PlaceProbe> {
+        let index = self.u32()?;
+        let target = self.str()?;
+        let offset = self.u64()?;
+        let kind = if self.u8()? == 1 { ProbeKind::Return } else { ProbeKind::Entry };
+        let timed = self.u8()? == 1;
+        let maxactive = self.u64()?;
+        let events = self.u8()? == 1;
+        let stack = self.u8()? == 1;
+        let n = self.u32()?;
+        let mut args = Vec::new();
+        for _ in 0..n.min(1024) {
+            args.push(NamedArg { name: self.str()?, fetch: self.fetch(0)?, ty: self.ty()?, typed: self.u8()? == 1 });
+        }
+        let semaphore = match self.u8()? {
+            0 => None,
+            _ => Some(Semaphore { object: self.str()?, addr: self.u64()?, file_offset: self.u64()? }),
+        };
+        Ok(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args, semaphore })
+    }
+
     fn take(&mut self, n: usize) -> io::Result<&[u8]> {
         if self.0.len() < n {
             return Err(bad());
@@ -389,7 +418,22 @@ mod tests {
         let spec =
             dprobe_spec::parse_probe("libc:openat path=+8(%si):string fl=$arg3:x32 r=%r12 e=$errno g=@+0x3010:s32")
                 .unwrap();
+        let first = PlaceProbe {
+            index: 11,
+            target: "libc:read".into(),
+            offset: 0,
+            kind: ProbeKind::Entry,
+            timed: false,
+            maxactive: 0,
+            events: false,
+            stack: false,
+            args: Vec::new(),
+            semaphore: None,
+        };
+        let second = PlaceProbe { target: "libc:write".into(), args: spec.args.clone(), ..first.clone() };
         let messages = [
+            Message::PlaceMany(vec![first, second]),
+            Message::PlaceMany(Vec::new()),
             Message::Place(PlaceProbe {
                 index: 9,
                 target: "libc:openat".into(),
@@ -442,5 +486,7 @@ mod tests {
         }
         assert_eq!(receive(&mut r).unwrap(), None);
         assert!(receive(&mut &[1u8, 0, 0, 0, b'?'][..]).is_err(), "an unknown message is an error");
+        let too_many = [5u8, 0, 0, 0, b'M', 0xff, 0xff, 0xff, 0x7f];
+        assert!(receive(&mut &too_many[..]).is_err(), "more probes than the message holds");
     }
 }

@@ -50,19 +50,31 @@ fn prepare<E: Engine>(
     // be placed is left out of the list (and said so), as if never asked for.
     let mut kept = Vec::with_capacity(planned.len());
     let mut left_out: Vec<(String, usize)> = Vec::new();
-    for mut p in std::mem::take(planned) {
+    // Placed together (an engine that can, the agent, places them with one change of the
+    // program's code), answered in order.
+    let all = std::mem::take(planned);
+    let plans: Vec<FetchPlan> = all.iter().map(|p| FetchPlan::compile(&p.probe.spec.args, None)).collect();
+    let requests: Vec<(ProbeRequest<'_>, &[ProbePoint])> = all
+        .iter()
+        .zip(&plans)
+        .map(|(p, plan)| {
+            let request = ProbeRequest {
+                spec: &p.probe.spec,
+                plan,
+                timed: args.latency,
+                maxactive: args.maxactive,
+                semaphore: p.probe.semaphore.as_ref(),
+            };
+            (request, p.sites.as_slice())
+        })
+        .collect();
+    let answers = engine.place_sites_many(&requests);
+    drop(requests);
+    for (mut p, answer) in all.into_iter().zip(answers) {
         if let Some(note) = &p.note {
             eprintln!("dprobe: `{}`: {note}", p.info.spec);
         }
-        let plan = FetchPlan::compile(&p.probe.spec.args, None);
-        let request = ProbeRequest {
-            spec: &p.probe.spec,
-            plan: &plan,
-            timed: args.latency,
-            maxactive: args.maxactive,
-            semaphore: p.probe.semaphore.as_ref(),
-        };
-        let placed = match (engine.place_sites(request, &p.sites), &p.probe.glob) {
+        let placed = match (answer, &p.probe.glob) {
             (Ok(placed), _) => placed,
             (Err(e), Some(glob)) => {
                 eprintln!("dprobe: `{glob}`: {} left out: {e}", p.info.label);

@@ -122,6 +122,12 @@ pub trait Engine {
     /// Place one probe; its events carry its index, the order of the calls from 0.
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, Self::Error>;
 
+    /// Place several probes, in order: one answer each, as one call of [`Engine::place`] each
+    /// would give (what the default does); an engine that can place them together does.
+    fn place_many(&mut self, probes: Vec<ProbeRequest<'_>>) -> Vec<Result<Placed, Self::Error>> {
+        probes.into_iter().map(|p| self.place(p)).collect()
+    }
+
     /// Let the engine drop events that fail `filter` (its text, the kernel's filter syntax)
     /// before they reach the tracer, for the probes that fetch every field it uses. The
     /// tracer still tests each event it receives; this only saves the transport. Called

@@ -7,7 +7,7 @@
 //! This is not a glob (`handle_*`), which makes one probe per function, each with its own
 //! line in a summary: a probe with several sites is one thing the user named.
 
-use dprobe_spec::ProbePoint;
+use dprobe_spec::{ProbePoint, ProbeSpec};
 
 use crate::engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest};
 use crate::event::{EventSink, ProbeEvent};
@@ -51,24 +51,54 @@ impl<E: Engine> MultiSite<E> {
         if sites.is_empty() {
             return self.place_one(index, probe);
         }
-        let mut placed = Placed::default();
-        let mut notes: Vec<String> = Vec::new();
-        let mut details: Vec<String> = Vec::new();
-        for site in sites {
-            let mut spec = probe.spec.clone();
-            spec.point = site.clone();
-            let one = self.place_one(index, ProbeRequest { spec: &spec, ..probe })?;
-            placed.fields = placed.fields.or(one.fields);
-            if let Some(n) = one.note.filter(|n| !notes.contains(n)) {
-                notes.push(n);
-            }
-            if let Some(d) = one.detail.filter(|d| !details.contains(d)) {
-                details.push(d);
+        let mut all = Vec::with_capacity(sites.len());
+        for spec in site_specs(probe, sites) {
+            all.push(self.place_one(index, ProbeRequest { spec: &spec, ..probe })?);
+        }
+        Ok(merged(all))
+    }
+
+    /// Place several probes, each at its sites, as [`MultiSite::place_sites`] would one after
+    /// the other, with one call of the engine's [`Engine::place_many`] for all their sites. A
+    /// probe one of whose sites cannot be placed is not counted, as there; its other sites are
+    /// placed all the same, and deliver nothing.
+    pub fn place_sites_many(&mut self, probes: &[(ProbeRequest<'_>, &[ProbePoint])]) -> Vec<Result<Placed, E::Error>> {
+        let specs: Vec<Vec<ProbeSpec>> = probes.iter().map(|(probe, sites)| site_specs(*probe, sites)).collect();
+        let mut requests = Vec::new();
+        for ((probe, _), specs) in probes.iter().zip(&specs) {
+            match specs.is_empty() {
+                true => requests.push(*probe),
+                false => requests.extend(specs.iter().map(|spec| ProbeRequest { spec, ..*probe })),
             }
         }
-        placed.note = (!notes.is_empty()).then(|| notes.join("; "));
-        placed.detail = (!details.is_empty()).then(|| details.join("; "));
-        Ok(placed)
+        let mut answers = self.inner.place_many(requests).into_iter();
+        let mut out = Vec::with_capacity(probes.len());
+        for specs in &specs {
+            let index = self.sites.len();
+            self.sites.push(Vec::new());
+            let (mut all, mut failed) = (Vec::new(), None);
+            for _ in 0..specs.len().max(1) {
+                match answers.next().expect("one answer for each site") {
+                    Ok(one) => {
+                        self.sites[index].push(self.owner.len());
+                        self.owner.push(index);
+                        all.push(one);
+                    }
+                    Err(e) => failed = failed.or(Some(e)),
+                }
+            }
+            out.push(match failed {
+                None if specs.is_empty() => Ok(all.pop().unwrap_or_default()),
+                None => Ok(merged(all)),
+                Some(e) => {
+                    for inner in self.sites.pop().unwrap_or_default() {
+                        self.owner[inner] = ORPHAN;
+                    }
+                    Err(e)
+                }
+            });
+        }
+        out
     }
 
     fn place_one(&mut self, index: usize, probe: ProbeRequest<'_>) -> Result<Placed, E::Error> {
@@ -87,6 +117,31 @@ impl<E: Engine> MultiSite<E> {
     pub fn inner(&self) -> &E {
         &self.inner
     }
+}
+
+/// The spec of each of `sites`: the probe's, at the site (none: the probe has its own place).
+fn site_specs(probe: ProbeRequest<'_>, sites: &[ProbePoint]) -> Vec<ProbeSpec> {
+    let at = |site: &ProbePoint| ProbeSpec { point: site.clone(), ..probe.spec.clone() };
+    sites.iter().map(at).collect()
+}
+
+/// What placing a probe's sites told, as one probe's: the first fields given, each note and
+/// detail once.
+fn merged(all: Vec<Placed>) -> Placed {
+    let mut placed = Placed::default();
+    let (mut notes, mut details): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for one in all {
+        placed.fields = placed.fields.or(one.fields);
+        if let Some(n) = one.note.filter(|n| !notes.contains(n)) {
+            notes.push(n);
+        }
+        if let Some(d) = one.detail.filter(|d| !details.contains(d)) {
+            details.push(d);
+        }
+    }
+    placed.note = (!notes.is_empty()).then(|| notes.join("; "));
+    placed.detail = (!details.is_empty()).then(|| details.join("; "));
+    placed
 }
 
 /// The figures of a probe's sites together: their counts summed; placed where its first site
@@ -300,5 +355,33 @@ mod tests {
         engine.run(&mut || false, &mut |e| seen.push(e.probe)).unwrap();
         // The inner engine's probe 1 (app:main) hits twice; its probe 0 (the orphan) once.
         assert_eq!(seen, [0, 0]);
+    }
+
+    #[test]
+    fn probes_placed_together_are_numbered_as_placed_one_by_one() {
+        let mut engine = MultiSite::new(Recorder::default());
+        let plan = FetchPlan::compile(&[], None);
+        let [main, scale, bad, step] =
+            ["app:main", "app:scale", "app:bad", "app:step"].map(|s| parse_probe(s).unwrap());
+        let request = |spec| ProbeRequest { spec, plan: &plan, timed: false, maxactive: None, semaphore: None };
+        let scale_sites: Vec<ProbePoint> = ["app:scale", "app:0x1150"].map(|t| parse_point(t).unwrap()).into();
+        let broken_sites: Vec<ProbePoint> = ["app:0x10", "app:bad", "app:0x20"].map(|t| parse_point(t).unwrap()).into();
+        let answers = engine.place_sites_many(&[
+            (request(&main), &[]),
+            (request(&scale), &scale_sites),
+            (request(&bad), &[]),
+            (request(&scale), &broken_sites),
+            (request(&step), &[]),
+        ]);
+        let ok: Vec<bool> = answers.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, true, false, false, true]);
+        assert_eq!(answers[1].as_ref().unwrap().note.as_deref(), Some("waiting"), "one note for two sites");
+        // main, scale (2 sites) and step took indices 0, 1 and 2; the broken probe's two
+        // placed sites (inner 3 and 4) are orphans.
+        assert_eq!((engine.site_count(0), engine.site_count(1), engine.site_count(2)), (1, 2, 1));
+        let mut seen = [0u64; 3];
+        engine.run(&mut || false, &mut |e| seen[e.probe] += 1).unwrap();
+        // The inner probes hit 1, 2 + 3, (4 + 5 orphaned), 6 times.
+        assert_eq!(seen, [1, 5, 6]);
     }
 }

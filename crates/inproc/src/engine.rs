@@ -424,6 +424,16 @@ impl Engine {
         Ok(locate(&mut st, &maps, probe, &mut FunctionCache::default())?.0)
     }
 
+    /// Where each of `probes` would go, or why it cannot, as [`Engine::register`] finds it
+    /// now: the process's maps read once for all of them (the error: they could not be read).
+    pub fn resolve_each(&self, probes: &[Kprobe]) -> Result<Vec<Result<Target, ProbeError>>, ProbeError> {
+        let _own = trap::OwnWork::enter();
+        let (mut st, maps) = self.lock_with_maps()?;
+        drop_moved_symbols(&mut st, &maps);
+        let mut functions = FunctionCache::default();
+        Ok(probes.iter().map(|p| locate(&mut st, &maps, p, &mut functions).map(|(target, _)| target)).collect())
+    }
+
     /// Where a probe would go, checked to be the first instruction of a function (after an
     /// `endbr64`, the instruction after it counts as the entry too).
     pub fn function_entry(&self, probe: &Kprobe) -> Result<Target, ProbeError> {

@@ -105,7 +105,8 @@ pub use kretprobe::{
 pub use mask_guard::{keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
-    blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, unregister_all, Probe,
+    blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, resolve_each, unregister_all,
+    Probe,
 };
 pub use program_errno::{program_errno, set_program_errno};
 pub use safepoint::moved as safepoint_moves;

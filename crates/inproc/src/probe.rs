@@ -103,6 +103,13 @@ pub fn resolve(probe: &Kprobe) -> Result<Target, ProbeError> {
     Engine::global()?.resolve(probe)
 }
 
+/// Where each of `probes` would go, or why it cannot (as [`register`] would say), without
+/// registering any: for many probes, one read of the process's maps instead of one each. The
+/// error: the maps could not be read.
+pub fn resolve_each(probes: &[Kprobe]) -> Result<Vec<Result<Target, ProbeError>>, ProbeError> {
+    Engine::global()?.resolve_each(probes)
+}
+
 /// The registered probes (the kernel's `kprobes/list`).
 pub fn list() -> Vec<ProbeInfo> {
     Engine::get().map(Engine::list).unwrap_or_default()
