@@ -51,6 +51,9 @@ use clap::Parser;
 
 fn main() {
     let cli = options::Cli::parse();
+    // Indirect functions whose library records no choice (libc's `strstr`): dprobe runs the
+    // C library's resolver itself to see what the loader chooses on this machine.
+    dprobe_sym::run_resolvers_with(dprobe_inproc::run_resolver);
     let result = match cli.command {
         // Before anything else: the process that traces outlives this one (see dprobe-holder).
         options::Command::Trace(args) => match dprobe_holder::split(&signals::STOPS).and_then(signals::watch_the_front)

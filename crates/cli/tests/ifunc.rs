@@ -3,7 +3,7 @@
 //! runs, so it counts every call.
 mod common;
 
-use common::{dprobe, ifunc, trace_to_file};
+use common::{c_program_from, dprobe, hits, ifunc, trace_to_file};
 
 #[test]
 fn a_probe_on_strlen_counts_every_call_of_the_chosen_implementation() {
@@ -28,6 +28,59 @@ fn a_probe_on_strlen_counts_every_call_of_the_chosen_implementation() {
         let events = t.trace.lines().filter(|l| l.contains("s=\"dprobe-ifunc-marker\"")).count();
         assert_eq!(events, 250, "{what}");
     }
+}
+
+/// Calls `strstr` and `wcsrchr` as many times as its argument says, through pointers (so
+/// that no builtin stands in for the library's), and prints what they found.
+const UNRECORDED: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <wchar.h>
+char *(*volatile find)(const char *, const char *) = strstr;
+wchar_t *(*volatile find_last)(const wchar_t *, wchar_t) = wcsrchr;
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 10;
+    long at = 0;
+    for (int i = 0; i < n; i++) {
+        at += find("dprobe-needle-in-a-haystack", "in-a") - (char *)0 != 0;
+        at += find_last(L"a/b/c", L'/') != 0;
+    }
+    printf("found %ld\n", at);
+    return 0;
+}
+"#;
+
+/// Nothing inside glibc calls `strstr` or `wcsrchr` through its own GOT, so libc holds no
+/// record of the loader's choice for them: dprobe runs the C library's resolver to see it
+/// (before, both were refused: "the library holds no relocation that records its choice").
+#[test]
+fn an_indirect_function_whose_library_records_no_choice_counts_every_call() {
+    let program = c_program_from("unrecorded-choice", UNRECORDED, &["-O0"]);
+    for engine in ["agent", "ptrace", "kernel"] {
+        let mut args = vec!["--engine", engine, "-c", "libc:strstr", "libc:wcsrchr", "--", program, "300"];
+        if engine == "kernel" {
+            // A system-wide trace: narrowed to the program by its name.
+            args.splice(2..2, ["--comm", "unrecorded-choi"]);
+        }
+        let t = trace_to_file(&format!("unrecorded-choice-{engine}"), &args);
+        let what = t.what(engine);
+        assert_eq!(t.code, Some(0), "{what}");
+        assert_eq!(t.stdout, "found 600\n", "{what}");
+        assert_eq!(hits(&t.trace, "libc:strstr"), 300, "{what}");
+        assert_eq!(hits(&t.trace, "libc:wcsrchr"), 300, "{what}");
+    }
+}
+
+/// `time` chooses the kernel's vDSO, which is mapped elsewhere in each process and cannot be
+/// probed: refused with that reason, and nothing runs.
+#[test]
+fn an_indirect_function_that_chooses_the_vdso_is_refused_with_the_reason() {
+    let o = dprobe(&["trace", "libc:time", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("`libc:time` is an indirect function"), "{stderr}");
+    assert!(stderr.contains("the kernel's vDSO"), "{stderr}");
 }
 
 #[test]

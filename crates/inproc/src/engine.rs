@@ -274,6 +274,7 @@ impl Engine {
         });
         static QUIET_PANICS: std::sync::Once = std::sync::Once::new();
         QUIET_PANICS.call_once(install_quiet_panic_hook);
+        dprobe_sym::run_resolvers_with(crate::run_resolver);
         let os = |source| ProbeError::Os { what: "installing dprobe's signal handlers", source };
         signals::install(libc::SIGTRAP, trap::on_sigtrap).map_err(os)?;
         for sig in signals::FAULT_SIGNALS {

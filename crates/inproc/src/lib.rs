@@ -76,6 +76,7 @@ mod page_alias;
 mod probe;
 mod program_errno;
 mod rearm;
+mod resolver_runner;
 mod safepoint;
 mod saved;
 mod signal_frame;
@@ -109,6 +110,7 @@ pub use probe::{
     Probe,
 };
 pub use program_errno::{program_errno, set_program_errno};
+pub use resolver_runner::run_resolver;
 pub use safepoint::moved as safepoint_moves;
 pub use sys::close_mem_file;
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};

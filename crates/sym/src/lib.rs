@@ -41,6 +41,7 @@ mod usdt;
 mod window_branches;
 
 pub use demangle::demangle;
+pub use ifunc::{run_resolvers_with, ResolverRunner};
 pub use landing_pads::landing_pads;
 pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};
 pub use needed::needed_libraries;

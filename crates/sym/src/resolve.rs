@@ -145,6 +145,16 @@ pub enum ResolveError {
         /// The object's functions named like implementations of it (`__strlen_avx2`).
         candidates: Vec<String>,
     },
+    /// An indirect function whose resolver chooses code outside its object (the clock
+    /// functions' resolvers choose the kernel's vDSO).
+    #[error(
+        "`{symbol}` is an indirect function whose implementation on this machine is outside the library \
+         (for the clock functions, in the kernel's vDSO, which no engine can probe): probe its callers instead"
+    )]
+    IndirectFunctionElsewhere {
+        /// `[BINARY:]NAME` as asked for.
+        symbol: String,
+    },
     /// No function symbol covers the address, so its instruction boundaries are unknown.
     #[error("{addr} is not probe-able code: {}", self.why_not_code().unwrap_or_default())]
     NoFunction {
@@ -276,7 +286,10 @@ impl Symbols {
         let file = object_file(&ifunc.object).ok_or_else(|| refuse(Unchosen::Unreadable.reason()))?;
         let data = file.bytes().ok_or_else(|| refuse(Unchosen::Unreadable.reason()))?;
         let resolver = ifunc.start.0.wrapping_sub(ifunc.bias);
-        let chosen = chosen_implementation(&ifunc.object, &data, resolver).map_err(|u| refuse(u.reason()))?;
+        let chosen = chosen_implementation(&ifunc.object, &data, resolver).map_err(|u| match u {
+            Unchosen::OutsideObject => ResolveError::IndirectFunctionElsewhere { symbol: symbol.to_owned() },
+            u => refuse(u.reason()),
+        })?;
         if let Some(g) = self.containing(Addr(chosen.wrapping_add(ifunc.bias))).filter(|g| g.object == ifunc.object) {
             return Ok(g.clone());
         }
