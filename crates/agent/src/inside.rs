@@ -399,12 +399,10 @@ pub(crate) fn object_of(p: &PlaceProbe) -> Option<&str> {
 pub(crate) fn never_unloaded(object: &str) -> bool {
     let (Ok(name), Ok(maps)) = (dprobe_sym::ObjectName::new(object), dprobe_sym::read_maps()) else { return false };
     let program = std::fs::read_link("/proc/self/exe").ok();
-    maps.iter().filter_map(|m| m.path.as_deref()).filter(|path| name.matches(path)).any(|path| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        // (`libc-2.31.so` and `ld-2.31.so` before glibc 2.34.)
-        ["libc.so", "libc-", "ld-linux", "ld-"].iter().any(|p| file.starts_with(p))
-            || program.as_deref() == Some(std::path::Path::new(path))
-    })
+    maps.iter()
+        .filter_map(|m| m.path.as_deref())
+        .filter(|path| name.matches(path))
+        .any(|path| dprobe_sym::is_c_library_or_loader(path) || program.as_deref() == Some(std::path::Path::new(path)))
 }
 
 /// Remove a probe whose library is being unloaded, keeping its figures for its next placing.

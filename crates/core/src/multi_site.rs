@@ -40,11 +40,22 @@ impl<E: Engine> MultiSite<E> {
         self.sites.push(Vec::new());
         let placed = self.place_all(index, probe, sites);
         if placed.is_err() {
-            for inner in self.sites.pop().unwrap_or_default() {
-                self.owner[inner] = ORPHAN;
-            }
+            self.orphan_last();
         }
         placed
+    }
+
+    /// The last probe is not counted (a site of it failed): its sites deliver nothing.
+    fn orphan_last(&mut self) {
+        for inner in self.sites.pop().unwrap_or_default() {
+            self.owner[inner] = ORPHAN;
+        }
+    }
+
+    /// The inner engine's next probe is a site of probe `index`.
+    fn add_site(&mut self, index: usize) {
+        self.sites[index].push(self.owner.len());
+        self.owner.push(index);
     }
 
     fn place_all(&mut self, index: usize, probe: ProbeRequest<'_>, sites: &[ProbePoint]) -> Result<Placed, E::Error> {
@@ -80,8 +91,7 @@ impl<E: Engine> MultiSite<E> {
             for _ in 0..specs.len().max(1) {
                 match answers.next().expect("one answer for each site") {
                     Ok(one) => {
-                        self.sites[index].push(self.owner.len());
-                        self.owner.push(index);
+                        self.add_site(index);
                         all.push(one);
                     }
                     Err(e) => failed = failed.or(Some(e)),
@@ -91,9 +101,7 @@ impl<E: Engine> MultiSite<E> {
                 None if specs.is_empty() => Ok(all.pop().unwrap_or_default()),
                 None => Ok(merged(all)),
                 Some(e) => {
-                    for inner in self.sites.pop().unwrap_or_default() {
-                        self.owner[inner] = ORPHAN;
-                    }
+                    self.orphan_last();
                     Err(e)
                 }
             });
@@ -103,8 +111,7 @@ impl<E: Engine> MultiSite<E> {
 
     fn place_one(&mut self, index: usize, probe: ProbeRequest<'_>) -> Result<Placed, E::Error> {
         let placed = self.inner.place(probe)?;
-        self.sites[index].push(self.owner.len());
-        self.owner.push(index);
+        self.add_site(index);
         Ok(placed)
     }
 

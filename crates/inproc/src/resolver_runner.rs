@@ -17,9 +17,7 @@ use dprobe_arch::Addr;
 /// maps name it), chooses; `None` for an object other than the C library or the loader, or
 /// an address that is not that object's code here.
 pub fn run_resolver(object: &str, resolver: u64) -> Option<u64> {
-    let file = object.rsplit('/').next().unwrap_or(object);
-    // (`libc-2.31.so` and `ld-2.31.so` before glibc 2.34.)
-    if !["libc.so", "libc-", "ld-linux", "ld-"].iter().any(|p| file.starts_with(p)) {
+    if !dprobe_sym::is_c_library_or_loader(object) {
         return None;
     }
     let maps = dprobe_sym::read_maps().ok()?;

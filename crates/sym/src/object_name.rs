@@ -85,6 +85,14 @@ pub fn library_name_matches(file: &str, name: &str) -> bool {
         || after("lib").and_then(|f| f.strip_prefix(name)).is_some_and(|rest| rest.starts_with(".so"))
 }
 
+/// Whether the object at `path` is the C library or the dynamic loader (by file name:
+/// `libc.so.6`, `ld-linux-x86-64.so.2`; `libc-2.31.so` and `ld-2.31.so` before glibc 2.34):
+/// loaded before the program starts and never unloaded.
+pub fn is_c_library_or_loader(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    ["libc.so", "libc-", "ld-linux", "ld-"].iter().any(|p| file.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
