@@ -310,17 +310,11 @@ fn not_runnable(i: &Instruction) -> Option<&'static str> {
             Some("saves or restores state the harness does not control")
         }
         _ => {
+            // Thread-local storage is test data: the harness runs code with the thread
+            // pointer in the arena (see `harness`).
             let segment =
                 (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_segment_register());
-            let tls = matches!(i.segment_prefix(), Register::FS | Register::GS);
-            let writes_memory = i.op0_kind() == OpKind::Memory || matches!(i.mnemonic(), Xchg | Xadd | Cmpxchg);
-            if segment {
-                Some("reads or writes a segment register")
-            } else if tls && writes_memory {
-                Some("writes the harness thread's own thread-local storage")
-            } else {
-                None
-            }
+            segment.then_some("reads or writes a segment register")
         }
     }
 }
@@ -376,12 +370,15 @@ fn retarget(code: &[u8], ip: u64, here: u64, target: u64, arena: &Arena) -> Opti
 }
 
 /// Registers pointing at int3s in the code area, a small count in rcx, string pointers and
-/// the stack in their areas, and distinct xmm values.
+/// the stack in their areas, distinct xmm values, and the thread pointer in data.
 fn initial_ctx(arena: &Arena) -> Ctx {
     let data_mid = arena.data + (REGION / 2) as u64;
     let stack_mid = arena.stack + (REGION / 2) as u64;
     let int3_area = arena.code + 0x2000;
-    let mut ctx = Ctx { gpr: [0; 16], rflags: 0x247, avx512: 0, xmm: [0; 16] };
+    // The thread block in the data's first half, so that the negative offsets of static TLS
+    // and glibc's positive `struct pthread` offsets all land in compared memory.
+    let fs_base = arena.data + (REGION / 4) as u64;
+    let mut ctx = Ctx { gpr: [0; 16], rflags: 0x247, avx512: 0, xmm: [0; 16], fs_base };
     for (n, g) in ctx.gpr.iter_mut().enumerate() {
         *g = int3_area + 0x800 + n as u64 * 8;
     }

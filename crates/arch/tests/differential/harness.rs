@@ -5,6 +5,15 @@
 //! xmm0-15 from a `Ctx` (and clears the rest of the vector state), and jumps to the code. The
 //! code ends in an `int3` (or faults); the signal handler copies the signal frame into
 //! `LAST` and resumes at `dx_return` on the host stack.
+//!
+//! The code runs with the thread pointer (the FS base) moved to a block of the test's data
+//! (`Ctx::fs_base`), and `dx_return` moves it back. Compiled code reads pointers from
+//! thread-local storage (`mov %fs:0x10,%rax` is glibc's own thread block, `mov %fs:0,%rax` the
+//! TLS base) and then writes through them: run on the harness thread's real thread pointer,
+//! such a run would write into the harness's own thread block, which later crashes the test
+//! binary far from the cause. With the FS base in the data, what a run reads there is test data
+//! and what it writes is compared like any other memory. The signal handler runs with that FS
+//! base too, so it touches no thread-local storage.
 
 use std::cell::UnsafeCell;
 
@@ -19,7 +28,15 @@ pub struct Ctx {
     pub rflags: u64,
     pub avx512: u64,
     pub xmm: [u128; 16],
+    /// The thread pointer (FS base) while the code runs: a block of the test's data.
+    pub fs_base: u64,
 }
+
+// The offsets the assembly below reads.
+const _: () = assert!(std::mem::offset_of!(Ctx, rflags) == 128);
+const _: () = assert!(std::mem::offset_of!(Ctx, avx512) == 136);
+const _: () = assert!(std::mem::offset_of!(Ctx, xmm) == 144);
+const _: () = assert!(std::mem::offset_of!(Ctx, fs_base) == 400);
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +59,18 @@ std::arch::global_asm!(
     "push r15",
     "mov [rip + dx_host_rsp], rsp",
     "mov [rip + dx_entry], rsi",
+    "mov [rip + dx_ctx], rdi",
+    // The thread pointer: the host's saved, the run's loaded (arch_prctl GET_FS, SET_FS).
+    "mov eax, 158",
+    "mov edi, 0x1003",
+    "lea rsi, [rip + dx_host_fs]",
+    "syscall",
+    "mov rdi, [rip + dx_ctx]",
+    "mov rsi, [rdi + 400]",
+    "mov eax, 158",
+    "mov edi, 0x1002",
+    "syscall",
+    "mov rdi, [rip + dx_ctx]",
     // Vector state: clear the upper halves and the AVX-512 registers, then load xmm0-15.
     "vzeroupper",
     "test qword ptr [rdi + 136], 1",
@@ -109,6 +138,10 @@ std::arch::global_asm!(
     ".globl dx_return",
     "dx_return:",
     "mov rsp, [rip + dx_host_rsp]",
+    "mov eax, 158",
+    "mov edi, 0x1002",
+    "mov rsi, [rip + dx_host_fs]",
+    "syscall",
     "pop r15",
     "pop r14",
     "pop r13",
@@ -120,6 +153,8 @@ std::arch::global_asm!(
     ".p2align 3",
     "dx_host_rsp: .quad 0",
     "dx_entry: .quad 0",
+    "dx_ctx: .quad 0",
+    "dx_host_fs: .quad 0",
     ".popsection",
 );
 

@@ -44,6 +44,7 @@ fn catalog() -> &'static forms::Catalog {
 
 /// Memory of the test: an executable code area, slot pages near and far, data and stack.
 struct Arena {
+    reserved: u64,
     code: u64,
     near: u64,
     far: u64,
@@ -59,44 +60,62 @@ struct Arena {
 const CODE: libc::c_int = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
 const DATA: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
 
-fn map(len: usize, at: Option<u64>, prot: libc::c_int) -> Option<u64> {
-    // SAFETY: a fresh anonymous mapping; MAP_FIXED_NOREPLACE never replaces existing memory.
-    let p = unsafe {
-        libc::mmap(
-            at.unwrap_or(0) as *mut libc::c_void,
-            len,
-            prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if at.is_some() { libc::MAP_FIXED_NOREPLACE } else { 0 },
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED && at.is_none_or(|a| a == p as u64)).then_some(p as u64)
-}
+/// The address space the arena is carved from, inaccessible but for the arena's pages.
+///
+/// A run computes addresses from what it loads: `movslq -0x14(%rbp),%rcx; movss
+/// %xmm0,(%rax,%rcx,4)` loads 0xcccccccc from the code pages and stores 3.2 GiB below the
+/// data. Such an address must fault, the same way in place and relocated, and never reach the
+/// test binary's own memory (a store there crashes it later, far from the cause, and only when
+/// address-space randomization put something there). A 32-bit value, sign- or zero-extended,
+/// times a scale of 8, plus a 32-bit displacement, stays within 34 GiB of a base register that
+/// points into the arena; the reservation covers 40 GiB on each side.
+const RESERVATION: usize = 80 << 30;
 
 fn bytes_at(addr: u64, len: usize) -> &'static mut [u8] {
-    // SAFETY: only called on the arena's own mappings with lengths inside them; the harness
+    // SAFETY: only called on the arena's own pages with lengths inside them; the harness
     // is single-threaded.
     unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
 }
 
+/// Where the far slot page lies from the code: beyond a rel32's reach, inside the reservation.
+const FAR: u64 = 8 << 30;
+
 impl Arena {
     fn new() -> Arena {
-        let code = map(4 * PAGE, None, CODE).expect("code pages");
-        let near = map(PAGE, None, CODE).expect("near slot page");
-        assert!(near.abs_diff(code) < 1 << 30, "near slot page is not near");
-        let far = [8u64 << 30, 16 << 30, 32 << 30]
-            .iter()
-            .flat_map(|d| [code.wrapping_sub(*d), code + d])
-            .find_map(|a| map(PAGE, Some(a & !(PAGE as u64 - 1)), CODE))
-            .expect("far slot page");
-        let data = map(REGION, None, DATA).expect("data");
-        let stack = map(REGION, None, DATA).expect("stack");
+        // SAFETY: a fresh inaccessible mapping that reserves address space (no memory is
+        // committed); the arena's pages are made accessible inside it below.
+        let reserved = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                RESERVATION,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(reserved, libc::MAP_FAILED, "cannot reserve the arena's address space");
+        let code = reserved as u64 + (RESERVATION / 2) as u64;
+        // A `%fs:(%reg)` operand adds the thread pointer (in the data) to a register that
+        // points into the arena: with both at or above 2^46 the sum is not a canonical
+        // address, so it faults instead of reaching the test binary's memory.
+        assert!(reserved as u64 >= 1 << 46, "the arena is mapped too low: {reserved:?}");
+        let open = |at: u64, len: usize, prot: libc::c_int| {
+            // SAFETY: pages of the reservation above, which nothing else uses.
+            let ok = unsafe { libc::mprotect(at as *mut libc::c_void, len, prot) } == 0;
+            assert!(ok, "cannot open the arena's pages at {at:#x}");
+            at
+        };
+        open(code, 4 * PAGE, CODE);
+        let near = open(code + 16 * PAGE as u64, PAGE, CODE);
+        let far = open(code - FAR, PAGE, CODE);
+        let data = open(code + (1 << 20), REGION, DATA);
+        let stack = open(code + (2 << 20), REGION, DATA);
         let int3_area = code + 0x2000;
         let pattern = |i: usize| (int3_area + (i as u64 % 256) * 8).to_le_bytes();
         let pristine_data: Vec<u8> = (0..REGION / 8).flat_map(pattern).collect();
         let pristine_stack: Vec<u8> = (0..REGION / 8).flat_map(pattern).collect();
-        Arena { code, near, far, data, stack, pristine_data, pristine_stack }
+        Arena { reserved: reserved as u64, code, near, far, data, stack, pristine_data, pristine_stack }
     }
 
     fn insn_addr(&self) -> u64 {
@@ -118,6 +137,13 @@ impl Arena {
     fn contains(&self, addr: u64, len: usize) -> bool {
         let within = |base: u64, size: usize| addr >= base && addr + len as u64 <= base + size as u64;
         within(self.data, REGION) || within(self.stack, REGION) || within(self.code, 4 * PAGE)
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: the arena's own reservation; the harness runs no code there any more.
+        unsafe { libc::munmap(self.reserved as *mut libc::c_void, RESERVATION) };
     }
 }
 
