@@ -48,8 +48,8 @@ use dprobe_sym::Function;
 use crate::chunked_stack::{stack_entry, ChunkedStack};
 use crate::engine::Engine;
 use crate::kretprobe::{
-    self, find, real_return_address, registry, trampoline_addr, EntryAction, InstanceData, KretInner, OwnStacks,
-    TailReturn,
+    self, find, find_at, real_return_address, registry, trampoline_addr, EntryAction, InstanceData, KretInner,
+    OwnStacks, TailReturn,
 };
 use crate::probe::{register_all, unregister_all, Probe};
 use crate::thread_state::ThreadState;
@@ -91,21 +91,24 @@ struct Activation {
     sp: Cell<u64>,
     /// Whether it left by a tail call, to return with the function it jumped to, and how.
     handed: Cell<Handed>,
-    /// Its return probes: their ids and instances.
+    /// Its return probes: their ids, their places in the registry when taken (a hint for
+    /// [`find_at`]), and instances.
     n: Cell<u8>,
     probes: [Cell<u32>; PER_CALL],
+    places: [Cell<u32>; PER_CALL],
     slots: [Cell<u32>; PER_CALL],
 }
 
-stack_entry!(Activation { sp, handed, n, probes, slots });
+stack_entry!(Activation { sp, handed, n, probes, places, slots });
 
 impl Activation {
     /// Its return probes that are still registered, with their instances, innermost (last
     /// taken) first.
     fn probes<'a>(&'a self, probes: &'a [Arc<KretInner>]) -> impl Iterator<Item = (&'a KretInner, usize)> + 'a {
-        (0..self.n.get() as usize)
-            .rev()
-            .filter_map(|k| find(probes, u64::from(self.probes[k].get())).map(|p| (p, self.slots[k].get() as usize)))
+        (0..self.n.get() as usize).rev().filter_map(|k| {
+            let p = find_at(probes, u64::from(self.probes[k].get()), self.places[k].get())?;
+            Some((p, self.slots[k].get() as usize))
+        })
     }
 }
 
@@ -181,7 +184,9 @@ impl ExitStack {
     /// is room (entries of probes no longer in `probes` are dropped: their pool goes with
     /// them), else given back to the pool.
     fn give_back(&self, p: &KretInner, slot: usize, tid: u32, probes: &[Arc<KretInner>]) {
-        let free = self.parked.iter().find(|e| e.get().is_none_or(|(probe, _)| find(probes, probe).is_none()));
+        // An empty entry first: telling an entry of a probe no longer registered takes a search.
+        let free = (self.parked.iter().find(|e| e.get().is_none()))
+            .or_else(|| self.parked.iter().find(|e| e.get().is_some_and(|(probe, _)| find(probes, probe).is_none())));
         match free {
             Some(entry) if p.park(slot, tid) => {
                 entry.set(Some((p.id, slot)));
@@ -318,6 +323,7 @@ fn on_entry(function: u64, regs: &mut Regs) {
                 }
                 p.set_data(slot, &data);
                 act.probes[n].set(p.id as u32);
+                act.places[n].set(p.place());
                 act.slots[n].set(slot as u32);
                 n += 1;
             }

@@ -56,7 +56,7 @@
 //! lost.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
@@ -158,6 +158,8 @@ enum Ran {
 /// The part of a return probe the hit path sees.
 pub(crate) struct KretInner {
     pub(crate) id: u64,
+    /// Its index in the registry last published (a hint: see [`find_at`]).
+    place: AtomicU32,
     pub(crate) entry: Option<EntryHandler>,
     handler: Option<ReturnHandler>,
     pool: Instances,
@@ -397,6 +399,32 @@ fn drop_at(t: &ThreadReturns, i: usize, kind: Reclaim, probes: &[Arc<KretInner>]
 
 pub(crate) fn find(probes: &[Arc<KretInner>], id: u64) -> Option<&KretInner> {
     probes.binary_search_by_key(&id, |p| p.id).ok().map(|i| &*probes[i])
+}
+
+/// Probe `id` in the registry `probes`, looked for first at index `at` (its place when it was
+/// taken: [`KretInner::place`]): one load where the registry has not changed since, a search
+/// where it has. An exit finds each returning probe this way (a binary search reads a probe
+/// at each step: most of an exit's look-ups).
+pub(crate) fn find_at(probes: &[Arc<KretInner>], id: u64, at: u32) -> Option<&KretInner> {
+    match probes.get(at as usize) {
+        Some(p) if p.id == id => Some(p),
+        _ => find(probes, id),
+    }
+}
+
+impl KretInner {
+    /// Its index in the registry last published, for [`find_at`].
+    pub(crate) fn place(&self) -> u32 {
+        self.place.load(Relaxed)
+    }
+}
+
+/// Each probe of a registry about to be published notes its index there. A reader of the
+/// previous registry that reads a new index finds another probe there, and searches.
+fn note_places(list: &[Arc<KretInner>]) {
+    for (i, p) in list.iter().enumerate() {
+        p.place.store(i as u32, Relaxed);
+    }
 }
 
 /// A thread's pending stack as the rule sees it; reclaiming counts the entry as stale.
@@ -799,6 +827,7 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
     let addr = target.addr;
     let inner = Arc::new(KretInner {
         id: NEXT_ID.fetch_add(1, Relaxed),
+        place: AtomicU32::new(0),
         entry: probe.entry,
         handler: probe.handler,
         pool: Instances::new(probe.maxactive),
@@ -816,6 +845,7 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
         let mut next = list.clone();
         next.push(inner.clone());
         next.sort_by_key(|p| p.id);
+        note_places(&next);
         next
     });
     let watched = match probe.via_return_address {
@@ -857,7 +887,11 @@ fn via_return_address(addr: Addr, inner: &Arc<KretInner>) -> Result<Probe, Probe
 }
 
 fn remove_from_registry(id: u64) {
-    registry().update(|list| list.iter().filter(|p| p.id != id).cloned().collect());
+    registry().update(|list| {
+        let next: Vec<_> = list.iter().filter(|p| p.id != id).cloned().collect();
+        note_places(&next);
+        next
+    });
 }
 
 /// Probes on the unwinder entry points, placed once, when the first return probe that

@@ -2,7 +2,8 @@
 //! address hijacking (the tail-call pair is in `kretprobe_shapes.rs`): a C++ exception through two probed frames into a probed catcher, a
 //! signal handler on an alternate stack recursing in a probed function, recursion 10,000
 //! deep, a function that reads its own return address, four threads calling while the probe
-//! is registered and unregistered in a loop. The mode chosen and why, the fallback for a
+//! is registered and unregistered in a loop, an earlier probe removed while a call is pending.
+//! The mode chosen and why, the fallback for a
 //! function whose exits are not all known, and the bytes put back.
 mod fixtures;
 use fixtures::checked;
@@ -238,4 +239,43 @@ fn more_return_probes_than_one_call_lists_fall_back_and_all_run() {
     assert_eq!(RETURNS.load(Relaxed), PER_CALL as u64 + 1);
     drop(probes);
     assert_eq!(code(f, 24), original, "every byte is back");
+}
+
+/// A return probe registered before this one, taken away while a call is pending: the
+/// registry's indices shift under the pending call (each activation notes where its probes
+/// were), and its return is still found, by this probe's handler alone.
+#[test]
+fn a_probe_removed_while_a_call_is_pending_leaves_its_return_found() {
+    use std::sync::Mutex;
+    static EARLIER: Mutex<Vec<ReturnProbe>> = Mutex::new(Vec::new());
+    static SEEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    static LATER_RETURNS: AtomicU64 = AtomicU64::new(0);
+    extern "C" fn take_one_away(x: i64) -> i64 {
+        // Not inside a handler: the program's own code, in the middle of the probed call.
+        drop(EARLIER.lock().unwrap().pop());
+        x * 2
+    }
+    const N: i64 = 6;
+    *EARLIER.lock().unwrap() = (0..N)
+        .map(|_| register_kretprobe(Kretprobe::addr(at(c::fxc_add as *const ())).handler(|_, _| {})).unwrap())
+        .collect();
+    let probe = register_kretprobe(
+        Kretprobe::addr(at(c::fxc_call_back as *const ())).handler(|r, _| SEEN.lock().unwrap().push(r.rax)),
+    )
+    .unwrap();
+    // Registered after the probe: the places the removals shift onto it are another probe's.
+    let later = register_kretprobe(Kretprobe::addr(at(c::fxc_middle as *const ())).handler(|_, _| {
+        LATER_RETURNS.fetch_add(1, Relaxed);
+    }))
+    .unwrap();
+    assert!(is_exits(&probe));
+    for i in 0..N {
+        // SAFETY: fxc_call_back(cb, x) = cb(x) + 1.
+        assert_eq!(unsafe { c::fxc_call_back(take_one_away, black_box(i)) }, 2 * i + 1);
+    }
+    assert!(EARLIER.lock().unwrap().is_empty());
+    assert_eq!(*SEEN.lock().unwrap(), (0..N).map(|i| (2 * i + 1) as u64).collect::<Vec<_>>());
+    assert_eq!(figures(&probe), (N as u64, 0, 0, 0));
+    assert_eq!(LATER_RETURNS.load(Relaxed), 0);
+    drop(later);
 }

@@ -170,3 +170,8 @@ long fxc_deep_jump_out(long n) {
         return -1;
     return fxc_deep_victim(n);
 }
+
+/* Calls back into the test while it is pending: cb(x) + 1. */
+__attribute__((noinline, noipa)) long fxc_call_back(long (*cb)(long), long x) {
+    return cb(x) + 1;
+}

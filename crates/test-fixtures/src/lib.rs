@@ -7,6 +7,7 @@ pub mod wakeups;
 extern "C" {
     pub fn fxc_victim(x: i64) -> i64;
     pub fn fxc_jump_out(x: i64) -> i64;
+    pub fn fxc_call_back(cb: extern "C" fn(i64) -> i64, x: i64) -> i64;
     pub fn fxc_recurse(n: i64) -> i64;
     pub fn fxc_exit_thread(code: i64) -> i64;
     #[allow(clippy::too_many_arguments)]
