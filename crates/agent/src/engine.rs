@@ -1101,6 +1101,11 @@ impl Engine for AgentEngine {
                 // Placed when its library was loaded; since unloaded, or placed still.
                 (Placement::Waiting, 0, loads) if loads > 0 => Placement::Unloaded,
                 (Placement::Waiting, at, _) if at != 0 => Placement::At(Addr(at)),
+                (Placement::Waiting, _, _) if current(Counter::RefusedAtLoad) != 0 => Placement::Failed(
+                    "its library was loaded, and the agent could not resolve or place the probe there (the \
+                     ptrace engine, `--engine ptrace`, resolves from outside the program)"
+                        .into(),
+                ),
                 (placement, _, _) => placement.clone(),
             },
             ..Stats::default()

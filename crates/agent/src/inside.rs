@@ -365,6 +365,7 @@ fn loader_changed(l: &mut Live, state: i32) {
         let maps = dprobe_sym::read_maps().unwrap_or_default();
         // Symbols read afresh: the library may be back at another address.
         let symbols = dprobe_sym::Symbols::load(&maps);
+        let mut is_loaded = std::collections::HashMap::new();
         for p in std::mem::take(&mut l.waiting) {
             let at = dprobe_spec::parse_point(&p.target).ok().and_then(|point| symbols.resolve(&maps, &point).ok());
             let placed = at.is_some_and(|t| {
@@ -381,6 +382,10 @@ fn loader_changed(l: &mut Live, state: i32) {
             if placed {
                 l.followed.push(p);
             } else {
+                if *is_loaded.entry(object(&p)).or_insert_with_key(|o| loaded(o)) {
+                    // Said in the summary, rather than "never loaded".
+                    l.shm.set(p.index as usize, Counter::RefusedAtLoad, 1);
+                }
                 l.waiting.push(p);
             }
         }

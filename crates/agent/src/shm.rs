@@ -77,6 +77,9 @@ pub enum Counter {
     /// Times the probe's `int3` was found taken away (another tool's uprobe removed) and put
     /// back.
     Rearmed = 8,
+    /// A probe that waited for its library: 1 once the library was loaded and the probe could
+    /// not be resolved or placed there.
+    RefusedAtLoad = 9,
 }
 
 /// The `exec` gate's words in the shared memory ([`Shm::exec_gate`]).

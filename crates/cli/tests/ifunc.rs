@@ -72,6 +72,87 @@ fn an_indirect_function_whose_library_records_no_choice_counts_every_call() {
     }
 }
 
+/// Calls `floor` and `sin` as many times as its argument says, through pointers (no builtin
+/// stands in for the library's), and prints their sum.
+const MATHS: &str = r#"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+double (*volatile round_down)(double) = floor;
+double (*volatile sine)(double) = sin;
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 10;
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += round_down(i * 0.37) + sine(i * 0.01);
+    printf("%.6f\n", sum);
+    return 0;
+}
+"#;
+
+/// The maths library's indirect functions (`floor`, `sin`: only the program's own calls choose
+/// them, so libm records no choice): dprobe runs libm's resolver, as the C library's, and every
+/// call is counted (before, both were refused).
+#[test]
+fn the_maths_librarys_indirect_functions_count_every_call() {
+    let program = c_program_from("maths-choice", MATHS, &["-O1", "-Wl,--no-as-needed", "-lm"]);
+    let untraced = std::process::Command::new(program).arg("300").output().unwrap();
+    assert!(untraced.status.success());
+    let untraced = String::from_utf8(untraced.stdout).unwrap();
+    for engine in ["agent", "ptrace", "kernel"] {
+        let mut args = vec!["--engine", engine, "-c", "libm:floor", "libm:sin", "--", program, "300"];
+        if engine == "kernel" {
+            args.splice(2..2, ["--comm", "maths-choice"]);
+        }
+        let t = trace_to_file(&format!("maths-choice-{engine}"), &args);
+        let what = t.what(engine);
+        assert_eq!(t.code, Some(0), "{what}");
+        assert_eq!(t.stdout, untraced, "{what}");
+        assert_eq!(hits(&t.trace, "libm:floor"), 300, "{what}");
+        assert_eq!(hits(&t.trace, "libm:sin"), 300, "{what}");
+    }
+}
+
+/// Loads the maths library with `dlopen` and calls its `floor` 300 times.
+const MATHS_LOADED_LATER: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(void) {
+    void *maths = dlopen("libm.so.6", RTLD_NOW);
+    double (*round_down)(double) = dlsym(maths, "floor");
+    double sum = 0;
+    for (int i = 0; i < 300; i++) sum += round_down(i * 0.37);
+    printf("%.3f\n", sum);
+    return 0;
+}
+"#;
+
+/// A `libm` the program loads itself: the ptrace engine resolves `floor` in dprobe's own
+/// process and counts every call. The agent, inside the program, does not run the resolver
+/// of a library the program may unload (nor of one the loader has not relocated yet, as when
+/// the agent places the probes of a library being loaded): the probe is said not placed, with
+/// why, not "never loaded".
+#[test]
+fn the_maths_library_loaded_later_is_resolved_from_outside_and_said_not_placed_inside() {
+    let program = c_program_from("maths-loaded-later", MATHS_LOADED_LATER, &["-O1"]);
+    let untraced = std::process::Command::new(program).output().unwrap();
+    assert!(untraced.status.success());
+    let untraced = String::from_utf8(untraced.stdout).unwrap();
+    for engine in ["ptrace", "agent"] {
+        let t =
+            trace_to_file(&format!("maths-later-{engine}"), &["--engine", engine, "-c", "libm:floor", "--", program]);
+        let what = t.what(engine);
+        assert_eq!(t.code, Some(0), "{what}");
+        assert_eq!(t.stdout, untraced, "{what}");
+        if engine == "ptrace" {
+            assert_eq!(hits(&t.trace, "libm:floor"), 300, "{what}");
+        } else {
+            assert_eq!(hits(&t.trace, "libm:floor"), 0, "{what}");
+            assert!(t.trace.contains("libm:floor: not placed: its library was loaded, and the agent"), "{what}");
+            assert!(!t.trace.contains("never loaded"), "{what}");
+        }
+    }
+}
+
 /// `time` chooses the kernel's vDSO, which is mapped elsewhere in each process and cannot be
 /// probed: refused with that reason, and nothing runs.
 #[test]

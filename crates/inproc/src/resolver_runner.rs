@@ -5,19 +5,20 @@
 //! [`dprobe_sym::run_resolvers_with`] when it starts; so can any process that resolves probe
 //! targets (the `dprobe` tool, for the engines that place probes from outside).
 //!
-//! Only the C library's and the loader's resolvers are run. glibc's loader calls an x86-64
-//! resolver with no argument, and theirs only read the processor's features the loader
-//! recorded at start-up; both objects were relocated before the program's `main`. Another
-//! library's resolver may do anything, or run before its library is relocated (a library
-//! being loaded is probed before its relocation), and is left alone.
+//! Only the resolvers of glibc's own objects are run: the C library's, the loader's and the
+//! maths library's (`libm`'s `floor`, `sin`, `exp`: only the program's own calls choose
+//! them). glibc's loader calls an x86-64 resolver with no argument, and theirs only read the
+//! processor's features the loader recorded at start-up, through a GOT slot `dprobe_sym`
+//! checks is filled (a library being loaded is mapped, and may be probed, before it is
+//! relocated). Another library's resolver may do anything, and is left alone.
 
 use dprobe_arch::Addr;
 
 /// The address the resolver at `resolver`, in the loaded object `object` (as this process's
-/// maps name it), chooses; `None` for an object other than the C library or the loader, or
-/// an address that is not that object's code here.
+/// maps name it), chooses; `None` for an object other than glibc's (see the module's
+/// documentation), or an address that is not that object's code here.
 pub fn run_resolver(object: &str, resolver: u64) -> Option<u64> {
-    if !dprobe_sym::is_c_library_or_loader(object) {
+    if !dprobe_sym::resolvers_read_only_cpu_features(object) || !never_unloaded(object) {
         return None;
     }
     let maps = dprobe_sym::read_maps().ok()?;
@@ -26,11 +27,25 @@ pub fn run_resolver(object: &str, resolver: u64) -> Option<u64> {
         return None;
     }
     // SAFETY: `resolver` is the start of an indirect function's resolver (the caller read it
-    // from the object's symbol table) in the executable mapping of the C library or the
-    // loader, which stays mapped for the life of the process and was relocated before the
-    // program started. glibc's x86-64 loader calls such a resolver with no argument and
-    // takes what it returns as the address (`elf_ifunc_invoke`); these resolvers read only
-    // the processor's features the loader recorded, write nothing and take no lock.
+    // from the object's symbol table) in the executable mapping of one of glibc's objects,
+    // which the caller found relocated and which is never unloaded (`never_unloaded`).
+    // glibc's x86-64 loader calls such a resolver with no argument and takes what it returns
+    // as the address (`elf_ifunc_invoke`); these resolvers read only the processor's features
+    // the loader recorded, write nothing and take no lock.
     let resolve: extern "C" fn() -> usize = unsafe { std::mem::transmute(resolver as usize) };
     Some(resolve() as u64)
+}
+
+/// Whether `object` stays loaded for the life of this process: the C library and the loader,
+/// and the libraries the program itself names as needed (`libm.so.6` for dprobe and every
+/// Rust program, and for Python): the loader never unloads those. A `libm` a program loads
+/// with `dlopen` may be unloaded by another of its threads while its resolver would run.
+fn never_unloaded(object: &str) -> bool {
+    static NEEDED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if dprobe_sym::is_c_library_or_loader(object) {
+        return true;
+    }
+    let needed = NEEDED.get_or_init(|| dprobe_sym::needed_libraries("/proc/self/exe".as_ref()).unwrap_or_default());
+    let file = object.rsplit('/').next().unwrap_or(object);
+    needed.iter().any(|n| n == file)
 }

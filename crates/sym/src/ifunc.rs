@@ -27,6 +27,9 @@ use crate::symbols::load_bias_of;
 /// `R_X86_64_IRELATIVE`: the slot gets what the resolver at the addend returns.
 const R_X86_64_IRELATIVE: u32 = 37;
 
+/// `R_X86_64_GLOB_DAT`: the slot gets a symbol's address.
+const R_X86_64_GLOB_DAT: u32 = 6;
+
 /// Why the implementation an indirect function stands for is not known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unchosen {
@@ -40,6 +43,9 @@ pub(crate) enum Unchosen {
     /// The resolver, run here, chose code outside the object (the clock functions choose the
     /// kernel's vDSO), which is not the same in another process and cannot be probed.
     OutsideObject,
+    /// This process's copy of the object is mapped but not relocated yet (it is being loaded):
+    /// its resolvers cannot run.
+    NotRelocatedHere,
 }
 
 /// Runs, in this process, the resolver of an indirect function of the loaded object `object`
@@ -64,6 +70,7 @@ impl Unchosen {
             Unchosen::NotLoadedHere => "dprobe has not loaded that library itself to see the choice",
             Unchosen::Unreadable => "dprobe could not read the library's record of its choice",
             Unchosen::OutsideObject => "its resolver chooses code outside the library",
+            Unchosen::NotRelocatedHere => "the library is still being loaded (its resolver cannot run yet)",
         }
     }
 }
@@ -94,6 +101,9 @@ pub(crate) fn chosen_implementation(path: &str, data: &[u8], resolver: u64) -> R
         }
         None => {
             let run = RUNNER.get().ok_or(Unchosen::NoRelocation)?;
+            if !relocated_here(&file, own_bias)? {
+                return Err(Unchosen::NotRelocatedHere);
+            }
             run(&own_path, own_bias.wrapping_add(resolver)).ok_or(Unchosen::NoRelocation)?
         }
     };
@@ -107,6 +117,30 @@ pub(crate) fn chosen_implementation(path: &str, data: &[u8], resolver: u64) -> R
         (false, Some(_)) => Err(Unchosen::Unreadable),
         (false, None) => Err(Unchosen::OutsideObject),
     }
+}
+
+/// Whether the loader has relocated this process's copy of `file` (loaded at `own_bias`): the
+/// GOT slots meant for the loader's `_rtld_global_ro`, through which glibc's resolvers read
+/// the processor's features, are filled. A library being loaded is mapped before it is
+/// relocated, and a probe on it may be placed in between (the agent follows loads as they
+/// happen); its resolver would then read through an empty slot.
+fn relocated_here(file: &ElfFile64<object::Endianness>, own_bias: u64) -> Result<bool, Unchosen> {
+    use object::{ObjectSymbol, ObjectSymbolTable, RelocationTarget};
+    let Some(symbols) = file.dynamic_symbol_table() else { return Ok(true) };
+    let memory = std::fs::File::open("/proc/self/mem").map_err(|_| Unchosen::Unreadable)?;
+    for (slot, r) in file.dynamic_relocations().into_iter().flatten() {
+        let glob_dat = matches!(r.flags(), RelocationFlags::Elf { r_type } if r_type == R_X86_64_GLOB_DAT);
+        let RelocationTarget::Symbol(index) = r.target() else { continue };
+        if !glob_dat || symbols.symbol_by_index(index).and_then(|s| s.name()).ok() != Some("_rtld_global_ro") {
+            continue;
+        }
+        let mut value = [0u8; 8];
+        memory.read_exact_at(&mut value, own_bias.wrapping_add(slot)).map_err(|_| Unchosen::Unreadable)?;
+        if value == [0; 8] {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Where dprobe's own process has loaded the file at `path` (by whatever name its maps give

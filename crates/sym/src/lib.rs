@@ -45,7 +45,7 @@ pub use ifunc::{run_resolvers_with, ResolverRunner};
 pub use landing_pads::landing_pads;
 pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};
 pub use needed::needed_libraries;
-pub use object_name::{is_c_library_or_loader, library_name_matches, ObjectName};
+pub use object_name::{is_c_library_or_loader, library_name_matches, resolvers_read_only_cpu_features, ObjectName};
 pub use resolve::{ResolveError, Target};
 pub use symbols::{load_bias_of, Function, Symbols};
 pub use usdt::{parse_arg as parse_usdt_arg, usdt_probes, Semaphore, UsdtArg, UsdtError, UsdtProbe};

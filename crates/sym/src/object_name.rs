@@ -93,9 +93,30 @@ pub fn is_c_library_or_loader(path: &str) -> bool {
     ["libc.so", "libc-", "ld-linux", "ld-"].iter().any(|p| file.starts_with(p))
 }
 
+/// Whether the object at `path` is one of glibc's whose indirect functions' resolvers only read
+/// the processor's features the loader recorded (through the loader's `_rtld_global_ro`): the C
+/// library, the loader, the maths library (`libm.so.6`: `floor`, `sin`, `exp`…) and its vector
+/// variants (`libmvec.so.1`). By file name, as [`is_c_library_or_loader`].
+pub fn resolvers_read_only_cpu_features(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    is_c_library_or_loader(path) || ["libm.so", "libm-", "libmvec.so", "libmvec-"].iter().any(|p| file.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_whose_resolvers_read_only_cpu_features() {
+        for path in
+            ["/lib/x86_64-linux-gnu/libm.so.6", "libmvec.so.1", "libm-2.31.so", "libc.so.6", "ld-linux-x86-64.so.2"]
+        {
+            assert!(resolvers_read_only_cpu_features(path), "{path}");
+        }
+        for path in ["/usr/lib/libmagic.so.1", "libmpfr.so.6", "libstdc++.so.6", "libcrypto.so.3"] {
+            assert!(!resolvers_read_only_cpu_features(path), "{path}");
+        }
+    }
 
     #[test]
     fn library_names() {
