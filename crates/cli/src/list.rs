@@ -27,7 +27,8 @@ pub fn run(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
     }
 }
 
-fn list(args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
+fn list(mut args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
+    args.spec_form_as_file_and_pattern().map_err(anyhow::Error::msg)?;
     if args.args {
         return crate::vars::list_args(&args, out);
     }

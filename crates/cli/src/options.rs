@@ -184,7 +184,8 @@ pub struct ListArgs {
     pub args: bool,
     /// `FILE [PATTERN]` (an ELF program or library), or with `-p` just `[PATTERN]`. PATTERN is
     /// a glob on function names (`*open*`), `usdt:GLOB` for the file's static probes with
-    /// their arguments, or one place to check: `FUNCTION+OFFSET` or `0xADDRESS`.
+    /// their arguments, or one place to check: `FUNCTION+OFFSET` or `0xADDRESS`. A library and
+    /// pattern may also be given as in a probe spec: `libc:str*`, `libm:floor`.
     #[arg(value_name = "FILE | PATTERN", num_args = 0..=2)]
     pub rest: Vec<String>,
     /// The source lines of this function, numbered where they have code (where a probe
@@ -195,6 +196,22 @@ pub struct ListArgs {
 }
 
 impl ListArgs {
+    /// `LIBRARY:PATTERN` alone, as in a probe spec (`libc:str*`), made `FILE PATTERN`: the
+    /// library found by name as `dprobe trace` finds it without a process. Anything else, and
+    /// a path that exists, is left as given.
+    pub fn spec_form_as_file_and_pattern(&mut self) -> Result<(), String> {
+        let [only] = self.rest.as_slice() else { return Ok(()) };
+        if self.pid.is_some() || std::path::Path::new(only).exists() {
+            return Ok(());
+        }
+        let (Some(library), pattern) = dprobe_spec::split_binary(only) else { return Ok(()) };
+        let path = crate::sites::object_path(Some(library), crate::sites::Traced::Nothing).ok_or_else(|| {
+            format!("`{only}`: no file `{only}`, and no library `{library}` in the system's library directories")
+        })?;
+        self.rest = vec![path, pattern.to_owned()];
+        Ok(())
+    }
+
     /// The file (without `-p`).
     pub fn file(&self) -> Option<&str> {
         if self.pid.is_some() {

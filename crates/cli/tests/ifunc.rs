@@ -236,3 +236,20 @@ fn memcpy_and_memset_probed_leave_the_program_as_it_was() {
         assert_eq!(by_engine[0].1, by_engine[1].1, "{func}: the program's calls counted by each engine: {by_engine:?}");
     }
 }
+
+/// `dprobe list` takes a library and pattern as a probe spec gives them (`libm:floor`): the
+/// library found by name, as `dprobe trace` finds it; a library that is nowhere is said so.
+#[test]
+fn list_takes_a_library_and_pattern_as_a_spec_gives_them() {
+    let o = dprobe(&["list", "libm:floor"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.starts_with("libm.so.6:floor@"), "{stdout}");
+    assert!(stdout.contains("(indirect: probes the implementation the loader chose)"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+
+    let o = dprobe(&["list", "libnothere:f"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no library `libnothere` in the system's library directories"), "{stderr}");
+}
