@@ -40,11 +40,29 @@ impl ObjectName {
     /// The file of this object for probes that no running process resolves (the kernel
     /// engine): a path as is; a library name through this process's own maps (dprobe is
     /// linked with libc), then the usual library directories.
+    ///
+    /// A name found is remembered for the life of the process (a glob over libc asks it once
+    /// per function: each ask read this process's maps); one not found is looked for again.
     pub fn find_file(&self) -> Option<String> {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        static FOUND: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
         let name = match self {
             ObjectName::Path(p) => return Some(p.clone()),
             ObjectName::Name(n) => n,
         };
+        let found = |f: &mut Option<HashMap<String, String>>| f.get_or_insert_with(HashMap::new).get(name).cloned();
+        if let Some(path) = found(&mut FOUND.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Some(path);
+        }
+        let path = self.look_for_file(name)?;
+        let mut remembered = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+        remembered.get_or_insert_with(HashMap::new).insert(name.clone(), path.clone());
+        Some(path)
+    }
+
+    /// [`ObjectName::find_file`] for name `name`, looked for.
+    fn look_for_file(&self, name: &str) -> Option<String> {
         if let Ok(maps) = crate::read_maps() {
             if let Some(p) =
                 maps.iter().filter_map(|m| m.path.as_deref()).find(|p| p.starts_with('/') && self.matches(p))
