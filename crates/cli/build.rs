@@ -24,6 +24,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", crates.join(source).join("src").display());
         println!("cargo:rerun-if-changed={}", crates.join(source).join("Cargo.toml").display());
     }
+    println!("cargo:rerun-if-changed={}", crates.join("agent/build.rs").display());
     println!("cargo:rerun-if-changed={}", crates.join("../Cargo.lock").display());
 
     let target_dir = out.join("agent-build");

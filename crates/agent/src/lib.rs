@@ -27,6 +27,7 @@ mod held_off;
 mod hit;
 mod inside;
 mod masks;
+mod own_memory_functions;
 pub mod record;
 mod semaphore;
 pub mod shm;

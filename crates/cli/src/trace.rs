@@ -315,3 +315,26 @@ fn trace_one_program(
     let pid = engine.pid();
     trace(engine, planned, args, out, Scope::Process(pid))
 }
+
+#[cfg(test)]
+mod embedded_agent {
+    use object::{Object, ObjectSymbol};
+
+    /// The agent calls its own memory functions, not the traced program's (whose probes on
+    /// them may stay on `int3`: each of the agent's calls would trap): its library imports none.
+    #[test]
+    fn imports_no_memory_function_of_the_c_library() {
+        // A copy: the embedded bytes are not aligned as the ELF reader needs.
+        let bytes = super::AGENT.to_vec();
+        let agent = object::File::parse(bytes.as_slice()).expect("the embedded agent is an ELF file");
+        let imported: Vec<String> = agent
+            .dynamic_symbols()
+            .filter(|s| s.is_undefined())
+            .filter_map(|s| s.name().ok().map(str::to_owned))
+            .collect();
+        assert!(imported.iter().any(|n| n == "mmap"), "the agent's imports are read: {imported:?}");
+        for function in ["memcpy", "memmove", "memset", "memcmp", "bcmp"] {
+            assert!(!imported.iter().any(|n| n == function), "{function} is imported: {imported:?}");
+        }
+    }
+}
