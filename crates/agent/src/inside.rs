@@ -365,7 +365,6 @@ fn loader_changed(l: &mut Live, state: i32) {
         let maps = dprobe_sym::read_maps().unwrap_or_default();
         // Symbols read afresh: the library may be back at another address.
         let symbols = dprobe_sym::Symbols::load(&maps);
-        let mut is_loaded = std::collections::HashMap::new();
         for p in std::mem::take(&mut l.waiting) {
             let at = dprobe_spec::parse_point(&p.target).ok().and_then(|point| symbols.resolve(&maps, &point).ok());
             let placed = at.is_some_and(|t| {
@@ -382,7 +381,7 @@ fn loader_changed(l: &mut Live, state: i32) {
             if placed {
                 l.followed.push(p);
             } else {
-                if *is_loaded.entry(object(&p)).or_insert_with_key(|o| loaded(o)) {
+                if loaded_in(&maps, &object(&p)) {
                     // Said in the summary, rather than "never loaded".
                     l.shm.set(p.index as usize, Counter::RefusedAtLoad, 1);
                 }
@@ -658,6 +657,11 @@ fn a_thread_blocks_traps() -> bool {
 /// engine matches them (`dprobe_sym::ObjectName`: a path by its canonical file).
 fn loaded(name: &str) -> bool {
     let Ok(maps) = dprobe_sym::read_maps_of(std::process::id()) else { return true };
+    loaded_in(&maps, name)
+}
+
+/// [`loaded`], in maps already read.
+fn loaded_in(maps: &[dprobe_sym::Mapping], name: &str) -> bool {
     let object = dprobe_sym::ObjectName::new(name);
     // A path that cannot be read here (yet) is compared as written. Loaded: its code is mapped,
     // as symbols are read (not an object the loader is still mapping, whose first pages are

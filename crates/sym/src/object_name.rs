@@ -44,20 +44,18 @@ impl ObjectName {
     /// A name found is remembered for the life of the process (a glob over libc asks it once
     /// per function: each ask read this process's maps); one not found is looked for again.
     pub fn find_file(&self) -> Option<String> {
-        use std::collections::HashMap;
-        use std::sync::Mutex;
-        static FOUND: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+        static FOUND: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+            std::sync::Mutex::new(std::collections::BTreeMap::new());
         let name = match self {
             ObjectName::Path(p) => return Some(p.clone()),
             ObjectName::Name(n) => n,
         };
-        let found = |f: &mut Option<HashMap<String, String>>| f.get_or_insert_with(HashMap::new).get(name).cloned();
-        if let Some(path) = found(&mut FOUND.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Some(path);
+        let found = || FOUND.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = found().get(name) {
+            return Some(path.clone());
         }
         let path = self.look_for_file(name)?;
-        let mut remembered = FOUND.lock().unwrap_or_else(|e| e.into_inner());
-        remembered.get_or_insert_with(HashMap::new).insert(name.clone(), path.clone());
+        found().insert(name.clone(), path.clone());
         Some(path)
     }
 
