@@ -89,7 +89,7 @@ impl Tracee {
         for tid in self.threads.keys() {
             self.returns.restore_stack(*tid, trampoline, &self.stubs, &mut self.memory);
         }
-        if let Some(&tid) = self.threads.keys().next() {
+        if let Ok(tid) = self.a_stopped_thread() {
             // Best effort: a page left mapped is harmless, so a failure here is not fatal.
             let _ =
                 self.xol.unmap_all(tid, &mut self.memory).and_then(|()| self.stubs.unmap_all(tid, &mut self.memory));
@@ -201,11 +201,14 @@ impl Tracee {
     }
 
     /// Execute one instruction of held thread `tid`: it is at a single-step stop then (a
-    /// signal-delivery stop of its own, whose signal is kept).
+    /// signal-delivery stop of its own). A signal it was stopped to receive is given back to
+    /// its queue, unchanged, as it steps (delivered from another stop, it would come as a
+    /// `kill` from the tracer: see `kept`); one that cannot be stays the thread's to receive.
     pub(crate) fn step(&mut self, tid: i32) -> Result<(), TraceError> {
-        inject::step(self.pid, tid)?;
+        let carried = self.threads.get(&tid).map_or(0, |t| t.signal());
+        let given_back = inject::step(self.pid, tid, carried)?;
         if let Some(t) = self.threads.get_mut(&tid) {
-            if t.state == State::Stopped(Stop::Event) {
+            if t.state == State::Stopped(Stop::Event) || given_back {
                 t.state = State::Stopped(Stop::Signal(0));
             }
         }

@@ -109,7 +109,7 @@ fn run_to(
                 if arrived(memory) {
                     return Ok(());
                 }
-                crate::inject::step(pid, pid)?;
+                crate::inject::step(pid, pid, 0)?;
                 memory.write(at, &[INT3]).map_err(TraceError::from)?;
                 continue;
             }

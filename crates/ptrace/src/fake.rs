@@ -21,6 +21,8 @@ pub enum Call {
     Listen(i32),
     Tgkill(i32, i32),
     Queue(i32, i32),
+    /// A signal the thread was resumed with while it blocked it: queued again by the kernel.
+    Requeued(i32, i32),
 }
 
 /// The fake kernel's state, shared with the test.
@@ -34,8 +36,11 @@ pub struct World {
     pub after_step: HashMap<i32, VecDeque<i32>>,
     pub regs: HashMap<i32, libc::user_regs_struct>,
     pub memory: BTreeMap<u64, u8>,
-    /// Signals pending per thread (mask); a thread's are delivered when it is continued.
+    /// Signals pending per thread (mask); a thread's are delivered when it is continued,
+    /// those it blocks excepted.
     pub pending: HashMap<i32, u64>,
+    /// Signals blocked per thread (mask).
+    pub blocked: HashMap<i32, u64>,
     pub messages: HashMap<i32, u64>,
     /// Threads that vanished: every request about them fails with `ESRCH`.
     pub gone: HashSet<i32>,
@@ -46,6 +51,8 @@ pub struct World {
     pub interrupted_when_idle: bool,
     /// Where each single step started.
     pub stepped_at: Vec<u64>,
+    /// The signals blocked at each single step.
+    pub blocked_at_step: Vec<u64>,
     /// Memory writes made through the fake.
     pub writes: usize,
     last_signal: HashMap<i32, i32>,
@@ -69,6 +76,14 @@ impl World {
 
     pub fn peek(&self, addr: u64) -> u8 {
         self.memory[&addr]
+    }
+
+    /// A thread resumed with `signal` that it blocks has it queued again (`ptrace_signal`).
+    fn requeue_if_blocked(&mut self, tid: i32, signal: i32) {
+        if signal != 0 && self.blocked.get(&tid).copied().unwrap_or(0) & (1 << (signal - 1)) != 0 {
+            self.calls.push(Call::Requeued(tid, signal));
+            *self.pending.entry(tid).or_default() |= 1 << (signal - 1);
+        }
     }
 
     fn report(&mut self, tid: i32, status: i32, front: bool) {
@@ -114,23 +129,25 @@ impl Kernel for Fake {
         match request {
             Request::Cont { signal } | Request::Syscall { signal } => {
                 w.calls.push(Call::Cont(tid, signal));
-                let pending = w.pending.remove(&tid).unwrap_or(0);
+                w.requeue_if_blocked(tid, signal);
+                let blocked = w.blocked.get(&tid).copied().unwrap_or(0);
+                let pending = w.pending.get(&tid).copied().unwrap_or(0) & !blocked;
                 if pending != 0 {
                     // The lowest pending signal is dequeued first (SIGTRAP before the others).
                     let signal = pending.trailing_zeros() as i32 + 1;
-                    let rest = pending & !(1 << (signal - 1));
-                    if rest != 0 {
-                        w.pending.insert(tid, rest);
-                    }
+                    *w.pending.entry(tid).or_default() &= !(1 << (signal - 1));
                     w.report(tid, signal_stop(signal), true);
                 } else if let Some(next) = w.after_cont.get_mut(&tid).and_then(VecDeque::pop_front) {
                     w.report(tid, next, false);
                 }
             }
-            Request::Step => {
+            Request::Step { signal } => {
                 w.calls.push(Call::Step(tid));
+                w.requeue_if_blocked(tid, signal);
                 let rip = w.regs(tid).rip;
                 w.stepped_at.push(rip);
+                let blocked = w.blocked.get(&tid).copied().unwrap_or(0);
+                w.blocked_at_step.push(blocked);
                 let next =
                     w.after_step.get_mut(&tid).and_then(VecDeque::pop_front).unwrap_or(signal_stop(libc::SIGTRAP));
                 w.report(tid, next, true);
@@ -142,8 +159,15 @@ impl Kernel for Fake {
             Request::Interrupt => w.calls.push(Call::Interrupt(tid)),
             Request::Listen => w.calls.push(Call::Listen(tid)),
             Request::Detach { signal } => w.calls.push(Call::Detach(tid, signal)),
-            Request::GetSigInfo(info) => info.si_signo = w.last_signal.get(&tid).copied().unwrap_or(0),
-            Request::GetSigMask(_) | Request::SetSigMask(_) => {}
+            Request::GetSigInfo(info) => {
+                info.si_signo = w.last_signal.get(&tid).copied().unwrap_or(0);
+                // A step's trap is the kernel's; other signals were sent with `sigqueue`.
+                info.si_code = if info.si_signo == libc::SIGTRAP { libc::TRAP_BRKPT } else { libc::SI_QUEUE };
+            }
+            Request::GetSigMask(mask) => *mask = w.blocked.get(&tid).copied().unwrap_or(0),
+            Request::SetSigMask(mask) => {
+                w.blocked.insert(tid, *mask);
+            }
             Request::SetSigInfo(info) => {
                 w.last_signal.insert(tid, info.si_signo);
             }

@@ -8,72 +8,116 @@ use dprobe_arch::{syscall_code, Addr, Memory};
 use dprobe_sym::read_maps_of;
 
 use crate::error::TraceError;
+use crate::kept;
 use crate::sys::{self, RemoteMemory};
 use crate::tracee::EVENT_STOP;
 
-/// Execute one instruction of stopped thread `tid`; signals that arrive meanwhile are added
-/// to `held`.
+/// Signals met in one step after which it is given up (a fault of the stepped instruction
+/// comes back at each try).
+const MAX_SIGNALS_IN_A_STEP: usize = 64;
+
+/// Execute one instruction of stopped thread `tid` of process `pid`, which is in the delivery
+/// stop of signal `carried` (0: none, or another kind of stop). The program's signals stay
+/// pending meanwhile (see `kept`), `carried` among them where it can be; those that cannot
+/// (`SIGSTOP`, a `SIGTRAP` the program sent itself) are added to `held`. Returns whether
+/// `carried` was given back to the thread's queue.
 ///
 /// The step ends with a `SIGTRAP` the kernel forces on the thread, and a forced signal the
 /// thread blocks has its action reset to the default for the whole process: the program's own
 /// `SIGTRAP` handler (or that of dprobe's agent, loaded earlier) would be gone, and its next
 /// trap kill it. A thread that blocks it (a new thread before its start routine, one that
 /// blocks every signal) is stepped without, and its mask put back.
-fn step_holding(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
-    let trap = 1u64 << (libc::SIGTRAP - 1);
+///
+/// An instruction of the program's that makes a system call may set the mask itself
+/// (`rt_sigprocmask`): it is stepped with the program's mask (`SIGTRAP` aside), so that what
+/// it sets is what the program asked for; a signal that comes is then blocked alone, and the
+/// mask is put back only if the program did not change it.
+fn step_keeping(pid: i32, tid: i32, carried: i32, held: &mut Vec<libc::siginfo_t>) -> Result<bool, TraceError> {
+    let trap = kept::bit(libc::SIGTRAP);
     let mask = sys::sigmask(tid)?;
-    if mask & trap == 0 {
-        return step_unblocked(tid, held, false);
+    let its_call = makes_system_call(pid, tid)?;
+    let carried = if kept::can_keep(carried) && !its_call { carried } else { 0 };
+    let mut during = mask & !trap;
+    if !its_call {
+        during |= kept::KEPT_DURING_STEPS;
     }
-    sys::set_sigmask(tid, mask & !trap)?;
-    let stepped = step_unblocked(tid, held, true);
-    match (sys::set_sigmask(tid, mask), stepped) {
-        (_, Err(e)) => Err(e),
-        (Err(e), Ok(())) => Err(e.into()),
-        (Ok(()), Ok(())) => Ok(()),
+    if carried != 0 {
+        during |= kept::bit(carried);
     }
+    if during != mask {
+        sys::set_sigmask(tid, during)?;
+    }
+    let stepped = step_blocking(tid, carried, &mut during, held);
+    if let Err(e) = &stepped {
+        if e.is_gone() {
+            return stepped.map(|()| false);
+        }
+    }
+    if during != mask && sys::sigmask(tid)? == during {
+        sys::set_sigmask(tid, mask)?;
+    }
+    stepped.map(|()| carried != 0)
 }
 
-/// [`step_holding`] of a thread that does not block `SIGTRAP`; `was_blocked`: it did until
-/// now, and a `SIGTRAP` the program sent itself meanwhile may be pending.
-fn step_unblocked(tid: i32, held: &mut Vec<libc::siginfo_t>, was_blocked: bool) -> Result<(), TraceError> {
-    // Each signal met is taken off the program's queue (until the step is done), so the
-    // signals end; interrupts are bounded.
+/// Whether the instruction at thread `tid`'s RIP is a system call (`syscall`, `sysenter`,
+/// `int 0x80`).
+fn makes_system_call(pid: i32, tid: i32) -> Result<bool, TraceError> {
+    let rip = sys::get_regs(tid)?.rip;
+    let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
+    let mut two = [0u8; 2];
+    // Unreadable: it faults when stepped, and makes no call.
+    Ok(memory.read(Addr(rip), &mut two).is_ok() && matches!(two, [0x0f, 0x05] | [0x0f, 0x34] | [0xcd, 0x80]))
+}
+
+/// [`step_keeping`] once the mask is set to `during` (which a signal met and given back adds
+/// to): resumed first with `carried`.
+fn step_blocking(tid: i32, carried: i32, during: &mut u64, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
     let mut interrupts = 0;
+    let mut signals = 0;
+    let mut resume_with = carried;
     loop {
-        sys::single_step(tid)?;
+        sys::single_step(tid, resume_with)?;
+        resume_with = 0;
         let (_, status) = sys::wait(tid)?;
         if !libc::WIFSTOPPED(status) {
             return Err(TraceError::Gone { tid });
         }
         let signal = libc::WSTOPSIG(status);
-        if sys::event_of(status) == libc::PTRACE_EVENT_EXIT {
+        match sys::event_of(status) {
             // Killed meanwhile (or the program exits): it will not step again.
-            return Err(TraceError::Gone { tid });
-        }
-        if sys::event_of(status) == EVENT_STOP {
-            // An interrupt still pending from stopping every thread (or a group-stop) came
-            // before the instruction ran: step again.
-            interrupts += 1;
-            if interrupts > 16 {
-                return Err(TraceError::Stuck { tid, place: "a single step" });
-            }
-            continue;
-        }
-        if signal == libc::SIGTRAP && sys::event_of(status) == 0 && was_blocked {
-            // The step's trap comes from the kernel (a positive code); one the program sent
-            // itself while it blocked it, pending until now, is the program's: held.
-            let info = sys::siginfo(tid)?;
-            if info.si_code <= 0 {
-                held.push(info);
+            libc::PTRACE_EVENT_EXIT => return Err(TraceError::Gone { tid }),
+            EVENT_STOP => {
+                // An interrupt still pending from stopping every thread (or a group-stop)
+                // came before the instruction ran: step again.
+                interrupts += 1;
+                if interrupts > 16 {
+                    return Err(TraceError::Stuck { tid, place: "a single step" });
+                }
                 continue;
             }
+            0 => {}
+            _ => return Ok(()),
         }
-        if sys::event_of(status) != 0 || signal == libc::SIGTRAP {
-            return Ok(());
+        signals += 1;
+        if signals > MAX_SIGNALS_IN_A_STEP {
+            return Err(TraceError::Stuck { tid, place: "a single step" });
         }
-        // The program's signal stopped it before the instruction ran: hold it, step again.
-        held.push(sys::siginfo(tid)?);
+        if signal == libc::SIGTRAP {
+            // The step's trap comes from the kernel (a positive code); one the program sent
+            // itself is the program's: held.
+            let info = sys::siginfo(tid)?;
+            if info.si_code > 0 {
+                return Ok(());
+            }
+            held.push(info);
+        } else if let Some(given_back) = kept::resume_with(tid, signal, kept::KEPT_DURING_STEPS)? {
+            // Not blocked when it was taken: given back to the kernel as the step goes on.
+            *during |= kept::bit(signal);
+            resume_with = given_back;
+        } else {
+            // `SIGSTOP`, or a fault of the instruction before it ran.
+            held.push(sys::siginfo(tid)?);
+        }
     }
 }
 
@@ -85,11 +129,13 @@ fn release(pid: i32, tid: i32, held: &[libc::siginfo_t]) -> Result<(), TraceErro
     Ok(())
 }
 
-/// Execute one instruction of stopped thread `tid` of process `pid`; the program's signals
-/// that arrive meanwhile stay pending for it.
-pub fn step(pid: i32, tid: i32) -> Result<(), TraceError> {
+/// Execute one instruction of stopped thread `tid` of process `pid`, in the delivery stop of
+/// `carried` (0: none, or another stop); the program's signals that arrive meanwhile stay
+/// pending for it. Returns whether `carried` was given back to its queue (to be delivered
+/// when it resumes); when not, it is still the thread's to receive.
+pub fn step(pid: i32, tid: i32, carried: i32) -> Result<bool, TraceError> {
     let mut held = Vec::new();
-    let stepped = step_holding(tid, &mut held);
+    let stepped = step_keeping(pid, tid, carried, &mut held);
     release(pid, tid, &held)?;
     stepped
 }
@@ -99,7 +145,7 @@ pub fn step(pid: i32, tid: i32) -> Result<(), TraceError> {
 /// would overwrite the result of one injected there (and the instruction never run). One
 /// single step finishes the system call and stops before the next instruction executes.
 pub fn leave_event_stop(pid: i32, tid: i32) -> Result<(), TraceError> {
-    step(pid, tid)
+    step(pid, tid, 0).map(drop)
 }
 
 /// Make stopped thread `tid` execute system call `nr` with `args` and return its result: its
@@ -110,19 +156,60 @@ pub fn leave_event_stop(pid: i32, tid: i32) -> Result<(), TraceError> {
 /// state: the saved registers carry it. A signal that arrives during the step stays pending
 /// for the program.
 pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 6]) -> Result<u64, TraceError> {
+    inject_syscall_carrying(tid, memory, nr, args, 0).map(|(result, _)| result)
+}
+
+/// Give signal `signal` back to the queue of stopped thread `tid`, which is in that signal's
+/// delivery stop, so that it can run for the tracer and then receive it, unchanged, when it
+/// resumes (see `kept`). Returns whether it was given back (a signal that cannot be blocked
+/// stays the thread's to receive from here).
+pub fn give_back_signal(tid: i32, memory: &mut RemoteMemory, signal: i32) -> Result<bool, TraceError> {
+    if !kept::can_keep(signal) {
+        return Ok(false);
+    }
+    inject_syscall_carrying(tid, memory, libc::SYS_getpid as u64, [0; 6], signal).map(|(_, given)| given)
+}
+
+/// [`inject_syscall`] of a thread in the delivery stop of `carried`, given back to its queue
+/// as the call is made (see [`step`]).
+fn inject_syscall_carrying(
+    tid: i32,
+    memory: &mut RemoteMemory,
+    nr: u64,
+    args: [u64; 6],
+    carried: i32,
+) -> Result<(u64, bool), TraceError> {
     let at = syscall_insn(memory)?;
     let saved = sys::get_regs(tid)?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
     r.rip = at.0;
     let mut held = Vec::new();
-    let result = sys::set_regs(tid, &r)
-        .map_err(TraceError::from)
-        .and_then(|()| step_holding(tid, &mut held))
-        .and_then(|()| Ok(sys::get_regs(tid)?.rax));
+    let result = sys::set_regs(tid, &r).map_err(TraceError::from).and_then(|()| {
+        let given = step_injected(tid, carried, &mut held)?;
+        Ok((sys::get_regs(tid)?.rax, given))
+    });
     sys::set_regs(tid, &saved)?;
     release(memory.pid(), tid, &held)?;
     result
+}
+
+/// [`step_keeping`] of a system call the tracer makes: not one of the program's (its mask
+/// is never the call's business), so every signal that can be is kept pending.
+fn step_injected(tid: i32, carried: i32, held: &mut Vec<libc::siginfo_t>) -> Result<bool, TraceError> {
+    let mask = sys::sigmask(tid)?;
+    let carried = if kept::can_keep(carried) { carried } else { 0 };
+    let carried_bit = if carried != 0 { kept::bit(carried) } else { 0 };
+    let mut during = (mask | kept::KEPT_DURING_STEPS | carried_bit) & !kept::bit(libc::SIGTRAP);
+    sys::set_sigmask(tid, during)?;
+    let stepped = step_blocking(tid, carried, &mut during, held);
+    if let Err(e) = &stepped {
+        if e.is_gone() {
+            return stepped.map(|()| false);
+        }
+    }
+    sys::set_sigmask(tid, mask)?;
+    stepped.map(|()| carried != 0)
 }
 
 /// A `syscall` instruction in the process's code, which no one writes: the vDSO's first,

@@ -22,6 +22,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::TraceError;
+use crate::kept;
 use crate::library::{Injector, LoadError};
 use crate::sys;
 
@@ -105,12 +106,30 @@ pub(crate) fn pass_on(tid: i32, status: i32) -> bool {
     passed.is_ok()
 }
 
-/// Run stopped thread `tid` to the entry of its next system call (the restarted one), adding
-/// the signals met on the way to `held`.
+/// Run stopped thread `tid` to the entry of its next system call (the restarted one). The
+/// program's signals stay pending on the way (see `kept`), for the call to be ended by them
+/// as it would have been; those that cannot (`SIGSTOP`, a `SIGTRAP` of the program's) are
+/// added to `held`.
 fn enter_call(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+    let mask = sys::sigmask(tid)?;
+    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
+    let entered = enter_call_blocking(tid, held);
+    match entered {
+        Err(e @ TraceError::Gone { .. }) => Err(e),
+        other => {
+            sys::set_sigmask(tid, mask)?;
+            other
+        }
+    }
+}
+
+/// [`enter_call`] once the thread blocks the signals kept.
+fn enter_call_blocking(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
     let mut others = 0;
+    let mut resume_with = 0;
     while held.len() < MAX_SIGNALS && others < MAX_OTHER_STOPS {
-        sys::cont_to_syscall(tid, 0)?;
+        sys::cont_to_syscall(tid, resume_with)?;
+        resume_with = 0;
         let (_, status) = sys::wait(tid)?;
         if !libc::WIFSTOPPED(status) || sys::event_of(status) == libc::PTRACE_EVENT_EXIT {
             return Err(TraceError::Gone { tid });
@@ -123,11 +142,17 @@ fn enter_call(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceErro
         let info = sys::siginfo(tid)?;
         // A system-call stop reports SIGTRAP with the stop's own code; a SIGTRAP sent to the
         // program has a code of its sender's.
-        let trap = libc::SIGTRAP;
-        if libc::WSTOPSIG(status) & 0x7f == trap && (info.si_code == trap || info.si_code == trap | 0x80) {
+        let (trap, signal) = (libc::SIGTRAP, libc::WSTOPSIG(status));
+        if signal & 0x7f == trap && (info.si_code == trap || info.si_code == trap | 0x80) {
             return Ok(());
         }
-        held.push(info);
+        match kept::resume_with(tid, signal, kept::KEPT_DURING_STEPS)? {
+            Some(given_back) => {
+                others += 1;
+                resume_with = given_back;
+            }
+            None => held.push(info),
+        }
     }
     Err(TraceError::Stuck { tid, place: "the way back into its system call" })
 }

@@ -37,6 +37,7 @@ mod exec_watch;
 mod exits;
 mod family;
 mod inject;
+mod kept;
 mod let_go;
 mod library;
 mod loader;

@@ -26,6 +26,7 @@ use dprobe_sym::{read_maps_of, Symbols};
 
 use crate::error::TraceError;
 use crate::exec_watch::ExecWatch;
+use crate::kept;
 use crate::sys::{self, RemoteMemory};
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
@@ -105,28 +106,10 @@ pub struct Injector {
     released: bool,
     /// The signals the thread blocks (the mask it returns to, inside `sigsuspend`).
     mask: u64,
-    /// The program's signals that stopped a call all the same (sent to the thread while it
-    /// blocked them before it was held, or raised as faults), queued again for the thread
-    /// once it is put back as it was.
+    /// The program's signals that stopped a call and could not be kept pending (see `kept`:
+    /// `SIGSTOP`, a `SIGTRAP` of the program's), queued again for the thread once it is put
+    /// back as it was.
     held: Vec<libc::siginfo_t>,
-}
-
-/// The signals a thread blocks while it runs calls for the tracer: all but those a fault
-/// raises (blocked, a fault's signal kills the program). Those sent to the process go to
-/// another of its threads meanwhile, or wait, pending, until the thread is put back: a thread
-/// that took each one as a stop would barely run when signals come faster than the tracer
-/// answers them.
-const BLOCKED_DURING_CALLS: u64 = !(bit(libc::SIGSEGV)
-    | bit(libc::SIGBUS)
-    | bit(libc::SIGILL)
-    | bit(libc::SIGFPE)
-    | bit(libc::SIGTRAP)
-    | bit(libc::SIGSYS)
-    | bit(libc::SIGKILL)
-    | bit(libc::SIGSTOP));
-
-const fn bit(signal: i32) -> u64 {
-    1 << (signal - 1)
 }
 
 impl Injector {
@@ -385,8 +368,14 @@ impl Injector {
             if sys::event_of(status) != 0 {
                 return Ok(());
             }
-            self.held.push(sys::siginfo(self.tid)?);
-            sys::cont(self.tid, 0)?;
+            let signal = libc::WSTOPSIG(status);
+            match kept::resume_with(self.tid, signal, kept::KEPT_DURING_CALLS)? {
+                Some(signal) => sys::cont(self.tid, signal)?,
+                None => {
+                    self.held.push(sys::siginfo(self.tid)?);
+                    sys::cont(self.tid, 0)?;
+                }
+            }
         }
     }
 
@@ -499,8 +488,11 @@ impl Injector {
 
     /// Run `function(args...)` on the held thread with its stack below `top`; the thread is
     /// stopped again when it returns. Signals that come meanwhile are the program's: they
-    /// are held, whether the call returns, faults or is abandoned, and queued again once the
-    /// thread is put back as it was (it then receives them where it was).
+    /// stay pending, whether the call returns, faults or is abandoned, and the thread
+    /// receives them where it was once it is put back as it was (see `kept`).
+    /// Meanwhile the thread blocks every signal it can (`kept::KEPT_DURING_CALLS`): one that
+    /// took each as a stop would barely run when signals come faster than the tracer answers
+    /// them.
     fn call_at(&mut self, function: u64, args: &[u64], top: u64) -> Result<u64, LoadError> {
         let mut r = self.saved;
         let mut sp = (top - 64) & !15;
@@ -521,12 +513,14 @@ impl Injector {
         let mut clean = self.xstate.clone();
         clean_fpu_control(&mut clean);
         set_xstate(self.tid, &mut clean)?;
-        sys::set_sigmask(self.tid, self.mask | BLOCKED_DURING_CALLS)?;
+        sys::set_sigmask(self.tid, self.mask | kept::KEPT_DURING_CALLS)?;
         let started = Instant::now();
         let mut deadline = started + CALL_TIMEOUT;
         let mut ran = cpu_time(self.pid, self.tid);
+        let mut resume_with = 0;
         loop {
-            sys::cont(self.tid, 0)?;
+            sys::cont(self.tid, resume_with)?;
+            resume_with = 0;
             let status = loop {
                 if let Some((_, status)) = sys::wait_until(self.tid, deadline)? {
                     break Some(status);
@@ -559,12 +553,15 @@ impl Injector {
             if sig == libc::SIGSEGV && now.rip == RETURN_TRAP {
                 return Ok(now.rax);
             }
-            if sig == libc::SIGSEGV || sig == libc::SIGBUS || sig == libc::SIGILL {
+            if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) {
                 // A fault inside the call: the program's state is not ours to repair.
                 let reason = format!("signal {sig} at {:#x} during the call at {function:#x}", now.rip);
                 return Err(LoadError::Refused { pid: self.pid, reason });
             }
-            self.held.push(sys::siginfo(self.tid)?);
+            match kept::resume_with(self.tid, sig, kept::KEPT_DURING_CALLS)? {
+                Some(signal) => resume_with = signal,
+                None => self.held.push(sys::siginfo(self.tid)?),
+            }
         }
     }
 }

@@ -196,19 +196,72 @@ fn attach_keeps_a_signal_that_came_before_the_interrupt_and_delivers_it_on_resum
 }
 
 #[test]
-fn a_signal_during_an_injected_system_call_is_queued_again_not_swallowed() {
+fn a_signal_during_an_injected_system_call_is_given_back_to_the_kernel_not_sent_again() {
     let (world, _k, mut memory) = injecting();
     let rt = libc::SIGRTMIN();
     {
         let mut w = world.borrow_mut();
         w.regs(PID).rax = 7;
+        // Taken although blocked (the fake does not care): given back as the step goes on.
         w.after_step.insert(PID, [signal_stop(rt)].into());
     }
     let result = inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
     assert_eq!(result, libc::SYS_getpid as u64, "the fake runs no system call: rax as set");
     let w = world.borrow();
-    assert_eq!(w.calls, [Call::Step(PID), Call::Step(PID), Call::Queue(PID, rt)]);
+    assert_eq!(w.calls, [Call::Step(PID), Call::Step(PID), Call::Requeued(PID, rt)]);
+    assert_eq!(w.pending[&PID], 1 << (rt - 1), "pending, as it came (never sent again)");
+    assert_eq!(w.blocked[&PID], 0, "the thread's mask put back");
     assert_eq!((w.regs[&PID].rip, w.regs[&PID].rax), (AT, 7), "registers put back");
+}
+
+#[test]
+fn signals_are_blocked_while_an_injected_system_call_runs_and_faults_are_not() {
+    let (world, _k, mut memory) = injecting();
+    let usr1 = 1 << (libc::SIGUSR1 - 1);
+    world.borrow_mut().blocked.insert(PID, usr1 | (1 << (libc::SIGTRAP - 1)));
+    inject_syscall(PID, &mut memory, libc::SYS_getpid as u64, [0; 6]).unwrap();
+    let w = world.borrow();
+    let during = w.blocked_at_step[0];
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGRTMIN(), libc::SIGRTMIN() + 1, 33, 64] {
+        assert_ne!(during & (1 << (signal - 1)), 0, "signal {signal} kept pending");
+    }
+    for signal in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP] {
+        assert_eq!(during & (1 << (signal - 1)), 0, "signal {signal} left open (a fault's is forced)");
+    }
+    assert_eq!(w.blocked[&PID], usr1 | (1 << (libc::SIGTRAP - 1)), "the program's mask put back");
+    assert_eq!(w.calls, [Call::Step(PID)]);
+}
+
+#[test]
+fn a_held_thread_stepped_for_the_tracer_gives_its_signal_back_to_its_queue() {
+    let (world, _k, mut t, _) = traced(&[PID]);
+    let rt = libc::SIGRTMIN() + 1;
+    {
+        let mut w = world.borrow_mut();
+        w.poke(AT, &[0x90, 0x90]);
+        w.regs(PID).rip = AT;
+    }
+    t.threads.insert(PID, Thread::stopped(Stop::Signal(rt)));
+    t.step(PID).unwrap();
+    assert_eq!(t.threads[&PID].state, State::Stopped(Stop::Signal(0)), "nothing left to deliver from a stop");
+    let w = world.borrow();
+    assert_eq!(w.calls, [Call::Step(PID), Call::Requeued(PID, rt)]);
+    assert_eq!(w.pending[&PID], 1 << (rt - 1), "pending, unchanged, for when it resumes");
+    assert_eq!(w.blocked[&PID], 0, "the thread's mask put back");
+}
+
+#[test]
+fn a_fault_signal_a_held_thread_was_stopped_for_stays_its_own() {
+    let (world, _k, mut t, _) = traced(&[PID]);
+    {
+        let mut w = world.borrow_mut();
+        w.poke(AT, &[0x90, 0x90]);
+        w.regs(PID).rip = AT;
+    }
+    t.threads.insert(PID, Thread::stopped(Stop::Signal(libc::SIGSEGV)));
+    t.step(PID).unwrap();
+    assert_eq!(t.threads[&PID].state, State::Stopped(Stop::Signal(libc::SIGSEGV)), "never blocked: delivered later");
+    assert_eq!(calls(&world), [Call::Step(PID)]);
 }
 
 #[test]

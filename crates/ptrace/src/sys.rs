@@ -15,7 +15,7 @@ use crate::error::{SysError, TraceError};
 pub(crate) enum Request<'a> {
     Cont { signal: i32 },
     Syscall { signal: i32 },
-    Step,
+    Step { signal: i32 },
     GetRegs(&'a mut libc::user_regs_struct),
     SetRegs(&'a libc::user_regs_struct),
     EventMessage,
@@ -35,7 +35,7 @@ impl Request<'_> {
         match self {
             Request::Cont { .. } => "PTRACE_CONT",
             Request::Syscall { .. } => "PTRACE_SYSCALL",
-            Request::Step => "PTRACE_SINGLESTEP",
+            Request::Step { .. } => "PTRACE_SINGLESTEP",
             Request::GetRegs(_) => "PTRACE_GETREGS",
             Request::SetRegs(_) => "PTRACE_SETREGS",
             Request::EventMessage => "PTRACE_GETEVENTMSG",
@@ -90,7 +90,7 @@ impl Kernel for Real {
         let (req, addr, data): (libc::c_uint, u64, u64) = match request {
             Request::Cont { signal } => (libc::PTRACE_CONT, 0, signal as u64),
             Request::Syscall { signal } => (libc::PTRACE_SYSCALL, 0, signal as u64),
-            Request::Step => (libc::PTRACE_SINGLESTEP, 0, 0),
+            Request::Step { signal } => (libc::PTRACE_SINGLESTEP, 0, signal as u64),
             Request::GetRegs(r) => (libc::PTRACE_GETREGS, 0, r as *mut _ as u64),
             Request::SetRegs(r) => (libc::PTRACE_SETREGS, 0, r as *const _ as u64),
             Request::EventMessage => (libc::PTRACE_GETEVENTMSG, 0, &mut message as *mut _ as u64),
@@ -220,9 +220,10 @@ pub fn cont_to_syscall(tid: i32, signal: i32) -> Result<(), SysError> {
     request(tid, Request::Syscall { signal }).map(drop)
 }
 
-/// Execute one instruction of a stopped thread.
-pub fn single_step(tid: i32) -> Result<(), SysError> {
-    request(tid, Request::Step).map(drop)
+/// Execute one instruction of a stopped thread, delivering `signal` first (see `kept`: a
+/// signal it blocks is queued again instead).
+pub fn single_step(tid: i32, signal: i32) -> Result<(), SysError> {
+    request(tid, Request::Step { signal }).map(drop)
 }
 
 /// `value` as request `ask` fills it in (a `PTRACE_GET*` of a C struct).

@@ -204,9 +204,21 @@ impl Tracee {
         }
     }
 
-    /// A thread the tracer holds stopped, to act through (placing a probe, mapping a page).
-    pub(crate) fn a_stopped_thread(&self) -> Result<i32, TraceError> {
-        self.threads.iter().find(|(_, t)| t.is_stopped()).map(|(tid, _)| *tid).ok_or(TraceError::NotStopped)
+    /// A thread the tracer holds stopped, to act through (placing a probe, mapping a page):
+    /// one with no signal to receive when there is one. A thread stopped to receive a signal
+    /// has it given back to its queue first: resumed from another stop, it would receive it
+    /// as a `kill` from the tracer (see `kept`).
+    pub(crate) fn a_stopped_thread(&mut self) -> Result<i32, TraceError> {
+        let stopped = || self.threads.iter().filter(|(_, t)| t.is_stopped());
+        let plain = stopped().find(|(_, t)| matches!(t.state, State::Stopped(Stop::Event | Stop::Signal(0))));
+        let (tid, signal) =
+            plain.or_else(|| stopped().next()).map(|(tid, t)| (*tid, t.signal())).ok_or(TraceError::NotStopped)?;
+        if signal != 0 && crate::inject::give_back_signal(tid, &mut self.memory, signal)? {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.state = State::Stopped(Stop::Signal(0));
+            }
+        }
+        Ok(tid)
     }
 
     pub(crate) fn read(&mut self, addr: Addr, buf: &mut [u8]) -> Result<(), TraceError> {
