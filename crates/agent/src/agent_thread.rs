@@ -13,6 +13,11 @@ use std::io;
 
 /// The thread's name, as `top` and `/proc` show it.
 const NAME: &CStr = c"dprobe-agent";
+/// Its name once its work is done, as it ends: the C library may hold it a while longer (it
+/// frees the thread's stack under a lock that another thread's `setuid` holds until every
+/// thread answered it), with every signal blocked, and it runs no more of the program's code
+/// or of dprobe's: the next attach need not refuse the process for it ([`crate::masks`]).
+pub(crate) const ENDED_NAME: &CStr = c"dprobe-ended";
 
 type Body = Box<dyn FnOnce() + Send + 'static>;
 
@@ -50,5 +55,7 @@ extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
     unsafe { libc::prctl(libc::PR_SET_NAME, NAME.as_ptr()) };
     // A panic must not unwind out of a C function: the agent's session ends as on an error.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_NAME, ENDED_NAME.as_ptr()) };
     std::ptr::null_mut()
 }

@@ -58,7 +58,7 @@ pub fn thread_blocking_traps(pid: u32) -> std::io::Result<Option<u32>> {
 }
 
 /// The threads of `pid` that block `SIGTRAP` now, with their masks (a thread gone meanwhile
-/// blocks nothing).
+/// blocks nothing; an agent's thread that is ending runs no code that could trap).
 fn blocking_now(pid: u32) -> std::io::Result<Vec<(u32, u64)>> {
     let trap = 1u64 << (libc::SIGTRAP - 1);
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))?;
@@ -66,6 +66,10 @@ fn blocking_now(pid: u32) -> std::io::Result<Vec<(u32, u64)>> {
         .filter_map(Result::ok)
         .filter_map(|task| {
             let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim);
+            if name.map(str::as_bytes) == Some(crate::agent_thread::ENDED_NAME.to_bytes()) {
+                return None;
+            }
             let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
             let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
             let tid = task.file_name().to_str()?.parse().ok()?;
