@@ -80,3 +80,61 @@ fn handlers_the_program_installs_after_dprobes_get_its_signals_and_dprobe_its_tr
         assert_eq!(common::hits(&t.trace, &probe), 200, "{what}");
     }
 }
+
+/// A crash reporter: a one-shot `SIGSEGV` handler (`SA_RESETHAND`) with `SIGUSR1` in its mask,
+/// that says what it sees and returns; the fault comes again and, the action reset, kills the
+/// program.
+const CRASH_REPORTER: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static volatile sig_atomic_t caught;
+__attribute__((noinline)) int work(int x) { __asm__ volatile("" : "+r"(x)); return x + 1; }
+static void reporter(int sig) {
+    (void)sig;
+    sigset_t during;
+    sigprocmask(SIG_BLOCK, NULL, &during);
+    struct sigaction now;
+    sigaction(SIGSEGV, NULL, &now);
+    char line[96];
+    int n = snprintf(line, sizeof line, "caught %d usr1 blocked %d segv blocked %d reset %d\n", (int)++caught,
+                     sigismember(&during, SIGUSR1), sigismember(&during, SIGSEGV), now.sa_handler == SIG_DFL);
+    write(1, line, n);
+    if (caught > 3)
+        _exit(3); /* caught for ever: the action was not reset */
+}
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = reporter;
+    sa.sa_flags = SA_RESETHAND;
+    sigaddset(&sa.sa_mask, SIGUSR1);
+    sigaction(SIGSEGV, &sa, NULL);
+    long s = 0;
+    for (int i = 0; i < 100; i++) s += work(i);
+    printf("sum %ld\n", s);
+    fflush(stdout);
+    *(volatile int *)0 = 1;
+    return 0;
+}
+"#;
+
+#[test]
+fn a_one_shot_fault_handler_runs_once_with_its_mask_and_the_fault_then_kills() {
+    let program = common::c_program_from("crash-reporter", CRASH_REPORTER, &["-O1"]);
+    let untraced = std::process::Command::new(program).output().unwrap();
+    let expected = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    assert_eq!(expected, "sum 5050\ncaught 1 usr1 blocked 1 segv blocked 1 reset 1\n");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(untraced.status.signal(), Some(libc::SIGSEGV));
+    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
+    for engine in ["agent", "ptrace"] {
+        let t = trace_to_file(&format!("crash-reporter-{engine}"), &["--engine", engine, "-c", &probe, "--", program]);
+        let what = t.what(engine);
+        assert_eq!(t.stdout, expected, "{what}");
+        assert_eq!(t.code, Some(128 + libc::SIGSEGV), "{what}");
+        assert!(t.trace.contains("killed by SIGSEGV"), "{what}");
+        assert_eq!(common::hits(&t.trace, &probe), 100, "{what}");
+    }
+}

@@ -195,10 +195,13 @@ pub(crate) fn program_installs(sig: libc::c_int, new: Option<&[u64; ACTION_WORDS
     old
 }
 
-/// Words of the C library's `struct sigaction`: its flags (an `int`, then padding) and its
-/// restorer, after the handler and the 128-byte mask.
+/// Words of the C library's `struct sigaction`: its mask's first word (signals 1 to 64),
+/// after the handler; its flags (an `int`, then padding) and its restorer, after the
+/// 128-byte mask.
+const MASK_WORD: usize = 1;
 const FLAGS_WORD: usize = 17;
 const RESTORER_WORD: usize = 18;
+const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_mask) == MASK_WORD * 8);
 const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_flags) == FLAGS_WORD * 8);
 const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_restorer) == RESTORER_WORD * 8);
 
@@ -234,19 +237,43 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
                 unsafe { libc::raise(sig) };
             }
         }
-        handler if prev.sa_flags & libc::SA_SIGINFO != 0 => {
-            // SAFETY: the program installed this SA_SIGINFO handler for `sig`; we call it as
-            // the kernel would have, with the same arguments.
-            let f: SigInfoHandler = unsafe { std::mem::transmute::<usize, SigInfoHandler>(handler) };
-            let _program = crate::trap::ProgramHandler::enter();
-            f(sig, info, uc);
-        }
         handler => {
-            // SAFETY: a plain `void (*)(int)` handler installed by the program.
-            let f: extern "C" fn(libc::c_int) =
-                unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(handler) };
+            let before = as_the_kernel_delivers(sig, &prev);
             let _program = crate::trap::ProgramHandler::enter();
-            f(sig);
+            if prev.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the program installed this SA_SIGINFO handler for `sig`; we call it
+                // as the kernel would have, with the same arguments.
+                let f: SigInfoHandler = unsafe { std::mem::transmute::<usize, SigInfoHandler>(handler) };
+                f(sig, info, uc);
+            } else {
+                // SAFETY: a plain `void (*)(int)` handler installed by the program.
+                let f: extern "C" fn(libc::c_int) =
+                    unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(handler) };
+                f(sig);
+            }
+            // As its `rt_sigreturn` would (dprobe's handler returns with its own next).
+            crate::sys::set_signal_mask(before);
         }
     }
+}
+
+/// What the kernel does as it delivers `sig` to the program's `action`, done before dprobe's
+/// handler calls it: the action's mask, and `sig` itself unless `SA_NODEFER`, are blocked
+/// while it runs (`SIGTRAP` aside, kept open as `handler_masks.rs` keeps it: a probe hit in
+/// the handler traps); an `SA_RESETHAND` action is reset to the default first, so that a
+/// crash reporter that returns from its fault handler dies of the fault that comes again,
+/// rather than catching it for ever. Returns the mask to put back once the handler returns.
+/// Async-signal-safe.
+fn as_the_kernel_delivers(sig: libc::c_int, action: &libc::sigaction) -> u64 {
+    if action.sa_flags & libc::SA_RESETHAND != 0 {
+        set_previous(sig, &words_of(&unsafe_zeroed()));
+    }
+    let mut blocked = words_of(action)[MASK_WORD];
+    if action.sa_flags & libc::SA_NODEFER == 0 {
+        blocked |= 1 << (sig - 1);
+    }
+    blocked &= !(1u64 << (libc::SIGTRAP - 1));
+    let before = crate::sys::signal_mask();
+    crate::sys::set_signal_mask(before | blocked);
+    before
 }
