@@ -52,7 +52,7 @@
 
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dprobe_inproc::{
     register, register_kretprobe, Addr, InstanceData, Kprobe, Kretprobe, PreAction, Probe, Regs, ReturnMode,
@@ -60,6 +60,7 @@ use dprobe_inproc::{
 };
 
 use crate::shm::{ExecGateWords, Shm};
+use dprobe_inproc::raw_calls;
 
 /// How long a thread waits for dprobe to take its request before its `exec` goes on
 /// unwatched.
@@ -162,17 +163,16 @@ pub(crate) fn close(shm: &Shm, probes: GateProbes) {
 
 /// Wake every thread waiting on `word` (a futex word of the shared memory).
 pub(crate) fn wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned word; shared (not private): dprobe wakes it from
-    // another process.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize) };
+    // Shared (not private): dprobe wakes it from another process.
+    raw_calls::futex_wake(word, false);
 }
 
 /// The gate's words and the calling thread's id, on a thread of the gated program (not a
 /// child sharing its memory) while the gate is open.
 fn gate_words() -> Option<(ExecGateWords<'static>, i32)> {
     let shm = GATE.load(Acquire);
-    // SAFETY: getpid and gettid have no arguments and no preconditions.
-    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    // Not the C library's: its `getpid` may be probed, and this runs on the program's thread.
+    let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
     if shm.is_null() || pid != GATED_PID.load(Relaxed) {
         return None;
     }
@@ -195,8 +195,10 @@ fn failed(_: &mut Regs, _: &InstanceData) {
 /// for its answer (see the module's comment).
 fn asks(_: &mut Regs) -> PreAction {
     let Some((words, tid)) = gate_words() else { return PreAction::Continue };
-    let start = Instant::now();
-    let patient = || words.open.load(Acquire) != 0 && start.elapsed() < PATIENCE;
+    let start = raw_calls::monotonic_ns();
+    let patient = || {
+        words.open.load(Acquire) != 0 && raw_calls::monotonic_ns().saturating_sub(start) < PATIENCE.as_nanos() as u64
+    };
     let mine = tid == WATCHED_TID.load(Relaxed);
     // Ask; after a failed `exec`, call the release off, or wait until it is done.
     while let Err(state) = words.state.compare_exchange(IDLE, asking(tid), AcqRel, Acquire) {
@@ -238,7 +240,5 @@ fn asks(_: &mut Regs) -> PreAction {
 /// Wait until `word` is woken or no longer `value`, at most 10 ms.
 fn wait_a_slice(word: &AtomicU32, value: u32) {
     let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
-    // SAFETY: FUTEX_WAIT on a valid, aligned word with a valid timeout: returns when woken,
-    // when the word is no longer `value`, at a signal, or after 10 ms.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, &slice as *const _) };
+    raw_calls::futex_wait(word, value, &slice, false);
 }

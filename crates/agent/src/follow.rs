@@ -24,6 +24,7 @@ use std::sync::Mutex;
 
 use dprobe_core::{Kprobe, PreAction};
 use dprobe_inproc::own_files::{self, AtomicFileId, FileId};
+use dprobe_inproc::raw_calls;
 use dprobe_inproc::{register, Addr, Probe};
 
 use crate::hit::on_agent_thread;
@@ -142,11 +143,7 @@ pub(crate) fn stop() {
 pub(crate) fn pending() -> Option<(u32, i32)> {
     let fd = EVENT.load(Acquire);
     let mut bytes = [0u8; 64];
-    let nudged = fd >= 0 && PIPE.is(fd) && {
-        // SAFETY: reads into `bytes` from the agent's pipe.
-        let got = unsafe { libc::read(fd, bytes.as_mut_ptr().cast(), bytes.len()) };
-        got > 0
-    };
+    let nudged = fd >= 0 && PIPE.is(fd) && { raw_calls::read(fd, &mut bytes) > 0 };
     let asked = ASKED.load(Acquire);
     (nudged || asked > ANSWERED.load(Acquire)).then(|| (asked, STATE.load(Acquire)))
 }
@@ -154,15 +151,15 @@ pub(crate) fn pending() -> Option<(u32, i32)> {
 /// Let the loading thread that asked `asked` go on.
 pub(crate) fn answer(asked: u32) {
     ANSWERED.fetch_max(asked, AcqRel);
-    // SAFETY: wakes the waiters on an atomic we own.
-    unsafe { libc::syscall(libc::SYS_futex, ANSWERED.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+    raw_calls::futex_wake(&ANSWERED, true);
 }
 
 /// Run by a loading thread in place of `_dl_debug_state`: tell the agent's thread and wait
-/// for it (at most about two seconds).
+/// for it (at most about two seconds). The program's thread: no call of the C library, whose
+/// functions may be probed (`raw_calls`).
 extern "C" fn loader_changed() {
     let fd = EVENT.load(Acquire);
-    if fd < 0 || OWNER.load(Acquire) != std::process::id() {
+    if fd < 0 || OWNER.load(Acquire) != raw_calls::getpid() as u32 {
         return;
     }
     // SAFETY: the loader's `_r_debug`, updated by the loader before this call.
@@ -172,9 +169,8 @@ extern "C" fn loader_changed() {
     let asked = ASKED.fetch_add(1, AcqRel) + 1;
     let nudge = NUDGE.load(Acquire);
     if PIPE.is(nudge) {
-        // SAFETY: writes a byte to the agent's pipe (non-blocking: a full pipe has a
-        // notification waiting already).
-        unsafe { libc::write(nudge, [1u8].as_ptr().cast(), 1) };
+        // Non-blocking: a full pipe has a notification waiting already.
+        raw_calls::write(nudge, &[1u8]);
     }
     let timeout = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
     for _ in 0..20 {
@@ -182,15 +178,6 @@ extern "C" fn loader_changed() {
         if answered >= asked || EVENT.load(Acquire) < 0 {
             return;
         }
-        // SAFETY: waits on an atomic we own while it still holds `answered`, with a timeout.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                ANSWERED.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                answered,
-                &timeout,
-            )
-        };
+        raw_calls::futex_wait(&ANSWERED, answered, &timeout, true);
     }
 }

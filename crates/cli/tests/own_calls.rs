@@ -75,3 +75,45 @@ fn a_started_program_is_counted_for_its_own_calls_alone() {
         }
     }
 }
+
+/// Loads a library twice with `dlopen` (its probe waiting, so the agent follows the loader),
+/// calling `getpid` and `write` around the loads: 5 and 3 calls of its own.
+const LOADS: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    for (int round = 0; round < 2; round++) {
+        getpid();
+        void *h = dlopen(argv[1], RTLD_NOW);
+        if (!h) { printf("dlopen: %s\n", dlerror()); return 1; }
+        long (*twice)(long) = (long (*)(long))dlsym(h, "plugin_twice");
+        if (twice(21) != 42) return 2;
+        getpid();
+        dlclose(h);
+        write(1, "round\n", 6);
+    }
+    getpid();
+    write(1, "done\n", 5);
+    return 0;
+}
+"#;
+
+#[test]
+fn following_the_loader_adds_no_call_to_the_programs_figures() {
+    let program = common::c_program_from("loads", LOADS, &["-O2"]);
+    let plugin = common::plugin();
+    let twice = format!("{}:plugin_twice", plugin);
+    for engine in ["ptrace", "agent"] {
+        let args =
+            ["--engine", engine, "-c", "libc:getpid", "libc:write", "libc:syscall", &twice, "--", program, plugin];
+        let t = common::trace_to_file(&format!("loads-{engine}"), &args);
+        let what = t.what(engine);
+        assert_eq!((t.code, t.stdout.as_str()), (Some(0), "round\nround\ndone\n"), "{what}");
+        assert_eq!(hits(&t.trace, &twice), 2, "{what}");
+        assert_eq!(hits(&t.trace, "libc:getpid"), 5, "{what}");
+        assert_eq!(hits(&t.trace, "libc:write"), 3, "{what}");
+        assert_eq!(hits(&t.trace, "libc:syscall"), 0, "{what}");
+    }
+}

@@ -75,6 +75,7 @@ pub mod own_files;
 mod page_alias;
 mod probe;
 mod program_errno;
+pub mod raw_calls;
 mod rearm;
 mod resolver_runner;
 mod safepoint;
