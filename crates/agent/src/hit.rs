@@ -200,9 +200,8 @@ impl HitProbe {
         };
         // SAFETY: the flag just taken makes this thread the storage's only user.
         let values = unsafe { &mut *storage.values.get() };
-        let mut name = [0u8; 16];
-        // SAFETY: PR_GET_NAME writes at most 16 bytes into `name`.
-        unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+        let time_ns = now_ns();
+        let name = dprobe_inproc::thread_name(time_ns);
         let end = name.iter().position(|b| *b == 0).unwrap_or(16);
         let comm = &name[..end];
         // `$errno` reads the value the program had at the hit, whatever this handler's calls do.
@@ -212,15 +211,14 @@ impl HitProbe {
         let plan = self.filtered.get().unwrap_or(&self.plan);
         plan.evaluate(&cx, &mut OwnMemory, values);
         if !plan.has_filter() || plan.passes(values) {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() } as u32;
+            let tid = dprobe_inproc::thread_id();
             let stack = if self.stack { self.shm.put_stack(|r, bytes| copy_stack(regs, r, bytes)) } else { None };
             let header = Header {
                 probe: self.index as u32,
                 side,
                 pid: PID.load(Relaxed),
                 tid,
-                time_ns: now_ns(),
+                time_ns,
                 entry_time_ns,
                 comm: name,
                 stack,

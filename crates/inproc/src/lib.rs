@@ -114,6 +114,7 @@ pub use program_errno::{program_errno, set_program_errno};
 pub use resolver_runner::run_resolver;
 pub use safepoint::moved as safepoint_moves;
 pub use sys::close_mem_file;
+pub use thread_state::{thread_id, thread_name};
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
 
 /// Every lock of dprobe's registration side, held for as long as the value lives. For tests:

@@ -99,6 +99,10 @@ pub(crate) struct ThreadState {
     pub(crate) deferred_segv: Cell<(bool, u64)>,
     /// Pending returns of return probes.
     pub(crate) returns: ThreadReturns,
+    /// The thread's name as last read, and when (monotonic nanoseconds; 0: never), for
+    /// [`thread_name`].
+    name: Cell<[u8; 16]>,
+    name_read_at: Cell<u64>,
 }
 
 /// Words of a copy: the C library's `struct sigaction` (152 bytes), which holds a whole
@@ -369,6 +373,38 @@ extern "C" fn in_forked_child() {
     }
 }
 
+/// How long a thread's name, once read, is taken as its name: the program may rename a
+/// thread at any time (`prctl`, `pthread_setname_np`), and nothing tells dprobe.
+const NAME_FRESH_NS: u64 = 1_000_000;
+
+/// The calling thread's name (`comm`, NUL-padded), at `now_ns` on the monotonic clock: read
+/// from the kernel at most once per millisecond per thread, a system call the hit path of a
+/// probe that sends events would otherwise make at every hit. Async-signal-safe.
+pub fn thread_name(now_ns: u64) -> [u8; 16] {
+    let read = || {
+        let mut name = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into `name`.
+        unsafe { sys::raw_syscall6(libc::SYS_prctl, [libc::PR_GET_NAME as u64, name.as_mut_ptr() as u64, 0, 0, 0, 0]) };
+        name
+    };
+    let Some(state) = existing() else { return read() };
+    let at = state.name_read_at.get();
+    if at == 0 || now_ns.wrapping_sub(at) >= NAME_FRESH_NS {
+        state.name.set(read());
+        state.name_read_at.set(now_ns.max(1));
+    }
+    state.name.get()
+}
+
+/// The calling thread's id, asked of the kernel once per thread. Async-signal-safe.
+pub fn thread_id() -> u32 {
+    match existing() {
+        Some(state) => state.tid(),
+        // SAFETY: gettid has no arguments and no preconditions.
+        None => unsafe { sys::raw_syscall6(libc::SYS_gettid, [0; 6]) as u32 },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +428,26 @@ mod tests {
         // SAFETY: reads a state of the table (no thread owns it any more).
         let left = unsafe { &*(theirs as *const ThreadState) };
         assert_eq!((left.own_work.get(), left.tid.get()), (0, 0));
+    }
+
+    #[test]
+    fn a_thread_s_name_and_id_are_the_kernel_s_and_a_new_name_is_seen_within_the_freshness() {
+        init();
+        std::thread::spawn(|| {
+            let _ = current();
+            let kernel_name = || std::fs::read_to_string("/proc/thread-self/comm").unwrap().trim_end().to_owned();
+            let named =
+                |n: [u8; 16]| String::from_utf8_lossy(&n[..n.iter().position(|b| *b == 0).unwrap_or(16)]).into_owned();
+            let t0 = 10 * NAME_FRESH_NS;
+            assert_eq!(named(thread_name(t0)), kernel_name());
+            // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"renamed".as_ptr()) };
+            assert_ne!(named(thread_name(t0 + 1)), "renamed", "read again only once the name is stale");
+            assert_eq!(named(thread_name(t0 + NAME_FRESH_NS)), "renamed");
+            // SAFETY: gettid has no preconditions.
+            assert_eq!(thread_id(), unsafe { libc::gettid() } as u32);
+        })
+        .join()
+        .unwrap();
     }
 }
