@@ -4,7 +4,7 @@
 
 use dprobe_arch::{trampoline_code, Addr, Memory, PrepareError, SlotCode, SLOT_SIZE};
 use dprobe_core::ProbeError;
-use dprobe_sym::{free_pages_near, Mapping};
+use dprobe_sym::{free_pages_near, read_maps_of, Mapping};
 
 use crate::error::TraceError;
 use crate::inject::inject_syscall;
@@ -92,12 +92,20 @@ impl Xol {
         if let Some(i) = self.pages.iter().position(|p| p.used < per_page && p.base.0.abs_diff(near.0) < REACH) {
             return Ok(i);
         }
-        for hint in free_pages_near(maps, near, REACH).into_iter().take(8) {
-            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
-            let args = [hint.0, PAGE as u64, (libc::PROT_READ | libc::PROT_EXEC) as u64, flags as u64, u64::MAX, 0];
-            if inject_syscall(tid, memory, libc::SYS_mmap as u64, args)? == hint.0 {
-                self.pages.push(Page { base: hint, used: 0 });
-                return Ok(self.pages.len() - 1);
+        // The maps the caller read may be older than pages mapped since (this engine's, the
+        // program's): the free pages they show are tried, then those of the maps as they are.
+        let pid = memory.pid() as u32;
+        for round in 0..2 {
+            let now = if round == 0 { None } else { Some(read_maps_of(pid).unwrap_or_default()) };
+            let hints = free_pages_near(now.as_deref().unwrap_or(maps), near, REACH);
+            for hint in hints.into_iter().filter(|h| !self.pages.iter().any(|p| p.base == *h)).take(8) {
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+                let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+                let args = [hint.0, PAGE as u64, prot, flags as u64, u64::MAX, 0];
+                if inject_syscall(tid, memory, libc::SYS_mmap as u64, args)? == hint.0 {
+                    self.pages.push(Page { base: hint, used: 0 });
+                    return Ok(self.pages.len() - 1);
+                }
             }
         }
         Err(ProbeError::NoSlot { addr: near, reason: "no free address range within 1 GiB of it".into() }.into())
