@@ -62,23 +62,32 @@ int main(void) {
 #[test]
 fn handlers_the_program_installs_after_dprobes_get_its_signals_and_dprobe_its_traps() {
     let program = common::c_program_from("handlers-after", PROGRAM, &["-O1"]);
-    let untraced = std::process::Command::new(program).output().unwrap();
-    let expected = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    let expected = killed_as_untraced(program, "looped", 200, libc::SIGTRAP);
     assert!(
         expected.starts_with("own 1 1 flags ") && expected.ends_with(" sum 900 traps 2 faults 1 page 7 reset 1\n"),
         "{expected}"
     );
+}
+
+/// `program` untraced, killed by `signal`, then traced by each engine with a probe on its
+/// `function`, hit `hits` times: the same output and the same death. Returns the output.
+fn killed_as_untraced(program: &str, function: &str, hits: u64, signal: i32) -> String {
+    let untraced = std::process::Command::new(program).output().unwrap();
+    let expected = String::from_utf8_lossy(&untraced.stdout).into_owned();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(untraced.status.signal(), Some(libc::SIGTRAP));
-    let probe = format!("{}:looped", program.rsplit_once('/').unwrap().1);
+    assert_eq!(untraced.status.signal(), Some(signal), "untraced: {expected}");
+    let name = program.rsplit_once('/').unwrap().1;
+    let probe = format!("{name}:{function}");
     for engine in ["agent", "ptrace"] {
-        let t = trace_to_file(&format!("handlers-after-{engine}"), &["--engine", engine, "-c", &probe, "--", program]);
+        let t = trace_to_file(&format!("{name}-{engine}"), &["--engine", engine, "-c", &probe, "--", program]);
         let what = t.what(engine);
         assert_eq!(t.stdout, expected, "{what}");
-        assert_eq!(t.code, Some(128 + libc::SIGTRAP), "{what}");
-        assert!(t.trace.contains("killed by SIGTRAP"), "{what}");
-        assert_eq!(common::hits(&t.trace, &probe), 200, "{what}");
+        assert_eq!(t.code, Some(128 + signal), "{what}");
+        let how = format!("killed by {}", nix::sys::signal::Signal::try_from(signal).unwrap().as_str());
+        assert!(t.trace.contains(&how), "{what}");
+        assert_eq!(common::hits(&t.trace, &probe), hits, "{what}");
     }
+    expected
 }
 
 /// A crash reporter: a one-shot `SIGSEGV` handler (`SA_RESETHAND`) with `SIGUSR1` in its mask,
@@ -123,18 +132,6 @@ int main(void) {
 #[test]
 fn a_one_shot_fault_handler_runs_once_with_its_mask_and_the_fault_then_kills() {
     let program = common::c_program_from("crash-reporter", CRASH_REPORTER, &["-O1"]);
-    let untraced = std::process::Command::new(program).output().unwrap();
-    let expected = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    let expected = killed_as_untraced(program, "work", 100, libc::SIGSEGV);
     assert_eq!(expected, "sum 5050\ncaught 1 usr1 blocked 1 segv blocked 1 reset 1\n");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(untraced.status.signal(), Some(libc::SIGSEGV));
-    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
-    for engine in ["agent", "ptrace"] {
-        let t = trace_to_file(&format!("crash-reporter-{engine}"), &["--engine", engine, "-c", &probe, "--", program]);
-        let what = t.what(engine);
-        assert_eq!(t.stdout, expected, "{what}");
-        assert_eq!(t.code, Some(128 + libc::SIGSEGV), "{what}");
-        assert!(t.trace.contains("killed by SIGSEGV"), "{what}");
-        assert_eq!(common::hits(&t.trace, &probe), 100, "{what}");
-    }
 }
