@@ -126,9 +126,7 @@ impl ThreadState {
     /// The thread's id: asked of the kernel once per entry's owner.
     pub(crate) fn tid(&self) -> u32 {
         if self.tid.get() == 0 {
-            // SAFETY: gettid has no arguments and no preconditions.
-            let tid = unsafe { sys::raw_syscall6(libc::SYS_gettid, [0; 6]) } as u32;
-            self.tid.set(tid);
+            self.tid.set(crate::raw_calls::gettid() as u32);
         }
         self.tid.get()
     }
@@ -400,8 +398,7 @@ pub fn thread_name(now_ns: u64) -> [u8; 16] {
 pub fn thread_id() -> u32 {
     match existing() {
         Some(state) => state.tid(),
-        // SAFETY: gettid has no arguments and no preconditions.
-        None => unsafe { sys::raw_syscall6(libc::SYS_gettid, [0; 6]) as u32 },
+        None => crate::raw_calls::gettid() as u32,
     }
 }
 

@@ -16,8 +16,9 @@ use crate::tracee::EVENT_STOP;
 /// comes back at each try).
 const MAX_SIGNALS_IN_A_STEP: usize = 64;
 
-/// Execute one instruction of stopped thread `tid` of process `pid`, which is in the delivery
-/// stop of signal `carried` (0: none, or another kind of stop). The program's signals stay
+/// Execute one instruction of stopped thread `tid`, which is in the delivery stop of signal
+/// `carried` (0: none, or another kind of stop); `its_call`: the instruction is a system call
+/// of the program's ([`makes_system_call`]). The program's signals stay
 /// pending meanwhile (see `kept`), `carried` among them where it can be; those that cannot
 /// (`SIGSTOP`, a `SIGTRAP` the program sent itself) are added to `held`. Returns whether
 /// `carried` was given back to the thread's queue.
@@ -32,10 +33,9 @@ const MAX_SIGNALS_IN_A_STEP: usize = 64;
 /// (`rt_sigprocmask`): it is stepped with the program's mask (`SIGTRAP` aside), so that what
 /// it sets is what the program asked for; a signal that comes is then blocked alone, and the
 /// mask is put back only if the program did not change it.
-fn step_keeping(pid: i32, tid: i32, carried: i32, held: &mut Vec<libc::siginfo_t>) -> Result<bool, TraceError> {
+fn step_keeping(tid: i32, carried: i32, its_call: bool, held: &mut Vec<libc::siginfo_t>) -> Result<bool, TraceError> {
     let trap = kept::bit(libc::SIGTRAP);
     let mask = sys::sigmask(tid)?;
-    let its_call = makes_system_call(pid, tid)?;
     let carried = if kept::can_keep(carried) && !its_call { carried } else { 0 };
     let mut during = mask & !trap;
     if !its_call {
@@ -135,7 +135,7 @@ fn release(pid: i32, tid: i32, held: &[libc::siginfo_t]) -> Result<(), TraceErro
 /// when it resumes); when not, it is still the thread's to receive.
 pub fn step(pid: i32, tid: i32, carried: i32) -> Result<bool, TraceError> {
     let mut held = Vec::new();
-    let stepped = step_keeping(pid, tid, carried, &mut held);
+    let stepped = makes_system_call(pid, tid).and_then(|its_call| step_keeping(tid, carried, its_call, &mut held));
     release(pid, tid, &held)?;
     stepped
 }
@@ -171,7 +171,7 @@ pub fn give_back_signal(tid: i32, memory: &mut RemoteMemory, signal: i32) -> Res
 }
 
 /// [`inject_syscall`] of a thread in the delivery stop of `carried`, given back to its queue
-/// as the call is made (see [`step`]).
+/// as the call is made (see [`step_keeping`]).
 fn inject_syscall_carrying(
     tid: i32,
     memory: &mut RemoteMemory,
@@ -186,30 +186,13 @@ fn inject_syscall_carrying(
     r.rip = at.0;
     let mut held = Vec::new();
     let result = sys::set_regs(tid, &r).map_err(TraceError::from).and_then(|()| {
-        let given = step_injected(tid, carried, &mut held)?;
+        // Not one of the program's system calls: its mask is never the call's business.
+        let given = step_keeping(tid, carried, false, &mut held)?;
         Ok((sys::get_regs(tid)?.rax, given))
     });
     sys::set_regs(tid, &saved)?;
     release(memory.pid(), tid, &held)?;
     result
-}
-
-/// [`step_keeping`] of a system call the tracer makes: not one of the program's (its mask
-/// is never the call's business), so every signal that can be is kept pending.
-fn step_injected(tid: i32, carried: i32, held: &mut Vec<libc::siginfo_t>) -> Result<bool, TraceError> {
-    let mask = sys::sigmask(tid)?;
-    let carried = if kept::can_keep(carried) { carried } else { 0 };
-    let carried_bit = if carried != 0 { kept::bit(carried) } else { 0 };
-    let mut during = (mask | kept::KEPT_DURING_STEPS | carried_bit) & !kept::bit(libc::SIGTRAP);
-    sys::set_sigmask(tid, during)?;
-    let stepped = step_blocking(tid, carried, &mut during, held);
-    if let Err(e) = &stepped {
-        if e.is_gone() {
-            return stepped.map(|()| false);
-        }
-    }
-    sys::set_sigmask(tid, mask)?;
-    stepped.map(|()| carried != 0)
 }
 
 /// A `syscall` instruction in the process's code, which no one writes: the vDSO's first,
