@@ -518,7 +518,7 @@ pub(crate) fn returned_through_slot(
     probes: &[Arc<KretInner>],
 ) {
     let Some(stack) = thread_state::exit_stack(state) else { return };
-    let mut stacks = OwnStacks::unknown();
+    let mut stacks = OwnStacks::unknown(Some(state));
     let mut pending = Pending { stack, probes };
     // Frames below the slot are gone.
     if pairing::leave(&mut pending, slot, &mut |a| stacks.stack_of(a)).is_none() {

@@ -50,10 +50,11 @@
 //! A function entered on the thread's alternate signal stack is traced: the rule tells the
 //! alternate stack (its range, from the signal frame or `sigaltstack`) from the thread's own,
 //! and never judges an entry on one from the other, whichever lies higher. Code that switches
-//! stacks by itself (coroutines, green threads) is not told apart; should a pending entry be
-//! reclaimed by mistake, the dispatcher still finds its return address in a per-thread record
-//! of the last reclaimed entries, so the program returns correctly; only the handler call is
-//! lost.
+//! stacks by itself (coroutines, green threads) is told apart by the mapping each stack lies
+//! in ([`crate::stack_mappings`]); stacks carved out of one mapping (from the heap) are not.
+//! Should a pending entry be reclaimed by mistake there, the dispatcher still finds its return
+//! address in a per-thread record of the last reclaimed entries, so the program returns
+//! correctly; only the handler call is lost.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
@@ -68,6 +69,7 @@ use crate::chunked_stack::{self, stack_entry, ChunkedStack};
 use crate::instances::Instances;
 use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
+use crate::stack_mappings::{self, KnownStacks};
 use crate::thread_state::ThreadState;
 use crate::{engine::Engine, exits, guard, hit_stack, sys, thread_state, trap};
 
@@ -448,23 +450,26 @@ impl InstanceStack for Live<'_> {
     }
 }
 
-/// The calling thread's stacks: its own (named 0) and its alternate signal stack (named by
-/// its end). The alternate stack's range comes from the trap's signal frame at an entry, and
-/// from `sigaltstack` at a return, asked only when the rule needs it.
+/// The calling thread's stacks, each named by the end of its mapping
+/// ([`crate::stack_mappings`]), but for its alternate signal stack, named by its own end
+/// (it may lie inside a larger mapping: the heap, another stack). The alternate stack's range
+/// comes from the trap's signal frame at an entry, and from `sigaltstack` at a return, asked
+/// only when the rule needs it.
 pub(crate) struct OwnStacks {
     alternate: Option<(u64, u64)>,
+    known: Option<&'static KnownStacks>,
 }
 
 impl OwnStacks {
     /// In a handler of thread `state`: the interrupted code's alternate stack, from its
     /// signal frame (asked of the kernel when needed on the jump path, which has none).
-    pub(crate) fn at_trap(state: Option<&ThreadState>) -> Self {
-        OwnStacks { alternate: state.and_then(trap::trapped_alternate_stack_of) }
+    pub(crate) fn at_trap(state: Option<&'static ThreadState>) -> Self {
+        OwnStacks { alternate: state.and_then(trap::trapped_alternate_stack_of), known: state.map(|s| &s.stacks) }
     }
 
     /// Elsewhere (the trampoline's dispatcher): asked of the kernel when needed.
-    pub(crate) fn unknown() -> Self {
-        OwnStacks { alternate: None }
+    pub(crate) fn unknown(state: Option<&'static ThreadState>) -> Self {
+        OwnStacks { alternate: None, known: state.map(|s| &s.stacks) }
     }
 }
 
@@ -472,9 +477,11 @@ impl ThreadStacks for OwnStacks {
     fn stack_of(&mut self, addr: u64) -> u64 {
         let (base, size) = *self.alternate.get_or_insert_with(hit_stack::program_alternate_stack);
         if size != 0 && addr >= base && addr - base < size {
-            base + size
-        } else {
-            0
+            return base + size;
+        }
+        match self.known {
+            Some(known) => known.name_of(addr),
+            None => stack_mappings::mapping_of(addr).map_or(0, |m| m.1),
         }
     }
 
@@ -672,7 +679,7 @@ fn returned_here(state: &'static ThreadState, frame: &mut TrampolineFrame, slot_
     let _hit_path = trap::HitPath::with(Some(state));
     let t = &state.returns;
     registry().read(|probes| {
-        let mut stacks = OwnStacks::unknown();
+        let mut stacks = OwnStacks::unknown(Some(state));
         returns::reclaim(&mut Live { t, probes }, At::Return { sp: slot_addr + 8 }, &mut stacks);
         let Some(i) = returns::innermost_at(&Live { t, probes }, slot_addr, &mut stacks) else {
             return from_grave(t, slot_addr);

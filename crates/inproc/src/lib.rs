@@ -85,6 +85,7 @@ mod signals;
 mod site_map;
 mod slots;
 mod spawn_children;
+mod stack_mappings;
 mod sys;
 mod thread_state;
 mod trap;

@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 
 use crate::exits::ExitStack;
 use crate::kretprobe::ThreadReturns;
+use crate::stack_mappings::KnownStacks;
 use crate::sys;
 
 /// Entries: threads that reached dprobe's code and are alive at once.
@@ -103,6 +104,8 @@ pub(crate) struct ThreadState {
     /// [`thread_name`].
     name: Cell<[u8; 16]>,
     name_read_at: Cell<u64>,
+    /// The stack mappings the thread met last, for telling its stacks apart.
+    pub(crate) stacks: KnownStacks,
 }
 
 /// Words of a copy: the C library's `struct sigaction` (152 bytes), which holds a whole

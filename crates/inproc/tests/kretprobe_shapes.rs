@@ -1,6 +1,7 @@
 //! Return probes and stack shapes that break return-address hijacking when it is done
 //! naively: tail calls between probed functions, a signal handler on an alternate stack that
-//! lies above the frames it interrupted, recursion deeper than the pool.
+//! lies above the frames it interrupted, recursion deeper than the pool, coroutines switching
+//! stacks with calls pending on each.
 mod fixtures;
 use fixtures::{checked, map_above};
 
@@ -35,6 +36,28 @@ fn a_tail_call_between_two_return_probed_functions_returns_once_from_each() {
                 p.return_mode()
             );
         }
+        assert_eq!(WRONG.load(Relaxed), 0, "each return saw its own value");
+    }
+}
+
+#[test]
+fn coroutines_switching_stacks_with_calls_pending_on_each_return_exactly() {
+    // Two coroutines 100 deep, each on a stack of its own: the first resumed returns while
+    // the second's frames, on a stack above or below its own, are the latest pending.
+    for via_return_address in [false, true] {
+        static WRONG: AtomicU64 = AtomicU64::new(0);
+        let p = checked(c::fxc_co_rec as *const (), |n| n, &WRONG, via_return_address);
+        for higher in [1, 0] {
+            // SAFETY: the fixture maps its coroutines' stacks and unmaps them when done.
+            assert_eq!(unsafe { c::fxc_coroutines(10, 100, higher) }, 10 * 100 * 1001);
+        }
+        let st = p.stats();
+        assert_eq!(
+            (st.returns, (st.missed + st.reentered), st.abandoned, p.pending()),
+            (2 * 2 * 10 * 101, 0, 0, 0),
+            "{:?}: {st:?}",
+            p.return_mode()
+        );
         assert_eq!(WRONG.load(Relaxed), 0, "each return saw its own value");
     }
 }

@@ -2,7 +2,9 @@
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stddef.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 static __thread jmp_buf env;
@@ -174,4 +176,57 @@ long fxc_deep_jump_out(long n) {
 /* Calls back into the test while it is pending: cb(x) + 1. */
 __attribute__((noinline, noipa)) long fxc_call_back(long (*cb)(long), long x) {
     return cb(x) + 1;
+}
+
+/* Two coroutines (ucontext), each on a stack mapped for it: each recurses `depth` deep with
+ * fxc_co_rec, whose bottom switches back to the caller, leaving every frame pending; then
+ * the first resumed returns while the second's frames are the latest pending, on a stack
+ * above its own (`higher` != 0) or below. fxc_co_rec(n) = n; fxc_coroutines returns
+ * rounds * depth * 1001, or -1 when a stack could not be mapped. */
+long fxc_co_rec(long n);
+static long (*volatile co_again)(long) = fxc_co_rec;
+static ucontext_t co_main, co_ctx[2];
+static int co_current;
+static long co_depth, co_result[2];
+__attribute__((noinline, noipa)) long fxc_co_rec(long n) {
+    if (n == 0) {
+        swapcontext(&co_ctx[co_current], &co_main);
+        return 0;
+    }
+    return co_again(n - 1) + 1;
+}
+static void co_body(int which) { co_result[which] += fxc_co_rec(co_depth); }
+static char *co_stack(size_t size) {
+    /* The guard page below keeps it apart from a neighbouring mapping. */
+    void *m = mmap(NULL, size + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED || mprotect(m, 4096, PROT_NONE))
+        return NULL;
+    return (char *)m + 4096;
+}
+long fxc_coroutines(long rounds, long depth, int higher) {
+    const size_t size = 256 * 1024;
+    char *a = co_stack(size), *b = co_stack(size);
+    if (!a || !b)
+        return -1;
+    char *high = a > b ? a : b, *low = a > b ? b : a;
+    char *stacks[2] = {higher ? high : low, higher ? low : high};
+    co_depth = depth;
+    co_result[0] = co_result[1] = 0;
+    for (long i = 0; i < rounds; i++) {
+        for (int c = 0; c < 2; c++) {
+            getcontext(&co_ctx[c]);
+            co_ctx[c].uc_stack.ss_sp = stacks[c];
+            co_ctx[c].uc_stack.ss_size = size;
+            co_ctx[c].uc_link = &co_main;
+            makecontext(&co_ctx[c], (void (*)(void))co_body, 1, c);
+        }
+        static const int order[4] = {0, 1, 0, 1};
+        for (int k = 0; k < 4; k++) {
+            co_current = order[k];
+            swapcontext(&co_main, &co_ctx[order[k]]);
+        }
+    }
+    munmap(a - 4096, size + 4096);
+    munmap(b - 4096, size + 4096);
+    return co_result[0] * 1000 + co_result[1];
 }

@@ -1,0 +1,236 @@
+//! Which stack an address lies on, for the pairing rules of return probes (kprobe rule 12):
+//! a stack is named by the end of the mapping holding it, as the ptrace and kernel engines
+//! name it from the process's maps. The end stays put as a stack grows down, and coroutines
+//! and green threads that switch stacks by themselves (`swapcontext`, a stack mapped per
+//! coroutine) get one name per stack. Stacks carved out of one mapping (coroutine stacks
+//! taken from the heap) share its name.
+//!
+//! The kernel is asked for one mapping (`PROCMAP_QUERY` on `/proc/self/maps`, Linux 6.11;
+//! before it, the maps are read through a buffer on the stack), with the `syscall`
+//! instruction itself, and each thread keeps the last few mappings it was told of, so the
+//! question costs a system call only for a stack the thread has not met yet. No allocation,
+//! no lock: async-signal-safe.
+
+use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, Ordering::SeqCst};
+
+use crate::sys::raw_syscall6;
+
+/// How many mappings a thread remembers.
+const REMEMBERED: usize = 8;
+
+/// A thread's recently met stack mappings. Touched by its thread only (and by the signal
+/// handlers nested in it, which run to completion inside it).
+#[derive(Debug, Default)]
+pub(crate) struct KnownStacks {
+    /// `[start, end)`; an empty range is no entry.
+    ranges: [Cell<(u64, u64)>; REMEMBERED],
+    next: Cell<u32>,
+    /// A range is being written: a nested hit neither reads nor writes them then.
+    writing: Cell<bool>,
+}
+
+impl KnownStacks {
+    /// The name of the stack holding `addr`: the end of its mapping, or 0 when the kernel
+    /// does not say (no such mapping, no `/proc`, no file descriptor left).
+    pub(crate) fn name_of(&self, addr: u64) -> u64 {
+        if !self.writing.get() {
+            if let Some(end) = self.ranges.iter().map(Cell::get).find(|&(s, e)| s <= addr && addr < e).map(|r| r.1) {
+                return end;
+            }
+        }
+        let Some((start, end)) = mapping_of(addr) else { return 0 };
+        if !self.writing.replace(true) {
+            // The flag is set before the range is written and cleared after, in program
+            // order as a nested handler on this thread sees it.
+            compiler_fence(SeqCst);
+            let k = self.next.get() as usize % REMEMBERED;
+            self.ranges[k].set((start, end));
+            self.next.set(self.next.get().wrapping_add(1));
+            compiler_fence(SeqCst);
+            self.writing.set(false);
+        }
+        end
+    }
+}
+
+/// The mapping `[start, end)` of this process holding `addr`, asked of the kernel.
+pub(crate) fn mapping_of(addr: u64) -> Option<(u64, u64)> {
+    let fd = open_maps()?;
+    let found = match query(fd, addr) {
+        Query::Found(range) => Some(range),
+        Query::Absent => None,
+        Query::Unsupported => read_through(fd, addr),
+    };
+    // SAFETY: closes the descriptor opened above, which nothing else uses.
+    unsafe { raw_syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) };
+    found
+}
+
+fn open_maps() -> Option<i32> {
+    const PATH: &[u8] = b"/proc/self/maps\0";
+    let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    // SAFETY: openat reads the NUL-terminated path, a static.
+    let fd = unsafe { raw_syscall6(libc::SYS_openat, [libc::AT_FDCWD as u64, PATH.as_ptr() as u64, flags, 0, 0, 0]) };
+    (fd >= 0).then_some(fd as i32)
+}
+
+enum Query {
+    Found((u64, u64)),
+    Absent,
+    Unsupported,
+}
+
+/// `struct procmap_query` of `linux/fs.h`.
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: u64 = 0xC068_6611;
+
+fn query(fd: i32, addr: u64) -> Query {
+    let mut q =
+        ProcmapQuery { size: std::mem::size_of::<ProcmapQuery>() as u64, query_addr: addr, ..Default::default() };
+    // SAFETY: the ioctl reads and writes the `procmap_query` it is given (no name or build id
+    // buffer asked for), which lives on this frame.
+    let ret = unsafe { raw_syscall6(libc::SYS_ioctl, [fd as u64, PROCMAP_QUERY, &mut q as *mut _ as u64, 0, 0, 0]) };
+    match ret {
+        0 => Query::Found((q.vma_start, q.vma_end)),
+        r if r == -(libc::ENOENT as i64) => Query::Absent,
+        _ => Query::Unsupported,
+    }
+}
+
+/// The maps read through, a page at a time: each line starts `start-end ` in hexadecimal.
+fn read_through(fd: i32, addr: u64) -> Option<(u64, u64)> {
+    let mut lines = MapsLines::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = crate::raw_calls::read(fd, &mut buf);
+        if n <= 0 {
+            return None;
+        }
+        for &b in &buf[..n as usize] {
+            if let Some((start, end)) = lines.push(b) {
+                if start <= addr && addr < end {
+                    return Some((start, end));
+                }
+                if start > addr {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The ranges at the start of the lines of a maps file, fed a byte at a time.
+#[derive(Default)]
+struct MapsLines {
+    start: u64,
+    end: u64,
+    /// 0: reading the start, 1: the end, 2: the rest of the line.
+    field: u8,
+}
+
+impl MapsLines {
+    /// Take one byte in; a line's range once its end is read.
+    fn push(&mut self, b: u8) -> Option<(u64, u64)> {
+        match (self.field, b) {
+            (_, b'\n') => {
+                *self = MapsLines::default();
+                None
+            }
+            (0, b'-') => {
+                self.field = 1;
+                None
+            }
+            (1, b' ') => {
+                self.field = 2;
+                Some((self.start, self.end))
+            }
+            (0 | 1, _) => {
+                let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                let word = if self.field == 0 { &mut self.start } else { &mut self.end };
+                *word = *word << 4 | digit;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(text: &str) -> Vec<(u64, u64)> {
+        let mut lines = MapsLines::default();
+        text.bytes().filter_map(|b| lines.push(b)).collect()
+    }
+
+    #[test]
+    fn a_maps_line_gives_its_range_whatever_follows_it() {
+        let text = "55d0c2a00000-55d0c2a21000 rw-p 00000000 00:00 0  [heap]\n\
+                    7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0  [stack]\n";
+        assert_eq!(ranges(text), [(0x55d0c2a00000, 0x55d0c2a21000), (0x7ffd1c000000, 0x7ffd1c021000)]);
+    }
+
+    #[test]
+    fn the_kernel_names_each_mapping_by_its_end_and_both_ways_agree() {
+        let size = 16 * 4096;
+        // SAFETY: a new private anonymous mapping at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // A guard page in the middle splits it in two mappings, as below a thread's stack.
+        // SAFETY: a page inside the mapping just made.
+        assert_eq!(unsafe { libc::mprotect(p.cast::<u8>().add(8 * 4096).cast(), 4096, libc::PROT_NONE) }, 0);
+        let base = p as u64;
+        let fd = open_maps().expect("/proc/self/maps");
+        for (addr, expected) in [
+            (base, Some((base, base + 8 * 4096))),
+            (base + 8 * 4096 - 1, Some((base, base + 8 * 4096))),
+            (base + 9 * 4096, Some((base + 9 * 4096, base + size as u64))),
+            (8, None),
+        ] {
+            assert_eq!(mapping_of(addr), expected, "{addr:#x}");
+            assert_eq!(read_through(fd, addr), expected, "read through, {addr:#x}");
+            // SAFETY: seeks the descriptor opened above back to its start.
+            unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+        }
+        let known = KnownStacks::default();
+        assert_eq!(known.name_of(base + 100), base + 8 * 4096);
+        assert_eq!(known.name_of(base + 9 * 4096 + 100), base + size as u64);
+        assert_eq!(known.name_of(8), 0);
+        // SAFETY: the mapping made above, and the descriptor opened above.
+        unsafe {
+            libc::munmap(p, size);
+            libc::close(fd);
+        }
+    }
+}
