@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
 
 use crate::connection::Connection;
-use crate::hit::{set_agent_stack, set_pid};
+use crate::hit::set_agent_stack;
 use crate::inside::{block_signals, remove, Placed, RUNNING, STACK};
 use crate::shm::Shm;
 use crate::wire::{receive, send, Message};
@@ -73,6 +73,9 @@ pub(crate) struct Live {
     /// The probes that keep `SIGTRAP` open in threads that block every signal and in signal
     /// handlers (`dprobe_inproc::keep_traps_open`), removed with the others.
     pub(crate) traps_open: Option<dprobe_inproc::TrapsOpen>,
+    /// The probes that keep the ids in events right in children that share the program's
+    /// memory (`dprobe_inproc::watch_lent_threads`), removed with the others.
+    pub(crate) lent_threads: Option<dprobe_inproc::LentThreads>,
     /// The probes that ask dprobe before the program's `exec` (`exec_gate.rs`), if asked for.
     pub(crate) exec_gate: crate::exec_gate::GateProbes,
     /// Entry probes on `int3` disabled while the tracer places the others (`held_off.rs`),
@@ -99,6 +102,7 @@ pub(crate) fn end_session(figures: bool) {
             remove(&mut l.placed, figures.then_some(&*l.shm));
             crate::follow::stop();
             drop(l.traps_open.take());
+            drop(l.lent_threads.take());
             // No descriptor of the agent's stays in the program (the next session opens its own).
             dprobe_inproc::close_mem_file();
         }
@@ -125,7 +129,6 @@ extern "C" fn after_fork_in_parent() {
 
 extern "C" fn after_fork_in_child() {
     LIVE.held.store(false, Release);
-    set_pid();
     if !FOLLOW_CHILDREN.load(Acquire) {
         end_session(false);
         RUNNING.store(false, Release);

@@ -5,7 +5,7 @@
 //! lost and counted, never waited for.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, OnceLock};
 
 use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
@@ -75,15 +75,6 @@ pub fn set_agent_stack() -> std::io::Result<()> {
 /// Whether a hit with stack pointer `sp` is the agent's own thread.
 pub fn on_agent_thread(sp: u64) -> bool {
     (AGENT_STACK[0].load(Relaxed)..AGENT_STACK[1].load(Relaxed)).contains(&sp)
-}
-
-/// This process's id, which its events carry (set again in a forked child).
-static PID: AtomicU32 = AtomicU32::new(0);
-
-/// Record this process's id (at a session's start, and in a forked child).
-pub fn set_pid() {
-    // SAFETY: getpid has no preconditions.
-    PID.store(unsafe { libc::getpid() } as u32, Relaxed);
 }
 
 /// The process's own memory, read without risking a fault.
@@ -211,18 +202,9 @@ impl HitProbe {
         let plan = self.filtered.get().unwrap_or(&self.plan);
         plan.evaluate(&cx, &mut OwnMemory, values);
         if !plan.has_filter() || plan.passes(values) {
-            let tid = dprobe_inproc::thread_id();
+            let (pid, tid) = dprobe_inproc::process_and_thread_id();
             let stack = if self.stack { self.shm.put_stack(|r, bytes| copy_stack(regs, r, bytes)) } else { None };
-            let header = Header {
-                probe: self.index as u32,
-                side,
-                pid: PID.load(Relaxed),
-                tid,
-                time_ns,
-                entry_time_ns,
-                comm: name,
-                stack,
-            };
+            let header = Header { probe: self.index as u32, side, pid, tid, time_ns, entry_time_ns, comm: name, stack };
             if !self.shm.push(|out| encode(&header, values, out)) {
                 if let Some(s) = stack {
                     self.shm.free_stack(s);

@@ -20,7 +20,7 @@ use dprobe_spec::ProbeKind;
 use crate::child::{end_session, follow_forks, Live, FOLLOW_CHILDREN, LIVE};
 use crate::connection::Connection;
 use crate::follow;
-use crate::hit::{now_ns, on_agent_thread, set_agent_stack, set_pid, HitProbe};
+use crate::hit::{now_ns, on_agent_thread, set_agent_stack, HitProbe};
 use crate::semaphore;
 use crate::shm::{Counter, Shm, MAX_PROBES};
 use crate::wire::{receive, send, Message, PlaceProbe, Placement};
@@ -50,7 +50,6 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
     if RUNNING.swap(true, AcqRel) {
         return -2;
     }
-    set_pid();
     FOLLOW_CHILDREN.store(false, Release);
     let started = crate::agent_thread::start(STACK, move || {
         if set_agent_stack().is_err() {
@@ -157,6 +156,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             waiting: Vec::new(),
             followed: Vec::new(),
             traps_open,
+            lent_threads: Some(dprobe_inproc::watch_lent_threads()),
             exec_gate: Default::default(),
             held_off: Vec::new(),
         })

@@ -179,3 +179,26 @@ fn the_agent_counts_int3_hits_of_posix_spawn_children_that_run_on() {
     assert!(t.stdout.contains("right"), "{}", t.what("agent spawn-dup"));
     assert_eq!(hits(&t.trace, probe), 50, "{}", t.trace);
 }
+
+/// A child that runs in the program's memory until its `exec` (`vfork`, and the children of
+/// `posix_spawn` and `system`) runs on the thread that made it: the agent found that thread's
+/// ids and gave them to the child's hits. Each child's hits carry its own pid, in each engine.
+#[test]
+fn hits_of_children_sharing_the_program_s_memory_carry_the_child_s_pid() {
+    for engine in ["agent", "ptrace"] {
+        for mode in ["vfork", "spawn", "system"] {
+            // In a vfork child the child's call of `work`; in the others the child's `execve`.
+            let probe = if mode == "vfork" { "work" } else { "libc:execve" };
+            let args =
+                ["--engine", engine, "--count", "--by", "pid", "work", "libc:execve", "--", family(), mode, "10"];
+            let t = common::trace_to_file("children-pids", &args);
+            assert_eq!(t.code, Some(0), "{}", t.what(&format!("{engine} {mode}")));
+            let program = by_pid(&t.trace, "work").into_iter().find(|p| p.1 == 10).map(|p| p.0);
+            let children = by_pid(&t.trace, probe).into_iter().filter(|&(pid, n)| Some(pid) != program && n == 1);
+            let mut pids: Vec<i32> = children.map(|p| p.0).collect();
+            pids.dedup();
+            assert!(program.is_some(), "{engine} {mode}: the program's 10 calls\n{}", t.trace);
+            assert_eq!(pids.len(), 10, "{engine} {mode}: one hit for each child, under its pid\n{}", t.trace);
+        }
+    }
+}

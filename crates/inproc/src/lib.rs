@@ -67,6 +67,7 @@ mod interrupted;
 mod jump;
 mod jump_stub;
 mod kretprobe;
+mod lent_threads;
 mod mapped;
 mod mask_guard;
 mod memory;
@@ -105,6 +106,7 @@ pub use kretprobe::{
     process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
     InstanceData, Kretprobe, ReturnProbe,
 };
+pub use lent_threads::{watch_lent_threads, LentThreads};
 pub use mask_guard::{keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
@@ -115,7 +117,7 @@ pub use program_errno::{program_errno, set_program_errno};
 pub use resolver_runner::run_resolver;
 pub use safepoint::moved as safepoint_moves;
 pub use sys::close_mem_file;
-pub use thread_state::{thread_id, thread_name};
+pub use thread_state::{process_and_thread_id, thread_id, thread_name};
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
 
 /// Every lock of dprobe's registration side, held for as long as the value lives. For tests:

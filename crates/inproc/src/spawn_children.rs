@@ -32,28 +32,18 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
 use dprobe_arch::{find_exits, Addr, CodePart, ExitKind, NoMemory, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
 
 use crate::mask_guard::TRAP;
 use crate::probe::{register, resolve, Probe};
-use crate::sys;
-
-/// The program's process ID, as of the guard's making or the last `fork` (`thread_state.rs`'s
-/// handler in the forked child notes the child's).
-static PROGRAM: AtomicI32 = AtomicI32::new(0);
-
-/// In a forked child: this is the program now.
-pub(crate) fn after_fork() {
-    PROGRAM.store(sys::own_pid(), Relaxed);
-}
+use crate::{lent_threads, sys};
 
 /// The probe on `__libc_sigaction`, if it is found and jump-optimized (see the module's
 /// comment); `Ok(None)` where it is not.
 pub(crate) fn keep_trap_in_children() -> Result<Option<Probe>, ProbeError> {
-    PROGRAM.store(sys::own_pid(), Relaxed);
+    lent_threads::note_program();
     let Some(inner) = sigaction_callee()? else { return Ok(None) };
     let probe = register(Kprobe::addr(inner).pre(child_keeps_trap))?;
     Ok(probe.optimized().is_ok().then_some(probe))
@@ -85,7 +75,7 @@ fn only_tail_jump(start: Addr, code: &[u8]) -> Option<Addr> {
 /// `__libc_sigaction(sig, act, old)`'s first instruction (see the module's comment).
 fn child_keeps_trap(regs: &mut Regs) -> PreAction {
     let (sig, act, old) = (regs.rdi as i32, regs.rsi, regs.rdx);
-    if sig != libc::SIGTRAP || act == 0 || old != 0 || sys::own_pid() == PROGRAM.load(Relaxed) {
+    if sig != libc::SIGTRAP || act == 0 || old != 0 || sys::own_pid() == lent_threads::program() {
         return PreAction::Continue;
     }
     let (mut handler, mut return_address) = ([0u8; 8], [0u8; 8]);

@@ -106,6 +106,9 @@ pub(crate) struct ThreadState {
     name_read_at: Cell<u64>,
     /// The stack mappings the thread met last, for telling its stacks apart.
     pub(crate) stacks: KnownStacks,
+    /// A child that shares the program's memory may be running on this state
+    /// (`lent_threads.rs`).
+    pub(crate) lent: Cell<bool>,
 }
 
 /// Words of a copy: the C library's `struct sigaction` (152 bytes), which holds a whole
@@ -166,6 +169,7 @@ static TABLE: OnceLock<Option<Table>> = OnceLock::new();
 /// Make the table (once; not on the hit path). Without it every thread has no state.
 pub(crate) fn init() {
     TABLE.get_or_init(|| {
+        crate::lent_threads::note_program();
         let owners = map(ENTRIES * std::mem::size_of::<AtomicU64>())?;
         let states = map(ENTRIES * std::mem::size_of::<ThreadState>())?;
         let exits = map(ENTRIES * std::mem::size_of::<ExitStack>()).map(|p| p.cast());
@@ -362,7 +366,7 @@ extern "C" fn in_forked_child() {
     }
     crate::kretprobe::forget_readers_after_fork();
     crate::exits::forget_readers_after_fork();
-    crate::spawn_children::after_fork();
+    crate::lent_threads::note_program();
     let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
     let tp = thread_pointer();
     for i in 0..ENTRIES {
@@ -397,12 +401,17 @@ pub fn thread_name(now_ns: u64) -> [u8; 16] {
     state.name.get()
 }
 
-/// The calling thread's id, asked of the kernel once per thread. Async-signal-safe.
+/// The calling thread's id, asked of the kernel once per thread (and at each call in a child
+/// that shares the program's memory, `lent_threads.rs`). Async-signal-safe.
 pub fn thread_id() -> u32 {
-    match existing() {
-        Some(state) => state.tid(),
-        None => crate::raw_calls::gettid() as u32,
-    }
+    crate::lent_threads::ids(existing()).1
+}
+
+/// The calling thread's process id and its own, asked of the kernel once per thread (and at
+/// each call in a child that shares the program's memory, `lent_threads.rs`).
+/// Async-signal-safe.
+pub fn process_and_thread_id() -> (u32, u32) {
+    crate::lent_threads::ids(existing())
 }
 
 #[cfg(test)]

@@ -1,0 +1,86 @@
+//! The process and thread ids a hit reports, right in children that share the program's
+//! memory.
+//!
+//! `vfork` and `posix_spawn` (which `system` and `popen` call) run a child process in the
+//! program's memory while the calling thread waits: the child runs on that thread's thread
+//! pointer, so its hits find the thread's state and would report the thread's ids, cached
+//! there. Probes on the entries of `vfork`, `posix_spawn` and `posix_spawnp` ([`watch`]) mark
+//! the calling thread's state as *lent* before the child exists; while it is, the ids are
+//! asked of the kernel at each hit (two system calls) and nothing is cached in the state the
+//! thread will take back. The thread's own next hit finds its process's id again and ends
+//! the loan.
+//!
+//! Not covered: a child made by a raw `clone` system call with `CLONE_VM` (not through the C
+//! library's functions), whose hits report the ids of the thread that made it.
+
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+use dprobe_arch::Regs;
+use dprobe_core::{Kprobe, PreAction};
+
+use crate::probe::{register, Probe};
+use crate::thread_state::{self, ThreadState};
+use crate::{raw_calls, sys};
+
+/// The program's process id, as of the engine's start or the last `fork` (0: not noted yet).
+static PROGRAM: AtomicI32 = AtomicI32::new(0);
+
+/// Note the program's process id (at the engine's start, and in a forked child).
+pub(crate) fn note_program() {
+    PROGRAM.store(sys::own_pid(), Relaxed);
+}
+
+/// The program's process id, as last noted (asked of the kernel if never noted).
+pub(crate) fn program() -> i32 {
+    match PROGRAM.load(Relaxed) {
+        0 => sys::own_pid(),
+        pid => pid,
+    }
+}
+
+/// The C library's functions that run a child on the calling thread's memory.
+const LENDERS: [&str; 3] = ["libc:vfork", "libc:posix_spawn", "libc:posix_spawnp"];
+
+/// The probes that mark a thread lent to a child (see the module's comment); removed when
+/// dropped.
+#[derive(Debug)]
+pub struct LentThreads {
+    _probes: Vec<Probe>,
+}
+
+/// Place the probes on the functions that lend their thread to a child. Each is placed where
+/// it can be: one the C library lacks, or that cannot be probed, leaves its children
+/// reporting the ids of the thread that started them, as before.
+pub fn watch_lent_threads() -> LentThreads {
+    note_program();
+    let probes = LENDERS.iter().filter_map(|symbol| register(Kprobe::symbol(symbol).pre(lends_its_thread)).ok());
+    LentThreads { _probes: probes.collect() }
+}
+
+/// At the entry of a function that lends its thread: the thread's id is cached now (the
+/// child must not be the one to cache it), and the state is marked lent.
+fn lends_its_thread(_regs: &mut Regs) -> PreAction {
+    if let Some(state) = thread_state::current() {
+        state.tid();
+        state.lent.set(true);
+    }
+    PreAction::Continue
+}
+
+/// The calling thread's process and thread ids.
+pub(crate) fn ids(state: Option<&ThreadState>) -> (u32, u32) {
+    match state {
+        Some(s) if s.lent.get() => {
+            let pid = sys::own_pid();
+            if pid == program() {
+                // The thread itself again: the child has gone (`exec` or exit).
+                s.lent.set(false);
+                (pid as u32, s.tid())
+            } else {
+                (pid as u32, raw_calls::gettid() as u32)
+            }
+        }
+        Some(s) => (program() as u32, s.tid()),
+        None => (program() as u32, raw_calls::gettid() as u32),
+    }
+}
