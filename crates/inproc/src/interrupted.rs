@@ -17,11 +17,12 @@
 //! a trap of a C library function it calls) note their frames ([`OwnFrame`]), which are then
 //! not taken for the program's.
 //!
-//! The stack is looked at only for hits inside a tool's own work (`tool_work`: the agent's
-//! handlers, where most of a hit's time goes). In the rest of dprobe's machinery, the frames
-//! between hold stale bytes of earlier signal frames (dprobe's own traps at the same depth)
-//! often enough to be taken for a live one, and a program's signal that lands in those few
-//! instructions still goes uncounted.
+//! Inside a tool's own work (`tool_work`: the agent's handlers), such a frame is enough. In the
+//! rest of dprobe's hit path, the frames between hold stale bytes of earlier signal frames
+//! (dprobe's own traps at the same depth) often enough to be taken for a live one: a frame
+//! there counts only if the mask at the nested hit shows its handler still running (it holds
+//! the handled signal, which the frame's saved mask does not). dprobe's own work (registering)
+//! is not looked at.
 //!
 //! Only words known to be the thread's stack are read: the run from the nested stack pointer
 //! up to the mark when both are on the same stack (at most [`SCAN_LIMIT`] bytes), or up to the
@@ -82,20 +83,8 @@ pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(
 /// interrupted a guarded call (`guard.rs`) whose stack pointer was `guarded_sp`: a handler
 /// dprobe calls, run on top of by a signal the program handles. The fault is then the
 /// program's to handle: recovering from it as the guarded handler's would abandon the
-/// program's handler where it stood and leave its signal blocked.
-///
-/// The kernel's frame of that signal lies between the two, and the mask at the fault,
-/// `blocked`, holds more than the mask the frame saved (that of the interrupted code): the
-/// handled signal, and its handler's `sa_mask`, until the handler returns. Words left by a
-/// handler that has returned show no such difference (its mask came back), unless the
-/// interrupted code blocked more since and none less. The signals of dprobe's own handlers do not count (the
-/// safepoint signal, blocked in dprobe's trap handler, where a frame of an earlier one may
-/// linger). Not seen: a handler installed with `SA_NODEFER` and an empty `sa_mask` (its fault
-/// is taken for the guarded handler's, as before). Nothing is looked at where no program
-/// handler can run: while dprobe holds the program's asynchronous signals back (its code
-/// writer's stores, the hit path on a stack of dprobe's), or where the stack cannot be read
-/// (a handler that overflowed it). `alternate` is the thread's alternate stack `(base, size)`
-/// in the fault's frame. Async-signal-safe; calls no C library function.
+/// program's handler where it stood and leave its signal blocked. `blocked` is the mask at
+/// the fault; see [`running_program_handler`].
 pub(crate) fn fault_in_program_handler(
     state: &ThreadState,
     rsp: u64,
@@ -103,41 +92,90 @@ pub(crate) fn fault_in_program_handler(
     alternate: (u64, u64),
     blocked: u64,
 ) -> bool {
+    running_program_handler(state, rsp, guarded_sp, alternate, || blocked)
+}
+
+/// Whether a nested hit at stack pointer `rsp`, in dprobe's hit path outside a tool's own
+/// work, came from a program's signal handler that interrupted the hit path (below its mark,
+/// `quiet_sp`); see [`running_program_handler`]. `trapped` is the alternate stack the hit's
+/// trap frame holds (`None`: a jump, asked of the kernel), `blocked` the mask at the hit
+/// (asked only once a frame is found: a jump has none, and asking costs a system call).
+pub(crate) fn by_running_program_handler(
+    state: &ThreadState,
+    rsp: u64,
+    trapped: Option<(u64, u64)>,
+    blocked: impl FnOnce() -> u64,
+) -> bool {
+    let mark = state.quiet_sp.get();
+    if mark == 0 {
+        return false;
+    }
+    let alternate = trapped.unwrap_or_else(crate::hit_stack::program_alternate_stack);
+    running_program_handler(state, rsp, mark, alternate, blocked)
+}
+
+/// Whether a program's signal handler that has not returned yet runs between stack pointers
+/// `rsp` and `mark` (above it, dprobe's code it interrupted).
+///
+/// The kernel's frame of that signal lies between the two, and the mask now, `blocked`,
+/// holds more than the mask the frame saved (that of the interrupted code): the handled
+/// signal, and its handler's `sa_mask`, until the handler returns. Words left by a handler
+/// that has returned (or by dprobe's own traps at the same depth) show no such difference
+/// (the mask came back), unless the interrupted code blocked more since and none less. The
+/// signals of dprobe's own handlers do not count (the safepoint signal, blocked in dprobe's
+/// trap handler, where a frame of an earlier one may linger). Not seen: a handler installed
+/// with `SA_NODEFER` and an empty `sa_mask`. Nothing is looked at where no program handler
+/// can run: while dprobe holds the program's asynchronous signals back (its code writer's
+/// stores, the hit path on a stack of dprobe's), or where the stack cannot be read (a
+/// handler that overflowed it). `alternate` is the thread's alternate stack `(base, size)`.
+/// Async-signal-safe; calls no C library function.
+fn running_program_handler(
+    state: &ThreadState,
+    rsp: u64,
+    mark: u64,
+    alternate: (u64, u64),
+    blocked: impl FnOnce() -> u64,
+) -> bool {
     let restorer = RESTORER.load(Relaxed);
     if restorer == 0 || state.signals_held.get() || crate::hit_stack::on_any_hit_stack(rsp) {
         return false;
     }
     let (base, size) = alternate;
     let on_alternate = size != 0 && rsp >= base && rsp - base <= size;
-    let Some((from, to)) = scan_range(rsp, guarded_sp, Some((base, size, on_alternate))) else { return false };
+    let Some((from, to)) = scan_range(rsp, mark, Some((base, size, on_alternate))) else { return false };
     if !readable(from, to) {
         return false;
     }
     let programs = !crate::signals::dprobes_signals();
+    let (mut blocked, mut mask) = (Some(blocked), None);
     // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
     // shown readable; the saved mask is read only where it lies below `to` too.
     let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
     // A running handler's mask holds all of the mask it interrupted, and more.
-    let running = |at: u64| {
+    let mut running = |at: u64| {
+        let blocked = *mask.get_or_insert_with(|| blocked.take().map_or(0, |f| f()));
         let saved = (at + signal_frame::MASK_AT + 8 <= to).then(|| word(at + signal_frame::MASK_AT));
         saved.is_some_and(|saved| blocked & !saved & programs != 0 && saved & !blocked & programs == 0)
     };
     // SAFETY: as above, for every word of `from..to`.
-    unsafe { signal_frame_in(from, to, guarded_sp, restorer, |at| state.own_frame_at(at) || !running(at)) }
+    unsafe { signal_frame_in(from, to, mark, restorer, |at| state.own_frame_at(at) || !running(at)) }
 }
 
-/// Whether every page of `from..to` can be read (one system call per page, which fails
-/// rather than faults).
+/// Whether every page of `from..to` (at most [`SCAN_LIMIT`] bytes) can be read: a byte of
+/// each, read with one system call, which fails rather than faults.
 fn readable(from: u64, to: u64) -> bool {
+    const PAGES: usize = (SCAN_LIMIT / 4096) as usize + 2;
+    let mut ranges = [(dprobe_arch::Addr(0), 1usize); PAGES];
+    let mut n = 0;
     let mut at = from;
     while at < to {
-        let mut byte = [0u8; 1];
-        if crate::sys::read_memory(dprobe_arch::Addr(at), &mut byte).is_err() {
-            return false;
-        }
+        let Some(range) = ranges.get_mut(n) else { return false };
+        range.0 = dprobe_arch::Addr(at);
+        n += 1;
         at = (at & !4095) + 4096;
     }
-    true
+    let mut bytes = [0u8; PAGES];
+    crate::sys::read_few_ranges::<PAGES>(&ranges[..n], &mut bytes) == n
 }
 
 /// Marks, while it lives, the signal frame of a dprobe handler running on this thread, so
@@ -197,7 +235,7 @@ fn scan_range(rsp: u64, mark: u64, alternate: Option<(u64, u64, bool)>) -> Optio
 ///
 /// # Safety
 /// Every 8-byte word in `from..to` must be readable; `from` is 8-aligned.
-unsafe fn signal_frame_in(from: u64, to: u64, mark: u64, restorer: u64, own: impl Fn(u64) -> bool) -> bool {
+unsafe fn signal_frame_in(from: u64, to: u64, mark: u64, restorer: u64, mut own: impl FnMut(u64) -> bool) -> bool {
     // SAFETY: the caller vouches for `from..to`; offsets past `to` are not read.
     let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
     let mut at = from;

@@ -3,7 +3,8 @@
 //! name it from the process's maps. The end stays put as a stack grows down, and coroutines
 //! and green threads that switch stacks by themselves (`swapcontext`, a stack mapped per
 //! coroutine) get one name per stack. Stacks carved out of one mapping (coroutine stacks
-//! taken from the heap) share its name.
+//! taken from the heap), or mapped next to each other with no guard page between (the kernel
+//! merges them), share its name.
 //!
 //! The kernel is asked for one mapping (`PROCMAP_QUERY` on `/proc/self/maps`, Linux 6.11;
 //! before it, the maps are read through a buffer on the stack), with the `syscall`
@@ -194,28 +195,26 @@ mod tests {
 
     #[test]
     fn the_kernel_names_each_mapping_by_its_end_and_both_ways_agree() {
-        let size = 16 * 4096;
+        let size = 18 * 4096;
         // SAFETY: a new private anonymous mapping at an address the kernel picks.
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+            libc::mmap(std::ptr::null_mut(), size, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
         };
         assert_ne!(p, libc::MAP_FAILED);
-        // A guard page in the middle splits it in two mappings, as below a thread's stack.
-        // SAFETY: a page inside the mapping just made.
-        assert_eq!(unsafe { libc::mprotect(p.cast::<u8>().add(8 * 4096).cast(), 4096, libc::PROT_NONE) }, 0);
-        let base = p as u64;
+        // Two writable mappings with a guard page between them, as below a thread's stack, and
+        // guard pages around them (a neighbour made meanwhile by another test would merge).
+        let base = p as u64 + 4096;
+        for (start, pages) in [(base, 8), (base + 9 * 4096, 8)] {
+            // SAFETY: pages inside the mapping just made.
+            let made =
+                unsafe { libc::mprotect(start as *mut libc::c_void, pages * 4096, libc::PROT_READ | libc::PROT_WRITE) };
+            assert_eq!(made, 0);
+        }
         let fd = open_maps().expect("/proc/self/maps");
         for (addr, expected) in [
             (base, Some((base, base + 8 * 4096))),
             (base + 8 * 4096 - 1, Some((base, base + 8 * 4096))),
-            (base + 9 * 4096, Some((base + 9 * 4096, base + size as u64))),
+            (base + 9 * 4096, Some((base + 9 * 4096, base + 17 * 4096))),
             (8, None),
         ] {
             assert_eq!(mapping_of(addr), expected, "{addr:#x}");
@@ -225,7 +224,7 @@ mod tests {
         }
         let known = KnownStacks::default();
         assert_eq!(known.name_of(base + 100), base + 8 * 4096);
-        assert_eq!(known.name_of(base + 9 * 4096 + 100), base + size as u64);
+        assert_eq!(known.name_of(base + 9 * 4096 + 100), base + 17 * 4096);
         assert_eq!(known.name_of(8), 0);
         // SAFETY: the mapping made above, and the descriptor opened above.
         unsafe {

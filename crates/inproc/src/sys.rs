@@ -253,14 +253,20 @@ pub const MAX_RANGES: usize = 1024;
 /// into `buf`, with one system call and without faulting: how many bytes were read. A range
 /// that cannot be read in full ends the read there (`process_vm_readv` never splits one).
 pub fn read_ranges(ranges: &[(Addr, usize)], buf: &mut [u8]) -> usize {
-    assert!(ranges.len() <= MAX_RANGES, "at most {MAX_RANGES} ranges per read");
+    read_few_ranges::<MAX_RANGES>(ranges, buf)
+}
+
+/// [`read_ranges`] of at most `N` ranges, whose list takes `16 N` bytes of the stack (the hit
+/// path may run on a program's small alternate stack).
+pub(crate) fn read_few_ranges<const N: usize>(ranges: &[(Addr, usize)], buf: &mut [u8]) -> usize {
+    assert!(ranges.len() <= N, "at most {N} ranges per read");
     let total: usize = ranges.iter().map(|r| r.1).sum();
     assert!(total <= buf.len(), "the buffer holds every range");
     if total == 0 {
         return 0;
     }
     // On the stack: the registrar reads while the C library's allocator may be probed.
-    let mut remote = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_RANGES];
+    let mut remote = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; N];
     for (iov, (addr, len)) in remote.iter_mut().zip(ranges) {
         *iov = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: *len };
     }

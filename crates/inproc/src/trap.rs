@@ -175,23 +175,34 @@ enum Quiet {
 }
 
 /// Whether a hit at stack pointer `rsp` of a thread whose hit-path depth was `depth` before
-/// this hit runs no handler (`trapped`: the alternate stack its trap frame holds, if any). A hit in a tool's own work that came from a program's signal
-/// handler that interrupted it is the program's: missed (see `interrupted.rs`). Elsewhere in
-/// dprobe's machinery the stack is not looked at: frames there hold stale bytes of earlier
-/// signal frames often enough (dprobe's own traps at the same depth) to be taken for one.
-fn quiet(state: &ThreadState, depth: u32, rsp: u64, trapped: Option<(u64, u64)>) -> Option<Quiet> {
-    let own = if state.own_work.get() > 0 {
-        true
-    } else if state.handler_body.get() > 0 {
-        return Some(Quiet::Nested);
-    } else {
-        state.in_handler.get() || depth > 0
-    };
-    match own {
-        false => None,
-        true if state.tool_work.get() > 0 && interrupted::by_program_signal(state, rsp, trapped) => Some(Quiet::Nested),
-        true => Some(Quiet::OwnWork),
+/// this hit runs no handler (`trapped`: the alternate stack its trap frame holds, if any;
+/// `blocked`: the mask at the hit, asked only if needed). A hit in dprobe's hit path that came
+/// from a program's signal handler that interrupted it is the program's: missed (see
+/// `interrupted.rs`). In a tool's own work (where most of a hit's time goes), a signal frame
+/// below the mark is enough to tell; elsewhere in the hit path, frames hold stale bytes of
+/// earlier signal frames often enough (dprobe's own traps at the same depth) that the
+/// handler must also be seen still running, from the mask. dprobe's own work (registering)
+/// is not looked at: its many calls of C library functions would each pay for a scan.
+fn quiet(
+    state: &ThreadState,
+    depth: u32,
+    rsp: u64,
+    trapped: Option<(u64, u64)>,
+    blocked: impl FnOnce() -> u64,
+) -> Option<Quiet> {
+    if state.own_work.get() > 0 {
+        // A tool's work raises both counts.
+        let program = state.tool_work.get() > 0 && interrupted::by_program_signal(state, rsp, trapped);
+        return Some(if program { Quiet::Nested } else { Quiet::OwnWork });
     }
+    if state.handler_body.get() > 0 {
+        return Some(Quiet::Nested);
+    }
+    if !state.in_handler.get() && depth == 0 {
+        return None;
+    }
+    let program = interrupted::by_running_program_handler(state, rsp, trapped, blocked);
+    Some(if program { Quiet::Nested } else { Quiet::OwnWork })
 }
 
 /// `SIGTRAP`: a probe's `int3`, the `int3` ending a slot, or somebody else's trap.
@@ -238,7 +249,8 @@ fn trap_here(state: Option<&'static ThreadState>, uc: *mut libc::c_void) -> bool
     if let Some(s) = state {
         crate::abandoned::forget_left_hit_path(s, ctx.rsp());
     }
-    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp(), Some(ctx.alternate_stack())));
+    let blocked = ctx.blocked_signals();
+    let quiet = state.and_then(|s| quiet(s, s.in_hit_path.get(), ctx.rsp(), Some(ctx.alternate_stack()), || blocked));
     let _hit_path = HitPath::with(state);
     let _own_frame = interrupted::OwnFrame::enter(state, uc);
     let key = ctx.rip().wrapping_sub(1);
@@ -396,7 +408,7 @@ pub(crate) fn dispatch_entry_in<R>(
     state.alternate.set(alternate_stack.unwrap_or_default());
     // The caller raised the hit-path depth once for this hit: more is a hit from inside
     // dprobe's hit path (a C library function it calls is probed).
-    match quiet(state, state.in_hit_path.get().saturating_sub(1), regs.rsp, alternate_stack) {
+    match quiet(state, state.in_hit_path.get().saturating_sub(1), regs.rsp, alternate_stack, sys::signal_mask) {
         None => {}
         // dprobe's own call: not the program's, not a hit (nothing counted).
         Some(Quiet::OwnWork) => return then(regs, Dispatch::Missed),

@@ -103,10 +103,10 @@ extern "C" fn counting_handler(_: libc::c_int) {
 }
 
 /// The program's signals, sent by another thread, arrive at any moment of the main thread's
-/// calls of a probed function whose handler does the tool's work: in the handler, in dprobe's
-/// machinery, or outside both. The calls of the function the program's handler calls are hits
-/// or missed hits, never counted twice, most of them counted (other functions than the test
-/// above's: the tests run at once).
+/// calls of a probed function: in its handler (doing the tool's work, or nothing), in
+/// dprobe's machinery, or outside both. The calls of the function the program's handler calls
+/// are hits or missed hits, never counted twice, most of them counted (other functions than
+/// the test above's: the tests run at once).
 #[test]
 fn signals_from_another_thread_at_any_moment_are_all_counted() {
     const SIGNALS: u64 = 20_000;
@@ -116,12 +116,14 @@ fn signals_from_another_thread_at_any_moment_are_all_counted() {
     sa.sa_flags = libc::SA_RESTART;
     // SAFETY: a valid action for SIGUSR2.
     assert_eq!(unsafe { libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()) }, 0);
-    for jumps in [false, true] {
+    for (jumps, tool) in [(false, true), (true, true), (false, false), (true, false)] {
         let kprobe = |f| if jumps { Kprobe::addr(addr(f)) } else { Kprobe::addr(addr(f)).no_optimize() };
         let inner = register(kprobe(fx_mov_add).pre(|_| PreAction::Continue)).unwrap();
-        let outer = register(kprobe(fx_push_add).pre(|_| {
-            let _tool = dprobe_inproc::tool_work();
-            std::hint::black_box(call2(fx_mov_add, 9, 4));
+        let outer = register(kprobe(fx_push_add).pre(move |_| {
+            if tool {
+                let _tool = dprobe_inproc::tool_work();
+                std::hint::black_box(call2(fx_mov_add, 9, 4));
+            }
             PreAction::Continue
         }))
         .unwrap();
@@ -148,19 +150,19 @@ fn signals_from_another_thread_at_any_moment_are_all_counted() {
         }
         sender.join().unwrap();
         let (st, handled) = (inner.stats(), HANDLED.load(Relaxed));
-        // Never counted twice. A signal that comes in dprobe's machinery outside the tool's
-        // work (the trap handler's or the dispatcher's own code) still goes uncounted: there
-        // the stack holds stale bytes of earlier signal frames too often to be told from a
-        // live one. With the jump path's stubs as fast as its dispatcher, that is a few
-        // percent of this loop's time: 92.8-99.9% counted in runs on an idle 2-core AMD EPYC,
-        // 89% under two spinning processes; 61-65% when the stack is not looked at at all.
-        // Under `stress-ng --cpu 2` with the workspace's tests running, the trap path counted
-        // 77% of 259 signals (the thread is preempted in the kernel's trap handling, and a
-        // signal delivered on the way out lands before dprobe's handler): the bound asks for
-        // most, and the exact test above pins the scan itself.
+        // Never counted twice. Where the probe's handler does nothing, most of a jump's hit
+        // time is dprobe's machinery (the dispatcher's own code), where the stack holds stale
+        // bytes of earlier signal frames: a frame there counts once the mask shows its
+        // handler still running. Without that, 62-65% were counted through jumps; with it,
+        // all, in runs on an idle 2-core AMD EPYC. Through traps, most of a hit's time is the
+        // kernel's, and a signal there is handled on the way out, outside the machinery. Under `stress-ng --cpu 2` with the workspace's tests
+        // running, the trap path counted 77% of 259 signals (the thread is preempted in the
+        // kernel's trap handling, and a signal delivered on the way out lands before dprobe's
+        // handler): its bound asks for most, and the exact test above pins the scan itself.
         let counted = st.hits + st.reentered;
-        println!("jumps: {jumps}: {counted} of {handled} signals counted");
-        assert!(counted <= handled && counted * 2 >= handled, "jumps: {jumps}, {handled} handled, {st:?}");
+        println!("jumps: {jumps}, tool's work: {tool}: {counted} of {handled} signals counted");
+        let most = if jumps { counted * 10 >= handled * 9 } else { counted * 2 >= handled };
+        assert!(counted <= handled && most, "jumps: {jumps}, tool's work: {tool}, {handled} handled, {st:?}");
         drop((inner, outer));
     }
 }
