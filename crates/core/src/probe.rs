@@ -68,6 +68,7 @@ pub struct Kprobe {
     pub(crate) fault: Option<FaultHandler>,
     pub(crate) enabled: bool,
     pub(crate) optimize: bool,
+    pub(crate) last: bool,
 }
 
 impl Kprobe {
@@ -88,7 +89,7 @@ impl Kprobe {
     }
 
     fn named(named: Named) -> Self {
-        Kprobe { named, pre: None, post: None, fault: None, enabled: true, optimize: true }
+        Kprobe { named, pre: None, post: None, fault: None, enabled: true, optimize: true, last: false }
     }
 
     /// Set the pre-handler.
@@ -119,6 +120,15 @@ impl Kprobe {
     /// `debug.kprobes-optimization` off, for one probe).
     pub fn no_optimize(mut self) -> Self {
         self.optimize = false;
+        self
+    }
+
+    /// Run its handlers after those of the other probes at its address, whenever they were
+    /// registered: a probe whose pre-handler may take the call over (skip the instruction) or
+    /// change its arguments lets the others see the call as the program made it first (a
+    /// tool's own guards on the C library's signal functions).
+    pub fn after_others(mut self) -> Self {
+        self.last = true;
         self
     }
 

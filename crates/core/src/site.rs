@@ -22,6 +22,8 @@ pub struct ProbeEntry {
     fault: Option<FaultHandler>,
     /// Whether an engine may replace its `int3` with a jump (`Kprobe::no_optimize`).
     pub optimize: bool,
+    /// Whether it runs after the site's other probes (`Kprobe::after_others`).
+    pub last: bool,
 }
 
 impl ProbeEntry {
@@ -34,7 +36,14 @@ impl ProbeEntry {
             post: probe.post,
             fault: probe.fault,
             optimize: probe.optimize,
+            last: probe.last,
         }
+    }
+
+    /// Add `entry` to a site's `probes`: after the others, but before those that run last.
+    pub fn add_to(probes: &mut Vec<Arc<ProbeEntry>>, entry: Arc<ProbeEntry>) {
+        let at = if entry.last { probes.len() } else { probes.iter().position(|p| p.last).unwrap_or(probes.len()) };
+        probes.insert(at, entry);
     }
 
     /// Whether it has a post-handler.
@@ -79,13 +88,14 @@ pub enum PreOutcome {
     Skip,
 }
 
-/// One probed address: the engine's execution data `A` and the probes, in registration order.
+/// One probed address: the engine's execution data `A` and the probes, in registration order
+/// (those that run after the others last, [`ProbeEntry::add_to`]).
 pub struct Site<A> {
     /// The probed address.
     pub addr: Addr,
     /// How the engine executes the displaced instruction here.
     pub arch: A,
-    /// The probes, in registration order.
+    /// The probes, in registration order (those that run after the others last).
     pub probes: Vec<Arc<ProbeEntry>>,
 }
 

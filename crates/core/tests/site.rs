@@ -29,6 +29,31 @@ fn pre_handlers_run_in_registration_order() {
 }
 
 #[test]
+fn a_probe_asked_to_run_after_the_others_does_whenever_they_were_added() {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let probe = |i: u64, last: bool| {
+        let order = order.clone();
+        let k = Kprobe::addr(Addr(0x1000)).pre(move |_| {
+            order.lock().unwrap().push(i);
+            // The one that runs last takes the call over: the others saw it first.
+            if last {
+                PreAction::SkipInstruction
+            } else {
+                PreAction::Continue
+            }
+        });
+        Arc::new(ProbeEntry::new(ProbeId(i), if last { k.after_others() } else { k }))
+    };
+    let mut probes = Vec::new();
+    for (i, last) in [(0, false), (1, true), (2, false), (3, true), (4, false)] {
+        ProbeEntry::add_to(&mut probes, probe(i, last));
+    }
+    let s = Site { addr: Addr(0x1000), arch: (), probes };
+    assert_eq!(s.run_pre(&mut Regs::default(), &mut ()), PreOutcome::Skip);
+    assert_eq!(*order.lock().unwrap(), vec![0, 2, 4, 1], "the others in their order, then the first of the last");
+}
+
+#[test]
 fn skip_stops_later_probes_and_the_instruction() {
     let s = site(vec![
         Kprobe::addr(Addr(0x1000)).pre(|r| {

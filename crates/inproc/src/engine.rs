@@ -503,7 +503,7 @@ impl Engine {
                 }
                 (None, None) => unreachable!("a site not analyzed is one that exists"),
             });
-            list.push(entry);
+            ProbeEntry::add_to(list, entry);
         }
         st.sites.insert_new(new_sites);
         let batch: Vec<Addr> = lists.keys().copied().collect();

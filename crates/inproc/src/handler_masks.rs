@@ -83,7 +83,7 @@ const MASK_WORD: usize = 1;
 pub(crate) fn open() -> Result<Probe, ProbeError> {
     let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
     // The probe first: an action the program installs during the scan goes through it.
-    let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap))?;
+    let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap).after_others())?;
     for sig in handled_signals() {
         let without_trap = |[handler, _, _, mask]: KernelAction| {
             (mask & TRAP != 0).then_some(mask & !TRAP).filter(|_| !is_disposition(handler))

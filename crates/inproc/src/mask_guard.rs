@@ -39,7 +39,7 @@ const MOST: u32 = 16;
 /// `posix_spawn` and `system` start, for as long as the guard returned lives (see the
 /// module's comment and `TrapsOpen`).
 pub fn keep_traps_open() -> Result<TrapsOpen, ProbeError> {
-    let masks = register(Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap))?;
+    let masks = register(Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap).after_others())?;
     let actions = handler_masks::open()?;
     // Without it (its function not found, or not a jump) children are as they were.
     let children = spawn_children::keep_trap_in_children().ok().flatten();

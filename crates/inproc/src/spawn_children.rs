@@ -45,7 +45,7 @@ use crate::{lent_threads, sys};
 pub(crate) fn keep_trap_in_children() -> Result<Option<Probe>, ProbeError> {
     lent_threads::note_program();
     let Some(inner) = sigaction_callee()? else { return Ok(None) };
-    let probe = register(Kprobe::addr(inner).pre(child_keeps_trap))?;
+    let probe = register(Kprobe::addr(inner).pre(child_keeps_trap).after_others())?;
     Ok(probe.optimized().is_ok().then_some(probe))
 }
 
