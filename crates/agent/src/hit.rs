@@ -202,7 +202,7 @@ impl HitProbe {
         let plan = self.filtered.get().unwrap_or(&self.plan);
         plan.evaluate(&cx, &mut OwnMemory, values);
         if !plan.has_filter() || plan.passes(values) {
-            let (pid, tid) = dprobe_inproc::process_and_thread_id();
+            let (pid, tid) = dprobe_inproc::process_and_thread_id(regs.rsp);
             let stack = if self.stack { self.shm.put_stack(|r, bytes| copy_stack(regs, r, bytes)) } else { None };
             let header = Header { probe: self.index as u32, side, pid, tid, time_ns, entry_time_ns, comm: name, stack };
             if !self.shm.push(|out| encode(&header, values, out)) {

@@ -138,10 +138,14 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // there is placed, on `int3` until it jumps; nor where the C library's `pthread_sigmask`
     // or `sigaction` cannot be probed. Once removed, the C library's code page is the file's
     // again (`dprobe_inproc`'s `file_page.rs`).
-    let traps_open = (!a_thread_blocks_traps())
+    let blocks_traps = a_thread_blocks_traps();
+    let traps_open = (!blocks_traps)
         .then(dprobe_inproc::keep_traps_open)
         .and_then(Result::ok)
         .filter(|guard| guard.optimized().is_ok());
+    // The same for the probes that keep a child's ids right (placed as jumps only, through
+    // `int3` first).
+    let lent_threads = (!blocks_traps).then(dprobe_inproc::watch_lent_threads);
     let mut sock = Connection::to(name)?;
     let mut shm = Shm::create()?;
     send_fd(&sock, shm.fd().as_raw_fd())?;
@@ -156,7 +160,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             waiting: Vec::new(),
             followed: Vec::new(),
             traps_open,
-            lent_threads: Some(dprobe_inproc::watch_lent_threads()),
+            lent_threads,
             exec_gate: Default::default(),
             held_off: Vec::new(),
         })

@@ -189,8 +189,12 @@ fn hits_of_children_sharing_the_program_s_memory_carry_the_child_s_pid() {
         for mode in ["vfork", "spawn", "system"] {
             // In a vfork child the child's call of `work`; in the others the child's `execve`.
             let probe = if mode == "vfork" { "work" } else { "libc:execve" };
-            let args =
-                ["--engine", engine, "--count", "--by", "pid", "work", "libc:execve", "--", family(), mode, "10"];
+            // Probes inside posix_spawn too (before and after its child), which must not end
+            // the loan of the thread to the child.
+            let inside = ["libc:posix_spawn", "libc:mmap", "libc:munmap"];
+            let mut args = vec!["--engine", engine, "--count", "--by", "pid", "work", "libc:execve"];
+            args.extend_from_slice(&inside);
+            args.extend_from_slice(&["--", family(), mode, "10"]);
             let t = common::trace_to_file("children-pids", &args);
             assert_eq!(t.code, Some(0), "{}", t.what(&format!("{engine} {mode}")));
             let program = by_pid(&t.trace, "work").into_iter().find(|p| p.1 == 10).map(|p| p.0);

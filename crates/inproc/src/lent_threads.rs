@@ -4,11 +4,16 @@
 //! `vfork` and `posix_spawn` (which `system` and `popen` call) run a child process in the
 //! program's memory while the calling thread waits: the child runs on that thread's thread
 //! pointer, so its hits find the thread's state and would report the thread's ids, cached
-//! there. Probes on the entries of `vfork`, `posix_spawn` and `posix_spawnp` ([`watch`]) mark
-//! the calling thread's state as *lent* before the child exists; while it is, the ids are
-//! asked of the kernel at each hit (two system calls) and nothing is cached in the state the
-//! thread will take back. The thread's own next hit finds its process's id again and ends
-//! the loan.
+//! there. Probes on the entries of `vfork`, `posix_spawn` and `posix_spawnp` ([`watch_lent_threads`]) mark
+//! the calling thread's state as *lent* before the child exists, with the stack pointer at
+//! the function's entry; while it is, the ids are asked of the kernel at each hit (two system
+//! calls) and nothing is cached in the state the thread will take back. The loan ends at a
+//! hit of the thread itself (its process's id) above that frame: the function has returned
+//! (hits inside it, before or after the child, keep the loan). A thread whose later hits all
+//! come from deeper frames keeps paying for the two system calls, with the right ids.
+//!
+//! The probes are kept only where they jump (an `int3` at these entries would be a trap in
+//! every call, in threads that may block `SIGTRAP`).
 //!
 //! Not covered: a child made by a raw `clone` system call with `CLONE_VM` (not through the C
 //! library's functions), whose hits report the ids of the thread that made it.
@@ -48,39 +53,42 @@ pub struct LentThreads {
     _probes: Vec<Probe>,
 }
 
-/// Place the probes on the functions that lend their thread to a child. Each is placed where
-/// it can be: one the C library lacks, or that cannot be probed, leaves its children
-/// reporting the ids of the thread that started them, as before.
+/// Place the probes on the functions that lend their thread to a child. Each is kept where
+/// it can be placed as a jump: one the C library lacks, or that cannot jump, leaves its
+/// children reporting the ids of the thread that started them, as before.
 pub fn watch_lent_threads() -> LentThreads {
     note_program();
     let probes = LENDERS.iter().filter_map(|symbol| register(Kprobe::symbol(symbol).pre(lends_its_thread)).ok());
-    LentThreads { _probes: probes.collect() }
+    LentThreads { _probes: probes.filter(|p| p.optimized().is_ok()).collect() }
 }
 
 /// At the entry of a function that lends its thread: the thread's id is cached now (the
-/// child must not be the one to cache it), and the state is marked lent.
-fn lends_its_thread(_regs: &mut Regs) -> PreAction {
+/// child must not be the one to cache it), and the state is marked lent down from here (the
+/// outermost such frame, when one lends within another).
+fn lends_its_thread(regs: &mut Regs) -> PreAction {
     if let Some(state) = thread_state::current() {
         state.tid();
-        state.lent.set(true);
+        state.lent.set(state.lent.get().max(regs.rsp));
     }
     PreAction::Continue
 }
 
-/// The calling thread's process and thread ids.
-pub(crate) fn ids(state: Option<&ThreadState>) -> (u32, u32) {
+/// The calling thread's process and thread ids, at a hit with stack pointer `sp` (0: not at a
+/// hit: the loan is not ended).
+pub(crate) fn ids(state: Option<&ThreadState>, sp: u64) -> (u32, u32) {
     match state {
-        Some(s) if s.lent.get() => {
+        Some(s) if s.lent.get() != 0 => {
             let pid = sys::own_pid();
-            if pid == program() {
-                // The thread itself again: the child has gone (`exec` or exit).
-                s.lent.set(false);
-                (pid as u32, s.tid())
-            } else {
-                (pid as u32, raw_calls::gettid() as u32)
+            if pid != program() {
+                return (pid as u32, raw_calls::gettid() as u32);
             }
+            // The thread itself: above the lending function's frame, that function is over.
+            if sp > s.lent.get() {
+                s.lent.set(0);
+            }
+            (pid as u32, s.tid())
         }
         Some(s) => (program() as u32, s.tid()),
-        None => (program() as u32, raw_calls::gettid() as u32),
+        None => (sys::own_pid() as u32, raw_calls::gettid() as u32),
     }
 }

@@ -106,9 +106,9 @@ pub(crate) struct ThreadState {
     name_read_at: Cell<u64>,
     /// The stack mappings the thread met last, for telling its stacks apart.
     pub(crate) stacks: KnownStacks,
-    /// A child that shares the program's memory may be running on this state
-    /// (`lent_threads.rs`).
-    pub(crate) lent: Cell<bool>,
+    /// A child that shares the program's memory may be running on this state: the stack
+    /// pointer at the entry of the function that lent it (0: not lent; `lent_threads.rs`).
+    pub(crate) lent: Cell<u64>,
 }
 
 /// Words of a copy: the C library's `struct sigaction` (152 bytes), which holds a whole
@@ -404,14 +404,14 @@ pub fn thread_name(now_ns: u64) -> [u8; 16] {
 /// The calling thread's id, asked of the kernel once per thread (and at each call in a child
 /// that shares the program's memory, `lent_threads.rs`). Async-signal-safe.
 pub fn thread_id() -> u32 {
-    crate::lent_threads::ids(existing()).1
+    crate::lent_threads::ids(existing(), 0).1
 }
 
-/// The calling thread's process id and its own, asked of the kernel once per thread (and at
-/// each call in a child that shares the program's memory, `lent_threads.rs`).
-/// Async-signal-safe.
-pub fn process_and_thread_id() -> (u32, u32) {
-    crate::lent_threads::ids(existing())
+/// The calling thread's process id and its own, at a hit with stack pointer `sp`: asked of the
+/// kernel once per thread (and at each call in a child that shares the program's memory,
+/// `lent_threads.rs`). Async-signal-safe.
+pub fn process_and_thread_id(sp: u64) -> (u32, u32) {
+    crate::lent_threads::ids(existing(), sp)
 }
 
 #[cfg(test)]
