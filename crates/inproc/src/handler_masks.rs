@@ -30,7 +30,7 @@
 //! dprobe left gets `SIGTRAP` in its mask when the guard goes. dprobe's own handlers (the
 //! trap, the faults, the safepoint signal) are left as they are.
 
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Mutex;
 
 use dprobe_arch::{Addr, Regs};
@@ -74,6 +74,16 @@ fn as_left(sig: i32, handler: u64, mask: u64) -> bool {
 /// installed actions does not run beside another's putting back.
 static GUARDS: Mutex<usize> = Mutex::new(0);
 
+/// Whether a guard lives (the probe on `sigaction` is placed), for the hit path to read.
+static PLACED: AtomicBool = AtomicBool::new(false);
+
+/// Whether dprobe's handlers of the signals it handles stay in place: a guard lives, and the
+/// program's `sigaction` calls for those signals are answered without installing anything
+/// (a raw `rt_sigaction` system call is not seen).
+pub(crate) fn keeps_dprobes_handlers() -> bool {
+    PLACED.load(Acquire)
+}
+
 // The C library's `struct sigaction`: handler, `sigset_t` (16 words), flags, restorer.
 const _: () = assert!(std::mem::size_of::<libc::sigaction>() == SIGNAL_COPY_WORDS * 8);
 /// Word of the C library's `struct sigaction` that holds signals 1 to 64 of its mask.
@@ -93,6 +103,7 @@ pub(crate) fn open() -> Result<Probe, ProbeError> {
         }
     }
     *guards += 1;
+    PLACED.store(true, Release);
     Ok(probe)
 }
 
@@ -105,6 +116,7 @@ pub(crate) fn close(probe: Probe) {
     if *guards > 0 {
         return;
     }
+    PLACED.store(false, Release);
     for sig in handled_signals() {
         change_mask(sig, |[handler, _, _, mask]| as_left(sig, handler, mask).then_some(mask | TRAP));
     }

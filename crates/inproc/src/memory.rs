@@ -4,13 +4,17 @@
 
 use dprobe_arch::{Addr, MemoryFault};
 
-use crate::{guard, signals, sys, thread_state};
+use crate::{guard, handler_masks, sys, thread_state};
 
-/// Fill `buf` from `addr`. Async-signal-safe. In dprobe's hit path (a handler, an event's
-/// fetch), with dprobe's handlers of the fault signals installed, the bytes are read directly
-/// inside a guarded call, whose fault is this read's error and nothing more (the kernel's
-/// `copy_from_user_nofault`): no system call, where each costs several hundred nanoseconds on
-/// some machines. Elsewhere, with `process_vm_readv`.
+/// Fill `buf` from `addr`. Async-signal-safe.
+///
+/// In dprobe's hit path, where a fault is sure to reach dprobe's handler (its handlers of
+/// `SIGSEGV` and `SIGBUS` kept in place by `keep_traps_open`'s guard, neither signal blocked
+/// on the thread, the thread not lent to a child that shares the program's memory), the
+/// bytes are read directly inside a guarded call, whose fault is this read's error and nothing
+/// more (the kernel's `copy_from_user_nofault`): one system call to read the mask, where
+/// `process_vm_readv` costs several times more (it pins the pages it reads). Elsewhere, with
+/// `process_vm_readv`, which fails where a load would fault.
 pub fn read_bytes(addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
     match read_guarded(addr, buf) {
         Some(read) => read,
@@ -18,17 +22,34 @@ pub fn read_bytes(addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
     }
 }
 
-/// [`read_bytes`] inside a guarded call, where one can be made.
+/// [`read_bytes`] inside a guarded call, where a fault is sure to be recovered from.
 fn read_guarded(addr: u64, buf: &mut [u8]) -> Option<Result<(), MemoryFault>> {
-    if !signals::installed(libc::SIGSEGV) || !signals::installed(libc::SIGBUS) {
+    const FAULTS: u64 = 1 << (libc::SIGSEGV - 1) | 1 << (libc::SIGBUS - 1);
+    if !handler_masks::keeps_dprobes_handlers() {
         return None;
     }
-    let state = thread_state::existing().filter(|s| s.in_hit_path.get() > 0 || s.in_handler.get())?;
+    let in_hit_path = |s: &&thread_state::ThreadState| s.in_hit_path.get() > 0 || s.in_handler.get();
+    let state = thread_state::existing().filter(in_hit_path).filter(|s| s.lent.get() == 0)?;
+    // A fault the thread blocks is not delivered: the kernel kills the process.
+    if sys::signal_mask() & FAULTS != 0 {
+        return None;
+    }
     let copy = || {
-        for (i, byte) in buf.iter_mut().enumerate() {
-            // SAFETY: a fault here (an unmapped or unreadable page) resumes after the guarded
-            // call, which reports it; volatile, so that each byte is read where it is.
-            *byte = unsafe { (addr.wrapping_add(i as u64) as *const u8).read_volatile() };
+        let mut i = 0;
+        while i < buf.len() {
+            let at = addr.wrapping_add(i as u64);
+            // Aligned words where they fit (an aligned word never crosses a page), else bytes.
+            if at % 8 == 0 && buf.len() - i >= 8 {
+                // SAFETY: a fault here (an unmapped or unreadable page) resumes after the
+                // guarded call, which reports it; volatile, so that the word is read here.
+                let word = unsafe { (at as *const u64).read_volatile() };
+                buf[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: as above, for one byte.
+                buf[i] = unsafe { (at as *const u8).read_volatile() };
+                i += 1;
+            }
         }
     };
     let read = guard::call_guarded_in(Some(state), copy);

@@ -100,11 +100,6 @@ pub(crate) fn hold_install_lock() -> std::sync::MutexGuard<'static, ()> {
     INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether dprobe's handler for `sig` was installed.
-pub(crate) fn installed(sig: libc::c_int) -> bool {
-    INSTALLED.get(sig as usize).is_some_and(|i| i.load(Ordering::Acquire))
-}
-
 /// Install `handler` for `sig` (once; later calls do nothing), remembering the previous
 /// disposition for [`chain`].
 pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()> {
