@@ -481,7 +481,7 @@ impl ThreadStacks for OwnStacks {
         }
         match self.known {
             Some(known) => known.name_of(addr),
-            None => stack_mappings::mapping_of(addr).map_or(0, |m| m.1),
+            None => stack_mappings::mapping_of(addr).ok().flatten().map_or(0, |m| m.1),
         }
     }
 

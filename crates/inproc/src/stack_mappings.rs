@@ -26,28 +26,52 @@ const REMEMBERED: usize = 8;
 pub(crate) struct KnownStacks {
     /// `[start, end)`; an empty range is no entry.
     ranges: [Cell<(u64, u64)>; REMEMBERED],
-    next: Cell<u32>,
+    /// Counts the ranges written: a reader that a nested write interrupted (it sees the count
+    /// change) does not trust what it read.
+    written: Cell<u32>,
     /// A range is being written: a nested hit neither reads nor writes them then.
     writing: Cell<bool>,
+    /// The kernel would not say (no `/proc`, no descriptor, a sandbox): not asked again.
+    unavailable: Cell<bool>,
 }
 
 impl KnownStacks {
     /// The name of the stack holding `addr`: the end of its mapping, or 0 when the kernel
     /// does not say (no such mapping, no `/proc`, no file descriptor left).
+    ///
+    /// The ranges remembered are not told when the program unmaps a stack or a mapping
+    /// grows: a stale one may give a stack a second name, or two stacks one, until it is
+    /// replaced; pairing then loses a handler call, never the program's return.
     pub(crate) fn name_of(&self, addr: u64) -> u64 {
         if !self.writing.get() {
-            if let Some(end) = self.ranges.iter().map(Cell::get).find(|&(s, e)| s <= addr && addr < e).map(|r| r.1) {
+            let before = self.written.get();
+            compiler_fence(SeqCst);
+            let found = self.ranges.iter().map(Cell::get).find(|&(s, e)| s <= addr && addr < e);
+            compiler_fence(SeqCst);
+            if let Some((_, end)) = found.filter(|_| self.written.get() == before) {
                 return end;
             }
         }
-        let Some((start, end)) = mapping_of(addr) else { return 0 };
+        if self.unavailable.get() {
+            return 0;
+        }
+        let (start, end) = match mapping_of(addr) {
+            Ok(Some(range)) => range,
+            Ok(None) => return 0,
+            Err(Unavailable) => {
+                self.unavailable.set(true);
+                return 0;
+            }
+        };
         if !self.writing.replace(true) {
             // The flag is set before the range is written and cleared after, in program
-            // order as a nested handler on this thread sees it.
+            // order as a nested handler on this thread sees it. A mapping met again (a stack
+            // that grew down) takes its old entry.
             compiler_fence(SeqCst);
-            let k = self.next.get() as usize % REMEMBERED;
+            let n = self.written.get();
+            let k = self.ranges.iter().position(|r| r.get().1 == end).unwrap_or(n as usize % REMEMBERED);
             self.ranges[k].set((start, end));
-            self.next.set(self.next.get().wrapping_add(1));
+            self.written.set(n.wrapping_add(1));
             compiler_fence(SeqCst);
             self.writing.set(false);
         }
@@ -55,9 +79,14 @@ impl KnownStacks {
     }
 }
 
-/// The mapping `[start, end)` of this process holding `addr`, asked of the kernel.
-pub(crate) fn mapping_of(addr: u64) -> Option<(u64, u64)> {
-    let fd = open_maps()?;
+/// The kernel cannot be asked about this process's mappings.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Unavailable;
+
+/// The mapping `[start, end)` of this process holding `addr` (none: no mapping holds it),
+/// asked of the kernel.
+pub(crate) fn mapping_of(addr: u64) -> Result<Option<(u64, u64)>, Unavailable> {
+    let fd = open_maps().ok_or(Unavailable)?;
     let found = match query(fd, addr) {
         Query::Found(range) => Some(range),
         Query::Absent => None,
@@ -65,7 +94,7 @@ pub(crate) fn mapping_of(addr: u64) -> Option<(u64, u64)> {
     };
     // SAFETY: closes the descriptor opened above, which nothing else uses.
     unsafe { raw_syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) };
-    found
+    Ok(found)
 }
 
 fn open_maps() -> Option<i32> {
@@ -119,10 +148,11 @@ fn query(fd: i32, addr: u64) -> Query {
     }
 }
 
-/// The maps read through, a page at a time: each line starts `start-end ` in hexadecimal.
+/// The maps read through, in small pieces (the hit path may run on a small stack): each line
+/// starts `start-end ` in hexadecimal.
 fn read_through(fd: i32, addr: u64) -> Option<(u64, u64)> {
     let mut lines = MapsLines::default();
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 256];
     loop {
         let n = crate::raw_calls::read(fd, &mut buf);
         if n <= 0 {
@@ -195,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_kernel_names_each_mapping_by_its_end_and_both_ways_agree() {
-        let size = 18 * 4096;
+        let size = 19 * 4096;
         // SAFETY: a new private anonymous mapping at an address the kernel picks.
         let p = unsafe {
             libc::mmap(std::ptr::null_mut(), size, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
@@ -217,7 +247,7 @@ mod tests {
             (base + 9 * 4096, Some((base + 9 * 4096, base + 17 * 4096))),
             (8, None),
         ] {
-            assert_eq!(mapping_of(addr), expected, "{addr:#x}");
+            assert_eq!(mapping_of(addr), Ok(expected), "{addr:#x}");
             assert_eq!(read_through(fd, addr), expected, "read through, {addr:#x}");
             // SAFETY: seeks the descriptor opened above back to its start.
             unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
