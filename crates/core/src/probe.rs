@@ -126,7 +126,9 @@ impl Kprobe {
     /// Run its handlers after those of the other probes at its address, whenever they were
     /// registered: a probe whose pre-handler may take the call over (skip the instruction) or
     /// change its arguments lets the others see the call as the program made it first (a
-    /// tool's own guards on the C library's signal functions).
+    /// tool's own guards on the C library's signal functions). Honoured by the in-process
+    /// engine (and the agent, which runs it); the others run a site's probes in registration
+    /// order.
     pub fn after_others(mut self) -> Self {
         self.last = true;
         self

@@ -154,14 +154,15 @@ fn signals_from_another_thread_at_any_moment_are_all_counted() {
         // time is dprobe's machinery (the dispatcher's own code), where the stack holds stale
         // bytes of earlier signal frames: a frame there counts once the mask shows its
         // handler still running. Without that, 62-65% were counted through jumps; with it,
-        // all, in runs on an idle 2-core AMD EPYC. Through traps, most of a hit's time is the
+        // all, in runs on an idle 2-core AMD EPYC (the bound asks for three quarters, for
+        // loaded machines). Through traps, most of a hit's time is the
         // kernel's, and a signal there is handled on the way out, outside the machinery. Under `stress-ng --cpu 2` with the workspace's tests
         // running, the trap path counted 77% of 259 signals (the thread is preempted in the
         // kernel's trap handling, and a signal delivered on the way out lands before dprobe's
         // handler): its bound asks for most, and the exact test above pins the scan itself.
         let counted = st.hits + st.reentered;
         println!("jumps: {jumps}, tool's work: {tool}: {counted} of {handled} signals counted");
-        let most = if jumps { counted * 10 >= handled * 9 } else { counted * 2 >= handled };
+        let most = if jumps { counted * 4 >= handled * 3 } else { counted * 2 >= handled };
         assert!(counted <= handled && most, "jumps: {jumps}, tool's work: {tool}, {handled} handled, {st:?}");
         drop((inner, outer));
     }
