@@ -7,20 +7,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{hits, trace_to_file};
-
-/// `kernel_returns MODE N` (its source says what it does).
-fn program() -> &'static str {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel_returns.cpp");
-    let path = dprobe_test_fixtures::c_program_by("g++", src, "kernel_returns", &["-O2", "-pthread"]);
-    Box::leak(std::fs::canonicalize(path).unwrap().to_string_lossy().into_owned().into_boxed_str())
-}
+use common::{hits, kernel_returns as program, missed, returns, trace_to_file};
 
 /// The RETURNS and MISSED columns of `probe` in a summary table.
 fn returns_missed(summary: &str, probe: &str) -> (u64, u64) {
-    let line = summary.lines().find(|l| l.split_whitespace().next() == Some(probe)).expect("a line");
-    let column = |k| line.split_whitespace().nth(k).unwrap().parse().unwrap();
-    (column(2), column(3))
+    (returns(summary, probe), missed(summary, probe))
 }
 
 /// What the program prints untraced.

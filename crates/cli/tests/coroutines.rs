@@ -5,25 +5,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{hits, trace_to_file};
-
-/// `kernel_returns MODE N` (its source says what it does).
-fn program() -> &'static str {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel_returns.cpp");
-    let path = dprobe_test_fixtures::c_program_by("g++", src, "kernel_returns", &["-O2", "-pthread"]);
-    Box::leak(std::fs::canonicalize(path).unwrap().to_string_lossy().into_owned().into_boxed_str())
-}
-
-/// The RETURNS and MISSED columns of `probe` in a summary table.
-fn returns_missed(summary: &str, probe: &str) -> (u64, u64) {
-    let line = summary.lines().find(|l| l.split_whitespace().next() == Some(probe)).expect("a line");
-    let column = |k| line.split_whitespace().nth(k).unwrap().parse().unwrap();
-    (column(2), column(3))
-}
+use common::{hits, kernel_returns, missed, returns, trace_to_file};
 
 #[test]
 fn coroutines_with_calls_pending_on_each_stack_return_exactly_in_each_engine() {
-    let p = program();
+    let p = kernel_returns();
     let probe = format!("{p}:co_rec%return");
     // 10 rounds of two coroutines 100 deep: the first resumed returns while the second's
     // frames, on a stack above or below its own, are the latest pending.
@@ -38,7 +24,8 @@ fn coroutines_with_calls_pending_on_each_stack_return_exactly_in_each_engine() {
             assert_eq!(t.code, Some(0), "{}", t.what(engine));
             assert_eq!(t.stdout.as_bytes(), untraced.stdout, "the program's own result");
             assert_eq!(hits(&t.trace, &probe), 2020, "{engine} {place}\n{}", t.trace);
-            assert_eq!(returns_missed(&t.trace, &probe), (2020, 0), "{engine} {place}\n{}", t.trace);
+            let figures = (returns(&t.trace, &probe), missed(&t.trace, &probe));
+            assert_eq!(figures, (2020, 0), "{engine} {place}\n{}", t.trace);
             assert!(!t.trace.contains("not seen"), "{engine} {place}\n{}", t.trace);
         }
     }

@@ -225,6 +225,11 @@ pub fn hits(summary: &str, probe: &str) -> u64 {
     summary_columns(summary, probe)[0].parse().unwrap()
 }
 
+/// The RETURNS column of `probe`'s line in a summary.
+pub fn returns(summary: &str, probe: &str) -> u64 {
+    summary_columns(summary, probe)[1].parse().unwrap()
+}
+
 /// The MISSED column of `probe`'s line in a summary.
 pub fn missed(summary: &str, probe: &str) -> u64 {
     summary_columns(summary, probe)[2].parse().unwrap()
@@ -257,6 +262,13 @@ pub fn read_mem(pid: i32, addr: u64, len: usize) -> Vec<u8> {
 pub fn function_addr(pid: i32, name: &str) -> u64 {
     let maps = dprobe_sym::read_maps_of(pid as u32).unwrap();
     dprobe_sym::Symbols::load(&maps).find(name).unwrap().start.0
+}
+
+/// `kernel_returns MODE N`: the shapes return probes meet (its source says what each mode does).
+pub fn kernel_returns() -> &'static str {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel_returns.cpp");
+    let path = dprobe_test_fixtures::c_program_by("g++", src, "kernel_returns", &["-O2", "-pthread"]);
+    Box::leak(std::fs::canonicalize(path).unwrap().to_string_lossy().into_owned().into_boxed_str())
 }
 
 /// Four named threads calling `work(size)` known numbers of times (`workers.c` says which).
