@@ -422,24 +422,58 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
                 TailReturn::Unavailable => {}
             }
         }
-        // What a handler sees: the registers as the function leaves, `rip` where it returns
-        // to, `rsp` past the return address; in place (a copy of the frame, xmm registers
-        // and all, costs more than the rest of the exit's bookkeeping). A handler may change
-        // the return value and other registers, not where the instruction goes: `rip` and
-        // `rsp` are put back however this ends (a panic unwinding out of it too).
-        let seen = AtExit { at_exit: (regs.rip, regs.rsp), regs };
-        // SAFETY: at an exit instruction the return address is at the stack pointer, on the
-        // thread's live stack (below it lie the signal frame or the detour's frame).
-        seen.regs.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
-        seen.regs.rsp = sp.wrapping_add(8);
-        let tid = state.map_or(0, |s| s.tid());
-        let mut each = |p: &KretInner, slot| {
-            let data = p.data(slot);
-            stack.give_back(p, slot, tid, probes);
-            p.returned(state, seen.regs, &data);
-        };
-        return_from(stack, i, false, &mut each, probes);
+        returns_now(state, stack, i, regs, probes);
     })
+}
+
+/// A return made by a pre-handler at a function's first instruction, which answers the call
+/// itself and moves the thread to the caller (dprobe's guard on `sigaction`,
+/// `handler_masks.rs`): the function's activation at `regs.rsp` (where its return address
+/// lies, as at an exit) returns as at an exit, with the registers set for it. Called before
+/// the handler moves `rip` and `rsp`.
+pub(crate) fn returned_without_exit(regs: &mut Regs) {
+    let state = thread_state::existing();
+    let Some(stack) = state.and_then(thread_state::exit_stack) else { return };
+    if stack.depth() == 0 {
+        return;
+    }
+    let sp = regs.rsp;
+    let mut stacks = OwnStacks::at_trap(state);
+    jump::read_published(state, registry(), |probes| {
+        let mut pending = Pending { stack, probes };
+        if let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) {
+            returns_now(state, stack, i, regs, probes);
+        }
+    })
+}
+
+/// Activation `i` returns by an exit instruction with registers `regs`, whose stack pointer
+/// holds the return address: its return handlers run.
+fn returns_now(
+    state: Option<&'static ThreadState>,
+    stack: &ExitStack,
+    i: usize,
+    regs: &mut Regs,
+    probes: &[Arc<KretInner>],
+) {
+    let sp = regs.rsp;
+    // What a handler sees: the registers as the function leaves, `rip` where it returns
+    // to, `rsp` past the return address; in place (a copy of the frame, xmm registers
+    // and all, costs more than the rest of the exit's bookkeeping). A handler may change
+    // the return value and other registers, not where the instruction goes: `rip` and
+    // `rsp` are put back however this ends (a panic unwinding out of it too).
+    let seen = AtExit { at_exit: (regs.rip, regs.rsp), regs };
+    // SAFETY: at an exit instruction the return address is at the stack pointer, on the
+    // thread's live stack (below it lie the signal frame or the detour's frame).
+    seen.regs.rip = real_return_address(unsafe { (sp as *const u64).read_volatile() }, sp);
+    seen.regs.rsp = sp.wrapping_add(8);
+    let tid = state.map_or(0, |s| s.tid());
+    let mut each = |p: &KretInner, slot| {
+        let data = p.data(slot);
+        stack.give_back(p, slot, tid, probes);
+        p.returned(state, seen.regs, &data);
+    };
+    return_from(stack, i, false, &mut each, probes);
 }
 
 /// An exit's registers as its return handlers see them, where the exit instruction's `rip`

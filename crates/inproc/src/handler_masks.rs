@@ -182,7 +182,8 @@ fn answer_for_dprobes_signal(regs: &mut Regs) -> Option<PreAction> {
         regs.rax = u64::MAX;
         crate::set_program_errno(libc::EFAULT);
     }
-    // Returned from `sigaction`.
+    // Returned from `sigaction`: its return probes watched at its exits see it too.
+    crate::exits::returned_without_exit(regs);
     regs.rip = u64::from_le_bytes(return_to);
     regs.rsp += 8;
     Some(PreAction::SkipInstruction)

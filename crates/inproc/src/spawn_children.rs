@@ -91,10 +91,11 @@ fn child_keeps_trap(regs: &mut Regs) -> PreAction {
     unsafe {
         sys::raw_syscall6(libc::SYS_rt_sigprocmask, [libc::SIG_UNBLOCK as u64, &set as *const u64 as u64, 0, 8, 0, 0])
     };
-    // Return 0 to the caller, the action unchanged.
+    // Return 0 to the caller, the action unchanged (as at an exit, for return probes).
+    regs.rax = 0;
+    crate::exits::returned_without_exit(regs);
     regs.rip = u64::from_le_bytes(return_address);
     regs.rsp += 8;
-    regs.rax = 0;
     PreAction::SkipInstruction
 }
 

@@ -1,10 +1,10 @@
 //! dprobe's own probes on the C library's signal functions (`keep_traps_open`'s) answer some
 //! calls themselves and point others at copies of their arguments. A user's probe on the same
 //! function sees every call as the program made it, whether it was placed before the guard or
-//! after.
+//! after; a return probe on it sees each call return, the ones the guard answers too.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use dprobe_inproc::{keep_traps_open, register, Kprobe, PreAction};
+use dprobe_inproc::{keep_traps_open, register, register_kretprobe, Kprobe, Kretprobe, PreAction, ReturnMode};
 
 /// Calls of `sigaction` for `SIGSEGV` and of `pthread_sigmask` with the program's own set, as
 /// each user probe saw them (before the guard, after it).
@@ -37,6 +37,14 @@ fn a_users_probe_sees_the_calls_dprobes_guards_answer_or_change() {
     let guard = keep_traps_open().unwrap();
     assert_eq!(guard.optimized(), Ok(()));
     let after = user_probes(1);
+    static RETURNED_ZERO: AtomicU64 = AtomicU64::new(0);
+    let returns = register_kretprobe(Kretprobe::symbol("libc:sigaction").handler(|regs, _| {
+        if regs.rax == 0 {
+            RETURNED_ZERO.fetch_add(1, Relaxed);
+        }
+    }))
+    .unwrap();
+    assert!(matches!(returns.return_mode(), ReturnMode::Exits { .. }), "{:?}", returns.return_mode());
     // SAFETY: valid actions and sets; each call is undone by the next.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
@@ -61,5 +69,9 @@ fn a_users_probe_sees_the_calls_dprobes_guards_answer_or_change() {
         assert_eq!(SEGV_ACTIONS[k].load(Relaxed), 6, "placed {}", ["before", "after"][k]);
         assert_eq!(OWN_SETS[k].load(Relaxed), 3, "placed {}", ["before", "after"][k]);
     }
-    drop((before, after, guard));
+    // Every `sigaction` call of this thread returned 0, the six the guard answered included
+    // (other threads of the test process make none).
+    let st = returns.stats();
+    assert_eq!((st.hits, st.returns, RETURNED_ZERO.load(Relaxed)), (6, 6, 6), "{st:?}");
+    drop((before, after, returns, guard));
 }
