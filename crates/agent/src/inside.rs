@@ -446,8 +446,21 @@ fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
 /// unwound by an exception just before it ended, would otherwise leave the tracer figures
 /// without those calls (returns abandoned, hits missed) and no note saying why. A program
 /// that leaves by `_exit` skips this: figures of its last 20 ms may be missing.
+///
+/// The returns still pending then never come (a call of the function that exits, or of a
+/// child's `execve` made on the program's memory): they count as not seen, as the other
+/// engines count them.
 extern "C" fn copy_figures_at_exit() {
-    LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &l.shm)));
+    LIVE.with(|live| {
+        let Some(l) = live.as_ref() else { return };
+        refresh(&l.placed, &l.shm);
+        for p in &l.placed {
+            if let Placed::Return { probe, index, .. } = p {
+                let abandoned = probe.stats().abandoned + follow::CARRIED[*index][2].load(Relaxed);
+                l.shm.set(*index, Counter::Abandoned, abandoned + probe.pending());
+            }
+        }
+    });
 }
 
 #[used]

@@ -2,19 +2,12 @@
 //! engine that traces one program.
 mod common;
 
-use common::{hits, throws, trace};
+use common::{hits, not_seen, throws, trace};
 
 /// The RETURNS column of `probe` in a summary table.
 fn returns(summary: &str, probe: &str) -> u64 {
     let line = summary.lines().find(|l| l.split_whitespace().next() == Some(probe)).expect("a line");
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-/// How many returns of `probe` the summary's notes say were not seen.
-fn not_seen(summary: &str, probe: &str) -> u64 {
-    let note = format!("{probe}: ");
-    let line = summary.lines().map(str::trim).find(|l| l.starts_with(&note) && l.contains(" returns not seen: "));
-    line.map_or(0, |l| l[note.len()..].split_whitespace().next().unwrap().parse().unwrap())
 }
 
 #[test]

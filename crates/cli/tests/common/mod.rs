@@ -230,6 +230,13 @@ pub fn returns(summary: &str, probe: &str) -> u64 {
     summary_columns(summary, probe)[1].parse().unwrap()
 }
 
+/// How many returns of `probe` the summary's notes say were not seen.
+pub fn not_seen(summary: &str, probe: &str) -> u64 {
+    let note = format!("{probe}: ");
+    let line = summary.lines().map(str::trim).find(|l| l.starts_with(&note) && l.contains(" returns not seen: "));
+    line.map_or(0, |l| l[note.len()..].split_whitespace().next().unwrap().parse().unwrap())
+}
+
 /// The MISSED column of `probe`'s line in a summary.
 pub fn missed(summary: &str, probe: &str) -> u64 {
     summary_columns(summary, probe)[2].parse().unwrap()
