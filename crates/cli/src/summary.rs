@@ -72,7 +72,8 @@ pub fn render(
         }
         if s.lost > 0 {
             notes.push(format!(
-                "{target}: {} hits not received: they came as tracing stopped, or the kernel's buffers were full",
+                "{target}: {} hits not received: they came as tracing stopped, or the buffers carrying events \
+                 to dprobe were full (the kernel's, or the agent's ring)",
                 s.lost
             ));
         }
