@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::io;
 
-use dprobe_arch::{emulate, Addr, ExecPlan, Memory, INT3};
+use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, INT3};
 use dprobe_core::ProbeId;
 
 use crate::error::{Exit, Stopped, TraceError};
@@ -63,6 +63,10 @@ pub struct Tracee {
     /// Whether letting it go may leave threads traced by the calling thread until that thread
     /// ends (see [`Tracee::let_go_as_thread_ends`]).
     pub(crate) ends_with_thread: bool,
+    /// Threads sent back to a probed instruction by a fault of its copy, with the address and
+    /// the stack pointer (`signals.rs`): the trap there when the program's handler returns is
+    /// the same hit, counted already.
+    pub(crate) faulted_at: BTreeMap<i32, (u64, u64)>,
 }
 
 impl Tracee {
@@ -92,6 +96,7 @@ impl Tracee {
             raised: Vec::new(),
             unraised: Vec::new(),
             ends_with_thread: false,
+            faulted_at: BTreeMap::new(),
         })
     }
 
@@ -429,12 +434,62 @@ impl Tracee {
             return Ok(0);
         }
         let pid = self.process_of(tid);
-        let Some(site) = self.sites.get(&key) else { return Ok(libc::SIGTRAP) };
+        if !self.sites.contains_key(&key) {
+            return Ok(libc::SIGTRAP);
+        }
+        // The instruction again after its copy faulted and the program's handler returned:
+        // only the instruction runs.
+        if self.faulted_at.remove(&tid) != Some((key.0, r.rsp)) {
+            self.hit_site(tid, pid, key, &mut r)?;
+        }
+        let site = &self.sites[&key];
+        let mut regs = sys::to_regs(&r);
+        regs.rip = key.0;
+        let mut deliver = 0;
+        let mut faulted = None;
+        match site.prepared.plan {
+            ExecPlan::Emulate(e) => {
+                if let Err(EmulateError::Fault(fault)) =
+                    emulate(e, site.prepared.insn.next(), &mut regs, &mut self.memory)
+                {
+                    // The original would have faulted: let the program see the fault there.
+                    regs.rip = key.0;
+                    deliver = libc::SIGSEGV;
+                    faulted = Some(fault.addr);
+                }
+            }
+            ExecPlan::Slot(_) => regs.rip = site.prepared.slot.as_ref().map_or(key.0, |s| s.entry().0),
+        }
+        sys::from_regs(&regs, &mut r);
+        sys::set_regs(tid, &r)?;
+        if let Some(addr) = faulted {
+            self.emulated_fault(tid, pid, key, r.rsp, addr)?;
+        }
+        let site = &self.sites[&key];
         let (loader_hook, unwinder, catcher) = (site.loader_hook, site.unwinder, site.catcher);
-        if !unwinder && !catcher {
+        if unwinder {
+            self.unwinding(tid);
+        } else if catcher {
+            self.caught(tid, r.rsp)?;
+        }
+        if loader_hook {
+            self.on_loads_changed(tid)?;
+            if self.at_start() {
+                self.start.reached = Some((tid, deliver));
+            }
+        }
+        Ok(deliver)
+    }
+
+    /// The probes of the site at `key` hit by thread `tid` of process `pid`, whose registers
+    /// `r` their handlers may change: handlers run, calls of watched functions entered and
+    /// left, return addresses taken.
+    fn hit_site(&mut self, tid: i32, pid: i32, key: Addr, r: &mut libc::user_regs_struct) -> Result<(), TraceError> {
+        let site = &self.sites[&key];
+        if !site.unwinder && !site.catcher {
             self.unwinding_over(tid);
         }
-        let mut regs = sys::to_regs(&r);
+        let mut regs = sys::to_regs(r);
         regs.rip = key.0;
         // An exit of another function (shared code) leaves before this entry; a function
         // whose first instruction is an exit (`f: jmp g`) leaves after its own entry.
@@ -478,32 +533,8 @@ impl Tracee {
         if !own_exit.is_empty() {
             self.leave_watched(tid, &mut regs, &own_exit);
         }
-        let site = &self.sites[&key];
-        let mut deliver = 0;
-        match site.prepared.plan {
-            ExecPlan::Emulate(e) => {
-                if emulate(e, site.prepared.insn.next(), &mut regs, &mut self.memory).is_err() {
-                    // The original would have faulted: let the program see the fault there.
-                    regs.rip = key.0;
-                    deliver = libc::SIGSEGV;
-                }
-            }
-            ExecPlan::Slot(_) => regs.rip = site.prepared.slot.as_ref().map_or(key.0, |s| s.entry().0),
-        }
-        sys::from_regs(&regs, &mut r);
-        sys::set_regs(tid, &r)?;
-        if unwinder {
-            self.unwinding(tid);
-        } else if catcher {
-            self.caught(tid, r.rsp)?;
-        }
-        if loader_hook {
-            self.on_loads_changed(tid)?;
-            if self.at_start() {
-                self.start.reached = Some((tid, deliver));
-            }
-        }
-        Ok(deliver)
+        sys::from_regs(&regs, r);
+        Ok(())
     }
 
     /// The bytes at `addr` now (to check that probes are gone).
