@@ -24,7 +24,9 @@
 //!
 //! For a trap, both are undone by the kernel: `rt_sigreturn` restores the signal mask and the
 //! alternate stack saved in the `SIGTRAP` frame. A hit without a trap undoes them itself, back
-//! on the program's stack ([`off_alternate_stack`]). A trap taken while already on dprobe's
+//! on the program's stack ([`off_alternate_stack`]); a jump puts the mask back only once its
+//! stub's frames are gone (`signals_released.rs`), so that a signal held meanwhile finds
+//! about as much of the program's stack as after a trap. A trap taken while already on dprobe's
 //! stack (the hit path calls a probed C library function) stays there. A program whose alternate stack
 //! is disarmed while its handler runs (`SS_AUTODISARM`) has none then, for the kernel or in a
 //! trap's frame: a hit with no alternate stack set, whose stack pointer is on the stack last
@@ -96,6 +98,12 @@ impl Moved {
     /// Put back the program's alternate stack, then its signal mask. Called on the program's
     /// alternate stack, back from dprobe's.
     pub(crate) fn undo(self) {
+        sys::set_signal_mask(self.stack_put_back());
+    }
+
+    /// Put back the program's alternate stack, and say the signal mask to put back: the
+    /// program's asynchronous signals stay held until then.
+    fn stack_put_back(self) -> u64 {
         // The thread is not on the stack now registered (dprobe's), so the kernel allows the
         // change, and it took these settings from the program before. Should it refuse them
         // now, the thread is left with no alternate stack rather than with dprobe's: a
@@ -104,7 +112,7 @@ impl Moved {
             let none = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
             set_alternate_stack(&none);
         }
-        sys::set_signal_mask(self.mask);
+        self.mask
     }
 }
 
@@ -144,28 +152,42 @@ const TRUSTED_HITS: u32 = 1024;
 /// free (any trap of the thread). Until then a hit on a newly set alternate stack runs there.
 #[inline(always)]
 pub(crate) fn off_alternate_stack<R>(state: &ThreadState, sp: u64, work: impl FnOnce() -> R) -> R {
+    let (result, held) = off_alternate_stack_holding(state, sp, work);
+    if let Some(mask) = held {
+        sys::set_signal_mask(mask);
+    }
+    result
+}
+
+/// [`off_alternate_stack`], except that the program's asynchronous signals stay held when the
+/// hit path moved: the signal mask to put back is returned with the result, for a caller that
+/// puts it back once its own frames are off the program's alternate stack (a signal delivered
+/// as it is put back gets its frame below the caller's: see `signals_released.rs`).
+#[inline(always)]
+pub(crate) fn off_alternate_stack_holding<R>(
+    state: &ThreadState,
+    sp: u64,
+    work: impl FnOnce() -> R,
+) -> (R, Option<u64>) {
     let (low, size, trusted) = state.alternate_seen.get();
     if outside(sp, low, size) && trusted > 0 {
         state.alternate_seen.set((low, size, trusted - 1));
-        return work();
+        return (work(), None);
     }
     // Apart, so that the hit path's common case stays small enough to be inlined whole.
     moving_if_needed(state, sp, work)
 }
 
-/// [`off_alternate_stack`] once the kernel is asked.
+/// [`off_alternate_stack_holding`] once the kernel is asked.
 #[cold]
 #[inline(never)]
-fn moving_if_needed<R>(state: &ThreadState, sp: u64, work: impl FnOnce() -> R) -> R {
+fn moving_if_needed<R>(state: &ThreadState, sp: u64, work: impl FnOnce() -> R) -> (R, Option<u64>) {
     match moving_needed(state, sp) {
-        None => work(),
+        None => (work(), None),
         Some((program, mapping)) => {
             let (result, moved) = run_moved(state, program, mapping, work);
             // No `rt_sigreturn` here to put them back.
-            if let Some(moved) = moved {
-                moved.undo();
-            }
-            result
+            (result, moved.map(Moved::stack_put_back))
         }
     }
 }

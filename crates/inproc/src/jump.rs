@@ -50,7 +50,7 @@ use crate::engine::Engine;
 pub(crate) use crate::jump_stub::{stubs, xsave_ready};
 use crate::thread_state::{self, ThreadState};
 use crate::trap::{self, Dispatch};
-use crate::{hit_stack, sys};
+use crate::{hit_stack, signals_released, sys};
 
 /// A jump-optimized site as its detour's dispatcher reads it. One per detour, never freed.
 pub(crate) struct JumpSite {
@@ -183,9 +183,9 @@ pub(crate) extern "C" fn jump_dispatch(regs: *mut Regs, entry_sp: u64) {
     if let Some(s) = state {
         abandoned::forget_left_hit_path(s, rsp);
     }
-    let skip = match state {
+    let (skip, held) = match state {
         // On the program's alternate stack, the hit path moves to a stack of dprobe's.
-        Some(s) => hit_stack::off_alternate_stack(s, rsp, || {
+        Some(s) => hit_stack::off_alternate_stack_holding(s, rsp, || {
             let _hit_path = trap::HitPath::with(state);
             let _reading = Reading::enter(s);
             let site = jump_site.site.load(Acquire);
@@ -193,17 +193,20 @@ pub(crate) extern "C" fn jump_dispatch(regs: *mut Regs, entry_sp: u64) {
             // until a grace period has passed, which waits for `_reading`.
             !site.is_null() && run_handlers(unsafe { &*site }, regs, state)
         }),
-        None => Engine::get().is_some_and(|engine| {
-            engine.table.lookup(jump_site.addr.0, |found| match found {
-                Some((site, TrapKind::Entry)) => run_handlers(site, regs, None),
-                _ => false,
-            })
-        }),
+        None => {
+            let skip = Engine::get().is_some_and(|engine| {
+                engine.table.lookup(jump_site.addr.0, |found| match found {
+                    Some((site, TrapKind::Entry)) => run_handlers(site, regs, None),
+                    _ => false,
+                })
+            });
+            (skip, None)
+        }
     };
     let window = detour.offset(DETOUR_WINDOW).0;
     let target = if skip { regs.rip } else { window };
     // SAFETY: `entry_sp` is the stub's, as above.
-    unsafe { resume(regs, entry_sp, detour, target, window, rsp) };
+    unsafe { resume(regs, entry_sp, detour, target, window, rsp, held) };
 }
 
 /// The trap path's entry dispatch; whether a pre-handler moved RIP (skip the window).
@@ -231,9 +234,9 @@ pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
     let rest = ret + 8;
     let rsp = entry_sp + STUB_TO_RSP;
     (regs.rsp, regs.rip) = (rsp, next);
-    let ran = thread_state::current().is_some_and(|state| {
+    let (ran, held) = thread_state::current().map_or((false, None), |state| {
         abandoned::forget_left_hit_path(state, rsp);
-        hit_stack::off_alternate_stack(state, rsp, || {
+        hit_stack::off_alternate_stack_holding(state, rsp, || {
             let _hit_path = trap::HitPath::with(Some(state));
             // SAFETY: as in `jump_dispatch`.
             let jump_site = unsafe { jump_site_of(detour) };
@@ -245,7 +248,7 @@ pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
     });
     let target = if !ran || regs.rip == next { rest } else { regs.rip };
     // SAFETY: as above.
-    unsafe { resume(regs, entry_sp, detour, target, rest, rsp) };
+    unsafe { resume(regs, entry_sp, detour, target, rest, rsp, held) };
 }
 
 /// Tell the stub where to continue: at `normal` (its return address, untouched) when the
@@ -255,6 +258,10 @@ pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
 /// handlers left go just below the return address, and the frame's `rsp` points at them
 /// (the stub's last steps: `mov rsp, [frame.rsp]`, `popfq`, `ret`).
 ///
+/// `held`: the signal mask to put back, when the hit path moved off the program's alternate
+/// stack with its signals held; the stub then returns to `signals_released.rs`, which puts the
+/// mask below the flags back and goes on as the redirect does.
+///
 /// The stack pointer can only move up (a handler that pops, e.g. to return from the function):
 /// below the stub's entry are its frame and this dispatcher's stack. A handler that lowers the
 /// stack pointer on a jump-optimized probe sees its RIP change honoured and its stack pointer
@@ -263,16 +270,25 @@ pub(crate) extern "C" fn post_dispatch(regs: *mut Regs, entry_sp: u64) {
 /// # Safety
 /// `regs` is the stub's frame, `entry_sp` its stack pointer at entry, `rsp` the stack pointer
 /// at the probe.
-unsafe fn resume(regs: &mut Regs, entry_sp: u64, detour: Addr, target: u64, normal: u64, rsp: u64) {
-    let to = if target == normal && regs.rsp == rsp {
+unsafe fn resume(regs: &mut Regs, entry_sp: u64, detour: Addr, target: u64, normal: u64, rsp: u64, held: Option<u64>) {
+    let to = if target == normal && regs.rsp == rsp && held.is_none() {
         entry_sp
     } else {
         let to = regs.rsp.max(rsp) - STUB_TO_RSP;
+        let next = match held {
+            None => detour.offset(DETOUR_REDIRECT),
+            Some(mask) => {
+                // SAFETY: the word two below `to`, at or above the stub's push of `rbx` (read
+                // already): above the frame `regs`, below the program's stack.
+                unsafe { std::ptr::write((to + 8 - signals_released::MASK_BELOW) as *mut u64, mask) };
+                signals_released::address()
+            }
+        };
         // SAFETY: `to` is at or above `entry_sp` and its two words below the red zone of the
         // stack pointer the handler chose: stack the program does not use (at `entry_sp`, the
         // stub's return address and the detour's redirect slot, which it reads no more).
         unsafe {
-            std::ptr::write(to as *mut u64, detour.offset(DETOUR_REDIRECT).0);
+            std::ptr::write(to as *mut u64, next.0);
             std::ptr::write((to + 8) as *mut u64, target);
         }
         to

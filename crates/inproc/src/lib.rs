@@ -83,6 +83,7 @@ mod safepoint;
 mod saved;
 mod signal_frame;
 mod signals;
+mod signals_released;
 mod site_map;
 mod slots;
 mod spawn_children;
