@@ -2,7 +2,7 @@
 //! The program checks its own sums and its children's exit statuses (exit 0: all right).
 mod common;
 
-use common::{family, hits, trace};
+use common::{family, hits, not_seen, returns, trace};
 
 #[test]
 fn system_posix_spawn_and_vfork_keep_every_call_counted() {
@@ -12,6 +12,23 @@ fn system_posix_spawn_and_vfork_keep_every_call_counted() {
         // A vfork child calls work once more, in the program's memory.
         let children = if mode == "vfork" { calls } else { 0 };
         assert_eq!(hits(&out, "work"), calls + children, "{mode}\n{out}");
+    }
+}
+
+/// A `posix_spawn` child runs in the program's memory until its `exec`: its `execve` never
+/// returns, and the next child's calls, made on the same words of a stack at the same place,
+/// are not that call's return (the agent once returned it at the next child's `sigaction`).
+#[test]
+fn an_execve_entered_in_a_spawned_child_never_returns() {
+    for engine in ["agent", "ptrace"] {
+        let probe = "libc:execve%return";
+        let (code, out) = trace(
+            &format!("spawn-execve-{engine}"),
+            &["--engine", engine, "--count", probe, "--", family(), "spawn", "4"],
+        );
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let figures = (hits(&out, probe), returns(&out, probe), not_seen(&out, probe));
+        assert_eq!(figures, (4, 0, 4), "{engine}: four calls, none returned\n{out}");
     }
 }
 

@@ -430,22 +430,38 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
 /// itself and moves the thread to the caller (dprobe's guard on `sigaction`,
 /// `handler_masks.rs`): the function's activation at `regs.rsp` (where its return address
 /// lies, as at an exit) returns as at an exit, with the registers set for it. Called before
-/// the handler moves `rip` and `rsp`.
+/// the handler moves `rip` and `rsp`, while `rip` is the function's entry.
+///
+/// An activation of another function on that word is stale, as at any entry (its frame is
+/// gone: a `posix_spawn` child's `execve` entered there, and the next child, on a stack at the
+/// same place, calls this function there), and is dropped as abandoned, not returned.
 pub(crate) fn returned_without_exit(regs: &mut Regs) {
     let state = thread_state::existing();
     let Some(stack) = state.and_then(thread_state::exit_stack) else { return };
     if stack.depth() == 0 {
         return;
     }
-    let sp = regs.rsp;
+    let (sp, entry) = (regs.rsp, regs.rip);
     let mut stacks = OwnStacks::at_trap(state);
-    jump::read_published(state, registry(), |probes| {
-        let mut pending = Pending { stack, probes };
-        if let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) {
-            returns_now(state, stack, i, regs, probes);
-        }
+    jump::read_published(state, watched(), |all| {
+        // Watched by its first byte; the probe may follow an `endbr64`.
+        let this_function =
+            |id: u64| all.iter().any(|(f, p)| p.id == id && (*f == entry || f.wrapping_add(ENDBR64_LEN) == entry));
+        jump::read_published(state, registry(), |probes| {
+            let mut pending = Pending { stack, probes };
+            let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
+            let act = stack.act(i);
+            if (0..act.n.get() as usize).any(|k| this_function(u64::from(act.probes[k].get()))) {
+                returns_now(state, stack, i, regs, probes);
+            } else {
+                pairing::enter(&mut pending, sp, &mut |a| stacks.stack_of(a));
+            }
+        })
     })
 }
+
+/// The length of `endbr64`, which a function's probe may follow.
+const ENDBR64_LEN: u64 = 4;
 
 /// Activation `i` returns by an exit instruction with registers `regs`, whose stack pointer
 /// holds the return address: its return handlers run.
