@@ -166,7 +166,7 @@ fn a_thread_blocked_in_a_system_call_by_a_handler_that_interrupted_the_window_ke
     const AFTER: u64 = 10_000;
     // Until parked and released, calls that may be interrupted between endbr64 and push.
     let (worker, tid) = call_park_until(&PARKED, AFTER);
-    signal_until_parked(&worker, libc::SIGUSR2, &PARKED);
+    signal_until_parked(&worker, tid, a.0 + 4, libc::SIGUSR2, &PARKED);
     wait_blocked_in(tid, &[libc::SYS_read]);
     let p = register(Kprobe::addr(a).pre(|_| {
         HITS.fetch_add(1, Relaxed);

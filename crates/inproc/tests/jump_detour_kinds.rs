@@ -20,8 +20,8 @@ fn post_handlers_that_come_and_go_take_back_the_detour_a_parked_thread_is_in() {
     let plain = detour_of(a);
     park_in(plain..plain + DETOUR_BYTES);
     const AFTER: u64 = 1_000;
-    let (worker, _) = call_park_until(&RELEASE, AFTER);
-    signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
+    let (worker, tid) = call_park_until(&RELEASE, AFTER);
+    signal_until_parked(&worker, tid, plain + dprobe_arch::DETOUR_ENTRY, libc::SIGUSR1, &PARKED);
 
     // While the thread is parked in the plain detour, a post-handler comes and goes twice.
     let mut with_post = None;

@@ -41,8 +41,8 @@ fn a_detour_is_reused_only_after_the_thread_parked_inside_it_has_left_and_a_prob
     let detour_a = detour_of(a);
     park_in(detour_a..detour_a + DETOUR_BYTES);
     const AFTER: u64 = 1_000;
-    let (worker, _) = call_park_until(&RELEASE, AFTER);
-    signal_until_parked(&worker, libc::SIGUSR1, &PARKED);
+    let (worker, tid) = call_park_until(&RELEASE, AFTER);
+    signal_until_parked(&worker, tid, detour_a + dprobe_arch::DETOUR_ENTRY, libc::SIGUSR1, &PARKED);
 
     // The probe goes while the thread is parked in its detour.
     let stats = pa.unregister().unwrap();
