@@ -35,6 +35,55 @@ fn a_started_programs_first_open_gets_the_number_it_gets_untraced() {
     }
 }
 
+const OPENER: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(void) {
+    int s = 0, n = 0;
+    for (int i = 0; i < 10; i++) s += work(i);
+    while (open("/dev/null", O_RDONLY) >= 0) n++;
+    printf("opened %d, sum %d\n", n, s);
+    return 0;
+}
+"#;
+
+/// `cmd` run with 256 open files at most, its hard limit 4,096: room above the soft limit.
+fn with_few_files(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child before `exec` and makes one system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 256, rlim_max: 4096 };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    }
+}
+
+/// A program that opens files until it may open no more (`EMFILE`) opens as many traced as
+/// untraced: where its hard limit leaves room above its soft one, dprobe's descriptors go there.
+#[test]
+fn a_program_opens_as_many_files_traced_as_untraced() {
+    let program = common::c_program_from("opener", OPENER, &["-O1"]);
+    let untraced = with_few_files(Command::new(program).stdin(Stdio::null())).output().unwrap();
+    let untraced = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    assert!(untraced.ends_with(", sum 90\n"), "{untraced}");
+    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
+    for engine in ["ptrace", "agent"] {
+        let mut dprobe = Command::new(env!("CARGO_BIN_EXE_dprobe"));
+        dprobe.args(["trace", "--engine", engine, "-c", &probe, "--", program]).stdin(Stdio::null());
+        let traced = with_few_files(&mut dprobe).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&traced.stdout), String::from_utf8_lossy(&traced.stderr));
+        let what = format!("{engine}\n{stdout}\n{stderr}");
+        assert_eq!(traced.status.code(), Some(0), "{what}");
+        assert_eq!(stdout.lines().next(), untraced.lines().next(), "{what}");
+        assert_eq!(common::hits(&stderr, &probe), 10, "{what}");
+    }
+}
+
 const CLOSER: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>

@@ -41,7 +41,7 @@ mod stats;
 mod table;
 
 pub use comm::ThreadNames;
-pub use descriptors::high_descriptor_floor;
+pub use descriptors::{high_descriptor_floor, raised_soft_limit};
 pub use dprobe_arch::{Addr, Regs};
 pub use engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest};
 pub use error::ProbeError;

@@ -7,8 +7,9 @@
 //! untraced, a shell script's `exec 3<file` replaces whatever is at 3, a daemon closes every
 //! descriptor it inherited (`close_range(3, ~0U)`) and opens its own files, which then get
 //! the numbers dprobe's had. So dprobe's long-lived descriptors (the engine's
-//! `/proc/self/mem`, the agent's connection and notification pipe) are moved to numbers near
-//! the top of the usual 1,024 ([`keep_high`]), and each is known by its file's identity
+//! `/proc/self/mem`, the agent's connection and notification pipe) are moved above the soft
+//! limit on open files where the hard limit leaves room, else to numbers near the top of the
+//! usual 1,024 ([`keep_high`]), and each is known by its file's identity
 //! (device and inode, [`FileId`]): before dprobe writes through one, it checks that the number
 //! still names the file it opened. A number the program closed, or closed and opened again
 //! for one of its own files, is left alone (closing it would close the program's file;
@@ -76,9 +77,8 @@ impl Default for AtomicFileId {
     }
 }
 
-/// The lowest number for dprobe's descriptors, from the soft limit on open files (see
-/// [`dprobe_core::high_descriptor_floor`]).
-fn floor() -> u64 {
+/// The soft and hard limits on open files (`u64::MAX` for a limit that cannot be read).
+fn limits() -> (u64, u64) {
     let mut limit = libc::rlimit64 { rlim_cur: u64::MAX, rlim_max: u64::MAX };
     // SAFETY: prlimit64 of this process, reading only: it writes the `rlimit64` it is given.
     let rc = unsafe {
@@ -87,22 +87,62 @@ fn floor() -> u64 {
             [0, libc::RLIMIT_NOFILE as u64, 0, &mut limit as *mut libc::rlimit64 as u64, 0, 0],
         )
     };
-    dprobe_core::high_descriptor_floor(if rc == 0 { limit.rlim_cur } else { u64::MAX })
+    if rc == 0 {
+        (limit.rlim_cur, limit.rlim_max)
+    } else {
+        (u64::MAX, u64::MAX)
+    }
 }
 
-/// Move descriptor `fd` (dprobe's, closed at `exec`) up to the first free number from
-/// [`floor`], closing `fd`: the new number, or `fd` itself where none is free there.
+/// Set the soft limit on open files to `soft`, the hard one left at `hard`; whether it was.
+fn set_soft_limit(soft: u64, hard: u64) -> bool {
+    let limit = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: prlimit64 of this process: it reads the `rlimit64` it is given.
+    let rc = unsafe {
+        raw_syscall6(
+            libc::SYS_prlimit64,
+            [0, libc::RLIMIT_NOFILE as u64, &limit as *const libc::rlimit64 as u64, 0, 0, 0],
+        )
+    };
+    rc == 0
+}
+
+/// Move descriptor `fd` (dprobe's, closed at `exec`) out of the program's way, closing `fd`:
+/// the new number, or `fd` itself where it cannot be moved.
+///
+/// Where the hard limit on open files leaves room ([`dprobe_core::raised_soft_limit`]), to
+/// the first free number at or above the soft limit, raised for the moment and put back:
+/// the program's own descriptors never reach those numbers, so it opens as many files as it
+/// does untraced. A program thread that changes the limit in that moment has its change
+/// undone. Elsewhere, to the first free number from [`dprobe_core::high_descriptor_floor`],
+/// under the soft limit.
 pub fn keep_high(fd: i32) -> i32 {
-    if fd < 0 || fd as u64 >= floor() {
+    let (soft, hard) = limits();
+    if fd < 0 || fd as u64 >= soft {
         return fd;
     }
-    // SAFETY: duplicates a descriptor of dprobe's; the kernel checks the rest.
-    let high = unsafe { raw_syscall6(libc::SYS_fcntl, [fd as u64, libc::F_DUPFD_CLOEXEC as u64, floor(), 0, 0, 0]) };
+    let floor = dprobe_core::high_descriptor_floor(soft);
+    let high = match dprobe_core::raised_soft_limit(soft, hard) {
+        Some(raised) if set_soft_limit(raised, hard) => {
+            let high = duplicate_from(fd, soft);
+            set_soft_limit(soft, hard);
+            high
+        }
+        _ if fd as u64 >= floor => return fd,
+        _ => duplicate_from(fd, floor),
+    };
     if high < 0 {
         return fd;
     }
     close(fd);
     high as i32
+}
+
+/// A duplicate of `fd`, closed at `exec`, at the first free number from `from` (negative: the
+/// kernel's error).
+fn duplicate_from(fd: i32, from: u64) -> i64 {
+    // SAFETY: duplicates a descriptor of dprobe's; the kernel checks the rest.
+    unsafe { raw_syscall6(libc::SYS_fcntl, [fd as u64, libc::F_DUPFD_CLOEXEC as u64, from, 0, 0, 0]) }
 }
 
 /// Close descriptor `fd`, dprobe's own.
@@ -123,16 +163,26 @@ pub fn close_if_ours(fd: i32, id: FileId) {
 mod tests {
     use super::*;
 
+    /// Held by the tests that read or change the limits on open files (the process's own).
+    static LIMITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn open_null() -> i32 {
         // SAFETY: opens a file by a NUL-terminated path.
         unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
     }
 
     #[test]
-    fn a_descriptor_kept_high_is_above_the_floor_and_the_low_number_is_free_again() {
+    fn a_descriptor_kept_high_is_out_of_the_programs_way_and_the_low_number_is_free_again() {
+        let _limits = LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+        let (soft, hard) = limits();
         let low = open_null();
         let high = keep_high(low);
-        assert!(high as u64 >= floor() && high != low, "{low} -> {high}");
+        let from = match dprobe_core::raised_soft_limit(soft, hard) {
+            Some(_) => soft,
+            None => dprobe_core::high_descriptor_floor(soft),
+        };
+        assert!(high as u64 >= from && high != low, "{low} -> {high} (limits {soft}, {hard})");
+        assert_eq!(limits(), (soft, hard), "the limits put back");
         assert!(FileId::of(low).is_none(), "the low number was closed");
         assert!(FileId::of(high).is_some());
         // SAFETY: the descriptor's flags, read.
@@ -142,10 +192,14 @@ mod tests {
 
     #[test]
     fn a_number_the_program_reused_is_not_taken_for_dprobes_file() {
+        let _limits = LIMITS.lock().unwrap_or_else(|e| e.into_inner());
         let ours = keep_high(open_null());
         let id = FileId::of(ours).unwrap();
         assert!(id.is(ours));
-        // The program closes it and a file of its own gets the number.
+        // The program closes it and a file of its own gets the number (its soft limit raised
+        // first, where dprobe's number is above it).
+        let (soft, hard) = limits();
+        assert!(set_soft_limit(hard, hard));
         close(ours);
         assert!(!id.is(ours));
         // SAFETY: opens a file by a NUL-terminated path, duplicated onto the number.
@@ -153,6 +207,7 @@ mod tests {
         // SAFETY: dup2 of a descriptor this test owns.
         assert_eq!(unsafe { libc::dup2(programs, ours) }, ours);
         assert!(!id.is(ours));
+        assert!(set_soft_limit(soft, hard));
         close_if_ours(ours, id);
         assert!(FileId::of(ours).is_some(), "the program's file is left open");
         close(ours);

@@ -332,17 +332,30 @@ impl Injector {
         Ok(path)
     }
 
-    /// Move the process's descriptor `fd` (one of dprobe's) up near the top of its usual
-    /// descriptors, closing `fd`: the number the program's first `open` returns is the one it
-    /// returns untraced (see `dprobe_inproc::own_files`). The new number, or `fd` where the
-    /// process's C library cannot do it.
+    /// Move the process's descriptor `fd` (one of dprobe's) out of the program's way, as
+    /// `dprobe_inproc::own_files::keep_high` does inside it: above its soft limit on open files
+    /// (raised for the moment from here, and put back) where its hard limit leaves room, else
+    /// up near the top of its usual descriptors; closing `fd`. The program's first `open`
+    /// returns the number it returns untraced, and it opens as many files. The new number, or
+    /// `fd` where the process's C library cannot do it.
     fn keep_high(&mut self, functions: &Functions, fd: i32) -> Result<i32, LoadError> {
         let (Some(fcntl), Some(close)) = (functions.fcntl, functions.close) else { return Ok(fd) };
-        let floor = high_floor(self.pid);
-        if fd as u64 >= floor {
+        let (soft, hard) = open_files_limits(self.pid);
+        if fd as u64 >= soft {
             return Ok(fd);
         }
-        let high = self.call(fcntl, &[], &[fd as u64, libc::F_DUPFD_CLOEXEC as u64, floor])? as i32;
+        let floor = dprobe_core::high_descriptor_floor(soft);
+        let raised = dprobe_core::raised_soft_limit(soft, hard).filter(|&r| set_soft_limit(self.pid, r, hard));
+        let from = match raised {
+            Some(_) => soft,
+            None if fd as u64 >= floor => return Ok(fd),
+            None => floor,
+        };
+        let high = self.call(fcntl, &[], &[fd as u64, libc::F_DUPFD_CLOEXEC as u64, from]);
+        if raised.is_some() {
+            set_soft_limit(self.pid, soft, hard);
+        }
+        let high = high? as i32;
         if high < 0 {
             return Ok(fd);
         }
@@ -714,15 +727,21 @@ fn cpu_time(pid: i32, tid: i32) -> u64 {
     tick(11) + tick(12)
 }
 
-/// The lowest number for dprobe's descriptors in process `pid`, from its soft limit on open
-/// files (see [`dprobe_core::high_descriptor_floor`]).
-fn high_floor(pid: i32) -> u64 {
+/// Process `pid`'s soft and hard limits on open files (`u64::MAX` for one not known).
+fn open_files_limits(pid: i32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
-    let soft = limits
+    let values: Vec<u64> = limits
         .lines()
         .find_map(|l| l.strip_prefix("Max open files"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
-    dprobe_core::high_descriptor_floor(soft)
+        .map(|rest| rest.split_whitespace().take(2).map(|v| v.parse().unwrap_or(u64::MAX)).collect())
+        .unwrap_or_default();
+    (values.first().copied().unwrap_or(u64::MAX), values.get(1).copied().unwrap_or(u64::MAX))
+}
+
+/// Set process `pid`'s soft limit on open files to `soft`, its hard one left at `hard`;
+/// whether it was.
+fn set_soft_limit(pid: i32, soft: u64, hard: u64) -> bool {
+    let limit = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: prlimit64 reads the limit it is given and writes no old one.
+    unsafe { libc::prlimit64(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) == 0 }
 }
