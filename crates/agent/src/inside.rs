@@ -51,6 +51,8 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
         return -2;
     }
     FOLLOW_CHILDREN.store(false, Release);
+    static OWN_OBJECTS: std::sync::Once = std::sync::Once::new();
+    OWN_OBJECTS.call_once(crate::own_objects::note);
     let started = crate::agent_thread::start(STACK, move || {
         if set_agent_stack().is_err() {
             RUNNING.store(false, Release);
@@ -542,7 +544,7 @@ fn place(
         let k = k
             .entry_handler(move |regs, data| {
                 let _tool = dprobe_inproc::tool_work();
-                if on_agent_thread(regs.rsp) {
+                if dprobe_s_own(regs, true) {
                     return EntryAction::Skip;
                 }
                 on_entry.count(Counter::Hits);
@@ -619,12 +621,20 @@ pub(crate) fn new_hit(p: &PlaceProbe, shm: &Arc<Shm>) -> Arc<HitProbe> {
     Arc::new(HitProbe::new(p.index as usize, plan, p.events, p.stack, shm.clone()))
 }
 
+/// Whether a hit with registers `regs` (`at_entry`: at a function's first instruction) is a
+/// call of dprobe's own: made by the agent's thread, or by the agent's objects as the
+/// program exits (`own_objects.rs`).
+fn dprobe_s_own(regs: &Regs, at_entry: bool) -> bool {
+    on_agent_thread(regs.rsp) || crate::own_objects::called_at_exit(regs, at_entry)
+}
+
 /// The entry probe of `p`, its hits counted and sent by `hit`.
 pub(crate) fn entry_probe(p: &PlaceProbe, hit: Arc<HitProbe>) -> Kprobe {
+    let at_entry = p.offset == 0;
     named(p).pre(move |regs| {
         // What the handler calls (a probed `memset`) is dprobe's, not the program's.
         let _tool = dprobe_inproc::tool_work();
-        if !on_agent_thread(regs.rsp) {
+        if !dprobe_s_own(regs, at_entry) {
             hit.count(Counter::Hits);
             hit.event(regs, None, Side::Entry, None);
         }

@@ -28,6 +28,7 @@ mod hit;
 mod inside;
 mod masks;
 mod own_memory_functions;
+mod own_objects;
 pub mod record;
 mod semaphore;
 pub mod shm;

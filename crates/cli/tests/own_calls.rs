@@ -57,19 +57,21 @@ int main(void) {
 /// for the thread's end (the C library would free a record of the standard library's there,
 /// `agent_thread.rs`), and a thread's first hit finds its `errno` and records its state
 /// without a call that counts (`__errno_location`, `pthread_setspecific`), as the program's
-/// exit reads no clock.
+/// exit reads no clock; at the exit, the finalizers of the agent's library and of the
+/// `libgcc_s` it brought call `__cxa_finalize` uncounted (the program's own calls it once).
 #[test]
 fn a_started_program_is_counted_for_its_own_calls_alone() {
     let program = common::c_program_from("frees", FREES, &["-O2"]);
     let none = ["libc:__errno_location", "libc:pthread_setspecific", "libc:clock_gettime"];
     for engine in ["ptrace", "agent"] {
-        let mut args = vec!["--engine", engine, "-c", "libc:malloc", "libc:free"];
+        let mut args = vec!["--engine", engine, "-c", "libc:malloc", "libc:free", "libc:__cxa_finalize"];
         args.extend_from_slice(&none);
         args.extend_from_slice(&["--", program]);
         let t = common::trace_to_file(&format!("frees-{engine}"), &args);
         let what = t.what(engine);
         assert_eq!((t.code, t.stdout.as_str()), (Some(0), "done\n"), "{what}");
         assert_eq!((hits(&t.trace, "libc:malloc"), hits(&t.trace, "libc:free")), (1000, 1000), "{what}");
+        assert_eq!(hits(&t.trace, "libc:__cxa_finalize"), 1, "{what}");
         for probe in none {
             assert_eq!((hits(&t.trace, probe), common::missed(&t.trace, probe)), (0, 0), "{probe}: {what}");
         }
