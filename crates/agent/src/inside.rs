@@ -452,18 +452,18 @@ fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
 /// The returns still pending then never come (a call of the function that exits, or of a
 /// child's `execve` made on the program's memory): they count as not seen, as the other
 /// engines count them.
+/// The session thread's copies (every 20 ms) go on while the program exits: from then on they
+/// count the pending returns too, or the last copy would take them back.
 extern "C" fn copy_figures_at_exit() {
+    EXITING.store(true, SeqCst);
     LIVE.with(|live| {
         let Some(l) = live.as_ref() else { return };
         refresh(&l.placed, &l.shm);
-        for p in &l.placed {
-            if let Placed::Return { probe, index, .. } = p {
-                let abandoned = probe.stats().abandoned + follow::CARRIED[*index][2].load(Relaxed);
-                l.shm.set(*index, Counter::Abandoned, abandoned + probe.pending());
-            }
-        }
     });
 }
+
+/// Set as the program exits: the returns still pending count as not seen.
+static EXITING: AtomicBool = AtomicBool::new(false);
 
 #[used]
 #[link_section = ".fini_array"]
@@ -474,7 +474,11 @@ fn refresh(placed: &[Placed], shm: &Shm) {
     for p in placed {
         match p {
             Placed::Return { probe, index, .. } => {
-                set_return_figures(shm, *index, &probe.stats());
+                let mut stats = probe.stats();
+                if EXITING.load(SeqCst) {
+                    stats.abandoned += probe.pending();
+                }
+                set_return_figures(shm, *index, &stats);
             }
             Placed::Entry { probe, index, .. } => {
                 let s = probe.stats();
