@@ -70,6 +70,29 @@ fn as_left(sig: i32, handler: u64, mask: u64) -> bool {
         && LEFT[sig as usize][1].load(Relaxed) == mask & !UNBLOCKABLE
 }
 
+/// The program's signals whose handlers run with nothing more blocked (`SA_NODEFER`, a mask
+/// with none of the program's signals), as the guard saw them installed (bit N-1 for signal
+/// N): a frame of such a handler that has not returned shows no change of mask
+/// (`interrupted.rs`).
+static UNMASKED_HANDLERS: AtomicU64 = AtomicU64::new(0);
+
+/// Note `sig`'s action as installed: `handler`, the kernel's `flags` and `mask`.
+fn note_handler(sig: i32, handler: u64, flags: u64, mask: u64) {
+    let programs = !signals::dprobes_signals() & !UNBLOCKABLE;
+    let unmasked = !is_disposition(handler) && flags & libc::SA_NODEFER as u64 != 0 && mask & programs == 0;
+    match unmasked {
+        true => UNMASKED_HANDLERS.fetch_or(bit(sig), Relaxed),
+        false => UNMASKED_HANDLERS.fetch_and(!bit(sig), Relaxed),
+    };
+}
+
+/// Whether the program has a handler that runs with nothing more blocked (`SA_NODEFER` and a
+/// mask with none of its signals), as far as a guard has seen: its frames cannot be told from
+/// stale ones by the mask.
+pub(crate) fn unmasked_handlers() -> bool {
+    UNMASKED_HANDLERS.load(Relaxed) != 0
+}
+
 /// How many guards live: the masks are put back when the last goes, and a guard's scan of the
 /// installed actions does not run beside another's putting back.
 static GUARDS: Mutex<usize> = Mutex::new(0);
@@ -88,6 +111,9 @@ pub(crate) fn keeps_dprobes_handlers() -> bool {
 const _: () = assert!(std::mem::size_of::<libc::sigaction>() == SIGNAL_COPY_WORDS * 8);
 /// Word of the C library's `struct sigaction` that holds signals 1 to 64 of its mask.
 const MASK_WORD: usize = 1;
+/// Word of the C library's `struct sigaction` whose low half is `sa_flags`.
+const FLAGS_WORD: usize = 17;
+const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_flags) == FLAGS_WORD * 8);
 
 /// Place the probe on `sigaction` and take `SIGTRAP` out of the installed handlers' masks.
 pub(crate) fn open() -> Result<Probe, ProbeError> {
@@ -95,6 +121,9 @@ pub(crate) fn open() -> Result<Probe, ProbeError> {
     // The probe first: an action the program installs during the scan goes through it.
     let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap).after_others())?;
     for sig in handled_signals() {
+        if let Some([handler, flags, _, mask]) = swap_action(sig, None) {
+            note_handler(sig, handler, flags, mask);
+        }
         let without_trap = |[handler, _, _, mask]: KernelAction| {
             (mask & TRAP != 0).then_some(mask & !TRAP).filter(|_| !is_disposition(handler))
         };
@@ -121,6 +150,7 @@ pub(crate) fn close(probe: Probe) {
         change_mask(sig, |[handler, _, _, mask]| as_left(sig, handler, mask).then_some(mask | TRAP));
     }
     OPENED.store(0, Relaxed);
+    UNMASKED_HANDLERS.store(0, Relaxed);
 }
 
 fn bit(sig: i32) -> u64 {
@@ -220,6 +250,7 @@ fn action_without_trap(regs: &mut Regs) -> PreAction {
     }
     let Some(mut words) = read_words::<SIGNAL_COPY_WORDS>(act) else { return PreAction::Continue };
     let (handler, mask) = (words[0], words[MASK_WORD]);
+    note_handler(sig, handler, words[FLAGS_WORD] & 0xffff_ffff, mask);
     if is_disposition(handler) || mask & TRAP == 0 {
         return PreAction::Continue;
     }

@@ -123,8 +123,13 @@ pub(crate) fn by_running_program_handler(
 /// that has returned (or by dprobe's own traps at the same depth) show no such difference
 /// (the mask came back), unless the interrupted code blocked more since and none less. The
 /// signals of dprobe's own handlers do not count (the safepoint signal, blocked in dprobe's
-/// trap handler, where a frame of an earlier one may linger). Not seen: a handler installed
-/// with `SA_NODEFER` and an empty `sa_mask`. Nothing is looked at where no program handler
+/// trap handler, where a frame of an earlier one may linger). A handler installed with
+/// `SA_NODEFER` and an `sa_mask` that blocks none of the program's signals changes no mask:
+/// where the program has one (as dprobe's guard on `sigaction` saw it installed,
+/// `handler_masks.rs`), a frame whose mask is the mask now counts too, and a stale frame
+/// with it is taken for a running handler (a call of dprobe's own counted as the program's,
+/// missed, rather than the program's calls lost). Without the guard, such a handler's hits
+/// count nothing. Nothing is looked at where no program handler
 /// can run: while dprobe holds the program's asynchronous signals back (its code writer's
 /// stores, the hit path on a stack of dprobe's), or where the stack cannot be read (a
 /// handler that overflowed it). `alternate` is the thread's alternate stack `(base, size)`.
@@ -147,15 +152,20 @@ fn running_program_handler(
         return false;
     }
     let programs = !crate::signals::dprobes_signals();
+    let unmasked = crate::handler_masks::unmasked_handlers();
     let (mut blocked, mut mask) = (Some(blocked), None);
     // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
     // shown readable; the saved mask is read only where it lies below `to` too.
     let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
-    // A running handler's mask holds all of the mask it interrupted, and more.
+    // A running handler's mask holds all of the mask it interrupted, and more; or the same,
+    // where the program has handlers that block nothing more.
     let mut running = |at: u64| {
         let blocked = *mask.get_or_insert_with(|| blocked.take().map_or(0, |f| f()));
         let saved = (at + signal_frame::MASK_AT + 8 <= to).then(|| word(at + signal_frame::MASK_AT));
-        saved.is_some_and(|saved| blocked & !saved & programs != 0 && saved & !blocked & programs == 0)
+        saved.is_some_and(|saved| {
+            let (more, fewer) = (blocked & !saved & programs, saved & !blocked & programs);
+            fewer == 0 && (more != 0 || unmasked)
+        })
     };
     // SAFETY: as above, for every word of `from..to`.
     unsafe { signal_frame_in(from, to, mark, restorer, |at| state.own_frame_at(at) || !running(at)) }
