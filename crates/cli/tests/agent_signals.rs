@@ -55,8 +55,9 @@ fn calls_from_a_handler_that_blocks_nothing_are_counted() {
     // nearly every signal comes during a hit of step's, 1-4% are not, as for a handler that
     // blocks its signal; without the handler's mask told apart, about 70% were not), none
     // twice.
+    // (Signals sent while one is pending merge: on a loaded machine far fewer than sent run.)
     let on_signal = hits(&t.trace, "on_signal");
-    assert!(handled > 1000 && (handled * 95 / 100..=handled).contains(&on_signal), "{handled} handled\n{}", t.trace);
+    assert!(handled >= 100 && (handled * 95 / 100..=handled).contains(&on_signal), "{handled} handled\n{}", t.trace);
 }
 
 #[test]
