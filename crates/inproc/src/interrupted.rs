@@ -25,7 +25,7 @@
 //! is not looked at.
 //!
 //! Only words known to be the thread's stack are read: the run from the nested stack pointer
-//! up to the mark when both are on the same stack (at most [`SCAN_LIMIT`] bytes), or up to the
+//! up to the mark when both are on the same stack (its first [`SCAN_LIMIT`] bytes), or up to the
 //! top of the alternate stack when the program's handler runs there. The alternate stack is
 //! asked of the kernel directly (`sigaltstack` without the C library, which may be probed).
 //! Nothing here calls the C library. A program whose handlers return through another restorer
@@ -40,7 +40,10 @@ use crate::blocked;
 use crate::signal_frame::{self, RSP_AT};
 use crate::thread_state::ThreadState;
 
-/// How far below the mark a nested hit's stack is scanned: deeper is not dprobe's hit path.
+/// How far above a nested hit's stack pointer its stack is scanned: the signal frame of the
+/// handler it runs in is the innermost one, near it. Handlers nested in handlers (one installed
+/// with `SA_NODEFER`, its signal coming again and again on a loaded machine) put each level's
+/// hit path between the mark and the innermost frame: the mark may be much farther.
 pub(crate) const SCAN_LIMIT: u64 = 64 * 1024;
 
 /// The restorer the C library's `sigaction` installs (0: not known yet).
@@ -232,16 +235,16 @@ fn scan_range(rsp: u64, mark: u64, alternate: Option<(u64, u64, bool)>) -> Optio
             // Both on the alternate stack: one stack, up to the mark. Otherwise the nested
             // code was moved there by a signal: its frame is at the top.
             let to = if on_it(mark) { mark } else { top };
-            (from < to && to - from <= SCAN_LIMIT).then_some((from, to))
+            (from < to).then_some((from, to.min(from.saturating_add(SCAN_LIMIT))))
         }
         // Not on the alternate stack: the nested code runs on the stack the hit path began on.
-        Some((_, _, false)) => (from < mark && mark - from <= SCAN_LIMIT).then_some((from, mark)),
+        Some((_, _, false)) => (from < mark).then_some((from, mark.min(from.saturating_add(SCAN_LIMIT)))),
         None => None,
     }
 }
 
 /// Whether `from..to` holds a signal frame returning through `restorer` whose interrupted
-/// stack pointer is at or below `mark` (within [`SCAN_LIMIT`]), other than dprobe's `own`.
+/// stack pointer is at or below `mark`, other than dprobe's `own`.
 ///
 /// # Safety
 /// Every 8-byte word in `from..to` must be readable; `from` is 8-aligned.
@@ -252,7 +255,7 @@ unsafe fn signal_frame_in(from: u64, to: u64, mark: u64, restorer: u64, mut own:
     while at + signal_frame::READ_BYTES <= to {
         if signal_frame::starts_at(at, restorer, word) {
             let interrupted = word(at + RSP_AT);
-            if interrupted <= mark && mark - interrupted <= SCAN_LIMIT && !own(at) {
+            if interrupted <= mark && !own(at) {
                 return true;
             }
         }
@@ -280,7 +283,12 @@ mod tests {
         // On the thread's stack: up to the mark, never past SCAN_LIMIT or above the mark.
         assert_eq!(scan_range(0x7000_0003, 0x7000_1000, Some((0, 0, false))), Some((0x7000_0008, 0x7000_1000)));
         assert!(none(0x7000_2000, 0x7000_1000, Some((0, 0, false))));
-        assert!(none(0x7000_0000, 0x7000_0000 + SCAN_LIMIT + 8, Some((0, 0, false))));
+        let far = 0x7000_0000 + 4 * SCAN_LIMIT;
+        assert_eq!(
+            scan_range(0x7000_0000, far, Some((0, 0, false))),
+            Some((0x7000_0000, 0x7000_0000 + SCAN_LIMIT)),
+            "a mark far above (handlers nested in handlers): the nearest SCAN_LIMIT bytes"
+        );
         assert!(none(0x7000_0000, 0x7000_1000, None), "the alternate stack unknown: nothing read");
         // On the alternate stack, the mark elsewhere: up to the alternate stack's top.
         let alt = Some((0x1000_0000, 0x8000, true));
