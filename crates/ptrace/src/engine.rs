@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use crate::error::{Stopped, TraceError};
 use crate::probes::{Hit, HitKind, ProbeDef};
+use crate::program_view::ProgramView;
 use crate::tick::Tick;
 use crate::tracee::Tracee;
 
@@ -200,7 +201,8 @@ impl PtraceEngine {
                 errno_addr: errno_offset.map(|o| hit.fs_base.wrapping_add(o)),
                 file_base: hit.file_base,
             };
-            plan.evaluate(&cx, hit.memory, &mut values);
+            let mut as_the_program_sees_it = ProgramView { pid: hit.pid, fallback: &mut *hit.memory };
+            plan.evaluate(&cx, &mut as_the_program_sees_it, &mut values);
             let mut user_stack = Vec::new();
             if let Some(want) = s.stacks.filter(|w| w.user) {
                 let pid = hit.pid as u32;

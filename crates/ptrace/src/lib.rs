@@ -42,6 +42,7 @@ mod let_go;
 mod library;
 mod loader;
 mod probes;
+mod program_view;
 mod rearm;
 mod remote_elf;
 mod returns;
