@@ -455,15 +455,12 @@ fn send_fd(sock: &UnixStream, fd: i32) -> io::Result<()> {
 /// The session thread's copies (every 20 ms) go on while the program exits: from then on they
 /// count the pending returns too, or the last copy would take them back.
 extern "C" fn copy_figures_at_exit() {
-    EXITING.store(true, SeqCst);
+    crate::own_objects::mark_the_exit();
     LIVE.with(|live| {
         let Some(l) = live.as_ref() else { return };
         refresh(&l.placed, &l.shm);
     });
 }
-
-/// Set as the program exits: the returns still pending count as not seen.
-static EXITING: AtomicBool = AtomicBool::new(false);
 
 #[used]
 #[link_section = ".fini_array"]
@@ -475,7 +472,8 @@ fn refresh(placed: &[Placed], shm: &Shm) {
         match p {
             Placed::Return { probe, index, .. } => {
                 let mut stats = probe.stats();
-                if EXITING.load(SeqCst) {
+                // As the program exits, the returns still pending count as not seen.
+                if crate::own_objects::exiting() {
                     stats.abandoned += probe.pending();
                 }
                 set_return_figures(shm, *index, &stats);

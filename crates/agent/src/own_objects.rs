@@ -28,15 +28,22 @@ const MOST: usize = 4;
 /// The code of each object noted, `[start, end)`; unused entries are empty.
 static CODE: [[AtomicU64; 2]; MOST] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MOST];
 
-/// Set by the agent's finalizer: the program is exiting.
+/// Set by the agent's finalizers: the program is exiting.
 static EXITING: AtomicBool = AtomicBool::new(false);
 
 #[used]
 #[link_section = ".fini_array"]
 static MARK_THE_EXIT: extern "C" fn() = mark_the_exit;
 
-extern "C" fn mark_the_exit() {
+/// Note that the program is exiting (the C library runs the finalizers). Every finalizer of
+/// the agent's that depends on it calls it first: their order among themselves is the link's.
+pub(crate) extern "C" fn mark_the_exit() {
     EXITING.store(true, Relaxed);
+}
+
+/// Whether the program is exiting.
+pub(crate) fn exiting() -> bool {
+    EXITING.load(Relaxed)
 }
 
 /// Note the code of the agent's library and of the objects loaded after it (by the `dlopen`
@@ -54,6 +61,11 @@ struct Found {
     seen_agent: bool,
 }
 
+/// `dl_iterate_phdr`'s callback for [`note`].
+///
+/// # Safety
+/// `info` is the C library's description of one loaded object, valid for the call; `data` is
+/// the `Found` that `note` passed.
 unsafe extern "C" fn each_object(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `data` is the `Found` of `note`; `info` is the C library's, valid for this call.
     let (found, info) = unsafe { (&mut *data.cast::<Found>(), &*info) };
@@ -78,7 +90,7 @@ unsafe extern "C" fn each_object(info: *mut libc::dl_phdr_info, _size: usize, da
 /// Whether a hit with registers `regs` at a function's entry (`at_entry`: its return address
 /// at the stack pointer) is a call the agent's objects make as the program exits.
 pub(crate) fn called_at_exit(regs: &Regs, at_entry: bool) -> bool {
-    if !at_entry || !EXITING.load(Relaxed) {
+    if !at_entry || !exiting() {
         return false;
     }
     // SAFETY: at a function's first instruction the stack pointer points at the return

@@ -121,10 +121,8 @@ pub(crate) fn open() -> Result<Probe, ProbeError> {
     // The probe first: an action the program installs during the scan goes through it.
     let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap).after_others())?;
     for sig in handled_signals() {
-        if let Some([handler, flags, _, mask]) = swap_action(sig, None) {
+        let without_trap = |[handler, flags, _, mask]: KernelAction| {
             note_handler(sig, handler, flags, mask);
-        }
-        let without_trap = |[handler, _, _, mask]: KernelAction| {
             (mask & TRAP != 0).then_some(mask & !TRAP).filter(|_| !is_disposition(handler))
         };
         if let Some([handler, _, _, mask]) = change_mask(sig, without_trap) {
