@@ -66,6 +66,13 @@ pub struct HandlerFault {
 pub trait HandlerCall {
     /// Run `f`; `Err` when it faulted and the engine abandoned it.
     fn call(&mut self, f: impl FnMut()) -> Result<(), HandlerFault>;
+
+    /// The calling thread, for the probes' hit counts ([`ProbeCounters::hit_by`]): a word no
+    /// other live thread's caller gives, whose hits of one site never nest in `run_pre`; 0
+    /// (the default) where there is none.
+    fn thread(&self) -> u64 {
+        0
+    }
 }
 
 /// Calls handlers directly (no fault recovery).
@@ -124,8 +131,9 @@ impl<A> Site<A> {
     /// disabled. Allocates nothing unless a handler panics.
     pub fn run_pre<C: HandlerCall>(&self, regs: &mut Regs, caller: &mut C) -> PreOutcome {
         let mut post = false;
+        let thread = caller.thread();
         for p in self.probes.iter().filter(|p| p.stats.is_enabled()) {
-            p.stats.hit();
+            p.stats.hit_by(thread);
             post |= p.post.is_some();
             let Some(pre) = &p.pre else { continue };
             let mut action = PreAction::Continue;

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use dprobe_arch::Addr;
 
+use crate::HitCount;
+
 /// Counters and the enabled flag of one probe. Shared between the handle the user holds and
 /// the site the trap handler reads.
 #[derive(Debug)]
 pub struct ProbeCounters {
-    hits: AtomicU64,
+    hits: HitCount,
     nmissed: AtomicU64,
     handler_panics: AtomicU64,
     handler_faults: AtomicU64,
@@ -21,7 +23,7 @@ impl ProbeCounters {
     /// Fresh counters; `enabled` as given.
     pub fn new(enabled: bool) -> Self {
         ProbeCounters {
-            hits: AtomicU64::new(0),
+            hits: HitCount::default(),
             nmissed: AtomicU64::new(0),
             handler_panics: AtomicU64::new(0),
             handler_faults: AtomicU64::new(0),
@@ -44,7 +46,14 @@ impl ProbeCounters {
     /// Count a hit.
     #[inline]
     pub fn hit(&self) {
-        self.hits.fetch_add(1, Relaxed);
+        self.hits.add();
+    }
+
+    /// Count a hit of `thread` ([`HitCount::add_by`]): without a locked instruction for the
+    /// thread that counts most.
+    #[inline]
+    pub fn hit_by(&self, thread: u64) {
+        self.hits.add_by(thread);
     }
 
     /// Count a missed hit.
@@ -70,7 +79,7 @@ impl ProbeCounters {
     /// Current values, as every engine reports them (`nmissed` is [`Stats::reentered`]).
     pub fn snapshot(&self) -> Stats {
         Stats {
-            hits: self.hits.load(Relaxed),
+            hits: self.hits.get(),
             reentered: self.nmissed.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_faults: self.handler_faults.load(Relaxed),

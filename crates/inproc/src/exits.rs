@@ -296,7 +296,7 @@ fn on_entry(function: u64, regs: &mut Regs) {
         let mine = all[first..].iter().take_while(|(f, _)| *f == function).map(|(_, p)| p);
         let (Some(state), Some(stack)) = (state, stack) else {
             for p in mine {
-                p.entries.fetch_add(1, Relaxed);
+                p.entries.add();
                 p.nmissed.fetch_add(1, Relaxed);
             }
             return;
@@ -309,7 +309,8 @@ fn on_entry(function: u64, regs: &mut Regs) {
             let act = stack.acts.next_free();
             let mut n = 0;
             for p in mine {
-                p.entries.fetch_add(1, Relaxed);
+                // Inside handlers (the watched entry's pre-handler): never nested.
+                p.entries.add_by(state.count_word());
                 // An instance, where the thread has room for the call and it has room for one more.
                 let taken = act.filter(|_| n < PER_CALL).and_then(|act| Some((act, stack.take_instance(p, tid)?)));
                 let Some((act, slot)) = taken else {

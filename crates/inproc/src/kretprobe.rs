@@ -62,7 +62,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
 use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, ThreadStacks};
-use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
+use dprobe_core::{HitCount, Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
 use crate::chunked_stack::{self, stack_entry, ChunkedStack};
@@ -165,7 +165,7 @@ pub(crate) struct KretInner {
     pub(crate) entry: Option<EntryHandler>,
     handler: Option<ReturnHandler>,
     pool: Instances,
-    hits: AtomicU64,
+    hits: HitCount,
     pub(crate) nmissed: AtomicU64,
     pub(crate) stale: AtomicU64,
     unwound: AtomicU64,
@@ -173,7 +173,7 @@ pub(crate) struct KretInner {
     /// Set when the return handler panicked: it is not called again.
     handler_panicked: AtomicBool,
     /// Calls the entry saw, when the exits are watched (there is no entry probe of its own).
-    pub(crate) entries: AtomicU64,
+    pub(crate) entries: HitCount,
     /// Handler calls that panicked or faulted (the entry handler's too when the exits are
     /// watched).
     panics: AtomicU64,
@@ -215,7 +215,8 @@ impl KretInner {
     /// address): count it and run the return handler (the caller marks the thread as inside
     /// handlers). Returns whether the handler ran to its end; `regs` holds what it changed.
     pub(crate) fn returned(&self, state: Option<&ThreadState>, regs: &mut Regs, data: &InstanceData) -> bool {
-        self.hits.fetch_add(1, Relaxed);
+        // Inside handlers (the caller's mark): the thread's returns never nest here.
+        self.hits.add_by(state.map_or(0, ThreadState::count_word));
         let Some(handler) = self.handler.as_ref().filter(|_| !self.handler_panicked.load(Relaxed)) else {
             return false;
         };
@@ -838,13 +839,13 @@ pub fn register_kretprobe(probe: Kretprobe) -> Result<ReturnProbe, ProbeError> {
         entry: probe.entry,
         handler: probe.handler,
         pool: Instances::new(probe.maxactive),
-        hits: AtomicU64::new(0),
+        hits: HitCount::default(),
         nmissed: AtomicU64::new(0),
         stale: AtomicU64::new(0),
         unwound: AtomicU64::new(0),
         last_dead_thread_scan: AtomicU64::new(0),
         handler_panicked: AtomicBool::new(false),
-        entries: AtomicU64::new(0),
+        entries: HitCount::default(),
         panics: AtomicU64::new(0),
         faults: AtomicU64::new(0),
     });
@@ -940,7 +941,7 @@ impl ReturnProbe {
         // The finished calls are read before the entries: each call was entered before it
         // finished, so, while threads run on, the figures never show more calls finished than
         // entered (x86-64 does not reorder loads with other loads).
-        let returns = self.inner.hits.load(Relaxed);
+        let returns = self.inner.hits.get();
         let missed = self.inner.nmissed.load(Relaxed);
         let abandoned = self.inner.stale.load(Relaxed) + self.inner.unwound.load(Relaxed);
         let entry = match &self.how {
@@ -948,7 +949,7 @@ impl ReturnProbe {
             Watching::Exits(w) => {
                 let shared = w.as_ref().map_or_else(|| self.final_entry.clone(), exits::Watched::entry_stats);
                 Stats {
-                    hits: self.inner.entries.load(Relaxed),
+                    hits: self.inner.entries.get(),
                     handler_panics: shared.handler_panics + self.inner.panics.load(Relaxed),
                     handler_faults: shared.handler_faults + self.inner.faults.load(Relaxed),
                     ..shared

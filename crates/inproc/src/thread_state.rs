@@ -129,6 +129,12 @@ impl ThreadState {
         self.signal_copies.iter().any(|copy| copy.as_ptr() as u64 == addr)
     }
 
+    /// The thread's word for counts added on its hit paths (`dprobe_core::HitCount`): the
+    /// entry's address, which no other live thread has.
+    pub(crate) fn count_word(&self) -> u64 {
+        self as *const Self as u64
+    }
+
     /// The thread's id: asked of the kernel once per entry's owner.
     pub(crate) fn tid(&self) -> u32 {
         if self.tid.get() == 0 {

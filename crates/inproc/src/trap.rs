@@ -685,6 +685,12 @@ impl HandlerCall for Guarded {
     fn call(&mut self, f: impl FnMut()) -> Result<(), HandlerFault> {
         guard::call_guarded_in(self.0, f)
     }
+
+    /// A hit of the thread inside `run_pre` finds `in_handler` set and runs no handler
+    /// (`quiet`): its counts never nest.
+    fn thread(&self) -> u64 {
+        self.0.map_or(0, ThreadState::count_word)
+    }
 }
 
 fn code_byte(addr: Addr) -> u8 {
