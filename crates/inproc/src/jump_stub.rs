@@ -24,7 +24,10 @@
 //!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR). Where that state is
-//! x87, SSE and AVX alone and x87 is unused, without `XSAVE`: see `avx_state_call`. Elsewhere
+//! x87, SSE and AVX alone and x87 is unused, without `XSAVE`: see `avx_state_call`; with
+//! AVX-512 (and AMX) too, where x87, the upper halves of `zmm0`-`zmm15` and the tiles are
+//! unused: see `avx512_state_call` (and `x87_frame.rs`, which keeps dprobe's own traps from
+//! marking x87 in use). Elsewhere
 //! `XSAVE`/`XSAVEC` into a 64-byte aligned area below the frame, `XRSTOR` after the
 //! dispatcher, before the frame's `xmm0`-`xmm15` (which a handler may have changed) are
 //! written over the restored low halves: the legacy SSE moves leave the upper halves as
@@ -316,6 +319,88 @@ macro_rules! avx_state_call {
     };
 }
 
+/// The call of a whole-state stub on a CPU with AVX-512 (and AVX512BW: 64-bit mask registers)
+/// whose enabled state is x87, SSE, AVX, AVX-512 and AMX's tiles alone: the usual state kept
+/// without `XSAVEC`/`XRSTOR`, which cost about 69 ns a pair on the Intel Xeon of BENCHMARKS.md,
+/// where `XGETBV` with `ECX` = 1 costs about 5 ns. The C library's string functions leave the
+/// mask registers and `zmm16`-`zmm31` in use (their EVEX code needs no `vzeroupper`), so those
+/// are kept here, each only where in use:
+/// - x87, the upper halves of `zmm0`-`zmm15` (`ZMM_Hi256`) or a tile in use: the `XSAVE` call;
+/// - otherwise `MXCSR` is stored and loaded back and x87 put back in its initial state, as in
+///   `avx_state_call`, and so are the `ymm` upper halves (a `vzeroupper` after the dispatcher
+///   where AVX was not in use);
+/// - the mask registers (`k0`-`k7`), where in use, are stored and loaded back; where not, they
+///   were zero and are zeroed after the dispatcher (a handler's library calls use them);
+/// - the same for `zmm16`-`zmm31`, whole.
+///
+/// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`, the
+/// in-use bits at `[rsp + 264]`, `k0`-`k7` at `[rsp + 320]`, `zmm16`-`zmm31` at `[rsp + 384]`.
+macro_rules! avx512_state_call {
+    () => {
+        concat!(
+            "mov ecx, 1\n xgetbv\n test eax, 0x60041\n jnz 6f\n",
+            "sub rsp, 1408\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            "test al, 0x20\n jz 10f\n",
+            "kmovq [rsp + 320], k0\n kmovq [rsp + 328], k1\n kmovq [rsp + 336], k2\n kmovq [rsp + 344], k3\n",
+            "kmovq [rsp + 352], k4\n kmovq [rsp + 360], k5\n kmovq [rsp + 368], k6\n kmovq [rsp + 376], k7\n",
+            "10:\n test al, 0x80\n jz 11f\n",
+            "vmovdqu64 [rsp + 384], zmm16\n vmovdqu64 [rsp + 448], zmm17\n vmovdqu64 [rsp + 512], zmm18\n",
+            "vmovdqu64 [rsp + 576], zmm19\n vmovdqu64 [rsp + 640], zmm20\n vmovdqu64 [rsp + 704], zmm21\n",
+            "vmovdqu64 [rsp + 768], zmm22\n vmovdqu64 [rsp + 832], zmm23\n vmovdqu64 [rsp + 896], zmm24\n",
+            "vmovdqu64 [rsp + 960], zmm25\n vmovdqu64 [rsp + 1024], zmm26\n vmovdqu64 [rsp + 1088], zmm27\n",
+            "vmovdqu64 [rsp + 1152], zmm28\n vmovdqu64 [rsp + 1216], zmm29\n vmovdqu64 [rsp + 1280], zmm30\n",
+            "vmovdqu64 [rsp + 1344], zmm31\n",
+            "11:\n test al, 4\n jnz 4f\n",
+            "vzeroupper\n call {dispatch}\n",
+            x87_back!(),
+            avx512_back!(),
+            "ldmxcsr [rsp + 256]\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
+            "4:\n",
+            "vextractf128 [rsp + 128], ymm8, 1\n vextractf128 [rsp + 144], ymm9, 1\n",
+            uppers_store!(),
+            "vzeroupper\n call {dispatch}\n",
+            x87_back!(),
+            avx512_back!(),
+            "ldmxcsr [rsp + 256]\n",
+            uppers_restore!(),
+            "mov rsp, rbx\n jmp 7f\n",
+            "6:\n",
+            whole_state_call!(),
+            "5:\n",
+        )
+    };
+}
+
+/// The mask registers and `zmm16`-`zmm31` back as `avx512_state_call` found them: loaded where
+/// they were in use (the in-use bits at `[rsp + 264]`), zeroed where not.
+macro_rules! avx512_back {
+    () => {
+        concat!(
+            "mov rax, [rsp + 264]\n test al, 0x20\n jz 12f\n",
+            "kmovq k0, [rsp + 320]\n kmovq k1, [rsp + 328]\n kmovq k2, [rsp + 336]\n kmovq k3, [rsp + 344]\n",
+            "kmovq k4, [rsp + 352]\n kmovq k5, [rsp + 360]\n kmovq k6, [rsp + 368]\n kmovq k7, [rsp + 376]\n",
+            "jmp 13f\n 12:\n",
+            "kxorq k0, k0, k0\n kxorq k1, k1, k1\n kxorq k2, k2, k2\n kxorq k3, k3, k3\n",
+            "kxorq k4, k4, k4\n kxorq k5, k5, k5\n kxorq k6, k6, k6\n kxorq k7, k7, k7\n",
+            "13:\n test al, 0x80\n jz 14f\n",
+            "vmovdqu64 zmm16, [rsp + 384]\n vmovdqu64 zmm17, [rsp + 448]\n vmovdqu64 zmm18, [rsp + 512]\n",
+            "vmovdqu64 zmm19, [rsp + 576]\n vmovdqu64 zmm20, [rsp + 640]\n vmovdqu64 zmm21, [rsp + 704]\n",
+            "vmovdqu64 zmm22, [rsp + 768]\n vmovdqu64 zmm23, [rsp + 832]\n vmovdqu64 zmm24, [rsp + 896]\n",
+            "vmovdqu64 zmm25, [rsp + 960]\n vmovdqu64 zmm26, [rsp + 1024]\n vmovdqu64 zmm27, [rsp + 1088]\n",
+            "vmovdqu64 zmm28, [rsp + 1152]\n vmovdqu64 zmm29, [rsp + 1216]\n vmovdqu64 zmm30, [rsp + 1280]\n",
+            "vmovdqu64 zmm31, [rsp + 1344]\n",
+            "jmp 15f\n 14:\n",
+            "vpxord zmm16, zmm16, zmm16\n vpxord zmm17, zmm17, zmm17\n vpxord zmm18, zmm18, zmm18\n",
+            "vpxord zmm19, zmm19, zmm19\n vpxord zmm20, zmm20, zmm20\n vpxord zmm21, zmm21, zmm21\n",
+            "vpxord zmm22, zmm22, zmm22\n vpxord zmm23, zmm23, zmm23\n vpxord zmm24, zmm24, zmm24\n",
+            "vpxord zmm25, zmm25, zmm25\n vpxord zmm26, zmm26, zmm26\n vpxord zmm27, zmm27, zmm27\n",
+            "vpxord zmm28, zmm28, zmm28\n vpxord zmm29, zmm29, zmm29\n vpxord zmm30, zmm30, zmm30\n",
+            "vpxord zmm31, zmm31, zmm31\n",
+            "15:\n",
+        )
+    };
+}
+
 /// x87, in its initial state before the dispatcher, put back in it if the handlers left it in
 /// use (`XINUSE` bit 0).
 macro_rules! x87_back {
@@ -369,6 +454,8 @@ jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], by
 jump_stub!("__dprobe_jump_post_full", post_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
 jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
 jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
+jump_stub!("__dprobe_jump_entry_avx512_state", jump_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
+jump_stub!("__dprobe_jump_post_avx512_state", post_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
 jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [zmm_args_call!(),]);
@@ -381,6 +468,8 @@ extern "C" {
     fn __dprobe_jump_post_full();
     fn __dprobe_jump_entry_avx_state();
     fn __dprobe_jump_post_avx_state();
+    fn __dprobe_jump_entry_avx512_state();
+    fn __dprobe_jump_post_avx512_state();
     fn __dprobe_jump_entry_ymm();
     fn __dprobe_jump_post_ymm();
     fn __dprobe_jump_entry_zmm();
@@ -405,6 +494,9 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
         VectorState::Full if only_x87_sse_avx() => {
             (at(__dprobe_jump_entry_avx_state), at(__dprobe_jump_post_avx_state))
         }
+        VectorState::Full if avx512_state_only() => {
+            (at(__dprobe_jump_entry_avx512_state), at(__dprobe_jump_post_avx512_state))
+        }
         VectorState::Full => (at(__dprobe_jump_entry_full), at(__dprobe_jump_post_full)),
     }
 }
@@ -418,11 +510,33 @@ fn only_x87_sse_avx() -> bool {
     if !xsave_enabled() || __cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
         return false;
     }
+    xcr0() == 7
+}
+
+/// Whether `avx512_state_call` keeps what the kernel enabled: AVX-512 with 64-bit mask
+/// registers (AVX512BW), the CPU says which state is in use (CPUID leaf 0xD sub-leaf 1 `EAX`
+/// bit 2), and `XCR0` holds nothing beyond x87, SSE, AVX, the three AVX-512 components and
+/// AMX's two (another component, `PKRU` say, is kept by `XSAVE` alone).
+fn avx512_state_only() -> bool {
+    use std::arch::x86_64::__cpuid_count;
+    const KEPT: u64 = 0x7 | 0xe0 | 0x6_0000;
+    if !xsave_enabled()
+        || __cpuid_count(0xd, 1).eax & (1 << 2) == 0
+        || !std::arch::is_x86_feature_detected!("avx512f")
+        || !std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        return false;
+    }
+    xcr0() & !KEPT == 0 && xcr0() & 0xe0 == 0xe0
+}
+
+/// `XCR0`: the state components the kernel enabled. Only where `XSAVE` is enabled.
+fn xcr0() -> u64 {
     let (low, high): (u32, u32);
     // SAFETY: XGETBV with ECX = 0 reads XCR0, allowed in user mode wherever OSXSAVE is set
-    // (checked above); it touches no memory.
+    // (the callers check it); it touches no memory.
     unsafe { std::arch::asm!("xgetbv", in("ecx") 0, out("eax") low, out("edx") high, options(nomem, nostack)) };
-    (u64::from(high) << 32 | u64::from(low)) == 7
+    u64::from(high) << 32 | u64::from(low)
 }
 
 /// Whether the kernel enabled `XSAVE` (CPUID.1:ECX.OSXSAVE): `XGETBV` and CPUID leaf 0xD may

@@ -91,6 +91,7 @@ mod stack_mappings;
 mod sys;
 mod thread_state;
 mod trap;
+mod x87_frame;
 
 pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;

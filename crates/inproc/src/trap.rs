@@ -17,7 +17,7 @@ use crate::context::SignalContext;
 use crate::engine::Engine;
 use crate::signals::{chain, Redeliver};
 use crate::thread_state::{self, ThreadState};
-use crate::{guard, hit_stack, interrupted, sys};
+use crate::{guard, hit_stack, interrupted, sys, x87_frame};
 
 /// One of a thread's nesting counters, raised while the value lives (no counter: a thread
 /// without its state, which nothing marks).
@@ -258,7 +258,8 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
         Some(addr) => deliver_segv_now(Addr(addr), &mut ctx),
         // SAFETY: this is dprobe's SIGTRAP handler, called with the kernel's arguments.
         None if !handled => unsafe { chain(sig, info, uc, Redeliver::Raise) },
-        None => {}
+        // SAFETY: `uc` is this handler's context, as above.
+        None => unsafe { x87_frame::leave_initial_x87_unused(uc) },
     }
 }
 

@@ -1,0 +1,47 @@
+//! x87 left unused by dprobe's own traps.
+//!
+//! The kernel marks x87 (and SSE) as present in every signal frame's `XSAVE` header, whatever
+//! the thread did, so the `XRSTOR` of `rt_sigreturn` leaves x87 "in use" (`XGETBV` with `ECX`
+//! = 1, bit 0) on a thread that never ran an x87 instruction. A jump's whole-state stub keeps
+//! the state without `XSAVE` only where x87 is not in use (`avx512_state_call` in
+//! `jump_stub.rs`): one trap-path hit of a thread (a probe on `int3`) would put every later
+//! jump hit inside a function of that thread on the `XSAVE` path, about 70 ns slower.
+//!
+//! So, as dprobe's `SIGTRAP` handler returns from its own trap, an x87 state in the frame
+//! that is exactly the initial one (control word `0x37f`, status word 0, every register
+//! empty, no last instruction or operand) is marked absent in the frame's header: the
+//! `XRSTOR` then puts the same initial state back, and leaves it not in use.
+
+/// The kernel's `FP_XSTATE_MAGIC1`: the frame's floating-point state is `XSAVE`'s, with a
+/// header after the legacy area.
+const XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// Offsets in the legacy (`FXSAVE`) area: the kernel's software bytes, then the header.
+const SW_BYTES_AT: usize = 464;
+const HEADER_AT: usize = 512;
+
+/// Mark x87 absent in the signal frame of context `uc` where its state there is the
+/// initial one. Async-signal-safe.
+///
+/// # Safety
+/// `uc` is the context the kernel passed to the running signal handler.
+pub(crate) unsafe fn leave_initial_x87_unused(uc: *mut libc::c_void) {
+    // SAFETY: per the contract, `uc` is a live `ucontext_t`; its `fpregs` points into the same
+    // signal frame (or is null).
+    let fp = unsafe { (*(uc as *mut libc::ucontext_t)).uc_mcontext.fpregs } as *mut u8;
+    if fp.is_null() {
+        return;
+    }
+    // SAFETY: `fp` is the frame's legacy area (512 bytes, then the header where the magic
+    // says so), written by the kernel for this handler; nothing else uses it meanwhile.
+    unsafe {
+        let fx = &*(fp as *const libc::_libc_fpstate);
+        if (fp.add(SW_BYTES_AT) as *const u32).read() != XSTATE_MAGIC1 {
+            return;
+        }
+        let initial = fx.cwd == 0x37f && fx.swd == 0 && fx.ftw == 0 && fx.fop == 0 && fx.rip == 0 && fx.rdp == 0;
+        if initial {
+            let features = fp.add(HEADER_AT) as *mut u64;
+            features.write(features.read() & !1);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Jump-optimized probes inside functions on a CPU with AVX-512: the mask registers,
+//! `zmm16`-`zmm31` and the upper halves of `zmm0`-`zmm15`, live across the probe, survive a
+//! handler whose library calls change them, and those the program left zero stay zero, as
+//! across the trap path's signal frame (`avx512_state_call` in `jump_stub.rs`, or `XSAVE`).
+mod fixtures;
+use fixtures::{addr, call2, code};
+
+use dprobe_inproc::{register, Kprobe, PreAction};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+std::arch::global_asm!(
+    ".text",
+    // Keeps `a` in k1 and `b` in k7 across the probed `lea`: returns a + b + 0x1000 + a + b.
+    ".globl fxz_masks",
+    ".type fxz_masks,@function",
+    "fxz_masks:",
+    "kmovq k1, rdi",
+    "kmovq k7, rsi",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "kmovq rcx, k1",
+    "add rax, rcx",
+    "kmovq rcx, k7",
+    "add rax, rcx",
+    "ret",
+    ".size fxz_masks, . - fxz_masks",
+    // Keeps `a` in bits 448-511 of zmm31 and `b` in zmm16 across the probed `lea`: returns
+    // a + b + 0x1000 + a + b.
+    ".globl fxz_high_zmm",
+    ".type fxz_high_zmm,@function",
+    "fxz_high_zmm:",
+    "vmovq xmm17, rdi",
+    "vpbroadcastq zmm31, xmm17",
+    "vmovq xmm16, rsi",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "vextracti64x4 ymm17, zmm31, 1",
+    "vextracti32x4 xmm17, ymm17, 1",
+    "vpextrq rcx, xmm17, 1",
+    "add rax, rcx",
+    "vmovq rcx, xmm16",
+    "add rax, rcx",
+    "ret",
+    ".size fxz_high_zmm, . - fxz_high_zmm",
+    // Keeps `a` in bits 256-319 of zmm2 (the upper halves of zmm0-zmm15 in use): returns
+    // a + b + 0x1000 + a.
+    ".globl fxz_zmm_upper",
+    ".type fxz_zmm_upper,@function",
+    "fxz_zmm_upper:",
+    "vmovq xmm3, rdi",
+    "vinserti64x4 zmm2, zmm2, ymm3, 1",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "vextracti64x4 ymm3, zmm2, 1",
+    "vmovq rcx, xmm3",
+    "add rax, rcx",
+    "vzeroupper",
+    "ret",
+    ".size fxz_zmm_upper, . - fxz_zmm_upper",
+    // Zeroes k0-k7 and zmm16-zmm31, then, after the probed `lea`, ORs them all into rax's
+    // value: returns a + b + 0x1000 where they stayed zero.
+    ".globl fxz_zeroed",
+    ".type fxz_zeroed,@function",
+    "fxz_zeroed:",
+    "kxorq k0, k0, k0",
+    "kxorq k1, k1, k1",
+    "kxorq k2, k2, k2",
+    "kxorq k3, k3, k3",
+    "kxorq k4, k4, k4",
+    "kxorq k5, k5, k5",
+    "kxorq k6, k6, k6",
+    "kxorq k7, k7, k7",
+    "vpxord zmm16, zmm16, zmm16",
+    "vpxord zmm17, zmm17, zmm17",
+    "vpxord zmm18, zmm18, zmm18",
+    "vpxord zmm19, zmm19, zmm19",
+    "vpxord zmm20, zmm20, zmm20",
+    "vpxord zmm21, zmm21, zmm21",
+    "vpxord zmm22, zmm22, zmm22",
+    "vpxord zmm23, zmm23, zmm23",
+    "vpxord zmm24, zmm24, zmm24",
+    "vpxord zmm25, zmm25, zmm25",
+    "vpxord zmm26, zmm26, zmm26",
+    "vpxord zmm27, zmm27, zmm27",
+    "vpxord zmm28, zmm28, zmm28",
+    "vpxord zmm29, zmm29, zmm29",
+    "vpxord zmm30, zmm30, zmm30",
+    "vpxord zmm31, zmm31, zmm31",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "korq k0, k0, k1",
+    "korq k0, k0, k2",
+    "korq k0, k0, k3",
+    "korq k0, k0, k4",
+    "korq k0, k0, k5",
+    "korq k0, k0, k6",
+    "korq k0, k0, k7",
+    "kmovq rcx, k0",
+    "or rax, rcx",
+    "vporq zmm16, zmm16, zmm17",
+    "vporq zmm16, zmm16, zmm18",
+    "vporq zmm16, zmm16, zmm19",
+    "vporq zmm16, zmm16, zmm20",
+    "vporq zmm16, zmm16, zmm21",
+    "vporq zmm16, zmm16, zmm22",
+    "vporq zmm16, zmm16, zmm23",
+    "vporq zmm16, zmm16, zmm24",
+    "vporq zmm16, zmm16, zmm25",
+    "vporq zmm16, zmm16, zmm26",
+    "vporq zmm16, zmm16, zmm27",
+    "vporq zmm16, zmm16, zmm28",
+    "vporq zmm16, zmm16, zmm29",
+    "vporq zmm16, zmm16, zmm30",
+    "vporq zmm16, zmm16, zmm31",
+    "vptestmq k1, zmm16, zmm16",
+    "kmovq rcx, k1",
+    "or rax, rcx",
+    "ret",
+    ".size fxz_zeroed, . - fxz_zeroed",
+    // What a handler's library calls may do (the C library's EVEX string functions use the
+    // mask registers and zmm16-zmm31): every mask register and zmm16-zmm31 set to all ones,
+    // and the upper halves of zmm0-zmm15 dirtied.
+    ".globl fxz_dirty",
+    ".type fxz_dirty,@function",
+    "fxz_dirty:",
+    "kxnorq k0, k0, k0",
+    "kxnorq k1, k1, k1",
+    "kxnorq k2, k2, k2",
+    "kxnorq k3, k3, k3",
+    "kxnorq k4, k4, k4",
+    "kxnorq k5, k5, k5",
+    "kxnorq k6, k6, k6",
+    "kxnorq k7, k7, k7",
+    "vpternlogd zmm16, zmm16, zmm16, 0xff",
+    "vpternlogd zmm17, zmm17, zmm17, 0xff",
+    "vpternlogd zmm18, zmm18, zmm18, 0xff",
+    "vpternlogd zmm19, zmm19, zmm19, 0xff",
+    "vpternlogd zmm20, zmm20, zmm20, 0xff",
+    "vpternlogd zmm21, zmm21, zmm21, 0xff",
+    "vpternlogd zmm22, zmm22, zmm22, 0xff",
+    "vpternlogd zmm23, zmm23, zmm23, 0xff",
+    "vpternlogd zmm24, zmm24, zmm24, 0xff",
+    "vpternlogd zmm25, zmm25, zmm25, 0xff",
+    "vpternlogd zmm26, zmm26, zmm26, 0xff",
+    "vpternlogd zmm27, zmm27, zmm27, 0xff",
+    "vpternlogd zmm28, zmm28, zmm28, 0xff",
+    "vpternlogd zmm29, zmm29, zmm29, 0xff",
+    "vpternlogd zmm30, zmm30, zmm30, 0xff",
+    "vpternlogd zmm31, zmm31, zmm31, 0xff",
+    "vpternlogd zmm2, zmm2, zmm2, 0xff",
+    "vpternlogd zmm3, zmm3, zmm3, 0xff",
+    "vzeroupper",
+    "ret",
+    ".size fxz_dirty, . - fxz_dirty",
+);
+
+extern "C" {
+    fn fxz_masks(a: u64, b: u64) -> u64;
+    fn fxz_high_zmm(a: u64, b: u64) -> u64;
+    fn fxz_zmm_upper(a: u64, b: u64) -> u64;
+    fn fxz_zeroed(a: u64, b: u64) -> u64;
+    fn fxz_dirty();
+}
+
+fn avx512() -> bool {
+    let there = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+    if !there {
+        eprintln!("no AVX-512 (with AVX512BW) on this CPU: the case does not apply");
+    }
+    there
+}
+
+/// A jump-optimized probe on `f`'s `lea` (its first, inside the function) whose handler
+/// dirties the AVX-512 state (`fxz_dirty`); four threads call `f(a, b)` and check each result
+/// against `expected(a, b)`.
+fn survives(f: unsafe extern "C" fn(u64, u64) -> u64, expected: fn(u64, u64) -> u64) {
+    let lea = code(addr(f), 256).windows(3).position(|w| w == [0x48, 0x8d, 0x84]).expect("the lea");
+    assert!(lea > 0, "inside the function");
+    let at = addr(f).offset(lea as u64);
+    let hits = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let p = register(Kprobe::addr(at).pre(move |_| {
+        // SAFETY: the fixture only writes registers the calling convention lets a callee
+        // change (the mask registers, zmm16-zmm31, the upper halves of zmm2 and zmm3).
+        unsafe { fxz_dirty() };
+        counted.fetch_add(1, Relaxed);
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump");
+    const CALLS: u64 = 20_000;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..CALLS).map(|i| (t + 7, i + 3)).find(|&(a, b)| call2(f, a, b) != expected(a, b))
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), None, "a register live across the probe changed");
+    }
+    assert_eq!((hits.load(Relaxed), p.hits()), (4 * CALLS, 4 * CALLS));
+}
+
+#[test]
+fn mask_registers_live_across_the_probe_survive() {
+    if avx512() {
+        survives(fxz_masks, |a, b| 2 * (a + b) + 0x1000);
+    }
+}
+
+#[test]
+fn zmm16_to_zmm31_live_across_the_probe_survive_whole() {
+    if avx512() {
+        survives(fxz_high_zmm, |a, b| 2 * (a + b) + 0x1000);
+    }
+}
+
+#[test]
+fn the_upper_halves_of_zmm0_to_zmm15_live_across_the_probe_survive() {
+    if avx512() {
+        survives(fxz_zmm_upper, |a, b| 2 * a + b + 0x1000);
+    }
+}
+
+#[test]
+fn mask_registers_and_zmm16_to_zmm31_left_zero_stay_zero() {
+    if avx512() {
+        survives(fxz_zeroed, |a, b| a + b + 0x1000);
+    }
+}

@@ -1,0 +1,107 @@
+//! A trap leaves x87 as the program had it: a value on its stack and a changed control word
+//! survive a probe on `int3`, and an x87 the program never used is left unused (not marked
+//! in use by the trap's `sigreturn`, which would put later jump hits inside functions on the
+//! slower `XSAVE` path: `x87_frame.rs`).
+mod fixtures;
+use fixtures::addr;
+
+use dprobe_inproc::{register, Kprobe, PreAction};
+
+std::arch::global_asm!(
+    ".text",
+    // 1.0 on the x87 stack across the probed `lea`: returns its bits.
+    ".globl fxx_value",
+    ".type fxx_value,@function",
+    "fxx_value:",
+    "fld1",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "fstp qword ptr [rsp - 8]",
+    "mov rax, [rsp - 8]",
+    "ret",
+    ".size fxx_value, . - fxx_value",
+    // The control word 0x7f (single precision) across the probed `lea`: returns the control
+    // word then, and puts the caller's back.
+    ".globl fxx_control",
+    ".type fxx_control,@function",
+    "fxx_control:",
+    "fnstcw [rsp - 8]",
+    "mov word ptr [rsp - 16], 0x7f",
+    "fldcw [rsp - 16]",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "fnstcw [rsp - 16]",
+    "movzx eax, word ptr [rsp - 16]",
+    "fldcw [rsp - 8]",
+    "ret",
+    ".size fxx_control, . - fxx_control",
+    // No x87 at all.
+    ".globl fxx_none",
+    ".type fxx_none,@function",
+    "fxx_none:",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "ret",
+    ".size fxx_none, . - fxx_none",
+);
+
+extern "C" {
+    fn fxx_value(a: u64, b: u64) -> u64;
+    fn fxx_control(a: u64, b: u64) -> u64;
+    fn fxx_none(a: u64, b: u64) -> u64;
+}
+
+/// A probe on `int3` on `f`'s `lea` (`before` bytes in), whose handler does nothing.
+fn trap_probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64) -> dprobe_inproc::Probe {
+    let at = addr(f).offset(before);
+    assert_eq!(fixtures::code(at, 3), [0x48, 0x8d, 0x84], "the lea");
+    register(Kprobe::addr(at).pre(|_| PreAction::Continue).no_optimize()).unwrap()
+}
+
+/// Runs `f(1, 2)` on a thread of its own, `times` times; its results and the thread's x87
+/// in-use bit after (`None`: the CPU does not say).
+fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: usize) -> (Vec<u64>, Option<bool>) {
+    std::thread::spawn(move || {
+        // SAFETY: the fixtures only use registers and the red zone.
+        let results = (0..times).map(|_| unsafe { f(1, 2) }).collect();
+        (results, x87_in_use())
+    })
+    .join()
+    .unwrap()
+}
+
+/// Bit 0 of `XGETBV` with `ECX` = 1, where the CPU has it.
+fn x87_in_use() -> Option<bool> {
+    let osxsave = std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) != 0;
+    if !osxsave || std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
+        return None;
+    }
+    let low: u32;
+    // SAFETY: XGETBV with ECX = 1 is allowed where CPUID says so (checked above).
+    unsafe { std::arch::asm!("xgetbv", in("ecx") 1, out("eax") low, out("edx") _, options(nomem, nostack)) };
+    Some(low & 1 != 0)
+}
+
+#[test]
+fn a_value_on_the_x87_stack_survives_traps() {
+    let p = trap_probe(fxx_value, 2);
+    let (results, _) = on_a_fresh_thread(fxx_value, 1000);
+    assert!(results.iter().all(|&r| r == 1.0f64.to_bits()), "1.0 came back as {:#x?}", results.first());
+    assert_eq!(p.hits(), 1000);
+}
+
+#[test]
+fn a_changed_x87_control_word_survives_traps() {
+    let p = trap_probe(fxx_control, 4 + 7 + 4);
+    let (results, _) = on_a_fresh_thread(fxx_control, 1000);
+    assert!(results.iter().all(|&r| r == 0x7f), "the control word came back as {:#x?}", results.first());
+    assert_eq!(p.hits(), 1000);
+}
+
+#[test]
+fn x87_a_thread_never_used_is_left_unused_by_traps() {
+    let p = trap_probe(fxx_none, 0);
+    let (results, in_use) = on_a_fresh_thread(fxx_none, 100);
+    assert!(results.iter().all(|&r| r == 0x1003));
+    assert_eq!(p.hits(), 100);
+    if let Some(in_use) = in_use {
+        assert!(!in_use, "x87 marked in use after the traps");
+    }
+}
