@@ -335,6 +335,8 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         }
     }
     READERS.fetch_sub(1, SeqCst);
+    // SAFETY: `uc` is this handler's context, as above.
+    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
 }
 
 /// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,

@@ -1,16 +1,18 @@
-//! x87 left unused by dprobe's own traps.
+//! x87 left unused by dprobe's own signals.
 //!
 //! The kernel marks x87 (and SSE) as present in every signal frame's `XSAVE` header, whatever
 //! the thread did, so the `XRSTOR` of `rt_sigreturn` leaves x87 "in use" (`XGETBV` with `ECX`
 //! = 1, bit 0) on a thread that never ran an x87 instruction. A jump's whole-state stub keeps
 //! the state without `XSAVE` only where x87 is not in use (`avx512_state_call` in
-//! `jump_stub.rs`): one trap-path hit of a thread (a probe on `int3`) would put every later
-//! jump hit inside a function of that thread on the `XSAVE` path, about 70 ns slower.
+//! `jump_stub.rs`): one trap-path hit of a thread (a probe on `int3`), or one safepoint signal
+//! (every thread gets one as probes are optimized), would put every later jump hit inside a
+//! function of that thread on the `XSAVE` path, about 50 ns slower.
 //!
-//! So, as dprobe's `SIGTRAP` handler returns from its own trap, an x87 state in the frame
-//! that is exactly the initial one (control word `0x37f`, status word 0, every register
-//! empty, no last instruction or operand) is marked absent in the frame's header: the
-//! `XRSTOR` then puts the same initial state back, and leaves it not in use.
+//! So, as dprobe's `SIGTRAP` handler returns from its own trap, and its safepoint handler
+//! from its own signal, an x87 state in the frame that is exactly the initial one (control
+//! word `0x37f`, status word 0, every register empty, no last instruction or operand) is
+//! marked absent in the frame's header: the `XRSTOR` then puts the same initial state back,
+//! and leaves it not in use. The program's own signals still mark it.
 
 /// The kernel's `FP_XSTATE_MAGIC1`: the frame's floating-point state is `XSAVE`'s, with a
 /// header after the legacy area.

@@ -1,7 +1,7 @@
 //! A trap leaves x87 as the program had it: a value on its stack and a changed control word
 //! survive a probe on `int3`, and an x87 the program never used is left unused (not marked
-//! in use by the trap's `sigreturn`, which would put later jump hits inside functions on the
-//! slower `XSAVE` path: `x87_frame.rs`).
+//! in use by the `sigreturn` of dprobe's trap or safepoint signal, which would put later jump
+//! hits inside functions on the slower `XSAVE` path: `x87_frame.rs`).
 mod fixtures;
 use fixtures::addr;
 
@@ -33,6 +33,15 @@ std::arch::global_asm!(
     "fldcw [rsp - 8]",
     "ret",
     ".size fxx_control, . - fxx_control",
+    // Two instructions under a jump's five bytes: optimizing it signals every running thread
+    // (the safepoint).
+    ".globl fxx_window",
+    ".type fxx_window,@function",
+    "fxx_window:",
+    "mov rax, rdi",
+    "add rax, rsi",
+    "ret",
+    ".size fxx_window, . - fxx_window",
     // No x87 at all.
     ".globl fxx_none",
     ".type fxx_none,@function",
@@ -46,6 +55,7 @@ extern "C" {
     fn fxx_value(a: u64, b: u64) -> u64;
     fn fxx_control(a: u64, b: u64) -> u64;
     fn fxx_none(a: u64, b: u64) -> u64;
+    fn fxx_window(a: u64, b: u64) -> u64;
 }
 
 /// A probe on `int3` on `f`'s `lea` (`before` bytes in), whose handler does nothing.
@@ -103,5 +113,34 @@ fn x87_a_thread_never_used_is_left_unused_by_traps() {
     assert_eq!(p.hits(), 100);
     if let Some(in_use) = in_use {
         assert!(!in_use, "x87 marked in use after the traps");
+    }
+}
+
+#[test]
+fn x87_a_running_thread_never_used_is_left_unused_by_the_safepoint_signal() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static SPINNING: AtomicBool = AtomicBool::new(false);
+    let spinner = std::thread::spawn(|| {
+        let before = x87_in_use();
+        SPINNING.store(true, SeqCst);
+        // Running, not in a system call: the safepoint signals it.
+        while !STOP.load(SeqCst) {
+            std::hint::spin_loop();
+        }
+        (before, x87_in_use())
+    });
+    while !SPINNING.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    let p = register(Kprobe::addr(addr(fxx_window)).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(p.optimized(), Ok(()), "a jump over two instructions");
+    STOP.store(true, SeqCst);
+    let (before, after) = spinner.join().unwrap();
+    // SAFETY: the fixture only adds its arguments.
+    assert_eq!(unsafe { fxx_window(1, 2) }, 3);
+    if let (Some(before), Some(after)) = (before, after) {
+        assert!(!before, "x87 in use on a new thread");
+        assert!(!after, "x87 marked in use after the safepoint signal");
     }
 }
