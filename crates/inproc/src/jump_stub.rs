@@ -304,14 +304,7 @@ macro_rules! avx_state_call {
             "call {dispatch}\n",
             x87_back!(),
             "ldmxcsr [rsp + 256]\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
-            "4:\n",
-            "vextractf128 [rsp + 128], ymm8, 1\n vextractf128 [rsp + 144], ymm9, 1\n",
-            uppers_store!(),
-            "vzeroupper\n call {dispatch}\n",
-            x87_back!(),
-            "ldmxcsr [rsp + 256]\n",
-            uppers_restore!(),
-            "mov rsp, rbx\n jmp 7f\n",
+            uppers_kept_call!(),
             "6:\n",
             whole_state_call!(),
             "5:\n",
@@ -355,15 +348,7 @@ macro_rules! avx512_state_call {
             x87_back!(),
             avx512_back!(),
             "ldmxcsr [rsp + 256]\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
-            "4:\n",
-            "vextractf128 [rsp + 128], ymm8, 1\n vextractf128 [rsp + 144], ymm9, 1\n",
-            uppers_store!(),
-            "vzeroupper\n call {dispatch}\n",
-            x87_back!(),
-            avx512_back!(),
-            "ldmxcsr [rsp + 256]\n",
-            uppers_restore!(),
-            "mov rsp, rbx\n jmp 7f\n",
+            uppers_kept_call!(avx512_back!(),),
             "6:\n",
             whole_state_call!(),
             "5:\n",
@@ -397,6 +382,26 @@ macro_rules! avx512_back {
             "vpxord zmm28, zmm28, zmm28\n vpxord zmm29, zmm29, zmm29\n vpxord zmm30, zmm30, zmm30\n",
             "vpxord zmm31, zmm31, zmm31\n",
             "15:\n",
+        )
+    };
+}
+
+/// The branch (`4:`) of `avx_state_call` and `avx512_state_call` where AVX is in use: the
+/// `ymm` upper halves stored, the dispatcher called, x87 put back, then `$back` (what the
+/// caller keeps besides), `MXCSR` and every `ymm` register loaded back; the stub's legacy
+/// loads are skipped (`7:`).
+macro_rules! uppers_kept_call {
+    ($($back:tt)*) => {
+        concat!(
+            "4:\n",
+            "vextractf128 [rsp + 128], ymm8, 1\n vextractf128 [rsp + 144], ymm9, 1\n",
+            uppers_store!(),
+            "vzeroupper\n call {dispatch}\n",
+            x87_back!(),
+            $($back)*
+            "ldmxcsr [rsp + 256]\n",
+            uppers_restore!(),
+            "mov rsp, rbx\n jmp 7f\n",
         )
     };
 }
