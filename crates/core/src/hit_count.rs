@@ -26,7 +26,10 @@ impl HitCount {
     ///
     /// Exact only if the adds of one thread to one count never nest: a signal handler's add
     /// between the owner's load and store would be lost. Engines guarantee it with the rule
-    /// that a hit inside a handler, or inside the hit path, counts as missed, not here.
+    /// that a hit inside a handler, or inside the hit path, counts as missed, not here. And
+    /// only if `thread` is the caller's alone: threads a program starts with a raw
+    /// `clone(CLONE_VM)` and no thread pointer of their own share the in-process engine's
+    /// state entry, and so its word (a limit of that engine's hit path already).
     #[inline]
     pub fn add_by(&self, thread: u64) {
         let owner = self.owner.load(Relaxed);

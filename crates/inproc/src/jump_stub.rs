@@ -279,7 +279,7 @@ macro_rules! ymm_args_call {
 }
 
 /// The call of a whole-state stub where the state the kernel enabled is x87, SSE and AVX
-/// alone (`XCR0` = 7: every AVX CPU without AVX-512 or other components), the common case
+/// alone (`XCR0` = 7, and `PKRU`, left as it is: every AVX CPU without AVX-512), the common case
 /// kept without `XSAVE`/`XRSTOR`, which cost about 150 ns a pair on the machines dprobe's
 /// figures come from. `XGETBV` with `ECX` = 1 (about 15 ns) says which components are in use:
 /// - x87 in use (values on its stack, a changed control word): the `XSAVE` call, as on every
@@ -506,25 +506,30 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
     }
 }
 
-/// Whether the kernel enabled exactly the x87, SSE and AVX state (`XCR0` = 7) and the CPU says
-/// which of it is in use (`XGETBV` with `ECX` = 1, CPUID leaf 0xD sub-leaf 1 `EAX` bit 2):
-/// what `avx_state_call` needs.
+/// Whether the kernel enabled exactly the x87, SSE and AVX state (`XCR0` = 7, with [`PKRU`] or
+/// not) and the CPU says which of it is in use (`XGETBV` with `ECX` = 1, CPUID leaf 0xD
+/// sub-leaf 1 `EAX` bit 2): what `avx_state_call` needs.
 fn only_x87_sse_avx() -> bool {
     use std::arch::x86_64::__cpuid_count;
     // Leaf 0xD exists wherever OSXSAVE is set.
     if !xsave_enabled() || __cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
         return false;
     }
-    xcr0() == 7
+    xcr0() & !PKRU == 7
 }
+
+/// `XCR0`'s bit for the protection-key rights register (`PKRU`), which Linux enables wherever
+/// the CPU has protection keys. The stubs without `XSAVE` leave it as it is: handlers do not
+/// change it (a handler's own `pkey_set` would stay, where `XSAVE` would undo it).
+const PKRU: u64 = 1 << 9;
 
 /// Whether `avx512_state_call` keeps what the kernel enabled: AVX-512 with 64-bit mask
 /// registers (AVX512BW), the CPU says which state is in use (CPUID leaf 0xD sub-leaf 1 `EAX`
-/// bit 2), and `XCR0` holds nothing beyond x87, SSE, AVX, the three AVX-512 components and
-/// AMX's two (another component, `PKRU` say, is kept by `XSAVE` alone).
+/// bit 2), and `XCR0` holds nothing beyond x87, SSE, AVX, the three AVX-512 components, AMX's
+/// two and [`PKRU`] (another component is kept by `XSAVE` alone).
 fn avx512_state_only() -> bool {
     use std::arch::x86_64::__cpuid_count;
-    const KEPT: u64 = 0x7 | 0xe0 | 0x6_0000;
+    const KEPT: u64 = 0x7 | 0xe0 | 0x6_0000 | PKRU;
     if !xsave_enabled()
         || __cpuid_count(0xd, 1).eax & (1 << 2) == 0
         || !std::arch::is_x86_feature_detected!("avx512f")

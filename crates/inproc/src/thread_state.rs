@@ -299,21 +299,24 @@ pub(crate) fn current() -> Option<&'static ThreadState> {
     let tp = thread_pointer();
     let start = run_start(tp);
     'scan: loop {
+        // The thread's entry, wherever it is in the run: an entry freed before it (a thread
+        // that exited) must not be claimed as a second one, which would leave the first with
+        // the thread's pending returns and marks.
+        if let Some(i) = (0..RUN).map(|k| slot(start, k)).find(|&i| table.owner(i).load(Acquire) == tp) {
+            return Some(table.state(i));
+        }
         for k in 0..RUN {
             let i = slot(start, k);
-            let owner = table.owner(i).load(Acquire);
-            if owner == tp {
-                return Some(table.state(i));
-            }
-            if owner != 0 {
+            if table.owner(i).load(Acquire) != 0 {
                 continue;
             }
             if table.owner(i).compare_exchange(0, tp, Acquire, Relaxed).is_err() {
                 continue 'scan;
             }
-            // A hit nested in this claim may have taken an entry earlier in the run (freed
-            // meanwhile by an exiting thread): that one is the thread's, this one goes back.
-            if let Some(j) = (0..k).map(|k| slot(start, k)).find(|&j| table.owner(j).load(Acquire) == tp) {
+            // A hit nested in this claim may have taken an entry (one freed meanwhile by an
+            // exiting thread): that one is the thread's, this one goes back.
+            let nested = (0..RUN).map(|k| slot(start, k)).find(|&j| j != i && table.owner(j).load(Acquire) == tp);
+            if let Some(j) = nested {
                 table.owner(i).store(0, Release);
                 return Some(table.state(j));
             }
@@ -443,6 +446,29 @@ mod tests {
         // SAFETY: reads a state of the table (no thread owns it any more).
         let left = unsafe { &*(theirs as *const ThreadState) };
         assert_eq!((left.own_work.get(), left.tid.get()), (0, 0));
+    }
+
+    #[test]
+    fn a_thread_keeps_its_entry_when_one_before_it_in_its_run_is_freed() {
+        init();
+        std::thread::spawn(|| {
+            let table = TABLE.get().and_then(Option::as_ref).expect("the table");
+            let tp = thread_pointer();
+            let start = run_start(tp);
+            // Another thread takes the first free slot of the run: the thread's entry comes
+            // after it.
+            let other = (0..RUN)
+                .map(|k| slot(start, k))
+                .find(|&i| table.owner(i).compare_exchange(0, 0x10, Acquire, Relaxed).is_ok())
+                .expect("a free slot");
+            let mine = current().expect("an entry") as *const ThreadState;
+            // That thread exits: the slot before the thread's entry is free again.
+            table.owner(other).store(0, Release);
+            assert_eq!(current().map(|s| s as *const ThreadState), Some(mine), "the thread's entry moved");
+            assert_eq!(existing().map(|s| s as *const ThreadState), Some(mine));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -127,7 +127,10 @@ pub(crate) fn trapped_alternate_stack_of(s: &ThreadState) -> Option<(u64, u64)> 
 /// Mark the calling thread as running handlers (the return trampoline's dispatcher uses this
 /// around handler calls); `false` when the thread has no state (its handler must not run).
 pub(crate) fn enter_handler() -> bool {
-    thread_state::current().map(|s| s.in_handler.set(true)).is_some()
+    let entered = thread_state::current().map(|s| s.in_handler.set(true)).is_some();
+    // Seen by a signal on this thread before what the handlers count (`HitCount`).
+    compiler_fence(SeqCst);
+    entered
 }
 
 /// The end of [`enter_handler`].
@@ -441,6 +444,9 @@ pub(crate) fn dispatch_entry_in<R>(
         }
     }
     state.in_handler.set(true);
+    // Seen by a signal on this thread before the hit counts' load and store (`HitCount`): a
+    // hit nested there must find it.
+    compiler_fence(SeqCst);
     let outcome = site.run_pre(regs, &mut Guarded(Some(state)));
     let result = then(regs, Dispatch::Ran(outcome));
     state.in_handler.set(false);

@@ -10,7 +10,7 @@
 //!
 //! So, as dprobe's `SIGTRAP` handler returns from its own trap, and its safepoint handler
 //! from its own signal, an x87 state in the frame that is exactly the initial one (control
-//! word `0x37f`, status word 0, every register empty, no last instruction or operand) is
+//! word `0x37f`, status word 0, every register empty and zero, no last instruction or operand) is
 //! marked absent in the frame's header: the `XRSTOR` then puts the same initial state back,
 //! and leaves it not in use. The program's own signals still mark it.
 
@@ -40,7 +40,16 @@ pub(crate) unsafe fn leave_initial_x87_unused(uc: *mut libc::c_void) {
         if (fp.add(SW_BYTES_AT) as *const u32).read() != XSTATE_MAGIC1 {
             return;
         }
-        let initial = fx.cwd == 0x37f && fx.swd == 0 && fx.ftw == 0 && fx.fop == 0 && fx.rip == 0 && fx.rdp == 0;
+        // The registers' contents too: empty registers still hold their bits (after `emms`,
+        // the MMX registers; after `fninit`, the x87 stack's), which `XRSTOR` would zero.
+        let registers = std::slice::from_raw_parts(fx._st.as_ptr().cast::<u8>(), std::mem::size_of_val(&fx._st));
+        let initial = fx.cwd == 0x37f
+            && fx.swd == 0
+            && fx.ftw == 0
+            && fx.fop == 0
+            && fx.rip == 0
+            && fx.rdp == 0
+            && registers.iter().all(|&b| b == 0);
         if initial {
             let features = fp.add(HEADER_AT) as *mut u64;
             features.write(features.read() & !1);

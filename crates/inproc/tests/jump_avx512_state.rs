@@ -9,7 +9,119 @@ use dprobe_inproc::{register, Kprobe, PreAction};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 std::arch::global_asm!(
+    // The state components in use at the probed `lea` of the fixtures that note them
+    // (`XGETBV` with `ECX` = 1), OR-ed over every call: one word for each.
+    ".pushsection .data",
+    ".balign 8",
+    ".globl fxz_in_use_live",
+    "fxz_in_use_live: .quad 0",
+    ".globl fxz_in_use_initial",
+    "fxz_in_use_initial: .quad 0",
+    ".popsection",
+    // A zeroed area for XRSTOR: every component it names put in its initial state.
+    ".pushsection .bss",
+    ".balign 64",
+    "fxz_initial: .zero 4096",
+    ".popsection",
     ".text",
+    // `a` in ymm5's upper half (AVX in use, the upper halves of zmm0-zmm15 not), `b` in k1,
+    // `a` in every lane of zmm20 across the probed `lea`: returns a + b + 0x1000 + a + b + a.
+    ".globl fxz_avx_live",
+    ".type fxz_avx_live,@function",
+    "fxz_avx_live:",
+    "vzeroupper",
+    "vmovq xmm6, rdi",
+    "vinserti128 ymm5, ymm5, xmm6, 1",
+    "kmovq k1, rsi",
+    "vpbroadcastq zmm20, rdi",
+    "mov r8, rdx",
+    "mov ecx, 1",
+    "xgetbv",
+    "lock or [rip + fxz_in_use_live], rax",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "vextracti128 xmm6, ymm5, 1",
+    "vmovq rcx, xmm6",
+    "add rax, rcx",
+    "kmovq rcx, k1",
+    "add rax, rcx",
+    "vextracti64x4 ymm21, zmm20, 1",
+    "vextracti32x4 xmm21, ymm21, 1",
+    "vpextrq rcx, xmm21, 1",
+    "add rax, rcx",
+    "vzeroupper",
+    "ret",
+    ".size fxz_avx_live, . - fxz_avx_live",
+    // AVX, the mask registers and all of AVX-512 in their initial state (XRSTOR from a zeroed
+    // area) at the probed `lea`; after it, the OR of k0-k7, of zmm16-zmm31 and of the upper
+    // halves of zmm0-zmm15 into rax: returns a + b + 0x1000 where they all stayed zero.
+    ".globl fxz_initial_state",
+    ".type fxz_initial_state,@function",
+    "fxz_initial_state:",
+    "mov r8, rdi",
+    "mov r9, rsi",
+    "mov eax, 0xe4",
+    "xor edx, edx",
+    "xrstor64 [rip + fxz_initial]",
+    "mov ecx, 1",
+    "xgetbv",
+    "lock or [rip + fxz_in_use_initial], rax",
+    "mov rdi, r8",
+    "mov rsi, r9",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "korq k0, k0, k1",
+    "korq k0, k0, k2",
+    "korq k0, k0, k3",
+    "korq k0, k0, k4",
+    "korq k0, k0, k5",
+    "korq k0, k0, k6",
+    "korq k0, k0, k7",
+    "kmovq rcx, k0",
+    "or rax, rcx",
+    "vporq zmm16, zmm16, zmm17",
+    "vporq zmm16, zmm16, zmm18",
+    "vporq zmm16, zmm16, zmm19",
+    "vporq zmm16, zmm16, zmm20",
+    "vporq zmm16, zmm16, zmm21",
+    "vporq zmm16, zmm16, zmm22",
+    "vporq zmm16, zmm16, zmm23",
+    "vporq zmm16, zmm16, zmm24",
+    "vporq zmm16, zmm16, zmm25",
+    "vporq zmm16, zmm16, zmm26",
+    "vporq zmm16, zmm16, zmm27",
+    "vporq zmm16, zmm16, zmm28",
+    "vporq zmm16, zmm16, zmm29",
+    "vporq zmm16, zmm16, zmm30",
+    "vporq zmm16, zmm16, zmm31",
+    "vptestmq k1, zmm16, zmm16",
+    "kmovq rcx, k1",
+    "shl rcx, 20",
+    "or rax, rcx",
+    "vpord zmm17, zmm0, zmm1",
+    "vpord zmm17, zmm17, zmm2",
+    "vpord zmm17, zmm17, zmm3",
+    "vpord zmm17, zmm17, zmm4",
+    "vpord zmm17, zmm17, zmm5",
+    "vpord zmm17, zmm17, zmm6",
+    "vpord zmm17, zmm17, zmm7",
+    "vpord zmm17, zmm17, zmm8",
+    "vpord zmm17, zmm17, zmm9",
+    "vpord zmm17, zmm17, zmm10",
+    "vpord zmm17, zmm17, zmm11",
+    "vpord zmm17, zmm17, zmm12",
+    "vpord zmm17, zmm17, zmm13",
+    "vpord zmm17, zmm17, zmm14",
+    "vpord zmm17, zmm17, zmm15",
+    // Lanes 2-7: bits 128-511 (the handler's xmm registers are the frame's, not checked).
+    "vptestmq k1, zmm17, zmm17",
+    "kmovq rcx, k1",
+    "and ecx, 0xfc",
+    "shl rcx, 32",
+    "or rax, rcx",
+    "kxorq k0, k0, k0",
+    "kxorq k1, k1, k1",
+    "vzeroupper",
+    "ret",
+    ".size fxz_initial_state, . - fxz_initial_state",
     // Keeps `a` in k1 and `b` in k7 across the probed `lea`: returns a + b + 0x1000 + a + b.
     ".globl fxz_masks",
     ".type fxz_masks,@function",
@@ -115,7 +227,7 @@ std::arch::global_asm!(
     ".size fxz_zeroed, . - fxz_zeroed",
     // What a handler's library calls may do (the C library's EVEX string functions use the
     // mask registers and zmm16-zmm31): every mask register and zmm16-zmm31 set to all ones,
-    // and the upper halves of zmm0-zmm15 dirtied.
+    // and a few of zmm0-zmm15 too, their upper halves left dirty.
     ".globl fxz_dirty",
     ".type fxz_dirty,@function",
     "fxz_dirty:",
@@ -143,14 +255,21 @@ std::arch::global_asm!(
     "vpternlogd zmm29, zmm29, zmm29, 0xff",
     "vpternlogd zmm30, zmm30, zmm30, 0xff",
     "vpternlogd zmm31, zmm31, zmm31, 0xff",
+    "vpternlogd zmm0, zmm0, zmm0, 0xff",
+    "vpternlogd zmm1, zmm1, zmm1, 0xff",
     "vpternlogd zmm2, zmm2, zmm2, 0xff",
     "vpternlogd zmm3, zmm3, zmm3, 0xff",
-    "vzeroupper",
+    "vpternlogd zmm5, zmm5, zmm5, 0xff",
+    "vpternlogd zmm15, zmm15, zmm15, 0xff",
     "ret",
     ".size fxz_dirty, . - fxz_dirty",
 );
 
 extern "C" {
+    static fxz_in_use_live: u64;
+    static fxz_in_use_initial: u64;
+    fn fxz_avx_live(a: u64, b: u64) -> u64;
+    fn fxz_initial_state(a: u64, b: u64) -> u64;
     fn fxz_masks(a: u64, b: u64) -> u64;
     fn fxz_high_zmm(a: u64, b: u64) -> u64;
     fn fxz_zmm_upper(a: u64, b: u64) -> u64;
@@ -223,5 +342,35 @@ fn the_upper_halves_of_zmm0_to_zmm15_live_across_the_probe_survive() {
 fn mask_registers_and_zmm16_to_zmm31_left_zero_stay_zero() {
     if avx512() {
         survives(fxz_zeroed, |a, b| a + b + 0x1000);
+    }
+}
+
+/// The state components a fixture noted in use at its probe so far.
+fn noted_in_use(word: *const u64) -> u64 {
+    // SAFETY: a word of the fixtures' data, written with locked ORs.
+    unsafe { std::ptr::read_volatile(word) }
+}
+
+/// x87, the upper halves of zmm0-zmm15, AMX's tiles: what sends a hit to `XSAVE`.
+const XSAVE_PATH: u64 = 0x6_0041;
+
+#[test]
+fn live_ymm_upper_halves_masks_and_zmm16_to_zmm31_survive_together() {
+    if avx512() {
+        survives(fxz_avx_live, |a, b| 3 * a + 2 * b + 0x1000);
+        let seen = noted_in_use(&raw const fxz_in_use_live);
+        // AVX, the mask registers and zmm16-zmm31 in use: every branch that keeps them.
+        assert_eq!(seen & 0xa4, 0xa4, "in use at the probe: {seen:#x}");
+        assert_eq!(seen & XSAVE_PATH, 0, "in use at the probe: {seen:#x}");
+    }
+}
+
+#[test]
+fn state_in_its_initial_state_is_in_its_initial_state_after_handlers_that_dirty_it() {
+    if avx512() {
+        survives(fxz_initial_state, |a, b| a + b + 0x1000);
+        let seen = noted_in_use(&raw const fxz_in_use_initial);
+        // The branches that zero what was not in use, and the one without AVX.
+        assert_eq!(seen & 0xe4, 0, "in use at the probe: {seen:#x}");
     }
 }

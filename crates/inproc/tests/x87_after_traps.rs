@@ -42,6 +42,18 @@ std::arch::global_asm!(
     "add rax, rsi",
     "ret",
     ".size fxx_window, . - fxx_window",
+    // `a` in mm0, then `emms` (every x87 register empty, their bits kept) across the probed
+    // `lea`: returns mm0's bits, `a`.
+    ".globl fxx_mmx",
+    ".type fxx_mmx,@function",
+    "fxx_mmx:",
+    "movq mm0, rdi",
+    "emms",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "movq rax, mm0",
+    "emms",
+    "ret",
+    ".size fxx_mmx, . - fxx_mmx",
     // No x87 at all.
     ".globl fxx_none",
     ".type fxx_none,@function",
@@ -56,6 +68,7 @@ extern "C" {
     fn fxx_control(a: u64, b: u64) -> u64;
     fn fxx_none(a: u64, b: u64) -> u64;
     fn fxx_window(a: u64, b: u64) -> u64;
+    fn fxx_mmx(a: u64, b: u64) -> u64;
 }
 
 /// A probe on `int3` on `f`'s `lea` (`before` bytes in), whose handler does nothing.
@@ -102,6 +115,15 @@ fn a_changed_x87_control_word_survives_traps() {
     let p = trap_probe(fxx_control, 4 + 7 + 4);
     let (results, _) = on_a_fresh_thread(fxx_control, 1000);
     assert!(results.iter().all(|&r| r == 0x7f), "the control word came back as {:#x?}", results.first());
+    assert_eq!(p.hits(), 1000);
+}
+
+#[test]
+fn an_mmx_register_s_bits_survive_traps_after_emms() {
+    // movq mm0, rdi (4 bytes); emms (2).
+    let p = trap_probe(fxx_mmx, 6);
+    let (results, _) = on_a_fresh_thread(fxx_mmx, 1000);
+    assert!(results.iter().all(|&r| r == 1), "mm0 came back as {:#x?}", results.first());
     assert_eq!(p.hits(), 1000);
 }
 
