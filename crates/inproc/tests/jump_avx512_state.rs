@@ -8,6 +8,24 @@ use fixtures::{addr, call2, code};
 use dprobe_inproc::{register, Kprobe, PreAction};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Into `rcx` and `rax`: the OR of the mask registers k0-k7 (into k0, then `or rax`), then
+/// which lanes of the OR of zmm16-zmm31 are nonzero (into `rcx`).
+macro_rules! or_masks_and_high_zmm {
+    () => {
+        concat!(
+            "korq k0, k0, k1\n korq k0, k0, k2\n korq k0, k0, k3\n korq k0, k0, k4\n",
+            "korq k0, k0, k5\n korq k0, k0, k6\n korq k0, k0, k7\n",
+            "kmovq rcx, k0\n or rax, rcx\n",
+            "vporq zmm16, zmm16, zmm17\n vporq zmm16, zmm16, zmm18\n vporq zmm16, zmm16, zmm19\n",
+            "vporq zmm16, zmm16, zmm20\n vporq zmm16, zmm16, zmm21\n vporq zmm16, zmm16, zmm22\n",
+            "vporq zmm16, zmm16, zmm23\n vporq zmm16, zmm16, zmm24\n vporq zmm16, zmm16, zmm25\n",
+            "vporq zmm16, zmm16, zmm26\n vporq zmm16, zmm16, zmm27\n vporq zmm16, zmm16, zmm28\n",
+            "vporq zmm16, zmm16, zmm29\n vporq zmm16, zmm16, zmm30\n vporq zmm16, zmm16, zmm31\n",
+            "vptestmq k1, zmm16, zmm16\n kmovq rcx, k1\n",
+        )
+    };
+}
+
 std::arch::global_asm!(
     // The state components in use at the probed `lea` of the fixtures that note them
     // (`XGETBV` with `ECX` = 1), OR-ed over every call: one word for each.
@@ -68,33 +86,7 @@ std::arch::global_asm!(
     "mov rdi, r8",
     "mov rsi, r9",
     "lea rax, [rdi + rsi + 0x1000]",
-    "korq k0, k0, k1",
-    "korq k0, k0, k2",
-    "korq k0, k0, k3",
-    "korq k0, k0, k4",
-    "korq k0, k0, k5",
-    "korq k0, k0, k6",
-    "korq k0, k0, k7",
-    "kmovq rcx, k0",
-    "or rax, rcx",
-    "vporq zmm16, zmm16, zmm17",
-    "vporq zmm16, zmm16, zmm18",
-    "vporq zmm16, zmm16, zmm19",
-    "vporq zmm16, zmm16, zmm20",
-    "vporq zmm16, zmm16, zmm21",
-    "vporq zmm16, zmm16, zmm22",
-    "vporq zmm16, zmm16, zmm23",
-    "vporq zmm16, zmm16, zmm24",
-    "vporq zmm16, zmm16, zmm25",
-    "vporq zmm16, zmm16, zmm26",
-    "vporq zmm16, zmm16, zmm27",
-    "vporq zmm16, zmm16, zmm28",
-    "vporq zmm16, zmm16, zmm29",
-    "vporq zmm16, zmm16, zmm30",
-    "vporq zmm16, zmm16, zmm31",
-    "vptestmq k1, zmm16, zmm16",
-    "kmovq rcx, k1",
-    "shl rcx, 20",
+    or_masks_and_high_zmm!(),
     "or rax, rcx",
     "vpord zmm17, zmm0, zmm1",
     "vpord zmm17, zmm17, zmm2",
@@ -196,32 +188,7 @@ std::arch::global_asm!(
     "vpxord zmm30, zmm30, zmm30",
     "vpxord zmm31, zmm31, zmm31",
     "lea rax, [rdi + rsi + 0x1000]",
-    "korq k0, k0, k1",
-    "korq k0, k0, k2",
-    "korq k0, k0, k3",
-    "korq k0, k0, k4",
-    "korq k0, k0, k5",
-    "korq k0, k0, k6",
-    "korq k0, k0, k7",
-    "kmovq rcx, k0",
-    "or rax, rcx",
-    "vporq zmm16, zmm16, zmm17",
-    "vporq zmm16, zmm16, zmm18",
-    "vporq zmm16, zmm16, zmm19",
-    "vporq zmm16, zmm16, zmm20",
-    "vporq zmm16, zmm16, zmm21",
-    "vporq zmm16, zmm16, zmm22",
-    "vporq zmm16, zmm16, zmm23",
-    "vporq zmm16, zmm16, zmm24",
-    "vporq zmm16, zmm16, zmm25",
-    "vporq zmm16, zmm16, zmm26",
-    "vporq zmm16, zmm16, zmm27",
-    "vporq zmm16, zmm16, zmm28",
-    "vporq zmm16, zmm16, zmm29",
-    "vporq zmm16, zmm16, zmm30",
-    "vporq zmm16, zmm16, zmm31",
-    "vptestmq k1, zmm16, zmm16",
-    "kmovq rcx, k1",
+    or_masks_and_high_zmm!(),
     "or rax, rcx",
     "ret",
     ".size fxz_zeroed, . - fxz_zeroed",
