@@ -43,12 +43,6 @@ impl ProbeCounters {
         self.enabled.swap(on, Relaxed)
     }
 
-    /// Count a hit.
-    #[inline]
-    pub fn hit(&self) {
-        self.hits.add();
-    }
-
     /// Count a hit of `thread` ([`HitCount::add_by`]): without a locked instruction for the
     /// thread that counts most.
     #[inline]

@@ -344,7 +344,7 @@ macro_rules! avx512_state_call {
             "vmovdqu64 [rsp + 1152], zmm28\n vmovdqu64 [rsp + 1216], zmm29\n vmovdqu64 [rsp + 1280], zmm30\n",
             "vmovdqu64 [rsp + 1344], zmm31\n",
             "11:\n test al, 4\n jnz 4f\n",
-            "vzeroupper\n call {dispatch}\n",
+            "call {dispatch}\n",
             x87_back!(),
             avx512_back!(),
             "ldmxcsr [rsp + 256]\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
@@ -537,7 +537,8 @@ fn avx512_state_only() -> bool {
     {
         return false;
     }
-    xcr0() & !KEPT == 0 && xcr0() & 0xe0 == 0xe0
+    let enabled = xcr0();
+    enabled & !KEPT == 0 && enabled & 0xe0 == 0xe0
 }
 
 /// `XCR0`: the state components the kernel enabled. Only where `XSAVE` is enabled.

@@ -298,11 +298,14 @@ pub(crate) fn current() -> Option<&'static ThreadState> {
     let table = TABLE.get()?.as_ref()?;
     let tp = thread_pointer();
     let start = run_start(tp);
+    // The thread's entry other than `except`, wherever it is in the run.
+    let entry = |except: Option<usize>| {
+        (0..RUN).map(|k| slot(start, k)).find(|&i| Some(i) != except && table.owner(i).load(Acquire) == tp)
+    };
     'scan: loop {
-        // The thread's entry, wherever it is in the run: an entry freed before it (a thread
-        // that exited) must not be claimed as a second one, which would leave the first with
-        // the thread's pending returns and marks.
-        if let Some(i) = (0..RUN).map(|k| slot(start, k)).find(|&i| table.owner(i).load(Acquire) == tp) {
+        // An entry freed before the thread's (a thread that exited) must not be claimed as a
+        // second one, which would leave the first with the thread's pending returns and marks.
+        if let Some(i) = entry(None) {
             return Some(table.state(i));
         }
         for k in 0..RUN {
@@ -315,8 +318,7 @@ pub(crate) fn current() -> Option<&'static ThreadState> {
             }
             // A hit nested in this claim may have taken an entry (one freed meanwhile by an
             // exiting thread): that one is the thread's, this one goes back.
-            let nested = (0..RUN).map(|k| slot(start, k)).find(|&j| j != i && table.owner(j).load(Acquire) == tp);
-            if let Some(j) = nested {
+            if let Some(j) = entry(Some(i)) {
                 table.owner(i).store(0, Release);
                 return Some(table.state(j));
             }
