@@ -24,10 +24,10 @@
 //!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR). Where that state is
-//! x87, SSE and AVX alone and x87 is unused, without `XSAVE`: see `avx_state_call`; with
-//! AVX-512 (and AMX) too, where x87, the upper halves of `zmm0`-`zmm15` and the tiles are
-//! unused: see `avx512_state_call` (and `x87_frame.rs`, which keeps dprobe's own traps from
-//! marking x87 in use). Elsewhere
+//! x87, SSE and AVX alone, without `XSAVE` of the whole state (x87 alone where in use): see
+//! `avx_state_call`; with AVX-512 (and AMX) too, where the upper halves of `zmm0`-`zmm15` and
+//! the tiles are unused: see `avx512_state_call` (and `x87_frame.rs`, which keeps dprobe's own
+//! traps from marking x87 in use, sparing the x87 save). Elsewhere
 //! `XSAVE`/`XSAVEC` into a 64-byte aligned area below the frame, `XRSTOR` after the
 //! dispatcher, before the frame's `xmm0`-`xmm15` (which a handler may have changed) are
 //! written over the restored low halves: the legacy SSE moves leave the upper halves as
@@ -280,33 +280,31 @@ macro_rules! ymm_args_call {
 
 /// The call of a whole-state stub where the state the kernel enabled is x87, SSE and AVX
 /// alone (`XCR0` = 7, and `PKRU`, left as it is: every AVX CPU without AVX-512), the common case
-/// kept without `XSAVE`/`XRSTOR`, which cost about 150 ns a pair on the machines dprobe's
-/// figures come from. `XGETBV` with `ECX` = 1 (about 15 ns) says which components are in use:
-/// - x87 in use (values on its stack, a changed control word): the `XSAVE` call, as on every
-///   other CPU;
+/// kept without `XSAVE`/`XRSTOR` of the whole state, which cost about 150 ns a pair on the
+/// machines dprobe's figures come from. `XGETBV` with `ECX` = 1 (about 15 ns) says which
+/// components are in use:
+/// - x87 in use (values on its stack, a changed control word, or only marked in use: see
+///   `x87_kept`): x87 is saved with `FXSAVE` and put back after the dispatcher;
 /// - otherwise x87 is in its initial state: after the dispatcher, if the handlers left it in
-///   use, `fninit` puts the initial state back. `MXCSR` (a handler's arithmetic sets its sticky
-///   exception flags) is stored and loaded back. The `ymm` upper halves are kept as in
-///   `ymm_args_call`, with the in-use bit of AVX instead of the OR: nothing to keep (and a
-///   `vzeroupper` after) when it is clear.
+///   use, the initial state is put back (`x87_back`). `MXCSR` (a handler's arithmetic
+///   sets its sticky exception flags) is stored and loaded back. The `ymm` upper halves are
+///   kept as in `ymm_args_call`, with the in-use bit of AVX instead of the OR: nothing to keep
+///   (and a `vzeroupper` after) when it is clear.
 ///
-/// The CPU may keep x87 marked in use once a thread ran any x87 instruction, even after
-/// `fninit` (the AMD EPYC of BENCHMARKS.md does): such a thread's hits take the `XSAVE` call,
-/// exact and slower.
-///
-/// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`.
+/// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`, the in-use
+/// bits at `[rsp + 264]`, whether x87 was initial at `[rsp + 272]`, x87's `FXSAVE` area at
+/// `[rsp + 320]`.
 macro_rules! avx_state_call {
     () => {
         concat!(
-            "mov ecx, 1\n xgetbv\n test al, 1\n jnz 6f\n",
-            "sub rsp, 272\n stmxcsr [rsp + 256]\n",
+            "mov ecx, 1\n xgetbv\n",
+            "sub rsp, 832\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            x87_kept!("320"),
             "test al, 4\n jnz 4f\n",
             "call {dispatch}\n",
             x87_back!(),
             "ldmxcsr [rsp + 256]\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
             uppers_kept_call!(),
-            "6:\n",
-            whole_state_call!(),
             "5:\n",
         )
     };
@@ -318,21 +316,23 @@ macro_rules! avx_state_call {
 /// where `XGETBV` with `ECX` = 1 costs about 5 ns. The C library's string functions leave the
 /// mask registers and `zmm16`-`zmm31` in use (their EVEX code needs no `vzeroupper`), so those
 /// are kept here, each only where in use:
-/// - x87, the upper halves of `zmm0`-`zmm15` (`ZMM_Hi256`) or a tile in use: the `XSAVE` call;
-/// - otherwise `MXCSR` is stored and loaded back and x87 put back in its initial state, as in
-///   `avx_state_call`, and so are the `ymm` upper halves (a `vzeroupper` after the dispatcher
-///   where AVX was not in use);
+/// - the upper halves of `zmm0`-`zmm15` (`ZMM_Hi256`) or a tile in use: the `XSAVE` call;
+/// - otherwise `MXCSR` is stored and loaded back, and x87 kept as in `avx_state_call` (saved
+///   where in use, put back in its initial state where it was in it), and so are the `ymm` upper
+///   halves (a `vzeroupper` after the dispatcher where AVX was not in use);
 /// - the mask registers (`k0`-`k7`), where in use, are stored and loaded back; where not, they
 ///   were zero and are zeroed after the dispatcher (a handler's library calls use them);
 /// - the same for `zmm16`-`zmm31`, whole.
 ///
 /// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`, the
-/// in-use bits at `[rsp + 264]`, `k0`-`k7` at `[rsp + 320]`, `zmm16`-`zmm31` at `[rsp + 384]`.
+/// in-use bits at `[rsp + 264]`, whether x87 was initial at `[rsp + 272]`, `k0`-`k7` at
+/// `[rsp + 320]`, `zmm16`-`zmm31` at `[rsp + 384]`, x87's `FXSAVE` area at `[rsp + 1408]`.
 macro_rules! avx512_state_call {
     () => {
         concat!(
-            "mov ecx, 1\n xgetbv\n test eax, 0x60041\n jnz 6f\n",
-            "sub rsp, 1408\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            "mov ecx, 1\n xgetbv\n test eax, 0x60040\n jnz 6f\n",
+            "sub rsp, 1920\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            x87_kept!("1408"),
             "test al, 0x20\n jz 10f\n",
             "kmovq [rsp + 320], k0\n kmovq [rsp + 328], k1\n kmovq [rsp + 336], k2\n kmovq [rsp + 344], k3\n",
             "kmovq [rsp + 352], k4\n kmovq [rsp + 360], k5\n kmovq [rsp + 368], k6\n kmovq [rsp + 376], k7\n",
@@ -406,13 +406,69 @@ macro_rules! uppers_kept_call {
     };
 }
 
-/// x87, in its initial state before the dispatcher, put back in it if the handlers left it in
-/// use (`XINUSE` bit 0).
-macro_rules! x87_back {
-    () => {
-        "mov ecx, 1\n xgetbv\n test al, 1\n jz 9f\n fninit\n 9:\n"
+/// x87 kept across the dispatcher where in use (`XINUSE` bit 0 of the in-use bits in `rax`,
+/// also stored at `[rsp + 264]`): `FXSAVE` into a 16-byte aligned area at `[rsp + $at]` (512
+/// bytes), whose address `r12` keeps (callee-saved; the frame holds the program's `r12`).
+/// The handlers run with the program's x87 state, as on the `XSAVE` path. `FXSAVE` also
+/// writes `MXCSR` and `xmm0`-`xmm15`, and `FXRSTOR` loads them: the stub loads both again
+/// after it, from its own copy and the frame.
+///
+/// x87 is in use more often than it is used: the kernel marks it in every signal frame, so
+/// any thread that ran a program's signal handler has it in use, its state the initial one.
+/// So the saved state is compared with the initial one (control word `0x37f`, all else zero
+/// but `MXCSR`: registers empty and zero, no last instruction or operand); the outcome, at
+/// `[rsp + 272]`, tells `x87_back` to put the initial state back through `XRSTOR`, which
+/// leaves x87 unused, and the thread's later hits need no save. Otherwise `FXRSTOR` loads
+/// the program's state back. On the Intel Xeon of BENCHMARKS.md an `FXSAVE` and an `FXRSTOR`
+/// cost about 19 ns each, an `XSAVE` of x87 alone and its `XRSTOR` 60 the pair, and
+/// `XSAVEC`/`XRSTOR` of the whole state 74.
+///
+/// `rax` holds the in-use bits again after.
+macro_rules! x87_kept {
+    ($at:literal) => {
+        concat!(
+            "test al, 1\n jz 16f\n lea r12, [rsp + ",
+            $at,
+            "]\n fxsave64 [r12]\n",
+            "mov rcx, [r12]\n xor rcx, 0x37f\n or rcx, [r12 + 8]\n or rcx, [r12 + 16]\n",
+            // The registers: 10 bytes of each 16 (the 6 after them are reserved).
+            "or rcx, [r12 + 32]\n movzx edx, word ptr [r12 + 40]\n or rcx, rdx\n",
+            "or rcx, [r12 + 48]\n movzx edx, word ptr [r12 + 56]\n or rcx, rdx\n",
+            "or rcx, [r12 + 64]\n movzx edx, word ptr [r12 + 72]\n or rcx, rdx\n",
+            "or rcx, [r12 + 80]\n movzx edx, word ptr [r12 + 88]\n or rcx, rdx\n",
+            "or rcx, [r12 + 96]\n movzx edx, word ptr [r12 + 104]\n or rcx, rdx\n",
+            "or rcx, [r12 + 112]\n movzx edx, word ptr [r12 + 120]\n or rcx, rdx\n",
+            "or rcx, [r12 + 128]\n movzx edx, word ptr [r12 + 136]\n or rcx, rdx\n",
+            "or rcx, [r12 + 144]\n movzx edx, word ptr [r12 + 152]\n or rcx, rdx\n",
+            "setz byte ptr [rsp + 272]\n mov rax, [rsp + 264]\n",
+            "16:\n",
+        )
     };
 }
+
+/// x87 back as the program had it (the in-use bits at `[rsp + 264]`):
+/// - in use and not in its initial state: loaded from `x87_kept`'s area with `FXRSTOR`;
+/// - otherwise the initial state, put back (where in use now) with `XRSTOR` of x87 alone from
+///   an area whose header marks it initial: unlike `fninit`, it zeroes the registers a
+///   handler used, and leaves x87 unused.
+macro_rules! x87_back {
+    () => {
+        concat!(
+            "test byte ptr [rsp + 264], 1\n jz 17f\n",
+            "cmp byte ptr [rsp + 272], 0\n jne 18f\n",
+            "fxrstor64 [r12]\n jmp 9f\n",
+            "17:\n mov ecx, 1\n xgetbv\n test al, 1\n jz 9f\n",
+            "18:\n mov eax, 1\n xor edx, edx\n xrstor64 [rip + {x87_initial}]\n",
+            "9:\n",
+        )
+    };
+}
+
+/// An `XSAVE` area (legacy part and header) whose header marks every component initial: its
+/// `XRSTOR` puts x87 in its initial state.
+#[repr(C, align(64))]
+struct InitialState([u8; 576]);
+static X87_INITIAL: InitialState = InitialState([0; 576]);
 
 /// The same with AVX-512: `zmm0`-`zmm7` (`__m512`) kept whole.
 ///
@@ -457,10 +513,10 @@ jump_stub!("__dprobe_jump_entry", jump_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_post", post_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
 jump_stub!("__dprobe_jump_post_full", post_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
-jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
-jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
-jump_stub!("__dprobe_jump_entry_avx512_state", jump_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
-jump_stub!("__dprobe_jump_post_avx512_state", post_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
+jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL);
+jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL);
+jump_stub!("__dprobe_jump_entry_avx512_state", jump_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL);
+jump_stub!("__dprobe_jump_post_avx512_state", post_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL);
 jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [zmm_args_call!(),]);
@@ -496,7 +552,7 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
             (at(__dprobe_jump_entry_ymm), at(__dprobe_jump_post_ymm))
         }
         VectorState::Xmm => (at(__dprobe_jump_entry), at(__dprobe_jump_post)),
-        VectorState::Full if only_x87_sse_avx() => {
+        VectorState::Full if only_x87_sse_avx() || avx_stub_forced() => {
             (at(__dprobe_jump_entry_avx_state), at(__dprobe_jump_post_avx_state))
         }
         VectorState::Full if avx512_state_only() => {
@@ -506,16 +562,29 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
     }
 }
 
+/// Set by the crate's own tests, which run the AVX stub on a CPU with AVX-512 (where it is
+/// never chosen): `avx_stub_tests.rs`.
+#[cfg(test)]
+pub(crate) static AVX_STUB_FORCED: AtomicBool = AtomicBool::new(false);
+
+fn avx_stub_forced() -> bool {
+    #[cfg(test)]
+    return AVX_STUB_FORCED.load(Relaxed) && std::arch::is_x86_feature_detected!("avx") && xinuse_known();
+    #[cfg(not(test))]
+    false
+}
+
 /// Whether the kernel enabled exactly the x87, SSE and AVX state (`XCR0` = 7, with [`PKRU`] or
 /// not) and the CPU says which of it is in use (`XGETBV` with `ECX` = 1, CPUID leaf 0xD
 /// sub-leaf 1 `EAX` bit 2): what `avx_state_call` needs.
 fn only_x87_sse_avx() -> bool {
-    use std::arch::x86_64::__cpuid_count;
-    // Leaf 0xD exists wherever OSXSAVE is set.
-    if !xsave_enabled() || __cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
-        return false;
-    }
-    xcr0() & !PKRU == 7
+    xinuse_known() && xcr0() & !PKRU == 7
+}
+
+/// Whether `XGETBV` with `ECX` = 1 says which state is in use (CPUID leaf 0xD sub-leaf 1
+/// `EAX` bit 2; leaf 0xD exists wherever OSXSAVE is set).
+fn xinuse_known() -> bool {
+    xsave_enabled() && std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) != 0
 }
 
 /// `XCR0`'s bit for the protection-key rights register (`PKRU`), which Linux enables wherever
@@ -528,10 +597,8 @@ const PKRU: u64 = 1 << 9;
 /// bit 2), and `XCR0` holds nothing beyond x87, SSE, AVX, the three AVX-512 components, AMX's
 /// two and [`PKRU`] (another component is kept by `XSAVE` alone).
 fn avx512_state_only() -> bool {
-    use std::arch::x86_64::__cpuid_count;
     const KEPT: u64 = 0x7 | 0xe0 | 0x6_0000 | PKRU;
-    if !xsave_enabled()
-        || __cpuid_count(0xd, 1).eax & (1 << 2) == 0
+    if !xinuse_known()
         || !std::arch::is_x86_feature_detected!("avx512f")
         || !std::arch::is_x86_feature_detected!("avx512bw")
     {

@@ -48,6 +48,8 @@
 
 mod abandoned;
 mod args;
+#[cfg(test)]
+mod avx_stub_tests;
 mod backtrace;
 mod blocked;
 mod chunked_stack;

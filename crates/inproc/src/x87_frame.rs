@@ -2,17 +2,17 @@
 //!
 //! The kernel marks x87 (and SSE) as present in every signal frame's `XSAVE` header, whatever
 //! the thread did, so the `XRSTOR` of `rt_sigreturn` leaves x87 "in use" (`XGETBV` with `ECX`
-//! = 1, bit 0) on a thread that never ran an x87 instruction. A jump's whole-state stub keeps
-//! the state without `XSAVE` only where x87 is not in use (`avx512_state_call` in
-//! `jump_stub.rs`): one trap-path hit of a thread (a probe on `int3`), or one safepoint signal
-//! (every thread gets one as probes are optimized), would put every later jump hit inside a
-//! function of that thread on the `XSAVE` path, about 50 ns slower.
+//! = 1, bit 0) on a thread that never ran an x87 instruction. A jump's whole-state stub saves
+//! x87 only where it is in use (`x87_kept` in `jump_stub.rs`): one trap-path hit of a thread
+//! (a probe on `int3`), or one safepoint signal (every thread gets one as probes are
+//! optimized), would make the next jump hit inside a function of that thread save it.
 //!
 //! So, as dprobe's `SIGTRAP` handler returns from its own trap, and its safepoint handler
 //! from its own signal, an x87 state in the frame that is exactly the initial one (control
-//! word `0x37f`, status word 0, every register empty and zero, no last instruction or operand) is
-//! marked absent in the frame's header: the `XRSTOR` then puts the same initial state back,
-//! and leaves it not in use. The program's own signals still mark it.
+//! word `0x37f`, status word 0, every register empty and zero, no last instruction or
+//! operand) is marked absent in the frame's header: the `XRSTOR` then puts the same initial
+//! state back, and leaves it not in use. The program's own signals still mark it; the first
+//! jump hit inside a function after one leaves it unused again (`x87_back`).
 
 /// The kernel's `FP_XSTATE_MAGIC1`: the frame's floating-point state is `XSAVE`'s, with a
 /// header after the legacy area.

@@ -318,8 +318,8 @@ fn noted_in_use(word: *const u64) -> u64 {
     unsafe { std::ptr::read_volatile(word) }
 }
 
-/// x87, the upper halves of zmm0-zmm15, AMX's tiles: what sends a hit to `XSAVE`.
-const XSAVE_PATH: u64 = 0x6_0041;
+/// The upper halves of zmm0-zmm15, AMX's tiles: what sends a hit to `XSAVE` of the whole state.
+const XSAVE_PATH: u64 = 0x6_0040;
 
 #[test]
 fn live_ymm_upper_halves_masks_and_zmm16_to_zmm31_survive_together() {

@@ -1,7 +1,7 @@
 //! A trap leaves x87 as the program had it: a value on its stack and a changed control word
 //! survive a probe on `int3`, and an x87 the program never used is left unused (not marked
-//! in use by the `sigreturn` of dprobe's trap or safepoint signal, which would put later jump
-//! hits inside functions on the slower `XSAVE` path: `x87_frame.rs`).
+//! in use by the `sigreturn` of dprobe's trap or safepoint signal, which would make the next
+//! jump hit inside a function save it: `x87_frame.rs`).
 mod fixtures;
 use fixtures::addr;
 

@@ -1,0 +1,204 @@
+//! x87 across jump-optimized probes inside functions (`x87_kept` and `x87_back` in
+//! `jump_stub.rs`): a state the program holds (an MMX value after `emms`, a changed control
+//! word) comes back whatever the handler did to x87, and an x87 in its initial state, used or
+//! only marked in use by a signal, comes back initial (registers zeroed too) and unused, so
+//! the thread's later hits need not keep it.
+mod fixtures;
+use fixtures::{addr, code};
+
+use dprobe_inproc::{register, Kprobe, PreAction, Probe};
+
+std::arch::global_asm!(
+    ".text",
+    // `a` in mm0, then `emms` (every x87 register empty, their bits kept) across the probed
+    // `lea`: returns mm0's bits, `a`.
+    ".globl fxj_mmx",
+    ".type fxj_mmx,@function",
+    "fxj_mmx:",
+    "movq mm0, rdi",
+    "emms",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "movq rax, mm0",
+    "emms",
+    "ret",
+    ".size fxj_mmx, . - fxj_mmx",
+    // The control word 0x7f (single precision) across the probed `lea`: returns the control
+    // word then, and puts the caller's back.
+    ".globl fxj_control",
+    ".type fxj_control,@function",
+    "fxj_control:",
+    "fnstcw [rsp - 8]",
+    "mov word ptr [rsp - 16], 0x7f",
+    "fldcw [rsp - 16]",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "fnstcw [rsp - 16]",
+    "movzx eax, word ptr [rsp - 16]",
+    "fldcw [rsp - 8]",
+    "ret",
+    ".size fxj_control, . - fxj_control",
+    // No x87 before the probed `lea`; after it, the x87 state (FXSAVE) compared with the
+    // initial one: returns the OR of its control word XOR 0x37f, status and tag words, last
+    // instruction and operand, and every register's 10 bytes: 0 where x87 is initial.
+    ".globl fxj_initial",
+    ".type fxj_initial,@function",
+    "fxj_initial:",
+    "nop",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "push rbp",
+    "mov rbp, rsp",
+    "sub rsp, 512",
+    "and rsp, -16",
+    "fxsave64 [rsp]",
+    "mov rax, [rsp]",
+    "xor rax, 0x37f",
+    "or rax, [rsp + 8]",
+    "or rax, [rsp + 16]",
+    "mov ecx, 32",
+    "1:",
+    "or rax, [rsp + rcx]",
+    "movzx edx, word ptr [rsp + rcx + 8]",
+    "or rax, rdx",
+    "add ecx, 16",
+    "cmp ecx, 160",
+    "jb 1b",
+    "mov rsp, rbp",
+    "pop rbp",
+    "ret",
+    ".size fxj_initial, . - fxj_initial",
+);
+
+extern "C" {
+    fn fxj_mmx(a: u64, b: u64) -> u64;
+    fn fxj_control(a: u64, b: u64) -> u64;
+    fn fxj_initial(a: u64, b: u64) -> u64;
+}
+
+/// A jump-optimized probe on `f`'s `lea`, `before` bytes in, whose handler runs `handler`.
+fn jump_probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64, handler: fn()) -> Probe {
+    let at = addr(f).offset(before);
+    assert_eq!(code(at, 3), [0x48, 0x8d, 0x84], "the lea");
+    let p = register(Kprobe::addr(at).pre(move |_| {
+        handler();
+        PreAction::Continue
+    }))
+    .unwrap();
+    assert_eq!((p.optimized(), code(at, 1)), (Ok(()), vec![0xe9]), "a jump");
+    p
+}
+
+/// Eight values pushed on the x87 stack and popped: every register's bits written (zero),
+/// the stack as it was when it was empty.
+fn fill_the_x87_stack() {
+    // SAFETY: eight pushes and eight pops of the x87 stack; no Rust code uses x87.
+    unsafe {
+        std::arch::asm!(
+            "fldz",
+            "fldz",
+            "fldz",
+            "fldz",
+            "fldz",
+            "fldz",
+            "fldz",
+            "fldz",
+            "fstp st(0)",
+            "fstp st(0)",
+            "fstp st(0)",
+            "fstp st(0)",
+            "fstp st(0)",
+            "fstp st(0)",
+            "fstp st(0)",
+            "fstp st(0)",
+        )
+    };
+}
+
+/// 1.0 pushed three times and left there, as a bad library call might.
+fn leave_values_on_the_x87_stack() {
+    // SAFETY: three pushes on the x87 stack, left; no Rust code uses x87.
+    unsafe { std::arch::asm!("fld1", "fld1", "fld1") };
+}
+
+/// Bit 0 of `XGETBV` with `ECX` = 1, where the CPU has it.
+fn x87_in_use() -> Option<bool> {
+    let osxsave = std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) != 0;
+    if !osxsave || std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
+        return None;
+    }
+    let low: u32;
+    // SAFETY: XGETBV with ECX = 1 is allowed where CPUID says so (checked above).
+    unsafe { std::arch::asm!("xgetbv", in("ecx") 1, out("eax") low, out("edx") _, options(nomem, nostack)) };
+    Some(low & 1 != 0)
+}
+
+extern "C" fn nothing(_: libc::c_int) {}
+
+/// A program's signal taken by this thread: the kernel's frame marks x87 in use, in its
+/// initial state.
+fn take_a_signal() {
+    // SAFETY: a handler that does nothing, for a signal nothing else in this test binary uses;
+    // then the signal sent to this thread alone.
+    unsafe {
+        libc::signal(libc::SIGUSR1, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1);
+    }
+}
+
+/// Runs `f(1, 2)` `times` times on a thread of its own, after `first` there; the results and
+/// the thread's x87 in-use bit before the calls and after them.
+fn on_a_fresh_thread(
+    f: unsafe extern "C" fn(u64, u64) -> u64,
+    times: usize,
+    first: fn(),
+) -> (Vec<u64>, Option<bool>, Option<bool>) {
+    std::thread::spawn(move || {
+        first();
+        let before = x87_in_use();
+        // SAFETY: the fixtures only use registers, their stack and the red zone, and leave
+        // x87 as they found it.
+        let results = (0..times).map(|_| unsafe { f(1, 2) }).collect();
+        (results, before, x87_in_use())
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn an_mmx_register_s_bits_survive_a_handler_that_fills_the_x87_stack() {
+    // movq mm0, rdi (4 bytes); emms (2).
+    let p = jump_probe(fxj_mmx, 6, fill_the_x87_stack);
+    for first in [(|| {}) as fn(), take_a_signal] {
+        let (results, _, _) = on_a_fresh_thread(fxj_mmx, 1000, first);
+        assert!(results.iter().all(|&r| r == 1), "mm0 came back as {:#x?}", results.iter().find(|&&r| r != 1));
+    }
+    assert_eq!(p.hits(), 2000);
+}
+
+#[test]
+fn a_changed_x87_control_word_survives_a_handler_that_resets_x87() {
+    let p = jump_probe(fxj_control, 4 + 7 + 4, || {
+        // SAFETY: x87 put in its initial state; no Rust code uses x87.
+        unsafe { std::arch::asm!("fninit") };
+    });
+    for first in [(|| {}) as fn(), take_a_signal] {
+        let (results, _, _) = on_a_fresh_thread(fxj_control, 1000, first);
+        assert!(results.iter().all(|&r| r == 0x7f), "the control word came back as {:#x?}", results.first());
+    }
+    assert_eq!(p.hits(), 2000);
+}
+
+#[test]
+fn x87_in_its_initial_state_comes_back_initial_and_unused_whatever_the_handler_did() {
+    for handler in [fill_the_x87_stack, leave_values_on_the_x87_stack, || {}] {
+        let p = jump_probe(fxj_initial, 1, handler);
+        // Unused before, then only marked in use by a signal.
+        for (first, marked) in [((|| {}) as fn(), false), (take_a_signal, true)] {
+            let (results, before, after) = on_a_fresh_thread(fxj_initial, 1000, first);
+            assert!(results.iter().all(|&r| r == 0), "x87 after the probe: {:#x?}", results.iter().find(|&&r| r != 0));
+            if let (Some(before), Some(after)) = (before, after) {
+                assert_eq!(before, marked, "x87 in use before the calls");
+                assert!(!after, "x87 left in use by the probe's handler");
+            }
+        }
+        assert_eq!(p.hits(), 2000);
+    }
+}
