@@ -38,7 +38,13 @@
 //!   return side;
 //! * jump at a tail call: a counting probe on a function's last instruction, a `jmp` to
 //!   another function (a 5-byte nop, then `jmp rel32`): its detour keeps what an entry's does,
-//!   not the whole extended state.
+//!   not the whole extended state;
+//! * jump inside, x87 in use: the same as "jump inside a function" with 1.0 on the x87 stack
+//!   across the probe (`fld1` before it, `fstp` after): x87 is kept too (on a thread of its
+//!   own each round);
+//! * jump inside, after a signal: the same as "jump inside a function", on a thread of its own
+//!   each round that first takes a program's signal (the kernel's signal frame marks x87 in
+//!   use, in its initial state; dprobe's traps leave it unused in the other rows' thread).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -131,6 +137,22 @@ std::arch::global_asm!(
     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "ret",
     ".size bench_jump_inner, . - bench_jump_inner",
+    ".globl bench_jump_signalled",
+    ".type bench_jump_signalled,@function",
+    "bench_jump_signalled:",
+    "mov rax, rdi",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "ret",
+    ".size bench_jump_signalled, . - bench_jump_signalled",
+    ".globl bench_jump_x87",
+    ".type bench_jump_x87,@function",
+    "bench_jump_x87:",
+    "fld1",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "fstp st(0)",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump_x87, . - bench_jump_x87",
     ".globl bench_jump_exits",
     ".type bench_jump_exits,@function",
     "bench_jump_exits:",
@@ -190,6 +212,8 @@ extern "C" {
     fn bench_jump_int3(x: u64) -> u64;
     fn bench_jump_post(x: u64) -> u64;
     fn bench_jump_inner(x: u64) -> u64;
+    fn bench_jump_x87(x: u64) -> u64;
+    fn bench_jump_signalled(x: u64) -> u64;
     fn bench_jump_exits(x: u64) -> u64;
     fn bench_ret_jump(x: u64) -> u64;
     fn bench_kret_jumps(x: u64) -> u64;
@@ -238,6 +262,8 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         .expect("jump with a post-handler"),
         register(Kprobe::addr(at(bench_jump_inner).offset(3)).pre(count)).expect("jump inside a function"),
         register(Kprobe::addr(at(bench_ret_jump).offset(10)).pre(count)).expect("jump at a ret"),
+        register(Kprobe::addr(at(bench_jump_x87).offset(2)).pre(count)).expect("jump inside a function, x87 in use"),
+        register(Kprobe::addr(at(bench_jump_signalled).offset(3)).pre(count)).expect("jump inside, after a signal"),
         register(Kprobe::addr(at(bench_tail).offset(5)).pre(count)).expect("jump at a tail call"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
@@ -245,6 +271,8 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     assert_eq!(kprobes[6].optimized(), Ok(()), "the inner row measures a jump");
     assert_eq!(kprobes[7].optimized(), Ok(()), "the ret row measures a jump");
     assert_eq!(kprobes[8].optimized(), Ok(()), "the tail call row measures a jump");
+    assert_eq!(kprobes[9].optimized(), Ok(()), "the x87 row measures a jump");
+    assert_eq!(kprobes[10].optimized(), Ok(()), "the signalled row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -291,7 +319,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 17] = [
+const TARGETS: [Target; 19] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -309,6 +337,8 @@ const TARGETS: [Target; 17] = [
     ("kret: jump entry + exit jump", bench_kret_jumps),
     ("kret: jumps, entry vetoed", bench_kret_jumps_veto),
     ("jump at a tail call", bench_tail),
+    ("jump inside, x87 in use", bench_jump_x87),
+    ("jump inside, after a signal", bench_jump_signalled),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -323,6 +353,29 @@ fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
 fn measure(name: &str, f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
     if name.starts_with("floor") {
         with_floor_handler(|| call_n(f, n))
+    } else if name.contains("x87") {
+        // On a thread of its own: the value it leaves in an x87 register (empty, its bits
+        // kept) would put every other row's thread on the path that keeps x87.
+        std::thread::scope(|s| s.spawn(|| call_n(f, n)).join().expect("the x87 round"))
+    } else if name.contains("signal") {
+        // On a thread of its own that first takes a program's signal, whose frame marks x87
+        // in use (dprobe's traps, in the other rows' thread, leave it unused).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the floor's handler, which only counts, for SIGUSR1 (nothing else in
+                // the bench uses it), then SIGUSR1 sent to this thread.
+                unsafe {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    action.sa_sigaction = floor_handler as *const () as usize;
+                    action.sa_flags = libc::SA_SIGINFO;
+                    libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+                    libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1);
+                }
+                call_n(f, n)
+            })
+            .join()
+            .expect("the signalled round")
+        })
     } else {
         call_n(f, n)
     }
@@ -376,6 +429,8 @@ fn ratio_table(_: &mut Criterion) {
     both("return probe through both jumps over the entry jump (kret jump entry + exit jump - jump-optimized)", 14, 7);
     both("return side through an exit jump (kret jump entry + exit jump - the same vetoed)", 14, 15);
     both("jump at a tail call (jump at a tail call - plain call)", 16, 6);
+    both("x87 in use (jump inside, x87 in use - jump inside a function)", 17, 11);
+    both("after a program's signal (jump inside, after a signal - jump inside a function)", 18, 11);
     jump_pairs();
 }
 
