@@ -24,10 +24,10 @@
 //!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR). Where that state is
-//! x87, SSE and AVX alone, without `XSAVE` of the whole state (x87 alone where in use): see
-//! `avx_state_call`; with AVX-512 (and AMX) too, where the upper halves of `zmm0`-`zmm15` and
-//! the tiles are unused: see `avx512_state_call` (and `x87_frame.rs`, which keeps dprobe's own
-//! traps from marking x87 in use, sparing the x87 save). Elsewhere
+//! x87, SSE and AVX alone, without `XSAVE` of the whole state (x87 with `FXSAVE` where in
+//! use): see `avx_state_call`; with AVX-512 (and AMX) too, where the tiles are unused: see
+//! `avx512_state_call` (and `x87_frame.rs`, which keeps dprobe's own traps from marking x87
+//! in use, sparing the x87 save). Elsewhere
 //! `XSAVE`/`XSAVEC` into a 64-byte aligned area below the frame, `XRSTOR` after the
 //! dispatcher, before the frame's `xmm0`-`xmm15` (which a handler may have changed) are
 //! written over the restored low halves: the legacy SSE moves leave the upper halves as
@@ -191,7 +191,9 @@ macro_rules! whole_state_call {
             "mov eax, -1\n mov edx, -1\n",
             "cmp byte ptr [rip + {compact}], 0\n je 2f\n xsavec64 [r12]\n jmp 3f\n",
             "2:\n xsave64 [r12]\n 3:\n",
-            "call {dispatch}\n",
+            // The handlers without the upper halves: with them dirty, their SSE instructions
+            // each merge with them (about 120 ns a hit with `zmm0`-`zmm15` in use here).
+            "vzeroupper\n call {dispatch}\n",
             "mov eax, -1\n mov edx, -1\n xrstor64 [r12]\n",
             "mov rsp, rbx\n",
         )
@@ -316,22 +318,25 @@ macro_rules! avx_state_call {
 /// where `XGETBV` with `ECX` = 1 costs about 5 ns. The C library's string functions leave the
 /// mask registers and `zmm16`-`zmm31` in use (their EVEX code needs no `vzeroupper`), so those
 /// are kept here, each only where in use:
-/// - the upper halves of `zmm0`-`zmm15` (`ZMM_Hi256`) or a tile in use: the `XSAVE` call;
+/// - a tile in use: the `XSAVE` call;
 /// - otherwise `MXCSR` is stored and loaded back, and x87 kept as in `avx_state_call` (saved
 ///   where in use, put back in its initial state where it was in it), and so are the `ymm` upper
 ///   halves (a `vzeroupper` after the dispatcher where AVX was not in use);
+/// - the upper halves of `zmm0`-`zmm15` in use (`ZMM_Hi256`: 512-bit code between its
+///   instructions): `zmm0`-`zmm15` stored whole instead, see `zmm_whole_kept_call`;
 /// - the mask registers (`k0`-`k7`), where in use, are stored and loaded back; where not, they
 ///   were zero and are zeroed after the dispatcher (a handler's library calls use them);
 /// - the same for `zmm16`-`zmm31`, whole.
 ///
 /// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`, the
 /// in-use bits at `[rsp + 264]`, whether x87 was initial at `[rsp + 272]`, `k0`-`k7` at
-/// `[rsp + 320]`, `zmm16`-`zmm31` at `[rsp + 384]`, x87's `FXSAVE` area at `[rsp + 1408]`.
+/// `[rsp + 320]`, `zmm16`-`zmm31` at `[rsp + 384]`, x87's `FXSAVE` area at `[rsp + 1408]`,
+/// `zmm0`-`zmm15` at `[rsp + 1920]`.
 macro_rules! avx512_state_call {
     () => {
         concat!(
-            "mov ecx, 1\n xgetbv\n test eax, 0x60040\n jnz 6f\n",
-            "sub rsp, 1920\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            "mov ecx, 1\n xgetbv\n test eax, 0x60000\n jnz 6f\n",
+            "sub rsp, 2944\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
             x87_kept!("1408"),
             "test al, 0x20\n jz 10f\n",
             "kmovq [rsp + 320], k0\n kmovq [rsp + 328], k1\n kmovq [rsp + 336], k2\n kmovq [rsp + 344], k3\n",
@@ -343,12 +348,13 @@ macro_rules! avx512_state_call {
             "vmovdqu64 [rsp + 960], zmm25\n vmovdqu64 [rsp + 1024], zmm26\n vmovdqu64 [rsp + 1088], zmm27\n",
             "vmovdqu64 [rsp + 1152], zmm28\n vmovdqu64 [rsp + 1216], zmm29\n vmovdqu64 [rsp + 1280], zmm30\n",
             "vmovdqu64 [rsp + 1344], zmm31\n",
-            "11:\n test al, 4\n jnz 4f\n",
+            "11:\n test al, 0x40\n jnz 19f\n test al, 4\n jnz 4f\n",
             "call {dispatch}\n",
             x87_back!(),
             avx512_back!(),
             "ldmxcsr [rsp + 256]\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
             uppers_kept_call!(avx512_back!(),),
+            zmm_whole_kept_call!(),
             "6:\n",
             whole_state_call!(),
             "5:\n",
@@ -401,6 +407,49 @@ macro_rules! uppers_kept_call {
             $($back)*
             "ldmxcsr [rsp + 256]\n",
             uppers_restore!(),
+            "mov rsp, rbx\n jmp 7f\n",
+        )
+    };
+}
+
+/// The branch (`19:`) of `avx512_state_call` where the upper halves of `zmm0`-`zmm15` are in
+/// use: those registers stored whole at `[rsp + 1920 + 64 * N]`, the handlers run after
+/// `vzeroupper`, then x87, the mask registers, `zmm16`-`zmm31` and `MXCSR` put back as on the
+/// other branches, and each of `zmm0`-`zmm15` loaded whole with its low 128 bits from the frame
+/// (`rbx`, as a handler left them); the stub's legacy loads are skipped (`7:`). About 1 KiB of
+/// stores and loads, where `XSAVEC`/`XRSTOR` cost about 69 ns.
+macro_rules! zmm_whole_kept_call {
+    () => {
+        concat!(
+            "19:\n",
+            "vmovdqu64 [rsp + 1920], zmm0\n vmovdqu64 [rsp + 1984], zmm1\n",
+            "vmovdqu64 [rsp + 2048], zmm2\n vmovdqu64 [rsp + 2112], zmm3\n",
+            "vmovdqu64 [rsp + 2176], zmm4\n vmovdqu64 [rsp + 2240], zmm5\n",
+            "vmovdqu64 [rsp + 2304], zmm6\n vmovdqu64 [rsp + 2368], zmm7\n",
+            "vmovdqu64 [rsp + 2432], zmm8\n vmovdqu64 [rsp + 2496], zmm9\n",
+            "vmovdqu64 [rsp + 2560], zmm10\n vmovdqu64 [rsp + 2624], zmm11\n",
+            "vmovdqu64 [rsp + 2688], zmm12\n vmovdqu64 [rsp + 2752], zmm13\n",
+            "vmovdqu64 [rsp + 2816], zmm14\n vmovdqu64 [rsp + 2880], zmm15\n",
+            "vzeroupper\n call {dispatch}\n",
+            x87_back!(),
+            avx512_back!(),
+            "ldmxcsr [rsp + 256]\n",
+            "vmovdqu64 zmm0, [rsp + 1920]\n vinserti32x4 zmm0, zmm0, [rbx + 144], 0\n",
+            "vmovdqu64 zmm1, [rsp + 1984]\n vinserti32x4 zmm1, zmm1, [rbx + 160], 0\n",
+            "vmovdqu64 zmm2, [rsp + 2048]\n vinserti32x4 zmm2, zmm2, [rbx + 176], 0\n",
+            "vmovdqu64 zmm3, [rsp + 2112]\n vinserti32x4 zmm3, zmm3, [rbx + 192], 0\n",
+            "vmovdqu64 zmm4, [rsp + 2176]\n vinserti32x4 zmm4, zmm4, [rbx + 208], 0\n",
+            "vmovdqu64 zmm5, [rsp + 2240]\n vinserti32x4 zmm5, zmm5, [rbx + 224], 0\n",
+            "vmovdqu64 zmm6, [rsp + 2304]\n vinserti32x4 zmm6, zmm6, [rbx + 240], 0\n",
+            "vmovdqu64 zmm7, [rsp + 2368]\n vinserti32x4 zmm7, zmm7, [rbx + 256], 0\n",
+            "vmovdqu64 zmm8, [rsp + 2432]\n vinserti32x4 zmm8, zmm8, [rbx + 272], 0\n",
+            "vmovdqu64 zmm9, [rsp + 2496]\n vinserti32x4 zmm9, zmm9, [rbx + 288], 0\n",
+            "vmovdqu64 zmm10, [rsp + 2560]\n vinserti32x4 zmm10, zmm10, [rbx + 304], 0\n",
+            "vmovdqu64 zmm11, [rsp + 2624]\n vinserti32x4 zmm11, zmm11, [rbx + 320], 0\n",
+            "vmovdqu64 zmm12, [rsp + 2688]\n vinserti32x4 zmm12, zmm12, [rbx + 336], 0\n",
+            "vmovdqu64 zmm13, [rsp + 2752]\n vinserti32x4 zmm13, zmm13, [rbx + 352], 0\n",
+            "vmovdqu64 zmm14, [rsp + 2816]\n vinserti32x4 zmm14, zmm14, [rbx + 368], 0\n",
+            "vmovdqu64 zmm15, [rsp + 2880]\n vinserti32x4 zmm15, zmm15, [rbx + 384], 0\n",
             "mov rsp, rbx\n jmp 7f\n",
         )
     };
