@@ -44,7 +44,9 @@
 //!   own each round);
 //! * jump inside, after a signal: the same as "jump inside a function", on a thread of its own
 //!   each round that first takes a program's signal (the kernel's signal frame marks x87 in
-//!   use, in its initial state; dprobe's traps leave it unused in the other rows' thread).
+//!   use, in its initial state; dprobe's traps leave it unused in the other rows' thread);
+//! * jump inside, zmm0-15 in use: the same with `a` in every lane of `zmm2` across the probe
+//!   (`vpbroadcastq` before it, `vzeroupper` after; on a CPU with AVX-512 only).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -144,6 +146,15 @@ std::arch::global_asm!(
     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "ret",
     ".size bench_jump_signalled, . - bench_jump_signalled",
+    ".globl bench_jump_zmm",
+    ".type bench_jump_zmm,@function",
+    "bench_jump_zmm:",
+    "vpbroadcastq zmm2, rdi",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "vzeroupper",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_jump_zmm, . - bench_jump_zmm",
     ".globl bench_jump_x87",
     ".type bench_jump_x87,@function",
     "bench_jump_x87:",
@@ -214,6 +225,7 @@ extern "C" {
     fn bench_jump_inner(x: u64) -> u64;
     fn bench_jump_x87(x: u64) -> u64;
     fn bench_jump_signalled(x: u64) -> u64;
+    fn bench_jump_zmm(x: u64) -> u64;
     fn bench_jump_exits(x: u64) -> u64;
     fn bench_ret_jump(x: u64) -> u64;
     fn bench_kret_jumps(x: u64) -> u64;
@@ -264,6 +276,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         register(Kprobe::addr(at(bench_ret_jump).offset(10)).pre(count)).expect("jump at a ret"),
         register(Kprobe::addr(at(bench_jump_x87).offset(2)).pre(count)).expect("jump inside a function, x87 in use"),
         register(Kprobe::addr(at(bench_jump_signalled).offset(3)).pre(count)).expect("jump inside, after a signal"),
+        register(Kprobe::addr(at(bench_jump_zmm).offset(6)).pre(count)).expect("jump inside, zmm0-zmm15 in use"),
         register(Kprobe::addr(at(bench_tail).offset(5)).pre(count)).expect("jump at a tail call"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
@@ -273,6 +286,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     assert_eq!(kprobes[8].optimized(), Ok(()), "the tail call row measures a jump");
     assert_eq!(kprobes[9].optimized(), Ok(()), "the x87 row measures a jump");
     assert_eq!(kprobes[10].optimized(), Ok(()), "the signalled row measures a jump");
+    assert_eq!(kprobes[11].optimized(), Ok(()), "the zmm row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -319,7 +333,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 19] = [
+const TARGETS: [Target; 20] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -339,6 +353,7 @@ const TARGETS: [Target; 19] = [
     ("jump at a tail call", bench_tail),
     ("jump inside, x87 in use", bench_jump_x87),
     ("jump inside, after a signal", bench_jump_signalled),
+    ("jump inside, zmm0-15 in use", bench_jump_zmm),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -351,6 +366,10 @@ fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
 }
 
 fn measure(name: &str, f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
+    if name.contains("zmm") && !std::arch::is_x86_feature_detected!("avx512f") {
+        // Its function's first instruction is AVX-512's: the row reads 0.
+        return Duration::ZERO;
+    }
     if name.starts_with("floor") {
         with_floor_handler(|| call_n(f, n))
     } else if name.contains("x87") {
@@ -431,6 +450,7 @@ fn ratio_table(_: &mut Criterion) {
     both("jump at a tail call (jump at a tail call - plain call)", 16, 6);
     both("x87 in use (jump inside, x87 in use - jump inside a function)", 17, 11);
     both("after a program's signal (jump inside, after a signal - jump inside a function)", 18, 11);
+    both("zmm0-zmm15's upper halves in use (jump inside, zmm0-15 in use - jump inside a function)", 19, 11);
     jump_pairs();
 }
 
