@@ -5,7 +5,7 @@
 //! `zmm31`, which this stub does not keep.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::jump_stub::AVX_STUB_FORCED;
 use crate::{register, Addr, Kprobe, PreAction, Probe};
@@ -90,18 +90,38 @@ fn probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64, handler: fn()) -
     let at = Addr(f as usize as u64 + before);
     // SAFETY: the fixture's code, mapped.
     assert_eq!(unsafe { std::ptr::read_volatile(at.0 as *const [u8; 3]) }, [0x48, 0x8d, 0x84], "the lea");
-    // One registration at a time while the stub is forced: the other test's must not end it.
-    static FORCING: Mutex<()> = Mutex::new(());
-    let _forcing = FORCING.lock().unwrap();
-    AVX_STUB_FORCED.store(true, Relaxed);
-    let p = register(Kprobe::addr(at).pre(move |_| {
-        handler();
-        PreAction::Continue
-    }))
-    .unwrap();
-    AVX_STUB_FORCED.store(false, Relaxed);
+    let p = {
+        let _forced = Forced::new();
+        register(Kprobe::addr(at).pre(move |_| {
+            handler();
+            PreAction::Continue
+        }))
+        .unwrap()
+    };
     assert_eq!(p.optimized(), Ok(()), "a jump");
     p
+}
+
+/// The AVX stub forced while it lives, for one registration at a time (the other test's must
+/// not end it). Any other test of the crate that registers a probe inside a function while
+/// one lives would get the AVX stub too: none does.
+struct Forced {
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+impl Forced {
+    fn new() -> Self {
+        static FORCING: Mutex<()> = Mutex::new(());
+        let guard = FORCING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        AVX_STUB_FORCED.store(true, Relaxed);
+        Forced { _one_at_a_time: guard }
+    }
+}
+
+impl Drop for Forced {
+    fn drop(&mut self) {
+        AVX_STUB_FORCED.store(false, Relaxed);
+    }
 }
 
 /// Eight zeros pushed on the x87 stack and popped, then every `ymm` upper half zeroed.
@@ -144,12 +164,17 @@ extern "C" fn nothing(_: libc::c_int) {}
 /// whether x87 was in use before the calls and after them.
 fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: u64, signalled: bool) -> (Vec<u64>, bool, bool) {
     std::thread::spawn(move || {
-        if signalled {
+        // Again while x87 reads unused: a safepoint signal of dprobe's (another test's
+        // registration) between the two leaves it unused.
+        for _ in 0..if signalled { 100 } else { 0 } {
             // SAFETY: a handler that does nothing for SIGUSR2, which no other test of the
             // crate uses, then the signal sent to this thread alone.
             unsafe {
                 libc::signal(libc::SIGUSR2, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
                 libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2);
+            }
+            if in_use().unwrap() & 1 != 0 {
+                break;
             }
         }
         let before = in_use().unwrap() & 1 != 0;

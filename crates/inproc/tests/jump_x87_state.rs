@@ -36,6 +36,31 @@ std::arch::global_asm!(
     "fldcw [rsp - 8]",
     "ret",
     ".size fxj_control, . - fxj_control",
+    // `a` in mm0 across the probed `lea`, between MMX instructions (every x87 register
+    // valid): returns mm0's bits, `a`.
+    ".globl fxj_mmx_live",
+    ".type fxj_mmx_live,@function",
+    "fxj_mmx_live:",
+    "movq mm0, rdi",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "movq rax, mm0",
+    "emms",
+    "ret",
+    ".size fxj_mmx_live, . - fxj_mmx_live",
+    // The control word 0xb7f (rounding up) across the probed `lea`: returns the control
+    // word then, and puts the caller's back.
+    ".globl fxj_round_up",
+    ".type fxj_round_up,@function",
+    "fxj_round_up:",
+    "fnstcw [rsp - 8]",
+    "mov word ptr [rsp - 16], 0xb7f",
+    "fldcw [rsp - 16]",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "fnstcw [rsp - 16]",
+    "movzx eax, word ptr [rsp - 16]",
+    "fldcw [rsp - 8]",
+    "ret",
+    ".size fxj_round_up, . - fxj_round_up",
     // No x87 before the probed `lea`; after it, the x87 state (FXSAVE) compared with the
     // initial one: returns the OR of its control word XOR 0x37f, status and tag words, last
     // instruction and operand, and every register's 10 bytes: 0 where x87 is initial.
@@ -71,6 +96,8 @@ extern "C" {
     fn fxj_mmx(a: u64, b: u64) -> u64;
     fn fxj_control(a: u64, b: u64) -> u64;
     fn fxj_initial(a: u64, b: u64) -> u64;
+    fn fxj_mmx_live(a: u64, b: u64) -> u64;
+    fn fxj_round_up(a: u64, b: u64) -> u64;
 }
 
 /// A jump-optimized probe on `f`'s `lea`, `before` bytes in, whose handler runs `handler`.
@@ -133,13 +160,19 @@ fn x87_in_use() -> Option<bool> {
 extern "C" fn nothing(_: libc::c_int) {}
 
 /// A program's signal taken by this thread: the kernel's frame marks x87 in use, in its
-/// initial state.
+/// initial state. Again while x87 reads unused: a safepoint signal of dprobe's (another
+/// test's registration) between the two leaves it unused.
 fn take_a_signal() {
-    // SAFETY: a handler that does nothing, for a signal nothing else in this test binary uses;
-    // then the signal sent to this thread alone.
-    unsafe {
-        libc::signal(libc::SIGUSR1, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1);
+    for _ in 0..100 {
+        // SAFETY: a handler that does nothing, for a signal nothing else in this test binary
+        // uses; then the signal sent to this thread alone.
+        unsafe {
+            libc::signal(libc::SIGUSR1, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
+            libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1);
+        }
+        if x87_in_use() != Some(false) {
+            return;
+        }
     }
 }
 
@@ -201,4 +234,51 @@ fn x87_in_its_initial_state_comes_back_initial_and_unused_whatever_the_handler_d
         }
         assert_eq!(p.hits(), 2000);
     }
+}
+
+/// 1 + 1 and 5 / 2 rounded to an integer, computed with x87 as a handler's long double
+/// arithmetic would: (2, 2) on a clean x87 (an empty stack, rounding to nearest).
+fn x87_arithmetic() -> (i64, i64) {
+    let (mut sum, mut rounded) = (0i64, 0i64);
+    // SAFETY: pushes and pops of the x87 stack (balanced), stores into the two locals.
+    unsafe {
+        std::arch::asm!(
+            "fld1", "fld1", "faddp st(1), st", "fistp qword ptr [{sum}]",
+            "mov qword ptr [{rounded}], 5", "fild qword ptr [{rounded}]",
+            "mov qword ptr [{rounded}], 2", "fild qword ptr [{rounded}]",
+            "fdivp st(1), st", "fistp qword ptr [{rounded}]",
+            sum = in(reg) &raw mut sum, rounded = in(reg) &raw mut rounded,
+        )
+    };
+    (sum, rounded)
+}
+
+/// A probe on `f`'s `lea`, `before` bytes in, whose handler checks [`x87_arithmetic`]: right
+/// in every handler, and `f(1, 2)` returning `expected(1)` after each of 2,000 hits.
+fn clean_for_the_handler(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64, expected: fn(u64) -> u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    WRONG.store(0, Relaxed);
+    let p = jump_probe(f, before, || {
+        if x87_arithmetic() != (2, 2) {
+            WRONG.fetch_add(1, Relaxed);
+        }
+    });
+    for first in [(|| {}) as fn(), take_a_signal] {
+        let (results, _, _) = on_a_fresh_thread(f, 1000, first);
+        let wrong = results.iter().zip(1..).find(|&(&r, _)| r != expected(1));
+        assert_eq!(wrong, None, "the program's x87 state after the probe");
+    }
+    assert_eq!((p.hits(), WRONG.load(Relaxed)), (2000, 0), "hits, and handlers that found x87 unclean");
+}
+
+#[test]
+fn a_handler_finds_x87_clean_between_the_program_s_mmx_instructions() {
+    // movq mm0, rdi (4 bytes).
+    clean_for_the_handler(fxj_mmx_live, 4, |a| a);
+}
+
+#[test]
+fn a_handler_finds_x87_rounding_to_nearest_where_the_program_rounds_up() {
+    clean_for_the_handler(fxj_round_up, 4 + 7 + 4, |_| 0xb7f);
 }
