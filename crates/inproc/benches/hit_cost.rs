@@ -39,9 +39,9 @@
 //! * jump at a tail call: a counting probe on a function's last instruction, a `jmp` to
 //!   another function (a 5-byte nop, then `jmp rel32`): its detour keeps what an entry's does,
 //!   not the whole extended state;
-//! * jump inside, x87 in use: the same as "jump inside a function" with 1.0 on the x87 stack
-//!   across the probe (`fld1` before it, `fstp` after): x87 is kept too (on a thread of its
-//!   own each round);
+//! * jump inside, x87 in use: the same as "jump inside a function" after x87 arithmetic (1.0
+//!   pushed and popped before the probe: its stack empty, a register's bits and the last
+//!   instruction left behind): x87 is kept too (on a thread of its own each round);
 //! * jump inside, after a signal: the same as "jump inside a function", on a thread of its own
 //!   each round that first takes a program's signal (the kernel's signal frame marks x87 in
 //!   use, in its initial state; dprobe's traps leave it unused in the other rows' thread);
@@ -159,8 +159,8 @@ std::arch::global_asm!(
     ".type bench_jump_x87,@function",
     "bench_jump_x87:",
     "fld1",
-    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "fstp st(0)",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "mov rax, rdi",
     "ret",
     ".size bench_jump_x87, . - bench_jump_x87",
@@ -274,10 +274,10 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         .expect("jump with a post-handler"),
         register(Kprobe::addr(at(bench_jump_inner).offset(3)).pre(count)).expect("jump inside a function"),
         register(Kprobe::addr(at(bench_ret_jump).offset(10)).pre(count)).expect("jump at a ret"),
-        register(Kprobe::addr(at(bench_jump_x87).offset(2)).pre(count)).expect("jump inside a function, x87 in use"),
+        register(Kprobe::addr(at(bench_tail).offset(5)).pre(count)).expect("jump at a tail call"),
+        register(Kprobe::addr(at(bench_jump_x87).offset(4)).pre(count)).expect("jump inside a function, x87 in use"),
         register(Kprobe::addr(at(bench_jump_signalled).offset(3)).pre(count)).expect("jump inside, after a signal"),
         register(Kprobe::addr(at(bench_jump_zmm).offset(6)).pre(count)).expect("jump inside, zmm0-zmm15 in use"),
-        register(Kprobe::addr(at(bench_tail).offset(5)).pre(count)).expect("jump at a tail call"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     assert_eq!(kprobes[5].optimized(), Ok(()), "the post row measures a jump");
@@ -373,8 +373,8 @@ fn measure(name: &str, f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration 
     if name.starts_with("floor") {
         with_floor_handler(|| call_n(f, n))
     } else if name.contains("x87") {
-        // On a thread of its own: the value it leaves in an x87 register (empty, its bits
-        // kept) would put every other row's thread on the path that keeps x87.
+        // On a thread of its own: the bits it leaves in an x87 register would put every
+        // other row's thread on the path that keeps x87.
         std::thread::scope(|s| s.spawn(|| call_n(f, n)).join().expect("the x87 round"))
     } else if name.contains("signal") {
         // On a thread of its own that first takes a program's signal, whose frame marks x87
