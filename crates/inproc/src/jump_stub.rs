@@ -195,6 +195,8 @@ macro_rules! whole_state_call {
             // The handlers without the upper halves: with them dirty, their SSE instructions
             // each merge with them (about 120 ns a hit with `zmm0`-`zmm15` in use here).
             "vzeroupper\n",
+            // `MXCSR` as `XSAVE` stored it in the legacy area.
+            mxcsr_reset!("r12 + 24"),
             x87_clean!(),
             "call {dispatch}\n",
             "mov eax, -1\n mov edx, -1\n xrstor64 [r12]\n",
@@ -292,7 +294,8 @@ macro_rules! ymm_args_call {
 ///   `x87_kept`): x87 is saved with `FXSAVE` and put back after the dispatcher;
 /// - otherwise x87 is in its initial state: after the dispatcher, if the handlers left it in
 ///   use, the initial state is put back (`x87_back`). `MXCSR` (a handler's arithmetic
-///   sets its sticky exception flags) is stored and loaded back. The `ymm` upper halves are
+///   sets its sticky exception flags) is stored, set to its reset value for the handlers
+///   (`MXCSR_AT_RESET`) and loaded back. The `ymm` upper halves are
 ///   kept as in `ymm_args_call`, with the in-use bit of AVX instead of the OR: nothing to keep
 ///   (and a `vzeroupper` after) when it is clear.
 ///
@@ -304,6 +307,7 @@ macro_rules! avx_state_call {
         concat!(
             "mov ecx, 1\n xgetbv\n",
             "sub rsp, 832\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            mxcsr_reset!("rsp + 256"),
             x87_kept!("320"),
             "test al, 4\n jnz 4f\n",
             "call {dispatch}\n vzeroupper\n",
@@ -340,6 +344,7 @@ macro_rules! avx512_state_call {
         concat!(
             "mov ecx, 1\n xgetbv\n test eax, 0x60000\n jnz 6f\n",
             "sub rsp, 2944\n stmxcsr [rsp + 256]\n mov [rsp + 264], rax\n",
+            mxcsr_reset!("rsp + 256"),
             x87_kept!("1408"),
             "test al, 0x20\n jz 10f\n",
             "kmovq [rsp + 320], k0\n kmovq [rsp + 328], k1\n kmovq [rsp + 336], k2\n kmovq [rsp + 344], k3\n",
@@ -405,7 +410,7 @@ macro_rules! uppers_kept_call {
             "4:\n",
             "vextractf128 [rsp + 128], ymm8, 1\n vextractf128 [rsp + 144], ymm9, 1\n",
             uppers_store!(),
-            "vzeroupper\n call {dispatch}\n",
+            "vzeroupper\n call {dispatch}\n vzeroupper\n",
             x87_back!(),
             $($back)*
             "ldmxcsr [rsp + 256]\n",
@@ -433,7 +438,7 @@ macro_rules! zmm_whole_kept_call {
             "vmovdqu64 [rsp + 2560], zmm10\n vmovdqu64 [rsp + 2624], zmm11\n",
             "vmovdqu64 [rsp + 2688], zmm12\n vmovdqu64 [rsp + 2752], zmm13\n",
             "vmovdqu64 [rsp + 2816], zmm14\n vmovdqu64 [rsp + 2880], zmm15\n",
-            "vzeroupper\n call {dispatch}\n",
+            "vzeroupper\n call {dispatch}\n vzeroupper\n",
             x87_back!(),
             avx512_back!(),
             "ldmxcsr [rsp + 256]\n",
@@ -519,6 +524,26 @@ macro_rules! x87_clean {
     };
 }
 
+/// `MXCSR` at reset, as a signal handler finds it: the whole-state stubs load it for the
+/// handlers where the program's control bits differ (its rounding, flush-to-zero or unmasked
+/// exceptions would be the handlers'), and load the program's back after.
+static MXCSR_AT_RESET: u32 = 0x1f80;
+
+/// `MXCSR` at reset loaded for the handlers where the program's, stored at `[$at]`, has other
+/// control bits (bits 6-15). Not where only its sticky exception flags differ: `LDMXCSR` of
+/// another value costs about 40 ns in the stub on the Intel Xeon of BENCHMARKS.md (3 ns in a
+/// loop of its own), so the handlers see the program's flags. Clobbers `ecx`.
+macro_rules! mxcsr_reset {
+    ($at:literal) => {
+        concat!(
+            "mov ecx, [",
+            $at,
+            "]\n and ecx, 0xffc0\n cmp ecx, 0x1f80\n je 22f\n",
+            "ldmxcsr [rip + {mxcsr_reset}]\n 22:\n",
+        )
+    };
+}
+
 /// x87 back as the program had it (the in-use bits at `[rsp + 264]`):
 /// - in use and not in its initial state: loaded from `x87_kept`'s area with `FXRSTOR`;
 /// - otherwise the initial state, put back (where in use now) with `XRSTOR` of x87 alone from
@@ -584,12 +609,12 @@ macro_rules! zmm_args_call {
 
 jump_stub!("__dprobe_jump_entry", jump_dispatch, ["call {dispatch}",]);
 jump_stub!("__dprobe_jump_post", post_dispatch, ["call {dispatch}",]);
-jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
-jump_stub!("__dprobe_jump_post_full", post_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT);
-jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL);
-jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL);
-jump_stub!("__dprobe_jump_entry_avx512_state", jump_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL);
-jump_stub!("__dprobe_jump_post_avx512_state", post_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL);
+jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_post_full", post_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_entry_avx512_state", jump_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_post_avx512_state", post_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [ymm_args_call!(),]);
 jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [zmm_args_call!(),]);

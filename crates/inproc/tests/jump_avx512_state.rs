@@ -37,6 +37,8 @@ std::arch::global_asm!(
     "fxz_in_use_initial: .quad 0",
     ".globl fxz_in_use_whole",
     "fxz_in_use_whole: .quad 0",
+    ".globl fxz_in_use_merge",
+    "fxz_in_use_merge: .quad 0",
     ".popsection",
     // A zeroed area for XRSTOR: every component it names put in its initial state.
     ".pushsection .bss",
@@ -186,9 +188,10 @@ std::arch::global_asm!(
     "add rax, rcx",
     "kmovq rcx, k3",
     "add rax, rcx",
-    "fld1",
-    "fcomip st, st(1)",
-    "fstp st(0)",
+    // 1.0 popped: an empty stack (the value lost) stores the indefinite NaN instead.
+    "fstp qword ptr [rsp - 8]",
+    "mov rdx, 0x3ff0000000000000",
+    "cmp [rsp - 8], rdx",
     "sete cl",
     "movzx ecx, cl",
     "shl ecx, 16",
@@ -198,6 +201,29 @@ std::arch::global_asm!(
     "vzeroupper",
     "ret",
     ".size fxz_zmm_whole, . - fxz_zmm_whole",
+    // `a` in every lane of zmm2 across the probed `lea`, whose handler writes the frame's
+    // xmm2: returns a + b + 0x1000, plus the mask of zmm2's lanes still `a` (0xfc: all but
+    // the two the handler wrote), plus those two lanes.
+    ".globl fxz_zmm_merge",
+    ".type fxz_zmm_merge,@function",
+    "fxz_zmm_merge:",
+    "vpbroadcastq zmm2, rdi",
+    "mov ecx, 1",
+    "xgetbv",
+    "lock or [rip + fxz_in_use_merge], rax",
+    "lea rax, [rdi + rsi + 0x1000]",
+    "vpbroadcastq zmm16, rdi",
+    "vpcmpeqq k1, zmm2, zmm16",
+    "kmovq rcx, k1",
+    "add rax, rcx",
+    "vmovq rcx, xmm2",
+    "add rax, rcx",
+    "vpextrq rcx, xmm2, 1",
+    "add rax, rcx",
+    "kxorq k1, k1, k1",
+    "vzeroupper",
+    "ret",
+    ".size fxz_zmm_merge, . - fxz_zmm_merge",
     // Zeroes k0-k7 and zmm16-zmm31, then, after the probed `lea`, ORs them all into rax's
     // value: returns a + b + 0x1000 where they stayed zero.
     ".globl fxz_zeroed",
@@ -275,6 +301,7 @@ std::arch::global_asm!(
 extern "C" {
     static fxz_in_use_live: u64;
     static fxz_in_use_whole: u64;
+    static fxz_in_use_merge: u64;
     static fxz_in_use_initial: u64;
     fn fxz_avx_live(a: u64, b: u64) -> u64;
     fn fxz_initial_state(a: u64, b: u64) -> u64;
@@ -282,6 +309,7 @@ extern "C" {
     fn fxz_high_zmm(a: u64, b: u64) -> u64;
     fn fxz_zmm_upper(a: u64, b: u64) -> u64;
     fn fxz_zmm_whole(a: u64, b: u64) -> u64;
+    fn fxz_zmm_merge(a: u64, b: u64) -> u64;
     fn fxz_zeroed(a: u64, b: u64) -> u64;
     fn fxz_dirty();
 }
@@ -298,12 +326,22 @@ fn avx512() -> bool {
 /// dirties the AVX-512 state (`fxz_dirty`); four threads call `f(a, b)` and check each result
 /// against `expected(a, b)`.
 fn survives(f: unsafe extern "C" fn(u64, u64) -> u64, expected: fn(u64, u64) -> u64) {
+    survives_changing(f, expected, |_| {});
+}
+
+/// The same with a handler that also runs `change` on the registers.
+fn survives_changing(
+    f: unsafe extern "C" fn(u64, u64) -> u64,
+    expected: fn(u64, u64) -> u64,
+    change: fn(&mut dprobe_inproc::Regs),
+) {
     let lea = code(addr(f), 256).windows(3).position(|w| w == [0x48, 0x8d, 0x84]).expect("the lea");
     assert!(lea > 0, "inside the function");
     let at = addr(f).offset(lea as u64);
     let hits = std::sync::Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
-    let p = register(Kprobe::addr(at).pre(move |_| {
+    let p = register(Kprobe::addr(at).pre(move |regs| {
+        change(regs);
         // SAFETY: the fixture only writes registers the calling convention lets a callee
         // change (the mask registers, zmm16-zmm31, the upper halves of zmm2 and zmm3).
         unsafe { fxz_dirty() };
@@ -393,5 +431,15 @@ fn zmm0_to_zmm15_masks_and_x87_live_across_the_probe_survive_whole() {
         // keeps zmm0-zmm15 whole, and within it those that keep the others.
         assert_eq!(seen & 0x61, 0x61, "in use at the probe: {seen:#x}");
         assert_eq!(seen & XSAVE_PATH, 0, "in use at the probe: {seen:#x}");
+    }
+}
+
+#[test]
+fn a_handler_s_change_of_xmm2_is_merged_into_zmm2_kept_whole() {
+    if avx512() {
+        const LOW: u128 = 0x2222 << 64 | 0x1111;
+        survives_changing(fxz_zmm_merge, |a, b| a + b + 0x1000 + 0xfc + 0x1111 + 0x2222, |regs| regs.xmm[2] = LOW);
+        let seen = noted_in_use(&raw const fxz_in_use_merge);
+        assert_eq!(seen & 0x40, 0x40, "the upper halves of zmm0-zmm15 in use at the probe: {seen:#x}");
     }
 }

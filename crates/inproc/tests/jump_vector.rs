@@ -86,6 +86,24 @@ std::arch::global_asm!(
     "add rsp, 8",
     "ret",
     ".size fxv_mxcsr, . - fxv_mxcsr",
+    // MXCSR 0x5f80 (rounding up) across the probed 5-byte nop inside the function: returns
+    // MXCSR then, and puts 0x1f80 back.
+    ".globl fxv_mxcsr_up",
+    ".type fxv_mxcsr_up,@function",
+    "fxv_mxcsr_up:",
+    "sub rsp, 8",
+    "mov dword ptr [rsp], 0x5f80",
+    "ldmxcsr [rsp]",
+    ".globl fxv_mxcsr_up_probe",
+    "fxv_mxcsr_up_probe:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "stmxcsr [rsp]",
+    "mov eax, [rsp]",
+    "mov dword ptr [rsp], 0x1f80",
+    "ldmxcsr [rsp]",
+    "add rsp, 8",
+    "ret",
+    ".size fxv_mxcsr_up, . - fxv_mxcsr_up",
     // With `b` = 0, nothing on the x87 stack; with `b` = 1, 1.0 pushed on it before the
     // probed 5-byte nop inside the function and popped after. Returns the x87 control word
     // << 32 | the status word << 16 | the value popped (1: 1.0, 0: something else).
@@ -201,6 +219,8 @@ extern "C" {
     fn fxv_zero_inside(a: u64, b: u64) -> u64;
     fn fxv_zero_inside_probe();
     fn fxv_mxcsr_probe();
+    fn fxv_mxcsr_up(a: u64, b: u64) -> u64;
+    fn fxv_mxcsr_up_probe();
     fn fxv_x87(a: u64, b: u64) -> u64;
     fn fxv_x87_probe();
     fn fxv_ymm8_across_call(a: u64, b: u64) -> u64;
@@ -412,6 +432,29 @@ fn mxcsr_flags_a_handler_raises_do_not_reach_the_function() {
     );
 }
 
+#[test]
+fn a_handler_finds_mxcsr_at_reset_where_the_program_rounds_up() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    inside_survives(
+        fxv_mxcsr_up,
+        fxv_mxcsr_up_probe,
+        0,
+        || {
+            let mut mxcsr = 0u32;
+            // SAFETY: stores MXCSR into the local.
+            unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &raw mut mxcsr) };
+            // Its control bits as a signal handler finds them (the status flags aside).
+            if mxcsr & !0x3f != 0x1f80 {
+                WRONG.fetch_add(1, Relaxed);
+            }
+            std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
+        },
+        0x5f80,
+    );
+    assert_eq!(WRONG.load(Relaxed), 0, "handlers that found the program's MXCSR");
+}
+
 /// The x87 control word at reset, and the status word with an empty stack.
 const X87_CLEAN: u64 = 0x37f << 32;
 
@@ -436,35 +479,7 @@ fn the_x87_stack_a_handler_leaves_a_value_on_is_put_back() {
 fn a_value_on_the_x87_stack_survives_a_handler_that_fills_the_stack() {
     // 1.0 live on the program's x87 stack: a handler that pushes eight values (overflowing,
     // raising the invalid-operation flag) and pops eight must not change it or the flags.
-    inside_survives(
-        fxv_x87,
-        fxv_x87_probe,
-        1,
-        || {
-            // SAFETY: eight pushes and eight pops of the x87 stack; no Rust code uses x87.
-            unsafe {
-                std::arch::asm!(
-                    "fldz",
-                    "fldz",
-                    "fldz",
-                    "fldz",
-                    "fldz",
-                    "fldz",
-                    "fldz",
-                    "fldz",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                    "fstp st(0)",
-                )
-            };
-        },
-        X87_CLEAN | 1,
-    );
+    inside_survives(fxv_x87, fxv_x87_probe, 1, fixtures::x87::fill_the_x87_stack, X87_CLEAN | 1);
 }
 
 #[test]
