@@ -8,7 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::jump_stub::AVX_STUB_FORCED;
+#[path = "../tests/fixtures/x87.rs"]
+mod x87;
 use crate::{register, Addr, Kprobe, PreAction, Probe};
+use x87::{fill_the_x87_stack, fx87_initial, x87_in_use};
 
 std::arch::global_asm!(
     ".text",
@@ -29,60 +32,18 @@ std::arch::global_asm!(
     "vzeroupper",
     "ret",
     ".size fxa_value, . - fxa_value",
-    // No x87 before the probed `lea`; after it, the OR of the x87 state's differences from
-    // the initial one (FXSAVE: control word XOR 0x37f, status and tag words, last
-    // instruction and operand, every register's 10 bytes): 0 where x87 is initial.
-    ".globl fxa_initial",
-    ".type fxa_initial,@function",
-    "fxa_initial:",
-    "nop",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "push rbp",
-    "mov rbp, rsp",
-    "sub rsp, 512",
-    "and rsp, -16",
-    "fxsave64 [rsp]",
-    "mov rax, [rsp]",
-    "xor rax, 0x37f",
-    "or rax, [rsp + 8]",
-    "or rax, [rsp + 16]",
-    "mov ecx, 32",
-    "1:",
-    "or rax, [rsp + rcx]",
-    "movzx edx, word ptr [rsp + rcx + 8]",
-    "or rax, rdx",
-    "add ecx, 16",
-    "cmp ecx, 160",
-    "jb 1b",
-    "mov rsp, rbp",
-    "pop rbp",
-    "ret",
-    ".size fxa_initial, . - fxa_initial",
 );
 
 extern "C" {
     fn fxa_value(a: u64, b: u64) -> u64;
-    fn fxa_initial(a: u64, b: u64) -> u64;
 }
 
 fn avx() -> bool {
-    let there = std::arch::is_x86_feature_detected!("avx") && in_use().is_some();
+    let there = std::arch::is_x86_feature_detected!("avx") && x87_in_use().is_some();
     if !there {
         eprintln!("no AVX, or the CPU does not say which state is in use: the case does not apply");
     }
     there
-}
-
-/// `XINUSE` (`XGETBV` with `ECX` = 1), where the CPU has it.
-fn in_use() -> Option<u32> {
-    let osxsave = std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) != 0;
-    if !osxsave || std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
-        return None;
-    }
-    let low: u32;
-    // SAFETY: XGETBV with ECX = 1 is allowed where CPUID says so (checked above).
-    unsafe { std::arch::asm!("xgetbv", in("ecx") 1, out("eax") low, out("edx") _, options(nomem, nostack)) };
-    Some(low)
 }
 
 /// A jump-optimized probe through the AVX stub on `f`'s `lea`, `before` bytes in.
@@ -126,29 +87,10 @@ impl Drop for Forced {
 
 /// Eight zeros pushed on the x87 stack and popped, then every `ymm` upper half zeroed.
 fn fill_the_x87_stack_and_zero_the_upper_halves() {
-    // SAFETY: eight pushes and eight pops of the x87 stack, `vzeroupper`: a handler may
-    // change both (caller-saved); no Rust code here keeps values there.
-    unsafe {
-        std::arch::asm!(
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "vzeroupper",
-        )
-    };
+    fill_the_x87_stack();
+    // SAFETY: `vzeroupper`: a handler may change the upper halves (caller-saved); no Rust
+    // code here keeps values there.
+    unsafe { std::arch::asm!("vzeroupper") };
 }
 
 /// 1.0 pushed three times and left there, as a bad library call might.
@@ -173,15 +115,15 @@ fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: u64, signa
                 libc::signal(libc::SIGUSR2, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
                 libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2);
             }
-            if in_use().unwrap() & 1 != 0 {
+            if x87_in_use() == Some(true) {
                 break;
             }
         }
-        let before = in_use().unwrap() & 1 != 0;
+        let before = x87_in_use() == Some(true);
         // SAFETY: the fixtures use registers, their stack and the red zone, and leave x87
         // and the upper halves as they found them.
         let results = (1..=times).map(|a| unsafe { f(a, 2) }).collect();
-        (results, before, in_use().unwrap() & 1 != 0)
+        (results, before, x87_in_use() == Some(true))
     })
     .join()
     .unwrap()
@@ -208,9 +150,9 @@ fn x87_in_its_initial_state_comes_back_initial_and_unused_from_the_avx_stub() {
         return;
     }
     for handler in [fill_the_x87_stack_and_zero_the_upper_halves, leave_values_on_the_x87_stack, || {}] {
-        let p = probe(fxa_initial, 1, handler);
+        let p = probe(fx87_initial, 1, handler);
         for signalled in [false, true] {
-            let (results, before, after) = on_a_fresh_thread(fxa_initial, 1000, signalled);
+            let (results, before, after) = on_a_fresh_thread(fx87_initial, 1000, signalled);
             assert_eq!(results.iter().find(|&&r| r != 0), None, "x87 after the probe differs from the initial state");
             assert_eq!(before, signalled, "x87 in use before the calls");
             assert!(!after, "x87 left in use");

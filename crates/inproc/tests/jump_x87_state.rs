@@ -4,6 +4,7 @@
 //! only marked in use by a signal, comes back initial (registers zeroed too) and unused, so
 //! the thread's later hits need not keep it.
 mod fixtures;
+use fixtures::x87::{fill_the_x87_stack, fx87_initial, x87_in_use};
 use fixtures::{addr, code};
 
 use dprobe_inproc::{register, Kprobe, PreAction, Probe};
@@ -61,41 +62,11 @@ std::arch::global_asm!(
     "fldcw [rsp - 8]",
     "ret",
     ".size fxj_round_up, . - fxj_round_up",
-    // No x87 before the probed `lea`; after it, the x87 state (FXSAVE) compared with the
-    // initial one: returns the OR of its control word XOR 0x37f, status and tag words, last
-    // instruction and operand, and every register's 10 bytes: 0 where x87 is initial.
-    ".globl fxj_initial",
-    ".type fxj_initial,@function",
-    "fxj_initial:",
-    "nop",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "push rbp",
-    "mov rbp, rsp",
-    "sub rsp, 512",
-    "and rsp, -16",
-    "fxsave64 [rsp]",
-    "mov rax, [rsp]",
-    "xor rax, 0x37f",
-    "or rax, [rsp + 8]",
-    "or rax, [rsp + 16]",
-    "mov ecx, 32",
-    "1:",
-    "or rax, [rsp + rcx]",
-    "movzx edx, word ptr [rsp + rcx + 8]",
-    "or rax, rdx",
-    "add ecx, 16",
-    "cmp ecx, 160",
-    "jb 1b",
-    "mov rsp, rbp",
-    "pop rbp",
-    "ret",
-    ".size fxj_initial, . - fxj_initial",
 );
 
 extern "C" {
     fn fxj_mmx(a: u64, b: u64) -> u64;
     fn fxj_control(a: u64, b: u64) -> u64;
-    fn fxj_initial(a: u64, b: u64) -> u64;
     fn fxj_mmx_live(a: u64, b: u64) -> u64;
     fn fxj_round_up(a: u64, b: u64) -> u64;
 }
@@ -113,48 +84,10 @@ fn jump_probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64, handler: fn
     p
 }
 
-/// Eight values pushed on the x87 stack and popped: every register's bits written (zero),
-/// the stack as it was when it was empty.
-fn fill_the_x87_stack() {
-    // SAFETY: eight pushes and eight pops of the x87 stack; no Rust code uses x87.
-    unsafe {
-        std::arch::asm!(
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fldz",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-            "fstp st(0)",
-        )
-    };
-}
-
 /// 1.0 pushed three times and left there, as a bad library call might.
 fn leave_values_on_the_x87_stack() {
     // SAFETY: three pushes on the x87 stack, left; no Rust code uses x87.
     unsafe { std::arch::asm!("fld1", "fld1", "fld1") };
-}
-
-/// Bit 0 of `XGETBV` with `ECX` = 1, where the CPU has it.
-fn x87_in_use() -> Option<bool> {
-    let osxsave = std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) != 0;
-    if !osxsave || std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
-        return None;
-    }
-    let low: u32;
-    // SAFETY: XGETBV with ECX = 1 is allowed where CPUID says so (checked above).
-    unsafe { std::arch::asm!("xgetbv", in("ecx") 1, out("eax") low, out("edx") _, options(nomem, nostack)) };
-    Some(low & 1 != 0)
 }
 
 extern "C" fn nothing(_: libc::c_int) {}
@@ -222,10 +155,10 @@ fn a_changed_x87_control_word_survives_a_handler_that_resets_x87() {
 #[test]
 fn x87_in_its_initial_state_comes_back_initial_and_unused_whatever_the_handler_did() {
     for handler in [fill_the_x87_stack, leave_values_on_the_x87_stack, || {}] {
-        let p = jump_probe(fxj_initial, 1, handler);
+        let p = jump_probe(fx87_initial, 1, handler);
         // Unused before, then only marked in use by a signal.
         for (first, marked) in [((|| {}) as fn(), false), (take_a_signal, true)] {
-            let (results, before, after) = on_a_fresh_thread(fxj_initial, 1000, first);
+            let (results, before, after) = on_a_fresh_thread(fx87_initial, 1000, first);
             assert!(results.iter().all(|&r| r == 0), "x87 after the probe: {:#x?}", results.iter().find(|&&r| r != 0));
             if let (Some(before), Some(after)) = (before, after) {
                 assert_eq!(before, marked, "x87 in use before the calls");

@@ -3,7 +3,7 @@
 //! in use by the `sigreturn` of dprobe's trap or safepoint signal, which would make the next
 //! jump hit inside a function save it: `x87_frame.rs`).
 mod fixtures;
-use fixtures::addr;
+use fixtures::{addr, x87::x87_in_use};
 
 use dprobe_inproc::{register, Kprobe, PreAction};
 
@@ -88,18 +88,6 @@ fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: usize) -> 
     })
     .join()
     .unwrap()
-}
-
-/// Bit 0 of `XGETBV` with `ECX` = 1, where the CPU has it.
-fn x87_in_use() -> Option<bool> {
-    let osxsave = std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) != 0;
-    if !osxsave || std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) == 0 {
-        return None;
-    }
-    let low: u32;
-    // SAFETY: XGETBV with ECX = 1 is allowed where CPUID says so (checked above).
-    unsafe { std::arch::asm!("xgetbv", in("ecx") 1, out("eax") low, out("edx") _, options(nomem, nostack)) };
-    Some(low & 1 != 0)
 }
 
 #[test]
