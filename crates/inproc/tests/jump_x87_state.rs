@@ -4,39 +4,13 @@
 //! only marked in use by a signal, comes back initial (registers zeroed too) and unused, so
 //! the thread's later hits need not keep it.
 mod fixtures;
-use fixtures::x87::{fill_the_x87_stack, fx87_initial, x87_in_use};
+use fixtures::x87::{fill_the_x87_stack, fx87_control, fx87_initial, fx87_mmx, fx87_round_up, x87_in_use};
 use fixtures::{addr, code};
 
 use dprobe_inproc::{register, Kprobe, PreAction, Probe};
 
 std::arch::global_asm!(
     ".text",
-    // `a` in mm0, then `emms` (every x87 register empty, their bits kept) across the probed
-    // `lea`: returns mm0's bits, `a`.
-    ".globl fxj_mmx",
-    ".type fxj_mmx,@function",
-    "fxj_mmx:",
-    "movq mm0, rdi",
-    "emms",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "movq rax, mm0",
-    "emms",
-    "ret",
-    ".size fxj_mmx, . - fxj_mmx",
-    // The control word 0x7f (single precision) across the probed `lea`: returns the control
-    // word then, and puts the caller's back.
-    ".globl fxj_control",
-    ".type fxj_control,@function",
-    "fxj_control:",
-    "fnstcw [rsp - 8]",
-    "mov word ptr [rsp - 16], 0x7f",
-    "fldcw [rsp - 16]",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "fnstcw [rsp - 16]",
-    "movzx eax, word ptr [rsp - 16]",
-    "fldcw [rsp - 8]",
-    "ret",
-    ".size fxj_control, . - fxj_control",
     // `a` in mm0 across the probed `lea`, between MMX instructions (every x87 register
     // valid): returns mm0's bits, `a`.
     ".globl fxj_mmx_live",
@@ -48,27 +22,10 @@ std::arch::global_asm!(
     "emms",
     "ret",
     ".size fxj_mmx_live, . - fxj_mmx_live",
-    // The control word 0xb7f (rounding up) across the probed `lea`: returns the control
-    // word then, and puts the caller's back.
-    ".globl fxj_round_up",
-    ".type fxj_round_up,@function",
-    "fxj_round_up:",
-    "fnstcw [rsp - 8]",
-    "mov word ptr [rsp - 16], 0xb7f",
-    "fldcw [rsp - 16]",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "fnstcw [rsp - 16]",
-    "movzx eax, word ptr [rsp - 16]",
-    "fldcw [rsp - 8]",
-    "ret",
-    ".size fxj_round_up, . - fxj_round_up",
 );
 
 extern "C" {
-    fn fxj_mmx(a: u64, b: u64) -> u64;
-    fn fxj_control(a: u64, b: u64) -> u64;
     fn fxj_mmx_live(a: u64, b: u64) -> u64;
-    fn fxj_round_up(a: u64, b: u64) -> u64;
 }
 
 /// A jump-optimized probe on `f`'s `lea`, `before` bytes in, whose handler runs `handler`.
@@ -131,9 +88,9 @@ fn on_a_fresh_thread(
 #[test]
 fn an_mmx_register_s_bits_survive_a_handler_that_fills_the_x87_stack() {
     // movq mm0, rdi (4 bytes); emms (2).
-    let p = jump_probe(fxj_mmx, 6, fill_the_x87_stack);
+    let p = jump_probe(fx87_mmx, 6, fill_the_x87_stack);
     for first in [(|| {}) as fn(), take_a_signal] {
-        let (results, _, _) = on_a_fresh_thread(fxj_mmx, 1000, first);
+        let (results, _, _) = on_a_fresh_thread(fx87_mmx, 1000, first);
         assert!(results.iter().all(|&r| r == 1), "mm0 came back as {:#x?}", results.iter().find(|&&r| r != 1));
     }
     assert_eq!(p.hits(), 2000);
@@ -141,12 +98,12 @@ fn an_mmx_register_s_bits_survive_a_handler_that_fills_the_x87_stack() {
 
 #[test]
 fn a_changed_x87_control_word_survives_a_handler_that_resets_x87() {
-    let p = jump_probe(fxj_control, 4 + 7 + 4, || {
+    let p = jump_probe(fx87_control, 4 + 7 + 4, || {
         // SAFETY: x87 put in its initial state; no Rust code uses x87.
         unsafe { std::arch::asm!("fninit") };
     });
     for first in [(|| {}) as fn(), take_a_signal] {
-        let (results, _, _) = on_a_fresh_thread(fxj_control, 1000, first);
+        let (results, _, _) = on_a_fresh_thread(fx87_control, 1000, first);
         assert!(results.iter().all(|&r| r == 0x7f), "the control word came back as {:#x?}", results.first());
     }
     assert_eq!(p.hits(), 2000);
@@ -213,5 +170,5 @@ fn a_handler_finds_x87_clean_between_the_program_s_mmx_instructions() {
 
 #[test]
 fn a_handler_finds_x87_rounding_to_nearest_where_the_program_rounds_up() {
-    clean_for_the_handler(fxj_round_up, 4 + 7 + 4, |_| 0xb7f);
+    clean_for_the_handler(fx87_round_up, 4 + 7 + 4, |_| 0xb7f);
 }

@@ -3,7 +3,8 @@
 //! in use by the `sigreturn` of dprobe's trap or safepoint signal, which would make the next
 //! jump hit inside a function save it: `x87_frame.rs`).
 mod fixtures;
-use fixtures::{addr, x87::x87_in_use};
+use fixtures::addr;
+use fixtures::x87::{fx87_control, fx87_mmx, x87_in_use};
 
 use dprobe_inproc::{register, Kprobe, PreAction};
 
@@ -19,20 +20,6 @@ std::arch::global_asm!(
     "mov rax, [rsp - 8]",
     "ret",
     ".size fxx_value, . - fxx_value",
-    // The control word 0x7f (single precision) across the probed `lea`: returns the control
-    // word then, and puts the caller's back.
-    ".globl fxx_control",
-    ".type fxx_control,@function",
-    "fxx_control:",
-    "fnstcw [rsp - 8]",
-    "mov word ptr [rsp - 16], 0x7f",
-    "fldcw [rsp - 16]",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "fnstcw [rsp - 16]",
-    "movzx eax, word ptr [rsp - 16]",
-    "fldcw [rsp - 8]",
-    "ret",
-    ".size fxx_control, . - fxx_control",
     // Two instructions under a jump's five bytes: optimizing it signals every running thread
     // (the safepoint).
     ".globl fxx_window",
@@ -42,18 +29,6 @@ std::arch::global_asm!(
     "add rax, rsi",
     "ret",
     ".size fxx_window, . - fxx_window",
-    // `a` in mm0, then `emms` (every x87 register empty, their bits kept) across the probed
-    // `lea`: returns mm0's bits, `a`.
-    ".globl fxx_mmx",
-    ".type fxx_mmx,@function",
-    "fxx_mmx:",
-    "movq mm0, rdi",
-    "emms",
-    "lea rax, [rdi + rsi + 0x1000]",
-    "movq rax, mm0",
-    "emms",
-    "ret",
-    ".size fxx_mmx, . - fxx_mmx",
     // No x87 at all.
     ".globl fxx_none",
     ".type fxx_none,@function",
@@ -65,10 +40,8 @@ std::arch::global_asm!(
 
 extern "C" {
     fn fxx_value(a: u64, b: u64) -> u64;
-    fn fxx_control(a: u64, b: u64) -> u64;
     fn fxx_none(a: u64, b: u64) -> u64;
     fn fxx_window(a: u64, b: u64) -> u64;
-    fn fxx_mmx(a: u64, b: u64) -> u64;
 }
 
 /// A probe on `int3` on `f`'s `lea` (`before` bytes in), whose handler does nothing.
@@ -100,8 +73,8 @@ fn a_value_on_the_x87_stack_survives_traps() {
 
 #[test]
 fn a_changed_x87_control_word_survives_traps() {
-    let p = trap_probe(fxx_control, 4 + 7 + 4);
-    let (results, _) = on_a_fresh_thread(fxx_control, 1000);
+    let p = trap_probe(fx87_control, 4 + 7 + 4);
+    let (results, _) = on_a_fresh_thread(fx87_control, 1000);
     assert!(results.iter().all(|&r| r == 0x7f), "the control word came back as {:#x?}", results.first());
     assert_eq!(p.hits(), 1000);
 }
@@ -109,8 +82,8 @@ fn a_changed_x87_control_word_survives_traps() {
 #[test]
 fn an_mmx_register_s_bits_survive_traps_after_emms() {
     // movq mm0, rdi (4 bytes); emms (2).
-    let p = trap_probe(fxx_mmx, 6);
-    let (results, _) = on_a_fresh_thread(fxx_mmx, 1000);
+    let p = trap_probe(fx87_mmx, 6);
+    let (results, _) = on_a_fresh_thread(fx87_mmx, 1000);
     assert!(results.iter().all(|&r| r == 1), "mm0 came back as {:#x?}", results.first());
     assert_eq!(p.hits(), 1000);
 }
