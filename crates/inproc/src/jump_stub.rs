@@ -467,9 +467,8 @@ macro_rules! zmm_whole_kept_call {
 /// also stored at `[rsp + 264]`): `FXSAVE` into a 16-byte aligned area at `[rsp + $at]` (512
 /// bytes), whose address `r12` keeps (callee-saved; the frame holds the program's `r12`).
 /// The handlers run with x87 made clean (`x87_clean`) where they would see the program's
-/// state, as on the `XSAVE` path. `FXSAVE` also
-/// writes `MXCSR` and `xmm0`-`xmm15`, and `FXRSTOR` loads them: the stub loads both again
-/// after it, from its own copy and the frame.
+/// state, as on the `XSAVE` path. `FXSAVE` also writes `MXCSR` and `xmm0`-`xmm15`, and
+/// `FXRSTOR` loads them: the stub loads both again after it, from its own copy and the frame.
 ///
 /// x87 is in use more often than it is used: the kernel marks it in every signal frame, so
 /// any thread that ran a program's signal handler has it in use, its state the initial one.
