@@ -11,7 +11,7 @@ use crate::jump_stub::AVX_STUB_FORCED;
 #[path = "../tests/fixtures/x87.rs"]
 mod x87;
 use crate::{register, Addr, Kprobe, PreAction, Probe};
-use x87::{fill_the_x87_stack, fx87_initial, x87_in_use};
+use x87::{fill_the_x87_stack, fx87_initial, take_a_signal, x87_in_use};
 
 std::arch::global_asm!(
     ".text",
@@ -99,25 +99,13 @@ fn leave_values_on_the_x87_stack() {
     unsafe { std::arch::asm!("fld1", "fld1", "fld1") };
 }
 
-extern "C" fn nothing(_: libc::c_int) {}
-
 /// Runs `f(a, 2)` for `a` in 1..=`times` on a thread of its own, first taking a program's
 /// signal there if `signalled` (its frame marks x87 in use, initial): the results, and
 /// whether x87 was in use before the calls and after them.
 fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: u64, signalled: bool) -> (Vec<u64>, bool, bool) {
     std::thread::spawn(move || {
-        // Again while x87 reads unused: a safepoint signal of dprobe's (another test's
-        // registration) between the two leaves it unused.
-        for _ in 0..if signalled { 100 } else { 0 } {
-            // SAFETY: a handler that does nothing for SIGUSR2, which no other test of the
-            // crate uses, then the signal sent to this thread alone.
-            unsafe {
-                libc::signal(libc::SIGUSR2, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
-                libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2);
-            }
-            if x87_in_use() == Some(true) {
-                break;
-            }
+        if signalled {
+            take_a_signal();
         }
         let before = x87_in_use() == Some(true);
         // SAFETY: the fixtures use registers, their stack and the red zone, and leave x87

@@ -300,7 +300,7 @@ macro_rules! ymm_args_call {
 ///   (and a `vzeroupper` after) when it is clear.
 ///
 /// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`, the in-use
-/// bits at `[rsp + 264]`, whether x87 was initial at `[rsp + 272]`, x87's `FXSAVE` area at
+/// bits at `[rsp + 264]`, x87's `FXSAVE` area at
 /// `[rsp + 320]`.
 macro_rules! avx_state_call {
     () => {
@@ -336,7 +336,7 @@ macro_rules! avx_state_call {
 /// - the same for `zmm16`-`zmm31`, whole.
 ///
 /// Below the frame: the upper halves at `[rsp + 16 * N]`, `MXCSR` at `[rsp + 256]`, the
-/// in-use bits at `[rsp + 264]`, whether x87 was initial at `[rsp + 272]`, `k0`-`k7` at
+/// in-use bits at `[rsp + 264]`, `k0`-`k7` at
 /// `[rsp + 320]`, `zmm16`-`zmm31` at `[rsp + 384]`, x87's `FXSAVE` area at `[rsp + 1408]`,
 /// `zmm0`-`zmm15` at `[rsp + 1920]`.
 macro_rules! avx512_state_call {
@@ -465,7 +465,8 @@ macro_rules! zmm_whole_kept_call {
 
 /// x87 kept across the dispatcher where in use (`XINUSE` bit 0 of the in-use bits in `rax`,
 /// also stored at `[rsp + 264]`): `FXSAVE` into a 16-byte aligned area at `[rsp + $at]` (512
-/// bytes), whose address `r12` keeps (callee-saved; the frame holds the program's `r12`).
+/// bytes). `r12` (callee-saved; the frame holds the program's) keeps the area's address for
+/// `x87_back`'s `FXRSTOR`, or 0 where there is nothing to load back.
 /// The handlers run with x87 made clean (`x87_clean`) where they would see the program's
 /// state, as on the `XSAVE` path. `FXSAVE` also writes `MXCSR` and `xmm0`-`xmm15`, and
 /// `FXRSTOR` loads them: the stub loads both again after it, from its own copy and the frame.
@@ -473,10 +474,10 @@ macro_rules! zmm_whole_kept_call {
 /// x87 is in use more often than it is used: the kernel marks it in every signal frame, so
 /// any thread that ran a program's signal handler has it in use, its state the initial one.
 /// So the saved state is compared with the initial one (control word `0x37f`, all else zero
-/// but `MXCSR`: registers empty and zero, no last instruction or operand); the outcome, at
-/// `[rsp + 272]`, tells `x87_back` to put the initial state back through `XRSTOR`, which
-/// leaves x87 unused, and the thread's later hits need no save. Otherwise `FXRSTOR` loads
-/// the program's state back. On the Intel Xeon of BENCHMARKS.md an `FXSAVE` and an `FXRSTOR`
+/// but `MXCSR`: registers empty and zero, no last instruction or operand); where it is, `r12`
+/// is 0 and `x87_back` puts the initial state back through `XRSTOR`, which leaves x87
+/// unused, and the thread's later hits need no save. Otherwise `FXRSTOR` loads the
+/// program's state back. On the Intel Xeon of BENCHMARKS.md an `FXSAVE` and an `FXRSTOR`
 /// cost about 19 ns each, an `XSAVE` of x87 alone and its `XRSTOR` 60 the pair, and
 /// `XSAVEC`/`XRSTOR` of the whole state 74.
 ///
@@ -484,7 +485,7 @@ macro_rules! zmm_whole_kept_call {
 macro_rules! x87_kept {
     ($at:literal) => {
         concat!(
-            "test al, 1\n jz 16f\n lea r12, [rsp + ",
+            "xor r12d, r12d\n test al, 1\n jz 16f\n lea r12, [rsp + ",
             $at,
             "]\n fxsave64 [r12]\n",
             "mov rcx, [r12]\n xor rcx, 0x37f\n or rcx, [r12 + 8]\n or rcx, [r12 + 16]\n",
@@ -497,7 +498,7 @@ macro_rules! x87_kept {
             "or rcx, [r12 + 112]\n movzx edx, word ptr [r12 + 120]\n or rcx, rdx\n",
             "or rcx, [r12 + 128]\n movzx edx, word ptr [r12 + 136]\n or rcx, rdx\n",
             "or rcx, [r12 + 144]\n movzx edx, word ptr [r12 + 152]\n or rcx, rdx\n",
-            "setz byte ptr [rsp + 272]\n jz 20f\n",
+            "jnz 23f\n xor r12d, r12d\n jmp 20f\n 23:\n",
             // Made clean where a handler would see the difference: the control word changed,
             // an exception pending (the status word's error summary) or a register valid
             // (the abridged tag byte); not where only bits left behind differ.
@@ -543,19 +544,17 @@ macro_rules! mxcsr_reset {
     };
 }
 
-/// x87 back as the program had it (the in-use bits at `[rsp + 264]`):
-/// - in use and not in its initial state: loaded from `x87_kept`'s area with `FXRSTOR`;
-/// - otherwise the initial state, put back (where in use now) with `XRSTOR` of x87 alone from
-///   an area whose header marks it initial: unlike `fninit`, it zeroes the registers a
-///   handler used, and leaves x87 unused.
+/// x87 back as the program had it:
+/// - not in its initial state (`r12` set by `x87_kept`): loaded from that area with `FXRSTOR`;
+/// - otherwise the initial state, put back (where x87 is in use now) with `XRSTOR` of x87
+///   alone from an area whose header marks it initial: unlike `fninit`, it zeroes the
+///   registers a handler used, and leaves x87 unused.
 macro_rules! x87_back {
     () => {
         concat!(
-            "test byte ptr [rsp + 264], 1\n jz 17f\n",
-            "cmp byte ptr [rsp + 272], 0\n jne 18f\n",
-            "fxrstor64 [r12]\n jmp 9f\n",
+            "test r12, r12\n jz 17f\n fxrstor64 [r12]\n jmp 9f\n",
             "17:\n mov ecx, 1\n xgetbv\n test al, 1\n jz 9f\n",
-            "18:\n mov eax, 1\n xor edx, edx\n xrstor64 [rip + {x87_initial}]\n",
+            "mov eax, 1\n xor edx, edx\n xrstor64 [rip + {x87_initial}]\n",
             "9:\n",
         )
     };

@@ -4,7 +4,9 @@
 //! only marked in use by a signal, comes back initial (registers zeroed too) and unused, so
 //! the thread's later hits need not keep it.
 mod fixtures;
-use fixtures::x87::{fill_the_x87_stack, fx87_control, fx87_initial, fx87_mmx, fx87_round_up, x87_in_use};
+use fixtures::x87::{
+    fill_the_x87_stack, fx87_control, fx87_initial, fx87_mmx, fx87_round_up, on_a_fresh_thread, take_a_signal,
+};
 use fixtures::{addr, code};
 
 use dprobe_inproc::{register, Kprobe, PreAction, Probe};
@@ -45,44 +47,6 @@ fn jump_probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64, handler: fn
 fn leave_values_on_the_x87_stack() {
     // SAFETY: three pushes on the x87 stack, left; no Rust code uses x87.
     unsafe { std::arch::asm!("fld1", "fld1", "fld1") };
-}
-
-extern "C" fn nothing(_: libc::c_int) {}
-
-/// A program's signal taken by this thread: the kernel's frame marks x87 in use, in its
-/// initial state. Again while x87 reads unused: a safepoint signal of dprobe's (another
-/// test's registration) between the two leaves it unused.
-fn take_a_signal() {
-    for _ in 0..100 {
-        // SAFETY: a handler that does nothing, for a signal nothing else in this test binary
-        // uses; then the signal sent to this thread alone.
-        unsafe {
-            libc::signal(libc::SIGUSR1, nothing as extern "C" fn(libc::c_int) as libc::sighandler_t);
-            libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1);
-        }
-        if x87_in_use() != Some(false) {
-            return;
-        }
-    }
-}
-
-/// Runs `f(1, 2)` `times` times on a thread of its own, after `first` there; the results and
-/// the thread's x87 in-use bit before the calls and after them.
-fn on_a_fresh_thread(
-    f: unsafe extern "C" fn(u64, u64) -> u64,
-    times: usize,
-    first: fn(),
-) -> (Vec<u64>, Option<bool>, Option<bool>) {
-    std::thread::spawn(move || {
-        first();
-        let before = x87_in_use();
-        // SAFETY: the fixtures only use registers, their stack and the red zone, and leave
-        // x87 as they found it.
-        let results = (0..times).map(|_| unsafe { f(1, 2) }).collect();
-        (results, before, x87_in_use())
-    })
-    .join()
-    .unwrap()
 }
 
 #[test]

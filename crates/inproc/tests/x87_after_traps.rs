@@ -4,7 +4,7 @@
 //! jump hit inside a function save it: `x87_frame.rs`).
 mod fixtures;
 use fixtures::addr;
-use fixtures::x87::{fx87_control, fx87_mmx, x87_in_use};
+use fixtures::x87::{fx87_control, fx87_mmx, on_a_fresh_thread, x87_in_use};
 
 use dprobe_inproc::{register, Kprobe, PreAction};
 
@@ -51,22 +51,10 @@ fn trap_probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64) -> dprobe_i
     register(Kprobe::addr(at).pre(|_| PreAction::Continue).no_optimize()).unwrap()
 }
 
-/// Runs `f(1, 2)` on a thread of its own, `times` times; its results and the thread's x87
-/// in-use bit after (`None`: the CPU does not say).
-fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: usize) -> (Vec<u64>, Option<bool>) {
-    std::thread::spawn(move || {
-        // SAFETY: the fixtures only use registers and the red zone.
-        let results = (0..times).map(|_| unsafe { f(1, 2) }).collect();
-        (results, x87_in_use())
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn a_value_on_the_x87_stack_survives_traps() {
     let p = trap_probe(fxx_value, 2);
-    let (results, _) = on_a_fresh_thread(fxx_value, 1000);
+    let (results, _, _) = on_a_fresh_thread(fxx_value, 1000, || {});
     assert!(results.iter().all(|&r| r == 1.0f64.to_bits()), "1.0 came back as {:#x?}", results.first());
     assert_eq!(p.hits(), 1000);
 }
@@ -74,7 +62,7 @@ fn a_value_on_the_x87_stack_survives_traps() {
 #[test]
 fn a_changed_x87_control_word_survives_traps() {
     let p = trap_probe(fx87_control, 4 + 7 + 4);
-    let (results, _) = on_a_fresh_thread(fx87_control, 1000);
+    let (results, _, _) = on_a_fresh_thread(fx87_control, 1000, || {});
     assert!(results.iter().all(|&r| r == 0x7f), "the control word came back as {:#x?}", results.first());
     assert_eq!(p.hits(), 1000);
 }
@@ -83,7 +71,7 @@ fn a_changed_x87_control_word_survives_traps() {
 fn an_mmx_register_s_bits_survive_traps_after_emms() {
     // movq mm0, rdi (4 bytes); emms (2).
     let p = trap_probe(fx87_mmx, 6);
-    let (results, _) = on_a_fresh_thread(fx87_mmx, 1000);
+    let (results, _, _) = on_a_fresh_thread(fx87_mmx, 1000, || {});
     assert!(results.iter().all(|&r| r == 1), "mm0 came back as {:#x?}", results.first());
     assert_eq!(p.hits(), 1000);
 }
@@ -91,7 +79,7 @@ fn an_mmx_register_s_bits_survive_traps_after_emms() {
 #[test]
 fn x87_a_thread_never_used_is_left_unused_by_traps() {
     let p = trap_probe(fxx_none, 0);
-    let (results, in_use) = on_a_fresh_thread(fxx_none, 100);
+    let (results, _, in_use) = on_a_fresh_thread(fxx_none, 100, || {});
     assert!(results.iter().all(|&r| r == 0x1003));
     assert_eq!(p.hits(), 100);
     if let Some(in_use) = in_use {
