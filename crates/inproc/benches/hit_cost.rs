@@ -46,7 +46,10 @@
 //!   each round that first takes a program's signal (the kernel's signal frame marks x87 in
 //!   use, in its initial state; dprobe's traps leave it unused in the other rows' thread);
 //! * jump inside, zmm0-15 in use: the same with `a` in every lane of `zmm2` across the probe
-//!   (`vpbroadcastq` before it, `vzeroupper` after; on a CPU with AVX-512 only).
+//!   (`vpbroadcastq` before it, `vzeroupper` after; on a CPU with AVX-512 only);
+//! * jump, handler's float flag: a function that clears `MXCSR`'s exception flags, then
+//!   tail-calls one probed at its entry (a jump) whose handler also makes an inexact division:
+//!   the stub loads the program's `MXCSR` back, without the precision flag the handler raised.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -208,6 +211,22 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size bench_tail_callee, . - bench_tail_callee",
+    ".globl bench_float_flag",
+    ".type bench_float_flag,@function",
+    "bench_float_flag:",
+    "sub rsp, 8",
+    "mov dword ptr [rsp], 0x1f80",
+    "ldmxcsr [rsp]",
+    "add rsp, 8",
+    "jmp bench_float_leaf",
+    ".size bench_float_flag, . - bench_float_flag",
+    ".globl bench_float_leaf",
+    ".type bench_float_leaf,@function",
+    "bench_float_leaf:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "mov rax, rdi",
+    "ret",
+    ".size bench_float_leaf, . - bench_float_leaf",
 );
 
 extern "C" {
@@ -231,6 +250,8 @@ extern "C" {
     fn bench_kret_jumps(x: u64) -> u64;
     fn bench_kret_jumps_veto(x: u64) -> u64;
     fn bench_tail(x: u64) -> u64;
+    fn bench_float_flag(x: u64) -> u64;
+    fn bench_float_leaf(x: u64) -> u64;
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
@@ -278,6 +299,12 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
         register(Kprobe::addr(at(bench_jump_x87).offset(4)).pre(count)).expect("jump inside a function, x87 in use"),
         register(Kprobe::addr(at(bench_jump_signalled).offset(3)).pre(count)).expect("jump inside, after a signal"),
         register(Kprobe::addr(at(bench_jump_zmm).offset(6)).pre(count)).expect("jump inside, zmm0-zmm15 in use"),
+        register(Kprobe::addr(at(bench_float_leaf)).pre(|regs| {
+            // An inexact division: MXCSR's precision flag, which the function cleared.
+            black_box(black_box(1.0f64) / black_box(3.0f64));
+            count(regs)
+        }))
+        .expect("jump, a handler's float flag"),
     ];
     assert_eq!(kprobes[3].optimized(), Ok(()), "the jump-optimized row measures a jump");
     assert_eq!(kprobes[5].optimized(), Ok(()), "the post row measures a jump");
@@ -287,6 +314,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
     assert_eq!(kprobes[9].optimized(), Ok(()), "the x87 row measures a jump");
     assert_eq!(kprobes[10].optimized(), Ok(()), "the signalled row measures a jump");
     assert_eq!(kprobes[11].optimized(), Ok(()), "the zmm row measures a jump");
+    assert_eq!(kprobes[12].optimized(), Ok(()), "the float flag row measures a jump");
     // The same first instruction as the boosted kprobe's function: the difference between
     // the two is the return side (trampoline, dispatcher, handler).
     let kret = register_kretprobe(Kretprobe::addr(at(bench_ret)).via_return_address().handler(|_, _| {
@@ -333,7 +361,7 @@ fn probes() -> (Vec<Probe>, Vec<ReturnProbe>) {
 }
 
 type Target = (&'static str, unsafe extern "C" fn(u64) -> u64);
-const TARGETS: [Target; 20] = [
+const TARGETS: [Target; 21] = [
     ("floor (raw int3 round trip)", bench_floor),
     ("emulated", bench_push),
     ("boosted", bench_mov),
@@ -354,6 +382,7 @@ const TARGETS: [Target; 20] = [
     ("jump inside, x87 in use", bench_jump_x87),
     ("jump inside, after a signal", bench_jump_signalled),
     ("jump inside, zmm0-15 in use", bench_jump_zmm),
+    ("jump, handler's float flag", bench_float_flag),
 ];
 
 fn call_n(f: unsafe extern "C" fn(u64) -> u64, n: u64) -> Duration {
@@ -451,6 +480,7 @@ fn ratio_table(_: &mut Criterion) {
     both("x87 in use (jump inside, x87 in use - jump inside a function)", 17, 11);
     both("after a program's signal (jump inside, after a signal - jump inside a function)", 18, 11);
     both("zmm0-zmm15's upper halves in use (jump inside, zmm0-15 in use - jump inside a function)", 19, 11);
+    both("a handler's float flag put back (jump, handler's float flag - jump-optimized)", 20, 7);
     jump_pairs();
 }
 

@@ -1,8 +1,12 @@
-//! The AVX whole-state stub (`avx_state_call` in `jump_stub.rs`, chosen where the kernel
-//! enabled x87, SSE and AVX alone) run on a CPU with more, where it is never chosen: x87
-//! kept where in use, put back initial and unused where it was initial, with the `ymm`
-//! upper halves live. The handlers here touch neither the mask registers nor `zmm16`-
-//! `zmm31`, which this stub does not keep.
+//! The AVX stubs of `jump_stub.rs`, chosen where the kernel enabled x87, SSE and AVX alone,
+//! run on a CPU with more, where they are never chosen:
+//! - the whole-state stub (`avx_state_call`): x87 kept where in use, put back initial and
+//!   unused where it was initial, with the `ymm` upper halves live;
+//! - the argument-keeping stub at an entry (`ymm_args_call`): a `__m256` argument, a `ymm`
+//!   register its caller keeps across the call, and `MXCSR` survive a handler.
+//!
+//! The handlers here touch neither the mask registers nor `zmm16`-`zmm31`, which these stubs
+//! do not keep.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard};
@@ -32,10 +36,55 @@ std::arch::global_asm!(
     "vzeroupper",
     "ret",
     ".size fxa_value, . - fxa_value",
+    // `a` in both halves of ymm0 (a `__m256` argument) and `b` in ymm9's upper half (a
+    // register the caller keeps across the call, as gcc's `-fipa-ra` may), or with `b` = 0
+    // every upper half zero (`a` in ymm0's low half alone), MXCSR's flags cleared, then a call
+    // of `fxa_m256_leaf` (probed at its entry): returns MXCSR after the call << 40 | what the
+    // leaf returned + b.
+    ".globl fxa_m256_call",
+    ".type fxa_m256_call,@function",
+    "fxa_m256_call:",
+    "sub rsp, 8",
+    "mov dword ptr [rsp], 0x1f80",
+    "ldmxcsr [rsp]",
+    "vmovq xmm0, rdi",
+    "vinserti128 ymm0, ymm0, xmm0, 1",
+    "vmovq xmm9, rsi",
+    "vinserti128 ymm9, ymm9, xmm9, 1",
+    "test rsi, rsi",
+    "jnz 1f",
+    "vzeroupper",
+    "1:",
+    "call fxa_m256_leaf",
+    "vextracti128 xmm9, ymm9, 1",
+    "vmovq rcx, xmm9",
+    "add rax, rcx",
+    "stmxcsr [rsp]",
+    "mov ecx, [rsp]",
+    "shl rcx, 40",
+    "or rax, rcx",
+    "add rsp, 8",
+    "vzeroupper",
+    "ret",
+    ".size fxa_m256_call, . - fxa_m256_call",
+    // A 5-byte nop (the probe), then the sum of ymm0's two halves' low words; touches no
+    // other vector register.
+    ".globl fxa_m256_leaf",
+    ".type fxa_m256_leaf,@function",
+    "fxa_m256_leaf:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "vmovq rax, xmm0",
+    "vextracti128 xmm0, ymm0, 1",
+    "vmovq rcx, xmm0",
+    "add rax, rcx",
+    "ret",
+    ".size fxa_m256_leaf, . - fxa_m256_leaf",
 );
 
 extern "C" {
     fn fxa_value(a: u64, b: u64) -> u64;
+    fn fxa_m256_call(a: u64, b: u64) -> u64;
+    fn fxa_m256_leaf();
 }
 
 fn avx() -> bool {
@@ -147,4 +196,44 @@ fn x87_in_its_initial_state_comes_back_initial_and_unused_from_the_avx_stub() {
         }
         assert_eq!(p.hits(), 2000);
     }
+}
+
+#[test]
+fn a_m256_argument_a_kept_ymm_register_and_mxcsr_survive_the_avx_argument_stub() {
+    if !avx() {
+        return;
+    }
+    let at = Addr(fxa_m256_leaf as *const () as u64);
+    let p = {
+        let _forced = Forced::new();
+        register(Kprobe::addr(at).pre(|_| {
+            // What a handler's library calls may do: every upper half zeroed, ymm0's filled
+            // with ones, MXCSR's precision flag raised by an inexact division.
+            // SAFETY: AVX is present; ymm0 is caller-saved and no Rust code here keeps
+            // values in the upper halves.
+            unsafe { std::arch::asm!("vzeroupper", "vpcmpeqd ymm0, ymm0, ymm0", out("ymm0") _) };
+            std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
+            PreAction::Continue
+        }))
+        .unwrap()
+    };
+    assert_eq!(p.optimized(), Ok(()), "a jump");
+    // Upper halves in use (the stub stores them), then all zero (it stores nothing).
+    for b in [2, 0] {
+        let wrong = std::thread::spawn(move || {
+            let expected = |a: u64| 0x1f80 << 40 | (a + if b == 0 { 0 } else { a } + b);
+            // SAFETY: the fixture uses registers and its stack, and leaves the upper halves
+            // zero and MXCSR at reset.
+            let call = |a| unsafe { fxa_m256_call(a, b) };
+            (1..=2000).map(|a| (a, call(a))).find(|&(a, r)| r != expected(a))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            wrong.map(|(a, r)| (a, format!("{r:#x}"))),
+            None,
+            "MXCSR 0x1f80 << 40 | ymm0's two halves + b expected"
+        );
+    }
+    assert_eq!(p.hits(), 4000);
 }

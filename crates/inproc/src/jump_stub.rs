@@ -22,6 +22,11 @@
 //! below the frame and loaded back after the dispatcher, before the frame's `xmm` registers
 //! (which a handler may have changed) are written over their low halves.
 //!
+//! Every stub keeps `MXCSR` as the trap path's signal frame does: the handlers get it at
+//! reset where the program's control bits differ (`mxcsr_reset!`), and the program's value is
+//! loaded back where the handlers changed it (their arithmetic raises its sticky flags): at
+//! an entry or a `ret`, see `mxcsr_kept!` and `mxcsr_back!`.
+//!
 //! The whole-state stubs (inside a function on a CPU with AVX) also keep the extended state
 //! (`ymm`/`zmm` upper halves, `zmm16`-`zmm31`, mask registers, x87/MXCSR). Where that state is
 //! x87, SSE and AVX alone, without `XSAVE` of the whole state (x87 with `FXSAVE` where in
@@ -274,10 +279,13 @@ macro_rules! ymm_args_call {
             "vorps ymm8, ymm8, ymm10\n vorps ymm9, ymm9, ymm11\n vorps ymm8, ymm8, ymm12\n vorps ymm9, ymm9, ymm13\n",
             "vorps ymm8, ymm8, ymm14\n vorps ymm9, ymm9, ymm15\n",
             "vorps ymm8, ymm8, ymm9\n vextractf128 xmm8, ymm8, 1\n vptest xmm8, xmm8\n jnz 4f\n",
-            "vzeroupper\n call {dispatch}\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
+            "vzeroupper\n call {dispatch}\n vzeroupper\n",
+            mxcsr_back!(),
+            "mov rsp, rbx\n jmp 5f\n",
             "4:\n",
             uppers_store!(),
             "vzeroupper\n call {dispatch}\n",
+            mxcsr_back!(),
             uppers_restore!(),
             "mov rsp, rbx\n jmp 7f\n",
             "5:\n",
@@ -524,9 +532,9 @@ macro_rules! x87_clean {
     };
 }
 
-/// `MXCSR` at reset, as a signal handler finds it: the whole-state stubs load it for the
-/// handlers where the program's control bits differ (its rounding, flush-to-zero or unmasked
-/// exceptions would be the handlers'), and load the program's back after.
+/// `MXCSR` at reset, as a signal handler finds it: every stub loads it for the handlers where
+/// the program's control bits differ (its rounding, flush-to-zero or unmasked exceptions
+/// would be the handlers'), and loads the program's back after.
 static MXCSR_AT_RESET: u32 = 0x1f80;
 
 /// `MXCSR` at reset loaded for the handlers where the program's, stored at `[$at]`, has other
@@ -541,6 +549,29 @@ macro_rules! mxcsr_reset {
             "]\n and ecx, 0xffc0\n cmp ecx, 0x1f80\n je 22f\n",
             "ldmxcsr [rip + {mxcsr_reset}]\n 22:\n",
         )
+    };
+}
+
+/// The program's `MXCSR`, stored at `[rbx - 16]` by `mxcsr_kept!`, loaded back where the
+/// handlers changed it: their arithmetic sets its sticky exception flags, which a signal
+/// handler's return (the trap path) puts back too. Compared first: loading another value
+/// costs about 60 ns here on the Intel Xeon of BENCHMARKS.md (the "jump, handler's float
+/// flag" row), the store and the compare under 1 ns. Clobbers `ecx`.
+macro_rules! mxcsr_back {
+    () => {
+        concat!(
+            "stmxcsr [rbx - 12]\n mov ecx, [rbx - 12]\n cmp ecx, [rbx - 16]\n je 23f\n",
+            "ldmxcsr [rbx - 16]\n 23:\n",
+        )
+    };
+}
+
+/// The entry of an argument-keeping stub's call: 16 bytes below the frame (`rbx`), the
+/// program's `MXCSR` at `[rbx - 16]`, and `MXCSR` at reset for the handlers where the program's
+/// control bits differ (`mxcsr_reset!`). `mxcsr_back!` after the dispatcher.
+macro_rules! mxcsr_kept {
+    () => {
+        concat!("sub rsp, 16\n stmxcsr [rsp]\n", mxcsr_reset!("rsp"))
     };
 }
 
@@ -587,7 +618,9 @@ macro_rules! zmm_args_call {
             // Bits 256-511 into ymm9, bits 128-255 into xmm8 (VEX: the rest of zmm8 zeroed).
             "vextracti64x4 ymm9, zmm8, 1\n vextractf128 xmm8, ymm8, 1\n",
             "vorps ymm9, ymm9, ymm8\n vptest ymm9, ymm9\n jnz 4f\n",
-            "vzeroupper\n call {dispatch}\n vzeroupper\n mov rsp, rbx\n jmp 5f\n",
+            "vzeroupper\n call {dispatch}\n vzeroupper\n",
+            mxcsr_back!(),
+            "mov rsp, rbx\n jmp 5f\n",
             "4:\n",
             "vmovdqu64 zmm8, [rsp + 512]\n vmovdqu64 zmm9, [rsp + 576]\n",
             "vmovdqu64 [rsp + 0], zmm0\n vmovdqu64 [rsp + 64], zmm1\n",
@@ -595,6 +628,7 @@ macro_rules! zmm_args_call {
             "vmovdqu64 [rsp + 256], zmm4\n vmovdqu64 [rsp + 320], zmm5\n",
             "vmovdqu64 [rsp + 384], zmm6\n vmovdqu64 [rsp + 448], zmm7\n",
             "call {dispatch}\n",
+            mxcsr_back!(),
             "vmovdqu64 zmm0, [rsp + 0]\n vmovdqu64 zmm1, [rsp + 64]\n",
             "vmovdqu64 zmm2, [rsp + 128]\n vmovdqu64 zmm3, [rsp + 192]\n",
             "vmovdqu64 zmm4, [rsp + 256]\n vmovdqu64 zmm5, [rsp + 320]\n",
@@ -605,18 +639,18 @@ macro_rules! zmm_args_call {
     };
 }
 
-jump_stub!("__dprobe_jump_entry", jump_dispatch, ["call {dispatch}",]);
-jump_stub!("__dprobe_jump_post", post_dispatch, ["call {dispatch}",]);
+jump_stub!("__dprobe_jump_entry", jump_dispatch, [mxcsr_kept!(), "call {dispatch}", mxcsr_back!(), "mov rsp, rbx",], mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_post", post_dispatch, [mxcsr_kept!(), "call {dispatch}", mxcsr_back!(), "mov rsp, rbx",], mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_entry_full", jump_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_post_full", post_dispatch, [whole_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_entry_avx_state", jump_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_post_avx_state", post_dispatch, [avx_state_call!(),], x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_entry_avx512_state", jump_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
 jump_stub!("__dprobe_jump_post_avx512_state", post_dispatch, [avx512_state_call!(),], bytes = sym XSAVE_BYTES, compact = sym XSAVE_COMPACT, x87_initial = sym X87_INITIAL, mxcsr_reset = sym MXCSR_AT_RESET);
-jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [ymm_args_call!(),]);
-jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [ymm_args_call!(),]);
-jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [zmm_args_call!(),]);
-jump_stub!("__dprobe_jump_post_zmm", post_dispatch, [zmm_args_call!(),]);
+jump_stub!("__dprobe_jump_entry_ymm", jump_dispatch, [mxcsr_kept!(), ymm_args_call!(),], mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_post_ymm", post_dispatch, [mxcsr_kept!(), ymm_args_call!(),], mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_entry_zmm", jump_dispatch, [mxcsr_kept!(), zmm_args_call!(),], mxcsr_reset = sym MXCSR_AT_RESET);
+jump_stub!("__dprobe_jump_post_zmm", post_dispatch, [mxcsr_kept!(), zmm_args_call!(),], mxcsr_reset = sym MXCSR_AT_RESET);
 
 extern "C" {
     fn __dprobe_jump_entry();
@@ -641,7 +675,7 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
         // At an entry or a `ret` the calling convention's vector arguments and return values
         // may be live in full (`__m256`, `__m512`), and a handler's library calls end with
         // `vzeroupper` (or use the upper registers): kept whole where the CPU has them.
-        VectorState::Xmm if std::arch::is_x86_feature_detected!("avx512f") => {
+        VectorState::Xmm if std::arch::is_x86_feature_detected!("avx512f") && !avx_stub_forced() => {
             (at(__dprobe_jump_entry_zmm), at(__dprobe_jump_post_zmm))
         }
         VectorState::Xmm if std::arch::is_x86_feature_detected!("avx") => {
@@ -658,8 +692,8 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
     }
 }
 
-/// Set by the crate's own tests, which run the AVX stub on a CPU with AVX-512 (where it is
-/// never chosen): `avx_stub_tests.rs`.
+/// Set by the crate's own tests, which run the AVX stubs (whole-state and argument-keeping)
+/// on a CPU with AVX-512 (where they are never chosen): `avx_stub_tests.rs`.
 #[cfg(test)]
 pub(crate) static AVX_STUB_FORCED: AtomicBool = AtomicBool::new(false);
 

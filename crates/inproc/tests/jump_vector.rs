@@ -104,6 +104,37 @@ std::arch::global_asm!(
     "add rsp, 8",
     "ret",
     ".size fxv_mxcsr_up, . - fxv_mxcsr_up",
+    // MXCSR set to b, then a call of `fxv_mxcsr_leaf` (probed at its entry, where the cheaper
+    // argument-keeping stubs run), with ymm3's upper half filled where `a` is odd (the stubs
+    // then store the upper halves): returns what the leaf found, and puts 0x1f80 back.
+    ".globl fxv_mxcsr_entry_call",
+    ".type fxv_mxcsr_entry_call,@function",
+    "fxv_mxcsr_entry_call:",
+    "sub rsp, 8",
+    "mov [rsp], esi",
+    "ldmxcsr [rsp]",
+    "test dil, 1",
+    "jz 1f",
+    "vpcmpeqd ymm3, ymm3, ymm3",
+    "1:",
+    "call fxv_mxcsr_leaf",
+    "vzeroupper",
+    "mov dword ptr [rsp], 0x1f80",
+    "ldmxcsr [rsp]",
+    "add rsp, 8",
+    "ret",
+    ".size fxv_mxcsr_entry_call, . - fxv_mxcsr_entry_call",
+    // A 5-byte nop (the probe), then returns MXCSR.
+    ".globl fxv_mxcsr_leaf",
+    ".type fxv_mxcsr_leaf,@function",
+    "fxv_mxcsr_leaf:",
+    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+    "sub rsp, 8",
+    "stmxcsr [rsp]",
+    "mov eax, [rsp]",
+    "add rsp, 8",
+    "ret",
+    ".size fxv_mxcsr_leaf, . - fxv_mxcsr_leaf",
     // With `b` = 0, nothing on the x87 stack; with `b` = 1, 1.0 pushed on it before the
     // probed 5-byte nop inside the function and popped after. Returns the x87 control word
     // << 32 | the status word << 16 | the value popped (1: 1.0, 0: something else).
@@ -221,6 +252,8 @@ extern "C" {
     fn fxv_mxcsr_probe();
     fn fxv_mxcsr_up(a: u64, b: u64) -> u64;
     fn fxv_mxcsr_up_probe();
+    fn fxv_mxcsr_entry_call(a: u64, mxcsr: u64) -> u64;
+    fn fxv_mxcsr_leaf();
     fn fxv_x87(a: u64, b: u64) -> u64;
     fn fxv_x87_probe();
     fn fxv_ymm8_across_call(a: u64, b: u64) -> u64;
@@ -392,7 +425,8 @@ fn xmm8_survives_a_handler_that_changes_it() {
     });
 }
 
-/// A jump-optimized probe inside a function at `at` whose handler runs `clobber`; four threads
+/// A jump-optimized probe at `at` (inside a function, or at its entry) whose handler runs
+/// `clobber`; four threads
 /// call `f(t, b)` and check each result against `expected`.
 fn inside_survives(
     f: unsafe extern "C" fn(u64, u64) -> u64,
@@ -420,16 +454,7 @@ fn inside_survives(
 
 #[test]
 fn mxcsr_flags_a_handler_raises_do_not_reach_the_function() {
-    inside_survives(
-        fxv_mxcsr,
-        fxv_mxcsr_probe,
-        0,
-        || {
-            // An inexact division: sets MXCSR's precision flag (0x20).
-            std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
-        },
-        0x1f80,
-    );
+    inside_survives(fxv_mxcsr, fxv_mxcsr_probe, 0, inexact_division, 0x1f80);
 }
 
 #[test]
@@ -441,14 +466,56 @@ fn a_handler_finds_mxcsr_at_reset_where_the_program_rounds_up() {
         fxv_mxcsr_up_probe,
         0,
         || {
-            let mut mxcsr = 0u32;
-            // SAFETY: stores MXCSR into the local.
-            unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &raw mut mxcsr) };
-            // Its control bits as a signal handler finds them (the status flags aside).
-            if mxcsr & !0x3f != 0x1f80 {
+            if !mxcsr_control_at_reset() {
                 WRONG.fetch_add(1, Relaxed);
             }
-            std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
+            inexact_division();
+        },
+        0x5f80,
+    );
+    assert_eq!(WRONG.load(Relaxed), 0, "handlers that found the program's MXCSR");
+}
+
+/// An inexact division: sets MXCSR's precision flag (0x20).
+fn inexact_division() {
+    std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
+}
+
+/// Whether the calling handler finds MXCSR's control bits at reset, as a signal handler does
+/// (the status flags aside).
+fn mxcsr_control_at_reset() -> bool {
+    let mut mxcsr = 0u32;
+    // SAFETY: stores MXCSR into the local.
+    unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &raw mut mxcsr) };
+    mxcsr & !0x3f == 0x1f80
+}
+
+#[test]
+fn mxcsr_flags_a_handler_raises_at_an_entry_do_not_reach_the_function() {
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the case does not apply");
+        return;
+    }
+    inside_survives(fxv_mxcsr_entry_call, fxv_mxcsr_leaf, 0x1f80, inexact_division, 0x1f80);
+}
+
+#[test]
+fn a_handler_at_an_entry_finds_mxcsr_at_reset_where_the_program_rounds_up() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the case does not apply");
+        return;
+    }
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    inside_survives(
+        fxv_mxcsr_entry_call,
+        fxv_mxcsr_leaf,
+        0x5f80,
+        || {
+            if !mxcsr_control_at_reset() {
+                WRONG.fetch_add(1, Relaxed);
+            }
+            inexact_division();
         },
         0x5f80,
     );
