@@ -43,8 +43,8 @@ impl ProbeCounters {
         self.enabled.swap(on, Relaxed)
     }
 
-    /// Count a hit of `thread` ([`HitCount::add_by`]): without a locked instruction for the
-    /// thread that counts most.
+    /// Count a hit of `thread` ([`HitCount::add_by`]): without a locked instruction, nor a
+    /// cache line another thread writes, for the first threads that count.
     #[inline]
     pub fn hit_by(&self, thread: u64) {
         self.hits.add_by(thread);

@@ -26,6 +26,9 @@ const CHUNKS: usize = 32;
 /// `index + 1`).
 const MAX_INSTANCES: usize = u32::MAX as usize - 1;
 
+/// A cache line of its own (72 bytes would put two threads' instances in one line, and every
+/// call of each would take the line from the other's core).
+#[repr(align(64))]
 struct Instance {
     /// The thread that holds it; 0 when free.
     owner: AtomicU32,

@@ -1,7 +1,8 @@
-//! Hit counts stay exact where the thread that counts most adds without a locked
-//! instruction (`dprobe_core::HitCount`): the owner's hits, other threads' hits at the same
-//! time, and hits from a signal handler that interrupts the owner anywhere, its hit path
-//! included (there they count as missed, never as a hit, never lost).
+//! Hit counts stay exact where the first threads to count add without a locked instruction,
+//! each in a stripe of its own (`dprobe_core::HitCount`): an owner's hits, other threads' hits
+//! at the same time (more threads than stripes: some add to a shared word), and hits from a
+//! signal handler that interrupts an owner anywhere, its hit path included (there they count
+//! as missed, never as a hit, never lost).
 mod fixtures;
 use fixtures::addr;
 
@@ -40,10 +41,12 @@ extern "C" {
     fn fxo_returns(a: u64, b: u64) -> u64;
 }
 
-/// Calls each of the four threads makes at least; the first thread starts alone, so it owns
-/// the count, and goes on until it was sent `SIGNALS_AT_LEAST` signals.
+/// Calls each of the threads makes at least; the first thread starts alone, so it owns a
+/// stripe of the count, and goes on until it was sent `SIGNALS_AT_LEAST` signals.
 const CALLS: u64 = 50_000;
 const SIGNALS_AT_LEAST: u64 = 2_000;
+/// The threads that call at the same time as the first: more than the count's stripes.
+const OTHERS: u64 = 6;
 
 /// The function the signal handler calls, and how many times it did.
 static IN_SIGNAL: AtomicU64 = AtomicU64::new(0);
@@ -62,7 +65,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
 static SIGNALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Call `f` `CALLS` times on the first thread (alone for its first call, so that it owns the
-/// count), then on three more at once, while a fifth thread sends the first `SIGUSR1` every few
+/// count), then on `OTHERS` more at once, while another thread sends the first `SIGUSR1` every few
 /// microseconds; its handler calls `f` too. Returns the calls made, signal handlers' included,
 /// and those of signal handlers.
 fn calls_under_signals(f: unsafe extern "C" fn(u64, u64) -> u64) -> (u64, u64) {
@@ -96,7 +99,7 @@ fn calls_under_signals(f: unsafe extern "C" fn(u64, u64) -> u64) -> (u64, u64) {
         while owner_tid.load(Relaxed) == 0 {
             std::thread::yield_now();
         }
-        for _ in 0..3 {
+        for _ in 0..OTHERS {
             s.spawn(|| (0..CALLS).for_each(call));
         }
         s.spawn(|| {
@@ -115,7 +118,7 @@ fn calls_under_signals(f: unsafe extern "C" fn(u64, u64) -> u64) -> (u64, u64) {
         owner_calls
     });
     let in_signal = IN_SIGNAL.load(Relaxed);
-    (owner_calls + 3 * CALLS + in_signal, in_signal)
+    (owner_calls + OTHERS * CALLS + in_signal, in_signal)
 }
 
 #[test]
