@@ -160,9 +160,9 @@ impl HitProbe {
         self.filtered.set(FetchPlan::compile(self.plan.args(), Some(&f))).is_ok()
     }
 
-    /// Count a hit.
+    /// Count a hit, for the calling thread (see `Shm::count_by`).
     pub fn count(&self, counter: Counter) {
-        self.shm.add(self.index, counter, 1);
+        self.shm.count_by(self.index, counter, u64::from(dprobe_inproc::thread_id()));
     }
 
     /// Whether its hits send events (not when it only counts).

@@ -12,11 +12,16 @@
 //! registers the unwinder starts from and a copy of the thread's stack from its stack
 //! pointer. A probed thread claims a free slot with one atomic exchange (none free: the event
 //! goes without its stack, counted), the tracer frees it once it unwound the stack.
+//!
+//! The counts every hit adds to (a probe's hits and returns) are [`HitCount`]s: a word that
+//! every thread of the program (and of its forked children, which share this memory) adds to
+//! with a locked add would move from core to core at each hit.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use dprobe_core::ring::{self, RingCells};
+use dprobe_core::HitCount;
 use memmap2::{MmapOptions, MmapRaw};
 
 /// Bytes of one slot, its sequence word included.
@@ -27,13 +32,19 @@ pub const SLOTS: usize = 8192;
 /// every function of the C library (`libc:*` comes to about 2,200).
 pub const MAX_PROBES: usize = 4096;
 
-const MAGIC: u64 = 0x6470_726f_6265_7234; // "dprober4"
+const MAGIC: u64 = 0x6470_726f_6265_7235; // "dprober5"
 /// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`).
 const HEADER_BYTES: usize = 128;
 /// Byte of the first of the `exec` gate's 32-bit words (futex words).
 const EXEC_GATE_AT: usize = 64;
 const COUNTER_WORDS: usize = 16;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
+/// Each probe's counts that every hit adds to, after its counter words: hits, then returns.
+const HIT_COUNTS_BYTES: usize = MAX_PROBES * 2 * std::mem::size_of::<HitCount>();
+/// Where the ring starts.
+const RING_AT: usize = HEADER_BYTES + COUNTERS_BYTES + HIT_COUNTS_BYTES;
+// The hit counts' area and each count are 64-byte aligned, as a `HitCount` must be.
+const _: () = assert!((HEADER_BYTES + COUNTERS_BYTES) % 64 == 0 && std::mem::size_of::<HitCount>() % 64 == 0);
 /// Stack slots: events with a stack the tracer has not unwound yet.
 pub const STACK_SLOTS: usize = 512;
 /// Bytes of stack copied at most from the stack pointer up (the frames nearest the probe;
@@ -44,7 +55,7 @@ const STACK_HEADER_BYTES: usize = 64;
 const STACK_SLOT_BYTES: usize = STACK_HEADER_BYTES + STACK_COPY_BYTES;
 const RING_BYTES: usize = SLOTS * SLOT_BYTES;
 /// Total size of the shared memory.
-pub const SHM_BYTES: usize = HEADER_BYTES + COUNTERS_BYTES + RING_BYTES + STACK_SLOTS * STACK_SLOT_BYTES;
+pub const SHM_BYTES: usize = RING_AT + RING_BYTES + STACK_SLOTS * STACK_SLOT_BYTES;
 
 /// A stack as a probed thread left it in a stack slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,12 +196,12 @@ impl Shm {
 
     fn slot(&self, i: usize) -> *mut u8 {
         // SAFETY: i < SLOTS (callers mask it), so the slot is inside the mapping.
-        unsafe { self.base().add(HEADER_BYTES + COUNTERS_BYTES + i * SLOT_BYTES) }
+        unsafe { self.base().add(RING_AT + i * SLOT_BYTES) }
     }
 
     fn stack_slot(&self, i: usize) -> *mut u8 {
         // SAFETY: i < STACK_SLOTS (callers check it), so the slot is inside the mapping.
-        unsafe { self.base().add(HEADER_BYTES + COUNTERS_BYTES + RING_BYTES + i * STACK_SLOT_BYTES) }
+        unsafe { self.base().add(RING_AT + RING_BYTES + i * STACK_SLOT_BYTES) }
     }
 
     fn stack_word(&self, i: usize, w: usize) -> &AtomicU64 {
@@ -260,6 +271,34 @@ impl Shm {
         }
     }
 
+    /// Add one to a counter of `probe` for `thread`, a word no other live thread of any
+    /// process that maps this memory has (its kernel thread id): a probe's hits and returns
+    /// without a locked add or a shared cache line for the first threads that count
+    /// ([`HitCount::add_by`], whose rule against nested adds the agent's engine keeps).
+    /// Lock-free, async-signal-safe.
+    pub fn count_by(&self, probe: usize, counter: Counter, thread: u64) {
+        match self.hit_count(probe, counter) {
+            Some(c) => c.add_by(thread),
+            None => self.add(probe, counter, 1),
+        }
+    }
+
+    /// The [`HitCount`] of a counter every hit adds to (hits, returns) of `probe`.
+    fn hit_count(&self, probe: usize, counter: Counter) -> Option<&HitCount> {
+        let k = match counter {
+            Counter::Hits => 0,
+            Counter::Returns => 1,
+            _ => return None,
+        };
+        (probe < MAX_PROBES).then(|| {
+            let at = HEADER_BYTES + COUNTERS_BYTES + (probe * 2 + k) * std::mem::size_of::<HitCount>();
+            // SAFETY: inside the hit counts' area, 64-byte aligned (the mapping is page-aligned,
+            // the area starts and each count is sized at a multiple of 64), zeroed when made (a
+            // new count), and only ever accessed through the count's atomics.
+            unsafe { &*(self.base().add(at) as *const HitCount) }
+        })
+    }
+
     /// Set a counter of `probe` (the agent's copy of a figure the engine keeps).
     pub fn set(&self, probe: usize, counter: Counter, n: u64) {
         if let Some(w) = self.counter_word(probe, counter) {
@@ -269,7 +308,8 @@ impl Shm {
 
     /// A counter of `probe`.
     pub fn get(&self, probe: usize, counter: Counter) -> u64 {
-        self.counter_word(probe, counter).map_or(0, |w| w.load(Relaxed))
+        let counted = self.hit_count(probe, counter).map_or(0, HitCount::get);
+        counted + self.counter_word(probe, counter).map_or(0, |w| w.load(Relaxed))
     }
 
     /// Records dropped because the ring was full.
@@ -375,5 +415,55 @@ mod tests {
         other.free_stack(first);
         assert_eq!(other.stack(first), None);
         assert_eq!(shm.put_stack(|_, _| 0), Some(first));
+    }
+
+    #[test]
+    fn hits_counted_by_threads_and_by_a_forked_child_add_up_exactly() {
+        const CALLS: u64 = 1_000_000;
+        let shm = Shm::create().unwrap();
+        let other = Shm::open(shm.fd().try_clone().unwrap()).unwrap();
+        // As the agent counts: each thread with its kernel thread id. A forked child's thread
+        // has the forking thread's thread pointer, not its id: counted by that pointer, the
+        // two would own one stripe and lose counts.
+        let count = |shm: &Shm| {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+            (0..CALLS).for_each(|_| shm.count_by(5, Counter::Hits, tid));
+        };
+        // Two threads: stripes are left for the two below.
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| count(&shm));
+            }
+        });
+        // The child and the forking thread count at the same time: each waits until the
+        // other is ready (probe 9's counter words).
+        let ready = |shm: &Shm, mine: Counter, theirs: Counter| {
+            shm.add(9, mine, 1);
+            while shm.get(9, theirs) == 0 {
+                std::hint::spin_loop();
+            }
+        };
+        // SAFETY: the child only counts into the shared mapping and leaves with `_exit`,
+        // running no code of the harness's; the parent waits for it.
+        unsafe {
+            let child = libc::fork();
+            if child == 0 {
+                ready(&shm, Counter::Lost, Counter::Missed);
+                count(&shm);
+                libc::_exit(0);
+            }
+            assert!(child > 0, "fork");
+            ready(&shm, Counter::Missed, Counter::Lost);
+            count(&shm);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(child, &mut status, 0), child);
+            assert_eq!(status, 0, "the child counted and left");
+        }
+        assert_eq!(other.get(5, Counter::Hits), 4 * CALLS, "read from the other mapping");
+        shm.count_by(5, Counter::Lost, 0);
+        shm.count_by(5, Counter::Returns, 0);
+        assert_eq!((other.get(5, Counter::Lost), other.get(5, Counter::Returns)), (1, 1));
+        assert_eq!(other.get(4, Counter::Hits) + other.get(6, Counter::Hits), 0, "the next probes' untouched");
     }
 }

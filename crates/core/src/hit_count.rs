@@ -20,7 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 const STRIPES: usize = 4;
 
 /// A count added to by hit paths; see the module's comment.
+///
+/// Its layout is C's and all its bytes are zero when new, so that a count may also live in
+/// zeroed memory another process maps (64-byte aligned): the agent keeps its probes' counts
+/// in the memory it shares with dprobe.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct HitCount {
     owners: Owners,
     stripes: [Stripe; STRIPES],
@@ -28,12 +33,12 @@ pub struct HitCount {
 
 /// Each stripe's owner (0: none yet), in a line that claims alone write.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 struct Owners([AtomicU64; STRIPES]);
 
 /// One stripe's words, in a line of their own.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 struct Stripe {
     /// Added to by the stripe's owner alone, with a load and a store.
     owned: AtomicU64,
