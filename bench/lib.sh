@@ -8,7 +8,7 @@ root=$(dirname "$here")
 builds=${CARGO_TARGET_DIR:-$root/target}
 out=${BENCH_OUT:-$builds/bench}
 mkdir -p "$out"
-cc -O2 -g -o "$out/target" "$here/target.c"
+cc -O2 -g -pthread -o "$out/target" "$here/target.c"
 target=$out/target
 (cd "$root" && cargo build --release -q -p dprobe-cli)
 dprobe=$builds/release/dprobe
