@@ -1089,9 +1089,12 @@ impl Engine for AgentEngine {
         let current = |c| self.shm.get(index, c);
         // Summed over every program the process ran (`exec`).
         let get = |c| current(c) + self.retired.iter().map(|shm| shm.get(index, c)).sum::<u64>();
+        // The returns read before the entries, as the counts' readers must (`HitCount::get`):
+        // while the program runs on, the figures never show more returns than calls.
+        let returns = get(Counter::Returns);
         Stats {
             hits: get(Counter::Hits) + get(Counter::Missed) + get(Counter::Reentered),
-            returns: get(Counter::Returns),
+            returns,
             missed: get(Counter::Missed),
             reentered: get(Counter::Reentered),
             abandoned: get(Counter::Abandoned),

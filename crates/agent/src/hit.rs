@@ -160,9 +160,13 @@ impl HitProbe {
         self.filtered.set(FetchPlan::compile(self.plan.args(), Some(&f))).is_ok()
     }
 
-    /// Count a hit, for the calling thread (see `Shm::count_by`).
+    /// Count a hit (`Counter::Hits`, `Counter::Returns`: for the calling thread, see
+    /// `Shm::count_by`).
     pub fn count(&self, counter: Counter) {
-        self.shm.count_by(self.index, counter, u64::from(dprobe_inproc::thread_id()));
+        match counter {
+            Counter::Hits | Counter::Returns => self.shm.count_by(self.index, counter, dprobe_inproc::count_key()),
+            _ => self.shm.add(self.index, counter, 1),
+        }
     }
 
     /// Whether its hits send events (not when it only counts).

@@ -272,10 +272,10 @@ impl Shm {
     }
 
     /// Add one to a counter of `probe` for `thread`, a word no other live thread of any
-    /// process that maps this memory has (its kernel thread id): a probe's hits and returns
-    /// without a locked add or a shared cache line for the first threads that count
-    /// ([`HitCount::add_by`], whose rule against nested adds the agent's engine keeps).
-    /// Lock-free, async-signal-safe.
+    /// process that maps this memory has, and which later threads have again
+    /// (`dprobe_inproc::count_key`): a probe's hits and returns without a locked add or a
+    /// shared cache line for the first threads that count ([`HitCount::add_by`], whose rule
+    /// against nested adds the agent's engine keeps). Lock-free, async-signal-safe.
     pub fn count_by(&self, probe: usize, counter: Counter, thread: u64) {
         match self.hit_count(probe, counter) {
             Some(c) => c.add_by(thread),
@@ -422,13 +422,14 @@ mod tests {
         const CALLS: u64 = 1_000_000;
         let shm = Shm::create().unwrap();
         let other = Shm::open(shm.fd().try_clone().unwrap()).unwrap();
-        // As the agent counts: each thread with its kernel thread id. A forked child's thread
-        // has the forking thread's thread pointer, not its id: counted by that pointer, the
-        // two would own one stripe and lose counts.
+        // Each thread with a key of its own, as `dprobe_inproc::count_key` gives (its tests
+        // check a forked child's is its own): here the kernel thread id. A forked child's
+        // thread has the forking thread's thread pointer: counted by that pointer, the two
+        // would own one stripe and lose counts (checked: this test then fails).
         let count = |shm: &Shm| {
             // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-            (0..CALLS).for_each(|_| shm.count_by(5, Counter::Hits, tid));
+            let key = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+            (0..CALLS).for_each(|_| shm.count_by(5, Counter::Hits, key));
         };
         // Two threads: stripes are left for the two below.
         std::thread::scope(|s| {

@@ -46,10 +46,11 @@ struct Stripe {
     shared: AtomicU64,
 }
 
-/// The stripe a thread word's search starts at. Words are addresses of per-thread entries
-/// or thread pointers: their low bits are alike, their middle ones are not.
+/// The stripe a thread word's search starts at: the top bits of a Fibonacci hash, which all
+/// of the word's bits reach (words are addresses of per-thread entries, whose low bits are
+/// alike, or a process id and a small index, whose high bits are).
 fn first_stripe(thread: u64) -> usize {
-    ((thread >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % STRIPES
+    (thread.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % STRIPES
 }
 
 impl HitCount {
@@ -75,12 +76,12 @@ impl HitCount {
                 let current = owner.load(Relaxed);
                 if current == thread || current == 0 && owner.compare_exchange(0, thread, Relaxed, Relaxed).is_ok() {
                     let owned = &self.stripes[i].owned;
-                    owned.store(owned.load(Relaxed) + 1, Relaxed);
+                    owned.store(owned.load(Relaxed) + 1, Release);
                     return;
                 }
             }
         }
-        self.stripes[first].shared.fetch_add(1, Relaxed);
+        self.stripes[first].shared.fetch_add(1, Release);
     }
 
     /// Add one for a caller with no thread word (a shared word).
@@ -89,9 +90,10 @@ impl HitCount {
         self.add_by(0);
     }
 
-    /// The count. Each word is read with acquire ordering, so that a count read before another
-    /// is read before it whole: a reader that reads the returns, then the entries, never sees
-    /// more returns than entries, whichever word each was added to.
+    /// The count. Each word is added to with release ordering and read with acquire ordering,
+    /// so that a count read before another is read before it whole: a reader that reads the
+    /// returns, then the entries, never sees more returns than entries, whichever word each
+    /// was added to. (On x86-64 both are plain moves and the locked add it had.)
     pub fn get(&self) -> u64 {
         self.stripes.iter().map(|s| s.shared.load(Acquire) + s.owned.load(Acquire)).sum()
     }
@@ -131,7 +133,7 @@ mod tests {
     #[test]
     fn as_many_threads_as_stripes_each_own_one_whatever_their_hashes() {
         // Words that all start their search at the same stripe.
-        let alike: Vec<u64> = (1..).map(|t| t << 6).filter(|&w| first_stripe(w) == 0).take(STRIPES).collect();
+        let alike: Vec<u64> = (1..).filter(|&w| first_stripe(w) == 0).take(STRIPES).collect();
         let count = HitCount::default();
         for round in 1..=3 {
             for &w in &alike {
@@ -153,5 +155,17 @@ mod tests {
         lines.sort();
         lines.dedup();
         assert_eq!(lines.len(), STRIPES + 1);
+    }
+
+    #[test]
+    fn the_first_stripes_of_keys_and_of_entry_addresses_spread() {
+        // Process id << 32 | entry index + 1 (`count_key`), and entry addresses.
+        let keys = (1..=64u64).map(|i| 4242 << 32 | i);
+        let addresses = (0..64u64).map(|i| 0x7f12_3450_0000 + i * 0x3840);
+        for words in [keys.collect::<Vec<_>>(), addresses.collect()] {
+            let mut seen = [0; STRIPES];
+            words.iter().for_each(|&w| seen[first_stripe(w)] += 1);
+            assert!(seen.iter().all(|&n| n >= 8), "64 words over the stripes: {seen:?}");
+        }
     }
 }

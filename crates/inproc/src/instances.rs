@@ -26,8 +26,9 @@ const CHUNKS: usize = 32;
 /// `index + 1`).
 const MAX_INSTANCES: usize = u32::MAX as usize - 1;
 
-/// A cache line of its own (72 bytes would put two threads' instances in one line, and every
-/// call of each would take the line from the other's core).
+/// Aligned to a cache line, so that no line holds two instances (at 72 bytes, two threads'
+/// instances shared one, and every call of each took the line from the other's core): 128
+/// bytes, two lines.
 #[repr(align(64))]
 struct Instance {
     /// The thread that holds it; 0 when free.

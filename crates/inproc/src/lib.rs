@@ -56,6 +56,7 @@ mod chunked_stack;
 mod code_pages;
 mod code_writes;
 mod context;
+mod count_key;
 mod engine;
 mod events;
 mod exits;
@@ -97,6 +98,7 @@ mod x87_frame;
 
 pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
+pub use count_key::count_key;
 pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
 pub use dprobe_core::returns::ReturnMode;
 pub use dprobe_core::{

@@ -185,6 +185,7 @@ pub(crate) fn init() {
         let made = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
         // SAFETY: registers a C-ABI function that runs in the child, single-threaded.
         unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
+        crate::count_key::prepare();
         Some(Table {
             owners: owners.cast(),
             states: states.cast(),
@@ -286,9 +287,15 @@ fn slot(start: usize, k: usize) -> usize {
 /// The calling thread's entry if it has one. Async-signal-safe: loads only.
 pub(crate) fn existing() -> Option<&'static ThreadState> {
     let table = TABLE.get()?.as_ref()?;
+    existing_index().map(|i| table.state(i))
+}
+
+/// The index of the calling thread's entry if it has one. Async-signal-safe: loads only.
+pub(crate) fn existing_index() -> Option<usize> {
+    let table = TABLE.get()?.as_ref()?;
     let tp = thread_pointer();
     let start = run_start(tp);
-    (0..RUN).map(|k| slot(start, k)).find(|&i| table.owner(i).load(Acquire) == tp).map(|i| table.state(i))
+    (0..RUN).map(|k| slot(start, k)).find(|&i| table.owner(i).load(Acquire) == tp)
 }
 
 /// The calling thread's entry, claimed if it has none; `None` when no entry is free near its
