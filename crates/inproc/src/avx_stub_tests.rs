@@ -11,7 +11,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::jump_stub::AVX_STUB_FORCED;
+use crate::jump_stub::{avx512_entry_stub, stubs, AVX_STUB_FORCED};
+use dprobe_arch::VectorState;
 #[path = "../tests/fixtures/x87.rs"]
 mod x87;
 use crate::{register, Addr, Kprobe, PreAction, Probe};
@@ -25,12 +26,12 @@ std::arch::global_asm!(
     ".type fxa_value,@function",
     "fxa_value:",
     "vmovq xmm6, rdi",
-    "vinserti128 ymm5, ymm5, xmm6, 1",
+    "vinsertf128 ymm5, ymm5, xmm6, 1",
     "fld1",
     "lea rax, [rdi + rsi + 0x1000]",
     "fstp qword ptr [rsp - 8]",
     "mov rax, [rsp - 8]",
-    "vextracti128 xmm6, ymm5, 1",
+    "vextractf128 xmm6, ymm5, 1",
     "vmovq rcx, xmm6",
     "add rax, rcx",
     "vzeroupper",
@@ -48,15 +49,15 @@ std::arch::global_asm!(
     "mov dword ptr [rsp], 0x1f80",
     "ldmxcsr [rsp]",
     "vmovq xmm0, rdi",
-    "vinserti128 ymm0, ymm0, xmm0, 1",
+    "vinsertf128 ymm0, ymm0, xmm0, 1",
     "vmovq xmm9, rsi",
-    "vinserti128 ymm9, ymm9, xmm9, 1",
+    "vinsertf128 ymm9, ymm9, xmm9, 1",
     "test rsi, rsi",
     "jnz 1f",
     "vzeroupper",
     "1:",
     "call fxa_m256_leaf",
-    "vextracti128 xmm9, ymm9, 1",
+    "vextractf128 xmm9, ymm9, 1",
     "vmovq rcx, xmm9",
     "add rax, rcx",
     "stmxcsr [rsp]",
@@ -74,7 +75,7 @@ std::arch::global_asm!(
     "fxa_m256_leaf:",
     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
     "vmovq rax, xmm0",
-    "vextracti128 xmm0, ymm0, 1",
+    "vextractf128 xmm0, ymm0, 1",
     "vmovq rcx, xmm0",
     "add rax, rcx",
     "ret",
@@ -112,9 +113,9 @@ fn probe(f: unsafe extern "C" fn(u64, u64) -> u64, before: u64, handler: fn()) -
     p
 }
 
-/// The AVX stub forced while it lives, for one registration at a time (the other test's must
-/// not end it). Any other test of the crate that registers a probe inside a function while
-/// one lives would get the AVX stub too: none does.
+/// The AVX stubs forced while it lives, for one registration at a time (the other test's must
+/// not end it). Any other test of the crate that registers a jump-optimized probe while one
+/// lives would get an AVX stub too (both keep what these tests' fixtures use).
 struct Forced {
     _one_at_a_time: MutexGuard<'static, ()>,
 }
@@ -171,7 +172,7 @@ fn x87_and_a_ymm_upper_half_live_across_the_probe_survive_the_avx_stub() {
     if !avx() {
         return;
     }
-    // vmovq (5 bytes), vinserti128 (6), fld1 (2).
+    // vmovq (5 bytes), vinsertf128 (6), fld1 (2).
     let p = probe(fxa_value, 13, fill_the_x87_stack_and_zero_the_upper_halves);
     for signalled in [false, true] {
         let (results, _, _) = on_a_fresh_thread(fxa_value, 1000, signalled);
@@ -206,12 +207,17 @@ fn a_m256_argument_a_kept_ymm_register_and_mxcsr_survive_the_avx_argument_stub()
     let at = Addr(fxa_m256_leaf as *const () as u64);
     let p = {
         let _forced = Forced::new();
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            assert_ne!(stubs(VectorState::Xmm).0, avx512_entry_stub(), "the AVX argument stub, not the AVX-512 one");
+        }
         register(Kprobe::addr(at).pre(|_| {
             // What a handler's library calls may do: every upper half zeroed, ymm0's filled
             // with ones, MXCSR's precision flag raised by an inexact division.
             // SAFETY: AVX is present; ymm0 is caller-saved and no Rust code here keeps
             // values in the upper halves.
-            unsafe { std::arch::asm!("vzeroupper", "vpcmpeqd ymm0, ymm0, ymm0", out("ymm0") _) };
+            unsafe {
+                std::arch::asm!("vzeroupper", "vxorps ymm0, ymm0, ymm0", "vcmpps ymm0, ymm0, ymm0, 0", out("ymm0") _)
+            };
             std::hint::black_box(std::hint::black_box(1.0f64) / std::hint::black_box(3.0f64));
             PreAction::Continue
         }))

@@ -692,6 +692,13 @@ pub(crate) fn stubs(state: VectorState) -> (Addr, Addr) {
     }
 }
 
+/// The AVX-512 argument-keeping entry stub, which the crate's tests check the forced choice
+/// is not.
+#[cfg(test)]
+pub(crate) fn avx512_entry_stub() -> Addr {
+    Addr(__dprobe_jump_entry_zmm as *const () as u64)
+}
+
 /// Set by the crate's own tests, which run the AVX stubs (whole-state and argument-keeping)
 /// on a CPU with AVX-512 (where they are never chosen): `avx_stub_tests.rs`.
 #[cfg(test)]

@@ -115,7 +115,8 @@ std::arch::global_asm!(
     "ldmxcsr [rsp]",
     "test dil, 1",
     "jz 1f",
-    "vpcmpeqd ymm3, ymm3, ymm3",
+    "vxorps ymm3, ymm3, ymm3",
+    "vcmpps ymm3, ymm3, ymm3, 0",
     "1:",
     "call fxv_mxcsr_leaf",
     "vzeroupper",
@@ -300,7 +301,7 @@ fn a_ymm_register_a_caller_keeps_across_the_call_survives_a_handler_that_runs_vz
 /// Fill `ymm0` with ones and leave it so, as a library call that forgets `vzeroupper` would.
 fn dirty_ymm0() {
     // SAFETY: AVX is present (the callers check); ymm0 is caller-saved.
-    unsafe { std::arch::asm!("vpcmpeqd ymm0, ymm0, ymm0", out("ymm0") _) };
+    unsafe { std::arch::asm!("vxorps ymm0, ymm0, ymm0", "vcmpps ymm0, ymm0, ymm0, 0", out("ymm0") _) };
 }
 
 #[test]
@@ -490,8 +491,12 @@ fn mxcsr_control_at_reset() -> bool {
     mxcsr & !0x3f == 0x1f80
 }
 
+/// One test at a time probes `fxv_mxcsr_leaf` (each counts its probe's hits).
+static MXCSR_LEAF: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn mxcsr_flags_a_handler_raises_at_an_entry_do_not_reach_the_function() {
+    let _alone = MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner());
     if !std::arch::is_x86_feature_detected!("avx") {
         eprintln!("no AVX on this CPU: the case does not apply");
         return;
@@ -500,8 +505,25 @@ fn mxcsr_flags_a_handler_raises_at_an_entry_do_not_reach_the_function() {
 }
 
 #[test]
+fn mxcsr_flags_a_post_handler_raises_at_an_entry_do_not_reach_the_function() {
+    let _alone = MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner());
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the case does not apply");
+        return;
+    }
+    // The post stub, after the relocated nop: the upper halves in use on odd calls, as above.
+    let at = dprobe_inproc::Addr(fxv_mxcsr_leaf as *const () as u64);
+    let p = register(Kprobe::addr(at).pre(|_| PreAction::Continue).post(|_| inexact_division())).unwrap();
+    assert_eq!(p.optimized(), Ok(()), "a jump");
+    let wrong = (0..2000).map(|a| call2(fxv_mxcsr_entry_call, a, 0x1f80)).find(|&r| r != 0x1f80);
+    assert_eq!(wrong.map(|r| format!("{r:#x}")), None, "MXCSR 0x1f80 after every call");
+    assert_eq!(p.hits(), 2000);
+}
+
+#[test]
 fn a_handler_at_an_entry_finds_mxcsr_at_reset_where_the_program_rounds_up() {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let _alone = MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner());
     if !std::arch::is_x86_feature_detected!("avx") {
         eprintln!("no AVX on this CPU: the case does not apply");
         return;
