@@ -6,7 +6,7 @@
  *   target N threads T  T threads at once, each N calls of own(i), which writes a variable of
  *                       its thread's (a shared one would move from core to core at each call:
  *                       a cost of the program, not of the probe); ns_total is the wall time
- * N = 0 runs the loop forever (for the memory runs), printing nothing. */
+ * N = 0 runs the loop forever (for the memory runs), printing nothing (not with threads). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,8 +52,10 @@ static int threads(long n, int t) {
         return 1;
     start = now_ns();
     for (int k = 0; k < t; k++)
-        if (pthread_create(&id[k], NULL, own_calls, NULL))
-            return 1;
+        if (pthread_create(&id[k], NULL, own_calls, NULL)) {
+            t = k;
+            ok = 0;
+        }
     for (int k = 0; k < t; k++) {
         void *right;
         pthread_join(id[k], &right);

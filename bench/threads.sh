@@ -19,7 +19,12 @@ run() { # label dprobe-or-empty threads
     if [ -z "$2" ]; then
         "$t" "$N" threads "$3" >"$o"
     else
-        "$2" trace --engine agent --count -o "$out/threads-$1.summary" own -- "$t" "$N" threads "$3" >"$o" 2>/dev/null
+        rm -f "$out/threads-$1.summary"
+        if ! "$2" trace --engine agent --count -o "$out/threads-$1.summary" own -- "$t" "$N" threads "$3" \
+            >"$o" 2>"$o.err"; then
+            echo "# $1, $3 threads: dprobe failed: $(tail -n 3 "$o.err")" >&2
+            exit 1
+        fi
         local n
         n=$(awk '$1 ~ /own$/ {print $2}' "$out/threads-$1.summary")
         if [ "$n" != "$(($3 * N))" ]; then
