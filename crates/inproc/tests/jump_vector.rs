@@ -491,26 +491,26 @@ fn mxcsr_control_at_reset() -> bool {
     mxcsr & !0x3f == 0x1f80
 }
 
-/// One test at a time probes `fxv_mxcsr_leaf` (each counts its probe's hits).
-static MXCSR_LEAF: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// `fxv_mxcsr_leaf` to probe, for one test at a time (each counts its probe's hits), on a CPU
+/// with AVX (its caller fills an upper half); `None` elsewhere.
+fn mxcsr_leaf_alone() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static MXCSR_LEAF: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("no AVX on this CPU: the case does not apply");
+        return None;
+    }
+    Some(MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 #[test]
 fn mxcsr_flags_a_handler_raises_at_an_entry_do_not_reach_the_function() {
-    let _alone = MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner());
-    if !std::arch::is_x86_feature_detected!("avx") {
-        eprintln!("no AVX on this CPU: the case does not apply");
-        return;
-    }
+    let Some(_alone) = mxcsr_leaf_alone() else { return };
     inside_survives(fxv_mxcsr_entry_call, fxv_mxcsr_leaf, 0x1f80, inexact_division, 0x1f80);
 }
 
 #[test]
 fn mxcsr_flags_a_post_handler_raises_at_an_entry_do_not_reach_the_function() {
-    let _alone = MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner());
-    if !std::arch::is_x86_feature_detected!("avx") {
-        eprintln!("no AVX on this CPU: the case does not apply");
-        return;
-    }
+    let Some(_alone) = mxcsr_leaf_alone() else { return };
     // The post stub, after the relocated nop: the upper halves in use on odd calls, as above.
     let at = dprobe_inproc::Addr(fxv_mxcsr_leaf as *const () as u64);
     let p = register(Kprobe::addr(at).pre(|_| PreAction::Continue).post(|_| inexact_division())).unwrap();
@@ -523,11 +523,7 @@ fn mxcsr_flags_a_post_handler_raises_at_an_entry_do_not_reach_the_function() {
 #[test]
 fn a_handler_at_an_entry_finds_mxcsr_at_reset_where_the_program_rounds_up() {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let _alone = MXCSR_LEAF.lock().unwrap_or_else(|e| e.into_inner());
-    if !std::arch::is_x86_feature_detected!("avx") {
-        eprintln!("no AVX on this CPU: the case does not apply");
-        return;
-    }
+    let Some(_alone) = mxcsr_leaf_alone() else { return };
     static WRONG: AtomicU64 = AtomicU64::new(0);
     inside_survives(
         fxv_mxcsr_entry_call,
