@@ -460,12 +460,18 @@ fn mxcsr_flags_a_handler_raises_do_not_reach_the_function() {
 
 #[test]
 fn a_handler_finds_mxcsr_at_reset_where_the_program_rounds_up() {
+    handlers_find_mxcsr_at_reset(fxv_mxcsr_up, fxv_mxcsr_up_probe, 0);
+}
+
+/// `inside_survives` for a function that runs its probe with MXCSR rounding up (0x5f80, which
+/// it returns): every handler must find MXCSR's control bits at reset, and raises a flag.
+fn handlers_find_mxcsr_at_reset(f: unsafe extern "C" fn(u64, u64) -> u64, at: unsafe extern "C" fn(), b: u64) {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static WRONG: AtomicU64 = AtomicU64::new(0);
     inside_survives(
-        fxv_mxcsr_up,
-        fxv_mxcsr_up_probe,
-        0,
+        f,
+        at,
+        b,
         || {
             if !mxcsr_control_at_reset() {
                 WRONG.fetch_add(1, Relaxed);
@@ -522,22 +528,8 @@ fn mxcsr_flags_a_post_handler_raises_at_an_entry_do_not_reach_the_function() {
 
 #[test]
 fn a_handler_at_an_entry_finds_mxcsr_at_reset_where_the_program_rounds_up() {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let Some(_alone) = mxcsr_leaf_alone() else { return };
-    static WRONG: AtomicU64 = AtomicU64::new(0);
-    inside_survives(
-        fxv_mxcsr_entry_call,
-        fxv_mxcsr_leaf,
-        0x5f80,
-        || {
-            if !mxcsr_control_at_reset() {
-                WRONG.fetch_add(1, Relaxed);
-            }
-            inexact_division();
-        },
-        0x5f80,
-    );
-    assert_eq!(WRONG.load(Relaxed), 0, "handlers that found the program's MXCSR");
+    handlers_find_mxcsr_at_reset(fxv_mxcsr_entry_call, fxv_mxcsr_leaf, 0x5f80);
 }
 
 /// The x87 control word at reset, and the status word with an empty stack.
