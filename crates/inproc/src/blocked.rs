@@ -147,7 +147,7 @@ fn saved_in_window(plan: &Plan, sp: u64, restorer: u64) -> Option<bool> {
     // The kernel aligns a frame so that its start is 8 modulo 16.
     let mut frame = start + 8;
     while frame + signal_frame::READ_BYTES <= end {
-        if signal_frame::starts_at(frame, restorer, word) && plan.touches(word(frame + RIP_AT)) {
+        if signal_frame::starts_at(frame, restorer, word) && plan.frame_touches(word(frame + RIP_AT)) {
             return Some(true);
         }
         frame += 16;

@@ -1020,6 +1020,7 @@ impl Engine {
                     start: s.addr,
                     end: s.addr.offset(s.len as u64),
                     after_insn: s.far_scratch.is_none().then(|| s.insn_addr().offset(site.insn.len as u64)),
+                    traps: s.trap_addr().is_some(),
                     window,
                 }));
             }

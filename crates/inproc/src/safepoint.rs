@@ -20,8 +20,14 @@
 //! The registrar waits until every thread acknowledged or is gone; only then does it write the
 //! jump. A thread cannot enter the window afterwards: the first byte is an `int3` until the
 //! jump replaces it, and the trap path sends a hit to the detour's copy (`Engine::route`) once
-//! the detour exists; dprobe's own `SIGTRAP` and fault handlers block the safepoint signal, so
-//! a thread there is examined only after it has returned to where that handler sent it.
+//! the detour exists. A thread inside dprobe's own `SIGTRAP` handler is examined where that
+//! handler sends it: the handler does not block the safepoint signal (a trap would change the
+//! thread's mask twice, under a lock the process's threads share), so the signal's handler
+//! notes it and returns, and the trap handler answers as it ends, from its own context
+//! ([`answer_deferred`]). Until the trap handler has marked itself (its first instructions), its
+//! trap's frame is not rewritten yet and says where the trap came from: a `SIGTRAP` frame
+//! whose place is inside the plan is busy, never moved (another round follows). The fault
+//! handlers block the signal: a thread there is examined after it has returned.
 //!
 //! A thread that does not acknowledge within [`PATIENCE`] (it blocks the signal, or a
 //! handler of the program blocks it) leaves the site on `int3`: the jump is never written
@@ -41,9 +47,10 @@ use dprobe_arch::{Addr, NotOptimized};
 
 use crate::blocked;
 use crate::context::SignalContext;
-use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT};
+use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT, SIGINFO_AT};
 use crate::signals::{self, chain, Redeliver};
 use crate::sys;
+use crate::thread_state::ThreadState;
 
 /// The signal a safepoint sends each thread: the highest real-time signal.
 pub(crate) fn safepoint_signal() -> libc::c_int {
@@ -97,6 +104,9 @@ pub(crate) struct Slot {
     pub after_insn: Option<Addr>,
     /// The window it belongs to (index in the plan's windows).
     pub window: usize,
+    /// Whether it ends with an `int3` (a post-step slot: its trap sends the thread on to the
+    /// window's next instruction, after the post-handlers).
+    pub traps: bool,
 }
 
 /// Everything a safepoint moves threads out of.
@@ -132,6 +142,33 @@ impl Plan {
     /// Whether a thread at `rip` would have to be moved (or cannot be).
     pub(crate) fn touches(&self, rip: u64) -> bool {
         self.verdict(rip) != Verdict::Stay
+    }
+
+    /// [`Plan::touches`] for a program counter saved in a signal frame.
+    pub(crate) fn frame_touches(&self, rip: u64) -> bool {
+        self.frame_verdict(rip) != Verdict::Stay
+    }
+
+    /// Where a thread whose signal frame saved `rip` must go. A frame saved just after a
+    /// post-step slot's final `int3` (one past the slot) is that trap's, whose handler has
+    /// not sent the thread on yet: it will send it into the window (after the instruction the
+    /// slot ran), so it is busy.
+    fn frame_verdict(&self, rip: u64) -> Verdict {
+        match self.verdict(rip) {
+            Verdict::Stay if self.slots.iter().any(|s| s.traps && rip == s.end.0) => Verdict::Busy,
+            verdict => verdict,
+        }
+    }
+
+    /// Where a thread whose `SIGTRAP` frame saved `rip` must go. Its handler may not have
+    /// sent the thread on yet: the place saved (just past an `int3`) then says where the trap
+    /// came from, not where the thread goes, and one past a window's first instruction of one
+    /// byte looks like a thread that ran it. So a place inside the plan is busy, never moved.
+    fn trap_frame_verdict(&self, rip: u64) -> Verdict {
+        match self.frame_verdict(rip) {
+            Verdict::Stay => Verdict::Stay,
+            _ => Verdict::Busy,
+        }
     }
 
     /// The listed stack mapping holding `sp`.
@@ -301,7 +338,63 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         unsafe { chain(sig, info, uc, Redeliver::Raise) };
         return;
     }
-    let _own_frame = crate::interrupted::OwnFrame::enter(crate::thread_state::existing(), uc);
+    let state = crate::thread_state::existing();
+    let _own_frame = crate::interrupted::OwnFrame::enter(state, uc);
+    // SAFETY: `uc` is the context the kernel passed to this handler.
+    if !unsafe { defer_in_trap(state, uc, value) } {
+        // SAFETY: as above.
+        unsafe { answer(value, uc) };
+    }
+    // SAFETY: `uc` is this handler's context, as above.
+    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
+}
+
+/// Whether the safepoint signal that interrupted context `uc` came inside dprobe's `SIGTRAP`
+/// handler, and is left for it to answer as it ends ([`answer_deferred`]): the place the trap
+/// sends the thread (a slot, the detour's copy, the window's next instruction) is known only
+/// then, and is what must be looked at. The kernel may deliver the safepoint right after the
+/// trap, before the handler's first instruction. A thread without state (none was free), or
+/// in the handler's first instructions, is looked at now: its trap's frame, found above, is
+/// busy where it is inside the plan (`Plan::trap_frame_verdict`), and another round follows.
+///
+/// # Safety
+/// `uc` must be the context the kernel passed to the running handler.
+unsafe fn defer_in_trap(state: Option<&'static ThreadState>, uc: *mut libc::c_void, value: u64) -> bool {
+    // SAFETY: per the contract.
+    let ctx = unsafe { SignalContext::new(uc) };
+    let at_trap_handler = ctx.rip() == crate::trap::on_sigtrap as *const () as u64;
+    let state = if at_trap_handler { crate::thread_state::current() } else { state };
+    let Some(state) = state else { return false };
+    // A trap handler the program left with `siglongjmp` (from a handler of its own) never ends.
+    crate::abandoned::forget_left_hit_path(state, ctx.rsp());
+    if state.trapping.get() == 0 && !at_trap_handler {
+        return false;
+    }
+    state.deferred_safepoint.set(value);
+    true
+}
+
+/// Answer the safepoint signal that came while this thread's `SIGTRAP` handler ran, if one
+/// did: called as that handler ends, with its context `uc`, where it sends the thread.
+///
+/// # Safety
+/// `uc` must be the context the kernel passed to the running `SIGTRAP` handler.
+pub(crate) unsafe fn answer_deferred(state: &ThreadState, uc: *mut libc::c_void) {
+    let value = state.deferred_safepoint.replace(0);
+    if value != 0 {
+        // SAFETY: per the contract.
+        unsafe { answer(value, uc) };
+    }
+}
+
+/// Answer the safepoint signal whose token is `value` for a thread interrupted at context
+/// `uc` (a signal handler's): move it, and the places saved in the signal frames above it,
+/// out of the plan's windows and slots; note it busy where it cannot be moved; acknowledge.
+/// Nothing of a round that has ended.
+///
+/// # Safety
+/// `uc` must be the context the kernel passed to a handler running on this thread.
+unsafe fn answer(value: u64, uc: *mut libc::c_void) {
     READERS.fetch_add(1, SeqCst);
     let round = ROUND.load(SeqCst);
     if !round.is_null() && GENERATION.load(SeqCst) & 0xffff_ffff == value & 0xffff_ffff {
@@ -309,7 +402,7 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         let round = unsafe { &*round };
         // SAFETY: as above.
         let (plan, tids) = unsafe { (&*round.plan, &*round.tids) };
-        // SAFETY: the kernel passes this handler's interrupted context as `uc`.
+        // SAFETY: per the contract.
         let mut ctx = unsafe { SignalContext::new(uc) };
         let mut busy = false;
         match plan.verdict(ctx.rip()) {
@@ -335,8 +428,6 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         }
     }
     READERS.fetch_sub(1, SeqCst);
-    // SAFETY: `uc` is this handler's context, as above.
-    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
 }
 
 /// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,
@@ -433,7 +524,9 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     let mut frame = (rsp & !15) + 8;
     while frame + signal_frame::READ_BYTES <= end {
         if signal_frame::starts_at(frame, restorer, word) {
-            match plan.verdict(word(frame + RIP_AT)) {
+            let rip = word(frame + RIP_AT);
+            let trap = frame + SIGINFO_AT + 8 <= end && word(frame + SIGINFO_AT) as i32 == libc::SIGTRAP;
+            match if trap { plan.trap_frame_verdict(rip) } else { plan.frame_verdict(rip) } {
                 Verdict::Stay => {}
                 Verdict::Move(to) => {
                     // SAFETY: as for `word`; this thread's own saved context, which the
@@ -448,3 +541,7 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     }
     busy
 }
+
+#[cfg(test)]
+#[path = "safepoint_tests.rs"]
+mod tests;

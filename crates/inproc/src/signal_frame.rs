@@ -22,8 +22,7 @@ pub(crate) const READ_BYTES: u64 = FPREGS_AT + 8;
 pub(crate) const MASK_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_sigmask) as u64;
 /// Where the `siginfo_t` is: just after the kernel's `ucontext`. Written only for a handler
 /// installed with `SA_SIGINFO`: elsewhere the words there are whatever the stack held.
-#[cfg(test)]
-const SIGINFO_AT: u64 = MASK_AT + 8;
+pub(crate) const SIGINFO_AT: u64 = MASK_AT + 8;
 
 // The kernel's layout: the machine context's 23 general registers, then the pointer to the
 // floating-point state.
