@@ -56,6 +56,7 @@ mod regs;
 mod relocate;
 mod signal_frame;
 mod slot;
+mod straight_to_exit;
 mod writer;
 
 pub use addr::Addr;
@@ -81,4 +82,5 @@ pub use regs::{Gpr, Regs};
 pub use relocate::{relocate, relocate_with, RelocateError, Relocated};
 pub use signal_frame::FRAME_GREGS;
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
+pub use straight_to_exit::straight_to_exit;
 pub use writer::{jmp_rel32, syscall_code, trampoline_code, CodeWriter, EncodeError, Written};

@@ -36,8 +36,8 @@ use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use dprobe_arch::{
-    analyze, emulate, endbr64_len, find_exits, Addr, CodePart, Emulation, ExecClass, ExitKind, MemOperand, Memory,
-    MemoryFault, Regs,
+    analyze, emulate, endbr64_len, find_exits, straight_to_exit, Addr, CodePart, Emulation, ExecClass, ExitKind,
+    MemOperand, Memory, MemoryFault, Regs, JUMP_LEN,
 };
 use dprobe_core::returns::exits::{self as pairing, Activations};
 use dprobe_core::returns::ThreadStacks;
@@ -659,10 +659,10 @@ pub(crate) fn watch(engine: &Engine, entry: Addr, f: &Function, inner: &Arc<Kret
         // trampoline (where it cannot be had, they are reported at the jump).
         kretprobe::enable_tail_returns();
     }
-    let mut kprobes = vec![Kprobe::addr(entry).pre(move |regs| {
-        on_entry(function, regs);
-        PreAction::Continue
-    })];
+    // Exits the entry's own jump covers, reached straight from the entry (`_setjmp`'s tail
+    // call): the entry's probe takes their part.
+    let mut at_entry = Vec::new();
+    let mut kprobes = Vec::with_capacity(exits.sites.len() + 1);
     for s in &exits.sites {
         let part = parts.iter().find(|p| s.addr >= p.start && s.addr.0 < p.start.0 + p.code.len() as u64);
         let insn = part.and_then(|p| analyze(p.code, p.start, s.addr).ok());
@@ -683,11 +683,28 @@ pub(crate) fn watch(engine: &Engine, entry: Addr, f: &Function, inner: &Arc<Kret
         if matches!(s.kind, ExitKind::TailBranch { .. }) && site.branch.is_none() {
             return Err(format!("the conditional tail call at {} cannot be evaluated", s.addr));
         }
+        if exit_at_entry(&parts, entry, s) {
+            at_entry.push((s.addr, site));
+            continue;
+        }
         kprobes.push(Kprobe::addr(s.addr).pre(move |regs| {
             on_exit(&site, regs);
             PreAction::Continue
         }));
     }
+    // The entry's probe first (its figures are the watch's, `entry_figures`).
+    kprobes.insert(
+        0,
+        Kprobe::addr(entry).pre(move |regs| {
+            on_entry(function, regs);
+            for (at, site) in &at_entry {
+                let rip = std::mem::replace(&mut regs.rip, at.0);
+                on_exit(site, regs);
+                regs.rip = rip;
+            }
+            PreAction::Continue
+        }),
+    );
     add_watched(function, inner);
     match register_all(kprobes) {
         Ok(probes) => {
@@ -700,6 +717,24 @@ pub(crate) fn watch(engine: &Engine, entry: Addr, f: &Function, inner: &Arc<Kret
             Err(format!("its exits cannot all be probed: {e}"))
         }
     }
+}
+
+/// Whether exit `s` is a tail call the entry's jump covers (it starts within the entry's first
+/// five bytes), reached from the entry by instructions that touch only registers: there a probe
+/// of its own would keep the entry, or itself, on `int3` (a thread that calls the function
+/// with every signal blocked, as a new thread calls `_setjmp`, would be killed by the trap),
+/// and every call leaves through it, with the stack pointer and return address the entry
+/// sees. The entry's probe then does its part ([`straight_to_exit`]).
+fn exit_at_entry(parts: &[CodePart<'_>], entry: Addr, s: &dprobe_arch::ExitSite) -> bool {
+    let unconditional = matches!(s.kind, ExitKind::TailJump { .. } | ExitKind::TailJumpThrough { .. });
+    let covered = s.addr.0 >= entry.0 && s.addr.0 < entry.0 + JUMP_LEN as u64;
+    unconditional
+        && covered
+        && parts.iter().any(|p| {
+            entry.0 >= p.start.0
+                && (entry.0 - p.start.0) < p.code.len() as u64
+                && straight_to_exit(p.code, p.start, entry, s.addr)
+        })
 }
 
 fn hold_lock_inner() -> MutexGuard<'static, BTreeMap<u64, Watch>> {
