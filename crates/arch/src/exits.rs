@@ -163,6 +163,7 @@ pub fn find_exits(parts: &[CodePart<'_>], data: &mut dyn Memory) -> Result<Exits
                 FlowControl::IndirectBranch if i.op0_kind() == OpKind::Memory && i.is_ip_rel_memory_operand() => {
                     Some(ExitKind::TailJumpThrough { slot: Addr(i.ip_rel_memory_address()) })
                 }
+                FlowControl::IndirectBranch if installs_another_frame(&insns[..=k]) => None,
                 FlowControl::IndirectBranch => {
                     let targets = jump_table(&insns[..=k], data).ok_or_else(|| ExitsUnknown::IndirectJump {
                         at,
@@ -193,6 +194,25 @@ pub fn find_exits(parts: &[CodePart<'_>], data: &mut dyn Memory) -> Result<Exits
     }
     sites.sort_by_key(|s| s.addr);
     Ok(Exits { sites, jump_tables })
+}
+
+/// Whether the indirect jump ending `insns` is `mov X,%rsp; pop %rR; jmp *%rR`: the end of
+/// a `__builtin_eh_return` (libgcc's unwinder installing the context of the frame that catches
+/// an exception: `_Unwind_RaiseException`, `_Unwind_Resume`), which loads another frame's
+/// stack pointer and jumps to the address stored there. The function leaves for good, to a
+/// frame above, as `longjmp` does: no return to watch, and its call is dropped as abandoned by
+/// the next entry or exit above it. (Were the jump found unbounded instead, the function's
+/// return address would be replaced, and the unwinder, which starts from its own frame's
+/// return address, would find dprobe's trampoline there and end every throw in `terminate`.)
+fn installs_another_frame(insns: &[Instruction]) -> bool {
+    let [.., load, pop, jmp] = insns else { return false };
+    jmp.op0_kind() == OpKind::Register
+        && pop.mnemonic() == Mnemonic::Pop
+        && pop.op0_kind() == OpKind::Register
+        && pop.op0_register() == jmp.op0_register()
+        && load.mnemonic() == Mnemonic::Mov
+        && load.op0_kind() == OpKind::Register
+        && load.op0_register() == Register::RSP
 }
 
 /// Decode a whole part; the address of the first invalid instruction if it does not decode.

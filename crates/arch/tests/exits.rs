@@ -72,6 +72,30 @@ fn an_indirect_jump_that_is_no_jump_table_makes_the_exits_unknown() {
 }
 
 #[test]
+fn the_end_of_an_eh_return_is_no_exit_to_watch_and_a_like_jump_without_the_stack_load_is_unknown() {
+    let code = [
+        0x48, 0x85, 0xc0, // +0  test %rax,%rax
+        0x74, 0x01, // +3  je +6
+        0xc3, // +5  ret (no handler found: the error code goes back)
+        0x48, 0x8d, 0x4c, 0x0d, 0x08, // +6  lea 0x8(%rbp,%rcx),%rcx
+        0x48, 0x8b, 0x5d, 0xd8, // +11 mov -0x28(%rbp),%rbx
+        0x48, 0x89, 0xcc, // +15 mov %rcx,%rsp
+        0x59, // +18 pop %rcx
+        0xff, 0xe1, // +19 jmp *%rcx (to the handler, on the frame above)
+    ];
+    let exits = body(&code).unwrap();
+    assert_eq!(kinds(&exits), [(5, ExitKind::Ret)], "the jump to the handler leaves as longjmp does");
+    // The same jump after `pop` alone (no new stack pointer): unbounded.
+    let mut no_load = code;
+    no_load[15..18].copy_from_slice(&[0x48, 0x89, 0xc8]); // mov %rcx,%rax
+    assert!(matches!(body(&no_load), Err(ExitsUnknown::IndirectJump { .. })));
+    // A different register popped than jumped through: unbounded.
+    let mut other = code;
+    other[18] = 0x58; // pop %rax
+    assert!(matches!(body(&other), Err(ExitsUnknown::IndirectJump { .. })));
+}
+
+#[test]
 fn code_running_off_the_end_an_int3_or_no_bounds_make_the_exits_unknown() {
     // mov %edi,%eax; nop: it goes on into whatever follows.
     assert!(matches!(body(&[0x89, 0xf8, 0x90]), Err(ExitsUnknown::FallsOffEnd { offset: 0, .. })));
