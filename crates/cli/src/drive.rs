@@ -121,14 +121,14 @@ fn prepare<E: Engine>(
         report.with_stacks();
     }
     if let Some(path) = &args.folded {
-        report.add_export(Box::new(crate::export::folded::Folded::new(path)));
+        report.add_export(Box::new(crate::export::folded::Folded::new(path)?));
     }
     let infos: Vec<_> = planned.iter().map(|p| p.info.clone()).collect();
     if let Some(path) = &args.trace_file {
         report.add_export(crate::export::trace_file(path, &infos, args.count)?);
     }
     if let Some(path) = &args.metrics {
-        let metrics = crate::export::metrics::Metrics::new(path, args.interval, &infos, &by, &args.hist, args.latency);
+        let metrics = crate::export::metrics::Metrics::new(path, args.interval, &infos, &by, &args.hist, args.latency)?;
         report.add_export(Box::new(metrics));
     }
     for p in planned.iter() {

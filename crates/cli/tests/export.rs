@@ -268,3 +268,21 @@ fn perfetto_events_carry_their_callstacks_as_interned_frames() {
     assert_eq!(leaves, BTreeMap::from([("main;other;leaf".into(), 6), ("main;top;mid;leaf".into(), 3)]));
     assert_eq!(mids, vec!["main;top;mid"; 3]);
 }
+
+#[test]
+fn an_output_file_that_cannot_be_written_is_refused_before_the_program_runs() {
+    let marker = out_file("ran-although-refused");
+    let _ = std::fs::remove_file(&marker);
+    let m = marker.to_str().unwrap();
+    common::assert_refused(&[
+        (
+            &["--metrics", "/nonexistent-dprobe-dir/m.prom", "libc:getpid", "--", "touch", m],
+            "--metrics: cannot write /nonexistent-dprobe-dir/m.prom",
+        ),
+        (
+            &["--folded=/nonexistent-dprobe-dir/f.folded", "libc:getpid", "--", "touch", m],
+            "--folded: cannot write /nonexistent-dprobe-dir/f.folded",
+        ),
+    ]);
+    assert!(!marker.exists(), "the program ran, its output would have been lost");
+}

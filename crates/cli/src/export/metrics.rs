@@ -105,7 +105,9 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics of `probes` to `path`: hits split by `by`, histograms of the values named
-    /// `hists`, call times if `latency`; rewritten every `interval` if given.
+    /// `hists`, call times if `latency`; rewritten every `interval` if given. The file is
+    /// written once now, empty of figures: a path that cannot be written is said before the
+    /// trace starts, not after the whole run.
     pub fn new(
         path: &Path,
         interval: Option<Duration>,
@@ -113,8 +115,8 @@ impl Metrics {
         by: &[KeyPart],
         hists: &[String],
         latency: bool,
-    ) -> Metrics {
-        Metrics {
+    ) -> Result<Metrics> {
+        let metrics = Metrics {
             path: path.to_owned(),
             interval,
             last: Instant::now(),
@@ -127,7 +129,9 @@ impl Metrics {
             infos: probes.to_vec(),
             key: String::new(),
             error: None,
-        }
+        };
+        metrics.write().context("--metrics")?;
+        Ok(metrics)
     }
 
     /// The whole file.
