@@ -185,7 +185,8 @@ pub struct ListArgs {
     /// `FILE [PATTERN]` (an ELF program or library), or with `-p` just `[PATTERN]`. PATTERN is
     /// a glob on function names (`*open*`), `usdt:GLOB` for the file's static probes with
     /// their arguments, or one place to check: `FUNCTION+OFFSET` or `0xADDRESS`. A library and
-    /// pattern may also be given as in a probe spec: `libc:str*`, `libm:floor`.
+    /// pattern may also be given as in a probe spec: `libc:str*`, `libm:floor`; and a library by
+    /// name where FILE goes: `libc 'str*'`.
     #[arg(value_name = "FILE | PATTERN", num_args = 0..=2)]
     pub rest: Vec<String>,
     /// The source lines of this function, numbered where they have code (where a probe
@@ -196,10 +197,20 @@ pub struct ListArgs {
 }
 
 impl ListArgs {
-    /// `LIBRARY:PATTERN` alone, as in a probe spec (`libc:str*`), made `FILE PATTERN`: the
-    /// library found by name as `dprobe trace` finds it without a process. Anything else, and
-    /// a path that exists, is left as given.
+    /// `LIBRARY:PATTERN` alone, as in a probe spec (`libc:str*`), or `LIBRARY PATTERN`
+    /// (`libc 'str*'`), made `FILE PATTERN`: the library found by name as `dprobe trace` finds
+    /// it without a process. Anything else, and a path that exists, is left as given.
     pub fn spec_form_as_file_and_pattern(&mut self) -> Result<(), String> {
+        if let [file, _pattern] = self.rest.as_slice() {
+            // `libc '_*'`: a library named as in a probe spec, where a FILE goes.
+            if self.pid.is_none() && !file.contains('/') && !std::path::Path::new(file).exists() {
+                let path = crate::sites::object_path(Some(file), crate::sites::Traced::Nothing).ok_or_else(|| {
+                    format!("`{file}`: no file `{file}`, and no library `{file}` in the system's library directories")
+                })?;
+                self.rest[0] = path;
+            }
+            return Ok(());
+        }
         let [only] = self.rest.as_slice() else { return Ok(()) };
         if self.pid.is_some() || std::path::Path::new(only).exists() {
             return Ok(());

@@ -187,6 +187,19 @@ fn list_shows_functions_and_says_why_a_place_cannot_be_probed() {
     let o = dprobe(&["list", target(), "nothing_like_this*"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no function matches `nothing_like_this*`"));
+
+    // A library by name where a FILE goes, as in a probe spec, and one that is not there.
+    for args in [["list", "libc", "_setjm*"], ["list", "libc:_setjm*", ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let o = dprobe(&args);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {text}");
+        assert!(text.lines().any(|l| l.starts_with("libc.so.6:_setjmp")), "{args:?}: {text}");
+    }
+    let o = dprobe(&["list", "no_such_library_here", "_*"]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("no file `no_such_library_here`, and no library `no_such_library_here`"), "{stderr}");
 }
 
 #[test]

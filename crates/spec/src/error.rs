@@ -48,6 +48,8 @@ pub enum SpecErrorKind {
     BadImmediate,
     /// An unknown type after `:`.
     UnknownType,
+    /// More than one `:TYPE` after a fetch argument.
+    TwoTypes,
     /// A fetch argument that is empty or starts with an unexpected character.
     BadFetchArg,
     /// An argument name that is not an identifier.
@@ -92,6 +94,7 @@ impl SpecErrorKind {
             BadAddress => "`{}` is not an address",
             BadImmediate => "`{}` is not a number",
             UnknownType => "unknown type `{}`",
+            TwoTypes => "`{}` has more than one type",
             BadFetchArg => "`{}` is not a fetch argument",
             BadName => "`{}` is not a valid argument name",
             DuplicateName => "argument name `{}` is used twice",

@@ -526,6 +526,13 @@ impl Parser<'_> {
             None => (None, at, word),
         };
         let (fetch_text, ty_text) = split_type(rest);
+        if split_type(fetch_text).1.is_some_and(|t| parse_type(t).is_some()) {
+            return Err(self.err(
+                K::TwoTypes,
+                fetch_at..fetch_at + rest.len(),
+                "one :TYPE after the fetch, e.g. +0($arg1):string",
+            ));
+        }
         let fetch = self.fetch(fetch_at, fetch_text, kind)?;
         let ty = match ty_text {
             None => default_type(&fetch),
