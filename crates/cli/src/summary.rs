@@ -55,8 +55,9 @@ pub fn render(
         }
         if s.abandoned > 0 {
             notes.push(format!(
-                "{target}: {} returns not seen: longjmp, an exception, their thread exited, or the process \
-                 executed another program first",
+                "{target}: {} returns not seen: longjmp, an exception, their thread exited, a switched \
+                 context (swapcontext) or another program executed left the function, or the call had not \
+                 returned when tracing ended",
                 s.abandoned
             ));
         }

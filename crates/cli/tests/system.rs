@@ -472,8 +472,9 @@ fn entries_without_a_return_are_said_to_be_so_not_lost_records() {
             let gap = entries - returns;
             let told = match aggregation {
                 "--no-bpf" => format!(
-                    "{gap} returns not seen: longjmp, an exception, their thread exited, or the process executed \
-                     another program first\n"
+                    "{gap} returns not seen: longjmp, an exception, their thread exited, a switched context \
+                     (swapcontext) or another program executed left the function, or the call had not returned \
+                     when tracing ended\n"
                 ),
                 _ => format!(
                     "{gap} entries (the kernel's count) without a return counted at the exits: they had not returned \
