@@ -187,7 +187,8 @@ pub fn errno_name(n: i64) -> Option<String> {
 /// object: numbers for integer types, strings for `string`, `null` for a fault), and at a
 /// return `retval`, `errno` and `errno_name` when fetched, and `latency_ns`; with `--stack`
 /// `stack`, its frames innermost first (`addr`, `function`, `offset`, `object`, `file`,
-/// `line`, `inlined`, `kernel`). Strings are the
+/// `line`, `inlined`, `kernel`); `truncated`, the names of the string arguments cut at the
+/// length read, when any was. Strings are the
 /// bytes read: where they are not UTF-8, each such byte is written `\xNN`.
 pub fn json(e: &Line<'_>, out: &mut String) {
     let p = e.probe;
@@ -210,6 +211,7 @@ pub fn json(e: &Line<'_>, out: &mut String) {
         errno_name: errno.and_then(|v| v.as_i64()).and_then(errno_name),
         latency_ns: e.latency.map(|l| l.as_nanos() as u64),
         stack: e.stack.iter().map(crate::stacks::JsonFrame::of).collect(),
+        truncated: truncated(e),
     };
     // Writing to a String cannot fail, and every value is representable.
     out.push_str(&serde_json::to_string(&object).unwrap_or_default());
@@ -238,9 +240,18 @@ struct JsonEvent<'a> {
     latency_ns: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stack: Vec<crate::stacks::JsonFrame<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    truncated: Vec<&'a str>,
 }
 
 /// The fetched values by name, in the probe's order.
+/// The names of the event's string arguments that were cut at the length read (the human
+/// lines end such a string with `...`).
+fn truncated<'a>(e: &'a Line<'a>) -> Vec<&'a str> {
+    let cut = |i: usize| matches!(e.value(i), Fetched::Str { cut: true, .. });
+    e.probe.args.iter().enumerate().filter(|&(i, _)| cut(i)).map(|(_, a)| a.name.as_str()).collect()
+}
+
 struct Args<'a>(&'a Line<'a>);
 
 impl Serialize for Args<'_> {

@@ -273,3 +273,19 @@ fn a_reader_that_goes_away_ends_the_trace_quietly() {
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("Broken pipe") && !stderr.contains("dprobe:"), "{stderr}");
 }
+
+#[test]
+fn json_events_name_the_strings_cut_at_the_length_read() {
+    let long = format!("/nonexistent-{}", "x".repeat(400));
+    let spec = "libc:open path=+0($arg1):string";
+    let (code, out) = trace("json-truncated", &["--json", spec, "--", "cat", &long, "/etc/hostname"]);
+    assert_eq!(code, Some(1), "cat fails on the long path\n{out}");
+    let events: Vec<serde_json::Value> =
+        out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let path = |e: &serde_json::Value| e["args"]["path"].as_str().unwrap_or_default().to_owned();
+    let cut = events.iter().find(|e| path(e).starts_with("/nonexistent-")).expect("the long path's event");
+    assert!(path(cut).len() < long.len(), "{cut}");
+    assert_eq!(cut["truncated"], serde_json::json!(["path"]), "{cut}");
+    let whole = events.iter().find(|e| path(e) == "/etc/hostname").expect("the short path's event");
+    assert!(whole.get("truncated").is_none(), "{whole}");
+}
