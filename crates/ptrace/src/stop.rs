@@ -285,6 +285,7 @@ impl Tracee {
     fn let_exiting_go(&mut self, tid: i32) -> Result<(), TraceError> {
         self.threads.remove(&tid);
         self.forget_thread_returns(tid);
+        self.forget_trap_mask(tid);
         match sys::detach(tid, 0) {
             Err(e) if !e.gone() => Err(e.into()),
             _ => Ok(()),

@@ -67,6 +67,8 @@ pub struct Tracee {
     /// the stack pointer (`signals.rs`): the trap there when the program's handler returns is
     /// the same hit, counted already.
     pub(crate) faulted_at: BTreeMap<i32, (u64, u64)>,
+    /// The threads that blocked `SIGTRAP` when attached (`trap_mask.rs`).
+    pub(crate) trap_masks: crate::trap_mask::TrapMasks,
 }
 
 impl Tracee {
@@ -97,6 +99,7 @@ impl Tracee {
             unraised: Vec::new(),
             ends_with_thread: false,
             faulted_at: BTreeMap::new(),
+            trap_masks: Default::default(),
         })
     }
 
@@ -171,6 +174,7 @@ impl Tracee {
         if tracee.threads.is_empty() {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
         }
+        tracee.note_trap_masks();
         Ok(tracee)
     }
 
@@ -413,6 +417,7 @@ impl Tracee {
         self.guests.remove(&tid);
         self.threads.remove(&tid);
         self.forget_thread_returns(tid);
+        self.forget_trap_mask(tid);
         if tid == self.pid {
             self.exit = Some(if libc::WIFEXITED(status) {
                 Exit::Code(libc::WEXITSTATUS(status))
@@ -427,6 +432,9 @@ impl Tracee {
     fn on_trap(&mut self, tid: i32) -> Result<i32, TraceError> {
         let mut r = sys::get_regs(tid)?;
         let key = Addr(r.rip.wrapping_sub(1));
+        if Some(key) == self.xol.trampoline_addr() || self.sites.contains_key(&key) {
+            self.block_trap_again(tid)?;
+        }
         if Some(key) == self.xol.trampoline_addr() {
             self.unwinding_over(tid);
             self.on_return_trap(tid, &mut r, true)?;
