@@ -53,8 +53,6 @@ fn forget_if_left(state: &ThreadState, rsp: u64) -> bool {
     state.own_work.set(0);
     state.tool_work.set(0);
     state.own_frames_len.set(0);
-    state.trapping.set(0);
-    state.deferred_safepoint.set(0);
     state.guard_point.set(std::ptr::null_mut());
     state.faulted.set(false);
     // A section of its own that ended: a grace period waiting for it goes on.

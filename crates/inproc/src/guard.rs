@@ -91,7 +91,6 @@ pub(crate) fn call_guarded_in<F: FnMut()>(
     // of this thread would count nothing.
     let (own_work, in_hit_path) = (state.own_work.get(), state.in_hit_path.get());
     let (tool_work, own_frames) = (state.tool_work.get(), state.own_frames_len.get());
-    let trapping = state.trapping.get();
     // The program's errno is its own: what `f`'s calls do to it is undone.
     let errno = program_errno::keep(state, state.handler_body.get() == 1);
     // SAFETY: the assembly saves the callee-saved registers and stack pointer in `point`,
@@ -108,7 +107,6 @@ pub(crate) fn call_guarded_in<F: FnMut()>(
         state.in_hit_path.set(in_hit_path);
         state.tool_work.set(tool_work);
         state.own_frames_len.set(own_frames);
-        state.trapping.set(trapping);
     }
     if faulted == 0 {
         Ok(())

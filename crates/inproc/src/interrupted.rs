@@ -126,7 +126,7 @@ pub(crate) fn by_running_program_handler(
 /// that has returned (or by dprobe's own traps at the same depth) show no such difference
 /// (the mask came back), unless the interrupted code blocked more since and none less. The
 /// signals of dprobe's own handlers do not count (the safepoint signal, blocked in dprobe's
-/// fault handlers, where a frame of an earlier one may linger). A handler installed with
+/// trap handler, where a frame of an earlier one may linger). A handler installed with
 /// `SA_NODEFER` and an `sa_mask` that blocks none of the program's signals changes no mask:
 /// where the program has one (as dprobe's guard on `sigaction` saw it installed,
 /// `handler_masks.rs`), a frame whose mask is the mask now counts too, and a stale frame

@@ -20,14 +20,12 @@
 //! The registrar waits until every thread acknowledged or is gone; only then does it write the
 //! jump. A thread cannot enter the window afterwards: the first byte is an `int3` until the
 //! jump replaces it, and the trap path sends a hit to the detour's copy (`Engine::route`) once
-//! the detour exists. A thread inside dprobe's own `SIGTRAP` handler is examined where that
-//! handler sends it: the handler does not block the safepoint signal (a trap would change the
-//! thread's mask twice, under a lock the process's threads share), so the signal's handler
-//! notes it and returns, and the trap handler answers as it ends, from its own context
-//! ([`answer_deferred`]). Until the trap handler has marked itself (its first instructions), its
-//! trap's frame is not rewritten yet and says where the trap came from: a `SIGTRAP` frame
-//! whose place is inside the plan is busy, never moved (another round follows). The fault
-//! handlers block the signal: a thread there is examined after it has returned.
+//! the detour exists; dprobe's own `SIGTRAP` and fault handlers block the safepoint signal, so
+//! a thread there is examined only after it has returned to where that handler sent it. (A
+//! `SIGTRAP` frame the scan may still meet, under a program's own handler that dprobe's
+//! calls, says where its trap came from, not where the thread goes: inside the plan it is
+//! busy, never moved. So is a frame one past a post-step slot's `int3`, whose handler will send
+//! the thread into the window.)
 //!
 //! A thread that does not acknowledge within [`PATIENCE`] (it blocks the signal, or a
 //! handler of the program blocks it) leaves the site on `int3`: the jump is never written
@@ -50,7 +48,6 @@ use crate::context::SignalContext;
 use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT, SIGINFO_AT};
 use crate::signals::{self, chain, Redeliver};
 use crate::sys;
-use crate::thread_state::ThreadState;
 
 /// The signal a safepoint sends each thread: the highest real-time signal.
 pub(crate) fn safepoint_signal() -> libc::c_int {
@@ -338,53 +335,11 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         unsafe { chain(sig, info, uc, Redeliver::Raise) };
         return;
     }
-    let state = crate::thread_state::existing();
-    let _own_frame = crate::interrupted::OwnFrame::enter(state, uc);
+    let _own_frame = crate::interrupted::OwnFrame::enter(crate::thread_state::existing(), uc);
     // SAFETY: `uc` is the context the kernel passed to this handler.
-    if !unsafe { defer_in_trap(state, uc, value) } {
-        // SAFETY: as above.
-        unsafe { answer(value, uc) };
-    }
-    // SAFETY: `uc` is this handler's context, as above.
+    unsafe { answer(value, uc) };
+    // SAFETY: as above.
     unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
-}
-
-/// Whether the safepoint signal that interrupted context `uc` came inside dprobe's `SIGTRAP`
-/// handler, and is left for it to answer as it ends ([`answer_deferred`]): the place the trap
-/// sends the thread (a slot, the detour's copy, the window's next instruction) is known only
-/// then, and is what must be looked at. The kernel may deliver the safepoint right after the
-/// trap, before the handler's first instruction. A thread without state (none was free), or
-/// in the handler's first instructions, is looked at now: its trap's frame, found above, is
-/// busy where it is inside the plan (`Plan::trap_frame_verdict`), and another round follows.
-///
-/// # Safety
-/// `uc` must be the context the kernel passed to the running handler.
-unsafe fn defer_in_trap(state: Option<&'static ThreadState>, uc: *mut libc::c_void, value: u64) -> bool {
-    // SAFETY: per the contract.
-    let ctx = unsafe { SignalContext::new(uc) };
-    let at_trap_handler = ctx.rip() == crate::trap::on_sigtrap as *const () as u64;
-    let state = if at_trap_handler { crate::thread_state::current() } else { state };
-    let Some(state) = state else { return false };
-    // A trap handler the program left with `siglongjmp` (from a handler of its own) never ends.
-    crate::abandoned::forget_left_hit_path(state, ctx.rsp());
-    if state.trapping.get() == 0 && !at_trap_handler {
-        return false;
-    }
-    state.deferred_safepoint.set(value);
-    true
-}
-
-/// Answer the safepoint signal that came while this thread's `SIGTRAP` handler ran, if one
-/// did: called as that handler ends, with its context `uc`, where it sends the thread.
-///
-/// # Safety
-/// `uc` must be the context the kernel passed to the running `SIGTRAP` handler.
-pub(crate) unsafe fn answer_deferred(state: &ThreadState, uc: *mut libc::c_void) {
-    let value = state.deferred_safepoint.replace(0);
-    if value != 0 {
-        // SAFETY: per the contract.
-        unsafe { answer(value, uc) };
-    }
 }
 
 /// Answer the safepoint signal whose token is `value` for a thread interrupted at context

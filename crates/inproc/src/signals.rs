@@ -119,16 +119,9 @@ pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()>
     let onstack = if FAULT_SIGNALS.contains(&sig) { libc::SA_ONSTACK } else { 0 };
     action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART | onstack;
     // SAFETY: `action.sa_mask` is a valid sigset to initialize.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // The fault handlers and the safepoint's own block the safepoint signal while they run.
-    // The trap handler blocks nothing: with its mask empty and `SA_NODEFER`, a trap leaves
-    // the thread's mask as it was, and the kernel then skips the process-wide signal lock it
-    // takes to change a mask, at the trap and at its `rt_sigreturn` (with two threads
-    // trapping at once, about a fifth of each trap's time went there). A safepoint that comes
-    // while it runs is answered as it ends (`safepoint.rs`).
-    if sig != libc::SIGTRAP {
-        // SAFETY: as above.
-        unsafe { libc::sigaddset(&mut action.sa_mask, crate::safepoint::safepoint_signal()) };
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaddset(&mut action.sa_mask, crate::safepoint::safepoint_signal());
     }
     let mut old: libc::sigaction = unsafe_zeroed();
     // SAFETY: both pointers are valid sigaction structs. PREVIOUS[sig] is written before

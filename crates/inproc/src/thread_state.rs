@@ -95,11 +95,6 @@ pub(crate) struct ThreadState {
     /// The fault that resumed at the recovery point: `(signal, address)`, when `faulted`.
     pub(crate) faulted: Cell<bool>,
     pub(crate) fault: Cell<(i32, u64)>,
-    /// Depth of dprobe's `SIGTRAP` handler on this thread: a safepoint that signals the thread
-    /// while it runs is answered as the handler ends (`safepoint.rs`).
-    pub(crate) trapping: Cell<u32>,
-    /// The token of that safepoint's signal (0: none).
-    pub(crate) deferred_safepoint: Cell<u64>,
     /// Whether an emulated instruction raised a `SIGSEGV` and at which address, for the trap
     /// handler to deliver to the program once its own work is done (see `trap::on_sigtrap`).
     pub(crate) deferred_segv: Cell<(bool, u64)>,

@@ -240,7 +240,6 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
     // A SIGSEGV this trap's work defers is this trap's alone: one an interrupted trap had
     // deferred is kept aside and put back for it.
     let state = thread_state::current();
-    let trapping = Trapping::enter(state);
     let outer = state.map(|s| s.deferred_segv.replace((false, 0)));
     // On a program's alternate stack, the hit path moves to a stack of dprobe's.
     let (handled, moved) = hit_stack::run_off_alternate_stack(state, uc, || trap_here(state, uc));
@@ -256,9 +255,6 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
             moved.undo();
         }
     }
-    // Where the thread goes is settled (a program's handler called below may leave with
-    // `longjmp`, and the trap's end must come first).
-    trapping.end(uc);
     // SAFETY: the kernel passes the interrupted context as `uc`, valid during this handler.
     let mut ctx = unsafe { SignalContext::new(uc) };
     match segv {
@@ -267,38 +263,6 @@ pub extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *
         None if !handled => unsafe { chain(sig, info, uc, Redeliver::Raise) },
         // SAFETY: `uc` is this handler's context, as above.
         None => unsafe { x87_frame::leave_initial_x87_unused(uc) },
-    }
-}
-
-/// Marks, from the moment it has found the thread's state to its end, that dprobe's `SIGTRAP`
-/// handler runs on the thread: a safepoint's signal (not blocked there, so that a trap
-/// changes no signal mask and takes no lock its process's threads share) is answered at the
-/// end, for the place the trap sends the thread (`safepoint.rs`).
-struct Trapping(Option<&'static ThreadState>);
-
-impl Trapping {
-    #[inline(always)]
-    fn enter(state: Option<&'static ThreadState>) -> Trapping {
-        if let Some(s) = state {
-            s.trapping.set(s.trapping.get() + 1);
-            compiler_fence(SeqCst);
-        }
-        Trapping(state)
-    }
-
-    /// The end, where the trap's context `uc` holds where the thread goes: lowered first, so
-    /// that a signal that comes after is not left unanswered (its handler finds the trap's
-    /// frame above it, busy if inside the plan, and the safepoint tries again).
-    fn end(self, uc: *mut libc::c_void) {
-        if let Some(s) = self.0 {
-            compiler_fence(SeqCst);
-            s.trapping.set(s.trapping.get().saturating_sub(1));
-            compiler_fence(SeqCst);
-            if s.trapping.get() == 0 {
-                // SAFETY: `uc` is the context the kernel passed to this `SIGTRAP` handler.
-                unsafe { crate::safepoint::answer_deferred(s, uc) };
-            }
-        }
     }
 }
 
