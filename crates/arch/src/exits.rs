@@ -163,7 +163,7 @@ pub fn find_exits(parts: &[CodePart<'_>], data: &mut dyn Memory) -> Result<Exits
                 FlowControl::IndirectBranch if i.op0_kind() == OpKind::Memory && i.is_ip_rel_memory_operand() => {
                     Some(ExitKind::TailJumpThrough { slot: Addr(i.ip_rel_memory_address()) })
                 }
-                FlowControl::IndirectBranch if installs_another_frame(&insns[..=k]) => None,
+                FlowControl::IndirectBranch if installs_another_frame(&insns, k) => None,
                 FlowControl::IndirectBranch => {
                     let targets = jump_table(&insns[..=k], data).ok_or_else(|| ExitsUnknown::IndirectJump {
                         at,
@@ -204,9 +204,15 @@ pub fn find_exits(parts: &[CodePart<'_>], data: &mut dyn Memory) -> Result<Exits
 /// the next entry or exit above it. (Were the jump found unbounded instead, the function's
 /// return address would be replaced, and the unwinder, which starts from its own frame's
 /// return address, would find dprobe's trampoline there and end every throw in `terminate`.)
-fn installs_another_frame(insns: &[Instruction]) -> bool {
-    let [.., load, pop, jmp] = insns else { return false };
-    jmp.op0_kind() == OpKind::Register
+///
+/// `insns` is the whole part, `k` the jump's index. No branch of the part may land on the
+/// `pop` or the jump: reached from elsewhere, they could be a plain return.
+fn installs_another_frame(insns: &[Instruction], k: usize) -> bool {
+    let [.., load, pop, jmp] = &insns[..=k] else { return false };
+    let landed_on = |at: &Instruction| insns.iter().any(|i| i.near_branch_target() == at.ip());
+    !landed_on(pop)
+        && !landed_on(jmp)
+        && jmp.op0_kind() == OpKind::Register
         && pop.mnemonic() == Mnemonic::Pop
         && pop.op0_kind() == OpKind::Register
         && pop.op0_register() == jmp.op0_register()

@@ -1,6 +1,7 @@
 //! Whether a function's first instructions lead straight to one of its exits, touching only
-//! registers: then what the exit's probe looks at (the stack pointer, the return address, the
-//! way out) is already so at the entry, and the entry's probe can do the exit's part too.
+//! registers and unable to fault: then what the exit's probe looks at (the stack pointer, the
+//! return address, the way out) is already so at the entry, every call reaches the exit, and
+//! the entry's probe can do the exit's part too.
 //!
 //! It matters where the exit lies within the entry's first five bytes: a probe of its own
 //! there would sit inside the entry's jump, and one of the two would stay on `int3`. The C
@@ -8,13 +9,14 @@
 //! every signal is still blocked: a trap there kills the process (the kernel cannot deliver
 //! a blocked `SIGTRAP`).
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpKind, Register};
 
 use crate::Addr;
 
 /// Whether the instructions from `entry` up to `exit` (both in `code`, which starts at
 /// `code_start`) run one after the other into `exit`: no branch, no memory access, no use of
-/// the stack pointer. True when `exit` is `entry`.
+/// the stack pointer, nothing that can fault on registers alone (a division, a privileged
+/// instruction, a system call). True when `exit` is `entry`.
 pub fn straight_to_exit(code: &[u8], code_start: Addr, entry: Addr, exit: Addr) -> bool {
     let (Some(from), Some(to)) = (entry.0.checked_sub(code_start.0), exit.0.checked_sub(code_start.0)) else {
         return false;
@@ -30,7 +32,10 @@ pub fn straight_to_exit(code: &[u8], code_start: Addr, entry: Addr, exit: Addr) 
         let memory = (0..i.op_count()).any(|k| matches!(i.op_kind(k), OpKind::Memory))
             || i.stack_pointer_increment() != 0
             || i.is_string_instruction();
+        let may_fault = matches!(i.mnemonic(), Mnemonic::Div | Mnemonic::Idiv | Mnemonic::Syscall | Mnemonic::Sysenter)
+            || i.is_privileged();
         if i.is_invalid()
+            || may_fault
             || i.flow_control() != FlowControl::Next
             || memory
             || info.info(&i).used_registers().iter().any(|u| stack(u.register()))
@@ -61,13 +66,15 @@ mod tests {
 
     #[test]
     fn the_stack_memory_a_branch_or_a_cut_instruction_is_not_straight() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 8] = [
             (&[0x55, 0xe9, 0, 0, 0, 0], "push %rbp"),
             (&[0x48, 0x83, 0xec, 0x08, 0xe9, 0, 0, 0, 0], "sub $8,%rsp"),
             (&[0x48, 0x8b, 0x07, 0xe9, 0, 0, 0, 0], "mov (%rdi),%rax"),
             (&[0x48, 0x89, 0xe0, 0xe9, 0, 0, 0, 0], "mov %rsp,%rax"),
             (&[0x74, 0x00, 0xe9, 0, 0, 0, 0], "je"),
             (&[0xa4, 0xe9, 0, 0, 0, 0], "movsb"),
+            (&[0xf7, 0xf1, 0xe9, 0, 0, 0, 0], "div %ecx"),
+            (&[0xfa, 0xe9, 0, 0, 0, 0], "cli"),
         ];
         for (code, what) in cases {
             let exit = Addr(0x1000 + code.len() as u64 - 5);

@@ -93,6 +93,10 @@ fn the_end_of_an_eh_return_is_no_exit_to_watch_and_a_like_jump_without_the_stack
     let mut other = code;
     other[18] = 0x58; // pop %rax
     assert!(matches!(body(&other), Err(ExitsUnknown::IndirectJump { .. })));
+    // A branch to the `pop` (reached without the new stack pointer): unbounded.
+    let mut landed = code;
+    landed[4] = 0x0d; // je +18, the pop
+    assert!(matches!(body(&landed), Err(ExitsUnknown::IndirectJump { .. })));
 }
 
 #[test]
