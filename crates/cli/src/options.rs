@@ -204,10 +204,7 @@ impl ListArgs {
         if let [file, _pattern] = self.rest.as_slice() {
             // `libc '_*'`: a library named as in a probe spec, where a FILE goes.
             if self.pid.is_none() && !file.contains('/') && !std::path::Path::new(file).exists() {
-                let path = crate::sites::object_path(Some(file), crate::sites::Traced::Nothing).ok_or_else(|| {
-                    format!("`{file}`: no file `{file}`, and no library `{file}` in the system's library directories")
-                })?;
-                self.rest[0] = path;
+                self.rest[0] = library_path(file, file)?;
             }
             return Ok(());
         }
@@ -216,10 +213,7 @@ impl ListArgs {
             return Ok(());
         }
         let (Some(library), pattern) = dprobe_spec::split_binary(only) else { return Ok(()) };
-        let path = crate::sites::object_path(Some(library), crate::sites::Traced::Nothing).ok_or_else(|| {
-            format!("`{only}`: no file `{only}`, and no library `{library}` in the system's library directories")
-        })?;
-        self.rest = vec![path, pattern.to_owned()];
+        self.rest = vec![library_path(only, library)?, pattern.to_owned()];
         Ok(())
     }
 
@@ -237,6 +231,14 @@ impl ListArgs {
         let skip = usize::from(self.pid.is_none());
         self.rest.get(skip).map(String::as_str)
     }
+}
+
+/// The path of `library`, found by name as `dprobe trace` finds it without a process; the
+/// error names what was given (`given`) when no file and no such library is there.
+fn library_path(given: &str, library: &str) -> Result<String, String> {
+    crate::sites::object_path(Some(library), crate::sites::Traced::Nothing).ok_or_else(|| {
+        format!("`{given}`: no file `{given}`, and no library `{library}` in the system's library directories")
+    })
 }
 
 /// `--trace-file`: a name whose extension says the format.

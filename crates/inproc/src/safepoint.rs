@@ -336,20 +336,6 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         return;
     }
     let _own_frame = crate::interrupted::OwnFrame::enter(crate::thread_state::existing(), uc);
-    // SAFETY: `uc` is the context the kernel passed to this handler.
-    unsafe { answer(value, uc) };
-    // SAFETY: as above.
-    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
-}
-
-/// Answer the safepoint signal whose token is `value` for a thread interrupted at context
-/// `uc` (a signal handler's): move it, and the places saved in the signal frames above it,
-/// out of the plan's windows and slots; note it busy where it cannot be moved; acknowledge.
-/// Nothing of a round that has ended.
-///
-/// # Safety
-/// `uc` must be the context the kernel passed to a handler running on this thread.
-unsafe fn answer(value: u64, uc: *mut libc::c_void) {
     READERS.fetch_add(1, SeqCst);
     let round = ROUND.load(SeqCst);
     if !round.is_null() && GENERATION.load(SeqCst) & 0xffff_ffff == value & 0xffff_ffff {
@@ -357,7 +343,7 @@ unsafe fn answer(value: u64, uc: *mut libc::c_void) {
         let round = unsafe { &*round };
         // SAFETY: as above.
         let (plan, tids) = unsafe { (&*round.plan, &*round.tids) };
-        // SAFETY: per the contract.
+        // SAFETY: the kernel passes this handler's interrupted context as `uc`.
         let mut ctx = unsafe { SignalContext::new(uc) };
         let mut busy = false;
         match plan.verdict(ctx.rip()) {
@@ -383,6 +369,8 @@ unsafe fn answer(value: u64, uc: *mut libc::c_void) {
         }
     }
     READERS.fetch_sub(1, SeqCst);
+    // SAFETY: `uc` is this handler's context, as above.
+    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
 }
 
 /// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,
