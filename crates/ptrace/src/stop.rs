@@ -335,6 +335,7 @@ impl Tracee {
     pub(crate) fn take_our_trap(&mut self, tid: i32) -> Result<bool, TraceError> {
         let mut r = sys::get_regs(tid)?;
         let Some(at) = self.past_our_int3(r.rip) else { return Ok(false) };
+        self.block_trap_again(tid)?;
         if Some(at) == self.xol.trampoline_addr() {
             self.on_return_trap(tid, &mut r, false)?;
         } else {

@@ -34,8 +34,9 @@ impl Tracee {
         }
     }
 
-    /// After one of dprobe's traps in stopped thread `tid`: `SIGTRAP` blocked again where the
-    /// thread blocked it when attached and its mask is otherwise as it was then.
+    /// After one of dprobe's traps in stopped thread `tid` (a hit, or a trap consumed while
+    /// every thread is being stopped): `SIGTRAP` blocked again where the thread blocked it
+    /// when attached and its mask is otherwise as it was then.
     pub(crate) fn block_trap_again(&mut self, tid: i32) -> Result<(), TraceError> {
         let Some(&noted) = self.trap_masks.0.get(&tid) else { return Ok(()) };
         let now = sys::sigmask(tid)?;
