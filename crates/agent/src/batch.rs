@@ -83,7 +83,7 @@ fn place_run(l: &mut Live, run: Vec<PlaceProbe>, next: &mut u32, shm: &Arc<Shm>,
         return;
     }
     // Loads followed from the first placing on, as for a probe placed alone.
-    let _ = follow::start();
+    let _ = follow::start(shm);
     let names: Vec<Kprobe> = run.iter().map(|p| Kprobe::symbol_offset(&p.target, p.offset)).collect();
     let Ok(found) = dprobe_inproc::resolve_each(&names) else {
         answers.extend(run.into_iter().map(|p| one(l, p, next, shm)));

@@ -144,6 +144,8 @@ extern "C" fn after_fork_in_child() {
 
 /// The child's agent thread.
 fn child_session() {
+    // As the parent's agent thread (`inside.rs`): its own descriptor table, to the end.
+    let _table = dprobe_inproc::own_files::PrivateTable::take();
     if set_agent_stack().is_ok() {
         dprobe_inproc::mark_own_thread();
         block_signals();

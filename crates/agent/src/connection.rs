@@ -1,8 +1,10 @@
-//! The agent's connection to dprobe: a descriptor kept near the top of the program's (its
-//! low numbers stay the program's) and known by its socket's inode, so that a program that
-//! closes every descriptor it did not open (a daemon's `close_range(3, ~0U)`, a child about
-//! to `exec`) ends the session instead of having the agent read its data or write into its
-//! files (see `dprobe_inproc::own_files`).
+//! The agent's connection to dprobe. It lives in the agent thread's own descriptor table
+//! (`dprobe_inproc::own_files::PrivateTable`), where the program neither sees it nor can close
+//! it. Where the kernel gives the thread no table of its own, it is a descriptor kept near the
+//! top of the program's (its low numbers stay the program's) and known by its socket's inode,
+//! so that a program that closes every descriptor it did not open (a daemon's
+//! `close_range(3, ~0U)`, a child about to `exec`) ends the session instead of having the
+//! agent read its data or write into its files (see `dprobe_inproc::own_files`).
 
 use std::io;
 use std::mem::ManuallyDrop;

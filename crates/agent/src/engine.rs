@@ -258,7 +258,7 @@ impl AgentEngine {
     /// a child's probes are removed as it starts). Before the probes are placed.
     pub fn follow(&mut self) -> Result<(), AgentError> {
         self.follow_children = true;
-        wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))
+        self.tell(&Message::Children(true)).map_err(|e| self.agent_err(e))
     }
 
     /// The agent's next message. A started program watched for its `exec` has its signals
@@ -278,6 +278,14 @@ impl AgentEngine {
         wire::receive(&mut self.sock)
     }
 
+    /// Send `message` to the agent and ring its doorbell: its thread, which waits on that
+    /// between its looks at the socket, reads it at once.
+    fn tell(&mut self, message: &Message) -> io::Result<()> {
+        wire::send(&mut self.sock, message)?;
+        self.shm.ring();
+        Ok(())
+    }
+
     fn agent_err(&self, source: io::Error) -> AgentError {
         AgentError::Agent { pid: self.pid, source: unanswered(source) }
     }
@@ -285,7 +293,7 @@ impl AgentEngine {
     /// Tell the agent every probe is placed: the ones it held off on `int3` while it placed
     /// the others are enabled (the agent's `held_off.rs`) before it answers.
     fn arm(&mut self) -> Result<(), AgentError> {
-        wire::send(&mut self.sock, &Message::Arm).map_err(|e| self.agent_err(e))?;
+        self.tell(&Message::Arm).map_err(|e| self.agent_err(e))?;
         loop {
             match self.receive() {
                 Ok(Some(Message::Armed)) => return Ok(()),
@@ -323,7 +331,7 @@ impl AgentEngine {
 
     /// Ask the agent to ask before the program's `exec`: whether it will.
     fn gate_exec(&mut self) -> bool {
-        if wire::send(&mut self.sock, &Message::GateExec).is_err() {
+        if self.tell(&Message::GateExec).is_err() {
             return false;
         }
         loop {
@@ -623,12 +631,12 @@ impl AgentEngine {
         self.retired.push(old);
         self.sock = sock;
         if self.follow_children {
-            wire::send(&mut self.sock, &Message::Children(true)).map_err(|e| self.agent_err(e))?;
+            self.tell(&Message::Children(true)).map_err(|e| self.agent_err(e))?;
         }
         let program = self.program();
         for request in self.requests.clone() {
             let (target, index) = (request.target.clone(), request.index as usize);
-            wire::send(&mut self.sock, &Message::Place(request)).map_err(|e| self.agent_err(e))?;
+            self.tell(&Message::Place(request)).map_err(|e| self.agent_err(e))?;
             // What the agent says before its answer was said for the first program already.
             let mut answer = self.receive();
             while let Ok(Some(Message::Note(_) | Message::Detail(_))) = answer {
@@ -650,7 +658,7 @@ impl AgentEngine {
             }
         }
         for message in self.filters.clone() {
-            wire::send(&mut self.sock, &message).map_err(|e| self.agent_err(e))?;
+            self.tell(&message).map_err(|e| self.agent_err(e))?;
             let _ = self.receive();
         }
         Ok(())
@@ -713,7 +721,7 @@ impl AgentEngine {
             return Ok(());
         }
         self.stopped = true;
-        wire::send(&mut self.sock, &Message::Stop).map_err(|e| self.agent_err(e))?;
+        self.tell(&Message::Stop).map_err(|e| self.agent_err(e))?;
         loop {
             match self.receive() {
                 Ok(Some(Message::Stopped)) => {
@@ -958,7 +966,7 @@ impl Engine for AgentEngine {
 
     fn place(&mut self, probe: ProbeRequest<'_>) -> Result<Placed, AgentError> {
         let request = self.request_for(&probe, 0)?;
-        wire::send(&mut self.sock, &Message::Place(request.clone())).map_err(|e| self.agent_err(e))?;
+        self.tell(&Message::Place(request.clone())).map_err(|e| self.agent_err(e))?;
         self.answered(&probe, request)
     }
 
@@ -980,7 +988,7 @@ impl Engine for AgentEngine {
             }
             let sent = match asked.is_empty() {
                 true => Ok(()),
-                false => wire::send(&mut self.sock, &Message::PlaceMany(asked.clone())),
+                false => self.tell(&Message::PlaceMany(asked.clone())),
             };
             let mut asked = asked.into_iter();
             for (probe, refusal) in chunk.iter().zip(refused) {
@@ -1004,7 +1012,7 @@ impl Engine for AgentEngine {
             .collect();
         for index in fetching_all {
             let message = Message::Filter { index: index as u32, text: text.to_owned() };
-            if wire::send(&mut self.sock, &message).is_err() {
+            if self.tell(&message).is_err() {
                 return;
             }
             // The answer: the filter is in place before the program runs on. Not set

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::FetchPlan;
 use dprobe_core::{Kprobe, PreAction, ProbeError, Regs, Side};
+use dprobe_inproc::own_files::PrivateTable;
 use dprobe_inproc::{register, register_kretprobe, EntryAction, Kretprobe, Probe, ReturnProbe};
 use dprobe_spec::ProbeKind;
 
@@ -54,6 +55,9 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
     static OWN_OBJECTS: std::sync::Once = std::sync::Once::new();
     OWN_OBJECTS.call_once(crate::own_objects::note);
     let started = crate::agent_thread::start(STACK, move || {
+        // Before the agent opens anything: none of its descriptors is ever the program's, and
+        // nothing the program closes is the agent's (`own_files::PrivateTable`).
+        let _table = PrivateTable::take();
         if set_agent_stack().is_err() {
             RUNNING.store(false, Release);
             return;
@@ -169,7 +173,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
     });
     let mut looked = Instant::now();
     let result = loop {
-        let ready = readable(&sock, 20)?;
+        let ready = readable(&sock, &shm, 20)?;
         if sock.lost() {
             break Err(Connection::lost_error());
         }
@@ -279,7 +283,7 @@ pub(crate) fn place_asked(l: &mut Live, p: PlaceProbe, shm: &Arc<Shm>) -> Answer
     let (mut note, mut detail) = (None, None);
     // Loads followed first: a library the program unloads from now on waits at the loader's
     // notification until this placing is over.
-    let following = follow::start();
+    let following = follow::start(shm);
     let library = object_of(&p).is_some_and(|o| !never_unloaded(o));
     let mut tries = 0;
     let answer = loop {
@@ -334,19 +338,32 @@ pub(crate) fn hold_off_last(l: &mut Live, index: u32) {
 }
 
 /// Wait up to `ms` milliseconds for the socket to have something to read (or its end), or for
-/// the loader's notification when following libraries: whether the socket has.
-fn readable(sock: &UnixStream, ms: i32) -> io::Result<bool> {
-    let mut pfd = [
-        libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: follow::event_fd().unwrap_or(-1), events: libc::POLLIN, revents: 0 },
-    ];
-    // SAFETY: two pollfds we own (a negative fd is ignored).
-    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
+/// the doorbell (`Shm::ring`: the tracer sent a message, or a loading thread waits for an
+/// answer): whether the socket has.
+fn readable(sock: &UnixStream, shm: &Shm, ms: i64) -> io::Result<bool> {
+    let bell = shm.doorbell();
+    let rung = bell.load(Acquire);
+    if socket_readable(sock)? {
+        return Ok(true);
+    }
+    if follow::pending().is_none() {
+        let timeout = libc::timespec { tv_sec: 0, tv_nsec: ms * 1_000_000 };
+        // Shared (not private): the tracer rings it from its process.
+        dprobe_inproc::raw_calls::futex_wait(bell, rung, &timeout, false);
+    }
+    socket_readable(sock)
+}
+
+/// Whether the socket has something to read now (or its end).
+fn socket_readable(sock: &UnixStream) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd we own.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
     }
-    Ok(pfd[0].revents != 0)
+    Ok(pfd.revents != 0)
 }
 
 /// The loader is about to unmap objects (`RT_DELETE`): the probes placed in libraries loaded

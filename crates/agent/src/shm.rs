@@ -32,11 +32,14 @@ pub const SLOTS: usize = 8192;
 /// every function of the C library (`libc:*` comes to about 2,200).
 pub const MAX_PROBES: usize = 4096;
 
-const MAGIC: u64 = 0x6470_726f_6265_7235; // "dprober5"
-/// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`).
+const MAGIC: u64 = 0x6470_726f_6265_7236; // "dprober6"
+/// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`), then the
+/// doorbell.
 const HEADER_BYTES: usize = 128;
 /// Byte of the first of the `exec` gate's 32-bit words (futex words).
 const EXEC_GATE_AT: usize = 64;
+/// Byte of the doorbell, a 32-bit futex word.
+const DOORBELL_AT: usize = 72;
 const COUNTER_WORDS: usize = 16;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
 /// Each probe's counts that every hit adds to, after its counter words: hits, then returns.
@@ -184,6 +187,22 @@ impl Shm {
             unsafe { &*(self.base().add(EXEC_GATE_AT + i * 4) as *const AtomicU32) }
         };
         ExecGateWords { open: word(0), state: word(1) }
+    }
+
+    /// The agent's doorbell: a futex word the agent's thread waits on between its looks at
+    /// the tracer's socket, rung ([`Shm::ring`]) by the tracer after each message it sends and
+    /// by a thread of the program that has the agent's thread wanted (`follow.rs`).
+    pub fn doorbell(&self) -> &AtomicU32 {
+        // SAFETY: inside the header, 4-byte aligned, only ever accessed atomically.
+        unsafe { &*(self.base().add(DOORBELL_AT) as *const AtomicU32) }
+    }
+
+    /// Ring the doorbell: the agent's thread, if it waits, looks at once. Async-signal-safe.
+    pub fn ring(&self) {
+        let bell = self.doorbell();
+        bell.fetch_add(1, Release);
+        // Shared (not private): rung from the tracer's process too.
+        dprobe_inproc::raw_calls::futex_wake(bell, false);
     }
 
     fn counter_word(&self, probe: usize, counter: Counter) -> Option<&AtomicU64> {

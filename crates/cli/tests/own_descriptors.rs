@@ -1,8 +1,9 @@
 //! dprobe's own descriptors stay out of the traced program's way: a started program's first
 //! `open` gets the number it gets untraced; a program that closes every descriptor it did not
-//! open (a daemon's `close_range`) is unharmed and its files untouched (the agent ends its
-//! session: nothing more is traced); a process dprobe attached to and detached from keeps no
-//! descriptor of the agent's but the memory file it loads the agent from, out of its way.
+//! open (a daemon's `close_range`) is unharmed, its files untouched and its next files given
+//! the numbers they get untraced, and stays traced; a process dprobe attaches to holds no
+//! descriptor of the agent's but the memory file it loads the agent from, out of its way,
+//! while traced and once let go.
 mod common;
 
 use std::process::{Command, Stdio};
@@ -105,7 +106,7 @@ int main(int argc, char **argv) {
     for (int i = 10; i < 40; i++) { s += work(i); usleep(20000); }
     long sizes = 0;
     for (int k = 0; k < 3; k++) { struct stat st; fstat(fds[k], &st); sizes += st.st_size; }
-    printf("sizes %ld sum %ld\n", sizes, s);
+    printf("fds %d %d %d sizes %ld sum %ld\n", fds[0], fds[1], fds[2], sizes, s);
     return 0;
 }
 "#;
@@ -126,17 +127,76 @@ fn a_program_that_closes_every_descriptor_it_did_not_open_is_unharmed() {
             args.extend(["--", program, files]);
             let t = trace_to_file(&format!("closer-{engine}-{detach}-trace"), &args);
             let what = t.what(&format!("{engine} detach={detach}"));
-            assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sizes 15 sum 1560\n"), "{what}");
+            assert_eq!((t.code, t.stdout.as_str()), (Some(0), "fds 3 4 5 sizes 15 sum 1560\n"), "{what}");
             for k in 0..3 {
                 assert_eq!(std::fs::read(format!("{files}.{k}")).unwrap(), b"data\n", "{what}");
             }
-            if engine == "agent" {
-                assert!(t.trace.contains("closed the agent's connection"), "{what}");
-                // The calls before the close, at least (the agent sees the close within 20 ms).
-                assert!((10..=12).contains(&common::hits(&t.trace, &probe)), "{what}");
-            } else if !detach {
+            // The close took nothing of dprobe's: the program stays traced.
+            assert!(!t.trace.contains("closed the agent's connection"), "{what}");
+            if !detach {
                 assert_eq!(common::hits(&t.trace, &probe), 40, "{what}");
             }
+        }
+    }
+}
+
+const FORKER: &str = r#"
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+/* This process's descriptors that name a socket or a file of /proc (but the listing's own). */
+static int foreign(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; (e = readdir(d));) {
+        char path[300], to[256];
+        if (atoi(e->d_name) == dirfd(d)) continue;
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, to, sizeof to - 1);
+        if (k > 0 && (to[k] = 0, !strncmp(to, "socket:", 7) || !strncmp(to, "/proc/", 6))) n++;
+    }
+    closedir(d);
+    return n;
+}
+int main(void) {
+    long s = 0;
+    for (int i = 0; i < 10; i++) { s += work(i); usleep(20000); }
+    printf("parent %d\n", foreign());
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+        printf("child %d\n", foreign());
+        fflush(stdout);
+        _exit(work(1) == 2 ? 0 : 1);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    printf("sum %ld, child %d\n", s, status);
+    return 0;
+}
+"#;
+
+/// A program traced by the agent, and the child it forks, find none of the agent's descriptors
+/// among theirs (the child's own agent thread included).
+#[test]
+fn neither_a_traced_program_nor_its_forked_child_holds_the_agents_descriptors() {
+    let program = common::c_program_from("forker", FORKER, &["-O1"]);
+    let probe = format!("{}:work", program.rsplit_once('/').unwrap().1);
+    for engine in ["ptrace", "agent"] {
+        for follow in [false, true] {
+            let mut args = vec!["--engine", engine, "-c", &probe];
+            if follow {
+                args.push("--follow");
+            }
+            args.extend(["--", program]);
+            let t = trace_to_file(&format!("forker-{engine}-{follow}"), &args);
+            let what = t.what(&format!("{engine} follow={follow}"));
+            assert_eq!((t.code, t.stdout.as_str()), (Some(0), "parent 0\nchild 0\nsum 90, child 0\n"), "{what}");
+            assert_eq!(common::hits(&t.trace, &probe), 10 + u64::from(follow), "{what}");
         }
     }
 }
@@ -153,6 +213,45 @@ fn descriptors(pid: u32) -> Vec<(u32, String)> {
         .collect();
     fds.sort();
     fds
+}
+
+/// The names of process `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks.filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok()).map(|n| n.trim().to_owned()).collect()
+}
+
+#[test]
+fn a_traced_process_holds_no_descriptor_of_the_agents_but_the_memory_file_it_is_loaded_from() {
+    let probe = "ready-then-work:work";
+    let (mut child, _out) = common::start_ready_then_work(1000);
+    let pid = child.id();
+    let before = descriptors(pid);
+    let mut dprobe = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--engine", "agent", "-d", "1500ms", "-c", "-p", &pid.to_string(), probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Looked at all along the agent's session: its thread, connected, places the probe and
+    // counts (its socket, its `/proc/self/mem` and its maps' reads are in its own table).
+    let mut looks = 0;
+    while dprobe.try_wait().unwrap().is_none() {
+        if thread_names(pid).iter().any(|n| n == "dprobe-agent") {
+            let now = descriptors(pid);
+            let added: Vec<&(u32, String)> = now.iter().filter(|d| !before.contains(d)).collect();
+            assert!(
+                added.iter().all(|d| d.1.starts_with("/memfd:dprobe-agent")),
+                "look {looks}: before {before:?}, during the session {now:?}"
+            );
+            looks += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
+    assert!(stderr.contains("goes on untraced") && looks > 10, "{looks} looks\n{stderr}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

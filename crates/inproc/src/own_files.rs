@@ -7,7 +7,8 @@
 //! untraced, a shell script's `exec 3<file` replaces whatever is at 3, a daemon closes every
 //! descriptor it inherited (`close_range(3, ~0U)`) and opens its own files, which then get
 //! the numbers dprobe's had. So dprobe's long-lived descriptors (the engine's
-//! `/proc/self/mem`, the agent's connection and notification pipe) are moved above the soft
+//! `/proc/self/mem`, the agent's connection where its thread shares the program's table) are
+//! moved above the soft
 //! limit on open files where the hard limit leaves room, else to numbers near the top of the
 //! usual 1,024 ([`keep_high`]), and each is known by its file's identity
 //! (device and inode, [`FileId`]): before dprobe writes through one, it checks that the number
@@ -19,10 +20,14 @@
 //! A check and the use after it are two system calls: a program that closes the descriptor
 //! and opens a file in between, from another thread, is not caught. Everything here is a raw
 //! system call: it runs while the C library's functions may be probed on `int3`.
+//!
+//! A tool's own thread inside the program (the agent's) does better: it takes a descriptor
+//! table of its own ([`PrivateTable`]). What it opens is then never among the program's
+//! descriptors, whatever number it gets, and nothing the program closes is its.
 
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::*};
 
-use crate::sys::raw_syscall6;
+use crate::sys::{own_tid, raw_syscall6};
 
 /// A file's identity: its device and inode, as `fstat` gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +122,10 @@ fn set_soft_limit(soft: u64, hard: u64) -> bool {
 /// undone. Elsewhere, to the first free number from [`dprobe_core::high_descriptor_floor`],
 /// under the soft limit.
 pub fn keep_high(fd: i32) -> i32 {
+    if in_private_table() {
+        // No number of this table is the program's.
+        return fd;
+    }
     let (soft, hard) = limits();
     if fd < 0 || fd as u64 >= soft {
         return fd;
@@ -156,6 +165,79 @@ pub fn close(fd: i32) {
 pub fn close_if_ours(fd: i32, id: FileId) {
     if id.is(fd) {
         close(fd);
+    }
+}
+
+/// The thread whose descriptor table is its own (0: none). Threads that reach dprobe's code
+/// from the program's table (a hit's, a forked child's) see it is not theirs.
+static PRIVATE_TID: AtomicI32 = AtomicI32::new(0);
+
+/// While it lives, the calling thread has a descriptor table of its own
+/// (`unshare(CLONE_FILES)`), which held none of the program's descriptors from the start:
+/// what the thread opens takes no number of the program's, even for a moment; a program
+/// that closes every descriptor it did not open (`close_range(3, ~0U)`, or each number
+/// `/proc/self/fd` lists) closes none of the thread's, which the program does not see; a
+/// child it forks inherits none. One thread at a time (the agent's).
+pub struct PrivateTable(());
+
+impl PrivateTable {
+    /// Give the calling thread its own table: a copy of the program's, whose copies of the
+    /// program's descriptors are closed at once (closing a copy leaves the program's own
+    /// open, its `fcntl` locks included: those belong to the table that took them). Numbers
+    /// 0 to 2 then name a file that takes nothing written to it, so that whatever dprobe's
+    /// code would print (a panic's message) lands in none of the thread's files. None where
+    /// the kernel refuses (a seccomp filter): the thread then shares the program's table, as
+    /// before.
+    pub fn take() -> Option<PrivateTable> {
+        // SAFETY: unshare of the calling thread's descriptor table alone: the program's
+        // table and descriptors are untouched.
+        let rc = unsafe { raw_syscall6(libc::SYS_unshare, [libc::CLONE_FILES as u64, 0, 0, 0, 0, 0]) };
+        if rc != 0 {
+            return None;
+        }
+        close_every_descriptor();
+        fill_standard_numbers();
+        PRIVATE_TID.store(own_tid(), Release);
+        Some(PrivateTable(()))
+    }
+}
+
+impl Drop for PrivateTable {
+    fn drop(&mut self) {
+        // Before the thread ends: its id may be a program thread's next.
+        PRIVATE_TID.store(0, Release);
+    }
+}
+
+/// Whether the calling thread has a table of its own ([`PrivateTable`]).
+pub fn in_private_table() -> bool {
+    PRIVATE_TID.load(Acquire) == own_tid()
+}
+
+/// Close every descriptor of the calling thread's table (a private one, just copied).
+fn close_every_descriptor() {
+    // SAFETY: closes descriptors of the calling thread's own table.
+    let rc = unsafe { raw_syscall6(libc::SYS_close_range, [0, u64::from(u32::MAX), 0, 0, 0, 0]) };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.9: each number the table lists (the listing's own descriptor, closed
+    // before, among them).
+    let listed: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")
+        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    listed.into_iter().for_each(close);
+}
+
+/// Numbers 0, 1 and 2 of an empty table given to an event counter, which refuses text.
+fn fill_standard_numbers() {
+    // SAFETY: creates a descriptor in the calling thread's own table.
+    let fd = unsafe { raw_syscall6(libc::SYS_eventfd2, [0, libc::EFD_CLOEXEC as u64, 0, 0, 0, 0]) };
+    for number in 1..=2 {
+        if fd == 0 {
+            // SAFETY: duplicates the descriptor just made onto a free number of the table.
+            unsafe { raw_syscall6(libc::SYS_dup3, [0, number, libc::O_CLOEXEC as u64, 0, 0, 0]) };
+        }
     }
 }
 
@@ -211,6 +293,38 @@ mod tests {
         close_if_ours(ours, id);
         assert!(FileId::of(ours).is_some(), "the program's file is left open");
         close(ours);
+        close(programs);
+    }
+
+    fn new_memory_file() -> i32 {
+        // SAFETY: creates a descriptor by a NUL-terminated name.
+        unsafe { libc::memfd_create(c"dprobe-own-files-test".as_ptr(), libc::MFD_CLOEXEC) }
+    }
+
+    #[test]
+    fn a_thread_with_a_table_of_its_own_and_the_program_see_none_of_each_others_descriptors() {
+        let programs = new_memory_file();
+        let programs_id = FileId::of(programs).unwrap();
+        let (opened, go_on) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let thread = std::thread::spawn(move || {
+            let table = PrivateTable::take().expect("the kernel gives a thread its own table");
+            assert!(in_private_table());
+            assert!(!programs_id.is(programs), "the program's descriptor is not in the thread's table");
+            assert!((0..=2).all(|n| FileId::of(n).is_some()), "0 to 2 are taken");
+            let own = new_memory_file();
+            assert_eq!(own, 3, "the lowest free number of the thread's table");
+            assert_eq!(keep_high(own), own, "no number of the table is the program's");
+            opened.0.send((own, FileId::of(own).unwrap())).unwrap();
+            go_on.1.recv().unwrap();
+            drop(table);
+            assert!(!in_private_table());
+        });
+        let (own, id) = opened.1.recv().unwrap();
+        assert!(!in_private_table());
+        assert!(!id.is(own), "the thread's file is not in the program's table");
+        assert!(programs_id.is(programs), "the program's descriptor is open");
+        go_on.0.send(()).unwrap();
+        thread.join().unwrap();
         close(programs);
     }
 }

@@ -24,7 +24,16 @@ use crate::own_files::{self, FileId};
 /// calls [`sync_cores`] once for all of them.
 pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
     let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
-    let fd = mem_file(&mut mem)?;
+    let (fd, one_write) = mem_file(&mut mem)?;
+    let written = write_through(fd, addr, bytes);
+    if one_write {
+        own_files::close(fd);
+    }
+    written
+}
+
+/// Write `bytes` at `addr` through `fd`, this process's `/proc/self/mem`.
+fn write_through(fd: i32, addr: Addr, bytes: &[u8]) -> io::Result<()> {
     // The system call itself, not the C library's `pwrite64`, which may be probed (and on
     // `int3` while a batch is being placed).
     let mut done = 0;
@@ -43,11 +52,13 @@ pub fn write_code_unsynced(addr: Addr, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The engine's `/proc/self/mem`: the process that opened it, its descriptor and its file.
+/// The engine's `/proc/self/mem`: the process that opened it, its descriptor and its file,
+/// and whether it is in a thread's own descriptor table (`own_files::PrivateTable`).
 struct MemFile {
     pid: libc::pid_t,
     fd: i32,
     id: FileId,
+    private: bool,
 }
 
 static MEM: Mutex<Option<MemFile>> = Mutex::new(None);
@@ -55,15 +66,27 @@ static MEM: Mutex<Option<MemFile>> = Mutex::new(None);
 /// The descriptor of this process's `/proc/self/mem`, opened if it is not open yet, or if the
 /// one open is not it any more: a forked child's copy of its parent's (which would write the
 /// parent's code: closed), or a number the program closed and maybe reused for a file of its
-/// own (left alone: see `own_files.rs`).
-fn mem_file(mem: &mut Option<MemFile>) -> io::Result<i32> {
-    let pid = own_pid();
-    if let Some(open) = mem.as_ref().filter(|m| m.pid == pid && m.id.is(m.fd)) {
-        return Ok(open.fd);
+/// own (left alone: see `own_files.rs`). With `true` when the descriptor is for one write
+/// only, to be closed after it: the one open is in the other table (the agent's own, or the
+/// program's), which this thread cannot close.
+fn mem_file(mem: &mut Option<MemFile>) -> io::Result<(i32, bool)> {
+    let (pid, private) = (own_pid(), own_files::in_private_table());
+    if let Some(open) = mem.as_ref().filter(|m| m.pid == pid && m.private == private && m.id.is(m.fd)) {
+        return Ok((open.fd, false));
+    }
+    if mem.as_ref().is_some_and(|m| m.pid == pid && m.private != private) {
+        return open_mem().map(|(fd, _)| (fd, true));
     }
     if let Some(inherited) = mem.take().filter(|m| m.pid != pid) {
         own_files::close_if_ours(inherited.fd, inherited.id);
     }
+    let (fd, id) = open_mem()?;
+    *mem = Some(MemFile { pid, fd, id, private });
+    Ok((fd, false))
+}
+
+/// Open this process's `/proc/self/mem`, out of the program's way.
+fn open_mem() -> io::Result<(i32, FileId)> {
     let path = c"/proc/self/mem";
     // SAFETY: opens a file by a NUL-terminated path that lives for the call. (The system
     // call itself: the C library's `open` may be probed, on `int3` while a batch is placed.)
@@ -82,15 +105,17 @@ fn mem_file(mem: &mut Option<MemFile>) -> io::Result<i32> {
         own_files::close(fd);
         return Err(io::Error::other("opening /proc/self/mem: the descriptor opened is gone"));
     };
-    *mem = Some(MemFile { pid, fd, id });
-    Ok(fd)
+    Ok((fd, id))
 }
 
 /// Close the engine's `/proc/self/mem` (a traced program's session is over; in a forked
 /// child, its copy of the parent's): opened again by the next code write.
 pub fn close_mem_file() {
     let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(open) = mem.take() {
+    // One in another thread's table of this process is not this thread's to close (its number
+    // here may be a file of the program's: even its own `/proc/self/mem`).
+    let ours = |m: &mut MemFile| m.pid != own_pid() || m.private == own_files::in_private_table();
+    if let Some(open) = mem.take_if(ours) {
         own_files::close_if_ours(open.fd, open.id);
     }
 }
