@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -12,6 +13,7 @@ use dprobe_core::{Ending, Engine, Exit, MultiSite, ProbeRequest};
 use dprobe_spec::{Filter, ProbeKind, ProbePoint};
 
 use crate::clock::Clock;
+use crate::export::output_files::OutputFiles;
 use crate::options::TraceArgs;
 use crate::output;
 use crate::plan::{check_hist, parse_the_filter, Planned};
@@ -120,8 +122,13 @@ fn prepare<E: Engine>(
     if stacks.is_some() {
         report.with_stacks();
     }
+    let mut files = OutputFiles::default();
+    let folded = args.folded.as_deref().filter(|&path| path != "-");
+    files.check("--folded", folded.map(Path::new))?;
+    files.check("--trace-file", args.trace_file.as_deref())?;
+    files.check("--metrics", args.metrics.as_deref())?;
     if let Some(path) = &args.folded {
-        report.add_export(Box::new(crate::export::folded::Folded::new(path)?));
+        report.add_export(Box::new(crate::export::folded::Folded::new(path)));
     }
     let infos: Vec<_> = planned.iter().map(|p| p.info.clone()).collect();
     if let Some(path) = &args.trace_file {
@@ -131,6 +138,7 @@ fn prepare<E: Engine>(
         let metrics = crate::export::metrics::Metrics::new(path, args.interval, &infos, &by, &args.hist, args.latency)?;
         report.add_export(Box::new(metrics));
     }
+    files.keep();
     for p in planned.iter() {
         let plan = FetchPlan::compile(&p.info.args, filter.as_ref());
         let timed = args.latency && p.probe.spec.kind == ProbeKind::Entry;

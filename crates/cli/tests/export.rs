@@ -286,3 +286,28 @@ fn an_output_file_that_cannot_be_written_is_refused_before_the_program_runs() {
     ]);
     assert!(!marker.exists(), "the program ran, its output would have been lost");
 }
+
+/// A trace refused for one output file changes none of the others: a file it would have made
+/// is not left behind empty, and one that was there keeps its content.
+#[test]
+fn a_refused_trace_leaves_the_other_output_files_as_they_were() {
+    let (made, kept) = (out_file("refused-new.folded"), out_file("refused-old.folded"));
+    let trace_file = out_file("refused-named.txt");
+    let _ = std::fs::remove_file(&made);
+    let _ = std::fs::remove_file(&trace_file);
+    std::fs::write(&kept, "main;work 3\n").unwrap();
+    let folded = |path: &std::path::Path| format!("--folded={}", path.display());
+    let (made_arg, kept_arg) = (folded(&made), folded(&kept));
+    let nowhere = "--metrics=/nonexistent-dprobe-dir/m.prom";
+    common::assert_refused(&[
+        (&[&made_arg, nowhere, "libc:getpid", "--", "true"], "--metrics: cannot write /nonexistent-dprobe-dir/m.prom"),
+        (&[&kept_arg, nowhere, "libc:getpid", "--", "true"], "--metrics: cannot write /nonexistent-dprobe-dir/m.prom"),
+        (
+            &[&made_arg, "--trace-file", trace_file.to_str().unwrap(), "libc:getpid", "--", "true"],
+            "name it FILE.pftrace (Perfetto) or FILE.json",
+        ),
+    ]);
+    assert!(!made.exists(), "a file made for a refused trace is taken away");
+    assert!(!trace_file.exists(), "a file made for a refused trace is taken away");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "main;work 3\n");
+}

@@ -22,14 +22,11 @@ pub struct Folded {
 }
 
 impl Folded {
-    /// Folded stacks written to `path` (`-`: standard output) at the end. The file is made
-    /// now (empty): a path that cannot be written is said before the trace starts.
-    pub fn new(path: &str) -> Result<Folded> {
+    /// Folded stacks written to `path` (`-`: standard output) at the end (checked before
+    /// the trace starts: `output_files.rs`).
+    pub fn new(path: &str) -> Folded {
         let path = (path != "-").then(|| PathBuf::from(path));
-        if let Some(path) = &path {
-            std::fs::File::create(path).with_context(|| format!("--folded: cannot write {}", path.display()))?;
-        }
-        Ok(Folded { path, counts: HashMap::new(), line: String::new() })
+        Folded { path, counts: HashMap::new(), line: String::new() }
     }
 
     /// The lines, most frequent first (then by stack, for a stable order).

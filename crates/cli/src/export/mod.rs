@@ -6,6 +6,7 @@
 pub mod chrome;
 pub mod folded;
 pub mod metrics;
+pub mod output_files;
 pub mod perfetto;
 pub mod perfetto_proto;
 pub mod timeline;

@@ -1,0 +1,46 @@
+//! The exports' files, checked together before any is written: a path that cannot be written
+//! is refused before the program runs, with no other output file changed yet (an existing one
+//! keeps its content until the trace starts), and a file made for a trace that is refused
+//! after all is taken away again: a refused command leaves no empty file behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The files checked, and which of them the check made.
+#[derive(Default)]
+pub struct OutputFiles {
+    made: Vec<PathBuf>,
+}
+
+impl OutputFiles {
+    /// Check that the file `option` names (if it names one) can be written: opened for
+    /// writing, made if it is not there, its content left as it is.
+    pub fn check(&mut self, option: &str, path: Option<&Path>) -> Result<()> {
+        let Some(path) = path else { return Ok(()) };
+        let there = std::fs::symlink_metadata(path).is_ok();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("{option}: cannot write {}", path.display()))?;
+        if !there {
+            self.made.push(path.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The trace starts: the files made are its outputs, kept whatever comes.
+    pub fn keep(mut self) {
+        self.made.clear();
+    }
+}
+
+impl Drop for OutputFiles {
+    fn drop(&mut self) {
+        for path in &self.made {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
