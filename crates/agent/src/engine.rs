@@ -94,6 +94,9 @@ pub struct AgentEngine {
     /// Held until the trace runs (the program waits for its probes).
     injector: Option<Injector>,
     sock: UnixStream,
+    /// When the connection was first seen ended with the agent still in the process (see
+    /// [`AgentEngine::connection_end`]).
+    ended_with_agent_there: Option<Instant>,
     shm: Shm,
     /// The shared memory of the agents of programs the process ran before (`exec`): their
     /// figures count in the summary.
@@ -222,6 +225,7 @@ impl AgentEngine {
             spawned,
             injector,
             sock,
+            ended_with_agent_there: None,
             shm,
             retired: Vec::new(),
             watch: None,
@@ -630,6 +634,7 @@ impl AgentEngine {
         let old = std::mem::replace(&mut self.shm, shm);
         self.retired.push(old);
         self.sock = sock;
+        self.ended_with_agent_there = None;
         if self.follow_children {
             self.tell(&Message::Children(true)).map_err(|e| self.agent_err(e))?;
         }
@@ -752,8 +757,13 @@ impl AgentEngine {
     /// How the agent's connection ended, if it did while the process has memory (a process
     /// that exits loses its memory before its connections): the process replaced its program
     /// (`exec`: its memory is without the agent), or it closed the connection (the agent is
-    /// still in it: a program that closes every descriptor it did not open).
-    fn connection_end(&self) -> Option<ConnectionEnd> {
+    /// still in it: a program that closes every descriptor it did not open, where the agent's
+    /// thread could not have a descriptor table of its own).
+    ///
+    /// An `exec` ends the agent's thread, and with it the connection (its table's), before the
+    /// new program replaces the process's memory: the connection ended with the agent still
+    /// there counts as closed only once it stays so a while ([`EXEC_TAKES_AT_MOST`]).
+    fn connection_end(&mut self) -> Option<ConnectionEnd> {
         use std::os::fd::AsRawFd;
         let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd we own.
@@ -773,7 +783,11 @@ impl AgentEngine {
             return None;
         }
         let agent_there = maps.contains(MEMORY_FILE) || maps.contains("libdprobe_agent");
-        Some(if agent_there { ConnectionEnd::Closed } else { ConnectionEnd::Exec })
+        if !agent_there {
+            return Some(ConnectionEnd::Exec);
+        }
+        let since = *self.ended_with_agent_there.get_or_insert_with(Instant::now);
+        (since.elapsed() >= EXEC_TAKES_AT_MOST).then_some(ConnectionEnd::Closed)
     }
 
     /// How the program ended, if it did: a started one with its status; a process dprobe did
@@ -802,6 +816,10 @@ impl AgentEngine {
         }
     }
 }
+
+/// How long an `exec` may take from the end of the process's other threads to its new
+/// memory, for [`AgentEngine::connection_end`].
+const EXEC_TAKES_AT_MOST: Duration = Duration::from_secs(1);
 
 /// How the agent's connection ended while its process lives on.
 enum ConnectionEnd {
@@ -1055,10 +1073,12 @@ impl Engine for AgentEngine {
                         self.program()
                     ))
                 }
-                // The agent saw its connection's descriptor closed and removed its probes.
+                // The agent saw its connection's descriptor closed and removed its probes, or its
+                // thread ended.
                 Some(ConnectionEnd::Closed) if self.ended().is_none() => Some(format!(
-                    "process {} closed the agent's connection (as a program that closes the descriptors it \
-                     did not open does); not traced from then on",
+                    "process {}: the agent's connection ended (the program closed it, as a program that \
+                     closes the descriptors it did not open does, or the agent's thread ended); not traced \
+                     from then on",
                     self.pid
                 )),
                 _ => None,
