@@ -64,6 +64,13 @@ pub trait ThreadStacks {
     fn stack_of(&mut self, addr: u64) -> u64;
     /// Whether the return-address slot at `slot` still holds the address the engine wrote.
     fn hijacked(&mut self, slot: u64) -> bool;
+    /// Whether addresses `a` and `b`, which [`ThreadStacks::stack_of`] named alike, do lie
+    /// on one stack: asked before an instance is reclaimed by it, so that an engine whose
+    /// names come from a memory of the mappings that may be out of date (a stack unmapped,
+    /// another mapped where it was) looks afresh then (see [`exits::Activations::same_stack`]).
+    fn same_stack(&mut self, _a: u64, _b: u64) -> bool {
+        true
+    }
 }
 
 /// The rule's answer about one instance.
@@ -141,6 +148,8 @@ pub fn reclaim(stack: &mut (impl InstanceStack + ?Sized), at: At, stacks: &mut (
         };
         match judge(slot, stack.stack(i), at, here, stacks) {
             Verdict::Outer => break,
+            // Named alike from an out-of-date memory: another stack's after all.
+            Verdict::Stale if slot != at.slot() && !stacks.same_stack(slot, at.slot()) => {}
             Verdict::Stale => {
                 stack.reclaim(i);
                 reclaimed += 1;

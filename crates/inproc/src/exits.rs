@@ -243,6 +243,11 @@ impl Activations for Pending<'_> {
         }
         self.stack.remove(i);
     }
+    fn same_stack(&mut self, a: u64, b: u64) -> bool {
+        // Rare (an activation judged from another stack's address): what a new view costs.
+        let mut stacks = OwnStacks::at_trap(thread_state::existing());
+        stacks.name_of(a, true) == stacks.name_of(b, true)
+    }
 }
 
 /// Each return probe of a watched function, with the function's first address.

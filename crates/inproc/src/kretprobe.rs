@@ -474,16 +474,29 @@ impl OwnStacks {
     }
 }
 
-impl ThreadStacks for OwnStacks {
-    fn stack_of(&mut self, addr: u64) -> u64 {
+impl OwnStacks {
+    /// The name of the stack holding `addr`; `fresh`: as the kernel has it now, not as the
+    /// thread remembers the mappings it met.
+    pub(crate) fn name_of(&mut self, addr: u64, fresh: bool) -> u64 {
         let (base, size) = *self.alternate.get_or_insert_with(hit_stack::program_alternate_stack);
         if size != 0 && addr >= base && addr - base < size {
             return base + size;
         }
         match self.known {
+            Some(known) if fresh => known.fresh_name_of(addr),
             Some(known) => known.name_of(addr),
             None => stack_mappings::mapping_of(addr).ok().flatten().map_or(0, |m| m.1),
         }
+    }
+}
+
+impl ThreadStacks for OwnStacks {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        self.name_of(addr, false)
+    }
+
+    fn same_stack(&mut self, a: u64, b: u64) -> bool {
+        self.name_of(a, true) == self.name_of(b, true)
     }
 
     fn hijacked(&mut self, slot: u64) -> bool {

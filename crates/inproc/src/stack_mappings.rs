@@ -52,6 +52,13 @@ impl KnownStacks {
                 return end;
             }
         }
+        self.fresh_name_of(addr)
+    }
+
+    /// The name of the stack holding `addr` as the kernel has it now, remembered in place of
+    /// the ranges it overlaps (out of date, or the same mapping grown). For the decisions a
+    /// range out of date would get wrong (`dprobe_core::returns::ThreadStacks::same_stack`).
+    pub(crate) fn fresh_name_of(&self, addr: u64) -> u64 {
         if self.unavailable.get() {
             return 0;
         }
@@ -64,12 +71,17 @@ impl KnownStacks {
             }
         };
         if !self.writing.replace(true) {
-            // The flag is set before the range is written and cleared after, in program
-            // order as a nested handler on this thread sees it. A mapping met again (a stack
-            // that grew down) takes its old entry.
+            // The flag is set before the ranges are written and cleared after, in program
+            // order as a nested handler on this thread sees it.
             compiler_fence(SeqCst);
             let n = self.written.get();
-            let k = self.ranges.iter().position(|r| r.get().1 == end).unwrap_or(n as usize % REMEMBERED);
+            for r in &self.ranges {
+                let (s, e) = r.get();
+                if s < end && start < e {
+                    r.set((0, 0));
+                }
+            }
+            let k = self.ranges.iter().position(|r| r.get() == (0, 0)).unwrap_or(n as usize % REMEMBERED);
             self.ranges[k].set((start, end));
             self.written.set(n.wrapping_add(1));
             compiler_fence(SeqCst);

@@ -53,6 +53,14 @@ pub trait Activations {
     /// Drop stale activation `i` (the engine counts it as abandoned, or as returned if it
     /// was handed over, and gives back what it held).
     fn abandon(&mut self, i: usize);
+    /// Whether addresses `a` and `b`, which `stack_of` named alike, do lie on one stack.
+    /// Asked before an activation is judged by it (dropped as stale, or taken for an outer
+    /// frame), never on the common path: an engine whose names come from a memory of the
+    /// mappings that may be out of date (a stack unmapped, another mapped where it was) looks
+    /// afresh here.
+    fn same_stack(&mut self, _a: u64, _b: u64) -> bool {
+        true
+    }
 }
 
 /// At an entry with stack pointer `sp`: drop the activations a new call has made stale.
@@ -89,6 +97,8 @@ fn sweep(
         }
         let here_stack = *here.get_or_insert_with(|| stack_of(sp));
         match beside(s, stack_of(s), sp, here_stack) {
+            // Named alike from an out-of-date memory: another stack's after all.
+            Verdict::Outer | Verdict::Stale if !acts.same_stack(s, sp) => {}
             // An outer frame of this stack: everything older is alive too.
             Verdict::Outer => break,
             Verdict::Stale => {

@@ -12,14 +12,23 @@ struct Memory {
     words: HashMap<u64, u64>,
     /// (lowest, end, name)
     stacks: Vec<(u64, u64, u64)>,
+    /// The stacks as they are now, where `stacks` is an out-of-date memory of them.
+    fresh: Option<Vec<(u64, u64, u64)>>,
+}
+
+fn name(stacks: &[(u64, u64, u64)], addr: u64) -> u64 {
+    stacks.iter().find(|(lo, end, _)| (*lo..*end).contains(&addr)).map_or(0, |s| s.2)
 }
 
 impl ThreadStacks for Memory {
     fn stack_of(&mut self, addr: u64) -> u64 {
-        self.stacks.iter().find(|(lo, end, _)| (*lo..*end).contains(&addr)).map_or(0, |s| s.2)
+        name(&self.stacks, addr)
     }
     fn hijacked(&mut self, slot: u64) -> bool {
         self.words.get(&slot) == Some(&HIJACK)
+    }
+    fn same_stack(&mut self, a: u64, b: u64) -> bool {
+        self.fresh.as_ref().is_none_or(|fresh| name(fresh, a) == name(fresh, b))
     }
 }
 
@@ -37,7 +46,7 @@ struct Thread {
 impl Thread {
     fn new(limit: Option<usize>) -> Thread {
         Thread {
-            memory: Memory { words: HashMap::new(), stacks: vec![MAIN, ALT] },
+            memory: Memory { words: HashMap::new(), stacks: vec![MAIN, ALT], fresh: None },
             pending: ReturnStack::default(),
             pool: InstancePool::new(limit),
             returned: Vec::new(),
@@ -88,6 +97,21 @@ impl Thread {
         }
         real
     }
+}
+
+#[test]
+fn a_stack_named_alike_from_an_out_of_date_memory_keeps_its_pending_call() {
+    let mut t = Thread::new(None);
+    // One mapping was unmapped, and two coroutine stacks mapped where it was.
+    t.memory.stacks = vec![(0x10_0000, 0x30_0000, 1)];
+    t.memory.fresh = Some(vec![(0x10_0000, 0x20_0000, 1), (0x20_0000, 0x30_0000, 2)]);
+    t.call(0x1f_ff00, 0x400100, "lower");
+    // Switched to the other coroutine, which calls and returns above the first one's slot.
+    t.call(0x2f_ff00, 0x400200, "upper");
+    assert_eq!(t.ret(0x2f_ff00), 0x400200);
+    // Switched back: the first one's call is still pending.
+    assert_eq!(t.ret(0x1f_ff00), 0x400100);
+    assert_eq!((t.returned, t.stale, t.pool.active()), (vec!["upper", "lower"], vec![], 0));
 }
 
 #[test]
@@ -207,7 +231,7 @@ fn instances_left_on_the_alternate_stack_by_siglongjmp_go_when_it_is_used_again(
 
 #[test]
 fn the_rule_at_a_glance() {
-    let mut m = Memory { words: HashMap::from([(0x1000, HIJACK)]), stacks: vec![MAIN, ALT] };
+    let mut m = Memory { words: HashMap::from([(0x1000, HIJACK)]), stacks: vec![MAIN, ALT], fresh: None };
     let entry = At::Entry { sp: 0x1000 };
     assert_eq!(judge(0x1100, 1, entry, 1, &mut m), Verdict::Outer);
     assert_eq!(judge(0x0f00, 1, entry, 1, &mut m), Verdict::Stale);
