@@ -30,3 +30,25 @@ fn coroutines_with_calls_pending_on_each_stack_return_exactly_in_each_engine() {
         }
     }
 }
+
+/// The same coroutines with their stacks mapped again ten times, where other mappings were:
+/// a memory of the process's mappings goes out of date, and one stale mapping may span both
+/// new stacks. Each engine looks afresh before it judges a call by two stacks named alike.
+#[test]
+fn coroutine_stacks_mapped_again_where_other_mappings_were_return_exactly() {
+    let p = kernel_returns();
+    let probe = format!("{p}:co_rec%return");
+    let args = ["coro-remapped", "10", "100"];
+    let untraced = Command::new(p).args(args).output().unwrap();
+    assert!(untraced.status.success());
+    for engine in ["ptrace", "agent"] {
+        let mut all = vec!["--engine", engine, "-c", &probe, "--", p];
+        all.extend_from_slice(&args);
+        let t = trace_to_file("coroutines-remapped", &all);
+        assert_eq!(t.code, Some(0), "{}", t.what(engine));
+        assert_eq!(t.stdout.as_bytes(), untraced.stdout, "the program's own result");
+        let figures = (hits(&t.trace, &probe), returns(&t.trace, &probe), missed(&t.trace, &probe));
+        assert_eq!(figures, (20_200, 20_200, 0), "{engine}\n{}", t.trace);
+        assert!(!t.trace.contains("not seen"), "{engine}\n{}", t.trace);
+    }
+}

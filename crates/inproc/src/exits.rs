@@ -40,7 +40,6 @@ use dprobe_arch::{
     MemOperand, Memory, MemoryFault, Regs, JUMP_LEN,
 };
 use dprobe_core::returns::exits::{self as pairing, Activations};
-use dprobe_core::returns::ThreadStacks;
 use dprobe_core::{Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 use dprobe_sym::Function;
@@ -243,11 +242,6 @@ impl Activations for Pending<'_> {
         }
         self.stack.remove(i);
     }
-    fn same_stack(&mut self, a: u64, b: u64) -> bool {
-        // Rare (an activation judged from another stack's address): what a new view costs.
-        let mut stacks = OwnStacks::at_trap(thread_state::existing());
-        stacks.name_of(a, true) == stacks.name_of(b, true)
-    }
 }
 
 /// Each return probe of a watched function, with the function's first address.
@@ -310,7 +304,7 @@ fn on_entry(function: u64, regs: &mut Regs) {
         let mut stacks = OwnStacks::at_trap(Some(state));
         let tid = state.tid();
         jump::read_published(Some(state), registry(), |probes| {
-            pairing::enter(&mut Pending { stack, probes }, sp, &mut |a| stacks.stack_of(a));
+            pairing::enter(&mut Pending { stack, probes }, sp, &mut stacks);
             let act = stack.acts.next_free();
             let mut n = 0;
             for p in mine {
@@ -397,7 +391,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
     let mut stacks = OwnStacks::at_trap(state);
     jump::read_published(state, registry(), |probes| {
         let mut pending = Pending { stack, probes };
-        let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
+        let Some(i) = pairing::leave(&mut pending, sp, &mut stacks) else { return };
         if to_watched {
             stack.act(i).handed.set(Handed::ToCallee);
             return;
@@ -407,7 +401,7 @@ fn on_exit(site: &ExitSite, regs: &mut Regs) {
                 TailReturn::Through { first } => {
                     // The trampoline's rule may have found activations of this word stale
                     // (frames a `longjmp` left): the one leaving is found again.
-                    let i = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)).expect("still pending");
+                    let i = pairing::leave(&mut pending, sp, &mut stacks).expect("still pending");
                     stack.act(i).handed.set(Handed::ThroughSlot { first });
                     return;
                 }
@@ -455,12 +449,12 @@ pub(crate) fn returned_without_exit(regs: &mut Regs) {
             |id: u64| all.iter().any(|(f, p)| p.id == id && (*f == entry || f.wrapping_add(ENDBR64_LEN) == entry));
         jump::read_published(state, registry(), |probes| {
             let mut pending = Pending { stack, probes };
-            let Some(i) = pairing::leave(&mut pending, sp, &mut |a| stacks.stack_of(a)) else { return };
+            let Some(i) = pairing::leave(&mut pending, sp, &mut stacks) else { return };
             let act = stack.act(i);
             if (0..act.n.get() as usize).any(|k| this_function(u64::from(act.probes[k].get()))) {
                 returns_now(state, stack, i, regs, probes);
             } else {
-                pairing::enter(&mut pending, sp, &mut |a| stacks.stack_of(a));
+                pairing::enter(&mut pending, sp, &mut stacks);
             }
         })
     })
@@ -577,7 +571,7 @@ pub(crate) fn returned_through_slot(
     let mut stacks = OwnStacks::unknown(Some(state));
     let mut pending = Pending { stack, probes };
     // Frames below the slot are gone.
-    if pairing::leave(&mut pending, slot, &mut |a| stacks.stack_of(a)).is_none() {
+    if pairing::leave(&mut pending, slot, &mut stacks).is_none() {
         return;
     }
     let Some((_, first)) = handed_over_at(slot) else { return };

@@ -490,6 +490,17 @@ impl OwnStacks {
     }
 }
 
+/// The same names for the rule of returns watched at exits.
+impl dprobe_core::returns::exits::StackNames for OwnStacks {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        self.name_of(addr, false)
+    }
+
+    fn same_stack(&mut self, a: u64, b: u64) -> bool {
+        self.name_of(a, true) == self.name_of(b, true)
+    }
+}
+
 impl ThreadStacks for OwnStacks {
     fn stack_of(&mut self, addr: u64) -> u64 {
         self.name_of(addr, false)

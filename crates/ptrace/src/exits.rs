@@ -137,7 +137,7 @@ impl Tracee {
         let thread = self.activations.by_thread.entry(tid).or_default();
         // Kept even without probes to pair: it still marks the frames it replaces as gone.
         let act = Activation { function, probes, entered: Instant::now(), entry_regs: *regs, fs_base, jumped: None };
-        let stale = thread.enter(regs.rsp, act, &mut |a| stacks.stack_of(pid, a));
+        let stale = thread.enter(regs.rsp, act, &mut stacks.of(pid));
         self.drop_stale(tid, stale);
     }
 
@@ -166,14 +166,14 @@ impl Tracee {
         let stacks = &mut self.returns.stacks;
         let Some(thread) = self.activations.by_thread.get_mut(&tid) else { return };
         if hand_over {
-            let (stale, handed) = thread.hand_over(regs.rsp, &mut |a| stacks.stack_of(pid, a));
+            let (stale, handed) = thread.hand_over(regs.rsp, &mut stacks.of(pid));
             if let Some(act) = handed {
                 act.jumped = Some((*regs, act.entered.elapsed()));
             }
             self.drop_stale(tid, stale);
             return;
         }
-        let Left { stale, returning } = thread.leave(regs.rsp, &mut |a| stacks.stack_of(pid, a));
+        let Left { stale, returning } = thread.leave(regs.rsp, &mut stacks.of(pid));
         self.drop_stale(tid, stale);
         for act in returning {
             let elapsed = act.entered.elapsed();
@@ -192,7 +192,7 @@ impl Tracee {
         if !thread.iter_handed_over().any(|sp| sp == slot) {
             return;
         }
-        let Left { stale, returning } = thread.leave(slot, &mut |a| stacks.stack_of(pid, a));
+        let Left { stale, returning } = thread.leave(slot, &mut stacks.of(pid));
         self.drop_stale(tid, stale);
         for act in returning {
             let elapsed = act.entered.elapsed();

@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dprobe_arch::{Addr, Memory, Regs};
+use dprobe_core::returns::exits::StackNames;
 use dprobe_core::returns::{At, Instance, ReturnStack, ThreadStacks};
 use dprobe_core::ProbeId;
 use dprobe_sym::read_maps_of;
@@ -99,11 +100,43 @@ impl StackMaps {
         if let Some(end) = self.find(addr) {
             return end;
         }
+        self.read(pid);
+        self.find(addr).unwrap_or(0)
+    }
+
+    /// Whether `a` and `b` lie in one mapping of process `pid` now (its maps read again: the
+    /// copy may be out of date, a stack unmapped and others mapped where it was).
+    pub(crate) fn same_stack_now(&mut self, pid: i32, a: u64, b: u64) -> bool {
+        self.read(pid);
+        self.find(a) == self.find(b)
+    }
+
+    fn read(&mut self, pid: i32) {
         if let Ok(maps) = read_maps_of(pid as u32) {
             self.ranges = maps.iter().map(|m| (m.start.0, m.end.0)).collect();
             self.ranges.sort_unstable();
         }
-        self.find(addr).unwrap_or(0)
+    }
+
+    /// The stacks of process `pid`, named for the rule of returns watched at exits.
+    pub(crate) fn of(&mut self, pid: i32) -> ProcessStacks<'_> {
+        ProcessStacks { pid, maps: self }
+    }
+}
+
+/// A process's stacks as the rule of returns watched at exits asks of them.
+pub(crate) struct ProcessStacks<'a> {
+    pid: i32,
+    maps: &'a mut StackMaps,
+}
+
+impl StackNames for ProcessStacks<'_> {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        self.maps.stack_of(self.pid, addr)
+    }
+
+    fn same_stack(&mut self, a: u64, b: u64) -> bool {
+        self.maps.same_stack_now(self.pid, a, b)
     }
 }
 
@@ -123,6 +156,10 @@ impl ThreadStacks for View<'_> {
 
     fn hijacked(&mut self, slot: u64) -> bool {
         read_word(self.memory, slot).is_some_and(|w| Some(Addr(w)) == self.trampoline || self.stubs.contains(Addr(w)))
+    }
+
+    fn same_stack(&mut self, a: u64, b: u64) -> bool {
+        self.stacks.same_stack_now(self.pid, a, b)
     }
 }
 

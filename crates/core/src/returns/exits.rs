@@ -53,21 +53,34 @@ pub trait Activations {
     /// Drop stale activation `i` (the engine counts it as abandoned, or as returned if it
     /// was handed over, and gives back what it held).
     fn abandon(&mut self, i: usize);
-    /// Whether addresses `a` and `b`, which `stack_of` named alike, do lie on one stack.
-    /// Asked before an activation is judged by it (dropped as stale, or taken for an outer
-    /// frame), never on the common path: an engine whose names come from a memory of the
-    /// mappings that may be out of date (a stack unmapped, another mapped where it was) looks
-    /// afresh here.
+}
+
+/// What the rule asks about the thread's stacks: a name for the stack an address lies on
+/// (equal for two addresses of one stack), asked only off the common path. A closure naming
+/// stacks is one.
+pub trait StackNames {
+    /// The name of the stack `addr` lies on.
+    fn stack_of(&mut self, addr: u64) -> u64;
+    /// Whether addresses `a` and `b`, which [`StackNames::stack_of`] named alike, do lie on
+    /// one stack. Asked before an activation is judged by it (dropped as stale, or taken for
+    /// an outer frame): an engine whose names come from a memory of the mappings that may be
+    /// out of date (a stack unmapped, another mapped where it was) looks afresh here.
     fn same_stack(&mut self, _a: u64, _b: u64) -> bool {
         true
     }
 }
 
+impl<F: FnMut(u64) -> u64> StackNames for F {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        self(addr)
+    }
+}
+
 /// At an entry with stack pointer `sp`: drop the activations a new call has made stale.
-/// `stack_of` names the stack an address lies on (equal for two addresses of one stack).
+/// `stacks` names the stack an address lies on.
 /// Returns how many were dropped.
-pub fn enter(acts: &mut (impl Activations + ?Sized), sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> usize {
-    sweep(acts, sp, true, stack_of).1
+pub fn enter(acts: &mut (impl Activations + ?Sized), sp: u64, stacks: &mut impl StackNames) -> usize {
+    sweep(acts, sp, true, stacks).1
 }
 
 /// At an exit with stack pointer `sp`: drop the stale activations below it, and return the
@@ -75,15 +88,15 @@ pub fn enter(acts: &mut (impl Activations + ?Sized), sp: u64, stack_of: &mut imp
 /// its own word unless that one was handed over by a tail call, so an engine keeps one
 /// activation per entry (listing the probes of the function in it); the activations handed
 /// over to the one leaving lie right under it, at the same `sp`.
-pub fn leave(acts: &mut (impl Activations + ?Sized), sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> Option<usize> {
-    sweep(acts, sp, false, stack_of).0
+pub fn leave(acts: &mut (impl Activations + ?Sized), sp: u64, stacks: &mut impl StackNames) -> Option<usize> {
+    sweep(acts, sp, false, stacks).0
 }
 
 fn sweep(
     acts: &mut (impl Activations + ?Sized),
     sp: u64,
     entry: bool,
-    stack_of: &mut impl FnMut(u64) -> u64,
+    stacks: &mut impl StackNames,
 ) -> (Option<usize>, usize) {
     if entry {
         return (None, sweep_entry(acts, sp));
@@ -95,10 +108,10 @@ fn sweep(
         if s == sp {
             return (Some(i), dropped);
         }
-        let here_stack = *here.get_or_insert_with(|| stack_of(sp));
-        match beside(s, stack_of(s), sp, here_stack) {
+        let here_stack = *here.get_or_insert_with(|| stacks.stack_of(sp));
+        match beside(s, stacks.stack_of(s), sp, here_stack) {
             // Named alike from an out-of-date memory: another stack's after all.
-            Verdict::Outer | Verdict::Stale if !acts.same_stack(s, sp) => {}
+            Verdict::Outer | Verdict::Stale if !stacks.same_stack(s, sp) => {}
             // An outer frame of this stack: everything older is alive too.
             Verdict::Outer => break,
             Verdict::Stale => {
@@ -183,17 +196,17 @@ pub struct Left<T> {
 impl<T> ActivationStack<T> {
     /// An entry with stack pointer `sp`: returns the activations it made stale, innermost
     /// first (with whether each had been handed over), and keeps `data` as the new innermost.
-    pub fn enter(&mut self, sp: u64, data: T, stack_of: &mut impl FnMut(u64) -> u64) -> Vec<(T, bool)> {
-        enter(self, sp, stack_of);
+    pub fn enter(&mut self, sp: u64, data: T, stacks: &mut impl StackNames) -> Vec<(T, bool)> {
+        enter(self, sp, stacks);
         self.pending.push((sp, false, data));
         std::mem::take(&mut self.abandoned)
     }
 
     /// A return (`ret`) with stack pointer `sp`: the activation at `sp` returns, with every
     /// activation that handed its return over to it.
-    pub fn leave(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> Left<T> {
+    pub fn leave(&mut self, sp: u64, stacks: &mut impl StackNames) -> Left<T> {
         let mut returning = Vec::new();
-        if let Some(i) = leave(self, sp, stack_of) {
+        if let Some(i) = leave(self, sp, stacks) {
             let (i, handed) = self.remove_handed_over(i);
             returning.push(self.pending.remove(i).2);
             returning.extend(handed);
@@ -216,12 +229,12 @@ impl<T> ActivationStack<T> {
     pub fn leave_share<U>(
         &mut self,
         sp: u64,
-        stack_of: &mut impl FnMut(u64) -> u64,
+        stacks: &mut impl StackNames,
         take: impl FnOnce(&mut T) -> Option<U>,
         spent: impl FnOnce(&T) -> bool,
     ) -> (Option<U>, Left<T>) {
         let mut returning = Vec::new();
-        let share = leave(self, sp, stack_of).and_then(|i| {
+        let share = leave(self, sp, stacks).and_then(|i| {
             let share = take(&mut self.pending[i].2)?;
             let (i, handed) = self.remove_handed_over(i);
             returning = handed;
@@ -249,8 +262,8 @@ impl<T> ActivationStack<T> {
     /// A tail call with stack pointer `sp`: the activation at `sp` returns with the callee it
     /// jumps to (whose entry finds it on the same word). Returns the stale activations and
     /// the one handed over, to keep what the engine wants of the jump.
-    pub fn hand_over(&mut self, sp: u64, stack_of: &mut impl FnMut(u64) -> u64) -> (Vec<(T, bool)>, Option<&mut T>) {
-        let i = leave(self, sp, stack_of);
+    pub fn hand_over(&mut self, sp: u64, stacks: &mut impl StackNames) -> (Vec<(T, bool)>, Option<&mut T>) {
+        let i = leave(self, sp, stacks);
         let stale = std::mem::take(&mut self.abandoned);
         let handed = i.map(|i| {
             self.pending[i].1 = true;

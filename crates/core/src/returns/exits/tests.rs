@@ -187,46 +187,40 @@ fn coroutines_switching_stacks_each_find_their_own_activations_above_or_below() 
     }
 }
 
-/// Activations on two stacks that an engine's memory of the mappings names alike (one stack
-/// was unmapped and the other mapped where it was), told apart when looked at afresh.
-struct OutOfDate {
-    sps: Vec<u64>,
-    dropped: Vec<u64>,
-}
+/// Two stacks that an engine's memory of the mappings names alike (one stack was unmapped and
+/// the other mapped where it was), told apart when looked at afresh.
+struct OutOfDate;
 
-impl Activations for OutOfDate {
-    fn depth(&self) -> usize {
-        self.sps.len()
-    }
-    fn sp(&self, i: usize) -> u64 {
-        self.sps[i]
-    }
-    fn handed_over(&self, _: usize) -> bool {
-        false
-    }
-    fn abandon(&mut self, i: usize) {
-        self.dropped.push(self.sps.remove(i));
+impl StackNames for OutOfDate {
+    fn stack_of(&mut self, _: u64) -> u64 {
+        1
     }
     fn same_stack(&mut self, a: u64, b: u64) -> bool {
-        [MAIN, ALT].iter().find(|(lo, end)| (*lo..*end).contains(&a))
-            == [MAIN, ALT].iter().find(|(lo, end)| (*lo..*end).contains(&b))
+        let stack = |addr: u64| [MAIN, ALT].into_iter().find(|(lo, end)| (*lo..*end).contains(&addr));
+        stack(a) == stack(b)
     }
 }
 
 #[test]
 fn stacks_named_alike_from_an_out_of_date_memory_are_told_apart_afresh() {
-    let one_name = &mut |_: u64| 1;
-    // The other stack's activation, below the one leaving by address: not stale.
     let (main, alt) = (MAIN.1 - 0x100, ALT.1 - 0x100);
-    let mut acts = OutOfDate { sps: vec![alt, main - 0x40], dropped: Vec::new() };
-    assert_eq!(leave(&mut acts, alt, one_name), Some(0));
-    assert!(acts.dropped.is_empty());
+    // The other stack's activation, below the one leaving by address: not stale.
+    let mut acts = ActivationStack::default();
+    for (sp, name) in [(alt, "alt"), (main - 0x40, "main")] {
+        acts.enter(sp, name, &mut OutOfDate);
+    }
+    assert_eq!(acts.leave(alt, &mut OutOfDate), left(&[], &["alt"]));
     // The other stack's activation, above the one leaving by address: no outer frame that
-    // would end the search before it.
-    let mut acts = OutOfDate { sps: vec![main, alt], dropped: Vec::new() };
-    assert_eq!(leave(&mut acts, main, one_name), Some(0));
+    // ends the search before it.
+    let mut acts = ActivationStack::default();
+    for (sp, name) in [(main, "main"), (alt, "alt")] {
+        acts.enter(sp, name, &mut OutOfDate);
+    }
+    assert_eq!(acts.leave(main, &mut OutOfDate), left(&[], &["main"]));
     // One stack after all: the rule as ever.
-    let mut acts = OutOfDate { sps: vec![main, main - 0x40, main - 0x80], dropped: Vec::new() };
-    assert_eq!(leave(&mut acts, main - 0x40, one_name), Some(1));
-    assert_eq!(acts.dropped, [main - 0x80]);
+    let mut acts = ActivationStack::default();
+    for (sp, name) in [(main, "a"), (main - 0x40, "b"), (main - 0x80, "c")] {
+        acts.enter(sp, name, &mut OutOfDate);
+    }
+    assert_eq!(acts.leave(main - 0x40, &mut OutOfDate), left(&["c"], &["b"]));
 }
