@@ -57,20 +57,32 @@ impl At {
     }
 }
 
-/// What the rule asks an engine about the thread's memory.
-pub trait ThreadStacks {
+/// What the rule asks an engine about the thread's stacks. A closure naming stacks is one
+/// (that trusts its names).
+pub trait StackNames {
     /// A name for the stack holding `addr`: equal for two addresses on the same stack (the
     /// thread's own, its alternate signal stack, a coroutine's), different otherwise.
     fn stack_of(&mut self, addr: u64) -> u64;
-    /// Whether the return-address slot at `slot` still holds the address the engine wrote.
-    fn hijacked(&mut self, slot: u64) -> bool;
-    /// Whether addresses `a` and `b`, which [`ThreadStacks::stack_of`] named alike, do lie
-    /// on one stack: asked before an instance is reclaimed by it, so that an engine whose
-    /// names come from a memory of the mappings that may be out of date (a stack unmapped,
-    /// another mapped where it was) looks afresh then (see [`exits::Activations::same_stack`]).
+    /// Whether addresses `a` and `b`, which [`StackNames::stack_of`] named alike, do lie on
+    /// one stack. Asked before a pending call is judged by it (dropped as stale, or, at an
+    /// exit, taken for an outer frame), never on the common path: an engine whose names come
+    /// from a memory of the mappings that may be out of date (a stack unmapped, others mapped
+    /// where it was) looks afresh here.
     fn same_stack(&mut self, _a: u64, _b: u64) -> bool {
         true
     }
+}
+
+impl<F: FnMut(u64) -> u64> StackNames for F {
+    fn stack_of(&mut self, addr: u64) -> u64 {
+        self(addr)
+    }
+}
+
+/// What the rule of hijacked return addresses asks an engine about the thread's memory.
+pub trait ThreadStacks: StackNames {
+    /// Whether the return-address slot at `slot` still holds the address the engine wrote.
+    fn hijacked(&mut self, slot: u64) -> bool;
 }
 
 /// The rule's answer about one instance.
@@ -126,7 +138,7 @@ pub trait InstanceStack {
     fn depth(&self) -> usize;
     /// The return-address slot of instance `i`.
     fn slot(&self, i: usize) -> u64;
-    /// The stack instance `i` was pushed on ([`ThreadStacks::stack_of`] its slot).
+    /// The stack instance `i` was pushed on ([`StackNames::stack_of`] its slot).
     fn stack(&self, i: usize) -> u64;
     /// Remove stale instance `i` (the engine gives back its resources and counts it).
     fn reclaim(&mut self, i: usize);

@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_arch::{Addr, Regs};
-use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, ThreadStacks};
+use dprobe_core::returns::{self, At, InstanceStack, ReturnMode, StackNames, ThreadStacks};
 use dprobe_core::{HitCount, Kprobe, PreAction, ProbeError, Stats};
 use dprobe_rcu::Rcu;
 
@@ -472,12 +472,10 @@ impl OwnStacks {
     pub(crate) fn unknown(state: Option<&'static ThreadState>) -> Self {
         OwnStacks { alternate: None, known: state.map(|s| &s.stacks) }
     }
-}
 
-impl OwnStacks {
     /// The name of the stack holding `addr`; `fresh`: as the kernel has it now, not as the
     /// thread remembers the mappings it met.
-    pub(crate) fn name_of(&mut self, addr: u64, fresh: bool) -> u64 {
+    fn name_of(&mut self, addr: u64, fresh: bool) -> u64 {
         let (base, size) = *self.alternate.get_or_insert_with(hit_stack::program_alternate_stack);
         if size != 0 && addr >= base && addr - base < size {
             return base + size;
@@ -490,8 +488,7 @@ impl OwnStacks {
     }
 }
 
-/// The same names for the rule of returns watched at exits.
-impl dprobe_core::returns::exits::StackNames for OwnStacks {
+impl StackNames for OwnStacks {
     fn stack_of(&mut self, addr: u64) -> u64 {
         self.name_of(addr, false)
     }
@@ -502,14 +499,6 @@ impl dprobe_core::returns::exits::StackNames for OwnStacks {
 }
 
 impl ThreadStacks for OwnStacks {
-    fn stack_of(&mut self, addr: u64) -> u64 {
-        self.name_of(addr, false)
-    }
-
-    fn same_stack(&mut self, a: u64, b: u64) -> bool {
-        self.name_of(a, true) == self.name_of(b, true)
-    }
-
     fn hijacked(&mut self, slot: u64) -> bool {
         // SAFETY: the rule asks only about the current return-address slot, on this thread's
         // live stack.

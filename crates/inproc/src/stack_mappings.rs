@@ -57,7 +57,7 @@ impl KnownStacks {
 
     /// The name of the stack holding `addr` as the kernel has it now, remembered in place of
     /// the ranges it overlaps (out of date, or the same mapping grown). For the decisions a
-    /// range out of date would get wrong (`dprobe_core::returns::ThreadStacks::same_stack`).
+    /// range out of date would get wrong (`dprobe_core::returns::StackNames::same_stack`).
     pub(crate) fn fresh_name_of(&self, addr: u64) -> u64 {
         if self.unavailable.get() {
             return 0;

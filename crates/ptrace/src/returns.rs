@@ -24,8 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dprobe_arch::{Addr, Memory, Regs};
-use dprobe_core::returns::exits::StackNames;
-use dprobe_core::returns::{At, Instance, ReturnStack, ThreadStacks};
+use dprobe_core::returns::{At, Instance, ReturnStack, StackNames, ThreadStacks};
 use dprobe_core::ProbeId;
 use dprobe_sym::read_maps_of;
 
@@ -149,17 +148,19 @@ struct View<'a> {
     stubs: &'a Stubs,
 }
 
-impl ThreadStacks for View<'_> {
+impl StackNames for View<'_> {
     fn stack_of(&mut self, addr: u64) -> u64 {
         self.stacks.stack_of(self.pid, addr)
     }
 
-    fn hijacked(&mut self, slot: u64) -> bool {
-        read_word(self.memory, slot).is_some_and(|w| Some(Addr(w)) == self.trampoline || self.stubs.contains(Addr(w)))
-    }
-
     fn same_stack(&mut self, a: u64, b: u64) -> bool {
         self.stacks.same_stack_now(self.pid, a, b)
+    }
+}
+
+impl ThreadStacks for View<'_> {
+    fn hijacked(&mut self, slot: u64) -> bool {
+        read_word(self.memory, slot).is_some_and(|w| Some(Addr(w)) == self.trampoline || self.stubs.contains(Addr(w)))
     }
 }
 

@@ -37,7 +37,7 @@
 //! switching, tail calls and programs that read their own return address all see the stack as
 //! the program left it, and recursion has no depth limit but the storage an engine gives it.
 
-use super::{beside, Verdict};
+use super::{beside, StackNames, Verdict};
 
 /// A thread's activations, oldest first, in whatever storage an engine keeps them (a vector,
 /// or a fixed lock-free array on a signal-safe hit path).
@@ -53,27 +53,6 @@ pub trait Activations {
     /// Drop stale activation `i` (the engine counts it as abandoned, or as returned if it
     /// was handed over, and gives back what it held).
     fn abandon(&mut self, i: usize);
-}
-
-/// What the rule asks about the thread's stacks: a name for the stack an address lies on
-/// (equal for two addresses of one stack), asked only off the common path. A closure naming
-/// stacks is one.
-pub trait StackNames {
-    /// The name of the stack `addr` lies on.
-    fn stack_of(&mut self, addr: u64) -> u64;
-    /// Whether addresses `a` and `b`, which [`StackNames::stack_of`] named alike, do lie on
-    /// one stack. Asked before an activation is judged by it (dropped as stale, or taken for
-    /// an outer frame): an engine whose names come from a memory of the mappings that may be
-    /// out of date (a stack unmapped, another mapped where it was) looks afresh here.
-    fn same_stack(&mut self, _a: u64, _b: u64) -> bool {
-        true
-    }
-}
-
-impl<F: FnMut(u64) -> u64> StackNames for F {
-    fn stack_of(&mut self, addr: u64) -> u64 {
-        self(addr)
-    }
 }
 
 /// At an entry with stack pointer `sp`: drop the activations a new call has made stale.

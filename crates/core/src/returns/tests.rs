@@ -20,15 +20,18 @@ fn name(stacks: &[(u64, u64, u64)], addr: u64) -> u64 {
     stacks.iter().find(|(lo, end, _)| (*lo..*end).contains(&addr)).map_or(0, |s| s.2)
 }
 
-impl ThreadStacks for Memory {
+impl StackNames for Memory {
     fn stack_of(&mut self, addr: u64) -> u64 {
         name(&self.stacks, addr)
     }
-    fn hijacked(&mut self, slot: u64) -> bool {
-        self.words.get(&slot) == Some(&HIJACK)
-    }
     fn same_stack(&mut self, a: u64, b: u64) -> bool {
         self.fresh.as_ref().is_none_or(|fresh| name(fresh, a) == name(fresh, b))
+    }
+}
+
+impl ThreadStacks for Memory {
+    fn hijacked(&mut self, slot: u64) -> bool {
+        self.words.get(&slot) == Some(&HIJACK)
     }
 }
 
