@@ -89,8 +89,12 @@ fn sweep(
         }
         let here_stack = *here.get_or_insert_with(|| stacks.stack_of(sp));
         match beside(s, stacks.stack_of(s), sp, here_stack) {
-            // Named alike from an out-of-date memory: another stack's after all.
-            Verdict::Outer | Verdict::Stale if !stacks.same_stack(s, sp) => {}
+            // Named alike from an out-of-date memory: another stack's after all. Asked of an
+            // outer frame only where the one leaving lies further down the list (on one stack
+            // no older frame lies deeper than a newer one): an exit whose entry was not kept
+            // (vetoed, missed) asks nothing.
+            Verdict::Outer if (0..i).any(|j| acts.sp(j) == sp) && !stacks.same_stack(s, sp) => {}
+            Verdict::Stale if !stacks.same_stack(s, sp) => {}
             // An outer frame of this stack: everything older is alive too.
             Verdict::Outer => break,
             Verdict::Stale => {

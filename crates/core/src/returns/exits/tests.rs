@@ -224,3 +224,28 @@ fn stacks_named_alike_from_an_out_of_date_memory_are_told_apart_afresh() {
     }
     assert_eq!(acts.leave(main - 0x40, &mut OutOfDate), left(&["c"], &["b"]));
 }
+
+/// Counts the questions asked afresh.
+struct Fresh(usize);
+
+impl StackNames for Fresh {
+    fn stack_of(&mut self, _: u64) -> u64 {
+        1
+    }
+    fn same_stack(&mut self, _: u64, _: u64) -> bool {
+        self.0 += 1;
+        true
+    }
+}
+
+#[test]
+fn an_exit_whose_entry_was_not_kept_asks_nothing_afresh_of_an_outer_frame() {
+    let main = MAIN.1 - 0x100;
+    let mut acts = ActivationStack::default();
+    let mut fresh = Fresh(0);
+    acts.enter(main, "outer", &mut fresh);
+    // A nested call whose entry was vetoed (or missed) leaves: nothing pairs with it.
+    assert_eq!(acts.leave(main - 0x40, &mut fresh), left(&[], &[]));
+    assert_eq!(fresh.0, 0, "no question for the common outer frame");
+    assert_eq!(acts.leave(main, &mut fresh), left(&[], &["outer"]));
+}
