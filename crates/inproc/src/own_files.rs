@@ -177,7 +177,8 @@ static PRIVATE_TID: AtomicI32 = AtomicI32::new(0);
 /// what the thread opens takes no number of the program's, even for a moment; a program
 /// that closes every descriptor it did not open (`close_range(3, ~0U)`, or each number
 /// `/proc/self/fd` lists) closes none of the thread's, which the program does not see; a
-/// child it forks inherits none. One thread at a time (the agent's).
+/// child it forks inherits none. One thread at a time (the agent's; the next session's may
+/// take it while the last one's thread ends).
 pub struct PrivateTable(());
 
 impl PrivateTable {
@@ -204,8 +205,9 @@ impl PrivateTable {
 
 impl Drop for PrivateTable {
     fn drop(&mut self) {
-        // Before the thread ends: its id may be a program thread's next.
-        PRIVATE_TID.store(0, Release);
+        // Before the thread ends: its id may be a program thread's next. Not another's (the
+        // next session's agent thread may have started already).
+        let _ = PRIVATE_TID.compare_exchange(own_tid(), 0, AcqRel, Acquire);
     }
 }
 

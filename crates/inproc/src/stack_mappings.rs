@@ -41,7 +41,9 @@ impl KnownStacks {
     ///
     /// The ranges remembered are not told when the program unmaps a stack or a mapping
     /// grows: a stale one may give a stack a second name, or two stacks one, until it is
-    /// replaced; pairing then loses a handler call, never the program's return.
+    /// replaced. Where the pairing rule would act on two names being equal (drop a call as
+    /// stale, stop at an outer frame), it asks again ([`KnownStacks::fresh_name_of`]); a
+    /// second name for one stack can still lose a handler call, never the program's return.
     pub(crate) fn name_of(&self, addr: u64) -> u64 {
         if !self.writing.get() {
             let before = self.written.get();
