@@ -244,7 +244,6 @@ struct JsonEvent<'a> {
     truncated: Vec<&'a str>,
 }
 
-/// The fetched values by name, in the probe's order.
 /// The names of the event's string arguments that were cut at the length read (the human
 /// lines end such a string with `...`).
 fn truncated<'a>(e: &'a Line<'a>) -> Vec<&'a str> {
@@ -252,6 +251,7 @@ fn truncated<'a>(e: &'a Line<'a>) -> Vec<&'a str> {
     e.probe.args.iter().enumerate().filter(|&(i, _)| cut(i)).map(|(_, a)| a.name.as_str()).collect()
 }
 
+/// The fetched values by name, in the probe's order.
 struct Args<'a>(&'a Line<'a>);
 
 impl Serialize for Args<'_> {

@@ -106,8 +106,8 @@ pub struct Metrics {
 impl Metrics {
     /// Metrics of `probes` to `path`: hits split by `by`, histograms of the values named
     /// `hists`, call times if `latency`; rewritten every `interval` if given. The file is
-    /// written once now, empty of figures: a path that cannot be written is said before the
-    /// trace starts, not after the whole run.
+    /// written once now, empty of figures, so that from the start it holds this trace's
+    /// metrics, not an earlier run's (its path was checked before: `output_files.rs`).
     pub fn new(
         path: &Path,
         interval: Option<Duration>,
