@@ -93,6 +93,8 @@ impl Tracee {
             // Best effort: a page left mapped is harmless, so a failure here is not fatal.
             let _ =
                 self.xol.unmap_all(tid, &mut self.memory).and_then(|()| self.stubs.unmap_all(tid, &mut self.memory));
+            // The last call made for the tracer: no trap of dprobe's comes after it.
+            self.put_trap_action_back(tid);
         }
         for (tid, thread) in std::mem::take(&mut self.threads) {
             match self.let_thread_go(tid, thread.signal(), thread.state == State::Stopped(Stop::Group)) {
@@ -122,6 +124,12 @@ impl Tracee {
         let trampoline = self.xol.trampoline_addr();
         for tid in self.threads.keys() {
             self.returns.restore_stack(*tid, trampoline, &self.stubs, &mut self.memory);
+        }
+        // A thread stopped for no signal can make the call (a thread still running may trap
+        // after, but most often none does).
+        let plain = self.threads.iter().find(|(_, t)| matches!(t.state, State::Stopped(Stop::Event | Stop::Signal(0))));
+        if let Some(tid) = plain.map(|(tid, _)| *tid) {
+            self.put_trap_action_back(tid);
         }
         let mut running = BTreeSet::new();
         for (tid, thread) in std::mem::take(&mut self.threads) {

@@ -138,6 +138,7 @@ impl Tracee {
             forked.returns = self.returns.carry_into_fork(parent, child, &self.stubs, &mut forked.memory);
             forked.stubs = self.stubs.clone();
             forked.activations = self.activations.carry_into_fork(parent, child);
+            forked.trap_action_of_parent(self);
             for i in self.returns.pending_probes(parent).into_iter().chain(self.activations.pending_probes(parent)) {
                 if let Some(p) = forked.probes.get_mut(&i) {
                     let _ = p.pool.take();
@@ -165,6 +166,7 @@ impl Tracee {
             }
             self.lower_semaphores_in(&mut mem);
             self.returns.restore_stack(parent, self.xol.trampoline_addr(), &self.stubs, &mut mem);
+            self.put_trap_action_back_in_child(child, &mut mem);
         }
         match sys::detach(child, 0) {
             Err(e) if !e.gone() => Err(e.into()),
@@ -313,6 +315,7 @@ impl Tracee {
         t.probes = self.shared_probes(false);
         t.next_id = self.next_id;
         t.follow = true;
+        t.trap_action_after_exec();
         t.on_exec(child)?;
         Ok(t)
     }

@@ -159,6 +159,117 @@ pub fn inject_syscall(tid: i32, memory: &mut RemoteMemory, nr: u64, args: [u64; 
     inject_syscall_carrying(tid, memory, nr, args, 0).map(|(result, _)| result)
 }
 
+/// [`inject_syscall`] with no trap after the call, for a call whose effect the trap would
+/// undo: a single step ends with a forced `SIGTRAP`, which sets an ignored `SIGTRAP`'s action
+/// to the default (see `trap_action`). The thread makes the call between its entry and exit
+/// stops (`PTRACE_SYSCALL`) and is left at the exit stop, its registers back. Where it was
+/// taken out of a call of its own, they say that the call starts again, as the kernel would
+/// have made it on resuming the thread from the stop it was held at with no signal: `tid`
+/// must be held at such a stop. The program's signals stay pending meanwhile.
+pub(crate) fn inject_syscall_between_stops(
+    tid: i32,
+    memory: &mut RemoteMemory,
+    nr: u64,
+    args: [u64; 6],
+) -> Result<u64, TraceError> {
+    let at = syscall_insn(memory)?;
+    let saved = sys::get_regs(tid)?;
+    let mask = sys::sigmask(tid)?;
+    let mut r = saved;
+    (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
+    r.rip = at.0;
+    let mut held = Vec::new();
+    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
+    let result = sys::set_regs(tid, &r).map_err(TraceError::from).and_then(|()| {
+        to_syscall_stop(tid, &mut held)?;
+        to_syscall_stop(tid, &mut held)?;
+        Ok(sys::get_regs(tid)?.rax)
+    });
+    if let Err(e @ TraceError::Gone { .. }) = result {
+        return Err(e);
+    }
+    sys::set_regs(tid, &restarting(saved))?;
+    sys::set_sigmask(tid, mask)?;
+    release(memory.pid(), tid, &held)?;
+    result
+}
+
+/// Bring thread `tid` of process `pid`, stopped at an event inside a system call (a clone,
+/// a fork), to the call's exit stop without a trap (see [`inject_syscall_between_stops`]),
+/// where it may make a call for the tracer.
+pub(crate) fn finish_call(pid: i32, tid: i32) -> Result<(), TraceError> {
+    let mask = sys::sigmask(tid)?;
+    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
+    let mut held = Vec::new();
+    let finished = to_syscall_stop(tid, &mut held);
+    if let Err(e @ TraceError::Gone { .. }) = finished {
+        return Err(e);
+    }
+    sys::set_sigmask(tid, mask)?;
+    release(pid, tid, &held)?;
+    finished
+}
+
+/// Registers `r` of a thread held at a stop with no signal, as the kernel makes them when it
+/// resumes from there: a system call it was taken out of is entered again
+/// (`arch_do_signal_or_restart`). Set at a system call's exit stop, the kernel does nothing
+/// more to them.
+fn restarting(mut r: libc::user_regs_struct) -> libc::user_regs_struct {
+    if crate::let_go::interrupted_call(&r) {
+        const ERESTART_RESTARTBLOCK: i64 = -516;
+        r.rax = match r.rax as i64 {
+            ERESTART_RESTARTBLOCK => libc::SYS_restart_syscall as u64,
+            _ => r.orig_rax,
+        };
+        r.rip -= 2;
+        r.orig_rax = u64::MAX;
+    }
+    r
+}
+
+/// Signal stops on the way to a system-call stop after which it is given up: each takes one
+/// signal off the thread's queue.
+const MAX_SIGNALS_TO_A_CALL: usize = 1 << 16;
+/// Other stops (an interrupt left pending, a group-stop) before it is given up.
+const MAX_OTHER_STOPS: usize = 16;
+
+/// Run stopped thread `tid`, which blocks the signals kept (see `kept`), to its next
+/// system-call stop (the entry of its next call, or the exit of the one it is in). Signals
+/// that come on the way stay pending; those that cannot (`SIGSTOP`, a `SIGTRAP` of the
+/// program's) are added to `held`.
+pub(crate) fn to_syscall_stop(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+    let mut others = 0;
+    let mut resume_with = 0;
+    while held.len() < MAX_SIGNALS_TO_A_CALL && others < MAX_OTHER_STOPS {
+        sys::cont_to_syscall(tid, resume_with)?;
+        resume_with = 0;
+        let (_, status) = sys::wait(tid)?;
+        if !libc::WIFSTOPPED(status) || sys::event_of(status) == libc::PTRACE_EVENT_EXIT {
+            return Err(TraceError::Gone { tid });
+        }
+        if sys::event_of(status) != 0 {
+            // An interrupt left pending, or a group-stop: on to the call.
+            others += 1;
+            continue;
+        }
+        let info = sys::siginfo(tid)?;
+        // A system-call stop reports SIGTRAP with the stop's own code; a SIGTRAP sent to the
+        // program has a code of its sender's.
+        let (trap, signal) = (libc::SIGTRAP, libc::WSTOPSIG(status));
+        if signal & 0x7f == trap && (info.si_code == trap || info.si_code == trap | 0x80) {
+            return Ok(());
+        }
+        match kept::resume_with(tid, signal, kept::KEPT_DURING_STEPS)? {
+            Some(given_back) => {
+                others += 1;
+                resume_with = given_back;
+            }
+            None => held.push(info),
+        }
+    }
+    Err(TraceError::Stuck { tid, place: "the way to a system call" })
+}
+
 /// Give signal `signal` back to the queue of stopped thread `tid`, which is in that signal's
 /// delivery stop, so that it can run for the tracer and then receive it, unchanged, when it
 /// resumes (see `kept`). Returns whether it was given back (a signal that cannot be blocked

@@ -26,11 +26,6 @@ use crate::kept;
 use crate::library::{Injector, LoadError};
 use crate::sys;
 
-/// Signal stops before the call's entry after which it is given up: each takes one signal
-/// off the thread's queue (those held during the injected calls were queued again there).
-const MAX_SIGNALS: usize = 1 << 16;
-/// Other stops (an interrupt left pending, a group-stop) before it is given up.
-const MAX_OTHER_STOPS: usize = 16;
 /// How long the end of the tracer thread may take to reach the kernel's unlinking: a bound
 /// against waiting forever on a kernel that behaves otherwise, not a measure.
 const UNLINK_LIMIT: Duration = Duration::from_secs(10);
@@ -113,7 +108,7 @@ pub(crate) fn pass_on(tid: i32, status: i32) -> bool {
 fn enter_call(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
     let mask = sys::sigmask(tid)?;
     sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
-    let entered = enter_call_blocking(tid, held);
+    let entered = crate::inject::to_syscall_stop(tid, held);
     match entered {
         Err(e @ TraceError::Gone { .. }) => Err(e),
         other => {
@@ -121,40 +116,6 @@ fn enter_call(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceErro
             other
         }
     }
-}
-
-/// [`enter_call`] once the thread blocks the signals kept.
-fn enter_call_blocking(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
-    let mut others = 0;
-    let mut resume_with = 0;
-    while held.len() < MAX_SIGNALS && others < MAX_OTHER_STOPS {
-        sys::cont_to_syscall(tid, resume_with)?;
-        resume_with = 0;
-        let (_, status) = sys::wait(tid)?;
-        if !libc::WIFSTOPPED(status) || sys::event_of(status) == libc::PTRACE_EVENT_EXIT {
-            return Err(TraceError::Gone { tid });
-        }
-        if sys::event_of(status) != 0 {
-            // An interrupt left pending, or a group-stop: on to the call.
-            others += 1;
-            continue;
-        }
-        let info = sys::siginfo(tid)?;
-        // A system-call stop reports SIGTRAP with the stop's own code; a SIGTRAP sent to the
-        // program has a code of its sender's.
-        let (trap, signal) = (libc::SIGTRAP, libc::WSTOPSIG(status));
-        if signal & 0x7f == trap && (info.si_code == trap || info.si_code == trap | 0x80) {
-            return Ok(());
-        }
-        match kept::resume_with(tid, signal, kept::KEPT_DURING_STEPS)? {
-            Some(given_back) => {
-                others += 1;
-                resume_with = given_back;
-            }
-            None => held.push(info),
-        }
-    }
-    Err(TraceError::Stuck { tid, place: "the way back into its system call" })
 }
 
 /// The thread tracing thread `tid` of process `pid` (0 for none; `None` when it is gone).

@@ -55,6 +55,7 @@ mod sys;
 mod thread;
 mod tick;
 mod tracee;
+mod trap_action;
 mod trap_mask;
 mod xol;
 

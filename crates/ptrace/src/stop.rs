@@ -167,6 +167,7 @@ impl Tracee {
                 // The program executed another: nothing of dprobe's is left to restore, and
                 // the other threads are gone.
                 self.image_replaced(tid)?;
+                self.trap_action_after_exec();
                 waiting.retain(|t| *t == tid);
             }
             if let std::collections::btree_map::Entry::Vacant(new) = self.threads.entry(tid) {

@@ -75,6 +75,10 @@ pub(crate) trait Kernel {
     fn read(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> bool;
     /// Write process memory (when there is no memory file).
     fn write(&mut self, pid: i32, addr: u64, data: &[u8]) -> bool;
+    /// The signals process `pid` ignores and those it catches, as masks (`SigIgn`, `SigCgt`).
+    fn dispositions(&mut self, _pid: i32) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// The kernel itself.
@@ -165,6 +169,14 @@ impl Kernel for Real {
 
     fn write(&mut self, _: i32, _: u64, _: &[u8]) -> bool {
         false
+    }
+
+    fn dispositions(&mut self, pid: i32) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mask = |key: &str| {
+            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        };
+        (mask("SigIgn:").unwrap_or(0), mask("SigCgt:").unwrap_or(0))
     }
 }
 
@@ -340,6 +352,13 @@ pub fn tgkill(pid: i32, tid: i32, signal: i32) -> Result<(), SysError> {
 /// Whether `signal` is pending for thread `tid` of process `pid` itself.
 pub fn is_pending(pid: i32, tid: i32, signal: i32) -> bool {
     kernel(|k| k.pending(pid, tid)) & (1 << (signal - 1)) != 0
+}
+
+/// How process `pid` takes `signal` now: (ignored, caught), both false for the default.
+pub fn disposition(pid: i32, signal: i32) -> (bool, bool) {
+    let (ignored, caught) = kernel(|k| k.dispositions(pid));
+    let bit = 1 << (signal - 1);
+    (ignored & bit != 0, caught & bit != 0)
 }
 
 /// Whether thread `tid` of process `pid` still exists: a new thread may have run, exited and

@@ -69,6 +69,8 @@ pub struct Tracee {
     pub(crate) faulted_at: BTreeMap<i32, (u64, u64)>,
     /// The threads that blocked `SIGTRAP` when attached (`trap_mask.rs`).
     pub(crate) trap_masks: crate::trap_mask::TrapMasks,
+    /// The program's `SIGTRAP` action, to put back where a trap replaced it (`trap_action.rs`).
+    pub(crate) trap_action: crate::trap_action::TrapAction,
 }
 
 impl Tracee {
@@ -100,6 +102,7 @@ impl Tracee {
             ends_with_thread: false,
             faulted_at: BTreeMap::new(),
             trap_masks: Default::default(),
+            trap_action: Default::default(),
         })
     }
 
@@ -125,7 +128,9 @@ impl Tracee {
             | libc::PTRACE_O_TRACEEXEC
             | libc::PTRACE_O_TRACEEXIT;
         sys::set_options(pid, options as u64)?;
-        Tracee::new(pid, false, BTreeMap::from([(pid, Thread::stopped(Stop::Signal(0)))]))
+        let mut tracee = Tracee::new(pid, false, BTreeMap::from([(pid, Thread::stopped(Stop::Signal(0)))]))?;
+        tracee.trap_action_after_exec();
+        Ok(tracee)
     }
 
     /// Attach to running process `pid`: every thread is seized and stopped, threads it
@@ -175,6 +180,11 @@ impl Tracee {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
         }
         tracee.note_trap_masks();
+        if tracee.trap_action_unknown() {
+            if let Ok(tid) = tracee.a_stopped_thread() {
+                tracee.note_trap_action(tid);
+            }
+        }
         Ok(tracee)
     }
 
@@ -346,6 +356,7 @@ impl Tracee {
             0 => {}
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
+                self.note_trap_action_at_event(tid)?;
                 let starting = if self.seized { State::Running } else { State::Starting };
                 if sys::exists(self.pid, new) {
                     self.threads.entry(new).or_insert(Thread { state: starting });
@@ -358,6 +369,10 @@ impl Tracee {
             }
             event @ (libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK) => {
                 let child = sys::event_message(tid)? as i32;
+                if event == libc::PTRACE_EVENT_FORK {
+                    // (Not at a `vfork`: the parent's next instruction waits for the child.)
+                    self.note_trap_action_at_event(tid)?;
+                }
                 self.on_child(tid, child, event, true)?;
                 sys::cont(tid, 0)?;
                 return Ok(None);
@@ -368,6 +383,8 @@ impl Tracee {
             }
             libc::PTRACE_EVENT_EXEC => {
                 self.threads.retain(|t, _| *t == tid);
+                // Before the step's trap.
+                self.trap_action_after_exec();
                 // Probes are placed (and pages mapped) from the new program's first
                 // instruction, not from inside `execve`.
                 crate::inject::leave_event_stop(self.pid, tid)?;
@@ -400,7 +417,10 @@ impl Tracee {
             return Ok(None);
         }
         if signal == libc::SIGTRAP {
-            let deliver = self.on_trap(tid)?;
+            let mut deliver = self.on_trap(tid)?;
+            if deliver == libc::SIGTRAP {
+                deliver = self.own_trap(tid)?;
+            }
             if self.start.reached.is_none_or(|(held, _)| held != tid) {
                 sys::cont(tid, deliver)?;
             }

@@ -9,7 +9,7 @@
 //! is noted as the tracer attaches, and after each of dprobe's traps in a thread that blocked
 //! `SIGTRAP` then, the signal is blocked again, if the rest of its mask is still as noted
 //! (otherwise the program changed its mask since, and what it wants for `SIGTRAP` is not
-//! known). The action is not put back (the kernel leaves no trace of a handler it replaced).
+//! known). The action, which the kernel sets to the default there too, is `trap_action.rs`'s.
 
 use std::collections::BTreeMap;
 

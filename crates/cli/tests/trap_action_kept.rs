@@ -1,0 +1,238 @@
+//! A program's `SIGTRAP` action is still its own after dprobe's traps under the ptrace engine.
+//! A trap is a forced signal: in a thread that blocks `SIGTRAP`, or in a program that ignores
+//! it, the kernel sets the action to the default for the whole process before dprobe sees the
+//! stop. The program's next `SIGTRAP` would then kill it. dprobe puts the action back before
+//! the program's own `SIGTRAP` is delivered and as it lets the program go.
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+
+use common::{c_program_from, dprobe_command, hits, out_file};
+
+/// Modes:
+/// - `attach-handled`: a handler, `SIGTRAP` blocked in the one thread, which calls `step`
+///   until `SIGUSR1`;
+/// - `attach-ignored`: `SIGTRAP` ignored, the same loop;
+/// - `attach-reading`: `SIGTRAP` ignored, one thread calls `step` while the main thread
+///   waits in `read` for a byte `x` on its standard input (a call the kernel restarts);
+/// - `threads`: a handler, then a thread that blocks every signal calls `step` 1,000 times;
+/// - `exec-ignored`: ignores `SIGTRAP` and executes itself as `ignored`, which calls `step`
+///   1,000 times.
+///
+/// Each ends by unblocking `SIGTRAP`, raising one, and printing whether its action is the one
+/// it set and how many traps its handler saw (exit 0: both as set).
+const PROGRAM: &str = r#"
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+static volatile sig_atomic_t traps;
+static volatile long count;
+static void on_trap(int s) { (void)s; traps++; }
+__attribute__((noinline)) long step(long x) { count++; __asm__ volatile("" ::: "memory"); return x + 1; }
+static void handle(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_trap;
+    sigaction(SIGTRAP, &sa, 0);
+}
+static void *worker(void *arg) {
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, 0);
+    long a = 0;
+    for (int i = 0; i < 1000; i++) a = step(a);
+    return 0;
+}
+static volatile int stop;
+static void *looping(void *arg) {
+    (void)arg;
+    long a = 0;
+    while (!stop) a = step(a);
+    return 0;
+}
+static int end(int handled) {
+    sigset_t trap;
+    sigemptyset(&trap);
+    sigaddset(&trap, SIGTRAP);
+    sigprocmask(SIG_UNBLOCK, &trap, 0);
+    raise(SIGTRAP);
+    struct sigaction now;
+    sigaction(SIGTRAP, 0, &now);
+    int kept = handled ? now.sa_handler == on_trap : now.sa_handler == SIG_IGN;
+    printf("kept=%d traps=%d\n", kept, (int)traps);
+    return kept && traps == handled ? 0 : 1;
+}
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "attach-handled") || !strcmp(mode, "attach-ignored")) {
+        int handled = !strcmp(mode, "attach-handled");
+        sigset_t s, go;
+        sigemptyset(&s);
+        sigaddset(&s, SIGUSR1);
+        if (handled) {
+            handle();
+            sigaddset(&s, SIGTRAP);
+        } else {
+            signal(SIGTRAP, SIG_IGN);
+        }
+        sigprocmask(SIG_BLOCK, &s, 0);
+        sigemptyset(&go);
+        sigaddset(&go, SIGUSR1);
+        printf("ready\n");
+        fflush(stdout);
+        struct timespec wait = {0, 1000000};
+        long a = 0;
+        do { a = step(a); } while (sigtimedwait(&go, 0, &wait) != SIGUSR1);
+        return end(handled);
+    }
+    if (!strcmp(mode, "attach-reading")) {
+        signal(SIGTRAP, SIG_IGN);
+        pthread_t t;
+        pthread_create(&t, 0, looping, 0);
+        printf("ready\n");
+        fflush(stdout);
+        char c = 0;
+        ssize_t n = read(0, &c, 1);
+        if (n != 1 || c != 'x') {
+            printf("read=%zd errno=%d\n", n, n < 0 ? errno : 0);
+            return 1;
+        }
+        stop = 1;
+        pthread_join(t, 0);
+        return end(0);
+    }
+    if (!strcmp(mode, "threads")) {
+        handle();
+        pthread_t t;
+        pthread_create(&t, 0, worker, 0);
+        pthread_join(t, 0);
+        return end(1);
+    }
+    if (!strcmp(mode, "exec-ignored")) {
+        signal(SIGTRAP, SIG_IGN);
+        execl(argv[0], argv[0], "ignored", (char *)0);
+        return 2;
+    }
+    if (!strcmp(mode, "ignored")) {
+        long a = 0;
+        for (int i = 0; i < 1000; i++) a = step(a);
+        return end(0);
+    }
+    return 2;
+}
+"#;
+
+fn program() -> &'static str {
+    c_program_from("trap-action-kept", PROGRAM, &["-O1", "-pthread"])
+}
+
+/// The program, killed if the test fails before it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Attach to the program in `mode` for 300 ms, then let it end: what it printed last.
+fn attached_then_let_go(mode: &str, expected: &str) {
+    let program = program();
+    let mut running =
+        Running(Command::new(program).arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap());
+    let child = &mut running.0;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id().to_string();
+    let file = out_file(&format!("trap-action-{mode}.trace"));
+    let spec = format!("{program}:step");
+    let o = dprobe_command()
+        .args(["trace", "--engine", "ptrace", "--count", "-d", "300ms", "-o", file.to_str().unwrap(), "-p", &pid])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(0), "{}\n{summary}", String::from_utf8_lossy(&o.stderr));
+    assert!(hits(&summary, &spec) > 0, "{summary}");
+    // SAFETY: signals our own child, which waits for SIGUSR1.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!((rest.as_str(), status.code()), (expected, Some(0)), "{status:?}");
+}
+
+#[test]
+fn a_handler_of_a_program_whose_thread_blocks_sigtrap_is_back_after_an_attach() {
+    attached_then_let_go("attach-handled", "kept=1 traps=1\n");
+}
+
+#[test]
+fn an_ignored_sigtrap_is_ignored_again_after_an_attach() {
+    attached_then_let_go("attach-ignored", "kept=1 traps=0\n");
+}
+
+/// The call that puts the action back is made by a thread taken out of its `read`, which must
+/// go back into it as if never taken out.
+#[test]
+fn an_ignored_sigtrap_is_put_back_through_a_thread_waiting_in_a_restarted_call() {
+    let program = program();
+    let mut running = Running(
+        Command::new(program).arg("attach-reading").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let child = &mut running.0;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id().to_string();
+    let file = out_file("trap-action-attach-reading.trace");
+    let spec = format!("{program}:step");
+    let o = dprobe_command()
+        .args(["trace", "--engine", "ptrace", "--count", "-d", "300ms", "-o", file.to_str().unwrap(), "-p", &pid])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(0), "{}\n{summary}", String::from_utf8_lossy(&o.stderr));
+    assert!(hits(&summary, &spec) > 0, "{summary}");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"x").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!((rest.as_str(), status.code()), ("kept=1 traps=0\n", Some(0)), "{status:?}");
+}
+
+/// Start the program in `mode` under dprobe: its output, and the hits of `step`.
+fn started(mode: &str) -> (String, u64) {
+    let program = program();
+    let file = out_file(&format!("trap-action-{mode}.trace"));
+    let spec = format!("{program}:step");
+    let o = dprobe_command()
+        .args(["trace", "--engine", "ptrace", "--count", "-o", file.to_str().unwrap(), &spec, "--", program, mode])
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&file).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}\n{summary}", String::from_utf8_lossy(&o.stderr));
+    (stdout, hits(&summary, &spec))
+}
+
+#[test]
+fn a_handler_set_before_a_thread_that_blocks_every_signal_runs_for_the_programs_own_trap() {
+    assert_eq!(started("threads"), ("kept=1 traps=1\n".to_owned(), 1000));
+}
+
+#[test]
+fn a_sigtrap_ignored_across_exec_stays_ignored_through_the_hits() {
+    assert_eq!(started("exec-ignored"), ("kept=1 traps=0\n".to_owned(), 1000));
+}
