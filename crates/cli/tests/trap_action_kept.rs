@@ -17,10 +17,12 @@ use common::{c_program_from, dprobe_command, hits, out_file};
 /// - `attach-reading`: `SIGTRAP` ignored, one thread calls `step` while the main thread
 ///   waits in `read` for a byte `x` on its standard input (a call the kernel restarts);
 /// - `threads`: a handler, then a thread that blocks every signal calls `step` 1,000 times;
+/// - `handler-steps`: a handler that calls `step` (with `SIGTRAP` blocked, as in any handler
+///   of its own signal), and two `SIGTRAP`s raised: prints how many its handler saw;
 /// - `exec-ignored`: ignores `SIGTRAP` and executes itself as `ignored`, which calls `step`
 ///   1,000 times.
 ///
-/// Each ends by unblocking `SIGTRAP`, raising one, and printing whether its action is the one
+/// The others end by unblocking `SIGTRAP`, raising one, and printing whether its action is the one
 /// it set and how many traps its handler saw (exit 0: both as set).
 const PROGRAM: &str = r#"
 #include <errno.h>
@@ -34,6 +36,7 @@ static volatile sig_atomic_t traps;
 static volatile long count;
 static void on_trap(int s) { (void)s; traps++; }
 __attribute__((noinline)) long step(long x) { count++; __asm__ volatile("" ::: "memory"); return x + 1; }
+static void on_trap_stepping(int s) { (void)s; traps++; step(0); }
 static void handle(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -113,6 +116,16 @@ int main(int argc, char **argv) {
         pthread_create(&t, 0, worker, 0);
         pthread_join(t, 0);
         return end(1);
+    }
+    if (!strcmp(mode, "handler-steps")) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_trap_stepping;
+        sigaction(SIGTRAP, &sa, 0);
+        raise(SIGTRAP);
+        raise(SIGTRAP);
+        printf("traps=%d\n", (int)traps);
+        return traps == 2 ? 0 : 1;
     }
     if (!strcmp(mode, "exec-ignored")) {
         signal(SIGTRAP, SIG_IGN);
@@ -230,6 +243,12 @@ fn started(mode: &str) -> (String, u64) {
 #[test]
 fn a_handler_set_before_a_thread_that_blocks_every_signal_runs_for_the_programs_own_trap() {
     assert_eq!(started("threads"), ("kept=1 traps=1\n".to_owned(), 1000));
+}
+
+/// The handler is set while traced, with no thread started after: seen as the program sets it.
+#[test]
+fn a_trap_handler_that_calls_a_probed_function_runs_for_each_trap() {
+    assert_eq!(started("handler-steps"), ("traps=2\n".to_owned(), 2));
 }
 
 #[test]

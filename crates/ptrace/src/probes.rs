@@ -231,6 +231,9 @@ pub(crate) struct Site {
     pub unwinder: bool,
     /// dprobe's own probe on `__cxa_begin_catch`: where an exception is caught.
     pub catcher: bool,
+    /// dprobe's own probe on the C library's `__libc_sigaction`: the program's `SIGTRAP`
+    /// action, as it sets it (`trap_action.rs`).
+    pub sigaction_watch: bool,
     /// The file and offset of the code it is on, while that file is mapped there (`None`:
     /// code that is no file's).
     pub origin: Option<(String, u64)>,
@@ -344,6 +347,7 @@ impl Tracee {
         if !self.sites.contains_key(&addr) {
             self.new_site(tid, addr, &f, maps, None)?;
         }
+        self.watch_sigaction(tid, maps, symbols);
         let site = self.sites.get_mut(&addr).expect("placed");
         site.probes.push(id);
         if watch_exits {
@@ -392,6 +396,7 @@ impl Tracee {
             loader_hook: false,
             unwinder: false,
             catcher: false,
+            sigaction_watch: false,
             origin,
             exit_of: Vec::new(),
             exit_probes: Vec::new(),

@@ -55,6 +55,7 @@ fn traced(threads: &[i32]) -> (Rc<RefCell<World>>, sys::FakeGuard, Tracee, Rc<Re
         loader_hook: false,
         unwinder: false,
         catcher: false,
+        sigaction_watch: false,
         origin: None,
         exit_of: Vec::new(),
         exit_probes: Vec::new(),

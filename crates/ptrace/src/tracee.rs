@@ -462,8 +462,9 @@ impl Tracee {
             return Ok(0);
         }
         let pid = self.process_of(tid);
-        if !self.sites.contains_key(&key) {
-            return Ok(libc::SIGTRAP);
+        let Some(site) = self.sites.get(&key) else { return Ok(libc::SIGTRAP) };
+        if site.sigaction_watch {
+            self.sigaction_called(r.rdi, r.rsi);
         }
         // The instruction again after its copy faulted and the program's handler returned:
         // only the instruction runs.

@@ -13,15 +13,18 @@
 //! the process go. It is known:
 //! - at attach: read (an injected `rt_sigaction`) when `/proc` says it is caught or ignored;
 //! - after an `exec`, which keeps only an ignored action, as `SIG_IGN` with nothing else;
+//! - as the program sets it through the C library: dprobe's own probe on `__libc_sigaction`,
+//!   through which `sigaction`, `signal` and `sigset` go, placed with the first probe, reads
+//!   the action from the call's argument (a handler that calls a probed function, and so
+//!   traps with `SIGTRAP` blocked, is the common case);
 //! - at each new thread or child, read where `/proc` says caught or ignored and no such
-//!   action is noted: a program that sets its handler, then starts threads that block every
-//!   signal (the common shape), is covered; one that sets it while traced and traps in a
-//!   thread that blocks it before starting any is not;
+//!   action is noted (a raw `rt_sigaction` before a thread that blocks every signal);
 //! - a forked child has its parent's.
 //!
-//! It is put back only where the action now is exactly what a trap leaves of the noted one
-//! (the default handler, the same flags, mask and restorer). Anything else is the program's
-//! own doing since, and is left alone. Reading and setting it takes a system call of the
+//! An action set by a raw system call and replaced at a trap before any thread is created is
+//! not known. It is put back only where the action now is what a trap leaves of the noted one
+//! (the default handler, the same flags and mask), with the handler back. Anything else is the
+//! program's own doing since, and is left alone. Reading and setting it takes a system call of the
 //! program's thread made between system-call stops, not in a single step: the step's own trap
 //! would set an ignored action to the default again (a handler is set in a step before the
 //! program's own trap, whose delivery the step's stop then carries). Putting it back after every trap would
@@ -32,9 +35,11 @@
 //! exits; an ignored action it carries into the new program is lost).
 
 use dprobe_arch::{Addr, Memory};
+use dprobe_sym::{Function, Mapping, Symbols};
 
 use crate::error::TraceError;
 use crate::inject;
+use crate::kept::bit;
 use crate::sys::{self, RemoteMemory};
 use crate::tracee::Tracee;
 
@@ -66,22 +71,62 @@ impl Action {
         Action { handler: word(0), flags: word(1), restorer: word(2), mask: word(3) }
     }
 
-    /// What a forced trap leaves of it.
-    fn after_a_trap(self) -> Action {
-        Action { handler: SIG_DFL, ..self }
+    /// Whether action `now` is what a forced trap leaves of this one: the default handler,
+    /// the same flags and mask (the restorer is not compared: a `sigaction` seen at its call
+    /// does not show the one the C library gives the kernel).
+    fn replaced_by_a_trap(self, now: Action) -> bool {
+        now.handler == SIG_DFL && (now.flags, now.mask) == (self.flags, self.mask)
+    }
+
+    /// The action the C library's `sigaction` gives the kernel for `user`, the bytes of its
+    /// `struct sigaction` (handler, a 128-byte mask, `int` flags, restorer): the kernel keeps
+    /// the flags it knows and a mask without `SIGKILL` and `SIGSTOP`, and the C library sets
+    /// `SA_RESTORER` with its own restorer (not known here).
+    fn set_through_libc(user: &[u8; USER_SIGACTION_BYTES]) -> Action {
+        let word = |at: usize| u64::from_le_bytes(user[at..at + 8].try_into().unwrap());
+        let flags = u64::from(u32::from_le_bytes(user[136..140].try_into().unwrap()));
+        let unblockable = bit(libc::SIGKILL) | bit(libc::SIGSTOP);
+        Action {
+            handler: word(0),
+            flags: (flags | SA_RESTORER) & KNOWN_FLAGS,
+            restorer: 0,
+            mask: word(8) & !unblockable,
+        }
     }
 }
 
-/// The program's `SIGTRAP` action when it is not the default, as last known.
+/// The size of the C library's `struct sigaction` on x86-64.
+const USER_SIGACTION_BYTES: usize = 152;
+const SA_RESTORER: u64 = 0x0400_0000;
+/// The flags the kernel keeps (`UAPI_SA_FLAGS` on x86-64).
+const KNOWN_FLAGS: u64 = (libc::SA_NOCLDSTOP
+    | libc::SA_NOCLDWAIT
+    | libc::SA_SIGINFO
+    | libc::SA_ONSTACK
+    | libc::SA_RESTART
+    | libc::SA_NODEFER
+    | libc::SA_RESETHAND) as u64
+    | SA_RESTORER
+    | 0x800; // SA_EXPOSE_TAGBITS
+
+/// The C library's function every `sigaction` and `signal` goes through.
+const LIBC_SIGACTION: &str = "__libc_sigaction";
+
+/// The program's `SIGTRAP` action, and dprobe's probe on the C library's `sigaction`.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct TrapAction(Option<Action>);
+pub(crate) struct TrapAction {
+    /// The action when it is not the default, as last known.
+    noted: Option<Action>,
+    /// Where the probe on `__libc_sigaction` is, once placed.
+    watch: Option<Addr>,
+}
 
 impl Tracee {
     /// Whether `/proc` says the program's `SIGTRAP` action is not the default, and no action
     /// of that kind is noted: [`Tracee::note_trap_action`] is then to read it.
     pub(crate) fn trap_action_unknown(&self) -> bool {
         let (ignored, caught) = sys::disposition(self.pid, libc::SIGTRAP);
-        match self.trap_action.0.map(|a| a.handler) {
+        match self.trap_action.noted.map(|a| a.handler) {
             Some(SIG_IGN) => !ignored,
             Some(_) => !caught,
             None => ignored || caught,
@@ -105,15 +150,48 @@ impl Tracee {
     /// the call (it is gone, its stack is full), nothing is noted.
     pub(crate) fn note_trap_action(&mut self, tid: i32) {
         if let Ok(action) = exchange(tid, &mut self.memory, None, Call::Untrapped) {
-            self.trap_action.0 = (action.handler != SIG_DFL).then_some(action);
+            self.trap_action.noted = (action.handler != SIG_DFL).then_some(action);
         }
     }
 
     /// The process executed a new program (and is at its exec stop, no trap since): only an
     /// ignored action is kept, as nothing but `SIG_IGN` (the kernel's `flush_signal_handlers`).
+    /// Its C library is another.
     pub(crate) fn trap_action_after_exec(&mut self) {
         let (ignored, _) = sys::disposition(self.pid, libc::SIGTRAP);
-        self.trap_action.0 = ignored.then_some(Action { handler: SIG_IGN, ..Action::default() });
+        let noted = ignored.then_some(Action { handler: SIG_IGN, ..Action::default() });
+        self.trap_action = TrapAction { noted, watch: None };
+    }
+
+    /// Place dprobe's probe on the C library's `__libc_sigaction` (through held thread
+    /// `tid`), if it is not placed yet: each action the program sets through the C library is
+    /// then noted as it is set. Best effort: without it, the action is read at the moments
+    /// the module's comment lists.
+    pub(crate) fn watch_sigaction(&mut self, tid: i32, maps: &[Mapping], symbols: &Symbols) {
+        if self.trap_action.watch.is_some() {
+            return;
+        }
+        let libc = |f: &&Function| f.name == LIBC_SIGACTION && f.object_file_name().starts_with("libc.");
+        let Some(f) = symbols.functions().iter().find(libc).cloned() else { return };
+        if !self.sites.contains_key(&f.start) && self.new_site(tid, f.start, &f, maps, None).is_err() {
+            return;
+        }
+        self.sites.get_mut(&f.start).expect("placed").sigaction_watch = true;
+        self.trap_action.watch = Some(f.start);
+    }
+
+    /// The program calls `__libc_sigaction(signal, act, ...)` (dprobe's probe on its entry):
+    /// an action it sets for `SIGTRAP` is the one to note.
+    pub(crate) fn sigaction_called(&mut self, signal: u64, act: u64) {
+        if signal != libc::SIGTRAP as u64 || act == 0 {
+            return;
+        }
+        let mut user = [0u8; USER_SIGACTION_BYTES];
+        // Unreadable: the call fails (`EFAULT`) and sets nothing.
+        if self.memory.read(Addr(act), &mut user).is_ok() {
+            let action = Action::set_through_libc(&user);
+            self.trap_action.noted = (action.handler != SIG_DFL).then_some(action);
+        }
     }
 
     /// A child forked from this process has its action.
@@ -125,8 +203,8 @@ impl Tracee {
     /// deliver, if one of dprobe's traps replaced it (see the module's comment). No trap of
     /// dprobe's may come after: the thread's last call for the tracer.
     pub(crate) fn put_trap_action_back(&mut self, tid: i32) {
-        if let Some(noted) = self.trap_action.0 {
-            self.trap_action.0 = put_back(self.pid, tid, &mut self.memory, noted, Call::Untrapped);
+        if let Some(noted) = self.trap_action.noted {
+            self.trap_action.noted = put_back(self.pid, tid, &mut self.memory, noted, Call::Untrapped);
         }
     }
 
@@ -136,13 +214,13 @@ impl Tracee {
     /// call made for it leaves no delivery stop, and an ignored signal does nothing); else
     /// the `SIGTRAP`, delivered from the stop the call left, with its information set back.
     pub(crate) fn own_trap(&mut self, tid: i32) -> Result<i32, TraceError> {
-        let Some(noted) = self.trap_action.0 else { return Ok(libc::SIGTRAP) };
+        let Some(noted) = self.trap_action.noted else { return Ok(libc::SIGTRAP) };
         if noted.handler == SIG_IGN {
             self.put_trap_action_back(tid);
             return Ok(0);
         }
         let info = sys::siginfo(tid)?;
-        self.trap_action.0 = put_back(self.pid, tid, &mut self.memory, noted, Call::Stepped);
+        self.trap_action.noted = put_back(self.pid, tid, &mut self.memory, noted, Call::Stepped);
         sys::set_siginfo(tid, &info)?;
         Ok(libc::SIGTRAP)
     }
@@ -150,7 +228,7 @@ impl Tracee {
     /// The same in a forked child let go untraced (at its first stop, `memory` its own): it
     /// has a copy of this process's action, replaced as this process's was.
     pub(crate) fn put_trap_action_back_in_child(&self, child: i32, memory: &mut RemoteMemory) {
-        if let Some(noted) = self.trap_action.0 {
+        if let Some(noted) = self.trap_action.noted {
             put_back(child, child, memory, noted, Call::Untrapped);
         }
     }
@@ -174,8 +252,9 @@ fn put_back(pid: i32, tid: i32, memory: &mut RemoteMemory, noted: Action, call: 
         return Some(noted); // not the default: no trap replaced it since
     }
     match exchange(tid, memory, None, call) {
-        Ok(now) if now == noted.after_a_trap() => {
-            let _ = exchange(tid, memory, Some(noted), call);
+        Ok(now) if noted.replaced_by_a_trap(now) => {
+            // What the reset left (the restorer among it) with the handler back.
+            let _ = exchange(tid, memory, Some(Action { handler: noted.handler, ..now }), call);
             Some(noted)
         }
         // The program set the default itself: that is its action now.
@@ -225,6 +304,20 @@ mod tests {
         assert_eq!(&b[..8], &0x401000u64.to_le_bytes());
         assert_eq!(&b[24..], &(1u64 << 9).to_le_bytes());
         assert_eq!(Action::from_bytes(&b), a);
-        assert_eq!(a.after_a_trap(), Action { handler: SIG_DFL, ..a });
+        assert!(a.replaced_by_a_trap(Action { handler: SIG_DFL, restorer: 0, ..a }));
+        assert!(!a.replaced_by_a_trap(Action { handler: SIG_DFL, flags: 0x0400_0000, ..a }));
+        assert!(!a.replaced_by_a_trap(a));
+    }
+
+    #[test]
+    fn an_action_set_through_the_c_library_is_what_the_kernel_keeps() {
+        let mut user = [0u8; USER_SIGACTION_BYTES];
+        user[..8].copy_from_slice(&0x401000u64.to_le_bytes());
+        // SIGTRAP, SIGKILL and SIGSTOP in the mask; SA_SIGINFO | SA_RESTART and an unknown flag.
+        let mask = bit(libc::SIGTRAP) | bit(libc::SIGKILL) | bit(libc::SIGSTOP);
+        user[8..16].copy_from_slice(&mask.to_le_bytes());
+        user[136..140].copy_from_slice(&(0x1000_0004u32 | 0x0010_0000).to_le_bytes());
+        let a = Action::set_through_libc(&user);
+        assert_eq!((a.handler, a.flags, a.mask), (0x401000, 0x1400_0004, bit(libc::SIGTRAP)));
     }
 }
