@@ -278,3 +278,81 @@ fn a_process_attached_to_and_let_go_keeps_none_of_the_agents_descriptors_in_its_
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Refuses `unshare` (`EPERM`) to every thread from then on, through a seccomp filter that
+/// allows every other call, then prints `ready` and calls `work` every millisecond, 3,000 times.
+const REFUSES_UNSHARE: &str = r#"
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+__attribute__((noinline)) int work(int x) { return x * 2; }
+int main(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_unshare, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+        return 2;
+    printf("ready\n");
+    fflush(stdout);
+    long s = 0;
+    for (int i = 0; i < 3000; i++) { s += work(i); usleep(1000); }
+    printf("%ld\n", s);
+    return 0;
+}
+"#;
+
+/// Where the kernel refuses the agent's thread a table of its own, the thread shares the
+/// program's: the agent still traces, its descriptors kept high out of the program's way while
+/// it does, and none left but the memory file once it has gone.
+#[test]
+fn an_agent_refused_a_table_of_its_own_keeps_its_descriptors_high_and_takes_them_away() {
+    use std::io::BufRead;
+    let program = common::c_program_from("refuses-unshare", REFUSES_UNSHARE, &["-O1"]);
+    let mut child = Command::new(program).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id();
+    let before = descriptors(pid);
+    let probe = "refuses-unshare:work";
+    let mut dprobe = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--engine", "agent", "-d", "1s", "-c", "-p", &pid.to_string(), probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sockets_seen = 0;
+    while dprobe.try_wait().unwrap().is_none() {
+        if thread_names(pid).iter().any(|n| n == "dprobe-agent") {
+            let now = descriptors(pid);
+            let sockets: Vec<&(u32, String)> =
+                now.iter().filter(|d| !before.contains(d) && d.1.starts_with("socket:")).collect();
+            // Its connection, out of the way: at or above the floor for the program's limit
+            // (1,024). (The files it opens for a moment, to place a probe, are not.)
+            assert!(sockets.iter().all(|d| d.0 >= 512), "before {before:?}, during the session {now:?}");
+            sockets_seen += usize::from(!sockets.is_empty());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
+    // In the program's table: the agent's connection is seen there.
+    assert!(stderr.contains("goes on untraced") && sockets_seen > 0, "{sockets_seen} looks\n{stderr}");
+    assert!(common::hits(&stderr, probe) > 0, "{stderr}");
+    let after = descriptors(pid);
+    let added: Vec<&(u32, String)> = after.iter().filter(|d| !before.contains(d)).collect();
+    assert!(added.len() == 1 && added[0].1.starts_with("/memfd:dprobe-agent"), "before {before:?}, after {after:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!((status.code(), rest.as_str()), (Some(0), "8997000\n"));
+}
