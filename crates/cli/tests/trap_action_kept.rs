@@ -19,6 +19,8 @@ use common::{c_program_from, dprobe_command, hits, out_file};
 /// - `threads`: a handler, then a thread that blocks every signal calls `step` 1,000 times;
 /// - `handler-steps`: a handler that calls `step` (with `SIGTRAP` blocked, as in any handler
 ///   of its own signal), and two `SIGTRAP`s raised: prints how many its handler saw;
+/// - `spawns-then-handler-steps`: the same, with a `system("true")` between the handler and
+///   the traps (its child, which shares the memory, sets every handler to the default);
 /// - `exec-ignored`: ignores `SIGTRAP` and executes itself as `ignored`, which calls `step`
 ///   1,000 times.
 ///
@@ -27,6 +29,7 @@ use common::{c_program_from, dprobe_command, hits, out_file};
 const PROGRAM: &str = r#"
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -117,11 +120,13 @@ int main(int argc, char **argv) {
         pthread_join(t, 0);
         return end(1);
     }
-    if (!strcmp(mode, "handler-steps")) {
+    if (!strcmp(mode, "handler-steps") || !strcmp(mode, "spawns-then-handler-steps")) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_trap_stepping;
         sigaction(SIGTRAP, &sa, 0);
+        if (strcmp(mode, "handler-steps") && system("true") != 0)
+            return 3;
         raise(SIGTRAP);
         raise(SIGTRAP);
         printf("traps=%d\n", (int)traps);
@@ -249,6 +254,13 @@ fn a_handler_set_before_a_thread_that_blocks_every_signal_runs_for_the_programs_
 #[test]
 fn a_trap_handler_that_calls_a_probed_function_runs_for_each_trap() {
     assert_eq!(started("handler-steps"), ("traps=2\n".to_owned(), 2));
+}
+
+/// The child of `system` (a `posix_spawn`) sets its own copy of the action to the default, not
+/// the program's.
+#[test]
+fn a_trap_handler_is_the_programs_after_a_child_that_shares_its_memory_reset_its_own() {
+    assert_eq!(started("spawns-then-handler-steps"), ("traps=2\n".to_owned(), 2));
 }
 
 #[test]

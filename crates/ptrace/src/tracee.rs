@@ -463,7 +463,9 @@ impl Tracee {
         }
         let pid = self.process_of(tid);
         let Some(site) = self.sites.get(&key) else { return Ok(libc::SIGTRAP) };
-        if site.sigaction_watch {
+        // (A child sharing the memory has actions of its own: a `posix_spawn` child sets
+        // every handler to the default.)
+        if site.sigaction_watch && pid == self.pid {
             self.sigaction_called(r.rdi, r.rsi);
         }
         // The instruction again after its copy faulted and the program's handler returned:
