@@ -54,7 +54,10 @@
 //! in ([`crate::stack_mappings`]); stacks carved out of one mapping (from the heap) are not.
 //! Should a pending entry be reclaimed by mistake there, the dispatcher still finds its return
 //! address in a per-thread record of the last reclaimed entries, so the program returns
-//! correctly; only the handler call is lost.
+//! correctly; only the handler call is lost. A coroutine suspended inside a probed function and
+//! resumed on another thread returns there through the trampoline: its address is found in a
+//! table of every address replaced (`hijacked.rs`), the handler call lost too (the entry, and
+//! its instance, are the first thread's, which drops them as stale).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
@@ -71,7 +74,7 @@ use crate::probe::{register, Probe};
 use crate::saved::{restore_registers, save_registers, SavedRegs, SAVED_BYTES};
 use crate::stack_mappings::{self, KnownStacks};
 use crate::thread_state::ThreadState;
-use crate::{engine::Engine, exits, guard, hit_stack, sys, thread_state, trap};
+use crate::{engine::Engine, exits, guard, hijacked, hit_stack, sys, thread_state, trap};
 
 /// Private data carried from a return probe's entry handler to its return handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -345,6 +348,7 @@ pub(crate) fn thread_gone(t: &ThreadReturns) {
                 let e = t.stack.get(i);
                 // Tail-call entries hold no instance; the activations they return are the
                 // exit stack's, which goes with the thread too.
+                hijacked::left(e.sp.get(), e.ret.get());
                 if let Some(p) = find(probes, e.probe.get()).filter(|_| e.probe.get() != TAIL_CALLS) {
                     p.release(e.slot.get() as usize);
                     p.stale.fetch_add(1, Relaxed);
@@ -378,6 +382,8 @@ enum Reclaim {
 
 /// Remove entry `i`, the ones above it moving down.
 fn remove_at(t: &ThreadReturns, i: usize) {
+    let e = t.stack.get(i);
+    hijacked::left(e.sp.get(), e.ret.get());
     t.stack.remove_at(i);
 }
 
@@ -554,6 +560,7 @@ fn on_entry(inner: &KretInner, regs: &mut Regs) {
             inner.nmissed.fetch_add(1, Relaxed);
             return;
         }
+        hijacked::replaced(sp, ret, trampoline_addr());
         // SAFETY: as above.
         unsafe { ret_slot.write_volatile(trampoline_addr()) };
     })
@@ -628,6 +635,7 @@ pub(crate) fn return_through_slot(sp: u64, probes: &[Arc<KretInner>]) -> TailRet
     if !pushed {
         return TailReturn::NoRoom;
     }
+    hijacked::replaced(sp, ret, trampoline_addr());
     // SAFETY: as above.
     unsafe { ret_slot.write_volatile(trampoline_addr()) };
     TailReturn::Through { first: true }
@@ -681,8 +689,11 @@ pub fn trampoline_addr() -> u64 {
 /// Called by the trampoline with its saved registers; returns where to go.
 extern "C" fn dispatch(frame: &mut TrampolineFrame) -> u64 {
     let slot_addr = &frame.ret_slot as *const u64 as u64;
-    // A thread with a return pending has an entry (kept until it exits).
-    let Some(state) = thread_state::existing() else { no_return_address() };
+    // A thread with a return pending has an entry (kept until it exits); one without may
+    // return a frame another thread's entry hijacked (a coroutine resumed here).
+    let Some(state) = thread_state::existing() else {
+        return hijacked::returned_elsewhere(slot_addr).unwrap_or_else(|| no_return_address());
+    };
     crate::abandoned::forget_left_hit_path(state, slot_addr + 8);
     // On the program's alternate stack, the hit path moves to a stack of dprobe's.
     hit_stack::off_alternate_stack(state, slot_addr + 8, || returned_here(state, frame, slot_addr))
@@ -727,9 +738,11 @@ fn returned_here(state: &'static ThreadState, frame: &mut TrampolineFrame, slot_
     })
 }
 
-/// No pending entry for this return: find the address among the reclaimed ones. Not finding
-/// it means dprobe lost a return address it hijacked, which must never happen; the program
-/// cannot continue correctly, so it stops here with a message rather than jump anywhere.
+/// No pending entry for this return: find the address among the reclaimed ones, or among
+/// those other threads' entries replaced (a coroutine suspended in a probed function there,
+/// resumed here: `hijacked.rs`). Not finding it means dprobe lost a return address it
+/// hijacked, which must never happen; the program cannot continue correctly, so it stops
+/// here with a message rather than jump anywhere.
 fn from_grave(t: &ThreadReturns, slot_addr: u64) -> u64 {
     let n = t.grave_next.get();
     for k in (n.saturating_sub(GRAVE)..n).rev() {
@@ -739,7 +752,7 @@ fn from_grave(t: &ThreadReturns, slot_addr: u64) -> u64 {
             return ret.get();
         }
     }
-    no_return_address()
+    hijacked::returned_elsewhere(slot_addr).unwrap_or_else(|| no_return_address())
 }
 
 /// dprobe lost a return address it hijacked: stop here with a message rather than jump anywhere.
@@ -765,13 +778,14 @@ pub fn real_return_address(addr: u64, sp: u64) -> u64 {
     }
     // With several return probes on one function the slot was hijacked several times: the
     // later entries saved the trampoline's address, the first one the real address.
-    let Some(state) = thread_state::existing() else { return addr };
+    let elsewhere = || hijacked::address_of(sp).unwrap_or(addr);
+    let Some(state) = thread_state::existing() else { return elsewhere() };
     let t = &state.returns;
     (0..t.stack.depth())
         .rev()
         .map(|i| t.stack.get(i))
         .find(|e| e.sp.get() == sp && e.ret.get() != addr)
-        .map_or(addr, |e| e.ret.get())
+        .map_or_else(elsewhere, |e| e.ret.get())
 }
 
 /// Put back every return address this thread has hijacked (an unwinder is about to walk the

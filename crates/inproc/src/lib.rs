@@ -64,6 +64,7 @@ mod file_code;
 mod file_page;
 mod guard;
 mod handler_masks;
+mod hijacked;
 mod hit_stack;
 mod instances;
 mod interrupted;

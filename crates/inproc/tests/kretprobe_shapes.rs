@@ -83,6 +83,29 @@ fn coroutines_switching_stacks_with_calls_pending_on_each_return_exactly() {
 }
 
 #[test]
+fn a_coroutine_resumed_on_another_thread_returns_there_through_the_trampoline() {
+    // Suspended 50 frames deep on this thread, resumed on a new one: each frame returns
+    // there, through the trampoline, to its real caller. Its entry is this thread's (the
+    // instance too): the return is not seen, and the entry is dropped as stale once this
+    // thread's next call on that stack finds the frame gone. (At the exits nothing is
+    // replaced: a return there is simply not paired.)
+    static WRONG: AtomicU64 = AtomicU64::new(0);
+    let p = checked(c::fxc_mig_rec as *const (), |n| n, &WRONG, true);
+    let (rounds, depth) = (20, 50);
+    // SAFETY: the fixture maps its coroutine's stack and unmaps it when done; its threads are
+    // joined.
+    assert_eq!(unsafe { c::fxc_co_migrate(rounds, depth) }, rounds * depth);
+    let st = p.stats();
+    let calls = (rounds * (depth + 1)) as u64;
+    assert_eq!(
+        (st.hits, st.returns, st.missed, st.abandoned + p.pending()),
+        (calls, 0, 0, calls),
+        "{:?}: {st:?}",
+        p.return_mode()
+    );
+}
+
+#[test]
 fn an_alternate_signal_stack_above_the_interrupted_frames_keeps_their_return() {
     static WRONG: AtomicU64 = AtomicU64::new(0);
     let outer = checked(c::fxc_alt_outer as *const (), |x| 5 * x + 1, &WRONG, false);

@@ -1,5 +1,6 @@
 /* Functions dprobe's return-probe and typed-entry tests probe. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <setjmp.h>
 #include <stddef.h>
 #include <sys/mman.h>
@@ -229,4 +230,47 @@ long fxc_coroutines(long rounds, long depth, int higher) {
     munmap(a - 4096, size + 4096);
     munmap(b - 4096, size + 4096);
     return co_result[0] * 1000 + co_result[1];
+}
+
+/* A coroutine (ucontext) that recurses `depth` deep with fxc_mig_rec, whose bottom suspends it
+ * back to the calling thread, and is then resumed by a new thread, on which every frame
+ * returns. fxc_mig_rec(n) = n; fxc_co_migrate returns rounds * depth, or -1 when a stack or a
+ * thread could not be made. */
+long fxc_mig_rec(long n);
+static long (*volatile mig_again)(long) = fxc_mig_rec;
+static ucontext_t mig_home, mig_ctx, mig_other;
+static long mig_depth, mig_result;
+__attribute__((noinline, noipa)) long fxc_mig_rec(long n) {
+    if (n == 0) {
+        swapcontext(&mig_ctx, &mig_home);
+        return 0;
+    }
+    return mig_again(n - 1) + 1;
+}
+static void mig_body(void) { mig_result += fxc_mig_rec(mig_depth); }
+static void *mig_resume(void *arg) {
+    (void)arg;
+    swapcontext(&mig_other, &mig_ctx);
+    return NULL;
+}
+long fxc_co_migrate(long rounds, long depth) {
+    const size_t size = 256 * 1024;
+    char *stack = co_stack(size);
+    if (!stack)
+        return -1;
+    mig_depth = depth;
+    mig_result = 0;
+    for (long i = 0; i < rounds; i++) {
+        getcontext(&mig_ctx);
+        mig_ctx.uc_stack.ss_sp = stack;
+        mig_ctx.uc_stack.ss_size = size;
+        mig_ctx.uc_link = &mig_other;
+        makecontext(&mig_ctx, (void (*)(void))mig_body, 0);
+        swapcontext(&mig_home, &mig_ctx);
+        pthread_t t;
+        if (pthread_create(&t, NULL, mig_resume, NULL) || pthread_join(t, NULL))
+            return -1;
+    }
+    munmap(stack - 4096, size + 4096);
+    return mig_result;
 }

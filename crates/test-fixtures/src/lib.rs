@@ -43,6 +43,8 @@ extern "C" {
     pub fn fxc_deep_victim(n: i64) -> i64;
     pub fn fxc_co_rec(n: i64) -> i64;
     pub fn fxc_coroutines(rounds: i64, depth: i64, higher: i32) -> i64;
+    pub fn fxc_mig_rec(n: i64) -> i64;
+    pub fn fxc_co_migrate(rounds: i64, depth: i64) -> i64;
     pub fn fxc_deep_jump_out(n: i64) -> i64;
     pub fn fxcpp_deep_thrower(n: i64, depth: i64) -> i64;
     pub fn fxcpp_deep_catch(n: i64) -> i64;
