@@ -267,3 +267,75 @@ fn a_trap_handler_is_the_programs_after_a_child_that_shares_its_memory_reset_its
 fn a_sigtrap_ignored_across_exec_stays_ignored_through_the_hits() {
     assert_eq!(started("exec-ignored"), ("kept=1 traps=0\n".to_owned(), 1000));
 }
+
+/// A program with a `SIGTRAP` handler raises one every millisecond while four threads that
+/// block every signal call a probed function; dprobe attaches to it 15 times for 30 ms.
+const UNDER_LOAD: &str = r#"
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static atomic_long traps;
+static volatile int stop;
+static void on_trap(int s) { (void)s; traps++; }
+__attribute__((noinline)) long step(long x) { __asm__ volatile("" ::: "memory"); return x + 1; }
+static void *worker(void *a) {
+    (void)a;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, 0);
+    long x = 0;
+    while (!stop) { x = step(x); usleep(100); }
+    return 0;
+}
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_trap;
+    sigaction(SIGTRAP, &sa, 0);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, worker, 0);
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < 3000; i++) { raise(SIGTRAP); usleep(1000); }
+    stop = 1;
+    for (int i = 0; i < 4; i++) pthread_join(t[i], 0);
+    struct sigaction now;
+    sigaction(SIGTRAP, 0, &now);
+    printf("traps %ld kept %d\n", (long)traps, now.sa_handler == on_trap);
+    return 0;
+}
+"#;
+
+/// Each trap in a thread that blocks `SIGTRAP` would set the action to the default, and the
+/// program's own `SIGTRAP` could come before it is put back: the threads trap with it open.
+#[test]
+fn a_trap_handler_sees_every_trap_through_attaches_while_blocking_threads_hit_probes() {
+    let program = c_program_from("trap-action-under-load", UNDER_LOAD, &["-O1", "-pthread"]);
+    let mut running = Running(Command::new(program).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap());
+    let child = &mut running.0;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id().to_string();
+    let spec = format!("{program}:step");
+    for round in 0..15 {
+        let o = dprobe_command()
+            .args(["trace", "--engine", "ptrace", "--count", "-d", "30ms", "-o", "/dev/null", "-p", &pid])
+            .arg(&spec)
+            .output()
+            .unwrap();
+        if o.status.code() != Some(0) {
+            // The program ended (it may have been killed): what it says below tells.
+            assert!(round > 0, "{}", String::from_utf8_lossy(&o.stderr));
+            break;
+        }
+    }
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!((rest.as_str(), status.code()), ("traps 3000 kept 1\n", Some(0)), "{status:?}");
+}

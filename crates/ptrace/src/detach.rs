@@ -96,6 +96,7 @@ impl Tracee {
             // The last call made for the tracer: no trap of dprobe's comes after it.
             self.put_trap_action_back(tid);
         }
+        self.close_traps();
         for (tid, thread) in std::mem::take(&mut self.threads) {
             match self.let_thread_go(tid, thread.signal(), thread.state == State::Stopped(Stop::Group)) {
                 Ok(()) => {}
@@ -131,6 +132,7 @@ impl Tracee {
         if let Some(tid) = plain.map(|(tid, _)| *tid) {
             self.put_trap_action_back(tid);
         }
+        self.close_traps();
         let mut running = BTreeSet::new();
         for (tid, thread) in std::mem::take(&mut self.threads) {
             if thread.is_stopped() {

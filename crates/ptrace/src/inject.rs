@@ -174,22 +174,16 @@ pub(crate) fn inject_syscall_between_stops(
 ) -> Result<u64, TraceError> {
     let at = syscall_insn(memory)?;
     let saved = sys::get_regs(tid)?;
-    let mask = sys::sigmask(tid)?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
     r.rip = at.0;
+    sys::set_regs(tid, &r)?;
     let mut held = Vec::new();
-    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
-    let result = sys::set_regs(tid, &r).map_err(TraceError::from).and_then(|()| {
-        to_syscall_stop(tid, &mut held)?;
-        to_syscall_stop(tid, &mut held)?;
-        Ok(sys::get_regs(tid)?.rax)
-    });
+    let result = to_syscall_stops_keeping(tid, 2, &mut held).and_then(|()| Ok(sys::get_regs(tid)?.rax));
     if let Err(e @ TraceError::Gone { .. }) = result {
         return Err(e);
     }
     sys::set_regs(tid, &restarting(saved))?;
-    sys::set_sigmask(tid, mask)?;
     release(memory.pid(), tid, &held)?;
     result
 }
@@ -198,16 +192,30 @@ pub(crate) fn inject_syscall_between_stops(
 /// a fork), to the call's exit stop without a trap (see [`inject_syscall_between_stops`]),
 /// where it may make a call for the tracer.
 pub(crate) fn finish_call(pid: i32, tid: i32) -> Result<(), TraceError> {
-    let mask = sys::sigmask(tid)?;
-    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
     let mut held = Vec::new();
-    let finished = to_syscall_stop(tid, &mut held);
+    let finished = to_syscall_stops_keeping(tid, 1, &mut held);
     if let Err(e @ TraceError::Gone { .. }) = finished {
         return Err(e);
     }
-    sys::set_sigmask(tid, mask)?;
     release(pid, tid, &held)?;
     finished
+}
+
+/// [`to_syscall_stop`], `times` times, for stopped thread `tid`, which blocks the signals
+/// kept meanwhile (see `kept`): its mask is put back after, unless it is gone.
+pub(crate) fn to_syscall_stops_keeping(
+    tid: i32,
+    times: usize,
+    held: &mut Vec<libc::siginfo_t>,
+) -> Result<(), TraceError> {
+    let mask = sys::sigmask(tid)?;
+    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
+    let reached = (0..times).try_for_each(|_| to_syscall_stop(tid, held));
+    if let Err(e @ TraceError::Gone { .. }) = reached {
+        return Err(e);
+    }
+    sys::set_sigmask(tid, mask)?;
+    reached
 }
 
 /// Registers `r` of a thread held at a stop with no signal, as the kernel makes them when it
@@ -237,7 +245,7 @@ const MAX_OTHER_STOPS: usize = 16;
 /// system-call stop (the entry of its next call, or the exit of the one it is in). Signals
 /// that come on the way stay pending; those that cannot (`SIGSTOP`, a `SIGTRAP` of the
 /// program's) are added to `held`.
-pub(crate) fn to_syscall_stop(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
+fn to_syscall_stop(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
     let mut others = 0;
     let mut resume_with = 0;
     while held.len() < MAX_SIGNALS_TO_A_CALL && others < MAX_OTHER_STOPS {

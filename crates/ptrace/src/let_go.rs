@@ -22,7 +22,6 @@
 use std::time::{Duration, Instant};
 
 use crate::error::TraceError;
-use crate::kept;
 use crate::library::{Injector, LoadError};
 use crate::sys;
 
@@ -106,16 +105,7 @@ pub(crate) fn pass_on(tid: i32, status: i32) -> bool {
 /// as it would have been; those that cannot (`SIGSTOP`, a `SIGTRAP` of the program's) are
 /// added to `held`.
 fn enter_call(tid: i32, held: &mut Vec<libc::siginfo_t>) -> Result<(), TraceError> {
-    let mask = sys::sigmask(tid)?;
-    sys::set_sigmask(tid, mask | kept::KEPT_DURING_STEPS)?;
-    let entered = crate::inject::to_syscall_stop(tid, held);
-    match entered {
-        Err(e @ TraceError::Gone { .. }) => Err(e),
-        other => {
-            sys::set_sigmask(tid, mask)?;
-            other
-        }
-    }
+    crate::inject::to_syscall_stops_keeping(tid, 1, held)
 }
 
 /// The thread tracing thread `tid` of process `pid` (0 for none; `None` when it is gone).

@@ -245,6 +245,7 @@ impl Tracee {
             0 => {
                 if self.trap_pending(tid)? {
                     // Our trap comes next (see above): deliver this one first.
+                    let signal = self.deliverable(tid, signal)?;
                     sys::cont(tid, signal)?;
                     return Ok(None);
                 }
@@ -270,7 +271,7 @@ impl Tracee {
             0 if signal == libc::SIGSTOP => return Ok(Some(Stop::Signal(0))),
             libc::PTRACE_EVENT_EXIT => return self.let_exiting_go(tid).map(|()| None),
             0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => 0,
-            0 => signal,
+            0 => self.deliverable(tid, signal)?,
             event => {
                 self.on_new_task(tid, event)?;
                 0
@@ -336,7 +337,7 @@ impl Tracee {
     pub(crate) fn take_our_trap(&mut self, tid: i32) -> Result<bool, TraceError> {
         let mut r = sys::get_regs(tid)?;
         let Some(at) = self.past_our_int3(r.rip) else { return Ok(false) };
-        self.block_trap_again(tid)?;
+        self.trap_taken(tid)?;
         if Some(at) == self.xol.trampoline_addr() {
             self.on_return_trap(tid, &mut r, false)?;
         } else {

@@ -179,12 +179,12 @@ impl Tracee {
         if tracee.threads.is_empty() {
             return Err(TraceError::Attach { pid, reason: "it exited".into() });
         }
-        tracee.note_trap_masks();
         if tracee.trap_action_unknown() {
             if let Ok(tid) = tracee.a_stopped_thread() {
                 tracee.note_trap_action(tid);
             }
         }
+        tracee.note_trap_masks();
         Ok(tracee)
     }
 
@@ -311,6 +311,17 @@ impl Tracee {
             })
             .collect();
         for (tid, stop) in held {
+            let stop = match stop {
+                Stop::Signal(signal) => match self.deliverable(tid, signal) {
+                    Ok(signal) => Stop::Signal(signal),
+                    Err(TraceError::Gone { .. }) => {
+                        self.set_running(tid);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                other => other,
+            };
             match resume(tid, stop) {
                 Ok(()) | Err(TraceError::Gone { .. }) => self.set_running(tid),
                 Err(e) => return Err(e),
@@ -396,6 +407,7 @@ impl Tracee {
                 // A seized thread's first stop, or a group-stop: a stopped program stays
                 // stopped (`PTRACE_LISTEN`) until it is continued.
                 self.threads.entry(tid).or_insert(Thread::running());
+                self.open_trap(tid)?;
                 if self.seized && is_stop_signal(signal) {
                     sys::listen(tid)?;
                 } else {
@@ -413,14 +425,13 @@ impl Tracee {
         let thread = self.threads.entry(tid).or_insert(Thread { state: starting });
         if signal == libc::SIGSTOP && thread.state == State::Starting {
             thread.state = State::Running;
+            self.open_trap(tid)?;
             sys::cont(tid, 0)?;
             return Ok(None);
         }
         if signal == libc::SIGTRAP {
-            let mut deliver = self.on_trap(tid)?;
-            if deliver == libc::SIGTRAP {
-                deliver = self.own_trap(tid)?;
-            }
+            let deliver = self.on_trap(tid)?;
+            let deliver = self.deliverable(tid, deliver)?;
             if self.start.reached.is_none_or(|(held, _)| held != tid) {
                 sys::cont(tid, deliver)?;
             }
@@ -453,7 +464,7 @@ impl Tracee {
         let mut r = sys::get_regs(tid)?;
         let key = Addr(r.rip.wrapping_sub(1));
         if Some(key) == self.xol.trampoline_addr() || self.sites.contains_key(&key) {
-            self.block_trap_again(tid)?;
+            self.trap_taken(tid)?;
         }
         if Some(key) == self.xol.trampoline_addr() {
             self.unwinding_over(tid);

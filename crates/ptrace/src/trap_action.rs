@@ -5,8 +5,9 @@
 //! the stop (`force_sig_info_to_task`); only the handler changes, the flags, mask and
 //! restorer stay. The program's own handler, or its `SIG_IGN`, would be gone, and its next
 //! `SIGTRAP` (a `raise`, a debugger's or a JIT's `int3`) would kill it, during the trace or
-//! after it. (`trap_mask.rs` blocks the signal again; an action cannot be read back once
-//! replaced.)
+//! after it. (`trap_mask.rs` opens the signal in the threads that block it, which then reset
+//! nothing; a thread that blocks it later, or a handler of `SIGTRAP` itself, still traps with
+//! it blocked.)
 //!
 //! So the action is noted while it is known to be the program's, and put back where it
 //! matters: before one of the program's own `SIGTRAP`s is delivered, and as the tracer lets
@@ -117,8 +118,8 @@ const LIBC_SIGACTION: &str = "__libc_sigaction";
 pub(crate) struct TrapAction {
     /// The action when it is not the default, as last known.
     noted: Option<Action>,
-    /// Where the probe on `__libc_sigaction` is, once placed.
-    watch: Option<Addr>,
+    /// Whether the probe on `__libc_sigaction` is placed.
+    watched: bool,
 }
 
 impl Tracee {
@@ -160,7 +161,7 @@ impl Tracee {
     pub(crate) fn trap_action_after_exec(&mut self) {
         let (ignored, _) = sys::disposition(self.pid, libc::SIGTRAP);
         let noted = ignored.then_some(Action { handler: SIG_IGN, ..Action::default() });
-        self.trap_action = TrapAction { noted, watch: None };
+        self.trap_action = TrapAction { noted, watched: false };
     }
 
     /// Place dprobe's probe on the C library's `__libc_sigaction` (through held thread
@@ -168,7 +169,7 @@ impl Tracee {
     /// then noted as it is set. Best effort: without it, the action is read at the moments
     /// the module's comment lists.
     pub(crate) fn watch_sigaction(&mut self, tid: i32, maps: &[Mapping], symbols: &Symbols) {
-        if self.trap_action.watch.is_some() {
+        if self.trap_action.watched {
             return;
         }
         let libc = |f: &&Function| f.name == LIBC_SIGACTION && f.object_file_name().starts_with("libc.");
@@ -177,7 +178,7 @@ impl Tracee {
             return;
         }
         self.sites.get_mut(&f.start).expect("placed").sigaction_watch = true;
-        self.trap_action.watch = Some(f.start);
+        self.trap_action.watched = true;
     }
 
     /// The program calls `__libc_sigaction(signal, act, ...)` (dprobe's probe on its entry):
@@ -194,6 +195,12 @@ impl Tracee {
         }
     }
 
+    /// The C library's signal-frame restorer, as the noted action has it (not known for an
+    /// action seen at its `sigaction` call).
+    pub(crate) fn trap_restorer(&self) -> Option<u64> {
+        self.trap_action.noted.map(|a| a.restorer).filter(|&r| r != 0)
+    }
+
     /// A child forked from this process has its action.
     pub(crate) fn trap_action_of_parent(&mut self, parent: &Tracee) {
         self.trap_action = parent.trap_action;
@@ -208,13 +215,27 @@ impl Tracee {
         }
     }
 
+    /// Thread `tid` is in the delivery stop of `signal`, the program's own: the signal to
+    /// resume it with (see [`Tracee::own_trap`] for a `SIGTRAP`).
+    pub(crate) fn deliverable(&mut self, tid: i32, signal: i32) -> Result<i32, TraceError> {
+        match signal {
+            libc::SIGTRAP if self.blocks_trap(tid) => self.keep_trap_pending(tid).map(|()| signal),
+            libc::SIGTRAP => self.own_trap(tid),
+            other => Ok(other),
+        }
+    }
+
     /// Thread `tid` is in the delivery stop of a `SIGTRAP` of the program's own: the
     /// program's action is put back first (the kernel delivers with the action it finds
     /// then). Returns the signal to resume it with: none where the program ignores it (the
     /// call made for it leaves no delivery stop, and an ignored signal does nothing); else
     /// the `SIGTRAP`, delivered from the stop the call left, with its information set back.
-    pub(crate) fn own_trap(&mut self, tid: i32) -> Result<i32, TraceError> {
+    fn own_trap(&mut self, tid: i32) -> Result<i32, TraceError> {
         let Some(noted) = self.trap_action.noted else { return Ok(libc::SIGTRAP) };
+        if self.process_of(tid) != self.pid {
+            // A child sharing the memory: its actions are its own.
+            return Ok(libc::SIGTRAP);
+        }
         if noted.handler == SIG_IGN {
             self.put_trap_action_back(tid);
             return Ok(0);

@@ -1,49 +1,131 @@
-//! A thread that blocks `SIGTRAP` keeps it blocked through dprobe's traps.
+//! A thread that blocks `SIGTRAP` traps with it open while traced, and has it blocked again
+//! when let go.
 //!
 //! The kernel cannot deliver a trap's `SIGTRAP` to a thread that blocks it: before the tracer
-//! sees the stop, it unblocks the signal in that thread (and sets its action to the default).
-//! A thread that blocks `SIGTRAP` (one that blocks every signal: dprobe attaches with this
-//! engine for such a program, the agent's traps could not be delivered there) would find it
-//! unblocked after each of dprobe's traps, and a `SIGTRAP` of its own later (a `raise`, after
-//! dprobe has gone) would kill the program instead of staying pending. So each thread's mask
-//! is noted as the tracer attaches, and after each of dprobe's traps in a thread that blocked
-//! `SIGTRAP` then, the signal is blocked again, if the rest of its mask is still as noted
-//! (otherwise the program changed its mask since, and what it wants for `SIGTRAP` is not
-//! known). The action, which the kernel sets to the default there too, is `trap_action.rs`'s.
+//! sees the stop, it unblocks the signal in that thread and sets its action to the default,
+//! for the whole process (`force_sig_info_to_task`). A program's own `SIGTRAP` handler would
+//! be gone at each of dprobe's traps in such a thread (a thread that blocks every signal, as
+//! worker threads of many servers do), and the program's next `SIGTRAP` could come between the
+//! action put back (`trap_action.rs`) and another such trap. So each thread that blocks
+//! `SIGTRAP` when the tracer attaches (every thread held), or at a stop before its first trap
+//! (a new thread's first stop), has it unblocked, its mask noted; its traps then change
+//! nothing.
+//!
+//! What the program sees of it while traced: a `SIGTRAP` it sends such a thread is blocked
+//! again and given back to the kernel, which queues it as pending, as untraced (the thread's
+//! mask is then its own again, and blocked again after each of dprobe's traps there, which
+//! open it); a thread that asks for its mask sees `SIGTRAP` open. When the
+//! tracer lets it go, the signal is blocked again in each such thread whose mask is otherwise
+//! as noted (one whose program changed its mask since wants what it set), so that a `SIGTRAP`
+//! of its own later stays pending instead of killing it.
 
 use std::collections::BTreeMap;
+
+use dprobe_arch::Memory;
 
 use crate::error::TraceError;
 use crate::kept::bit;
 use crate::sys;
 use crate::tracee::Tracee;
 
-/// The threads that blocked `SIGTRAP` when the tracer attached, with their masks then.
+/// The threads that blocked `SIGTRAP`, with their masks then.
 #[derive(Debug, Default)]
-pub(crate) struct TrapMasks(BTreeMap<i32, u64>);
+pub(crate) struct TrapMasks(BTreeMap<i32, Noted>);
+
+#[derive(Debug, Clone, Copy)]
+struct Noted {
+    /// The mask, `SIGTRAP` blocked.
+    mask: u64,
+    /// Whether `SIGTRAP` is blocked again, a signal of the program's pending.
+    closed: bool,
+}
 
 impl Tracee {
-    /// Note the masks of the threads just attached, where they block `SIGTRAP`.
+    /// Open `SIGTRAP` in the threads just attached that block it, noting their masks; not in
+    /// one that runs a signal handler, whose mask is the handler's for a while (its frame's
+    /// return address, the C library's restorer, is on its stack; known where the program's
+    /// `SIGTRAP` action is).
     pub(crate) fn note_trap_masks(&mut self) {
-        for &tid in self.threads.keys() {
-            if let Ok(mask) = sys::sigmask(tid) {
-                if mask & bit(libc::SIGTRAP) != 0 {
-                    self.trap_masks.0.insert(tid, mask);
-                }
-            }
+        for tid in self.threads.keys().copied().collect::<Vec<_>>() {
+            let _ = self.open_trap(tid);
         }
     }
 
-    /// After one of dprobe's traps in stopped thread `tid` (a hit, or a trap consumed while
-    /// every thread is being stopped): `SIGTRAP` blocked again where the thread blocked it
-    /// when attached and its mask is otherwise as it was then.
-    pub(crate) fn block_trap_again(&mut self, tid: i32) -> Result<(), TraceError> {
-        let Some(&noted) = self.trap_masks.0.get(&tid) else { return Ok(()) };
-        let now = sys::sigmask(tid)?;
-        if now & bit(libc::SIGTRAP) == 0 && now | bit(libc::SIGTRAP) == noted {
-            sys::set_sigmask(tid, noted)?;
+    /// Whether stopped thread `tid`'s stack holds return address `restorer` above its stack
+    /// pointer (within 64 KiB): a signal frame, under a handler that runs.
+    fn in_a_handler(&mut self, tid: i32, restorer: u64) -> bool {
+        const SCAN: u64 = 64 << 10;
+        let Ok(r) = sys::get_regs(tid) else { return false };
+        let mut page = [0u8; 4096];
+        let mut at = r.rsp & !7;
+        let end = at.saturating_add(SCAN);
+        while at < end {
+            // To the end of its page: the stack's top is a page's end.
+            let len = (4096 - (at & 4095)) as usize;
+            if self.memory.read(dprobe_arch::Addr(at), &mut page[..len]).is_err() {
+                return false;
+            }
+            if page[..len].chunks_exact(8).any(|w| u64::from_le_bytes(w.try_into().unwrap()) == restorer) {
+                return true;
+            }
+            at += len as u64;
+        }
+        false
+    }
+
+    /// Open `SIGTRAP` in stopped thread `tid` if it blocks it (a new thread, at its first
+    /// stop) and runs no handler (see [`Tracee::note_trap_masks`]), noting its mask.
+    pub(crate) fn open_trap(&mut self, tid: i32) -> Result<(), TraceError> {
+        let mask = sys::sigmask(tid)?;
+        if mask & bit(libc::SIGTRAP) == 0 || self.trap_masks.0.contains_key(&tid) {
+            return Ok(());
+        }
+        if !self.trap_restorer().is_some_and(|r| self.in_a_handler(tid, r)) {
+            sys::set_sigmask(tid, mask & !bit(libc::SIGTRAP))?;
+            self.trap_masks.0.insert(tid, Noted { mask, closed: false });
         }
         Ok(())
+    }
+
+    /// Whether thread `tid` blocks `SIGTRAP` as far as its program knows (its mask noted,
+    /// `SIGTRAP` opened by dprobe).
+    pub(crate) fn blocks_trap(&self, tid: i32) -> bool {
+        self.trap_masks.0.contains_key(&tid)
+    }
+
+    /// Thread `tid`, whose program blocks `SIGTRAP`, is in the delivery stop of a `SIGTRAP`
+    /// sent to it: blocked again, the signal is queued again by the kernel as the thread
+    /// resumes with it, pending as untraced. Its mask is its program's again.
+    pub(crate) fn keep_trap_pending(&mut self, tid: i32) -> Result<(), TraceError> {
+        if let Some(noted) = self.trap_masks.0.get_mut(&tid) {
+            noted.closed = true;
+        }
+        Ok(sys::set_sigmask(tid, sys::sigmask(tid)? | bit(libc::SIGTRAP))?)
+    }
+
+    /// After one of dprobe's traps in stopped thread `tid` (a hit, or a trap consumed while
+    /// every thread is being stopped): where `SIGTRAP` was blocked again for a pending signal,
+    /// the kernel opened it; blocked again.
+    pub(crate) fn trap_taken(&mut self, tid: i32) -> Result<(), TraceError> {
+        if self.trap_masks.0.get(&tid).is_some_and(|n| n.closed) {
+            sys::set_sigmask(tid, sys::sigmask(tid)? | bit(libc::SIGTRAP))?;
+        }
+        Ok(())
+    }
+
+    /// Block `SIGTRAP` again in the stopped threads it was opened in, whose masks are
+    /// otherwise as noted: the program is let go.
+    pub(crate) fn close_traps(&mut self) {
+        for (tid, noted) in std::mem::take(&mut self.trap_masks.0) {
+            if noted.closed || !self.threads.get(&tid).is_some_and(|t| t.is_stopped()) {
+                continue;
+            }
+            if let Ok(now) = sys::sigmask(tid) {
+                if now & bit(libc::SIGTRAP) == 0 && now | bit(libc::SIGTRAP) == noted.mask {
+                    let _ = sys::set_sigmask(tid, noted.mask);
+                }
+            }
+        }
     }
 
     /// Thread `tid` is gone: its number may come back as another thread's.
