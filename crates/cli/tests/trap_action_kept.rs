@@ -339,3 +339,23 @@ fn a_trap_handler_sees_every_trap_through_attaches_while_blocking_threads_hit_pr
     let status = child.wait().unwrap();
     assert_eq!((rest.as_str(), status.code()), ("traps 3000 kept 1\n", Some(0)), "{status:?}");
 }
+
+/// The same program started under dprobe: its threads block `SIGTRAP` after they start, so
+/// each one's first trap sets the action to the default, and the program's next `SIGTRAP`
+/// finds it put back (the action stays noted through the threads' creation).
+#[test]
+fn a_trap_handler_sees_every_trap_of_a_started_program_whose_threads_block_it_later() {
+    let program = c_program_from("trap-action-under-load", UNDER_LOAD, &["-O1", "-pthread"]);
+    let spec = format!("{program}:step");
+    let o = dprobe_command()
+        .args(["trace", "--engine", "ptrace", "--count", "-o", "/dev/null", &spec, "--", program])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        (stdout.as_ref(), o.status.code()),
+        ("ready\ntraps 3000 kept 1\n", Some(0)),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

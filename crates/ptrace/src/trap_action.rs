@@ -123,13 +123,14 @@ pub(crate) struct TrapAction {
 }
 
 impl Tracee {
-    /// Whether `/proc` says the program's `SIGTRAP` action is not the default, and no action
-    /// of that kind is noted: [`Tracee::note_trap_action`] is then to read it.
+    /// Whether `/proc` says the program's `SIGTRAP` action is of another kind than the one
+    /// noted (ignored, caught): [`Tracee::note_trap_action`] is then to read it. The default,
+    /// where an action is noted, is what a trap leaves of it: it stays noted.
     pub(crate) fn trap_action_unknown(&self) -> bool {
         let (ignored, caught) = sys::disposition(self.pid, libc::SIGTRAP);
         match self.trap_action.noted.map(|a| a.handler) {
-            Some(SIG_IGN) => !ignored,
-            Some(_) => !caught,
+            Some(SIG_IGN) => caught,
+            Some(_) => ignored,
             None => ignored || caught,
         }
     }
