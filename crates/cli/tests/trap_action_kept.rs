@@ -160,11 +160,12 @@ impl Drop for Running {
     }
 }
 
-/// Attach to the program in `mode` for 300 ms, then let it end: what it printed last.
-fn attached_then_let_go(mode: &str, expected: &str) {
+/// Attach to the program in `mode` for 300 ms, then let it end (`end`, given the process)
+/// and check what it printed last.
+fn attached_then_let_go(mode: &str, end: fn(&mut std::process::Child), expected: &str) {
     let program = program();
     let mut running =
-        Running(Command::new(program).arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap());
+        Running(Command::new(program).arg(mode).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
     let child = &mut running.0;
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -181,53 +182,37 @@ fn attached_then_let_go(mode: &str, expected: &str) {
     let summary = std::fs::read_to_string(&file).unwrap_or_default();
     assert_eq!(o.status.code(), Some(0), "{}\n{summary}", String::from_utf8_lossy(&o.stderr));
     assert!(hits(&summary, &spec) > 0, "{summary}");
-    // SAFETY: signals our own child, which waits for SIGUSR1.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    end(child);
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
     assert_eq!((rest.as_str(), status.code()), (expected, Some(0)), "{status:?}");
 }
 
+/// The program waits for `SIGUSR1`.
+fn send_usr1(child: &mut std::process::Child) {
+    // SAFETY: signals our own child, which waits for SIGUSR1.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+}
+
 #[test]
 fn a_handler_of_a_program_whose_thread_blocks_sigtrap_is_back_after_an_attach() {
-    attached_then_let_go("attach-handled", "kept=1 traps=1\n");
+    attached_then_let_go("attach-handled", send_usr1, "kept=1 traps=1\n");
 }
 
 #[test]
 fn an_ignored_sigtrap_is_ignored_again_after_an_attach() {
-    attached_then_let_go("attach-ignored", "kept=1 traps=0\n");
+    attached_then_let_go("attach-ignored", send_usr1, "kept=1 traps=0\n");
 }
 
 /// The call that puts the action back is made by a thread taken out of its `read`, which must
 /// go back into it as if never taken out.
 #[test]
 fn an_ignored_sigtrap_is_put_back_through_a_thread_waiting_in_a_restarted_call() {
-    let program = program();
-    let mut running = Running(
-        Command::new(program).arg("attach-reading").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
-    );
-    let child = &mut running.0;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    let pid = child.id().to_string();
-    let file = out_file("trap-action-attach-reading.trace");
-    let spec = format!("{program}:step");
-    let o = dprobe_command()
-        .args(["trace", "--engine", "ptrace", "--count", "-d", "300ms", "-o", file.to_str().unwrap(), "-p", &pid])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    let summary = std::fs::read_to_string(&file).unwrap_or_default();
-    assert_eq!(o.status.code(), Some(0), "{}\n{summary}", String::from_utf8_lossy(&o.stderr));
-    assert!(hits(&summary, &spec) > 0, "{summary}");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"x").unwrap();
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!((rest.as_str(), status.code()), ("kept=1 traps=0\n", Some(0)), "{status:?}");
+    let write_x = |child: &mut std::process::Child| {
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"x").unwrap();
+    };
+    attached_then_let_go("attach-reading", write_x, "kept=1 traps=0\n");
 }
 
 /// Start the program in `mode` under dprobe: its output, and the hits of `step`.
