@@ -18,19 +18,21 @@
 //!   through which `sigaction`, `signal` and `sigset` go, placed with the first probe, reads
 //!   the action from the call's argument (a handler that calls a probed function, and so
 //!   traps with `SIGTRAP` blocked, is the common case);
-//! - at each new thread or child, read where `/proc` says caught or ignored and no such
-//!   action is noted (a raw `rt_sigaction` before a thread that blocks every signal);
+//! - at each new thread or child, read where `/proc` says caught or ignored and no action of
+//!   that kind is noted (a raw `rt_sigaction` before a thread that blocks every signal);
 //! - a forked child has its parent's.
 //!
 //! An action set by a raw system call and replaced at a trap before any thread is created is
 //! not known. It is put back only where the action now is what a trap leaves of the noted one
-//! (the default handler, the same flags and mask), with the handler back. Anything else is the
-//! program's own doing since, and is left alone. Reading and setting it takes a system call of the
-//! program's thread made between system-call stops, not in a single step: the step's own trap
-//! would set an ignored action to the default again (a handler is set in a step before the
-//! program's own trap, whose delivery the step's stop then carries). Putting it back after every trap would
-//! cost two such calls per hit; a program that reads its own action while traced sees the
-//! default after a trap.
+//! (the default handler, the same flags and mask), with the handler back. Anything else is
+//! the program's own doing since, and is left alone.
+//!
+//! Reading and setting it takes a system call of the program's thread, made between
+//! system-call stops, not in a single step: the step's own trap would set an ignored action
+//! to the default again. (A handler is set in a step before the program's own trap, whose
+//! delivery the step's stop then carries.) Putting it back after every trap would cost two
+//! such calls per hit: a program that reads its own action while traced sees the default
+//! after a trap.
 //!
 //! Not covered: a vfork child's copy of the action (the child executes a new program or
 //! exits; an ignored action it carries into the new program is lost).
