@@ -221,34 +221,46 @@ fn thread_names(pid: u32) -> Vec<String> {
     tasks.filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok()).map(|n| n.trim().to_owned()).collect()
 }
 
+/// `dprobe trace --engine agent -d DURATION -c -p PID PROBE`, with `look` given process `pid`'s
+/// descriptors every 5 ms while the agent's thread is there; what dprobe printed on stderr.
+fn looked_at_through_a_session(
+    pid: u32,
+    duration: &str,
+    probe: &str,
+    mut look: impl FnMut(&[(u32, String)]),
+) -> String {
+    let mut dprobe = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--engine", "agent", "-d", duration, "-c", "-p", &pid.to_string(), probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while dprobe.try_wait().unwrap().is_none() {
+        if thread_names(pid).iter().any(|n| n == "dprobe-agent") {
+            look(&descriptors(pid));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap()
+}
+
 #[test]
 fn a_traced_process_holds_no_descriptor_of_the_agents_but_the_memory_file_it_is_loaded_from() {
     let probe = "ready-then-work:work";
     let (mut child, _out) = common::start_ready_then_work(1000);
     let pid = child.id();
     let before = descriptors(pid);
-    let mut dprobe = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
-        .args(["trace", "--engine", "agent", "-d", "1500ms", "-c", "-p", &pid.to_string(), probe])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Looked at all along the agent's session: its thread, connected, places the probe and
     // counts (its socket, its `/proc/self/mem` and its maps' reads are in its own table).
     let mut looks = 0;
-    while dprobe.try_wait().unwrap().is_none() {
-        if thread_names(pid).iter().any(|n| n == "dprobe-agent") {
-            let now = descriptors(pid);
-            let added: Vec<&(u32, String)> = now.iter().filter(|d| !before.contains(d)).collect();
-            assert!(
-                added.iter().all(|d| d.1.starts_with("/memfd:dprobe-agent")),
-                "look {looks}: before {before:?}, during the session {now:?}"
-            );
-            looks += 1;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
+    let stderr = looked_at_through_a_session(pid, "1500ms", probe, |now| {
+        let added: Vec<&(u32, String)> = now.iter().filter(|d| !before.contains(d)).collect();
+        assert!(
+            added.iter().all(|d| d.1.starts_with("/memfd:dprobe-agent")),
+            "look {looks}: before {before:?}, during the session {now:?}"
+        );
+        looks += 1;
+    });
     assert!(stderr.contains("goes on untraced") && looks > 10, "{looks} looks\n{stderr}");
     let _ = child.kill();
     let _ = child.wait();
@@ -325,26 +337,15 @@ fn an_agent_refused_a_table_of_its_own_keeps_its_descriptors_high_and_takes_them
     let pid = child.id();
     let before = descriptors(pid);
     let probe = "refuses-unshare:work";
-    let mut dprobe = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
-        .args(["trace", "--engine", "agent", "-d", "1s", "-c", "-p", &pid.to_string(), probe])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut sockets_seen = 0;
-    while dprobe.try_wait().unwrap().is_none() {
-        if thread_names(pid).iter().any(|n| n == "dprobe-agent") {
-            let now = descriptors(pid);
-            let sockets: Vec<&(u32, String)> =
-                now.iter().filter(|d| !before.contains(d) && d.1.starts_with("socket:")).collect();
-            // Its connection, out of the way: at or above the floor for the program's limit
-            // (1,024). (The files it opens for a moment, to place a probe, are not.)
-            assert!(sockets.iter().all(|d| d.0 >= 512), "before {before:?}, during the session {now:?}");
-            sockets_seen += usize::from(!sockets.is_empty());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let stderr = std::io::read_to_string(dprobe.stderr.take().unwrap()).unwrap();
+    let stderr = looked_at_through_a_session(pid, "1s", probe, |now| {
+        let sockets: Vec<&(u32, String)> =
+            now.iter().filter(|d| !before.contains(d) && d.1.starts_with("socket:")).collect();
+        // Its connection, out of the way: at or above the floor for the program's limit
+        // (1,024). (The files it opens for a moment, to place a probe, are not.)
+        assert!(sockets.iter().all(|d| d.0 >= 512), "before {before:?}, during the session {now:?}");
+        sockets_seen += usize::from(!sockets.is_empty());
+    });
     // In the program's table: the agent's connection is seen there.
     assert!(stderr.contains("goes on untraced") && sockets_seen > 0, "{sockets_seen} looks\n{stderr}");
     assert!(common::hits(&stderr, probe) > 0, "{stderr}");

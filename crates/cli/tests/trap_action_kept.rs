@@ -217,11 +217,17 @@ fn an_ignored_sigtrap_is_put_back_through_a_thread_waiting_in_a_restarted_call()
 
 /// Start the program in `mode` under dprobe: its output, and the hits of `step`.
 fn started(mode: &str) -> (String, u64) {
-    let program = program();
-    let file = out_file(&format!("trap-action-{mode}.trace"));
+    started_program(program(), &[mode])
+}
+
+/// Start `program` with `args` under dprobe's ptrace engine, counting its `step` (it must
+/// exit 0): its output, and the hits.
+fn started_program(program: &str, args: &[&str]) -> (String, u64) {
+    let file = out_file(&format!("trap-action-{}.trace", args.first().unwrap_or(&"started")));
     let spec = format!("{program}:step");
     let o = dprobe_command()
-        .args(["trace", "--engine", "ptrace", "--count", "-o", file.to_str().unwrap(), &spec, "--", program, mode])
+        .args(["trace", "--engine", "ptrace", "--count", "-o", file.to_str().unwrap(), &spec, "--", program])
+        .args(args)
         .output()
         .unwrap();
     let summary = std::fs::read_to_string(&file).unwrap_or_default();
@@ -331,16 +337,5 @@ fn a_trap_handler_sees_every_trap_through_attaches_while_blocking_threads_hit_pr
 #[test]
 fn a_trap_handler_sees_every_trap_of_a_started_program_whose_threads_block_it_later() {
     let program = c_program_from("trap-action-under-load", UNDER_LOAD, &["-O1", "-pthread"]);
-    let spec = format!("{program}:step");
-    let o = dprobe_command()
-        .args(["trace", "--engine", "ptrace", "--count", "-o", "/dev/null", &spec, "--", program])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        (stdout.as_ref(), o.status.code()),
-        ("ready\ntraps 3000 kept 1\n", Some(0)),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(started_program(program, &[]).0, "ready\ntraps 3000 kept 1\n");
 }

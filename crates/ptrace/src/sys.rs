@@ -148,11 +148,7 @@ impl Kernel for Real {
 
     fn pending(&mut self, pid: i32, tid: i32) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigPnd:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
+        status_mask(&status, "SigPnd:")
     }
 
     fn exists(&mut self, pid: i32, tid: i32) -> bool {
@@ -173,11 +169,13 @@ impl Kernel for Real {
 
     fn dispositions(&mut self, pid: i32) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let mask = |key: &str| {
-            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        };
-        (mask("SigIgn:").unwrap_or(0), mask("SigCgt:").unwrap_or(0))
+        (status_mask(&status, "SigIgn:"), status_mask(&status, "SigCgt:"))
     }
+}
+
+/// The signal mask on line `key` of a `/proc` status file (hexadecimal; 0 when absent).
+fn status_mask(status: &str, key: &str) -> u64 {
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
