@@ -1153,9 +1153,17 @@ impl Engine for AgentEngine {
             0 => None,
             n => Some(format!("{n} events without their stack: every stack slot of the agent was in use")),
         };
+        let (forks, programs) =
+            all().map(Shm::untraced_children).fold((0, 0), |(f, p), (forks, programs)| (f + forks, p + programs));
+        // A followed child's own program is traced; those children execute are not.
+        let hint = match self.follow_children {
+            true => "the agent does not follow the programs children execute; --engine ptrace does",
+            false => "--follow traces them",
+        };
         dropped
             .into_iter()
             .chain(no_stack)
+            .chain(dprobe_core::untraced_children(forks + programs, hint))
             .chain(self.exec_notes.iter().cloned())
             .chain(self.lost.clone().filter(|_| self.spawned))
             .collect()

@@ -194,7 +194,10 @@ fn failed(_: &mut Regs, _: &InstanceData) {
 /// `execve`'s (or `execveat`'s) first instruction: the calling thread asks dprobe and waits
 /// for its answer (see the module's comment).
 fn asks(_: &mut Regs) -> PreAction {
-    let Some((words, tid)) = gate_words() else { return PreAction::Continue };
+    let Some((words, tid)) = gate_words() else {
+        count_a_childs_program();
+        return PreAction::Continue;
+    };
     let start = raw_calls::monotonic_ns();
     let patient = || {
         words.open.load(Acquire) != 0 && raw_calls::monotonic_ns().saturating_sub(start) < PATIENCE.as_nanos() as u64
@@ -235,6 +238,21 @@ fn asks(_: &mut Regs) -> PreAction {
         }
         wait_a_slice(words.state, state);
     }
+}
+
+/// An `exec` function called, while the gate is open, by another process than the gated one
+/// (a child sharing the program's memory, or a followed fork): its program will run untraced,
+/// counted for the summary once per process (`execvp` tries each directory of `PATH`; an
+/// `exec` that fails altogether counts too).
+fn count_a_childs_program() {
+    static LAST: AtomicI32 = AtomicI32::new(0);
+    let shm = GATE.load(Acquire);
+    let pid = raw_calls::getpid();
+    if shm.is_null() || pid == GATED_PID.load(Relaxed) || LAST.swap(pid, Relaxed) == pid {
+        return;
+    }
+    // SAFETY: as in `gate_words`: the memory outlives the probes whose handler this is.
+    unsafe { &*shm }.program_untraced();
 }
 
 /// Wait until `word` is woken or no longer `value`, at most 10 ms.

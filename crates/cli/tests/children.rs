@@ -79,6 +79,30 @@ fn a_shell_and_its_three_children_followed() {
     assert_eq!((code, hits(&out, probe)), (Some(0), 0), "without --follow the children run untraced\n{out}");
 }
 
+/// Children that ran untraced are counted in the summary, with how to trace them: a shell's
+/// three (forks), and the programs a program's `posix_spawn` and `system()` children execute,
+/// under both engines; with `--follow` (ptrace) none is left out and none is counted.
+#[test]
+fn the_summary_counts_the_children_that_ran_untraced() {
+    let script = format!("{f} spawn 3; {f} vfork 4; {f} fork 2 3", f = family());
+    let untraced = |n: u32| format!("{n} child processes ran untraced (--follow traces them)");
+    for engine in ["agent", "ptrace"] {
+        let args = ["--engine", engine, "--count", "family:work", "--", "/bin/sh", "-c", &script];
+        let (code, out) = trace(&format!("untraced-sh-{engine}"), &args);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains(&untraced(3)), "{engine}: the shell's three children\n{out}");
+        for (mode, n) in [("spawn", 5), ("system", 4)] {
+            let args = ["--engine", engine, "--count", "work", "--", family(), mode, &n.to_string()];
+            let (code, out) = trace(&format!("untraced-{mode}-{engine}"), &args);
+            assert_eq!((code, hits(&out, "work")), (Some(0), n.into()), "{out}");
+            assert!(out.contains(&untraced(n)), "{engine}: {mode}'s programs\n{out}");
+        }
+    }
+    let (code, out) = trace("untraced-none", &["--follow", "--count", "family:work", "--", "/bin/sh", "-c", &script]);
+    assert_eq!((code, hits(&out, "family:work")), (Some(0), 16), "{out}");
+    assert!(!out.contains("ran untraced"), "every child followed\n{out}");
+}
+
 #[test]
 fn a_program_executed_by_the_program_is_probed_and_its_child_followed() {
     // work 5 times, then the same program again: work 6 times in it, 6 in its fork child.

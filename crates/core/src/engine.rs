@@ -182,3 +182,13 @@ pub trait Engine {
     /// go; a program the engine started, which has not run yet, goes too.
     fn abandon(self);
 }
+
+/// The summary's note for `n` child processes that ran untraced, with `hint` saying how to
+/// trace them; none when there were none.
+pub fn untraced_children(n: u64, hint: &str) -> Option<String> {
+    match n {
+        0 => None,
+        1 => Some(format!("1 child process ran untraced ({hint})")),
+        n => Some(format!("{n} child processes ran untraced ({hint})")),
+    }
+}

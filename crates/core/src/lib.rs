@@ -44,7 +44,9 @@ mod table;
 pub use comm::ThreadNames;
 pub use descriptors::{high_descriptor_floor, raised_soft_limit};
 pub use dprobe_arch::{Addr, Regs};
-pub use engine::{Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest};
+pub use engine::{
+    untraced_children, Ending, Engine, Exit, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest,
+};
 pub use error::ProbeError;
 pub use event::{EventSink, ProbeEvent, Side};
 pub use hit_count::HitCount;

@@ -400,6 +400,11 @@ impl Engine for PtraceEngine {
         stats
     }
 
+    fn notes(&self) -> Vec<String> {
+        let untraced: u64 = std::iter::once(&self.tracee).chain(&self.children).map(|t| t.untraced_children).sum();
+        dprobe_core::untraced_children(untraced, "--follow traces them").into_iter().collect()
+    }
+
     fn remarks(&self, index: usize) -> Vec<String> {
         let Some(id) = self.ids.get(index) else { return Vec::new() };
         match self.tracee.return_mode(*id) {

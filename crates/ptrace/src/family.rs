@@ -156,6 +156,7 @@ impl Tracee {
             };
         }
         if !shared {
+            self.untraced_children += u64::from(armed);
             let mut mem = RemoteMemory::open(child)?;
             for patch in self.sites.values().map(|s| s.prepared.disarm()) {
                 // Only over dprobe's own `int3` (see `disarm_sites`).

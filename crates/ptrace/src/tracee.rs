@@ -51,6 +51,9 @@ pub struct Tracee {
     pub(crate) follow: bool,
     /// Children to follow, made since the tracer last took them.
     pub(crate) followed: Vec<Tracee>,
+    /// Children let go untraced because they are not followed: forks, and the programs that
+    /// children sharing the program's memory executed (the summary says so).
+    pub(crate) untraced_children: u64,
     /// Not `Send`: see above.
     _tracer_thread: std::marker::PhantomData<*const ()>,
     /// When the breakpoints were last looked at (see `rearm`).
@@ -95,6 +98,7 @@ impl Tracee {
             objects: BTreeSet::new(),
             follow: false,
             followed: Vec::new(),
+            untraced_children: 0,
             _tracer_thread: std::marker::PhantomData,
             breakpoints_checked: std::time::Instant::now(),
             raised: Vec::new(),
@@ -389,6 +393,7 @@ impl Tracee {
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC if self.guests.contains(&tid) => {
+                self.untraced_children += u64::from(!self.follow);
                 self.guest_executed(tid, self.follow)?;
                 return Ok(None);
             }
