@@ -32,7 +32,7 @@ pub const SLOTS: usize = 8192;
 /// every function of the C library (`libc:*` comes to about 2,200).
 pub const MAX_PROBES: usize = 4096;
 
-const MAGIC: u64 = 0x6470_726f_6265_7236; // "dprober6"
+const MAGIC: u64 = 0x6470_726f_6265_7237; // "dprober7"
 /// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`), then the
 /// doorbell, then the counts of children that ran untraced.
 const HEADER_BYTES: usize = 128;
@@ -136,10 +136,9 @@ impl Shm {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), SHM_BYTES as libc::off_t) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // The ring is ready as the file is, all zeros (see `RingCells`): no page of it is
+        // touched before a record is written there.
         let shm = Shm::map(fd)?;
-        for i in 0..SLOTS {
-            RingCells::sequence(&shm, i).store(i as u64, Relaxed);
-        }
         shm.word(3).store(SLOTS as u64, Relaxed);
         shm.word(0).store(MAGIC, Release);
         Ok(shm)
@@ -416,6 +415,34 @@ impl RingCells for Shm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The resident bytes of `shm`'s mapping.
+    fn resident_bytes(shm: &Shm) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", shm.base() as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        let rss = lines.find_map(|l| l.strip_prefix("Rss:")).expect("the ring is mapped");
+        rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    }
+
+    /// A new ring is ready as the memory file is (zeros), so loading the agent touches none of
+    /// its 16 MiB; records still go round it in order, many times over.
+    #[test]
+    fn a_new_ring_is_ready_untouched_and_goes_round() {
+        let shm = Shm::create().unwrap();
+        let resident = resident_bytes(&shm);
+        assert!(resident < 64 * 1024, "{resident} bytes resident");
+        for round in 0..3 * SLOTS as u64 {
+            assert!(shm.push(|b| {
+                b[..8].copy_from_slice(&round.to_le_bytes());
+                8
+            }));
+            let mut got = None;
+            assert!(shm.pop(|b| got = Some(u64::from_le_bytes(b[..8].try_into().unwrap()))));
+            assert_eq!(got, Some(round));
+        }
+        assert!(!shm.pop(|_| {}), "empty again");
+    }
 
     #[test]
     fn records_come_out_in_order_and_a_full_ring_counts_its_drops() {

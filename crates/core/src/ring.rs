@@ -14,10 +14,14 @@
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 /// Where a ring keeps its positions and its slots' sequence numbers.
+///
+/// Slot `i`'s word holds its sequence number less `i` (wrapping): a slot's sequence number
+/// starts at `i`, so every word starts at 0, and a ring in memory that is all zeros (a new
+/// shared memory file) is ready as it is, without a write to each of its pages.
 pub trait RingCells {
-    /// How many slots it has: a power of two. Slot `i`'s sequence number starts at `i`.
+    /// How many slots it has: a power of two.
     fn capacity(&self) -> usize;
-    /// Slot `i`'s sequence number.
+    /// Slot `i`'s sequence word (its sequence number less `i`).
     fn sequence(&self, i: usize) -> &AtomicU64;
     /// The next position to write.
     fn tail(&self) -> &AtomicU64;
@@ -44,7 +48,7 @@ pub fn claim(ring: &(impl RingCells + ?Sized)) -> Option<Claimed> {
     let mut pos = ring.tail().load(Relaxed);
     loop {
         let slot = (pos & mask) as usize;
-        let diff = ring.sequence(slot).load(Acquire) as i64 - pos as i64;
+        let diff = sequence_of(ring, slot) as i64 - pos as i64;
         if diff == 0 {
             match ring.tail().compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
                 Ok(_) => return Some(Claimed { slot, pos }),
@@ -61,7 +65,7 @@ pub fn claim(ring: &(impl RingCells + ?Sized)) -> Option<Claimed> {
 
 /// Hand a written slot to the consumer.
 pub fn publish(ring: &(impl RingCells + ?Sized), c: Claimed) {
-    ring.sequence(c.slot).store(c.pos + 1, Release);
+    set_sequence(ring, c.slot, c.pos + 1);
 }
 
 /// Claim the oldest written slot to read; `None` when the ring is empty.
@@ -70,7 +74,7 @@ pub fn take(ring: &(impl RingCells + ?Sized)) -> Option<Claimed> {
     let mut pos = ring.head().load(Relaxed);
     loop {
         let slot = (pos & mask) as usize;
-        let diff = ring.sequence(slot).load(Acquire) as i64 - (pos + 1) as i64;
+        let diff = sequence_of(ring, slot) as i64 - (pos + 1) as i64;
         if diff == 0 {
             match ring.head().compare_exchange_weak(pos, pos + 1, Relaxed, Relaxed) {
                 Ok(_) => return Some(Claimed { slot, pos }),
@@ -86,7 +90,17 @@ pub fn take(ring: &(impl RingCells + ?Sized)) -> Option<Claimed> {
 
 /// Give a read slot back to the producers.
 pub fn release(ring: &(impl RingCells + ?Sized), c: Claimed) {
-    ring.sequence(c.slot).store(c.pos + ring.capacity() as u64, Release);
+    set_sequence(ring, c.slot, c.pos + ring.capacity() as u64);
+}
+
+/// Slot `slot`'s sequence number.
+fn sequence_of(ring: &(impl RingCells + ?Sized), slot: usize) -> u64 {
+    ring.sequence(slot).load(Acquire).wrapping_add(slot as u64)
+}
+
+/// Set slot `slot`'s sequence number, for the other side.
+fn set_sequence(ring: &(impl RingCells + ?Sized), slot: usize, sequence: u64) {
+    ring.sequence(slot).store(sequence.wrapping_sub(slot as u64), Release);
 }
 
 /// Bytes of variable payload a record can carry (a path, a buffer's head).
@@ -199,7 +213,7 @@ impl EventRing {
     pub fn new(capacity: usize) -> Self {
         let cap = capacity.max(2).next_power_of_two();
         let slots = (0..cap)
-            .map(|i| Slot { sequence: AtomicU64::new(i as u64), words: std::array::from_fn(|_| AtomicU64::new(0)) })
+            .map(|_| Slot { sequence: AtomicU64::new(0), words: std::array::from_fn(|_| AtomicU64::new(0)) })
             .collect();
         EventRing { slots, head: AtomicU64::new(0), tail: AtomicU64::new(0), dropped: AtomicU64::new(0) }
     }
