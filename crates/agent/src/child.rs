@@ -130,7 +130,7 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn after_fork_in_child() {
     LIVE.held.store(false, Release);
     if !FOLLOW_CHILDREN.load(Acquire) {
-        LIVE.with(|live| live.as_ref().map(|l| l.shm.fork_untraced()));
+        LIVE.with(|live| live.as_ref().map(|l| l.shm.child_untraced()));
         end_session(false);
         RUNNING.store(false, Release);
         return;

@@ -1153,8 +1153,7 @@ impl Engine for AgentEngine {
             0 => None,
             n => Some(format!("{n} events without their stack: every stack slot of the agent was in use")),
         };
-        let (forks, programs) =
-            all().map(Shm::untraced_children).fold((0, 0), |(f, p), (forks, programs)| (f + forks, p + programs));
+        let untraced = all().map(Shm::untraced_children).sum();
         // A followed child's own program is traced; those children execute are not.
         let hint = match self.follow_children {
             true => "the agent does not follow the programs children execute; --engine ptrace does",
@@ -1163,7 +1162,7 @@ impl Engine for AgentEngine {
         dropped
             .into_iter()
             .chain(no_stack)
-            .chain(dprobe_core::untraced_children(forks + programs, hint))
+            .chain(dprobe_core::untraced_children(untraced, hint))
             .chain(self.exec_notes.iter().cloned())
             .chain(self.lost.clone().filter(|_| self.spawned))
             .collect()

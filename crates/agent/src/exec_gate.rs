@@ -252,7 +252,7 @@ fn count_a_childs_program() {
         return;
     }
     // SAFETY: as in `gate_words`: the memory outlives the probes whose handler this is.
-    unsafe { &*shm }.program_untraced();
+    unsafe { &*shm }.child_untraced();
 }
 
 /// Wait until `word` is woken or no longer `value`, at most 10 ms.

@@ -34,14 +34,13 @@ pub const MAX_PROBES: usize = 4096;
 
 const MAGIC: u64 = 0x6470_726f_6265_7237; // "dprober7"
 /// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`), then the
-/// doorbell, then the counts of children that ran untraced.
+/// doorbell, then the count of children that ran untraced.
 const HEADER_BYTES: usize = 128;
 /// Byte of the first of the `exec` gate's 32-bit words (futex words).
 const EXEC_GATE_AT: usize = 64;
 /// Byte of the doorbell, a 32-bit futex word.
 const DOORBELL_AT: usize = 72;
-/// Byte of the counts of children that ran untraced: forks not followed, then programs that
-/// children executed (two 64-bit words).
+/// Byte of the count of children that ran untraced (a 64-bit word).
 const UNTRACED_AT: usize = 80;
 const COUNTER_WORDS: usize = 16;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
@@ -199,26 +198,21 @@ impl Shm {
         unsafe { &*(self.base().add(DOORBELL_AT) as *const AtomicU32) }
     }
 
-    /// How many children ran untraced: `0` forks not followed, `1` programs that children
-    /// executed.
-    fn untraced_word(&self, which: usize) -> &AtomicU64 {
+    /// The count of children that ran untraced.
+    fn untraced_word(&self) -> &AtomicU64 {
         // SAFETY: inside the header, 8-byte aligned, only ever accessed atomically.
-        unsafe { &*(self.base().add(UNTRACED_AT + which * 8) as *const AtomicU64) }
+        unsafe { &*(self.base().add(UNTRACED_AT) as *const AtomicU64) }
     }
 
-    /// A forked child goes untraced (dprobe does not follow children). Async-signal-safe.
-    pub fn fork_untraced(&self) {
-        self.untraced_word(0).fetch_add(1, Relaxed);
+    /// A child runs untraced: a fork not followed, or the program a child executes.
+    /// Async-signal-safe.
+    pub fn child_untraced(&self) {
+        self.untraced_word().fetch_add(1, Relaxed);
     }
 
-    /// A child executes a program that will run untraced. Async-signal-safe.
-    pub fn program_untraced(&self) {
-        self.untraced_word(1).fetch_add(1, Relaxed);
-    }
-
-    /// Forked children that went untraced, and programs children executed untraced.
-    pub fn untraced_children(&self) -> (u64, u64) {
-        (self.untraced_word(0).load(Relaxed), self.untraced_word(1).load(Relaxed))
+    /// How many children ran untraced.
+    pub fn untraced_children(&self) -> u64 {
+        self.untraced_word().load(Relaxed)
     }
 
     /// Ring the doorbell: the agent's thread, if it waits, looks at once. Async-signal-safe.
