@@ -44,7 +44,9 @@ impl Drop for Raised {
 /// through (its `open` of `/proc/self/maps`, a `getpid`) run no handler and count nothing, so
 /// that the user's figures are the program's alone.
 pub(crate) struct OwnWork {
+    // Dropped in this order: the count, then the mark.
     _raised: Raised,
+    _mark: QuietMark,
 }
 
 impl OwnWork {
@@ -52,19 +54,39 @@ impl OwnWork {
     pub(crate) fn enter() -> OwnWork {
         thread_state::init();
         let state = thread_state::current();
-        mark_quiet_start(state);
-        OwnWork { _raised: Raised::new(state.map(|s| &s.own_work)) }
+        let mark = mark_quiet_start(state);
+        OwnWork { _raised: Raised::new(state.map(|s| &s.own_work)), _mark: mark }
     }
 }
 
 /// Note where the thread's stack stands as it enters dprobe's hit path or own work from
 /// outside both (see `interrupted.rs`). Always inlined: the mark is in the frame of the
 /// function that holds the raised counter, above every frame a signal may interrupt in it.
+///
+/// The mark made is undone when the value returned is dropped, after the counter is lowered:
+/// a signal that comes between a mark and the raise of its counter runs a hit path that marks
+/// too (the counters are still at zero), deeper; left there, that mark would make a later
+/// hit of the outer path, above it, look like the hit of a path the program left for good
+/// (`abandoned.rs`), which clears the thread's counters under a running handler.
 #[inline(always)]
-fn mark_quiet_start(state: Option<&ThreadState>) {
-    if let Some(s) = state {
-        if s.in_hit_path.get() == 0 && s.own_work.get() == 0 {
-            s.quiet_sp.set(interrupted::stack_pointer());
+fn mark_quiet_start(state: Option<&'static ThreadState>) -> QuietMark {
+    match state {
+        Some(s) if s.in_hit_path.get() == 0 && s.own_work.get() == 0 => {
+            let before = s.quiet_sp.replace(interrupted::stack_pointer());
+            QuietMark(Some((s, before)))
+        }
+        _ => QuietMark(None),
+    }
+}
+
+/// A mark of [`mark_quiet_start`]'s, with the one it replaced, put back when dropped.
+struct QuietMark(Option<(&'static ThreadState, u64)>);
+
+impl Drop for QuietMark {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some((s, before)) = self.0 {
+            s.quiet_sp.set(before);
         }
     }
 }
@@ -84,13 +106,17 @@ pub fn mark_own_thread() {
 /// run no handler and count nothing, as the same calls made by that tracer would not. A
 /// library user's handler does not make it: its hits count as missed (the kernel's rule).
 /// Takes no lock and allocates nothing: made on the hit path.
-pub struct ToolWork(Option<&'static ThreadState>);
+pub struct ToolWork {
+    state: Option<&'static ThreadState>,
+    /// Dropped after the counts are lowered (`Drop` runs first).
+    _mark: QuietMark,
+}
 
 /// Start a [`ToolWork`] (see there).
 #[inline(always)]
 pub fn tool_work() -> ToolWork {
     let state = thread_state::existing();
-    mark_quiet_start(state);
+    let mark = mark_quiet_start(state);
     if let Some(s) = state {
         // The tool's count first, and lowered last: a program's signal that comes between the
         // two must not find own work without the tool's, which takes its handler's hits for
@@ -103,13 +129,13 @@ pub fn tool_work() -> ToolWork {
         s.own_work.set(s.own_work.get() + 1);
         compiler_fence(SeqCst);
     }
-    ToolWork(state)
+    ToolWork { state, _mark: mark }
 }
 
 impl Drop for ToolWork {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Some(s) = self.0 {
+        if let Some(s) = self.state {
             compiler_fence(SeqCst);
             s.own_work.set(s.own_work.get() - 1);
             compiler_fence(SeqCst);
@@ -148,15 +174,17 @@ pub fn in_hit_path() -> bool {
 
 /// Marks the hit path for the duration of a signal handler or a jump path dispatch.
 pub(crate) struct HitPath {
+    // Dropped in this order: the count, then the mark.
     _raised: Raised,
+    _mark: QuietMark,
 }
 
 impl HitPath {
     /// Mark the hit path of the thread whose state is `state`.
     #[inline(always)]
     pub(crate) fn with(state: Option<&'static ThreadState>) -> HitPath {
-        mark_quiet_start(state);
-        HitPath { _raised: Raised::new(state.map(|s| &s.in_hit_path)) }
+        let mark = mark_quiet_start(state);
+        HitPath { _raised: Raised::new(state.map(|s| &s.in_hit_path)), _mark: mark }
     }
 }
 
