@@ -76,6 +76,9 @@ pub(crate) struct Live {
     /// The probes that keep the ids in events right in children that share the program's
     /// memory (`dprobe_inproc::watch_lent_threads`), removed with the others.
     pub(crate) lent_threads: Option<dprobe_inproc::LentThreads>,
+    /// The probes that hold `posix_spawn` off while code changes
+    /// (`dprobe_inproc::hold_spawns_while_patching`), removed last.
+    pub(crate) spawn_hold: Option<dprobe_inproc::SpawnHold>,
     /// The probes that ask dprobe before the program's `exec` (`exec_gate.rs`), if asked for.
     pub(crate) exec_gate: crate::exec_gate::GateProbes,
     /// Entry probes on `int3` disabled while the tracer places the others (`held_off.rs`),
@@ -103,6 +106,7 @@ pub(crate) fn end_session(figures: bool) {
             crate::follow::stop();
             drop(l.traps_open.take());
             drop(l.lent_threads.take());
+            drop(l.spawn_hold.take());
             // No descriptor of the agent's stays in the program (the next session opens its own).
             dprobe_inproc::close_mem_file();
         }

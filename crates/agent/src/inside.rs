@@ -144,6 +144,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // there is placed, on `int3` until it jumps; nor where the C library's `pthread_sigmask`
     // or `sigaction` cannot be probed. Once removed, the C library's code page is the file's
     // again (`dprobe_inproc`'s `file_page.rs`).
+    // First of all: no child of `posix_spawn` runs while the agent changes code, its own
+    // probes' included (`dprobe_inproc::hold_spawns_while_patching`).
+    let spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok();
     let blocks_traps = a_thread_blocks_traps();
     let traps_open = (!blocks_traps)
         .then(dprobe_inproc::keep_traps_open)
@@ -167,6 +170,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             followed: Vec::new(),
             traps_open,
             lent_threads,
+            spawn_hold,
             exec_gate: Default::default(),
             held_off: Vec::new(),
         })

@@ -46,7 +46,7 @@ use crate::code_pages::CodePages;
 use crate::code_writes::{self, Change, Fresh};
 use crate::site_map::SiteMap;
 use crate::slots::SlotPool;
-use crate::{file_code, guard, hit_stack, jump, optimizer, rearm, safepoint, signals, sys, trap};
+use crate::{file_code, guard, hit_stack, jump, optimizer, rearm, safepoint, signals, spawn_hold, sys, trap};
 use dprobe_sym::{read_maps, Function, Mapping, ResolveError, Symbols, Target};
 
 /// The process-wide in-process engine.
@@ -599,6 +599,7 @@ impl Engine {
             return 0;
         }
         let changes: Vec<Change> = undone.iter().map(|a| st.sites[a].arm).collect();
+        let _spawns = spawn_hold::hold();
         let results = code_writes::apply(&changes);
         sys::sync_cores();
         let mut rearmed = 0;
@@ -663,6 +664,9 @@ impl Engine {
         maps: &[Mapping],
         lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>>,
     ) -> Result<(), ProbeError> {
+        // No child of `posix_spawn` runs in the program's memory while its code changes
+        // (`spawn_hold.rs`).
+        let _spawns = spawn_hold::hold();
         let listed: Vec<Listed<'_>> = lists.iter().map(|(addr, probes)| Listed::new(st, *addr, probes)).collect();
         // 1. Everything that can fail without side effects on the program: plans and slots.
         //    New slots are written first, then published together, then every thread is

@@ -37,7 +37,10 @@
 //! holds `SIGTRAP`, and so is a child of `posix_spawn` or `system` that hits one before its
 //! `exec` (it resets its handlers and blocks every signal first); [`keep_traps_open`] keeps
 //! `SIGTRAP` out of the masks that block every signal and out of handlers' masks, and handled
-//! in those children from the reset of their handlers on. A program that replaces dprobe's `SIGTRAP`
+//! in those children from the reset of their handlers on. A probe going in or out as a jump is
+//! an `int3` for a moment, which such a child would meet before that reset too;
+//! [`hold_spawns_while_patching`] holds `posix_spawn` off while code changes (place it before
+//! the others). A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them. Making a probe whose jump replaces several
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
 //! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is
@@ -91,6 +94,7 @@ mod signals_released;
 mod site_map;
 mod slots;
 mod spawn_children;
+mod spawn_hold;
 mod stack_mappings;
 mod sys;
 mod thread_state;
@@ -123,6 +127,7 @@ pub use probe::{
 pub use program_errno::{program_errno, set_program_errno};
 pub use resolver_runner::run_resolver;
 pub use safepoint::moved as safepoint_moves;
+pub use spawn_hold::{hold_spawns_while_patching, SpawnHold};
 pub use sys::close_mem_file;
 pub use thread_state::{process_and_thread_id, thread_id, thread_name};
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};

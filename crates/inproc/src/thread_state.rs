@@ -109,6 +109,9 @@ pub(crate) struct ThreadState {
     /// A child that shares the program's memory may be running on this state: the stack
     /// pointer at the entry of the function that lent it (0: not lent; `lent_threads.rs`).
     pub(crate) lent: Cell<u64>,
+    /// Calls of `posix_spawn` and `posix_spawnp` the thread is in, as `spawn_hold.rs` let
+    /// them in.
+    pub(crate) spawns: Cell<u32>,
 }
 
 /// Words of a copy: the C library's `struct sigaction` (152 bytes), which holds a whole
@@ -385,12 +388,16 @@ extern "C" fn in_forked_child() {
     crate::kretprobe::forget_readers_after_fork();
     crate::exits::forget_readers_after_fork();
     crate::lent_threads::note_program();
+    crate::spawn_hold::forget_after_fork();
     let Some(table) = TABLE.get().and_then(Option::as_ref) else { return };
     let tp = thread_pointer();
     for i in 0..ENTRIES {
         match table.owner(i).load(Relaxed) {
             0 => {}
-            owner if owner == tp => table.state(i).tid.set(0),
+            owner if owner == tp => {
+                table.state(i).tid.set(0);
+                table.state(i).spawns.set(0);
+            }
             _ => table.release(i),
         }
     }
