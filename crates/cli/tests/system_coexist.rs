@@ -38,6 +38,8 @@ fn phases_with(name: &str, flags: &[&str]) -> &'static str {
 }
 
 fn define(line: &str) {
+    // Mounted where it is not (a fresh machine, where no kernel-engine test ran before).
+    dprobe_kernel::Tracefs::open().unwrap();
     let mut f = std::fs::OpenOptions::new().append(true).open(format!("{TRACING}/uprobe_events")).unwrap();
     f.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
 }
@@ -159,29 +161,35 @@ impl Traced {
 fn a_kernel_uprobe_added_and_removed_on_a_probed_function() {
     const N: u64 = 2000;
     let program = phases("phases");
-    let out = out_file("coexist");
-    // The ptrace engine's breakpoint (the agent's jump has a test of its own below).
-    let args = ["trace", "--engine", "ptrace", "--count", "-o", out.to_str().unwrap(), "counted"];
-    let mut traced = Traced::start(&args, program, N);
-    let pid = traced.pid;
-    // Phase 1: dprobe alone (its probes are placed before the command runs a line of its own).
-    traced.phase(1);
-    // Phase 2: another tool's uprobe on the same instruction.
-    let at = function_addr(pid, "counted");
-    let other = OtherTool::add(program, "counted", file_offset(pid, at).0);
-    traced.phase(2);
-    let kernel = other.kernel_hits();
-    // Phase 3: the uprobe removed, which writes the original instruction over dprobe's
-    // breakpoint; dprobe's is put back.
-    drop(other);
-    wait_until("dprobe's breakpoint back", || read_mem(pid, at, 1) == [0xcc]);
-    traced.phase(3);
-    let (status, said) = traced.finish();
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(status, Some(0), "{text}{said}");
-    assert_eq!(kernel, N, "the kernel took the hits while its uprobe was there\n{text}");
-    assert_eq!(common::hits(&text, "counted"), 2 * N, "dprobe's: phases 1 and 3\n{text}");
-    assert!(text.contains("counted: its breakpoint was removed by something else 1 time(s)"), "{text}");
+    // Tracing one process, and following its children (another loop of waits).
+    for follow in [false, true] {
+        let out = out_file(&format!("coexist-{follow}"));
+        // The ptrace engine's breakpoint (the agent's jump has a test of its own below).
+        let mut args = vec!["trace", "--engine", "ptrace", "--count", "-o", out.to_str().unwrap(), "counted"];
+        if follow {
+            args.push("--follow");
+        }
+        let mut traced = Traced::start(&args, program, N);
+        let pid = traced.pid;
+        // Phase 1: dprobe alone (its probes are placed before the command runs a line of its own).
+        traced.phase(1);
+        // Phase 2: another tool's uprobe on the same instruction.
+        let at = function_addr(pid, "counted");
+        let other = OtherTool::add(program, "counted", file_offset(pid, at).0);
+        traced.phase(2);
+        let kernel = other.kernel_hits();
+        // Phase 3: the uprobe removed, which writes the original instruction over dprobe's
+        // breakpoint; dprobe's is put back.
+        drop(other);
+        wait_until("dprobe's breakpoint back", || read_mem(pid, at, 1) == [0xcc]);
+        traced.phase(3);
+        let (status, said) = traced.finish();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(status, Some(0), "follow: {follow}: {text}{said}");
+        assert_eq!(kernel, N, "the kernel took the hits while its uprobe was there, follow: {follow}\n{text}");
+        assert_eq!(common::hits(&text, "counted"), 2 * N, "dprobe's: phases 1 and 3, follow: {follow}\n{text}");
+        assert!(text.contains("counted: its breakpoint was removed by something else 1 time(s)"), "{text}");
+    }
 }
 
 #[test]

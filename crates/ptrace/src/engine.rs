@@ -153,6 +153,12 @@ impl PtraceEngine {
         }
         loop {
             self.deliver(sink);
+            // As a single process's run does (`Tracee::run_until`): a breakpoint another
+            // tool's uprobe took away is put back.
+            self.tracee.check_breakpoints_now_and_then();
+            for child in &mut self.children {
+                child.check_breakpoints_now_and_then();
+            }
             if stop() {
                 return Ok(Ending::Asked);
             }
