@@ -22,8 +22,9 @@ pub fn read_bytes(addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
     }
 }
 
-/// [`read_bytes`] inside a guarded call, where a fault is sure to be recovered from.
-fn read_guarded(addr: u64, buf: &mut [u8]) -> Option<Result<(), MemoryFault>> {
+/// The thread's state, where a fault in a guarded call is sure to be recovered from (see
+/// [`read_bytes`]); `None` elsewhere.
+fn guarded_reads_safe() -> Option<&'static thread_state::ThreadState> {
     const FAULTS: u64 = 1 << (libc::SIGSEGV - 1) | 1 << (libc::SIGBUS - 1);
     if !handler_masks::keeps_dprobes_handlers() {
         return None;
@@ -31,9 +32,29 @@ fn read_guarded(addr: u64, buf: &mut [u8]) -> Option<Result<(), MemoryFault>> {
     let in_hit_path = |s: &&thread_state::ThreadState| s.in_hit_path.get() > 0 || s.in_handler.get();
     let state = thread_state::existing().filter(in_hit_path).filter(|s| s.lent.get() == 0)?;
     // A fault the thread blocks is not delivered: the kernel kills the process.
-    if sys::signal_mask() & FAULTS != 0 {
-        return None;
-    }
+    (sys::signal_mask() & FAULTS == 0).then_some(state)
+}
+
+/// Whether a byte of every page from `from` to `to` can be read, asked by reading them inside
+/// a guarded call; `None` where a fault would not surely be recovered from (see
+/// [`read_bytes`]). Async-signal-safe.
+pub(crate) fn pages_readable(from: u64, to: u64) -> Option<bool> {
+    let state = guarded_reads_safe()?;
+    let touch = || {
+        let mut at = from;
+        while at < to {
+            // SAFETY: a fault here (an unmapped or unreadable page) resumes after the guarded
+            // call, which reports it; volatile, so that the byte is read here.
+            unsafe { (at as *const u8).read_volatile() };
+            at = (at & !4095) + 4096;
+        }
+    };
+    Some(guard::call_guarded_in(Some(state), touch).is_ok())
+}
+
+/// [`read_bytes`] inside a guarded call, where a fault is sure to be recovered from.
+fn read_guarded(addr: u64, buf: &mut [u8]) -> Option<Result<(), MemoryFault>> {
+    let state = guarded_reads_safe()?;
     let copy = || {
         let mut i = 0;
         while i < buf.len() {
