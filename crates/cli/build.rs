@@ -26,6 +26,9 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", crates.join("agent/build.rs").display());
     println!("cargo:rerun-if-changed={}", crates.join("../Cargo.lock").display());
+    // The workspace's profiles (the hit path's crates optimized in debug builds) are the
+    // agent's too.
+    println!("cargo:rerun-if-changed={}", crates.join("../Cargo.toml").display());
 
     let target_dir = out.join("agent-build");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
