@@ -135,6 +135,9 @@ enum Over {
 }
 
 fn session(name: &[u8]) -> io::Result<Over> {
+    // First of all: no child of `posix_spawn` runs while the agent changes code, its own
+    // probes' included (`dprobe_inproc::hold_spawns_while_patching`).
+    let spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok();
     // A thread of the program that blocks every signal, or a signal handler whose mask holds
     // `SIGTRAP`, is killed at its first hit of a probe on `int3`: such masks leave `SIGTRAP`
     // out during the session (see `keep_traps_open`). Only as jumps: a probe on `int3` there
@@ -144,9 +147,6 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // there is placed, on `int3` until it jumps; nor where the C library's `pthread_sigmask`
     // or `sigaction` cannot be probed. Once removed, the C library's code page is the file's
     // again (`dprobe_inproc`'s `file_page.rs`).
-    // First of all: no child of `posix_spawn` runs while the agent changes code, its own
-    // probes' included (`dprobe_inproc::hold_spawns_while_patching`).
-    let spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok();
     let blocks_traps = a_thread_blocks_traps();
     let traps_open = (!blocks_traps)
         .then(dprobe_inproc::keep_traps_open)
