@@ -103,6 +103,18 @@ pub fn resolve(probe: &Kprobe) -> Result<Target, ProbeError> {
     Engine::global()?.resolve(probe)
 }
 
+/// The start of function `symbol` and its code (its first 4 KiB at most) as its file holds
+/// it: in memory, its first bytes may be a probe's jump already (dprobe's own guards on the C
+/// library's functions). `None` where the file cannot be read.
+pub(crate) fn code_in_file(symbol: &str) -> Result<Option<(Addr, Vec<u8>)>, ProbeError> {
+    use std::os::unix::fs::FileExt;
+    let function = resolve(&Kprobe::symbol(symbol))?.function;
+    let mut code = vec![0u8; function.size.min(4096) as usize];
+    let read =
+        std::fs::File::open(&*function.object).and_then(|file| file.read_exact_at(&mut code, function.file_offset));
+    Ok(read.ok().map(|()| (function.start, code)))
+}
+
 /// Where each of `probes` would go, or why it cannot (as [`register`] would say), without
 /// registering any: for many probes, one read of the process's maps instead of one each. The
 /// error: the maps could not be read.

@@ -30,14 +30,11 @@
 //! program's memory and is not a thread (a `vfork` child, one of a raw `clone`), and a child of
 //! a `fork` that runs no `pthread_atfork` handler (the raw system call, `_Fork`).
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
 use dprobe_arch::{find_exits, Addr, CodePart, ExitKind, NoMemory, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
 
 use crate::mask_guard::TRAP;
-use crate::probe::{register, resolve, Probe};
+use crate::probe::{code_in_file, register, Probe};
 use crate::{lent_threads, sys};
 
 /// The probe on `__libc_sigaction`, if it is found and jump-optimized (see the module's
@@ -53,11 +50,7 @@ pub(crate) fn keep_trap_in_children() -> Result<Option<Probe>, ProbeError> {
 /// read from the library's file (in memory, its first bytes may be a probe's jump already:
 /// `handler_masks.rs` places one).
 fn sigaction_callee() -> Result<Option<Addr>, ProbeError> {
-    let target = resolve(&Kprobe::symbol("libc:sigaction"))?;
-    let function = &target.function;
-    let mut code = vec![0u8; function.size.min(4096) as usize];
-    let read = File::open(&*function.object).and_then(|file| file.read_exact_at(&mut code, function.file_offset));
-    Ok(read.ok().and_then(|()| only_tail_jump(function.start, &code)))
+    Ok(code_in_file("libc:sigaction")?.and_then(|(start, code)| only_tail_jump(start, &code)))
 }
 
 /// The target of the one unconditional tail jump of the function `code` at `start`, if it has

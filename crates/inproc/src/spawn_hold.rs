@@ -30,14 +30,12 @@
 //! program's own code until its `exec`), a raw `clone` with `CLONE_VM`, and the C library's
 //! compatibility versions of the two functions (for programs linked before glibc 2.15).
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 
 use dprobe_arch::{find_exits, CodePart, ExitKind, NoMemory, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
 
-use crate::probe::{register, resolve, Probe};
+use crate::probe::{code_in_file, register, Probe};
 use crate::{raw_calls, thread_state};
 
 /// The functions whose calls are held.
@@ -129,15 +127,8 @@ pub fn hold_spawns_while_patching() -> Result<SpawnHold, ProbeError> {
 /// The `ret`s of `symbol`, if they are its only exits (read from its file: in memory, its
 /// first bytes may be a probe's jump already).
 fn rets_of(symbol: &str) -> Result<Option<Vec<dprobe_arch::Addr>>, ProbeError> {
-    let target = resolve(&Kprobe::symbol(symbol))?;
-    let function = &target.function;
-    let mut code = vec![0u8; function.size.min(4096) as usize];
-    if File::open(&*function.object).and_then(|file| file.read_exact_at(&mut code, function.file_offset)).is_err() {
-        return Ok(None);
-    }
-    let Ok(exits) = find_exits(&[CodePart { start: function.start, code: &code }], &mut NoMemory) else {
-        return Ok(None);
-    };
+    let Some((start, code)) = code_in_file(symbol)? else { return Ok(None) };
+    let Ok(exits) = find_exits(&[CodePart { start, code: &code }], &mut NoMemory) else { return Ok(None) };
     let rets: Vec<_> = exits.sites.iter().filter(|s| s.kind == ExitKind::Ret).map(|s| s.addr).collect();
     Ok((!rets.is_empty() && rets.len() == exits.sites.len()).then_some(rets))
 }
@@ -209,18 +200,19 @@ fn let_in_token() -> u64 {
 
 /// At the entry of `posix_spawn` or `posix_spawnp`: let the call in, or send it to wait.
 fn let_in(regs: &mut Regs) -> PreAction {
+    let state = thread_state::current();
     if regs.r10 == let_in_token() && regs.r11 == regs.rip {
         // Back from the stub, let in there.
         regs.r10 = 0;
-        started_here();
+        started_here(state);
         return PreAction::Continue;
     }
-    let holder = thread_state::current().is_some_and(|s| s as *const _ as u64 == HOLDER.load(SeqCst));
+    let holder = state.is_some_and(|s| s as *const _ as u64 == HOLDER.load(SeqCst));
     loop {
         let word = WORD.load(SeqCst);
         if word & HELD == 0 || holder {
             if WORD.compare_exchange_weak(word, word + UNDER_WAY, SeqCst, SeqCst).is_ok() {
-                started_here();
+                started_here(state);
                 return PreAction::Continue;
             }
         } else if WORD.compare_exchange_weak(word, word + WAITER, SeqCst, SeqCst).is_ok() {
@@ -234,8 +226,8 @@ fn let_in(regs: &mut Regs) -> PreAction {
 
 /// The thread's calls let in and not counted out yet (a thread without a state: none known,
 /// and the word is counted down while it is above zero).
-fn started_here() {
-    if let Some(state) = thread_state::current() {
+fn started_here(state: Option<&thread_state::ThreadState>) {
+    if let Some(state) = state {
         state.spawns.set(state.spawns.get() + 1);
     }
 }
