@@ -74,7 +74,7 @@ pub(crate) fn by_program_signal(state: &ThreadState, rsp: u64, trapped: Option<(
     let Some((from, to)) = scan_range(rsp, mark, alternate) else { return false };
     // The range is taken for one stack's: a handler that switched stacks itself (a coroutine's,
     // just below the mark) may leave a hole in it.
-    if !readable(from, to) {
+    if !readable(from, to, None) {
         return false;
     }
     // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
@@ -151,19 +151,20 @@ fn running_program_handler(
     let (base, size) = alternate;
     let on_alternate = size != 0 && rsp >= base && rsp - base <= size;
     let Some((from, to)) = scan_range(rsp, mark, Some((base, size, on_alternate))) else { return false };
-    if !readable(from, to) {
+    // The mask at the hit: the one a fault there is delivered with too (dprobe's handlers add
+    // only the safepoint signal to it), so that the stack's reads need not ask again.
+    let blocked = blocked();
+    if !readable(from, to, Some(blocked)) {
         return false;
     }
     let programs = !crate::signals::dprobes_signals();
     let unmasked = crate::handler_masks::unmasked_handlers();
-    let (mut blocked, mut mask) = (Some(blocked), None);
     // SAFETY: `scan_range` keeps to the live part of one stack of this thread, `from..to`,
     // shown readable; the saved mask is read only where it lies below `to` too.
     let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
     // A running handler's mask holds all of the mask it interrupted, and more; or the same,
     // where the program has handlers that block nothing more.
-    let mut running = |at: u64| {
-        let blocked = *mask.get_or_insert_with(|| blocked.take().map_or(0, |f| f()));
+    let running = |at: u64| {
         let saved = (at + signal_frame::MASK_AT + 8 <= to).then(|| word(at + signal_frame::MASK_AT));
         saved.is_some_and(|saved| {
             let (more, fewer) = (blocked & !saved & programs, saved & !blocked & programs);
@@ -176,7 +177,8 @@ fn running_program_handler(
 
 /// Whether every page of `from..to` (at most [`SCAN_LIMIT`] bytes) can be read: a byte of
 /// each, read inside a guarded call where a fault is sure to be recovered from
-/// (`memory::pages_readable`), else with one system call, which fails rather than faults.
+/// (`memory::pages_readable`; `blocked`: the thread's mask, if known), else with one system
+/// call, which fails rather than faults.
 ///
 /// The guarded reads cost one cheap system call (the signal mask); `process_vm_readv` pins
 /// the pages it reads, several times dearer. A program whose handler installed with
@@ -184,8 +186,8 @@ fn running_program_handler(
 /// nested hit: with `process_vm_readv`, the handlers nested faster than they returned, until
 /// the program's stack was used up (`tests/agent_signals.rs`: 4 to 8 runs in 12 killed on an
 /// Intel Xeon).
-fn readable(from: u64, to: u64) -> bool {
-    if let Some(readable) = crate::memory::pages_readable(from, to) {
+fn readable(from: u64, to: u64, blocked: Option<u64>) -> bool {
+    if let Some(readable) = crate::memory::pages_readable(from, to, blocked) {
         return readable;
     }
     const PAGES: usize = (SCAN_LIMIT / 4096) as usize + 2;

@@ -23,8 +23,9 @@ pub fn read_bytes(addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
 }
 
 /// The thread's state, where a fault in a guarded call is sure to be recovered from (see
-/// [`read_bytes`]); `None` elsewhere.
-fn guarded_reads_safe() -> Option<&'static thread_state::ThreadState> {
+/// [`read_bytes`]); `None` elsewhere. `blocked`: the thread's signal mask, if the caller
+/// knows it (else asked of the kernel).
+fn guarded_reads_safe(blocked: Option<u64>) -> Option<&'static thread_state::ThreadState> {
     const FAULTS: u64 = 1 << (libc::SIGSEGV - 1) | 1 << (libc::SIGBUS - 1);
     if !handler_masks::keeps_dprobes_handlers() {
         return None;
@@ -32,14 +33,14 @@ fn guarded_reads_safe() -> Option<&'static thread_state::ThreadState> {
     let in_hit_path = |s: &&thread_state::ThreadState| s.in_hit_path.get() > 0 || s.in_handler.get();
     let state = thread_state::existing().filter(in_hit_path).filter(|s| s.lent.get() == 0)?;
     // A fault the thread blocks is not delivered: the kernel kills the process.
-    (sys::signal_mask() & FAULTS == 0).then_some(state)
+    (blocked.unwrap_or_else(sys::signal_mask) & FAULTS == 0).then_some(state)
 }
 
 /// Whether a byte of every page from `from` to `to` can be read, asked by reading them inside
 /// a guarded call; `None` where a fault would not surely be recovered from (see
-/// [`read_bytes`]). Async-signal-safe.
-pub(crate) fn pages_readable(from: u64, to: u64) -> Option<bool> {
-    let state = guarded_reads_safe()?;
+/// [`read_bytes`]; `blocked`: the thread's signal mask, if known). Async-signal-safe.
+pub(crate) fn pages_readable(from: u64, to: u64, blocked: Option<u64>) -> Option<bool> {
+    let state = guarded_reads_safe(blocked)?;
     let touch = || {
         let mut at = from;
         while at < to {
@@ -54,7 +55,7 @@ pub(crate) fn pages_readable(from: u64, to: u64) -> Option<bool> {
 
 /// [`read_bytes`] inside a guarded call, where a fault is sure to be recovered from.
 fn read_guarded(addr: u64, buf: &mut [u8]) -> Option<Result<(), MemoryFault>> {
-    let state = guarded_reads_safe()?;
+    let state = guarded_reads_safe(None)?;
     let copy = || {
         let mut i = 0;
         while i < buf.len() {
