@@ -70,6 +70,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// their arguments, under the protocol's limit of a megabyte, and placed in well under a second.
 const PLACED_TOGETHER: usize = 512;
 
+#[derive(Clone)]
 struct ProbeInfo {
     names: Vec<String>,
     types: Vec<ArgType>,
@@ -135,6 +136,19 @@ pub struct AgentEngine {
     listeners: Vec<UnixListener>,
     /// The forked children's agents.
     children: Vec<UnixStream>,
+    /// Children about to `exec` (forked, or sharing the program's memory), each watched for it
+    /// from when it asked (`exec_gate.rs`), with children followed.
+    child_watches: Vec<ExecWatch>,
+    /// The programs children executed, each traced by an agent of its own, with the same
+    /// probes (and each following its own children); kept once ended, for their figures.
+    descendants: Vec<AgentEngine>,
+    /// This traces a program a child of another traced program executed (one of its
+    /// `descendants`): watched for its own `exec` as a started program is, not reaped here.
+    descendant: bool,
+    /// A descendant that ended, or whose program is not traced any more.
+    done: bool,
+    /// Children whose `exec` could not be followed, and why (said in the summary).
+    unfollowed: Vec<String>,
     /// With stacks asked for: how deep, what unwinds them, the last event's stack.
     stacks: Option<usize>,
     unwinder: Unwinder,
@@ -151,6 +165,7 @@ pub enum Library<'a> {
 }
 
 /// [`Library`], kept to load the agent again into a program the process executes.
+#[derive(Clone)]
 enum OwnedLibrary {
     Image(Vec<u8>),
     File(PathBuf),
@@ -247,6 +262,11 @@ impl AgentEngine {
             lost: None,
             listeners: vec![listener],
             children: Vec::new(),
+            child_watches: Vec::new(),
+            descendants: Vec::new(),
+            descendant: false,
+            done: false,
+            unfollowed: Vec::new(),
             stacks: None,
             unwinder: Unwinder::new(),
             user_stack: Vec::new(),
@@ -315,7 +335,7 @@ impl AgentEngine {
             self.arm()?;
         }
         match self.injector.take() {
-            Some(i) if self.spawned && !self.stopped => self.release_watching_exec(i),
+            Some(i) if (self.spawned || self.descendant) && !self.stopped => self.release_watching_exec(i),
             Some(i) => Ok(i.release()?),
             None => Ok(()),
         }
@@ -635,6 +655,11 @@ impl AgentEngine {
         self.retired.push(old);
         self.sock = sock;
         self.ended_with_agent_there = None;
+        self.place_again()
+    }
+
+    /// Ask a new agent for what the first was asked: children followed, the probes, the filters.
+    fn place_again(&mut self) -> Result<(), AgentError> {
         if self.follow_children {
             self.tell(&Message::Children(true)).map_err(|e| self.agent_err(e))?;
         }
@@ -667,6 +692,269 @@ impl AgentEngine {
             let _ = self.receive();
         }
         Ok(())
+    }
+
+    /// One look at the program, and at the programs its children executed: requests before an
+    /// `exec` answered, a new program given the agent, the connection's end, the program's.
+    /// How the program ended, if it did (a descendant that ended is looked at on for its own
+    /// descendants).
+    fn step(&mut self, sink: EventSink<'_>) -> Result<Option<Ending>, AgentError> {
+        self.accept_children();
+        self.answer_children_execs();
+        self.look_at_child_watches();
+        self.step_descendants(sink);
+        if self.done {
+            return Ok(None);
+        }
+        self.answer_exec();
+        if let Some(held) = self.look_at_the_program() {
+            self.executed(held, sink);
+        }
+        if let Some(held) = self.pending.take() {
+            self.executed(held, sink);
+        }
+        let lost = match (!self.stopped).then(|| self.connection_end()).flatten() {
+            Some(ConnectionEnd::Exec) if !self.exec_seen() => {
+                // The new program has no agent: nothing of dprobe's is in it any more.
+                let why = self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();
+                Some(format!(
+                    "process {} ran {} (exec): the agent does not follow it{why}; not traced from then on",
+                    self.pid,
+                    self.program()
+                ))
+            }
+            // The agent saw its connection's descriptor closed and removed its probes, or its
+            // thread ended.
+            Some(ConnectionEnd::Closed) if self.ended().is_none() => Some(format!(
+                "process {}: the agent's connection ended (the program closed it, as a program that \
+                 closes the descriptors it did not open does, or the agent's thread ended); not traced \
+                 from then on",
+                self.pid
+            )),
+            _ => None,
+        };
+        if let Some(lost) = lost {
+            self.stopped = true;
+            self.drain(sink);
+            self.lost = Some(lost);
+            if !self.spawned && !self.descendant {
+                return Err(AgentError::NotTraced(self.lost.clone().unwrap_or_default()));
+            }
+        }
+        if let Some(ended) = self.ended() {
+            // Every event the program made is in the ring already; its probes went with it.
+            self.stopped = true;
+            while self.drain(sink) > 0 {}
+            return Ok(Some(ended));
+        }
+        Ok(None)
+    }
+
+    /// Hand the records of every ring to `sink` (the program's, its descendants'), each at most
+    /// a ring's worth.
+    fn drain_all(&mut self, sink: EventSink<'_>) -> usize {
+        let mine = self.drain(sink);
+        mine + self.descendants.iter_mut().map(|d| d.drain_all(sink)).sum::<usize>()
+    }
+
+    /// A look at each program children executed (see [`AgentEngine::step`]).
+    fn step_descendants(&mut self, sink: EventSink<'_>) {
+        for d in &mut self.descendants {
+            let ended = match d.step(sink) {
+                Ok(ended) => ended.is_some(),
+                Err(e) => {
+                    d.lost = Some(e.to_string());
+                    true
+                }
+            };
+            if ended {
+                while d.drain(sink) > 0 {}
+                if d.status.is_some() {
+                    // Its end was taken by the watch, as its tracer: its parent learns of it
+                    // once the tracer has waited for it.
+                    let _ = waitpid(Pid::from_raw(d.pid), Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL));
+                }
+                d.stopped = true;
+                d.done = true;
+            }
+        }
+    }
+
+    /// Children about to `exec` that asked first (`exec_gate.rs`'s `child_asks`): each one's
+    /// calling thread seized for its `exec`, watched until it makes it.
+    fn answer_children_execs(&mut self) {
+        use crate::exec_gate::{asker, wake, CLAIMED, IDLE, WATCHED};
+        if !self.follow_children {
+            return;
+        }
+        for i in 0..crate::shm::CHILD_GATES {
+            let gate = self.shm.child_gate(i);
+            let asked = gate.state.load(Acquire);
+            let Some(tid) = asker(asked) else { continue };
+            if gate.state.compare_exchange(asked, CLAIMED, AcqRel, Acquire).is_err() {
+                continue;
+            }
+            // Read once claimed: the child keeps its gate until answered.
+            let pid = gate.pid.load(Acquire) as i32;
+            let state = match self.child_watches.iter().find(|w| w.pid() == pid) {
+                // Asked again after an `exec` that failed: still watched.
+                Some(watch) if watch.tid() == tid => WATCHED,
+                // Another of its threads (one thread is watched per child): runs untraced.
+                Some(_) => {
+                    self.shm.child_untraced();
+                    IDLE
+                }
+                None => match ExecWatch::seize_thread(pid, tid) {
+                    Ok(watch) => {
+                        self.child_watches.push(watch);
+                        WATCHED
+                    }
+                    Err(e) => {
+                        self.unfollowed.push(format!("process {pid} (a child) could not be watched for its exec: {e}"));
+                        IDLE
+                    }
+                },
+            };
+            gate.state.store(state, Release);
+            wake(gate.state);
+        }
+    }
+
+    /// Look at the children watched for their `exec`: a new program is given an agent of its
+    /// own (a descendant); a child that ended is handed on to its parent.
+    fn look_at_child_watches(&mut self) {
+        let mut i = 0;
+        while i < self.child_watches.len() {
+            let found = self.child_watches[i].poll();
+            if let Ok(Watched::Running) = found {
+                i += 1;
+                continue;
+            }
+            let pid = self.child_watches.swap_remove(i).pid();
+            let program = || {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .map_or_else(|_| "a program".into(), |p| format!("`{}`", p.display()))
+            };
+            match found {
+                Ok(Watched::Executed(held)) => match self.descendant_of(*held) {
+                    Ok(descendant) => self.descendants.push(descendant),
+                    Err(e) => self.unfollowed.push(format!(
+                        "process {pid} (a child) ran {} (exec): the agent could not be loaded into it ({e}); not \
+                         traced",
+                        program()
+                    )),
+                },
+                Ok(Watched::Ended(_)) => {
+                    // Its end was taken by the watch, as its tracer: its parent learns of it
+                    // once the tracer has waited for it.
+                    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL));
+                }
+                Ok(Watched::Running | Watched::ThreadEnded) => {}
+                Ok(Watched::Unheld(why)) | Err(LoadError::Refused { reason: why, .. }) => self
+                    .unfollowed
+                    .push(format!("process {pid} (a child) ran {} (exec): not traced ({why})", program())),
+                Err(e) => {
+                    self.unfollowed.push(format!("process {pid} (a child) ran {} (exec): not traced ({e})", program()))
+                }
+            }
+        }
+    }
+
+    /// Trace the program a child executed, `held` at its start: the agent loaded into it and
+    /// given what this one was asked, the program then let go (watched for its own `exec`, as
+    /// a started program is). Where that fails the program runs on untraced.
+    fn descendant_of(&self, mut held: Injector) -> Result<AgentEngine, AgentError> {
+        let pid = held.pid();
+        let (listener, sock, shm) = match load(&mut held, &self.library) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // (Dropped held, it would be killed.)
+                let _ = held.release();
+                return Err(e);
+            }
+        };
+        let mut d = AgentEngine::new(pid, Some(held), listener, sock, shm, self.library.clone(), self.events);
+        d.descendant = true;
+        d.follow_children = self.follow_children;
+        d.requests = self.requests.clone();
+        d.filters = self.filters.clone();
+        d.probes = self.probes.clone();
+        d.values = self.values.clone();
+        d.stacks = self.stacks;
+        if d.stacks.is_some() {
+            d.unwinder.prepare(pid as u32);
+        }
+        let started = d.place_again().and_then(|()| d.release());
+        if let Err(e) = started {
+            if let Some(held) = d.injector.take() {
+                let _ = held.release();
+            }
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    /// Stop tracing the programs children executed (their agents remove their probes), and
+    /// let go of the children watched for their `exec`: they run on untraced.
+    fn stop_descendants(&mut self) {
+        for watch in self.child_watches.drain(..) {
+            watch.end();
+        }
+        for d in &mut self.descendants {
+            let _ = d.stop_agent();
+            d.end_watch();
+        }
+    }
+
+    /// Counter `c` of probe `index`, summed over every program the process ran (`exec`) and
+    /// every program its children executed.
+    fn counted(&self, index: usize, c: Counter) -> u64 {
+        let mine = self.shm.get(index, c) + self.retired.iter().map(|shm| shm.get(index, c)).sum::<u64>();
+        mine + self.descendants.iter().map(|d| d.counted(index, c)).sum::<u64>()
+    }
+
+    /// Where probe `index` is: in this program, or else where a program a child executed has it.
+    fn placement(&self, index: usize) -> Placement {
+        let Some(p) = self.probes.get(index) else { return Placement::Waiting };
+        let current = |c| self.shm.get(index, c);
+        let here = match (&p.placement, current(Counter::PlacedAt), current(Counter::Loads)) {
+            // Placed when its library was loaded; since unloaded, or placed still.
+            (Placement::Waiting, 0, loads) if loads > 0 => Placement::Unloaded,
+            (Placement::Waiting, at, _) if at != 0 => Placement::At(Addr(at)),
+            (Placement::Waiting, _, _) if current(Counter::RefusedAtLoad) != 0 => Placement::Failed(
+                "its library was loaded, and the agent could not resolve or place the probe there (the \
+                 ptrace engine, `--engine ptrace`, resolves from outside the program)"
+                    .into(),
+            ),
+            (placement, _, _) => placement.clone(),
+        };
+        if let Placement::At(_) = here {
+            return here;
+        }
+        let elsewhere = self.descendants.iter().map(|d| d.placement(index)).find(|p| matches!(p, Placement::At(_)));
+        elsewhere.unwrap_or(here)
+    }
+
+    /// The shared memories of this program's agents and of its descendants'.
+    fn every_shm<'a>(&'a self, all: &mut Vec<&'a Shm>) {
+        all.push(&self.shm);
+        all.extend(&self.retired);
+        for d in &self.descendants {
+            d.every_shm(all);
+        }
+    }
+
+    /// What this trace and its descendants' have to say in the summary, each thing once.
+    fn said(&self, notes: &mut Vec<String>) {
+        let lost = self.lost.iter().filter(|_| self.spawned || self.descendant);
+        for note in self.exec_notes.iter().chain(lost).chain(&self.unfollowed) {
+            if !notes.contains(note) {
+                notes.push(note.clone());
+            }
+        }
+        for d in &self.descendants {
+            d.said(notes);
+        }
     }
 
     /// Wait `limit`, less if a started program watched for its `exec` stops or ends
@@ -721,6 +1009,7 @@ impl AgentEngine {
 
     /// Tell the agent to remove its probes and wait until it has.
     fn stop_agent(&mut self) -> Result<(), AgentError> {
+        self.stop_descendants();
         self.stop_children();
         if self.stopped {
             return Ok(());
@@ -793,7 +1082,7 @@ impl AgentEngine {
     /// How the program ended, if it did: a started one with its status; a process dprobe did
     /// not start, without (only its parent learns how).
     fn ended(&mut self) -> Option<Ending> {
-        if self.spawned {
+        if self.spawned || self.descendant {
             if let Some(status) = self.status {
                 return Some(ending_of(status));
             }
@@ -801,6 +1090,8 @@ impl AgentEngine {
                 // Its end comes through the watch (a wait here would take its stops too).
                 return None;
             }
+        }
+        if self.spawned {
             // Not reaped yet: see `Engine::run`.
             return dprobe_ptrace::ended_unreaped(self.pid).map(ending_of);
         }
@@ -1048,61 +1339,25 @@ impl Engine for AgentEngine {
         }
         self.release()?;
         loop {
-            self.accept_children();
             if stop() {
                 self.stop_agent()?;
-                // No record comes after the agent stopped: the ring empties.
-                while self.drain(sink) > 0 {}
+                // No record comes after the agents stopped: the rings empty.
+                while self.drain_all(sink) > 0 {}
                 return Ok(Ending::Asked);
             }
-            self.answer_exec();
-            if let Some(held) = self.look_at_the_program() {
-                self.executed(held, sink);
-            }
-            if let Some(held) = self.pending.take() {
-                self.executed(held, sink);
-            }
-            let lost = match (!self.stopped).then(|| self.connection_end()).flatten() {
-                Some(ConnectionEnd::Exec) if !self.exec_seen() => {
-                    // The new program has no agent: nothing of dprobe's is in it any more.
-                    let why =
-                        self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();
-                    Some(format!(
-                        "process {} ran {} (exec): the agent does not follow it{why}; not traced from then on",
-                        self.pid,
-                        self.program()
-                    ))
-                }
-                // The agent saw its connection's descriptor closed and removed its probes, or its
-                // thread ended.
-                Some(ConnectionEnd::Closed) if self.ended().is_none() => Some(format!(
-                    "process {}: the agent's connection ended (the program closed it, as a program that \
-                     closes the descriptors it did not open does, or the agent's thread ended); not traced \
-                     from then on",
-                    self.pid
-                )),
-                _ => None,
-            };
-            if let Some(lost) = lost {
-                self.stopped = true;
-                self.drain(sink);
-                self.lost = Some(lost);
-                if !self.spawned {
-                    return Err(AgentError::NotTraced(self.lost.clone().unwrap_or_default()));
-                }
-            }
-            if let Some(ended) = self.ended() {
-                // Every event the program made is in the ring already; its probes went with it.
+            if let Some(ended) = self.step(sink)? {
+                // The trace ends with the program, as the ptrace engine's: the programs its
+                // children executed that still run go on untraced.
+                self.stop_descendants();
+                while self.drain_all(sink) > 0 {}
                 // A started program is reaped only now: while its events are read, `/proc`
                 // still shows it (its name).
-                self.stopped = true;
-                while self.drain(sink) > 0 {}
                 if self.spawned {
                     let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
                 }
                 return Ok(ended);
             }
-            if self.drain(sink) == 0 {
+            if self.drain_all(sink) == 0 {
                 self.wait_for_the_program(Duration::from_millis(1));
             }
         }
@@ -1113,10 +1368,10 @@ impl Engine for AgentEngine {
     }
 
     fn stats(&self, index: usize) -> Stats {
-        let Some(p) = self.probes.get(index) else { return Stats::default() };
-        let current = |c| self.shm.get(index, c);
-        // Summed over every program the process ran (`exec`).
-        let get = |c| current(c) + self.retired.iter().map(|shm| shm.get(index, c)).sum::<u64>();
+        if self.probes.get(index).is_none() {
+            return Stats::default();
+        }
+        let get = |c| self.counted(index, c);
         // The returns read before the entries, as the counts' readers must (`HitCount::get`):
         // while the program runs on, the figures never show more returns than calls.
         let returns = get(Counter::Returns);
@@ -1128,23 +1383,15 @@ impl Engine for AgentEngine {
             abandoned: get(Counter::Abandoned),
             lost: get(Counter::Lost),
             rearmed: get(Counter::Rearmed),
-            placement: match (&p.placement, current(Counter::PlacedAt), current(Counter::Loads)) {
-                // Placed when its library was loaded; since unloaded, or placed still.
-                (Placement::Waiting, 0, loads) if loads > 0 => Placement::Unloaded,
-                (Placement::Waiting, at, _) if at != 0 => Placement::At(Addr(at)),
-                (Placement::Waiting, _, _) if current(Counter::RefusedAtLoad) != 0 => Placement::Failed(
-                    "its library was loaded, and the agent could not resolve or place the probe there (the \
-                     ptrace engine, `--engine ptrace`, resolves from outside the program)"
-                        .into(),
-                ),
-                (placement, _, _) => placement.clone(),
-            },
+            placement: self.placement(index),
             ..Stats::default()
         }
     }
 
     fn notes(&self) -> Vec<String> {
-        let all = || std::iter::once(&self.shm).chain(&self.retired);
+        let mut shms = Vec::new();
+        self.every_shm(&mut shms);
+        let all = || shms.iter().copied();
         let dropped = match all().map(Shm::dropped).sum::<u64>() {
             0 => None,
             n => Some(format!("{n} events dropped: the agent's ring was full")),
@@ -1154,18 +1401,17 @@ impl Engine for AgentEngine {
             n => Some(format!("{n} events without their stack: every stack slot of the agent was in use")),
         };
         let untraced = all().map(Shm::untraced_children).sum();
-        // A followed child's own program is traced; those children execute are not.
         let hint = match self.follow_children {
-            true => "the agent does not follow the programs children execute; --engine ptrace does",
-            false => "--follow traces them",
+            true => {
+                "the agent follows the programs children execute through the C library's exec functions, \
+                     in a program it started or one they executed"
+            }
+            false => "without --no-follow they are traced",
         };
-        dropped
-            .into_iter()
-            .chain(no_stack)
-            .chain(dprobe_core::untraced_children(untraced, hint))
-            .chain(self.exec_notes.iter().cloned())
-            .chain(self.lost.clone().filter(|_| self.spawned))
-            .collect()
+        let mut notes: Vec<String> =
+            dropped.into_iter().chain(no_stack).chain(dprobe_core::untraced_children(untraced, hint)).collect();
+        self.said(&mut notes);
+        notes
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {

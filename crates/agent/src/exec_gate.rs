@@ -195,7 +195,9 @@ fn failed(_: &mut Regs, _: &InstanceData) {
 /// for its answer (see the module's comment).
 fn asks(_: &mut Regs) -> PreAction {
     let Some((words, tid)) = gate_words() else {
-        count_a_childs_program();
+        if !child_asks() {
+            count_a_childs_program();
+        }
         return PreAction::Continue;
     };
     let start = raw_calls::monotonic_ns();
@@ -238,6 +240,57 @@ fn asks(_: &mut Regs) -> PreAction {
         }
         wait_a_slice(words.state, state);
     }
+}
+
+/// An `exec` function called, while the gate is open and dprobe follows children, by a child of
+/// the program: a forked one (whose agent follows it), or one sharing the program's memory
+/// until its `exec` (`vfork`, `posix_spawn`, `system`). The child asks in a gate of its own
+/// ([`Shm::child_gate`]) and waits, as the program's threads do, at most [`PATIENCE`]: dprobe
+/// seizes the calling thread for its `exec` and loads an agent into the program it executes.
+/// Whether dprobe watches it (if not, the program runs untraced). An `exec` that fails
+/// returns, still watched: the next asks again and is told so at once.
+///
+/// The child gives the gate back once answered (the `exec` is then dprobe's to see); a child
+/// that finds every gate taken goes on unwatched.
+fn child_asks() -> bool {
+    let shm = GATE.load(Acquire);
+    if shm.is_null() || !crate::child::FOLLOW_CHILDREN.load(Relaxed) {
+        return false;
+    }
+    // SAFETY: as in `gate_words`: the memory outlives the probes whose handler this is.
+    let shm = unsafe { &*shm };
+    let open = shm.exec_gate().open;
+    if open.load(Acquire) == 0 {
+        return false;
+    }
+    let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
+    let taken = (0..crate::shm::CHILD_GATES)
+        .map(|i| shm.child_gate(i))
+        .find(|gate| gate.pid.compare_exchange(0, pid as u32, AcqRel, Relaxed).is_ok());
+    let Some(gate) = taken else { return false };
+    let start = raw_calls::monotonic_ns();
+    let patient =
+        || open.load(Acquire) != 0 && raw_calls::monotonic_ns().saturating_sub(start) < PATIENCE.as_nanos() as u64;
+    gate.state.store(asking(tid), Release);
+    let watched = loop {
+        let state = gate.state.load(Acquire);
+        match state {
+            _ if asker(state) == Some(tid) && !patient() => {
+                if gate.state.compare_exchange(state, IDLE, AcqRel, Acquire).is_ok() {
+                    break false;
+                }
+            }
+            _ if asker(state) == Some(tid) => {}
+            // Claimed: dprobe is seizing the thread; waited out whatever the patience.
+            CLAIMED if open.load(Acquire) != 0 => {}
+            WATCHED => break true,
+            _ => break false,
+        }
+        wait_a_slice(gate.state, state);
+    };
+    gate.state.store(IDLE, Relaxed);
+    gate.pid.store(0, Release);
+    watched
 }
 
 /// An `exec` function called, while the gate is open, by another process than the gated one

@@ -32,16 +32,21 @@ pub const SLOTS: usize = 8192;
 /// every function of the C library (`libc:*` comes to about 2,200).
 pub const MAX_PROBES: usize = 4096;
 
-const MAGIC: u64 = 0x6470_726f_6265_7237; // "dprober7"
+const MAGIC: u64 = 0x6470_726f_6265_7238; // "dprober8"
 /// The ring's and stack slots' words (0-7), then the `exec` gate's (`exec_gate.rs`), then the
-/// doorbell, then the count of children that ran untraced.
-const HEADER_BYTES: usize = 128;
+/// doorbell, then the count of children that ran untraced, then the children's `exec` gates.
+const HEADER_BYTES: usize = 256;
 /// Byte of the first of the `exec` gate's 32-bit words (futex words).
 const EXEC_GATE_AT: usize = 64;
 /// Byte of the doorbell, a 32-bit futex word.
 const DOORBELL_AT: usize = 72;
 /// Byte of the count of children that ran untraced (a 64-bit word).
 const UNTRACED_AT: usize = 80;
+/// Byte of the first of the children's `exec` gates (two 32-bit words each).
+const CHILD_GATES_AT: usize = 128;
+/// Children that can ask before their `exec` at the same time (`exec_gate.rs`).
+pub const CHILD_GATES: usize = 16;
+const _: () = assert!(CHILD_GATES_AT + CHILD_GATES * 8 <= HEADER_BYTES);
 const COUNTER_WORDS: usize = 16;
 const COUNTERS_BYTES: usize = MAX_PROBES * COUNTER_WORDS * 8;
 /// Each probe's counts that every hit adds to, after its counter words: hits, then returns.
@@ -106,6 +111,18 @@ pub struct ExecGateWords<'a> {
     /// Where the request is (`exec_gate.rs`: idle, asking, claimed by dprobe, watched, its
     /// `exec` failed, being let go); a
     /// futex word the asking thread waits on, which dprobe wakes when it changes it.
+    pub state: &'a AtomicU32,
+}
+
+/// One child's `exec` gate in the shared memory ([`Shm::child_gate`]): a child of the program
+/// (forked, or sharing its memory) about to `exec` while dprobe follows children.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildGate<'a> {
+    /// The asking child's process id; 0 while the gate is free (a child takes it by moving it
+    /// from 0, and gives it back once answered).
+    pub pid: &'a AtomicU32,
+    /// The request, as the program's own (`ExecGateWords::state`): idle, asking (with the
+    /// thread's id), claimed, watched.
     pub state: &'a AtomicU32,
 }
 
@@ -188,6 +205,17 @@ impl Shm {
             unsafe { &*(self.base().add(EXEC_GATE_AT + i * 4) as *const AtomicU32) }
         };
         ExecGateWords { open: word(0), state: word(1) }
+    }
+
+    /// The `i`th child's `exec` gate (`i` < [`CHILD_GATES`]).
+    pub fn child_gate(&self, i: usize) -> ChildGate<'_> {
+        assert!(i < CHILD_GATES);
+        let word = |w: usize| {
+            // SAFETY: inside the header (asserted above), 4-byte aligned, only ever accessed
+            // atomically.
+            unsafe { &*(self.base().add(CHILD_GATES_AT + i * 8 + w * 4) as *const AtomicU32) }
+        };
+        ChildGate { pid: word(0), state: word(1) }
     }
 
     /// The agent's doorbell: a futex word the agent's thread waits on between its looks at

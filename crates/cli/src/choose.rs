@@ -14,9 +14,6 @@ pub fn agent_cannot(args: &TraceArgs, planned: &[Planned], program: Option<&str>
     if planned.len() > most {
         return Some(format!("the specs come to {} probes, the agent places at most {most}", planned.len()));
     }
-    if args.follow {
-        return Some("--follow: the agent does not follow the programs that children execute".into());
-    }
     let implied = args.folded.is_some() || args.by.iter().any(|k| k == "stack");
     if crate::stacks::parse_stack(args.stack.as_deref(), args.stack_depth, implied)
         .is_ok_and(|w| w.is_some_and(|w| w.kernel))

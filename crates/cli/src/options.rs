@@ -101,11 +101,15 @@ pub struct TraceArgs {
     /// Stop tracing after this long (`10`, `2.5s`, `500ms`, `1m`) and detach.
     #[arg(short = 'd', long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Follow children: a forked child (and the program a child executes) is traced too, its
-    /// events carrying its pid, its hits counted with the rest. Without it children run
-    /// untraced; a `vfork` child (`system`, `posix_spawn`), which runs in the program's own
-    /// memory, until it executes its program.
-    #[arg(long)]
+    /// Leave children untraced. By default a forked child, and the program a child executes
+    /// (`system`, `posix_spawn`, a shell's commands), is traced too, its events carrying its
+    /// pid, its hits counted with the rest. With this, a child's probes are removed as it
+    /// starts; a `vfork` child (`system`, `posix_spawn`), which runs in the program's own
+    /// memory, is traced until it executes its program.
+    #[arg(long, overrides_with = "follow")]
+    pub no_follow: bool,
+    /// Follow children: the default (see --no-follow).
+    #[arg(long, overrides_with = "no_follow", hide = true)]
     pub follow: bool,
     /// Pending returns per return probe, over all threads; more are counted as missed.
     /// Default: no limit (the kernel engine: the kernel's default).
@@ -159,6 +163,13 @@ pub struct TraceArgs {
     /// from the traced program's own output).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    /// Whether children are followed (the default; not with --no-follow).
+    pub fn follows_children(&self) -> bool {
+        !self.no_follow
+    }
 }
 
 /// The engines.

@@ -181,13 +181,6 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     if args.verbose {
         eprintln!("dprobe: engine: {} ({why})", engine_name(engine));
     }
-    if engine == Engine::Agent && args.follow {
-        // Asked for: said once, since some of what --follow promises is not traced.
-        eprintln!(
-            "dprobe: note: the agent follows forked children, not the programs children execute \
-             (those run untraced; the ptrace engine, the default with --follow, traces them)"
-        );
-    }
     // Every field is known before placing unless a tracepoint brings its own: check what
     // can be checked before anything starts.
     if !planned.iter().any(|p| p.info.tracepoint) {
@@ -285,7 +278,7 @@ fn trace_one_program(
     if engine == Engine::Agent {
         match start_agent(args, program) {
             Ok(mut engine) => {
-                if args.follow {
+                if args.follows_children() {
                     engine.follow()?;
                 }
                 let pid = engine.pid();
@@ -309,7 +302,7 @@ fn trace_one_program(
         }
         (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };
-    if args.follow {
+    if args.follows_children() {
         engine.follow();
     }
     let pid = engine.pid();

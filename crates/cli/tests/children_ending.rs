@@ -209,11 +209,11 @@ fn sigterm_to_dprobe_attached_to_a_program_making_children_lets_it_finish_right(
         std::mem::forget(program);
         let err = out_file(&format!("{name}.err"));
         let trace = out_file(&name);
-        // Every other round through the agent (which does not follow): its probes go in and
-        // out while `posix_spawn` and `system` children run in the program's memory.
+        // Every other round through the agent: its probes go in and out while `posix_spawn`
+        // and `system` children run in the program's memory.
         let mut args = vec!["trace", "-v", "-o", trace.to_str().unwrap(), "--count", "work", "-p", &pid];
         if round % 2 == 0 {
-            args.push("--follow");
+            args.extend(["--engine", "ptrace"]);
         }
         let mut dprobe = common::dprobe_command()
             .args(&args)

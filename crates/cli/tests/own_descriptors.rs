@@ -189,8 +189,8 @@ fn neither_a_traced_program_nor_its_forked_child_holds_the_agents_descriptors() 
     for engine in ["ptrace", "agent"] {
         for follow in [false, true] {
             let mut args = vec!["--engine", engine, "-c", &probe];
-            if follow {
-                args.push("--follow");
+            if !follow {
+                args.push("--no-follow");
             }
             args.extend(["--", program]);
             let t = trace_to_file(&format!("forker-{engine}-{follow}"), &args);

@@ -166,8 +166,8 @@ fn a_kernel_uprobe_added_and_removed_on_a_probed_function() {
         let out = out_file(&format!("coexist-{follow}"));
         // The ptrace engine's breakpoint (the agent's jump has a test of its own below).
         let mut args = vec!["trace", "--engine", "ptrace", "--count", "-o", out.to_str().unwrap(), "counted"];
-        if follow {
-            args.push("--follow");
+        if !follow {
+            args.push("--no-follow");
         }
         let mut traced = Traced::start(&args, program, N);
         let pid = traced.pid;

@@ -184,9 +184,12 @@ fn the_command_starts_with_default_signal_dispositions() {
 #[test]
 fn fork_exec_and_the_programs_own_sigtrap_handler() {
     for engine in ENGINES {
-        let (code, out) = trace_with(engine, "fork", &["--count", "probed", "--", target(), "fork"]);
+        let (code, out) = trace_with(engine, "fork", &["--no-follow", "--count", "probed", "--", target(), "fork"]);
         let what = format!("{engine}: the parent's call; the child runs untraced\n{out}");
         assert_eq!((code, hits(&out, "probed")), (Some(0), 1), "{what}");
+        let (code, out) = trace_with(engine, "fork-followed", &["--count", "probed", "--", target(), "fork"]);
+        let what = format!("{engine}: the parent's call and the child's, followed by default\n{out}");
+        assert_eq!((code, hits(&out, "probed")), (Some(0), 2), "{what}");
         let (code, out) = trace_with(engine, "signals", &["--count", "probed", "--", target(), "signals"]);
         assert_eq!((code, hits(&out, "probed")), (Some(0), 3), "{engine}: its own int3s reached its handler\n{out}");
     }

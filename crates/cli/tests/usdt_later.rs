@@ -97,8 +97,8 @@ fn forked(engine: &str, follow: bool) -> (Vec<String>, String) {
     let (prog, _) = programs(engine);
     let spec = format!("usdt:{prog}:later:round i=$arg1");
     let mut args = vec!["--engine", engine, &spec, "--", prog, "fork", "2"];
-    if follow {
-        args.insert(0, "--follow");
+    if !follow {
+        args.insert(0, "--no-follow");
     }
     let t = trace_to_file(&format!("usdt-later-fork-{engine}-{follow}"), &args);
     assert_eq!(t.code, Some(0), "{engine}: {}\n{}", t.stderr, t.trace);

@@ -408,7 +408,7 @@ impl Engine for PtraceEngine {
 
     fn notes(&self) -> Vec<String> {
         let untraced: u64 = std::iter::once(&self.tracee).chain(&self.children).map(|t| t.untraced_children).sum();
-        dprobe_core::untraced_children(untraced, "--follow traces them").into_iter().collect()
+        dprobe_core::untraced_children(untraced, "without --no-follow they are traced").into_iter().collect()
     }
 
     fn remarks(&self, index: usize) -> Vec<String> {
