@@ -874,6 +874,8 @@ impl AgentEngine {
             }
         };
         let mut d = AgentEngine::new(pid, Some(held), listener, sock, shm, self.library.clone(), self.events);
+        // Not dprobe's child: its end is seen, not reaped, here.
+        d.spawned = false;
         d.descendant = true;
         d.follow_children = self.follow_children;
         d.requests = self.requests.clone();
