@@ -71,7 +71,8 @@ pub(crate) struct Live {
     /// Probes placed when their library was loaded, removed when it is unloaded.
     pub(crate) followed: Vec<crate::wire::PlaceProbe>,
     /// The probes that keep `SIGTRAP` open in threads that block every signal and in signal
-    /// handlers (`dprobe_inproc::keep_traps_open`), removed with the others.
+    /// handlers (`dprobe_inproc::keep_traps_open`), removed after every other probe that may
+    /// trap.
     pub(crate) traps_open: Option<dprobe_inproc::TrapsOpen>,
     /// The probes that keep the ids in events right in children that share the program's
     /// memory (`dprobe_inproc::watch_lent_threads`), removed with the others.
@@ -104,8 +105,12 @@ pub(crate) fn end_session(figures: bool) {
             // a library) is let go only once none is left in code it may unmap.
             remove(&mut l.placed, figures.then_some(&*l.shm));
             crate::follow::stop();
-            drop(l.traps_open.take());
+            // Every probe that can trap goes while `SIGTRAP` is still kept open: removing a
+            // jump puts an `int3` back for a moment, and a thread that blocks every signal
+            // around its call (a shell around `vfork`) is killed at that `int3` once the
+            // masks are its own again. So the probes on `vfork` and `posix_spawn` go first.
             drop(l.lent_threads.take());
+            drop(l.traps_open.take());
             drop(l.spawn_hold.take());
             // No descriptor of the agent's stays in the program (the next session opens its own).
             dprobe_inproc::close_mem_file();

@@ -253,3 +253,102 @@ fn a_handler_that_blocks_every_signal_survives_its_int3_hits() {
     assert_eq!(String::from_utf8_lossy(&finished.stdout), "called=1 bad=0 trap_blocked=1\n");
     assert_eq!(finished.status.code(), Some(0));
 }
+
+/// Four workers each block every signal around a `vfork` (as a shell does around each command
+/// it runs) and call `tiny` in between, until `SIGUSR2` comes; then the program prints whether
+/// every child ended as it should.
+const VFORKS: &str = r#"
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+__attribute__((noinline)) int tiny(int x) { return x + 1; }
+static volatile sig_atomic_t stop;
+static void on_usr2(int s) { (void)s; stop = 1; }
+static void *worker(void *a) {
+    (void)a;
+    long bad = 0, n = 0;
+    sigset_t all, old;
+    sigfillset(&all);
+    while (!stop) {
+        bad += tiny((int)n) != (int)n + 1;
+        sigprocmask(SIG_SETMASK, &all, &old);
+        pid_t pid = vfork();
+        if (pid == 0)
+            _exit(7);
+        sigprocmask(SIG_SETMASK, &old, 0);
+        int status = 0;
+        bad += pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 7;
+        n++;
+    }
+    return (void *)(bad + (n == 0));
+}
+int main(void) {
+    signal(SIGUSR2, on_usr2);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], 0, worker, 0);
+    long bad = 0;
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += (long)r;
+    }
+    printf("bad=%ld\n", bad);
+    return 0;
+}
+"#;
+
+/// The agent's end (Ctrl-C sent to dprobe alone) while threads block every signal around
+/// `vfork`: the agent's probe on `vfork` is an `int3` for a moment as it goes, so `SIGTRAP`
+/// stays out of the masks the program sets until it has gone. Each of several rounds ends
+/// with the program untraced and running, then finishing with its own result.
+#[test]
+fn threads_that_block_every_signal_around_vfork_outlive_the_agent_s_end() {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let src = out_file("blocked_vforks.c");
+    std::fs::write(&src, VFORKS).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "blocked-vforks", &["-O2", "-pthread"]);
+    let probe = format!("{program}:tiny");
+    for round in 0..6 {
+        let out = out_file(&format!("blocked-vforks-{round}"));
+        let mut dprobe = common::dprobe_command()
+            .args(["trace", "--engine", "agent", "-o", out.to_str().unwrap(), &probe, "--", program])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains(" call tiny(")).count()
+            < 100
+        {
+            assert!(Instant::now() < deadline, "round {round}: no events came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let command = common::started_command(dprobe.id()).expect("the program dprobe started");
+        // SAFETY: signals the dprobe this test started.
+        assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGINT) }, 0);
+        // Untraced once dprobe's summary is written (dprobe ends; the program goes on); it
+        // then runs on a while, and is stopped.
+        while !std::fs::read_to_string(&out).unwrap_or_default().contains("PROBE") {
+            assert!(Instant::now() < deadline, "round {round}: dprobe never detached");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: signals the program this test had dprobe start.
+        unsafe { libc::kill(command, libc::SIGUSR2) };
+        let status = dprobe.wait().unwrap();
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        dprobe.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        dprobe.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let trace = std::fs::read_to_string(&out).unwrap_or_default();
+        let summary = trace.lines().skip_while(|l| !l.starts_with("PROBE")).collect::<Vec<_>>().join("\n");
+        let what = format!("round {round}: dprobe's status {status:?}\n{stderr}\n{summary}");
+        assert_eq!(status.code(), Some(0), "{what}");
+        // Read to its end: the program's own line, once it ended (none if it was killed).
+        assert_eq!(stdout, "bad=0\n", "the program's result (nothing: killed), {what}");
+    }
+}
