@@ -98,31 +98,28 @@ impl AgentEngine {
                 continue;
             }
             let pid = self.child_watches.swap_remove(i).pid();
-            let program = || {
-                std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .map_or_else(|_| "a program".into(), |p| format!("`{}`", p.display()))
-            };
-            match found {
+            let not_traced = match found {
                 Ok(Watched::Executed(held)) => match self.descendant_of(*held) {
-                    Ok(descendant) => self.descendants.push(descendant),
-                    Err(e) => self.unfollowed.push(format!(
-                        "process {pid} (a child) ran {} (exec): the agent could not be loaded into it ({e}); not \
-                         traced",
-                        program()
-                    )),
+                    Ok(descendant) => {
+                        self.descendants.push(descendant);
+                        None
+                    }
+                    Err(e) => Some(format!("the agent could not be loaded into it ({e})")),
                 },
                 Ok(Watched::Ended(_)) => {
                     // Its end was taken by the watch, as its tracer: its parent learns of it
                     // once the tracer has waited for it.
                     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL));
+                    None
                 }
-                Ok(Watched::Running | Watched::ThreadEnded) => {}
-                Ok(Watched::Unheld(why)) | Err(LoadError::Refused { reason: why, .. }) => self
-                    .unfollowed
-                    .push(format!("process {pid} (a child) ran {} (exec): not traced ({why})", program())),
-                Err(e) => {
-                    self.unfollowed.push(format!("process {pid} (a child) ran {} (exec): not traced ({e})", program()))
-                }
+                Ok(Watched::Running | Watched::ThreadEnded) => None,
+                Ok(Watched::Unheld(why)) | Err(LoadError::Refused { reason: why, .. }) => Some(why),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = not_traced {
+                let program = std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .map_or_else(|_| "a program".into(), |p| format!("`{}`", p.display()));
+                self.unfollowed.push(format!("process {pid} (a child) ran {program} (exec): not traced ({why})"));
             }
         }
     }
