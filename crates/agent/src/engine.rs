@@ -339,14 +339,22 @@ impl AgentEngine {
         match self.injector.take() {
             Some(i) if (self.spawned || self.descendant) && !self.stopped => self.release_watching_exec(i),
             Some(i) => Ok(i.release()?),
-            None => Ok(()),
+            None => {
+                // A process dprobe attached to (let go as the agent started): the programs its
+                // children execute are followed as a started program's are (its own `exec` is
+                // not: the agent is loaded again only into a program held from its start).
+                if self.follow_children && !self.stopped && !self.spawned && !self.descendant {
+                    self.gate_exec(false);
+                }
+                Ok(())
+            }
         }
     }
 
     /// Let a started program run, watched for its `exec`: from the moment it says it is about
     /// to, when its agent asks first (`exec_gate.rs`); else all along, with ptrace.
     fn release_watching_exec(&mut self, held: Injector) -> Result<(), AgentError> {
-        self.exec_gated = self.gate_exec();
+        self.exec_gated = self.gate_exec(true);
         if self.exec_gated {
             held.release()?;
         } else {
@@ -355,9 +363,10 @@ impl AgentEngine {
         Ok(())
     }
 
-    /// Ask the agent to ask before the program's `exec`: whether it will.
-    fn gate_exec(&mut self) -> bool {
-        if self.tell(&Message::GateExec).is_err() {
+    /// Ask the agent to ask before an `exec` (the program's own threads too, if `own`):
+    /// whether it will.
+    fn gate_exec(&mut self, own: bool) -> bool {
+        if self.tell(&Message::GateExec { own }).is_err() {
             return false;
         }
         loop {
@@ -1197,10 +1206,7 @@ impl Engine for AgentEngine {
         };
         let untraced = all().map(Shm::untraced_children).sum();
         let hint = match self.follow_children {
-            true => {
-                "the agent follows the programs children execute through the C library's exec functions, \
-                     in a program it started or one they executed"
-            }
+            true => "the agent follows the programs children execute through the C library's exec functions",
             false => "without --no-follow they are traced",
         };
         let mut notes: Vec<String> =

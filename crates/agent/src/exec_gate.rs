@@ -22,6 +22,11 @@
 //! program go (below); where they cannot be jumps, the program stays watched until its next
 //! `exec` or the end of the trace.
 //!
+//! Children followed ask too, each in a gate of its own ([`child_asks`]): the programs they
+//! execute get an agent of their own. In a process dprobe attached to, they alone ask: its own
+//! `exec` is not followed (dprobe loads the agent again only into a program it holds from its
+//! start).
+//!
 //! The probes must be jump-optimized: a `posix_spawn` child resets the handlers of its signals,
 //! dprobe's `SIGTRAP` handler among them, before it calls `execve`, and an `int3` there would
 //! kill it. Where they cannot be, the agent does not ask, and dprobe watches the program all
@@ -50,7 +55,7 @@
 //! that time (a shell reading its next command) stays watched, as all along before. A thread
 //! it finds at a new program's `exec` (a signal handler's) is followed.
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +94,9 @@ pub(crate) const RELEASE_TRIES: u32 = 8;
 static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
 /// The process whose threads ask (not a child sharing its memory).
 static GATED_PID: AtomicI32 = AtomicI32::new(0);
+/// Whether the gated process's own threads ask (not in a process dprobe attached to, whose
+/// children alone do).
+static OWN_THREADS_ASK: AtomicBool = AtomicBool::new(false);
 /// The thread whose request dprobe answered last by watching it.
 static WATCHED_TID: AtomicI32 = AtomicI32::new(0);
 
@@ -148,6 +156,11 @@ fn returns_jump(function: Addr) -> Option<ReturnProbe> {
     inside.all(|i| i.jump.is_ok()).then_some(probe)
 }
 
+/// Whether the program's own threads ask, or its children alone (the gate open).
+pub(crate) fn own_threads_ask(ask: bool) {
+    OWN_THREADS_ASK.store(ask, Relaxed);
+}
+
 /// Stop asking: the waiting thread goes on, then the probes are removed. In a forked child
 /// (whose copy of the probes goes as it starts) the shared words are the parent's, left as
 /// they are.
@@ -173,7 +186,7 @@ fn gate_words() -> Option<(ExecGateWords<'static>, i32)> {
     let shm = GATE.load(Acquire);
     // Not the C library's: its `getpid` may be probed, and this runs on the program's thread.
     let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
-    if shm.is_null() || pid != GATED_PID.load(Relaxed) {
+    if shm.is_null() || pid != GATED_PID.load(Relaxed) || !OWN_THREADS_ASK.load(Relaxed) {
         return None;
     }
     // SAFETY: `GATE` points at the session's shared memory from `open` until `close`, which
@@ -220,25 +233,32 @@ fn asks(_: &mut Regs) -> PreAction {
             _ => return PreAction::Continue,
         }
     }
+    if answered_watched(words.state, words.open, tid, start) {
+        WATCHED_TID.store(tid, Relaxed);
+    }
+    PreAction::Continue
+}
+
+/// Wait for dprobe's answer to thread `tid`, which asks in `state` (a gate's futex word) and
+/// started asking at `start`: whether dprobe watches it. The thread gives up (moves its
+/// request back to [`IDLE`]) once out of [`PATIENCE`] or when the gate (`open`) closes, but
+/// not while dprobe has claimed the request: dprobe is seizing it then.
+fn answered_watched(state: &AtomicU32, open: &AtomicU32, tid: i32, start: u64) -> bool {
+    let patient =
+        || open.load(Acquire) != 0 && raw_calls::monotonic_ns().saturating_sub(start) < PATIENCE.as_nanos() as u64;
     loop {
-        let state = words.state.load(Acquire);
-        let gave_up = || words.state.compare_exchange(asking(tid), IDLE, AcqRel, Acquire).is_ok();
-        match state {
-            _ if asker(state) == Some(tid) && !patient() => {
-                if gave_up() {
-                    return PreAction::Continue;
+        let now = state.load(Acquire);
+        match now {
+            _ if asker(now) == Some(tid) => {
+                if !patient() && state.compare_exchange(now, IDLE, AcqRel, Acquire).is_ok() {
+                    return false;
                 }
             }
-            _ if asker(state) == Some(tid) => {}
-            CLAIMED if words.open.load(Acquire) == 0 => return PreAction::Continue,
-            CLAIMED => {}
-            WATCHED => {
-                WATCHED_TID.store(tid, Relaxed);
-                return PreAction::Continue;
-            }
-            _ => return PreAction::Continue,
+            CLAIMED if open.load(Acquire) != 0 => {}
+            WATCHED => return true,
+            _ => return false,
         }
-        wait_a_slice(words.state, state);
+        wait_a_slice(state, now);
     }
 }
 
@@ -260,34 +280,18 @@ fn child_asks() -> bool {
     // SAFETY: as in `gate_words`: the memory outlives the probes whose handler this is.
     let shm = unsafe { &*shm };
     let open = shm.exec_gate().open;
-    if open.load(Acquire) == 0 {
+    let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
+    // (The program's own thread, where its children alone ask.)
+    if open.load(Acquire) == 0 || pid == GATED_PID.load(Relaxed) {
         return false;
     }
-    let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
     let taken = (0..crate::shm::CHILD_GATES)
         .map(|i| shm.child_gate(i))
         .find(|gate| gate.pid.compare_exchange(0, pid as u32, AcqRel, Relaxed).is_ok());
     let Some(gate) = taken else { return false };
     let start = raw_calls::monotonic_ns();
-    let patient =
-        || open.load(Acquire) != 0 && raw_calls::monotonic_ns().saturating_sub(start) < PATIENCE.as_nanos() as u64;
     gate.state.store(asking(tid), Release);
-    let watched = loop {
-        let state = gate.state.load(Acquire);
-        match state {
-            _ if asker(state) == Some(tid) && !patient() => {
-                if gate.state.compare_exchange(state, IDLE, AcqRel, Acquire).is_ok() {
-                    break false;
-                }
-            }
-            _ if asker(state) == Some(tid) => {}
-            // Claimed: dprobe is seizing the thread; waited out whatever the patience.
-            CLAIMED if open.load(Acquire) != 0 => {}
-            WATCHED => break true,
-            _ => break false,
-        }
-        wait_a_slice(gate.state, state);
-    };
+    let watched = answered_watched(gate.state, open, tid, start);
     gate.state.store(IDLE, Relaxed);
     gate.pid.store(0, Release);
     watched

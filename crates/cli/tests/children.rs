@@ -252,6 +252,44 @@ fn hits_of_children_sharing_the_program_s_memory_carry_the_child_s_pid() {
     }
 }
 
+/// A process dprobe attached to (`-p`) has the programs its children execute followed too: a
+/// shell waiting for a line, then running `family` twice (each program's calls of `work`
+/// counted, exactly, with none of its children untraced), finishes with its own status. Under
+/// the agent the shell's children ask before their `exec` as a started program's do.
+#[test]
+fn the_programs_an_attached_process_s_children_execute_are_followed() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    let f = family();
+    let script = format!("read line && {f} spawn 2 && {f} fork 2 3");
+    for engine in ["agent", "ptrace"] {
+        let mut shell = Command::new("/bin/sh").args(["-c", &script]).stdin(Stdio::piped()).spawn().unwrap();
+        let out = common::out_file(&format!("attached-children-{engine}"));
+        let pid = shell.id().to_string();
+        let mut dprobe = common::dprobe_command()
+            .args(["trace", "-v", "-o", out.to_str().unwrap(), "--engine", engine, "-c", "family:work", "-p", &pid])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.ends_with("dprobe: tracing\n") {
+            assert!(stderr.read_line(&mut said).unwrap() > 0, "{engine}: dprobe ended before tracing: {said}");
+        }
+        writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+        let status = shell.wait().unwrap();
+        // dprobe ends with the process it traced.
+        stderr.read_to_string(&mut said).unwrap();
+        assert_eq!(dprobe.wait().unwrap().code(), Some(0), "{engine}: {said}");
+        let trace = std::fs::read_to_string(&out).unwrap();
+        let what = format!("{engine}: {said}\n{trace}");
+        assert_eq!(status.code(), Some(0), "{what}");
+        // Two calls in the first program, two in the second and three in its fork.
+        assert_eq!(hits(&trace, "family:work"), 7, "{what}");
+        assert!(!trace.contains("untraced"), "{what}");
+    }
+}
+
 /// Children followed (the default) under the agent: a `kill -9` of dprobe at moments spread
 /// over a shell's run (while an agent is loaded into a program a child executed, while a child
 /// is watched for its `exec`, in between) lets the shell and every child finish right: the
@@ -286,6 +324,37 @@ fn kill_9_of_dprobe_following_a_shells_children_lets_every_child_finish_right() 
         }
     }
     eprintln!("kills while a child's program had its own agent: {followed} of 8");
+}
+
+/// The same with the shell attached to (`-p`), its children's programs followed: after each
+/// `kill -9` of dprobe the shell (the test's child) runs on and ends with 0, every child of
+/// its right.
+#[test]
+fn kill_9_of_dprobe_following_an_attached_shells_children_lets_every_child_finish_right() {
+    use killing::{become_subreaper, kill_and_reap, start_dprobe, wait_until, Moments};
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    // (dprobe's holder, orphaned, is then waited for here: its end is part of the try.)
+    become_subreaper();
+    let f = family();
+    let script = format!("read line; for i in 1 2 3; do {f} spawn 2 && {f} fork 2 3 && {f} system 2 || exit 9; done");
+    let mut moments = Moments::new();
+    for i in 0..6 {
+        let mut shell = Command::new("/bin/sh").args(["-c", &script]).stdin(Stdio::piped()).spawn().unwrap();
+        let pid = shell.id().to_string();
+        let out = common::out_file(&format!("killed-following-attached-{i}"));
+        let err = common::out_file(&format!("killed-following-attached-{i}.err"));
+        let dprobe = start_dprobe(&["-v", "--engine", "agent", "--count", "family:work", "-p", &pid], &out, &err);
+        // (Once the attach is over: a shell that runs meanwhile can hold the agent's start off
+        // until it ends.)
+        wait_until("dprobe tracing", || std::fs::read_to_string(&err).unwrap_or_default().contains("dprobe: tracing"));
+        writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+        std::thread::sleep(moments.below(std::time::Duration::from_millis(1500)));
+        let ended = kill_and_reap(dprobe);
+        let status = shell.wait().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        assert_eq!(status.code(), Some(0), "try {i}: the shell: {status:?} (dprobe's processes: {ended:?})\n{text}");
+    }
 }
 
 #[path = "common/killing.rs"]
