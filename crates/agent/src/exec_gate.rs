@@ -126,7 +126,7 @@ impl GateProbes {
 
 /// Place the probes that ask dprobe before an `exec` (`shm`'s words then say so): the
 /// probes, or why they could not be placed as jumps.
-pub(crate) fn open(shm: &Arc<Shm>) -> Result<GateProbes, String> {
+pub(crate) fn open(shm: &Arc<Shm>, own: bool) -> Result<GateProbes, String> {
     // (Until `GATE` is set, the probes' handlers let every call go on.)
     let execve = register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?;
     let mut probes = GateProbes { before: vec![execve], failed: Vec::new() };
@@ -139,6 +139,7 @@ pub(crate) fn open(shm: &Arc<Shm>) -> Result<GateProbes, String> {
     }
     probes.failed = probes.before.iter().filter_map(|p| returns_jump(p.addr())).collect();
     GATED_PID.store(std::process::id() as i32, Relaxed);
+    own_threads_ask(own);
     GATE.store(Arc::as_ptr(shm).cast_mut(), Release);
     shm.exec_gate().open.store(1, Release);
     Ok(probes)
@@ -156,7 +157,8 @@ fn returns_jump(function: Addr) -> Option<ReturnProbe> {
     inside.all(|i| i.jump.is_ok()).then_some(probe)
 }
 
-/// Whether the program's own threads ask, or its children alone (the gate open).
+/// Whether the program's own threads ask, or its children alone (set as the gate opens,
+/// changed while it is open).
 pub(crate) fn own_threads_ask(ask: bool) {
     OWN_THREADS_ASK.store(ask, Relaxed);
 }
@@ -172,6 +174,7 @@ pub(crate) fn close(shm: &Shm, probes: GateProbes) {
     }
     drop(probes);
     GATE.store(std::ptr::null_mut(), Release);
+    own_threads_ask(false);
 }
 
 /// Wake every thread waiting on `word` (a futex word of the shared memory).

@@ -231,10 +231,11 @@ fn session(name: &[u8]) -> io::Result<Over> {
             Ok(Some(Message::GateExec { own })) => {
                 let gated = LIVE.with(|live| {
                     let Some(l) = live.as_mut() else { return false };
-                    let opened = !l.exec_gate.is_empty()
-                        || crate::exec_gate::open(&l.shm).map(|probes| l.exec_gate = probes).is_ok();
-                    crate::exec_gate::own_threads_ask(opened && own);
-                    opened
+                    if !l.exec_gate.is_empty() {
+                        crate::exec_gate::own_threads_ask(own);
+                        return true;
+                    }
+                    crate::exec_gate::open(&l.shm, own).map(|probes| l.exec_gate = probes).is_ok()
                 });
                 send(&mut sock, &Message::ExecGated(gated))?;
             }
