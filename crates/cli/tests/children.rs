@@ -258,30 +258,21 @@ fn hits_of_children_sharing_the_program_s_memory_carry_the_child_s_pid() {
 /// the agent the shell's children ask before their `exec` as a started program's do.
 #[test]
 fn the_programs_an_attached_process_s_children_execute_are_followed() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use common::rounds::Tracing;
+    use std::io::Write;
     use std::process::{Command, Stdio};
     let f = family();
     let script = format!("read line && {f} spawn 2 && {f} fork 2 3");
     for engine in ["agent", "ptrace"] {
         let mut shell = Command::new("/bin/sh").args(["-c", &script]).stdin(Stdio::piped()).spawn().unwrap();
-        let out = common::out_file(&format!("attached-children-{engine}"));
         let pid = shell.id().to_string();
-        let mut dprobe = common::dprobe_command()
-            .args(["trace", "-v", "-o", out.to_str().unwrap(), "--engine", engine, "-c", "family:work", "-p", &pid])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
-        let mut said = String::new();
-        while !said.ends_with("dprobe: tracing\n") {
-            assert!(stderr.read_line(&mut said).unwrap() > 0, "{engine}: dprobe ended before tracing: {said}");
-        }
+        let name = format!("attached-children-{engine}");
+        let tracing = Tracing::start(&name, &["--engine", engine, "-c", "family:work", "-p", &pid]);
         writeln!(shell.stdin.take().unwrap(), "go").unwrap();
         let status = shell.wait().unwrap();
         // dprobe ends with the process it traced.
-        stderr.read_to_string(&mut said).unwrap();
-        assert_eq!(dprobe.wait().unwrap().code(), Some(0), "{engine}: {said}");
-        let trace = std::fs::read_to_string(&out).unwrap();
+        let (code, trace, said) = tracing.end();
+        assert_eq!(code, Some(0), "{engine}: {said}");
         let what = format!("{engine}: {said}\n{trace}");
         assert_eq!(status.code(), Some(0), "{what}");
         // Two calls in the first program, two in the second and three in its fork.

@@ -97,9 +97,14 @@ impl Tracing {
     /// Ctrl-C (SIGINT to dprobe alone) and wait: (exit code, what it wrote to FILE, what it
     /// said on its standard error).
     pub fn stop(self) -> (Option<i32>, String, String) {
-        let Tracing { mut child, out, mut stderr, mut said } = self;
         // SAFETY: a signal to the dprobe this test started.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) }, 0);
+        self.end()
+    }
+
+    /// Wait until dprobe ends by itself (the traced process ended): as [`Tracing::stop`].
+    pub fn end(self) -> (Option<i32>, String, String) {
+        let Tracing { mut child, out, mut stderr, mut said } = self;
         stderr.read_to_string(&mut said).unwrap();
         let code = child.wait().unwrap().code();
         assert!(!said.contains("panicked"), "no panic: {said}");
