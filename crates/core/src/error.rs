@@ -81,12 +81,12 @@ pub enum ProbeError {
     #[error("probe {0} is not registered")]
     NotRegistered(u64),
     /// An operating-system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Os {
         /// What dprobe was doing.
         what: &'static str,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message, not its source: a chain of sources would say it twice).
+        error: std::io::Error,
     },
 }
 

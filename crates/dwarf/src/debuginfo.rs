@@ -346,7 +346,7 @@ fn call_frames(file: &object::File<'_>) -> Result<Option<CallFrames>, DwarfError
 }
 
 fn read(path: &Path) -> Result<Arc<[u8]>, DwarfError> {
-    std::fs::read(path).map(Arc::from).map_err(|e| DwarfError::Read { path: path.to_path_buf(), source: e })
+    std::fs::read(path).map(Arc::from).map_err(|e| DwarfError::Read { path: path.to_path_buf(), error: e })
 }
 
 fn parse<'d>(path: &Path, data: &'d [u8]) -> Result<object::File<'d>, DwarfError> {

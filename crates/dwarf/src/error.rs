@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DwarfError {
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not its source: a chain of sources would say it twice).
+        error: std::io::Error,
     },
     /// A file is not ELF, or its DWARF is malformed.
     #[error("cannot parse {}: {reason}", path.display())]

@@ -275,7 +275,7 @@ impl Engine {
         static QUIET_PANICS: std::sync::Once = std::sync::Once::new();
         QUIET_PANICS.call_once(install_quiet_panic_hook);
         dprobe_sym::run_resolvers_with(crate::run_resolver);
-        let os = |source| ProbeError::Os { what: "installing dprobe's signal handlers", source };
+        let os = |source| ProbeError::Os { what: "installing dprobe's signal handlers", error: source };
         signals::install(libc::SIGTRAP, trap::on_sigtrap).map_err(os)?;
         for sig in signals::FAULT_SIGNALS {
             signals::install(sig, trap::on_fault).map_err(os)?;
@@ -1351,7 +1351,7 @@ fn install_quiet_panic_hook() {
 }
 
 fn maps() -> Result<Vec<Mapping>, ProbeError> {
-    read_maps().map_err(|source| ProbeError::Os { what: "reading /proc/self/maps", source })
+    read_maps().map_err(|source| ProbeError::Os { what: "reading /proc/self/maps", error: source })
 }
 
 /// The window and detour of a jumping site, or one about to jump.

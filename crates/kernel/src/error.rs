@@ -33,17 +33,17 @@ pub enum KernelError {
     #[error("{0}")]
     Permission(String),
     /// Another failure of a system call.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Os {
         /// What was being done.
         what: String,
-        /// The error.
-        source: io::Error,
+        /// The error (in the message, not its source: a chain of sources would say it twice).
+        error: io::Error,
     },
 }
 
 impl KernelError {
     pub(crate) fn os(what: impl Into<String>, source: io::Error) -> KernelError {
-        KernelError::Os { what: what.into(), source }
+        KernelError::Os { what: what.into(), error: source }
     }
 }
