@@ -7,9 +7,8 @@
 //! come through the shared ring, figures from the shared counters.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::time::{Duration, Instant};
@@ -31,7 +30,11 @@ use crate::record::decode;
 use crate::shm::{Counter, Shm, MAX_PROBES, SLOTS};
 use crate::wire::{self, Message, PlaceProbe};
 
+mod connecting;
 mod descendants;
+
+pub use connecting::listener_for_agent_in;
+use connecting::{connect, listen, load, start_agent};
 
 /// The agent engine's errors.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +46,23 @@ pub enum AgentError {
     #[error("dprobe's agent library is not installed next to dprobe ({0}); use --engine ptrace")]
     NoLibrary(String),
     /// Talking to the agent failed.
-    #[error("the agent in process {pid}: {source}")]
+    #[error("the agent in process {pid}: {error}")]
     Agent {
         /// The process.
         pid: i32,
-        /// What failed.
-        source: io::Error,
+        /// What failed (in the message, not its source: a chain of sources would say it twice).
+        error: io::Error,
     },
+    /// The process ended while the agent started in it.
+    #[error("process {0} ended before the agent started in it")]
+    EndedFirst(i32),
+    /// The process executed another program while the agent started in it (the agent went
+    /// with the old program's memory).
+    #[error("process {0} executed another program before the agent started in it")]
+    ExecutedFirst(i32),
+    /// The caller gave up waiting for the agent to start (a stop signal).
+    #[error("stopped before the agent started")]
+    GaveUp,
     /// The agent refused a probe.
     #[error("{0}")]
     Refused(String),
@@ -212,10 +225,22 @@ impl AgentEngine {
     /// placing (a thread left stopped at an injected call); the agent places the probes while
     /// it runs.
     pub fn attach(pid: i32, library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
+        AgentEngine::attach_giving_up(pid, library, events, &|| false)
+    }
+
+    /// [`AgentEngine::attach`], whose wait for the agent's start ends with
+    /// [`AgentError::GaveUp`] as soon as `give_up` says so (asked every few milliseconds).
+    /// The agent then finds no one to connect to and ends its session, removing what it placed.
+    pub fn attach_giving_up(
+        pid: i32,
+        library: Library<'_>,
+        events: bool,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<AgentEngine, AgentError> {
         let library = OwnedLibrary::of(library);
         let (listener, name) = listen(pid)?;
         let started = Injector::attached(pid, |held| start_agent(held, &library, &name))?;
-        let (listener, sock, shm) = connect(pid, listener, started)?;
+        let (listener, sock, shm) = connect(pid, listener, started, give_up)?;
         Ok(AgentEngine::new(pid, None, listener, sock, shm, library, events))
     }
 
@@ -312,8 +337,8 @@ impl AgentEngine {
         Ok(())
     }
 
-    fn agent_err(&self, source: io::Error) -> AgentError {
-        AgentError::Agent { pid: self.pid, source: unanswered(source) }
+    fn agent_err(&self, error: io::Error) -> AgentError {
+        AgentError::Agent { pid: self.pid, error: unanswered(error) }
     }
 
     /// Tell the agent every probe is placed: the ones it held off on `int3` while it placed
@@ -899,17 +924,17 @@ impl AgentEngine {
             // Not reaped yet: see `Engine::run`.
             return dprobe_ptrace::ended_unreaped(self.pid).map(ending_of);
         }
-        // A zombie has ended too: its parent has not asked how yet.
-        let zombie = || {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
-        };
-        match kill(Pid::from_raw(self.pid), None) {
-            Err(Errno::ESRCH) => Some(Ending::Gone),
-            _ if zombie() => Some(Ending::Gone),
-            _ => None,
-        }
+        process_gone(self.pid).then_some(Ending::Gone)
     }
+}
+
+/// Whether process `pid` has ended: gone, or a zombie (its parent has not asked how yet).
+fn process_gone(pid: i32) -> bool {
+    let zombie = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+    };
+    kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) || zombie()
 }
 
 /// How long an `exec` may take from the end of the process's other threads to its new
@@ -924,70 +949,6 @@ enum ConnectionEnd {
     Closed,
 }
 
-/// Load the agent through held `injector` and start it: the listener its forked children
-/// announce themselves to, its connection, its shared memory.
-fn load(injector: &mut Injector, library: &OwnedLibrary) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
-    let pid = injector.pid();
-    let (listener, name) = listen(pid)?;
-    let started = start_agent(injector, library, &name)?;
-    connect(pid, listener, started)
-}
-
-/// How the names of dprobe's listeners for agents begin: `dprobe-agent.DPROBE.N.PID`, for the
-/// agent in process PID, the Nth session of dprobe's process DPROBE.
-const LISTENER: &str = "dprobe-agent.";
-
-/// The dprobe process (other than this one) whose listener for an agent in process `pid` is
-/// open, if any: that dprobe traces it with the agent now (its abstract socket, in
-/// `/proc/net/unix`).
-pub fn listener_for_agent_in(pid: i32) -> Option<u32> {
-    let sockets = std::fs::read_to_string("/proc/net/unix").ok()?;
-    sockets.lines().find_map(|line| {
-        let name = line.split_whitespace().nth(7)?.strip_prefix('@')?.strip_prefix(LISTENER)?;
-        let mut parts = name.split('.');
-        let (dprobe, _, traced) = (parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
-        (traced.parse::<i32>().ok()? == pid && dprobe != std::process::id()).then_some(dprobe)
-    })
-}
-
-/// The listener a new agent in process `pid` connects to, and its name.
-fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
-    let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
-    static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("{LISTENER}{}.{n}.{}", std::process::id(), pid);
-    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
-        .map_err(agent_err)?;
-    Ok((listener, name))
-}
-
-/// Load the agent through held `injector` and call its start with the listener's `name`;
-/// what the start returned.
-fn start_agent(injector: &mut Injector, library: &OwnedLibrary, name: &str) -> Result<u64, LoadError> {
-    const ENTRY: &str = "dprobe_agent_start";
-    match library {
-        OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, name),
-        OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, name),
-    }
-}
-
-/// Take the connection of the agent started in process `pid` (its start returned `started`)
-/// and its shared memory.
-fn connect(pid: i32, listener: UnixListener, started: u64) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
-    let agent_err = |source| AgentError::Agent { pid, source: unanswered(source) };
-    if started != 0 {
-        let reason =
-            if started as i32 == -2 { "another dprobe traces it with the agent" } else { "the agent did not start" };
-        return Err(AgentError::Refused(format!("process {pid}: {reason}")));
-    }
-    let sock = accept_within(&listener, ANSWER_TIMEOUT).map_err(agent_err)?;
-    listener.set_nonblocking(true).map_err(agent_err)?;
-    sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
-    let fd = receive_fd(&sock).map_err(agent_err)?;
-    let shm = Shm::open(fd).map_err(agent_err)?;
-    Ok((listener, sock, shm))
-}
-
 /// A wait status as an ending.
 fn ending_of(status: i32) -> Ending {
     if libc::WIFSIGNALED(status) {
@@ -997,7 +958,6 @@ fn ending_of(status: i32) -> Ending {
     }
 }
 
-/// A read that timed out says so in words (the socket's timeout is reported as `EAGAIN`).
 /// Whether `sock` has something to read (or is closed) within `limit`; less if `stopped`
 /// (a watched program's stops) is readable first.
 fn readable_within(sock: &UnixStream, stopped: Option<BorrowedFd<'_>>, limit: Duration) -> io::Result<bool> {
@@ -1012,56 +972,12 @@ fn readable_within(sock: &UnixStream, stopped: Option<BorrowedFd<'_>>, limit: Du
     }
 }
 
+/// A read that timed out says so in words (the socket's timeout is reported as `EAGAIN`).
 fn unanswered(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::WouldBlock {
         return io::Error::new(io::ErrorKind::TimedOut, format!("it did not answer within {ANSWER_TIMEOUT:?}"));
     }
     e
-}
-
-fn accept_within(listener: &UnixListener, limit: Duration) -> io::Result<UnixStream> {
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false)?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "it did not connect"))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn receive_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    // A socket with a receive timeout is not restarted after a signal handler (signal(7)): a
-    // stop signal caught meanwhile must not end the attach with an error.
-    let msg = loop {
-        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other?,
-        }
-    };
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(fd) = fds.first() {
-                // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-            }
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "the agent sent no shared memory"))
 }
 
 impl Engine for AgentEngine {

@@ -98,7 +98,10 @@ fn start_agent(args: &TraceArgs, program: Option<&str>) -> Result<AgentEngine, A
         || args.stack.is_some()
         || args.folded.is_some();
     match (args.pid, args.command.split_first(), program) {
-        (Some(pid), _, _) => AgentEngine::attach(pid, Library::Image(AGENT), events),
+        (Some(pid), _, _) => {
+            // The agent may take seconds to start in a busy process: a stop signal ends the wait.
+            AgentEngine::attach_giving_up(pid, Library::Image(AGENT), events, &|| signals::requested().is_some())
+        }
         (None, Some((_, rest)), Some(program)) => {
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
             AgentEngine::spawn(program, &rest, Library::Image(AGENT), events)
@@ -109,7 +112,8 @@ fn start_agent(args: &TraceArgs, program: Option<&str>) -> Result<AgentEngine, A
 
 /// Whether the ptrace engine may do what the agent could not: the process could not load
 /// it, or the agent did not start or answer (not a process that is gone or cannot be traced
-/// at all, which the ptrace engine would say again).
+/// at all, which the ptrace engine would say again; a process that executed another program
+/// meanwhile is traced in that program).
 fn can_fall_back(e: &AgentError) -> bool {
     use dprobe_ptrace::LoadError;
     matches!(
@@ -118,7 +122,20 @@ fn can_fall_back(e: &AgentError) -> bool {
             | AgentError::Agent { .. }
             | AgentError::Refused(_)
             | AgentError::NoLibrary(_)
+            | AgentError::ExecutedFirst(_)
     )
+}
+
+/// A stop signal came before anything was placed: dprobe ends with the status of a program
+/// that signal ended.
+fn stopped_before_tracing() -> i32 {
+    let signal = signals::requested().unwrap_or(nix::libc::SIGINT);
+    eprintln!("dprobe: stopped by {} before tracing started", signals::signal_name(signal));
+    if signal > 0 {
+        128 + signal
+    } else {
+        1
+    }
 }
 
 fn engine_name(engine: Engine) -> &'static str {
@@ -202,11 +219,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     }
     // Opening a FIFO waits for its reader; a stop signal meanwhile ends dprobe (nothing is
     // placed yet) with the status of a program that signal ended.
-    let Some(out) = output(&args)? else {
-        let signal = signals::requested().unwrap_or(nix::libc::SIGINT);
-        eprintln!("dprobe: stopped by {} before tracing started", signals::signal_name(signal));
-        return Ok(if signal > 0 { 128 + signal } else { 1 });
-    };
+    let Some(out) = output(&args)? else { return Ok(stopped_before_tracing()) };
     if engine == Engine::Kernel {
         let options = KernelOptions {
             pid: args.pid,
@@ -245,7 +258,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 /// the summary and the exports, which wait for their reader (a pipe nobody reads, a full
 /// FIFO): the program could wait as long. A thread that ends once the program is let go
 /// ends that at once.
-fn on_a_tracer_thread(trace: impl FnOnce() -> Result<Traced> + Send, args: &TraceArgs) -> Result<i32> {
+fn on_a_tracer_thread(trace: impl FnOnce() -> Result<Option<Traced>> + Send, args: &TraceArgs) -> Result<i32> {
     // dprobe's main thread's stack: the engines were written for it.
     const STACK: usize = 8 << 20;
     let traced = std::thread::scope(|scope| {
@@ -256,17 +269,18 @@ fn on_a_tracer_thread(trace: impl FnOnce() -> Result<Traced> + Send, args: &Trac
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })?;
-    Ok(traced.conclude(args))
+    Ok(traced.map_or_else(stopped_before_tracing, |traced| traced.conclude(args)))
 }
 
 /// Trace one program, `-p` or a command: with the agent, or ptrace when it cannot be used.
+/// `None`: a stop signal came before the probes were placed.
 fn trace_one_program(
     engine: Engine,
     planned: Vec<Planned>,
     args: &TraceArgs,
     out: Box<dyn Write + Send>,
     program: Option<&str>,
-) -> Result<Traced> {
+) -> Result<Option<Traced>> {
     if engine == Engine::Agent && planned.len() > dprobe_agent::shm::MAX_PROBES {
         bail!(
             "the agent engine places at most {} probes; the specs come to {} (narrow the globs, or use \
@@ -282,8 +296,9 @@ fn trace_one_program(
                     engine.follow()?;
                 }
                 let pid = engine.pid();
-                return trace(engine, planned, args, out, Scope::Process(pid));
+                return trace(engine, planned, args, out, Scope::Process(pid)).map(Some);
             }
+            Err(AgentError::GaveUp) => return Ok(None),
             // Asked for by name: its failure is the answer.
             Err(e) if args.engine == Some(Engine::Agent) || !can_fall_back(&e) => return Err(e.into()),
             Err(e) => {
@@ -306,7 +321,7 @@ fn trace_one_program(
         engine.follow();
     }
     let pid = engine.pid();
-    trace(engine, planned, args, out, Scope::Process(pid))
+    trace(engine, planned, args, out, Scope::Process(pid)).map(Some)
 }
 
 #[cfg(test)]

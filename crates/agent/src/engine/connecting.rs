@@ -1,0 +1,169 @@
+//! The agent's first contact: dprobe listens on an abstract socket named for the session, loads
+//! the agent with that name, and waits for the agent's thread to connect and send its shared
+//! memory.
+//!
+//! The agent connects only once the probes it needs for itself are placed (a safepoint each,
+//! seconds on a busy process), so the wait is long. It is cut short by what makes the
+//! connection impossible: the process ended or executed another program (the agent went with
+//! its memory), or the caller gives up (a stop signal).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use dprobe_ptrace::{Injector, LoadError};
+
+use super::{process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT, MEMORY_FILE};
+use crate::shm::Shm;
+
+/// How the names of dprobe's listeners for agents begin: `dprobe-agent.DPROBE.N.PID`, for the
+/// agent in process PID, the Nth session of dprobe's process DPROBE.
+const LISTENER: &str = "dprobe-agent.";
+
+/// How often the wait for the agent's connection looks at the process (its end, its `exec`)
+/// and asks whether to give up.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// The dprobe process (other than this one) whose listener for an agent in process `pid` is
+/// open, if any: that dprobe traces it with the agent now (its abstract socket, in
+/// `/proc/net/unix`).
+pub fn listener_for_agent_in(pid: i32) -> Option<u32> {
+    let sockets = std::fs::read_to_string("/proc/net/unix").ok()?;
+    sockets.lines().find_map(|line| {
+        let name = line.split_whitespace().nth(7)?.strip_prefix('@')?.strip_prefix(LISTENER)?;
+        let mut parts = name.split('.');
+        let (dprobe, _, traced) = (parts.next()?.parse::<u32>().ok()?, parts.next()?, parts.next()?);
+        (traced.parse::<i32>().ok()? == pid && dprobe != std::process::id()).then_some(dprobe)
+    })
+}
+
+/// The listener a new agent in process `pid` connects to, and its name.
+pub(super) fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
+    let agent_err = |error| AgentError::Agent { pid, error: unanswered(error) };
+    static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{LISTENER}{}.{n}.{}", std::process::id(), pid);
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
+        .map_err(agent_err)?;
+    Ok((listener, name))
+}
+
+/// Load the agent through held `injector` and call its start with the listener's `name`;
+/// what the start returned.
+pub(super) fn start_agent(injector: &mut Injector, library: &OwnedLibrary, name: &str) -> Result<u64, LoadError> {
+    const ENTRY: &str = "dprobe_agent_start";
+    match library {
+        OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, name),
+        OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, name),
+    }
+}
+
+/// Load the agent through held `injector` and start it: the listener its forked children
+/// announce themselves to, its connection, its shared memory.
+pub(super) fn load(
+    injector: &mut Injector,
+    library: &OwnedLibrary,
+) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
+    let pid = injector.pid();
+    let (listener, name) = listen(pid)?;
+    let started = start_agent(injector, library, &name)?;
+    connect(pid, listener, started, &|| false)
+}
+
+/// Take the connection of the agent started in process `pid` (its start returned `started`)
+/// and its shared memory; [`AgentError::GaveUp`] as soon as `give_up` says so.
+pub(super) fn connect(
+    pid: i32,
+    listener: UnixListener,
+    started: u64,
+    give_up: &dyn Fn() -> bool,
+) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
+    let agent_err = |error| AgentError::Agent { pid, error: unanswered(error) };
+    if started != 0 {
+        let reason =
+            if started as i32 == -2 { "another dprobe traces it with the agent" } else { "the agent did not start" };
+        return Err(AgentError::Refused(format!("process {pid}: {reason}")));
+    }
+    let sock = accepted(&listener, pid, give_up)?;
+    listener.set_nonblocking(true).map_err(agent_err)?;
+    sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
+    let fd = receive_fd(&sock).map_err(agent_err)?;
+    let shm = Shm::open(fd).map_err(agent_err)?;
+    Ok((listener, sock, shm))
+}
+
+/// The agent's connection, within [`ANSWER_TIMEOUT`], unless process `pid` can no longer make
+/// it or `give_up` says so first.
+fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Result<UnixStream, AgentError> {
+    let agent_err = |error| AgentError::Agent { pid, error };
+    listener.set_nonblocking(true).map_err(agent_err)?;
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let mut looked = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                sock.set_nonblocking(false).map_err(agent_err)?;
+                return Ok(sock);
+            }
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(agent_err(e)),
+            Err(_) if Instant::now() >= deadline => {
+                let late = format!("it did not connect within {ANSWER_TIMEOUT:?}");
+                return Err(agent_err(io::Error::new(io::ErrorKind::TimedOut, late)));
+            }
+            Err(_) => {}
+        }
+        if looked.elapsed() >= LOOK_EVERY {
+            looked = Instant::now();
+            if give_up() {
+                return Err(AgentError::GaveUp);
+            }
+            if let Some(why) = cannot_connect(pid) {
+                return Err(why);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Why the agent loaded into process `pid` can no longer connect, if it cannot: the process
+/// ended, or executed another program (the agent's memory file is gone from its mappings).
+fn cannot_connect(pid: i32) -> Option<AgentError> {
+    if process_gone(pid) {
+        return Some(AgentError::EndedFirst(pid));
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    if maps.is_empty() {
+        // Its memory is gone: it is ending.
+        return Some(AgentError::EndedFirst(pid));
+    }
+    let agent_there = maps.contains(MEMORY_FILE) || maps.contains("libdprobe_agent");
+    (!agent_there).then_some(AgentError::ExecutedFirst(pid))
+}
+
+/// The shared memory's descriptor, the agent's first message.
+fn receive_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    // A socket with a receive timeout is not restarted after a signal handler (signal(7)): a
+    // stop signal caught meanwhile must not end the attach with an error.
+    let msg = loop {
+        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "the agent sent no shared memory"))
+}
