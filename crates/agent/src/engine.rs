@@ -34,7 +34,7 @@ mod connecting;
 mod descendants;
 
 pub use connecting::listener_for_agent_in;
-use connecting::{connect, listen, load, start_agent};
+use connecting::{connect, listen, load, start_attached};
 
 /// The agent engine's errors.
 #[derive(Debug, thiserror::Error)]
@@ -229,8 +229,9 @@ impl AgentEngine {
     }
 
     /// [`AgentEngine::attach`], whose wait for the agent's start ends with
-    /// [`AgentError::GaveUp`] as soon as `give_up` says so (asked every few milliseconds).
-    /// The agent then finds no one to connect to and ends its session, removing what it placed.
+    /// [`AgentError::GaveUp`] once `give_up` says so (asked every few milliseconds): an agent
+    /// that connects within a grace period is stopped; one that does not finds no one to
+    /// connect to later and ends its session by itself, removing what it placed.
     pub fn attach_giving_up(
         pid: i32,
         library: Library<'_>,
@@ -239,9 +240,15 @@ impl AgentEngine {
     ) -> Result<AgentEngine, AgentError> {
         let library = OwnedLibrary::of(library);
         let (listener, name) = listen(pid)?;
-        let started = Injector::attached(pid, |held| start_agent(held, &library, &name))?;
+        let started = start_attached(pid, &library, &name, give_up)?;
         let (listener, sock, shm) = connect(pid, listener, started, give_up)?;
-        Ok(AgentEngine::new(pid, None, listener, sock, shm, library, events))
+        let mut engine = AgentEngine::new(pid, None, listener, sock, shm, library, events);
+        if give_up() {
+            // Connected after all: it removes what it placed for itself before dprobe ends.
+            let _ = engine.stop_agent();
+            return Err(AgentError::GaveUp);
+        }
+        Ok(engine)
     }
 
     /// A started program, held where it waits for its probes.

@@ -100,7 +100,10 @@ fn start_agent(args: &TraceArgs, program: Option<&str>) -> Result<AgentEngine, A
     match (args.pid, args.command.split_first(), program) {
         (Some(pid), _, _) => {
             // The agent may take seconds to start in a busy process: a stop signal ends the wait.
-            AgentEngine::attach_giving_up(pid, Library::Image(AGENT), events, &|| signals::requested().is_some())
+            // Not the front's end, which no one waits for: the agent is stopped once it
+            // connects, so that the process is as it was when dprobe's last process ends.
+            let asked_to_stop = || signals::requested().is_some_and(|s| s != signals::FRONT_ENDED);
+            AgentEngine::attach_giving_up(pid, Library::Image(AGENT), events, &asked_to_stop)
         }
         (None, Some((_, rest)), Some(program)) => {
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();

@@ -26,6 +26,12 @@ const LISTENER: &str = "dprobe-agent.";
 /// and asks whether to give up.
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
+/// How long the wait goes on once the caller gives up: an agent that connects meanwhile (its
+/// start takes a tenth of a second or so) is stopped there and then, so that the process is
+/// as it was when dprobe ends; one that does not ends its session by itself later, finding no
+/// one to connect to.
+const GRACE: Duration = Duration::from_secs(2);
+
 /// The dprobe process (other than this one) whose listener for an agent in process `pid` is
 /// open, if any: that dprobe traces it with the agent now (its abstract socket, in
 /// `/proc/net/unix`).
@@ -52,11 +58,42 @@ pub(super) fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
 
 /// Load the agent through held `injector` and call its start with the listener's `name`;
 /// what the start returned.
-pub(super) fn start_agent(injector: &mut Injector, library: &OwnedLibrary, name: &str) -> Result<u64, LoadError> {
+fn start_agent(injector: &mut Injector, library: &OwnedLibrary, name: &str) -> Result<u64, LoadError> {
     const ENTRY: &str = "dprobe_agent_start";
     match library {
         OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, name),
         OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, name),
+    }
+}
+
+/// What the agent's start returns when a session of another dprobe's is still running in the
+/// process.
+const ANOTHER_SESSION: i32 = -2;
+
+/// How long an attach waits for the session of a dprobe that is gone to end (its agent
+/// removing its probes: a tenth of a second or so) before it says another dprobe traces the
+/// process.
+const ENDING_SESSION_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Load the agent into running process `pid` (a thread of its held for the call) and start
+/// it with the listener's `name`; what the start returned. A session of a dprobe that is gone
+/// (no listener of its own for the process any more: killed, say) is still ending for a moment,
+/// its agent removing its probes: the start is tried again until it has ended, unless
+/// `give_up` says so first.
+pub(super) fn start_attached(
+    pid: i32,
+    library: &OwnedLibrary,
+    name: &str,
+    give_up: &dyn Fn() -> bool,
+) -> Result<u64, AgentError> {
+    let deadline = Instant::now() + ENDING_SESSION_PATIENCE;
+    loop {
+        let started = Injector::attached(pid, |held| start_agent(held, library, name))?;
+        let ending = started as i32 == ANOTHER_SESSION && listener_for_agent_in(pid).is_none();
+        if !ending || Instant::now() >= deadline || give_up() {
+            return Ok(started);
+        }
+        std::thread::sleep(LOOK_EVERY);
     }
 }
 
@@ -82,8 +119,11 @@ pub(super) fn connect(
 ) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
     let agent_err = |error| AgentError::Agent { pid, error: unanswered(error) };
     if started != 0 {
-        let reason =
-            if started as i32 == -2 { "another dprobe traces it with the agent" } else { "the agent did not start" };
+        let reason = if started as i32 == ANOTHER_SESSION {
+            "another dprobe traces it with the agent"
+        } else {
+            "the agent did not start"
+        };
         return Err(AgentError::Refused(format!("process {pid}: {reason}")));
     }
     let sock = accepted(&listener, pid, give_up)?;
@@ -95,12 +135,13 @@ pub(super) fn connect(
 }
 
 /// The agent's connection, within [`ANSWER_TIMEOUT`], unless process `pid` can no longer make
-/// it or `give_up` says so first.
+/// it, or `give_up` said so [`GRACE`] ago (the caller stops an agent that connected meanwhile).
 fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Result<UnixStream, AgentError> {
     let agent_err = |error| AgentError::Agent { pid, error };
     listener.set_nonblocking(true).map_err(agent_err)?;
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     let mut looked = Instant::now();
+    let mut gave_up: Option<Instant> = None;
     loop {
         match listener.accept() {
             Ok((sock, _)) => {
@@ -116,7 +157,10 @@ fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Re
         }
         if looked.elapsed() >= LOOK_EVERY {
             looked = Instant::now();
-            if give_up() {
+            if gave_up.is_none() && give_up() {
+                gave_up = Some(Instant::now());
+            }
+            if gave_up.is_some_and(|at| at.elapsed() >= GRACE) {
                 return Err(AgentError::GaveUp);
             }
             if let Some(why) = cannot_connect(pid) {
