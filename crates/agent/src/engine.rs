@@ -851,7 +851,12 @@ impl AgentEngine {
             return Ok(());
         }
         self.stopped = true;
-        self.tell(&Message::Stop).map_err(|e| self.agent_err(e))?;
+        // Gone (the process ended, or executed another program): its probes went with it.
+        let gone = |e: &io::Error| matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe);
+        match self.tell(&Message::Stop) {
+            Err(e) if gone(&e) => return Ok(()),
+            told => told.map_err(|e| self.agent_err(e))?,
+        }
         loop {
             match self.receive() {
                 Ok(Some(Message::Stopped)) => {
@@ -860,10 +865,18 @@ impl AgentEngine {
                 }
                 Ok(None) => return Ok(()),
                 Ok(Some(_)) => {}
-                // Gone meanwhile: its probes went with it.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) if gone(&e) => return Ok(()),
                 Err(e) => return Err(self.agent_err(e)),
             }
+        }
+    }
+
+    /// Let go of the new program the process executed, held for the agent it has not been
+    /// given yet (the trace ends first): it runs on untraced, from where it was held.
+    fn let_the_new_program_go(&mut self) {
+        if let Some(held) = self.pending.take() {
+            // (Dropped held, it would be killed.)
+            let _ = held.release();
         }
     }
 
@@ -1139,6 +1152,7 @@ impl Engine for AgentEngine {
     }
 
     fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
+        self.let_the_new_program_go();
         // The agent lowers the semaphores it raised as it removes the probes.
         let stopped = self.stop_agent();
         self.release()?;
@@ -1155,6 +1169,7 @@ impl Engine for AgentEngine {
     }
 
     fn abandon(mut self) {
+        self.let_the_new_program_go();
         self.end_watch();
         match self.injector.take() {
             Some(i) if self.spawned => i.abandon(),
