@@ -372,11 +372,10 @@ impl AgentEngine {
             Some(i) if (self.spawned || self.descendant) && !self.stopped => self.release_watching_exec(i),
             Some(i) => Ok(i.release()?),
             None => {
-                // A process dprobe attached to (let go as the agent started): the programs its
-                // children execute are followed as a started program's are (its own `exec` is
-                // not: the agent is loaded again only into a program held from its start).
-                if self.follow_children && !self.stopped && !self.spawned && !self.descendant {
-                    self.gate_exec(false);
+                // A process dprobe attached to (let go as the agent started): followed into
+                // the programs it and its children execute, as a started program is.
+                if !self.stopped && !self.spawned && !self.descendant {
+                    self.exec_gated = self.gate_exec();
                 }
                 Ok(())
             }
@@ -386,7 +385,7 @@ impl AgentEngine {
     /// Let a started program run, watched for its `exec`: from the moment it says it is about
     /// to, when its agent asks first (`exec_gate.rs`); else all along, with ptrace.
     fn release_watching_exec(&mut self, held: Injector) -> Result<(), AgentError> {
-        self.exec_gated = self.gate_exec(true);
+        self.exec_gated = self.gate_exec();
         if self.exec_gated {
             held.release()?;
         } else {
@@ -395,10 +394,10 @@ impl AgentEngine {
         Ok(())
     }
 
-    /// Ask the agent to ask before an `exec` (the program's own threads too, if `own`):
-    /// whether it will.
-    fn gate_exec(&mut self, own: bool) -> bool {
-        if self.tell(&Message::GateExec { own }).is_err() {
+    /// Ask the agent to ask before an `exec` (the program's threads, and its children when
+    /// followed): whether it will.
+    fn gate_exec(&mut self) -> bool {
+        if self.tell(&Message::GateExec).is_err() {
             return false;
         }
         loop {
@@ -929,16 +928,15 @@ impl AgentEngine {
     }
 
     /// How the program ended, if it did: a started one with its status; a process dprobe did
-    /// not start, without (only its parent learns how).
+    /// not start, without (only its parent learns how) unless its watch saw its end.
     fn ended(&mut self) -> Option<Ending> {
-        if self.spawned || self.descendant {
-            if let Some(status) = self.status {
-                return Some(ending_of(status));
-            }
-            if self.watch.is_some() {
-                // Its end comes through the watch (a wait here would take its stops too).
-                return None;
-            }
+        // Its watch saw its end (a process dprobe attached to as well, watched for its `exec`).
+        if let Some(status) = self.status {
+            return Some(ending_of(status));
+        }
+        if (self.spawned || self.descendant) && self.watch.is_some() {
+            // Its end comes through the watch (a wait here would take its stops too).
+            return None;
         }
         if self.spawned {
             // Not reaped yet: see `Engine::run`.

@@ -23,9 +23,8 @@
 //! `exec` or the end of the trace.
 //!
 //! Children followed ask too, each in a gate of its own ([`child_asks`]): the programs they
-//! execute get an agent of their own. In a process dprobe attached to, they alone ask: its own
-//! `exec` is not followed (dprobe loads the agent again only into a program it holds from its
-//! start).
+//! execute get an agent of their own. A process dprobe attached to asks as a started one does:
+//! the thread that asks is seized then, whoever's child the process is.
 //!
 //! The probes must be jump-optimized: a `posix_spawn` child resets the handlers of its signals,
 //! dprobe's `SIGTRAP` handler among them, before it calls `execve`, and an `int3` there would
@@ -55,7 +54,7 @@
 //! that time (a shell reading its next command) stays watched, as all along before. A thread
 //! it finds at a new program's `exec` (a signal handler's) is followed.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,9 +93,6 @@ pub(crate) const RELEASE_TRIES: u32 = 8;
 static GATE: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
 /// The process whose threads ask (not a child sharing its memory).
 static GATED_PID: AtomicI32 = AtomicI32::new(0);
-/// Whether the gated process's own threads ask (not in a process dprobe attached to, whose
-/// children alone do).
-static OWN_THREADS_ASK: AtomicBool = AtomicBool::new(false);
 /// The thread whose request dprobe answered last by watching it.
 static WATCHED_TID: AtomicI32 = AtomicI32::new(0);
 
@@ -126,7 +122,7 @@ impl GateProbes {
 
 /// Place the probes that ask dprobe before an `exec` (`shm`'s words then say so): the
 /// probes, or why they could not be placed as jumps.
-pub(crate) fn open(shm: &Arc<Shm>, own: bool) -> Result<GateProbes, String> {
+pub(crate) fn open(shm: &Arc<Shm>) -> Result<GateProbes, String> {
     // (Until `GATE` is set, the probes' handlers let every call go on.)
     let execve = register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?;
     let mut probes = GateProbes { before: vec![execve], failed: Vec::new() };
@@ -139,7 +135,6 @@ pub(crate) fn open(shm: &Arc<Shm>, own: bool) -> Result<GateProbes, String> {
     }
     probes.failed = probes.before.iter().filter_map(|p| returns_jump(p.addr())).collect();
     GATED_PID.store(std::process::id() as i32, Relaxed);
-    own_threads_ask(own);
     GATE.store(Arc::as_ptr(shm).cast_mut(), Release);
     shm.exec_gate().open.store(1, Release);
     Ok(probes)
@@ -157,12 +152,6 @@ fn returns_jump(function: Addr) -> Option<ReturnProbe> {
     inside.all(|i| i.jump.is_ok()).then_some(probe)
 }
 
-/// Whether the program's own threads ask, or its children alone (set as the gate opens,
-/// changed while it is open).
-pub(crate) fn own_threads_ask(ask: bool) {
-    OWN_THREADS_ASK.store(ask, Relaxed);
-}
-
 /// Stop asking: the waiting thread goes on, then the probes are removed. In a forked child
 /// (whose copy of the probes goes as it starts) the shared words are the parent's, left as
 /// they are.
@@ -174,7 +163,6 @@ pub(crate) fn close(shm: &Shm, probes: GateProbes) {
     }
     drop(probes);
     GATE.store(std::ptr::null_mut(), Release);
-    own_threads_ask(false);
 }
 
 /// Wake every thread waiting on `word` (a futex word of the shared memory).
@@ -183,26 +171,31 @@ pub(crate) fn wake(word: &AtomicU32) {
     raw_calls::futex_wake(word, false);
 }
 
-/// The gate's words and the calling thread's id, on a thread of the gated program (not a
+/// The calling thread's process and thread ids. Not the C library's: its `getpid` may be
+/// probed, and this runs on the program's thread.
+fn ids() -> (i32, i32) {
+    (raw_calls::getpid(), raw_calls::gettid())
+}
+
+/// The gate's words, when called in the gated program (`pid`: the caller's process, not a
 /// child sharing its memory) while the gate is open.
-fn gate_words() -> Option<(ExecGateWords<'static>, i32)> {
+fn gate_words(pid: i32) -> Option<ExecGateWords<'static>> {
     let shm = GATE.load(Acquire);
-    // Not the C library's: its `getpid` may be probed, and this runs on the program's thread.
-    let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
-    if shm.is_null() || pid != GATED_PID.load(Relaxed) || !OWN_THREADS_ASK.load(Relaxed) {
+    if shm.is_null() || pid != GATED_PID.load(Relaxed) {
         return None;
     }
     // SAFETY: `GATE` points at the session's shared memory from `open` until `close`, which
     // removes the probes (waiting for their running handlers) before the memory is dropped.
     let words = unsafe { &*shm }.exec_gate();
-    (words.open.load(Acquire) != 0).then_some((words, tid))
+    (words.open.load(Acquire) != 0).then_some(words)
 }
 
 /// An `exec` function's exit: the call failed (one that works does not return). The watched
 /// thread says dprobe may stop watching it, and goes on: a call of an `exec` function that
 /// comes at once (`execvp` trying the next directory of `PATH`) takes that back.
 fn failed(_: &mut Regs, _: &InstanceData) {
-    if let Some((words, _)) = gate_words().filter(|(_, tid)| *tid == WATCHED_TID.load(Relaxed)) {
+    let (pid, tid) = ids();
+    if let Some(words) = gate_words(pid).filter(|_| tid == WATCHED_TID.load(Relaxed)) {
         let _ = words.state.compare_exchange(WATCHED, UNWATCH, AcqRel, Acquire);
     }
 }
@@ -210,8 +203,9 @@ fn failed(_: &mut Regs, _: &InstanceData) {
 /// `execve`'s (or `execveat`'s) first instruction: the calling thread asks dprobe and waits
 /// for its answer (see the module's comment).
 fn asks(_: &mut Regs) -> PreAction {
-    let Some((words, tid)) = gate_words() else {
-        if !child_asks() {
+    let (pid, tid) = ids();
+    let Some(words) = gate_words(pid) else {
+        if !child_asks(pid, tid) {
             count_a_childs_program();
         }
         return PreAction::Continue;
@@ -275,7 +269,7 @@ fn answered_watched(state: &AtomicU32, open: &AtomicU32, tid: i32, start: u64) -
 ///
 /// The child gives the gate back once answered (the `exec` is then dprobe's to see); a child
 /// that finds every gate taken goes on unwatched.
-fn child_asks() -> bool {
+fn child_asks(pid: i32, tid: i32) -> bool {
     let shm = GATE.load(Acquire);
     if shm.is_null() || !crate::child::FOLLOW_CHILDREN.load(Relaxed) {
         return false;
@@ -283,8 +277,7 @@ fn child_asks() -> bool {
     // SAFETY: as in `gate_words`: the memory outlives the probes whose handler this is.
     let shm = unsafe { &*shm };
     let open = shm.exec_gate().open;
-    let (pid, tid) = (raw_calls::getpid(), raw_calls::gettid());
-    // (The program's own thread, where its children alone ask.)
+    // (The program's own thread asks in the program's gate, not here.)
     if open.load(Acquire) == 0 || pid == GATED_PID.load(Relaxed) {
         return false;
     }

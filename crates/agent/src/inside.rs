@@ -228,14 +228,13 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 send(&mut sock, &Message::Filtered(set))?;
             }
             Ok(Some(Message::Children(follow))) => FOLLOW_CHILDREN.store(follow, Release),
-            Ok(Some(Message::GateExec { own })) => {
+            Ok(Some(Message::GateExec)) => {
                 let gated = LIVE.with(|live| {
                     let Some(l) = live.as_mut() else { return false };
                     if !l.exec_gate.is_empty() {
-                        crate::exec_gate::own_threads_ask(own);
                         return true;
                     }
-                    crate::exec_gate::open(&l.shm, own).map(|probes| l.exec_gate = probes).is_ok()
+                    crate::exec_gate::open(&l.shm).map(|probes| l.exec_gate = probes).is_ok()
                 });
                 send(&mut sock, &Message::ExecGated(gated))?;
             }

@@ -91,11 +91,7 @@ pub enum Message {
     Children(bool),
     /// Tracer → agent, before it lets the program run: ask it before an `exec`
     /// (`exec_gate.rs`), so that it watches the thread for that alone.
-    GateExec {
-        /// Whether the program's own threads ask (a program dprobe started, or one a child
-        /// executed); its children (when followed) ask in any case.
-        own: bool,
-    },
+    GateExec,
     /// Agent → tracer: whether it asks (`false`: the C library's `execve` cannot be probed;
     /// the tracer watches the program with ptrace all along).
     ExecGated(bool),
@@ -167,7 +163,7 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
             b.extend_from_slice(&pid.to_le_bytes());
         }
         Message::Children(follow) => b.extend_from_slice(&[b'C', *follow as u8]),
-        Message::GateExec { own } => b.extend_from_slice(&[b'G', *own as u8]),
+        Message::GateExec => b.push(b'G'),
         Message::ExecGated(gated) => b.extend_from_slice(&[b'g', *gated as u8]),
         Message::Arm => b.push(b'R'),
         Message::Armed => b.push(b'r'),
@@ -225,7 +221,7 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         b's' => Message::Stopped,
         b'H' => Message::Hello(c.u32()?),
         b'C' => Message::Children(c.u8()? == 1),
-        b'G' => Message::GateExec { own: c.u8()? == 1 },
+        b'G' => Message::GateExec,
         b'g' => Message::ExecGated(c.u8()? == 1),
         b'R' => Message::Arm,
         b'r' => Message::Armed,
@@ -474,8 +470,7 @@ mod tests {
             Message::Stop,
             Message::Stopped,
             Message::Hello(77),
-            Message::GateExec { own: true },
-            Message::GateExec { own: false },
+            Message::GateExec,
             Message::ExecGated(true),
             Message::ExecGated(false),
             Message::Arm,
