@@ -229,9 +229,10 @@ impl AgentEngine {
     }
 
     /// [`AgentEngine::attach`], whose wait for the agent's start ends with
-    /// [`AgentError::GaveUp`] once `give_up` says so (asked every few milliseconds): an agent
-    /// that connects within a grace period is stopped; one that does not finds no one to
-    /// connect to later and ends its session by itself, removing what it placed.
+    /// [`AgentError::GaveUp`] once `give_up` says so (asked every few milliseconds) and a grace
+    /// period has passed: an agent that connects within it is returned (the caller, asked to
+    /// stop, stops it at once); one that does not finds no one to connect to later and ends
+    /// its session by itself, removing what it placed.
     pub fn attach_giving_up(
         pid: i32,
         library: Library<'_>,
@@ -242,13 +243,7 @@ impl AgentEngine {
         let (listener, name) = listen(pid)?;
         let started = start_attached(pid, &library, &name, give_up)?;
         let (listener, sock, shm) = connect(pid, listener, started, give_up)?;
-        let mut engine = AgentEngine::new(pid, None, listener, sock, shm, library, events);
-        if give_up() {
-            // Connected after all: it removes what it placed for itself before dprobe ends.
-            let _ = engine.stop_agent();
-            return Err(AgentError::GaveUp);
-        }
-        Ok(engine)
+        Ok(AgentEngine::new(pid, None, listener, sock, shm, library, events))
     }
 
     /// A started program, held where it waits for its probes.

@@ -27,8 +27,8 @@ const LISTENER: &str = "dprobe-agent.";
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// How long the wait goes on once the caller gives up: an agent that connects meanwhile (its
-/// start takes a tenth of a second or so) is stopped there and then, so that the process is
-/// as it was when dprobe ends; one that does not ends its session by itself later, finding no
+/// start takes a tenth of a second or so) is the caller's to stop, so that the process is as
+/// it was when dprobe ends; one that does not ends its session by itself later, finding no
 /// one to connect to.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -135,7 +135,7 @@ pub(super) fn connect(
 }
 
 /// The agent's connection, within [`ANSWER_TIMEOUT`], unless process `pid` can no longer make
-/// it, or `give_up` said so [`GRACE`] ago (the caller stops an agent that connected meanwhile).
+/// it, or `give_up` said so [`GRACE`] ago.
 fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Result<UnixStream, AgentError> {
     let agent_err = |error| AgentError::Agent { pid, error };
     listener.set_nonblocking(true).map_err(agent_err)?;
