@@ -1,7 +1,7 @@
 //! The agent engine, the tracer's side: the agent library is loaded into the program (a
 //! started one held by ptrace right after its C library's initialisation, before any other
 //! constructor; a running process's thread held at a safe point), the probes are sent to it,
-//! and ptrace lets go before the program runs on (a started program is watched again for its
+//! and ptrace lets go before the program runs on (the program is watched again for its
 //! `exec` alone, from the moment it is about to: `exec_gate.rs`; the new program gets the
 //! agent and the probes again). From then on the program is not stopped at any hit: events
 //! come through the shared ring, figures from the shared counters.
@@ -94,7 +94,7 @@ struct ProbeInfo {
     remark: Option<String>,
 }
 
-/// Where dprobe is in letting a started program go after its `exec` failed.
+/// Where dprobe is in letting the program go after its `exec` failed.
 #[derive(Default)]
 struct LettingGo {
     /// Since when the agent says it may (`exec_gate::UNWATCH`).
@@ -117,7 +117,8 @@ pub struct AgentEngine {
     /// The shared memory of the agents of programs the process ran before (`exec`): their
     /// figures count in the summary.
     retired: Vec<Shm>,
-    /// A started program, watched for its `exec` (from the moment it asks, or all along).
+    /// The program, watched for its `exec` (from the moment it asks; a started one all along
+    /// where it cannot ask).
     watch: Option<ExecWatch>,
     /// Whether the agent asks before the program's `exec` (`exec_gate.rs`): the program is
     /// then watched only from that moment.
@@ -126,7 +127,7 @@ pub struct AgentEngine {
     unwatched: Option<String>,
     /// Letting the program go after its `exec` failed (`exec_gate.rs`).
     release: LettingGo,
-    /// How a started program ended, when the watch saw it.
+    /// How the program ended, when the watch saw it.
     status: Option<i32>,
     /// A new program the process executed, held for the agent (seen while looking at the
     /// old agent's end).
@@ -314,7 +315,7 @@ impl AgentEngine {
         self.tell(&Message::Children(true)).map_err(|e| self.agent_err(e))
     }
 
-    /// The agent's next message. A started program watched for its `exec` has its signals
+    /// The agent's next message. A program watched for its `exec` has its signals
     /// delivered meanwhile: the agent's own safepoint signals every thread of the program, and
     /// under ptrace that signal stops the thread until the tracer delivers it, so waiting on
     /// the socket alone would wait out the safepoint's patience at every probe placed.
@@ -358,7 +359,7 @@ impl AgentEngine {
     }
 
     /// Let the program run (it waited before its constructors, or one thread at a safe
-    /// point), every probe enabled; a started one is watched for its `exec`.
+    /// point), every probe enabled, watched for its `exec`.
     fn release(&mut self) -> Result<(), AgentError> {
         if !self.stopped {
             self.arm()?;
@@ -522,7 +523,7 @@ impl AgentEngine {
             .map_or_else(|_| "another program".into(), |p| format!("`{}`", p.display()))
     }
 
-    /// Look at a started program's watch: its end recorded, a new program it executed
+    /// Look at the program's watch: its end recorded, a new program it executed
     /// returned held (where the agent can be loaded into it).
     fn look_at_the_program(&mut self) -> Option<Injector> {
         let watch = self.watch.as_mut()?;
@@ -787,7 +788,7 @@ impl AgentEngine {
         Ok(None)
     }
 
-    /// Wait `limit`, less if a started program watched for its `exec` stops or ends
+    /// Wait `limit`, less if a program watched for its `exec` stops or ends
     /// meanwhile: each signal it receives stops it until the watch delivers it, so it is
     /// looked at as soon as it stops (events in the ring wait for the next look, as without).
     fn wait_for_the_program(&self, limit: Duration) {
@@ -801,7 +802,7 @@ impl AgentEngine {
         }
     }
 
-    /// Stop watching a started program for its `exec`: it runs on untraced.
+    /// Stop watching the program for its `exec`: it runs on untraced.
     fn end_watch(&mut self) {
         if let Some(watch) = self.watch.take() {
             watch.end();

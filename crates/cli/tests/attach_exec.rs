@@ -57,7 +57,7 @@ fn an_attached_process_is_followed_into_each_program_it_executes() {
 /// holder, which outlives it, stops the agent and lets the watched thread go.
 #[test]
 fn kill_9_of_dprobe_following_an_attached_process_s_execs_lets_it_finish_right() {
-    use killing::{become_subreaper, kill_and_reap, start_dprobe, wait_until, Moments};
+    use killing::{become_subreaper, kill_and_reap, start_dprobe_tracing, Moments};
     // (dprobe's holder, orphaned, is then waited for here: its end is part of the try.)
     become_subreaper();
     let mut moments = Moments::new();
@@ -66,8 +66,7 @@ fn kill_9_of_dprobe_following_an_attached_process_s_execs_lets_it_finish_right()
         let pid = shell.id().to_string();
         let out = out_file(&format!("killed-attached-execs-{i}.out"));
         let err = out_file(&format!("killed-attached-execs-{i}.err"));
-        let dprobe = start_dprobe(&["-v", "--engine", "agent", "--count", "family:work", "-p", &pid], &out, &err);
-        wait_until("dprobe tracing", || std::fs::read_to_string(&err).unwrap_or_default().contains("dprobe: tracing"));
+        let dprobe = start_dprobe_tracing(&["--engine", "agent", "--count", "family:work", "-p", &pid], &out, &err);
         writeln!(shell.stdin.take().unwrap(), "go").unwrap();
         std::thread::sleep(moments.below(std::time::Duration::from_millis(1500)));
         let ended = kill_and_reap(dprobe);

@@ -322,7 +322,7 @@ fn kill_9_of_dprobe_following_a_shells_children_lets_every_child_finish_right() 
 /// its right.
 #[test]
 fn kill_9_of_dprobe_following_an_attached_shells_children_lets_every_child_finish_right() {
-    use killing::{become_subreaper, kill_and_reap, start_dprobe, wait_until, Moments};
+    use killing::{become_subreaper, kill_and_reap, start_dprobe_tracing, Moments};
     use std::io::Write;
     use std::process::{Command, Stdio};
     // (dprobe's holder, orphaned, is then waited for here: its end is part of the try.)
@@ -335,10 +335,9 @@ fn kill_9_of_dprobe_following_an_attached_shells_children_lets_every_child_finis
         let pid = shell.id().to_string();
         let out = common::out_file(&format!("killed-following-attached-{i}"));
         let err = common::out_file(&format!("killed-following-attached-{i}.err"));
-        let dprobe = start_dprobe(&["-v", "--engine", "agent", "--count", "family:work", "-p", &pid], &out, &err);
-        // (Once the attach is over: a shell that runs meanwhile can hold the agent's start off
-        // until it ends.)
-        wait_until("dprobe tracing", || std::fs::read_to_string(&err).unwrap_or_default().contains("dprobe: tracing"));
+        // (Once the attach is over: a shell that runs meanwhile can end before the agent has
+        // started.)
+        let dprobe = start_dprobe_tracing(&["--engine", "agent", "--count", "family:work", "-p", &pid], &out, &err);
         writeln!(shell.stdin.take().unwrap(), "go").unwrap();
         std::thread::sleep(moments.below(std::time::Duration::from_millis(1500)));
         let ended = kill_and_reap(dprobe);

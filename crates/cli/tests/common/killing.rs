@@ -76,6 +76,15 @@ pub fn start_dprobe(args: &[&str], out: &Path, err: &Path) -> u32 {
     pid
 }
 
+/// [`start_dprobe`] with `-v`, returned once it says it traces (its probes are live).
+pub fn start_dprobe_tracing(args: &[&str], out: &Path, err: &Path) -> u32 {
+    let mut all = vec!["-v"];
+    all.extend_from_slice(args);
+    let dprobe = start_dprobe(&all, out, err);
+    wait_until("dprobe tracing", || std::fs::read_to_string(err).unwrap_or_default().contains("dprobe: tracing"));
+    dprobe
+}
+
 /// Wait until `done`; the deadline only keeps a broken run from hanging.
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
