@@ -2,6 +2,7 @@
 //! takes the process's id as the others go, and the kernel tells only its tracer. dprobe
 //! follows the new program with either engine (the agent watches the thread that asks before
 //! its `exec`); a failed `exec` from a thread leaves the program let go, as from the main one.
+//! The same in a process dprobe attached to.
 mod common;
 
 use common::{hits, trace_to_file};
@@ -39,7 +40,12 @@ static void *worker(void *arg) {
     return NULL;
 }
 int main(int argc, char **argv) {
-    if (argc > 1) {
+    if (argc > 1 && strcmp(argv[1], "wait") == 0) {
+        /* Attached to first: goes on at its first line. */
+        char line[8];
+        if (!fgets(line, sizeof line, stdin))
+            return 7;
+    } else if (argc > 1) {
         printf("again: sum=%ld traced=%d\n", calls(), traced());
         return 0;
     }
@@ -84,4 +90,30 @@ fn an_exec_from_a_thread_is_followed_by_the_ptrace_engine() {
     assert_eq!((t.code, t.stdout.as_str()), (Some(0), output.as_str()), "{what}");
     assert_eq!(hits(&t.trace, &probe), 4000, "{what}");
     assert!(!t.trace.contains("not traced"), "{what}");
+}
+
+#[test]
+fn an_exec_from_a_thread_of_an_attached_process_is_followed_by_either_engine() {
+    use common::rounds::Tracing;
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let name = "exec-from-thread-attached";
+    let program = common::c_program_from(name, &common::with_traced(EXEC_FROM_THREAD), &["-O2", "-pthread"]);
+    let probe = format!("{name}:tiny");
+    for engine in ["agent", "ptrace"] {
+        let mut child = Command::new(program).arg("wait").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let pid = child.id().to_string();
+        let tracing = Tracing::start(&format!("{name}-{engine}"), &["--engine", engine, "-c", &probe, "-p", &pid]);
+        writeln!(child.stdin.take().unwrap(), "go").unwrap();
+        let mut stdout = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let status = child.wait().unwrap();
+        let (code, trace, said) = tracing.end();
+        let what = format!("{engine}: {said}\n{trace}\n{stdout}");
+        // Traced all along by the ptrace engine: the program sees its tracer.
+        let output = if engine == "ptrace" { OUTPUT.replace("traced=0", "traced=1") } else { OUTPUT.to_owned() };
+        assert_eq!((code, status.code(), stdout.as_str()), (Some(0), Some(0), output.as_str()), "{what}");
+        assert_eq!(hits(&trace, &probe), 4000, "{what}");
+        assert!(!trace.contains("not traced"), "{what}");
+    }
 }
