@@ -570,7 +570,9 @@ impl AgentEngine {
         if self.watch.is_none() {
             return false;
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
+        // (The kernel ends the program's other threads before the `exec` is reported: on a
+        // loaded machine that has taken more than 2 s.)
+        let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if self.watch.is_none() {
                 // Ended, or the new program could not be held (said already).
@@ -942,13 +944,17 @@ impl AgentEngine {
     }
 }
 
-/// Whether process `pid` has ended: gone, or a zombie (its parent has not asked how yet).
+/// Whether process `pid` has ended: gone, or a zombie (its parent has not asked how yet). Not
+/// a main thread that is a zombie while another thread lives: one that ended alone
+/// (`pthread_exit`), or one another thread's `exec` is ending (that thread then takes the
+/// process's id).
 fn process_gone(pid: i32) -> bool {
     let zombie = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
     };
-    kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) || zombie()
+    let threads = || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+    kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) || zombie() && threads() <= 1
 }
 
 /// How long an `exec` may take from the end of the process's other threads to its new
