@@ -917,8 +917,7 @@ impl AgentEngine {
         if maps.is_empty() {
             return None;
         }
-        let agent_there = maps.contains(MEMORY_FILE) || maps.contains("libdprobe_agent");
-        if !agent_there {
+        if !agent_mapped(&maps) {
             return Some(ConnectionEnd::Exec);
         }
         let since = *self.ended_with_agent_there.get_or_insert_with(Instant::now);
@@ -942,6 +941,12 @@ impl AgentEngine {
         }
         process_gone(self.pid).then_some(Ending::Gone)
     }
+}
+
+/// Whether the agent is in the memory process maps `maps` describe (its memory file, or its
+/// library's file): not after an `exec`.
+fn agent_mapped(maps: &str) -> bool {
+    maps.contains(MEMORY_FILE) || maps.contains("libdprobe_agent")
 }
 
 /// Whether process `pid` has ended: gone, or a zombie (its parent has not asked how yet). Not

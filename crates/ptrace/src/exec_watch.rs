@@ -229,6 +229,32 @@ impl ExecWatch {
         let _ = crate::let_go::let_thread_go(self.pid, self.tid, signal, group_stop);
     }
 
+    /// Wait, without reaping, until the interrupted thread reports its stop or its end. A
+    /// thread other than the main one may be in its `exec` meanwhile (the kernel ends the
+    /// other threads first, which can take a while): its stop then comes under the process's
+    /// id, which it has taken, and is waited for there (a wait for the old id would never
+    /// return). `None` when there is nothing to wait for.
+    fn peek_stop(&mut self) -> Option<libc::siginfo_t> {
+        let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WNOTHREAD | libc::WNOHANG;
+        loop {
+            // SAFETY: a siginfo_t is plain data, which waitid fills.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waits, without reaping or blocking, for our traced child; `info` is valid.
+            let peeked = unsafe { libc::waitid(libc::P_PID, self.tid as libc::id_t, &mut info, flags) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            // SAFETY: `info` was zeroed, and waitid fills it when it finds a change; its pid
+            // stays 0 when nothing changed yet.
+            let changed = unsafe { info.si_pid() } != 0;
+            match peeked {
+                0 if changed => return Some(info),
+                0 => std::thread::sleep(std::time::Duration::from_millis(1)),
+                _ if errno == Some(libc::EINTR) => {}
+                _ if errno == Some(libc::ECHILD) && self.took_the_process_id() => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// After a wait for a watched thread other than the main one found none (`ECHILD`): it
     /// made an `exec` (its end would have been taken by this tracer's wait, not lost), and has
     /// the process's id now, which is waited for from then on. `false` for the main thread.
@@ -263,32 +289,6 @@ impl ExecWatch {
         }
         let (_, status) = sys::wait(self.tid).ok()?;
         libc::WIFSTOPPED(status).then_some(status)
-    }
-}
-
-impl ExecWatch {
-    /// Wait, without reaping, until the interrupted thread reports its stop or its end. A
-    /// thread other than the main one may be in its `exec` meanwhile (the kernel ends the
-    /// other threads first, which can take a while): its stop then comes under the process's
-    /// id, which it has taken, and is waited for there (a wait for the old id would never
-    /// return). `None` when there is nothing to wait for.
-    fn peek_stop(&mut self) -> Option<libc::siginfo_t> {
-        let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WNOTHREAD | libc::WNOHANG;
-        loop {
-            // SAFETY: a siginfo_t is plain data, which waitid fills.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waits, without reaping or blocking, for our traced child; `info` is valid.
-            let peeked = unsafe { libc::waitid(libc::P_PID, self.tid as libc::id_t, &mut info, flags) };
-            let errno = std::io::Error::last_os_error().raw_os_error();
-            match peeked {
-                // SAFETY: waitid filled `info` (its pid is 0 when nothing changed yet).
-                0 if unsafe { info.si_pid() } != 0 => return Some(info),
-                0 => std::thread::sleep(std::time::Duration::from_millis(1)),
-                _ if errno == Some(libc::EINTR) => {}
-                _ if errno == Some(libc::ECHILD) && self.took_the_process_id() => {}
-                _ => return None,
-            }
-        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dprobe_ptrace::{Injector, LoadError};
 
-use super::{process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT, MEMORY_FILE};
+use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT, MEMORY_FILE};
 use crate::shm::Shm;
 
 /// How the names of dprobe's listeners for agents begin: `dprobe-agent.DPROBE.N.PID`, for the
@@ -126,8 +126,8 @@ pub(super) fn connect(
         };
         return Err(AgentError::Refused(format!("process {pid}: {reason}")));
     }
+    // (The listener is left non-blocking: forked children's agents are accepted as they come.)
     let sock = accepted(&listener, pid, give_up)?;
-    listener.set_nonblocking(true).map_err(agent_err)?;
     sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
     let fd = receive_fd(&sock).map_err(agent_err)?;
     let shm = Shm::open(fd).map_err(agent_err)?;
@@ -182,8 +182,7 @@ fn cannot_connect(pid: i32) -> Option<AgentError> {
         // Its memory is gone: it is ending.
         return Some(AgentError::EndedFirst(pid));
     }
-    let agent_there = maps.contains(MEMORY_FILE) || maps.contains("libdprobe_agent");
-    (!agent_there).then_some(AgentError::ExecutedFirst(pid))
+    (!agent_mapped(&maps)).then_some(AgentError::ExecutedFirst(pid))
 }
 
 /// The shared memory's descriptor, the agent's first message.
