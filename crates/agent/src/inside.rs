@@ -54,6 +54,9 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
     FOLLOW_CHILDREN.store(false, Release);
     static OWN_OBJECTS: std::sync::Once = std::sync::Once::new();
     OWN_OBJECTS.call_once(crate::own_objects::note);
+    // Before the agent's thread exists: in a program held at its `exec`, the caller is its only
+    // thread, and the registration costs no wait for the kernel.
+    dprobe_inproc::ready_for_code_changes();
     let started = crate::agent_thread::start(STACK, move || {
         // Before the agent opens anything: none of its descriptors is ever the program's, and
         // nothing the program closes is the agent's (`own_files::PrivateTable`).

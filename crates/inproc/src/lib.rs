@@ -132,6 +132,15 @@ pub use sys::close_mem_file;
 pub use thread_state::{process_and_thread_id, thread_id, thread_name};
 pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
 
+/// Make this process ready for the engine's code changes while its caller is its only thread,
+/// where that is cheap (the registration of the cross-core serialization
+/// `membarrier` offers); the first probe does it otherwise. The agent calls it at its
+/// start, before its own thread exists: in a program it is loaded into at `exec`, the
+/// difference is most of a followed program's wait.
+pub fn ready_for_code_changes() {
+    sys::register_core_syncs();
+}
+
 /// Every lock of dprobe's registration side, held for as long as the value lives. For tests:
 /// probes hit meanwhile must still run (the hit path takes no lock), which
 /// `tests/no_lock.rs` checks. Registering or unregistering from the same thread meanwhile

@@ -240,16 +240,25 @@ pub fn block_asynchronous_signals() -> u64 {
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 6;
 
+/// Register this process for [`sync_cores`] (once; whether the kernel supports it). The
+/// kernel's registration waits for an RCU grace period (`synchronize_rcu`, 10-20 ms on a
+/// virtual machine) when more than one thread shares the address space, and returns at once
+/// when the caller is the process's only thread: a process's first thread does it before it
+/// starts any other ([`crate::ready_for_code_changes`]).
+pub fn register_core_syncs() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0) == 0 }
+    })
+}
+
 /// Make every thread of the process execute a serializing instruction before it runs user
 /// code again, so that a code change is seen by all (the user-space `sync_core()` of the
 /// kernel's `text_poke_bp`). Without membarrier support this is a no-op, which x86's
 /// coherent instruction fetch tolerates for the single-byte `int3` protocol.
 pub fn sync_cores() -> bool {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0) == 0 }
-    });
+    let ok = register_core_syncs();
     if ok {
         // SAFETY: as above.
         unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0) };
