@@ -274,13 +274,19 @@ pub fn wait(tid: i32) -> Result<(i32, i32), SysError> {
     }
 }
 
-/// Like [`wait`], but gives up at `deadline` (`None`): polled, a millisecond apart.
+/// Like [`wait`], but gives up at `deadline` (`None`): polled, 10 µs apart at first and up to a
+/// millisecond apart (most stops waited for here end a call into the program that takes
+/// microseconds: a load of the agent makes a dozen).
 pub fn wait_until(tid: i32, deadline: std::time::Instant) -> Result<Option<(i32, i32)>, SysError> {
+    let mut pause = std::time::Duration::from_micros(10);
     loop {
         match kernel(|k| k.wait(tid, true)) {
             Ok(Some(got)) => return Ok(Some(got)),
             Ok(None) | Err(libc::EINTR) if std::time::Instant::now() >= deadline => return Ok(None),
-            Ok(None) | Err(libc::EINTR) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Ok(None) | Err(libc::EINTR) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(1));
+            }
             Err(errno) => return Err(SysError { call: "waitpid", tid, errno }),
         }
     }
