@@ -41,6 +41,7 @@
 
 mod addr;
 mod analyze;
+mod branch_scan;
 mod detour;
 mod emulate;
 mod error;
@@ -74,6 +75,7 @@ pub use exit_window::can_optimize_exit;
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};
+pub use branch_scan::{BranchCandidates, FunctionStarts};
 pub use object_branches::{CodeBranches, CodeRegion, LandingPad};
 pub use optimize::{can_optimize, vector_state, window_head, FunctionCode, NotOptimized, VectorState, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};

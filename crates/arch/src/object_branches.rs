@@ -19,7 +19,7 @@
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
 
-use crate::{Addr, JUMP_LEN};
+use crate::{Addr, FunctionStarts, JUMP_LEN};
 
 /// One region of an object's code: its address and its bytes.
 pub type CodeRegion<'a> = (Addr, &'a [u8]);
@@ -49,16 +49,19 @@ impl CodeBranches {
     /// Decode `regions` (an object's executable sections), restarting at each of `starts`
     /// (its function starts, in any order) that lies inside one.
     pub fn decode(regions: &[CodeRegion<'_>], starts: &[Addr]) -> CodeBranches {
-        let mut starts: Vec<u64> = starts.iter().map(|a| a.0).collect();
-        starts.sort_unstable();
-        starts.dedup();
+        CodeBranches::decode_sorted(regions, &FunctionStarts::new(starts))
+    }
+
+    /// [`CodeBranches::decode`] with the starts sorted already.
+    pub fn decode_sorted(regions: &[CodeRegion<'_>], starts: &FunctionStarts) -> CodeBranches {
+        let starts = starts.as_slice();
         let mut branches = Vec::new();
         for &(base, code) in regions {
             let end = base.0 + code.len() as u64;
             let first = starts.partition_point(|&s| s <= base.0);
             let mut from = base.0;
             for &next in starts[first..].iter().take_while(|&&s| s < end).chain(std::iter::once(&end)) {
-                decode_run(code, base.0, from, next, &starts, &mut branches);
+                decode_run(code, base.0, from, next, starts, &mut branches);
                 from = next;
             }
         }
@@ -117,7 +120,7 @@ impl CodeBranches {
 /// Decode the instructions starting in `[from, to)` of `code` (which starts at `base`), and
 /// push each direct branch (a near branch operand: jumps, conditional branches, calls, `loop`,
 /// `jrcxz`, `xbegin`'s fallback) whose target is not in `starts` (sorted).
-fn decode_run(code: &[u8], base: u64, from: u64, to: u64, starts: &[u64], out: &mut Vec<(u64, u64)>) {
+pub(crate) fn decode_run(code: &[u8], base: u64, from: u64, to: u64, starts: &[u64], out: &mut Vec<(u64, u64)>) {
     let mut at = from;
     let mut i = Instruction::default();
     // One decoder per stretch of valid code; bytes that do not decode restart it one further.

@@ -1,6 +1,7 @@
-//! What the first jump check in an object costs: its whole code decoded for direct branches
-//! and its unwind tables read for exception landing pads (both kept for the file's life
-//! after), and the landing pads alone.
+//! What the first jump check in an object costs: its file read again, its function starts
+//! gathered (its debug file's too), its code indexed by where its branches could land, and
+//! its unwind tables read for exception landing pads (all kept for the file's life after),
+//! and the landing pads alone.
 //!
 //! `cargo run --release -p dprobe-sym --example object_branch_cost -- FILE...`
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind, SegmentFlags};
 
-use dprobe_arch::{Addr, CodeBranches, CodeRegion};
+use dprobe_arch::{Addr, BranchCandidates, CodeBranches, CodeRegion, FunctionStarts, LandingPad};
 
 use crate::landing_pads::landing_pads;
 use crate::symbols::{plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
@@ -50,8 +50,26 @@ pub(crate) struct ObjectFile {
     bytes: OnceLock<Option<Arc<[u8]>>>,
     /// The functions its separate debug file names (by build-id), read when first asked for.
     debug_functions: OnceLock<Vec<Function>>,
-    /// The direct branches of its code, decoded when first asked for.
-    branches: OnceLock<Option<Arc<CodeBranches>>>,
+    /// Its executable sections, read when first asked for.
+    code: OnceLock<Option<Vec<CodeSection>>>,
+    /// Its function starts (those its debug file names too), gathered when first asked for.
+    starts: OnceLock<FunctionStarts>,
+    /// Where branches with a long immediate could land in its code, indexed when first asked
+    /// for; `None` when the file cannot be read again.
+    candidates: OnceLock<Option<BranchCandidates>>,
+    /// The landing pads of its exceptions, read when first asked for.
+    pads: OnceLock<Option<CodeBranches>>,
+}
+
+/// What lands inside a window of an object's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IntoWindow {
+    /// Nothing: a jump may be written over it.
+    Nothing,
+    /// A direct branch, `(from, target)` (the lowest in address order).
+    Branch(Addr, Addr),
+    /// An exception's landing pad.
+    LandingPad(LandingPad),
 }
 
 impl ObjectFile {
@@ -72,7 +90,10 @@ impl ObjectFile {
             first_segment,
             bytes: OnceLock::new(),
             debug_functions: OnceLock::new(),
-            branches: OnceLock::new(),
+            code: OnceLock::new(),
+            starts: OnceLock::new(),
+            candidates: OnceLock::new(),
+            pads: OnceLock::new(),
         })
     }
 
@@ -102,25 +123,37 @@ impl ObjectFile {
 }
 
 impl ObjectFile {
-    /// The direct branches of its executable sections, at link-time addresses, decoded from
-    /// each of its functions' starts (those its debug file names too), and the landing pads
-    /// of its exceptions; `None` when the file cannot be read again, or its unwind tables
-    /// cannot be (its landing pads are unknown).
-    pub(crate) fn code_branches(&self) -> Option<Arc<CodeBranches>> {
-        self.branches
-            .get_or_init(|| {
-                let data = self.bytes()?;
-                let regions = code_sections(&data)?;
-                let regions: Vec<CodeRegion<'_>> = regions.iter().map(|r| (Addr(r.address), r.bytes(&data))).collect();
-                // A static probe's site is an instruction inside a function, not a function's
-                // start: a branch to it is kept.
-                let functions = self.functions.iter().chain(self.debug_functions());
-                let starts: Vec<Addr> =
-                    functions.filter(|f| !f.name.starts_with(STATIC_PROBE_PREFIX)).map(|f| f.start).collect();
-                let pads = landing_pads(&data)?;
-                Some(Arc::new(CodeBranches::decode(&regions, &starts).with_landing_pads(pads)))
-            })
-            .clone()
+    /// What lands on bytes +1..+`len`-1 of the `len` bytes at link-time address `at` of its
+    /// code: a direct branch from anywhere in its executable sections (decoded from each of
+    /// its functions' starts), else a landing pad of its exceptions. `None` when the file
+    /// cannot be read again, or its unwind tables cannot be (its landing pads are unknown).
+    pub(crate) fn what_lands_in(&self, at: Addr, len: u64) -> Option<IntoWindow> {
+        let data = self.bytes()?;
+        let regions = self.regions(&data)?;
+        let candidates = self.candidates.get_or_init(|| Some(BranchCandidates::new(&regions))).as_ref()?;
+        let branch = candidates.into_range(&regions, self.starts(), at, len);
+        if let Some((from, target)) = branch {
+            return Some(IntoWindow::Branch(from, target));
+        }
+        let pads = self.pads.get_or_init(|| Some(CodeBranches::default().with_landing_pads(landing_pads(&data)?)));
+        Some(pads.as_ref()?.landing_pad_in(at, len).map_or(IntoWindow::Nothing, IntoWindow::LandingPad))
+    }
+
+    /// Its executable sections, as regions of `data` (its bytes).
+    fn regions<'a>(&self, data: &'a [u8]) -> Option<Vec<CodeRegion<'a>>> {
+        let sections = self.code.get_or_init(|| code_sections(data)).as_ref()?;
+        Some(sections.iter().map(|s| (Addr(s.address), s.bytes(data))).collect())
+    }
+
+    /// Its function starts, those its debug file names included. A static probe's site is an
+    /// instruction inside a function, not a function's start: a branch to it is kept.
+    fn starts(&self) -> &FunctionStarts {
+        self.starts.get_or_init(|| {
+            let functions = self.functions.iter().chain(self.debug_functions());
+            let starts: Vec<Addr> =
+                functions.filter(|f| !f.name.starts_with(STATIC_PROBE_PREFIX)).map(|f| f.start).collect();
+            FunctionStarts::new(&starts)
+        })
     }
 }
 
@@ -246,3 +279,37 @@ pub(crate) fn symbols_of(loaded: &[(Arc<ObjectFile>, u64)], build: impl FnOnce()
     kept.push((key, symbols.clone()));
     symbols
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The candidates' check finds what the whole decoding finds, over libc: at each function's start, one and two bytes in, and over a return probe's
+    /// longer exit window.
+    #[test]
+    fn libc_s_windows_scanned_and_decoded_agree() {
+        let path = crate::maps::read_maps()
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| m.path)
+            .find(|p| p.contains("/libc.so"))
+            .expect("this test links libc");
+        let file = object_file(&path).unwrap();
+        let data = file.bytes().unwrap();
+        let regions = file.regions(&data).unwrap();
+        let whole = CodeBranches::decode_sorted(&regions, file.starts());
+        let candidates = BranchCandidates::new(&regions);
+        assert!(whole.len() > 10_000, "libc's branches: {}", whole.len());
+        let (mut windows, mut landed) = (0, 0);
+        for f in file.functions.iter().filter(|f| f.size >= 5).step_by(3) {
+            for (at, len) in [(f.start, 5), (Addr(f.start.0 + 1), 5), (Addr(f.start.0 + 2), 5), (f.start, 12)] {
+                let expected = whole.into_range(at, len);
+                assert_eq!(candidates.into_range(&regions, file.starts(), at, len), expected, "{} at {at:?}", f.name);
+                windows += 1;
+                landed += usize::from(expected.is_some());
+            }
+        }
+        assert!(windows > 2_000 && landed > 10, "{windows} windows, {landed} with a branch into them");
+    }
+}
+

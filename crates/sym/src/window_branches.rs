@@ -5,14 +5,15 @@ use std::sync::{Arc, Mutex};
 
 use dprobe_arch::{describe, Addr, NotOptimized, JUMP_LEN};
 
-use crate::cache::{code_sections, object_file, ObjectFile};
+use crate::cache::{code_sections, object_file, IntoWindow, ObjectFile};
 use crate::symbols::Function;
 
 /// Refuse a jump at `addr` in `function` when a direct branch anywhere in the function's
 /// object (another function's tail jump into its middle, a split-off `.cold` part jumping
 /// back) lands on bytes +1..+4 of it, or an exception's landing pad lies there (a throw would
-/// resume in the middle of the jump). The object's branches are decoded from its file once
-/// per version of the file; a file that cannot be read refuses every jump in it.
+/// resume in the middle of the jump). The first few windows of an object are checked by a
+/// scan of its code for branches that land in each, the next ones against all its branches,
+/// decoded once per version of the file; a file that cannot be read refuses every jump in it.
 pub fn check_object_branches(function: &Function, addr: Addr) -> Result<(), NotOptimized> {
     check_object_branches_in(function, addr, JUMP_LEN as u64)
 }
@@ -23,14 +24,14 @@ pub fn check_object_branches(function: &Function, addr: Addr) -> Result<(), NotO
 pub fn check_object_branches_in(function: &Function, addr: Addr, len: u64) -> Result<(), NotOptimized> {
     let unread = || NotOptimized::ObjectUnread { object: function.object.to_string() };
     let file = object_of(function).ok_or_else(unread)?;
-    let branches = file.code_branches().ok_or_else(unread)?;
     let at_run_time = |a: Addr| Addr(a.0.wrapping_add(function.bias));
     let at_link_time = Addr(addr.0.wrapping_sub(function.bias));
-    let Some((from, target)) = branches.into_range(at_link_time, len) else {
-        return match branches.landing_pad_in(at_link_time, len) {
-            Some(p) => Err(NotOptimized::LandingPadInWindow { pad: at_run_time(p.pad), calls: at_run_time(p.calls) }),
-            None => Ok(()),
-        };
+    let (from, target) = match file.what_lands_in(at_link_time, len).ok_or_else(unread)? {
+        IntoWindow::Nothing => return Ok(()),
+        IntoWindow::LandingPad(p) => {
+            return Err(NotOptimized::LandingPadInWindow { pad: at_run_time(p.pad), calls: at_run_time(p.calls) })
+        }
+        IntoWindow::Branch(from, target) => (from, target),
     };
     let text = file
         .bytes()

@@ -1,0 +1,315 @@
+//! One window's check against an object's direct branches, without decoding the whole object.
+//!
+//! [`CodeBranches::decode`](crate::CodeBranches::decode) decodes every instruction of an
+//! object once (libc: 1.4 MB of code, 6-10 ms here), which a program that probes a few
+//! functions of a large library pays at each start: a traced command's every `exec` under
+//! the agent. A direct branch's target is its immediate plus the address of the instruction's
+//! end, so the places a branch could land are found without decoding: every `call`, `jmp`,
+//! `jcc` or `xbegin` opcode byte followed by a 4-byte immediate is indexed by the target it
+//! would have ([`BranchCandidates`], one pass over the bytes), and the branches with a 1-byte
+//! immediate (`jmp`, `jcc`, `loop`, `jrcxz`) are looked for within their reach of a window.
+//! A window's candidates are then decoded in their places, from the start of the stretch of
+//! code the whole-object decoding would decode them in, with the same rules: the branches
+//! found are exactly those the whole decoding keeps for that window (a test compares both
+//! over libc and over random code).
+
+use crate::object_branches::{decode_run, CodeRegion};
+use crate::Addr;
+
+/// The longest x86 instruction: a branch's opcode lies at most this far into it.
+const LONGEST: u64 = 15;
+
+/// Function starts, sorted and without repeats: where the whole-object decoding restarts,
+/// and the branch targets it does not keep (see [`CodeBranches`](crate::CodeBranches)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionStarts(Vec<u64>);
+
+impl FunctionStarts {
+    /// `starts`, in any order.
+    pub fn new(starts: &[Addr]) -> FunctionStarts {
+        let mut sorted: Vec<u64> = starts.iter().map(|a| a.0).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        FunctionStarts(sorted)
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u64] {
+        &self.0
+    }
+}
+
+/// Where an object's branches with a 4-byte or 2-byte immediate could land: every place in
+/// its code that holds such a branch's opcode followed by an immediate, read as one whatever
+/// the instruction boundaries really are, by target. Built in one pass over the code (no
+/// decoding) and a counting sort by target; a window is then checked by decoding its few
+/// candidates in their places.
+#[derive(Debug, Clone, Default)]
+pub struct BranchCandidates {
+    /// The lowest address of the code: the offsets below are from it.
+    base: u64,
+    /// For each [`BUCKET`]-byte stretch of the code from `base`, where its candidates begin in
+    /// `opcodes` (one more entry than stretches: the end).
+    buckets: Vec<u32>,
+    /// The candidates' opcodes (offsets from `base`), by the stretch their target lies in.
+    opcodes: Vec<u32>,
+}
+
+/// How many bytes of targets share one entry of [`BranchCandidates`]' index.
+const BUCKET: u64 = 64;
+
+impl BranchCandidates {
+    /// The candidates of `regions` (an object's executable sections).
+    pub fn new(regions: &[CodeRegion<'_>]) -> BranchCandidates {
+        let base = regions.iter().map(|r| r.0 .0).min().unwrap_or(0);
+        let end = regions.iter().map(|r| r.0 .0 + r.1.len() as u64).max().unwrap_or(0);
+        if end.saturating_sub(base) > u64::from(u32::MAX) {
+            // Code larger than 4 GiB: every window is decoded around (no such object exists).
+            return BranchCandidates::default();
+        }
+        // (target offset, opcode offset), targets inside the code only.
+        let mut found: Vec<(u32, u32)> = Vec::new();
+        for &(start, code) in regions {
+            let mut push = |target: u64, opcode: usize| {
+                if (base..end).contains(&target) {
+                    found.push(((target - base) as u32, (start.0 + opcode as u64 - base) as u32));
+                }
+            };
+            // The last `66` byte seen, and how far behind it still makes a prefix.
+            let mut last_66: Option<usize> = None;
+            for i in 0..code.len().saturating_sub(2) {
+                let (b, next) = (code[i], code[i + 1]);
+                if b == 0x66 {
+                    last_66 = Some(i);
+                }
+                // The immediate's offset from the opcode's first byte: `call`/`jmp` (`e8`/`e9`)
+                // one byte on, `jcc` (`0f 8x`) and `xbegin` (`c7 f8`) two.
+                let at = if b & 0xfe == 0xe8 {
+                    1
+                } else if (b == 0x0f && next & 0xf0 == 0x80) || (b == 0xc7 && next == 0xf8) {
+                    2
+                } else {
+                    continue;
+                };
+                let imm_end = start.0 + (i + at) as u64;
+                if let Some(imm) = code.get(i + at..i + at + 4) {
+                    let imm = i32::from_le_bytes([imm[0], imm[1], imm[2], imm[3]]);
+                    push((imm_end + 4).wrapping_add(imm as i64 as u64), i);
+                }
+                // A 2-byte immediate: the operand size a `66` prefix gives on some processors
+                // (and `xbegin` on all), so only behind such a byte.
+                if last_66.is_some_and(|p| p < i && i - p < LONGEST as usize) {
+                    let imm = i16::from_le_bytes([code[i + at], code.get(i + at + 1).copied().unwrap_or(0)]);
+                    if i + at + 1 < code.len() {
+                        push((imm_end + 2).wrapping_add(imm as i64 as u64), i);
+                    }
+                }
+            }
+        }
+        let stretches = ((end - base).div_ceil(BUCKET)) as usize;
+        let mut buckets = vec![0u32; stretches + 1];
+        for &(target, _) in &found {
+            buckets[(u64::from(target) / BUCKET) as usize + 1] += 1;
+        }
+        for i in 1..buckets.len() {
+            buckets[i] += buckets[i - 1];
+        }
+        let mut next = buckets.clone();
+        let mut opcodes = vec![0u32; found.len()];
+        for &(target, opcode) in &found {
+            let slot = &mut next[(u64::from(target) / BUCKET) as usize];
+            opcodes[*slot as usize] = opcode;
+            *slot += 1;
+        }
+        BranchCandidates { base, buckets, opcodes }
+    }
+
+    /// How many candidates are kept.
+    pub fn len(&self) -> usize {
+        self.opcodes.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.opcodes.is_empty()
+    }
+
+    /// The opcodes of the candidates whose target may lie in `targets` (those of the
+    /// stretches it touches; the decoding tells).
+    fn far_opcodes(&self, targets: &std::ops::Range<u64>) -> &[u32] {
+        let stretches = self.buckets.len().saturating_sub(1) as u64;
+        if stretches == 0 || targets.end <= self.base {
+            return &[];
+        }
+        let stretch = |a: u64| (a.saturating_sub(self.base) / BUCKET).min(stretches - 1) as usize;
+        let (from, to) = (self.buckets[stretch(targets.start)], self.buckets[stretch(targets.end - 1) + 1]);
+        &self.opcodes[from as usize..to as usize]
+    }
+
+    /// The branch (the lowest in address order) of the code in `regions` (those these
+    /// candidates were made from) that lands on any byte of the `len` bytes at `addr` after
+    /// the first, as `(from, target)`: what
+    /// `CodeBranches::decode(regions, starts).into_range(addr, len)` gives for a window in the
+    /// code (a branch to a place outside it has no candidate).
+    pub fn into_range(
+        &self,
+        regions: &[CodeRegion<'_>],
+        starts: &FunctionStarts,
+        addr: Addr,
+        len: u64,
+    ) -> Option<(Addr, Addr)> {
+        let targets = addr.0.checked_add(1)?..addr.0.checked_add(len)?;
+        if targets.is_empty() {
+            return None;
+        }
+        let far = self.far_opcodes(&targets).iter().map(|&o| self.base + u64::from(o));
+        let mut found: Option<(u64, u64)> = None;
+        for &(base, code) in regions {
+            let end = base.0 + code.len() as u64;
+            let opcodes = far.clone().filter(|o| (base.0..end).contains(o)).chain(short_branches(base.0, code, &targets));
+            // Every stretch an instruction whose opcode is a candidate can begin in: its
+            // prefixes may lie in the stretch before the opcode's.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for opcode in opcodes {
+                let mut at = opcode.saturating_sub(LONGEST - 1).max(base.0);
+                loop {
+                    let run = run_of(base.0, end, starts.as_slice(), at);
+                    if !runs.contains(&run) {
+                        runs.push(run);
+                    }
+                    if run.1 > opcode || run.1 >= end {
+                        break;
+                    }
+                    at = run.1;
+                }
+            }
+            let mut branches = Vec::new();
+            for &(from, to) in &runs {
+                decode_run(code, base.0, from, to, starts.as_slice(), &mut branches);
+            }
+            for (target, from) in branches {
+                if targets.contains(&target) && found.is_none_or(|(f, _)| from < f) {
+                    found = Some((from, target));
+                }
+            }
+        }
+        found.map(|(from, target)| (Addr(from), Addr(target)))
+    }
+}
+
+/// The stretch `[from, to)` the whole-object decoding decodes `at` in (in a region from `base`
+/// to `end`): from the last function start at or before it (or the region's start) to the
+/// next one (or the region's end).
+fn run_of(base: u64, end: u64, starts: &[u64], at: u64) -> (u64, u64) {
+    let after = starts.partition_point(|&s| s <= at);
+    let from = starts[..after].last().copied().filter(|&s| s > base).unwrap_or(base);
+    let to = starts.get(after).copied().filter(|&s| s < end).unwrap_or(end);
+    (from, to)
+}
+
+/// The opcodes of the branches with a 1-byte immediate (`jmp` `eb`, `jcc` `7x`, `loop` and
+/// `jrcxz` `e0`-`e3`) in `code` (at `base`) that would land in `targets`: within 128 bytes.
+fn short_branches(base: u64, code: &[u8], targets: &std::ops::Range<u64>) -> Vec<u64> {
+    let index = |a: u64| a.saturating_sub(base).min(code.len() as u64) as usize;
+    let (first, last) = (index(targets.start.saturating_sub(130)), index(targets.end.saturating_add(128)));
+    (first.max(1)..last)
+        .filter(|&i| matches!(code[i - 1], 0xeb | 0x70..=0x7f | 0xe0..=0xe3))
+        .filter(|&i| targets.contains(&(base + i as u64 + 1).wrapping_add(code[i] as i8 as i64 as u64)))
+        .map(|i| base + i as u64 - 1)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CodeBranches;
+
+    /// A small, repeatable generator (xorshift64*).
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    /// Code made of branches of every form aimed near a few spots, among random bytes and
+    /// prefixes, so that instruction boundaries, overlapping candidates and function starts
+    /// all vary.
+    fn random_code(r: &mut Random, base: u64, len: usize) -> Vec<u8> {
+        let mut code = Vec::with_capacity(len + 16);
+        let spot = |r: &mut Random| base - 8 + r.next() % (len as u64 + 16);
+        while code.len() < len {
+            let here = base + code.len() as u64;
+            match r.next() % 10 {
+                0 => code.push([0x66, 0x67, 0xf2, 0xf3, 0x2e, 0x3e, 0x48][(r.next() % 7) as usize]),
+                1..=3 => {
+                    let (opcode, extra): (&[u8], u64) = match r.next() % 4 {
+                        0 => (&[0xe8], 5),
+                        1 => (&[0xe9], 5),
+                        2 => (&[0x0f, 0x80 | (r.next() % 16) as u8], 6),
+                        _ => (&[0xc7, 0xf8], 6),
+                    };
+                    code.extend_from_slice(opcode);
+                    let rel = spot(r).wrapping_sub(here + extra) as u32;
+                    code.extend_from_slice(&rel.to_le_bytes());
+                }
+                4 | 5 => {
+                    let opcode = [0xeb, 0x70 | (r.next() % 16) as u8, 0xe0 | (r.next() % 4) as u8][(r.next() % 3) as usize];
+                    code.extend([opcode, (r.next() % 256) as u8]);
+                }
+                _ => code.push((r.next() % 256) as u8),
+            }
+        }
+        code.truncate(len);
+        code
+    }
+
+    #[test]
+    fn the_scan_finds_what_the_whole_decoding_finds_in_random_code() {
+        let mut r = Random(0x9e37_79b9_7f4a_7c15);
+        let base = 0x40_1000;
+        let mut compared = 0;
+        for _ in 0..40 {
+            let code = random_code(&mut r, base, 2048);
+            let starts: Vec<Addr> = (0..r.next() % 40).map(|_| Addr(base + r.next() % 2048)).collect();
+            let regions = [(Addr(base), &code[..])];
+            let whole = CodeBranches::decode(&regions, &starts);
+            let sorted = FunctionStarts::new(&starts);
+            let candidates = BranchCandidates::new(&regions);
+            // Windows inside the code (branches also aim just outside it).
+            for at in base..base + 2048 - 9 {
+                for len in [5, 7, 9] {
+                    let expected = whole.into_range(Addr(at), len);
+                    assert_eq!(candidates.into_range(&regions, &sorted, Addr(at), len), expected, "at {at:#x}, {len}");
+                    compared += usize::from(expected.is_some());
+                }
+            }
+        }
+        assert!(compared > 10_000, "the code lands branches in many windows: {compared}");
+    }
+
+    #[test]
+    fn a_branch_whose_prefixes_lie_in_the_previous_stretch_is_found() {
+        // `f` at 0x1000 ends with prefixes that belong to the `jmp` at `g`'s start, 0x1002:
+        // the whole decoding decodes `f`'s stretch past its end, the jump included.
+        let code = [0x90, 0x2e, 0xe9, 0x00, 0x00, 0x00, 0x00, 0x90, 0x90, 0x90, 0x90, 0x90, 0xc3];
+        let regions = [(Addr(0x1000), &code[..])];
+        let starts = [Addr(0x1000), Addr(0x1002)];
+        let whole = CodeBranches::decode(&regions, &starts);
+        let scan = BranchCandidates::new(&regions).into_range(&regions, &FunctionStarts::new(&starts), Addr(0x1006), 5);
+        assert_eq!(whole.into_range(Addr(0x1006), 5), scan);
+    }
+
+    #[test]
+    fn an_empty_or_one_byte_range_has_no_branch_into_it() {
+        let code = [0xeb, 0x00, 0x90];
+        let regions = [(Addr(0x1000), &code[..])];
+        let (starts, candidates) = (FunctionStarts::default(), BranchCandidates::new(&regions));
+        assert_eq!(candidates.into_range(&regions, &starts, Addr(0x1001), 1), None);
+        assert_eq!(candidates.into_range(&regions, &starts, Addr(0x1001), 2), Some((Addr(0x1000), Addr(0x1002))));
+        assert_eq!(candidates.into_range(&regions, &starts, Addr(u64::MAX), 5), None);
+    }
+}
