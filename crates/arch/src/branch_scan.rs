@@ -74,21 +74,16 @@ impl BranchCandidates {
                     found.push(((target - base) as u32, (start.0 + opcode as u64 - base) as u32));
                 }
             };
-            // The last `66` byte seen, and how far behind it still makes a prefix.
-            let mut last_66: Option<usize> = None;
-            for i in 0..code.len().saturating_sub(2) {
-                let (b, next) = (code[i], code[i + 1]);
-                if b == 0x66 {
-                    last_66 = Some(i);
-                }
+            // Most bytes begin none of these: the opcodes' first bytes are looked for with
+            // `memchr`'s vector search.
+            let opcodes = memchr::memchr3_iter(0xe8, 0xe9, 0x0f, code).chain(memchr::memchr_iter(0xc7, code));
+            for i in opcodes {
                 // The immediate's offset from the opcode's first byte: `call`/`jmp` (`e8`/`e9`)
                 // one byte on, `jcc` (`0f 8x`) and `xbegin` (`c7 f8`) two.
-                let at = if b & 0xfe == 0xe8 {
-                    1
-                } else if (b == 0x0f && next & 0xf0 == 0x80) || (b == 0xc7 && next == 0xf8) {
-                    2
-                } else {
-                    continue;
+                let at = match (code[i], code.get(i + 1)) {
+                    (0xe8 | 0xe9, _) => 1,
+                    (0x0f, Some(0x80..=0x8f)) | (0xc7, Some(0xf8)) => 2,
+                    _ => continue,
                 };
                 let imm_end = start.0 + (i + at) as u64;
                 if let Some(imm) = code.get(i + at..i + at + 4) {
@@ -97,9 +92,9 @@ impl BranchCandidates {
                 }
                 // A 2-byte immediate: the operand size a `66` prefix gives on some processors
                 // (and `xbegin` on all), so only behind such a byte.
-                if last_66.is_some_and(|p| p < i && i - p < LONGEST as usize) {
-                    let imm = i16::from_le_bytes([code[i + at], code.get(i + at + 1).copied().unwrap_or(0)]);
-                    if i + at + 1 < code.len() {
+                if let Some(imm) = code.get(i + at..i + at + 2) {
+                    if code[i.saturating_sub(LONGEST as usize - 1)..i].contains(&0x66) {
+                        let imm = i16::from_le_bytes([imm[0], imm[1]]);
                         push((imm_end + 2).wrapping_add(imm as i64 as u64), i);
                     }
                 }
@@ -165,7 +160,8 @@ impl BranchCandidates {
         let mut found: Option<(u64, u64)> = None;
         for &(base, code) in regions {
             let end = base.0 + code.len() as u64;
-            let opcodes = far.clone().filter(|o| (base.0..end).contains(o)).chain(short_branches(base.0, code, &targets));
+            let opcodes =
+                far.clone().filter(|o| (base.0..end).contains(o)).chain(short_branches(base.0, code, &targets));
             // Every stretch an instruction whose opcode is a candidate can begin in: its
             // prefixes may lie in the stretch before the opcode's.
             let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -257,7 +253,8 @@ mod tests {
                     code.extend_from_slice(&rel.to_le_bytes());
                 }
                 4 | 5 => {
-                    let opcode = [0xeb, 0x70 | (r.next() % 16) as u8, 0xe0 | (r.next() % 4) as u8][(r.next() % 3) as usize];
+                    let opcode =
+                        [0xeb, 0x70 | (r.next() % 16) as u8, 0xe0 | (r.next() % 4) as u8][(r.next() % 3) as usize];
                     code.extend([opcode, (r.next() % 256) as u8]);
                 }
                 _ => code.push((r.next() % 256) as u8),
