@@ -16,7 +16,7 @@ use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind, Se
 use dprobe_arch::{Addr, BranchCandidates, CodeBranches, CodeRegion, FunctionStarts, LandingPad};
 
 use crate::landing_pads::landing_pads;
-use crate::symbols::{plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
+use crate::symbols::{function_starts, plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
 
 /// One version of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,7 +47,7 @@ pub(crate) struct ObjectFile {
     /// The page-aligned link-time address of its loadable segment at file offset 0.
     pub(crate) first_segment: Option<u64>,
     /// Its bytes, read again only when asked for (indirect functions need them).
-    bytes: OnceLock<Option<Arc<[u8]>>>,
+    bytes: OnceLock<Option<Arc<Vec<u8>>>>,
     /// The functions its separate debug file names (by build-id), read when first asked for.
     debug_functions: OnceLock<Vec<Function>>,
     /// Its executable sections, read when first asked for.
@@ -60,6 +60,9 @@ pub(crate) struct ObjectFile {
     /// The landing pads of its exceptions, read when first asked for.
     pads: OnceLock<Option<CodeBranches>>,
 }
+
+/// The largest file whose bytes [`ObjectFile::read`] keeps (libc is 2 MB, libstdc++ 2.3 MB).
+const KEPT_FROM_THE_FIRST_READ: usize = 4 << 20;
 
 /// What lands inside a window of an object's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +86,19 @@ impl ObjectFile {
         let sites = static_probe_sites(&object, &data, &functions);
         functions.extend(sites);
         let plt = plt_sections(&data);
+        // A file the size of a C library keeps the bytes read: its code is what the jump check
+        // reads next, in a program that probes it (the agent's own probes are in libc).
+        // Larger ones are read again when needed, and only then kept.
+        let bytes = OnceLock::new();
+        if data.len() <= KEPT_FROM_THE_FIRST_READ {
+            let _ = bytes.set(Some(Arc::new(data)));
+        }
         Some(ObjectFile {
             key,
             functions,
             plt,
             first_segment,
-            bytes: OnceLock::new(),
+            bytes,
             debug_functions: OnceLock::new(),
             code: OnceLock::new(),
             starts: OnceLock::new(),
@@ -103,8 +113,8 @@ impl ObjectFile {
     }
 
     /// The file's bytes (the version the symbols were read from, unless it changed since).
-    pub(crate) fn bytes(&self) -> Option<Arc<[u8]>> {
-        self.bytes.get_or_init(|| std::fs::read(&*self.key.path).ok().map(Arc::from)).clone()
+    pub(crate) fn bytes(&self) -> Option<Arc<Vec<u8>>> {
+        self.bytes.get_or_init(|| std::fs::read(&*self.key.path).ok().map(Arc::new)).clone()
     }
 
     /// The functions named by its separate debug file under `/usr/lib/debug/.build-id/`
@@ -149,11 +159,22 @@ impl ObjectFile {
     /// instruction inside a function, not a function's start: a branch to it is kept.
     fn starts(&self) -> &FunctionStarts {
         self.starts.get_or_init(|| {
-            let functions = self.functions.iter().chain(self.debug_functions());
-            let starts: Vec<Addr> =
-                functions.filter(|f| !f.name.starts_with(STATIC_PROBE_PREFIX)).map(|f| f.start).collect();
+            let own = self.functions.iter().filter(|f| !f.name.starts_with(STATIC_PROBE_PREFIX));
+            let mut starts: Vec<Addr> = own.map(|f| f.start).collect();
+            match self.debug_functions.get() {
+                Some(debug) => starts.extend(debug.iter().map(|f| f.start)),
+                None => starts.extend(self.debug_starts()),
+            }
             FunctionStarts::new(&starts)
         })
+    }
+
+    /// The starts of the functions [`ObjectFile::debug_functions`] would name, read without
+    /// their names (a program that probes none of them by name never needs those).
+    fn debug_starts(&self) -> Vec<Addr> {
+        let Some(data) = self.bytes() else { return Vec::new() };
+        let Some(debug) = debug_file_of(&data) else { return Vec::new() };
+        function_starts(&debug, &data)
     }
 }
 
@@ -239,7 +260,11 @@ fn static_probe_sites(object: &Arc<str>, data: &[u8], functions: &[Function]) ->
 fn debug_file_of(data: &[u8]) -> Option<Vec<u8>> {
     let file = object::File::parse(data).ok()?;
     let hex: String = file.build_id().ok()??.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::read(format!("/usr/lib/debug/.build-id/{}/{}.debug", hex.get(..2)?, hex.get(2..)?)).ok()
+    let path = format!("/usr/lib/debug/.build-id/{}/{}.debug", hex.get(..2)?, hex.get(2..)?);
+    // Its symbol tables and their strings only (the DWARF is most of it); the dynamic ones
+    // and their versions are empty in a debug file, but read as they are.
+    const SYMBOL_TABLES: [u32; 6] = [2, 3, 11, 0x6fff_fffd, 0x6fff_fffe, 0x6fff_ffff];
+    crate::sparse_read::read_sections(&path, |kind| SYMBOL_TABLES.contains(&kind))
 }
 
 /// The object file at `path`, read now if this version of it was not read before; `None`
@@ -297,6 +322,9 @@ mod tests {
         let file = object_file(&path).unwrap();
         let data = file.bytes().unwrap();
         let regions = file.regions(&data).unwrap();
+        let named: Vec<Addr> = file.debug_functions().iter().map(|f| f.start).collect();
+        assert!(named.len() > 1_000, "libc's debug file is installed: {} functions", named.len());
+        assert_eq!(file.debug_starts(), named, "the debug file's starts, read without names");
         let whole = CodeBranches::decode_sorted(&regions, file.starts());
         let candidates = BranchCandidates::new(&regions);
         assert!(whole.len() > 10_000, "libc's branches: {}", whole.len());
@@ -312,4 +340,3 @@ mod tests {
         assert!(windows > 2_000 && landed > 10, "{windows} windows, {landed} with a branch into them");
     }
 }
-

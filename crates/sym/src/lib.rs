@@ -36,6 +36,7 @@ mod maps;
 mod needed;
 mod object_name;
 mod resolve;
+mod sparse_read;
 mod symbols;
 mod usdt;
 mod window_branches;

@@ -350,12 +350,74 @@ pub(crate) fn debug_file_function(object: &ObjectFile, addr: u64, bias: u64) -> 
 /// The functions named in `symbols` (an object's file, or its debug file, whose section
 /// headers are the object's), with bounds and file offsets from the object's bytes `code`.
 pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias: u64, out: &mut Vec<Function>) {
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(symbols) else { return };
+    let endian = file.endian();
+    let versions = file.elf_section_table().versions(endian, symbols).ok().flatten();
+    let dynsym_section = file.elf_dynamic_symbol_table().section();
+    each_function_symbol(symbols, code, |sym| {
+        let (mut version, mut default_version) = (None, false);
+        if sym.dynamic && dynsym_section.0 != 0 {
+            if let Some(table) = &versions {
+                let index = table.version_index(endian, sym.index);
+                if let Ok(Some(v)) = table.version(index) {
+                    version = Some(String::from_utf8_lossy(v.name()).into_owned());
+                    default_version = !index.is_hidden();
+                }
+            }
+        }
+        out.push(Function {
+            name: sym.name.to_owned(),
+            demangled: demangle(sym.name),
+            version,
+            default_version,
+            start: Addr(sym.address.wrapping_add(bias)),
+            size: sym.size,
+            object: object.clone(),
+            bias,
+            file_offset: sym.file_offset,
+            ifunc: sym.ifunc,
+        });
+    });
+}
+
+/// The link-time starts of the functions [`read_symbols`] would read from `symbols` (with
+/// `code`), indirect functions left out: without their names, versions and demangled forms,
+/// which a set of starts does not need (a debug file's thousands of names cost most of its
+/// reading).
+pub(crate) fn function_starts(symbols: &[u8], code: &[u8]) -> Vec<Addr> {
+    let mut starts = Vec::new();
+    each_function_symbol(symbols, code, |sym| {
+        if !sym.ifunc {
+            starts.push(Addr(sym.address));
+        }
+    });
+    starts
+}
+
+/// A function symbol [`each_function_symbol`] found.
+struct FunctionSymbol<'a> {
+    name: &'a str,
+    /// Link-time address.
+    address: u64,
+    /// What the symbol table says, but never past its section: a crafted or damaged file
+    /// cannot make dprobe read (or allocate) more than the file holds.
+    size: u64,
+    file_offset: u64,
+    ifunc: bool,
+    /// From the dynamic symbol table.
+    dynamic: bool,
+    index: object::SymbolIndex,
+}
+
+/// Each function defined in `symbols` (an object's file, or its debug file, whose section
+/// headers are the object's) inside a section of the object's bytes `code` whose bytes are in
+/// the file, from its symbol table and then its dynamic one.
+fn each_function_symbol(symbols: &[u8], code: &[u8], mut each: impl FnMut(FunctionSymbol<'_>)) {
     let (Ok(file), Ok(code_file)) =
         (ElfFile64::<object::Endianness>::parse(symbols), ElfFile64::<object::Endianness>::parse(code))
     else {
         return;
     };
-    let data = symbols;
     // Where each section with contents is: (address, size, file offset). A section without
     // bytes in the file (`.bss`) or whose bytes run past the end of the file holds no code.
     let sections: HashMap<SectionIndex, (u64, u64, u64)> = code_file
@@ -366,9 +428,6 @@ pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias:
             in_file.then_some((s.index(), (s.address(), size.min(s.size()), offset)))
         })
         .collect();
-    let endian = file.endian();
-    let versions = file.elf_section_table().versions(endian, data).ok().flatten();
-    let dynsym_section = file.elf_dynamic_symbol_table().section();
     for (dynamic, table) in [(false, file.symbols()), (true, file.dynamic_symbols())] {
         for sym in table {
             let ifunc = sym.elf_symbol().st_type() == object::elf::STT_GNU_IFUNC;
@@ -382,32 +441,17 @@ pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias:
             else {
                 continue;
             };
-            let vaddr = sym.address();
-            let Some(into) = vaddr.checked_sub(section_addr).filter(|into| *into < section_size) else { continue };
+            let address = sym.address();
+            let Some(into) = address.checked_sub(section_addr).filter(|into| *into < section_size) else { continue };
             let Ok(name) = sym.name() else { continue };
-            let (mut version, mut default_version) = (None, false);
-            if dynamic && dynsym_section.0 != 0 {
-                if let Some(table) = &versions {
-                    let index = table.version_index(endian, sym.index());
-                    if let Ok(Some(v)) = table.version(index) {
-                        version = Some(String::from_utf8_lossy(v.name()).into_owned());
-                        default_version = !index.is_hidden();
-                    }
-                }
-            }
-            out.push(Function {
-                name: name.to_owned(),
-                demangled: demangle(name),
-                version,
-                default_version,
-                start: Addr(vaddr.wrapping_add(bias)),
-                // What the symbol table says, but never past its section: a crafted or
-                // damaged file cannot make dprobe read (or allocate) more than the file holds.
+            each(FunctionSymbol {
+                name,
+                address,
                 size: sym.size().min(section_size - into),
-                object: object.clone(),
-                bias,
                 file_offset: section_offset + into,
                 ifunc,
+                dynamic,
+                index: sym.index(),
             });
         }
     }
