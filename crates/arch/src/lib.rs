@@ -65,6 +65,7 @@ pub use analyze::{
     analyze, analyze_run, decode_len, describe, endbr64_len, plan, Condition, Emulation, ExecClass, ExecPlan, Insn,
     MemOperand, PushValue, RipRelative,
 };
+pub use branch_scan::{BranchCandidates, FunctionStarts};
 pub use detour::{
     detour_code, detour_code_with_post, exit_detour_code, post_fits, Detour, DETOUR_ENTRY, DETOUR_POST_STUB,
     DETOUR_REDIRECT, DETOUR_RETURN, DETOUR_STACK_SKIP, DETOUR_WINDOW, POST_DETOUR_BACK, POST_NEXT_BACK,
@@ -75,7 +76,6 @@ pub use exit_window::can_optimize_exit;
 pub use exits::{find_exits, CodePart, ExitKind, ExitSite, Exits, ExitsUnknown};
 pub use kernel_uprobe::{kernel_uprobe_refusal, KernelUprobeRefusal};
 pub use memory::{Memory, MemoryFault, NoMemory};
-pub use branch_scan::{BranchCandidates, FunctionStarts};
 pub use object_branches::{CodeBranches, CodeRegion, LandingPad};
 pub use optimize::{can_optimize, vector_state, window_head, FunctionCode, NotOptimized, VectorState, JUMP_LEN};
 pub use patch::{arm, disarm, Patch, INT3};

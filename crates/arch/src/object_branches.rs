@@ -12,6 +12,11 @@
 //! next function; bytes that do not decode are stepped over one at a time. A branch decoded
 //! from bytes that are not really code only keeps a window on `int3`, never the reverse.
 //!
+//! The engine checks a window without decoding the whole object
+//! ([`BranchCandidates`](crate::BranchCandidates), which finds the same branches); this
+//! whole-object decoding is the reference it is tested against, and serves whoever wants every
+//! branch.
+//!
 //! No branch names a C++ exception's landing pad: the unwinder resumes a frame there from the
 //! call a throw passed through, as the object's unwind tables say. The landing pads are kept
 //! beside the branches ([`CodeBranches::with_landing_pads`]), and a window one of them lies

@@ -18,8 +18,8 @@
 //!
 //! Branches from other functions into the middle of this one exist too (glibc's
 //! `__mempcpy_*` tail-jumps to `__memmove_*+3`; gcc's `foo.cold` parts jump back into `foo`):
-//! the engine checks them against the whole object's branches ([`CodeBranches`](crate::CodeBranches),
-//! decoded once per object).
+//! the engine checks them against the whole object's branches: its candidates, indexed once
+//! per object ([`BranchCandidates`](crate::BranchCandidates)), decoded in place for each window.
 //! Whether a detour page can be had within ±2 GiB is decided by the engine, which maps it.
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
