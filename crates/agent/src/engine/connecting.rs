@@ -8,12 +8,13 @@
 //! its memory), or the caller gives up (a stop signal).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use dprobe_ptrace::{Injector, LoadError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT, MEMORY_FILE};
 use crate::shm::Shm;
@@ -167,7 +168,10 @@ fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Re
                 return Err(why);
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // Until the connection comes (it is taken at once) or the next look is due.
+        let next_look = LOOK_EVERY.saturating_sub(looked.elapsed());
+        let timeout = PollTimeout::try_from(next_look).unwrap_or(PollTimeout::ZERO);
+        let _ = poll(&mut [PollFd::new(listener.as_fd(), PollFlags::POLLIN)], timeout);
     }
 }
 
