@@ -300,7 +300,11 @@ impl Traced {
             return 1;
         }
         if let Some(e) = self.failure {
-            eprintln!("dprobe: {e}");
+            // The summary's closing line says it already where the summary went to standard
+            // error; said again there when the summary went to a file.
+            if args.output.is_some() {
+                eprintln!("dprobe: {e}");
+            }
             return 1;
         }
         exit.map_or(0, Exit::shell_status)

@@ -75,3 +75,59 @@ fn kill_9_of_dprobe_following_an_attached_process_s_execs_lets_it_finish_right()
         assert_eq!(status.code(), Some(0), "try {i}: the chain: {status:?} (dprobe's processes: {ended:?})\n{said}");
     }
 }
+
+/// Reads a line, calls `work` 3 times, then executes `/bin/true` with a raw system call (no C
+/// library function the agent can see first).
+const RAW_EXEC: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+__attribute__((noinline)) int work(int x) { return x * 3 + 1; }
+int main(void) {
+    char line[8];
+    if (!fgets(line, sizeof line, stdin)) return 2;
+    volatile int s = 0;
+    for (int i = 0; i < 3; i++) s += work(i);
+    char *argv[] = {"/bin/true", NULL};
+    char *envp[] = {NULL};
+    syscall(SYS_execve, "/bin/true", argv, envp);
+    return 1;
+}
+"#;
+
+/// An attached process's trace that ends with an error says it once where the summary goes
+/// to standard error (its closing line), and on standard error too when it goes to a file.
+#[test]
+fn a_trace_ended_by_an_error_says_it_once() {
+    use std::io::{BufRead, BufReader, Read};
+    let src = out_file("raw-exec.c");
+    std::fs::write(&src, RAW_EXEC).unwrap();
+    let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "raw-exec", &["-O1"]);
+    const LOST: &str = "the agent does not follow it; not traced from then on";
+    for to_file in [false, true] {
+        let mut traced = Command::new(program).stdin(Stdio::piped()).spawn().unwrap();
+        let pid = traced.id().to_string();
+        let out = out_file(&format!("raw-exec-{to_file}.out"));
+        let mut dprobe = common::dprobe_command();
+        dprobe.args(["trace", "-v", "--engine", "agent", "--count", "raw-exec:work", "-p", &pid]);
+        if to_file {
+            dprobe.args(["-o", out.to_str().unwrap()]);
+        }
+        let mut dprobe = dprobe.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(dprobe.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.ends_with("dprobe: tracing\n") {
+            assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended before tracing: {said}");
+        }
+        writeln!(traced.stdin.take().unwrap(), "go").unwrap();
+        assert_eq!(traced.wait().unwrap().code(), Some(0), "/bin/true ran");
+        stderr.read_to_string(&mut said).unwrap();
+        let code = dprobe.wait().unwrap().code();
+        let file = std::fs::read_to_string(&out).unwrap_or_default();
+        let what = format!("to a file: {to_file}\n{said}\n{file}");
+        assert_eq!(code, Some(1), "{what}");
+        assert_eq!(said.matches(LOST).count(), 1, "{what}");
+        assert_eq!(file.matches(LOST).count(), usize::from(to_file), "{what}");
+        assert_eq!(hits(if to_file { &file } else { &said }, "raw-exec:work"), 3, "{what}");
+    }
+}
