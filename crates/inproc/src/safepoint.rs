@@ -57,6 +57,16 @@ pub(crate) fn safepoint_signal() -> libc::c_int {
 /// How long a safepoint waits for a thread's acknowledgement.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 
+/// The threads that let a whole [`PATIENCE`] pass with the safepoint signal blocked. Such a
+/// thread usually blocks it for good (a program's thread that blocks every real-time signal):
+/// a later safepoint that finds it still blocking the signal gives up after [`DEAF_GRACE`]
+/// rather than after the whole patience again (the agent's start places several probes, a
+/// safepoint each: 40 s instead of 5). A thread that answers a safepoint leaves the list.
+static DEAF: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// How long a thread in [`DEAF`] is waited for.
+const DEAF_GRACE: Duration = Duration::from_millis(20);
+
 /// Rounds tried when a thread is found in a place it cannot be moved from.
 const ROUNDS: usize = 20;
 
@@ -288,22 +298,39 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
             acked.store(true, SeqCst);
         }
     }
-    let deadline = Instant::now() + plan.patience.unwrap_or(PATIENCE);
+    let started = Instant::now();
+    let deadline = started + plan.patience.unwrap_or(PATIENCE);
     let mut pause = Duration::from_micros(20);
+    let mut deaf = DEAF.lock().unwrap_or_else(|e| e.into_inner());
     while let Some((tid, _)) = tids.iter().find(|(t, acked)| !acked.load(SeqCst) && sys::thread_alive(*t)) {
-        if Instant::now() > deadline {
-            outcome = Err(no(format!("thread {tid} did not take dprobe's safepoint signal ({})", thread_report(*tid))));
-
+        let known_deaf = started.elapsed() >= DEAF_GRACE && deaf.contains(tid) && blocks_safepoint_signal(*tid);
+        if Instant::now() > deadline || known_deaf {
+            let again = if known_deaf { "; it blocked it through an earlier safepoint too" } else { "" };
+            if !known_deaf && blocks_safepoint_signal(*tid) {
+                deaf.push(*tid);
+            }
+            let report = thread_report(*tid);
+            outcome = Err(no(format!("thread {tid} did not take dprobe's safepoint signal ({report}){again}")));
             break;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(2));
     }
+    // A thread that answered hears the signal again.
+    deaf.retain(|t| !tids.iter().any(|(tid, acked)| tid == t && acked.load(SeqCst)));
+    drop(deaf);
     ROUND.store(std::ptr::null_mut(), SeqCst);
     while READERS.load(SeqCst) != 0 {
         std::thread::yield_now();
     }
     outcome.map(|()| BUSY.load(SeqCst) == 0)
+}
+
+/// Whether thread `tid` blocks the safepoint signal now (`false` when that cannot be read).
+fn blocks_safepoint_signal(tid: libc::pid_t) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
+    mask.and_then(|m| u64::from_str_radix(m, 16).ok()).is_some_and(|m| m >> (safepoint_signal() - 1) & 1 == 1)
 }
 
 /// What the kernel says of a thread that did not answer: its name, state and whether it
