@@ -76,8 +76,9 @@ fn kill_9_of_dprobe_following_an_attached_process_s_execs_lets_it_finish_right()
     }
 }
 
-/// Reads a line, calls `work` 3 times, then executes `/bin/true` with a raw system call (no C
-/// library function the agent can see first).
+/// Reads a line, calls `work` 3 times, then executes `/bin/sleep 2` with a raw system call (no
+/// C library function the agent can see first). (A program that ended at once could end
+/// before dprobe looks: the trace would end with the process, no error to say.)
 const RAW_EXEC: &str = r#"
 #include <stdio.h>
 #include <unistd.h>
@@ -88,9 +89,9 @@ int main(void) {
     if (!fgets(line, sizeof line, stdin)) return 2;
     volatile int s = 0;
     for (int i = 0; i < 3; i++) s += work(i);
-    char *argv[] = {"/bin/true", NULL};
+    char *argv[] = {"/bin/sleep", "2", NULL};
     char *envp[] = {NULL};
-    syscall(SYS_execve, "/bin/true", argv, envp);
+    syscall(SYS_execve, "/bin/sleep", argv, envp);
     return 1;
 }
 "#;
@@ -120,8 +121,8 @@ fn a_trace_ended_by_an_error_says_it_once() {
             assert!(stderr.read_line(&mut said).unwrap() > 0, "dprobe ended before tracing: {said}");
         }
         writeln!(traced.stdin.take().unwrap(), "go").unwrap();
-        assert_eq!(traced.wait().unwrap().code(), Some(0), "/bin/true ran");
         stderr.read_to_string(&mut said).unwrap();
+        assert_eq!(traced.wait().unwrap().code(), Some(0), "`sleep` ran");
         let code = dprobe.wait().unwrap().code();
         let file = std::fs::read_to_string(&out).unwrap_or_default();
         let what = format!("to a file: {to_file}\n{said}\n{file}");
