@@ -13,8 +13,11 @@
 //! found are exactly those the whole decoding keeps for that window (a test compares both
 //! over libc and over random code).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+
 use crate::object_branches::{decode_run, CodeRegion};
-use crate::Addr;
+use crate::{Addr, CodeBranches};
 
 /// The longest x86 instruction: a branch's opcode lies at most this far into it.
 const LONGEST: u64 = 15;
@@ -43,7 +46,12 @@ impl FunctionStarts {
 /// the instruction boundaries really are, by target. Built in one pass over the code (no
 /// decoding) and a counting sort by target; a window is then checked by decoding its few
 /// candidates in their places.
-#[derive(Debug, Clone, Default)]
+///
+/// Decoding in place is bounded: an object with few known function starts has long
+/// stretches, each decoded whole for a candidate in it, so once the stretches decoded for its
+/// windows add up to its code's size, its every branch is decoded once
+/// ([`CodeBranches`](crate::CodeBranches)) and the windows after are looked up there.
+#[derive(Debug, Default)]
 pub struct BranchCandidates {
     /// The lowest address of the code: the offsets below are from it.
     base: u64,
@@ -52,6 +60,12 @@ pub struct BranchCandidates {
     buckets: Vec<u32>,
     /// The candidates' opcodes (offsets from `base`), by the stretch their target lies in.
     opcodes: Vec<u32>,
+    /// The size of the code.
+    size: u64,
+    /// How many bytes the windows' checks decoded so far.
+    decoded: AtomicU64,
+    /// Every branch, once `decoded` passed `size`.
+    whole: OnceLock<CodeBranches>,
 }
 
 /// How many bytes of targets share one entry of [`BranchCandidates`]' index.
@@ -115,7 +129,8 @@ impl BranchCandidates {
             opcodes[*slot as usize] = opcode;
             *slot += 1;
         }
-        BranchCandidates { base, buckets, opcodes }
+        let size = regions.iter().map(|r| r.1.len() as u64).sum();
+        BranchCandidates { base, buckets, opcodes, size, ..BranchCandidates::default() }
     }
 
     /// How many candidates are kept.
@@ -126,6 +141,12 @@ impl BranchCandidates {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.opcodes.is_empty()
+    }
+
+    /// Whether windows are still checked in place (their stretches decoded so far add up to
+    /// less than the code's size).
+    pub fn checks_in_place(&self) -> bool {
+        self.whole.get().is_none()
     }
 
     /// The opcodes of the candidates whose target may lie in `targets` (those of the
@@ -156,8 +177,12 @@ impl BranchCandidates {
         if targets.is_empty() {
             return None;
         }
+        if let Some(whole) = self.whole.get() {
+            return whole.into_range(addr, len);
+        }
         let far = self.far_opcodes(&targets).iter().map(|&o| self.base + u64::from(o));
         let mut found: Option<(u64, u64)> = None;
+        let mut decoded = 0;
         for &(base, code) in regions {
             let end = base.0 + code.len() as u64;
             let opcodes =
@@ -181,12 +206,17 @@ impl BranchCandidates {
             let mut branches = Vec::new();
             for &(from, to) in &runs {
                 decode_run(code, base.0, from, to, starts.as_slice(), &mut branches);
+                decoded += to - from;
             }
             for (target, from) in branches {
                 if targets.contains(&target) && found.is_none_or(|(f, _)| from < f) {
                     found = Some((from, target));
                 }
             }
+        }
+        if self.decoded.fetch_add(decoded, Relaxed) + decoded > self.size {
+            // (Two threads may both decode the whole: the first one's is kept.)
+            let _ = self.whole.set(CodeBranches::decode_sorted(regions, starts));
         }
         found.map(|(from, target)| (Addr(from), Addr(target)))
     }
@@ -269,23 +299,47 @@ mod tests {
         let mut r = Random(0x9e37_79b9_7f4a_7c15);
         let base = 0x40_1000;
         let mut compared = 0;
-        for _ in 0..40 {
+        for _ in 0..16 {
             let code = random_code(&mut r, base, 2048);
             let starts: Vec<Addr> = (0..r.next() % 40).map(|_| Addr(base + r.next() % 2048)).collect();
             let regions = [(Addr(base), &code[..])];
             let whole = CodeBranches::decode(&regions, &starts);
             let sorted = FunctionStarts::new(&starts);
-            let candidates = BranchCandidates::new(&regions);
             // Windows inside the code (branches also aim just outside it).
             for at in base..base + 2048 - 9 {
-                for len in [5, 7, 9] {
+                for len in [5, 9] {
                     let expected = whole.into_range(Addr(at), len);
+                    // Fresh candidates for each window: the check in place, never the whole
+                    // decoding it falls back on.
+                    let candidates = BranchCandidates::new(&regions);
                     assert_eq!(candidates.into_range(&regions, &sorted, Addr(at), len), expected, "at {at:#x}, {len}");
+                    assert!(candidates.checks_in_place());
                     compared += usize::from(expected.is_some());
                 }
             }
         }
-        assert!(compared > 10_000, "the code lands branches in many windows: {compared}");
+        assert!(compared > 2_000, "the code lands branches in many windows: {compared}");
+    }
+
+    #[test]
+    fn an_object_without_known_starts_is_decoded_whole_once_its_windows_decoded_as_much() {
+        let mut r = Random(7);
+        let base = 0x40_1000;
+        let code = random_code(&mut r, base, 4096);
+        let regions = [(Addr(base), &code[..])];
+        let starts = FunctionStarts::default();
+        let whole = CodeBranches::decode(&regions, &[]);
+        let candidates = BranchCandidates::new(&regions);
+        let mut windows = (base..base + 4096 - 5).filter(|&at| whole.into_window(Addr(at)).is_some());
+        // Each window with a candidate decodes the one stretch there is: the whole code.
+        for at in windows.by_ref().take(2) {
+            assert!(candidates.checks_in_place());
+            assert_eq!(candidates.into_range(&regions, &starts, Addr(at), 5), whole.into_window(Addr(at)));
+        }
+        assert!(!candidates.checks_in_place(), "decoded whole once its size was decoded in place");
+        for at in windows {
+            assert_eq!(candidates.into_range(&regions, &starts, Addr(at), 5), whole.into_window(Addr(at)));
+        }
     }
 
     #[test]
