@@ -46,7 +46,9 @@ pub(crate) struct ObjectFile {
     pub(crate) plt: Vec<(u64, u64)>,
     /// The page-aligned link-time address of its loadable segment at file offset 0.
     pub(crate) first_segment: Option<u64>,
-    /// Its bytes, read again only when asked for (indirect functions need them).
+    /// Its bytes: those its symbols were read from for a file up to
+    /// [`KEPT_FROM_THE_FIRST_READ`], else read again when first asked for (indirect functions
+    /// and the jump check need them).
     bytes: OnceLock<Option<Arc<Vec<u8>>>>,
     /// The functions its separate debug file names (by build-id), read when first asked for.
     debug_functions: OnceLock<Vec<Function>>,
