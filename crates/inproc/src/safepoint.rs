@@ -329,8 +329,13 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
 /// Whether thread `tid` blocks the safepoint signal now (`false` when that cannot be read).
 fn blocks_safepoint_signal(tid: libc::pid_t) -> bool {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
-    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(str::trim);
-    mask.and_then(|m| u64::from_str_radix(m, 16).ok()).is_some_and(|m| m >> (safepoint_signal() - 1) & 1 == 1)
+    safepoint_signal_blocked(&status) == Some(true)
+}
+
+/// Whether the thread whose `/proc` status is `status` blocks the safepoint signal, if it says.
+fn safepoint_signal_blocked(status: &str) -> Option<bool> {
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim();
+    u64::from_str_radix(mask, 16).ok().map(|m| m >> (safepoint_signal() - 1) & 1 == 1)
 }
 
 /// What the kernel says of a thread that did not answer: its name, state and whether it
@@ -339,13 +344,11 @@ fn thread_report(tid: libc::pid_t) -> String {
     let read = |what: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{what}")).unwrap_or_default();
     let status = read("status");
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_owned();
-    let blocked = u64::from_str_radix(&field("SigBlk:"), 16).map_or("?", |mask| {
-        if mask >> (safepoint_signal() - 1) & 1 == 1 {
-            "blocked"
-        } else {
-            "not blocked"
-        }
-    });
+    let blocked = match safepoint_signal_blocked(&status) {
+        Some(true) => "blocked",
+        Some(false) => "not blocked",
+        None => "?",
+    };
     format!("`{}`, state {}, the signal {blocked}, pending {}", read("comm").trim(), field("State:"), field("SigPnd:"))
 }
 

@@ -354,7 +354,7 @@ pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias:
     let endian = file.endian();
     let versions = file.elf_section_table().versions(endian, symbols).ok().flatten();
     let dynsym_section = file.elf_dynamic_symbol_table().section();
-    each_function_symbol(symbols, code, |sym| {
+    each_function_symbol(&file, code, |sym| {
         let (mut version, mut default_version) = (None, false);
         if sym.dynamic && dynsym_section.0 != 0 {
             if let Some(table) = &versions {
@@ -386,7 +386,8 @@ pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias:
 /// reading).
 pub(crate) fn function_starts(symbols: &[u8], code: &[u8]) -> Vec<Addr> {
     let mut starts = Vec::new();
-    each_function_symbol(symbols, code, |sym| {
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(symbols) else { return starts };
+    each_function_symbol(&file, code, |sym| {
         if !sym.ifunc {
             starts.push(Addr(sym.address));
         }
@@ -409,15 +410,15 @@ struct FunctionSymbol<'a> {
     index: object::SymbolIndex,
 }
 
-/// Each function defined in `symbols` (an object's file, or its debug file, whose section
+/// Each function defined in `file` (an object's file, or its debug file, whose section
 /// headers are the object's) inside a section of the object's bytes `code` whose bytes are in
 /// the file, from its symbol table and then its dynamic one.
-fn each_function_symbol(symbols: &[u8], code: &[u8], mut each: impl FnMut(FunctionSymbol<'_>)) {
-    let (Ok(file), Ok(code_file)) =
-        (ElfFile64::<object::Endianness>::parse(symbols), ElfFile64::<object::Endianness>::parse(code))
-    else {
-        return;
-    };
+fn each_function_symbol<'d>(
+    file: &ElfFile64<'d, object::Endianness>,
+    code: &[u8],
+    mut each: impl FnMut(FunctionSymbol<'d>),
+) {
+    let Ok(code_file) = ElfFile64::<object::Endianness>::parse(code) else { return };
     // Where each section with contents is: (address, size, file offset). A section without
     // bytes in the file (`.bss`) or whose bytes run past the end of the file holds no code.
     let sections: HashMap<SectionIndex, (u64, u64, u64)> = code_file
