@@ -68,6 +68,61 @@ pub struct BranchCandidates {
     whole: OnceLock<CodeBranches>,
 }
 
+/// Call `f` with each place in `code` where an opcode with a long immediate begins (as if an
+/// instruction began there), in address order, and how far on its immediate is: `call` and
+/// `jmp` (`e8`, `e9`) one byte, `jcc` (`0f 80`-`0f 8f`) and `xbegin` (`c7 f8`) two.
+///
+/// About one byte in twenty of compiled code begins one: the bytes are compared eight at a
+/// time (each with the byte after it), and only the places found are visited.
+fn each_long_branch_opcode(code: &[u8], mut f: impl FnMut(usize, usize)) {
+    const fn splat(b: u8) -> u64 {
+        u64::from_le_bytes([b; 8])
+    }
+    // The high bit of each byte of `x` that is zero, and no other bit. Exact for every byte:
+    // no sum carries out of its byte.
+    let zero_bytes = |x: u64| !(((x & splat(0x7f)) + splat(0x7f)) | x) & splat(0x80);
+    let immediate_at = |i: usize| if code[i] >= 0xe8 { 1 } else { 2 };
+    let mut k = 0;
+    while k + 8 < code.len() {
+        let word = u64::from_le_bytes(code[k..k + 8].try_into().expect("eight bytes"));
+        let next = u64::from_le_bytes(code[k + 1..k + 9].try_into().expect("eight bytes"));
+        let calls = zero_bytes((word & splat(0xfe)) ^ splat(0xe8));
+        let jccs = zero_bytes(word ^ splat(0x0f)) & zero_bytes((next & splat(0xf0)) ^ splat(0x80));
+        let xbegins = zero_bytes(word ^ splat(0xc7)) & zero_bytes(next ^ splat(0xf8));
+        let mut found = calls | jccs | xbegins;
+        while found != 0 {
+            let i = k + (found.trailing_zeros() / 8) as usize;
+            f(i, immediate_at(i));
+            found &= found - 1;
+        }
+        k += 8;
+    }
+    for i in k..code.len() {
+        if matches!((code[i], code.get(i + 1)), (0xe8 | 0xe9, _) | (0x0f, Some(0x80..=0x8f)) | (0xc7, Some(0xf8))) {
+            f(i, immediate_at(i));
+        }
+    }
+}
+
+/// Whether one of the [`LONGEST`] - 1 bytes before `i` in `code` is a `66` (a prefix the
+/// opcode at `i` may have): the sixteen bytes before it compared at once.
+fn prefix_66_before(code: &[u8], i: usize) -> bool {
+    const ONES: u128 = u128::from_le_bytes([0x01; 16]);
+    const HIGHS: u128 = u128::from_le_bytes([0x80; 16]);
+    const PREFIXES: u128 = u128::from_le_bytes([0x66; 16]);
+    let reach = LONGEST as usize - 1;
+    let Some(bytes) = i.checked_sub(16).map(|from| &code[from..i]) else {
+        return code[i.saturating_sub(reach)..i].contains(&0x66);
+    };
+    let word = u128::from_le_bytes(bytes.try_into().expect("sixteen bytes"));
+    // A byte of `x` is zero where the code holds a `66`; the bytes out of reach (the lowest)
+    // are made all ones. No borrow reaches a byte below the lowest zero one, so whether there
+    // is one is exact.
+    let out_of_reach = (1u128 << (8 * (16 - reach))) - 1;
+    let x = (word ^ PREFIXES) | out_of_reach;
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
 /// How many bytes of targets share one entry of [`BranchCandidates`]' index.
 const BUCKET: u64 = 64;
 
@@ -81,38 +136,31 @@ impl BranchCandidates {
             return BranchCandidates::default();
         }
         // (target offset, opcode offset), targets inside the code only.
-        let mut found: Vec<(u32, u32)> = Vec::new();
+        let mut found: Vec<(u32, u32)> = Vec::with_capacity(regions.iter().map(|r| r.1.len() / 16).sum());
         for &(start, code) in regions {
-            let mut push = |target: u64, opcode: usize| {
-                if (base..end).contains(&target) {
-                    found.push(((target - base) as u32, (start.0 + opcode as u64 - base) as u32));
-                }
-            };
-            // Most bytes begin none of these: the opcodes' first bytes are looked for with
-            // `memchr`'s vector search.
-            let opcodes = memchr::memchr3_iter(0xe8, 0xe9, 0x0f, code).chain(memchr::memchr_iter(0xc7, code));
-            for i in opcodes {
-                // The immediate's offset from the opcode's first byte: `call`/`jmp` (`e8`/`e9`)
-                // one byte on, `jcc` (`0f 8x`) and `xbegin` (`c7 f8`) two.
-                let at = match (code[i], code.get(i + 1)) {
-                    (0xe8 | 0xe9, _) => 1,
-                    (0x0f, Some(0x80..=0x8f)) | (0xc7, Some(0xf8)) => 2,
-                    _ => continue,
+            // The opcode at `i`, its immediate `at` bytes on.
+            let mut opcode = |i: usize, at: usize| {
+                let imm_at = i + at;
+                let imm_end = start.0 + imm_at as u64;
+                let mut push = |target: u64| {
+                    if (base..end).contains(&target) {
+                        found.push(((target - base) as u32, (start.0 + i as u64 - base) as u32));
+                    }
                 };
-                let imm_end = start.0 + (i + at) as u64;
-                if let Some(imm) = code.get(i + at..i + at + 4) {
+                if let Some(imm) = code.get(imm_at..imm_at + 4) {
                     let imm = i32::from_le_bytes([imm[0], imm[1], imm[2], imm[3]]);
-                    push((imm_end + 4).wrapping_add(imm as i64 as u64), i);
+                    push((imm_end + 4).wrapping_add(imm as i64 as u64));
                 }
                 // A 2-byte immediate: the operand size a `66` prefix gives on some processors
                 // (and `xbegin` on all), so only behind such a byte.
-                if let Some(imm) = code.get(i + at..i + at + 2) {
-                    if code[i.saturating_sub(LONGEST as usize - 1)..i].contains(&0x66) {
+                if let Some(imm) = code.get(imm_at..imm_at + 2) {
+                    if prefix_66_before(code, i) {
                         let imm = i16::from_le_bytes([imm[0], imm[1]]);
-                        push((imm_end + 2).wrapping_add(imm as i64 as u64), i);
+                        push((imm_end + 2).wrapping_add(imm as i64 as u64));
                     }
                 }
-            }
+            };
+            each_long_branch_opcode(code, &mut opcode);
         }
         let stretches = ((end - base).div_ceil(BUCKET)) as usize;
         let mut buckets = vec![0u32; stretches + 1];
@@ -352,6 +400,54 @@ mod tests {
         let whole = CodeBranches::decode(&regions, &starts);
         let scan = BranchCandidates::new(&regions).into_range(&regions, &FunctionStarts::new(&starts), Addr(0x1006), 5);
         assert_eq!(whole.into_range(Addr(0x1006), 5), scan);
+    }
+
+    /// The opcodes found eight bytes at a time are those a byte-by-byte look finds, with the
+    /// same immediate offsets, at every length (the last bytes are looked at one by one), in
+    /// code dense with the opcodes' bytes and their neighbours (`e7`-`ea`, `0e`-`10`,
+    /// `7f`-`90`, `c6`-`c8`, `f7`-`f9`).
+    #[test]
+    fn the_opcodes_compared_eight_at_a_time_are_those_looked_at_one_by_one() {
+        const DENSE: [u8; 18] = [
+            0xe7, 0xe8, 0xe9, 0xea, 0x0e, 0x0f, 0x10, 0x7f, 0x80, 0x85, 0x8f, 0x90, 0xc6, 0xc7, 0xc8, 0xf7, 0xf8, 0xf9,
+        ];
+        let mut r = Random(0x5eed);
+        for len in (0..40).chain([257, 4096]) {
+            for _ in 0..50 {
+                let code: Vec<u8> = (0..len)
+                    .map(|_| match r.next() % 4 {
+                        0 => r.next() as u8,
+                        _ => DENSE[(r.next() % DENSE.len() as u64) as usize],
+                    })
+                    .collect();
+                let mut one_by_one = Vec::new();
+                for i in 0..code.len() {
+                    match (code[i], code.get(i + 1)) {
+                        (0xe8 | 0xe9, _) => one_by_one.push((i, 1)),
+                        (0x0f, Some(0x80..=0x8f)) | (0xc7, Some(0xf8)) => one_by_one.push((i, 2)),
+                        _ => {}
+                    }
+                }
+                let mut found = Vec::new();
+                each_long_branch_opcode(&code, |i, at| found.push((i, at)));
+                assert_eq!(found, one_by_one, "{code:02x?}");
+            }
+        }
+    }
+
+    /// The `66` looked for before an opcode: exactly in the 14 bytes before it.
+    #[test]
+    fn a_66_prefix_counts_only_within_reach() {
+        for len in 1..40 {
+            for at in 0..len {
+                let mut code = vec![0x90u8; len];
+                code[at] = 0x66;
+                for i in 0..=len {
+                    let within = at < i && i - at < LONGEST as usize;
+                    assert_eq!(prefix_66_before(&code, i), within, "66 at {at}, opcode at {i}, {len} bytes");
+                }
+            }
+        }
     }
 
     #[test]
