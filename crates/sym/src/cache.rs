@@ -16,7 +16,9 @@ use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind, Se
 use dprobe_arch::{Addr, BranchCandidates, CodeBranches, CodeRegion, FunctionStarts, LandingPad};
 
 use crate::landing_pads::landing_pads;
-use crate::symbols::{function_starts, plt_sections, read_symbols, Function, Symbols, STATIC_PROBE_PREFIX};
+use crate::symbols::{
+    function_starts, plt_sections, read_symbols, sort_functions, Function, NameIndex, Symbols, STATIC_PROBE_PREFIX,
+};
 
 /// One version of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,8 +42,10 @@ impl FileKey {
 #[derive(Debug)]
 pub(crate) struct ObjectFile {
     pub(crate) key: FileKey,
-    /// Its functions (`bias` 0).
+    /// Its functions (`bias` 0), in address order (see `symbols::sort_functions`).
     pub(crate) functions: Vec<Function>,
+    /// Where each name is in `functions`.
+    pub(crate) names: Arc<NameIndex>,
     /// Its PLT sections: link-time start and end.
     pub(crate) plt: Vec<(u64, u64)>,
     /// The page-aligned link-time address of its loadable segment at file offset 0.
@@ -87,6 +91,8 @@ impl ObjectFile {
         read_symbols(&object, &data, &data, 0, &mut functions);
         let sites = static_probe_sites(&object, &data, &functions);
         functions.extend(sites);
+        sort_functions(&mut functions);
+        let names = Arc::new(NameIndex::of(&functions));
         let plt = plt_sections(&data);
         // A file the size of a C library keeps the bytes read: its code is what the jump check
         // reads next, in a program that probes it (the agent's own probes are in libc).
@@ -98,6 +104,7 @@ impl ObjectFile {
         Some(ObjectFile {
             key,
             functions,
+            names,
             plt,
             first_segment,
             bytes,

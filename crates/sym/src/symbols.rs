@@ -110,7 +110,9 @@ impl Function {
 #[derive(Debug, Default, Clone)]
 pub struct Symbols {
     by_addr: Arc<[Function]>,
-    by_name: Arc<HashMap<String, Vec<usize>>>,
+    /// Each object's names (see [`NameIndex`]), with where its functions begin in `by_addr`,
+    /// in address order.
+    by_name: Arc<[(Arc<NameIndex>, usize)]>,
     /// Each object's path and bias, in load order.
     objects: Arc<[(Arc<str>, u64)]>,
     /// The PLT sections (`.plt`, `.plt.sec`, `.plt.got`) of each object: start, end, object.
@@ -159,12 +161,14 @@ impl Symbols {
         Ok(Symbols::of_objects(&[(file, 0)], true))
     }
 
-    /// The symbols of `objects`, each placed at its bias.
+    /// The symbols of `objects`, each placed at its bias. Each object's functions come sorted
+    /// and indexed by name from its file (read once per file, [`NameIndex`]); the objects lie
+    /// apart in memory, so placing them one after the other in address order keeps the whole
+    /// in address order (checked: where it is not, as for objects that overlap, the whole is
+    /// sorted and indexed again here).
     fn of_objects(objects: &[(Arc<ObjectFile>, u64)], file: bool) -> Symbols {
-        let mut funcs = Vec::new();
         let mut plt = Vec::new();
         for (object, bias) in objects {
-            funcs.extend(object.functions.iter().map(|f| f.at_bias(*bias)));
             let path = object.path();
             plt.extend(
                 object.plt.iter().map(|&(start, end)| {
@@ -172,35 +176,24 @@ impl Symbols {
                 }),
             );
         }
-        let objects = objects.iter().map(|(o, bias)| (o.path(), *bias)).collect();
-        Symbols::index(funcs, objects, plt, file)
-    }
-
-    fn index(
-        mut funcs: Vec<Function>,
-        objects: Vec<(Arc<str>, u64)>,
-        plt: Vec<(Addr, Addr, Arc<str>)>,
-        file: bool,
-    ) -> Symbols {
-        // A symbol in both .symtab and .dynsym appears twice: keep the versioned copy.
-        funcs.sort_by(|a, b| {
-            a.start.cmp(&b.start).then(a.name.cmp(&b.name)).then(a.version.is_none().cmp(&b.version.is_none()))
-        });
-        funcs.dedup_by(|later, kept| later.start == kept.start && later.name == kept.name);
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, f) in funcs.iter().enumerate() {
-            by_name.entry(f.name.clone()).or_default().push(i);
-            if let Some(d) = &f.demangled {
-                let short = without_parameters(d);
-                by_name.entry(short.to_owned()).or_default().push(i);
-                if short != d {
-                    by_name.entry(d.clone()).or_default().push(i);
-                }
-            }
+        let lowest =
+            |(object, bias): &&(Arc<ObjectFile>, u64)| object.functions.first().map(|f| f.start.0.wrapping_add(*bias));
+        let mut placed: Vec<&(Arc<ObjectFile>, u64)> = objects.iter().collect();
+        placed.sort_by_key(lowest);
+        let mut funcs = Vec::with_capacity(placed.iter().map(|(o, _)| o.functions.len()).sum());
+        let mut by_name = Vec::with_capacity(placed.len());
+        for (object, bias) in placed {
+            by_name.push((object.names.clone(), funcs.len()));
+            funcs.extend(object.functions.iter().map(|f| f.at_bias(*bias)));
+        }
+        let objects: Vec<(Arc<str>, u64)> = objects.iter().map(|(o, bias)| (o.path(), *bias)).collect();
+        if !funcs.is_sorted_by(|a, b| in_order(a, b) != std::cmp::Ordering::Greater) {
+            sort_functions(&mut funcs);
+            by_name = vec![(Arc::new(NameIndex::of(&funcs)), 0)];
         }
         Symbols {
             by_addr: funcs.into(),
-            by_name: Arc::new(by_name),
+            by_name: by_name.into(),
             objects: Arc::from(objects),
             plt: plt.into(),
             file,
@@ -228,16 +221,16 @@ impl Symbols {
             Some((n, v)) => (n, Some(v.trim_start_matches('@'))),
             None => (name, None),
         };
-        let candidates = self.by_name.get(name)?;
         let matches_object = |f: &Function| object.is_none_or(|o| o.matches(&f.object));
         let matches_version = |f: &Function| version.is_none_or(|v| f.version.as_deref() == Some(v));
         let rank = |f: &Function| {
             let object_rank = self.objects.iter().position(|(o, _)| *o == f.object).unwrap_or(usize::MAX);
             (object_rank, f.is_compiler_copy(), !f.default_version && f.version.is_some())
         };
-        candidates
+        self.by_name
             .iter()
-            .map(|&i| &self.by_addr[i])
+            .flat_map(|(names, first)| names.get(name).iter().map(move |&i| first + i as usize))
+            .map(|i| &self.by_addr[i])
             .filter(|f| matches_object(f) && matches_version(f))
             .min_by_key(|f| rank(f))
     }
@@ -306,6 +299,47 @@ impl Symbols {
     /// Whether these are the symbols of one file, at link-time addresses.
     pub fn is_file(&self) -> bool {
         self.file
+    }
+}
+
+/// The order of functions in a symbol set: by address, then name, a versioned copy of a
+/// symbol (from `.dynsym`) before the same symbol without its version (from `.symtab`).
+fn in_order(a: &Function, b: &Function) -> std::cmp::Ordering {
+    a.start.cmp(&b.start).then_with(|| a.name.cmp(&b.name)).then_with(|| a.version.is_none().cmp(&b.version.is_none()))
+}
+
+/// Sort `funcs` in [`in_order`] and keep one of each symbol that appears twice (in `.symtab`
+/// and `.dynsym`): the versioned copy.
+pub(crate) fn sort_functions(funcs: &mut Vec<Function>) {
+    funcs.sort_by(in_order);
+    funcs.dedup_by(|later, kept| later.start == kept.start && later.name == kept.name);
+}
+
+/// Where each name of a list of functions is in it: its symbol name, and for Rust and C++
+/// its demangled name with and without parameters. Built once per file.
+#[derive(Debug, Default)]
+pub(crate) struct NameIndex(HashMap<String, Vec<u32>>);
+
+impl NameIndex {
+    pub(crate) fn of(funcs: &[Function]) -> NameIndex {
+        let mut by_name: HashMap<String, Vec<u32>> = HashMap::with_capacity(funcs.len());
+        for (i, f) in funcs.iter().enumerate() {
+            let i = i as u32;
+            by_name.entry(f.name.clone()).or_default().push(i);
+            if let Some(d) = &f.demangled {
+                let short = without_parameters(d);
+                by_name.entry(short.to_owned()).or_default().push(i);
+                if short != d {
+                    by_name.entry(d.clone()).or_default().push(i);
+                }
+            }
+        }
+        NameIndex(by_name)
+    }
+
+    /// The places of the functions named `name`, in address order.
+    fn get(&self, name: &str) -> &[u32] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -194,3 +194,22 @@ fn a_function_only_the_debug_file_names_holds_its_addresses() {
     let target = s.resolve_addr(&maps, Addr(start + 1)).expect("a probe-able address");
     assert_eq!((target.function.start, target.offset), (Addr(*start), 1));
 }
+
+/// The functions of every object of a process, each object's sorted and indexed by name once
+/// from its file and placed at its address: in address order over the whole process, each
+/// symbol once, and each found by its name in its object.
+#[test]
+fn a_process_s_functions_are_in_address_order_and_found_by_name_in_their_object() {
+    let s = Symbols::load(&read_maps().unwrap());
+    let functions = s.functions();
+    assert!(s.objects().len() >= 3, "this test, libc and the loader: {:?}", s.objects());
+    assert!(
+        functions.windows(2).all(|w| (w[0].start, &w[0].name) < (w[1].start, &w[1].name)),
+        "in order of address, then name, each symbol once"
+    );
+    for f in functions.iter().filter(|f| !f.name.is_empty()) {
+        let object = ObjectName::new(&f.object).unwrap();
+        let found = s.find_in(Some(&object), &f.name).unwrap_or_else(|| panic!("{} in {}", f.name, f.object));
+        assert_eq!((&found.name, &found.object), (&f.name, &f.object));
+    }
+}
