@@ -6,6 +6,7 @@ use iced_x86::{
     InstructionInfoFactory, Mnemonic, OpKind, Register,
 };
 
+use crate::InsnText;
 use crate::{Addr, AnalyzeError, Gpr, SlotEnding, Unsupported};
 
 /// A decoded, classified instruction at a probe address.
@@ -36,6 +37,11 @@ impl Insn {
     /// The instruction in AT&T syntax, for messages.
     pub fn text(&self) -> String {
         describe(self.code(), self.addr)
+    }
+
+    /// [`Insn::text`], formatted when shown (see [`InsnText`]).
+    pub fn text_when_shown(&self) -> InsnText {
+        InsnText::of(self.code(), self.addr)
     }
 
     pub(crate) fn decode(&self) -> Instruction {
@@ -284,7 +290,7 @@ pub fn analyze(code: &[u8], code_start: Addr, addr: Addr) -> Result<Insn, Analyz
     let len = instr.len();
     let mut bytes = [0u8; 15];
     bytes[..len].copy_from_slice(&code[offset..offset + len]);
-    let refuse = |reason| AnalyzeError::Unsupported { addr, text: describe(&bytes[..len], addr), reason };
+    let refuse = |reason| AnalyzeError::Unsupported { addr, text: InsnText::of(&bytes[..len], addr), reason };
     let class = classify(&instr, &decoder).map_err(refuse)?;
     Ok(Insn { addr, len, bytes, class })
 }

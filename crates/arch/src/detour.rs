@@ -127,7 +127,7 @@ impl Detour {
 pub fn exit_detour_code(site: Addr, window: &[Insn], at: Addr, stub: Addr) -> Result<Detour, NotOptimized> {
     let (exit, before) = window.split_last().ok_or(NotOptimized::Relocate(crate::RelocateError::Empty))?;
     if exit.addr != site {
-        return Err(NotOptimized::NotAnExit { at: exit.addr, text: exit.text() });
+        return Err(NotOptimized::NotAnExit { at: exit.addr, text: exit.text_when_shown() });
     }
     let mut detour = build(site, std::slice::from_ref(exit), at, stub, None)?;
     if before.is_empty() {

@@ -1,5 +1,6 @@
 //! Typed errors of the arch layer. Every refusal carries a reason a person can read.
 
+use crate::InsnText;
 use crate::{Addr, MemoryFault};
 
 /// Why an instruction cannot be probed: each class has its written reason.
@@ -87,7 +88,7 @@ pub enum AnalyzeError {
         /// Where it is.
         addr: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
         /// Why.
         reason: Unsupported,
     },

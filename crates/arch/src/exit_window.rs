@@ -43,7 +43,7 @@ pub(crate) fn exit_window_span(function: &[u8], start: Addr, exit: Addr) -> Resu
     let last = analyze(function, start, exit)?;
     match last.class {
         ExecClass::Emulate { emulation: Emulation::Ret { .. } | Emulation::Jmp { .. }, .. } => {}
-        _ => return Err(NotOptimized::NotAnExit { at: exit, text: last.text() }),
+        _ => return Err(NotOptimized::NotAnExit { at: exit, text: last.text_when_shown() }),
     }
     let window_start = window_start(function, start, exit, last.len)?;
     Ok((window_start, (last.next().0 - window_start.0) as usize))

@@ -14,7 +14,8 @@
 
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
-use crate::{describe, Addr, Memory};
+use crate::InsnText;
+use crate::{Addr, Memory};
 
 /// One contiguous piece of a function's original code (never an armed probe's `int3`).
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +117,7 @@ pub enum ExitsUnknown {
         /// From the function's start.
         offset: i64,
         /// The instruction.
-        text: String,
+        text: InsnText,
     },
     /// The last instruction of a part goes on past its end (into whatever follows).
     #[error("`{text}` at +{offset:#x} is the last instruction and execution falls off the function's end")]
@@ -126,7 +127,7 @@ pub enum ExitsUnknown {
         /// From the function's start.
         offset: i64,
         /// The instruction.
-        text: String,
+        text: InsnText,
     },
 }
 
@@ -148,7 +149,7 @@ pub fn find_exits(parts: &[CodePart<'_>], data: &mut dyn Memory) -> Result<Exits
     let mut jump_tables = 0;
     for part in parts {
         let insns = decode(part).map_err(|at| ExitsUnknown::Undecodable { at, offset: offset(at) })?;
-        let text = |i: &Instruction| describe(&part.code[(i.ip() - part.start.0) as usize..], Addr(i.ip()));
+        let text = |i: &Instruction| InsnText::of(&part.code[(i.ip() - part.start.0) as usize..], Addr(i.ip()));
         for (k, i) in insns.iter().enumerate() {
             let at = Addr(i.ip());
             let target = i.near_branch_target();

@@ -24,7 +24,8 @@
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
-use crate::{analyze_run, describe, relocate, Addr, AnalyzeError, Insn, RelocateError};
+use crate::InsnText;
+use crate::{analyze_run, relocate, Addr, AnalyzeError, Insn, RelocateError};
 
 /// The length of the `jmp rel32` a jump-optimized probe writes.
 pub const JUMP_LEN: usize = 5;
@@ -62,7 +63,7 @@ pub enum NotOptimized {
         /// The branch.
         from: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
         /// Its target.
         target: Addr,
     },
@@ -89,7 +90,7 @@ pub enum NotOptimized {
         /// The jump.
         at: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
     },
     /// An `int3` in the function: a breakpoint of another debugger hides the byte it replaced.
     #[error("an int3 at {at} in the function hides an instruction the branch check cannot see")]
@@ -112,7 +113,7 @@ pub enum NotOptimized {
         /// The instruction.
         at: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
     },
     /// An instruction of the window cannot be probed at all.
     #[error("the window cannot be analyzed: {0}")]
@@ -359,7 +360,7 @@ impl FunctionBranches {
         let first = self.branches.partition_point(|(target, _)| *target <= addr.0);
         let last = self.branches.partition_point(|(target, _)| *target < addr.0 + len);
         let into = self.branches[first..last].iter().min_by_key(|(_, from)| *from);
-        let text = |at: Addr| describe(&function[(at.0 - start.0) as usize..], at);
+        let text = |at: Addr| InsnText::of(&function[(at.0 - start.0) as usize..], at);
         if let Some(&(target, from)) = into {
             return Err(NotOptimized::BranchIntoWindow { from, text: text(from), target: Addr(target) });
         }

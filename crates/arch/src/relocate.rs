@@ -11,6 +11,7 @@
 use iced_x86::Code;
 
 use crate::writer::CodeWriter;
+use crate::InsnText;
 use crate::{Addr, Emulation, ExecClass, Gpr, Insn, MemOperand};
 
 /// A relocated run: its code and where each instruction's copy is.
@@ -69,7 +70,7 @@ pub enum RelocateError {
         /// The call.
         addr: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
     },
     /// A jump or return before the end of the run: the instructions after it are not part of
     /// the flow the probe displaces.
@@ -78,7 +79,7 @@ pub enum RelocateError {
         /// The jump or return.
         addr: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
     },
     /// An indirect call that reads its target relative to the stack pointer, which the
     /// rewritten call moves before the jump.
@@ -87,7 +88,7 @@ pub enum RelocateError {
         /// The call.
         addr: Addr,
         /// The instruction, disassembled.
-        text: String,
+        text: InsnText,
     },
     /// A branch of the run targets the inside of one of its instructions.
     #[error("the branch at {addr} targets {target}, inside an instruction of the run")]
@@ -174,10 +175,10 @@ pub(crate) fn relocate_then(
         match insn.class {
             ExecClass::Emulate { emulation, .. } if is_call(emulation) => {
                 if !last {
-                    return Err(RelocateError::CallNotLast { addr: insn.addr, text: insn.text() });
+                    return Err(RelocateError::CallNotLast { addr: insn.addr, text: insn.text_when_shown() });
                 }
                 if uses_stack_pointer(emulation) {
-                    return Err(RelocateError::StackRelativeCall { addr: insn.addr, text: insn.text() });
+                    return Err(RelocateError::StackRelativeCall { addr: insn.addr, text: insn.text_when_shown() });
                 }
                 push_return_address(&mut w, insn.next());
                 match emulation {
@@ -192,7 +193,7 @@ pub(crate) fn relocate_then(
             }
             ExecClass::Emulate { emulation, .. } if is_transfer(emulation) => {
                 if !last {
-                    return Err(RelocateError::TransferNotLast { addr: insn.addr, text: insn.text() });
+                    return Err(RelocateError::TransferNotLast { addr: insn.addr, text: insn.text_when_shown() });
                 }
                 w.relocate(decoded);
                 falls_through = false;

@@ -34,7 +34,7 @@ fn a_tail_jump_ends_a_window_and_other_instructions_are_no_exit() {
     match can_optimize_exit(&EPILOGUE, F, F.offset(13)) {
         Err(NotOptimized::NotAnExit { at, text }) => {
             assert_eq!(at, F.offset(13));
-            assert!(text.contains("pop"), "{text}");
+            assert!(text.to_string().contains("pop"), "{text}");
         }
         other => panic!("expected a refusal of a pop as an exit, got {other:?}"),
     }
@@ -68,7 +68,7 @@ fn a_branch_to_any_byte_of_the_window_after_its_first_is_refused_the_ret_include
             can_optimize_exit(&branchy(target), F, F.offset(11)),
             Err(NotOptimized::BranchIntoWindow {
                 from: F.offset(3),
-                text: format!("je 0x{:016X}", F.0 + target),
+                text: format!("je 0x{:016X}", F.0 + target).into(),
                 target: F.offset(target)
             }),
             "a je to +{target}"

@@ -62,7 +62,7 @@ fn a_branch_from_another_function_into_the_window_keeps_the_probe_on_int3() {
         Err(NotOptimized::BranchIntoWindow { from, target, text }) => {
             // `lea rax, [rdi + 100]` is 4 bytes; the jmp after it lands on `add`.
             assert_eq!((from, target), (plus.offset(4), sum.offset(3)), "{text}");
-            assert!(text.starts_with("jmp"), "the branch is named: {text}");
+            assert!(text.to_string().starts_with("jmp"), "the branch is named: {text}");
         }
         other => panic!("fxc_sum_plus jumps into the window: {other:?}"),
     }

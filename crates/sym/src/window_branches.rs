@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use dprobe_arch::{describe, Addr, NotOptimized, JUMP_LEN};
+use dprobe_arch::{Addr, InsnText, NotOptimized, JUMP_LEN};
 
 use crate::cache::{code_sections, object_file, IntoWindow, ObjectFile};
 use crate::symbols::Function;
@@ -38,9 +38,9 @@ pub fn check_object_branches_in(function: &Function, addr: Addr, len: u64) -> Re
         .and_then(|data| {
             let sections = code_sections(&data)?;
             let s = sections.iter().find(|s| (s.address..s.address + s.size).contains(&from.0))?;
-            Some(describe(&s.bytes(&data)[(from.0 - s.address) as usize..], at_run_time(from)))
+            Some(InsnText::of(&s.bytes(&data)[(from.0 - s.address) as usize..], at_run_time(from)))
         })
-        .unwrap_or_else(|| "a branch".to_owned());
+        .unwrap_or_else(|| "a branch".into());
     Err(NotOptimized::BranchIntoWindow { from: at_run_time(from), text, target: at_run_time(target) })
 }
 
