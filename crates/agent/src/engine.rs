@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dprobe_core::fetch::Values;
@@ -18,7 +19,7 @@ use dprobe_core::returns::ReturnMode;
 use dprobe_core::{
     Addr, Ending, Engine, EventSink, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames,
 };
-use dprobe_ptrace::{ExecWatch, Injector, LoadError, Watched};
+use dprobe_ptrace::{ExecWatch, Injector, LoadError, SharedImage, Watched};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
 use dprobe_stack::{Unwinder, UserRegs};
 use nix::errno::Errno;
@@ -183,14 +184,15 @@ pub enum Library<'a> {
 /// [`Library`], kept to load the agent again into a program the process executes.
 #[derive(Clone)]
 enum OwnedLibrary {
-    Image(Vec<u8>),
+    /// Its bytes, and the sealed memory file every program of the trace loads it from.
+    Image(Arc<SharedImage>),
     File(PathBuf),
 }
 
 impl OwnedLibrary {
     fn of(library: Library<'_>) -> OwnedLibrary {
         match library {
-            Library::Image(image) => OwnedLibrary::Image(image.to_vec()),
+            Library::Image(image) => OwnedLibrary::Image(Arc::new(SharedImage::new(image.to_vec(), MEMORY_FILE))),
             Library::File(path) => OwnedLibrary::File(path.to_path_buf()),
         }
     }

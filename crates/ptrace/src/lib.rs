@@ -47,6 +47,7 @@ mod rearm;
 mod remote_elf;
 mod returns;
 mod semaphores;
+mod shared_image;
 mod signals;
 mod stop;
 mod stop_waiter;
@@ -65,6 +66,7 @@ pub use exec_watch::{ended_unreaped, ExecWatch, Watched};
 pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
+pub use shared_image::SharedImage;
 pub use tracee::Tracee;
 
 #[cfg(test)]

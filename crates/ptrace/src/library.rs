@@ -27,6 +27,7 @@ use dprobe_sym::{read_maps_of, Symbols};
 use crate::error::TraceError;
 use crate::exec_watch::ExecWatch;
 use crate::kept;
+use crate::shared_image::{may_open_files_of_dprobe, SharedImage};
 use crate::sys::{self, RemoteMemory};
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
@@ -90,6 +91,7 @@ struct Functions {
     dlerror: Option<u64>,
     errno_location: Option<u64>,
     memfd_create: Option<u64>,
+    open: Option<u64>,
     fcntl: Option<u64>,
     close: Option<u64>,
 }
@@ -214,19 +216,40 @@ impl Injector {
         self.keeping_errno(&functions, |me| me.dlopen_and_call(&functions, path, entry, arg))
     }
 
-    /// Load the library whose bytes are `image`: written into a memory file of the process's
-    /// own (one it has already, holding the same bytes, is used again: the loader then finds
-    /// the library loaded), then as [`Injector::load_library`]. The process needs no access
-    /// to any file of dprobe's.
-    pub fn load_library_image(&mut self, image: &[u8], name: &str, entry: &str, arg: &str) -> Result<u64, LoadError> {
+    /// Load the library whose bytes are `image`, then as [`Injector::load_library`]: from a
+    /// memory file the process has already holding the same bytes (the loader then finds the
+    /// library loaded), else from dprobe's sealed copy, opened by the process where it may
+    /// (`shared_image.rs`), else from a copy written into a memory file of the process's own.
+    /// The process needs no access to any file of dprobe's.
+    pub fn load_shared_image(&mut self, image: &SharedImage, entry: &str, arg: &str) -> Result<u64, LoadError> {
         let functions = self.functions()?;
         self.keeping_errno(&functions, |me| {
-            let path = match me.memory_file_holding(image, name) {
+            let path = match me.memory_file_holding(image.bytes(), image.name()) {
                 Some(path) => path,
-                None => me.new_memory_file(&functions, image, name)?,
+                None => match me.opened_shared_file(&functions, image)? {
+                    Some(path) => path,
+                    None => me.new_memory_file(&functions, image.bytes(), image.name())?,
+                },
             };
             me.dlopen_and_call(&functions, &path, entry, arg)
         })
+    }
+
+    /// dprobe's sealed copy of `image`, opened by the process (closed at its `exec`, and out
+    /// of its way as [`Injector::new_memory_file`]'s file is), by the path the process loads
+    /// it with; `None` where the process may not open it.
+    fn opened_shared_file(&mut self, functions: &Functions, image: &SharedImage) -> Result<Option<String>, LoadError> {
+        let (Some(open), Some(shared)) = (functions.open, image.path()) else { return Ok(None) };
+        if !may_open_files_of_dprobe(self.pid) {
+            return Ok(None);
+        }
+        let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        let fd = self.call(open, &[shared.as_bytes()], &[flags])? as i32;
+        if fd < 0 {
+            return Ok(None);
+        }
+        let fd = self.keep_high(functions, fd)?;
+        Ok(Some(format!("/proc/{}/fd/{fd}", self.pid)))
     }
 
     /// The functions a load calls, from the process's own C library.
@@ -245,6 +268,7 @@ impl Injector {
             dlerror: find(&["libc:dlerror", "libdl:dlerror"]),
             errno_location: find(&["libc:__errno_location"]),
             memfd_create: find(&["libc:memfd_create"]),
+            open: find(&["libc:open64", "libc:open"]),
             fcntl: find(&["libc:fcntl64", "libc:fcntl"]),
             close: find(&["libc:close"]),
         })

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use dprobe_ptrace::{Injector, LoadError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT, MEMORY_FILE};
+use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT};
 use crate::shm::Shm;
 
 /// How the names of dprobe's listeners for agents begin: `dprobe-agent.DPROBE.N.PID`, for the
@@ -62,7 +62,7 @@ pub(super) fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
 fn start_agent(injector: &mut Injector, library: &OwnedLibrary, name: &str) -> Result<u64, LoadError> {
     const ENTRY: &str = "dprobe_agent_start";
     match library {
-        OwnedLibrary::Image(image) => injector.load_library_image(image, MEMORY_FILE, ENTRY, name),
+        OwnedLibrary::Image(image) => injector.load_shared_image(image, ENTRY, name),
         OwnedLibrary::File(path) => injector.load_library(&path.to_string_lossy(), ENTRY, name),
     }
 }
