@@ -85,6 +85,7 @@ mod probe;
 mod program_errno;
 pub mod raw_calls;
 mod rearm;
+mod reenter;
 mod resolver_runner;
 mod safepoint;
 mod saved;
@@ -125,6 +126,7 @@ pub use probe::{
     Probe,
 };
 pub use program_errno::{program_errno, set_program_errno};
+pub use reenter::{reentered, wait_then_reenter};
 pub use resolver_runner::run_resolver;
 pub use safepoint::moved as safepoint_moves;
 pub use spawn_hold::{hold_spawns_while_patching, SpawnHold};

@@ -18,7 +18,7 @@
 //!
 //! A held call must not wait inside its hit: the engine waits for every hit in progress to end
 //! before it goes on (its grace period). Its handler sends it instead to a stub
-//! (`__dprobe_spawn_wait`) that keeps the function's arguments, waits on the word as any
+//! (`reenter.rs`) that keeps the function's arguments, waits on the word as any
 //! program code would, and jumps back to the function's entry: its hit, again, lets it in.
 //! Held calls go in before the next change holds them again (the next [`hold`] waits for them
 //! first), so a program that spawns while a tool changes probes back to back is slowed, never
@@ -192,8 +192,8 @@ fn wait_while(word: u32) {
     raw_calls::futex_wait(&WORD, word, &timeout, true);
 }
 
-/// What the stub leaves in `r10` when [`spawn_wait`] let its call in (with `r11` the
-/// function's entry): a value of this process that a caller's `r10` does not hold by chance.
+/// What [`spawn_wait`] returns when it let its call in (the stub leaves it in `r10`,
+/// `reenter.rs`): a value of this process that a caller's `r10` does not hold by chance.
 fn let_in_token() -> u64 {
     0xd9b0_5a17_0000_0000 ^ (&WORD as *const AtomicU32 as u64)
 }
@@ -201,9 +201,8 @@ fn let_in_token() -> u64 {
 /// At the entry of `posix_spawn` or `posix_spawnp`: let the call in, or send it to wait.
 fn let_in(regs: &mut Regs) -> PreAction {
     let state = thread_state::current();
-    if regs.r10 == let_in_token() && regs.r11 == regs.rip {
+    if crate::reenter::reentered(regs, let_in_token()) {
         // Back from the stub, let in there.
-        regs.r10 = 0;
         started_here(state);
         return PreAction::Continue;
     }
@@ -217,9 +216,7 @@ fn let_in(regs: &mut Regs) -> PreAction {
             }
         } else if WORD.compare_exchange_weak(word, word + WAITER, SeqCst, SeqCst).is_ok() {
             CALLS_HELD.fetch_add(1, Relaxed);
-            regs.r11 = regs.rip;
-            regs.rip = spawn_wait_stub();
-            return PreAction::SkipInstruction;
+            return crate::reenter::wait_then_reenter(regs, spawn_wait);
         }
     }
 }
@@ -271,43 +268,4 @@ extern "C" fn spawn_wait() -> u64 {
         }
         wait_while(word);
     }
-}
-
-// The stub a held call is sent to, from the entry of the function with `r11` its address: the
-// arguments (`rdi`..`r9`) and `r11` are kept (seven pushes: the stack, 8 past a 16-byte
-// boundary at a function's entry, is aligned for the call), `spawn_wait` returns the token
-// into `r10` (which a function's entry does not take), and the call starts again.
-std::arch::global_asm!(
-    ".text",
-    ".globl __dprobe_spawn_wait",
-    ".hidden __dprobe_spawn_wait",
-    ".type __dprobe_spawn_wait,@function",
-    "__dprobe_spawn_wait:",
-    "push rdi",
-    "push rsi",
-    "push rdx",
-    "push rcx",
-    "push r8",
-    "push r9",
-    "push r11",
-    "call {wait}",
-    "mov r10, rax",
-    "pop r11",
-    "pop r9",
-    "pop r8",
-    "pop rcx",
-    "pop rdx",
-    "pop rsi",
-    "pop rdi",
-    "jmp r11",
-    ".size __dprobe_spawn_wait, . - __dprobe_spawn_wait",
-    wait = sym spawn_wait,
-);
-
-extern "C" {
-    fn __dprobe_spawn_wait();
-}
-
-fn spawn_wait_stub() -> u64 {
-    __dprobe_spawn_wait as *const () as u64
 }
