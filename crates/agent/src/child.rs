@@ -82,6 +82,9 @@ pub(crate) struct Live {
     pub(crate) spawn_hold: Option<dprobe_inproc::SpawnHold>,
     /// The probes that ask dprobe before the program's `exec` (`exec_gate.rs`), if asked for.
     pub(crate) exec_gate: crate::exec_gate::GateProbes,
+    /// The probes that give the agent's thread a caller's capabilities before an id change
+    /// (`credentials.rs`).
+    pub(crate) credentials: Option<crate::credentials::KeptAlike>,
     /// Entry probes on `int3` disabled while the tracer places the others (`held_off.rs`),
     /// by index.
     pub(crate) held_off: Vec<usize>,
@@ -105,6 +108,7 @@ pub(crate) fn end_session(figures: bool) {
             // a library) is let go only once none is left in code it may unmap.
             remove(&mut l.placed, figures.then_some(&*l.shm));
             crate::follow::stop();
+            drop(l.credentials.take());
             // Every probe that can trap goes while `SIGTRAP` is still kept open: removing a
             // jump puts an `int3` back for a moment, and a thread that blocks every signal
             // around its call (a shell around `vfork`) is killed at that `int3` once the

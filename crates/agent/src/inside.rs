@@ -164,6 +164,8 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // dprobe has it: the agent needs only the mapping (a descriptor the program could close).
     shm.close_file();
     let shm = Arc::new(shm);
+    // Before any probe of the tracer's: a program that changes its ids as it starts.
+    let credentials = crate::credentials::keep_alike(&shm);
     LIVE.with(|live| {
         *live = Some(Live {
             name: name.to_vec(),
@@ -175,6 +177,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             lent_threads,
             spawn_hold,
             exec_gate: Default::default(),
+            credentials,
             held_off: Vec::new(),
         })
     });
@@ -187,6 +190,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
         if let Some((asked, state)) = follow::pending() {
             LIVE.with(|live| live.as_mut().map(|l| loader_changed(l, state)));
             follow::answer(asked);
+        }
+        if let Some(asked) = crate::credentials::pending() {
+            crate::credentials::answer(asked);
         }
         if looked.elapsed() >= REARM_EVERY {
             // An `int3` another tool's uprobe took away when it was removed is put back, and
@@ -356,7 +362,7 @@ fn readable(sock: &UnixStream, shm: &Shm, ms: i64) -> io::Result<bool> {
     if socket_readable(sock)? {
         return Ok(true);
     }
-    if follow::pending().is_none() {
+    if follow::pending().is_none() && crate::credentials::pending().is_none() {
         let timeout = libc::timespec { tv_sec: 0, tv_nsec: ms * 1_000_000 };
         // Shared (not private): the tracer rings it from its process.
         dprobe_inproc::raw_calls::futex_wait(bell, rung, &timeout, false);

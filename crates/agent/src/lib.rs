@@ -19,6 +19,7 @@ mod agent_thread;
 mod batch;
 mod child;
 mod connection;
+mod credentials;
 mod engine;
 mod exec_gate;
 mod exit;

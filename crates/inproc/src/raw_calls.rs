@@ -55,3 +55,32 @@ pub fn monotonic_ns() -> u64 {
     };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
+
+/// `prctl(option, arg2)`: its result, or `-errno`.
+pub fn prctl(option: i32, arg2: u64) -> i64 {
+    // SAFETY: the options dprobe passes (`PR_GET_*`/`PR_SET_*` of the calling thread's
+    // credentials) take integers, no pointer.
+    unsafe { raw_syscall6(libc::SYS_prctl, [option as u64, arg2, 0, 0, 0, 0]) }
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The capability sets of thread `tid` of this process (0: the calling thread), as `capget`
+/// lays them out: effective, permitted and inheritable of the low 32 capabilities, then of
+/// the high 32.
+pub fn capget(tid: libc::pid_t) -> Option<[u32; 6]> {
+    let header = [CAPABILITY_VERSION_3, tid as u32];
+    let mut sets = [0u32; 6];
+    // SAFETY: capget reads the 8-byte header and writes two 12-byte records, both live here.
+    let r = unsafe { raw_syscall6(libc::SYS_capget, [header.as_ptr() as u64, sets.as_mut_ptr() as u64, 0, 0, 0, 0]) };
+    (r == 0).then_some(sets)
+}
+
+/// Set the calling thread's capability sets (laid out as [`capget`] gives them); whether the
+/// kernel took them.
+pub fn capset(sets: &[u32; 6]) -> bool {
+    let header = [CAPABILITY_VERSION_3, 0];
+    // SAFETY: capset reads the 8-byte header and two 12-byte records, both live here.
+    unsafe { raw_syscall6(libc::SYS_capset, [header.as_ptr() as u64, sets.as_ptr() as u64, 0, 0, 0, 0]) == 0 }
+}

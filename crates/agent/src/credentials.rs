@@ -1,0 +1,241 @@
+//! The agent's thread takes on the capabilities of the program's thread that changes its ids.
+//!
+//! A thread's capabilities, its "keep capabilities" flag (`PR_SET_KEEPCAPS`) and its secure
+//! bits are its own; a new thread starts with its creator's. The kernel's user and group ids
+//! are per thread too, so when a program changes them (`setuid`, `setresgid`, `setgroups`...)
+//! the C library has every thread of the process make the same system call, and aborts the
+//! program when they did not all succeed or all fail alike. A program that keeps capabilities
+//! across such a change sets them on its own thread alone (`setpriv --reuid`, a daemon that
+//! binds a low port and drops to its user: `PR_SET_KEEPCAPS`, `setresuid`, `capset`, then
+//! `setresgid`); the agent's thread, left with its own, failed the later call the program's
+//! thread succeeded in, and the program was killed by `SIGABRT`.
+//!
+//! So before each such call, the calling thread's capabilities, flag and bits are given to
+//! the agent's thread. A probe at the entry of each of the C library's functions that change
+//! ids compares them with the agent's thread's (three system calls, no wait when they agree);
+//! when they differ it sends the call to a stub that keeps the call's arguments, posts what
+//! the thread has, rings the agent's doorbell and waits (outside any hit, at most about two
+//! seconds) until the agent's thread took them on, then enters the function again (its probe
+//! lets it in). The agent's thread takes on only what the kernel lets it: it started with the
+//! capabilities of the program's thread that loaded it, which a later change of the
+//! program's can only narrow or move within.
+//!
+//! Not covered: ids changed with the system call itself (not through the C library: its
+//! threads are not all changed either), a forked child's calls (its agent thread does not
+//! serve them), and a thread's own seccomp filter or bounding set.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
+use std::sync::Arc;
+
+use dprobe_inproc::raw_calls;
+use dprobe_inproc::{register, register_all, Kprobe, PreAction, Probe, Regs};
+
+use crate::hit::on_agent_thread;
+use crate::shm::Shm;
+
+/// The C library's functions that change the ids of every thread.
+const ID_CHANGES: [&str; 9] = [
+    "libc:setuid",
+    "libc:setgid",
+    "libc:seteuid",
+    "libc:setegid",
+    "libc:setreuid",
+    "libc:setregid",
+    "libc:setresuid",
+    "libc:setresgid",
+    "libc:setgroups",
+];
+
+/// What of a thread's own credentials decides whether an id change succeeds: its capability
+/// sets (as `capget` lays them out), its "keep capabilities" flag and its secure bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Own {
+    caps: [u32; 6],
+    keep: u32,
+    bits: u32,
+}
+
+impl Own {
+    /// The calling thread's.
+    fn read() -> Option<Own> {
+        let caps = raw_calls::capget(0)?;
+        let keep = raw_calls::prctl(libc::PR_GET_KEEPCAPS, 0);
+        let bits = raw_calls::prctl(libc::PR_GET_SECUREBITS, 0);
+        (keep >= 0 && bits >= 0).then_some(Own { caps, keep: keep as u32, bits: bits as u32 })
+    }
+
+    fn store(&self, words: &[AtomicU32; 8]) {
+        for (word, value) in words.iter().zip(self.caps.iter().chain([&self.keep, &self.bits])) {
+            word.store(*value, Release);
+        }
+    }
+
+    fn load(words: &[AtomicU32; 8]) -> Own {
+        let w: [u32; 8] = std::array::from_fn(|i| words[i].load(Acquire));
+        Own { caps: [w[0], w[1], w[2], w[3], w[4], w[5]], keep: w[6], bits: w[7] }
+    }
+
+    /// Take these on, on the calling thread (the agent's): the bits and the flag first, while
+    /// its capabilities allow them, then the capabilities.
+    fn take_on(&self, had: Own) {
+        if self.bits != had.bits {
+            raw_calls::prctl(libc::PR_SET_SECUREBITS, u64::from(self.bits));
+        }
+        if self.keep != had.keep {
+            raw_calls::prctl(libc::PR_SET_KEEPCAPS, u64::from(self.keep));
+        }
+        if self.caps != had.caps {
+            raw_calls::capset(&self.caps);
+        }
+    }
+}
+
+/// The process whose agent thread serves (a forked child's calls go on at once).
+static OWNER: AtomicI32 = AtomicI32::new(0);
+/// The session's shared memory, whose doorbell a caller rings, while the probes are placed.
+static SHM: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
+/// The agent's thread: its id, and its own credentials as it last read them. Its capabilities
+/// change with every id change of the process (each thread's, by the same rules), so a caller
+/// reads those afresh (`capget` of another thread); its flag and bits change only when it
+/// sets them.
+static AGENT_TID: AtomicI32 = AtomicI32::new(0);
+static AGENT_HAS: [AtomicU32; 8] = [const { AtomicU32::new(0) }; 8];
+/// Those a caller asks it to take on.
+static ASKED_FOR: [AtomicU32; 8] = [const { AtomicU32::new(0) }; 8];
+/// Requests made, and answered by the agent's thread.
+static ASKED: AtomicU32 = AtomicU32::new(0);
+static ANSWERED: AtomicU32 = AtomicU32::new(0);
+/// One caller at a time posts a request (1: taken).
+static POSTING: AtomicU32 = AtomicU32::new(0);
+/// The probes are placed and the agent's thread answers.
+static SERVING: AtomicBool = AtomicBool::new(false);
+/// Callers ringing the doorbell now.
+static RINGING: AtomicU32 = AtomicU32::new(0);
+
+/// The probes that have the agent's thread take on a caller's capabilities before an id
+/// change; removed when dropped.
+pub(crate) struct KeptAlike {
+    probes: Vec<Probe>,
+}
+
+impl Drop for KeptAlike {
+    fn drop(&mut self) {
+        SERVING.store(false, SeqCst);
+        self.probes.clear();
+        // A caller that saw the agent serving rings its doorbell: the memory is let go after.
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        for _ in 0..1000 {
+            if RINGING.load(SeqCst) == 0 {
+                break;
+            }
+            raw_calls::futex_wait(&RINGING, RINGING.load(SeqCst), &pause, true);
+        }
+        SHM.store(std::ptr::null_mut(), SeqCst);
+        // A caller still waiting goes on.
+        ANSWERED.store(ASKED.load(Acquire), Release);
+        raw_calls::futex_wake(&ANSWERED, true);
+    }
+}
+
+/// Place the probes, on the agent's thread (whose credentials are read now), the doorbell
+/// rung being `shm`'s. Functions the C library lacks are left out.
+pub(crate) fn keep_alike(shm: &Arc<Shm>) -> Option<KeptAlike> {
+    Own::read()?.store(&AGENT_HAS);
+    AGENT_TID.store(raw_calls::gettid(), Release);
+    SHM.store(Arc::as_ptr(shm).cast_mut(), SeqCst);
+    OWNER.store(raw_calls::getpid(), Release);
+    // One batch (one round of code changes); where one function is missing, each on its own.
+    let probe = |f: &&str| Kprobe::symbol(f).pre(at_id_change);
+    let probes = register_all(ID_CHANGES.iter().map(probe).collect())
+        .unwrap_or_else(|_| ID_CHANGES.iter().filter_map(|f| register(probe(f)).ok()).collect());
+    SERVING.store(true, SeqCst);
+    Some(KeptAlike { probes })
+}
+
+/// A request waiting for the agent's thread, if one is.
+pub(crate) fn pending() -> Option<u32> {
+    let asked = ASKED.load(Acquire);
+    (asked != ANSWERED.load(Acquire)).then_some(asked)
+}
+
+/// What the agent's thread has now (`None`: its capabilities could not be read).
+fn agent_has() -> Option<Own> {
+    let kept = Own::load(&AGENT_HAS);
+    Some(Own { caps: raw_calls::capget(AGENT_TID.load(Acquire))?, ..kept })
+}
+
+/// On the agent's thread: take on what request `asked` posted, and answer it.
+pub(crate) fn answer(asked: u32) {
+    if let Some(had) = Own::read() {
+        Own::load(&ASKED_FOR).take_on(had);
+    }
+    // What the kernel let it take on (all of it, normally).
+    if let Some(now) = Own::read() {
+        now.store(&AGENT_HAS);
+    }
+    ANSWERED.store(asked, Release);
+    raw_calls::futex_wake(&ANSWERED, true);
+}
+
+/// At the entry of a function that changes ids: go on when the agent's thread has the
+/// caller's credentials already, else wait for it first (in the stub).
+fn at_id_change(regs: &mut Regs) -> PreAction {
+    if dprobe_inproc::reentered(regs, let_in_token()) {
+        return PreAction::Continue;
+    }
+    if !SERVING.load(Acquire) || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
+        return PreAction::Continue;
+    }
+    if Own::read().is_none_or(|own| Some(own) == agent_has()) {
+        return PreAction::Continue;
+    }
+    dprobe_inproc::wait_then_reenter(regs, ask_and_wait)
+}
+
+/// Run by the stub (`dprobe_inproc::wait_then_reenter`), on the program's thread outside any hit: post the thread's
+/// credentials, ring, and wait until the agent's thread took them on (each wait bounded);
+/// returns the token the entry recognises. No call of the C library (`raw_calls`).
+extern "C" fn ask_and_wait() -> u64 {
+    let tick = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    let mut posted = false;
+    for _ in 0..20 {
+        if POSTING.compare_exchange(0, 1, AcqRel, Acquire).is_ok() {
+            posted = true;
+            break;
+        }
+        raw_calls::futex_wait(&POSTING, 1, &tick, true);
+    }
+    if !posted || !SERVING.load(Acquire) {
+        return let_in_token();
+    }
+    if let Some(own) = Own::read() {
+        own.store(&ASKED_FOR);
+        let asked = ASKED.fetch_add(1, AcqRel).wrapping_add(1);
+        RINGING.fetch_add(1, SeqCst);
+        if SERVING.load(SeqCst) {
+            // SAFETY: `SHM` is the session's shared memory while the probes are placed: the
+            // session drops `KeptAlike` before the memory, and its drop clears `SHM` only once
+            // no thread rings (`RINGING`) after it stopped serving.
+            if let Some(shm) = unsafe { SHM.load(SeqCst).as_ref() } {
+                shm.ring();
+            }
+        }
+        RINGING.fetch_sub(1, SeqCst);
+        for _ in 0..20 {
+            let answered = ANSWERED.load(Acquire);
+            if answered == asked || !SERVING.load(Acquire) {
+                break;
+            }
+            raw_calls::futex_wait(&ANSWERED, answered, &tick, true);
+        }
+    }
+    POSTING.store(0, Release);
+    raw_calls::futex_wake(&POSTING, true);
+    let_in_token()
+}
+
+/// What [`ask_and_wait`] returns (the stub leaves it in `r10`): a value of this process that a
+/// caller's `r10` does not hold by chance.
+fn let_in_token() -> u64 {
+    0x5e71_d0c5_0000_0000 ^ (&ASKED as *const AtomicU32 as u64)
+}
