@@ -149,15 +149,19 @@ extern "C" fn after_fork_in_child() {
         return;
     }
     if LIVE.with(|live| live.is_some()) {
+        crate::credentials::child_agent_starting();
         let spawned = crate::agent_thread::start(STACK, child_session);
-        if spawned.is_err() {
-            end_session(false);
+        match spawned {
+            Ok(()) => crate::credentials::await_child_agent(),
+            Err(_) => end_session(false),
         }
     }
 }
 
 /// The child's agent thread.
 fn child_session() {
+    // First: the child's thread waits for this until `fork` returns there.
+    crate::credentials::serve_here();
     // As the parent's agent thread (`inside.rs`): its own descriptor table, to the end.
     let _table = dprobe_inproc::own_files::PrivateTable::take();
     if set_agent_stack().is_ok() {
@@ -173,11 +177,22 @@ fn child_session() {
 }
 
 fn announce_and_wait(name: &[u8]) -> io::Result<()> {
+    let shm = LIVE.with(|live| live.as_ref().map(|l| l.shm.clone()));
     let mut sock = Connection::to(name)?;
     send(&mut sock, &Message::Hello(std::process::id()))?;
     loop {
         if sock.lost() {
             return Err(Connection::lost_error());
+        }
+        if let Some(shm) = &shm {
+            // The doorbell is the parent's too: a ring may be for it.
+            let ready = crate::inside::readable(&sock, shm, 20)?;
+            if let Some(asked) = crate::credentials::pending() {
+                crate::credentials::answer(asked);
+            }
+            if !ready {
+                continue;
+            }
         }
         match receive(&mut sock)? {
             Some(Message::Stop) => {

@@ -20,9 +20,9 @@
 //! capabilities of the program's thread that loaded it, which a later change of the
 //! program's can only narrow or move within.
 //!
-//! Not covered: ids changed with the system call itself (not through the C library: its
-//! threads are not all changed either), a forked child's calls (its agent thread does not
-//! serve them), and a thread's own seccomp filter or bounding set.
+//! A forked child's agent thread serves the child's calls (`child.rs`). Not covered: ids
+//! changed with the system call itself (not through the C library: its threads are not all
+//! changed either), and a thread's own seccomp filter or bounding set.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering::*};
 use std::sync::Arc;
@@ -150,6 +150,47 @@ pub(crate) fn keep_alike(shm: &Arc<Shm>) -> Option<KeptAlike> {
         .unwrap_or_else(|_| ID_CHANGES.iter().filter_map(|f| register(probe(f)).ok()).collect());
     SERVING.store(true, SeqCst);
     Some(KeptAlike { probes })
+}
+
+/// In a forked child, first thing on its agent thread: serve the child's id changes (the
+/// probes and the shared memory are the child's copies), this thread's credentials read now
+/// (its creator's, the child's only other thread, which has changed nothing yet: it waits in
+/// [`await_child_agent`]).
+pub(crate) fn serve_here() {
+    // No caller of the child's waits yet: what the parent's were doing is not the child's.
+    POSTING.store(0, Release);
+    ANSWERED.store(ASKED.load(Acquire), Release);
+    if let Some(own) = Own::read() {
+        own.store(&AGENT_HAS);
+        AGENT_TID.store(raw_calls::gettid(), Release);
+        OWNER.store(raw_calls::getpid(), Release);
+    }
+    CHILD_AGENT_READY.store(1, Release);
+    raw_calls::futex_wake(&CHILD_AGENT_READY, true);
+}
+
+/// The child's agent thread took over ([`serve_here`]).
+static CHILD_AGENT_READY: AtomicU32 = AtomicU32::new(0);
+
+/// In a forked child, on its thread, before `fork` returns there, once its agent thread is
+/// started: wait until that thread serves the child's id changes (at most about 100 ms), so
+/// that none the child makes at once (a daemon's worker dropping to its user) goes by before.
+pub(crate) fn await_child_agent() {
+    if !SERVING.load(Acquire) {
+        return;
+    }
+    let tick = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+    for _ in 0..100 {
+        if CHILD_AGENT_READY.load(Acquire) != 0 {
+            return;
+        }
+        raw_calls::futex_wait(&CHILD_AGENT_READY, 0, &tick, true);
+    }
+}
+
+/// In a forked child, before its agent thread starts: not taken over yet.
+pub(crate) fn child_agent_starting() {
+    CHILD_AGENT_READY.store(0, Release);
 }
 
 /// A request waiting for the agent's thread, if one is.

@@ -356,7 +356,7 @@ pub(crate) fn hold_off_last(l: &mut Live, index: u32) {
 /// Wait up to `ms` milliseconds for the socket to have something to read (or its end), or for
 /// the doorbell (`Shm::ring`: the tracer sent a message, or a loading thread waits for an
 /// answer): whether the socket has.
-fn readable(sock: &UnixStream, shm: &Shm, ms: i64) -> io::Result<bool> {
+pub(crate) fn readable(sock: &UnixStream, shm: &Shm, ms: i64) -> io::Result<bool> {
     let bell = shm.doorbell();
     let rung = bell.load(Acquire);
     if socket_readable(sock)? {

@@ -33,6 +33,19 @@ fn a_program_that_keeps_its_capabilities_across_an_id_change_runs_as_untraced() 
     }
 }
 
+/// The same change in a forked child, which keeps the agent: the child's agent thread takes
+/// on its capabilities.
+#[test]
+fn a_forked_child_that_keeps_its_capabilities_across_an_id_change_runs_as_untraced() {
+    let t = trace_to_file(
+        "keeps-caps-fork",
+        &["--engine", "agent", "--count", "libc:setresgid", "--", keeps_caps(), "fork"],
+    );
+    assert_eq!(t.code, Some(0), "{}", t.what("the child ran right"));
+    assert_eq!(t.stdout, "uid 65534 gid 65534, root no more\n");
+    assert_eq!(hits(&t.trace, "libc:setresgid"), 1, "{}", t.trace);
+}
+
 /// `setpriv` itself (util-linux's, which every Debian system has).
 #[test]
 fn setpriv_changes_user_under_the_agent() {
