@@ -186,7 +186,7 @@ fn announce_and_wait(name: &[u8]) -> io::Result<()> {
         }
         if let Some(shm) = &shm {
             // The doorbell is the parent's too: a ring may be for it.
-            let ready = crate::inside::readable(&sock, shm, 20)?;
+            let ready = crate::inside::readable(&sock, shm, 20, || crate::credentials::pending().is_some())?;
             if let Some(asked) = crate::credentials::pending() {
                 crate::credentials::answer(asked);
             }

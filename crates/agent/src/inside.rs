@@ -183,7 +183,8 @@ fn session(name: &[u8]) -> io::Result<Over> {
     });
     let mut looked = Instant::now();
     let result = loop {
-        let ready = readable(&sock, &shm, 20)?;
+        let ready =
+            readable(&sock, &shm, 20, || follow::pending().is_some() || crate::credentials::pending().is_some())?;
         if sock.lost() {
             break Err(Connection::lost_error());
         }
@@ -354,15 +355,16 @@ pub(crate) fn hold_off_last(l: &mut Live, index: u32) {
 }
 
 /// Wait up to `ms` milliseconds for the socket to have something to read (or its end), or for
-/// the doorbell (`Shm::ring`: the tracer sent a message, or a loading thread waits for an
-/// answer): whether the socket has.
-pub(crate) fn readable(sock: &UnixStream, shm: &Shm, ms: i64) -> io::Result<bool> {
+/// the doorbell (`Shm::ring`: the tracer sent a message, or a program's thread waits for an
+/// answer), not at all when `waiting` says a program's thread waits already: whether the
+/// socket has.
+pub(crate) fn readable(sock: &UnixStream, shm: &Shm, ms: i64, waiting: impl Fn() -> bool) -> io::Result<bool> {
     let bell = shm.doorbell();
     let rung = bell.load(Acquire);
     if socket_readable(sock)? {
         return Ok(true);
     }
-    if follow::pending().is_none() && crate::credentials::pending().is_none() {
+    if !waiting() {
         let timeout = libc::timespec { tv_sec: 0, tv_nsec: ms * 1_000_000 };
         // Shared (not private): the tracer rings it from its process.
         dprobe_inproc::raw_calls::futex_wait(bell, rung, &timeout, false);
