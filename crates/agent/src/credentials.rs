@@ -233,9 +233,10 @@ fn at_id_change(regs: &mut Regs) -> PreAction {
     dprobe_inproc::wait_then_reenter(regs, ask_and_wait)
 }
 
-/// Run by the stub (`dprobe_inproc::wait_then_reenter`), on the program's thread outside any hit: post the thread's
-/// credentials, ring, and wait until the agent's thread took them on (each wait bounded);
-/// returns the token the entry recognises. No call of the C library (`raw_calls`).
+/// Run by the stub (`dprobe_inproc::wait_then_reenter`), on the program's thread outside any
+/// hit: post the thread's credentials, ring, and wait until the agent's thread took them on
+/// (each wait bounded); returns the token the entry recognises. No call of the C library
+/// (`raw_calls`).
 extern "C" fn ask_and_wait() -> u64 {
     let tick = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
     let mut posted = false;
@@ -246,10 +247,10 @@ extern "C" fn ask_and_wait() -> u64 {
         }
         raw_calls::futex_wait(&POSTING, 1, &tick, true);
     }
-    if !posted || !SERVING.load(Acquire) {
+    if !posted {
         return let_in_token();
     }
-    if let Some(own) = Own::read() {
+    if let Some(own) = Own::read().filter(|_| SERVING.load(Acquire)) {
         own.store(&ASKED_FOR);
         let asked = ASKED.fetch_add(1, AcqRel).wrapping_add(1);
         RINGING.fetch_add(1, SeqCst);
