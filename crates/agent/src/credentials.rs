@@ -31,6 +31,7 @@ use dprobe_inproc::raw_calls;
 use dprobe_inproc::{register, register_all, Kprobe, PreAction, Probe, Regs};
 
 use crate::hit::on_agent_thread;
+use crate::requests::Requests;
 use crate::shm::Shm;
 
 /// The C library's functions that change the ids of every thread.
@@ -70,6 +71,12 @@ impl Own {
         }
     }
 
+    /// Keep the flag and bits as the agent thread's (read on that thread).
+    fn keep_as_agents(&self) {
+        AGENT_KEEP.store(self.keep, Release);
+        AGENT_BITS.store(self.bits, Release);
+    }
+
     fn load(words: &[AtomicU32; 8]) -> Own {
         let w: [u32; 8] = std::array::from_fn(|i| words[i].load(Acquire));
         Own { caps: [w[0], w[1], w[2], w[3], w[4], w[5]], keep: w[6], bits: w[7] }
@@ -94,17 +101,17 @@ impl Own {
 static OWNER: AtomicI32 = AtomicI32::new(0);
 /// The session's shared memory, whose doorbell a caller rings, while the probes are placed.
 static SHM: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
-/// The agent's thread: its id, and its own credentials as it last read them. Its capabilities
+/// The agent's thread: its id, and its flag and bits as it last read them. Its capabilities
 /// change with every id change of the process (each thread's, by the same rules), so a caller
 /// reads those afresh (`capget` of another thread); its flag and bits change only when it
 /// sets them.
 static AGENT_TID: AtomicI32 = AtomicI32::new(0);
-static AGENT_HAS: [AtomicU32; 8] = [const { AtomicU32::new(0) }; 8];
-/// Those a caller asks it to take on.
+static AGENT_KEEP: AtomicU32 = AtomicU32::new(0);
+static AGENT_BITS: AtomicU32 = AtomicU32::new(0);
+/// What a caller asks it to take on.
 static ASKED_FOR: [AtomicU32; 8] = [const { AtomicU32::new(0) }; 8];
 /// Requests made, and answered by the agent's thread.
-static ASKED: AtomicU32 = AtomicU32::new(0);
-static ANSWERED: AtomicU32 = AtomicU32::new(0);
+static REQUESTS: Requests = Requests::new();
 /// One caller at a time posts a request (1: taken).
 static POSTING: AtomicU32 = AtomicU32::new(0);
 /// The probes are placed and the agent's thread answers.
@@ -132,15 +139,14 @@ impl Drop for KeptAlike {
         }
         SHM.store(std::ptr::null_mut(), SeqCst);
         // A caller still waiting goes on.
-        ANSWERED.store(ASKED.load(Acquire), Release);
-        raw_calls::futex_wake(&ANSWERED, true);
+        REQUESTS.answer_all();
     }
 }
 
 /// Place the probes, on the agent's thread (whose credentials are read now), the doorbell
 /// rung being `shm`'s. Functions the C library lacks are left out.
 pub(crate) fn keep_alike(shm: &Arc<Shm>) -> Option<KeptAlike> {
-    Own::read()?.store(&AGENT_HAS);
+    Own::read()?.keep_as_agents();
     AGENT_TID.store(raw_calls::gettid(), Release);
     SHM.store(Arc::as_ptr(shm).cast_mut(), SeqCst);
     OWNER.store(raw_calls::getpid(), Release);
@@ -159,9 +165,9 @@ pub(crate) fn keep_alike(shm: &Arc<Shm>) -> Option<KeptAlike> {
 pub(crate) fn serve_here() {
     // No caller of the child's waits yet: what the parent's were doing is not the child's.
     POSTING.store(0, Release);
-    ANSWERED.store(ASKED.load(Acquire), Release);
+    REQUESTS.forget();
     if let Some(own) = Own::read() {
-        own.store(&AGENT_HAS);
+        own.keep_as_agents();
         AGENT_TID.store(raw_calls::gettid(), Release);
         OWNER.store(raw_calls::getpid(), Release);
     }
@@ -195,14 +201,16 @@ pub(crate) fn child_agent_starting() {
 
 /// A request waiting for the agent's thread, if one is.
 pub(crate) fn pending() -> Option<u32> {
-    let asked = ASKED.load(Acquire);
-    (asked != ANSWERED.load(Acquire)).then_some(asked)
+    REQUESTS.pending()
 }
 
 /// What the agent's thread has now (`None`: its capabilities could not be read).
 fn agent_has() -> Option<Own> {
-    let kept = Own::load(&AGENT_HAS);
-    Some(Own { caps: raw_calls::capget(AGENT_TID.load(Acquire))?, ..kept })
+    Some(Own {
+        caps: raw_calls::capget(AGENT_TID.load(Acquire))?,
+        keep: AGENT_KEEP.load(Acquire),
+        bits: AGENT_BITS.load(Acquire),
+    })
 }
 
 /// On the agent's thread: take on what request `asked` posted, and answer it.
@@ -212,10 +220,9 @@ pub(crate) fn answer(asked: u32) {
     }
     // What the kernel let it take on (all of it, normally).
     if let Some(now) = Own::read() {
-        now.store(&AGENT_HAS);
+        now.keep_as_agents();
     }
-    ANSWERED.store(asked, Release);
-    raw_calls::futex_wake(&ANSWERED, true);
+    REQUESTS.answer(asked);
 }
 
 /// At the entry of a function that changes ids: go on when the agent's thread has the
@@ -252,7 +259,7 @@ extern "C" fn ask_and_wait() -> u64 {
     }
     if let Some(own) = Own::read().filter(|_| SERVING.load(Acquire)) {
         own.store(&ASKED_FOR);
-        let asked = ASKED.fetch_add(1, AcqRel).wrapping_add(1);
+        let asked = REQUESTS.ask();
         RINGING.fetch_add(1, SeqCst);
         if SERVING.load(SeqCst) {
             // SAFETY: `SHM` is the session's shared memory while the probes are placed: the
@@ -263,13 +270,7 @@ extern "C" fn ask_and_wait() -> u64 {
             }
         }
         RINGING.fetch_sub(1, SeqCst);
-        for _ in 0..20 {
-            let answered = ANSWERED.load(Acquire);
-            if answered == asked || !SERVING.load(Acquire) {
-                break;
-            }
-            raw_calls::futex_wait(&ANSWERED, answered, &tick, true);
-        }
+        REQUESTS.wait(asked, || SERVING.load(Acquire));
     }
     POSTING.store(0, Release);
     raw_calls::futex_wake(&POSTING, true);
@@ -279,5 +280,5 @@ extern "C" fn ask_and_wait() -> u64 {
 /// What [`ask_and_wait`] returns (the stub leaves it in `r10`): a value of this process that a
 /// caller's `r10` does not hold by chance.
 fn let_in_token() -> u64 {
-    0x5e71_d0c5_0000_0000 ^ (&ASKED as *const AtomicU32 as u64)
+    0x5e71_d0c5_0000_0000 ^ (&REQUESTS as *const Requests as u64)
 }

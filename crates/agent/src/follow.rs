@@ -18,7 +18,7 @@
 //! Placing and removing take what registration takes (reading the process's maps and the
 //! library's symbols), never the loader's lock, which the waiting thread holds.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
 
 use dprobe_core::{Kprobe, PreAction};
@@ -26,6 +26,7 @@ use dprobe_inproc::raw_calls;
 use dprobe_inproc::{register, Addr, Probe};
 
 use crate::hit::on_agent_thread;
+use crate::requests::Requests;
 use crate::shm::{Shm, MAX_PROBES};
 
 /// The loader's `struct r_debug` (`<link.h>`).
@@ -54,9 +55,8 @@ static FOLLOWING: AtomicBool = AtomicBool::new(false);
 static SHM: AtomicPtr<Shm> = AtomicPtr::new(std::ptr::null_mut());
 /// The process whose agent thread answers (a forked child's loads do not wait).
 static OWNER: AtomicI32 = AtomicI32::new(0);
-/// Notifications sent, and answered, by the agent's thread.
-static ASKED: AtomicU32 = AtomicU32::new(0);
-static ANSWERED: AtomicU32 = AtomicU32::new(0);
+/// Notifications sent, and answered by the agent's thread.
+static REQUESTS: Requests = Requests::new();
 /// The `r_state` of the last notification.
 static STATE: AtomicI32 = AtomicI32::new(RT_CONSISTENT);
 /// The probe on `r_brk`, while some probe follows a library.
@@ -85,7 +85,7 @@ pub(crate) fn start(shm: &Arc<Shm>) -> std::io::Result<()> {
             let state = unsafe { std::ptr::read_volatile(std::ptr::addr_of!(_r_debug.state)) };
             STATE.store(state, Release);
             // The loader's lock is held: one loading thread at a time comes here.
-            ASKED.fetch_add(1, AcqRel);
+            REQUESTS.ask();
             // SAFETY: `SHM` is the session's shared memory while this probe is placed: `stop`
             // removes the probe, which waits for its running handlers, before it lets go of it.
             if let Some(shm) = unsafe { SHM.load(Acquire).as_ref() } {
@@ -121,19 +121,17 @@ pub(crate) fn stop() {
         drop(p);
     }
     SHM.store(std::ptr::null_mut(), Release);
-    answer(ASKED.load(Acquire));
+    REQUESTS.answer_all();
 }
 
 /// The `r_state` of a notification waiting for an answer, if one is.
 pub(crate) fn pending() -> Option<(u32, i32)> {
-    let asked = ASKED.load(Acquire);
-    (asked > ANSWERED.load(Acquire)).then(|| (asked, STATE.load(Acquire)))
+    REQUESTS.pending().map(|asked| (asked, STATE.load(Acquire)))
 }
 
 /// Let the loading thread that asked `asked` go on.
 pub(crate) fn answer(asked: u32) {
-    ANSWERED.fetch_max(asked, AcqRel);
-    raw_calls::futex_wake(&ANSWERED, true);
+    REQUESTS.answer(asked);
 }
 
 /// Run by a loading thread in place of `_dl_debug_state`, once the probe there asked: wait for
@@ -141,13 +139,5 @@ pub(crate) fn answer(asked: u32) {
 /// library, whose functions may be probed (`raw_calls`).
 extern "C" fn loader_changed() {
     // The loader's lock is still held: no other notification came since this thread's.
-    let asked = ASKED.load(Acquire);
-    let timeout = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
-    for _ in 0..20 {
-        let answered = ANSWERED.load(Acquire);
-        if answered >= asked || !FOLLOWING.load(Acquire) {
-            return;
-        }
-        raw_calls::futex_wait(&ANSWERED, answered, &timeout, true);
-    }
+    REQUESTS.wait(REQUESTS.last(), || FOLLOWING.load(Acquire));
 }

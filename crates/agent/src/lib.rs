@@ -31,6 +31,7 @@ mod masks;
 mod own_memory_functions;
 mod own_objects;
 pub mod record;
+mod requests;
 mod semaphore;
 pub mod shm;
 mod startup;

@@ -80,9 +80,9 @@ impl From<crate::error::SysError> for LoadError {
     }
 }
 
-/// `memfd_create` flags.
-const MFD_CLOEXEC: u64 = 1;
-const MFD_EXEC: u64 = 0x10;
+/// `memfd_create` flags, as the injected call's argument.
+const MFD_CLOEXEC: u64 = libc::MFD_CLOEXEC as u64;
+const MFD_EXEC: u64 = crate::shared_image::MFD_EXEC as u64;
 
 /// The functions of the process's C library that loading a library calls.
 struct Functions {

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 /// `memfd_create`'s flag for a file that may be mapped as code whatever `vm.memfd_noexec`
 /// says (Linux 6.3); older kernels refuse the flag, and their memory files are executable.
-const MFD_EXEC: libc::c_uint = 0x10;
+pub(crate) const MFD_EXEC: libc::c_uint = 0x10;
 
 /// A library's bytes, and dprobe's sealed memory file holding them, made when first needed.
 #[derive(Debug)]
