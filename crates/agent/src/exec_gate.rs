@@ -268,7 +268,7 @@ fn answered_watched(state: &AtomicU32, open: &AtomicU32, tid: i32, start: u64) -
 /// returns, still watched: the next asks again and is told so at once.
 ///
 /// The child gives the gate back once answered (the `exec` is then dprobe's to see); a child
-/// that finds every gate taken goes on unwatched.
+/// that finds every gate taken waits for one, as long as dprobe gives gates back.
 fn child_asks(pid: i32, tid: i32) -> bool {
     let shm = GATE.load(Acquire);
     if shm.is_null() || !crate::child::FOLLOW_CHILDREN.load(Relaxed) {
@@ -281,15 +281,37 @@ fn child_asks(pid: i32, tid: i32) -> bool {
     if open.load(Acquire) == 0 || pid == GATED_PID.load(Relaxed) {
         return false;
     }
-    let taken = (0..crate::shm::CHILD_GATES)
-        .map(|i| shm.child_gate(i))
-        .find(|gate| gate.pid.compare_exchange(0, pid as u32, AcqRel, Relaxed).is_ok());
-    let Some(gate) = taken else { return false };
+    let patient = |since: u64| {
+        open.load(Acquire) != 0 && raw_calls::monotonic_ns().saturating_sub(since) < PATIENCE.as_nanos() as u64
+    };
+    let holders =
+        || std::array::from_fn::<u32, { crate::shm::CHILD_GATES }, _>(|i| shm.child_gate(i).pid.load(Acquire));
+    let (mut since, mut held) = (raw_calls::monotonic_ns(), holders());
+    let gate = loop {
+        let free = (0..crate::shm::CHILD_GATES)
+            .map(|i| shm.child_gate(i))
+            .find(|gate| gate.pid.compare_exchange(0, pid as u32, AcqRel, Relaxed).is_ok());
+        if let Some(gate) = free {
+            break gate;
+        }
+        // Every gate is taken (children executing at once): one is given back as soon as
+        // dprobe answers its child. The patience counts from the last gate given back: while
+        // dprobe answers, the child waits its turn.
+        if holders() != held {
+            (since, held) = (raw_calls::monotonic_ns(), holders());
+        }
+        if !patient(since) {
+            return false;
+        }
+        wait_a_slice(shm.child_gate(0).pid, held[0]);
+    };
     let start = raw_calls::monotonic_ns();
     gate.state.store(asking(tid), Release);
     let watched = answered_watched(gate.state, open, tid, start);
     gate.state.store(IDLE, Relaxed);
     gate.pid.store(0, Release);
+    // A child waiting for a gate waits on the first one's word.
+    raw_calls::futex_wake(shm.child_gate(0).pid, false);
     watched
 }
 

@@ -362,3 +362,18 @@ fn agents_in_families(group: u32) -> usize {
         })
         .count()
 }
+
+/// Forty children executing a program at the same moment, more than the agent's gates for
+/// children asking at once (16): each waits for a gate, none runs untraced, and every call in
+/// every new program is counted. The ptrace engine alike.
+#[test]
+fn forty_children_executing_at_once_are_all_followed() {
+    let probe = "family:work";
+    for engine in ["agent", "ptrace"] {
+        let args = ["--engine", engine, "--count", probe, "--", family(), "exec-at-once", "40", "3"];
+        let (code, out) = trace(&format!("exec-at-once-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}: every child ran right\n{out}");
+        assert!(!out.contains("untraced"), "{engine}: every child followed\n{out}");
+        assert_eq!(hits(&out, probe), 40 * 3, "{engine}\n{out}");
+    }
+}
