@@ -33,6 +33,7 @@ mod ifunc;
 mod landing_pads;
 mod lsda;
 mod maps;
+mod name_index;
 mod needed;
 mod object_name;
 mod resolve;

@@ -10,6 +10,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SectionIndex, SymbolKind};
 use crate::cache::{object_file, symbols_of, ObjectFile};
 use crate::demangle::{demangle, without_parameters};
 use crate::maps::Mapping;
+pub(crate) use crate::name_index::NameIndex;
 use crate::object_name::ObjectName;
 
 /// How the name of a static probe's site begins ([`Function::is_static_probe_site`]).
@@ -313,34 +314,6 @@ fn in_order(a: &Function, b: &Function) -> std::cmp::Ordering {
 pub(crate) fn sort_functions(funcs: &mut Vec<Function>) {
     funcs.sort_by(in_order);
     funcs.dedup_by(|later, kept| later.start == kept.start && later.name == kept.name);
-}
-
-/// Where each name of a list of functions is in it: its symbol name, and for Rust and C++
-/// its demangled name with and without parameters. Built once per file.
-#[derive(Debug, Default)]
-pub(crate) struct NameIndex(HashMap<String, Vec<u32>>);
-
-impl NameIndex {
-    pub(crate) fn of(funcs: &[Function]) -> NameIndex {
-        let mut by_name: HashMap<String, Vec<u32>> = HashMap::with_capacity(funcs.len());
-        for (i, f) in funcs.iter().enumerate() {
-            let i = i as u32;
-            by_name.entry(f.name.clone()).or_default().push(i);
-            if let Some(d) = &f.demangled {
-                let short = without_parameters(d);
-                by_name.entry(short.to_owned()).or_default().push(i);
-                if short != d {
-                    by_name.entry(d.clone()).or_default().push(i);
-                }
-            }
-        }
-        NameIndex(by_name)
-    }
-
-    /// The places of the functions named `name`, in address order.
-    fn get(&self, name: &str) -> &[u32] {
-        self.0.get(name).map_or(&[], Vec::as_slice)
-    }
 }
 
 /// The function of `by_addr` (in address order) that contains `addr`.
