@@ -310,6 +310,12 @@ impl AgentEngine {
         self.pid
     }
 
+    /// How many of the object files it maps the program's agent took over from dprobe, rather
+    /// than reading them itself (known once it answered a first request).
+    pub fn objects_taken_over(&self) -> u32 {
+        self.shm.objects_taken_over()
+    }
+
     /// Follow forked children: each keeps the probes, its events carry its pid (without this,
     /// a child's probes are removed as it starts). Before the probes are placed.
     pub fn follow(&mut self) -> Result<(), AgentError> {

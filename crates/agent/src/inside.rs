@@ -129,6 +129,20 @@ impl Placed {
     }
 }
 
+/// dprobe's first message: what it read of the program's object files
+/// (`dprobe_sym::import_objects` keeps those of the versions this process maps). How many
+/// were taken over (`None`: dprobe went away).
+fn take_over_objects(sock: &mut Connection) -> io::Result<Option<u32>> {
+    if sock.lost() {
+        return Err(Connection::lost_error());
+    }
+    match receive(sock)? {
+        Some(Message::Objects(objects)) => Ok(Some(dprobe_sym::import_objects(&objects) as u32)),
+        Some(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected message")),
+        None => Ok(None),
+    }
+}
+
 /// How a session ended, every probe removed.
 enum Over {
     /// The tracer asked; the session is let go already (see [`RUNNING`]).
@@ -138,8 +152,12 @@ enum Over {
 }
 
 fn session(name: &[u8]) -> io::Result<Over> {
-    // First of all: no child of `posix_spawn` runs while the agent changes code, its own
-    // probes' included (`dprobe_inproc::hold_spawns_while_patching`).
+    let mut sock = Connection::to(name)?;
+    // What dprobe read of the program's files, taken over before any probe is placed (their
+    // registrations would read them again).
+    let Some(taken_over) = take_over_objects(&mut sock)? else { return Ok(Over::Ended) };
+    // Then, before any code changes: no child of `posix_spawn` runs while the agent changes
+    // code, its own probes' included (`dprobe_inproc::hold_spawns_while_patching`).
     let spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok();
     // A thread of the program that blocks every signal, or a signal handler whose mask holds
     // `SIGTRAP`, is killed at its first hit of a probe on `int3`: such masks leave `SIGTRAP`
@@ -158,8 +176,12 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // The same for the probes that keep a child's ids right (placed as jumps only, through
     // `int3` first).
     let lent_threads = (!blocks_traps).then(dprobe_inproc::watch_lent_threads);
-    let mut sock = Connection::to(name)?;
+    // The agent is ready for dprobe's probes: its shared memory says so.
+    if sock.lost() {
+        return Err(Connection::lost_error());
+    }
     let mut shm = Shm::create()?;
+    shm.took_over_objects(taken_over);
     send_fd(&sock, shm.fd().as_raw_fd())?;
     // dprobe has it: the agent needs only the mapping (a descriptor the program could close).
     shm.close_file();

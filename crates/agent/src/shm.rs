@@ -42,6 +42,8 @@ const EXEC_GATE_AT: usize = 64;
 const DOORBELL_AT: usize = 72;
 /// Byte of the count of children that ran untraced (a 64-bit word).
 const UNTRACED_AT: usize = 80;
+/// Byte of the count of object files the agent took over from dprobe (a 32-bit word).
+const TAKEN_OVER_AT: usize = 88;
 /// Byte of the first of the children's `exec` gates (two 32-bit words each).
 const CHILD_GATES_AT: usize = 128;
 /// Children that can ask before their `exec` at the same time (`exec_gate.rs`).
@@ -241,6 +243,21 @@ impl Shm {
     /// How many children ran untraced.
     pub fn untraced_children(&self) -> u64 {
         self.untraced_word().load(Relaxed)
+    }
+
+    fn taken_over_word(&self) -> &AtomicU32 {
+        // SAFETY: inside the header, 4-byte aligned, only ever accessed atomically.
+        unsafe { &*(self.base().add(TAKEN_OVER_AT) as *const AtomicU32) }
+    }
+
+    /// The agent took over `n` of the object files dprobe read (`dprobe_sym::import_objects`).
+    pub fn took_over_objects(&self, n: u32) {
+        self.taken_over_word().store(n, Relaxed);
+    }
+
+    /// How many object files the agent took over from dprobe rather than reading them.
+    pub fn objects_taken_over(&self) -> u32 {
+        self.taken_over_word().load(Relaxed)
     }
 
     /// Ring the doorbell: the agent's thread, if it waits, looks at once. Async-signal-safe.

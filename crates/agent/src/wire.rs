@@ -100,9 +100,14 @@ pub enum Message {
     Arm,
     /// Agent → tracer: they are.
     Armed,
+    /// Tracer → agent, first of all: what the tracer read of the program's object files
+    /// (`dprobe_sym::export_objects`), for the agent to take over instead of reading them again.
+    Objects(Vec<u8>),
 }
 
 const MAX_MESSAGE: u32 = 1 << 20;
+/// The largest [`Message::Objects`] (the tracer leaves out what would not fit).
+pub const MAX_OBJECTS: u32 = 64 << 20;
 
 /// Write one message.
 pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
@@ -167,6 +172,10 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
         Message::ExecGated(gated) => b.extend_from_slice(&[b'g', *gated as u8]),
         Message::Arm => b.push(b'R'),
         Message::Armed => b.push(b'r'),
+        Message::Objects(bytes) => {
+            b.push(b'O');
+            b.extend_from_slice(bytes);
+        }
     }
     // One write: a process that exits while its agent sends never leaves half a message
     // (a length without its body) for dprobe to read.
@@ -185,11 +194,22 @@ pub fn receive(r: &mut impl Read) -> io::Result<Option<Message>> {
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len);
-    if len == 0 || len > MAX_MESSAGE {
+    let mut kind = [0u8; 1];
+    if len == 0 || len > MAX_OBJECTS {
+        return Err(bad());
+    }
+    r.read_exact(&mut kind)?;
+    if kind[0] == b'O' {
+        let mut bytes = vec![0u8; len as usize - 1];
+        r.read_exact(&mut bytes)?;
+        return Ok(Some(Message::Objects(bytes)));
+    }
+    if len > MAX_MESSAGE {
         return Err(bad());
     }
     let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
+    body[0] = kind[0];
+    r.read_exact(&mut body[1..])?;
     let mut c = Cursor(&body[1..]);
     let m = match body[0] {
         b'P' => Message::Place(c.place()?),
@@ -475,6 +495,8 @@ mod tests {
             Message::ExecGated(false),
             Message::Arm,
             Message::Armed,
+            Message::Objects(vec![7; 3 << 20]),
+            Message::Objects(Vec::new()),
         ];
         let mut buf = Vec::new();
         for m in &messages {
@@ -488,5 +510,7 @@ mod tests {
         assert!(receive(&mut &[1u8, 0, 0, 0, b'?'][..]).is_err(), "an unknown message is an error");
         let too_many = [5u8, 0, 0, 0, b'M', 0xff, 0xff, 0xff, 0x7f];
         assert!(receive(&mut &too_many[..]).is_err(), "more probes than the message holds");
+        let long_place = [0u8, 0, 0x20, 0, b'P'];
+        assert!(receive(&mut &long_place[..]).is_err(), "only the objects may be longer than 1 MiB");
     }
 }

@@ -342,6 +342,20 @@ fn a_program_that_runs_exec_is_traced_in_the_new_program() {
     assert!(!notes.iter().any(|n| n.contains("not traced")), "{notes:?}");
 }
 
+/// The agent takes over what dprobe read of the program's files (the program itself, the C
+/// library, the loader) instead of reading them again: in the started program, and in the one
+/// it executes.
+#[test]
+fn the_agent_takes_over_dprobe_s_reading_of_the_program_s_files() {
+    let mut engine = AgentEngine::spawn(program(), &["exec", program(), "calls", "10"], agent(), false).unwrap();
+    place(&mut engine, "probed x=$arg1");
+    assert!(engine.objects_taken_over() >= 3, "the started program's: {}", engine.objects_taken_over());
+    let ending = engine.run(&mut || false, &mut |_| {}).unwrap();
+    assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
+    assert_eq!(engine.stats(0).hits, 11, "placed with what was taken over, in both programs");
+    assert!(engine.objects_taken_over() >= 3, "the executed program's: {}", engine.objects_taken_over());
+}
+
 #[test]
 fn a_program_that_runs_exec_of_a_static_program_is_said_to_be_no_longer_traced() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

@@ -39,6 +39,17 @@ impl FunctionStarts {
     pub(crate) fn as_slice(&self) -> &[u64] {
         &self.0
     }
+
+    /// The starts, in address order.
+    pub fn addresses(&self) -> &[u64] {
+        &self.0
+    }
+
+    /// Starts already in address order without repeats (another process's
+    /// [`FunctionStarts::addresses`]); `None` when they are not.
+    pub fn from_sorted(starts: Vec<u64>) -> Option<FunctionStarts> {
+        starts.windows(2).all(|w| w[0] < w[1]).then_some(FunctionStarts(starts))
+    }
 }
 
 /// Where an object's branches with a 4-byte or 2-byte immediate could land: every place in
@@ -179,6 +190,30 @@ impl BranchCandidates {
         }
         let size = regions.iter().map(|r| r.1.len() as u64).sum();
         BranchCandidates { base, buckets, opcodes, size, ..BranchCandidates::default() }
+    }
+
+    /// What the index holds, for another process to take over with
+    /// [`BranchCandidates::from_parts`] instead of scanning the same code again: the lowest
+    /// address of the code, the code's size, each stretch's first candidate, the candidates.
+    pub fn parts(&self) -> (u64, u64, &[u32], &[u32]) {
+        (self.base, self.size, &self.buckets, &self.opcodes)
+    }
+
+    /// The index [`BranchCandidates::parts`] gave, for the same code; `None` when the parts do
+    /// not make one (each stretch's first candidate in order, the last one's end the
+    /// candidates' count).
+    pub fn from_parts(base: u64, size: u64, buckets: Vec<u32>, opcodes: Vec<u32>) -> Option<BranchCandidates> {
+        let ordered = buckets.windows(2).all(|w| w[0] <= w[1]);
+        let ends =
+            buckets.first().is_none_or(|&b| b == 0) && buckets.last().is_none_or(|&b| b as usize == opcodes.len());
+        let counted = !buckets.is_empty() || opcodes.is_empty();
+        (ordered && ends && counted).then(|| BranchCandidates {
+            base,
+            buckets,
+            opcodes,
+            size,
+            ..BranchCandidates::default()
+        })
     }
 
     /// How many candidates are kept.
@@ -388,6 +423,35 @@ mod tests {
         for at in windows {
             assert_eq!(candidates.into_range(&regions, &starts, Addr(at), 5), whole.into_window(Addr(at)));
         }
+    }
+
+    /// An index handed to another process in parts answers as the one made from the code;
+    /// parts that do not make an index (out of order, or not ending at the candidates' count)
+    /// are refused, so that no lookup can index past them.
+    #[test]
+    fn an_index_made_again_from_its_parts_answers_the_same() {
+        let mut r = Random(11);
+        let base = 0x40_1000;
+        let code = random_code(&mut r, base, 8192);
+        let regions = [(Addr(base), &code[..])];
+        let starts = FunctionStarts::new(&[Addr(base), Addr(base + 3000), Addr(base + 6000)]);
+        let made = BranchCandidates::new(&regions);
+        let (b, size, buckets, opcodes) = made.parts();
+        assert!(opcodes.len() > 100);
+        let again = BranchCandidates::from_parts(b, size, buckets.to_vec(), opcodes.to_vec()).expect("whole parts");
+        for at in (base..base + 8192 - 5).step_by(3) {
+            let expected = made.into_range(&regions, &starts, Addr(at), 5);
+            assert_eq!(again.into_range(&regions, &starts, Addr(at), 5), expected, "at {at:#x}");
+        }
+        let mut unordered = buckets.to_vec();
+        unordered[1] = opcodes.len() as u32 + 1;
+        assert!(BranchCandidates::from_parts(b, size, unordered, opcodes.to_vec()).is_none());
+        assert!(BranchCandidates::from_parts(b, size, buckets.to_vec(), opcodes[1..].to_vec()).is_none());
+        assert!(BranchCandidates::from_parts(b, size, Vec::new(), opcodes.to_vec()).is_none());
+        assert!(BranchCandidates::from_parts(b, size, Vec::new(), Vec::new()).is_some(), "no code");
+        assert_eq!(FunctionStarts::from_sorted(vec![1, 3, 9]), Some(FunctionStarts::new(&[Addr(9), Addr(1), Addr(3)])));
+        assert_eq!(FunctionStarts::from_sorted(vec![1, 1]), None);
+        assert_eq!(FunctionStarts::from_sorted(vec![3, 1]), None);
     }
 
     #[test]

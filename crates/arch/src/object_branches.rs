@@ -82,6 +82,11 @@ impl CodeBranches {
         self
     }
 
+    /// Its landing pads, in order.
+    pub fn pads(&self) -> &[LandingPad] {
+        &self.pads
+    }
+
     /// The landing pad (the lowest) on bytes +1..+`len`-1 of the `len` bytes at `addr`.
     pub fn landing_pad_in(&self, addr: Addr, len: u64) -> Option<LandingPad> {
         let first = self.pads.partition_point(|p| p.pad.0 <= addr.0);

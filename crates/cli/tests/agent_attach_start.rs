@@ -1,8 +1,8 @@
-//! The wait for the agent's start in a process attached with `-p`. The agent connects once it
-//! has placed the probes it needs for itself, a safepoint each, and a thread that never
-//! answers a safepoint makes each wait the safepoint's patience (seconds). dprobe's wait ends
-//! at once when the process ends, and when a stop signal comes; the agent, finding no one to
-//! connect to, then ends its session and removes what it placed.
+//! The wait for the agent's start in a process attached with `-p`. The agent sends its shared
+//! memory once it has placed the probes it needs for itself, a safepoint each, and a thread
+//! that never answers a safepoint makes each wait the safepoint's patience (seconds). dprobe's
+//! wait ends at once when the process ends, and when a stop signal comes; the agent, finding
+//! its connection gone, then ends its session and removes what it placed.
 mod common;
 #[path = "common/killing.rs"]
 mod killing;

@@ -23,15 +23,15 @@ use crate::symbols::{
 /// One version of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct FileKey {
-    path: Arc<str>,
-    dev: u64,
-    inode: u64,
-    size: u64,
-    modified_ns: i128,
+    pub(crate) path: Arc<str>,
+    pub(crate) dev: u64,
+    pub(crate) inode: u64,
+    pub(crate) size: u64,
+    pub(crate) modified_ns: i128,
 }
 
 impl FileKey {
-    fn of(path: &str) -> Option<FileKey> {
+    pub(crate) fn of(path: &str) -> Option<FileKey> {
         let m = std::fs::metadata(path).ok()?;
         let modified_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
         Some(FileKey { path: Arc::from(path), dev: m.dev(), inode: m.ino(), size: m.size(), modified_ns })
@@ -53,18 +53,18 @@ pub(crate) struct ObjectFile {
     /// Its bytes: those its symbols were read from for a file up to
     /// [`KEPT_FROM_THE_FIRST_READ`], else read again when first asked for (indirect functions
     /// and the jump check need them).
-    bytes: OnceLock<Option<Arc<Vec<u8>>>>,
+    pub(crate) bytes: OnceLock<Option<Arc<Vec<u8>>>>,
     /// The functions its separate debug file names (by build-id), read when first asked for.
-    debug_functions: OnceLock<Vec<Function>>,
+    pub(crate) debug_functions: OnceLock<Vec<Function>>,
     /// Its executable sections, read when first asked for.
-    code: OnceLock<Option<Vec<CodeSection>>>,
+    pub(crate) code: OnceLock<Option<Vec<CodeSection>>>,
     /// Its function starts (those its debug file names too), gathered when first asked for.
-    starts: OnceLock<FunctionStarts>,
+    pub(crate) starts: OnceLock<FunctionStarts>,
     /// Where branches with a long immediate could land in its code, indexed when first asked
     /// for; `None` when the file cannot be read again.
-    candidates: OnceLock<Option<BranchCandidates>>,
+    pub(crate) candidates: OnceLock<Option<BranchCandidates>>,
     /// The landing pads of its exceptions, read when first asked for.
-    pads: OnceLock<Option<CodeBranches>>,
+    pub(crate) pads: OnceLock<Option<CodeBranches>>,
 }
 
 /// The largest file whose bytes [`ObjectFile::read`] keeps (libc is 2 MB, libstdc++ 2.3 MB).
@@ -82,7 +82,9 @@ pub(crate) enum IntoWindow {
 }
 
 impl ObjectFile {
-    fn read(key: FileKey) -> Option<ObjectFile> {
+    /// Read the file, keeping its bytes where `keep` (and it is no larger than
+    /// [`KEPT_FROM_THE_FIRST_READ`]).
+    fn read(key: FileKey, keep: bool) -> Option<ObjectFile> {
         let data = std::fs::read(&*key.path).ok()?;
         let file = object::File::parse(&*data).ok()?;
         let first_segment = file.segments().find(|s| s.file_range().0 == 0).map(|s| s.address() & !0xfff);
@@ -98,7 +100,7 @@ impl ObjectFile {
         // reads next, in a program that probes it (the agent's own probes are in libc).
         // Larger ones are read again when needed, and only then kept.
         let bytes = OnceLock::new();
-        if data.len() <= KEPT_FROM_THE_FIRST_READ {
+        if keep && data.len() <= KEPT_FROM_THE_FIRST_READ {
             let _ = bytes.set(Some(Arc::new(data)));
         }
         Some(ObjectFile {
@@ -154,8 +156,23 @@ impl ObjectFile {
         if let Some((from, target)) = branch {
             return Some(IntoWindow::Branch(from, target));
         }
-        let pads = self.pads.get_or_init(|| Some(CodeBranches::default().with_landing_pads(landing_pads(&data)?)));
-        Some(pads.as_ref()?.landing_pad_in(at, len).map_or(IntoWindow::Nothing, IntoWindow::LandingPad))
+        let pads = self.pads(&data)?;
+        Some(pads.landing_pad_in(at, len).map_or(IntoWindow::Nothing, IntoWindow::LandingPad))
+    }
+
+    /// Its exceptions' landing pads, read from `data` (its bytes) when first asked for.
+    fn pads(&self, data: &[u8]) -> Option<&CodeBranches> {
+        self.pads.get_or_init(|| Some(CodeBranches::default().with_landing_pads(landing_pads(data)?))).as_ref()
+    }
+
+    /// Everything the jump check reads of its code, made now: its sections, function starts,
+    /// branch candidates and landing pads (to hand over to another process, `handover.rs`).
+    pub(crate) fn analyse_code(&self) {
+        let Some(data) = self.bytes() else { return };
+        let Some(regions) = self.regions(&data) else { return };
+        self.candidates.get_or_init(|| Some(BranchCandidates::new(&regions)));
+        self.starts();
+        self.pads(&data);
     }
 
     /// Its executable sections, as regions of `data` (its bytes).
@@ -279,17 +296,49 @@ fn debug_file_of(data: &[u8]) -> Option<Vec<u8>> {
 /// The object file at `path`, read now if this version of it was not read before; `None`
 /// when it cannot be read or is not an object file.
 pub(crate) fn object_file(path: &str) -> Option<Arc<ObjectFile>> {
-    static FILES: OnceLock<Mutex<HashMap<FileKey, Arc<ObjectFile>>>> = OnceLock::new();
+    object_file_keeping(path, true)
+}
+
+/// [`object_file`], without keeping the bytes of a file read now (whose symbols alone are
+/// wanted: a file handed over to another process, `handover.rs`); they are read again if its
+/// code is asked for.
+pub(crate) fn object_file_symbols(path: &str) -> Option<Arc<ObjectFile>> {
+    object_file_keeping(path, false)
+}
+
+fn object_file_keeping(path: &str, keep: bool) -> Option<Arc<ObjectFile>> {
     let key = FileKey::of(path)?;
-    let files = FILES.get_or_init(Default::default);
+    let files = files();
     if let Some(f) = files.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Some(f.clone());
     }
     // Read outside the lock: another thread may read the same file meanwhile, which costs
     // time, not correctness.
-    let f = Arc::new(ObjectFile::read(key.clone())?);
+    let f = Arc::new(ObjectFile::read(key.clone(), keep)?);
     files.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
     Some(f)
+}
+
+/// The object files read (or taken over from another process, `handover.rs`), by version.
+fn files() -> &'static Mutex<HashMap<FileKey, Arc<ObjectFile>>> {
+    static FILES: OnceLock<Mutex<HashMap<FileKey, Arc<ObjectFile>>>> = OnceLock::new();
+    FILES.get_or_init(Default::default)
+}
+
+/// The object file of this version of its file read already, if it was.
+pub(crate) fn object_file_read(key: &FileKey) -> Option<Arc<ObjectFile>> {
+    files().lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+}
+
+/// Forget the object files read at `path` (a test's fresh start).
+#[cfg(test)]
+pub(crate) fn forget_object_file(path: &str) {
+    files().lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| &*key.path != path);
+}
+
+/// Keep `file` as this version's, unless one was read already.
+pub(crate) fn keep_object_file(file: ObjectFile) {
+    files().lock().unwrap_or_else(|e| e.into_inner()).entry(file.key.clone()).or_insert_with(|| Arc::new(file));
 }
 
 /// How many processes' symbol sets are kept (a traced program and the children it forks).

@@ -29,6 +29,7 @@
 
 mod cache;
 mod demangle;
+mod handover;
 mod ifunc;
 mod landing_pads;
 mod lsda;
@@ -43,6 +44,7 @@ mod usdt;
 mod window_branches;
 
 pub use demangle::demangle;
+pub use handover::{export_objects, import_objects};
 pub use ifunc::{run_resolvers_with, ResolverRunner};
 pub use landing_pads::landing_pads;
 pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};

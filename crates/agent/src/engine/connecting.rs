@@ -2,13 +2,14 @@
 //! the agent with that name, and waits for the agent's thread to connect and send its shared
 //! memory.
 //!
-//! The agent connects only once the probes it needs for itself are placed (a safepoint each,
-//! seconds on a busy process), so the wait is long. It is cut short by what makes the
-//! connection impossible: the process ended or executed another program (the agent went with
-//! its memory), or the caller gives up (a stop signal).
+//! Once connected, dprobe sends what it read of the program's files (`objects_for`), which the
+//! agent takes over before it places the probes it needs for itself (a safepoint each,
+//! seconds on a busy process); it sends its shared memory once they are placed, so the wait
+//! is long. It is cut short by what makes it impossible: the process ended or executed
+//! another program (the agent went with its memory), or the caller gives up (a stop signal).
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT};
 use crate::shm::Shm;
+use crate::wire::{Message, MAX_OBJECTS};
 
 /// How the names of dprobe's listeners for agents begin: `dprobe-agent.DPROBE.N.PID`, for the
 /// agent in process PID, the Nth session of dprobe's process DPROBE.
@@ -110,8 +112,10 @@ pub(super) fn load(
     connect(pid, listener, started, &|| false)
 }
 
-/// Take the connection of the agent started in process `pid` (its start returned `started`)
-/// and its shared memory; [`AgentError::GaveUp`] as soon as `give_up` says so.
+/// Take the connection of the agent started in process `pid` (its start returned `started`),
+/// hand it what dprobe read of the program's files, and take its shared memory, sent once it
+/// has placed the probes it needs for itself; [`AgentError::GaveUp`] as soon as `give_up` says
+/// so.
 pub(super) fn connect(
     pid: i32,
     listener: UnixListener,
@@ -127,22 +131,53 @@ pub(super) fn connect(
         };
         return Err(AgentError::Refused(format!("process {pid}: {reason}")));
     }
+    let mut wait = AgentWait::new(pid, give_up);
     // (The listener is left non-blocking: forked children's agents are accepted as they come.)
-    let sock = accepted(&listener, pid, give_up)?;
+    let sock = accepted(&listener, &mut wait)?;
+    // Where the connection fails, the process may have ended or executed another program
+    // meanwhile: that is what is said.
+    let failed = |error| cannot_connect(pid).unwrap_or_else(|| agent_err(error));
+    crate::wire::send(&mut &sock, &Message::Objects(objects_for(pid))).map_err(failed)?;
+    while !wait.readable(sock.as_fd(), "send its shared memory")? {}
     sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
-    let fd = receive_fd(&sock).map_err(agent_err)?;
+    let fd = receive_fd(&sock).map_err(failed)?;
     let shm = Shm::open(fd).map_err(agent_err)?;
     Ok((listener, sock, shm))
 }
 
-/// The agent's connection, within [`ANSWER_TIMEOUT`], unless process `pid` can no longer make
-/// it, or `give_up` said so [`GRACE`] ago.
-fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Result<UnixStream, AgentError> {
+/// What dprobe read of the files process `pid` maps as code (its symbols, and for the C
+/// library and the loader, which the agent's own probes are in, the jump check's index of its
+/// code), for the agent to take over instead of reading them again: in a traced shell, every
+/// program it executes maps the same files. Empty where it would not fit in a message.
+fn objects_for(pid: i32) -> Vec<u8> {
+    let maps = dprobe_sym::read_maps_of(pid as u32).unwrap_or_default();
+    let mut paths: Vec<&str> = Vec::new();
+    for path in maps.iter().filter(|m| m.exec).filter_map(|m| m.path.as_deref()) {
+        // Files only: not the agent's own memory file, nor a file deleted since it was mapped.
+        if path.starts_with('/')
+            && !path.starts_with("/memfd:")
+            && !path.ends_with(" (deleted)")
+            && !paths.contains(&path)
+        {
+            paths.push(path);
+        }
+    }
+    let mut objects = dprobe_sym::export_objects(&paths, dprobe_sym::is_c_library_or_loader);
+    if objects.len() >= MAX_OBJECTS as usize {
+        paths.retain(|p| dprobe_sym::is_c_library_or_loader(p));
+        objects = dprobe_sym::export_objects(&paths, |_| true);
+    }
+    if objects.len() >= MAX_OBJECTS as usize {
+        objects.clear();
+    }
+    objects
+}
+
+/// The agent's connection (see [`AgentWait`]).
+fn accepted(listener: &UnixListener, wait: &mut AgentWait<'_>) -> Result<UnixStream, AgentError> {
+    let pid = wait.pid;
     let agent_err = |error| AgentError::Agent { pid, error };
     listener.set_nonblocking(true).map_err(agent_err)?;
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
-    let mut looked = Instant::now();
-    let mut gave_up: Option<Instant> = None;
     loop {
         match listener.accept() {
             Ok((sock, _)) => {
@@ -150,28 +185,54 @@ fn accepted(listener: &UnixListener, pid: i32, give_up: &dyn Fn() -> bool) -> Re
                 return Ok(sock);
             }
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(agent_err(e)),
-            Err(_) if Instant::now() >= deadline => {
-                let late = format!("it did not connect within {ANSWER_TIMEOUT:?}");
-                return Err(agent_err(io::Error::new(io::ErrorKind::TimedOut, late)));
-            }
             Err(_) => {}
         }
-        if looked.elapsed() >= LOOK_EVERY {
-            looked = Instant::now();
-            if gave_up.is_none() && give_up() {
-                gave_up = Some(Instant::now());
+        wait.readable(listener.as_fd(), "connect")?;
+    }
+}
+
+/// The wait for an agent's start in process `pid`: its connection, then its shared memory, all
+/// within [`ANSWER_TIMEOUT`], unless the process can no longer make them, or `give_up` said so
+/// [`GRACE`] ago.
+struct AgentWait<'a> {
+    pid: i32,
+    give_up: &'a dyn Fn() -> bool,
+    deadline: Instant,
+    looked: Instant,
+    gave_up: Option<Instant>,
+}
+
+impl<'a> AgentWait<'a> {
+    fn new(pid: i32, give_up: &'a dyn Fn() -> bool) -> AgentWait<'a> {
+        let now = Instant::now();
+        AgentWait { pid, give_up, deadline: now + ANSWER_TIMEOUT, looked: now, gave_up: None }
+    }
+
+    /// Wait until `fd` is readable or the next look at the process is due: whether it is
+    /// readable, or why the wait ends (the agent did not `what` in time).
+    fn readable(&mut self, fd: BorrowedFd<'_>, what: &str) -> Result<bool, AgentError> {
+        if Instant::now() >= self.deadline {
+            let late = format!("it did not {what} within {ANSWER_TIMEOUT:?}");
+            return Err(AgentError::Agent { pid: self.pid, error: io::Error::new(io::ErrorKind::TimedOut, late) });
+        }
+        if self.looked.elapsed() >= LOOK_EVERY {
+            self.looked = Instant::now();
+            if self.gave_up.is_none() && (self.give_up)() {
+                self.gave_up = Some(Instant::now());
             }
-            if gave_up.is_some_and(|at| at.elapsed() >= GRACE) {
+            if self.gave_up.is_some_and(|at| at.elapsed() >= GRACE) {
                 return Err(AgentError::GaveUp);
             }
-            if let Some(why) = cannot_connect(pid) {
+            if let Some(why) = cannot_connect(self.pid) {
                 return Err(why);
             }
         }
-        // Until the connection comes (it is taken at once) or the next look is due.
-        let next_look = LOOK_EVERY.saturating_sub(looked.elapsed());
+        // Until the fd is readable (taken at once) or the next look is due.
+        let next_look = LOOK_EVERY.saturating_sub(self.looked.elapsed());
         let timeout = PollTimeout::try_from(next_look).unwrap_or(PollTimeout::ZERO);
-        let _ = poll(&mut [PollFd::new(listener.as_fd(), PollFlags::POLLIN)], timeout);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let _ = poll(&mut fds, timeout);
+        Ok(fds[0].revents().is_some_and(|r| !r.is_empty()))
     }
 }
 
