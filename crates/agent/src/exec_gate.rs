@@ -59,8 +59,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dprobe_inproc::{
-    register, register_kretprobe, Addr, InstanceData, Kprobe, Kretprobe, PreAction, Probe, Regs, ReturnMode,
-    ReturnProbe,
+    register, register_all, register_kretprobe, Addr, InstanceData, Kprobe, Kretprobe, PreAction, Probe, Regs,
+    ReturnMode, ReturnProbe,
 };
 
 use crate::shm::{ExecGateWords, Shm};
@@ -123,13 +123,14 @@ impl GateProbes {
 /// Place the probes that ask dprobe before an `exec` (`shm`'s words then say so): the
 /// probes, or why they could not be placed as jumps.
 pub(crate) fn open(shm: &Arc<Shm>) -> Result<GateProbes, String> {
-    // (Until `GATE` is set, the probes' handlers let every call go on.)
-    let execve = register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?;
-    let mut probes = GateProbes { before: vec![execve], failed: Vec::new() };
-    // Not in C libraries before 2.34.
-    if let Ok(execveat) = register(Kprobe::symbol("libc:execveat").pre(asks)) {
-        probes.before.push(execveat);
-    }
+    // (Until `GATE` is set, the probes' handlers let every call go on.) One batch (one round
+    // of code changes); `execveat` is not in C libraries before 2.34.
+    let both = [Kprobe::symbol("libc:execve").pre(asks), Kprobe::symbol("libc:execveat").pre(asks)];
+    let before = match register_all(both.into()) {
+        Ok(both) => both,
+        Err(_) => vec![register(Kprobe::symbol("libc:execve").pre(asks)).map_err(|e| e.to_string())?],
+    };
+    let mut probes = GateProbes { before, failed: Vec::new() };
     if let Some(why) = probes.before.iter().find_map(|p| p.optimized().err()) {
         return Err(format!("the C library's execve is not jump-optimized: {why}"));
     }

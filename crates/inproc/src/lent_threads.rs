@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use dprobe_arch::Regs;
 use dprobe_core::{Kprobe, PreAction};
 
-use crate::probe::{register, Probe};
+use crate::probe::{register, register_all, Probe};
 use crate::thread_state::{self, ThreadState};
 use crate::{raw_calls, sys};
 
@@ -58,8 +58,11 @@ pub struct LentThreads {
 /// children reporting the ids of the thread that started them, as before.
 pub fn watch_lent_threads() -> LentThreads {
     note_program();
-    let probes = LENDERS.iter().filter_map(|symbol| register(Kprobe::symbol(symbol).pre(lends_its_thread)).ok());
-    LentThreads { _probes: probes.filter(|p| p.optimized().is_ok()).collect() }
+    let asked = || LENDERS.iter().map(|symbol| Kprobe::symbol(symbol).pre(lends_its_thread));
+    // One batch (one round of code changes); where one is missing, each on its own.
+    let probes = register_all(asked().collect())
+        .unwrap_or_else(|_| asked().filter_map(|probe| register(probe).ok()).collect::<Vec<_>>());
+    LentThreads { _probes: probes.into_iter().filter(|p| p.optimized().is_ok()).collect() }
 }
 
 /// At the entry of a function that lends its thread: the thread's id is cached now (the

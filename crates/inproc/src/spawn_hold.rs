@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use dprobe_arch::{find_exits, CodePart, ExitKind, NoMemory, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
 
-use crate::probe::{code_in_file, register, Probe};
+use crate::probe::{code_in_file, register_all, Probe};
 use crate::{raw_calls, thread_state};
 
 /// The functions whose calls are held.
@@ -109,14 +109,14 @@ pub fn hold_spawns_while_patching() -> Result<SpawnHold, ProbeError> {
         return Ok(SpawnHold { probes: Vec::new() });
     }
     WORD.store(0, SeqCst);
-    let mut probes = Vec::new();
+    let mut asked = Vec::new();
     for symbol in SPAWNERS {
         let Some(rets) = rets_of(symbol)? else { return Ok(SpawnHold { probes: Vec::new() }) };
-        probes.push(register(Kprobe::symbol(symbol).pre(let_in))?);
-        for ret in rets {
-            probes.push(register(Kprobe::addr(ret).pre(count_out))?);
-        }
+        asked.push(Kprobe::symbol(symbol).pre(let_in));
+        asked.extend(rets.into_iter().map(|ret| Kprobe::addr(ret).pre(count_out)));
     }
+    // One batch: one round of code changes (a program the agent is loaded into pays each).
+    let probes = register_all(asked)?;
     if probes.iter().any(|p| p.optimized().is_err()) {
         return Ok(SpawnHold { probes: Vec::new() });
     }
