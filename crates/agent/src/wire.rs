@@ -111,6 +111,13 @@ pub const MAX_OBJECTS: u32 = 64 << 20;
 
 /// Write one message.
 pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
+    // One write: a process that exits while its agent sends never leaves half a message
+    // (a length without its body) for dprobe to read.
+    w.write_all(&framed(m))
+}
+
+/// One message as it is written: its length, then its body.
+pub fn framed(m: &Message) -> Vec<u8> {
     let mut b = Vec::new();
     match m {
         Message::Place(p) => {
@@ -177,12 +184,10 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
             b.extend_from_slice(bytes);
         }
     }
-    // One write: a process that exits while its agent sends never leaves half a message
-    // (a length without its body) for dprobe to read.
     let mut framed = Vec::with_capacity(4 + b.len());
     framed.extend_from_slice(&(b.len() as u32).to_le_bytes());
     framed.extend_from_slice(&b);
-    w.write_all(&framed)
+    framed
 }
 
 /// Read one message; `None` at the end of the stream.

@@ -8,7 +8,7 @@
 //! is long. It is cut short by what makes it impossible: the process ended or executed
 //! another program (the agent went with its memory), or the caller gives up (a stop signal).
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -137,8 +137,22 @@ pub(super) fn connect(
     // Where the connection fails, the process may have ended or executed another program
     // meanwhile: that is what is said.
     let failed = |error| cannot_connect(pid).unwrap_or_else(|| agent_err(error));
-    crate::wire::send(&mut &sock, &Message::Objects(objects_for(pid))).map_err(failed)?;
-    while !wait.readable(sock.as_fd(), "send its shared memory")? {}
+    // Written as the agent reads it (hundreds of kilobytes: more than the socket holds), each
+    // wait for room cut short as the wait for the connection is.
+    let objects = crate::wire::framed(&Message::Objects(objects_for(pid)));
+    sock.set_nonblocking(true).map_err(agent_err)?;
+    let mut rest = &objects[..];
+    while !rest.is_empty() {
+        match (&sock).write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                wait.ready(sock.as_fd(), PollFlags::POLLOUT, "take what dprobe read of its files")?;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    sock.set_nonblocking(false).map_err(agent_err)?;
+    while !wait.ready(sock.as_fd(), PollFlags::POLLIN, "send its shared memory")? {}
     sock.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(agent_err)?;
     let fd = receive_fd(&sock).map_err(failed)?;
     let shm = Shm::open(fd).map_err(agent_err)?;
@@ -187,7 +201,7 @@ fn accepted(listener: &UnixListener, wait: &mut AgentWait<'_>) -> Result<UnixStr
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(agent_err(e)),
             Err(_) => {}
         }
-        wait.readable(listener.as_fd(), "connect")?;
+        wait.ready(listener.as_fd(), PollFlags::POLLIN, "connect")?;
     }
 }
 
@@ -208,9 +222,10 @@ impl<'a> AgentWait<'a> {
         AgentWait { pid, give_up, deadline: now + ANSWER_TIMEOUT, looked: now, gave_up: None }
     }
 
-    /// Wait until `fd` is readable or the next look at the process is due: whether it is
-    /// readable, or why the wait ends (the agent did not `what` in time).
-    fn readable(&mut self, fd: BorrowedFd<'_>, what: &str) -> Result<bool, AgentError> {
+    /// Wait until `fd` is ready for `events` (readable, or with room to write) or the next look
+    /// at the process is due: whether it is ready, or why the wait ends (the agent did not
+    /// `what` in time).
+    fn ready(&mut self, fd: BorrowedFd<'_>, events: PollFlags, what: &str) -> Result<bool, AgentError> {
         if Instant::now() >= self.deadline {
             let late = format!("it did not {what} within {ANSWER_TIMEOUT:?}");
             return Err(AgentError::Agent { pid: self.pid, error: io::Error::new(io::ErrorKind::TimedOut, late) });
@@ -227,10 +242,10 @@ impl<'a> AgentWait<'a> {
                 return Err(why);
             }
         }
-        // Until the fd is readable (taken at once) or the next look is due.
+        // Until the fd is ready (taken at once) or the next look is due.
         let next_look = LOOK_EVERY.saturating_sub(self.looked.elapsed());
         let timeout = PollTimeout::try_from(next_look).unwrap_or(PollTimeout::ZERO);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(fd, events)];
         let _ = poll(&mut fds, timeout);
         Ok(fds[0].revents().is_some_and(|r| !r.is_empty()))
     }
