@@ -152,3 +152,28 @@ fn a_process_that_ends_while_the_agent_starts_is_said_to_have_ended() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains(&format!("dprobe: process {pid} ended before the agent started in it")), "{said}");
 }
+
+/// A program stopped (`SIGSTOP`) while the agent starts in it never holds dprobe: a stop
+/// signal still ends it; once the program goes on (`SIGCONT`) the agent finds dprobe gone,
+/// ends its session and leaves the program whole.
+#[test]
+fn a_program_stopped_while_the_agent_starts_does_not_hold_dprobe() {
+    let mut spinner = Spinner::start();
+    let before = agent_s_own_sites(spinner.pid());
+    let dprobe = attach_agent(&spinner);
+    // SAFETY: signals to the program and the dprobe this test started.
+    assert_eq!(unsafe { libc::kill(spinner.pid(), libc::SIGSTOP) }, 0);
+    assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
+    let (code, said) = ended(dprobe);
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{said}");
+    assert!(said.contains("dprobe: stopped by SIGTERM before tracing started"), "{said}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(spinner.pid(), libc::SIGCONT) }, 0);
+    assert_eq!(spinner.round(), sum_after(1));
+    wait_until("the agent's end", || !spinner.has_thread("dprobe-agent"));
+    assert_eq!(agent_s_own_sites(spinner.pid()), before, "the C library's code, byte for byte");
+    assert_eq!(spinner.round(), sum_after(2));
+    let Spinner { mut child, input, .. } = spinner;
+    drop(input);
+    assert!(child.wait().unwrap().success());
+}
