@@ -121,7 +121,7 @@ fn agent_s_own_sites(pid: i32) -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn a_stop_signal_while_the_agent_starts_ends_dprobe_and_the_agent_leaves_the_program_whole() {
-    let mut spinner = Spinner::start();
+    let spinner = Spinner::start();
     let before = agent_s_own_sites(spinner.pid());
     let dprobe = attach_agent(&spinner);
     // SAFETY: a signal to the dprobe this test started.
@@ -129,8 +129,12 @@ fn a_stop_signal_while_the_agent_starts_ends_dprobe_and_the_agent_leaves_the_pro
     let (code, said) = ended(dprobe);
     assert_eq!(code, Some(128 + libc::SIGTERM), "{said}");
     assert!(said.contains("dprobe: stopped by SIGTERM before tracing started"), "{said}");
-    // The program runs on meanwhile, then the agent ends its session: its thread is gone and
-    // every byte it wrote is back.
+    goes_on_whole(spinner, &before);
+}
+
+/// The program runs on, then the agent ends its session: its thread is gone, every byte it
+/// wrote (the program's code was `before`) is back, and the program finishes right.
+fn goes_on_whole(mut spinner: Spinner, before: &[(&str, Vec<u8>)]) {
     assert_eq!(spinner.round(), sum_after(1));
     wait_until("the agent's end", || !spinner.has_thread("dprobe-agent"));
     assert_eq!(agent_s_own_sites(spinner.pid()), before, "the C library's code, byte for byte");
@@ -158,22 +162,17 @@ fn a_process_that_ends_while_the_agent_starts_is_said_to_have_ended() {
 /// ends its session and leaves the program whole.
 #[test]
 fn a_program_stopped_while_the_agent_starts_does_not_hold_dprobe() {
-    let mut spinner = Spinner::start();
+    let spinner = Spinner::start();
     let before = agent_s_own_sites(spinner.pid());
     let dprobe = attach_agent(&spinner);
-    // SAFETY: signals to the program and the dprobe this test started.
+    // SAFETY: a signal to the program this test started.
     assert_eq!(unsafe { libc::kill(spinner.pid(), libc::SIGSTOP) }, 0);
+    // SAFETY: a signal to the dprobe this test started.
     assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
     let (code, said) = ended(dprobe);
     assert_eq!(code, Some(128 + libc::SIGTERM), "{said}");
     assert!(said.contains("dprobe: stopped by SIGTERM before tracing started"), "{said}");
-    // SAFETY: as above.
+    // SAFETY: a signal to the program this test started.
     assert_eq!(unsafe { libc::kill(spinner.pid(), libc::SIGCONT) }, 0);
-    assert_eq!(spinner.round(), sum_after(1));
-    wait_until("the agent's end", || !spinner.has_thread("dprobe-agent"));
-    assert_eq!(agent_s_own_sites(spinner.pid()), before, "the C library's code, byte for byte");
-    assert_eq!(spinner.round(), sum_after(2));
-    let Spinner { mut child, input, .. } = spinner;
-    drop(input);
-    assert!(child.wait().unwrap().success());
+    goes_on_whole(spinner, &before);
 }

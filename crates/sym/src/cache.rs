@@ -93,29 +93,40 @@ impl ObjectFile {
         read_symbols(&object, &data, &data, 0, &mut functions);
         let sites = static_probe_sites(&object, &data, &functions);
         functions.extend(sites);
-        sort_functions(&mut functions);
-        let names = Arc::new(NameIndex::of(&functions));
         let plt = plt_sections(&data);
+        let file = ObjectFile::of_functions(key, functions, plt, first_segment);
         // A file the size of a C library keeps the bytes read: its code is what the jump check
         // reads next, in a program that probes it (the agent's own probes are in libc).
         // Larger ones are read again when needed, and only then kept.
-        let bytes = OnceLock::new();
         if keep && data.len() <= KEPT_FROM_THE_FIRST_READ {
-            let _ = bytes.set(Some(Arc::new(data)));
+            let _ = file.bytes.set(Some(Arc::new(data)));
         }
-        Some(ObjectFile {
+        Some(file)
+    }
+
+    /// The object file of version `key` with these functions (sorted and indexed by name
+    /// here), PLT sections and first segment; the rest is read when first asked for.
+    pub(crate) fn of_functions(
+        key: FileKey,
+        mut functions: Vec<Function>,
+        plt: Vec<(u64, u64)>,
+        first_segment: Option<u64>,
+    ) -> ObjectFile {
+        sort_functions(&mut functions);
+        let names = Arc::new(NameIndex::of(&functions));
+        ObjectFile {
             key,
             functions,
             names,
             plt,
             first_segment,
-            bytes,
+            bytes: OnceLock::new(),
             debug_functions: OnceLock::new(),
             code: OnceLock::new(),
             starts: OnceLock::new(),
             candidates: OnceLock::new(),
             pads: OnceLock::new(),
-        })
+        }
     }
 
     /// The file's path.

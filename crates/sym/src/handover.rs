@@ -13,7 +13,7 @@
 //! and read by the same build of dprobe; whatever does not read back whole and consistent is
 //! left out, and that file is read as before.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use dprobe_arch::{Addr, BranchCandidates, CodeBranches, FunctionStarts, LandingPad};
 
@@ -22,7 +22,7 @@ use crate::cache::forget_object_file;
 use crate::cache::{
     keep_object_file, object_file, object_file_read, object_file_symbols, CodeSection, FileKey, ObjectFile,
 };
-use crate::symbols::{sort_functions, Function, NameIndex};
+use crate::symbols::Function;
 
 /// The format's first word ("dpo1").
 const MAGIC: u32 = u32::from_le_bytes(*b"dpo1");
@@ -121,7 +121,7 @@ fn get_object(input: &mut In<'_>) -> Option<ObjectFile> {
     let key = FileKey { path: path.clone(), dev, inode, size, modified_ns };
     let first_segment = input.option(In::u64)?;
     let plt = input.list(16, |input| Some((input.u64()?, input.u64()?)))?;
-    let mut functions = input.list(FUNCTION_BYTES, |input| get_function(input, &path))?;
+    let functions = input.list(FUNCTION_BYTES, |input| get_function(input, &path))?;
     let debug_functions = input.option(|input| input.list(FUNCTION_BYTES, |input| get_function(input, &path)))?;
     let code = input.option(|input| {
         input.list(24, |input| Some(CodeSection { address: input.u64()?, offset: input.u64()?, size: input.u64()? }))
@@ -137,31 +137,25 @@ fn get_object(input: &mut In<'_>) -> Option<ObjectFile> {
         let pads = input.list(16, |input| Some(LandingPad { pad: Addr(input.u64()?), calls: Addr(input.u64()?) }))?;
         Some(CodeBranches::default().with_landing_pads(pads))
     })?;
-    sort_functions(&mut functions);
-    let names = Arc::new(NameIndex::of(&functions));
-    Some(ObjectFile {
-        key,
-        functions,
-        names,
-        plt,
-        first_segment,
-        // Read again when the jump check first needs them.
-        bytes: OnceLock::new(),
-        debug_functions: set(debug_functions),
-        code: set(code.map(Some)),
-        starts: set(starts),
-        candidates: set(candidates.map(Some)),
-        pads: set(pads.map(Some)),
-    })
-}
-
-/// A cell holding `value`, if there is one.
-fn set<T>(value: Option<T>) -> OnceLock<T> {
-    let cell = OnceLock::new();
-    if let Some(value) = value {
-        let _ = cell.set(value);
+    // Its bytes are read again when the jump check first needs them.
+    let file = ObjectFile::of_functions(key, functions, plt, first_segment);
+    // (The cells are new: each is set once.)
+    if let Some(f) = debug_functions {
+        let _ = file.debug_functions.set(f);
     }
-    cell
+    if let Some(c) = code {
+        let _ = file.code.set(Some(c));
+    }
+    if let Some(s) = starts {
+        let _ = file.starts.set(s);
+    }
+    if let Some(c) = candidates {
+        let _ = file.candidates.set(Some(c));
+    }
+    if let Some(p) = pads {
+        let _ = file.pads.set(Some(p));
+    }
+    Some(file)
 }
 
 /// The fewest bytes a function takes (its name's length, three absent-or-present bytes and
