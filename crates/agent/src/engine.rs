@@ -590,7 +590,7 @@ impl AgentEngine {
                 self.pending = Some(held);
                 return true;
             }
-            self.wait_for_the_program(Duration::from_millis(1));
+            self.wait_for_the_program(Duration::from_millis(1), self.shm.tracer_bell().load(Acquire));
         }
         false
     }
@@ -801,14 +801,20 @@ impl AgentEngine {
     /// Wait `limit`, less if a program watched for its `exec` stops or ends
     /// meanwhile: each signal it receives stops it until the watch delivers it, so it is
     /// looked at as soon as it stops (events in the ring wait for the next look, as without).
-    fn wait_for_the_program(&self, limit: Duration) {
+    /// Unwatched, less if the tracer's bell rang since it read `bell`.
+    fn wait_for_the_program(&self, limit: Duration, bell: u32) {
         match self.watch.as_ref().and_then(ExecWatch::stopped_fd) {
             Some(fd) => {
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
                 let _ = poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], timeout);
             }
-            None => std::thread::sleep(limit),
+            None => {
+                // Cut short by a thread asking before its `exec`, in the program or in a child
+                // of it, if it rang since `bell` was read (`exec_gate.rs`).
+                let timeout = libc::timespec { tv_sec: limit.as_secs() as i64, tv_nsec: limit.subsec_nanos().into() };
+                dprobe_inproc::raw_calls::futex_wait(self.shm.tracer_bell(), bell, &timeout, false);
+            }
         }
     }
 
@@ -1092,6 +1098,8 @@ impl Engine for AgentEngine {
         }
         self.release()?;
         loop {
+            // Read before the look: a ring that comes during it cuts the wait after it short.
+            let bell = self.shm.tracer_bell().load(Acquire);
             if stop() {
                 self.stop_agent()?;
                 // No record comes after the agents stopped: the rings empty.
@@ -1111,7 +1119,7 @@ impl Engine for AgentEngine {
                 return Ok(ended);
             }
             if self.drain_all(sink) == 0 {
-                self.wait_for_the_program(Duration::from_millis(1));
+                self.wait_for_the_program(Duration::from_millis(1), bell);
             }
         }
     }

@@ -231,10 +231,19 @@ fn asks(_: &mut Regs) -> PreAction {
             _ => return PreAction::Continue,
         }
     }
+    ring_tracer();
     if answered_watched(words.state, words.open, tid, start) {
         WATCHED_TID.store(tid, Relaxed);
     }
     PreAction::Continue
+}
+
+/// Ring dprobe's bell: it answers at once rather than at its next look.
+fn ring_tracer() {
+    // SAFETY: as in `gate_words`: the memory outlives the probes whose handler this is.
+    if let Some(shm) = unsafe { GATE.load(Acquire).as_ref() } {
+        shm.ring_tracer();
+    }
 }
 
 /// Wait for dprobe's answer to thread `tid`, which asks in `state` (a gate's futex word) and
@@ -308,6 +317,7 @@ fn child_asks(pid: i32, tid: i32) -> bool {
     };
     let start = raw_calls::monotonic_ns();
     gate.state.store(asking(tid), Release);
+    shm.ring_tracer();
     let watched = answered_watched(gate.state, open, tid, start);
     gate.state.store(IDLE, Relaxed);
     gate.pid.store(0, Release);

@@ -44,6 +44,8 @@ const DOORBELL_AT: usize = 72;
 const UNTRACED_AT: usize = 80;
 /// Byte of the count of object files the agent took over from dprobe (a 32-bit word).
 const TAKEN_OVER_AT: usize = 88;
+/// Byte of the tracer's bell, a 32-bit futex word dprobe waits on between its looks.
+const TRACER_BELL_AT: usize = 92;
 /// Byte of the first of the children's `exec` gates (two 32-bit words each).
 const CHILD_GATES_AT: usize = 128;
 /// Children that can ask before their `exec` at the same time (`exec_gate.rs`).
@@ -258,6 +260,22 @@ impl Shm {
     /// How many object files the agent took over from dprobe rather than reading them.
     pub fn objects_taken_over(&self) -> u32 {
         self.taken_over_word().load(Relaxed)
+    }
+
+    /// The tracer's bell: rung by a thread that asks dprobe before its `exec`
+    /// (`exec_gate.rs`), and waited on by dprobe between its looks at the program.
+    pub fn tracer_bell(&self) -> &AtomicU32 {
+        // SAFETY: inside the header, 4-byte aligned, only ever accessed atomically.
+        unsafe { &*(self.base().add(TRACER_BELL_AT) as *const AtomicU32) }
+    }
+
+    /// Ring the tracer's bell: dprobe, if it waits between its looks, looks at once.
+    /// Async-signal-safe.
+    pub fn ring_tracer(&self) {
+        let bell = self.tracer_bell();
+        bell.fetch_add(1, Release);
+        // Shared (not private): dprobe waits in another process.
+        dprobe_inproc::raw_calls::futex_wake(bell, false);
     }
 
     /// Ring the doorbell: the agent's thread, if it waits, looks at once. Async-signal-safe.
