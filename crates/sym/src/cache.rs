@@ -31,8 +31,10 @@ pub(crate) struct FileKey {
 }
 
 impl FileKey {
+    /// The version of the file at `path`; `None` unless it is a regular file (a device or a
+    /// pipe a process maps, `/dev/zero` say, is never read: its reading may never end).
     pub(crate) fn of(path: &str) -> Option<FileKey> {
-        let m = std::fs::metadata(path).ok()?;
+        let m = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
         let modified_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
         Some(FileKey { path: Arc::from(path), dev: m.dev(), inode: m.ino(), size: m.size(), modified_ns })
     }
@@ -377,6 +379,16 @@ pub(crate) fn symbols_of(loaded: &[(Arc<ObjectFile>, u64)], build: impl FnOnce()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only regular files are object files: a device is never read (`/dev/zero`'s reading
+    /// would never end), nor a directory.
+    #[test]
+    fn only_regular_files_have_a_version() {
+        assert!(FileKey::of("/dev/zero").is_none());
+        assert!(FileKey::of("/dev/null").is_none());
+        assert!(FileKey::of("/usr").is_none());
+        assert!(FileKey::of("/proc/self/exe").is_some(), "a link to a regular file is followed");
+    }
 
     /// The candidates' check finds what the whole decoding finds, over libc: at each function's start, one and two bytes in, and over a return probe's
     /// longer exit window.

@@ -155,9 +155,10 @@ impl Symbols {
     /// The object is named by its canonical path, as a process's maps would name it.
     pub fn load_file(path: &str) -> std::io::Result<Symbols> {
         let canonical = std::fs::canonicalize(path)?;
-        let file = object_file(&canonical.to_string_lossy()).ok_or_else(|| {
-            let data = std::fs::read(path).err();
-            data.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ELF file"))
+        let file = object_file(&canonical.to_string_lossy()).ok_or_else(|| match std::fs::metadata(path) {
+            Err(e) => e,
+            Ok(m) if !m.is_file() => std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            Ok(_) => std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ELF file"),
         })?;
         Ok(Symbols::of_objects(&[(file, 0)], true))
     }

@@ -213,3 +213,13 @@ fn a_process_s_functions_are_in_address_order_and_found_by_name_in_their_object(
         assert_eq!((&found.name, &found.object), (&f.name, &f.object));
     }
 }
+
+/// A device is refused at once, never read as an object file (`/dev/zero`'s reading would
+/// never end); so is a directory.
+#[test]
+fn a_device_or_a_directory_is_refused_not_read() {
+    for path in ["/dev/zero", "/usr"] {
+        let e = Symbols::load_file(path).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{path}: {e}");
+    }
+}
