@@ -307,8 +307,9 @@ fn child_asks(pid: i32, tid: i32) -> bool {
         // Every gate is taken (children executing at once): one is given back as soon as
         // dprobe answers its child. The patience counts from the last gate given back: while
         // dprobe answers, the child waits its turn.
-        if holders() != held {
-            (since, held) = (raw_calls::monotonic_ns(), holders());
+        let now_held = holders();
+        if now_held != held {
+            (since, held) = (raw_calls::monotonic_ns(), now_held);
         }
         if !patient(since) {
             return false;

@@ -51,6 +51,6 @@ pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_
 pub use needed::needed_libraries;
 pub use object_name::{is_c_library_or_loader, library_name_matches, resolvers_read_only_cpu_features, ObjectName};
 pub use resolve::{ResolveError, Target};
-pub use symbols::{load_bias_of, Function, Symbols};
+pub use symbols::{code_files, load_bias_of, Function, Symbols};
 pub use usdt::{parse_arg as parse_usdt_arg, usdt_probes, Semaphore, UsdtArg, UsdtError, UsdtProbe};
 pub use window_branches::{check_object_branches, check_object_branches_in};

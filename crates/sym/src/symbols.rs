@@ -132,15 +132,7 @@ impl Symbols {
     /// files are read through the paths it mapped. Each version of a file is read once, and
     /// the same files at the same addresses give the same (shared) tables.
     pub fn load(maps: &[Mapping]) -> Symbols {
-        let mut paths: Vec<&str> = Vec::new();
-        for m in maps.iter().filter(|m| m.exec) {
-            if let Some(p) = m.path.as_deref().filter(|p| p.starts_with('/')) {
-                if !paths.contains(&p) {
-                    paths.push(p);
-                }
-            }
-        }
-        let loaded: Vec<(Arc<ObjectFile>, u64)> = paths
+        let loaded: Vec<(Arc<ObjectFile>, u64)> = code_files(maps)
             .into_iter()
             .filter_map(|path| {
                 let file = object_file(path)?;
@@ -302,6 +294,20 @@ impl Symbols {
     pub fn is_file(&self) -> bool {
         self.file
     }
+}
+
+/// The files `maps` maps as code, each once, in the order of the maps: paths, not the
+/// memory files (`/memfd:NAME (deleted)`) nor files deleted since they were mapped, whose
+/// paths name no file.
+pub fn code_files(maps: &[Mapping]) -> Vec<&str> {
+    let mut paths: Vec<&str> = Vec::new();
+    for path in maps.iter().filter(|m| m.exec).filter_map(|m| m.path.as_deref()) {
+        let file = path.starts_with('/') && !path.starts_with("/memfd:") && !path.ends_with(" (deleted)");
+        if file && !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
 }
 
 /// The order of functions in a symbol set: by address, then name, a versioned copy of a

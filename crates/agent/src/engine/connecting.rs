@@ -165,17 +165,7 @@ pub(super) fn connect(
 /// program it executes maps the same files. Empty where it would not fit in a message.
 fn objects_for(pid: i32) -> Vec<u8> {
     let maps = dprobe_sym::read_maps_of(pid as u32).unwrap_or_default();
-    let mut paths: Vec<&str> = Vec::new();
-    for path in maps.iter().filter(|m| m.exec).filter_map(|m| m.path.as_deref()) {
-        // Files only: not the agent's own memory file, nor a file deleted since it was mapped.
-        if path.starts_with('/')
-            && !path.starts_with("/memfd:")
-            && !path.ends_with(" (deleted)")
-            && !paths.contains(&path)
-        {
-            paths.push(path);
-        }
-    }
+    let mut paths = dprobe_sym::code_files(&maps);
     let mut objects = dprobe_sym::export_objects(&paths, dprobe_sym::is_c_library_or_loader);
     if objects.len() >= MAX_OBJECTS as usize {
         paths.retain(|p| dprobe_sym::is_c_library_or_loader(p));
