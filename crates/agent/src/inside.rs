@@ -153,6 +153,9 @@ enum Over {
 
 fn session(name: &[u8]) -> io::Result<Over> {
     let mut sock = Connection::to(name)?;
+    // dprobe now reads the program's files for it: the disassembler's tables are built in
+    // that wait instead of at the first probe, while the program is held.
+    dprobe_arch::warm_up();
     // What dprobe read of the program's files, taken over before any probe is placed (their
     // registrations would read them again).
     let Some(taken_over) = take_over_objects(&mut sock)? else { return Ok(Over::Ended) };

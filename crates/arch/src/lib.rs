@@ -59,6 +59,7 @@ mod relocate;
 mod signal_frame;
 mod slot;
 mod straight_to_exit;
+mod warm_up;
 mod writer;
 
 pub use addr::Addr;
@@ -87,4 +88,5 @@ pub use relocate::{relocate, relocate_with, RelocateError, Relocated};
 pub use signal_frame::FRAME_GREGS;
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
 pub use straight_to_exit::straight_to_exit;
+pub use warm_up::warm_up;
 pub use writer::{jmp_rel32, syscall_code, trampoline_code, CodeWriter, EncodeError, Written};
