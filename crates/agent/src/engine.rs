@@ -33,6 +33,7 @@ use crate::wire::{self, Message, PlaceProbe};
 
 mod connecting;
 mod descendants;
+mod images;
 
 pub use connecting::listener_for_agent_in;
 use connecting::{connect, listen, load, start_attached};

@@ -129,15 +129,20 @@ impl Placed {
     }
 }
 
-/// dprobe's first message: what it read of the program's object files
-/// (`dprobe_sym::import_objects` keeps those of the versions this process maps). How many
-/// were taken over (`None`: dprobe went away).
+/// dprobe's first messages: images of the files whose bytes it hands over (the C library's,
+/// `taken_images.rs`), then what it read of the program's object files
+/// (`dprobe_sym::import_objects_with_images` keeps those of the versions this process maps).
+/// How many were taken over (`None`: dprobe went away).
 fn take_over_objects(sock: &mut Connection) -> io::Result<Option<u32>> {
     if sock.lost() {
         return Err(Connection::lost_error());
     }
+    let Some(images) = crate::taken_images::receive(sock)? else { return Ok(None) };
+    let mut image = |n: u32| images.get(n as usize).cloned().flatten();
     match receive(sock)? {
-        Some(Message::Objects(objects)) => Ok(Some(dprobe_sym::import_objects(&objects) as u32)),
+        Some(Message::Objects(objects)) => {
+            Ok(Some(dprobe_sym::import_objects_with_images(&objects, &mut image) as u32))
+        }
         Some(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected message")),
         None => Ok(None),
     }

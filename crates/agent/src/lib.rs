@@ -35,6 +35,7 @@ mod requests;
 mod semaphore;
 pub mod shm;
 mod startup;
+mod taken_images;
 pub mod wire;
 
 pub use engine::{agent_library, listener_for_agent_in, AgentEngine, AgentError, Library};

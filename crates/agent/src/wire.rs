@@ -108,6 +108,9 @@ pub enum Message {
 const MAX_MESSAGE: u32 = 1 << 20;
 /// The largest [`Message::Objects`] (the tracer leaves out what would not fit).
 pub const MAX_OBJECTS: u32 = 64 << 20;
+/// The most images of files sent before a [`Message::Objects`] (the C library and the loader,
+/// and room to spare): descriptors of sealed memory files, with one byte, `I`.
+pub const MAX_IMAGES: usize = 8;
 
 /// Write one message.
 pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {

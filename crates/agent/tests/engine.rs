@@ -350,6 +350,11 @@ fn the_agent_takes_over_dprobe_s_reading_of_the_program_s_files() {
     let mut engine = AgentEngine::spawn(program(), &["exec", program(), "calls", "10"], agent(), false).unwrap();
     place(&mut engine, "probed x=$arg1");
     assert!(engine.objects_taken_over() >= 3, "the started program's: {}", engine.objects_taken_over());
+    // The C library's bytes are dprobe's sealed copy, mapped read-only and shared, not read
+    // again (a mapping the agent keeps only while its reading of the file holds it).
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", engine.pid())).unwrap();
+    let image = |l: &&str| l.ends_with("/memfd:dprobe-image:libc.so.6 (deleted)") && l.contains(" r--s ");
+    assert_eq!(maps.lines().filter(image).count(), 1, "{maps}");
     let ending = engine.run(&mut || false, &mut |_| {}).unwrap();
     assert_eq!(format!("{ending:?}"), "Exited(Code(0))");
     assert_eq!(engine.stats(0).hits, 11, "placed with what was taken over, in both programs");

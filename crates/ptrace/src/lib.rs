@@ -66,7 +66,7 @@ pub use exec_watch::{ended_unreaped, ExecWatch, Watched};
 pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
-pub use shared_image::SharedImage;
+pub use shared_image::{sealed_memory_file, SharedImage};
 pub use tracee::Tracee;
 
 #[cfg(test)]

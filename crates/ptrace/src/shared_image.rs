@@ -49,17 +49,22 @@ impl SharedImage {
 
     /// The path another process opens dprobe's sealed copy by, if it could be made.
     pub(crate) fn path(&self) -> Option<String> {
-        let file = self.file.get_or_init(|| sealed_copy(&self.bytes, &self.name)).as_ref()?;
+        let file = self.file.get_or_init(|| sealed_memory_file(&self.bytes, &self.name, true)).as_ref()?;
         Some(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()))
     }
 }
 
-/// A new memory file of dprobe's holding `bytes`, sealed; closed at dprobe's `exec`.
-fn sealed_copy(bytes: &[u8], name: &str) -> Option<OwnedFd> {
+/// A new memory file of dprobe's holding `bytes`, sealed against any change, named `name`
+/// (`/memfd:NAME` in `/proc/PID/maps`), that may be mapped as code where `code`; closed at
+/// dprobe's `exec`.
+pub fn sealed_memory_file(bytes: &[u8], name: &str, code: bool) -> Option<OwnedFd> {
     let name = CString::new(name).ok()?;
     let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor, or -1.
-    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_EXEC) };
+    let mut fd = -1;
+    if code {
+        // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor, or -1.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_EXEC) };
+    }
     if fd < 0 {
         // SAFETY: as above.
         fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };

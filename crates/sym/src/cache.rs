@@ -15,6 +15,7 @@ use object::{Object, ObjectSection, ObjectSegment, SectionFlags, SectionKind, Se
 
 use dprobe_arch::{Addr, BranchCandidates, CodeBranches, CodeRegion, FunctionStarts, LandingPad};
 
+use crate::file_bytes::FileBytes;
 use crate::landing_pads::landing_pads;
 use crate::symbols::{
     function_starts, plt_sections, read_symbols, sort_functions, Function, NameIndex, Symbols, STATIC_PROBE_PREFIX,
@@ -55,7 +56,7 @@ pub(crate) struct ObjectFile {
     /// Its bytes: those its symbols were read from for a file up to
     /// [`KEPT_FROM_THE_FIRST_READ`], else read again when first asked for (indirect functions
     /// and the jump check need them).
-    pub(crate) bytes: OnceLock<Option<Arc<Vec<u8>>>>,
+    pub(crate) bytes: OnceLock<Option<FileBytes>>,
     /// The functions its separate debug file names (by build-id), read when first asked for.
     pub(crate) debug_functions: OnceLock<Vec<Function>>,
     /// Its executable sections, read when first asked for.
@@ -101,7 +102,7 @@ impl ObjectFile {
         // reads next, in a program that probes it (the agent's own probes are in libc).
         // Larger ones are read again when needed, and only then kept.
         if keep && data.len() <= KEPT_FROM_THE_FIRST_READ {
-            let _ = file.bytes.set(Some(Arc::new(data)));
+            let _ = file.bytes.set(Some(FileBytes::new(data)));
         }
         Some(file)
     }
@@ -137,8 +138,8 @@ impl ObjectFile {
     }
 
     /// The file's bytes (the version the symbols were read from, unless it changed since).
-    pub(crate) fn bytes(&self) -> Option<Arc<Vec<u8>>> {
-        self.bytes.get_or_init(|| std::fs::read(&*self.key.path).ok().map(Arc::new)).clone()
+    pub(crate) fn bytes(&self) -> Option<FileBytes> {
+        self.bytes.get_or_init(|| std::fs::read(&*self.key.path).ok().map(FileBytes::new)).clone()
     }
 
     /// The functions named by its separate debug file under `/usr/lib/debug/.build-id/`

@@ -7,7 +7,10 @@
 //! (their functions, PLT sections, code sections, function starts, branch candidates and
 //! landing pads), and [`import_objects`], in the agent, takes each file whose version (path,
 //! device, inode, size, modification time) is the one this process sees, as if it had read
-//! it itself. The file's bytes are not sent: the few windows checked read them when needed.
+//! it itself. The file's bytes are not in the message: the few windows checked read them when
+//! needed, from the file, or from an image of it dprobe hands over another way
+//! ([`export_objects_with_images`]: a sealed memory file the agent maps, so that no process
+//! reads the C library's 2 MB again).
 //!
 //! The format is this module's own (little-endian words, strings with their length), written
 //! and read by the same build of dprobe; whatever does not read back whole and consistent is
@@ -22,26 +25,53 @@ use crate::cache::forget_object_file;
 use crate::cache::{
     keep_object_file, object_file, object_file_read, object_file_symbols, CodeSection, FileKey, ObjectFile,
 };
+use crate::file_bytes::FileBytes;
 use crate::symbols::Function;
 
-/// The format's first word ("dpo1").
-const MAGIC: u32 = u32::from_le_bytes(*b"dpo1");
+/// The format's first word ("dpo2").
+const MAGIC: u32 = u32::from_le_bytes(*b"dpo2");
+
+/// One version of an object file (path, device, inode, size, modification time): what an
+/// image handed over with [`export_objects_with_images`] holds the bytes of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileVersion(FileKey);
+
+impl FileVersion {
+    /// The file's path.
+    pub fn path(&self) -> &str {
+        &self.0.path
+    }
+}
 
 /// What this process read of the object files at `paths` (read now where it had not), each
 /// with its code analysed for the jump check where `analyse` says so (or where it was
 /// already), to hand to another process. Of a file read now and not analysed, only the
 /// symbols are kept (a tracer following many programs keeps no copy of their files).
 pub fn export_objects(paths: &[&str], analyse: impl Fn(&str) -> bool) -> Vec<u8> {
+    export_objects_with_images(paths, analyse, &mut |_, _| None)
+}
+
+/// [`export_objects`], where `image` may hand over the bytes of a file analysed (the whole
+/// file, of the version it is given) another way: the number it returns for them is the one
+/// the importer's `images` is asked for ([`import_objects_with_images`]).
+pub fn export_objects_with_images(
+    paths: &[&str],
+    analyse: impl Fn(&str) -> bool,
+    image: &mut dyn FnMut(&FileVersion, &FileBytes) -> Option<u32>,
+) -> Vec<u8> {
     let read = |p: &&str| if analyse(p) { object_file(p) } else { object_file_symbols(p) };
     let files: Vec<Arc<ObjectFile>> = paths.iter().filter_map(read).collect();
     let mut out = Out(Vec::new());
     out.u32(MAGIC);
     out.u32(files.len() as u32);
     for file in &files {
+        let mut number = None;
         if analyse(&file.key.path) {
             file.analyse_code();
+            let bytes = file.bytes.get().cloned().flatten();
+            number = bytes.and_then(|b| image(&FileVersion(file.key.clone()), &b));
         }
-        put_object(&mut out, file);
+        put_object(&mut out, file, number);
     }
     out.0
 }
@@ -49,6 +79,12 @@ pub fn export_objects(paths: &[&str], analyse: impl Fn(&str) -> bool) -> Vec<u8>
 /// Take over the object files [`export_objects`] wrote in another process, those of the
 /// versions this process sees at the same paths and has not read itself: how many.
 pub fn import_objects(bytes: &[u8]) -> usize {
+    import_objects_with_images(bytes, &mut |_| None)
+}
+
+/// [`import_objects`], a file's bytes taken from `images` where the exporter handed an image
+/// of them over (its number) and the image is the file's size; the file is read otherwise.
+pub fn import_objects_with_images(bytes: &[u8], images: &mut dyn FnMut(u32) -> Option<FileBytes>) -> usize {
     let mut input = In(bytes);
     if input.u32() != Some(MAGIC) {
         return 0;
@@ -57,8 +93,12 @@ pub fn import_objects(bytes: &[u8]) -> usize {
     let mut taken = 0;
     for _ in 0..count {
         // One that does not read whole ends the reading: what follows it cannot be found.
-        let Some(file) = get_object(&mut input) else { break };
+        let Some((file, number)) = get_object(&mut input) else { break };
         if FileKey::of(&file.key.path).as_ref() == Some(&file.key) && object_file_read(&file.key).is_none() {
+            let image = number.and_then(&mut *images).filter(|b| b.len() as u64 == file.key.size);
+            if let Some(bytes) = image {
+                let _ = file.bytes.set(Some(bytes));
+            }
             keep_object_file(file);
             taken += 1;
         }
@@ -66,7 +106,7 @@ pub fn import_objects(bytes: &[u8]) -> usize {
     taken
 }
 
-fn put_object(out: &mut Out, file: &ObjectFile) {
+fn put_object(out: &mut Out, file: &ObjectFile, image: Option<u32>) {
     let key = &file.key;
     out.str(&key.path);
     out.u64(key.dev);
@@ -102,6 +142,7 @@ fn put_object(out: &mut Out, file: &ObjectFile) {
             out.u64(p.calls.0);
         })
     });
+    out.option(image.as_ref(), |out, n| out.u32(*n));
 }
 
 fn put_function(out: &mut Out, f: &Function) {
@@ -114,7 +155,7 @@ fn put_function(out: &mut Out, f: &Function) {
     out.u64(f.file_offset);
 }
 
-fn get_object(input: &mut In<'_>) -> Option<ObjectFile> {
+fn get_object(input: &mut In<'_>) -> Option<(ObjectFile, Option<u32>)> {
     let path: Arc<str> = Arc::from(input.str()?);
     let (dev, inode, size) = (input.u64()?, input.u64()?, input.u64()?);
     let modified_ns = (i128::from(input.u64()?) & 0xffff_ffff_ffff_ffff) | i128::from(input.u64()? as i64) << 64;
@@ -137,7 +178,8 @@ fn get_object(input: &mut In<'_>) -> Option<ObjectFile> {
         let pads = input.list(16, |input| Some(LandingPad { pad: Addr(input.u64()?), calls: Addr(input.u64()?) }))?;
         Some(CodeBranches::default().with_landing_pads(pads))
     })?;
-    // Its bytes are read again when the jump check first needs them.
+    let image = input.option(In::u32)?;
+    // Its bytes are an image's, or read again when the jump check first needs them.
     let file = ObjectFile::of_functions(key, functions, plt, first_segment);
     // (The cells are new: each is set once.)
     if let Some(f) = debug_functions {
@@ -155,7 +197,7 @@ fn get_object(input: &mut In<'_>) -> Option<ObjectFile> {
     if let Some(p) = pads {
         let _ = file.pads.set(Some(p));
     }
-    Some(file)
+    Some((file, image))
 }
 
 /// The fewest bytes a function takes (its name's length, three absent-or-present bytes and
@@ -299,7 +341,8 @@ mod tests {
         let path = libc_path();
         let bytes = export_objects(&[&path], |_| true);
         let file = object_file(&path).unwrap();
-        let back = get_object(&mut In(&bytes[8..])).expect("reads back");
+        let (back, image) = get_object(&mut In(&bytes[8..])).expect("reads back");
+        assert_eq!(image, None);
         assert_eq!(back.key, file.key);
         assert_eq!(back.functions, file.functions);
         assert_eq!(back.plt, file.plt);
@@ -368,6 +411,58 @@ mod tests {
         let data = std::fs::read(&copy).unwrap();
         std::fs::write(&copy, data).unwrap();
         assert_eq!(import_objects(&bytes), 0, "a changed file is read afresh");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The bytes of a file analysed can go with it as an image: the importer takes the image
+    /// it is handed for that number instead of reading the file, and only one of the file's
+    /// size; a file not analysed has no image asked for.
+    #[test]
+    fn a_file_s_bytes_go_over_as_an_image_of_its_size() {
+        let dir = std::env::temp_dir().join(format!("dprobe-handover-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("libcopy.so");
+        std::fs::copy(libc_path(), &copy).unwrap();
+        let copy = copy.to_string_lossy().into_owned();
+        let mut asked = Vec::new();
+        let bytes = export_objects_with_images(&[&copy], |_| true, &mut |version, bytes| {
+            asked.push((version.path().to_owned(), bytes.len()));
+            Some(7)
+        });
+        let size = std::fs::metadata(&copy).unwrap().len() as usize;
+        assert_eq!(asked, [(copy.clone(), size)]);
+        let read = object_file(&copy).unwrap();
+        let from_the_file = read.what_lands_in(read.functions[0].start, 5);
+        forget_object_file(&copy);
+        // An image of the wrong size is not taken: the file is read when needed.
+        let mut given = Vec::new();
+        let short = FileBytes::new(vec![0u8; 16]);
+        assert_eq!(
+            import_objects_with_images(&bytes, &mut |n| {
+                given.push(n);
+                Some(short.clone())
+            }),
+            1
+        );
+        assert_eq!(given, [7]);
+        assert!(object_file(&copy).unwrap().bytes.get().is_none());
+        forget_object_file(&copy);
+        // The image: its bytes are the file's (here, read by another name).
+        let image = FileBytes::new(std::fs::read(&copy).unwrap());
+        assert_eq!(import_objects_with_images(&bytes, &mut |_| Some(image.clone())), 1);
+        let taken = object_file(&copy).unwrap();
+        let held = taken.bytes.get().cloned().flatten().expect("the image is held");
+        assert_eq!(held.as_ptr(), image.as_ptr(), "the image itself, not a copy");
+        assert_eq!(taken.what_lands_in(taken.functions[0].start, 5), from_the_file);
+        forget_object_file(&copy);
+        // Not analysed: no image.
+        let mut asked = 0;
+        export_objects_with_images(&[&copy], |_| false, &mut |_, _| {
+            asked += 1;
+            None
+        });
+        assert_eq!(asked, 0);
+        forget_object_file(&copy);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

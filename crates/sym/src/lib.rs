@@ -29,6 +29,7 @@
 
 mod cache;
 mod demangle;
+mod file_bytes;
 mod handover;
 mod ifunc;
 mod landing_pads;
@@ -44,7 +45,10 @@ mod usdt;
 mod window_branches;
 
 pub use demangle::demangle;
-pub use handover::{export_objects, import_objects};
+pub use file_bytes::FileBytes;
+pub use handover::{
+    export_objects, export_objects_with_images, import_objects, import_objects_with_images, FileVersion,
+};
 pub use ifunc::{run_resolvers_with, ResolverRunner};
 pub use landing_pads::landing_pads;
 pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use dprobe_ptrace::{Injector, LoadError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::images::Images;
 use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT};
 use crate::shm::Shm;
 use crate::wire::{Message, MAX_OBJECTS};
@@ -139,7 +140,11 @@ pub(super) fn connect(
     let failed = |error| cannot_connect(pid).unwrap_or_else(|| agent_err(error));
     // Written as the agent reads it (hundreds of kilobytes: more than the socket holds), each
     // wait for room cut short as the wait for the connection is.
-    let objects = crate::wire::framed(&Message::Objects(objects_for(pid)));
+    let (objects, images) = objects_for(pid);
+    let objects = crate::wire::framed(&Message::Objects(objects));
+    // The images first (a socket this new holds their byte at once), then the message that
+    // numbers them.
+    send_images(&sock, &images).map_err(failed)?;
     sock.set_nonblocking(true).map_err(agent_err)?;
     let mut rest = &objects[..];
     while !rest.is_empty() {
@@ -161,20 +166,41 @@ pub(super) fn connect(
 
 /// What dprobe read of the files process `pid` maps as code (its symbols, and for the C
 /// library and the loader, which the agent's own probes are in, the jump check's index of its
-/// code), for the agent to take over instead of reading them again: in a traced shell, every
-/// program it executes maps the same files. Empty where it would not fit in a message.
-fn objects_for(pid: i32) -> Vec<u8> {
+/// code and an image of its bytes), for the agent to take over instead of reading them again:
+/// in a traced shell, every program it executes maps the same files. Empty where it would not
+/// fit in a message.
+fn objects_for(pid: i32) -> (Vec<u8>, Images) {
     let maps = dprobe_sym::read_maps_of(pid as u32).unwrap_or_default();
     let mut paths = dprobe_sym::code_files(&maps);
-    let mut objects = dprobe_sym::export_objects(&paths, dprobe_sym::is_c_library_or_loader);
+    let mut images = Images::default();
+    let analyse = dprobe_sym::is_c_library_or_loader;
+    let mut objects = dprobe_sym::export_objects_with_images(&paths, analyse, &mut |v, b| images.number_of(v, b));
     if objects.len() >= MAX_OBJECTS as usize {
-        paths.retain(|p| dprobe_sym::is_c_library_or_loader(p));
-        objects = dprobe_sym::export_objects(&paths, |_| true);
+        paths.retain(|p| analyse(p));
+        images = Images::default();
+        objects = dprobe_sym::export_objects_with_images(&paths, |_| true, &mut |v, b| images.number_of(v, b));
     }
     if objects.len() >= MAX_OBJECTS as usize {
         objects.clear();
+        images = Images::default();
     }
-    objects
+    (objects, images)
+}
+
+/// Send the descriptors of `images` (none at all, too: the agent reads this message first).
+fn send_images(sock: &UnixStream, images: &Images) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::{AsRawFd, RawFd};
+    let fds: Vec<RawFd> = images.0.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let iov = [io::IoSlice::new(b"I")];
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other.map(drop).map_err(io::Error::from),
+        }
+    }
 }
 
 /// The agent's connection (see [`AgentWait`]).
