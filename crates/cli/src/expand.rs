@@ -188,7 +188,7 @@ fn expand_glob(
         );
     }
     let code = std::fs::read(&path).map_err(|e| anyhow!("`{text}`: cannot read `{path}`: {e}"))?;
-    let short = |f: &Function| f.short_name().map_or_else(|| f.name.clone(), str::to_owned);
+    let short = |f: &Function| f.short_name().unwrap_or(&f.name).to_owned();
     let mut times: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for f in &matched {
         *times.entry(short(f)).or_default() += 1;
@@ -211,7 +211,7 @@ fn expand_glob(
         // By name where the name finds this very function (it may be another file of that
         // library in the traced program); by its address in the file where it does not.
         let by_name = symbols.find_in(None, &f.name).is_some_and(|g| g.start == f.start);
-        let function = if by_name { f.name.clone() } else { format!("{:#x}", f.start.0) };
+        let function = if by_name { f.name.to_string() } else { format!("{:#x}", f.start.0) };
         let mut spec = spec.clone();
         spec.point =
             ProbePoint::User { binary: Some(binary.map_or_else(|| path.clone(), str::to_owned)), function, offset };

@@ -108,7 +108,7 @@ fn list(mut args: ListArgs, out: &mut dyn std::io::Write) -> Result<i32> {
 /// A function's name as `dprobe list` shows it.
 pub fn shown_name(f: &Function) -> String {
     match &f.demangled {
-        Some(d) => d.clone(),
+        Some(d) => d.to_string(),
         None => f.versioned_name(),
     }
 }

@@ -445,7 +445,7 @@ impl Engine {
         if addr == f.start || (endbr > 0 && addr == f.start.offset(endbr as u64)) {
             Ok(target)
         } else {
-            Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start })
+            Err(ProbeError::NotFunctionEntry { addr, function: f.name.to_string(), start: f.start })
         }
     }
 

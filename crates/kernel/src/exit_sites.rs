@@ -113,7 +113,7 @@ pub fn plan(spec: &ProbeSpec) -> Result<ExitPlan, String> {
         }
         sites.push((site.addr.0, site.kind));
     }
-    Ok(ExitPlan { path: target.object().to_owned(), function: f.start.0, name: f.name.clone(), exits: sites })
+    Ok(ExitPlan { path: target.object().to_owned(), function: f.start.0, name: f.name.to_string(), exits: sites })
 }
 
 /// How the kernel engine watches the returns of a return probe on `function` of the file

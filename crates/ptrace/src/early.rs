@@ -43,7 +43,7 @@ pub(crate) fn run_to_libc_initialized(pid: i32, memory: &mut RemoteMemory) -> Re
     let hook = symbols
         .functions()
         .iter()
-        .find(|f| f.name == HOOK && f.object_file_name().starts_with("ld-"))
+        .find(|f| &*f.name == HOOK && f.object_file_name().starts_with("ld-"))
         .map(|f| f.start)
         .ok_or_else(|| refused("its dynamic loader has no `_dl_debug_state` to stop at before the constructors"))?;
     let mut notifications = 0;

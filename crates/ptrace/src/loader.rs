@@ -61,7 +61,7 @@ impl Tracee {
         }
         let maps = read_maps_of(self.pid as u32)?;
         let symbols = Symbols::load(&maps);
-        let Some(f) = symbols.functions().iter().find(|f| f.name == HOOK && f.object_file_name().starts_with("ld-"))
+        let Some(f) = symbols.functions().iter().find(|f| &*f.name == HOOK && f.object_file_name().starts_with("ld-"))
         else {
             return Ok(false);
         };
@@ -82,7 +82,7 @@ impl Tracee {
         let entries: Vec<_> = symbols
             .functions()
             .iter()
-            .filter(|f| UNWINDERS.contains(&f.name.as_str()) || f.name == CATCH)
+            .filter(|f| UNWINDERS.contains(&&*f.name) || &*f.name == CATCH)
             .cloned()
             .collect();
         for f in entries {
@@ -91,8 +91,8 @@ impl Tracee {
                 continue;
             }
             let site = self.sites.get_mut(&f.start).expect("placed");
-            site.unwinder |= f.name != CATCH;
-            site.catcher |= f.name == CATCH;
+            site.unwinder |= &*f.name != CATCH;
+            site.catcher |= &*f.name == CATCH;
         }
         Ok(())
     }

@@ -311,7 +311,7 @@ impl Tracee {
         let (addr, f) = (at.addr, at.function);
         let is_return = def.on_return.is_some();
         if is_return && f.start != addr {
-            return Err(ProbeError::NotFunctionEntry { addr, function: f.name.clone(), start: f.start }.into());
+            return Err(ProbeError::NotFunctionEntry { addr, function: f.name.to_string(), start: f.start }.into());
         }
         let mut watch_exits = false;
         if is_return {

@@ -175,7 +175,7 @@ impl Tracee {
         if self.trap_action.watched {
             return;
         }
-        let libc = |f: &&Function| f.name == LIBC_SIGACTION && f.object_file_name().starts_with("libc.");
+        let libc = |f: &&Function| &*f.name == LIBC_SIGACTION && f.object_file_name().starts_with("libc.");
         let Some(f) = symbols.functions().iter().find(libc).cloned() else { return };
         if !self.sites.contains_key(&f.start) && self.new_site(tid, f.start, &f, maps, None).is_err() {
             return;

@@ -87,7 +87,7 @@ impl ObjectInfo {
         let outer = frames.last_mut().expect("one frame at least");
         outer.inlined = false;
         if let Some(f) = symbol {
-            outer.function = Some(f.demangled.clone().unwrap_or_else(|| f.name.clone()));
+            outer.function = Some(f.demangled.as_deref().unwrap_or(&f.name).to_owned());
             outer.offset = Some(at - f.start.0);
         }
         frames

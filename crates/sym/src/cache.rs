@@ -281,7 +281,7 @@ fn static_probe_sites(object: &Arc<str>, data: &[u8], functions: &[Function]) ->
         .filter(|p| !functions.iter().any(|f| f.contains(Addr(p.pc))))
         .filter(|p| usize::try_from(p.file_offset).ok().and_then(|o| data.get(o)) == Some(&NOP))
         .map(|p| Function {
-            name: format!("{STATIC_PROBE_PREFIX}{}:{}", p.provider, p.name),
+            name: format!("{STATIC_PROBE_PREFIX}{}:{}", p.provider, p.name).into(),
             demangled: None,
             version: None,
             default_version: false,

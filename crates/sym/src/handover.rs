@@ -26,7 +26,7 @@ use crate::cache::{
     keep_object_file, object_file, object_file_read, object_file_symbols, CodeSection, FileKey, ObjectFile,
 };
 use crate::file_bytes::FileBytes;
-use crate::symbols::Function;
+use crate::symbols::{Function, VersionNames};
 
 /// The format's first word ("dpo2").
 const MAGIC: u32 = u32::from_le_bytes(*b"dpo2");
@@ -162,8 +162,10 @@ fn get_object(input: &mut In<'_>) -> Option<(ObjectFile, Option<u32>)> {
     let key = FileKey { path: path.clone(), dev, inode, size, modified_ns };
     let first_segment = input.option(In::u64)?;
     let plt = input.list(16, |input| Some((input.u64()?, input.u64()?)))?;
-    let functions = input.list(FUNCTION_BYTES, |input| get_function(input, &path))?;
-    let debug_functions = input.option(|input| input.list(FUNCTION_BYTES, |input| get_function(input, &path)))?;
+    let mut versions = VersionNames::default();
+    let functions = input.list(FUNCTION_BYTES, |input| get_function(input, &path, &mut versions))?;
+    let debug_functions =
+        input.option(|input| input.list(FUNCTION_BYTES, |input| get_function(input, &path, &mut versions)))?;
     let code = input.option(|input| {
         input.list(24, |input| Some(CodeSection { address: input.u64()?, offset: input.u64()?, size: input.u64()? }))
     })?;
@@ -204,10 +206,10 @@ fn get_object(input: &mut In<'_>) -> Option<(ObjectFile, Option<u32>)> {
 /// its flags, three words).
 const FUNCTION_BYTES: usize = 4 + 3 + 24;
 
-fn get_function(input: &mut In<'_>, object: &Arc<str>) -> Option<Function> {
-    let name = input.str()?.to_owned();
-    let demangled = input.option(|input| input.str().map(str::to_owned))?;
-    let version = input.option(|input| input.str().map(str::to_owned))?;
+fn get_function(input: &mut In<'_>, object: &Arc<str>, versions: &mut VersionNames) -> Option<Function> {
+    let name = Arc::from(input.str()?);
+    let demangled = input.option(|input| input.str().map(Arc::from))?;
+    let version = input.option(|input| input.str().map(|v| versions.of(v)))?;
     let flags = input.u8()?;
     Some(Function {
         name,

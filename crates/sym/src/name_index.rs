@@ -53,7 +53,7 @@ impl NameIndex {
             if let Some(d) = &f.demangled {
                 let short = without_parameters(d);
                 add(short, i);
-                if short != d {
+                if short != &**d {
                     add(d, i);
                 }
             }

@@ -274,7 +274,7 @@ impl Symbols {
                     let rest = g.name.strip_prefix("__").and_then(|r| r.strip_prefix(stem));
                     rest.is_some_and(|r| r.starts_with('_'))
                 })
-                .map(|g| g.name.clone())
+                .map(|g| g.name.to_string())
                 .collect();
             candidates.sort();
             candidates.dedup();

@@ -20,11 +20,11 @@ pub(crate) const STATIC_PROBE_PREFIX: &str = "usdt:";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
     /// Its symbol name as in the symbol table (mangled for Rust and C++).
-    pub name: String,
+    pub name: Arc<str>,
     /// The demangled name, for Rust and C++ symbols.
-    pub demangled: Option<String>,
+    pub demangled: Option<Arc<str>>,
     /// Its symbol version (`GLIBC_2.2.5`), for versioned dynamic symbols.
-    pub version: Option<String>,
+    pub version: Option<Arc<str>>,
     /// Whether that version is the default one (`@@`) rather than a hidden one (`@`).
     pub default_version: bool,
     /// Run-time address of its first instruction.
@@ -72,7 +72,7 @@ impl Function {
     pub fn versioned_name(&self) -> String {
         match &self.version {
             Some(v) => format!("{}{}{v}", self.name, if self.default_version { "@@" } else { "@" }),
-            None => self.name.clone(),
+            None => self.name.to_string(),
         }
     }
 
@@ -368,20 +368,21 @@ pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias:
     let endian = file.endian();
     let versions = file.elf_section_table().versions(endian, symbols).ok().flatten();
     let dynsym_section = file.elf_dynamic_symbol_table().section();
+    let mut names = VersionNames::default();
     each_function_symbol(&file, code, |sym| {
         let (mut version, mut default_version) = (None, false);
         if sym.dynamic && dynsym_section.0 != 0 {
             if let Some(table) = &versions {
                 let index = table.version_index(endian, sym.index);
                 if let Ok(Some(v)) = table.version(index) {
-                    version = Some(String::from_utf8_lossy(v.name()).into_owned());
+                    version = Some(names.of(&String::from_utf8_lossy(v.name())));
                     default_version = !index.is_hidden();
                 }
             }
         }
         out.push(Function {
-            name: sym.name.to_owned(),
-            demangled: demangle(sym.name),
+            name: sym.name.into(),
+            demangled: demangle(sym.name).map(Arc::from),
             version,
             default_version,
             start: Addr(sym.address.wrapping_add(bias)),
@@ -392,6 +393,22 @@ pub(crate) fn read_symbols(object: &Arc<str>, symbols: &[u8], code: &[u8], bias:
             ifunc: sym.ifunc,
         });
     });
+}
+
+/// The symbol versions of one object's functions (a C library names a few dozen, each on
+/// thousands of functions): one copy of each, shared.
+#[derive(Default)]
+pub(crate) struct VersionNames(Vec<Arc<str>>);
+
+impl VersionNames {
+    /// The shared copy of `version`.
+    pub(crate) fn of(&mut self, version: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().rev().find(|v| ***v == *version) {
+            return known.clone();
+        }
+        self.0.push(Arc::from(version));
+        self.0[self.0.len() - 1].clone()
+    }
 }
 
 /// The link-time starts of the functions [`read_symbols`] would read from `symbols` (with

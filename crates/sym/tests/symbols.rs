@@ -142,7 +142,7 @@ fn a_name_means_the_function_not_the_part_the_compiler_split_off() {
     assert!(cold.is_compiler_copy());
     for name in ["inner", "inner(long)"] {
         let f = s.find(name).unwrap_or_else(|| panic!("{name}"));
-        assert_eq!(f.name, "_Z5innerl", "{name} names the function, not its .cold part at {:?}", cold.start);
+        assert_eq!(&*f.name, "_Z5innerl", "{name} names the function, not its .cold part at {:?}", cold.start);
         assert!(!f.is_compiler_copy());
     }
 }
@@ -190,7 +190,7 @@ fn a_function_only_the_debug_file_names_holds_its_addresses() {
         locals.iter().find(|(_, start)| !in_libc(*start)).expect("a static function libc's own symbols leave out");
     let f = s.containing(Addr(start + 1)).unwrap_or_else(|| panic!("{name}, not in libc's own symbols"));
     assert_eq!(f.start, Addr(*start), "{name}: {f:?}");
-    assert!(locals.iter().any(|(n, a)| *a == *start && *n == f.name), "{name}: {f:?}");
+    assert!(locals.iter().any(|(n, a)| *a == *start && **n == *f.name), "{name}: {f:?}");
     let target = s.resolve_addr(&maps, Addr(start + 1)).expect("a probe-able address");
     assert_eq!((target.function.start, target.offset), (Addr(*start), 1));
 }

@@ -27,7 +27,7 @@ fn notes_give_each_probe_its_site_semaphore_and_arguments() {
         for p in &probes {
             let f = symbols.containing(dprobe_arch::Addr(p.pc)).expect("a function holds the site");
             let expected = if p.name == "req" { "round_of" } else { "tick" };
-            assert_eq!(f.name, expected, "{opt} {}", p.full_name());
+            assert_eq!(&*f.name, expected, "{opt} {}", p.full_name());
             assert_eq!(p.file_offset, f.file_offset + (p.pc - f.start.0), "{opt}");
             // Every site is the one-byte nop <sys/sdt.h> puts there.
             assert_eq!(data[p.file_offset as usize], 0x90, "{opt}");

@@ -102,9 +102,9 @@ pub fn libc_functions() -> Vec<(String, Addr)> {
         .functions()
         .iter()
         .filter(|f| f.object.rsplit('/').next().is_some_and(|o| o.starts_with("libc.so")))
-        .filter(|f| !f.name.starts_with('_') && !LEFT_OUT.contains(&f.name.as_str()) && f.size >= 5)
+        .filter(|f| !f.name.starts_with('_') && !LEFT_OUT.contains(&&*f.name) && f.size >= 5)
         .filter(|f| seen.insert(f.start))
-        .map(|f| (f.name.clone(), f.start))
+        .map(|f| (f.name.to_string(), f.start))
         .collect()
 }
 
