@@ -34,6 +34,7 @@ use crate::wire::{self, Message, PlaceProbe};
 mod connecting;
 mod descendants;
 mod images;
+mod ns_ids;
 
 pub use connecting::listener_for_agent_in;
 use connecting::{connect, listen, load, start_attached};
@@ -447,10 +448,17 @@ impl AgentEngine {
             return;
         }
         let asked = words.state.load(Acquire);
-        let Some(tid) = asker(asked) else { return };
+        let Some(asking) = asker(asked) else { return };
         if !self.exec_gated || words.state.compare_exchange(asked, CLAIMED, AcqRel, Acquire).is_err() {
             return;
         }
+        // The thread's id as the program numbers it: dprobe's may differ (`ns_ids.rs`).
+        let Some(tid) = ns_ids::thread_of(self.pid, asking) else {
+            self.unwatched = Some(format!("its thread {asking} (by the program's numbering) could not be found"));
+            words.state.store(IDLE, Release);
+            wake(words.state);
+            return;
+        };
         let state = match &self.watch {
             Some(watch) if watch.tid() == tid => WATCHED,
             // (The agent asks only while no thread is watched: not met.)

@@ -61,8 +61,19 @@ impl AgentEngine {
             if gate.state.compare_exchange(asked, CLAIMED, AcqRel, Acquire).is_err() {
                 continue;
             }
-            // Read once claimed: the child keeps its gate until answered.
-            let pid = gate.pid.load(Acquire) as i32;
+            // Read once claimed: the child keeps its gate until answered. Its ids are those it
+            // has in its pid namespace, looked up among the program's descendants
+            // (`ns_ids.rs`): never a process dprobe does not trace.
+            let asking = gate.pid.load(Acquire) as i32;
+            let Some((pid, tid)) = super::ns_ids::descendant_thread(self.pid, asking, tid) else {
+                self.unfollowed.push(format!(
+                    "a child that numbers itself {asking} (in a pid namespace of its own?) was not found among \
+                     the program's descendants: the program it executes is not traced"
+                ));
+                gate.state.store(IDLE, Release);
+                wake(gate.state);
+                continue;
+            };
             let state = match self.child_watches.iter().find(|w| w.pid() == pid) {
                 // Asked again after an `exec` that failed: still watched.
                 Some(watch) if watch.tid() == tid => WATCHED,
