@@ -200,7 +200,15 @@ fn announce_and_wait(name: &[u8]) -> io::Result<()> {
                 return send(&mut sock, &Message::Stopped);
             }
             Some(_) => {}
-            None => return Ok(()),
+            None => {
+                // dprobe went away: a thread of this process or another waiting for its
+                // answer before an `exec` (this one's, held in its probe until the probes
+                // can go) goes on now.
+                if let Some(shm) = &shm {
+                    crate::exec_gate::close_for_everyone(shm);
+                }
+                return Ok(());
+            }
         }
     }
 }

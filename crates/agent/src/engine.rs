@@ -849,8 +849,10 @@ impl AgentEngine {
     }
 
     /// Tell the forked children's agents to remove their probes, and wait until they have (or
-    /// are gone).
+    /// are gone). A child waiting for dprobe's answer before its `exec` goes on first: its
+    /// probes wait for it (a child whose parent ended asks while the trace ends).
     fn stop_children(&mut self) {
+        crate::exec_gate::close_for_everyone(&self.shm);
         self.accept_children();
         for mut child in self.children.drain(..) {
             if wire::send(&mut child, &Message::Stop).is_ok() {

@@ -166,6 +166,21 @@ pub(crate) fn close(shm: &Shm, probes: GateProbes) {
     GATE.store(std::ptr::null_mut(), Release);
 }
 
+/// dprobe answers no more (its trace ended, or it went away): every thread of the program
+/// and every child waiting for an answer goes on at once, untraced, rather than out of its
+/// patience, and none asks from now on. (The words are the program's and its forked
+/// children's: any of them, or dprobe, may close them.)
+pub(crate) fn close_for_everyone(shm: &Shm) {
+    let words = shm.exec_gate();
+    words.open.store(0, Release);
+    wake(words.state);
+    for i in 0..crate::shm::CHILD_GATES {
+        wake(shm.child_gate(i).state);
+    }
+    // A child waiting for a free gate waits on the first one's holder.
+    wake(shm.child_gate(0).pid);
+}
+
 /// Wake every thread waiting on `word` (a futex word of the shared memory).
 pub(crate) fn wake(word: &AtomicU32) {
     // Shared (not private): dprobe wakes it from another process.

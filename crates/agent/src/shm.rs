@@ -183,6 +183,13 @@ impl Shm {
         self.map.as_mut_ptr()
     }
 
+    /// Its file's inode number (as `/proc/PID/maps` shows it), while the file is open.
+    pub fn inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let fd = self.fd.as_ref()?;
+        std::fs::File::from(fd.try_clone().ok()?).metadata().ok().map(|m| m.ino())
+    }
+
     /// The descriptor, to send to the other side.
     pub fn fd(&self) -> &OwnedFd {
         self.fd.as_ref().expect("the shared memory's file is open until close_file")

@@ -377,3 +377,24 @@ fn forty_children_executing_at_once_are_all_followed() {
         assert_eq!(hits(&out, probe), 40 * 3, "{engine}\n{out}");
     }
 }
+
+/// A child whose parent ends at once (`setsid -f` forks it and exits) asks before its `exec`
+/// while the trace ends: no one will answer, and it goes on at once, untraced. It waited out
+/// its patience before (2 s), holding dprobe's end as long: its probes waited for it.
+#[test]
+fn a_child_asking_as_the_trace_ends_goes_on_at_once() {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+    let file = common::out_file("setsid-child");
+    let _ = std::fs::remove_file(&file);
+    let script = format!("{f} calls 3 > {p}.part && mv {p}.part {p}", f = family(), p = file.display());
+    let started = std::time::Instant::now();
+    let (code, out) = trace("setsid-child", &["--count", "libc:malloc", "--", "setsid", "-f", "sh", "-c", &script]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(started.elapsed() < PATIENCE, "dprobe waited {:?} for the child\n{out}", started.elapsed());
+    // The child's program ran to its end, untraced.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "right 12\n", "{out}");
+}

@@ -62,13 +62,14 @@ impl AgentEngine {
                 continue;
             }
             // Read once claimed: the child keeps its gate until answered. Its ids are those it
-            // has in its pid namespace, looked up among the program's descendants
-            // (`ns_ids.rs`): never a process dprobe does not trace.
+            // has in its pid namespace, looked up among the processes that share the program's
+            // memory for the agent (`ns_ids.rs`): never a process dprobe does not trace.
             let asking = gate.pid.load(Acquire) as i32;
-            let Some((pid, tid)) = super::ns_ids::descendant_thread(self.pid, asking, tid) else {
+            let found = self.shm.inode().and_then(|ring| super::ns_ids::sharing_thread(ring, asking, tid));
+            let Some((pid, tid)) = found else {
                 self.unfollowed.push(format!(
-                    "a child that numbers itself {asking} (in a pid namespace of its own?) was not found among \
-                     the program's descendants: the program it executes is not traced"
+                    "a child that numbers itself {asking} was not found among the processes the program \
+                     forked: the program it executes is not traced"
                 ));
                 gate.state.store(IDLE, Release);
                 wake(gate.state);
