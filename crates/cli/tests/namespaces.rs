@@ -1,19 +1,23 @@
-//! Programs in pid namespaces of their own (`unshare --pid --fork`, a container's): their
-//! agent numbers them as their namespace does, and those numbers name other processes in
-//! dprobe's (1 is its `init`). A child that asks before its `exec` is found among the
-//! program's descendants by the ids it gave, and followed; nothing else is touched.
+//! Programs in namespaces of their own.
+//!
+//! In a pid namespace (`unshare --pid --fork`, a container's), their agent numbers them as
+//! their namespace does, and those numbers name other processes in dprobe's (1 is its
+//! `init`): a child that asks before its `exec` is found by the ids it gave among the
+//! processes the program forked, and followed; nothing else is touched. In a network
+//! namespace (`unshare --net`, `ip netns exec`), dprobe's listener for the agent of each
+//! program is bound where that agent can find it.
 mod common;
 
 use common::{family, hits, trace};
 
-/// Whether this machine lets a pid namespace be made here (root, or a user namespace).
-fn pid_namespaces_allowed() -> bool {
-    std::process::Command::new("unshare").args(["--pid", "--fork", "true"]).status().is_ok_and(|s| s.success())
+/// Whether this machine lets `unshare` make namespaces with `args` here (as root).
+fn allowed(args: &[&str]) -> bool {
+    std::process::Command::new("unshare").args(args).arg("true").status().is_ok_and(|s| s.success())
 }
 
 #[test]
 fn children_in_a_pid_namespace_are_followed_into_their_programs() {
-    if !pid_namespaces_allowed() {
+    if !allowed(&["--pid", "--fork"]) {
         eprintln!("skipped: `unshare --pid --fork` is not allowed here");
         return;
     }
@@ -27,5 +31,22 @@ fn children_in_a_pid_namespace_are_followed_into_their_programs() {
         assert_eq!(code, Some(0), "{engine}\n{out}");
         assert_eq!(hits(&out, "family:work"), 12, "{engine}: both programs' calls\n{out}");
         assert!(!out.contains("could not be watched") && !out.contains("not traced"), "{engine}\n{out}");
+    }
+}
+
+#[test]
+fn programs_in_a_network_namespace_are_followed_into_their_programs() {
+    if !allowed(&["--net"]) {
+        eprintln!("skipped: `unshare --net` is not allowed here");
+        return;
+    }
+    // The shell and both programs are in the new namespace: each gets an agent there.
+    let script = format!("{f} calls 7 && ({f} calls 5)", f = family());
+    for engine in ["agent", "ptrace"] {
+        let args = ["--engine", engine, "--count", "family:work", "--", "unshare", "--net", "sh", "-c", &script];
+        let (code, out) = trace(&format!("net-namespace-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        assert_eq!(hits(&out, "family:work"), 12, "{engine}: both programs' calls\n{out}");
+        assert!(!out.contains("could not be loaded") && !out.contains("not traced"), "{engine}\n{out}");
     }
 }

@@ -55,9 +55,42 @@ pub(super) fn listen(pid: i32) -> Result<(UnixListener, String), AgentError> {
     static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("{LISTENER}{}.{n}.{}", std::process::id(), pid);
-    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?)
-        .map_err(agent_err)?;
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(agent_err)?;
+    let listener = match network_namespace_of(pid) {
+        Some(theirs) => bind_in(&theirs, &addr).map_err(|e| {
+            AgentError::Refused(format!(
+                "process {pid} is in a network namespace of its own, where dprobe cannot listen for its agent ({e})"
+            ))
+        })?,
+        None => UnixListener::bind_addr(&addr).map_err(agent_err)?,
+    };
     Ok((listener, name))
+}
+
+/// Process `pid`'s network namespace, where it is not dprobe's: an abstract socket's name
+/// is known only in the namespace it was bound in (`unshare --net`, `ip netns exec`, a
+/// container), and the agent looks for dprobe's by that name.
+fn network_namespace_of(pid: i32) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+    let ours = std::fs::metadata("/proc/self/ns/net").ok()?;
+    let same = theirs.metadata().is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+    (!same).then_some(theirs)
+}
+
+/// A listener bound to `addr` in the network namespace `ns`: by a thread of dprobe's that
+/// enters it for that alone (a thread's network namespace is its own; the socket stays in the
+/// namespace it was made in, and dprobe accepts on it from any).
+fn bind_in(ns: &std::fs::File, addr: &SocketAddr) -> io::Result<UnixListener> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                UnixListener::bind_addr(addr)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the thread that binds it failed")))
+    })
 }
 
 /// Load the agent through held `injector` and call its start with the listener's `name`;
