@@ -255,7 +255,7 @@ impl AgentEngine {
     fn start(mut injector: Injector, library: Library<'_>, events: bool) -> Result<Self, AgentError> {
         let pid = injector.pid();
         let library = OwnedLibrary::of(library);
-        let (listener, sock, shm) = load(&mut injector, &library)?;
+        let (listener, sock, shm) = load(&mut injector, &library, &|| false)?;
         Ok(AgentEngine::new(pid, Some(injector), listener, sock, shm, library, events))
     }
 
@@ -607,9 +607,9 @@ impl AgentEngine {
     /// The process executed a new program: the agent is loaded into it again (held before
     /// its libraries' constructors), given the same probes, and counts on into the same
     /// figures; the old agent's last records are read first.
-    fn executed(&mut self, mut held: Injector, sink: EventSink<'_>) {
+    fn executed(&mut self, mut held: Injector, sink: EventSink<'_>, give_up: &dyn Fn() -> bool) {
         while self.drain(sink) > 0 {}
-        match self.load_again(&mut held).and_then(|()| self.arm()) {
+        match self.load_again(&mut held, give_up).and_then(|()| self.arm()) {
             Ok(()) => {
                 if let Err(e) = self.release_watching_exec(held) {
                     self.not_followed(&e.to_string());
@@ -705,8 +705,8 @@ impl AgentEngine {
         Ok(placed)
     }
 
-    fn load_again(&mut self, held: &mut Injector) -> Result<(), AgentError> {
-        let (listener, sock, shm) = load(held, &self.library)?;
+    fn load_again(&mut self, held: &mut Injector, give_up: &dyn Fn() -> bool) -> Result<(), AgentError> {
+        let (listener, sock, shm) = load(held, &self.library, give_up)?;
         self.listeners.push(listener);
         let old = std::mem::replace(&mut self.shm, shm);
         self.retired.push(old);
@@ -755,20 +755,21 @@ impl AgentEngine {
     /// `exec` answered, a new program given the agent, the connection's end, the program's.
     /// How the program ended, if it did (a descendant that ended is looked at on for its own
     /// descendants).
-    fn step(&mut self, sink: EventSink<'_>) -> Result<Option<Ending>, AgentError> {
+    /// (`give_up`: whether dprobe is asked to stop, for the waits of an agent's start.)
+    fn step(&mut self, sink: EventSink<'_>, give_up: &dyn Fn() -> bool) -> Result<Option<Ending>, AgentError> {
         self.accept_children();
         self.answer_children_execs();
-        self.look_at_child_watches();
-        self.step_descendants(sink);
+        self.look_at_child_watches(give_up);
+        self.step_descendants(sink, give_up);
         if self.done {
             return Ok(None);
         }
         self.answer_exec();
         if let Some(held) = self.look_at_the_program() {
-            self.executed(held, sink);
+            self.executed(held, sink, give_up);
         }
         if let Some(held) = self.pending.take() {
-            self.executed(held, sink);
+            self.executed(held, sink, give_up);
         }
         let lost = match (!self.stopped).then(|| self.connection_end()).flatten() {
             Some(ConnectionEnd::Exec) if !self.exec_seen() => {
@@ -1108,16 +1109,19 @@ impl Engine for AgentEngine {
             self.unwinder.prepare(self.pid as u32);
         }
         self.release()?;
+        // Asked at each look, and during the start of an agent in a program followed.
+        let stop = std::cell::RefCell::new(stop);
+        let give_up = || (*stop.borrow_mut())();
         loop {
             // Read before the look: a ring that comes during it cuts the wait after it short.
             let bell = self.shm.tracer_bell().load(Acquire);
-            if stop() {
+            if give_up() {
                 self.stop_agent()?;
                 // No record comes after the agents stopped: the rings empty.
                 while self.drain_all(sink) > 0 {}
                 return Ok(Ending::Asked);
             }
-            if let Some(ended) = self.step(sink)? {
+            if let Some(ended) = self.step(sink, &give_up)? {
                 // The trace ends with the program, as the ptrace engine's: the programs its
                 // children executed that still run go on untraced.
                 self.stop_descendants();

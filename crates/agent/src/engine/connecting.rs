@@ -139,11 +139,12 @@ pub(super) fn start_attached(
 pub(super) fn load(
     injector: &mut Injector,
     library: &OwnedLibrary,
+    give_up: &dyn Fn() -> bool,
 ) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
     let pid = injector.pid();
     let (listener, name) = listen(pid)?;
     let started = start_agent(injector, library, &name)?;
-    connect(pid, listener, started, &|| false)
+    connect(pid, listener, started, give_up)
 }
 
 /// Take the connection of the agent started in process `pid` (its start returned `started`),

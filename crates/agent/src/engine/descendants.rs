@@ -25,9 +25,9 @@ impl AgentEngine {
     }
 
     /// A look at each program children executed (see [`AgentEngine::step`]).
-    pub(super) fn step_descendants(&mut self, sink: EventSink<'_>) {
+    pub(super) fn step_descendants(&mut self, sink: EventSink<'_>, give_up: &dyn Fn() -> bool) {
         for d in &mut self.descendants {
-            let ended = match d.step(sink) {
+            let ended = match d.step(sink, give_up) {
                 Ok(ended) => ended.is_some(),
                 Err(e) => {
                     d.lost = Some(e.to_string());
@@ -101,7 +101,7 @@ impl AgentEngine {
 
     /// Look at the children watched for their `exec`: a new program is given an agent of its
     /// own (a descendant); a child that ended is handed on to its parent.
-    pub(super) fn look_at_child_watches(&mut self) {
+    pub(super) fn look_at_child_watches(&mut self, give_up: &dyn Fn() -> bool) {
         let mut i = 0;
         while i < self.child_watches.len() {
             let found = self.child_watches[i].poll();
@@ -111,7 +111,7 @@ impl AgentEngine {
             }
             let pid = self.child_watches.swap_remove(i).pid();
             let not_traced = match found {
-                Ok(Watched::Executed(held)) => match self.descendant_of(*held) {
+                Ok(Watched::Executed(held)) => match self.descendant_of(*held, give_up) {
                     Ok(descendant) => {
                         self.descendants.push(descendant);
                         None
@@ -139,9 +139,13 @@ impl AgentEngine {
     /// Trace the program a child executed, `held` at its start: the agent loaded into it and
     /// given what this one was asked, the program then let go (watched for its own `exec`, as
     /// a started program is). Where that fails the program runs on untraced.
-    pub(super) fn descendant_of(&self, mut held: Injector) -> Result<AgentEngine, AgentError> {
+    pub(super) fn descendant_of(
+        &self,
+        mut held: Injector,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<AgentEngine, AgentError> {
         let pid = held.pid();
-        let (listener, sock, shm) = match load(&mut held, &self.library) {
+        let (listener, sock, shm) = match load(&mut held, &self.library, give_up) {
             Ok(loaded) => loaded,
             Err(e) => {
                 // (Dropped held, it would be killed.)
