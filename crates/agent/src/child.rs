@@ -142,6 +142,9 @@ extern "C" fn after_fork_in_parent() {
 
 extern "C" fn after_fork_in_child() {
     LIVE.held.store(false, Release);
+    // Made on the child's thread, before `fork` returns there: the agent's work, not the
+    // child's (the thread it starts, the probes it removes allocate and free), counts nothing.
+    let _own = dprobe_inproc::own_work();
     if !FOLLOW_CHILDREN.load(Acquire) {
         LIVE.with(|live| live.as_ref().map(|l| l.shm.child_untraced()));
         end_session(false);
@@ -160,12 +163,14 @@ extern "C" fn after_fork_in_child() {
 
 /// The child's agent thread.
 fn child_session() {
+    // Before anything that may pass a probe (the C library's allocator): the child's
+    // counts are the child's calls alone.
+    dprobe_inproc::mark_own_thread();
     // First: the child's thread waits for this until `fork` returns there.
     crate::credentials::serve_here();
     // As the parent's agent thread (`inside.rs`): its own descriptor table, to the end.
     let _table = dprobe_inproc::own_files::PrivateTable::take();
     if set_agent_stack().is_ok() {
-        dprobe_inproc::mark_own_thread();
         block_signals();
         if let Some(name) = LIVE.with(|live| live.as_ref().map(|l| l.name.clone())) {
             let _ = announce_and_wait(&name);

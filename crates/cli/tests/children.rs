@@ -398,3 +398,28 @@ fn a_child_asking_as_the_trace_ends_goes_on_at_once() {
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "right 12\n", "{out}");
 }
+
+/// The agent's own work in a forked child (the thread it starts there, the probes it removes
+/// under `--no-follow`) allocates and frees on the child's thread before `fork` returns: none
+/// of it is counted as the child's. The C library's counts are the ptrace engine's, which
+/// does that work from outside.
+#[test]
+fn the_agent_s_work_in_a_forked_child_is_not_counted_as_the_child_s() {
+    let probes = ["libc:malloc", "libc:free", "libc:pthread_create"];
+    for follow in [true, false] {
+        let counts = |engine: &str| {
+            let mut args = vec!["--engine", engine, "--count"];
+            if !follow {
+                args.push("--no-follow");
+            }
+            args.extend(probes);
+            args.extend(["--", "sh", "-c", "(:); (:); (:)"]);
+            let (code, out) = trace(&format!("own-work-{engine}-{follow}"), &args);
+            assert_eq!(code, Some(0), "{engine}\n{out}");
+            probes.map(|p| hits(&out, p))
+        };
+        let (agent, ptrace) = (counts("agent"), counts("ptrace"));
+        assert_eq!(agent, ptrace, "follow {follow}: the agent's counts, then ptrace's ({probes:?})");
+        assert!(agent[0] > 0 && agent[1] > 0, "{agent:?}");
+    }
+}

@@ -132,7 +132,7 @@ pub use safepoint::moved as safepoint_moves;
 pub use spawn_hold::{hold_spawns_while_patching, SpawnHold};
 pub use sys::close_mem_file;
 pub use thread_state::{process_and_thread_id, thread_id, thread_name};
-pub use trap::{in_handler, in_hit_path, mark_own_thread, tool_work, ToolWork};
+pub use trap::{in_handler, in_hit_path, mark_own_thread, own_work, tool_work, OwnWork, ToolWork};
 
 /// Make this process ready for the engine's code changes while its caller is its only thread,
 /// where that is cheap (the registration of the cross-core serialization

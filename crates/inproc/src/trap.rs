@@ -43,7 +43,7 @@ impl Drop for Raised {
 /// Marks the calling thread as doing dprobe's own work while it lives: the probes it passes
 /// through (its `open` of `/proc/self/maps`, a `getpid`) run no handler and count nothing, so
 /// that the user's figures are the program's alone.
-pub(crate) struct OwnWork {
+pub struct OwnWork {
     // Dropped in this order: the count, then the mark.
     _raised: Raised,
     _mark: QuietMark,
@@ -89,6 +89,14 @@ impl Drop for QuietMark {
             s.quiet_sp.set(before);
         }
     }
+}
+
+/// Mark what the calling thread does as dprobe's own while the value returned lives (a
+/// tool's work on a thread of the program, such as the agent's in a forked child before
+/// `fork` returns there): the probes it passes through run no handler and count nothing.
+#[inline(always)]
+pub fn own_work() -> OwnWork {
+    OwnWork::enter()
 }
 
 /// Mark the calling thread as dprobe's own for the rest of its life (a tool's thread inside
