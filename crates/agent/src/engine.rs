@@ -222,7 +222,19 @@ impl AgentEngine {
     /// Start `program` with `args` and load the agent before its libraries' constructors run.
     /// `events`: the probes' events are wanted (not for counts alone).
     pub fn spawn(program: &str, args: &[&str], library: Library<'_>, events: bool) -> Result<AgentEngine, AgentError> {
-        AgentEngine::start(Injector::spawn(program, args)?, library, events)
+        AgentEngine::spawn_as(program, program, args, library, events)
+    }
+
+    /// [`AgentEngine::spawn`], the program told that it was started as `argv0` (its
+    /// `argv[0]`): a command found on `PATH` is told the name it was given.
+    pub fn spawn_as(
+        program: &str,
+        argv0: &str,
+        args: &[&str],
+        library: Library<'_>,
+        events: bool,
+    ) -> Result<AgentEngine, AgentError> {
+        AgentEngine::start(Injector::spawn_as(program, argv0, args)?, library, events)
     }
 
     /// Load the agent into running process `pid`. The process runs on untraced once the

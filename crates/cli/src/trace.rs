@@ -105,9 +105,9 @@ fn start_agent(args: &TraceArgs, program: Option<&str>) -> Result<AgentEngine, A
             let asked_to_stop = || signals::requested().is_some_and(|s| s != signals::FRONT_ENDED);
             AgentEngine::attach_giving_up(pid, Library::Image(AGENT), events, &asked_to_stop)
         }
-        (None, Some((_, rest)), Some(program)) => {
+        (None, Some((argv0, rest)), Some(program)) => {
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            AgentEngine::spawn(program, &rest, Library::Image(AGENT), events)
+            AgentEngine::spawn_as(program, argv0, &rest, Library::Image(AGENT), events)
         }
         _ => Err(AgentError::Refused("nothing to trace: give `-p PID`, a command after `--`, or --system-wide".into())),
     }
@@ -313,10 +313,10 @@ fn trace_one_program(
     }
     let mut engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
-        (None, Some((_, rest))) => {
+        (None, Some((argv0, rest))) => {
             let program = program.expect("found above");
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            PtraceEngine::spawn(program, &rest)?
+            PtraceEngine::spawn_as(program, argv0, &rest)?
         }
         (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };

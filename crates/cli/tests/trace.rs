@@ -182,6 +182,18 @@ fn the_command_starts_with_default_signal_dispositions() {
 }
 
 #[test]
+fn the_command_is_told_the_name_it_was_given_not_the_path_found() {
+    // As a shell starts it: `sh` is found on PATH, yet its `$0` (argv[0]) stays `sh`.
+    for engine in ENGINES {
+        for (command, argv0) in [("sh", "sh\n"), ("/bin/sh", "/bin/sh\n")] {
+            let args = ["--engine", engine, "--count", "libc:getenv", "--", command, "-c", "echo $0"];
+            let t = common::trace_to_file(&format!("argv0-{engine}"), &args);
+            assert_eq!((t.code, t.stdout.as_str()), (Some(0), argv0), "{}", t.what(engine));
+        }
+    }
+}
+
+#[test]
 fn fork_exec_and_the_programs_own_sigtrap_handler() {
     for engine in ENGINES {
         let (code, out) = trace_with(engine, "fork", &["--no-follow", "--count", "probed", "--", target(), "fork"]);

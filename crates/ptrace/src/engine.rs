@@ -73,7 +73,13 @@ impl PtraceEngine {
     /// Start `program` with `args`, stopped once its libraries are loaded, before any
     /// constructor runs.
     pub fn spawn(program: &str, args: &[&str]) -> Result<PtraceEngine, TraceError> {
-        let mut tracee = Tracee::spawn(program, args)?;
+        PtraceEngine::spawn_as(program, program, args)
+    }
+
+    /// [`PtraceEngine::spawn`], the program told that it was started as `argv0` (its
+    /// `argv[0]`): a command found on `PATH` is told the name it was given.
+    pub fn spawn_as(program: &str, argv0: &str, args: &[&str]) -> Result<PtraceEngine, TraceError> {
+        let mut tracee = Tracee::spawn_as(program, argv0, args)?;
         tracee.run_to_start()?;
         Ok(PtraceEngine::new(tracee, true))
     }

@@ -18,7 +18,6 @@
 //! abandoned: each is received once, where the program was. A running process is let go without a detach,
 //! which would wake the thread in the call it waited in (see `let_go`).
 
-use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 use dprobe_arch::{Addr, Memory};
@@ -118,14 +117,13 @@ impl Injector {
     /// Start `program` with `args` and hold it where its C library is initialised and no
     /// other constructor has run yet (see `early`).
     pub fn spawn(program: &str, args: &[&str]) -> Result<Injector, LoadError> {
+        Injector::spawn_as(program, program, args)
+    }
+
+    /// [`Injector::spawn`], the program told that it was started as `argv0` (its `argv[0]`).
+    pub fn spawn_as(program: &str, argv0: &str, args: &[&str]) -> Result<Injector, LoadError> {
         let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
-        let invalid = |e| spawn_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
-        let c_program = CString::new(program).map_err(invalid)?;
-        let c_args: Vec<CString> = std::iter::once(program)
-            .chain(args.iter().copied())
-            .map(CString::new)
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?;
+        let (c_program, c_args) = sys::command_line(program, argv0, args).map_err(spawn_err)?;
         // Killed with its tracer until it is let go at its entry: the death of the `dprobe`
         // the user sees is outlived by the process that traces (which then lets the program
         // go as untraced); only that process's own death can come while a thread of the

@@ -3,6 +3,7 @@
 //! kernel in its place (per test thread, as aya's `override_syscall` does), so the stop loop
 //! is tested without a real process.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -506,6 +507,20 @@ pub fn write_two(pid: i32, first: (Addr, &[u8]), second: (Addr, &[u8])) -> Resul
     } else {
         Ok(())
     }
+}
+
+/// A command as `execv` takes it: the file `program` (a path) and its argument vector, whose
+/// first element is `argv0`, the name the program is told it was started by (a command
+/// found on `PATH` is told the name it was given, as `execvp` and shells do, not the path).
+pub fn command_line(program: &str, argv0: &str, args: &[&str]) -> io::Result<(CString, Vec<CString>)> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let file = CString::new(program).map_err(invalid)?;
+    let argv = std::iter::once(argv0)
+        .chain(args.iter().copied())
+        .map(CString::new)
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    Ok((file, argv))
 }
 
 /// Fork a child that asks to be traced and executes `program` with `args` (`args[0]` is the

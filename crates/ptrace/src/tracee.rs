@@ -1,7 +1,6 @@
 //! A traced process: spawning or attaching, the stop loop, and each kind of stop.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::io;
 
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, INT3};
@@ -114,13 +113,13 @@ impl Tracee {
     /// `execve`). It is not killed with its tracer (no `PTRACE_O_EXITKILL`): a tracer that
     /// may die keeps a process that outlives it to detach cleanly (as `dprobe trace` does).
     pub fn spawn(program: &str, args: &[&str]) -> Result<Tracee, TraceError> {
+        Tracee::spawn_as(program, program, args)
+    }
+
+    /// [`Tracee::spawn`], the program told that it was started as `argv0` (its `argv[0]`).
+    pub fn spawn_as(program: &str, argv0: &str, args: &[&str]) -> Result<Tracee, TraceError> {
         let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
-        let c_program = CString::new(program).map_err(|e| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        let c_args: Vec<CString> = std::iter::once(program)
-            .chain(args.iter().copied())
-            .map(CString::new)
-            .collect::<Result<_, _>>()
-            .map_err(|e| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let (c_program, c_args) = sys::command_line(program, argv0, args).map_err(spawn_err)?;
         let pid = sys::fork_traced(&c_program, &c_args).map_err(spawn_err)?;
         let (_, status) = sys::wait(pid)?;
         if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
