@@ -140,6 +140,41 @@ fn the_agent_follows_the_program_s_exec() {
     assert!(!out.contains("not traced"), "{out}");
 }
 
+/// The rows of the table of `probe` split by comm: (name, count).
+fn by_comm(out: &str, probe: &str) -> Vec<(String, u64)> {
+    let table = out.split(&format!("@hits of {probe} by comm:")).nth(1).unwrap_or_else(|| panic!("no table\n{out}"));
+    table
+        .lines()
+        .skip(2)
+        .map_while(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A thread's name is the program's it executes (the kernel renames it at the `exec`): the
+/// calls a shell's child makes once it runs `ls` are `ls`'s, in a followed child and in the
+/// traced process itself.
+#[test]
+fn events_after_an_exec_carry_the_new_program_s_name() {
+    for engine in ["agent", "ptrace"] {
+        for (follow, script) in [("--follow", "ls >/dev/null; true"), ("--no-follow", "exec ls >/dev/null")] {
+            let args = ["--engine", engine, follow, "--count", "--by", "comm", "libc:malloc", "--", "sh", "-c", script];
+            let (code, out) = trace(&format!("comm-after-exec-{engine}"), &args);
+            assert_eq!(code, Some(0), "{engine} {script}\n{out}");
+            let names: Vec<String> = by_comm(&out, "libc:malloc").into_iter().map(|(name, _)| name).collect();
+            assert!(names.contains(&"ls".into()) && names.contains(&"sh".into()), "{engine} {script}\n{out}");
+        }
+        let args = ["--engine", engine, "--json", "libc:malloc", "--", "sh", "-c", "exec ls >/dev/null"];
+        let (code, out) = trace(&format!("comm-after-exec-json-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let last = out.lines().rfind(|l| l.starts_with('{')).expect("events");
+        let last: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(last["comm"], "ls", "{engine}: the last calls are ls's\n{out}");
+    }
+}
+
 #[test]
 fn a_followed_child_that_outlives_the_traced_shell_is_let_go_and_finishes_right() {
     // The shell exits at once; its background child, caught anywhere between its fork and

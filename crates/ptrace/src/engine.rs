@@ -42,6 +42,29 @@ struct Queued {
     entry_time_ns: Option<u64>,
     values: Values,
     user_stack: Vec<u64>,
+    /// The thread's name at the hit: an `exec` may rename it before the event is handed over.
+    comm: ThreadName,
+}
+
+/// A thread's name, kept without allocating (the kernel's are at most 15 bytes; a longer
+/// one is cut).
+#[derive(Clone, Copy)]
+struct ThreadName {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl ThreadName {
+    fn new(name: &[u8]) -> ThreadName {
+        let mut bytes = [0; 16];
+        let len = name.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&name[..len]);
+        ThreadName { bytes, len: len as u8 }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// What the handlers and the run loop share.
@@ -89,7 +112,7 @@ impl PtraceEngine {
         Ok(PtraceEngine::new(Tracee::attach(pid)?, false))
     }
 
-    fn new(tracee: Tracee, spawned: bool) -> PtraceEngine {
+    fn new(mut tracee: Tracee, spawned: bool) -> PtraceEngine {
         let shared = Shared {
             queue: VecDeque::new(),
             spare: Vec::new(),
@@ -97,12 +120,17 @@ impl PtraceEngine {
             stacks: None,
             unwinder: Unwinder::new(),
         };
+        let shared = Rc::new(RefCell::new(shared));
+        // A name kept from before a thread's `exec` would stay on the new program's events
+        // (followed children are told through their copies of this).
+        let names = shared.clone();
+        tracee.renamed = Some(Rc::new(move |tid| names.borrow_mut().names.forget(tid as u32)));
         PtraceEngine {
             tracee,
             children: Vec::new(),
             ended: Vec::new(),
             spawned,
-            shared: Rc::new(RefCell::new(shared)),
+            shared,
             ids: Vec::new(),
             errno_offset: None,
         }
@@ -206,10 +234,11 @@ impl PtraceEngine {
                 }
             };
             let mut values = s.spare[index].pop().unwrap_or_else(|| plan.values());
+            let comm = ThreadName::new(s.names.get(hit.pid as u32, hit.tid as u32));
             let cx = FetchContext {
                 regs: hit.regs,
                 entry_regs,
-                comm: s.names.get(hit.pid as u32, hit.tid as u32),
+                comm: comm.as_bytes(),
                 errno_addr: errno_offset.map(|o| hit.fs_base.wrapping_add(o)),
                 file_base: hit.file_base,
             };
@@ -230,6 +259,7 @@ impl PtraceEngine {
                 entry_time_ns,
                 values,
                 user_stack,
+                comm,
             });
         })
     }
@@ -239,17 +269,14 @@ impl PtraceEngine {
         loop {
             let Some(q) = self.shared.borrow_mut().queue.pop_front() else { return };
             {
-                let mut s = self.shared.borrow_mut();
-                let pid = q.pid;
-                let comm = s.names.get(pid, q.tid);
                 let event = ProbeEvent {
                     probe: q.probe,
                     side: q.side,
-                    pid,
+                    pid: q.pid,
                     tid: q.tid,
                     time_ns: q.time_ns,
                     entry_time_ns: q.entry_time_ns,
-                    comm,
+                    comm: q.comm.as_bytes(),
                     values: &q.values,
                     user_stack: &q.user_stack,
                     kernel_stack: &[],

@@ -179,6 +179,7 @@ impl Tracee {
     /// exec stop): none of dprobe's code is in it, it goes on untraced, or traced as a
     /// process of its own when followed. Its pending returns went with the old image.
     pub(crate) fn guest_executed(&mut self, tid: i32, follow: bool) -> Result<(), TraceError> {
+        self.executed_as_renamed(tid);
         self.forget_guest(tid);
         if follow {
             let mut executed = self.executed(tid)?;
@@ -303,6 +304,7 @@ impl Tracee {
         t.next_id = self.next_id;
         t.unwinders_watched = self.unwinders_watched;
         t.follow = true;
+        t.renamed = self.renamed.clone();
         // Its copy of the counters is raised as this process's are.
         t.raised = self.raised.clone();
         Ok(t)
@@ -316,6 +318,7 @@ impl Tracee {
         t.probes = self.shared_probes(false);
         t.next_id = self.next_id;
         t.follow = true;
+        t.renamed = self.renamed.clone();
         t.trap_action_after_exec();
         t.on_exec(child)?;
         Ok(t)

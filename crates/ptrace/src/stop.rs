@@ -166,6 +166,7 @@ impl Tracee {
             if sys::event_of(status) == libc::PTRACE_EVENT_EXEC {
                 // The program executed another: nothing of dprobe's is left to restore, and
                 // the other threads are gone.
+                self.executed_as_renamed(tid);
                 self.image_replaced(tid)?;
                 self.trap_action_after_exec();
                 waiting.retain(|t| *t == tid);

@@ -73,6 +73,11 @@ pub struct Tracee {
     pub(crate) trap_masks: crate::trap_mask::TrapMasks,
     /// The program's `SIGTRAP` action, to put back where a trap replaced it (`trap_action.rs`).
     pub(crate) trap_action: crate::trap_action::TrapAction,
+    /// Told of a thread whose name the tracer may know and that no longer holds: one that
+    /// executed a program (the kernel names it after the program) or ended (its number may
+    /// come back for another thread). Called before any hit of the thread's under its new
+    /// name, after the returns it made under the old one.
+    pub(crate) renamed: Option<std::rc::Rc<dyn Fn(i32)>>,
 }
 
 impl Tracee {
@@ -106,6 +111,7 @@ impl Tracee {
             faulted_at: BTreeMap::new(),
             trap_masks: Default::default(),
             trap_action: Default::default(),
+            renamed: None,
         })
     }
 
@@ -397,6 +403,7 @@ impl Tracee {
                 return Ok(None);
             }
             libc::PTRACE_EVENT_EXEC => {
+                self.executed_as_renamed(tid);
                 self.threads.retain(|t, _| *t == tid);
                 // Before the step's trap.
                 self.trap_action_after_exec();
@@ -448,6 +455,7 @@ impl Tracee {
     /// Thread `tid` ended with wait `status`: forget it; the process's exit when it is the
     /// main thread.
     pub(crate) fn thread_exited(&mut self, tid: i32, status: i32) {
+        self.tell_renamed(tid);
         crate::family::early_child_ended(tid, status);
         self.guests.remove(&tid);
         self.threads.remove(&tid);
@@ -459,6 +467,23 @@ impl Tracee {
             } else {
                 Exit::Signal(libc::WTERMSIG(status))
             });
+        }
+    }
+
+    /// Thread `tid`, at its exec stop, runs a new program, under the program's name; a thread
+    /// other than the main one that executed has taken the main one's number and left its own.
+    pub(crate) fn executed_as_renamed(&self, tid: i32) {
+        self.tell_renamed(tid);
+        match sys::event_message(tid) {
+            Ok(former) if former as i32 != tid => self.tell_renamed(former as i32),
+            _ => {}
+        }
+    }
+
+    /// Tell whoever keeps threads' names that thread `tid`'s no longer holds (see `renamed`).
+    fn tell_renamed(&self, tid: i32) {
+        if let Some(renamed) = &self.renamed {
+            renamed(tid);
         }
     }
 
