@@ -277,7 +277,12 @@ impl Traced {
     /// status.
     pub fn conclude(mut self, args: &TraceArgs) -> i32 {
         let export_errors = self.outputs.finish_exports();
-        let write_error = self.outputs.finish(&self.summary);
+        let apart = summary_apart(args);
+        let write_error = self.outputs.finish(if apart { "" } else { &self.summary });
+        if apart {
+            // As `eprint!`, without its panic when standard error is gone.
+            let _ = std::io::stderr().write_all(self.summary.as_bytes());
+        }
         let exit = self.exit;
         if let Some(e) = write_error {
             // A reader that went away (`| head`) ends the trace quietly; any other failure
@@ -302,13 +307,20 @@ impl Traced {
         if let Some(e) = self.failure {
             // The summary's closing line says it already where the summary went to standard
             // error; said again there when the summary went to a file.
-            if args.output.is_some() {
+            if args.output.is_some() && !apart {
                 eprintln!("dprobe: {e}");
             }
             return 1;
         }
         exit.map_or(0, Exit::shell_status)
     }
+}
+
+/// Whether the summary goes to standard error rather than to `-o FILE` with the events: a
+/// file of JSON lines is for programs (`jq`), which take each line for an object, and the
+/// summary's table is for people.
+fn summary_apart(args: &TraceArgs) -> bool {
+    args.json && args.output.is_some()
 }
 
 fn how(exit: Exit) -> String {

@@ -160,7 +160,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_duration, requires = "metrics")]
     pub interval: Option<Duration>,
     /// Write events and the summary here instead of standard error (which keeps them apart
-    /// from the traced program's own output).
+    /// from the traced program's own output). With --json, only the events: the summary
+    /// goes to standard error.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

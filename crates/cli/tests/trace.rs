@@ -110,6 +110,24 @@ fn json_events_are_one_object_per_line() {
     }
 }
 
+/// `--json -o FILE`: FILE is JSON lines and nothing else (for `jq` and the like); the summary,
+/// for people, goes to standard error.
+#[test]
+fn a_json_output_file_holds_only_json_lines_and_the_summary_goes_to_standard_error() {
+    for engine in ENGINES {
+        let args = ["--engine", engine, "--json", "recurse", "--", target(), "recurse", "3"];
+        let t = common::trace_to_file(&format!("json-only-{engine}"), &args);
+        assert_eq!(t.code, Some(0), "{}", t.what(engine));
+        let objects =
+            t.trace.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v.is_object()));
+        // recurse(3) down to recurse(0): four calls.
+        assert_eq!(objects.clone().count(), 4, "{}", t.what(engine));
+        assert!(objects.clone().all(|o| o.is_some()), "{engine}: a line that is no JSON object\n{}", t.trace);
+        assert_eq!(hits(&t.stderr, "recurse"), 4, "{}", t.what(engine));
+        assert!(t.stderr.contains("exited with status 0"), "{}", t.what(engine));
+    }
+}
+
 #[test]
 fn killing_the_tracee_ends_dprobe_with_its_summary() {
     for engine in ENGINES {
