@@ -88,6 +88,9 @@ pub(crate) struct Live {
     /// Entry probes on `int3` disabled while the tracer places the others (`held_off.rs`),
     /// by index.
     pub(crate) held_off: Vec<usize>,
+    /// The probes that have the agent leave a program entering a new user namespace
+    /// (`user_namespace.rs`).
+    pub(crate) user_namespaces: Option<crate::user_namespace::LeavesForUserNamespaces>,
 }
 
 /// Whether forked children keep the probes (dprobe follows them).
@@ -109,6 +112,7 @@ pub(crate) fn end_session(figures: bool) {
             remove(&mut l.placed, figures.then_some(&*l.shm));
             crate::follow::stop();
             drop(l.credentials.take());
+            drop(l.user_namespaces.take());
             // Every probe that can trap goes while `SIGTRAP` is still kept open: removing a
             // jump puts an `int3` back for a moment, and a thread that blocks every signal
             // around its call (a shell around `vfork`) is killed at that `int3` once the
@@ -168,6 +172,7 @@ fn child_session() {
     dprobe_inproc::mark_own_thread();
     // First: the child's thread waits for this until `fork` returns there.
     crate::credentials::serve_here();
+    crate::user_namespace::serve_here();
     // As the parent's agent thread (`inside.rs`): its own descriptor table, to the end.
     let _table = dprobe_inproc::own_files::PrivateTable::take();
     if set_agent_stack().is_ok() {
@@ -191,9 +196,15 @@ fn announce_and_wait(name: &[u8]) -> io::Result<()> {
         }
         if let Some(shm) = &shm {
             // The doorbell is the parent's too: a ring may be for it.
-            let ready = crate::inside::readable(&sock, shm, 20, || crate::credentials::pending().is_some())?;
+            let waiting = || crate::credentials::pending().is_some() || crate::user_namespace::asked();
+            let ready = crate::inside::readable(&sock, shm, 20, waiting)?;
             if let Some(asked) = crate::credentials::pending() {
                 crate::credentials::answer(asked);
+            }
+            // (The shared memory is the program's: nothing is said there. The program this
+            // child executes is not followed.)
+            if crate::user_namespace::asked() && crate::user_namespace::leaves().is_some() {
+                return Ok(());
             }
             if !ready {
                 continue;

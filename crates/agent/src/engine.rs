@@ -170,6 +170,9 @@ pub struct AgentEngine {
     unfollowed: Vec<String>,
     /// With stacks asked for: how deep, what unwinds them, the last event's stack.
     stacks: Option<usize>,
+    /// The agent left the program, which entered a new user namespace: the program is
+    /// watched for its `exec` instead (`user_namespace.rs`).
+    agent_left: bool,
     unwinder: Unwinder,
     user_stack: Vec<u64>,
 }
@@ -315,6 +318,7 @@ impl AgentEngine {
             unfollowed: Vec::new(),
             stacks: None,
             unwinder: Unwinder::new(),
+            agent_left: false,
             user_stack: Vec::new(),
         }
     }
@@ -425,6 +429,34 @@ impl AgentEngine {
                 _ => return false,
             }
         }
+    }
+
+    /// The agent leaves the program, whose thread enters a new user namespace alone
+    /// (`user_namespace.rs`): that thread is watched for its `exec` from now on, so that the
+    /// program it executes gets an agent again; the agent goes once dprobe has seen it.
+    fn watch_as_the_agent_leaves(&mut self) {
+        let Some(asking) = self.shm.leaving_thread() else { return };
+        match (&self.watch, ns_ids::thread_of(self.pid, asking)) {
+            // Watched already (its `exec` failed before).
+            (Some(watch), Some(tid)) => self.agent_left = watch.tid() == tid,
+            (None, Some(tid)) if !self.stopped => {
+                if let Ok(watch) = ExecWatch::seize_thread(self.pid, tid) {
+                    self.watch = Some(watch);
+                    self.agent_left = true;
+                    self.exec_gated = false;
+                }
+            }
+            // Not found, or not watched: the program is said to be no longer traced.
+            _ => {}
+        }
+        if self.agent_left {
+            self.unfollowed.push(format!(
+                "process {} entered a new user namespace, which a process does alone: the agent left it until \
+                 its next exec (its calls and the children it started meanwhile were not traced)",
+                self.pid
+            ));
+        }
+        self.shm.let_the_agent_leave();
     }
 
     /// A thread of the program asked before its `exec` (`exec_gate.rs`): the request is
@@ -724,6 +756,7 @@ impl AgentEngine {
         self.retired.push(old);
         self.sock = sock;
         self.ended_with_agent_there = None;
+        self.agent_left = false;
         self.place_again()
     }
 
@@ -776,6 +809,7 @@ impl AgentEngine {
         if self.done {
             return Ok(None);
         }
+        self.watch_as_the_agent_leaves();
         self.answer_exec();
         if let Some(held) = self.look_at_the_program() {
             self.executed(held, sink, give_up);
@@ -783,7 +817,14 @@ impl AgentEngine {
         if let Some(held) = self.pending.take() {
             self.executed(held, sink, give_up);
         }
-        let lost = match (!self.stopped).then(|| self.connection_end()).flatten() {
+        let lost = match (!self.stopped && !self.agent_left).then(|| self.connection_end()).flatten() {
+            // The program entered a new user namespace, which a process does alone: the agent
+            // left it (`user_namespace.rs`), whatever it did next.
+            Some(_) if self.shm.agent_left_for_a_user_namespace() => Some(format!(
+                "process {}: it entered a new user namespace, which a process does alone: the agent left it; \
+                 not traced from then on",
+                self.pid
+            )),
             Some(ConnectionEnd::Exec) if !self.exec_seen() => {
                 // The new program has no agent: nothing of dprobe's is in it any more.
                 let why = self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();

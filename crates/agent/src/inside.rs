@@ -129,6 +129,10 @@ impl Placed {
     }
 }
 
+/// How long the agent leaving a program that enters a new user namespace waits for dprobe to
+/// watch the program's thread (`user_namespace.rs`).
+const LEAVING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// dprobe's first messages: images of the files whose bytes it hands over (the C library's,
 /// `taken_images.rs`), then what it read of the program's object files
 /// (`dprobe_sym::import_objects_with_images` keeps those of the versions this process maps).
@@ -196,6 +200,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
     let shm = Arc::new(shm);
     // Before any probe of the tracer's: a program that changes its ids as it starts.
     let credentials = crate::credentials::keep_alike(&shm);
+    let user_namespaces = crate::user_namespace::watch();
     LIVE.with(|live| {
         *live = Some(Live {
             name: name.to_vec(),
@@ -209,12 +214,14 @@ fn session(name: &[u8]) -> io::Result<Over> {
             exec_gate: Default::default(),
             credentials,
             held_off: Vec::new(),
+            user_namespaces,
         })
     });
     let mut looked = Instant::now();
     let result = loop {
-        let ready =
-            readable(&sock, &shm, 20, || follow::pending().is_some() || crate::credentials::pending().is_some())?;
+        let waiting =
+            || follow::pending().is_some() || crate::credentials::pending().is_some() || crate::user_namespace::asked();
+        let ready = readable(&sock, &shm, 20, waiting)?;
         if sock.lost() {
             break Err(Connection::lost_error());
         }
@@ -224,6 +231,12 @@ fn session(name: &[u8]) -> io::Result<Over> {
         }
         if let Some(asked) = crate::credentials::pending() {
             crate::credentials::answer(asked);
+        }
+        if let Some(caller) = crate::user_namespace::asked().then(crate::user_namespace::leaves).flatten() {
+            // dprobe watches the caller for its `exec`; every probe goes (below), then the
+            // thread: the program's call goes on alone.
+            shm.leave_for_a_user_namespace(caller, LEAVING_PATIENCE);
+            break Ok(Over::Ended);
         }
         if looked.elapsed() >= REARM_EVERY {
             // An `int3` another tool's uprobe took away when it was removed is put back, and

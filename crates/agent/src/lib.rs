@@ -36,6 +36,7 @@ mod semaphore;
 pub mod shm;
 mod startup;
 mod taken_images;
+mod user_namespace;
 pub mod wire;
 
 pub use engine::{agent_library, listener_for_agent_in, AgentEngine, AgentError, Library};

@@ -46,6 +46,10 @@ const UNTRACED_AT: usize = 80;
 const TAKEN_OVER_AT: usize = 88;
 /// Byte of the tracer's bell, a 32-bit futex word dprobe waits on between its looks.
 const TRACER_BELL_AT: usize = 92;
+/// The agent leaves the program, which enters a new user namespace (`user_namespace.rs`):
+/// the id of the thread that enters it, then dprobe's answer.
+const LEFT_AT: usize = 96;
+const LEFT_SEEN_AT: usize = 100;
 /// Byte of the first of the children's `exec` gates (two 32-bit words each).
 const CHILD_GATES_AT: usize = 128;
 /// Children that can ask before their `exec` at the same time (`exec_gate.rs`).
@@ -267,6 +271,47 @@ impl Shm {
     /// How many object files the agent took over from dprobe rather than reading them.
     pub fn objects_taken_over(&self) -> u32 {
         self.taken_over_word().load(Relaxed)
+    }
+
+    fn left_word(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: inside the header, 4-byte aligned, only ever accessed atomically.
+        unsafe { &*(self.base().add(at) as *const AtomicU32) }
+    }
+
+    /// The agent leaves the program, whose thread `tid` (as the program numbers it) enters a
+    /// new user namespace, alone in its process: dprobe is told (its bell rung), and given
+    /// `patience` to watch that thread for its `exec` before the agent goes.
+    pub fn leave_for_a_user_namespace(&self, tid: i32, patience: std::time::Duration) {
+        self.left_word(LEFT_AT).store(tid as u32, Release);
+        self.ring_tracer();
+        let seen = self.left_word(LEFT_SEEN_AT);
+        let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+        let start = dprobe_inproc::raw_calls::monotonic_ns();
+        while seen.load(Acquire) == 0
+            && dprobe_inproc::raw_calls::monotonic_ns().saturating_sub(start) < patience.as_nanos() as u64
+        {
+            dprobe_inproc::raw_calls::futex_wait(seen, 0, &slice, false);
+        }
+    }
+
+    /// The thread entering a new user namespace as the agent leaves the program, until dprobe
+    /// has seen it ([`Shm::let_the_agent_leave`]).
+    pub fn leaving_thread(&self) -> Option<i32> {
+        let tid = self.left_word(LEFT_AT).load(Acquire);
+        (tid != 0 && self.left_word(LEFT_SEEN_AT).load(Acquire) == 0).then_some(tid as i32)
+    }
+
+    /// dprobe has seen the agent leave: it goes.
+    pub fn let_the_agent_leave(&self) {
+        let seen = self.left_word(LEFT_SEEN_AT);
+        seen.store(1, Release);
+        // Shared (not private): the agent waits in the program's process.
+        dprobe_inproc::raw_calls::futex_wake(seen, false);
+    }
+
+    /// Whether the agent left the program as it entered a new user namespace.
+    pub fn agent_left_for_a_user_namespace(&self) -> bool {
+        self.left_word(LEFT_AT).load(Acquire) != 0
     }
 
     /// The tracer's bell: rung by a thread that asks dprobe before its `exec`

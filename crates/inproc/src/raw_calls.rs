@@ -12,6 +12,14 @@ pub fn getpid() -> libc::pid_t {
     crate::sys::own_pid()
 }
 
+/// Whether thread `tid` of this process lives (`tgkill` with no signal): `false` once it has
+/// ended and the kernel let it go.
+pub fn thread_lives(tid: libc::pid_t) -> bool {
+    // SAFETY: tgkill with signal 0 sends nothing and touches no memory.
+    let r = unsafe { raw_syscall6(libc::SYS_tgkill, [getpid() as u64, tid as u64, 0, 0, 0, 0]) };
+    r != -(libc::ESRCH as i64)
+}
+
 /// The calling thread's id.
 pub fn gettid() -> libc::pid_t {
     // SAFETY: gettid takes no argument and touches no memory.

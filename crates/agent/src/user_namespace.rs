@@ -1,0 +1,130 @@
+//! A program entering a new user namespace must be alone in its process.
+//!
+//! `unshare(CLONE_NEWUSER)` and `setns` into a user namespace fail (`EINVAL`) while another
+//! thread of the process lives, and the agent's thread is one: `unshare --user`, a rootless
+//! container's start or a sandbox failed under dprobe. So a probe at the C library's `unshare`
+//! and `setns` sends such a call to wait, outside any hit (`dprobe_inproc::wait_then_reenter`),
+//! until the agent has left: its thread, asked through a word it looks at between its waits
+//! (at most 20 ms), says so in the shared memory with the caller's thread, which dprobe then
+//! watches for its `exec` (the program it executes gets an agent again), removes every probe
+//! as when dprobe goes away, and ends. The call then enters the function again, alone, and
+//! goes on as it would untraced. Where the program has
+//! other threads of its own, the call would fail anyway: the agent stays, and the call goes
+//! on at once. Not seen: the system call made without the C library.
+
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+
+use dprobe_inproc::{raw_calls, register_all, Kprobe, PreAction, Probe, Regs};
+
+use crate::hit::on_agent_thread;
+
+/// `CLONE_NEWUSER`, as `unshare` and `setns` take it.
+const NEW_USER: u64 = libc::CLONE_NEWUSER as u64;
+
+/// How long a call waits for the agent to leave (its thread removes every probe: a safepoint
+/// each, a fraction of a second on a busy process).
+const PATIENCE_NS: u64 = 5_000_000_000;
+
+/// The process whose agent thread leaves when asked (a forked child has its own).
+static OWNER: AtomicI32 = AtomicI32::new(0);
+/// That thread.
+static AGENT_TID: AtomicI32 = AtomicI32::new(0);
+/// The thread that asked (the one that enters the namespace).
+static CALLER: AtomicI32 = AtomicI32::new(0);
+/// [`IDLE`], [`ASKED`] (a call waits for the agent to leave) or [`STAYS`] (it will not: the
+/// program has other threads).
+static STATE: AtomicU32 = AtomicU32::new(IDLE);
+const IDLE: u32 = 0;
+const ASKED: u32 = 1;
+const STAYS: u32 = 2;
+
+/// The probes on `unshare` and `setns`, removed when dropped.
+pub(crate) struct LeavesForUserNamespaces {
+    _probes: Vec<Probe>,
+}
+
+/// Place the probes, on the agent's thread (the one that leaves when asked). `None` where the
+/// C library lacks either function.
+pub(crate) fn watch() -> Option<LeavesForUserNamespaces> {
+    serve_here();
+    let probes = vec![Kprobe::symbol("libc:unshare").pre(at_unshare), Kprobe::symbol("libc:setns").pre(at_setns)];
+    Some(LeavesForUserNamespaces { _probes: register_all(probes).ok()? })
+}
+
+/// On a forked child's agent thread: it is the one that leaves (the probes are the child's
+/// copies).
+pub(crate) fn serve_here() {
+    STATE.store(IDLE, Release);
+    AGENT_TID.store(raw_calls::gettid(), Release);
+    OWNER.store(raw_calls::getpid(), Release);
+}
+
+/// Whether a call waits for the agent to leave (looked at by the agent's thread).
+pub(crate) fn asked() -> bool {
+    STATE.load(Acquire) == ASKED && OWNER.load(Acquire) == raw_calls::getpid()
+}
+
+/// On the agent's thread, asked: the thread that enters the namespace, if the agent leaves.
+/// It does where the program has no other thread (the caller's alone); else the call goes on
+/// at once (it fails as it would untraced).
+pub(crate) fn leaves() -> Option<i32> {
+    let threads = std::fs::read_dir("/proc/thread-self/..").map_or(0, |tasks| tasks.count());
+    if threads == 2 {
+        return Some(CALLER.load(Acquire));
+    }
+    STATE.store(STAYS, Release);
+    raw_calls::futex_wake(&STATE, true);
+    None
+}
+
+/// At the entry of `unshare(flags)`: a call into a new user namespace waits until the agent
+/// has left.
+fn at_unshare(regs: &mut Regs) -> PreAction {
+    let into_user_namespace = regs.rdi & NEW_USER != 0;
+    at_call(regs, into_user_namespace)
+}
+
+/// At the entry of `setns(fd, nstype)`: the same, where the namespace's type is given (0, any
+/// type, is not looked into).
+fn at_setns(regs: &mut Regs) -> PreAction {
+    let into_user_namespace = regs.rsi == NEW_USER;
+    at_call(regs, into_user_namespace)
+}
+
+fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
+    if dprobe_inproc::reentered(regs, let_in_token()) {
+        return PreAction::Continue;
+    }
+    if !into_user_namespace || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
+        return PreAction::Continue;
+    }
+    dprobe_inproc::wait_then_reenter(regs, ask_and_wait)
+}
+
+/// Run by the stub on the program's thread, outside any hit: ask the agent to leave, and wait
+/// until its thread is gone, or it stays, or the patience is out. No call of the C library.
+extern "C" fn ask_and_wait() -> u64 {
+    CALLER.store(raw_calls::gettid(), Release);
+    let _ = STATE.compare_exchange(IDLE, ASKED, AcqRel, Acquire);
+    let start = raw_calls::monotonic_ns();
+    let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+    loop {
+        let state = STATE.load(Acquire);
+        let tid = AGENT_TID.load(Acquire);
+        if state == STAYS || tid == 0 || !raw_calls::thread_lives(tid) {
+            break;
+        }
+        if raw_calls::monotonic_ns().saturating_sub(start) >= PATIENCE_NS {
+            break;
+        }
+        raw_calls::futex_wait(&STATE, state, &slice, true);
+    }
+    let _ = STATE.compare_exchange(STAYS, IDLE, AcqRel, Acquire);
+    let_in_token()
+}
+
+/// What [`ask_and_wait`] returns (the stub leaves it in `r10`): a value of this process that
+/// a caller's `r10` does not hold by chance.
+fn let_in_token() -> u64 {
+    0x05e7_0115_0000_0000 ^ (&STATE as *const AtomicU32 as u64)
+}
