@@ -171,7 +171,7 @@ pub(super) fn connect(
     let sock = accepted(&listener, &mut wait)?;
     // Where the connection fails, the process may have ended or executed another program
     // meanwhile: that is what is said.
-    let failed = |error| cannot_connect(pid).unwrap_or_else(|| agent_err(error));
+    let failed = |error| why_it_failed(pid, error).unwrap_or_else(&agent_err);
     // Written as the agent reads it (hundreds of kilobytes: more than the socket holds), each
     // wait for room cut short as the wait for the connection is.
     let (objects, images) = objects_for(pid);
@@ -298,6 +298,29 @@ impl<'a> AgentWait<'a> {
         let mut fds = [PollFd::new(fd, events)];
         let _ = poll(&mut fds, timeout);
         Ok(fds[0].revents().is_some_and(|r| !r.is_empty()))
+    }
+}
+
+/// How long a process's end may take from its agent's connection's end to its memory's: the
+/// agent's thread has a descriptor table of its own, closed as that thread ends, while the
+/// process's other threads still end (a thread that spins takes its time to be stopped).
+const ENDING_TAKES_AT_MOST: Duration = Duration::from_secs(1);
+
+/// Why the connection with the agent in process `pid` failed with `error`: the process ended
+/// or executed another program (looked at for a moment where the connection ended, which
+/// comes first), else `error` itself.
+fn why_it_failed(pid: i32, error: io::Error) -> Result<AgentError, io::Error> {
+    use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let ended = matches!(error.kind(), BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof);
+    let deadline = Instant::now() + ENDING_TAKES_AT_MOST;
+    loop {
+        if let Some(why) = cannot_connect(pid) {
+            return Ok(why);
+        }
+        if !ended || Instant::now() >= deadline {
+            return Err(error);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
