@@ -552,7 +552,10 @@ impl AgentEngine {
                         Some(u64::from_le_bytes(copy.bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
                     };
                     let regs = UserRegs { ip, sp, bp };
-                    self.unwinder.unwind(h.pid, regs, &mut memory, depth, &mut self.user_stack);
+                    // A forked child's map is the program's (its records are in the program's
+                    // ring until it executes another program, which gets its own).
+                    let (pid, maps_of) = (h.pid, self.pid as u32);
+                    self.unwinder.unwind_in(pid, maps_of, regs, &mut memory, depth, &mut self.user_stack);
                 }
             }
             let comm = if h.comm[0] != 0 { h.comm() } else { self.names.get(h.pid, h.tid) };
@@ -561,6 +564,7 @@ impl AgentEngine {
                 side: h.side,
                 pid: h.pid,
                 tid: h.tid,
+                maps_of: self.pid as u32,
                 time_ns: h.time_ns,
                 entry_time_ns: h.entry_time_ns,
                 comm,

@@ -272,6 +272,7 @@ pub(crate) mod tests {
             side,
             pid: 1,
             tid,
+            maps_of: 1,
             time_ns,
             entry_time_ns: None,
             comm: b"t",

@@ -71,7 +71,7 @@ impl Stacks {
             out.push(StackFrame { addr, kernel: true, frame: self.symbolizer.kernel(addr) });
         }
         for (i, &addr) in e.user_stack.iter().enumerate() {
-            for frame in self.symbolizer.user(e.pid, addr, i > 0).iter() {
+            for frame in self.symbolizer.user_in(e.pid, e.maps_of, addr, i > 0).iter() {
                 out.push(StackFrame { addr, kernel: false, frame: frame.clone() });
             }
         }

@@ -185,3 +185,21 @@ fn stack_options_are_checked() {
         (&["--stack", "--stack-depth", "0", "f", "--", "true"], "--stack-depth 0"),
     ]);
 }
+
+/// A forked child's stacks are in its parent's map: the child has ended when the agent's
+/// records of it are read, and they are unwound and named through the program's map (they
+/// were one raw address each). The parent's calls and the child's have the same path.
+#[test]
+fn a_forked_child_that_has_ended_has_its_stacks_named() {
+    for engine in ["agent", "ptrace"] {
+        let folded = out_file(&format!("fork-{engine}.folded"));
+        let to = format!("--folded={}", folded.display());
+        let args = ["--engine", engine, &to, "work", "--", common::family(), "fork", "3", "4"];
+        let t = trace_to_file(&format!("stack-fork-{engine}"), &args);
+        assert!(t.trace.contains("exited with status 0"), "{}", t.what(engine));
+        let text = std::fs::read_to_string(&folded).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{engine}: one path for both processes' calls\n{text}");
+        assert!(lines[0].contains(";main;") && lines[0].ends_with(";work 7"), "{engine}\n{text}");
+    }
+}

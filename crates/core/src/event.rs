@@ -24,6 +24,10 @@ pub struct ProbeEvent<'a> {
     pub pid: u32,
     /// The thread.
     pub tid: u32,
+    /// The process whose memory map the stacks' addresses are in: `pid`, or the program a
+    /// forked child (that has not executed another program) was forked from, whose map is the
+    /// child's too, for when the child has ended before its stacks are symbolized.
+    pub maps_of: u32,
     /// When, in `CLOCK_MONOTONIC` nanoseconds: for the kernel engine the record's perf
     /// time (asked on that clock), for ptrace when dprobe saw the stop, for the agent when
     /// the probed thread took the hit. One clock for all, so that one offset taken at the

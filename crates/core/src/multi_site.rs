@@ -292,6 +292,7 @@ mod tests {
                         side: Side::Entry,
                         pid: 1,
                         tid: 1,
+                        maps_of: 1,
                         time_ns: 0,
                         entry_time_ns: None,
                         comm: b"",

@@ -73,6 +73,7 @@ mod tests {
             side,
             pid: 1,
             tid,
+            maps_of: 1,
             time_ns,
             entry_time_ns: None,
             comm: b"",

@@ -301,6 +301,7 @@ impl KernelEngine {
                 side,
                 pid: hit.pid,
                 tid: hit.tid,
+                maps_of: hit.pid,
                 time_ns: hit.time,
                 entry_time_ns: None,
                 comm,

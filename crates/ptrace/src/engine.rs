@@ -274,6 +274,7 @@ impl PtraceEngine {
                     side: q.side,
                     pid: q.pid,
                     tid: q.tid,
+                    maps_of: q.pid,
                     time_ns: q.time_ns,
                     entry_time_ns: q.entry_time_ns,
                     comm: q.comm.as_bytes(),

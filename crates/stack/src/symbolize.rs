@@ -116,6 +116,23 @@ impl Symbolizer {
     /// The frames at `addr` in process `pid`; `caller`: it is a return address (its call is
     /// the instruction before it).
     pub fn user(&mut self, pid: u32, addr: u64, caller: bool) -> Rc<[Frame]> {
+        self.user_in(pid, pid, addr, caller)
+    }
+
+    /// [`Symbolizer::user`], with the maps of process `maps_of` where `pid`'s can no longer
+    /// be read: a forked child that has not executed another program (its maps were its
+    /// parent's) and has ended since the event.
+    pub fn user_in(&mut self, pid: u32, maps_of: u32, addr: u64, caller: bool) -> Rc<[Frame]> {
+        let pid = match maps_of != pid && !self.maps.contains_key(&pid) {
+            true => match read_maps_of(pid) {
+                Ok(maps) => {
+                    self.maps.insert(pid, maps);
+                    pid
+                }
+                Err(_) => maps_of,
+            },
+            false => pid,
+        };
         if let Some(f) = self.known.get(&(pid, addr, caller)) {
             return f.clone();
         }

@@ -69,10 +69,29 @@ impl Unwinder {
     /// `memory`: `out` gets at most `depth` addresses, innermost first (`regs.ip`, then
     /// return addresses).
     pub fn unwind(&mut self, pid: u32, regs: UserRegs, memory: &mut dyn StackMemory, depth: usize, out: &mut Vec<u64>) {
+        self.unwind_in(pid, pid, regs, memory, depth, out);
+    }
+
+    /// [`Unwinder::unwind`], with the maps of process `maps_of` where `pid`'s can no longer
+    /// be read: a forked child that has not executed another program (its maps were its
+    /// parent's) and has ended since its stack was copied.
+    pub fn unwind_in(
+        &mut self,
+        pid: u32,
+        maps_of: u32,
+        regs: UserRegs,
+        memory: &mut dyn StackMemory,
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) {
         out.clear();
         if depth == 0 {
             return;
         }
+        let pid = match maps_of != pid && !self.processes.contains_key(&pid) && !self.refresh(pid) {
+            true => maps_of,
+            false => pid,
+        };
         if !self.processes.get(&pid).is_some_and(|p| p.knows(regs.ip)) {
             self.refresh(pid);
         }

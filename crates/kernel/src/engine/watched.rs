@@ -268,6 +268,7 @@ impl KernelEngine {
                     side: Side::Return,
                     pid: h.pid,
                     tid: h.tid,
+                    maps_of: h.pid,
                     time_ns: h.time,
                     entry_time_ns: Some(entry_time),
                     comm: &h.comm,
