@@ -170,9 +170,10 @@ fn child_session() {
     // Before anything that may pass a probe (the C library's allocator): the child's
     // counts are the child's calls alone.
     dprobe_inproc::mark_own_thread();
-    // First: the child's thread waits for this until `fork` returns there.
-    crate::credentials::serve_here();
+    // First: the child's thread waits for this until `fork` returns there (its calls into a
+    // new user namespace are this thread's to serve from then on).
     crate::user_namespace::serve_here();
+    crate::credentials::serve_here();
     // As the parent's agent thread (`inside.rs`): its own descriptor table, to the end.
     let _table = dprobe_inproc::own_files::PrivateTable::take();
     if set_agent_stack().is_ok() {
@@ -204,6 +205,7 @@ fn announce_and_wait(name: &[u8]) -> io::Result<()> {
             // (The shared memory is the program's: nothing is said there. The program this
             // child executes is not followed.)
             if crate::user_namespace::asked() && crate::user_namespace::leaves().is_some() {
+                shm.child_untraced();
                 return Ok(());
             }
             if !ready {

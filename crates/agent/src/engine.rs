@@ -436,6 +436,11 @@ impl AgentEngine {
     /// program it executes gets an agent again; the agent goes once dprobe has seen it.
     fn watch_as_the_agent_leaves(&mut self) {
         let Some(asking) = self.shm.leaving_thread() else { return };
+        // Too late (the agent went without dprobe): the program is said to be no longer
+        // traced when its connection's end is seen.
+        if !self.shm.claim_the_leaving() {
+            return;
+        }
         match (&self.watch, ns_ids::thread_of(self.pid, asking)) {
             // Watched already (its `exec` failed before).
             (Some(watch), Some(tid)) => self.agent_left = watch.tid() == tid,
@@ -452,7 +457,7 @@ impl AgentEngine {
         if self.agent_left {
             self.unfollowed.push(format!(
                 "process {} entered a new user namespace, which a process does alone: the agent left it until \
-                 its next exec (its calls and the children it started meanwhile were not traced)",
+                 its next exec (until then its calls, and its children's programs, were not traced)",
                 self.pid
             ));
         }
@@ -607,6 +612,8 @@ impl AgentEngine {
                 // The thread watched for its `exec` ended without one: the next asks again.
                 use crate::exec_gate::{wake, IDLE, UNWATCH, WATCHED};
                 self.watch = None;
+                // (Where the agent had left, the connection's end is said now.)
+                self.agent_left = false;
                 self.release = LettingGo::default();
                 let state = self.shm.exec_gate().state;
                 for watched in [WATCHED, UNWATCH] {
@@ -617,11 +624,13 @@ impl AgentEngine {
             }
             Ok(Watched::Unheld(why)) | Err(dprobe_ptrace::LoadError::Refused { reason: why, .. }) => {
                 self.watch = None;
+                self.agent_left = false;
                 self.not_followed(&why);
                 None
             }
             Err(e) => {
                 self.watch = None;
+                self.agent_left = false;
                 self.not_followed(&e.to_string());
                 None
             }

@@ -50,6 +50,11 @@ const TRACER_BELL_AT: usize = 92;
 /// the id of the thread that enters it, then dprobe's answer.
 const LEFT_AT: usize = 96;
 const LEFT_SEEN_AT: usize = 100;
+/// `LEFT_SEEN_AT`'s values after 0: dprobe claimed the leaving thread, dprobe is done with it,
+/// the agent went unclaimed.
+const CLAIMED: u32 = 1;
+const WATCHED: u32 = 2;
+const GAVE_UP: u32 = 3;
 /// Byte of the first of the children's `exec` gates (two 32-bit words each).
 const CHILD_GATES_AT: usize = 128;
 /// Children that can ask before their `exec` at the same time (`exec_gate.rs`).
@@ -280,31 +285,50 @@ impl Shm {
 
     /// The agent leaves the program, whose thread `tid` (as the program numbers it) enters a
     /// new user namespace, alone in its process: dprobe is told (its bell rung), and given
-    /// `patience` to watch that thread for its `exec` before the agent goes.
+    /// `patience` to claim that thread, to watch it for its `exec`, then as long again to do so
+    /// once claimed; unclaimed, the agent takes its word back ([`GAVE_UP`]) and goes.
     pub fn leave_for_a_user_namespace(&self, tid: i32, patience: std::time::Duration) {
+        use dprobe_inproc::raw_calls::{futex_wait, monotonic_ns};
         self.left_word(LEFT_AT).store(tid as u32, Release);
         self.ring_tracer();
         let seen = self.left_word(LEFT_SEEN_AT);
         let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
-        let start = dprobe_inproc::raw_calls::monotonic_ns();
-        while seen.load(Acquire) == 0
-            && dprobe_inproc::raw_calls::monotonic_ns().saturating_sub(start) < patience.as_nanos() as u64
-        {
-            dprobe_inproc::raw_calls::futex_wait(seen, 0, &slice, false);
+        let (mut since, mut extended) = (monotonic_ns(), false);
+        loop {
+            let now = seen.load(Acquire);
+            if now == WATCHED || now == GAVE_UP {
+                return;
+            }
+            if monotonic_ns().saturating_sub(since) >= patience.as_nanos() as u64 {
+                match now {
+                    // dprobe never claimed it: it will not.
+                    0 if seen.compare_exchange(0, GAVE_UP, AcqRel, Acquire).is_ok() => return,
+                    // Claimed: once more as long for the watch.
+                    CLAIMED if !extended => (since, extended) = (monotonic_ns(), true),
+                    CLAIMED => return,
+                    _ => {}
+                }
+            }
+            futex_wait(seen, now, &slice, false);
         }
     }
 
     /// The thread entering a new user namespace as the agent leaves the program, until dprobe
-    /// has seen it ([`Shm::let_the_agent_leave`]).
+    /// claims it ([`Shm::claim_the_leaving`]) or the agent took its word back.
     pub fn leaving_thread(&self) -> Option<i32> {
         let tid = self.left_word(LEFT_AT).load(Acquire);
         (tid != 0 && self.left_word(LEFT_SEEN_AT).load(Acquire) == 0).then_some(tid as i32)
     }
 
-    /// dprobe has seen the agent leave: it goes.
+    /// dprobe takes the leaving thread to watch: whether the agent still waits for it.
+    pub fn claim_the_leaving(&self) -> bool {
+        self.left_word(LEFT_SEEN_AT).compare_exchange(0, CLAIMED, AcqRel, Acquire).is_ok()
+    }
+
+    /// dprobe watches the leaving thread (or could not): the agent goes.
     pub fn let_the_agent_leave(&self) {
         let seen = self.left_word(LEFT_SEEN_AT);
-        seen.store(1, Release);
+        seen.store(WATCHED, Release);
         // Shared (not private): the agent waits in the program's process.
         dprobe_inproc::raw_calls::futex_wake(seen, false);
     }

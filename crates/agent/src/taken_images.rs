@@ -34,8 +34,12 @@ pub(crate) fn receive(sock: &Connection) -> io::Result<Option<Vec<Option<FileByt
     let mut fds = Vec::new();
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(received) = c {
-            // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
-            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            // Where the agent's thread has no descriptor table of its own, away from the
+            // program's numbers until they are closed, once mapped.
+            let high = received.into_iter().map(dprobe_inproc::own_files::keep_high);
+            // SAFETY: the kernel just gave us these descriptors (moved high, the old number
+            // closed); nothing else owns them.
+            fds.extend(high.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
     if byte != *b"I" {

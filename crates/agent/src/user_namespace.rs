@@ -29,7 +29,7 @@ const PATIENCE_NS: u64 = 5_000_000_000;
 static OWNER: AtomicI32 = AtomicI32::new(0);
 /// That thread.
 static AGENT_TID: AtomicI32 = AtomicI32::new(0);
-/// The thread that asked (the one that enters the namespace).
+/// The thread whose request is the one asked (the one that enters the namespace; 0: none).
 static CALLER: AtomicI32 = AtomicI32::new(0);
 /// [`IDLE`], [`ASKED`] (a call waits for the agent to leave) or [`STAYS`] (it will not: the
 /// program has other threads).
@@ -55,6 +55,7 @@ pub(crate) fn watch() -> Option<LeavesForUserNamespaces> {
 /// copies).
 pub(crate) fn serve_here() {
     STATE.store(IDLE, Release);
+    CALLER.store(0, Release);
     AGENT_TID.store(raw_calls::gettid(), Release);
     OWNER.store(raw_calls::getpid(), Release);
 }
@@ -65,15 +66,17 @@ pub(crate) fn asked() -> bool {
 }
 
 /// On the agent's thread, asked: the thread that enters the namespace, if the agent leaves.
-/// It does where the program has no other thread (the caller's alone); else the call goes on
-/// at once (it fails as it would untraced).
+/// It does where the program has no other thread (the caller's alone) and the caller still
+/// waits; else the call goes on at once (it fails as it would untraced).
 pub(crate) fn leaves() -> Option<i32> {
     let threads = std::fs::read_dir("/proc/thread-self/..").map_or(0, |tasks| tasks.count());
-    if threads == 2 {
-        return Some(CALLER.load(Acquire));
+    let caller = CALLER.load(Acquire);
+    if threads == 2 && caller != 0 && raw_calls::thread_lives(caller) && STATE.load(Acquire) == ASKED {
+        return Some(caller);
     }
-    STATE.store(STAYS, Release);
-    raw_calls::futex_wake(&STATE, true);
+    if STATE.compare_exchange(ASKED, STAYS, AcqRel, Acquire).is_ok() {
+        raw_calls::futex_wake(&STATE, true);
+    }
     None
 }
 
@@ -85,9 +88,9 @@ fn at_unshare(regs: &mut Regs) -> PreAction {
 }
 
 /// At the entry of `setns(fd, nstype)`: the same, where the namespace's type is given (0, any
-/// type, is not looked into).
+/// type, is not looked into; a pid file descriptor's flags are).
 fn at_setns(regs: &mut Regs) -> PreAction {
-    let into_user_namespace = regs.rsi == NEW_USER;
+    let into_user_namespace = regs.rsi & NEW_USER != 0;
     at_call(regs, into_user_namespace)
 }
 
@@ -104,22 +107,38 @@ fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
 /// Run by the stub on the program's thread, outside any hit: ask the agent to leave, and wait
 /// until its thread is gone, or it stays, or the patience is out. No call of the C library.
 extern "C" fn ask_and_wait() -> u64 {
-    CALLER.store(raw_calls::gettid(), Release);
-    let _ = STATE.compare_exchange(IDLE, ASKED, AcqRel, Acquire);
+    let me = raw_calls::gettid();
     let start = raw_calls::monotonic_ns();
     let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+    // One request at a time, its caller's: another thread asking waits its turn.
+    let done = |state: u32| {
+        if CALLER.load(Acquire) == me {
+            let _ = STATE.compare_exchange(state, IDLE, AcqRel, Acquire);
+            CALLER.store(0, Release);
+            raw_calls::futex_wake(&STATE, true);
+        }
+    };
     loop {
+        let agent = AGENT_TID.load(Acquire);
+        if agent == 0 || !raw_calls::thread_lives(agent) {
+            done(ASKED);
+            break;
+        }
+        if CALLER.compare_exchange(0, me, AcqRel, Acquire).is_ok() {
+            STATE.store(ASKED, Release);
+        }
         let state = STATE.load(Acquire);
-        let tid = AGENT_TID.load(Acquire);
-        if state == STAYS || tid == 0 || !raw_calls::thread_lives(tid) {
+        if state == STAYS && CALLER.load(Acquire) == me {
+            done(STAYS);
             break;
         }
         if raw_calls::monotonic_ns().saturating_sub(start) >= PATIENCE_NS {
+            // Taken back, so that the agent never leaves later for a call that went on.
+            done(ASKED);
             break;
         }
         raw_calls::futex_wait(&STATE, state, &slice, true);
     }
-    let _ = STATE.compare_exchange(STAYS, IDLE, AcqRel, Acquire);
     let_in_token()
 }
 

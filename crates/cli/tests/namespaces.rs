@@ -16,57 +16,49 @@ fn allowed(args: &[&str]) -> bool {
     std::process::Command::new("unshare").args(args).arg("true").status().is_ok_and(|s| s.success())
 }
 
+/// `unshare UNSHARE... sh -c SCRIPT` traced with each engine, counting `family:work`: each
+/// ends right with `calls` calls counted; what each printed, the agent's first. `None` where
+/// this machine does not let `unshare` make those namespaces.
+fn traced_in_namespaces(name: &str, unshare: &[&str], script: &str, calls: u64) -> Option<[String; 2]> {
+    if !allowed(unshare) {
+        eprintln!("skipped: `unshare {}` is not allowed here", unshare.join(" "));
+        return None;
+    }
+    Some(["agent", "ptrace"].map(|engine| {
+        let mut args = vec!["--engine", engine, "--count", "family:work", "--", "unshare"];
+        args.extend(unshare);
+        args.extend(["sh", "-c", script]);
+        let (code, out) = trace(&format!("{name}-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        assert_eq!(hits(&out, "family:work"), calls, "{engine}: the programs' calls\n{out}");
+        out
+    }))
+}
+
 #[test]
 fn children_in_a_pid_namespace_are_followed_into_their_programs() {
-    if !allowed(&["--pid", "--fork"]) {
-        eprintln!("skipped: `unshare --pid --fork` is not allowed here");
-        return;
-    }
     // `sh` is process 1 of the new namespace; the two programs it runs are its children 2
     // and 3, which ask by those numbers before their `exec`.
     let script = format!("{f} calls 7 && {f} calls 5", f = family());
-    for engine in ["agent", "ptrace"] {
-        let args =
-            ["--engine", engine, "--count", "family:work", "--", "unshare", "--pid", "--fork", "sh", "-c", &script];
-        let (code, out) = trace(&format!("pid-namespace-{engine}"), &args);
-        assert_eq!(code, Some(0), "{engine}\n{out}");
-        assert_eq!(hits(&out, "family:work"), 12, "{engine}: both programs' calls\n{out}");
-        assert!(!out.contains("could not be watched") && !out.contains("not traced"), "{engine}\n{out}");
+    for out in traced_in_namespaces("pid-namespace", &["--pid", "--fork"], &script, 12).unwrap_or_default() {
+        assert!(!out.contains("could not be watched") && !out.contains("not traced"), "{out}");
     }
 }
 
 #[test]
 fn programs_in_a_network_namespace_are_followed_into_their_programs() {
-    if !allowed(&["--net"]) {
-        eprintln!("skipped: `unshare --net` is not allowed here");
-        return;
-    }
     // The shell and both programs are in the new namespace: each gets an agent there.
     let script = format!("{f} calls 7 && ({f} calls 5)", f = family());
-    for engine in ["agent", "ptrace"] {
-        let args = ["--engine", engine, "--count", "family:work", "--", "unshare", "--net", "sh", "-c", &script];
-        let (code, out) = trace(&format!("net-namespace-{engine}"), &args);
-        assert_eq!(code, Some(0), "{engine}\n{out}");
-        assert_eq!(hits(&out, "family:work"), 12, "{engine}: both programs' calls\n{out}");
-        assert!(!out.contains("could not be loaded") && !out.contains("not traced"), "{engine}\n{out}");
+    for out in traced_in_namespaces("net-namespace", &["--net"], &script, 12).unwrap_or_default() {
+        assert!(!out.contains("could not be loaded") && !out.contains("not traced"), "{out}");
     }
 }
 
 #[test]
 fn a_program_enters_a_new_user_namespace_and_the_program_it_executes_is_traced() {
-    if !allowed(&["--user"]) {
-        eprintln!("skipped: `unshare --user` is not allowed here");
-        return;
-    }
+    // `unshare` failed (`EINVAL`: the agent's thread made the process threaded) before.
     let script = format!("{f} calls 7", f = family());
-    for engine in ["agent", "ptrace"] {
-        let args = ["--engine", engine, "--count", "family:work", "--", "unshare", "--user", "sh", "-c", &script];
-        let (code, out) = trace(&format!("user-namespace-{engine}"), &args);
-        // `unshare` failed (`EINVAL`: the agent's thread made the process threaded) before.
-        assert_eq!(code, Some(0), "{engine}\n{out}");
-        assert_eq!(hits(&out, "family:work"), 7, "{engine}: the program the shell executes\n{out}");
-        if engine == "agent" {
-            assert!(out.contains("entered a new user namespace"), "said\n{out}");
-        }
+    if let Some([agent, _]) = traced_in_namespaces("user-namespace", &["--user"], &script, 7) {
+        assert!(agent.contains("entered a new user namespace"), "said\n{agent}");
     }
 }

@@ -21,6 +21,8 @@ use std::sync::OnceLock;
 /// `memfd_create`'s flag for a file that may be mapped as code whatever `vm.memfd_noexec`
 /// says (Linux 6.3); older kernels refuse the flag, and their memory files are executable.
 pub(crate) const MFD_EXEC: libc::c_uint = 0x10;
+/// `memfd_create`'s flag for a file never mapped as code (Linux 6.3).
+const MFD_NOEXEC_SEAL: libc::c_uint = 0x08;
 
 /// A library's bytes, and dprobe's sealed memory file holding them, made when first needed.
 #[derive(Debug)]
@@ -60,11 +62,11 @@ impl SharedImage {
 pub fn sealed_memory_file(bytes: &[u8], name: &str, code: bool) -> Option<OwnedFd> {
     let name = CString::new(name).ok()?;
     let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    let mut fd = -1;
-    if code {
-        // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor, or -1.
-        fd = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_EXEC) };
-    }
+    // Code where asked for, else data that can never be (which `vm.memfd_noexec = 2` asks
+    // for); older kernels refuse either flag, and their memory files are executable.
+    let first = if code { MFD_EXEC } else { MFD_NOEXEC_SEAL };
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor, or -1.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), flags | first) };
     if fd < 0 {
         // SAFETY: as above.
         fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };

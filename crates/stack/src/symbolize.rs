@@ -124,12 +124,13 @@ impl Symbolizer {
     /// parent's) and has ended since the event.
     pub fn user_in(&mut self, pid: u32, maps_of: u32, addr: u64, caller: bool) -> Rc<[Frame]> {
         let pid = match maps_of != pid && !self.maps.contains_key(&pid) {
-            true => match read_maps_of(pid) {
-                Ok(maps) => {
+            // (A process that has ended and not been waited for has no maps.)
+            true => match read_maps_of(pid).ok().filter(|m| !m.is_empty()) {
+                Some(maps) => {
                     self.maps.insert(pid, maps);
                     pid
                 }
-                Err(_) => maps_of,
+                None => maps_of,
             },
             false => pid,
         };

@@ -137,7 +137,8 @@ impl Unwinder {
     /// Read the maps of `pid` again and rebuild its modules; `false` when they cannot be read
     /// or did not change.
     fn refresh(&mut self, pid: u32) -> bool {
-        let Ok(maps) = read_maps_of(pid) else { return false };
+        // (A process that has ended and not been waited for has no maps: none are kept.)
+        let Some(maps) = read_maps_of(pid).ok().filter(|m| !m.is_empty()) else { return false };
         let mapped: Vec<Range<u64>> = maps.iter().map(|m| m.start.0..m.end.0).collect();
         if self.processes.get(&pid).is_some_and(|p| p.mapped == mapped) {
             return false;

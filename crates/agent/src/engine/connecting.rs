@@ -40,7 +40,8 @@ const GRACE: Duration = Duration::from_secs(2);
 /// open, if any: that dprobe traces it with the agent now (its abstract socket, in
 /// `/proc/net/unix`).
 pub fn listener_for_agent_in(pid: i32) -> Option<u32> {
-    let sockets = std::fs::read_to_string("/proc/net/unix").ok()?;
+    // The process's network namespace's sockets (a listener for it is bound there).
+    let sockets = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
     sockets.lines().find_map(|line| {
         let name = line.split_whitespace().nth(7)?.strip_prefix('@')?.strip_prefix(LISTENER)?;
         let mut parts = name.split('.');

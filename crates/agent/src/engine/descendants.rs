@@ -65,7 +65,7 @@ impl AgentEngine {
             // has in its pid namespace, looked up among the processes that share the program's
             // memory for the agent (`ns_ids.rs`): never a process dprobe does not trace.
             let asking = gate.pid.load(Acquire) as i32;
-            let found = self.shm.inode().and_then(|ring| super::ns_ids::sharing_thread(ring, asking, tid));
+            let found = self.shm.inode().and_then(|ring| super::ns_ids::sharing_thread(ring, self.pid, asking, tid));
             let Some((pid, tid)) = found else {
                 self.unfollowed.push(format!(
                     "a child that numbers itself {asking} was not found among the processes the program \

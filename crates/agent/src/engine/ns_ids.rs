@@ -27,12 +27,13 @@ pub(super) fn thread_of(pid: i32, tid: i32) -> Option<i32> {
 /// dprobe's ids of the process that shares the program's memory file `ring` (the inode of
 /// the agent's shared memory: a child the program forked, or one of its children, orphaned
 /// or not) and knows itself as `pid`, and of its thread that knows itself as `tid`; `None`
-/// where no such process is found, or two are.
-pub(super) fn sharing_thread(ring: u64, pid: i32, tid: i32) -> Option<(i32, i32)> {
+/// where no such process is found, or two are. Never `program` itself (dprobe's id of the
+/// program, which asks in a gate of its own).
+pub(super) fn sharing_thread(ring: u64, program: i32, pid: i32, tid: i32) -> Option<(i32, i32)> {
     // Where the child's ids are dprobe's too (no namespace between them): one look. (A child
     // in a namespace of its own that numbers itself as that process is numbered by dprobe is
     // not looked for then.)
-    let own = innermost_id(&format!("/proc/{pid}/status")) == Some(pid) && maps_ring(pid, ring);
+    let own = pid != program && innermost_id(&format!("/proc/{pid}/status")) == Some(pid) && maps_ring(pid, ring);
     let found = match own {
         true => pid,
         false => {
@@ -40,6 +41,7 @@ pub(super) fn sharing_thread(ring: u64, pid: i32, tid: i32) -> Option<(i32, i32)
             let mut matching = processes
                 .flatten()
                 .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| p != program)
                 .filter(|&p| innermost_id(&format!("/proc/{p}/status")) == Some(pid) && maps_ring(p, ring));
             let first = matching.next()?;
             // Two processes that say the same (in two namespaces): neither is taken.
@@ -90,10 +92,11 @@ mod tests {
         // A process that does not map the ring: refused, whatever its ids (init's too).
         let ring = crate::shm::Shm::create().unwrap();
         let inode = ring_inode(&ring);
-        assert_eq!(sharing_thread(inode, c, c), None);
-        assert_eq!(sharing_thread(inode, 1, 1), None);
-        // This process maps it.
-        assert_eq!(sharing_thread(inode, pid, tid), Some((pid, tid)));
+        assert_eq!(sharing_thread(inode, 0, c, c), None);
+        assert_eq!(sharing_thread(inode, 0, 1, 1), None);
+        // This process maps it, unless it is the program (which asks in a gate of its own).
+        assert_eq!(sharing_thread(inode, 0, pid, tid), Some((pid, tid)));
+        assert_eq!(sharing_thread(inode, pid, pid, tid), None);
         child.kill().unwrap();
         child.wait().unwrap();
     }
