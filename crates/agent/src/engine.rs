@@ -170,6 +170,8 @@ pub struct AgentEngine {
     unfollowed: Vec<String>,
     /// With stacks asked for: how deep, what unwinds them, the last event's stack.
     stacks: Option<usize>,
+    /// The trace is over (`run` returned): a call not returned by then never returns to it.
+    over: bool,
     /// The agent left the program, which entered a new user namespace: the program is
     /// watched for its `exec` instead (`user_namespace.rs`).
     agent_left: bool,
@@ -319,6 +321,7 @@ impl AgentEngine {
             stacks: None,
             unwinder: Unwinder::new(),
             agent_left: false,
+            over: false,
             user_stack: Vec::new(),
         }
     }
@@ -1185,6 +1188,7 @@ impl Engine for AgentEngine {
                 self.stop_agent()?;
                 // No record comes after the agents stopped: the rings empty.
                 while self.drain_all(sink) > 0 {}
+                self.over = true;
                 return Ok(Ending::Asked);
             }
             if let Some(ended) = self.step(sink, &give_up)? {
@@ -1197,6 +1201,7 @@ impl Engine for AgentEngine {
                 if self.spawned {
                     let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
                 }
+                self.over = true;
                 return Ok(ended);
             }
             if self.drain_all(sink) == 0 {
@@ -1217,12 +1222,23 @@ impl Engine for AgentEngine {
         // The returns read before the entries, as the counts' readers must (`HitCount::get`):
         // while the program runs on, the figures never show more returns than calls.
         let returns = get(Counter::Returns);
+        let (missed, reentered) = (get(Counter::Missed), get(Counter::Reentered));
+        let hits = get(Counter::Hits) + missed + reentered;
+        let mut abandoned = get(Counter::Abandoned);
+        // Once the trace is over, a call of a return probe that neither returned, nor was
+        // missed or abandoned, is one whose return was not seen: an `exec` replaced its
+        // program (the old agent counted it pending), or it had not returned when tracing
+        // ended.
+        let waits_for_returns = self.requests.get(index).is_some_and(|r| r.kind == ProbeKind::Return);
+        if self.over && waits_for_returns {
+            abandoned += hits.saturating_sub(returns + missed + reentered + abandoned);
+        }
         Stats {
-            hits: get(Counter::Hits) + get(Counter::Missed) + get(Counter::Reentered),
+            hits,
             returns,
-            missed: get(Counter::Missed),
-            reentered: get(Counter::Reentered),
-            abandoned: get(Counter::Abandoned),
+            missed,
+            reentered,
+            abandoned,
             lost: get(Counter::Lost),
             rearmed: get(Counter::Rearmed),
             placement: self.placement(index),

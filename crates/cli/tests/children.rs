@@ -458,3 +458,19 @@ fn the_agent_s_work_in_a_forked_child_is_not_counted_as_the_child_s() {
         assert!(agent[0] > 0 && agent[1] > 0, "{agent:?}");
     }
 }
+
+/// A program that executes another never returns from its `execve`: once the trace is over,
+/// each such call is said as a return not seen, with the agent as with ptrace (the agent
+/// counted them neither returned nor lost).
+#[test]
+fn calls_that_executed_another_program_are_returns_not_seen() {
+    let probe = "libc:execve%return";
+    for engine in ["agent", "ptrace"] {
+        let args = ["--engine", engine, "--count", probe, "--", "env", "env", "env", "true"];
+        let (code, out) = trace(&format!("execs-not-returned-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let figures = (returns(&out, probe) + not_seen(&out, probe), hits(&out, probe));
+        assert_eq!(figures.0, figures.1, "{engine}: every call returned or said not seen\n{out}");
+        assert!(not_seen(&out, probe) >= 3, "{engine}: the three execs\n{out}");
+    }
+}
