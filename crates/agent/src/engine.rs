@@ -170,6 +170,8 @@ pub struct AgentEngine {
     unfollowed: Vec<String>,
     /// With stacks asked for: how deep, what unwinds them, the last event's stack.
     stacks: Option<usize>,
+    /// The ids of the agent's records in dprobe's numbering (`ns_ids.rs`).
+    outside_ids: ns_ids::OutsideIds,
     /// The trace is over (`run` returned): a call not returned by then never returns to it.
     over: bool,
     /// The agent left the program, which entered a new user namespace: the program is
@@ -322,6 +324,7 @@ impl AgentEngine {
             unwinder: Unwinder::new(),
             agent_left: false,
             over: false,
+            outside_ids: Default::default(),
             user_stack: Vec::new(),
         }
     }
@@ -550,7 +553,9 @@ impl AgentEngine {
                 return n;
             }
             n += 1;
-            let Some(h) = got else { continue };
+            let Some(mut h) = got else { continue };
+            // Ids as dprobe numbers processes, where the agent's differ (a pid namespace).
+            (h.pid, h.tid) = self.outside_ids.of(self.pid, &self.shm, h.pid, h.tid);
             self.user_stack.clear();
             if let Some(slot) = h.stack {
                 if let (Some(depth), Some(copy)) = (self.stacks, self.shm.stack(slot)) {

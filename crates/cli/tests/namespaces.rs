@@ -62,3 +62,34 @@ fn a_program_enters_a_new_user_namespace_and_the_program_it_executes_is_traced()
         assert!(agent.contains("entered a new user namespace"), "said\n{agent}");
     }
 }
+
+/// The events of programs in a pid namespace carry the ids dprobe's namespace gives them,
+/// as the ptrace engine's do: the namespace's own (1 for its first process, 2, 3...) name
+/// other processes there.
+#[test]
+fn events_in_a_pid_namespace_carry_dprobe_s_ids() {
+    if !allowed(&["--pid", "--fork"]) {
+        eprintln!("skipped: `unshare --pid --fork` is not allowed here");
+        return;
+    }
+    let script = format!("{f} calls 7 && {f} calls 5", f = family());
+    let args = ["--count", "--by", "pid", "family:work", "--", "unshare", "--pid", "--fork", "sh", "-c", &script];
+    let (code, out) = trace("pid-namespace-ids", &args);
+    assert_eq!(code, Some(0), "{out}");
+    let table = out.split("PID").nth(1).unwrap_or_else(|| panic!("no table\n{out}"));
+    let rows: Vec<(u32, u64)> = table
+        .lines()
+        .skip(1)
+        .map_while(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect();
+    let mut counts: Vec<u64> = rows.iter().map(|r| r.1).collect();
+    counts.sort();
+    assert_eq!(counts, [5, 7], "one row per program\n{out}");
+    // `sh` is 1 in the namespace, the programs 2 and 3: dprobe's ids are its own, and each
+    // was a process this trace started.
+    let dprobe_s_own = |pid: u32| std::fs::metadata(format!("/proc/{pid}")).is_err() && pid > 3;
+    assert!(rows.iter().all(|&(pid, _)| dprobe_s_own(pid)), "{out}");
+}

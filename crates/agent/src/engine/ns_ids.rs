@@ -66,6 +66,69 @@ fn maps_ring(pid: i32, ring: u64) -> bool {
 /// How `/proc/PID/maps` names the agent's shared memory.
 const RING_NAME: &str = "/memfd:dprobe-agent-ring (deleted)";
 
+/// The ids of the agent's records in dprobe's numbering, for a program whose threads or
+/// children may number themselves otherwise (a process in a container, a child in a pid
+/// namespace of its own): events, thread names and stacks are then those of the right
+/// process. Looked up once per thread, where the program is in another pid namespace than
+/// dprobe's or makes its children in one; the rest of the time, the ids are dprobe's.
+#[derive(Default)]
+pub(super) struct OutsideIds {
+    /// The program's namespaces when last looked at, and whether they are dprobe's.
+    seen: Option<(std::time::Instant, bool)>,
+    /// Ids as the agent reported them, and as dprobe numbers them (the same where the
+    /// process could not be found: it ended), with when they were looked up.
+    known: std::collections::HashMap<(u32, u32), ((u32, u32), std::time::Instant)>,
+}
+
+/// How often the program's namespaces are looked at again (a program that makes a pid
+/// namespace for its children does so once, early).
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The most ids remembered (a long trace of a program that makes children without end).
+const KNOWN_AT_MOST: usize = 1 << 16;
+
+/// How long ids looked up are taken as they are (a namespace's ids are used again once its
+/// processes end).
+const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl OutsideIds {
+    /// dprobe's ids of the thread the agent of `program` (dprobe's id), whose shared memory
+    /// is `shm`, reported as `pid`/`tid`.
+    pub(super) fn of(&mut self, program: i32, shm: &crate::shm::Shm, pid: u32, tid: u32) -> (u32, u32) {
+        if !self.nested(program) {
+            return (pid, tid);
+        }
+        if let Some(&(ids, _)) = self.known.get(&(pid, tid)).filter(|(_, when)| when.elapsed() < KNOWN_FOR) {
+            return ids;
+        }
+        let found = match innermost_id(&format!("/proc/{program}/status")) == Some(pid as i32) {
+            true => thread_of(program, tid as i32).map(|t| (program, t)),
+            false => shm.inode().and_then(|ring| sharing_thread(ring, program, pid as i32, tid as i32)),
+        };
+        let ids = found.map_or((pid, tid), |(p, t)| (p as u32, t as u32));
+        if self.known.len() >= KNOWN_AT_MOST {
+            self.known.clear();
+        }
+        self.known.insert((pid, tid), (ids, std::time::Instant::now()));
+        ids
+    }
+
+    /// Whether the program, or the children it makes, is in another pid namespace than
+    /// dprobe's (looked at every [`LOOK_AGAIN`] at most).
+    fn nested(&mut self, program: i32) -> bool {
+        if let Some((_, nested)) = self.seen.filter(|(when, _)| when.elapsed() < LOOK_AGAIN) {
+            return nested;
+        }
+        let ns = |path: &str| fs::read_link(path).ok();
+        let ours = ns("/proc/self/ns/pid");
+        let nested = [format!("/proc/{program}/ns/pid"), format!("/proc/{program}/ns/pid_for_children")]
+            .iter()
+            .any(|p| ns(p).is_some_and(|theirs| Some(&theirs) != ours.as_ref()));
+        self.seen = Some((std::time::Instant::now(), nested));
+        nested
+    }
+}
+
 /// The last id of the `NSpid` line of the `status` file at `path`: the id the process or
 /// thread has in its own pid namespace.
 fn innermost_id(path: &str) -> Option<i32> {
