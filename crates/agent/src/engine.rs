@@ -462,8 +462,8 @@ impl AgentEngine {
         }
         if self.agent_left {
             self.unfollowed.push(format!(
-                "process {} entered a new user namespace, which a process does alone: the agent left it until \
-                 its next exec (until then its calls, and its children's programs, were not traced)",
+                "process {} entered a new user, mount or time namespace, which a process does alone: the agent \
+                 left it until its next exec (until then its calls, and its children's programs, were not traced)",
                 self.pid
             ));
         }
@@ -842,8 +842,8 @@ impl AgentEngine {
             // The program entered a new user namespace, which a process does alone: the agent
             // left it (`user_namespace.rs`), whatever it did next.
             Some(_) if self.shm.agent_left_for_a_user_namespace() => Some(format!(
-                "process {}: it entered a new user namespace, which a process does alone: the agent left it; \
-                 not traced from then on",
+                "process {}: it entered a new user, mount or time namespace, which a process does alone: the \
+                 agent left it; not traced from then on",
                 self.pid
             )),
             Some(ConnectionEnd::Exec) if !self.exec_seen() => {

@@ -235,7 +235,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
         if let Some(caller) = crate::user_namespace::asked().then(crate::user_namespace::leaves).flatten() {
             // dprobe watches the caller for its `exec`; every probe goes (below), then the
             // thread: the program's call goes on alone.
-            shm.leave_for_a_user_namespace(caller, LEAVING_PATIENCE);
+            shm.leave_for_a_user_namespace(caller, LEAVING_PATIENCE, || peer_closed(&sock));
             break Ok(Over::Ended);
         }
         if looked.elapsed() >= REARM_EVERY {
@@ -413,6 +413,15 @@ pub(crate) fn readable(sock: &UnixStream, shm: &Shm, ms: i64, waiting: impl Fn()
         dprobe_inproc::raw_calls::futex_wait(bell, rung, &timeout, false);
     }
     socket_readable(sock)
+}
+
+/// Whether dprobe closed its end of the connection (it went away).
+fn peer_closed(sock: &UnixStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, without waiting.
+    let n =
+        unsafe { libc::recv(sock.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n == 0
 }
 
 /// Whether the socket has something to read now (or its end).

@@ -286,8 +286,9 @@ impl Shm {
     /// The agent leaves the program, whose thread `tid` (as the program numbers it) enters a
     /// new user namespace, alone in its process: dprobe is told (its bell rung), and given
     /// `patience` to claim that thread, to watch it for its `exec`, then as long again to do so
-    /// once claimed; unclaimed, the agent takes its word back ([`GAVE_UP`]) and goes.
-    pub fn leave_for_a_user_namespace(&self, tid: i32, patience: std::time::Duration) {
+    /// once claimed; unclaimed (or `gone` says dprobe went away), the agent takes its word back
+    /// ([`GAVE_UP`]) and goes.
+    pub fn leave_for_a_user_namespace(&self, tid: i32, patience: std::time::Duration, gone: impl Fn() -> bool) {
         use dprobe_inproc::raw_calls::{futex_wait, monotonic_ns};
         self.left_word(LEFT_AT).store(tid as u32, Release);
         self.ring_tracer();
@@ -297,6 +298,10 @@ impl Shm {
         loop {
             let now = seen.load(Acquire);
             if now == WATCHED || now == GAVE_UP {
+                return;
+            }
+            // dprobe went away: no one claims it.
+            if now == 0 && gone() && seen.compare_exchange(0, GAVE_UP, AcqRel, Acquire).is_ok() {
                 return;
             }
             if monotonic_ns().saturating_sub(since) >= patience.as_nanos() as u64 {

@@ -1,8 +1,9 @@
 //! A program entering a new user namespace must be alone in its process.
 //!
-//! `unshare(CLONE_NEWUSER)` and `setns` into a user namespace fail (`EINVAL`) while another
-//! thread of the process lives, and the agent's thread is one: `unshare --user`, a rootless
-//! container's start or a sandbox failed under dprobe. So a probe at the C library's `unshare`
+//! `unshare(CLONE_NEWUSER)`, and `setns` into a user, mount or time namespace, fail (`EINVAL`,
+//! `EUSERS`) while another thread of the process lives, and the agent's thread is one:
+//! `unshare --user`, `nsenter --mount`, a rootless container's start or a sandbox failed
+//! under dprobe. So a probe at the C library's `unshare`
 //! and `setns` sends such a call to wait, outside any hit (`dprobe_inproc::wait_then_reenter`),
 //! until the agent has left: its thread, asked through a word it looks at between its waits
 //! (at most 20 ms), says so in the shared memory with the caller's thread, which dprobe then
@@ -20,6 +21,10 @@ use crate::hit::on_agent_thread;
 
 /// `CLONE_NEWUSER`, as `unshare` and `setns` take it.
 const NEW_USER: u64 = libc::CLONE_NEWUSER as u64;
+/// The namespaces `setns` lets only a process alone enter: user, mount, time.
+const ALONE_FOR_SETNS: u64 = (libc::CLONE_NEWUSER | libc::CLONE_NEWNS | CLONE_NEWTIME) as u64;
+/// `CLONE_NEWTIME` (Linux 5.6).
+const CLONE_NEWTIME: libc::c_int = 0x80;
 
 /// How long a call waits for the agent to leave (its thread removes every probe: a safepoint
 /// each, a fraction of a second on a busy process).
@@ -87,10 +92,11 @@ fn at_unshare(regs: &mut Regs) -> PreAction {
     at_call(regs, into_user_namespace)
 }
 
-/// At the entry of `setns(fd, nstype)`: the same, where the namespace's type is given (0, any
-/// type, is not looked into; a pid file descriptor's flags are).
+/// At the entry of `setns(fd, nstype)`: the same for a user, mount or time namespace, where
+/// the namespace's type is given (0, any type, is not looked into; a pid file descriptor's
+/// flags are).
 fn at_setns(regs: &mut Regs) -> PreAction {
-    let into_user_namespace = regs.rsi & NEW_USER != 0;
+    let into_user_namespace = regs.rsi & ALONE_FOR_SETNS != 0;
     at_call(regs, into_user_namespace)
 }
 

@@ -59,7 +59,7 @@ fn a_program_enters_a_new_user_namespace_and_the_program_it_executes_is_traced()
     // `unshare` failed (`EINVAL`: the agent's thread made the process threaded) before.
     let script = format!("{f} calls 7", f = family());
     if let Some([agent, _]) = traced_in_namespaces("user-namespace", &["--user"], &script, 7) {
-        assert!(agent.contains("entered a new user namespace"), "said\n{agent}");
+        assert!(agent.contains("entered a new user, mount or time namespace"), "said\n{agent}");
     }
 }
 
@@ -92,4 +92,20 @@ fn events_in_a_pid_namespace_carry_dprobe_s_ids() {
     // was a process this trace started.
     let dprobe_s_own = |pid: u32| std::fs::metadata(format!("/proc/{pid}")).is_err() && pid > 3;
     assert!(rows.iter().all(|&(pid, _)| dprobe_s_own(pid)), "{out}");
+}
+
+/// `setns` into a mount namespace is for a process alone too (`nsenter --mount`): the agent
+/// leaves, and the program `nsenter` executes has one again.
+#[test]
+fn a_program_joins_a_mount_namespace_and_the_program_it_executes_is_traced() {
+    let script = format!("{f} calls 7", f = family());
+    let me = std::process::id().to_string();
+    for engine in ["agent", "ptrace"] {
+        let args =
+            ["--engine", engine, "--count", "family:work", "--", "nsenter", "--mount", "-t", &me, "sh", "-c", &script];
+        let (code, out) = trace(&format!("mount-namespace-{engine}"), &args);
+        // `nsenter` failed (`EINVAL`: the agent's thread made the process threaded) before.
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        assert_eq!(hits(&out, "family:work"), 7, "{engine}: the program the shell executes\n{out}");
+    }
 }
