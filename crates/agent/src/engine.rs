@@ -324,7 +324,7 @@ impl AgentEngine {
             unwinder: Unwinder::new(),
             agent_left: false,
             over: false,
-            outside_ids: Default::default(),
+            outside_ids: ns_ids::OutsideIds::new(pid),
             user_stack: Vec::new(),
         }
     }

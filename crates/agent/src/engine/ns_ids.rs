@@ -71,10 +71,15 @@ const RING_NAME: &str = "/memfd:dprobe-agent-ring (deleted)";
 /// namespace of its own): events, thread names and stacks are then those of the right
 /// process. Looked up once per thread, where the program is in another pid namespace than
 /// dprobe's or makes its children in one; the rest of the time, the ids are dprobe's.
-#[derive(Default)]
 pub(super) struct OutsideIds {
     /// The program's namespaces when last looked at, and whether they are dprobe's.
     seen: Option<(std::time::Instant, bool)>,
+    /// Whether the program, or the children it makes, was ever seen in another pid namespace:
+    /// a program that ended can no longer be looked at, and its last records are read after.
+    ever_nested: bool,
+    /// The program's id in its own pid namespace, read as its agent connected (it is alive
+    /// then): its records keep their ids once it ended.
+    program_inner: Option<i32>,
     /// Ids as the agent reported them, and as dprobe numbers them (the same where the
     /// process could not be found: it ended), with when they were looked up.
     known: std::collections::HashMap<(u32, u32), ((u32, u32), std::time::Instant)>,
@@ -92,6 +97,16 @@ const KNOWN_AT_MOST: usize = 1 << 16;
 const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl OutsideIds {
+    /// The ids of the program `program` (dprobe's id), looked at while it is alive (its agent
+    /// just connected).
+    pub(super) fn new(program: i32) -> OutsideIds {
+        let mut ids = OutsideIds { seen: None, ever_nested: false, program_inner: None, known: Default::default() };
+        if ids.nested(program) {
+            ids.program_inner = innermost_id(&format!("/proc/{program}/status"));
+        }
+        ids
+    }
+
     /// dprobe's ids of the thread the agent of `program` (dprobe's id), whose shared memory
     /// is `shm`, reported as `pid`/`tid`.
     pub(super) fn of(&mut self, program: i32, shm: &crate::shm::Shm, pid: u32, tid: u32) -> (u32, u32) {
@@ -101,7 +116,10 @@ impl OutsideIds {
         if let Some(&(ids, _)) = self.known.get(&(pid, tid)).filter(|(_, when)| when.elapsed() < KNOWN_FOR) {
             return ids;
         }
-        let found = match innermost_id(&format!("/proc/{program}/status")) == Some(pid as i32) {
+        let program_inner = self.program_inner.or_else(|| innermost_id(&format!("/proc/{program}/status")));
+        let found = match program_inner == Some(pid as i32) {
+            // Its first thread has the process's id in every namespace, ended or not.
+            true if tid == pid => Some((program, program)),
             true => thread_of(program, tid as i32).map(|t| (program, t)),
             false => shm.inode().and_then(|ring| sharing_thread(ring, program, pid as i32, tid as i32)),
         };
@@ -113,7 +131,7 @@ impl OutsideIds {
         ids
     }
 
-    /// Whether the program, or the children it makes, is in another pid namespace than
+    /// Whether the program, or the children it makes, is or was in another pid namespace than
     /// dprobe's (looked at every [`LOOK_AGAIN`] at most).
     fn nested(&mut self, program: i32) -> bool {
         if let Some((_, nested)) = self.seen.filter(|(when, _)| when.elapsed() < LOOK_AGAIN) {
@@ -124,8 +142,9 @@ impl OutsideIds {
         let nested = [format!("/proc/{program}/ns/pid"), format!("/proc/{program}/ns/pid_for_children")]
             .iter()
             .any(|p| ns(p).is_some_and(|theirs| Some(&theirs) != ours.as_ref()));
-        self.seen = Some((std::time::Instant::now(), nested));
-        nested
+        self.ever_nested |= nested;
+        self.seen = Some((std::time::Instant::now(), self.ever_nested));
+        self.ever_nested
     }
 }
 
@@ -162,6 +181,42 @@ mod tests {
         assert_eq!(sharing_thread(inode, pid, pid, tid), None);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// A program in a pid namespace of its own (`unshare --pid --fork`) keeps dprobe's ids for
+    /// its records once it ended: they are read after its last hit, and nothing of it is left
+    /// in `/proc` then.
+    #[test]
+    fn a_program_in_a_pid_namespace_keeps_dprobe_s_ids_once_it_ended() {
+        let Ok(mut unshare) = std::process::Command::new("unshare").args(["--pid", "--fork", "sleep", "30"]).spawn()
+        else {
+            return eprintln!("skipped: no unshare");
+        };
+        let parent = unshare.id();
+        let children = format!("/proc/{parent}/task/{parent}/children");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let program = loop {
+            if let Some(p) = fs::read_to_string(&children).ok().and_then(|c| c.split_whitespace().next()?.parse().ok())
+            {
+                break p;
+            }
+            if unshare.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+                return eprintln!("skipped: `unshare --pid --fork` is not allowed here");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        // Until it executes `sleep`, the child may still be `unshare`, whose namespace is ours.
+        while fs::read_link(format!("/proc/{program}/exe")).is_ok_and(|e| !e.ends_with("sleep")) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut ids = OutsideIds::new(program);
+        let ring = crate::shm::Shm::create().unwrap();
+        assert_eq!(ids.of(program, &ring, 1, 1), (program as u32, program as u32));
+        // SAFETY: kill takes no pointer; `program` is the child of a process this test made.
+        unsafe { libc::kill(program, libc::SIGKILL) };
+        unshare.wait().unwrap();
+        let mut later = OutsideIds { known: Default::default(), seen: None, ..ids };
+        assert_eq!(later.of(program, &ring, 1, 1), (program as u32, program as u32));
     }
 
     fn ring_inode(ring: &crate::shm::Shm) -> u64 {
