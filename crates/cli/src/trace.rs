@@ -20,19 +20,28 @@ use crate::signals;
 /// memory file, so that nothing needs installing next to `dprobe`.
 const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libdprobe_agent.so"));
 
-/// Find `program` the way a shell would (`PATH` unless it has a `/`).
+/// Find `program` the way a shell would (`PATH` unless it has a `/`): the first regular file
+/// this user may execute, as `execvp` takes (a file it may not execute is passed over).
 pub fn find_program(program: &str) -> Result<String> {
     if program.contains('/') {
         return Ok(program.to_owned());
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut not_executable = None;
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = format!("{dir}/{program}");
-        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
+        if !std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        if nix::unistd::access(candidate.as_str(), nix::unistd::AccessFlags::X_OK).is_ok() {
             return Ok(candidate);
         }
+        not_executable.get_or_insert(candidate);
     }
-    bail!("cannot start `{program}`: not found in PATH")
+    match not_executable {
+        Some(file) => bail!("cannot start `{program}`: `{file}` is not executable (no other in PATH)"),
+        None => bail!("cannot start `{program}`: not found in PATH"),
+    }
 }
 
 /// The events' destination: `-o FILE` or standard error. `None` when a stop signal came

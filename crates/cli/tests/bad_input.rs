@@ -300,3 +300,33 @@ fn a_standard_error_that_cannot_be_written_is_no_panic() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "traced\n");
     assert_eq!(o.status.code(), Some(1), "{o:?}");
 }
+
+/// A command is found on `PATH` as `execvp` finds it: a file of that name that may not be
+/// executed is passed over for the next one, and where there is no other, the error says so.
+#[test]
+fn a_file_on_path_that_may_not_be_executed_is_passed_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::out_file("path-not-executable");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["true", "dprobe-no-such-executable"] {
+        let file = dir.join(name);
+        std::fs::write(&file, "#!/bin/sh\nexit 7\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let run = |program: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+            .args(["trace", "-c", "libc:getpid", "--", program])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let o = run("true");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run("dprobe-no-such-executable");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let file = dir.join("dprobe-no-such-executable");
+    let said = format!("cannot start `dprobe-no-such-executable`: `{}` is not executable", file.display());
+    assert!(stderr.contains(&said), "{stderr}");
+}

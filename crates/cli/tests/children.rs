@@ -175,6 +175,24 @@ fn events_after_an_exec_carry_the_new_program_s_name() {
     }
 }
 
+/// A thread that renames itself (`prctl(PR_SET_NAME)`, as `pthread_setname_np` does) is
+/// named by its new name in the events after it, with either engine (the ptrace engine kept
+/// the name it first read).
+#[test]
+fn events_after_a_thread_renames_itself_carry_its_new_name() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/renames.c");
+    let program = dprobe_test_fixtures::c_program(src, "renames", &["-O2"]);
+    let probe = format!("{program}:work");
+    for engine in ["agent", "ptrace"] {
+        let args = ["--engine", engine, "--count", "--by", "comm", &probe, "--", program];
+        let (code, out) = trace(&format!("renamed-{engine}"), &args);
+        assert_eq!(code, Some(0), "{engine}\n{out}");
+        let mut rows = by_comm(&out, &probe);
+        rows.sort();
+        assert_eq!(rows, [("after-rename".into(), 3), ("before-rename".into(), 3)], "{engine}\n{out}");
+    }
+}
+
 #[test]
 fn a_followed_child_that_outlives_the_traced_shell_is_let_go_and_finishes_right() {
     // The shell exits at once; its background child, caught anywhere between its fork and
