@@ -146,16 +146,30 @@ impl Drop for KeptAlike {
 /// Place the probes, on the agent's thread (whose credentials are read now), the doorbell
 /// rung being `shm`'s. Functions the C library lacks are left out.
 pub(crate) fn keep_alike(shm: &Arc<Shm>) -> Option<KeptAlike> {
+    let asked = probes(shm)?;
+    // One batch (one round of code changes); where one function is missing, each on its own.
+    let probes = register_all(asked).unwrap_or_else(|_| {
+        ID_CHANGES.iter().filter_map(|f| register(Kprobe::symbol(f).pre(at_id_change)).ok()).collect()
+    });
+    Some(KeptAlike::of(probes))
+}
+
+/// The probes [`keep_alike`] places, for a batch of the caller's, this thread's credentials
+/// read now; `None` where they cannot be read. [`KeptAlike::of`] takes them once placed.
+pub(crate) fn probes(shm: &Arc<Shm>) -> Option<Vec<Kprobe>> {
     Own::read()?.keep_as_agents();
     AGENT_TID.store(raw_calls::gettid(), Release);
     SHM.store(Arc::as_ptr(shm).cast_mut(), SeqCst);
     OWNER.store(raw_calls::getpid(), Release);
-    // One batch (one round of code changes); where one function is missing, each on its own.
-    let probe = |f: &&str| Kprobe::symbol(f).pre(at_id_change);
-    let probes = register_all(ID_CHANGES.iter().map(probe).collect())
-        .unwrap_or_else(|_| ID_CHANGES.iter().filter_map(|f| register(probe(f)).ok()).collect());
-    SERVING.store(true, SeqCst);
-    Some(KeptAlike { probes })
+    Some(ID_CHANGES.iter().map(|f| Kprobe::symbol(f).pre(at_id_change)).collect())
+}
+
+impl KeptAlike {
+    /// The probes [`probes`] gave, placed: the agent's thread answers from now on.
+    pub(crate) fn of(probes: Vec<Probe>) -> KeptAlike {
+        SERVING.store(true, SeqCst);
+        KeptAlike { probes }
+    }
 }
 
 /// In a forked child, first thing on its agent thread: serve the child's id changes (the

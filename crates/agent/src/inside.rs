@@ -185,9 +185,6 @@ fn session(name: &[u8]) -> io::Result<Over> {
         .then(dprobe_inproc::keep_traps_open)
         .and_then(Result::ok)
         .filter(|guard| guard.optimized().is_ok());
-    // The same for the probes that keep a child's ids right (placed as jumps only, through
-    // `int3` first).
-    let lent_threads = (!blocks_traps).then(dprobe_inproc::watch_lent_threads);
     // The agent is ready for dprobe's probes: its shared memory says so.
     if sock.lost() {
         return Err(Connection::lost_error());
@@ -198,9 +195,10 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // dprobe has it: the agent needs only the mapping (a descriptor the program could close).
     shm.close_file();
     let shm = Arc::new(shm);
-    // Before any probe of the tracer's: a program that changes its ids as it starts.
-    let credentials = crate::credentials::keep_alike(&shm);
-    let user_namespaces = crate::user_namespace::watch();
+    // Before any probe of the tracer's: the probes that keep a child's ids right (kept as
+    // jumps only, through `int3` first), those for a program that changes its ids as it
+    // starts, and those for one that enters a user namespace; one batch (`own_probes.rs`).
+    let (lent_threads, credentials, user_namespaces) = crate::own_probes::place(&shm, !blocks_traps);
     LIVE.with(|live| {
         *live = Some(Live {
             name: name.to_vec(),

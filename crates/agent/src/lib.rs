@@ -30,6 +30,7 @@ mod inside;
 mod masks;
 mod own_memory_functions;
 mod own_objects;
+mod own_probes;
 pub mod record;
 mod requests;
 mod semaphore;

@@ -51,9 +51,21 @@ pub(crate) struct LeavesForUserNamespaces {
 /// Place the probes, on the agent's thread (the one that leaves when asked). `None` where the
 /// C library lacks either function.
 pub(crate) fn watch() -> Option<LeavesForUserNamespaces> {
+    Some(LeavesForUserNamespaces::of(register_all(probes()).ok()?))
+}
+
+/// The probes [`watch`] places, for a batch of the caller's (the calling thread is the one
+/// that leaves); [`LeavesForUserNamespaces::of`] takes them once placed.
+pub(crate) fn probes() -> Vec<Kprobe> {
     serve_here();
-    let probes = vec![Kprobe::symbol("libc:unshare").pre(at_unshare), Kprobe::symbol("libc:setns").pre(at_setns)];
-    Some(LeavesForUserNamespaces { _probes: register_all(probes).ok()? })
+    vec![Kprobe::symbol("libc:unshare").pre(at_unshare), Kprobe::symbol("libc:setns").pre(at_setns)]
+}
+
+impl LeavesForUserNamespaces {
+    /// The probes [`probes`] gave, placed.
+    pub(crate) fn of(probes: Vec<Probe>) -> LeavesForUserNamespaces {
+        LeavesForUserNamespaces { _probes: probes }
+    }
 }
 
 /// On a forked child's agent thread: it is the one that leaves (the probes are the child's

@@ -117,9 +117,19 @@ const _: () = assert!(std::mem::offset_of!(libc::sigaction, sa_flags) == FLAGS_W
 
 /// Place the probe on `sigaction` and take `SIGTRAP` out of the installed handlers' masks.
 pub(crate) fn open() -> Result<Probe, ProbeError> {
+    Ok(opened(register(probe())?))
+}
+
+/// The probe on `sigaction` [`open`] places (for a batch of its own caller's).
+pub(crate) fn probe() -> Kprobe {
+    Kprobe::symbol("libc:sigaction").pre(action_without_trap).after_others()
+}
+
+/// [`open`] once `probe`, the one [`probe`] gives, is placed: the installed handlers' masks
+/// without `SIGTRAP`.
+pub(crate) fn opened(probe: Probe) -> Probe {
     let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
     // The probe first: an action the program installs during the scan goes through it.
-    let probe = register(Kprobe::symbol("libc:sigaction").pre(action_without_trap).after_others())?;
     for sig in handled_signals() {
         let without_trap = |[handler, flags, _, mask]: KernelAction| {
             note_handler(sig, handler, flags, mask);
@@ -131,7 +141,7 @@ pub(crate) fn open() -> Result<Probe, ProbeError> {
     }
     *guards += 1;
     PLACED.store(true, Release);
-    Ok(probe)
+    probe
 }
 
 /// Remove the probe and, for the last guard, put `SIGTRAP` back in the masks dprobe took it

@@ -57,12 +57,25 @@ pub struct LentThreads {
 /// it can be placed as a jump: one the C library lacks, or that cannot jump, leaves its
 /// children reporting the ids of the thread that started them, as before.
 pub fn watch_lent_threads() -> LentThreads {
-    note_program();
-    let asked = || LENDERS.iter().map(|symbol| Kprobe::symbol(symbol).pre(lends_its_thread));
+    let asked = lent_thread_probes;
     // One batch (one round of code changes); where one is missing, each on its own.
-    let probes = register_all(asked().collect())
-        .unwrap_or_else(|_| asked().filter_map(|probe| register(probe).ok()).collect::<Vec<_>>());
-    LentThreads { _probes: probes.into_iter().filter(|p| p.optimized().is_ok()).collect() }
+    let probes =
+        register_all(asked()).unwrap_or_else(|_| asked().into_iter().filter_map(|p| register(p).ok()).collect());
+    LentThreads::of(probes)
+}
+
+/// The probes [`watch_lent_threads`] places, for a batch of the caller's (with other probes:
+/// one round of code changes for all); [`LentThreads::of`] takes them once placed.
+pub fn lent_thread_probes() -> Vec<Kprobe> {
+    note_program();
+    LENDERS.iter().map(|symbol| Kprobe::symbol(symbol).pre(lends_its_thread)).collect()
+}
+
+impl LentThreads {
+    /// The probes [`lent_thread_probes`] gave, placed: those that are jumps are kept.
+    pub fn of(probes: Vec<Probe>) -> LentThreads {
+        LentThreads { _probes: probes.into_iter().filter(|p| p.optimized().is_ok()).collect() }
+    }
 }
 
 /// At the entry of a function that lends its thread: the thread's id is cached now (the

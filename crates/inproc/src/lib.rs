@@ -118,7 +118,7 @@ pub use kretprobe::{
     process_return_chunks, real_return_address, register_kretprobe, thread_return_chunks, trampoline_addr, EntryAction,
     InstanceData, Kretprobe, ReturnProbe,
 };
-pub use lent_threads::{watch_lent_threads, LentThreads};
+pub use lent_threads::{lent_thread_probes, watch_lent_threads, LentThreads};
 pub use mask_guard::{keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{

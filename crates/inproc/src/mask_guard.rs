@@ -24,7 +24,7 @@
 use dprobe_arch::{Addr, NotOptimized, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
 
-use crate::probe::{register, Probe};
+use crate::probe::{register, register_all, Probe};
 use crate::thread_state::SIGNAL_COPY_WORDS;
 use crate::{handler_masks, spawn_children, sys, thread_state};
 
@@ -39,7 +39,17 @@ const MOST: u32 = 16;
 /// `posix_spawn` and `system` start, for as long as the guard returned lives (see the
 /// module's comment and `TrapsOpen`).
 pub fn keep_traps_open() -> Result<TrapsOpen, ProbeError> {
-    let masks = register(Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap).after_others())?;
+    let masks = || Kprobe::symbol("libc:pthread_sigmask").pre(set_without_trap).after_others();
+    // The three in one batch (one round of code changes, not three) where all three can be
+    // placed; otherwise one by one, as far as each goes.
+    let children = spawn_children::probe().ok().flatten();
+    let asked = [masks(), handler_masks::probe()].into_iter().chain(children);
+    let mut placed = register_all(asked.collect()).unwrap_or_default().into_iter();
+    if let (Some(masks), Some(actions)) = (placed.next(), placed.next()) {
+        let children = placed.next().and_then(spawn_children::kept);
+        return Ok(TrapsOpen { masks, actions: Some(handler_masks::opened(actions)), children });
+    }
+    let masks = register(masks())?;
     let actions = handler_masks::open()?;
     // Without it (its function not found, or not a jump) children are as they were.
     let children = spawn_children::keep_trap_in_children().ok().flatten();

@@ -40,10 +40,20 @@ use crate::{lent_threads, sys};
 /// The probe on `__libc_sigaction`, if it is found and jump-optimized (see the module's
 /// comment); `Ok(None)` where it is not.
 pub(crate) fn keep_trap_in_children() -> Result<Option<Probe>, ProbeError> {
+    let Some(asked) = probe()? else { return Ok(None) };
+    Ok(kept(register(asked)?))
+}
+
+/// The probe [`keep_trap_in_children`] places, for a batch of its caller's; `Ok(None)` where
+/// `sigaction` has no tail jump to probe.
+pub(crate) fn probe() -> Result<Option<Kprobe>, ProbeError> {
     lent_threads::note_program();
-    let Some(inner) = sigaction_callee()? else { return Ok(None) };
-    let probe = register(Kprobe::addr(inner).pre(child_keeps_trap).after_others())?;
-    Ok(probe.optimized().is_ok().then_some(probe))
+    Ok(sigaction_callee()?.map(|inner| Kprobe::addr(inner).pre(child_keeps_trap).after_others()))
+}
+
+/// The probe [`probe`] gave, placed: kept only as a jump.
+pub(crate) fn kept(probe: Probe) -> Option<Probe> {
+    probe.optimized().is_ok().then_some(probe)
 }
 
 /// Where the C library's `sigaction` hands its calls on to: the target of its only tail jump,
