@@ -437,19 +437,29 @@ fn forty_children_executing_at_once_are_all_followed() {
 #[test]
 fn a_child_asking_as_the_trace_ends_goes_on_at_once() {
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-    let file = common::out_file("setsid-child");
-    let _ = std::fs::remove_file(&file);
-    let script = format!("{f} calls 3 > {p}.part && mv {p}.part {p}", f = family(), p = file.display());
-    let started = std::time::Instant::now();
-    let (code, out) = trace("setsid-child", &["--count", "libc:malloc", "--", "setsid", "-f", "sh", "-c", &script]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(started.elapsed() < PATIENCE, "dprobe waited {:?} for the child\n{out}", started.elapsed());
-    // The child's program ran to its end, untraced.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    // A trace that waited for the child takes its whole patience every time; one that did not
+    // takes a fraction of it, unless the machine stalls: three tries, one under the patience.
+    let mut took = Vec::new();
+    for round in 0..3 {
+        let file = common::out_file(&format!("setsid-child-{round}"));
+        let _ = std::fs::remove_file(&file);
+        let script = format!("{f} calls 3 > {p}.part && mv {p}.part {p}", f = family(), p = file.display());
+        let started = std::time::Instant::now();
+        let args = ["--count", "libc:malloc", "--", "setsid", "-f", "sh", "-c", &script];
+        let (code, out) = trace(&format!("setsid-child-{round}"), &args);
+        assert_eq!(code, Some(0), "{out}");
+        took.push(started.elapsed());
+        // The child's program ran to its end, untraced.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !file.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "right 12\n", "{out}");
+        if took[round] < PATIENCE {
+            return;
+        }
     }
-    assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "right 12\n", "{out}");
+    panic!("dprobe waited for the child each time: {took:?}");
 }
 
 /// The agent's own work in a forked child (the thread it starts there, the probes it removes

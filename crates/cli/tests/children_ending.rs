@@ -195,6 +195,9 @@ fn a_program_making_children_when_the_duration_ends_is_let_go_and_finishes_right
 fn sigterm_to_dprobe_attached_to_a_program_making_children_lets_it_finish_right() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     killing::become_subreaper();
+    // Rounds where the program (about a second of work) ended before dprobe attached, on a
+    // slow machine: nothing was traced, nothing to check but the program's result.
+    let mut too_late = 0;
     for round in 0..ROUNDS {
         let name = format!("churn-attached-{round}");
         let file = out_file(&format!("{name}.printed"));
@@ -232,9 +235,14 @@ fn sigterm_to_dprobe_attached_to_a_program_making_children_lets_it_finish_right(
         unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) };
         let status = wait_while_it_moves(&mut dprobe, None, &name);
         let stderr = std::fs::read_to_string(&err).unwrap();
-        assert_eq!(status.code(), Some(0), "{name}: {stderr}");
         let ended = reap_all(&name);
         assert_eq!(printed(&file), [right(600)], "{name}: {stderr}\n{ended:?}");
         assert!(ended.values().all(|(_, status)| *status == 0), "{name}: {ended:?}");
+        if status.code() == Some(2) && stderr.contains(&format!("cannot trace process {pid}")) {
+            too_late += 1;
+            continue;
+        }
+        assert_eq!(status.code(), Some(0), "{name}: {stderr}");
     }
+    assert!(too_late <= ROUNDS / 2, "{too_late} of {ROUNDS} rounds ended before dprobe attached");
 }

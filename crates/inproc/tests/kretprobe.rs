@@ -201,7 +201,12 @@ fn a_cpp_exception_through_a_probed_function_ten_thousand_times() {
     }
 }
 
+/// The thread of `exit_in_probed_function`.
+static EXITING_TID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 extern "C" fn exit_in_probed_function(_: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: gettid takes no argument.
+    EXITING_TID.store(unsafe { libc::gettid() }, std::sync::atomic::Ordering::SeqCst);
     // SAFETY: ends this thread inside the probed function.
     unsafe { c::fxc_exit_thread(0) };
     std::ptr::null_mut()
@@ -218,7 +223,16 @@ fn a_thread_that_exits_with_a_pending_instance_gives_it_back() {
         assert_eq!(libc::pthread_join(t, std::ptr::null_mut()), 0);
     }
     assert_eq!(p.pending(), 1, "the dead thread's instance is still held");
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // `pthread_join` returns before the kernel lets go of the thread; the instance is given back
+    // once it is gone (`tgkill` says so), however long a busy machine takes.
+    let tid = EXITING_TID.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // SAFETY: signal 0 only asks whether the thread is there.
+    while unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) } == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     // SAFETY: a negative code returns it.
     assert_eq!(unsafe { c::fxc_exit_thread(black_box(-1)) }, -1);
     let st = p.stats();

@@ -67,7 +67,7 @@ static int traced(void) {
         fclose(f);
     return tracer != 0;
 }
-/* An `exec` that fails (no such file), then a wait of at most 5 s until the process has no
+/* An `exec` that fails (no such file), then a wait of at most 10 s until the process has no
    tracer: whether the failure was ENOENT. */
 static int exec_fails_then_untraced(void) {
     char *none[] = {"none", NULL};
@@ -77,7 +77,7 @@ static int exec_fails_then_untraced(void) {
     clock_gettime(CLOCK_MONOTONIC, &start);
     do
         clock_gettime(CLOCK_MONOTONIC, &now);
-    while (traced() && now.tv_sec - start.tv_sec < 5);
+    while (traced() && now.tv_sec - start.tv_sec < 10);
     return enoent;
 }
 "#;
@@ -100,15 +100,23 @@ pub fn c_program_from(name: &str, source: &str, flags: &[&str]) -> &'static str 
 /// A C program that prints `ready`, then calls its `work` as many times as its argument says,
 /// 10 ms apart, and prints the sum of what they returned (`i * 2` for each `i`).
 const READY_THEN_WORK: &str = r#"
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 __attribute__((noinline)) int work(int x) { return x * 2; }
+/* Whether standard input was closed (or has something to read). */
+static int told(void) { struct pollfd p = { 0, POLLIN, 0 }; return poll(&p, 1, 0) > 0; }
 int main(int argc, char **argv) {
     long s = 0, calls = argc > 1 ? atol(argv[1]) : 100;
     printf("ready\n");
     fflush(stdout);
-    for (int i = 0; i < calls; i++) { s += work(i); usleep(10000); }
+    /* A negative count: until standard input is closed, then the calls made and their sum. */
+    for (long i = 0; calls < 0 || i < calls; i++) {
+        if (calls < 0 && told()) { printf("%ld %ld\n", i, s); return 0; }
+        s += work(i);
+        usleep(10000);
+    }
     printf("%ld\n", s);
     return 0;
 }
@@ -130,6 +138,35 @@ pub fn start_ready_then_work(calls: u32) -> (std::process::Child, std::io::BufRe
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
     (child, out)
+}
+
+/// [`READY_THEN_WORK`] started to call `work` until its standard input (the child's `stdin`)
+/// is closed, once it said it is ready; it then prints the calls made and their sum (see
+/// [`calls_and_sum_right`]). For a test whose steps take as long as the machine makes them.
+pub fn start_ready_then_work_until_told() -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let program = c_program_from("ready-then-work", READY_THEN_WORK, &["-O1"]);
+    let mut child = Command::new(program)
+        .arg("-1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
+/// Whether `line` says `calls sum`, the sum being that of `work(i) = 2i` for each call made:
+/// the program's own result, as untraced.
+pub fn calls_and_sum_right(line: &str) -> bool {
+    let mut words = line.split_whitespace().map(|w| w.parse::<i64>().ok());
+    match (words.next().flatten(), words.next().flatten(), words.next()) {
+        (Some(calls), Some(sum), None) => calls > 0 && sum == calls * (calls - 1),
+        _ => false,
+    }
 }
 
 /// A fresh file path for `-o`.
