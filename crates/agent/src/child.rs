@@ -191,9 +191,17 @@ fn announce_and_wait(name: &[u8]) -> io::Result<()> {
     let shm = LIVE.with(|live| live.as_ref().map(|l| l.shm.clone()));
     let mut sock = Connection::to(name)?;
     send(&mut sock, &Message::Hello(std::process::id()))?;
+    let mut looked = std::time::Instant::now();
     loop {
         if sock.lost() {
             return Err(Connection::lost_error());
+        }
+        // The child's own threads have all ended: the agent's goes too (`program_gone.rs`).
+        if looked.elapsed() >= std::time::Duration::from_millis(100) {
+            looked = std::time::Instant::now();
+            if crate::program_gone::program_gone() {
+                return Ok(());
+            }
         }
         if let Some(shm) = &shm {
             // The doorbell is the parent's too: a ring may be for it.

@@ -241,6 +241,11 @@ fn session(name: &[u8]) -> io::Result<Over> {
             // counted (`dprobe_inproc::rearm_undone`).
             dprobe_inproc::rearm_undone();
             looked = Instant::now();
+            // The program's threads have all ended (its first one with `pthread_exit`): the
+            // agent's must go too, or the process never ends (`program_gone.rs`).
+            if crate::program_gone::program_gone() {
+                break Ok(Over::Ended);
+            }
         }
         if !ready {
             LIVE.with(|live| live.as_ref().map(|l| refresh(&l.placed, &shm)));

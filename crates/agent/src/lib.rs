@@ -31,6 +31,7 @@ mod masks;
 mod own_memory_functions;
 mod own_objects;
 mod own_probes;
+mod program_gone;
 pub mod record;
 mod requests;
 mod semaphore;

@@ -502,3 +502,29 @@ fn calls_that_executed_another_program_are_returns_not_seen() {
         assert!(not_seen(&out, probe) >= 3, "{engine}: the three execs\n{out}");
     }
 }
+
+/// A program whose first thread leaves before the others (`pthread_exit`, or the `exit` system
+/// call) ends when its last thread does, the agent's aside: it hung for ever under the agent,
+/// whose thread waited for dprobe. Its status and output are the untraced ones, every call
+/// counted, with either engine.
+#[test]
+fn a_program_whose_first_thread_leaves_first_ends_with_its_last() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/main_leaves.c");
+    let program = dprobe_test_fixtures::c_program(src, "main_leaves", &["-O2", "-pthread"]);
+    let probe = format!("{program}:work");
+    for how in ["pthread_exit", "sys_exit"] {
+        let untraced = std::process::Command::new(program).args([how, "500"]).output().unwrap();
+        for engine in ["agent", "ptrace"] {
+            let t = common::trace_to_file(
+                &format!("main-leaves-{how}-{engine}"),
+                &["--engine", engine, "-d", "60s", "--count", &probe, "--", program, how, "500"],
+            );
+            let what = t.what(&format!("{engine}, {how}"));
+            assert!(!t.trace.contains("(SIGTERM)") && !t.trace.contains("60.0 s"), "{what}");
+            assert_eq!(t.stdout, String::from_utf8_lossy(&untraced.stdout), "{what}");
+            let status = untraced.status.code().unwrap();
+            assert!(t.trace.contains(&format!("exited with status {status}")), "{what}");
+            assert_eq!(hits(&t.trace, &probe), 500, "{what}");
+        }
+    }
+}
