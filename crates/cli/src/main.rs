@@ -66,8 +66,27 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("dprobe: {e:#}");
+            match out_of_descriptors(&e) {
+                Some(said) => eprintln!("dprobe: {said}"),
+                None => eprintln!("dprobe: {e:#}"),
+            }
             std::process::exit(2);
         }
     }
+}
+
+/// What to say where dprobe ran out of descriptors (`EMFILE`), a raw errno otherwise: the limit
+/// it has, which the user set (`ulimit -n`) and the traced program gets as it is.
+fn out_of_descriptors(e: &anyhow::Error) -> Option<String> {
+    let emfile = e
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(nix::libc::EMFILE));
+    if !emfile {
+        return None;
+    }
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    Some(format!(
+        "too many open files: dprobe's limit of open files (`ulimit -n`) is {soft}, too low for it to work (it \
+         needs a few dozen descriptors of its own; the traced program keeps the limit it is given)"
+    ))
 }

@@ -266,6 +266,29 @@ fn list_says_which_places_the_kernel_engine_cannot_probe() {
 
 #[test]
 fn a_zombie_is_called_a_zombie() {
+    // A process whose first thread alone ended (a zombie until the others do) is not one.
+    let source = r#"
+#include <pthread.h>
+#include <unistd.h>
+static void *waits(void *unused) { pause(); return unused; }
+int main(void) { pthread_t t; pthread_create(&t, 0, waits, 0); pthread_exit(0); }
+"#;
+    let program = common::c_program_from("first-thread-ended", source, &["-O1", "-pthread"]);
+    let mut alone = std::process::Command::new(program).spawn().unwrap();
+    let pid = alone.id();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z") {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for engine in ["agent", "ptrace"] {
+        let o = dprobe(&["trace", "--engine", engine, "-p", &pid.to_string(), "main"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        let said =
+            format!("cannot trace process {pid}: its first thread has ended (pthread_exit) while 1 other thread");
+        assert!(stderr.contains(&said), "{engine}: {stderr}");
+    }
+    alone.kill().unwrap();
+    alone.wait().unwrap();
     let mut zombie = std::process::Command::new("true").spawn().unwrap();
     let pid = zombie.id();
     while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z") {
@@ -329,4 +352,26 @@ fn a_file_on_path_that_may_not_be_executed_is_passed_over() {
     let file = dir.join("dprobe-no-such-executable");
     let said = format!("cannot start `dprobe-no-such-executable`: `{}` is not executable", file.display());
     assert!(stderr.contains(&said), "{stderr}");
+}
+
+/// Out of descriptors (a limit of open files too low for dprobe), the message says which limit
+/// and what it is, not a raw errno twice.
+#[test]
+fn a_limit_of_open_files_too_low_for_dprobe_is_said_as_such() {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"));
+    command.args(["trace", "--engine", "agent", "-c", "libc:getpid", "--", "true"]);
+    // SAFETY: between fork and exec, only setrlimit, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 8, rlim_max: 8 };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let o = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("dprobe's limit of open files (`ulimit -n`) is 8, too low"), "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
 }

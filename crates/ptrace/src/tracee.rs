@@ -672,6 +672,17 @@ pub(crate) fn refusal_reason(pid: i32) -> String {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+        // Its first thread alone may have ended (`pthread_exit`): the others run on.
+        let threads =
+            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse::<u32>().ok());
+        if let Some(others) = threads.filter(|&n| n > 1).map(|n| n - 1) {
+            return format!(
+                "its first thread has ended (pthread_exit) while {others} other thread{} run{} on, and dprobe \
+                 cannot attach to a process whose first thread is gone",
+                if others == 1 { "" } else { "s" },
+                if others == 1 { "s" } else { "" }
+            );
+        }
         return "it has exited (a zombie: its parent has not collected its status yet): nothing is left to trace"
             .into();
     }
