@@ -528,3 +528,26 @@ fn a_program_whose_first_thread_leaves_first_ends_with_its_last() {
         }
     }
 }
+
+/// A program executed under a seccomp filter of its process's own (inherited across the
+/// `exec`) gets no agent: the agent's thread would run under the filter, which here kills the
+/// process at a system call the program never makes (the agent's socket). It runs untraced,
+/// and dprobe says why; the ptrace engine traces it.
+#[test]
+fn a_program_executed_under_a_seccomp_filter_gets_no_agent_and_runs_right() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seccomp_exec.c");
+    let program = dprobe_test_fixtures::c_program(src, "seccomp_exec", &["-O2"]);
+    let probe = format!("{program}:work");
+    for engine in ["agent", "ptrace"] {
+        let t = common::trace_to_file(
+            &format!("seccomp-exec-{engine}"),
+            &["--engine", engine, "--count", &probe, "--", program],
+        );
+        let what = t.what(engine);
+        assert_eq!((t.code, t.stdout.as_str()), (Some(0), "child 9900\n"), "{what}");
+        match engine {
+            "agent" => assert!(t.trace.contains("runs under a seccomp filter of its own"), "{what}"),
+            _ => assert_eq!(hits(&t.trace, &probe), 100, "{what}"),
+        }
+    }
+}

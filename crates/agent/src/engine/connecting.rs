@@ -143,9 +143,36 @@ pub(super) fn load(
     give_up: &dyn Fn() -> bool,
 ) -> Result<(UnixListener, UnixStream, Shm), AgentError> {
     let pid = injector.pid();
+    if let Some(why) = under_a_seccomp_filter(pid) {
+        return Err(AgentError::Refused(why));
+    }
     let (listener, name) = listen(pid)?;
     let started = start_agent(injector, library, &name)?;
     connect(pid, listener, started, give_up)
+}
+
+/// Why the agent is not loaded into process `pid`, where it runs under a seccomp filter of
+/// its own (one its program installed, or a program it executed inherited), or in strict mode:
+/// the agent's thread would run under it too, and it may forbid, or kill the process for, a
+/// system call the program itself never makes (its socket, its memory files). The filters
+/// dprobe runs under itself (a container's) are no reason: the process has them from dprobe.
+fn under_a_seccomp_filter(pid: i32) -> Option<String> {
+    let seccomp = |path: &str| {
+        let status = std::fs::read_to_string(path).ok()?;
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
+        Some((field("Seccomp:")?, field("Seccomp_filters:").unwrap_or(0)))
+    };
+    let (mode, filters) = seccomp(&format!("/proc/{pid}/status"))?;
+    let (_, own) = seccomp("/proc/self/status").unwrap_or((0, 0));
+    let why = match mode {
+        1 => "runs in seccomp's strict mode",
+        2 if filters > own => "runs under a seccomp filter of its own",
+        _ => return None,
+    };
+    Some(format!(
+        "process {pid} {why}, which may forbid the system calls of the agent's thread (a socket, a memory file) or \
+         kill the program for them"
+    ))
 }
 
 /// Take the connection of the agent started in process `pid` (its start returned `started`),
