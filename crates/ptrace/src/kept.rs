@@ -31,7 +31,7 @@ pub(crate) const fn bit(signal: i32) -> u64 {
 }
 
 /// Never blocked by the tracer (see the module's text).
-const NEVER_BLOCKED: u64 = bit(libc::SIGSEGV)
+pub(crate) const NEVER_BLOCKED: u64 = bit(libc::SIGSEGV)
     | bit(libc::SIGBUS)
     | bit(libc::SIGILL)
     | bit(libc::SIGFPE)
@@ -39,6 +39,10 @@ const NEVER_BLOCKED: u64 = bit(libc::SIGSEGV)
     | bit(libc::SIGSYS)
     | bit(libc::SIGKILL)
     | bit(libc::SIGSTOP);
+
+/// The signals a fault raises: forced by the kernel, which resets the action of one the thread
+/// blocks to the default, for the whole process.
+pub(crate) const FAULTS: u64 = bit(libc::SIGSEGV) | bit(libc::SIGBUS) | bit(libc::SIGILL) | bit(libc::SIGFPE);
 
 /// glibc's `SIGSETXID` (its second internal real-time signal).
 pub(crate) const SETXID: i32 = 33;

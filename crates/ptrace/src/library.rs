@@ -548,7 +548,11 @@ impl Injector {
         let mut clean = self.xstate.clone();
         clean_fpu_control(&mut clean);
         set_xstate(self.tid, &mut clean)?;
-        sys::set_sigmask(self.tid, self.mask | kept::KEPT_DURING_CALLS)?;
+        // Never the fault signals, even where the thread blocks them (held inside its own
+        // `SIGSEGV` handler): the call's return is a fault (`RETURN_TRAP`), and a forced fault
+        // the thread blocks has its action reset to the default for the whole process, the
+        // program's handler gone (a JVM then died at its next null check).
+        sys::set_sigmask(self.tid, (self.mask | kept::KEPT_DURING_CALLS) & !kept::NEVER_BLOCKED)?;
         let started = Instant::now();
         let mut deadline = started + CALL_TIMEOUT;
         let mut ran = cpu_time(self.pid, self.tid);
@@ -585,10 +589,17 @@ impl Injector {
                 continue;
             }
             let now = sys::get_regs(self.tid)?;
+            let fault = kept::bit(sig) & kept::FAULTS != 0;
+            // One sent (`kill`, `tgkill`: not raised by an instruction), pending while the
+            // thread blocked it, comes now: held, and given back once the thread is.
+            if fault && sys::siginfo(self.tid)?.si_code <= 0 {
+                self.held.push(sys::siginfo(self.tid)?);
+                continue;
+            }
             if sig == libc::SIGSEGV && now.rip == RETURN_TRAP {
                 return Ok(now.rax);
             }
-            if matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) {
+            if fault {
                 // A fault inside the call: the program's state is not ours to repair.
                 let reason = format!("signal {sig} at {:#x} during the call at {function:#x}", now.rip);
                 return Err(LoadError::Refused { pid: self.pid, reason });
@@ -667,7 +678,7 @@ fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
         };
         let _ = status;
         let r = sys::get_regs(tid)?;
-        if is_safe(pid, &r)? {
+        if is_safe(pid, tid, &r)? {
             return Ok(true);
         }
         if attempt + 1 == SAFE_POINT_TRIES {
@@ -682,7 +693,12 @@ fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
     Ok(false)
 }
 
-fn is_safe(pid: i32, r: &libc::user_regs_struct) -> Result<bool, TraceError> {
+fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Result<bool, TraceError> {
+    // Inside a handler of a fault (which blocks its own signal while it runs): not a place to
+    // call `dlopen` from (it may have interrupted `malloc`), nor to run with a fault blocked.
+    if sys::sigmask(tid)? & kept::FAULTS != 0 {
+        return Ok(false);
+    }
     let in_syscall = r.orig_rax as i64 >= 0;
     if in_syscall {
         // Waiting, and to be restarted (or interrupted) when resumed.
