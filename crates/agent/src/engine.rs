@@ -441,7 +441,7 @@ impl AgentEngine {
     /// (`user_namespace.rs`): that thread is watched for its `exec` from now on, so that the
     /// program it executes gets an agent again; the agent goes once dprobe has seen it.
     fn watch_as_the_agent_leaves(&mut self) {
-        let Some(asking) = self.shm.leaving_thread() else { return };
+        let Some((asking, sandboxed)) = self.shm.leaving_thread() else { return };
         // Too late (the agent went without dprobe): the program is said to be no longer
         // traced when its connection's end is seen.
         if !self.shm.claim_the_leaving() {
@@ -460,7 +460,14 @@ impl AgentEngine {
             // Not found, or not watched: the program is said to be no longer traced.
             _ => {}
         }
-        if self.agent_left {
+        if self.agent_left && sandboxed {
+            self.unfollowed.push(format!(
+                "process {} bound every one of its threads to a seccomp filter (SECCOMP_FILTER_FLAG_TSYNC), which may \
+                 forbid the agent's system calls: the agent left it (from then on its calls, and its children's \
+                 programs, were not traced)",
+                self.pid
+            ));
+        } else if self.agent_left {
             self.unfollowed.push(format!(
                 "process {} entered a new user, mount or time namespace, which a process does alone: the agent \
                  left it until its next exec (until then its calls, and its children's programs, were not traced)",

@@ -50,6 +50,9 @@ const TRACER_BELL_AT: usize = 92;
 /// the id of the thread that enters it, then dprobe's answer.
 const LEFT_AT: usize = 96;
 const LEFT_SEEN_AT: usize = 100;
+/// In `LEFT_AT`, with the thread's id (below 2^22): it binds every thread to a seccomp filter,
+/// rather than entering a namespace.
+const LEFT_SANDBOXED: u32 = 1 << 31;
 /// `LEFT_SEEN_AT`'s values after 0: dprobe claimed the leaving thread, dprobe is done with it,
 /// the agent went unclaimed.
 const CLAIMED: u32 = 1;
@@ -288,9 +291,15 @@ impl Shm {
     /// `patience` to claim that thread, to watch it for its `exec`, then as long again to do so
     /// once claimed; unclaimed (or `gone` says dprobe went away), the agent takes its word back
     /// ([`GAVE_UP`]) and goes.
-    pub fn leave_for_a_user_namespace(&self, tid: i32, patience: std::time::Duration, gone: impl Fn() -> bool) {
+    pub fn leave_for_a_user_namespace(
+        &self,
+        tid: i32,
+        sandboxed: bool,
+        patience: std::time::Duration,
+        gone: impl Fn() -> bool,
+    ) {
         use dprobe_inproc::raw_calls::{futex_wait, monotonic_ns};
-        self.left_word(LEFT_AT).store(tid as u32, Release);
+        self.left_word(LEFT_AT).store(tid as u32 | if sandboxed { LEFT_SANDBOXED } else { 0 }, Release);
         self.ring_tracer();
         let seen = self.left_word(LEFT_SEEN_AT);
         let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
@@ -320,9 +329,10 @@ impl Shm {
 
     /// The thread entering a new user namespace as the agent leaves the program, until dprobe
     /// claims it ([`Shm::claim_the_leaving`]) or the agent took its word back.
-    pub fn leaving_thread(&self) -> Option<i32> {
-        let tid = self.left_word(LEFT_AT).load(Acquire);
-        (tid != 0 && self.left_word(LEFT_SEEN_AT).load(Acquire) == 0).then_some(tid as i32)
+    pub fn leaving_thread(&self) -> Option<(i32, bool)> {
+        let word = self.left_word(LEFT_AT).load(Acquire);
+        let (tid, sandboxed) = (word & !LEFT_SANDBOXED, word & LEFT_SANDBOXED != 0);
+        (tid != 0 && self.left_word(LEFT_SEEN_AT).load(Acquire) == 0).then_some((tid as i32, sandboxed))
     }
 
     /// dprobe takes the leaving thread to watch: whether the agent still waits for it.

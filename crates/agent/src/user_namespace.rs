@@ -12,6 +12,12 @@
 //! goes on as it would untraced. Where the program has
 //! other threads of its own, the call would fail anyway: the agent stays, and the call goes
 //! on at once. Not seen: the system call made without the C library.
+//!
+//! A seccomp filter installed on every thread at once (`seccomp(SECCOMP_SET_MODE_FILTER)` with
+//! `SECCOMP_FILTER_FLAG_TSYNC`, through the C library's `syscall`, as libseccomp does) would
+//! bind the agent's thread too, and a sandbox's filter may kill the process at the agent's
+//! next system call (an allow-list made for the program's own): the agent leaves the same
+//! way, the program's other threads there or not.
 
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
 
@@ -29,6 +35,15 @@ const CLONE_NEWTIME: libc::c_int = 0x80;
 /// How long a call waits for the agent to leave (its thread removes every probe: a safepoint
 /// each, a fraction of a second on a busy process).
 const PATIENCE_NS: u64 = 5_000_000_000;
+
+/// Why a call asks the agent to leave: [`ALONE`] (it enters a namespace, which a process does
+/// alone) or [`SANDBOXED`] (it binds every thread to a seccomp filter).
+static WHY: AtomicU32 = AtomicU32::new(ALONE);
+pub(crate) const ALONE: u32 = 0;
+pub(crate) const SANDBOXED: u32 = 1;
+/// `seccomp`'s operation and flag that bind every thread of the process to a filter.
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
+const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
 
 /// The process whose agent thread leaves when asked (a forked child has its own).
 static OWNER: AtomicI32 = AtomicI32::new(0);
@@ -48,17 +63,24 @@ pub(crate) struct LeavesForUserNamespaces {
     _probes: Vec<Probe>,
 }
 
-/// Place the probes, on the agent's thread (the one that leaves when asked). `None` where the
-/// C library lacks either function.
+/// Place the probes, on the agent's thread (the one that leaves when asked). `None` where none
+/// could be placed.
 pub(crate) fn watch() -> Option<LeavesForUserNamespaces> {
-    Some(LeavesForUserNamespaces::of(register_all(probes()).ok()?))
+    // One batch; where one function is missing (or cannot be probed), each on its own.
+    let probes = register_all(probes())
+        .unwrap_or_else(|_| probes().into_iter().filter_map(|p| dprobe_inproc::register(p).ok()).collect());
+    (!probes.is_empty()).then(|| LeavesForUserNamespaces::of(probes))
 }
 
 /// The probes [`watch`] places, for a batch of the caller's (the calling thread is the one
 /// that leaves); [`LeavesForUserNamespaces::of`] takes them once placed.
 pub(crate) fn probes() -> Vec<Kprobe> {
     serve_here();
-    vec![Kprobe::symbol("libc:unshare").pre(at_unshare), Kprobe::symbol("libc:setns").pre(at_setns)]
+    vec![
+        Kprobe::symbol("libc:unshare").pre(at_unshare),
+        Kprobe::symbol("libc:setns").pre(at_setns),
+        Kprobe::symbol("libc:syscall").pre(at_syscall),
+    ]
 }
 
 impl LeavesForUserNamespaces {
@@ -77,6 +99,11 @@ pub(crate) fn serve_here() {
     OWNER.store(raw_calls::getpid(), Release);
 }
 
+/// Why the call that asks the agent to leave does ([`ALONE`], [`SANDBOXED`]).
+pub(crate) fn why() -> u32 {
+    WHY.load(Acquire)
+}
+
 /// Whether a call waits for the agent to leave (looked at by the agent's thread).
 pub(crate) fn asked() -> bool {
     STATE.load(Acquire) == ASKED && OWNER.load(Acquire) == raw_calls::getpid()
@@ -88,7 +115,8 @@ pub(crate) fn asked() -> bool {
 pub(crate) fn leaves() -> Option<i32> {
     let threads = std::fs::read_dir("/proc/thread-self/..").map_or(0, |tasks| tasks.count());
     let caller = CALLER.load(Acquire);
-    if threads == 2 && caller != 0 && raw_calls::thread_lives(caller) && STATE.load(Acquire) == ASKED {
+    let alone = threads == 2 || WHY.load(Acquire) == SANDBOXED;
+    if alone && caller != 0 && raw_calls::thread_lives(caller) && STATE.load(Acquire) == ASKED {
         return Some(caller);
     }
     if STATE.compare_exchange(ASKED, STAYS, AcqRel, Acquire).is_ok() {
@@ -112,6 +140,21 @@ fn at_setns(regs: &mut Regs) -> PreAction {
     at_call(regs, into_user_namespace)
 }
 
+/// At the entry of `syscall(number, ...)`: a `seccomp` call that binds every thread to a
+/// filter waits until the agent has left (see the module's comment).
+fn at_syscall(regs: &mut Regs) -> PreAction {
+    let binds_every_thread = regs.rdi == libc::SYS_seccomp as u64
+        && regs.rsi == SECCOMP_SET_MODE_FILTER
+        && regs.rdx & SECCOMP_FILTER_FLAG_TSYNC != 0;
+    if dprobe_inproc::reentered(regs, let_in_token()) {
+        return PreAction::Continue;
+    }
+    if !binds_every_thread || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
+        return PreAction::Continue;
+    }
+    dprobe_inproc::wait_then_reenter(regs, ask_and_wait_sandboxed)
+}
+
 fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
     if dprobe_inproc::reentered(regs, let_in_token()) {
         return PreAction::Continue;
@@ -122,9 +165,19 @@ fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
     dprobe_inproc::wait_then_reenter(regs, ask_and_wait)
 }
 
+/// [`ask_and_wait`] for a call that binds every thread to a seccomp filter.
+extern "C" fn ask_and_wait_sandboxed() -> u64 {
+    ask_and_wait_for(SANDBOXED)
+}
+
 /// Run by the stub on the program's thread, outside any hit: ask the agent to leave, and wait
 /// until its thread is gone, or it stays, or the patience is out. No call of the C library.
 extern "C" fn ask_and_wait() -> u64 {
+    ask_and_wait_for(ALONE)
+}
+
+/// [`ask_and_wait`], the call asking for reason `why` ([`ALONE`], [`SANDBOXED`]).
+fn ask_and_wait_for(why: u32) -> u64 {
     let me = raw_calls::gettid();
     let start = raw_calls::monotonic_ns();
     let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
@@ -143,6 +196,7 @@ extern "C" fn ask_and_wait() -> u64 {
             break;
         }
         if CALLER.compare_exchange(0, me, AcqRel, Acquire).is_ok() {
+            WHY.store(why, Release);
             STATE.store(ASKED, Release);
         }
         let state = STATE.load(Acquire);
