@@ -19,7 +19,12 @@ pub(crate) fn program_gone() -> bool {
         return false;
     }
     let Ok(tasks) = fs::read_dir("/proc/self/task") else { return false };
-    tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok()).filter(|&t| t != own).all(ended)
+    let mut tids = Vec::new();
+    for task in tasks {
+        let Ok(task) = task else { return false };
+        tids.extend(task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()));
+    }
+    tids.into_iter().filter(|&t| t != own).all(ended)
 }
 
 /// The last number of the link at `path` (`/proc/self` -> `PID`, `/proc/thread-self` ->
@@ -31,7 +36,11 @@ fn own_id(path: &str) -> Option<u32> {
 /// Whether thread `tid` of this process has ended: gone, or a zombie (a first thread that
 /// left stays one until the last thread does).
 fn ended(tid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return true };
+    // Only a thread that is not there (any other error, out of descriptors say, is no answer).
+    let stat = match fs::read_to_string(format!("/proc/self/task/{tid}/stat")) {
+        Ok(stat) => stat,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
+    };
     let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
     matches!(state, Some('Z' | 'X' | 'x') | None)
 }

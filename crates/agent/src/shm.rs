@@ -287,17 +287,12 @@ impl Shm {
     }
 
     /// The agent leaves the program, whose thread `tid` (as the program numbers it) enters a
-    /// new user namespace, alone in its process: dprobe is told (its bell rung), and given
+    /// new user namespace, alone in its process, or binds every thread to a seccomp filter
+    /// (`sandboxed`): dprobe is told (its bell rung), and given
     /// `patience` to claim that thread, to watch it for its `exec`, then as long again to do so
     /// once claimed; unclaimed (or `gone` says dprobe went away), the agent takes its word back
     /// ([`GAVE_UP`]) and goes.
-    pub fn leave_for_a_user_namespace(
-        &self,
-        tid: i32,
-        sandboxed: bool,
-        patience: std::time::Duration,
-        gone: impl Fn() -> bool,
-    ) {
+    pub fn leave_first(&self, tid: i32, sandboxed: bool, patience: std::time::Duration, gone: impl Fn() -> bool) {
         use dprobe_inproc::raw_calls::{futex_wait, monotonic_ns};
         self.left_word(LEFT_AT).store(tid as u32 | if sandboxed { LEFT_SANDBOXED } else { 0 }, Release);
         self.ring_tracer();

