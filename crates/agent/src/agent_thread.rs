@@ -10,6 +10,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 
 /// The thread's name, as `top` and `/proc` show it.
 const NAME: &CStr = c"dprobe-agent";
@@ -53,9 +54,32 @@ extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
     let body = unsafe { Box::from_raw(arg.cast::<Body>()) };
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, NAME.as_ptr()) };
+    let uncounted = c_library_threads().inspect(|count| {
+        count.fetch_sub(1, SeqCst);
+    });
     // A panic must not unwind out of a C function: the agent's session ends as on an error.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
     // SAFETY: as above.
     unsafe { libc::prctl(libc::PR_SET_NAME, ENDED_NAME.as_ptr()) };
+    // Counted again, as the C library takes it off once this returns.
+    if let Some(count) = uncounted {
+        count.fetch_add(1, SeqCst);
+    }
     std::ptr::null_mut()
+}
+
+/// The C library's count of the process's threads (glibc's `__nptl_nthreads`, a private
+/// symbol; `None` in another C library). The thread that takes it to zero as it ends calls
+/// `exit(0)`: a program whose first thread left with `pthread_exit` ends when its last thread
+/// does, its `atexit` handlers run and its buffered output written. Counted, the agent's thread
+/// would be that last thread, with a descriptor table of its own where the program's output
+/// is not: the program's buffered lines were lost. So the agent's thread leaves itself out of
+/// the count while it runs, and counts itself again just before it ends (the C library
+/// takes it off then).
+fn c_library_threads() -> Option<&'static AtomicU32> {
+    // SAFETY: dlvsym reads two NUL-terminated names and returns the symbol's address or null.
+    let at = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"__nptl_nthreads".as_ptr(), c"GLIBC_PRIVATE".as_ptr()) };
+    // SAFETY: glibc's `unsigned int __nptl_nthreads`, changed only with atomic operations, lives
+    // as long as the C library (for ever).
+    (!at.is_null()).then(|| unsafe { &*(at as *const AtomicU32) })
 }
