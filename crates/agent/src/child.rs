@@ -149,7 +149,9 @@ extern "C" fn after_fork_in_child() {
     // Made on the child's thread, before `fork` returns there: the agent's work, not the
     // child's (the thread it starts, the probes it removes allocate and free), counts nothing.
     let _own = dprobe_inproc::own_work();
-    if !FOLLOW_CHILDREN.load(Acquire) {
+    // Not followed either where the child's thread runs under a seccomp filter the agent's
+    // thread did not (`seccomp.rs`): its agent thread would inherit it.
+    if !FOLLOW_CHILDREN.load(Acquire) || crate::seccomp::forked_under_a_filter() {
         LIVE.with(|live| live.as_ref().map(|l| l.shm.child_untraced()));
         end_session(false);
         RUNNING.store(false, Release);

@@ -462,9 +462,9 @@ impl AgentEngine {
         }
         if self.agent_left && sandboxed {
             self.unfollowed.push(format!(
-                "process {} bound every one of its threads to a seccomp filter (SECCOMP_FILTER_FLAG_TSYNC), which may \
-                 forbid the agent's system calls: the agent left it (from then on its calls, and its children's \
-                 programs, were not traced)",
+                "process {} asked to bind every one of its threads to a seccomp filter (SECCOMP_FILTER_FLAG_TSYNC), \
+                 which may forbid the agent's system calls: the agent left it first (from then on its calls, and its \
+                 children's programs, were not traced)",
                 self.pid
             ));
         } else if self.agent_left {

@@ -165,6 +165,8 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // dprobe now reads the program's files for it: the disassembler's tables are built in
     // that wait instead of at the first probe, while the program is held.
     dprobe_arch::warm_up();
+    // The filters this thread runs under (a child forked under more gets no agent).
+    crate::seccomp::note_agent_thread();
     // What dprobe read of the program's files, taken over before any probe is placed (their
     // registrations would read them again).
     let Some(taken_over) = take_over_objects(&mut sock)? else { return Ok(Over::Ended) };

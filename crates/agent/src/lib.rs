@@ -34,6 +34,7 @@ mod own_probes;
 mod program_gone;
 pub mod record;
 mod requests;
+mod seccomp;
 mod semaphore;
 pub mod shm;
 mod startup;

@@ -124,6 +124,9 @@ pub(super) fn start_attached(
     name: &str,
     give_up: &dyn Fn() -> bool,
 ) -> Result<u64, AgentError> {
+    if let Some(why) = under_a_seccomp_filter(pid) {
+        return Err(AgentError::Refused(why));
+    }
     let deadline = Instant::now() + ENDING_SESSION_PATIENCE;
     loop {
         let started = Injector::attached(pid, |held| start_agent(held, library, name))?;
