@@ -125,33 +125,23 @@ int main(int argc, char **argv) {
 /// [`READY_THEN_WORK`] started for `calls` calls, once it said it is ready: the process (its
 /// probe is `ready-then-work:work`) and its output from then on.
 pub fn start_ready_then_work(calls: u32) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
-    use std::io::BufRead;
-    let program = c_program_from("ready-then-work", READY_THEN_WORK, &["-O1"]);
-    let mut child = Command::new(program)
-        .arg(calls.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    (child, out)
+    ready_then_work(&calls.to_string(), std::process::Stdio::null())
 }
 
 /// [`READY_THEN_WORK`] started to call `work` until its standard input (the child's `stdin`)
 /// is closed, once it said it is ready; it then prints the calls made and their sum (see
 /// [`calls_and_sum_right`]). For a test whose steps take as long as the machine makes them.
 pub fn start_ready_then_work_until_told() -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    ready_then_work("-1", std::process::Stdio::piped())
+}
+
+fn ready_then_work(
+    calls: &str,
+    stdin: std::process::Stdio,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
     use std::io::BufRead;
     let program = c_program_from("ready-then-work", READY_THEN_WORK, &["-O1"]);
-    let mut child = Command::new(program)
-        .arg("-1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(program).arg(calls).stdin(stdin).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
