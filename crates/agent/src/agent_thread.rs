@@ -10,7 +10,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 
 /// The thread's name, as `top` and `/proc` show it.
 const NAME: &CStr = c"dprobe-agent";
@@ -25,6 +25,8 @@ type Body = Box<dyn FnOnce() + Send + 'static>;
 /// Start `body` on a new detached thread with a stack of `stack_size` bytes, named
 /// `dprobe-agent`.
 pub(crate) fn start(stack_size: usize, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    // Known before any agent thread runs (see `c_library_threads`).
+    c_library_threads();
     let body: Box<Body> = Box::new(Box::new(body));
     let arg = Box::into_raw(body);
     // SAFETY: the attribute object is ours, initialised before use and destroyed after;
@@ -76,10 +78,22 @@ extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
 /// is not: the program's buffered lines were lost. So the agent's thread leaves itself out of
 /// the count while it runs, and counts itself again just before it ends (the C library
 /// takes it off then).
+///
+/// Looked up once, by [`start`] on the thread that starts the first agent thread (a forked
+/// child's agent, started in its `fork` handler, finds it known: the loader's lock may be
+/// held there by a thread the child does not have).
 fn c_library_threads() -> Option<&'static AtomicU32> {
-    // SAFETY: dlvsym reads two NUL-terminated names and returns the symbol's address or null.
-    let at = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"__nptl_nthreads".as_ptr(), c"GLIBC_PRIVATE".as_ptr()) };
+    /// The count's address; [`UNKNOWN`] until looked up, 1 where there is none.
+    static AT: AtomicUsize = AtomicUsize::new(UNKNOWN);
+    const UNKNOWN: usize = 0;
+    let mut at = AT.load(Acquire);
+    if at == UNKNOWN {
+        // SAFETY: dlvsym reads two NUL-terminated names and returns the symbol's address or null.
+        let found = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"__nptl_nthreads".as_ptr(), c"GLIBC_PRIVATE".as_ptr()) };
+        at = if found.is_null() { 1 } else { found as usize };
+        AT.store(at, Release);
+    }
     // SAFETY: glibc's `unsigned int __nptl_nthreads`, changed only with atomic operations, lives
     // as long as the C library (for ever).
-    (!at.is_null()).then(|| unsafe { &*(at as *const AtomicU32) })
+    (at != 1).then(|| unsafe { &*(at as *const AtomicU32) })
 }
