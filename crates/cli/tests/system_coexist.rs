@@ -64,15 +64,21 @@ impl OtherTool {
         std::fs::write(path, if on { "1" } else { "0" }).unwrap();
     }
 
-    /// The kernel's hit count of the uprobe, from `uprobe_profile`.
+    /// The kernel's hit count of the uprobe, from `uprobe_profile`. A read of the list while
+    /// another test adds or removes its events may skip a line (the kernel's listing goes by
+    /// position from one read to the next): read again until this one's is there.
     fn kernel_hits(&self) -> u64 {
-        let profile = std::fs::read_to_string(format!("{TRACING}/uprobe_profile")).unwrap();
-        // `  PATH EVENT HITS`
-        let line = profile
-            .lines()
-            .find(|l| l.split_whitespace().take(2).eq([self.program, self.event]))
-            .unwrap_or_else(|| panic!("the uprobe is listed:\n{profile}"));
-        line.split_whitespace().last().unwrap().parse().unwrap()
+        let mut profile = String::new();
+        for _ in 0..100 {
+            profile = std::fs::read_to_string(format!("{TRACING}/uprobe_profile")).unwrap();
+            // `  PATH EVENT HITS`
+            let line = profile.lines().find(|l| l.split_whitespace().take(2).eq([self.program, self.event]));
+            if let Some(line) = line {
+                return line.split_whitespace().last().unwrap().parse().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the uprobe is listed:\n{profile}")
     }
 }
 
