@@ -150,23 +150,23 @@ fn at_syscall(regs: &mut Regs) -> PreAction {
     let binds_every_thread = regs.rdi == libc::SYS_seccomp as u64
         && u64::from(regs.rsi as u32) == SECCOMP_SET_MODE_FILTER
         && u64::from(regs.rdx as u32) & SECCOMP_FILTER_FLAG_TSYNC != 0;
-    if dprobe_inproc::reentered(regs, let_in_token()) {
-        return PreAction::Continue;
-    }
-    if !binds_every_thread || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
-        return PreAction::Continue;
-    }
-    dprobe_inproc::wait_then_reenter(regs, ask_and_wait_sandboxed)
+    asks_to_leave(regs, binds_every_thread, ask_and_wait_sandboxed)
 }
 
 fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
+    asks_to_leave(regs, into_user_namespace, ask_and_wait)
+}
+
+/// A call that `needs_it` (and is not the same call entered again, nor the agent's own) waits,
+/// in `wait`, until the agent has left.
+fn asks_to_leave(regs: &mut Regs, needs_it: bool, wait: extern "C" fn() -> u64) -> PreAction {
     if dprobe_inproc::reentered(regs, let_in_token()) {
         return PreAction::Continue;
     }
-    if !into_user_namespace || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
+    if !needs_it || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
         return PreAction::Continue;
     }
-    dprobe_inproc::wait_then_reenter(regs, ask_and_wait)
+    dprobe_inproc::wait_then_reenter(regs, wait)
 }
 
 /// [`ask_and_wait`] for a call that binds every thread to a seccomp filter.

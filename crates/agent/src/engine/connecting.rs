@@ -162,13 +162,8 @@ pub(super) fn load(
 /// has them from dprobe; any filter is, in another (a service with filters of its own), and so
 /// is any where the kernel does not say how many a process has.
 fn under_a_seccomp_filter(pid: i32) -> Option<String> {
-    let seccomp = |path: &str| {
-        let status = std::fs::read_to_string(path).ok()?;
-        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
-        Some((field("Seccomp:")?, field("Seccomp_filters:")))
-    };
-    let (mode, filters) = seccomp(&format!("/proc/{pid}/status"))?;
-    let (own_mode, own) = seccomp("/proc/self/status").unwrap_or((0, Some(0)));
+    let (mode, filters) = crate::seccomp::of(&format!("/proc/{pid}/status"))?;
+    let (own_mode, own) = crate::seccomp::of("/proc/self/status").unwrap_or((0, Some(0)));
     let inherited =
         |filters: u32| own_mode == mode && own.is_some_and(|own| filters <= own) && descends_from_this_process(pid);
     let why = match (mode, filters) {
