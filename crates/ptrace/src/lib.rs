@@ -41,6 +41,7 @@ mod kept;
 mod let_go;
 mod library;
 mod loader;
+mod lock_free_wait;
 mod probes;
 mod program_view;
 mod rearm;

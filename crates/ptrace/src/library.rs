@@ -6,8 +6,9 @@
 //! For a started program the point is just after its C library's initialisation, before
 //! any other library's constructor (see `early`): no other thread exists, no lock is held. For a running process one thread is seized and
 //! interrupted until it stops outside the C library and the loader, or inside a system
-//! call that waits (the C library holds no lock there); a thread stopped inside `malloc`
-//! would deadlock `dlopen`.
+//! call that waits (the C library holds no lock there), or in `futex` inside one of the
+//! program's waits, such as `pthread_cond_wait` (see `lock_free_wait`); a thread stopped
+//! inside `malloc` would deadlock `dlopen`.
 //!
 //! A call returns to an address below the lowest mappable page: the fault stops the thread
 //! there, and the tracer reads the result in `rax`.
@@ -26,6 +27,7 @@ use dprobe_sym::{read_maps_of, Symbols};
 use crate::error::TraceError;
 use crate::exec_watch::ExecWatch;
 use crate::kept;
+use crate::lock_free_wait::WaitCheck;
 use crate::shared_image::{may_open_files_of_dprobe, SharedImage};
 use crate::sys::{self, RemoteMemory};
 
@@ -168,6 +170,7 @@ impl Injector {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
         let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
+        let mut waits = WaitCheck::new(pid);
         for tid in tids {
             if let Err(e) = sys::seize(tid, 0) {
                 if e.gone() {
@@ -178,7 +181,7 @@ impl Injector {
                 }
                 return Err(attach_err(e.to_string()));
             }
-            let safe = stop_at_safe_point(pid, tid).inspect_err(|_| {
+            let safe = stop_at_safe_point(pid, tid, &mut waits).inspect_err(|_| {
                 // Not left traced: a stopped thread is let go, a running one goes with dprobe.
                 let _ = sys::detach(tid, 0);
             })?;
@@ -192,7 +195,7 @@ impl Injector {
                 }
             }
         }
-        Err(refused("no thread stopped outside the C library and the loader (each was tried)".into()))
+        Err(refused("no thread stopped outside the C library and the loader, or where it waits holding none of their locks (each was tried)".into()))
     }
 
     fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
@@ -641,7 +644,8 @@ fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
 }
 
 /// System calls during which a thread holds no lock of the C library or the loader: a
-/// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock.
+/// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock. It
+/// is safe only inside one of the program's waits (`lock_free_wait.rs`).
 const WAITING_SYSCALLS: [i64; 17] = [
     libc::SYS_read,
     libc::SYS_poll,
@@ -666,7 +670,7 @@ const WAITING_SYSCALLS: [i64; 17] = [
 
 /// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up
 /// (`false`), the thread then left stopped (where a detach lets it go) or gone.
-fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
+fn stop_at_safe_point(pid: i32, tid: i32, waits: &mut WaitCheck) -> Result<bool, TraceError> {
     for attempt in 0..SAFE_POINT_TRIES {
         sys::interrupt(tid)?;
         let status = loop {
@@ -682,7 +686,7 @@ fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
         };
         let _ = status;
         let r = sys::get_regs(tid)?;
-        if is_safe(pid, tid, &r)? {
+        if is_safe(pid, tid, &r, waits)? {
             return Ok(true);
         }
         if attempt + 1 == SAFE_POINT_TRIES {
@@ -697,7 +701,7 @@ fn stop_at_safe_point(pid: i32, tid: i32) -> Result<bool, TraceError> {
     Ok(false)
 }
 
-fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Result<bool, TraceError> {
+fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct, waits: &mut WaitCheck) -> Result<bool, TraceError> {
     // Inside a handler of a fault (which blocks its own signal while it runs): not a place to
     // call `dlopen` from (it may have interrupted `malloc`). A thread that blocks nearly every
     // signal (one waiting in `sigwait`) blocks the faults too, and is not in such a handler.
@@ -708,8 +712,12 @@ fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Result<bool, Trace
     let in_syscall = r.orig_rax as i64 >= 0;
     if in_syscall {
         // Waiting, and to be restarted (or interrupted) when resumed.
-        let restartable = matches!(r.rax as i64, -516..=-512);
-        return Ok(restartable && WAITING_SYSCALLS.contains(&(r.orig_rax as i64)));
+        if !matches!(r.rax as i64, -516..=-512) {
+            return Ok(false);
+        }
+        let call = r.orig_rax as i64;
+        let waiting = WAITING_SYSCALLS.contains(&call) || (call == libc::SYS_futex && waits.holds_no_library_lock(r));
+        return Ok(waiting);
     }
     let maps = read_maps_of(pid as u32)?;
     let inside = maps.iter().find(|m| m.contains(Addr(r.rip))).and_then(|m| m.path.clone());
