@@ -97,7 +97,8 @@ fn a_program_whose_threads_all_wait_for_locks_is_refused_and_left_as_it_was() {
     let t = common::trace_to_file("futex-locks", &["--engine", "agent", "-c", "-p", &pid.to_string(), "libc:malloc"]);
     assert_ne!(t.code, Some(0), "{}", t.what("locks"));
     assert!(
-        t.stderr.contains("cannot load dprobe's agent") && t.stderr.contains("holding none of their locks"),
+        t.stderr.contains("cannot load dprobe's agent")
+            && t.stderr.contains("waiting where it holds none of their locks"),
         "{}",
         t.stderr
     );

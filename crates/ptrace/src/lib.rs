@@ -49,6 +49,7 @@ mod remote_elf;
 mod returns;
 mod semaphores;
 mod shared_image;
+mod signal_frames;
 mod signals;
 mod stop;
 mod stop_waiter;

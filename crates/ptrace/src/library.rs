@@ -8,7 +8,8 @@
 //! interrupted until it stops outside the C library and the loader, or inside a system
 //! call that waits (the C library holds no lock there), or in `futex` inside one of the
 //! program's waits, such as `pthread_cond_wait` (see `lock_free_wait`); a thread stopped
-//! inside `malloc` would deadlock `dlopen`.
+//! inside `malloc` would deadlock `dlopen`. Never in one of the program's signal handlers
+//! (`signal_frames`), which may have interrupted `malloc`.
 //!
 //! A call returns to an address below the lowest mappable page: the fault stops the thread
 //! there, and the tracer reads the result in `rax`.
@@ -29,6 +30,7 @@ use crate::exec_watch::ExecWatch;
 use crate::kept;
 use crate::lock_free_wait::WaitCheck;
 use crate::shared_image::{may_open_files_of_dprobe, SharedImage};
+use crate::signal_frames::HandlerCheck;
 use crate::sys::{self, RemoteMemory};
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
@@ -170,7 +172,7 @@ impl Injector {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
         let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
-        let mut waits = WaitCheck::new(pid);
+        let mut checks = SafePlaceChecks { waits: WaitCheck::new(pid), handlers: HandlerCheck::new(pid) };
         for tid in tids {
             if let Err(e) = sys::seize(tid, 0) {
                 if e.gone() {
@@ -181,7 +183,7 @@ impl Injector {
                 }
                 return Err(attach_err(e.to_string()));
             }
-            let safe = stop_at_safe_point(pid, tid, &mut waits).inspect_err(|_| {
+            let safe = stop_at_safe_point(pid, tid, &mut checks).inspect_err(|_| {
                 // Not left traced: a stopped thread is let go, a running one goes with dprobe.
                 let _ = sys::detach(tid, 0);
             })?;
@@ -195,7 +197,7 @@ impl Injector {
                 }
             }
         }
-        Err(refused("no thread stopped outside the C library and the loader, or where it waits holding none of their locks (each was tried)".into()))
+        Err(refused("no thread stopped at a safe place: outside the C library and the loader, or waiting where it holds none of their locks, and not in a signal handler (each was tried)".into()))
     }
 
     fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
@@ -668,9 +670,15 @@ const WAITING_SYSCALLS: [i64; 17] = [
     libc::SYS_rt_sigsuspend,
 ];
 
+/// What deciding whether a thread stopped at a safe place reads of its process, once.
+struct SafePlaceChecks {
+    waits: WaitCheck,
+    handlers: HandlerCheck,
+}
+
 /// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up
 /// (`false`), the thread then left stopped (where a detach lets it go) or gone.
-fn stop_at_safe_point(pid: i32, tid: i32, waits: &mut WaitCheck) -> Result<bool, TraceError> {
+fn stop_at_safe_point(pid: i32, tid: i32, checks: &mut SafePlaceChecks) -> Result<bool, TraceError> {
     for attempt in 0..SAFE_POINT_TRIES {
         sys::interrupt(tid)?;
         let status = loop {
@@ -686,7 +694,7 @@ fn stop_at_safe_point(pid: i32, tid: i32, waits: &mut WaitCheck) -> Result<bool,
         };
         let _ = status;
         let r = sys::get_regs(tid)?;
-        if is_safe(pid, tid, &r, waits)? {
+        if is_safe(pid, tid, &r, &mut checks.waits)? && !checks.handlers.running_a_handler(r.rsp) {
             return Ok(true);
         }
         if attempt + 1 == SAFE_POINT_TRIES {

@@ -110,7 +110,8 @@ fn file_name(maps: &[Mapping], addr: u64) -> Option<&str> {
     Some(path.rsplit('/').next().unwrap_or(path))
 }
 
-fn is_c_library(path: &str) -> bool {
+/// Whether the file at `path` is the C library (or its threads library, before glibc 2.34).
+pub(crate) fn is_c_library(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name.starts_with("libc.") || name.starts_with("libc-") || name.starts_with("libpthread")
 }
