@@ -42,6 +42,7 @@ mod let_go;
 mod library;
 mod loader;
 mod lock_free_wait;
+mod own_allocator;
 mod probes;
 mod program_view;
 mod rearm;

@@ -9,7 +9,8 @@
 //! call that waits (the C library holds no lock there), or in `futex` inside one of the
 //! program's waits, such as `pthread_cond_wait` (see `lock_free_wait`); a thread stopped
 //! inside `malloc` would deadlock `dlopen`. Never in one of the program's signal handlers
-//! (`signal_frames`), which may have interrupted `malloc`.
+//! (`signal_frames`), which may have interrupted `malloc`, nor inside the program's own
+//! allocator (`own_allocator`), which the loader's allocations then wait for.
 //!
 //! A call returns to an address below the lowest mappable page: the fault stops the thread
 //! there, and the tracer reads the result in `rax`.
@@ -29,6 +30,7 @@ use crate::error::TraceError;
 use crate::exec_watch::ExecWatch;
 use crate::kept;
 use crate::lock_free_wait::WaitCheck;
+use crate::own_allocator::AllocatorCheck;
 use crate::shared_image::{may_open_files_of_dprobe, SharedImage};
 use crate::signal_frames::HandlerCheck;
 use crate::sys::{self, RemoteMemory};
@@ -172,7 +174,11 @@ impl Injector {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
         let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
-        let mut checks = SafePlaceChecks { waits: WaitCheck::new(pid), handlers: HandlerCheck::new(pid) };
+        let mut checks = SafePlaceChecks {
+            waits: WaitCheck::new(pid),
+            handlers: HandlerCheck::new(pid),
+            allocator: AllocatorCheck::new(pid),
+        };
         for tid in tids {
             if let Err(e) = sys::seize(tid, 0) {
                 if e.gone() {
@@ -674,6 +680,7 @@ const WAITING_SYSCALLS: [i64; 17] = [
 struct SafePlaceChecks {
     waits: WaitCheck,
     handlers: HandlerCheck,
+    allocator: AllocatorCheck,
 }
 
 /// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up
@@ -694,7 +701,10 @@ fn stop_at_safe_point(pid: i32, tid: i32, checks: &mut SafePlaceChecks) -> Resul
         };
         let _ = status;
         let r = sys::get_regs(tid)?;
-        if is_safe(pid, tid, &r, &mut checks.waits)? && !checks.handlers.running_a_handler(r.rsp) {
+        let safe = is_safe(pid, tid, &r, &mut checks.waits)?
+            && !checks.handlers.running_a_handler(r.rsp)
+            && !checks.allocator.inside(&r);
+        if safe {
             return Ok(true);
         }
         if attempt + 1 == SAFE_POINT_TRIES {
