@@ -289,6 +289,17 @@ int main(void) { pthread_t t; pthread_create(&t, 0, waits, 0); pthread_exit(0); 
             format!("cannot trace process {pid}: its first thread has ended (pthread_exit) while 1 other thread");
         assert!(stderr.contains(&said), "{engine}: {stderr}");
     }
+    // Its other thread's id: not a process the agent can go into, and said so.
+    let thread = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| t.unwrap().file_name().to_str()?.parse::<u32>().ok())
+        .find(|&t| t != pid)
+        .expect("the other thread");
+    let o = dprobe(&["trace", "--engine", "agent", "-p", &thread.to_string(), "main"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let said = format!("{thread} is a thread of process {pid}, whose first thread has ended");
+    assert!(stderr.contains(&said) && stderr.contains(&format!("--engine ptrace -p {thread}")), "{stderr}");
     alone.kill().unwrap();
     alone.wait().unwrap();
     let mut zombie = std::process::Command::new("true").spawn().unwrap();

@@ -173,6 +173,16 @@ impl Injector {
         if pid == std::process::id() as i32 {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
+        if let Some(process) = process_of_thread(pid) {
+            let reason = match crate::tracee::leader_ended(process) {
+                true => format!(
+                    "{pid} is a thread of process {process}, whose first thread has ended: the agent cannot \
+                     be loaded there, and the ptrace engine can trace it by a thread's id (`--engine ptrace -p {pid}`)"
+                ),
+                false => format!("{pid} is a thread of process {process}, not a process: give `-p {process}`"),
+            };
+            return Err(attach_err(reason));
+        }
         let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
         let mut checks = SafePlaceChecks {
             waits: WaitCheck::new(pid),
@@ -681,6 +691,14 @@ struct SafePlaceChecks {
     waits: WaitCheck,
     handlers: HandlerCheck,
     allocator: AllocatorCheck,
+}
+
+/// The process that thread `tid` belongs to, where that is not `tid` itself (a thread other than
+/// a process's first, whose id `/proc` also answers to).
+fn process_of_thread(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let tgid: i32 = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()?;
+    (tgid != tid).then_some(tgid)
 }
 
 /// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up

@@ -665,6 +665,14 @@ fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
     Ok(out)
 }
 
+/// Whether process `pid`'s first thread has ended (`pthread_exit`) while others run on.
+pub(crate) fn leader_ended(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains("zombie"));
+    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse::<u32>().ok());
+    zombie && threads.is_some_and(|n| n > 1)
+}
+
 /// Why the kernel refused to let us trace `pid`, in words.
 pub(crate) fn refusal_reason(pid: i32) -> String {
     if let Some(t) = tracer_of(pid).filter(|t| *t != 0) {
