@@ -3,24 +3,17 @@
 //! join) holds none of the C library's locks and may load the agent; one waiting for a lock
 //! may not, and the attach is refused with the program left as it was.
 mod common;
+#[path = "common/guarded.rs"]
+mod guarded;
 #[path = "common/killing.rs"]
 mod killing;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use common::{dprobe_command, out_file};
+use guarded::Guarded as Program;
 use killing::{traced, wait_until};
-
-/// The fixture, killed if a test fails with it running.
-struct Program(Child);
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The fixture started with `mode`, once it said it is ready.
 fn start(mode: &str) -> (Program, BufReader<std::process::ChildStdout>) {
@@ -34,21 +27,30 @@ fn start(mode: &str) -> (Program, BufReader<std::process::ChildStdout>) {
     (Program(child), out)
 }
 
-/// The state letter of each thread of `pid` (`S`: sleeping, `t`: stopped by a tracer).
-fn thread_states(pid: u32) -> Vec<String> {
+/// What each thread of `pid` is doing: its state letter (`S`: sleeping, `t`: stopped by a
+/// tracer) and the system call it is in (`/proc/.../syscall`'s first field).
+fn threads_of(pid: u32) -> Vec<(String, String)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
         .map(|t| {
-            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
-            stat.rsplit(") ").next().unwrap_or("").split(' ').next().unwrap_or("").to_owned()
+            let task = t.unwrap().path();
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+            let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next().unwrap_or("").to_owned();
+            let call = std::fs::read_to_string(task.join("syscall")).unwrap_or_default();
+            (state, call.split(' ').next().unwrap_or("").trim().to_owned())
         })
         .collect()
 }
 
+/// Whether every thread of `pid` sleeps in `futex`.
+fn all_asleep_in_futex(pid: u32) -> bool {
+    let futex = libc::SYS_futex.to_string();
+    threads_of(pid).iter().all(|(state, call)| state == "S" && *call == futex)
+}
+
 fn attach_to_a_program_waiting_in(mode: &str) {
     let (mut program, mut out) = start(mode);
-    let child = &mut program.0;
-    let pid = child.id().to_string();
+    let pid = program.0.id().to_string();
     let (trace, err) = (out_file(&format!("futex-{mode}.trace")), out_file(&format!("futex-{mode}.err")));
     let mut dprobe = dprobe_command()
         .args(["trace", "-v", "-o", trace.to_str().unwrap(), "--engine", "agent", "-c", "-p", &pid])
@@ -62,10 +64,9 @@ fn attach_to_a_program_waiting_in(mode: &str) {
     });
     assert!(said().contains("dprobe: tracing"), "{mode}: {}", said());
     // SAFETY: wakes the program this test started (its handler posts a semaphore).
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{mode}: {rest}");
+    assert_eq!(unsafe { libc::kill(program.0.id() as i32, libc::SIGUSR1) }, 0);
+    let rest = program.rest_of(&mut out);
+    assert_eq!(program.0.wait().unwrap().code(), Some(0), "{mode}: {rest}");
     assert_eq!(rest, format!("{}\n", (0..1000).map(|i| i * 2).sum::<i64>()), "{mode}");
     assert_eq!(dprobe.wait().unwrap().code(), Some(0), "{mode}: {}", said());
     let summary = std::fs::read_to_string(&trace).unwrap();
@@ -91,10 +92,15 @@ fn a_program_waiting_in_pthread_join_takes_the_agent() {
 
 #[test]
 fn a_program_whose_threads_all_wait_for_locks_is_refused_and_left_as_it_was() {
-    let (mut program, _out) = start("locks");
-    let child = &mut program.0;
-    let pid = child.id();
-    let t = common::trace_to_file("futex-locks", &["--engine", "agent", "-c", "-p", &pid.to_string(), "libc:malloc"]);
+    let (program, _out) = start("locks");
+    let pid = program.0.id();
+    // It says it is ready just before its first thread blocks: an interrupt in between would
+    // find it in its own code.
+    wait_until("both threads asleep in futex", || all_asleep_in_futex(pid));
+    let t = common::trace_to_file(
+        "futex-locks",
+        &["--engine", "agent", "-c", "-d", "1s", "-p", &pid.to_string(), "libc:malloc"],
+    );
     assert_ne!(t.code, Some(0), "{}", t.what("locks"));
     assert!(
         t.stderr.contains("cannot load dprobe's agent")
@@ -103,6 +109,33 @@ fn a_program_whose_threads_all_wait_for_locks_is_refused_and_left_as_it_was() {
         t.stderr
     );
     assert!(!traced(pid as i32), "left traced");
-    assert!(thread_states(pid).iter().all(|s| s == "S"), "{:?}", thread_states(pid));
-    assert!(child.try_wait().unwrap().is_none(), "the program ended");
+    // Back asleep where they were, once let go.
+    wait_until("both threads asleep in futex again", || all_asleep_in_futex(pid));
+}
+
+#[test]
+fn a_program_whose_sleep_was_resumed_by_restart_syscall_takes_the_agent_again() {
+    // A timed sleep interrupted by a stop (the first attach) goes on in `restart_syscall`.
+    const SLEEPER: &str = r#"
+#include <poll.h>
+#include <stdio.h>
+int main(void) { printf("ready\n"); fflush(stdout); poll(0, 0, 600000); return 0; }
+"#;
+    let program = common::c_program_from("sleeps-in-poll", SLEEPER, &["-O1"]);
+    let mut child = Program(Command::new(program).stdout(Stdio::piped()).spawn().unwrap());
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.0.id();
+    let in_call = |nr: i64| move || threads_of(pid).iter().all(|(_, call)| *call == nr.to_string());
+    wait_until("the program in poll", in_call(libc::SYS_poll));
+    for round in 0..2 {
+        let t = common::trace_to_file(
+            &format!("restarted-sleep-{round}"),
+            &["--engine", "agent", "-c", "-d", "200ms", "-p", &pid.to_string(), "libc:malloc"],
+        );
+        assert!(t.trace.contains("goes on untraced"), "round {round}: {}", t.what("agent"));
+        wait_until("the program back asleep, in restart_syscall", in_call(libc::SYS_restart_syscall));
+    }
 }

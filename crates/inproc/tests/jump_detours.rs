@@ -44,9 +44,9 @@ fn a_detour_is_reused_only_after_the_thread_parked_inside_it_has_left_and_a_prob
     let (worker, tid) = call_park_until(&RELEASE, AFTER);
     signal_until_parked(&worker, tid, detour_a + dprobe_arch::DETOUR_ENTRY, libc::SIGUSR1, &PARKED);
 
-    // The probe goes while the thread is parked in its detour.
-    let stats = pa.unregister().unwrap();
-    assert!(stats.hits > 0);
+    // The probe goes while the thread is parked in its detour (at the detour's entry: the
+    // parked call can be the first through it, so the probe may have counted no hit yet).
+    pa.unregister().unwrap();
     assert_eq!(code(a, 8), original[0]);
     // Another probe needs a detour: not that one.
     let pb = register(Kprobe::addr(b).pre(|_| PreAction::Continue)).unwrap();

@@ -29,6 +29,7 @@
 //! ```
 mod backtrace;
 mod blocked;
+mod c_library;
 mod detach;
 mod early;
 mod engine;

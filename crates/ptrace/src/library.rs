@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use dprobe_arch::{Addr, Memory};
 use dprobe_sym::{read_maps_of, Symbols};
 
+use crate::c_library::{is_c_library, is_loader, object_at};
 use crate::error::TraceError;
 use crate::exec_watch::ExecWatch;
 use crate::kept;
@@ -752,13 +753,13 @@ fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct, waits: &mut WaitCheck
             return Ok(false);
         }
         let call = r.orig_rax as i64;
-        let waiting = WAITING_SYSCALLS.contains(&call) || (call == libc::SYS_futex && waits.holds_no_library_lock(r));
+        let waiting = WAITING_SYSCALLS.contains(&call)
+            || (call == libc::SYS_futex && waits.holds_no_library_lock(r, false))
+            || (call == libc::SYS_restart_syscall && waits.holds_no_library_lock(r, true));
         return Ok(waiting);
     }
     let maps = read_maps_of(pid as u32)?;
-    let inside = maps.iter().find(|m| m.contains(Addr(r.rip))).and_then(|m| m.path.clone());
-    let file = inside.as_deref().map(|p| p.rsplit('/').next().unwrap_or(p)).unwrap_or("");
-    Ok(!(file.starts_with("libc") || file.starts_with("ld-") || file.starts_with("libpthread")))
+    Ok(!object_at(&maps, r.rip).is_some_and(|p| is_c_library(p) || is_loader(p)))
 }
 
 fn get_xstate(tid: i32) -> Result<Vec<u8>, TraceError> {

@@ -16,15 +16,19 @@
 //! - the program's call into the C library, decoded at the return address, whose target (or
 //!   the target of the PLT stub it calls) is one of them: `sem_wait` and `pthread_join`
 //!   jump to their inner functions, leaving no frame of their own.
+//!
+//! A frame of the loader anywhere on the stack refuses the thread: a constructor or a
+//! `dl_iterate_phdr` callback that waits runs inside the loader, holding its lock.
 
 use dprobe_arch::{Addr, Memory};
 use dprobe_stack::Unwinder;
 use dprobe_sym::{read_maps_of, Mapping, Symbols};
 
+use crate::c_library::{is_c_library, is_loader, object_at};
 use crate::sys::{self, RemoteMemory};
 
 /// The waits of a program that hold no lock of the C library's while they sleep.
-const WAITS: [&str; 13] = [
+const WAITS: [&str; 14] = [
     "pthread_cond_wait",
     "pthread_cond_timedwait",
     "pthread_cond_clockwait",
@@ -38,16 +42,28 @@ const WAITS: [&str; 13] = [
     "pthread_clockjoin_np",
     "thrd_join",
     "pthread_barrier_wait",
+    // Called by the program itself: how Rust's `Mutex`, `Condvar`, `park` and channels, and
+    // C++20's `atomic::wait`, wait (the C library's own locks never come through it).
+    "syscall",
 ];
 
-/// How many frames are unwound: the waits sit three to five deep.
-const DEPTH: usize = 12;
+/// The C library's functions whose sleep the kernel resumes with `restart_syscall` after a
+/// stop or a signal (their timeouts kept in the thread): a thread in `restart_syscall` under
+/// one of these, or of [`WAITS`], sleeps holding no lock of the library's either. (One
+/// attached and let go before sat there, and the next attach was refused.)
+const SLEEPS: [&str; 9] =
+    ["poll", "ppoll", "select", "pselect", "nanosleep", "clock_nanosleep", "usleep", "sleep", "thrd_sleep"];
+
+/// How many frames are unwound: the waits sit three to five deep, and a frame of the loader
+/// further out (a constructor waiting, within `dlopen`) refuses the thread.
+const DEPTH: usize = 32;
 
 /// What the check needs of one process, read at the first thread that waits in `futex`
 /// and kept while its threads are tried.
 pub(crate) struct WaitCheck {
     pid: i32,
-    known: Option<Known>,
+    /// Read at the first thread in `futex` (`Some(None)`: could not be, not tried again).
+    known: Option<Option<Known>>,
 }
 
 struct Known {
@@ -56,6 +72,8 @@ struct Known {
     unwinder: Unwinder,
     /// Where each of [`WAITS`] lies: start and end.
     waits: Vec<(u64, u64)>,
+    /// And each of [`SLEEPS`].
+    sleeps: Vec<(u64, u64)>,
 }
 
 impl WaitCheck {
@@ -63,29 +81,28 @@ impl WaitCheck {
         WaitCheck { pid, known: None }
     }
 
-    /// Whether a thread stopped in `futex` with registers `r` is inside one of the program's
-    /// waits ([`WAITS`]) and nowhere else in the C library or the loader.
-    pub(crate) fn holds_no_library_lock(&mut self, r: &libc::user_regs_struct) -> bool {
+    /// Whether a thread stopped in `futex` (or `restart_syscall`) with registers `r` is inside one of the program's
+    /// waits ([`WAITS`]), called by the program, with no frame of the loader on its stack.
+    /// `restarted`: stopped in `restart_syscall`, [`SLEEPS`] count too.
+    pub(crate) fn holds_no_library_lock(&mut self, r: &libc::user_regs_struct, restarted: bool) -> bool {
         let pid = self.pid;
-        if self.known.is_none() {
-            self.known = Known::read(pid);
-        }
-        let Some(k) = self.known.as_mut() else { return false };
+        let Some(k) = self.known.get_or_insert_with(|| Known::read(pid)).as_mut() else { return false };
         let regs = sys::to_regs(r);
         let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
         // The frames inside the C library, innermost first, then the program's frame.
         let Some(outside) = stack.iter().position(|&a| !in_c_library(&k.maps, a)) else { return false };
-        if outside == 0 || in_loader(&k.maps, stack[outside]) {
+        if outside == 0 || stack.iter().any(|&a| in_loader(&k.maps, a)) {
             return false;
         }
+        let sleeps: &[(u64, u64)] = if restarted { &k.sleeps } else { &[] };
+        let mut ranges = k.waits.iter().chain(sleeps);
         // The outermost frame of the C library's is one of the waits: what the program called.
         let outermost = stack[outside - 1];
-        if k.waits.iter().any(|&(start, end)| start <= outermost && outermost < end) {
+        if ranges.clone().any(|&(start, end)| start <= outermost && outermost < end) {
             return true;
         }
         // Or the program called one that jumped on, leaving no frame.
-        called_before(&mut k.memory, stack[outside])
-            .is_some_and(|callee| k.waits.iter().any(|&(start, _)| start == callee))
+        called_before(&mut k.memory, stack[outside]).is_some_and(|callee| ranges.any(|&(start, _)| start == callee))
     }
 }
 
@@ -95,33 +112,22 @@ impl Known {
         let memory = RemoteMemory::open(pid).ok()?;
         let library: Vec<Mapping> =
             maps.iter().filter(|m| m.path.as_deref().is_some_and(is_c_library)).cloned().collect();
-        let waits: Vec<(u64, u64)> = Symbols::load(&library)
-            .functions()
-            .iter()
-            .filter(|f| WAITS.contains(&&*f.name))
-            .map(|f| (f.start.0, f.start.0 + f.size.max(1)))
-            .collect();
-        (!waits.is_empty()).then_some(Known { maps, memory, unwinder: Unwinder::new(), waits })
+        let symbols = Symbols::load(&library);
+        let ranges_of = |names: &[&str]| -> Vec<(u64, u64)> {
+            let named = symbols.functions().iter().filter(|f| names.contains(&&*f.name));
+            named.map(|f| (f.start.0, f.start.0 + f.size.max(1))).collect()
+        };
+        let (waits, sleeps) = (ranges_of(&WAITS), ranges_of(&SLEEPS));
+        (!waits.is_empty()).then_some(Known { maps, memory, unwinder: Unwinder::new(), waits, sleeps })
     }
 }
 
-fn file_name(maps: &[Mapping], addr: u64) -> Option<&str> {
-    let path = maps.iter().find(|m| m.contains(Addr(addr)))?.path.as_deref()?;
-    Some(path.rsplit('/').next().unwrap_or(path))
-}
-
-/// Whether the file at `path` is the C library (or its threads library, before glibc 2.34).
-pub(crate) fn is_c_library(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with("libc.") || name.starts_with("libc-") || name.starts_with("libpthread")
-}
-
 fn in_c_library(maps: &[Mapping], addr: u64) -> bool {
-    file_name(maps, addr).is_some_and(is_c_library)
+    object_at(maps, addr).is_some_and(is_c_library)
 }
 
 fn in_loader(maps: &[Mapping], addr: u64) -> bool {
-    file_name(maps, addr).is_some_and(|f| f.starts_with("ld-"))
+    object_at(maps, addr).is_some_and(is_loader)
 }
 
 /// The function that the call instruction ending at `ret` called (`call rel32`, or `call

@@ -7,13 +7,13 @@
 //!
 //! The allocator is whichever object other than the C library exports `malloc`. A thread is
 //! inside it when a frame of its stack (unwound from its registers) is in that object, for a
-//! shared library; for the program itself, in one of its functions whose name says it
-//! allocates or frees. A thread whose stack cannot be unwound that far is taken as it was.
+//! shared library; for the program itself, in one of its entry points (`malloc`, `free`,
+//! `operator new`, ...). A thread whose stack cannot be unwound that far is taken as it was.
 
 use dprobe_stack::Unwinder;
-use dprobe_sym::{read_maps_of, Symbols};
+use dprobe_sym::{read_maps_of, Function, Symbols};
 
-use crate::lock_free_wait::is_c_library;
+use crate::c_library::{is_c_library, is_loader};
 use crate::sys::{self, RemoteMemory};
 
 /// How many frames are looked at.
@@ -39,39 +39,54 @@ impl AllocatorCheck {
         if ranges.is_empty() {
             return false;
         }
-        let Ok(mut memory) = RemoteMemory::open(pid) else { return false };
+        // Unreadable: the try is refused (the load could not go on anyway).
+        let Ok(mut memory) = RemoteMemory::open(pid) else { return true };
         let stack =
             crate::backtrace::stack_of(&mut self.unwinder, pid as u32, &sys::to_regs(r), &mut memory, &[], DEPTH);
         stack.iter().any(|&a| ranges.iter().any(|&(start, end)| start <= a && a < end))
     }
 }
 
+/// The allocator's entry points: one of them is on the stack of a thread inside it.
+const ENTRIES: [&str; 12] = [
+    "malloc",
+    "free",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "memalign",
+    "posix_memalign",
+    "aligned_alloc",
+    "valloc",
+    "pvalloc",
+    "malloc_usable_size",
+    "cfree",
+];
+
+/// Whether `name` is C++'s `operator new`, `new[]`, `delete` or `delete[]` (mangled).
+fn is_operator_new_or_delete(name: &str) -> bool {
+    ["_Znw", "_Zna", "_Zdl", "_Zda"].iter().any(|p| name.starts_with(p))
+}
+
 /// The code of process `pid`'s own allocator: the whole of a shared library that exports
-/// `malloc`, or the allocating functions of a program that does; none when the C library's
-/// `malloc` is the one in use.
+/// `malloc` (all its code is the allocator's), or the entry points of a program that does;
+/// none when the C library's `malloc` is the one in use.
 fn allocator_ranges(pid: i32) -> Vec<(u64, u64)> {
     let Ok(maps) = read_maps_of(pid as u32) else { return Vec::new() };
     let symbols = Symbols::load(&maps);
     let Ok(program) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return Vec::new() };
     let program = program.to_string_lossy();
-    let own = |object: &str| !is_c_library(object) && !file_name(object).starts_with("ld-");
+    let own = |object: &str| !is_c_library(object) && !is_loader(object);
     let mut ranges = Vec::new();
     for malloc in symbols.functions().iter().filter(|f| &*f.name == "malloc" && own(&f.object)) {
         if *malloc.object == program {
-            let allocating = |name: &str| {
-                let name = name.to_ascii_lowercase();
-                name.contains("alloc") || name.contains("free")
-            };
-            let in_program = symbols.functions().iter().filter(|f| *f.object == program && allocating(&f.name));
-            ranges.extend(in_program.map(|f| (f.start.0, f.start.0 + f.size.max(1))));
+            let entry = |f: &&Function| ENTRIES.contains(&&*f.name) || is_operator_new_or_delete(&f.name);
+            let entries = symbols.functions().iter().filter(|f| *f.object == program).filter(entry);
+            ranges.extend(entries.map(|f| (f.start.0, f.start.0 + f.size.max(1))));
         } else {
             let library = maps.iter().filter(|m| m.exec && m.path.as_deref() == Some(&*malloc.object));
             ranges.extend(library.map(|m| (m.start.0, m.end.0)));
         }
     }
     ranges
-}
-
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
