@@ -3,6 +3,8 @@
 //! join) holds none of the C library's locks and may load the agent; one waiting for a lock
 //! may not, and the attach is refused with the program left as it was.
 mod common;
+#[path = "common/ending.rs"]
+mod ending;
 #[path = "common/guarded.rs"]
 mod guarded;
 #[path = "common/killing.rs"]
@@ -12,7 +14,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{dprobe_command, out_file};
-use guarded::Guarded as Program;
+use ending::Running as Program;
+use guarded::rest_of;
 use killing::{traced, wait_until};
 
 /// The fixture started with `mode`, once it said it is ready.
@@ -65,7 +68,7 @@ fn attach_to_a_program_waiting_in(mode: &str) {
     assert!(said().contains("dprobe: tracing"), "{mode}: {}", said());
     // SAFETY: wakes the program this test started (its handler posts a semaphore).
     assert_eq!(unsafe { libc::kill(program.0.id() as i32, libc::SIGUSR1) }, 0);
-    let rest = program.rest_of(&mut out);
+    let rest = rest_of(&program.0, &mut out);
     assert_eq!(program.0.wait().unwrap().code(), Some(0), "{mode}: {rest}");
     assert_eq!(rest, format!("{}\n", (0..1000).map(|i| i * 2).sum::<i64>()), "{mode}");
     assert_eq!(dprobe.wait().unwrap().code(), Some(0), "{mode}: {}", said());

@@ -3,13 +3,16 @@
 //! program's `malloc` takes no lock, so such a load re-entered it halfway through a change,
 //! and the program aborted later ("corrupted size vs. prev_size").
 mod common;
+#[path = "common/ending.rs"]
+mod ending;
 #[path = "common/guarded.rs"]
 mod guarded;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use guarded::Guarded;
+use ending::Running as Guarded;
+use guarded::rest_of;
 
 #[test]
 fn a_program_asleep_in_its_signal_handler_is_refused_the_agent_and_finishes_unharmed() {
@@ -33,7 +36,7 @@ fn a_program_asleep_in_its_signal_handler_is_refused_the_agent_and_finishes_unha
     );
     // SAFETY: as above; the handler returns and the loop ends.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
-    let rest = child.rest_of(&mut out);
+    let rest = rest_of(&child.0, &mut out);
     let status = child.0.wait().unwrap();
     assert_eq!((status.code(), rest.as_str()), (Some(0), "done\n"), "{status:?}");
     assert_ne!(t.code, Some(0), "{}", t.what("attach"));

@@ -3,13 +3,16 @@
 //! own thread held, was abandoned after its timeout with the loader's lock taken, and the
 //! program's next `dlopen` hung for ever.
 mod common;
+#[path = "common/ending.rs"]
+mod ending;
 #[path = "common/guarded.rs"]
 mod guarded;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use guarded::Guarded;
+use ending::Running as Guarded;
+use guarded::rest_of;
 
 #[test]
 fn attaching_to_a_program_with_its_own_malloc_leaves_its_loader_usable() {
@@ -31,7 +34,7 @@ fn attaching_to_a_program_with_its_own_malloc_leaves_its_loader_usable() {
         assert!(common::hits(&t.trace, "own_malloc:work") > 0, "round {round}: {}", t.trace);
     }
     drop(child.0.stdin.take());
-    let rest = child.rest_of(&mut out);
+    let rest = rest_of(&child.0, &mut out);
     let status = child.0.wait().unwrap();
     assert_eq!((status.code(), rest.as_str()), (Some(0), "dlopen ok\nsummed\n"), "{status:?}");
 }
