@@ -214,7 +214,7 @@ impl Injector {
                 }
             }
         }
-        Err(refused("no thread stopped at a safe place: outside the C library and the loader, or waiting where it holds none of their locks, and not in a signal handler (each was tried)".into()))
+        Err(refused("no thread stopped at a safe place: outside the C library and the loader, or waiting where it holds none of their locks, and not in a signal handler or the program's own allocator (each was tried)".into()))
     }
 
     fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
