@@ -83,17 +83,19 @@ extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
 /// child's agent, started in its `fork` handler, finds it known: the loader's lock may be
 /// held there by a thread the child does not have).
 fn c_library_threads() -> Option<&'static AtomicU32> {
-    /// The count's address; [`UNKNOWN`] until looked up, 1 where there is none.
+    /// The count's address; [`UNKNOWN`] until looked up, [`ABSENT`] where there is none.
     static AT: AtomicUsize = AtomicUsize::new(UNKNOWN);
     const UNKNOWN: usize = 0;
+    const ABSENT: usize = 1;
     let mut at = AT.load(Acquire);
     if at == UNKNOWN {
         // SAFETY: dlvsym reads two NUL-terminated names and returns the symbol's address or null.
         let found = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"__nptl_nthreads".as_ptr(), c"GLIBC_PRIVATE".as_ptr()) };
-        at = if found.is_null() { 1 } else { found as usize };
+        at = if found.is_null() { ABSENT } else { found as usize };
         AT.store(at, Release);
     }
-    // SAFETY: glibc's `unsigned int __nptl_nthreads`, changed only with atomic operations, lives
-    // as long as the C library (for ever).
-    (at != 1).then(|| unsafe { &*(at as *const AtomicU32) })
+    // SAFETY: `at` (not ABSENT) is the address dlvsym gave for glibc's `unsigned int
+    // __nptl_nthreads`, aligned, changed only with atomic operations, and there as long as the
+    // C library is (for ever).
+    (at != ABSENT).then(|| unsafe { &*(at as *const AtomicU32) })
 }

@@ -175,7 +175,7 @@ impl Injector {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
         if let Some(process) = process_of_thread(pid) {
-            let reason = match crate::tracee::leader_ended(process) {
+            let reason = match crate::tracee::others_after_first_thread_ended(process).is_some() {
                 true => format!(
                     "{pid} is a thread of process {process}, whose first thread has ended: the agent cannot \
                      be loaded there, and the ptrace engine can trace it by a thread's id (`--engine ptrace -p {pid}`)"

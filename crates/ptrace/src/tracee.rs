@@ -665,12 +665,13 @@ fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
     Ok(out)
 }
 
-/// Whether process `pid`'s first thread has ended (`pthread_exit`) while others run on.
-pub(crate) fn leader_ended(pid: i32) -> bool {
+/// How many threads of process `pid` run on where its first thread alone has ended
+/// (`pthread_exit`: the process reads as a zombie until they end too).
+pub(crate) fn others_after_first_thread_ended(pid: i32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains("zombie"));
     let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse::<u32>().ok());
-    zombie && threads.is_some_and(|n| n > 1)
+    threads.filter(|&n| zombie && n > 1).map(|n| n - 1)
 }
 
 /// Why the kernel refused to let us trace `pid`, in words.
@@ -680,10 +681,7 @@ pub(crate) fn refusal_reason(pid: i32) -> String {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
-        // Its first thread alone may have ended (`pthread_exit`): the others run on.
-        let threads =
-            status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse::<u32>().ok());
-        if let Some(others) = threads.filter(|&n| n > 1).map(|n| n - 1) {
+        if let Some(others) = others_after_first_thread_ended(pid) {
             return format!(
                 "its first thread has ended (pthread_exit) while {others} other thread{} run{} on, and dprobe \
                  cannot attach to a process whose first thread is gone",
