@@ -118,6 +118,10 @@ pub struct Injector {
     /// `SIGSTOP`, a `SIGTRAP` of the program's), queued again for the thread once it is put
     /// back as it was.
     held: Vec<libc::siginfo_t>,
+    /// A call into the thread was stopped inside a timed wait of its own (a stuck call, or a
+    /// signal meanwhile): the kernel's per-thread restart state is the call's now, not that of
+    /// the program's own sleep (see [`Injector::registers_to_resume`]).
+    restart_state_replaced: bool,
 }
 
 impl Injector {
@@ -221,7 +225,18 @@ impl Injector {
         let saved = sys::get_regs(tid)?;
         let xstate = get_xstate(tid)?;
         let mask = sys::sigmask(tid)?;
-        Ok(Injector { pid, tid, memory, saved, xstate, spawned, released: false, mask, held: Vec::new() })
+        Ok(Injector {
+            pid,
+            tid,
+            memory,
+            saved,
+            xstate,
+            spawned,
+            released: false,
+            mask,
+            held: Vec::new(),
+            restart_state_replaced: false,
+        })
     }
 
     /// The process.
@@ -422,6 +437,7 @@ impl Injector {
             if !libc::WIFSTOPPED(status) {
                 return Err(TraceError::Gone { tid: self.tid }.into());
             }
+            self.note_restart_state(&sys::get_regs(self.tid)?);
             if sys::event_of(status) != 0 {
                 return Ok(());
             }
@@ -479,7 +495,7 @@ impl Injector {
         self.released = true;
         self.restore_registers()?;
         let held = std::mem::take(&mut self.held);
-        crate::let_go::resume_into_its_call(self.pid, self.tid, &self.saved, held)?;
+        crate::let_go::resume_into_its_call(self.pid, self.tid, &self.registers_to_resume(), held)?;
         Ok(())
     }
 
@@ -499,9 +515,44 @@ impl Injector {
 
     fn restore_registers(&mut self) -> Result<(), TraceError> {
         set_xstate(self.tid, &mut self.xstate)?;
-        sys::set_regs(self.tid, &self.saved)?;
+        sys::set_regs(self.tid, &self.registers_to_resume())?;
         sys::set_sigmask(self.tid, self.mask)?;
         Ok(())
+    }
+
+    /// Note whether a call into the thread, stopped with registers `r`, was taken out of a
+    /// timed wait that the kernel resumes from its per-thread restart state: the state is the
+    /// call's then, no longer that of the program's own sleep.
+    fn note_restart_state(&mut self, r: &libc::user_regs_struct) {
+        const ERESTART_RESTARTBLOCK: i64 = -516;
+        self.restart_state_replaced |= (r.orig_rax as i64) >= 0 && r.rax as i64 == ERESTART_RESTARTBLOCK;
+    }
+
+    /// The registers the thread is put back with: those it had, except where it had been
+    /// taken out of a timed sleep (`nanosleep`, `poll`, a timed `futex` wait...) that the
+    /// kernel resumes from its per-thread restart state (`-ERESTART_RESTARTBLOCK`), and a call
+    /// into it was later stopped inside a timed wait of its own, which replaced that state
+    /// (see [`Injector::note_restart_state`]): resumed from it, the program's sleep would wait
+    /// on the call's lock word until the call's deadline, then return its `ETIMEDOUT`. The
+    /// program's call is then entered again from its start instead (`-ERESTARTNOHAND`, as the
+    /// kernel restarts `pause`: ended by a signal with a handler, as the sleep would have
+    /// been; a relative timeout starts over). A `restart_syscall` (a sleep already resumed
+    /// once) cannot be entered again without its state: it returns `EINTR`, as after a signal.
+    fn registers_to_resume(&self) -> libc::user_regs_struct {
+        const ERESTARTNOHAND: i64 = -514;
+        const ERESTART_RESTARTBLOCK: i64 = -516;
+        let mut r = self.saved;
+        if !self.restart_state_replaced || (r.orig_rax as i64) < 0 || r.rax as i64 != ERESTART_RESTARTBLOCK {
+            return r;
+        }
+        if r.orig_rax as i64 == libc::SYS_restart_syscall {
+            r.rax = -libc::EINTR as u64;
+            // Out of the system call: the kernel leaves `rax` as it is.
+            r.orig_rax = u64::MAX;
+        } else {
+            r.rax = ERESTARTNOHAND as u64;
+        }
+        r
     }
 
     fn read_c_string(&mut self, at: u64) -> Option<String> {
@@ -608,10 +659,11 @@ impl Injector {
                 return Err(TraceError::Gone { tid: self.tid }.into());
             }
             let sig = libc::WSTOPSIG(status);
+            let now = sys::get_regs(self.tid)?;
+            self.note_restart_state(&now);
             if sys::event_of(status) != 0 {
                 continue;
             }
-            let now = sys::get_regs(self.tid)?;
             let fault = kept::bit(sig) & kept::FAULTS != 0;
             // One sent (`kill`, `tgkill`: not raised by an instruction), pending while the
             // thread blocked it, comes now: held, and given back once the thread is.
