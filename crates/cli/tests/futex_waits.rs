@@ -107,7 +107,8 @@ fn a_program_whose_threads_all_wait_for_locks_is_refused_and_left_as_it_was() {
     assert_ne!(t.code, Some(0), "{}", t.what("locks"));
     assert!(
         t.stderr.contains("cannot load dprobe's agent")
-            && t.stderr.contains("waiting where it holds none of their locks"),
+            && t.stderr.contains("At the last stop: threads ")
+            && t.stderr.contains(": waiting in `futex` where the C library or the loader may hold a lock"),
         "{}",
         t.stderr
     );

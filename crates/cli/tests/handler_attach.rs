@@ -40,5 +40,6 @@ fn a_program_asleep_in_its_signal_handler_is_refused_the_agent_and_finishes_unha
     let status = child.0.wait().unwrap();
     assert_eq!((status.code(), rest.as_str()), (Some(0), "done\n"), "{status:?}");
     assert_ne!(t.code, Some(0), "{}", t.what("attach"));
-    assert!(t.stderr.contains("not in a signal handler"), "{}", t.stderr);
+    assert!(t.stderr.contains(&format!("At the last stop: thread {pid} (")), "{}", t.stderr);
+    assert!(t.stderr.contains("): in a signal handler"), "the reason of its only thread: {}", t.stderr);
 }

@@ -49,6 +49,7 @@ mod program_view;
 mod rearm;
 mod remote_elf;
 mod returns;
+mod safe_place;
 mod semaphores;
 mod shared_image;
 mod signal_frames;

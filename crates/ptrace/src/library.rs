@@ -4,13 +4,9 @@
 //! registers, the extended FPU state and `errno`).
 //!
 //! For a started program the point is just after its C library's initialisation, before
-//! any other library's constructor (see `early`): no other thread exists, no lock is held. For a running process one thread is seized and
-//! interrupted until it stops outside the C library and the loader, or inside a system
-//! call that waits (the C library holds no lock there), or in `futex` inside one of the
-//! program's waits, such as `pthread_cond_wait` (see `lock_free_wait`); a thread stopped
-//! inside `malloc` would deadlock `dlopen`. Never in one of the program's signal handlers
-//! (`signal_frames`), which may have interrupted `malloc`, nor inside the program's own
-//! allocator (`own_allocator`), which the loader's allocations then wait for.
+//! any other library's constructor (see `early`): no other thread exists, no lock is held. For
+//! a running process one thread is seized and interrupted until it stops where it holds no
+//! lock of the C library's or the loader's (see `safe_place`).
 //!
 //! A call returns to an address below the lowest mappable page: the fault stops the thread
 //! there, and the tracer reads the result in `rax`.
@@ -26,14 +22,11 @@ use std::time::{Duration, Instant};
 use dprobe_arch::{Addr, Memory};
 use dprobe_sym::{read_maps_of, Symbols};
 
-use crate::c_library::{is_c_library, is_loader, object_at};
 use crate::error::TraceError;
 use crate::exec_watch::ExecWatch;
 use crate::kept;
-use crate::lock_free_wait::WaitCheck;
-use crate::own_allocator::AllocatorCheck;
+use crate::safe_place::SafePlaceChecks;
 use crate::shared_image::{may_open_files_of_dprobe, SharedImage};
-use crate::signal_frames::HandlerCheck;
 use crate::sys::{self, RemoteMemory};
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
@@ -48,8 +41,6 @@ const RTLD_NOW: u64 = 2;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The wall-clock bound for a call that keeps running (a loop in a constructor).
 const CALL_WALL_LIMIT: Duration = Duration::from_secs(120);
-/// Interruptions of a running thread before another thread is tried.
-const SAFE_POINT_TRIES: u32 = 200;
 /// Room for the extended state (`NT_X86_XSTATE`): AVX-512 and AMX included.
 const XSTATE_BYTES: usize = 16 * 1024;
 const NT_X86_XSTATE: libc::c_int = 0x202;
@@ -189,11 +180,8 @@ impl Injector {
             return Err(attach_err(reason));
         }
         let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
-        let mut checks = SafePlaceChecks {
-            waits: WaitCheck::new(pid),
-            handlers: HandlerCheck::new(pid),
-            allocator: AllocatorCheck::new(pid),
-        };
+        let mut checks = SafePlaceChecks::new(pid);
+        let mut tried = Vec::new();
         for tid in tids {
             if let Err(e) = sys::seize(tid, 0) {
                 if e.gone() {
@@ -204,21 +192,22 @@ impl Injector {
                 }
                 return Err(attach_err(e.to_string()));
             }
-            let safe = stop_at_safe_point(pid, tid, &mut checks).inspect_err(|_| {
+            let safe = checks.stop_at_safe_point(tid).inspect_err(|_| {
                 // Not left traced: a stopped thread is let go, a running one goes with dprobe.
                 let _ = sys::detach(tid, 0);
             })?;
             match safe {
-                true => {
+                Ok(()) => {
                     let memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
                     return Injector::hold(pid, tid, memory, false);
                 }
-                false => {
+                Err(why) => {
                     let _ = sys::detach(tid, 0);
+                    tried.push((tid, why));
                 }
             }
         }
-        Err(refused("no thread stopped at a safe place: outside the C library and the loader, or waiting where it holds none of their locks, and not in a signal handler or the program's own allocator (each was tried)".into()))
+        Err(refused(crate::safe_place::refusal(pid, &tried)))
     }
 
     fn hold(pid: i32, tid: i32, memory: RemoteMemory, spawned: bool) -> Result<Injector, LoadError> {
@@ -714,104 +703,12 @@ fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
     Ok(tids)
 }
 
-/// System calls during which a thread holds no lock of the C library or the loader: a
-/// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock. It
-/// is safe only inside one of the program's waits (`lock_free_wait.rs`).
-const WAITING_SYSCALLS: [i64; 17] = [
-    libc::SYS_read,
-    libc::SYS_poll,
-    libc::SYS_select,
-    libc::SYS_nanosleep,
-    libc::SYS_pause,
-    libc::SYS_wait4,
-    libc::SYS_epoll_wait,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_ppoll,
-    libc::SYS_pselect6,
-    libc::SYS_epoll_pwait,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_recvfrom,
-    libc::SYS_recvmsg,
-    libc::SYS_rt_sigtimedwait,
-    // Its thread blocks, while held, the signals it blocked before (the mask it returns to),
-    // and waits with its own mask again once put back: the restarted call sets it.
-    libc::SYS_rt_sigsuspend,
-];
-
-/// What deciding whether a thread stopped at a safe place reads of its process, once.
-struct SafePlaceChecks {
-    waits: WaitCheck,
-    handlers: HandlerCheck,
-    allocator: AllocatorCheck,
-}
-
 /// The process that thread `tid` belongs to, where that is not `tid` itself (a thread other than
 /// a process's first, whose id `/proc` also answers to).
 fn process_of_thread(tid: i32) -> Option<i32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     let tgid: i32 = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()?;
     (tgid != tid).then_some(tgid)
-}
-
-/// Interrupt seized thread `tid` until it stops at a safe point (`true`), or give up
-/// (`false`), the thread then left stopped (where a detach lets it go) or gone.
-fn stop_at_safe_point(pid: i32, tid: i32, checks: &mut SafePlaceChecks) -> Result<bool, TraceError> {
-    for attempt in 0..SAFE_POINT_TRIES {
-        sys::interrupt(tid)?;
-        let status = loop {
-            let (_, status) = sys::wait(tid)?;
-            if !libc::WIFSTOPPED(status) {
-                return Ok(false);
-            }
-            if sys::event_of(status) != 0 {
-                break status;
-            }
-            // The program's signal, arrived first: deliver it and wait for the interrupt.
-            sys::cont(tid, libc::WSTOPSIG(status))?;
-        };
-        let _ = status;
-        let r = sys::get_regs(tid)?;
-        let safe = is_safe(pid, tid, &r, &mut checks.waits)?
-            && !checks.handlers.running_a_handler(r.rsp)
-            && !checks.allocator.inside(&r);
-        if safe {
-            return Ok(true);
-        }
-        if attempt + 1 == SAFE_POINT_TRIES {
-            // Stopped still: the caller's detach lets it go (a running thread cannot be
-            // detached, and would stay traced, stopping at its next signal with no one to
-            // resume it).
-            break;
-        }
-        sys::cont(tid, 0)?;
-        std::thread::sleep(Duration::from_micros(50 + u64::from(attempt % 20) * 47));
-    }
-    Ok(false)
-}
-
-fn is_safe(pid: i32, tid: i32, r: &libc::user_regs_struct, waits: &mut WaitCheck) -> Result<bool, TraceError> {
-    // Inside a handler of a fault (which blocks its own signal while it runs): not a place to
-    // call `dlopen` from (it may have interrupted `malloc`). A thread that blocks nearly every
-    // signal (one waiting in `sigwait`) blocks the faults too, and is not in such a handler.
-    let mask = sys::sigmask(tid)?;
-    if mask & kept::FAULTS != 0 && (mask & kept::STANDARD).count_ones() <= kept::MOST_BLOCKED {
-        return Ok(false);
-    }
-    let in_syscall = r.orig_rax as i64 >= 0;
-    if in_syscall {
-        // Waiting, and to be restarted (or interrupted) when resumed.
-        if !matches!(r.rax as i64, -516..=-512) {
-            return Ok(false);
-        }
-        let call = r.orig_rax as i64;
-        let waiting = WAITING_SYSCALLS.contains(&call)
-            || (call == libc::SYS_futex && waits.holds_no_library_lock(r, false))
-            || (call == libc::SYS_restart_syscall && waits.holds_no_library_lock(r, true));
-        return Ok(waiting);
-    }
-    let maps = read_maps_of(pid as u32)?;
-    Ok(!object_at(&maps, r.rip).is_some_and(|p| is_c_library(p) || is_loader(p)))
 }
 
 fn get_xstate(tid: i32) -> Result<Vec<u8>, TraceError> {
