@@ -11,7 +11,7 @@
 //! `operator new`, ...). A thread whose stack cannot be unwound that far is taken as it was.
 
 use dprobe_stack::Unwinder;
-use dprobe_sym::{read_maps_of, Function, Symbols};
+use dprobe_sym::{read_maps_of, Function, Mapping, Symbols};
 
 use crate::c_library::{is_c_library, is_loader};
 use crate::sys::{self, RemoteMemory};
@@ -74,8 +74,7 @@ fn is_operator_new_or_delete(name: &str) -> bool {
 fn allocator_ranges(pid: i32) -> Vec<(u64, u64)> {
     let Ok(maps) = read_maps_of(pid as u32) else { return Vec::new() };
     let symbols = Symbols::load(&maps);
-    let Ok(program) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return Vec::new() };
-    let program = program.to_string_lossy();
+    let Some(program) = program_file(pid, &maps) else { return Vec::new() };
     let own = |object: &str| !is_c_library(object) && !is_loader(object);
     let mut ranges = Vec::new();
     for malloc in symbols.functions().iter().filter(|f| &*f.name == "malloc" && own(&f.object)) {
@@ -89,4 +88,42 @@ fn allocator_ranges(pid: i32) -> Vec<(u64, u64)> {
         }
     }
     ranges
+}
+
+/// The file of process `pid`'s program: `/proc/PID/exe`, or, where that is the loader (a
+/// program started as `ld.so ./prog`, mapped like a library: all of whose code would be taken
+/// for the allocator's, and every thread refused), the mapped file that names an interpreter
+/// (`PT_INTERP`), as executables do and libraries do not (the C library, which does, aside).
+fn program_file(pid: i32, maps: &[Mapping]) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_string_lossy().into_owned();
+    if !is_loader(&exe) {
+        return Some(exe);
+    }
+    let mut files: Vec<&str> = maps.iter().filter_map(|m| m.path.as_deref()).filter(|p| p.starts_with('/')).collect();
+    files.dedup();
+    let program = files.into_iter().find(|p| !is_c_library(p) && !is_loader(p) && names_an_interpreter(p));
+    Some(program.map_or(exe, str::to_owned))
+}
+
+/// Whether the ELF file at `path` has a `PT_INTERP` program header.
+fn names_an_interpreter(path: &str) -> bool {
+    const PT_INTERP: u32 = 3;
+    let Ok(bytes) = read_head(path) else { return false };
+    let word = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at + n)?;
+        Some(b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+    };
+    let (Some(phoff), Some(size), Some(count)) = (word(32, 8), word(54, 2), word(56, 2)) else { return false };
+    if bytes.get(..4) != Some(b"\x7fELF") {
+        return false;
+    }
+    (0..count).any(|i| word((phoff + i * size) as usize, 4) == Some(u64::from(PT_INTERP)))
+}
+
+/// The first 16 KiB of the file at `path` (its ELF and program headers).
+fn read_head(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16 * 1024);
+    std::fs::File::open(path)?.take(16 * 1024).read_to_end(&mut head)?;
+    Ok(head)
 }
