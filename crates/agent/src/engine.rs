@@ -462,8 +462,8 @@ impl AgentEngine {
         }
         if self.agent_left && sandboxed {
             self.unfollowed.push(format!(
-                "process {} asked to bind every one of its threads to a seccomp filter (SECCOMP_FILTER_FLAG_TSYNC), \
-                 which may forbid the agent's system calls: the agent left it first (from then on its calls, and its \
+                "process {} asked to put its threads, or one, under a seccomp filter or in strict mode, which may \
+                 forbid the agent's system calls: the agent left it first (from then on its calls, and its \
                  children's programs, were not traced)",
                 self.pid
             ));

@@ -17,7 +17,11 @@
 //! `SECCOMP_FILTER_FLAG_TSYNC`, through the C library's `syscall`, as libseccomp does) would
 //! bind the agent's thread too, and a sandbox's filter may kill the process at the agent's
 //! next system call (an allow-list made for the program's own): the agent leaves the same
-//! way, the program's other threads there or not.
+//! way, the program's other threads there or not. So it does for a filter (or strict mode)
+//! that binds the calling thread alone (`prctl(PR_SET_SECCOMP)`, or `seccomp` without
+//! `TSYNC`): that thread's hits make system calls too (`sigaltstack` every 1,024 hits, reads
+//! of memory for fetches), and an allow-list killed the process at its 1,025th hit. Whether a
+//! filter would forbid those calls is not known without running it.
 
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
 
@@ -41,9 +45,14 @@ const PATIENCE_NS: u64 = 5_000_000_000;
 static WHY: AtomicU32 = AtomicU32::new(ALONE);
 pub(crate) const ALONE: u32 = 0;
 pub(crate) const SANDBOXED: u32 = 1;
-/// `seccomp`'s operation and flag that bind every thread of the process to a filter.
+/// `seccomp`'s operations that put the calling thread (or, with `SECCOMP_FILTER_FLAG_TSYNC`,
+/// every thread) under a filter, or in strict mode.
+const SECCOMP_SET_MODE_STRICT: u64 = 0;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
-const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
+/// `prctl`'s option for the same, and its modes.
+const PR_SET_SECCOMP: u64 = libc::PR_SET_SECCOMP as u64;
+const SECCOMP_MODE_STRICT: u64 = 1;
+const SECCOMP_MODE_FILTER: u64 = 2;
 
 /// The process whose agent thread leaves when asked (a forked child has its own).
 static OWNER: AtomicI32 = AtomicI32::new(0);
@@ -80,6 +89,7 @@ pub(crate) fn probes() -> Vec<Kprobe> {
         Kprobe::symbol("libc:unshare").pre(at_unshare),
         Kprobe::symbol("libc:setns").pre(at_setns),
         Kprobe::symbol("libc:syscall").pre(at_syscall),
+        Kprobe::symbol("libc:prctl").pre(at_prctl),
     ]
 }
 
@@ -143,14 +153,22 @@ fn at_setns(regs: &mut Regs) -> PreAction {
     at_call(regs, into_user_namespace)
 }
 
-/// At the entry of `syscall(number, ...)`: a `seccomp` call that binds every thread to a
-/// filter waits until the agent has left (see the module's comment).
+/// At the entry of `syscall(number, ...)`: a `seccomp` call that puts a thread under a filter,
+/// or in strict mode, waits until the agent has left (see the module's comment).
 fn at_syscall(regs: &mut Regs) -> PreAction {
-    // (The operation and the flags are `unsigned int`s: their upper halves are anything.)
-    let binds_every_thread = regs.rdi == libc::SYS_seccomp as u64
-        && u64::from(regs.rsi as u32) == SECCOMP_SET_MODE_FILTER
-        && u64::from(regs.rdx as u32) & SECCOMP_FILTER_FLAG_TSYNC != 0;
-    asks_to_leave(regs, binds_every_thread, ask_and_wait_sandboxed)
+    // (The operation is an `unsigned int`: its upper half is anything.)
+    let operation = u64::from(regs.rsi as u32);
+    let sandboxes = regs.rdi == libc::SYS_seccomp as u64
+        && (operation == SECCOMP_SET_MODE_FILTER || operation == SECCOMP_SET_MODE_STRICT);
+    asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
+}
+
+/// At the entry of `prctl(option, ...)`: the same for `PR_SET_SECCOMP`.
+fn at_prctl(regs: &mut Regs) -> PreAction {
+    // (The option is an `int`, the mode an `unsigned long`.)
+    let sandboxes = u64::from(regs.rdi as u32) == PR_SET_SECCOMP
+        && (regs.rsi == SECCOMP_MODE_FILTER || regs.rsi == SECCOMP_MODE_STRICT);
+    asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
 }
 
 fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {

@@ -553,23 +553,27 @@ fn a_program_executed_under_a_seccomp_filter_gets_no_agent_and_runs_right() {
 }
 
 /// A program that binds every thread to a seccomp allow-list (TSYNC) would bind the agent's
-/// thread too, and be killed at its next system call (SIGSYS): the agent leaves first, the
-/// program goes on untraced and ends right, and dprobe says so. The ptrace engine traces it all.
+/// thread too, and be killed at its next system call (SIGSYS); one that binds its own thread
+/// alone, at that thread's 1,025th hit (its hits make system calls too). The agent leaves
+/// first, the program goes on untraced and ends right, and dprobe says so. The ptrace engine
+/// traces it all.
 #[test]
-fn a_program_binding_every_thread_to_a_seccomp_filter_has_the_agent_leave_first() {
+fn a_program_putting_its_threads_under_a_seccomp_filter_has_the_agent_leave_first() {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sandboxes_itself.c");
     let program = dprobe_test_fixtures::c_program(src, "sandboxes_itself", &["-O2"]);
     let probe = format!("{program}:work");
-    for (engine, calls) in [("agent", 50), ("ptrace", 100)] {
-        let t = common::trace_to_file(
-            &format!("sandboxes-itself-{engine}"),
-            &["--engine", engine, "--count", &probe, "--", program],
-        );
-        let what = t.what(engine);
-        assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sum 4900\n"), "{what}");
-        assert_eq!(hits(&t.trace, &probe), calls, "{what}");
-        if engine == "agent" {
-            assert!(t.trace.contains("asked to bind every one of its threads to a seccomp filter"), "{what}");
+    for mode in ["every", "thread", "thread-raw"] {
+        for (engine, calls) in [("agent", 50), ("ptrace", 2050)] {
+            let t = common::trace_to_file(
+                &format!("sandboxes-itself-{mode}-{engine}"),
+                &["--engine", engine, "--count", &probe, "--", program, mode],
+            );
+            let what = t.what(&format!("{mode}, {engine}"));
+            assert_eq!((t.code, t.stdout.as_str()), (Some(0), "sum 4000450\n"), "{what}");
+            assert_eq!(hits(&t.trace, &probe), calls, "{what}");
+            if engine == "agent" {
+                assert!(t.trace.contains("asked to put its threads, or one, under a seccomp filter"), "{what}");
+            }
         }
     }
 }
