@@ -110,6 +110,8 @@ struct LettingGo {
 pub struct AgentEngine {
     pid: i32,
     spawned: bool,
+    /// Where the thread that loaded the agent into a running process was held.
+    loaded_by: Option<String>,
     /// Held until the trace runs (the program waits for its probes).
     injector: Option<Injector>,
     sock: UnixStream,
@@ -265,9 +267,11 @@ impl AgentEngine {
     ) -> Result<AgentEngine, AgentError> {
         let library = OwnedLibrary::of(library);
         let (listener, name) = listen(pid)?;
-        let started = start_attached(pid, &library, &name, give_up)?;
+        let (started, held_where) = start_attached(pid, &library, &name, give_up)?;
         let (listener, sock, shm) = connect(pid, listener, started, give_up)?;
-        Ok(AgentEngine::new(pid, None, listener, sock, shm, library, events))
+        let mut engine = AgentEngine::new(pid, None, listener, sock, shm, library, events);
+        engine.loaded_by = Some(held_where);
+        Ok(engine)
     }
 
     /// A started program, held where it waits for its probes.
@@ -293,6 +297,7 @@ impl AgentEngine {
             spawned,
             injector,
             sock,
+            loaded_by: None,
             ended_with_agent_there: None,
             shm,
             retired: Vec::new(),
@@ -332,6 +337,12 @@ impl AgentEngine {
     /// The traced process.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Where the thread of a running process that loaded the agent was held (its id and name,
+    /// and the system call it waited in); `None` for a program dprobe started.
+    pub fn loaded_by(&self) -> Option<&str> {
+        self.loaded_by.as_deref()
     }
 
     /// How many of the object files it maps the program's agent took over from dprobe, rather

@@ -304,6 +304,9 @@ fn trace_one_program(
     if engine == Engine::Agent {
         match start_agent(args, program) {
             Ok(mut engine) => {
+                if let Some(held) = engine.loaded_by().filter(|_| args.verbose) {
+                    eprintln!("dprobe: the agent was loaded by {held}");
+                }
                 if args.follows_children() {
                     engine.follow()?;
                 }

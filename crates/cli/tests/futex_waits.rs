@@ -66,6 +66,9 @@ fn attach_to_a_program_waiting_in(mode: &str) {
         said().contains("dprobe: tracing") || dprobe.try_wait().unwrap().is_some()
     });
     assert!(said().contains("dprobe: tracing"), "{mode}: {}", said());
+    // The first thread tried is the main one, waiting in the wait `mode` names.
+    let held = format!("the agent was loaded by thread {pid} (waits_in_futex), waiting in `futex`");
+    assert!(said().contains(&held), "{mode}: {}", said());
     // SAFETY: wakes the program this test started (its handler posts a semaphore).
     assert_eq!(unsafe { libc::kill(program.0.id() as i32, libc::SIGUSR1) }, 0);
     let rest = rest_of(&program.0, &mut out);

@@ -113,6 +113,8 @@ pub struct Injector {
     /// signal meanwhile): the kernel's per-thread restart state is the call's now, not that of
     /// the program's own sleep (see [`Injector::registers_to_resume`]).
     restart_state_replaced: bool,
+    /// Where the thread was held, in words (see [`Injector::held_where`]).
+    held_where: String,
 }
 
 impl Injector {
@@ -225,6 +227,7 @@ impl Injector {
             mask,
             held: Vec::new(),
             restart_state_replaced: false,
+            held_where: crate::safe_place::held_place(pid, tid, &saved),
         })
     }
 
@@ -486,6 +489,12 @@ impl Injector {
         let held = std::mem::take(&mut self.held);
         crate::let_go::resume_into_its_call(self.pid, self.tid, &self.registers_to_resume(), held)?;
         Ok(())
+    }
+
+    /// Where the held thread was stopped: its id and name, and the system call it waited in (or
+    /// that it ran the program's own code).
+    pub fn held_where(&self) -> &str {
+        &self.held_where
     }
 
     /// The held thread.

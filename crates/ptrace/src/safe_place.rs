@@ -49,6 +49,43 @@ const WAITING_SYSCALLS: [i64; 17] = [
     libc::SYS_rt_sigsuspend,
 ];
 
+/// Where thread `tid` of process `pid`, stopped with registers `r`, is held: its id and name,
+/// and the system call it waits in (or that it runs its own code), for `-v`.
+pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> String {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+    let place = match r.orig_rax as i64 {
+        call if call < 0 => "running the program's own code".to_owned(),
+        call => match CALL_NAMES.iter().find(|(n, _)| *n == call) {
+            Some((_, name)) => format!("waiting in `{name}`"),
+            None => format!("waiting in system call {call}"),
+        },
+    };
+    format!("thread {tid} ({}), {place}", name.trim_end())
+}
+
+/// The names of the system calls a thread is held in, where it waits.
+const CALL_NAMES: [(i64, &str); 19] = [
+    (libc::SYS_read, "read"),
+    (libc::SYS_poll, "poll"),
+    (libc::SYS_select, "select"),
+    (libc::SYS_nanosleep, "nanosleep"),
+    (libc::SYS_pause, "pause"),
+    (libc::SYS_wait4, "wait4"),
+    (libc::SYS_epoll_wait, "epoll_wait"),
+    (libc::SYS_clock_nanosleep, "clock_nanosleep"),
+    (libc::SYS_ppoll, "ppoll"),
+    (libc::SYS_pselect6, "pselect6"),
+    (libc::SYS_epoll_pwait, "epoll_pwait"),
+    (libc::SYS_accept, "accept"),
+    (libc::SYS_accept4, "accept4"),
+    (libc::SYS_recvfrom, "recvfrom"),
+    (libc::SYS_recvmsg, "recvmsg"),
+    (libc::SYS_rt_sigtimedwait, "rt_sigtimedwait"),
+    (libc::SYS_rt_sigsuspend, "rt_sigsuspend"),
+    (libc::SYS_futex, "futex"),
+    (libc::SYS_restart_syscall, "restart_syscall"),
+];
+
 /// Why a thread, at its last stop, was not at a safe place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NotSafe {

@@ -114,7 +114,7 @@ const ANOTHER_SESSION: i32 = -2;
 const ENDING_SESSION_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Load the agent into running process `pid` (a thread of its held for the call) and start
-/// it with the listener's `name`; what the start returned. A session of a dprobe that is gone
+/// it with the listener's `name`; what the start returned, and where the thread was held. A session of a dprobe that is gone
 /// (no listener of its own for the process any more: killed, say) is still ending for a moment,
 /// its agent removing its probes: the start is tried again until it has ended, unless
 /// `give_up` says so first.
@@ -123,16 +123,19 @@ pub(super) fn start_attached(
     library: &OwnedLibrary,
     name: &str,
     give_up: &dyn Fn() -> bool,
-) -> Result<u64, AgentError> {
+) -> Result<(u64, String), AgentError> {
     if let Some(why) = under_a_seccomp_filter(pid) {
         return Err(AgentError::Refused(why));
     }
     let deadline = Instant::now() + ENDING_SESSION_PATIENCE;
     loop {
-        let started = Injector::attached(pid, |held| start_agent(held, library, name))?;
+        let (started, held_where) = Injector::attached(pid, |held| {
+            let held_where = held.held_where().to_owned();
+            start_agent(held, library, name).map(|started| (started, held_where))
+        })?;
         let ending = started as i32 == ANOTHER_SESSION && listener_for_agent_in(pid).is_none();
         if !ending || Instant::now() >= deadline || give_up() {
-            return Ok(started);
+            return Ok((started, held_where));
         }
         std::thread::sleep(LOOK_EVERY);
     }
