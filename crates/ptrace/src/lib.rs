@@ -38,6 +38,7 @@ mod exec_watch;
 mod exits;
 mod family;
 mod inject;
+mod interrupted_wait;
 mod kept;
 mod let_go;
 mod library;

@@ -27,7 +27,7 @@ pub(crate) const SAFE_POINT_TRIES: u32 = 200;
 /// System calls during which a thread holds no lock of the C library or the loader: a
 /// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock. It
 /// is safe only inside one of the program's waits (`lock_free_wait.rs`).
-const WAITING_SYSCALLS: [i64; 17] = [
+const WAITING_SYSCALLS: [i64; 24] = [
     libc::SYS_read,
     libc::SYS_poll,
     libc::SYS_select,
@@ -47,6 +47,13 @@ const WAITING_SYSCALLS: [i64; 17] = [
     // Its thread blocks, while held, the signals it blocked before (the mask it returns to),
     // and waits with its own mask again once put back: the restarted call sets it.
     libc::SYS_rt_sigsuspend,
+    libc::SYS_waitid,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_msgrcv,
+    libc::SYS_msgsnd,
+    libc::SYS_mq_timedreceive,
 ];
 
 /// Where thread `tid` of process `pid`, stopped with registers `r`, is held: its id and name,
@@ -64,7 +71,7 @@ pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Stri
 }
 
 /// The names of the system calls a thread is held in, where it waits.
-const CALL_NAMES: [(i64, &str); 19] = [
+const CALL_NAMES: [(i64, &str); 26] = [
     (libc::SYS_read, "read"),
     (libc::SYS_poll, "poll"),
     (libc::SYS_select, "select"),
@@ -84,6 +91,13 @@ const CALL_NAMES: [(i64, &str); 19] = [
     (libc::SYS_rt_sigsuspend, "rt_sigsuspend"),
     (libc::SYS_futex, "futex"),
     (libc::SYS_restart_syscall, "restart_syscall"),
+    (libc::SYS_waitid, "waitid"),
+    (libc::SYS_epoll_pwait2, "epoll_pwait2"),
+    (libc::SYS_semop, "semop"),
+    (libc::SYS_semtimedop, "semtimedop"),
+    (libc::SYS_msgrcv, "msgrcv"),
+    (libc::SYS_msgsnd, "msgsnd"),
+    (libc::SYS_mq_timedreceive, "mq_timedreceive"),
 ];
 
 /// Why a thread, at its last stop, was not at a safe place.
@@ -159,7 +173,8 @@ impl SafePlaceChecks {
                 // The program's signal, arrived first: deliver it and wait for the interrupt.
                 sys::cont(tid, libc::WSTOPSIG(status))?;
             }
-            let r = sys::get_regs(tid)?;
+            let mut r = sys::get_regs(tid)?;
+            crate::interrupted_wait::wait_on(tid, &mut r)?;
             match self.why_not_safe(tid, &r)? {
                 None => return Ok(Ok(())),
                 Some(reason) => why = reason,
@@ -203,8 +218,10 @@ impl SafePlaceChecks {
     fn outside_a_wait(&mut self, r: &libc::user_regs_struct) -> Result<Option<NotSafe>, TraceError> {
         let call = r.orig_rax as i64;
         if call >= 0 {
-            // Waiting, and to be restarted (or interrupted) when resumed.
-            if !matches!(r.rax as i64, -516..=-512) {
+            // Waiting, and to be restarted (or interrupted) when resumed; or a wait the
+            // interrupt ended (see `interrupted_wait`).
+            let ended = crate::interrupted_wait::ended_by_the_interrupt(r);
+            if !matches!(r.rax as i64, -516..=-512) && !ended {
                 return Ok(Some(NotSafe::Call(call)));
             }
             let waiting = match call {

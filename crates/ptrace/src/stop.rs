@@ -239,6 +239,8 @@ impl Tracee {
                     sys::cont(tid, 0)?;
                     return Ok(None);
                 }
+                // Where the interrupt ended a wait that would have gone on untraced, it does.
+                crate::interrupted_wait::wait_on(tid, &mut sys::get_regs(tid)?)?;
                 Ok(Some(Stop::Event))
             }
             libc::PTRACE_EVENT_EXIT => self.let_exiting_go(tid).map(|()| None),
