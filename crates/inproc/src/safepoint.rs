@@ -69,6 +69,9 @@ const DEAF_GRACE: Duration = Duration::from_millis(20);
 
 /// Rounds tried when a thread is found in a place it cannot be moved from.
 const ROUNDS: usize = 20;
+/// How long a round may spend looking again at the threads it is about to signal (see
+/// `blocked::examine_before_signal`): about 0.1 ms for each that keeps running.
+const LOOKS_BEFORE_SIGNALS: Duration = Duration::from_millis(1);
 
 /// How far above the interrupted stack pointer signal frames are looked for.
 const SCAN_BYTES: u64 = 256 * 1024;
@@ -292,7 +295,16 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
     BUSY.store(0, SeqCst);
     ROUND.store(&state as *const Round as *mut Round, SeqCst);
     let mut outcome = Ok(());
+    // Threads that keep running are looked at again for so long per round, then signalled.
+    let patient_until = Instant::now() + LOOKS_BEFORE_SIGNALS;
     for (tid, acked) in &tids {
+        let patient = Instant::now() < patient_until;
+        if patient && blocked::examine_before_signal(*tid, plan, restorer) == blocked::Decision::LeaveAlone {
+            // Asleep by now where it cannot be inside a window: a signal would only end its
+            // sleep.
+            acked.store(true, SeqCst);
+            continue;
+        }
         if sys::queue_signal(*tid, safepoint_signal(), TOKEN | generation).is_err() {
             // Gone already: it is in no window.
             acked.store(true, SeqCst);
