@@ -4,7 +4,7 @@
 //! `PTRACE_INTERRUPT` wakes a thread as a signal does. Most waits are then restarted by the
 //! kernel when the thread resumes (`-ERESTARTSYS` and the like: `read`, `poll`, `futex`), but
 //! some return `EINTR` at once, as they do after a stop signal and `SIGCONT` (`signal(7)`):
-//! `epoll_wait`, `sigwaitinfo`, `semop`. An `epoll` loop attached to saw one `EINTR` per try to
+//! `epoll_wait`, `sigwaitinfo`, `semop`, `io_uring_enter`. An `epoll` loop attached to saw one `EINTR` per try to
 //! stop it at a safe place for the agent, up to 200, and was then refused; the ptrace engine
 //! gave it two per attach (attach and detach).
 
@@ -12,14 +12,20 @@ use crate::error::TraceError;
 use crate::sys;
 
 /// Waits that end with `EINTR` when the tracer's interrupt stops their thread.
-const ENDED_BY_AN_INTERRUPT: [i64; 6] = [
+const ENDED_BY_AN_INTERRUPT: [i64; 7] = [
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_pwait2,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_semop,
     libc::SYS_semtimedop,
+    libc::SYS_io_uring_enter,
 ];
+
+/// `io_uring_enter`'s flags: wait for completions; its argument is a structure (which may hold
+/// a timeout).
+const IORING_ENTER_GETEVENTS: u64 = 1;
+const IORING_ENTER_EXT_ARG: u64 = 8;
 
 /// `-EINTR`, and what the kernel restarts a call after unless a signal's handler runs.
 const EINTR: i64 = -(libc::EINTR as i64);
@@ -43,6 +49,11 @@ pub(crate) fn wait_on(tid: i32, r: &mut libc::user_regs_struct) -> Result<(), Tr
         // A `struct timespec *`: null waits for ever.
         libc::SYS_epoll_pwait2 | libc::SYS_semtimedop => r.r10 == 0,
         libc::SYS_rt_sigtimedwait => r.rdx == 0,
+        // Waiting for completions only (entered again, it would submit nothing), with no
+        // timeout: ended with `EINTR`, it had submitted nothing either.
+        libc::SYS_io_uring_enter => {
+            r.rsi == 0 && r.r10 & IORING_ENTER_GETEVENTS != 0 && r.r10 & IORING_ENTER_EXT_ARG == 0
+        }
         _ => true,
     };
     if forever {
@@ -50,10 +61,4 @@ pub(crate) fn wait_on(tid: i32, r: &mut libc::user_regs_struct) -> Result<(), Tr
         sys::set_regs(tid, r)?;
     }
     Ok(())
-}
-
-/// Whether a thread stopped with registers `r` had its wait ended by the interrupt, `EINTR`
-/// to come (a wait with a timeout, see [`wait_on`]): it holds no lock there either.
-pub(crate) fn ended_by_the_interrupt(r: &libc::user_regs_struct) -> bool {
-    r.rax as i64 == EINTR && ENDED_BY_AN_INTERRUPT.contains(&(r.orig_rax as i64))
 }

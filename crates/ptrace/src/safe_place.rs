@@ -27,7 +27,7 @@ pub(crate) const SAFE_POINT_TRIES: u32 = 200;
 /// System calls during which a thread holds no lock of the C library or the loader: a
 /// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock. It
 /// is safe only inside one of the program's waits (`lock_free_wait.rs`).
-const WAITING_SYSCALLS: [i64; 24] = [
+const WAITING_SYSCALLS: [i64; 26] = [
     libc::SYS_read,
     libc::SYS_poll,
     libc::SYS_select,
@@ -54,6 +54,8 @@ const WAITING_SYSCALLS: [i64; 24] = [
     libc::SYS_msgrcv,
     libc::SYS_msgsnd,
     libc::SYS_mq_timedreceive,
+    libc::SYS_io_uring_enter,
+    libc::SYS_recvmmsg,
 ];
 
 /// Where thread `tid` of process `pid`, stopped with registers `r`, is held: its id and name,
@@ -62,16 +64,22 @@ pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Stri
     let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
     let place = match r.orig_rax as i64 {
         call if call < 0 => "running the program's own code".to_owned(),
-        call => match CALL_NAMES.iter().find(|(n, _)| *n == call) {
-            Some((_, name)) => format!("waiting in `{name}`"),
+        call => match call_name(call) {
+            Some(name) => format!("waiting in `{name}`"),
             None => format!("waiting in system call {call}"),
         },
     };
     format!("thread {tid} ({}), {place}", name.trim_end())
 }
 
+/// The name of system call `nr`, where it is one of the waits (or another call a thread is
+/// often found in).
+fn call_name(nr: i64) -> Option<&'static str> {
+    CALL_NAMES.iter().find(|(n, _)| *n == nr).map(|(_, name)| *name)
+}
+
 /// The names of the system calls a thread is held in, where it waits.
-const CALL_NAMES: [(i64, &str); 26] = [
+const CALL_NAMES: [(i64, &str); 33] = [
     (libc::SYS_read, "read"),
     (libc::SYS_poll, "poll"),
     (libc::SYS_select, "select"),
@@ -98,6 +106,13 @@ const CALL_NAMES: [(i64, &str); 26] = [
     (libc::SYS_msgrcv, "msgrcv"),
     (libc::SYS_msgsnd, "msgsnd"),
     (libc::SYS_mq_timedreceive, "mq_timedreceive"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_recvmmsg, "recvmmsg"),
+    (libc::SYS_write, "write"),
+    (libc::SYS_sendto, "sendto"),
+    (libc::SYS_sendmsg, "sendmsg"),
+    (libc::SYS_connect, "connect"),
+    (libc::SYS_openat, "openat"),
 ];
 
 /// Why a thread, at its last stop, was not at a safe place.
@@ -129,7 +144,10 @@ impl fmt::Display for NotSafe {
             NotSafe::SignalHandler => write!(f, "in a signal handler"),
             NotSafe::OwnAllocator => write!(f, "in the program's own allocator"),
             NotSafe::LockWait => write!(f, "waiting in `futex` where the C library or the loader may hold a lock"),
-            NotSafe::Call(n) => write!(f, "in system call {n}, not one that waits holding no lock"),
+            NotSafe::Call(n) => match call_name(*n) {
+                Some(name) => write!(f, "in `{name}`, not a wait taken out of, holding no lock"),
+                None => write!(f, "in system call {n}, not a wait taken out of, holding no lock"),
+            },
             NotSafe::InCLibrary => write!(f, "running in the C library"),
             NotSafe::InLoader => write!(f, "running in the loader"),
             NotSafe::Ended => write!(f, "ended"),
@@ -219,8 +237,10 @@ impl SafePlaceChecks {
         let call = r.orig_rax as i64;
         if call >= 0 {
             // Waiting, and to be restarted (or interrupted) when resumed; or a wait the
-            // interrupt ended (see `interrupted_wait`).
-            let ended = crate::interrupted_wait::ended_by_the_interrupt(r);
+            // interrupt ended with `EINTR` (`epoll_wait` with a timeout, a socket's with
+            // `SO_RCVTIMEO`: see `interrupted_wait`), which returns early once, as after a
+            // signal: its thread holds no lock there either.
+            let ended = r.rax as i64 == -(libc::EINTR as i64);
             if !matches!(r.rax as i64, -516..=-512) && !ended {
                 return Ok(Some(NotSafe::Call(call)));
             }
@@ -288,14 +308,14 @@ mod tests {
             (-3, NotSafe::LockWait),
             (-4, NotSafe::LockWait),
             (-5, NotSafe::LockWait),
-            (-6, NotSafe::Call(7)),
+            (-6, NotSafe::Call(libc::SYS_sched_yield)),
         ];
         let text = refusal(pid, &tried);
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         let expected = format!(
             "At the last stop: thread {pid} ({}): in a signal handler; threads -2, -3, -4, 1 more: waiting in \
-             `futex` where the C library or the loader may hold a lock; thread -6: in system call 7, not one \
-             that waits holding no lock",
+             `futex` where the C library or the loader may hold a lock; thread -6: in system call 24, not a \
+             wait taken out of, holding no lock",
             comm.trim_end()
         );
         assert!(text.ends_with(&expected), "{text}");

@@ -81,3 +81,42 @@ fn an_epoll_wait_with_a_timeout_is_held_for_the_agent_and_ends_early_once() {
     let out = read_through(start("60000"), held_for_the_agent);
     assert_eq!(out, format!("eintr {ROUNDS} bytes {}\n", 5 * ROUNDS));
 }
+
+/// An io_uring loop waiting for completions, held for the agent and attached to by the ptrace
+/// engine: still waiting after each (untraced, it waits for ever).
+#[test]
+fn an_io_uring_wait_for_completions_never_ends_early() {
+    let program = dprobe_test_fixtures::c_program(&format!("{FIXTURES}/uring_wait.c"), "uring_wait", &["-O1"]);
+    let mut child = Killed(Command::new(program).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id();
+    let asleep = || blocked_in(pid) == Some(libc::SYS_io_uring_enter);
+    let deadline = Instant::now() + DEADLOCK;
+    while !asleep() {
+        assert!(child.0.try_wait().unwrap().is_none(), "it could not wait in io_uring_enter");
+        assert!(Instant::now() < deadline, "it never waited in io_uring_enter");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..ROUNDS {
+        let held = Injector::attached(pid as i32, |held| Ok(held.held_where().to_owned())).unwrap();
+        assert!(held.ends_with("waiting in `io_uring_enter`"), "{held}");
+        Tracee::attach(pid as i32).unwrap().detach().unwrap();
+    }
+    // Given the time to end and say so, were it going to.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(child.0.try_wait().unwrap().is_none(), "its wait ended");
+    assert!(asleep(), "still waiting");
+    child.0.kill().unwrap();
+    let mut out = String::new();
+    child.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(out, "");
+}
+
+/// A child killed when the test ends, failed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
