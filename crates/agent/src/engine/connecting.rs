@@ -124,7 +124,7 @@ pub(super) fn start_attached(
     name: &str,
     give_up: &dyn Fn() -> bool,
 ) -> Result<(u64, String), AgentError> {
-    if let Some(why) = under_a_seccomp_filter(pid) {
+    if let Some(why) = under_a_seccomp_filter(pid).or_else(|| stopped(pid)) {
         return Err(AgentError::Refused(why));
     }
     let deadline = Instant::now() + ENDING_SESSION_PATIENCE;
@@ -179,6 +179,22 @@ fn under_a_seccomp_filter(pid: i32) -> Option<String> {
         "process {pid} {why}, which may forbid the system calls of the agent's thread (a socket, a memory file) or \
          kill the program for them"
     ))
+}
+
+/// Why the agent is not loaded into process `pid` now, where every thread of it is stopped
+/// (`SIGSTOP`, Ctrl-Z): the agent's thread, started in it, would stop with it and never
+/// connect (dprobe waited its whole 30 s for it, then said only that it did not connect).
+fn stopped(pid: i32) -> Option<String> {
+    let state = |stat: String| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut states = tasks.map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok().and_then(state));
+    let all_stopped = states.all(|s| s == Some('T'));
+    all_stopped.then(|| {
+        format!(
+            "process {pid} is stopped (SIGSTOP, or Ctrl-Z in its shell), and the agent's thread would stop with it: \
+             continue it first (`kill -CONT {pid}`), or use --engine ptrace"
+        )
+    })
 }
 
 /// Whether process `pid` is a descendant of the calling process (its parents, up to `init`).
