@@ -50,8 +50,8 @@ const TRACER_BELL_AT: usize = 92;
 /// the id of the thread that enters it, then dprobe's answer.
 const LEFT_AT: usize = 96;
 const LEFT_SEEN_AT: usize = 100;
-/// In `LEFT_AT`, with the thread's id (below 2^22): it binds every thread to a seccomp filter,
-/// rather than entering a namespace.
+/// In `LEFT_AT`, with the thread's id (below 2^22): it puts a thread, or every thread, under a
+/// seccomp filter, rather than entering a namespace.
 const LEFT_SANDBOXED: u32 = 1 << 31;
 /// `LEFT_SEEN_AT`'s values after 0: dprobe claimed the leaving thread, dprobe is done with it,
 /// the agent went unclaimed.
@@ -287,8 +287,8 @@ impl Shm {
     }
 
     /// The agent leaves the program, whose thread `tid` (as the program numbers it) enters a
-    /// new user namespace, alone in its process, or binds every thread to a seccomp filter
-    /// (`sandboxed`): dprobe is told (its bell rung), and given
+    /// new user namespace, alone in its process, or puts a thread (or every thread) under a
+    /// seccomp filter (`sandboxed`): dprobe is told (its bell rung), and given
     /// `patience` to claim that thread, to watch it for its `exec`, then as long again to do so
     /// once claimed; unclaimed (or `gone` says dprobe went away), the agent takes its word back
     /// ([`GAVE_UP`]) and goes.

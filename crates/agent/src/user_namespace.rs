@@ -41,7 +41,7 @@ const CLONE_NEWTIME: libc::c_int = 0x80;
 const PATIENCE_NS: u64 = 5_000_000_000;
 
 /// Why a call asks the agent to leave: [`ALONE`] (it enters a namespace, which a process does
-/// alone) or [`SANDBOXED`] (it binds every thread to a seccomp filter).
+/// alone) or [`SANDBOXED`] (it puts a thread, or every thread, under a seccomp filter).
 static WHY: AtomicU32 = AtomicU32::new(ALONE);
 pub(crate) const ALONE: u32 = 0;
 pub(crate) const SANDBOXED: u32 = 1;
@@ -67,7 +67,7 @@ const IDLE: u32 = 0;
 const ASKED: u32 = 1;
 const STAYS: u32 = 2;
 
-/// The probes on `unshare` and `setns`, removed when dropped.
+/// The probes on `unshare`, `setns`, `syscall` and `prctl`, removed when dropped.
 pub(crate) struct LeavesForUserNamespaces {
     _probes: Vec<Probe>,
 }
@@ -154,20 +154,32 @@ fn at_setns(regs: &mut Regs) -> PreAction {
 }
 
 /// At the entry of `syscall(number, ...)`: a `seccomp` call that puts a thread under a filter,
-/// or in strict mode, waits until the agent has left (see the module's comment).
+/// or in strict mode, waits until the agent has left (see the module's comment). Calls that
+/// only ask whether the kernel supports an operation or a flag, and cannot install anything
+/// (libseccomp's `seccomp(SECCOMP_SET_MODE_STRICT, 1, NULL)`, a filter's flags tried with no
+/// filter), go on at once.
 fn at_syscall(regs: &mut Regs) -> PreAction {
-    // (The operation is an `unsigned int`: its upper half is anything.)
-    let operation = u64::from(regs.rsi as u32);
+    // `syscall`'s arguments: the number, then the call's (operation, flags, filter). The
+    // operation and the flags are `unsigned int`s: their upper halves are anything.
+    let (operation, flags, filter) = (u64::from(regs.rsi as u32), u64::from(regs.rdx as u32), regs.rcx);
     let sandboxes = regs.rdi == libc::SYS_seccomp as u64
-        && (operation == SECCOMP_SET_MODE_FILTER || operation == SECCOMP_SET_MODE_STRICT);
+        && match operation {
+            SECCOMP_SET_MODE_FILTER => filter != 0,
+            SECCOMP_SET_MODE_STRICT => flags == 0 && filter == 0,
+            _ => false,
+        };
     asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
 }
 
-/// At the entry of `prctl(option, ...)`: the same for `PR_SET_SECCOMP`.
+/// At the entry of `prctl(option, ...)`: the same for `PR_SET_SECCOMP` (a filter mode with no
+/// filter, as systemd asks whether seccomp is there, installs nothing).
 fn at_prctl(regs: &mut Regs) -> PreAction {
-    // (The option is an `int`, the mode an `unsigned long`.)
+    // (The option is an `int`, the mode an `unsigned long`, then the filter.)
     let sandboxes = u64::from(regs.rdi as u32) == PR_SET_SECCOMP
-        && (regs.rsi == SECCOMP_MODE_FILTER || regs.rsi == SECCOMP_MODE_STRICT);
+        && match regs.rsi {
+            SECCOMP_MODE_FILTER => regs.rdx != 0,
+            mode => mode == SECCOMP_MODE_STRICT,
+        };
     asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
 }
 
@@ -187,7 +199,7 @@ fn asks_to_leave(regs: &mut Regs, needs_it: bool, wait: extern "C" fn() -> u64) 
     dprobe_inproc::wait_then_reenter(regs, wait)
 }
 
-/// [`ask_and_wait`] for a call that binds every thread to a seccomp filter.
+/// [`ask_and_wait`] for a call that puts a thread, or every thread, under a seccomp filter.
 extern "C" fn ask_and_wait_sandboxed() -> u64 {
     ask_and_wait_for(SANDBOXED)
 }

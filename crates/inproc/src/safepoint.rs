@@ -297,12 +297,15 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
     let mut outcome = Ok(());
     // Threads that keep running are looked at again for so long per round, then signalled.
     let patient_until = Instant::now() + LOOKS_BEFORE_SIGNALS;
+    // Those left alone after all: counted as answered, without having heard the signal.
+    let mut left_alone = Vec::new();
     for (tid, acked) in &tids {
         let patient = Instant::now() < patient_until;
         if patient && blocked::examine_before_signal(*tid, plan, restorer) == blocked::Decision::LeaveAlone {
             // Asleep by now where it cannot be inside a window: a signal would only end its
             // sleep.
             acked.store(true, SeqCst);
+            left_alone.push(*tid);
             continue;
         }
         if sys::queue_signal(*tid, safepoint_signal(), TOKEN | generation).is_err() {
@@ -328,8 +331,9 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(2));
     }
-    // A thread that answered hears the signal again.
-    deaf.retain(|t| !tids.iter().any(|(tid, acked)| tid == t && acked.load(SeqCst)));
+    // A thread that answered hears the signal again (one left alone did not say so).
+    let answered = |t: &libc::pid_t| tids.iter().any(|(tid, acked)| tid == t && acked.load(SeqCst));
+    deaf.retain(|t| !answered(t) || left_alone.contains(t));
     drop(deaf);
     ROUND.store(std::ptr::null_mut(), SeqCst);
     while READERS.load(SeqCst) != 0 {

@@ -231,7 +231,8 @@ fn threads_that_sleep_microseconds_at_a_time_are_not_woken_by_the_safepoints() {
     }
     assert!(SLEEPS.load(Relaxed) > 0);
     // One preempted inside its call on the way into its sleep (not yet asleep: found running)
-    // may still take a signal there: 13-25 before, none in the runs since, two allowed.
+    // may still take a signal there, more often on a loaded machine: 13-25 before, none in the
+    // runs since (24 of them beside two busy loops), five allowed.
     let eintrs = EINTRS.load(Relaxed);
-    assert!(eintrs <= 2, "{eintrs} sleeps ended by a safepoint's signal, of {}", SLEEPS.load(Relaxed));
+    assert!(eintrs <= 5, "{eintrs} sleeps ended by a safepoint's signal, of {}", SLEEPS.load(Relaxed));
 }

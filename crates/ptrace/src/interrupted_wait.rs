@@ -4,15 +4,18 @@
 //! `PTRACE_INTERRUPT` wakes a thread as a signal does. Most waits are then restarted by the
 //! kernel when the thread resumes (`-ERESTARTSYS` and the like: `read`, `poll`, `futex`), but
 //! some return `EINTR` at once, as they do after a stop signal and `SIGCONT` (`signal(7)`):
-//! `epoll_wait`, `sigwaitinfo`, `semop`, `io_uring_enter`. An `epoll` loop attached to saw one `EINTR` per try to
-//! stop it at a safe place for the agent, up to 200, and was then refused; the ptrace engine
-//! gave it two per attach (attach and detach).
+//! `epoll_wait`, `sigwaitinfo`, `semop`, `io_uring_enter`, `io_getevents`. An `epoll` loop
+//! attached to saw one `EINTR` per try to stop it at a safe place for the agent, up to 200, and
+//! was then refused; the ptrace engine gave it two per attach (attach and detach).
 
 use crate::error::TraceError;
 use crate::sys;
 
+/// `io_pgetevents` on x86-64 (Linux 4.18; not in the `libc` crate).
+pub(crate) const SYS_IO_PGETEVENTS: i64 = 333;
+
 /// Waits that end with `EINTR` when the tracer's interrupt stops their thread.
-const ENDED_BY_AN_INTERRUPT: [i64; 7] = [
+const ENDED_BY_AN_INTERRUPT: [i64; 9] = [
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_pwait2,
@@ -20,6 +23,8 @@ const ENDED_BY_AN_INTERRUPT: [i64; 7] = [
     libc::SYS_semop,
     libc::SYS_semtimedop,
     libc::SYS_io_uring_enter,
+    libc::SYS_io_getevents,
+    SYS_IO_PGETEVENTS,
 ];
 
 /// `io_uring_enter`'s flags: wait for completions; its argument is a structure (which may hold
@@ -49,6 +54,7 @@ pub(crate) fn wait_on(tid: i32, r: &mut libc::user_regs_struct) -> Result<(), Tr
         // A `struct timespec *`: null waits for ever.
         libc::SYS_epoll_pwait2 | libc::SYS_semtimedop => r.r10 == 0,
         libc::SYS_rt_sigtimedwait => r.rdx == 0,
+        libc::SYS_io_getevents | SYS_IO_PGETEVENTS => r.r8 == 0,
         // Waiting for completions only (entered again, it would submit nothing), with no
         // timeout: ended with `EINTR`, it had submitted nothing either.
         libc::SYS_io_uring_enter => {

@@ -492,7 +492,7 @@ impl Injector {
     }
 
     /// Where the held thread was stopped: its id and name, and the system call it waited in (or
-    /// that it ran the program's own code).
+    /// that it ran code outside the C library and the loader).
     pub fn held_where(&self) -> &str {
         &self.held_where
     }

@@ -27,7 +27,7 @@ pub(crate) const SAFE_POINT_TRIES: u32 = 200;
 /// System calls during which a thread holds no lock of the C library or the loader: a
 /// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock. It
 /// is safe only inside one of the program's waits (`lock_free_wait.rs`).
-const WAITING_SYSCALLS: [i64; 26] = [
+const WAITING_SYSCALLS: [i64; 28] = [
     libc::SYS_read,
     libc::SYS_poll,
     libc::SYS_select,
@@ -56,14 +56,16 @@ const WAITING_SYSCALLS: [i64; 26] = [
     libc::SYS_mq_timedreceive,
     libc::SYS_io_uring_enter,
     libc::SYS_recvmmsg,
+    libc::SYS_io_getevents,
+    crate::interrupted_wait::SYS_IO_PGETEVENTS,
 ];
 
 /// Where thread `tid` of process `pid`, stopped with registers `r`, is held: its id and name,
-/// and the system call it waits in (or that it runs its own code), for `-v`.
+/// and the system call it waits in (or that it runs code outside the C library), for `-v`.
 pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> String {
     let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
     let place = match r.orig_rax as i64 {
-        call if call < 0 => "running the program's own code".to_owned(),
+        call if call < 0 => "running outside the C library and the loader".to_owned(),
         call => match call_name(call) {
             Some(name) => format!("waiting in `{name}`"),
             None => format!("waiting in system call {call}"),
@@ -79,7 +81,7 @@ fn call_name(nr: i64) -> Option<&'static str> {
 }
 
 /// The names of the system calls a thread is held in, where it waits.
-const CALL_NAMES: [(i64, &str); 33] = [
+const CALL_NAMES: [(i64, &str); 35] = [
     (libc::SYS_read, "read"),
     (libc::SYS_poll, "poll"),
     (libc::SYS_select, "select"),
@@ -113,6 +115,8 @@ const CALL_NAMES: [(i64, &str); 33] = [
     (libc::SYS_sendmsg, "sendmsg"),
     (libc::SYS_connect, "connect"),
     (libc::SYS_openat, "openat"),
+    (libc::SYS_io_getevents, "io_getevents"),
+    (crate::interrupted_wait::SYS_IO_PGETEVENTS, "io_pgetevents"),
 ];
 
 /// Why a thread, at its last stop, was not at a safe place.
@@ -145,8 +149,8 @@ impl fmt::Display for NotSafe {
             NotSafe::OwnAllocator => write!(f, "in the program's own allocator"),
             NotSafe::LockWait => write!(f, "waiting in `futex` where the C library or the loader may hold a lock"),
             NotSafe::Call(n) => match call_name(*n) {
-                Some(name) => write!(f, "in `{name}`, not a wait taken out of, holding no lock"),
-                None => write!(f, "in system call {n}, not a wait taken out of, holding no lock"),
+                Some(name) => write!(f, "in `{name}`, a call that does not wait or had returned: it may hold a lock"),
+                None => write!(f, "in system call {n}, a call that does not wait or had returned: it may hold a lock"),
             },
             NotSafe::InCLibrary => write!(f, "running in the C library"),
             NotSafe::InLoader => write!(f, "running in the loader"),
@@ -314,8 +318,8 @@ mod tests {
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         let expected = format!(
             "At the last stop: thread {pid} ({}): in a signal handler; threads -2, -3, -4, 1 more: waiting in \
-             `futex` where the C library or the loader may hold a lock; thread -6: in system call 24, not a \
-             wait taken out of, holding no lock",
+             `futex` where the C library or the loader may hold a lock; thread -6: in system call 24, a call \
+             that does not wait or had returned: it may hold a lock",
             comm.trim_end()
         );
         assert!(text.ends_with(&expected), "{text}");

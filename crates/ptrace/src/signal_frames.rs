@@ -76,8 +76,9 @@ impl HandlerCheck {
     }
 }
 
-/// Whether the words after the trampoline's address at offset `at` of what `word` reads are a signal frame's: no linked context, known flags, and an interrupted stack
-/// pointer and instruction pointer that point into the stack and the code. A copy of the
+/// Whether the words after the trampoline's address at offset `at` of what `word` reads are a
+/// signal frame's: no linked context, known flags, and an interrupted stack pointer and
+/// instruction pointer that point into the stack and the code. A copy of the
 /// address kept elsewhere (the `sa_restorer` of an old action a function saved in a local)
 /// is not one.
 fn is_signal_frame(maps: &[Mapping], word: &dyn Fn(usize) -> Option<u64>, at: usize) -> bool {

@@ -271,7 +271,11 @@ impl Tracee {
     fn spawned_stop(&mut self, tid: i32, status: i32) -> Result<Option<Stop>, TraceError> {
         let signal = libc::WSTOPSIG(status);
         let deliver = match sys::event_of(status) {
-            0 if signal == libc::SIGSTOP => return Ok(Some(Stop::Signal(0))),
+            0 if signal == libc::SIGSTOP => {
+                // Held at its `SIGSTOP`, which is not delivered: a wait it ended goes on.
+                crate::interrupted_wait::wait_on(tid, &mut sys::get_regs(tid)?)?;
+                return Ok(Some(Stop::Signal(0)));
+            }
             libc::PTRACE_EVENT_EXIT => return self.let_exiting_go(tid).map(|()| None),
             0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => 0,
             0 => self.deliverable(tid, signal)?,

@@ -92,7 +92,12 @@ fn an_io_uring_wait_for_completions_never_ends_early() {
     let asleep = || blocked_in(pid) == Some(libc::SYS_io_uring_enter);
     let deadline = Instant::now() + DEADLOCK;
     while !asleep() {
-        assert!(child.0.try_wait().unwrap().is_none(), "it could not wait in io_uring_enter");
+        if let Some(status) = child.0.try_wait().unwrap() {
+            // Where the kernel gives no io_uring there is nothing to test.
+            assert_eq!(status.code(), Some(77), "it could not wait in io_uring_enter");
+            eprintln!("io_uring is not available here: not tested");
+            return;
+        }
         assert!(Instant::now() < deadline, "it never waited in io_uring_enter");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -29,15 +29,15 @@ fn blocked_in(pid: u32) -> Option<i64> {
 /// a call that is found stuck inside its own timed wait, and lets it go), and return what the
 /// program printed.
 fn sleep_through_a_stuck_call(stuck_call: impl FnOnce(i32) -> String) -> String {
-    sleep_through(|_| {}, stuck_call)
+    sleep_through("3", |_| {}, stuck_call)
 }
 
-/// As [`sleep_through_a_stuck_call`], with `first(pid)` run once it sleeps, before the stuck
-/// call.
-fn sleep_through(first: impl FnOnce(i32), stuck_call: impl FnOnce(i32) -> String) -> String {
+/// As [`sleep_through_a_stuck_call`], sleeping `seconds`, with `first(pid)` run once it
+/// sleeps, before the stuck call.
+fn sleep_through(seconds: &str, first: impl FnOnce(i32), stuck_call: impl FnOnce(i32) -> String) -> String {
     let untraced = Command::new(timed_sleep()).arg("0").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&untraced.stdout), "0\n");
-    let child = Command::new(timed_sleep()).arg("3").stdout(Stdio::piped()).spawn().unwrap();
+    let child = Command::new(timed_sleep()).arg(seconds).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let deadline = Instant::now() + DEADLOCK;
     while blocked_in(pid) != Some(libc::SYS_clock_nanosleep) {
@@ -81,7 +81,10 @@ fn a_sleep_taken_over_by_a_stuck_timed_wait_returns_as_untraced_when_let_go_stil
 #[test]
 fn a_sleep_already_resumed_once_ends_with_eintr_when_a_stuck_call_took_over_its_state() {
     // Held and let go once: its sleep goes on in `restart_syscall`, from the kernel's state.
+    // (Long enough for the second hold to come while it sleeps, on a loaded machine too: it
+    // ends at once, with EINTR, when the test passes.)
     let printed = sleep_through(
+        "60",
         |pid| Injector::attached(pid, |held| Ok(held.pid())).map(|_| ()).unwrap(),
         |pid| {
             let deadline = Instant::now() + DEADLOCK;

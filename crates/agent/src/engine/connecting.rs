@@ -114,10 +114,10 @@ const ANOTHER_SESSION: i32 = -2;
 const ENDING_SESSION_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Load the agent into running process `pid` (a thread of its held for the call) and start
-/// it with the listener's `name`; what the start returned, and where the thread was held. A session of a dprobe that is gone
-/// (no listener of its own for the process any more: killed, say) is still ending for a moment,
-/// its agent removing its probes: the start is tried again until it has ended, unless
-/// `give_up` says so first.
+/// it with the listener's `name`; what the start returned, and where the thread was held. A
+/// session of a dprobe that is gone (no listener of its own for the process any more: killed,
+/// say) is still ending for a moment, its agent removing its probes: the start is tried again
+/// until it has ended, unless `give_up` says so first.
 pub(super) fn start_attached(
     pid: i32,
     library: &OwnedLibrary,
@@ -187,8 +187,11 @@ fn under_a_seccomp_filter(pid: i32) -> Option<String> {
 fn stopped(pid: i32) -> Option<String> {
     let state = |stat: String| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut states = tasks.map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok().and_then(state));
-    let all_stopped = states.all(|s| s == Some('T'));
+    let states: Vec<Option<char>> =
+        tasks.map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok().and_then(state)).collect();
+    // A first thread that ended (a zombie) stops no more: the others say.
+    let living = states.iter().filter(|s| **s != Some('Z'));
+    let all_stopped = living.clone().count() > 0 && living.into_iter().all(|s| *s == Some('T'));
     all_stopped.then(|| {
         format!(
             "process {pid} is stopped (SIGSTOP, or Ctrl-Z in its shell), and the agent's thread would stop with it: \
