@@ -64,6 +64,7 @@ mod tick;
 mod tracee;
 mod trap_action;
 mod trap_mask;
+mod waiting_calls;
 mod xol;
 
 pub use engine::{wait_for_command, PtraceEngine};

@@ -20,45 +20,10 @@ use crate::lock_free_wait::WaitCheck;
 use crate::own_allocator::AllocatorCheck;
 use crate::signal_frames::HandlerCheck;
 use crate::sys;
+use crate::waiting_calls;
 
 /// Interruptions of a running thread before another thread is tried.
 pub(crate) const SAFE_POINT_TRIES: u32 = 200;
-
-/// System calls during which a thread holds no lock of the C library or the loader: a
-/// thread stopped in one may call `dlopen`. `futex` is not one: it may wait for a lock. It
-/// is safe only inside one of the program's waits (`lock_free_wait.rs`).
-const WAITING_SYSCALLS: [i64; 28] = [
-    libc::SYS_read,
-    libc::SYS_poll,
-    libc::SYS_select,
-    libc::SYS_nanosleep,
-    libc::SYS_pause,
-    libc::SYS_wait4,
-    libc::SYS_epoll_wait,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_ppoll,
-    libc::SYS_pselect6,
-    libc::SYS_epoll_pwait,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_recvfrom,
-    libc::SYS_recvmsg,
-    libc::SYS_rt_sigtimedwait,
-    // Its thread blocks, while held, the signals it blocked before (the mask it returns to),
-    // and waits with its own mask again once put back: the restarted call sets it.
-    libc::SYS_rt_sigsuspend,
-    libc::SYS_waitid,
-    libc::SYS_epoll_pwait2,
-    libc::SYS_semop,
-    libc::SYS_semtimedop,
-    libc::SYS_msgrcv,
-    libc::SYS_msgsnd,
-    libc::SYS_mq_timedreceive,
-    libc::SYS_io_uring_enter,
-    libc::SYS_recvmmsg,
-    libc::SYS_io_getevents,
-    crate::interrupted_wait::SYS_IO_PGETEVENTS,
-];
 
 /// Where thread `tid` of process `pid`, stopped with registers `r`, is held: its id and name,
 /// and the system call it waits in (or that it runs code outside the C library), for `-v`.
@@ -66,58 +31,13 @@ pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Stri
     let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
     let place = match r.orig_rax as i64 {
         call if call < 0 => "running outside the C library and the loader".to_owned(),
-        call => match call_name(call) {
+        call => match waiting_calls::name(call) {
             Some(name) => format!("waiting in `{name}`"),
             None => format!("waiting in system call {call}"),
         },
     };
     format!("thread {tid} ({}), {place}", name.trim_end())
 }
-
-/// The name of system call `nr`, where it is one of the waits (or another call a thread is
-/// often found in).
-fn call_name(nr: i64) -> Option<&'static str> {
-    CALL_NAMES.iter().find(|(n, _)| *n == nr).map(|(_, name)| *name)
-}
-
-/// The names of the system calls a thread is held in, where it waits.
-const CALL_NAMES: [(i64, &str); 35] = [
-    (libc::SYS_read, "read"),
-    (libc::SYS_poll, "poll"),
-    (libc::SYS_select, "select"),
-    (libc::SYS_nanosleep, "nanosleep"),
-    (libc::SYS_pause, "pause"),
-    (libc::SYS_wait4, "wait4"),
-    (libc::SYS_epoll_wait, "epoll_wait"),
-    (libc::SYS_clock_nanosleep, "clock_nanosleep"),
-    (libc::SYS_ppoll, "ppoll"),
-    (libc::SYS_pselect6, "pselect6"),
-    (libc::SYS_epoll_pwait, "epoll_pwait"),
-    (libc::SYS_accept, "accept"),
-    (libc::SYS_accept4, "accept4"),
-    (libc::SYS_recvfrom, "recvfrom"),
-    (libc::SYS_recvmsg, "recvmsg"),
-    (libc::SYS_rt_sigtimedwait, "rt_sigtimedwait"),
-    (libc::SYS_rt_sigsuspend, "rt_sigsuspend"),
-    (libc::SYS_futex, "futex"),
-    (libc::SYS_restart_syscall, "restart_syscall"),
-    (libc::SYS_waitid, "waitid"),
-    (libc::SYS_epoll_pwait2, "epoll_pwait2"),
-    (libc::SYS_semop, "semop"),
-    (libc::SYS_semtimedop, "semtimedop"),
-    (libc::SYS_msgrcv, "msgrcv"),
-    (libc::SYS_msgsnd, "msgsnd"),
-    (libc::SYS_mq_timedreceive, "mq_timedreceive"),
-    (libc::SYS_io_uring_enter, "io_uring_enter"),
-    (libc::SYS_recvmmsg, "recvmmsg"),
-    (libc::SYS_write, "write"),
-    (libc::SYS_sendto, "sendto"),
-    (libc::SYS_sendmsg, "sendmsg"),
-    (libc::SYS_connect, "connect"),
-    (libc::SYS_openat, "openat"),
-    (libc::SYS_io_getevents, "io_getevents"),
-    (crate::interrupted_wait::SYS_IO_PGETEVENTS, "io_pgetevents"),
-];
 
 /// Why a thread, at its last stop, was not at a safe place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +68,7 @@ impl fmt::Display for NotSafe {
             NotSafe::SignalHandler => write!(f, "in a signal handler"),
             NotSafe::OwnAllocator => write!(f, "in the program's own allocator"),
             NotSafe::LockWait => write!(f, "waiting in `futex` where the C library or the loader may hold a lock"),
-            NotSafe::Call(n) => match call_name(*n) {
+            NotSafe::Call(n) => match waiting_calls::name(*n) {
                 Some(name) => write!(f, "in `{name}`, a call that does not wait or had returned: it may hold a lock"),
                 None => write!(f, "in system call {n}, a call that does not wait or had returned: it may hold a lock"),
             },
@@ -251,7 +171,7 @@ impl SafePlaceChecks {
             let waiting = match call {
                 libc::SYS_futex => self.waits.holds_no_library_lock(r, false),
                 libc::SYS_restart_syscall => self.waits.holds_no_library_lock(r, true),
-                _ if WAITING_SYSCALLS.contains(&call) => return Ok(None),
+                _ if waiting_calls::holds_no_lock(call) => return Ok(None),
                 _ => return Ok(Some(NotSafe::Call(call))),
             };
             return Ok((!waiting).then_some(NotSafe::LockWait));
