@@ -224,9 +224,8 @@ pub(crate) fn to_syscall_stops_keeping(
 /// more to them.
 fn restarting(mut r: libc::user_regs_struct) -> libc::user_regs_struct {
     if crate::let_go::interrupted_call(&r) {
-        const ERESTART_RESTARTBLOCK: i64 = -516;
         r.rax = match r.rax as i64 {
-            ERESTART_RESTARTBLOCK => libc::SYS_restart_syscall as u64,
+            sys::ERESTART_RESTARTBLOCK => libc::SYS_restart_syscall as u64,
             _ => r.orig_rax,
         };
         r.rip -= 2;

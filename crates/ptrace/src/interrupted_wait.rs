@@ -9,7 +9,7 @@
 //! was then refused; the ptrace engine gave it two per attach (attach and detach).
 
 use crate::error::TraceError;
-use crate::sys;
+use crate::sys::{self, EINTR, ERESTARTNOHAND};
 
 /// `io_pgetevents` on x86-64 (Linux 4.18; not in the `libc` crate).
 pub(crate) const SYS_IO_PGETEVENTS: i64 = 333;
@@ -31,10 +31,6 @@ const ENDED_BY_AN_INTERRUPT: [i64; 9] = [
 /// a timeout).
 const IORING_ENTER_GETEVENTS: u64 = 1;
 const IORING_ENTER_EXT_ARG: u64 = 8;
-
-/// `-EINTR`, and what the kernel restarts a call after unless a signal's handler runs.
-const EINTR: i64 = -(libc::EINTR as i64);
-const ERESTARTNOHAND: i64 = -514;
 
 /// Where the tracer's interrupt ended the wait of thread `tid` (stopped with registers `r`)
 /// with `EINTR`, and the wait has no timeout: make the kernel enter it again when the thread

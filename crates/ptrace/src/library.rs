@@ -27,7 +27,7 @@ use crate::exec_watch::ExecWatch;
 use crate::kept;
 use crate::safe_place::SafePlaceChecks;
 use crate::shared_image::{may_open_files_of_dprobe, SharedImage};
-use crate::sys::{self, RemoteMemory};
+use crate::sys::{self, RemoteMemory, ERESTARTNOHAND, ERESTART_RESTARTBLOCK};
 
 /// Where a remote call returns: never mapped (below `vm.mmap_min_addr`), so the return faults.
 const RETURN_TRAP: u64 = 0x320;
@@ -522,7 +522,6 @@ impl Injector {
     /// timed wait that the kernel resumes from its per-thread restart state: the state is the
     /// call's then, no longer that of the program's own sleep.
     fn note_restart_state(&mut self, r: &libc::user_regs_struct) {
-        const ERESTART_RESTARTBLOCK: i64 = -516;
         self.restart_state_replaced |= (r.orig_rax as i64) >= 0 && r.rax as i64 == ERESTART_RESTARTBLOCK;
     }
 
@@ -537,14 +536,12 @@ impl Injector {
     /// been; a relative timeout starts over). A `restart_syscall` (a sleep already resumed
     /// once) cannot be entered again without its state: it returns `EINTR`, as after a signal.
     fn registers_to_resume(&self) -> libc::user_regs_struct {
-        const ERESTARTNOHAND: i64 = -514;
-        const ERESTART_RESTARTBLOCK: i64 = -516;
         let mut r = self.saved;
         if !self.restart_state_replaced || (r.orig_rax as i64) < 0 || r.rax as i64 != ERESTART_RESTARTBLOCK {
             return r;
         }
         if r.orig_rax as i64 == libc::SYS_restart_syscall {
-            r.rax = -libc::EINTR as u64;
+            r.rax = sys::EINTR as u64;
             // Out of the system call: the kernel leaves `rax` as it is.
             r.orig_rax = u64::MAX;
         } else {

@@ -28,7 +28,6 @@ pub(crate) const SAFE_POINT_TRIES: u32 = 200;
 /// Where thread `tid` of process `pid`, stopped with registers `r`, is held: its id and name,
 /// and the system call it waits in (or that it runs code outside the C library), for `-v`.
 pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> String {
-    let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
     let place = match r.orig_rax as i64 {
         call if call < 0 => "running outside the C library and the loader".to_owned(),
         call => match waiting_calls::name(call) {
@@ -36,7 +35,13 @@ pub(crate) fn held_place(pid: i32, tid: i32, r: &libc::user_regs_struct) -> Stri
             None => format!("waiting in system call {call}"),
         },
     };
-    format!("thread {tid} ({}), {place}", name.trim_end())
+    format!("thread {tid} ({}), {place}", thread_name(pid, tid).unwrap_or_default())
+}
+
+/// The name of thread `tid` of process `pid` (`/proc`'s `comm`), while it is there.
+fn thread_name(pid: i32, tid: i32) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    Some(name.trim_end().to_owned())
 }
 
 /// Why a thread, at its last stop, was not at a safe place.
@@ -164,8 +169,8 @@ impl SafePlaceChecks {
             // interrupt ended with `EINTR` (`epoll_wait` with a timeout, a socket's with
             // `SO_RCVTIMEO`: see `interrupted_wait`), which returns early once, as after a
             // signal: its thread holds no lock there either.
-            let ended = r.rax as i64 == -(libc::EINTR as i64);
-            if !matches!(r.rax as i64, -516..=-512) && !ended {
+            let ended = r.rax as i64 == sys::EINTR;
+            if !crate::let_go::interrupted_call(r) && !ended {
                 return Ok(Some(NotSafe::Call(call)));
             }
             let waiting = match call {
@@ -196,9 +201,9 @@ pub(crate) fn refusal(pid: i32, tried: &[(i32, NotSafe)]) -> String {
             None => groups.push((why, vec![tid])),
         }
     }
-    let named = |tid: i32| match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
-        Ok(name) => format!("{tid} ({})", name.trim_end()),
-        Err(_) => tid.to_string(),
+    let named = |tid: i32| match thread_name(pid, tid) {
+        Some(name) => format!("{tid} ({name})"),
+        None => tid.to_string(),
     };
     let described: Vec<String> = groups
         .iter()

@@ -12,6 +12,14 @@ use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
 
 use crate::error::{SysError, TraceError};
 
+/// What a tracer finds in `rax` of a thread taken out of a system call: `-EINTR` (the call
+/// returns it), and two of the kernel's own codes, which it turns into a restart on resume
+/// (`-ERESTARTNOHAND`: unless a signal's handler runs; `-ERESTART_RESTARTBLOCK`: through
+/// `restart_syscall`, from the thread's restart state).
+pub(crate) const EINTR: i64 = -(libc::EINTR as i64);
+pub(crate) const ERESTARTNOHAND: i64 = -514;
+pub(crate) const ERESTART_RESTARTBLOCK: i64 = -516;
+
 /// One ptrace request on a thread.
 pub(crate) enum Request<'a> {
     Cont { signal: i32 },

@@ -4,6 +4,9 @@
 //! safe place for the agent, up to 200, then the attach was refused; the ptrace engine gave it
 //! two per attach.
 use std::io::{Read, Write};
+mod common;
+
+use common::blocked_in;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,12 +19,6 @@ const ROUNDS: usize = 5;
 
 fn epoll_reader() -> &'static str {
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/epoll_reader.c"), "epoll_reader", &["-O1"])
-}
-
-/// The system call the main thread of `pid` is blocked in, if it is.
-fn blocked_in(pid: u32) -> Option<i64> {
-    let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-    line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
 }
 
 /// The reader started with `timeout`, asleep in `epoll_wait`.

@@ -2,6 +2,9 @@
 //! thread put back as it was. Where the call was stopped inside a timed wait of its own, the
 //! kernel's per-thread restart state is the call's: the program's own sleep, which resumes
 //! from that state, must not resume from it.
+mod common;
+
+use common::blocked_in;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,12 +20,6 @@ fn timed_sleep() -> &'static str {
 
 fn stalling_library() -> &'static str {
     dprobe_test_fixtures::c_program(&format!("{FIXTURES}/stalls.c"), "libstalls.so", &["-O1", "-shared", "-fPIC"])
-}
-
-/// The system call the main thread of `pid` is blocked in, if it is.
-fn blocked_in(pid: u32) -> Option<i64> {
-    let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-    line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
 }
 
 /// Start `timed_sleep 3`, wait until it sleeps, run `stuck_call` on it (which holds it, makes

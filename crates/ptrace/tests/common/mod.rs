@@ -81,3 +81,9 @@ pub fn assert_mode(t: &dprobe_ptrace::Tracee, id: dprobe_core::ProbeId, mode: Mo
     let exits = matches!(got, Some(dprobe_ptrace::ReturnMode::Exits { .. }));
     assert_eq!(exits, mode == Mode::Exits, "{mode:?}: {got:?}");
 }
+
+/// The system call the main thread of `pid` is blocked in, if it is.
+pub fn blocked_in(pid: u32) -> Option<i64> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
+}
