@@ -17,6 +17,7 @@ use dprobe_arch::{Addr, BranchCandidates, CodeBranches, CodeRegion, FunctionStar
 
 use crate::file_bytes::FileBytes;
 use crate::landing_pads::landing_pads;
+use crate::sparse_read::{read_all_but_debug_info, Image};
 use crate::symbols::{
     function_starts, plt_sections, read_symbols, sort_functions, Function, NameIndex, Symbols, STATIC_PROBE_PREFIX,
 };
@@ -53,7 +54,7 @@ pub(crate) struct ObjectFile {
     pub(crate) plt: Vec<(u64, u64)>,
     /// The page-aligned link-time address of its loadable segment at file offset 0.
     pub(crate) first_segment: Option<u64>,
-    /// Its bytes: those its symbols were read from for a file up to
+    /// Its bytes, all but its DWARF: those its symbols were read from where they were up to
     /// [`KEPT_FROM_THE_FIRST_READ`], else read again when first asked for (indirect functions
     /// and the jump check need them).
     pub(crate) bytes: OnceLock<Option<FileBytes>>,
@@ -70,7 +71,8 @@ pub(crate) struct ObjectFile {
     pub(crate) pads: OnceLock<Option<CodeBranches>>,
 }
 
-/// The largest file whose bytes [`ObjectFile::read`] keeps (libc is 2 MB, libstdc++ 2.3 MB).
+/// The most bytes of a file (its DWARF left out) that [`ObjectFile::read`] keeps (libc is 2 MB,
+/// libstdc++ 2.3 MB).
 const KEPT_FROM_THE_FIRST_READ: usize = 4 << 20;
 
 /// What lands inside a window of an object's code.
@@ -85,10 +87,10 @@ pub(crate) enum IntoWindow {
 }
 
 impl ObjectFile {
-    /// Read the file, keeping its bytes where `keep` (and it is no larger than
-    /// [`KEPT_FROM_THE_FIRST_READ`]).
+    /// Read the file, keeping its bytes where `keep` (and no more than
+    /// [`KEPT_FROM_THE_FIRST_READ`] of them were read).
     fn read(key: FileKey, keep: bool) -> Option<ObjectFile> {
-        let data = std::fs::read(&*key.path).ok()?;
+        let Image { bytes: data, read } = read_all_but_debug_info(&key.path)?;
         let file = object::File::parse(&*data).ok()?;
         let first_segment = file.segments().find(|s| s.file_range().0 == 0).map(|s| s.address() & !0xfff);
         let object = key.path.clone();
@@ -100,8 +102,9 @@ impl ObjectFile {
         let file = ObjectFile::of_functions(key, functions, plt, first_segment);
         // A file the size of a C library keeps the bytes read: its code is what the jump check
         // reads next, in a program that probes it (the agent's own probes are in libc).
-        // Larger ones are read again when needed, and only then kept.
-        if keep && data.len() <= KEPT_FROM_THE_FIRST_READ {
+        // Larger ones are read again when needed, and only then kept. (The DWARF of a program
+        // built with debug information is never read: it is most of such a file.)
+        if keep && read <= KEPT_FROM_THE_FIRST_READ {
             let _ = file.bytes.set(Some(FileBytes::new(data)));
         }
         Some(file)
@@ -139,7 +142,9 @@ impl ObjectFile {
 
     /// The file's bytes (the version the symbols were read from, unless it changed since).
     pub(crate) fn bytes(&self) -> Option<FileBytes> {
-        self.bytes.get_or_init(|| std::fs::read(&*self.key.path).ok().map(FileBytes::new)).clone()
+        self.bytes
+            .get_or_init(|| read_all_but_debug_info(&self.key.path).map(|image| FileBytes::new(image.bytes)))
+            .clone()
     }
 
     /// The functions named by its separate debug file under `/usr/lib/debug/.build-id/`
@@ -304,7 +309,7 @@ fn debug_file_of(data: &[u8]) -> Option<Vec<u8>> {
     // Its symbol tables and their strings only (the DWARF is most of it); the dynamic ones
     // and their versions are empty in a debug file, but read as they are.
     const SYMBOL_TABLES: [u32; 6] = [2, 3, 11, 0x6fff_fffd, 0x6fff_fffe, 0x6fff_ffff];
-    crate::sparse_read::read_sections(&path, |kind| SYMBOL_TABLES.contains(&kind))
+    crate::sparse_read::read_sections(&path, |s| SYMBOL_TABLES.contains(&s.kind)).map(|image| image.bytes)
 }
 
 /// The object file at `path`, read now if this version of it was not read before; `None`
