@@ -36,7 +36,10 @@
 //! changed on the way to the window.
 
 use crate::relocate::relocate_then;
-use crate::{relocate, relocate_with, Addr, CodeWriter, Insn, NotOptimized, Relocated};
+use crate::{
+    call_through_code, move_rsp_code, relocate, relocate_with, ret_pop_code, Addr, CodeWriter, Insn, NotOptimized,
+    Relocated,
+};
 
 /// Bytes below the stack pointer the probed code may use without moving it (System V).
 const RED_ZONE: i32 = 128;
@@ -183,15 +186,11 @@ fn build(site: Addr, window: &[Insn], at: Addr, stub: Addr, post: Option<Addr>) 
         return Err(NotOptimized::NoDetourPage { addr: site, reason: format!("{at} is out of a jump's reach") });
     }
     let encode = |e: crate::EncodeError| NotOptimized::Relocate(crate::RelocateError::Encode(e.0));
-    let mut redirect = CodeWriter::new();
-    redirect.ret_pop(RED_ZONE as u16);
-    let redirect = redirect.finish(at.offset(DETOUR_REDIRECT)).map_err(encode)?;
-    let mut head = CodeWriter::new();
-    head.move_rsp(-(DETOUR_STACK_SKIP as i32));
-    head.call_through(at.offset(8));
-    head.move_rsp(DETOUR_STACK_SKIP as i32);
-    let head = head.finish(entry).map_err(encode)?;
-    assert_eq!(head.offsets, [0, 8, 14], "the detour's head has a fixed layout");
+    // The fixed parts, encoded by hand (the head's layout is what `DETOUR_RETURN` and
+    // `DETOUR_WINDOW` say: 8 + 6 + 8 bytes).
+    let redirect = ret_pop_code(RED_ZONE as u16);
+    let skip = DETOUR_STACK_SKIP as i32;
+    let call = call_through_code(at.offset(DETOUR_ENTRY + 8), at.offset(8)).map_err(encode)?;
     let after_probed = window.first().map_or(site, Insn::next);
     let post_block = |w: &mut CodeWriter| {
         // `jmp +16` over the two words, written as data: nothing to re-target.
@@ -209,10 +208,13 @@ fn build(site: Addr, window: &[Insn], at: Addr, stub: Addr, post: Option<Addr>) 
     let mut code = Vec::with_capacity(DETOUR_WINDOW as usize + window.code.len());
     code.extend(site.0.to_le_bytes());
     code.extend(stub.0.to_le_bytes());
-    code.extend(&redirect.bytes);
+    code.extend(redirect);
     code.resize(DETOUR_POST_STUB as usize, 0xcc);
     code.extend(post.map_or(0, |p| p.0).to_le_bytes());
-    code.extend(&head.bytes);
+    code.extend(move_rsp_code(-skip));
+    code.extend(call);
+    code.extend(move_rsp_code(skip));
+    debug_assert_eq!(code.len() as u64, DETOUR_WINDOW, "the detour's head has a fixed layout");
     code.extend(&window.code);
     Ok(Detour { addr: at, site, code, window, prefix: None, jump_from: site })
 }

@@ -89,4 +89,7 @@ pub use signal_frame::FRAME_GREGS;
 pub use slot::{prepare_slot, SlotCode, SlotEnding, SLOT_SIZE};
 pub use straight_to_exit::straight_to_exit;
 pub use warm_up::warm_up;
-pub use writer::{jmp_rel32, syscall_code, trampoline_code, CodeWriter, EncodeError, Written};
+pub use writer::{
+    call_through_code, jmp_rel32, move_rsp_code, ret_pop_code, syscall_code, trampoline_code, CodeWriter, EncodeError,
+    Written,
+};

@@ -150,6 +150,9 @@ pub(crate) fn relocate_then(
         }
     }
     let end = run.last().map_or(first.addr, Insn::next);
+    if let Some(copied) = copied_as_they_are(run, at, after_first, then.unwrap_or(end)) {
+        return Ok(copied);
+    }
     let inside = |a: Addr| a >= first.addr && a < end;
     let mut w = CodeWriter::new();
     let mut marks = Vec::with_capacity(run.len());
@@ -215,6 +218,39 @@ pub(crate) fn relocate_then(
     let map = run.iter().zip(marks).map(|(i, m)| (i.addr, at.offset(u64::from(written.offsets[m])))).collect();
     let after_first = at.offset(written.offsets.get(first_end).map_or(written.bytes.len() as u64, |o| u64::from(*o)));
     Ok(Relocated { addr: at, code: written.bytes, map, original_end: end, after_first })
+}
+
+/// The copy of `run` to run from `at` when no instruction of it depends on its address (no
+/// branch, call, return or RIP-relative operand), nothing goes after the first, and `then` is
+/// in a `jmp rel32`'s reach: its bytes, then that jump. What the block encoder would lay out
+/// (but for a jump back short enough for `rel8`, which a copy far from its code never has),
+/// without its cost: a batch of ten thousand jump-optimized probes builds as many detours.
+fn copied_as_they_are(run: &[Insn], at: Addr, after_first: &dyn Fn(&mut CodeWriter), then: Addr) -> Option<Relocated> {
+    let mut between = CodeWriter::new();
+    after_first(&mut between);
+    if between.mark() != 0 {
+        return None;
+    }
+    let as_it_is = |insn: &Insn| match insn.class {
+        ExecClass::Emulate { emulation, .. } => {
+            !is_call(emulation) && !is_transfer(emulation) && branch_target(emulation).is_none()
+        }
+        ExecClass::Copy { .. } => true,
+    };
+    if !run.iter().all(|insn| as_it_is(insn) && !insn.decode().is_ip_rel_memory_operand()) {
+        return None;
+    }
+    let mut code = Vec::with_capacity(run.iter().map(|i| i.len).sum::<usize>() + 5);
+    let mut map = Vec::with_capacity(run.len());
+    for insn in run {
+        map.push((insn.addr, at.offset(code.len() as u64)));
+        code.extend_from_slice(insn.code());
+    }
+    let jump = crate::jmp_rel32(at.offset(code.len() as u64), then).ok()?;
+    code.extend_from_slice(&jump);
+    let after_first = at.offset(run[0].len as u64);
+    let original_end = run.last().map_or(run[0].addr, Insn::next);
+    Some(Relocated { addr: at, code, map, original_end, after_first })
 }
 
 /// `lea rsp, [rsp-8]; mov dword [rsp], lo; mov dword [rsp+4], hi`: what a call pushes,

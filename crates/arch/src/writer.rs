@@ -209,6 +209,32 @@ pub fn jmp_rel32(at: Addr, to: Addr) -> Result<[u8; 5], EncodeError> {
     Ok(bytes)
 }
 
+/// `lea rsp, [rsp + delta]`, always with a 32-bit displacement (8 bytes): the flags and every
+/// other register kept. Encoded by hand, as [`jmp_rel32`]: a detour's fixed parts are built
+/// for each of a batch's thousands of probes.
+pub fn move_rsp_code(delta: i32) -> [u8; 8] {
+    let mut bytes = [0x48, 0x8d, 0xa4, 0x24, 0, 0, 0, 0];
+    bytes[4..].copy_from_slice(&delta.to_le_bytes());
+    bytes
+}
+
+/// `call [rip + x]` at `at`, calling the address stored at `through` (6 bytes).
+pub fn call_through_code(at: Addr, through: Addr) -> Result<[u8; 6], EncodeError> {
+    let rel = (through.0 as i64).wrapping_sub(at.0.wrapping_add(6) as i64);
+    let Ok(rel) = i32::try_from(rel) else {
+        return Err(EncodeError(format!("{through} is out of reach of a RIP-relative call at {at}")));
+    };
+    let mut bytes = [0xff, 0x15, 0, 0, 0, 0];
+    bytes[2..].copy_from_slice(&rel.to_le_bytes());
+    Ok(bytes)
+}
+
+/// `ret imm16`: return, then drop `pop` more bytes of stack (3 bytes).
+pub fn ret_pop_code(pop: u16) -> [u8; 3] {
+    let [lo, hi] = pop.to_le_bytes();
+    [0xc2, lo, hi]
+}
+
 /// The `syscall` instruction, written over a stopped thread's instruction pointer to make it
 /// run one system call.
 pub fn syscall_code() -> Vec<u8> {

@@ -47,6 +47,37 @@ fn a_run_is_copied_and_jumps_back_after_itself() {
     assert!(r.contains(COPY.offset(4)) && !r.contains(COPY.offset(r.code.len() as u64)));
 }
 
+/// A run that does not depend on its address is copied as it is, without the block encoder:
+/// the same bytes the encoder lays out, with the same map.
+#[test]
+fn a_run_that_does_not_depend_on_its_address_is_what_the_encoder_makes() {
+    let runs: [&[u8]; 4] = [
+        &[0x0f, 0x1f, 0x44, 0x00, 0x00],             // nopl 0x0(%rax,%rax,1)
+        &[0x55, 0x48, 0x89, 0xe5, 0x41, 0x57],       // push %rbp; mov %rsp,%rbp; push %r15
+        &[0x48, 0x89, 0xf8, 0x48, 0x83, 0xc0, 0x07], // mov %rdi,%rax; add $7,%rax
+        &[0xf3, 0x0f, 0x1e, 0xfa, 0x41, 0x54],       // endbr64; push %r12
+    ];
+    for code in runs {
+        let insns = run(code);
+        let quick = relocate(&insns, COPY).unwrap();
+        // What the encoder lays out for the same run.
+        let mut w = CodeWriter::new();
+        for i in &insns {
+            w.copy_bytes(i.code(), i.addr);
+        }
+        w.jmp(AT.offset(code.len() as u64));
+        let encoded = w.finish(COPY).unwrap();
+        assert_eq!(quick.code, encoded.bytes, "{code:02x?}");
+        let map: Vec<(Addr, Addr)> =
+            insns.iter().zip(&encoded.offsets).map(|(i, o)| (i.addr, COPY.offset(u64::from(*o)))).collect();
+        assert_eq!(quick.map, map);
+        assert_eq!(quick.after_first, COPY.offset(insns[0].len as u64));
+        assert_eq!(&quick.code[..code.len()], code);
+        let back = decode_all(&quick.code[code.len()..], COPY.offset(code.len() as u64));
+        assert_eq!((back[0].code(), back[0].near_branch_target()), (Code::Jmp_rel32_64, AT.0 + code.len() as u64));
+    }
+}
+
 #[test]
 fn a_branch_to_an_instruction_of_the_run_goes_to_its_copy_and_others_keep_their_target() {
     // mov %rsp,%rbp; je AT (back to the first); jne AT+0x40

@@ -1,5 +1,7 @@
 //! The code writer: what it writes, decoded back with iced-x86.
-use dprobe_arch::{jmp_rel32, syscall_code, trampoline_code, Addr, CodeWriter, Gpr};
+use dprobe_arch::{
+    call_through_code, jmp_rel32, move_rsp_code, ret_pop_code, syscall_code, trampoline_code, Addr, CodeWriter, Gpr,
+};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
 
 const AT: Addr = Addr(0x7000_0000_1000);
@@ -139,4 +141,28 @@ fn a_jump_patch_is_always_five_bytes() {
         assert_eq!((i.code(), i.len(), i.near_branch_target()), (Code::Jmp_rel32_64, 5, to.0));
     }
     assert!(jmp_rel32(AT, Addr(0x10_0000)).is_err(), "out of rel32 reach");
+}
+
+#[test]
+fn the_hand_encoded_pieces_are_what_the_encoder_makes() {
+    for delta in [-136, 136, -0x1000, 0x7fff_0000] {
+        let mut w = CodeWriter::new();
+        w.move_rsp(delta);
+        assert_eq!(move_rsp_code(delta).to_vec(), w.finish(AT).unwrap().bytes, "lea rsp, [rsp{delta:+}]");
+    }
+    // The short forms the encoder picks for small deltas read the same.
+    let lea = decode_all(&move_rsp_code(-8), AT)[0];
+    assert_eq!(
+        (lea.code(), lea.memory_base(), lea.memory_displacement64() as i64),
+        (Code::Lea_r64_m, Register::RSP, -8)
+    );
+    for through in [AT.offset(0x10), Addr(AT.0 - 0x7000_0000)] {
+        let mut w = CodeWriter::new();
+        w.call_through(through);
+        assert_eq!(call_through_code(AT, through).unwrap().to_vec(), w.finish(AT).unwrap().bytes);
+    }
+    assert!(call_through_code(AT, Addr(0x10_0000)).is_err(), "out of rel32 reach");
+    let mut w = CodeWriter::new();
+    w.ret_pop(128);
+    assert_eq!(ret_pop_code(128).to_vec(), w.finish(AT).unwrap().bytes);
 }
