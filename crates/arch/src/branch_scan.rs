@@ -59,9 +59,12 @@ impl FunctionStarts {
 /// candidates in their places.
 ///
 /// Decoding in place is bounded: an object with few known function starts has long
-/// stretches, each decoded whole for a candidate in it, so once the stretches decoded for its
-/// windows add up to its code's size, its every branch is decoded once
-/// ([`CodeBranches`](crate::CodeBranches)) and the windows after are looked up there.
+/// stretches, each decoded whole for a candidate in it. A window whose stretches would bring
+/// those decoded for the object's windows past a quarter of its code's size
+/// ([`IN_PLACE_SHARE`]) has its object's every branch decoded once instead
+/// ([`CodeBranches`](crate::CodeBranches)), and it and the windows after are looked up there.
+/// A batch of many windows in one object (every function of a library) then costs at most a
+/// quarter more than decoding it whole, and a few windows a few stretches.
 #[derive(Debug, Default)]
 pub struct BranchCandidates {
     /// The lowest address of the code: the offsets below are from it.
@@ -75,9 +78,14 @@ pub struct BranchCandidates {
     size: u64,
     /// How many bytes the windows' checks decoded so far.
     decoded: AtomicU64,
-    /// Every branch, once `decoded` passed `size`.
+    /// How many they may decode in place: `size / IN_PLACE_SHARE`.
+    in_place: u64,
+    /// Every branch, once a window's check would take `decoded` past `in_place`.
     whole: OnceLock<CodeBranches>,
 }
+
+/// The windows' checks decode in place up to `1 / IN_PLACE_SHARE` of the code's size.
+const IN_PLACE_SHARE: u64 = 4;
 
 /// Call `f` with each place in `code` where an opcode with a long immediate begins (as if an
 /// instruction began there), in address order, and how far on its immediate is: `call` and
@@ -189,7 +197,14 @@ impl BranchCandidates {
             *slot += 1;
         }
         let size = regions.iter().map(|r| r.1.len() as u64).sum();
-        BranchCandidates { base, buckets, opcodes, size, ..BranchCandidates::default() }
+        BranchCandidates {
+            base,
+            buckets,
+            opcodes,
+            size,
+            in_place: size / IN_PLACE_SHARE,
+            ..BranchCandidates::default()
+        }
     }
 
     /// What the index holds, for another process to take over with
@@ -212,6 +227,7 @@ impl BranchCandidates {
             buckets,
             opcodes,
             size,
+            in_place: size / IN_PLACE_SHARE,
             ..BranchCandidates::default()
         })
     }
@@ -226,8 +242,8 @@ impl BranchCandidates {
         self.opcodes.is_empty()
     }
 
-    /// Whether windows are still checked in place (their stretches decoded so far add up to
-    /// less than the code's size).
+    /// Whether windows are still checked in place (no window's stretches would have taken
+    /// those decoded past a quarter of the code's size).
     pub fn checks_in_place(&self) -> bool {
         self.whole.get().is_none()
     }
@@ -264,21 +280,19 @@ impl BranchCandidates {
             return whole.into_range(addr, len);
         }
         let far = self.far_opcodes(&targets).iter().map(|&o| self.base + u64::from(o));
-        let mut found: Option<(u64, u64)> = None;
-        let mut decoded = 0;
-        for &(base, code) in regions {
+        // Every stretch an instruction whose opcode is a candidate can begin in (its prefixes
+        // may lie in the stretch before the opcode's), by region.
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+        for (r, &(base, code)) in regions.iter().enumerate() {
             let end = base.0 + code.len() as u64;
             let opcodes =
                 far.clone().filter(|o| (base.0..end).contains(o)).chain(short_branches(base.0, code, &targets));
-            // Every stretch an instruction whose opcode is a candidate can begin in: its
-            // prefixes may lie in the stretch before the opcode's.
-            let mut runs: Vec<(u64, u64)> = Vec::new();
             for opcode in opcodes {
                 let mut at = opcode.saturating_sub(LONGEST - 1).max(base.0);
                 loop {
                     let run = run_of(base.0, end, starts.as_slice(), at);
-                    if !runs.contains(&run) {
-                        runs.push(run);
+                    if !runs.contains(&(r, run.0, run.1)) {
+                        runs.push((r, run.0, run.1));
                     }
                     if run.1 > opcode || run.1 >= end {
                         break;
@@ -286,20 +300,24 @@ impl BranchCandidates {
                     at = run.1;
                 }
             }
-            let mut branches = Vec::new();
-            for &(from, to) in &runs {
-                decode_run(code, base.0, from, to, starts.as_slice(), &mut branches);
-                decoded += to - from;
-            }
-            for (target, from) in branches {
+        }
+        let decoded: u64 = runs.iter().map(|(_, from, to)| to - from).sum();
+        if self.decoded.fetch_add(decoded, Relaxed) + decoded > self.in_place {
+            // (Two threads may both decode the whole: the first one's is kept.)
+            let whole = self.whole.get_or_init(|| CodeBranches::decode_sorted(regions, starts));
+            return whole.into_range(addr, len);
+        }
+        let mut found: Option<(u64, u64)> = None;
+        let mut branches = Vec::new();
+        for &(r, from, to) in &runs {
+            let (base, code) = regions[r];
+            branches.clear();
+            decode_run(code, base.0, from, to, starts.as_slice(), &mut branches);
+            for &(target, from) in &branches {
                 if targets.contains(&target) && found.is_none_or(|(f, _)| from < f) {
                     found = Some((from, target));
                 }
             }
-        }
-        if self.decoded.fetch_add(decoded, Relaxed) + decoded > self.size {
-            // (Two threads may both decode the whole: the first one's is kept.)
-            let _ = self.whole.set(CodeBranches::decode_sorted(regions, starts));
         }
         found.map(|(from, target)| (Addr(from), Addr(target)))
     }
@@ -392,9 +410,10 @@ mod tests {
             for at in base..base + 2048 - 9 {
                 for len in [5, 9] {
                     let expected = whole.into_range(Addr(at), len);
-                    // Fresh candidates for each window: the check in place, never the whole
-                    // decoding it falls back on.
-                    let candidates = BranchCandidates::new(&regions);
+                    // Fresh candidates for each window, with no bound: the check in place,
+                    // never the whole decoding it falls back on.
+                    let mut candidates = BranchCandidates::new(&regions);
+                    candidates.in_place = u64::MAX;
                     assert_eq!(candidates.into_range(&regions, &sorted, Addr(at), len), expected, "at {at:#x}, {len}");
                     assert!(candidates.checks_in_place());
                     compared += usize::from(expected.is_some());
@@ -412,15 +431,17 @@ mod tests {
         let regions = [(Addr(base), &code[..])];
         let starts = FunctionStarts::default();
         let whole = CodeBranches::decode(&regions, &[]);
+        let windows: Vec<u64> = (base..base + 4096 - 5).filter(|&at| whole.into_window(Addr(at)).is_some()).collect();
+        // Each window with a candidate decodes the one stretch there is, the whole code: more
+        // than a quarter of it, so the first window already takes the whole decoding.
         let candidates = BranchCandidates::new(&regions);
-        let mut windows = (base..base + 4096 - 5).filter(|&at| whole.into_window(Addr(at)).is_some());
-        // Each window with a candidate decodes the one stretch there is: the whole code.
-        for at in windows.by_ref().take(2) {
-            assert!(candidates.checks_in_place());
-            assert_eq!(candidates.into_range(&regions, &starts, Addr(at), 5), whole.into_window(Addr(at)));
-        }
-        assert!(!candidates.checks_in_place(), "decoded whole once its size was decoded in place");
-        for at in windows {
+        assert_eq!(candidates.into_range(&regions, &starts, Addr(windows[0]), 5), whole.into_window(Addr(windows[0])));
+        assert!(!candidates.checks_in_place(), "decoded whole, not in place");
+        // With room for two such stretches, the third window's check decodes it whole.
+        let mut candidates = BranchCandidates::new(&regions);
+        candidates.in_place = 2 * 4096;
+        for (k, &at) in windows.iter().enumerate() {
+            assert_eq!(candidates.checks_in_place(), k < 3, "window {k}");
             assert_eq!(candidates.into_range(&regions, &starts, Addr(at), 5), whole.into_window(Addr(at)));
         }
     }
