@@ -487,9 +487,9 @@ impl Engine {
         drop(functions);
         let placed: Vec<Located> = placed;
         let mut lists = BTreeMap::new();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(probes.len());
         let first_new = ProbeId(st.next_id + 1);
-        let mut new_sites = Vec::new();
+        let mut new_sites = Vec::with_capacity(placed.iter().filter(|(_, analyzed)| analyzed.is_some()).count());
         for (probe, (target, analyzed)) in probes.into_iter().zip(placed) {
             st.next_id += 1;
             let addr = target.addr;
@@ -1141,7 +1141,7 @@ impl Engine {
         if new > st.free_detours.len() {
             self.reclaim_detours(st);
         }
-        let mut copies = Vec::new();
+        let mut copies = Vec::with_capacity(new);
         for &(addr, post) in wants {
             if lacks(st, &addr, post) {
                 match self.build_detour(st, maps, addr, post) {

@@ -41,6 +41,10 @@ impl<V> SiteMap<V> {
     /// each other in address order.
     pub(crate) fn insert_new(&mut self, mut new: Vec<(Addr, V)>) {
         new.sort_unstable_by_key(|(a, _)| *a);
+        // Room for them all at once: a value is a few hundred bytes, and growing by doubling
+        // would copy (and first touch) a large batch's several times.
+        self.values.reserve(new.len());
+        self.index.reserve(new.len());
         for (addr, value) in new {
             if self.index.contains_key(&addr) {
                 continue;
