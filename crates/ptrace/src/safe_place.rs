@@ -127,6 +127,15 @@ impl SafePlaceChecks {
                 Some(reason) => why = reason,
             }
             if attempt + 1 == SAFE_POINT_TRIES {
+                // The reason given is the last stop's. A thread inside a signal handler is
+                // refused whatever it does there, but one that sleeps in a loop in its handler
+                // may have stopped between two sleeps: the handler is what no try can get past,
+                // and what the refusal says.
+                if matches!(why, NotSafe::Call(_) | NotSafe::LockWait | NotSafe::InCLibrary | NotSafe::InLoader)
+                    && self.handlers.running_a_handler(r.rsp)
+                {
+                    why = NotSafe::SignalHandler;
+                }
                 // Stopped still: the caller's detach lets it go (a running thread cannot be
                 // detached, and would stay traced, stopping at its next signal with no one to
                 // resume it).
