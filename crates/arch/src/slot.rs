@@ -112,6 +112,20 @@ pub fn prepare_slot(insn: &Insn, slot: Addr, ending: SlotEnding) -> Result<SlotC
         ExecClass::Emulate { copyable: true, rip_relative, .. } => rip_relative,
         ExecClass::Emulate { .. } => return Err(PrepareError::Emulated(insn.addr)),
     };
+    if let Some(near) = near_slot(insn, rip_relative, slot, ending) {
+        return Ok(near);
+    }
+    encoded_slot(insn, rip_relative, slot, ending)
+}
+
+/// The slot as the block encoder lays it out: every far slot, and a near one whose jump back
+/// is out of reach.
+fn encoded_slot(
+    insn: &Insn,
+    rip_relative: Option<crate::analyze::RipRelative>,
+    slot: Addr,
+    ending: SlotEnding,
+) -> Result<SlotCode, PrepareError> {
     let mut w = CodeWriter::new();
     let mut far_scratch = None;
     let mut at_insn = w.mark();
@@ -159,6 +173,47 @@ pub fn prepare_slot(insn: &Insn, slot: Addr, ending: SlotEnding) -> Result<SlotC
     })
 }
 
+/// A near slot, laid out without the block encoder (a batch of ten thousand probes prepares
+/// as many): the instruction's bytes (a RIP-relative displacement re-targeted where it stays in
+/// reach), then `int3` or a `jmp rel32` back, as the encoder lays them out. `None` for a far
+/// slot, or a jump back out of reach (the encoder's path: it goes through a stored pointer).
+fn near_slot(
+    insn: &Insn,
+    rip_relative: Option<crate::analyze::RipRelative>,
+    slot: Addr,
+    ending: SlotEnding,
+) -> Option<SlotCode> {
+    let mut bytes = [0; SLOT_SIZE];
+    bytes[..insn.len].copy_from_slice(insn.code());
+    if let Some(rel) = rip_relative {
+        let disp = i32::try_from(rel.target.0 as i128 - (slot.0 as i128 + insn.len as i128)).ok()?;
+        let at = rel.disp_offset as usize;
+        bytes[at..at + 4].copy_from_slice(&disp.to_le_bytes());
+    }
+    let mut len = insn.len;
+    match ending {
+        SlotEnding::Trap => {
+            bytes[len] = 0xcc;
+            len += 1;
+        }
+        SlotEnding::JumpBack => {
+            let jump = crate::jmp_rel32(slot.offset(len as u64), insn.next()).ok()?;
+            bytes[len..len + 5].copy_from_slice(&jump);
+            len += 5;
+        }
+    }
+    Some(SlotCode {
+        addr: slot,
+        bytes,
+        len,
+        insn_offset: 0,
+        ending,
+        far_scratch: None,
+        original: insn.addr,
+        original_next: insn.next(),
+    })
+}
+
 /// The far form: the operand re-addressed through `scratch`, which holds the target. Returns
 /// the writer's index of the rewritten instruction.
 fn far_copy(w: &mut CodeWriter, insn: &Insn, target: Addr, scratch: Gpr) -> usize {
@@ -179,3 +234,43 @@ fn far_copy(w: &mut CodeWriter, insn: &Insn, target: Addr, scratch: Gpr) -> usiz
 
 /// The System V red zone below the stack pointer, which the probed code may be using.
 const RED_ZONE: i32 = 128;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slots laid out by hand are the encoder's, for copied instructions with and without
+    /// a RIP-relative operand (one with an immediate after its displacement), both endings.
+    #[test]
+    fn a_near_slot_is_what_the_encoder_makes() {
+        let at = Addr(0x40_1000);
+        let codes: [&[u8]; 6] = [
+            &[0x48, 0x89, 0xe5],                                  // mov %rsp,%rbp
+            &[0x48, 0x83, 0xc0, 0x07],                            // add $7,%rax
+            &[0x48, 0x8b, 0x05, 0x10, 0x00, 0x00, 0x00],          // mov 0x10(%rip),%rax
+            &[0xc7, 0x05, 0x20, 0x00, 0x00, 0x00, 0x2a, 0, 0, 0], // movl $42,0x20(%rip)
+            &[0x48, 0x8d, 0x3d, 0xf0, 0xff, 0xff, 0xff],          // lea -0x10(%rip),%rdi
+            &[0x48, 0x63, 0xd2],                                  // movslq %edx,%rdx
+        ];
+        for code in codes {
+            let insn = crate::analyze(code, at, at).unwrap();
+            let rip_relative = match insn.class {
+                ExecClass::Copy { rip_relative } | ExecClass::Emulate { copyable: true, rip_relative, .. } => {
+                    rip_relative
+                }
+                _ => panic!("{code:02x?} is copied"),
+            };
+            for slot in [Addr(0x50_0000), Addr(0x3000_0000)] {
+                for ending in [SlotEnding::JumpBack, SlotEnding::Trap] {
+                    let near = near_slot(&insn, rip_relative, slot, ending).expect("in reach");
+                    let encoded = encoded_slot(&insn, rip_relative, slot, ending).unwrap();
+                    assert_eq!(near, encoded, "{code:02x?} at {slot}, {ending:?}");
+                }
+            }
+        }
+        // Out of a rel32's reach of the target or of the way back: the encoder's way.
+        let insn = crate::analyze(codes[2], at, at).unwrap();
+        let ExecClass::Copy { rip_relative } = insn.class else { unreachable!() };
+        assert!(near_slot(&insn, rip_relative, Addr(0x7f00_0000_0000), SlotEnding::JumpBack).is_none());
+    }
+}
