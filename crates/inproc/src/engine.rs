@@ -481,8 +481,18 @@ impl Engine {
         let mut placed = Vec::with_capacity(probes.len());
         let mut functions = FunctionCache::default();
         drop_moved_symbols(&mut st, &maps);
+        // Every probe resolved first (up to the first that cannot be: the batch's error), so
+        // that their functions' code is read together.
+        let mut targets: Vec<Result<Target, ProbeError>> = Vec::with_capacity(probes.len());
         for p in &probes {
-            placed.push(locate(&mut st, &maps, p, &mut functions)?);
+            targets.push(resolve(&mut st, &maps, p));
+            if targets.last().is_some_and(Result::is_err) {
+                break;
+            }
+        }
+        functions.read_ahead(&st, &targets);
+        for target in targets {
+            placed.push(locate_target(&mut st, &maps, target?, &mut functions)?);
         }
         drop(functions);
         let placed: Vec<Located> = placed;
@@ -1477,7 +1487,43 @@ type Located = (Target, Option<(Insn, Result<Vec<Insn>, NotOptimized>, VectorSta
 /// The functions read and decoded for one batch, by `(start, size)`: the probes of one
 /// function share its code and the decoding of its branches.
 #[derive(Default)]
-struct FunctionCache(std::collections::HashMap<(Addr, u64), FunctionCode>);
+struct FunctionCache {
+    decoded: std::collections::HashMap<(Addr, u64), FunctionCode>,
+    /// Code read ahead for the batch ([`FunctionCache::read_ahead`]), not decoded yet.
+    read: std::collections::HashMap<(Addr, u64), Vec<u8>>,
+}
+
+impl FunctionCache {
+    /// Read the code of the functions of `targets` not analyzed before, for the batch to find
+    /// (one system call for every [`sys::MAX_PIECES`] functions, not one each). A function
+    /// whose code cannot be read is left out: it is read again alone, where its error is made.
+    fn read_ahead(&mut self, st: &State, targets: &[Result<Target, ProbeError>]) {
+        let mut wanted: Vec<(Addr, u64)> = targets
+            .iter()
+            .filter_map(|t| t.as_ref().ok())
+            .filter(|t| st.sites.get(&t.addr).is_none())
+            .map(|t| (t.function.start, t.function.size))
+            .filter(|key| !self.decoded.contains_key(key))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut buffers: Vec<Vec<u8>> = wanted.iter().map(|&(_, size)| vec![0u8; size as usize]).collect();
+        let mut read = vec![false; wanted.len()];
+        let mut from = 0;
+        while from < wanted.len() {
+            let to = (from + sys::MAX_PIECES).min(wanted.len());
+            let mut pieces: Vec<(Addr, &mut [u8])> =
+                wanted[from..to].iter().zip(&mut buffers[from..to]).map(|(&(at, _), b)| (at, &mut b[..])).collect();
+            let whole = sys::read_pieces(&mut pieces);
+            read[from..from + whole].fill(true);
+            // The piece after those read could not be: the next read starts past it.
+            from = if from + whole == to { to } else { from + whole + 1 };
+        }
+        for ((key, code), _) in wanted.into_iter().zip(buffers).zip(read).filter(|(_, ok)| *ok) {
+            self.read.insert(key, code);
+        }
+    }
+}
 
 /// Whether the code at `addr` is as `site` (left without probes) left it: its instruction and
 /// the instructions of its jump's window, with its `int3` if the site is still armed (a write
@@ -1529,6 +1575,16 @@ fn locate(
     functions: &mut FunctionCache,
 ) -> Result<Located, ProbeError> {
     let target = resolve(st, maps, probe)?;
+    locate_target(st, maps, target, functions)
+}
+
+/// [`locate`], for a probe resolved to `target`.
+fn locate_target(
+    st: &mut State,
+    maps: &[Mapping],
+    target: Target,
+    functions: &mut FunctionCache,
+) -> Result<Located, ProbeError> {
     let (addr, f) = (target.addr, &target.function);
     refuse_own_code(st, addr)?;
     if let Some(region) = hit_path_region(&f.name) {
@@ -1545,13 +1601,19 @@ fn locate(
         }
         forget_site(st, addr);
     }
-    let function = match functions.0.entry((f.start, f.size)) {
+    let function = match functions.decoded.entry((f.start, f.size)) {
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
         std::collections::hash_map::Entry::Vacant(new) => {
             let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
-            let mut code = vec![0u8; f.size as usize];
-            sys::read_memory(f.start, &mut code)
-                .map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
+            let mut code = match functions.read.remove(&(f.start, f.size)) {
+                Some(code) => code,
+                None => {
+                    let mut code = vec![0u8; f.size as usize];
+                    sys::read_memory(f.start, &mut code)
+                        .map_err(|e| invalid(format!("cannot read the function's code: {e}")))?;
+                    code
+                }
+            };
             // Analyze the original bytes, never an armed probe's int3.
             revert_own_patches(st, f.start, &mut code);
             new.insert(FunctionCode::decode(code, f.start))

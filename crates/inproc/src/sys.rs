@@ -355,6 +355,36 @@ pub fn write_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     whole
 }
 
+/// Read each piece `(addr, buffer)` of `pieces` (at most [`MAX_PIECES`]), in order, with one
+/// system call and without faulting (`process_vm_readv`): how many pieces were read whole.
+/// The first piece whose memory cannot be read ends the read there.
+pub fn read_pieces(pieces: &mut [(Addr, &mut [u8])]) -> usize {
+    assert!(pieces.len() <= MAX_PIECES, "at most {MAX_PIECES} pieces per read");
+    if pieces.is_empty() {
+        return 0;
+    }
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let (mut local, mut remote) = ([empty; MAX_PIECES], [empty; MAX_PIECES]);
+    for ((l, r), (addr, buffer)) in local.iter_mut().zip(&mut remote).zip(pieces.iter_mut()) {
+        *l = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+        *r = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: buffer.len() };
+    }
+    let n = pieces.len() as u64;
+    let args = [own_pid() as u64, local.as_ptr() as u64, n, remote.as_ptr() as u64, n, 0];
+    // SAFETY: each local iovec describes a piece's buffer, borrowed mutably for the call; the
+    // kernel validates every remote range.
+    let read = usize::try_from(unsafe { raw_syscall6(libc::SYS_process_vm_readv, args) }).unwrap_or(0);
+    let (mut whole, mut total) = (0, 0);
+    for (_, buffer) in pieces.iter() {
+        if total + buffer.len() > read {
+            break;
+        }
+        total += buffer.len();
+        whole += 1;
+    }
+    whole
+}
+
 /// Copy between `local` and this process's memory at `addr` with `process_vm_readv`/`writev`,
 /// which validate `addr` and report EFAULT instead of faulting.
 fn copy_own_memory(addr: Addr, local: libc::iovec, write: bool) -> Result<(), MemoryFault> {
