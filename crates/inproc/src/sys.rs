@@ -574,4 +574,18 @@ mod tests {
             assert!(blocked(sig), "signal {sig}");
         }
     }
+
+    #[test]
+    fn pieces_are_read_up_to_the_first_that_cannot_be() {
+        let data: Vec<u8> = (0..64).collect();
+        let at = |i: usize| Addr(data.as_ptr() as u64 + i as u64);
+        let (mut a, mut b, mut c, mut d) = ([0u8; 4], [0u8; 2], [0u8; 8], [0u8; 1]);
+        let mut pieces = [(at(0), &mut a[..]), (at(10), &mut b[..]), (Addr(8), &mut c[..]), (at(20), &mut d[..])];
+        assert_eq!(read_pieces(&mut pieces), 2, "up to the unmapped address");
+        assert_eq!((a, b, c, d), ([0, 1, 2, 3], [10, 11], [0; 8], [0]));
+        let mut pieces = [(at(20), &mut d[..]), (at(30), &mut c[..])];
+        assert_eq!(read_pieces(&mut pieces), 2);
+        assert_eq!((d, c), ([20], [30, 31, 32, 33, 34, 35, 36, 37]));
+        assert_eq!(read_pieces(&mut []), 0);
+    }
 }
