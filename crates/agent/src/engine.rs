@@ -57,11 +57,11 @@ pub enum AgentError {
         error: io::Error,
     },
     /// The process ended while the agent started in it.
-    #[error("process {0} ended before the agent started in it")]
+    #[error("process {0} ended while the agent was starting in it")]
     EndedFirst(i32),
     /// The process executed another program while the agent started in it (the agent went
     /// with the old program's memory).
-    #[error("process {0} executed another program before the agent started in it")]
+    #[error("process {0} executed another program while the agent was starting in it")]
     ExecutedFirst(i32),
     /// The caller gave up waiting for the agent to start (a stop signal).
     #[error("stopped before the agent started")]
@@ -383,8 +383,11 @@ impl AgentEngine {
         Ok(())
     }
 
+    /// What a failed exchange with the agent says: that the process ended or executed another
+    /// program meanwhile, where the connection ended because it did; the error otherwise.
     fn agent_err(&self, error: io::Error) -> AgentError {
-        AgentError::Agent { pid: self.pid, error: unanswered(error) }
+        connecting::why_it_failed(self.pid, error)
+            .unwrap_or_else(|error| AgentError::Agent { pid: self.pid, error: unanswered(error) })
     }
 
     /// Tell the agent every probe is placed: the ones it held off on `int3` while it placed
@@ -868,7 +871,8 @@ impl AgentEngine {
                 // The new program has no agent: nothing of dprobe's is in it any more.
                 let why = self.unwatched.take().map(|e| format!(" (it could not be watched: {e})")).unwrap_or_default();
                 Some(format!(
-                    "process {} ran {} (exec): the agent does not follow it{why}; not traced from then on",
+                    "process {} ran {} (exec) without the agent seeing it coming (made with the system call itself, \
+                     or while the agent was starting){why}: not followed; not traced from then on",
                     self.pid,
                     self.program()
                 ))

@@ -104,7 +104,7 @@ fn a_trace_ended_by_an_error_says_it_once() {
     let src = out_file("raw-exec.c");
     std::fs::write(&src, RAW_EXEC).unwrap();
     let program = dprobe_test_fixtures::c_program(src.to_str().unwrap(), "raw-exec", &["-O1"]);
-    const LOST: &str = "the agent does not follow it; not traced from then on";
+    const LOST: &str = "not followed; not traced from then on";
     for to_file in [false, true] {
         let mut traced = Command::new(program).stdin(Stdio::piped()).spawn().unwrap();
         let pid = traced.id().to_string();

@@ -692,9 +692,14 @@ pub(crate) fn refusal_reason(pid: i32) -> String {
         return "it has exited (a zombie: its parent has not collected its status yet): nothing is left to trace"
             .into();
     }
+    if is_kernel_thread(pid) {
+        return "it is a kernel thread (kernel functions are probed with the kernel engine: --system-wide)".into();
+    }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if cmdline.is_empty() {
-        return "it is a kernel thread (kernel functions are probed with the kernel engine: --system-wide)".into();
+        // No memory for a moment: a thread other than the first executing a program leaves the
+        // first a zombie without memory until the new program's is there.
+        return "it has no memory at this moment (it is executing another program, or ending): try again".into();
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -721,4 +726,28 @@ pub(crate) fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
         .find(|(k, _)| *k == libc::AT_ENTRY)
         .map(|(_, v)| Addr(v))
         .ok_or(TraceError::NoEntry)
+}
+
+/// Whether process `pid` is a kernel thread (`PF_KTHREAD` in the flags of its `stat`): one
+/// with an empty command line may also be a process between two programs.
+fn is_kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
+    flags.is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel thread is told by its flags, not by its empty command line (a process between
+    /// two programs has one too).
+    #[test]
+    fn kernel_threads_are_told_by_their_flags() {
+        assert!(is_kernel_thread(2), "kthreadd");
+        assert!(!is_kernel_thread(std::process::id() as i32));
+        assert!(!is_kernel_thread(i32::MAX), "no such process");
+    }
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use dprobe_ptrace::{Injector, LoadError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 
 use super::images::Images;
 use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT};
@@ -380,7 +382,7 @@ const ENDING_TAKES_AT_MOST: Duration = Duration::from_secs(1);
 /// Why the connection with the agent in process `pid` failed with `error`: the process ended
 /// or executed another program (looked at for a moment where the connection ended, which
 /// comes first), else `error` itself.
-fn why_it_failed(pid: i32, error: io::Error) -> Result<AgentError, io::Error> {
+pub(super) fn why_it_failed(pid: i32, error: io::Error) -> Result<AgentError, io::Error> {
     use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let ended = matches!(error.kind(), BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof);
     let deadline = Instant::now() + ENDING_TAKES_AT_MOST;
@@ -397,7 +399,27 @@ fn why_it_failed(pid: i32, error: io::Error) -> Result<AgentError, io::Error> {
 
 /// Why the agent loaded into process `pid` can no longer connect, if it cannot: the process
 /// ended, or executed another program (the agent's memory file is gone from its mappings).
+///
+/// A thread other than the first that executes a program leaves the process's first thread a
+/// zombie with no memory for a moment, as an ended process's: a process that looks ended
+/// while its id still answers is looked at again for up to [`EXEC_LOOKS_ENDED`].
 fn cannot_connect(pid: i32) -> Option<AgentError> {
+    let deadline = Instant::now() + EXEC_LOOKS_ENDED;
+    loop {
+        match looked_at(pid) {
+            Some(AgentError::EndedFirst(_)) if kill(Pid::from_raw(pid), None).is_ok() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long an `exec` by a thread other than the first may leave its process looking ended.
+const EXEC_LOOKS_ENDED: Duration = Duration::from_millis(300);
+
+/// [`cannot_connect`]'s one look.
+fn looked_at(pid: i32) -> Option<AgentError> {
     if process_gone(pid) {
         return Some(AgentError::EndedFirst(pid));
     }
@@ -424,6 +446,10 @@ fn receive_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
             other => break other?,
         }
     };
+    if msg.bytes == 0 {
+        // The connection's end (the agent's process ended, or executed another program).
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection"));
+    }
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(fd) = fds.first() {
