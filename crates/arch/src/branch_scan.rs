@@ -197,14 +197,13 @@ impl BranchCandidates {
             *slot += 1;
         }
         let size = regions.iter().map(|r| r.1.len() as u64).sum();
-        BranchCandidates {
-            base,
-            buckets,
-            opcodes,
-            size,
-            in_place: size / IN_PLACE_SHARE,
-            ..BranchCandidates::default()
-        }
+        BranchCandidates::of(base, size, buckets, opcodes)
+    }
+
+    /// The index of these parts, nothing decoded yet.
+    fn of(base: u64, size: u64, buckets: Vec<u32>, opcodes: Vec<u32>) -> BranchCandidates {
+        let in_place = size / IN_PLACE_SHARE;
+        BranchCandidates { base, buckets, opcodes, size, in_place, ..BranchCandidates::default() }
     }
 
     /// What the index holds, for another process to take over with
@@ -222,14 +221,7 @@ impl BranchCandidates {
         let ends =
             buckets.first().is_none_or(|&b| b == 0) && buckets.last().is_none_or(|&b| b as usize == opcodes.len());
         let counted = !buckets.is_empty() || opcodes.is_empty();
-        (ordered && ends && counted).then(|| BranchCandidates {
-            base,
-            buckets,
-            opcodes,
-            size,
-            in_place: size / IN_PLACE_SHARE,
-            ..BranchCandidates::default()
-        })
+        (ordered && ends && counted).then(|| BranchCandidates::of(base, size, buckets, opcodes))
     }
 
     /// How many candidates are kept.
