@@ -57,11 +57,11 @@ pub enum AgentError {
         error: io::Error,
     },
     /// The process ended while the agent started in it.
-    #[error("process {0} ended while the agent was starting in it")]
+    #[error("process {0} ended while dprobe was talking to the agent in it")]
     EndedFirst(i32),
     /// The process executed another program while the agent started in it (the agent went
     /// with the old program's memory).
-    #[error("process {0} executed another program while the agent was starting in it")]
+    #[error("process {0} executed another program while dprobe was talking to the agent in it")]
     ExecutedFirst(i32),
     /// The caller gave up waiting for the agent to start (a stop signal).
     #[error("stopped before the agent started")]
@@ -109,6 +109,8 @@ struct LettingGo {
 /// One program traced through the agent, spawned or attached.
 pub struct AgentEngine {
     pid: i32,
+    /// Why the connection with the agent ended, once looked for (see `agent_err`).
+    connection_lost: std::cell::Cell<Option<ConnectionLost>>,
     spawned: bool,
     /// Where the thread that loaded the agent into a running process was held.
     loaded_by: Option<String>,
@@ -227,6 +229,17 @@ pub fn agent_library() -> Result<PathBuf, AgentError> {
         .ok_or_else(|| AgentError::NoLibrary(format!("looked for {}", candidates[0].display())))
 }
 
+/// Why the connection with an agent ended.
+#[derive(Debug, Clone, Copy)]
+enum ConnectionLost {
+    /// The process ended.
+    Ended,
+    /// It executed another program.
+    Executed,
+    /// Not known: the process still has its agent.
+    Unknown,
+}
+
 impl AgentEngine {
     /// Start `program` with `args` and load the agent before its libraries' constructors run.
     /// `events`: the probes' events are wanted (not for counts alone).
@@ -294,6 +307,7 @@ impl AgentEngine {
         let spawned = injector.is_some();
         AgentEngine {
             pid,
+            connection_lost: std::cell::Cell::new(None),
             spawned,
             injector,
             sock,
@@ -384,10 +398,29 @@ impl AgentEngine {
     }
 
     /// What a failed exchange with the agent says: that the process ended or executed another
-    /// program meanwhile, where the connection ended because it did; the error otherwise.
+    /// program meanwhile, where the connection ended because it did; the error otherwise. Why
+    /// the connection ended is looked for once (it may take a second): a batch's every probe
+    /// fails with it.
     fn agent_err(&self, error: io::Error) -> AgentError {
-        connecting::why_it_failed(self.pid, error)
-            .unwrap_or_else(|error| AgentError::Agent { pid: self.pid, error: unanswered(error) })
+        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        let pid = self.pid;
+        if !matches!(error.kind(), BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof) {
+            return AgentError::Agent { pid, error: unanswered(error) };
+        }
+        let why = self.connection_lost.get().unwrap_or_else(|| {
+            let why = match connecting::why_it_failed(pid, io::Error::from(error.kind())) {
+                Ok(AgentError::EndedFirst(_)) => ConnectionLost::Ended,
+                Ok(AgentError::ExecutedFirst(_)) => ConnectionLost::Executed,
+                _ => ConnectionLost::Unknown,
+            };
+            self.connection_lost.set(Some(why));
+            why
+        });
+        match why {
+            ConnectionLost::Ended => AgentError::EndedFirst(pid),
+            ConnectionLost::Executed => AgentError::ExecutedFirst(pid),
+            ConnectionLost::Unknown => AgentError::Agent { pid, error: unanswered(error) },
+        }
     }
 
     /// Tell the agent every probe is placed: the ones it held off on `int3` while it placed

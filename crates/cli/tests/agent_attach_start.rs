@@ -154,7 +154,10 @@ fn a_process_that_ends_while_the_agent_starts_is_said_to_have_ended() {
     assert!(spinner.child.wait().unwrap().success());
     let (code, said) = ended(dprobe);
     assert_eq!(code, Some(2), "{said}");
-    assert!(said.contains(&format!("dprobe: process {pid} ended while the agent was starting in it")), "{said}");
+    assert!(
+        said.contains(&format!("dprobe: process {pid} ended while dprobe was talking to the agent in it")),
+        "{said}"
+    );
 }
 
 /// A program stopped (`SIGSTOP`) while the agent starts in it never holds dprobe: a stop

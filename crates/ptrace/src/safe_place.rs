@@ -132,7 +132,7 @@ impl SafePlaceChecks {
                 // may have stopped between two sleeps: the handler is what no try can get past,
                 // and what the refusal says.
                 if matches!(why, NotSafe::Call(_) | NotSafe::LockWait | NotSafe::InCLibrary | NotSafe::InLoader)
-                    && self.handlers.running_a_handler(r.rsp)
+                    && self.handlers.in_a_handler(r.rsp) == Some(true)
                 {
                     why = NotSafe::SignalHandler;
                 }

@@ -49,30 +49,36 @@ impl HandlerCheck {
     /// Whether the thread stopped with stack pointer `sp` is inside a signal handler (or its
     /// stack cannot be read, which refuses the try as well).
     pub(crate) fn running_a_handler(&mut self, sp: u64) -> bool {
+        self.in_a_handler(sp).unwrap_or(true)
+    }
+
+    /// Whether the thread stopped with stack pointer `sp` is inside a signal handler; `None`
+    /// when its stack cannot be read.
+    pub(crate) fn in_a_handler(&mut self, sp: u64) -> Option<bool> {
         let pid = self.pid;
         if self.memory.is_none() {
             self.memory = RemoteMemory::open(pid).ok();
         }
-        let Some(memory) = self.memory.as_mut() else { return true };
-        let Ok(maps) = read_maps_of(pid as u32) else { return true };
+        let memory = self.memory.as_mut()?;
+        let maps = read_maps_of(pid as u32).ok()?;
         if self.restorers.is_empty() && self.looked < 2 {
             self.looked += 1;
             self.restorers = restorers_in(&maps, memory);
         }
         if self.restorers.is_empty() {
-            return false;
+            return Some(false);
         }
-        let Some(stack) = maps.iter().find(|m| m.contains(Addr(sp))) else { return true };
+        let stack = maps.iter().find(|m| m.contains(Addr(sp)))?;
         let from = sp & !7;
         let to = stack.end.0.min(from + STACK_SCAN);
         let mut bytes = vec![0u8; (to - from) as usize];
-        if memory.read(Addr(from), &mut bytes).is_err() {
-            return true;
-        }
+        memory.read(Addr(from), &mut bytes).ok()?;
         let word = |at: usize| bytes.get(at..at + 8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()));
-        (0..bytes.len())
-            .step_by(8)
-            .any(|at| word(at).is_some_and(|w| self.restorers.contains(&w)) && is_signal_frame(&maps, &word, at))
+        Some(
+            (0..bytes.len())
+                .step_by(8)
+                .any(|at| word(at).is_some_and(|w| self.restorers.contains(&w)) && is_signal_frame(&maps, &word, at)),
+        )
     }
 }
 

@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use dprobe_ptrace::{Injector, LoadError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 
 use super::images::Images;
 use super::{agent_mapped, process_gone, unanswered, AgentError, OwnedLibrary, ANSWER_TIMEOUT};
@@ -401,34 +399,48 @@ pub(super) fn why_it_failed(pid: i32, error: io::Error) -> Result<AgentError, io
 /// ended, or executed another program (the agent's memory file is gone from its mappings).
 ///
 /// A thread other than the first that executes a program leaves the process's first thread a
-/// zombie with no memory for a moment, as an ended process's: a process that looks ended
-/// while its id still answers is looked at again for up to [`EXEC_LOOKS_ENDED`].
+/// zombie with no memory for a moment, beside the executing thread: a process seen so is
+/// looked at again for up to [`EXEC_LOOKS_ENDED`] (one that ended is a zombie alone, at once).
 fn cannot_connect(pid: i32) -> Option<AgentError> {
     let deadline = Instant::now() + EXEC_LOOKS_ENDED;
     loop {
-        match looked_at(pid) {
-            Some(AgentError::EndedFirst(_)) if kill(Pid::from_raw(pid), None).is_ok() && Instant::now() < deadline => {
+        return match looked_at(pid) {
+            Look::NoMemory if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
-            other => return other,
-        }
+            Look::Gone | Look::NoMemory => Some(AgentError::EndedFirst(pid)),
+            Look::Executed => Some(AgentError::ExecutedFirst(pid)),
+            Look::AgentThere => None,
+        };
     }
 }
 
-/// How long an `exec` by a thread other than the first may leave its process looking ended.
+/// How long an `exec` by a thread other than the first may leave its process without memory.
 const EXEC_LOOKS_ENDED: Duration = Duration::from_millis(300);
 
-/// [`cannot_connect`]'s one look.
-fn looked_at(pid: i32) -> Option<AgentError> {
+/// What one look at a process whose agent's connection ended finds.
+enum Look {
+    /// It ended.
+    Gone,
+    /// Its threads live on, but it has no memory: ending, or a thread executing a program.
+    NoMemory,
+    /// It runs another program: the agent is not in its memory.
+    Executed,
+    /// The agent is still there (or the process cannot be looked at).
+    AgentThere,
+}
+
+fn looked_at(pid: i32) -> Look {
     if process_gone(pid) {
-        return Some(AgentError::EndedFirst(pid));
+        return Look::Gone;
     }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    if maps.is_empty() {
-        // Its memory is gone: it is ending.
-        return Some(AgentError::EndedFirst(pid));
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return Look::AgentThere };
+    match maps.is_empty() {
+        true => Look::NoMemory,
+        false if !agent_mapped(&maps) => Look::Executed,
+        false => Look::AgentThere,
     }
-    (!agent_mapped(&maps)).then_some(AgentError::ExecutedFirst(pid))
 }
 
 /// The shared memory's descriptor, the agent's first message.

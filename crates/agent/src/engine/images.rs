@@ -43,7 +43,8 @@ impl Images {
     }
 }
 
-/// dprobe's sealed memory file holding `bytes`, the whole of `version`, made when first asked.
+/// dprobe's sealed memory file holding `bytes`, `version` as dprobe read it (its DWARF left
+/// as zeros), made when first asked.
 fn sealed_file_of(version: &FileVersion, bytes: &FileBytes) -> Option<Arc<OwnedFd>> {
     let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, fd)) = made.iter().find(|(v, _)| v == version) {
