@@ -295,7 +295,7 @@ impl BranchCandidates {
         }
         let decoded: u64 = runs.iter().map(|(_, from, to)| to - from).sum();
         if self.decoded.fetch_add(decoded, Relaxed) + decoded > self.in_place {
-            // (Two threads may both decode the whole: the first one's is kept.)
+            // (Another thread that gets here meanwhile waits for this one's decoding.)
             let whole = self.whole.get_or_init(|| CodeBranches::decode_sorted(regions, starts));
             return whole.into_range(addr, len);
         }

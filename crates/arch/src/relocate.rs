@@ -222,9 +222,10 @@ pub(crate) fn relocate_then(
 
 /// The copy of `run` to run from `at` when no instruction of it depends on its address (no
 /// branch, call, return or RIP-relative operand), nothing goes after the first, and `then` is
-/// in a `jmp rel32`'s reach: its bytes, then that jump. What the block encoder would lay out
-/// (but for a jump back short enough for `rel8`, which a copy far from its code never has),
-/// without its cost: a batch of ten thousand jump-optimized probes builds as many detours.
+/// in a `jmp rel32`'s reach: its bytes, then that jump. What the block encoder would lay out,
+/// without its cost (a batch of ten thousand jump-optimized probes builds as many detours), but
+/// for a jump short enough for `rel8` (an exit detour's copy jumping to its own entry), kept
+/// as `rel32` here: 3 bytes more, well within a detour's room.
 fn copied_as_they_are(run: &[Insn], at: Addr, after_first: &dyn Fn(&mut CodeWriter), then: Addr) -> Option<Relocated> {
     let mut between = CodeWriter::new();
     after_first(&mut between);

@@ -1490,7 +1490,7 @@ type Located = (Target, Option<(Insn, Result<Vec<Insn>, NotOptimized>, VectorSta
 struct FunctionCache {
     decoded: std::collections::HashMap<(Addr, u64), FunctionCode>,
     /// Code read ahead for the batch ([`FunctionCache::read_ahead`]), not decoded yet.
-    read: std::collections::HashMap<(Addr, u64), Vec<u8>>,
+    read_ahead: std::collections::HashMap<(Addr, u64), Vec<u8>>,
 }
 
 impl FunctionCache {
@@ -1508,21 +1508,30 @@ impl FunctionCache {
         wanted.sort_unstable();
         wanted.dedup();
         let mut buffers: Vec<Vec<u8>> = wanted.iter().map(|&(_, size)| vec![0u8; size as usize]).collect();
-        let mut read = vec![false; wanted.len()];
-        let mut from = 0;
-        while from < wanted.len() {
-            let to = (from + sys::MAX_PIECES).min(wanted.len());
+        let read = read_in_runs(wanted.len(), sys::MAX_PIECES, |run| {
             let mut pieces: Vec<(Addr, &mut [u8])> =
-                wanted[from..to].iter().zip(&mut buffers[from..to]).map(|(&(at, _), b)| (at, &mut b[..])).collect();
-            let whole = sys::read_pieces(&mut pieces);
-            read[from..from + whole].fill(true);
-            // The piece after those read could not be: the next read starts past it.
-            from = if from + whole == to { to } else { from + whole + 1 };
-        }
+                wanted[run.clone()].iter().zip(&mut buffers[run]).map(|(&(at, _), b)| (at, &mut b[..])).collect();
+            sys::read_pieces(&mut pieces)
+        });
         for ((key, code), _) in wanted.into_iter().zip(buffers).zip(read).filter(|(_, ok)| *ok) {
-            self.read.insert(key, code);
+            self.read_ahead.insert(key, code);
         }
     }
+}
+
+/// Read `count` pieces in runs of at most `run` with `read`, which reads the pieces of a range
+/// in order and says how many it read whole (it stops at the first it cannot read): which
+/// pieces were read. A piece that could not be is skipped, and the next run starts after it.
+fn read_in_runs(count: usize, run: usize, mut read: impl FnMut(std::ops::Range<usize>) -> usize) -> Vec<bool> {
+    let mut done = vec![false; count];
+    let mut from = 0;
+    while from < count {
+        let to = (from + run).min(count);
+        let whole = read(from..to).min(to - from);
+        done[from..from + whole].fill(true);
+        from = if from + whole == to { to } else { from + whole + 1 };
+    }
+    done
 }
 
 /// Whether the code at `addr` is as `site` (left without probes) left it: its instruction and
@@ -1605,7 +1614,7 @@ fn locate_target(
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
         std::collections::hash_map::Entry::Vacant(new) => {
             let invalid = |reason: String| ProbeError::InvalidAddress { addr, reason };
-            let mut code = match functions.read.remove(&(f.start, f.size)) {
+            let mut code = match functions.read_ahead.remove(&(f.start, f.size)) {
                 Some(code) => code,
                 None => {
                     let mut code = vec![0u8; f.size as usize];
@@ -1777,4 +1786,37 @@ fn hit_path_region(name: &str) -> Option<String> {
         return Some("the signal return trampoline `__restore_rt`, which every handler returns through".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_in_runs;
+
+    /// Reads pieces that `readable` says can be, each run stopping at the first that cannot.
+    fn runs_of(count: usize, run: usize, readable: impl Fn(usize) -> bool) -> (Vec<bool>, Vec<std::ops::Range<usize>>) {
+        let mut asked = Vec::new();
+        let done = read_in_runs(count, run, |range| {
+            asked.push(range.clone());
+            range.clone().take_while(|&i| readable(i)).count()
+        });
+        (done, asked)
+    }
+
+    #[test]
+    fn every_piece_that_can_be_read_is_read_in_runs() {
+        let (done, asked) = runs_of(600, 256, |_| true);
+        assert!(done.iter().all(|&d| d));
+        assert_eq!(asked, [0..256, 256..512, 512..600]);
+        // A piece that cannot be read, first, in the middle, last of a run, on a run's edge.
+        for bad in [0, 100, 255, 256, 599] {
+            let (done, asked) = runs_of(600, 256, |i| i != bad);
+            assert!(done.iter().enumerate().all(|(i, &d)| d == (i != bad)), "bad piece {bad}");
+            assert!(asked.iter().all(|r| r.len() <= 256 && !r.is_empty()), "{asked:?}");
+            assert!(asked.iter().any(|r| r.start == bad + 1) || bad == 255 || bad == 599, "{bad}: {asked:?}");
+        }
+        // Two in a row, and none at all.
+        let (done, _) = runs_of(10, 4, |i| i != 2 && i != 3);
+        assert_eq!(done, [true, true, false, false, true, true, true, true, true, true]);
+        assert_eq!(runs_of(0, 4, |_| true).0, Vec::<bool>::new());
+    }
 }

@@ -1,7 +1,8 @@
-//! A batch whose functions' code is read together (one system call for many): a function whose
-//! page cannot be read is refused with the reason (its mapping is no code), the functions read
-//! with it are not taken for it, the batch registers nothing, and the same batch goes in once
-//! the page can be read again.
+//! A function on a page that cannot be read is refused with the reason (its mapping is no
+//! code, found as the batch's probes are resolved, before their functions' code is read
+//! together), the batch registers nothing and the functions around it keep their bytes, and the
+//! same batch goes in once the page can be read again. (How the reading ahead skips a piece it
+//! cannot read is `engine.rs`'s unit test.)
 use dprobe_inproc::{list, register_all, unregister_all, Addr, Kprobe, PreAction, ProbeError};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

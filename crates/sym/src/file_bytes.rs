@@ -4,8 +4,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// The whole of one version of an object file: read into this process's memory, or an image
-/// of it another process handed over (the agent maps dprobe's copy of the C library instead of
+/// One version of an object file, its DWARF left as zeros (`sparse_read.rs`): read into this
+/// process's memory, or an image of it another process handed over (the agent maps dprobe's copy of the C library instead of
 /// reading the file again; `import_objects_with_images`). Cheap to clone.
 #[derive(Clone)]
 pub struct FileBytes(Arc<dyn AsRef<[u8]> + Send + Sync>);

@@ -51,8 +51,8 @@ pub fn export_objects(paths: &[&str], analyse: impl Fn(&str) -> bool) -> Vec<u8>
     export_objects_with_images(paths, analyse, &mut |_, _| None)
 }
 
-/// [`export_objects`], where `image` may hand over the bytes of a file analysed (the whole
-/// file, of the version it is given) another way: the number it returns for them is the one
+/// [`export_objects`], where `image` may hand over the bytes of a file analysed (the file as
+/// read, of the version it is given: its DWARF left as zeros) another way: the number it returns for them is the one
 /// the importer's `images` is asked for ([`import_objects_with_images`]).
 pub fn export_objects_with_images(
     paths: &[&str],
