@@ -1495,7 +1495,7 @@ struct FunctionCache {
 
 impl FunctionCache {
     /// Read the code of the functions of `targets` not analyzed before, for the batch to find
-    /// (one system call for every [`sys::MAX_PIECES`] functions, not one each). A function
+    /// (one system call for every [`sys::MAX_RANGES`] functions, not one each). A function
     /// whose code cannot be read is left out: it is read again alone, where its error is made.
     fn read_ahead(&mut self, st: &State, targets: &[Result<Target, ProbeError>]) {
         let mut wanted: Vec<(Addr, u64)> = targets
@@ -1508,10 +1508,21 @@ impl FunctionCache {
         wanted.sort_unstable();
         wanted.dedup();
         let mut buffers: Vec<Vec<u8>> = wanted.iter().map(|&(_, size)| vec![0u8; size as usize]).collect();
-        let read = read_in_runs(wanted.len(), sys::MAX_PIECES, |run| {
-            let mut pieces: Vec<(Addr, &mut [u8])> =
-                wanted[run.clone()].iter().zip(&mut buffers[run]).map(|(&(at, _), b)| (at, &mut b[..])).collect();
-            sys::read_pieces(&mut pieces)
+        let read = read_in_runs(wanted.len(), sys::MAX_RANGES, |run| {
+            let ranges: Vec<(Addr, usize)> =
+                wanted[run.clone()].iter().map(|&(at, size)| (at, size as usize)).collect();
+            let mut all = vec![0u8; ranges.iter().map(|r| r.1).sum()];
+            let mut left = sys::read_ranges(&ranges, &mut all);
+            // The functions read whole, into their own buffers.
+            let (mut at, mut whole) = (0, 0);
+            for (buffer, &(_, len)) in buffers[run].iter_mut().zip(&ranges) {
+                if len > left {
+                    break;
+                }
+                buffer.copy_from_slice(&all[at..at + len]);
+                (at, left, whole) = (at + len, left - len, whole + 1);
+            }
+            whole
         });
         for ((key, code), _) in wanted.into_iter().zip(buffers).zip(read).filter(|(_, ok)| *ok) {
             self.read_ahead.insert(key, code);

@@ -355,36 +355,6 @@ pub fn write_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     whole
 }
 
-/// Read each piece `(addr, buffer)` of `pieces` (at most [`MAX_PIECES`]), in order, with one
-/// system call and without faulting (`process_vm_readv`): how many pieces were read whole.
-/// The first piece whose memory cannot be read ends the read there.
-pub fn read_pieces(pieces: &mut [(Addr, &mut [u8])]) -> usize {
-    assert!(pieces.len() <= MAX_PIECES, "at most {MAX_PIECES} pieces per read");
-    if pieces.is_empty() {
-        return 0;
-    }
-    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-    let (mut local, mut remote) = ([empty; MAX_PIECES], [empty; MAX_PIECES]);
-    for ((l, r), (addr, buffer)) in local.iter_mut().zip(&mut remote).zip(pieces.iter_mut()) {
-        *l = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
-        *r = libc::iovec { iov_base: addr.0 as *mut libc::c_void, iov_len: buffer.len() };
-    }
-    let n = pieces.len() as u64;
-    let args = [own_pid() as u64, local.as_ptr() as u64, n, remote.as_ptr() as u64, n, 0];
-    // SAFETY: each local iovec describes a piece's buffer, borrowed mutably for the call; the
-    // kernel validates every remote range.
-    let read = usize::try_from(unsafe { raw_syscall6(libc::SYS_process_vm_readv, args) }).unwrap_or(0);
-    let (mut whole, mut total) = (0, 0);
-    for (_, buffer) in pieces.iter() {
-        if total + buffer.len() > read {
-            break;
-        }
-        total += buffer.len();
-        whole += 1;
-    }
-    whole
-}
-
 /// Copy between `local` and this process's memory at `addr` with `process_vm_readv`/`writev`,
 /// which validate `addr` and report EFAULT instead of faulting.
 fn copy_own_memory(addr: Addr, local: libc::iovec, write: bool) -> Result<(), MemoryFault> {
@@ -573,19 +543,5 @@ mod tests {
         ] {
             assert!(blocked(sig), "signal {sig}");
         }
-    }
-
-    #[test]
-    fn pieces_are_read_up_to_the_first_that_cannot_be() {
-        let data: Vec<u8> = (0..64).collect();
-        let at = |i: usize| Addr(data.as_ptr() as u64 + i as u64);
-        let (mut a, mut b, mut c, mut d) = ([0u8; 4], [0u8; 2], [0u8; 8], [0u8; 1]);
-        let mut pieces = [(at(0), &mut a[..]), (at(10), &mut b[..]), (Addr(8), &mut c[..]), (at(20), &mut d[..])];
-        assert_eq!(read_pieces(&mut pieces), 2, "up to the unmapped address");
-        assert_eq!((a, b, c, d), ([0, 1, 2, 3], [10, 11], [0; 8], [0]));
-        let mut pieces = [(at(20), &mut d[..]), (at(30), &mut c[..])];
-        assert_eq!(read_pieces(&mut pieces), 2);
-        assert_eq!((d, c), ([20], [30, 31, 32, 33, 34, 35, 36, 37]));
-        assert_eq!(read_pieces(&mut []), 0);
     }
 }

@@ -404,15 +404,12 @@ pub(super) fn why_it_failed(pid: i32, error: io::Error) -> Result<AgentError, io
 fn cannot_connect(pid: i32) -> Option<AgentError> {
     let deadline = Instant::now() + EXEC_LOOKS_ENDED;
     loop {
-        return match looked_at(pid) {
-            Look::NoMemory if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            Look::Gone | Look::NoMemory => Some(AgentError::EndedFirst(pid)),
-            Look::Executed => Some(AgentError::ExecutedFirst(pid)),
-            Look::AgentThere => None,
-        };
+        match looked_at(pid) {
+            Look::NoMemory if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Look::Gone | Look::NoMemory => return Some(AgentError::EndedFirst(pid)),
+            Look::Executed => return Some(AgentError::ExecutedFirst(pid)),
+            Look::AgentThere => return None,
+        }
     }
 }
 
