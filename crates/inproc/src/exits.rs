@@ -704,18 +704,16 @@ pub(crate) fn watch(engine: &Engine, entry: Addr, f: &Function, inner: &Arc<Kret
             PreAction::Continue
         }),
     );
+    // The return probe is listed once every site is armed, not before: an entry seen while
+    // an exit is not armed yet would push an activation that no exit pops, and the next call
+    // on its stack word would find it stale (abandoned). Its entry may be live before its exits
+    // (`int3`s are written in address order; a site that is a jump already, an entry probe's,
+    // gets the new list at once).
+    let probes = register_all(kprobes).map_err(|e| format!("its exits cannot all be probed: {e}"))?;
     add_watched(function, inner);
-    match register_all(kprobes) {
-        Ok(probes) => {
-            let sites = exits.sites.len();
-            watches.insert(function, Watch { probes, users: 1, sites });
-            Ok(Watched { function, sites })
-        }
-        Err(e) => {
-            remove_watched(inner.id);
-            Err(format!("its exits cannot all be probed: {e}"))
-        }
-    }
+    let sites = exits.sites.len();
+    watches.insert(function, Watch { probes, users: 1, sites });
+    Ok(Watched { function, sites })
 }
 
 /// Whether exit `s` is a tail call the entry's jump covers (it starts within the entry's first
