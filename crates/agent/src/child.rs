@@ -105,6 +105,8 @@ pub(crate) static LIVE: Gate<Option<Live>> = Gate::new(None);
 pub(crate) fn end_session(figures: bool) {
     LIVE.with(|live| {
         if let Some(mut l) = live.take() {
+            // Calls that begin from now are not counted, whichever probe they meet first.
+            crate::trace_window::close();
             // A thread waiting for dprobe's answer before its `exec` goes on first.
             crate::exec_gate::close(&l.shm, std::mem::take(&mut l.exec_gate));
             // The probes first: a thread the loader holds at its notification (about to unmap
@@ -158,6 +160,10 @@ extern "C" fn after_fork_in_child() {
         return;
     }
     if LIVE.with(|live| live.is_some()) {
+        // The child's probes are those placed before the fork, all of them live: it counts
+        // from its start, even when the parent forked it before every probe was placed (no
+        // word that they are comes to the child).
+        crate::trace_window::open();
         crate::credentials::child_agent_starting();
         let spawned = crate::agent_thread::start(STACK, child_session);
         match spawned {

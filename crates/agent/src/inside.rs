@@ -260,7 +260,10 @@ fn session(name: &[u8]) -> io::Result<Over> {
             LIVE.with(|live| live.as_mut().map(|l| crate::held_off::arm(&mut l.held_off, &l.placed)));
         }
         match message {
-            Ok(Some(Message::Arm)) => send(&mut sock, &Message::Armed)?,
+            Ok(Some(Message::Arm)) => {
+                crate::trace_window::open();
+                send(&mut sock, &Message::Armed)?
+            }
             Ok(Some(Message::Place(p))) => {
                 let answer = LIVE.with(|live| match live {
                     Some(l) => place_asked(l, p, &shm),
@@ -639,7 +642,7 @@ fn place(
         let k = k
             .entry_handler(move |regs, data| {
                 let _tool = dprobe_inproc::tool_work();
-                if dprobe_s_own(regs, true) {
+                if dprobe_s_own(regs, true) || !crate::trace_window::is_open() {
                     return EntryAction::Skip;
                 }
                 on_entry.count(Counter::Hits);
@@ -729,7 +732,7 @@ pub(crate) fn entry_probe(p: &PlaceProbe, hit: Arc<HitProbe>) -> Kprobe {
     named(p).pre(move |regs| {
         // What the handler calls (a probed `memset`) is dprobe's, not the program's.
         let _tool = dprobe_inproc::tool_work();
-        if !dprobe_s_own(regs, at_entry) {
+        if crate::trace_window::is_open() && !dprobe_s_own(regs, at_entry) {
             hit.count(Counter::Hits);
             hit.event(regs, None, Side::Entry, None);
         }

@@ -39,6 +39,7 @@ mod semaphore;
 pub mod shm;
 mod startup;
 mod taken_images;
+mod trace_window;
 mod user_namespace;
 pub mod wire;
 
