@@ -111,6 +111,8 @@ pub struct AgentEngine {
     pid: i32,
     /// Why the connection with the agent ended, once looked for (see `agent_err`).
     connection_lost: std::cell::Cell<Option<ConnectionLost>>,
+    /// What the agent said as it removed the probes (`kept_jumps.rs`).
+    finish_notes: dprobe_core::FinishNotes,
     spawned: bool,
     /// Where the thread that loaded the agent into a running process was held.
     loaded_by: Option<String>,
@@ -308,6 +310,7 @@ impl AgentEngine {
         AgentEngine {
             pid,
             connection_lost: std::cell::Cell::new(None),
+            finish_notes: Default::default(),
             spawned,
             injector,
             sock,
@@ -1016,6 +1019,9 @@ impl AgentEngine {
                     return Ok(());
                 }
                 Ok(None) => return Ok(()),
+                Ok(Some(Message::Note(note))) => {
+                    self.finish_notes.lock().unwrap_or_else(|e| e.into_inner()).push(note);
+                }
                 Ok(Some(_)) => {}
                 Err(e) if gone(&e) => return Ok(()),
                 Err(e) => return Err(self.agent_err(e)),
@@ -1162,6 +1168,10 @@ fn unanswered(e: io::Error) -> io::Error {
 
 impl Engine for AgentEngine {
     type Error = AgentError;
+
+    fn finish_notes(&self) -> dprobe_core::FinishNotes {
+        self.finish_notes.clone()
+    }
 
     /// User stacks: each event's registers and a copy of its thread's stack, taken in the
     /// probed thread, unwound here as the kernel engine's copies are.

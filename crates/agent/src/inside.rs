@@ -302,6 +302,9 @@ fn session(name: &[u8]) -> io::Result<Over> {
             }
             Ok(Some(Message::Stop)) => {
                 end_session(true);
+                for note in crate::kept_jumps::notes() {
+                    let _ = send(&mut sock, &Message::Note(note));
+                }
                 // Over before dprobe hears so: another dprobe may start a session at once.
                 RUNNING.store(false, Release);
                 let _ = send(&mut sock, &Message::Stopped);

@@ -27,6 +27,7 @@ mod follow;
 mod held_off;
 mod hit;
 mod inside;
+mod kept_jumps;
 mod masks;
 mod own_memory_functions;
 mod own_objects;

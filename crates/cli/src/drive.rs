@@ -249,6 +249,7 @@ pub fn trace<E: Engine>(
     // the first when the trace ended by itself (the program's end, `--duration`): a signal that comes
     // while dprobe ends is never left waiting.
     let signals_before = signals::count();
+    let finish_notes = engine.finish_notes();
     let finished = engine.finish(pass_on, &|| signals::insisted() || signals::count() > signals_before);
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),
@@ -258,6 +259,7 @@ pub fn trace<E: Engine>(
     let failure = outcome.as_ref().err().map(|e| e as &dyn Display);
     let gone = matches!(outcome, Ok(Ending::Gone));
     let ending = ending_text(&scope, failure, stopped_by, exit, gone, elapsed);
+    notes.extend(std::mem::take(&mut *finish_notes.lock().unwrap_or_else(|e| e.into_inner())));
     let summary = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());
     let finish_failure = finished.err().map(|e| match scope {
         Scope::Process(pid) => format!("detaching from process {pid} failed: {e}"),

@@ -114,6 +114,10 @@ pub enum Ending {
 /// Reads every key's figures so far, while the engine runs.
 pub type LiveTallies = Box<dyn Fn() -> Vec<KeyedTally>>;
 
+/// Notes an engine learns only as it removes its probes, in [`Engine::finish`], which takes
+/// the engine: read through this handle afterwards.
+pub type FinishNotes = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// An engine.
 pub trait Engine {
     /// Its errors.
@@ -171,6 +175,12 @@ pub trait Engine {
     /// (`--metrics --interval`); none by default.
     fn live_tallies(&self) -> Option<LiveTallies> {
         None
+    }
+
+    /// Where [`Engine::finish`] leaves what the user should know of the removal (a probe's
+    /// code that could not be given back whole, and why); none by default.
+    fn finish_notes(&self) -> FinishNotes {
+        FinishNotes::default()
     }
 
     /// Remove every probe and let go. `stopped_by` is the signal that ended the trace, if

@@ -237,6 +237,10 @@ impl<E: Engine> Engine for MultiSite<E> {
         Some(Box::new(move || owned(&owner, inner())))
     }
 
+    fn finish_notes(&self) -> crate::FinishNotes {
+        self.inner.finish_notes()
+    }
+
     fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, E::Error> {
         self.inner.finish(stopped_by, give_up)
     }

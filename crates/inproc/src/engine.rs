@@ -388,6 +388,14 @@ impl Engine {
             match result {
                 // Nothing to undo where the code is gone (its library unloaded under it).
                 Err(_) if code_gone(addr) => {}
+                // Another tool's breakpoint on the jump's first byte (a debugger's, a kernel
+                // uprobe's): it saved the `e9` and writes it back when it goes. The jump and
+                // its detour stay, running no handler, until then (`behind_a_breakpoint`).
+                Err(_)
+                    if behind_a_breakpoint(jump_start(addr, &st.sites[&addr]), &jump_of(&st.sites[&addr]).1.jump()) =>
+                {
+                    continue;
+                }
                 // Nor where the program wrote its own code over the jump (a hot patch): the
                 // site's `int3` went with it.
                 Err(_) if !holds(jump_start(addr, &st.sites[&addr]), &jump_of(&st.sites[&addr]).1.jump()) => {
@@ -601,6 +609,7 @@ impl Engine {
             return 0;
         }
         let _own = trap::OwnWork::enter();
+        self.finish_kept_jumps();
         let st = self.lock();
         let mut undone = rearm::undone(st.sites.values().filter(|s| s.armed && !s.jumping).map(|s| &s.insn));
         // In address order: neighbouring changes go together (`code_writes`).
@@ -622,15 +631,42 @@ impl Engine {
         rearmed
     }
 
+    /// The jumps of sites without an enabled probe that stay behind another tool's breakpoint
+    /// on their first byte (see [`behind_a_breakpoint`]), each a detour that runs no handler.
+    /// With each, its place as `object:function+offset` where the symbols say.
+    pub fn jumps_kept(&self) -> Vec<(Addr, Option<String>)> {
+        let st = self.lock();
+        let mut kept: Vec<Addr> = st.sites.iter().filter(|(_, s)| kept_jump(s)).map(|(a, _)| *a).collect();
+        kept.sort_unstable();
+        kept.into_iter().map(|a| (a, symbol_at(&st, a))).collect()
+    }
+
+    /// Put the original code back under the jumps kept behind another tool's breakpoint whose
+    /// first byte is their `e9` again: that tool has gone.
+    fn finish_kept_jumps(&self) {
+        let mut st = self.lock();
+        let lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>> = st
+            .sites
+            .iter()
+            .filter(|(a, s)| kept_jump(s) && holds(jump_start(**a, s), &jump_of(s).1.jump()))
+            .map(|(a, s)| (*a, s.probes.clone()))
+            .collect();
+        if lists.is_empty() {
+            return;
+        }
+        // A failure leaves the jump as it is: looked at again next time.
+        if let Ok(maps) = maps() {
+            let _ = self.apply(&mut st, &maps, lists);
+        }
+    }
+
     /// The registered probes.
     pub fn list(&self) -> Vec<ProbeInfo> {
         let st = self.lock();
         let mut out = Vec::new();
         for row in self.table.rows().iter().filter(|r| r.kind == TrapKind::Entry) {
             let (addr, site) = (row.site.addr, &row.site);
-            let symbol = st.symbols.as_ref().and_then(|s| s.containing(addr)).map(|f| {
-                format!("{}:{}+{:#x}", f.object.rsplit('/').next().unwrap_or(&f.object), f.name, addr.0 - f.start.0)
-            });
+            let symbol = symbol_at(&st, addr);
             let execution = site.arch.execution();
             let armed = st.sites.get(&addr).is_some_and(|s| s.armed);
             let jump = st.sites.get(&addr).map_or(Err(NotOptimized::Disarmed), |s| s.jump_status.clone());
@@ -749,8 +785,12 @@ impl Engine {
         // 2. Disarm sites left without an enabled probe, before they are published so. The
         //    pages of the jumps just undone get their protection back after that: writes to
         //    pages still held writable cost less (`code_writes.rs`).
-        let disarms: Vec<Addr> =
-            listed.iter().filter(|l| !l.enabled && st.sites[&l.addr].armed).map(|l| l.addr).collect();
+        // (A jump kept behind another tool's breakpoint stays armed.)
+        let disarms: Vec<Addr> = listed
+            .iter()
+            .filter(|l| !l.enabled && st.sites[&l.addr].armed && !st.sites[&l.addr].jumping)
+            .map(|l| l.addr)
+            .collect();
         let disarmed = unjumping.and_then(|()| set_armed(&mut st.sites, &disarms, false));
         st.pages.release_all(&unjumped);
         disarmed?;
@@ -1465,6 +1505,31 @@ fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Res
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Whether the jump `jump` at `at` has another tool's `int3` on its first byte, its other
+/// bytes as dprobe wrote them. That tool (gdb's breakpoint, a kernel uprobe) saved the `e9`
+/// as the original byte, runs it out of line at each hit, and writes it back when it goes:
+/// the original code put back under it now would turn into a jump to nowhere then. So the
+/// jump and its detour stay, a pass-through that runs no handler, and the original code is
+/// put back once the `e9` is ([`Engine::finish_kept_jumps`]).
+fn behind_a_breakpoint(at: Addr, jump: &[u8]) -> bool {
+    let mut now = [0u8; JUMP_LEN];
+    sys::read_memory(at, &mut now).is_ok() && now[0] == INT3 && now[1..] == jump[1..JUMP_LEN]
+}
+
+/// `object:function+offset` of `addr`, where the symbols read last say.
+fn symbol_at(st: &State, addr: Addr) -> Option<String> {
+    st.symbols
+        .as_ref()
+        .and_then(|s| s.containing(addr))
+        .map(|f| format!("{}:{}+{:#x}", f.object.rsplit('/').next().unwrap_or(&f.object), f.name, addr.0 - f.start.0))
+}
+
+/// Whether `site` is a jump kept behind another tool's breakpoint: still a jump, though no
+/// enabled probe is left there (any other such jump is undone).
+fn kept_jump(site: &SiteState) -> bool {
+    site.jumping && !site.probes.iter().any(|p| p.stats.is_enabled())
 }
 
 /// Whether the bytes at `at` are `bytes` (unreadable ones are not known to differ).

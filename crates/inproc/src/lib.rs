@@ -122,8 +122,8 @@ pub use lent_threads::{lent_thread_probes, watch_lent_threads, LentThreads};
 pub use mask_guard::{keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
-    blacklist, list, rearm_undone, register, register_all, register_jprobe, resolve, resolve_each, unregister_all,
-    Probe,
+    blacklist, jumps_kept, list, rearm_undone, register, register_all, register_jprobe, resolve, resolve_each,
+    unregister_all, Probe,
 };
 pub use program_errno::{program_errno, set_program_errno};
 pub use reenter::{reentered, wait_then_reenter};

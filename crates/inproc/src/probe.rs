@@ -91,10 +91,20 @@ pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<Stats>, ProbeError> {
 /// Put back dprobe's `int3` wherever something else took it away and left the original
 /// instruction (another tool's kernel uprobe on the same instruction, removed): how many
 /// breakpoints were put back, each counted in its probes' [`Stats::rearmed`]. Hits while it was
-/// away ran no handler. Call it now and then (the agent does, every 100 ms); it takes the
-/// registration lock, and never from a handler.
+/// away ran no handler. It also puts the original code back under the jumps kept behind
+/// another tool's breakpoint that has gone ([`jumps_kept`]). Call it now and then (the agent
+/// does, every 100 ms); it takes the registration lock, and never from a handler.
 pub fn rearm_undone() -> usize {
     Engine::get().map_or(0, Engine::rearm_undone)
+}
+
+/// The probe sites whose jump stays although no enabled probe is left there: another tool's
+/// breakpoint (a debugger's, a kernel uprobe's) was on its first byte when its probes went.
+/// That tool saved the jump's first byte and writes it back when it goes, so the jump and its
+/// detour stay, running no handler; [`rearm_undone`] puts the original code back once that
+/// byte is the jump's again. With each, its place (`object:function+offset`) where known.
+pub fn jumps_kept() -> Vec<(Addr, Option<String>)> {
+    Engine::get().map(Engine::jumps_kept).unwrap_or_default()
 }
 
 /// Where a probe would go in this process (its function, offset and address), without

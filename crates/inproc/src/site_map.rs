@@ -71,6 +71,11 @@ impl<V> SiteMap<V> {
         self.values.iter().map(|(_, v)| v)
     }
 
+    /// With their addresses, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Addr, &V)> {
+        self.values.iter().map(|(a, v)| (a, v))
+    }
+
     /// Those in `range`, in address order.
     pub(crate) fn range(&self, range: Range<Addr>) -> impl Iterator<Item = (&Addr, &V)> {
         self.order.range(range).map(|a| (a, &self[a]))

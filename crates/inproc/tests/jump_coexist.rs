@@ -102,6 +102,25 @@ std::arch::global_asm!(
     "ret",
     ".size fxc_hot_patched, . - fxc_hot_patched",
     ".p2align 12",
+    ".globl fxc_debugged",
+    ".type fxc_debugged,@function",
+    "fxc_debugged:",
+    "lea rax, [rdi + rsi + 0xa000]",
+    "ret",
+    ".size fxc_debugged, . - fxc_debugged",
+    ".globl fxc_other_a",
+    ".type fxc_other_a,@function",
+    "fxc_other_a:",
+    "lea rax, [rdi + rsi + 0xb000]",
+    "ret",
+    ".size fxc_other_a, . - fxc_other_a",
+    ".globl fxc_other_b",
+    ".type fxc_other_b,@function",
+    "fxc_other_b:",
+    "lea rax, [rdi + rsi + 0xc000]",
+    "ret",
+    ".size fxc_other_b, . - fxc_other_b",
+    ".p2align 12",
 );
 
 extern "C" {
@@ -116,6 +135,9 @@ extern "C" {
     fn fxc_blocked(a: u64, b: u64) -> u64;
     fn fxc_reprotected(a: u64, b: u64) -> u64;
     fn fxc_hot_patched(a: u64, b: u64) -> u64;
+    fn fxc_debugged(a: u64, b: u64) -> u64;
+    fn fxc_other_a(a: u64, b: u64) -> u64;
+    fn fxc_other_b(a: u64, b: u64) -> u64;
 }
 
 /// A probe counting its hits in `hits`.
@@ -264,6 +286,53 @@ fn a_hot_patch_the_program_wrote_over_a_probe_stays_when_the_probe_goes() {
     drop(p);
     assert_eq!(code(at, 8), original);
     assert_eq!(HITS.load(Relaxed), 3);
+}
+
+/// A debugger's breakpoint put on a probe's jump (gdb saves the `e9` as the original byte):
+/// when the probe goes, the jump and its detour stay, running no handler, and no other probe
+/// takes the detour over; when the debugger writes its `e9` back, the program runs through
+/// the detour, and the original code comes back at the next look (`rearm_undone`). Before,
+/// the probe's removal gave the detour up and left the jump's other bytes: the debugger's
+/// `e9` then sent the program into a detour reused by another probe, or into nothing.
+#[test]
+fn a_jump_under_a_debugger_s_breakpoint_stays_a_pass_through_until_the_breakpoint_goes() {
+    let _alone = TAKING_AWAY.lock().unwrap_or_else(|e| e.into_inner());
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    static OTHERS: AtomicU64 = AtomicU64::new(0);
+    let at = addr(fxc_debugged);
+    let original = code(at, 8);
+    let p = counting(at, &HITS);
+    assert_eq!(p.optimized(), Ok(()));
+    assert_eq!(call2(fxc_debugged, 1, 2), 0xa003);
+    let jump = code(at, 5);
+    assert_eq!(jump[0], 0xe9);
+    poke(at, &[0xcc]);
+    drop(p);
+    assert_eq!(code(at, 5), [&[0xcc], &jump[1..]].concat(), "the debugger's byte, then the jump's");
+    let kept = dprobe_inproc::jumps_kept();
+    assert_eq!(kept.iter().map(|k| k.0).collect::<Vec<_>>(), [at]);
+    assert!(kept[0].1.as_deref().is_some_and(|s| s.ends_with(":fxc_debugged+0x0")), "{kept:?}");
+    // Probes placed and removed meanwhile (their detours may reuse given-up ones).
+    for _ in 0..3 {
+        let others: Vec<Probe> = [addr(fxc_other_a), addr(fxc_other_b)].map(|a| counting(a, &OTHERS)).into();
+        assert_eq!((call2(fxc_other_a, 1, 2), call2(fxc_other_b, 1, 2)), (0xb003, 0xc003));
+        drop(others);
+    }
+    assert_eq!(dprobe_inproc::rearm_undone(), 0);
+    assert_eq!(code(at, 5)[0], 0xcc, "the debugger's breakpoint is left alone while it is there");
+    // The debugger goes, writing back the byte it saved.
+    poke(at, &[0xe9]);
+    assert_eq!(call2(fxc_debugged, 3, 4), 0xa007, "through the detour, which runs no handler");
+    dprobe_inproc::rearm_undone();
+    assert_eq!(code(at, 8), original, "the original code back, byte for byte");
+    assert!(dprobe_inproc::jumps_kept().is_empty());
+    assert_eq!(call2(fxc_debugged, 5, 6), 0xa00b);
+    // Probed again: a probe like any other.
+    let p = counting(at, &HITS);
+    assert_eq!(call2(fxc_debugged, 1, 2), 0xa003);
+    drop(p);
+    assert_eq!(code(at, 8), original);
+    assert_eq!(HITS.load(Relaxed), 2);
 }
 
 #[test]
