@@ -80,6 +80,16 @@ impl SignalContext {
         unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*self.uc).uc_sigmask).cast::<u64>()) }
     }
 
+    /// General register `reg` (`libc::REG_RAX`, ...).
+    pub(crate) fn greg(&self, reg: libc::c_int) -> u64 {
+        self.gregs()[reg as usize] as u64
+    }
+
+    /// Set general register `reg`.
+    pub(crate) fn set_greg(&mut self, reg: libc::c_int, value: u64) {
+        self.gregs_mut()[reg as usize] = value as i64;
+    }
+
     /// The instruction pointer.
     pub fn rip(&self) -> u64 {
         self.gregs()[libc::REG_RIP as usize] as u64

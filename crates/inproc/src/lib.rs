@@ -87,6 +87,7 @@ pub mod raw_calls;
 mod rearm;
 mod reenter;
 mod resolver_runner;
+mod resumed_waits;
 mod safepoint;
 mod saved;
 mod signal_frame;

@@ -35,7 +35,9 @@
 //! Threads blocked in a system call are not signalled: a signal would make the few calls
 //! never restarted after a handler (`poll`, `nanosleep`, ...) return `EINTR` to the program.
 //! The registrar reads where such a thread would resume instead (`blocked.rs` says why that
-//! is enough), and leaves the site on `int3` if that is inside a window.
+//! is enough), and leaves the site on `int3` if that is inside a window. A thread that went to
+//! sleep after it was found running has the wait its signal ended resumed by the handler, for
+//! the common waits (`resumed_waits.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Mutex;
@@ -263,8 +265,7 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     plan.stacks.clear();
     plan.stacks.extend(dprobe_sym::stack_ranges(text));
     plan.stacks.sort_unstable();
-    signals::install(safepoint_signal(), on_safepoint)
-        .map_err(|e| no(format!("installing the signal handler: {e}")))?;
+    install().map_err(|e| no(format!("installing the signal handler: {e}")))?;
     let restorer = blocked::restorer(safepoint_signal());
     for _ in 0..ROUNDS {
         if round(&*plan, restorer)? {
@@ -368,6 +369,18 @@ fn thread_report(tid: libc::pid_t) -> String {
     format!("`{}`, state {}, the signal {blocked}, pending {}", read("comm").trim(), field("State:"), field("SigPnd:"))
 }
 
+/// Install the safepoint signal's handler (once).
+pub(crate) fn install() -> std::io::Result<()> {
+    signals::install(safepoint_signal(), on_safepoint)
+}
+
+/// A signal that only resumes what it interrupted, as one from a round that is over does
+/// (tests).
+#[cfg(test)]
+pub(crate) fn stale_signal(tid: libc::pid_t) -> std::io::Result<()> {
+    sys::queue_signal(tid, safepoint_signal(), TOKEN | 0xffff_ffff)
+}
+
 /// The safepoint signal: dprobe's (move this thread out of the windows), or the program's.
 extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo; for SI_QUEUE signals si_pid sits at offset 16
@@ -381,6 +394,16 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         unsafe { chain(sig, info, uc, Redeliver::Raise) };
         return;
     }
+    answer(uc, value);
+    // SAFETY: the kernel passes this handler's interrupted context as `uc`.
+    crate::resumed_waits::resume(&mut unsafe { SignalContext::new(uc) });
+    // SAFETY: `uc` is this handler's context, as above.
+    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
+}
+
+/// The safepoint's work in the thread its signal `value` reached, whose interrupted context
+/// is `uc`: moved out of the plan's windows, and the answer given.
+fn answer(uc: *mut libc::c_void, value: u64) {
     let _own_frame = crate::interrupted::OwnFrame::enter(crate::thread_state::existing(), uc);
     READERS.fetch_add(1, SeqCst);
     let round = ROUND.load(SeqCst);
@@ -415,8 +438,6 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         }
     }
     READERS.fetch_sub(1, SeqCst);
-    // SAFETY: `uc` is this handler's context, as above.
-    unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
 }
 
 /// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,
