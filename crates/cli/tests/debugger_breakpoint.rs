@@ -88,7 +88,7 @@ fn a_jump_under_a_debugger_s_breakpoint_stays_a_pass_through_and_is_said() {
     let said = std::fs::read_to_string(&out).unwrap() + &std::fs::read_to_string(&err).unwrap();
     assert_eq!(hits(&said, "debugged:work"), 1000, "{said}");
     assert!(
-        said.contains("debugged:work+0x0") && said.contains("another tool's breakpoint"),
+        said.contains("debugged:work+0x0") && said.contains("a debugger's breakpoint"),
         "the jump left is said, and where:\n{said}"
     );
     assert_eq!(read_mem(pid, at, 5), [&[0xcc], &jump[1..]].concat(), "the debugger's byte, then the jump's");

@@ -147,6 +147,9 @@ struct SiteState {
     published: Option<Arc<Site<Prepared>>>,
     /// Whether the jump is in the code now (byte 0 is `e9`).
     jumping: bool,
+    /// Whether the jump stays, though its last probe went, behind a debugger's breakpoint
+    /// (see `behind_a_breakpoint`).
+    kept_behind_breakpoint: bool,
     /// Why the site is not a jump now, if it is not.
     jump_status: Result<(), NotOptimized>,
     /// The file and offset of the code analyzed here (`None`: anonymous code).
@@ -209,6 +212,7 @@ impl SiteState {
             hot: None,
             published: None,
             jumping: false,
+            kept_behind_breakpoint: false,
             jump_status: Err(NotOptimized::Disarmed),
         }
     }
@@ -377,28 +381,43 @@ impl Engine {
         // Out of the tree before the first write: from then on the registrar's allocations and
         // frees may trap on a probed allocator turned back into an `int3`.
         let sites: Vec<(Addr, NotOptimized)> = sites.into_iter().collect();
+        // Looked at before dprobe writes its own `int3` there (see `behind_a_breakpoint`).
+        let behind: Vec<bool> = sites
+            .iter()
+            .map(|(a, _)| behind_a_breakpoint(jump_start(*a, &st.sites[a]), &jump_of(&st.sites[a]).1.jump()))
+            .collect();
         let results = {
             let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
             optimizer::unoptimize_all(&jumps)
         };
         let (mut first_error, mut unrouted, mut gone, mut starts) =
             (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
-        for ((addr, why), result) in sites.into_iter().zip(results) {
+        for (((addr, why), result), behind) in sites.into_iter().zip(results).zip(behind) {
             let mut taken_over = false;
+            let (start, jump) = (jump_start(addr, &st.sites[&addr]), jump_of(&st.sites[&addr]).1.jump());
             match result {
                 // Nothing to undo where the code is gone (its library unloaded under it).
                 Err(_) if code_gone(addr) => {}
-                // Another tool's breakpoint on the jump's first byte (a debugger's, a kernel
-                // uprobe's): it saved the `e9` and writes it back when it goes. The jump and
-                // its detour stay, running no handler, until then (`behind_a_breakpoint`).
-                Err(_)
-                    if behind_a_breakpoint(jump_start(addr, &st.sites[&addr]), &jump_of(&st.sites[&addr]).1.jump()) =>
-                {
+                // A debugger's breakpoint on the jump's first byte: it saved the `e9` and
+                // writes it back when it goes. Its last probe gone, the jump and its detour
+                // stay, running no handler, until then (`behind_a_breakpoint`); no other
+                // change of the jump can be made meanwhile.
+                Err(_) if behind && why == NotOptimized::Disarmed => {
+                    st.sites.get_mut(&addr).expect("a jumping site").kept_behind_breakpoint = true;
+                    continue;
+                }
+                Err(_) if behind => {
+                    first_error.get_or_insert(ProbeError::Patch {
+                        addr: start,
+                        reason: "another tool's breakpoint (a debugger's) is on the first byte of dprobe's jump \
+                                 there: the jump cannot change until it is removed"
+                            .into(),
+                    });
                     continue;
                 }
                 // Nor where the program wrote its own code over the jump (a hot patch): the
                 // site's `int3` went with it.
-                Err(_) if !holds(jump_start(addr, &st.sites[&addr]), &jump_of(&st.sites[&addr]).1.jump()) => {
+                Err(_) if !holds(start, &jump) => {
                     taken_over = true;
                 }
                 Err(e) => {
@@ -410,6 +429,7 @@ impl Engine {
             let site = st.sites.get_mut(&addr).expect("a jumping site");
             site.armed &= !taken_over;
             site.jumping = false;
+            site.kept_behind_breakpoint = false;
             site.jump_status = Err(why);
             if site.window.as_ref().is_ok_and(|w| w.len() > 1) {
                 unrouted.push(addr);
@@ -631,24 +651,25 @@ impl Engine {
         rearmed
     }
 
-    /// The jumps of sites without an enabled probe that stay behind another tool's breakpoint
+    /// The jumps of sites without an enabled probe that stay behind a debugger's breakpoint
     /// on their first byte (see [`behind_a_breakpoint`]), each a detour that runs no handler.
     /// With each, its place as `object:function+offset` where the symbols say.
-    pub fn jumps_kept(&self) -> Vec<(Addr, Option<String>)> {
+    pub fn kept_jumps(&self) -> Vec<(Addr, Option<String>)> {
         let st = self.lock();
         let mut kept: Vec<Addr> = st.sites.iter().filter(|(_, s)| kept_jump(s)).map(|(a, _)| *a).collect();
         kept.sort_unstable();
         kept.into_iter().map(|a| (a, symbol_at(&st, a))).collect()
     }
 
-    /// Put the original code back under the jumps kept behind another tool's breakpoint whose
-    /// first byte is their `e9` again: that tool has gone.
+    /// Put the original code back under the jumps kept behind a debugger's breakpoint that has
+    /// gone: their first byte is the `e9` again (or the code changed or went, its library
+    /// unloaded: there is nothing to put back, and the jump is forgotten).
     fn finish_kept_jumps(&self) {
         let mut st = self.lock();
         let lists: BTreeMap<Addr, Vec<Arc<ProbeEntry>>> = st
             .sites
             .iter()
-            .filter(|(a, s)| kept_jump(s) && holds(jump_start(**a, s), &jump_of(s).1.jump()))
+            .filter(|(a, s)| kept_jump(s) && !behind_a_breakpoint(jump_start(**a, s), &jump_of(s).1.jump()))
             .map(|(a, s)| (*a, s.probes.clone()))
             .collect();
         if lists.is_empty() {
@@ -1508,11 +1529,12 @@ fn set_armed(sites: &mut SiteMap<SiteState>, addrs: &[Addr], armed: bool) -> Res
 }
 
 /// Whether the jump `jump` at `at` has another tool's `int3` on its first byte, its other
-/// bytes as dprobe wrote them. That tool (gdb's breakpoint, a kernel uprobe) saved the `e9`
-/// as the original byte, runs it out of line at each hit, and writes it back when it goes:
-/// the original code put back under it now would turn into a jump to nowhere then. So the
-/// jump and its detour stay, a pass-through that runs no handler, and the original code is
-/// put back once the `e9` is ([`Engine::finish_kept_jumps`]).
+/// bytes as dprobe wrote them: a debugger's breakpoint (a kernel uprobe cannot be there: the
+/// page under a jump is writable, `code_pages.rs`). The debugger saved the `e9` as the
+/// original byte, runs it at each hit, and writes it back when it goes: the original code put
+/// back under it now would turn into a jump to nowhere then. So the jump and its detour stay,
+/// a pass-through that runs no handler (its page writable, as under any jump), and the
+/// original code is put back once the `e9` is ([`Engine::finish_kept_jumps`]).
 fn behind_a_breakpoint(at: Addr, jump: &[u8]) -> bool {
     let mut now = [0u8; JUMP_LEN];
     sys::read_memory(at, &mut now).is_ok() && now[0] == INT3 && now[1..] == jump[1..JUMP_LEN]
@@ -1526,10 +1548,9 @@ fn symbol_at(st: &State, addr: Addr) -> Option<String> {
         .map(|f| format!("{}:{}+{:#x}", f.object.rsplit('/').next().unwrap_or(&f.object), f.name, addr.0 - f.start.0))
 }
 
-/// Whether `site` is a jump kept behind another tool's breakpoint: still a jump, though no
-/// enabled probe is left there (any other such jump is undone).
+/// Whether `site` is a jump kept behind a debugger's breakpoint, with no enabled probe.
 fn kept_jump(site: &SiteState) -> bool {
-    site.jumping && !site.probes.iter().any(|p| p.stats.is_enabled())
+    site.kept_behind_breakpoint && site.jumping && !site.probes.iter().any(|p| p.stats.is_enabled())
 }
 
 /// Whether the bytes at `at` are `bytes` (unreadable ones are not known to differ).

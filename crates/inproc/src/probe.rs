@@ -92,19 +92,19 @@ pub fn unregister_all(probes: Vec<Probe>) -> Result<Vec<Stats>, ProbeError> {
 /// instruction (another tool's kernel uprobe on the same instruction, removed): how many
 /// breakpoints were put back, each counted in its probes' [`Stats::rearmed`]. Hits while it was
 /// away ran no handler. It also puts the original code back under the jumps kept behind
-/// another tool's breakpoint that has gone ([`jumps_kept`]). Call it now and then (the agent
+/// a debugger's breakpoint that has gone ([`kept_jumps`]). Call it now and then (the agent
 /// does, every 100 ms); it takes the registration lock, and never from a handler.
 pub fn rearm_undone() -> usize {
     Engine::get().map_or(0, Engine::rearm_undone)
 }
 
-/// The probe sites whose jump stays although no enabled probe is left there: another tool's
-/// breakpoint (a debugger's, a kernel uprobe's) was on its first byte when its probes went.
-/// That tool saved the jump's first byte and writes it back when it goes, so the jump and its
-/// detour stay, running no handler; [`rearm_undone`] puts the original code back once that
-/// byte is the jump's again. With each, its place (`object:function+offset`) where known.
-pub fn jumps_kept() -> Vec<(Addr, Option<String>)> {
-    Engine::get().map(Engine::jumps_kept).unwrap_or_default()
+/// The probe sites whose jump stays although no enabled probe is left there: a debugger's
+/// breakpoint was on its first byte when its probes went. The debugger saved the jump's first
+/// byte and writes it back when it goes, so the jump and its detour stay, running no handler;
+/// [`rearm_undone`] puts the original code back once that byte is the jump's again. With each,
+/// its place (`object:function+offset`) where known.
+pub fn kept_jumps() -> Vec<(Addr, Option<String>)> {
+    Engine::get().map(Engine::kept_jumps).unwrap_or_default()
 }
 
 /// Where a probe would go in this process (its function, offset and address), without

@@ -309,7 +309,7 @@ fn a_jump_under_a_debugger_s_breakpoint_stays_a_pass_through_until_the_breakpoin
     poke(at, &[0xcc]);
     drop(p);
     assert_eq!(code(at, 5), [&[0xcc], &jump[1..]].concat(), "the debugger's byte, then the jump's");
-    let kept = dprobe_inproc::jumps_kept();
+    let kept = dprobe_inproc::kept_jumps();
     assert_eq!(kept.iter().map(|k| k.0).collect::<Vec<_>>(), [at]);
     assert!(kept[0].1.as_deref().is_some_and(|s| s.ends_with(":fxc_debugged+0x0")), "{kept:?}");
     // Probes placed and removed meanwhile (their detours may reuse given-up ones).
@@ -325,7 +325,7 @@ fn a_jump_under_a_debugger_s_breakpoint_stays_a_pass_through_until_the_breakpoin
     assert_eq!(call2(fxc_debugged, 3, 4), 0xa007, "through the detour, which runs no handler");
     dprobe_inproc::rearm_undone();
     assert_eq!(code(at, 8), original, "the original code back, byte for byte");
-    assert!(dprobe_inproc::jumps_kept().is_empty());
+    assert!(dprobe_inproc::kept_jumps().is_empty());
     assert_eq!(call2(fxc_debugged, 5, 6), 0xa00b);
     // Probed again: a probe like any other.
     let p = counting(at, &HITS);

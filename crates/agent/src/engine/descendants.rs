@@ -185,6 +185,9 @@ impl AgentEngine {
         for d in &mut self.descendants {
             let _ = d.stop_agent();
             d.end_watch();
+            // What their agents said as they removed their probes is the trace's too.
+            let said = std::mem::take(&mut *d.finish_notes.lock().unwrap_or_else(|e| e.into_inner()));
+            self.finish_notes.lock().unwrap_or_else(|e| e.into_inner()).extend(said);
         }
     }
 
