@@ -43,9 +43,11 @@
 //! the others). A program that replaces dprobe's `SIGTRAP`
 //! handler after probes are registered loses them. Making a probe whose jump replaces several
 //! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
-//! `safepoint.rs`; a program's own use of it is passed on): a blocking system call that is
-//! never restarted after a handler (`poll`, `nanosleep`, ...) returns `EINTR` there, and while
-//! a thread blocks that signal such probes stay on `int3`. While a jump is in a file's code
+//! `safepoint.rs`; a program's own use of it is passed on), unless it is asleep in a system
+//! call; one that went to sleep as the signal came has its wait resumed where it is a bounded
+//! `nanosleep`, `poll`, `ppoll` or `select` (`resumed_waits.rs`), and other calls never
+//! restarted after a handler (`epoll_wait`, a wait without a timeout) may return `EINTR`
+//! there. While a thread blocks that signal such probes stay on `int3`. While a jump is in a file's code
 //! its page is `rwx` (`code_pages.rs`: it keeps other tools' kernel uprobes off the jump), so
 //! `/proc/PID/maps` shows that mapping in several pieces.
 
@@ -123,7 +125,7 @@ pub use lent_threads::{lent_thread_probes, watch_lent_threads, LentThreads};
 pub use mask_guard::{keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
-    blacklist, jumps_kept, list, rearm_undone, register, register_all, register_jprobe, resolve, resolve_each,
+    blacklist, kept_jumps, list, rearm_undone, register, register_all, register_jprobe, resolve, resolve_each,
     unregister_all, Probe,
 };
 pub use program_errno::{program_errno, set_program_errno};

@@ -371,7 +371,7 @@ fn thread_report(tid: libc::pid_t) -> String {
 
 /// Install the safepoint signal's handler (once).
 pub(crate) fn install() -> std::io::Result<()> {
-    signals::install(safepoint_signal(), on_safepoint)
+    signals::install_unwound(safepoint_signal(), on_safepoint)
 }
 
 /// A signal that only resumes what it interrupted, as one from a round that is over does
@@ -382,7 +382,11 @@ pub(crate) fn stale_signal(tid: libc::pid_t) -> std::io::Result<()> {
 }
 
 /// The safepoint signal: dprobe's (move this thread out of the windows), or the program's.
-extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+///
+/// A forced unwind may cross it: the C library cancels a thread (`pthread_cancel`) from its
+/// own handler, which may come while this one resumes a wait (`resumed_waits.rs`), by
+/// unwinding the thread's stack through it; nothing here is left to drop by then.
+extern "C-unwind" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo; for SI_QUEUE signals si_pid sits at offset 16
     // and si_value at offset 24 of the x86-64 layout.
     let (code, pid, value) = unsafe {
@@ -394,9 +398,16 @@ extern "C" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mu
         unsafe { chain(sig, info, uc, Redeliver::Raise) };
         return;
     }
+    // No handler of the program's runs before the wait is resumed (it would have expected
+    // the wait to end with `EINTR`): its signals wait until the resumed call lets them in.
+    // Nor does a thread cancellation (the C library's signal 32) unwind through the work of
+    // the safepoint, which holds its count of readers meanwhile.
+    const CANCEL: u64 = 1 << (32 - 1);
+    let handler_mask = sys::block_signals(sys::asynchronous_signals() | CANCEL);
     answer(uc, value);
     // SAFETY: the kernel passes this handler's interrupted context as `uc`.
     crate::resumed_waits::resume(&mut unsafe { SignalContext::new(uc) });
+    sys::set_signal_mask(handler_mask);
     // SAFETY: `uc` is this handler's context, as above.
     unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
 }

@@ -22,6 +22,10 @@ pub const FAULT_SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::
 /// A handler with the `SA_SIGINFO` signature.
 pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
+/// The same, for a handler that a forced unwind may cross: the C library's thread
+/// cancellation, from a handler of its own nested in it (see `resumed_waits.rs`).
+pub(crate) type UnwoundHandler = extern "C-unwind" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
 /// Room for the real-time signals too.
 const MAX_SIG: usize = 65;
 
@@ -103,13 +107,22 @@ pub(crate) fn hold_install_lock() -> std::sync::MutexGuard<'static, ()> {
 /// Install `handler` for `sig` (once; later calls do nothing), remembering the previous
 /// disposition for [`chain`].
 pub fn install(sig: libc::c_int, handler: SigInfoHandler) -> std::io::Result<()> {
+    install_at(sig, handler as usize)
+}
+
+/// [`install`] for a handler that a forced unwind may cross.
+pub(crate) fn install_unwound(sig: libc::c_int, handler: UnwoundHandler) -> std::io::Result<()> {
+    install_at(sig, handler as usize)
+}
+
+fn install_at(sig: libc::c_int, handler: usize) -> std::io::Result<()> {
     let _one = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if INSTALLED[sig as usize].load(Ordering::Acquire) {
         return Ok(());
     }
     // SAFETY: zeroed sigaction is valid; we fill in handler, flags and an empty mask.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = handler as usize;
+    action.sa_sigaction = handler;
     // NODEFER: a probe hit inside a handler raises SIGTRAP again; blocked, the kernel would
     // kill the process instead of delivering it. ONSTACK only for faults (a stack overflow
     // must be handled on the alternate stack): the trap handler runs on the thread's own

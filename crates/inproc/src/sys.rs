@@ -163,7 +163,7 @@ pub fn read_own_maps(text: &mut Vec<u8>) -> io::Result<()> {
 /// but the C library's own two (32 and 33: thread cancellation, and `setuid` in a threaded
 /// program, which waits for every thread to take it; the C library never lets a program block
 /// them, and its handlers for them do not run on the alternate stack).
-fn asynchronous_signals() -> u64 {
+pub(crate) fn asynchronous_signals() -> u64 {
     let synchronous = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS];
     let c_library = [32, 33];
     synchronous.iter().chain(&c_library).fold(u64::MAX, |set, &sig| set & !(1u64 << (sig - 1)))
@@ -225,7 +225,13 @@ pub(crate) fn swap_action(sig: libc::c_int, new: Option<&KernelAction>) -> Optio
 /// Async-signal-safe (the hit path off a program's alternate stack, `hit_stack.rs`, and the
 /// code writer's guarded stores, `code_writes.rs`).
 pub fn block_asynchronous_signals() -> u64 {
-    let (set, mut old) = (asynchronous_signals(), 0u64);
+    block_signals(asynchronous_signals())
+}
+
+/// Block the signals of `set` (a kernel signal set) on the calling thread, besides those it
+/// blocks; the set before. Async-signal-safe.
+pub(crate) fn block_signals(set: u64) -> u64 {
+    let mut old = 0u64;
     // SAFETY: rt_sigprocmask reads 8 bytes of signal set from `set` and writes 8 to `old`,
     // both on this frame; the kernel ignores SIGKILL and SIGSTOP in it.
     unsafe {
