@@ -98,7 +98,8 @@ impl Tracee {
         }
         self.close_traps();
         for (tid, thread) in std::mem::take(&mut self.threads) {
-            match self.let_thread_go(tid, thread.signal(), thread.state == State::Stopped(Stop::Group)) {
+            let (signal, group_stop) = self.leaving_with(tid, thread);
+            match self.let_thread_go(tid, signal, group_stop) {
                 Ok(()) => {}
                 Err(e) if e.is_gone() => {} // it was killed meanwhile
                 Err(e) => return Err(e),
@@ -136,7 +137,8 @@ impl Tracee {
         let mut running = BTreeSet::new();
         for (tid, thread) in std::mem::take(&mut self.threads) {
             if thread.is_stopped() {
-                let _ = self.let_thread_go(tid, thread.signal(), thread.state == State::Stopped(Stop::Group));
+                let (signal, group_stop) = self.leaving_with(tid, thread);
+                let _ = self.let_thread_go(tid, signal, group_stop);
             } else {
                 running.insert(tid);
             }

@@ -124,7 +124,7 @@ fn step_blocking(tid: i32, carried: i32, during: &mut u64, held: &mut Vec<libc::
 /// Queue the held signals again for thread `tid`.
 fn release(pid: i32, tid: i32, held: &[libc::siginfo_t]) -> Result<(), TraceError> {
     for info in held {
-        sys::queue_again(pid, tid, info)?;
+        crate::continued::queue_again(pid, tid, info)?;
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ pub(crate) fn resume_into_its_call(
         return Err(e);
     }
     for info in &held {
-        sys::queue_again(pid, tid, info)?;
+        crate::continued::queue_again(pid, tid, info)?;
     }
     entered?;
     sys::cont(tid, 0)?;

@@ -30,6 +30,7 @@
 mod backtrace;
 mod blocked;
 mod c_library;
+mod continued;
 mod detach;
 mod early;
 mod engine;

@@ -506,7 +506,7 @@ impl Injector {
     fn restore(&mut self) -> Result<(), TraceError> {
         self.restore_registers()?;
         for info in std::mem::take(&mut self.held) {
-            sys::queue_again(self.pid, self.tid, &info)?;
+            crate::continued::queue_again(self.pid, self.tid, &info)?;
         }
         Ok(())
     }

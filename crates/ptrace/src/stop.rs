@@ -233,7 +233,10 @@ impl Tracee {
     fn seized_stop(&mut self, tid: i32, status: i32) -> Result<Option<Stop>, TraceError> {
         let signal = libc::WSTOPSIG(status);
         match sys::event_of(status) {
-            EVENT_STOP if is_stop_signal(signal) => Ok(Some(Stop::Group)),
+            EVENT_STOP if is_stop_signal(signal) => {
+                self.held_stops.taken(tid, signal, true);
+                Ok(Some(Stop::Group))
+            }
             EVENT_STOP => {
                 if self.trap_pending(tid)? {
                     sys::cont(tid, 0)?;
@@ -246,6 +249,7 @@ impl Tracee {
             libc::PTRACE_EVENT_EXIT => self.let_exiting_go(tid).map(|()| None),
             0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => Ok(Some(Stop::Signal(0))),
             0 => {
+                self.held_stops.taken(tid, signal, false);
                 if self.trap_pending(tid)? {
                     // Our trap comes next (see above): deliver this one first.
                     let signal = self.deliverable(tid, signal)?;

@@ -78,6 +78,9 @@ pub struct Tracee {
     /// come back for another thread). Called before any hit of the thread's under its new
     /// name, after the returns it made under the old one.
     pub(crate) renamed: Option<std::rc::Rc<dyn Fn(i32)>>,
+    /// Stop signals and group-stops held, and the `SIGCONT`s taken after them
+    /// (`continued.rs`).
+    pub(crate) held_stops: crate::continued::HeldStops,
 }
 
 impl Tracee {
@@ -112,6 +115,7 @@ impl Tracee {
             trap_masks: Default::default(),
             trap_action: Default::default(),
             renamed: None,
+            held_stops: Default::default(),
         })
     }
 
@@ -321,6 +325,11 @@ impl Tracee {
             .collect();
         for (tid, stop) in held {
             let stop = match stop {
+                // A `SIGCONT` came after the stop it holds (`continued.rs`).
+                Stop::Group | Stop::Signal(_) if self.stop_continued(tid, stop) => match stop {
+                    Stop::Group => Stop::Event,
+                    _ => Stop::Signal(0),
+                },
                 Stop::Signal(signal) => match self.deliverable(tid, signal) {
                     Ok(signal) => Stop::Signal(signal),
                     Err(TraceError::Gone { .. }) => {
@@ -337,6 +346,26 @@ impl Tracee {
             }
         }
         Ok(())
+    }
+
+    /// Whether held thread `tid`'s stop (a stop signal to deliver, or a group-stop) is to be
+    /// dropped as it leaves it: a `SIGCONT` came after it (`continued.rs`).
+    pub(crate) fn stop_continued(&mut self, tid: i32, stop: Stop) -> bool {
+        let pid = self.process_of(tid);
+        match stop {
+            Stop::Group => self.held_stops.continued(pid, tid, 0, true),
+            Stop::Signal(signal) => self.held_stops.continued(pid, tid, signal, false),
+            Stop::Event => false,
+        }
+    }
+
+    /// The signal held thread `tid` leaves its stop with as it is let go, and whether it stays
+    /// in its group-stop; neither where a `SIGCONT` came after it.
+    pub(crate) fn leaving_with(&mut self, tid: i32, thread: Thread) -> (i32, bool) {
+        match thread.state {
+            State::Stopped(stop @ (Stop::Group | Stop::Signal(_))) if self.stop_continued(tid, stop) => (0, false),
+            _ => (thread.signal(), thread.state == State::Stopped(Stop::Group)),
+        }
     }
 
     fn set_running(&mut self, tid: i32) {
