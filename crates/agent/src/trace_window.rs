@@ -8,6 +8,10 @@
 //! from the tracer's word that every probe is placed ([`crate::wire::Message::Arm`]) to the
 //! start of the removal. A call that began inside it still has its return seen.
 //!
+//! The window gates the calls the agent's handlers count (hits, returns, events); the
+//! in-process engine's own counts of hits it could not hand to a handler (missed, re-entered)
+//! are not gated, and are few.
+//!
 //! A forked child that is traced counts from its start (`child.rs`); probes placed later (a
 //! library loaded while the trace runs) count from their placing.
 
