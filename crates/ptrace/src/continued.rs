@@ -6,44 +6,46 @@
 //! place or remove probes) or a group-stop it holds is pending for neither: given to the
 //! thread later, after the `SIGCONT`, it would stop the program for good (`kill -STOP` then
 //! `kill -CONT` during an attach left it stopped, about once in 60 tries). So a held stop is
-//! dropped, as the kernel would have dropped it, when a `SIGCONT` came after it: one the
-//! tracer took off a queue later, or one still pending when the stop would be given (a
-//! `SIGCONT` pending then was sent after every stop signal, which would have dropped it).
+//! dropped, as the kernel would have dropped it, when a `SIGCONT` is pending as it would be
+//! given (sent after every stop signal: a later stop signal would have dropped it), or was
+//! taken off a queue while the threads were held. The order in which the threads report two
+//! signals is not the order in which they came, so a `SIGCONT` taken in the same hold counts
+//! as after the stop: of a stop and a continue sent within the same few milliseconds, the
+//! program is left running, never stopped for good.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use crate::error::SysError;
 use crate::sys;
 use crate::thread::is_stop_signal;
 
-/// The stop signals and group-stops held, and the `SIGCONT`s taken, in the order they came.
+/// The threads holding a stop, and whether a `SIGCONT` was taken, in one hold of the threads.
 #[derive(Debug, Default)]
 pub(crate) struct HeldStops {
-    /// Signals taken so far (their order).
-    count: u64,
-    /// The stop held by each thread, at its place in that order.
-    stops: BTreeMap<i32, u64>,
-    /// The place of the last `SIGCONT` taken.
-    last_cont: u64,
+    stops: BTreeSet<i32>,
+    cont_taken: bool,
 }
 
 impl HeldStops {
+    /// Every thread is being stopped: a new hold begins.
+    pub(crate) fn new_hold(&mut self) {
+        self.cont_taken = false;
+    }
+
     /// Thread `tid` was stopped to receive `signal` (or, `group`, is held in a group-stop).
     pub(crate) fn taken(&mut self, tid: i32, signal: i32, group: bool) {
-        self.count += 1;
         if group || is_stop_signal(signal) {
-            self.stops.insert(tid, self.count);
+            self.stops.insert(tid);
         } else if signal == libc::SIGCONT {
-            self.last_cont = self.count;
+            self.cont_taken = true;
         }
     }
 
     /// Whether the stop thread `tid` of process `pid` holds (`signal`, or a group-stop) is
-    /// to be dropped as it leaves its stop: a `SIGCONT` came after it. It is forgotten
-    /// either way.
+    /// to be dropped as it leaves it: a `SIGCONT` came after it. It is forgotten either way.
     pub(crate) fn continued(&mut self, pid: i32, tid: i32, signal: i32, group: bool) -> bool {
         let held = self.stops.remove(&tid);
-        (group || is_stop_signal(signal)) && (held.is_some_and(|at| self.last_cont > at) || cont_pending(pid))
+        (group || is_stop_signal(signal)) && ((held && self.cont_taken) || cont_pending(pid))
     }
 }
 
@@ -76,19 +78,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stop_is_dropped_only_when_a_sigcont_came_after_it() {
+    fn a_stop_is_dropped_only_when_a_sigcont_was_taken_in_the_same_hold() {
         // This test's own process has no SIGCONT pending.
         let me = std::process::id() as i32;
         let mut h = HeldStops::default();
+        h.new_hold();
         h.taken(1, libc::SIGCONT, false);
+        h.new_hold();
         h.taken(2, libc::SIGSTOP, false);
-        assert!(!h.continued(me, 2, libc::SIGSTOP, false), "SIGCONT before the stop: the stop stands");
+        assert!(!h.continued(me, 2, libc::SIGSTOP, false), "SIGCONT in an earlier hold: the stop stands");
         h.taken(3, libc::SIGTSTP, false);
         h.taken(4, 0, true);
         h.taken(5, libc::SIGCONT, false);
-        assert!(h.continued(me, 3, libc::SIGTSTP, false), "SIGCONT after it");
+        assert!(h.continued(me, 3, libc::SIGTSTP, false), "SIGCONT in the same hold");
         assert!(h.continued(me, 4, 0, true), "a group-stop too");
         assert!(!h.continued(me, 5, libc::SIGUSR1, false), "not a stop");
-        assert!(!h.continued(me, 3, libc::SIGCONT, false), "forgotten once given");
     }
 }

@@ -84,6 +84,7 @@ impl Tracee {
     /// still waited for has been unable to stop for a while ([`TraceError::Blocked`], which
     /// names them and says why).
     pub(crate) fn stop_all(&mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
+        self.held_stops.new_hold();
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
         for tid in waiting.clone() {

@@ -325,3 +325,39 @@ fn a_second_signal_gives_up_waiting_restores_the_code_and_lets_the_stopped_threa
     );
     assert!(t.threads.is_empty(), "nothing left for a later detach to wait for");
 }
+
+#[test]
+fn a_stop_signal_held_at_detach_is_dropped_when_a_sigcont_came_after_it() {
+    let (world, _k, mut t, _) = traced(&[PID, 101]);
+    world.borrow_mut().stops.extend([(PID, signal_stop(libc::SIGSTOP)), (101, signal_stop(libc::SIGCONT))]);
+    t.detach_all(&|| false).unwrap();
+    let detached: Vec<Call> = calls(&world).into_iter().filter(|c| matches!(c, Call::Detach(..))).collect();
+    assert_eq!(
+        detached,
+        [Call::Detach(PID, 0), Call::Detach(101, libc::SIGCONT)],
+        "the program continued, as untraced"
+    );
+}
+
+#[test]
+fn a_stop_signal_after_a_sigcont_of_an_earlier_hold_is_delivered() {
+    let (world, _k, mut t, _) = traced(&[PID, 101]);
+    world.borrow_mut().stops.extend([(101, signal_stop(libc::SIGCONT)), (PID, interrupt_stop())]);
+    t.stop_all(&|| false).unwrap();
+    t.resume_stopped().unwrap();
+    world.borrow_mut().stops.extend([(PID, signal_stop(libc::SIGSTOP)), (101, interrupt_stop())]);
+    t.detach_all(&|| false).unwrap();
+    let detached: Vec<Call> = calls(&world).into_iter().filter(|c| matches!(c, Call::Detach(..))).collect();
+    assert_eq!(detached, [Call::Detach(PID, libc::SIGSTOP), Call::Detach(101, 0)], "stopped, as untraced");
+}
+
+#[test]
+fn a_group_stop_held_while_attaching_ends_when_a_sigcont_came_after_it() {
+    let (world, _k, mut t, _) = traced(&[PID, 101]);
+    world.borrow_mut().stops.extend([(PID, event_stop(EVENT_STOP, libc::SIGSTOP)), (101, signal_stop(libc::SIGCONT))]);
+    t.stop_all(&|| false).unwrap();
+    world.borrow_mut().stops.extend([(PID, exited(0)), (101, exited(0))]);
+    t.run().unwrap();
+    let resumed: Vec<Call> = calls(&world).into_iter().skip(2).collect();
+    assert_eq!(resumed, [Call::Cont(PID, 0), Call::Cont(101, libc::SIGCONT)], "not kept stopped with LISTEN");
+}
