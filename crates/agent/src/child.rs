@@ -88,6 +88,9 @@ pub(crate) struct Live {
     /// Entry probes on `int3` disabled while the tracer places the others (`held_off.rs`),
     /// by index.
     pub(crate) held_off: Vec<usize>,
+    /// Semaphores of probes placed before the trace's window opened, raised when it opens:
+    /// the probe's index, its name, the semaphore.
+    pub(crate) to_raise: Vec<(usize, String, dprobe_sym::Semaphore)>,
     /// The probes that have the agent leave a program entering a new user namespace
     /// (`user_namespace.rs`).
     pub(crate) user_namespaces: Option<crate::user_namespace::LeavesForUserNamespaces>,

@@ -433,6 +433,8 @@ impl AgentEngine {
         loop {
             match self.receive() {
                 Ok(Some(Message::Armed)) => return Ok(()),
+                // A semaphore the agent raised as every probe was placed, which it could not.
+                Ok(Some(Message::Note(note))) => self.finish_notes.lock().unwrap_or_else(|e| e.into_inner()).push(note),
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(self.agent_err(io::Error::new(io::ErrorKind::UnexpectedEof, "it went away"))),
                 Err(e) => return Err(self.agent_err(e)),

@@ -214,6 +214,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
             exec_gate: Default::default(),
             credentials,
             held_off: Vec::new(),
+            to_raise: Vec::new(),
             user_namespaces,
         })
     });
@@ -262,6 +263,10 @@ fn session(name: &[u8]) -> io::Result<Over> {
         match message {
             Ok(Some(Message::Arm)) => {
                 crate::trace_window::open();
+                let notes = LIVE.with(|live| live.as_mut().map(raise_deferred).unwrap_or_default());
+                for note in notes {
+                    send(&mut sock, &Message::Note(note))?;
+                }
                 send(&mut sock, &Message::Armed)?
             }
             Ok(Some(Message::Place(p))) => {
@@ -321,6 +326,28 @@ fn session(name: &[u8]) -> io::Result<Over> {
     result
 }
 
+/// Raise the semaphores of the probes placed before the trace's window opened (it is open
+/// now): what the user should know of those that could not be.
+fn raise_deferred(l: &mut Live) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (index, target, s) in l.to_raise.drain(..) {
+        match semaphore::raise(&s) {
+            Ok(addr) => {
+                let probe = l.placed.iter_mut().find(|p| p.hit(index).is_some());
+                match probe {
+                    Some(placed) => placed.raised(addr),
+                    // Removed meanwhile: given back at once.
+                    None => semaphore::lower(addr),
+                }
+            }
+            Err(why) => {
+                notes.push(format!("{target}: its semaphore is not set, the program may skip the probe: {why}"))
+            }
+        }
+    }
+    notes
+}
+
 /// What the agent answers to a probe it was asked to place: a note for the user, a detail for
 /// `-v`, and where it went.
 pub(crate) struct Answer {
@@ -353,6 +380,11 @@ impl Answer {
 /// Place probe `p` in session `l`, as [`Message::Place`] asks.
 pub(crate) fn place_asked(l: &mut Live, p: PlaceProbe, shm: &Arc<Shm>) -> Answer {
     let (mut note, mut detail) = (None, None);
+    // A semaphore tells the program that the probe is there, and the program prepares the
+    // probe's arguments from then on: raised once the trace's window opens
+    // (`trace_window.rs`), so that every call it prepares is counted.
+    let deferred = p.semaphore.clone().filter(|_| !crate::trace_window::is_open());
+    let placed_now = PlaceProbe { semaphore: p.semaphore.clone().filter(|_| deferred.is_none()), ..p.clone() };
     // Loads followed first: a library the program unloads from now on waits at the loader's
     // notification until this placing is over.
     let following = follow::start(shm);
@@ -365,7 +397,7 @@ pub(crate) fn place_asked(l: &mut Live, p: PlaceProbe, shm: &Arc<Shm>) -> Answer
             // its library is loaded then.
             break Placement::Waiting;
         }
-        let answer = place(p.clone(), shm, &mut l.placed, &mut note, &mut detail);
+        let answer = place(placed_now.clone(), shm, &mut l.placed, &mut note, &mut detail);
         hold_off_last(l, p.index);
         if !library || !matches!(answer, Placement::Failed(_)) {
             break answer;
@@ -381,6 +413,9 @@ pub(crate) fn place_asked(l: &mut Live, p: PlaceProbe, shm: &Arc<Shm>) -> Answer
         }
         (note, detail) = (None, None);
     };
+    if let (Some(semaphore), Placement::At(_) | Placement::Returns(..)) = (deferred, &answer) {
+        l.to_raise.push((p.index as usize, p.target.clone(), semaphore));
+    }
     let placement = match (answer, following) {
         (Placement::Waiting, Ok(_)) => {
             l.waiting.push(p);
