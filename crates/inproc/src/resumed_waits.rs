@@ -60,12 +60,34 @@ fn resume_of(nr: i64, args: &[u64; 6]) -> Option<Resume> {
     }
 }
 
-/// The call made by the `mov eax, imm32; syscall` that ends just before `rip`, if it does.
+/// The call made by the `mov eax, imm32; syscall` that ends just before `rip`, if it does;
+/// one load of another register from the stack may come between them (`mov edi,
+/// [rsp+disp8]`, as in glibc 2.36's `pselect`).
 fn call_before(rip: u64) -> Option<i64> {
-    let mut code = [0u8; 7];
-    sys::read_memory(dprobe_arch::Addr(rip.checked_sub(7)?), &mut code).ok()?;
-    let nr = u32::from_le_bytes(code[1..5].try_into().expect("4 bytes"));
-    (code[0] == 0xb8 && code[5..] == [0x0f, 0x05]).then_some(i64::from(nr))
+    let mut code = [0u8; 12];
+    sys::read_memory(dprobe_arch::Addr(rip.checked_sub(12)?), &mut code).ok()?;
+    if code[10..] != [0x0f, 0x05] {
+        return None;
+    }
+    let between = [0, 4, 5].into_iter().find(|&n| {
+        let at = 10 - n;
+        code[at - 5] == 0xb8 && (n == 0 || loads_another_register_from_the_stack(&code[at..10]))
+    })?;
+    let at = 10 - between - 5;
+    Some(i64::from(u32::from_le_bytes(code[at + 1..at + 5].try_into().expect("4 bytes"))))
+}
+
+/// Whether `insn` is `mov r32/r64, [rsp+disp8]` (with or without a REX prefix) into another
+/// register than `eax`/`rax`: it leaves the call's number where the `mov eax` put it.
+fn loads_another_register_from_the_stack(insn: &[u8]) -> bool {
+    let (rex, rest) = match insn {
+        [rex @ 0x40..=0x4f, rest @ ..] => (*rex, rest),
+        rest => (0, rest),
+    };
+    // 8b /r, mod 01 (disp8), rm 100 (a SIB byte follows), SIB 0x24 ([rsp]).
+    let [0x8b, modrm, 0x24, _disp] = *rest else { return false };
+    let reg = (modrm >> 3 & 7) | (rex >> 2 & 1) << 3;
+    modrm & 0xc7 == 0x44 && reg != 0
 }
 
 /// The 8-byte signal set at `at` in this process (`None` at 0, or where it cannot be read).
@@ -158,6 +180,23 @@ mod tests {
 
     fn timespec(d: Duration) -> libc::timespec {
         libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ }
+    }
+
+    #[test]
+    fn the_call_is_read_from_the_mov_before_the_syscall() {
+        // Bytes laid out as code, the `syscall` last: the call read from them.
+        let call = |bytes: &[u8]| {
+            let mut code = vec![0x90; 16];
+            code.extend_from_slice(bytes);
+            call_before(code.as_ptr() as u64 + code.len() as u64)
+        };
+        assert_eq!(call(&[0xb8, 0xe6, 0, 0, 0, 0x0f, 0x05]), Some(230));
+        assert_eq!(call(&[0xb8, 0x0e, 1, 0, 0, 0x8b, 0x7c, 0x24, 0x1c, 0x0f, 0x05]), Some(270), "glibc's pselect");
+        assert_eq!(call(&[0xb8, 7, 0, 0, 0, 0x4c, 0x8b, 0x54, 0x24, 8, 0x0f, 0x05]), Some(7), "into r10");
+        assert_eq!(call(&[0xb8, 7, 0, 0, 0, 0x8b, 0x44, 0x24, 8, 0x0f, 0x05]), None, "eax loaded again");
+        assert_eq!(call(&[0xb8, 7, 0, 0, 0, 0x89, 0xc7, 0x0f, 0x05]), None, "another instruction");
+        assert_eq!(call(&[0x48, 0x89, 0xf8, 0x0f, 0x05]), None, "the number in a register");
+        assert_eq!(call(&[0xb8, 7, 0, 0, 0, 0x90]), None, "no syscall");
     }
 
     #[test]
