@@ -42,11 +42,12 @@ fn poke(pid: i32, addr: u64, bytes: &[u8]) {
     mem.write_all_at(bytes, addr).unwrap();
 }
 
-/// Ask dprobe `dprobe` to end (as Ctrl-C does) and wait for it: its exit status.
+/// Ask dprobe `dprobe` to end and wait for it: its exit status. `SIGTERM`, not `SIGINT`: a
+/// test run in the background (as CI runs them) ignores `SIGINT`, and dprobe with it.
 fn interrupt(dprobe: u32) -> i32 {
     // SAFETY: signals to the dprobe this test started, then reaping it.
     unsafe {
-        assert_eq!(libc::kill(dprobe as i32, libc::SIGINT), 0);
+        assert_eq!(libc::kill(dprobe as i32, libc::SIGTERM), 0);
         let mut status = 0;
         assert_eq!(libc::waitpid(dprobe as i32, &mut status, 0), dprobe as i32);
         status

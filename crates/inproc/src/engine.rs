@@ -653,10 +653,12 @@ impl Engine {
 
     /// The jumps of sites without an enabled probe that stay behind a debugger's breakpoint
     /// on their first byte (see [`behind_a_breakpoint`]), each a detour that runs no handler.
-    /// With each, its place as `object:function+offset` where the symbols say.
+    /// Each is its jump's first byte (before the probed exit, for an exit's), with its place as
+    /// `object:function+offset` where the symbols say.
     pub fn kept_jumps(&self) -> Vec<(Addr, Option<String>)> {
         let st = self.lock();
-        let mut kept: Vec<Addr> = st.sites.iter().filter(|(_, s)| kept_jump(s)).map(|(a, _)| *a).collect();
+        let mut kept: Vec<Addr> =
+            st.sites.iter().filter(|(_, s)| kept_jump(s)).map(|(a, s)| jump_start(*a, s)).collect();
         kept.sort_unstable();
         kept.into_iter().map(|a| (a, symbol_at(&st, a))).collect()
     }
