@@ -10,9 +10,8 @@ mod common;
 #[path = "common/killing.rs"]
 mod killing;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
 
 use common::{c_program_from, function_addr, hits, read_mem};
 use killing::{start_dprobe_tracing, wait_until};
@@ -57,12 +56,8 @@ fn interrupt(dprobe: u32) -> i32 {
 #[test]
 fn a_jump_under_a_debugger_s_breakpoint_stays_a_pass_through_and_is_said() {
     let program = c_program_from("debugged", ROUNDS, &["-O1"]);
-    let mut child = Command::new(program).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let (mut child, mut output) = common::start_ready(program);
     let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    output.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
     let mut round = |n: i64| {
         writeln!(input, "go").unwrap();
         let mut line = String::new();

@@ -7,8 +7,7 @@
 //! returns it did not see.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::BufRead;
 
 use common::{c_program_from, hits, not_seen, returns};
 
@@ -43,11 +42,8 @@ fn counts_agree(engine: &str) {
     let name = format!("one-window-{engine}");
     let program = c_program_from(&name, LOOP, &["-O1", "-pthread"]);
     let (entry, exit) = (format!("{name}:work"), format!("{name}:work%return"));
-    let mut child = Command::new(program).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut out) = common::start_ready(program);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
     let pid = child.id().to_string();
     for _ in 0..3 {
         let o = common::dprobe(&["trace", "--engine", engine, "--count", "-d", "300ms", "-p", &pid, &entry, &exit]);

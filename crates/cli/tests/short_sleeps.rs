@@ -5,8 +5,7 @@
 //! (`resumed_waits.rs` in `dprobe-inproc`), 30 attaches cut 21 to 26 of these sleeps short.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::BufRead;
 
 use common::c_program_from;
 
@@ -71,11 +70,8 @@ fn sleeps_of_microseconds_are_never_cut_short_by_the_agent_s_attaches() {
         return eprintln!("skipped: this C library makes its calls through one function");
     }
     let program = c_program_from("short-sleeps", SLEEPERS, &["-O1", "-pthread"]);
-    let mut child = Command::new(program).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut out) = common::start_ready(program);
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
     let pid = child.id().to_string();
     for _ in 0..ATTACHES {
         let o =

@@ -122,6 +122,19 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// `program` started with its standard input and output piped, once it printed `ready`: the
+/// process and its output from then on.
+pub fn start_ready(program: &str) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(program).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
 /// [`READY_THEN_WORK`] started for `calls` calls, once it said it is ready: the process (its
 /// probe is `ready-then-work:work`) and its output from then on.
 pub fn start_ready_then_work(calls: u32) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
