@@ -167,6 +167,9 @@ extern "C" fn after_fork_in_child() {
         // from its start, even when the parent forked it before every probe was placed (no
         // word that they are comes to the child).
         crate::trace_window::open();
+        // Likewise the semaphores of the probes placed before it (what could not be raised
+        // was said to nobody: the child's own summary is the parent's).
+        LIVE.with(|live| live.as_mut().map(crate::inside::raise_deferred));
         crate::credentials::child_agent_starting();
         let spawned = crate::agent_thread::start(STACK, child_session);
         match spawned {

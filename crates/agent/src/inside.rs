@@ -328,7 +328,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
 
 /// Raise the semaphores of the probes placed before the trace's window opened (it is open
 /// now): what the user should know of those that could not be.
-fn raise_deferred(l: &mut Live) -> Vec<String> {
+pub(crate) fn raise_deferred(l: &mut Live) -> Vec<String> {
     let mut notes = Vec::new();
     for (index, target, s) in l.to_raise.drain(..) {
         match semaphore::raise(&s) {
