@@ -116,15 +116,17 @@ fn a_library_loaded_when_the_agent_attached_is_probed_again_when_loaded_again() 
     let original = first_byte_of_xfunc(pid, &x).expect("xfunc is mapped");
 
     let probe = format!("{x}:xfunc");
-    let trace = out_file("attach-reload-once");
+    let (trace, said) = (out_file("attach-reload-once"), out_file("attach-reload-once.err"));
     let dprobe = common::dprobe_command()
-        .args(["trace", "--engine", "agent", "-c", "-o", trace.to_str().unwrap(), "-p", &pid.to_string(), &probe])
-        .stderr(Stdio::piped())
+        .args(["trace", "-v", "--engine", "agent", "-c", "-o", trace.to_str().unwrap(), "-p", &pid.to_string(), &probe])
+        .stderr(std::fs::File::create(&said).unwrap())
         .spawn()
         .unwrap();
-    // Placed: the function's first byte is dprobe's (a jump or a trap).
+    // Placed (the function's first byte is dprobe's, a jump or a trap), and counting: dprobe
+    // says it traces once every probe is placed.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while first_byte_of_xfunc(pid, &x) == Some(original) {
+    let tracing = || std::fs::read_to_string(&said).unwrap_or_default().contains("dprobe: tracing");
+    while first_byte_of_xfunc(pid, &x) == Some(original) || !tracing() {
         assert!(Instant::now() < deadline, "the probe was never placed");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -138,7 +140,7 @@ fn a_library_loaded_when_the_agent_attached_is_probed_again_when_loaded_again() 
     assert_eq!(status.code(), Some(0));
     let done = dprobe.wait_with_output().unwrap();
     let summary = std::fs::read_to_string(&trace).unwrap_or_default();
-    let what = format!("{}\n{summary}", String::from_utf8_lossy(&done.stderr));
+    let what = format!("{}\n{summary}", std::fs::read_to_string(&said).unwrap_or_default());
     assert_eq!(done.status.code(), Some(0), "{what}");
     assert_eq!(hits(&summary, &probe), 20, "the calls before the unload and after the load again\n{what}");
 }

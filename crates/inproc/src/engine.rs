@@ -409,8 +409,8 @@ impl Engine {
                 Err(_) if behind => {
                     first_error.get_or_insert(ProbeError::Patch {
                         addr: start,
-                        reason: "another tool's breakpoint (a debugger's) is on the first byte of dprobe's jump \
-                                 there: the jump cannot change until it is removed"
+                        reason: "a debugger's breakpoint is on the first byte of dprobe's jump there: the jump \
+                                 cannot change until the breakpoint is removed"
                             .into(),
                     });
                     continue;
@@ -808,7 +808,7 @@ impl Engine {
         // 2. Disarm sites left without an enabled probe, before they are published so. The
         //    pages of the jumps just undone get their protection back after that: writes to
         //    pages still held writable cost less (`code_writes.rs`).
-        // (A jump kept behind another tool's breakpoint stays armed.)
+        // (A jump kept behind a debugger's breakpoint stays armed.)
         let disarms: Vec<Addr> = listed
             .iter()
             .filter(|l| !l.enabled && st.sites[&l.addr].armed && !st.sites[&l.addr].jumping)
