@@ -78,7 +78,7 @@ pub struct Tracee {
     /// come back for another thread). Called before any hit of the thread's under its new
     /// name, after the returns it made under the old one.
     pub(crate) renamed: Option<std::rc::Rc<dyn Fn(i32)>>,
-    /// Stop signals and group-stops held, and the `SIGCONT`s taken after them
+    /// Stop signals and group-stops held, and whether a `SIGCONT` was taken in the same hold
     /// (`continued.rs`).
     pub(crate) held_stops: crate::continued::HeldStops,
 }
