@@ -52,14 +52,16 @@ fn library_loaded_later(engine: &str) {
     let spec = format!("usdt:{lib}:later:step n=$arg1");
     let pid = child.id().to_string();
     let mut tracer = dprobe_command()
-        .args(["trace", "--engine", engine, "-o", out.to_str().unwrap(), "-p", &pid, &spec])
+        .args(["trace", "-v", "--engine", engine, "-o", out.to_str().unwrap(), "-p", &pid, &spec])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // dprobe says the library is not loaded yet once it has attached and is waiting for it.
+    // dprobe says the library is not loaded yet once it has attached and is waiting for it,
+    // and (with -v) that it is tracing once its probes count: the agent's count from the
+    // trace's window, which opens after the note.
     let mut stderr = BufReader::new(tracer.stderr.take().unwrap());
     let mut said = String::new();
-    while !said.contains("not loaded yet") {
+    while !(said.contains("not loaded yet") && said.contains("dprobe: tracing")) {
         let mut line = String::new();
         assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "{engine}: dprobe ended: {said}");
         said += &line;
