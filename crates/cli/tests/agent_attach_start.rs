@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use common::{c_program_from, dprobe_command, function_addr, read_mem};
 use killing::wait_until;
 
-/// A program with a thread that spins with `SIGRTMAX` blocked (the signal the agent's
+/// A program with a thread that spins with `SIGURG` blocked (the signal the agent's
 /// safepoints send), so that the agent's start takes seconds. It prints `ready`, then for each
 /// line it reads calls `work` 1,000 times and prints the running sum; it ends at the end of
 /// its input.
@@ -25,7 +25,7 @@ __attribute__((noinline)) long work(long x) { return x * 3 + 1; }
 static void *spin(void *unused) {
     sigset_t deaf;
     sigemptyset(&deaf);
-    sigaddset(&deaf, SIGRTMAX);
+    sigaddset(&deaf, SIGURG);
     pthread_sigmask(SIG_BLOCK, &deaf, 0);
     for (volatile long i = 0;; i++) {}
     return unused;

@@ -40,16 +40,17 @@
 //! in those children from the reset of their handlers on. A probe going in or out as a jump is
 //! an `int3` for a moment, which such a child would meet before that reset too;
 //! [`hold_spawns_while_patching`] holds `posix_spawn` off while code changes (place it before
-//! the others). A program that replaces dprobe's `SIGTRAP`
-//! handler after probes are registered loses them. Making a probe whose jump replaces several
-//! instructions sends every other thread the last real-time signal (`SIGRTMAX`, see
-//! `safepoint.rs`; a program's own use of it is passed on), unless it is asleep in a system
-//! call; one that went to sleep as the signal came has its wait resumed where it is a bounded
+//! the others). A program that replaces dprobe's `SIGTRAP` handler after probes are
+//! registered loses them. Making a probe whose jump replaces several instructions sends every
+//! other thread `SIGURG` (see `safepoint.rs`: its default action, ignore, is harmless to a
+//! thread in the middle of an `exec`; a program's own use of it is passed on, and its
+//! `sigaction` for it answered as for the trap's), unless it is asleep in a system call; one
+//! that went to sleep as the signal came has its wait resumed where it is a bounded
 //! `nanosleep`, `poll`, `ppoll` or `select` (`resumed_waits.rs`), and other calls never
 //! restarted after a handler (`epoll_wait`, a wait without a timeout) may return `EINTR`
-//! there. While a thread blocks that signal such probes stay on `int3`. While a jump is in a file's code
-//! its page is `rwx` (`code_pages.rs`: it keeps other tools' kernel uprobes off the jump), so
-//! `/proc/PID/maps` shows that mapping in several pieces.
+//! there. While a thread blocks that signal such probes stay on `int3`. While a jump is in a
+//! file's code its page is `rwx` (`code_pages.rs`: it keeps other tools' kernel uprobes off
+//! the jump), so `/proc/PID/maps` shows that mapping in several pieces.
 
 mod abandoned;
 mod args;
@@ -131,7 +132,7 @@ pub use probe::{
 pub use program_errno::{program_errno, set_program_errno};
 pub use reenter::{reentered, wait_then_reenter};
 pub use resolver_runner::run_resolver;
-pub use safepoint::moved as safepoint_moves;
+pub use safepoint::{moved as safepoint_moves, safepoint_signal};
 pub use spawn_hold::{hold_spawns_while_patching, SpawnHold};
 pub use sys::close_mem_file;
 pub use thread_state::{process_and_thread_id, thread_id, thread_name};

@@ -51,16 +51,27 @@ use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT, SIGINFO_AT};
 use crate::signals::{self, chain, Redeliver};
 use crate::sys;
 
-/// The signal a safepoint sends each thread: the highest real-time signal.
-pub(crate) fn safepoint_signal() -> libc::c_int {
-    libc::SIGRTMAX()
+/// The signal a safepoint sends each thread: `SIGURG`, whose default action is to ignore it
+/// (Go's runtime preempts its threads with it for the same reason). A thread found running
+/// may be inside `execve`, still loading the new program: the signal stays pending across
+/// the `exec`, where the new program has the default action. A real-time signal's default
+/// would kill the new program; `SIGURG`'s does nothing.
+///
+/// A standard signal does not queue: one sent while another `SIGURG` is pending for the
+/// thread merges into it. So any `SIGURG` a thread takes while a round is on answers that
+/// round (the program's own too, then passed on to the program), and a program's `SIGURG`
+/// sent while dprobe's is pending merges into dprobe's, as two of the program's would: the
+/// program's handler is not called for it (its `SIGURG`s are rare: a socket's out-of-band
+/// data, Go's preemption, which asks again).
+pub fn safepoint_signal() -> libc::c_int {
+    libc::SIGURG
 }
 
 /// How long a safepoint waits for a thread's acknowledgement.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 
 /// The threads that let a whole [`PATIENCE`] pass with the safepoint signal blocked. Such a
-/// thread usually blocks it for good (a program's thread that blocks every real-time signal):
+/// thread usually blocks it for good (a program's thread that blocks every signal it can):
 /// a later safepoint that finds it still blocking the signal gives up after [`DEAF_GRACE`]
 /// rather than after the whole patience again (the agent's start places several probes, a
 /// safepoint each: 40 s instead of 5). A thread that answers a safepoint leaves the list.
@@ -233,7 +244,8 @@ struct Round {
 }
 
 static ROUND: AtomicPtr<Round> = AtomicPtr::new(std::ptr::null_mut());
-/// Which round the token of a signal must name.
+/// The number of the round in progress, carried in its signals' tokens (any round's signal
+/// answers the current one: see [`answer`]).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Handlers between reading [`ROUND`] and being done with it.
 static READERS: AtomicUsize = AtomicUsize::new(0);
@@ -393,32 +405,40 @@ extern "C-unwind" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, 
         let p = info as *const u8;
         ((*info).si_code, p.add(16).cast::<i32>().read_unaligned(), p.add(24).cast::<u64>().read_unaligned())
     };
-    if code != libc::SI_QUEUE || pid != sys::own_pid() || value & !0xffff_ffff != TOKEN & !0xffff_ffff {
-        // SAFETY: dprobe's handler for `sig`, kernel arguments.
-        unsafe { chain(sig, info, uc, Redeliver::Raise) };
-        return;
-    }
+    let ours = code == libc::SI_QUEUE && pid == sys::own_pid() && value & !0xffff_ffff == TOKEN & !0xffff_ffff;
     // No handler of the program's runs before the wait is resumed (it would have expected
     // the wait to end with `EINTR`): its signals wait until the resumed call lets them in.
     // Nor does a thread cancellation (the C library's signal 32) unwind through the work of
     // the safepoint, which holds its count of readers meanwhile.
     const CANCEL: u64 = 1 << (32 - 1);
     let handler_mask = sys::block_signals(sys::asynchronous_signals() | CANCEL);
-    answer(uc, value);
-    // SAFETY: the kernel passes this handler's interrupted context as `uc`.
-    crate::resumed_waits::resume(&mut unsafe { SignalContext::new(uc) });
+    // The program's own signal answers a round too: dprobe's may have merged into it.
+    answer(uc);
+    // A wait the program's signal ended is the program's to see, unless the program would
+    // not have seen the signal at all (no handler of its own: ignored).
+    if ours || !signals::has_program_handler(sig) {
+        // SAFETY: the kernel passes this handler's interrupted context as `uc`.
+        crate::resumed_waits::resume(&mut unsafe { SignalContext::new(uc) });
+    }
     sys::set_signal_mask(handler_mask);
+    if !ours {
+        // SAFETY: dprobe's handler for `sig`, kernel arguments.
+        unsafe { chain(sig, info, uc, Redeliver::Raise) };
+        return;
+    }
     // SAFETY: `uc` is this handler's context, as above.
     unsafe { crate::x87_frame::leave_initial_x87_unused(uc) };
 }
 
-/// The safepoint's work in the thread its signal `value` reached, whose interrupted context
-/// is `uc`: moved out of the plan's windows, and the answer given.
-fn answer(uc: *mut libc::c_void, value: u64) {
+/// The safepoint's work in the thread a safepoint signal reached, whose interrupted context is
+/// `uc`: moved out of the plan's windows, and the answer given, when a round is on. Whatever
+/// round the signal was sent for: a signal taken now was taken after the plan was published,
+/// and a standard signal sent for this round while an older one was pending merged into it.
+fn answer(uc: *mut libc::c_void) {
     let _own_frame = crate::interrupted::OwnFrame::enter(crate::thread_state::existing(), uc);
     READERS.fetch_add(1, SeqCst);
     let round = ROUND.load(SeqCst);
-    if !round.is_null() && GENERATION.load(SeqCst) & 0xffff_ffff == value & 0xffff_ffff {
+    if !round.is_null() {
         // SAFETY: the registrar keeps the round alive until READERS is back to zero.
         let round = unsafe { &*round };
         // SAFETY: as above.

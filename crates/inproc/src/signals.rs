@@ -185,10 +185,11 @@ pub fn has_program_handler(sig: libc::c_int) -> bool {
 }
 
 /// Whether a program's `sigaction` for `sig` is answered by [`program_installs`]: a signal
-/// whose handler is dprobe's and passes the program's own signals on (the trap and the
-/// fault signals). Async-signal-safe.
+/// whose handler is dprobe's and passes the program's own signals on (the trap, the fault
+/// signals and the safepoint signal). Async-signal-safe.
 pub(crate) fn answers_for(sig: libc::c_int) -> bool {
-    (sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig)) && INSTALLED[sig as usize].load(Ordering::Acquire)
+    let dprobes = sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig) || sig == crate::safepoint::safepoint_signal();
+    dprobes && INSTALLED[sig as usize].load(Ordering::Acquire)
 }
 
 /// A program's `sigaction(sig, new, old)` for a signal it [`answers_for`]: `new` (if given)
@@ -238,6 +239,8 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
     match prev.sa_sigaction {
         // Ignored, as it would have been without dprobe.
         libc::SIG_IGN if sent => {}
+        // Its default is to ignore it (the safepoint signal, `SIGURG`).
+        libc::SIG_DFL if ignored_by_default(sig) => {}
         libc::SIG_DFL | libc::SIG_IGN => {
             // A synchronous fault or trap cannot be ignored: restore the default and deliver
             // it again (a sent signal too: it is blocked until this handler returns, and then
@@ -268,6 +271,11 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
             crate::sys::set_signal_mask(before);
         }
     }
+}
+
+/// Whether `sig`'s default action is to ignore it.
+fn ignored_by_default(sig: libc::c_int) -> bool {
+    [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH].contains(&sig)
 }
 
 /// What the kernel does as it delivers `sig` to the program's `action`, done before dprobe's

@@ -219,7 +219,7 @@ fn a_handler_that_overflows_its_threads_stack_is_recovered_and_leaves_no_signal_
         .spawn(|| {
             let top = std::hint::black_box(0u8);
             let result = near_the_end(&top as *const u8 as usize, || call2(fxo_target, 40, 2));
-            (result, blocked(libc::SIGRTMAX()))
+            (result, blocked(dprobe_inproc::safepoint_signal()))
         })
         .unwrap()
         .join()
