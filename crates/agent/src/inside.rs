@@ -242,8 +242,11 @@ fn session(name: &[u8]) -> io::Result<Over> {
         }
         if looked.elapsed() >= REARM_EVERY {
             // An `int3` another tool's uprobe took away when it was removed is put back, and
-            // counted (`dprobe_inproc::rearm_undone`).
-            dprobe_inproc::rearm_undone();
+            // counted (`dprobe_inproc::rearm_undone`). Behind the session's gate, as every
+            // change of code is: a `fork` waits for it (`child.rs`), and the child never
+            // inherits the engine's lock held by this thread, which it does not have (its
+            // removal of its probes would wait for that lock for ever).
+            LIVE.with(|_| dprobe_inproc::rearm_undone());
             looked = Instant::now();
             // The program's threads have all ended (its first one with `pthread_exit`): the
             // agent's must go too, or the process never ends (`program_gone.rs`).
