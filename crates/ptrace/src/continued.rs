@@ -60,17 +60,8 @@ pub(crate) fn queue_again(pid: i32, tid: i32, info: &libc::siginfo_t) -> Result<
 }
 
 /// Whether `SIGCONT` is pending for process `pid` or one of its threads.
-pub(crate) fn cont_pending(pid: i32) -> bool {
-    let pending = |path: String, field: &str| {
-        let status = std::fs::read_to_string(path).unwrap_or_default();
-        let mask = status.lines().find_map(|l| l.strip_prefix(field)).map(str::trim).unwrap_or("0");
-        u64::from_str_radix(mask, 16).is_ok_and(|m| m & crate::kept::bit(libc::SIGCONT) != 0)
-    };
-    if pending(format!("/proc/{pid}/status"), "ShdPnd:") {
-        return true;
-    }
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-    tasks.into_iter().any(|t| pending(format!("{}/status", t.path().display()), "SigPnd:"))
+fn cont_pending(pid: i32) -> bool {
+    sys::is_pending_anywhere(pid, libc::SIGCONT)
 }
 
 #[cfg(test)]
@@ -78,20 +69,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stop_is_dropped_only_when_a_sigcont_was_taken_in_the_same_hold() {
-        // This test's own process has no SIGCONT pending.
-        let me = std::process::id() as i32;
+    fn a_stop_is_dropped_only_when_a_sigcont_was_taken_in_the_same_hold_or_is_pending() {
+        let world = std::rc::Rc::new(std::cell::RefCell::new(crate::fake::World::default()));
+        let _fake = sys::install_fake(Box::new(crate::fake::Fake(world.clone())));
+        let pid = 100;
         let mut h = HeldStops::default();
         h.new_hold();
         h.taken(1, libc::SIGCONT, false);
         h.new_hold();
         h.taken(2, libc::SIGSTOP, false);
-        assert!(!h.continued(me, 2, libc::SIGSTOP, false), "SIGCONT in an earlier hold: the stop stands");
+        assert!(!h.continued(pid, 2, libc::SIGSTOP, false), "SIGCONT in an earlier hold: the stop stands");
         h.taken(3, libc::SIGTSTP, false);
         h.taken(4, 0, true);
         h.taken(5, libc::SIGCONT, false);
-        assert!(h.continued(me, 3, libc::SIGTSTP, false), "SIGCONT in the same hold");
-        assert!(h.continued(me, 4, 0, true), "a group-stop too");
-        assert!(!h.continued(me, 5, libc::SIGUSR1, false), "not a stop");
+        assert!(h.continued(pid, 3, libc::SIGTSTP, false), "SIGCONT in the same hold");
+        assert!(h.continued(pid, 4, 0, true), "a group-stop too");
+        assert!(!h.continued(pid, 5, libc::SIGUSR1, false), "not a stop");
+        // A SIGCONT pending for a thread, in a later hold: it came after the stop.
+        h.new_hold();
+        h.taken(6, libc::SIGTTIN, false);
+        world.borrow_mut().pending.insert(7, crate::kept::bit(libc::SIGCONT));
+        assert!(h.continued(pid, 6, libc::SIGTTIN, false), "SIGCONT pending");
+        assert!(!h.continued(pid, 7, libc::SIGUSR1, false), "not a stop");
     }
 }

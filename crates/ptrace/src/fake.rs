@@ -207,6 +207,10 @@ impl Kernel for Fake {
         self.0.borrow().pending.get(&tid).copied().unwrap_or(0)
     }
 
+    fn pending_anywhere(&mut self, _pid: i32) -> u64 {
+        self.0.borrow().pending.values().fold(0, |all, mask| all | mask)
+    }
+
     fn exists(&mut self, _pid: i32, tid: i32) -> bool {
         !self.0.borrow().exited.contains(&tid)
     }

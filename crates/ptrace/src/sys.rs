@@ -88,6 +88,11 @@ pub(crate) trait Kernel {
     fn dispositions(&mut self, _pid: i32) -> (u64, u64) {
         (0, 0)
     }
+    /// The signals pending anywhere in process `pid`: for the process or for any of its
+    /// threads, as a mask.
+    fn pending_anywhere(&mut self, _pid: i32) -> u64 {
+        0
+    }
 }
 
 /// The kernel itself.
@@ -179,6 +184,13 @@ impl Kernel for Real {
     fn dispositions(&mut self, pid: i32) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         (status_mask(&status, "SigIgn:"), status_mask(&status, "SigCgt:"))
+    }
+
+    fn pending_anywhere(&mut self, pid: i32) -> u64 {
+        let status = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+        let shared = status_mask(&status(format!("/proc/{pid}/status").as_ref()), "ShdPnd:");
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks.fold(shared, |mask, t| mask | status_mask(&status(&t.path().join("status")), "SigPnd:"))
     }
 }
 
@@ -365,6 +377,11 @@ pub fn tgkill(pid: i32, tid: i32, signal: i32) -> Result<(), SysError> {
 /// Whether `signal` is pending for thread `tid` of process `pid` itself.
 pub fn is_pending(pid: i32, tid: i32, signal: i32) -> bool {
     kernel(|k| k.pending(pid, tid)) & (1 << (signal - 1)) != 0
+}
+
+/// Whether `signal` is pending for process `pid` or for one of its threads.
+pub fn is_pending_anywhere(pid: i32, signal: i32) -> bool {
+    kernel(|k| k.pending_anywhere(pid)) & (1 << (signal - 1)) != 0
 }
 
 /// How process `pid` takes `signal` now: (ignored, caught), both false for the default.
