@@ -63,6 +63,7 @@ mod code_pages;
 mod code_writes;
 mod context;
 mod count_key;
+mod debugger_leftover;
 mod engine;
 mod events;
 mod exits;
@@ -109,6 +110,7 @@ mod x87_frame;
 pub use args::{Arg, ArgClass, ArgCursor, Args};
 pub use backtrace::backtrace;
 pub use count_key::count_key;
+pub use debugger_leftover::leftovers_put_right;
 pub use dprobe_arch::{Addr, Gpr, NotOptimized, Regs};
 pub use dprobe_core::returns::ReturnMode;
 pub use dprobe_core::{

@@ -363,10 +363,11 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
     true
 }
 
-/// Every probe at `site` was unregistered after this thread trapped. If the original byte is
-/// back, run the original instruction; an int3 still there is not ours.
+/// Every probe at `site` was unregistered after this thread trapped: if the original byte is
+/// back, run the original instruction. An `int3` still there may be a debugger's leftover
+/// (`debugger_leftover.rs`), put right and run through; else it is not ours.
 fn unprobed_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
-    if code_byte(site.addr) == INT3 {
+    if code_byte(site.addr) == INT3 && !crate::debugger_leftover::put_right(site.addr, &site.arch.insn) {
         return false;
     }
     ctx.set_rip(site.addr.0);
