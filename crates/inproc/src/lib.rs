@@ -46,11 +46,12 @@
 //! thread in the middle of an `exec`; a program's own use of it is passed on, and its
 //! `sigaction` for it answered as for the trap's), unless it is asleep in a system call; one
 //! that went to sleep as the signal came has its wait resumed where it is a bounded
-//! `nanosleep`, `poll`, `ppoll` or `select` (`resumed_waits.rs`), and other calls never
-//! restarted after a handler (`epoll_wait`, a wait without a timeout) may return `EINTR`
-//! there. While a thread blocks that signal such probes stay on `int3`. While a jump is in a
-//! file's code its page is `rwx` (`code_pages.rs`: it keeps other tools' kernel uprobes off
-//! the jump), so `/proc/PID/maps` shows that mapping in several pieces.
+//! `nanosleep`, `clock_nanosleep`, `poll`, `ppoll`, `select` or `futex` wait (`sem_timedwait`;
+//! `resumed_waits.rs`), and other calls never restarted after a handler (`epoll_wait`,
+//! `sigtimedwait`, a `poll` without a timeout) may return `EINTR` there. While a thread blocks
+//! that signal such probes stay on `int3`. While a jump is in a file's code its page is `rwx`
+//! (`code_pages.rs`: it keeps other tools' kernel uprobes off the jump), so `/proc/PID/maps`
+//! shows that mapping in several pieces.
 
 mod abandoned;
 mod args;

@@ -11,12 +11,14 @@
 //! there nothing is resumed). For these bounded waits it makes the call again from the
 //! handler and gives the program that call's result instead:
 //!
-//! - `nanosleep`, relative `clock_nanosleep`, and `poll` with a timeout go on with
-//!   `restart_syscall`: the kernel recorded the call when the signal ended it (its deadline,
-//!   its descriptors) and keeps the record until a handler returns. They always make a new
-//!   record when a signal ends them, so the record is this call's.
+//! - `nanosleep`, relative `clock_nanosleep`, `poll` with a timeout, and a `futex` wait with
+//!   a timeout (`sem_timedwait`, `pthread_mutex_timedlock`, `pthread_cond_timedwait`) go on
+//!   with `restart_syscall`: the kernel recorded the call when the signal ended it (its
+//!   deadline, its descriptors or word) and keeps the record until a handler returns. They
+//!   always make a new record when a signal ends them, so the record is this call's.
 //! - `ppoll` and `pselect6` (which the C library's `select` makes) with a timeout are made
-//!   again with their arguments: the kernel wrote the time left into their timeouts.
+//!   again with their arguments: the kernel wrote the time left into their timeouts; so is an
+//!   absolute `clock_nanosleep`, whose deadline stands.
 //!
 //! Waits without a timeout are not resumed: they wait with the safepoint signal blocked, and a
 //! program that wakes a thread with that signal would wait for ever.
@@ -45,14 +47,23 @@ enum Resume {
     Ppoll,
     /// `pselect6` again, likewise (argument 5 points to the mask and its size).
     Pselect6,
+    /// The same call again, with the same arguments.
+    Again,
 }
 
 /// How call `nr` with arguments `args`, ended by a signal with `EINTR`, is resumed, if it is.
 fn resume_of(nr: i64, args: &[u64; 6]) -> Option<Resume> {
     const TIMER_ABSTIME: u64 = 1;
+    // `futex`'s operation without its private and clock flags.
+    let futex_op = args[1] as i32 & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
     match nr {
         libc::SYS_nanosleep => Some(Resume::Restart),
         libc::SYS_clock_nanosleep if args[1] & TIMER_ABSTIME == 0 => Some(Resume::Restart),
+        libc::SYS_clock_nanosleep => Some(Resume::Again),
+        // Without a timeout the kernel restarts the wait itself (the handler is `SA_RESTART`).
+        libc::SYS_futex if matches!(futex_op, libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET) && args[3] != 0 => {
+            Some(Resume::Restart)
+        }
         libc::SYS_poll if args[2] as i32 >= 0 => Some(Resume::Restart),
         libc::SYS_ppoll if args[2] != 0 => Some(Resume::Ppoll),
         libc::SYS_pselect6 if args[4] != 0 => Some(Resume::Pselect6),
@@ -114,6 +125,12 @@ pub(crate) fn resume(ctx: &mut SignalContext) {
     let keep_out = 1u64 << (crate::safepoint::safepoint_signal() - 1);
     let program = ctx.blocked_signals();
     let result = match how {
+        Resume::Again => {
+            sys::set_signal_mask(program | keep_out);
+            // SAFETY: the program's own call, made again from its thread with its arguments
+            // (its memory as the program left it).
+            unsafe { sys::raw_syscall6(nr, args) }
+        }
         Resume::Restart => {
             sys::set_signal_mask(program | keep_out);
             // SAFETY: restart_syscall takes no argument: it goes on with the kernel's record
@@ -204,7 +221,7 @@ mod tests {
         let args = |second: u64, third: u64, fifth: u64| [0, second, third, 0, fifth, 0];
         assert_eq!(resume_of(libc::SYS_nanosleep, &args(0, 0, 0)), Some(Resume::Restart));
         assert_eq!(resume_of(libc::SYS_clock_nanosleep, &args(0, 0, 0)), Some(Resume::Restart));
-        assert_eq!(resume_of(libc::SYS_clock_nanosleep, &args(1, 0, 0)), None, "absolute: no record");
+        assert_eq!(resume_of(libc::SYS_clock_nanosleep, &args(1, 0, 0)), Some(Resume::Again), "absolute");
         assert_eq!(resume_of(libc::SYS_poll, &args(0, 10, 0)), Some(Resume::Restart));
         assert_eq!(resume_of(libc::SYS_poll, &args(0, u32::MAX as u64, 0)), None, "no timeout");
         assert_eq!(resume_of(libc::SYS_ppoll, &args(0, 0x1000, 0)), Some(Resume::Ppoll));
@@ -213,11 +230,17 @@ mod tests {
         assert_eq!(resume_of(libc::SYS_pselect6, &args(0, 0, 0)), None, "no timeout");
         assert_eq!(resume_of(libc::SYS_epoll_wait, &args(0, 0, 0)), None);
         assert_eq!(resume_of(libc::SYS_read, &args(0, 0, 0)), None);
-        assert_eq!(resume_of(libc::SYS_futex, &args(0, 0, 0)), None);
+        assert_eq!(resume_of(libc::SYS_futex, &args(0, 0, 0)), None, "a wait without a timeout");
+        let futex = |op: i32, timeout: u64| [0, op as u64, 0, timeout, 0, 0];
+        assert_eq!(resume_of(libc::SYS_futex, &futex(libc::FUTEX_WAIT, 0x1000)), Some(Resume::Restart));
+        let bitset = libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME;
+        assert_eq!(resume_of(libc::SYS_futex, &futex(bitset, 0x1000)), Some(Resume::Restart));
+        assert_eq!(resume_of(libc::SYS_futex, &futex(libc::FUTEX_WAKE, 0x1000)), None, "no wait");
+        assert_eq!(resume_of(libc::SYS_futex, &futex(libc::FUTEX_LOCK_PI, 0x1000)), None, "not a plain wait");
     }
 
     #[test]
-    fn sleeps_polls_and_selects_ended_by_the_signal_go_on_to_their_end() {
+    fn sleeps_polls_selects_and_timed_futex_waits_ended_by_the_signal_go_on_to_their_end() {
         if !wrappers_name_their_calls() {
             return eprintln!("skipped: this C library makes its calls through one function");
         }
@@ -238,8 +261,40 @@ mod tests {
             // SAFETY: no descriptors, a valid timeout, no mask.
             unsafe { libc::ppoll(std::ptr::null_mut(), 0, &timespec(WAIT), std::ptr::null()) }
         }
-        for (name, wait) in [("nanosleep", sleep as fn() -> i32), ("poll", poll), ("select", select), ("ppoll", ppoll)]
-        {
+        fn sleep_until() -> i32 {
+            // SAFETY: a timespec filled by the kernel, then a valid absolute deadline.
+            unsafe {
+                let mut now: libc::timespec = std::mem::zeroed();
+                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                let deadline = Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + WAIT;
+                let until = timespec(deadline);
+                libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &until, std::ptr::null_mut())
+            }
+        }
+        fn sem_timedwait() -> i32 {
+            // SAFETY: a semaphore on this frame, initialized, waited for until a valid
+            // deadline (it is never posted), then destroyed.
+            unsafe {
+                let mut sem: libc::sem_t = std::mem::zeroed();
+                assert_eq!(libc::sem_init(&mut sem, 0, 0), 0);
+                let mut now: libc::timespec = std::mem::zeroed();
+                libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
+                let until = timespec(Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + WAIT);
+                let result = libc::sem_timedwait(&mut sem, &until);
+                // `ETIMEDOUT` is its end: the wait went on to its deadline.
+                let result = if result == -1 && *libc::__errno_location() == libc::ETIMEDOUT { 0 } else { result };
+                libc::sem_destroy(&mut sem);
+                result
+            }
+        }
+        for (name, wait) in [
+            ("nanosleep", sleep as fn() -> i32),
+            ("poll", poll),
+            ("select", select),
+            ("ppoll", ppoll),
+            ("clock_nanosleep, absolute", sleep_until),
+            ("sem_timedwait", sem_timedwait),
+        ] {
             let (result, errno, took) = interrupted(wait, |_| {});
             assert_eq!(result, 0, "{name}: errno {errno} after {took:?}");
             assert!(took >= WAIT - Duration::from_millis(1), "{name} took {took:?}");
