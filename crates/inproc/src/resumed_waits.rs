@@ -121,8 +121,8 @@ pub(crate) fn resume(ctx: &mut SignalContext) {
     let mut args =
         [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9].map(|r| ctx.greg(r));
     let Some(how) = resume_of(nr, &args) else { return };
-    // The safepoint signal stays blocked: another safepoint's would end the wait again.
-    let keep_out = 1u64 << (crate::safepoint::safepoint_signal() - 1);
+    // The safepoint signals stay blocked: another safepoint's would end the wait again.
+    let keep_out = crate::safepoint::safepoint_signals().iter().fold(0u64, |set, sig| set | 1 << (sig - 1));
     let program = ctx.blocked_signals();
     let result = match how {
         Resume::Again => {

@@ -51,20 +51,36 @@ use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT, SIGINFO_AT};
 use crate::signals::{self, chain, Redeliver};
 use crate::sys;
 
-/// The signal a safepoint sends each thread: `SIGURG`, whose default action is to ignore it
-/// (Go's runtime preempts its threads with it for the same reason). A thread found running
-/// may be inside `execve`, still loading the new program: the signal stays pending across
-/// the `exec`, where the new program has the default action. A real-time signal's default
-/// would kill the new program; `SIGURG`'s does nothing.
+/// The signal a safepoint sends each thread now: `SIGURG`, whose default action is to ignore
+/// it (Go's runtime preempts its threads with it for the same reason). A thread found running
+/// may be inside `execve`, still loading the new program: the signal stays pending across the
+/// `exec`, where the new program has the default action. A real-time signal's default would
+/// kill the new program; `SIGURG`'s does nothing.
 ///
-/// A standard signal does not queue: one sent while another `SIGURG` is pending for the
-/// thread merges into it. So any `SIGURG` a thread takes while a round is on answers that
-/// round (the program's own too, then passed on to the program), and a program's `SIGURG`
-/// sent while dprobe's is pending merges into dprobe's, as two of the program's would: the
-/// program's handler is not called for it (its `SIGURG`s are rare: a socket's out-of-band
-/// data, Go's preemption, which asks again).
+/// But a standard signal does not queue: one sent while another is pending for the thread
+/// merges into it. So where the program takes `SIGURG` itself (a handler of its own, found as
+/// dprobe installed its own or put in place of dprobe's since), a program's `SIGURG` could merge
+/// into dprobe's and its handler never see it: there the safepoint sends the last real-time
+/// signal instead, which queues (and whose pending copy would kill a new program, as before).
+/// A program that ignores `SIGURG` or leaves it to its default loses nothing by a merge.
 pub fn safepoint_signal() -> libc::c_int {
-    libc::SIGURG
+    let replaced = || signals::installed(libc::SIGURG) && !signals::handler_in_place_at(libc::SIGURG, handler());
+    if signals::has_program_handler(libc::SIGURG) || replaced() {
+        libc::SIGRTMAX()
+    } else {
+        libc::SIGURG
+    }
+}
+
+/// Both signals a safepoint may send (see [`safepoint_signal`]): dprobe's handlers block
+/// both, and its handler of each is the safepoint's.
+pub(crate) fn safepoint_signals() -> [libc::c_int; 2] {
+    [libc::SIGURG, libc::SIGRTMAX()]
+}
+
+/// The safepoint's handler, as the kernel has it.
+fn handler() -> usize {
+    on_safepoint as *const () as usize
 }
 
 /// How long a safepoint waits for a thread's acknowledgement.
@@ -278,9 +294,10 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     plan.stacks.extend(dprobe_sym::stack_ranges(text));
     plan.stacks.sort_unstable();
     install().map_err(|e| no(format!("installing the signal handler: {e}")))?;
-    let restorer = blocked::restorer(safepoint_signal());
+    let signal = safepoint_signal();
+    let restorer = blocked::restorer(signal);
     for _ in 0..ROUNDS {
-        if round(&*plan, restorer)? {
+        if round(&*plan, signal, restorer)? {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -288,9 +305,13 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     Err(no("a thread stayed inside dprobe's out-of-line copy of the instruction".into()))
 }
 
-/// One round: signal every other thread not blocked in a system call, and wait; whether
-/// none was busy.
-fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
+/// One round: signal every other thread not blocked in a system call with `signal`, and
+/// wait; whether none was busy. A thread that blocked the signal through a whole earlier
+/// safepoint and still does is signalled only once it no longer does: a program's thread
+/// that takes the signal with `sigwaitinfo` or a `signalfd` would take each of dprobe's as
+/// its own. (Any other thread that blocks it is signalled at once: most block it for a moment,
+/// in one of dprobe's handlers, and take it as they return.)
+fn round(plan: &Plan, signal: libc::c_int, restorer: u64) -> Result<bool, NotOptimized> {
     let no = |reason: String| NotOptimized::NoSafepoint { reason };
     let own = sys::own_tid();
     let mut tids: Vec<(libc::pid_t, AtomicBool)> = Vec::new();
@@ -312,6 +333,15 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
     let patient_until = Instant::now() + LOOKS_BEFORE_SIGNALS;
     // Those left alone after all: counted as answered, without having heard the signal.
     let mut left_alone = Vec::new();
+    // Those not signalled yet: known to block the signal, and blocking it.
+    let mut unsent = Vec::new();
+    let mut deaf = DEAF.lock().unwrap_or_else(|e| e.into_inner());
+    let send = |tid: libc::pid_t, acked: &AtomicBool| {
+        if sys::queue_signal(tid, signal, TOKEN | generation).is_err() {
+            // Gone already: it is in no window.
+            acked.store(true, SeqCst);
+        }
+    };
     for (tid, acked) in &tids {
         let patient = Instant::now() < patient_until;
         if patient && blocked::examine_before_signal(*tid, plan, restorer) == blocked::Decision::LeaveAlone {
@@ -321,23 +351,30 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
             left_alone.push(*tid);
             continue;
         }
-        if sys::queue_signal(*tid, safepoint_signal(), TOKEN | generation).is_err() {
-            // Gone already: it is in no window.
-            acked.store(true, SeqCst);
+        if deaf.contains(tid) && blocks_signal(*tid, signal) {
+            unsent.push(*tid);
+        } else {
+            send(*tid, acked);
         }
     }
     let started = Instant::now();
     let deadline = started + plan.patience.unwrap_or(PATIENCE);
     let mut pause = Duration::from_micros(20);
-    let mut deaf = DEAF.lock().unwrap_or_else(|e| e.into_inner());
     while let Some((tid, _)) = tids.iter().find(|(t, acked)| !acked.load(SeqCst) && sys::thread_alive(*t)) {
-        let known_deaf = started.elapsed() >= DEAF_GRACE && deaf.contains(tid) && blocks_safepoint_signal(*tid);
+        unsent.retain(|t| {
+            let blocks = blocks_signal(*t, signal);
+            if !blocks {
+                tids.iter().filter(|(tid, _)| tid == t).for_each(|(tid, acked)| send(*tid, acked));
+            }
+            blocks
+        });
+        let known_deaf = started.elapsed() >= DEAF_GRACE && deaf.contains(tid) && blocks_signal(*tid, signal);
         if Instant::now() > deadline || known_deaf {
             let again = if known_deaf { "; it blocked it through an earlier safepoint too" } else { "" };
-            if !known_deaf && blocks_safepoint_signal(*tid) {
+            if !known_deaf && blocks_signal(*tid, signal) {
                 deaf.push(*tid);
             }
-            let report = thread_report(*tid);
+            let report = thread_report(*tid, signal);
             outcome = Err(no(format!("thread {tid} did not take dprobe's safepoint signal ({report}){again}")));
             break;
         }
@@ -355,25 +392,25 @@ fn round(plan: &Plan, restorer: u64) -> Result<bool, NotOptimized> {
     outcome.map(|()| BUSY.load(SeqCst) == 0)
 }
 
-/// Whether thread `tid` blocks the safepoint signal now (`false` when that cannot be read).
-fn blocks_safepoint_signal(tid: libc::pid_t) -> bool {
+/// Whether thread `tid` blocks `signal` now (`false` when that cannot be read).
+fn blocks_signal(tid: libc::pid_t, signal: libc::c_int) -> bool {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
-    safepoint_signal_blocked(&status) == Some(true)
+    signal_blocked(&status, signal) == Some(true)
 }
 
-/// Whether the thread whose `/proc` status is `status` blocks the safepoint signal, if it says.
-fn safepoint_signal_blocked(status: &str) -> Option<bool> {
+/// Whether the thread whose `/proc` status is `status` blocks `signal`, if it says.
+fn signal_blocked(status: &str, signal: libc::c_int) -> Option<bool> {
     let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim();
-    u64::from_str_radix(mask, 16).ok().map(|m| m >> (safepoint_signal() - 1) & 1 == 1)
+    u64::from_str_radix(mask, 16).ok().map(|m| m >> (signal - 1) & 1 == 1)
 }
 
 /// What the kernel says of a thread that did not answer: its name, state and whether it
-/// blocks the signal.
-fn thread_report(tid: libc::pid_t) -> String {
+/// blocks the safepoint's `signal`.
+fn thread_report(tid: libc::pid_t, signal: libc::c_int) -> String {
     let read = |what: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{what}")).unwrap_or_default();
     let status = read("status");
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("?").to_owned();
-    let blocked = match safepoint_signal_blocked(&status) {
+    let blocked = match signal_blocked(&status, signal) {
         Some(true) => "blocked",
         Some(false) => "not blocked",
         None => "?",
@@ -381,9 +418,9 @@ fn thread_report(tid: libc::pid_t) -> String {
     format!("`{}`, state {}, the signal {blocked}, pending {}", read("comm").trim(), field("State:"), field("SigPnd:"))
 }
 
-/// Install the safepoint signal's handler (once).
+/// Install the safepoint signals' handler (once each).
 pub(crate) fn install() -> std::io::Result<()> {
-    signals::install_unwound(safepoint_signal(), on_safepoint)
+    safepoint_signals().into_iter().try_for_each(|sig| signals::install_unwound(sig, on_safepoint))
 }
 
 /// A signal that only resumes what it interrupted, as one from a round that is over does

@@ -134,7 +134,9 @@ fn install_at(sig: libc::c_int, handler: usize) -> std::io::Result<()> {
     // SAFETY: `action.sa_mask` is a valid sigset to initialize.
     unsafe {
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaddset(&mut action.sa_mask, crate::safepoint::safepoint_signal());
+        for safepoint in crate::safepoint::safepoint_signals() {
+            libc::sigaddset(&mut action.sa_mask, safepoint);
+        }
     }
     let mut old: libc::sigaction = unsafe_zeroed();
     // SAFETY: both pointers are valid sigaction structs. PREVIOUS[sig] is written before
@@ -161,7 +163,17 @@ pub(crate) fn dprobes_signals() -> u64 {
 /// since. Asked of the kernel with the system call itself (the C library's `sigaction` may be
 /// probed).
 pub(crate) fn handler_in_place(sig: libc::c_int, handler: SigInfoHandler) -> bool {
-    crate::sys::swap_action(sig, None).is_some_and(|[now, ..]| now == handler as usize as u64)
+    handler_in_place_at(sig, handler as usize)
+}
+
+/// [`handler_in_place`] for the handler at address `handler`.
+pub(crate) fn handler_in_place_at(sig: libc::c_int, handler: usize) -> bool {
+    crate::sys::swap_action(sig, None).is_some_and(|[now, ..]| now == handler as u64)
+}
+
+/// Whether dprobe installed its handler for `sig` (it may have been replaced since).
+pub(crate) fn installed(sig: libc::c_int) -> bool {
+    INSTALLED[sig as usize].load(Ordering::Acquire)
 }
 
 fn unsafe_zeroed() -> libc::sigaction {
@@ -188,7 +200,8 @@ pub fn has_program_handler(sig: libc::c_int) -> bool {
 /// whose handler is dprobe's and passes the program's own signals on (the trap, the fault
 /// signals and the safepoint signal). Async-signal-safe.
 pub(crate) fn answers_for(sig: libc::c_int) -> bool {
-    let dprobes = sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig) || sig == crate::safepoint::safepoint_signal();
+    let dprobes =
+        sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig) || crate::safepoint::safepoint_signals().contains(&sig);
     dprobes && INSTALLED[sig as usize].load(Ordering::Acquire)
 }
 
@@ -237,8 +250,10 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
     // SAFETY: the kernel's `info` for this signal, when given.
     let sent = !info.is_null() && unsafe { (*info).si_code } <= 0;
     match prev.sa_sigaction {
-        // Ignored, as it would have been without dprobe.
-        libc::SIG_IGN if sent => {}
+        // Ignored, as it would have been without dprobe: a signal sent, or one the kernel
+        // sends that is no fault or trap of the thread's (`SIGURG` for a socket's
+        // out-of-band data).
+        libc::SIG_IGN if sent || !synchronous(sig) => {}
         // Its default is to ignore it (the safepoint signal, `SIGURG`).
         libc::SIG_DFL if ignored_by_default(sig) => {}
         libc::SIG_DFL | libc::SIG_IGN => {
@@ -271,6 +286,11 @@ pub unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc:
             crate::sys::set_signal_mask(before);
         }
     }
+}
+
+/// Whether `sig` is raised by the thread's own instruction (a fault or a trap).
+fn synchronous(sig: libc::c_int) -> bool {
+    sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig)
 }
 
 /// Whether `sig`'s default action is to ignore it.
