@@ -294,9 +294,11 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     plan.stacks.extend(dprobe_sym::stack_ranges(text));
     plan.stacks.sort_unstable();
     install().map_err(|e| no(format!("installing the signal handler: {e}")))?;
-    let signal = safepoint_signal();
-    let restorer = blocked::restorer(signal);
     for _ in 0..ROUNDS {
+        // Chosen again each round: the program may have put its own handler of `SIGURG` in
+        // place of dprobe's meanwhile (the round it did so in gives up at once).
+        let signal = safepoint_signal();
+        let restorer = blocked::restorer(signal);
         if round(&*plan, signal, restorer)? {
             return Ok(());
         }
@@ -360,7 +362,14 @@ fn round(plan: &Plan, signal: libc::c_int, restorer: u64) -> Result<bool, NotOpt
     let started = Instant::now();
     let deadline = started + plan.patience.unwrap_or(PATIENCE);
     let mut pause = Duration::from_micros(20);
+    let mut handler_replaced = false;
     while let Some((tid, _)) = tids.iter().find(|(t, acked)| !acked.load(SeqCst) && sys::thread_alive(*t)) {
+        if !signals::handler_in_place_at(signal, handler()) {
+            // The program installed its own action of the signal (before dprobe could answer
+            // its `sigaction` for it): the threads' answers will not come. Another round.
+            handler_replaced = true;
+            break;
+        }
         unsent.retain(|t| {
             let blocks = blocks_signal(*t, signal);
             if !blocks {
@@ -389,7 +398,7 @@ fn round(plan: &Plan, signal: libc::c_int, restorer: u64) -> Result<bool, NotOpt
     while READERS.load(SeqCst) != 0 {
         std::thread::yield_now();
     }
-    outcome.map(|()| BUSY.load(SeqCst) == 0)
+    outcome.map(|()| !handler_replaced && BUSY.load(SeqCst) == 0)
 }
 
 /// Whether thread `tid` blocks `signal` now (`false` when that cannot be read).

@@ -3,7 +3,8 @@
 //! out-of-band data) leaves dprobe's handler in place; a thread that keeps blocking it (and
 //! takes it with `sigtimedwait`) is sent dprobe's once at most; once the program handles it,
 //! the safepoints send the last real-time signal instead, and the program's handler takes
-//! exactly its own `SIGURG`s, one merged with dprobe's included.
+//! exactly its own `SIGURG`s, one merged with dprobe's included, whether dprobe answers its
+//! `sigaction` or the program replaced dprobe's handler.
 //! (A test binary of its own, one test: its phases change the process's `SIGURG` action.)
 mod fixtures;
 use fixtures::{addr, call2, fx_mov_add, fx_push_add, fx_push_push_mov};
@@ -226,5 +227,21 @@ fn the_programs_sigurg_and_dprobes_safepoints_keep_out_of_each_others_way() {
     assert_eq!(shown_action(), on_urg as *const () as usize, "the program sees its own action");
     drop((merged, more));
     spinner.end();
+    // (Ignored again, as far as dprobe knows.)
+    program_action(libc::SIG_IGN);
     drop(guard);
+
+    // 5. Without the guard the program's `sigaction` replaces dprobe's handler itself (as
+    //    after a detach): the safepoints see it, send the real-time signal, and the program's
+    //    handler still takes none of theirs.
+    program_action(on_urg as *const () as usize);
+    assert_eq!(shown_action(), on_urg as *const () as usize);
+    assert_eq!(safepoint_signal(), libc::SIGRTMAX());
+    let spinner = Spinner::start(false, false);
+    let (replaced, jumped, took) = jump_beside(fx_push_push_mov);
+    assert_eq!(jumped, Ok(()), "after {took:?}");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(PROGRAM_URGS.load(SeqCst), 2, "none of dprobe's signals");
+    drop(replaced);
+    spinner.end();
 }
