@@ -63,6 +63,9 @@ pub enum AgentError {
     /// with the old program's memory).
     #[error("process {0} executed another program while dprobe was talking to the agent in it")]
     ExecutedFirst(i32),
+    /// The process executed another program while dprobe attached to it (before any agent).
+    #[error("process {0} executed another program (or ended) while dprobe was attaching to it: try again")]
+    ExecutedAttaching(i32),
     /// The caller gave up waiting for the agent to start (a stop signal).
     #[error("stopped before the agent started")]
     GaveUp,

@@ -64,7 +64,13 @@ pub(crate) enum NotSafe {
     InLoader,
     /// It ended while it was tried.
     Ended,
+    /// It did not stop when interrupted, within [`STOP_PATIENCE`] (its thread id taken over by
+    /// another thread's `exec`, or asleep where the kernel does not stop it).
+    NoStop,
 }
+
+/// How long an interrupted thread is waited for.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 impl fmt::Display for NotSafe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -80,6 +86,7 @@ impl fmt::Display for NotSafe {
             NotSafe::InCLibrary => write!(f, "running in the C library"),
             NotSafe::InLoader => write!(f, "running in the loader"),
             NotSafe::Ended => write!(f, "ended"),
+            NotSafe::NoStop => write!(f, "did not stop within {} s of being interrupted", STOP_PATIENCE.as_secs()),
         }
     }
 }
@@ -109,8 +116,14 @@ impl SafePlaceChecks {
         let mut why = NotSafe::Ended;
         for attempt in 0..SAFE_POINT_TRIES {
             sys::interrupt(tid)?;
+            // Bounded: where another thread's `exec` made it the process's first thread, the
+            // thread traced is gone without a word to its tracer, and the id is the new
+            // program's, which dprobe does not trace.
+            let deadline = std::time::Instant::now() + STOP_PATIENCE;
             loop {
-                let (_, status) = sys::wait(tid)?;
+                let Some((_, status)) = sys::wait_until(tid, deadline)? else {
+                    return Ok(Err(NotSafe::NoStop));
+                };
                 if !libc::WIFSTOPPED(status) {
                     return Ok(Err(NotSafe::Ended));
                 }

@@ -129,15 +129,42 @@ pub(super) fn start_attached(
     }
     let deadline = Instant::now() + ENDING_SESSION_PATIENCE;
     loop {
-        let (started, held_where) = Injector::attached(pid, |held| {
+        let program = program_identity(pid);
+        let attached = Injector::attached(pid, |held| {
             let held_where = held.held_where().to_owned();
             start_agent(held, library, name).map(|started| (started, held_where))
-        })?;
+        });
+        let (started, held_where) = match attached {
+            Ok(attached) => attached,
+            // The thread seized gone, its id another's, the process without memory for a
+            // moment: what an `exec` from another thread does to an attach, said as such.
+            Err(_) if program.is_some() && program_identity(pid) != program => {
+                return Err(AgentError::ExecutedAttaching(pid))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let ending = started as i32 == ANOTHER_SESSION && listener_for_agent_in(pid).is_none();
         if !ending || Instant::now() >= deadline || give_up() {
             return Ok((started, held_where));
         }
         std::thread::sleep(LOOK_EVERY);
+    }
+}
+
+/// What differs between two programs process `pid` runs one after the other: its auxiliary
+/// vector (the program's entry and headers, where the kernel put its random bytes). `None`
+/// where it cannot be read; read again for a moment where the process has no memory (in the
+/// middle of an `exec`, or ending).
+fn program_identity(pid: i32) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + EXEC_LOOKS_ENDED;
+    loop {
+        match std::fs::read(format!("/proc/{pid}/auxv")) {
+            Ok(auxv) if !auxv.is_empty() => return Some(auxv),
+            _ if Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return None,
+        }
     }
 }
 
