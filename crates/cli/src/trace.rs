@@ -135,6 +135,7 @@ fn can_fall_back(e: &AgentError) -> bool {
             | AgentError::Refused(_)
             | AgentError::NoLibrary(_)
             | AgentError::ExecutedFirst(_)
+            | AgentError::ExecutedAttaching(_)
     )
 }
 

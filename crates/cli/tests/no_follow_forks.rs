@@ -35,8 +35,12 @@ fn children_forked_often_and_not_followed_each_run_and_end() {
             break status;
         }
         if Instant::now() > deadline {
+            let hung = descendants(tracer.id());
             let _ = tracer.kill();
-            let _ = Command::new("pkill").args(["-9", "-x", "forks_often"]).status();
+            for pid in hung {
+                // SAFETY: a signal to a process this test started (through dprobe).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
             let trace = std::fs::read_to_string(&out).unwrap_or_default();
             panic!("the program did not end in 120 s (a child hung?)\n{trace}");
         }
@@ -50,4 +54,28 @@ fn children_forked_often_and_not_followed_each_run_and_end() {
     // The parent's calls alone: the children ran untraced.
     assert_eq!(hits(&trace, "forks_often:work"), u64::from(FORKS), "{trace}");
     assert!(trace.contains(&format!("{FORKS} child processes ran untraced")), "{trace}");
+}
+
+/// The processes below `pid`, from `/proc/PID/task/TID/children`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let children = |pid: u32| -> Vec<u32> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks
+            .flat_map(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    let mut all = children(pid);
+    let mut at = 0;
+    while at < all.len() {
+        let below = children(all[at]);
+        all.extend(below);
+        at += 1;
+    }
+    all
 }

@@ -14,11 +14,14 @@
 //! a debugger writes, with the system calls themselves: this runs in the trap handler) and the
 //! instruction runs. A debugger that is still attached and still has its breakpoint there
 //! takes the trap itself (it stops the thread first); it is one it passed on, or had left,
-//! that comes here. Where the byte cannot be written, the trap goes to the program's handler,
-//! as before.
+//! that comes here. Only where the trap would end the program: a program with a `SIGTRAP`
+//! handler of its own gets it, as does a jump kept behind a debugger's breakpoint (see
+//! [`put_right`]). Where the byte cannot be written, the trap goes on as before.
 
-use dprobe_arch::{Addr, Insn};
+use dprobe_arch::{Addr, Prepared};
+use dprobe_core::Site;
 
+use crate::engine::Engine;
 use crate::sys::{self, raw_syscall6};
 
 const INT3: u8 = 0xcc;
@@ -31,9 +34,18 @@ pub fn leftovers_put_right() -> u64 {
     PUT_RIGHT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Put the original first byte of `insn`, at `addr`, back where an `int3` is, if the rest of
-/// the instruction is still the original: whether it was put back. Async-signal-safe.
-pub(crate) fn put_right(addr: Addr, insn: &Insn) -> bool {
+/// Put the original first byte of `site`'s instruction back where an `int3` is, if the rest
+/// of the instruction is still the original: whether it was put back. Only where the `int3`
+/// would end the program (it has no `SIGTRAP` handler of its own: another in-process tool's
+/// breakpoint is left to it), and not at a jump that stays (kept behind a debugger's
+/// breakpoint: its bytes after the first are the jump's, and a one-byte instruction leaves
+/// nothing else to tell the two apart). Async-signal-safe.
+pub(crate) fn put_right(site: &Site<Prepared>) -> bool {
+    let (addr, insn) = (site.addr, &site.arch.insn);
+    let jump_stays = Engine::get().is_none_or(|engine| engine.route(addr).is_some());
+    if crate::signals::has_program_handler(libc::SIGTRAP) || jump_stays {
+        return false;
+    }
     let code = insn.code();
     let mut now = [0u8; 15];
     let now = &mut now[..code.len()];

@@ -194,9 +194,9 @@ fn is_disposition(handler: u64) -> bool {
     handler == libc::SIG_DFL as u64 || handler == libc::SIG_IGN as u64
 }
 
-/// `sigaction(sig, act, old)` for a signal whose handler is dprobe's (the trap, a fault, the
-/// safepoint signal): answered as the kernel would, without installing anything
-/// (`signals::program_installs`): `old` gets the program's disposition, `act` becomes it, and the function returns 0 (an
+/// `sigaction(sig, act, old)` for a signal whose handler is dprobe's (the trap, a fault):
+/// answered as the kernel would, without installing anything (`signals::program_installs`):
+/// `old` gets the program's disposition, `act` becomes it, and the function returns 0 (an
 /// `old` that cannot be written: -1 with `EFAULT`, `act` taken all the same, as the kernel
 /// does). `None` for other signals, and where `act` cannot be read (the call fails by itself).
 fn answer_for_dprobes_signal(regs: &mut Regs) -> Option<PreAction> {

@@ -43,10 +43,9 @@
 //! the others). A program that replaces dprobe's `SIGTRAP` handler after probes are
 //! registered loses them. Making a probe whose jump replaces several instructions sends every
 //! other thread `SIGURG` (see `safepoint.rs`: its default action, ignore, is harmless to a
-//! thread in the middle of an `exec`; a program's own use of it is passed on, and its
-//! `sigaction` for it answered as for the trap's; where the program handles `SIGURG` itself,
-//! the last real-time signal), unless it is asleep in a system call; one
-//! that went to sleep as the signal came has its wait resumed where it is a bounded
+//! thread in the middle of an `exec`; where the program handles `SIGURG` itself, dprobe
+//! leaves it alone and sends the last real-time signal), unless it is asleep in a system call;
+//! one that went to sleep as the signal came has its wait resumed where it is a bounded
 //! `nanosleep`, `clock_nanosleep`, `poll`, `ppoll`, `select` or `futex` wait (`sem_timedwait`;
 //! `resumed_waits.rs`), and other calls never restarted after a handler (`epoll_wait`,
 //! `sigtimedwait`, a `poll` without a timeout) may return `EINTR` there. While a thread blocks

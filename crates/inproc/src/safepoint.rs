@@ -6,7 +6,7 @@
 //!
 //! The registrar (holding the engine's lock) publishes a [`Plan`] (for each site: its window,
 //! where each instruction's copy is in the detour, its slots), then sends every other thread
-//! of the process [`SAFEPOINT_SIGNAL`] with `rt_tgsigqueueinfo`, carrying a token that tells
+//! of the process [`safepoint_signal`] with `rt_tgsigqueueinfo`, carrying a token that tells
 //! it from the program's own uses of the signal (those are passed on to the program's
 //! handler). Each thread, in [`on_safepoint`], looks at where it was interrupted and moves
 //! itself to the equivalent place in the detour's copy when that is inside a window or at an
@@ -29,7 +29,9 @@
 //!
 //! A thread that does not acknowledge within [`PATIENCE`] (it blocks the signal, or a
 //! handler of the program blocks it) leaves the site on `int3`: the jump is never written
-//! while the proof is missing. A thread found strictly inside a slot's far prologue cannot be
+//! while the proof is missing. One that blocked it through a whole earlier safepoint and still
+//! does is waited for [`DEAF_GRACE`] only, and not signalled until it unblocks; a round whose
+//! signal's handler the program replaced gives up at once. A thread found strictly inside a slot's far prologue cannot be
 //! moved; the registrar tries again a few times, then also gives up.
 //!
 //! Threads blocked in a system call are not signalled: a signal would make the few calls
@@ -63,12 +65,16 @@ use crate::sys;
 /// into dprobe's and its handler never see it: there the safepoint sends the last real-time
 /// signal instead, which queues (and whose pending copy would kill a new program, as before).
 /// A program that ignores `SIGURG` or leaves it to its default loses nothing by a merge.
+///
+/// dprobe's handler goes on `SIGURG` only where the program's action is the default or
+/// "ignore" (and again where the program put such an action back); so `SIGURG` is the
+/// safepoint's signal where dprobe's handler is there, the real-time signal elsewhere (also
+/// before the first safepoint installed it).
 pub fn safepoint_signal() -> libc::c_int {
-    let replaced = || signals::installed(libc::SIGURG) && !signals::handler_in_place_at(libc::SIGURG, handler());
-    if signals::has_program_handler(libc::SIGURG) || replaced() {
-        libc::SIGRTMAX()
-    } else {
+    if signals::handler_in_place_at(libc::SIGURG, handler()) && !signals::has_program_handler(libc::SIGURG) {
         libc::SIGURG
+    } else {
+        libc::SIGRTMAX()
     }
 }
 
@@ -298,6 +304,10 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
         // Chosen again each round: the program may have put its own handler of `SIGURG` in
         // place of dprobe's meanwhile (the round it did so in gives up at once).
         let signal = safepoint_signal();
+        if !signals::handler_in_place_at(signal, handler()) {
+            // The real-time one: the program put a handler of its own in its place.
+            return Err(no(format!("the program replaced dprobe's handler of its safepoint signal ({signal})")));
+        }
         let restorer = blocked::restorer(signal);
         if round(&*plan, signal, restorer)? {
             return Ok(());
@@ -427,9 +437,11 @@ fn thread_report(tid: libc::pid_t, signal: libc::c_int) -> String {
     format!("`{}`, state {}, the signal {blocked}, pending {}", read("comm").trim(), field("State:"), field("SigPnd:"))
 }
 
-/// Install the safepoint signals' handler (once each).
+/// Install the safepoint signals' handler: on the real-time signal once, on `SIGURG` where
+/// the program leaves it to its default or ignores it (see [`safepoint_signal`]).
 pub(crate) fn install() -> std::io::Result<()> {
-    safepoint_signals().into_iter().try_for_each(|sig| signals::install_unwound(sig, on_safepoint))
+    signals::install_unwound(libc::SIGRTMAX(), on_safepoint)?;
+    signals::install_over_default(libc::SIGURG, on_safepoint).map(drop)
 }
 
 /// A signal that only resumes what it interrupted, as one from a round that is over does
@@ -461,8 +473,8 @@ extern "C-unwind" fn on_safepoint(sig: libc::c_int, info: *mut libc::siginfo_t, 
     // The program's own signal answers a round too: dprobe's may have merged into it.
     answer(uc);
     // A wait the program's signal ended is the program's to see, unless the program would
-    // not have seen the signal at all (no handler of its own: ignored).
-    if ours || !signals::has_program_handler(sig) {
+    // not have seen the signal at all (ignored).
+    if ours || signals::program_ignores(sig) {
         // SAFETY: the kernel passes this handler's interrupted context as `uc`.
         crate::resumed_waits::resume(&mut unsafe { SignalContext::new(uc) });
     }

@@ -3,9 +3,10 @@
 //! `SIGTRAP` finds probe hits; `SIGSEGV`, `SIGBUS`, `SIGILL` and `SIGFPE` catch faults inside
 //! handlers and inside out-of-line slots. Signals that are not dprobe's go to whatever the
 //! program had installed before (a handler, the default action, or "ignore"), so the
-//! program's own `int3` and its own fault handlers keep working. The safepoint signal
-//! (`safepoint.rs`) moves threads out of code a jump is about to replace; every dprobe handler
-//! blocks it while it runs, so that a thread is examined where its handler sent it.
+//! program's own `int3` and its own fault handlers keep working. The safepoint signals
+//! (`safepoint.rs`: `SIGURG` where the program leaves it alone, else the last real-time one)
+//! move threads out of code a jump is about to replace; every dprobe handler blocks both while
+//! it runs, so that a thread is examined where its handler sent it.
 //!
 //! A program that installs its own action for the trap or a fault signal after dprobe's
 //! (a crash reporter's handlers, installed at its start) would take dprobe's traps for its
@@ -120,6 +121,36 @@ fn install_at(sig: libc::c_int, handler: usize) -> std::io::Result<()> {
     if INSTALLED[sig as usize].load(Ordering::Acquire) {
         return Ok(());
     }
+    install_locked(sig, handler).map(drop)
+}
+
+/// Install `handler` for `sig` where the program has no handler of its own for it (its action
+/// is the default or "ignore"), again where the program put such an action back since: whether
+/// `handler` is `sig`'s handler now. A signal the program handles itself is left to it: dprobe's
+/// action would not have its flags (`SA_ONSTACK`: Go's runtime stops a process whose handler of
+/// its preemption signal, `SIGURG`, runs off the signal stack).
+pub(crate) fn install_over_default(sig: libc::c_int, handler: UnwoundHandler) -> std::io::Result<bool> {
+    let handler = handler as usize;
+    let unhandled = |action: usize| action == libc::SIG_DFL || action == libc::SIG_IGN;
+    let _one = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    match crate::sys::swap_action(sig, None) {
+        Some([now, ..]) if now == handler as u64 => return Ok(true),
+        Some([now, ..]) if unhandled(now as usize) => {}
+        _ => return Ok(false),
+    }
+    let old = install_locked(sig, handler)?;
+    if !unhandled(old.sa_sigaction) {
+        // The program installed a handler in between: its action is put back.
+        // SAFETY: a valid sigaction struct, the program's own action.
+        unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
+        INSTALLED[sig as usize].store(false, Ordering::Release);
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Install `handler` for `sig` (the install lock held): the action it replaced.
+fn install_locked(sig: libc::c_int, handler: usize) -> std::io::Result<libc::sigaction> {
     // SAFETY: zeroed sigaction is valid; we fill in handler, flags and an empty mask.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handler;
@@ -150,7 +181,7 @@ fn install_at(sig: libc::c_int, handler: usize) -> std::io::Result<()> {
     set_previous(sig, &words_of(&old));
     crate::interrupted::learn_restorer(sig);
     INSTALLED[sig as usize].store(true, Ordering::Release);
-    Ok(())
+    Ok(old)
 }
 
 /// The signals dprobe installed its handlers for (a trap, the faults, the safepoint signal),
@@ -169,11 +200,6 @@ pub(crate) fn handler_in_place(sig: libc::c_int, handler: SigInfoHandler) -> boo
 /// [`handler_in_place`] for the handler at address `handler`.
 pub(crate) fn handler_in_place_at(sig: libc::c_int, handler: usize) -> bool {
     crate::sys::swap_action(sig, None).is_some_and(|[now, ..]| now == handler as u64)
-}
-
-/// Whether dprobe installed its handler for `sig` (it may have been replaced since).
-pub(crate) fn installed(sig: libc::c_int) -> bool {
-    INSTALLED[sig as usize].load(Ordering::Acquire)
 }
 
 fn unsafe_zeroed() -> libc::sigaction {
@@ -197,12 +223,21 @@ pub fn has_program_handler(sig: libc::c_int) -> bool {
 }
 
 /// Whether a program's `sigaction` for `sig` is answered by [`program_installs`]: a signal
-/// whose handler is dprobe's and passes the program's own signals on (the trap, the fault
-/// signals and the safepoint signal). Async-signal-safe.
+/// whose handler is dprobe's and passes the program's own signals on (the trap and the fault
+/// signals; not the safepoint's: a program's handler of its own takes its place, and the
+/// safepoints see it). Async-signal-safe.
 pub(crate) fn answers_for(sig: libc::c_int) -> bool {
-    let dprobes =
-        sig == libc::SIGTRAP || FAULT_SIGNALS.contains(&sig) || crate::safepoint::safepoint_signals().contains(&sig);
-    dprobes && INSTALLED[sig as usize].load(Ordering::Acquire)
+    synchronous(sig) && INSTALLED[sig as usize].load(Ordering::Acquire)
+}
+
+/// Whether the program's disposition of `sig` (as dprobe passes its signals on) ignores it:
+/// "ignore", or the default where that is to ignore it.
+pub(crate) fn program_ignores(sig: libc::c_int) -> bool {
+    match previous(sig).sa_sigaction {
+        libc::SIG_IGN => true,
+        libc::SIG_DFL => ignored_by_default(sig),
+        _ => false,
+    }
 }
 
 /// A program's `sigaction(sig, new, old)` for a signal it [`answers_for`]: `new` (if given)

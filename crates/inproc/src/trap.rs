@@ -367,7 +367,7 @@ fn on_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
 /// back, run the original instruction. An `int3` still there may be a debugger's leftover
 /// (`debugger_leftover.rs`), put right and run through; else it is not ours.
 fn unprobed_entry(site: &Site<Prepared>, ctx: &mut SignalContext) -> bool {
-    if code_byte(site.addr) == INT3 && !crate::debugger_leftover::put_right(site.addr, &site.arch.insn) {
+    if code_byte(site.addr) == INT3 && !crate::debugger_leftover::put_right(site) {
         return false;
     }
     ctx.set_rip(site.addr.0);

@@ -18,13 +18,14 @@ fn counting(f: unsafe extern "C" fn(u64, u64) -> u64) -> dprobe_inproc::Probe {
     .unwrap()
 }
 
-/// Block (`true`) or unblock the safepoint signal in this thread.
+/// Block (`true`) or unblock the safepoint signal in this thread: `SIGURG`, which this program
+/// leaves to its default (`dprobe_inproc::safepoint_signal`).
 fn safepoint_signal_blocked(blocked: bool) {
     // SAFETY: a signal set on this frame, filled before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, dprobe_inproc::safepoint_signal());
+        libc::sigaddset(&mut set, libc::SIGURG);
         let how = if blocked { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
         assert_eq!(libc::pthread_sigmask(how, &set, std::ptr::null_mut()), 0);
     }

@@ -165,9 +165,9 @@ fn state_and_pending(tid: i32) -> (char, u64) {
     (field("State:").chars().next().unwrap(), u64::from_str_radix(&field("SigPnd:"), 16).unwrap())
 }
 
-/// The safepoint's signal as a bit of a pending mask.
+/// The safepoints' signals (`SIGURG`, or the last real-time one) as bits of a pending mask.
 fn safepoint_bit() -> u64 {
-    1 << (dprobe_inproc::safepoint_signal() - 1)
+    1 << (libc::SIGURG - 1) | 1 << (libc::SIGRTMAX() - 1)
 }
 
 /// Join `thread`, failing (instead of hanging) if it never ends.

@@ -18,11 +18,13 @@ const CHILDREN: u32 = 40;
 /// wait status (exit status 2: the first jump was never made, 3: the `exec` failed).
 fn exec_during_safepoints(spin: Duration) -> libc::c_int {
     // SAFETY: the child makes a thread and probes in its own copy of memory, then executes
-    // another program or leaves with `_exit`.
+    // another program or leaves with `_exit`. This test binary's only other thread is the
+    // harness's, waiting: no lock of dprobe's or the allocator's is held across the fork.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
-        // SAFETY: in the child, async-signal-safe calls and the probes of this process alone.
+        // SAFETY: in the child (see above): a thread, probes on this process's own fixture,
+        // and `execve` with arguments that live until it returns.
         unsafe {
             libc::alarm(60);
             let (tx, rx) = std::sync::mpsc::channel();

@@ -1,10 +1,9 @@
 //! The program's own `SIGURG`, the signal dprobe's safepoints send where the program leaves
-//! it alone: one the program leaves to its default or ignores (a kernel's too, for a socket's
-//! out-of-band data) leaves dprobe's handler in place; a thread that keeps blocking it (and
-//! takes it with `sigtimedwait`) is sent dprobe's once at most; once the program handles it,
+//! it to its default or ignores it: the program's (a kernel's too, for a socket's out-of-band
+//! data) leave dprobe's handler in place; a thread that keeps blocking it (and takes it with
+//! `sigtimedwait`) is sent dprobe's once at most; a program that handles it keeps its handler,
 //! the safepoints send the last real-time signal instead, and the program's handler takes
-//! exactly its own `SIGURG`s, one merged with dprobe's included, whether dprobe answers its
-//! `sigaction` or the program replaced dprobe's handler.
+//! exactly its own `SIGURG`s, one pending as dprobe's signal came included.
 //! (A test binary of its own, one test: its phases change the process's `SIGURG` action.)
 mod fixtures;
 use fixtures::{addr, call2, fx_mov_add, fx_push_add, fx_push_push_mov};
@@ -14,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use dprobe_inproc::{keep_traps_open, register, safepoint_signal, Kprobe, PreAction, Probe};
+use dprobe_inproc::{register, safepoint_signal, Kprobe, PreAction, Probe};
 
 /// `SIGURG`s the program's handler took.
 static PROGRAM_URGS: AtomicU64 = AtomicU64::new(0);
@@ -155,12 +154,43 @@ fn jump_beside(f: unsafe extern "C" fn(u64, u64) -> u64) -> (Probe, Result<(), S
 
 #[test]
 fn the_programs_sigurg_and_dprobes_safepoints_keep_out_of_each_others_way() {
-    // 1. Left to its default: dprobe's signal is SIGURG, and the program's (to a thread, to
-    //    the process, from the kernel) leave dprobe's handler in place.
-    assert_eq!(safepoint_signal(), libc::SIGURG);
+    // 0. In a child that handles SIGURG before any safepoint: dprobe leaves its handler there
+    //    (dprobe's action would not have its flags: Go's runtime stops a process whose
+    //    preemption signal's handler runs off the signal stack) and sends the real-time one.
+    // SAFETY: the child installs a handler, makes a thread and a probe, and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        program_action(on_urg as *const () as usize);
+        let spinner = Spinner::start(false, false);
+        let (probe, jumped, _) = jump_beside(fx_push_push_mov);
+        let kept = shown_action() == on_urg as *const () as usize;
+        let code = match (jumped.is_ok(), kept, safepoint_signal() == libc::SIGRTMAX(), PROGRAM_URGS.load(SeqCst)) {
+            (false, ..) => 1,
+            (_, false, ..) => 2,
+            (_, _, false, _) => 3,
+            (.., 0) => 0,
+            _ => 4,
+        };
+        drop(probe);
+        spinner.end();
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let reasons =
+        [(1, "no jump"), (2, "its handler replaced"), (3, "not the real-time signal"), (4, "dprobe's signals")];
+    fixtures::child_exited_cleanly("a program that handles SIGURG", status, &reasons);
+
+    // 1. Left to its default: the first safepoint puts dprobe's handler on SIGURG and sends
+    //    it, and the program's (to a thread, to the process, from the kernel) leave dprobe's
+    //    handler in place.
     let spinner = Spinner::start(false, false);
     let (first, jumped, took) = jump_beside(fx_push_push_mov);
     assert_eq!(jumped, Ok(()), "after {took:?}");
+    assert_eq!(safepoint_signal(), libc::SIGURG);
     urg(spinner.tid);
     // SAFETY: a signal to this process.
     assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGURG) }, 0);
@@ -192,22 +222,27 @@ fn the_programs_sigurg_and_dprobes_safepoints_keep_out_of_each_others_way() {
     spinner.unblock.store(true, SeqCst);
     spinner.end();
 
-    // With the C library's `sigaction` answered for dprobe's signals (as the agent runs).
-    let guard = keep_traps_open().unwrap();
-    // 3. Ignored by the program, then the kernel's SIGURG: ignored, dprobe's handler stays.
+    // 3. Ignored by the program (its action replaces dprobe's): the next safepoint puts
+    //    dprobe's back, and the kernel's SIGURG is ignored without taking it away.
     program_action(libc::SIG_IGN);
+    let spinner = Spinner::start(false, false);
+    let (again, jumped, took) = jump_beside(fx_push_push_mov);
+    assert_eq!(jumped, Ok(()), "after {took:?}");
     kernel_urg();
-    assert_eq!(shown_action(), libc::SIG_IGN);
     assert_eq!(safepoint_signal(), libc::SIGURG, "dprobe's handler still in place");
+    drop(again);
+    spinner.end();
 
-    // 4. Handled by the program: the safepoints send the last real-time signal. A SIGURG of
-    //    the program's pending for a thread as dprobe signals it still reaches the handler.
+    // 4. Handled by the program (its handler replaces dprobe's, and stays): the safepoints
+    //    send the last real-time signal. A SIGURG of the program's pending for a thread as
+    //    dprobe signals it still reaches the handler, and none of dprobe's does.
     program_action(on_urg as *const () as usize);
     assert_eq!(safepoint_signal(), libc::SIGRTMAX());
     let spinner = Spinner::start(true, false);
     urg(spinner.tid);
     let (merged, jumped, took) = jump_beside(fx_push_push_mov);
     assert_eq!(jumped, Ok(()), "after {took:?}");
+    assert_eq!(shown_action(), on_urg as *const () as usize, "the program's handler left in place");
     assert_eq!(PROGRAM_URGS.load(SeqCst), 0, "still pending: the thread blocks it");
     spinner.unblock.store(true, SeqCst);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -215,7 +250,6 @@ fn the_programs_sigurg_and_dprobes_safepoints_keep_out_of_each_others_way() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(PROGRAM_URGS.load(SeqCst), 1, "the program's handler took its signal");
-    // More safepoints signal the spinner: none of them reaches the program's handler.
     let more = [jumping(fx_push_add), jumping(fx_mov_add)];
     assert!(more.iter().all(|p| p.optimized().is_ok()));
     urg(spinner.tid);
@@ -224,24 +258,6 @@ fn the_programs_sigurg_and_dprobes_safepoints_keep_out_of_each_others_way() {
     }
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(PROGRAM_URGS.load(SeqCst), 2, "the program's handler took its signals and no other");
-    assert_eq!(shown_action(), on_urg as *const () as usize, "the program sees its own action");
     drop((merged, more));
-    spinner.end();
-    // (Ignored again, as far as dprobe knows.)
-    program_action(libc::SIG_IGN);
-    drop(guard);
-
-    // 5. Without the guard the program's `sigaction` replaces dprobe's handler itself (as
-    //    after a detach): the safepoints see it, send the real-time signal, and the program's
-    //    handler still takes none of theirs.
-    program_action(on_urg as *const () as usize);
-    assert_eq!(shown_action(), on_urg as *const () as usize);
-    assert_eq!(safepoint_signal(), libc::SIGRTMAX());
-    let spinner = Spinner::start(false, false);
-    let (replaced, jumped, took) = jump_beside(fx_push_push_mov);
-    assert_eq!(jumped, Ok(()), "after {took:?}");
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(PROGRAM_URGS.load(SeqCst), 2, "none of dprobe's signals");
-    drop(replaced);
     spinner.end();
 }

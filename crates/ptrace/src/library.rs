@@ -203,6 +203,13 @@ impl Injector {
                     let memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
                     return Injector::hold(pid, tid, memory, false);
                 }
+                // Seized but not stopped, it cannot be detached: the attach ends here, and the
+                // end of the thread that seized it lets it go (the kernel detaches a tracer's
+                // threads when it ends).
+                Err(crate::safe_place::NotSafe::NoStop) => {
+                    let _ = sys::detach(tid, 0);
+                    return Err(refused(crate::safe_place::refusal(pid, &[(tid, crate::safe_place::NotSafe::NoStop)])));
+                }
                 Err(why) => {
                     let _ = sys::detach(tid, 0);
                     tried.push((tid, why));

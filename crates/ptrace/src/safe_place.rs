@@ -111,7 +111,7 @@ impl SafePlaceChecks {
 
     /// Interrupt seized thread `tid` until it stops at a safe place, or give up and say why
     /// its last stop was not one: the thread is then left stopped (where a detach lets it go),
-    /// or gone.
+    /// or gone, or (`NotSafe::NoStop`) still running, seized, until the tracing thread ends.
     pub(crate) fn stop_at_safe_point(&mut self, tid: i32) -> Result<Result<(), NotSafe>, TraceError> {
         let mut why = NotSafe::Ended;
         for attempt in 0..SAFE_POINT_TRIES {
