@@ -4,6 +4,8 @@
 //! the child that lock held by a thread it does not have: the child waited for it for ever,
 //! and its parent for the child.
 mod common;
+#[path = "common/ending.rs"]
+mod ending;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +37,7 @@ fn children_forked_often_and_not_followed_each_run_and_end() {
             break status;
         }
         if Instant::now() > deadline {
-            let hung = descendants(tracer.id());
+            let hung = ending::family(tracer.id());
             let _ = tracer.kill();
             for pid in hung {
                 // SAFETY: a signal to a process this test started (through dprobe).
@@ -54,28 +56,4 @@ fn children_forked_often_and_not_followed_each_run_and_end() {
     // The parent's calls alone: the children ran untraced.
     assert_eq!(hits(&trace, "forks_often:work"), u64::from(FORKS), "{trace}");
     assert!(trace.contains(&format!("{FORKS} child processes ran untraced")), "{trace}");
-}
-
-/// The processes below `pid`, from `/proc/PID/task/TID/children`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let children = |pid: u32| -> Vec<u32> {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-        tasks
-            .flat_map(|t| {
-                std::fs::read_to_string(t.path().join("children"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .filter_map(|c| c.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .collect()
-    };
-    let mut all = children(pid);
-    let mut at = 0;
-    while at < all.len() {
-        let below = children(all[at]);
-        all.extend(below);
-        at += 1;
-    }
-    all
 }

@@ -18,13 +18,11 @@
 //! handler of its own gets it, as does a jump kept behind a debugger's breakpoint (see
 //! [`put_right`]). Where the byte cannot be written, the trap goes on as before.
 
-use dprobe_arch::{Addr, Prepared};
+use dprobe_arch::{Addr, Prepared, INT3};
 use dprobe_core::Site;
 
 use crate::engine::Engine;
 use crate::sys::{self, raw_syscall6};
-
-const INT3: u8 = 0xcc;
 
 /// Leftover `int3`s put right, over the process's life (tests read it).
 static PUT_RIGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -31,8 +31,9 @@
 //! handler of the program blocks it) leaves the site on `int3`: the jump is never written
 //! while the proof is missing. One that blocked it through a whole earlier safepoint and still
 //! does is waited for [`DEAF_GRACE`] only, and not signalled until it unblocks; a round whose
-//! signal's handler the program replaced gives up at once. A thread found strictly inside a slot's far prologue cannot be
-//! moved; the registrar tries again a few times, then also gives up.
+//! signal's handler the program replaced gives up at once. A thread found strictly inside a
+//! slot's far prologue cannot be moved; the registrar tries again a few times, then also gives
+//! up.
 //!
 //! Threads blocked in a system call are not signalled: a signal would make the few calls
 //! never restarted after a handler (`poll`, `nanosleep`, ...) return `EINTR` to the program.
@@ -60,18 +61,14 @@ use crate::sys;
 /// kill the new program; `SIGURG`'s does nothing.
 ///
 /// But a standard signal does not queue: one sent while another is pending for the thread
-/// merges into it. So where the program takes `SIGURG` itself (a handler of its own, found as
-/// dprobe installed its own or put in place of dprobe's since), a program's `SIGURG` could merge
-/// into dprobe's and its handler never see it: there the safepoint sends the last real-time
-/// signal instead, which queues (and whose pending copy would kill a new program, as before).
-/// A program that ignores `SIGURG` or leaves it to its default loses nothing by a merge.
-///
-/// dprobe's handler goes on `SIGURG` only where the program's action is the default or
-/// "ignore" (and again where the program put such an action back); so `SIGURG` is the
-/// safepoint's signal where dprobe's handler is there, the real-time signal elsewhere (also
-/// before the first safepoint installed it).
+/// merges into it. A program that ignores `SIGURG` or leaves it to its default loses nothing by
+/// a merge; one that handles it could miss one of its own. So dprobe's handler goes on `SIGURG`
+/// only where the program's action is the default or "ignore" (again where the program puts
+/// such an action back), and `SIGURG` is the safepoint's signal where dprobe's handler is
+/// there; elsewhere (the program's handler there, or before the first safepoint) it is the
+/// last real-time signal, which queues (and whose pending copy would kill a new program).
 pub fn safepoint_signal() -> libc::c_int {
-    if signals::handler_in_place_at(libc::SIGURG, handler()) && !signals::has_program_handler(libc::SIGURG) {
+    if signals::handler_in_place_at(libc::SIGURG, handler()) {
         libc::SIGURG
     } else {
         libc::SIGRTMAX()
@@ -375,8 +372,8 @@ fn round(plan: &Plan, signal: libc::c_int, restorer: u64) -> Result<bool, NotOpt
     let mut handler_replaced = false;
     while let Some((tid, _)) = tids.iter().find(|(t, acked)| !acked.load(SeqCst) && sys::thread_alive(*t)) {
         if !signals::handler_in_place_at(signal, handler()) {
-            // The program installed its own action of the signal (before dprobe could answer
-            // its `sigaction` for it): the threads' answers will not come. Another round.
+            // The program installed its own action of the signal: the threads' answers will
+            // not come. Another round, with the other signal where that was `SIGURG`.
             handler_replaced = true;
             break;
         }
@@ -441,7 +438,7 @@ fn thread_report(tid: libc::pid_t, signal: libc::c_int) -> String {
 /// the program leaves it to its default or ignores it (see [`safepoint_signal`]).
 pub(crate) fn install() -> std::io::Result<()> {
     signals::install_unwound(libc::SIGRTMAX(), on_safepoint)?;
-    signals::install_over_default(libc::SIGURG, on_safepoint).map(drop)
+    signals::install_over_default(libc::SIGURG, on_safepoint)
 }
 
 /// A signal that only resumes what it interrupted, as one from a round that is over does

@@ -125,18 +125,16 @@ fn install_at(sig: libc::c_int, handler: usize) -> std::io::Result<()> {
 }
 
 /// Install `handler` for `sig` where the program has no handler of its own for it (its action
-/// is the default or "ignore"), again where the program put such an action back since: whether
-/// `handler` is `sig`'s handler now. A signal the program handles itself is left to it: dprobe's
-/// action would not have its flags (`SA_ONSTACK`: Go's runtime stops a process whose handler of
-/// its preemption signal, `SIGURG`, runs off the signal stack).
-pub(crate) fn install_over_default(sig: libc::c_int, handler: UnwoundHandler) -> std::io::Result<bool> {
+/// is the default or "ignore"), again where the program put such an action back since. A
+/// signal the program handles itself is left to it: dprobe's action would not have its flags
+/// (`SA_ONSTACK`: Go's runtime stops a process whose handler of its preemption signal,
+/// `SIGURG`, runs off the signal stack).
+pub(crate) fn install_over_default(sig: libc::c_int, handler: UnwoundHandler) -> std::io::Result<()> {
     let handler = handler as usize;
     let unhandled = |action: usize| action == libc::SIG_DFL || action == libc::SIG_IGN;
     let _one = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match crate::sys::swap_action(sig, None) {
-        Some([now, ..]) if now == handler as u64 => return Ok(true),
-        Some([now, ..]) if unhandled(now as usize) => {}
-        _ => return Ok(false),
+    if !crate::sys::swap_action(sig, None).is_some_and(|[now, ..]| now != handler as u64 && unhandled(now as usize)) {
+        return Ok(());
     }
     let old = install_locked(sig, handler)?;
     if !unhandled(old.sa_sigaction) {
@@ -144,9 +142,8 @@ pub(crate) fn install_over_default(sig: libc::c_int, handler: UnwoundHandler) ->
         // SAFETY: a valid sigaction struct, the program's own action.
         unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
         INSTALLED[sig as usize].store(false, Ordering::Release);
-        return Ok(false);
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Install `handler` for `sig` (the install lock held): the action it replaced.

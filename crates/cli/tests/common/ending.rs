@@ -70,7 +70,7 @@ fn snapshot(front: u32, watched: Option<i32>) -> Vec<String> {
 }
 
 /// `front` and its descendants (dprobe's tracing process, a command it started).
-fn family(front: u32) -> Vec<u32> {
+pub fn family(front: u32) -> Vec<u32> {
     let mut all = vec![front];
     let mut i = 0;
     while i < all.len() {
