@@ -138,7 +138,7 @@ pub(super) fn start_attached(
             Ok(attached) => attached,
             // The thread seized gone, its id another's, the process without memory for a
             // moment: what an `exec` from another thread does to an attach, said as such.
-            Err(_) if program.is_some() && program_identity(pid) != program => {
+            Err(_) if program.is_some() && executed_since(pid, program.as_deref()) => {
                 return Err(AgentError::ExecutedAttaching(pid))
             }
             Err(e) => return Err(e.into()),
@@ -152,20 +152,51 @@ pub(super) fn start_attached(
 }
 
 /// What differs between two programs process `pid` runs one after the other: its auxiliary
-/// vector (the program's entry and headers, where the kernel put its random bytes). `None`
-/// where it cannot be read; read again for a moment where the process has no memory (in the
-/// middle of an `exec`, or ending).
+/// vector (the program's entry and headers, where the kernel put its random bytes), and those
+/// 16 random bytes, new at each `exec` (without address randomization the same program run
+/// again has the same vector). `None` where it cannot be read; read again for a moment where
+/// the process has no memory (in the middle of an `exec`, or ending).
 fn program_identity(pid: i32) -> Option<Vec<u8>> {
     let deadline = Instant::now() + EXEC_LOOKS_ENDED;
     loop {
         match std::fs::read(format!("/proc/{pid}/auxv")) {
-            Ok(auxv) if !auxv.is_empty() => return Some(auxv),
+            Ok(mut auxv) if !auxv.is_empty() => {
+                auxv.extend_from_slice(&random_bytes(pid, &auxv).unwrap_or_default());
+                return Some(auxv);
+            }
             _ if Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             _ => return None,
         }
     }
+}
+
+/// Whether process `pid` runs another program than the one whose identity was `before`. An
+/// `exec` gives the process its new memory a moment after the thread that executes takes the
+/// process's id (the attach saw its thread gone): that moment is waited for.
+fn executed_since(pid: i32, before: Option<&[u8]>) -> bool {
+    let deadline = Instant::now() + EXEC_LOOKS_ENDED;
+    loop {
+        if program_identity(pid).as_deref() != before {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The 16 random bytes the kernel gave the program process `pid` runs, where its auxiliary
+/// vector `auxv` says they are (`AT_RANDOM`).
+fn random_bytes(pid: i32, auxv: &[u8]) -> Option<[u8; 16]> {
+    use std::os::unix::fs::FileExt;
+    let words: Vec<u64> = auxv.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes"))).collect();
+    let at = words.chunks_exact(2).find(|pair| pair[0] == libc::AT_RANDOM)?[1];
+    let mut bytes = [0u8; 16];
+    std::fs::File::open(format!("/proc/{pid}/mem")).ok()?.read_exact_at(&mut bytes, at).ok()?;
+    Some(bytes)
 }
 
 /// Load the agent through held `injector` and start it: the listener its forked children
