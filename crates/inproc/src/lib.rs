@@ -45,11 +45,10 @@
 //! other thread `SIGURG` (see `safepoint.rs`: its default action, ignore, is harmless to a
 //! thread in the middle of an `exec`; where the program handles `SIGURG` itself, dprobe
 //! leaves it alone and sends the last real-time signal), unless it is asleep in a system call;
-//! one that went to sleep as the signal came has its wait resumed where it is a `nanosleep`,
-//! `clock_nanosleep`, `poll`, `ppoll`, `select`, timed `futex` wait (`sem_timedwait`), or
-//! an `epoll_wait`, `pause` or `sigsuspend` without a timeout (`resumed_waits.rs`); other
-//! calls never restarted after a handler (`epoll_wait` with a timeout, `sigtimedwait`) may
-//! return `EINTR` there. While a thread blocks
+//! one that went to sleep as the signal came has its wait resumed where it is a bounded
+//! `nanosleep`, `clock_nanosleep`, `poll`, `ppoll`, `select` or `futex` wait (`sem_timedwait`;
+//! `resumed_waits.rs`), and other calls never restarted after a handler (`epoll_wait`,
+//! `sigtimedwait`, a `poll` without a timeout) may return `EINTR` there. While a thread blocks
 //! that signal such probes stay on `int3`. While a jump is in a file's code its page is `rwx`
 //! (`code_pages.rs`: it keeps other tools' kernel uprobes off the jump), so `/proc/PID/maps`
 //! shows that mapping in several pieces.

@@ -81,13 +81,6 @@ pub(crate) fn safepoint_signals() -> [libc::c_int; 2] {
     [libc::SIGURG, libc::SIGRTMAX()]
 }
 
-/// Whether safepoint signal `sig` is one the program would never see: dprobe's handler is
-/// in place there, over the program's "ignore" or a default that ignores it (so a program's
-/// signal blocked for a while loses nothing). Async-signal-safe.
-pub(crate) fn silent_for_the_program(sig: libc::c_int) -> bool {
-    signals::handler_in_place_at(sig, handler()) && signals::program_ignores(sig)
-}
-
 /// The safepoint's handler, as the kernel has it.
 fn handler() -> usize {
     on_safepoint as *const () as usize
