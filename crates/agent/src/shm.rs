@@ -150,7 +150,7 @@ pub struct Shm {
     /// A shared read-write mapping of the whole file, unmapped on drop (the agent drops it
     /// only after every probe is unregistered).
     map: MmapRaw,
-    /// Its file, until [`Shm::close_file`].
+    /// Its file, until [`Shm::take_file`].
     fd: Option<OwnedFd>,
 }
 
@@ -204,7 +204,7 @@ impl Shm {
 
     /// The descriptor, to send to the other side.
     pub fn fd(&self) -> &OwnedFd {
-        self.fd.as_ref().expect("the shared memory's file is open until close_file")
+        self.fd.as_ref().expect("the shared memory's file is open until take_file")
     }
 
     /// The file, taken out, the mapping kept: in a traced program it is closed once dprobe has
