@@ -20,8 +20,8 @@
 //!   again with their arguments: the kernel wrote the time left into their timeouts; so is an
 //!   absolute `clock_nanosleep`, whose deadline stands.
 //!
-//! Waits without a timeout are not resumed: a program's wakeup the handler can miss (below)
-//! would be missed for ever, and the safepoint signal they would wait with blocked may be the
+//! Waits without a timeout are not resumed: a program's wakeup missed there (below) would be
+//! missed for ever, and the safepoint signal they would wait with blocked may be the
 //! one a program wakes its thread with.
 //!
 //! The program's signals keep their effect: none is let in from the handler's start until the
@@ -31,13 +31,14 @@
 //! first call would have). Another signal of the program's ends the resumed wait as it would
 //! have ended the first. When one was delivered with dprobe's and its frame is below (a signal
 //! numbered below the safepoint's, taken first), the place interrupted is that handler's first
-//! instruction, not a `syscall`: nothing is resumed. Two cases are not told apart, and there
-//! the program's wakeup waits for the timeout: a signal of the program's numbered above
-//! `SIGURG` pending with it runs its handler first and returns into dprobe's, and a safepoint
-//! signal held pending while a program's handler blocked it comes as that handler returns;
-//! either way dprobe's handler sees the call's `EINTR` as its own. `pthread_cancel` cancels a
-//! thread in a resumed wait as in the first: the C library's handler unwinds the thread's stack
-//! through dprobe's handler (which lets it).
+//! instruction, not a `syscall`: nothing is resumed. Two cases look like dprobe's own `EINTR`:
+//! a signal of the program's numbered above `SIGURG` pending with it runs its handler first
+//! and returns into dprobe's, and a safepoint signal held pending while a program's handler
+//! blocked it comes as that handler returns. The calls resumed by `restart_syscall` still end
+//! at once there (the program's handler's return wiped the kernel's record); those made again
+//! (`ppoll`, `pselect6`, an absolute `clock_nanosleep`) miss the program's wakeup until their
+//! timeout. `pthread_cancel` cancels a thread in a resumed wait as in the first: the C
+//! library's handler unwinds the thread's stack through dprobe's handler (which lets it).
 
 use crate::context::SignalContext;
 use crate::sys;
