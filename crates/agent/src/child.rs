@@ -96,6 +96,27 @@ pub(crate) struct Live {
     pub(crate) user_namespaces: Option<crate::user_namespace::LeavesForUserNamespaces>,
 }
 
+impl Live {
+    /// A session with the tracer at socket `name`, sharing `shm`, before any probe.
+    pub(crate) fn new(name: &[u8], shm: Arc<Shm>) -> Live {
+        Live {
+            name: name.to_vec(),
+            placed: Vec::new(),
+            shm,
+            waiting: Vec::new(),
+            followed: Vec::new(),
+            traps_open: None,
+            lent_threads: None,
+            spawn_hold: None,
+            exec_gate: Default::default(),
+            credentials: None,
+            held_off: Vec::new(),
+            to_raise: Vec::new(),
+            user_namespaces: None,
+        }
+    }
+}
+
 /// Whether forked children keep the probes (dprobe follows them).
 pub(crate) static FOLLOW_CHILDREN: AtomicBool = AtomicBool::new(false);
 
@@ -131,8 +152,8 @@ pub(crate) fn end_session(figures: bool) {
     });
 }
 
-/// Hold the gate across every `fork` from now on (once; after the first probe is placed, so
-/// that the engine's own fork handlers run first in the child).
+/// Hold the gate across every `fork` from now on (once; after the engine's own fork handlers
+/// are registered, by `dprobe_inproc::mark_own_thread`, so that they run first in the child).
 pub(crate) fn follow_forks() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     // SAFETY: registers C-ABI functions that take and let go of the gate and start a thread.

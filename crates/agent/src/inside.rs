@@ -170,9 +170,20 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // What dprobe read of the program's files, taken over before any probe is placed (their
     // registrations would read them again).
     let Some(taken_over) = take_over_objects(&mut sock)? else { return Ok(Over::Ended) };
+    let mut shm = Shm::create()?;
+    shm.took_over_objects(taken_over);
+    let file = shm.take_file().ok_or_else(|| io::Error::other("the shared memory has no file"))?;
+    let shm = Arc::new(shm);
+    // The session is live before the agent changes any code: a `fork` from now on waits for
+    // each change to be over, and its child removes every probe of the agent's it inherits,
+    // the agent's own among them (the child of a `fork` made while they were placed kept
+    // them, with no agent thread to remove them). After the engine's own fork handlers
+    // (registered by `mark_own_thread`), which run first in the child.
+    LIVE.with(|live| *live = Some(Live::new(name, shm.clone())));
+    follow_forks();
     // Then, before any code changes: no child of `posix_spawn` runs while the agent changes
     // code, its own probes' included (`dprobe_inproc::hold_spawns_while_patching`).
-    let spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok();
+    LIVE.with(|live| live.as_mut().map(|l| l.spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok()));
     // A thread of the program that blocks every signal, or a signal handler whose mask holds
     // `SIGTRAP`, is killed at its first hit of a probe on `int3`: such masks leave `SIGTRAP`
     // out during the session (see `keep_traps_open`). Only as jumps: a probe on `int3` there
@@ -183,40 +194,27 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // or `sigaction` cannot be probed. Once removed, the C library's code page is the file's
     // again (`dprobe_inproc`'s `file_page.rs`).
     let blocks_traps = a_thread_blocks_traps();
-    let traps_open = (!blocks_traps)
-        .then(dprobe_inproc::keep_traps_open)
-        .and_then(Result::ok)
-        .filter(|guard| guard.optimized().is_ok());
+    LIVE.with(|live| {
+        let traps_open = (!blocks_traps)
+            .then(dprobe_inproc::keep_traps_open)
+            .and_then(Result::ok)
+            .filter(|guard| guard.optimized().is_ok());
+        live.as_mut().map(|l| l.traps_open = traps_open)
+    });
     // The agent is ready for dprobe's probes: its shared memory says so.
     if sock.lost() {
         return Err(Connection::lost_error());
     }
-    let mut shm = Shm::create()?;
-    shm.took_over_objects(taken_over);
-    send_fd(&sock, shm.fd().as_raw_fd())?;
+    send_fd(&sock, file.as_raw_fd())?;
     // dprobe has it: the agent needs only the mapping (a descriptor the program could close).
-    shm.close_file();
-    let shm = Arc::new(shm);
+    drop(file);
     // Before any probe of the tracer's: the probes that keep a child's ids right (kept as
     // jumps only, through `int3` first), those for a program that changes its ids as it
     // starts, and those for one that enters a user namespace; one batch (`own_probes.rs`).
-    let (lent_threads, credentials, user_namespaces) = crate::own_probes::place(&shm, !blocks_traps);
     LIVE.with(|live| {
-        *live = Some(Live {
-            name: name.to_vec(),
-            placed: Vec::new(),
-            shm: shm.clone(),
-            waiting: Vec::new(),
-            followed: Vec::new(),
-            traps_open,
-            lent_threads,
-            spawn_hold,
-            exec_gate: Default::default(),
-            credentials,
-            held_off: Vec::new(),
-            to_raise: Vec::new(),
-            user_namespaces,
-        })
+        let (lent_threads, credentials, user_namespaces) = crate::own_probes::place(&shm, !blocks_traps);
+        live.as_mut()
+            .map(|l| (l.lent_threads, l.credentials, l.user_namespaces) = (lent_threads, credentials, user_namespaces))
     });
     let mut looked = Instant::now();
     let result = loop {
@@ -277,7 +275,6 @@ fn session(name: &[u8]) -> io::Result<Over> {
                     Some(l) => place_asked(l, p, &shm),
                     None => Answer::ended(),
                 });
-                follow_forks();
                 answer.send(&mut sock)?;
             }
             Ok(Some(Message::PlaceMany(probes))) => {
@@ -285,7 +282,6 @@ fn session(name: &[u8]) -> io::Result<Over> {
                     Some(l) => crate::batch::place_many(l, probes, &shm),
                     None => probes.iter().map(|_| Answer::ended()).collect(),
                 });
-                follow_forks();
                 for answer in answers {
                     answer.send(&mut sock)?;
                 }

@@ -207,10 +207,10 @@ impl Shm {
         self.fd.as_ref().expect("the shared memory's file is open until take_file")
     }
 
-    /// Close the file, keeping the mapping: in a traced program once dprobe has the file,
-    /// so that no descriptor of the agent's is left for the program to close and reuse.
-    pub fn close_file(&mut self) {
-        self.fd = None;
+    /// The file, taken out, the mapping kept: in a traced program it is closed once dprobe has
+    /// it, so that no descriptor of the agent's is left for the program to close and reuse.
+    pub fn take_file(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
