@@ -177,10 +177,11 @@ fn session(name: &[u8]) -> io::Result<Over> {
     // The session is live before the agent changes any code: a `fork` from now on waits for
     // each change to be over, and its child removes every probe of the agent's it inherits,
     // the agent's own among them (the child of a `fork` made while they were placed kept
-    // them, with no agent thread to remove them). After the engine's own fork handlers
-    // (registered by `mark_own_thread`), which run first in the child.
-    LIVE.with(|live| *live = Some(Live::new(name, shm.clone())));
+    // them, with no agent thread to remove them). The fork handlers after the engine's own
+    // (registered by `mark_own_thread`), which run first in the child, and before the session:
+    // a child forked in between finds none, and nothing to remove.
     follow_forks();
+    LIVE.with(|live| *live = Some(Live::new(name, shm.clone())));
     // Then, before any code changes: no child of `posix_spawn` runs while the agent changes
     // code, its own probes' included (`dprobe_inproc::hold_spawns_while_patching`).
     LIVE.with(|live| live.as_mut().map(|l| l.spawn_hold = dprobe_inproc::hold_spawns_while_patching().ok()));
