@@ -43,6 +43,11 @@ impl<T> Gate<T> {
         Gate { held: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
+    /// Take the gate if no one holds it: whether this did.
+    fn try_acquire(&self) -> bool {
+        !self.held.swap(true, Acquire)
+    }
+
     fn acquire(&self) {
         while self.held.swap(true, Acquire) {
             std::thread::yield_now();
@@ -163,6 +168,15 @@ pub(crate) fn follow_forks() {
 }
 
 extern "C" fn before_fork() {
+    if LIVE.try_acquire() {
+        return;
+    }
+    // The agent's thread holds the gate, maybe while a safepoint of its waits for this thread
+    // to answer (a jump going in): a thread that blocks every signal around its `fork`, as
+    // daemons do, waits with the safepoint's signal open, or both would wait 5 s and the jump
+    // stay on `int3` (the agent's own jump that keeps `SIGTRAP` open among them: the program
+    // was then killed at its next `int3` with every signal blocked).
+    let _open = dprobe_inproc::open_safepoint_signal();
     LIVE.acquire();
 }
 

@@ -81,6 +81,35 @@ pub(crate) fn safepoint_signals() -> [libc::c_int; 2] {
     [libc::SIGURG, libc::SIGRTMAX()]
 }
 
+/// While it lives, the calling thread takes the safepoint signal now in use even where it
+/// blocks it: for a thread that waits for something another thread holds while a safepoint
+/// (made by that thread) waits for this one's answer. A thread that blocks every signal
+/// around its `fork` and waits there for the agent's session, held while a jump goes in,
+/// never answered: both waited [`PATIENCE`], and the jump stayed on `int3`. Only the signal
+/// whose handler is dprobe's, and only the one in use: a signal of the program's that comes
+/// meanwhile is passed to the program's action as dprobe's handler passes it on, where the
+/// program ignores it (`SIGURG`) or had installed no handler for it. Async-signal-safe.
+pub fn open_safepoint_signal() -> SafepointSignalOpen {
+    let signal = safepoint_signal();
+    let before = sys::signal_mask();
+    if signals::handler_in_place_at(signal, handler()) && before >> (signal - 1) & 1 == 1 {
+        sys::set_signal_mask(before & !(1 << (signal - 1)));
+    }
+    SafepointSignalOpen { before }
+}
+
+/// The thread's mask as it was before [`open_safepoint_signal`], put back when dropped.
+#[must_use = "the signal is blocked again when this is dropped"]
+pub struct SafepointSignalOpen {
+    before: u64,
+}
+
+impl Drop for SafepointSignalOpen {
+    fn drop(&mut self) {
+        sys::set_signal_mask(self.before);
+    }
+}
+
 /// The safepoint's handler, as the kernel has it.
 fn handler() -> usize {
     on_safepoint as *const () as usize
