@@ -86,13 +86,14 @@ pub(crate) fn safepoint_signals() -> [libc::c_int; 2] {
 /// (made by that thread) waits for this one's answer. A thread that blocks every signal
 /// around its `fork` and waits there for the agent's session, held while a jump goes in,
 /// never answered: both waited [`PATIENCE`], and the jump stayed on `int3`. Only the signal
-/// whose handler is dprobe's, and only the one in use: a signal of the program's that comes
-/// meanwhile is passed to the program's action as dprobe's handler passes it on, where the
-/// program ignores it (`SIGURG`) or had installed no handler for it. Async-signal-safe.
+/// in use, where its handler is dprobe's and the program had none of its own there: a signal
+/// of the program's that comes meanwhile meets the program's action early, "ignore" (`SIGURG`'s
+/// default) or the default, never a handler of the program's that it blocked. Async-signal-safe.
 pub fn open_safepoint_signal() -> SafepointSignalOpen {
     let signal = safepoint_signal();
     let before = sys::signal_mask();
-    if signals::handler_in_place_at(signal, handler()) && before >> (signal - 1) & 1 == 1 {
+    let ours = signals::handler_in_place_at(signal, handler()) && !signals::has_program_handler(signal);
+    if ours && before >> (signal - 1) & 1 == 1 {
         sys::set_signal_mask(before & !(1 << (signal - 1)));
     }
     SafepointSignalOpen { before }
