@@ -168,16 +168,17 @@ pub(crate) fn follow_forks() {
 }
 
 extern "C" fn before_fork() {
-    if LIVE.try_acquire() {
-        return;
+    // The agent's thread may hold the gate while a safepoint of its waits for this thread to
+    // answer (a jump going in): a thread that blocks every signal around its `fork`, as daemons
+    // do, waits with the safepoint's signal open, or both would wait 5 s and the jump stay on
+    // `int3` (the agent's own jump that keeps `SIGTRAP` open among them: the program was then
+    // killed at its next `int3` with every signal blocked). Opened again at each look (the
+    // signal in use may change: the first safepoint puts dprobe's handler on `SIGURG`), and
+    // closed before the gate is taken.
+    while !LIVE.try_acquire() {
+        let _open = dprobe_inproc::open_safepoint_signal();
+        std::thread::yield_now();
     }
-    // The agent's thread holds the gate, maybe while a safepoint of its waits for this thread
-    // to answer (a jump going in): a thread that blocks every signal around its `fork`, as
-    // daemons do, waits with the safepoint's signal open, or both would wait 5 s and the jump
-    // stay on `int3` (the agent's own jump that keeps `SIGTRAP` open among them: the program
-    // was then killed at its next `int3` with every signal blocked).
-    let _open = dprobe_inproc::open_safepoint_signal();
-    LIVE.acquire();
 }
 
 extern "C" fn after_fork_in_parent() {

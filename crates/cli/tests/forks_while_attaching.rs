@@ -29,6 +29,7 @@ fn a_thread_forking_with_every_signal_blocked_answers_the_safepoints() {
         attached_again_and_again("forks_blocking_signals", &["-DBLOCK_SIGNALS"], &["-v", "libc:fork"]);
     assert!(forks > 0);
     assert_eq!(changed, 0, "children whose code was not the files' ({changed} of {forks})");
+    assert!(said.iter().any(|stderr| !stderr.contains("blocks SIGTRAP")), "every attach refused: {said:?}");
     for stderr in said {
         assert!(!stderr.contains("did not take dprobe's safepoint signal"), "{stderr}");
     }

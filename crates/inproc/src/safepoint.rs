@@ -81,19 +81,21 @@ pub(crate) fn safepoint_signals() -> [libc::c_int; 2] {
     [libc::SIGURG, libc::SIGRTMAX()]
 }
 
-/// While it lives, the calling thread takes the safepoint signal now in use even where it
-/// blocks it: for a thread that waits for something another thread holds while a safepoint
-/// (made by that thread) waits for this one's answer. A thread that blocks every signal
-/// around its `fork` and waits there for the agent's session, held while a jump goes in,
-/// never answered: both waited [`PATIENCE`], and the jump stayed on `int3`. Only the signal
-/// in use, where its handler is dprobe's and the program had none of its own there: a signal
-/// of the program's that comes meanwhile meets the program's action early, "ignore" (`SIGURG`'s
-/// default) or the default, never a handler of the program's that it blocked. Async-signal-safe.
+/// While it lives, the calling thread takes the safepoint signal even where it blocks it: for
+/// a thread that waits for something another thread holds while a safepoint (made by that
+/// thread) waits for this one's answer. A thread that blocks every signal around its `fork`
+/// and waits there for the agent's session, held while a jump goes in, never answered: both
+/// waited [`PATIENCE`], and the jump stayed on `int3`. Only `SIGURG`, where it is the signal
+/// in use (dprobe's handler over the program's default or "ignore"): a `SIGURG` of the
+/// program's that comes meanwhile is ignored a little early, as it would have been (one a
+/// `signalfd` or `sigwaitinfo` of the program's was to take is lost). Where the program
+/// handles `SIGURG` itself the real-time signal is in use, and stays blocked: opened, a signal
+/// of the program's would meet its handler, or its default action that ends the process,
+/// while the program blocked it. Async-signal-safe.
 pub fn open_safepoint_signal() -> SafepointSignalOpen {
     let signal = safepoint_signal();
     let before = sys::signal_mask();
-    let ours = signals::handler_in_place_at(signal, handler()) && !signals::has_program_handler(signal);
-    if ours && before >> (signal - 1) & 1 == 1 {
+    if signal == libc::SIGURG && before >> (signal - 1) & 1 == 1 {
         sys::set_signal_mask(before & !(1 << (signal - 1)));
     }
     SafepointSignalOpen { before }
