@@ -95,21 +95,25 @@ pub(crate) fn safepoint_signals() -> [libc::c_int; 2] {
 pub fn open_safepoint_signal() -> SafepointSignalOpen {
     let signal = safepoint_signal();
     let before = sys::signal_mask();
-    if signal == libc::SIGURG && before >> (signal - 1) & 1 == 1 {
+    let opened = signal == libc::SIGURG && before >> (signal - 1) & 1 == 1;
+    if opened {
         sys::set_signal_mask(before & !(1 << (signal - 1)));
     }
-    SafepointSignalOpen { before }
+    SafepointSignalOpen { before: opened.then_some(before) }
 }
 
-/// The thread's mask as it was before [`open_safepoint_signal`], put back when dropped.
+/// The thread's mask as it was before [`open_safepoint_signal`] opened the signal, put back
+/// when dropped (`None`: nothing was opened).
 #[must_use = "the signal is blocked again when this is dropped"]
 pub struct SafepointSignalOpen {
-    before: u64,
+    before: Option<u64>,
 }
 
 impl Drop for SafepointSignalOpen {
     fn drop(&mut self) {
-        sys::set_signal_mask(self.before);
+        if let Some(before) = self.before {
+            sys::set_signal_mask(before);
+        }
     }
 }
 

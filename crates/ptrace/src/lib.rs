@@ -73,6 +73,7 @@ pub use error::{Exit, Stopped, TraceError};
 pub use exec_watch::{ended_unreaped, ExecWatch, Watched};
 pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
+pub use loader::auxv_value;
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
 pub use shared_image::{sealed_memory_file, SharedImage};
 pub use tracee::Tracee;

@@ -272,7 +272,11 @@ impl Tracee {
 
 /// A value of process `pid`'s auxiliary vector.
 fn auxv(pid: i32, key: u64) -> Option<u64> {
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv_value(&std::fs::read(format!("/proc/{pid}/auxv")).ok()?, key)
+}
+
+/// The value of `key` in `auxv`, an auxiliary vector as `/proc/PID/auxv` gives it.
+pub fn auxv_value(auxv: &[u8], key: u64) -> Option<u64> {
     auxv.chunks_exact(16)
         .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
         .find(|(k, _)| *k == key)

@@ -750,11 +750,7 @@ fn tracer_of(pid: i32) -> Option<i32> {
 /// The program's entry point, from its auxiliary vector (`AT_ENTRY`).
 pub(crate) fn auxv_entry(pid: i32) -> Result<Addr, TraceError> {
     let auxv = std::fs::read(format!("/proc/{pid}/auxv"))?;
-    auxv.chunks_exact(16)
-        .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
-        .find(|(k, _)| *k == libc::AT_ENTRY)
-        .map(|(_, v)| Addr(v))
-        .ok_or(TraceError::NoEntry)
+    crate::loader::auxv_value(&auxv, libc::AT_ENTRY).map(Addr).ok_or(TraceError::NoEntry)
 }
 
 /// Whether process `pid` is a kernel thread (`PF_KTHREAD` in the flags of its `stat`): one

@@ -192,8 +192,7 @@ fn executed_since(pid: i32, before: Option<&[u8]>) -> bool {
 /// vector `auxv` says they are (`AT_RANDOM`).
 fn random_bytes(pid: i32, auxv: &[u8]) -> Option<[u8; 16]> {
     use std::os::unix::fs::FileExt;
-    let words: Vec<u64> = auxv.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes"))).collect();
-    let at = words.chunks_exact(2).find(|pair| pair[0] == libc::AT_RANDOM)?[1];
+    let at = dprobe_ptrace::auxv_value(auxv, libc::AT_RANDOM)?;
     let mut bytes = [0u8; 16];
     std::fs::File::open(format!("/proc/{pid}/mem")).ok()?.read_exact_at(&mut bytes, at).ok()?;
     Some(bytes)
