@@ -16,7 +16,7 @@ use dprobe_arch::VectorState;
 #[path = "../tests/fixtures/x87.rs"]
 mod x87;
 use crate::{register, Addr, Kprobe, PreAction, Probe};
-use x87::{fill_the_x87_stack, fx87_initial, take_a_signal, x87_in_use};
+use x87::{fill_the_x87_stack, fx87_initial, put_x87_back_unused, take_a_signal, x87_in_use};
 
 std::arch::global_asm!(
     ".text",
@@ -149,11 +149,12 @@ fn leave_values_on_the_x87_stack() {
     unsafe { std::arch::asm!("fld1", "fld1", "fld1") };
 }
 
-/// Runs `f(a, 2)` for `a` in 1..=`times` on a thread of its own, first taking a program's
-/// signal there if `signalled` (its frame marks x87 in use, initial): the results, and
+/// Runs `f(a, 2)` for `a` in 1..=`times` on a thread of its own, its x87 first put back
+/// unused (it starts with this thread's), then taking a program's signal there if `signalled` (its frame marks x87 in use, initial): the results, and
 /// whether x87 was in use before the calls and after them.
 fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: u64, signalled: bool) -> (Vec<u64>, bool, bool) {
     std::thread::spawn(move || {
+        put_x87_back_unused();
         if signalled {
             take_a_signal();
         }
