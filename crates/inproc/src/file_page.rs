@@ -20,17 +20,28 @@
 //!
 //! The new mapping is made where the kernel chooses first, so that a file that cannot be
 //! mapped (a network file system's error, a security policy) changes nothing, then moved over
-//! the run (`mremap`), once the run's areas are found as they were when its bytes were
-//! compared. The move is one system call under the address space's lock: a thread running in
-//! the run meanwhile faults, waits, and finds the same bytes.
+//! the run (`mremap`), once the run's areas are found as they were. The move is one system
+//! call under the address space's lock: a thread running in the run meanwhile faults, waits,
+//! and finds the same bytes.
+//!
+//! The bytes are compared last, just before the move: a change another tool or the program
+//! makes to the run (a debugger's breakpoint written through `/proc/PID/mem` or ptrace, which
+//! leaves the areas as they were) before the comparison keeps the run as it is, and one made
+//! after it would be lost under the move. So the comparison is short: only the pages that are
+//! the process's own copies (written since they were mapped, as `/proc/self/pagemap` says)
+//! are compared; the others are the file's pages themselves, or not yet read from it. The
+//! moment left is that comparison and the move's system call, microseconds where comparing
+//! the whole run and reading the areas' flags took milliseconds (a test that writes code while
+//! other tests give pages back lost its write once in about sixty runs then). A process with a
+//! tracer, whose writes could come in that moment, is not mapped again.
 //!
 //! Not done (the pages get their protection back with `mprotect`, and stay split): a byte
 //! that differs from the file anywhere in the run (a probe still armed, another tool's uprobe
 //! or the program's own change), an area with more than the plain flags of code (locked,
 //! advised, registered with `userfaultfd`: see [`PLAIN_FLAGS`]) or with a protection key, a
 //! process with locked memory, a forked child (which usually runs another program at once),
-//! and runs of more than [`MOST_BYTES`]. Not checked: a memory policy set on the run alone
-//! (`mbind`), which the new mapping would not have.
+//! a process with a tracer, and runs of more than [`MOST_BYTES`]. Not checked: a memory
+//! policy set on the run alone (`mbind`), which the new mapping would not have.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -70,7 +81,7 @@ pub(crate) type Returning = (u64, libc::c_int);
 /// all the file's (see the module's comment). The pages put back so.
 pub(crate) fn put_back(returning: &[Returning]) -> BTreeSet<u64> {
     let mut done = BTreeSet::new();
-    if returning.is_empty() || WRITER.load(Relaxed) != std::process::id() || memory_locked() {
+    if returning.is_empty() || WRITER.load(Relaxed) != std::process::id() || locked_or_traced() {
         return done;
     }
     let Ok(maps) = dprobe_sym::read_maps_of(std::process::id()) else { return done };
@@ -90,7 +101,7 @@ pub(crate) fn put_back(returning: &[Returning]) -> BTreeSet<u64> {
         }
         let Ok(file) = page_alias::open(&maps[lo]) else { continue };
         let offset = maps[lo].offset;
-        if !within_file(&file, offset, end - start) || !same_as_file(start, end - start, &file, offset) {
+        if !within_file(&file, offset, end - start) {
             continue;
         }
         // The flags last (reading them walks every area's pages), once for all runs.
@@ -109,8 +120,8 @@ pub(crate) fn put_back(returning: &[Returning]) -> BTreeSet<u64> {
 }
 
 /// Map the file's part under `run` (areas that follow each other) with `prot` where the
-/// kernel chooses, then move it over the run if the run's areas are still as they were:
-/// whether it was.
+/// kernel chooses, then move it over the run if the run's areas are still as they were and its
+/// bytes the file's: whether it was.
 fn map_over(run: &[Mapping], prot: libc::c_int, file: &File) -> bool {
     let (start, len, offset) = (run[0].start.0, run[run.len() - 1].end.0 - run[0].start.0, run[0].offset);
     // SAFETY: a new private mapping of an open file, where the kernel chooses: no existing
@@ -126,11 +137,17 @@ fn map_over(run: &[Mapping], prot: libc::c_int, file: &File) -> bool {
     }
     let now = dprobe_sym::read_maps_of(std::process::id()).unwrap_or_default();
     let unchanged = dprobe_sym::mapping_index(&now, Addr(start)).is_some_and(|i| now[i..].starts_with(run));
-    // SAFETY: moves the mapping just made over the run, whose bytes were found to be the
-    // file's and whose areas are as they were then (the registrar, which alone writes there,
-    // holds the engine's lock): every thread reads and runs the same bytes. The kernel
-    // replaces the run under the address space's lock, as `mmap` with `MAP_FIXED` does.
+    // Last, as close to the move as can be (see the module's comment).
+    let same_bytes = || {
+        private_copies(start, len)
+            .is_some_and(|pages| pages.iter().all(|&page| same_as_file(page, PAGE, file, offset + (page - start))))
+    };
+    // SAFETY: moves the mapping just made over the run, whose areas are as they were and
+    // whose bytes were just found to be the file's (the registrar, which alone of dprobe
+    // writes there, holds the engine's lock): every thread reads and runs the same bytes. The
+    // kernel replaces the run under the address space's lock, as `mmap` with `MAP_FIXED` does.
     let moved = unchanged
+        && same_bytes()
         && unsafe {
             sys::raw_syscall6(
                 libc::SYS_mremap,
@@ -142,6 +159,22 @@ fn map_over(run: &[Mapping], prot: libc::c_int, file: &File) -> bool {
         unsafe { sys::raw_syscall6(libc::SYS_munmap, [fresh as u64, len, 0, 0, 0, 0]) };
     }
     moved
+}
+
+/// The pages of `[start, start + len)` that are this process's own copies, from
+/// `/proc/self/pagemap`: present or swapped out, and not a file's page. The others are the
+/// file's page-cache pages, or not read from it yet: the file's bytes whatever they are.
+/// `None` where it cannot be read.
+fn private_copies(start: u64, len: u64) -> Option<Vec<u64>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE_PAGE: u64 = 1 << 61;
+    let mut entries = vec![0u8; (len / PAGE) as usize * 8];
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    pagemap.read_exact_at(&mut entries, start / PAGE * 8).ok()?;
+    let copy = |entry: u64| entry & (PRESENT | SWAPPED) != 0 && entry & FILE_PAGE == 0;
+    let entries = entries.chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")));
+    Some((start..).step_by(PAGE as usize).zip(entries).filter(|&(_, e)| copy(e)).map(|(page, _)| page).collect())
 }
 
 /// Whether `len` bytes from `offset` lie in `file`'s pages (a mapped page wholly past its end
@@ -240,11 +273,13 @@ fn area_flags() -> Option<BTreeMap<u64, (String, u32)>> {
     Some(out)
 }
 
-/// Whether this process has memory locked (`VmLck` in its status), or it cannot be known.
-fn memory_locked() -> bool {
+/// Whether this process has memory locked (`VmLck` in its status) or a tracer (`TracerPid`),
+/// or it cannot be known.
+fn locked_or_traced() -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
-    let locked = status.lines().find_map(|l| l.strip_prefix("VmLck:")).map(|v| v.trim().trim_end_matches("kB").trim());
-    locked.is_none_or(|kb| kb != "0")
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let locked = field("VmLck:").map(|v| v.trim_end_matches("kB").trim());
+    locked.is_none_or(|kb| kb != "0") || field("TracerPid:").is_none_or(|pid| pid != "0")
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! A code page held writable under a jump is given back as the file's own page once the last
 //! jump there goes: `/proc/self/maps` reads as before the probe, line for line, and the page
 //! is the page cache's again, not a private copy. A page that still holds a probe's `int3`
-//! keeps its bytes (only its protection is given back).
+//! keeps its bytes (only its protection is given back), as does another page of the same code
+//! where another tool wrote a breakpoint.
 //!
 //! One test function: every step reads the maps of this process, which the others would
 //! change under it.
@@ -26,11 +27,20 @@ std::arch::global_asm!(
     "lea rax, [rdi + rsi + 0x2000]",
     "ret",
     ".size fxg_trapped, . - fxg_trapped",
+    // Never called: in a page of its own, where another tool writes a breakpoint.
+    ".p2align 12",
+    ".globl fxg_elsewhere",
+    ".type fxg_elsewhere,@function",
+    "fxg_elsewhere:",
+    "lea rax, [rdi + rsi + 0x3000]",
+    "ret",
+    ".size fxg_elsewhere, . - fxg_elsewhere",
 );
 
 extern "C" {
     fn fxg_jumped(a: u64, b: u64) -> u64;
     fn fxg_trapped(a: u64, b: u64) -> u64;
+    fn fxg_elsewhere(a: u64, b: u64) -> u64;
 }
 
 fn call(f: unsafe extern "C" fn(u64, u64) -> u64, a: u64, b: u64) -> u64 {
@@ -64,6 +74,13 @@ fn file_page(at: Addr) -> bool {
     let entry = u64::from_le_bytes(entry);
     assert!(entry & (1 << 63) != 0, "the page at {at} is present (it was just run)");
     entry & (1 << 61) != 0
+}
+
+/// Write `bytes` at `at` as another tool would (through `/proc/self/mem`).
+fn poke(at: Addr, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::OpenOptions::new().write(true).open("/proc/self/mem").unwrap();
+    mem.write_all_at(bytes, at.0).unwrap();
 }
 
 fn first_bytes(a: Addr) -> Vec<u8> {
@@ -127,6 +144,28 @@ fn the_last_jump_of_a_page_gives_the_file_page_back() {
     assert_eq!(WRONG.load(Relaxed), 0, "of {} calls", CALLS.load(Relaxed));
     assert_eq!(call(fxg_jumped, 1, 2), 0x1003);
     assert!(file_page(jumped), "the page is the file's again, not a private copy");
+
+    // Another tool's breakpoint in another page of the same code (written through
+    // `/proc/self/mem`, which leaves the areas as they were): that page is a copy whose bytes
+    // are not the file's, so the code is not mapped again and the breakpoint stays. Taken away,
+    // the copy holds the file's bytes again, and the file's own mapping comes back.
+    let elsewhere = addr_of(fxg_elsewhere);
+    assert_ne!(elsewhere.0 / 4096, jumped.0 / 4096);
+    assert!(lines_of_file_at(elsewhere) == maps_before, "one file's code");
+    let original = first_bytes(elsewhere);
+    poke(elsewhere, &[0xcc]);
+    let jump = register(Kprobe::addr(jumped).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(jump.optimized(), Ok(()));
+    drop(jump);
+    assert_eq!(first_bytes(elsewhere)[0], 0xcc, "the other tool's breakpoint kept");
+    assert!(lines_of_file_at(jumped).iter().all(|l| !l.contains(" rwxp ")), "the protection given back");
+    poke(elsewhere, &original[..1]);
+    let jump = register(Kprobe::addr(jumped).pre(|_| PreAction::Continue)).unwrap();
+    assert_eq!(jump.optimized(), Ok(()));
+    drop(jump);
+    assert_eq!(lines_of_file_at(jumped), maps_before, "the file's mapping back");
+    assert_eq!(first_bytes(elsewhere), original);
+    assert!(file_page(elsewhere), "the file's page, not a copy");
 
     // An `int3` left in the page: its bytes are not the file's, so the page keeps them (its
     // protection alone is given back), and the probe there goes on counting every call.
