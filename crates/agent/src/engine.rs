@@ -62,7 +62,7 @@ pub enum AgentError {
     EndedFirst(i32),
     /// The process executed another program while the agent started in it (the agent went
     /// with the old program's memory).
-    #[error("process {0} executed another program while dprobe was talking to the agent in it")]
+    #[error("process {0} executed another program while dprobe was talking to the agent in it: try again")]
     ExecutedFirst(i32),
     /// The process executed another program while dprobe attached to it (before any agent).
     #[error("process {0} executed another program (or ended) while dprobe was attaching to it: try again")]

@@ -62,7 +62,8 @@ fn attach_racing_execs(mut command: Command) {
         let out = dprobe.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
-            assert!(stderr.contains("executed another program"), "a refusal that says why: {stderr}");
+            let why = stderr.contains("executed another program") && stderr.contains("try again");
+            assert!(why, "a refusal that says why, and what to do: {stderr}");
         }
         for raw in ["waitpid", "os error", "is gone", "refused even to root"] {
             assert!(!stderr.contains(raw), "{raw}: {stderr}");
