@@ -115,6 +115,9 @@ pub struct AgentEngine {
     pid: i32,
     /// Why the connection with the agent ended, once looked for (see `agent_err`).
     connection_lost: std::cell::Cell<Option<ConnectionLost>>,
+    /// The choices of indirect functions in dprobe's own process, handed to the agent with
+    /// their probes (`dprobe_sym::IfuncChoice`).
+    own_ifunc_choices: std::cell::RefCell<dprobe_sym::OwnIfuncChoices>,
     /// What the agent said as it removed the probes (`kept_jumps.rs`).
     finish_notes: dprobe_core::FinishNotes,
     spawned: bool,
@@ -314,6 +317,7 @@ impl AgentEngine {
         AgentEngine {
             pid,
             connection_lost: std::cell::Cell::new(None),
+            own_ifunc_choices: Default::default(),
             finish_notes: Default::default(),
             spawned,
             injector,
@@ -555,6 +559,10 @@ impl AgentEngine {
             stack: self.events && self.stacks.is_some(),
             args: probe.plan.args().to_vec(),
             semaphore: probe.semaphore.cloned(),
+            ifunc_choice: match binary {
+                Some(b) => self.own_ifunc_choices.borrow_mut().choice(b, function),
+                None => None,
+            },
         })
     }
 

@@ -272,6 +272,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 send(&mut sock, &Message::Armed)?
             }
             Ok(Some(Message::Place(p))) => {
+                know_ifunc_choices(std::slice::from_ref(&p));
                 let answer = LIVE.with(|live| match live {
                     Some(l) => place_asked(l, p, &shm),
                     None => Answer::ended(),
@@ -279,6 +280,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 answer.send(&mut sock)?;
             }
             Ok(Some(Message::PlaceMany(probes))) => {
+                know_ifunc_choices(&probes);
                 let answers = LIVE.with(|live| match live {
                     Some(l) => crate::batch::place_many(l, probes, &shm),
                     None => probes.iter().map(|_| Answer::ended()).collect(),
@@ -528,6 +530,14 @@ fn loader_changed(l: &mut Live, state: i32) {
                 l.waiting.push(p);
             }
         }
+    }
+}
+
+/// The choices of indirect functions that dprobe's process made, for libraries this program
+/// is loading (not relocated yet: see `dprobe_sym::IfuncChoice`).
+fn know_ifunc_choices(probes: &[PlaceProbe]) {
+    for choice in probes.iter().filter_map(|p| p.ifunc_choice) {
+        dprobe_sym::know_ifunc_choice(choice);
     }
 }
 

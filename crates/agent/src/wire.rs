@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 
 use dprobe_core::returns::ReturnMode;
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, Register};
-use dprobe_sym::Semaphore;
+use dprobe_sym::{IfuncChoice, Semaphore};
 
 /// A probe to place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub struct PlaceProbe {
     /// A static probe's semaphore, raised by the agent wherever the probe is placed and
     /// lowered when it is removed.
     pub semaphore: Option<Semaphore>,
+    /// Where the target is an indirect function: the implementation dprobe's own process
+    /// chose, for a program that cannot tell yet (`dprobe_sym::IfuncChoice`).
+    pub ifunc_choice: Option<IfuncChoice>,
 }
 
 /// The agent's answer to [`PlaceProbe`].
@@ -288,6 +291,15 @@ fn put_place(b: &mut Vec<u8>, p: &PlaceProbe) {
             b.extend_from_slice(&s.file_offset.to_le_bytes());
         }
     }
+    match &p.ifunc_choice {
+        None => b.push(0),
+        Some(c) => {
+            b.push(1);
+            for v in [c.device, c.inode, c.size, c.modified as u64, c.resolver, c.chosen] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -375,7 +387,18 @@ impl Cursor<'_> {
             0 => None,
             _ => Some(Semaphore { object: self.str()?, addr: self.u64()?, file_offset: self.u64()? }),
         };
-        Ok(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args, semaphore })
+        let ifunc_choice = match self.u8()? {
+            0 => None,
+            _ => Some(IfuncChoice {
+                device: self.u64()?,
+                inode: self.u64()?,
+                size: self.u64()?,
+                modified: self.u64()? as i64,
+                resolver: self.u64()?,
+                chosen: self.u64()?,
+            }),
+        };
+        Ok(PlaceProbe { index, target, offset, kind, timed, maxactive, events, stack, args, semaphore, ifunc_choice })
     }
 
     fn take(&mut self, n: usize) -> io::Result<&[u8]> {
@@ -457,6 +480,7 @@ mod tests {
             stack: false,
             args: Vec::new(),
             semaphore: None,
+            ifunc_choice: None,
         };
         let second = PlaceProbe { target: "libc:write".into(), args: spec.args.clone(), ..first.clone() };
         let messages = [
@@ -473,6 +497,14 @@ mod tests {
                 stack: true,
                 args: spec.args.clone(),
                 semaphore: None,
+                ifunc_choice: Some(IfuncChoice {
+                    device: 0xfe00,
+                    inode: 326_279,
+                    size: 1_922_136,
+                    modified: -5,
+                    resolver: 0x28e40,
+                    chosen: 0x9d7c0,
+                }),
             }),
             Message::Place(PlaceProbe {
                 index: 10,
@@ -485,6 +517,7 @@ mod tests {
                 stack: false,
                 args: spec.args,
                 semaphore: Some(Semaphore { object: "/opt/app".into(), addr: 0x4048, file_offset: 0x3048 }),
+                ifunc_choice: None,
             }),
             Message::Note("its semaphore is not set".into()),
             Message::Detail("jump-optimized (no trap)".into()),

@@ -76,9 +76,31 @@ impl Unchosen {
 }
 
 /// The link-time address of the implementation chosen for the indirect function whose
-/// resolver is at link-time address `resolver` in the object `path` (whose bytes are `data`).
+/// resolver is at link-time address `resolver` in the object `path` (whose bytes are `data`):
+/// as this process chose, or, where this process cannot tell, as another process that has the
+/// same file chose and said (`ifunc_choices.rs`).
 pub(crate) fn chosen_implementation(path: &str, data: &[u8], resolver: u64) -> Result<u64, Unchosen> {
     let file = ElfFile64::<object::Endianness>::parse(data).map_err(|_| Unchosen::NoRelocation)?;
+    let in_object = |chosen: u64| {
+        file.segments().any(|s| {
+            use object::ObjectSegment;
+            (s.address()..s.address() + s.size()).contains(&chosen)
+        })
+    };
+    match chosen_here(&file, path, resolver, in_object) {
+        Err(Unchosen::OutsideObject) => Err(Unchosen::OutsideObject),
+        Err(why) => crate::ifunc_choices::known_choice(path, resolver).filter(|c| in_object(*c)).ok_or(why),
+        chosen => chosen,
+    }
+}
+
+/// [`chosen_implementation`] as this process chose.
+fn chosen_here(
+    file: &ElfFile64<object::Endianness>,
+    path: &str,
+    resolver: u64,
+    in_object: impl Fn(u64) -> bool,
+) -> Result<u64, Unchosen> {
     let slot = file
         .dynamic_relocations()
         .into_iter()
@@ -94,6 +116,10 @@ pub(crate) fn chosen_implementation(path: &str, data: &[u8], resolver: u64) -> R
     })?;
     let chosen_here = match slot {
         Some(slot) => {
+            // Read before the loader wrote it, the slot would say nothing of the choice.
+            if !relocated_here(file, own_bias)? {
+                return Err(Unchosen::NotRelocatedHere);
+            }
             let mut value = [0u8; 8];
             let memory = std::fs::File::open("/proc/self/mem").map_err(|_| Unchosen::Unreadable)?;
             memory.read_exact_at(&mut value, own_bias.wrapping_add(slot)).map_err(|_| Unchosen::Unreadable)?;
@@ -101,18 +127,14 @@ pub(crate) fn chosen_implementation(path: &str, data: &[u8], resolver: u64) -> R
         }
         None => {
             let run = RUNNER.get().ok_or(Unchosen::NoRelocation)?;
-            if !relocated_here(&file, own_bias)? {
+            if !relocated_here(file, own_bias)? {
                 return Err(Unchosen::NotRelocatedHere);
             }
             run(&own_path, own_bias.wrapping_add(resolver)).ok_or(Unchosen::NoRelocation)?
         }
     };
     let chosen = chosen_here.wrapping_sub(own_bias);
-    let in_object = file.segments().any(|s| {
-        use object::ObjectSegment;
-        (s.address()..s.address() + s.size()).contains(&chosen)
-    });
-    match (in_object, slot) {
+    match (in_object(chosen), slot) {
         (true, _) => Ok(chosen),
         (false, Some(_)) => Err(Unchosen::Unreadable),
         (false, None) => Err(Unchosen::OutsideObject),

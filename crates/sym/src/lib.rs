@@ -32,6 +32,7 @@ mod demangle;
 mod file_bytes;
 mod handover;
 mod ifunc;
+mod ifunc_choices;
 mod landing_pads;
 mod lsda;
 mod maps;
@@ -50,6 +51,7 @@ pub use handover::{
     export_objects, export_objects_with_images, import_objects, import_objects_with_images, FileVersion,
 };
 pub use ifunc::{run_resolvers_with, ResolverRunner};
+pub use ifunc_choices::{know_ifunc_choice, IfuncChoice, OwnIfuncChoices};
 pub use landing_pads::landing_pads;
 pub use maps::{free_pages_near, mapping_index, parse_maps, read_maps, read_maps_of, stack_ranges, Mapping};
 pub use needed::needed_libraries;
