@@ -70,10 +70,14 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
         match session(&name) {
             // Told to stop: done, and another session may have started since.
             Ok(Over::Released) => {}
-            Ok(Over::Ended) => RUNNING.store(false, Release),
+            Ok(Over::Ended) => {
+                give_memory_back();
+                RUNNING.store(false, Release);
+            }
             Err(_) => {
                 // However the session ended: nothing of dprobe's stays in the program's code.
                 end_session(true);
+                give_memory_back();
                 RUNNING.store(false, Release);
             }
         }
@@ -85,6 +89,15 @@ pub unsafe extern "C" fn dprobe_agent_start(socket: *const c_char) -> c_int {
             -3
         }
     }
+}
+
+/// What the session read of the program's files (their bytes, dprobe's images of the C library
+/// and the loader, the analysis of their code, their symbols) is given back to the program, the
+/// session's probes all removed: a traced program keeps only the agent's own code and tables.
+/// Before the session is let go (no other has started meanwhile); a next session has it all
+/// handed over again.
+fn give_memory_back() {
+    dprobe_sym::forget_object_files();
 }
 
 /// The program's signals are for its own threads: the agent's blocks all but those a fault or
@@ -312,6 +325,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
                 for note in crate::kept_jumps::notes() {
                     let _ = send(&mut sock, &Message::Note(note));
                 }
+                give_memory_back();
                 // Over before dprobe hears so: another dprobe may start a session at once.
                 RUNNING.store(false, Release);
                 let _ = send(&mut sock, &Message::Stopped);

@@ -84,6 +84,28 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The lines of process `pid`'s maps that are dprobe's images of its files (the C library's
+/// and the loader's bytes, handed to the agent for its session).
+fn images_mapped(pid: i32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines().filter(|l| l.contains("dprobe-image")).map(str::to_owned).collect()
+}
+
+/// The session over (dprobe detached after its duration), the program keeps nothing of what
+/// the session read of its files: the images dprobe handed over are unmapped.
+#[test]
+fn a_detached_program_keeps_no_image_of_its_files() {
+    let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    wait_until("its 4 workers running", || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() == 5);
+    let p = pid.to_string();
+    let o = common::dprobe(&["trace", "--engine", "agent", "-c", "-d", "300ms", "-o", "/dev/null", "-p", &p, "pair"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until("the agent's thread gone", || !has_agent_thread(pid));
+    assert_eq!(images_mapped(pid), Vec::<String>::new());
+    assert_eq!(finish(child), Some(0));
+}
+
 const PROBED: [&str; 3] = ["probed", "probed_push", "pair"];
 
 fn code_of(pid: i32) -> Vec<Vec<u8>> {
@@ -119,6 +141,7 @@ fn dprobe_killed_leaves_the_program_as_it_was() {
     dprobe.wait().unwrap();
     wait_until("the agent's thread gone", || !has_agent_thread(pid));
     assert_eq!(code_of(pid), before, "the original code, byte for byte, with dprobe dead");
+    assert_eq!(images_mapped(pid), Vec::<String>::new(), "dprobe's images of the files given back");
     // SAFETY: signals our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
     assert_eq!(child.0.wait().unwrap().code(), Some(0), "it finished with the results it computes untraced");

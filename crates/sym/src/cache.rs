@@ -360,16 +360,34 @@ pub(crate) fn keep_object_file(file: ObjectFile) {
     files().lock().unwrap_or_else(|e| e.into_inner()).entry(file.key.clone()).or_insert_with(|| Arc::new(file));
 }
 
+/// Forget every object file read or taken over, and every symbol set kept: their memory (the
+/// files' bytes, the images another process handed over, the analysis of their code) is given
+/// back once the last user lets go of it. For a process that read them for a while only:
+/// dprobe's agent, at the end of a session in the program it traced.
+pub fn forget_object_files() {
+    let files = std::mem::take(&mut *files().lock().unwrap_or_else(|e| e.into_inner()));
+    let kept = std::mem::take(&mut *kept().lock().unwrap_or_else(|e| e.into_inner()));
+    let last = crate::window_branches::forget_last_object();
+    // Dropped outside the locks.
+    drop((files, kept, last));
+}
+
 /// How many processes' symbol sets are kept (a traced program and the children it forks).
 const PROCESSES_KEPT: usize = 8;
+
+/// The symbol sets of the objects last loaded, by the versions and biases of their objects.
+type Kept = Vec<(Vec<(FileKey, u64)>, Symbols)>;
+
+fn kept() -> &'static Mutex<Kept> {
+    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+    KEPT.get_or_init(Default::default)
+}
 
 /// The symbols of the objects `loaded` (each with its bias), built by `build` unless the same
 /// versions of the same files at the same addresses were loaded recently.
 pub(crate) fn symbols_of(loaded: &[(Arc<ObjectFile>, u64)], build: impl FnOnce() -> Symbols) -> Symbols {
-    type Kept = Vec<(Vec<(FileKey, u64)>, Symbols)>;
-    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
     let key: Vec<(FileKey, u64)> = loaded.iter().map(|(f, bias)| (f.key.clone(), *bias)).collect();
-    let kept = KEPT.get_or_init(Default::default);
+    let kept = kept();
     if let Some((_, s)) = kept.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key) {
         return s.clone();
     }

@@ -45,6 +45,7 @@ mod symbols;
 mod usdt;
 mod window_branches;
 
+pub use cache::forget_object_files;
 pub use demangle::demangle;
 pub use file_bytes::FileBytes;
 pub use handover::{

@@ -44,11 +44,18 @@ pub fn check_object_branches_in(function: &Function, addr: Addr, len: u64) -> Re
     Err(NotOptimized::BranchIntoWindow { from: at_run_time(from), text, target: at_run_time(target) })
 }
 
+/// The object file last asked for by [`object_of`], by its path.
+static LAST: Mutex<Option<(Arc<str>, Arc<ObjectFile>)>> = Mutex::new(None);
+
+/// Forget the object file last asked for (see `cache::forget_object_files`).
+pub(crate) fn forget_last_object() -> Option<(Arc<str>, Arc<ObjectFile>)> {
+    LAST.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
 /// The object file `function` was read from. The functions of one version of a file share one
 /// path (`Function::object`), so the last one asked for is known by that path's identity: a
 /// batch of ten thousand probes in one object looks its file up once, not once per probe.
 fn object_of(function: &Function) -> Option<Arc<ObjectFile>> {
-    static LAST: Mutex<Option<(Arc<str>, Arc<ObjectFile>)>> = Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((path, file)) = last.as_ref() {
         if Arc::ptr_eq(path, &function.object) {
