@@ -3,7 +3,7 @@
 //! runs, so it counts every call.
 mod common;
 
-use common::{c_program_from, dprobe, hits, ifunc, trace_to_file};
+use common::{c_program_from, dprobe, hits, ifunc, trace_to_file, Traced};
 
 #[test]
 fn a_probe_on_strlen_counts_every_call_of_the_chosen_implementation() {
@@ -112,15 +112,17 @@ fn the_maths_librarys_indirect_functions_count_every_call() {
     }
 }
 
-/// Loads the maths library with `dlopen` and calls its `floor` 300 times.
+/// Loads the maths library with `dlopen` and calls its `floor` and its `cos` 300 times each
+/// (libm records no choice for `floor`, and one for `cos`).
 const MATHS_LOADED_LATER: &str = r#"
 #include <dlfcn.h>
 #include <stdio.h>
 int main(void) {
     void *maths = dlopen("libm.so.6", RTLD_NOW);
     double (*round_down)(double) = dlsym(maths, "floor");
+    double (*cosine)(double) = dlsym(maths, "cos");
     double sum = 0;
-    for (int i = 0; i < 300; i++) sum += round_down(i * 0.37);
+    for (int i = 0; i < 300; i++) sum += round_down(i * 0.37) + cosine(i * 0.01);
     printf("%.3f\n", sum);
     return 0;
 }
@@ -130,9 +132,9 @@ int main(void) {
 /// process and counts every call. The agent, inside the program, places the probes of a
 /// library being loaded before the loader relocates it, where the library's record of the
 /// choice is still empty and its resolvers cannot run: dprobe hands it the choice of its own
-/// copy of `libm`, and every call is counted too. Where the program sets `GLIBC_TUNABLES`
-/// (which may change the choice) it takes none: the probe is said not placed, with why, not
-/// "never loaded".
+/// copy of `libm`, and every call is counted too. Where the program or dprobe starts with
+/// `GLIBC_TUNABLES` (which may change the choice) none is handed over: the probe is said not
+/// placed, with why, not "never loaded".
 #[test]
 fn the_maths_library_loaded_later_is_resolved_from_outside() {
     let program = c_program_from("maths-loaded-later", MATHS_LOADED_LATER, &["-O1"]);
@@ -140,20 +142,44 @@ fn the_maths_library_loaded_later_is_resolved_from_outside() {
     assert!(untraced.status.success());
     let untraced = String::from_utf8(untraced.stdout).unwrap();
     for engine in ["ptrace", "agent"] {
-        let t =
-            trace_to_file(&format!("maths-later-{engine}"), &["--engine", engine, "-c", "libm:floor", "--", program]);
+        let args = ["--engine", engine, "-c", "libm:floor", "libm:cos", "--", program];
+        let t = trace_to_file(&format!("maths-later-{engine}"), &args);
         let what = t.what(engine);
         assert_eq!(t.code, Some(0), "{what}");
         assert_eq!(t.stdout, untraced, "{what}");
         assert_eq!(hits(&t.trace, "libm:floor"), 300, "{what}");
+        assert_eq!(hits(&t.trace, "libm:cos"), 300, "{what}");
     }
-    // (A tunable that changes nothing: its presence alone is the question.)
-    let args = ["--engine", "agent", "-c", "libm:floor", "--", "env", "GLIBC_TUNABLES=glibc.malloc.check=0", program];
-    let t = trace_to_file("maths-later-tuned", &args);
-    let what = t.what("agent, tuned");
-    assert_eq!((t.code, t.stdout.as_str()), (Some(0), untraced.as_str()), "{what}");
-    assert_eq!(hits(&t.trace, "libm:floor"), 0, "{what}");
-    assert!(t.trace.contains("libm:floor: not placed: its library was loaded, and the agent"), "{what}");
+    // (A tunable that changes nothing: its presence alone is the question.) In the program's
+    // environment, then in dprobe's.
+    const TUNED: &str = "GLIBC_TUNABLES=glibc.malloc.check=0";
+    let in_the_program = ["--engine", "agent", "-c", "libm:floor", "libm:cos", "--", "env", TUNED, program];
+    let t = trace_to_file("maths-later-tuned", &in_the_program);
+    said_not_placed(&t, &untraced, "the program tuned");
+    let file = common::out_file("maths-later-tuned-dprobe");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .env("GLIBC_TUNABLES", TUNED.trim_start_matches("GLIBC_TUNABLES="))
+        .args(["trace", "-o", file.to_str().unwrap(), "--engine", "agent", "-c", "libm:floor", "libm:cos"])
+        .args(["--", "env", "-u", "GLIBC_TUNABLES", program])
+        .output()
+        .unwrap();
+    let t = Traced {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        trace: std::fs::read_to_string(&file).unwrap_or_default(),
+    };
+    said_not_placed(&t, &untraced, "dprobe tuned");
+}
+
+/// The program ran as `untraced`, and neither `libm:floor` nor `libm:cos` was placed, with why.
+fn said_not_placed(t: &Traced, untraced: &str, case: &str) {
+    let what = t.what(case);
+    assert_eq!((t.code, t.stdout.as_str()), (Some(0), untraced), "{what}");
+    for probe in ["libm:floor", "libm:cos"] {
+        assert_eq!(hits(&t.trace, probe), 0, "{what}");
+        assert!(t.trace.contains(&format!("{probe}: not placed: its library was loaded, and the agent")), "{what}");
+    }
     assert!(!t.trace.contains("never loaded"), "{what}");
 }
 

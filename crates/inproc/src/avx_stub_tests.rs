@@ -150,8 +150,9 @@ fn leave_values_on_the_x87_stack() {
 }
 
 /// Runs `f(a, 2)` for `a` in 1..=`times` on a thread of its own, its x87 first put back
-/// unused (it starts with this thread's), then taking a program's signal there if `signalled` (its frame marks x87 in use, initial): the results, and
-/// whether x87 was in use before the calls and after them.
+/// unused (it starts with this thread's), then taking a program's signal there if
+/// `signalled` (its frame marks x87 in use, initial): the results, and whether x87 was in use
+/// before the calls and after them.
 fn on_a_fresh_thread(f: unsafe extern "C" fn(u64, u64) -> u64, times: u64, signalled: bool) -> (Vec<u64>, bool, bool) {
     std::thread::spawn(move || {
         put_x87_back_unused();

@@ -70,7 +70,9 @@ impl Unchosen {
             Unchosen::NotLoadedHere => "dprobe has not loaded that library itself to see the choice",
             Unchosen::Unreadable => "dprobe could not read the library's record of its choice",
             Unchosen::OutsideObject => "its resolver chooses code outside the library",
-            Unchosen::NotRelocatedHere => "the library is still being loaded (its resolver cannot run yet)",
+            Unchosen::NotRelocatedHere => {
+                "the library is still being loaded (its record of the choice is not written, its resolver cannot run yet)"
+            }
         }
     }
 }

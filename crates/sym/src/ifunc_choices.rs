@@ -4,18 +4,21 @@
 //! `ifunc.rs`). Inside a traced program (dprobe's agent) that copy may be of no use: a library
 //! the program is loading is mapped before the loader relocates it, and the agent places the
 //! probes waiting for that library in between, so that its constructors and first calls are
-//! probed; its record of the choice is still empty, and its resolvers cannot run. dprobe,
-//! which has the same file loaded (the C library, the maths library), reads the choice in its
-//! own process and hands it over with the probe: the same file on the same CPU chooses the
-//! same implementation.
+//! probed; its record of the choice is not written yet, and its resolvers cannot run. (Nor
+//! does the agent run the resolvers of a library the program loaded with `dlopen` and may
+//! unload, relocated or not.) dprobe, which has the same file loaded (the C library, the maths
+//! library), reads the choice in its own process and hands it over with the probe: the same
+//! file on the same CPU chooses the same implementation.
 //!
 //! Except where the C library is told otherwise: `GLIBC_TUNABLES` can turn the processor's
-//! features off for one process. A choice is neither handed over from a process that has it,
-//! nor taken by one that has it.
+//! features off for one process, read from the environment the process started with. A choice
+//! is neither handed over from a process that started with it, nor taken by one that did. (Nor
+//! is a process whose CPU is made to look another told apart: one under an emulator or a
+//! recorder that masks the processor's features, run on this machine.)
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::ifunc::chosen_implementation;
 use crate::maps::read_maps;
@@ -41,12 +44,18 @@ pub struct IfuncChoice {
 /// The file fields of an [`IfuncChoice`] for the file at `path`.
 fn file_identity(path: &str) -> Option<(u64, u64, u64, i64)> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.size(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+    Some((m.dev(), m.ino(), m.size(), m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())))
 }
 
-/// Whether this process's C library was told to choose otherwise (see the module's comment).
+/// Whether this process's C library was told to choose otherwise: `GLIBC_TUNABLES` in the
+/// environment the process started with (which its C library read then, whatever the
+/// program did with its environment since), or where that cannot be read.
 fn tuned() -> bool {
-    std::env::var_os("GLIBC_TUNABLES").is_some()
+    static TUNED: OnceLock<bool> = OnceLock::new();
+    *TUNED.get_or_init(|| {
+        std::fs::read("/proc/self/environ")
+            .map_or(true, |env| env.split(|&b| b == 0).any(|v| v.starts_with(b"GLIBC_TUNABLES=")))
+    })
 }
 
 /// The choices handed to this process.
@@ -67,22 +76,21 @@ pub fn know_ifunc_choice(choice: IfuncChoice) {
 /// The choice handed over for the resolver at link-time address `resolver` of the file at
 /// `path`, if it is that very file.
 pub(crate) fn known_choice(path: &str, resolver: u64) -> Option<u64> {
-    let known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
-    if known.is_empty() {
+    if KNOWN.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
         return None;
     }
-    let (device, inode, size, modified) = file_identity(path)?;
-    let same = |c: &&IfuncChoice| {
-        (c.device, c.inode, c.size, c.modified, c.resolver) == (device, inode, size, modified, resolver)
-    };
-    known.iter().find(same).map(|c| c.chosen)
+    // (Outside the lock: a file system may be slow to answer.)
+    let file = file_identity(path)?;
+    let same = |c: &&IfuncChoice| ((c.device, c.inode, c.size, c.modified), c.resolver) == (file, resolver);
+    KNOWN.lock().unwrap_or_else(|e| e.into_inner()).iter().find(same).map(|c| c.chosen)
 }
 
 /// The choices of this process's own copies of objects, to hand over: each object's symbols
-/// are read once.
+/// are read once, each function's choice made once.
 #[derive(Default)]
 pub struct OwnIfuncChoices {
     symbols: HashMap<String, Option<Symbols>>,
+    choices: HashMap<(String, String), Option<IfuncChoice>>,
 }
 
 impl OwnIfuncChoices {
@@ -92,6 +100,16 @@ impl OwnIfuncChoices {
         if tuned() {
             return None;
         }
+        let key = (binary.to_owned(), function.to_owned());
+        if let Some(known) = self.choices.get(&key) {
+            return *known;
+        }
+        let choice = self.choice_now(binary, function);
+        self.choices.insert(key, choice);
+        choice
+    }
+
+    fn choice_now(&mut self, binary: &str, function: &str) -> Option<IfuncChoice> {
         let object = ObjectName::new(binary).ok()?;
         let symbols = self.symbols.entry(binary.to_owned()).or_insert_with(|| {
             let maps = read_maps().ok()?;
