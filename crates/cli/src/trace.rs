@@ -319,7 +319,10 @@ fn trace_one_program(
             Err(e) if args.engine == Some(Engine::Agent) || !can_fall_back(&e) => return Err(e.into()),
             Err(e) => {
                 if args.verbose {
-                    eprintln!("dprobe: engine: ptrace (the agent could not be loaded: {e})");
+                    // (dprobe tries again itself, with the other engine.)
+                    let why = e.to_string();
+                    let why = why.trim_end_matches(": try again");
+                    eprintln!("dprobe: engine: ptrace (the agent could not be loaded: {why})");
                 }
             }
         }
