@@ -58,6 +58,17 @@ pub enum TraceError {
         /// The process.
         pid: i32,
     },
+    /// A system call dprobe must make in the process is not made: the seccomp filters of the
+    /// thread would act on the program (`seccomp_check`).
+    #[error("dprobe does not make the system call `{call}` it needs in process {pid}: {why}")]
+    Seccomp {
+        /// The process.
+        pid: i32,
+        /// The call.
+        call: &'static str,
+        /// Why, in words.
+        why: String,
+    },
     /// Reading the process's description in `/proc` failed.
     #[error("{0}")]
     Os(#[from] io::Error),

@@ -173,6 +173,7 @@ pub(crate) fn inject_syscall_between_stops(
     args: [u64; 6],
 ) -> Result<u64, TraceError> {
     let at = syscall_insn(memory)?;
+    crate::seccomp_check::allows(memory.pid(), tid, nr, args, at.0)?;
     let saved = sys::get_regs(tid)?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);
@@ -298,6 +299,7 @@ fn inject_syscall_carrying(
     carried: i32,
 ) -> Result<(u64, bool), TraceError> {
     let at = syscall_insn(memory)?;
+    crate::seccomp_check::allows(memory.pid(), tid, nr, args, at.0)?;
     let saved = sys::get_regs(tid)?;
     let mut r = saved;
     (r.rax, r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (nr, args[0], args[1], args[2], args[3], args[4], args[5]);

@@ -52,6 +52,7 @@ mod rearm;
 mod remote_elf;
 mod returns;
 mod safe_place;
+mod seccomp_check;
 mod semaphores;
 mod shared_image;
 mod signal_frames;

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use dprobe_arch::{Addr, Memory, MemoryFault, Regs};
 
 use crate::error::{SysError, TraceError};
+use crate::seccomp_check::Seccomp;
 
 /// What a tracer finds in `rax` of a thread taken out of a system call: `-EINTR` (the call
 /// returns it), and two of the kernel's own codes, which it turns into a restart on resume
@@ -92,6 +93,11 @@ pub(crate) trait Kernel {
     /// threads, as a mask.
     fn pending_anywhere(&mut self, _pid: i32) -> u64 {
         0
+    }
+    /// The seccomp filters stopped thread `tid` of process `pid` runs under, or why they
+    /// cannot be read.
+    fn seccomp(&mut self, _pid: i32, _tid: i32) -> Result<Seccomp, String> {
+        Ok(Seccomp::Off)
     }
 }
 
@@ -186,12 +192,48 @@ impl Kernel for Real {
         (status_mask(&status, "SigIgn:"), status_mask(&status, "SigCgt:"))
     }
 
+    fn seccomp(&mut self, pid: i32, tid: i32) -> Result<Seccomp, String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(|e| e.to_string())?;
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim);
+        match mode {
+            Some("0") | None => return Ok(Seccomp::Off),
+            Some("1") => return Ok(Seccomp::Strict),
+            _ => {}
+        }
+        const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+        let mut filters = Vec::new();
+        for index in 0.. {
+            // SAFETY: with a null buffer the kernel only says how many instructions filter
+            // `index` has.
+            let n = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, std::ptr::null_mut::<u8>()) };
+            if n < 0 {
+                match errno() {
+                    libc::ENOENT if index > 0 => break,
+                    e => return Err(io::Error::from_raw_os_error(e).to_string()),
+                }
+            }
+            let mut raw = vec![[0u8; 8]; n as usize];
+            // SAFETY: `raw` holds `n` instructions of 8 bytes, which the kernel fills.
+            let got = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, raw.as_mut_ptr()) };
+            if got != n {
+                return Err(io::Error::from_raw_os_error(errno()).to_string());
+            }
+            filters.push(raw.into_iter().map(crate::seccomp_check::Insn::from_bytes).collect());
+        }
+        Ok(Seccomp::Filters(filters))
+    }
+
     fn pending_anywhere(&mut self, pid: i32) -> u64 {
         let status = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
         let shared = status_mask(&status(format!("/proc/{pid}/status").as_ref()), "ShdPnd:");
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
         tasks.fold(shared, |mask, t| mask | status_mask(&status(&t.path().join("status")), "SigPnd:"))
     }
+}
+
+/// The seccomp filters stopped thread `tid` of process `pid` runs under (see `seccomp_check`).
+pub(crate) fn seccomp(pid: i32, tid: i32) -> Result<Seccomp, String> {
+    kernel(|k| k.seccomp(pid, tid))
 }
 
 /// The signal mask on line `key` of a `/proc` status file (hexadecimal; 0 when absent).

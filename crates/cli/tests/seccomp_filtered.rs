@@ -1,0 +1,119 @@
+//! A program under a seccomp filter of its own, attached to: the system calls dprobe makes in
+//! it (the ptrace engine's `mmap` of its out-of-line page) are run through the filter first,
+//! and made only where it allows them. A filter that kills the process for `mmap` killed it
+//! with `SIGSYS` at a plain attach; now the probe that needs the page is refused, saying why,
+//! and the program finishes as untraced. A filter that allows `mmap` (as a container's does)
+//! changes nothing.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use common::{c_program_from, dprobe_command, hits};
+
+/// Installs a filter (`kill`: the process is killed for `mmap`; `errno`: `mmap` fails with
+/// `EPERM`; `allow`: everything allowed, `getppid` excepted), says "ready", then calls
+/// `step` (through `outer`) until it reads a line, and prints the sum: the same whatever
+/// traced it.
+const PROGRAM: &str = r#"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <poll.h>
+#include <unistd.h>
+__attribute__((noinline)) long step(long x) { __asm__ volatile("" ::: "memory"); return x + 1; }
+__attribute__((noinline)) long outer(long x) { long r = step(x); __asm__ volatile("" ::: "memory"); return r * 2; }
+int main(int argc, char **argv) {
+    unsigned nr = strcmp(argv[1], "allow") == 0 ? __NR_getppid : __NR_mmap;
+    unsigned action = strcmp(argv[1], "kill") == 0 ? SECCOMP_RET_KILL_PROCESS : SECCOMP_RET_ERRNO | 1;
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, action),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { 4, filter };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) return 9;
+    printf("ready\n");
+    fflush(stdout);
+    long sum = 0, calls = 0;
+    struct pollfd in = { 0, POLLIN, 0 };
+    while (poll(&in, 1, 0) == 0) {
+        for (int i = 0; i < 1000; i++) sum += outer(i);
+        calls += 1000;
+        usleep(1000);
+    }
+    printf("sum per 1000 calls %ld\n", sum / (calls / 1000));
+    return 0;
+}
+"#;
+
+fn program() -> &'static str {
+    c_program_from("seccomp-filtered", PROGRAM, &["-O1"])
+}
+
+/// The program started with `filter`, once it says it is ready.
+fn started(filter: &str) -> Child {
+    let mut child = Command::new(program()).arg(filter).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    child
+}
+
+/// Told to end: what it printed after "ready", and its exit status.
+fn finished(mut child: Child) -> (String, Option<i32>) {
+    writeln!(child.stdin.take().unwrap(), "end").unwrap();
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code())
+}
+
+/// `dprobe trace -c -d 200ms -p PID` with `probes`: its exit status and messages.
+fn attached(child: &Child, engine: Option<&str>, probes: &[String]) -> (Option<i32>, String) {
+    let pid = child.id().to_string();
+    let mut c = dprobe_command();
+    c.args(["trace", "-c", "-d", "200ms", "-p", &pid]);
+    if let Some(e) = engine {
+        c.args(["--engine", e]);
+    }
+    let o = c.args(probes).output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout))
+}
+
+const SUM: &str = "sum per 1000 calls 1001000\n";
+
+#[test]
+fn a_filter_that_would_kill_the_process_for_dprobes_mmap_refuses_the_probe_and_the_program_lives() {
+    for engine in [None, Some("ptrace")] {
+        let child = started("kill");
+        let probes = [format!("{}:step", program())];
+        let (code, said) = attached(&child, engine, &probes);
+        assert_ne!(code, Some(0), "{engine:?}: {said}");
+        assert!(said.contains("`mmap`") && said.contains("its seccomp filter would kill the process"), "{said}");
+        assert_eq!(finished(child), (SUM.to_owned(), Some(0)), "{engine:?}: {said}");
+    }
+}
+
+#[test]
+fn a_filter_that_refuses_mmap_with_an_error_says_so() {
+    let child = started("errno");
+    let (code, said) = attached(&child, Some("ptrace"), &[format!("{}:step", program())]);
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("its seccomp filter would refuse it (error 1)"), "{said}");
+    assert_eq!(finished(child), (SUM.to_owned(), Some(0)), "{said}");
+}
+
+/// A filter that allows what dprobe does: traced as any program, its returns counted.
+#[test]
+fn a_filter_that_allows_mmap_changes_nothing() {
+    let child = started("allow");
+    let spec = format!("{}:step", program());
+    let (code, said) = attached(&child, Some("ptrace"), std::slice::from_ref(&spec));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(hits(&said, &spec) > 0, "{said}");
+    assert_eq!(finished(child), (SUM.to_owned(), Some(0)), "{said}");
+}
