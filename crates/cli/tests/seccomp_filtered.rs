@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use common::{c_program_from, dprobe_command, hits};
 
 /// Installs a filter (`kill`: the process is killed for `mmap`; `errno`: `mmap` fails with
-/// `EPERM`; `allow`: everything allowed, `getppid` excepted), says "ready", then calls
-/// `step` (through `outer`) until it reads a line, and prints the sum: the same whatever
-/// traced it.
+/// `EPERM`; `allow`: everything allowed, `getppid` excepted; `none`: no filter), says
+/// "ready", then calls `step` (through `outer`) 1,000 times, and again until it reads a line,
+/// and prints the sum: the same whatever traced it.
 const PROGRAM: &str = r#"
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -37,16 +37,17 @@ int main(int argc, char **argv) {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = { 4, filter };
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) return 9;
+    int none = strcmp(argv[1], "none") == 0;
+    if (!none && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))) return 9;
     printf("ready\n");
     fflush(stdout);
     long sum = 0, calls = 0;
     struct pollfd in = { 0, POLLIN, 0 };
-    while (poll(&in, 1, 0) == 0) {
+    do {
         for (int i = 0; i < 1000; i++) sum += outer(i);
         calls += 1000;
         usleep(1000);
-    }
+    } while (poll(&in, 1, 0) == 0);
     printf("sum per 1000 calls %ld\n", sum / (calls / 1000));
     return 0;
 }
@@ -116,4 +117,53 @@ fn a_filter_that_allows_mmap_changes_nothing() {
     assert_eq!(code, Some(0), "{said}");
     assert!(hits(&said, &spec) > 0, "{said}");
     assert_eq!(finished(child), (SUM.to_owned(), Some(0)), "{said}");
+}
+
+/// Runs its arguments under a filter that allows everything but `getppid`, as a container's
+/// allows what its programs do.
+const UNDER_A_FILTER: &str = r#"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_getppid, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { 4, filter };
+    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) return 9;
+    execvp(argv[1], argv + 1);
+    return 8;
+}
+"#;
+
+/// dprobe itself under a filter (a container's) cannot read the filters of the program it
+/// starts (the kernel refuses that request to a tracer under seccomp), and the program has
+/// dprobe's alone: those allow what dprobe's own process does, and it is traced as any, every
+/// call counted.
+#[test]
+fn dprobe_under_a_filter_traces_the_program_it_starts_under_the_same() {
+    let wrapper = c_program_from("under-a-filter", UNDER_A_FILTER, &["-O1"]);
+    let spec = format!("{}:step", program());
+    let file = common::out_file("seccomp-started-under-a-filter");
+    let mut c = Command::new(wrapper)
+        .arg(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--engine", "ptrace", "-c", "-o", file.to_str().unwrap(), &spec, "--", program(), "none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "end").unwrap();
+    let o = c.wait_with_output().unwrap();
+    let summary = std::fs::read_to_string(&file).unwrap_or_default();
+    let said = format!("{}{summary}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("ready\n{SUM}"), "{said}");
+    assert_eq!(hits(&summary, &spec), 1000, "{said}");
 }

@@ -76,6 +76,7 @@ pub use exits::ReturnMode;
 pub use library::{Injector, LoadError};
 pub use loader::auxv_value;
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
+pub use seccomp_check::descends_from_this_process;
 pub use shared_image::{sealed_memory_file, SharedImage};
 pub use tracee::Tracee;
 

@@ -12,8 +12,10 @@
 //! program.
 //!
 //! A thread in strict mode may make no such call. Filters that cannot be read (dprobe without
-//! `CAP_SYS_ADMIN`, or a kernel without the request) are taken as refusing: the program's
-//! life is not bet on them.
+//! `CAP_SYS_ADMIN`, or under a filter itself, or a kernel without the request) are taken as
+//! refusing, the program's life not bet on them, except in a program dprobe started that has
+//! no filter dprobe does not have: a container's, which dprobe runs under too, and whose
+//! filter allows what dprobe's own process does all the time.
 
 use crate::error::TraceError;
 use crate::sys;
@@ -74,6 +76,7 @@ pub(crate) fn allows(pid: i32, tid: i32, nr: u64, args: [u64; 6], at: u64) -> Re
     match sys::seccomp(pid, tid) {
         Ok(Seccomp::Off) => Ok(()),
         Ok(Seccomp::Strict) => refused("it runs in seccomp's strict mode".into()),
+        Err(_) if inherited_from_dprobe(pid, tid) => Ok(()),
         Err(why) => refused(format!("it runs under a seccomp filter that dprobe cannot read ({why})")),
         Ok(Seccomp::Filters(filters)) => {
             let data = seccomp_data(nr, args, at + 2);
@@ -84,6 +87,40 @@ pub(crate) fn allows(pid: i32, tid: i32, nr: u64, args: [u64; 6], at: u64) -> Re
             }
         }
     }
+}
+
+/// Whether thread `tid` of process `pid`, a process dprobe started (or one of its
+/// descendants), runs under no more filters than dprobe itself (see the module's comment).
+fn inherited_from_dprobe(pid: i32, tid: i32) -> bool {
+    let filters = |path: &str| {
+        let status = std::fs::read_to_string(path).ok()?;
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
+        Some((field("Seccomp:")?, field("Seccomp_filters:")?))
+    };
+    let (Some((2, theirs)), Some((2, own))) =
+        (filters(&format!("/proc/{pid}/task/{tid}/status")), filters("/proc/self/status"))
+    else {
+        return false;
+    };
+    theirs <= own && descends_from_this_process(pid)
+}
+
+/// Whether process `pid` descends from this one.
+pub fn descends_from_this_process(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let parent_of = |p: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut p = pid;
+    for _ in 0..256 {
+        match parent_of(p) {
+            Some(parent) if parent == me => return true,
+            Some(parent) if parent > 1 => p = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The name of system call `nr`, among those dprobe makes.

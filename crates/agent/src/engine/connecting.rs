@@ -224,8 +224,9 @@ pub(super) fn load(
 fn under_a_seccomp_filter(pid: i32) -> Option<String> {
     let (mode, filters) = crate::seccomp::of(&format!("/proc/{pid}/status"))?;
     let (own_mode, own) = crate::seccomp::of("/proc/self/status").unwrap_or((0, Some(0)));
-    let inherited =
-        |filters: u32| own_mode == mode && own.is_some_and(|own| filters <= own) && descends_from_this_process(pid);
+    let inherited = |filters: u32| {
+        own_mode == mode && own.is_some_and(|own| filters <= own) && dprobe_ptrace::descends_from_this_process(pid)
+    };
     let why = match (mode, filters) {
         (1, _) => "runs in seccomp's strict mode",
         (2, Some(filters)) if !inherited(filters) => "runs under a seccomp filter of its own",
@@ -255,24 +256,6 @@ fn stopped(pid: i32) -> Option<String> {
              continue it first (`kill -CONT {pid}`), or use --engine ptrace"
         )
     })
-}
-
-/// Whether process `pid` is a descendant of the calling process (its parents, up to `init`).
-fn descends_from_this_process(pid: i32) -> bool {
-    let me = std::process::id() as i32;
-    let parent_of = |p: i32| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
-    };
-    let mut p = pid;
-    for _ in 0..256 {
-        match parent_of(p) {
-            Some(parent) if parent == me => return true,
-            Some(parent) if parent > 1 => p = parent,
-            _ => return false,
-        }
-    }
-    false
 }
 
 /// Take the connection of the agent started in process `pid` (its start returned `started`),
