@@ -91,13 +91,19 @@ fn images_mapped(pid: i32) -> Vec<String> {
     maps.lines().filter(|l| l.contains("dprobe-image")).map(str::to_owned).collect()
 }
 
+/// The target running `until-usr2`, once its 4 workers run; and its process id.
+fn running_until_usr2() -> (Running, i32) {
+    let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
+    let pid = child.0.id() as i32;
+    wait_until("its 4 workers running", || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() == 5);
+    (child, pid)
+}
+
 /// The session over (dprobe detached after its duration), the program keeps nothing of what
 /// the session read of its files: the images dprobe handed over are unmapped.
 #[test]
 fn a_detached_program_keeps_no_image_of_its_files() {
-    let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
-    let pid = child.0.id() as i32;
-    wait_until("its 4 workers running", || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() == 5);
+    let (child, pid) = running_until_usr2();
     let p = pid.to_string();
     let o = common::dprobe(&["trace", "--engine", "agent", "-c", "-d", "300ms", "-o", "/dev/null", "-p", &p, "pair"]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
@@ -168,9 +174,7 @@ fn dprobe_alone_carries_its_agent() {
 /// so; ptrace where the agent cannot be loaded, and `-v` says why.
 #[test]
 fn the_engine_is_chosen_and_v_says_why() {
-    let child = Running(Command::new(target()).arg("until-usr2").stdin(Stdio::null()).spawn().unwrap());
-    let pid = child.0.id() as i32;
-    wait_until("its 4 workers running", || std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() == 5);
+    let (child, pid) = running_until_usr2();
     let p = pid.to_string();
     let out = out_file("choice-attach");
     let o = common::dprobe(&["trace", "-v", "--count", "-d", "300ms", "-o", out.to_str().unwrap(), "-p", &p, "pair"]);
