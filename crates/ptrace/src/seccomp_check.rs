@@ -108,10 +108,7 @@ fn inherited_from_dprobe(pid: i32, tid: i32) -> bool {
 /// Whether process `pid` descends from this one.
 pub fn descends_from_this_process(pid: i32) -> bool {
     let me = std::process::id() as i32;
-    let parent_of = |p: i32| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
-    };
+    let parent_of = crate::memory_sharers::parent_of;
     let mut p = pid;
     for _ in 0..256 {
         match parent_of(p) {

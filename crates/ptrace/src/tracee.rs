@@ -157,6 +157,9 @@ impl Tracee {
         if pid == std::process::id() as i32 {
             return Err(attach_err("it is dprobe itself (use the in-process engine)".into()));
         }
+        if let Some(why) = crate::memory_sharers::shared_memory_refusal(pid) {
+            return Err(attach_err(why));
+        }
         let mut threads = BTreeMap::new();
         // Threads that exited before they could be seized (listed until they are reaped).
         let mut exiting = BTreeSet::new();

@@ -124,7 +124,8 @@ pub(super) fn start_attached(
     name: &str,
     give_up: &dyn Fn() -> bool,
 ) -> Result<(u64, String), AgentError> {
-    if let Some(why) = under_a_seccomp_filter(pid).or_else(|| stopped(pid)) {
+    let refusal = || under_a_seccomp_filter(pid).or_else(|| stopped(pid));
+    if let Some(why) = refusal().or_else(|| dprobe_ptrace::shared_memory_refusal(pid)) {
         return Err(AgentError::Refused(why));
     }
     let deadline = Instant::now() + ENDING_SESSION_PATIENCE;
