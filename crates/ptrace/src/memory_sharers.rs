@@ -5,26 +5,40 @@
 //! their `SIGTRAP` (a `-p` attach killed such a child every time, under either engine; one to
 //! the child killed its parent). They are found among the process's children
 //! (`/proc/PID/task/TID/children`), its parent and its parent's children, by comparing address
-//! spaces (`kcmp(KCMP_VM)`), and the attach is refused while one lives. A `vfork` child, which
-//! executes or exits within moments, is waited for a little first.
+//! spaces (`kcmp(KCMP_VM)`), and the attach is refused while one lives. A `vfork` child (its
+//! parent waits in `vfork`, `clone` or `clone3`) is left to the engines' own handling of
+//! those (the ptrace engine waits for its `exec`, `blocked.rs`); one just made, whose parent
+//! is not asleep yet, is waited for a moment. Kernel threads, which have no memory of their
+//! own to share, are not compared. Not found: such a process reparented or further down, and
+//! any where `kcmp` is refused (another user's, a kernel without it).
 
 use std::time::{Duration, Instant};
 
 /// `KCMP_VM` of `<linux/kcmp.h>`.
 const KCMP_VM: libc::c_long = 1;
-/// How long children sharing the memory are waited for to execute or end.
+/// How long processes sharing the memory are looked at again (a `vfork` parent not yet asleep).
 const PATIENCE: Duration = Duration::from_millis(300);
 
 /// The processes that share process `pid`'s memory and are not its threads, among its
 /// children, its parent and its parent's children.
 fn memory_sharers(pid: i32) -> Vec<i32> {
-    let parent = parent_of(pid).filter(|&p| p > 1);
-    let mut near: Vec<i32> = children_of(pid);
-    if let Some(p) = parent {
-        near.push(p);
-        near.extend(children_of(p));
+    if !has_memory(pid) {
+        return Vec::new();
     }
-    let mut sharers: Vec<i32> = near.into_iter().filter(|&other| other != pid && same_memory(pid, other)).collect();
+    let mut near: Vec<i32> = children_of(pid);
+    if let Some(p) = parent_of(pid) {
+        near.push(p);
+        // (Not every process of a system: the first one's children.)
+        if p > 1 {
+            near.extend(children_of(p));
+        }
+    }
+    let group = thread_group_of(pid);
+    let mut sharers: Vec<i32> = near
+        .into_iter()
+        .filter(|&other| other != pid && thread_group_of(other) != group && has_memory(other))
+        .filter(|&other| same_memory(pid, other) && !vfork_pair(pid, other))
+        .collect();
     sharers.sort_unstable();
     sharers.dedup();
     sharers
@@ -35,6 +49,29 @@ fn children_of(pid: i32) -> Vec<i32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
     let lists = tasks.filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok());
     lists.flat_map(|list| list.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<i32>>()).collect()
+}
+
+/// Whether process `pid` has memory of its own (a kernel thread has none: `kcmp` finds every
+/// two of them the same).
+fn has_memory(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.lines().any(|l| l.starts_with("VmSize:")))
+}
+
+/// Whether one of processes `a` and `b` is the other's parent, waiting in `vfork` for it.
+fn vfork_pair(a: i32, b: i32) -> bool {
+    let waits_in_vfork = |parent: i32| {
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).into_iter().flatten().flatten();
+        let tids: Vec<i32> = tasks.filter_map(|t| t.file_name().to_str()?.parse().ok()).collect();
+        tids.iter().any(|&t| crate::blocked::blocked(parent, t).is_some_and(|b| b.in_vfork))
+    };
+    (parent_of(b) == Some(a) && waits_in_vfork(a)) || (parent_of(a) == Some(b) && waits_in_vfork(b))
+}
+
+/// The process thread `tid` belongs to (the `-p` of a thread's id names its process's
+/// threads' memory, shared with them).
+fn thread_group_of(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
 /// The parent of process `pid`.

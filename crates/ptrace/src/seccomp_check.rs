@@ -12,10 +12,12 @@
 //! program.
 //!
 //! A thread in strict mode may make no such call. Filters that cannot be read (dprobe without
-//! `CAP_SYS_ADMIN`, or under a filter itself, or a kernel without the request) are taken as
-//! refusing, the program's life not bet on them, except in a program dprobe started that has
-//! no filter dprobe does not have: a container's, which dprobe runs under too, and whose
-//! filter allows what dprobe's own process does all the time.
+//! `CAP_SYS_ADMIN` in the first user namespace, as any user but root; or under a filter itself;
+//! or a kernel without the request) are taken as refusing, the program's life not bet on them,
+//! except in a program dprobe started that has no filter dprobe does not have: a container's,
+//! which dprobe runs under too, and whose filter allows what dprobe's own process does all the
+//! time. And except for `getpid`, whose result dprobe never uses (a step that gives a signal
+//! back to the thread's queue): an error for it harms nothing, and no filter kills for it.
 
 use crate::error::TraceError;
 use crate::sys;
@@ -73,6 +75,9 @@ const ACTION: u32 = 0xffff_0000;
 pub(crate) fn allows(pid: i32, tid: i32, nr: u64, args: [u64; 6], at: u64) -> Result<(), TraceError> {
     let call = call_name(nr);
     let refused = |why: String| Err(TraceError::Seccomp { pid, call, why });
+    if nr == libc::SYS_getpid as u64 {
+        return Ok(());
+    }
     match sys::seccomp(pid, tid) {
         Ok(Seccomp::Off) => Ok(()),
         Ok(Seccomp::Strict) => refused("it runs in seccomp's strict mode".into()),
@@ -97,8 +102,7 @@ fn inherited_from_dprobe(pid: i32, tid: i32) -> bool {
         let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
         Some((field("Seccomp:")?, field("Seccomp_filters:")?))
     };
-    let (Some((2, theirs)), Some((2, own))) =
-        (filters(&format!("/proc/{pid}/task/{tid}/status")), filters("/proc/self/status"))
+    let (Some((2, theirs)), Some((2, own))) = (filters(&format!("/proc/{tid}/status")), filters("/proc/self/status"))
     else {
         return false;
     };
@@ -140,7 +144,7 @@ fn action_in_words(r: u32) -> String {
         RET_TRAP => "send it SIGSYS".into(),
         RET_ERRNO => format!("refuse it (error {})", r & 0xffff),
         RET_USER_NOTIF => "hand it to a supervisor".into(),
-        RET_TRACE => "hand it to a tracer".into(),
+        RET_TRACE => "make it fail, no tracer taking it".into(),
         other => format!("answer {other:#x}"),
     }
 }
@@ -156,11 +160,13 @@ fn seccomp_data(nr: u64, args: [u64; 6], ip: u64) -> [u32; 16] {
     w
 }
 
-/// What the filters answer together: the answer of highest precedence (the kernel compares
-/// the actions as signed numbers, the lowest winning); `None` where a filter cannot be run.
+/// What the filters (oldest first, as `PTRACE_SECCOMP_GET_FILTER` numbers them) answer
+/// together: the answer of highest precedence, the newest filter's among equals (the kernel
+/// runs them newest first and compares the actions as signed numbers, the lowest winning);
+/// `None` where a filter cannot be run.
 fn verdict(filters: &[Vec<Insn>], data: &[u32; 16]) -> Option<u32> {
     let mut answer = RET_ALLOW;
-    for f in filters {
+    for f in filters.iter().rev() {
         let r = run(f, data)?;
         if ((r & ACTION) as i32) < ((answer & ACTION) as i32) {
             answer = r;
@@ -212,8 +218,9 @@ fn run(program: &[Insn], data: &[u32; 16]) -> Option<u32> {
                     0x90 => a % v,
                     0x40 => a | v,
                     0x50 => a & v,
-                    0x60 => a.checked_shl(v).unwrap_or(0),
-                    0x70 => a.checked_shr(v).unwrap_or(0),
+                    // The count taken modulo 32, as the kernel's interpreter and JIT do.
+                    0x60 => a.wrapping_shl(v),
+                    0x70 => a.wrapping_shr(v),
                     0xa0 => a ^ v,
                     _ => return None,
                 };
@@ -278,6 +285,12 @@ mod tests {
         assert_eq!(verdict(&[log_all.clone(), errno_for_all.clone()], &mmap), Some(RET_ERRNO | 1));
         assert_eq!(verdict(&[errno_for_all, kill_mmap()], &mmap), Some(RET_KILL_PROCESS), "kill process over errno");
         assert_eq!(verdict(&[log_all, vec![stmt(0x06, RET_KILL_THREAD)]], &mmap), Some(RET_KILL_THREAD));
+        let errno_2 = vec![stmt(0x06, RET_ERRNO | 2)];
+        assert_eq!(
+            verdict(&[vec![stmt(0x06, RET_ERRNO | 1)], errno_2], &mmap),
+            Some(RET_ERRNO | 2),
+            "the newest (last) among equals"
+        );
     }
 
     /// The architecture check, an argument's high word and the instruction pointer, as
@@ -308,5 +321,8 @@ mod tests {
         assert_eq!(run(&[stmt(0x20, 0)], &small), None, "off the end");
         assert_eq!(run(&[stmt(0x01, 0), stmt(0x3c, 0), stmt(0x06, RET_ALLOW)], &small), Some(0), "A / X with X = 0");
         assert_eq!(run(&[stmt(0xc6, 0)], &small), None, "an unknown instruction");
+        // A shift by X of 33 shifts by 1.
+        assert_eq!(run(&[stmt(0x00, 3), stmt(0x01, 33), stmt(0x6c, 0), stmt(0x16, 0)], &small), Some(6));
+        assert_eq!(run(&[stmt(0x00, 6), stmt(0x01, 33), stmt(0x7c, 0), stmt(0x16, 0)], &small), Some(3));
     }
 }

@@ -187,8 +187,11 @@ impl Stubs {
         }
         memory.write(code, &page)?;
         let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
-        let r = inject_syscall(tid, memory, libc::SYS_mprotect as u64, [code.0, PAGE as u64, rx, 0, 0, 0])?;
-        if r != 0 {
+        let protected = inject_syscall(tid, memory, libc::SYS_mprotect as u64, [code.0, PAGE as u64, rx, 0, 0, 0]);
+        if protected.as_ref().map_or(true, |r| *r != 0) {
+            // Not left mapped for nothing (a program that refuses executable pages it wrote).
+            let _ = inject_syscall(tid, memory, libc::SYS_munmap as u64, [code.0, 2 * PAGE as u64, 0, 0, 0, 0]);
+            let r = protected?;
             return Err(TraceError::Injected { call: "mprotect", errno: r.wrapping_neg() as i32 });
         }
         let base = self.pages.len() * PER_PAGE;

@@ -192,8 +192,10 @@ impl Kernel for Real {
         (status_mask(&status, "SigIgn:"), status_mask(&status, "SigCgt:"))
     }
 
-    fn seccomp(&mut self, pid: i32, tid: i32) -> Result<Seccomp, String> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(|e| e.to_string())?;
+    fn seccomp(&mut self, _pid: i32, tid: i32) -> Result<Seccomp, String> {
+        // (Any thread's, a traced `vfork` child's too.) A thread gone meanwhile is said to be so
+        // by the call that follows.
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return Ok(Seccomp::Off) };
         let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim);
         match mode {
             Some("0") | None => return Ok(Seccomp::Off),
@@ -209,6 +211,8 @@ impl Kernel for Real {
             if n < 0 {
                 match errno() {
                     libc::ENOENT if index > 0 => break,
+                    // Not in a ptrace stop any more: gone, said by the call that follows.
+                    libc::ESRCH => return Ok(Seccomp::Off),
                     e => return Err(io::Error::from_raw_os_error(e).to_string()),
                 }
             }
