@@ -10,17 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering::*};
 /// The agent thread's filters when its session started (`u32::MAX`: unknown).
 static AGENT_FILTERS: AtomicU32 = AtomicU32::new(u32::MAX);
 
-/// The seccomp mode and, where the kernel says, how many filters the thread has whose
-/// `status` file is `path` (`/proc/PID/status`: the process's first thread).
-pub(crate) fn of(path: &str) -> Option<(u32, Option<u32>)> {
-    let status = std::fs::read_to_string(path).ok()?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
-    Some((field("Seccomp:")?, field("Seccomp_filters:")))
-}
-
 /// The calling thread's.
 fn own() -> Option<(u32, Option<u32>)> {
-    of("/proc/thread-self/status")
+    dprobe_ptrace::seccomp_status("/proc/thread-self/status")
 }
 
 /// On the agent's thread as its session starts: its filters, for [`forked_under_a_filter`].

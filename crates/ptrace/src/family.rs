@@ -327,13 +327,12 @@ impl Tracee {
 
 /// Whether `pid` is a process (a thread group's leader), not a thread of another.
 fn is_process(pid: i32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok()) == Some(pid)
+    crate::proc_ids::thread_group_of(pid) == Some(pid)
 }
 
 /// Whether processes `a` and `b` share one memory; `None` when the kernel cannot say (built
 /// without `kcmp`: the kind of fork event decides then, a `vfork` sharing it).
-fn shares_memory(a: i32, b: i32) -> Option<bool> {
+pub(crate) fn shares_memory(a: i32, b: i32) -> Option<bool> {
     // SAFETY: kcmp takes integers and reads nothing of ours.
     match unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) } {
         0 => Some(true),

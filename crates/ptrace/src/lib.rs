@@ -48,6 +48,7 @@ mod lock_free_wait;
 mod memory_sharers;
 mod own_allocator;
 mod probes;
+mod proc_ids;
 mod program_view;
 mod rearm;
 mod remote_elf;
@@ -78,7 +79,7 @@ pub use library::{Injector, LoadError};
 pub use loader::auxv_value;
 pub use memory_sharers::shared_memory_refusal;
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
-pub use seccomp_check::descends_from_this_process;
+pub use proc_ids::{descends_from_this_process, seccomp_status};
 pub use shared_image::{sealed_memory_file, SharedImage};
 pub use tracee::Tracee;
 

@@ -719,9 +719,7 @@ fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
 /// The process that thread `tid` belongs to, where that is not `tid` itself (a thread other than
 /// a process's first, whose id `/proc` also answers to).
 fn process_of_thread(tid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let tgid: i32 = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()?;
-    (tgid != tid).then_some(tgid)
+    crate::proc_ids::thread_group_of(tid).filter(|&tgid| tgid != tid)
 }
 
 fn get_xstate(tid: i32) -> Result<Vec<u8>, TraceError> {

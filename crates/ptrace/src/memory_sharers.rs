@@ -14,8 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-/// `KCMP_VM` of `<linux/kcmp.h>`.
-const KCMP_VM: libc::c_long = 1;
+use crate::family::shares_memory;
+use crate::proc_ids::{parent_of, thread_group_of};
+use crate::tracee::list_threads;
+
 /// How long processes sharing the memory are looked at again (a `vfork` parent not yet asleep).
 const PATIENCE: Duration = Duration::from_millis(300);
 
@@ -37,7 +39,7 @@ fn memory_sharers(pid: i32) -> Vec<i32> {
     let mut sharers: Vec<i32> = near
         .into_iter()
         .filter(|&other| other != pid && thread_group_of(other) != group && has_memory(other))
-        .filter(|&other| same_memory(pid, other) && !vfork_pair(pid, other))
+        .filter(|&other| shares_memory(pid, other) == Some(true) && !vfork_pair(pid, other))
         .collect();
     sharers.sort_unstable();
     sharers.dedup();
@@ -46,8 +48,8 @@ fn memory_sharers(pid: i32) -> Vec<i32> {
 
 /// The children of every thread of process `pid`.
 fn children_of(pid: i32) -> Vec<i32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-    let lists = tasks.filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok());
+    let lists = list_threads(pid).unwrap_or_default().into_iter();
+    let lists = lists.filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/children")).ok());
     lists.flat_map(|list| list.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<i32>>()).collect()
 }
 
@@ -60,31 +62,10 @@ fn has_memory(pid: i32) -> bool {
 /// Whether one of processes `a` and `b` is the other's parent, waiting in `vfork` for it.
 fn vfork_pair(a: i32, b: i32) -> bool {
     let waits_in_vfork = |parent: i32| {
-        let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).into_iter().flatten().flatten();
-        let tids: Vec<i32> = tasks.filter_map(|t| t.file_name().to_str()?.parse().ok()).collect();
-        tids.iter().any(|&t| crate::blocked::blocked(parent, t).is_some_and(|b| b.in_vfork))
+        let tids = list_threads(parent).unwrap_or_default();
+        tids.into_iter().any(|t| crate::blocked::blocked(parent, t).is_some_and(|b| b.in_vfork))
     };
     (parent_of(b) == Some(a) && waits_in_vfork(a)) || (parent_of(a) == Some(b) && waits_in_vfork(b))
-}
-
-/// The process thread `tid` belongs to (the `-p` of a thread's id names its process's
-/// threads' memory, shared with them).
-fn thread_group_of(tid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
-}
-
-/// The parent of process `pid`.
-pub(crate) fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Whether processes `a` and `b` share one address space.
-fn same_memory(a: i32, b: i32) -> bool {
-    // SAFETY: `kcmp` only compares two processes' kernel objects; it reads no memory of ours.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, a as libc::c_long, b as libc::c_long, KCMP_VM, 0, 0) };
-    r == 0
 }
 
 /// Why dprobe does not attach to process `pid`, where a process that is not one of its

@@ -20,6 +20,7 @@
 //! back to the thread's queue): an error for it harms nothing, and no filter kills for it.
 
 use crate::error::TraceError;
+use crate::proc_ids::{descends_from_this_process, seccomp_status};
 use crate::sys;
 
 /// One classic BPF instruction (`struct sock_filter`).
@@ -97,31 +98,12 @@ pub(crate) fn allows(pid: i32, tid: i32, nr: u64, args: [u64; 6], at: u64) -> Re
 /// Whether thread `tid` of process `pid`, a process dprobe started (or one of its
 /// descendants), runs under no more filters than dprobe itself (see the module's comment).
 fn inherited_from_dprobe(pid: i32, tid: i32) -> bool {
-    let filters = |path: &str| {
-        let status = std::fs::read_to_string(path).ok()?;
-        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse::<u32>().ok();
-        Some((field("Seccomp:")?, field("Seccomp_filters:")?))
-    };
-    let (Some((2, theirs)), Some((2, own))) = (filters(&format!("/proc/{tid}/status")), filters("/proc/self/status"))
+    let (Some((2, Some(theirs))), Some((2, Some(own)))) =
+        (seccomp_status(&format!("/proc/{tid}/status")), seccomp_status("/proc/self/status"))
     else {
         return false;
     };
     theirs <= own && descends_from_this_process(pid)
-}
-
-/// Whether process `pid` descends from this one.
-pub fn descends_from_this_process(pid: i32) -> bool {
-    let me = std::process::id() as i32;
-    let parent_of = crate::memory_sharers::parent_of;
-    let mut p = pid;
-    for _ in 0..256 {
-        match parent_of(p) {
-            Some(parent) if parent == me => return true,
-            Some(parent) if parent > 1 => p = parent,
-            _ => return false,
-        }
-    }
-    false
 }
 
 /// The name of system call `nr`, among those dprobe makes.

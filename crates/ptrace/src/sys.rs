@@ -195,11 +195,9 @@ impl Kernel for Real {
     fn seccomp(&mut self, _pid: i32, tid: i32) -> Result<Seccomp, String> {
         // (Any thread's, a traced `vfork` child's too.) A thread gone meanwhile is said to be so
         // by the call that follows.
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return Ok(Seccomp::Off) };
-        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(str::trim);
-        match mode {
-            Some("0") | None => return Ok(Seccomp::Off),
-            Some("1") => return Ok(Seccomp::Strict),
+        match crate::proc_ids::seccomp_status(&format!("/proc/{tid}/status")) {
+            Some((0, _)) | None => return Ok(Seccomp::Off),
+            Some((1, _)) => return Ok(Seccomp::Strict),
             _ => {}
         }
         const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;

@@ -687,7 +687,7 @@ fn seize_listed(pid: i32, threads: &mut BTreeMap<i32, Thread>, exiting: &mut BTr
 }
 
 /// The threads of process `pid`.
-fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
+pub(crate) fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {

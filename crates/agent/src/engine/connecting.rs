@@ -223,8 +223,8 @@ pub(super) fn load(
 /// has them from dprobe; any filter is, in another (a service with filters of its own), and so
 /// is any where the kernel does not say how many a process has.
 fn under_a_seccomp_filter(pid: i32) -> Option<String> {
-    let (mode, filters) = crate::seccomp::of(&format!("/proc/{pid}/status"))?;
-    let (own_mode, own) = crate::seccomp::of("/proc/self/status").unwrap_or((0, Some(0)));
+    let (mode, filters) = dprobe_ptrace::seccomp_status(&format!("/proc/{pid}/status"))?;
+    let (own_mode, own) = dprobe_ptrace::seccomp_status("/proc/self/status").unwrap_or((0, Some(0)));
     let inherited = |filters: u32| {
         own_mode == mode && own.is_some_and(|own| filters <= own) && dprobe_ptrace::descends_from_this_process(pid)
     };
