@@ -88,8 +88,13 @@ fn run_to(
     memory.read(at, &mut original).map_err(TraceError::from)?;
     memory.write(at, &[INT3]).map_err(TraceError::from)?;
     let mut signal = 0;
+    let mut group_stop = false;
     loop {
-        sys::cont(pid, signal)?;
+        if group_stop {
+            sys::listen(pid)?;
+        } else {
+            sys::cont(pid, signal)?;
+        }
         signal = 0;
         let (_, status) = sys::wait(pid)?;
         if !libc::WIFSTOPPED(status) {
@@ -97,6 +102,8 @@ fn run_to(
         }
         let sig = libc::WSTOPSIG(status);
         if sys::event_of(status) != 0 {
+            // A `SIGSTOP` from outside as it starts: stopped until it is continued.
+            group_stop = sys::event_of(status) == crate::tracee::EVENT_STOP && crate::thread::is_stop_signal(sig);
             continue;
         }
         if sig == libc::SIGTRAP {

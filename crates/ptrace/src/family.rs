@@ -193,28 +193,6 @@ impl Tracee {
         }
     }
 
-    /// A child sharing the program's memory executed a new program while every thread is
-    /// being stopped: the `SIGSTOP` sent to stop it (a spawned program's threads are not
-    /// seized) is still to come, and must not stop the new program once it is let go.
-    pub(crate) fn guest_executed_while_stopping(&mut self, tid: i32) -> Result<(), TraceError> {
-        if !self.seized {
-            let mut signal = 0;
-            loop {
-                sys::cont(tid, signal)?;
-                let (_, status) = sys::wait(tid)?;
-                if !libc::WIFSTOPPED(status) {
-                    self.forget_guest(tid);
-                    return Ok(());
-                }
-                signal = if sys::event_of(status) == 0 { libc::WSTOPSIG(status) } else { 0 };
-                if signal == libc::SIGSTOP {
-                    break;
-                }
-            }
-        }
-        self.guest_executed(tid, false)
-    }
-
     /// Forget child `tid` (it exited, executed or was let go).
     pub(crate) fn forget_guest(&mut self, tid: i32) {
         self.guests.remove(&tid);
@@ -296,8 +274,9 @@ impl Tracee {
     /// Child `child`, stopped at its start with a copy of this process's memory (a fork): the
     /// same probes, in the same places, through the same out-of-line pages.
     fn forked(&self, child: i32) -> Result<Tracee, TraceError> {
-        let threads = BTreeMap::from([(child, Thread::stopped(Stop::Signal(0)))]);
-        let mut t = Tracee::new(child, self.seized, threads)?;
+        // At its first stop (`PTRACE_EVENT_STOP`): nothing to deliver.
+        let threads = BTreeMap::from([(child, Thread::stopped(Stop::Event))]);
+        let mut t = Tracee::new(child, threads)?;
         t.sites = self.sites.clone();
         t.xol = self.xol.clone();
         t.probes = self.shared_probes(true);
@@ -314,12 +293,15 @@ impl Tracee {
     /// memory: the probes wait for their targets in the new program, as after any `exec`.
     fn executed(&self, child: i32) -> Result<Tracee, TraceError> {
         let threads = BTreeMap::from([(child, Thread::stopped(Stop::Event))]);
-        let mut t = Tracee::new(child, self.seized, threads)?;
+        let mut t = Tracee::new(child, threads)?;
         t.probes = self.shared_probes(false);
         t.next_id = self.next_id;
         t.follow = true;
         t.renamed = self.renamed.clone();
         t.trap_action_after_exec();
+        // Out of `execve` first: its return would overwrite the result of a system call
+        // injected at the exec stop (the out-of-line page's `mmap`).
+        crate::inject::leave_event_stop(child, child)?;
         t.on_exec(child)?;
         Ok(t)
     }

@@ -6,8 +6,10 @@
 //! clone, a fork, its exit. A signal-delivery stop is kept as the thread's stop, with its
 //! signal, delivered when the thread leaves it. A clone, fork or exec stop is inside a system
 //! call that has yet to return: the thread is let finish it and interrupted again. A thread
-//! on its way out is let go. A spawned program's threads are not seized: they are stopped with a
-//! `SIGSTOP` each, and every other stop is dealt with and continued until it comes.
+//! on its way out is let go. A started program's threads are seized too (`sys::fork_seized`):
+//! dprobe never stops a thread with a `SIGSTOP`, so that the program's own `SIGSTOP` (or
+//! `SIGTSTP`) is never taken for dprobe's (the only one dprobe sends puts a thread that it
+//! made run back into the group-stop it was held in, `thread::resume`).
 //!
 //! A `vfork` child traced with the program (see `family`) is let go as soon as it stops: its
 //! parent waits for it in `vfork` and cannot stop while it is held.
@@ -30,7 +32,7 @@ use dprobe_arch::Addr;
 use crate::blocked::blocked;
 use crate::error::TraceError;
 use crate::sys;
-use crate::thread::{is_stop_signal, State, Stop, Thread};
+use crate::thread::{is_stop_signal, Stop, Thread};
 use crate::tracee::{Tracee, EVENT_STOP};
 
 /// How long every thread that has not stopped may be one that cannot (see `blocked`) before
@@ -88,15 +90,7 @@ impl Tracee {
         let mut waiting: BTreeSet<i32> =
             self.threads.iter().filter(|(_, t)| !t.is_stopped()).map(|(tid, _)| *tid).collect();
         for tid in waiting.clone() {
-            // A new thread of a spawned program stops by itself: the kernel's SIGSTOP is
-            // pending or being reported. A second one would be left pending in it, and stop
-            // the whole program once it is let go.
-            if self.threads.get(&tid).is_some_and(|t| t.state == State::Starting) {
-                continue;
-            }
-            let asked =
-                if self.seized { sys::interrupt(tid) } else { sys::tgkill(self.process_of(tid), tid, libc::SIGSTOP) };
-            if let Err(e) = asked {
+            if let Err(e) = sys::interrupt(tid) {
                 if !e.gone() {
                     return Err(e.into());
                 }
@@ -123,10 +117,8 @@ impl Tracee {
                     // could meet dprobe's code with no tracer. One asleep in the kernel runs
                     // none, and is given up on at once.
                     giving_up = Some(Instant::now());
-                    if self.seized {
-                        for &t in &waiting {
-                            let _ = sys::interrupt(t);
-                        }
+                    for &t in &waiting {
+                        let _ = sys::interrupt(t);
                     }
                 }
                 if let Some(since) = giving_up {
@@ -155,7 +147,7 @@ impl Tracee {
             if self.guests.contains(&tid) && sys::event_of(status) == libc::PTRACE_EVENT_EXEC {
                 // A vfork child's new program: nothing of dprobe's in it.
                 waiting.remove(&tid);
-                match self.guest_executed_while_stopping(tid) {
+                match self.guest_executed(tid, false) {
                     Err(TraceError::Gone { .. }) => self.forget_guest(tid),
                     other => other?,
                 }
@@ -177,7 +169,7 @@ impl Tracee {
                 new.insert(Thread::running());
                 waiting.insert(tid);
             }
-            let outcome = if self.seized { self.seized_stop(tid, status) } else { self.spawned_stop(tid, status) };
+            let outcome = self.seized_stop(tid, status);
             match outcome {
                 Ok(Some(stop)) if self.guests.contains(&tid) => {
                     waiting.remove(&tid);
@@ -269,28 +261,6 @@ impl Tracee {
                 Ok(None)
             }
         }
-    }
-
-    /// A spawned program's thread's stop while stopping every thread: its `SIGSTOP` is the
-    /// one it is held at; other stops are dealt with and let go on.
-    fn spawned_stop(&mut self, tid: i32, status: i32) -> Result<Option<Stop>, TraceError> {
-        let signal = libc::WSTOPSIG(status);
-        let deliver = match sys::event_of(status) {
-            0 if signal == libc::SIGSTOP => {
-                // Held at its `SIGSTOP`, which is not delivered: a wait it ended goes on.
-                crate::interrupted_wait::wait_on(tid, &mut sys::get_regs(tid)?)?;
-                return Ok(Some(Stop::Signal(0)));
-            }
-            libc::PTRACE_EVENT_EXIT => return self.let_exiting_go(tid).map(|()| None),
-            0 if signal == libc::SIGTRAP && self.take_our_trap(tid)? => 0,
-            0 => self.deliverable(tid, signal)?,
-            event => {
-                self.on_new_task(tid, event)?;
-                0
-            }
-        };
-        sys::cont(tid, deliver)?;
-        Ok(None)
     }
 
     /// A thread stopped on its way out (`PTRACE_EVENT_EXIT`) is let go at once: it runs no

@@ -46,7 +46,7 @@ fn traced(threads: &[i32]) -> (Rc<RefCell<World>>, sys::FakeGuard, Tracee, Rc<Re
         }
     }
     let map: BTreeMap<i32, Thread> = threads.iter().map(|t| (*t, Thread::running())).collect();
-    let mut t = Tracee::new(PID, true, map).unwrap();
+    let mut t = Tracee::new(PID, map).unwrap();
     let insn = analyze(&[0x55, 0x48, 0x89, 0xe5, 0xc3], Addr(SITE), Addr(SITE)).unwrap();
     let id = ProbeId(1);
     let site = Site {

@@ -323,7 +323,7 @@ pub fn event_message(tid: i32) -> Result<u64, SysError> {
     request(tid, Request::EventMessage)
 }
 
-/// Set the ptrace options of a thread traced with `PTRACE_TRACEME`.
+/// Set the ptrace options of a traced thread.
 pub fn set_options(tid: i32, options: u64) -> Result<(), SysError> {
     request(tid, Request::SetOptions { options }).map(drop)
 }
@@ -411,11 +411,6 @@ pub fn detach(tid: i32, signal: i32) -> Result<(), SysError> {
 /// The event of a ptrace stop status (`PTRACE_EVENT_*`), 0 for a plain signal stop.
 pub fn event_of(status: i32) -> i32 {
     (status >> 16) & 0xff
-}
-
-/// Send `signal` to thread `tid` of process `pid`.
-pub fn tgkill(pid: i32, tid: i32, signal: i32) -> Result<(), SysError> {
-    kernel(|k| k.tgkill(pid, tid, signal)).map_err(|errno| SysError { call: "tgkill", tid, errno })
 }
 
 /// Whether `signal` is pending for thread `tid` of process `pid` itself.
@@ -592,40 +587,9 @@ pub fn command_line(program: &str, argv0: &str, args: &[&str]) -> io::Result<(CS
     Ok((file, argv))
 }
 
-/// Fork a child that asks to be traced and executes `program` with `args` (`args[0]` is the
-/// program name). Everything the child does between `fork` and `execv` is async-signal-safe:
-/// the strings are prepared before.
-pub fn fork_traced(program: &std::ffi::CStr, args: &[std::ffi::CString]) -> io::Result<i32> {
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    // SAFETY: fork in a possibly multi-threaded tracer: the child only calls ptrace, execv and
-    // _exit, which are async-signal-safe, on memory prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: see above.
-        unsafe {
-            // The Rust runtime ignores SIGPIPE; an ignored signal stays ignored across exec,
-            // and the program must start with the default disposition, as from a shell.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::ptrace(
-                libc::PTRACE_TRACEME,
-                0,
-                std::ptr::null_mut::<libc::c_void>(),
-                std::ptr::null_mut::<libc::c_void>(),
-            );
-            libc::execv(program.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
-        }
-    }
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(pid)
-}
-
 /// Fork a child that executes `program` with `args`, seized (`PTRACE_SEIZE` with `options`)
 /// before it executes: it waits for a byte on a pipe until the tracer has seized it. Unlike
-/// [`fork_traced`], no moment is left where it is traced without `options`: with
+/// `PTRACE_TRACEME`, it leaves no moment where it is traced without `options`: with
 /// `PTRACE_O_EXITKILL` it dies with the tracer from the first instruction of the program on,
 /// and its `execve` stops it with a `PTRACE_EVENT_EXEC` (`options` must hold
 /// `PTRACE_O_TRACEEXEC`), never with the `SIGTRAP` of `PTRACE_TRACEME`, which the program
@@ -646,7 +610,8 @@ pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options
     if pid == 0 {
         // SAFETY: see above.
         unsafe {
-            // As in `fork_traced`: the program starts with SIGPIPE at its default.
+            // The Rust runtime ignores SIGPIPE; an ignored signal stays ignored across exec,
+            // and the program must start with the default disposition, as from a shell.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::close(go_write);
             let mut byte = 0u8;

@@ -15,9 +15,6 @@ pub(crate) struct Thread {
 pub(crate) enum State {
     /// Running (until its next stop is seen).
     Running,
-    /// A new thread of a spawned program, running until its first stop: a `SIGSTOP` that is
-    /// the kernel's, not the program's.
-    Starting,
     /// Stopped, and held by the tracer until it resumes it.
     Stopped(Stop),
 }

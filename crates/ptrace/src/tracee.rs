@@ -23,8 +23,6 @@ pub(crate) const EVENT_STOP: i32 = 128;
 /// requests must come from the tracer thread).
 pub struct Tracee {
     pub(crate) pid: i32,
-    /// Attached with `PTRACE_SEIZE` (a running process) rather than spawned.
-    pub(crate) seized: bool,
     /// Every thread, with its state.
     pub(crate) threads: BTreeMap<i32, Thread>,
     pub(crate) memory: RemoteMemory,
@@ -84,10 +82,9 @@ pub struct Tracee {
 }
 
 impl Tracee {
-    pub(crate) fn new(pid: i32, seized: bool, threads: BTreeMap<i32, Thread>) -> Result<Tracee, TraceError> {
+    pub(crate) fn new(pid: i32, threads: BTreeMap<i32, Thread>) -> Result<Tracee, TraceError> {
         Ok(Tracee {
             pid,
-            seized,
             threads,
             memory: RemoteMemory::open(pid)?,
             sites: BTreeMap::new(),
@@ -130,9 +127,16 @@ impl Tracee {
     pub fn spawn_as(program: &str, argv0: &str, args: &[&str]) -> Result<Tracee, TraceError> {
         let spawn_err = |reason| TraceError::Spawn { program: program.to_owned(), reason };
         let (c_program, c_args) = sys::command_line(program, argv0, args).map_err(spawn_err)?;
-        let pid = sys::fork_traced(&c_program, &c_args).map_err(spawn_err)?;
+        // Seized as -p seizes (one regime for every thread dprobe traces): a group-stop is
+        // reported as one, and kept with PTRACE_LISTEN, where the stop of a thread traced with
+        // PTRACE_TRACEME could not be told from the SIGSTOP that delivers it, and dprobe,
+        // which stopped threads with SIGSTOPs of its own, took the program's for its own: a
+        // started program never stopped for Ctrl-Z, `kill -STOP` or its own `raise(SIGSTOP)`.
+        // The other options once it executes: with PTRACE_O_TRACEEXIT, a child whose `execv`
+        // failed would stop on its way out, never reaped here.
+        let pid = sys::fork_seized(&c_program, &c_args, libc::PTRACE_O_TRACEEXEC as u64).map_err(spawn_err)?;
         let (_, status) = sys::wait(pid)?;
-        if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
+        if !libc::WIFSTOPPED(status) || sys::event_of(status) != libc::PTRACE_EVENT_EXEC {
             return Err(TraceError::NotExecutable { program: program.to_owned() });
         }
         let options = libc::PTRACE_O_TRACECLONE
@@ -141,8 +145,15 @@ impl Tracee {
             | libc::PTRACE_O_TRACEEXEC
             | libc::PTRACE_O_TRACEEXIT;
         sys::set_options(pid, options as u64)?;
-        let mut tracee = Tracee::new(pid, false, BTreeMap::from([(pid, Thread::stopped(Stop::Signal(0)))]))?;
+        let mut tracee = Tracee::new(pid, BTreeMap::from([(pid, Thread::stopped(Stop::Event))]))?;
+        // Before the step's trap.
         tracee.trap_action_after_exec();
+        // Held at its first instruction, out of `execve`, whose return would overwrite the
+        // result of a system call injected at the exec stop.
+        crate::inject::leave_event_stop(pid, pid)?;
+        // A mask inherited with SIGTRAP blocked: opened for dprobe's traps, the program's
+        // again when it is let go (as at an attach).
+        tracee.open_trap(pid)?;
         Ok(tracee)
     }
 
@@ -164,7 +175,7 @@ impl Tracee {
         // Threads that exited before they could be seized (listed until they are reaped).
         let mut exiting = BTreeSet::new();
         seize_listed(pid, &mut threads, &mut exiting)?;
-        let mut tracee = Tracee::new(pid, true, threads)?;
+        let mut tracee = Tracee::new(pid, threads)?;
         // A clone under way while the threads were listed makes a thread that neither the
         // list nor the kernel's following shows (the kernel decides whether to follow it
         // as the clone starts): left running, it would meet the probes untraced and die of
@@ -409,9 +420,8 @@ impl Tracee {
             libc::PTRACE_EVENT_CLONE => {
                 let new = sys::event_message(tid)? as i32;
                 self.note_trap_action_at_event(tid)?;
-                let starting = if self.seized { State::Running } else { State::Starting };
                 if sys::exists(self.pid, new) {
-                    self.threads.entry(new).or_insert(Thread { state: starting });
+                    self.threads.entry(new).or_insert(Thread::running());
                 } else if crate::family::is_early(new) || sys::exists(new, new) {
                     // A clone that made a process, not a thread.
                     self.on_child(tid, new, libc::PTRACE_EVENT_CLONE, true)?;
@@ -451,7 +461,7 @@ impl Tracee {
                 // stopped (`PTRACE_LISTEN`) until it is continued.
                 self.threads.entry(tid).or_insert(Thread::running());
                 self.open_trap(tid)?;
-                if self.seized && is_stop_signal(signal) {
+                if is_stop_signal(signal) {
                     sys::listen(tid)?;
                 } else {
                     sys::cont(tid, 0)?;
@@ -464,14 +474,7 @@ impl Tracee {
             }
         }
         // A new thread's first stop may come before its parent's clone event.
-        let starting = if self.seized { State::Running } else { State::Starting };
-        let thread = self.threads.entry(tid).or_insert(Thread { state: starting });
-        if signal == libc::SIGSTOP && thread.state == State::Starting {
-            thread.state = State::Running;
-            self.open_trap(tid)?;
-            sys::cont(tid, 0)?;
-            return Ok(None);
-        }
+        self.threads.entry(tid).or_insert(Thread::running());
         if signal == libc::SIGTRAP {
             let deliver = self.on_trap(tid)?;
             let deliver = self.deliverable(tid, deliver)?;
