@@ -3,7 +3,8 @@
 //! and made only where it allows them. A filter that kills the process for `mmap` killed it
 //! with `SIGSYS` at a plain attach; now the probe that needs the page is refused, saying why,
 //! and the program finishes as untraced. A filter that allows `mmap` (as a container's does)
-//! changes nothing. (Reading a program's filters takes root with no filter of dprobe's own, as
+//! changes nothing. A filter that one thread set on itself alone keeps the agent out as a
+//! process's does (it was loaded, and killed the process at that thread's first hit). (Reading a program's filters takes root with no filter of dprobe's own, as
 //! CI runs the tests: otherwise the first three would see the probe refused for that.)
 mod common;
 
@@ -13,12 +14,15 @@ use std::process::{Child, Command, Stdio};
 use common::{c_program_from, dprobe_command, hits};
 
 /// Installs a filter (`kill`: the process is killed for `mmap`; `errno`: `mmap` fails with
-/// `EPERM`; `allow`: everything allowed, `getppid` excepted; `none`: no filter), says
-/// "ready", then calls `step` (through `outer`) 1,000 times, and again until it reads a line,
-/// and prints the sum: the same whatever traced it.
+/// `EPERM`; `allow`: everything allowed, `getppid` excepted; `none`: no filter; `worker`: a
+/// thread of its own, set with `prctl` on that thread alone, kills the process for
+/// `sigaltstack`, which the program never calls), says "ready", then calls `step` (through
+/// `outer`) 1,000 times, and again until it reads a line, and prints the sum: the same
+/// whatever traced it. With `worker`, that thread makes the calls; the first waits for it.
 const PROGRAM: &str = r#"
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,9 +32,11 @@ const PROGRAM: &str = r#"
 #include <unistd.h>
 __attribute__((noinline)) long step(long x) { __asm__ volatile("" ::: "memory"); return x + 1; }
 __attribute__((noinline)) long outer(long x) { long r = step(x); __asm__ volatile("" ::: "memory"); return r * 2; }
-int main(int argc, char **argv) {
-    unsigned nr = strcmp(argv[1], "allow") == 0 ? __NR_getppid : __NR_mmap;
-    unsigned action = strcmp(argv[1], "kill") == 0 ? SECCOMP_RET_KILL_PROCESS : SECCOMP_RET_ERRNO | 1;
+static void *run(void *arg) {
+    const char *mode = arg;
+    int worker = strcmp(mode, "worker") == 0;
+    unsigned nr = strcmp(mode, "allow") == 0 ? __NR_getppid : worker ? __NR_sigaltstack : __NR_mmap;
+    unsigned action = strcmp(mode, "kill") == 0 || worker ? SECCOMP_RET_KILL_PROCESS : SECCOMP_RET_ERRNO | 1;
     struct sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
@@ -38,8 +44,8 @@ int main(int argc, char **argv) {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = { 4, filter };
-    int none = strcmp(argv[1], "none") == 0;
-    if (!none && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))) return 9;
+    int none = strcmp(mode, "none") == 0;
+    if (!none && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))) return "9";
     printf("ready\n");
     fflush(stdout);
     long sum = 0, calls = 0;
@@ -51,6 +57,14 @@ int main(int argc, char **argv) {
     } while (poll(&in, 1, 0) == 0);
     printf("sum per 1000 calls %ld\n", sum / (calls / 1000));
     return 0;
+}
+int main(int argc, char **argv) {
+    (void)argc;
+    void *failed = 0;
+    pthread_t thread;
+    if (strcmp(argv[1], "worker") != 0) failed = run(argv[1]);
+    else if (pthread_create(&thread, 0, run, argv[1]) || pthread_join(thread, &failed)) return 8;
+    return failed ? 9 : 0;
 }
 "#;
 
@@ -98,6 +112,30 @@ fn a_filter_that_would_kill_the_process_for_dprobes_mmap_refuses_the_probe_and_t
         assert!(said.contains("`mmap`") && said.contains("its seccomp filter would kill the process"), "{said}");
         assert_eq!(finished(child), (SUM.to_owned(), Some(0)), "{engine:?}: {said}");
     }
+}
+
+/// A filter one thread set on itself alone: the first thread, which the agent would be
+/// loaded through, has none, but that thread's hits would make a system call of the agent's
+/// (`sigaltstack`) its filter kills the process for (killed at its first hit). The agent is
+/// refused, naming the thread, and the default engine traces it with ptrace.
+#[test]
+fn a_filter_of_one_thread_alone_keeps_the_agent_out() {
+    let child = started("worker");
+    let worker = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&t| t != child.id())
+        .unwrap();
+    let spec = format!("{}:step", program());
+    let (code, said) = attached(&child, Some("agent"), std::slice::from_ref(&spec));
+    assert_ne!(code, Some(0), "{said}");
+    let named = format!("thread {worker} of process {} runs under a seccomp filter of its own", child.id());
+    assert!(said.contains(&named), "{said}");
+    let (code, said) = attached(&child, None, &["-v".to_owned(), spec.clone()]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("dprobe: engine: ptrace"), "{said}");
+    assert!(hits(&said, &spec) > 0, "{said}");
+    assert_eq!(finished(child), (SUM.to_owned(), Some(0)), "{said}");
 }
 
 #[test]

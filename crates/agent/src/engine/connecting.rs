@@ -215,29 +215,37 @@ pub(super) fn load(
     connect(pid, listener, started, give_up)
 }
 
-/// Why the agent is not loaded into process `pid`, where it runs under a seccomp filter of
-/// its own (one its program installed, or a program it executed inherited), or in strict mode:
-/// the agent's thread would run under it too, and it may forbid, or kill the process for, a
-/// system call the program itself never makes (its socket, its memory files). The filters
-/// dprobe runs under itself (a container's) are no reason in a process dprobe started, which
-/// has them from dprobe; any filter is, in another (a service with filters of its own), and so
-/// is any where the kernel does not say how many a process has.
+/// Why the agent is not loaded into process `pid`, where one of its threads runs under a
+/// seccomp filter of its own (one its program installed, for the process or for that thread
+/// alone, or a program it executed inherited), or in strict mode: the agent's thread would run
+/// under a process's filter too, and it may forbid, or kill the process for, a system call the
+/// program itself never makes (its socket, its memory files); a filtered thread's own hits
+/// make system calls too (`sigaltstack`), which a filter of that thread alone may kill the
+/// process for (a worker's, set with `prctl`: killed at its first hit). The filters dprobe
+/// runs under itself (a container's) are no reason in a process dprobe started, which has
+/// them from dprobe; any filter is, in another (a service with filters of its own), and so is
+/// any where the kernel does not say how many a thread has.
 fn under_a_seccomp_filter(pid: i32) -> Option<String> {
-    let (mode, filters) = dprobe_ptrace::seccomp_status(&format!("/proc/{pid}/status"))?;
     let (own_mode, own) = dprobe_ptrace::seccomp_status("/proc/self/status").unwrap_or((0, Some(0)));
-    let inherited = |filters: u32| {
-        own_mode == mode && own.is_some_and(|own| filters <= own) && dprobe_ptrace::descends_from_this_process(pid)
+    let descends = dprobe_ptrace::descends_from_this_process(pid);
+    let inherited = |mode: u32, filters: u32| own_mode == mode && own.is_some_and(|own| filters <= own) && descends;
+    let why = |(mode, filters): (u32, Option<u32>)| match (mode, filters) {
+        (1, _) => Some("runs in seccomp's strict mode"),
+        (2, Some(filters)) if !inherited(mode, filters) => Some("runs under a seccomp filter of its own"),
+        (2, None) if own_mode == 0 => Some("runs under a seccomp filter of its own"),
+        _ => None,
     };
-    let why = match (mode, filters) {
-        (1, _) => "runs in seccomp's strict mode",
-        (2, Some(filters)) if !inherited(filters) => "runs under a seccomp filter of its own",
-        (2, None) if own_mode == 0 => "runs under a seccomp filter of its own",
-        _ => return None,
-    };
-    Some(format!(
-        "process {pid} {why}, which may forbid the system calls of the agent's thread (a socket, a memory file) or \
-         kill the program for them"
-    ))
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut tids: Vec<i32> = tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse().ok()).collect();
+    tids.sort_unstable();
+    tids.into_iter().find_map(|tid| {
+        let why = why(dprobe_ptrace::seccomp_status(&format!("/proc/{pid}/task/{tid}/status"))?)?;
+        let who = if tid == pid { format!("process {pid}") } else { format!("thread {tid} of process {pid}") };
+        Some(format!(
+            "{who} {why}, which may forbid the system calls of the agent's thread (a socket, a memory file) and of \
+             its hits, or kill the program for them"
+        ))
+    })
 }
 
 /// Why the agent is not loaded into process `pid` now, where every thread of it is stopped
