@@ -4,8 +4,9 @@
 //! with `SIGSYS` at a plain attach; now the probe that needs the page is refused, saying why,
 //! and the program finishes as untraced. A filter that allows `mmap` (as a container's does)
 //! changes nothing. A filter that one thread set on itself alone keeps the agent out as a
-//! process's does (it was loaded, and killed the process at that thread's first hit). (Reading a program's filters takes root with no filter of dprobe's own, as
-//! CI runs the tests: otherwise the first three would see the probe refused for that.)
+//! process's does (it was loaded, and killed the process at that thread's first hit).
+//! (Reading a program's filters takes root with no filter of dprobe's own, as CI runs the
+//! tests: otherwise the first three would see the probe refused for that.)
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
