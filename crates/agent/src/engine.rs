@@ -631,13 +631,13 @@ impl AgentEngine {
         if let Some(held) = self.pending.take() {
             self.executed(held, sink, give_up);
         }
+        let left = self.shm.why_the_agent_left();
         let lost = match (!self.stopped && !self.agent_left).then(|| self.connection_end()).flatten() {
-            // The program entered a new user namespace, which a process does alone: the agent
-            // left it (`user_namespace.rs`), whatever it did next.
-            Some(_) if self.shm.agent_left_for_a_user_namespace() => Some(format!(
-                "process {}: it entered a new user, mount or time namespace, which a process does alone: the \
-                 agent left it; not traced from then on",
-                self.pid
+            // The agent left the program (`user_namespace.rs`), whatever it did next.
+            Some(_) if left.is_some() => Some(format!(
+                "process {}: it {}: the agent left it; not traced from then on",
+                self.pid,
+                crate::user_namespace::agent_left_because(left.unwrap_or_default())
             )),
             Some(ConnectionEnd::Exec) if !self.exec_seen() => {
                 // The new program has no agent: nothing of dprobe's is in it any more.

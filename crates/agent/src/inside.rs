@@ -248,8 +248,7 @@ fn session(name: &[u8]) -> io::Result<Over> {
         if let Some(caller) = crate::user_namespace::asked().then(crate::user_namespace::leaves).flatten() {
             // dprobe watches the caller for its `exec`; every probe goes (below), then the
             // thread: the program's call goes on alone.
-            let sandboxed = crate::user_namespace::why() == crate::user_namespace::SANDBOXED;
-            shm.leave_first(caller, sandboxed, LEAVING_PATIENCE, || peer_closed(&sock));
+            shm.leave_first(caller, crate::user_namespace::why(), LEAVING_PATIENCE, || peer_closed(&sock));
             break Ok(Over::Ended);
         }
         if looked.elapsed() >= REARM_EVERY {

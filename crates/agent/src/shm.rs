@@ -50,9 +50,9 @@ const TRACER_BELL_AT: usize = 92;
 /// the id of the thread that enters it, then dprobe's answer.
 const LEFT_AT: usize = 96;
 const LEFT_SEEN_AT: usize = 100;
-/// In `LEFT_AT`, with the thread's id (below 2^22): it puts a thread, or every thread, under a
-/// seccomp filter, rather than entering a namespace.
-const LEFT_SANDBOXED: u32 = 1 << 31;
+/// In `LEFT_AT`, above the thread's id (below 2^22): why the agent leaves
+/// (`user_namespace::ALONE`, `SANDBOXED`, `TRAP_BLOCKED`).
+const LEFT_WHY_SHIFT: u32 = 30;
 /// `LEFT_SEEN_AT`'s values after 0: dprobe claimed the leaving thread, dprobe is done with it,
 /// the agent went unclaimed.
 const CLAIMED: u32 = 1;
@@ -288,13 +288,14 @@ impl Shm {
 
     /// The agent leaves the program, whose thread `tid` (as the program numbers it) enters a
     /// new user namespace, alone in its process, or puts a thread (or every thread) under a
-    /// seccomp filter (`sandboxed`): dprobe is told (its bell rung), and given
+    /// seccomp filter, or blocks `SIGTRAP` by name (`why`, as `user_namespace` says): dprobe is
+    /// told (its bell rung), and given
     /// `patience` to claim that thread, to watch it for its `exec`, then as long again to do so
     /// once claimed; unclaimed (or `gone` says dprobe went away), the agent takes its word back
     /// ([`GAVE_UP`]) and goes.
-    pub fn leave_first(&self, tid: i32, sandboxed: bool, patience: std::time::Duration, gone: impl Fn() -> bool) {
+    pub fn leave_first(&self, tid: i32, why: u32, patience: std::time::Duration, gone: impl Fn() -> bool) {
         use dprobe_inproc::raw_calls::{futex_wait, monotonic_ns};
-        self.left_word(LEFT_AT).store(tid as u32 | if sandboxed { LEFT_SANDBOXED } else { 0 }, Release);
+        self.left_word(LEFT_AT).store(tid as u32 | why << LEFT_WHY_SHIFT, Release);
         self.ring_tracer();
         let seen = self.left_word(LEFT_SEEN_AT);
         let slice = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
@@ -322,12 +323,12 @@ impl Shm {
         }
     }
 
-    /// The thread entering a new user namespace as the agent leaves the program, until dprobe
-    /// claims it ([`Shm::claim_the_leaving`]) or the agent took its word back.
-    pub fn leaving_thread(&self) -> Option<(i32, bool)> {
+    /// The thread the agent leaves the program for, and why ([`Shm::leave_first`]), until
+    /// dprobe claims it ([`Shm::claim_the_leaving`]) or the agent took its word back.
+    pub fn leaving_thread(&self) -> Option<(i32, u32)> {
         let word = self.left_word(LEFT_AT).load(Acquire);
-        let (tid, sandboxed) = (word & !LEFT_SANDBOXED, word & LEFT_SANDBOXED != 0);
-        (tid != 0 && self.left_word(LEFT_SEEN_AT).load(Acquire) == 0).then_some((tid as i32, sandboxed))
+        let (tid, why) = (word & ((1 << LEFT_WHY_SHIFT) - 1), word >> LEFT_WHY_SHIFT);
+        (tid != 0 && self.left_word(LEFT_SEEN_AT).load(Acquire) == 0).then_some((tid as i32, why))
     }
 
     /// dprobe takes the leaving thread to watch: whether the agent still waits for it.
@@ -343,9 +344,10 @@ impl Shm {
         dprobe_inproc::raw_calls::futex_wake(seen, false);
     }
 
-    /// Whether the agent left the program as it entered a new user namespace.
-    pub fn agent_left_for_a_user_namespace(&self) -> bool {
-        self.left_word(LEFT_AT).load(Acquire) != 0
+    /// Why the agent left the program ([`Shm::leave_first`]), if it did.
+    pub fn why_the_agent_left(&self) -> Option<u32> {
+        let word = self.left_word(LEFT_AT).load(Acquire);
+        (word != 0).then_some(word >> LEFT_WHY_SHIFT)
     }
 
     /// The tracer's bell: rung by a thread that asks dprobe before its `exec`

@@ -22,6 +22,15 @@
 //! `TSYNC`): that thread's hits make system calls too (`sigaltstack` every 1,024 hits, reads
 //! of memory for fetches), and an allow-list killed the process at its 1,025th hit. Whether a
 //! filter would forbid those calls is not known without running it.
+//!
+//! And so it does for a thread that blocks `SIGTRAP` by name (`pthread_sigmask`, or
+//! `sigprocmask`, which calls it, with a set of few signals that holds it: a program that
+//! uses `SIGTRAP` itself, and `sigwait`s for it): the kernel kills a thread at a trap it
+//! blocks, and the agent's probes on `int3` trap. Sets that block most signals have `SIGTRAP`
+//! left out by `dprobe_inproc::keep_traps_open`, which is no answer here: the program's own
+//! `SIGTRAP` would be delivered where it waits for it. (The ptrace engine, which takes traps
+//! as the tracer, is chosen for a program that blocks it at an attach; one that blocks it
+//! later is its documented gap, `trap_mask.rs`.)
 
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
 
@@ -41,10 +50,12 @@ const CLONE_NEWTIME: libc::c_int = 0x80;
 const PATIENCE_NS: u64 = 5_000_000_000;
 
 /// Why a call asks the agent to leave: [`ALONE`] (it enters a namespace, which a process does
-/// alone) or [`SANDBOXED`] (it puts a thread, or every thread, under a seccomp filter).
+/// alone), [`SANDBOXED`] (it puts a thread, or every thread, under a seccomp filter) or
+/// [`TRAP_BLOCKED`] (a thread blocks `SIGTRAP` by name).
 static WHY: AtomicU32 = AtomicU32::new(ALONE);
 pub(crate) const ALONE: u32 = 0;
 pub(crate) const SANDBOXED: u32 = 1;
+pub(crate) const TRAP_BLOCKED: u32 = 2;
 /// `seccomp`'s operations that put the calling thread (or, with `SECCOMP_FILTER_FLAG_TSYNC`,
 /// every thread) under a filter, or in strict mode.
 const SECCOMP_SET_MODE_STRICT: u64 = 0;
@@ -90,14 +101,18 @@ pub(crate) fn probes() -> Vec<Kprobe> {
         Kprobe::symbol("libc:setns").pre(at_setns),
         Kprobe::symbol("libc:syscall").pre(at_syscall),
         Kprobe::symbol("libc:prctl").pre(at_prctl),
+        Kprobe::symbol("libc:pthread_sigmask").pre(at_sigmask),
     ]
 }
 
 impl LeavesForUserNamespaces {
-    /// The probes [`probes`] gave, placed; the one on `syscall` only as a jump (programs call
-    /// it often, Rust's locks for each wait: a trap there would cost each call a signal).
+    /// The probes [`probes`] gave, placed; the ones on `syscall` and `pthread_sigmask` only as
+    /// jumps (programs call them often, Rust's locks `syscall` for each wait: a trap there
+    /// would cost each call a signal; and a signal handler running with `SIGTRAP` blocked
+    /// already would be killed by one at its `pthread_sigmask`).
     pub(crate) fn of(probes: Vec<Probe>) -> LeavesForUserNamespaces {
-        let kept = |p: &Probe| &*p.target().function.name != "syscall" || p.optimized().is_ok();
+        let jump_only = |p: &Probe| matches!(&*p.target().function.name, "syscall" | "pthread_sigmask");
+        let kept = |p: &Probe| !jump_only(p) || p.optimized().is_ok();
         LeavesForUserNamespaces { _probes: probes.into_iter().filter(kept).collect() }
     }
 }
@@ -111,7 +126,23 @@ pub(crate) fn serve_here() {
     OWNER.store(raw_calls::getpid(), Release);
 }
 
-/// Why the call that asks the agent to leave does ([`ALONE`], [`SANDBOXED`]).
+/// What a process did that made the agent leave it, for `why` ([`ALONE`], [`SANDBOXED`],
+/// [`TRAP_BLOCKED`]), as dprobe says it.
+pub fn agent_left_because(why: u32) -> &'static str {
+    match why {
+        SANDBOXED => {
+            "asked to put its threads, or one, under a seccomp filter or in strict mode, which may forbid the \
+             agent's system calls"
+        }
+        TRAP_BLOCKED => {
+            "blocked SIGTRAP by name in a thread (it uses that signal itself), and the kernel kills a thread at a \
+             trap it blocks, which the agent's probes on int3 would be"
+        }
+        _ => "entered a new user, mount or time namespace, which a process does alone",
+    }
+}
+
+/// Why the call that asks the agent to leave does ([`ALONE`], [`SANDBOXED`], [`TRAP_BLOCKED`]).
 pub(crate) fn why() -> u32 {
     WHY.load(Acquire)
 }
@@ -128,7 +159,7 @@ pub(crate) fn asked() -> bool {
 pub(crate) fn leaves() -> Option<i32> {
     let threads = std::fs::read_dir("/proc/thread-self/..").map_or(0, |tasks| tasks.count());
     let caller = CALLER.load(Acquire);
-    let alone = threads == 2 || WHY.load(Acquire) == SANDBOXED;
+    let alone = threads == 2 || WHY.load(Acquire) != ALONE;
     if alone && caller != 0 && raw_calls::thread_lives(caller) && STATE.load(Acquire) == ASKED {
         return Some(caller);
     }
@@ -183,6 +214,18 @@ fn at_prctl(regs: &mut Regs) -> PreAction {
     asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
 }
 
+/// At the entry of `pthread_sigmask(how, set, old)`: a call that blocks `SIGTRAP` by name
+/// waits until the agent has left (see the module's comment).
+fn at_sigmask(regs: &mut Regs) -> PreAction {
+    let (how, set) = (regs.rdi as i32, regs.rsi);
+    let blocks = set != 0 && (how == libc::SIG_BLOCK || how == libc::SIG_SETMASK) && {
+        let mut word = [0u8; 8];
+        dprobe_inproc::read_bytes(set, &mut word).is_ok()
+            && dprobe_inproc::blocks_trap_by_name(u64::from_le_bytes(word))
+    };
+    asks_to_leave(regs, blocks, ask_and_wait_trap_blocked)
+}
+
 fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
     asks_to_leave(regs, into_user_namespace, ask_and_wait)
 }
@@ -202,6 +245,11 @@ fn asks_to_leave(regs: &mut Regs, needs_it: bool, wait: extern "C" fn() -> u64) 
 /// [`ask_and_wait`] for a call that puts a thread, or every thread, under a seccomp filter.
 extern "C" fn ask_and_wait_sandboxed() -> u64 {
     ask_and_wait_for(SANDBOXED)
+}
+
+/// [`ask_and_wait`] for a call that blocks `SIGTRAP` by name.
+extern "C" fn ask_and_wait_trap_blocked() -> u64 {
+    ask_and_wait_for(TRAP_BLOCKED)
 }
 
 /// Run by the stub on the program's thread, outside any hit: ask the agent to leave, and wait

@@ -126,7 +126,7 @@ pub use kretprobe::{
     InstanceData, Kretprobe, ReturnProbe,
 };
 pub use lent_threads::{lent_thread_probes, watch_lent_threads, LentThreads};
-pub use mask_guard::{keep_traps_open, TrapsOpen};
+pub use mask_guard::{blocks_trap_by_name, keep_traps_open, TrapsOpen};
 pub use memory::{read_bytes, read_c_string};
 pub use probe::{
     blacklist, kept_jumps, list, rearm_undone, register, register_all, register_jprobe, resolve, resolve_each,

@@ -19,7 +19,8 @@
 //! keeps it handled in the children `posix_spawn` and `system` start (`spawn_children.rs`).
 //!
 //! Not covered: a thread that blocked `SIGTRAP` before the probe was placed (a process dprobe
-//! attaches to), and a raw `rt_sigprocmask` system call.
+//! attaches to), a set that blocks `SIGTRAP` by name ([`blocks_trap_by_name`]: dprobe's agent
+//! leaves the program before such a call), and a raw `rt_sigprocmask` system call.
 
 use dprobe_arch::{Addr, NotOptimized, Regs};
 use dprobe_core::{Kprobe, PreAction, ProbeError};
@@ -93,6 +94,13 @@ impl Drop for TrapsOpen {
     }
 }
 
+/// Whether a set whose first word (signals 1 to 64) is `word`, blocked, blocks `SIGTRAP` by
+/// name: with few other standard signals, a set this guard leaves as it is (the program uses
+/// `SIGTRAP` itself, `sigwait`s for it). The kernel kills the thread at its next trap then.
+pub fn blocks_trap_by_name(word: u64) -> bool {
+    word & TRAP != 0 && (word & STANDARD).count_ones() <= MOST
+}
+
 /// `pthread_sigmask(how, set, old)`'s first instruction: a `SIG_BLOCK` or `SIG_SETMASK` of a
 /// set that holds `SIGTRAP` and most signals reads a copy without `SIGTRAP`. Anything else (a
 /// set that cannot be read, a thread without dprobe's state) is left as it is.
@@ -102,7 +110,7 @@ fn set_without_trap(regs: &mut Regs) -> PreAction {
         return PreAction::Continue;
     }
     let mut first = [0u8; 8];
-    let blocks_most = |w: u64| w & TRAP != 0 && (w & STANDARD).count_ones() > MOST;
+    let blocks_most = |w: u64| w & TRAP != 0 && !blocks_trap_by_name(w);
     if sys::read_memory(Addr(set), &mut first).is_err() || !blocks_most(u64::from_le_bytes(first)) {
         return PreAction::Continue;
     }

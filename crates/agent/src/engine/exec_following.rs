@@ -4,6 +4,7 @@
 //! not followed said so.
 
 use super::*;
+use crate::user_namespace::{agent_left_because, ALONE};
 
 impl AgentEngine {
     /// Let a started program run, watched for its `exec`: from the moment it says it is about
@@ -37,7 +38,7 @@ impl AgentEngine {
     /// (`user_namespace.rs`): that thread is watched for its `exec` from now on, so that the
     /// program it executes gets an agent again; the agent goes once dprobe has seen it.
     pub(super) fn watch_as_the_agent_leaves(&mut self) {
-        let Some((asking, sandboxed)) = self.shm.leaving_thread() else { return };
+        let Some((asking, why)) = self.shm.leaving_thread() else { return };
         // Too late (the agent went without dprobe): the program is said to be no longer
         // traced when its connection's end is seen.
         if !self.shm.claim_the_leaving() {
@@ -56,18 +57,16 @@ impl AgentEngine {
             // Not found, or not watched: the program is said to be no longer traced.
             _ => {}
         }
-        if self.agent_left && sandboxed {
+        if self.agent_left {
+            let until = if why == ALONE {
+                "until its next exec (until then its calls, and its children's programs, were not traced)"
+            } else {
+                "(from then on its calls, and its children's programs, were not traced)"
+            };
             self.unfollowed.push(format!(
-                "process {} asked to put its threads, or one, under a seccomp filter or in strict mode, which may \
-                 forbid the agent's system calls: the agent left it first (from then on its calls, and its \
-                 children's programs, were not traced)",
-                self.pid
-            ));
-        } else if self.agent_left {
-            self.unfollowed.push(format!(
-                "process {} entered a new user, mount or time namespace, which a process does alone: the agent \
-                 left it until its next exec (until then its calls, and its children's programs, were not traced)",
-                self.pid
+                "process {} {}: the agent left it first {until}",
+                self.pid,
+                agent_left_because(why)
             ));
         }
         self.shm.let_the_agent_leave();
