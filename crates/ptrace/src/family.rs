@@ -302,6 +302,7 @@ impl Tracee {
         // Out of `execve` first: its return would overwrite the result of a system call
         // injected at the exec stop (the out-of-line page's `mmap`).
         crate::inject::leave_event_stop(child, child)?;
+        t.open_trap(child)?;
         t.on_exec(child)?;
         Ok(t)
     }

@@ -452,6 +452,9 @@ impl Tracee {
                 // Probes are placed (and pages mapped) from the new program's first
                 // instruction, not from inside `execve`.
                 crate::inject::leave_event_stop(self.pid, tid)?;
+                // A mask that blocks SIGTRAP, kept through `execve` (the new program's, as
+                // untraced): opened for dprobe's traps, as at the start.
+                self.open_trap(tid)?;
                 self.on_exec(tid)?;
                 sys::cont(tid, 0)?;
                 return Ok(None);

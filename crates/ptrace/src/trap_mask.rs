@@ -7,14 +7,15 @@
 //! be gone at each of dprobe's traps in such a thread (a thread that blocks every signal, as
 //! worker threads of many servers do), and the program's next `SIGTRAP` could come between the
 //! action put back (`trap_action.rs`) and another such trap. So each thread that blocks
-//! `SIGTRAP` when the tracer attaches (every thread held), or at a stop before its first trap
-//! (a new thread's first stop), has it unblocked, its mask noted; its traps then change
-//! nothing.
+//! `SIGTRAP` when the tracer attaches (every thread held), at a stop before its first trap
+//! (a new thread's first stop), or as its program starts (a mask inherited, or kept through an
+//! `execve`), has it unblocked, its mask noted; its traps then change nothing.
 //!
 //! What the program sees of it while traced: a `SIGTRAP` it sends such a thread is blocked
 //! again and given back to the kernel, which queues it as pending, as untraced (the thread's
 //! mask is then its own again, and blocked again after each of dprobe's traps there, which
-//! open it); a thread that asks for its mask sees `SIGTRAP` open. When the
+//! open it, and which the kernel gives the pending signal in place of their own: queued again,
+//! [`Tracee::trap_taken`]); a thread that asks for its mask sees `SIGTRAP` open. When the
 //! tracer lets it go, the signal is blocked again in each such thread whose mask is otherwise
 //! as noted (one whose program changed its mask since wants what it set), so that a `SIGTRAP`
 //! of its own later stays pending instead of killing it.
@@ -115,7 +116,24 @@ impl Tracee {
     /// After one of dprobe's traps in stopped thread `tid` (a hit, or a trap consumed while
     /// every thread is being stopped): where `SIGTRAP` was blocked again for a pending signal,
     /// the kernel opened it; blocked again.
+    ///
+    /// Where the program's own `SIGTRAP` was pending, blocked, the kernel gave the thread that
+    /// one in place of the trap's (it queues one standard signal of a kind): the stop says a
+    /// process sent it (a code of zero or less), and it would be lost with the trap (a
+    /// program that blocks `SIGTRAP`, raises it, and takes it with `sigwait` found nothing
+    /// pending once it met a probe). It is queued again, and, in a thread whose program
+    /// blocks `SIGTRAP` (noted), blocked again: pending as untraced. (In another, it came as
+    /// the thread trapped, and is delivered as it resumes.)
     pub(crate) fn trap_taken(&mut self, tid: i32) -> Result<(), TraceError> {
+        let info = sys::siginfo(tid)?;
+        if info.si_code <= 0 {
+            crate::continued::queue_again(self.process_of(tid), tid, &info)?;
+            if let Some(noted) = self.trap_masks.0.get_mut(&tid) {
+                noted.closed = true;
+                sys::set_sigmask(tid, sys::sigmask(tid)? | bit(libc::SIGTRAP))?;
+            }
+            return Ok(());
+        }
         if self.trap_masks.0.get(&tid).is_some_and(|n| n.closed) {
             sys::set_sigmask(tid, sys::sigmask(tid)? | bit(libc::SIGTRAP))?;
         }
