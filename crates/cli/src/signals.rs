@@ -7,8 +7,8 @@
 //! front that ended asks for a stop as a SIGINT sent to dprobe alone does.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dprobe_holder::Front;
 use nix::sys::signal::Signal;
@@ -24,6 +24,11 @@ static COUNT: AtomicI32 = AtomicI32::new(0);
 /// Whether the last one came from the terminal (Ctrl-C: the whole foreground process group,
 /// a command dprobe started included, received it), not from a process's `kill`.
 static FROM_TERMINAL: AtomicBool = AtomicBool::new(false);
+/// The last stop signal that reached this process itself (0: none), set by the handler as it
+/// comes (the thread that notes [`REQUESTED`] does so a moment later): one sent to the process
+/// group (Ctrl-C, `kill -INT -PGID`), which reaches a command dprobe starts only once it is
+/// forked.
+static ARRIVED: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
 /// The stop requested when dprobe's front process ended (not a signal number).
 pub const FRONT_ENDED: i32 = -1;
 /// The front's pid, once it has ended.
@@ -97,8 +102,12 @@ fn front_ended(front: i32) {
 /// is at its default in the command, an ignored one stays ignored there too.
 pub fn install() -> io::Result<()> {
     let ignored = dprobe_holder::ignored_signals()?;
-    let caught = STOPS.into_iter().filter(|&s| !ignored.contains(s)).map(|s| s as i32);
-    let mut signals = SignalsInfo::<WithOrigin>::new(caught.collect::<Vec<_>>())?;
+    let caught: Vec<i32> = STOPS.into_iter().filter(|&s| !ignored.contains(s)).map(|s| s as i32).collect();
+    let arrived = ARRIVED.get_or_init(|| Arc::new(AtomicUsize::new(0)));
+    for &signal in &caught {
+        signal_hook::flag::register_usize(signal, arrived.clone(), signal as usize)?;
+    }
+    let mut signals = SignalsInfo::<WithOrigin>::new(caught)?;
     std::thread::Builder::new().name("dprobe-signals".into()).spawn(move || {
         for origin in signals.forever() {
             let from_terminal = origin.cause == Cause::Kernel;
@@ -109,6 +118,11 @@ pub fn install() -> io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The last stop signal that reached this process itself, if one did (see [`ARRIVED`]).
+pub fn arrived() -> Option<i32> {
+    ARRIVED.get().map(|a| a.load(Ordering::SeqCst) as i32).filter(|&s| s != 0)
 }
 
 /// The signal that asked dprobe to stop, if one did.

@@ -142,13 +142,33 @@ fn can_fall_back(e: &AgentError) -> bool {
 /// A stop signal came before anything was placed: dprobe ends with the status of a program
 /// that signal ended.
 fn stopped_before_tracing() -> i32 {
-    let signal = signals::requested().unwrap_or(nix::libc::SIGINT);
+    let signal = signals::requested().or_else(signals::arrived).unwrap_or(nix::libc::SIGINT);
     eprintln!("dprobe: stopped by {} before tracing started", signals::signal_name(signal));
     if signal > 0 {
         128 + signal
     } else {
         1
     }
+}
+
+/// Whether a stop was asked for before a command is started (or, asked again once it is held
+/// at its start, having run nothing of its own, before its `fork`'s moment was known): it is
+/// not started, or ended there. (A Ctrl-C to the process group before the command's `fork`
+/// never reached it: started, it ran untraced to its end, where it would have ended on that
+/// signal. The handler notes the signal as it comes, before the thread that asks for the stop
+/// does: the look once the command is held sees one that came before the `fork`.)
+/// Not the end of dprobe's front (`kill -9` of `dprobe`): a started command runs on untraced.
+fn stop_asked_before_the_command(args: &TraceArgs) -> bool {
+    args.pid.is_none()
+        && (signals::arrived().is_some() || signals::requested().is_some_and(|s| s != signals::FRONT_ENDED))
+}
+
+/// Whether a command being started was killed by the stop signal dprobe was asked to stop by
+/// (a Ctrl-C to the process group as it started): stopped before tracing, as that signal says.
+fn killed_by_the_stop(e: &dprobe_ptrace::TraceError) -> bool {
+    use dprobe_ptrace::{Exit, TraceError};
+    matches!(e, TraceError::EndedBeforeEntry(Exit::Signal(s))
+        if signals::requested() == Some(*s) || signals::arrived() == Some(*s))
 }
 
 fn engine_name(engine: Engine) -> &'static str {
@@ -302,8 +322,15 @@ fn trace_one_program(
             planned.len()
         );
     }
+    if stop_asked_before_the_command(args) {
+        return Ok(None);
+    }
     if engine == Engine::Agent {
         match start_agent(args, program) {
+            Ok(engine) if stop_asked_before_the_command(args) => {
+                dprobe_core::Engine::abandon(engine);
+                return Ok(None);
+            }
             Ok(mut engine) => {
                 if let Some(held) = engine.loaded_by().filter(|_| args.verbose) {
                     eprintln!("dprobe: the agent was loaded by {held}");
@@ -315,6 +342,7 @@ fn trace_one_program(
                 return trace(engine, planned, args, out, Scope::Process(pid)).map(Some);
             }
             Err(AgentError::GaveUp) => return Ok(None),
+            Err(AgentError::Load(dprobe_ptrace::LoadError::Trace(e))) if killed_by_the_stop(&e) => return Ok(None),
             // Asked for by name: its failure is the answer.
             Err(e) if args.engine == Some(Engine::Agent) || !can_fall_back(&e) => return Err(e.into()),
             Err(e) => {
@@ -327,15 +355,25 @@ fn trace_one_program(
             }
         }
     }
+    if stop_asked_before_the_command(args) {
+        return Ok(None);
+    }
     let mut engine = match (args.pid, args.command.split_first()) {
         (Some(pid), _) => PtraceEngine::attach(pid)?,
         (None, Some((argv0, rest))) => {
             let program = program.expect("found above");
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            PtraceEngine::spawn_as(program, argv0, &rest)?
+            match PtraceEngine::spawn_as(program, argv0, &rest) {
+                Err(e) if killed_by_the_stop(&e) => return Ok(None),
+                started => started?,
+            }
         }
         (None, None) => bail!("nothing to trace: give `-p PID`, a command after `--`, or --system-wide"),
     };
+    if stop_asked_before_the_command(args) {
+        dprobe_core::Engine::abandon(engine);
+        return Ok(None);
+    }
     if args.follows_children() {
         engine.follow();
     }

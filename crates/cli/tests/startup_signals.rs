@@ -199,3 +199,51 @@ fn a_command_started_with_sigint_ignored_has_it_ignored_as_untraced() {
     assert!(common::hits(&summary, "libc:read") > 0, "traced: {summary}");
     assert_eq!(String::from_utf8(traced.stdout).unwrap(), untraced);
 }
+
+/// Works for about a third of a second, then says so: it ran to its end.
+const WORKS_THEN_ENDS: &str = r#"
+#include <stdio.h>
+#include <time.h>
+__attribute__((noinline)) int work(int x) { volatile int y = x; y += 1; return y; }
+int main(void) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long n = 0;
+    do {
+        for (int i = 0; i < 1000; i++) n += work(i) - i;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while ((now.tv_sec - start.tv_sec) * 1000000000L + now.tv_nsec - start.tv_nsec < 300000000L);
+    printf("ran to its end (%ld calls)\n", n);
+    return 0;
+}
+"#;
+
+/// A Ctrl-C to the process group (`kill -INT -PGID`: dprobe and the command it starts, once it
+/// is forked) as dprobe starts the command: the command ends by it, or is not started, as
+/// untraced it would have ended by it. One that came before the command's `fork` ran dprobe's
+/// handler in the child (or came before the child), and the command, never told, ran to its
+/// end, traced a moment and then untraced: 4 of 24 tries at moments of the first 5 ms, under
+/// the ptrace engine. The moments are spread over dprobe's first 8 ms (none is timed: each
+/// must end the same way).
+#[test]
+fn a_ctrl_c_to_the_process_group_as_the_command_starts_is_never_lost() {
+    use std::os::unix::process::CommandExt;
+    let program = common::c_program_from("works-then-ends", WORKS_THEN_ENDS, &["-O1"]);
+    for engine in ["ptrace", "agent"] {
+        for i in 0..20u64 {
+            let mut c = dprobe_command();
+            c.args(["trace", "--engine", engine, "-c", "work", "--", program])
+                .process_group(0)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let dprobe = c.spawn().unwrap();
+            std::thread::sleep(Duration::from_micros(i * 400));
+            // SAFETY: signals the process group of our own child, which leads it.
+            assert_eq!(unsafe { libc::kill(-(dprobe.id() as i32), libc::SIGINT) }, 0);
+            let o = dprobe.wait_with_output().unwrap();
+            let (out, said) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            assert!(!out.contains("ran to its end"), "{engine}, try {i}: {said}");
+            assert!(!said.contains("panicked"), "{engine}, try {i}: {said}");
+        }
+    }
+}

@@ -97,6 +97,12 @@ fn run_to(
         }
         signal = 0;
         let (_, status) = sys::wait(pid)?;
+        if libc::WIFSIGNALED(status) {
+            // Killed (a Ctrl-C to the process group as it started): said as the ptrace
+            // engine says it.
+            let exit = crate::error::Exit::Signal(libc::WTERMSIG(status));
+            return Err(TraceError::EndedBeforeEntry(exit).into());
+        }
         if !libc::WIFSTOPPED(status) {
             return Err(LoadError::Refused { pid, reason: "it ended before its constructors ran".into() });
         }

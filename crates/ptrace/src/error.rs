@@ -155,6 +155,16 @@ impl From<SysError> for TraceError {
 }
 
 impl TraceError {
+    /// A started `program` that ended (wait status `ended`) before its `execve`: killed by a
+    /// signal that came as it started, or its `execv` failed (its child's `_exit(127)`).
+    pub(crate) fn not_started(program: &str, ended: i32) -> TraceError {
+        if libc::WIFSIGNALED(ended) {
+            TraceError::EndedBeforeEntry(Exit::Signal(libc::WTERMSIG(ended)))
+        } else {
+            TraceError::NotExecutable { program: program.to_owned() }
+        }
+    }
+
     /// Whether it says a thread vanished (its exit comes through `wait`).
     pub fn is_gone(&self) -> bool {
         matches!(self, TraceError::Gone { .. })

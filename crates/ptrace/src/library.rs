@@ -137,9 +137,8 @@ impl Injector {
         // Seized before it executes, it is never traced without these options.
         let options = (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64;
         let pid = sys::fork_seized(&c_program, &c_args, options).map_err(spawn_err)?;
-        let (_, status) = sys::wait(pid)?;
-        if !libc::WIFSTOPPED(status) || sys::event_of(status) != libc::PTRACE_EVENT_EXEC {
-            return Err(TraceError::NotExecutable { program: program.to_owned() }.into());
+        if let Err(ended) = sys::wait_for_exec(pid)? {
+            return Err(TraceError::not_started(program, ended).into());
         }
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
         if let Err(e) = crate::early::run_to_libc_initialized(pid, &mut memory) {

@@ -604,14 +604,37 @@ pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options
         return Err(io::Error::last_os_error());
     }
     let [go_read, go_write] = go;
-    // SAFETY: fork in a possibly multi-threaded tracer: the child only calls signal, close,
-    // read, execv and _exit, which are async-signal-safe, on memory prepared before the fork.
+    // Every signal blocked across the fork, until the child has its handlers at the default:
+    // one that came in between ran dprobe's handler in the child (a Ctrl-C to the process
+    // group as the command started: the program, never told, ran to its end). Pending, it is
+    // the program's once the mask is back, just before `execv`.
+    // SAFETY: all-zero is a valid sigset_t, which sigfillset fills.
+    let (mut all, mut before): (libc::sigset_t, libc::sigset_t) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: valid sets, owned by this frame.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+    }
+    // SAFETY: fork in a possibly multi-threaded tracer: the child only calls sigaction,
+    // signal, sigprocmask, close, read, execv and _exit, which are async-signal-safe, on memory
+    // prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: see above.
         unsafe {
-            // The Rust runtime ignores SIGPIPE; an ignored signal stays ignored across exec,
-            // and the program must start with the default disposition, as from a shell.
+            // dprobe's handlers to the default (the kernel's `execve` would, too late); an
+            // ignored signal stays ignored across exec, as from a shell.
+            for signal in 1..=libc::SIGRTMAX() {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                    && action.sa_sigaction != libc::SIG_DFL
+                    && action.sa_sigaction != libc::SIG_IGN
+                {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            // The Rust runtime ignores SIGPIPE: the program starts with it at the default, as
+            // from a shell.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::close(go_write);
             let mut byte = 0u8;
@@ -622,10 +645,13 @@ pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options
                     _ => libc::_exit(127),
                 }
             }
+            libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
             libc::execv(program.as_ptr(), argv.as_ptr());
             libc::_exit(127);
         }
     }
+    // SAFETY: the mask saved above, a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut()) };
     // SAFETY: our end of the pipe, which the child has its own copy of.
     unsafe { libc::close(go_read) };
     if pid < 0 {
@@ -646,6 +672,25 @@ pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options
         return Err(io::Error::from_raw_os_error(e.errno));
     }
     Ok(pid)
+}
+
+/// Wait for child `pid`, which [`fork_seized`] started, to reach its `execve`
+/// (`PTRACE_EVENT_EXEC`): `Ok` there, else the wait status it ended with. A signal that came
+/// before (pending as it started: a Ctrl-C to the process group) is the program's, delivered
+/// as untraced (it may end it); a stop keeps it stopped until it is continued.
+pub fn wait_for_exec(pid: i32) -> Result<Result<(), i32>, SysError> {
+    loop {
+        let (_, status) = wait(pid)?;
+        if !libc::WIFSTOPPED(status) {
+            return Ok(Err(status));
+        }
+        match event_of(status) {
+            libc::PTRACE_EVENT_EXEC => return Ok(Ok(())),
+            0 => cont(pid, libc::WSTOPSIG(status))?,
+            crate::tracee::EVENT_STOP if crate::thread::is_stop_signal(libc::WSTOPSIG(status)) => listen(pid)?,
+            _ => cont(pid, 0)?,
+        }
+    }
 }
 
 #[cfg(test)]

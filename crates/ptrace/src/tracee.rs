@@ -135,9 +135,9 @@ impl Tracee {
         // The other options once it executes: with PTRACE_O_TRACEEXIT, a child whose `execv`
         // failed would stop on its way out, never reaped here.
         let pid = sys::fork_seized(&c_program, &c_args, libc::PTRACE_O_TRACEEXEC as u64).map_err(spawn_err)?;
-        let (_, status) = sys::wait(pid)?;
-        if !libc::WIFSTOPPED(status) || sys::event_of(status) != libc::PTRACE_EVENT_EXEC {
-            return Err(TraceError::NotExecutable { program: program.to_owned() });
+        match sys::wait_for_exec(pid)? {
+            Ok(()) => {}
+            Err(ended) => return Err(TraceError::not_started(program, ended)),
         }
         let options = libc::PTRACE_O_TRACECLONE
             | libc::PTRACE_O_TRACEFORK
