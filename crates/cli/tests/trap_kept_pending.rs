@@ -79,3 +79,58 @@ fn a_blocked_sigtrap_the_program_raises_stays_pending_through_probe_hits() {
         assert_eq!(hits(&said, "work"), 200, "{args:?}: {said}");
     }
 }
+
+/// A thread that takes `SIGTRAP`s another thread sends it (a handler counts them) while it
+/// calls a function whose probed first instruction is `push %rbp` (emulated: the thread goes
+/// on just past it). A signal sent while the thread was stopped at a hit was delivered as it
+/// went on there, or once the handler returned there: dprobe took that stop for another hit
+/// of the site before it, and pushed again (the program crashed at its second hit).
+const SENT_TRAPS: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static volatile long handled;
+static volatile int worker, done;
+static void count(int signal) { (void)signal; handled++; }
+__attribute__((noinline)) int work(int x) { volatile int y = x; y += 1; return y; }
+static void *send(void *arg) {
+    (void)arg;
+    while (!worker) {}
+    for (int i = 0; i < 1000 && !done; i++) { syscall(SYS_tgkill, getpid(), worker, SIGTRAP); usleep(100); }
+    return 0;
+}
+int main(void) {
+    signal(SIGTRAP, count);
+    pthread_t sender;
+    pthread_create(&sender, 0, send, 0);
+    worker = gettid();
+    /* From the first signal on, the calls spread over the sending. */
+    while (!handled) {}
+    long sum = 0;
+    for (int i = 0; i < 20000; i++) {
+        sum += work(i % 1000);
+        if (i % 20 == 0) usleep(100);
+    }
+    done = 1;
+    pthread_join(sender, 0);
+    printf("sum %ld, signals handled %s\n", sum, handled > 0 ? "yes" : "no");
+    return 0;
+}
+"#;
+
+#[test]
+fn sigtraps_another_thread_sends_to_a_thread_at_a_probe_are_the_programs() {
+    // Without optimization: `work` starts with `push %rbp`.
+    let program = c_program_from("sent-traps", SENT_TRAPS, &["-O0", "-pthread"]);
+    let untraced = Command::new(program).output().unwrap();
+    let untraced = String::from_utf8_lossy(&untraced.stdout).into_owned();
+    assert_eq!(untraced, "sum 10010000, signals handled yes\n", "untraced");
+    for _ in 0..3 {
+        let (out, said) = traced(program, &[], false);
+        assert_eq!(out, untraced, "{said}");
+        assert_eq!(hits(&said, "work"), 20000, "{said}");
+    }
+}

@@ -318,8 +318,20 @@ impl Tracee {
     /// (the return is counted, its handlers are not run). `false`: the program's own trap.
     pub(crate) fn take_our_trap(&mut self, tid: i32) -> Result<bool, TraceError> {
         let mut r = sys::get_regs(tid)?;
+        let resumed_at = self.resumed_at.get(&tid).copied();
         let Some(at) = self.past_our_int3(r.rip) else { return Ok(false) };
-        self.trap_taken(tid)?;
+        let own = self.trap_taken(tid)?;
+        // The program's own, sent as dprobe resumed the thread just past a site (see
+        // `Tracee::on_trap`): delivered as the program's.
+        if own.is_some() && resumed_at.is_some_and(|at| sys::same_registers(&at, &r)) {
+            return Ok(false);
+        }
+        // Held, then resumed after other stops of dprobe's: the program's own signal that came
+        // in place of the trap is queued again (back on its instruction, it is never taken
+        // for a trap of dprobe's again).
+        if let Some(own) = own {
+            self.queue_own_trap_again(tid, &own);
+        }
         if Some(at) == self.xol.trampoline_addr() {
             self.on_return_trap(tid, &mut r, false)?;
         } else {

@@ -408,6 +408,18 @@ pub fn detach(tid: i32, signal: i32) -> Result<(), SysError> {
     request(tid, Request::Detach { signal }).map(drop)
 }
 
+/// Whether two register sets of a thread are the same: its general registers, its flags, its
+/// instruction and stack pointers.
+pub fn same_registers(a: &libc::user_regs_struct, b: &libc::user_regs_struct) -> bool {
+    let all = |r: &libc::user_regs_struct| {
+        [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
+            r.r15, r.rip, r.eflags,
+        ]
+    };
+    all(a) == all(b)
+}
+
 /// The event of a ptrace stop status (`PTRACE_EVENT_*`), 0 for a plain signal stop.
 pub fn event_of(status: i32) -> i32 {
     (status >> 16) & 0xff

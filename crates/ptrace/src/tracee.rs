@@ -67,6 +67,14 @@ pub struct Tracee {
     /// the stack pointer (`signals.rs`): the trap there when the program's handler returns is
     /// the same hit, counted already.
     pub(crate) faulted_at: BTreeMap<i32, (u64, u64)>,
+    /// The registers each thread was resumed with from its last trap of dprobe's: a `SIGTRAP`
+    /// the program sent it that stops it with them all, before it ran on (just past a site,
+    /// after an emulated one-byte instruction, at once or once a handler of the program's
+    /// returned there), is the program's, not another hit. A hit there has the registers of
+    /// before the instruction, which its effect tells apart (taken for a hit, the instruction
+    /// ran twice: `push %rbp`, and the program crashed); an instruction with no effect on them
+    /// is as well skipped.
+    pub(crate) resumed_at: BTreeMap<i32, libc::user_regs_struct>,
     /// The threads that blocked `SIGTRAP` when attached (`trap_mask.rs`).
     pub(crate) trap_masks: crate::trap_mask::TrapMasks,
     /// The program's `SIGTRAP` action, to put back where a trap replaced it (`trap_action.rs`).
@@ -109,6 +117,7 @@ impl Tracee {
             unraised: Vec::new(),
             ends_with_thread: false,
             faulted_at: BTreeMap::new(),
+            resumed_at: BTreeMap::new(),
             trap_masks: Default::default(),
             trap_action: Default::default(),
             renamed: None,
@@ -401,6 +410,7 @@ impl Tracee {
     fn handle_status(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
         // Returns recorded by stubs happened before this stop: report them first.
         self.collect_returns();
+        let resumed_at = self.resumed_at.get(&tid).copied();
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.thread_exited(tid, status);
             if self.threads.is_empty() {
@@ -447,6 +457,7 @@ impl Tracee {
             libc::PTRACE_EVENT_EXEC => {
                 self.executed_as_renamed(tid);
                 self.threads.retain(|t, _| *t == tid);
+                self.resumed_at.clear();
                 // Before the step's trap.
                 self.trap_action_after_exec();
                 // Probes are placed (and pages mapped) from the new program's first
@@ -479,7 +490,7 @@ impl Tracee {
         // A new thread's first stop may come before its parent's clone event.
         self.threads.entry(tid).or_insert(Thread::running());
         if signal == libc::SIGTRAP {
-            let deliver = self.on_trap(tid)?;
+            let deliver = self.on_trap(tid, resumed_at)?;
             let deliver = self.deliverable(tid, deliver)?;
             if self.start.reached.is_none_or(|(held, _)| held != tid) {
                 sys::cont(tid, deliver)?;
@@ -497,6 +508,7 @@ impl Tracee {
         crate::family::early_child_ended(tid, status);
         self.guests.remove(&tid);
         self.threads.remove(&tid);
+        self.resumed_at.remove(&tid);
         self.forget_thread_returns(tid);
         self.forget_trap_mask(tid);
         if tid == self.pid {
@@ -526,18 +538,29 @@ impl Tracee {
     }
 
     /// A `SIGTRAP` stop: a probe hit or a return (returns 0: consumed), or the program's own
-    /// trap (returns `SIGTRAP`, to be delivered).
-    fn on_trap(&mut self, tid: i32) -> Result<i32, TraceError> {
+    /// trap (returns `SIGTRAP`, to be delivered). `resumed_at`: the registers dprobe resumed the
+    /// thread with from its last trap.
+    fn on_trap(&mut self, tid: i32, resumed_at: Option<libc::user_regs_struct>) -> Result<i32, TraceError> {
         let mut r = sys::get_regs(tid)?;
         let key = Addr(r.rip.wrapping_sub(1));
-        if Some(key) == self.xol.trampoline_addr() || self.sites.contains_key(&key) {
-            self.trap_taken(tid)?;
+        // The program's own SIGTRAP, taken in place of this trap, goes on as the signal the
+        // thread resumes with: kept pending, with its information, where the program blocks
+        // it (`deliverable`); queued again, it would be delivered where the thread resumes.
+        let own = match Some(key) == self.xol.trampoline_addr() || self.sites.contains_key(&key) {
+            true => self.trap_taken(tid)?,
+            false => None,
+        };
+        // One the program sent stopped the thread where dprobe resumed it, before it ran on
+        // (see `resumed_at`): no hit.
+        if own.is_some() && resumed_at.is_some_and(|at| crate::sys::same_registers(&at, &r)) {
+            return Ok(libc::SIGTRAP);
         }
         if Some(key) == self.xol.trampoline_addr() {
             self.unwinding_over(tid);
             self.on_return_trap(tid, &mut r, true)?;
             sys::set_regs(tid, &r)?;
-            return Ok(0);
+            self.resumed_at.insert(tid, r);
+            return Ok(if own.is_some() { libc::SIGTRAP } else { 0 });
         }
         let pid = self.process_of(tid);
         let Some(site) = self.sites.get(&key) else { return Ok(libc::SIGTRAP) };
@@ -571,8 +594,15 @@ impl Tracee {
         }
         sys::from_regs(&regs, &mut r);
         sys::set_regs(tid, &r)?;
+        self.resumed_at.insert(tid, r);
         if let Some(addr) = faulted {
             self.emulated_fault(tid, pid, key, r.rsp, addr)?;
+        }
+        match own {
+            Some(_) if deliver == 0 => deliver = libc::SIGTRAP,
+            // The fault the program sees goes first.
+            Some(info) => self.queue_own_trap_again(tid, &info),
+            None => {}
         }
         let site = &self.sites[&key];
         let (loader_hook, unwinder, catcher) = (site.loader_hook, site.unwinder, site.catcher);

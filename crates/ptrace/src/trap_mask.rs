@@ -121,23 +121,34 @@ impl Tracee {
     /// one in place of the trap's (it queues one standard signal of a kind): the stop says a
     /// process sent it (a code of zero or less), and it would be lost with the trap (a
     /// program that blocks `SIGTRAP`, raises it, and takes it with `sigwait` found nothing
-    /// pending once it met a probe). It is queued again, and, in a thread whose program
-    /// blocks `SIGTRAP` (noted), blocked again: pending as untraced. (In another, it came as
-    /// the thread trapped, and is delivered as it resumes.)
-    pub(crate) fn trap_taken(&mut self, tid: i32) -> Result<(), TraceError> {
+    /// pending once it met a probe). Its information is returned, for the caller to give it
+    /// back: best as the signal the thread resumes with ([`Tracee::deliverable`] then keeps it
+    /// pending, with its information, where the program blocks it), else
+    /// [`Tracee::queue_own_trap_again`].
+    pub(crate) fn trap_taken(&mut self, tid: i32) -> Result<Option<libc::siginfo_t>, TraceError> {
         let info = sys::siginfo(tid)?;
         if info.si_code <= 0 {
-            crate::continued::queue_again(self.process_of(tid), tid, &info)?;
-            if let Some(noted) = self.trap_masks.0.get_mut(&tid) {
-                noted.closed = true;
-                sys::set_sigmask(tid, sys::sigmask(tid)? | bit(libc::SIGTRAP))?;
-            }
-            return Ok(());
+            return Ok(Some(info));
         }
         if self.trap_masks.0.get(&tid).is_some_and(|n| n.closed) {
             sys::set_sigmask(tid, sys::sigmask(tid)? | bit(libc::SIGTRAP))?;
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The program's own `SIGTRAP` `info`, which came in place of one of dprobe's traps in
+    /// thread `tid` ([`Tracee::trap_taken`]) and which the thread cannot resume with: queued
+    /// again (as sent by dprobe where the kernel refuses to queue it with its sender), and
+    /// blocked again where its program blocks it. Best effort: a signal not queued again is
+    /// lost, as it was before, and the trace goes on.
+    pub(crate) fn queue_own_trap_again(&mut self, tid: i32, info: &libc::siginfo_t) {
+        let _ = crate::continued::queue_again(self.process_of(tid), tid, info);
+        if let Some(noted) = self.trap_masks.0.get_mut(&tid) {
+            noted.closed = true;
+            if let Ok(mask) = sys::sigmask(tid) {
+                let _ = sys::set_sigmask(tid, mask | bit(libc::SIGTRAP));
+            }
+        }
     }
 
     /// Block `SIGTRAP` again in the stopped threads it was opened in, whose masks are
