@@ -135,8 +135,8 @@ pub fn agent_left_because(why: u32) -> &'static str {
              agent's system calls"
         }
         TRAP_BLOCKED => {
-            "blocked SIGTRAP by name in a thread (it uses that signal itself), and the kernel kills a thread at a \
-             trap it blocks, which the agent's probes on int3 would be"
+            "blocked SIGTRAP by name in a thread (as a program that uses that signal itself does), and the kernel \
+             kills a thread at a trap it blocks, which the agent's probes on int3 would be"
         }
         _ => "entered a new user, mount or time namespace, which a process does alone",
     }
@@ -286,7 +286,9 @@ fn ask_and_wait_for(why: u32) -> u64 {
             done(STAYS);
             break;
         }
-        if raw_calls::monotonic_ns().saturating_sub(start) >= PATIENCE_NS {
+        // A thread about to block SIGTRAP waits for as long as the agent's thread lives: gone
+        // on with the agent's probes still on `int3`, it would be killed at its next hit.
+        if why != TRAP_BLOCKED && raw_calls::monotonic_ns().saturating_sub(start) >= PATIENCE_NS {
             // Taken back, so that the agent never leaves later for a call that went on.
             done(ASKED);
             break;

@@ -71,6 +71,20 @@ pub enum LoadError {
     },
 }
 
+/// Refused where program `pid`, held at its `exec` with nothing of dprobe's run in it yet,
+/// blocks `SIGTRAP` (a mask it started with, or kept through `execve`): the kernel kills a
+/// thread at a trap it blocks, as the agent's probes on `int3` are; and the first of the traps
+/// that load the agent would open it for good (the kernel does, for a trap), so that the
+/// program's own `SIGTRAP`, which it blocks to wait for it, would kill it. The ptrace engine
+/// takes traps as the tracer, and keeps such a mask as the program's.
+fn trap_blocked_at_exec(pid: i32) -> Result<(), LoadError> {
+    if sys::sigmask(pid)? & (1 << (libc::SIGTRAP - 1)) == 0 {
+        return Ok(());
+    }
+    let reason = "it blocks SIGTRAP (a mask it started with): the traps of the agent's probes would kill it".into();
+    Err(LoadError::Refused { pid, reason })
+}
+
 impl From<crate::error::SysError> for LoadError {
     fn from(e: crate::error::SysError) -> Self {
         LoadError::Trace(e.into())
@@ -141,7 +155,8 @@ impl Injector {
             return Err(TraceError::not_started(program, ended).into());
         }
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
-        if let Err(e) = crate::early::run_to_libc_initialized(pid, &mut memory) {
+        if let Err(e) = trap_blocked_at_exec(pid).and_then(|()| crate::early::run_to_libc_initialized(pid, &mut memory))
+        {
             // It has run none of its own code: ended, so that a fallback starts it afresh.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
@@ -154,6 +169,7 @@ impl Injector {
     /// library (as [`Injector::spawn`] holds a started one). Killed with the tracer until let
     /// go, as a started program is.
     pub(crate) fn at_exec(pid: i32) -> Result<Injector, LoadError> {
+        trap_blocked_at_exec(pid)?;
         sys::set_options(pid, (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64)?;
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
         crate::early::run_to_libc_initialized(pid, &mut memory)?;
