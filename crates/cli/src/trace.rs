@@ -142,7 +142,7 @@ fn can_fall_back(e: &AgentError) -> bool {
 /// A stop signal came before anything was placed: dprobe ends with the status of a program
 /// that signal ended.
 fn stopped_before_tracing() -> i32 {
-    let signal = signals::requested().or_else(signals::arrived).unwrap_or(nix::libc::SIGINT);
+    let signal = signals::requested().filter(|&s| s > 0).or_else(signals::arrived).unwrap_or(nix::libc::SIGINT);
     eprintln!("dprobe: stopped by {} before tracing started", signals::signal_name(signal));
     if signal > 0 {
         128 + signal
