@@ -410,7 +410,6 @@ impl Tracee {
     fn handle_status(&mut self, tid: i32, status: i32) -> Result<Option<Exit>, TraceError> {
         // Returns recorded by stubs happened before this stop: report them first.
         self.collect_returns();
-        let resumed_at = self.resumed_at.get(&tid).copied();
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             self.thread_exited(tid, status);
             if self.threads.is_empty() {
@@ -490,7 +489,7 @@ impl Tracee {
         // A new thread's first stop may come before its parent's clone event.
         self.threads.entry(tid).or_insert(Thread::running());
         if signal == libc::SIGTRAP {
-            let deliver = self.on_trap(tid, resumed_at)?;
+            let deliver = self.on_trap(tid)?;
             let deliver = self.deliverable(tid, deliver)?;
             if self.start.reached.is_none_or(|(held, _)| held != tid) {
                 sys::cont(tid, deliver)?;
@@ -538,10 +537,10 @@ impl Tracee {
     }
 
     /// A `SIGTRAP` stop: a probe hit or a return (returns 0: consumed), or the program's own
-    /// trap (returns `SIGTRAP`, to be delivered). `resumed_at`: the registers dprobe resumed the
-    /// thread with from its last trap.
-    fn on_trap(&mut self, tid: i32, resumed_at: Option<libc::user_regs_struct>) -> Result<i32, TraceError> {
+    /// trap (returns `SIGTRAP`, to be delivered).
+    fn on_trap(&mut self, tid: i32) -> Result<i32, TraceError> {
         let mut r = sys::get_regs(tid)?;
+        let resumed_at = self.resumed_at.get(&tid).copied();
         let key = Addr(r.rip.wrapping_sub(1));
         // The program's own SIGTRAP, taken in place of this trap, goes on as the signal the
         // thread resumes with: kept pending, with its information, where the program blocks
