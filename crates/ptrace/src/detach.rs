@@ -189,7 +189,7 @@ impl Tracee {
                     0
                 }
             };
-            let group_stop = sys::event_of(status) == EVENT_STOP && crate::thread::is_stop_signal(signal);
+            let group_stop = crate::thread::is_group_stop(status);
             let _ = self.let_thread_go(tid, deliver, group_stop);
             running.remove(&tid);
         }

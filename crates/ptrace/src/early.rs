@@ -109,7 +109,7 @@ fn run_to(
         let sig = libc::WSTOPSIG(status);
         if sys::event_of(status) != 0 {
             // A `SIGSTOP` from outside as it starts: stopped until it is continued.
-            group_stop = sys::event_of(status) == crate::tracee::EVENT_STOP && crate::thread::is_stop_signal(sig);
+            group_stop = crate::thread::is_group_stop(status);
             continue;
         }
         if sig == libc::SIGTRAP {

@@ -79,7 +79,7 @@ pub use library::{Injector, LoadError};
 pub use loader::auxv_value;
 pub use memory_sharers::shared_memory_refusal;
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
-pub use proc_ids::{descends_from_this_process, seccomp_status};
+pub use proc_ids::{descends_from_this_process, seccomp_status, thread_ids};
 pub use shared_image::{sealed_memory_file, SharedImage};
 pub use tracee::Tracee;
 

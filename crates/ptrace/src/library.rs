@@ -78,7 +78,7 @@ pub enum LoadError {
 /// program's own `SIGTRAP`, which it blocks to wait for it, would kill it. The ptrace engine
 /// takes traps as the tracer, and keeps such a mask as the program's.
 fn trap_blocked_at_exec(pid: i32) -> Result<(), LoadError> {
-    if sys::sigmask(pid)? & (1 << (libc::SIGTRAP - 1)) == 0 {
+    if sys::sigmask(pid)? & crate::kept::bit(libc::SIGTRAP) == 0 {
         return Ok(());
     }
     let reason = "it blocks SIGTRAP (a mask it started with): the traps of the agent's probes would kill it".into();
@@ -196,7 +196,7 @@ impl Injector {
             };
             return Err(attach_err(reason));
         }
-        let tids = threads(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
+        let tids = crate::proc_ids::thread_ids(pid).map_err(|e| refused(format!("cannot list its threads: {e}")))?;
         let mut checks = SafePlaceChecks::new(pid);
         let mut tried = Vec::new();
         for tid in tids {
@@ -720,15 +720,6 @@ impl Drop for Injector {
             }
         }
     }
-}
-
-/// The threads of process `pid`, the main thread first.
-fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
-    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    tids.sort_by_key(|t| (*t != pid, *t));
-    Ok(tids)
 }
 
 /// The process that thread `tid` belongs to, where that is not `tid` itself (a thread other than

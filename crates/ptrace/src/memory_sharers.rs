@@ -15,8 +15,8 @@
 use std::time::{Duration, Instant};
 
 use crate::family::shares_memory;
+use crate::proc_ids::thread_ids;
 use crate::proc_ids::{parent_of, thread_group_of};
-use crate::tracee::list_threads;
 
 /// How long processes sharing the memory are looked at again (a `vfork` parent not yet asleep).
 const PATIENCE: Duration = Duration::from_millis(300);
@@ -48,7 +48,7 @@ fn memory_sharers(pid: i32) -> Vec<i32> {
 
 /// The children of every thread of process `pid`.
 fn children_of(pid: i32) -> Vec<i32> {
-    let lists = list_threads(pid).unwrap_or_default().into_iter();
+    let lists = thread_ids(pid).unwrap_or_default().into_iter();
     let lists = lists.filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/children")).ok());
     lists.flat_map(|list| list.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<i32>>()).collect()
 }
@@ -62,7 +62,7 @@ fn has_memory(pid: i32) -> bool {
 /// Whether one of processes `a` and `b` is the other's parent, waiting in `vfork` for it.
 fn vfork_pair(a: i32, b: i32) -> bool {
     let waits_in_vfork = |parent: i32| {
-        let tids = list_threads(parent).unwrap_or_default();
+        let tids = thread_ids(parent).unwrap_or_default();
         tids.into_iter().any(|t| crate::blocked::blocked(parent, t).is_some_and(|b| b.in_vfork))
     };
     (parent_of(b) == Some(a) && waits_in_vfork(a)) || (parent_of(a) == Some(b) && waits_in_vfork(b))

@@ -1,5 +1,14 @@
 //! What `/proc` says of a process's place among the others: its thread group, its parent,
-//! whether it descends from this process, and its seccomp mode.
+//! whether it descends from this process, its seccomp mode, and its threads.
+
+/// The threads of process `pid`, its first thread first, then by id.
+pub fn thread_ids(pid: i32) -> std::io::Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_by_key(|t| (*t != pid, *t));
+    Ok(tids)
+}
 
 /// The process thread `tid` belongs to (its thread group: `tid` itself for a process's first
 /// thread, whose id `/proc` answers to for every thread).

@@ -699,7 +699,7 @@ pub fn wait_for_exec(pid: i32) -> Result<Result<(), i32>, SysError> {
         match event_of(status) {
             libc::PTRACE_EVENT_EXEC => return Ok(Ok(())),
             0 => cont(pid, libc::WSTOPSIG(status))?,
-            crate::tracee::EVENT_STOP if crate::thread::is_stop_signal(libc::WSTOPSIG(status)) => listen(pid)?,
+            _ if crate::thread::is_group_stop(status) => listen(pid)?,
             _ => cont(pid, 0)?,
         }
     }

@@ -70,6 +70,12 @@ pub(crate) fn resume(tid: i32, stop: Stop) -> Result<(), TraceError> {
     }
 }
 
+/// Whether wait `status` is a group-stop's (`PTRACE_EVENT_STOP` with a stop signal): the
+/// program is stopped, and stays so (`PTRACE_LISTEN`) until it is continued.
+pub(crate) fn is_group_stop(status: i32) -> bool {
+    sys::event_of(status) == crate::tracee::EVENT_STOP && is_stop_signal(libc::WSTOPSIG(status))
+}
+
 /// Whether `signal` stops the program (a group-stop when it is delivered).
 pub(crate) fn is_stop_signal(signal: i32) -> bool {
     matches!(signal, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)

@@ -1,7 +1,6 @@
 //! A traced process: spawning or attaching, the stop loop, and each kind of stop.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 
 use dprobe_arch::{emulate, Addr, EmulateError, ExecPlan, Memory, INT3};
 use dprobe_core::ProbeId;
@@ -694,7 +693,7 @@ fn seize_listed(pid: i32, threads: &mut BTreeMap<i32, Thread>, exiting: &mut BTr
         | libc::PTRACE_O_TRACEEXEC
         | libc::PTRACE_O_TRACEEXIT) as u64;
     loop {
-        let listed = list_threads(pid).map_err(|e| attach_err(e.to_string()))?;
+        let listed = crate::proc_ids::thread_ids(pid).map_err(|e| attach_err(e.to_string()))?;
         let mut new: Vec<i32> =
             listed.into_iter().filter(|t| !threads.contains_key(t) && !exiting.contains(t)).collect();
         // The main thread first: whether the kernel lets us trace the process is its answer.
@@ -719,17 +718,6 @@ fn seize_listed(pid: i32, threads: &mut BTreeMap<i32, Thread>, exiting: &mut BTr
             threads.insert(tid, Thread::running());
         }
     }
-}
-
-/// The threads of process `pid`.
-pub(crate) fn list_threads(pid: i32) -> io::Result<Vec<i32>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
-            out.push(tid);
-        }
-    }
-    Ok(out)
 }
 
 /// How many threads of process `pid` run on where its first thread alone has ended

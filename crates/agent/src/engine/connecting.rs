@@ -235,10 +235,7 @@ fn under_a_seccomp_filter(pid: i32) -> Option<String> {
         (2, None) if own_mode == 0 => Some("runs under a seccomp filter of its own"),
         _ => None,
     };
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut tids: Vec<i32> = tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse().ok()).collect();
-    tids.sort_unstable();
-    tids.into_iter().find_map(|tid| {
+    dprobe_ptrace::thread_ids(pid).ok()?.into_iter().find_map(|tid| {
         let why = why(dprobe_ptrace::seccomp_status(&format!("/proc/{pid}/task/{tid}/status"))?)?;
         let who = if tid == pid { format!("process {pid}") } else { format!("thread {tid} of process {pid}") };
         Some(format!(
