@@ -18,6 +18,7 @@ use dprobe_core::fetch::Values;
 use dprobe_core::returns::ReturnMode;
 use dprobe_core::{
     Addr, Ending, Engine, EventSink, Exit, Placed, Placement, ProbeEvent, ProbeRequest, Stats, ThreadNames,
+    WaitForProgram,
 };
 use dprobe_ptrace::{ExecWatch, Injector, LoadError, SharedImage, Watched};
 use dprobe_spec::{ArgType, ProbeKind, ProbePoint};
@@ -1066,21 +1067,21 @@ impl Engine for AgentEngine {
         notes
     }
 
-    fn finish(mut self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
+    fn finish(mut self, wait: Option<WaitForProgram>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, AgentError> {
         self.let_the_new_program_go();
         // The agent lowers the semaphores it raised as it removes the probes.
         let stopped = self.stop_agent();
         self.release()?;
         self.end_watch();
         stopped?;
-        let Some(signal) = stopped_by.filter(|_| self.spawned) else { return Ok(None) };
+        let Some(wait) = wait.filter(|_| self.spawned) else { return Ok(None) };
         if let Some(status) = self.status {
             return Ok(match ending_of(status) {
                 Ending::Exited(exit) => Some(exit),
                 _ => None,
             });
         }
-        Ok(dprobe_ptrace::wait_for_command(self.pid, signal, give_up))
+        Ok(dprobe_ptrace::wait_for_command(self.pid, wait, give_up))
     }
 
     fn abandon(mut self) {

@@ -240,17 +240,17 @@ pub fn trace<E: Engine>(
         Ok(Ending::Asked) => signals::requested(),
         _ => None,
     };
-    // A started command is waited for when it got the same signal: a terminal's Ctrl-C, or a
-    // SIGTERM or SIGHUP (which the engine passes on). A SIGINT sent to dprobe alone ends
-    // dprobe now; the command goes on.
-    let pass_on = stopped_by.filter(|s| signals::reached_the_command(*s));
+    // A started command is waited for when it got the same signal (see
+    // `signals::wait_for_the_command`); a SIGINT sent to dprobe alone ends dprobe now, the
+    // command going on.
+    let wait = stopped_by.and_then(signals::wait_for_the_command);
     // Letting the program go is given up on (the original code is back by then; what is
     // still running is let go when the tracing thread ends) at a second stop signal, or at
     // the first when the trace ended by itself (the program's end, `--duration`): a signal that comes
     // while dprobe ends is never left waiting.
     let signals_before = signals::count();
     let finish_notes = engine.finish_notes();
-    let finished = engine.finish(pass_on, &|| signals::insisted() || signals::count() > signals_before);
+    let finished = engine.finish(wait, &|| signals::insisted() || signals::count() > signals_before);
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),
         (_, Ok(exit)) => *exit,

@@ -9,7 +9,9 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use dprobe_core::WaitForProgram;
 use dprobe_holder::Front;
 use nix::sys::signal::Signal;
 use signal_hook::consts::SIGINT;
@@ -133,12 +135,57 @@ pub fn requested() -> Option<i32> {
     }
 }
 
-/// Whether stop signal `signal` reached a command dprobe started as well: a SIGTERM or SIGHUP
-/// is passed on to it; a SIGINT did when it came from the terminal (the kernel sends the
-/// terminal's Ctrl-C to the whole foreground process group), not from a `kill` of dprobe.
-pub fn reached_the_command(signal: i32) -> bool {
-    signal != SIGINT && signal != FRONT_ENDED || FROM_TERMINAL.load(Ordering::Relaxed)
+/// How long a command dprobe started is given to end by a stop signal it may have got as
+/// dprobe did (see [`wait_for_the_command`]).
+const A_MOMENT: Duration = Duration::from_secs(1);
+
+/// How a command dprobe started is waited for once stop signal `signal` ended the trace.
+///
+/// - The terminal's (Ctrl-C, a hangup) reached the command too (the kernel sends it to the
+///   whole foreground process group, which dprobe does not leave): it is waited for.
+/// - One sent to dprobe's front alone did not: a `SIGTERM` or `SIGHUP` is passed on and the
+///   command waited for; a `SIGINT` ends dprobe at once, the command going on.
+/// - One that reached dprobe's holder directly came to the process group (`kill -INT -PGID`)
+///   or to dprobe's processes by name (`pkill dprobe`), and the command may or may not have
+///   got it: it is given a moment to end by it, after which a `SIGINT` lets it go on and a
+///   `SIGTERM` or `SIGHUP` is passed on. Either way the command gets the signal once.
+pub fn wait_for_the_command(signal: i32) -> Option<WaitForProgram> {
+    let wait = |pass_on_after, patience| Some(WaitForProgram { signal, pass_on_after, patience });
+    if signal == FRONT_ENDED {
+        return None;
+    }
+    match (FROM_TERMINAL.load(Ordering::Relaxed), reached_dprobe_itself(signal), signal == SIGINT) {
+        (true, _, _) => wait(None, None),
+        (false, true, true) => wait(None, Some(A_MOMENT)),
+        (false, true, false) => wait(Some(A_MOMENT), None),
+        (false, false, true) => None,
+        (false, false, false) => wait(Some(Duration::ZERO), None),
+    }
 }
+
+/// Whether stop signal `signal` reached this process itself, not only through the front. One
+/// `kill` of the process group queues it to every process of the group at once, but the front
+/// may pass its copy on before this process has taken its own: it is then pending, or being
+/// delivered (taken, its handler not yet run), which no one can see. That moment is waited
+/// out, a few milliseconds at most on a busy machine.
+fn reached_dprobe_itself(signal: i32) -> bool {
+    let pending =
+        || Signal::try_from(signal).is_ok_and(|s| dprobe_holder::pending_signals().is_ok_and(|p| p.contains(s)));
+    let start = Instant::now();
+    loop {
+        if arrived() == Some(signal) || pending() {
+            return true;
+        }
+        if start.elapsed() >= DELIVERY {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// How long a signal queued to this process may take to run its handler (see
+/// [`reached_dprobe_itself`]).
+const DELIVERY: Duration = Duration::from_millis(50);
 
 /// Whether a second stop signal came (the user insists: stop waiting).
 pub fn insisted() -> bool {

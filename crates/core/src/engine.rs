@@ -183,10 +183,10 @@ pub trait Engine {
         FinishNotes::default()
     }
 
-    /// Remove every probe and let go. `stopped_by` is the signal that ended the trace, if
-    /// one did: a program the engine started is passed it and waited for, unless
-    /// `give_up` says to stop waiting. Returns how that program ended, when it did.
-    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error>;
+    /// Remove every probe and let go. `wait`: a program the engine started is waited for as
+    /// it says (a signal ended the trace), until `give_up` says to stop waiting. Returns how
+    /// that program ended, when it did.
+    fn finish(self, wait: Option<WaitForProgram>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error>;
 
     /// Give up before tracing (a probe could not be placed): remove what was placed and let
     /// go; a program the engine started, which has not run yet, goes too.
@@ -201,4 +201,19 @@ pub fn untraced_children(n: u64, hint: &str) -> Option<String> {
         1 => Some(format!("1 child process ran untraced ({hint})")),
         n => Some(format!("{n} child processes ran untraced ({hint})")),
     }
+}
+
+/// How a program the engine started is waited for once a stop signal ended the trace: the
+/// signal's end is the program's too when the program got it (the terminal's Ctrl-C, a `kill`
+/// of the whole process group, or one the engine passes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitForProgram {
+    /// The signal that ended the trace.
+    pub signal: i32,
+    /// When the engine sends the program the signal, if it does: at once for one sent to
+    /// dprobe alone; after a moment for one the program may have got itself, so that a
+    /// program that got it is not sent it twice.
+    pub pass_on_after: Option<std::time::Duration>,
+    /// How long the program is waited for; `None`: until it ends.
+    pub patience: Option<std::time::Duration>,
 }

@@ -46,6 +46,7 @@ pub use descriptors::{high_descriptor_floor, raised_soft_limit};
 pub use dprobe_arch::{Addr, Regs};
 pub use engine::{
     untraced_children, Ending, Engine, Exit, FinishNotes, KeyedTally, LiveTallies, Placed, ProbeRequest, StackRequest,
+    WaitForProgram,
 };
 pub use error::ProbeError;
 pub use event::{EventSink, ProbeEvent, Side};

@@ -241,8 +241,8 @@ impl<E: Engine> Engine for MultiSite<E> {
         self.inner.finish_notes()
     }
 
-    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, E::Error> {
-        self.inner.finish(stopped_by, give_up)
+    fn finish(self, wait: Option<crate::WaitForProgram>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, E::Error> {
+        self.inner.finish(wait, give_up)
     }
 
     fn abandon(self) {
@@ -319,7 +319,7 @@ mod tests {
             vec!["same remark".into()]
         }
 
-        fn finish(self, _: Option<i32>, _: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error> {
+        fn finish(self, _: Option<crate::WaitForProgram>, _: &dyn Fn() -> bool) -> Result<Option<Exit>, Self::Error> {
             Ok(None)
         }
 

@@ -18,8 +18,8 @@
 //!   restored, the program let go to run on untraced.
 
 mod front;
-mod ignored;
 mod link;
+mod signal_sets;
 
 use std::io;
 
@@ -28,8 +28,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{fork, pipe2, ForkResult};
 
-pub use ignored::ignored_signals;
 pub use link::{Forwarded, Front};
+pub use signal_sets::{ignored_signals, pending_signals};
 
 /// Split into front and holder. Returns in the holder, with its link to the front; the
 /// front never returns: it exits with the holder's status.

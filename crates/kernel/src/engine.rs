@@ -942,7 +942,11 @@ impl Engine for KernelEngine {
 
     /// Remove every event. A command started alongside keeps running if it still does (it
     /// got the same Ctrl-C from the terminal).
-    fn finish(mut self, _stopped_by: Option<i32>, _give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, KernelError> {
+    fn finish(
+        mut self,
+        _wait: Option<dprobe_core::WaitForProgram>,
+        _give_up: &dyn Fn() -> bool,
+    ) -> Result<Option<Exit>, KernelError> {
         self.detach_programs();
         self.session.close()?;
         Ok(None)

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use dprobe_arch::{Addr, SlotCode};
+use dprobe_core::Exit;
 
 use crate::error::TraceError;
 use crate::inject;
@@ -45,10 +46,12 @@ impl Tracee {
     /// (see `let_go`); the kernel unlinks it, without waking it, when the calling thread
     /// ends. Until then a signal of the program's holds it, and it receives that signal then
     /// (or from [`crate::wait_for_command`]); its ptrace options are cleared, so nothing else
-    /// stops it.
-    pub fn let_go_as_thread_ends(mut self, give_up: &dyn Fn() -> bool) -> Result<(), TraceError> {
+    /// stops it. Returns how the program ended, when it did as it was let go (a signal it got
+    /// as the trace ended): its end was reported here, not to a later wait.
+    pub fn let_go_as_thread_ends(mut self, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
         self.ends_with_thread = true;
-        self.detach_all(give_up)
+        self.detach_all(give_up)?;
+        Ok(self.exit)
     }
 
     /// Let held thread `tid` go with `signal` (see [`Tracee::let_go_as_thread_ends`]).
@@ -65,7 +68,13 @@ impl Tracee {
         }
         // Lowered before the probes go: the program stops preparing arguments first.
         self.lower_semaphores();
-        self.disarm_sites()?;
+        if let Err(e) = self.disarm_sites() {
+            // A program ending (by a signal of its own that came as the trace ended) has no
+            // code left to give back; its end is collected as its threads are stopped.
+            if !memory_gone(self.pid) {
+                return Err(e);
+            }
+        }
         if let Err(e) = self.stop_all(give_up) {
             if matches!(e, TraceError::GaveUp { .. } | TraceError::Blocked { .. }) {
                 self.let_held_go();
@@ -263,4 +272,9 @@ impl Drop for Tracee {
             let _ = self.detach_all(&|| false);
         }
     }
+}
+
+/// Whether process `pid` has no memory left: its threads are ending, or it is gone.
+fn memory_gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(true, |maps| maps.is_empty())
 }

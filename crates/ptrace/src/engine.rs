@@ -7,12 +7,11 @@ use dprobe_arch::{Addr, Memory, MemoryFault};
 use dprobe_core::fetch::{errno_tls_offset, FetchContext, FetchPlan, Values};
 use dprobe_core::{
     Ending, Engine, EventSink, Exit, Placed, Placement, ProbeError, ProbeEvent, ProbeId, ProbeRequest, Side,
-    StackRequest, Stats, ThreadNames,
+    StackRequest, Stats, ThreadNames, WaitForProgram,
 };
 use dprobe_spec::{ArgType, Fetch, NamedArg, ProbeKind, ProbePoint};
 use dprobe_stack::Unwinder;
 use dprobe_sym::ResolveError;
-use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::cell::RefCell;
@@ -455,11 +454,10 @@ impl Engine for PtraceEngine {
 
     /// Let the program go: the calling thread must be about to end (dprobe's tracing thread,
     /// once the program is let go), which ends the tracing of threads put back into their
-    /// system calls (see [`Tracee::let_go_as_thread_ends`]). A program dprobe started and let go because
-    /// a signal stopped the trace is waited for: it got the same Ctrl-C from the terminal, and
-    /// a `SIGTERM` or `SIGHUP` is passed on to it. One let go at the end of a duration keeps
-    /// running on its own.
-    fn finish(self, stopped_by: Option<i32>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
+    /// system calls (see [`Tracee::let_go_as_thread_ends`]). A program dprobe started and let
+    /// go because a signal stopped the trace is waited for as `wait` says (see
+    /// [`WaitForProgram`]). One let go at the end of a duration keeps running on its own.
+    fn finish(self, wait: Option<WaitForProgram>, give_up: &dyn Fn() -> bool) -> Result<Option<Exit>, TraceError> {
         let pid = Pid::from_raw(self.tracee.pid());
         let spawned = self.spawned;
         // The tick interrupts the waits of detaching too, so that a second signal ends them.
@@ -473,9 +471,11 @@ impl Engine for PtraceEngine {
         }
         let detached = self.tracee.let_go_as_thread_ends(give_up);
         crate::family::let_unclaimed_children_go();
-        detached?;
-        let Some(signal) = stopped_by.filter(|_| spawned) else { return Ok(None) };
-        Ok(wait_for_command(pid.as_raw(), signal, give_up))
+        if let Some(exit) = detached? {
+            return Ok(Some(exit));
+        }
+        let Some(wait) = wait.filter(|_| spawned) else { return Ok(None) };
+        Ok(crate::command_end::wait_for_command(pid.as_raw(), wait, give_up))
     }
 
     /// A program dprobe started, which has not run a line of its own yet, goes with the error.
@@ -494,36 +494,5 @@ fn add_stats(stats: &mut Stats, more: &Stats) {
     // A probe waiting in the program was placed in a child (the program it executed).
     if stats.placement == Placement::Waiting && matches!(more.placement, Placement::At(_) | Placement::Unloaded) {
         stats.placement = more.placement.clone();
-    }
-}
-
-/// A command dprobe started and let go because `signal` stopped the trace: pass the signal on
-/// (a `SIGINT` came from the terminal to the whole group already) and wait for its end, until
-/// `give_up` says so. `None` when it cannot be waited for. Threads of its (or of a followed
-/// child) still traced until this thread ends (see [`Tracee::let_go_as_thread_ends`]) have
-/// their stops passed on meanwhile: each signal delivered as it comes.
-pub fn wait_for_command(pid: i32, signal: i32, give_up: &dyn Fn() -> bool) -> Option<Exit> {
-    if signal != libc::SIGINT {
-        if let Ok(signal) = Signal::try_from(signal) {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-    }
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for a child or a tracee of dprobe's; `status` is a valid out-pointer.
-        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-        if tid < 0 {
-            match Errno::last() {
-                Errno::EINTR if !give_up() => continue,
-                _ => return None,
-            }
-        }
-        if libc::WIFSTOPPED(status) {
-            crate::let_go::pass_on(tid, status);
-        } else if tid == pid && libc::WIFEXITED(status) {
-            return Some(Exit::Code(libc::WEXITSTATUS(status)));
-        } else if tid == pid && libc::WIFSIGNALED(status) {
-            return Some(Exit::Signal(libc::WTERMSIG(status)));
-        }
     }
 }

@@ -30,6 +30,7 @@
 mod backtrace;
 mod blocked;
 mod c_library;
+mod command_end;
 mod continued;
 mod detach;
 mod early;
@@ -71,7 +72,8 @@ mod trap_mask;
 mod waiting_calls;
 mod xol;
 
-pub use engine::{wait_for_command, PtraceEngine};
+pub use command_end::wait_for_command;
+pub use engine::PtraceEngine;
 pub use error::{Exit, Stopped, TraceError};
 pub use exec_watch::{ended_unreaped, ExecWatch, Watched};
 pub use exits::ReturnMode;
