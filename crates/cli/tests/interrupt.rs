@@ -95,7 +95,8 @@ fn sigint_to_dprobe_alone_detaches_and_exits_without_waiting_for_the_command() {
 }
 
 /// `counts_terms`: prints "working" once its SIGTERM handler is in place, works until its first
-/// SIGTERM, then 300 ms more, and prints "SIGTERM received N times"; SIGINT ends it.
+/// SIGTERM, then 300 ms more, and prints "SIGTERM received N times"; SIGINT ends it. With `on`,
+/// it works on past SIGTERMs, until SIGUSR1.
 fn counts_terms() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/counts_terms.c");
     dprobe_test_fixtures::c_program(src, "counts_terms", &["-O2"])
@@ -104,13 +105,14 @@ fn counts_terms() -> &'static str {
 /// `dprobe trace -v --engine ENGINE --count probed -- counts_terms`, in a process group of its
 /// own, once its probe is live and the command works: dprobe, the command, and the file of
 /// dprobe's summary. The command's standard output is dprobe's, piped, its first line read.
-fn trace_counts_terms(engine: &str, name: &str) -> (Child, i32, std::path::PathBuf) {
+fn trace_counts_terms(engine: &str, name: &str, args: &[&str]) -> (Child, i32, std::path::PathBuf) {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let out = out_file(&format!("{engine}-{name}"));
     let mut dprobe = dprobe_command()
         .args(["trace", "-v", "--engine", engine, "--count", "-o", out.to_str().unwrap()])
         .args(["probed", "--", counts_terms()])
+        .args(args)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -140,17 +142,29 @@ fn trace_counts_terms(engine: &str, name: &str) -> (Child, i32, std::path::PathB
 /// Wait for `dprobe`'s end (killing it and the command after a minute): its status and its
 /// summary.
 fn ended(dprobe: &mut Child, command: i32, out: &std::path::Path) -> (std::process::ExitStatus, String) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let pid = dprobe.id() as i32;
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        // SAFETY: ends what the test started, if it still runs after a minute.
-        unsafe {
-            libc::kill(command, libc::SIGKILL);
-            libc::kill(pid, libc::SIGKILL);
-        }
-    });
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !done.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !done.load(Ordering::Relaxed) {
+                // SAFETY: ends what the test started, still running after a minute.
+                unsafe {
+                    libc::kill(command, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        })
+    };
     let status = dprobe.wait().unwrap();
-    drop(watchdog);
+    done.store(true, Ordering::Relaxed);
+    watchdog.join().unwrap();
     (status, std::fs::read_to_string(out).unwrap())
 }
 
@@ -168,7 +182,7 @@ fn runs(pid: i32) -> bool {
 #[test]
 fn a_sigint_to_the_process_group_ends_dprobe_as_it_ends_the_command() {
     for engine in ["ptrace", "agent"] {
-        let (mut dprobe, command, out) = trace_counts_terms(engine, "group-sigint");
+        let (mut dprobe, command, out) = trace_counts_terms(engine, "group-sigint", &[]);
         // As `kill -INT -PGID`: the command gets it too, and dies by it, as untraced.
         // SAFETY: signals the process group of the dprobe we started.
         assert_eq!(unsafe { libc::killpg(dprobe.id() as i32, libc::SIGINT) }, 0);
@@ -191,7 +205,7 @@ fn a_sigint_to_the_process_group_ends_dprobe_as_it_ends_the_command() {
 #[test]
 fn a_sigterm_to_the_process_group_reaches_the_command_once() {
     for engine in ["ptrace", "agent"] {
-        let (mut dprobe, command, out) = trace_counts_terms(engine, "group-sigterm");
+        let (mut dprobe, command, out) = trace_counts_terms(engine, "group-sigterm", &[]);
         // SAFETY: signals the process group of the dprobe we started.
         assert_eq!(unsafe { libc::killpg(dprobe.id() as i32, libc::SIGTERM) }, 0);
         let (status, summary) = ended(&mut dprobe, command, &out);
@@ -214,7 +228,7 @@ fn to_dprobes_processes(dprobe: &Child, signal: i32) {
 #[test]
 fn a_sigint_to_dprobes_processes_alone_lets_the_command_go_on() {
     for engine in ["ptrace", "agent"] {
-        let (mut dprobe, command, out) = trace_counts_terms(engine, "named-sigint");
+        let (mut dprobe, command, out) = trace_counts_terms(engine, "named-sigint", &[]);
         to_dprobes_processes(&dprobe, libc::SIGINT);
         // dprobe ends without the command, which ends at the SIGTERM sent below.
         let (status, summary) = ended(&mut dprobe, command, &out);
@@ -230,11 +244,34 @@ fn a_sigint_to_dprobes_processes_alone_lets_the_command_go_on() {
 #[test]
 fn a_sigterm_to_dprobes_processes_alone_is_passed_on_once() {
     for engine in ["ptrace", "agent"] {
-        let (mut dprobe, command, out) = trace_counts_terms(engine, "named-sigterm");
+        let (mut dprobe, command, out) = trace_counts_terms(engine, "named-sigterm", &[]);
         to_dprobes_processes(&dprobe, libc::SIGTERM);
         let (status, summary) = ended(&mut dprobe, command, &out);
         assert_eq!(printed(&mut dprobe), "SIGTERM received 1 times\n", "{engine}: as untraced\n{summary}");
         assert!(summary.contains("(SIGTERM); it then exited with status 0"), "{engine}: {summary}");
         assert_eq!(status.code(), Some(0), "{engine}: {summary}");
+    }
+}
+
+#[test]
+fn a_second_stop_signal_ends_the_wait_for_a_command_that_outlives_the_first() {
+    for engine in ["ptrace", "agent"] {
+        let (mut dprobe, command, out) = trace_counts_terms(engine, "second-sigterm", &["on"]);
+        // Passed on, the first does not end the command, and dprobe waits for it.
+        // SAFETY: signals the dprobe we started.
+        assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(dprobe.try_wait().unwrap().is_none(), "{engine}: dprobe waits for the command");
+        // The second ends the wait; the command ends when the test tells it, once dprobe has
+        // (or after a minute, if dprobe waits on).
+        // SAFETY: signals the dprobe we started.
+        assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
+        let (status, summary) = ended(&mut dprobe, command, &out);
+        assert!(runs(command), "{engine}: dprobe waited for the command's end: {summary}");
+        assert!(summary.contains("(SIGTERM); it goes on untraced"), "{engine}: {summary}");
+        assert_eq!(status.code(), Some(0), "{engine}: {summary}");
+        // SAFETY: ends the command, which goes on untraced.
+        assert_eq!(unsafe { libc::kill(command, libc::SIGUSR1) }, 0);
+        assert_eq!(printed(&mut dprobe), "SIGTERM received 1 times\n", "{engine}: passed on once");
     }
 }
