@@ -20,9 +20,18 @@
 //!   again with their arguments: the kernel wrote the time left into their timeouts; so is an
 //!   absolute `clock_nanosleep`, whose deadline stands.
 //!
-//! Waits without a timeout are not resumed: a program's wakeup missed there (below) would be
-//! missed for ever, and the safepoint signal they would wait with blocked may be the
-//! one a program wakes its thread with.
+//! - Waits for a signal, `sigsuspend`, `pause` and `sigwaitinfo` (`rt_sigtimedwait` without a
+//!   timeout), are made again: what ends them, a signal of the program's, stays pending
+//!   until the call takes it (`sigsuspend` with its own mask argument, replaced by one that
+//!   keeps the safepoint signals out). A wait that returned at dprobe's signal would say a
+//!   handler ran, or that no signal came, when none of the program's did.
+//!
+//! Other waits without a timeout are not resumed: a program's wakeup missed there (below) would
+//! be missed for ever, and the safepoint signal they would wait with blocked may be the
+//! one a program wakes its thread with. (A program that waits in `sigsuspend` for the
+//! real-time safepoint signal, `SIGRTMAX`, while it handles `SIGURG` as well, would wait on.)
+//! `sigtimedwait` with a timeout is not resumed either: the kernel does not say how much of
+//! it is left.
 //!
 //! The program's signals keep their effect: none is let in from the handler's start until the
 //! resumed call, which takes the program's mask (`ppoll` and `pselect6` atomically, with their
@@ -54,6 +63,8 @@ enum Resume {
     Ppoll,
     /// `pselect6` again, likewise (argument 5 points to the mask and its size).
     Pselect6,
+    /// `rt_sigsuspend` again, with its mask (argument 0) and the safepoint signals blocked.
+    Sigsuspend,
     /// The same call again, with the same arguments.
     Again,
 }
@@ -74,6 +85,9 @@ fn resume_of(nr: i64, args: &[u64; 6]) -> Option<Resume> {
         libc::SYS_poll if args[2] as i32 >= 0 => Some(Resume::Restart),
         libc::SYS_ppoll if args[2] != 0 => Some(Resume::Ppoll),
         libc::SYS_pselect6 if args[4] != 0 => Some(Resume::Pselect6),
+        libc::SYS_rt_sigsuspend => Some(Resume::Sigsuspend),
+        libc::SYS_pause => Some(Resume::Again),
+        libc::SYS_rt_sigtimedwait if args[2] == 0 => Some(Resume::Again),
         _ => None,
     }
 }
@@ -151,6 +165,14 @@ pub(crate) fn resume(ctx: &mut SignalContext) {
             // SAFETY: the program's own call, made again from its thread with its arguments
             // (its memory as the program left it), the mask replaced by one on this frame.
             unsafe { sys::raw_syscall6(libc::SYS_ppoll, args) }
+        }
+        Resume::Sigsuspend => {
+            let mask = mask_at(args[0]).unwrap_or(program) | keep_out;
+            args[0] = &mask as *const u64 as u64;
+            args[1] = 8;
+            // SAFETY: the program's own call, made again from its thread, its mask replaced
+            // by one on this frame.
+            unsafe { sys::raw_syscall6(libc::SYS_rt_sigsuspend, args) }
         }
         Resume::Pselect6 => {
             let given = mask_at(args[5]).and_then(mask_at);
@@ -235,6 +257,10 @@ mod tests {
         assert_eq!(resume_of(libc::SYS_ppoll, &args(0, 0, 0)), None, "no timeout");
         assert_eq!(resume_of(libc::SYS_pselect6, &args(0, 0, 0x1000)), Some(Resume::Pselect6));
         assert_eq!(resume_of(libc::SYS_pselect6, &args(0, 0, 0)), None, "no timeout");
+        assert_eq!(resume_of(libc::SYS_rt_sigsuspend, &args(8, 0, 0)), Some(Resume::Sigsuspend));
+        assert_eq!(resume_of(libc::SYS_pause, &args(0, 0, 0)), Some(Resume::Again));
+        assert_eq!(resume_of(libc::SYS_rt_sigtimedwait, &args(0, 0, 0)), Some(Resume::Again), "sigwaitinfo");
+        assert_eq!(resume_of(libc::SYS_rt_sigtimedwait, &args(0, 0x1000, 0)), None, "with a timeout");
         assert_eq!(resume_of(libc::SYS_epoll_wait, &args(0, 0, 0)), None);
         assert_eq!(resume_of(libc::SYS_read, &args(0, 0, 0)), None);
         assert_eq!(resume_of(libc::SYS_futex, &args(0, 0, 0)), None, "a wait without a timeout");
@@ -339,6 +365,60 @@ mod tests {
         });
         assert_eq!((result, errno), (-1, libc::EINTR), "after {took:?}");
         assert!(took >= Duration::from_millis(140) && took < Duration::from_secs(4), "resumed, then ended: {took:?}");
+    }
+
+    /// `SIGUSR1` blocked in the calling thread, as a program that waits for it does.
+    fn block_usr1() -> libc::sigset_t {
+        // SAFETY: a set filled by sigemptyset, then the thread's own mask changed.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
+            set
+        }
+    }
+
+    #[test]
+    fn waits_for_a_signal_ended_by_the_safepoints_go_on_until_the_programs_signal() {
+        if !wrappers_name_their_calls() {
+            return eprintln!("skipped: this C library makes its calls through one function");
+        }
+        handle_usr1();
+        fn sigsuspend() -> i32 {
+            block_usr1();
+            // SAFETY: an empty set: every signal let in while it waits.
+            unsafe {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigsuspend(&none)
+            }
+        }
+        fn pause() -> i32 {
+            // SAFETY: no argument.
+            unsafe { libc::pause() }
+        }
+        fn sigwaitinfo() -> i32 {
+            let set = block_usr1();
+            // SAFETY: a valid set; no information asked for.
+            unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) }
+        }
+        // Each ends at the program's SIGUSR1, 100 ms after dprobe's signal: `sigwaitinfo` with
+        // its number, the others with EINTR after its handler.
+        for (name, wait, ends_with) in [
+            ("sigsuspend", sigsuspend as fn() -> i32, (-1, libc::EINTR)),
+            ("pause", pause, (-1, libc::EINTR)),
+            ("sigwaitinfo", sigwaitinfo, (libc::SIGUSR1, 0)),
+        ] {
+            let (result, errno, took) = interrupted(wait, |thread| {
+                std::thread::sleep(Duration::from_millis(100));
+                // SAFETY: a signal to a live thread of this process, whose handler is installed.
+                unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+            });
+            let errno = if result == -1 { errno } else { 0 };
+            assert_eq!((result, errno), ends_with, "{name} after {took:?}");
+            assert!(took >= Duration::from_millis(140), "{name} ended before the program's signal: {took:?}");
+        }
     }
 
     #[test]
