@@ -47,7 +47,7 @@ fn each_bad_input_gets_its_specific_message() {
         (&["--latency", "probed+4", "--", t], "`probed+4` is not at a function's entry"),
         (&["-p", "999999999", "probed"], "cannot trace process 999999999: no such process"),
         (&["-p", "2", "probed"], "cannot trace process 2: it is a kernel thread"),
-        (&["probed", "--", "/no/such/program"], "cannot start `/no/such/program`: it could not be executed"),
+        (&["probed", "--", "/no/such/program"], "cannot start `/no/such/program`: no such file"),
         (&["probed", "--", "no-such-program-anywhere"], "cannot start `no-such-program-anywhere`: not found in PATH"),
         (&["--json", "--count", "probed", "--", t], "'--json' cannot be used with '--count'"),
         (&["-a", "--buffer-size", "3K", "probed"], "a perf buffer holds a power of two of 4 KiB pages"),
@@ -335,6 +335,41 @@ fn a_standard_error_that_cannot_be_written_is_no_panic() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "traced\n");
     assert_eq!(o.status.code(), Some(1), "{o:?}");
+}
+
+/// A command that cannot be executed is refused with the reason, under either engine.
+#[test]
+fn a_command_that_cannot_be_executed_is_refused_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::out_file("not-executed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str, mode: u32| {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        file.display().to_string()
+    };
+    let not_executable = file("not-executable", "#!/bin/sh\nexit 7\n", 0o644);
+    let no_interpreter = file("no-interpreter", "#!/no/such/shell\nexit 7\n", 0o755);
+    let no_hash_bang = file("no-hash-bang", "exit 7\n", 0o755);
+    let directory = dir.display().to_string();
+    let cases = [
+        (not_executable, "permission denied (it is not executable"),
+        (no_interpreter, "its interpreter was not found"),
+        (no_hash_bang, "it is not a program this system can run (a script needs a `#!` line"),
+        (directory, "it is a directory"),
+    ];
+    for engine in ["ptrace", "agent"] {
+        for (program, why) in &cases {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_dprobe"))
+                .args(["trace", "--engine", engine, "-c", "libc:getpid", "--", program])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{engine}, {program}: {stderr}");
+            assert!(stderr.contains(&format!("cannot start `{program}`: {why}")), "{engine}: {stderr}");
+        }
+    }
 }
 
 /// A command is found on `PATH` as `execvp` finds it: a file of that name that may not be

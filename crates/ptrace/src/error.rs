@@ -17,10 +17,12 @@ pub enum TraceError {
         reason: io::Error,
     },
     /// The program was started but could not be executed (`execve` failed in the child).
-    #[error("cannot start `{program}`: it could not be executed (not found, or not a program)")]
+    #[error("cannot start `{program}`: {why}")]
     NotExecutable {
         /// The program.
         program: String,
+        /// Why, in words.
+        why: String,
     },
     /// Attaching to a running process failed.
     #[error("cannot trace process {pid}: {reason}")]
@@ -156,13 +158,14 @@ impl From<SysError> for TraceError {
 
 impl TraceError {
     /// A started `program` that ended (wait status `ended`) before its `execve`: killed by a
-    /// signal that came as it started, or its `execv` failed (its child's `_exit(127)`).
+    /// signal that came as it started, or its `execv` failed (its child exits with the
+    /// `errno`, see `sys::fork_seized`).
     pub(crate) fn not_started(program: &str, ended: i32) -> TraceError {
         if libc::WIFSIGNALED(ended) {
-            TraceError::EndedBeforeEntry(Exit::Signal(libc::WTERMSIG(ended)))
-        } else {
-            TraceError::NotExecutable { program: program.to_owned() }
+            return TraceError::EndedBeforeEntry(Exit::Signal(libc::WTERMSIG(ended)));
         }
+        let errno = Some(libc::WEXITSTATUS(ended)).filter(|&e| libc::WIFEXITED(ended) && (1..127).contains(&e));
+        TraceError::NotExecutable { program: program.to_owned(), why: crate::exec_failure::why(program, errno) }
     }
 
     /// Whether it says a thread vanished (its exit comes through `wait`).

@@ -36,6 +36,7 @@ mod detach;
 mod early;
 mod engine;
 mod error;
+mod exec_failure;
 mod exec_watch;
 mod exits;
 mod family;

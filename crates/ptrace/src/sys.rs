@@ -606,7 +606,8 @@ pub fn command_line(program: &str, argv0: &str, args: &[&str]) -> io::Result<(CS
 /// and its `execve` stops it with a `PTRACE_EVENT_EXEC` (`options` must hold
 /// `PTRACE_O_TRACEEXEC`), never with the `SIGTRAP` of `PTRACE_TRACEME`, which the program
 /// would receive (and die of) if the tracer died at that stop. A tracer that dies before it
-/// seized the child ends it (`_exit(127)`), never runs the program untraced.
+/// seized the child ends it (`_exit(127)`), never runs the program untraced. A child whose
+/// `execv` fails exits with its `errno`.
 pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options: u64) -> io::Result<i32> {
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -659,7 +660,10 @@ pub fn fork_seized(program: &std::ffi::CStr, args: &[std::ffi::CString], options
             }
             libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
             libc::execv(program.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
+            // Why it failed, as the exit status (`execve`'s errors are below 127), for the
+            // tracer to say (see `TraceError::not_started`).
+            let why = *libc::__errno_location();
+            libc::_exit(if (1..127).contains(&why) { why } else { 127 });
         }
     }
     // SAFETY: the mask saved above, a valid set.
