@@ -96,14 +96,27 @@ static GATED_PID: AtomicI32 = AtomicI32::new(0);
 /// The thread whose request dprobe answered last by watching it.
 static WATCHED_TID: AtomicI32 = AtomicI32::new(0);
 
-/// `state` while thread `tid` asks (thread ids are below 2^22, the kernel's `pid_max` limit).
+/// In `state` while a thread asks: the program ignores `SIGTRAP` (it set "ignore", which its
+/// `exec` keeps, but the kernel's action is dprobe's handler, which the `exec` does not):
+/// dprobe ignores it again in the program executed.
+const TRAP_IGNORED: u32 = 1 << 31;
+
+/// `state` while thread `tid` asks (thread ids are below 2^22, the kernel's `pid_max` limit),
+/// with whether the program ignores `SIGTRAP`.
 pub(crate) fn asking(tid: i32) -> u32 {
-    ASKING | (tid as u32) << 8
+    let ignored = dprobe_inproc::program_ignores_outright(libc::SIGTRAP);
+    ASKING | (tid as u32) << 8 | if ignored { TRAP_IGNORED } else { 0 }
 }
 
 /// The thread that asks, when `state` says one does.
 pub(crate) fn asker(state: u32) -> Option<i32> {
-    (state & 0xff == ASKING && state >> 8 != 0).then_some((state >> 8) as i32)
+    let tid = (state & !TRAP_IGNORED) >> 8;
+    (state & 0xff == ASKING && tid != 0).then_some(tid as i32)
+}
+
+/// Whether the program that asks in `state` ignores `SIGTRAP` (see [`TRAP_IGNORED`]).
+pub(crate) fn asker_ignores_trap(state: u32) -> bool {
+    asker(state).is_some() && state & TRAP_IGNORED != 0
 }
 
 /// The gate's probes: before the `exec` functions, and at their exits (an `exec` that failed).
@@ -232,7 +245,8 @@ fn asks(_: &mut Regs) -> PreAction {
     };
     let mine = tid == WATCHED_TID.load(Relaxed);
     // Ask; after a failed `exec`, call the release off, or wait until it is done.
-    while let Err(state) = words.state.compare_exchange(IDLE, asking(tid), AcqRel, Acquire) {
+    let asks = asking(tid);
+    while let Err(state) = words.state.compare_exchange(IDLE, asks, AcqRel, Acquire) {
         match state {
             // Still watched: it goes on.
             WATCHED if mine => return PreAction::Continue,

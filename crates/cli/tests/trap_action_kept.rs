@@ -22,19 +22,24 @@ use common::{c_program_from, dprobe_command, hits, out_file};
 /// - `spawns-then-handler-steps`: the same, with a `system("true")` between the handler and
 ///   the traps (its child, which shares the memory, sets every handler to the default);
 /// - `exec-ignored`: ignores `SIGTRAP` and executes itself as `ignored`, which calls `step`
-///   1,000 times.
+///   1,000 times;
+/// - `spawn-ignored`: ignores `SIGTRAP` and starts itself as `ignored` with `posix_spawn`,
+///   then ends as its child did.
 ///
 /// The others end by unblocking `SIGTRAP`, raising one, and printing whether its action is the one
 /// it set and how many traps its handler saw (exit 0: both as set).
 const PROGRAM: &str = r#"
 #include <errno.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+extern char **environ;
 static volatile sig_atomic_t traps;
 static volatile long count;
 static void on_trap(int s) { (void)s; traps++; }
@@ -137,6 +142,15 @@ int main(int argc, char **argv) {
         execl(argv[0], argv[0], "ignored", (char *)0);
         return 2;
     }
+    if (!strcmp(mode, "spawn-ignored")) {
+        signal(SIGTRAP, SIG_IGN);
+        char *args[] = {argv[0], "ignored", 0};
+        pid_t child;
+        int status;
+        if (posix_spawn(&child, argv[0], 0, 0, args, environ) || waitpid(child, &status, 0) != child)
+            return 2;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
     if (!strcmp(mode, "ignored")) {
         long a = 0;
         for (int i = 0; i < 1000; i++) a = step(a);
@@ -223,16 +237,35 @@ fn started(mode: &str) -> (String, u64) {
 /// Start `program` with `args` under dprobe's ptrace engine, counting its `step` (it must
 /// exit 0): its output, and the hits.
 fn started_program(program: &str, args: &[&str]) -> (String, u64) {
-    let file = out_file(&format!("trap-action-{}.trace", args.first().unwrap_or(&"started")));
+    started_with("ptrace", false, program, args)
+}
+
+/// [`started_program`] under `engine`, dprobe (and so the program) started with `SIGTRAP`
+/// ignored where `ignoring`.
+fn started_with(engine: &str, ignoring: bool, program: &str, args: &[&str]) -> (String, u64) {
+    use std::os::unix::process::CommandExt;
+    let name = format!("trap-action-{engine}-{ignoring}-{}.trace", args.first().unwrap_or(&"started"));
+    let file = out_file(&name);
     let spec = format!("{program}:step");
-    let o = dprobe_command()
-        .args(["trace", "--engine", "ptrace", "--count", "-o", file.to_str().unwrap(), &spec, "--", program])
+    let mut command = dprobe_command();
+    if ignoring {
+        // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGTRAP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let o = command
+        .args(["trace", "--engine", engine, "--count", "-o", file.to_str().unwrap(), &spec, "--", program])
         .args(args)
         .output()
         .unwrap();
     let summary = std::fs::read_to_string(&file).unwrap_or_default();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}\n{summary}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{engine}, {args:?}: {stdout}\n{stderr}\n{summary}");
     (stdout, hits(&summary, &spec))
 }
 
@@ -257,6 +290,24 @@ fn a_trap_handler_is_the_programs_after_a_child_that_shares_its_memory_reset_its
 #[test]
 fn a_sigtrap_ignored_across_exec_stays_ignored_through_the_hits() {
     assert_eq!(started("exec-ignored"), ("kept=1 traps=0\n".to_owned(), 1000));
+}
+
+/// The agent takes `SIGTRAP` over as it loads, and passes the program's own on as the program
+/// would take it: "ignore" is kept through the start's traps (which set it to the default),
+/// through the program's `exec` and into a `posix_spawn` child (which would get the default,
+/// the kernel's action being dprobe's handler).
+#[test]
+fn a_sigtrap_ignored_from_the_start_across_exec_and_into_a_spawned_child_stays_ignored_under_the_agent() {
+    let program = program();
+    for (ignoring, mode) in [(true, "ignored"), (false, "exec-ignored"), (false, "spawn-ignored")] {
+        // (Started with it ignored, the ptrace engine's program reads the default as its action
+        // after its own `SIGTRAP`, which it survives.)
+        let engines: &[&str] = if ignoring { &["agent"] } else { &["agent", "ptrace"] };
+        for &engine in engines {
+            let got = started_with(engine, ignoring, program, &[mode]);
+            assert_eq!(got, ("kept=1 traps=0\n".to_owned(), 1000), "{engine}, {mode}");
+        }
+    }
 }
 
 /// A program with a `SIGTRAP` handler raises one every millisecond while four threads that

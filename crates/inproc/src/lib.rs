@@ -136,6 +136,7 @@ pub use program_errno::{program_errno, set_program_errno};
 pub use reenter::{reentered, wait_then_reenter};
 pub use resolver_runner::run_resolver;
 pub use safepoint::{moved as safepoint_moves, open_safepoint_signal, safepoint_signal, SafepointSignalOpen};
+pub use signals::program_ignores_outright;
 pub use spawn_hold::{hold_spawns_while_patching, SpawnHold};
 pub use sys::close_mem_file;
 pub use thread_state::{process_and_thread_id, thread_id, thread_name};

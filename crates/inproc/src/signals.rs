@@ -227,6 +227,13 @@ pub(crate) fn answers_for(sig: libc::c_int) -> bool {
     synchronous(sig) && INSTALLED[sig as usize].load(Ordering::Acquire)
 }
 
+/// Whether the program set `sig` to be ignored ("ignore", as dprobe passes its signals on,
+/// where dprobe's handler took the signal over): a disposition an `execve` keeps, which the
+/// kernel's (dprobe's handler) would not pass on. Async-signal-safe.
+pub fn program_ignores_outright(sig: libc::c_int) -> bool {
+    INSTALLED[sig as usize].load(Ordering::Acquire) && previous(sig).sa_sigaction == libc::SIG_IGN
+}
+
 /// Whether the program's disposition of `sig` (as dprobe passes its signals on) ignores it:
 /// "ignore", or the default where that is to ignore it.
 pub(crate) fn program_ignores(sig: libc::c_int) -> bool {

@@ -35,6 +35,9 @@ pub struct ExecWatch {
     found: Option<Watched>,
     /// Says when the program stopped or ended, while it is watched.
     waiter: Option<StopWaiter>,
+    /// The program ignores `SIGTRAP`, though the kernel's action is a handler of dprobe's
+    /// agent, which its `exec` does not keep (see [`ExecWatch::trap_ignored`]).
+    trap_ignored: bool,
 }
 
 /// How long ending the waiting thread may take, at most (it ends at once where the program
@@ -62,7 +65,7 @@ pub enum Watched {
 
 impl ExecWatch {
     pub(crate) fn new(pid: i32, tid: i32) -> ExecWatch {
-        ExecWatch { pid, tid, watching: true, found: None, waiter: StopWaiter::start(pid, tid) }
+        ExecWatch { pid, tid, watching: true, found: None, waiter: StopWaiter::start(pid, tid), trap_ignored: false }
     }
 
     /// Watch a started program dprobe let go (its library loaded) for the `exec` its thread
@@ -72,6 +75,13 @@ impl ExecWatch {
     pub fn seize_thread(pid: i32, tid: i32) -> Result<ExecWatch, LoadError> {
         sys::seize(tid, libc::PTRACE_O_TRACEEXEC as u64)?;
         Ok(ExecWatch::new(pid, tid))
+    }
+
+    /// Say whether the program ignores `SIGTRAP` where the kernel cannot tell (dprobe's agent
+    /// holds the signal, and passes the program's on as it would be taken): the program it
+    /// executes then ignores it too, as the `exec` of a program untraced keeps "ignore".
+    pub fn trap_ignored(&mut self, ignored: bool) {
+        self.trap_ignored = ignored;
     }
 
     /// The watched thread.
@@ -181,7 +191,7 @@ impl ExecWatch {
 
     /// The program stopped at its `exec`: held where a library can be loaded, or let go.
     fn held_at_exec(&mut self) -> Watched {
-        match Injector::at_exec(self.pid) {
+        match Injector::at_exec(self.pid, self.trap_ignored) {
             Ok(held) => Watched::Executed(Box::new(held)),
             Err(e) => {
                 let _ = sys::set_options(self.pid, libc::PTRACE_O_TRACEEXEC as u64);

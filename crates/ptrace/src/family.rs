@@ -298,6 +298,8 @@ impl Tracee {
         t.next_id = self.next_id;
         t.follow = true;
         t.renamed = self.renamed.clone();
+        // Its copy of the action was this process's, as dprobe's traps left it.
+        t.trap_action_of_parent(self);
         t.trap_action_after_exec();
         // Out of `execve` first: its return would overwrite the result of a system call
         // injected at the exec stop (the out-of-line page's `mmap`).

@@ -155,6 +155,7 @@ impl Injector {
             return Err(TraceError::not_started(program, ended).into());
         }
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
+        let trap_ignored = crate::trap_action::ignored_at_exec(pid);
         if let Err(e) = trap_blocked_at_exec(pid).and_then(|()| crate::early::run_to_libc_initialized(pid, &mut memory))
         {
             // It has run none of its own code: ended, so that a fallback starts it afresh.
@@ -162,17 +163,25 @@ impl Injector {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
             return Err(e);
         }
+        if trap_ignored {
+            crate::trap_action::ignore_again(pid, pid, &mut memory);
+        }
         Injector::hold(pid, pid, memory, true)
     }
 
     /// Hold traced process `pid`, stopped at its `exec`, where its new program can load a
     /// library (as [`Injector::spawn`] holds a started one). Killed with the tracer until let
-    /// go, as a started program is.
-    pub(crate) fn at_exec(pid: i32) -> Result<Injector, LoadError> {
+    /// go, as a started program is. `trap_ignored`: the program ignored `SIGTRAP` before its
+    /// `exec`, where the kernel's action did not say so (see [`crate::ExecWatch::trap_ignored`]).
+    pub(crate) fn at_exec(pid: i32, trap_ignored: bool) -> Result<Injector, LoadError> {
         trap_blocked_at_exec(pid)?;
+        let trap_ignored = trap_ignored || crate::trap_action::ignored_at_exec(pid);
         sys::set_options(pid, (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64)?;
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
         crate::early::run_to_libc_initialized(pid, &mut memory)?;
+        if trap_ignored {
+            crate::trap_action::ignore_again(pid, pid, &mut memory);
+        }
         Injector::hold(pid, pid, memory, true)
     }
 

@@ -160,9 +160,12 @@ impl Tracee {
 
     /// The process executed a new program (and is at its exec stop, no trap since): only an
     /// ignored action is kept, as nothing but `SIG_IGN` (the kernel's `flush_signal_handlers`).
-    /// Its C library is another.
+    /// An action noted as ignored before is too: one of dprobe's traps set it to the default
+    /// before the `exec` (or, in a child that shared the memory, before the child copied it),
+    /// and the program's untraced would have kept "ignore". Its C library is another.
     pub(crate) fn trap_action_after_exec(&mut self) {
         let (ignored, _) = sys::disposition(self.pid, libc::SIGTRAP);
+        let ignored = ignored || self.trap_action.noted.is_some_and(|a| a.handler == SIG_IGN);
         let noted = ignored.then_some(Action { handler: SIG_IGN, ..Action::default() });
         self.trap_action = TrapAction { noted, watched: false };
     }
@@ -256,6 +259,21 @@ impl Tracee {
             put_back(child, child, memory, noted, Call::Untrapped);
         }
     }
+}
+
+/// Whether process `pid`, held at its `exec` before any trap, ignores `SIGTRAP`: the one
+/// action an `execve` keeps, which the traps of the program's start set to the default.
+pub(crate) fn ignored_at_exec(pid: i32) -> bool {
+    sys::disposition(pid, libc::SIGTRAP).0
+}
+
+/// Ignore `SIGTRAP` again in process `pid` (through its stopped thread `tid`), which ignored
+/// it at its `exec` ([`ignored_at_exec`]), after the traps of its start set the action to the
+/// default: before dprobe's agent is loaded, which takes the action it finds for the
+/// program's (a program that raises `SIGTRAP` with it ignored would die of it). Best effort,
+/// and only where the action is what a trap leaves of the ignored one.
+pub(crate) fn ignore_again(pid: i32, tid: i32, memory: &mut RemoteMemory) {
+    let _ = put_back(pid, tid, memory, Action { handler: SIG_IGN, ..Action::default() }, Call::Untrapped);
 }
 
 /// How a thread makes a system call for the tracer.

@@ -75,16 +75,21 @@ impl AgentEngine {
                 wake(gate.state);
                 continue;
             };
-            let state = match self.child_watches.iter().find(|w| w.pid() == pid) {
+            let trap_ignored = crate::exec_gate::asker_ignores_trap(asked);
+            let state = match self.child_watches.iter_mut().find(|w| w.pid() == pid) {
                 // Asked again after an `exec` that failed: still watched.
-                Some(watch) if watch.tid() == tid => WATCHED,
+                Some(watch) if watch.tid() == tid => {
+                    watch.trap_ignored(trap_ignored);
+                    WATCHED
+                }
                 // Another of its threads (one thread is watched per child): runs untraced.
                 Some(_) => {
                     self.shm.child_untraced();
                     IDLE
                 }
                 None => match ExecWatch::seize_thread(pid, tid) {
-                    Ok(watch) => {
+                    Ok(mut watch) => {
+                        watch.trap_ignored(trap_ignored);
                         self.child_watches.push(watch);
                         WATCHED
                     }

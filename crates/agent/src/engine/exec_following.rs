@@ -116,12 +116,17 @@ impl AgentEngine {
             wake(words.state);
             return;
         };
-        let state = match &self.watch {
-            Some(watch) if watch.tid() == tid => WATCHED,
+        let trap_ignored = crate::exec_gate::asker_ignores_trap(asked);
+        let state = match &mut self.watch {
+            Some(watch) if watch.tid() == tid => {
+                watch.trap_ignored(trap_ignored);
+                WATCHED
+            }
             // (The agent asks only while no thread is watched: not met.)
             Some(_) => IDLE,
             None => match ExecWatch::seize_thread(self.pid, tid) {
-                Ok(watch) => {
+                Ok(mut watch) => {
+                    watch.trap_ignored(trap_ignored);
                     self.watch = Some(watch);
                     self.unwatched = None;
                     WATCHED
