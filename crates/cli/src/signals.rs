@@ -148,7 +148,8 @@ const A_MOMENT: Duration = Duration::from_secs(1);
 /// - One that reached dprobe's holder directly came to the process group (`kill -INT -PGID`)
 ///   or to dprobe's processes by name (`pkill dprobe`), and the command may or may not have
 ///   got it: it is given a moment to end by it, after which a `SIGINT` lets it go on and a
-///   `SIGTERM` or `SIGHUP` is passed on. Either way the command gets the signal once.
+///   `SIGTERM` or `SIGHUP` is passed on. A command that got it and ends by it in that moment
+///   gets it once; one still shutting down after it gets it twice.
 pub fn wait_for_the_command(signal: i32) -> Option<WaitForProgram> {
     let wait = |pass_on_after, patience| Some(WaitForProgram { signal, pass_on_after, patience });
     if signal == FRONT_ENDED {

@@ -96,7 +96,7 @@ fn sigint_to_dprobe_alone_detaches_and_exits_without_waiting_for_the_command() {
 
 /// `counts_terms`: prints "working" once its SIGTERM handler is in place, works until its first
 /// SIGTERM, then 300 ms more, and prints "SIGTERM received N times"; SIGINT ends it. With `on`,
-/// it works on past SIGTERMs, until SIGUSR1.
+/// it works on past SIGTERMs, until SIGUSR1, and prints "term" at each.
 fn counts_terms() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/counts_terms.c");
     dprobe_test_fixtures::c_program(src, "counts_terms", &["-O2"])
@@ -139,32 +139,49 @@ fn trace_counts_terms(engine: &str, name: &str, args: &[&str]) -> (Child, i32, s
     (dprobe, command, out)
 }
 
+/// Kills processes `pids` if it lives a minute (a dprobe that would wait for ever, and its
+/// command), so that a test fails instead of hanging.
+struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(pids: [i32; 2]) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !seen.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !seen.load(Ordering::Relaxed) {
+                for pid in pids {
+                    // SAFETY: ends what the test started, still running after a minute.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
+        Watchdog { done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Wait for `dprobe`'s end (killing it and the command after a minute): its status and its
 /// summary.
 fn ended(dprobe: &mut Child, command: i32, out: &std::path::Path) -> (std::process::ExitStatus, String) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let pid = dprobe.id() as i32;
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !done.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !done.load(Ordering::Relaxed) {
-                // SAFETY: ends what the test started, still running after a minute.
-                unsafe {
-                    libc::kill(command, libc::SIGKILL);
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        })
-    };
+    let watchdog = Watchdog::start([command, dprobe.id() as i32]);
     let status = dprobe.wait().unwrap();
-    done.store(true, Ordering::Relaxed);
-    watchdog.join().unwrap();
+    drop(watchdog);
     (status, std::fs::read_to_string(out).unwrap())
 }
 
@@ -257,10 +274,15 @@ fn a_sigterm_to_dprobes_processes_alone_is_passed_on_once() {
 fn a_second_stop_signal_ends_the_wait_for_a_command_that_outlives_the_first() {
     for engine in ["ptrace", "agent"] {
         let (mut dprobe, command, out) = trace_counts_terms(engine, "second-sigterm", &["on"]);
-        // Passed on, the first does not end the command, and dprobe waits for it.
+        // Passed on, the first does not end the command, and dprobe waits for it (it passes
+        // it on once it has let the command go).
         // SAFETY: signals the dprobe we started.
         assert_eq!(unsafe { libc::kill(dprobe.id() as i32, libc::SIGTERM) }, 0);
-        std::thread::sleep(Duration::from_millis(300));
+        let mut term = [0; 5];
+        let watchdog = Watchdog::start([command, dprobe.id() as i32]);
+        std::io::Read::read_exact(dprobe.stdout.as_mut().unwrap(), &mut term).unwrap();
+        drop(watchdog);
+        assert_eq!(&term, b"term\n", "{engine}");
         assert!(dprobe.try_wait().unwrap().is_none(), "{engine}: dprobe waits for the command");
         // The second ends the wait; the command ends when the test tells it, once dprobe has
         // (or after a minute, if dprobe waits on).

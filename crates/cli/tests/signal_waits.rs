@@ -20,6 +20,9 @@ fn waits_for_signals() -> &'static str {
 const TRACES: u32 = 25;
 
 fn attached_again_and_again(engine: &str) {
+    if engine == "agent" && !common::wrappers_name_their_calls() {
+        return eprintln!("skipped: this C library makes its calls through one function");
+    }
     let mut program = Command::new(waits_for_signals()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let pid = program.id();
     // Its three threads and the main one run.

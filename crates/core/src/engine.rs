@@ -212,7 +212,7 @@ pub struct WaitForProgram {
     pub signal: i32,
     /// When the engine sends the program the signal, if it does: at once for one sent to
     /// dprobe alone; after a moment for one the program may have got itself, so that a
-    /// program that got it is not sent it twice.
+    /// program that got it and ends by it in that moment is not sent it twice.
     pub pass_on_after: Option<std::time::Duration>,
     /// How long the program is waited for; `None`: until it ends.
     pub patience: Option<std::time::Duration>,

@@ -21,17 +21,17 @@
 //!   absolute `clock_nanosleep`, whose deadline stands.
 //!
 //! - Waits for a signal, `sigsuspend`, `pause` and `sigwaitinfo` (`rt_sigtimedwait` without a
-//!   timeout), are made again: what ends them, a signal of the program's, stays pending
-//!   until the call takes it (`sigsuspend` with its own mask argument, replaced by one that
-//!   keeps the safepoint signals out). A wait that returned at dprobe's signal would say a
-//!   handler ran, or that no signal came, when none of the program's did.
+//!   timeout), are made again for at most [`SIGNAL_WAIT_BOUND`]: what ends them, a signal of
+//!   the program's, stays pending until the call takes it (`sigsuspend` and `pause` as a
+//!   `ppoll` of no descriptor with the call's mask, which ends as they do when a handler ran).
+//!   A wait that returned at dprobe's signal would say a handler ran, or that no signal came,
+//!   when none of the program's did. Bounded, because of the two cases below where a handler
+//!   of the program's ran already: the wakeup it was is then missed for that long at most,
+//!   and the call ends with `EINTR` as the first did.
 //!
 //! Other waits without a timeout are not resumed: a program's wakeup missed there (below) would
-//! be missed for ever, and the safepoint signal they would wait with blocked may be the
-//! one a program wakes its thread with. (A program that waits in `sigsuspend` for the
-//! real-time safepoint signal, `SIGRTMAX`, while it handles `SIGURG` as well, would wait on.)
-//! `sigtimedwait` with a timeout is not resumed either: the kernel does not say how much of
-//! it is left.
+//! be missed for ever. `sigtimedwait` with a timeout is not resumed either: the kernel does not
+//! say how much of it is left.
 //!
 //! The program's signals keep their effect: none is let in from the handler's start until the
 //! resumed call, which takes the program's mask (`ppoll` and `pselect6` atomically, with their
@@ -54,6 +54,9 @@ use crate::sys;
 
 const EINTR: u64 = (-libc::EINTR) as i64 as u64;
 
+/// The longest a wait for a signal is made again (see the module's comment).
+const SIGNAL_WAIT_BOUND: libc::timespec = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+
 /// How an interrupted call is resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resume {
@@ -63,8 +66,12 @@ enum Resume {
     Ppoll,
     /// `pselect6` again, likewise (argument 5 points to the mask and its size).
     Pselect6,
-    /// `rt_sigsuspend` again, with its mask (argument 0) and the safepoint signals blocked.
+    /// `rt_sigsuspend` again, with its mask (argument 0), as a bounded `ppoll`.
     Sigsuspend,
+    /// `pause` again, with the program's mask, as a bounded `ppoll`.
+    Pause,
+    /// `rt_sigtimedwait` again, with a bounded timeout.
+    Sigwaitinfo,
     /// The same call again, with the same arguments.
     Again,
 }
@@ -86,8 +93,8 @@ fn resume_of(nr: i64, args: &[u64; 6]) -> Option<Resume> {
         libc::SYS_ppoll if args[2] != 0 => Some(Resume::Ppoll),
         libc::SYS_pselect6 if args[4] != 0 => Some(Resume::Pselect6),
         libc::SYS_rt_sigsuspend => Some(Resume::Sigsuspend),
-        libc::SYS_pause => Some(Resume::Again),
-        libc::SYS_rt_sigtimedwait if args[2] == 0 => Some(Resume::Again),
+        libc::SYS_pause => Some(Resume::Pause),
+        libc::SYS_rt_sigtimedwait if args[2] == 0 => Some(Resume::Sigwaitinfo),
         _ => None,
     }
 }
@@ -142,8 +149,9 @@ pub(crate) fn resume(ctx: &mut SignalContext) {
     let mut args =
         [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX, libc::REG_R10, libc::REG_R8, libc::REG_R9].map(|r| ctx.greg(r));
     let Some(how) = resume_of(nr, &args) else { return };
-    // The safepoint signals stay blocked: another safepoint's would end the wait again.
-    let keep_out = crate::safepoint::safepoint_signals().iter().fold(0u64, |set, sig| set | 1 << (sig - 1));
+    // The safepoint signal stays blocked: another safepoint's would end the wait again. Only
+    // the one in use: the other may be the program's own.
+    let keep_out = 1u64 << (crate::safepoint::safepoint_signal() - 1);
     let program = ctx.blocked_signals();
     let result = match how {
         Resume::Again => {
@@ -166,13 +174,28 @@ pub(crate) fn resume(ctx: &mut SignalContext) {
             // (its memory as the program left it), the mask replaced by one on this frame.
             unsafe { sys::raw_syscall6(libc::SYS_ppoll, args) }
         }
-        Resume::Sigsuspend => {
-            let mask = mask_at(args[0]).unwrap_or(program) | keep_out;
-            args[0] = &mask as *const u64 as u64;
-            args[1] = 8;
-            // SAFETY: the program's own call, made again from its thread, its mask replaced
-            // by one on this frame.
-            unsafe { sys::raw_syscall6(libc::SYS_rt_sigsuspend, args) }
+        Resume::Sigsuspend | Resume::Pause => {
+            let given = if how == Resume::Sigsuspend { mask_at(args[0]) } else { None };
+            let mask = given.unwrap_or(program) | keep_out;
+            let bound = SIGNAL_WAIT_BOUND;
+            let wait = [0, 0, &bound as *const libc::timespec as u64, &mask as *const u64 as u64, 8, 0];
+            // SAFETY: a `ppoll` of no descriptor, its timeout and mask on this frame: the
+            // program's wait for a signal, bounded.
+            match unsafe { sys::raw_syscall6(libc::SYS_ppoll, wait) } {
+                0 => EINTR as i64,
+                ended => ended,
+            }
+        }
+        Resume::Sigwaitinfo => {
+            let bound = SIGNAL_WAIT_BOUND;
+            args[2] = &bound as *const libc::timespec as u64;
+            sys::set_signal_mask(program | keep_out);
+            // SAFETY: the program's own call, made again from its thread with its arguments
+            // (its memory as the program left it), with a timeout on this frame.
+            match unsafe { sys::raw_syscall6(libc::SYS_rt_sigtimedwait, args) } {
+                r if r == -i64::from(libc::EAGAIN) => EINTR as i64,
+                r => r,
+            }
         }
         Resume::Pselect6 => {
             let given = mask_at(args[5]).and_then(mask_at);
@@ -258,8 +281,8 @@ mod tests {
         assert_eq!(resume_of(libc::SYS_pselect6, &args(0, 0, 0x1000)), Some(Resume::Pselect6));
         assert_eq!(resume_of(libc::SYS_pselect6, &args(0, 0, 0)), None, "no timeout");
         assert_eq!(resume_of(libc::SYS_rt_sigsuspend, &args(8, 0, 0)), Some(Resume::Sigsuspend));
-        assert_eq!(resume_of(libc::SYS_pause, &args(0, 0, 0)), Some(Resume::Again));
-        assert_eq!(resume_of(libc::SYS_rt_sigtimedwait, &args(0, 0, 0)), Some(Resume::Again), "sigwaitinfo");
+        assert_eq!(resume_of(libc::SYS_pause, &args(0, 0, 0)), Some(Resume::Pause));
+        assert_eq!(resume_of(libc::SYS_rt_sigtimedwait, &args(0, 0, 0)), Some(Resume::Sigwaitinfo), "sigwaitinfo");
         assert_eq!(resume_of(libc::SYS_rt_sigtimedwait, &args(0, 0x1000, 0)), None, "with a timeout");
         assert_eq!(resume_of(libc::SYS_epoll_wait, &args(0, 0, 0)), None);
         assert_eq!(resume_of(libc::SYS_read, &args(0, 0, 0)), None);
@@ -419,6 +442,28 @@ mod tests {
             assert_eq!((result, errno), ends_with, "{name} after {took:?}");
             assert!(took >= Duration::from_millis(140), "{name} ended before the program's signal: {took:?}");
         }
+    }
+
+    /// Made again for at most [`SIGNAL_WAIT_BOUND`]: where a handler of the program's ran
+    /// before dprobe's, the wakeup it was does not come again.
+    #[test]
+    fn a_wait_for_a_signal_made_again_ends_after_its_bound() {
+        if !wrappers_name_their_calls() {
+            return eprintln!("skipped: this C library makes its calls through one function");
+        }
+        fn sigsuspend() -> i32 {
+            block_usr1();
+            // SAFETY: a set of SIGUSR1 alone, which never comes: the wait ends at its bound.
+            unsafe {
+                let mut usr1: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut usr1);
+                libc::sigaddset(&mut usr1, libc::SIGUSR1);
+                libc::sigsuspend(&usr1)
+            }
+        }
+        let (result, errno, took) = interrupted(sigsuspend, |_| {});
+        assert_eq!((result, errno), (-1, libc::EINTR), "after {took:?}");
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "bounded: {took:?}");
     }
 
     #[test]

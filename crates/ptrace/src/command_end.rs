@@ -17,8 +17,10 @@ use crate::tick::Tick;
 /// their stops passed on meanwhile: each signal delivered as it comes.
 pub fn wait_for_command(pid: i32, wait: WaitForProgram, give_up: &dyn Fn() -> bool) -> Option<Exit> {
     // The tick interrupts the wait, for `give_up` and the moments of `wait` to be looked at:
-    // a stop signal's own handler may run on another thread of dprobe's.
-    let _tick = Tick::start().ok();
+    // a stop signal's own handler may run on another thread of dprobe's. Without one, the
+    // wait looks every tenth of a second instead.
+    let tick = Tick::start().ok();
+    let flags = if tick.is_some() { libc::__WALL } else { libc::__WALL | libc::WNOHANG };
     let start = Instant::now();
     let mut to_pass_on = wait.pass_on_after.zip(Signal::try_from(wait.signal).ok());
     loop {
@@ -28,11 +30,17 @@ pub fn wait_for_command(pid: i32, wait: WaitForProgram, give_up: &dyn Fn() -> bo
         }
         let mut status = 0;
         // SAFETY: waits for a child or a tracee of dprobe's; `status` is a valid out-pointer.
-        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-        if tid < 0 {
+        let tid = unsafe { libc::waitpid(-1, &mut status, flags) };
+        if tid <= 0 {
             let patient = wait.patience.is_none_or(|p| start.elapsed() < p);
-            match Errno::last() {
-                Errno::EINTR if patient && !give_up() => continue,
+            let errno = if tid == 0 { Errno::EINTR } else { Errno::last() };
+            match errno {
+                Errno::EINTR if patient && !give_up() => {
+                    if tid == 0 {
+                        std::thread::sleep(crate::tick::TICK);
+                    }
+                    continue;
+                }
                 _ => return None,
             }
         }

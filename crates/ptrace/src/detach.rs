@@ -276,5 +276,8 @@ impl Drop for Tracee {
 
 /// Whether process `pid` has no memory left: its threads are ending, or it is gone.
 fn memory_gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(true, |maps| maps.is_empty())
+    match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        Ok(maps) => maps.is_empty(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
+    }
 }

@@ -34,8 +34,12 @@
 //! such calls per hit: a program that reads its own action while traced sees the default
 //! after a trap.
 //!
-//! Not covered: a vfork child's copy of the action (the child executes a new program or
-//! exits; an ignored action it carries into the new program is lost).
+//! A child that shared the memory (`vfork`, `posix_spawn`) and executes a new program takes
+//! the action noted in its parent: its own copy is the parent's as dprobe's traps left it. An
+//! ignored action noted before an `exec` stays noted after it. Not covered: a `posix_spawn`
+//! whose attributes set `SIGTRAP` to the default (`POSIX_SPAWN_SETSIGDEF`) in a program that
+//! ignores it: its new program is taken to ignore it as well (so it is under the agent,
+//! which passes on what the parent set).
 
 use dprobe_arch::{Addr, Memory};
 use dprobe_sym::{Function, Mapping, Symbols};

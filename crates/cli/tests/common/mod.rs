@@ -433,3 +433,17 @@ pub fn mem_calls() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mem_calls.c");
     dprobe_test_fixtures::c_program(src, "mem_calls", &["-O2"])
 }
+
+/// Whether the C library loads a call's number just before its `syscall` in
+/// `clock_nanosleep` (glibc up to 2.40), the shape the safepoint's handler recognizes; glibc
+/// 2.41 and later make a threaded program's calls through one function, where it does not.
+pub fn wrappers_name_their_calls() -> bool {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: dlsym with a valid name.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"clock_nanosleep".as_ptr()) } as u64;
+    let mut code = [0u8; 160];
+    let mem = std::fs::File::open("/proc/self/mem").unwrap();
+    f != 0
+        && mem.read_exact_at(&mut code, f).is_ok()
+        && code.windows(7).any(|w| w[0] == 0xb8 && w[1..5] == 230u32.to_le_bytes() && w[5..] == [0x0f, 0x05])
+}
