@@ -13,8 +13,8 @@ use crate::tick::Tick;
 /// Wait for the end of command `pid`, let go because a signal stopped the trace: pass the
 /// signal on when and if `wait` says so, and wait as long as it says, or until `give_up` says
 /// so. `None` when it was not seen to end. Threads of its (or of a followed child) still
-/// traced until this thread ends (see `Tracee::let_go_as_thread_ends`) have
-/// their stops passed on meanwhile: each signal delivered as it comes.
+/// traced until this thread ends (see `Tracee::let_go_as_thread_ends`) have their stops
+/// passed on meanwhile: each signal delivered as it comes.
 pub fn wait_for_command(pid: i32, wait: WaitForProgram, give_up: &dyn Fn() -> bool) -> Option<Exit> {
     // The tick interrupts the wait, for `give_up` and the moments of `wait` to be looked at:
     // a stop signal's own handler may run on another thread of dprobe's. Without one, the
