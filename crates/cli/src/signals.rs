@@ -169,7 +169,7 @@ pub fn wait_for_the_command(signal: i32) -> Option<WaitForProgram> {
 /// may pass its copy on before this process has taken its own: it is then pending, or being
 /// delivered (taken, its handler not yet run), which no one can see. That moment is waited
 /// out, a few milliseconds at most on a busy machine.
-fn reached_dprobe_itself(signal: i32) -> bool {
+pub fn reached_dprobe_itself(signal: i32) -> bool {
     let pending =
         || Signal::try_from(signal).is_ok_and(|s| dprobe_holder::pending_signals().is_ok_and(|p| p.contains(s)));
     let start = Instant::now();

@@ -165,10 +165,12 @@ fn stop_asked_before_the_command(args: &TraceArgs) -> bool {
 
 /// Whether a command being started was killed by the stop signal dprobe was asked to stop by
 /// (a Ctrl-C to the process group as it started): stopped before tracing, as that signal says.
+/// dprobe's own copy may not have run its handler yet when the command's end is seen (see
+/// `signals::reached_dprobe_itself`).
 fn killed_by_the_stop(e: &dprobe_ptrace::TraceError) -> bool {
     use dprobe_ptrace::{Exit, TraceError};
     matches!(e, TraceError::EndedBeforeEntry(Exit::Signal(s))
-        if signals::requested() == Some(*s) || signals::arrived() == Some(*s))
+        if signals::requested() == Some(*s) || signals::reached_dprobe_itself(*s))
 }
 
 fn engine_name(engine: Engine) -> &'static str {
