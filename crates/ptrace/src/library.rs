@@ -71,6 +71,20 @@ pub enum LoadError {
     },
 }
 
+/// Run process `pid`, held at its `exec` with no trap since, to where its C library is
+/// initialized (see `early`). Where it ignores `SIGTRAP` (`ignored`, where the kernel's action
+/// cannot say so, or as the kernel shows it at the `exec`), the action is ignored again after
+/// the start's traps set it to the default: dprobe's agent, loaded next, takes the action it
+/// finds for the program's.
+fn run_to_libc_keeping_trap_ignored(pid: i32, memory: &mut RemoteMemory, ignored: bool) -> Result<(), LoadError> {
+    let ignored = ignored || crate::trap_action::ignored_at_exec(pid);
+    crate::early::run_to_libc_initialized(pid, memory)?;
+    if ignored {
+        crate::trap_action::ignore_again(pid, pid, memory);
+    }
+    Ok(())
+}
+
 /// Refused where program `pid`, held at its `exec` with nothing of dprobe's run in it yet,
 /// blocks `SIGTRAP` (a mask it started with, or kept through `execve`): the kernel kills a
 /// thread at a trap it blocks, as the agent's probes on `int3` are; and the first of the traps
@@ -155,16 +169,13 @@ impl Injector {
             return Err(TraceError::not_started(program, ended).into());
         }
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
-        let trap_ignored = crate::trap_action::ignored_at_exec(pid);
-        if let Err(e) = trap_blocked_at_exec(pid).and_then(|()| crate::early::run_to_libc_initialized(pid, &mut memory))
+        if let Err(e) =
+            trap_blocked_at_exec(pid).and_then(|()| run_to_libc_keeping_trap_ignored(pid, &mut memory, false))
         {
             // It has run none of its own code: ended, so that a fallback starts it afresh.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
             return Err(e);
-        }
-        if trap_ignored {
-            crate::trap_action::ignore_again(pid, pid, &mut memory);
         }
         Injector::hold(pid, pid, memory, true)
     }
@@ -175,13 +186,9 @@ impl Injector {
     /// `exec`, where the kernel's action did not say so (see [`crate::ExecWatch::trap_ignored`]).
     pub(crate) fn at_exec(pid: i32, trap_ignored: bool) -> Result<Injector, LoadError> {
         trap_blocked_at_exec(pid)?;
-        let trap_ignored = trap_ignored || crate::trap_action::ignored_at_exec(pid);
         sys::set_options(pid, (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as u64)?;
         let mut memory = RemoteMemory::open(pid).map_err(TraceError::from)?;
-        crate::early::run_to_libc_initialized(pid, &mut memory)?;
-        if trap_ignored {
-            crate::trap_action::ignore_again(pid, pid, &mut memory);
-        }
+        run_to_libc_keeping_trap_ignored(pid, &mut memory, trap_ignored)?;
         Injector::hold(pid, pid, memory, true)
     }
 

@@ -166,7 +166,7 @@ impl Tracee {
     /// ignored action is kept, as nothing but `SIG_IGN` (the kernel's `flush_signal_handlers`).
     /// An action noted as ignored before is too: one of dprobe's traps set it to the default
     /// before the `exec` (or, in a child that shared the memory, before the child copied it),
-    /// and the program's untraced would have kept "ignore". Its C library is another.
+    /// and the program, untraced, would have kept "ignore". Its C library is another.
     pub(crate) fn trap_action_after_exec(&mut self) {
         let (ignored, _) = sys::disposition(self.pid, libc::SIGTRAP);
         let ignored = ignored || self.trap_action.noted.is_some_and(|a| a.handler == SIG_IGN);
