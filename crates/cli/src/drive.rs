@@ -242,8 +242,8 @@ pub fn trace<E: Engine>(
     };
     // A started command is waited for when it got the same signal (see
     // `signals::wait_for_the_command`); a SIGINT sent to dprobe alone ends dprobe now, the
-    // command going on.
-    let wait = stopped_by.and_then(signals::wait_for_the_command);
+    // command going on. A process given with -p is not waited for: nothing to decide.
+    let wait = stopped_by.filter(|_| args.pid.is_none()).and_then(signals::wait_for_the_command);
     // Letting the program go is given up on (the original code is back by then; what is
     // still running is let go when the tracing thread ends) at a second stop signal, or at
     // the first when the trace ended by itself (the program's end, `--duration`): a signal that comes
