@@ -18,8 +18,7 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 fn tracefs(file: &str) -> String {
-    let _ = std::fs::create_dir_all("/sys/kernel/tracing");
-    std::fs::read_to_string(format!("/sys/kernel/tracing/{file}")).unwrap_or_default()
+    std::fs::read_to_string(format!("{}/{file}", dprobe_test_fixtures::tracing_dir())).unwrap_or_default()
 }
 
 #[test]

@@ -24,7 +24,13 @@ use std::time::{Duration, Instant};
 
 use common::{function_addr, out_file, read_mem, started_command};
 
+/// The kernel's tracing directory (mounted by [`tracing`] where no one did yet).
 const TRACING: &str = "/sys/kernel/tracing";
+
+/// Mount [`TRACING`] where nothing did yet: this test defines events there before dprobe ran.
+fn tracing() {
+    assert_eq!(dprobe_test_fixtures::tracing_dir(), TRACING);
+}
 const GROUP: &str = "coexisting_tool";
 
 /// `phases N` (see fixtures/phases.c), built as `name`.
@@ -40,6 +46,7 @@ fn phases_with(name: &str, flags: &[&str]) -> &'static str {
 fn define(line: &str) {
     // Mounted where it is not (a fresh machine, where no kernel-engine test ran before).
     dprobe_kernel::Tracefs::open().unwrap();
+    tracing();
     let mut f = std::fs::OpenOptions::new().append(true).open(format!("{TRACING}/uprobe_events")).unwrap();
     f.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
 }

@@ -12,7 +12,7 @@ use common::{out_file, target};
 use killing::{become_subreaper, kill_and_reap, start_dprobe, wait_until, Moment, Moments};
 
 fn uprobe_events() -> String {
-    std::fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default()
+    std::fs::read_to_string(format!("{}/uprobe_events", dprobe_test_fixtures::tracing_dir())).unwrap_or_default()
 }
 
 /// The running target; killed if a test fails before it finishes it.

@@ -17,7 +17,7 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 fn uprobe_events() -> String {
-    std::fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default()
+    std::fs::read_to_string(format!("{}/uprobe_events", dprobe_test_fixtures::tracing_dir())).unwrap_or_default()
 }
 
 /// The `n` of each `round_of(n=N)` event in a trace.

@@ -82,7 +82,9 @@ fn x87_in_its_initial_state_comes_back_initial_and_unused_whatever_the_handler_d
             let (results, before, after) = on_a_fresh_thread(fx87_initial, 1000, first);
             assert!(results.iter().all(|&r| r == 0), "x87 after the probe: {:#x?}", results.iter().find(|&&r| r != 0));
             if let (Some(before), Some(after)) = (before, after) {
-                assert_eq!(before, marked, "x87 in use before the calls");
+                // A signal's frame leaves x87 in use on some processors (Intel's) and initial
+                // and unused on others (AMD's): where it did not, this case is the first one.
+                assert!(!before || marked, "x87 in use before the calls, with no signal taken");
                 assert!(!after, "x87 left in use by the probe's handler");
             }
         }

@@ -57,12 +57,19 @@ extern "C" {
     fn fxt_elsewhere(a: u64, b: u64) -> u64;
 }
 
+/// The kernel's tracing directory (mounted by [`tracing`] where no one did yet).
 const TRACING: &str = "/sys/kernel/tracing";
+
+/// Mount [`TRACING`] where nothing did yet: this test defines events there before dprobe ran.
+fn tracing() {
+    assert_eq!(dprobe_test_fixtures::tracing_dir(), TRACING);
+}
 /// The other tool's event group, followed by the test process's ID.
 const GROUP: &str = "dprobe_trap_pages_";
 
 /// Remove the uprobes a run of this test that crashed left behind (its process is gone).
 fn remove_stale() {
+    tracing();
     let events = std::fs::read_to_string(format!("{TRACING}/uprobe_events")).unwrap();
     for line in events.lines() {
         let Some(event) = line.split_whitespace().next().and_then(|e| e.strip_prefix("p:")) else { continue };
@@ -108,6 +115,7 @@ fn aliases(at: Addr) -> usize {
 }
 
 fn define(line: &str) {
+    tracing();
     let mut f = std::fs::OpenOptions::new().append(true).open(format!("{TRACING}/uprobe_events")).unwrap();
     f.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
 }

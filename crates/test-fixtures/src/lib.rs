@@ -144,3 +144,18 @@ pub fn crafted_elf(path: &std::path::Path) {
     }
     std::fs::write(path, obj.write().expect("writing the crafted ELF")).expect("saving the crafted ELF");
 }
+
+/// The kernel's tracing directory, mounted first where nothing mounted it yet (as dprobe's
+/// kernel engine does on a machine that boots without it): tests read it, and define another
+/// tool's events there, before any dprobe ran.
+pub fn tracing_dir() -> &'static str {
+    const DIR: &str = "/sys/kernel/tracing";
+    static MOUNTED: std::sync::Once = std::sync::Once::new();
+    MOUNTED.call_once(|| {
+        if !std::path::Path::new(DIR).join("uprobe_events").exists() {
+            // Where it cannot be mounted (not root, no tracefs), the tests that use it say so.
+            let _ = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", DIR]).status();
+        }
+    });
+    DIR
+}

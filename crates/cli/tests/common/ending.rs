@@ -59,7 +59,9 @@ fn snapshot(front: u32, watched: Option<i32>) -> Vec<String> {
         seen.push(format!("{pid}: tasks {tasks:?}, {} descriptors", fds.len()));
     }
     for file in ["uprobe_events", "kprobe_events"] {
-        seen.push(std::fs::read_to_string(format!("/sys/kernel/tracing/{file}")).unwrap_or_default());
+        seen.push(
+            std::fs::read_to_string(format!("{}/{file}", dprobe_test_fixtures::tracing_dir())).unwrap_or_default(),
+        );
     }
     if let Some(pid) = watched {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
