@@ -22,6 +22,9 @@ use dprobe_core::ProbeError;
 
 use crate::{code_pages, guard, signals, sys, thread_state, trap};
 
+mod one_store;
+pub(crate) use one_store::{apply_in_one_store, fits_one_store};
+
 /// The longest change: the bytes of a `jmp rel32` after its first.
 const MAX_CHANGE: usize = 8;
 

@@ -257,6 +257,15 @@ pub struct ProbeInfo {
 
 static ENGINE: OnceLock<Engine> = OnceLock::new();
 
+/// How [`Engine::make_jumps`] puts the jumps in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placing {
+    /// Over armed sites, in the protocol's steps (`optimizer.rs`).
+    OverInt3s,
+    /// Over sites not armed, each in one store (`optimizer::in_one_store`).
+    InOneStore,
+}
+
 /// Sites in address order whose pages under their jump to come were made writable before
 /// they were armed, with the outcome (`None` once [`Engine::make_jumps`] took it over).
 type HeldPages = Vec<(Addr, Option<Result<(), String>>)>;
@@ -397,13 +406,30 @@ impl Engine {
             .iter()
             .map(|(a, _)| behind_a_breakpoint(jump_start(*a, &st.sites[a]), &jump_of(&st.sites[a]).1.jump()))
             .collect();
+        // A jump whose site is left with no enabled probe comes off in one store where it can
+        // (`code_writes/one_store.rs`: no `int3` in between), its original code back; the
+        // others, and any refused, take the protocol's steps back to their `int3`.
+        let mut taken_off = vec![false; sites.len()];
         let results = {
             let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
-            optimizer::unoptimize_all(&jumps)
+            let quick: Vec<usize> = (0..jumps.len())
+                .filter(|&i| sites[i].1 == NotOptimized::Disarmed && !behind[i] && optimizer::in_one_store(jumps[i]))
+                .collect();
+            let quick_jumps: Vec<optimizer::Jump<'_>> = quick.iter().map(|&i| jumps[i]).collect();
+            for (&i, outcome) in quick.iter().zip(optimizer::remove_in_one_store(&quick_jumps)) {
+                taken_off[i] = outcome.is_ok();
+            }
+            let slow: Vec<usize> = (0..jumps.len()).filter(|&i| !taken_off[i]).collect();
+            let slow_jumps: Vec<optimizer::Jump<'_>> = slow.iter().map(|&i| jumps[i]).collect();
+            let mut results: Vec<Result<(), ProbeError>> = taken_off.iter().map(|_| Ok(())).collect();
+            for (&i, outcome) in slow.iter().zip(optimizer::unoptimize_all(&slow_jumps)) {
+                results[i] = outcome;
+            }
+            results
         };
         let (mut first_error, mut unrouted, mut gone, mut starts) =
             (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
-        for (((addr, why), result), behind) in sites.into_iter().zip(results).zip(behind) {
+        for ((((addr, why), result), behind), taken_off) in sites.into_iter().zip(results).zip(behind).zip(taken_off) {
             let mut taken_over = false;
             let (start, jump) = (jump_start(addr, &st.sites[&addr]), jump_of(&st.sites[&addr]).1.jump());
             match result {
@@ -438,7 +464,7 @@ impl Engine {
                 Ok(()) => {}
             }
             let site = st.sites.get_mut(&addr).expect("a jumping site");
-            site.armed &= !taken_over;
+            site.armed &= !taken_over && !taken_off;
             site.jumping = false;
             site.kept_behind_breakpoint = false;
             site.jump_status = Err(why);
@@ -893,6 +919,24 @@ impl Engine {
             }
         }
         let mut held = self.hold_pages_before_arming(st, maps, ready);
+        // 4b. Jumps that can go in over the original code in one store do so, never armed on
+        //     `int3` (`code_writes/one_store.rs`: a thread that blocks every signal would be
+        //     killed at it). Those refused are armed with the others and go on as they do.
+        let in_one_store: Vec<Addr> = held
+            .iter()
+            .filter(|(a, h)| h.as_ref().is_some_and(Result::is_ok) && optimizer::in_one_store(jump_of(&st.sites[a])))
+            .map(|(a, _)| *a)
+            .collect();
+        let mut placed = Vec::with_capacity(in_one_store.len());
+        for (addr, status) in self.make_jumps(st, maps, &in_one_store, &mut held, Placing::InOneStore) {
+            if status.is_ok() {
+                let site = st.sites.get_mut(&addr).expect("site of a list");
+                (site.armed, site.jump_status) = (true, Ok(()));
+                placed.push(addr);
+            }
+        }
+        placed.sort_unstable();
+        arms.retain(|a| placed.binary_search(a).is_err());
         let armed = set_armed(&mut st.sites, &arms, true);
         // 5. Armed sites that can be jumps become jumps; the others say why not. A site that
         //    cannot become one stays a working int3 probe: this never fails the call. Sites
@@ -939,7 +983,7 @@ impl Engine {
             st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
         }
         to_jump.sort_unstable();
-        for (addr, status) in self.make_jumps(st, maps, &to_jump, &mut held) {
+        for (addr, status) in self.make_jumps(st, maps, &to_jump, &mut held, Placing::OverInt3s) {
             st.sites.get_mut(&addr).expect("site of a list").jump_status = status;
         }
         // Pages held for sites that did not become jumps after all (a probe inside the
@@ -1028,6 +1072,7 @@ impl Engine {
         maps: &[Mapping],
         addrs: &[Addr],
         held: &mut HeldPages,
+        how: Placing,
     ) -> Vec<(Addr, Result<(), NotOptimized>)> {
         // A vector, not a map: this runs while the sites are armed, the C library's allocator
         // among them, and a map's nodes are freed as its entries go.
@@ -1125,11 +1170,15 @@ impl Engine {
                 }
             }
         }
-        // 3. The jumps: bytes +1..+4 of every site, then byte 0 of every site.
+        // 3. The jumps: bytes +1..+4 of every site, then byte 0 of every site (or the five
+        //    bytes in one store).
         let go: Vec<Addr> = addrs.iter().copied().filter(|a| !status.contains_key(a)).collect();
         let results = {
             let jumps: Vec<optimizer::Jump<'_>> = go.iter().map(|a| jump_of(&st.sites[a])).collect();
-            optimizer::optimize_all(&jumps)
+            match how {
+                Placing::OverInt3s => optimizer::optimize_all(&jumps),
+                Placing::InOneStore => optimizer::place_in_one_store(&jumps),
+            }
         };
         let mut unrouted = Vec::new();
         let mut out = Vec::with_capacity(addrs.len());

@@ -16,6 +16,13 @@
 //! * **unoptimize** reverses it: byte 0 back to `int3` (hits trap again), then the original
 //!   bytes +1..+4.
 //!
+//! **In one store** ([`in_one_store`]): a site whose window is one instruction with its five
+//! bytes in one aligned word is never armed on `int3` to become a jump. Its original bytes
+//! become the jump in one atomic store, and the jump its original bytes when its last enabled
+//! probe goes (`code_writes/one_store.rs`: an `int3` kills a thread that blocks every signal,
+//! as the C library's own code does with a raw system call). A site the store is refused for
+//! (its page not held writable, say) takes the steps above.
+//!
 //! A thread must never resume *strictly inside* the five bytes while they change, nor once
 //! the jump is there. When the window is **one instruction**, byte 0 is the only instruction
 //! boundary in it, where a thread sees either the `int3` or the jump, both correct. When it is
@@ -48,11 +55,43 @@
 
 use std::sync::Arc;
 
-use dprobe_arch::{post_fits, window_head, Addr, Detour, Insn, NotOptimized, INT3};
+use dprobe_arch::{post_fits, window_head, Addr, Detour, Insn, NotOptimized, INT3, JUMP_LEN};
 use dprobe_core::{ProbeEntry, ProbeError};
 
 use crate::code_writes::{self, Change};
 use crate::sys;
+
+/// Whether the jump of a site can go in, and come off, in one store, with no `int3` in
+/// between (`code_writes::apply_in_one_store`): an entry window of one instruction (byte 0 its
+/// only boundary), its five bytes in one aligned word.
+pub(crate) fn in_one_store((window, detour): Jump<'_>) -> bool {
+    window.len() == 1 && !is_exit(detour) && code_writes::fits_one_store(window[0].addr, JUMP_LEN)
+}
+
+/// The change of a site's five bytes from its original instruction to the jump.
+fn whole(window: &[Insn], detour: &Detour) -> Change {
+    Change::new(window[0].addr, &window_head(window), &detour.jump())
+}
+
+/// Replace the original first bytes of each site of `jumps` (not armed, each
+/// [`in_one_store`]) with its jump, each in one store, then serialize every thread once.
+/// Each site's outcome; a site refused is left as it was.
+pub(crate) fn place_in_one_store(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
+    let changes: Vec<Change> = jumps.iter().map(|(w, d)| whole(w, d)).collect();
+    let results = code_writes::apply_in_one_store(&changes);
+    sys::sync_cores();
+    results
+}
+
+/// Put the original first bytes of each site of `jumps` (each [`in_one_store`]) back over its
+/// jump, each in one store, then serialize every thread once: the site is neither a jump nor
+/// armed any more. Each site's outcome; a site refused is left as it was.
+pub(crate) fn remove_in_one_store(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
+    let changes: Vec<Change> = jumps.iter().map(|(w, d)| whole(w, d).undo()).collect();
+    let results = code_writes::apply_in_one_store(&changes);
+    sys::sync_cores();
+    results
+}
 
 /// Whether the probes `probes` at a site whose window analysis gave `window` should be a jump.
 pub(crate) fn wanted(
