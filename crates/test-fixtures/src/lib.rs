@@ -152,9 +152,14 @@ pub fn tracing_dir() -> &'static str {
     const DIR: &str = "/sys/kernel/tracing";
     static MOUNTED: std::sync::Once = std::sync::Once::new();
     MOUNTED.call_once(|| {
-        if !std::path::Path::new(DIR).join("uprobe_events").exists() {
-            // Where it cannot be mounted (not root, no tracefs), the tests that use it say so.
-            let _ = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", DIR]).status();
+        // Nothing mounted there: the directory reads empty. (Mounted, it may not be readable
+        // at all by a user other than root.) Where it cannot be mounted (not root, no tracefs),
+        // the tests that use it say so.
+        if std::fs::read_dir(DIR).is_ok_and(|mut entries| entries.next().is_none()) {
+            let _ = std::process::Command::new("mount")
+                .args(["-t", "tracefs", "nodev", DIR])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     });
     DIR
