@@ -25,9 +25,12 @@
 //!
 //! * **jumps**: an armed site whose window (the instructions covering the 5 bytes of a
 //!   `jmp rel32`) can be relocated then becomes a jump to its detour (no trap per hit), and
-//!   turns back into an `int3` before anything else changes at the site, or at a site inside
-//!   its window; the order of those writes, and the safepoint that moves threads out of a
-//!   window of several instructions, are in `optimizer.rs` and `safepoint.rs`.
+//!   turns back into an `int3` (or its original code, its last enabled probe gone) before
+//!   anything else changes at the site, or at a site inside its window; the order of those
+//!   writes, the safepoint that moves threads out of a window of several instructions, and
+//!   the jumps that go in or come off in one store with no `int3` between (a window of one
+//!   instruction in one aligned word goes in so, never armed) are in `optimizer.rs` and
+//!   `safepoint.rs`.
 //!
 //! Unregistration returns after the grace period: from then on no handler of the probe runs.
 
@@ -406,17 +409,19 @@ impl Engine {
             .iter()
             .map(|(a, _)| behind_a_breakpoint(jump_start(*a, &st.sites[a]), &jump_of(&st.sites[a]).1.jump()))
             .collect();
-        // A jump whose site is left with no enabled probe comes off in one store where it can
-        // (`code_writes/one_store.rs`: no `int3` in between), its original code back; the
-        // others, and any refused, take the protocol's steps back to their `int3`.
+        // A jump comes off in one store where it can (`code_writes/one_store.rs`: no `int3` in
+        // between that the site does not keep), its original code back, with its `int3` where
+        // the site keeps an enabled probe; the others, and any refused, take the protocol's
+        // steps back to their `int3`.
         let mut taken_off = vec![false; sites.len()];
+        let disarmed: Vec<bool> = sites.iter().map(|(_, why)| *why == NotOptimized::Disarmed).collect();
         let results = {
             let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
-            let quick: Vec<usize> = (0..jumps.len())
-                .filter(|&i| sites[i].1 == NotOptimized::Disarmed && !behind[i] && optimizer::in_one_store(jumps[i]))
-                .collect();
+            let quick: Vec<usize> =
+                (0..jumps.len()).filter(|&i| !behind[i] && optimizer::off_in_one_store(jumps[i])).collect();
             let quick_jumps: Vec<optimizer::Jump<'_>> = quick.iter().map(|&i| jumps[i]).collect();
-            for (&i, outcome) in quick.iter().zip(optimizer::remove_in_one_store(&quick_jumps)) {
+            let armed: Vec<bool> = quick.iter().map(|&i| !disarmed[i]).collect();
+            for (&i, outcome) in quick.iter().zip(optimizer::remove_in_one_store(&quick_jumps, &armed)) {
                 taken_off[i] = outcome.is_ok();
             }
             let slow: Vec<usize> = (0..jumps.len()).filter(|&i| !taken_off[i]).collect();
@@ -429,7 +434,8 @@ impl Engine {
         };
         let (mut first_error, mut unrouted, mut gone, mut starts) =
             (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
-        for ((((addr, why), result), behind), taken_off) in sites.into_iter().zip(results).zip(behind).zip(taken_off) {
+        let all_off = taken_off.iter().zip(&disarmed).map(|(off, disarmed)| *off && *disarmed);
+        for ((((addr, why), result), behind), all_off) in sites.into_iter().zip(results).zip(behind).zip(all_off) {
             let mut taken_over = false;
             let (start, jump) = (jump_start(addr, &st.sites[&addr]), jump_of(&st.sites[&addr]).1.jump());
             match result {
@@ -464,7 +470,9 @@ impl Engine {
                 Ok(()) => {}
             }
             let site = st.sites.get_mut(&addr).expect("a jumping site");
-            site.armed &= !taken_over && !taken_off;
+            // (A jump that came off in one store with its last enabled probe took its `int3`
+            // with it.)
+            site.armed &= !taken_over && !all_off;
             site.jumping = false;
             site.kept_behind_breakpoint = false;
             site.jump_status = Err(why);
@@ -1130,7 +1138,7 @@ impl Engine {
         // 2. Windows of several instructions: hits that trap from now on continue in the
         //    copy; then no thread may be left inside the windows or the slots (one safepoint
         //    for all; see `optimizer.rs`).
-        //    (From here on every site is armed: the registrar allocates little, since each
+        //    (From here on sites are armed: the registrar allocates little, since each
         //    allocation may trap on a probed allocator.)
         let several: Vec<Addr> = addrs
             .iter()

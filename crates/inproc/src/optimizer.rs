@@ -16,12 +16,14 @@
 //! * **unoptimize** reverses it: byte 0 back to `int3` (hits trap again), then the original
 //!   bytes +1..+4.
 //!
-//! **In one store** ([`in_one_store`]): a site whose window is one instruction with its five
-//! bytes in one aligned word is never armed on `int3` to become a jump. Its original bytes
-//! become the jump in one atomic store, and the jump its original bytes when its last enabled
-//! probe goes (`code_writes/one_store.rs`: an `int3` kills a thread that blocks every signal,
-//! as the C library's own code does with a raw system call). A site the store is refused for
-//! (its page not held writable, say) takes the steps above.
+//! **In one store** (`code_writes/one_store.rs`: an `int3` kills a thread that blocks every
+//! signal, as the C library's own code does with a raw system call). A site whose window is one
+//! instruction with its five bytes in one aligned word ([`in_one_store`]) is never armed on
+//! `int3` to become a jump: its original bytes become the jump in one atomic store. Any entry
+//! window's jump whose five bytes are in one aligned word ([`off_in_one_store`]) comes off in
+//! one store: back to its original bytes when its last enabled probe goes, or to them with the
+//! `int3` on byte 0. A site the store is refused for (its page not held writable, say) takes
+//! the steps above.
 //!
 //! A thread must never resume *strictly inside* the five bytes while they change, nor once
 //! the jump is there. When the window is **one instruction**, byte 0 is the only instruction
@@ -77,17 +79,44 @@ fn whole(window: &[Insn], detour: &Detour) -> Change {
 /// [`in_one_store`]) with its jump, each in one store, then serialize every thread once.
 /// Each site's outcome; a site refused is left as it was.
 pub(crate) fn place_in_one_store(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
+    if jumps.is_empty() {
+        return Vec::new();
+    }
+    // The detours were written since every thread was last serialized (the protocol's steps
+    // serialize twice between a detour's writing and its jump's first byte).
+    sys::sync_cores();
     let changes: Vec<Change> = jumps.iter().map(|(w, d)| whole(w, d)).collect();
     let results = code_writes::apply_in_one_store(&changes);
     sys::sync_cores();
     results
 }
 
-/// Put the original first bytes of each site of `jumps` (each [`in_one_store`]) back over its
-/// jump, each in one store, then serialize every thread once: the site is neither a jump nor
-/// armed any more. Each site's outcome; a site refused is left as it was.
-pub(crate) fn remove_in_one_store(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
-    let changes: Vec<Change> = jumps.iter().map(|(w, d)| whole(w, d).undo()).collect();
+/// Whether the jump of a site can come off in one store: an entry window, of any number of
+/// instructions (no thread is ever inside the jump's five bytes: it is at the jump, past it in
+/// the detour, or back after the window), its five bytes in one aligned word.
+pub(crate) fn off_in_one_store((window, detour): Jump<'_>) -> bool {
+    !is_exit(detour) && code_writes::fits_one_store(window[0].addr, JUMP_LEN)
+}
+
+/// Put the original first bytes of each site of `jumps` (each [`off_in_one_store`]) back over
+/// its jump, each in one store, then serialize every thread once: with its `int3` on byte 0
+/// where `armed` says so (a site that keeps an enabled probe), or none (a site that is neither
+/// a jump nor armed any more). Each site's outcome; a site refused is left as it was.
+pub(crate) fn remove_in_one_store(jumps: &[Jump<'_>], armed: &[bool]) -> Vec<Result<(), ProbeError>> {
+    if jumps.is_empty() {
+        return Vec::new();
+    }
+    let changes: Vec<Change> = jumps
+        .iter()
+        .zip(armed)
+        .map(|((w, d), armed)| {
+            let mut back = window_head(w);
+            if *armed {
+                back[0] = INT3;
+            }
+            Change::new(w[0].addr, &d.jump(), &back)
+        })
+        .collect();
     let results = code_writes::apply_in_one_store(&changes);
     sys::sync_cores();
     results

@@ -22,9 +22,9 @@
 //! thread is serialized after the step all the same (`membarrier`), as after the protocol's
 //! steps. The SDM's cross-modifying-code procedure (keep the executing processor away while
 //! the code changes) is what the `int3` protocol follows; one atomic, aligned store over a
-//! single instruction is how live code is patched where a trap cannot be used: HotSpot patches
-//! its call sites and method entries so, LLVM's XRay its sleds, and Linux's `text_poke`
-//! allowed nothing else on live code before `text_poke_bp`.
+//! single instruction is how live code is patched where no trap is wanted: HotSpot patches a
+//! method's entry so (an 8-byte store of a jump over a first instruction of 5 bytes or more),
+//! and LLVM's XRay its sleds.
 //!
 //! A change that does not fit one word, or whose page dprobe does not hold writable (a store
 //! through `/proc/self/mem` is a copy of no promised width), is refused here: the caller takes
@@ -52,83 +52,120 @@ pub(crate) fn fits_one_store(addr: Addr, len: usize) -> bool {
 pub(crate) fn apply_in_one_store(changes: &[Change]) -> Vec<Result<(), ProbeError>> {
     let held = code_pages::held_writable();
     let guarded = stores_guarded();
-    changes
+    let mut outcomes: Vec<Outcome> = changes
         .iter()
-        .map(|c| {
-            if !fits_one_store(c.addr, c.len as usize) {
-                return Err(refused(c, "its bytes are not in one aligned word".into()));
-            }
-            if !guarded || !in_held_pages(&held, c) {
-                return Err(refused(c, "its page is not one dprobe holds writable".into()));
-            }
-            store(c)
+        .map(|c| match () {
+            _ if !fits_one_store(c.addr, c.len as usize) => Outcome::NotOneWord,
+            _ if !guarded => Outcome::Unguarded,
+            _ if !in_held_pages(&held, c) => Outcome::NotHeld,
+            _ => Outcome::Faulted,
         })
-        .collect()
+        .collect();
+    store_all(changes, &mut outcomes);
+    changes.iter().zip(outcomes).map(|(c, outcome)| outcome.result(c)).collect()
 }
 
-fn refused(change: &Change, why: String) -> ProbeError {
-    ProbeError::Patch { addr: change.addr, reason: format!("not one store: {why}") }
-}
-
-/// What [`store`] found.
+/// What became of one change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// The store faulted (the page was made read-only again, or unmapped).
+    NotOneWord,
+    Unguarded,
+    NotHeld,
+    /// The store faulted (the page was made read-only again, or unmapped); before the store,
+    /// a change to make.
     Faulted,
     /// The word, which did not hold the change's old bytes.
     Changed(u64),
     Stored,
 }
 
-/// Make `change` (checked to fit one word in a page held writable) with one `cmpxchg`.
-fn store(change: &Change) -> Result<(), ProbeError> {
+impl Outcome {
+    fn result(self, change: &Change) -> Result<(), ProbeError> {
+        let refused = |why: &str| Err(ProbeError::Patch { addr: change.addr, reason: format!("not one store: {why}") });
+        match self {
+            Outcome::Stored => Ok(()),
+            Outcome::NotOneWord => refused("its bytes are not in one aligned word"),
+            Outcome::Unguarded => refused("this thread's stores into code cannot be guarded against a fault"),
+            Outcome::NotHeld => refused("its page is not one dprobe holds writable"),
+            Outcome::Faulted => refused("the store faulted (the page is not writable any more)"),
+            Outcome::Changed(word) => {
+                let shift = (change.addr.0 % WORD) as usize;
+                let now = &word.to_le_bytes()[shift..shift + change.len as usize];
+                Err(ProbeError::Patch {
+                    addr: change.addr,
+                    reason: format!(
+                        "expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe",
+                        change.old()
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// The aligned word that holds `change`, and the change's old bytes, new bytes and every byte
+/// as they sit in that little-endian word.
+fn in_word(change: &Change) -> (u64, u64, u64, u64) {
     let word_at = change.addr.0 - change.addr.0 % WORD;
-    let (shift, len) = ((change.addr.0 - word_at) as usize, change.len as usize);
-    let mut outcome = Outcome::Faulted;
-    let result: *mut Outcome = &mut outcome;
+    let shift = change.addr.0 - word_at;
+    let place = |bytes: &[u8]| bytes.iter().zip(0..).fold(0u64, |w, (b, i)| w | u64::from(*b) << (8 * (shift + i)));
+    let len = change.len as usize;
+    (word_at, place(change.old()), place(change.new_bytes()), place(&[0xff; 8][..len]))
+}
+
+/// Make each change whose outcome is still [`Outcome::Faulted`] (one to make) with one
+/// `cmpxchg`, under one fault guard for all of them (a system call or two each would cost
+/// more than the store: a batch places thousands of jumps); a change that faults ends the
+/// guarded call, and the next one starts after it.
+fn store_all(changes: &[Change], outcomes: &mut [Outcome]) {
+    let n = changes.len();
+    let out = outcomes.as_mut_ptr();
     // The program's asynchronous signals wait, as for the other stores (`store_pieces`): a
-    // fault in a handler of the program run in between would be taken for this store's.
-    let mask = sys::block_asynchronous_signals();
+    // fault in a handler of the program run in between would be taken for one of these.
+    let signal_mask = sys::block_asynchronous_signals();
     let state = thread_state::current();
     let held = state.map(|s| s.signals_held.replace(true));
-    let _ = guard::call_guarded_in(state, || {
-        // SAFETY: `word_at` is 8-aligned and in a page of code mapped and held writable by
-        // dprobe (checked by the caller); an access it does not take raises a fault, which the
-        // guard turns into a return here. Only the change's bytes differ in what is stored,
-        // and only if the word still holds what was read.
-        let word = unsafe { AtomicU64::from_ptr(word_at as *mut u64) };
-        let now = word.load(SeqCst);
-        let mut bytes = now.to_le_bytes();
-        let found = if bytes[shift..shift + len] != *change.old() {
-            Outcome::Changed(now)
-        } else {
-            bytes[shift..shift + len].copy_from_slice(change.new_bytes());
-            match word.compare_exchange(now, u64::from_le_bytes(bytes), SeqCst, SeqCst) {
-                Ok(_) => Outcome::Stored,
-                Err(other) => Outcome::Changed(other),
+    let mut from = 0;
+    while from < n {
+        let mut at = from;
+        let progress: *mut usize = &mut at;
+        let _ = guard::call_guarded_in(state, || {
+            for (i, change) in changes.iter().enumerate().skip(from) {
+                // SAFETY: `progress` points to `at`, alive for the call; volatile, so that it
+                // is in memory, in order, when a fault abandons the loop.
+                unsafe { progress.write_volatile(i) };
+                // SAFETY: `i < n`, in `outcomes`, which outlives the call.
+                if unsafe { out.add(i).read_volatile() } != Outcome::Faulted {
+                    continue;
+                }
+                let (word_at, old, new, bytes) = in_word(change);
+                // SAFETY: `word_at` is 8-aligned and in a page of code mapped and held
+                // writable by dprobe (checked before); an access it does not take raises a
+                // fault, which the guard turns into a return here. Only the change's bytes
+                // differ in what is stored, and only if the word still holds what was read.
+                // Masks and shifts, no slice compared or copied: no call (a probed `memcmp`).
+                let word = unsafe { AtomicU64::from_ptr(word_at as *mut u64) };
+                let now = word.load(SeqCst);
+                let found = if now & bytes != old {
+                    Outcome::Changed(now)
+                } else {
+                    match word.compare_exchange(now, now & !bytes | new, SeqCst, SeqCst) {
+                        Ok(_) => Outcome::Stored,
+                        Err(other) => Outcome::Changed(other),
+                    }
+                };
+                // SAFETY: as above.
+                unsafe { out.add(i).write_volatile(found) };
             }
-        };
-        // SAFETY: `result` points to `outcome`, alive for the call; volatile so that it is in
-        // memory when the guarded call returns.
-        unsafe { result.write_volatile(found) };
-    });
+            // SAFETY: as above.
+            unsafe { progress.write_volatile(n) };
+        });
+        // SAFETY: as above; read after the guarded call returned, either way. The change it
+        // stopped at (if any) keeps its outcome: it faulted.
+        from = unsafe { progress.read_volatile() } + 1;
+    }
     if let (Some(s), Some(held)) = (state, held) {
         s.signals_held.set(held);
     }
-    sys::set_signal_mask(mask);
-    // SAFETY: as above; read after the guarded call returned, either way.
-    match unsafe { result.read_volatile() } {
-        Outcome::Stored => Ok(()),
-        Outcome::Faulted => Err(refused(change, "the store faulted (the page is not writable any more)".into())),
-        Outcome::Changed(word) => {
-            let now = &word.to_le_bytes()[shift..shift + len];
-            Err(ProbeError::Patch {
-                addr: change.addr,
-                reason: format!(
-                    "expected bytes {:02x?}, found {now:02x?}: the code changed under dprobe",
-                    change.old()
-                ),
-            })
-        }
-    }
+    sys::set_signal_mask(signal_mask);
 }
