@@ -145,7 +145,8 @@ pub(crate) fn end_session(figures: bool) {
             drop(l.credentials.take());
             drop(l.user_namespaces.take());
             // Every probe that can trap goes while `SIGTRAP` is still kept open: removing a
-            // jump puts an `int3` back for a moment, and a thread that blocks every signal
+            // jump whose five bytes are not in one aligned word puts an `int3` back for a
+            // moment (`dprobe_inproc`'s protocol), and a thread that blocks every signal
             // around its call (a shell around `vfork`) is killed at that `int3` once the
             // masks are its own again. So the probes on `vfork` and `posix_spawn` go first.
             drop(l.lent_threads.take());
