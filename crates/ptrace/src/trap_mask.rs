@@ -38,6 +38,11 @@ use crate::kept::bit;
 use crate::sys;
 use crate::tracee::Tracee;
 
+/// The C library's own two signals (32 and 33: thread cancellation and `setuid` across
+/// threads), which it blocks only in its windows that block every signal (a thread starting,
+/// `pthread_create`, a thread ending), never in a mask set through its functions.
+const LIBRARY_OWN: u64 = bit(32) | bit(33);
+
 /// The threads that blocked `SIGTRAP`, with their masks then.
 #[derive(Debug, Default)]
 pub(crate) struct TrapMasks(BTreeMap<i32, Noted>);
@@ -153,14 +158,27 @@ impl Tracee {
 
     /// Block `SIGTRAP` again in the stopped threads it was opened in, whose masks are
     /// otherwise as noted: the program is let go.
+    ///
+    /// A mask noted inside one of the C library's windows that block every signal (its own
+    /// two among them, which no mask set through it holds) is not the one the thread goes back
+    /// to: a thread that starts takes the mask of the thread that created it (in which
+    /// dprobe opened `SIGTRAP`, where that one blocks it: then it was a mask of every signal
+    /// but the library's own), and one caught inside `pthread_create` puts back the mask it
+    /// had before. Such a thread whose mask is now that mask of every signal, `SIGTRAP` open,
+    /// has it blocked again: a server's workers, started while traced by a main thread that
+    /// blocks every signal, were left with `SIGTRAP` open.
     pub(crate) fn close_traps(&mut self) {
         for (tid, noted) in std::mem::take(&mut self.trap_masks.0) {
             if noted.closed || !self.threads.get(&tid).is_some_and(|t| t.is_stopped()) {
                 continue;
             }
             if let Ok(now) = sys::sigmask(tid) {
-                if now & bit(libc::SIGTRAP) == 0 && now | bit(libc::SIGTRAP) == noted.mask {
-                    let _ = sys::set_sigmask(tid, noted.mask);
+                let trap = bit(libc::SIGTRAP);
+                let as_noted = now | trap == noted.mask
+                    || noted.mask & LIBRARY_OWN == LIBRARY_OWN
+                        && (now | trap) & !LIBRARY_OWN == noted.mask & !LIBRARY_OWN;
+                if now & trap == 0 && as_noted {
+                    let _ = sys::set_sigmask(tid, now | trap);
                 }
             }
         }
