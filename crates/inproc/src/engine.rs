@@ -29,7 +29,7 @@
 //!   anything else changes at the site, or at a site inside its window; the order of those
 //!   writes, the safepoint that moves threads out of a window of several instructions, and
 //!   the jumps that go in or come off in one store with no `int3` between (a window of one
-//!   instruction in one aligned word goes in so, never armed) are in `optimizer.rs` and
+//!   instruction in one aligned word goes in so, never on `int3`) are in `optimizer.rs` and
 //!   `safepoint.rs`.
 //!
 //! Unregistration returns after the grace period: from then on no handler of the probe runs.
