@@ -1,6 +1,6 @@
-//! A program whose main thread blocks every signal starts threads while the ptrace engine
-//! traces it: after the detach, each has the mask it has untraced (its creator's, `SIGTRAP`
-//! blocked). dprobe opens `SIGTRAP` in a thread that blocks it (a trap there would otherwise
+//! A program whose main thread blocks every signal (or every asynchronous one) starts threads
+//! while the ptrace engine traces it: after the detach, each has the mask it has untraced (its
+//! creator's, `SIGTRAP` blocked). dprobe opens `SIGTRAP` in a thread that blocks it (a trap there would otherwise
 //! reset the program's action), and a thread that starts takes its creator's mask as opened.
 mod common;
 
@@ -51,7 +51,19 @@ fn wait_for_a_tracer(pid: u32) {
 
 #[test]
 fn threads_started_while_traced_keep_their_creators_mask_after_the_detach() {
-    let child = Command::new(spawns_on_request()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    started_while_traced(&[]);
+}
+
+#[test]
+fn threads_started_while_traced_by_a_thread_that_blocks_every_asynchronous_signal_keep_its_mask() {
+    started_while_traced(&["asynchronous"]);
+}
+
+/// `spawns_on_request ARGS`, attached: its threads started while traced have the mask of one
+/// started untraced after the detach.
+fn started_while_traced(args: &[&str]) {
+    let child =
+        Command::new(spawns_on_request()).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut program = Running(child);
     let pid = program.0.id();
     let mut input = program.0.stdin.take().unwrap();
@@ -71,9 +83,9 @@ fn threads_started_while_traced_keep_their_creators_mask_after_the_detach() {
     let said = dprobe.wait_with_output().unwrap();
     assert!(said.status.success(), "{}", String::from_utf8_lossy(&said.stderr));
     let expected = blocked(pid, untraced);
-    assert_eq!(blocked(pid, pid as i32), expected, "the main thread's mask");
+    assert_eq!(blocked(pid, pid as i32), expected, "{args:?}: the main thread's mask");
     for tid in traced {
-        assert_eq!(blocked(pid, tid), expected, "thread {tid}, started while traced");
+        assert_eq!(blocked(pid, tid), expected, "{args:?}: thread {tid}, started while traced");
     }
     drop(input);
     assert!(program.0.wait().unwrap().success());

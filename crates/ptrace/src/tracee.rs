@@ -430,6 +430,7 @@ impl Tracee {
                 self.note_trap_action_at_event(tid)?;
                 if sys::exists(self.pid, new) {
                     self.threads.entry(new).or_insert(Thread::running());
+                    self.inherit_trap_mask(tid, new);
                 } else if crate::family::is_early(new) || sys::exists(new, new) {
                     // A clone that made a process, not a thread.
                     self.on_child(tid, new, libc::PTRACE_EVENT_CLONE, true)?;

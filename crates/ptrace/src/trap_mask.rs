@@ -53,6 +53,8 @@ struct Noted {
     mask: u64,
     /// Whether `SIGTRAP` is blocked again, a signal of the program's pending.
     closed: bool,
+    /// Whether the mask is the creating thread's, noted as the thread was created.
+    inherited: bool,
 }
 
 impl Tracee {
@@ -92,12 +94,22 @@ impl Tracee {
     /// stop) and runs no handler (see [`Tracee::note_trap_masks`]), noting its mask.
     pub(crate) fn open_trap(&mut self, tid: i32) -> Result<(), TraceError> {
         let mask = sys::sigmask(tid)?;
-        if mask & bit(libc::SIGTRAP) == 0 || self.trap_masks.0.contains_key(&tid) {
+        if mask & bit(libc::SIGTRAP) == 0 {
+            return Ok(());
+        }
+        if self.trap_masks.0.get(&tid).is_some_and(|n| n.inherited && !n.closed) {
+            // A new thread whose creator's mask was noted ([`Tracee::inherit_trap_mask`]),
+            // seen blocking `SIGTRAP` (the C library's window at its start): opened all the
+            // same, its creator's mask kept as its own.
+            sys::set_sigmask(tid, mask & !bit(libc::SIGTRAP))?;
+            return Ok(());
+        }
+        if self.trap_masks.0.contains_key(&tid) {
             return Ok(());
         }
         if !self.trap_restorer().is_some_and(|r| self.in_a_handler(tid, r)) {
             sys::set_sigmask(tid, mask & !bit(libc::SIGTRAP))?;
-            self.trap_masks.0.insert(tid, Noted { mask, closed: false });
+            self.trap_masks.0.insert(tid, Noted { mask, closed: false, inherited: false });
         }
         Ok(())
     }
@@ -106,6 +118,18 @@ impl Tracee {
     /// `SIGTRAP` opened by dprobe).
     pub(crate) fn blocks_trap(&self, tid: i32) -> bool {
         self.trap_masks.0.contains_key(&tid)
+    }
+
+    /// Thread `tid` created thread `new`: where `tid`'s mask is noted (dprobe opened `SIGTRAP`
+    /// in it), `new` starts with that mask as opened, or takes it once the C library's start
+    /// of the thread puts it back, and untraced would have it as noted: noted so for `new`
+    /// (in place of whatever its own first stop noted, inside the library's window that blocks
+    /// every signal), to be blocked again at the detach. A thread created by a thread whose
+    /// program had `SIGTRAP` open is left as it is.
+    pub(crate) fn inherit_trap_mask(&mut self, tid: i32, new: i32) {
+        if let Some(&Noted { mask, closed: false, .. }) = self.trap_masks.0.get(&tid) {
+            self.trap_masks.0.insert(new, Noted { mask, closed: false, inherited: true });
+        }
     }
 
     /// Thread `tid`, whose program blocks `SIGTRAP`, is in the delivery stop of a `SIGTRAP`
@@ -159,14 +183,17 @@ impl Tracee {
     /// Block `SIGTRAP` again in the stopped threads it was opened in, whose masks are
     /// otherwise as noted: the program is let go.
     ///
-    /// A mask noted inside one of the C library's windows that block every signal (its own
-    /// two among them, which no mask set through it holds) is not the one the thread goes back
-    /// to: a thread that starts takes the mask of the thread that created it (in which
-    /// dprobe opened `SIGTRAP`, where that one blocks it: then it was a mask of every signal
-    /// but the library's own), and one caught inside `pthread_create` puts back the mask it
-    /// had before. Such a thread whose mask is now that mask of every signal, `SIGTRAP` open,
-    /// has it blocked again: a server's workers, started while traced by a main thread that
-    /// blocks every signal, were left with `SIGTRAP` open.
+    /// A thread started while traced has its creator's mask noted
+    /// ([`Tracee::inherit_trap_mask`]): a server's workers, started by a main thread that
+    /// blocks every signal, were left with `SIGTRAP` open. A mask noted inside one of the C
+    /// library's windows that block every signal (its own two among them, which no mask set
+    /// through it holds) at the attach is not the one the thread goes back to: one caught
+    /// inside `pthread_create` puts back the mask it had before. Such a thread whose mask is
+    /// now that mask of every signal but the library's own, `SIGTRAP` open, has it blocked
+    /// again.
+    ///
+    /// Not told apart: a thread whose program opened `SIGTRAP` itself since (a worker that
+    /// unblocks it to take its own traps) in a mask otherwise as noted; it is blocked again.
     pub(crate) fn close_traps(&mut self) {
         for (tid, noted) in std::mem::take(&mut self.trap_masks.0) {
             if noted.closed || !self.threads.get(&tid).is_some_and(|t| t.is_stopped()) {
