@@ -409,19 +409,19 @@ impl Engine {
             .iter()
             .map(|(a, _)| behind_a_breakpoint(jump_start(*a, &st.sites[a]), &jump_of(&st.sites[a]).1.jump()))
             .collect();
-        // A jump comes off in one store where it can (`code_writes/one_store.rs`: no `int3` in
-        // between that the site does not keep), its original code back, with its `int3` where
-        // the site keeps an enabled probe; the others, and any refused, take the protocol's
-        // steps back to their `int3`.
+        // A jump whose site is left with no enabled probe comes off in one store where it can
+        // (`code_writes/one_store.rs`: no `int3` in between), its original code back; the
+        // others, and any refused, take the protocol's steps back to their `int3`.
         let mut taken_off = vec![false; sites.len()];
-        let disarmed: Vec<bool> = sites.iter().map(|(_, why)| *why == NotOptimized::Disarmed).collect();
         let results = {
             let jumps: Vec<optimizer::Jump<'_>> = sites.iter().map(|(a, _)| jump_of(&st.sites[a])).collect();
-            let quick: Vec<usize> =
-                (0..jumps.len()).filter(|&i| !behind[i] && optimizer::off_in_one_store(jumps[i])).collect();
+            let quick: Vec<usize> = (0..jumps.len())
+                .filter(|&i| {
+                    sites[i].1 == NotOptimized::Disarmed && !behind[i] && optimizer::off_in_one_store(jumps[i])
+                })
+                .collect();
             let quick_jumps: Vec<optimizer::Jump<'_>> = quick.iter().map(|&i| jumps[i]).collect();
-            let armed: Vec<bool> = quick.iter().map(|&i| !disarmed[i]).collect();
-            for (&i, outcome) in quick.iter().zip(optimizer::remove_in_one_store(&quick_jumps, &armed)) {
+            for (&i, outcome) in quick.iter().zip(optimizer::remove_in_one_store(&quick_jumps)) {
                 taken_off[i] = outcome.is_ok();
             }
             let slow: Vec<usize> = (0..jumps.len()).filter(|&i| !taken_off[i]).collect();
@@ -434,8 +434,7 @@ impl Engine {
         };
         let (mut first_error, mut unrouted, mut gone, mut starts) =
             (None, Vec::with_capacity(sites.len()), Vec::with_capacity(sites.len()), Vec::new());
-        let all_off = taken_off.iter().zip(&disarmed).map(|(off, disarmed)| *off && *disarmed);
-        for ((((addr, why), result), behind), all_off) in sites.into_iter().zip(results).zip(behind).zip(all_off) {
+        for ((((addr, why), result), behind), taken_off) in sites.into_iter().zip(results).zip(behind).zip(taken_off) {
             let mut taken_over = false;
             let (start, jump) = (jump_start(addr, &st.sites[&addr]), jump_of(&st.sites[&addr]).1.jump());
             match result {
@@ -472,7 +471,7 @@ impl Engine {
             let site = st.sites.get_mut(&addr).expect("a jumping site");
             // (A jump that came off in one store with its last enabled probe took its `int3`
             // with it.)
-            site.armed &= !taken_over && !all_off;
+            site.armed &= !taken_over && !taken_off;
             site.jumping = false;
             site.kept_behind_breakpoint = false;
             site.jump_status = Err(why);

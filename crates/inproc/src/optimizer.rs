@@ -21,9 +21,8 @@
 //! instruction with its five bytes in one aligned word ([`in_one_store`]) is never armed on
 //! `int3` to become a jump: its original bytes become the jump in one atomic store. Any entry
 //! window's jump whose five bytes are in one aligned word ([`off_in_one_store`]) comes off in
-//! one store: back to its original bytes when its last enabled probe goes, or to them with the
-//! `int3` on byte 0. A site the store is refused for (its page not held writable, say) takes
-//! the steps above.
+//! one store, back to its original bytes, when its last enabled probe goes. A site the store
+//! is refused for (its page not held writable, say) takes the steps above.
 //!
 //! A thread must never resume *strictly inside* the five bytes while they change, nor once
 //! the jump is there. When the window is **one instruction**, byte 0 is the only instruction
@@ -98,25 +97,16 @@ pub(crate) fn off_in_one_store((window, detour): Jump<'_>) -> bool {
     !is_exit(detour) && code_writes::fits_one_store(window[0].addr, JUMP_LEN)
 }
 
-/// Put the original first bytes of each site of `jumps` (each [`off_in_one_store`]) back over
-/// its jump, each in one store, then serialize every thread once: with its `int3` on byte 0
-/// where `armed` says so (a site that keeps an enabled probe), or none (a site that is neither
-/// a jump nor armed any more). Each site's outcome; a site refused is left as it was.
-pub(crate) fn remove_in_one_store(jumps: &[Jump<'_>], armed: &[bool]) -> Vec<Result<(), ProbeError>> {
+/// Put the original first bytes of each site of `jumps` (each [`off_in_one_store`], and left
+/// with no enabled probe) back over its jump, each in one store, then serialize every thread
+/// once: the site is neither a jump nor armed any more. Each site's outcome; a site refused is
+/// left as it was. (A site that keeps an enabled probe goes back to its `int3` in the
+/// protocol's steps: a thread that blocks every signal would meet that `int3` anyway.)
+pub(crate) fn remove_in_one_store(jumps: &[Jump<'_>]) -> Vec<Result<(), ProbeError>> {
     if jumps.is_empty() {
         return Vec::new();
     }
-    let changes: Vec<Change> = jumps
-        .iter()
-        .zip(armed)
-        .map(|((w, d), armed)| {
-            let mut back = window_head(w);
-            if *armed {
-                back[0] = INT3;
-            }
-            Change::new(w[0].addr, &d.jump(), &back)
-        })
-        .collect();
+    let changes: Vec<Change> = jumps.iter().map(|(w, d)| whole(w, d).undo()).collect();
     let results = code_writes::apply_in_one_store(&changes);
     sys::sync_cores();
     results

@@ -1,4 +1,5 @@
-//! A jump placed over one instruction, or taken off it, in one store: no `int3` in between.
+//! A jump placed over one instruction, or taken off a window, in one store: no `int3` in
+//! between.
 //!
 //! The patching protocol (`optimizer.rs`) puts an `int3` on a site before its jump goes in
 //! and again while it comes off. A thread that reaches that `int3` while it blocks `SIGTRAP`
@@ -12,7 +13,10 @@
 //! Where the jump's window is one instruction (byte 0 its only boundary: a thread is before
 //! the instruction, at it, or past it, never inside) and its five bytes lie in one aligned
 //! 8-byte word, the word is replaced with one `lock cmpxchg`: the original instruction becomes
-//! the jump, or the jump the original instruction, with nothing in between.
+//! the jump, or the jump the original instruction, with nothing in between. A jump over
+//! several instructions comes off so too (no thread is ever inside a jump's five bytes: it is
+//! at the jump, in the detour, or back after the window); it goes in over the protocol's
+//! `int3`, which keeps threads out of the window while its safepoint moves the others out.
 //!
 //! # Why one store is enough
 //!
