@@ -221,33 +221,40 @@ fn stores_guarded() -> bool {
 fn store_pieces(pieces: &[(Addr, &[u8])]) -> usize {
     let mut done = 0usize;
     let progress: *mut usize = &mut done;
-    // The program's asynchronous signals wait until the stores are done: the fault of a
-    // program handler run in between would be taken for one of the stores, and the handler
-    // abandoned (the guard is this thread's). The synchronous ones stay open (the kernel kills
-    // a thread whose fault is blocked).
+    holding_program_signals(|state| {
+        let _ = guard::call_guarded_in(state, || {
+            for (n, (addr, bytes)) in pieces.iter().enumerate() {
+                for (k, byte) in bytes.iter().enumerate() {
+                    // SAFETY: a store into code whose bytes were checked just before (the
+                    // change replaces what is there); a page that does not take it raises a
+                    // fault, which the guard turns into a return here. Byte by byte, in order,
+                    // so that no call (a probed `memcpy`) runs inside, and a byte 0 is one store.
+                    unsafe { (addr.0 as *mut u8).add(k).write_volatile(*byte) };
+                }
+                // SAFETY: `progress` points to `done`, alive for the call. Volatile, as the
+                // stores are, so that it is in memory, in order, when a fault abandons the loop.
+                unsafe { progress.write_volatile(n + 1) };
+            }
+        });
+    });
+    // SAFETY: as above; read after the guarded call returned, either way.
+    unsafe { progress.read_volatile() }
+}
+
+/// Run `f` (given this thread's state, for the fault guard) with the program's asynchronous
+/// signals held back until it returns: the fault of a program handler run in between would be
+/// taken for one of the guarded stores, and the handler abandoned (the guard is this
+/// thread's). The synchronous ones stay open (the kernel kills a thread whose fault is
+/// blocked).
+fn holding_program_signals(f: impl FnOnce(Option<&'static thread_state::ThreadState>)) {
     let mask = sys::block_asynchronous_signals();
     let state = thread_state::current();
     let held = state.map(|s| s.signals_held.replace(true));
-    let _ = guard::call_guarded_in(state, || {
-        for (n, (addr, bytes)) in pieces.iter().enumerate() {
-            for (k, byte) in bytes.iter().enumerate() {
-                // SAFETY: a store into code whose bytes were checked just before (the change
-                // replaces what is there); a page that does not take it raises a fault, which
-                // the guard turns into a return here. Byte by byte, in order, so that no call
-                // (a probed `memcpy`) runs inside, and a byte 0 is one store.
-                unsafe { (addr.0 as *mut u8).add(k).write_volatile(*byte) };
-            }
-            // SAFETY: `progress` points to `done`, alive for the call. Volatile, as the stores
-            // are, so that it is in memory, in order, when a fault abandons the loop.
-            unsafe { progress.write_volatile(n + 1) };
-        }
-    });
+    f(state);
     if let (Some(s), Some(held)) = (state, held) {
         s.signals_held.set(held);
     }
     sys::set_signal_mask(mask);
-    // SAFETY: as above; read after the guarded call returned, either way.
-    unsafe { progress.read_volatile() }
 }
 
 /// Write the checked changes from the `i`th on as pieces (with `store`), while they are in

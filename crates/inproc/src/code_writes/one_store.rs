@@ -36,8 +36,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use super::{in_held_pages, stores_guarded, Change};
-use crate::{code_pages, guard, sys, thread_state};
+use super::{holding_program_signals, in_held_pages, stores_guarded, Change};
+use crate::{code_pages, guard, thread_state};
 use dprobe_arch::Addr;
 use dprobe_core::ProbeError;
 
@@ -122,13 +122,13 @@ fn in_word(change: &Change) -> (u64, u64, u64, u64) {
 /// more than the store: a batch places thousands of jumps); a change that faults ends the
 /// guarded call, and the next one starts after it.
 fn store_all(changes: &[Change], outcomes: &mut [Outcome]) {
-    let n = changes.len();
     let out = outcomes.as_mut_ptr();
-    // The program's asynchronous signals wait, as for the other stores (`store_pieces`): a
-    // fault in a handler of the program run in between would be taken for one of these.
-    let signal_mask = sys::block_asynchronous_signals();
-    let state = thread_state::current();
-    let held = state.map(|s| s.signals_held.replace(true));
+    holding_program_signals(|state| store_guarded(changes, out, state));
+}
+
+/// [`store_all`]'s stores, under the fault guard of `state` (the program's signals held back).
+fn store_guarded(changes: &[Change], out: *mut Outcome, state: Option<&thread_state::ThreadState>) {
+    let n = changes.len();
     let mut from = 0;
     while from < n {
         let mut at = from;
@@ -168,8 +168,4 @@ fn store_all(changes: &[Change], outcomes: &mut [Outcome]) {
         // stopped at (if any) keeps its outcome: it faulted.
         from = unsafe { progress.read_volatile() } + 1;
     }
-    if let (Some(s), Some(held)) = (state, held) {
-        s.signals_held.set(held);
-    }
-    sys::set_signal_mask(signal_mask);
 }
