@@ -126,7 +126,9 @@ fn prepare<E: Engine>(
     let folded = args.folded.as_deref().filter(|&path| path != "-");
     files.check("--folded", folded.map(Path::new))?;
     files.check("--trace-file", args.trace_file.as_deref())?;
-    files.check("--metrics", args.metrics.as_deref())?;
+    if let Some(path) = &args.metrics {
+        files.check_replaced("--metrics", path)?;
+    }
     if let Some(path) = &args.folded {
         report.add_export(Box::new(crate::export::folded::Folded::new(path)));
     }

@@ -150,3 +150,67 @@ fn interval_rewrites_the_file_whole_while_tracing() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("cat.prom")], "no temporary file left behind");
 }
+
+/// A collector watching the directory never finds the file empty or half written: the file
+/// appears by a rename of a whole one, from the first time it is written, and is never opened
+/// for writing where it stands (inotify sees every event on it in the directory).
+#[test]
+fn the_file_only_ever_appears_whole() {
+    let dir = out_file("appears-whole");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics = dir.join("m.prom");
+    let watched = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    // SAFETY: plain system calls on a descriptor this test owns and a NUL-ended path.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0);
+    let events = libc::IN_CREATE | libc::IN_OPEN | libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO;
+    // SAFETY: as above.
+    assert!(unsafe { libc::inotify_add_watch(fd, watched.as_ptr(), events) } >= 0);
+    let out = out_file("appears-whole.out");
+    let o = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "-o", out.to_str().unwrap(), "--metrics", metrics.to_str().unwrap()])
+        .args(["--interval", "10ms", "libc:getpid", "--", "sleep", "0.2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut on_the_file = Vec::new();
+    let mut buffer = [0u8; 1 << 16];
+    loop {
+        // SAFETY: the buffer is this test's own, of the length given.
+        let n = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // `struct inotify_event`: wd, mask, cookie, len (4 bytes each), then the name.
+            let word = |i: usize| u32::from_ne_bytes(buffer[at + i..at + i + 4].try_into().unwrap());
+            let (mask, len) = (word(4), word(12) as usize);
+            let name = String::from_utf8_lossy(&buffer[at + 16..at + 16 + len]).trim_end_matches('\0').to_owned();
+            if name == "m.prom" {
+                on_the_file.push(mask);
+            }
+            at += 16 + len;
+        }
+    }
+    // SAFETY: the descriptor is this test's own, closed once.
+    unsafe { libc::close(fd) };
+    assert!(on_the_file.len() >= 2, "written at the start, every 10 ms and at the end: {on_the_file:x?}");
+    assert!(on_the_file.iter().all(|&m| m == libc::IN_MOVED_TO), "only renamed into place: {on_the_file:x?}");
+    assert!(std::fs::read_to_string(&metrics).unwrap().ends_with("# EOF\n"));
+}
+
+/// A directory named as the file is refused before the program runs.
+#[test]
+fn a_directory_is_refused_as_the_metrics_file() {
+    let dir = out_file("metrics-is-a-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dprobe"))
+        .args(["trace", "--metrics", dir.to_str().unwrap(), "libc:getpid", "--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("--metrics: cannot write {}", dir.display())) && err.contains("directory"), "{err}");
+}

@@ -214,8 +214,7 @@ impl Metrics {
 
     /// Write the file: a temporary file beside it, renamed over it.
     fn write(&self) -> Result<()> {
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temporary = self.path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let temporary = super::output_files::temporary_beside(&self.path);
         std::fs::write(&temporary, self.render())
             .and_then(|()| std::fs::rename(&temporary, &self.path))
             .with_context(|| format!("cannot write {}", self.path.display()))
