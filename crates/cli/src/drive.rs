@@ -253,13 +253,17 @@ pub fn trace<E: Engine>(
     let signals_before = signals::count();
     let finish_notes = engine.finish_notes();
     let finished = engine.finish(wait, &|| signals::insisted() || signals::count() > signals_before);
+    // A process given with -p that ended where the engine could not see how: see
+    // `process_end.rs`.
+    let gone_how = matches!(outcome, Ok(Ending::Gone)).then(crate::process_end::how_it_ended).flatten();
     let exit = match (&outcome, &finished) {
         (Ok(Ending::Exited(exit)), _) => Some(*exit),
+        (Ok(Ending::Gone), _) if gone_how.is_some() => gone_how,
         (_, Ok(exit)) => *exit,
         _ => None,
     };
     let failure = outcome.as_ref().err().map(|e| e as &dyn Display);
-    let gone = matches!(outcome, Ok(Ending::Gone));
+    let gone = matches!(outcome, Ok(Ending::Gone)) && gone_how.is_none();
     let ending = ending_text(&scope, failure, stopped_by, exit, gone, elapsed);
     notes.extend(std::mem::take(&mut *finish_notes.lock().unwrap_or_else(|e| e.into_inner())));
     let summary = summary::render(&lines, &report.histograms(), &notes, &ending, report.filtered());

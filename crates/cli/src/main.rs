@@ -37,6 +37,7 @@ mod list_returns;
 mod options;
 mod output;
 mod plan;
+mod process_end;
 mod report;
 mod signals;
 mod sinks;

@@ -192,6 +192,10 @@ fn engine_name(engine: Engine) -> &'static str {
 /// SIGHUP) stays ignored: see [`signals::install`].
 pub fn run(args: TraceArgs) -> Result<i32> {
     signals::install().context("installing signal handlers")?;
+    if let Some(pid) = args.pid {
+        // Before any engine attaches: it names this process even if it ends meanwhile.
+        crate::process_end::watch(pid);
+    }
     let planned = plan_probes(&args)?;
     let kernel_targets = planned.iter().filter(|p| p.needs_kernel()).count();
     let one_program = !args.system_wide && kernel_targets == 0 && args.engine != Some(Engine::Kernel);

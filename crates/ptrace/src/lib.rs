@@ -51,6 +51,7 @@ mod memory_sharers;
 mod own_allocator;
 mod probes;
 mod proc_ids;
+mod process_end;
 mod program_view;
 mod rearm;
 mod remote_elf;
@@ -83,6 +84,7 @@ pub use loader::auxv_value;
 pub use memory_sharers::shared_memory_refusal;
 pub use probes::{Handler, Hit, HitKind, IntoProbePoint, ProbeDef};
 pub use proc_ids::{descends_from_this_process, seccomp_status, thread_ids};
+pub use process_end::ProcessEnd;
 pub use shared_image::{sealed_memory_file, SharedImage};
 pub use tracee::Tracee;
 
