@@ -10,7 +10,14 @@
 //! signal of a trap the thread blocks. The load of the sixth argument (`mov 0x8(%rsp),%r9`) is
 //! five bytes alone: where they lie in one aligned 8-byte word (an entry aligned on 16 bytes,
 //! with no `endbr64`: at +0x12), the jump replaces it in one store, with no `int3` ever
-//! (`dprobe_inproc`'s `code_writes/one_store.rs`).
+//! (`dprobe_inproc`'s `code_writes/one_store.rs`). After an `endbr64` (a C library built for
+//! CET) they cross two words, and the probe stays at the entry, as harmful as before there.
+//!
+//! Its hits cost what an entry's do: only moves of general registers come before it, so the
+//! detour keeps the entry's vector registers, not the whole extended state
+//! (`dprobe_arch`'s `entry_state.rs`). A call sent to wait has run the handlers of other
+//! probes at `syscall`'s entry once before it enters again (a user's own probe there sees
+//! it twice where the agent stays).
 //!
 //! There the call's number and first arguments are already in the kernel's registers (`rax`,
 //! `rdi`, `rsi`, `rdx`), and a call sent to wait before it enters again from the entry, its
@@ -43,7 +50,8 @@ pub(crate) fn probe() -> Kprobe {
     Kprobe::symbol_offset("libc:syscall", past_entry)
 }
 
-/// The offset in `syscall` of `mov 0x8(%rsp),%r9`, if its code is `syscall.S`'s.
+/// The offset in `syscall` of `mov 0x8(%rsp),%r9`, if its code is `syscall.S`'s and the
+/// instruction's five bytes lie in one aligned 8-byte word.
 fn load_of_sixth() -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let function = dprobe_inproc::resolve(&Kprobe::symbol("libc:syscall")).ok()?.function;
@@ -53,7 +61,11 @@ fn load_of_sixth() -> Option<u64> {
     let moves_at = if code.starts_with(&ENDBR64) { ENDBR64.len() } else { 0 };
     let after = &code[moves_at..];
     let matches = after.starts_with(&MOVES) && after[MOVES.len()..].starts_with(&LOAD_SIXTH_THEN_SYSCALL);
-    matches.then_some((moves_at + MOVES.len()) as u64)
+    let past_entry = (moves_at + MOVES.len()) as u64;
+    // Where its five bytes cross an aligned word (after `endbr64`), its jump would go in over
+    // an `int3` as the entry's does: the entry keeps the probe then.
+    let one_word = (function.start.0 + past_entry) % 8 + 5 <= 8;
+    (matches && one_word).then_some(past_entry)
 }
 
 /// The call's number and first three arguments, as the probe finds them.
