@@ -6,11 +6,13 @@
 //! - once its parent has reaped it, the pidfd's own record of its end (`PIDFD_GET_INFO` with
 //!   `PIDFD_INFO_EXIT`, Linux 6.15);
 //! - before that, while it is a zombie, the exit code in its `/proc/PID/stat` (Linux 3.5),
-//!   read while the pidfd shows it unreaped (its `fdinfo` says `Pid: -1` once it is), so that
-//!   the entry read is its own.
+//!   read while a signal 0 through the pidfd still finds it (`ESRCH` once it is reaped), so
+//!   that the entry read is its own.
 //!
 //! Where neither answers (an older kernel, the process reaped between the two reads), only its
-//! parent can tell.
+//! parent can tell. Both report the main thread's own exit code: a process whose main thread
+//! ended first (`pthread_exit`) and whose last thread then exited with another status reads
+//! as the main thread's status.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -76,10 +78,13 @@ fn recorded_end(pidfd: &OwnedFd) -> Option<i32> {
     (r == 0 && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
 }
 
-/// Whether the pidfd's process has not been reaped (its `fdinfo` still gives its pid).
+/// Whether the pidfd's process has not been reaped: a signal 0 sent through it still finds
+/// it (a zombie included).
 fn unreaped(pidfd: &OwnedFd) -> bool {
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap_or_default();
-    fdinfo.lines().find_map(|l| l.strip_prefix("Pid:")).is_some_and(|p| p.trim().parse::<i32>().is_ok_and(|p| p > 0))
+    // SAFETY: signal 0 only checks that the process is there; no siginfo, no flags.
+    unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0
+    }
 }
 
 /// The wait status of process `pid` if it is a zombie: the last field of its `stat`.
