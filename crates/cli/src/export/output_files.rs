@@ -44,7 +44,8 @@ impl OutputFiles {
         let temporary = temporary_beside(path);
         std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&temporary)
             .and_then(|_| std::fs::remove_file(&temporary))
             .with_context(cannot)?;
