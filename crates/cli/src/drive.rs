@@ -371,6 +371,8 @@ fn ending_text(
                 (Some(s), _, _) => format!("stopped by {}", signals::signal_name(s)),
                 (None, Some(e), Some(c)) => format!("`{c}` {}", how(e)),
                 (None, None, None) if gone => "the process given with -p ended".into(),
+                // (Known through `process_end.rs`.)
+                (None, Some(e), None) => format!("the process given with -p {}", how(e)),
                 _ => "--duration is over".into(),
             };
             format!("system-wide trace ended after {after} ({why})")
