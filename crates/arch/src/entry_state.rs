@@ -10,7 +10,7 @@
 //! branch lands between the entry and the place is the caller's to check, in the function
 //! ([`crate::FunctionCode::has_entry_state_at`]) and from the rest of its object.
 
-use iced_x86::{CpuidFeature, Decoder, DecoderOptions, EncodingKind, FlowControl, InstructionInfoFactory, Register};
+use iced_x86::{CpuidFeature, EncodingKind, FlowControl, InstructionInfoFactory, Register};
 
 use crate::Addr;
 
@@ -40,13 +40,7 @@ const INTEGER_ONLY: [CpuidFeature; 16] = [
 /// `start`) run one after the other into `addr`, each a legacy-encoded instruction of the
 /// integer instruction sets that uses no register but the general and segment ones.
 pub(crate) fn straight_from_entry(code: &[u8], start: Addr, entry: Addr, addr: Addr) -> bool {
-    let (Some(from), Some(to)) = (entry.0.checked_sub(start.0), addr.0.checked_sub(start.0)) else {
-        return false;
-    };
-    if from > to || to > code.len() as u64 {
-        return false;
-    }
-    let mut decoder = Decoder::with_ip(64, &code[from as usize..to as usize], entry.0, DecoderOptions::NONE);
+    let Some(mut decoder) = crate::straight_to_exit::decoder_between(code, start, entry, addr) else { return false };
     let mut info = InstructionInfoFactory::new();
     while decoder.can_decode() {
         let i = decoder.decode();

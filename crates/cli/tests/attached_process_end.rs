@@ -8,21 +8,11 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 
-use common::{dprobe_command, out_file};
+use common::{dprobe_command, out_file, Running};
 
 fn program() -> &'static str {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ends_by_a_signal_when_told.c");
     dprobe_test_fixtures::c_program(src, "ends_by_a_signal_when_told", &["-O2"])
-}
-
-/// The program's parent (this test, or a shell), killed if the test fails before it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Whether the kernel records a reaped process's end for its pidfds (Linux 6.15).

@@ -9,7 +9,7 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use common::{dprobe_command, out_file};
+use common::{dprobe_command, libc_function_starts_with_endbr64, out_file, Running};
 
 /// The program: prints "calls N wrong W" once its standard input ends.
 fn program() -> &'static str {
@@ -20,30 +20,11 @@ fn program() -> &'static str {
 /// dprobe's traces of the program.
 const TRACES: u32 = 10;
 
-/// Whether the C library's `syscall` starts with `endbr64` (a library built for CET): the
-/// load of its sixth argument then spans two aligned words, and its jump goes in over an
-/// `int3` (a gap the closing note of this fix names).
-fn syscall_starts_with_endbr64() -> bool {
-    // SAFETY: looks a symbol up in the libraries loaded, and reads 4 bytes of its code.
-    unsafe {
-        let at = libc::dlsym(libc::RTLD_DEFAULT, c"syscall".as_ptr()).cast::<[u8; 4]>();
-        !at.is_null() && at.read() == [0xf3, 0x0f, 0x1e, 0xfa]
-    }
-}
-
-/// The program, killed if the test fails before it ends it.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn threads_calling_syscall_with_every_signal_blocked_live_through_the_agents_attaches() {
-    if syscall_starts_with_endbr64() {
+    // With `endbr64` first (a C library built for CET), the load of the sixth argument spans
+    // two aligned words, and the agent's probe stays at the entry, over an `int3`.
+    if libc_function_starts_with_endbr64(c"syscall") {
         return eprintln!("skipped: the C library's syscall starts with endbr64");
     }
     let child = Command::new(program()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();

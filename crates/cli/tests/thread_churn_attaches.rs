@@ -9,7 +9,7 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use common::{dprobe_command, out_file};
+use common::{dprobe_command, libc_function_starts_with_endbr64, out_file, Running};
 
 /// `churns_threads`: prints "rounds N wrong W" once its standard input ends.
 fn churns_threads() -> &'static str {
@@ -26,29 +26,10 @@ fn hits(table: &str, probe: &str) -> u64 {
     row.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or_else(|| panic!("no row {probe}: {table}"))
 }
 
-/// Whether the C library's `madvise` starts with `endbr64` (a library built for CET): its jump
-/// then covers two instructions and goes in over an `int3`, which the agent's one store
-/// cannot replace.
-fn madvise_starts_with_endbr64() -> bool {
-    // SAFETY: looks a symbol up in the libraries loaded, and reads 4 bytes of its code.
-    unsafe {
-        let at = libc::dlsym(libc::RTLD_DEFAULT, c"madvise".as_ptr()).cast::<[u8; 4]>();
-        !at.is_null() && at.read() == [0xf3, 0x0f, 0x1e, 0xfa]
-    }
-}
-
-/// The program, killed if the test fails before it ends it.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn attached_again_and_again(engine: &str) {
-    if engine == "agent" && madvise_starts_with_endbr64() {
+    // With `endbr64` first (a C library built for CET), `madvise`'s jump covers two
+    // instructions and goes in over an `int3`, which the agent's one store cannot replace.
+    if engine == "agent" && libc_function_starts_with_endbr64(c"madvise") {
         return eprintln!("skipped: the C library's madvise starts with endbr64");
     }
     let child = Command::new(churns_threads()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();

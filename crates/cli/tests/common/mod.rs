@@ -447,3 +447,24 @@ pub fn wrappers_name_their_calls() -> bool {
         && mem.read_exact_at(&mut code, f).is_ok()
         && code.windows(7).any(|w| w[0] == 0xb8 && w[1..5] == 230u32.to_le_bytes() && w[5..] == [0x0f, 0x05])
 }
+
+/// A child process a test runs (the traced program, or its parent); killed if the test fails
+/// before it ends.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether the C library's function `name` starts with `endbr64` (a library built for CET):
+/// its first instruction after it is no longer at an aligned entry.
+pub fn libc_function_starts_with_endbr64(name: &std::ffi::CStr) -> bool {
+    // SAFETY: looks a symbol up in the libraries loaded, and reads 4 bytes of its code.
+    unsafe {
+        let at = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()).cast::<[u8; 4]>();
+        !at.is_null() && at.read() == [0xf3, 0x0f, 0x1e, 0xfa]
+    }
+}
