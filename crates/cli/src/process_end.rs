@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 
 use dprobe_core::Exit;
 use dprobe_ptrace::ProcessEnd;
-use nix::libc;
 
 /// The process given with `-p`, watched by [`watch`].
 static WATCHED: OnceLock<ProcessEnd> = OnceLock::new();
@@ -20,9 +19,5 @@ pub fn watch(pid: i32) {
 
 /// How the watched process ended, if it has and that can be known.
 pub fn how_it_ended() -> Option<Exit> {
-    let status = WATCHED.get()?.status()?;
-    Some(match libc::WIFSIGNALED(status) {
-        true => Exit::Signal(libc::WTERMSIG(status)),
-        false => Exit::Code(libc::WEXITSTATUS(status)),
-    })
+    WATCHED.get()?.how_it_ended()
 }

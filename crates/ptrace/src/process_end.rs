@@ -16,6 +16,8 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::error::Exit;
+
 /// `PIDFD_GET_INFO`: `_IOWR(0xFF, 11, struct pidfd_info)`, of the 72-byte structure below.
 const PIDFD_GET_INFO: libc::c_ulong = 0xc048_ff0b;
 /// `PIDFD_INFO_EXIT`: ask for (and, in the answer, have) the exit status.
@@ -52,20 +54,21 @@ impl ProcessEnd {
         (fd >= 0).then(|| ProcessEnd { pid, pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) } })
     }
 
-    /// Its wait status, if it has ended and that can be known (see the module's comment).
-    pub fn status(&self) -> Option<i32> {
-        if let Some(status) = recorded_end(&self.pidfd) {
-            return Some(status);
-        }
-        if unreaped(&self.pidfd) {
-            let status = zombie_exit_code(self.pid);
-            // Still unreaped after the read: the entry read was this process's.
-            if let Some(status) = status.filter(|_| unreaped(&self.pidfd)) {
-                return Some(status);
-            }
-        }
-        // Reaped between the reads.
+    /// How it ended, if it has and that can be known (see the module's comment).
+    pub fn how_it_ended(&self) -> Option<Exit> {
+        self.status().map(|status| match libc::WIFSIGNALED(status) {
+            true => Exit::Signal(libc::WTERMSIG(status)),
+            false => Exit::Code(libc::WEXITSTATUS(status)),
+        })
+    }
+
+    /// Its wait status: the kernel's record once reaped; before, the zombie's, read while a
+    /// signal 0 still finds it afterwards (reaping cannot be undone, so the entry read was its
+    /// own); else the record again, for a process reaped between the reads.
+    fn status(&self) -> Option<i32> {
         recorded_end(&self.pidfd)
+            .or_else(|| zombie_exit_code(self.pid).filter(|_| unreaped(&self.pidfd)))
+            .or_else(|| recorded_end(&self.pidfd))
     }
 }
 
