@@ -155,7 +155,7 @@ impl Kernel for Fake {
             Request::GetRegs(r) => *r = *w.regs(tid),
             Request::SetRegs(r) => *w.regs(tid) = *r,
             Request::EventMessage => return Ok(w.messages.get(&tid).copied().unwrap_or(0)),
-            Request::Seize { .. } | Request::SetOptions { .. } => {}
+            Request::Seize { .. } | Request::SetOptions { .. } | Request::PokeUser { .. } => {}
             Request::Interrupt => w.calls.push(Call::Interrupt(tid)),
             Request::Listen => w.calls.push(Call::Listen(tid)),
             Request::Detach { signal } => w.calls.push(Call::Detach(tid, signal)),

@@ -56,6 +56,7 @@ mod program_view;
 mod rearm;
 mod remote_elf;
 mod returns;
+mod run_to_program;
 mod safe_place;
 mod seccomp_check;
 mod semaphores;

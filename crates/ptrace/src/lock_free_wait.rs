@@ -54,6 +54,13 @@ const WAITS: [&str; 14] = [
 const SLEEPS: [&str; 9] =
     ["poll", "ppoll", "select", "pselect", "nanosleep", "clock_nanosleep", "usleep", "sleep", "thrd_sleep"];
 
+/// Parts of the names of the C library's functions that may return with the caller's signal
+/// mask or actions changed (`sigprocmask`, `pthread_sigmask`, `sigaction`, `signal`,
+/// `sigset`...), or to another place than their return address (`longjmp`, `setcontext`...),
+/// or that wait where an interrupt does not stop their thread (the parent of a `vfork`, in
+/// `posix_spawn`, `system`, `popen`).
+const NOT_RUN_THROUGH: [&str; 7] = ["sig", "context", "jmp", "spawn", "fork", "system", "popen"];
+
 /// How many frames are unwound: the waits sit three to five deep, and a frame of the loader
 /// further out (a constructor waiting, within `dlopen`) refuses the thread.
 const DEPTH: usize = 32;
@@ -74,6 +81,9 @@ struct Known {
     waits: Vec<(u64, u64)>,
     /// And each of [`SLEEPS`].
     sleeps: Vec<(u64, u64)>,
+    /// And each function of the C library that a thread is not let run through
+    /// ([`NOT_RUN_THROUGH`], see [`WaitCheck::return_into_program`]).
+    not_run_through: Vec<(u64, u64)>,
 }
 
 impl WaitCheck {
@@ -106,6 +116,38 @@ impl WaitCheck {
     }
 }
 
+impl WaitCheck {
+    /// Where a thread stopped with registers `r`, running in the C library (or just back from
+    /// one of its system calls), returns into the program's code: the return address of the
+    /// C library's outermost frame. `None` where it was not called by the program (a thread
+    /// starting or ending), a frame of the loader is on the stack, or the function the program
+    /// called may change how the thread takes `SIGTRAP`, not return where it was called, or
+    /// wait where an interrupt does not stop it ([`NOT_RUN_THROUGH`]).
+    pub(crate) fn return_into_program(&mut self, r: &libc::user_regs_struct) -> Option<u64> {
+        let pid = self.pid;
+        let k = self.known.get_or_insert_with(|| Known::read(pid)).as_mut()?;
+        let regs = sys::to_regs(r);
+        let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
+        let outside = stack.iter().position(|&a| !in_c_library(&k.maps, a))?;
+        if outside == 0 || stack.iter().any(|&a| in_loader(&k.maps, a)) {
+            return None;
+        }
+        let outermost = stack[outside - 1];
+        let inside = |&(start, end): &(u64, u64)| start <= outermost && outermost < end;
+        if k.not_run_through.iter().any(inside) {
+            return None;
+        }
+        let returned_to = stack[outside];
+        if called_before(&mut k.memory, returned_to)
+            .is_some_and(|callee| k.not_run_through.iter().any(|&(start, _)| start == callee))
+        {
+            return None;
+        }
+        // In an executable mapping of the program's (not a stray word the unwinder read).
+        k.maps.iter().any(|m| m.exec && m.start.0 <= returned_to && returned_to < m.end.0).then_some(returned_to)
+    }
+}
+
 impl Known {
     fn read(pid: i32) -> Option<Known> {
         let maps = read_maps_of(pid as u32).ok()?;
@@ -118,7 +160,9 @@ impl Known {
             named.map(|f| (f.start.0, f.start.0 + f.size.max(1))).collect()
         };
         let (waits, sleeps) = (ranges_of(&WAITS), ranges_of(&SLEEPS));
-        (!waits.is_empty()).then_some(Known { maps, memory, unwinder: Unwinder::new(), waits, sleeps })
+        let changers = symbols.functions().iter().filter(|f| NOT_RUN_THROUGH.iter().any(|part| f.name.contains(part)));
+        let not_run_through = changers.map(|f| (f.start.0, f.start.0 + f.size.max(1))).collect();
+        (!waits.is_empty()).then_some(Known { maps, memory, unwinder: Unwinder::new(), waits, sleeps, not_run_through })
     }
 }
 

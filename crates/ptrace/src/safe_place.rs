@@ -18,6 +18,7 @@ use crate::error::TraceError;
 use crate::kept;
 use crate::lock_free_wait::WaitCheck;
 use crate::own_allocator::AllocatorCheck;
+use crate::run_to_program::{may_run_to, run_to, Ran};
 use crate::signal_frames::HandlerCheck;
 use crate::sys;
 use crate::waiting_calls;
@@ -69,6 +70,11 @@ pub(crate) enum NotSafe {
     NoStop,
 }
 
+/// How many times a thread is let run back to the program's code (`run_to_program`), each
+/// one instead of an interruption at random: a thread that returns to it elsewhere (a handler,
+/// the program's own allocator), or not within the patience given, is then interrupted.
+const RUNS_TO_THE_PROGRAM: u32 = 10;
+
 /// How long an interrupted thread is waited for.
 const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -114,6 +120,7 @@ impl SafePlaceChecks {
     /// or gone, or (`NotSafe::NoStop`) still running, seized, until the tracing thread ends.
     pub(crate) fn stop_at_safe_point(&mut self, tid: i32) -> Result<Result<(), NotSafe>, TraceError> {
         let mut why = NotSafe::Ended;
+        let mut runs_left = RUNS_TO_THE_PROGRAM;
         for attempt in 0..SAFE_POINT_TRIES {
             sys::interrupt(tid)?;
             // Bounded: where another thread's `exec` made it the process's first thread, the
@@ -135,7 +142,20 @@ impl SafePlaceChecks {
             }
             let mut r = sys::get_regs(tid)?;
             crate::interrupted_wait::wait_on(tid, &mut r)?;
-            match self.why_not_safe(tid, &r)? {
+            let mut verdict = self.why_not_safe(tid, &r)?;
+            if runs_left > 0 && self.may_run_on(tid, &r, verdict)? {
+                if let Some(at) = self.waits.return_into_program(&r) {
+                    runs_left -= 1;
+                    match run_to(tid, at)? {
+                        Ran::Stopped => {}
+                        Ran::Ended => return Ok(Err(NotSafe::Ended)),
+                    }
+                    r = sys::get_regs(tid)?;
+                    crate::interrupted_wait::wait_on(tid, &mut r)?;
+                    verdict = self.why_not_safe(tid, &r)?;
+                }
+            }
+            match verdict {
                 None => return Ok(Ok(())),
                 Some(reason) => why = reason,
             }
@@ -158,6 +178,19 @@ impl SafePlaceChecks {
             std::thread::sleep(Duration::from_micros(50 + u64::from(attempt % 20) * 47));
         }
         Ok(Err(why))
+    }
+
+    /// Whether thread `tid`, stopped with registers `r` where it is not safe for `verdict`,
+    /// may be let run back to the program's code (`run_to_program`): it runs in the C
+    /// library, or has just come back from a system call that does not wait (not one that
+    /// waits, which may hold a lock until it returns, long after).
+    fn may_run_on(&self, tid: i32, r: &libc::user_regs_struct, verdict: Option<NotSafe>) -> Result<bool, TraceError> {
+        let running = match verdict {
+            Some(NotSafe::InCLibrary) => true,
+            Some(NotSafe::Call(_)) => !crate::let_go::interrupted_call(r),
+            _ => false,
+        };
+        Ok(running && may_run_to(self.pid, tid)?)
     }
 
     /// Why thread `tid`, stopped with registers `r`, is not at a safe place (`None` where it is).

@@ -38,6 +38,7 @@ pub(crate) enum Request<'a> {
     SetSigInfo(&'a libc::siginfo_t),
     GetSigMask(&'a mut u64),
     SetSigMask(&'a u64),
+    PokeUser { offset: u64, value: u64 },
 }
 
 impl Request<'_> {
@@ -58,6 +59,7 @@ impl Request<'_> {
             Request::SetSigInfo(_) => "PTRACE_SETSIGINFO",
             Request::GetSigMask(_) => "PTRACE_GETSIGMASK",
             Request::SetSigMask(_) => "PTRACE_SETSIGMASK",
+            Request::PokeUser { .. } => "PTRACE_POKEUSER",
         }
     }
 }
@@ -128,6 +130,8 @@ impl Kernel for Real {
             // The kernel's sigset_t: 8 bytes on x86-64.
             Request::GetSigMask(mask) => (libc::PTRACE_GETSIGMASK, 8, mask as *mut _ as u64),
             Request::SetSigMask(mask) => (libc::PTRACE_SETSIGMASK, 8, mask as *const _ as u64),
+            // A word of the thread's `struct user` (a debug register).
+            Request::PokeUser { offset, value } => (libc::PTRACE_POKEUSER, offset, value),
         };
         // SAFETY: the requests used here take integers or pointers to buffers that live for
         // the call (`regs`, `message`), never anything the kernel keeps.
@@ -463,6 +467,13 @@ pub fn sigmask(tid: i32) -> Result<u64, SysError> {
 /// Set the signals a stopped thread blocks (SIGKILL and SIGSTOP never are).
 pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), SysError> {
     request(tid, Request::SetSigMask(&mask)).map(drop)
+}
+
+/// Set debug register `n` (0-3: an address; 7: which of them are armed, and how) of a stopped
+/// thread. The kernel keeps them per thread until it `exec`s or ends, after a detach too.
+pub fn set_debug_register(tid: i32, n: u64, value: u64) -> Result<(), SysError> {
+    let offset = (std::mem::offset_of!(libc::user, u_debugreg) + n as usize * 8) as u64;
+    request(tid, Request::PokeUser { offset, value }).map(drop)
 }
 
 /// Set the information of the signal a thread in a signal-delivery stop is to receive.

@@ -87,3 +87,10 @@ pub fn blocked_in(pid: u32) -> Option<i64> {
     let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
     line.split_whitespace().next()?.parse().ok().filter(|n| *n >= 0)
 }
+
+/// A program whose only thread is nearly always inside the C library: prints "rounds N wrong
+/// W traps T" once its standard input ends (W 0 and T 0 as untraced).
+pub fn lives_in_the_c_library() -> &'static str {
+    let src = format!("{FIXTURES}/lives_in_the_c_library.c");
+    dprobe_test_fixtures::c_program(&src, "lives_in_the_c_library", &["-O2"])
+}
