@@ -102,6 +102,7 @@ mod site_map;
 mod slots;
 mod spawn_children;
 mod spawn_hold;
+mod stack_end;
 mod stack_mappings;
 mod sys;
 mod thread_state;

@@ -52,6 +52,7 @@ use crate::blocked;
 use crate::context::SignalContext;
 use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT, SIGINFO_AT};
 use crate::signals::{self, chain, Redeliver};
+use crate::stack_end::readable_end;
 use crate::sys;
 
 /// The signal a safepoint sends each thread now: `SIGURG`, whose default action is to ignore
@@ -328,7 +329,9 @@ pub(crate) fn run(plan: &mut Plan) -> Result<(), NotOptimized> {
     sys::read_own_maps(&mut text).map_err(|e| no(format!("reading the memory map: {e}")))?;
     let text = std::str::from_utf8(&text).map_err(|e| no(format!("reading the memory map: {e}")))?;
     // Stacks of threads created after this are not listed; those threads never ran inside a
-    // window (the trap path already sends hits to the detour), so nothing is lost.
+    // window (the trap path already sends hits to the detour), so nothing is lost. Such a
+    // thread's stack may lie where a larger mapping was listed: the handler reads no further
+    // than the mapping holding its stack now (`stack_end.rs`).
     plan.stacks.clear();
     plan.stacks.extend(dprobe_sym::stack_ranges(text));
     plan.stacks.sort_unstable();
@@ -581,7 +584,7 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
         if on_alternate && (alt_start..alt_end).contains(&sp) {
             Some(alt_end)
         } else {
-            plan.stack_of(sp).map(|(_, end)| end)
+            readable_end(sp, plan.stack_of(sp))
         }
     };
     let word = |at: u64| {
@@ -625,7 +628,8 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
 ///
 /// Reads go no further than the end of the thread's stack: its alternate signal stack when it
 /// runs on it, else the mapping that holds `rsp` (a thread stack has a guard page below it, so
-/// its mapping is its own), and at most [`SCAN_BYTES`].
+/// its mapping is its own), as it is now and up to the thread's control block
+/// (`stack_end.rs`), and at most [`SCAN_BYTES`].
 ///
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
@@ -640,8 +644,8 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     let end = if alternate.ss_flags & libc::SS_DISABLE == 0 && (alt_start..alt_end).contains(&rsp) {
         alt_end
     } else {
-        match plan.stack_of(rsp) {
-            Some((_, end)) => end,
+        match readable_end(rsp, plan.stack_of(rsp)) {
+            Some(end) => end,
             None => return false,
         }
     };
