@@ -58,18 +58,38 @@ int main(int argc, char **argv) {
 fn an_indirect_function_whose_library_records_no_choice_counts_every_call() {
     let program = c_program_from("unrecorded-choice", UNRECORDED, &["-O0"]);
     for engine in ["agent", "ptrace", "kernel"] {
-        let mut args = vec!["--engine", engine, "-c", "libc:strstr", "libc:wcsrchr", "--", program, "300"];
-        if engine == "kernel" {
-            // A system-wide trace: narrowed to the program by its name.
-            args.splice(2..2, ["--comm", "unrecorded-choi"]);
+        let mut functions = vec!["libc:strstr", "libc:wcsrchr"];
+        let mut t = count_calls(engine, program, &functions);
+        if engine == "kernel" && t.code == Some(2) && t.stderr.contains(VEX_REFUSED) {
+            // Without AVX-512, the loader chooses `__wcsrchr_avx2`, which starts with `vmovd`:
+            // the kernel refuses a uprobe there, and dprobe says so, naming it (with AVX-512,
+            // `__wcsrchr_evex` starts with a `mov`). `strstr` alone is then counted.
+            assert!(t.stderr.contains("`libc:wcsrchr`: `__wcsrchr_avx2+0x0`"), "{}", t.what(engine));
+            functions.pop();
+            t = count_calls(engine, program, &functions);
         }
-        let t = trace_to_file(&format!("unrecorded-choice-{engine}"), &args);
         let what = t.what(engine);
         assert_eq!(t.code, Some(0), "{what}");
         assert_eq!(t.stdout, "found 600\n", "{what}");
-        assert_eq!(hits(&t.trace, "libc:strstr"), 300, "{what}");
-        assert_eq!(hits(&t.trace, "libc:wcsrchr"), 300, "{what}");
+        for function in functions {
+            assert_eq!(hits(&t.trace, function), 300, "{what}");
+        }
     }
+}
+
+/// What dprobe says where the kernel cannot place a uprobe on an instruction.
+const VEX_REFUSED: &str = "the kernel refuses uprobes on this VEX/EVEX-encoded instruction";
+
+/// `dprobe trace --engine ENGINE -c FUNCTIONS -- program 300`.
+fn count_calls(engine: &str, program: &str, functions: &[&str]) -> Traced {
+    let mut args = vec!["--engine", engine, "-c"];
+    if engine == "kernel" {
+        // A system-wide trace: narrowed to the program by its name.
+        args.extend(["--comm", "unrecorded-choi"]);
+    }
+    args.extend_from_slice(functions);
+    args.extend(["--", program, "300"]);
+    trace_to_file(&format!("unrecorded-choice-{engine}"), &args)
 }
 
 /// Calls `floor` and `sin` as many times as its argument says, through pointers (no builtin

@@ -28,12 +28,20 @@ fn start(timeout: &str) -> Child {
     child
 }
 
+/// Wait until the reader sleeps in `epoll_wait`: in the call and asleep (a thread that a line
+/// woke, not run yet, is still in the call, and the call then returns the line, not `EINTR`).
 fn wait_asleep(pid: u32) {
     let deadline = Instant::now() + DEADLOCK;
-    while blocked_in(pid) != Some(libc::SYS_epoll_wait) {
+    while !(asleep(pid) && blocked_in(pid) == Some(libc::SYS_epoll_wait) && asleep(pid)) {
         assert!(Instant::now() < deadline, "it never waited in epoll_wait");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Whether the main thread of `pid` sleeps (its state `S`).
+fn asleep(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
 }
 
 /// `ROUNDS` times: `hold(pid)`, then a line for the reader; then the end of its input, and
