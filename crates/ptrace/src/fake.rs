@@ -55,6 +55,13 @@ pub struct World {
     pub blocked_at_step: Vec<u64>,
     /// Memory writes made through the fake.
     pub writes: usize,
+    /// Words of each thread's `struct user` written (its debug registers), by offset.
+    pub user_words: HashMap<(i32, u64), u64>,
+    /// The `si_code` of a `SIGTRAP` (default: a breakpoint's, `TRAP_BRKPT`).
+    pub trap_code: Option<i32>,
+    /// Signals that come while a thread runs after it is continued, per continue, after the
+    /// stop it then reports (`after_cont`): pending from then on.
+    pub pend_after_cont: HashMap<i32, VecDeque<u64>>,
     last_signal: HashMap<i32, i32>,
 }
 
@@ -140,6 +147,9 @@ impl Kernel for Fake {
                 } else if let Some(next) = w.after_cont.get_mut(&tid).and_then(VecDeque::pop_front) {
                     w.report(tid, next, false);
                 }
+                if let Some(more) = w.pend_after_cont.get_mut(&tid).and_then(VecDeque::pop_front) {
+                    *w.pending.entry(tid).or_default() |= more;
+                }
             }
             Request::Step { signal } => {
                 w.calls.push(Call::Step(tid));
@@ -155,14 +165,20 @@ impl Kernel for Fake {
             Request::GetRegs(r) => *r = *w.regs(tid),
             Request::SetRegs(r) => *w.regs(tid) = *r,
             Request::EventMessage => return Ok(w.messages.get(&tid).copied().unwrap_or(0)),
-            Request::Seize { .. } | Request::SetOptions { .. } | Request::PokeUser { .. } => {}
+            Request::Seize { .. } | Request::SetOptions { .. } => {}
+            Request::PokeUser { offset, value } => {
+                w.user_words.insert((tid, offset), value);
+            }
             Request::Interrupt => w.calls.push(Call::Interrupt(tid)),
             Request::Listen => w.calls.push(Call::Listen(tid)),
             Request::Detach { signal } => w.calls.push(Call::Detach(tid, signal)),
             Request::GetSigInfo(info) => {
                 info.si_signo = w.last_signal.get(&tid).copied().unwrap_or(0);
                 // A step's trap is the kernel's; other signals were sent with `sigqueue`.
-                info.si_code = if info.si_signo == libc::SIGTRAP { libc::TRAP_BRKPT } else { libc::SI_QUEUE };
+                info.si_code = match info.si_signo {
+                    libc::SIGTRAP => w.trap_code.unwrap_or(libc::TRAP_BRKPT),
+                    _ => libc::SI_QUEUE,
+                };
             }
             Request::GetSigMask(mask) => *mask = w.blocked.get(&tid).copied().unwrap_or(0),
             Request::SetSigMask(mask) => {

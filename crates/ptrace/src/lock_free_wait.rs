@@ -58,8 +58,13 @@ const SLEEPS: [&str; 9] =
 /// mask or actions changed (`sigprocmask`, `pthread_sigmask`, `sigaction`, `signal`,
 /// `sigset`...), or to another place than their return address (`longjmp`, `setcontext`...),
 /// or that wait where an interrupt does not stop their thread (the parent of a `vfork`, in
-/// `posix_spawn`, `system`, `popen`).
-const NOT_RUN_THROUGH: [&str; 7] = ["sig", "context", "jmp", "spawn", "fork", "system", "popen"];
+/// `posix_spawn`, `system`, `popen`); and `syscall` and `clone`, which may do any of it.
+const NOT_RUN_THROUGH: [&str; 9] = ["sig", "context", "jmp", "spawn", "fork", "system", "popen", "syscall", "clone"];
+
+/// How many of the outermost frames of a whole stack may be the C library's: where a thread
+/// starts (`start_thread` and `clone3`; `__libc_start_call_main` and `__libc_start_main`, then
+/// the program's `_start`).
+const STARTING_FRAMES: usize = 3;
 
 /// How many frames are unwound: the waits sit three to five deep, and a frame of the loader
 /// further out (a constructor waiting, within `dlopen`) refuses the thread.
@@ -130,6 +135,14 @@ impl WaitCheck {
         let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
         let outside = stack.iter().position(|&a| !in_c_library(&k.maps, a))?;
         if outside == 0 || stack.iter().any(|&a| in_loader(&k.maps, a)) {
+            return None;
+        }
+        // No frame of the C library further out, but where the thread started: the program's
+        // code there would be a callback the library runs (for `qsort`, `dl_iterate_phdr`,
+        // `fopencookie`), maybe holding one of its locks. A stack cut short cannot say.
+        let starts = stack.len().saturating_sub(STARTING_FRAMES);
+        if stack.len() >= DEPTH || stack[outside + 1..starts.max(outside + 1)].iter().any(|&a| in_c_library(&k.maps, a))
+        {
             return None;
         }
         let outermost = stack[outside - 1];

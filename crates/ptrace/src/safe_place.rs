@@ -146,9 +146,10 @@ impl SafePlaceChecks {
             if runs_left > 0 && self.may_run_on(tid, &r, verdict)? {
                 if let Some(at) = self.waits.return_into_program(&r) {
                     runs_left -= 1;
-                    match run_to(tid, at)? {
+                    match run_to(self.pid, tid, at)? {
                         Ran::Stopped => {}
                         Ran::Ended => return Ok(Err(NotSafe::Ended)),
+                        Ran::NoStop => return Ok(Err(NotSafe::NoStop)),
                     }
                     r = sys::get_regs(tid)?;
                     crate::interrupted_wait::wait_on(tid, &mut r)?;
