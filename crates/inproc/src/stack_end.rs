@@ -6,12 +6,13 @@
 //! list is out of date by the time a thread answers: a thread started since may have its stack
 //! where a larger mapping was listed, and the handler read past its stack's end into memory
 //! no longer mapped (`SIGSEGV` in the program: the agent attached again and again to a program
-//! that starts and joins threads killed it at the 14th, 20th and 48th attach). So the end is the nearer of the listed one and that of the
-//! mapping holding the stack pointer now (asked of the kernel, `stack_mappings::mapping_of`),
-//! and, where the thread's own thread pointer lies between (the C library keeps a thread's
-//! control block at the top of the mapping it gives the thread's stack), the thread pointer:
-//! an anonymous mapping that the kernel merged into the stack's, above it, may be unmapped by
-//! another thread while this one reads it; the thread's own block is not.
+//! that starts and joins threads killed it at the 14th, 20th and 48th attach). So where the
+//! thread's own thread pointer lies between the stack pointer and the listed end (the C library
+//! keeps a thread's control block at the top of the mapping it gives the thread's stack), the
+//! end is the thread pointer: the thread's own block, which no other thread unmaps (an anonymous
+//! mapping the kernel merged into it, above, may be). Elsewhere it is the nearer of the listed
+//! end and that of the mapping holding the stack pointer now (asked of the kernel,
+//! `stack_mappings::mapping_of`).
 
 use crate::stack_mappings::mapping_of;
 use crate::sys::raw_syscall6;
