@@ -58,6 +58,14 @@ pub enum AgentError {
         /// What failed (in the message, not its source: a chain of sources would say it twice).
         error: io::Error,
     },
+    /// The agent left the process while dprobe placed its probes, for what the program did.
+    #[error("process {pid} {why}: the agent left it before its probes were in place (--engine ptrace may trace it)")]
+    Left {
+        /// The process.
+        pid: i32,
+        /// What the program did, in words (`agent_left_because`).
+        why: &'static str,
+    },
     /// The process ended while the agent started in it.
     #[error("process {0} ended while dprobe was talking to the agent in it")]
     EndedFirst(i32),
@@ -431,7 +439,12 @@ impl AgentEngine {
         match why {
             ConnectionLost::Ended => AgentError::EndedFirst(pid),
             ConnectionLost::Executed => AgentError::ExecutedFirst(pid),
-            ConnectionLost::Unknown => AgentError::Agent { pid, error: unanswered(error) },
+            // The agent left first, for what the program did (`user_namespace.rs`): said so,
+            // not the connection's end.
+            ConnectionLost::Unknown => match self.shm.why_the_agent_left() {
+                Some(why) => AgentError::Left { pid, why: crate::user_namespace::agent_left_because(why) },
+                None => AgentError::Agent { pid, error: unanswered(error) },
+            },
         }
     }
 

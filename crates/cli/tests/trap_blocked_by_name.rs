@@ -66,3 +66,65 @@ fn a_program_blocking_sigtrap_by_name_is_left_by_the_agent_and_finishes_as_untra
         assert!(said.contains("the agent left it first"), "{variant}: {said}");
     }
 }
+
+/// Blocks `SIGTRAP` by name around a `memset`, over and over, until its standard input ends,
+/// then raises `SIGTRAP`: prints "rounds N wrong W traps T" (W: rounds where it was not
+/// blocked inside the block; T: the traps its handler saw).
+const BLOCKS_AGAIN_AND_AGAIN: &str = r#"
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+static char buffer[1 << 16];
+static volatile sig_atomic_t traps;
+static void on_trap(int s) { (void)s; traps++; }
+static int input_ended(void) { struct pollfd in = {.fd = 0, .events = POLLIN}; return poll(&in, 1, 0) > 0; }
+int main(void) {
+    signal(SIGTRAP, on_trap);
+    sigset_t trap, old, now;
+    sigemptyset(&trap);
+    sigaddset(&trap, SIGTRAP);
+    unsigned long rounds = 0, wrong = 0;
+    while (!input_ended()) {
+        sigprocmask(SIG_BLOCK, &trap, &old);
+        memset(buffer, (int)rounds, sizeof buffer);
+        sigprocmask(SIG_SETMASK, 0, &now);
+        wrong += !sigismember(&now, SIGTRAP);
+        sigprocmask(SIG_SETMASK, &old, 0);
+        memset(buffer, (int)rounds + 1, sizeof buffer);
+        rounds++;
+    }
+    raise(SIGTRAP);
+    printf("rounds %lu wrong %lu traps %d\n", rounds, wrong, (int)traps);
+    return 0;
+}
+"#;
+
+/// Attached while it blocks `SIGTRAP` by name again and again, the agent is refused before
+/// it loads (a thread held with it blocked), or loads and leaves as the program blocks it:
+/// dprobe says which, in words (it said "Connection reset by peer (os error 104)" where the
+/// agent left while its probes were being placed), and the program finishes as untraced.
+#[test]
+fn an_attach_to_a_program_blocking_sigtrap_by_name_again_and_again_says_why_the_agent_cannot_stay() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let program = c_program_from("trap-blocked-again", BLOCKS_AGAIN_AND_AGAIN, &["-O1"]);
+    let child = Command::new(program).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut running = common::Running(child);
+    let pid = running.0.id().to_string();
+    for attach in 0..5 {
+        let o = dprobe_command()
+            .args(["trace", "--engine", "agent", "-c", "-d", "100ms", "-p", &pid, "libc:memset"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(!said.contains("os error") && !said.contains("panicked"), "attach {attach}: {said}");
+        let why = ["blocked SIGTRAP by name in a thread", "blocks SIGTRAP"];
+        assert!(why.iter().any(|w| said.contains(w)), "attach {attach}: {said}");
+    }
+    drop(running.0.stdin.take());
+    let mut printed = String::new();
+    running.0.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    assert!(running.0.wait().unwrap().success(), "{printed}");
+    assert!(printed.starts_with("rounds ") && printed.ends_with(" wrong 0 traps 1\n"), "{printed}");
+}
