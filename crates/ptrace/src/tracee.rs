@@ -566,6 +566,12 @@ impl Tracee {
         // (A child sharing the memory has actions of its own: a `posix_spawn` child sets
         // every handler to the default.)
         if site.sigaction_watch && pid == self.pid {
+            // The program reads its `SIGTRAP` action (alone, or as it sets another): the one
+            // a trap of dprobe's replaced (this one's, where the program ignores `SIGTRAP`) is
+            // put back first, so that the call reads the program's own.
+            if r.rdi == libc::SIGTRAP as u64 && r.rdx != 0 && own.is_none() {
+                self.put_trap_action_back(tid);
+            }
             self.sigaction_called(r.rdi, r.rsi);
         }
         // The instruction again after its copy faulted and the program's handler returned:

@@ -17,7 +17,8 @@
 //! - as the program sets it through the C library: dprobe's own probe on `__libc_sigaction`,
 //!   through which `sigaction`, `signal` and `sigset` go, placed with the first probe, reads
 //!   the action from the call's argument (a handler that calls a probed function, and so
-//!   traps with `SIGTRAP` blocked, is the common case);
+//!   traps with `SIGTRAP` blocked, is the common case); a call that reads the action (its
+//!   third argument) has it put back first, so that the program reads its own;
 //! - at each new thread or child, read where `/proc` says caught or ignored and no action of
 //!   that kind is noted (a raw `rt_sigaction` before a thread that blocks every signal);
 //! - a forked child has its parent's.
@@ -31,7 +32,8 @@
 //! system-call stops, not in a single step: the step's own trap would set an ignored action
 //! to the default again. (A handler is set in a step before the program's own trap, whose
 //! delivery the step's stop then carries.) Putting it back after every trap would cost two
-//! such calls per hit: a program that reads its own action while traced sees the default
+//! such calls per hit: it is put back where the program reads it through the C library
+//! (`sigaction`, `signal`); a raw `rt_sigaction` that reads it while traced sees the default
 //! after a trap.
 //!
 //! A child that shared the memory (`vfork`, `posix_spawn`) and executes a new program takes
@@ -217,8 +219,10 @@ impl Tracee {
     }
 
     /// Put the program's action back through thread `tid`, held at a stop with no signal to
-    /// deliver, if one of dprobe's traps replaced it (see the module's comment). No trap of
-    /// dprobe's may come after: the thread's last call for the tracer.
+    /// deliver, if one of dprobe's traps replaced it (see the module's comment): as the tracer
+    /// lets the thread go (no trap of dprobe's may come after), or just before the program
+    /// reads the action (at dprobe's probe on `__libc_sigaction`, which a boosted or emulated
+    /// first instruction leaves with no trap before the call).
     pub(crate) fn put_trap_action_back(&mut self, tid: i32) {
         if let Some(noted) = self.trap_action.noted {
             self.trap_action.noted = put_back(self.pid, tid, &mut self.memory, noted, Call::Untrapped);
