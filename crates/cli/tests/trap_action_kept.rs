@@ -297,7 +297,7 @@ fn a_sigtrap_ignored_across_exec_stays_ignored_through_the_hits() {
 /// through the program's `exec` and into a `posix_spawn` child (which would get the default,
 /// the kernel's action being dprobe's handler).
 #[test]
-fn a_sigtrap_ignored_from_the_start_across_exec_and_into_a_spawned_child_stays_ignored_under_the_agent() {
+fn a_sigtrap_ignored_from_the_start_across_exec_and_into_a_spawned_child_stays_ignored_under_either_engine() {
     let program = program();
     for (ignoring, mode) in [(true, "ignored"), (false, "exec-ignored"), (false, "spawn-ignored")] {
         // (Under the ptrace engine, the trap of dprobe's own probe on `sigaction` sets an ignored
