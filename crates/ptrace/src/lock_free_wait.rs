@@ -100,15 +100,7 @@ impl WaitCheck {
     /// waits ([`WAITS`]), called by the program, with no frame of the loader on its stack.
     /// `restarted`: stopped in `restart_syscall`, [`SLEEPS`] count too.
     pub(crate) fn holds_no_library_lock(&mut self, r: &libc::user_regs_struct, restarted: bool) -> bool {
-        let pid = self.pid;
-        let Some(k) = self.known.get_or_insert_with(|| Known::read(pid)).as_mut() else { return false };
-        let regs = sys::to_regs(r);
-        let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
-        // The frames inside the C library, innermost first, then the program's frame.
-        let Some(outside) = stack.iter().position(|&a| !in_c_library(&k.maps, a)) else { return false };
-        if outside == 0 || stack.iter().any(|&a| in_loader(&k.maps, a)) {
-            return false;
-        }
+        let Some((k, stack, outside)) = self.called_by_the_program(r) else { return false };
         let sleeps: &[(u64, u64)] = if restarted { &k.sleeps } else { &[] };
         let mut ranges = k.waits.iter().chain(sleeps);
         // The outermost frame of the C library's is one of the waits: what the program called.
@@ -122,6 +114,22 @@ impl WaitCheck {
 }
 
 impl WaitCheck {
+    /// The stack of a thread stopped with registers `r` inside the C library, called by the
+    /// program, with no frame of the loader on it: what is known of the process, the return
+    /// addresses (innermost first), and the index of the first outside the C library.
+    fn called_by_the_program(&mut self, r: &libc::user_regs_struct) -> Option<(&mut Known, Vec<u64>, usize)> {
+        let pid = self.pid;
+        let k = self.known.get_or_insert_with(|| Known::read(pid)).as_mut()?;
+        let regs = sys::to_regs(r);
+        let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
+        // The frames inside the C library, innermost first, then the program's frame.
+        let outside = stack.iter().position(|&a| !in_c_library(&k.maps, a))?;
+        if outside == 0 || stack.iter().any(|&a| in_loader(&k.maps, a)) {
+            return None;
+        }
+        Some((k, stack, outside))
+    }
+
     /// Where a thread stopped with registers `r`, running in the C library (or just back from
     /// one of its system calls), returns into the program's code: the return address of the
     /// C library's outermost frame. `None` where it was not called by the program (a thread
@@ -129,14 +137,7 @@ impl WaitCheck {
     /// called may change how the thread takes `SIGTRAP`, not return where it was called, or
     /// wait where an interrupt does not stop it ([`NOT_RUN_THROUGH`]).
     pub(crate) fn return_into_program(&mut self, r: &libc::user_regs_struct) -> Option<u64> {
-        let pid = self.pid;
-        let k = self.known.get_or_insert_with(|| Known::read(pid)).as_mut()?;
-        let regs = sys::to_regs(r);
-        let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
-        let outside = stack.iter().position(|&a| !in_c_library(&k.maps, a))?;
-        if outside == 0 || stack.iter().any(|&a| in_loader(&k.maps, a)) {
-            return None;
-        }
+        let (k, stack, outside) = self.called_by_the_program(r)?;
         // No frame of the C library further out, but where the thread started: the program's
         // code there would be a callback the library runs (for `qsort`, `dl_iterate_phdr`,
         // `fopencookie`), maybe holding one of its locks. A stack cut short cannot say.
@@ -168,13 +169,12 @@ impl Known {
         let library: Vec<Mapping> =
             maps.iter().filter(|m| m.path.as_deref().is_some_and(is_c_library)).cloned().collect();
         let symbols = Symbols::load(&library);
-        let ranges_of = |names: &[&str]| -> Vec<(u64, u64)> {
-            let named = symbols.functions().iter().filter(|f| names.contains(&&*f.name));
+        let ranges_where = |chosen: &dyn Fn(&str) -> bool| -> Vec<(u64, u64)> {
+            let named = symbols.functions().iter().filter(|f| chosen(&f.name));
             named.map(|f| (f.start.0, f.start.0 + f.size.max(1))).collect()
         };
-        let (waits, sleeps) = (ranges_of(&WAITS), ranges_of(&SLEEPS));
-        let changers = symbols.functions().iter().filter(|f| NOT_RUN_THROUGH.iter().any(|part| f.name.contains(part)));
-        let not_run_through = changers.map(|f| (f.start.0, f.start.0 + f.size.max(1))).collect();
+        let (waits, sleeps) = (ranges_where(&|n| WAITS.contains(&n)), ranges_where(&|n| SLEEPS.contains(&n)));
+        let not_run_through = ranges_where(&|n| NOT_RUN_THROUGH.iter().any(|part| n.contains(part)));
         (!waits.is_empty()).then_some(Known { maps, memory, unwinder: Unwinder::new(), waits, sleeps, not_run_through })
     }
 }

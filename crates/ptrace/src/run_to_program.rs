@@ -20,6 +20,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::TraceError;
+use crate::kept::bit;
 use crate::sys;
 
 /// How long the thread may take to get back to the program's code before it is interrupted
@@ -48,9 +49,8 @@ pub(crate) enum Ran {
 /// Whether thread `tid` of process `pid`, stopped, may be let run to a breakpoint: its mask
 /// does not block `SIGTRAP` and the program does not ignore it.
 pub(crate) fn may_run_to(pid: i32, tid: i32) -> Result<bool, TraceError> {
-    let trap = 1u64 << (libc::SIGTRAP - 1);
     let (ignored, _) = sys::disposition(pid, libc::SIGTRAP);
-    Ok(sys::sigmask(tid)? & trap == 0 && !ignored)
+    Ok(sys::sigmask(tid)? & bit(libc::SIGTRAP) == 0 && !ignored)
 }
 
 /// Let stopped thread `tid` of process `pid` run until it executes the instruction at `at`,
@@ -131,8 +131,7 @@ pub(crate) fn run_to(pid: i32, tid: i32, at: u64) -> Result<Ran, TraceError> {
 
 /// Whether a `SIGTRAP` that thread `tid` of process `pid` does not block is pending for it.
 fn trap_waits(pid: i32, tid: i32) -> Result<bool, TraceError> {
-    let trap = 1u64 << (libc::SIGTRAP - 1);
-    Ok(sys::is_pending(pid, tid, libc::SIGTRAP) && sys::sigmask(tid)? & trap == 0)
+    Ok(sys::is_pending(pid, tid, libc::SIGTRAP) && sys::sigmask(tid)? & bit(libc::SIGTRAP) == 0)
 }
 
 /// Whether the `SIGTRAP` thread `tid` stopped for is the breakpoint's at `at`.
