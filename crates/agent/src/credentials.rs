@@ -291,8 +291,8 @@ extern "C" fn ask_and_wait() -> u64 {
     let_in_token()
 }
 
-/// What [`ask_and_wait`] returns (the stub leaves it in `r10`): a value of this process that a
-/// caller's `r10` does not hold by chance.
+/// What [`ask_and_wait`] returns (the stub leaves it in `r11`): a value of this process that a
+/// caller's `r11` does not hold by chance.
 fn let_in_token() -> u64 {
     0x5e71_d0c5_0000_0000 ^ (&REQUESTS as *const Requests as u64)
 }

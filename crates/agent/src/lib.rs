@@ -39,6 +39,7 @@ mod seccomp;
 mod semaphore;
 pub mod shm;
 mod startup;
+mod syscall_site;
 mod taken_images;
 mod trace_window;
 mod user_namespace;

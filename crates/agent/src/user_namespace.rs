@@ -99,7 +99,7 @@ pub(crate) fn probes() -> Vec<Kprobe> {
     vec![
         Kprobe::symbol("libc:unshare").pre(at_unshare),
         Kprobe::symbol("libc:setns").pre(at_setns),
-        Kprobe::symbol("libc:syscall").pre(at_syscall),
+        crate::syscall_site::probe().pre(at_syscall),
         Kprobe::symbol("libc:prctl").pre(at_prctl),
         Kprobe::symbol("libc:pthread_sigmask").pre(at_sigmask),
     ]
@@ -184,7 +184,7 @@ fn at_setns(regs: &mut Regs) -> PreAction {
     at_call(regs, into_user_namespace)
 }
 
-/// At the entry of `syscall(number, ...)`: a `seccomp` call that puts a thread under a filter,
+/// At `syscall(number, ...)`: a `seccomp` call that puts a thread under a filter,
 /// or in strict mode, waits until the agent has left (see the module's comment). Calls that
 /// only ask whether the kernel supports an operation or a flag, and cannot install anything
 /// (libseccomp's `seccomp(SECCOMP_SET_MODE_STRICT, 1, NULL)`, a filter's flags tried with no
@@ -192,14 +192,17 @@ fn at_setns(regs: &mut Regs) -> PreAction {
 fn at_syscall(regs: &mut Regs) -> PreAction {
     // `syscall`'s arguments: the number, then the call's (operation, flags, filter). The
     // operation and the flags are `unsigned int`s: their upper halves are anything.
-    let (operation, flags, filter) = (u64::from(regs.rsi as u32), u64::from(regs.rdx as u32), regs.rcx);
-    let sandboxes = regs.rdi == libc::SYS_seccomp as u64
+    // (Read where the probe finds them: past the moves of `syscall`'s arguments, where it
+    // can go in with no trap, `syscall_site.rs`.)
+    let [number, operation, flags, filter] = crate::syscall_site::arguments(regs);
+    let (operation, flags) = (u64::from(operation as u32), u64::from(flags as u32));
+    let sandboxes = number == libc::SYS_seccomp as u64
         && match operation {
             SECCOMP_SET_MODE_FILTER => filter != 0,
             SECCOMP_SET_MODE_STRICT => flags == 0 && filter == 0,
             _ => false,
         };
-    asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
+    asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed, crate::syscall_site::back_to_entry)
 }
 
 /// At the entry of `prctl(option, ...)`: the same for `PR_SET_SECCOMP` (a filter mode with no
@@ -211,7 +214,7 @@ fn at_prctl(regs: &mut Regs) -> PreAction {
             SECCOMP_MODE_FILTER => regs.rdx != 0,
             mode => mode == SECCOMP_MODE_STRICT,
         };
-    asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed)
+    asks_to_leave(regs, sandboxes, ask_and_wait_sandboxed, at_entry)
 }
 
 /// At the entry of `pthread_sigmask(how, set, old)`: a call that blocks `SIGTRAP` by name
@@ -223,24 +226,34 @@ fn at_sigmask(regs: &mut Regs) -> PreAction {
         dprobe_inproc::read_bytes(set, &mut word).is_ok()
             && dprobe_inproc::blocks_trap_by_name(u64::from_le_bytes(word))
     };
-    asks_to_leave(regs, blocks, ask_and_wait_trap_blocked)
+    asks_to_leave(regs, blocks, ask_and_wait_trap_blocked, at_entry)
 }
 
 fn at_call(regs: &mut Regs, into_user_namespace: bool) -> PreAction {
-    asks_to_leave(regs, into_user_namespace, ask_and_wait)
+    asks_to_leave(regs, into_user_namespace, ask_and_wait, at_entry)
 }
 
 /// A call that `needs_it` (and is not the same call entered again, nor the agent's own) waits,
-/// in `wait`, until the agent has left.
-fn asks_to_leave(regs: &mut Regs, needs_it: bool, wait: extern "C" fn() -> u64) -> PreAction {
+/// in `wait`, until the agent has left, then enters the function again from its entry, where
+/// `back_to_entry` sets its registers back first.
+fn asks_to_leave(
+    regs: &mut Regs,
+    needs_it: bool,
+    wait: extern "C" fn() -> u64,
+    back_to_entry: fn(&mut Regs),
+) -> PreAction {
     if dprobe_inproc::reentered(regs, let_in_token()) {
         return PreAction::Continue;
     }
     if !needs_it || on_agent_thread(regs.rsp) || OWNER.load(Acquire) != raw_calls::getpid() {
         return PreAction::Continue;
     }
+    back_to_entry(regs);
     dprobe_inproc::wait_then_reenter(regs, wait)
 }
+
+/// A probe at a function's entry: its registers are the call's there.
+fn at_entry(_: &mut Regs) {}
 
 /// [`ask_and_wait`] for a call that puts a thread, or every thread, under a seccomp filter.
 extern "C" fn ask_and_wait_sandboxed() -> u64 {
@@ -298,8 +311,8 @@ fn ask_and_wait_for(why: u32) -> u64 {
     let_in_token()
 }
 
-/// What [`ask_and_wait`] returns (the stub leaves it in `r10`): a value of this process that
-/// a caller's `r10` does not hold by chance.
+/// What [`ask_and_wait`] returns (the stub leaves it in `r11`): a value of this process that
+/// a caller's `r11` does not hold by chance.
 fn let_in_token() -> u64 {
     0x05e7_0115_0000_0000 ^ (&STATE as *const AtomicU32 as u64)
 }

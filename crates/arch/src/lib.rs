@@ -44,6 +44,7 @@ mod analyze;
 mod branch_scan;
 mod detour;
 mod emulate;
+mod entry_state;
 mod error;
 mod exit_window;
 mod exits;

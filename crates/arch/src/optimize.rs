@@ -256,6 +256,17 @@ impl FunctionCode {
         &self.code
     }
 
+    /// Whether the vector state at `addr` is the entry's: the instructions from the entry
+    /// (past an `endbr64`) up to it touch no register beyond the general ones, and no branch
+    /// of the function lands after the entry's first byte up to `addr` (`entry_state.rs`;
+    /// branches from the rest of the object are the caller's to check, over the same bytes).
+    pub fn has_entry_state_at(&self, addr: Addr) -> bool {
+        let entry = self.start.offset(crate::endbr64_len(&self.code) as u64);
+        self.branches.blocker.is_none()
+            && !self.branches.lands_in(entry.0 + 1, addr.0 + 1)
+            && crate::entry_state::straight_from_entry(&self.code, self.start, entry, addr)
+    }
+
     /// [`can_optimize`] for a probe at `addr` in this function.
     pub fn can_optimize(&self, addr: Addr) -> Result<Vec<Insn>, NotOptimized> {
         self.window(addr, entry_window_span)
@@ -325,6 +336,12 @@ enum Blocker {
 }
 
 impl FunctionBranches {
+    /// Whether a branch lands on an address in `from..to`.
+    fn lands_in(&self, from: u64, to: u64) -> bool {
+        let first = self.branches.partition_point(|(target, _)| *target < from);
+        self.branches.get(first).is_some_and(|(target, _)| *target < to)
+    }
+
     /// Decode the whole `function` (its original bytes, from its first instruction at
     /// `start`).
     fn decode(function: &[u8], start: Addr) -> FunctionBranches {

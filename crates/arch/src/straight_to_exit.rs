@@ -18,13 +18,7 @@ use crate::Addr;
 /// the stack pointer, nothing that can fault on registers alone (a division, a privileged
 /// instruction, a system call). True when `exit` is `entry`.
 pub fn straight_to_exit(code: &[u8], code_start: Addr, entry: Addr, exit: Addr) -> bool {
-    let (Some(from), Some(to)) = (entry.0.checked_sub(code_start.0), exit.0.checked_sub(code_start.0)) else {
-        return false;
-    };
-    if from > to || to > code.len() as u64 {
-        return false;
-    }
-    let mut decoder = Decoder::with_ip(64, &code[from as usize..to as usize], entry.0, DecoderOptions::NONE);
+    let Some(mut decoder) = decoder_between(code, code_start, entry, exit) else { return false };
     let mut info = InstructionInfoFactory::new();
     while decoder.can_decode() {
         let i = decoder.decode();
@@ -47,6 +41,16 @@ pub fn straight_to_exit(code: &[u8], code_start: Addr, entry: Addr, exit: Addr) 
     // The last instruction ends at `exit` exactly (the decoder stops at the slice's end; an
     // instruction cut there decodes as invalid, refused above).
     true
+}
+
+/// A decoder of the instructions from `from` up to `to` in `code` (which starts at
+/// `code_start`); `None` where they are not both in it, in that order.
+pub(crate) fn decoder_between(code: &[u8], code_start: Addr, from: Addr, to: Addr) -> Option<Decoder<'_>> {
+    let (start, end) = (from.0.checked_sub(code_start.0)?, to.0.checked_sub(code_start.0)?);
+    if start > end || end > code.len() as u64 {
+        return None;
+    }
+    Some(Decoder::with_ip(64, &code[start as usize..end as usize], from.0, DecoderOptions::NONE))
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ fn x87_in_its_initial_state_comes_back_initial_and_unused_from_the_avx_stub() {
         return;
     }
     for handler in [fill_the_x87_stack_and_zero_the_upper_halves, leave_values_on_the_x87_stack, || {}] {
-        let p = probe(fx87_initial, 1, handler);
+        let p = probe(fx87_initial, 4, handler);
         for signalled in [false, true] {
             let (results, before, after) = on_a_fresh_thread(fx87_initial, 1000, signalled);
             assert_eq!(results.iter().find(|&&r| r != 0), None, "x87 after the probe differs from the initial state");

@@ -11,9 +11,13 @@ use dprobe_arch::Regs;
 use dprobe_core::PreAction;
 
 /// Send the call entering the function at `regs.rip` to run `wait` first (on its thread, its
-/// arguments kept), then to enter the function again with what `wait` returned in `r10` and
-/// the entry in `r11` ([`reentered`]). The entry probe's pre-handler returns what this does.
+/// arguments kept), then to enter the function again with what `wait` returned in `r11` and
+/// the entry in `r10` ([`reentered`]). The entry probe's pre-handler returns what this does.
 /// `wait` runs outside any hit: it may wait, and calls no probed function (`raw_calls`).
+///
+/// A probe a little past the entry may send the call back the same way, its registers first
+/// set back to what they were at the entry, where the instructions before it leave `r11` as
+/// it is (`syscall`'s argument moves, where a jump goes in one store).
 pub fn wait_then_reenter(regs: &mut Regs, wait: extern "C" fn() -> u64) -> PreAction {
     regs.r11 = regs.rip;
     regs.r10 = wait as usize as u64;
@@ -22,11 +26,11 @@ pub fn wait_then_reenter(regs: &mut Regs, wait: extern "C" fn() -> u64) -> PreAc
 }
 
 /// Whether the call at `regs` comes back from [`wait_then_reenter`] with `token` (what its
-/// `wait` returned), which is then cleared from `r10`.
+/// `wait` returned), which is then cleared from `r11`, so that no call made after it finds it.
 pub fn reentered(regs: &mut Regs, token: u64) -> bool {
-    let back = regs.r10 == token && regs.r11 == regs.rip;
+    let back = regs.r11 == token;
     if back {
-        regs.r10 = 0;
+        regs.r11 = 0;
     }
     back
 }
@@ -34,7 +38,10 @@ pub fn reentered(regs: &mut Regs, token: u64) -> bool {
 // The stub, entered from a function's entry with `r11` that entry and `r10` the function to
 // run: the arguments (`rdi`..`r9`) and `r11` are kept (seven pushes: the stack, 8 past a
 // 16-byte boundary at a function's entry, is aligned for the call), the function's result goes
-// into `r10` (which a function's entry does not take), and the call starts again.
+// into `r11` and the entry into `r10` (neither is an argument at a function's entry), and the
+// call starts again. `r11` carries the token because the instructions of `syscall` before its
+// probe (`wait_then_reenter`'s second paragraph) overwrite `r10`. A jump, not a `ret`: a
+// shadow stack would refuse a return that no call made.
 std::arch::global_asm!(
     ".text",
     ".globl __dprobe_wait_then_reenter",
@@ -49,7 +56,6 @@ std::arch::global_asm!(
     "push r9",
     "push r11",
     "call r10",
-    "mov r10, rax",
     "pop r11",
     "pop r9",
     "pop r8",
@@ -57,7 +63,9 @@ std::arch::global_asm!(
     "pop rdx",
     "pop rsi",
     "pop rdi",
-    "jmp r11",
+    "mov r10, r11",
+    "mov r11, rax",
+    "jmp r10",
     ".size __dprobe_wait_then_reenter, . - __dprobe_wait_then_reenter",
 );
 

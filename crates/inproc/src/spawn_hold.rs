@@ -192,8 +192,8 @@ fn wait_while(word: u32) {
     raw_calls::futex_wait(&WORD, word, &timeout, true);
 }
 
-/// What [`spawn_wait`] returns when it let its call in (the stub leaves it in `r10`,
-/// `reenter.rs`): a value of this process that a caller's `r10` does not hold by chance.
+/// What [`spawn_wait`] returns when it let its call in (the stub leaves it in `r11`,
+/// `reenter.rs`): a value of this process that a caller's `r11` does not hold by chance.
 fn let_in_token() -> u64 {
     0xd9b0_5a17_0000_0000 ^ (&WORD as *const AtomicU32 as u64)
 }

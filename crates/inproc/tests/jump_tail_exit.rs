@@ -45,10 +45,12 @@ std::arch::global_asm!(
     "lea rax, [rdi + rsi * 2]",
     "ret",
     ".size fxt_callee8, . - fxt_callee8",
-    // fxt_inside(a, b) = a + 1 + 2b, through a `jmp rel32` at +4 to its own next instruction.
+    // fxt_inside(a, b) = a + 1 + 2b, through a `jmp rel32` at +8 to its own next instruction,
+    // after an SSE instruction (the whole extended state may be live after it).
     ".globl fxt_inside",
     ".type fxt_inside,@function",
     "fxt_inside:",
+    "xorps xmm15, xmm15",
     "add rdi, 1",
     ".byte 0xe9",
     ".long 1f - . - 4",
@@ -56,11 +58,12 @@ std::arch::global_asm!(
     "lea rax, [rdi + rsi * 2]",
     "ret",
     ".size fxt_inside, . - fxt_inside",
-    // fxt_mid(a, b) = a + 1: `lea` then `jmp rel32` at +4 to fxt_callee's `ret`, the middle of
-    // another function.
+    // fxt_mid(a, b) = a + 1: an SSE instruction (the whole extended state may be live after
+    // it), `lea`, then `jmp rel32` at +8 to fxt_callee's `ret`, the middle of another function.
     ".globl fxt_mid",
     ".type fxt_mid,@function",
     "fxt_mid:",
+    "xorps xmm15, xmm15",
     "lea rax, [rdi + 1]",
     ".byte 0xe9",
     ".long fxt_callee + 4 - . - 4",
@@ -119,12 +122,14 @@ std::arch::global_asm!(
     "mov rax, rdi",
     "ret",
     ".size fxt_self, . - fxt_self",
-    // fxt_hot(a, b) = a + 1 + 2b, through a `jmp rel32` at +4 to its cold part (at +9), a
-    // symbol of its own (as gcc names the code it moves out of a function): not a tail call,
-    // and the cold part's first instruction (a 5-byte nop) not an entry.
+    // fxt_hot(a, b) = a + 1 + 2b, after an SSE instruction, through a `jmp rel32` at +8 to
+    // its cold part (at +13), a symbol of its own (as gcc names the code it moves out of a
+    // function): not a tail call, and the cold part's first instruction (a 5-byte nop) not an
+    // entry.
     ".globl fxt_hot",
     ".type fxt_hot,@function",
     "fxt_hot:",
+    "xorps xmm15, xmm15",
     "add rdi, 1",
     ".byte 0xe9",
     ".long fxt_hot.cold - . - 4",
@@ -229,12 +234,12 @@ fn a_probe_on_a_tail_call_keeps_what_an_entry_keeps() {
 fn a_jump_within_the_function_to_its_cold_part_or_into_another_ones_middle_keeps_the_whole_state() {
     let _serial = serial();
     let whole = whole_state_inside_functions();
-    let cold_part = addr(fxt_hot).offset(9);
+    let cold_part = addr(fxt_hot).offset(13);
     assert_eq!(code(cold_part, 5), [0x0f, 0x1f, 0x44, 0x00, 0x00], "the cold part's nop");
     let probes = [
-        ("a jump to its own next instruction", count_at_jump(fxt_inside, jmp_at(fxt_inside, 4), |a, b| a + 1 + 2 * b)),
-        ("a jump into another function's middle", count_at_jump(fxt_mid, jmp_at(fxt_mid, 4), |a, _| a + 1)),
-        ("a jump to its cold part", count_at_jump(fxt_hot, jmp_at(fxt_hot, 4), |a, b| a + 1 + 2 * b)),
+        ("a jump to its own next instruction", count_at_jump(fxt_inside, jmp_at(fxt_inside, 8), |a, b| a + 1 + 2 * b)),
+        ("a jump into another function's middle", count_at_jump(fxt_mid, jmp_at(fxt_mid, 8), |a, _| a + 1)),
+        ("a jump to its cold part", count_at_jump(fxt_hot, jmp_at(fxt_hot, 8), |a, b| a + 1 + 2 * b)),
         ("the cold part's first instruction", count_at_jump(fxt_hot, cold_part, |a, b| a + 1 + 2 * b)),
     ];
     assert_jumps_keeping(whole, &probes);

@@ -76,7 +76,7 @@ fn a_changed_x87_control_word_survives_a_handler_that_resets_x87() {
 #[test]
 fn x87_in_its_initial_state_comes_back_initial_and_unused_whatever_the_handler_did() {
     for handler in [fill_the_x87_stack, leave_values_on_the_x87_stack, || {}] {
-        let p = jump_probe(fx87_initial, 1, handler);
+        let p = jump_probe(fx87_initial, 4, handler);
         // Unused before, then only marked in use by a signal.
         for (first, marked) in [((|| {}) as fn(), false), (take_a_signal, true)] {
             let (results, before, after) = on_a_fresh_thread(fx87_initial, 1000, first);

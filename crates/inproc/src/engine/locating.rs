@@ -158,9 +158,19 @@ pub(super) fn locate_target(
         Ok(_) if tail_calls_a_function(&insn, f, st.symbols.as_ref()) => VectorState::Xmm,
         // A split-off part starts with what its function had live.
         _ if split_off_part(f) && avx => VectorState::Full,
+        // Past the entry by instructions on general registers alone, with no branch landing
+        // between from anywhere in the object (the agent's probe on `syscall`).
+        _ if avx && function.has_entry_state_at(addr) && entered_only_at_its_entry(f, code, addr) => VectorState::Xmm,
         _ => vector_state(addr, f.start, endbr64_len(code) as u64, avx),
     };
     Ok((target, Some((insn, window, vector))))
+}
+
+/// Whether no branch from the rest of the object of function `f` (whose code is `code`)
+/// lands after its entry's first byte (past an `endbr64`) up to `addr`.
+fn entered_only_at_its_entry(f: &Function, code: &[u8], addr: Addr) -> bool {
+    let entry = f.start.offset(endbr64_len(code) as u64);
+    addr <= entry || dprobe_sym::check_object_branches_in(f, entry.offset(1), addr.0 - entry.0).is_ok()
 }
 
 /// Whether `insn`, in function `f`, is a tail call: a `jmp` to another function's first
