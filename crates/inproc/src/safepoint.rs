@@ -50,7 +50,7 @@ use dprobe_arch::{Addr, NotOptimized};
 
 use crate::blocked;
 use crate::context::SignalContext;
-use crate::signal_frame::{self, FPREGS_AT, LINK_AT, RIP_AT, RSP_AT, SIGINFO_AT};
+use crate::signal_frame::{self, RIP_AT, RSP_AT, SIGINFO_AT};
 use crate::signals::{self, chain, Redeliver};
 use crate::stack_end::readable_end;
 use crate::sys;
@@ -573,109 +573,147 @@ fn answer(uc: *mut libc::c_void) {
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
 unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> bool {
-    // SAFETY: per the contract, as in `move_outer_frames`.
-    let (restorer, alternate) = unsafe {
-        let uc = uc.cast::<libc::ucontext_t>();
-        (*(uc as *const u64).sub(1), (*uc).uc_stack)
-    };
-    let (alt_start, alt_end) = (alternate.ss_sp as u64, alternate.ss_sp as u64 + alternate.ss_size as u64);
-    let on_alternate = alternate.ss_flags & libc::SS_DISABLE == 0;
-    let end_of = |sp: u64| {
-        if on_alternate && (alt_start..alt_end).contains(&sp) {
-            Some(alt_end)
-        } else {
-            readable_end(sp, plan.stack_of(sp))
-        }
-    };
+    // SAFETY: per the contract.
+    let mut stacks = unsafe { StackChain::new(plan, uc, rsp) };
     let word = |at: u64| {
-        // SAFETY: `at` lies between a stack pointer of this thread and the end of the stack
-        // it points into (see `move_outer_frames`).
+        // SAFETY: `at` lies between a stack pointer of this thread and the end `StackChain`
+        // found for its stack: mapped, and unmapped by nobody while the thread runs on it.
         unsafe { std::ptr::read_volatile(at as *const u64) }
     };
-    let mut stacks = [rsp; 4];
-    let mut count = 1;
-    let mut next = 0;
-    while next < count {
-        let sp = stacks[next] & !7;
-        next += 1;
-        let Some(end) = end_of(sp) else { return true };
-        let mut at = sp;
+    while let Some((sp, end)) = stacks.next() {
+        let Some(end) = end else { return true };
+        let mut at = sp & !7;
         while at + 8 <= end {
             let value = word(at);
             if plan.in_retired(value) {
                 return true;
             }
-            if value == restorer && at % 16 == 8 && at + FPREGS_AT + 8 <= end && word(at + LINK_AT) == 0 {
-                let saved_sp = word(at + RSP_AT);
-                if end_of(saved_sp) != Some(end) && !stacks[..count].contains(&saved_sp) {
-                    if count == stacks.len() {
-                        return true;
-                    }
-                    stacks[count] = saved_sp;
-                    count += 1;
-                }
+            if at % 16 == 8
+                && at + signal_frame::READ_BYTES <= end
+                && signal_frame::starts_at(at, stacks.restorer, word)
+            {
+                stacks.follow(word(at + RSP_AT), end);
             }
             at += 8;
         }
     }
-    false
+    stacks.overflowed
 }
 
 /// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this
 /// thread (its program counter is then in a signal handler, and the frame above holds where
-/// the handler will return), and move the program counters saved there. Whether one was found
-/// where it cannot be moved from.
+/// the handler will return), and move the program counters saved there; the stacks those
+/// frames were interrupted on are looked at too (a handler on the alternate stack that
+/// interrupted one on the thread's own, which interrupted the window). Whether one was found
+/// where it cannot be moved from, or a stack could not be bounded.
 ///
-/// Reads go no further than the end of the thread's stack: its alternate signal stack when it
-/// runs on it, else the mapping that holds `rsp` (a thread stack has a guard page below it, so
-/// its mapping is its own), as it is now and up to the thread's control block
-/// (`stack_end.rs`), and at most [`SCAN_BYTES`].
+/// Reads go no further than the end of each stack: the alternate signal stack for a stack
+/// pointer on it, else the mapping that holds it (a thread stack has a guard page below it,
+/// so its mapping is its own), as it is now and up to the thread's control block
+/// (`stack_end.rs`), and at most [`SCAN_BYTES`] above the stack pointer.
 ///
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
 unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> bool {
-    // SAFETY: per the contract, `uc` is this handler's frame, whose start (just below `uc`)
-    // holds the return address the kernel pushed: the C library's `sa_restorer`.
-    let (restorer, alternate) = unsafe {
-        let uc = uc.cast::<libc::ucontext_t>();
-        (*(uc as *const u64).sub(1), (*uc).uc_stack)
-    };
-    let (alt_start, alt_end) = (alternate.ss_sp as u64, alternate.ss_sp as u64 + alternate.ss_size as u64);
-    let end = if alternate.ss_flags & libc::SS_DISABLE == 0 && (alt_start..alt_end).contains(&rsp) {
-        alt_end
-    } else {
-        match readable_end(rsp, plan.stack_of(rsp)) {
-            Some(end) => end,
-            None => return false,
-        }
-    };
-    let end = end.min(rsp.saturating_add(SCAN_BYTES));
+    // SAFETY: per the contract.
+    let mut stacks = unsafe { StackChain::new(plan, uc, rsp) };
     let word = |at: u64| {
-        // SAFETY: `at` lies between this thread's stack pointer and the end of the stack it
-        // runs on (see above): mapped, and unmapped by nobody while the thread runs on it.
+        // SAFETY: as in `stack_holds_retired`.
         unsafe { std::ptr::read_volatile(at as *const u64) }
     };
     let mut busy = false;
-    // The kernel aligns a frame so that its start is 8 modulo 16.
-    let mut frame = (rsp & !15) + 8;
-    while frame + signal_frame::READ_BYTES <= end {
-        if signal_frame::starts_at(frame, restorer, word) {
-            let rip = word(frame + RIP_AT);
-            let trap = frame + SIGINFO_AT + 8 <= end && word(frame + SIGINFO_AT) as i32 == libc::SIGTRAP;
-            match if trap { plan.trap_frame_verdict(rip) } else { plan.frame_verdict(rip) } {
-                Verdict::Stay => {}
-                Verdict::Move(to) => {
-                    // SAFETY: as for `word`; this thread's own saved context, which the
-                    // kernel reads back at that handler's `rt_sigreturn`.
-                    unsafe { std::ptr::write_volatile((frame + RIP_AT) as *mut u64, to) };
-                    MOVED.fetch_add(1, Relaxed);
+    while let Some((sp, end)) = stacks.next() {
+        let Some(end) = end else {
+            // The interrupted stack itself unbounded: nothing above it was ever read (as
+            // before the chain); a stack a frame led to: its frames are unknown.
+            busy |= sp != rsp;
+            continue;
+        };
+        let end = end.min(sp.saturating_add(SCAN_BYTES));
+        // The kernel aligns a frame so that its start is 8 modulo 16.
+        let mut frame = (sp & !15) + 8;
+        while frame + signal_frame::READ_BYTES <= end {
+            if signal_frame::starts_at(frame, stacks.restorer, word) {
+                let rip = word(frame + RIP_AT);
+                let trap = frame + SIGINFO_AT + 8 <= end && word(frame + SIGINFO_AT) as i32 == libc::SIGTRAP;
+                match if trap { plan.trap_frame_verdict(rip) } else { plan.frame_verdict(rip) } {
+                    Verdict::Stay => {}
+                    Verdict::Move(to) => {
+                        // SAFETY: as for `word`: this thread's own saved context, which the
+                        // kernel reads back at that handler's `rt_sigreturn`.
+                        unsafe { std::ptr::write_volatile((frame + RIP_AT) as *mut u64, to) };
+                        MOVED.fetch_add(1, Relaxed);
+                    }
+                    Verdict::Busy => busy = true,
                 }
-                Verdict::Busy => busy = true,
+                stacks.follow(word(frame + RSP_AT), end);
             }
+            frame += 16;
         }
-        frame += 16;
     }
-    busy
+    busy | stacks.overflowed
+}
+
+/// The stacks of the running thread that its signal frames lead to, each read once: the one
+/// it was interrupted on, then each other stack a frame found on one of them saved a stack
+/// pointer on (a handler on the alternate stack that interrupted code on the thread's own).
+/// Async-signal-safe: no allocation, a few at most.
+struct StackChain<'a> {
+    plan: &'a Plan,
+    /// The C library's `sa_restorer`, which every frame of its handlers starts with.
+    restorer: u64,
+    alternate: Option<(u64, u64)>,
+    /// The stack pointers to read from, `count` of them, the first `next` read.
+    sps: [u64; 4],
+    count: usize,
+    next: usize,
+    /// A frame led to a stack with no room left to note it.
+    overflowed: bool,
+}
+
+impl<'a> StackChain<'a> {
+    /// # Safety
+    /// `uc` must be the context the kernel passed to the running handler.
+    unsafe fn new(plan: &'a Plan, uc: *mut libc::c_void, rsp: u64) -> Self {
+        // SAFETY: per the contract, `uc` is this handler's frame, whose start (just below
+        // `uc`) holds the return address the kernel pushed: the C library's `sa_restorer`.
+        let (restorer, stack) = unsafe {
+            let uc = uc.cast::<libc::ucontext_t>();
+            (*(uc as *const u64).sub(1), (*uc).uc_stack)
+        };
+        let alternate = (stack.ss_flags & libc::SS_DISABLE == 0)
+            .then(|| (stack.ss_sp as u64, stack.ss_sp as u64 + stack.ss_size as u64));
+        StackChain { plan, restorer, alternate, sps: [rsp; 4], count: 1, next: 0, overflowed: false }
+    }
+
+    /// Where the stack holding `sp` ends: the alternate stack's end, or see `readable_end`.
+    fn end_of(&self, sp: u64) -> Option<u64> {
+        match self.alternate {
+            Some((start, end)) if (start..end).contains(&sp) => Some(end),
+            _ => readable_end(sp, self.plan.stack_of(sp)),
+        }
+    }
+
+    /// The next stack pointer to read from, and where its stack ends (`None`: unknown).
+    fn next(&mut self) -> Option<(u64, Option<u64>)> {
+        let sp = *self.sps[..self.count].get(self.next)?;
+        self.next += 1;
+        Some((sp, self.end_of(sp)))
+    }
+
+    /// A frame found on the stack ending at `end` saved the stack pointer `saved_sp`: read
+    /// from there too when it is on another stack, not already noted.
+    fn follow(&mut self, saved_sp: u64, end: u64) {
+        if self.end_of(saved_sp) == Some(end) || self.sps[..self.count].contains(&saved_sp) {
+            return;
+        }
+        if self.count == self.sps.len() {
+            self.overflowed = true;
+            return;
+        }
+        self.sps[self.count] = saved_sp;
+        self.count += 1;
+    }
 }
 
 #[cfg(test)]
