@@ -690,7 +690,7 @@ impl<'a> StackChain<'a> {
     fn end_of(&self, sp: u64) -> Option<u64> {
         match self.alternate {
             Some((start, end)) if (start..end).contains(&sp) => Some(end),
-            _ => readable_end(sp, self.plan.stack_of(sp)),
+            _ => readable_end(sp, self.plan.stack_of(sp), sp == self.sps[0]),
         }
     }
 

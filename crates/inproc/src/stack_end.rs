@@ -12,30 +12,36 @@
 //! end is the thread pointer: the thread's own block, which no other thread unmaps (an anonymous
 //! mapping the kernel merged into it, above, may be). Elsewhere it is the nearer of the listed
 //! end and that of the mapping holding the stack pointer now (asked of the kernel,
-//! `stack_mappings::mapping_of`).
+//! `stack_mappings::readable_mapping_of`: a mapping that cannot be read is not read).
 
-use crate::stack_mappings::mapping_of;
+use crate::stack_mappings::readable_mapping_of;
 use crate::sys::raw_syscall6;
 
 /// `arch_prctl`'s request for the `fs` base: the thread pointer.
 const ARCH_GET_FS: u64 = 0x1003;
 
 /// Where reading the stack holding `sp`, listed as `listed` (`[start, end)`), must stop; `None`
-/// where no mapping holds `sp` now. Async-signal-safe: system calls made by the `syscall`
-/// instruction, no allocation, no lock.
-pub(crate) fn readable_end(sp: u64, listed: Option<(u64, u64)>) -> Option<u64> {
-    let (_, mut end) = listed?;
-    match mapping_of(sp) {
-        Ok(Some((_, now))) => end = end.min(now),
-        Ok(None) => return None,
-        // No `/proc` to ask (a sandbox): the thread pointer alone bounds it, where it can.
-        Err(_) => {}
-    }
+/// where no readable mapping holds `sp` now. Async-signal-safe: system calls made by the
+/// `syscall` instruction, no allocation, no lock; and no file opened for a thread the C library
+/// started (every thread of the program answers a safepoint at once, and a descriptor of
+/// dprobe's in the program's table could meet the program's own `close_range`, or be taken for
+/// one of its own once closed there).
+///
+/// `current`: `sp` is the stack pointer the thread was interrupted at, not one a signal frame
+/// found on its stack saved (which may be stale bytes, naming another thread's stack that
+/// ended since: the thread pointer does not bound that one).
+pub(crate) fn readable_end(sp: u64, listed: Option<(u64, u64)>, current: bool) -> Option<u64> {
+    let (_, listed_end) = listed?;
     let tp = thread_pointer();
-    if sp < tp && tp < end {
-        end = tp;
+    if current && sp < tp && tp < listed_end {
+        return Some(tp);
     }
-    Some(end)
+    match readable_mapping_of(sp) {
+        Ok(Some((_, now))) => Some(listed_end.min(now)),
+        Ok(None) => None,
+        // No `/proc` to ask (a sandbox): the listed end, as the safepoint found it.
+        Err(_) => Some(listed_end),
+    }
 }
 
 /// This thread's `fs` base (0 where the kernel does not say).
@@ -56,17 +62,19 @@ mod tests {
 
     /// A thread's stack is read up to its thread pointer, below the listed end and below the
     /// end of its mapping; a listed range larger than the mapping now is cut at the mapping's
-    /// end.
+    /// end; an unreadable one is not read.
     #[test]
     fn the_end_is_the_nearest_of_the_listed_one_the_mappings_and_the_thread_pointer() {
         std::thread::spawn(|| {
             let local = 0u64;
             let sp = &local as *const u64 as u64;
-            let (start, end) = mapping_of(sp).unwrap().unwrap();
+            let (start, end) = readable_mapping_of(sp).unwrap().unwrap();
             let tp = thread_pointer();
             assert!(sp < tp && tp < end, "a thread's control block tops its stack: {sp:x} {tp:x} {end:x}");
-            assert_eq!(readable_end(sp, Some((start, end + (1 << 20)))), Some(tp));
-            assert_eq!(readable_end(sp, None), None);
+            assert_eq!(readable_end(sp, Some((start, end + (1 << 20))), true), Some(tp));
+            assert_eq!(readable_end(sp, None, true), None);
+            // A stack pointer read from a frame: the mapping alone bounds it.
+            assert_eq!(readable_end(sp, Some((start, end + (1 << 20))), false), Some(end));
         })
         .join()
         .unwrap();
@@ -76,10 +84,15 @@ mod tests {
         let at = pages.as_ptr() as u64;
         // SAFETY: the last page of the mapping made just above, unused.
         unsafe { crate::mapped::unmap(std::ptr::NonNull::new((at + 2 * 4096) as *mut u8).unwrap(), 4096) };
-        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096))), Some(at + 2 * 4096));
+        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096)), true), Some(at + 2 * 4096));
+        // A page that cannot be read is not read (a stack pointer a stale frame saved may
+        // point into a guard page).
+        // SAFETY: the first page of that mapping, unused.
+        assert_eq!(unsafe { libc::mprotect(at as *mut libc::c_void, 4096, libc::PROT_NONE) }, 0);
+        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096)), true), None);
         // Where nothing is mapped now, however it was listed.
         // SAFETY: the rest of that mapping, unused.
         unsafe { crate::mapped::unmap(pages, 2 * 4096) };
-        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096))), None);
+        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096)), true), None);
     }
 }

@@ -100,11 +100,27 @@ pub(crate) struct Unavailable;
 /// The mapping `[start, end)` of this process holding `addr` (none: no mapping holds it),
 /// asked of the kernel.
 pub(crate) fn mapping_of(addr: u64) -> Result<Option<(u64, u64)>, Unavailable> {
+    mapping_with(addr, Need::Any)
+}
+
+/// [`mapping_of`], where the mapping must be readable (none: no readable mapping holds it).
+pub(crate) fn readable_mapping_of(addr: u64) -> Result<Option<(u64, u64)>, Unavailable> {
+    mapping_with(addr, Need::Readable)
+}
+
+/// What the mapping asked for must allow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Any,
+    Readable,
+}
+
+fn mapping_with(addr: u64, need: Need) -> Result<Option<(u64, u64)>, Unavailable> {
     let fd = open_maps().ok_or(Unavailable)?;
-    let found = match query(fd, addr) {
+    let found = match query(fd, addr, need) {
         Query::Found(range) => Some(range),
         Query::Absent => None,
-        Query::Unsupported => read_through(fd, addr),
+        Query::Unsupported => read_through(fd, addr, need),
     };
     // SAFETY: closes the descriptor opened above, which nothing else uses.
     unsafe { raw_syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) };
@@ -148,10 +164,17 @@ struct ProcmapQuery {
 
 /// `_IOWR('f', 17, struct procmap_query)`.
 const PROCMAP_QUERY: u64 = 0xC068_6611;
+/// `PROCMAP_QUERY_VMA_READABLE`: only a readable mapping answers.
+const VMA_READABLE: u64 = 1;
 
-fn query(fd: i32, addr: u64) -> Query {
-    let mut q =
-        ProcmapQuery { size: std::mem::size_of::<ProcmapQuery>() as u64, query_addr: addr, ..Default::default() };
+fn query(fd: i32, addr: u64, need: Need) -> Query {
+    let query_flags = if need == Need::Readable { VMA_READABLE } else { 0 };
+    let mut q = ProcmapQuery {
+        size: std::mem::size_of::<ProcmapQuery>() as u64,
+        query_flags,
+        query_addr: addr,
+        ..Default::default()
+    };
     // SAFETY: the ioctl reads and writes the `procmap_query` it is given (no name or build id
     // buffer asked for), which lives on this frame.
     let ret = unsafe { raw_syscall6(libc::SYS_ioctl, [fd as u64, PROCMAP_QUERY, &mut q as *mut _ as u64, 0, 0, 0]) };
@@ -163,8 +186,8 @@ fn query(fd: i32, addr: u64) -> Query {
 }
 
 /// The maps read through, in small pieces (the hit path may run on a small stack): each line
-/// starts `start-end ` in hexadecimal.
-fn read_through(fd: i32, addr: u64) -> Option<(u64, u64)> {
+/// starts `start-end ` in hexadecimal, then the permissions (`r` first where readable).
+fn read_through(fd: i32, addr: u64, need: Need) -> Option<(u64, u64)> {
     let mut lines = MapsLines::default();
     let mut buf = [0u8; 256];
     loop {
@@ -173,9 +196,9 @@ fn read_through(fd: i32, addr: u64) -> Option<(u64, u64)> {
             return None;
         }
         for &b in &buf[..n as usize] {
-            if let Some((start, end)) = lines.push(b) {
+            if let Some((start, end, readable)) = lines.push(b) {
                 if start <= addr && addr < end {
-                    return Some((start, end));
+                    return (readable || need == Need::Any).then_some((start, end));
                 }
                 if start > addr {
                     return None;
@@ -185,18 +208,20 @@ fn read_through(fd: i32, addr: u64) -> Option<(u64, u64)> {
     }
 }
 
-/// The ranges at the start of the lines of a maps file, fed a byte at a time.
+/// The ranges at the start of the lines of a maps file, and whether each is readable, fed a
+/// byte at a time.
 #[derive(Default)]
 struct MapsLines {
     start: u64,
     end: u64,
-    /// 0: reading the start, 1: the end, 2: the rest of the line.
+    /// 0: reading the start, 1: the end, 2: the permissions' first letter, 3: the rest.
     field: u8,
 }
 
 impl MapsLines {
-    /// Take one byte in; a line's range once its end is read.
-    fn push(&mut self, b: u8) -> Option<(u64, u64)> {
+    /// Take one byte in; a line's range, and whether it is readable, once its permissions'
+    /// first letter is read.
+    fn push(&mut self, b: u8) -> Option<(u64, u64, bool)> {
         match (self.field, b) {
             (_, b'\n') => {
                 *self = MapsLines::default();
@@ -208,7 +233,11 @@ impl MapsLines {
             }
             (1, b' ') => {
                 self.field = 2;
-                Some((self.start, self.end))
+                None
+            }
+            (2, _) => {
+                self.field = 3;
+                Some((self.start, self.end, b == b'r'))
             }
             (0 | 1, _) => {
                 let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
@@ -225,7 +254,7 @@ impl MapsLines {
 mod tests {
     use super::*;
 
-    fn ranges(text: &str) -> Vec<(u64, u64)> {
+    fn ranges(text: &str) -> Vec<(u64, u64, bool)> {
         let mut lines = MapsLines::default();
         text.bytes().filter_map(|b| lines.push(b)).collect()
     }
@@ -233,8 +262,16 @@ mod tests {
     #[test]
     fn a_maps_line_gives_its_range_whatever_follows_it() {
         let text = "55d0c2a00000-55d0c2a21000 rw-p 00000000 00:00 0  [heap]\n\
-                    7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0  [stack]\n";
-        assert_eq!(ranges(text), [(0x55d0c2a00000, 0x55d0c2a21000), (0x7ffd1c000000, 0x7ffd1c021000)]);
+                    7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0  [stack]\n\
+                    7ffd1c021000-7ffd1c022000 ---p 00000000 00:00 0\n";
+        assert_eq!(
+            ranges(text),
+            [
+                (0x55d0c2a00000, 0x55d0c2a21000, true),
+                (0x7ffd1c000000, 0x7ffd1c021000, true),
+                (0x7ffd1c021000, 0x7ffd1c022000, false)
+            ]
+        );
     }
 
     #[test]
@@ -262,9 +299,19 @@ mod tests {
             (8, None),
         ] {
             assert_eq!(mapping_of(addr), Ok(expected), "{addr:#x}");
-            assert_eq!(read_through(fd, addr), expected, "read through, {addr:#x}");
+            assert_eq!(read_through(fd, addr, Need::Any), expected, "read through, {addr:#x}");
             // SAFETY: seeks the descriptor opened above back to its start.
             unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+        }
+        // The guard page between them is a mapping, but no readable one.
+        let guard = base + 8 * 4096;
+        assert_eq!(mapping_of(guard), Ok(Some((guard, guard + 4096))));
+        assert_eq!(readable_mapping_of(guard), Ok(None));
+        assert_eq!(readable_mapping_of(base + 100), Ok(Some((base, guard))));
+        for (need, expected) in [(Need::Any, Some((guard, guard + 4096))), (Need::Readable, None)] {
+            // SAFETY: seeks the descriptor opened above back to its start.
+            unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+            assert_eq!(read_through(fd, guard, need), expected, "read through");
         }
         let known = KnownStacks::default();
         assert_eq!(known.name_of(base + 100), base + 8 * 4096);
