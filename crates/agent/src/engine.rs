@@ -396,14 +396,26 @@ impl AgentEngine {
     /// delivered meanwhile: the agent's own safepoint signals every thread of the program, and
     /// under ptrace that signal stops the thread until the tracer delivers it, so waiting on
     /// the socket alone would wait out the safepoint's patience at every probe placed.
+    ///
+    /// While it waits, a thread the agent leaves the program for (`user_namespace.rs`) is
+    /// taken at once: the agent waits for dprobe to take it before it goes, and the program's
+    /// call waits for the agent (a second, where dprobe waited here for an answer instead).
     fn receive(&mut self) -> io::Result<Option<Message>> {
-        if let Some(watch) = self.watch.as_mut() {
-            let deadline = Instant::now() + ANSWER_TIMEOUT;
-            while !readable_within(&self.sock, watch.stopped_fd(), Duration::from_millis(2))? {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let stopped = self.watch.as_ref().and_then(|w| w.stopped_fd());
+            let slice = Duration::from_millis(if self.watch.is_some() { 2 } else { 20 });
+            if readable_within(&self.sock, stopped, slice)? {
+                break;
+            }
+            if let Some(watch) = self.watch.as_mut() {
                 watch.deliver_signals().map_err(io::Error::other)?;
-                if Instant::now() >= deadline {
-                    return Err(unanswered(io::ErrorKind::WouldBlock.into()));
-                }
+            }
+            if self.shm.leaving_thread().is_some() {
+                self.watch_as_the_agent_leaves();
+            }
+            if Instant::now() >= deadline {
+                return Err(unanswered(io::ErrorKind::WouldBlock.into()));
             }
         }
         wire::receive(&mut self.sock)
@@ -427,6 +439,12 @@ impl AgentEngine {
         if !matches!(error.kind(), BrokenPipe | ConnectionAborted | ConnectionReset | UnexpectedEof) {
             return AgentError::Agent { pid, error: unanswered(error) };
         }
+        // The agent said it leaves first, for what the program did (`user_namespace.rs`): why
+        // the connection ended is known, and not looked for (a second, where the program goes
+        // on).
+        if let Some(why) = self.shm.why_the_agent_left() {
+            return AgentError::Left { pid, why: crate::user_namespace::agent_left_because(why) };
+        }
         let why = self.connection_lost.get().unwrap_or_else(|| {
             let why = match connecting::why_it_failed(pid, io::Error::from(error.kind())) {
                 Ok(AgentError::EndedFirst(_)) => ConnectionLost::Ended,
@@ -439,8 +457,7 @@ impl AgentEngine {
         match why {
             ConnectionLost::Ended => AgentError::EndedFirst(pid),
             ConnectionLost::Executed => AgentError::ExecutedFirst(pid),
-            // The agent left first, for what the program did (`user_namespace.rs`): said so,
-            // not the connection's end.
+            // (The agent may have said it left while this looked.)
             ConnectionLost::Unknown => match self.shm.why_the_agent_left() {
                 Some(why) => AgentError::Left { pid, why: crate::user_namespace::agent_left_because(why) },
                 None => AgentError::Agent { pid, error: unanswered(error) },
