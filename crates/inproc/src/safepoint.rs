@@ -566,9 +566,10 @@ fn answer(uc: *mut libc::c_void) {
 }
 
 /// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,
-/// holds an address inside a retired detour; the stacks that signal frames found there were
-/// interrupted on are read too (a handler on an alternate stack interrupted code on the
-/// thread's own). A stack that cannot be bounded counts as holding one: the detour then waits.
+/// holds an address inside a retired detour; from the alternate signal stack, the stacks that
+/// signal frames found there were interrupted on are read too (a handler on the alternate
+/// stack interrupted code on the thread's own; see [`move_outer_frames`] for why from there
+/// alone). A stack that cannot be bounded counts as holding one: the detour then waits.
 ///
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
@@ -580,19 +581,21 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
         // found for its stack: mapped, and unmapped by nobody while the thread runs on it.
         unsafe { std::ptr::read_volatile(at as *const u64) }
     };
-    while let Some((sp, end)) = stacks.next() {
-        let Some(end) = end else { return true };
-        let mut at = sp & !7;
+    while let Some(next) = stacks.next() {
+        let Some(end) = next.end else { return true };
+        let from_alternate = stacks.is_alternate(next.stack);
+        let mut at = next.sp & !7;
         while at + 8 <= end {
             let value = word(at);
             if plan.in_retired(value) {
                 return true;
             }
-            if at % 16 == 8
+            if from_alternate
+                && at % 16 == 8
                 && at + signal_frame::READ_BYTES <= end
                 && signal_frame::starts_at(at, stacks.restorer, word)
             {
-                stacks.follow(word(at + RSP_AT), end);
+                stacks.follow(word(at + RSP_AT), next.stack, Unknown::Busy);
             }
             at += 8;
         }
@@ -602,15 +605,18 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
 
 /// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this
 /// thread (its program counter is then in a signal handler, and the frame above holds where
-/// the handler will return), and move the program counters saved there; the stacks those
-/// frames were interrupted on are looked at too (a handler on the alternate stack that
-/// interrupted one on the thread's own, which interrupted the window). Whether one was found
-/// where it cannot be moved from, or a stack could not be bounded.
+/// the handler will return), and move the program counters saved there; from the alternate
+/// signal stack, the stack a frame there was interrupted on is looked at too (a handler on the
+/// alternate stack that interrupted one on the thread's own, which interrupted the window).
+/// Whether one was found where it cannot be moved from.
 ///
 /// Reads go no further than the end of each stack: the alternate signal stack for a stack
 /// pointer on it, else the mapping that holds it (a thread stack has a guard page below it,
 /// so its mapping is its own), as it is now and up to the thread's control block
-/// (`stack_end.rs`), and at most [`SCAN_BYTES`] above the stack pointer.
+/// (`stack_end.rs`), and at most [`SCAN_BYTES`] above the stack pointer. Frames are followed
+/// from the alternate stack alone: a frame found on any other stack was pushed there by a
+/// handler that ran on it, and saved a place on that same stack; one that says otherwise is a
+/// stale copy, whose saved stack pointer may name another thread's stack, not to be written.
 ///
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
@@ -622,16 +628,13 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
         unsafe { std::ptr::read_volatile(at as *const u64) }
     };
     let mut busy = false;
-    while let Some((sp, end)) = stacks.next() {
-        let Some(end) = end else {
-            // The interrupted stack itself unbounded: nothing above it was ever read (as
-            // before the chain); a stack a frame led to: its frames are unknown.
-            busy |= sp != rsp;
-            continue;
-        };
-        let end = end.min(sp.saturating_add(SCAN_BYTES));
+    while let Some(next) = stacks.next() {
+        // A stack that cannot be bounded is not read (nothing above it can be known).
+        let Some(end) = next.end else { continue };
+        let end = end.min(next.sp.saturating_add(SCAN_BYTES));
+        let from_alternate = stacks.is_alternate(next.stack);
         // The kernel aligns a frame so that its start is 8 modulo 16.
-        let mut frame = (sp & !15) + 8;
+        let mut frame = (next.sp & !15) + 8;
         while frame + signal_frame::READ_BYTES <= end {
             if signal_frame::starts_at(frame, stacks.restorer, word) {
                 let rip = word(frame + RIP_AT);
@@ -646,7 +649,9 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
                     }
                     Verdict::Busy => busy = true,
                 }
-                stacks.follow(word(frame + RSP_AT), end);
+                if from_alternate {
+                    stacks.follow(word(frame + RSP_AT), next.stack, Unknown::Skipped);
+                }
             }
             frame += 16;
         }
@@ -654,21 +659,40 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     busy | stacks.overflowed
 }
 
+/// What [`StackChain::follow`] makes of a saved stack pointer on no stack it knows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// The scan cannot be complete: it says so ([`StackChain::overflowed`]).
+    Busy,
+    /// Left unread.
+    Skipped,
+}
+
 /// The stacks of the running thread that its signal frames lead to, each read once: the one
 /// it was interrupted on, then each other stack a frame found on one of them saved a stack
 /// pointer on (a handler on the alternate stack that interrupted code on the thread's own).
+/// A stack is known by its range: the alternate stack's, or the listed mapping holding it.
 /// Async-signal-safe: no allocation, a few at most.
 struct StackChain<'a> {
     plan: &'a Plan,
     /// The C library's `sa_restorer`, which every frame of its handlers starts with.
     restorer: u64,
     alternate: Option<(u64, u64)>,
-    /// The stack pointers to read from, `count` of them, the first `next` read.
-    sps: [u64; 4],
+    /// The stack pointers to read from and their stacks, `count` of them, the first `next`
+    /// read.
+    sps: [(u64, Option<(u64, u64)>); 4],
     count: usize,
     next: usize,
-    /// A frame led to a stack with no room left to note it.
+    /// A frame led to a stack with no room left to note it, or to none known
+    /// ([`Unknown::Busy`]).
     overflowed: bool,
+}
+
+/// A stack to read: from `sp` up to `end` (`None`: no end could be found), on `stack`.
+struct NextStack {
+    sp: u64,
+    stack: Option<(u64, u64)>,
+    end: Option<u64>,
 }
 
 impl<'a> StackChain<'a> {
@@ -683,35 +707,52 @@ impl<'a> StackChain<'a> {
         };
         let alternate = (stack.ss_flags & libc::SS_DISABLE == 0)
             .then(|| (stack.ss_sp as u64, stack.ss_sp as u64 + stack.ss_size as u64));
-        StackChain { plan, restorer, alternate, sps: [rsp; 4], count: 1, next: 0, overflowed: false }
+        let mut chain =
+            StackChain { plan, restorer, alternate, sps: [(rsp, None); 4], count: 1, next: 0, overflowed: false };
+        chain.sps[0].1 = chain.stack_of(rsp);
+        chain
     }
 
-    /// Where the stack holding `sp` ends: the alternate stack's end, or see `readable_end`.
-    fn end_of(&self, sp: u64) -> Option<u64> {
+    /// Whether `stack` is the thread's alternate signal stack.
+    fn is_alternate(&self, stack: Option<(u64, u64)>) -> bool {
+        stack.is_some() && stack == self.alternate
+    }
+
+    /// The stack holding `sp`: the alternate stack, or the listed mapping holding it.
+    fn stack_of(&self, sp: u64) -> Option<(u64, u64)> {
         match self.alternate {
-            Some((start, end)) if (start..end).contains(&sp) => Some(end),
-            _ => readable_end(sp, self.plan.stack_of(sp), sp == self.sps[0]),
+            Some((start, end)) if (start..end).contains(&sp) => self.alternate,
+            _ => self.plan.stack_of(sp),
         }
     }
 
-    /// The next stack pointer to read from, and where its stack ends (`None`: unknown).
-    fn next(&mut self) -> Option<(u64, Option<u64>)> {
-        let sp = *self.sps[..self.count].get(self.next)?;
+    /// The next stack to read.
+    fn next(&mut self) -> Option<NextStack> {
+        let (sp, stack) = *self.sps[..self.count].get(self.next)?;
         self.next += 1;
-        Some((sp, self.end_of(sp)))
+        let end = match stack {
+            Some((_, end)) if self.is_alternate(stack) => Some(end),
+            _ => readable_end(sp, stack),
+        };
+        Some(NextStack { sp, stack, end })
     }
 
-    /// A frame found on the stack ending at `end` saved the stack pointer `saved_sp`: read
-    /// from there too when it is on another stack, not already noted.
-    fn follow(&mut self, saved_sp: u64, end: u64) {
-        if self.end_of(saved_sp) == Some(end) || self.sps[..self.count].contains(&saved_sp) {
+    /// A frame found on `from` saved the stack pointer `saved_sp`: read from there too when it
+    /// is on another stack, not noted yet.
+    fn follow(&mut self, saved_sp: u64, from: Option<(u64, u64)>, unknown: Unknown) {
+        let stack = self.stack_of(saved_sp);
+        if stack.is_none() {
+            self.overflowed |= unknown == Unknown::Busy;
+            return;
+        }
+        if stack == from || self.sps[..self.count].iter().any(|&(_, s)| s == stack) {
             return;
         }
         if self.count == self.sps.len() {
             self.overflowed = true;
             return;
         }
-        self.sps[self.count] = saved_sp;
+        self.sps[self.count] = (saved_sp, stack);
         self.count += 1;
     }
 }

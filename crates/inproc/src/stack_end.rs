@@ -26,14 +26,10 @@ const ARCH_GET_FS: u64 = 0x1003;
 /// started (every thread of the program answers a safepoint at once, and a descriptor of
 /// dprobe's in the program's table could meet the program's own `close_range`, or be taken for
 /// one of its own once closed there).
-///
-/// `current`: `sp` is the stack pointer the thread was interrupted at, not one a signal frame
-/// found on its stack saved (which may be stale bytes, naming another thread's stack that
-/// ended since: the thread pointer does not bound that one).
-pub(crate) fn readable_end(sp: u64, listed: Option<(u64, u64)>, current: bool) -> Option<u64> {
+pub(crate) fn readable_end(sp: u64, listed: Option<(u64, u64)>) -> Option<u64> {
     let (_, listed_end) = listed?;
     let tp = thread_pointer();
-    if current && sp < tp && tp < listed_end {
+    if sp < tp && tp < listed_end {
         return Some(tp);
     }
     match readable_mapping_of(sp) {
@@ -71,10 +67,8 @@ mod tests {
             let (start, end) = readable_mapping_of(sp).unwrap().unwrap();
             let tp = thread_pointer();
             assert!(sp < tp && tp < end, "a thread's control block tops its stack: {sp:x} {tp:x} {end:x}");
-            assert_eq!(readable_end(sp, Some((start, end + (1 << 20))), true), Some(tp));
-            assert_eq!(readable_end(sp, None, true), None);
-            // A stack pointer read from a frame: the mapping alone bounds it.
-            assert_eq!(readable_end(sp, Some((start, end + (1 << 20))), false), Some(end));
+            assert_eq!(readable_end(sp, Some((start, end + (1 << 20)))), Some(tp));
+            assert_eq!(readable_end(sp, None), None);
         })
         .join()
         .unwrap();
@@ -84,15 +78,15 @@ mod tests {
         let at = pages.as_ptr() as u64;
         // SAFETY: the last page of the mapping made just above, unused.
         unsafe { crate::mapped::unmap(std::ptr::NonNull::new((at + 2 * 4096) as *mut u8).unwrap(), 4096) };
-        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096)), true), Some(at + 2 * 4096));
+        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096))), Some(at + 2 * 4096));
         // A page that cannot be read is not read (a stack pointer a stale frame saved may
         // point into a guard page).
         // SAFETY: the first page of that mapping, unused.
         assert_eq!(unsafe { libc::mprotect(at as *mut libc::c_void, 4096, libc::PROT_NONE) }, 0);
-        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096)), true), None);
+        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096))), None);
         // Where nothing is mapped now, however it was listed.
         // SAFETY: the rest of that mapping, unused.
         unsafe { crate::mapped::unmap(pages, 2 * 4096) };
-        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096)), true), None);
+        assert_eq!(readable_end(at + 100, Some((at, at + 3 * 4096))), None);
     }
 }
