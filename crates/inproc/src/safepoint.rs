@@ -566,10 +566,10 @@ fn answer(uc: *mut libc::c_void) {
 }
 
 /// Whether this thread's stack, from the interrupted stack pointer `rsp` to the stack's end,
-/// holds an address inside a retired detour; from the alternate signal stack, the stacks that
-/// signal frames found there were interrupted on are read too (a handler on the alternate
-/// stack interrupted code on the thread's own; see [`move_outer_frames`] for why from there
-/// alone). A stack that cannot be bounded counts as holding one: the detour then waits.
+/// holds an address inside a retired detour; the stacks that signal frames the kernel put on
+/// an alternate stack interrupted are read too (a handler on the alternate stack interrupted
+/// code on the thread's own; `StackChain::follow_frame`). A stack that cannot be bounded
+/// counts as holding one: the detour then waits.
 ///
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
@@ -583,19 +583,17 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
     };
     while let Some(next) = stacks.next() {
         let Some(end) = next.end else { return true };
-        let from_alternate = stacks.is_alternate(next.stack);
         let mut at = next.sp & !7;
         while at + 8 <= end {
             let value = word(at);
             if plan.in_retired(value) {
                 return true;
             }
-            if from_alternate
-                && at % 16 == 8
+            if at % 16 == 8
                 && at + signal_frame::READ_BYTES <= end
                 && signal_frame::starts_at(at, stacks.restorer, word)
             {
-                stacks.follow(word(at + RSP_AT), next.stack, Unknown::Busy);
+                stacks.follow_frame(at, word, Unknown::Busy);
             }
             at += 8;
         }
@@ -605,18 +603,15 @@ unsafe fn stack_holds_retired(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> b
 
 /// Look above the interrupted stack pointer `rsp` for signal frames pushed earlier on this
 /// thread (its program counter is then in a signal handler, and the frame above holds where
-/// the handler will return), and move the program counters saved there; from the alternate
-/// signal stack, the stack a frame there was interrupted on is looked at too (a handler on the
-/// alternate stack that interrupted one on the thread's own, which interrupted the window).
-/// Whether one was found where it cannot be moved from.
+/// the handler will return), and move the program counters saved there; the stack a frame the
+/// kernel put on an alternate stack interrupted is looked at too (a handler on the alternate
+/// stack that interrupted one on the thread's own, which interrupted the window;
+/// `StackChain::follow_frame`). Whether one was found where it cannot be moved from.
 ///
 /// Reads go no further than the end of each stack: the alternate signal stack for a stack
 /// pointer on it, else the mapping that holds it (a thread stack has a guard page below it,
 /// so its mapping is its own), as it is now and up to the thread's control block
-/// (`stack_end.rs`), and at most [`SCAN_BYTES`] above the stack pointer. Frames are followed
-/// from the alternate stack alone: a frame found on any other stack was pushed there by a
-/// handler that ran on it, and saved a place on that same stack; one that says otherwise is a
-/// stale copy, whose saved stack pointer may name another thread's stack, not to be written.
+/// (`stack_end.rs`), and at most [`SCAN_BYTES`] above the stack pointer.
 ///
 /// # Safety
 /// `uc` must be the context the kernel passed to the running handler.
@@ -632,7 +627,6 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
         // A stack that cannot be bounded is not read (nothing above it can be known).
         let Some(end) = next.end else { continue };
         let end = end.min(next.sp.saturating_add(SCAN_BYTES));
-        let from_alternate = stacks.is_alternate(next.stack);
         // The kernel aligns a frame so that its start is 8 modulo 16.
         let mut frame = (next.sp & !15) + 8;
         while frame + signal_frame::READ_BYTES <= end {
@@ -649,9 +643,7 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
                     }
                     Verdict::Busy => busy = true,
                 }
-                if from_alternate {
-                    stacks.follow(word(frame + RSP_AT), next.stack, Unknown::Skipped);
-                }
+                stacks.follow_frame(frame, word, Unknown::Skipped);
             }
             frame += 16;
         }
@@ -669,8 +661,9 @@ enum Unknown {
 }
 
 /// The stacks of the running thread that its signal frames lead to, each read once: the one
-/// it was interrupted on, then each other stack a frame found on one of them saved a stack
-/// pointer on (a handler on the alternate stack that interrupted code on the thread's own).
+/// it was interrupted on, then each other stack that a frame the kernel put on an alternate
+/// stack saved a stack pointer on (a handler on the alternate stack that interrupted code on
+/// the thread's own).
 /// A stack is known by its range: the alternate stack's, or the listed mapping holding it.
 /// Async-signal-safe: no allocation, a few at most.
 struct StackChain<'a> {
@@ -688,10 +681,9 @@ struct StackChain<'a> {
     overflowed: bool,
 }
 
-/// A stack to read: from `sp` up to `end` (`None`: no end could be found), on `stack`.
+/// A stack to read: from `sp` up to `end` (`None`: no end could be found).
 struct NextStack {
     sp: u64,
-    stack: Option<(u64, u64)>,
     end: Option<u64>,
 }
 
@@ -734,18 +726,27 @@ impl<'a> StackChain<'a> {
             Some((_, end)) if self.is_alternate(stack) => Some(end),
             _ => readable_end(sp, stack),
         };
-        Some(NextStack { sp, stack, end })
+        Some(NextStack { sp, end })
     }
 
-    /// A frame found on `from` saved the stack pointer `saved_sp`: read from there too when it
-    /// is on another stack, not noted yet.
-    fn follow(&mut self, saved_sp: u64, from: Option<(u64, u64)>, unknown: Unknown) {
+    /// A signal frame starts at `frame` (`word` reads it): where the kernel put it on an
+    /// alternate stack, the stack it interrupted is read too, from the stack pointer it saved,
+    /// if that is on another stack not noted yet. A frame on any other stack saved a place on
+    /// that same stack (see `signal_frame::alternate_stack_holding`); one that says otherwise
+    /// is a stale copy of an old frame, whose saved stack pointer may name another thread's
+    /// stack, neither read nor written.
+    fn follow_frame(&mut self, frame: u64, word: impl Fn(u64) -> u64, unknown: Unknown) {
+        let Some((start, end)) = signal_frame::alternate_stack_holding(frame, &word) else { return };
+        let saved_sp = word(frame + RSP_AT);
+        if (start..end).contains(&saved_sp) {
+            return;
+        }
         let stack = self.stack_of(saved_sp);
         if stack.is_none() {
             self.overflowed |= unknown == Unknown::Busy;
             return;
         }
-        if stack == from || self.sps[..self.count].iter().any(|&(_, s)| s == stack) {
+        if self.sps[..self.count].iter().any(|&(_, s)| s == stack) {
             return;
         }
         if self.count == self.sps.len() {

@@ -28,6 +28,27 @@ pub(crate) const SIGINFO_AT: u64 = MASK_AT + 8;
 // floating-point state.
 const _: () = assert!(RSP_AT == 168 && RIP_AT == 176 && FPREGS_AT == 232 && MASK_AT == 304);
 
+/// Where a frame's copy of its thread's alternate-stack settings at its delivery is
+/// (`uc_stack`), and its fields.
+const ALTERNATE_AT: u64 = UC_AT + std::mem::offset_of!(libc::ucontext_t, uc_stack) as u64;
+const ALTERNATE_SP_AT: u64 = ALTERNATE_AT + std::mem::offset_of!(libc::stack_t, ss_sp) as u64;
+const ALTERNATE_FLAGS_AT: u64 = ALTERNATE_AT + std::mem::offset_of!(libc::stack_t, ss_flags) as u64;
+const ALTERNATE_SIZE_AT: u64 = ALTERNATE_AT + std::mem::offset_of!(libc::stack_t, ss_size) as u64;
+const _: () = assert!(ALTERNATE_SIZE_AT + 8 <= READ_BYTES);
+
+/// The alternate signal stack (`[start, end)`) that the frame starting at `at` lies on, as
+/// the frame's own copy of the thread's settings at its delivery gives it: the kernel put the
+/// frame there, switching to that stack (or the thread ran on it already). `None` for a frame
+/// on any other stack, where the kernel put it below the place it interrupted, on the same
+/// stack. (The thread's settings now may differ: with `SS_AUTODISARM` they are cleared while
+/// a handler runs on the alternate stack.) `word` reads the stack, from `at` to
+/// `at + READ_BYTES`.
+pub(crate) fn alternate_stack_holding(at: u64, word: impl Fn(u64) -> u64) -> Option<(u64, u64)> {
+    let (start, size) = (word(at + ALTERNATE_SP_AT), word(at + ALTERNATE_SIZE_AT));
+    let flags = word(at + ALTERNATE_FLAGS_AT) as u32 as i32;
+    (flags & libc::SS_DISABLE == 0 && start <= at && at - start < size).then(|| (start, start.saturating_add(size)))
+}
+
 /// How far above a frame its floating-point state may be (a few KiB; about 11 with AMX tiles).
 const FPREGS_WITHIN: u64 = 64 * 1024;
 
@@ -74,6 +95,76 @@ mod tests {
         assert_eq!(FRAME.load(Relaxed) % 16, 8);
         assert_eq!(RECOGNIZED.load(Relaxed), 1);
         assert_eq!(SIGNO.load(Relaxed), libc::SIGWINCH as u64, "the siginfo where the frame says");
+    }
+
+    /// What `alternate_stack_holding` said of the frame of each handler: on the alternate
+    /// stack, then on the thread's own; and the thread's alternate stack as the first handler
+    /// saw it (`SS_DISABLE` while disarmed).
+    static ON_ALTERNATE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    static ON_OWN: AtomicU64 = AtomicU64::new(1);
+    static FLAGS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+    extern "C" fn on_alternate(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+        // SAFETY: the words read are this handler's own frame, from its start on.
+        let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
+        let (start, end) = alternate_stack_holding(uc as u64 - UC_AT, word).unwrap_or_default();
+        ON_ALTERNATE[0].store(start, Relaxed);
+        ON_ALTERNATE[1].store(end, Relaxed);
+        // SAFETY: reads the thread's alternate stack into a local.
+        let mut now: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::sigaltstack(std::ptr::null(), &mut now) };
+        FLAGS_SEEN.store(now.ss_flags as u32 as u64, Relaxed);
+    }
+
+    extern "C" fn on_own(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+        // SAFETY: as in `on_alternate`.
+        let word = |at: u64| unsafe { std::ptr::read_volatile(at as *const u64) };
+        ON_OWN.store(alternate_stack_holding(uc as u64 - UC_AT, word).is_some() as u64, Relaxed);
+    }
+
+    /// A frame the kernel put on the alternate stack says so from its own copy of the
+    /// settings, even while `SS_AUTODISARM` has the thread's settings cleared; one on the
+    /// thread's own stack does not.
+    #[test]
+    fn a_frame_on_a_disarmed_alternate_stack_knows_it_is_there() {
+        const SS_AUTODISARM: i32 = 1 << 31;
+        std::thread::spawn(|| {
+            let alternate = vec![0u8; 64 << 10];
+            let (start, end) = (alternate.as_ptr() as u64, alternate.as_ptr() as u64 + alternate.len() as u64);
+            let stack = libc::stack_t {
+                ss_sp: alternate.as_ptr() as *mut libc::c_void,
+                ss_flags: SS_AUTODISARM,
+                ss_size: alternate.len(),
+            };
+            for (sig, handler, flags) in [
+                (libc::SIGXFSZ, on_alternate as extern "C" fn(_, _, _), libc::SA_ONSTACK),
+                (libc::SIGVTALRM, on_own, 0),
+            ] {
+                // SAFETY: all-zero is a valid sigaction; a handler that looks at its own frame,
+                // for a signal no other test of this crate uses.
+                let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+                sa.sa_sigaction = handler as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | flags;
+                // SAFETY: as above; the alternate stack lives until the handlers returned.
+                unsafe {
+                    assert_eq!(libc::sigaltstack(&stack, std::ptr::null_mut()), 0);
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    assert_eq!(libc::sigaction(sig, &sa, &mut old), 0);
+                    libc::raise(sig);
+                    assert_eq!(libc::sigaction(sig, &old, std::ptr::null_mut()), 0);
+                }
+            }
+            assert_ne!(FLAGS_SEEN.load(Relaxed) as u32 as i32 & libc::SS_DISABLE, 0, "disarmed in the handler");
+            assert_eq!((ON_ALTERNATE[0].load(Relaxed), ON_ALTERNATE[1].load(Relaxed)), (start, end));
+            assert_eq!(ON_OWN.load(Relaxed), 0, "a frame on the thread's own stack");
+            // SAFETY: takes the alternate stack away before it is freed.
+            let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+            // SAFETY: as above.
+            unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) };
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

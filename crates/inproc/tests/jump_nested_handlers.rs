@@ -3,7 +3,7 @@
 //! once, and follows no frame there to another stack (a frame's saved stack pointer leads
 //! elsewhere only from the alternate signal stack).
 mod fixtures;
-use fixtures::{addr, call2, code, fx_push_push_mov};
+use fixtures::{addr, call2, code, fx_push_push_mov, install_handler};
 
 use dprobe_inproc::{register, Kprobe, PreAction};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -19,7 +19,7 @@ const AFTER: u64 = 1_000;
 
 /// SIGUSR1, not blocked while it runs: raise it again until [`DEPTH`] handlers are nested,
 /// then hold the thread there until the test releases it.
-extern "C" fn nest(_: libc::c_int) {
+extern "C" fn nest(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     if LEVEL.fetch_add(1, SeqCst) + 1 < DEPTH {
         // SAFETY: raise is async-signal-safe; this handler is installed.
         unsafe { libc::raise(libc::SIGUSR1) };
@@ -36,14 +36,7 @@ fn a_thread_held_five_handlers_deep_on_its_own_stack_lets_the_jump_go_in() {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let a = addr(fx_push_push_mov);
     let original = code(a, 5);
-    // SAFETY: a valid action for SIGUSR1, which nothing else in this test binary uses.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = nest as *const () as usize;
-        action.sa_flags = libc::SA_NODEFER;
-        libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
-    }
+    install_handler(libc::SIGUSR1, nest, libc::SA_NODEFER);
     let worker = std::thread::spawn(|| {
         let mut i = 0u64;
         while !RELEASE.load(SeqCst) {
