@@ -411,9 +411,7 @@ impl AgentEngine {
             if let Some(watch) = self.watch.as_mut() {
                 watch.deliver_signals().map_err(io::Error::other)?;
             }
-            if self.shm.leaving_thread().is_some() {
-                self.watch_as_the_agent_leaves();
-            }
+            self.watch_as_the_agent_leaves();
             if Instant::now() >= deadline {
                 return Err(unanswered(io::ErrorKind::WouldBlock.into()));
             }
@@ -457,11 +455,7 @@ impl AgentEngine {
         match why {
             ConnectionLost::Ended => AgentError::EndedFirst(pid),
             ConnectionLost::Executed => AgentError::ExecutedFirst(pid),
-            // (The agent may have said it left while this looked.)
-            ConnectionLost::Unknown => match self.shm.why_the_agent_left() {
-                Some(why) => AgentError::Left { pid, why: crate::user_namespace::agent_left_because(why) },
-                None => AgentError::Agent { pid, error: unanswered(error) },
-            },
+            ConnectionLost::Unknown => AgentError::Agent { pid, error: unanswered(error) },
         }
     }
 

@@ -651,7 +651,7 @@ unsafe fn move_outer_frames(plan: &Plan, uc: *mut libc::c_void, rsp: u64) -> boo
     busy | stacks.overflowed
 }
 
-/// What [`StackChain::follow`] makes of a saved stack pointer on no stack it knows.
+/// What [`StackChain::follow_frame`] makes of a saved stack pointer on no stack it knows.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Unknown {
     /// The scan cannot be complete: it says so ([`StackChain::overflowed`]).
