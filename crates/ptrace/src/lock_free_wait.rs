@@ -70,12 +70,18 @@ const STARTING_FRAMES: usize = 3;
 /// further out (a constructor waiting, within `dlopen`) refuses the thread.
 const DEPTH: usize = 32;
 
-/// What the check needs of one process, read at the first thread that waits in `futex`
-/// and kept while its threads are tried.
+/// How many times what the check needs is read before it is given up: a process just started
+/// may be read while the loader maps the C library, its symbols not there yet (every attach
+/// of the agent then refused its running thread, one in twenty times at the first attach).
+const READS: u32 = 20;
+
+/// What the check needs of one process, read at the first thread that needs it and kept while
+/// its threads are tried.
 pub(crate) struct WaitCheck {
     pid: i32,
-    /// Read at the first thread in `futex` (`Some(None)`: could not be, not tried again).
-    known: Option<Option<Known>>,
+    known: Option<Known>,
+    /// Reads of it that failed (read again at a later stop, up to [`READS`]).
+    failed_reads: u32,
 }
 
 struct Known {
@@ -93,7 +99,7 @@ struct Known {
 
 impl WaitCheck {
     pub(crate) fn new(pid: i32) -> WaitCheck {
-        WaitCheck { pid, known: None }
+        WaitCheck { pid, known: None, failed_reads: 0 }
     }
 
     /// Whether a thread stopped in `futex` (or `restart_syscall`) with registers `r` is inside one of the program's
@@ -118,8 +124,12 @@ impl WaitCheck {
     /// program, with no frame of the loader on it: what is known of the process, the return
     /// addresses (innermost first), and the index of the first outside the C library.
     fn called_by_the_program(&mut self, r: &libc::user_regs_struct) -> Option<(&mut Known, Vec<u64>, usize)> {
+        if self.known.is_none() && self.failed_reads < READS {
+            self.known = Known::read(self.pid);
+            self.failed_reads += u32::from(self.known.is_none());
+        }
         let pid = self.pid;
-        let k = self.known.get_or_insert_with(|| Known::read(pid)).as_mut()?;
+        let k = self.known.as_mut()?;
         let regs = sys::to_regs(r);
         let stack = crate::backtrace::stack_of(&mut k.unwinder, pid as u32, &regs, &mut k.memory, &[], DEPTH);
         // The frames inside the C library, innermost first, then the program's frame.
